@@ -1,0 +1,76 @@
+"""DSSE-style signed envelopes: what is signed, and how a node verifies it.
+
+Signatures cover the pre-authentication encoding (PAE) of the payload type and
+the exact payload bytes, so a signature can never be replayed as another type.
+Whether a signature is required is the node's configuration, never the
+envelope's: ``verify`` demands at least one valid signature from a trusted key.
+Signatures by unknown key ids are ignored, so a rotation can carry old and new
+signatures side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from signalbox.api.config.v1 import snapshot_pb2
+
+SNAPSHOT_PAYLOAD_TYPE = "application/vnd.signalbox.snapshot.v1+protobuf"
+
+
+class EnvelopeError(Exception):
+    """The envelope is not acceptable; the message says why."""
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding."""
+    type_bytes = payload_type.encode()
+    return b"DSSEv1 %d %b %d %b" % (len(type_bytes), type_bytes, len(payload), payload)
+
+
+def payload_sha256(envelope: snapshot_pb2.SignedEnvelope) -> bytes:
+    return hashlib.sha256(envelope.payload).digest()
+
+
+def key_id_for(public_key: Ed25519PublicKey) -> str:
+    """A stable id for a public key: the first 16 hex digits of its SHA-256."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def verify(
+    envelope: snapshot_pb2.SignedEnvelope,
+    trusted: Mapping[str, Ed25519PublicKey],
+) -> str:
+    """Check the envelope; return the key id whose signature verified.
+
+    Raises ``EnvelopeError`` if the payload type is wrong, no trusted key is
+    configured, or no signature by a trusted key verifies.
+    """
+    if envelope.payload_type != SNAPSHOT_PAYLOAD_TYPE:
+        raise EnvelopeError(f"payload_type: expected {SNAPSHOT_PAYLOAD_TYPE!r}, got {envelope.payload_type!r}")
+    if not trusted:
+        raise EnvelopeError("no trust key configured: refusing to apply any snapshot")
+    if not envelope.signatures:
+        raise EnvelopeError("envelope is unsigned")
+    message = pae(envelope.payload_type, envelope.payload)
+    seen_trusted = False
+    for signature in envelope.signatures:
+        key = trusted.get(signature.key_id)
+        if key is None:
+            continue
+        seen_trusted = True
+        try:
+            key.verify(signature.sig, message)
+        except InvalidSignature:
+            continue
+        return signature.key_id
+    if not seen_trusted:
+        ids = ", ".join(sorted(s.key_id for s in envelope.signatures)) or "none"
+        raise EnvelopeError(f"no signature by a trusted key (signed by: {ids})")
+    raise EnvelopeError("signature verification failed")

@@ -1,0 +1,165 @@
+"""Errors of the data plane, each knowing its gRPC status and whether a retry may help.
+
+    SignalboxError
+    ├── InvalidRequest            INVALID_ARGUMENT   (names the field)
+    ├── Unauthenticated           UNAUTHENTICATED
+    ├── PermissionDenied          PERMISSION_DENIED
+    ├── NotFound                  NOT_FOUND
+    ├── CapabilityUnavailable     FAILED_PRECONDITION (names the capability)
+    ├── NoSnapshot                UNAVAILABLE         (node never had a valid snapshot)
+    ├── SnapshotRejected          FAILED_PRECONDITION (why a snapshot was NACKed)
+    ├── DeadlineExceeded          DEADLINE_EXCEEDED   (carries the attempts made)
+    ├── AllCandidatesFailed       UNAVAILABLE         (every candidate failed; last error inside)
+    └── ProviderError             one class per failure kind, see ``kind``
+        ├── RateLimited           RESOURCE_EXHAUSTED  retryable, honours retry_after
+        ├── QuotaExhausted        RESOURCE_EXHAUSTED
+        ├── Overloaded            UNAVAILABLE         retryable
+        ├── UpstreamTimeout       DEADLINE_EXCEEDED   retryable
+        ├── UpstreamUnavailable   UNAVAILABLE         retryable (connect errors, 5xx)
+        ├── UpstreamAuthFailed    UNAVAILABLE         (the node's credential is wrong)
+        ├── UpstreamBadRequest    INVALID_ARGUMENT
+        ├── ContentFiltered       FAILED_PRECONDITION
+        ├── ContextTooLong        OUT_OF_RANGE        (a larger-window model may fit)
+        └── UpstreamProtocolError UNAVAILABLE         retryable (malformed upstream output)
+
+The one place that turns these into gRPC statuses is ``dataplane.api.status``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class SignalboxError(Exception):
+    """Base of every error the data plane reports to a caller."""
+
+    status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(SignalboxError):
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class Unauthenticated(SignalboxError):
+    status = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(SignalboxError):
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
+class NotFound(SignalboxError):
+    status = grpc.StatusCode.NOT_FOUND
+
+
+class CapabilityUnavailable(SignalboxError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, capability: str, message: str) -> None:
+        super().__init__(message)
+        self.capability = capability
+
+
+class NoSnapshot(SignalboxError):
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class SnapshotRejected(SignalboxError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DeadlineExceeded(SignalboxError):
+    status = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class AllCandidatesFailed(SignalboxError):
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class ProviderError(SignalboxError):
+    """A provider call failed. ``kind`` is the stable name used in evidence."""
+
+    kind: ClassVar[str] = "provider_error"
+    status = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.http_status = http_status
+        self.retry_after = retry_after
+        # The raw upstream body: for debug output only, never sent to callers by default.
+        self.body = body
+
+
+class RateLimited(ProviderError):
+    kind = "rate_limited"
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retryable = True
+
+
+class QuotaExhausted(ProviderError):
+    kind = "quota_exhausted"
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Overloaded(ProviderError):
+    kind = "overloaded"
+    status = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+class UpstreamTimeout(ProviderError):
+    kind = "timeout"
+    status = grpc.StatusCode.DEADLINE_EXCEEDED
+    retryable = True
+
+
+class UpstreamUnavailable(ProviderError):
+    kind = "server_error"
+    status = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+class UpstreamAuthFailed(ProviderError):
+    kind = "auth"
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class UpstreamBadRequest(ProviderError):
+    kind = "bad_request"
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ContentFiltered(ProviderError):
+    kind = "content_filtered"
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ContextTooLong(ProviderError):
+    kind = "context_too_long"
+    status = grpc.StatusCode.OUT_OF_RANGE
+
+
+class UpstreamProtocolError(ProviderError):
+    kind = "protocol_error"
+    status = grpc.StatusCode.UNAVAILABLE
+    retryable = True

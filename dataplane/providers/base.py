@@ -1,0 +1,70 @@
+"""The one small protocol every provider adapter implements, and the registry.
+
+An adapter is built once per provider when a snapshot is applied (credentials
+are resolved then, off the request path) and shares the node's pooled
+``httpx.AsyncClient``. It never reads the environment or builds clients while
+serving a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import ClassVar, Protocol
+
+import httpx
+
+from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamChunk
+from dataplane.config.model import ProviderConfig
+
+
+class ProviderAdapter(Protocol):
+    """Speaks one provider's wire format, both ways, and classifies its errors.
+
+    Every method raises only ``dataplane.errors.ProviderError`` subclasses.
+    ``timeout`` is the seconds left for this attempt.
+    """
+
+    type_name: ClassVar[str]
+
+    async def complete(self, model: str, request: ChatRequest, *, timeout: float) -> ChatResponse: ...
+
+    def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
+        """Yield normalized chunks as they arrive. Closing the iterator cancels the upstream call."""
+        ...
+
+    async def embed(self, model: str, request: EmbedRequest, *, timeout: float) -> EmbedResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AdapterFactory(Protocol):
+    def __call__(
+        self, config: ProviderConfig, client: httpx.AsyncClient, credential: str | None
+    ) -> ProviderAdapter: ...
+
+
+_REGISTRY: dict[str, AdapterFactory] = {}
+
+
+def register(type_name: str, factory: AdapterFactory) -> None:
+    """Make ``factory`` the adapter for providers of ``type_name``."""
+    _REGISTRY[type_name] = factory
+
+
+def adapter_types() -> frozenset[str]:
+    _load_builtin()
+    return frozenset(_REGISTRY)
+
+
+def build_adapter(config: ProviderConfig, client: httpx.AsyncClient, credential: str | None) -> ProviderAdapter:
+    _load_builtin()
+    try:
+        factory = _REGISTRY[config.type]
+    except KeyError:
+        raise ValueError(f"unknown provider type {config.type!r}") from None
+    return factory(config, client, credential)
+
+
+def _load_builtin() -> None:
+    # Importing the package's registry module registers every built-in adapter.
+    import dataplane.providers.registry  # noqa: F401

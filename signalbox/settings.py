@@ -1,0 +1,49 @@
+"""Settings: every one a CLI flag with a ``SIGNALBOX_*`` environment variable.
+
+Each subcommand declares its settings through ``add``; the registry lets the
+README list them all and a test check that none is missing there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    flag: str
+    env: str
+    help: str
+    default: Any
+    command: str
+
+
+REGISTRY: dict[str, Setting] = {}
+
+
+def add(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    env: str,
+    help: str,
+    default: Any = None,
+    type: Any = str,
+    command: str,
+    action: str | None = None,
+) -> None:
+    """Add ``flag`` to ``parser``; its default comes from ``env`` when set."""
+    if not env.startswith("SIGNALBOX_"):
+        raise ValueError(f"{env}: settings' environment variables start with SIGNALBOX_")
+    REGISTRY[f"{command} {flag}"] = Setting(flag, env, help, default, command)
+    raw = os.environ.get(env)
+    full_help = f"{help} [env {env}]"
+    if action == "store_true":
+        value = default if raw is None else raw.strip().lower() in {"1", "true", "yes", "on"}
+        parser.add_argument(flag, action="store_true", default=value, help=full_help)
+        return
+    value = default if raw is None else type(raw)
+    parser.add_argument(flag, default=value, type=type, help=full_help)

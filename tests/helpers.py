@@ -1,0 +1,55 @@
+"""Shared test helpers: polling instead of sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T] | T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> T:
+    """Call ``probe`` until it returns a truthy value or stops raising AssertionError.
+
+    Returns that value; fails the test with the last error after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = probe()
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                result = await result
+            if result:
+                return result  # type: ignore[return-value]
+            last = None
+        except AssertionError as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{message} did not hold within {timeout}s") from last
+        await asyncio.sleep(interval)
+
+
+def wait_until(probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, message: str = "condition") -> T:
+    """Synchronous ``eventually`` for threads and subprocesses."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = probe()
+            if result:
+                return result
+            last = None
+        except AssertionError as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{message} did not hold within {timeout}s") from last
+        time.sleep(interval)
