@@ -28,9 +28,8 @@ def proto_files() -> list[Path]:
 
 def generate(out_root: Path) -> Path:
     """Run protoc into ``out_root``; return the generated ``signalbox/api`` dir."""
-    from grpc_tools import protoc  # imported lazily: only codegen needs it
-
     import grpc_tools
+    from grpc_tools import protoc  # imported lazily: only codegen needs it
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     files = [str(p.relative_to(PROTO_DIR)) for p in proto_files()]
@@ -57,7 +56,9 @@ def generate(out_root: Path) -> Path:
 
 def _diff(expected: Path, actual: Path) -> list[str]:
     problems: list[str] = []
-    exp = {p.relative_to(expected) for p in expected.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    exp = {
+        p.relative_to(expected) for p in expected.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
     act = {p.relative_to(actual) for p in actual.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     problems += [f"missing: {p}" for p in sorted(exp - act)]
     problems += [f"unexpected: {p}" for p in sorted(act - exp)]

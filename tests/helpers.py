@@ -38,7 +38,9 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-def wait_until(probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, message: str = "condition") -> T:
+def wait_until(
+    probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"
+) -> T:
     """Synchronous ``eventually`` for threads and subprocesses."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None

@@ -53,7 +53,9 @@ def verify(
     configured, or no signature by a trusted key verifies.
     """
     if envelope.payload_type != SNAPSHOT_PAYLOAD_TYPE:
-        raise EnvelopeError(f"payload_type: expected {SNAPSHOT_PAYLOAD_TYPE!r}, got {envelope.payload_type!r}")
+        raise EnvelopeError(
+            f"payload_type: expected {SNAPSHOT_PAYLOAD_TYPE!r}, got {envelope.payload_type!r}"
+        )
     if not trusted:
         raise EnvelopeError("no trust key configured: refusing to apply any snapshot")
     if not envelope.signatures:

@@ -56,7 +56,9 @@ def adapter_types() -> frozenset[str]:
     return frozenset(_REGISTRY)
 
 
-def build_adapter(config: ProviderConfig, client: httpx.AsyncClient, credential: str | None) -> ProviderAdapter:
+def build_adapter(
+    config: ProviderConfig, client: httpx.AsyncClient, credential: str | None
+) -> ProviderAdapter:
     _load_builtin()
     try:
         factory = _REGISTRY[config.type]

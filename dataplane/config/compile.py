@@ -1,0 +1,186 @@
+"""Turn a snapshot payload into the ``RuntimeConfig`` a node serves from.
+
+This is the single place where snapshot protobuf becomes data-plane values. The
+control plane runs the same function before it signs, so nothing it signs can
+fail to compile on a node. Every problem is reported with the path of the
+offending entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from google.protobuf.message import DecodeError
+
+from dataplane.config.model import (
+    ApiKeyEntry,
+    Capability,
+    DataClass,
+    DeploymentConfig,
+    ModelConfig,
+    ProviderConfig,
+    ProviderLocation,
+    RuntimeConfig,
+    Scope,
+    SecretRef,
+    TenantConfig,
+)
+from dataplane.providers.base import adapter_types
+from dataplane.routing.policy import CompiledPolicy, PolicyError, compile_policy
+from signalbox.api.common.v1 import common_pb2
+from signalbox.api.config.v1 import snapshot_pb2
+
+
+class SnapshotInvalid(Exception):
+    """The payload cannot be served; ``path`` names the offending entry."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+CAPABILITY_FROM_PROTO: dict[int, Capability] = {
+    common_pb2.CAPABILITY_CHAT: Capability.CHAT,
+    common_pb2.CAPABILITY_TOOLS: Capability.TOOLS,
+    common_pb2.CAPABILITY_VISION: Capability.VISION,
+    common_pb2.CAPABILITY_JSON_MODE: Capability.JSON_MODE,
+    common_pb2.CAPABILITY_JSON_SCHEMA: Capability.JSON_SCHEMA,
+    common_pb2.CAPABILITY_STREAMING: Capability.STREAMING,
+    common_pb2.CAPABILITY_EMBEDDINGS: Capability.EMBEDDINGS,
+}
+
+LOCATION_FROM_PROTO: dict[int, ProviderLocation] = {
+    snapshot_pb2.PROVIDER_LOCATION_UNSPECIFIED: ProviderLocation.PUBLIC_CLOUD,
+    snapshot_pb2.PROVIDER_LOCATION_PUBLIC_CLOUD: ProviderLocation.PUBLIC_CLOUD,
+    snapshot_pb2.PROVIDER_LOCATION_ON_PREM: ProviderLocation.ON_PREM,
+    snapshot_pb2.PROVIDER_LOCATION_SITE: ProviderLocation.SITE,
+}
+
+
+def decode_snapshot(payload: bytes) -> snapshot_pb2.Snapshot:
+    snapshot = snapshot_pb2.Snapshot()
+    try:
+        snapshot.ParseFromString(payload)
+    except DecodeError as exc:
+        raise SnapshotInvalid("$", f"payload is not a Snapshot message: {exc}") from exc
+    return snapshot
+
+
+def compile_payload(payload: bytes) -> RuntimeConfig:
+    """Decode and compile the exact signed payload bytes."""
+    return compile_snapshot(decode_snapshot(payload), hashlib.sha256(payload).digest())
+
+
+def compile_snapshot(snapshot: snapshot_pb2.Snapshot, payload_sha256: bytes) -> RuntimeConfig:
+    """Check referential integrity and compile; raise ``SnapshotInvalid`` on the first problem."""
+    if snapshot.version <= 0:
+        raise SnapshotInvalid("$.version", "must be positive")
+
+    tenants: dict[str, TenantConfig] = {}
+    for i, t in enumerate(snapshot.tenants):
+        if not t.id:
+            raise SnapshotInvalid(f"$.tenants[{i}].id", "must not be empty")
+        if t.id in tenants:
+            raise SnapshotInvalid(f"$.tenants[{i}].id", f"duplicate tenant {t.id!r}")
+        tenants[t.id] = TenantConfig(t.id, t.name, t.tier, t.active, dict(t.labels))
+
+    keys: dict[bytes, ApiKeyEntry] = {}
+    for i, k in enumerate(snapshot.api_keys):
+        if k.tenant_id not in tenants:
+            raise SnapshotInvalid(f"$.api_keys[{i}].tenant_id", f"unknown tenant {k.tenant_id!r}")
+        if len(k.secret_sha256) != 32:
+            raise SnapshotInvalid(f"$.api_keys[{i}].secret_sha256", "must be a 32-byte SHA-256")
+        expires = k.expires_at.ToSeconds() if k.HasField("expires_at") else None
+        keys[bytes(k.secret_sha256)] = ApiKeyEntry(k.id, k.tenant_id, k.name, frozenset(k.scopes), expires)
+
+    known_types = adapter_types()
+    providers: dict[str, ProviderConfig] = {}
+    for i, p in enumerate(snapshot.providers):
+        if not p.id:
+            raise SnapshotInvalid(f"$.providers[{i}].id", "must not be empty")
+        if p.type not in known_types:
+            raise SnapshotInvalid(
+                f"$.providers[{i}].type",
+                f"unknown provider type {p.type!r} (known: {', '.join(sorted(known_types))})",
+            )
+        credential = SecretRef(env=p.credential.env, file=p.credential.file)
+        providers[p.id] = ProviderConfig(
+            id=p.id,
+            name=p.name,
+            type=p.type,
+            base_url=p.base_url,
+            credential=credential,
+            settings=dict(p.settings),
+            timeout_s=(p.timeout_ms or 60_000) / 1000,
+            location=LOCATION_FROM_PROTO.get(p.location, ProviderLocation.PUBLIC_CLOUD),
+            site=p.site,
+            region=p.region,
+            jurisdiction=p.jurisdiction,
+        )
+
+    models: dict[str, ModelConfig] = {}
+    for i, m in enumerate(snapshot.models):
+        if not m.alias:
+            raise SnapshotInvalid(f"$.models[{i}].alias", "must not be empty")
+        if m.alias in models:
+            raise SnapshotInvalid(f"$.models[{i}].alias", f"duplicate model {m.alias!r}")
+        deployments = []
+        for j, d in enumerate(m.deployments):
+            if d.provider_id not in providers:
+                raise SnapshotInvalid(
+                    f"$.models[{i}].deployments[{j}].provider_id", f"unknown provider {d.provider_id!r}"
+                )
+            deployments.append(DeploymentConfig(d.id, d.provider_id, d.upstream_model, d.weight or 1))
+        if not deployments:
+            raise SnapshotInvalid(f"$.models[{i}].deployments", f"model {m.alias!r} has no deployment")
+        models[m.alias] = ModelConfig(
+            id=m.id,
+            alias=m.alias,
+            capabilities=frozenset(
+                CAPABILITY_FROM_PROTO[c] for c in m.capabilities if c in CAPABILITY_FROM_PROTO
+            ),
+            context_window=m.context_window,
+            max_output_tokens=m.max_output_tokens,
+            input_price_nanos_per_mtok=m.input_price_nanos_per_mtok,
+            output_price_nanos_per_mtok=m.output_price_nanos_per_mtok,
+            cached_input_price_nanos_per_mtok=m.cached_input_price_nanos_per_mtok,
+            deployments=tuple(deployments),
+            certified_for=frozenset(
+                DataClass(c) for c in m.certified_for if c in DataClass._value2member_map_
+            ),
+            certifications=frozenset(m.certifications),
+            typical_latency_ms=m.typical_latency_ms,
+            attributes=dict(m.attributes),
+        )
+
+    policies: dict[str, CompiledPolicy] = {}
+    for i, pol in enumerate(snapshot.policies):
+        if pol.tenant_id and pol.tenant_id not in tenants:
+            raise SnapshotInvalid(f"$.policies[{i}].tenant_id", f"unknown tenant {pol.tenant_id!r}")
+        if pol.tenant_id in policies:
+            raise SnapshotInvalid(f"$.policies[{i}].tenant_id", "more than one policy for this tenant")
+        try:
+            document = json.loads(pol.document_json)
+        except ValueError as exc:
+            raise SnapshotInvalid(f"$.policies[{i}].document_json", f"not JSON: {exc}") from exc
+        try:
+            policies[pol.tenant_id] = compile_policy(
+                document, models, policy_id=pol.id, tenant_id=pol.tenant_id, version=pol.version
+            )
+        except PolicyError as exc:
+            raise SnapshotInvalid(f"$.policies[{i}].document{exc.path[1:]}", exc.message) from exc
+
+    return RuntimeConfig(
+        version=snapshot.version,
+        payload_sha256=payload_sha256,
+        created_at=snapshot.created_at.ToSeconds() if snapshot.HasField("created_at") else 0.0,
+        expires_at=snapshot.expires_at.ToSeconds() if snapshot.HasField("expires_at") else None,
+        scope=Scope(snapshot.scope.deployment, snapshot.scope.node_group, snapshot.scope.site),
+        tenants=tenants,
+        api_keys=keys,
+        providers=providers,
+        models=models,
+        policies=policies,
+    )
