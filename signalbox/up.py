@@ -1,0 +1,597 @@
+"""``signalbox up``: the whole system on one machine, seeded, with one real request.
+
+One process tree on localhost: the simulated upstream (in process), the control
+plane (a child, which starts embedded PostgreSQL under its data dir) and one
+data-plane node (a child that gets only the control plane's address and its
+trust key, exactly as a node on another machine would). The control plane is
+seeded through its own Admin API, never behind its back.
+
+:class:`LocalStack` is the reusable part: the benchmark builds the same tree,
+with each process pinned to a core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from signalbox import settings
+from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.api.common.v1 import common_pb2
+from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from signalbox.client_cli import answer_text, build_request
+from signalbox.simulator import Simulator, parse_listen
+
+COMMAND = "up"
+TENANT = "demo"
+PROVIDER = "simulator"
+PROVIDER_TYPE = "simulated"
+NODE_ID = "up-node-1"
+DEMO_PROMPT = "Hello from signalbox up!"
+
+T = TypeVar("T")
+
+
+class StackError(RuntimeError):
+    """A part of the local stack failed to start or died; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoModel:
+    """A model ``up`` registers, served by the simulator under the same name."""
+
+    alias: str
+    capabilities: tuple[common_pb2.Capability.ValueType, ...]
+    input_price_nanos_per_mtok: int
+    output_price_nanos_per_mtok: int
+
+
+DEMO_MODELS = (
+    DemoModel(
+        "sim-fast", (common_pb2.CAPABILITY_CHAT, common_pb2.CAPABILITY_STREAMING), 150_000_000, 600_000_000
+    ),
+    DemoModel(
+        "sim-smart",
+        (common_pb2.CAPABILITY_CHAT, common_pb2.CAPABILITY_STREAMING, common_pb2.CAPABILITY_TOOLS),
+        2_500_000_000,
+        10_000_000_000,
+    ),
+)
+DEMO_POLICY = {"default_model": "sim-fast", "allowed_models": [m.alias for m in DEMO_MODELS]}
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    """Where the local stack lives and listens, and which cores each process may use."""
+
+    data_dir: Path
+    controlplane_listen: str = "127.0.0.1:7700"
+    dataplane_listen: str = "127.0.0.1:7701"
+    simulator_listen: str = "127.0.0.1:7702"
+    simulator_in_process: bool = True
+    """False runs the simulator as a child process (the benchmark pins it to a core)."""
+    controlplane_cpus: str | None = None
+    """A ``taskset -c`` CPU list for the control plane (and its PostgreSQL); None: unpinned."""
+    dataplane_cpus: str | None = None
+    simulator_cpus: str | None = None
+    startup_timeout: float = 120.0
+    """Seconds each child gets to become healthy."""
+
+    def with_concrete_ports(self) -> StackConfig:
+        """The same config with every port 0 replaced by a port that is free now."""
+        return replace(
+            self,
+            controlplane_listen=_concrete(self.controlplane_listen),
+            dataplane_listen=_concrete(self.dataplane_listen),
+            simulator_listen=self.simulator_listen
+            if self.simulator_in_process
+            else _concrete(self.simulator_listen),
+        )
+
+
+@dataclass(slots=True)
+class _Child:
+    name: str
+    process: asyncio.subprocess.Process
+    log: Path
+
+
+@dataclass(slots=True)
+class LocalStack:
+    """Simulator, control plane and one node on localhost; seeded with a demo tenant."""
+
+    config: StackConfig
+    admin_token: str = ""
+    api_key: str = ""
+    snapshot_version: int = 0
+    simulator_url: str = ""
+    _simulator: Simulator | None = None
+    _children: list[_Child] = field(default_factory=list)
+    _progress: Callable[[str], None] = field(default=lambda _: None)
+
+    @property
+    def controlplane_dir(self) -> Path:
+        return self.config.data_dir / "controlplane"
+
+    @property
+    def node_dir(self) -> Path:
+        return self.config.data_dir / "node"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.config.data_dir / "logs"
+
+    @property
+    def dataplane_target(self) -> str:
+        return self.config.dataplane_listen
+
+    def pid_of(self, name: str) -> int:
+        """The PID of child ``name`` ("controlplane", "dataplane", "simulator")."""
+        for child in self._children:
+            if child.name == name:
+                return child.process.pid
+        raise KeyError(name)
+
+    async def start(self, progress: Callable[[str], None] | None = None) -> None:
+        """Start everything in dependency order and seed the control plane. Idempotent over
+        an existing data dir: a second ``up`` reuses the database and updates the seed."""
+        if progress is not None:
+            self._progress = progress
+        cfg = self.config
+        for directory in (self.controlplane_dir, self.node_dir, self.log_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+        await self._start_simulator()
+        self._progress(f"simulator on {self.simulator_url}")
+
+        self.admin_token = await self._bootstrap_admin()
+        cp = await self._spawn(
+            "controlplane",
+            [
+                "controlplane",
+                "serve",
+                "--listen",
+                cfg.controlplane_listen,
+                "--data-dir",
+                str(self.controlplane_dir),
+            ],
+            cfg.controlplane_cpus,
+        )
+        await self._wait_healthy(cp, cfg.controlplane_listen)
+        self._progress(f"control plane on {cfg.controlplane_listen} (data in {self.controlplane_dir})")
+
+        await self._seed()
+        trust_key = self.controlplane_dir / "trust-key.pub"
+        if not trust_key.exists():
+            raise StackError(f"control plane is serving but wrote no trust key at {trust_key}")
+
+        node = await self._spawn(
+            "dataplane",
+            [
+                "dataplane",
+                "serve",
+                "--listen",
+                cfg.dataplane_listen,
+                "--control-plane",
+                cfg.controlplane_listen,
+                "--trust-key",
+                str(trust_key),
+                "--node-id",
+                NODE_ID,
+                "--data-dir",
+                str(self.node_dir),
+            ],
+            cfg.dataplane_cpus,
+        )
+        # SERVING means the node has verified and applied a snapshot.
+        await self._wait_healthy(node, cfg.dataplane_listen)
+        await self._wait_converged(node)
+        self._progress(f"node {NODE_ID} on {cfg.dataplane_listen} serving snapshot v{self.snapshot_version}")
+
+    async def stop(self) -> None:
+        """Stop the node first (it drains), then the control plane (and its PostgreSQL), then the simulator."""
+        order = {"dataplane": 0, "controlplane": 1, "simulator": 2}
+        for child in sorted(self._children, key=lambda c: order.get(c.name, 3)):
+            await _terminate(child.process)
+        self._children.clear()
+        if self._simulator is not None:
+            await self._simulator.stop()
+            self._simulator = None
+
+    async def wait_for_child_exit(self) -> str:
+        """Block until any child exits; returns its name and the tail of its log."""
+        waits = {asyncio.ensure_future(c.process.wait()): c for c in self._children}
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        child = waits[next(iter(done))]
+        return f"{child.name} exited with status {child.process.returncode}\n{_tail(child.log)}"
+
+    async def demo_request(self, prompt: str = DEMO_PROMPT) -> infer_pb2.InferResponse:
+        """Send one real Infer request with the demo API key."""
+        async with grpc.aio.insecure_channel(self.dataplane_target) as channel:
+            stub = infer_pb2_grpc.InferServiceStub(channel)
+            response: infer_pb2.InferResponse = await stub.Infer(
+                build_request(prompt), metadata=(("authorization", f"Bearer {self.api_key}"),), timeout=30
+            )
+            return response
+
+    # ---- steps ----
+
+    async def _start_simulator(self) -> None:
+        host, port = parse_listen(self.config.simulator_listen)
+        if self.config.simulator_in_process:
+            self._simulator = Simulator(host, port)
+            await self._simulator.start()
+            self.simulator_url = self._simulator.base_url
+            return
+        listen = _concrete(self.config.simulator_listen)
+        child = await self._spawn(
+            "simulator",
+            ["simulator", "serve", "--listen", listen],
+            self.config.simulator_cpus,
+            module="signalbox.simulator",
+        )
+        self.simulator_url = f"http://{listen}"
+        url = f"{self.simulator_url}/v1/models"
+
+        async def reachable() -> bool:
+            reader_writer = await asyncio.open_connection(host, int(listen.rsplit(":", 1)[1]))
+            reader_writer[1].close()
+            await reader_writer[1].wait_closed()
+            return True
+
+        await self._poll(child, reachable, f"simulator at {url}")
+
+    async def _bootstrap_admin(self) -> str:
+        log = self.log_dir / "bootstrap-admin.log"
+        out = self.log_dir / "bootstrap-admin.out"
+        args = [
+            "controlplane",
+            "bootstrap-admin",
+            "--data-dir",
+            str(self.controlplane_dir),
+            "--name",
+            "signalbox-up",
+        ]
+        # stdout to a file, not a pipe: an embedded PostgreSQL it starts may outlive it and
+        # would hold a pipe open forever.
+        with log.open("ab") as err, out.open("wb") as stdout:
+            process = await asyncio.create_subprocess_exec(
+                *self._command(args, self.config.controlplane_cpus),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=err,
+                start_new_session=True,
+            )
+        try:
+            code = await asyncio.wait_for(process.wait(), self.config.startup_timeout)
+        except TimeoutError:
+            await _terminate(process)
+            raise StackError(
+                f"bootstrap-admin did not finish in {self.config.startup_timeout}s\n{_tail(log)}"
+            ) from None
+        lines = out.read_text().strip().splitlines()
+        if code != 0 or not lines:
+            raise StackError(f"bootstrap-admin failed with status {code}\n{_tail(log)}")
+        return lines[-1].strip()
+
+    async def _seed(self) -> None:
+        metadata = (("authorization", f"Bearer {self.admin_token}"),)
+        async with grpc.aio.insecure_channel(self.config.controlplane_listen) as channel:
+            admin = admin_pb2_grpc.AdminServiceStub(channel)
+            await _already_exists(
+                admin.CreateTenant(admin_pb2.CreateTenantRequest(name=TENANT, tier="demo"), metadata=metadata)
+            )
+            # A fresh key each run: secrets are shown once, so an old one cannot be recovered.
+            key = await admin.CreateApiKey(
+                admin_pb2.CreateApiKeyRequest(tenant=TENANT, name=f"up-{int(time.time())}"), metadata=metadata
+            )
+            self.api_key = key.secret
+            provider = admin_pb2.Provider(
+                name=PROVIDER,
+                type=PROVIDER_TYPE,
+                base_url=f"{self.simulator_url}/v1",
+                timeout_ms=30_000,
+                location=snapshot_pb2.PROVIDER_LOCATION_ON_PREM,
+            )
+            # The simulator's port may differ from the last run, so an existing provider is updated.
+            if await _already_exists(
+                admin.CreateProvider(admin_pb2.CreateProviderRequest(provider=provider), metadata=metadata)
+            ):
+                await admin.UpdateProvider(
+                    admin_pb2.UpdateProviderRequest(provider=provider), metadata=metadata
+                )
+            for demo in DEMO_MODELS:
+                model = admin_pb2.Model(
+                    alias=demo.alias,
+                    capabilities=demo.capabilities,
+                    context_window=128_000,
+                    max_output_tokens=4_096,
+                    input_price_nanos_per_mtok=demo.input_price_nanos_per_mtok,
+                    output_price_nanos_per_mtok=demo.output_price_nanos_per_mtok,
+                    deployments=[
+                        admin_pb2.Deployment(provider=PROVIDER, upstream_model=demo.alias, weight=1)
+                    ],
+                )
+                if await _already_exists(
+                    admin.CreateModel(admin_pb2.CreateModelRequest(model=model), metadata=metadata)
+                ):
+                    await admin.UpdateModel(admin_pb2.UpdateModelRequest(model=model), metadata=metadata)
+            await admin.ApplyPolicy(
+                admin_pb2.ApplyPolicyRequest(tenant=TENANT, document=json.dumps(DEMO_POLICY)),
+                metadata=metadata,
+            )
+        self._progress(
+            f'seeded tenant "{TENANT}", provider "{PROVIDER}", models '
+            f"{', '.join(m.alias for m in DEMO_MODELS)}, policy default {DEMO_POLICY['default_model']}"
+        )
+
+    async def _wait_converged(self, node: _Child) -> None:
+        """Wait until the node has ACKed the latest snapshot: the seed is debounced into
+        snapshots, and the node may have subscribed before the last one was built."""
+        metadata = (("authorization", f"Bearer {self.admin_token}"),)
+        async with grpc.aio.insecure_channel(self.config.controlplane_listen) as channel:
+            admin = admin_pb2_grpc.AdminServiceStub(channel)
+
+            async def converged() -> bool:
+                latest = await admin.GetSnapshot(
+                    admin_pb2.GetSnapshotRequest(version=0), metadata=metadata, timeout=5
+                )
+                nodes = await admin.ListNodes(admin_pb2.ListNodesRequest(), metadata=metadata, timeout=5)
+                applied = {n.node_id: n.applied_version for n in nodes.nodes}
+                self.snapshot_version = applied.get(NODE_ID, 0)
+                return self.snapshot_version >= latest.version > 0
+
+            await self._poll(node, converged, f"node {NODE_ID} to apply the latest snapshot")
+
+    # ---- processes ----
+
+    def _command(self, args: Sequence[str], cpus: str | None, module: str = "signalbox") -> list[str]:
+        pin = ["taskset", "-c", cpus] if cpus else []
+        return [*pin, sys.executable, "-m", module, *args]
+
+    async def _spawn(
+        self, name: str, args: Sequence[str], cpus: str | None, module: str = "signalbox"
+    ) -> _Child:
+        log = self.log_dir / f"{name}.log"
+        with log.open("ab") as sink:
+            # A session of its own: Ctrl-C reaches only `up`, which then stops children in order.
+            process = await asyncio.create_subprocess_exec(
+                *self._command(args, cpus, module),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=sink,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        child = _Child(name, process, log)
+        self._children.append(child)
+        return child
+
+    async def _wait_healthy(self, child: _Child, target: str) -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def serving() -> bool:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+            await self._poll(child, serving, f"{child.name} health on {target}")
+
+    async def _poll(self, child: _Child, probe: Callable[[], Awaitable[bool]], what: str) -> None:
+        """Retry ``probe`` until it holds, failing fast if ``child`` dies meanwhile."""
+        deadline = time.monotonic() + self.config.startup_timeout
+        last = ""
+        while True:
+            if child.process.returncode is not None:
+                raise StackError(
+                    f"{child.name} exited with status {child.process.returncode}\n{_tail(child.log)}"
+                )
+            try:
+                if await probe():
+                    return
+            except (grpc.aio.AioRpcError, OSError) as exc:
+                last = (exc.details() or "") if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"timed out after {self.config.startup_timeout}s waiting for {what}"
+                    f"{f' (last error: {last})' if last else ''}\n{_tail(child.log)}"
+                )
+            await asyncio.sleep(0.1)
+
+
+async def _already_exists(create: Awaitable[object]) -> bool:
+    """Await a Create call; True when the object was already there (``up`` over an old data dir)."""
+    try:
+        await create
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+        return True
+    return False
+
+
+async def _terminate(process: asyncio.subprocess.Process, grace: float = 15.0) -> None:
+    """SIGTERM, wait ``grace`` seconds for the drain, then SIGKILL."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+def _tail(log: Path, lines: int = 30) -> str:
+    try:
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n".join(f"  | {line}" for line in text)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (children need a concrete port on their command line)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _concrete(listen: str) -> str:
+    host, port = parse_listen(listen)
+    return f"{host}:{port or free_port(host)}"
+
+
+# ---- CLI ----
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``signalbox up`` and ``signalbox simulator``."""
+    from signalbox import simulator
+
+    simulator.register(commands)
+    parser = commands.add_parser(
+        COMMAND, help="run the whole system locally with a demo tenant, and call it once"
+    )
+    settings.add(
+        parser,
+        "--data-dir",
+        env="SIGNALBOX_UP_DATA_DIR",
+        default="var/up",
+        help="where the control plane (and its PostgreSQL), the node and the logs keep their files",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
+        "--controlplane-listen",
+        env="SIGNALBOX_UP_CONTROLPLANE_LISTEN",
+        default="127.0.0.1:7700",
+        help="HOST:PORT of the control plane (port 0: any free port)",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
+        "--dataplane-listen",
+        env="SIGNALBOX_UP_DATAPLANE_LISTEN",
+        default="127.0.0.1:7701",
+        help="HOST:PORT of the data-plane node's Infer API (port 0: any free port)",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
+        "--simulator-listen",
+        env="SIGNALBOX_UP_SIMULATOR_LISTEN",
+        default="127.0.0.1:7702",
+        help="HOST:PORT of the simulated upstream (port 0: any free port)",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
+        "--startup-timeout",
+        env="SIGNALBOX_UP_STARTUP_TIMEOUT",
+        default=120.0,
+        type=float,
+        help="seconds each process gets to become healthy",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
+        "--once",
+        env="SIGNALBOX_UP_ONCE",
+        default=False,
+        action="store_true",
+        help="send the demo request, then stop everything and exit",
+        command=COMMAND,
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(ns: argparse.Namespace) -> int:
+    """The ``signalbox up`` handler."""
+    config = StackConfig(
+        data_dir=Path(ns.data_dir).resolve(),
+        controlplane_listen=ns.controlplane_listen,
+        dataplane_listen=ns.dataplane_listen,
+        simulator_listen=ns.simulator_listen,
+        startup_timeout=ns.startup_timeout,
+    ).with_concrete_ports()
+    return asyncio.run(_up(config, once=ns.once, out=sys.stdout))
+
+
+async def _up(config: StackConfig, *, once: bool, out: IO[str]) -> int:
+    def say(line: str = "") -> None:
+        print(line, file=out, flush=True)
+
+    stack = LocalStack(config)
+    stopping = asyncio.Event()
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        # During start-up there is nothing to wait for: cancel it and clean up.
+        stopping.set()
+        if main is not None and not serving.is_set():
+            main.cancel()
+
+    serving = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await stack.start(progress=lambda line: say(f"signalbox up: {line}"))
+        response = await stack.demo_request()
+        say()
+        say(f"request:  {DEMO_PROMPT}")
+        say(f"answer:   {answer_text(response.message)}")
+        say(f"model:    {response.model} (provider {response.provider})")
+        say(f"evidence: {response.evidence_id}")
+        say(f"correlation: {response.correlation_id}  snapshot: v{response.snapshot_version}")
+        say()
+        say("Call it yourself:")
+        say(f'  signalbox infer --target {config.dataplane_listen} --api-key {stack.api_key} "hello"')
+        say(f"Admin token (shown once): {stack.admin_token}")
+        say(f"Logs: {stack.log_dir}")
+        if once:
+            return 0
+        serving.set()
+        say("Serving. Press Ctrl-C to stop.")
+        stop_wait = asyncio.ensure_future(stopping.wait())
+        child_wait = asyncio.ensure_future(stack.wait_for_child_exit())
+        done, _ = await asyncio.wait({stop_wait, child_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        child_wait.cancel()
+        if child_wait in done and not child_wait.cancelled():
+            say(f"signalbox up: {child_wait.result()}")
+            return 1
+        say("signalbox up: stopping")
+        return 0
+    except asyncio.CancelledError:
+        say("signalbox up: interrupted, stopping")
+        return 0 if stopping.is_set() else 1
+    except (StackError, grpc.aio.AioRpcError) as exc:
+        message = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+        code = f"{exc.code().name}: " if isinstance(exc, grpc.aio.AioRpcError) else ""
+        print(f"signalbox up: {code}{message}\n(logs in {stack.log_dir})", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await stack.stop()

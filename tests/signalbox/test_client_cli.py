@@ -1,0 +1,108 @@
+"""``signalbox infer`` against a real node: output, streaming, JSON, and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import pytest
+
+from signalbox.up import LocalStack
+
+pytestmark = pytest.mark.timeout(600)
+
+
+async def infer(stack: LocalStack, *args: str, api_key: str | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "signalbox",
+        "infer",
+        "--target",
+        stack.dataplane_target,
+        "--api-key",
+        stack.api_key if api_key is None else api_key,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_prints_the_answer_then_model_and_evidence(local_stack: LocalStack) -> None:
+    code, out, err = await infer(local_stack, "hello")
+
+    assert code == 0, err
+    assert out == "Simulated answer to: hello\n"
+    assert "model: sim-fast" in err
+    assert "evidence: " in err
+    assert "evidence:  " not in err  # the id is not empty
+
+
+async def test_explicit_model_and_stream(local_stack: LocalStack) -> None:
+    code, out, err = await infer(local_stack, "--stream", "--model", "sim-smart", "stream this")
+
+    assert code == 0, err
+    assert out == "Simulated answer to: stream this\n"
+    assert "model: sim-smart" in err
+
+
+async def test_json_prints_the_whole_response(local_stack: LocalStack) -> None:
+    code, out, err = await infer(local_stack, "--json", "as json")
+
+    assert code == 0, err
+    response = json.loads(out)
+    assert response["model"] == "sim-fast"
+    assert response["evidenceId"]
+    assert response["message"]["content"][0]["text"] == "Simulated answer to: as json"
+
+
+@pytest.mark.parametrize(
+    ("args", "api_key", "code", "status"),
+    [
+        (("hello",), "sk-not-a-real-key", 3, "UNAUTHENTICATED"),
+        (("--model", "no-such-model", "hello"), None, 5, "NOT_FOUND"),
+        (("",), None, 2, "INVALID_ARGUMENT"),
+    ],
+)
+async def test_errors_are_one_line_with_an_exit_code(
+    local_stack: LocalStack, args: tuple[str, ...], api_key: str | None, code: int, status: str
+) -> None:
+    returncode, out, err = await infer(local_stack, *args, api_key=api_key)
+
+    assert returncode == code, err
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith(f"signalbox infer: {status} from {local_stack.dataplane_target}: ")
+
+
+async def test_unreachable_node_is_unavailable() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "signalbox",
+        "infer",
+        "--target",
+        "127.0.0.1:1",
+        "--api-key",
+        "k",
+        "--timeout",
+        "5",
+        "hello",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 6
+    assert err.decode().startswith("signalbox infer: UNAVAILABLE from 127.0.0.1:1")
+
+
+async def test_missing_api_key_fails_before_calling(local_stack: LocalStack) -> None:
+    code, _, err = await infer(local_stack, "hello", api_key="")
+
+    assert code == 3
+    assert "SIGNALBOX_API_KEY" in err
