@@ -6,6 +6,7 @@
     ├── PermissionDenied          PERMISSION_DENIED
     ├── NotFound                  NOT_FOUND
     ├── CapabilityUnavailable     FAILED_PRECONDITION (names the capability)
+    ├── CredentialUnavailable     FAILED_PRECONDITION (names the secret reference, never the value)
     ├── NoSnapshot                UNAVAILABLE         (node never had a valid snapshot)
     ├── SnapshotRejected          FAILED_PRECONDITION (why a snapshot was NACKed)
     ├── DeadlineExceeded          DEADLINE_EXCEEDED   (carries the attempts made)
@@ -69,6 +70,12 @@ class CapabilityUnavailable(SignalboxError):
     def __init__(self, capability: str, message: str) -> None:
         super().__init__(message)
         self.capability = capability
+
+
+class CredentialUnavailable(SignalboxError):
+    """A provider's secret reference (env var or file) cannot be resolved on this node."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class NoSnapshot(SignalboxError):

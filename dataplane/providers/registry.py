@@ -5,3 +5,19 @@ The registry is a table from provider type to adapter class, never a chain of
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .base import AdapterFactory, register
+from .openai import OpenAIAdapter
+from .openai_compatible import OpenAICompatibleAdapter, SimulatedAdapter
+
+BUILTIN_ADAPTERS: Mapping[str, AdapterFactory] = {
+    OpenAIAdapter.type_name: OpenAIAdapter,
+    OpenAICompatibleAdapter.type_name: OpenAICompatibleAdapter,
+    SimulatedAdapter.type_name: SimulatedAdapter,
+}
+"""Provider type (``ProviderConfig.type``) → adapter class."""
+
+for _type_name, _factory in BUILTIN_ADAPTERS.items():
+    register(_type_name, _factory)

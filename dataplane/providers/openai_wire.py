@@ -1,0 +1,369 @@
+"""The OpenAI chat-completions wire format, shared by OpenAI, Azure, Mistral and compatible servers.
+
+They differ in small, named ways collected in ``OpenAIDialect`` (which field
+carries the token limit and the seed, whether ``stream_options`` exists, how
+"must call a tool" is spelled) and in two hooks (URL and tool-call id
+rewriting); everything else is this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from dataplane.chat import (
+    ChatRequest,
+    ChatResponse,
+    EmbedRequest,
+    EmbedResponse,
+    FinishReason,
+    ImagePart,
+    Message,
+    Role,
+    StreamChunk,
+    TextPart,
+    ToolCall,
+    ToolChoice,
+    Usage,
+)
+
+from .classify import ErrorFacts, classify_error, tokens_of
+from .sse import SSEDecoder
+from .transport import HttpAdapter
+from .wire import ToolCallIndexer, arguments_text, image_url, settle_finish, synthesize_call_id
+
+FINISH_REASONS: Mapping[str, FinishReason] = {
+    "stop": FinishReason.STOP,
+    "eos_token": FinishReason.STOP,
+    "stop_sequence": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "model_length": FinishReason.LENGTH,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
+    "content_filter": FinishReason.CONTENT_FILTER,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIDialect:
+    """The ways one OpenAI-shaped API differs from OpenAI's own."""
+
+    max_tokens_field: str = "max_completion_tokens"
+    """OpenAI deprecated ``max_tokens``; Mistral and most compatible servers only know it."""
+    seed_field: str = "seed"
+    stream_usage: bool = True
+    """Send ``stream_options.include_usage``; Mistral has no ``stream_options`` and rejects it."""
+    developer_role: bool = True
+    """Whether ``developer`` messages may be sent as such; otherwise they become ``system``."""
+    required_tool_choice: str = "required"
+    dimensions_field: str = "dimensions"
+
+
+class OpenAIFamilyAdapter(HttpAdapter):
+    """Chat completions and embeddings over the OpenAI wire format."""
+
+    dialect: ClassVar[OpenAIDialect] = OpenAIDialect()
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def chat_url(self, model: str) -> str:
+        return f"{self.base_url}/chat/completions"
+
+    def embeddings_url(self, model: str) -> str:
+        return f"{self.base_url}/embeddings"
+
+    def query(self) -> dict[str, str] | None:
+        """Query parameters for every call (Azure's ``api-version``)."""
+        return None
+
+    def model_field(self, model: str) -> str | None:
+        """The ``model`` body field; None to leave it out (Azure names the deployment in the URL)."""
+        return model
+
+    def id_to_upstream(self, call_id: str) -> str:
+        """Rewrite a tool-call id on the way out (Mistral accepts only its own id shape)."""
+        return call_id
+
+    def id_from_upstream(self, call_id: str) -> str:
+        """Undo ``id_to_upstream`` for ids coming back."""
+        return call_id
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._credential}"} if self._credential else {}
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    async def complete(self, model: str, request: ChatRequest, *, timeout: float) -> ChatResponse:
+        """One non-streamed chat completion."""
+        body = self.chat_body(model, request, stream=False)
+        payload = await self.post_json(self.chat_url(model), body, timeout=timeout, params=self.query())
+        return self.parse_completion(payload)
+
+    async def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
+        """Streamed chat completion: data-only SSE ending with ``data: [DONE]``."""
+        body = self.chat_body(model, request, stream=True)
+        decoder = OpenAIStreamDecoder(self)
+        async for chunk in self.stream_chunks(
+            self.chat_url(model), body, decoder, timeout=timeout, params=self.query()
+        ):
+            yield chunk
+
+    async def embed(self, model: str, request: EmbedRequest, *, timeout: float) -> EmbedResponse:
+        """Embeddings as floats (never base64: nothing here needs the smaller encoding)."""
+        body: dict[str, Any] = {"input": list(request.inputs), "encoding_format": "float"}
+        if (name := self.model_field(model)) is not None:
+            body["model"] = name
+        if request.dimensions is not None:
+            body[self.dialect.dimensions_field] = request.dimensions
+        payload = await self.post_json(self.embeddings_url(model), body, timeout=timeout, params=self.query())
+        try:
+            rows = sorted(payload["data"], key=lambda row: row.get("index", 0))
+            vectors = tuple(tuple(float(x) for x in row["embedding"]) for row in rows)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise self.malformed("embeddings without data[].embedding") from None
+        if len(vectors) != len(request.inputs):
+            raise self.malformed(f"{len(vectors)} embeddings for {len(request.inputs)} inputs")
+        usage = payload.get("usage") or {}
+        return EmbedResponse(
+            vectors=vectors,
+            usage=Usage(input_tokens=int(usage.get("prompt_tokens") or 0)) if usage else None,
+            upstream_model=str(payload.get("model") or ""),
+        )
+
+    # -- request -------------------------------------------------------------------------------
+
+    def chat_body(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        """The request body; unset parameters are left out so provider defaults apply."""
+        body: dict[str, Any] = {"messages": [self._message(m) for m in request.messages]}
+        if (name := self.model_field(model)) is not None:
+            body["model"] = name
+        params = request.params
+        optional: dict[str, object] = {
+            self.dialect.max_tokens_field: params.max_output_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stop": list(params.stop) or None,
+            self.dialect.seed_field: params.seed,
+            "presence_penalty": params.presence_penalty,
+            "frequency_penalty": params.frequency_penalty,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        **({"description": t.description} if t.description else {}),
+                        "parameters": t.parameters or {"type": "object", "properties": {}},
+                        **({"strict": True} if t.strict else {}),
+                    },
+                }
+                for t in request.tools
+            ]
+            if params.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = params.parallel_tool_calls
+        if request.tool_choice is not None:
+            body["tool_choice"] = self._tool_choice(request.tool_choice)
+        if request.response_format is not None and request.response_format.type != "text":
+            fmt = request.response_format
+            if fmt.type == "json_object":
+                body["response_format"] = {"type": "json_object"}
+            else:
+                schema: dict[str, Any] = {"name": fmt.name or "response", "schema": fmt.schema or {}}
+                if fmt.strict:
+                    schema["strict"] = True
+                body["response_format"] = {"type": "json_schema", "json_schema": schema}
+        if stream:
+            body["stream"] = True
+            if self.dialect.stream_usage:
+                body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _tool_choice(self, choice: ToolChoice) -> object:
+        if choice.mode == "tool":
+            return {"type": "function", "function": {"name": choice.name}}
+        if choice.mode == "required":
+            return self.dialect.required_tool_choice
+        return choice.mode
+
+    def _message(self, message: Message) -> dict[str, Any]:
+        role = message.role.value
+        if message.role is Role.DEVELOPER and not self.dialect.developer_role:
+            role = "system"
+        out: dict[str, Any] = {"role": role}
+        if message.role is Role.TOOL:
+            out["tool_call_id"] = self.id_to_upstream(message.tool_call_id)
+            out["content"] = message.text
+        elif message.role is Role.ASSISTANT:
+            # ``content: null`` is how OpenAI spells "only tool calls".
+            out["content"] = message.text or None
+            if message.tool_calls:
+                out["tool_calls"] = [
+                    {
+                        "id": self.id_to_upstream(c.id),
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments or "{}"},
+                    }
+                    for c in message.tool_calls
+                ]
+        elif any(isinstance(p, ImagePart) for p in message.content):
+            out["content"] = [self._part(p) for p in message.content]
+        else:
+            out["content"] = message.text
+        if message.name and message.role is not Role.TOOL:
+            out["name"] = message.name
+        return out
+
+    @staticmethod
+    def _part(part: TextPart | ImagePart) -> dict[str, Any]:
+        if isinstance(part, TextPart):
+            return {"type": "text", "text": part.text}
+        image: dict[str, Any] = {"url": image_url(part)}
+        if part.detail:
+            image["detail"] = part.detail
+        return {"type": "image_url", "image_url": image}
+
+    # -- response ------------------------------------------------------------------------------
+
+    def parse_completion(self, payload: Any) -> ChatResponse:
+        """A ``chat.completion`` object as a normalized response."""
+        try:
+            choice = payload["choices"][0]
+            message = choice["message"]
+        except (KeyError, IndexError, TypeError):
+            raise self.malformed("no choices[0].message") from None
+        calls = tuple(
+            ToolCall(
+                id=self.id_from_upstream(str(c.get("id") or "")) or synthesize_call_id(),
+                name=str((c.get("function") or {}).get("name") or ""),
+                arguments=arguments_text((c.get("function") or {}).get("arguments")),
+            )
+            for c in message.get("tool_calls") or ()
+        )
+        text = content_text(message.get("content"))
+        reason = self.finish_reason(choice.get("finish_reason"))
+        return ChatResponse(
+            message=Message(role=Role.ASSISTANT, content=(TextPart(text),) if text else (), tool_calls=calls),
+            finish_reason=settle_finish(reason, bool(calls)),
+            usage=openai_usage(payload.get("usage")),
+            upstream_model=str(payload.get("model") or ""),
+            upstream_id=str(payload.get("id") or ""),
+        )
+
+    def finish_reason(self, value: object) -> FinishReason | None:
+        """Map ``finish_reason``; Mistral's ``error`` means generation failed upstream."""
+        if value is None:
+            return None
+        if value == "error":
+            raise classify_error(
+                self.type_name, status=None, facts=ErrorFacts(tokens=("finish_reason_error",))
+            )
+        return FINISH_REASONS.get(str(value), FinishReason.STOP)
+
+    def error_facts(self, payload: Any) -> ErrorFacts | None:
+        """OpenAI ``{"error": {...}}``, flat ``{"object": "error"}``, ``{"error": "text"}``, FastAPI 422."""
+        if not isinstance(payload, dict):
+            return None
+        error = payload.get("error")
+        if isinstance(error, dict):
+            return ErrorFacts(
+                tokens=tokens_of(error.get("code"), error.get("type"), error.get("status")),
+                message=str(error.get("message") or ""),
+            )
+        if isinstance(error, str):
+            return ErrorFacts(tokens=tokens_of(payload.get("error_type"), payload.get("type")), message=error)
+        if payload.get("object") == "error":
+            return ErrorFacts(
+                tokens=tokens_of(payload.get("code"), payload.get("type")),
+                message=str(payload.get("message") or ""),
+            )
+        if isinstance(payload.get("detail"), list | str):
+            return ErrorFacts(tokens=("validation_error",), message=str(payload["detail"]))
+        return None
+
+
+def content_text(content: object) -> str:
+    """Message content as text: a string, or (Mistral, some servers) a list of text chunks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def openai_usage(usage: object) -> Usage | None:
+    """``prompt_tokens`` already includes the cached tokens, which is our convention too."""
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("prompt_tokens_details") or {}
+    return Usage(
+        input_tokens=int(usage.get("prompt_tokens") or 0),
+        output_tokens=int(usage.get("completion_tokens") or 0),
+        cached_input_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+    )
+
+
+class OpenAIStreamDecoder:
+    """``chat.completion.chunk`` events to normalized chunks.
+
+    The usage chunk has ``choices: []``; tool calls arrive either in fragments
+    under a stable ``index`` (OpenAI) or whole (Mistral, Ollama's compat
+    layer), and both end up as the same deltas.
+    """
+
+    def __init__(self, adapter: OpenAIFamilyAdapter) -> None:
+        self._adapter = adapter
+        self._sse = SSEDecoder()
+        self._tools = ToolCallIndexer()
+        self.done = False
+
+    def feed(self, line: str) -> Iterable[StreamChunk]:
+        event = self._sse.feed(line)
+        return self._on_event(event.data) if event is not None else ()
+
+    def finish(self) -> Iterable[StreamChunk]:
+        event = self._sse.flush()
+        chunks = list(self._on_event(event.data)) if event is not None else []
+        if not self.done:
+            raise self._adapter.malformed("stream ended before data: [DONE]")
+        return chunks
+
+    def _on_event(self, data: str) -> list[StreamChunk]:
+        if data.strip() == "[DONE]":
+            self.done = True
+            return []
+        payload = self._adapter.parse_event(data)
+        if not isinstance(payload, dict):
+            raise self._adapter.malformed("stream event is not an object", data)
+        chunks: list[StreamChunk] = []
+        for choice in payload.get("choices") or ():
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                chunks.extend(self._on_choice(choice))
+        usage = openai_usage(payload.get("usage"))
+        if usage is not None:
+            chunks.append(StreamChunk(usage=usage))
+        return chunks
+
+    def _on_choice(self, choice: dict[str, Any]) -> Iterable[StreamChunk]:
+        delta = choice.get("delta") or {}
+        text = content_text(delta.get("content"))
+        deltas = []
+        for call in delta.get("tool_calls") or ():
+            key = call.get("index", 0)
+            call_id = self._adapter.id_from_upstream(str(call.get("id") or ""))
+            function = call.get("function") or {}
+            fragment = arguments_text(function.get("arguments")) if function.get("arguments") else ""
+            if self._tools.is_new(key, call_id):
+                deltas.append(self._tools.start(key, call_id, str(function.get("name") or ""), fragment))
+            elif (more := self._tools.fragment(key, fragment)) is not None:
+                deltas.append(more)
+        raw_reason = choice.get("finish_reason")
+        reason = self._adapter.finish_reason(raw_reason) if raw_reason else None
+        if reason is not None:
+            reason = settle_finish(reason, self._tools.count > 0)
+        if text or deltas or reason is not None:
+            yield StreamChunk(text=text, tool_calls=tuple(deltas), finish_reason=reason)

@@ -1,0 +1,183 @@
+"""The HTTP half every adapter shares: one request path, one streaming path, one error path.
+
+A concrete adapter supplies the URL, headers and body, a reader for its
+provider's error body (``error_facts``), and for streaming a small
+synchronous ``StreamDecoder`` that turns lines into ``StreamChunk``s. This
+module does the I/O, the deadline, and the mapping of every failure through
+``classify``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from contextlib import aclosing, asynccontextmanager
+from typing import Any, ClassVar, Protocol, cast
+
+import httpx
+
+from dataplane.chat import EmbedRequest, EmbedResponse, StreamChunk
+from dataplane.config.model import ProviderConfig
+from dataplane.errors import ProviderError, UpstreamBadRequest
+
+from .classify import ErrorFacts, classify_error, classify_transport, protocol_error
+from .wire import loads
+
+
+class StreamDecoder(Protocol):
+    """Turns a provider's stream, line by line, into normalized chunks.
+
+    ``feed`` raises a ``ProviderError`` for in-band error events and malformed
+    data; ``finish`` is called when the body ends and raises when the stream
+    ended before the provider's terminator. ``done`` becomes true at the
+    terminator, after which the rest of the body is not read.
+    """
+
+    done: bool
+
+    def feed(self, line: str) -> Iterable[StreamChunk]: ...
+
+    def finish(self) -> Iterable[StreamChunk]: ...
+
+
+class HttpAdapter:
+    """Base of the HTTP adapters: holds config, the shared client and the credential."""
+
+    type_name: ClassVar[str]
+    default_base_url: ClassVar[str] = ""
+
+    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient, credential: str | None) -> None:
+        self.config = config
+        self._client = client
+        self._credential = credential
+        self.base_url = (config.base_url or self.default_base_url).rstrip("/")
+
+    # -- hooks for the concrete adapters -------------------------------------------------------
+
+    def headers(self) -> dict[str, str]:
+        """Authentication and version headers sent with every request."""
+        return {}
+
+    def error_facts(self, payload: Any) -> ErrorFacts | None:
+        """Read this provider's error body; None when ``payload`` is not an error."""
+        return None
+
+    # -- shared machinery ----------------------------------------------------------------------
+
+    async def embed(self, model: str, request: EmbedRequest, *, timeout: float) -> EmbedResponse:
+        """Adapters whose provider has no embeddings endpoint keep this refusal."""
+        raise UpstreamBadRequest(
+            f"{self.type_name}: this provider type has no embeddings endpoint", provider=self.type_name
+        )
+
+    async def aclose(self) -> None:
+        """The shared client belongs to the node; an adapter holds nothing else to release."""
+
+    async def post_json(
+        self, url: str, body: Mapping[str, Any], *, timeout: float, params: Mapping[str, str] | None = None
+    ) -> Any:
+        """POST ``body`` and return the parsed JSON answer, or raise a classified error."""
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._client.post(
+                    url, json=body, headers=self.headers(), params=params, timeout=timeout
+                )
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise classify_transport(self.type_name, exc) from exc
+        if response.is_error:
+            raise self.http_error(response.status_code, response.text, response.headers)
+        payload = loads(self.type_name, response.text)
+        # Some providers answer 200 with an error body (OpenAI-compatible servers, Mistral).
+        self.raise_in_band(payload, status=response.status_code)
+        return payload
+
+    async def stream_chunks(
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        decoder: StreamDecoder,
+        *,
+        timeout: float,
+        params: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[StreamChunk]:
+        """Yield chunks as lines arrive; closing this generator closes the upstream response.
+
+        ``timeout`` bounds connecting and each wait for bytes; the whole
+        attempt's deadline belongs to the caller, which can close us any time.
+        """
+        async with (
+            self._open(url, body, timeout=timeout, params=params) as response,
+            aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines,
+        ):
+            while not decoder.done:
+                try:
+                    line = await anext(lines)
+                except StopAsyncIteration:
+                    for chunk in decoder.finish():
+                        yield chunk
+                    return
+                except httpx.HTTPError as exc:
+                    raise classify_transport(self.type_name, exc) from exc
+                for chunk in decoder.feed(line):
+                    yield chunk
+
+    def http_error(self, status: int, text: str, headers: Mapping[str, str]) -> ProviderError:
+        """Classify a non-2xx answer from its status, headers and (maybe non-JSON) body."""
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError:
+            payload = None
+        facts = self.error_facts(payload) or ErrorFacts()
+        return classify_error(
+            self.type_name,
+            status=status,
+            facts=facts,
+            body=text,
+            headers=headers,
+            credential=self._credential,
+        )
+
+    def raise_in_band(self, payload: Any, *, status: int | None = None) -> None:
+        """Raise the classified error if ``payload`` (a body or stream event) is an error."""
+        facts = self.error_facts(payload)
+        if facts is not None:
+            raise classify_error(
+                self.type_name,
+                status=None if status is None or status < 400 else status,
+                facts=facts,
+                body=json.dumps(payload),
+                credential=self._credential,
+            )
+
+    def parse_event(self, data: str) -> Any:
+        """Parse one stream event's JSON, raising the provider's in-band error if it is one."""
+        payload = loads(self.type_name, data)
+        self.raise_in_band(payload)
+        return payload
+
+    def malformed(self, problem: str, body: str | None = None) -> ProviderError:
+        """The upstream answered 2xx but not in its documented format."""
+        return protocol_error(self.type_name, problem, body)
+
+    @asynccontextmanager
+    async def _open(
+        self, url: str, body: Mapping[str, Any], *, timeout: float, params: Mapping[str, str] | None
+    ) -> AsyncIterator[httpx.Response]:
+        request = self._client.build_request(
+            "POST", url, json=body, headers=self.headers(), params=params, timeout=timeout
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise classify_transport(self.type_name, exc) from exc
+        try:
+            if response.is_error:
+                try:
+                    await response.aread()
+                except httpx.HTTPError as exc:
+                    raise classify_transport(self.type_name, exc) from exc
+                raise self.http_error(response.status_code, response.text, response.headers)
+            yield response
+        finally:
+            await response.aclose()

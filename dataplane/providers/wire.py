@@ -1,0 +1,149 @@
+"""Translation steps that are the same for every provider, written once.
+
+System-prompt hoisting, tool-argument JSON in both directions, synthesized
+tool-call ids, image encodings, and the stream-side tool-call indexer that
+makes every provider's tool-call deltas look alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from dataplane.chat import FinishReason, ImagePart, Message, Role, ToolCall, ToolCallDelta
+from dataplane.errors import UpstreamBadRequest
+
+from .classify import protocol_error
+
+SYSTEM_ROLES = frozenset({Role.SYSTEM, Role.DEVELOPER})
+
+
+def system_prompt(messages: Iterable[Message]) -> str:
+    """All system and developer messages joined with ``\\n``, in order.
+
+    Providers with a single top-level system field (Anthropic, Gemini) lose
+    where these messages stood; this is the same rule Anthropic's own
+    OpenAI-compatible layer applies.
+    """
+    return "\n".join(m.text for m in messages if m.role in SYSTEM_ROLES)
+
+
+def conversation(messages: Iterable[Message]) -> list[Message]:
+    """The messages that are not system or developer messages."""
+    return [m for m in messages if m.role not in SYSTEM_ROLES]
+
+
+def arguments_object(provider: str, call: ToolCall) -> dict[str, Any]:
+    """A tool call's JSON-text arguments as the object providers like Anthropic need.
+
+    Empty text means no arguments. Anything that is not a JSON object is the
+    caller's mistake, reported as a bad request naming the call.
+    """
+    if not call.arguments.strip():
+        return {}
+    try:
+        value = json.loads(call.arguments)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise UpstreamBadRequest(
+            f"{provider}: arguments of tool call {call.id or call.name!r} are not a JSON object",
+            provider=provider,
+        )
+    return value
+
+
+def arguments_text(value: object) -> str:
+    """Provider-side arguments (an object or already JSON text) as JSON text."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "{}"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def synthesize_call_id() -> str:
+    """An id for a tool call whose provider gave none (Gemini, Ollama)."""
+    return "call_" + secrets.token_hex(12)
+
+
+def tool_names_by_id(messages: Iterable[Message]) -> dict[str, str]:
+    """Tool-call id → tool name, from the assistant turns; answers find their call's name here."""
+    return {c.id: c.name for m in messages for c in m.tool_calls}
+
+
+def image_base64(part: ImagePart) -> tuple[str, str] | None:
+    """``(media_type, base64 data)`` for inline images, including ``data:`` URLs; else None."""
+    if part.data is not None:
+        return part.media_type or "application/octet-stream", base64.b64encode(part.data).decode("ascii")
+    url = part.url or ""
+    if url.startswith("data:"):
+        header, _, data = url[5:].partition(",")
+        media_type, _, encoding = header.partition(";")
+        if encoding == "base64":
+            return media_type or part.media_type, data
+        return media_type or part.media_type, base64.b64encode(data.encode()).decode("ascii")
+    return None
+
+
+def image_url(part: ImagePart) -> str:
+    """An image as a URL, turning inline bytes into a ``data:`` URL."""
+    if part.url:
+        return part.url
+    inline = image_base64(part)
+    assert inline is not None  # an ImagePart has a url or data
+    return f"data:{inline[0]};base64,{inline[1]}"
+
+
+def loads(provider: str, text: str) -> Any:
+    """Parse a JSON document the upstream sent; malformed JSON is a protocol error."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise protocol_error(provider, "invalid JSON", text) from None
+
+
+def settle_finish(reason: FinishReason | None, saw_tool_calls: bool) -> FinishReason:
+    """Some providers say ``stop`` next to tool calls (Gemini, Ollama); tool calls win."""
+    if saw_tool_calls and reason in (None, FinishReason.STOP):
+        return FinishReason.TOOL_CALLS
+    return reason or FinishReason.STOP
+
+
+class ToolCallIndexer:
+    """Gives each streamed tool call the next index 0, 1, ... and its first delta the id and name.
+
+    ``key`` is whatever identifies a call in the provider's stream (OpenAI
+    ``index``, an Anthropic block index, a running counter). A new ``id`` at
+    an already-seen key starts a new call: some OpenAI-compatible servers send
+    every complete call with ``index`` 0.
+    """
+
+    __slots__ = ("_current", "count")
+
+    def __init__(self) -> None:
+        self._current: dict[object, tuple[int, str]] = {}
+        self.count = 0
+        """How many calls have started."""
+
+    def is_new(self, key: object, call_id: str) -> bool:
+        """Whether a delta at ``key`` carrying ``call_id`` (maybe empty) begins a call."""
+        current = self._current.get(key)
+        return current is None or (bool(call_id) and call_id != current[1])
+
+    def start(self, key: object, call_id: str, name: str, fragment: str = "") -> ToolCallDelta:
+        """Begin a new call at ``key``; ``call_id`` may be empty (then one is made up)."""
+        call_id = call_id or synthesize_call_id()
+        self._current[key] = (self.count, call_id)
+        self.count += 1
+        return ToolCallDelta(index=self.count - 1, id=call_id, name=name, arguments_fragment=fragment)
+
+    def fragment(self, key: object, fragment: str) -> ToolCallDelta | None:
+        """A continuation delta for the call at ``key``; None when there is nothing to say."""
+        current = self._current.get(key)
+        if current is None or not fragment:
+            return None
+        return ToolCallDelta(index=current[0], arguments_fragment=fragment)
