@@ -1,0 +1,290 @@
+"""Load through one data-plane node versus straight to the upstream, at fixed concurrency.
+
+Builds the same process tree as ``signalbox up`` (control plane with embedded
+PostgreSQL, one node, the simulated upstream as a child), pins the node to CPU 0
+and everything else (this load generator, the simulator, the control plane) to
+CPU 1, then for each concurrency level sends the same chat request
+
+- straight to the simulator over HTTP (``direct``), and
+- through the node's Infer gRPC API (``signalbox``),
+
+and prints p50/p99 latency, requests/s, the p50 the node adds, and the node's
+peak RSS (sampled with psutil). See bench/README.md.
+
+    .venv/bin/python bench/infer_load.py [--requests 2000] [--concurrency 1,8,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import grpc
+import psutil
+
+from signalbox.api.infer.v1 import infer_pb2_grpc
+from signalbox.client_cli import build_request
+from signalbox.up import LocalStack, StackConfig
+
+PROMPT = "Summarize the benefits of a control plane / data plane split in one sentence."
+MODEL = "sim-fast"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One path at one concurrency level."""
+
+    path: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: tuple[float, ...]
+    peak_rss_mib: float | None = None
+    first_error: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        if len(self.latencies_ms) == 1:
+            return self.latencies_ms[0]
+        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[int(p) - 1]
+
+
+Call = Callable[[], Awaitable[None]]
+
+
+async def drive(call: Call, concurrency: int, requests: int, duration: float | None) -> Result:
+    """Run ``call`` from ``concurrency`` workers until ``requests`` are done (or ``duration`` passes)."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    issued = 0
+    deadline = time.perf_counter() + duration if duration else None
+
+    async def worker() -> None:
+        nonlocal issued
+        while True:
+            if deadline is not None:
+                if time.perf_counter() >= deadline:
+                    return
+            elif issued >= requests:
+                return
+            issued += 1
+            started = time.perf_counter()
+            try:
+                await call()
+            except Exception as exc:  # a bench reports failures, it does not stop on them
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    return Result(
+        path="",
+        concurrency=concurrency,
+        requests=len(latencies),
+        errors=len(errors),
+        seconds=seconds,
+        latencies_ms=tuple(sorted(latencies)),
+        first_error=errors[0] if errors else "",
+    )
+
+
+class RssSampler:
+    """Peak resident set size of one process, sampled in the background."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        self._process = psutil.Process(pid)
+        self._interval = interval
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, int(self._process.memory_info().rss))
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.sample()
+
+
+async def run_level(
+    stack: LocalStack,
+    stub: infer_pb2_grpc.InferServiceAsyncStub,
+    session: aiohttp.ClientSession,
+    sampler: RssSampler,
+    concurrency: int,
+    args: argparse.Namespace,
+) -> tuple[Result, Result]:
+    metadata = (("authorization", f"Bearer {stack.api_key}"),)
+    request = build_request(PROMPT, model=MODEL)
+    url = f"{stack.simulator_url}/v1/chat/completions"
+    # The body the node sends upstream for this request, so both paths carry the same payload.
+    body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+
+    async def direct() -> None:
+        async with session.post(url, json=body) as response:
+            response.raise_for_status()
+            await response.read()
+
+    async def through_node() -> None:
+        await stub.Infer(request, metadata=metadata, timeout=30)
+
+    results = []
+    for path, call in (("direct", direct), ("signalbox", through_node)):
+        await drive(call, concurrency, args.warmup, None)
+        sampler.peak = 0
+        with sampler:
+            result = await drive(call, concurrency, args.requests, args.duration)
+        peak = sampler.peak / MIB if path == "signalbox" else None
+        results.append(
+            Result(
+                path,
+                result.concurrency,
+                result.requests,
+                result.errors,
+                result.seconds,
+                result.latencies_ms,
+                peak,
+                result.first_error,
+            )
+        )
+    return results[0], results[1]
+
+
+def print_table(rows: Sequence[tuple[Result, Result]]) -> None:
+    header = (
+        f"{'concurrency':>11}  {'path':<9}  {'requests':>8}  {'errors':>6}  {'req/s':>8}  "
+        f"{'p50 ms':>7}  {'p99 ms':>7}  {'added p50 ms':>12}  {'node peak RSS MiB':>17}"
+    )
+    print(header)
+    print("-" * len(header))
+    for direct, node in rows:
+        for r in (direct, node):
+            added = f"{node.percentile(50) - direct.percentile(50):12.3f}" if r is node else " " * 12
+            rss = f"{r.peak_rss_mib:17.1f}" if r.peak_rss_mib is not None else " " * 17
+            print(
+                f"{r.concurrency:>11}  {r.path:<9}  {r.requests:>8}  {r.errors:>6}  {r.rate:8.0f}  "
+                f"{r.percentile(50):7.3f}  {r.percentile(99):7.3f}  {added}  {rss}"
+            )
+    for direct, node in rows:
+        for r in (direct, node):
+            if r.errors:
+                print(f"errors at concurrency {r.concurrency} ({r.path}): {r.errors}, first: {r.first_error}")
+
+
+def pin(no_pin: bool) -> tuple[str | None, str | None, str]:
+    """Choose cores: (node, everything else, description). Needs CPUs 0 and 1 to be allowed."""
+    allowed = os.sched_getaffinity(0)
+    if no_pin or not {0, 1} <= allowed:
+        why = "--no-pin" if no_pin else f"CPUs 0 and 1 are not both available (allowed: {sorted(allowed)})"
+        return None, None, f"unpinned ({why}): figures include contention with the load generator"
+    os.sched_setaffinity(0, {1})
+    return "0", "1", "data plane pinned to CPU 0; load generator, simulator and control plane to CPU 1"
+
+
+async def bench(args: argparse.Namespace) -> int:
+    node_cpus, other_cpus, pinning = pin(args.no_pin)
+    with contextlib.ExitStack() as cleanup:
+        data_dir = (
+            Path(args.data_dir)
+            if args.data_dir
+            else Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
+        )
+        config = StackConfig(
+            data_dir=data_dir,
+            controlplane_listen="127.0.0.1:0",
+            dataplane_listen="127.0.0.1:0",
+            simulator_listen="127.0.0.1:0",
+            simulator_in_process=False,
+            controlplane_cpus=other_cpus,
+            dataplane_cpus=node_cpus,
+            simulator_cpus=other_cpus,
+        ).with_concrete_ports()
+        stack = LocalStack(config)
+        try:
+            await stack.start(progress=lambda line: print(f"bench: {line}", flush=True))
+            sampler = RssSampler(stack.pid_of("dataplane"))
+            print(f"bench: {pinning}")
+            amount = f"{args.duration:g} s" if args.duration else f"{args.requests} requests"
+            print(
+                f"bench: {amount} per path and level, after {args.warmup} warm-up requests; prompt {PROMPT!r}"
+            )
+            print()
+            rows = []
+            connector = aiohttp.TCPConnector(limit=0)
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                grpc.aio.insecure_channel(stack.dataplane_target) as channel,
+            ):
+                stub = infer_pb2_grpc.InferServiceStub(channel)
+                for concurrency in args.concurrency:
+                    rows.append(await run_level(stack, stub, session, sampler, concurrency, args))
+            print_table(rows)
+            peak = max((node.peak_rss_mib or 0.0) for _, node in rows)
+            print()
+            print(f"data plane peak RSS over the whole run: {peak:.1f} MiB")
+            return 0 if all(node.requests > 0 for _, node in rows) else 1
+        finally:
+            await stack.stop()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests", type=int, default=2000, help="requests per path and level (default 2000)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds per path and level instead of a request count"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=lambda v: [int(c) for c in v.split(",")],
+        default=[1, 8, 64],
+        help="comma-separated concurrency levels (default 1,8,64)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=100, help="unmeasured requests before each run (default 100)"
+    )
+    parser.add_argument("--data-dir", default=None, help="keep the stack's files here (default: a temp dir)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or any(c < 1 for c in args.concurrency):
+        parser.error("--requests and --concurrency must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return asyncio.run(bench(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""deploy/ only names settings that exist: a renamed flag must not leave a dead env var behind."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from signalbox import settings
+from signalbox.cli import build_parser
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+FILES = sorted(p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix != ".md")
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_deploy_files_name_only_real_settings(path: Path) -> None:
+    build_parser()
+    known = {s.env for s in settings.REGISTRY.values()}
+
+    named = set(re.findall(r"\b(SIGNALBOX_[A-Z0-9_]+)=", path.read_text()))
+
+    assert named <= known, f"{path.name} sets unknown settings: {sorted(named - known)}"
+
+
+def test_units_start_each_plane_with_its_env_file() -> None:
+    for plane in ("controlplane", "dataplane"):
+        unit = (DEPLOY / "systemd" / f"signalbox-{plane}.service").read_text()
+        assert f"EnvironmentFile=/etc/signalbox/{plane}.env" in unit
+        assert f"ExecStart=/opt/signalbox/bin/signalbox {plane} serve" in unit
+        assert (DEPLOY / "systemd" / f"{plane}.env").exists()

@@ -1,0 +1,71 @@
+"""The README lists every setting: a flag added anywhere without documenting it fails here.
+
+Regenerate the table after adding a setting::
+
+    .venv/bin/python -m tests.signalbox.test_readme
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from signalbox import settings
+from signalbox.cli import build_parser
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+START = "<!-- settings-table:start (generated: python -m tests.signalbox.test_readme) -->"
+END = "<!-- settings-table:end -->"
+
+
+def render_table() -> str:
+    """The Markdown table of every registered setting, in registration order."""
+    build_parser()  # registers every subcommand's settings
+    rows = [
+        "| Command | Flag | Environment variable | Default | Meaning |",
+        "|---------|------|----------------------|---------|---------|",
+    ]
+    for s in settings.REGISTRY.values():
+        default = "" if s.default in (None, "", False) else f"`{s.default}`"
+        meaning = s.help.replace("|", "\\|")
+        rows.append(f"| `{s.command}` | `{s.flag}` | `{s.env}` | {default} | {meaning} |")
+    return "\n".join(rows)
+
+
+def current_table(text: str) -> str:
+    start, end = text.index(START) + len(START), text.index(END)
+    return text[start:end].strip()
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    build_parser()
+    text = README.read_text()
+    assert settings.REGISTRY, "no settings registered"
+
+    missing = [s.env for s in settings.REGISTRY.values() if f"`{s.env}`" not in text]
+
+    assert not missing, f"README.md lacks {missing}; run: .venv/bin/python -m tests.signalbox.test_readme"
+
+
+def test_the_settings_table_is_current() -> None:
+    assert current_table(README.read_text()) == render_table(), (
+        "README.md's settings table is stale; run: .venv/bin/python -m tests.signalbox.test_readme"
+    )
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    head = README.read_text().split("\n## ", 1)[0]
+
+    assert "make run" in head
+    assert "make test" in head
+
+
+def write_table() -> None:
+    text = README.read_text()
+    start, end = text.index(START) + len(START), text.index(END)
+    README.write_text(f"{text[:start]}\n{render_table()}\n{text[end:]}")
+
+
+if __name__ == "__main__":
+    write_table()
+    sys.exit(0)
