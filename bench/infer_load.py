@@ -217,16 +217,13 @@ async def bench(args: argparse.Namespace) -> int:
             if args.data_dir
             else Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
         )
-        config = StackConfig(
-            data_dir=data_dir,
-            controlplane_listen="127.0.0.1:0",
-            dataplane_listen="127.0.0.1:0",
-            simulator_listen="127.0.0.1:0",
+        config = StackConfig.ephemeral(
+            data_dir,
             simulator_in_process=False,
             controlplane_cpus=other_cpus,
             dataplane_cpus=node_cpus,
             simulator_cpus=other_cpus,
-        ).with_concrete_ports()
+        )
         stack = LocalStack(config)
         try:
             await stack.start(progress=lambda line: print(f"bench: {line}", flush=True))

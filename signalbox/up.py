@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -90,6 +90,17 @@ class StackConfig:
     simulator_cpus: str | None = None
     startup_timeout: float = 120.0
     """Seconds each child gets to become healthy."""
+
+    @classmethod
+    def ephemeral(cls, data_dir: Path, **options: Any) -> StackConfig:
+        """A config on ports free now, for tests and benchmarks; ``options`` set the other fields."""
+        return cls(
+            data_dir=data_dir,
+            controlplane_listen="127.0.0.1:0",
+            dataplane_listen="127.0.0.1:0",
+            simulator_listen="127.0.0.1:0",
+            **options,
+        ).with_concrete_ports()
 
     def with_concrete_ports(self) -> StackConfig:
         """The same config with every port 0 replaced by a port that is free now."""

@@ -16,14 +16,7 @@ async def local_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
     """A seeded stack on ephemeral ports; the simulator runs as a child so that tests
     may block the event loop (subprocesses, sync gRPC) without starving it."""
     data_dir: Path = tmp_path_factory.mktemp("stack")
-    config = StackConfig(
-        data_dir=data_dir,
-        controlplane_listen="127.0.0.1:0",
-        dataplane_listen="127.0.0.1:0",
-        simulator_listen="127.0.0.1:0",
-        simulator_in_process=False,
-    )
-    stack = LocalStack(config.with_concrete_ports())
+    stack = LocalStack(StackConfig.ephemeral(data_dir, simulator_in_process=False))
     try:
         await stack.start()
         yield stack

@@ -13,16 +13,18 @@ from signalbox.up import LocalStack
 pytestmark = pytest.mark.timeout(600)
 
 
-async def infer(stack: LocalStack, *args: str, api_key: str | None = None) -> tuple[int, str, str]:
+async def infer(stack: LocalStack | None, *args: str, api_key: str | None = None) -> tuple[int, str, str]:
+    """Run ``signalbox infer`` against ``stack``'s node (``None``: pass --target in ``args``)."""
+    target = ("--target", stack.dataplane_target) if stack is not None else ()
+    key = api_key if api_key is not None else stack.api_key if stack is not None else ""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "signalbox",
         "infer",
-        "--target",
-        stack.dataplane_target,
+        *target,
         "--api-key",
-        stack.api_key if api_key is None else api_key,
+        key,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -80,25 +82,10 @@ async def test_errors_are_one_line_with_an_exit_code(
 
 
 async def test_unreachable_node_is_unavailable() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "signalbox",
-        "infer",
-        "--target",
-        "127.0.0.1:1",
-        "--api-key",
-        "k",
-        "--timeout",
-        "5",
-        "hello",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(process.communicate(), 60)
+    code, _, err = await infer(None, "--target", "127.0.0.1:1", "--timeout", "5", "hello", api_key="k")
 
-    assert process.returncode == 6
-    assert err.decode().startswith("signalbox infer: UNAVAILABLE from 127.0.0.1:1")
+    assert code == 6
+    assert err.startswith("signalbox infer: UNAVAILABLE from 127.0.0.1:1")
 
 
 async def test_missing_api_key_fails_before_calling(local_stack: LocalStack) -> None:
