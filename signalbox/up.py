@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,7 +43,6 @@ PROVIDER_TYPE = "simulated"
 NODE_ID = "up-node-1"
 DEMO_PROMPT = "Hello from signalbox up!"
 
-T = TypeVar("T")
 
 
 class StackError(RuntimeError):
@@ -298,6 +297,10 @@ class LocalStack:
             raise StackError(
                 f"bootstrap-admin did not finish in {self.config.startup_timeout}s\n{_tail(log)}"
             ) from None
+        except asyncio.CancelledError:
+            # Ctrl-C during start-up: it is not among the children stop() knows about.
+            await _terminate(process)
+            raise
         lines = out.read_text().strip().splitlines()
         if code != 0 or not lines:
             raise StackError(f"bootstrap-admin failed with status {code}\n{_tail(log)}")
