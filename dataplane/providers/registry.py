@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .anthropic import AnthropicAdapter
 from .base import AdapterFactory, register
 from .openai import OpenAIAdapter
 from .openai_compatible import OpenAICompatibleAdapter, SimulatedAdapter
 
 BUILTIN_ADAPTERS: Mapping[str, AdapterFactory] = {
     OpenAIAdapter.type_name: OpenAIAdapter,
+    AnthropicAdapter.type_name: AnthropicAdapter,
     OpenAICompatibleAdapter.type_name: OpenAICompatibleAdapter,
     SimulatedAdapter.type_name: SimulatedAdapter,
 }

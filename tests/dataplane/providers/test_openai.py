@@ -32,6 +32,7 @@ from dataplane.errors import (
 )
 from tests.helpers import eventually
 
+from .canned import openai_chunk, openai_completion, openai_text_stream
 from .fakes import (
     ABORT,
     HANG,
@@ -39,9 +40,6 @@ from .fakes import (
     Wait,
     closed_port_url,
     json_reply,
-    openai_chunk,
-    openai_completion,
-    openai_text_stream,
     raw_reply,
     sse_event,
     sse_reply,

@@ -9,12 +9,10 @@ from dataplane.chat import EmbedRequest, FinishReason
 from dataplane.errors import UpstreamBadRequest, UpstreamProtocolError, UpstreamUnavailable
 from dataplane.providers.base import adapter_types
 
+from .canned import openai_chunk, openai_completion, openai_text_stream
 from .fakes import (
     FakeUpstream,
     json_reply,
-    openai_chunk,
-    openai_completion,
-    openai_text_stream,
     sse_event,
     sse_reply,
 )

@@ -1,0 +1,329 @@
+"""Anthropic's Messages API (``POST {base_url}/v1/messages``).
+
+``base_url`` defaults to ``https://api.anthropic.com``. The credential goes in
+``x-api-key`` with the required ``anthropic-version`` header.
+
+Settings:
+
+- ``anthropic_version`` (``"2023-06-01"``)
+- ``default_max_tokens`` (``"4096"``): Anthropic requires ``max_tokens``; this
+  is sent when the request sets no limit.
+
+Translation policies (the API cannot express everything OpenAI's can):
+
+- All system and developer messages are joined with ``\\n`` into the top-level
+  ``system`` field, wherever they stood.
+- Tool results become ``tool_result`` blocks in a user turn; consecutive
+  results (and a user message right after them) share one turn, results first.
+- ``temperature`` above 1 is capped to 1 (Anthropic's range is 0-1).
+- ``seed``, penalties and ``response_format`` have no Anthropic equivalent and
+  are not sent; routing is where JSON-mode capability is checked.
+- ``stop_reason`` ``pause_turn`` (a server-tool loop paused) maps to ``stop``:
+  the text so far is a valid answer and the caller may continue the turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, ClassVar
+
+from dataplane.chat import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    ImagePart,
+    Message,
+    Role,
+    StreamChunk,
+    TextPart,
+    ToolCall,
+    ToolChoice,
+    Usage,
+)
+
+from .classify import ErrorFacts, tokens_of
+from .sse import SSEDecoder
+from .transport import HttpAdapter
+from .wire import (
+    ToolCallIndexer,
+    arguments_object,
+    arguments_text,
+    conversation,
+    image_base64,
+    loads,
+    settle_finish,
+    system_prompt,
+)
+
+STOP_REASONS: Mapping[str, FinishReason] = {
+    "end_turn": FinishReason.STOP,
+    "stop_sequence": FinishReason.STOP,
+    "pause_turn": FinishReason.STOP,
+    "max_tokens": FinishReason.LENGTH,
+    "model_context_window_exceeded": FinishReason.LENGTH,
+    "tool_use": FinishReason.TOOL_CALLS,
+    "refusal": FinishReason.CONTENT_FILTER,
+}
+
+DEFAULT_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+
+
+class AnthropicAdapter(HttpAdapter):
+    """Messages API, plain and streamed (named SSE events ending with ``message_stop``)."""
+
+    type_name: ClassVar[str] = "anthropic"
+    default_base_url: ClassVar[str] = "https://api.anthropic.com"
+
+    def headers(self) -> dict[str, str]:
+        headers = {"anthropic-version": self.config.settings.get("anthropic_version", DEFAULT_VERSION)}
+        if self._credential:
+            headers["x-api-key"] = self._credential
+        return headers
+
+    async def complete(self, model: str, request: ChatRequest, *, timeout: float) -> ChatResponse:
+        """One Messages call."""
+        payload = await self.post_json(self._url, self.request_body(model, request), timeout=timeout)
+        try:
+            blocks = payload["content"]
+        except (KeyError, TypeError):
+            raise self.malformed("no content") from None
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        for block in blocks:
+            if block.get("type") == "text":
+                texts.append(str(block.get("text") or ""))
+            elif block.get("type") == "tool_use":
+                calls.append(
+                    ToolCall(
+                        id=str(block.get("id") or ""),
+                        name=str(block.get("name") or ""),
+                        arguments=arguments_text(block.get("input")),
+                    )
+                )
+        text = "".join(texts)
+        reason = STOP_REASONS.get(str(payload.get("stop_reason")))
+        return ChatResponse(
+            message=Message(
+                role=Role.ASSISTANT, content=(TextPart(text),) if text else (), tool_calls=tuple(calls)
+            ),
+            finish_reason=settle_finish(reason, bool(calls)),
+            usage=anthropic_usage(payload.get("usage") or {}),
+            upstream_model=str(payload.get("model") or ""),
+            upstream_id=str(payload.get("id") or ""),
+        )
+
+    async def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
+        """Streamed Messages call."""
+        body = self.request_body(model, request)
+        body["stream"] = True
+        async for chunk in self.stream_chunks(self._url, body, AnthropicStreamDecoder(self), timeout=timeout):
+            yield chunk
+
+    def error_facts(self, payload: Any) -> ErrorFacts | None:
+        """``{"type": "error", "error": {"type", "message"}}``, as a body or a stream event."""
+        if not isinstance(payload, dict) or payload.get("type") != "error":
+            return None
+        error = payload.get("error") or {}
+        return ErrorFacts(tokens=tokens_of(error.get("type")), message=str(error.get("message") or ""))
+
+    @property
+    def _url(self) -> str:
+        return f"{self.base_url}/v1/messages"
+
+    # -- request -------------------------------------------------------------------------------
+
+    def request_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        params = request.params
+        max_tokens = params.max_output_tokens or int(
+            self.config.settings.get("default_max_tokens", DEFAULT_MAX_TOKENS)
+        )
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": max_tokens,
+            "messages": self._messages(conversation(request.messages)),
+        }
+        if system := system_prompt(request.messages):
+            body["system"] = system
+        if params.temperature is not None:
+            body["temperature"] = min(params.temperature, 1.0)
+        if params.top_p is not None:
+            body["top_p"] = params.top_p
+        if params.stop:
+            body["stop_sequences"] = list(params.stop)
+        if request.tools:
+            body["tools"] = [
+                {
+                    "name": t.name,
+                    **({"description": t.description} if t.description else {}),
+                    "input_schema": t.parameters or {"type": "object", "properties": {}},
+                }
+                for t in request.tools
+            ]
+        choice = self._tool_choice(request.tool_choice, params.parallel_tool_calls)
+        if choice is not None and request.tools:
+            body["tool_choice"] = choice
+        return body
+
+    @staticmethod
+    def _tool_choice(choice: ToolChoice | None, parallel: bool | None) -> dict[str, Any] | None:
+        mode = choice.mode if choice is not None else "auto"
+        if mode == "none":
+            return {"type": "none"}
+        out: dict[str, Any]
+        if mode == "tool":
+            out = {"type": "tool", "name": choice.name if choice is not None else ""}
+        elif mode == "required":
+            out = {"type": "any"}
+        else:
+            out = {"type": "auto"}
+        # Anthropic puts the one-call-at-most switch inside tool_choice.
+        if parallel is False:
+            out["disable_parallel_tool_use"] = True
+        elif choice is None:
+            return None
+        return out
+
+    def _messages(self, messages: Iterable[Message]) -> list[dict[str, Any]]:
+        turns: list[dict[str, Any]] = []
+        for message in messages:
+            role = "assistant" if message.role is Role.ASSISTANT else "user"
+            blocks = self._blocks(message)
+            if not blocks:
+                continue
+            if turns and turns[-1]["role"] == role:
+                merged = turns[-1]["content"] + blocks
+                # tool_result blocks must open the user turn; text before them is a 400.
+                turns[-1]["content"] = [b for b in merged if b["type"] == "tool_result"] + [
+                    b for b in merged if b["type"] != "tool_result"
+                ]
+            else:
+                turns.append({"role": role, "content": blocks})
+        return turns
+
+    def _blocks(self, message: Message) -> list[dict[str, Any]]:
+        if message.role is Role.TOOL:
+            return [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text}]
+        blocks: list[dict[str, Any]] = []
+        for part in message.content:
+            if isinstance(part, TextPart):
+                if part.text:  # Anthropic rejects empty text blocks
+                    blocks.append({"type": "text", "text": part.text})
+            else:
+                blocks.append(self._image(part))
+        for call in message.tool_calls:
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.name,
+                    "input": arguments_object(self.type_name, call),
+                }
+            )
+        return blocks
+
+    @staticmethod
+    def _image(part: ImagePart) -> dict[str, Any]:
+        inline = image_base64(part)
+        if inline is not None:
+            return {"type": "image", "source": {"type": "base64", "media_type": inline[0], "data": inline[1]}}
+        return {"type": "image", "source": {"type": "url", "url": part.url}}
+
+
+def anthropic_usage(usage: Mapping[str, Any]) -> Usage:
+    """Anthropic counts cache reads and writes apart from ``input_tokens``; ours includes them."""
+    cache_read = int(usage.get("cache_read_input_tokens") or 0)
+    cache_write = int(usage.get("cache_creation_input_tokens") or 0)
+    return Usage(
+        input_tokens=int(usage.get("input_tokens") or 0) + cache_read + cache_write,
+        output_tokens=int(usage.get("output_tokens") or 0),
+        cached_input_tokens=cache_read,
+        cache_write_input_tokens=cache_write,
+    )
+
+
+class AnthropicStreamDecoder:
+    """Named events: message_start, content_block_start/delta/stop, message_delta, message_stop.
+
+    ``ping`` and event types we do not know are skipped, as Anthropic asks.
+    Tool blocks get tool-call indexes counting only tool blocks (the
+    Anthropic block index counts text blocks too). Usage starts in
+    ``message_start``; ``message_delta`` usage is cumulative and replaces it.
+    """
+
+    def __init__(self, adapter: AnthropicAdapter) -> None:
+        self._adapter = adapter
+        self._sse = SSEDecoder()
+        self._tools = ToolCallIndexer()
+        self._arguments: dict[int, str] = {}
+        """Accumulated ``partial_json`` per tool block, keyed by Anthropic block index."""
+        self._usage: dict[str, Any] = {}
+        self.done = False
+
+    def feed(self, line: str) -> Iterable[StreamChunk]:
+        event = self._sse.feed(line)
+        return self._on_event(event.data) if event is not None else ()
+
+    def finish(self) -> Iterable[StreamChunk]:
+        event = self._sse.flush()
+        chunks = list(self._on_event(event.data)) if event is not None else []
+        if not self.done:
+            raise self._adapter.malformed("stream ended before message_stop")
+        return chunks
+
+    def _on_event(self, data: str) -> list[StreamChunk]:
+        payload = self._adapter.parse_event(data)
+        if not isinstance(payload, dict):
+            raise self._adapter.malformed("stream event is not an object", data)
+        kind = payload.get("type")
+        if kind == "message_start":
+            self._usage.update((payload.get("message") or {}).get("usage") or {})
+        elif kind == "content_block_start":
+            return self._block_start(int(payload.get("index", 0)), payload.get("content_block") or {})
+        elif kind == "content_block_delta":
+            return self._block_delta(int(payload.get("index", 0)), payload.get("delta") or {})
+        elif kind == "content_block_stop":
+            return self._block_stop(int(payload.get("index", 0)))
+        elif kind == "message_delta":
+            self._usage.update(payload.get("usage") or {})
+            stop_reason = (payload.get("delta") or {}).get("stop_reason")
+            reason = None
+            if stop_reason is not None:
+                reason = settle_finish(STOP_REASONS.get(str(stop_reason)), self._tools.count > 0)
+            return [StreamChunk(finish_reason=reason, usage=anthropic_usage(self._usage))]
+        elif kind == "message_stop":
+            self.done = True
+        return []
+
+    def _block_start(self, index: int, block: dict[str, Any]) -> list[StreamChunk]:
+        if block.get("type") == "tool_use":
+            self._arguments[index] = ""
+            delta = self._tools.start(index, str(block.get("id") or ""), str(block.get("name") or ""))
+            return [StreamChunk(tool_calls=(delta,))]
+        if block.get("type") == "text" and block.get("text"):
+            return [StreamChunk(text=str(block["text"]))]
+        return []
+
+    def _block_delta(self, index: int, delta: dict[str, Any]) -> list[StreamChunk]:
+        kind = delta.get("type")
+        if kind == "text_delta" and delta.get("text"):
+            return [StreamChunk(text=str(delta["text"]))]
+        if kind == "input_json_delta" and index in self._arguments:
+            fragment = str(delta.get("partial_json") or "")
+            self._arguments[index] += fragment
+            more = self._tools.fragment(index, fragment)
+            return [StreamChunk(tool_calls=(more,))] if more is not None else []
+        return []
+
+    def _block_stop(self, index: int) -> list[StreamChunk]:
+        arguments = self._arguments.pop(index, None)
+        if arguments is None:
+            return []
+        if not arguments.strip():
+            # A tool without parameters streams no JSON at all; "{}" keeps the
+            # assembled arguments valid and equal to the non-streamed answer.
+            more = self._tools.fragment(index, "{}")
+            return [StreamChunk(tool_calls=(more,))] if more is not None else []
+        if not isinstance(loads(self._adapter.type_name, arguments), dict):
+            raise self._adapter.malformed("tool_use input is not a JSON object", arguments)
+        return []
