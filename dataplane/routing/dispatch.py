@@ -1,21 +1,50 @@
 """Run a request against a route plan's candidates until one succeeds.
 
 The ``Dispatcher`` lives as long as the node (not the snapshot), so what it
-learns about deployments survives config changes.
+learns about deployments (breakers, latency, error rate, Retry-After) survives
+config changes. It is used from one event loop; the clock, the sleep and the
+random source are injected so tests control time and jitter.
+
+For each candidate of the plan, in order:
+
+- skip it while its breaker is open, while a Retry-After that outlasts the
+  caller's deadline runs, or after a context-too-long error when its window is
+  no larger than the one that was too small;
+- try it up to ``attempts_per_deployment`` times, sleeping between tries for an
+  exponential backoff with full jitter (and at least the Retry-After), never
+  sleeping past the deadline;
+- on an error whose kind is in the policy's ``fallback_on``, go on (retrying
+  the same deployment only when the error is ``retryable``); on any other
+  error, stop and report it.
+
+Attempts in total never exceed the policy's ``max_attempts``. When time runs
+out the caller gets DEADLINE_EXCEEDED with the attempts made.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from dataplane.chat import StreamChunk
-from dataplane.errors import AllCandidatesFailed, DeadlineExceeded, ProviderError
+from dataplane.errors import AllCandidatesFailed, DeadlineExceeded, ProviderError, UpstreamTimeout
+from dataplane.routing.health import (
+    DEFAULT_BREAKER,
+    FAILURE_KINDS,
+    BreakerSettings,
+    DeploymentHealth,
+    DeploymentState,
+)
 from dataplane.routing.router import Candidate, RoutePlan
 
 T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,18 +54,84 @@ class AttemptRecord:
     """"ok" or the error's kind."""
     error: str
     duration_ms: int
+    http_status: int | None = None
+    retry_after_s: float | None = None
+    """The upstream's Retry-After, when it sent one."""
+    backoff_ms: int = 0
+    """Time slept before this attempt."""
 
 
 class DispatchFailed(Exception):
     """Wraps the caller-facing error with the attempts made."""
 
-    def __init__(self, error: Exception, attempts: list[AttemptRecord]) -> None:
+    def __init__(
+        self, error: Exception, attempts: list[AttemptRecord], skipped: list[tuple[str, str]] | None = None
+    ) -> None:
         super().__init__(str(error))
         self.error = error
         self.attempts = attempts
+        self.skipped: list[tuple[str, str]] = skipped or []
+        """(``alias@provider``, why) for candidates passed over without an attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowOutcome(Generic[T]):
+    """How a mirrored request went; given to the ``on_outcome`` callback of ``Dispatcher.shadow``."""
+
+    candidate: Candidate
+    outcome: str
+    """"ok", an error kind, or "skipped" (breaker open, Retry-After, no time)."""
+    error: str
+    duration_ms: int
+    result: T | None = None
+
+
+class _Health:
+    """The read-only ``HealthView`` over a dispatcher's deployment states."""
+
+    __slots__ = ("_states",)
+
+    def __init__(self, states: dict[str, DeploymentState]) -> None:
+        self._states = states
+
+    def get(self, key: str) -> DeploymentHealth | None:
+        state = self._states.get(key)
+        return state.snapshot() if state is not None else None
 
 
 class Dispatcher:
+    """Retries, fallbacks, circuit breakers and passive health for one node."""
+
+    def __init__(
+        self,
+        *,
+        breaker: BreakerSettings = DEFAULT_BREAKER,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``clock`` is the time base of every ``deadline``; ``sleep`` waits on it."""
+        self._settings = breaker
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._states: dict[str, DeploymentState] = {}
+        self._health = _Health(self._states)
+        self._shadows: set[asyncio.Task[None]] = set()
+
+    @property
+    def health(self) -> _Health:
+        """Per-deployment health for ``plan_route(..., health=dispatcher.health)``."""
+        return self._health
+
+    def state(self, candidate: Candidate) -> DeploymentState:
+        """The breaker and averages of ``candidate``'s deployment (created on first use)."""
+        key = candidate.key
+        found = self._states.get(key)
+        if found is None:
+            found = self._states[key] = DeploymentState(self._settings, self._clock)
+        return found
+
     async def call(
         self,
         plan: RoutePlan,
@@ -44,34 +139,134 @@ class Dispatcher:
         *,
         deadline: float,
     ) -> tuple[T, Candidate, list[AttemptRecord]]:
-        """Try candidates in order; ``deadline`` is ``time.monotonic()`` seconds.
+        """Try candidates in order; ``deadline`` is in the dispatcher's clock (``time.monotonic()``).
 
+        ``attempt(candidate, remaining_s)`` must raise only ``ProviderError``s.
         Raises ``DispatchFailed`` carrying the caller-facing error and the attempts.
         """
+        retry = plan.retry
+        clock = self._clock
         attempts: list[AttemptRecord] = []
+        skipped: list[tuple[str, str]] = []
         last: ProviderError | None = None
-        for candidate in plan.ordered:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        out_of_time = False
+        too_small_window = 0  # after context_too_long: only larger windows may help
+
+        last_index = len(plan.ordered) - 1
+        for index, candidate in enumerate(plan.ordered):
+            if len(attempts) >= retry.max_attempts or out_of_time:
                 break
-            started = time.monotonic()
-            try:
-                result = await attempt(candidate, remaining)
-            except ProviderError as exc:
-                attempts.append(_record(candidate, exc.kind, exc.message, started))
-                last = exc
-                if not exc.retryable:
-                    raise DispatchFailed(exc, attempts) from exc
+            window = candidate.model.context_window
+            if too_small_window and window and window <= too_small_window:
+                skipped.append((candidate.label, f"context window {window} is not larger"))
                 continue
-            attempts.append(_record(candidate, "ok", "", started))
-            return result, candidate, attempts
-        if time.monotonic() >= deadline:
-            error: Exception = DeadlineExceeded(f"deadline exceeded after {len(attempts)} attempt(s)")
-        elif last is not None:
-            error = AllCandidatesFailed(f"all {len(attempts)} attempt(s) failed; last: {last.message}")
-        else:
-            error = AllCandidatesFailed("no candidate to try")
-        raise DispatchFailed(error, attempts) from last
+            state = self.state(candidate)
+            blocked = state.blocked_for()
+            if blocked > 0 and clock() + blocked >= deadline:
+                skipped.append((candidate.label, f"Retry-After {blocked:.1f} s outlasts the deadline"))
+                continue
+            if not state.try_acquire():
+                skipped.append((candidate.label, "circuit breaker open"))
+                continue
+            for n in range(retry.attempts_per_deployment):
+                if len(attempts) >= retry.max_attempts:
+                    break
+                wait = state.blocked_for()
+                if n:
+                    ceiling = min(retry.backoff_cap_ms, retry.backoff_base_ms * (1 << (n - 1))) / 1000
+                    wait = max(wait, self._rng.uniform(0, ceiling))
+                if wait > 0:
+                    if clock() + wait >= deadline:
+                        out_of_time = True
+                        break
+                    await self._sleep(wait)
+                remaining = deadline - clock()
+                if remaining <= 0:
+                    out_of_time = True
+                    break
+                if n and not state.try_acquire():
+                    skipped.append((candidate.label, "circuit breaker opened"))
+                    break
+                started = clock()
+                try:
+                    # The safety net for an attempt that ignores its timeout: the
+                    # caller's deadline holds whatever the adapter does.
+                    async with asyncio.timeout(remaining):
+                        result = await attempt(candidate, remaining)
+                except TimeoutError as exc:
+                    error: ProviderError = UpstreamTimeout(
+                        f"{candidate.label}: no answer within the {remaining:.3f} s left",
+                        provider=candidate.provider.id,
+                    )
+                    error.__cause__ = exc
+                except ProviderError as exc:
+                    error = exc
+                except BaseException:
+                    state.release_probe()
+                    raise
+                else:
+                    elapsed = clock() - started
+                    state.record_success(elapsed * 1000)
+                    attempts.append(
+                        AttemptRecord(candidate, "ok", "", int(elapsed * 1000), backoff_ms=int(wait * 1000))
+                    )
+                    return result, candidate, attempts
+
+                last = error
+                attempts.append(
+                    AttemptRecord(
+                        candidate,
+                        error.kind,
+                        error.message,
+                        int((clock() - started) * 1000),
+                        error.http_status,
+                        error.retry_after,
+                        int(wait * 1000),
+                    )
+                )
+                if error.kind in FAILURE_KINDS:
+                    state.record_failure()
+                else:
+                    state.release_probe()
+                if error.retry_after:
+                    state.block_for(error.retry_after)
+                if error.kind not in retry.fallback_on:
+                    raise DispatchFailed(error, attempts, skipped) from error
+                if error.kind == "context_too_long":
+                    too_small_window = max(too_small_window, window or 1)
+                if deadline - clock() <= 0:
+                    out_of_time = True
+                    break
+                if not error.retryable:
+                    break  # not worth repeating here; the next candidate may do better
+                if error.retry_after and (index < last_index or clock() + error.retry_after >= deadline):
+                    break  # another candidate now beats waiting out the Retry-After here
+
+        raise DispatchFailed(
+            self._final_error(attempts, skipped, last, out_of_time, deadline), attempts, skipped
+        ) from last
+
+    def _final_error(
+        self,
+        attempts: list[AttemptRecord],
+        skipped: list[tuple[str, str]],
+        last: ProviderError | None,
+        out_of_time: bool,
+        deadline: float,
+    ) -> Exception:
+        made = "; ".join(f"{a.candidate.label}: {a.outcome}" for a in attempts) or "none"
+        if out_of_time or (attempts and self._clock() >= deadline):
+            return DeadlineExceeded(f"deadline exceeded after {len(attempts)} attempt(s) [{made}]")
+        if last is not None and not last.retryable and all(a.outcome == last.kind for a in attempts):
+            # Every try said the same request-level thing (too long, filtered):
+            # that error is more useful to the caller than "all failed".
+            return last
+        if last is not None:
+            return AllCandidatesFailed(
+                f"all {len(attempts)} attempt(s) failed [{made}]; last: {last.message}"
+            )
+        why = "; ".join(f"{label}: {reason}" for label, reason in skipped) or "the plan is empty"
+        return AllCandidatesFailed(f"no candidate could be tried ({why})")
 
     async def open_stream(
         self,
@@ -80,7 +275,11 @@ class Dispatcher:
         *,
         deadline: float,
     ) -> tuple[StreamChunk, AsyncIterator[StreamChunk], Candidate, list[AttemptRecord]]:
-        """Open a stream, falling back only until the first chunk has arrived."""
+        """Open a stream, falling back only until the first chunk has arrived.
+
+        Once a chunk is out, a failure belongs to the caller: the rest of the
+        stream comes from the candidate that produced the first chunk.
+        """
 
         async def first(
             candidate: Candidate, remaining: float
@@ -100,6 +299,85 @@ class Dispatcher:
         (chunk, stream), candidate, attempts = await self.call(plan, first, deadline=deadline)
         return chunk, stream, candidate, attempts
 
+    def shadow(
+        self,
+        plan: RoutePlan,
+        attempt: Callable[[Candidate, float], Awaitable[T]],
+        *,
+        deadline: float,
+        on_outcome: Callable[[ShadowOutcome[T]], object],
+    ) -> asyncio.Task[None] | None:
+        """Mirror the request to ``plan.shadow``, fire-and-forget; ``None`` when the plan has none.
 
-def _record(candidate: Candidate, outcome: str, error: str, started: float) -> AttemptRecord:
-    return AttemptRecord(candidate, outcome, error, int((time.monotonic() - started) * 1000))
+        The caller's response never waits for it or depends on it; ``on_outcome``
+        receives how it went (for evidence). One try, no fallback; the breaker
+        and health of the shadow deployment learn from it like from any call.
+        """
+        candidate = plan.shadow
+        if candidate is None:
+            return None
+        task = asyncio.get_running_loop().create_task(self._shadow(candidate, attempt, deadline, on_outcome))
+        # Strong reference until done: the loop keeps only weak ones.
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+        return task
+
+    async def _shadow(
+        self,
+        candidate: Candidate,
+        attempt: Callable[[Candidate, float], Awaitable[T]],
+        deadline: float,
+        on_outcome: Callable[[ShadowOutcome[T]], object],
+    ) -> None:
+        clock = self._clock
+        state = self.state(candidate)
+        remaining = deadline - clock()
+        outcome: ShadowOutcome[T]
+        if remaining <= 0:
+            outcome = ShadowOutcome(candidate, "skipped", "no time left", 0)
+        elif state.blocked_for() > 0:
+            outcome = ShadowOutcome(candidate, "skipped", "Retry-After in force", 0)
+        elif not state.try_acquire():
+            outcome = ShadowOutcome(candidate, "skipped", "circuit breaker open", 0)
+        else:
+            started = clock()
+            try:
+                async with asyncio.timeout(remaining):
+                    result = await attempt(candidate, remaining)
+            except TimeoutError:
+                state.record_failure()
+                outcome = ShadowOutcome(
+                    candidate, "timeout", "no answer in time", int((clock() - started) * 1000)
+                )
+            except ProviderError as exc:
+                if exc.kind in FAILURE_KINDS:
+                    state.record_failure()
+                else:
+                    state.release_probe()
+                if exc.retry_after:
+                    state.block_for(exc.retry_after)
+                outcome = ShadowOutcome(candidate, exc.kind, exc.message, int((clock() - started) * 1000))
+            except BaseException:
+                state.release_probe()
+                raise
+            else:
+                elapsed = clock() - started
+                state.record_success(elapsed * 1000)
+                outcome = ShadowOutcome(candidate, "ok", "", int(elapsed * 1000), result)
+        try:
+            on_outcome(outcome)
+        except Exception:
+            # Nobody awaits this task: a failing recorder must not surface as an
+            # unretrieved task exception, and must not touch the served request.
+            _log.exception("shadow outcome callback failed for %s", candidate.label)
+
+    async def drain_shadows(self) -> None:
+        """Wait for every shadow call in flight (tests, graceful shutdown)."""
+        while self._shadows:
+            await asyncio.gather(*self._shadows, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Cancel shadow calls in flight; the dispatcher can still be used afterwards."""
+        for task in list(self._shadows):
+            task.cancel()
+        await asyncio.gather(*self._shadows, return_exceptions=True)

@@ -4,15 +4,52 @@ A policy document is JSON (or YAML) per tenant, plus a platform default. Both
 the control plane (at apply time) and the node (at snapshot apply) compile it
 with ``compile_policy``, so what the control plane accepts is exactly what the
 node can serve. Errors name the JSON path of the problem.
+
+The language, by example (every field optional; the published JSON Schema is
+``policy.schema.json`` next to this module)::
+
+    default_model: sim-fast            # the default route, tried first
+    allowed_models: [sim-fast, sim-smart, gpt-4o]   # nothing else, in any rule
+    constraints:                       # apply to every rule (a rule may override)
+      max_cost_usd: 0.05               # estimated from prompt tokens + max output
+      max_latency_ms: 4000             # observed EWMA, else the model's typical latency
+      regions: [eu-west-1]             # provider regions allowed
+      jurisdictions: [EU]
+      allow_egress: false              # may an on-prem node call a public cloud?
+      certification_required_from: internal   # data classes needing a certified model
+    retry: {max_attempts: 3, attempts_per_deployment: 2, backoff_base_ms: 100,
+            backoff_cap_ms: 2000, fallback_on: [server_error, rate_limited, timeout]}
+    rules:                             # first match wins; none matched: the default route
+      - name: canary
+        match: {tiers: [gold], tasks: [summarize], metadata: {env: prod},
+                capabilities: [tools], data_classification: [internal],
+                regions: [eu-west-1], jurisdictions: [EU]}
+        strategy: weighted             # priority | cheapest | latency | weighted
+        weights: {gpt-4o: 90, sim-smart: 10}
+        sticky_key: metadata.user_id   # one user sees one arm
+        fallbacks: [sim-fast]
+        shadow: {model: sim-smart, share: 0.05}
+      - name: cheap-by-capability
+        select: {capabilities: [chat], attributes: {family: [llama, mistral]}}
+        strategy: cheapest
+
+The compiled form pre-resolves candidate models, prices and cumulative
+weights so a routing decision is a few dictionary lookups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+from importlib import resources
 from typing import Any
 
-from dataplane.config.model import ModelConfig
+from dataplane.config.model import Capability, DataClass, ModelConfig
 
 
 class PolicyError(Exception):
@@ -24,6 +61,145 @@ class PolicyError(Exception):
         self.message = message
 
 
+class Strategy(StrEnum):
+    PRIORITY = "priority"
+    """The listed order; later models are the fallbacks."""
+    CHEAPEST = "cheapest"
+    """Lowest estimated cost for this request first."""
+    LATENCY = "latency"
+    """Lowest observed latency (EWMA per deployment) first."""
+    WEIGHTED = "weighted"
+    """One arm chosen by a stable hash of the sticky key; the other arms follow."""
+
+
+FALLBACK_KINDS = frozenset(
+    {
+        "server_error",
+        "rate_limited",
+        "timeout",
+        "overloaded",
+        "protocol_error",
+        "context_too_long",
+        "content_filtered",
+        "quota_exhausted",
+        "auth",
+    }
+)
+"""Error kinds (``ProviderError.kind``) a policy may name in ``fallback_on``."""
+
+DEFAULT_FALLBACK_ON = frozenset(
+    {"server_error", "rate_limited", "timeout", "overloaded", "protocol_error", "context_too_long"}
+)
+"""Content filtering is opt-in: another model answering what one refused is a policy decision."""
+
+DATA_CLASS_NAMES: Mapping[str, DataClass] = {d.name.lower(): d for d in DataClass}
+
+DEFAULT_OUTPUT_TOKENS = 1024
+"""Output tokens assumed for cost estimates when neither request nor model gives a maximum."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """How the dispatcher retries and falls back for requests routed by a rule."""
+
+    max_attempts: int = 3
+    """Attempts in total, over every candidate, for one request."""
+    attempts_per_deployment: int = 2
+    """Tries of one deployment (the later ones after a backoff) before moving on."""
+    backoff_base_ms: int = 100
+    """First backoff ceiling; doubles per retry, full jitter (uniform in [0, ceiling])."""
+    backoff_cap_ms: int = 2000
+    """Largest backoff ceiling."""
+    fallback_on: frozenset[str] = DEFAULT_FALLBACK_ON
+    """Error kinds after which the next candidate is tried; any other error ends the request."""
+
+
+DEFAULT_RETRY = RetrySettings()
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    """What every candidate must satisfy; candidates failing one are dropped, with the reason."""
+
+    max_cost_nanos: int | None = None
+    """Estimated cost of the request in nano-USD; ``None``: no limit."""
+    max_latency_ms: int | None = None
+    regions: frozenset[str] | None = None
+    """Provider regions allowed; ``None``: any."""
+    jurisdictions: frozenset[str] | None = None
+    allow_egress: bool = False
+    """Whether an on-prem node may dispatch to providers outside its premises."""
+    certification_required_from: DataClass | None = DataClass.INTERNAL
+    """Requests classified at or above this need a model certified for their class
+    (or a stricter one); ``None``: never required."""
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """When a rule applies. Every given field must match; an absent one matches anything."""
+
+    tiers: frozenset[str] | None = None
+    tasks: frozenset[str] | None = None
+    metadata: tuple[tuple[str, frozenset[str]], ...] = ()
+    capabilities: frozenset[Capability] = frozenset()
+    """The request must require all of these."""
+    data_classes: frozenset[DataClass] | None = None
+    regions: frozenset[str] | None = None
+    jurisdictions: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PricedModel:
+    """A candidate model with what routing needs precomputed."""
+
+    model: ModelConfig
+    in_price: int
+    out_price: int
+    default_output: int
+    certified_up_to: DataClass
+    """The most sensitive class the model is certified for (UNSPECIFIED: none)."""
+
+    @classmethod
+    def of(cls, m: ModelConfig) -> PricedModel:
+        return cls(
+            m,
+            m.input_price_nanos_per_mtok,
+            m.output_price_nanos_per_mtok,
+            m.max_output_tokens or DEFAULT_OUTPUT_TOKENS,
+            max(m.certified_for, default=DataClass.UNSPECIFIED),
+        )
+
+    def estimated_cost_nanos(self, input_tokens: int, max_output: int | None) -> int:
+        out = max_output if max_output is not None else self.default_output
+        return (input_tokens * self.in_price + out * self.out_price) // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    model: PricedModel
+    share: float
+    """Fraction of requests mirrored, chosen by a stable hash of the sticky key."""
+    key: str = ""
+    """What the share is drawn from; empty: the rule's sticky key, else the request id."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    name: str
+    match: Match
+    strategy: Strategy
+    candidates: tuple[PricedModel, ...]
+    """In priority order (the strategy may reorder them per request)."""
+    fallbacks: tuple[PricedModel, ...] = ()
+    """Tried after every candidate, in this order, whatever the strategy."""
+    cumulative_weights: tuple[float, ...] = ()
+    """For ``weighted``: running sums of the candidates' weights, normalised to end at 1.0."""
+    sticky_key: str = ""
+    shadow: Shadow | None = None
+    constraints: Constraints = Constraints()
+    retry: RetrySettings = RetrySettings()
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledPolicy:
     policy_id: str
@@ -32,9 +208,112 @@ class CompiledPolicy:
     default_model: str | None
     allowed_models: frozenset[str] | None
     """None: every model in the registry is allowed."""
+    rules: tuple[CompiledRule, ...] = ()
+    """Checked in order; the first that matches routes the request."""
+    default_rule: CompiledRule | None = None
+    """The route when no rule matches; ``None`` means: default model, then allowed models by name."""
+    constraints: Constraints = Constraints()
+    retry: RetrySettings = RetrySettings()
 
 
-_KNOWN_FIELDS = frozenset({"default_model", "allowed_models"})
+# ---------------------------------------------------------------------------
+# The registry index: shared by every policy compiled against one registry.
+
+
+class ModelIndex:
+    """Models of one registry, indexed for ``select`` and with prices precomputed.
+
+    Build one per snapshot and pass it to every ``compile_policy`` call: then
+    selecting by capability costs a set intersection instead of a registry scan.
+    """
+
+    __slots__ = ("_attr", "_by_cap", "_priced", "_selected", "models")
+
+    def __init__(self, models: Mapping[str, ModelConfig]) -> None:
+        self.models = models
+        self._priced: dict[str, PricedModel] = {}
+        self._by_cap: dict[Capability, set[str]] | None = None
+        self._attr: dict[tuple[str, str], set[str]] | None = None
+        self._selected: dict[tuple[object, ...], tuple[str, ...]] = {}
+
+    def priced(self, alias: str) -> PricedModel:
+        found = self._priced.get(alias)
+        if found is None:
+            found = self._priced[alias] = PricedModel.of(self.models[alias])
+        return found
+
+    def select(
+        self, capabilities: frozenset[Capability], attributes: tuple[tuple[str, frozenset[str]], ...]
+    ) -> tuple[str, ...]:
+        """Aliases (sorted) having every capability and, per attribute, one of the values."""
+        key = (capabilities, attributes)
+        found = self._selected.get(key)
+        if found is not None:
+            return found
+        if self._by_cap is None or self._attr is None:
+            by_cap: dict[Capability, set[str]] = {}
+            attr: dict[tuple[str, str], set[str]] = {}
+            for alias, m in self.models.items():
+                for c in m.capabilities:
+                    by_cap.setdefault(c, set()).add(alias)
+                for k, v in m.attributes.items():
+                    attr.setdefault((k, v), set()).add(alias)
+            self._by_cap, self._attr = by_cap, attr
+        result: set[str] = set(self.models)
+        for c in capabilities:
+            result &= self._by_cap.get(c, set())
+        for k, values in attributes:
+            union: set[str] = set()
+            for v in values:
+                union |= self._attr.get((k, v), set())
+            result &= union
+        found = self._selected[key] = tuple(sorted(result))
+        return found
+
+
+# ---------------------------------------------------------------------------
+# Compiling. Hand-written rather than schema-driven so that 10,000 policies
+# compile in well under a second; ``validate_document`` runs the schema itself
+# at apply time, and the tests check both agree on what they reject.
+
+_TOP_FIELDS = frozenset({"description", "default_model", "allowed_models", "constraints", "retry", "rules"})
+_RULE_FIELDS = frozenset(
+    {
+        "name",
+        "description",
+        "match",
+        "models",
+        "select",
+        "strategy",
+        "weights",
+        "sticky_key",
+        "fallbacks",
+        "shadow",
+        "constraints",
+        "retry",
+    }
+)
+_MATCH_FIELDS = frozenset(
+    {"tiers", "tasks", "metadata", "capabilities", "data_classification", "regions", "jurisdictions"}
+)
+_SELECT_FIELDS = frozenset({"capabilities", "attributes"})
+_SHADOW_FIELDS = frozenset({"model", "share", "key"})
+_CONSTRAINT_FIELDS = frozenset(
+    {
+        "max_cost_usd",
+        "max_latency_ms",
+        "regions",
+        "jurisdictions",
+        "allow_egress",
+        "certification_required_from",
+    }
+)
+_RETRY_FIELDS = frozenset(
+    {"max_attempts", "attempts_per_deployment", "backoff_base_ms", "backoff_cap_ms", "fallback_on"}
+)
+_CAPABILITIES: Mapping[str, Capability] = {c.value: c for c in Capability}
+STICKY_PREFIXES = ("metadata.", "tenant.labels.")
+STICKY_KEYS = frozenset({"tenant.id", "request_id"})
 
 
 def compile_policy(
@@ -44,23 +323,21 @@ def compile_policy(
     policy_id: str,
     tenant_id: str,
     version: int,
+    index: ModelIndex | None = None,
 ) -> CompiledPolicy:
-    """Check ``document`` against the model registry and compile it."""
-    if not isinstance(document, Mapping):
-        raise PolicyError("$", "a policy document must be an object")
-    for key in document:
-        if key not in _KNOWN_FIELDS:
-            raise PolicyError(f"$.{key}", "unknown field")
+    """Check ``document`` against the model registry and compile it.
+
+    Raises ``PolicyError`` naming the JSON path of the first problem: unknown
+    fields, wrong types, unknown models, bad weights. Pass one ``index`` built
+    from ``models`` when compiling many policies against the same registry.
+    """
+    if index is None or index.models is not models:
+        index = ModelIndex(models)
+    doc = _obj(document, "$", _TOP_FIELDS)
     allowed: frozenset[str] | None = None
-    if "allowed_models" in document:
-        raw = document["allowed_models"]
-        if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
-            raise PolicyError("$.allowed_models", "must be a list of model aliases")
-        for i, alias in enumerate(raw):
-            if alias not in models:
-                raise PolicyError(f"$.allowed_models[{i}]", f"unknown model {alias!r}")
-        allowed = frozenset(raw)
-    default = document.get("default_model")
+    if "allowed_models" in doc:
+        allowed = frozenset(_aliases(doc["allowed_models"], "$.allowed_models", models, None))
+    default = doc.get("default_model")
     if default is not None:
         if not isinstance(default, str):
             raise PolicyError("$.default_model", "must be a model alias")
@@ -68,4 +345,437 @@ def compile_policy(
             raise PolicyError("$.default_model", f"unknown model {default!r}")
         if allowed is not None and default not in allowed:
             raise PolicyError("$.default_model", f"{default!r} is not in allowed_models")
-    return CompiledPolicy(policy_id, tenant_id, version, default, allowed)
+    constraints = _constraints(doc.get("constraints"), "$.constraints", Constraints())
+    retry = _retry(doc.get("retry"), "$.retry", RetrySettings())
+    rules: list[CompiledRule] = []
+    raw_rules = doc.get("rules", [])
+    if not isinstance(raw_rules, list):
+        raise PolicyError("$.rules", "must be a list of rules")
+    names: set[str] = set()
+    for i, raw in enumerate(raw_rules):
+        rule = _rule(raw, f"$.rules[{i}]", i, index, allowed, constraints, retry)
+        if rule.name in names:
+            raise PolicyError(f"$.rules[{i}].name", f"duplicate rule name {rule.name!r}")
+        names.add(rule.name)
+        rules.append(rule)
+    default_rule: CompiledRule | None = None
+    if allowed is not None:
+        # Precompute the default route when it is bounded; an unrestricted
+        # policy's default route is the whole registry, resolved per request.
+        order = sorted(allowed)
+        if default is not None:
+            order = [default, *(a for a in order if a != default)]
+        default_rule = CompiledRule(
+            "default",
+            Match(),
+            Strategy.PRIORITY,
+            tuple(index.priced(a) for a in order),
+            constraints=constraints,
+            retry=retry,
+        )
+    return CompiledPolicy(
+        policy_id,
+        tenant_id,
+        version,
+        default,
+        allowed,
+        tuple(rules),
+        default_rule,
+        constraints,
+        retry,
+    )
+
+
+def _rule(
+    raw: Any,
+    path: str,
+    position: int,
+    index: ModelIndex,
+    allowed: frozenset[str] | None,
+    base_constraints: Constraints,
+    base_retry: RetrySettings,
+) -> CompiledRule:
+    doc = _obj(raw, path, _RULE_FIELDS)
+    models = index.models
+    name = doc.get("name", f"rules[{position}]")
+    if not isinstance(name, str) or not name:
+        raise PolicyError(f"{path}.name", "must be a non-empty string")
+    if "description" in doc and not isinstance(doc["description"], str):
+        raise PolicyError(f"{path}.description", "must be a string")
+    match = _match(doc.get("match"), f"{path}.match")
+    strategy_raw = doc.get("strategy", "priority")
+    try:
+        strategy = Strategy(strategy_raw)
+    except (ValueError, TypeError):
+        raise PolicyError(
+            f"{path}.strategy", f"must be one of {', '.join(s.value for s in Strategy)}"
+        ) from None
+
+    named: list[str] = []
+    if "models" in doc:
+        named = _aliases(doc["models"], f"{path}.models", models, allowed)
+    weights: dict[str, float] = {}
+    if "weights" in doc:
+        if strategy is not Strategy.WEIGHTED:
+            raise PolicyError(f"{path}.weights", "only a weighted rule has weights")
+        weights = _weights(doc["weights"], f"{path}.weights", models, allowed)
+        if named:
+            for alias in weights:
+                if alias not in named:
+                    raise PolicyError(f"{path}.weights.{alias}", f"{alias!r} is not in this rule's models")
+            for i, alias in enumerate(named):
+                if alias not in weights:
+                    raise PolicyError(f"{path}.models[{i}]", f"{alias!r} has no weight")
+        else:
+            named = list(weights)
+    elif strategy is Strategy.WEIGHTED:
+        raise PolicyError(f"{path}.weights", "a weighted rule needs weights")
+
+    if "select" in doc:
+        if strategy is Strategy.WEIGHTED:
+            raise PolicyError(f"{path}.select", "a weighted rule names its arms in weights")
+        sel = _obj(doc["select"], f"{path}.select", _SELECT_FIELDS)
+        caps = _capabilities(sel.get("capabilities", []), f"{path}.select.capabilities")
+        attrs = _string_map(sel.get("attributes", {}), f"{path}.select.attributes")
+        for alias in index.select(caps, attrs):
+            if (allowed is None or alias in allowed) and alias not in named:
+                named.append(alias)
+    elif not named:
+        raise PolicyError(path, "a rule needs models, weights or select")
+    if not named:
+        # Compiles, but the rule can never route: say so now rather than at request time.
+        raise PolicyError(f"{path}.select", "selects no model (allowed by this policy) in the registry")
+
+    fallbacks: list[str] = []
+    if "fallbacks" in doc:
+        fallbacks = _aliases(doc["fallbacks"], f"{path}.fallbacks", models, allowed)
+        for i, alias in enumerate(fallbacks):
+            if alias in named:
+                raise PolicyError(f"{path}.fallbacks[{i}]", f"{alias!r} is already a candidate of this rule")
+
+    cumulative: tuple[float, ...] = ()
+    if strategy is Strategy.WEIGHTED:
+        total = sum(weights.values())
+        running = 0.0
+        sums = []
+        for alias in named:
+            running += weights[alias]
+            sums.append(running / total)
+        sums[-1] = 1.0  # no arm may be unreachable through rounding
+        cumulative = tuple(sums)
+
+    sticky = doc.get("sticky_key", "")
+    if sticky:
+        _sticky(sticky, f"{path}.sticky_key")
+    shadow: Shadow | None = None
+    if "shadow" in doc:
+        shadow = _shadow(doc["shadow"], f"{path}.shadow", index, allowed)
+
+    return CompiledRule(
+        name,
+        match,
+        strategy,
+        tuple(index.priced(a) for a in named),
+        tuple(index.priced(a) for a in fallbacks),
+        cumulative,
+        sticky,
+        shadow,
+        _constraints(doc.get("constraints"), f"{path}.constraints", base_constraints),
+        _retry(doc.get("retry"), f"{path}.retry", base_retry),
+    )
+
+
+def _match(raw: Any, path: str) -> Match:
+    if raw is None:
+        return Match()
+    doc = _obj(raw, path, _MATCH_FIELDS)
+    data_classes: frozenset[DataClass] | None = None
+    if "data_classification" in doc:
+        names = _strings(doc["data_classification"], f"{path}.data_classification")
+        classes = []
+        for i, n in enumerate(names):
+            if n not in DATA_CLASS_NAMES:
+                raise PolicyError(
+                    f"{path}.data_classification[{i}]",
+                    f"unknown data classification {n!r} (known: {', '.join(DATA_CLASS_NAMES)})",
+                )
+            classes.append(DATA_CLASS_NAMES[n])
+        data_classes = frozenset(classes)
+
+    def opt(key: str) -> frozenset[str] | None:
+        return frozenset(_strings(doc[key], f"{path}.{key}")) if key in doc else None
+
+    return Match(
+        tiers=opt("tiers"),
+        tasks=opt("tasks"),
+        metadata=_string_map(doc.get("metadata", {}), f"{path}.metadata"),
+        capabilities=_capabilities(doc.get("capabilities", []), f"{path}.capabilities"),
+        data_classes=data_classes,
+        regions=opt("regions"),
+        jurisdictions=opt("jurisdictions"),
+    )
+
+
+def _constraints(raw: Any, path: str, base: Constraints) -> Constraints:
+    """Fields given here override ``base`` (the policy's, for a rule's constraints)."""
+    if raw is None:
+        return base
+    doc = _obj(raw, path, _CONSTRAINT_FIELDS)
+    max_cost = base.max_cost_nanos
+    if "max_cost_usd" in doc:
+        usd = doc["max_cost_usd"]
+        if not _is_number(usd) or usd < 0:
+            raise PolicyError(f"{path}.max_cost_usd", "must be a number >= 0")
+        max_cost = round(usd * 1_000_000_000)
+    max_latency = base.max_latency_ms
+    if "max_latency_ms" in doc:
+        max_latency = _int(doc["max_latency_ms"], f"{path}.max_latency_ms", minimum=1)
+    regions = base.regions
+    if "regions" in doc:
+        regions = frozenset(_strings(doc["regions"], f"{path}.regions"))
+    jurisdictions = base.jurisdictions
+    if "jurisdictions" in doc:
+        jurisdictions = frozenset(_strings(doc["jurisdictions"], f"{path}.jurisdictions"))
+    egress = base.allow_egress
+    if "allow_egress" in doc:
+        egress = doc["allow_egress"]
+        if not isinstance(egress, bool):
+            raise PolicyError(f"{path}.allow_egress", "must be true or false")
+    certify = base.certification_required_from
+    if "certification_required_from" in doc:
+        value = doc["certification_required_from"]
+        if value == "never":
+            certify = None
+        elif isinstance(value, str) and value in DATA_CLASS_NAMES and value != "unspecified":
+            certify = DATA_CLASS_NAMES[value]
+        else:
+            raise PolicyError(
+                f"{path}.certification_required_from",
+                "must be one of public, internal, confidential, restricted, never",
+            )
+    return Constraints(max_cost, max_latency, regions, jurisdictions, egress, certify)
+
+
+def _retry(raw: Any, path: str, base: RetrySettings) -> RetrySettings:
+    if raw is None:
+        return base
+    doc = _obj(raw, path, _RETRY_FIELDS)
+    max_attempts = base.max_attempts
+    if "max_attempts" in doc:
+        max_attempts = _int(doc["max_attempts"], f"{path}.max_attempts", minimum=1, maximum=20)
+    per = base.attempts_per_deployment
+    if "attempts_per_deployment" in doc:
+        per = _int(doc["attempts_per_deployment"], f"{path}.attempts_per_deployment", minimum=1, maximum=10)
+    base_ms = base.backoff_base_ms
+    if "backoff_base_ms" in doc:
+        base_ms = _int(doc["backoff_base_ms"], f"{path}.backoff_base_ms", minimum=0, maximum=60_000)
+    cap_ms = base.backoff_cap_ms
+    if "backoff_cap_ms" in doc:
+        cap_ms = _int(doc["backoff_cap_ms"], f"{path}.backoff_cap_ms", minimum=0, maximum=300_000)
+    if cap_ms < base_ms:
+        raise PolicyError(f"{path}.backoff_cap_ms", "must be at least backoff_base_ms")
+    fallback_on = base.fallback_on
+    if "fallback_on" in doc:
+        kinds = _strings(doc["fallback_on"], f"{path}.fallback_on")
+        for i, kind in enumerate(kinds):
+            if kind not in FALLBACK_KINDS:
+                raise PolicyError(
+                    f"{path}.fallback_on[{i}]",
+                    f"unknown error kind {kind!r} (known: {', '.join(sorted(FALLBACK_KINDS))})",
+                )
+        fallback_on = frozenset(kinds)
+    return RetrySettings(max_attempts, per, base_ms, cap_ms, fallback_on)
+
+
+def _shadow(raw: Any, path: str, index: ModelIndex, allowed: frozenset[str] | None) -> Shadow:
+    doc = _obj(raw, path, _SHADOW_FIELDS)
+    if "model" not in doc:
+        raise PolicyError(f"{path}.model", "required")
+    alias = doc["model"]
+    if not isinstance(alias, str):
+        raise PolicyError(f"{path}.model", "must be a model alias")
+    _check_alias(alias, f"{path}.model", index.models, allowed)
+    share = doc.get("share", 1.0)
+    if not _is_number(share) or not 0.0 <= share <= 1.0:
+        raise PolicyError(f"{path}.share", "must be a number between 0 and 1")
+    key = doc.get("key", "")
+    if key:
+        _sticky(key, f"{path}.key")
+    return Shadow(index.priced(alias), float(share), key)
+
+
+def _weights(
+    raw: Any, path: str, models: Mapping[str, ModelConfig], allowed: frozenset[str] | None
+) -> dict[str, float]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise PolicyError(path, "must be a non-empty object of model alias to weight")
+    weights: dict[str, float] = {}
+    for alias, weight in raw.items():
+        at = f"{path}.{alias}"
+        _check_alias(alias, at, models, allowed)
+        if not _is_number(weight) or weight < 0 or not math.isfinite(weight):
+            raise PolicyError(at, "weight must be a finite number >= 0")
+        weights[alias] = float(weight)
+    if sum(weights.values()) <= 0:
+        raise PolicyError(path, "weights must not all be zero")
+    return weights
+
+
+def _sticky(key: Any, path: str) -> None:
+    if not isinstance(key, str) or not (
+        key in STICKY_KEYS or any(key.startswith(p) and len(key) > len(p) for p in STICKY_PREFIXES)
+    ):
+        raise PolicyError(path, "must be tenant.id, request_id, metadata.<key> or tenant.labels.<key>")
+
+
+def _aliases(
+    raw: Any, path: str, models: Mapping[str, ModelConfig], allowed: frozenset[str] | None
+) -> list[str]:
+    if not isinstance(raw, list):
+        raise PolicyError(path, "must be a list of model aliases")
+    seen: set[str] = set()
+    for i, alias in enumerate(raw):
+        if not isinstance(alias, str):
+            raise PolicyError(f"{path}[{i}]", "must be a model alias")
+        _check_alias(alias, f"{path}[{i}]", models, allowed)
+        if alias in seen:
+            raise PolicyError(f"{path}[{i}]", f"{alias!r} is listed twice")
+        seen.add(alias)
+    return list(raw)
+
+
+def _check_alias(
+    alias: str, path: str, models: Mapping[str, ModelConfig], allowed: frozenset[str] | None
+) -> None:
+    if alias not in models:
+        raise PolicyError(path, f"unknown model {alias!r}")
+    if allowed is not None and alias not in allowed:
+        raise PolicyError(path, f"{alias!r} is not in allowed_models")
+
+
+def _capabilities(raw: Any, path: str) -> frozenset[Capability]:
+    names = _strings(raw, path)
+    caps = []
+    for i, n in enumerate(names):
+        cap = _CAPABILITIES.get(n)
+        if cap is None:
+            raise PolicyError(f"{path}[{i}]", f"unknown capability {n!r} (known: {', '.join(_CAPABILITIES)})")
+        caps.append(cap)
+    return frozenset(caps)
+
+
+def _obj(raw: Any, path: str, known: frozenset[str]) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise PolicyError(path, "must be an object")
+    for key in raw:
+        if key not in known:
+            raise PolicyError(f"{path}.{key}", "unknown field")
+    return raw
+
+
+def _strings(raw: Any, path: str) -> list[str]:
+    if not isinstance(raw, list):
+        raise PolicyError(path, "must be a list of strings")
+    for i, s in enumerate(raw):
+        if not isinstance(s, str) or not s:
+            raise PolicyError(f"{path}[{i}]", "must be a non-empty string")
+    return raw
+
+
+def _string_map(raw: Any, path: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """``{key: value | [values]}`` as sorted (key, values) pairs."""
+    if not isinstance(raw, Mapping):
+        raise PolicyError(path, "must be an object of strings")
+    out = []
+    for key, value in raw.items():
+        if isinstance(value, str):
+            out.append((key, frozenset((value,))))
+        else:
+            out.append((key, frozenset(_strings(value, f"{path}.{key}"))))
+    return tuple(sorted(out, key=lambda kv: kv[0]))
+
+
+def _int(raw: Any, path: str, *, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise PolicyError(path, "must be an integer")
+    if raw < minimum or (maximum is not None and raw > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise PolicyError(path, f"must be {bound}")
+    return raw
+
+
+def _is_number(raw: Any) -> bool:
+    return isinstance(raw, int | float) and not isinstance(raw, bool)
+
+
+# ---------------------------------------------------------------------------
+# Apply-time helpers for the control plane.
+
+
+@cache
+def schema() -> Mapping[str, Any]:
+    """The published JSON Schema (Draft 2020-12) of a policy document."""
+    text = resources.files("dataplane.routing").joinpath("policy.schema.json").read_text("utf-8")
+    loaded: Mapping[str, Any] = json.loads(text)
+    return loaded
+
+
+def validate_document(document: Any) -> None:
+    """Validate ``document`` against the published schema; raise ``PolicyError`` at the first problem.
+
+    Run at apply time (it is thorough, not fast); then ``compile_policy``
+    checks what a schema cannot: that models exist and weights make sense.
+    """
+    # No stubs for jsonschema; its use is confined to these lines.
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+    from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
+
+    validator = _validator(Draft202012Validator)
+    error = best_match(validator.iter_errors(document))
+    if error is None:
+        return
+    path = _json_path(error.absolute_path)
+    message = error.message
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        known = set(error.schema.get("properties", {})) if isinstance(error.schema, Mapping) else set()
+        extra = sorted(k for k in error.instance if k not in known)
+        if extra:
+            path, message = f"{path}.{extra[0]}", "unknown field"
+    elif error.validator == "not" and isinstance(error.validator_value, Mapping):
+        # Our schema uses ``not: {required: [x]}`` for "x is not allowed here".
+        forbidden = error.validator_value.get("required", [])
+        if forbidden:
+            path, message = f"{path}.{forbidden[0]}", "not allowed here"
+    raise PolicyError(path, message)
+
+
+@cache
+def _validator(cls: Any) -> Any:
+    cls.check_schema(schema())
+    return cls(schema())
+
+
+def _json_path(parts: Iterable[object]) -> str:
+    out = "$"
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def parse_document(text: str) -> Any:
+    """Parse policy text (JSON, or YAML which is a superset) into a document.
+
+    Raises ``PolicyError`` at ``$`` naming the line when the text is not valid.
+    """
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError("$", f"not valid YAML or JSON: {exc}") from exc
+
+
+def stable_fraction(key: str) -> float:
+    """A number in [0, 1) from ``key`` that is the same on every node and every run."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 18446744073709551616.0

@@ -1,0 +1,165 @@
+"""Passive health and a circuit breaker per deployment.
+
+The dispatcher owns one ``DeploymentState`` per deployment for the life of the
+node; ``plan_route`` reads a ``HealthView`` of them (breaker state, latency
+EWMA, error rate) so routing prefers healthy, fast deployments while staying
+pure.
+
+Breaker transitions::
+
+    CLOSED ──(N consecutive failures, or error-rate EWMA ≥ threshold
+              after enough calls)──► OPEN
+    OPEN ──(cool-down elapsed)──► HALF_OPEN   (at most ``half_open_probes`` in flight)
+    HALF_OPEN ──(a probe succeeds)──► CLOSED
+    HALF_OPEN ──(a probe fails)──► OPEN       (cool-down starts again)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    """Node-wide breaker and health tuning (a deployment's health is not a tenant's business)."""
+
+    failure_threshold: int = 5
+    """Consecutive failures that open the breaker."""
+    error_rate_threshold: float = 0.5
+    """Error-rate EWMA that opens the breaker once ``min_calls`` were seen."""
+    min_calls: int = 20
+    cooldown_s: float = 30.0
+    """Time open before probes are let through."""
+    half_open_probes: int = 1
+    """Concurrent probes allowed while half-open."""
+    ewma_alpha: float = 0.2
+    """Weight of the newest observation in latency and error-rate averages."""
+
+
+DEFAULT_BREAKER = BreakerSettings()
+
+FAILURE_KINDS = frozenset(
+    {"server_error", "timeout", "overloaded", "protocol_error", "auth", "quota_exhausted"}
+)
+"""Error kinds that say the deployment is unwell. Rate limits (handled by
+Retry-After), context-too-long, content filtering and bad requests are about
+the request or the caller's quota and must not open the breaker."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentHealth:
+    """What routing may know about one deployment at one instant."""
+
+    state: BreakerState = BreakerState.CLOSED
+    latency_ms: float | None = None
+    """EWMA of successful attempts' latency; ``None`` until one succeeded."""
+    error_rate: float = 0.0
+    """EWMA of failures (1) and successes (0)."""
+    blocked_for_s: float = 0.0
+    """Seconds until the deployment's last Retry-After expires (0: not blocked)."""
+
+
+class HealthView(Protocol):
+    """Read-only per-deployment health, keyed by ``Candidate.key``."""
+
+    def get(self, key: str) -> DeploymentHealth | None: ...
+
+
+class DeploymentState:
+    """Mutable breaker and averages of one deployment. Owned by one Dispatcher (one event loop)."""
+
+    __slots__ = (
+        "_clock",
+        "_settings",
+        "blocked_until",
+        "calls",
+        "consecutive_failures",
+        "error_rate",
+        "latency_ms",
+        "opened_at",
+        "probes_in_flight",
+        "state",
+    )
+
+    def __init__(self, settings: BreakerSettings, clock: Callable[[], float]) -> None:
+        self._settings = settings
+        self._clock = clock
+        self.state = BreakerState.CLOSED
+        self.consecutive_failures = 0
+        self.calls = 0
+        self.error_rate = 0.0
+        self.latency_ms: float | None = None
+        self.opened_at = 0.0
+        self.probes_in_flight = 0
+        self.blocked_until = 0.0
+
+    def current(self) -> BreakerState:
+        """The state now: an open breaker whose cool-down elapsed reads as half-open."""
+        if self.state is BreakerState.OPEN and self._clock() - self.opened_at >= self._settings.cooldown_s:
+            self.state = BreakerState.HALF_OPEN
+            self.probes_in_flight = 0
+        return self.state
+
+    def try_acquire(self) -> bool:
+        """May a request go to this deployment now? A half-open admit counts as a probe."""
+        state = self.current()
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and self.probes_in_flight < self._settings.half_open_probes:
+            self.probes_in_flight += 1
+            return True
+        return False
+
+    def release_probe(self) -> None:
+        """A probe ended without a verdict on the deployment (cancelled, or a request error)."""
+        if self.state is BreakerState.HALF_OPEN and self.probes_in_flight > 0:
+            self.probes_in_flight -= 1
+
+    def record_success(self, latency_ms: float) -> None:
+        alpha = self._settings.ewma_alpha
+        self.calls += 1
+        self.consecutive_failures = 0
+        self.error_rate *= 1 - alpha
+        self.latency_ms = (
+            latency_ms
+            if self.latency_ms is None
+            else self.latency_ms + alpha * (latency_ms - self.latency_ms)
+        )
+        if self.state is not BreakerState.CLOSED:
+            self.state = BreakerState.CLOSED
+            self.probes_in_flight = 0
+
+    def record_failure(self) -> None:
+        s = self._settings
+        self.calls += 1
+        self.consecutive_failures += 1
+        self.error_rate += s.ewma_alpha * (1 - self.error_rate)
+        if self.state is BreakerState.HALF_OPEN or (
+            self.state is BreakerState.CLOSED
+            and (
+                self.consecutive_failures >= s.failure_threshold
+                or (self.calls >= s.min_calls and self.error_rate >= s.error_rate_threshold)
+            )
+        ):
+            self.state = BreakerState.OPEN
+            self.opened_at = self._clock()
+            self.probes_in_flight = 0
+
+    def block_for(self, seconds: float) -> None:
+        """Honour a Retry-After: no new attempts until it passes."""
+        self.blocked_until = max(self.blocked_until, self._clock() + seconds)
+
+    def blocked_for(self) -> float:
+        return max(0.0, self.blocked_until - self._clock())
+
+    def snapshot(self) -> DeploymentHealth:
+        return DeploymentHealth(self.current(), self.latency_ms, self.error_rate, self.blocked_for())
