@@ -146,7 +146,7 @@ def classify_error(
     """Turn one provider error (HTTP error response or in-band error event) into a ``ProviderError``."""
     cls = _classify(status, facts)
     code = next((t for t in facts.tokens if t), "")
-    where = f"HTTP {status}" if status is not None else "in-stream error"
+    where = f"HTTP {status}" if status is not None else "in-band error"
     detail = f"{where}, {code}" if code else where
     retry_after = parse_retry_after(headers) if headers is not None else None
     if retry_after is None:

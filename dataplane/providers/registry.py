@@ -10,12 +10,14 @@ from collections.abc import Mapping
 
 from .anthropic import AnthropicAdapter
 from .base import AdapterFactory, register
+from .gemini import GeminiAdapter
 from .openai import OpenAIAdapter
 from .openai_compatible import OpenAICompatibleAdapter, SimulatedAdapter
 
 BUILTIN_ADAPTERS: Mapping[str, AdapterFactory] = {
     OpenAIAdapter.type_name: OpenAIAdapter,
     AnthropicAdapter.type_name: AnthropicAdapter,
+    GeminiAdapter.type_name: GeminiAdapter,
     OpenAICompatibleAdapter.type_name: OpenAICompatibleAdapter,
     SimulatedAdapter.type_name: SimulatedAdapter,
 }

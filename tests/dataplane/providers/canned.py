@@ -164,3 +164,56 @@ def anthropic_stream(
 
 def anthropic_error(type_: str, message: str = "error") -> dict[str, Any]:
     return {"type": "error", "error": {"type": type_, "message": message}, "request_id": "req_1"}
+
+
+# -- Gemini ---------------------------------------------------------------------------------------
+
+
+def gemini_response(
+    text: str | None = "Hello!",
+    *,
+    calls: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    finish_reason: str | None = "STOP",
+    usage: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``GenerateContentResponse``; ``calls`` are ``(name, args)`` (Gemini gives no ids)."""
+    parts: list[dict[str, Any]] = [{"text": text}] if text else []
+    parts += [{"functionCall": {"name": n, "args": dict(a)}} for n, a in calls]
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+    if finish_reason is not None:
+        candidate["finishReason"] = finish_reason
+    return {
+        "candidates": [candidate],
+        "usageMetadata": dict(usage)
+        if usage is not None
+        else {"promptTokenCount": 12, "candidatesTokenCount": 3, "totalTokenCount": 15},
+        "modelVersion": "gemini-test",
+        "responseId": "resp-1",
+    }
+
+
+def gemini_stream(
+    *pieces: str,
+    calls: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    final_usage: Mapping[str, Any] | None = None,
+) -> list[bytes]:
+    """Text pieces, each with a running usage snapshot, then calls and ``STOP`` in the last event."""
+    frames = [
+        sse_event(
+            gemini_response(
+                p, finish_reason=None, usage={"promptTokenCount": 12, "candidatesTokenCount": i + 1}
+            )
+        )
+        for i, p in enumerate(pieces)
+    ]
+    last = gemini_response(None, calls=calls, usage=final_usage)
+    frames.append(sse_event(last))
+    return frames
+
+
+def gemini_error(
+    code: int, status: str, message: str = "error", *details: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {
+        "error": {"code": code, "message": message, "status": status, "details": [dict(d) for d in details]}
+    }
