@@ -1,0 +1,253 @@
+"""SQLAlchemy 2.0 typed models: the control plane's system of record.
+
+Constraint names follow one convention so Alembic migrations are stable and the
+drift test (models vs. migrations) stays meaningful.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
+
+
+def _now() -> Any:
+    return func.now()
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class Tenant(TimestampMixin, Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    tier: Mapped[str] = mapped_column(String(100), default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ApiKey(TimestampMixin, Base):
+    """An API key of a tenant. Only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(32))
+    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    scopes: Mapped[list[Any]] = mapped_column(default=list)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Provider(TimestampMixin, Base):
+    """An upstream endpoint. Its credential is a reference (env var or file), never a value."""
+
+    __tablename__ = "providers"
+    __table_args__ = (
+        CheckConstraint("credential_env = '' OR credential_file = ''", name="credential_single_source"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    base_url: Mapped[str] = mapped_column(Text, default="")
+    credential_env: Mapped[str] = mapped_column(String(256), default="")
+    credential_file: Mapped[str] = mapped_column(Text, default="")
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timeout_ms: Mapped[int] = mapped_column(Integer, default=0)
+    location: Mapped[int] = mapped_column(Integer, default=0)
+    site: Mapped[str] = mapped_column(String(200), default="")
+    region: Mapped[str] = mapped_column(String(200), default="")
+    jurisdiction: Mapped[str] = mapped_column(String(200), default="")
+
+
+class Model(TimestampMixin, Base):
+    """A model in the registry, addressed by callers and policies through its alias."""
+
+    __tablename__ = "models"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    alias: Mapped[str] = mapped_column(String(200), unique=True)
+    capabilities: Mapped[list[Any]] = mapped_column(default=list)
+    context_window: Mapped[int] = mapped_column(Integer, default=0)
+    max_output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    input_price_nanos_per_mtok: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_price_nanos_per_mtok: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_input_price_nanos_per_mtok: Mapped[int] = mapped_column(BigInteger, default=0)
+    certified_for: Mapped[list[Any]] = mapped_column(default=list)
+    certifications: Mapped[list[Any]] = mapped_column(default=list)
+    typical_latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    deployments: Mapped[list[Deployment]] = relationship(
+        back_populates="model",
+        cascade="all, delete-orphan",
+        order_by="Deployment.position",
+        lazy="selectin",
+    )
+
+
+class Deployment(Base):
+    """Where a model is served: a provider and the provider's name for it."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    # RESTRICT: a provider still serving a model cannot disappear underneath it.
+    provider_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("providers.id", ondelete="RESTRICT"), index=True
+    )
+    upstream_model: Mapped[str] = mapped_column(String(200))
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+    model: Mapped[Model] = relationship(back_populates="deployments")
+
+
+class Policy(Base):
+    """One version of a tenant's policy (tenant_id NULL: the platform default).
+
+    Every version is kept; a deletion is itself a version with ``deleted`` set, so
+    history shows who removed a policy and when.
+    """
+
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("tenant_id", "version", postgresql_nulls_not_distinct=True),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    version: Mapped[int] = mapped_column(BigInteger)
+    document_json: Mapped[str] = mapped_column(Text)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+
+
+class AdminToken(TimestampMixin, Base):
+    """An admin credential. Only the SHA-256 of the token is kept."""
+
+    __tablename__ = "admin_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(32))
+    token_sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SigningKey(TimestampMixin, Base):
+    """An Ed25519 snapshot signing key; the private half is AES-GCM encrypted with the KEK."""
+
+    __tablename__ = "signing_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    key_id: Mapped[str] = mapped_column(String(64), unique=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    encrypted_private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    # Fingerprint of the KEK that sealed the key, so a wrong KEK fails with a clear message.
+    kek_id: Mapped[str] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Snapshot(Base):
+    """A signed snapshot exactly as it was pushed: payload bytes and envelope bytes."""
+
+    __tablename__ = "snapshots"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    previous_hash: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    signing_key_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Node(Base):
+    """A data-plane node as last seen by a control plane replica."""
+
+    __tablename__ = "nodes"
+
+    node_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    software_version: Mapped[str] = mapped_column(String(100), default="")
+    mode: Mapped[int] = mapped_column(Integer, default=0)
+    scope: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    applied_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    applied_hash: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    last_ack_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_ack_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_nack_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_nack_hash: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    last_nack_reason: Mapped[str] = mapped_column(Text, default="")
+    last_nack_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    connected: Mapped[bool] = mapped_column(Boolean, default=False)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class AuditEntry(Base):
+    """One admin call: who made it, what it touched, how it ended."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now(), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(200))
+    target: Mapped[str] = mapped_column(Text, default="")
+    result: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class NodeNack(Base):
+    """Every snapshot a node refused, so that exact snapshot is never sent to it again."""
+
+    __tablename__ = "node_nacks"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.node_id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())

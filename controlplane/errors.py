@@ -1,0 +1,91 @@
+"""Errors of the control plane, each knowing the gRPC status it becomes.
+
+    ControlPlaneError                 INTERNAL
+    ├── InvalidArgument               INVALID_ARGUMENT    (names the field)
+    │   └── ConfigRejected            INVALID_ARGUMENT    (the candidate snapshot failed its check; names the path)
+    ├── Unauthenticated               UNAUTHENTICATED     (no, unknown or revoked admin token)
+    ├── NotFound                      NOT_FOUND           (names the kind and the key)
+    ├── AlreadyExists                 ALREADY_EXISTS      (names the kind and the key)
+    ├── StillReferenced               FAILED_PRECONDITION (names the referrer)
+    └── SigningKeyUnavailable         FAILED_PRECONDITION (signing key cannot be unsealed: wrong KEK)
+
+The one place that turns these into gRPC statuses is ``controlplane.api.status``.
+Messages never contain secrets: errors are built from names and ids only.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class ControlPlaneError(Exception):
+    """Base of every error the control plane reports to a caller."""
+
+    status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ControlPlaneError):
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class ConfigRejected(InvalidArgument):
+    """The config after this change would not compile; ``field`` is the snapshot path.
+
+    ``referrer`` describes the entry at that path (e.g. "policy of tenant 'acme'"),
+    so a deletion that breaks it can name what still refers to the deleted thing.
+    """
+
+    def __init__(self, field: str, problem: str, referrer: str = "") -> None:
+        super().__init__(field, problem)
+        self.problem = problem
+        self.referrer = referrer
+
+
+class Unauthenticated(ControlPlaneError):
+    status = grpc.StatusCode.UNAUTHENTICATED
+
+
+class NotFound(ControlPlaneError):
+    status = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, kind: str, key: str, *, field: str = "") -> None:
+        message = f"{kind} {key!r} not found"
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.kind = kind
+        self.key = key
+
+
+class AlreadyExists(ControlPlaneError):
+    status = grpc.StatusCode.ALREADY_EXISTS
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"{kind} {key!r} already exists")
+        self.kind = kind
+        self.key = key
+
+
+class StillReferenced(ControlPlaneError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, what: str, referrer: str) -> None:
+        super().__init__(f"{what} is still referenced by {referrer}")
+        self.what = what
+        self.referrer = referrer
+
+
+class SigningKeyUnavailable(ControlPlaneError):
+    """The stored signing key cannot be decrypted with the configured KEK."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
