@@ -42,8 +42,7 @@ from dataplane.chat import (
 )
 
 from .classify import ErrorFacts, tokens_of
-from .sse import SSEDecoder
-from .transport import HttpAdapter
+from .transport import HttpAdapter, SSEStreamDecoder
 from .wire import (
     ToolCallIndexer,
     arguments_object,
@@ -242,7 +241,7 @@ def anthropic_usage(usage: Mapping[str, Any]) -> Usage:
     )
 
 
-class AnthropicStreamDecoder:
+class AnthropicStreamDecoder(SSEStreamDecoder):
     """Named events: message_start, content_block_start/delta/stop, message_delta, message_stop.
 
     ``ping`` and event types we do not know are skipped, as Anthropic asks.
@@ -251,30 +250,18 @@ class AnthropicStreamDecoder:
     ``message_start``; ``message_delta`` usage is cumulative and replaces it.
     """
 
+    missing_terminator: ClassVar[str] = "message_stop"
+
     def __init__(self, adapter: AnthropicAdapter) -> None:
-        self._adapter = adapter
-        self._sse = SSEDecoder()
+        super().__init__(adapter)
         self._tools = ToolCallIndexer()
         self._arguments: dict[int, str] = {}
         """Accumulated ``partial_json`` per tool block, keyed by Anthropic block index."""
         self._usage: dict[str, Any] = {}
-        self.done = False
 
-    def feed(self, line: str) -> Iterable[StreamChunk]:
-        event = self._sse.feed(line)
-        return self._on_event(event.data) if event is not None else ()
-
-    def finish(self) -> Iterable[StreamChunk]:
-        event = self._sse.flush()
-        chunks = list(self._on_event(event.data)) if event is not None else []
-        if not self.done:
-            raise self._adapter.malformed("stream ended before message_stop")
-        return chunks
-
-    def _on_event(self, data: str) -> list[StreamChunk]:
-        payload = self._adapter.parse_event(data)
-        if not isinstance(payload, dict):
-            raise self._adapter.malformed("stream event is not an object", data)
+    def on_event(self, payload: dict[str, Any] | None) -> list[StreamChunk]:
+        if payload is None:
+            raise self.adapter.malformed("unexpected [DONE] in an Anthropic stream")
         kind = payload.get("type")
         if kind == "message_start":
             self._usage.update((payload.get("message") or {}).get("usage") or {})
@@ -324,6 +311,6 @@ class AnthropicStreamDecoder:
             # assembled arguments valid and equal to the non-streamed answer.
             more = self._tools.fragment(index, "{}")
             return [StreamChunk(tool_calls=(more,))] if more is not None else []
-        if not isinstance(loads(self._adapter.type_name, arguments), dict):
-            raise self._adapter.malformed("tool_use input is not a JSON object", arguments)
+        if not isinstance(loads(self.adapter.type_name, arguments), dict):
+            raise self.adapter.malformed("tool_use input is not a JSON object", arguments)
         return []

@@ -24,7 +24,7 @@ Translation policies:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 from dataplane.chat import (
@@ -45,8 +45,7 @@ from dataplane.chat import (
 from dataplane.errors import UpstreamBadRequest
 
 from .classify import ErrorFacts, classify_error, parse_duration, tokens_of
-from .sse import SSEDecoder
-from .transport import HttpAdapter
+from .transport import HttpAdapter, SSEStreamDecoder
 from .wire import (
     ToolCallIndexer,
     arguments_object,
@@ -322,38 +321,32 @@ def gemini_usage(metadata: object) -> Usage | None:
     )
 
 
-class GeminiStreamDecoder:
+class GeminiStreamDecoder(SSEStreamDecoder):
     """Each SSE event is a whole ``GenerateContentResponse``; calls arrive whole, usage as snapshots."""
 
+    missing_terminator: ClassVar[str] = "a finishReason"
+
     def __init__(self, adapter: GeminiAdapter) -> None:
-        self._adapter = adapter
-        self._sse = SSEDecoder()
+        super().__init__(adapter)
+        self._gemini = adapter
         self._tools = ToolCallIndexer()
         self._finished = False
-        self.done = False  # Gemini has no terminator: we read until the body ends.
 
-    def feed(self, line: str) -> Iterable[StreamChunk]:
-        event = self._sse.feed(line)
-        return self._on_event(event.data) if event is not None else ()
+    @property
+    def complete(self) -> bool:
+        # Gemini has no terminator: the body simply ends, after a finishReason.
+        return self._finished
 
-    def finish(self) -> Iterable[StreamChunk]:
-        event = self._sse.flush()
-        chunks = list(self._on_event(event.data)) if event is not None else []
-        if not self._finished:
-            raise self._adapter.malformed("stream ended before a finishReason")
-        return chunks
-
-    def _on_event(self, data: str) -> list[StreamChunk]:
-        payload = self._adapter.parse_event(data)
-        if not isinstance(payload, dict):
-            raise self._adapter.malformed("stream event is not an object", data)
+    def on_event(self, payload: dict[str, Any] | None) -> list[StreamChunk]:
+        if payload is None:
+            raise self.adapter.malformed("unexpected [DONE] in a Gemini stream")
         usage = gemini_usage(payload.get("usageMetadata"))
         if not payload.get("candidates") and usage is not None:
             return [StreamChunk(usage=usage)]  # a usage-only snapshot
-        candidate = self._adapter.first_candidate(payload)
+        candidate = self._gemini.first_candidate(payload)
         texts, calls = GeminiAdapter._parts(candidate)
         deltas = tuple(self._tools.start(self._tools.count, c.id, c.name, c.arguments) for c in calls)
-        reason = self._adapter.finish_reason(candidate.get("finishReason"))
+        reason = self._gemini.finish_reason(candidate.get("finishReason"))
         if reason is not None:
             self._finished = True
             reason = settle_finish(reason, self._tools.count > 0)

@@ -29,8 +29,7 @@ from dataplane.chat import (
 )
 
 from .classify import ErrorFacts, classify_error, tokens_of
-from .sse import SSEDecoder
-from .transport import HttpAdapter
+from .transport import HttpAdapter, SSEStreamDecoder
 from .wire import ToolCallIndexer, arguments_text, image_url, settle_finish, synthesize_call_id
 
 FINISH_REASONS: Mapping[str, FinishReason] = {
@@ -307,7 +306,7 @@ def openai_usage(usage: object) -> Usage | None:
     )
 
 
-class OpenAIStreamDecoder:
+class OpenAIStreamDecoder(SSEStreamDecoder):
     """``chat.completion.chunk`` events to normalized chunks.
 
     The usage chunk has ``choices: []``; tool calls arrive either in fragments
@@ -315,30 +314,17 @@ class OpenAIStreamDecoder:
     layer), and both end up as the same deltas.
     """
 
+    missing_terminator: ClassVar[str] = "data: [DONE]"
+
     def __init__(self, adapter: OpenAIFamilyAdapter) -> None:
-        self._adapter = adapter
-        self._sse = SSEDecoder()
+        super().__init__(adapter)
+        self._family = adapter
         self._tools = ToolCallIndexer()
-        self.done = False
 
-    def feed(self, line: str) -> Iterable[StreamChunk]:
-        event = self._sse.feed(line)
-        return self._on_event(event.data) if event is not None else ()
-
-    def finish(self) -> Iterable[StreamChunk]:
-        event = self._sse.flush()
-        chunks = list(self._on_event(event.data)) if event is not None else []
-        if not self.done:
-            raise self._adapter.malformed("stream ended before data: [DONE]")
-        return chunks
-
-    def _on_event(self, data: str) -> list[StreamChunk]:
-        if data.strip() == "[DONE]":
+    def on_event(self, payload: dict[str, Any] | None) -> list[StreamChunk]:
+        if payload is None:  # data: [DONE]
             self.done = True
             return []
-        payload = self._adapter.parse_event(data)
-        if not isinstance(payload, dict):
-            raise self._adapter.malformed("stream event is not an object", data)
         chunks: list[StreamChunk] = []
         for choice in payload.get("choices") or ():
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
@@ -354,7 +340,7 @@ class OpenAIStreamDecoder:
         deltas = []
         for call in delta.get("tool_calls") or ():
             key = call.get("index", 0)
-            call_id = self._adapter.id_from_upstream(str(call.get("id") or ""))
+            call_id = self._family.id_from_upstream(str(call.get("id") or ""))
             function = call.get("function") or {}
             fragment = arguments_text(function.get("arguments")) if function.get("arguments") else ""
             if self._tools.is_new(key, call_id):
@@ -362,7 +348,7 @@ class OpenAIStreamDecoder:
             elif (more := self._tools.fragment(key, fragment)) is not None:
                 deltas.append(more)
         raw_reason = choice.get("finish_reason")
-        reason = self._adapter.finish_reason(raw_reason) if raw_reason else None
+        reason = self._family.finish_reason(raw_reason) if raw_reason else None
         if reason is not None:
             reason = settle_finish(reason, self._tools.count > 0)
         if text or deltas or reason is not None:

@@ -22,6 +22,7 @@ from dataplane.config.model import ProviderConfig
 from dataplane.errors import ProviderError, UpstreamBadRequest
 
 from .classify import ErrorFacts, classify_error, classify_transport, protocol_error
+from .sse import SSEDecoder
 from .wire import loads
 
 
@@ -181,3 +182,45 @@ class HttpAdapter:
             yield response
         finally:
             await response.aclose()
+
+
+class SSEStreamDecoder:
+    """Base of the SSE decoders: frames events, parses their JSON, checks the stream really ended.
+
+    Subclasses implement ``on_event`` and say what the missing terminator is
+    called; ``complete`` is whether the stream may end here.
+    """
+
+    missing_terminator: ClassVar[str] = "the stream's terminator"
+
+    def __init__(self, adapter: HttpAdapter) -> None:
+        self.adapter = adapter
+        self._sse = SSEDecoder()
+        self.done = False
+
+    @property
+    def complete(self) -> bool:
+        return self.done
+
+    def feed(self, line: str) -> Iterable[StreamChunk]:
+        event = self._sse.feed(line)
+        return self.on_event(self.event_object(event.data)) if event is not None else ()
+
+    def finish(self) -> Iterable[StreamChunk]:
+        event = self._sse.flush()
+        chunks = list(self.on_event(self.event_object(event.data))) if event is not None else []
+        if not self.complete:
+            raise self.adapter.malformed(f"stream ended before {self.missing_terminator}")
+        return chunks
+
+    def event_object(self, data: str) -> dict[str, Any] | None:
+        """The event's JSON object; None for a non-JSON sentinel the subclass handles (``[DONE]``)."""
+        if data.strip() == "[DONE]":
+            return None
+        payload = self.adapter.parse_event(data)
+        if not isinstance(payload, dict):
+            raise self.adapter.malformed("stream event is not an object", data)
+        return payload
+
+    def on_event(self, payload: dict[str, Any] | None) -> Iterable[StreamChunk]:
+        raise NotImplementedError
