@@ -1,0 +1,231 @@
+"""Protobuf <-> ``dataplane.chat``: the one place the Infer API's messages are translated.
+
+Inbound conversion parses the JSON the API carries as text (tool schemas, tool
+call arguments, response schemas) and raises ``InvalidRequest`` naming the field
+when it is malformed; range and consistency checks live in ``validation``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dataplane.chat import (
+    ChatRequest,
+    ChatResponse,
+    ContentPart,
+    EmbedRequest,
+    FinishReason,
+    GenerationParams,
+    ImagePart,
+    Message,
+    ResponseFormat,
+    Role,
+    StreamChunk,
+    TextPart,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolDefinition,
+    Usage,
+)
+from dataplane.config.compile import CAPABILITY_FROM_PROTO
+from dataplane.config.model import Capability, DataClass
+from dataplane.errors import InvalidRequest
+from signalbox.api.common.v1 import common_pb2
+from signalbox.api.infer.v1 import infer_pb2
+
+ROLE_FROM_PROTO: dict[int, Role] = {
+    infer_pb2.ROLE_SYSTEM: Role.SYSTEM,
+    infer_pb2.ROLE_USER: Role.USER,
+    infer_pb2.ROLE_ASSISTANT: Role.ASSISTANT,
+    infer_pb2.ROLE_TOOL: Role.TOOL,
+    infer_pb2.ROLE_DEVELOPER: Role.DEVELOPER,
+}
+ROLE_TO_PROTO: dict[Role, infer_pb2.Role.ValueType] = {v: k for k, v in ROLE_FROM_PROTO.items()}  # type: ignore[misc]
+
+FINISH_TO_PROTO: dict[FinishReason | None, infer_pb2.FinishReason.ValueType] = {
+    None: infer_pb2.FINISH_REASON_UNSPECIFIED,
+    FinishReason.STOP: infer_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: infer_pb2.FINISH_REASON_LENGTH,
+    FinishReason.TOOL_CALLS: infer_pb2.FINISH_REASON_TOOL_CALLS,
+    FinishReason.CONTENT_FILTER: infer_pb2.FINISH_REASON_CONTENT_FILTER,
+}
+
+_TOOL_CHOICE: dict[int, str] = {
+    infer_pb2.ToolChoice.MODE_UNSPECIFIED: "auto",
+    infer_pb2.ToolChoice.MODE_AUTO: "auto",
+    infer_pb2.ToolChoice.MODE_NONE: "none",
+    infer_pb2.ToolChoice.MODE_REQUIRED: "required",
+    infer_pb2.ToolChoice.MODE_TOOL: "tool",
+}
+
+_FORMAT: dict[int, str] = {
+    infer_pb2.ResponseFormat.TYPE_UNSPECIFIED: "text",
+    infer_pb2.ResponseFormat.TYPE_TEXT: "text",
+    infer_pb2.ResponseFormat.TYPE_JSON_OBJECT: "json_object",
+    infer_pb2.ResponseFormat.TYPE_JSON_SCHEMA: "json_schema",
+}
+
+
+def _json_object(text: str, field: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(field, f"{what} is not valid JSON ({exc.msg} at position {exc.pos})") from exc
+    if not isinstance(value, dict):
+        raise InvalidRequest(field, f"{what} must be a JSON object")
+    return value
+
+
+def _content(part: infer_pb2.ContentPart, field: str) -> ContentPart:
+    kind = part.WhichOneof("part")
+    if kind == "text":
+        return TextPart(part.text)
+    if kind == "image":
+        image = part.image
+        source = image.WhichOneof("source")
+        if source == "url" and image.url:
+            return ImagePart(url=image.url, detail=image.detail)
+        if source == "data" and image.data:
+            if not image.media_type:
+                raise InvalidRequest(f"{field}.image.media_type", "required when the image is given as data")
+            return ImagePart(data=image.data, media_type=image.media_type, detail=image.detail)
+        raise InvalidRequest(f"{field}.image", "needs a url or data")
+    raise InvalidRequest(field, "empty content part: set text or image")
+
+
+def message_from_proto(message: infer_pb2.Message, field: str) -> Message:
+    role = ROLE_FROM_PROTO.get(message.role)
+    if role is None:
+        raise InvalidRequest(f"{field}.role", f"unknown role {message.role}")
+    content = tuple(_content(p, f"{field}.content[{i}]") for i, p in enumerate(message.content))
+    calls = []
+    for i, call in enumerate(message.tool_calls):
+        where = f"{field}.tool_calls[{i}]"
+        if not call.name:
+            raise InvalidRequest(f"{where}.name", "must not be empty")
+        if call.arguments_json:
+            _json_object(call.arguments_json, f"{where}.arguments_json", "arguments")
+        calls.append(ToolCall(call.id, call.name, call.arguments_json or "{}"))
+    return Message(role, content, tuple(calls), message.tool_call_id, message.name)
+
+
+def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
+    """Convert (and parse the JSON inside) an ``InferRequest``."""
+    messages = tuple(message_from_proto(m, f"messages[{i}]") for i, m in enumerate(request.messages))
+    tools = []
+    for i, tool in enumerate(request.tools):
+        where = f"tools[{i}]"
+        if not tool.name:
+            raise InvalidRequest(f"{where}.name", "must not be empty")
+        parameters = (
+            _json_object(tool.parameters_json_schema, f"{where}.parameters_json_schema", "JSON schema")
+            if tool.parameters_json_schema
+            else {"type": "object", "properties": {}}
+        )
+        tools.append(ToolDefinition(tool.name, tool.description, parameters, tool.strict))
+    tool_choice = None
+    if request.HasField("tool_choice"):
+        mode = _TOOL_CHOICE.get(request.tool_choice.mode)
+        if mode is None:
+            raise InvalidRequest("tool_choice.mode", f"unknown mode {request.tool_choice.mode}")
+        tool_choice = ToolChoice(mode, request.tool_choice.tool_name)  # type: ignore[arg-type]
+    response_format = None
+    if request.HasField("response_format"):
+        rf = request.response_format
+        kind = _FORMAT.get(rf.type)
+        if kind is None:
+            raise InvalidRequest("response_format.type", f"unknown type {rf.type}")
+        schema = None
+        if kind == "json_schema":
+            if not rf.json_schema:
+                raise InvalidRequest("response_format.json_schema", "required when type is JSON_SCHEMA")
+            schema = _json_object(rf.json_schema, "response_format.json_schema", "JSON schema")
+        response_format = ResponseFormat(kind, rf.schema_name, schema, rf.strict)  # type: ignore[arg-type]
+    p = request.params
+    params = GenerationParams(
+        max_output_tokens=p.max_output_tokens if p.HasField("max_output_tokens") else None,
+        temperature=p.temperature if p.HasField("temperature") else None,
+        top_p=p.top_p if p.HasField("top_p") else None,
+        stop=tuple(p.stop),
+        seed=p.seed if p.HasField("seed") else None,
+        presence_penalty=p.presence_penalty if p.HasField("presence_penalty") else None,
+        frequency_penalty=p.frequency_penalty if p.HasField("frequency_penalty") else None,
+        parallel_tool_calls=p.parallel_tool_calls if p.HasField("parallel_tool_calls") else None,
+    )
+    return ChatRequest(messages, tuple(tools), tool_choice, params, response_format)
+
+
+def embed_request_from_proto(request: infer_pb2.EmbedRequest) -> EmbedRequest:
+    return EmbedRequest(tuple(request.inputs), request.dimensions if request.HasField("dimensions") else None)
+
+
+def capabilities_needed(request: infer_pb2.InferRequest, chat: ChatRequest) -> frozenset[Capability]:
+    """What the request needs from a model: the caller's list plus what its content implies."""
+    needed = {CAPABILITY_FROM_PROTO[c] for c in request.required_capabilities if c in CAPABILITY_FROM_PROTO}
+    if chat.tools:
+        needed.add(Capability.TOOLS)
+    if chat.response_format is not None:
+        if chat.response_format.type == "json_object":
+            needed.add(Capability.JSON_MODE)
+        elif chat.response_format.type == "json_schema":
+            needed.add(Capability.JSON_SCHEMA)
+    if any(isinstance(part, ImagePart) for m in chat.messages for part in m.content):
+        needed.add(Capability.VISION)
+    return frozenset(needed)
+
+
+def data_class(value: int) -> DataClass:
+    return DataClass(value) if value in DataClass._value2member_map_ else DataClass.UNSPECIFIED
+
+
+# ---- outbound ----
+
+
+def message_to_proto(message: Message) -> infer_pb2.Message:
+    out = infer_pb2.Message(
+        role=ROLE_TO_PROTO[message.role], tool_call_id=message.tool_call_id, name=message.name
+    )
+    for part in message.content:
+        if isinstance(part, TextPart):
+            out.content.add(text=part.text)
+        else:
+            image = infer_pb2.ImagePart(media_type=part.media_type, detail=part.detail)
+            if part.url is not None:
+                image.url = part.url
+            elif part.data is not None:
+                image.data = part.data
+            out.content.add(image=image)
+    for call in message.tool_calls:
+        out.tool_calls.add(id=call.id, name=call.name, arguments_json=call.arguments)
+    return out
+
+
+def usage_to_proto(usage: Usage | None) -> common_pb2.Usage:
+    if usage is None:
+        return common_pb2.Usage()
+    return common_pb2.Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        cache_write_input_tokens=usage.cache_write_input_tokens,
+        total_tokens=usage.total_tokens,
+    )
+
+
+def chat_response_message(response: ChatResponse) -> infer_pb2.Message:
+    return message_to_proto(response.message)
+
+
+def delta_to_proto(chunk: StreamChunk) -> infer_pb2.InferStreamEvent:
+    delta = infer_pb2.StreamDelta(text=chunk.text)
+    for call in chunk.tool_calls:
+        delta.tool_calls.append(_tool_delta(call))
+    return infer_pb2.InferStreamEvent(delta=delta)
+
+
+def _tool_delta(call: ToolCallDelta) -> infer_pb2.ToolCallDelta:
+    return infer_pb2.ToolCallDelta(
+        index=call.index, id=call.id, name=call.name, arguments_fragment=call.arguments_fragment
+    )

@@ -1,0 +1,320 @@
+"""The steps every Infer API request goes through, in order.
+
+    begin        correlation id, timers, request digest
+    admit        snapshot (UNAVAILABLE without one) -> authenticate -> validate
+    route        plan_route, then drop candidates the node cannot use or that cannot
+                 honour max_output_tokens
+    dispatch     through the node's Dispatcher within the caller's deadline (handlers)
+    account      usage -> cost from the chosen model's prices
+    record       exactly one evidence record, whatever the outcome
+
+Handlers in ``dataplane.api.service`` call these steps; nothing here knows
+about protobuf beyond building the routing summary and digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import grpc
+
+from dataplane.api import validation
+from dataplane.api.status import Outcome
+from dataplane.auth import Caller, authenticate, bearer_token
+from dataplane.chat import Usage
+from dataplane.config.model import ModelConfig
+from dataplane.config.store import ServingState, SnapshotStore
+from dataplane.errors import CredentialUnavailable, InvalidRequest
+from dataplane.evidence.log import EvidenceLog
+from dataplane.routing.dispatch import AttemptRecord, Dispatcher
+from dataplane.routing.router import Candidate, NodeContext, RoutePlan, RouteQuery, plan_route
+from signalbox.api.common.v1 import common_pb2
+from signalbox.api.infer.v1 import infer_pb2
+
+log = logging.getLogger("signalbox.dataplane.api")
+
+Metadata = Iterable[tuple[str, str | bytes]]
+
+DEFAULT_DEADLINE_S = 60.0
+"""Budget for a request whose caller set no deadline."""
+
+_MTOK = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    input_nanos: int
+    output_nanos: int
+
+    @property
+    def total_nanos(self) -> int:
+        return self.input_nanos + self.output_nanos
+
+    def to_proto(self) -> common_pb2.Cost:
+        return common_pb2.Cost(
+            currency="USD",
+            input_nanos=self.input_nanos,
+            output_nanos=self.output_nanos,
+            total_nanos=self.total_nanos,
+        )
+
+
+NO_COST = Cost(0, 0)
+
+
+def cost_of(model: ModelConfig, usage: Usage | None) -> Cost:
+    """Nano-USD from the model's per-million-token prices; cached input at its own price
+    (the input price when the model has none), rounded half up per component."""
+    if usage is None:
+        return NO_COST
+    cached = min(usage.cached_input_tokens, usage.input_tokens)
+    cached_price = model.cached_input_price_nanos_per_mtok or model.input_price_nanos_per_mtok
+    input_nanos = (
+        (usage.input_tokens - cached) * model.input_price_nanos_per_mtok + cached * cached_price + _MTOK // 2
+    ) // _MTOK
+    output_nanos = (usage.output_tokens * model.output_price_nanos_per_mtok + _MTOK // 2) // _MTOK
+    return Cost(input_nanos, output_nanos)
+
+
+@dataclass(slots=True)
+class Trace:
+    """What one request did, gathered step by step for its evidence record."""
+
+    kind: str
+    correlation_id: str
+    started: float
+    started_wall: float
+    request_sha256: str
+    state: ServingState | None = None
+    caller: Caller | None = None
+    plan: RoutePlan | None = None
+    candidate: Candidate | None = None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    usage: Usage | None = None
+    cost: Cost = NO_COST
+    response_sha256: str = ""
+    first_chunk_ms: float | None = None
+    dispatch_ms: float | None = None
+    invalid_correlation_id: InvalidRequest | None = None
+
+
+def correlation_id_of(supplied: str, metadata: Metadata | None) -> str:
+    """The caller's id (request field, then ``x-correlation-id`` metadata) or a new one."""
+    if supplied:
+        return validation.correlation_id(supplied)
+    for name, value in metadata or ():
+        if name == "x-correlation-id":
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            return validation.correlation_id(text, "metadata x-correlation-id")
+    return uuid.uuid4().hex
+
+
+class Pipeline:
+    """The request steps bound to one node's store, dispatcher, evidence log and context."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        dispatcher: Dispatcher,
+        evidence: EvidenceLog,
+        node: NodeContext,
+        *,
+        default_deadline: float = DEFAULT_DEADLINE_S,
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.evidence = evidence
+        self.node = node
+        self.default_deadline = default_deadline
+
+    # ---- steps ----
+
+    def begin(self, kind: str, request: Any, supplied_id: str, metadata: Metadata | None) -> Trace:
+        """Start the trace. An invalid caller-supplied correlation id is replaced by a
+        generated one (so the refusal can still be correlated) and reported after."""
+        digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+        now = time.monotonic()
+        try:
+            return Trace(kind, correlation_id_of(supplied_id, metadata), now, time.time(), digest)
+        except InvalidRequest as exc:
+            trace = Trace(kind, uuid.uuid4().hex, now, time.time(), digest)
+            trace.invalid_correlation_id = exc
+            return trace
+
+    def admit(self, trace: Trace, metadata: Metadata | None) -> tuple[ServingState, Caller]:
+        """Snapshot and caller, or the error that refuses the request."""
+        state = self.store.require()
+        trace.state = state
+        caller = authenticate(state.config, bearer_token(metadata), trace.started_wall)
+        trace.caller = caller
+        if trace.invalid_correlation_id is not None:
+            # Reported after authentication so an anonymous caller learns nothing else.
+            raise trace.invalid_correlation_id
+        return state, caller
+
+    def route(
+        self, trace: Trace, state: ServingState, query: RouteQuery, max_output_tokens: int | None = None
+    ) -> RoutePlan:
+        plan = plan_route(state.config, query, self.node, health=self.dispatcher.health)
+        trace.plan = plan
+        ordered = plan.ordered
+        if state.unusable:
+            ordered = tuple(c for c in ordered if c.provider.id not in state.unusable)
+            if not ordered:
+                reasons = "; ".join(
+                    f"provider {c.provider.name or c.provider.id}: {state.unusable[c.provider.id]}"
+                    for c in plan.ordered
+                )
+                raise CredentialUnavailable(f"no usable provider for this request ({reasons})")
+        if max_output_tokens is not None:
+            fits = tuple(
+                c
+                for c in ordered
+                if not c.model.max_output_tokens or max_output_tokens <= c.model.max_output_tokens
+            )
+            if not fits:
+                model = ordered[0].model
+                raise InvalidRequest(
+                    "params.max_output_tokens",
+                    f"{max_output_tokens} is above the maximum of model {model.alias!r} "
+                    f"({model.max_output_tokens})",
+                )
+            ordered = fits
+        if ordered is not plan.ordered:
+            plan = replace(plan, ordered=ordered)
+            trace.plan = plan
+        return plan
+
+    def deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        """Absolute ``time.monotonic()`` deadline for dispatch.
+
+        A little is kept back from the caller's own deadline so the node's
+        DEADLINE_EXCEEDED (with the correlation id) reaches the caller before its
+        channel gives up on its own.
+        """
+        remaining: float | None = context.time_remaining()
+        if remaining is None:
+            return time.monotonic() + self.default_deadline
+        return time.monotonic() + remaining - min(0.05, remaining * 0.1)
+
+    def account(self, trace: Trace, candidate: Candidate, usage: Usage | None) -> Cost:
+        trace.usage = usage
+        trace.cost = cost_of(candidate.model, usage)
+        return trace.cost
+
+    def record(self, trace: Trace, outcome: Outcome) -> str:
+        """Append the request's one evidence record; return its id."""
+        total_ms = (time.monotonic() - trace.started) * 1000
+        state, caller, plan, candidate, usage = (
+            trace.state,
+            trace.caller,
+            trace.plan,
+            trace.candidate,
+            trace.usage,
+        )
+        fields: dict[str, Any] = {
+            "ts": trace.started_wall,
+            "kind": trace.kind,
+            "correlation_id": trace.correlation_id,
+            "tenant_id": caller.tenant.id if caller else "",
+            "api_key_id": caller.key.id if caller else "",
+            "snapshot": {"version": state.version, "sha256": state.config.hash_hex} if state else None,
+            "policy": {"id": plan.policy_id, "version": plan.policy_version} if plan else None,
+            "routing": _routing_record(plan, candidate, trace.attempts) if plan else None,
+            "timings": {
+                "total_ms": round(total_ms, 3),
+                "dispatch_ms": round(trace.dispatch_ms, 3) if trace.dispatch_ms is not None else None,
+                "first_chunk_ms": round(trace.first_chunk_ms, 3)
+                if trace.first_chunk_ms is not None
+                else None,
+            },
+            "usage": {
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cached_input_tokens": usage.cached_input_tokens,
+                "cache_write_input_tokens": usage.cache_write_input_tokens,
+            }
+            if usage
+            else None,
+            "cost": {
+                "currency": "USD",
+                "input_nanos": trace.cost.input_nanos,
+                "output_nanos": trace.cost.output_nanos,
+                "total_nanos": trace.cost.total_nanos,
+            },
+            "outcome": {"code": outcome.code.name, "message": outcome.message, "error": outcome.kind},
+            "request_sha256": trace.request_sha256,
+            "response_sha256": trace.response_sha256,
+        }
+        record_id = self.evidence.append(fields)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s %s %.1fms evidence=%s",
+                trace.kind,
+                trace.correlation_id,
+                outcome.code.name,
+                total_ms,
+                record_id,
+            )
+        return record_id
+
+
+def _routing_record(
+    plan: RoutePlan, candidate: Candidate | None, attempts: list[AttemptRecord]
+) -> dict[str, Any]:
+    decision = plan.explain()
+    decision["served_by"] = (
+        {"model": candidate.model.alias, "provider": candidate.provider.id, "deployment": candidate.key}
+        if candidate
+        else None
+    )
+    decision["attempts"] = [
+        {
+            "model": a.candidate.model.alias,
+            "provider": a.candidate.provider.id,
+            "deployment": a.candidate.key,
+            "outcome": a.outcome,
+            "error": a.error,
+            "http_status": a.http_status,
+            "duration_ms": a.duration_ms,
+            "backoff_ms": a.backoff_ms,
+        }
+        for a in attempts
+    ]
+    return decision
+
+
+def routing_to_proto(
+    plan: RoutePlan, candidate: Candidate | None, attempts: list[AttemptRecord]
+) -> infer_pb2.RoutingDecision:
+    """The routing summary callers receive."""
+    decision = infer_pb2.RoutingDecision(
+        policy_id=plan.policy_id,
+        policy_version=plan.policy_version,
+        rule=plan.rule,
+        strategy=plan.strategy,
+        candidates=plan.considered,
+        reason=plan.reason,
+    )
+    for model, reason in plan.dropped:
+        decision.dropped.add(model=model, reason=reason)
+    if candidate is not None:
+        decision.chosen_model = candidate.model.alias
+        decision.chosen_provider = candidate.provider.name or candidate.provider.id
+        decision.chosen_deployment = candidate.deployment.id
+    for a in attempts:
+        decision.attempts.add(
+            model=a.candidate.model.alias,
+            provider=a.candidate.provider.name or a.candidate.provider.id,
+            deployment=a.candidate.deployment.id,
+            outcome=a.outcome,
+            error=a.error,
+            duration_ms=a.duration_ms,
+        )
+    return decision

@@ -1,0 +1,291 @@
+"""A data-plane node: the Infer API, grpc health, snapshot sync and evidence, wired together.
+
+``DataPlaneNode`` is an async context manager::
+
+    async with DataPlaneNode(NodeSettings(listen="127.0.0.1:0", trust_keys=(key,), ...)) as node:
+        await node.wait_for_version(3)
+        ... call node.address ...
+
+Start order: evidence log, one pooled ``httpx.AsyncClient`` for every adapter, the
+snapshot store (pinned file, or the persisted last-known-good), the gRPC server
+(health NOT_SERVING until a valid snapshot is served), then the config-sync client.
+Stop order (also on SIGTERM through ``serve``): health NOT_SERVING, stop syncing,
+stop accepting, drain in-flight calls and streams for up to ``drain_seconds``,
+close adapters and the HTTP client, flush and sync the evidence log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from dataplane.api.pipeline import Pipeline
+from dataplane.api.service import InferService
+from dataplane.config.model import DeploymentMode, Scope
+from dataplane.config.store import (
+    ServingState,
+    SnapshotFileInvalid,
+    SnapshotStore,
+    load_trust_keys,
+)
+from dataplane.config.sync_client import SyncClient
+from dataplane.evidence.log import EvidenceLog, log_path
+from dataplane.routing.dispatch import Dispatcher
+from dataplane.routing.router import NodeContext
+from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+
+log = logging.getLogger("signalbox.dataplane")
+
+INFER_SERVICE = infer_pb2.DESCRIPTOR.services_by_name["InferService"].full_name
+
+
+def default_node_id() -> str:
+    """``node-<hostname>``: stable across restarts of the same machine or pod."""
+    return f"node-{socket.gethostname()}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """Everything a node is configured with at start (flags / ``SIGNALBOX_*`` env)."""
+
+    listen: str = "127.0.0.1:7701"
+    """host:port of the Infer API and health service; port 0 picks a free port."""
+    control_plane: str | None = None
+    """host:port of the control plane's ConfigSyncService; None: no control plane."""
+    trust_keys: tuple[Path, ...] = ()
+    """Ed25519 public keys (PEM) whose signatures the node accepts."""
+    node_id: str = field(default_factory=default_node_id)
+    data_dir: Path = Path("var/node")
+    """Last-known-good snapshot, high-water mark and evidence live here."""
+    mode: DeploymentMode = DeploymentMode.CLOUD
+    scope: Scope = field(default_factory=Scope)
+    """The node's own scope; snapshots for any other are refused."""
+    snapshot_file: Path | None = None
+    """Air-gapped pin: serve this envelope file and never talk to a control plane."""
+    allow_expired: bool = False
+    """Serve snapshots past their expiry (sites without trusted time)."""
+    drain_seconds: float = 10.0
+    """How long a stop waits for in-flight calls and streams."""
+    evidence_fsync_interval: float = 0.05
+    """Longest time a written evidence record waits for fsync."""
+    sync_backoff_base: float = 0.5
+    sync_backoff_cap: float = 30.0
+    http_max_connections: int = 512
+    http_max_keepalive: int = 128
+
+
+class DataPlaneNode:
+    """One running node. Use as ``async with``, or ``start()`` / ``stop()``."""
+
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self._server: grpc.aio.Server | None = None
+        self._health = HealthServicer()
+        self._http: httpx.AsyncClient | None = None
+        self._evidence: EvidenceLog | None = None
+        self._store: SnapshotStore | None = None
+        self._sync: SyncClient | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+        self._port: int | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    # ---- public surface ----
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the Infer API listens on (the real port when 0 was asked)."""
+        if self._port is None:
+            raise RuntimeError("node is not started")
+        host = self.settings.listen.rsplit(":", 1)[0]
+        return f"{host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("node is not started")
+        return self._port
+
+    @property
+    def store(self) -> SnapshotStore:
+        """The snapshot store: ``.version``, ``.current``, ``.last_rejection``, ``.apply()``."""
+        if self._store is None:
+            raise RuntimeError("node is not started")
+        return self._store
+
+    @property
+    def evidence(self) -> EvidenceLog:
+        if self._evidence is None:
+            raise RuntimeError("node is not started")
+        return self._evidence
+
+    @property
+    def sync(self) -> SyncClient | None:
+        """The config-sync client, when a control plane is configured."""
+        return self._sync
+
+    async def wait_for_version(self, version: int, timeout: float | None = 10.0) -> ServingState:
+        """Wait until the node serves ``version`` or a later one."""
+        return await self.store.wait_for_version(version, timeout)
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        s = self.settings
+        trusted = load_trust_keys(s.trust_keys)
+        if not trusted:
+            log.warning("no trust key configured: this node will refuse every snapshot")
+        self._evidence = EvidenceLog(
+            log_path(s.data_dir, s.node_id), s.node_id, fsync_interval=s.evidence_fsync_interval
+        )
+        await self._evidence.start()
+        self._http = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=s.http_max_connections,
+                max_keepalive_connections=s.http_max_keepalive,
+                keepalive_expiry=30.0,
+            ),
+            # Adapters pass each attempt's own timeout; this is only the ceiling.
+            timeout=httpx.Timeout(300.0, connect=10.0),
+            follow_redirects=False,
+        )
+        self._store = SnapshotStore(
+            trusted=trusted,
+            scope=s.scope,
+            data_dir=s.data_dir,
+            client=self._http,
+            allow_expired=s.allow_expired,
+            on_change=self._on_snapshot,
+        )
+        await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.set(INFER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if s.snapshot_file is not None:
+            # A pin that does not verify is an operator error: refuse to start.
+            await self._store.load_pinned(s.snapshot_file)
+        else:
+            try:
+                await self._store.load_last_known_good()
+            except SnapshotFileInvalid as exc:
+                # Fail closed: UNAVAILABLE until the control plane sends a valid snapshot.
+                log.error("last-known-good not served: %s", exc)
+        await self._start_server()
+        if s.control_plane and s.snapshot_file is None:
+            self._sync = SyncClient(
+                s.control_plane,
+                self._store,
+                node_id=s.node_id,
+                mode=s.mode,
+                scope=s.scope,
+                backoff_base=s.sync_backoff_base,
+                backoff_cap=s.sync_backoff_cap,
+            )
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync.run())
+        if self._store.current is not None:
+            await self._set_serving(True)
+        log.info(
+            "node %s (%s) listening on %s, snapshot %s",
+            s.node_id,
+            s.mode.value,
+            self.address,
+            self._store.version or "none",
+        )
+
+    async def _start_server(self) -> None:
+        assert self._store is not None
+        assert self._evidence is not None
+        s = self.settings
+        pipeline = Pipeline(
+            self._store,
+            Dispatcher(),
+            self._evidence,
+            NodeContext(mode=s.mode, site=s.scope.site),
+        )
+        server = grpc.aio.server(
+            options=[
+                # Two nodes must never silently share a port.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+                ("grpc.max_send_message_length", 32 * 1024 * 1024),
+            ]
+        )
+        infer_pb2_grpc.add_InferServiceServicer_to_server(InferService(pipeline), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        port = server.add_insecure_port(s.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {s.listen}")
+        await server.start()
+        self._server = server
+        self._port = port
+
+    def _on_snapshot(self, state: ServingState) -> None:
+        if not self._stopping:
+            asyncio.get_running_loop().create_task(self._set_serving(True))
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self._health.set("", status)
+        await self._health.set(INFER_SERVICE, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop; safe to call more than once."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        try:
+            grace = self.settings.drain_seconds if grace is None else grace
+            await self._set_serving(False)
+            if self._sync_task is not None:
+                self._sync_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._sync_task
+            if self._server is not None:
+                # Stops accepting at once; running calls and streams get ``grace`` seconds.
+                await self._server.stop(grace)
+            if self._store is not None:
+                await self._store.aclose()
+            if self._http is not None:
+                await self._http.aclose()
+            if self._evidence is not None:
+                await self._evidence.aclose()
+        finally:
+            self._stopped.set()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop(0)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve(self, signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """Run until one of ``signals`` arrives, then drain and stop."""
+        loop = asyncio.get_running_loop()
+        requested = asyncio.Event()
+        for sig in signals:
+            loop.add_signal_handler(sig, requested.set)
+        try:
+            await requested.wait()
+            log.info("stopping: draining for up to %.1fs", self.settings.drain_seconds)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        await self.stop()

@@ -1,0 +1,274 @@
+"""``signalbox dataplane serve`` and ``signalbox dataplane verify``.
+
+Every flag has a ``SIGNALBOX_*`` environment variable (declared through
+``signalbox.settings`` so the README lists them all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from dataplane.config.model import DeploymentMode, Scope
+from dataplane.config.store import SnapshotCheckFailed, SnapshotFileInvalid, load_trust_keys, scope_matches
+from signalbox import settings
+from signalbox.api.config.v1 import snapshot_pb2
+
+SERVE = "dataplane serve"
+VERIFY = "dataplane verify"
+
+
+def _split_paths(raw: str) -> list[str]:
+    return [p for p in raw.replace(os.pathsep, ",").split(",") if p.strip()]
+
+
+def _add_trust_key(parser: argparse.ArgumentParser, command: str) -> None:
+    # Repeatable, which ``settings.add`` does not model; registered by hand so the
+    # README still lists it. The env var takes a comma- or os.pathsep-separated list.
+    env = "SIGNALBOX_TRUST_KEY"
+    help_text = "Ed25519 public key (PEM) trusted to sign snapshots; repeatable"
+    settings.REGISTRY[f"{command} --trust-key"] = settings.Setting(
+        "--trust-key", env, help_text, None, command
+    )
+    parser.add_argument(
+        "--trust-key",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help=f"{help_text} [env {env}, comma-separated]",
+    )
+
+
+def _trust_keys(ns: argparse.Namespace) -> tuple[Path, ...]:
+    given: list[str] | None = ns.trust_key
+    if given is None:
+        given = _split_paths(os.environ.get("SIGNALBOX_TRUST_KEY", ""))
+    return tuple(Path(p) for p in given)
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``signalbox dataplane serve|verify``."""
+    from dataplane.app import default_node_id
+
+    parser = commands.add_parser("dataplane", help="run or check a data-plane node")
+    sub = parser.add_subparsers(dest="dataplane_command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve the Infer API from verified snapshots")
+    add = settings.add
+    add(
+        serve,
+        "--listen",
+        env="SIGNALBOX_DATAPLANE_LISTEN",
+        default="127.0.0.1:7701",
+        help="HOST:PORT of the Infer API and grpc health (port 0 picks a free one)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--control-plane",
+        env="SIGNALBOX_CONTROL_PLANE",
+        default=None,
+        help="HOST:PORT of the control plane's config sync; unset: none",
+        command=SERVE,
+    )
+    _add_trust_key(serve, SERVE)
+    add(
+        serve,
+        "--node-id",
+        env="SIGNALBOX_NODE_ID",
+        default=default_node_id(),
+        help="this node's id (default node-<hostname>)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--data-dir",
+        env="SIGNALBOX_NODE_DATA_DIR",
+        default="./var/node",
+        help="where the last-known-good snapshot and evidence are kept",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--mode",
+        env="SIGNALBOX_NODE_MODE",
+        default="cloud",
+        help="deployment mode: cloud, on-prem or air-gapped",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--deployment",
+        env="SIGNALBOX_NODE_DEPLOYMENT",
+        default="",
+        help="scope: the deployment this node belongs to",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--node-group",
+        env="SIGNALBOX_NODE_GROUP",
+        default="",
+        help="scope: the node group this node belongs to",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--site",
+        env="SIGNALBOX_NODE_SITE",
+        default="",
+        help="scope: the site this node runs in",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--snapshot",
+        env="SIGNALBOX_SNAPSHOT_FILE",
+        default=None,
+        help="air-gapped pin: serve this signed snapshot file, no control plane",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--allow-expired",
+        env="SIGNALBOX_ALLOW_EXPIRED",
+        default=False,
+        action="store_true",
+        help="serve snapshots past their expiry (sites without trusted time)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--drain-seconds",
+        env="SIGNALBOX_DRAIN_SECONDS",
+        default=10.0,
+        type=float,
+        help="on SIGTERM, how long in-flight calls and streams may finish",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--log-level",
+        env="SIGNALBOX_LOG_LEVEL",
+        default="INFO",
+        help="DEBUG, INFO, WARNING or ERROR",
+        command=SERVE,
+    )
+    serve.set_defaults(handler=serve_command)
+
+    verify = sub.add_parser("verify", help="check a signed snapshot file against trust keys")
+    add(
+        verify,
+        "--snapshot",
+        env="SIGNALBOX_SNAPSHOT_FILE",
+        default=None,
+        help="the signed snapshot file to check",
+        command=VERIFY,
+    )
+    _add_trust_key(verify, VERIFY)
+    add(
+        verify,
+        "--allow-expired",
+        env="SIGNALBOX_ALLOW_EXPIRED",
+        default=False,
+        action="store_true",
+        help="do not fail on an expired snapshot",
+        command=VERIFY,
+    )
+    add(
+        verify,
+        "--deployment",
+        env="SIGNALBOX_NODE_DEPLOYMENT",
+        default=None,
+        help="also check the snapshot is for this deployment",
+        command=VERIFY,
+    )
+    verify.set_defaults(handler=verify_command)
+
+
+def serve_command(ns: argparse.Namespace) -> int:
+    from dataplane.app import DataPlaneNode, NodeSettings
+
+    logging.basicConfig(
+        level=getattr(logging, str(ns.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        mode = DeploymentMode(ns.mode)
+    except ValueError:
+        print(f"--mode: {ns.mode!r} is not one of cloud, on-prem, air-gapped", file=sys.stderr)
+        return 2
+    if mode is DeploymentMode.AIR_GAPPED and ns.control_plane and not ns.snapshot:
+        logging.getLogger("signalbox.dataplane").warning(
+            "air-gapped node configured with a control plane; is that intended?"
+        )
+    node_settings = NodeSettings(
+        listen=ns.listen,
+        control_plane=ns.control_plane or None,
+        trust_keys=_trust_keys(ns),
+        node_id=ns.node_id,
+        data_dir=Path(ns.data_dir),
+        mode=mode,
+        scope=Scope(ns.deployment, ns.node_group, ns.site),
+        snapshot_file=Path(ns.snapshot) if ns.snapshot else None,
+        allow_expired=ns.allow_expired,
+        drain_seconds=ns.drain_seconds,
+    )
+
+    async def run() -> None:
+        node = DataPlaneNode(node_settings)
+        async with node:
+            await node.serve()
+
+    try:
+        asyncio.run(run())
+    except (SnapshotFileInvalid, ValueError, OSError) as exc:
+        print(f"signalbox dataplane serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def verify_command(ns: argparse.Namespace) -> int:
+    """Print version and hash of a valid snapshot file, or why it is not; exit 1 then."""
+    from dataplane.config.compile import SnapshotInvalid, compile_payload
+    from dataplane.config.envelope import EnvelopeError, verify
+
+    if not ns.snapshot:
+        print("verify: --snapshot FILE is required", file=sys.stderr)
+        return 2
+    try:
+        trusted = load_trust_keys(_trust_keys(ns))
+        raw = Path(ns.snapshot).read_bytes()
+        envelope = snapshot_pb2.SignedEnvelope()
+        envelope.ParseFromString(raw)
+        key_id = verify(envelope, trusted)
+        config = compile_payload(envelope.payload)
+        if ns.deployment is not None and not scope_matches(Scope(deployment=ns.deployment), config.scope):
+            raise SnapshotCheckFailed(f"scope: snapshot is for deployment {config.scope.deployment!r}")
+        if config.expires_at is not None and config.expires_at <= time.time() and not ns.allow_expired:
+            raise SnapshotCheckFailed("expired")
+    except (OSError, ValueError, DecodeError, EnvelopeError, SnapshotInvalid, SnapshotCheckFailed) as exc:
+        print(f"INVALID {ns.snapshot}: {exc}")
+        return 1
+
+    def when(ts: float | None) -> str:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat() if ts else "never"
+
+    print(f"OK {ns.snapshot}")
+    print(f"version: {config.version}")
+    print(f"sha256: {config.hash_hex}")
+    print(f"signed-by: {key_id}")
+    print(
+        f"scope: deployment={config.scope.deployment!r} node_group={config.scope.node_group!r} site={config.scope.site!r}"
+    )
+    print(f"created: {when(config.created_at)}")
+    print(f"expires: {when(config.expires_at)}")
+    return 0

@@ -1,0 +1,484 @@
+"""The node's snapshot state: what it serves, what it last accepted, and why it refused.
+
+``SnapshotStore.apply`` is the only way configuration changes on a node. It runs
+the checks of the design contract in order and stops at the first failure:
+
+1. the envelope verifies under one of the node's trust keys;
+2. the payload decodes and compiles (referential integrity, known provider types);
+3. the snapshot's scope is the node's own;
+4. it has not expired (unless the site runs without trusted time: ``allow_expired``);
+5. its version is above the persisted high-water mark. The same version with the
+   same hash is an idempotent ACK; the same version with a different hash is an
+   alarm (logged at ERROR) and a NACK.
+
+Only then is the serving state built (one adapter per provider, credentials
+resolved here, off the request path), the envelope persisted as last-known-good
+(write, fsync, rename) together with the high-water mark, and the state swapped
+in with one attribute assignment. A request takes ``store.current`` once and runs
+to the end on it; the old adapters are closed when its last request finishes.
+
+Files under ``<data_dir>/snapshot/``: ``lkg.envelope`` (the exact ``SignedEnvelope``
+bytes) and ``hwm.json`` (``{"version": N, "sha256": "<hex>"}``). The high-water
+mark is kept apart from the envelope so deleting or replacing the envelope can
+never roll the node back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from google.protobuf.message import DecodeError
+
+from dataplane.config.compile import SnapshotInvalid, compile_payload
+from dataplane.config.envelope import EnvelopeError, key_id_for, verify
+from dataplane.config.model import RuntimeConfig, Scope, SecretRef
+from dataplane.errors import NoSnapshot
+from dataplane.providers.base import ProviderAdapter, build_adapter
+from signalbox.api.config.v1 import snapshot_pb2
+
+log = logging.getLogger("signalbox.dataplane.config")
+
+CredentialResolver = Callable[[SecretRef], "str | None"]
+
+LKG_FILE = "lkg.envelope"
+HWM_FILE = "hwm.json"
+
+
+class SnapshotFileInvalid(Exception):
+    """A snapshot file (last-known-good or pin) or the high-water mark cannot be trusted."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What ``apply`` decided; ``reason`` is the NACK reason when not accepted."""
+
+    accepted: bool
+    version: int
+    payload_sha256: bytes
+    reason: str = ""
+    changed: bool = False
+    """True when the node now serves a different snapshot than before."""
+
+
+@dataclass(frozen=True, slots=True)
+class HighWaterMark:
+    version: int
+    sha256: bytes
+
+
+@dataclass(eq=False, slots=True)
+class ServingState:
+    """One applied snapshot: the compiled config and an adapter per usable provider.
+
+    Immutable once published, except for the in-flight counter that tells the
+    store when the last request on a retired state has finished.
+    """
+
+    config: RuntimeConfig
+    adapters: Mapping[str, ProviderAdapter]
+    """Keyed by provider id."""
+    unusable: Mapping[str, str]
+    """Provider id -> why it cannot be used (e.g. its credential is missing)."""
+    key_id: str
+    """The trust key whose signature verified."""
+    applied_at: float
+    _inflight: int = 0
+    _retired: bool = False
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def version(self) -> int:
+        return self.config.version
+
+    @contextmanager
+    def use(self) -> Iterator[ServingState]:
+        """Hold this state for one request, so its adapters outlive the request."""
+        self._inflight += 1
+        try:
+            yield self
+        finally:
+            self._inflight -= 1
+            if self._retired and self._inflight == 0:
+                self._idle.set()
+
+    def _retire(self) -> None:
+        self._retired = True
+        if self._inflight == 0:
+            self._idle.set()
+
+
+def load_trust_keys(paths: list[Path] | tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
+    """Read Ed25519 public keys (PEM) and index them by key id."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for path in paths:
+        try:
+            key = load_pem_public_key(Path(path).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"trust key {path}: cannot be read as a PEM public key: {exc}") from exc
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError(f"trust key {path}: not an Ed25519 public key")
+        keys[key_id_for(key)] = key
+    return keys
+
+
+def scope_matches(node: Scope, snapshot: Scope) -> bool:
+    """A snapshot is for this node when its deployment is the node's and each of its
+    narrower fields (node group, site) is either empty (any) or the node's."""
+    return (
+        snapshot.deployment == node.deployment
+        and snapshot.node_group in ("", node.node_group)
+        and snapshot.site in ("", node.site)
+    )
+
+
+def _default_resolver(ref: SecretRef) -> str | None:
+    from dataplane.providers.credentials import resolve_credential
+
+    return resolve_credential(ref)
+
+
+class SnapshotStore:
+    """Verifies, applies, persists and serves snapshots for one node."""
+
+    def __init__(
+        self,
+        *,
+        trusted: Mapping[str, Ed25519PublicKey],
+        scope: Scope,
+        data_dir: Path,
+        client: httpx.AsyncClient,
+        allow_expired: bool = False,
+        resolve_credential: CredentialResolver | None = None,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[ServingState], None] | None = None,
+    ) -> None:
+        self._trusted = dict(trusted)
+        self._scope = scope
+        self._dir = Path(data_dir) / "snapshot"
+        self._client = client
+        self._allow_expired = allow_expired
+        self._resolve = resolve_credential or _default_resolver
+        self._clock = clock
+        self._on_change = on_change
+        self._lock = asyncio.Lock()
+        self._closers: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Condition()
+        self.current: ServingState | None = None
+        """The state new requests use; None until a valid snapshot was applied."""
+        self.last_rejection: str = ""
+        """The reason of the most recent NACK, for status output."""
+        self._hwm = self._read_hwm()
+
+    # ---- reading ----
+
+    def require(self) -> ServingState:
+        """The serving state, or ``NoSnapshot`` (UNAVAILABLE) when there is none."""
+        state = self.current
+        if state is None:
+            raise NoSnapshot("node has no valid configuration snapshot yet")
+        return state
+
+    @property
+    def version(self) -> int:
+        """The version served now (0: none)."""
+        return self.current.version if self.current is not None else 0
+
+    @property
+    def payload_sha256(self) -> bytes:
+        return self.current.config.payload_sha256 if self.current is not None else b""
+
+    @property
+    def high_water_mark(self) -> HighWaterMark | None:
+        return self._hwm
+
+    async def wait_for_version(self, version: int, timeout: float | None = None) -> ServingState:
+        """Wait until the node serves ``version`` or a later one."""
+
+        async def wait() -> ServingState:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.version >= version)
+                assert self.current is not None
+                return self.current
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    # ---- applying ----
+
+    async def apply(self, envelope: snapshot_pb2.SignedEnvelope) -> ApplyResult:
+        """Run every check, then build, persist and publish; never raises for a bad envelope."""
+        async with self._lock:
+            result = await self._apply(envelope, persist=True, raw=None)
+        if not result.accepted:
+            self.last_rejection = result.reason
+        return result
+
+    async def load_last_known_good(self) -> ApplyResult | None:
+        """Serve the persisted last-known-good, verified again; None when there is none.
+
+        Raises ``SnapshotFileInvalid`` when the file exists but cannot be served:
+        the node then stays closed (UNAVAILABLE) until a valid snapshot arrives.
+        """
+        path = self._dir / LKG_FILE
+        if not path.exists():
+            return None
+        raw, envelope = await read_envelope_file(path)
+        async with self._lock:
+            result = await self._apply(envelope, persist=False, raw=raw, from_disk=True)
+        if not result.accepted:
+            raise SnapshotFileInvalid(f"{path}: {result.reason}")
+        return result
+
+    async def load_pinned(self, path: Path) -> ApplyResult:
+        """Air-gapped pin: serve the envelope in ``path``; raise ``SnapshotFileInvalid`` if invalid."""
+        raw, envelope = await read_envelope_file(Path(path))
+        async with self._lock:
+            # A pin is an operator's explicit choice: no high-water mark applies to it,
+            # and nothing is persisted, so removing the pin returns to the normal flow.
+            result = await self._apply(envelope, persist=False, raw=raw, pinned=True)
+        if not result.accepted:
+            raise SnapshotFileInvalid(f"{path}: {result.reason}")
+        return result
+
+    def check(self, envelope: snapshot_pb2.SignedEnvelope) -> tuple[RuntimeConfig, str]:
+        """Signature, compile, scope and expiry checks; returns the config and the key id.
+
+        Raises ``SnapshotCheckFailed`` with the NACK reason.
+        """
+        try:
+            key_id = verify(envelope, self._trusted)
+        except EnvelopeError as exc:
+            raise SnapshotCheckFailed(f"signature: {exc}") from exc
+        try:
+            config = compile_payload(envelope.payload)
+        except SnapshotInvalid as exc:
+            raise SnapshotCheckFailed(f"invalid payload: {exc}") from exc
+        if not scope_matches(self._scope, config.scope):
+            raise SnapshotCheckFailed(
+                f"scope: snapshot is for {_scope_text(config.scope)}, node is {_scope_text(self._scope)}"
+            )
+        if config.expires_at is not None and not self._allow_expired:
+            now = self._clock()
+            if config.expires_at <= now:
+                raise SnapshotCheckFailed(
+                    f"expired: snapshot {config.version} expired {now - config.expires_at:.0f}s ago"
+                )
+        return config, key_id
+
+    async def _apply(
+        self,
+        envelope: snapshot_pb2.SignedEnvelope,
+        *,
+        persist: bool,
+        raw: bytes | None,
+        from_disk: bool = False,
+        pinned: bool = False,
+    ) -> ApplyResult:
+        try:
+            config, key_id = self.check(envelope)
+        except SnapshotCheckFailed as exc:
+            version, digest = _peek(envelope)
+            log.warning("snapshot %s rejected: %s", version or "?", exc.reason)
+            return ApplyResult(False, version, digest, exc.reason)
+
+        version, digest = config.version, config.payload_sha256
+        hwm = self._hwm
+        if hwm is not None and not pinned:
+            if version < hwm.version:
+                return self._reject(
+                    version, digest, f"rollback: version {version} is below the applied version {hwm.version}"
+                )
+            if version == hwm.version and digest != hwm.sha256:
+                log.error(
+                    "ALARM: snapshot version %d offered with hash %s, but %s was applied under that "
+                    "version; refusing it",
+                    version,
+                    digest.hex(),
+                    hwm.sha256.hex(),
+                )
+                return self._reject(
+                    version,
+                    digest,
+                    f"conflict: version {version} was already applied with hash {hwm.sha256.hex()}, "
+                    f"this one has {digest.hex()}",
+                )
+            current = self.current
+            if version == hwm.version and current is not None and current.config.payload_sha256 == digest:
+                return ApplyResult(True, version, digest)
+
+        state = self._build(config, key_id)
+        if persist:
+            data = raw if raw is not None else envelope.SerializeToString()
+            try:
+                await asyncio.to_thread(self._write_lkg, data, HighWaterMark(version, digest))
+            except OSError as exc:
+                await self._close_adapters(state)
+                return self._reject(version, digest, f"cannot persist last-known-good: {exc}")
+        if from_disk and (hwm is None or version > hwm.version):
+            # The envelope is written before the mark: a crash in between leaves the
+            # envelope ahead, and the mark catches up here.
+            await asyncio.to_thread(self._write_hwm, HighWaterMark(version, digest))
+        if not pinned:
+            self._hwm = HighWaterMark(version, digest)
+        self._publish(state)
+        log.info("serving snapshot %d (%s) signed by %s", version, digest.hex()[:12], key_id)
+        return ApplyResult(True, version, digest, changed=True)
+
+    def _reject(self, version: int, digest: bytes, reason: str) -> ApplyResult:
+        log.warning("snapshot %d rejected: %s", version, reason)
+        return ApplyResult(False, version, digest, reason)
+
+    def _build(self, config: RuntimeConfig, key_id: str) -> ServingState:
+        adapters: dict[str, ProviderAdapter] = {}
+        unusable: dict[str, str] = {}
+        for provider in config.providers.values():
+            # A provider that cannot be set up must not take the node down: it is
+            # marked unusable and requests routed to it get a clear error.
+            try:
+                credential = self._resolve(provider.credential) if provider.credential else None
+            except Exception as exc:
+                unusable[provider.id] = f"credential cannot be resolved: {exc}"
+                continue
+            if provider.credential and credential is None:
+                where = (
+                    f"env {provider.credential.env}"
+                    if provider.credential.env
+                    else f"file {provider.credential.file}"
+                )
+                unusable[provider.id] = f"credential ({where}) is not available on this node"
+                continue
+            try:
+                adapters[provider.id] = build_adapter(provider, self._client, credential)
+            except Exception as exc:
+                unusable[provider.id] = f"adapter cannot be built: {exc}"
+        for provider_id, why in unusable.items():
+            log.warning("provider %s unusable in snapshot %d: %s", provider_id, config.version, why)
+        return ServingState(config, adapters, unusable, key_id, self._clock())
+
+    def _publish(self, state: ServingState) -> None:
+        old = self.current
+        self.current = state  # the atomic swap: requests read this attribute once
+        if old is not None:
+            old._retire()
+            task = asyncio.get_running_loop().create_task(self._close_when_idle(old))
+            self._closers.add(task)
+            task.add_done_callback(self._closers.discard)
+        if self._on_change is not None:
+            self._on_change(state)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _close_when_idle(self, state: ServingState) -> None:
+        await state._idle.wait()
+        await self._close_adapters(state)
+
+    @staticmethod
+    async def _close_adapters(state: ServingState) -> None:
+        for provider_id, adapter in state.adapters.items():
+            try:
+                await adapter.aclose()
+            except Exception:
+                log.exception("closing adapter of provider %s failed", provider_id)
+
+    async def aclose(self) -> None:
+        """Close every adapter; the caller has already drained requests."""
+        for task in list(self._closers):
+            task.cancel()
+        for task in list(self._closers):
+            with suppress(asyncio.CancelledError):
+                await task
+        state, self.current = self.current, None
+        if state is not None:
+            await self._close_adapters(state)
+
+    # ---- persistence ----
+
+    def _write_lkg(self, data: bytes, hwm: HighWaterMark) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self._dir / LKG_FILE, data)
+        self._write_hwm(hwm)
+
+    def _write_hwm(self, hwm: HighWaterMark) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"version": hwm.version, "sha256": hwm.sha256.hex()}).encode()
+        _atomic_write(self._dir / HWM_FILE, body)
+
+    def _read_hwm(self) -> HighWaterMark | None:
+        path = self._dir / HWM_FILE
+        try:
+            data = json.loads(path.read_bytes())
+            return HighWaterMark(int(data["version"]), bytes.fromhex(data["sha256"]))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            # Without a trustworthy mark, rollback protection is gone: refuse to start.
+            raise SnapshotFileInvalid(f"{path}: unreadable high-water mark: {exc}") from exc
+
+
+class SnapshotCheckFailed(Exception):
+    """A snapshot failed a check; ``reason`` is what the node NACKs with."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def read_envelope_file(path: Path) -> tuple[bytes, snapshot_pb2.SignedEnvelope]:
+    """The raw bytes and parsed envelope of a snapshot file; ``SnapshotFileInvalid`` if unreadable."""
+    try:
+        raw = await asyncio.to_thread(path.read_bytes)
+    except OSError as exc:
+        raise SnapshotFileInvalid(f"{path}: cannot be read: {exc}") from exc
+    envelope = snapshot_pb2.SignedEnvelope()
+    try:
+        envelope.ParseFromString(raw)
+    except DecodeError as exc:
+        raise SnapshotFileInvalid(f"{path}: not a signed envelope: {exc}") from exc
+    return raw, envelope
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    # The rename itself is durable only once the directory entry is.
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _peek(envelope: snapshot_pb2.SignedEnvelope) -> tuple[int, bytes]:
+    """Version and hash of an envelope that failed a check, for the NACK (best effort)."""
+    import hashlib
+
+    digest = hashlib.sha256(envelope.payload).digest()
+    snapshot = snapshot_pb2.Snapshot()
+    try:
+        snapshot.ParseFromString(envelope.payload)
+    except DecodeError:
+        return 0, digest
+    return int(snapshot.version), digest
+
+
+def _scope_text(scope: Scope) -> str:
+    return (
+        f"deployment={scope.deployment or '-'} node_group={scope.node_group or '-'} site={scope.site or '-'}"
+    )

@@ -1,0 +1,1 @@
+"""Evidence: exactly one hash-chained record per request, served or refused."""

@@ -1,0 +1,74 @@
+"""A node end to end: fail closed without a snapshot, serve once one applies, health, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dataplane.app import DataPlaneNode
+from signalbox.api.infer.v1 import infer_pb2_grpc
+from signalbox.simulator import Behaviour
+from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
+from tests.helpers import eventually
+
+
+async def _health(address: str) -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        return int(response.status)
+
+
+async def test_node_without_snapshot_answers_unavailable_and_is_not_serving(start_node: NodeFactory) -> None:
+    node = await start_node()
+    assert await _health(node.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Infer(chat(), metadata=AUTH, timeout=5)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "no valid configuration snapshot" in (info.value.details() or "")
+
+
+async def test_applied_snapshot_serves_and_turns_health_serving(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
+) -> None:
+    node = await start_node()
+    result = await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))
+    assert result.accepted, result.reason
+    await eventually(lambda: _serving(node), message="health SERVING after the first snapshot")
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        response = await stub.Infer(chat("ping"), metadata=AUTH, timeout=10)
+    assert response.model == "sim-fast"
+    assert response.snapshot_version == 1
+    assert response.evidence_id
+    assert response.correlation_id
+    assert response.message.content[0].text
+
+
+async def _serving(node: DataPlaneNode) -> bool:
+    return await _health(node.address) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_sigterm_drains_an_in_flight_request(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
+) -> None:
+    node = await start_node(drain_seconds=10.0)
+    assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
+    simulator.set_behaviour("sim-fast", Behaviour(latency_ms=400))
+    serve = asyncio.create_task(node.serve(signals=(signal.SIGUSR1,)))
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        call = stub.Infer(chat("slow"), metadata=AUTH, timeout=10)
+        await eventually(lambda: simulator.stats("sim-fast").chat >= 1, message="request reached upstream")
+        signal.raise_signal(signal.SIGUSR1)
+        response = await call
+    assert response.message.content[0].text
+    await asyncio.wait_for(serve, 10)
