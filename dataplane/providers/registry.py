@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .anthropic import AnthropicAdapter
+from .azure_openai import AzureOpenAIAdapter
 from .base import AdapterFactory, register
 from .gemini import GeminiAdapter
+from .mistral import MistralAdapter
 from .openai import OpenAIAdapter
 from .openai_compatible import OpenAICompatibleAdapter, SimulatedAdapter
 
@@ -18,6 +20,8 @@ BUILTIN_ADAPTERS: Mapping[str, AdapterFactory] = {
     OpenAIAdapter.type_name: OpenAIAdapter,
     AnthropicAdapter.type_name: AnthropicAdapter,
     GeminiAdapter.type_name: GeminiAdapter,
+    MistralAdapter.type_name: MistralAdapter,
+    AzureOpenAIAdapter.type_name: AzureOpenAIAdapter,
     OpenAICompatibleAdapter.type_name: OpenAICompatibleAdapter,
     SimulatedAdapter.type_name: SimulatedAdapter,
 }

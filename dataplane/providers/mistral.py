@@ -1,0 +1,75 @@
+"""Mistral's chat-completions and embeddings API (OpenAI-shaped, with its own rules).
+
+``base_url`` defaults to ``https://api.mistral.ai/v1``; the credential is
+sent as ``Authorization: Bearer``.
+
+Differences handled here: ``max_tokens`` and ``random_seed``, no
+``stream_options`` (Mistral sends usage in its last chunk anyway), "must
+call a tool" is ``"any"``, embeddings take ``output_dimension``, error bodies
+are flat (``{"object": "error", ...}``, or FastAPI's ``{"detail": [...]}`` on
+422), and tool-call ids must match ``[a-zA-Z0-9]{9}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+from typing import ClassVar
+
+import httpx
+
+from dataplane.config.model import ProviderConfig
+
+from .openai_wire import OpenAIDialect, OpenAIFamilyAdapter
+
+_MISTRAL_ID = re.compile(r"[a-zA-Z0-9]{9}")
+_ALPHABET = string.ascii_letters + string.digits
+_REMEMBERED_IDS = 4096
+
+
+def mistral_tool_id(call_id: str) -> str:
+    """A stable ``[a-zA-Z0-9]{9}`` id for ``call_id``; ids already in that shape are kept.
+
+    Derived from a hash rather than a counter so that every node, and every
+    turn of a conversation replayed later, rewrites the same id the same way.
+    """
+    if _MISTRAL_ID.fullmatch(call_id):
+        return call_id
+    number = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+    chars = []
+    for _ in range(9):
+        number, digit = divmod(number, len(_ALPHABET))
+        chars.append(_ALPHABET[digit])
+    return "".join(chars)
+
+
+class MistralAdapter(OpenAIFamilyAdapter):
+    """Mistral La Plateforme."""
+
+    type_name: ClassVar[str] = "mistral"
+    default_base_url: ClassVar[str] = "https://api.mistral.ai/v1"
+    dialect: ClassVar[OpenAIDialect] = OpenAIDialect(
+        max_tokens_field="max_tokens",
+        seed_field="random_seed",
+        stream_usage=False,
+        developer_role=False,
+        required_tool_choice="any",
+        dimensions_field="output_dimension",
+    )
+
+    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient, credential: str | None) -> None:
+        super().__init__(config, client, credential)
+        # Rewritten id → original, so ids Mistral echoes back read as the caller's own.
+        self._original_ids: dict[str, str] = {}
+
+    def id_to_upstream(self, call_id: str) -> str:
+        rewritten = mistral_tool_id(call_id)
+        if rewritten != call_id:
+            if len(self._original_ids) >= _REMEMBERED_IDS:
+                self._original_ids.pop(next(iter(self._original_ids)))
+            self._original_ids[rewritten] = call_id
+        return rewritten
+
+    def id_from_upstream(self, call_id: str) -> str:
+        return self._original_ids.get(call_id, call_id)
