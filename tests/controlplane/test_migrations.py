@@ -30,7 +30,9 @@ def test_models_and_migrations_do_not_drift(database_url: str) -> None:
     engine = sa.create_engine(database_url, poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
             diff = compare_metadata(context, Base.metadata)
     finally:
         engine.dispose()

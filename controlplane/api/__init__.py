@@ -1,0 +1,1 @@
+"""gRPC edge: servicers, the admin interceptor, and proto <-> domain conversion."""

@@ -1,0 +1,270 @@
+"""AdminService: thin handlers over the services.
+
+Authentication, the audit log and error-to-status mapping are not here: the
+``AdminInterceptor`` wraps every method (see ``api/interceptor.py``), and puts
+the authenticated caller in ``current_caller``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+import grpc
+
+from controlplane.api import convert
+from controlplane.api.interceptor import current_caller
+from controlplane.errors import InvalidArgument
+from controlplane.services.keys import ApiKeyService
+from controlplane.services.models import ModelService
+from controlplane.services.nodes import NodeService
+from controlplane.services.policies import PolicyService
+from controlplane.services.providers import ProviderService
+from controlplane.services.snapshots import SnapshotService
+from controlplane.services.tenants import TenantService
+from dataplane.config.compile import CAPABILITY_FROM_PROTO
+from dataplane.config.model import DataClass
+from dataplane.routing.router import NodeContext, RouteQuery, plan_route
+from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.infer.v1 import infer_pb2
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Implements every RPC of ``signalbox.api.admin.v1.AdminService``."""
+
+    def __init__(
+        self,
+        *,
+        tenants: TenantService,
+        keys: ApiKeyService,
+        providers: ProviderService,
+        models: ModelService,
+        policies: PolicyService,
+        nodes: NodeService,
+        snapshots: SnapshotService,
+    ) -> None:
+        self._tenants = tenants
+        self._keys = keys
+        self._providers = providers
+        self._models = models
+        self._policies = policies
+        self._nodes = nodes
+        self._snapshots = snapshots
+
+    # ---- tenants ----
+
+    async def CreateTenant(
+        self, request: admin_pb2.CreateTenantRequest, context: Context
+    ) -> admin_pb2.Tenant:
+        row, _ = await self._tenants.create(
+            current_caller(), name=request.name, tier=request.tier, labels=dict(request.labels)
+        )
+        return convert.tenant(row)
+
+    async def GetTenant(self, request: admin_pb2.GetTenantRequest, context: Context) -> admin_pb2.Tenant:
+        _require("tenant", request.tenant)
+        return convert.tenant(await self._tenants.get(request.tenant))
+
+    async def ListTenants(
+        self, request: admin_pb2.ListTenantsRequest, context: Context
+    ) -> admin_pb2.ListTenantsResponse:
+        return admin_pb2.ListTenantsResponse(tenants=[convert.tenant(t) for t in await self._tenants.list()])
+
+    async def UpdateTenant(
+        self, request: admin_pb2.UpdateTenantRequest, context: Context
+    ) -> admin_pb2.Tenant:
+        _require("tenant", request.tenant)
+        row, _ = await self._tenants.update(
+            current_caller(),
+            request.tenant,
+            tier=request.tier if request.HasField("tier") else None,
+            active=request.active if request.HasField("active") else None,
+            labels=dict(request.labels),
+            replace_labels=request.replace_labels,
+        )
+        return convert.tenant(row)
+
+    async def DeleteTenant(
+        self, request: admin_pb2.DeleteTenantRequest, context: Context
+    ) -> admin_pb2.DeleteResponse:
+        _require("tenant", request.tenant)
+        version = await self._tenants.delete(current_caller(), request.tenant)
+        return admin_pb2.DeleteResponse(snapshot_version=version)
+
+    # ---- API keys ----
+
+    async def CreateApiKey(
+        self, request: admin_pb2.CreateApiKeyRequest, context: Context
+    ) -> admin_pb2.CreateApiKeyResponse:
+        expires = request.expires_at.ToDatetime(tzinfo=UTC) if request.HasField("expires_at") else None
+        row, secret, version = await self._keys.create(
+            current_caller(),
+            tenant=request.tenant,
+            name=request.name,
+            scopes=list(request.scopes),
+            expires_at=expires,
+        )
+        return admin_pb2.CreateApiKeyResponse(
+            key=convert.api_key(row), secret=secret, snapshot_version=version
+        )
+
+    async def ListApiKeys(
+        self, request: admin_pb2.ListApiKeysRequest, context: Context
+    ) -> admin_pb2.ListApiKeysResponse:
+        return admin_pb2.ListApiKeysResponse(
+            keys=[convert.api_key(k) for k in await self._keys.list(request.tenant)]
+        )
+
+    async def DeleteApiKey(
+        self, request: admin_pb2.DeleteApiKeyRequest, context: Context
+    ) -> admin_pb2.DeleteResponse:
+        _require("id", request.id)
+        return admin_pb2.DeleteResponse(
+            snapshot_version=await self._keys.delete(current_caller(), request.id)
+        )
+
+    # ---- providers ----
+
+    async def CreateProvider(
+        self, request: admin_pb2.CreateProviderRequest, context: Context
+    ) -> admin_pb2.Provider:
+        row, _ = await self._providers.create(current_caller(), convert.provider_spec(request.provider))
+        return convert.provider(row)
+
+    async def ListProviders(
+        self, request: admin_pb2.ListProvidersRequest, context: Context
+    ) -> admin_pb2.ListProvidersResponse:
+        return admin_pb2.ListProvidersResponse(
+            providers=[convert.provider(p) for p in await self._providers.list()]
+        )
+
+    async def UpdateProvider(
+        self, request: admin_pb2.UpdateProviderRequest, context: Context
+    ) -> admin_pb2.Provider:
+        ref = request.provider.id or request.provider.name
+        _require("provider.id", ref)
+        row, _ = await self._providers.update(current_caller(), ref, convert.provider_spec(request.provider))
+        return convert.provider(row)
+
+    async def DeleteProvider(
+        self, request: admin_pb2.DeleteProviderRequest, context: Context
+    ) -> admin_pb2.DeleteResponse:
+        _require("provider", request.provider)
+        version = await self._providers.delete(current_caller(), request.provider)
+        return admin_pb2.DeleteResponse(snapshot_version=version)
+
+    # ---- models ----
+
+    async def CreateModel(self, request: admin_pb2.CreateModelRequest, context: Context) -> admin_pb2.Model:
+        row, _ = await self._models.create(current_caller(), convert.model_spec(request.model))
+        return convert.model(row)
+
+    async def ListModels(
+        self, request: admin_pb2.ListModelsRequest, context: Context
+    ) -> admin_pb2.ListModelsResponse:
+        return admin_pb2.ListModelsResponse(models=[convert.model(m) for m in await self._models.list()])
+
+    async def UpdateModel(self, request: admin_pb2.UpdateModelRequest, context: Context) -> admin_pb2.Model:
+        ref = request.model.id or request.model.alias
+        _require("model.id", ref)
+        row, _ = await self._models.update(current_caller(), ref, convert.model_spec(request.model))
+        return convert.model(row)
+
+    async def DeleteModel(
+        self, request: admin_pb2.DeleteModelRequest, context: Context
+    ) -> admin_pb2.DeleteResponse:
+        _require("model", request.model)
+        version = await self._models.delete(current_caller(), request.model)
+        return admin_pb2.DeleteResponse(snapshot_version=version)
+
+    # ---- policies ----
+
+    async def ApplyPolicy(self, request: admin_pb2.ApplyPolicyRequest, context: Context) -> admin_pb2.Policy:
+        row, _ = await self._policies.apply(
+            current_caller(), tenant=request.tenant, document=request.document
+        )
+        return convert.policy(row)
+
+    async def GetPolicy(self, request: admin_pb2.GetPolicyRequest, context: Context) -> admin_pb2.Policy:
+        return convert.policy(await self._policies.get(request.tenant, request.version))
+
+    async def ListPolicyHistory(
+        self, request: admin_pb2.ListPolicyHistoryRequest, context: Context
+    ) -> admin_pb2.ListPolicyHistoryResponse:
+        rows = await self._policies.history(request.tenant)
+        return admin_pb2.ListPolicyHistoryResponse(versions=[convert.policy(p) for p in rows])
+
+    async def DeletePolicy(
+        self, request: admin_pb2.DeletePolicyRequest, context: Context
+    ) -> admin_pb2.DeleteResponse:
+        version = await self._policies.delete(current_caller(), request.tenant)
+        return admin_pb2.DeleteResponse(snapshot_version=version)
+
+    # ---- routing ----
+
+    async def ExplainRoute(
+        self, request: admin_pb2.ExplainRouteRequest, context: Context
+    ) -> admin_pb2.ExplainRouteResponse:
+        _require("tenant", request.tenant)
+        config, tenant = await self._snapshots.runtime_for(request.tenant)
+        req = request.request
+        try:
+            data_class = DataClass(req.data_classification)
+        except ValueError as exc:
+            raise InvalidArgument("request.data_classification", "unknown classification") from exc
+        query = RouteQuery(
+            tenant=tenant,
+            model=req.model,
+            capabilities=frozenset(
+                CAPABILITY_FROM_PROTO[c] for c in req.required_capabilities if c in CAPABILITY_FROM_PROTO
+            ),
+            task=req.task,
+            data_classification=data_class,
+            metadata=dict(req.metadata),
+            max_output_tokens=req.params.max_output_tokens
+            if req.params.HasField("max_output_tokens")
+            else None,
+        )
+        plan = plan_route(config, query, NodeContext())
+        chosen = plan.ordered[0] if plan.ordered else None
+        decision = infer_pb2.RoutingDecision(
+            policy_id=plan.policy_id,
+            policy_version=plan.policy_version,
+            rule=plan.rule,
+            strategy=plan.strategy,
+            candidates=list(plan.considered),
+            dropped=[infer_pb2.DroppedCandidate(model=m, reason=r) for m, r in plan.dropped],
+            chosen_model=chosen.model.alias if chosen else "",
+            chosen_provider=(chosen.provider.name or chosen.provider.id) if chosen else "",
+            chosen_deployment=chosen.deployment.id if chosen else "",
+            reason=plan.reason,
+        )
+        return admin_pb2.ExplainRouteResponse(decision=decision, plan=[c.label for c in plan.ordered])
+
+    # ---- nodes and snapshots ----
+
+    async def ListNodes(
+        self, request: admin_pb2.ListNodesRequest, context: Context
+    ) -> admin_pb2.ListNodesResponse:
+        return admin_pb2.ListNodesResponse(nodes=[convert.node(n) for n in await self._nodes.list()])
+
+    async def GetSnapshot(
+        self, request: admin_pb2.GetSnapshotRequest, context: Context
+    ) -> admin_pb2.SnapshotInfo:
+        return convert.snapshot_info(await self._snapshots.get(request.version))
+
+    async def ExportSnapshot(
+        self, request: admin_pb2.ExportSnapshotRequest, context: Context
+    ) -> snapshot_pb2.SignedEnvelope:
+        row = await self._snapshots.get(0)
+        envelope = snapshot_pb2.SignedEnvelope()
+        envelope.ParseFromString(bytes(row.envelope))
+        return envelope
+
+
+def _require(field: str, value: str) -> None:
+    if not value:
+        raise InvalidArgument(field, "must not be empty")

@@ -1,0 +1,134 @@
+"""Admin API protobuf <-> rows and specs: the one place that conversion happens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypeVar
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from controlplane.db import models as db
+from controlplane.services.models import DeploymentSpec, ModelSpec
+from controlplane.services.providers import ProviderSpec
+from controlplane.snapshots import build
+from signalbox.api.admin.v1 import admin_pb2
+
+M = TypeVar("M", bound=Message)
+
+
+def ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    out = Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def _mirror(message: Message, cls: type[M]) -> M:
+    """Re-read a snapshot message as its admin twin.
+
+    The admin API's Tenant, Provider and Model mirror the snapshot's field for field
+    (same numbers and wire types; the admin Deployment.provider is the snapshot's
+    provider_id), so the row -> protobuf conversion lives once, in snapshots.build.
+    """
+    return cls.FromString(message.SerializeToString())
+
+
+def tenant(row: db.Tenant) -> admin_pb2.Tenant:
+    msg = _mirror(build.tenant_pb(row), admin_pb2.Tenant)
+    msg.created_at.CopyFrom(build.timestamp(row.created_at))
+    return msg
+
+
+def api_key(row: db.ApiKey) -> admin_pb2.ApiKey:
+    return admin_pb2.ApiKey(
+        id=str(row.id),
+        tenant_id=str(row.tenant_id),
+        name=row.name,
+        prefix=row.prefix,
+        scopes=list(row.scopes),
+        created_at=ts(row.created_at),
+        expires_at=ts(row.expires_at),
+    )
+
+
+def provider(row: db.Provider) -> admin_pb2.Provider:
+    return _mirror(build.provider_pb(row), admin_pb2.Provider)
+
+
+def provider_spec(msg: admin_pb2.Provider) -> ProviderSpec:
+    return ProviderSpec(
+        name=msg.name,
+        type=msg.type,
+        base_url=msg.base_url,
+        credential_env=msg.credential.env,
+        credential_file=msg.credential.file,
+        settings=dict(msg.settings),
+        timeout_ms=msg.timeout_ms,
+        location=int(msg.location),
+        site=msg.site,
+        region=msg.region,
+        jurisdiction=msg.jurisdiction,
+    )
+
+
+def model(row: db.Model) -> admin_pb2.Model:
+    return _mirror(build.model_pb(row), admin_pb2.Model)
+
+
+def model_spec(msg: admin_pb2.Model) -> ModelSpec:
+    return ModelSpec(
+        alias=msg.alias,
+        deployments=tuple(
+            DeploymentSpec(provider=d.provider, upstream_model=d.upstream_model, weight=d.weight)
+            for d in msg.deployments
+        ),
+        capabilities=tuple(int(c) for c in msg.capabilities),
+        context_window=msg.context_window,
+        max_output_tokens=msg.max_output_tokens,
+        input_price_nanos_per_mtok=msg.input_price_nanos_per_mtok,
+        output_price_nanos_per_mtok=msg.output_price_nanos_per_mtok,
+        cached_input_price_nanos_per_mtok=msg.cached_input_price_nanos_per_mtok,
+        certified_for=tuple(int(c) for c in msg.certified_for),
+        certifications=tuple(msg.certifications),
+        typical_latency_ms=msg.typical_latency_ms,
+        attributes=dict(msg.attributes),
+    )
+
+
+def policy(row: db.Policy) -> admin_pb2.Policy:
+    return admin_pb2.Policy(
+        id=str(row.id),
+        tenant_id=str(row.tenant_id) if row.tenant_id is not None else "",
+        version=row.version,
+        document_json="" if row.deleted else row.document_json,
+        created_at=ts(row.created_at),
+        created_by=row.created_by,
+    )
+
+
+def node(row: db.Node) -> admin_pb2.Node:
+    return admin_pb2.Node(
+        node_id=row.node_id,
+        software_version=row.software_version,
+        mode=row.mode,  # type: ignore[arg-type]
+        applied_version=row.applied_version,
+        applied_hash=bytes(row.applied_hash),
+        last_nack_version=row.last_nack_version,
+        last_nack_reason=row.last_nack_reason,
+        last_ack_at=ts(row.last_ack_at),
+        last_nack_at=ts(row.last_nack_at),
+        last_seen_at=ts(row.last_seen_at),
+        connected=row.connected,
+    )
+
+
+def snapshot_info(row: db.Snapshot) -> admin_pb2.SnapshotInfo:
+    return admin_pb2.SnapshotInfo(
+        version=row.version,
+        payload_sha256=bytes(row.sha256),
+        created_at=ts(row.created_at),
+        signing_key_id=row.signing_key_id,
+        size_bytes=len(row.payload),
+    )

@@ -1,0 +1,118 @@
+"""Every AdminService call: authenticate, run, map errors to statuses, audit.
+
+One wrapper around each admin handler, so no handler repeats any of it. The
+audit entry is written after the call in its own transaction, so refused and
+failed calls are recorded too.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from controlplane.api.status import status_for
+from controlplane.errors import Unauthenticated
+from controlplane.services.admin import AdminService
+from controlplane.services.base import Caller
+
+log = logging.getLogger(__name__)
+
+ADMIN_SERVICE = "/signalbox.api.admin.v1.AdminService/"
+# Request fields that name what a call is about, in order of preference.
+_TARGET_FIELDS = ("tenant", "id", "name", "provider", "model", "version")
+
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("signalbox_admin_caller")
+
+
+def current_caller() -> Caller:
+    """The authenticated caller of the admin call being handled."""
+    return _caller.get()
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | Any) -> str:
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("authorization: expected 'Bearer <token>'")
+            return token.strip()
+    raise Unauthenticated("missing admin token: send 'authorization: Bearer <token>'")
+
+
+def target_of(request: Any) -> str:
+    """A short description of what the request addresses, for the audit log. Never secrets:
+    only identifying fields are read."""
+    for name in _TARGET_FIELDS:
+        try:
+            value = getattr(request, name)
+        except AttributeError:
+            continue
+        if hasattr(value, "DESCRIPTOR"):
+            value = getattr(value, "id", "") or getattr(value, "name", "") or getattr(value, "alias", "")
+        if value:
+            return f"{name}={value}"
+    return ""
+
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Behavior = Callable[[Any, Context], Awaitable[Any]]
+
+
+class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps the unary handlers of AdminService with auth, status mapping and audit."""
+
+    def __init__(self, admin: AdminService) -> None:
+        self._admin = admin
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(ADMIN_SERVICE) or handler.unary_unary is None:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            # In a grpc.aio server the handlers are coroutine functions.
+            self._wrap(method.removeprefix(ADMIN_SERVICE), handler.unary_unary),  # type: ignore[arg-type]
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+        admin = self._admin
+
+        async def handle(request: Any, context: Context) -> Any:
+            actor = "anonymous"
+            target = target_of(request)
+            try:
+                caller = await admin.authenticate(bearer_token(context.invocation_metadata()))
+                actor = caller.actor
+                _caller.set(caller)
+                response = await behavior(request, context)
+            except Exception as exc:
+                mapped = status_for(exc)
+                if mapped is None:
+                    log.exception("admin %s failed unexpectedly", method)
+                    code, message = grpc.StatusCode.INTERNAL, "internal error"
+                else:
+                    code, message = mapped
+                await self._audit(actor, method, target, code.name, message)
+                await context.abort(code, message)
+            await self._audit(actor, method, target, "OK", "")
+            return response
+
+        return handle
+
+    async def _audit(self, actor: str, method: str, target: str, result: str, detail: str) -> None:
+        try:
+            await self._admin.audit(actor=actor, method=method, target=target, result=result, detail=detail)
+        except Exception:
+            # The call's outcome is already decided; losing its audit row must be loud, not fatal.
+            log.exception("could not write the audit entry for %s by %s", method, actor)

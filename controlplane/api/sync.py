@@ -1,0 +1,132 @@
+"""ConfigSyncService: push signed snapshots to nodes; record their ACKs and NACKs.
+
+Per stream: the node says Hello; we record it and send the newest envelope if it
+is newer than what the node serves; then we send each newer version the broker
+announces. A version (with that payload hash) a node NACKed is never sent to it
+again, on this stream or after a reconnect; later versions still are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from controlplane.services.nodes import NodeHello, NodeService
+from controlplane.snapshots.broker import CLOSED, SnapshotBroker, Subscription
+from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _StreamState:
+    node_id: str
+    applied: int
+    last_sent: int = 0
+    refused: set[tuple[int, bytes]] = field(default_factory=set)
+
+
+class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
+    """One long-lived bidi stream per node."""
+
+    def __init__(self, broker: SnapshotBroker, nodes: NodeService, *, hello_timeout: float = 10.0) -> None:
+        self._broker = broker
+        self._nodes = nodes
+        self._hello_timeout = hello_timeout
+        self.streams: dict[str, int] = {}
+        """Open streams per node id on this replica."""
+
+    def inject(self, envelope: snapshot_pb2.SignedEnvelope, node_id: str | None = None) -> int:
+        """Test-only: push ``envelope`` unchanged to ``node_id``'s streams (all when None)."""
+        return self._broker.inject(envelope, node_id)
+
+    async def Sync(
+        self,
+        request_iterator: AsyncIterator[sync_pb2.NodeMessage],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[sync_pb2.ServerMessage]:
+        try:
+            first = await asyncio.wait_for(anext(aiter(request_iterator)), self._hello_timeout)
+        except (StopAsyncIteration, TimeoutError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello: the first message must be a Hello")
+        if first.WhichOneof("message") != "hello" or not first.hello.node_id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "hello.node_id: the first message must be a Hello with node_id",
+            )
+        hello = first.hello
+        node_id = hello.node_id
+        row = await self._nodes.hello(
+            NodeHello(
+                node_id=node_id,
+                software_version=hello.software_version,
+                mode=int(hello.mode),
+                scope=MessageToDict(hello.scope, preserving_proto_field_name=True),
+                applied_version=hello.applied_version,
+                applied_hash=hello.applied_hash,
+            )
+        )
+        state = _StreamState(node_id, applied=row.applied_version, refused=await self._nodes.refused(node_id))
+        sub = self._broker.subscribe(node_id)
+        self.streams[node_id] = self.streams.get(node_id, 0) + 1
+        reader = asyncio.create_task(self._read(request_iterator, state, sub), name=f"sync-read-{node_id}")
+        log.info("node %s connected (applied v%d)", node_id, state.applied)
+        try:
+            sub.queue.put_nowait(None)  # look at the newest snapshot right away
+            while True:
+                item = await sub.queue.get()
+                if item is CLOSED:
+                    break
+                if isinstance(item, snapshot_pb2.SignedEnvelope):
+                    yield sync_pb2.ServerMessage(envelope=item)
+                    continue
+                envelope = self._due(state)
+                if envelope is not None:
+                    yield sync_pb2.ServerMessage(envelope=envelope)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._broker.unsubscribe(sub)
+            self.streams[node_id] -= 1
+            if not self.streams[node_id]:
+                del self.streams[node_id]
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._nodes.disconnected(node_id))
+            log.info("node %s disconnected", node_id)
+
+    def _due(self, state: _StreamState) -> snapshot_pb2.SignedEnvelope | None:
+        latest = self._broker.latest
+        if latest is None or latest.version <= max(state.applied, state.last_sent):
+            return None
+        if (latest.version, latest.sha256) in state.refused:
+            return None
+        state.last_sent = latest.version
+        return latest.envelope
+
+    async def _read(
+        self, request_iterator: AsyncIterator[sync_pb2.NodeMessage], state: _StreamState, sub: Subscription
+    ) -> None:
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("message")
+                if kind == "ack":
+                    state.applied = max(state.applied, message.ack.version)
+                    await self._nodes.ack(state.node_id, message.ack.version, message.ack.payload_sha256)
+                elif kind == "nack":
+                    nack = message.nack
+                    state.refused.add((nack.version, bytes(nack.payload_sha256)))
+                    log.warning("node %s refused v%d: %s", state.node_id, nack.version, nack.reason)
+                    await self._nodes.nack(state.node_id, nack.version, nack.payload_sha256, nack.reason)
+        except grpc.aio.AioRpcError:
+            pass
+        finally:
+            # The node closed its side (or went away): end our side too.
+            sub.queue.put_nowait(CLOSED)

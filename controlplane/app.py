@@ -1,0 +1,225 @@
+"""The control-plane process: database, signing key, snapshot broker, gRPC server.
+
+``ControlPlane`` is an async context manager::
+
+    async with ControlPlane(ControlPlaneSettings(listen="127.0.0.1:0", data_dir=path)) as cp:
+        print(cp.address)  # host:port actually bound
+
+On start it (1) connects to ``database_url`` or starts embedded PostgreSQL under
+the data dir, (2) runs ``alembic upgrade head``, (3) unseals (or on first start
+generates) the signing key and writes ``<data_dir>/trust-key.pub``, (4) publishes
+a first snapshot when there is none, (5) starts LISTENing for new snapshots, and
+(6) serves AdminService, ConfigSyncService and gRPC health (SERVING when ready).
+``stop`` ends sync streams cleanly, drains in-flight calls, and releases everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from controlplane.api.admin import AdminServicer
+from controlplane.api.interceptor import AdminInterceptor
+from controlplane.api.sync import ConfigSyncServicer
+from controlplane.db.embedded import EmbeddedPostgres, start_embedded
+from controlplane.db.migrate import upgrade_head
+from controlplane.db.session import create_engine, normalize_url, session_factory
+from controlplane.keys import Signer, ensure_signing_key, load_kek
+from controlplane.repositories import snapshots as snapshot_repo
+from controlplane.repositories.config import lock_config
+from controlplane.services.admin import AdminService
+from controlplane.services.base import SYSTEM, UnitOfWork
+from controlplane.services.keys import ApiKeyService
+from controlplane.services.models import ModelService
+from controlplane.services.nodes import NodeService
+from controlplane.services.policies import PolicyService
+from controlplane.services.providers import ProviderService
+from controlplane.services.snapshots import SnapshotService
+from controlplane.services.tenants import TenantService
+from controlplane.snapshots.broker import SnapshotBroker
+from controlplane.snapshots.publish import SnapshotPublisher
+from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+TRUST_KEY_FILE = "trust-key.pub"
+EMBEDDED_DIR = "postgres"
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPlaneSettings:
+    """How to run a control plane."""
+
+    listen: str = "127.0.0.1:7700"
+    """host:port to serve gRPC on; port 0 picks a free one (see ``ControlPlane.address``)."""
+    database_url: str | None = None
+    """PostgreSQL URL; None starts embedded PostgreSQL in ``<data_dir>/postgres``."""
+    data_dir: Path = Path("var/controlplane")
+    """Holds the trust key, the generated KEK (if no other source) and embedded PostgreSQL."""
+    kek: str | None = field(default=None, repr=False)
+    """Base64 of the 32-byte key-encryption key (``SIGNALBOX_KEK``)."""
+    kek_file: Path | None = None
+    """File holding the KEK (``SIGNALBOX_KEK_FILE``); else ``<data_dir>/kek`` is generated."""
+    snapshot_ttl: timedelta = timedelta(days=30)
+    """How long a snapshot stays valid after it is created."""
+    scope: snapshot_pb2.Scope = field(default_factory=snapshot_pb2.Scope)
+    """Scope written into every snapshot (the nodes it is for)."""
+    debounce: float = 0.05
+    """Seconds to gather a burst of changes into one push."""
+    drain_grace: float = 5.0
+    """Seconds in-flight calls get to finish on stop."""
+
+
+def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
+    """Start embedded PostgreSQL under ``data_dir`` and return it with its URL. Blocking."""
+    server = start_embedded((data_dir / EMBEDDED_DIR).resolve())
+    return server, server.url()
+
+
+class ControlPlane:
+    """A running control plane; use as ``async with``."""
+
+    def __init__(self, settings: ControlPlaneSettings) -> None:
+        self.settings = settings
+        self.address = ""
+        """host:port the gRPC server is bound to (set once started)."""
+        self.database_url = ""
+        self.signer: Signer | None = None
+        self._embedded: EmbeddedPostgres | None = None
+        self._engine: AsyncEngine | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = HealthServicer()
+        self.broker: SnapshotBroker | None = None
+        self.sync: ConfigSyncServicer | None = None
+        self.admin: AdminService | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    @property
+    def trust_key_path(self) -> Path:
+        return self.settings.data_dir / TRUST_KEY_FILE
+
+    async def __aenter__(self) -> ControlPlane:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        if s.database_url:
+            self.database_url = normalize_url(s.database_url)
+        else:
+            self._embedded, self.database_url = await asyncio.to_thread(embedded_url, s.data_dir)
+        await asyncio.to_thread(upgrade_head, self.database_url)
+
+        self._engine = create_engine(self.database_url)
+        sessions = session_factory(self._engine)
+        kek = load_kek(kek_b64=s.kek, kek_file=s.kek_file, data_dir=s.data_dir)
+        async with sessions() as session, session.begin():
+            self.signer = await ensure_signing_key(session, kek)
+        self._write_trust_key(self.signer)
+
+        publisher = SnapshotPublisher(self.signer, s.snapshot_ttl, s.scope)
+        uow = UnitOfWork(sessions, publisher)
+        await self._first_snapshot(uow)
+
+        # LISTEN needs a plain libpq URL.
+        self.broker = SnapshotBroker(
+            sessions,
+            self.database_url.replace("postgresql+psycopg://", "postgresql://", 1),
+            debounce=s.debounce,
+        )
+        await self.broker.start()
+        broker = self.broker
+        # NOTIFY brings it back too, but a local kick saves a round trip.
+        uow.after_commit.append(lambda _published: broker.kick())
+
+        nodes = NodeService(sessions)
+        self.admin = AdminService(sessions)
+        self.sync = ConfigSyncServicer(self.broker, nodes)
+        admin_servicer = AdminServicer(
+            tenants=TenantService(uow),
+            keys=ApiKeyService(uow),
+            providers=ProviderService(uow),
+            models=ModelService(uow),
+            policies=PolicyService(uow),
+            nodes=nodes,
+            snapshots=SnapshotService(uow),
+        )
+        self._server = grpc.aio.server(interceptors=[AdminInterceptor(self.admin)])
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, self._server)
+        sync_pb2_grpc.add_ConfigSyncServiceServicer_to_server(self.sync, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        port = self._server.add_insecure_port(s.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {s.listen}")
+        host = s.listen.rsplit(":", 1)[0]
+        self.address = f"{host}:{port}"
+        await self._server.start()
+        for service in (
+            "",
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            sync_pb2.DESCRIPTOR.services_by_name["ConfigSyncService"].full_name,
+        ):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("control plane serving on %s (signing key %s)", self.address, self.signer.key_id)
+
+    async def _first_snapshot(self, uow: UnitOfWork) -> None:
+        async with uow.sessions() as session:
+            if await snapshot_repo.latest(session) is not None:
+                return
+        async with uow.sessions() as session, session.begin():
+            await lock_config(session)
+            if await snapshot_repo.latest(session) is None:
+                await uow.publisher.publish(session, actor=SYSTEM.actor, reason="initial snapshot")
+
+    def _write_trust_key(self, signer: Signer) -> None:
+        path = self.trust_key_path
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(signer.public_pem())
+        os.replace(tmp, path)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """End sync streams, drain in-flight calls, release the database. Idempotent."""
+        with contextlib.suppress(Exception):
+            await self._health.enter_graceful_shutdown()
+        if self.broker is not None:
+            # Ends every sync stream with OK, so nodes reconnect (elsewhere) at once.
+            await self.broker.close()
+        if self._server is not None:
+            await self._server.stop(self.settings.drain_grace if grace is None else grace)
+            self._server = None
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+            self._embedded = None
+
+    async def wait(self) -> None:
+        """Until the server stops."""
+        if self._server is not None:
+            await self._server.wait_for_termination()

@@ -1,0 +1,1 @@
+"""Queries over one ``AsyncSession``; the caller (a service) owns the transaction."""

@@ -1,0 +1,23 @@
+"""Data-plane nodes as seen through config sync."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.db.models import Node, NodeNack
+
+
+async def get(session: AsyncSession, node_id: str, *, for_update: bool = False) -> Node | None:
+    return await session.get(Node, node_id, with_for_update=for_update)
+
+
+async def list_all(session: AsyncSession) -> Sequence[Node]:
+    return (await session.scalars(select(Node).order_by(Node.node_id))).all()
+
+
+async def nacked(session: AsyncSession, node_id: str) -> set[tuple[int, bytes]]:
+    rows = await session.execute(select(NodeNack.version, NodeNack.sha256).where(NodeNack.node_id == node_id))
+    return {(version, bytes(digest)) for version, digest in rows}

@@ -1,0 +1,81 @@
+"""Tenants' API keys: the secret is returned once and only its SHA-256 is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from controlplane.db.models import ApiKey
+from controlplane.errors import InvalidArgument, NotFound
+from controlplane.repositories import config as repo
+from controlplane.services.base import Caller, UnitOfWork
+
+API_KEY_PREFIX = "sbx_"
+# Enough of the key to recognise it in a list, far too little to guess the rest.
+VISIBLE_PREFIX_CHARS = 12
+
+
+def new_api_key_secret() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def secret_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+@dataclass(slots=True)
+class ApiKeyService:
+    uow: UnitOfWork
+
+    async def create(
+        self,
+        caller: Caller,
+        *,
+        tenant: str,
+        name: str = "",
+        scopes: Sequence[str] = (),
+        expires_at: datetime | None = None,
+    ) -> tuple[ApiKey, str, int]:
+        """Create a key; returns (row, secret, snapshot version). The secret is not kept."""
+        if not tenant:
+            raise InvalidArgument("tenant", "must not be empty")
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            raise InvalidArgument("expires_at", "must be in the future")
+        if any(not s for s in scopes):
+            raise InvalidArgument("scopes", "must not contain empty scopes")
+        secret = new_api_key_secret()
+        async with self.uow.change(caller, f"create api key for {tenant}") as change:
+            row = await repo.get_tenant(change.session, tenant)
+            if row is None:
+                raise NotFound("tenant", tenant)
+            key = ApiKey(
+                tenant_id=row.id,
+                name=name,
+                prefix=secret[:VISIBLE_PREFIX_CHARS],
+                secret_sha256=secret_digest(secret),
+                scopes=list(scopes),
+                expires_at=expires_at,
+            )
+            change.session.add(key)
+        return key, secret, change.version
+
+    async def list(self, tenant: str = "") -> Sequence[ApiKey]:
+        async with self.uow.read() as session:
+            tenant_id = None
+            if tenant:
+                row = await repo.get_tenant(session, tenant)
+                if row is None:
+                    raise NotFound("tenant", tenant)
+                tenant_id = row.id
+            return await repo.list_api_keys(session, tenant_id)
+
+    async def delete(self, caller: Caller, key_id: str) -> int:
+        async with self.uow.change(caller, f"delete api key {key_id}") as change:
+            key = await repo.get_api_key(change.session, key_id)
+            if key is None:
+                raise NotFound("api key", key_id)
+            await change.session.delete(key)
+        return change.version

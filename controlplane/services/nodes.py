@@ -1,0 +1,93 @@
+"""Data-plane nodes: Hello, ACK and NACK from config sync; status for ListNodes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane.db.models import Node, NodeNack
+from controlplane.repositories import nodes as repo
+
+# Reasons come from nodes; keep what is stored bounded.
+MAX_REASON_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHello:
+    node_id: str
+    software_version: str
+    mode: int
+    scope: dict[str, Any]
+    applied_version: int
+    applied_hash: bytes
+
+
+@dataclass(slots=True)
+class NodeService:
+    sessions: async_sessionmaker[AsyncSession]
+
+    async def hello(self, hello: NodeHello) -> Node:
+        """Record a (re)connecting node; returns its row, including its last NACK."""
+        now = datetime.now(UTC)
+        async with self.sessions() as session, session.begin():
+            node = await repo.get(session, hello.node_id, for_update=True)
+            if node is None:
+                node = Node(node_id=hello.node_id, first_seen_at=now)
+                session.add(node)
+            node.software_version = hello.software_version
+            node.mode = hello.mode
+            node.scope = hello.scope
+            node.applied_version = hello.applied_version
+            node.applied_hash = hello.applied_hash
+            node.connected = True
+            node.last_seen_at = now
+        return node
+
+    async def ack(self, node_id: str, version: int, sha256: bytes) -> None:
+        now = datetime.now(UTC)
+        async with self.sessions() as session, session.begin():
+            node = await repo.get(session, node_id, for_update=True)
+            if node is None:
+                return
+            # An old ACK arriving late must not move the applied version backwards.
+            if version >= node.applied_version:
+                node.applied_version = version
+                node.applied_hash = sha256
+            node.last_ack_version = version
+            node.last_ack_at = now
+            node.last_seen_at = now
+
+    async def nack(self, node_id: str, version: int, sha256: bytes, reason: str) -> None:
+        now = datetime.now(UTC)
+        async with self.sessions() as session, session.begin():
+            node = await repo.get(session, node_id, for_update=True)
+            if node is None:
+                return
+            node.last_nack_version = version
+            node.last_nack_hash = sha256
+            node.last_nack_reason = reason[:MAX_REASON_CHARS]
+            node.last_nack_at = now
+            node.last_seen_at = now
+            session.add(
+                NodeNack(node_id=node_id, version=version, sha256=sha256, reason=reason[:MAX_REASON_CHARS])
+            )
+
+    async def refused(self, node_id: str) -> set[tuple[int, bytes]]:
+        """Every (version, payload hash) the node has NACKed: never send those again."""
+        async with self.sessions() as session:
+            return await repo.nacked(session, node_id)
+
+    async def disconnected(self, node_id: str) -> None:
+        async with self.sessions() as session, session.begin():
+            node = await repo.get(session, node_id, for_update=True)
+            if node is not None:
+                node.connected = False
+                node.last_seen_at = datetime.now(UTC)
+
+    async def list(self) -> Sequence[Node]:
+        async with self.sessions() as session:
+            return await repo.list_all(session)

@@ -1,0 +1,112 @@
+"""Routing policies: every version kept, the newest one per tenant in the snapshot."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from controlplane.db.models import Policy
+from controlplane.errors import ConfigRejected, InvalidArgument, NotFound
+from controlplane.repositories import config as repo
+from controlplane.services.base import Caller, UnitOfWork
+
+_DOCUMENT_PATH = re.compile(r"^\$\.policies\[\d+\]\.document")
+
+
+def canonical_json(document: Any) -> str:
+    """Sorted keys, no whitespace: equal documents are equal strings."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def parse_document(text: str) -> str:
+    """YAML or JSON text (JSON is YAML) -> canonical JSON of an object."""
+    if not text.strip():
+        raise InvalidArgument("document", "must not be empty")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidArgument("document", f"not valid YAML or JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidArgument("document", "a policy document must be an object")
+    try:
+        return canonical_json(document)
+    except (TypeError, ValueError) as exc:
+        # YAML can express values JSON cannot (dates, sets, NaN).
+        raise InvalidArgument("document", f"not representable as JSON: {exc}") from exc
+
+
+@dataclass(slots=True)
+class PolicyService:
+    uow: UnitOfWork
+
+    async def _tenant_id(self, session: Any, tenant: str) -> uuid.UUID | None:
+        if not tenant:
+            return None
+        row = await repo.get_tenant(session, tenant)
+        if row is None:
+            raise NotFound("tenant", tenant)
+        return row.id
+
+    async def apply(self, caller: Caller, *, tenant: str, document: str) -> tuple[Policy, int]:
+        """Store a new version if the config with it compiles; otherwise store nothing."""
+        document_json = parse_document(document)
+        try:
+            async with self.uow.change(caller, f"apply policy {tenant or '(default)'}") as change:
+                tenant_id = await self._tenant_id(change.session, tenant)
+                latest = await repo.latest_policy(change.session, tenant_id)
+                row = Policy(
+                    tenant_id=tenant_id,
+                    version=(latest.version if latest is not None else 0) + 1,
+                    document_json=document_json,
+                    deleted=False,
+                    created_by=caller.actor,
+                )
+                change.session.add(row)
+        except ConfigRejected as exc:
+            # Report the problem as a path inside the submitted document.
+            if match := _DOCUMENT_PATH.match(exc.field):
+                raise InvalidArgument("document" + exc.field[match.end() :], exc.problem) from exc
+            raise
+        return row, change.version
+
+    async def get(self, tenant: str, version: int = 0) -> Policy:
+        async with self.uow.read() as session:
+            tenant_id = await self._tenant_id(session, tenant)
+            history = await repo.policy_history(session, tenant_id)
+        label = f"policy of {tenant!r}" if tenant else "platform default policy"
+        if version:
+            for row in history:
+                if row.version == version and not row.deleted:
+                    return row
+            raise NotFound(label, f"version {version}")
+        if not history or history[-1].deleted:
+            raise NotFound(label, "current")
+        return history[-1]
+
+    async def history(self, tenant: str) -> Sequence[Policy]:
+        async with self.uow.read() as session:
+            return await repo.policy_history(session, await self._tenant_id(session, tenant))
+
+    async def delete(self, caller: Caller, tenant: str) -> int:
+        """Record a deletion as a new version; earlier versions stay in the history."""
+        async with self.uow.change(caller, f"delete policy {tenant or '(default)'}") as change:
+            tenant_id = await self._tenant_id(change.session, tenant)
+            latest = await repo.latest_policy(change.session, tenant_id)
+            if latest is None or latest.deleted:
+                raise NotFound("policy" if tenant else "platform default policy", tenant or "default")
+            change.session.add(
+                Policy(
+                    tenant_id=tenant_id,
+                    version=latest.version + 1,
+                    document_json="{}",
+                    deleted=True,
+                    created_by=caller.actor,
+                )
+            )
+        return change.version

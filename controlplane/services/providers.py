@@ -1,0 +1,116 @@
+"""Providers: upstream endpoints, with credentials only as references."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from controlplane.db.models import Provider
+from controlplane.errors import AlreadyExists, InvalidArgument, NotFound, StillReferenced
+from controlplane.repositories import config as repo
+from controlplane.services.base import Caller, UnitOfWork, check_name, check_str_map
+from dataplane.providers.base import adapter_types
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LOCATIONS = range(0, 4)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """A provider as the admin describes it."""
+
+    name: str
+    type: str
+    base_url: str = ""
+    credential_env: str = ""
+    """Name of the environment variable holding the credential on the node."""
+    credential_file: str = ""
+    """Path of the file holding the credential on the node."""
+    settings: dict[str, str] = field(default_factory=dict)
+    timeout_ms: int = 0
+    location: int = 0
+    site: str = ""
+    region: str = ""
+    jurisdiction: str = ""
+
+    def validate(self) -> None:
+        check_name("provider.name", self.name)
+        known = adapter_types()
+        if self.type not in known:
+            raise InvalidArgument(
+                "provider.type", f"unknown provider type {self.type!r} (known: {', '.join(sorted(known))})"
+            )
+        if self.base_url:
+            parts = urlsplit(self.base_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise InvalidArgument("provider.base_url", "must be an http:// or https:// URL")
+            if parts.username or parts.password:
+                raise InvalidArgument("provider.base_url", "must not carry credentials; use credential")
+        if self.credential_env and self.credential_file:
+            raise InvalidArgument("provider.credential", "set either env or file, not both")
+        if self.credential_env and not ENV_NAME_RE.match(self.credential_env):
+            raise InvalidArgument("provider.credential.env", "must be an environment variable name")
+        if self.location not in LOCATIONS:
+            raise InvalidArgument("provider.location", f"unknown location {self.location}")
+        check_str_map("provider.settings", self.settings)
+
+    def apply_to(self, row: Provider) -> None:
+        row.name = self.name
+        row.type = self.type
+        row.base_url = self.base_url
+        row.credential_env = self.credential_env
+        row.credential_file = self.credential_file
+        row.settings = dict(self.settings)
+        row.timeout_ms = self.timeout_ms
+        row.location = self.location
+        row.site = self.site
+        row.region = self.region
+        row.jurisdiction = self.jurisdiction
+
+
+@dataclass(slots=True)
+class ProviderService:
+    uow: UnitOfWork
+
+    async def create(self, caller: Caller, spec: ProviderSpec) -> tuple[Provider, int]:
+        spec.validate()
+        async with self.uow.change(caller, f"create provider {spec.name}") as change:
+            if await repo.get_provider(change.session, spec.name) is not None:
+                raise AlreadyExists("provider", spec.name)
+            row = Provider()
+            spec.apply_to(row)
+            change.session.add(row)
+        return row, change.version
+
+    async def list(self) -> Sequence[Provider]:
+        async with self.uow.read() as session:
+            return await repo.list_providers(session)
+
+    async def update(self, caller: Caller, ref: str, spec: ProviderSpec) -> tuple[Provider, int]:
+        """Replace the provider addressed by ``ref`` (id or name) with ``spec``."""
+        spec.validate()
+        async with self.uow.change(caller, f"update provider {ref}") as change:
+            row = await repo.get_provider(change.session, ref)
+            if row is None:
+                raise NotFound("provider", ref)
+            if spec.name != row.name:
+                other = await repo.get_provider(change.session, spec.name)
+                if other is not None and other.id != row.id:
+                    raise AlreadyExists("provider", spec.name)
+            spec.apply_to(row)
+        return row, change.version
+
+    async def delete(self, caller: Caller, ref: str) -> int:
+        async with self.uow.change(caller, f"delete provider {ref}") as change:
+            row = await repo.get_provider(change.session, ref)
+            if row is None:
+                raise NotFound("provider", ref)
+            users = await repo.models_using_provider(change.session, row.id)
+            if users:
+                raise StillReferenced(
+                    f"provider {row.name!r}", "model " + ", ".join(repr(alias) for alias in users)
+                )
+            await change.session.delete(row)
+        return change.version

@@ -1,0 +1,37 @@
+"""Reading stored snapshots and dry-running routing against the newest one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controlplane.db.models import Snapshot
+from controlplane.errors import NotFound
+from controlplane.repositories import config as config_repo
+from controlplane.repositories import snapshots as repo
+from controlplane.services.base import UnitOfWork
+from dataplane.config.compile import compile_payload
+from dataplane.config.model import RuntimeConfig, TenantConfig
+
+
+@dataclass(slots=True)
+class SnapshotService:
+    uow: UnitOfWork
+
+    async def get(self, version: int = 0) -> Snapshot:
+        """A stored snapshot; 0 for the newest."""
+        async with self.uow.read() as session:
+            row = await (repo.get(session, version) if version else repo.latest(session))
+        if row is None:
+            raise NotFound("snapshot", str(version) if version else "latest")
+        return row
+
+    async def runtime_for(self, tenant: str) -> tuple[RuntimeConfig, TenantConfig]:
+        """The newest snapshot compiled as a node would, and the tenant in it."""
+        row = await self.get(0)
+        config = compile_payload(bytes(row.payload))
+        async with self.uow.read() as session:
+            tenant_row = await config_repo.get_tenant(session, tenant)
+        found = config.tenants.get(str(tenant_row.id)) if tenant_row is not None else None
+        if found is None:
+            raise NotFound("tenant", tenant)
+        return config, found

@@ -1,0 +1,6 @@
+"""Snapshots: compile from the DB, check, sign, store, publish; fan out to nodes.
+
+build.py      DB rows -> ``Snapshot`` protobuf (the one conversion)
+publish.py    allocate version, check with the data-plane compiler, sign, store, NOTIFY
+broker.py     per replica: LISTEN for new versions, debounce, wake subscribed streams
+"""

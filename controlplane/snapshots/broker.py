@@ -1,0 +1,151 @@
+"""Per-replica fan-out of the newest snapshot to the sync streams connected here.
+
+Replicas never talk to each other: each one LISTENs on a Postgres channel, and
+on a notification (debounced, so a burst of changes becomes one push) reloads
+the newest envelope from the database and wakes every subscribed stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane.repositories import snapshots as snapshot_repo
+from controlplane.snapshots.publish import NOTIFY_CHANNEL
+from signalbox.api.config.v1 import snapshot_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Latest:
+    """The newest stored snapshot as sent to nodes."""
+
+    version: int
+    sha256: bytes
+    envelope: snapshot_pb2.SignedEnvelope
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """One sync stream's inbox: ``None`` wakes it to look at ``broker.latest``;
+    an envelope is a test-injected one to send as is; ``CLOSED`` ends the stream."""
+
+    queue: asyncio.Queue[snapshot_pb2.SignedEnvelope | object | None] = field(default_factory=asyncio.Queue)
+    node_id: str = ""
+
+
+CLOSED = object()
+
+
+class SnapshotBroker:
+    """Holds the newest envelope and wakes subscribers when it changes."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        listen_url: str,
+        *,
+        debounce: float = 0.05,
+        reconnect_backoff: float = 1.0,
+    ) -> None:
+        self._sessions = sessions
+        self._listen_url = listen_url
+        self._debounce = debounce
+        self._reconnect_backoff = reconnect_backoff
+        self._subscribers: set[Subscription] = set()
+        self._latest: Latest | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._pending: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._closed = False
+        self.on_update: list[Callable[[Latest], None]] = []
+
+    @property
+    def latest(self) -> Latest | None:
+        return self._latest
+
+    async def start(self) -> None:
+        """Load the newest snapshot and start listening; returns once LISTEN is active."""
+        await self.refresh()
+        self._listener = asyncio.create_task(self._listen(), name="snapshot-listener")
+        await self._listening.wait()
+
+    async def close(self) -> None:
+        """Stop listening and end every subscribed stream."""
+        self._closed = True
+        for task in (self._listener, self._pending):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for sub in list(self._subscribers):
+            sub.queue.put_nowait(CLOSED)
+
+    def subscribe(self, node_id: str) -> Subscription:
+        sub = Subscription(node_id=node_id)
+        if self._closed:
+            sub.queue.put_nowait(CLOSED)
+        self._subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
+
+    def inject(self, envelope: snapshot_pb2.SignedEnvelope, node_id: str | None = None) -> int:
+        """Test hook: send ``envelope`` as is to the streams of ``node_id`` (all when None).
+
+        Returns how many streams got it. Lets tests feed nodes tampered, replayed or
+        foreign-signed envelopes through the real sync path.
+        """
+        count = 0
+        for sub in self._subscribers:
+            if node_id is None or sub.node_id == node_id:
+                sub.queue.put_nowait(envelope)
+                count += 1
+        return count
+
+    def kick(self) -> None:
+        """Something changed: reload after the debounce interval (once per burst)."""
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.create_task(self._debounced_refresh(), name="snapshot-refresh")
+
+    async def _debounced_refresh(self) -> None:
+        await asyncio.sleep(self._debounce)
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Reload the newest envelope; wake subscribers if it is newer than what we hold."""
+        async with self._sessions() as session:
+            row = await snapshot_repo.latest(session)
+        if row is None or (self._latest is not None and row.version <= self._latest.version):
+            return
+        envelope = snapshot_pb2.SignedEnvelope()
+        envelope.ParseFromString(row.envelope)
+        self._latest = Latest(row.version, bytes(row.sha256), envelope)
+        for callback in self.on_update:
+            callback(self._latest)
+        for sub in self._subscribers:
+            sub.queue.put_nowait(None)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._listen_url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    if self._listening.is_set():
+                        # Reconnected: notifications may have been missed meanwhile.
+                        self.kick()
+                    self._listening.set()
+                    async for _ in conn.notifies():
+                        self.kick()
+            except psycopg.OperationalError as exc:
+                self._listening.set()
+                log.warning("snapshot listener lost its connection (%s); reconnecting", exc)
+                await asyncio.sleep(self._reconnect_backoff)

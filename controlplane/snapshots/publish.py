@@ -1,0 +1,90 @@
+"""Turn the current database state into a new signed, stored, announced snapshot.
+
+Runs inside the admin call's transaction, after its change: if the candidate
+does not compile with the data plane's own compiler, nothing is signed and the
+whole transaction rolls back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.db.models import Snapshot
+from controlplane.errors import ConfigRejected
+from controlplane.keys import Signer, trusted_keys
+from controlplane.repositories import snapshots as snapshot_repo
+from controlplane.snapshots.build import build_snapshot
+from dataplane.config.compile import SnapshotInvalid, compile_payload
+from dataplane.config.model import RuntimeConfig
+from signalbox.api.config.v1 import snapshot_pb2
+
+NOTIFY_CHANNEL = "signalbox_snapshots"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedSnapshot:
+    """A stored snapshot: its version, payload hash and the exact envelope bytes."""
+
+    version: int
+    sha256: bytes
+    envelope: bytes
+    created_at: datetime
+
+
+def check(payload: bytes) -> RuntimeConfig:
+    """Compile the exact payload bytes as a node would; ``ConfigRejected`` names the path."""
+    try:
+        return compile_payload(payload)
+    except SnapshotInvalid as exc:
+        raise ConfigRejected(exc.path, exc.message) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPublisher:
+    """Builds, checks, signs, stores and announces snapshots."""
+
+    signer: Signer
+    ttl: timedelta
+    scope: snapshot_pb2.Scope
+
+    async def publish(self, session: AsyncSession, *, actor: str, reason: str) -> PublishedSnapshot:
+        """Store the next version; the caller holds the config lock and commits."""
+        previous = await snapshot_repo.latest(session)
+        version = (previous.version if previous is not None else 0) + 1
+        now = datetime.now(UTC)
+        snapshot = await build_snapshot(
+            session,
+            version=version,
+            previous_hash=bytes(previous.sha256) if previous is not None else b"",
+            created_at=now,
+            expires_at=now + self.ttl,
+            scope=self.scope,
+            trusted=await trusted_keys(session),
+        )
+        # Serialized once: these exact bytes are checked, hashed, signed and stored.
+        payload = snapshot.SerializeToString(deterministic=True)
+        check(payload)
+        digest = hashlib.sha256(payload).digest()
+        envelope = self.signer.sign(payload).SerializeToString(deterministic=True)
+        session.add(
+            Snapshot(
+                version=version,
+                payload=payload,
+                envelope=envelope,
+                sha256=digest,
+                previous_hash=snapshot.previous_hash,
+                signing_key_id=self.signer.key_id,
+                created_at=now,
+                created_by=actor,
+                reason=reason,
+            )
+        )
+        await session.flush()
+        # Delivered at commit, to every replica LISTENing, this one included.
+        await session.execute(text("SELECT pg_notify(:c, :v)"), {"c": NOTIFY_CHANNEL, "v": str(version)})
+        return PublishedSnapshot(version, digest, envelope, now)

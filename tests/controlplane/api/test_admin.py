@@ -1,0 +1,350 @@
+"""AdminService over a real gRPC server and a real database."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from dataplane.config.envelope import verify
+from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.infer.v1 import infer_pb2
+from tests.controlplane.conftest import Admin
+from tests.fixtures.postgres import RunningControlPlane
+
+
+def _rows(database_url: str, sql: str) -> list[sa.Row[tuple[object, ...]]]:
+    engine = sa.create_engine(database_url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(sql)))
+    finally:
+        engine.dispose()
+
+
+async def _code(awaitable: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await awaitable  # type: ignore[misc]
+    return info.value.code(), info.value.details() or ""
+
+
+# ---- authentication and audit ----
+
+
+@pytest.mark.parametrize(
+    "metadata", [(), (("authorization", "Bearer sbxadm_wrong"),), (("authorization", "Basic x"),)]
+)
+async def test_calls_without_a_valid_admin_token_are_unauthenticated(
+    control_plane: RunningControlPlane, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    async with grpc.aio.insecure_channel(control_plane.address) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        code, _ = await _code(stub.ListTenants(admin_pb2.ListTenantsRequest(), metadata=metadata, timeout=10))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_every_call_is_audited_with_who_what_and_result(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+    await _code(admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme")))
+    async with grpc.aio.insecure_channel(control_plane.address) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        await _code(stub.GetTenant(admin_pb2.GetTenantRequest(tenant="acme"), timeout=10))
+    rows = _rows(
+        control_plane.database_url, "SELECT actor, method, target, result FROM audit_log ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("admin:tests", "CreateTenant", "name=acme", "OK"),
+        ("admin:tests", "CreateTenant", "name=acme", "ALREADY_EXISTS"),
+        ("anonymous", "GetTenant", "tenant=acme", "UNAUTHENTICATED"),
+    ]
+
+
+# ---- tenants ----
+
+
+async def test_tenant_crud(admin: Admin) -> None:
+    created = await admin.CreateTenant(
+        admin_pb2.CreateTenantRequest(name="acme", tier="gold", labels={"region": "eu"})
+    )
+    assert created.id
+    assert created.active
+    assert created.tier == "gold"
+    assert (await admin.GetTenant(admin_pb2.GetTenantRequest(tenant=created.id))).name == "acme"
+    assert (await admin.GetTenant(admin_pb2.GetTenantRequest(tenant="acme"))).id == created.id
+
+    updated = await admin.UpdateTenant(
+        admin_pb2.UpdateTenantRequest(tenant="acme", active=False, labels={"team": "ml"})
+    )
+    assert not updated.active
+    assert updated.tier == "gold"
+    assert dict(updated.labels) == {"region": "eu", "team": "ml"}
+    replaced = await admin.UpdateTenant(
+        admin_pb2.UpdateTenantRequest(tenant="acme", labels={"x": "y"}, replace_labels=True)
+    )
+    assert dict(replaced.labels) == {"x": "y"}
+
+    listed = await admin.ListTenants(admin_pb2.ListTenantsRequest())
+    assert [t.name for t in listed.tenants] == ["acme"]
+    deleted = await admin.DeleteTenant(admin_pb2.DeleteTenantRequest(tenant="acme"))
+    assert deleted.snapshot_version > 0
+    code, _ = await _code(admin.GetTenant(admin_pb2.GetTenantRequest(tenant="acme")))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_tenant_errors_name_the_field(admin: Admin) -> None:
+    code, message = await _code(admin.CreateTenant(admin_pb2.CreateTenantRequest(name="")))
+    assert (code, message.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "name")
+    code, message = await _code(admin.CreateTenant(admin_pb2.CreateTenantRequest(name="has space")))
+    assert (code, message.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "name")
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+    code, _ = await _code(admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme")))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    for call in (
+        admin.UpdateTenant(admin_pb2.UpdateTenantRequest(tenant="nope", tier="x")),
+        admin.DeleteTenant(admin_pb2.DeleteTenantRequest(tenant="nope")),
+    ):
+        code, message = await _code(call)
+        assert code == grpc.StatusCode.NOT_FOUND
+        assert "nope" in message
+
+
+# ---- API keys ----
+
+
+async def test_api_key_secret_is_returned_once_and_stored_only_as_a_hash(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+    created = await admin.CreateApiKey(
+        admin_pb2.CreateApiKeyRequest(tenant="acme", name="ci", scopes=["infer"])
+    )
+    assert created.secret.startswith("sbx_")
+    assert len(created.secret) > 30
+    assert created.secret.startswith(created.key.prefix)
+    assert len(created.key.prefix) < len(created.secret) // 2
+
+    listed = await admin.ListApiKeys(admin_pb2.ListApiKeysRequest(tenant="acme"))
+    assert [k.id for k in listed.keys] == [created.key.id]
+    assert created.secret not in str(listed)
+
+    (row,) = _rows(control_plane.database_url, "SELECT secret_sha256, prefix FROM api_keys")
+    assert bytes(row[0]) == hashlib.sha256(created.secret.encode()).digest()
+
+    envelope = await admin.ExportSnapshot(admin_pb2.ExportSnapshotRequest())
+    snapshot = snapshot_pb2.Snapshot.FromString(envelope.payload)
+    assert [bytes(k.secret_sha256) for k in snapshot.api_keys] == [bytes(row[0])]
+
+    await admin.DeleteApiKey(admin_pb2.DeleteApiKeyRequest(id=created.key.id))
+    assert not (await admin.ListApiKeys(admin_pb2.ListApiKeysRequest())).keys
+    code, _ = await _code(admin.DeleteApiKey(admin_pb2.DeleteApiKeyRequest(id=created.key.id)))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_api_key_for_unknown_tenant_is_not_found(admin: Admin) -> None:
+    code, _ = await _code(admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant="ghost")))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+# ---- providers and models ----
+
+
+async def test_provider_and_model_crud(admin: Admin) -> None:
+    await admin.seed()
+    providers = (await admin.ListProviders(admin_pb2.ListProvidersRequest())).providers
+    assert [(p.name, p.credential.env) for p in providers] == [("sim", "SIM_KEY")]
+    models = (await admin.ListModels(admin_pb2.ListModelsRequest())).models
+    assert [m.alias for m in models] == ["large", "small"]
+    assert models[0].deployments[0].provider == providers[0].id
+
+    updated = await admin.UpdateProvider(
+        admin_pb2.UpdateProviderRequest(
+            provider=admin_pb2.Provider(
+                name="sim", type="simulated", base_url="http://127.0.0.1:10/v1", timeout_ms=5000
+            )
+        )
+    )
+    assert updated.id == providers[0].id
+    assert updated.timeout_ms == 5000
+    assert not updated.credential.env
+
+    model = admin_pb2.Model(
+        alias="small",
+        context_window=8000,
+        deployments=[admin_pb2.Deployment(provider=providers[0].id, upstream_model="small-v2", weight=3)],
+    )
+    changed = await admin.UpdateModel(admin_pb2.UpdateModelRequest(model=model))
+    assert changed.context_window == 8000
+    assert [(d.upstream_model, d.weight) for d in changed.deployments] == [("small-v2", 3)]
+
+    await admin.DeleteModel(admin_pb2.DeleteModelRequest(model="small"))
+    await admin.DeleteModel(admin_pb2.DeleteModelRequest(model="large"))
+    await admin.DeleteProvider(admin_pb2.DeleteProviderRequest(provider="sim"))
+    assert not (await admin.ListProviders(admin_pb2.ListProvidersRequest())).providers
+
+
+async def test_provider_and_model_bad_input(admin: Admin) -> None:
+    bad = admin_pb2.Provider(name="p", type="no-such-adapter")
+    code, message = await _code(admin.CreateProvider(admin_pb2.CreateProviderRequest(provider=bad)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("provider.type:")
+    bad = admin_pb2.Provider(name="p", type="simulated", base_url="ftp://x")
+    code, message = await _code(admin.CreateProvider(admin_pb2.CreateProviderRequest(provider=bad)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("provider.base_url:")
+
+    no_deployments = admin_pb2.Model(alias="m")
+    code, message = await _code(admin.CreateModel(admin_pb2.CreateModelRequest(model=no_deployments)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("model.deployments:")
+    ghost = admin_pb2.Model(
+        alias="m", deployments=[admin_pb2.Deployment(provider="ghost", upstream_model="x")]
+    )
+    code, message = await _code(admin.CreateModel(admin_pb2.CreateModelRequest(model=ghost)))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "model.deployments[0].provider" in message
+
+
+async def test_deleting_what_is_still_referenced_names_the_referrer(admin: Admin) -> None:
+    await admin.seed()
+    code, message = await _code(admin.DeleteProvider(admin_pb2.DeleteProviderRequest(provider="sim")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "'large'" in message
+    assert "'small'" in message
+
+    await admin.ApplyPolicy(
+        admin_pb2.ApplyPolicyRequest(tenant="acme", document='{"default_model": "small"}')
+    )
+    before = await admin.latest_version()
+    code, message = await _code(admin.DeleteModel(admin_pb2.DeleteModelRequest(model="small")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "policy of tenant 'acme'" in message
+    assert await admin.latest_version() == before
+    assert len((await admin.ListModels(admin_pb2.ListModelsRequest())).models) == 2
+
+
+# ---- policies ----
+
+
+async def test_policy_apply_yaml_history_get_and_delete(admin: Admin) -> None:
+    await admin.seed()
+    first = await admin.ApplyPolicy(
+        admin_pb2.ApplyPolicyRequest(
+            tenant="acme", document="default_model: small\nallowed_models: [small, large]\n"
+        )
+    )
+    assert first.version == 1
+    assert first.created_by == "admin:tests"
+    assert first.document_json == json.dumps(
+        {"allowed_models": ["small", "large"], "default_model": "small"},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    second = await admin.ApplyPolicy(
+        admin_pb2.ApplyPolicyRequest(tenant="acme", document='{"default_model": "large"}')
+    )
+    assert second.version == 2
+    assert (await admin.GetPolicy(admin_pb2.GetPolicyRequest(tenant="acme"))).version == 2
+    assert (await admin.GetPolicy(admin_pb2.GetPolicyRequest(tenant="acme", version=1))).id == first.id
+
+    default = await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(document='{"default_model": "small"}'))
+    assert default.tenant_id == ""
+    assert default.version == 1
+
+    envelope = await admin.ExportSnapshot(admin_pb2.ExportSnapshotRequest())
+    snapshot = snapshot_pb2.Snapshot.FromString(envelope.payload)
+    assert sorted((p.tenant_id != "", p.version) for p in snapshot.policies) == [(False, 1), (True, 2)]
+
+    await admin.DeletePolicy(admin_pb2.DeletePolicyRequest(tenant="acme"))
+    code, _ = await _code(admin.GetPolicy(admin_pb2.GetPolicyRequest(tenant="acme")))
+    assert code == grpc.StatusCode.NOT_FOUND
+    history = await admin.ListPolicyHistory(admin_pb2.ListPolicyHistoryRequest(tenant="acme"))
+    assert [p.version for p in history.versions] == [1, 2, 3]
+    code, _ = await _code(admin.DeletePolicy(admin_pb2.DeletePolicyRequest(tenant="acme")))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        ('{"default_model": "ghost"}', "document.default_model"),
+        ('{"allowed_models": ["small", "ghost"]}', "document.allowed_models[1]"),
+        ("- just\n- a list\n", "document"),
+        ("{not: [valid", "document"),
+        ("", "document"),
+    ],
+)
+async def test_invalid_policy_names_the_path_and_stores_nothing(
+    admin: Admin, document: str, field: str
+) -> None:
+    await admin.seed()
+    before = await admin.latest_version()
+    code, message = await _code(
+        admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant="acme", document=document))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.split(":")[0] == field, message
+    assert await admin.latest_version() == before
+    history = await admin.ListPolicyHistory(admin_pb2.ListPolicyHistoryRequest(tenant="acme"))
+    assert not history.versions
+
+
+# ---- snapshots and routing ----
+
+
+async def test_every_change_is_a_new_signed_snapshot_chained_to_the_last(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    start = await admin.latest_version()
+    await admin.seed()
+    info = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())
+    assert info.version == start + 4  # tenant, provider, two models
+    assert info.signing_key_id == control_plane.key_id
+
+    envelope = await admin.ExportSnapshot(admin_pb2.ExportSnapshotRequest())
+    assert verify(envelope, {control_plane.key_id: control_plane.public_key}) == control_plane.key_id
+    assert hashlib.sha256(envelope.payload).digest() == info.payload_sha256
+    snapshot = snapshot_pb2.Snapshot.FromString(envelope.payload)
+    previous = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(version=info.version - 1))
+    assert snapshot.version == info.version
+    assert snapshot.previous_hash == previous.payload_sha256
+    assert snapshot.expires_at.ToSeconds() > snapshot.created_at.ToSeconds()
+    assert [k.key_id for k in snapshot.trusted_keys] == [control_plane.key_id]
+    assert [p.credential.env for p in snapshot.providers] == ["SIM_KEY"]
+    code, _ = await _code(admin.GetSnapshot(admin_pb2.GetSnapshotRequest(version=10_000)))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_explain_route_follows_the_current_policy(admin: Admin) -> None:
+    await admin.seed()
+    await admin.ApplyPolicy(
+        admin_pb2.ApplyPolicyRequest(tenant="acme", document='{"default_model": "large"}')
+    )
+    explained = await admin.ExplainRoute(
+        admin_pb2.ExplainRouteRequest(tenant="acme", request=infer_pb2.InferRequest())
+    )
+    assert explained.decision.chosen_model == "large"
+    assert explained.plan[0] == "large@sim"
+
+    await admin.ApplyPolicy(
+        admin_pb2.ApplyPolicyRequest(
+            tenant="acme", document='{"default_model": "small", "allowed_models": ["small"]}'
+        )
+    )
+    explained = await admin.ExplainRoute(
+        admin_pb2.ExplainRouteRequest(tenant="acme", request=infer_pb2.InferRequest())
+    )
+    assert explained.decision.chosen_model == "small"
+    code, _ = await _code(
+        admin.ExplainRoute(
+            admin_pb2.ExplainRouteRequest(tenant="acme", request=infer_pb2.InferRequest(model="large"))
+        )
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    code, _ = await _code(admin.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant="ghost")))
+    assert code == grpc.StatusCode.NOT_FOUND
