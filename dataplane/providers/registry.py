@@ -13,6 +13,7 @@ from .azure_openai import AzureOpenAIAdapter
 from .base import AdapterFactory, register
 from .gemini import GeminiAdapter
 from .mistral import MistralAdapter
+from .ollama import OllamaAdapter
 from .openai import OpenAIAdapter
 from .openai_compatible import OpenAICompatibleAdapter, SimulatedAdapter
 
@@ -22,6 +23,7 @@ BUILTIN_ADAPTERS: Mapping[str, AdapterFactory] = {
     GeminiAdapter.type_name: GeminiAdapter,
     MistralAdapter.type_name: MistralAdapter,
     AzureOpenAIAdapter.type_name: AzureOpenAIAdapter,
+    OllamaAdapter.type_name: OllamaAdapter,
     OpenAICompatibleAdapter.type_name: OpenAICompatibleAdapter,
     SimulatedAdapter.type_name: SimulatedAdapter,
 }

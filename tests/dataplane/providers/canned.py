@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .fakes import sse_event
+from .fakes import ndjson_line, sse_event
 
 # -- OpenAI-shaped canned answers (also what the simulator and compatible servers send) ----------
 
@@ -217,3 +217,56 @@ def gemini_error(
     return {
         "error": {"code": code, "message": message, "status": status, "details": [dict(d) for d in details]}
     }
+
+
+# -- Ollama native /api/chat ----------------------------------------------------------------------
+
+
+def ollama_response(
+    text: str = "Hello!",
+    *,
+    calls: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    done_reason: str = "stop",
+    prompt_eval_count: int = 12,
+    eval_count: int = 3,
+) -> dict[str, Any]:
+    """A final ``/api/chat`` object; ``calls`` are ``(name, arguments)`` with no ids."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = [{"function": {"name": n, "arguments": dict(a)}} for n, a in calls]
+    return {
+        "model": "llama-test",
+        "created_at": "2026-01-01T00:00:00Z",
+        "message": message,
+        "done": True,
+        "done_reason": done_reason,
+        "total_duration": 1000,
+        "prompt_eval_count": prompt_eval_count,
+        "eval_count": eval_count,
+    }
+
+
+def ollama_stream(
+    *pieces: str, calls: Sequence[tuple[str, Mapping[str, Any]]] = (), eval_count: int = 3
+) -> list[bytes]:
+    """NDJSON lines: one per text piece, one per call, then the ``done`` line with the counts."""
+    lines = [
+        ndjson_line({"model": "llama-test", "message": {"role": "assistant", "content": p}, "done": False})
+        for p in pieces
+    ]
+    lines += [
+        ndjson_line(
+            {
+                "model": "llama-test",
+                "message": {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"function": {"name": n, "arguments": dict(a)}}],
+                },
+                "done": False,
+            }
+        )
+        for n, a in calls
+    ]
+    lines.append(ndjson_line(ollama_response("", eval_count=eval_count)))
+    return lines
