@@ -41,7 +41,7 @@ def snapshot(
     base_url: str,
     *,
     deployment: str = "test",
-    allowed: Sequence[str] = ("sim-fast", "sim-smart"),
+    allowed: Sequence[str] = ("sim-fast", "sim-smart", "sim-embed"),
     default_model: str = "sim-fast",
     provider_type: str = "simulated",
     credential_env: str = "",
@@ -50,7 +50,8 @@ def snapshot(
     timeout_ms: int = 0,
 ) -> snapshot_pb2.Snapshot:
     """A complete, consistent snapshot: tenants acme (active) and dormant (inactive),
-    models sim-fast, sim-smart and sim-secret (not allowed for acme), one provider."""
+    models sim-fast, sim-smart, sim-embed and sim-secret (not allowed for acme), one provider.
+    Prices are nano-USD per million tokens."""
     snap = snapshot_pb2.Snapshot(version=version, scope=snapshot_pb2.Scope(deployment=deployment))
     snap.created_at.FromSeconds(1_700_000_000 + version)
     if expires_at is not None:
@@ -72,15 +73,16 @@ def snapshot(
     )
     if credential_env:
         provider.credential.env = credential_env
-    for alias, price_in, price_out in (
-        ("sim-fast", 100_000_000, 400_000_000),
-        ("sim-smart", 2_000_000_000, 8_000_000_000),
-        ("sim-secret", 1, 1),
+    for alias, price_in, price_out, caps in (
+        ("sim-fast", 100_000_000, 400_000_000, CHAT_CAPS),
+        ("sim-smart", 2_000_000_000, 8_000_000_000, CHAT_CAPS),
+        ("sim-secret", 1, 1, CHAT_CAPS),
+        ("sim-embed", 20_000_000, 0, (common_pb2.CAPABILITY_EMBEDDINGS,)),
     ):
         model = snap.models.add(
             id=f"m-{alias}",
             alias=alias,
-            capabilities=CHAT_CAPS,
+            capabilities=caps,
             context_window=128_000,
             max_output_tokens=max_output_tokens,
             input_price_nanos_per_mtok=price_in,
@@ -220,7 +222,9 @@ async def gated_upstream() -> AsyncIterator[GatedUpstream]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # handler_cancellation: the handler is cancelled when the caller hangs up, which
+    # is how a test sees that closing the node's stream closed the upstream request.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -1,0 +1,106 @@
+"""InferStream: start, deltas as the upstream produces them, end; cancelling closes the upstream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataplane.app import DataPlaneNode
+from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from signalbox.simulator import Behaviour
+from tests.dataplane.conftest import AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
+from tests.helpers import eventually
+
+
+async def _events(call: Any) -> list[infer_pb2.InferStreamEvent]:
+    events = []
+    while (event := await call.read()) is not grpc.aio.EOF:
+        events.append(event)
+    return events
+
+
+async def test_stream_start_deltas_end(infer_stub: infer_pb2_grpc.InferServiceStub) -> None:
+    call = infer_stub.InferStream(
+        chat("tell me a story", correlation_id="cid-stream"), metadata=AUTH, timeout=10
+    )
+    events = await _events(call)
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "start"
+    assert kinds[-1] == "end"
+    assert set(kinds[1:-1]) == {"delta"}
+    assert len(kinds) > 3
+    start, end = events[0].start, events[-1].end
+    assert start.correlation_id == "cid-stream"
+    assert start.model == "sim-fast"
+    text = "".join(e.delta.text for e in events[1:-1])
+    assert text
+    assert end.finish_reason == infer_pb2.FINISH_REASON_STOP
+    assert end.usage.output_tokens > 0
+    assert end.cost.total_nanos > 0
+    assert end.routing.chosen_model == "sim-fast"
+    assert end.evidence_id
+    assert end.snapshot_version == 1
+    assert ("x-correlation-id", "cid-stream") in tuple(await call.trailing_metadata() or ())
+
+
+async def test_stream_refusal_has_the_status_before_any_event(
+    infer_stub: infer_pb2_grpc.InferServiceStub,
+) -> None:
+    call = infer_stub.InferStream(chat(model="no-such-model"), metadata=AUTH, timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _events(call)
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_stream_upstream_500_is_unavailable(
+    infer_stub: infer_pb2_grpc.InferServiceStub, simulator: Any
+) -> None:
+    simulator.set_behaviour("sim-fast", Behaviour(fail_status=500))
+    call = infer_stub.InferStream(chat(correlation_id="cid-s500"), metadata=AUTH, timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _events(call)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "cid-s500" in (info.value.details() or "")
+
+
+@pytest.fixture
+async def gated_node(
+    start_node: NodeFactory, gated_upstream: GatedUpstream, signing_key: Ed25519PrivateKey
+) -> DataPlaneNode:
+    node = await start_node()
+    snap = snapshot(1, gated_upstream.base_url, provider_type="openai_compatible")
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    return node
+
+
+async def test_chunks_reach_the_caller_before_the_upstream_finishes(
+    gated_node: DataPlaneNode, gated_upstream: GatedUpstream
+) -> None:
+    async with grpc.aio.insecure_channel(gated_node.address) as channel:
+        call = infer_pb2_grpc.InferServiceStub(channel).InferStream(chat(), metadata=AUTH, timeout=10)
+        start = await call.read()
+        first = await call.read()
+        # The upstream is still holding its stream open: the delta was not buffered.
+        assert start.WhichOneof("event") == "start"
+        assert first.delta.text == "first "
+        assert not gated_upstream.finished.is_set()
+        gated_upstream.release.set()
+        rest = await _events(call)
+    assert "".join(e.delta.text for e in rest if e.HasField("delta")) == "second"
+    assert rest[-1].end.usage.output_tokens == 2
+
+
+async def test_cancelling_the_caller_stream_closes_the_upstream_stream(
+    gated_node: DataPlaneNode, gated_upstream: GatedUpstream
+) -> None:
+    async with grpc.aio.insecure_channel(gated_node.address) as channel:
+        call = infer_pb2_grpc.InferServiceStub(channel).InferStream(chat(), metadata=AUTH, timeout=10)
+        await call.read()
+        await call.read()
+        assert gated_upstream.first_sent.is_set()
+        call.cancel()
+        await eventually(gated_upstream.disconnected.is_set, message="upstream saw the hang-up")
+    assert not gated_upstream.finished.is_set()
