@@ -1,0 +1,353 @@
+"""Every adapter, one table: same request in, same normalized answer out, same failure behaviour.
+
+Each ``Wire`` row says how one provider answers "Hello!" and a
+``get_weather(city=Paris)`` call, plainly and streamed. The tests then
+assert what must hold whatever the provider: identical normalized results,
+the first chunk before the upstream finishes, closing or cancelling the
+stream closes the upstream connection, and bad upstream output ends in a
+``ProviderError`` quickly, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from dataplane.chat import ChatResponse, FinishReason, Role, StreamChunk
+from dataplane.errors import (
+    ProviderError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from dataplane.providers.base import ProviderAdapter, adapter_types
+from tests.helpers import eventually
+
+from . import canned
+from .fakes import (
+    ABORT,
+    HANG,
+    FakeUpstream,
+    Reply,
+    Step,
+    Wait,
+    closed_port_url,
+    json_reply,
+    ndjson_reply,
+    raw_reply,
+    sse_event,
+    sse_reply,
+)
+from .samples import ASK_WEATHER, HELLO, PARIS_ARGS
+from .streams import assemble, drain, make_adapter
+
+PARIS = {"city": "Paris"}
+
+
+@dataclass(frozen=True)
+class Wire:
+    """How one provider type says the two canonical answers."""
+
+    type_name: str
+    path: str
+    text: Callable[[], Reply]
+    tool: Callable[[], Reply]
+    text_stream: Callable[[Sequence[str]], list[bytes]]
+    tool_stream: Callable[[], list[bytes]]
+    stream_reply: Callable[..., Reply] = sse_reply
+    unknown_event: bytes = b""
+    """An event of a type this provider might add later; must be ignored."""
+    settings: dict[str, str] = field(default_factory=dict)
+
+    def adapter(self, base_url: str, client: httpx.AsyncClient) -> ProviderAdapter:
+        return make_adapter(self.type_name, base_url + self.path, client, settings=self.settings)
+
+
+def _openai_tool_stream() -> list[bytes]:
+    start = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    return [
+        sse_event(canned.openai_chunk({"role": "assistant", "content": None, "tool_calls": [start]})),
+        sse_event(
+            canned.openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]})
+        ),
+        sse_event(canned.openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]})),
+        sse_event(canned.openai_chunk({}, "tool_calls")),
+        sse_event(canned.openai_chunk(usage={"prompt_tokens": 12, "completion_tokens": 3})),
+        sse_event("[DONE]"),
+    ]
+
+
+def _openai_wire(type_name: str, path: str, **settings: str) -> Wire:
+    return Wire(
+        type_name=type_name,
+        path=path,
+        text=lambda: json_reply(canned.openai_completion("Hello!")),
+        tool=lambda: json_reply(
+            canned.openai_completion(
+                None, tool_calls=[("call_1", "get_weather", PARIS_ARGS)], finish_reason="tool_calls"
+            )
+        ),
+        text_stream=lambda pieces: canned.openai_text_stream(*pieces),
+        tool_stream=_openai_tool_stream,
+        unknown_event=sse_event(
+            {"object": "chat.completion.chunk", "choices": [], "usage": None}, event="novel"
+        ),
+        settings=dict(settings),
+    )
+
+
+WIRES: tuple[Wire, ...] = (
+    _openai_wire("openai", "/v1"),
+    _openai_wire("openai_compatible", "/v1"),
+    _openai_wire("simulated", "/v1"),
+    _openai_wire("azure_openai", "", api_version="2024-10-21"),
+    _openai_wire("mistral", "/v1"),
+    Wire(
+        type_name="anthropic",
+        path="",
+        text=lambda: json_reply(canned.anthropic_message("Hello!")),
+        tool=lambda: json_reply(
+            canned.anthropic_message(
+                None, tool_uses=[("toolu_1", "get_weather", PARIS)], stop_reason="tool_use"
+            )
+        ),
+        text_stream=lambda pieces: canned.anthropic_stream(*pieces),
+        tool_stream=lambda: canned.anthropic_stream(
+            tool_uses=[("toolu_1", "get_weather", ['{"city": ', '"Paris"}'])], stop_reason="tool_use"
+        ),
+        unknown_event=canned.anthropic_event({"type": "future_event", "data": {}}),
+    ),
+    Wire(
+        type_name="gemini",
+        path="/v1beta",
+        text=lambda: json_reply(canned.gemini_response("Hello!")),
+        tool=lambda: json_reply(canned.gemini_response(None, calls=[("get_weather", PARIS)])),
+        text_stream=lambda pieces: canned.gemini_stream(*pieces),
+        tool_stream=lambda: canned.gemini_stream(calls=[("get_weather", PARIS)]),
+        unknown_event=b": a comment line\n\n",
+    ),
+    Wire(
+        type_name="ollama",
+        path="",
+        text=lambda: json_reply(canned.ollama_response("Hello!")),
+        tool=lambda: json_reply(canned.ollama_response("", calls=[("get_weather", PARIS)])),
+        text_stream=lambda pieces: canned.ollama_stream(*pieces),
+        tool_stream=lambda: canned.ollama_stream(calls=[("get_weather", PARIS)]),
+        stream_reply=ndjson_reply,
+        unknown_event=b"\n",
+    ),
+)
+
+by_type = pytest.mark.parametrize("wire", WIRES, ids=[w.type_name for w in WIRES])
+
+
+def test_every_registered_type_is_covered() -> None:
+    assert adapter_types() == {w.type_name for w in WIRES}
+
+
+def _shape(response: ChatResponse) -> tuple[object, ...]:
+    calls = tuple((c.name, c.arguments, bool(c.id)) for c in response.message.tool_calls)
+    return (
+        response.message.role,
+        response.message.text,
+        calls,
+        response.finish_reason,
+        response.usage is not None,
+    )
+
+
+@by_type
+async def test_same_request_same_normalized_response(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    upstream.enqueue(wire.text(), wire.tool())
+    adapter = wire.adapter(upstream.base_url, client)
+    text = await adapter.complete("m", HELLO, timeout=5)
+    tool = await adapter.complete("m", ASK_WEATHER, timeout=5)
+    assert _shape(text) == (Role.ASSISTANT, "Hello!", (), FinishReason.STOP, True)
+    assert _shape(tool) == (
+        Role.ASSISTANT,
+        tool.message.text,
+        (("get_weather", PARIS_ARGS, True),),
+        FinishReason.TOOL_CALLS,
+        True,
+    )
+    assert tool.message.text == ""
+
+
+@by_type
+async def test_same_request_same_normalized_stream(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    upstream.enqueue(
+        wire.stream_reply(*wire.text_stream(["Hel", "lo!"])), wire.stream_reply(*wire.tool_stream())
+    )
+    adapter = wire.adapter(upstream.base_url, client)
+    text = assemble(await drain(adapter.stream("m", HELLO, timeout=5)))
+    tool = assemble(await drain(adapter.stream("m", ASK_WEATHER, timeout=5)))
+    assert (text.text, text.tool_calls, text.finish_reason, text.finish_count) == (
+        "Hello!",
+        {},
+        FinishReason.STOP,
+        1,
+    )
+    assert text.usage is not None
+    assert text.usage.input_tokens > 0
+    assert [(c["name"], c["arguments"]) for c in tool.tool_calls.values()] == [("get_weather", PARIS_ARGS)]
+    assert tool.finish_reason is FinishReason.TOOL_CALLS
+    assert tool.text == ""
+
+
+@by_type
+async def test_unknown_events_are_ignored(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    frames = wire.text_stream(["Hel", "lo!"])
+    upstream.enqueue(wire.stream_reply(frames[0], wire.unknown_event, *frames[1:]))
+    folded = assemble(await drain(wire.adapter(upstream.base_url, client).stream("m", HELLO, timeout=5)))
+    assert folded.text == "Hello!"
+
+
+def _through_first_piece(frames: list[bytes], piece: str) -> tuple[list[Step], list[Step]]:
+    """Split ``frames`` right after the frame that carries ``piece``."""
+    cut = next(i for i, f in enumerate(frames) if piece.encode() in f) + 1
+    return list(frames[:cut]), list(frames[cut:])
+
+
+async def _first_text(stream: object) -> StreamChunk:
+    assert hasattr(stream, "__anext__")
+    async with asyncio.timeout(5):
+        while True:
+            chunk: StreamChunk = await stream.__anext__()
+            if chunk.text:
+                return chunk
+
+
+@by_type
+async def test_first_chunk_arrives_before_the_upstream_finishes(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    release = asyncio.Event()
+    head, tail = _through_first_piece(wire.text_stream(["first", "second"]), "first")
+    upstream.enqueue(wire.stream_reply(*head, Wait(release), *tail))
+    stream = wire.adapter(upstream.base_url, client).stream("m", HELLO, timeout=5)
+    assert (await _first_text(stream)).text == "first"
+    release.set()
+    assert assemble(await drain(stream)).text == "second"
+
+
+@by_type
+async def test_closing_the_stream_closes_the_upstream(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    head, _ = _through_first_piece(wire.text_stream(["first", "second"]), "first")
+    upstream.enqueue(wire.stream_reply(*head, HANG))
+    stream = wire.adapter(upstream.base_url, client).stream("m", HELLO, timeout=30)
+    await _first_text(stream)
+    await stream.aclose()  # type: ignore[attr-defined]
+    await eventually(lambda: upstream.disconnects == 1, timeout=5, message="the upstream saw the disconnect")
+
+
+@by_type
+async def test_cancelling_the_consumer_closes_the_upstream(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    head, _ = _through_first_piece(wire.text_stream(["first", "second"]), "first")
+    upstream.enqueue(wire.stream_reply(*head, HANG))
+    got_text = asyncio.Event()
+
+    async def consume() -> None:
+        async for chunk in wire.adapter(upstream.base_url, client).stream("m", HELLO, timeout=30):
+            if chunk.text:
+                got_text.set()
+
+    task = asyncio.create_task(consume())
+    async with asyncio.timeout(5):
+        await got_text.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await eventually(lambda: upstream.disconnects == 1, timeout=5, message="the upstream saw the disconnect")
+
+
+@by_type
+async def test_truncated_json_body(wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+    body = bytes(wire.text().body[0])  # type: ignore[arg-type]
+    upstream.enqueue(
+        raw_reply(body[: len(body) // 2].decode()), raw_reply("<html>oops</html>", 200, "text/html")
+    )
+    adapter = wire.adapter(upstream.base_url, client)
+    with pytest.raises(UpstreamProtocolError):
+        await adapter.complete("m", HELLO, timeout=5)
+    with pytest.raises(UpstreamProtocolError):
+        await adapter.complete("m", HELLO, timeout=5)
+
+
+@by_type
+async def test_stream_ending_before_its_terminator(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    head, _ = _through_first_piece(wire.text_stream(["first", "second"]), "first")
+    upstream.enqueue(wire.stream_reply(*head))
+    received: list[StreamChunk] = []
+    with pytest.raises(UpstreamProtocolError):
+        await drain(wire.adapter(upstream.base_url, client).stream("m", HELLO, timeout=5), into=received)
+    assert assemble(received).text == "first"
+
+
+@by_type
+async def test_stream_broken_mid_event(wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+    head, tail = _through_first_piece(wire.text_stream(["first", "second"]), "first")
+    half = bytes(tail[0])  # type: ignore[arg-type]
+    upstream.enqueue(wire.stream_reply(*head, half[: len(half) // 2], ABORT))
+    with pytest.raises((UpstreamProtocolError, UpstreamUnavailable)):
+        await drain(wire.adapter(upstream.base_url, client).stream("m", HELLO, timeout=5))
+
+
+@by_type
+async def test_truncated_json_event(wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+    frames = wire.text_stream(["first", "second"])
+    broken = frames[0][: len(frames[0]) // 2].rstrip(b"\n") + b"\n\n"
+    upstream.enqueue(wire.stream_reply(broken, *frames[1:]))
+    with pytest.raises(UpstreamProtocolError):
+        await drain(wire.adapter(upstream.base_url, client).stream("m", HELLO, timeout=5))
+
+
+@by_type
+async def test_unreachable_and_silent_upstreams(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    refused = wire.adapter(closed_port_url(), client)
+    with pytest.raises(UpstreamUnavailable):
+        await refused.complete("m", HELLO, timeout=5)
+    with pytest.raises(UpstreamUnavailable):
+        await drain(refused.stream("m", HELLO, timeout=5))
+    upstream.enqueue(Reply(body=(HANG,)), wire.stream_reply(HANG))
+    silent = wire.adapter(upstream.base_url, client)
+    with pytest.raises(UpstreamTimeout):
+        await silent.complete("m", HELLO, timeout=0.2)
+    with pytest.raises(UpstreamTimeout):
+        await drain(silent.stream("m", HELLO, timeout=0.2))
+
+
+@by_type
+async def test_errors_never_carry_the_credential(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    from .streams import CREDENTIAL
+
+    upstream.enqueue(json_reply({"error": {"message": f"bad key {CREDENTIAL}", "code": 401}}, 401))
+    with pytest.raises(ProviderError) as caught:
+        await wire.adapter(upstream.base_url, client).complete("m", HELLO, timeout=5)
+    assert caught.value.kind == "auth"
+    assert CREDENTIAL not in str(caught.value)
+    assert CREDENTIAL not in (caught.value.body or "")
