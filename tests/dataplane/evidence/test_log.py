@@ -1,0 +1,152 @@
+"""Evidence: one chained record per request, served or refused; gap-free across restarts;
+tampering detected; no secrets or content."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataplane.evidence.log import EvidenceChainBroken, EvidenceLog, log_path, read_records, verify_chain
+from signalbox.api.infer.v1 import infer_pb2_grpc
+from tests.dataplane.conftest import API_KEY, AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
+from tests.helpers import eventually
+
+SECRET_PROMPT = "the launch code is swordfish-7781"
+
+
+async def test_one_record_per_request_served_or_refused(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    node = await start_node()
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        # Refused before any snapshot: still one record.
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Infer(chat(SECRET_PROMPT, correlation_id="cid-early"), metadata=AUTH, timeout=10)
+        assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
+        ok = await stub.Infer(chat(SECRET_PROMPT, correlation_id="cid-ok"), metadata=AUTH, timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Infer(chat(SECRET_PROMPT, correlation_id="cid-noauth"), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Infer(
+                chat(SECRET_PROMPT, correlation_id="cid-deny", model="sim-secret"), metadata=AUTH, timeout=10
+            )
+        events = [
+            e
+            async for e in stub.InferStream(
+                chat(SECRET_PROMPT, correlation_id="cid-stream"), metadata=AUTH, timeout=10
+            )
+        ]
+    path = log_path(tmp_path / "node", "node-test")
+    records = list(read_records(path))
+    assert [r["correlation_id"] for r in records] == [
+        "cid-early",
+        "cid-ok",
+        "cid-noauth",
+        "cid-deny",
+        "cid-stream",
+    ]
+    assert [r["outcome"]["code"] for r in records] == [
+        "UNAVAILABLE",
+        "OK",
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+        "OK",
+    ]
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
+    assert verify_chain(path).seq == 5
+
+    served = records[1]
+    assert served["record_id"] == ok.evidence_id
+    assert served["node_id"] == "node-test"
+    assert served["tenant_id"] == "t-acme"
+    assert served["api_key_id"] == "k-acme"
+    assert served["snapshot"]["version"] == 1
+    assert served["policy"] == {"id": "pol-acme", "version": 1}
+    assert served["routing"]["served_by"]["model"] == "sim-fast"
+    assert served["routing"]["attempts"][0]["outcome"] == "ok"
+    assert served["usage"]["output_tokens"] == ok.usage.output_tokens
+    assert served["cost"]["total_nanos"] == ok.cost.total_nanos
+    assert len(served["request_sha256"]) == 64
+    assert len(served["response_sha256"]) == 64
+    assert records[4]["record_id"] == events[-1].end.evidence_id
+    assert records[4]["kind"] == "stream"
+
+    text = path.read_text()
+    assert SECRET_PROMPT not in text
+    assert API_KEY not in text
+    assert ok.message.content[0].text not in text
+
+
+async def test_sequence_continues_across_restart(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    for expected_last in (2, 4):
+        node = await start_node()
+        if node.store.current is None:
+            assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            stub = infer_pb2_grpc.InferServiceStub(channel)
+            for _ in range(2):
+                await stub.Infer(chat(), metadata=AUTH, timeout=10)
+        await node.stop()
+        assert verify_chain(log_path(tmp_path / "node", "node-test")).seq == expected_last
+
+
+async def test_cancelled_stream_is_recorded(
+    start_node: NodeFactory, gated_upstream: GatedUpstream, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    node = await start_node()
+    snap = snapshot(1, gated_upstream.base_url, provider_type="openai_compatible")
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        call = infer_pb2_grpc.InferServiceStub(channel).InferStream(
+            chat(correlation_id="cid-gone"), metadata=AUTH, timeout=10
+        )
+        await call.read()
+        await call.read()
+        call.cancel()
+        path = log_path(tmp_path / "node", "node-test")
+        await eventually(
+            lambda: path.exists() and any(True for _ in read_records(path)), message="record written"
+        )
+    (record,) = read_records(path)
+    assert record["correlation_id"] == "cid-gone"
+    assert record["outcome"]["code"] == "CANCELLED"
+
+
+async def test_torn_last_line_is_cut_and_the_chain_continues(tmp_path: Path) -> None:
+    path = tmp_path / "n.jsonl"
+    async with EvidenceLog(path, "n") as log:
+        log.append({"x": 1})
+        log.append({"x": 2})
+    path.write_bytes(path.read_bytes() + b'{"record_id": "half-writ')
+    async with EvidenceLog(path, "n") as log:
+        assert log.head.seq == 2
+        log.append({"x": 3})
+    assert verify_chain(path).seq == 3
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete", "reorder"])
+async def test_tampering_is_detected(tamper: str, tmp_path: Path) -> None:
+    path = tmp_path / "n.jsonl"
+    async with EvidenceLog(path, "n") as log:
+        for i in range(4):
+            log.append({"x": i})
+    lines = path.read_bytes().splitlines(keepends=True)
+    if tamper == "edit":
+        record = json.loads(lines[1])
+        record["x"] = 99
+        lines[1] = json.dumps(record).encode() + b"\n"
+    elif tamper == "delete":
+        del lines[1]
+    else:
+        lines[1], lines[2] = lines[2], lines[1]
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(EvidenceChainBroken, match="line 2"):
+        verify_chain(path)

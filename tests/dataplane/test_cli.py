@@ -1,0 +1,92 @@
+"""``signalbox dataplane verify`` in process, ``signalbox dataplane serve`` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.infer.v1 import infer_pb2_grpc
+from signalbox.cli import main
+from tests.dataplane.conftest import AUTH, chat, envelope, snapshot
+
+
+def _pin(tmp_path: Path, key: Ed25519PrivateKey, base_url: str, version: int = 3) -> Path:
+    """An air-gapped site's pin: the upstream is inside site "lab"."""
+    snap = snapshot(version, base_url, deployment="")
+    snap.providers[0].location = snapshot_pb2.PROVIDER_LOCATION_SITE
+    snap.providers[0].site = "lab"
+    path = tmp_path / "site.snapshot"
+    path.write_bytes(envelope(snap, key).SerializeToString())
+    return path
+
+
+def test_verify_prints_version_and_hash(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pin = _pin(tmp_path, signing_key, "http://127.0.0.1:1")
+    assert main(["dataplane", "verify", "--snapshot", str(pin), "--trust-key", str(trust_key)]) == 0
+    out = capsys.readouterr().out
+    assert "version: 3" in out
+    assert re.search(r"sha256: [0-9a-f]{64}", out)
+
+
+def test_verify_fails_with_the_reason(
+    tmp_path: Path, trust_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pin = _pin(tmp_path, Ed25519PrivateKey.generate(), "http://127.0.0.1:1")
+    assert main(["dataplane", "verify", "--snapshot", str(pin), "--trust-key", str(trust_key)]) == 1
+    assert "no signature by a trusted key" in capsys.readouterr().out
+
+
+async def test_serve_pinned_snapshot_then_sigterm_exits_cleanly(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    pin = _pin(tmp_path, signing_key, simulator.base_url)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "signalbox",
+        "dataplane",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--snapshot",
+        str(pin),
+        "--trust-key",
+        str(trust_key),
+        "--data-dir",
+        str(tmp_path / "node"),
+        "--node-id",
+        "node-cli",
+        "--mode",
+        "air-gapped",
+        "--site",
+        "lab",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        address = ""
+        while not address:
+            line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+            assert line, "node exited before it listened"
+            if match := re.search(r"listening on (\S+),", line):
+                address = match.group(1)
+        async with grpc.aio.insecure_channel(address) as channel:
+            response = await infer_pb2_grpc.InferServiceStub(channel).Infer(chat(), metadata=AUTH, timeout=10)
+        assert response.snapshot_version == 3
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
