@@ -43,7 +43,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
 from importlib import resources
@@ -158,6 +158,9 @@ class PricedModel:
     default_output: int
     certified_up_to: DataClass
     """The most sensitive class the model is certified for (UNSPECIFIED: none)."""
+    memo: dict[int, tuple[Any, ...]] = field(default_factory=dict, compare=False, repr=False)
+    """The router's memo of request-independent deployment checks (see ``router``);
+    it lives exactly as long as the registry this model was compiled from."""
 
     @classmethod
     def of(cls, m: ModelConfig) -> PricedModel:
@@ -198,6 +201,10 @@ class CompiledRule:
     shadow: Shadow | None = None
     constraints: Constraints = Constraints()
     retry: RetrySettings = RetrySettings()
+    considered: tuple[str, ...] = ()
+    """Aliases of candidates then fallbacks, for explanations (computed once)."""
+    memo: dict[int, tuple[Any, ...]] = field(default_factory=dict, compare=False, repr=False)
+    """The router's memo of this rule's request-independent checks (see ``router``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,20 +234,25 @@ class ModelIndex:
     selecting by capability costs a set intersection instead of a registry scan.
     """
 
-    __slots__ = ("_attr", "_by_cap", "_priced", "_selected", "models")
+    __slots__ = ("_attr", "_by_cap", "_constraints", "_priced", "_selected", "models", "size")
 
     def __init__(self, models: Mapping[str, ModelConfig]) -> None:
         self.models = models
-        self._priced: dict[str, PricedModel] = {}
+        self.size = len(models)
+        # Every model priced up front: a thousand small objects, shared by every policy.
+        self._priced: dict[str, PricedModel] = {alias: PricedModel.of(m) for alias, m in models.items()}
         self._by_cap: dict[Capability, set[str]] | None = None
         self._attr: dict[tuple[str, str], set[str]] | None = None
         self._selected: dict[tuple[object, ...], tuple[str, ...]] = {}
+        self._constraints: dict[Constraints, Constraints] = {}
+
+    def intern(self, constraints: Constraints) -> Constraints:
+        """One object per distinct value: the router memoises per constraints object,
+        so tenants with equal constraints share that work."""
+        return self._constraints.setdefault(constraints, constraints)
 
     def priced(self, alias: str) -> PricedModel:
-        found = self._priced.get(alias)
-        if found is None:
-            found = self._priced[alias] = PricedModel.of(self.models[alias])
-        return found
+        return self._priced[alias]
 
     def select(
         self, capabilities: frozenset[Capability], attributes: tuple[tuple[str, frozenset[str]], ...]
@@ -269,6 +281,31 @@ class ModelIndex:
             result &= union
         found = self._selected[key] = tuple(sorted(result))
         return found
+
+
+class _LastIndex:
+    """The index of the registry compiled against last.
+
+    ``compile_snapshot`` compiles every tenant's policy against one registry
+    without passing an index; reusing the last one (same mapping object, held
+    here so its id cannot be reused) keeps 10,000 policies cheap. The registry
+    must not be mutated once policies are compiled against it.
+    """
+
+    __slots__ = ("index",)
+
+    def __init__(self) -> None:
+        self.index: ModelIndex | None = None
+
+
+_last = _LastIndex()
+
+
+def _shared_index(models: Mapping[str, ModelConfig]) -> ModelIndex:
+    index = _last.index
+    if index is None or index.models is not models or len(index.models) != index.size:
+        index = _last.index = ModelIndex(models)
+    return index
 
 
 # ---------------------------------------------------------------------------
@@ -332,7 +369,7 @@ def compile_policy(
     from ``models`` when compiling many policies against the same registry.
     """
     if index is None or index.models is not models:
-        index = ModelIndex(models)
+        index = _shared_index(models)
     doc = _obj(document, "$", _TOP_FIELDS)
     allowed: frozenset[str] | None = None
     if "allowed_models" in doc:
@@ -345,7 +382,7 @@ def compile_policy(
             raise PolicyError("$.default_model", f"unknown model {default!r}")
         if allowed is not None and default not in allowed:
             raise PolicyError("$.default_model", f"{default!r} is not in allowed_models")
-    constraints = _constraints(doc.get("constraints"), "$.constraints", Constraints())
+    constraints = index.intern(_constraints(doc.get("constraints"), "$.constraints", Constraints()))
     retry = _retry(doc.get("retry"), "$.retry", RetrySettings())
     rules: list[CompiledRule] = []
     raw_rules = doc.get("rules", [])
@@ -369,9 +406,10 @@ def compile_policy(
             "default",
             Match(),
             Strategy.PRIORITY,
-            tuple(index.priced(a) for a in order),
+            tuple(map(index.priced, order)),
             constraints=constraints,
             retry=retry,
+            considered=tuple(order),
         )
     return CompiledPolicy(
         policy_id,
@@ -475,13 +513,14 @@ def _rule(
         name,
         match,
         strategy,
-        tuple(index.priced(a) for a in named),
-        tuple(index.priced(a) for a in fallbacks),
+        tuple(map(index.priced, named)),
+        tuple(map(index.priced, fallbacks)),
         cumulative,
         sticky,
         shadow,
-        _constraints(doc.get("constraints"), f"{path}.constraints", base_constraints),
+        index.intern(_constraints(doc.get("constraints"), f"{path}.constraints", base_constraints)),
         _retry(doc.get("retry"), f"{path}.retry", base_retry),
+        (*named, *fallbacks),
     )
 
 
@@ -633,6 +672,14 @@ def _aliases(
 ) -> list[str]:
     if not isinstance(raw, list):
         raise PolicyError(path, "must be a list of model aliases")
+    # The common case checked in bulk; element by element only to name the bad one.
+    if (
+        all(isinstance(a, str) for a in raw)
+        and len(set(raw)) == len(raw)
+        and all(a in models for a in raw)
+        and (allowed is None or allowed.issuperset(raw))
+    ):
+        return raw
     seen: set[str] = set()
     for i, alias in enumerate(raw):
         if not isinstance(alias, str):
@@ -641,7 +688,7 @@ def _aliases(
         if alias in seen:
             raise PolicyError(f"{path}[{i}]", f"{alias!r} is listed twice")
         seen.add(alias)
-    return list(raw)
+    raise AssertionError("unreachable: the bulk check failed but no element did")
 
 
 def _check_alias(

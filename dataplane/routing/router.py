@@ -20,14 +20,13 @@ A decision, in order:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dataplane.config.model import (
     Capability,
     DataClass,
-    DeploymentConfig,
     DeploymentMode,
     ModelConfig,
     ProviderConfig,
@@ -36,6 +35,7 @@ from dataplane.config.model import (
     TenantConfig,
 )
 from dataplane.errors import CapabilityUnavailable, NotFound, PermissionDenied
+from dataplane.routing.candidate import Candidate as Candidate  # re-exported: callers import it from here
 from dataplane.routing.errors import NoEligibleCandidate
 from dataplane.routing.health import BreakerState, HealthView
 from dataplane.routing.policy import (
@@ -73,23 +73,6 @@ class RouteQuery:
     request_id: str = ""
     """The correlation id: spreads load over deployments, and draws split arms and
     shadow shares when the sticky key is absent from the request."""
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    model: ModelConfig
-    deployment: DeploymentConfig
-    provider: ProviderConfig
-
-    @property
-    def label(self) -> str:
-        return f"{self.model.alias}@{self.provider.name or self.provider.id}"
-
-    @property
-    def key(self) -> str:
-        """Identifies the deployment to the dispatcher's breakers, across snapshots."""
-        d = self.deployment
-        return d.id or f"{d.provider_id}/{d.upstream_model}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +198,7 @@ def _explicit(
     # and the node's mode still hold.
     planner = _Planner(config, query, node, health, policy.constraints)
     priced = PricedModel.of(model)
-    survivors = planner.eligible((priced,))
+    survivors = planner.eligible((static_row(priced, planner.constraints, config.providers, node),))
     if not survivors:
         raise NoEligibleCandidate(
             f"model {model.alias!r} is not eligible: {planner.dropped[0][1]}", tuple(planner.dropped)
@@ -294,13 +277,140 @@ def sticky_value(key: str, query: RouteQuery) -> str:
     return value if value else query.request_id
 
 
-_Survivor = tuple[PricedModel, list[tuple[DeploymentConfig, ProviderConfig]]]
+_Survivor = tuple[PricedModel, Sequence[Candidate], int]
+"""A model that passed, its passing deployments, and its estimated cost for the request."""
+
+_UNSPECIFIED = DataClass.UNSPECIFIED
+_AIR_GAPPED = DeploymentMode.AIR_GAPPED
+_ON_PREM = DeploymentMode.ON_PREM
+_SITE = ProviderLocation.SITE
+_PUBLIC_CLOUD = ProviderLocation.PUBLIC_CLOUD
+_OPEN = BreakerState.OPEN
+_PRIORITY, _CHEAPEST, _LATENCY, _WEIGHTED = (
+    Strategy.PRIORITY,
+    Strategy.CHEAPEST,
+    Strategy.LATENCY,
+    Strategy.WEIGHTED,
+)
+
+
+_Row = tuple[
+    PricedModel,
+    frozenset[Capability],
+    int,
+    int,
+    int,
+    int,
+    int,
+    tuple[Candidate, ...],
+    tuple[tuple[str, str], ...],
+]
+"""A candidate model flattened for the per-request loop: model, capabilities,
+context window, certified-up-to, input price, output price, default output
+tokens, the deployments that pass the static checks, and the static drops."""
+
+
+def static_row(
+    priced: PricedModel, constraints: Constraints, providers: Mapping[str, ProviderConfig], node: NodeContext
+) -> _Row:
+    """``priced`` with the request-independent checks (node mode, region,
+    jurisdiction) done: what passes, and what is dropped and why.
+
+    Memoised on the model (which lives as long as its registry): these depend
+    only on the constraints, the providers and the node, and doing them once
+    instead of per request is most of what keeps a decision cheap. The memo
+    holds the objects it was computed from and compares them by identity, so a
+    new snapshot or policy is never answered from an old entry.
+    """
+    entry = priced.memo.get(id(constraints))
+    if (
+        entry is not None
+        and entry[0] is constraints
+        and entry[1] is providers
+        and (entry[2] is node or entry[2] == node)
+    ):
+        row: _Row = entry[3]
+        return row
+    ok: list[Candidate] = []
+    drops: list[tuple[str, str]] = []
+    mode = node.mode
+    for d in priced.model.deployments:
+        p = providers[d.provider_id]
+        why = ""
+        if mode is _AIR_GAPPED:
+            if p.location is not _SITE or p.site != node.site:
+                why = f"air-gapped node only calls its own site {node.site!r}"
+        elif mode is _ON_PREM and not constraints.allow_egress:
+            if p.location is _PUBLIC_CLOUD:
+                why = "on-prem node: policy does not allow egress to public cloud"
+            elif p.location is _SITE and node.site and p.site != node.site:
+                why = f"on-prem node: site {p.site!r} is not this node's"
+        if not why and constraints.regions is not None and p.region not in constraints.regions:
+            why = f"region {p.region or 'unknown'!r} not allowed"
+        if (
+            not why
+            and constraints.jurisdictions is not None
+            and p.jurisdiction not in constraints.jurisdictions
+        ):
+            why = f"jurisdiction {p.jurisdiction or 'unknown'!r} not allowed"
+        if why:
+            drops.append((f"{priced.model.alias}@{p.name or p.id}", why))
+        else:
+            ok.append(Candidate(priced.model, d, p))
+    m = priced.model
+    row = (
+        priced,
+        m.capabilities,
+        m.context_window,
+        int(priced.certified_up_to),
+        priced.in_price,
+        priced.out_price,
+        priced.default_output,
+        tuple(ok),
+        tuple(drops),
+    )
+    priced.memo[id(constraints)] = (constraints, providers, node, row)
+    return row
+
+
+def rule_rows(
+    rule: CompiledRule, providers: Mapping[str, ProviderConfig], node: NodeContext
+) -> tuple[tuple[_Row, ...], tuple[_Row, ...]]:
+    """``static_row`` for a rule's candidates and fallbacks, memoised on the rule."""
+    entry = rule.memo.get(id(providers))
+    if entry is not None and entry[0] is providers and (entry[1] is node or entry[1] == node):
+        rows: tuple[tuple[_Row, ...], tuple[_Row, ...]] = entry[2]
+        return rows
+    c = rule.constraints
+    rows = (
+        tuple(static_row(p, c, providers, node) for p in rule.candidates),
+        tuple(static_row(p, c, providers, node) for p in rule.fallbacks),
+    )
+    rule.memo[id(providers)] = (providers, node, rows)
+    return rows
+
+
+def prepare_routes(config: RuntimeConfig, node: NodeContext = NodeContext()) -> None:
+    """Do every rule's request-independent checks now rather than on first use.
+
+    Optional: call it when a snapshot is applied (off the request path) so the
+    first request of each tenant costs no more than the next ones.
+    """
+    for policy in config.policies.values():
+        for rule in policy.rules:
+            rule_rows(rule, config.providers, node)
+        if policy.default_rule is not None:
+            rule_rows(policy.default_rule, config.providers, node)
+
+
+def _cost(survivor: _Survivor) -> int:
+    return survivor[2]
 
 
 class _Planner:
     """One decision's working state: what survived and what was dropped, and why."""
 
-    __slots__ = ("config", "constraints", "deferred", "dropped", "health", "node", "query")
+    __slots__ = ("balance_draw", "config", "constraints", "deferred", "dropped", "health", "node", "query")
 
     def __init__(
         self,
@@ -317,134 +427,129 @@ class _Planner:
         self.constraints = constraints
         self.dropped: list[tuple[str, str]] = []
         self.deferred: list[tuple[str, str]] = []
+        self.balance_draw = -1.0
 
     def plan(self, policy: CompiledPolicy, rule: CompiledRule) -> RoutePlan:
-        q = self.query
-        survivors = self.eligible(rule.candidates)
+        rows, fallback_rows = rule_rows(rule, self.config.providers, self.node)
+        survivors = self.eligible(rows)
         arm = ""
-        reason = f"rule {rule.name!r}"
         strategy = rule.strategy
-        if strategy is Strategy.CHEAPEST and len(survivors) > 1:
-            tokens, out = q.estimated_input_tokens, q.max_output_tokens
-            survivors.sort(key=lambda s: s[0].estimated_cost_nanos(tokens, out))
-            reason += ": cheapest estimated cost"
-        elif strategy is Strategy.LATENCY and len(survivors) > 1:
-            survivors.sort(key=self._latency_of)
-            reason += ": lowest observed latency"
-        elif strategy is Strategy.WEIGHTED and survivors:
-            chosen = self._arm(rule, survivors)
-            arm = survivors[chosen][0].model.alias
-            survivors.insert(0, survivors.pop(chosen))
-            reason += f": weighted split arm {arm!r}"
-        elif strategy is Strategy.PRIORITY and survivors:
-            first = survivors[0][0].model.alias
-            reason += (
-                ": policy default"
-                if rule.name == "default" and first == policy.default_model
-                else ": priority order"
+        if strategy is _PRIORITY:
+            how = (
+                "policy default"
+                if survivors
+                and rule.name == "default"
+                and survivors[0][0].model.alias == policy.default_model
+                else "priority order"
             )
-        fallbacks = self.eligible(rule.fallbacks)
-        considered = tuple(p.model.alias for p in rule.candidates) + tuple(
-            p.model.alias for p in rule.fallbacks
-        )
-        if not survivors and not fallbacks:
+        elif strategy is _CHEAPEST:
+            if len(survivors) > 1:
+                survivors.sort(key=_cost)
+            how = "cheapest estimated cost"
+        elif strategy is _LATENCY:
+            if len(survivors) > 1:
+                survivors.sort(key=self._latency_of)
+            how = "lowest observed latency"
+        else:
+            how = "weighted split"
+            if survivors:
+                chosen = self._arm(rule, survivors)
+                arm = survivors[chosen][0].model.alias
+                if chosen:
+                    survivors.insert(0, survivors.pop(chosen))
+                how = f"weighted split arm {arm!r}"
+        if fallback_rows:
+            survivors += self.eligible(fallback_rows)
+        if not survivors:
             self._raise_none(rule)
-        ordered = self.spread(survivors + fallbacks)
-        shadow = self._shadow(rule)
+        ordered = self.spread(survivors)
         return RoutePlan(
             policy.policy_id,
             policy.version,
             rule.name,
             strategy.value,
-            considered,
+            rule.considered,
             tuple(self.dropped),
             ordered,
-            reason,
-            shadow,
+            f"rule {rule.name!r}: {how}",
+            self._shadow(rule) if rule.shadow is not None else None,
             rule.retry,
             arm,
             tuple(self.deferred),
         )
 
-    def eligible(self, models: tuple[PricedModel, ...]) -> list[_Survivor]:
-        """The models (and their deployments) that satisfy every constraint; drops recorded."""
+    def eligible(self, rows: tuple[_Row, ...]) -> list[_Survivor]:
+        """The models (and their deployments) that satisfy every constraint; drops recorded.
+
+        Survivors carry the request's estimated cost (for ``cheapest``).
+        """
         q = self.query
         c = self.constraints
-        data_class = q.data_classification
-        needs_cert = (
-            c.certification_required_from is not None
-            and data_class is not DataClass.UNSPECIFIED
-            and data_class >= c.certification_required_from
-        )
-        needed_window = q.estimated_input_tokens + (q.max_output_tokens or 0)
+        dropped = self.dropped
+        data_class = int(q.data_classification)
+        certify = c.certification_required_from
+        needs_cert = certify is not None and data_class != 0 and data_class >= certify
+        tokens = q.estimated_input_tokens
+        max_out = q.max_output_tokens
+        needed_window = tokens + (max_out or 0)
+        capabilities = q.capabilities
+        max_cost = c.max_cost_nanos
+        max_latency = c.max_latency_ms
         out: list[_Survivor] = []
-        for priced in models:
-            model = priced.model
-            alias = model.alias
-            if not q.capabilities <= model.capabilities:
-                missing = _missing(model, q)
+        for priced, caps, window, certified, in_price, out_price, default_out, candidates, drops in rows:
+            if capabilities and not capabilities <= caps:
+                missing = _missing(priced.model, q)
                 assert missing is not None
-                self.dropped.append((alias, f"lacks capability {missing.value!r}"))
+                dropped.append((priced.model.alias, f"lacks capability {missing.value!r}"))
                 continue
-            if model.context_window and needed_window > model.context_window:
-                self.dropped.append(
-                    (alias, f"context window {model.context_window} < {needed_window} tokens needed")
+            if window and needed_window > window:
+                dropped.append(
+                    (priced.model.alias, f"context window {window} < {needed_window} tokens needed")
                 )
                 continue
-            if needs_cert and priced.certified_up_to < data_class:
-                self.dropped.append((alias, f"not certified for {data_class.name.lower()} data"))
+            if needs_cert and certified < data_class:
+                dropped.append(
+                    (priced.model.alias, f"not certified for {DataClass(data_class).name.lower()} data")
+                )
                 continue
-            if c.max_cost_nanos is not None:
-                cost = priced.estimated_cost_nanos(q.estimated_input_tokens, q.max_output_tokens)
-                if cost > c.max_cost_nanos:
-                    self.dropped.append((alias, f"estimated cost {cost} nano-USD > max {c.max_cost_nanos}"))
-                    continue
-            deployments = self._deployments(priced)
-            if deployments:
-                out.append((priced, deployments))
+            cost = (
+                tokens * in_price + (default_out if max_out is None else max_out) * out_price
+            ) // 1_000_000
+            if max_cost is not None and cost > max_cost:
+                dropped.append((priced.model.alias, f"estimated cost {cost} nano-USD > max {max_cost}"))
+                continue
+            if drops:
+                dropped.extend(drops)
+            if max_latency is not None and candidates:
+                fast = self._fast_enough(candidates, max_latency)
+                if fast:
+                    out.append((priced, fast, cost))
+            elif candidates:
+                out.append((priced, candidates, cost))
         return out
 
-    def _deployments(self, priced: PricedModel) -> list[tuple[DeploymentConfig, ProviderConfig]]:
-        c = self.constraints
-        mode = self.node.mode
-        providers = self.config.providers
-        ok: list[tuple[DeploymentConfig, ProviderConfig]] = []
-        for d in priced.model.deployments:
-            p = providers[d.provider_id]
-            why = ""
-            if mode is DeploymentMode.AIR_GAPPED:
-                if p.location is not ProviderLocation.SITE or p.site != self.node.site:
-                    why = f"air-gapped node only calls its own site {self.node.site!r}"
-            elif mode is DeploymentMode.ON_PREM and not c.allow_egress:
-                if p.location is ProviderLocation.PUBLIC_CLOUD:
-                    why = "on-prem node: policy does not allow egress to public cloud"
-                elif p.location is ProviderLocation.SITE and self.node.site and p.site != self.node.site:
-                    why = f"on-prem node: site {p.site!r} is not this node's"
-            if not why and c.regions is not None and p.region not in c.regions:
-                why = f"region {p.region or 'unknown'!r} not allowed"
-            if not why and c.jurisdictions is not None and p.jurisdiction not in c.jurisdictions:
-                why = f"jurisdiction {p.jurisdiction or 'unknown'!r} not allowed"
-            if not why and c.max_latency_ms is not None:
-                latency = self._observed(d, priced.model)
-                if latency is not None and latency > c.max_latency_ms:
-                    why = f"latency {latency:.0f} ms > max {c.max_latency_ms} ms"
-            if why:
-                self.dropped.append((f"{priced.model.alias}@{p.name or p.id}", why))
+    def _fast_enough(self, candidates: Sequence[Candidate], max_latency: int) -> list[Candidate]:
+        ok = []
+        for candidate in candidates:
+            latency = self._observed(candidate)
+            if latency is not None and latency > max_latency:
+                self.dropped.append((candidate.label, f"latency {latency:.0f} ms > max {max_latency} ms"))
             else:
-                ok.append((d, p))
+                ok.append(candidate)
         return ok
 
-    def _observed(self, d: DeploymentConfig, model: ModelConfig) -> float | None:
+    def _observed(self, candidate: Candidate) -> float | None:
         if self.health is not None:
-            h = self.health.get(d.id or f"{d.provider_id}/{d.upstream_model}")
+            h = self.health.get(candidate.key)
             if h is not None and h.latency_ms is not None:
                 return h.latency_ms
-        return float(model.typical_latency_ms) if model.typical_latency_ms else None
+        typical = candidate.model.typical_latency_ms
+        return float(typical) if typical else None
 
     def _latency_of(self, survivor: _Survivor) -> float:
         best = float("inf")
-        for d, _ in survivor[1]:
-            latency = self._observed(d, survivor[0].model)
+        for candidate in survivor[1]:
+            latency = self._observed(candidate)
             if latency is not None and latency < best:
                 best = latency
         return best
@@ -462,7 +567,7 @@ class _Planner:
         # in proportion, so the remaining arms keep their relative weights.
         position = {p.model.alias: i for i, p in enumerate(rule.candidates)}
         shares = []
-        for priced, _ in survivors:
+        for priced, _, _ in survivors:
             i = position[priced.model.alias]
             shares.append(weights[i] - (weights[i - 1] if i else 0.0))
         total = sum(shares)
@@ -479,45 +584,48 @@ class _Planner:
         """Candidates in model order; within a model, weighted by a stable hash of the request id."""
         ordered: list[Candidate] = []
         back: list[Candidate] = []
-        for priced, deployments in survivors:
-            if len(deployments) > 1:
-                deployments = self._balance(priced.model.alias, deployments)
-            for d, p in deployments:
-                candidate = Candidate(priced.model, d, p)
-                why = self._unavailable(candidate)
-                if why:
+        health = self.health
+        for _, candidates, _ in survivors:
+            if len(candidates) > 1:
+                candidates = self._balance(candidates)
+            if health is None:
+                ordered.extend(candidates)
+                continue
+            get = health.get
+            for candidate in candidates:
+                h = get(candidate.key)
+                if h is not None and (h.state is _OPEN or h.blocked_for_s > 0):
+                    why = (
+                        "circuit breaker open"
+                        if h.state is _OPEN
+                        else f"Retry-After for {h.blocked_for_s:.1f} s"
+                    )
                     self.deferred.append((candidate.label, why))
                     back.append(candidate)
                 else:
                     ordered.append(candidate)
-        return tuple(ordered + back)
+        if back:
+            ordered += back
+        return tuple(ordered)
 
-    def _unavailable(self, candidate: Candidate) -> str:
-        if self.health is None:
-            return ""
-        h = self.health.get(candidate.key)
-        if h is None:
-            return ""
-        if h.state is BreakerState.OPEN:
-            return "circuit breaker open"
-        if h.blocked_for_s > 0:
-            return f"Retry-After for {h.blocked_for_s:.1f} s"
-        return ""
-
-    def _balance(
-        self, alias: str, deployments: list[tuple[DeploymentConfig, ProviderConfig]]
-    ) -> list[tuple[DeploymentConfig, ProviderConfig]]:
-        total = sum(d.weight for d, _ in deployments)
+    def _balance(self, candidates: Sequence[Candidate]) -> Sequence[Candidate]:
+        total = sum(c.deployment.weight for c in candidates)
         if total <= 0:
-            return deployments
-        u = stable_fraction(f"{alias}\x00{self.query.request_id}") * total
+            return candidates
+        if self.balance_draw < 0:
+            # One draw per request serves every model: each model's pick only
+            # needs to be spread by weight over requests, not independent of the others.
+            self.balance_draw = stable_fraction(self.query.request_id)
+        u = self.balance_draw * total
         running = 0
-        for i, (d, _) in enumerate(deployments):
-            running += d.weight
+        for i, c in enumerate(candidates):
+            running += c.deployment.weight
             if u < running:
+                if i == 0:
+                    return candidates
                 # The drawn one first, then the rest in registry order as its fallbacks.
-                return [deployments[i], *deployments[:i], *deployments[i + 1 :]]
-        return deployments
+                return [candidates[i], *candidates[:i], *candidates[i + 1 :]]
+        return candidates
 
     def _shadow(self, rule: CompiledRule) -> Candidate | None:
         shadow = rule.shadow
@@ -532,17 +640,18 @@ class _Planner:
         # A shadow sees the same request, so it must satisfy the same constraints
         # (residency, certification) as a real candidate would.
         marker = len(self.dropped)
-        survivors = self.eligible((shadow.model,))
+        survivors = self.eligible(
+            (static_row(shadow.model, self.constraints, self.config.providers, self.node),)
+        )
         for i in range(marker, len(self.dropped)):
             name, why = self.dropped[i]
             self.dropped[i] = (name, f"shadow: {why}")
         if not survivors:
             return None
-        priced, deployments = survivors[0]
-        if len(deployments) > 1:
-            deployments = self._balance(priced.model.alias, deployments)
-        d, p = deployments[0]
-        return Candidate(priced.model, d, p)
+        candidates = survivors[0][1]
+        if len(candidates) > 1:
+            candidates = self._balance(candidates)
+        return candidates[0]
 
     def _raise_none(self, rule: CompiledRule) -> None:
         missing = [why for _, why in self.dropped if why.startswith("lacks capability")]
