@@ -19,10 +19,18 @@ from .openai_wire import OpenAIDialect, OpenAIFamilyAdapter
 
 
 class OpenAICompatibleAdapter(OpenAIFamilyAdapter):
-    """Self-hosted OpenAI-shaped servers: ``max_tokens`` (which they all know), no ``developer`` role."""
+    """Self-hosted OpenAI-shaped servers.
+
+    ``max_tokens`` (which they all know), no ``developer`` role, and no explicit
+    ``tool_choice: "auto"`` (vLLM rejects it without special flags; it is the default).
+    Image URLs are passed through: Ollama's ``/v1`` accepts only ``data:`` URLs,
+    so callers routing images there should send inline images.
+    """
 
     type_name: ClassVar[str] = "openai_compatible"
-    dialect: ClassVar[OpenAIDialect] = OpenAIDialect(max_tokens_field="max_tokens", developer_role=False)
+    dialect: ClassVar[OpenAIDialect] = OpenAIDialect(
+        max_tokens_field="max_tokens", developer_role=False, explicit_auto_tool_choice=False
+    )
 
     def chat_body(self, model: str, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         body = super().chat_body(model, request, stream=stream)

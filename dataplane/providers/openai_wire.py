@@ -56,6 +56,9 @@ class OpenAIDialect:
     developer_role: bool = True
     """Whether ``developer`` messages may be sent as such; otherwise they become ``system``."""
     required_tool_choice: str = "required"
+    explicit_auto_tool_choice: bool = True
+    """Whether ``tool_choice: "auto"`` may be sent; vLLM rejects it unless started with
+    ``--enable-auto-tool-choice``, and auto is the default wherever tools are given."""
     dimensions_field: str = "dimensions"
 
 
@@ -163,8 +166,9 @@ class OpenAIFamilyAdapter(HttpAdapter):
             ]
             if params.parallel_tool_calls is not None:
                 body["parallel_tool_calls"] = params.parallel_tool_calls
-        if request.tool_choice is not None:
-            body["tool_choice"] = self._tool_choice(request.tool_choice)
+        choice = request.tool_choice
+        if choice is not None and (choice.mode != "auto" or self.dialect.explicit_auto_tool_choice):
+            body["tool_choice"] = self._tool_choice(choice)
         if request.response_format is not None and request.response_format.type != "text":
             fmt = request.response_format
             if fmt.type == "json_object":

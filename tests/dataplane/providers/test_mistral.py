@@ -91,9 +91,14 @@ async def test_stream_has_no_stream_options_and_usage_in_last_chunk(
     last = openai_chunk({"content": ""}, "tool_calls")
     last["usage"] = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
     call = {"id": "D681PevKs", "function": {"name": "get_weather", "arguments": PARIS_ARGS}, "index": 0}
+    first = {
+        "id": "cmpl-1",
+        "model": "mistral-large",
+        "choices": [{"index": 0, "delta": {"role": "assistant"}}],
+    }
     upstream.enqueue(
         sse_reply(
-            sse_event(openai_chunk({"role": "assistant", "content": ""})),
+            sse_event(first),  # the 2023 first chunk lacked object/created
             sse_event(openai_chunk({"role": None, "content": None, "tool_calls": [call]})),
             sse_event(last),
             sse_event("[DONE]"),

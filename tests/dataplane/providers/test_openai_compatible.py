@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from dataplane.chat import EmbedRequest, FinishReason
+from dataplane.chat import ChatRequest, EmbedRequest, FinishReason, ToolChoice, Usage
 from dataplane.errors import UpstreamBadRequest, UpstreamProtocolError, UpstreamUnavailable
 from dataplane.providers.base import adapter_types
 
@@ -139,3 +139,42 @@ async def test_embeddings_count_mismatch_is_a_protocol_error(
     adapter = make_adapter("openai_compatible", upstream.base_url + "/v1", client)
     with pytest.raises(UpstreamProtocolError):
         await adapter.embed("bge", EmbedRequest(inputs=("x",)), timeout=5)
+
+
+async def test_auto_tool_choice_is_left_to_the_server_default(
+    upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    upstream.enqueue(json_reply(openai_completion("ok")), json_reply(openai_completion("ok")))
+    adapter = make_adapter("openai_compatible", upstream.base_url + "/v1", client)
+    auto = ChatRequest(
+        messages=ASK_WEATHER.messages, tools=ASK_WEATHER.tools, tool_choice=ToolChoice(mode="auto")
+    )
+    await adapter.complete("m", auto, timeout=5)
+    assert "tool_choice" not in upstream.last.json
+    none = ChatRequest(
+        messages=ASK_WEATHER.messages, tools=ASK_WEATHER.tools, tool_choice=ToolChoice(mode="none")
+    )
+    await adapter.complete("m", none, timeout=5)
+    assert upstream.last.json["tool_choice"] == "none"
+
+
+async def test_continuous_usage_on_every_chunk_is_not_summed(
+    upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    # vLLM's continuous_usage_stats puts a running total on every chunk.
+    def with_usage(chunk: dict[str, object], completion: int) -> bytes:
+        chunk["usage"] = {"prompt_tokens": 5, "completion_tokens": completion, "total_tokens": 5 + completion}
+        return sse_event(chunk)
+
+    upstream.enqueue(
+        sse_reply(
+            with_usage(openai_chunk({"role": "assistant", "content": "a"}), 1),
+            with_usage(openai_chunk({"content": "b"}), 2),
+            with_usage(openai_chunk({}, "stop"), 2),
+            sse_event("[DONE]"),
+        )
+    )
+    adapter = make_adapter("openai_compatible", upstream.base_url + "/v1", client)
+    folded = assemble(await drain(adapter.stream("m", HELLO, timeout=5)))
+    assert folded.text == "ab"
+    assert folded.usage == Usage(input_tokens=5, output_tokens=2)
