@@ -212,6 +212,8 @@ class ControlPlane:
         if self._server is not None:
             await self._server.stop(self.settings.drain_grace if grace is None else grace)
             self._server = None
+        if self.sync is not None:
+            await self.sync.drain()
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None

@@ -42,6 +42,12 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         self._hello_timeout = hello_timeout
         self.streams: dict[str, int] = {}
         """Open streams per node id on this replica."""
+        self._bookkeeping: set[asyncio.Task[None]] = set()
+
+    async def drain(self) -> None:
+        """Wait for the database writes of streams that just ended (before the engine goes)."""
+        while self._bookkeeping:
+            await asyncio.gather(*self._bookkeeping, return_exceptions=True)
 
     def inject(self, envelope: snapshot_pb2.SignedEnvelope, node_id: str | None = None) -> int:
         """Test-only: push ``envelope`` unchanged to ``node_id``'s streams (all when None)."""
@@ -74,6 +80,9 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             )
         )
         state = _StreamState(node_id, applied=row.applied_version, refused=await self._nodes.refused(node_id))
+        # A change committed within the debounce window must not be missed by a node
+        # connecting right now: look at the database, not only the broker's cache.
+        await self._broker.refresh()
         sub = self._broker.subscribe(node_id)
         self.streams[node_id] = self.streams.get(node_id, 0) + 1
         reader = asyncio.create_task(self._read(request_iterator, state, sub), name=f"sync-read-{node_id}")
@@ -98,8 +107,11 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             self.streams[node_id] -= 1
             if not self.streams[node_id]:
                 del self.streams[node_id]
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._nodes.disconnected(node_id))
+                # A task, not an await: the stream may be ending because it was cancelled,
+                # and the node must still be marked disconnected. ``drain`` waits for it.
+                task = asyncio.create_task(self._nodes.disconnected(node_id))
+                self._bookkeeping.add(task)
+                task.add_done_callback(self._bookkeeping.discard)
             log.info("node %s disconnected", node_id)
 
     def _due(self, state: _StreamState) -> snapshot_pb2.SignedEnvelope | None:

@@ -1,0 +1,147 @@
+"""ConfigSyncService: real streams, envelopes verified, ACKs and NACKs recorded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from signalbox.api.admin.v1 import admin_pb2
+from signalbox.api.config.v1 import sync_pb2, sync_pb2_grpc
+from tests.controlplane.conftest import TIMEOUT, Admin, SyncNode
+from tests.fixtures.postgres import RunningControlPlane
+from tests.helpers import eventually
+
+
+async def _node(admin: Admin, node_id: str) -> admin_pb2.Node:
+    nodes = (await admin.ListNodes(admin_pb2.ListNodesRequest())).nodes
+    found = [n for n in nodes if n.node_id == node_id]
+    assert found, f"node {node_id} not listed"
+    return found[0]
+
+
+async def test_hello_gets_the_latest_snapshot_and_ack_is_recorded(
+    admin: Admin, control_plane: RunningControlPlane, sync_nodes: object
+) -> None:
+    await admin.seed()
+    latest = await admin.latest_version()
+    node: SyncNode = await sync_nodes("node-a")  # type: ignore[operator]
+    envelope = await node.next_envelope()
+    snapshot = node.verified(envelope)
+    assert snapshot.version == latest
+    assert [t.name for t in snapshot.tenants] == ["acme"]
+
+    listed = await _node(admin, "node-a")
+    assert listed.connected
+    assert listed.software_version == "test-1"
+    assert listed.applied_version == 0
+
+    node.ack(envelope, snapshot.version)
+
+    async def acked() -> bool:
+        n = await _node(admin, "node-a")
+        return n.applied_version == latest and n.last_ack_at.seconds > 0
+
+    await eventually(acked, message="ACK visible in ListNodes")
+
+
+async def test_a_node_that_already_has_the_latest_gets_nothing_until_a_change(
+    admin: Admin, sync_nodes: object
+) -> None:
+    latest = await admin.latest_version()
+    node: SyncNode = await sync_nodes("node-b", latest)  # type: ignore[operator]
+    await eventually(lambda: _node(admin, "node-b"), message="node registered")
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+    envelope = await node.next_envelope()
+    assert node.verified(envelope).version == latest + 1
+    assert node.received.empty()
+
+
+async def test_a_policy_change_is_pushed_to_a_connected_node(admin: Admin, sync_nodes: object) -> None:
+    await admin.seed()
+    node: SyncNode = await sync_nodes("node-c")  # type: ignore[operator]
+    first = await node.next_envelope()
+    node.ack(first, node.verified(first).version)
+
+    await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant="acme", document="default_model: large"))
+    pushed = node.verified(await node.next_envelope())
+    assert [p.document_json for p in pushed.policies] == ['{"default_model":"large"}']
+    assert pushed.previous_hash  # chained to what came before
+
+
+async def test_a_nacked_version_is_never_resent_but_later_ones_are(
+    admin: Admin, control_plane: RunningControlPlane, sync_nodes: object
+) -> None:
+    await admin.seed()
+    node: SyncNode = await sync_nodes("node-d")  # type: ignore[operator]
+    envelope = await node.next_envelope()
+    refused = node.verified(envelope).version
+    node.nack(envelope, refused, "payload does not compile: $.models[0]")
+
+    async def nack_recorded() -> bool:
+        n = await _node(admin, "node-d")
+        return n.last_nack_version == refused and n.last_nack_at.seconds > 0
+
+    await eventually(nack_recorded, message="NACK visible in ListNodes")
+    assert (await _node(admin, "node-d")).last_nack_reason == "payload does not compile: $.models[0]"
+
+    # Reconnect with nothing applied: the refused version is not offered again.
+    await node.close()
+    again: SyncNode = await sync_nodes("node-d")  # type: ignore[operator]
+    await eventually(lambda: _node(admin, "node-d"), message="node re-registered")
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="later"))
+    later = node.verified(await again.next_envelope())
+    assert later.version == refused + 1
+    assert again.received.empty()
+
+
+async def test_a_burst_of_changes_is_pushed_as_the_newest_snapshot(admin: Admin, sync_nodes: object) -> None:
+    node: SyncNode = await sync_nodes("node-e")  # type: ignore[operator]
+    first = await node.next_envelope()
+    node.ack(first, node.verified(first).version)
+    await asyncio.gather(*(admin.CreateTenant(admin_pb2.CreateTenantRequest(name=f"t{i}")) for i in range(8)))
+    latest = await admin.latest_version()
+    seen = []
+    while not seen or seen[-1] < latest:
+        seen.append(node.verified(await node.next_envelope()).version)
+    assert seen == sorted(seen)
+    assert len(seen) < 8, "a burst is debounced, not pushed change by change"
+
+
+async def test_injected_envelopes_reach_only_the_named_node(
+    admin: Admin, control_plane: RunningControlPlane, sync_nodes: object
+) -> None:
+    one: SyncNode = await sync_nodes("one")  # type: ignore[operator]
+    two: SyncNode = await sync_nodes("two")  # type: ignore[operator]
+    envelope = await one.next_envelope()
+    await two.next_envelope()
+    tampered = type(envelope).FromString(envelope.SerializeToString())
+    tampered.payload = tampered.payload + b"\x00"
+    assert control_plane.cp.sync is not None
+    assert control_plane.cp.sync.inject(tampered, "one") == 1
+    assert (await one.next_envelope()).payload == tampered.payload
+    assert two.received.empty()
+
+
+async def test_the_first_message_must_be_a_hello(control_plane: RunningControlPlane) -> None:
+    async def requests() -> object:
+        yield sync_pb2.NodeMessage(ack=sync_pb2.Ack(version=1))
+
+    async with grpc.aio.insecure_channel(control_plane.address) as channel:
+        call = sync_pb2_grpc.ConfigSyncServiceStub(channel).Sync(requests(), timeout=TIMEOUT)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hello" in (info.value.details() or "")
+
+
+async def test_stopping_the_control_plane_ends_streams_cleanly(
+    admin: Admin, control_plane: RunningControlPlane, sync_nodes: object
+) -> None:
+    node: SyncNode = await sync_nodes("node-f")  # type: ignore[operator]
+    await node.next_envelope()
+    await control_plane.cp.stop()
+    await asyncio.wait_for(node.ended.wait(), TIMEOUT)
+    assert node.end_code == grpc.StatusCode.OK

@@ -1,0 +1,67 @@
+"""The ControlPlane process: health, trust key, replicas sharing one database."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from controlplane.app import ControlPlane, ControlPlaneSettings
+from signalbox.api.admin.v1 import admin_pb2
+from tests.controlplane.conftest import TIMEOUT, Admin, SyncNode
+from tests.fixtures.postgres import RunningControlPlane
+
+
+async def test_health_is_serving(control_plane: RunningControlPlane) -> None:
+    async with grpc.aio.insecure_channel(control_plane.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in (
+            "",
+            "signalbox.api.admin.v1.AdminService",
+            "signalbox.api.config.v1.ConfigSyncService",
+        ):
+            response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_trust_key_is_the_signing_public_key(control_plane: RunningControlPlane) -> None:
+    key = load_pem_public_key((control_plane.data_dir / "trust-key.pub").read_bytes())
+    raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    assert raw == control_plane.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+async def test_a_second_replica_learns_of_changes_through_postgres(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    """A node on replica B receives a change made through replica A (LISTEN/NOTIFY)."""
+    settings = ControlPlaneSettings(
+        listen="127.0.0.1:0",
+        database_url=control_plane.database_url,
+        data_dir=Path(tempfile.mkdtemp(prefix="replica-", dir=control_plane.data_dir.parent)),
+        # Same KEK source as replica A: its generated file.
+        kek_file=control_plane.data_dir / "kek",
+    )
+    async with ControlPlane(settings) as replica:
+        assert replica.signer is not None
+        assert replica.signer.key_id == control_plane.key_id
+        other = RunningControlPlane(
+            cp=replica,
+            address=replica.address,
+            token=control_plane.token,
+            data_dir=settings.data_dir,
+            database_url=control_plane.database_url,
+            public_key=control_plane.public_key,
+            key_id=control_plane.key_id,
+        )
+        node = await SyncNode(other, "on-replica-b").connect()
+        try:
+            first = node.verified(await node.next_envelope())
+            await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="via-a"))
+            pushed = node.verified(await node.next_envelope())
+            assert pushed.version == first.version + 1
+            assert [t.name for t in pushed.tenants] == ["via-a"]
+        finally:
+            await node.close()

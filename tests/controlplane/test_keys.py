@@ -1,0 +1,62 @@
+"""The KEK sources and the sealed signing key."""
+
+from __future__ import annotations
+
+import base64
+import stat
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.db.session import create_engine, session_factory
+from controlplane.errors import InvalidArgument, SigningKeyUnavailable
+from controlplane.keys import KEK_FILE_NAME, Kek, ensure_signing_key, load_kek
+
+
+def test_kek_from_environment_value(tmp_path: Path) -> None:
+    raw = bytes(range(32))
+    kek = load_kek(kek_b64=base64.b64encode(raw).decode(), kek_file=None, data_dir=tmp_path)
+    assert kek.key == raw
+    assert not (tmp_path / KEK_FILE_NAME).exists()
+    assert raw.hex() not in repr(kek)
+
+
+def test_kek_from_file(tmp_path: Path) -> None:
+    path = tmp_path / "kek.b64"
+    path.write_text(base64.b64encode(b"k" * 32).decode() + "\n")
+    assert load_kek(kek_b64=None, kek_file=path, data_dir=tmp_path).key == b"k" * 32
+
+
+def test_generated_kek_file_is_private_and_reused(tmp_path: Path) -> None:
+    first = load_kek(kek_b64=None, kek_file=None, data_dir=tmp_path)
+    mode = stat.S_IMODE((tmp_path / KEK_FILE_NAME).stat().st_mode)
+    assert mode == 0o600
+    assert load_kek(kek_b64=None, kek_file=None, data_dir=tmp_path) == first
+
+
+@pytest.mark.parametrize("value", ["not base64!", base64.b64encode(b"short").decode()])
+def test_bad_kek_is_invalid(tmp_path: Path, value: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        load_kek(kek_b64=value, kek_file=None, data_dir=tmp_path)
+    assert info.value.field == "SIGNALBOX_KEK"
+    assert value not in str(info.value)
+
+
+async def _signer(database_url: str, kek: Kek) -> str:
+    engine = create_engine(database_url)
+    try:
+        sessions = session_factory(engine)
+        session: AsyncSession
+        async with sessions() as session, session.begin():
+            return (await ensure_signing_key(session, kek)).key_id
+    finally:
+        await engine.dispose()
+
+
+async def test_signing_key_is_generated_once_and_needs_the_same_kek(database_url: str) -> None:
+    kek = Kek(b"a" * 32)
+    key_id = await _signer(database_url, kek)
+    assert await _signer(database_url, kek) == key_id
+    with pytest.raises(SigningKeyUnavailable):
+        await _signer(database_url, Kek(b"b" * 32))
