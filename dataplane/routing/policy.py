@@ -788,6 +788,11 @@ def validate_document(document: Any) -> None:
         extra = sorted(k for k in error.instance if k not in known)
         if extra:
             path, message = f"{path}.{extra[0]}", "unknown field"
+    elif error.validator == "required" and isinstance(error.instance, Mapping):
+        # Point at the missing field itself, as the compiler does.
+        missing = [k for k in error.validator_value if k not in error.instance]
+        if missing:
+            path, message = f"{path}.{missing[0]}", "required"
     elif error.validator == "not" and isinstance(error.validator_value, Mapping):
         # Our schema uses ``not: {required: [x]}`` for "x is not allowed here".
         forbidden = error.validator_value.get("required", [])

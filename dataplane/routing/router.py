@@ -463,6 +463,7 @@ class _Planner:
         if not survivors:
             self._raise_none(rule)
         ordered = self.spread(survivors)
+        shadow = self._shadow(rule) if rule.shadow is not None else None  # before the drops are frozen
         return RoutePlan(
             policy.policy_id,
             policy.version,
@@ -472,7 +473,7 @@ class _Planner:
             tuple(self.dropped),
             ordered,
             f"rule {rule.name!r}: {how}",
-            self._shadow(rule) if rule.shadow is not None else None,
+            shadow,
             rule.retry,
             arm,
             tuple(self.deferred),
