@@ -112,12 +112,14 @@ class AnthropicAdapter(HttpAdapter):
             upstream_id=str(payload.get("id") or ""),
         )
 
-    async def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
+    def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
         """Streamed Messages call."""
-        body = self.request_body(model, request)
-        body["stream"] = True
-        async for chunk in self.stream_chunks(self._url, body, AnthropicStreamDecoder(self), timeout=timeout):
-            yield chunk
+        return self.stream_chunks(
+            self._url,
+            lambda: {**self.request_body(model, request), "stream": True},
+            AnthropicStreamDecoder(self),
+            timeout=timeout,
+        )
 
     def error_facts(self, payload: Any) -> ErrorFacts | None:
         """``{"type": "error", "error": {"type", "message"}}``, as a body or a stream event."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -238,8 +238,3 @@ def _redact(text: str, credential: str | None) -> str:
     if credential:
         return text.replace(credential, _REDACTED)
     return text
-
-
-def first_str(values: Iterable[object]) -> str:
-    """The first non-empty string among ``values``."""
-    return next((v for v in values if isinstance(v, str) and v), "")

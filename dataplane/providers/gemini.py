@@ -113,14 +113,15 @@ class GeminiAdapter(HttpAdapter):
             upstream_id=str(payload.get("responseId") or ""),
         )
 
-    async def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
+    def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
         """``streamGenerateContent`` as SSE; the stream simply ends (there is no terminator)."""
-        url = self._url(model, "streamGenerateContent")
-        decoder = GeminiStreamDecoder(self)
-        async for chunk in self.stream_chunks(
-            url, self.request_body(request), decoder, timeout=timeout, params={"alt": "sse"}
-        ):
-            yield chunk
+        return self.stream_chunks(
+            self._url(model, "streamGenerateContent"),
+            lambda: self.request_body(request),
+            GeminiStreamDecoder(self),
+            timeout=timeout,
+            params={"alt": "sse"},
+        )
 
     async def embed(self, model: str, request: EmbedRequest, *, timeout: float) -> EmbedResponse:
         """``embedContent`` for one input, ``batchEmbedContents`` for several."""

@@ -79,11 +79,14 @@ class OllamaAdapter(HttpAdapter):
             upstream_model=str(payload.get("model") or ""),
         )
 
-    async def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
+    def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
         """NDJSON lines; the last one has ``done: true`` and the token counts."""
-        body = self.request_body(model, request, stream=True)
-        async for chunk in self.stream_chunks(self._url, body, OllamaStreamDecoder(self), timeout=timeout):
-            yield chunk
+        return self.stream_chunks(
+            self._url,
+            lambda: self.request_body(model, request, stream=True),
+            OllamaStreamDecoder(self),
+            timeout=timeout,
+        )
 
     def error_facts(self, payload: Any) -> ErrorFacts | None:
         """``{"error": "text"}``, as a body or a stream line."""

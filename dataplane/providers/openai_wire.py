@@ -102,14 +102,15 @@ class OpenAIFamilyAdapter(HttpAdapter):
         payload = await self.post_json(self.chat_url(model), body, timeout=timeout, params=self.query())
         return self.parse_completion(payload)
 
-    async def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
+    def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
         """Streamed chat completion: data-only SSE ending with ``data: [DONE]``."""
-        body = self.chat_body(model, request, stream=True)
-        decoder = OpenAIStreamDecoder(self)
-        async for chunk in self.stream_chunks(
-            self.chat_url(model), body, decoder, timeout=timeout, params=self.query()
-        ):
-            yield chunk
+        return self.stream_chunks(
+            self.chat_url(model),
+            lambda: self.chat_body(model, request, stream=True),
+            OpenAIStreamDecoder(self),
+            timeout=timeout,
+            params=self.query(),
+        )
 
     async def embed(self, model: str, request: EmbedRequest, *, timeout: float) -> EmbedResponse:
         """Embeddings as floats (never base64: nothing here needs the smaller encoding)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from typing import Any, ClassVar, Protocol, cast
 
@@ -96,19 +96,23 @@ class HttpAdapter:
     async def stream_chunks(
         self,
         url: str,
-        body: Mapping[str, Any],
+        make_body: Callable[[], Mapping[str, Any]],
         decoder: StreamDecoder,
         *,
         timeout: float,
         params: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[StreamChunk]:
+    ) -> AsyncGenerator[StreamChunk, None]:
         """Yield chunks as lines arrive; closing this generator closes the upstream response.
 
+        Adapters return this generator itself from ``stream`` (not a wrapper
+        around it), so the caller's ``aclose`` or cancellation reaches the HTTP
+        response directly. ``make_body`` runs on first iteration: a request the
+        provider cannot express fails there, like every other stream error.
         ``timeout`` bounds connecting and each wait for bytes; the whole
         attempt's deadline belongs to the caller, which can close us any time.
         """
         async with (
-            self._open(url, body, timeout=timeout, params=params) as response,
+            self._open(url, make_body(), timeout=timeout, params=params) as response,
             aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines,
         ):
             while not decoder.done:

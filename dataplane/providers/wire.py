@@ -126,8 +126,7 @@ class ToolCallIndexer:
 
     def __init__(self) -> None:
         self._current: dict[object, tuple[int, str]] = {}
-        self.count = 0
-        """How many calls have started."""
+        self.count = 0  # calls started so far, which is also the next index
 
     def is_new(self, key: object, call_id: str) -> bool:
         """Whether a delta at ``key`` carrying ``call_id`` (maybe empty) begins a call."""

@@ -79,6 +79,15 @@ async def test_images_must_be_inline(upstream: FakeUpstream, client: httpx.Async
     assert upstream.last.json["messages"][0] == {"role": "user", "content": "", "images": ["iVBORw=="]}
 
 
+async def test_stream_reports_untranslatable_requests_when_iterated(
+    upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    stream = ollama(upstream, client).stream("llava", WITH_IMAGES, timeout=5)  # building it never raises
+    with pytest.raises(UpstreamBadRequest):
+        await drain(stream)
+    assert upstream.requests == []
+
+
 async def test_tool_calls_with_stop_and_no_ids(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
     upstream.enqueue(json_reply(ollama_response("", calls=[("get_weather", {"city": "Paris"})])))
     response = await ollama(upstream, client).complete("llama3.2", ASK_WEATHER, timeout=5)
