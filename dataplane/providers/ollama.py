@@ -180,6 +180,8 @@ def ollama_usage(payload: Mapping[str, Any]) -> Usage | None:
 class OllamaStreamDecoder:
     """One JSON object per line; ``{"error": ...}`` lines are in-band errors."""
 
+    event_stream = False  # an {"error": ...} JSON body is just one more NDJSON line
+
     def __init__(self, adapter: OllamaAdapter) -> None:
         self._adapter = adapter
         self._tools = ToolCallIndexer()

@@ -36,6 +36,8 @@ class StreamDecoder(Protocol):
     """
 
     done: bool
+    event_stream: bool
+    """True for SSE: a 2xx JSON body instead of an event stream is then an error answer."""
 
     def feed(self, line: str) -> Iterable[StreamChunk]: ...
 
@@ -115,6 +117,11 @@ class HttpAdapter:
             self._open(url, make_body(), timeout=timeout, params=params) as response,
             aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines,
         ):
+            if decoder.event_stream and _is_json(response):
+                # Some servers answer a streaming request with a plain JSON error and 200.
+                await self._read(response)
+                self.raise_in_band(loads(self.type_name, response.text))
+                raise self.malformed("expected an event stream, got a JSON body", response.text)
             while not decoder.done:
                 try:
                     line = await anext(lines)
@@ -178,14 +185,22 @@ class HttpAdapter:
             raise classify_transport(self.type_name, exc) from exc
         try:
             if response.is_error:
-                try:
-                    await response.aread()
-                except httpx.HTTPError as exc:
-                    raise classify_transport(self.type_name, exc) from exc
+                await self._read(response)
                 raise self.http_error(response.status_code, response.text, response.headers)
             yield response
         finally:
             await response.aclose()
+
+    async def _read(self, response: httpx.Response) -> None:
+        try:
+            await response.aread()
+        except httpx.HTTPError as exc:
+            raise classify_transport(self.type_name, exc) from exc
+
+
+def _is_json(response: httpx.Response) -> bool:
+    media_type: str = response.headers.get("content-type", "")
+    return media_type.split(";")[0].strip().lower() == "application/json"
 
 
 class SSEStreamDecoder:
@@ -196,6 +211,7 @@ class SSEStreamDecoder:
     """
 
     missing_terminator: ClassVar[str] = "the stream's terminator"
+    event_stream = True
 
     def __init__(self, adapter: HttpAdapter) -> None:
         self.adapter = adapter

@@ -61,6 +61,8 @@ class Wire:
     stream_reply: Callable[..., Reply] = sse_reply
     unknown_event: bytes = b""
     """An event of a type this provider might add later; must be ignored."""
+    server_error: dict[str, object] = field(default_factory=dict)
+    """This provider's error body for an internal failure."""
     settings: dict[str, str] = field(default_factory=dict)
 
     def adapter(self, base_url: str, client: httpx.AsyncClient) -> ProviderAdapter:
@@ -98,6 +100,7 @@ def _openai_wire(type_name: str, path: str, **settings: str) -> Wire:
         ),
         text_stream=lambda pieces: canned.openai_text_stream(*pieces),
         tool_stream=_openai_tool_stream,
+        server_error={"error": {"message": "The server had an error", "type": "server_error", "code": None}},
         unknown_event=sse_event(
             {"object": "chat.completion.chunk", "choices": [], "usage": None}, event="novel"
         ),
@@ -125,6 +128,7 @@ WIRES: tuple[Wire, ...] = (
             tool_uses=[("toolu_1", "get_weather", ['{"city": ', '"Paris"}'])], stop_reason="tool_use"
         ),
         unknown_event=canned.anthropic_event({"type": "future_event", "data": {}}),
+        server_error=canned.anthropic_error("api_error", "Internal server error"),
     ),
     Wire(
         type_name="gemini",
@@ -134,6 +138,7 @@ WIRES: tuple[Wire, ...] = (
         text_stream=lambda pieces: canned.gemini_stream(*pieces),
         tool_stream=lambda: canned.gemini_stream(calls=[("get_weather", PARIS)]),
         unknown_event=b": a comment line\n\n",
+        server_error=canned.gemini_error(500, "INTERNAL", "An internal error has occurred."),
     ),
     Wire(
         type_name="ollama",
@@ -144,6 +149,7 @@ WIRES: tuple[Wire, ...] = (
         tool_stream=lambda: canned.ollama_stream(calls=[("get_weather", PARIS)]),
         stream_reply=ndjson_reply,
         unknown_event=b"\n",
+        server_error={"error": "an unexpected error occurred"},
     ),
 )
 
@@ -351,3 +357,27 @@ async def test_errors_never_carry_the_credential(
     assert caught.value.kind == "auth"
     assert CREDENTIAL not in str(caught.value)
     assert CREDENTIAL not in (caught.value.body or "")
+
+
+@by_type
+async def test_ok_status_with_an_error_body(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    upstream.enqueue(json_reply(wire.server_error), json_reply(wire.server_error))
+    adapter = wire.adapter(upstream.base_url, client)
+    with pytest.raises(UpstreamUnavailable) as plain:
+        await adapter.complete("m", HELLO, timeout=5)
+    with pytest.raises(UpstreamUnavailable) as streamed:
+        await drain(adapter.stream("m", HELLO, timeout=5))
+    for caught in (plain, streamed):
+        assert caught.value.retryable
+        assert caught.value.http_status is None
+
+
+@by_type
+async def test_ok_status_with_an_html_page(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    upstream.enqueue(raw_reply("<html><body>Gateway says hi</body></html>\n", 200, "text/html"))
+    with pytest.raises(UpstreamProtocolError):
+        await drain(wire.adapter(upstream.base_url, client).stream("m", HELLO, timeout=5))
