@@ -195,7 +195,11 @@ def main() -> None:
     prepare_s = time.perf_counter() - started
     health = Dispatcher().health
     tenant_list = list(tenants.values())
-    caps_choices = (frozenset(), frozenset({Capability.TOOLS}), frozenset({Capability.VISION}))
+    caps_choices: tuple[frozenset[Capability], ...] = (
+        frozenset(),
+        frozenset({Capability.TOOLS}),
+        frozenset({Capability.VISION}),
+    )
     queries = [
         RouteQuery(
             tenant=rng.choice(tenant_list),

@@ -90,8 +90,7 @@ def model(
         input_price_nanos_per_mtok=input_price,
         output_price_nanos_per_mtok=output_price,
         deployments=tuple(
-            DeploymentConfig(d[0], d[1], upstream or alias, d[2] if len(d) > 2 else 1)  # type: ignore[misc]
-            for d in deployments
+            DeploymentConfig(d[0], d[1], upstream or alias, d[2] if len(d) > 2 else 1) for d in deployments
         ),
         certified_for=frozenset(certified_for),
         typical_latency_ms=typical_latency_ms,

@@ -95,7 +95,8 @@ def test_every_feature_compiles_and_validates() -> None:
     assert [p.model.alias for p in canary.candidates] == ["gpt-4o", "sim-smart"]
     assert canary.cumulative_weights == pytest.approx((0.9, 1.0))
     assert [p.model.alias for p in canary.fallbacks] == ["sim-fast"]
-    assert canary.shadow is not None and canary.shadow.model.model.alias == "llama"
+    assert canary.shadow is not None
+    assert canary.shadow.model.model.alias == "llama"
     assert canary.match.data_classes == frozenset({DataClass.INTERNAL, DataClass.UNSPECIFIED})
     # Rule constraints override the policy's field by field.
     assert canary.constraints.max_latency_ms == 3000
@@ -104,7 +105,8 @@ def test_every_feature_compiles_and_validates() -> None:
     assert canary.retry.fallback_on == frozenset({"server_error", "content_filtered"})
     assert canary.retry.max_attempts == 4
     assert [p.model.alias for p in cheap.candidates] == ["llama", "sim-fast"]
-    assert latency.name == "rules[2]" and latency.strategy is Strategy.LATENCY
+    assert latency.name == "rules[2]"
+    assert latency.strategy is Strategy.LATENCY
 
 
 def test_defaults_make_content_filter_fallback_opt_in() -> None:

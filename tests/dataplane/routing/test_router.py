@@ -89,7 +89,8 @@ def labels(p: Any) -> list[str]:
 def test_default_model_first_then_allowed_models() -> None:
     cfg = config({"default_model": "sim-smart", "allowed_models": ["sim-fast", "sim-smart"]})
     p = plan(cfg, request_id="r1")
-    assert p.rule == "default" and p.strategy == "priority"
+    assert p.rule == "default"
+    assert p.strategy == "priority"
     assert [c.model.alias for c in p.ordered][:1] == ["sim-smart"]
     assert {c.model.alias for c in p.ordered} == {"sim-fast", "sim-smart"}
     assert "policy default" in p.reason
@@ -205,7 +206,7 @@ def test_weighted_split_is_sticky_and_close_to_the_weights() -> None:
             ]
         }
     )
-    arms = Counter()
+    arms: Counter[str] = Counter()
     for i in range(10_000):
         user = f"user-{i}"
         first = plan(cfg, metadata={"user_id": user}, request_id=f"a{i}")
@@ -292,7 +293,8 @@ def test_max_cost_drops_expensive_models() -> None:
     p = plan(cfg, estimated_input_tokens=100_000, max_output_tokens=100)
     assert [c.model.alias for c in p.ordered] == ["cheap-in"]
     (dropped,) = p.dropped
-    assert dropped[0] == "cheap-out" and "estimated cost" in dropped[1]
+    assert dropped[0] == "cheap-out"
+    assert "estimated cost" in dropped[1]
 
 
 def test_max_latency_drops_slow_deployments(clock: FakeClock) -> None:
@@ -450,7 +452,8 @@ def test_explain_is_plain_data_with_the_whole_decision() -> None:
     explained = plan(cfg, request_id="r-1", metadata={}).explain()
     assert explained["rule"] == "canary"
     assert explained["strategy"] == "weighted"
-    assert explained["policy_id"] == "pol-t-gold" and explained["policy_version"] == 3
+    assert explained["policy_id"] == "pol-t-gold"
+    assert explained["policy_version"] == 3
     assert explained["chosen"]["model"] == explained["arm"]
     assert explained["shadow"]["model"] == "cheap-in"
     assert {"candidate": "sim-fast@us", "why": "region 'us-east-1' not allowed"} in explained["dropped"]
