@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,15 @@ from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 log = logging.getLogger("signalbox.dataplane")
 
 INFER_SERVICE = infer_pb2.DESCRIPTOR.services_by_name["InferService"].full_name
+
+
+def _skip_failing_sniffio_import() -> None:
+    """httpcore runs ``import sniffio`` on every request to tell trio from asyncio.
+    Without sniffio installed each of those is a failed import (a path scan costing
+    more CPU than the rest of the HTTP call's bookkeeping); a ``None`` entry in
+    ``sys.modules`` makes the same ImportError a dictionary lookup."""
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
 def default_node_id() -> str:
@@ -144,6 +155,7 @@ class DataPlaneNode:
 
     async def start(self) -> None:
         s = self.settings
+        _skip_failing_sniffio_import()
         trusted = load_trust_keys(s.trust_keys)
         if not trusted:
             log.warning("no trust key configured: this node will refuse every snapshot")
@@ -229,9 +241,9 @@ class DataPlaneNode:
         self._server = server
         self._port = port
 
-    def _on_snapshot(self, state: ServingState) -> None:
+    async def _on_snapshot(self, state: ServingState) -> None:
         if not self._stopping:
-            asyncio.get_running_loop().create_task(self._set_serving(True))
+            await self._set_serving(True)
 
     async def _set_serving(self, serving: bool) -> None:
         status = (

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,7 +32,7 @@ from dataplane.config.model import ModelConfig
 from dataplane.config.store import ServingState, SnapshotStore
 from dataplane.errors import CredentialUnavailable, InvalidRequest
 from dataplane.evidence.log import EvidenceLog
-from dataplane.routing.dispatch import AttemptRecord, Dispatcher
+from dataplane.routing.dispatch import AttemptRecord, Dispatcher, ShadowOutcome
 from dataplane.routing.router import Candidate, NodeContext, RoutePlan, RouteQuery, plan_route
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2
@@ -102,6 +102,8 @@ class Trace:
     first_chunk_ms: float | None = None
     dispatch_ms: float | None = None
     invalid_correlation_id: InvalidRequest | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """Candidates the dispatcher passed over without an attempt, and why."""
 
 
 def correlation_id_of(supplied: str, metadata: Metadata | None) -> str:
@@ -191,6 +193,28 @@ class Pipeline:
             trace.plan = plan
         return plan
 
+    def shadow(
+        self,
+        trace: Trace,
+        state: ServingState,
+        plan: RoutePlan,
+        attempt: Callable[[Candidate, float], Awaitable[Any]],
+        deadline: float,
+    ) -> None:
+        """Mirror the request when the plan says so; its outcome gets its own evidence record."""
+        if plan.shadow is None:
+            return
+
+        async def mirrored(candidate: Candidate, remaining: float) -> Any:
+            # Hold the snapshot's adapters for as long as the mirror runs.
+            with state.use():
+                return await attempt(candidate, remaining)
+
+        def recorded(outcome: ShadowOutcome[Any]) -> None:
+            self.evidence.append(shadow_fields(trace, outcome))
+
+        self.dispatcher.shadow(plan, mirrored, deadline=deadline, on_outcome=recorded)
+
     def deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
         """Absolute ``time.monotonic()`` deadline for dispatch.
 
@@ -226,7 +250,7 @@ class Pipeline:
             "api_key_id": caller.key.id if caller else "",
             "snapshot": {"version": state.version, "sha256": state.config.hash_hex} if state else None,
             "policy": {"id": plan.policy_id, "version": plan.policy_version} if plan else None,
-            "routing": _routing_record(plan, candidate, trace.attempts) if plan else None,
+            "routing": _routing_record(plan, candidate, trace.attempts, trace.skipped) if plan else None,
             "timings": {
                 "total_ms": round(total_ms, 3),
                 "dispatch_ms": round(trace.dispatch_ms, 3) if trace.dispatch_ms is not None else None,
@@ -234,20 +258,8 @@ class Pipeline:
                 if trace.first_chunk_ms is not None
                 else None,
             },
-            "usage": {
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cached_input_tokens": usage.cached_input_tokens,
-                "cache_write_input_tokens": usage.cache_write_input_tokens,
-            }
-            if usage
-            else None,
-            "cost": {
-                "currency": "USD",
-                "input_nanos": trace.cost.input_nanos,
-                "output_nanos": trace.cost.output_nanos,
-                "total_nanos": trace.cost.total_nanos,
-            },
+            "usage": _usage_fields(usage),
+            "cost": _cost_fields(trace.cost),
             "outcome": {"code": outcome.code.name, "message": outcome.message, "error": outcome.kind},
             "request_sha256": trace.request_sha256,
             "response_sha256": trace.response_sha256,
@@ -265,10 +277,58 @@ class Pipeline:
         return record_id
 
 
+def shadow_fields(trace: Trace, outcome: ShadowOutcome[Any]) -> dict[str, Any]:
+    """The evidence of a mirrored call: the request's data went to another deployment too."""
+    c = outcome.candidate
+    usage = getattr(outcome.result, "usage", None)
+    cost = cost_of(c.model, usage)
+    return {
+        "ts": time.time(),
+        "kind": "shadow",
+        "correlation_id": trace.correlation_id,
+        "tenant_id": trace.caller.tenant.id if trace.caller else "",
+        "api_key_id": trace.caller.key.id if trace.caller else "",
+        "snapshot": {"version": trace.state.version, "sha256": trace.state.config.hash_hex}
+        if trace.state
+        else None,
+        "policy": {"id": trace.plan.policy_id, "version": trace.plan.policy_version} if trace.plan else None,
+        "routing": {"served_by": {"model": c.model.alias, "provider": c.provider.id, "deployment": c.key}},
+        "timings": {"total_ms": outcome.duration_ms},
+        "usage": _usage_fields(usage),
+        "cost": _cost_fields(cost),
+        "outcome": {"code": "OK" if outcome.outcome == "ok" else outcome.outcome, "message": outcome.error},
+        "request_sha256": trace.request_sha256,
+    }
+
+
+def _usage_fields(usage: Usage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "cache_write_input_tokens": usage.cache_write_input_tokens,
+    }
+
+
+def _cost_fields(cost: Cost) -> dict[str, Any]:
+    return {
+        "currency": "USD",
+        "input_nanos": cost.input_nanos,
+        "output_nanos": cost.output_nanos,
+        "total_nanos": cost.total_nanos,
+    }
+
+
 def _routing_record(
-    plan: RoutePlan, candidate: Candidate | None, attempts: list[AttemptRecord]
+    plan: RoutePlan,
+    candidate: Candidate | None,
+    attempts: list[AttemptRecord],
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     decision = plan.explain()
+    decision["skipped"] = [{"candidate": c, "why": why} for c, why in skipped]
     decision["served_by"] = (
         {"model": candidate.model.alias, "provider": candidate.provider.id, "deployment": candidate.key}
         if candidate

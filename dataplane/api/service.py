@@ -52,7 +52,7 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
     async def _fail(self, trace: Trace, exc: BaseException, context: Context) -> NoReturn:
         """Record and report a failed request."""
         if isinstance(exc, DispatchFailed):
-            trace.attempts = exc.attempts
+            trace.attempts, trace.skipped = exc.attempts, exc.skipped
         outcome = to_status(exc)
         if outcome.code is grpc.StatusCode.INTERNAL:
             log.error("request %s failed unexpectedly", trace.correlation_id, exc_info=exc)
@@ -89,12 +89,10 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
         trace: Trace,
         plan: RoutePlan,
         attempt: Callable[[Candidate, float], Awaitable[Result]],
-        context: Context,
+        deadline: float,
     ) -> tuple[Result, Candidate]:
         started = time.monotonic()
-        result, candidate, attempts = await self._p.dispatcher.call(
-            plan, attempt, deadline=self._p.deadline(context)
-        )
+        result, candidate, attempts = await self._p.dispatcher.call(plan, attempt, deadline=deadline)
         trace.dispatch_ms = (time.monotonic() - started) * 1000
         trace.candidate, trace.attempts = candidate, attempts
         return result, candidate
@@ -135,7 +133,9 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
                 adapter = state.adapters[candidate.provider.id]
                 return await adapter.complete(candidate.deployment.upstream_model, chat, timeout=remaining)
 
-            result, candidate = await self._dispatch(trace, plan, attempt, context)
+            deadline = self._p.deadline(context)
+            self._p.shadow(trace, state, plan, attempt, deadline)
+            result, candidate = await self._dispatch(trace, plan, attempt, deadline)
             cost = self._p.account(trace, candidate, result.usage)
             return infer_pb2.InferResponse(
                 message=convert.message_to_proto(result.message),
@@ -172,7 +172,7 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
                 adapter = state.adapters[candidate.provider.id]
                 return await adapter.embed(candidate.deployment.upstream_model, embed, timeout=remaining)
 
-            result, candidate = await self._dispatch(trace, plan, attempt, context)
+            result, candidate = await self._dispatch(trace, plan, attempt, self._p.deadline(context))
             cost = self._p.account(trace, candidate, result.usage)
             response = infer_pb2.EmbedResponse(
                 usage=convert.usage_to_proto(result.usage),

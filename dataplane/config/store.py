@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +161,7 @@ class SnapshotStore:
         allow_expired: bool = False,
         resolve_credential: CredentialResolver | None = None,
         clock: Callable[[], float] = time.time,
-        on_change: Callable[[ServingState], None] | None = None,
+        on_change: Callable[[ServingState], Awaitable[None]] | None = None,
     ) -> None:
         self._trusted = dict(trusted)
         self._scope = scope
@@ -330,7 +330,7 @@ class SnapshotStore:
             await asyncio.to_thread(self._write_hwm, HighWaterMark(version, digest))
         if not pinned:
             self._hwm = HighWaterMark(version, digest)
-        self._publish(state)
+        await self._publish(state)
         log.info("serving snapshot %d (%s) signed by %s", version, digest.hex()[:12], key_id)
         return ApplyResult(True, version, digest, changed=True)
 
@@ -365,7 +365,7 @@ class SnapshotStore:
             log.warning("provider %s unusable in snapshot %d: %s", provider_id, config.version, why)
         return ServingState(config, adapters, unusable, key_id, self._clock())
 
-    def _publish(self, state: ServingState) -> None:
+    async def _publish(self, state: ServingState) -> None:
         old = self.current
         self.current = state  # the atomic swap: requests read this attribute once
         if old is not None:
@@ -373,13 +373,10 @@ class SnapshotStore:
             task = asyncio.get_running_loop().create_task(self._close_when_idle(old))
             self._closers.add(task)
             task.add_done_callback(self._closers.discard)
-        if self._on_change is not None:
-            self._on_change(state)
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+        if self._on_change is not None:
+            await self._on_change(state)
 
     async def _close_when_idle(self, state: ServingState) -> None:
         await state._idle.wait()

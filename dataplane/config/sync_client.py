@@ -111,8 +111,11 @@ class SyncClient:
                 self._last_error = "control plane closed the stream"
             except grpc.aio.AioRpcError as exc:
                 self._last_error = f"{exc.code().name}: {exc.details()}"
-            except (OSError, grpc.RpcError) as exc:
+            except Exception as exc:
+                # Whatever broke this session, the node must keep trying to sync:
+                # a dead sync task would silently freeze its configuration.
                 self._last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("config sync session with %s failed", self._target)
             finally:
                 self._connected = False
             if time.monotonic() - opened >= _HEALTHY_STREAM_S:

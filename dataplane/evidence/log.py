@@ -102,9 +102,11 @@ class EvidenceLog:
             "prev_hash": self._head.hash,
             **fields,
         }
-        digest = hashlib.sha256(_canonical(record)).hexdigest()
-        record["hash"] = digest
-        self._file.write(_canonical(record) + b"\n")
+        body = _canonical(record)
+        digest = hashlib.sha256(body).hexdigest()
+        # The stored line is the hashed body with "hash" appended last; verification
+        # drops "hash" and re-canonicalizes, so the key order on disk does not matter.
+        self._file.write(b'%b,"hash":"%b"}\n' % (body[:-1], digest.encode()))
         self._head = ChainHead(seq, digest)
         self._dirty.set()
         return record_id

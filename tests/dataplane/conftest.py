@@ -48,6 +48,7 @@ def snapshot(
     expires_at: float | None = None,
     max_output_tokens: int = 4096,
     timeout_ms: int = 0,
+    rules: Sequence[dict[str, Any]] = (),
 ) -> snapshot_pb2.Snapshot:
     """A complete, consistent snapshot: tenants acme (active) and dormant (inactive),
     models sim-fast, sim-smart, sim-embed and sim-secret (not allowed for acme), one provider.
@@ -95,6 +96,8 @@ def snapshot(
         # One try: tests of upstream failures should fail fast and deterministically.
         "retry": {"max_attempts": 1, "attempts_per_deployment": 1},
     }
+    if rules:
+        document["rules"] = list(rules)
     snap.policies.add(id="pol-acme", tenant_id="t-acme", version=version, document_json=json.dumps(document))
     return snap
 

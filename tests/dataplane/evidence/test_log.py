@@ -120,6 +120,27 @@ async def test_cancelled_stream_is_recorded(
     assert record["outcome"]["code"] == "CANCELLED"
 
 
+async def test_shadow_call_gets_its_own_record(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    mirror = {"name": "mirror", "models": ["sim-fast"], "shadow": {"model": "sim-smart", "share": 1.0}}
+    node = await start_node()
+    snap = snapshot(1, simulator.base_url, rules=[mirror])
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        response = await stub.Infer(chat(correlation_id="cid-mirror"), metadata=AUTH, timeout=10)
+    assert response.model == "sim-fast"
+    path = log_path(tmp_path / "node", "node-test")
+    await eventually(lambda: len(list(read_records(path))) == 2, message="shadow record")
+    records = {r["kind"]: r for r in read_records(path)}
+    assert records["shadow"]["correlation_id"] == "cid-mirror"
+    assert records["shadow"]["routing"]["served_by"]["model"] == "sim-smart"
+    assert records["shadow"]["outcome"]["code"] == "OK"
+    assert simulator.stats("sim-smart").chat == 1
+    verify_chain(path)
+
+
 async def test_torn_last_line_is_cut_and_the_chain_continues(tmp_path: Path) -> None:
     path = tmp_path / "n.jsonl"
     async with EvidenceLog(path, "n") as log:
