@@ -147,6 +147,11 @@ class DataPlaneNode:
         """The config-sync client, when a control plane is configured."""
         return self._sync
 
+    @property
+    def stopping(self) -> bool:
+        """True once a stop has begun (health is NOT_SERVING, new calls are refused)."""
+        return self._stopping
+
     async def wait_for_version(self, version: int, timeout: float | None = 10.0) -> ServingState:
         """Wait until the node serves ``version`` or a later one."""
         return await self.store.wait_for_version(version, timeout)

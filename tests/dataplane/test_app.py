@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dataplane.app import DataPlaneNode
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.simulator import Behaviour
-from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
+from tests.dataplane.conftest import AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
 from tests.helpers import eventually
 
 
@@ -72,3 +72,35 @@ async def test_sigterm_drains_an_in_flight_request(
         response = await call
     assert response.message.content[0].text
     await asyncio.wait_for(serve, 10)
+
+
+async def test_stop_drains_an_open_stream_and_refuses_new_calls(
+    start_node: NodeFactory, gated_upstream: GatedUpstream, signing_key: Ed25519PrivateKey
+) -> None:
+    node = await start_node(drain_seconds=10.0)
+    snap = snapshot(1, gated_upstream.base_url, provider_type="openai_compatible")
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        call = stub.InferStream(chat(), metadata=AUTH, timeout=10)
+        assert (await call.read()).HasField("start")
+        assert (await call.read()).delta.text == "first "
+        stopping = asyncio.create_task(node.stop())
+
+        async def refused() -> bool:
+            # NOT_FOUND while serving (no upstream involved); UNAVAILABLE once draining.
+            try:
+                await stub.Infer(chat(model="no-such-model"), metadata=AUTH, timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code() is grpc.StatusCode.UNAVAILABLE
+            return False
+
+        # Draining: new calls are refused while the open stream continues.
+        await eventually(refused, message="new calls refused during drain")
+        assert node.stopping
+        gated_upstream.release.set()
+        rest = []
+        while (event := await call.read()) is not grpc.aio.EOF:
+            rest.append(event)
+        assert rest[-1].HasField("end")
+        await asyncio.wait_for(stopping, 10)
