@@ -1,0 +1,265 @@
+"""``signalbox controlplane ...`` and ``signalbox admin ...``.
+
+controlplane serve            run the control plane (SIGTERM/SIGINT: drain and stop)
+controlplane bootstrap-admin  create the first admin token; printed once, last line of stdout
+controlplane export-snapshot  write the newest signed envelope to a file (air-gapped pin)
+admin <resource> <verb>       the Admin API from a shell (see ``controlplane.admin_cli``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+
+from signalbox import settings
+
+SERVE = "controlplane serve"
+BOOTSTRAP = "controlplane bootstrap-admin"
+EXPORT = "controlplane export-snapshot"
+
+
+def _database_settings(parser: argparse.ArgumentParser, command: str) -> None:
+    settings.add(
+        parser,
+        "--database-url",
+        env="SIGNALBOX_DATABASE_URL",
+        default=None,
+        help="PostgreSQL URL (postgresql+psycopg://...); unset: embedded PostgreSQL under --data-dir",
+        command=command,
+    )
+    settings.add(
+        parser,
+        "--data-dir",
+        env="SIGNALBOX_CONTROLPLANE_DATA_DIR",
+        default="./var/controlplane",
+        help="trust key, generated KEK and embedded PostgreSQL live here",
+        command=command,
+    )
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``signalbox controlplane`` and ``signalbox admin``."""
+    from controlplane import admin_cli
+
+    parser = commands.add_parser("controlplane", help="run and manage the control plane")
+    sub = parser.add_subparsers(dest="controlplane_command", required=True, metavar="COMMAND")
+    add = settings.add
+
+    serve = sub.add_parser("serve", help="serve the Admin API and config sync")
+    add(
+        serve,
+        "--listen",
+        env="SIGNALBOX_CONTROLPLANE_LISTEN",
+        default="127.0.0.1:7700",
+        help="HOST:PORT for the Admin API, config sync and grpc health (port 0 picks a free one)",
+        command=SERVE,
+    )
+    _database_settings(serve, SERVE)
+    add(
+        serve,
+        "--kek",
+        env="SIGNALBOX_KEK",
+        default=None,
+        help="base64 of the 32-byte key-encryption key for the signing key (prefer the env var)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--kek-file",
+        env="SIGNALBOX_KEK_FILE",
+        default=None,
+        help="file holding the KEK; unset with no --kek: generated as <data-dir>/kek (0600)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--snapshot-ttl-days",
+        env="SIGNALBOX_SNAPSHOT_TTL_DAYS",
+        default=30.0,
+        type=float,
+        help="how long a snapshot stays valid after it is created",
+        command=SERVE,
+    )
+    for flag, env, what in (
+        ("--scope-deployment", "SIGNALBOX_SCOPE_DEPLOYMENT", "deployment"),
+        ("--scope-node-group", "SIGNALBOX_SCOPE_NODE_GROUP", "node group"),
+        ("--scope-site", "SIGNALBOX_SCOPE_SITE", "site"),
+    ):
+        add(serve, flag, env=env, default="", help=f"snapshot scope: the {what} it is for", command=SERVE)
+    add(
+        serve,
+        "--drain-seconds",
+        env="SIGNALBOX_CONTROLPLANE_DRAIN_SECONDS",
+        default=5.0,
+        type=float,
+        help="on SIGTERM, how long in-flight admin calls may finish",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--log-level",
+        env="SIGNALBOX_LOG_LEVEL",
+        default="INFO",
+        help="DEBUG, INFO, WARNING or ERROR",
+        command=SERVE,
+    )
+    serve.set_defaults(handler=serve_command)
+
+    bootstrap = sub.add_parser("bootstrap-admin", help="create an admin token; printed once")
+    _database_settings(bootstrap, BOOTSTRAP)
+    add(
+        bootstrap,
+        "--name",
+        env="SIGNALBOX_ADMIN_NAME",
+        default="admin",
+        help="who the token is for (recorded in the audit log)",
+        command=BOOTSTRAP,
+    )
+    bootstrap.set_defaults(handler=bootstrap_command)
+
+    export = sub.add_parser("export-snapshot", help="write the newest signed snapshot envelope to a file")
+    _database_settings(export, EXPORT)
+    add(
+        export,
+        "--out",
+        env="SIGNALBOX_SNAPSHOT_OUT",
+        default=None,
+        help="file to write the envelope to",
+        command=EXPORT,
+    )
+    export.set_defaults(handler=export_command)
+
+    admin_cli.register(commands)
+
+
+def _log(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def serve_command(ns: argparse.Namespace) -> int:
+    from controlplane.app import ControlPlane, ControlPlaneSettings
+    from controlplane.errors import ControlPlaneError
+    from signalbox.api.config.v1 import snapshot_pb2
+
+    _log(ns.log_level)
+    cp_settings = ControlPlaneSettings(
+        listen=ns.listen,
+        database_url=ns.database_url or None,
+        data_dir=Path(ns.data_dir),
+        kek=ns.kek or None,
+        kek_file=Path(ns.kek_file) if ns.kek_file else None,
+        snapshot_ttl=timedelta(days=ns.snapshot_ttl_days),
+        scope=snapshot_pb2.Scope(
+            deployment=ns.scope_deployment, node_group=ns.scope_node_group, site=ns.scope_site
+        ),
+        drain_grace=ns.drain_seconds,
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with ControlPlane(cp_settings) as cp:
+            print(f"control plane serving on {cp.address}", file=sys.stderr, flush=True)
+            await stop.wait()
+            logging.getLogger(__name__).info("stopping: draining calls and ending sync streams")
+
+    try:
+        asyncio.run(run())
+    except (ControlPlaneError, OSError, ValueError) as exc:
+        print(f"signalbox controlplane serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@asynccontextmanager
+async def _database(ns: argparse.Namespace) -> AsyncIterator[str]:
+    """A migrated database URL: the given one, or embedded PostgreSQL under --data-dir."""
+    from controlplane.app import embedded_url
+    from controlplane.db.migrate import upgrade_head
+    from controlplane.db.session import normalize_url
+
+    embedded = None
+    if ns.database_url:
+        url = normalize_url(ns.database_url)
+    else:
+        embedded, url = await asyncio.to_thread(embedded_url, Path(ns.data_dir))
+    try:
+        await asyncio.to_thread(upgrade_head, url)
+        yield url
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def bootstrap_command(ns: argparse.Namespace) -> int:
+    from controlplane.db.session import create_engine, session_factory
+    from controlplane.errors import ControlPlaneError
+    from controlplane.services.admin import AdminService
+
+    async def run() -> str:
+        async with _database(ns) as url:
+            engine = create_engine(url)
+            try:
+                _, token = await AdminService(session_factory(engine)).create_token(ns.name)
+            finally:
+                await engine.dispose()
+        return token
+
+    try:
+        token = asyncio.run(run())
+    except (ControlPlaneError, OSError, ValueError) as exc:
+        print(f"signalbox controlplane bootstrap-admin: {exc}", file=sys.stderr)
+        return 1
+    print(f"admin token for {ns.name!r} (shown once; store it now):", file=sys.stderr)
+    print(token, flush=True)
+    return 0
+
+
+def export_command(ns: argparse.Namespace) -> int:
+    from controlplane.db.session import create_engine, session_factory
+    from controlplane.repositories import snapshots as snapshot_repo
+
+    if not ns.out:
+        print("signalbox controlplane export-snapshot: --out: required", file=sys.stderr)
+        return 2
+
+    async def run() -> tuple[int, bytes] | None:
+        async with _database(ns) as url:
+            engine = create_engine(url)
+            try:
+                async with session_factory(engine)() as session:
+                    row = await snapshot_repo.latest(session)
+                    return None if row is None else (row.version, bytes(row.envelope))
+            finally:
+                await engine.dispose()
+
+    try:
+        found = asyncio.run(run())
+    except (OSError, ValueError) as exc:
+        print(f"signalbox controlplane export-snapshot: {exc}", file=sys.stderr)
+        return 1
+    if found is None:
+        print(
+            "signalbox controlplane export-snapshot: no snapshot yet; start the control plane once",
+            file=sys.stderr,
+        )
+        return 1
+    version, envelope = found
+    out = Path(ns.out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(envelope)
+    tmp.replace(out)
+    print(f"wrote snapshot v{version} ({len(envelope)} bytes) to {out}", file=sys.stderr)
+    return 0
