@@ -47,6 +47,7 @@ from .wire import (
     ToolCallIndexer,
     arguments_object,
     arguments_text,
+    assistant_response,
     conversation,
     image_base64,
     loads,
@@ -82,17 +83,17 @@ class AnthropicAdapter(HttpAdapter):
 
     async def complete(self, model: str, request: ChatRequest, *, timeout: float) -> ChatResponse:
         """One Messages call."""
-        payload = await self.post_json(self._url, self.request_body(model, request), timeout=timeout)
-        try:
-            blocks = payload["content"]
-        except (KeyError, TypeError):
-            raise self.malformed("no content") from None
+        body = self.request_body(model, request)
+        return await self.post_parsed(self._url, body, self.parse_message, timeout=timeout)
+
+    def parse_message(self, payload: Any) -> ChatResponse:
+        """A Messages response: text and ``tool_use`` blocks (thinking and others skipped)."""
         texts: list[str] = []
         calls: list[ToolCall] = []
-        for block in blocks:
-            if block.get("type") == "text":
+        for block in payload["content"]:
+            if block["type"] == "text":
                 texts.append(str(block.get("text") or ""))
-            elif block.get("type") == "tool_use":
+            elif block["type"] == "tool_use":
                 calls.append(
                     ToolCall(
                         id=str(block.get("id") or ""),
@@ -100,16 +101,13 @@ class AnthropicAdapter(HttpAdapter):
                         arguments=arguments_text(block.get("input")),
                     )
                 )
-        text = "".join(texts)
-        reason = STOP_REASONS.get(str(payload.get("stop_reason")))
-        return ChatResponse(
-            message=Message(
-                role=Role.ASSISTANT, content=(TextPart(text),) if text else (), tool_calls=tuple(calls)
-            ),
-            finish_reason=settle_finish(reason, bool(calls)),
+        return assistant_response(
+            "".join(texts),
+            calls,
+            STOP_REASONS.get(str(payload.get("stop_reason"))),
             usage=anthropic_usage(payload.get("usage") or {}),
-            upstream_model=str(payload.get("model") or ""),
-            upstream_id=str(payload.get("id") or ""),
+            upstream_model=payload.get("model"),
+            upstream_id=payload.get("id"),
         )
 
     def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:

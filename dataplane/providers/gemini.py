@@ -50,6 +50,7 @@ from .wire import (
     ToolCallIndexer,
     arguments_object,
     arguments_text,
+    assistant_response,
     conversation,
     image_base64,
     settle_finish,
@@ -94,23 +95,20 @@ class GeminiAdapter(HttpAdapter):
 
     async def complete(self, model: str, request: ChatRequest, *, timeout: float) -> ChatResponse:
         """One ``generateContent`` call."""
-        payload = await self.post_json(
-            self._url(model, "generateContent"), self.request_body(request), timeout=timeout
-        )
-        if not isinstance(payload, dict):
-            raise self.malformed("response is not an object")
+        url = self._url(model, "generateContent")
+        return await self.post_parsed(url, self.request_body(request), self.parse_response, timeout=timeout)
+
+    def parse_response(self, payload: Any) -> ChatResponse:
+        """A ``GenerateContentResponse``: the first candidate's parts."""
         candidate = self.first_candidate(payload)
         texts, calls = self._parts(candidate)
-        reason = self.finish_reason(candidate.get("finishReason"))
-        text = "".join(texts)
-        return ChatResponse(
-            message=Message(
-                role=Role.ASSISTANT, content=(TextPart(text),) if text else (), tool_calls=tuple(calls)
-            ),
-            finish_reason=settle_finish(reason, bool(calls)),
+        return assistant_response(
+            "".join(texts),
+            calls,
+            self.finish_reason(candidate.get("finishReason")),
             usage=gemini_usage(payload.get("usageMetadata")),
-            upstream_model=str(payload.get("modelVersion") or ""),
-            upstream_id=str(payload.get("responseId") or ""),
+            upstream_model=payload.get("modelVersion"),
+            upstream_id=payload.get("responseId"),
         )
 
     def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
@@ -127,26 +125,24 @@ class GeminiAdapter(HttpAdapter):
         """``embedContent`` for one input, ``batchEmbedContents`` for several."""
         name = model.removeprefix("models/")
         extra = {"outputDimensionality": request.dimensions} if request.dimensions is not None else {}
-        try:
-            if len(request.inputs) == 1:
-                body = {"content": {"parts": [{"text": request.inputs[0]}]}, **extra}
-                payload = await self.post_json(self._url(model, "embedContent"), body, timeout=timeout)
-                rows = [payload["embedding"]]
-            else:
-                body = {
-                    "requests": [
-                        {"model": f"models/{name}", "content": {"parts": [{"text": text}]}, **extra}
-                        for text in request.inputs
-                    ]
-                }
-                payload = await self.post_json(self._url(model, "batchEmbedContents"), body, timeout=timeout)
-                rows = payload["embeddings"]
-            vectors = tuple(tuple(float(x) for x in row["values"]) for row in rows)
-        except (KeyError, TypeError, ValueError):
-            raise self.malformed("embeddings without values") from None
-        if len(vectors) != len(request.inputs):
-            raise self.malformed(f"{len(vectors)} embeddings for {len(request.inputs)} inputs")
-        return EmbedResponse(vectors=vectors, upstream_model=name)
+        count = len(request.inputs)
+
+        def parse(payload: Any) -> EmbedResponse:
+            rows = [payload["embedding"]] if count == 1 else payload["embeddings"]
+            return EmbedResponse(
+                vectors=self.vectors((r["values"] for r in rows), count), upstream_model=name
+            )
+
+        if count == 1:
+            body: dict[str, Any] = {"content": {"parts": [{"text": request.inputs[0]}]}, **extra}
+            return await self.post_parsed(self._url(model, "embedContent"), body, parse, timeout=timeout)
+        body = {
+            "requests": [
+                {"model": f"models/{name}", "content": {"parts": [{"text": text}]}, **extra}
+                for text in request.inputs
+            ]
+        }
+        return await self.post_parsed(self._url(model, "batchEmbedContents"), body, parse, timeout=timeout)
 
     def error_facts(self, payload: Any) -> ErrorFacts | None:
         """``{"error": {"code", "message", "status", "details": [ErrorInfo, RetryInfo, ...]}}``."""
@@ -280,6 +276,8 @@ class GeminiAdapter(HttpAdapter):
         texts: list[str] = []
         calls: list[ToolCall] = []
         for part in (candidate.get("content") or {}).get("parts") or ():
+            if not isinstance(part, dict):
+                raise TypeError("a part is not an object")  # reported by HttpAdapter.decoding
             if "functionCall" in part:
                 call = part["functionCall"] or {}
                 calls.append(

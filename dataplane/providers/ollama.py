@@ -40,6 +40,7 @@ from .wire import (
     ToolCallIndexer,
     arguments_object,
     arguments_text,
+    assistant_response,
     image_base64,
     settle_finish,
     synthesize_call_id,
@@ -64,19 +65,18 @@ class OllamaAdapter(HttpAdapter):
 
     async def complete(self, model: str, request: ChatRequest, *, timeout: float) -> ChatResponse:
         """One non-streamed chat (``stream: false``)."""
-        payload = await self.post_json(
-            self._url, self.request_body(model, request, stream=False), timeout=timeout
-        )
-        if not isinstance(payload, dict) or not isinstance(payload.get("message"), dict):
-            raise self.malformed("no message")
+        body = self.request_body(model, request, stream=False)
+        return await self.post_parsed(self._url, body, self.parse_response, timeout=timeout)
+
+    def parse_response(self, payload: Any) -> ChatResponse:
+        """The final ``/api/chat`` object."""
         message = payload["message"]
-        calls = tuple(self.tool_calls(message))
-        text = str(message.get("content") or "")
-        return ChatResponse(
-            message=Message(role=Role.ASSISTANT, content=(TextPart(text),) if text else (), tool_calls=calls),
-            finish_reason=settle_finish(DONE_REASONS.get(str(payload.get("done_reason"))), bool(calls)),
+        return assistant_response(
+            str(message.get("content") or ""),
+            self.tool_calls(message),
+            DONE_REASONS.get(str(payload.get("done_reason"))),
             usage=ollama_usage(payload),
-            upstream_model=str(payload.get("model") or ""),
+            upstream_model=payload.get("model"),
         )
 
     def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:

@@ -30,7 +30,14 @@ from dataplane.chat import (
 
 from .classify import ErrorFacts, classify_error, tokens_of
 from .transport import HttpAdapter, SSEStreamDecoder
-from .wire import ToolCallIndexer, arguments_text, image_url, settle_finish, synthesize_call_id
+from .wire import (
+    ToolCallIndexer,
+    arguments_text,
+    assistant_response,
+    image_url,
+    settle_finish,
+    synthesize_call_id,
+)
 
 FINISH_REASONS: Mapping[str, FinishReason] = {
     "stop": FinishReason.STOP,
@@ -99,8 +106,9 @@ class OpenAIFamilyAdapter(HttpAdapter):
     async def complete(self, model: str, request: ChatRequest, *, timeout: float) -> ChatResponse:
         """One non-streamed chat completion."""
         body = self.chat_body(model, request, stream=False)
-        payload = await self.post_json(self.chat_url(model), body, timeout=timeout, params=self.query())
-        return self.parse_completion(payload)
+        return await self.post_parsed(
+            self.chat_url(model), body, self.parse_completion, timeout=timeout, params=self.query()
+        )
 
     def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
         """Streamed chat completion: data-only SSE ending with ``data: [DONE]``."""
@@ -119,20 +127,18 @@ class OpenAIFamilyAdapter(HttpAdapter):
             body["model"] = name
         if request.dimensions is not None:
             body[self.dialect.dimensions_field] = request.dimensions
-        payload = await self.post_json(self.embeddings_url(model), body, timeout=timeout, params=self.query())
-        try:
+
+        def parse(payload: Any) -> EmbedResponse:
             rows = sorted(payload["data"], key=lambda row: row.get("index", 0))
-            vectors = tuple(tuple(float(x) for x in row["embedding"]) for row in rows)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise self.malformed("embeddings without data[].embedding") from None
-        if len(vectors) != len(request.inputs):
-            raise self.malformed(f"{len(vectors)} embeddings for {len(request.inputs)} inputs")
-        usage = payload.get("usage") or {}
-        return EmbedResponse(
-            vectors=vectors,
-            usage=Usage(input_tokens=int(usage.get("prompt_tokens") or 0)) if usage else None,
-            upstream_model=str(payload.get("model") or ""),
-        )
+            usage = payload.get("usage") or {}
+            return EmbedResponse(
+                vectors=self.vectors((row["embedding"] for row in rows), len(request.inputs)),
+                usage=Usage(input_tokens=int(usage.get("prompt_tokens") or 0)) if usage else None,
+                upstream_model=str(payload.get("model") or ""),
+            )
+
+        url = self.embeddings_url(model)
+        return await self.post_parsed(url, body, parse, timeout=timeout, params=self.query())
 
     # -- request -------------------------------------------------------------------------------
 
@@ -233,27 +239,23 @@ class OpenAIFamilyAdapter(HttpAdapter):
 
     def parse_completion(self, payload: Any) -> ChatResponse:
         """A ``chat.completion`` object as a normalized response."""
-        try:
-            choice = payload["choices"][0]
-            message = choice["message"]
-        except (KeyError, IndexError, TypeError):
-            raise self.malformed("no choices[0].message") from None
-        calls = tuple(
+        choice = payload["choices"][0]
+        message = choice["message"]
+        calls = [
             ToolCall(
                 id=self.id_from_upstream(str(c.get("id") or "")) or synthesize_call_id(),
                 name=str((c.get("function") or {}).get("name") or ""),
                 arguments=arguments_text((c.get("function") or {}).get("arguments")),
             )
             for c in message.get("tool_calls") or ()
-        )
-        text = content_text(message.get("content"))
-        reason = self.finish_reason(choice.get("finish_reason"))
-        return ChatResponse(
-            message=Message(role=Role.ASSISTANT, content=(TextPart(text),) if text else (), tool_calls=calls),
-            finish_reason=settle_finish(reason, bool(calls)),
+        ]
+        return assistant_response(
+            content_text(message.get("content")),
+            calls,
+            self.finish_reason(choice.get("finish_reason")),
             usage=openai_usage(payload.get("usage")),
-            upstream_model=str(payload.get("model") or ""),
-            upstream_id=str(payload.get("id") or ""),
+            upstream_model=payload.get("model"),
+            upstream_id=payload.get("id"),
         )
 
     def finish_reason(self, value: object) -> FinishReason | None:

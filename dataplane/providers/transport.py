@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
-from contextlib import aclosing, asynccontextmanager
-from typing import Any, ClassVar, Protocol, cast
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import aclosing, asynccontextmanager, contextmanager
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 import httpx
 
@@ -24,6 +24,8 @@ from dataplane.errors import ProviderError, UpstreamBadRequest
 from .classify import ErrorFacts, classify_error, classify_transport, protocol_error
 from .sse import SSEDecoder
 from .wire import loads
+
+T = TypeVar("T")
 
 
 class StreamDecoder(Protocol):
@@ -95,6 +97,40 @@ class HttpAdapter:
         self.raise_in_band(payload, status=response.status_code)
         return payload
 
+    async def post_parsed(
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        parse: Callable[[Any], T],
+        *,
+        timeout: float,
+        params: Mapping[str, str] | None = None,
+    ) -> T:
+        """``post_json``, then ``parse`` the answer; a surprising shape is a protocol error."""
+        payload = await self.post_json(url, body, timeout=timeout, params=params)
+        with self.decoding():
+            return parse(payload)
+
+    def vectors(self, rows: Iterable[Iterable[Any]], expected: int) -> tuple[tuple[float, ...], ...]:
+        """Embedding rows as float tuples; one per input, or the answer is malformed."""
+        vectors = tuple(tuple(float(x) for x in row) for row in rows)
+        if len(vectors) != expected:
+            raise self.malformed(f"{len(vectors)} embeddings for {expected} inputs")
+        return vectors
+
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        """Turn the lookup errors of reading an unexpected JSON shape into a protocol error.
+
+        Parsers index into upstream JSON freely; this is the one place where a
+        wrong type or a missing key becomes ``UpstreamProtocolError`` instead
+        of a crash.
+        """
+        try:
+            yield
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise self.malformed(f"unexpected JSON shape ({type(exc).__name__})") from exc
+
     async def stream_chunks(
         self,
         url: str,
@@ -126,12 +162,16 @@ class HttpAdapter:
                 try:
                     line = await anext(lines)
                 except StopAsyncIteration:
-                    for chunk in decoder.finish():
+                    with self.decoding():
+                        last = list(decoder.finish())
+                    for chunk in last:
                         yield chunk
                     return
                 except httpx.HTTPError as exc:
                     raise classify_transport(self.type_name, exc) from exc
-                for chunk in decoder.feed(line):
+                with self.decoding():
+                    chunks = list(decoder.feed(line))
+                for chunk in chunks:
                     yield chunk
 
     def http_error(self, status: int, text: str, headers: Mapping[str, str]) -> ProviderError:

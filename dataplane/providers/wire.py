@@ -13,7 +13,17 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
-from dataplane.chat import FinishReason, ImagePart, Message, Role, ToolCall, ToolCallDelta
+from dataplane.chat import (
+    ChatResponse,
+    FinishReason,
+    ImagePart,
+    Message,
+    Role,
+    TextPart,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 from dataplane.errors import UpstreamBadRequest
 
 from .classify import protocol_error
@@ -104,6 +114,26 @@ def loads(provider: str, text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         raise protocol_error(provider, "invalid JSON", text) from None
+
+
+def assistant_response(
+    text: str,
+    calls: Iterable[ToolCall],
+    reason: FinishReason | None,
+    *,
+    usage: Usage | None,
+    upstream_model: object = "",
+    upstream_id: object = "",
+) -> ChatResponse:
+    """The normalized answer: text (if any) and tool calls, with the finish reason settled."""
+    calls = tuple(calls)
+    return ChatResponse(
+        message=Message(role=Role.ASSISTANT, content=(TextPart(text),) if text else (), tool_calls=calls),
+        finish_reason=settle_finish(reason, bool(calls)),
+        usage=usage,
+        upstream_model=str(upstream_model or ""),
+        upstream_id=str(upstream_id or ""),
+    )
 
 
 def settle_finish(reason: FinishReason | None, saw_tool_calls: bool) -> FinishReason:

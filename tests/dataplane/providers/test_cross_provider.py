@@ -11,6 +11,7 @@ stream closes the upstream connection, and bad upstream output ends in a
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -381,3 +382,31 @@ async def test_ok_status_with_an_html_page(
     upstream.enqueue(raw_reply("<html><body>Gateway says hi</body></html>\n", 200, "text/html"))
     with pytest.raises(UpstreamProtocolError):
         await drain(wire.adapter(upstream.base_url, client).stream("m", HELLO, timeout=5))
+
+
+# Valid JSON, wrong shapes: every field a provider reads is there, with the wrong type.
+WRONG_SHAPE = {
+    "choices": [{"index": 0, "message": "nope", "delta": {"tool_calls": ["nope"]}, "finish_reason": None}],
+    "content": ["nope"],
+    "type": "content_block_start",
+    "index": 0,
+    "content_block": "nope",
+    "candidates": [{"content": {"parts": ["nope"]}}],
+    "message": {"content": "x", "tool_calls": ["nope"]},
+    "usage": {"prompt_tokens": "many"},
+}
+
+
+@by_type
+async def test_wrong_shapes_are_protocol_errors(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    stream_line = b"data: " + json.dumps(WRONG_SHAPE).encode() + b"\n\n"
+    if wire.stream_reply is ndjson_reply:
+        stream_line = json.dumps(WRONG_SHAPE).encode() + b"\n"
+    upstream.enqueue(json_reply(WRONG_SHAPE), wire.stream_reply(stream_line))
+    adapter = wire.adapter(upstream.base_url, client)
+    with pytest.raises(UpstreamProtocolError):
+        await adapter.complete("m", HELLO, timeout=5)
+    with pytest.raises(UpstreamProtocolError):
+        await drain(adapter.stream("m", HELLO, timeout=5))
