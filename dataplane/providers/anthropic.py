@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, ClassVar
 
+import httpx
+
 from dataplane.chat import (
     ChatRequest,
     ChatResponse,
@@ -40,6 +42,7 @@ from dataplane.chat import (
     ToolChoice,
     Usage,
 )
+from dataplane.config.model import ProviderConfig
 
 from .classify import ErrorFacts, tokens_of
 from .transport import HttpAdapter, SSEStreamDecoder
@@ -74,6 +77,14 @@ class AnthropicAdapter(HttpAdapter):
 
     type_name: ClassVar[str] = "anthropic"
     default_base_url: ClassVar[str] = "https://api.anthropic.com"
+
+    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient, credential: str | None) -> None:
+        super().__init__(config, client, credential)
+        # Checked here, when the snapshot is applied, not on the first request.
+        raw = config.settings.get("default_max_tokens", str(DEFAULT_MAX_TOKENS))
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"setting default_max_tokens must be a positive integer, not {raw!r}")
+        self.default_max_tokens = int(raw)
 
     def headers(self) -> dict[str, str]:
         headers = {"anthropic-version": self.config.settings.get("anthropic_version", DEFAULT_VERSION)}
@@ -134,9 +145,7 @@ class AnthropicAdapter(HttpAdapter):
 
     def request_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
         params = request.params
-        max_tokens = params.max_output_tokens or int(
-            self.config.settings.get("default_max_tokens", DEFAULT_MAX_TOKENS)
-        )
+        max_tokens = params.max_output_tokens or self.default_max_tokens
         body: dict[str, Any] = {
             "model": model,
             "max_tokens": max_tokens,

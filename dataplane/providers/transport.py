@@ -79,10 +79,15 @@ class HttpAdapter:
     async def aclose(self) -> None:
         """The shared client belongs to the node; an adapter holds nothing else to release."""
 
+    def attempt_timeout(self, timeout: float) -> float:
+        """The caller's time left, capped by the provider's configured ``timeout_s``."""
+        return min(timeout, self.config.timeout_s) if self.config.timeout_s > 0 else timeout
+
     async def post_json(
         self, url: str, body: Mapping[str, Any], *, timeout: float, params: Mapping[str, str] | None = None
     ) -> Any:
         """POST ``body`` and return the parsed JSON answer, or raise a classified error."""
+        timeout = self.attempt_timeout(timeout)
         try:
             async with asyncio.timeout(timeout):
                 response = await self._client.post(
@@ -150,7 +155,7 @@ class HttpAdapter:
         attempt's deadline belongs to the caller, which can close us any time.
         """
         async with (
-            self._open(url, make_body(), timeout=timeout, params=params) as response,
+            self._open(url, make_body(), timeout=self.attempt_timeout(timeout), params=params) as response,
             aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines,
         ):
             if decoder.event_stream and _is_json(response):

@@ -22,9 +22,15 @@ def make_adapter(
     *,
     settings: Mapping[str, str] | None = None,
     credential: str | None = CREDENTIAL,
+    timeout_s: float = 60.0,
 ) -> ProviderAdapter:
     config = ProviderConfig(
-        id=f"p-{type_name}", name=type_name, type=type_name, base_url=base_url, settings=dict(settings or {})
+        id=f"p-{type_name}",
+        name=type_name,
+        type=type_name,
+        base_url=base_url,
+        settings=dict(settings or {}),
+        timeout_s=timeout_s,
     )
     return build_adapter(config, client, credential)
 

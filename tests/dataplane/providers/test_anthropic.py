@@ -71,6 +71,14 @@ async def test_settings_override_version_and_default_max_tokens(
     assert upstream.last.json["max_tokens"] == 1000
 
 
+@pytest.mark.parametrize("value", ["0", "lots", "-5"])
+def test_bad_default_max_tokens_fails_when_the_adapter_is_built(
+    client: httpx.AsyncClient, value: str
+) -> None:
+    with pytest.raises(ValueError, match="default_max_tokens"):
+        make_adapter("anthropic", "http://127.0.0.1:1", client, settings={"default_max_tokens": value})
+
+
 async def test_tool_round_trip_translation(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
     upstream.enqueue(json_reply(anthropic_message("Both sunny.")))
     await anthropic(upstream, client).complete("claude-x", TOOL_ROUND_TRIP, timeout=5)

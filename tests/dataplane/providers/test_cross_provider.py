@@ -410,3 +410,15 @@ async def test_wrong_shapes_are_protocol_errors(
         await adapter.complete("m", HELLO, timeout=5)
     with pytest.raises(UpstreamProtocolError):
         await drain(adapter.stream("m", HELLO, timeout=5))
+
+
+@by_type
+async def test_configured_timeout_caps_the_callers(
+    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    upstream.enqueue(Reply(body=(HANG,)))
+    adapter = make_adapter(
+        wire.type_name, upstream.base_url + wire.path, client, settings=wire.settings, timeout_s=0.2
+    )
+    with pytest.raises(UpstreamTimeout):
+        await adapter.complete("m", HELLO, timeout=30)
