@@ -197,10 +197,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def serve_command(ns: argparse.Namespace) -> int:
     from dataplane.app import DataPlaneNode, NodeSettings
 
-    logging.basicConfig(
-        level=getattr(logging, str(ns.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = getattr(logging, str(ns.log_level).upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every upstream request at INFO: per-request logging on the hot
+    # path, so it is only shown when the node itself logs at DEBUG.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if level > logging.DEBUG else level)
     try:
         mode = DeploymentMode(ns.mode)
     except ValueError:
