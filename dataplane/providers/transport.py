@@ -57,6 +57,8 @@ class HttpAdapter:
         self._client = client
         self._credential = credential
         self.base_url = (config.base_url or self.default_base_url).rstrip("/")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"{self.type_name}: base_url must be an http(s) URL, not {config.base_url!r}")
 
     # -- hooks for the concrete adapters -------------------------------------------------------
 

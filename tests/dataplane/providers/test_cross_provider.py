@@ -161,6 +161,17 @@ def test_every_registered_type_is_covered() -> None:
     assert adapter_types() == {w.type_name for w in WIRES}
 
 
+@pytest.mark.parametrize("type_name", ["azure_openai", "openai_compatible", "simulated"])
+def test_types_without_a_default_url_need_one(client: httpx.AsyncClient, type_name: str) -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        make_adapter(type_name, "", client)
+
+
+def test_types_with_a_default_url_use_it(client: httpx.AsyncClient) -> None:
+    adapter = make_adapter("anthropic", "", client)
+    assert adapter.base_url == "https://api.anthropic.com"  # type: ignore[attr-defined]
+
+
 def _shape(response: ChatResponse) -> tuple[object, ...]:
     calls = tuple((c.name, c.arguments, bool(c.id)) for c in response.message.tool_calls)
     return (
