@@ -13,7 +13,7 @@ Translation policies:
   tool results are sent with ``tool_name``, looked up from the call they answer.
 - ``tool_choice`` has no Ollama equivalent and is not sent.
 - ``done_reason: "stop"`` next to tool calls means ``tool_calls``.
-- Embeddings: not offered by this adapter (use ``openai_compatible`` on ``/v1``).
+- Embeddings use ``/api/embed`` (one call for all inputs).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 from dataplane.chat import (
     ChatRequest,
     ChatResponse,
+    EmbedRequest,
+    EmbedResponse,
     FinishReason,
     Message,
     Role,
@@ -87,6 +89,21 @@ class OllamaAdapter(HttpAdapter):
             OllamaStreamDecoder(self),
             timeout=timeout,
         )
+
+    async def embed(self, model: str, request: EmbedRequest, *, timeout: float) -> EmbedResponse:
+        """``/api/embed``: all inputs in one call; ``prompt_eval_count`` is the input usage."""
+        body: dict[str, Any] = {"model": model, "input": list(request.inputs)}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+
+        def parse(payload: Any) -> EmbedResponse:
+            return EmbedResponse(
+                vectors=self.vectors(payload["embeddings"], len(request.inputs)),
+                usage=ollama_usage(payload),
+                upstream_model=str(payload.get("model") or ""),
+            )
+
+        return await self.post_parsed(f"{self.base_url}/api/embed", body, parse, timeout=timeout)
 
     def error_facts(self, payload: Any) -> ErrorFacts | None:
         """``{"error": "text"}``, as a body or a stream line."""

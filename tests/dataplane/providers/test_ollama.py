@@ -150,6 +150,12 @@ async def test_model_not_found(upstream: FakeUpstream, client: httpx.AsyncClient
     assert "nope" not in str(caught.value)
 
 
-async def test_no_embeddings(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
-    with pytest.raises(UpstreamBadRequest, match="embeddings"):
-        await ollama(upstream, client).embed("m", EmbedRequest(inputs=("x",)), timeout=5)
+async def test_embeddings(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+    upstream.enqueue(
+        json_reply({"model": "all-minilm", "embeddings": [[0.1, 0.2], [0.3, 0.4]], "prompt_eval_count": 6})
+    )
+    result = await ollama(upstream, client).embed("all-minilm", EmbedRequest(inputs=("a", "b")), timeout=5)
+    assert result.vectors == ((0.1, 0.2), (0.3, 0.4))
+    assert result.usage == Usage(input_tokens=6)
+    assert upstream.last.path == "/api/embed"
+    assert upstream.last.json == {"model": "all-minilm", "input": ["a", "b"]}
