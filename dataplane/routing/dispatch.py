@@ -37,6 +37,7 @@ from dataplane.routing.health import (
     DEFAULT_BREAKER,
     FAILURE_KINDS,
     BreakerSettings,
+    BreakerState,
     DeploymentHealth,
     DeploymentState,
 )
@@ -89,14 +90,28 @@ class ShadowOutcome(Generic[T]):
 class _Health:
     """The read-only ``HealthView`` over a dispatcher's deployment states."""
 
-    __slots__ = ("_states",)
+    __slots__ = ("_states", "_troubled")
 
-    def __init__(self, states: dict[str, DeploymentState]) -> None:
+    def __init__(self, states: dict[str, DeploymentState], troubled: set[str]) -> None:
         self._states = states
+        self._troubled = troubled
 
     def get(self, key: str) -> DeploymentHealth | None:
         state = self._states.get(key)
         return state.snapshot() if state is not None else None
+
+    def troubled(self) -> dict[str, DeploymentHealth]:
+        if not self._troubled:
+            return {}
+        out = {}
+        for key in list(self._troubled):
+            health = self._states[key].snapshot()
+            if health.state is BreakerState.OPEN or health.blocked_for_s > 0:
+                out[key] = health
+            elif health.state is BreakerState.CLOSED:
+                # Recovered: nothing to re-check until it opens or is blocked again.
+                self._troubled.discard(key)
+        return out
 
 
 class Dispatcher:
@@ -116,7 +131,8 @@ class Dispatcher:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._states: dict[str, DeploymentState] = {}
-        self._health = _Health(self._states)
+        self._troubled: set[str] = set()
+        self._health = _Health(self._states, self._troubled)
         self._shadows: set[asyncio.Task[None]] = set()
 
     @property
@@ -129,7 +145,7 @@ class Dispatcher:
         key = candidate.key
         found = self._states.get(key)
         if found is None:
-            found = self._states[key] = DeploymentState(self._settings, self._clock)
+            found = self._states[key] = DeploymentState(self._settings, self._clock, key, self._troubled)
         return found
 
     async def call(
@@ -165,7 +181,7 @@ class Dispatcher:
             if blocked > 0 and clock() + blocked >= deadline:
                 skipped.append((candidate.label, f"Retry-After {blocked:.1f} s outlasts the deadline"))
                 continue
-            if not state.try_acquire():
+            if not state.admits():
                 skipped.append((candidate.label, "circuit breaker open"))
                 continue
             for n in range(retry.attempts_per_deployment):
@@ -184,8 +200,10 @@ class Dispatcher:
                 if remaining <= 0:
                     out_of_time = True
                     break
-                if n and not state.try_acquire():
-                    skipped.append((candidate.label, "circuit breaker opened"))
+                # Taken just before the call, so a half-open probe slot is never
+                # held across a backoff or leaked when time runs out.
+                if not state.try_acquire():
+                    skipped.append((candidate.label, "circuit breaker open"))
                     break
                 started = clock()
                 try:

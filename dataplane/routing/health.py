@@ -16,7 +16,7 @@ Breaker transitions::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -73,13 +73,22 @@ class HealthView(Protocol):
 
     def get(self, key: str) -> DeploymentHealth | None: ...
 
+    def troubled(self) -> Mapping[str, DeploymentHealth]:
+        """Deployments to avoid right now (breaker open, or a Retry-After running).
+
+        Usually empty, which lets routing skip a lookup per candidate.
+        """
+        ...
+
 
 class DeploymentState:
     """Mutable breaker and averages of one deployment. Owned by one Dispatcher (one event loop)."""
 
     __slots__ = (
         "_clock",
+        "_key",
         "_settings",
+        "_troubled",
         "blocked_until",
         "calls",
         "consecutive_failures",
@@ -90,9 +99,19 @@ class DeploymentState:
         "state",
     )
 
-    def __init__(self, settings: BreakerSettings, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        settings: BreakerSettings,
+        clock: Callable[[], float],
+        key: str = "",
+        troubled: set[str] | None = None,
+    ) -> None:
+        """``troubled`` is the owner's set of keys to re-check; this state adds ``key``
+        to it whenever it opens or is blocked, so the owner never scans every deployment."""
         self._settings = settings
         self._clock = clock
+        self._key = key
+        self._troubled = troubled
         self.state = BreakerState.CLOSED
         self.consecutive_failures = 0
         self.calls = 0
@@ -108,6 +127,13 @@ class DeploymentState:
             self.state = BreakerState.HALF_OPEN
             self.probes_in_flight = 0
         return self.state
+
+    def admits(self) -> bool:
+        """Would ``try_acquire`` succeed now? (Does not take a probe.)"""
+        state = self.current()
+        return state is BreakerState.CLOSED or (
+            state is BreakerState.HALF_OPEN and self.probes_in_flight < self._settings.half_open_probes
+        )
 
     def try_acquire(self) -> bool:
         """May a request go to this deployment now? A half-open admit counts as a probe."""
@@ -153,10 +179,16 @@ class DeploymentState:
             self.state = BreakerState.OPEN
             self.opened_at = self._clock()
             self.probes_in_flight = 0
+            self._mark()
 
     def block_for(self, seconds: float) -> None:
         """Honour a Retry-After: no new attempts until it passes."""
         self.blocked_until = max(self.blocked_until, self._clock() + seconds)
+        self._mark()
+
+    def _mark(self) -> None:
+        if self._troubled is not None:
+            self._troubled.add(self._key)
 
     def blocked_for(self) -> float:
         return max(0.0, self.blocked_until - self._clock())

@@ -221,6 +221,8 @@ class CompiledPolicy:
     """The route when no rule matches; ``None`` means: default model, then allowed models by name."""
     constraints: Constraints = Constraints()
     retry: RetrySettings = RetrySettings()
+    memo: dict[int, tuple[Any, ...]] = field(default_factory=dict, compare=False, repr=False)
+    """The router's memo of the whole-registry default route (see ``router``)."""
 
 
 # ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ A decision, in order:
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,7 +199,7 @@ def _explicit(
     # and the node's mode still hold.
     planner = _Planner(config, query, node, health, policy.constraints)
     priced = PricedModel.of(model)
-    survivors = planner.eligible((static_row(priced, planner.constraints, config.providers, node),))
+    survivors = planner.eligible(_RowSet((static_row(priced, planner.constraints, config.providers, node),)))
     if not survivors:
         raise NoEligibleCandidate(
             f"model {model.alias!r} is not eligible: {planner.dropped[0][1]}", tuple(planner.dropped)
@@ -219,20 +220,28 @@ def _explicit(
 
 
 def _unbounded_default(config: RuntimeConfig, policy: CompiledPolicy) -> CompiledRule:
-    # A policy without allowed_models may use the whole registry; resolved per
-    # request because precomputing it for every such tenant costs more than it saves.
-    names = sorted(config.models)
+    # A policy without allowed_models may use the whole registry: resolved on
+    # first use against each registry (not at compile time, where it would cost
+    # every such tenant a registry-sized rule) and kept on the policy.
+    models = config.models
+    entry = policy.memo.get(id(models))
+    if entry is not None and entry[0] is models:
+        found: CompiledRule = entry[1]
+        return found
+    names = sorted(models)
     if policy.default_model:
         names = [policy.default_model, *(n for n in names if n != policy.default_model)]
-    priced = [PricedModel.of(config.models[n]) for n in names]
-    return CompiledRule(
+    rule = CompiledRule(
         "default",
         Match(),
         Strategy.PRIORITY,
-        tuple(priced),
+        tuple(PricedModel.of(models[n]) for n in names),
         constraints=policy.constraints,
         retry=policy.retry,
+        considered=tuple(names),
     )
+    policy.memo[id(models)] = (models, rule)
+    return rule
 
 
 def _first_match(rules: tuple[CompiledRule, ...], q: RouteQuery) -> CompiledRule | None:
@@ -373,18 +382,49 @@ def static_row(
     return row
 
 
+class _RowSet:
+    """A rule's rows with what lets most requests skip the per-row checks: the
+    capabilities every row has, the smallest context window, the least
+    certification, and the static drops of all rows together."""
+
+    __slots__ = (
+        "common_caps",
+        "drops",
+        "least_certified",
+        "rows",
+        "smallest_window",
+        "unlimited_window",
+        "usable",
+    )
+
+    def __init__(self, rows: tuple[_Row, ...]) -> None:
+        self.rows = rows
+        caps: frozenset[Capability] | None = None
+        for row in rows:
+            caps = row[1] if caps is None else caps & row[1]
+        self.common_caps = caps or frozenset()
+        windows = [row[2] for row in rows if row[2]]
+        self.smallest_window = min(windows) if len(windows) == len(rows) and windows else 0
+        """0 when some row has no window limit, or none is known."""
+        self.unlimited_window = not windows
+        self.least_certified = min((row[3] for row in rows), default=0)
+        self.drops = tuple(d for row in rows for d in row[8])
+        self.usable = tuple(row for row in rows if row[7])
+        """Rows with at least one deployment passing the static checks."""
+
+
 def rule_rows(
     rule: CompiledRule, providers: Mapping[str, ProviderConfig], node: NodeContext
-) -> tuple[tuple[_Row, ...], tuple[_Row, ...]]:
+) -> tuple[_RowSet, _RowSet | None]:
     """``static_row`` for a rule's candidates and fallbacks, memoised on the rule."""
     entry = rule.memo.get(id(providers))
     if entry is not None and entry[0] is providers and (entry[1] is node or entry[1] == node):
-        rows: tuple[tuple[_Row, ...], tuple[_Row, ...]] = entry[2]
+        rows: tuple[_RowSet, _RowSet | None] = entry[2]
         return rows
     c = rule.constraints
     rows = (
-        tuple(static_row(p, c, providers, node) for p in rule.candidates),
-        tuple(static_row(p, c, providers, node) for p in rule.fallbacks),
+        _RowSet(tuple(static_row(p, c, providers, node) for p in rule.candidates)),
+        _RowSet(tuple(static_row(p, c, providers, node) for p in rule.fallbacks)) if rule.fallbacks else None,
     )
     rule.memo[id(providers)] = (providers, node, rows)
     return rows
@@ -458,7 +498,7 @@ class _Planner:
                 if chosen:
                     survivors.insert(0, survivors.pop(chosen))
                 how = f"weighted split arm {arm!r}"
-        if fallback_rows:
+        if fallback_rows is not None:
             survivors += self.eligible(fallback_rows)
         if not survivors:
             self._raise_none(rule)
@@ -479,20 +519,50 @@ class _Planner:
             tuple(self.deferred),
         )
 
-    def eligible(self, rows: tuple[_Row, ...]) -> list[_Survivor]:
+    def eligible(self, rowset: _RowSet) -> list[_Survivor]:
         """The models (and their deployments) that satisfy every constraint; drops recorded.
 
         Survivors carry the request's estimated cost (for ``cheapest``).
         """
         q = self.query
         c = self.constraints
-        dropped = self.dropped
         data_class = int(q.data_classification)
         certify = c.certification_required_from
         needs_cert = certify is not None and data_class != 0 and data_class >= certify
         tokens = q.estimated_input_tokens
         max_out = q.max_output_tokens
         needed_window = tokens + (max_out or 0)
+        capabilities = q.capabilities
+        max_cost = c.max_cost_nanos
+        if (
+            max_cost is None
+            and c.max_latency_ms is None
+            and (not capabilities or capabilities <= rowset.common_caps)
+            and (not needs_cert or rowset.least_certified >= data_class)
+            and (rowset.unlimited_window or needed_window <= rowset.smallest_window)
+        ):
+            # The common case: nothing this request needs can drop a row, so
+            # only the static drops apply and no row needs looking at.
+            if rowset.drops:
+                self.dropped.extend(rowset.drops)
+            return [
+                (
+                    row[0],
+                    row[7],
+                    (tokens * row[4] + (row[6] if max_out is None else max_out) * row[5]) // 1_000_000,
+                )
+                for row in rowset.usable
+            ]
+        return self._check_rows(rowset.rows, needs_cert, data_class, needed_window)
+
+    def _check_rows(
+        self, rows: tuple[_Row, ...], needs_cert: bool, data_class: int, needed_window: int
+    ) -> list[_Survivor]:
+        q = self.query
+        c = self.constraints
+        dropped = self.dropped
+        tokens = q.estimated_input_tokens
+        max_out = q.max_output_tokens
         capabilities = q.capabilities
         max_cost = c.max_cost_nanos
         max_latency = c.max_latency_ms
@@ -585,26 +655,23 @@ class _Planner:
         """Candidates in model order; within a model, weighted by a stable hash of the request id."""
         ordered: list[Candidate] = []
         back: list[Candidate] = []
-        health = self.health
+        troubled = self.health.troubled() if self.health is not None else None
         for _, candidates, _ in survivors:
             if len(candidates) > 1:
                 candidates = self._balance(candidates)
-            if health is None:
+            if not troubled:
                 ordered.extend(candidates)
                 continue
-            get = health.get
             for candidate in candidates:
-                h = get(candidate.key)
-                if h is not None and (h.state is _OPEN or h.blocked_for_s > 0):
-                    why = (
-                        "circuit breaker open"
-                        if h.state is _OPEN
-                        else f"Retry-After for {h.blocked_for_s:.1f} s"
-                    )
-                    self.deferred.append((candidate.label, why))
-                    back.append(candidate)
-                else:
+                h = troubled.get(candidate.key)
+                if h is None:
                     ordered.append(candidate)
+                    continue
+                why = (
+                    "circuit breaker open" if h.state is _OPEN else f"Retry-After for {h.blocked_for_s:.1f} s"
+                )
+                self.deferred.append((candidate.label, why))
+                back.append(candidate)
         if back:
             ordered += back
         return tuple(ordered)
@@ -615,8 +682,10 @@ class _Planner:
             return candidates
         if self.balance_draw < 0:
             # One draw per request serves every model: each model's pick only
-            # needs to be spread by weight over requests, not independent of the others.
-            self.balance_draw = stable_fraction(self.query.request_id)
+            # needs to be spread by weight over requests, not independent of the
+            # others. CRC-32 is enough to spread load and costs a fifth of a
+            # cryptographic hash; sticky splits keep the better one.
+            self.balance_draw = zlib.crc32(self.query.request_id.encode()) / 4294967296.0
         u = self.balance_draw * total
         running = 0
         for i, c in enumerate(candidates):
@@ -641,9 +710,8 @@ class _Planner:
         # A shadow sees the same request, so it must satisfy the same constraints
         # (residency, certification) as a real candidate would.
         marker = len(self.dropped)
-        survivors = self.eligible(
-            (static_row(shadow.model, self.constraints, self.config.providers, self.node),)
-        )
+        row = static_row(shadow.model, self.constraints, self.config.providers, self.node)
+        survivors = self.eligible(_RowSet((row,)))
         for i in range(marker, len(self.dropped)):
             name, why = self.dropped[i]
             self.dropped[i] = (name, f"shadow: {why}")

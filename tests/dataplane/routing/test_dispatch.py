@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -412,22 +412,34 @@ def test_rate_limits_and_request_errors_do_not_open_the_breaker(clock: FakeClock
 # ---- deadlines ----
 
 
+def always_failing(
+    sim_a: Simulator,
+    sim_b: Simulator,
+    http: httpx.AsyncClient,
+    *,
+    backoff_ms: tuple[int, int],
+    dispatcher: Callable[[BreakerSettings], Dispatcher],
+) -> Stack:
+    """ "solo" failing every call, up to ten tries, and a breaker that never opens
+    here: only the deadline can end the retries."""
+    retry = {
+        "max_attempts": 10,
+        "attempts_per_deployment": 10,
+        "backoff_base_ms": backoff_ms[0],
+        "backoff_cap_ms": backoff_ms[1],
+    }
+    patient = BreakerSettings(failure_threshold=100, min_calls=100)
+    stack = Stack(sim_a, sim_b, http, rules("solo", retry=retry), dispatcher(patient))
+    sim_a.set_behaviour("solo", Behaviour(fail_status=500))
+    return stack
+
+
 async def test_retries_never_outlive_the_deadline(
     sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient
 ) -> None:
-    policy = rules(
-        "solo",
-        retry={
-            "max_attempts": 10,
-            "attempts_per_deployment": 10,
-            "backoff_base_ms": 50,
-            "backoff_cap_ms": 200,
-        },
+    stack = always_failing(
+        sim_a, sim_b, http, backoff_ms=(50, 200), dispatcher=lambda b: Dispatcher(breaker=b)
     )
-    # A breaker that never opens here, so only the deadline ends the retries.
-    patient = BreakerSettings(failure_threshold=100, min_calls=100)
-    stack = Stack(sim_a, sim_b, http, policy, Dispatcher(breaker=patient))
-    sim_a.set_behaviour("solo", Behaviour(fail_status=500))
     deadline = time.monotonic() + 0.5
     with pytest.raises(DispatchFailed) as caught:
         await stack.dispatcher.call(stack.plan(), stack.attempt, deadline=deadline)
@@ -460,19 +472,13 @@ async def test_a_slow_upstream_is_cut_at_the_deadline(
 async def test_backoff_never_sleeps_past_the_deadline(
     sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock, seed: int
 ) -> None:
-    policy = rules(
-        "solo",
-        retry={
-            "max_attempts": 10,
-            "attempts_per_deployment": 10,
-            "backoff_base_ms": 500,
-            "backoff_cap_ms": 4000,
-        },
+    stack = always_failing(
+        sim_a,
+        sim_b,
+        http,
+        backoff_ms=(500, 4000),
+        dispatcher=lambda b: Dispatcher(clock=clock, sleep=clock.sleep, rng=random.Random(seed), breaker=b),
     )
-    patient = BreakerSettings(failure_threshold=100, min_calls=100)
-    dispatcher = Dispatcher(clock=clock, sleep=clock.sleep, rng=random.Random(seed), breaker=patient)
-    stack = Stack(sim_a, sim_b, http, policy, dispatcher)
-    sim_a.set_behaviour("solo", Behaviour(fail_status=500))
     deadline = clock() + 3
     with pytest.raises(DispatchFailed) as caught:
         await stack.dispatcher.call(stack.plan(), stack.attempt, deadline=deadline)

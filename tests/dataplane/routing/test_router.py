@@ -20,7 +20,7 @@ from dataplane.errors import CapabilityUnavailable, NotFound, PermissionDenied
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.errors import NoEligibleCandidate
 from dataplane.routing.health import BreakerSettings
-from dataplane.routing.router import NodeContext, RouteQuery, plan_route
+from dataplane.routing.router import NodeContext, RouteQuery, plan_route, prepare_routes
 
 from .support import FakeClock, model, provider, runtime
 
@@ -99,6 +99,26 @@ def test_default_model_first_then_allowed_models() -> None:
 def test_platform_default_policy_serves_tenants_without_their_own() -> None:
     cfg = config({"default_model": "sim-smart"}, default={"default_model": "sim-fast"})
     assert plan(cfg, tenant=FREE).ordered[0].model.alias == "sim-fast"
+
+
+def test_a_policy_without_allowed_models_may_use_the_whole_registry() -> None:
+    cfg = config({"default_model": "sim-smart"})
+    p = plan(cfg)
+    assert p.considered[0] == "sim-smart"
+    assert sorted(p.considered) == sorted(m.alias for m in MODELS)
+    assert p.chosen.model.alias == "sim-smart"
+    # Needs tools: the first capable model after the default.
+    assert plan(cfg, capabilities=frozenset({Capability.VISION})).chosen.model.alias == "gpt-4o"
+
+
+def test_prepared_routes_decide_exactly_like_cold_ones() -> None:
+    policy = {"rules": [{"models": ["sim-fast", "local"], "constraints": {"regions": ["eu-west-1", "a"]}}]}
+    cold = plan(config(policy), request_id="r")
+    warm_cfg = config(policy)
+    prepare_routes(warm_cfg, NodeContext())
+    warm = plan(warm_cfg, request_id="r")
+    assert labels(warm) == labels(cold)
+    assert warm.dropped == cold.dropped
 
 
 def test_no_policy_at_all_is_permission_denied() -> None:
