@@ -44,6 +44,7 @@ from dataplane.config.store import (
 )
 from dataplane.config.sync_client import SyncClient
 from dataplane.evidence.log import EvidenceLog, log_path
+from dataplane.http_client import TransportName, build_http_client
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.router import NodeContext
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
@@ -95,6 +96,8 @@ class NodeSettings:
     sync_backoff_cap: float = 30.0
     http_max_connections: int = 512
     http_max_keepalive: int = 128
+    http_transport: TransportName = "aiohttp"
+    """What carries upstream HTTP under the shared httpx client (see ``dataplane.http_client``)."""
 
 
 class DataPlaneNode:
@@ -168,15 +171,10 @@ class DataPlaneNode:
             log_path(s.data_dir, s.node_id), s.node_id, fsync_interval=s.evidence_fsync_interval
         )
         await self._evidence.start()
-        self._http = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=s.http_max_connections,
-                max_keepalive_connections=s.http_max_keepalive,
-                keepalive_expiry=30.0,
-            ),
-            # Adapters pass each attempt's own timeout; this is only the ceiling.
-            timeout=httpx.Timeout(300.0, connect=10.0),
-            follow_redirects=False,
+        self._http = build_http_client(
+            max_connections=s.http_max_connections,
+            max_keepalive=s.http_max_keepalive,
+            transport=s.http_transport,
         )
         self._store = SnapshotStore(
             trusted=trusted,
