@@ -99,16 +99,42 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="an optional system message sent before the prompt",
         command=COMMAND,
     )
+    settings.add(
+        parser,
+        "--max-tokens",
+        env="SIGNALBOX_INFER_MAX_TOKENS",
+        type=int,
+        help="upper bound on output tokens (unset: the model's default)",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
+        "--temperature",
+        env="SIGNALBOX_INFER_TEMPERATURE",
+        type=float,
+        help="sampling temperature (unset: the model's default)",
+        command=COMMAND,
+    )
     parser.add_argument("--correlation-id", default="", help="caller-supplied correlation id")
     parser.add_argument("prompt", help='the user message ("-" reads it from stdin)')
     parser.set_defaults(handler=run)
 
 
 def build_request(
-    prompt: str, *, model: str = "", system: str = "", correlation_id: str = ""
+    prompt: str,
+    *,
+    model: str = "",
+    system: str = "",
+    correlation_id: str = "",
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> infer_pb2.InferRequest:
     """An InferRequest with an optional system message and one user message."""
     request = infer_pb2.InferRequest(model=model, correlation_id=correlation_id)
+    if max_tokens is not None:
+        request.params.max_output_tokens = max_tokens
+    if temperature is not None:
+        request.params.temperature = temperature
     if system:
         request.messages.add(role=infer_pb2.ROLE_SYSTEM).content.add(text=system)
     request.messages.add(role=infer_pb2.ROLE_USER).content.add(text=prompt)
@@ -130,7 +156,14 @@ def run(ns: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None
         print("signalbox infer: no API key: pass --api-key or set SIGNALBOX_API_KEY", file=err)
         return EXIT_CODES[grpc.StatusCode.UNAUTHENTICATED].code
     prompt = sys.stdin.read() if ns.prompt == "-" else ns.prompt
-    request = build_request(prompt, model=ns.model, system=ns.system, correlation_id=ns.correlation_id)
+    request = build_request(
+        prompt,
+        model=ns.model,
+        system=ns.system,
+        correlation_id=ns.correlation_id,
+        max_tokens=ns.max_tokens,
+        temperature=ns.temperature,
+    )
     metadata = (("authorization", f"Bearer {ns.api_key}"),)
     with grpc.insecure_channel(ns.target) as channel:
         stub = infer_pb2_grpc.InferServiceStub(channel)

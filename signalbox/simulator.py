@@ -510,7 +510,9 @@ def _answer(body: Mapping[str, Any]) -> _Answer:
 def _tool_to_call(tools: list[Any], choice: Any, prompt: str) -> dict[str, Any] | None:
     """The tool the simulated model calls, if any: what ``tool_choice`` demands, or,
     under ``auto``, a tool whose name the prompt mentions (or any, if it says "tool")."""
-    functions: list[dict[str, Any]] = [t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    functions: list[dict[str, Any]] = [
+        t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
+    ]
     if not functions or choice == "none":
         return None
     if isinstance(choice, dict):
@@ -682,7 +684,6 @@ def _serve_command(ns: argparse.Namespace) -> int:
 
     asyncio.run(serve())
     return 0
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:

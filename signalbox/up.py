@@ -44,7 +44,6 @@ NODE_ID = "up-node-1"
 DEMO_PROMPT = "Hello from signalbox up!"
 
 
-
 class StackError(RuntimeError):
     """A part of the local stack failed to start or died; the message says which and why."""
 
@@ -254,7 +253,8 @@ class LocalStack:
         listen = _concrete(self.config.simulator_listen)
         child = await self._spawn(
             "simulator",
-            ["simulator", "serve", "--listen", listen],
+            # The simulator module alone: the bench upstream should not load either plane.
+            ["serve", "--listen", listen],
             self.config.simulator_cpus,
             module="signalbox.simulator",
         )

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(600)
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "infer_load.py"
 
 
-def test_bench_prints_latency_rate_and_rss(tmp_path: Path) -> None:
+def test_bench_prints_latency_rate_and_rss(stack_dir: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -27,7 +27,7 @@ def test_bench_prints_latency_rate_and_rss(tmp_path: Path) -> None:
             "--concurrency",
             "1,2",
             "--data-dir",
-            str(tmp_path),
+            str(stack_dir),
         ],
         capture_output=True,
         text=True,

@@ -52,6 +52,13 @@ async def test_explicit_model_and_stream(local_stack: LocalStack) -> None:
     assert "model: sim-smart" in err
 
 
+async def test_max_tokens_reaches_the_upstream(local_stack: LocalStack) -> None:
+    code, out, err = await infer(local_stack, "--max-tokens", "2", "one two three")
+
+    assert code == 0, err
+    assert out == "Simulated answer\n"  # the simulator cut it at two tokens
+
+
 async def test_json_prints_the_whole_response(local_stack: LocalStack) -> None:
     code, out, err = await infer(local_stack, "--json", "as json")
 
@@ -67,7 +74,7 @@ async def test_json_prints_the_whole_response(local_stack: LocalStack) -> None:
     [
         (("hello",), "sk-not-a-real-key", 3, "UNAUTHENTICATED"),
         (("--model", "no-such-model", "hello"), None, 5, "NOT_FOUND"),
-        (("",), None, 2, "INVALID_ARGUMENT"),
+        (("--temperature", "7", "hello"), None, 2, "INVALID_ARGUMENT"),
     ],
 )
 async def test_errors_are_one_line_with_an_exit_code(
@@ -79,6 +86,8 @@ async def test_errors_are_one_line_with_an_exit_code(
     assert out == ""
     assert err.count("\n") == 1
     assert err.startswith(f"signalbox infer: {status} from {local_stack.dataplane_target}: ")
+    if status == "INVALID_ARGUMENT":
+        assert "params.temperature" in err  # the message names the field
 
 
 async def test_unreachable_node_is_unavailable() -> None:

@@ -43,14 +43,14 @@ def assert_demo_output(stdout: str) -> None:
     assert re.search(r'signalbox infer --target 127\.0\.0\.1:\d+ --api-key \S+ "hello"', stdout), stdout
 
 
-def test_up_once_serves_a_request_end_to_end_and_exits_cleanly(tmp_path: Path) -> None:
-    first = subprocess.run(up_command(tmp_path, "--once"), capture_output=True, text=True, timeout=540)
+def test_up_once_serves_a_request_end_to_end_and_exits_cleanly(stack_dir: Path) -> None:
+    first = subprocess.run(up_command(stack_dir, "--once"), capture_output=True, text=True, timeout=540)
     assert first.returncode == 0, first.stderr + first.stdout
     assert_demo_output(first.stdout)
-    assert (tmp_path / "controlplane" / "trust-key.pub").exists()
+    assert (stack_dir / "controlplane" / "trust-key.pub").exists()
 
     # Again over the same data dir: the seed is updated, not duplicated, and a new key works.
-    second = subprocess.run(up_command(tmp_path, "--once"), capture_output=True, text=True, timeout=540)
+    second = subprocess.run(up_command(stack_dir, "--once"), capture_output=True, text=True, timeout=540)
     assert second.returncode == 0, second.stderr + second.stdout
     assert_demo_output(second.stdout)
 
@@ -64,9 +64,9 @@ def port_open(target: str) -> bool:
         return False
 
 
-def test_up_keeps_serving_until_interrupted_then_stops_its_children(tmp_path: Path) -> None:
+def test_up_keeps_serving_until_interrupted_then_stops_its_children(stack_dir: Path) -> None:
     process = subprocess.Popen(
-        up_command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        up_command(stack_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         assert process.stdout is not None
