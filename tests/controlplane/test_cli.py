@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from dataplane.config.envelope import verify
@@ -120,8 +121,8 @@ async def test_export_snapshot_writes_the_newest_signed_envelope(
     assert snapshot_pb2.Snapshot.FromString(envelope.payload).version == await admin.latest_version()
 
 
-async def test_serve_on_embedded_postgres_then_sigterm_stops_cleanly(tmp_path: Path) -> None:
-    data_dir = tmp_path / "cp"
+async def test_serve_on_embedded_postgres_then_sigterm_stops_cleanly(private_tmp: Path) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="serve-", dir=private_tmp))
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -139,9 +140,11 @@ async def test_serve_on_embedded_postgres_then_sigterm_stops_cleanly(tmp_path: P
     assert process.stderr is not None
     try:
         address = ""
+        seen: list[str] = []
         while not address:
             line = (await asyncio.wait_for(process.stderr.readline(), TIMEOUT)).decode()
-            assert line, "serve exited before it was ready"
+            assert line, "serve exited before it was ready:\n" + "".join(seen)
+            seen.append(line)
             if line.startswith("control plane serving on "):
                 address = line.removeprefix("control plane serving on ").strip()
         assert (data_dir / "trust-key.pub").read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
