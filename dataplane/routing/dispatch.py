@@ -87,8 +87,8 @@ class ShadowOutcome(Generic[T]):
     result: T | None = None
 
 
-class _Health:
-    """The read-only ``HealthView`` over a dispatcher's deployment states."""
+class HealthBoard:
+    """The read-only ``HealthView`` over a dispatcher's deployment states (``Dispatcher.health``)."""
 
     __slots__ = ("_states", "_troubled")
 
@@ -132,11 +132,11 @@ class Dispatcher:
         self._rng = rng if rng is not None else random.Random()
         self._states: dict[str, DeploymentState] = {}
         self._troubled: set[str] = set()
-        self._health = _Health(self._states, self._troubled)
+        self._health = HealthBoard(self._states, self._troubled)
         self._shadows: set[asyncio.Task[None]] = set()
 
     @property
-    def health(self) -> _Health:
+    def health(self) -> HealthBoard:
         """Per-deployment health for ``plan_route(..., health=dispatcher.health)``."""
         return self._health
 
@@ -242,7 +242,7 @@ class Dispatcher:
                         int(wait * 1000),
                     )
                 )
-                if error.kind in FAILURE_KINDS:
+                if error.kind in FAILURE_KINDS and not _cut_by_caller(error, deadline - clock()):
                     state.record_failure()
                 else:
                     state.release_probe()
@@ -363,7 +363,7 @@ class Dispatcher:
                 async with asyncio.timeout(remaining):
                     result = await attempt(candidate, remaining)
             except TimeoutError:
-                state.record_failure()
+                state.release_probe()  # the caller's time ran out, not the deployment's
                 outcome = ShadowOutcome(
                     candidate, "timeout", "no answer in time", int((clock() - started) * 1000)
                 )
@@ -399,3 +399,12 @@ class Dispatcher:
         for task in list(self._shadows):
             task.cancel()
         await asyncio.gather(*self._shadows, return_exceptions=True)
+
+
+def _cut_by_caller(error: ProviderError, left_s: float) -> bool:
+    """A timeout that ended with the caller's deadline says nothing about the
+    deployment (the caller allowed less than it needs); it must not open breakers."""
+    return error.kind == "timeout" and left_s <= _DEADLINE_SLACK_S
+
+
+_DEADLINE_SLACK_S = 0.02

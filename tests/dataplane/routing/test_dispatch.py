@@ -457,7 +457,8 @@ async def test_retries_never_outlive_the_deadline(
 async def test_a_slow_upstream_is_cut_at_the_deadline(
     sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient
 ) -> None:
-    stack = Stack(sim_a, sim_b, http, rules("solo", "sim-smart"), Dispatcher())
+    dispatcher = Dispatcher(breaker=BreakerSettings(failure_threshold=1))
+    stack = Stack(sim_a, sim_b, http, rules("solo", "sim-smart"), dispatcher)
     sim_a.set_behaviour("solo", Behaviour(latency_ms=600))
     started = time.monotonic()
     with pytest.raises(DispatchFailed) as caught:
@@ -466,6 +467,10 @@ async def test_a_slow_upstream_is_cut_at_the_deadline(
     assert isinstance(caught.value.error, DeadlineExceeded)
     assert outcomes(caught.value.attempts) == [("solo-a", "timeout")]
     assert sim_b.stats("sim-smart").total == 0
+    # The caller allowed too little time: that is no verdict on the deployment.
+    health = dispatcher.health.get("solo-a")
+    assert health is not None
+    assert health.state is BreakerState.CLOSED
 
 
 @pytest.mark.parametrize("seed", range(8))
