@@ -18,7 +18,7 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from dataplane.config.model import DeploymentMode, Scope
-from dataplane.config.store import SnapshotCheckFailed, SnapshotFileInvalid, load_trust_keys, scope_matches
+from dataplane.config.store import SnapshotCheckFailed, SnapshotFileInvalid, check_envelope, load_trust_keys
 from signalbox import settings
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -240,24 +240,20 @@ def serve_command(ns: argparse.Namespace) -> int:
 
 def verify_command(ns: argparse.Namespace) -> int:
     """Print version and hash of a valid snapshot file, or why it is not; exit 1 then."""
-    from dataplane.config.compile import SnapshotInvalid, compile_payload
-    from dataplane.config.envelope import EnvelopeError, verify
-
     if not ns.snapshot:
         print("verify: --snapshot FILE is required", file=sys.stderr)
         return 2
     try:
         trusted = load_trust_keys(_trust_keys(ns))
-        raw = Path(ns.snapshot).read_bytes()
         envelope = snapshot_pb2.SignedEnvelope()
-        envelope.ParseFromString(raw)
-        key_id = verify(envelope, trusted)
-        config = compile_payload(envelope.payload)
-        if ns.deployment is not None and not scope_matches(Scope(deployment=ns.deployment), config.scope):
-            raise SnapshotCheckFailed(f"scope: snapshot is for deployment {config.scope.deployment!r}")
-        if config.expires_at is not None and config.expires_at <= time.time() and not ns.allow_expired:
-            raise SnapshotCheckFailed("expired")
-    except (OSError, ValueError, DecodeError, EnvelopeError, SnapshotInvalid, SnapshotCheckFailed) as exc:
+        envelope.ParseFromString(Path(ns.snapshot).read_bytes())
+        config, key_id = check_envelope(
+            envelope,
+            trusted,
+            scope=None if ns.deployment is None else Scope(deployment=ns.deployment),
+            now=None if ns.allow_expired else time.time(),
+        )
+    except (OSError, ValueError, DecodeError, SnapshotCheckFailed) as exc:
         print(f"INVALID {ns.snapshot}: {exc}")
         return 1
 

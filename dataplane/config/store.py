@@ -251,29 +251,10 @@ class SnapshotStore:
         return result
 
     def check(self, envelope: snapshot_pb2.SignedEnvelope) -> tuple[RuntimeConfig, str]:
-        """Signature, compile, scope and expiry checks; returns the config and the key id.
-
-        Raises ``SnapshotCheckFailed`` with the NACK reason.
-        """
-        try:
-            key_id = verify(envelope, self._trusted)
-        except EnvelopeError as exc:
-            raise SnapshotCheckFailed(f"signature: {exc}") from exc
-        try:
-            config = compile_payload(envelope.payload)
-        except SnapshotInvalid as exc:
-            raise SnapshotCheckFailed(f"invalid payload: {exc}") from exc
-        if not scope_matches(self._scope, config.scope):
-            raise SnapshotCheckFailed(
-                f"scope: snapshot is for {_scope_text(config.scope)}, node is {_scope_text(self._scope)}"
-            )
-        if config.expires_at is not None and not self._allow_expired:
-            now = self._clock()
-            if config.expires_at <= now:
-                raise SnapshotCheckFailed(
-                    f"expired: snapshot {config.version} expired {now - config.expires_at:.0f}s ago"
-                )
-        return config, key_id
+        """The version-independent checks under this node's configuration (see ``check_envelope``)."""
+        return check_envelope(
+            envelope, self._trusted, scope=self._scope, now=None if self._allow_expired else self._clock()
+        )
 
     async def _apply(
         self,
@@ -431,6 +412,37 @@ class SnapshotCheckFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def check_envelope(
+    envelope: snapshot_pb2.SignedEnvelope,
+    trusted: Mapping[str, Ed25519PublicKey],
+    *,
+    scope: Scope | None,
+    now: float | None,
+) -> tuple[RuntimeConfig, str]:
+    """Signature, compile, scope and expiry checks; return the config and the verifying key id.
+
+    ``scope=None`` skips the scope check and ``now=None`` the expiry check (a site
+    without trusted time). Raises ``SnapshotCheckFailed`` with the NACK reason.
+    """
+    try:
+        key_id = verify(envelope, trusted)
+    except EnvelopeError as exc:
+        raise SnapshotCheckFailed(f"signature: {exc}") from exc
+    try:
+        config = compile_payload(envelope.payload)
+    except SnapshotInvalid as exc:
+        raise SnapshotCheckFailed(f"invalid payload: {exc}") from exc
+    if scope is not None and not scope_matches(scope, config.scope):
+        raise SnapshotCheckFailed(
+            f"scope: snapshot is for {_scope_text(config.scope)}, node is {_scope_text(scope)}"
+        )
+    if now is not None and config.expires_at is not None and config.expires_at <= now:
+        raise SnapshotCheckFailed(
+            f"expired: snapshot {config.version} expired {now - config.expires_at:.0f}s ago"
+        )
+    return config, key_id
 
 
 async def read_envelope_file(path: Path) -> tuple[bytes, snapshot_pb2.SignedEnvelope]:

@@ -137,12 +137,14 @@ async def test_restart_serves_last_known_good_without_a_control_plane(
     assert "rollback" in result.reason
 
 
-@pytest.mark.parametrize("damage", ["garbage", "flipped byte", "other key"])
+@pytest.mark.parametrize("damage", ["garbage", "flipped byte", "other key", "older version"])
 async def test_corrupt_last_known_good_fails_closed(
     damage: str, start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
     first = await start_node()
-    assert (await first.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
+    older = envelope(snapshot(1, simulator.base_url), signing_key)
+    assert (await first.store.apply(older)).accepted
+    assert (await first.store.apply(envelope(snapshot(2, simulator.base_url), signing_key))).accepted
     await first.stop()
     lkg = tmp_path / "node" / "snapshot" / "lkg.envelope"
     if damage == "garbage":
@@ -151,16 +153,18 @@ async def test_corrupt_last_known_good_fails_closed(
         raw = bytearray(lkg.read_bytes())
         raw[len(raw) // 2] ^= 0x01
         lkg.write_bytes(bytes(raw))
+    elif damage == "other key":
+        stranger = Ed25519PrivateKey.generate()
+        lkg.write_bytes(envelope(snapshot(2, simulator.base_url), stranger).SerializeToString())
     else:
-        lkg.write_bytes(
-            envelope(snapshot(1, simulator.base_url), Ed25519PrivateKey.generate()).SerializeToString()
-        )
+        # Validly signed, but below the persisted high-water mark: a rollback on disk.
+        lkg.write_bytes(older.SerializeToString())
     second = await start_node()
     assert second.store.current is None
     assert await _status(second) is grpc.StatusCode.UNAVAILABLE
     # A valid snapshot from the control plane brings it back.
-    assert (await second.store.apply(envelope(snapshot(2, simulator.base_url), signing_key))).accepted
-    assert await _answer_model(second) == ("sim-fast", 2)
+    assert (await second.store.apply(envelope(snapshot(3, simulator.base_url), signing_key))).accepted
+    assert await _answer_model(second) == ("sim-fast", 3)
 
 
 async def test_pinned_snapshot_file_serves_without_control_plane(
