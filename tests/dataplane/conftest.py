@@ -177,13 +177,15 @@ async def infer_stub(serving_node: DataPlaneNode) -> AsyncIterator[infer_pb2_grp
 @dataclass
 class GatedUpstream:
     """OpenAI-compatible SSE upstream whose stream pauses after the first chunk
-    until ``release`` is set; records whether the caller hung up."""
+    until ``release`` is set (or drops the connection there when ``cut`` is set);
+    records whether the caller hung up."""
 
     base_url: str = ""
     release: asyncio.Event = field(default_factory=asyncio.Event)
     first_sent: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    cut: bool = False
 
 
 def _sse_chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -210,6 +212,10 @@ async def gated_upstream() -> AsyncIterator[GatedUpstream]:
             await response.write(_sse_chunk(model, {"role": "assistant", "content": "first "}))
             gate.first_sent.set()
             await gate.release.wait()
+            if gate.cut:
+                assert request.transport is not None
+                request.transport.close()
+                return response
             await response.write(_sse_chunk(model, {"content": "second"}))
             await response.write(_sse_chunk(model, {}, "stop"))
             usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}

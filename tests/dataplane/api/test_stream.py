@@ -104,3 +104,24 @@ async def test_cancelling_the_caller_stream_closes_the_upstream_stream(
         call.cancel()
         await eventually(gated_upstream.disconnected.is_set, message="upstream saw the hang-up")
     assert not gated_upstream.finished.is_set()
+
+
+async def test_upstream_dropping_mid_stream_ends_the_call_with_unavailable(
+    gated_node: DataPlaneNode, gated_upstream: GatedUpstream
+) -> None:
+    gated_upstream.cut = True
+    async with grpc.aio.insecure_channel(gated_node.address) as channel:
+        call = infer_pb2_grpc.InferServiceStub(channel).InferStream(
+            chat(correlation_id="cid-cut"), metadata=AUTH, timeout=10
+        )
+        assert (await call.read()).HasField("start")
+        assert (await call.read()).delta.text == "first "
+        gated_upstream.release.set()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _events(call)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "cid-cut" in (info.value.details() or "")
+        # The node keeps serving: the next stream (gate open, no cut) completes.
+        gated_upstream.cut = False
+        again = infer_pb2_grpc.InferServiceStub(channel).InferStream(chat(), metadata=AUTH, timeout=10)
+        assert (await _events(again))[-1].HasField("end")
