@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -53,6 +53,10 @@ class Result:
     latencies_ms: tuple[float, ...]
     peak_rss_mib: float | None = None
     first_error: str = ""
+    node_cpu_percent: float = 0.0
+    """CPU the node used during the run, in % of one core: near 100 means the node is the limit."""
+    client_cpu_percent: float = 0.0
+    """CPU this load generator used: near 100 means the figures are the client's, not the node's."""
 
     @property
     def rate(self) -> float:
@@ -156,32 +160,36 @@ async def run_level(
     async def through_node() -> None:
         await stub.Infer(request, metadata=metadata, timeout=30)
 
+    node, client = psutil.Process(stack.pid_of("dataplane")), psutil.Process()
     results = []
     for path, call in (("direct", direct), ("signalbox", through_node)):
         await drive(call, concurrency, args.warmup, None)
         sampler.peak = 0
+        node_before, client_before = _cpu_seconds(node), _cpu_seconds(client)
         with sampler:
             result = await drive(call, concurrency, args.requests, args.duration)
-        peak = sampler.peak / MIB if path == "signalbox" else None
         results.append(
-            Result(
-                path,
-                result.concurrency,
-                result.requests,
-                result.errors,
-                result.seconds,
-                result.latencies_ms,
-                peak,
-                result.first_error,
+            replace(
+                result,
+                path=path,
+                peak_rss_mib=sampler.peak / MIB if path == "signalbox" else None,
+                node_cpu_percent=100 * (_cpu_seconds(node) - node_before) / result.seconds,
+                client_cpu_percent=100 * (_cpu_seconds(client) - client_before) / result.seconds,
             )
         )
     return results[0], results[1]
 
 
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 def print_table(rows: Sequence[tuple[Result, Result]]) -> None:
     header = (
         f"{'concurrency':>11}  {'path':<9}  {'requests':>8}  {'errors':>6}  {'req/s':>8}  "
-        f"{'p50 ms':>7}  {'p99 ms':>7}  {'added p50 ms':>12}  {'node peak RSS MiB':>17}"
+        f"{'p50 ms':>7}  {'p99 ms':>7}  {'added p50 ms':>12}  {'node peak RSS MiB':>17}  "
+        f"{'node CPU %':>10}  {'client CPU %':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -191,7 +199,8 @@ def print_table(rows: Sequence[tuple[Result, Result]]) -> None:
             rss = f"{r.peak_rss_mib:17.1f}" if r.peak_rss_mib is not None else " " * 17
             print(
                 f"{r.concurrency:>11}  {r.path:<9}  {r.requests:>8}  {r.errors:>6}  {r.rate:8.0f}  "
-                f"{r.percentile(50):7.3f}  {r.percentile(99):7.3f}  {added}  {rss}"
+                f"{r.percentile(50):7.3f}  {r.percentile(99):7.3f}  {added}  {rss}  "
+                f"{r.node_cpu_percent:10.0f}  {r.client_cpu_percent:12.0f}"
             )
     for direct, node in rows:
         for r in (direct, node):

@@ -36,11 +36,11 @@ def test_bench_prints_latency_rate_and_rss(stack_dir: Path) -> None:
 
     assert result.returncode == 0, result.stderr + result.stdout
     out = result.stdout
-    assert re.search(r"req/s\s+p50 ms\s+p99 ms\s+added p50 ms\s+node peak RSS MiB", out), out
+    assert re.search(r"req/s\s+p50 ms\s+p99 ms\s+added p50 ms\s+node peak RSS MiB\s+node CPU %", out), out
     for concurrency in (1, 2):
         assert re.search(rf"^\s+{concurrency}\s+direct\s+20\s+0\s+\d+", out, re.M), out
         node = re.search(
-            rf"^\s+{concurrency}\s+signalbox\s+20\s+0\s+\d+\s+[\d.]+\s+[\d.]+\s+-?[\d.]+\s+([\d.]+)$",
+            rf"^\s+{concurrency}\s+signalbox\s+20\s+0\s+\d+\s+[\d.]+\s+[\d.]+\s+-?[\d.]+\s+([\d.]+)\s+\d+\s+\d+$",
             out,
             re.M,
         )
