@@ -8,7 +8,7 @@
 On start it (1) connects to ``database_url`` or starts embedded PostgreSQL under
 the data dir, (2) runs ``alembic upgrade head``, (3) unseals (or on first start
 generates) the signing key and writes ``<data_dir>/trust-key.pub``, (4) publishes
-a first snapshot when there is none, (5) starts LISTENing for new snapshots, and
+a first snapshot when there is none (and later re-issues it before it expires), (5) starts LISTENing for new snapshots, and
 (6) serves AdminService, ConfigSyncService and gRPC health (SERVING when ready).
 ``stop`` ends sync streams cleanly, drains in-flight calls, and releases everything.
 """
@@ -36,10 +36,8 @@ from controlplane.db.embedded import EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
 from controlplane.keys import Signer, ensure_signing_key, load_kek
-from controlplane.repositories import snapshots as snapshot_repo
-from controlplane.repositories.config import lock_config
 from controlplane.services.admin import AdminService
-from controlplane.services.base import SYSTEM, UnitOfWork
+from controlplane.services.base import UnitOfWork
 from controlplane.services.keys import ApiKeyService
 from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
@@ -80,6 +78,9 @@ class ControlPlaneSettings:
     """Seconds to gather a burst of changes into one push."""
     drain_grace: float = 5.0
     """Seconds in-flight calls get to finish on stop."""
+    reissue_check_interval: float = 60.0
+    """Seconds between checks whether the newest snapshot is past half its lifetime
+    (then the unchanged config is re-issued as a new version before it expires)."""
 
 
 def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
@@ -104,6 +105,7 @@ class ControlPlane:
         self.broker: SnapshotBroker | None = None
         self.sync: ConfigSyncServicer | None = None
         self.admin: AdminService | None = None
+        self._reissuer: asyncio.Task[None] | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -144,7 +146,8 @@ class ControlPlane:
 
         publisher = SnapshotPublisher(self.signer, s.snapshot_ttl, s.scope)
         uow = UnitOfWork(sessions, publisher)
-        await self._first_snapshot(uow)
+        snapshots = SnapshotService(uow)
+        await snapshots.reissue_if_aging()
 
         # LISTEN needs a plain libpq URL.
         self.broker = SnapshotBroker(
@@ -167,7 +170,7 @@ class ControlPlane:
             models=ModelService(uow),
             policies=PolicyService(uow),
             nodes=nodes,
-            snapshots=SnapshotService(uow),
+            snapshots=snapshots,
         )
         self._server = grpc.aio.server(interceptors=[AdminInterceptor(self.admin)])
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, self._server)
@@ -179,6 +182,9 @@ class ControlPlane:
         host = s.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{port}"
         await self._server.start()
+        self._reissuer = asyncio.create_task(
+            self._reissue_loop(snapshots, s.reissue_check_interval), name="snapshot-reissue"
+        )
         for service in (
             "",
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
@@ -187,14 +193,15 @@ class ControlPlane:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("control plane serving on %s (signing key %s)", self.address, self.signer.key_id)
 
-    async def _first_snapshot(self, uow: UnitOfWork) -> None:
-        async with uow.sessions() as session:
-            if await snapshot_repo.latest(session) is not None:
-                return
-        async with uow.sessions() as session, session.begin():
-            await lock_config(session)
-            if await snapshot_repo.latest(session) is None:
-                await uow.publisher.publish(session, actor=SYSTEM.actor, reason="initial snapshot")
+    async def _reissue_loop(self, snapshots: SnapshotService, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await snapshots.reissue_if_aging()
+            except Exception:
+                # Keep serving; the next round retries. Loud, because nodes will
+                # refuse the newest snapshot once it expires.
+                log.exception("could not re-issue the snapshot before its expiry")
 
     def _write_trust_key(self, signer: Signer) -> None:
         path = self.trust_key_path
@@ -206,6 +213,11 @@ class ControlPlane:
         """End sync streams, drain in-flight calls, release the database. Idempotent."""
         with contextlib.suppress(Exception):
             await self._health.enter_graceful_shutdown()
+        if self._reissuer is not None:
+            self._reissuer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reissuer
+            self._reissuer = None
         if self.broker is not None:
             # Ends every sync stream with OK, so nodes reconnect (elsewhere) at once.
             await self.broker.close()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from controlplane.db.models import Snapshot
 from controlplane.errors import NotFound
 from controlplane.repositories import config as config_repo
 from controlplane.repositories import snapshots as repo
-from controlplane.services.base import UnitOfWork
+from controlplane.repositories.config import lock_config
+from controlplane.services.base import SYSTEM, UnitOfWork
 from dataplane.config.compile import compile_payload
 from dataplane.config.model import RuntimeConfig, TenantConfig
 
@@ -24,6 +26,22 @@ class SnapshotService:
         if row is None:
             raise NotFound("snapshot", str(version) if version else "latest")
         return row
+
+    async def reissue_if_aging(self) -> int | None:
+        """Publish the unchanged config as a new version when there is no snapshot yet, or
+        the newest has used half its lifetime, so nodes never drift into an expired one
+        just because nobody changed anything. Returns the new version, or None."""
+        publisher = self.uow.publisher
+        async with self.uow.sessions() as session, session.begin():
+            await lock_config(session)
+            latest = await repo.latest(session)
+            if latest is not None and datetime.now(UTC) < latest.created_at + publisher.ttl / 2:
+                return None
+            reason = "initial snapshot" if latest is None else "re-issued before expiry"
+            published = await publisher.publish(session, actor=SYSTEM.actor, reason=reason)
+        for callback in self.uow.after_commit:
+            callback(published)
+        return published.version
 
     async def runtime_for(self, tenant: str) -> tuple[RuntimeConfig, TenantConfig]:
         """The newest snapshot compiled as a node would, and the tenant in it."""

@@ -57,7 +57,8 @@ class SnapshotBroker:
     ) -> None:
         self._sessions = sessions
         self._listen_url = listen_url
-        self._debounce = debounce
+        self.debounce = debounce
+        """Seconds a burst of notifications is gathered before one reload and push."""
         self._reconnect_backoff = reconnect_backoff
         self._subscribers: set[Subscription] = set()
         self._latest: Latest | None = None
@@ -117,7 +118,7 @@ class SnapshotBroker:
             self._pending = asyncio.create_task(self._debounced_refresh(), name="snapshot-refresh")
 
     async def _debounced_refresh(self) -> None:
-        await asyncio.sleep(self._debounce)
+        await asyncio.sleep(self.debounce)
         await self.refresh()
 
     async def refresh(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -10,9 +11,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.app import ControlPlane, ControlPlaneSettings
-from signalbox.api.admin.v1 import admin_pb2
+from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.controlplane.conftest import TIMEOUT, Admin, SyncNode
 from tests.fixtures.postgres import RunningControlPlane
+from tests.helpers import eventually
 
 
 async def test_health_is_serving(control_plane: RunningControlPlane) -> None:
@@ -65,3 +67,26 @@ async def test_a_second_replica_learns_of_changes_through_postgres(
             assert [t.name for t in pushed.tenants] == ["via-a"]
         finally:
             await node.close()
+
+
+async def test_an_unchanged_config_is_reissued_before_it_expires(
+    database_url: str, private_tmp: Path
+) -> None:
+    settings = ControlPlaneSettings(
+        listen="127.0.0.1:0",
+        database_url=database_url,
+        data_dir=Path(tempfile.mkdtemp(prefix="reissue-", dir=private_tmp)),
+        snapshot_ttl=timedelta(seconds=0.4),
+        reissue_check_interval=0.05,
+    )
+    async with ControlPlane(settings) as cp:
+        assert cp.admin is not None
+        _, token = await cp.admin.create_token("tests")
+        async with grpc.aio.insecure_channel(cp.address) as channel:
+            admin = Admin(admin_pb2_grpc.AdminServiceStub(channel), (("authorization", f"Bearer {token}"),))
+            first = await admin.latest_version()
+
+            async def reissued() -> bool:
+                return await admin.latest_version() > first
+
+            await eventually(reissued, message="a re-issued snapshot")

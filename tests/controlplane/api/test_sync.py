@@ -96,7 +96,12 @@ async def test_a_nacked_version_is_never_resent_but_later_ones_are(
     assert again.received.empty()
 
 
-async def test_a_burst_of_changes_is_pushed_as_the_newest_snapshot(admin: Admin, sync_nodes: object) -> None:
+async def test_a_burst_of_changes_is_pushed_as_the_newest_snapshot(
+    admin: Admin, control_plane: RunningControlPlane, sync_nodes: object
+) -> None:
+    assert control_plane.cp.broker is not None
+    # Wide enough that the burst below fits in one window even on a loaded machine.
+    control_plane.cp.broker.debounce = 0.5
     node: SyncNode = await sync_nodes("node-e")  # type: ignore[operator]
     first = await node.next_envelope()
     node.ack(first, node.verified(first).version)
