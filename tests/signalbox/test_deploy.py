@@ -28,5 +28,5 @@ def test_units_start_each_plane_with_its_env_file() -> None:
     for plane in ("controlplane", "dataplane"):
         unit = (DEPLOY / "systemd" / f"signalbox-{plane}.service").read_text()
         assert f"EnvironmentFile=/etc/signalbox/{plane}.env" in unit
-        assert f"ExecStart=/opt/signalbox/bin/signalbox {plane} serve" in unit
+        assert f"ExecStart=/opt/signalbox/venv/bin/signalbox {plane} serve" in unit
         assert (DEPLOY / "systemd" / f"{plane}.env").exists()
