@@ -400,16 +400,27 @@ class _RowSet:
     def __init__(self, rows: tuple[_Row, ...]) -> None:
         self.rows = rows
         caps: frozenset[Capability] | None = None
+        smallest = 0
+        least = 4
+        drops: list[tuple[str, str]] = []
+        usable = []
         for row in rows:
             caps = row[1] if caps is None else caps & row[1]
+            if row[2] and (not smallest or row[2] < smallest):
+                smallest = row[2]
+            if row[3] < least:
+                least = row[3]
+            if row[8]:
+                drops.extend(row[8])
+            if row[7]:
+                usable.append(row)
         self.common_caps = caps or frozenset()
-        windows = [row[2] for row in rows if row[2]]
-        self.smallest_window = min(windows) if len(windows) == len(rows) and windows else 0
-        """0 when some row has no window limit, or none is known."""
-        self.unlimited_window = not windows
-        self.least_certified = min((row[3] for row in rows), default=0)
-        self.drops = tuple(d for row in rows for d in row[8])
-        self.usable = tuple(row for row in rows if row[7])
+        self.smallest_window = smallest
+        """The smallest limit among rows that have one; rows without a limit always fit."""
+        self.unlimited_window = not smallest
+        self.least_certified = least if rows else 0
+        self.drops = tuple(drops)
+        self.usable = tuple(usable)
         """Rows with at least one deployment passing the static checks."""
 
 

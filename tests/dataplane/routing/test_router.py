@@ -62,6 +62,7 @@ MODELS = [
         certified_for={DataClass.RESTRICTED},
     ),
     model("balanced", ("bal-1", "eu", 3), ("bal-2", "us", 1)),
+    model("no-window", ("nw-eu", "eu"), context_window=0),
 ]
 
 
@@ -335,6 +336,14 @@ def test_context_window_must_fit_prompt_and_output() -> None:
     p = plan(cfg, estimated_input_tokens=7_000, max_output_tokens=2_000)
     assert p.chosen.model.alias == "sim-fast"
     assert ("small", "context window 8000 < 9000 tokens needed") in p.dropped
+
+
+def test_a_model_without_a_known_window_is_never_dropped_for_size() -> None:
+    cfg = config({"rules": [{"models": ["small", "no-window"]}]})
+    assert [c.model.alias for c in plan(cfg, estimated_input_tokens=100).ordered] == ["small", "no-window"]
+    p = plan(cfg, estimated_input_tokens=1_000_000)
+    assert [c.model.alias for c in p.ordered] == ["no-window"]
+    assert [name for name, _ in p.dropped] == ["small"]
 
 
 def test_certification_for_the_data_classification() -> None:
