@@ -115,7 +115,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="sampling temperature (unset: the model's default)",
         command=COMMAND,
     )
-    parser.add_argument("--correlation-id", default="", help="caller-supplied correlation id")
+    settings.add(
+        parser,
+        "--correlation-id",
+        env="SIGNALBOX_CORRELATION_ID",
+        default="",
+        help="caller-supplied correlation id (empty: the node generates one)",
+        command=COMMAND,
+    )
     parser.add_argument("prompt", help='the user message ("-" reads it from stdin)')
     parser.set_defaults(handler=run)
 

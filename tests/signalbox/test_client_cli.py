@@ -44,6 +44,13 @@ async def test_prints_the_answer_then_model_and_evidence(local_stack: LocalStack
     assert "evidence:  " not in err  # the id is not empty
 
 
+async def test_correlation_id_is_carried_through(local_stack: LocalStack) -> None:
+    code, _, err = await infer(local_stack, "--correlation-id", "cli-test-42", "hello")
+
+    assert code == 0, err
+    assert "correlation: cli-test-42" in err
+
+
 async def test_explicit_model_and_stream(local_stack: LocalStack) -> None:
     code, out, err = await infer(local_stack, "--stream", "--model", "sim-smart", "stream this")
 
