@@ -238,8 +238,8 @@ class Simulator:
         self, request: web.Request, kind: str
     ) -> tuple[dict[str, Any], _ModelState] | web.Response:
         """Parse, authenticate, count and maybe fail a request; the shared front of every endpoint."""
-        if self._api_key is not None and request.headers.get("Authorization") != f"Bearer {self._api_key}":
-            return _error(401, "Incorrect API key provided.", code="invalid_api_key")
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         try:
             body = json.loads(await request.read())
         except ValueError:
@@ -260,6 +260,11 @@ class Simulator:
             stats.failed += 1
             return _failure(behaviour)
         return body, state
+
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        if self._api_key is None or request.headers.get("Authorization") == f"Bearer {self._api_key}":
+            return None
+        return _error(401, "Incorrect API key provided.", code="invalid_api_key")
 
     @staticmethod
     def _should_fail(state: _ModelState) -> bool:
@@ -350,6 +355,8 @@ class Simulator:
         )
 
     async def _list_models(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         names = dict.fromkeys(
             [*self._listed, *(m for m in self._behaviours if m != ANY_MODEL), *self._models]
         )

@@ -394,6 +394,9 @@ async def test_api_key_is_enforced_when_configured() -> None:
             "/v1/chat/completions", json=chat("x"), headers={"Authorization": "Bearer sk-test"}
         )
 
+        models = await client.get("/v1/models")
+
+    assert models.status_code == 401
     assert denied.status_code == 401
     assert denied.json()["error"]["code"] == "invalid_api_key"
     assert allowed.status_code == 200
