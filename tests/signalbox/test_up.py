@@ -93,3 +93,22 @@ def test_up_keeps_serving_until_interrupted_then_stops_its_children(stack_dir: P
             if stream is not None:
                 stream.close()
     wait_until(lambda: not port_open(node), message="node port closed")
+
+
+def test_up_reports_a_child_that_cannot_start_and_exits_non_zero(stack_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        command = up_command(stack_dir, "--once")
+        command[command.index("--dataplane-listen") + 1] = busy
+
+        result = subprocess.run(command, capture_output=True, text=True, timeout=540)
+
+    assert result.returncode == 1, result.stdout
+    assert "signalbox up: dataplane exited with status" in result.stderr, result.stderr
+    assert f"(logs in {stack_dir / 'logs'})" in result.stderr
+    # The control plane it had started was stopped: nothing answers on its port any more.
+    match = re.search(r"control plane on (\S+)", result.stdout)
+    assert match is not None, result.stdout
+    assert not port_open(match.group(1))
