@@ -4,6 +4,7 @@
     ├── InvalidArgument               INVALID_ARGUMENT    (names the field)
     │   └── ConfigRejected            INVALID_ARGUMENT    (the candidate snapshot failed its check; names the path)
     ├── Unauthenticated               UNAUTHENTICATED     (no, unknown or revoked admin token)
+    ├── PermissionDenied              PERMISSION_DENIED   (the token's role may not make this call)
     ├── NotFound                      NOT_FOUND           (names the kind and the key)
     ├── AlreadyExists                 ALREADY_EXISTS      (names the kind and the key)
     ├── StillReferenced               FAILED_PRECONDITION (names the referrer)
@@ -54,6 +55,10 @@ class ConfigRejected(InvalidArgument):
 
 class Unauthenticated(ControlPlaneError):
     status = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ControlPlaneError):
+    status = grpc.StatusCode.PERMISSION_DENIED
 
 
 class NotFound(ControlPlaneError):

@@ -1,4 +1,4 @@
-"""Every AdminService call: authenticate, run, map errors to statuses, audit.
+"""Every AdminService call: authenticate, check the role, run, map errors to statuses, audit.
 
 One wrapper around each admin handler, so no handler repeats any of it. The
 audit entry is written after the call in its own transaction, so refused and
@@ -16,7 +16,7 @@ import grpc
 
 from controlplane.api.status import status_for
 from controlplane.errors import Unauthenticated
-from controlplane.services.admin import AdminService
+from controlplane.services.admin import AdminService, authorize
 from controlplane.services.base import Caller
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 caller = await admin.authenticate(bearer_token(context.invocation_metadata()))
                 actor = caller.actor
+                authorize(caller, method)
                 _caller.set(caller)
                 response = await behavior(request, context)
             except Exception as exc:

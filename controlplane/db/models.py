@@ -163,14 +163,19 @@ class Policy(Base):
 
 
 class AdminToken(TimestampMixin, Base):
-    """An admin credential. Only the SHA-256 of the token is kept."""
+    """An admin credential. Only the SHA-256 of the token is kept.
+
+    ``role`` is "admin" (every call) or "viewer" (reads only).
+    """
 
     __tablename__ = "admin_tokens"
+    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role_known"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(200))
     prefix: Mapped[str] = mapped_column(String(32))
     token_sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    role: Mapped[str] = mapped_column(String(32), default="admin", server_default="admin")
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 

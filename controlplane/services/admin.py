@@ -10,11 +10,35 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import AdminToken
-from controlplane.errors import Unauthenticated
+from controlplane.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from controlplane.repositories import admin as repo
 from controlplane.services.base import Caller, check_name
 
 ADMIN_TOKEN_PREFIX = "sbxadm_"
+ROLES = ("admin", "viewer")
+# What a viewer may call: reads only. Anything else needs the admin role.
+READ_ONLY_METHODS = frozenset(
+    {
+        "GetTenant",
+        "ListTenants",
+        "ListApiKeys",
+        "ListProviders",
+        "ListModels",
+        "GetPolicy",
+        "ListPolicyHistory",
+        "ExplainRoute",
+        "ListNodes",
+        "GetSnapshot",
+        "ExportSnapshot",
+    }
+)
+
+
+def authorize(caller: Caller, method: str) -> None:
+    """Raise ``PermissionDenied`` unless the caller's role allows ``method``."""
+    if caller.role == "admin" or (caller.role == "viewer" and method in READ_ONLY_METHODS):
+        return
+    raise PermissionDenied(f"role {caller.role!r} may not call {method}")
 
 
 def token_digest(token: str) -> bytes:
@@ -25,11 +49,13 @@ def token_digest(token: str) -> bytes:
 class AdminService:
     sessions: async_sessionmaker[AsyncSession]
 
-    async def create_token(self, name: str) -> tuple[AdminToken, str]:
+    async def create_token(self, name: str, role: str = "admin") -> tuple[AdminToken, str]:
         """A new admin token; returns (row, token). Only the token's SHA-256 is stored."""
         check_name("name", name)
+        if role not in ROLES:
+            raise InvalidArgument("role", f"must be one of {', '.join(ROLES)}")
         token = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
-        row = AdminToken(name=name, prefix=token[:12], token_sha256=token_digest(token))
+        row = AdminToken(name=name, prefix=token[:12], token_sha256=token_digest(token), role=role)
         async with self.sessions() as session, session.begin():
             session.add(row)
         return row, token
@@ -43,7 +69,7 @@ class AdminService:
         # The lookup is by digest; the constant-time compare guards the equality itself.
         if row is None or not hmac.compare_digest(bytes(row.token_sha256), digest):
             raise Unauthenticated("invalid admin token")
-        return Caller(str(row.id), row.name)
+        return Caller(str(row.id), row.name, row.role)
 
     async def audit(self, *, actor: str, method: str, target: str, result: str, detail: str = "") -> None:
         async with self.sessions() as session, session.begin():

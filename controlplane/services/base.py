@@ -63,6 +63,7 @@ class Caller:
 
     token_id: str
     name: str
+    role: str = "admin"
 
     @property
     def actor(self) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from controlplane.db.migrate import current_revision, heads, upgrade_head
+from controlplane.db.migrate import alembic_config, current_revision, heads, upgrade_head
 from controlplane.db.models import Base
 
 
@@ -40,5 +41,13 @@ def test_models_and_migrations_do_not_drift(database_url: str) -> None:
 
 
 def test_upgrade_head_is_idempotent(database_url: str) -> None:
+    upgrade_head(database_url)
+    assert current_revision(database_url) == heads()[0]
+
+
+def test_downgrade_to_base_and_back(database_url: str) -> None:
+    config = alembic_config(database_url)
+    command.downgrade(config, "base")
+    assert current_revision(database_url) is None
     upgrade_head(database_url)
     assert current_revision(database_url) == heads()[0]

@@ -9,6 +9,7 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
+from controlplane.services.admin import READ_ONLY_METHODS
 from dataplane.config.envelope import verify
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
@@ -348,3 +349,27 @@ async def test_explain_route_follows_the_current_policy(admin: Admin) -> None:
     assert code == grpc.StatusCode.PERMISSION_DENIED
     code, _ = await _code(admin.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant="ghost")))
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_viewer_token_may_read_but_not_change(
+    control_plane: RunningControlPlane, admin: Admin
+) -> None:
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+    assert control_plane.cp.admin is not None
+    _, token = await control_plane.cp.admin.create_token("auditor", role="viewer")
+    async with grpc.aio.insecure_channel(control_plane.address) as channel:
+        viewer = Admin(admin_pb2_grpc.AdminServiceStub(channel), (("authorization", f"Bearer {token}"),))
+        listed = await viewer.ListTenants(admin_pb2.ListTenantsRequest())
+        assert [t.name for t in listed.tenants] == ["acme"]
+        code, message = await _code(viewer.DeleteTenant(admin_pb2.DeleteTenantRequest(tenant="acme")))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "viewer" in message
+    assert [t.name for t in (await admin.ListTenants(admin_pb2.ListTenantsRequest())).tenants] == ["acme"]
+
+
+def test_every_admin_rpc_is_classified_for_roles() -> None:
+    """A new RPC must be consciously added to the read-only set or left admin-only."""
+    methods = set(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods_by_name)
+    assert methods >= READ_ONLY_METHODS
+    mutating = methods - READ_ONLY_METHODS
+    assert all(m.startswith(("Create", "Update", "Delete", "Apply")) for m in mutating), mutating
