@@ -12,13 +12,12 @@ class Candidate:
     model: ModelConfig
     deployment: DeploymentConfig
     provider: ProviderConfig
-    key: str = field(default="", compare=False)
+    key: str = field(init=False, compare=False)
     """Identifies the deployment to the dispatcher's breakers, across snapshots
-    (computed when not given; looked up on every decision, so computed once)."""
+    (derived from the deployment once: it is looked up on every decision)."""
 
     def __post_init__(self) -> None:
-        if not self.key:
-            object.__setattr__(self, "key", deployment_key(self.deployment))
+        object.__setattr__(self, "key", deployment_key(self.deployment))
 
     @property
     def label(self) -> str:
