@@ -218,6 +218,15 @@ def pin(no_pin: bool) -> tuple[str | None, str | None, str]:
     return "0", "1", "data plane pinned to CPU 0; load generator, simulator and control plane to CPU 1"
 
 
+def background_load(seconds: float = 1.0) -> str:
+    """How busy each CPU is before the load starts: pinning keeps our processes apart, not
+    other work off the cores, so a busy machine makes every figure below pessimistic."""
+    busy = psutil.cpu_percent(interval=seconds, percpu=True)
+    shown = ", ".join(f"CPU {i} {p:.0f}%" for i, p in enumerate(busy))
+    warning = "  WARNING: other work is running; figures are unreliable" if max(busy) > 20 else ""
+    return f"background load over {seconds:g} s before the run: {shown}{warning}"
+
+
 async def bench(args: argparse.Namespace) -> int:
     node_cpus, other_cpus, pinning = pin(args.no_pin)
     with contextlib.ExitStack() as cleanup:
@@ -238,6 +247,7 @@ async def bench(args: argparse.Namespace) -> int:
             await stack.start(progress=lambda line: print(f"bench: {line}", flush=True))
             sampler = RssSampler(stack.pid_of("dataplane"))
             print(f"bench: {pinning}")
+            print(f"bench: {background_load()}")
             amount = f"{args.duration:g} s" if args.duration else f"{args.requests} requests"
             print(
                 f"bench: {amount} per path and level, after {args.warmup} warm-up requests; prompt {PROMPT!r}"
