@@ -8,6 +8,7 @@
     ├── CapabilityUnavailable     FAILED_PRECONDITION (names the capability)
     ├── CredentialUnavailable     FAILED_PRECONDITION (names the secret reference, never the value)
     ├── NoSnapshot                UNAVAILABLE         (node never had a valid snapshot)
+    ├── EvidenceUnavailable       UNAVAILABLE         (the evidence record cannot be written)
     ├── SnapshotRejected          FAILED_PRECONDITION (why a snapshot was NACKed)
     ├── DeadlineExceeded          DEADLINE_EXCEEDED   (carries the attempts made)
     ├── AllCandidatesFailed       UNAVAILABLE         (every candidate failed; last error inside)
@@ -79,6 +80,12 @@ class CredentialUnavailable(SignalboxError):
 
 
 class NoSnapshot(SignalboxError):
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class EvidenceUnavailable(SignalboxError):
+    """No answer goes out without its evidence record: the node fails the request instead."""
+
     status = grpc.StatusCode.UNAVAILABLE
 
 

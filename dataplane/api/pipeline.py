@@ -30,7 +30,7 @@ from dataplane.auth import Caller, authenticate, bearer_token
 from dataplane.chat import Usage
 from dataplane.config.model import ModelConfig
 from dataplane.config.store import ServingState, SnapshotStore
-from dataplane.errors import CredentialUnavailable, InvalidRequest
+from dataplane.errors import CredentialUnavailable, EvidenceUnavailable, InvalidRequest
 from dataplane.evidence.log import EvidenceLog
 from dataplane.routing.dispatch import AttemptRecord, Dispatcher, ShadowOutcome
 from dataplane.routing.router import Candidate, NodeContext, RoutePlan, RouteQuery, plan_route
@@ -264,7 +264,11 @@ class Pipeline:
             "request_sha256": trace.request_sha256,
             "response_sha256": trace.response_sha256,
         }
-        record_id = self.evidence.append(fields)
+        try:
+            record_id = self.evidence.append(fields)
+        except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
+            log.error("evidence record of %s not written: %s", trace.correlation_id, exc)
+            raise EvidenceUnavailable("node cannot write evidence; request not served") from exc
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s %s %s %.1fms evidence=%s",

@@ -8,6 +8,7 @@ one evidence record before the caller hears back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -23,6 +24,7 @@ from dataplane.auth import Caller
 from dataplane.chat import ChatRequest, ChatResponse, EmbedResponse, StreamChunk, Usage
 from dataplane.config.model import Capability
 from dataplane.config.store import ServingState
+from dataplane.errors import EvidenceUnavailable
 from dataplane.routing.dispatch import DispatchFailed
 from dataplane.routing.router import Candidate, RoutePlan, RouteQuery
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
@@ -56,8 +58,21 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
         outcome = to_status(exc)
         if outcome.code is grpc.StatusCode.INTERNAL:
             log.error("request %s failed unexpectedly", trace.correlation_id, exc_info=exc)
-        self._p.record(trace, outcome)
+        self._record_refusal(trace, outcome)
         await abort(context, outcome, trace.correlation_id)
+
+    def _record_refusal(self, trace: Trace, outcome: Outcome) -> None:
+        # A refusal's own outcome stands even when its record cannot be written
+        # (that failure is logged where it happens).
+        with contextlib.suppress(EvidenceUnavailable):
+            self._p.record(trace, outcome)
+
+    async def _record_answer(self, trace: Trace, context: Context) -> str:
+        """Record a served request; without its record the answer is not sent."""
+        try:
+            return self._p.record(trace, OK)
+        except EvidenceUnavailable as exc:
+            await abort(context, to_status(exc), trace.correlation_id)
 
     async def _unary(
         self,
@@ -76,11 +91,11 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
                 response = await handle(trace, state, caller)
             trace.response_sha256 = hashlib.sha256(response.SerializeToString()).hexdigest()
         except asyncio.CancelledError:
-            self._p.record(trace, _CANCELLED)
+            self._record_refusal(trace, _CANCELLED)
             raise
         except Exception as exc:
             await self._fail(trace, exc, context)
-        response.evidence_id = p.record(trace, OK)
+        response.evidence_id = await self._record_answer(trace, context)
         context.set_trailing_metadata(((CORRELATION_HEADER, trace.correlation_id),))
         return response
 
@@ -246,7 +261,7 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
                     snapshot_version=state.version,
                 )
         except asyncio.CancelledError:
-            p.record(trace, _CANCELLED)
+            self._record_refusal(trace, _CANCELLED)
             raise
         except Exception as exc:
             await self._fail(trace, exc, context)
@@ -256,6 +271,6 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
                     await aclose()
-        end.evidence_id = p.record(trace, OK)
+        end.evidence_id = await self._record_answer(trace, context)
         context.set_trailing_metadata(((CORRELATION_HEADER, trace.correlation_id),))
         yield infer_pb2.InferStreamEvent(end=end)

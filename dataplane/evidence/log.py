@@ -120,7 +120,11 @@ class EvidenceLog:
 
     async def _fsync(self) -> None:
         if self._file is not None:
-            await asyncio.to_thread(os.fsync, self._file.fileno())
+            try:
+                await asyncio.to_thread(os.fsync, self._file.fileno())
+            except OSError as exc:
+                # Records are already with the OS; keep the loop alive and say so.
+                log.error("evidence log %s: fsync failed: %s", self.path, exc)
 
     async def aclose(self) -> None:
         """Stop the background task, sync and close the file."""
@@ -130,7 +134,7 @@ class EvidenceLog:
                 await self._syncer
             self._syncer = None
         if self._file is not None:
-            os.fsync(self._file.fileno())
+            await self._fsync()
             self._file.close()
             self._file = None
 

@@ -171,3 +171,24 @@ async def test_tampering_is_detected(tamper: str, tmp_path: Path) -> None:
     path.write_bytes(b"".join(lines))
     with pytest.raises(EvidenceChainBroken, match="line 2"):
         verify_chain(path)
+
+
+async def test_a_request_whose_record_cannot_be_written_is_not_answered(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    # A real full disk: the log path is /dev/full, where every write fails with ENOSPC.
+    path = log_path(tmp_path / "node", "node-test")
+    path.parent.mkdir(parents=True)
+    path.symlink_to("/dev/full")
+    node = await start_node()
+    assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Infer(chat(correlation_id="cid-full"), metadata=AUTH, timeout=10)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "cannot write evidence" in (info.value.details() or "")
+        # A refusal keeps its own status even though its record is lost too.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Infer(chat(), timeout=10)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
