@@ -305,3 +305,33 @@ def test_policy_text_parses_as_yaml_or_json() -> None:
     with pytest.raises(PolicyError) as caught:
         parse_document("rules: [unclosed")
     assert caught.value.path == "$"
+
+
+def test_the_readme_example_validates_and_compiles() -> None:
+    import re
+    from pathlib import Path
+
+    import dataplane.routing
+
+    readme = Path(dataplane.routing.__file__).with_name("README.md").read_text("utf-8")
+    match = re.search(r"```yaml\n(.*?)```", readme, re.DOTALL)
+    assert match is not None
+    document = parse_document(match.group(1))
+    validate_document(document)
+    registry = {
+        m.alias: m
+        for m in (
+            model("sim-fast", ("d1", "p1")),
+            model("sim-smart", ("d2", "p1")),
+            model("gpt-4o", ("d3", "p2"), capabilities={Capability.CHAT, Capability.TOOLS}),
+            model(
+                "llama-3",
+                ("d4", "p3"),
+                capabilities={Capability.CHAT, Capability.JSON_SCHEMA},
+                attributes={"family": "llama"},
+            ),
+        )
+    }
+    compiled = compile_policy(document, registry, policy_id="readme", tenant_id="t", version=1)
+    assert [r.name for r in compiled.rules] == ["canary", "cheap-extraction"]
+    assert [p.model.alias for p in compiled.rules[1].candidates] == ["llama-3"]
