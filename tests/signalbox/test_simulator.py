@@ -434,3 +434,17 @@ def test_serve_command_serves_until_sigterm() -> None:
         process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+async def test_wildcard_behaviour_reaches_models_already_seen_but_not_those_with_their_own(
+    simulator: Simulator, client: httpx.AsyncClient
+) -> None:
+    await client.post("/v1/chat/completions", json=chat("x", model="seen"))
+    simulator.set_behaviour("own", Behaviour())
+
+    simulator.set_behaviour("*", Behaviour(fail_status=502))
+
+    assert (await client.post("/v1/chat/completions", json=chat("x", model="seen"))).status_code == 502
+    assert (await client.post("/v1/chat/completions", json=chat("x", model="new"))).status_code == 502
+    assert (await client.post("/v1/chat/completions", json=chat("x", model="own"))).status_code == 200
+    assert simulator.stats("seen").failed == 1
