@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -114,7 +114,7 @@ def correlation_id_of(supplied: str, metadata: Metadata | None) -> str:
         if name == "x-correlation-id":
             text = value.decode("latin-1") if isinstance(value, bytes) else value
             return validation.correlation_id(text, "metadata x-correlation-id")
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 class Pipeline:
@@ -145,7 +145,7 @@ class Pipeline:
         try:
             return Trace(kind, correlation_id_of(supplied_id, metadata), now, time.time(), digest)
         except InvalidRequest as exc:
-            trace = Trace(kind, uuid.uuid4().hex, now, time.time(), digest)
+            trace = Trace(kind, secrets.token_hex(16), now, time.time(), digest)
             trace.invalid_correlation_id = exc
             return trace
 
@@ -331,27 +331,38 @@ def _routing_record(
     attempts: list[AttemptRecord],
     skipped: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    decision = plan.explain()
-    decision["skipped"] = [{"candidate": c, "why": why} for c, why in skipped]
-    decision["served_by"] = (
-        {"model": candidate.model.alias, "provider": candidate.provider.id, "deployment": candidate.key}
-        if candidate
-        else None
-    )
-    decision["attempts"] = [
-        {
-            "model": a.candidate.model.alias,
-            "provider": a.candidate.provider.id,
-            "deployment": a.candidate.key,
-            "outcome": a.outcome,
-            "error": a.error,
-            "http_status": a.http_status,
-            "duration_ms": a.duration_ms,
-            "backoff_ms": a.backoff_ms,
-        }
-        for a in attempts
-    ]
-    return decision
+    # The decision, not the policy that produced it: retry settings and the like are
+    # identified by the record's policy id and version, so they are not repeated here.
+    return {
+        "rule": plan.rule,
+        "strategy": plan.strategy,
+        "reason": plan.reason,
+        "arm": plan.arm,
+        "candidates": plan.considered,
+        "dropped": plan.dropped,
+        "deferred": plan.deferred,
+        "order": [c.label for c in plan.ordered],
+        "shadow": plan.shadow.label if plan.shadow is not None else None,
+        "skipped": skipped,
+        "served_by": (
+            {"model": candidate.model.alias, "provider": candidate.provider.id, "deployment": candidate.key}
+            if candidate
+            else None
+        ),
+        "attempts": [
+            {
+                "model": a.candidate.model.alias,
+                "provider": a.candidate.provider.id,
+                "deployment": a.candidate.key,
+                "outcome": a.outcome,
+                "error": a.error,
+                "http_status": a.http_status,
+                "duration_ms": a.duration_ms,
+                "backoff_ms": a.backoff_ms,
+            }
+            for a in attempts
+        ],
+    }
 
 
 def routing_to_proto(

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import re
-import uuid
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +94,7 @@ class EvidenceLog:
         if self._file is None:
             raise RuntimeError("evidence log is not started")
         seq = self._head.seq + 1
-        record_id = uuid.uuid4().hex
+        record_id = secrets.token_hex(16)
         record: dict[str, Any] = {
             "record_id": record_id,
             "node_id": self.node_id,
