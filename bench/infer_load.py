@@ -24,7 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -165,7 +165,7 @@ async def run_level(
     for path, call in (("direct", direct), ("signalbox", through_node)):
         await drive(call, concurrency, args.warmup, None)
         sampler.peak = 0
-        node_before, client_before = _cpu_seconds(node), _cpu_seconds(client)
+        node_before, client_before = cpu_seconds(node), cpu_seconds(client)
         with sampler:
             result = await drive(call, concurrency, args.requests, args.duration)
         results.append(
@@ -173,14 +173,14 @@ async def run_level(
                 result,
                 path=path,
                 peak_rss_mib=sampler.peak / MIB if path == "signalbox" else None,
-                node_cpu_percent=100 * (_cpu_seconds(node) - node_before) / result.seconds,
-                client_cpu_percent=100 * (_cpu_seconds(client) - client_before) / result.seconds,
+                node_cpu_percent=100 * (cpu_seconds(node) - node_before) / result.seconds,
+                client_cpu_percent=100 * (cpu_seconds(client) - client_before) / result.seconds,
             )
         )
     return results[0], results[1]
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
+def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
 
@@ -227,7 +227,10 @@ def background_load(seconds: float = 1.0) -> str:
     return f"background load over {seconds:g} s before the run: {shown}{warning}"
 
 
-async def bench(args: argparse.Namespace) -> int:
+@contextlib.asynccontextmanager
+async def pinned_stack(args: argparse.Namespace) -> AsyncIterator[LocalStack]:
+    """The process tree of ``signalbox up`` in ``args.data_dir`` (a temp dir when unset),
+    pinned as ``pin(args.no_pin)`` says, with the pinning and background load printed."""
     node_cpus, other_cpus, pinning = pin(args.no_pin)
     with contextlib.ExitStack() as cleanup:
         data_dir = (
@@ -245,30 +248,33 @@ async def bench(args: argparse.Namespace) -> int:
         stack = LocalStack(config)
         try:
             await stack.start(progress=lambda line: print(f"bench: {line}", flush=True))
-            sampler = RssSampler(stack.pid_of("dataplane"))
             print(f"bench: {pinning}")
             print(f"bench: {background_load()}")
-            amount = f"{args.duration:g} s" if args.duration else f"{args.requests} requests"
-            print(
-                f"bench: {amount} per path and level, after {args.warmup} warm-up requests; prompt {PROMPT!r}"
-            )
-            print()
-            rows = []
-            connector = aiohttp.TCPConnector(limit=0)
-            async with (
-                aiohttp.ClientSession(connector=connector) as session,
-                grpc.aio.insecure_channel(stack.dataplane_target) as channel,
-            ):
-                stub = infer_pb2_grpc.InferServiceStub(channel)
-                for concurrency in args.concurrency:
-                    rows.append(await run_level(stack, stub, session, sampler, concurrency, args))
-            print_table(rows)
-            peak = max((node.peak_rss_mib or 0.0) for _, node in rows)
-            print()
-            print(f"data plane peak RSS over the whole run: {peak:.1f} MiB")
-            return 0 if all(node.requests > 0 for _, node in rows) else 1
+            yield stack
         finally:
             await stack.stop()
+
+
+async def bench(args: argparse.Namespace) -> int:
+    async with pinned_stack(args) as stack:
+        sampler = RssSampler(stack.pid_of("dataplane"))
+        amount = f"{args.duration:g} s" if args.duration else f"{args.requests} requests"
+        print(f"bench: {amount} per path and level, after {args.warmup} warm-up requests; prompt {PROMPT!r}")
+        print()
+        rows = []
+        connector = aiohttp.TCPConnector(limit=0)
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            grpc.aio.insecure_channel(stack.dataplane_target) as channel,
+        ):
+            stub = infer_pb2_grpc.InferServiceStub(channel)
+            for concurrency in args.concurrency:
+                rows.append(await run_level(stack, stub, session, sampler, concurrency, args))
+        print_table(rows)
+        peak = max((node.peak_rss_mib or 0.0) for _, node in rows)
+        print()
+        print(f"data plane peak RSS over the whole run: {peak:.1f} MiB")
+        return 0 if all(node.requests > 0 for _, node in rows) else 1
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
