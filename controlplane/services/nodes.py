@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,6 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import Node, NodeNack
 from controlplane.repositories import nodes as repo
+from controlplane.repositories import snapshots as snapshot_repo
+
+log = logging.getLogger(__name__)
 
 # Reasons come from nodes; keep what is stored bounded.
 MAX_REASON_CHARS = 2000
@@ -45,7 +49,34 @@ class NodeService:
             node.applied_hash = hello.applied_hash
             node.connected = True
             node.last_seen_at = now
+            await self._check_claim(session, hello)
         return node
+
+    async def _check_claim(self, session: AsyncSession, hello: NodeHello) -> None:
+        """Say loudly when what a node serves is not what this database signed."""
+        if not hello.applied_version:
+            return
+        stored = await snapshot_repo.get(session, hello.applied_version)
+        if stored is None:
+            latest = await snapshot_repo.latest(session)
+            if latest is None or hello.applied_version > latest.version:
+                # E.g. the database was reset: the node's rollback protection will refuse
+                # every version until ours passes its high-water mark.
+                log.error(
+                    "node %s serves v%d, newer than any snapshot here (latest v%d); it will refuse "
+                    "new snapshots until the version passes that",
+                    hello.node_id,
+                    hello.applied_version,
+                    latest.version if latest is not None else 0,
+                )
+        elif hello.applied_hash and bytes(stored.sha256) != hello.applied_hash:
+            log.error(
+                "ALARM: node %s serves v%d with hash %s, but this control plane signed %s under that version",
+                hello.node_id,
+                hello.applied_version,
+                hello.applied_hash.hex(),
+                bytes(stored.sha256).hex(),
+            )
 
     async def ack(self, node_id: str, version: int, sha256: bytes) -> None:
         now = datetime.now(UTC)

@@ -79,6 +79,7 @@ class SyncNode:
     control_plane: RunningControlPlane
     node_id: str
     applied_version: int = 0
+    applied_hash: bytes = b""
     outbox: asyncio.Queue[sync_pb2.NodeMessage | None] = field(default_factory=asyncio.Queue)
     received: asyncio.Queue[snapshot_pb2.SignedEnvelope] = field(default_factory=asyncio.Queue)
     call: Any = None
@@ -94,6 +95,7 @@ class SyncNode:
                 software_version="test-1",
                 mode=1,
                 applied_version=self.applied_version,
+                applied_hash=self.applied_hash,
             )
         )
         while (message := await self.outbox.get()) is not None:
@@ -147,8 +149,8 @@ async def sync_nodes(control_plane: RunningControlPlane) -> AsyncIterator[Any]:
     """A factory for connected ``SyncNode``s, closed at the end of the test."""
     nodes: list[SyncNode] = []
 
-    async def connect(node_id: str, applied_version: int = 0) -> SyncNode:
-        node = await SyncNode(control_plane, node_id, applied_version).connect()
+    async def connect(node_id: str, applied_version: int = 0, applied_hash: bytes = b"") -> SyncNode:
+        node = await SyncNode(control_plane, node_id, applied_version, applied_hash).connect()
         nodes.append(node)
         return node
 

@@ -150,3 +150,13 @@ async def test_stopping_the_control_plane_ends_streams_cleanly(
     await control_plane.cp.stop()
     await asyncio.wait_for(node.ended.wait(), TIMEOUT)
     assert node.end_code == grpc.StatusCode.OK
+
+
+async def test_a_node_claiming_a_foreign_hash_raises_an_alarm(
+    admin: Admin, sync_nodes: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    latest = await admin.latest_version()
+    node: SyncNode = await sync_nodes("node-g", latest, b"\x01" * 32)  # type: ignore[operator]
+    await eventually(lambda: _node(admin, "node-g"), message="node registered")
+    assert any("ALARM" in r.getMessage() and "node-g" in r.getMessage() for r in caplog.records)
+    assert node.received.empty()
