@@ -286,8 +286,10 @@ def sticky_value(key: str, query: RouteQuery) -> str:
     return value if value else query.request_id
 
 
-_Survivor = tuple[PricedModel, Sequence[Candidate], int]
-"""A model that passed, its passing deployments, and its estimated cost for the request."""
+_Survivor = tuple[PricedModel, Sequence[Candidate], int, tuple[float, ...] | None]
+"""A model that passed, its passing deployments, its estimated cost for the request
+(0 when the strategy does not need it), and the deployments' cumulative weight
+shares when precomputed."""
 
 _UNSPECIFIED = DataClass.UNSPECIFIED
 _AIR_GAPPED = DeploymentMode.AIR_GAPPED
@@ -313,10 +315,12 @@ _Row = tuple[
     int,
     tuple[Candidate, ...],
     tuple[tuple[str, str], ...],
+    tuple[float, ...] | None,
 ]
 """A candidate model flattened for the per-request loop: model, capabilities,
 context window, certified-up-to, input price, output price, default output
-tokens, the deployments that pass the static checks, and the static drops."""
+tokens, the deployments that pass the static checks, the static drops, and the
+passing deployments' cumulative weight shares (None for fewer than two)."""
 
 
 def static_row(
@@ -377,6 +381,7 @@ def static_row(
         priced.default_output,
         tuple(ok),
         tuple(drops),
+        _cumulative(ok),
     )
     priced.memo[id(constraints)] = (constraints, providers, node, row)
     return row
@@ -391,6 +396,7 @@ class _RowSet:
         "common_caps",
         "drops",
         "least_certified",
+        "plain",
         "rows",
         "smallest_window",
         "unlimited_window",
@@ -422,6 +428,8 @@ class _RowSet:
         self.drops = tuple(drops)
         self.usable = tuple(usable)
         """Rows with at least one deployment passing the static checks."""
+        self.plain: tuple[_Survivor, ...] = tuple((r[0], r[7], 0, r[9]) for r in usable)
+        """``usable`` as survivors of a request nothing can drop, when cost does not matter."""
 
 
 def rule_rows(
@@ -454,6 +462,20 @@ def prepare_routes(config: RuntimeConfig, node: NodeContext = NodeContext()) -> 
             rule_rows(policy.default_rule, config.providers, node)
 
 
+def _cumulative(candidates: Sequence[Candidate]) -> tuple[float, ...] | None:
+    """Running weight shares of ``candidates`` (ending at 1.0), or None if there is nothing to balance."""
+    total = sum(c.deployment.weight for c in candidates)
+    if len(candidates) < 2 or total <= 0:
+        return None
+    running = 0
+    shares = []
+    for c in candidates:
+        running += c.deployment.weight
+        shares.append(running / total)
+    shares[-1] = 1.0
+    return tuple(shares)
+
+
 def _cost(survivor: _Survivor) -> int:
     return survivor[2]
 
@@ -482,7 +504,7 @@ class _Planner:
 
     def plan(self, policy: CompiledPolicy, rule: CompiledRule) -> RoutePlan:
         rows, fallback_rows = rule_rows(rule, self.config.providers, self.node)
-        survivors = self.eligible(rows)
+        survivors = self.eligible(rows, rule.strategy is _CHEAPEST)
         arm = ""
         strategy = rule.strategy
         if strategy is _PRIORITY:
@@ -530,10 +552,10 @@ class _Planner:
             tuple(self.deferred),
         )
 
-    def eligible(self, rowset: _RowSet) -> list[_Survivor]:
+    def eligible(self, rowset: _RowSet, costed: bool = False) -> list[_Survivor]:
         """The models (and their deployments) that satisfy every constraint; drops recorded.
 
-        Survivors carry the request's estimated cost (for ``cheapest``).
+        With ``costed``, survivors carry the request's estimated cost (for ``cheapest``).
         """
         q = self.query
         c = self.constraints
@@ -556,11 +578,14 @@ class _Planner:
             # only the static drops apply and no row needs looking at.
             if rowset.drops:
                 self.dropped.extend(rowset.drops)
+            if not costed:
+                return list(rowset.plain)
             return [
                 (
                     row[0],
                     row[7],
                     (tokens * row[4] + (row[6] if max_out is None else max_out) * row[5]) // 1_000_000,
+                    row[9],
                 )
                 for row in rowset.usable
             ]
@@ -578,7 +603,7 @@ class _Planner:
         max_cost = c.max_cost_nanos
         max_latency = c.max_latency_ms
         out: list[_Survivor] = []
-        for priced, caps, window, certified, in_price, out_price, default_out, candidates, drops in rows:
+        for priced, caps, window, certified, in_price, out_price, default_out, candidates, drops, cum in rows:
             if capabilities and not capabilities <= caps:
                 missing = _missing(priced.model, q)
                 assert missing is not None
@@ -605,9 +630,9 @@ class _Planner:
             if max_latency is not None and candidates:
                 fast = self._fast_enough(candidates, max_latency)
                 if fast:
-                    out.append((priced, fast, cost))
+                    out.append((priced, fast, cost, cum if len(fast) == len(candidates) else None))
             elif candidates:
-                out.append((priced, candidates, cost))
+                out.append((priced, candidates, cost, cum))
         return out
 
     def _fast_enough(self, candidates: Sequence[Candidate], max_latency: int) -> list[Candidate]:
@@ -649,7 +674,7 @@ class _Planner:
         # in proportion, so the remaining arms keep their relative weights.
         position = {p.model.alias: i for i, p in enumerate(rule.candidates)}
         shares = []
-        for priced, _, _ in survivors:
+        for priced, _, _, _ in survivors:
             i = position[priced.model.alias]
             shares.append(weights[i] - (weights[i - 1] if i else 0.0))
         total = sum(shares)
@@ -667,9 +692,9 @@ class _Planner:
         ordered: list[Candidate] = []
         back: list[Candidate] = []
         troubled = self.health.troubled() if self.health is not None else None
-        for _, candidates, _ in survivors:
+        for _, candidates, _, cumulative in survivors:
             if len(candidates) > 1:
-                candidates = self._balance(candidates)
+                candidates = self._balance(candidates, cumulative)
             if not troubled:
                 ordered.extend(candidates)
                 continue
@@ -687,21 +712,22 @@ class _Planner:
             ordered += back
         return tuple(ordered)
 
-    def _balance(self, candidates: Sequence[Candidate]) -> Sequence[Candidate]:
-        total = sum(c.deployment.weight for c in candidates)
-        if total <= 0:
-            return candidates
+    def _balance(
+        self, candidates: Sequence[Candidate], cumulative: tuple[float, ...] | None
+    ) -> Sequence[Candidate]:
+        if cumulative is None:
+            cumulative = _cumulative(candidates)
+            if cumulative is None:
+                return candidates
         if self.balance_draw < 0:
             # One draw per request serves every model: each model's pick only
             # needs to be spread by weight over requests, not independent of the
             # others. CRC-32 is enough to spread load and costs a fifth of a
             # cryptographic hash; sticky splits keep the better one.
             self.balance_draw = zlib.crc32(self.query.request_id.encode()) / 4294967296.0
-        u = self.balance_draw * total
-        running = 0
-        for i, c in enumerate(candidates):
-            running += c.deployment.weight
-            if u < running:
+        u = self.balance_draw
+        for i, edge in enumerate(cumulative):
+            if u < edge:
                 if i == 0:
                     return candidates
                 # The drawn one first, then the rest in registry order as its fallbacks.
@@ -728,9 +754,9 @@ class _Planner:
             self.dropped[i] = (name, f"shadow: {why}")
         if not survivors:
             return None
-        candidates = survivors[0][1]
+        _, candidates, _, cumulative = survivors[0]
         if len(candidates) > 1:
-            candidates = self._balance(candidates)
+            candidates = self._balance(candidates, cumulative)
         return candidates[0]
 
     def _raise_none(self, rule: CompiledRule) -> None:
