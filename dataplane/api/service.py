@@ -8,7 +8,6 @@ one evidence record before the caller hears back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -58,14 +57,18 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
         outcome = to_status(exc)
         if outcome.code is grpc.StatusCode.INTERNAL:
             log.error("request %s failed unexpectedly", trace.correlation_id, exc_info=exc)
-        self._record_refusal(trace, outcome)
-        await abort(context, outcome, trace.correlation_id)
+        evidence_id = self._record_refusal(trace, outcome)
+        await abort(context, outcome, trace.correlation_id, evidence_id)
 
-    def _record_refusal(self, trace: Trace, outcome: Outcome) -> None:
-        # A refusal's own outcome stands even when its record cannot be written
-        # (that failure is logged where it happens).
-        with contextlib.suppress(EvidenceUnavailable):
-            self._p.record(trace, outcome)
+    def _record_refusal(self, trace: Trace, outcome: Outcome) -> str:
+        """Record a refused or cancelled request; its record id, or "" if it could not be written.
+
+        A refusal's own outcome stands even then (the failure is logged where it happens).
+        """
+        try:
+            return self._p.record(trace, outcome)
+        except EvidenceUnavailable:
+            return ""
 
     async def _record_answer(self, trace: Trace, context: Context) -> str:
         """Record a served request; without its record the answer is not sent."""

@@ -26,6 +26,7 @@ from dataplane.routing.dispatch import DispatchFailed
 log = logging.getLogger("signalbox.dataplane.api")
 
 CORRELATION_HEADER = "x-correlation-id"
+EVIDENCE_HEADER = "x-evidence-id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +77,19 @@ def _status(exc: BaseException, error: SignalboxError) -> grpc.StatusCode:
 
 
 async def abort(
-    context: grpc.aio.ServicerContext[object, object], outcome: Outcome, correlation_id: str
+    context: grpc.aio.ServicerContext[object, object],
+    outcome: Outcome,
+    correlation_id: str,
+    evidence_id: str = "",
 ) -> NoReturn:
-    """End the call with ``outcome``; the correlation id goes in message and trailers."""
+    """End the call with ``outcome``; the correlation id goes in message and trailers,
+    the refusal's evidence record id (when written) in trailers."""
+    trailers = [(CORRELATION_HEADER, correlation_id)]
+    if evidence_id:
+        trailers.append((EVIDENCE_HEADER, evidence_id))
     await context.abort(
         outcome.code,
         f"{outcome.message} (correlation id {correlation_id})",
-        trailing_metadata=((CORRELATION_HEADER, correlation_id),),
+        trailing_metadata=tuple(trailers),
     )
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover

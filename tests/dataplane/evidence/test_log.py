@@ -30,7 +30,7 @@ async def test_one_record_per_request_served_or_refused(
             await stub.Infer(chat(SECRET_PROMPT, correlation_id="cid-early"), metadata=AUTH, timeout=10)
         assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
         ok = await stub.Infer(chat(SECRET_PROMPT, correlation_id="cid-ok"), metadata=AUTH, timeout=10)
-        with pytest.raises(grpc.aio.AioRpcError):
+        with pytest.raises(grpc.aio.AioRpcError) as noauth:
             await stub.Infer(chat(SECRET_PROMPT, correlation_id="cid-noauth"), timeout=10)
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Infer(
@@ -75,6 +75,7 @@ async def test_one_record_per_request_served_or_refused(
     assert len(served["request_sha256"]) == 64
     assert len(served["response_sha256"]) == 64
     assert records[4]["record_id"] == events[-1].end.evidence_id
+    assert ("x-evidence-id", records[2]["record_id"]) in tuple(noauth.value.trailing_metadata() or ())
     assert records[4]["kind"] == "stream"
 
     text = path.read_text()
