@@ -231,6 +231,9 @@ def serve_command(ns: argparse.Namespace) -> int:
             await node.serve()
 
     try:
+        # The default event loop, not uvloop: grpc.aio polls on its own thread and
+        # measured no faster under uvloop here, and only the default loop is what
+        # grpc.aio is tested against.
         asyncio.run(run())
     except (SnapshotFileInvalid, ValueError, OSError) as exc:
         print(f"signalbox dataplane serve: {exc}", file=sys.stderr)
