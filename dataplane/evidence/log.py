@@ -92,7 +92,8 @@ class EvidenceLog:
     def append(self, fields: Mapping[str, Any]) -> str:
         """Write one record made of ``fields`` plus the chain fields; return its record id."""
         if self._file is None:
-            raise RuntimeError("evidence log is not started")
+            # ValueError, like a write to a closed file: callers handle both the same way.
+            raise ValueError("evidence log is not open")
         seq = self._head.seq + 1
         record_id = secrets.token_hex(16)
         record: dict[str, Any] = {
