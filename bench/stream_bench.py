@@ -49,6 +49,9 @@ class StreamRun:
     chunks: int
     """Text chunks received over all streams."""
     node_cpu_percent: float
+    """CPU the node used during the run, in % of one core."""
+    client_cpu_percent: float
+    """CPU this load generator used: near 100 means the client, not the node, set the pace."""
 
     @property
     def chunk_rate(self) -> float:
@@ -138,19 +141,20 @@ async def run_level(
     concurrency: int,
     args: argparse.Namespace,
 ) -> list[StreamRun]:
-    node = psutil.Process(stack.pid_of("dataplane"))
+    node, client = psutil.Process(stack.pid_of("dataplane")), psutil.Process()
     runs = []
     for _, call, probe in calls:
         await drive(call, concurrency, args.warmup, None)
         probe.reset()
-        before = cpu_seconds(node)
+        node_before, client_before = cpu_seconds(node), cpu_seconds(client)
         result = await drive(call, concurrency, args.streams, None)
         runs.append(
             StreamRun(
                 run=result,
                 ttft_ms=tuple(sorted(probe.ttft_ms)),
                 chunks=probe.chunks,
-                node_cpu_percent=100 * (cpu_seconds(node) - before) / result.seconds,
+                node_cpu_percent=100 * (cpu_seconds(node) - node_before) / result.seconds,
+                client_cpu_percent=100 * (cpu_seconds(client) - client_before) / result.seconds,
             )
         )
     return runs
@@ -160,7 +164,7 @@ def print_table(levels: Sequence[tuple[int, list[StreamRun]]]) -> None:
     header = (
         f"{'concurrency':>11}  {'path':<9}  {'streams':>7}  {'errors':>6}  {'p50 TTFT ms':>11}  "
         f"{'p99 TTFT ms':>11}  {'added p50 ms':>12}  {'added p99 ms':>12}  {'chunks/s':>9}  "
-        f"{'node CPU %':>10}"
+        f"{'node CPU %':>10}  {'client CPU %':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -173,7 +177,8 @@ def print_table(levels: Sequence[tuple[int, list[StreamRun]]]) -> None:
             )
             print(
                 f"{concurrency:>11}  {path:<9}  {r.run.requests:>7}  {r.run.errors:>6}  {r.ttft(50):11.3f}  "
-                f"{r.ttft(99):11.3f}  {added}  {r.chunk_rate:9.0f}  {r.node_cpu_percent:10.0f}"
+                f"{r.ttft(99):11.3f}  {added}  {r.chunk_rate:9.0f}  {r.node_cpu_percent:10.0f}  "
+                f"{r.client_cpu_percent:12.0f}"
             )
     for concurrency, runs in levels:
         for path, r in zip(("direct", "signalbox"), runs, strict=True):
