@@ -11,7 +11,10 @@ attributes, shadows, cost/region/certification constraints. Then it
 - runs ``plan_route`` for random requests of random tenants (with a health
   view, as the pipeline does) and prints the median and p99 per decision.
 
-    .venv/bin/python bench/routing_bench.py [--decisions 200000] [--seed 7]
+    .venv/bin/python bench/routing_bench.py [--decisions 200000] [--rounds 3] [--seed 7]
+
+Each measurement runs ``--rounds`` times and the best round is reported (all are
+printed): on a shared machine the other rounds measure the neighbours too.
 
 Targets: median decision under 20 us; compile of the policy set under 2 s.
 """
@@ -43,6 +46,7 @@ from dataplane.config.model import (
 from dataplane.errors import CapabilityUnavailable
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.errors import NoEligibleCandidate
+from dataplane.routing.health import HealthView
 from dataplane.routing.policy import CompiledPolicy, compile_policy
 from dataplane.routing.router import NodeContext, RouteQuery, plan_route, prepare_routes
 
@@ -164,9 +168,55 @@ def policy_document(rng: random.Random, models: dict[str, ModelConfig], aliases:
     return doc
 
 
+def compile_all(
+    documents: dict[str, dict[str, Any]], models: dict[str, ModelConfig]
+) -> tuple[dict[str, CompiledPolicy], float, float]:
+    """Every tenant's policy, as a node does at snapshot apply; (policies, wall s, CPU s)."""
+    registry = dict(models)  # a new registry object: the model index is rebuilt and timed too
+    gc.collect()
+    started, started_cpu = time.perf_counter(), time.process_time()
+    policies = {
+        tid: compile_policy(doc, registry, policy_id=f"pol-{tid}", tenant_id=tid, version=version)
+        for version, (tid, doc) in enumerate(documents.items(), 1)
+    }
+    return policies, time.perf_counter() - started, time.process_time() - started_cpu
+
+
+def decide_all(
+    config: RuntimeConfig, queries: list[RouteQuery], decisions: int, health: HealthView
+) -> tuple[list[int], int]:
+    """Nanoseconds per decision, and how many were refusals."""
+    node = NodeContext()
+    samples: list[int] = []
+    refused = 0
+    clock = time.perf_counter_ns
+    for n in range(decisions):
+        query = queries[n % len(queries)]
+        t0 = clock()
+        try:
+            plan_route(config, query, node, health)
+        except (NoEligibleCandidate, CapabilityUnavailable):
+            refused += 1  # a refusal is a decision too, and timed like one
+        samples.append(clock() - t0)
+    samples.sort()
+    return samples, refused
+
+
+def calibration_us() -> float:
+    """A fixed piece of pure-Python work, to compare machines (and a busy machine with itself)."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(10_000):
+            sum(range(100))
+        best = min(best, (time.perf_counter() - t0) / 10_000 * 1e6)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--decisions", type=int, default=200_000)
+    parser.add_argument("--decisions", type=int, default=200_000, help="decisions per round")
+    parser.add_argument("--rounds", type=int, default=3, help="best round reported (others printed)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -180,20 +230,6 @@ def main() -> None:
         for i in range(N_TENANTS)
     }
     documents = {tid: policy_document(rng, models, aliases) for tid in tenants}
-
-    gc.collect()
-    started, started_cpu = time.perf_counter(), time.process_time()
-    policies: dict[str, CompiledPolicy] = {}
-    for version, (tid, doc) in enumerate(documents.items(), 1):
-        policies[tid] = compile_policy(doc, models, policy_id=f"pol-{tid}", tenant_id=tid, version=version)
-    compile_s, compile_cpu = time.perf_counter() - started, time.process_time() - started_cpu
-
-    config = RuntimeConfig(1, b"\0" * 32, 0.0, None, Scope(), tenants, {}, providers, models, policies)
-    node = NodeContext()
-    started = time.perf_counter()
-    prepare_routes(config, node)
-    prepare_s = time.perf_counter() - started
-    health = Dispatcher().health
     tenant_list = list(tenants.values())
     caps_choices: tuple[frozenset[Capability], ...] = (
         frozenset(),
@@ -216,29 +252,37 @@ def main() -> None:
         for n in range(min(args.decisions, 50_000))
     ]
 
-    samples: list[int] = []
-    refused = 0
-    clock = time.perf_counter_ns
-    for n in range(args.decisions):
-        query = queries[n % len(queries)]
-        t0 = clock()
-        try:
-            plan_route(config, query, node, health)
-        except (NoEligibleCandidate, CapabilityUnavailable):
-            refused += 1  # a refusal is a decision too, and timed like one
-        samples.append(clock() - t0)
-    samples.sort()
-    median_us = statistics.median(samples) / 1000
-    p99_us = samples[int(len(samples) * 0.99)] / 1000
+    print(f"calibration: sum(range(100)) takes {calibration_us():.2f} us on this machine now")
+    compiles = []
+    for _ in range(args.rounds):
+        policies, wall_s, cpu_s = compile_all(documents, models)
+        compiles.append((wall_s, cpu_s))
+        print(f"  compile round: {wall_s:.3f} s wall, {cpu_s:.3f} s CPU")
+    config = RuntimeConfig(1, b"\0" * 32, 0.0, None, Scope(), tenants, {}, providers, models, policies)
+    started = time.perf_counter()
+    prepare_routes(config, NodeContext())
+    prepare_s = time.perf_counter() - started
+    health = Dispatcher().health
+    rounds = []
+    for _ in range(args.rounds):
+        samples, refused = decide_all(config, queries, args.decisions, health)
+        median_us = statistics.median(samples) / 1000
+        p99_us = samples[int(len(samples) * 0.99)] / 1000
+        rounds.append((median_us, p99_us, refused))
+        print(f"  decide round: median {median_us:.2f} us, p99 {p99_us:.2f} us")
+
+    wall_s, cpu_s = min(compiles)
+    median_us, p99_us, refused = min(rounds)
     rules = sum(len(p.rules) for p in policies.values())
     print(f"registry: {N_MODELS} models, {N_PROVIDERS} providers; {N_TENANTS} tenants, {rules} rules")
     print(
-        f"compile:  {compile_s:.3f} s wall, {compile_cpu:.3f} s CPU for {N_TENANTS} policies "
-        f"({compile_s / N_TENANTS * 1e6:.1f} us each)  target < 2 s"
+        f"compile:  {wall_s:.3f} s wall, {cpu_s:.3f} s CPU for {N_TENANTS} policies "
+        f"({wall_s / N_TENANTS * 1e6:.1f} us each; best of {args.rounds})  target < 2 s"
     )
     print(f"prepare:  {prepare_s:.3f} s (optional, at snapshot apply: every rule's static checks)")
     print(
-        f"decide:   median {median_us:.2f} us, p99 {p99_us:.2f} us over {args.decisions} decisions ({refused} refused)  target median < 20 us"
+        f"decide:   median {median_us:.2f} us, p99 {p99_us:.2f} us per decision over {args.decisions} "
+        f"decisions ({refused} refusals; best of {args.rounds})  target median < 20 us"
     )
 
 
