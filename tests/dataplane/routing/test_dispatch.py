@@ -209,6 +209,27 @@ async def test_content_filter_falls_back_only_when_the_policy_opts_in(
     assert outcomes(attempts) == [("solo-a", "content_filtered"), ("smart-b", "ok")]
 
 
+QUOTA_ERROR = {"error": {"message": "quota", "type": "insufficient_quota", "code": "insufficient_quota"}}
+
+
+async def test_quota_exhaustion_falls_back_only_when_the_policy_says_so(
+    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    sim_a.set_behaviour("solo", Behaviour(fail_status=429, error_body=QUOTA_ERROR))
+    default = Stack(
+        sim_a, sim_b, http, rules("solo", "sim-smart"), Dispatcher(clock=clock, sleep=clock.sleep)
+    )
+    with pytest.raises(DispatchFailed) as caught:
+        await default.dispatcher.call(default.plan(), default.attempt, deadline=clock() + 30)
+    assert outcomes(caught.value.attempts) == [("solo-a", "quota_exhausted")]
+
+    opt_in = rules("solo", "sim-smart", retry={"fallback_on": ["server_error", "quota_exhausted"]})
+    stack = Stack(sim_a, sim_b, http, opt_in, Dispatcher(clock=clock, sleep=clock.sleep))
+    _, _, attempts = await stack.dispatcher.call(stack.plan(), stack.attempt, deadline=clock() + 30)
+    # Not retried on the same deployment: an empty wallet does not refill in a backoff.
+    assert outcomes(attempts) == [("solo-a", "quota_exhausted"), ("smart-b", "ok")]
+
+
 async def test_a_request_error_is_not_retried_anywhere(
     sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
 ) -> None:
