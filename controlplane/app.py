@@ -78,6 +78,8 @@ class ControlPlaneSettings:
     """Seconds to gather a burst of changes into one push."""
     drain_grace: float = 5.0
     """Seconds in-flight calls get to finish on stop."""
+    node_heartbeat_interval: float = 30.0
+    """Seconds between updates of ``last_seen`` for nodes with an open sync stream."""
     reissue_check_interval: float = 60.0
     """Seconds between checks whether the newest snapshot is past half its lifetime
     (then the unchanged config is re-issued as a new version before it expires)."""
@@ -105,7 +107,7 @@ class ControlPlane:
         self.broker: SnapshotBroker | None = None
         self.sync: ConfigSyncServicer | None = None
         self.admin: AdminService | None = None
-        self._reissuer: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     @property
     def data_dir(self) -> Path:
@@ -182,9 +184,12 @@ class ControlPlane:
         host = s.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{port}"
         await self._server.start()
-        self._reissuer = asyncio.create_task(
-            self._reissue_loop(snapshots, s.reissue_check_interval), name="snapshot-reissue"
-        )
+        self._background = [
+            asyncio.create_task(
+                self._reissue_loop(snapshots, s.reissue_check_interval), name="snapshot-reissue"
+            ),
+            asyncio.create_task(self.sync.heartbeat(s.node_heartbeat_interval), name="node-heartbeat"),
+        ]
         for service in (
             "",
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
@@ -213,11 +218,11 @@ class ControlPlane:
         """End sync streams, drain in-flight calls, release the database. Idempotent."""
         with contextlib.suppress(Exception):
             await self._health.enter_graceful_shutdown()
-        if self._reissuer is not None:
-            self._reissuer.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reissuer
-            self._reissuer = None
+                await task
+        self._background = []
         if self.broker is not None:
             # Ends every sync stream with OK, so nodes reconnect (elsewhere) at once.
             await self.broker.close()

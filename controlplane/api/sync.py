@@ -44,6 +44,15 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         """Open streams per node id on this replica."""
         self._bookkeeping: set[asyncio.Task[None]] = set()
 
+    async def heartbeat(self, interval: float) -> None:
+        """Keep ``last_seen`` of the nodes streaming to this replica fresh; runs until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._nodes.touch(sorted(self.streams))
+            except Exception:
+                log.exception("could not record node heartbeats")
+
     async def drain(self) -> None:
         """Wait for the database writes of streams that just ended (before the engine goes)."""
         while self._bookkeeping:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import Node, NodeNack
@@ -118,6 +119,17 @@ class NodeService:
             if node is not None:
                 node.connected = False
                 node.last_seen_at = datetime.now(UTC)
+
+    async def touch(self, node_ids: Sequence[str]) -> None:
+        """Mark nodes with an open stream here as seen now (and connected)."""
+        if not node_ids:
+            return
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(Node)
+                .where(Node.node_id.in_(node_ids))
+                .values(last_seen_at=datetime.now(UTC), connected=True)
+            )
 
     async def list(self) -> Sequence[Node]:
         async with self.sessions() as session:

@@ -90,3 +90,45 @@ async def test_an_unchanged_config_is_reissued_before_it_expires(
                 return await admin.latest_version() > first
 
             await eventually(reissued, message="a re-issued snapshot")
+
+
+async def test_connected_nodes_are_seen_while_their_stream_is_open(
+    database_url: str, private_tmp: Path
+) -> None:
+    settings = ControlPlaneSettings(
+        listen="127.0.0.1:0",
+        database_url=database_url,
+        data_dir=Path(tempfile.mkdtemp(prefix="heartbeat-", dir=private_tmp)),
+        node_heartbeat_interval=0.05,
+    )
+    async with ControlPlane(settings) as cp:
+        assert cp.admin is not None
+        assert cp.signer is not None
+        _, token = await cp.admin.create_token("tests")
+        running = RunningControlPlane(
+            cp=cp,
+            address=cp.address,
+            token=token,
+            data_dir=settings.data_dir,
+            database_url=database_url,
+            public_key=cp.signer.public_key,
+            key_id=cp.signer.key_id,
+        )
+        node = await SyncNode(running, "quiet").connect()
+        try:
+            await node.next_envelope()
+            async with grpc.aio.insecure_channel(cp.address) as channel:
+                admin = Admin(admin_pb2_grpc.AdminServiceStub(channel), running.metadata)
+
+                async def seen_at() -> int:
+                    (listed,) = (await admin.ListNodes(admin_pb2.ListNodesRequest())).nodes
+                    return int(listed.last_seen_at.ToNanoseconds())
+
+                first = await eventually(seen_at, message="node listed")
+
+                async def later() -> bool:
+                    return await seen_at() > first
+
+                await eventually(later, message="last_seen to move without any message from the node")
+        finally:
+            await node.close()

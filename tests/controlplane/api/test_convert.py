@@ -1,4 +1,4 @@
-"""The admin messages that ``convert`` re-reads from snapshot messages must stay wire twins."""
+"""Admin API edges: message twins that ``convert`` relies on, and a handler for every RPC."""
 
 from __future__ import annotations
 
@@ -27,3 +27,17 @@ def test_admin_message_mirrors_the_snapshot_message(snapshot_message: type, admi
         assert (twin.type, twin.is_repeated) == (field.type, field.is_repeated), f"{target.name}.{twin.name}"
         if field.message_type is not None:
             assert twin.message_type.fields_by_number.keys() == field.message_type.fields_by_number.keys()
+
+
+def test_every_admin_rpc_has_a_handler() -> None:
+    """An RPC added to admin.proto without a handler would silently answer UNIMPLEMENTED."""
+    from controlplane.api.admin import AdminServicer
+    from signalbox.api.admin.v1 import admin_pb2_grpc
+
+    methods = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods_by_name
+    missing = [
+        name
+        for name in methods
+        if getattr(AdminServicer, name) is getattr(admin_pb2_grpc.AdminServiceServicer, name)
+    ]
+    assert missing == []
