@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,10 +11,9 @@ import grpc
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane.app import ControlPlane, ControlPlaneSettings
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.controlplane.conftest import TIMEOUT, Admin, SyncNode
-from tests.fixtures.postgres import RunningControlPlane
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
 
 
@@ -36,29 +36,14 @@ def test_trust_key_is_the_signing_public_key(control_plane: RunningControlPlane)
 
 
 async def test_a_second_replica_learns_of_changes_through_postgres(
-    admin: Admin, control_plane: RunningControlPlane
+    admin: Admin, control_plane: RunningControlPlane, private_tmp: Path
 ) -> None:
     """A node on replica B receives a change made through replica A (LISTEN/NOTIFY)."""
-    settings = ControlPlaneSettings(
-        listen="127.0.0.1:0",
-        database_url=control_plane.database_url,
-        data_dir=Path(tempfile.mkdtemp(prefix="replica-", dir=control_plane.data_dir.parent)),
-        # Same KEK source as replica A: its generated file.
-        kek_file=control_plane.data_dir / "kek",
-    )
-    async with ControlPlane(settings) as replica:
-        assert replica.signer is not None
-        assert replica.signer.key_id == control_plane.key_id
-        other = RunningControlPlane(
-            cp=replica,
-            address=replica.address,
-            token=control_plane.token,
-            data_dir=settings.data_dir,
-            database_url=control_plane.database_url,
-            public_key=control_plane.public_key,
-            key_id=control_plane.key_id,
-        )
-        node = await SyncNode(other, "on-replica-b").connect()
+    # Same KEK source as replica A (its generated file), so both unseal the same signing key.
+    settings = cp_settings(control_plane.database_url, private_tmp, kek_file=control_plane.data_dir / "kek")
+    async with running_control_plane(settings) as replica:
+        assert replica.key_id == control_plane.key_id
+        node = await SyncNode(replica, "on-replica-b").connect()
         try:
             first = node.verified(await node.next_envelope())
             await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="via-a"))
@@ -69,66 +54,45 @@ async def test_a_second_replica_learns_of_changes_through_postgres(
             await node.close()
 
 
+@asynccontextmanager
+async def _admin(running: RunningControlPlane) -> AsyncIterator[Admin]:
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        yield Admin(admin_pb2_grpc.AdminServiceStub(channel), running.metadata)
+
+
 async def test_an_unchanged_config_is_reissued_before_it_expires(
     database_url: str, private_tmp: Path
 ) -> None:
-    settings = ControlPlaneSettings(
-        listen="127.0.0.1:0",
-        database_url=database_url,
-        data_dir=Path(tempfile.mkdtemp(prefix="reissue-", dir=private_tmp)),
-        snapshot_ttl=timedelta(seconds=0.4),
-        reissue_check_interval=0.05,
+    settings = cp_settings(
+        database_url, private_tmp, snapshot_ttl=timedelta(seconds=0.4), reissue_check_interval=0.05
     )
-    async with ControlPlane(settings) as cp:
-        assert cp.admin is not None
-        _, token = await cp.admin.create_token("tests")
-        async with grpc.aio.insecure_channel(cp.address) as channel:
-            admin = Admin(admin_pb2_grpc.AdminServiceStub(channel), (("authorization", f"Bearer {token}"),))
-            first = await admin.latest_version()
+    async with running_control_plane(settings) as running, _admin(running) as admin:
+        first = await admin.latest_version()
 
-            async def reissued() -> bool:
-                return await admin.latest_version() > first
+        async def reissued() -> bool:
+            return await admin.latest_version() > first
 
-            await eventually(reissued, message="a re-issued snapshot")
+        await eventually(reissued, message="a re-issued snapshot")
 
 
 async def test_connected_nodes_are_seen_while_their_stream_is_open(
     database_url: str, private_tmp: Path
 ) -> None:
-    settings = ControlPlaneSettings(
-        listen="127.0.0.1:0",
-        database_url=database_url,
-        data_dir=Path(tempfile.mkdtemp(prefix="heartbeat-", dir=private_tmp)),
-        node_heartbeat_interval=0.05,
-    )
-    async with ControlPlane(settings) as cp:
-        assert cp.admin is not None
-        assert cp.signer is not None
-        _, token = await cp.admin.create_token("tests")
-        running = RunningControlPlane(
-            cp=cp,
-            address=cp.address,
-            token=token,
-            data_dir=settings.data_dir,
-            database_url=database_url,
-            public_key=cp.signer.public_key,
-            key_id=cp.signer.key_id,
-        )
+    settings = cp_settings(database_url, private_tmp, node_heartbeat_interval=0.05)
+    async with running_control_plane(settings) as running, _admin(running) as admin:
         node = await SyncNode(running, "quiet").connect()
         try:
             await node.next_envelope()
-            async with grpc.aio.insecure_channel(cp.address) as channel:
-                admin = Admin(admin_pb2_grpc.AdminServiceStub(channel), running.metadata)
 
-                async def seen_at() -> int:
-                    (listed,) = (await admin.ListNodes(admin_pb2.ListNodesRequest())).nodes
-                    return int(listed.last_seen_at.ToNanoseconds())
+            async def seen_at() -> int:
+                (listed,) = (await admin.ListNodes(admin_pb2.ListNodesRequest())).nodes
+                return int(listed.last_seen_at.ToNanoseconds())
 
-                first = await eventually(seen_at, message="node listed")
+            first = await eventually(seen_at, message="node listed")
 
-                async def later() -> bool:
-                    return await seen_at() > first
+            async def later() -> bool:
+                return await seen_at() > first
 
-                await eventually(later, message="last_seen to move without any message from the node")
+            await eventually(later, message="last_seen to move without any message from the node")
         finally:
             await node.close()
