@@ -275,6 +275,7 @@ async def test_policy_apply_yaml_history_get_and_delete(admin: Admin) -> None:
     [
         ('{"default_model": "ghost"}', "document.default_model"),
         ('{"allowed_models": ["small", "ghost"]}', "document.allowed_models[1]"),
+        ('{"rules": [{"bogus": 2}]}', "document.rules[0].bogus"),
         ("- just\n- a list\n", "document"),
         ("{not: [valid", "document"),
         ("", "document"),
