@@ -297,6 +297,7 @@ _ON_PREM = DeploymentMode.ON_PREM
 _SITE = ProviderLocation.SITE
 _PUBLIC_CLOUD = ProviderLocation.PUBLIC_CLOUD
 _OPEN = BreakerState.OPEN
+_STRATEGY_NAMES = {s: s.value for s in Strategy}
 _PRIORITY, _CHEAPEST, _LATENCY, _WEIGHTED = (
     Strategy.PRIORITY,
     Strategy.CHEAPEST,
@@ -396,6 +397,8 @@ class _RowSet:
         "common_caps",
         "drops",
         "least_certified",
+        "narrowed",
+        "need_drops",
         "plain",
         "rows",
         "smallest_window",
@@ -403,8 +406,11 @@ class _RowSet:
         "usable",
     )
 
-    def __init__(self, rows: tuple[_Row, ...]) -> None:
+    def __init__(self, rows: tuple[_Row, ...], need_drops: tuple[tuple[str, str], ...] = ()) -> None:
         self.rows = rows
+        self.need_drops = need_drops
+        """Drops made when narrowing to a request's needs (capability, certification)."""
+        self.narrowed: dict[tuple[frozenset[Capability], int], _RowSet] = {}
         caps: frozenset[Capability] | None = None
         smallest = 0
         least = 4
@@ -425,11 +431,36 @@ class _RowSet:
         """The smallest limit among rows that have one; rows without a limit always fit."""
         self.unlimited_window = not smallest
         self.least_certified = least if rows else 0
-        self.drops = tuple(drops)
+        self.drops = need_drops + tuple(drops)
+        """Every drop of a request that nothing else drops: needs, then static checks."""
         self.usable = tuple(usable)
         """Rows with at least one deployment passing the static checks."""
         self.plain: tuple[_Survivor, ...] = tuple((r[0], r[7], 0, r[9]) for r in usable)
         """``usable`` as survivors of a request nothing can drop, when cost does not matter."""
+
+    def narrow(self, capabilities: frozenset[Capability], certified_for: int) -> _RowSet:
+        """The rows having ``capabilities`` and certified for ``certified_for`` (0: no need).
+
+        Memoised: requests come with few distinct needs, so the per-row checks
+        and the reasons' text are made once per need, not once per request.
+        """
+        key = (capabilities, certified_for)
+        found = self.narrowed.get(key)
+        if found is not None:
+            return found
+        kept: list[_Row] = []
+        drops: list[tuple[str, str]] = []
+        for row in self.rows:
+            alias = row[0].model.alias
+            if capabilities and not capabilities <= row[1]:
+                missing = min(c for c in capabilities if c not in row[1])
+                drops.append((alias, f"lacks capability {missing.value!r}"))
+            elif certified_for and row[3] < certified_for:
+                drops.append((alias, f"not certified for {DataClass(certified_for).name.lower()} data"))
+            else:
+                kept.append(row)
+        found = self.narrowed[key] = _RowSet(tuple(kept), tuple(drops))
+        return found
 
 
 def rule_rows(
@@ -541,7 +572,7 @@ class _Planner:
             policy.policy_id,
             policy.version,
             rule.name,
-            strategy.value,
+            _STRATEGY_NAMES[strategy],
             rule.considered,
             tuple(self.dropped),
             ordered,
@@ -561,21 +592,22 @@ class _Planner:
         c = self.constraints
         data_class = int(q.data_classification)
         certify = c.certification_required_from
-        needs_cert = certify is not None and data_class != 0 and data_class >= certify
+        cert_need = data_class if certify is not None and data_class != 0 and data_class >= certify else 0
+        capabilities = q.capabilities
+        if (capabilities and not capabilities <= rowset.common_caps) or (
+            cert_need and rowset.least_certified < cert_need
+        ):
+            rowset = rowset.narrow(capabilities, cert_need)
         tokens = q.estimated_input_tokens
         max_out = q.max_output_tokens
         needed_window = tokens + (max_out or 0)
-        capabilities = q.capabilities
-        max_cost = c.max_cost_nanos
         if (
-            max_cost is None
+            c.max_cost_nanos is None
             and c.max_latency_ms is None
-            and (not capabilities or capabilities <= rowset.common_caps)
-            and (not needs_cert or rowset.least_certified >= data_class)
             and (rowset.unlimited_window or needed_window <= rowset.smallest_window)
         ):
-            # The common case: nothing this request needs can drop a row, so
-            # only the static drops apply and no row needs looking at.
+            # The common case: only the request's needs and the static checks
+            # drop rows, and both are precomputed; no row needs looking at.
             if rowset.drops:
                 self.dropped.extend(rowset.drops)
             if not costed:
@@ -589,34 +621,24 @@ class _Planner:
                 )
                 for row in rowset.usable
             ]
-        return self._check_rows(rowset.rows, needs_cert, data_class, needed_window)
+        if rowset.need_drops:
+            self.dropped.extend(rowset.need_drops)
+        return self._check_rows(rowset.rows, needed_window)
 
-    def _check_rows(
-        self, rows: tuple[_Row, ...], needs_cert: bool, data_class: int, needed_window: int
-    ) -> list[_Survivor]:
+    def _check_rows(self, rows: tuple[_Row, ...], needed_window: int) -> list[_Survivor]:
+        """The per-request numeric checks (window, cost, latency) of rows that meet the needs."""
         q = self.query
         c = self.constraints
         dropped = self.dropped
         tokens = q.estimated_input_tokens
         max_out = q.max_output_tokens
-        capabilities = q.capabilities
         max_cost = c.max_cost_nanos
         max_latency = c.max_latency_ms
         out: list[_Survivor] = []
-        for priced, caps, window, certified, in_price, out_price, default_out, candidates, drops, cum in rows:
-            if capabilities and not capabilities <= caps:
-                missing = _missing(priced.model, q)
-                assert missing is not None
-                dropped.append((priced.model.alias, f"lacks capability {missing.value!r}"))
-                continue
+        for priced, _, window, _, in_price, out_price, default_out, candidates, drops, cum in rows:
             if window and needed_window > window:
                 dropped.append(
                     (priced.model.alias, f"context window {window} < {needed_window} tokens needed")
-                )
-                continue
-            if needs_cert and certified < data_class:
-                dropped.append(
-                    (priced.model.alias, f"not certified for {DataClass(data_class).name.lower()} data")
                 )
                 continue
             cost = (
