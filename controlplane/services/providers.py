@@ -14,6 +14,11 @@ from controlplane.services.base import Caller, UnitOfWork, check_name, check_str
 from dataplane.providers.base import adapter_types
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Settings travel in snapshots in the clear, so a credential must never be one.
+CREDENTIAL_LIKE = re.compile(
+    r"(^|[_-])(api[_-]?key|secret|password|passwd|credentials?|authorization|access[_-]?token|bearer)($|[_-])",
+    re.IGNORECASE,
+)
 LOCATIONS = range(0, 4)
 
 
@@ -55,6 +60,12 @@ class ProviderSpec:
         if self.location not in LOCATIONS:
             raise InvalidArgument("provider.location", f"unknown location {self.location}")
         check_str_map("provider.settings", self.settings)
+        for key in self.settings:
+            if CREDENTIAL_LIKE.search(key):
+                raise InvalidArgument(
+                    f"provider.settings.{key}",
+                    "looks like a credential; give it as credential (an env var or file on the node)",
+                )
 
     def apply_to(self, row: Provider) -> None:
         row.name = self.name

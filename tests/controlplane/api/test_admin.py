@@ -199,6 +199,16 @@ async def test_provider_and_model_bad_input(admin: Admin) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert message.startswith("provider.base_url:")
 
+    bad = admin_pb2.Provider(name="p", type="simulated", settings={"api_key": "sk-live-123"})
+    code, message = await _code(admin.CreateProvider(admin_pb2.CreateProviderRequest(provider=bad)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("provider.settings.api_key:")
+    assert "sk-live-123" not in message
+    ok = admin_pb2.Provider(
+        name="p", type="simulated", settings={"api_version": "2024-10-21", "max_tokens": "5"}
+    )
+    await admin.CreateProvider(admin_pb2.CreateProviderRequest(provider=ok))
+
     no_deployments = admin_pb2.Model(alias="m")
     code, message = await _code(admin.CreateModel(admin_pb2.CreateModelRequest(model=no_deployments)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
