@@ -225,8 +225,9 @@ class CompiledPolicy:
     """The route when no rule matches; ``None`` means: default model, then allowed models by name."""
     constraints: Constraints = Constraints()
     retry: RetrySettings = RetrySettings()
-    memo: dict[int, tuple[Any, ...]] = field(default_factory=dict, compare=False, repr=False)
-    """The router's memo of the whole-registry default route (see ``router``)."""
+    memo: dict[object, tuple[Any, ...]] = field(default_factory=dict, compare=False, repr=False)
+    """The router's memo of routes built on demand: the whole-registry default
+    route, and one per model a caller names (see ``router``)."""
 
 
 # ---------------------------------------------------------------------------

@@ -41,10 +41,10 @@ from dataplane.routing.errors import NoEligibleCandidate
 from dataplane.routing.health import BreakerState, HealthView
 from dataplane.routing.policy import (
     DEFAULT_RETRY,
+    MATCH_ALL,
     CompiledPolicy,
     CompiledRule,
     Constraints,
-    Match,
     PricedModel,
     RetrySettings,
     Strategy,
@@ -198,8 +198,8 @@ def _explicit(
     # The caller chose the model, not the constraints: residency, certification
     # and the node's mode still hold.
     planner = _Planner(config, query, node, health, policy.constraints)
-    priced = PricedModel.of(model)
-    survivors = planner.eligible(_RowSet((static_row(priced, planner.constraints, config.providers, node),)))
+    rows, _ = rule_rows(_explicit_rule(policy, model), config.providers, node)
+    survivors = planner.eligible(rows)
     if not survivors:
         raise NoEligibleCandidate(
             f"model {model.alias!r} is not eligible: {planner.dropped[0][1]}", tuple(planner.dropped)
@@ -219,6 +219,26 @@ def _explicit(
     )
 
 
+def _explicit_rule(policy: CompiledPolicy, model: ModelConfig) -> CompiledRule:
+    # One rule per model a caller names, kept on the policy so its static checks
+    # are memoised like any rule's (the model object is compared by identity).
+    entry = policy.memo.get(model.alias)
+    if entry is not None and entry[0] is model:
+        found: CompiledRule = entry[1]
+        return found
+    rule = CompiledRule(
+        "explicit",
+        MATCH_ALL,
+        Strategy.PRIORITY,
+        (PricedModel.of(model),),
+        constraints=policy.constraints,
+        retry=policy.retry,
+        considered=(model.alias,),
+    )
+    policy.memo[model.alias] = (model, rule)
+    return rule
+
+
 def _unbounded_default(config: RuntimeConfig, policy: CompiledPolicy) -> CompiledRule:
     # A policy without allowed_models may use the whole registry: resolved on
     # first use against each registry (not at compile time, where it would cost
@@ -233,7 +253,7 @@ def _unbounded_default(config: RuntimeConfig, policy: CompiledPolicy) -> Compile
         names = [policy.default_model, *(n for n in names if n != policy.default_model)]
     rule = CompiledRule(
         "default",
-        Match(),
+        MATCH_ALL,
         Strategy.PRIORITY,
         tuple(PricedModel.of(models[n]) for n in names),
         constraints=policy.constraints,
@@ -291,7 +311,6 @@ _Survivor = tuple[PricedModel, Sequence[Candidate], int, tuple[float, ...] | Non
 (0 when the strategy does not need it), and the deployments' cumulative weight
 shares when precomputed."""
 
-_UNSPECIFIED = DataClass.UNSPECIFIED
 _AIR_GAPPED = DeploymentMode.AIR_GAPPED
 _ON_PREM = DeploymentMode.ON_PREM
 _SITE = ProviderLocation.SITE
