@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import grpc
+import psycopg
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from controlplane.repositories.config import CONFIG_LOCK
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.controlplane.conftest import TIMEOUT, Admin, SyncNode
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
@@ -96,3 +99,36 @@ async def test_connected_nodes_are_seen_while_their_stream_is_open(
             await eventually(later, message="last_seen to move without any message from the node")
         finally:
             await node.close()
+
+
+async def test_stop_drains_an_in_flight_admin_call(admin: Admin, control_plane: RunningControlPlane) -> None:
+    """A change waiting on the config lock when stop begins still completes and commits."""
+    libpq_url = control_plane.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    async with await psycopg.AsyncConnection.connect(libpq_url, autocommit=True) as blocker:
+        await blocker.execute("SELECT pg_advisory_lock(%s)", (CONFIG_LOCK,))
+        call = asyncio.ensure_future(admin.CreateTenant(admin_pb2.CreateTenantRequest(name="in-flight")))
+
+        async def waiting_on_lock() -> bool:
+            cursor = await blocker.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            row = await cursor.fetchone()
+            return row is not None and row[0] > 0
+
+        await eventually(waiting_on_lock, message="the admin call to wait for the config lock")
+        stopping = asyncio.ensure_future(control_plane.cp.stop())
+
+        async def refusing_new_calls() -> bool:
+            try:
+                await admin.ListTenants(admin_pb2.ListTenantsRequest(), timeout=2)
+            except grpc.aio.AioRpcError:
+                return True
+            return False
+
+        # Only once the server is draining: the lock-bound call is then provably in flight.
+        await eventually(refusing_new_calls, message="the server to refuse new calls")
+        assert not call.done()
+        await blocker.execute("SELECT pg_advisory_unlock(%s)", (CONFIG_LOCK,))
+        tenant = await asyncio.wait_for(call, TIMEOUT)
+        await asyncio.wait_for(stopping, TIMEOUT)
+    assert tenant.name == "in-flight"
