@@ -22,6 +22,7 @@ from signalbox import settings
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.infer.v1 import infer_pb2
 
 COMMAND = "admin"
 
@@ -337,6 +338,26 @@ async def snapshot_show(stub: Stub, ns: argparse.Namespace) -> Output:
     return Output(s, SNAPSHOT_COLUMNS, [snapshot_row(s)])
 
 
+# ---- routing ----
+
+
+async def route_explain(stub: Stub, ns: argparse.Namespace) -> Output:
+    request = infer_pb2.InferRequest(
+        model=ns.model or "",
+        task=ns.task or "",
+        required_capabilities=[
+            _enum(common_pb2.Capability, "CAPABILITY_", c, "--capability") for c in ns.capability or ()
+        ],
+    )
+    r = await stub.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant=ns.tenant, request=request))
+    d = r.decision
+    rows: list[tuple[object, ...]] = [
+        (i, label, d.reason if i == 0 else "fallback") for i, label in enumerate(r.plan)
+    ]
+    rows += [("-", f"{x.model} (dropped)", x.reason) for x in d.dropped]
+    return Output(r, ("order", "candidate", "why"), rows)
+
+
 # ---- wiring ----
 
 
@@ -468,6 +489,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     node = _resource(sub, "node", "data-plane nodes")
     _verb(node, "list", node_list, "nodes, their applied snapshot and last NACK")
+    route = _resource(sub, "route", "routing")
+    p = _verb(route, "explain", route_explain, "dry-run routing for a tenant under its current policy")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--model", help="explicit model alias, as a caller would send")
+    p.add_argument("--capability", action="append", help="required capability (repeatable)")
+    p.add_argument("--task")
     snapshot = _resource(sub, "snapshot", "snapshots")
     _verb(snapshot, "show", snapshot_show, "the newest (or a given) snapshot").add_argument(
         "--version", type=int

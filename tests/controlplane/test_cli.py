@@ -91,6 +91,8 @@ async def test_admin_cli_round_trip(control_plane: RunningControlPlane, admin: A
     info = json.loads(await run("--json", "snapshot", "show"))
     assert int(info["version"]) == await admin.latest_version()
     assert "NODE" in await run("node", "list")
+    explained = await run("route", "explain", "--tenant", "acme")
+    assert explained.splitlines()[1].split()[:2] == ["0", "small@sim"]
 
     code, _, err = await _signalbox("admin", "tenant", "create", "acme", env=env)
     assert code == 6
