@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.config.store import SnapshotCheckFailed, SnapshotFileInvalid, check_envelope, load_trust_keys
+from dataplane.evidence.log import EvidenceChainBroken
 from signalbox import settings
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -235,7 +236,8 @@ def serve_command(ns: argparse.Namespace) -> int:
         # measured no faster under uvloop here, and only the default loop is what
         # grpc.aio is tested against.
         asyncio.run(run())
-    except (SnapshotFileInvalid, ValueError, OSError) as exc:
+    except (SnapshotFileInvalid, EvidenceChainBroken, ValueError, OSError) as exc:
+        # Refusing to start is the answer to a tampered pin, high-water mark or evidence log.
         print(f"signalbox dataplane serve: {exc}", file=sys.stderr)
         return 1
     return 0

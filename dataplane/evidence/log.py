@@ -198,7 +198,10 @@ def _recover_tail(path: Path) -> ChainHead:
             os.fsync(f.fileno())
         if not complete:
             return ChainHead(0, GENESIS_HASH)
-        last = json.loads(complete[-1])
-        if record_hash(last) != last.get("hash"):
+        try:
+            last = json.loads(complete[-1])
+        except ValueError as exc:
+            raise EvidenceChainBroken(f"{path}: last record is not JSON: {exc}") from exc
+        if not isinstance(last, dict) or record_hash(last) != last.get("hash"):
             raise EvidenceChainBroken(f"{path}: last record's hash does not match its content")
         return ChainHead(int(last["seq"]), str(last["hash"]))

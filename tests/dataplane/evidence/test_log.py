@@ -193,3 +193,14 @@ async def test_a_request_whose_record_cannot_be_written_is_not_answered(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Infer(chat(), timeout=10)
         assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_tampered_tail_refuses_to_extend_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "n.jsonl"
+    async with EvidenceLog(path, "n") as log:
+        log.append({"x": 1})
+    record = json.loads(path.read_bytes())
+    record["x"] = 2
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(EvidenceChainBroken, match="last record"):
+        await EvidenceLog(path, "n").start()
