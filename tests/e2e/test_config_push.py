@@ -7,20 +7,24 @@ control plane shows, while the node keeps serving its last-known-good.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataplane.app import DataPlaneNode
+from dataplane.app import DataPlaneNode, NodeSettings
 from dataplane.config.envelope import SNAPSHOT_PAYLOAD_TYPE, key_id_for, pae
-from signalbox.api.admin.v1 import admin_pb2
+from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.simulator import Simulator
 from tests.controlplane.conftest import Admin
 from tests.e2e.conftest import NodeFactory
-from tests.fixtures.postgres import RunningControlPlane
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
 
 TENANT = "acme"
@@ -148,3 +152,50 @@ async def test_bad_envelopes_are_nacked_and_the_node_keeps_its_last_known_good(
     await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant=TENANT, document="default_model: large"))
     assert (await _converged(admin, "edge-2")) == good + 1
     assert (await _infer(node, api_key)).model == "large"
+
+
+async def test_node_rides_out_a_control_plane_restart(
+    database_url: str, private_tmp: Path, simulator: Simulator
+) -> None:
+    """Control plane down: the node keeps serving its last-known-good; once a control
+    plane is back on the same address the node reconnects and takes the next change."""
+    settings = cp_settings(database_url, private_tmp)
+    async with AsyncExitStack() as stack:
+        async with running_control_plane(settings) as first, _admin(first) as admin:
+            api_key = await _seed(admin, simulator)
+            token, address = first.token, first.address
+            node = DataPlaneNode(
+                NodeSettings(
+                    listen="127.0.0.1:0",
+                    control_plane=address,
+                    trust_keys=(first.trust_key_path,),
+                    node_id="edge-3",
+                    data_dir=Path(tempfile.mkdtemp(prefix="edge-3-", dir=private_tmp)),
+                    drain_seconds=2.0,
+                    sync_backoff_base=0.05,
+                    sync_backoff_cap=0.3,
+                )
+            )
+            await node.start()
+            stack.push_async_callback(node.stop)
+            good = await _converged(admin, "edge-3")
+
+        # Nobody is listening on the control plane's address now.
+        assert node.store.version == good
+        assert (await _infer(node, api_key)).snapshot_version == good
+
+        again = replace(settings, listen=address)
+        async with running_control_plane(again) as second, _admin(second, token) as admin:
+            await admin.ApplyPolicy(
+                admin_pb2.ApplyPolicyRequest(tenant=TENANT, document="default_model: large")
+            )
+            version = await _converged(admin, "edge-3")
+            assert version > good
+            assert (await _infer(node, api_key)).model == "large"
+
+
+@asynccontextmanager
+async def _admin(running: RunningControlPlane, token: str | None = None) -> AsyncIterator[Admin]:
+    metadata = (("authorization", f"Bearer {token or running.token}"),)
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        yield Admin(admin_pb2_grpc.AdminServiceStub(channel), metadata)
