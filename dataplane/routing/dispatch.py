@@ -154,16 +154,21 @@ class Dispatcher:
         attempt: Callable[[Candidate, float], Awaitable[T]],
         *,
         deadline: float,
+        skipped: list[tuple[str, str]] | None = None,
     ) -> tuple[T, Candidate, list[AttemptRecord]]:
         """Try candidates in order; ``deadline`` is in the dispatcher's clock (``time.monotonic()``).
 
         ``attempt(candidate, remaining_s)`` must raise only ``ProviderError``s.
         Raises ``DispatchFailed`` carrying the caller-facing error and the attempts.
+        Candidates passed over without an attempt (breaker open, Retry-After past
+        the deadline, window too small) are appended to ``skipped`` when given,
+        as (``alias@provider``, why), whether the call succeeds or not.
         """
         retry = plan.retry
         clock = self._clock
         attempts: list[AttemptRecord] = []
-        skipped: list[tuple[str, str]] = []
+        if skipped is None:
+            skipped = []
         last: ProviderError | None = None
         out_of_time = False
         too_small_window = 0  # after context_too_long: only larger windows may help
@@ -292,6 +297,7 @@ class Dispatcher:
         start: Callable[[Candidate, float], AsyncIterator[StreamChunk]],
         *,
         deadline: float,
+        skipped: list[tuple[str, str]] | None = None,
     ) -> tuple[StreamChunk, AsyncIterator[StreamChunk], Candidate, list[AttemptRecord]]:
         """Open a stream, falling back only until the first chunk has arrived.
 
@@ -314,7 +320,9 @@ class Dispatcher:
                 raise
             return chunk, stream
 
-        (chunk, stream), candidate, attempts = await self.call(plan, first, deadline=deadline)
+        (chunk, stream), candidate, attempts = await self.call(
+            plan, first, deadline=deadline, skipped=skipped
+        )
         return chunk, stream, candidate, attempts
 
     def shadow(
