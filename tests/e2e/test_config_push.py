@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode, NodeSettings
 from dataplane.config.envelope import SNAPSHOT_PAYLOAD_TYPE, key_id_for, pae
+from dataplane.config.model import Scope
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
@@ -199,3 +200,36 @@ async def _admin(running: RunningControlPlane, token: str | None = None) -> Asyn
     metadata = (("authorization", f"Bearer {token or running.token}"),)
     async with grpc.aio.insecure_channel(running.address) as channel:
         yield Admin(admin_pb2_grpc.AdminServiceStub(channel), metadata)
+
+
+async def test_snapshots_carry_the_control_planes_scope(database_url: str, private_tmp: Path) -> None:
+    """A node of another deployment refuses the snapshot (reason shown); a node of this one applies it."""
+    settings = cp_settings(database_url, private_tmp, scope=snapshot_pb2.Scope(deployment="eu"))
+    async with AsyncExitStack() as stack:
+        running = await stack.enter_async_context(running_control_plane(settings))
+        admin = await stack.enter_async_context(_admin(running))
+        for node_id, deployment in (("eu-1", "eu"), ("us-1", "us")):
+            node = DataPlaneNode(
+                NodeSettings(
+                    listen="127.0.0.1:0",
+                    control_plane=running.address,
+                    trust_keys=(running.trust_key_path,),
+                    node_id=node_id,
+                    data_dir=Path(tempfile.mkdtemp(prefix=f"{node_id}-", dir=private_tmp)),
+                    scope=Scope(deployment=deployment),
+                    drain_seconds=2.0,
+                )
+            )
+            await node.start()
+            stack.push_async_callback(node.stop)
+
+        version = await _converged(admin, "eu-1")
+
+        async def refused() -> admin_pb2.Node:
+            nodes = {n.node_id: n for n in (await admin.ListNodes(admin_pb2.ListNodesRequest())).nodes}
+            assert nodes["us-1"].last_nack_version == version
+            return nodes["us-1"]
+
+        us = await eventually(refused, message="the us node to refuse an eu snapshot")
+        assert "scope" in us.last_nack_reason
+        assert us.applied_version == 0
