@@ -100,6 +100,10 @@ class HealthBoard:
         state = self._states.get(key)
         return state.snapshot() if state is not None else None
 
+    def all(self) -> dict[str, DeploymentHealth]:
+        """Every deployment this node has called, for metrics and node status."""
+        return {key: state.snapshot() for key, state in self._states.items()}
+
     def troubled(self) -> dict[str, DeploymentHealth]:
         if not self._troubled:
             return {}

@@ -361,6 +361,10 @@ async def test_breaker_closed_open_half_open_closed(
     assert (await serve()).key == "solo-a"
     assert health.get("solo-a").state is BreakerState.CLOSED  # type: ignore[union-attr]
     assert (await serve()).key == "solo-a"
+    assert {key: h.state for key, h in health.all().items()} == {
+        "solo-a": BreakerState.CLOSED,
+        "smart-b": BreakerState.CLOSED,
+    }
 
 
 async def test_one_of_two_deployments_failing_every_call(
