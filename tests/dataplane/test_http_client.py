@@ -20,7 +20,11 @@ async def server() -> AsyncIterator[str]:
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
         return web.json_response(
-            {"body": body.decode(), "authorization": request.headers.get("authorization", "")}
+            {
+                "body": body.decode(),
+                "authorization": request.headers.get("authorization", ""),
+                "cookie": request.headers.get("cookie", ""),
+            }
         )
 
     async def gzipped(request: web.Request) -> web.Response:
@@ -47,6 +51,11 @@ async def server() -> AsyncIterator[str]:
         request.transport.close()
         return response
 
+    async def set_cookie(request: web.Request) -> web.Response:
+        response = web.Response(text="ok")
+        response.set_cookie("session", "tenant-a-secret")
+        return response
+
     async def moved(request: web.Request) -> web.Response:
         raise web.HTTPFound("/echo")
 
@@ -57,6 +66,7 @@ async def server() -> AsyncIterator[str]:
     app.router.add_get("/slow", slow)
     app.router.add_get("/cut", cut)
     app.router.add_get("/moved", moved)
+    app.router.add_get("/set-cookie", set_cookie)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -78,7 +88,7 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncCli
 async def test_json_post_with_headers(client: httpx.AsyncClient, server: str) -> None:
     response = await client.post(f"{server}/echo", json={"a": 1}, headers={"Authorization": "Bearer k"})
     assert response.status_code == 200
-    assert response.json() == {"body": '{"a":1}', "authorization": "Bearer k"}
+    assert response.json() == {"body": '{"a":1}', "authorization": "Bearer k", "cookie": ""}
 
 
 async def test_gzip_body_is_decoded(client: httpx.AsyncClient, server: str) -> None:
@@ -111,3 +121,12 @@ async def test_connection_refused(client: httpx.AsyncClient) -> None:
 async def test_body_cut_short(client: httpx.AsyncClient, server: str) -> None:
     with pytest.raises(httpx.RemoteProtocolError):
         await client.get(f"{server}/cut")
+
+
+async def test_cookies_set_by_an_upstream_are_not_sent_on_later_calls(
+    client: httpx.AsyncClient, server: str
+) -> None:
+    first = await client.get(f"{server}/set-cookie")
+    assert first.headers["set-cookie"].startswith("session=")
+    echoed = await client.post(f"{server}/echo", content=b"x")
+    assert echoed.json()["cookie"] == ""
