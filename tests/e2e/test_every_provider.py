@@ -4,8 +4,8 @@ One ``DataPlaneNode`` serves a signed snapshot with a provider of every
 registered type (``BUILTIN_ADAPTERS``), each pointing at its own
 ``FakeUpstream`` that speaks that provider's wire format (the rows of
 ``WIRES`` in the adapter tests, plus the embeddings and error bodies below).
-Each provider has a chat model ``chat-<type>`` and, where the type has an
-embeddings endpoint, an embeddings model ``embed-<type>``. The tests call the
+Each provider has a chat model ``chat-<type>`` and an embeddings model
+``embed-<type>`` (even where the type has no embeddings endpoint). The tests call the
 node over gRPC with a tenant API key, exactly as an application would, and
 assert what must hold whatever the provider:
 
@@ -175,11 +175,12 @@ def build_snapshot(upstreams: Mapping[str, FakeUpstream], credential_file: Path)
             settings=wire.settings,
         )
         provider.credential.file = str(credential_file)
-        models: list[tuple[str, tuple[common_pb2.Capability.ValueType, ...]]] = [
-            (f"chat-{type_name}", CHAT_CAPS)
-        ]
-        if EMBEDDINGS[type_name] is not None:
-            models.append((f"embed-{type_name}", (common_pb2.CAPABILITY_EMBEDDINGS,)))
+        # Every type gets an embeddings model, also those without an endpoint: a registry
+        # entry can claim what the provider type cannot do.
+        models = (
+            (f"chat-{type_name}", CHAT_CAPS),
+            (f"embed-{type_name}", (common_pb2.CAPABILITY_EMBEDDINGS,)),
+        )
         for alias, caps in models:
             model = snap.models.add(
                 id=f"m-{alias}",
@@ -415,16 +416,28 @@ def embed_request(model: str) -> infer_pb2.EmbedRequest:
 
 @by_type
 async def test_embed_or_a_clear_refusal(site: Site, type_name: str) -> None:
-    answer = EMBEDDINGS[type_name]
+    answer, upstream = EMBEDDINGS[type_name], site.upstreams[type_name]
     if answer is None:
-        # A model whose registry entry has no embeddings is never sent the request.
+        sent = len(upstream.requests)
+        # A model whose registry entry lacks embeddings is refused by routing...
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await site.stub.Embed(embed_request(f"chat-{type_name}"), metadata=AUTH, timeout=TIMEOUT)
         assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-        assert "embeddings" in (refused.value.details() or "")
+        assert "lacks capability 'embeddings'" in (refused.value.details() or "")
+        # ...and one that claims them on a type without an endpoint by the adapter
+        # (UpstreamBadRequest), which says so; neither reaches the upstream.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await site.stub.Embed(embed_request(f"embed-{type_name}"), metadata=AUTH, timeout=TIMEOUT)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert f"{type_name}: this provider type has no embeddings endpoint" in (
+            refused.value.details() or ""
+        )
+        assert len(upstream.requests) == sent
         return
-    site.upstreams[type_name].enqueue(json_reply(answer))
+    upstream.enqueue(json_reply(answer))
     response = await site.stub.Embed(embed_request(f"embed-{type_name}"), metadata=AUTH, timeout=TIMEOUT)
+    # The deployment's upstream model name went out (in the URL or the body, as the type wants).
+    assert f"up-embed-{type_name}" in upstream.last.path + upstream.last.body.decode()
     assert [(e.index, tuple(e.values)) for e in response.embeddings] == list(enumerate(_VECTORS))
     assert (response.model, response.provider) == (f"embed-{type_name}", f"fake-{type_name}")
     assert response.evidence_id
