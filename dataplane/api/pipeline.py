@@ -1,7 +1,8 @@
 """The steps every Infer API request goes through, in order.
 
     begin        correlation id, timers, request digest
-    admit        snapshot (UNAVAILABLE without one) -> authenticate -> validate
+    admit        snapshot (UNAVAILABLE without one) -> authenticate
+    (convert and validate the request: ``convert``, ``validation``)
     route        plan_route, then drop candidates the node cannot use or that cannot
                  honour max_output_tokens
     dispatch     through the node's Dispatcher within the caller's deadline (handlers)
@@ -211,7 +212,10 @@ class Pipeline:
                 return await attempt(candidate, remaining)
 
         def recorded(outcome: ShadowOutcome[Any]) -> None:
-            self.evidence.append(shadow_fields(trace, outcome))
+            try:
+                self.evidence.append(shadow_fields(trace, outcome))
+            except (OSError, ValueError) as exc:
+                log.error("evidence of the shadow call of %s not written: %s", trace.correlation_id, exc)
 
         self.dispatcher.shadow(plan, mirrored, deadline=deadline, on_outcome=recorded)
 
