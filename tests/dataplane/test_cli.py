@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.cli import main
-from tests.dataplane.conftest import AUTH, chat, envelope, snapshot
+from tests.dataplane.conftest import AUTH, chat, envelope, snapshot, write_public_key
 
 
 def _pin(tmp_path: Path, key: Ed25519PrivateKey, base_url: str, version: int = 3) -> Path:
@@ -90,3 +90,17 @@ async def test_serve_pinned_snapshot_then_sigterm_exits_cleanly(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_trust_keys_come_from_the_environment_when_no_flag_is_given(
+    tmp_path: Path,
+    trust_key: Path,
+    signing_key: Ed25519PrivateKey,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pin = _pin(tmp_path, signing_key, "http://127.0.0.1:1")
+    other = write_public_key(tmp_path / "other.pem", Ed25519PrivateKey.generate())
+    monkeypatch.setenv("SIGNALBOX_TRUST_KEY", f"{other},{trust_key}")
+    assert main(["dataplane", "verify", "--snapshot", str(pin)]) == 0
+    assert "version: 3" in capsys.readouterr().out
