@@ -110,7 +110,9 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
         deadline: float,
     ) -> tuple[Result, Candidate]:
         started = time.monotonic()
-        result, candidate, attempts = await self._p.dispatcher.call(plan, attempt, deadline=deadline)
+        result, candidate, attempts = await self._p.dispatcher.call(
+            plan, attempt, deadline=deadline, skipped=trace.skipped
+        )
         trace.dispatch_ms = (time.monotonic() - started) * 1000
         trace.candidate, trace.attempts = candidate, attempts
         return result, candidate
@@ -225,7 +227,7 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
 
                 dispatched = time.monotonic()
                 chunk, stream, candidate, attempts = await p.dispatcher.open_stream(
-                    plan, start, deadline=p.deadline(context)
+                    plan, start, deadline=p.deadline(context), skipped=trace.skipped
                 )
                 trace.first_chunk_ms = (time.monotonic() - dispatched) * 1000
                 trace.candidate, trace.attempts = candidate, attempts
