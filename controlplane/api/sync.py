@@ -147,7 +147,11 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                     log.warning("node %s refused v%d: %s", state.node_id, nack.version, nack.reason)
                     await self._nodes.nack(state.node_id, nack.version, nack.payload_sha256, nack.reason)
         except grpc.aio.AioRpcError:
-            pass
+            pass  # the node went away; the stream ends below
+        except Exception:
+            # E.g. the database is unreachable: end this stream (the node reconnects with
+            # backoff) rather than let the error escape the stream's cleanup.
+            log.exception("config sync with node %s failed", state.node_id)
         finally:
             # The node closed its side (or went away): end our side too.
             sub.queue.put_nowait(CLOSED)
