@@ -3,7 +3,10 @@
 ``plan_route`` is pure: no I/O, no clocks, no randomness; everything comes from
 the ``RuntimeConfig``, the request's features, the node's context and (when
 given) a read-only view of deployment health, so the admin API can dry-run it
-and two nodes with the same inputs decide the same way.
+and two nodes with the same inputs decide the same way. (It memoises the
+request-independent part of each rule on the compiled policy, keyed by the
+identity of the providers and node it was computed for; that changes how fast
+a decision is, never what it is.)
 
 A decision, in order:
 
