@@ -392,11 +392,16 @@ async def test_one_of_two_deployments_failing_every_call(
 
     assert sim_b.stats("sim-fast").chat == 1000
     # Until it opened: exactly the threshold of failures. After: at most one probe per cool-down.
-    assert received_per_window[0] == 5 + 0
+    assert received_per_window[0] == 5
     probes = received_per_window[1:]
     assert all(p <= 1 for p in probes), probes
     assert sum(probes) >= 1, "probes do reach it"
-    assert sim_a.stats("sim-fast").total == 5 + sum(probes)
+    # The same, from the upstreams' own counters over HTTP.
+    failing = (await http.get(sim_a.base_url + "/_sim/stats")).json()["models"]["sim-fast"]
+    healthy = (await http.get(sim_b.base_url + "/_sim/stats")).json()["models"]["sim-fast"]
+    assert failing["chat"] == failing["failed"] == 5 + sum(probes)
+    assert healthy["chat"] == 1000
+    assert healthy["failed"] == 0
 
 
 def test_half_open_admits_a_limited_number_of_probes(clock: FakeClock) -> None:
