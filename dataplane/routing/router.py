@@ -339,11 +339,13 @@ _Row = tuple[
     tuple[Candidate, ...],
     tuple[tuple[str, str], ...],
     tuple[float, ...] | None,
+    tuple[PricedModel, tuple[Candidate, ...], int, tuple[float, ...] | None],
 ]
 """A candidate model flattened for the per-request loop: model, capabilities,
 context window, certified-up-to, input price, output price, default output
 tokens, the deployments that pass the static checks, the static drops, and the
-passing deployments' cumulative weight shares (None for fewer than two)."""
+passing deployments' cumulative weight shares (None for fewer than two), and the
+row as the survivor of a request nothing drops (shared by every rule using it)."""
 
 
 def static_row(
@@ -394,6 +396,8 @@ def static_row(
         else:
             ok.append(Candidate(priced.model, d, p))
     m = priced.model
+    passing = tuple(ok)
+    cumulative = _cumulative(passing)
     row = (
         priced,
         m.capabilities,
@@ -402,9 +406,10 @@ def static_row(
         priced.in_price,
         priced.out_price,
         priced.default_output,
-        tuple(ok),
+        passing,
         tuple(drops),
-        _cumulative(ok),
+        cumulative,
+        (priced, passing, 0, cumulative),
     )
     priced.memo[id(constraints)] = (constraints, providers, node, row)
     return row
@@ -457,7 +462,7 @@ class _RowSet:
         """Every drop of a request that nothing else drops: needs, then static checks."""
         self.usable = tuple(usable)
         """Rows with at least one deployment passing the static checks."""
-        self.plain: tuple[_Survivor, ...] = tuple((r[0], r[7], 0, r[9]) for r in usable)
+        self.plain: tuple[_Survivor, ...] = tuple(r[10] for r in usable)
         """``usable`` as survivors of a request nothing can drop, when cost does not matter."""
 
     def narrow(self, capabilities: frozenset[Capability], certified_for: int) -> _RowSet:
@@ -657,7 +662,7 @@ class _Planner:
         max_cost = c.max_cost_nanos
         max_latency = c.max_latency_ms
         out: list[_Survivor] = []
-        for priced, _, window, _, in_price, out_price, default_out, candidates, drops, cum in rows:
+        for priced, _, window, _, in_price, out_price, default_out, candidates, drops, cum, _ in rows:
             if window and needed_window > window:
                 dropped.append(
                     (priced.model.alias, f"context window {window} < {needed_window} tokens needed")
