@@ -293,13 +293,15 @@ class LocalStack:
         try:
             code = await asyncio.wait_for(process.wait(), self.config.startup_timeout)
         except TimeoutError:
-            await _terminate(process)
+            await _terminate(process, sig=signal.SIGINT)
             raise StackError(
                 f"bootstrap-admin did not finish in {self.config.startup_timeout}s\n{_tail(log)}"
             ) from None
         except asyncio.CancelledError:
-            # Ctrl-C during start-up: it is not among the children stop() knows about.
-            await _terminate(process)
+            # Ctrl-C during start-up: it is not among the children stop() knows about. SIGINT,
+            # not SIGTERM: a one-shot command has no SIGTERM handler, and only an orderly
+            # Python exit stops the embedded PostgreSQL it started.
+            await _terminate(process, sig=signal.SIGINT)
             raise
         lines = out.read_text().strip().splitlines()
         if code != 0 or not lines:
@@ -441,12 +443,14 @@ async def _already_exists(create: Awaitable[object]) -> bool:
     return False
 
 
-async def _terminate(process: asyncio.subprocess.Process, grace: float = 15.0) -> None:
-    """SIGTERM, wait ``grace`` seconds for the drain, then SIGKILL."""
+async def _terminate(
+    process: asyncio.subprocess.Process, grace: float = 15.0, sig: signal.Signals = signal.SIGTERM
+) -> None:
+    """Send ``sig``, wait ``grace`` seconds for the drain, then SIGKILL."""
     if process.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        process.terminate()
+        process.send_signal(sig)
     try:
         await asyncio.wait_for(process.wait(), grace)
     except TimeoutError:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.helpers import wait_until
@@ -112,3 +113,42 @@ def test_up_reports_a_child_that_cannot_start_and_exits_non_zero(stack_dir: Path
     match = re.search(r"control plane on (\S+)", result.stdout)
     assert match is not None, result.stdout
     assert not port_open(match.group(1))
+
+
+def processes_using(directory: Path) -> list[str]:
+    """Command lines of live processes that name ``directory`` (children, PostgreSQL)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
+        if str(directory) in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_up_interrupted_during_start_up_leaves_nothing_running(stack_dir: Path) -> None:
+    process = subprocess.Popen(
+        up_command(stack_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith("signalbox up: simulator on"), first
+
+        # Interrupt while bootstrap-admin is starting the embedded PostgreSQL: the one moment
+        # a process that up does not supervise as a child holds a server.
+        server = f"postgres -D {stack_dir / 'controlplane' / 'postgres'}"
+        wait_until(
+            lambda: any(server in cmdline for cmdline in processes_using(stack_dir)),
+            timeout=60,
+            message="embedded PostgreSQL starting",
+        )
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+    wait_until(lambda: not processes_using(stack_dir), timeout=30, message="no process left in the data dir")
