@@ -253,7 +253,8 @@ class ModelIndex:
         self._by_cap: dict[Capability, set[str]] | None = None
         self._attr: dict[tuple[str, str], set[str]] | None = None
         self._selected: dict[tuple[object, ...], tuple[str, ...]] = {}
-        self._interned: dict[object, object] = {}
+        # Seeded with the defaults so that, e.g., every empty match *is* MATCH_ALL.
+        self._interned: dict[object, object] = {v: v for v in (MATCH_ALL, DEFAULT_CONSTRAINTS, DEFAULT_RETRY)}
 
     def intern(self, value: _V) -> _V:
         """One object per distinct value. The router memoises per constraints

@@ -172,7 +172,10 @@ def plan_route(
     CapabilityUnavailable (no allowed model has what the request needs) or
     NoEligibleCandidate (every candidate was dropped by a constraint).
     """
-    policy = policy_for(config, query.tenant)
+    policies = config.policies
+    policy = policies.get(query.tenant.id) or policies.get("")
+    if policy is None:
+        policy = policy_for(config, query.tenant)  # raises PermissionDenied
     if query.model:
         return _explicit(config, policy, query, node, health)
     rule = _first_match(policy.rules, query)
@@ -270,6 +273,8 @@ def _unbounded_default(config: RuntimeConfig, policy: CompiledPolicy) -> Compile
 def _first_match(rules: tuple[CompiledRule, ...], q: RouteQuery) -> CompiledRule | None:
     for rule in rules:
         m = rule.match
+        if m is MATCH_ALL:
+            return rule
         if m.tiers is not None and q.tenant.tier not in m.tiers:
             continue
         if m.tasks is not None and q.task not in m.tasks:
