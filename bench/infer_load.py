@@ -202,6 +202,17 @@ def print_table(rows: Sequence[tuple[Result, Result]]) -> None:
                 f"{r.percentile(50):7.3f}  {r.percentile(99):7.3f}  {added}  {rss}  "
                 f"{r.node_cpu_percent:10.0f}  {r.client_cpu_percent:12.0f}"
             )
+    print()
+    # CPU time per request is the node's own cost even when other work shares its core, and
+    # its inverse is the rate one core could sustain if the node had that core to itself.
+    for _, node in rows:
+        if node.requests:
+            per_request = node.node_cpu_percent / 100 * node.seconds / node.requests * 1000
+            ceiling = 1000 / per_request if per_request else float("inf")
+            print(
+                f"node CPU per request at concurrency {node.concurrency}: {per_request:.3f} ms "
+                f"(one core sustains at most {ceiling:.0f} req/s)"
+            )
     for direct, node in rows:
         for r in (direct, node):
             if r.errors:

@@ -46,4 +46,9 @@ def test_bench_prints_latency_rate_and_rss(stack_dir: Path) -> None:
         )
         assert node is not None, out
         assert float(node.group(1)) > 0  # the node's RSS was sampled
+        assert re.search(
+            rf"^node CPU per request at concurrency {concurrency}: [\d.]+ ms \(one core sustains at most \d+ req/s\)$",
+            out,
+            re.M,
+        ), out
     assert "data plane peak RSS over the whole run:" in out
