@@ -5,17 +5,18 @@ learns about deployments (breakers, latency, error rate, Retry-After) survives
 config changes. It is used from one event loop; the clock, the sleep and the
 random source are injected so tests control time and jitter.
 
-For each candidate of the plan, in order:
+Failing over comes before retrying: the plan's candidates are tried once each,
+in order; then those that failed with a ``retryable`` error get another pass,
+up to ``attempts_per_deployment`` passes, each attempt of a later pass after
+an exponential backoff with full jitter (and at least the deployment's
+Retry-After). Throughout:
 
-- skip it while its breaker is open, while a Retry-After that outlasts the
-  caller's deadline runs, or after a context-too-long error when its window is
-  no larger than the one that was too small;
-- try it up to ``attempts_per_deployment`` times, sleeping between tries for an
-  exponential backoff with full jitter (and at least the Retry-After), never
-  sleeping past the deadline;
-- on an error whose kind is in the policy's ``fallback_on``, go on (retrying
-  the same deployment only when the error is ``retryable``); on any other
-  error, stop and report it.
+- a candidate is skipped while its breaker is open, while a Retry-After that
+  outlasts the caller's deadline runs, or after a context-too-long error when
+  its window is no larger than the one that was too small;
+- no sleep ever ends past the deadline: when the next one would, the request
+  ends with DEADLINE_EXCEEDED and the attempts made;
+- an error whose kind is not in the policy's ``fallback_on`` ends the request.
 
 Attempts in total never exceed the policy's ``max_attempts``. When time runs
 out the caller gets DEADLINE_EXCEEDED with the attempts made.
@@ -177,26 +178,24 @@ class Dispatcher:
         out_of_time = False
         too_small_window = 0  # after context_too_long: only larger windows may help
 
-        last_index = len(plan.ordered) - 1
-        for index, candidate in enumerate(plan.ordered):
-            if len(attempts) >= retry.max_attempts or out_of_time:
-                break
-            window = candidate.model.context_window
-            if too_small_window and window and window <= too_small_window:
-                skipped.append((candidate.label, f"context window {window} is not larger"))
-                continue
-            state = self.state(candidate)
-            blocked = state.blocked_for()
-            if blocked > 0 and clock() + blocked >= deadline:
-                skipped.append((candidate.label, f"Retry-After {blocked:.1f} s outlasts the deadline"))
-                continue
-            if not state.admits():
-                skipped.append((candidate.label, "circuit breaker open"))
-                continue
-            for n in range(retry.attempts_per_deployment):
+        pending = plan.ordered
+        for n in range(retry.attempts_per_deployment):
+            again: list[Candidate] = []  # failed with a retryable error: worth another pass
+            for candidate in pending:
                 if len(attempts) >= retry.max_attempts:
                     break
+                window = candidate.model.context_window
+                if too_small_window and window and window <= too_small_window:
+                    skipped.append((candidate.label, f"context window {window} is not larger"))
+                    continue
+                state = self.state(candidate)
                 wait = state.blocked_for()
+                if wait > 0 and clock() + wait >= deadline:
+                    skipped.append((candidate.label, f"Retry-After {wait:.1f} s outlasts the deadline"))
+                    continue
+                if not state.admits():
+                    skipped.append((candidate.label, "circuit breaker open"))
+                    continue
                 if n:
                     ceiling = min(retry.backoff_cap_ms, retry.backoff_base_ms * (1 << (n - 1))) / 1000
                     wait = max(wait, self._rng.uniform(0, ceiling))
@@ -213,7 +212,7 @@ class Dispatcher:
                 # held across a backoff or leaked when time runs out.
                 if not state.try_acquire():
                     skipped.append((candidate.label, "circuit breaker open"))
-                    break
+                    continue
                 started = clock()
                 try:
                     # The safety net for an attempt that ignores its timeout: the
@@ -264,10 +263,11 @@ class Dispatcher:
                 if deadline - clock() <= 0:
                     out_of_time = True
                     break
-                if not error.retryable:
-                    break  # not worth repeating here; the next candidate may do better
-                if error.retry_after and (index < last_index or clock() + error.retry_after >= deadline):
-                    break  # another candidate now beats waiting out the Retry-After here
+                if error.retryable:
+                    again.append(candidate)
+            if out_of_time or len(attempts) >= retry.max_attempts or not again:
+                break
+            pending = tuple(again)
 
         raise DispatchFailed(
             self._final_error(attempts, skipped, last, out_of_time, deadline), attempts, skipped

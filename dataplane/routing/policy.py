@@ -107,7 +107,9 @@ class RetrySettings:
     max_attempts: int = 3
     """Attempts in total, over every candidate, for one request."""
     attempts_per_deployment: int = 2
-    """Tries of one deployment (the later ones after a backoff) before moving on."""
+    """Tries of one deployment at most. The candidates are each tried once first;
+    a deployment is tried again (after a backoff) only once every other
+    candidate has been tried, and only after a retryable error."""
     backoff_base_ms: int = 100
     """First backoff ceiling; doubles per retry, full jitter (uniform in [0, ceiling])."""
     backoff_cap_ms: int = 2000

@@ -39,6 +39,7 @@ CONTEXT_ERROR = {
         "code": "context_length_exceeded",
     }
 }
+OVERLOADED = {"error": {"message": "Overloaded", "type": "overloaded_error"}}
 FILTER_ERROR = {"error": {"message": "filtered", "type": "invalid_request_error", "code": "content_filter"}}
 
 
@@ -96,7 +97,7 @@ def rules(*models: str, **rule: Any) -> dict[str, Any]:
 # ---- fallback triggers ----
 
 
-async def test_server_errors_are_retried_with_backoff_then_fall_back(
+async def test_server_errors_fail_over_before_any_retry(
     sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
 ) -> None:
     policy = rules("sim-fast", "sim-smart", retry={"max_attempts": 5, "backoff_base_ms": 100})
@@ -110,25 +111,32 @@ async def test_server_errors_are_retried_with_backoff_then_fall_back(
     assert isinstance(result, ChatResponse)
     assert candidate.key == "smart-b"
     first, second = plan.ordered[0].key, plan.ordered[1].key
-    assert outcomes(attempts) == [
-        (first, "server_error"),
-        (first, "server_error"),
-        (second, "server_error"),
-        (second, "server_error"),
-        ("smart-b", "ok"),
-    ]
+    # Another deployment beats a backoff on the failing one: no retry, no sleep.
+    assert outcomes(attempts) == [(first, "server_error"), (second, "server_error"), ("smart-b", "ok")]
     assert attempts[0].http_status == 500
-    # Full jitter under a 100 ms ceiling before each retry of the same deployment; none
-    # when moving on to another deployment.
-    assert len(clock.slept) == 2
-    assert all(0 <= s <= 0.1 for s in clock.slept)
-    assert [a.backoff_ms > 0 for a in attempts] == [False, True, False, True, False]
-    assert sim_a.stats("sim-fast").chat == 2
-    assert sim_b.stats("sim-fast").chat == 2
-    assert sim_b.stats("sim-smart").chat == 1
+    assert clock.slept == []
+    assert sim_a.stats("sim-fast").chat == 1
+    assert sim_b.stats("sim-fast").chat == 1
 
 
-OVERLOADED = {"error": {"message": "Overloaded", "type": "overloaded_error"}}
+async def test_when_every_candidate_failed_they_are_retried_with_backoff(
+    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    policy = rules("sim-fast", retry={"max_attempts": 5, "backoff_base_ms": 100})
+    stack = Stack(
+        sim_a, sim_b, http, policy, Dispatcher(clock=clock, sleep=clock.sleep, rng=random.Random(1))
+    )
+    for sim in (sim_a, sim_b):
+        sim.set_behaviour("sim-fast", Behaviour(fail_status=503, fail_times=1, error_body=OVERLOADED))
+    plan = stack.plan()
+    _, candidate, attempts = await stack.dispatcher.call(plan, stack.attempt, deadline=clock() + 30)
+    first, second = plan.ordered[0].key, plan.ordered[1].key
+    assert outcomes(attempts) == [(first, "overloaded"), (second, "overloaded"), (first, "ok")]
+    assert candidate.key == first
+    # Full jitter under the first ceiling (100 ms), before the retry only.
+    assert len(clock.slept) == 1
+    assert 0 <= clock.slept[0] <= 0.1
+    assert [a.backoff_ms > 0 for a in attempts] == [False, False, clock.slept[0] >= 0.001]
 
 
 @pytest.mark.parametrize(
@@ -252,10 +260,11 @@ async def test_every_candidate_failing_reports_all_attempts(
         await stack.dispatcher.call(stack.plan(), stack.attempt, deadline=clock() + 30)
     assert isinstance(caught.value.error, AllCandidatesFailed)
     # max_attempts (3) bounds the total over every candidate.
+    # Each once, then a second pass: max_attempts (3) bounds the total.
     assert outcomes(caught.value.attempts) == [
         ("solo-a", "server_error"),
-        ("solo-a", "server_error"),
         ("smart-b", "overloaded"),
+        ("solo-a", "server_error"),
     ]
     assert "3 attempt(s)" in caught.value.error.message
 
