@@ -18,7 +18,7 @@ Control endpoints (JSON bodies)::
 
     POST /_sim/behaviour  {"model": "m" | "*", "fail_status": 500, "fail_rate": 1.0,
                            "fail_times": 2, "retry_after": 2, "latency_ms": 50,
-                           "chunk_delay_ms": 0, "error_body": {...}}
+                           "chunk_delay_ms": 0, "drop_after_chunks": 3, "error_body": {...}}
     GET  /_sim/stats      {"total": n, "models": {"m": {"chat": .., "stream": ..,
                            "embeddings": .., "failed": .., "last_request": {...}}}}
     POST /_sim/reset      behaviours back to the start-up ones, counters to zero
@@ -82,6 +82,9 @@ class Behaviour:
     """Delay before the response starts (time to first byte)."""
     chunk_delay_ms: float = 0.0
     """Delay between streamed chunks."""
+    drop_after_chunks: int | None = None
+    """Cut the connection after this many streamed chunks, with no ``[DONE]``: an upstream
+    that dies mid-answer. ``None`` finishes every stream."""
     error_body: Any = None
     """JSON body of a failure; an OpenAI-style error object when ``None``."""
 
@@ -310,7 +313,18 @@ class Simulator:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
         )
         await response.prepare(request)
-        delay = state.behaviour.chunk_delay_ms / 1000
+        behaviour = state.behaviour
+        delay = behaviour.chunk_delay_ms / 1000
+        if behaviour.drop_after_chunks is not None:
+            for chunk in chunks[: behaviour.drop_after_chunks]:
+                await response.write(_sse(chunk))
+                if delay:
+                    await asyncio.sleep(delay)
+            state.stats.failed += 1
+            # Abort, not close: the client must see a broken stream, not a clean end.
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         if delay:
             for chunk in chunks:
                 await response.write(_sse(chunk))

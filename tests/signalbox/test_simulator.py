@@ -448,3 +448,23 @@ async def test_wildcard_behaviour_reaches_models_already_seen_but_not_those_with
     assert (await client.post("/v1/chat/completions", json=chat("x", model="new"))).status_code == 502
     assert (await client.post("/v1/chat/completions", json=chat("x", model="own"))).status_code == 200
     assert simulator.stats("seen").failed == 1
+
+
+async def test_drop_after_chunks_breaks_the_stream_midway(client: httpx.AsyncClient) -> None:
+    await client.post("/_sim/behaviour", json={"model": "sim-fast", "drop_after_chunks": 2})
+
+    received: list[bytes] = []
+
+    async def read_stream() -> None:
+        async with client.stream("POST", "/v1/chat/completions", json=chat("a b c d", stream=True)) as r:
+            async for data in r.aiter_bytes():
+                received.append(data)
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        await read_stream()
+
+    assert b"".join(received).count(b"data: ") == 2
+    assert b"[DONE]" not in b"".join(received)
+    assert (await client.get("/_sim/stats")).json()["models"]["sim-fast"]["failed"] == 1
+    # Non-streaming calls are unaffected.
+    assert (await client.post("/v1/chat/completions", json=chat("x"))).status_code == 200
