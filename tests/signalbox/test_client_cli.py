@@ -13,7 +13,9 @@ from signalbox.up import LocalStack
 pytestmark = pytest.mark.timeout(600)
 
 
-async def infer(stack: LocalStack | None, *args: str, api_key: str | None = None) -> tuple[int, str, str]:
+async def infer(
+    stack: LocalStack | None, *args: str, api_key: str | None = None, stdin: str | None = None
+) -> tuple[int, str, str]:
     """Run ``signalbox infer`` against ``stack``'s node (``None``: pass --target in ``args``)."""
     target = ("--target", stack.dataplane_target) if stack is not None else ()
     key = api_key if api_key is not None else stack.api_key if stack is not None else ""
@@ -26,10 +28,12 @@ async def infer(stack: LocalStack | None, *args: str, api_key: str | None = None
         "--api-key",
         key,
         *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
+    data = stdin.encode() if stdin is not None else None
+    out, err = await asyncio.wait_for(process.communicate(data), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -42,6 +46,13 @@ async def test_prints_the_answer_then_model_and_evidence(local_stack: LocalStack
     assert "model: sim-fast" in err
     assert "evidence: " in err
     assert "evidence:  " not in err  # the id is not empty
+
+
+async def test_prompt_from_stdin(local_stack: LocalStack) -> None:
+    code, out, err = await infer(local_stack, "-", stdin="piped in")
+
+    assert code == 0, err
+    assert out == "Simulated answer to: piped in\n"
 
 
 async def test_correlation_id_is_carried_through(local_stack: LocalStack) -> None:
