@@ -87,6 +87,16 @@ async def test_json_prints_the_whole_response(local_stack: LocalStack) -> None:
     assert response["message"]["content"][0]["text"] == "Simulated answer to: as json"
 
 
+async def test_json_stream_prints_one_event_per_line(local_stack: LocalStack) -> None:
+    code, out, err = await infer(local_stack, "--stream", "--json", "a b c")
+
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0]["start"]["model"] == "sim-fast"
+    assert "".join(e["delta"].get("text", "") for e in events if "delta" in e) == "Simulated answer to: a b c"
+    assert events[-1]["end"]["evidenceId"]
+
+
 @pytest.mark.parametrize(
     ("args", "api_key", "code", "status"),
     [
