@@ -27,7 +27,7 @@ from dataplane.config.model import (
     TenantConfig,
 )
 from dataplane.providers.base import adapter_types
-from dataplane.routing.policy import CompiledPolicy, PolicyError, compile_policy
+from dataplane.routing.policy import CompiledPolicy, ModelIndex, PolicyError, compile_policy
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -155,6 +155,10 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, payload_sha256: bytes) -> 
             attributes=dict(m.attributes),
         )
 
+    # One index per snapshot, shared by every policy in it: selecting by capability
+    # is then a set intersection, and the index lives exactly as long as this registry
+    # (not in a module-level cache that would outlive it or race another compile).
+    index = ModelIndex(models)
     policies: dict[str, CompiledPolicy] = {}
     for i, pol in enumerate(snapshot.policies):
         if pol.tenant_id and pol.tenant_id not in tenants:
@@ -167,7 +171,12 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, payload_sha256: bytes) -> 
             raise SnapshotInvalid(f"$.policies[{i}].document_json", f"not JSON: {exc}") from exc
         try:
             policies[pol.tenant_id] = compile_policy(
-                document, models, policy_id=pol.id, tenant_id=pol.tenant_id, version=pol.version
+                document,
+                models,
+                policy_id=pol.id,
+                tenant_id=pol.tenant_id,
+                version=pol.version,
+                index=index,
             )
         except PolicyError as exc:
             raise SnapshotInvalid(f"$.policies[{i}].document{exc.path[1:]}", exc.message) from exc

@@ -12,7 +12,7 @@ the checks of the design contract in order and stops at the first failure:
    alarm (logged at ERROR) and a NACK.
 
 Only then is the serving state built (one adapter per provider, credentials
-resolved here, off the request path), the envelope persisted as last-known-good
+resolved here, every policy's routes prepared, off the request path), the envelope persisted as last-known-good
 (write, fsync, rename) together with the high-water mark, and the state swapped
 in with one attribute assignment. A request takes ``store.current`` once and runs
 to the end on it; the old adapters are closed when its last request finishes.
@@ -45,6 +45,7 @@ from dataplane.config.envelope import EnvelopeError, key_id_for, verify
 from dataplane.config.model import RuntimeConfig, Scope, SecretRef
 from dataplane.errors import NoSnapshot
 from dataplane.providers.base import ProviderAdapter, build_adapter
+from dataplane.routing.router import NodeContext, prepare_routes
 from signalbox.api.config.v1 import snapshot_pb2
 
 log = logging.getLogger("signalbox.dataplane.config")
@@ -162,9 +163,13 @@ class SnapshotStore:
         resolve_credential: CredentialResolver | None = None,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[ServingState], Awaitable[None]] | None = None,
+        node: NodeContext | None = None,
     ) -> None:
         self._trusted = dict(trusted)
         self._scope = scope
+        # What routes are prepared for; it must equal the pipeline's NodeContext for the
+        # preparation to be used. Without one: a cloud node at the scope's site.
+        self._node = node if node is not None else NodeContext(site=scope.site)
         self._dir = Path(data_dir) / "snapshot"
         self._client = client
         self._allow_expired = allow_expired
@@ -344,6 +349,9 @@ class SnapshotStore:
                 unusable[provider.id] = f"adapter cannot be built: {exc}"
         for provider_id, why in unusable.items():
             log.warning("provider %s unusable in snapshot %d: %s", provider_id, config.version, why)
+        # Each rule's request-independent checks, done here (once per applied snapshot,
+        # off the request path) so the first request of each tenant is not the slow one.
+        prepare_routes(config, self._node)
         return ServingState(config, adapters, unusable, key_id, self._clock())
 
     async def _publish(self, state: ServingState) -> None:
