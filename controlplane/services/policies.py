@@ -9,12 +9,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from controlplane.db.models import Policy
 from controlplane.errors import ConfigRejected, InvalidArgument, NotFound
 from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, UnitOfWork
+from dataplane.routing import policy
 
 _DOCUMENT_PATH = re.compile(r"^\$\.policies\[\d+\]\.document")
 
@@ -25,20 +24,28 @@ def canonical_json(document: Any) -> str:
 
 
 def parse_document(text: str) -> str:
-    """YAML or JSON text (JSON is YAML) -> canonical JSON of an object."""
+    """YAML or JSON text (JSON is YAML) -> canonical JSON of a document valid under the
+    published schema. Whether its models exist and its weights make sense is checked
+    by compiling the snapshot that would carry it (``UnitOfWork.change``)."""
     if not text.strip():
         raise InvalidArgument("document", "must not be empty")
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidArgument("document", f"not valid YAML or JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InvalidArgument("document", "a policy document must be an object")
+        document = policy.parse_document(text)
+        if not isinstance(document, dict):
+            raise policy.PolicyError("$", "a policy document must be an object")
+        policy.validate_document(document)
+    except policy.PolicyError as exc:
+        raise InvalidArgument(document_field(exc.path), exc.message) from exc
     try:
         return canonical_json(document)
     except (TypeError, ValueError) as exc:
         # YAML can express values JSON cannot (dates, sets, NaN).
         raise InvalidArgument("document", f"not representable as JSON: {exc}") from exc
+
+
+def document_field(path: str) -> str:
+    """A JSON path inside a policy (``$.rules[0].weights``) as the request field naming it."""
+    return "document" + path.removeprefix("$")
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from dataplane.config.envelope import verify
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
-from tests.controlplane.conftest import Admin
+from tests.controlplane.conftest import Admin, SyncNode
 from tests.fixtures.postgres import RunningControlPlane
 
 
@@ -304,6 +304,78 @@ async def test_invalid_policy_names_the_path_and_stores_nothing(
     assert await admin.latest_version() == before
     history = await admin.ListPolicyHistory(admin_pb2.ListPolicyHistoryRequest(tenant="acme"))
     assert not history.versions
+
+
+REFUSED = {
+    "unknown model": (
+        '{"rules": [{"models": ["small", "ghost"]}]}',
+        "document.rules[0].models[1]",
+        "unknown model 'ghost'",
+    ),
+    "weights all zero": (
+        '{"rules": [{"strategy": "weighted", "weights": {"small": 0, "large": 0}}]}',
+        "document.rules[0].weights",
+        "must not all be zero",
+    ),
+    "negative weight": (
+        '{"rules": [{"strategy": "weighted", "weights": {"small": -1, "large": 3}}]}',
+        "document.rules[0].weights.small",
+        "",
+    ),
+    "unknown field": (
+        "rules:\n  - models: [small]\n    priority: 1\n",
+        "document.rules[0].priority",
+        "unknown field",
+    ),
+    # The compiler ignores a description; only the published schema says it is text.
+    "schema: description not a string": (
+        '{"description": 42}',
+        "document.description",
+        "not of type 'string'",
+    ),
+    "schema: wrong type": (
+        '{"retry": {"max_attempts": "three"}}',
+        "document.retry.max_attempts",
+        "not of type",
+    ),
+    "schema: unknown strategy": (
+        '{"rules": [{"models": ["small"], "strategy": "random"}]}',
+        "document.rules[0].strategy",
+        "",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+async def test_a_refused_policy_changes_no_snapshot_and_reaches_no_node(
+    admin: Admin, sync_nodes: object, case: str
+) -> None:
+    document, field, problem = REFUSED[case]
+    await admin.seed()
+    await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant="acme", document="default_model: small"))
+    node: SyncNode = await sync_nodes("edge-1")  # type: ignore[operator]
+    running = await node.next_envelope()
+    node.ack(running, node.verified(running).version)
+    before = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())
+    assert node.verified(running).version == before.version
+
+    code, message = await _code(
+        admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant="acme", document=document))
+    )
+
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.split(": ")[0] == field, message
+    assert problem in message
+    after = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())
+    assert (after.version, after.payload_sha256) == (before.version, before.payload_sha256)
+    history = await admin.ListPolicyHistory(admin_pb2.ListPolicyHistoryRequest(tenant="acme"))
+    assert [v.version for v in history.versions] == [1]
+    # Nothing was pushed for the refusal: the next envelope the node sees is the next
+    # accepted change, one version on, still carrying the running policy.
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="other"))
+    pushed = node.verified(await node.next_envelope())
+    assert pushed.version == before.version + 1
+    assert [p.document_json for p in pushed.policies] == ['{"default_model":"small"}']
 
 
 # ---- snapshots and routing ----
