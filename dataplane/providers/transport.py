@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import Any, ClassVar, Protocol, TypeVar, cast
@@ -250,7 +251,7 @@ def _is_json(response: httpx.Response) -> bool:
     return media_type.split(";")[0].strip().lower() == "application/json"
 
 
-class SSEStreamDecoder:
+class SSEStreamDecoder(ABC):
     """Base of the SSE decoders: frames events, parses their JSON, checks the stream really ended.
 
     Subclasses implement ``on_event`` and say what the missing terminator is
@@ -289,5 +290,6 @@ class SSEStreamDecoder:
             raise self.adapter.malformed("stream event is not an object", data)
         return payload
 
+    @abstractmethod
     def on_event(self, payload: dict[str, Any] | None) -> Iterable[StreamChunk]:
-        raise NotImplementedError
+        """Normalized chunks for one event (``None`` for a non-JSON sentinel such as ``[DONE]``)."""
