@@ -11,7 +11,8 @@
     ├── EvidenceUnavailable       UNAVAILABLE         (the evidence record cannot be written)
     ├── SnapshotRejected          FAILED_PRECONDITION (why a snapshot was NACKed)
     ├── DeadlineExceeded          DEADLINE_EXCEEDED   (carries the attempts made)
-    ├── AllCandidatesFailed       UNAVAILABLE         (every candidate failed; last error inside)
+    ├── AllCandidatesFailed       UNAVAILABLE         (every candidate failed; when every attempt
+    │                                                  failed the same way, that kind's status)
     └── ProviderError             one class per failure kind, see ``kind``
         ├── RateLimited           RESOURCE_EXHAUSTED  retryable, honours retry_after
         ├── QuotaExhausted        RESOURCE_EXHAUSTED
