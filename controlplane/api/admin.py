@@ -22,12 +22,12 @@ from controlplane.services.policies import PolicyService
 from controlplane.services.providers import ProviderService
 from controlplane.services.snapshots import SnapshotService
 from controlplane.services.tenants import TenantService
-from dataplane.config.compile import CAPABILITY_FROM_PROTO
-from dataplane.config.model import DataClass
+from dataplane.api import convert as infer_convert
+from dataplane.api.pipeline import routing_to_proto
+from dataplane.api.service import _estimate_tokens as estimate_tokens
 from dataplane.routing.router import NodeContext, RouteQuery, plan_route
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
-from signalbox.api.infer.v1 import infer_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -211,38 +211,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         _require("tenant", request.tenant)
         config, tenant = await self._snapshots.runtime_for(request.tenant)
         req = request.request
-        try:
-            data_class = DataClass(req.data_classification)
-        except ValueError as exc:
-            raise InvalidArgument("request.data_classification", "unknown classification") from exc
+        # Read exactly as a node reads an InferRequest, so the dry run decides alike.
+        chat = infer_convert.chat_request_from_proto(req)
+        tokens = estimate_tokens(chat)
         query = RouteQuery(
             tenant=tenant,
             model=req.model,
-            capabilities=frozenset(
-                CAPABILITY_FROM_PROTO[c] for c in req.required_capabilities if c in CAPABILITY_FROM_PROTO
-            ),
+            capabilities=infer_convert.capabilities_needed(req, chat),
             task=req.task,
-            data_classification=data_class,
+            data_classification=infer_convert.data_class(req.data_classification),
             metadata=dict(req.metadata),
-            max_output_tokens=req.params.max_output_tokens
-            if req.params.HasField("max_output_tokens")
-            else None,
+            estimated_input_tokens=tokens,
+            max_output_tokens=chat.params.max_output_tokens,
+            request_id=req.correlation_id,
         )
         plan = plan_route(config, query, NodeContext())
-        chosen = plan.ordered[0] if plan.ordered else None
-        decision = infer_pb2.RoutingDecision(
-            policy_id=plan.policy_id,
-            policy_version=plan.policy_version,
-            rule=plan.rule,
-            strategy=plan.strategy,
-            candidates=list(plan.considered),
-            dropped=[infer_pb2.DroppedCandidate(model=m, reason=r) for m, r in plan.dropped],
-            chosen_model=chosen.model.alias if chosen else "",
-            chosen_provider=(chosen.provider.name or chosen.provider.id) if chosen else "",
-            chosen_deployment=chosen.deployment.id if chosen else "",
-            reason=plan.reason,
+        return admin_pb2.ExplainRouteResponse(
+            decision=routing_to_proto(plan, plan.chosen, []),
+            plan=[c.label for c in plan.ordered],
+            arm=plan.arm,
+            shadow=plan.shadow.label if plan.shadow is not None else "",
+            estimated_input_tokens=tokens,
         )
-        return admin_pb2.ExplainRouteResponse(decision=decision, plan=[c.label for c in plan.ordered])
 
     # ---- nodes and snapshots ----
 

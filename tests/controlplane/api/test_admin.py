@@ -434,6 +434,76 @@ async def test_explain_route_follows_the_current_policy(admin: Admin) -> None:
     assert code == grpc.StatusCode.NOT_FOUND
 
 
+EXPLAINED_POLICY = """
+default_model: small
+allowed_models: [small, large, tiny]
+rules:
+  - name: sized
+    match: {tasks: [long]}
+    models: [tiny, large]
+  - name: canary
+    match: {metadata: {env: [prod]}}
+    strategy: weighted
+    weights: {small: 1, large: 1}
+    sticky_key: metadata.user_id
+    shadow: {model: tiny, share: 1}
+"""
+
+
+def _asking(text: str, **fields: object) -> infer_pb2.InferRequest:
+    request = infer_pb2.InferRequest(**fields)  # type: ignore[arg-type]
+    request.messages.add(role=infer_pb2.ROLE_USER).content.add(text=text)
+    return request
+
+
+async def test_explain_route_sizes_the_request_and_matches_its_metadata(admin: Admin) -> None:
+    await admin.seed()
+    tiny = admin_pb2.Model(
+        alias="tiny",
+        capabilities=[1],
+        context_window=50,
+        deployments=[admin_pb2.Deployment(provider="sim", upstream_model="tiny-v1")],
+    )
+    await admin.CreateModel(admin_pb2.CreateModelRequest(model=tiny))
+    await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant="acme", document=EXPLAINED_POLICY))
+
+    # 400 characters are estimated at 100 tokens, as the node estimates them: too many for tiny.
+    sized = await admin.ExplainRoute(
+        admin_pb2.ExplainRouteRequest(tenant="acme", request=_asking("x" * 400, task="long"))
+    )
+    assert sized.estimated_input_tokens == 100
+    assert sized.decision.rule == "sized"
+    assert list(sized.decision.candidates) == ["tiny", "large"]
+    assert [(d.model, d.reason) for d in sized.decision.dropped] == [
+        ("tiny", "context window 50 < 100 tokens needed")
+    ]
+    assert list(sized.plan) == ["large@sim"]
+    assert not sized.decision.attempts
+    short = await admin.ExplainRoute(
+        admin_pb2.ExplainRouteRequest(tenant="acme", request=_asking("hi", task="long"))
+    )
+    assert list(short.plan) == ["tiny@sim", "large@sim"]
+
+    # The request's metadata selects the rule and keys the sticky split.
+    arms = set()
+    for user in ("u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"):
+        request = _asking("hi", metadata={"env": "prod", "user_id": user})
+        first = await admin.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant="acme", request=request))
+        again = await admin.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant="acme", request=request))
+        assert first.decision.rule == "canary"
+        assert first.decision.strategy == "weighted"
+        assert first.arm == again.arm
+        assert first.plan[0] == f"{first.arm}@sim"
+        assert first.decision.chosen_model == first.arm
+        assert first.shadow == "tiny@sim"
+        arms.add(first.arm)
+    assert arms == {"small", "large"}
+    staging = await admin.ExplainRoute(
+        admin_pb2.ExplainRouteRequest(tenant="acme", request=_asking("hi", metadata={"env": "staging"}))
+    )
+    assert (staging.decision.rule, staging.arm, staging.shadow) == ("default", "", "")
+
+
 async def test_a_viewer_token_may_read_but_not_change(
     control_plane: RunningControlPlane, admin: Admin
 ) -> None:

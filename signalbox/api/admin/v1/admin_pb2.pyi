@@ -989,21 +989,35 @@ class ExplainRouteResponse(_message.Message):
 
     DECISION_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
+    ARM_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    ESTIMATED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    arm: _builtins.str
+    """The weighted split's arm for this request; empty for other strategies."""
+    shadow: _builtins.str
+    """The deployment ("model@provider") this request would be mirrored to; empty: none."""
+    estimated_input_tokens: _builtins.int
+    """Input tokens estimated from the messages' text, as the data plane estimates them."""
     @_builtins.property
-    def decision(self) -> _infer_pb2.RoutingDecision: ...
+    def decision(self) -> _infer_pb2.RoutingDecision:
+        """No attempts: nothing is dispatched."""
+
     @_builtins.property
     def plan(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ordered deployments dispatch would try."""
+        """Ordered deployments dispatch would try ("model@provider"): the choice, then the fallbacks."""
 
     def __init__(
         self,
         *,
         decision: _infer_pb2.RoutingDecision | None = ...,
         plan: _abc.Iterable[_builtins.str] | None = ...,
+        arm: _builtins.str = ...,
+        shadow: _builtins.str = ...,
+        estimated_input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "plan", b"plan"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "decision", b"decision", "estimated_input_tokens", b"estimated_input_tokens", "plan", b"plan", "shadow", b"shadow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

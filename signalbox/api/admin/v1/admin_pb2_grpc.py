@@ -258,8 +258,9 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ApplyPolicy(self, request, context):
-        """Validates (by compiling) and stores a new version of a tenant's policy,
-        or the platform default when tenant is empty.
+        """Validates (against the published JSON schema, then by compiling) and stores
+        a new version of a tenant's policy, or the platform default when tenant is empty.
+        A refused document is INVALID_ARGUMENT naming its path, e.g. "document.rules[0].weights".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -284,7 +285,7 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExplainRoute(self, request, context):
-        """Dry-runs routing for a request against a tenant's current policy.
+        """Dry-runs routing for a request against a tenant's current policy; no provider is called.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

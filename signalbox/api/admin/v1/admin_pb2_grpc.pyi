@@ -52,14 +52,15 @@ class AdminServiceStub:
     UpdateModel: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateModelRequest, _admin_pb2.Model]
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteModelRequest, _admin_pb2.DeleteResponse]
     ApplyPolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ApplyPolicyRequest, _admin_pb2.Policy]
-    """Validates (by compiling) and stores a new version of a tenant's policy,
-    or the platform default when tenant is empty.
+    """Validates (against the published JSON schema, then by compiling) and stores
+    a new version of a tenant's policy, or the platform default when tenant is empty.
+    A refused document is INVALID_ARGUMENT naming its path, e.g. "document.rules[0].weights".
     """
     GetPolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetPolicyRequest, _admin_pb2.Policy]
     ListPolicyHistory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPolicyHistoryRequest, _admin_pb2.ListPolicyHistoryResponse]
     DeletePolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeletePolicyRequest, _admin_pb2.DeleteResponse]
     ExplainRoute: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExplainRouteRequest, _admin_pb2.ExplainRouteResponse]
-    """Dry-runs routing for a request against a tenant's current policy."""
+    """Dry-runs routing for a request against a tenant's current policy; no provider is called."""
     ListNodes: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNodesRequest, _admin_pb2.ListNodesResponse]
     GetSnapshot: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetSnapshotRequest, _admin_pb2.SnapshotInfo]
     ExportSnapshot: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportSnapshotRequest, _snapshot_pb2.SignedEnvelope]
@@ -86,14 +87,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     UpdateModel: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateModelRequest, _admin_pb2.Model]  # type: ignore[assignment]
     DeleteModel: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteModelRequest, _admin_pb2.DeleteResponse]  # type: ignore[assignment]
     ApplyPolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.ApplyPolicyRequest, _admin_pb2.Policy]  # type: ignore[assignment]
-    """Validates (by compiling) and stores a new version of a tenant's policy,
-    or the platform default when tenant is empty.
+    """Validates (against the published JSON schema, then by compiling) and stores
+    a new version of a tenant's policy, or the platform default when tenant is empty.
+    A refused document is INVALID_ARGUMENT naming its path, e.g. "document.rules[0].weights".
     """
     GetPolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetPolicyRequest, _admin_pb2.Policy]  # type: ignore[assignment]
     ListPolicyHistory: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPolicyHistoryRequest, _admin_pb2.ListPolicyHistoryResponse]  # type: ignore[assignment]
     DeletePolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeletePolicyRequest, _admin_pb2.DeleteResponse]  # type: ignore[assignment]
     ExplainRoute: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExplainRouteRequest, _admin_pb2.ExplainRouteResponse]  # type: ignore[assignment]
-    """Dry-runs routing for a request against a tenant's current policy."""
+    """Dry-runs routing for a request against a tenant's current policy; no provider is called."""
     ListNodes: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNodesRequest, _admin_pb2.ListNodesResponse]  # type: ignore[assignment]
     GetSnapshot: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetSnapshotRequest, _admin_pb2.SnapshotInfo]  # type: ignore[assignment]
     ExportSnapshot: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportSnapshotRequest, _snapshot_pb2.SignedEnvelope]  # type: ignore[assignment]
@@ -219,8 +221,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ApplyPolicyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.Policy, _abc.Awaitable[_admin_pb2.Policy]]:
-        """Validates (by compiling) and stores a new version of a tenant's policy,
-        or the platform default when tenant is empty.
+        """Validates (against the published JSON schema, then by compiling) and stores
+        a new version of a tenant's policy, or the platform default when tenant is empty.
+        A refused document is INVALID_ARGUMENT naming its path, e.g. "document.rules[0].weights".
         """
 
     @_abc_1.abstractmethod
@@ -250,7 +253,7 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ExplainRouteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ExplainRouteResponse, _abc.Awaitable[_admin_pb2.ExplainRouteResponse]]:
-        """Dry-runs routing for a request against a tenant's current policy."""
+        """Dry-runs routing for a request against a tenant's current policy; no provider is called."""
 
     @_abc_1.abstractmethod
     def ListNodes(
