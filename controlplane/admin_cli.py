@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -43,12 +44,19 @@ Action = Callable[[Stub, argparse.Namespace], Coroutine[Any, Any, "Output"]]
 
 
 class Output:
-    """What a command prints: the message (for --json) and a table (for people)."""
+    """What a command prints: the message (for --json) and, for people, a table or ``text``."""
 
-    def __init__(self, message: Message, headers: Sequence[str] = (), rows: Sequence[Sequence[object]] = ()):
+    def __init__(
+        self,
+        message: Message,
+        headers: Sequence[str] = (),
+        rows: Sequence[Sequence[object]] = (),
+        text: str | None = None,
+    ):
         self.message = message
         self.headers = headers
         self.rows = rows
+        self.text = text
 
 
 def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
@@ -321,6 +329,33 @@ async def policy_history(stub: Stub, ns: argparse.Namespace) -> Output:
     return Output(r, POLICY_COLUMNS, [policy_row(p) for p in r.versions])
 
 
+def _pretty_lines(p: admin_pb2.Policy) -> list[str]:
+    pretty = json.dumps(json.loads(p.document_json), indent=2, sort_keys=True, ensure_ascii=False)
+    return (pretty + "\n").splitlines(keepends=True)
+
+
+async def policy_diff(stub: Stub, ns: argparse.Namespace) -> Output:
+    tenant = ns.tenant or ""
+    newer = await stub.GetPolicy(admin_pb2.GetPolicyRequest(tenant=tenant, version=ns.to or 0))
+    older_version = ns.from_
+    if older_version is None:
+        # The stored version before it (deletion markers have no document to compare).
+        history = await stub.ListPolicyHistory(admin_pb2.ListPolicyHistoryRequest(tenant=tenant))
+        earlier = [p.version for p in history.versions if p.version < newer.version and p.document_json]
+        if not earlier:
+            raise SystemExit(f"policy diff: no version before v{newer.version} to compare with")
+        older_version = earlier[-1]
+    older = await stub.GetPolicy(admin_pb2.GetPolicyRequest(tenant=tenant, version=older_version))
+    name = f"policy of {tenant}" if tenant else "platform default policy"
+    diff = difflib.unified_diff(
+        _pretty_lines(older),
+        _pretty_lines(newer),
+        fromfile=f"{name} v{older.version}",
+        tofile=f"{name} v{newer.version}",
+    )
+    return Output(admin_pb2.ListPolicyHistoryResponse(versions=[older, newer]), text="".join(diff))
+
+
 async def policy_delete(stub: Stub, ns: argparse.Namespace) -> Output:
     return deleted(await stub.DeletePolicy(admin_pb2.DeletePolicyRequest(tenant=ns.tenant or "")))
 
@@ -348,14 +383,45 @@ async def route_explain(stub: Stub, ns: argparse.Namespace) -> Output:
         required_capabilities=[
             _enum(common_pb2.Capability, "CAPABILITY_", c, "--capability") for c in ns.capability or ()
         ],
+        data_classification=_enum(
+            common_pb2.DataClassification,
+            "DATA_CLASSIFICATION_",
+            ns.data_classification or "unspecified",
+            "--data-classification",
+        ),
+        metadata=_pairs(ns.metadata, "--metadata"),
+        correlation_id=ns.correlation_id or "",
+        messages=[
+            infer_pb2.Message(role=infer_pb2.ROLE_USER, content=[infer_pb2.ContentPart(text=text)])
+            for text in ns.message or ()
+        ],
     )
+    if ns.max_output_tokens is not None:
+        request.params.max_output_tokens = ns.max_output_tokens
     r = await stub.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant=ns.tenant, request=request))
+    return Output(r, text=explanation(r))
+
+
+def explanation(r: admin_pb2.ExplainRouteResponse) -> str:
+    """The decision for people: one labelled line per fact, one line per dropped candidate."""
     d = r.decision
-    rows: list[tuple[object, ...]] = [
-        (i, label, d.reason if i == 0 else "fallback") for i, label in enumerate(r.plan)
+    lines: list[tuple[str, str]] = [
+        ("policy", f"{d.policy_id} v{d.policy_version}"),
+        ("rule", d.rule),
+        ("strategy", d.strategy),
+        ("reason", d.reason),
+        ("input tokens", f"{r.estimated_input_tokens} (estimated)"),
+        ("considered", ", ".join(d.candidates)),
     ]
-    rows += [("-", f"{x.model} (dropped)", x.reason) for x in d.dropped]
-    return Output(r, ("order", "candidate", "why"), rows)
+    lines += [("dropped", f"{x.model}: {x.reason}") for x in d.dropped] or [("dropped", "(none)")]
+    lines.append(("chosen", f"{r.plan[0]} (deployment {d.chosen_deployment})" if r.plan else "(none)"))
+    lines += [("fallback", f"{i}. {label}") for i, label in enumerate(r.plan[1:], 1)] or [
+        ("fallback", "(none)")
+    ]
+    lines.append(("split arm", r.arm or "(none)"))
+    lines.append(("shadow", r.shadow or "(none)"))
+    width = max(len(label) for label, _ in lines)
+    return "".join(f"{label.ljust(width)}  {value}\n" for label, value in lines)
 
 
 # ---- wiring ----
@@ -486,6 +552,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--version", type=int)
     _verb(policy, "history", policy_history, "every version").add_argument("--tenant")
     _verb(policy, "delete", policy_delete, "delete the current policy").add_argument("--tenant")
+    p = _verb(
+        policy, "diff", policy_diff, "unified diff of two stored versions (default: previous vs current)"
+    )
+    p.add_argument("--tenant")
+    p.add_argument(
+        "--from", dest="from_", type=int, metavar="V", help="older version (default: the previous)"
+    )
+    p.add_argument("--to", type=int, metavar="V", help="newer version (default: the current)")
 
     node = _resource(sub, "node", "data-plane nodes")
     _verb(node, "list", node_list, "nodes, their applied snapshot and last NACK")
@@ -495,6 +569,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--model", help="explicit model alias, as a caller would send")
     p.add_argument("--capability", action="append", help="required capability (repeatable)")
     p.add_argument("--task")
+    p.add_argument("--message", action="append", help="user message text (repeatable): sizes the request")
+    p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="request metadata (repeatable)")
+    p.add_argument("--data-classification", help="public, internal, confidential or restricted")
+    p.add_argument("--max-output-tokens", type=int)
+    p.add_argument("--correlation-id", help="request id: draws the split arm when the sticky key is absent")
     snapshot = _resource(sub, "snapshot", "snapshots")
     _verb(snapshot, "show", snapshot_show, "the newest (or a given) snapshot").add_argument(
         "--version", type=int
@@ -524,6 +603,8 @@ def admin_command(ns: argparse.Namespace) -> int:
         return 1
     if ns.json:
         print(json_format.MessageToJson(out.message, preserving_proto_field_name=True, indent=2))
+    elif out.text is not None:
+        print(out.text, end="")
     else:
         print(_table(out.headers, out.rows))
     return 0

@@ -11,11 +11,14 @@ from pathlib import Path
 
 from dataplane.config.envelope import verify
 from signalbox.api.admin.v1 import admin_pb2
+from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.simulator import Simulator
 from tests.controlplane.conftest import Admin
 from tests.fixtures.postgres import RunningControlPlane
 
 TIMEOUT = 60.0
+CHAT, TOOLS = common_pb2.CAPABILITY_CHAT, common_pb2.CAPABILITY_TOOLS
 
 
 async def _signalbox(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -92,7 +95,7 @@ async def test_admin_cli_round_trip(control_plane: RunningControlPlane, admin: A
     assert int(info["version"]) == await admin.latest_version()
     assert "NODE" in await run("node", "list")
     explained = await run("route", "explain", "--tenant", "acme")
-    assert explained.splitlines()[1].split()[:2] == ["0", "small@sim"]
+    assert "chosen        small@sim (deployment " in explained
 
     code, _, err = await _signalbox("admin", "tenant", "create", "acme", env=env)
     assert code == 6
@@ -157,3 +160,106 @@ async def test_serve_on_embedded_postgres_then_sigterm_stops_cleanly(private_tmp
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_policy_diff_compares_stored_versions(control_plane: RunningControlPlane, admin: Admin) -> None:
+    env = {"SIGNALBOX_ADMIN_TARGET": control_plane.address, "SIGNALBOX_ADMIN_TOKEN": control_plane.token}
+    await admin.seed()
+    for document in (
+        "default_model: small",
+        "default_model: large\nallowed_models: [large, small]",
+        '{"allowed_models": ["large", "small"], "default_model": "small"}',
+    ):
+        await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant="acme", document=document))
+
+    code, out, err = await _signalbox("admin", "policy", "diff", "--tenant", "acme", env=env)
+    assert code == 0, err
+    assert out == (
+        "--- policy of acme v2\n"
+        "+++ policy of acme v3\n"
+        "@@ -3,5 +3,5 @@\n"
+        '     "large",\n'
+        '     "small"\n'
+        "   ],\n"
+        '-  "default_model": "large"\n'
+        '+  "default_model": "small"\n'
+        " }\n"
+    )
+    code, out, err = await _signalbox(
+        "admin", "policy", "diff", "--tenant", "acme", "--from", "1", "--to", "2", env=env
+    )
+    assert code == 0, err
+    assert out.splitlines()[:2] == ["--- policy of acme v1", "+++ policy of acme v2"]
+    assert '+  "allowed_models": [\n' in out
+    assert '-  "default_model": "small"\n' in out
+    # Equal documents: no diff at all, like diff(1).
+    code, out, err = await _signalbox(
+        "admin", "policy", "diff", "--tenant", "acme", "--from", "1", "--to", "1", env=env
+    )
+    assert (code, out) == (0, ""), err
+    code, out, err = await _signalbox("admin", "--json", "policy", "diff", "--tenant", "acme", env=env)
+    assert code == 0, err
+    assert [int(v["version"]) for v in json.loads(out)["versions"]] == [2, 3]
+
+    code, _, err = await _signalbox("admin", "policy", "diff", "--tenant", "acme", "--from", "9", env=env)
+    assert code == 5
+    assert "NOT_FOUND" in err
+    await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(document="default_model: small"))
+    code, _, err = await _signalbox("admin", "policy", "diff", env=env)
+    assert code == 1
+    assert "no version before v1" in err
+
+
+async def test_route_explain_shows_each_drop_and_calls_no_provider(
+    control_plane: RunningControlPlane, admin: Admin, simulator: Simulator
+) -> None:
+    env = {"SIGNALBOX_ADMIN_TARGET": control_plane.address, "SIGNALBOX_ADMIN_TOKEN": control_plane.token}
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+    await admin.CreateProvider(
+        admin_pb2.CreateProviderRequest(
+            provider=admin_pb2.Provider(name="sim", type="simulated", base_url=f"{simulator.base_url}/v1")
+        )
+    )
+    for alias, caps in (("plain", [CHAT]), ("tooled", [CHAT, TOOLS])):
+        model = admin_pb2.Model(
+            alias=alias,
+            capabilities=caps,
+            deployments=[admin_pb2.Deployment(provider="sim", upstream_model=alias)],
+        )
+        await admin.CreateModel(admin_pb2.CreateModelRequest(model=model))
+    policy = "rules:\n  - name: agents\n    models: [plain, tooled]\n"
+    await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant="acme", document=policy))
+
+    code, out, err = await _signalbox(
+        "admin",
+        "route",
+        "explain",
+        "--tenant",
+        "acme",
+        "--capability",
+        "tools",
+        "--message",
+        "x" * 40,
+        env=env,
+    )
+    assert code == 0, err
+    assert out.splitlines()[1:4] == [
+        "rule          agents",
+        "strategy      priority",
+        "reason        rule 'agents': priority order",
+    ]
+    assert "input tokens  10 (estimated)\n" in out
+    assert "considered    plain, tooled\n" in out
+    assert "dropped       plain: lacks capability 'tools'\n" in out
+    assert "chosen        tooled@sim (deployment " in out
+    assert "fallback      (none)\n" in out
+    assert "split arm     (none)\n" in out
+    assert "shadow        (none)\n" in out
+    assert simulator.stats_json()["total"] == 0
+
+    code, out, err = await _signalbox(
+        "admin", "--json", "route", "explain", "--tenant", "acme", "--capability", "vision", env=env
+    )
+    assert code == 7, out
+    assert "FAILED_PRECONDITION: no allowed model has capability 'vision'" in err
+    assert simulator.stats_json()["total"] == 0
