@@ -302,6 +302,10 @@ class SnapshotStore:
             if version == hwm.version and current is not None and current.config.payload_sha256 == digest:
                 return ApplyResult(True, version, digest)
 
+        # Every rule's request-independent checks, once per applied snapshot, so the first
+        # request of each tenant is not the slow one. In a thread: for ten thousand tenants
+        # it takes seconds, and until it is published this config is nobody else's.
+        await asyncio.to_thread(prepare_routes, config, self._node)
         state = self._build(config, key_id)
         if persist:
             data = raw if raw is not None else envelope.SerializeToString()
@@ -349,9 +353,6 @@ class SnapshotStore:
                 unusable[provider.id] = f"adapter cannot be built: {exc}"
         for provider_id, why in unusable.items():
             log.warning("provider %s unusable in snapshot %d: %s", provider_id, config.version, why)
-        # Each rule's request-independent checks, done here (once per applied snapshot,
-        # off the request path) so the first request of each tenant is not the slow one.
-        prepare_routes(config, self._node)
         return ServingState(config, adapters, unusable, key_id, self._clock())
 
     async def _publish(self, state: ServingState) -> None:
