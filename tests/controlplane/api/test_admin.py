@@ -503,6 +503,15 @@ async def test_explain_route_sizes_the_request_and_matches_its_metadata(admin: A
     )
     assert (staging.decision.rule, staging.arm, staging.shadow) == ("default", "", "")
 
+    # Capabilities the content implies count as on a node: a tool definition needs tools.
+    with_tools = _asking("hi")
+    with_tools.tools.add(name="lookup")
+    code, message = await _code(
+        admin.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant="acme", request=with_tools))
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "capability 'tools'" in message
+
 
 async def test_a_viewer_token_may_read_but_not_change(
     control_plane: RunningControlPlane, admin: Admin
