@@ -105,6 +105,7 @@ class DataPlaneNode:
 
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
+        self._node_context = NodeContext(mode=settings.mode, site=settings.scope.site)
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._http: httpx.AsyncClient | None = None
@@ -183,6 +184,8 @@ class DataPlaneNode:
             client=self._http,
             allow_expired=s.allow_expired,
             on_change=self._on_snapshot,
+            # Routes are prepared for where this node really runs, as the pipeline plans them.
+            node=self._node_context,
         )
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._health.set(INFER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -225,7 +228,7 @@ class DataPlaneNode:
             self._store,
             Dispatcher(),
             self._evidence,
-            NodeContext(mode=s.mode, site=s.scope.site),
+            self._node_context,
         )
         server = grpc.aio.server(
             options=[

@@ -24,7 +24,7 @@ from controlplane.services.snapshots import SnapshotService
 from controlplane.services.tenants import TenantService
 from dataplane.api import convert as infer_convert
 from dataplane.api.pipeline import routing_to_proto
-from dataplane.api.service import _estimate_tokens as estimate_tokens
+from dataplane.api.service import estimate_tokens
 from dataplane.routing.router import NodeContext, RouteQuery, plan_route
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2

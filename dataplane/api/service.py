@@ -37,7 +37,7 @@ Result = TypeVar("Result")
 _CANCELLED = Outcome(grpc.StatusCode.CANCELLED, "caller cancelled the request", "Cancelled")
 
 
-def _estimate_tokens(chat: ChatRequest) -> int:
+def estimate_tokens(chat: ChatRequest) -> int:
     # A rough figure for routing only (about four characters per token); never billed.
     return sum(len(m.text) for m in chat.messages) // 4
 
@@ -136,7 +136,7 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
             task=request.task,
             data_classification=convert.data_class(request.data_classification),
             metadata=request.metadata,
-            estimated_input_tokens=_estimate_tokens(chat),
+            estimated_input_tokens=estimate_tokens(chat),
             max_output_tokens=chat.params.max_output_tokens,
             streaming=streaming,
             request_id=trace.correlation_id,

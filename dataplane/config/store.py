@@ -271,7 +271,9 @@ class SnapshotStore:
         pinned: bool = False,
     ) -> ApplyResult:
         try:
-            config, key_id = self.check(envelope)
+            # Compiling a large snapshot (10,000 tenants) takes seconds; in a worker
+            # thread the loop keeps serving the current snapshot meanwhile.
+            config, key_id = await asyncio.to_thread(self.check, envelope)
         except SnapshotCheckFailed as exc:
             version, digest = _peek(envelope)
             log.warning("snapshot %s rejected: %s", version or "?", exc.reason)

@@ -9,20 +9,25 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 import httpx
 
-from dataplane.app import DataPlaneNode
+from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.config.model import DeploymentMode
 from dataplane.evidence.log import log_path, read_records
 from dataplane.routing import policy as policy_module
+from dataplane.routing.router import NodeContext
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.simulator import Simulator
 from tests.controlplane.conftest import Admin
 from tests.e2e.conftest import NodeFactory
+from tests.fixtures.postgres import RunningControlPlane
 from tests.helpers import eventually
 
 TENANT = "acme"
@@ -158,3 +163,27 @@ async def test_a_fallback_is_carried_by_the_response_and_the_evidence(
         ("flaky", "server_error", 500),
         ("steady", "ok", None),
     ]
+
+
+async def test_an_on_prem_node_prepares_routes_for_its_own_mode_and_site(
+    admin: Admin, simulator: Simulator, control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    await _seed(admin, simulator)
+    settings = NodeSettings(
+        listen="127.0.0.1:0",
+        control_plane=control_plane.address,
+        trust_keys=(control_plane.trust_key_path,),
+        node_id="edge-on-prem",
+        data_dir=Path(tempfile.mkdtemp(prefix="edge-on-prem-", dir=private_tmp)),
+        mode=DeploymentMode.ON_PREM,
+        drain_seconds=2.0,
+    )
+    async with DataPlaneNode(settings) as node:
+        await _converged(admin, node)
+        config = node.store.require().config
+        policy = next(p for p in config.policies.values() if p.rules)
+        for rule in policy.rules:
+            entry = rule.memo.get(id(config.providers))
+            assert entry is not None, f"rule {rule.name!r} was not prepared"
+            # Prepared for where the node runs, so the pipeline's plans reuse it.
+            assert entry[1] == NodeContext(mode=DeploymentMode.ON_PREM, site="")
