@@ -102,14 +102,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="on SIGTERM, how long in-flight admin calls may finish",
         command=SERVE,
     )
-    add(
-        serve,
-        "--log-level",
-        env="SIGNALBOX_LOG_LEVEL",
-        default="INFO",
-        help="DEBUG, INFO, WARNING or ERROR",
-        command=SERVE,
-    )
+    settings.add_log_level(serve, command=SERVE)
     serve.set_defaults(handler=serve_command)
 
     bootstrap = sub.add_parser("bootstrap-admin", help="create an admin token; printed once")
@@ -139,19 +132,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     admin_cli.register(commands)
 
 
-def _log(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def serve_command(ns: argparse.Namespace) -> int:
     from controlplane.app import ControlPlane, ControlPlaneSettings
     from controlplane.errors import ControlPlaneError
     from signalbox.api.config.v1 import snapshot_pb2
 
-    _log(ns.log_level)
+    settings.configure_logging(ns.log_level)
     cp_settings = ControlPlaneSettings(
         listen=ns.listen,
         database_url=ns.database_url or None,

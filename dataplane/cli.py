@@ -155,14 +155,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="on SIGTERM, how long in-flight calls and streams may finish",
         command=SERVE,
     )
-    add(
-        serve,
-        "--log-level",
-        env="SIGNALBOX_LOG_LEVEL",
-        default="INFO",
-        help="DEBUG, INFO, WARNING or ERROR",
-        command=SERVE,
-    )
+    settings.add_log_level(serve, command=SERVE)
     serve.set_defaults(handler=serve_command)
 
     verify = sub.add_parser("verify", help="check a signed snapshot file against trust keys")
@@ -198,8 +191,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def serve_command(ns: argparse.Namespace) -> int:
     from dataplane.app import DataPlaneNode, NodeSettings
 
-    level = getattr(logging, str(ns.log_level).upper(), logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = settings.configure_logging(ns.log_level)
     # httpx logs every upstream request at INFO: per-request logging on the hot
     # path, so it is only shown when the node itself logs at DEBUG.
     for noisy in ("httpx", "httpcore"):

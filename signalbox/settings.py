@@ -47,3 +47,26 @@ def add(
         return
     value = default if raw is None else type(raw)
     parser.add_argument(flag, default=value, type=type, help=full_help)
+
+
+def add_log_level(parser: argparse.ArgumentParser, *, command: str) -> None:
+    """The ``--log-level`` setting every long-running command shares."""
+    add(
+        parser,
+        "--log-level",
+        env="SIGNALBOX_LOG_LEVEL",
+        default="INFO",
+        help="DEBUG, INFO, WARNING or ERROR",
+        command=command,
+    )
+
+
+def configure_logging(level_name: str) -> int:
+    """Set up the process's log format and level (unknown names mean INFO); return the level."""
+    import logging
+
+    level = getattr(logging, str(level_name).upper(), logging.INFO)
+    if not isinstance(level, int):
+        level = logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return level
