@@ -16,20 +16,13 @@ Messages never contain secrets: errors are built from names and ids only.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import grpc
 
+from signalbox.errors import Error
 
-class ControlPlaneError(Exception):
+
+class ControlPlaneError(Error):
     """Base of every error the control plane reports to a caller."""
-
-    status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
-    retryable: ClassVar[bool] = False
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class InvalidArgument(ControlPlaneError):

@@ -34,16 +34,11 @@ from typing import ClassVar
 
 import grpc
 
+from signalbox.errors import Error
 
-class SignalboxError(Exception):
+
+class SignalboxError(Error):
     """Base of every error the data plane reports to a caller."""
-
-    status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
-    retryable: ClassVar[bool] = False
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class InvalidRequest(SignalboxError):
