@@ -45,7 +45,7 @@ from dataplane.config.model import (
 )
 from dataplane.errors import CapabilityUnavailable
 from dataplane.routing.dispatch import Dispatcher
-from dataplane.routing.errors import NoEligibleCandidate
+from dataplane.errors import NoEligibleCandidate
 from dataplane.routing.health import HealthView
 from dataplane.routing.policy import CompiledPolicy, compile_policy
 from dataplane.routing.router import NodeContext, RouteQuery, plan_route, prepare_routes

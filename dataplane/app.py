@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import signal
 import socket
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,34 +31,25 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from dataplane.api.pipeline import Pipeline
 from dataplane.api.service import InferService
 from dataplane.config.model import DeploymentMode, Scope
-from dataplane.config.store import (
+from dataplane.errors import SnapshotFileInvalid
+from dataplane.evidence.log import EvidenceLog, log_path
+from dataplane.http_client import TransportName, build_http_client
+from dataplane.pipeline import Pipeline
+from dataplane.routing.dispatch import Dispatcher
+from dataplane.routing.query import NodeContext
+from dataplane.snapshot.store import (
     ServingState,
-    SnapshotFileInvalid,
     SnapshotStore,
     load_trust_keys,
 )
-from dataplane.config.sync_client import SyncClient
-from dataplane.evidence.log import EvidenceLog, log_path
-from dataplane.http_client import TransportName, build_http_client
-from dataplane.routing.dispatch import Dispatcher
-from dataplane.routing.router import NodeContext
+from dataplane.snapshot.sync_client import SyncClient
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 
 log = logging.getLogger("signalbox.dataplane")
 
 INFER_SERVICE = infer_pb2.DESCRIPTOR.services_by_name["InferService"].full_name
-
-
-def _skip_failing_sniffio_import() -> None:
-    """httpcore runs ``import sniffio`` on every request to tell trio from asyncio.
-    Without sniffio installed each of those is a failed import (a path scan costing
-    more CPU than the rest of the HTTP call's bookkeeping); a ``None`` entry in
-    ``sys.modules`` makes the same ImportError a dictionary lookup."""
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
 def default_node_id() -> str:
@@ -105,7 +94,12 @@ class DataPlaneNode:
 
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
-        self._node_context = NodeContext(mode=settings.mode, site=settings.scope.site)
+        self._node_context = NodeContext(
+            mode=settings.mode,
+            site=settings.scope.site,
+            deployment=settings.scope.deployment,
+            node_group=settings.scope.node_group,
+        )
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._http: httpx.AsyncClient | None = None
@@ -164,7 +158,6 @@ class DataPlaneNode:
 
     async def start(self) -> None:
         s = self.settings
-        _skip_failing_sniffio_import()
         trusted = load_trust_keys(s.trust_keys)
         if not trusted:
             log.warning("no trust key configured: this node will refuse every snapshot")
@@ -224,12 +217,7 @@ class DataPlaneNode:
         assert self._store is not None
         assert self._evidence is not None
         s = self.settings
-        pipeline = Pipeline(
-            self._store,
-            Dispatcher(),
-            self._evidence,
-            self._node_context,
-        )
+        pipeline = Pipeline(self._store, Dispatcher(), self._evidence)
         server = grpc.aio.server(
             options=[
                 # Two nodes must never silently share a port.

@@ -1,4 +1,4 @@
-"""Who is calling: the API key in ``authorization: Bearer <key>`` against the snapshot.
+"""Who is calling: the caller's API key (a front door reads it from its wire) against the snapshot.
 
 Keys are looked up by the SHA-256 of the secret, the only form the snapshot
 holds. Every failure is UNAUTHENTICATED, with a message that never echoes the key.
@@ -7,30 +7,16 @@ holds. Every failure is UNAUTHENTICATED, with a message that never echoes the ke
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dataplane.config.model import ApiKeyEntry, RuntimeConfig, TenantConfig
 from dataplane.errors import Unauthenticated
-
-_BEARER = "bearer "
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
     key: ApiKeyEntry
     tenant: TenantConfig
-
-
-def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
-    """The bearer token from gRPC invocation metadata, if any."""
-    for name, value in metadata or ():
-        if name == "authorization":
-            text = value.decode("latin-1") if isinstance(value, bytes) else value
-            if text[:7].lower() == _BEARER:
-                return text[7:].strip() or None
-            return None
-    return None
 
 
 def authenticate(config: RuntimeConfig, token: str | None, now: float) -> Caller:

@@ -1,6 +1,6 @@
 """The normalized, provider-neutral shape of chat and embedding calls.
 
-The Infer API converts to these types at its edge (``dataplane.api.convert``);
+The Infer API converts to these types at its edge (``dataplane.edge.infer``);
 every provider adapter translates between these and its own wire format.
 All values are immutable.
 """

@@ -18,8 +18,8 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from dataplane.config.model import DeploymentMode, Scope
-from dataplane.config.store import SnapshotCheckFailed, SnapshotFileInvalid, check_envelope, load_trust_keys
-from dataplane.evidence.log import EvidenceChainBroken
+from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotFileInvalid
+from dataplane.snapshot.store import check_envelope, load_trust_keys
 from signalbox import settings
 from signalbox.api.config.v1 import snapshot_pb2
 

@@ -9,8 +9,10 @@
     ├── CredentialUnavailable     FAILED_PRECONDITION (names the secret reference, never the value)
     ├── NoSnapshot                UNAVAILABLE         (node never had a valid snapshot)
     ├── EvidenceUnavailable       UNAVAILABLE         (the evidence record cannot be written)
-    ├── SnapshotRejected          FAILED_PRECONDITION (why a snapshot was NACKed)
-    ├── DeadlineExceeded          DEADLINE_EXCEEDED   (carries the attempts made)
+    ├── EvidenceChainBroken       DATA_LOSS           (the log does not verify; names the first bad line)
+    ├── NoEligibleCandidate       FAILED_PRECONDITION (every candidate dropped by a constraint;
+    │                                                  carries the drops and their reasons)
+    ├── DeadlineExceeded          DEADLINE_EXCEEDED
     ├── AllCandidatesFailed       UNAVAILABLE         (every candidate failed; when every attempt
     │                                                  failed the same way, that kind's status)
     └── ProviderError             one class per failure kind, see ``kind``
@@ -25,16 +27,34 @@
         ├── ContextTooLong        OUT_OF_RANGE        (a larger-window model may fit)
         └── UpstreamProtocolError UNAVAILABLE         retryable (malformed upstream output)
 
-The one place that turns these into gRPC statuses is ``dataplane.api.status``.
+Configuration that cannot be served (an admin's document, a snapshot, a file on
+disk) is not a caller's fault; these reach admins and NACK reasons, not callers:
+
+    SignalboxError
+    └── ConfigError               INVALID_ARGUMENT
+        ├── PolicyError           (names the JSON path in the policy document)
+        ├── SnapshotInvalid       (names the path of the offending snapshot entry)
+        ├── EnvelopeError         (the signed envelope is not acceptable; says why)
+        ├── SnapshotCheckFailed   FAILED_PRECONDITION (``reason`` is what the node NACKs with)
+        └── SnapshotFileInvalid   FAILED_PRECONDITION (a pinned/last-known-good file or the
+                                                       high-water mark cannot be trusted)
+
+signalbox.errors.Error
+└── DispatchFailed                the dispatcher's carrier: the caller-facing error (one of the
+                                  above) plus the attempts it made
+
+The one place that turns these into a status and message is ``dataplane.outcome``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 import grpc
 
 from signalbox.errors import Error
+
+A = TypeVar("A")
 
 
 class SignalboxError(Error):
@@ -85,8 +105,37 @@ class EvidenceUnavailable(SignalboxError):
     status = grpc.StatusCode.UNAVAILABLE
 
 
-class SnapshotRejected(SignalboxError):
+class EvidenceChainBroken(SignalboxError):
+    """The evidence log does not verify; the message names the first bad line."""
+
+    status = grpc.StatusCode.DATA_LOSS
+
+
+class NoEligibleCandidate(SignalboxError):
+    """The policy matched, but no candidate satisfies its constraints for this request."""
+
     status = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, dropped: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(message)
+        self.dropped = dropped
+
+
+class DispatchFailed(Error, Generic[A]):
+    """The dispatcher gave up: the caller-facing ``error`` plus the attempts it made.
+
+    Not a caller's error itself but a carrier (hence not a ``SignalboxError``):
+    ``dataplane.outcome`` reports the wrapped error.
+    """
+
+    def __init__(
+        self, error: Exception, attempts: list[A], skipped: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempts = attempts
+        self.skipped: list[tuple[str, str]] = skipped or []
+        """(``alias@provider``, why) for candidates passed over without an attempt."""
 
 
 class DeadlineExceeded(SignalboxError):
@@ -173,3 +222,50 @@ class UpstreamProtocolError(ProviderError):
     kind = "protocol_error"
     status = grpc.StatusCode.UNAVAILABLE
     retryable = True
+
+
+# ---- configuration that cannot be served
+
+
+class ConfigError(SignalboxError):
+    """Configuration (a document, a snapshot, a file) that cannot be served."""
+
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class PolicyError(ConfigError):
+    """The document is invalid at ``path`` (a JSON path such as ``$.rules[0].weights``)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class SnapshotInvalid(ConfigError):
+    """The payload cannot be served; ``path`` names the offending entry."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class EnvelopeError(ConfigError):
+    """The envelope is not acceptable; the message says why."""
+
+
+class SnapshotCheckFailed(ConfigError):
+    """A snapshot failed a check; ``reason`` is what the node NACKs with."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SnapshotFileInvalid(ConfigError):
+    """A snapshot file (last-known-good or pin) or the high-water mark cannot be trusted."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION

@@ -22,10 +22,13 @@ from controlplane.services.policies import PolicyService
 from controlplane.services.providers import ProviderService
 from controlplane.services.snapshots import SnapshotService
 from controlplane.services.tenants import TenantService
-from dataplane.api import convert as infer_convert
-from dataplane.api.pipeline import routing_to_proto
-from dataplane.api.service import estimate_tokens
-from dataplane.routing.router import NodeContext, RouteQuery, plan_route
+from dataplane.config.model import DeploymentMode
+from dataplane.edge import infer as edge
+from dataplane.routing.planner import plan_request
+from dataplane.routing.query import NodeContext, query_for
+from dataplane.routing.table import build_route_table
+from dataplane.snapshot.compile import MODE_FROM_PROTO
+from dataplane.validation import validate
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -210,28 +213,35 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ExplainRouteResponse:
         _require("tenant", request.tenant)
         config, tenant = await self._snapshots.runtime_for(request.tenant)
+        node = await self._node_context(request)
         req = request.request
-        # Read exactly as a node reads an InferRequest, so the dry run decides alike.
-        chat = infer_convert.chat_request_from_proto(req)
-        tokens = estimate_tokens(chat)
-        query = RouteQuery(
-            tenant=tenant,
-            model=req.model,
-            capabilities=infer_convert.capabilities_needed(req, chat),
-            task=req.task,
-            data_classification=infer_convert.data_class(req.data_classification),
-            metadata=dict(req.metadata),
-            estimated_input_tokens=tokens,
-            max_output_tokens=chat.params.max_output_tokens,
-            request_id=req.correlation_id,
-        )
-        plan = plan_route(config, query, NodeContext())
+        # Read, checked and routed exactly as a node would: same conversion, same
+        # validation, same query, same planner, same filters.
+        chat, hints = edge.decode_chat(req)
+        validate(chat)
+        query = query_for(tenant, chat, hints, request_id=req.correlation_id)
+        plan = plan_request(build_route_table(config, node, tenants=(tenant.id,)), query)
         return admin_pb2.ExplainRouteResponse(
-            decision=routing_to_proto(plan, plan.chosen, []),
+            decision=edge.routing_to_proto(plan, plan.chosen, []),
             plan=[c.label for c in plan.ordered],
             arm=plan.arm,
             shadow=plan.shadow.label if plan.shadow is not None else "",
-            estimated_input_tokens=tokens,
+            estimated_input_tokens=query.estimated_input_tokens,
+        )
+
+    async def _node_context(self, request: admin_pb2.ExplainRouteRequest) -> NodeContext:
+        """The node to decide as: what the request names, else the fleet's (see the proto)."""
+        mode = MODE_FROM_PROTO.get(request.mode)
+        if mode is None:
+            declared = {MODE_FROM_PROTO.get(n.mode) for n in await self._nodes.list()}
+            only = declared.pop() if len(declared) == 1 else None
+            mode = only if only is not None else DeploymentMode.CLOUD
+        scope = self._snapshots.uow.publisher.scope
+        return NodeContext(
+            mode=mode,
+            site=request.site or scope.site,
+            deployment=request.deployment or scope.deployment,
+            node_group=request.node_group or scope.node_group,
         )
 
     # ---- nodes and snapshots ----

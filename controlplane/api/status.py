@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import grpc
 
-from controlplane.errors import ControlPlaneError
-from dataplane.config.compile import SnapshotInvalid
-from dataplane.errors import SignalboxError
+from dataplane.errors import SnapshotInvalid
+from signalbox.errors import Error
 
 # Checked in order: the first matching class decides. Errors that know their own
 # status (ours and the data plane's, reached through ExplainRoute) carry it.
 _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode | None], ...] = (
-    (ControlPlaneError, None),
-    (SignalboxError, None),
     # The stored snapshot no longer compiles with this build's data-plane code.
     (SnapshotInvalid, grpc.StatusCode.FAILED_PRECONDITION),
+    (Error, None),
 )
 
 

@@ -13,7 +13,8 @@ from controlplane.db.models import Policy
 from controlplane.errors import ConfigRejected, InvalidArgument, NotFound
 from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, UnitOfWork
-from dataplane.routing import policy
+from dataplane.errors import PolicyError
+from dataplane.policy import language
 
 _DOCUMENT_PATH = re.compile(r"^\$\.policies\[\d+\]\.document")
 
@@ -30,12 +31,12 @@ def parse_document(text: str) -> str:
     if not text.strip():
         raise InvalidArgument("document", "must not be empty")
     try:
-        document = policy.parse_document(text)
+        document = language.parse_document(text)
         if not isinstance(document, dict):
-            raise policy.PolicyError("$", "a policy document must be an object")
-        policy.validate_document(document)
-    except policy.PolicyError as exc:
-        raise InvalidArgument(document_field(exc.path), exc.message) from exc
+            raise PolicyError("$", "a policy document must be an object")
+        language.validate_document(document)
+    except PolicyError as exc:
+        raise InvalidArgument(document_field(exc.path), exc.problem) from exc
     try:
         return canonical_json(document)
     except (TypeError, ValueError) as exc:

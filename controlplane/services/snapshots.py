@@ -11,8 +11,8 @@ from controlplane.repositories import config as config_repo
 from controlplane.repositories import snapshots as repo
 from controlplane.repositories.config import lock_config
 from controlplane.services.base import SYSTEM, UnitOfWork
-from dataplane.config.compile import compile_payload
 from dataplane.config.model import RuntimeConfig, TenantConfig
+from dataplane.snapshot.compile import compile_payload
 
 
 @dataclass(slots=True)

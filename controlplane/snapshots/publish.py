@@ -19,8 +19,9 @@ from controlplane.errors import ConfigRejected
 from controlplane.keys import Signer, trusted_keys
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.snapshots.build import build_snapshot
-from dataplane.config.compile import SnapshotInvalid, compile_payload
 from dataplane.config.model import RuntimeConfig
+from dataplane.errors import SnapshotInvalid
+from dataplane.snapshot.compile import compile_payload
 from signalbox.api.config.v1 import snapshot_pb2
 
 NOTIFY_CHANNEL = "signalbox_snapshots"
@@ -41,7 +42,7 @@ def check(payload: bytes) -> RuntimeConfig:
     try:
         return compile_payload(payload)
     except SnapshotInvalid as exc:
-        raise ConfigRejected(exc.path, exc.message) from exc
+        raise ConfigRejected(exc.path, exc.problem) from exc
 
 
 @dataclass(frozen=True, slots=True)

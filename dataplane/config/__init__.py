@@ -1,2 +1,1 @@
-"""Snapshot handling on the node: verify the envelope, compile the payload into
-``RuntimeConfig``, hold it for requests, persist the last-known-good."""
+"""The compiled, immutable configuration a node serves from: plain frozen data, no behaviour."""

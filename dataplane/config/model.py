@@ -1,6 +1,6 @@
 """The compiled, immutable configuration a node serves from.
 
-Built from a verified snapshot payload in one place (``dataplane.config.compile``)
+Built from a verified snapshot payload in one place (``dataplane.snapshot.compile``)
 and swapped atomically: a request reads one ``RuntimeConfig`` from start to end.
 """
 
@@ -9,10 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from dataplane.routing.policy import CompiledPolicy
 
 
 class Capability(StrEnum):
@@ -124,6 +120,157 @@ class Scope:
     deployment: str = ""
     node_group: str = ""
     site: str = ""
+
+
+# ---------------------------------------------------------------------------
+# Compiled routing policies (``dataplane.policy.compiler`` builds them from documents).
+
+
+class Strategy(StrEnum):
+    PRIORITY = "priority"
+    """The listed order; later models are the fallbacks."""
+    CHEAPEST = "cheapest"
+    """Lowest estimated cost for this request first."""
+    LATENCY = "latency"
+    """Lowest observed latency (EWMA per deployment) first."""
+    WEIGHTED = "weighted"
+    """One arm chosen by a stable hash of the sticky key; the other arms follow."""
+
+
+DEFAULT_FALLBACK_ON = frozenset(
+    {"server_error", "rate_limited", "timeout", "overloaded", "protocol_error", "context_too_long"}
+)
+"""Content filtering is opt-in: another model answering what one refused is a policy decision."""
+
+
+DEFAULT_OUTPUT_TOKENS = 1024
+"""Output tokens assumed for cost estimates when neither request nor model gives a maximum."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """How the dispatcher retries and falls back for requests routed by a rule."""
+
+    max_attempts: int = 3
+    """Attempts in total, over every candidate, for one request."""
+    attempts_per_deployment: int = 2
+    """Tries of one deployment at most. The candidates are each tried once first;
+    a deployment is tried again (after a backoff) only once every other
+    candidate has been tried, and only after a retryable error."""
+    backoff_base_ms: int = 100
+    """First backoff ceiling; doubles per retry, full jitter (uniform in [0, ceiling])."""
+    backoff_cap_ms: int = 2000
+    """Largest backoff ceiling."""
+    fallback_on: frozenset[str] = DEFAULT_FALLBACK_ON
+    """Error kinds after which the next candidate is tried; any other error ends the request."""
+
+
+DEFAULT_RETRY = RetrySettings()
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    """What every candidate must satisfy; candidates failing one are dropped, with the reason."""
+
+    max_cost_nanos: int | None = None
+    """Estimated cost of the request in nano-USD; ``None``: no limit."""
+    max_latency_ms: int | None = None
+    regions: frozenset[str] | None = None
+    """Provider regions allowed; ``None``: any."""
+    jurisdictions: frozenset[str] | None = None
+    allow_egress: bool = False
+    """Whether an on-prem node may dispatch to providers outside its premises."""
+    certification_required_from: DataClass | None = DataClass.INTERNAL
+    """Requests classified at or above this need a model certified for their class
+    (or a stricter one); ``None``: never required."""
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """When a rule applies. Every given field must match; an absent one matches anything."""
+
+    tiers: frozenset[str] | None = None
+    tasks: frozenset[str] | None = None
+    metadata: tuple[tuple[str, frozenset[str]], ...] = ()
+    capabilities: frozenset[Capability] = frozenset()
+    """The request must require all of these."""
+    data_classes: frozenset[DataClass] | None = None
+    regions: frozenset[str] | None = None
+    jurisdictions: frozenset[str] | None = None
+
+
+MATCH_ALL = Match()
+DEFAULT_CONSTRAINTS = Constraints()
+
+
+@dataclass(frozen=True, slots=True)
+class PricedModel:
+    """A candidate model with what routing needs precomputed."""
+
+    model: ModelConfig
+    in_price: int
+    out_price: int
+    default_output: int
+    certified_up_to: DataClass
+    """The most sensitive class the model is certified for (UNSPECIFIED: none)."""
+
+    @classmethod
+    def of(cls, m: ModelConfig) -> PricedModel:
+        return cls(
+            m,
+            m.input_price_nanos_per_mtok,
+            m.output_price_nanos_per_mtok,
+            m.max_output_tokens or DEFAULT_OUTPUT_TOKENS,
+            max(m.certified_for, default=DataClass.UNSPECIFIED),
+        )
+
+    def estimated_cost_nanos(self, input_tokens: int, max_output: int | None) -> int:
+        out = max_output if max_output is not None else self.default_output
+        return (input_tokens * self.in_price + out * self.out_price) // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    model: PricedModel
+    share: float
+    """Fraction of requests mirrored, chosen by a stable hash of the sticky key."""
+    key: str = ""
+    """What the share is drawn from; empty: the rule's sticky key, else the request id."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    name: str
+    match: Match
+    strategy: Strategy
+    candidates: tuple[PricedModel, ...]
+    """In priority order (the strategy may reorder them per request)."""
+    fallbacks: tuple[PricedModel, ...] = ()
+    """Tried after every candidate, in this order, whatever the strategy."""
+    cumulative_weights: tuple[float, ...] = ()
+    """For ``weighted``: running sums of the candidates' weights, normalised to end at 1.0."""
+    sticky_key: str = ""
+    shadow: Shadow | None = None
+    constraints: Constraints = Constraints()
+    retry: RetrySettings = RetrySettings()
+    considered: tuple[str, ...] = ()
+    """Aliases of candidates then fallbacks, for explanations (computed once)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    policy_id: str
+    tenant_id: str
+    version: int
+    default_model: str | None
+    allowed_models: frozenset[str] | None
+    """None: every model in the registry is allowed."""
+    rules: tuple[CompiledRule, ...] = ()
+    """Checked in order; the first that matches routes the request."""
+    default_rule: CompiledRule | None = None
+    """The route when no rule matches; ``None`` means: default model, then allowed models by name."""
+    constraints: Constraints = Constraints()
+    retry: RetrySettings = RetrySettings()
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from dataplane.errors import EvidenceChainBroken
+
 log = logging.getLogger("signalbox.dataplane.evidence")
 
 GENESIS_HASH = "0" * 64
@@ -37,10 +39,6 @@ GENESIS_HASH = "0" * 64
 
 _TAIL_CHUNK = 64 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
-
-
-class EvidenceChainBroken(Exception):
-    """The log does not verify; the message names the first bad line."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,14 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from dataplane.chat import StreamChunk
-from dataplane.errors import AllCandidatesFailed, DeadlineExceeded, ProviderError, UpstreamTimeout
+from dataplane.errors import (
+    AllCandidatesFailed,
+    DeadlineExceeded,
+    DispatchFailed,
+    ProviderError,
+    UpstreamTimeout,
+)
+from dataplane.routing.candidate import Candidate
 from dataplane.routing.health import (
     DEFAULT_BREAKER,
     FAILURE_KINDS,
@@ -42,7 +49,7 @@ from dataplane.routing.health import (
     DeploymentHealth,
     DeploymentState,
 )
-from dataplane.routing.router import Candidate, RoutePlan
+from dataplane.routing.query import RoutePlan
 
 T = TypeVar("T")
 
@@ -61,19 +68,6 @@ class AttemptRecord:
     """The upstream's Retry-After, when it sent one."""
     backoff_ms: int = 0
     """Time slept before this attempt."""
-
-
-class DispatchFailed(Exception):
-    """Wraps the caller-facing error with the attempts made."""
-
-    def __init__(
-        self, error: Exception, attempts: list[AttemptRecord], skipped: list[tuple[str, str]] | None = None
-    ) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.attempts = attempts
-        self.skipped: list[tuple[str, str]] = skipped or []
-        """(``alias@provider``, why) for candidates passed over without an attempt."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from dataplane.config.envelope import verify
+from dataplane.snapshot.envelope import verify
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from tests.fixtures.postgres import RunningControlPlane

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dataplane.config.envelope import verify
+from dataplane.snapshot.envelope import verify
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2

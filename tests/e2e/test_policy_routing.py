@@ -19,8 +19,7 @@ import httpx
 from dataplane.app import DataPlaneNode, NodeSettings
 from dataplane.config.model import DeploymentMode
 from dataplane.evidence.log import log_path, read_records
-from dataplane.routing import policy as policy_module
-from dataplane.routing.router import NodeContext
+from dataplane.routing.query import NodeContext
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
@@ -90,18 +89,17 @@ async def test_routes_are_prepared_when_the_snapshot_is_applied(
     await _seed(admin, simulator)
     node = await connected_node("edge-prepared")
     await _converged(admin, node)
-    config = node.store.require().config
-    policy = next(p for p in config.policies.values() if p.rules)
-    rules = [*policy.rules, *([policy.default_rule] if policy.default_rule else [])]
-    assert [r.name for r in rules] == ["with-tools", "default"]
-    # No request has been made: the rows were built by the store's apply.
-    for rule in rules:
-        entry = rule.memo.get(id(config.providers))
-        assert entry is not None, f"rule {rule.name!r} was not prepared"
-        assert entry[0] is config.providers
-    # Compiled against the snapshot's own index, not the module's shared last one.
-    last = policy_module._last.index
-    assert last is None or last.models is not config.models
+    state = node.store.require()
+    config = state.config
+    tenant_id, policy = next((t, p) for t, p in config.policies.items() if p.rules)
+    # No request has been made: the routes were built by the store's apply, for this node.
+    routes = state.routes.policies[tenant_id]
+    assert routes.policy is policy
+    assert [r.rule.name for r in (*routes.rules, routes.default)] == ["with-tools", "default"]
+    for prepared in (*routes.rules, routes.default):
+        assert len(prepared.rows.rows) == len(prepared.rule.candidates), prepared.rule.name
+    assert state.routes.config is config
+    assert state.routes.node.site == node.settings.scope.site
     assert simulator.stats_json()["total"] == 0
 
 
@@ -180,10 +178,9 @@ async def test_an_on_prem_node_prepares_routes_for_its_own_mode_and_site(
     )
     async with DataPlaneNode(settings) as node:
         await _converged(admin, node)
-        config = node.store.require().config
-        policy = next(p for p in config.policies.values() if p.rules)
-        for rule in policy.rules:
-            entry = rule.memo.get(id(config.providers))
-            assert entry is not None, f"rule {rule.name!r} was not prepared"
-            # Prepared for where the node runs, so the pipeline's plans reuse it.
-            assert entry[1] == NodeContext(mode=DeploymentMode.ON_PREM, site="")
+        state = node.store.require()
+        tenant_id = next(t for t, p in state.config.policies.items() if p.rules)
+        routes = state.routes.policies[tenant_id]
+        assert [r.rule.name for r in routes.rules] == [r.name for r in routes.policy.rules]
+        # Prepared for where the node runs, so the pipeline's plans use it.
+        assert state.routes.node == NodeContext(mode=DeploymentMode.ON_PREM, site="")

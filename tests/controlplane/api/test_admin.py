@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from controlplane.services.admin import READ_ONLY_METHODS
-from dataplane.config.envelope import verify
+from dataplane.snapshot.envelope import verify
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2

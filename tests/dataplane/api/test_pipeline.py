@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 
 from dataplane import errors
-from dataplane.api.pipeline import cost_of
-from dataplane.api.status import to_status
+from dataplane.accounting import cost_of
 from dataplane.chat import Usage
 from dataplane.config.model import ModelConfig
+from dataplane.outcome import to_status
 
 
 def _model(input_price: int, output_price: int, cached_price: int = 0) -> ModelConfig:

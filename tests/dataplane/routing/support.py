@@ -18,9 +18,9 @@ from dataplane.config.model import (
     Scope,
     TenantConfig,
 )
+from dataplane.policy.compiler import compile_policy
 from dataplane.providers.base import ProviderAdapter
-from dataplane.routing.policy import compile_policy
-from dataplane.routing.router import Candidate
+from dataplane.routing.candidate import Candidate
 
 HELLO = ChatRequest(messages=(Message(Role.USER, (TextPart("hello"),)),))
 CHAT = frozenset({Capability.CHAT, Capability.STREAMING})

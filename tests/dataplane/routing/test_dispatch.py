@@ -22,9 +22,12 @@ from dataplane.errors import (
     UpstreamUnavailable,
 )
 from dataplane.providers.base import ProviderAdapter, build_adapter
+from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import Dispatcher, DispatchFailed, ShadowOutcome
 from dataplane.routing.health import BreakerSettings, BreakerState
-from dataplane.routing.router import Candidate, NodeContext, RoutePlan, RouteQuery, plan_route
+from dataplane.routing.planner import plan_route
+from dataplane.routing.query import RoutePlan, RouteQuery
+from dataplane.routing.table import build_route_table
 from signalbox.simulator import Behaviour, Simulator
 from tests.helpers import eventually
 
@@ -65,15 +68,15 @@ class Stack:
             model("large", ("large-b", "pb"), context_window=128_000),
         ]
         self.config = runtime(models, [pa, pb], {TENANT.id: policy}, [TENANT])
+        self.table = build_route_table(self.config)
         self.adapters: dict[str, ProviderAdapter] = {p.id: build_adapter(p, http, None) for p in (pa, pb)}
         self.dispatcher = dispatcher
         self.attempt = completer(self.adapters)
 
     def plan(self, request_id: str = "r", *, health: bool = True, **query: Any) -> RoutePlan:
         return plan_route(
-            self.config,
+            self.table,
             RouteQuery(TENANT, request_id=request_id, **query),
-            NodeContext(),
             self.dispatcher.health if health else None,
         )
 

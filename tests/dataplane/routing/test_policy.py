@@ -7,16 +7,10 @@ from typing import Any
 
 import pytest
 
-from dataplane.config.model import Capability, DataClass, ModelConfig
-from dataplane.routing.policy import (
-    DEFAULT_FALLBACK_ON,
-    PolicyError,
-    Strategy,
-    compile_policy,
-    parse_document,
-    schema,
-    validate_document,
-)
+from dataplane.config.model import DEFAULT_FALLBACK_ON, Capability, DataClass, ModelConfig, Strategy
+from dataplane.errors import PolicyError
+from dataplane.policy.compiler import ModelIndex, compile_policy
+from dataplane.policy.language import parse_document, schema, validate_document
 
 from .support import model
 
@@ -116,10 +110,14 @@ def test_defaults_make_content_filter_fallback_opt_in() -> None:
 
 
 def test_equal_constraints_are_shared_between_tenants() -> None:
-    # The router memoises per constraints object: sharing is what makes 10,000 tenants cheap.
+    # Policies compiled against one registry index share equal values: 10,000 tenants
+    # written from a few templates keep a few objects alive.
     doc = {"constraints": {"regions": ["eu-west-1"]}, "rules": [{"models": ["sim-fast"]}]}
-    a = compile_policy(doc, MODELS, policy_id="a", tenant_id="a", version=1)
-    b = compile_policy(json.loads(json.dumps(doc)), MODELS, policy_id="b", tenant_id="b", version=1)
+    index = ModelIndex(MODELS)
+    a = compile_policy(doc, MODELS, policy_id="a", tenant_id="a", version=1, index=index)
+    b = compile_policy(
+        json.loads(json.dumps(doc)), MODELS, policy_id="b", tenant_id="b", version=1, index=index
+    )
     assert a.rules[0].constraints is b.rules[0].constraints
 
 

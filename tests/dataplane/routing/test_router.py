@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from dataplane.errors import NoEligibleCandidate
 
 from dataplane.config.model import (
     Capability,
@@ -18,9 +19,10 @@ from dataplane.config.model import (
 )
 from dataplane.errors import CapabilityUnavailable, NotFound, PermissionDenied
 from dataplane.routing.dispatch import Dispatcher
-from dataplane.routing.errors import NoEligibleCandidate
 from dataplane.routing.health import BreakerSettings
-from dataplane.routing.router import NodeContext, RouteQuery, plan_route, prepare_routes
+from dataplane.routing.planner import plan_route
+from dataplane.routing.query import NodeContext, RouteQuery
+from dataplane.routing.table import build_route_table
 
 from .support import FakeClock, model, provider, runtime
 
@@ -77,7 +79,8 @@ def plan(cfg: RuntimeConfig, **query: Any) -> Any:
     node = query.pop("node", NodeContext())
     health = query.pop("health", None)
     query.setdefault("tenant", GOLD)
-    return plan_route(cfg, RouteQuery(**query), node, health)
+    only = query.pop("only", None)
+    return plan_route(build_route_table(cfg, node, only), RouteQuery(**query), health)
 
 
 def labels(p: Any) -> list[str]:
@@ -112,12 +115,11 @@ def test_a_policy_without_allowed_models_may_use_the_whole_registry() -> None:
     assert plan(cfg, capabilities=frozenset({Capability.VISION})).chosen.model.alias == "gpt-4o"
 
 
-def test_prepared_routes_decide_exactly_like_cold_ones() -> None:
+def test_a_table_for_one_tenant_decides_exactly_like_the_whole_one() -> None:
+    # ExplainRoute builds routes for one tenant only; a node builds them all.
     policy = {"rules": [{"models": ["sim-fast", "local"], "constraints": {"regions": ["eu-west-1", "a"]}}]}
     cold = plan(config(policy), request_id="r")
-    warm_cfg = config(policy)
-    prepare_routes(warm_cfg, NodeContext())
-    warm = plan(warm_cfg, request_id="r")
+    warm = plan(config(policy), request_id="r", only=[GOLD.id])
     assert labels(warm) == labels(cold)
     assert warm.dropped == cold.dropped
 
@@ -387,7 +389,7 @@ def test_on_prem_node_needs_the_policy_to_allow_egress() -> None:
 
 
 def test_a_changed_provider_is_seen_by_the_next_snapshot() -> None:
-    # The static checks are memoised; a new config must never be answered from an old entry.
+    # A new snapshot gets a new route table: nothing is carried over from the old one.
     policy = {"rules": [{"models": ["sim-fast"], "constraints": {"regions": ["eu-west-1"]}}]}
     cfg = config(policy)
     assert labels(plan(cfg)) == ["fast-eu"]

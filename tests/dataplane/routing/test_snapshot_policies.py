@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from dataplane.config.compile import SnapshotInvalid, compile_snapshot
-from dataplane.routing.router import RouteQuery, plan_route
+from dataplane.routing.planner import plan_route
+from dataplane.routing.query import RouteQuery
+from dataplane.routing.table import build_route_table
+from dataplane.snapshot.compile import SnapshotInvalid, compile_snapshot
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -46,7 +48,7 @@ def test_a_compiled_snapshot_routes_by_its_policy() -> None:
     }
     config = compile_snapshot(snapshot(document), b"\0" * 32)
     tenant = config.tenants["t1"]
-    reviewed = plan_route(config, RouteQuery(tenant, task="review"))
+    reviewed = plan_route(build_route_table(config), RouteQuery(tenant, task="review"))
     assert (reviewed.policy_id, reviewed.policy_version, reviewed.rule) == ("pol-1", 2, "rules[0]")
     assert [c.model.alias for c in reviewed.ordered] == ["gpt-4o", "sim-fast"]
-    assert plan_route(config, RouteQuery(tenant)).chosen.model.alias == "sim-fast"
+    assert plan_route(build_route_table(config), RouteQuery(tenant)).chosen.model.alias == "sim-fast"

@@ -966,7 +966,19 @@ class ExplainRouteRequest(_message.Message):
 
     TENANT_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    NODE_GROUP_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
+    mode: _common_pb2.DeploymentMode.ValueType
+    """The node to decide as. Unspecified mode: the mode every registered node
+    declares (cloud when they differ or none is registered); empty site,
+    deployment, node group: the control plane's own scope.
+    """
+    site: _builtins.str
+    deployment: _builtins.str
+    node_group: _builtins.str
     @_builtins.property
     def request(self) -> _infer_pb2.InferRequest: ...
     def __init__(
@@ -974,10 +986,14 @@ class ExplainRouteRequest(_message.Message):
         *,
         tenant: _builtins.str = ...,
         request: _infer_pb2.InferRequest | None = ...,
+        mode: _common_pb2.DeploymentMode.ValueType = ...,
+        site: _builtins.str = ...,
+        deployment: _builtins.str = ...,
+        node_group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "mode", b"mode", "node_group", b"node_group", "request", b"request", "site", b"site", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

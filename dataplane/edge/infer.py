@@ -1,4 +1,7 @@
-"""Protobuf <-> ``dataplane.chat``: the one place the Infer API's messages are translated.
+"""Infer API protobuf <-> plain values: the one place the Infer API's messages are translated.
+
+Used by the node's gRPC front door (``dataplane.api``) and by the control plane's
+ExplainRoute, so a dry run reads a request exactly as a node does.
 
 Inbound conversion parses the JSON the API carries as text (tool schemas, tool
 call arguments, response schemas) and raises ``InvalidRequest`` naming the field
@@ -10,11 +13,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dataplane.accounting import Cost
 from dataplane.chat import (
     ChatRequest,
     ChatResponse,
     ContentPart,
     EmbedRequest,
+    EmbedResponse,
     FinishReason,
     GenerationParams,
     ImagePart,
@@ -29,9 +34,13 @@ from dataplane.chat import (
     ToolDefinition,
     Usage,
 )
-from dataplane.config.compile import CAPABILITY_FROM_PROTO
-from dataplane.config.model import Capability, DataClass
+from dataplane.config.model import DataClass
 from dataplane.errors import InvalidRequest
+from dataplane.pipeline.call import Opened, Served, StreamEvent
+from dataplane.routing.candidate import Candidate
+from dataplane.routing.dispatch import AttemptRecord
+from dataplane.routing.query import Hints, RoutePlan
+from dataplane.snapshot.compile import CAPABILITY_FROM_PROTO
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2
 
@@ -161,19 +170,24 @@ def embed_request_from_proto(request: infer_pb2.EmbedRequest) -> EmbedRequest:
     return EmbedRequest(tuple(request.inputs), request.dimensions if request.HasField("dimensions") else None)
 
 
-def capabilities_needed(request: infer_pb2.InferRequest, chat: ChatRequest) -> frozenset[Capability]:
-    """What the request needs from a model: the caller's list plus what its content implies."""
-    needed = {CAPABILITY_FROM_PROTO[c] for c in request.required_capabilities if c in CAPABILITY_FROM_PROTO}
-    if chat.tools:
-        needed.add(Capability.TOOLS)
-    if chat.response_format is not None:
-        if chat.response_format.type == "json_object":
-            needed.add(Capability.JSON_MODE)
-        elif chat.response_format.type == "json_schema":
-            needed.add(Capability.JSON_SCHEMA)
-    if any(isinstance(part, ImagePart) for m in chat.messages for part in m.content):
-        needed.add(Capability.VISION)
-    return frozenset(needed)
+def hints_from_proto(request: infer_pb2.InferRequest | infer_pb2.EmbedRequest) -> Hints:
+    """What the request says to routing besides its content."""
+    required = getattr(request, "required_capabilities", ())
+    return Hints(
+        model=request.model,
+        task=request.task,
+        data_classification=data_class(request.data_classification),
+        metadata=request.metadata,
+        capabilities=frozenset(CAPABILITY_FROM_PROTO[c] for c in required if c in CAPABILITY_FROM_PROTO),
+    )
+
+
+def decode_chat(request: infer_pb2.InferRequest) -> tuple[ChatRequest, Hints]:
+    return chat_request_from_proto(request), hints_from_proto(request)
+
+
+def decode_embed(request: infer_pb2.EmbedRequest) -> tuple[EmbedRequest, Hints]:
+    return embed_request_from_proto(request), hints_from_proto(request)
 
 
 def data_class(value: int) -> DataClass:
@@ -214,8 +228,103 @@ def usage_to_proto(usage: Usage | None) -> common_pb2.Usage:
     )
 
 
-def chat_response_message(response: ChatResponse) -> infer_pb2.Message:
-    return message_to_proto(response.message)
+def cost_to_proto(cost: Cost) -> common_pb2.Cost:
+    return common_pb2.Cost(
+        currency="USD",
+        input_nanos=cost.input_nanos,
+        output_nanos=cost.output_nanos,
+        total_nanos=cost.total_nanos,
+    )
+
+
+def provider_name(candidate: Candidate) -> str:
+    return candidate.provider.name or candidate.provider.id
+
+
+def answer_to_proto(served: Served[ChatResponse]) -> infer_pb2.InferResponse:
+    result, candidate = served.result, served.candidate
+    return infer_pb2.InferResponse(
+        message=message_to_proto(result.message),
+        finish_reason=FINISH_TO_PROTO[result.finish_reason],
+        usage=usage_to_proto(result.usage),
+        cost=cost_to_proto(served.cost),
+        model=candidate.model.alias,
+        provider=provider_name(candidate),
+        routing=routing_to_proto(served.plan, candidate, served.attempts),
+        correlation_id=served.correlation_id,
+        evidence_id=served.evidence_id,
+        snapshot_version=served.snapshot_version,
+    )
+
+
+def embedding_to_proto(served: Served[EmbedResponse]) -> infer_pb2.EmbedResponse:
+    candidate = served.candidate
+    response = infer_pb2.EmbedResponse(
+        usage=usage_to_proto(served.result.usage),
+        cost=cost_to_proto(served.cost),
+        model=candidate.model.alias,
+        provider=provider_name(candidate),
+        routing=routing_to_proto(served.plan, candidate, served.attempts),
+        correlation_id=served.correlation_id,
+        evidence_id=served.evidence_id,
+        snapshot_version=served.snapshot_version,
+    )
+    for i, vector in enumerate(served.result.vectors):
+        response.embeddings.add(index=i, values=vector)
+    return response
+
+
+def stream_event_to_proto(event: StreamEvent) -> infer_pb2.InferStreamEvent:
+    if isinstance(event, StreamChunk):
+        return delta_to_proto(event)
+    if isinstance(event, Opened):
+        return infer_pb2.InferStreamEvent(
+            start=infer_pb2.StreamStart(
+                correlation_id=event.correlation_id,
+                model=event.candidate.model.alias,
+                provider=provider_name(event.candidate),
+            )
+        )
+    return infer_pb2.InferStreamEvent(
+        end=infer_pb2.StreamEnd(
+            finish_reason=FINISH_TO_PROTO[event.finish_reason],
+            usage=usage_to_proto(event.usage),
+            cost=cost_to_proto(event.cost),
+            routing=routing_to_proto(event.plan, event.candidate, event.attempts),
+            snapshot_version=event.snapshot_version,
+            evidence_id=event.evidence_id,
+        )
+    )
+
+
+def routing_to_proto(
+    plan: RoutePlan, candidate: Candidate | None, attempts: list[AttemptRecord]
+) -> infer_pb2.RoutingDecision:
+    """The routing summary callers receive."""
+    decision = infer_pb2.RoutingDecision(
+        policy_id=plan.policy_id,
+        policy_version=plan.policy_version,
+        rule=plan.rule,
+        strategy=plan.strategy,
+        candidates=plan.considered,
+        reason=plan.reason,
+    )
+    for model, reason in plan.dropped:
+        decision.dropped.add(model=model, reason=reason)
+    if candidate is not None:
+        decision.chosen_model = candidate.model.alias
+        decision.chosen_provider = provider_name(candidate)
+        decision.chosen_deployment = candidate.deployment.id
+    for a in attempts:
+        decision.attempts.add(
+            model=a.candidate.model.alias,
+            provider=provider_name(a.candidate),
+            deployment=a.candidate.deployment.id,
+            outcome=a.outcome,
+            error=a.error,
+            duration_ms=a.duration_ms,
+        )
+    return decision
 
 
 def delta_to_proto(chunk: StreamChunk) -> infer_pb2.InferStreamEvent:

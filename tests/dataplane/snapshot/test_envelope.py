@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataplane.config.envelope import EnvelopeError, key_id_for, verify
+from dataplane.snapshot.envelope import EnvelopeError, key_id_for, verify
 from tests.fixtures.keys import sign_payload
 
 

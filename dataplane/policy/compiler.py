@@ -1,241 +1,51 @@
-"""Policy documents and their compiled form.
+"""Compiling policy documents into the frozen ``CompiledPolicy`` a node routes with.
 
-A policy document is JSON (or YAML) per tenant, plus a platform default. Both
-the control plane (at apply time) and the node (at snapshot apply) compile it
-with ``compile_policy``, so what the control plane accepts is exactly what the
-node can serve. Errors name the JSON path of the problem.
-
-The language, by example (every field optional; the published JSON Schema is
-``policy.schema.json`` next to this module)::
-
-    default_model: sim-fast            # the default route, tried first
-    allowed_models: [sim-fast, sim-smart, gpt-4o]   # nothing else, in any rule
-    constraints:                       # apply to every rule (a rule may override)
-      max_cost_usd: 0.05               # estimated from prompt tokens + max output
-      max_latency_ms: 4000             # observed EWMA, else the model's typical latency
-      regions: [eu-west-1]             # provider regions allowed
-      jurisdictions: [EU]
-      allow_egress: false              # may an on-prem node call a public cloud?
-      certification_required_from: internal   # data classes needing a certified model
-    retry: {max_attempts: 3, attempts_per_deployment: 2, backoff_base_ms: 100,
-            backoff_cap_ms: 2000, fallback_on: [server_error, rate_limited, timeout]}
-    rules:                             # first match wins; none matched: the default route
-      - name: canary
-        match: {tiers: [gold], tasks: [summarize], metadata: {env: prod},
-                capabilities: [tools], data_classification: [internal],
-                regions: [eu-west-1], jurisdictions: [EU]}
-        strategy: weighted             # priority | cheapest | latency | weighted
-        weights: {gpt-4o: 90, sim-smart: 10}
-        sticky_key: metadata.user_id   # one user sees one arm
-        fallbacks: [sim-fast]
-        shadow: {model: sim-smart, share: 0.05}
-      - name: cheap-by-capability
-        select: {capabilities: [chat], attributes: {family: [llama, mistral]}}
-        strategy: cheapest
-
-The compiled form pre-resolves candidate models, prices and cumulative
-weights so a routing decision is a few dictionary lookups.
+Hand-written rather than schema-driven so that 10,000 policies compile in well
+under a second; ``language.validate_document`` runs the schema itself at apply
+time, and the tests check both agree on what they reject. The compiled form
+pre-resolves candidate models, prices and cumulative weights.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
-from functools import cache
-from importlib import resources
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from dataplane.config.model import Capability, DataClass, ModelConfig
+from dataplane.config.model import (
+    DEFAULT_CONSTRAINTS,
+    DEFAULT_RETRY,
+    MATCH_ALL,
+    Capability,
+    CompiledPolicy,
+    CompiledRule,
+    Constraints,
+    DataClass,
+    Match,
+    ModelConfig,
+    PricedModel,
+    RetrySettings,
+    Shadow,
+    Strategy,
+)
+from dataplane.errors import PolicyError
+from dataplane.policy.language import (
+    CAPABILITY_NAMES,
+    CONSTRAINT_FIELDS,
+    DATA_CLASS_NAMES,
+    FALLBACK_KINDS,
+    MATCH_FIELDS,
+    RETRY_FIELDS,
+    RULE_FIELDS,
+    SELECT_FIELDS,
+    SHADOW_FIELDS,
+    STICKY_KEYS,
+    STICKY_PREFIXES,
+    STRATEGY_NAMES,
+    TOP_FIELDS,
+)
 
 _V = TypeVar("_V")
-
-
-class PolicyError(Exception):
-    """The document is invalid at ``path`` (a JSON path such as ``$.rules[0].weights``)."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
-        self.message = message
-
-
-class Strategy(StrEnum):
-    PRIORITY = "priority"
-    """The listed order; later models are the fallbacks."""
-    CHEAPEST = "cheapest"
-    """Lowest estimated cost for this request first."""
-    LATENCY = "latency"
-    """Lowest observed latency (EWMA per deployment) first."""
-    WEIGHTED = "weighted"
-    """One arm chosen by a stable hash of the sticky key; the other arms follow."""
-
-
-FALLBACK_KINDS = frozenset(
-    {
-        "server_error",
-        "rate_limited",
-        "timeout",
-        "overloaded",
-        "protocol_error",
-        "context_too_long",
-        "content_filtered",
-        "quota_exhausted",
-        "auth",
-    }
-)
-"""Error kinds (``ProviderError.kind``) a policy may name in ``fallback_on``."""
-
-DEFAULT_FALLBACK_ON = frozenset(
-    {"server_error", "rate_limited", "timeout", "overloaded", "protocol_error", "context_too_long"}
-)
-"""Content filtering is opt-in: another model answering what one refused is a policy decision."""
-
-DATA_CLASS_NAMES: Mapping[str, DataClass] = {d.name.lower(): d for d in DataClass}
-
-DEFAULT_OUTPUT_TOKENS = 1024
-"""Output tokens assumed for cost estimates when neither request nor model gives a maximum."""
-
-
-@dataclass(frozen=True, slots=True)
-class RetrySettings:
-    """How the dispatcher retries and falls back for requests routed by a rule."""
-
-    max_attempts: int = 3
-    """Attempts in total, over every candidate, for one request."""
-    attempts_per_deployment: int = 2
-    """Tries of one deployment at most. The candidates are each tried once first;
-    a deployment is tried again (after a backoff) only once every other
-    candidate has been tried, and only after a retryable error."""
-    backoff_base_ms: int = 100
-    """First backoff ceiling; doubles per retry, full jitter (uniform in [0, ceiling])."""
-    backoff_cap_ms: int = 2000
-    """Largest backoff ceiling."""
-    fallback_on: frozenset[str] = DEFAULT_FALLBACK_ON
-    """Error kinds after which the next candidate is tried; any other error ends the request."""
-
-
-DEFAULT_RETRY = RetrySettings()
-
-
-@dataclass(frozen=True, slots=True)
-class Constraints:
-    """What every candidate must satisfy; candidates failing one are dropped, with the reason."""
-
-    max_cost_nanos: int | None = None
-    """Estimated cost of the request in nano-USD; ``None``: no limit."""
-    max_latency_ms: int | None = None
-    regions: frozenset[str] | None = None
-    """Provider regions allowed; ``None``: any."""
-    jurisdictions: frozenset[str] | None = None
-    allow_egress: bool = False
-    """Whether an on-prem node may dispatch to providers outside its premises."""
-    certification_required_from: DataClass | None = DataClass.INTERNAL
-    """Requests classified at or above this need a model certified for their class
-    (or a stricter one); ``None``: never required."""
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    """When a rule applies. Every given field must match; an absent one matches anything."""
-
-    tiers: frozenset[str] | None = None
-    tasks: frozenset[str] | None = None
-    metadata: tuple[tuple[str, frozenset[str]], ...] = ()
-    capabilities: frozenset[Capability] = frozenset()
-    """The request must require all of these."""
-    data_classes: frozenset[DataClass] | None = None
-    regions: frozenset[str] | None = None
-    jurisdictions: frozenset[str] | None = None
-
-
-MATCH_ALL = Match()
-DEFAULT_CONSTRAINTS = Constraints()
-
-
-@dataclass(frozen=True, slots=True)
-class PricedModel:
-    """A candidate model with what routing needs precomputed."""
-
-    model: ModelConfig
-    in_price: int
-    out_price: int
-    default_output: int
-    certified_up_to: DataClass
-    """The most sensitive class the model is certified for (UNSPECIFIED: none)."""
-    memo: dict[int, tuple[Any, ...]] = field(default_factory=dict, compare=False, repr=False)
-    """The router's memo of request-independent deployment checks (see ``router``);
-    it lives exactly as long as the registry this model was compiled from."""
-
-    @classmethod
-    def of(cls, m: ModelConfig) -> PricedModel:
-        return cls(
-            m,
-            m.input_price_nanos_per_mtok,
-            m.output_price_nanos_per_mtok,
-            m.max_output_tokens or DEFAULT_OUTPUT_TOKENS,
-            max(m.certified_for, default=DataClass.UNSPECIFIED),
-        )
-
-    def estimated_cost_nanos(self, input_tokens: int, max_output: int | None) -> int:
-        out = max_output if max_output is not None else self.default_output
-        return (input_tokens * self.in_price + out * self.out_price) // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Shadow:
-    model: PricedModel
-    share: float
-    """Fraction of requests mirrored, chosen by a stable hash of the sticky key."""
-    key: str = ""
-    """What the share is drawn from; empty: the rule's sticky key, else the request id."""
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledRule:
-    name: str
-    match: Match
-    strategy: Strategy
-    candidates: tuple[PricedModel, ...]
-    """In priority order (the strategy may reorder them per request)."""
-    fallbacks: tuple[PricedModel, ...] = ()
-    """Tried after every candidate, in this order, whatever the strategy."""
-    cumulative_weights: tuple[float, ...] = ()
-    """For ``weighted``: running sums of the candidates' weights, normalised to end at 1.0."""
-    sticky_key: str = ""
-    shadow: Shadow | None = None
-    constraints: Constraints = Constraints()
-    retry: RetrySettings = RetrySettings()
-    considered: tuple[str, ...] = ()
-    """Aliases of candidates then fallbacks, for explanations (computed once)."""
-    memo: dict[int, tuple[Any, ...]] = field(default_factory=dict, compare=False, repr=False)
-    """The router's memo of this rule's request-independent checks (see ``router``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledPolicy:
-    policy_id: str
-    tenant_id: str
-    version: int
-    default_model: str | None
-    allowed_models: frozenset[str] | None
-    """None: every model in the registry is allowed."""
-    rules: tuple[CompiledRule, ...] = ()
-    """Checked in order; the first that matches routes the request."""
-    default_rule: CompiledRule | None = None
-    """The route when no rule matches; ``None`` means: default model, then allowed models by name."""
-    constraints: Constraints = Constraints()
-    retry: RetrySettings = RetrySettings()
-    memo: dict[object, tuple[Any, ...]] = field(default_factory=dict, compare=False, repr=False)
-    """The router's memo of routes built on demand: the whole-registry default
-    route, and one per model a caller names (see ``router``)."""
-
-
-# ---------------------------------------------------------------------------
-# The registry index: shared by every policy compiled against one registry.
 
 
 class ModelIndex:
@@ -303,77 +113,6 @@ class ModelIndex:
         return found
 
 
-class _LastIndex:
-    """The index of the registry compiled against last.
-
-    ``compile_snapshot`` compiles every tenant's policy against one registry
-    without passing an index; reusing the last one (same mapping object, held
-    here so its id cannot be reused) keeps 10,000 policies cheap. The registry
-    must not be mutated once policies are compiled against it.
-    """
-
-    __slots__ = ("index",)
-
-    def __init__(self) -> None:
-        self.index: ModelIndex | None = None
-
-
-_last = _LastIndex()
-
-
-def _shared_index(models: Mapping[str, ModelConfig]) -> ModelIndex:
-    index = _last.index
-    if index is None or index.models is not models or len(index.models) != index.size:
-        index = _last.index = ModelIndex(models)
-    return index
-
-
-# ---------------------------------------------------------------------------
-# Compiling. Hand-written rather than schema-driven so that 10,000 policies
-# compile in well under a second; ``validate_document`` runs the schema itself
-# at apply time, and the tests check both agree on what they reject.
-
-_TOP_FIELDS = frozenset({"description", "default_model", "allowed_models", "constraints", "retry", "rules"})
-_RULE_FIELDS = frozenset(
-    {
-        "name",
-        "description",
-        "match",
-        "models",
-        "select",
-        "strategy",
-        "weights",
-        "sticky_key",
-        "fallbacks",
-        "shadow",
-        "constraints",
-        "retry",
-    }
-)
-_MATCH_FIELDS = frozenset(
-    {"tiers", "tasks", "metadata", "capabilities", "data_classification", "regions", "jurisdictions"}
-)
-_SELECT_FIELDS = frozenset({"capabilities", "attributes"})
-_SHADOW_FIELDS = frozenset({"model", "share", "key"})
-_CONSTRAINT_FIELDS = frozenset(
-    {
-        "max_cost_usd",
-        "max_latency_ms",
-        "regions",
-        "jurisdictions",
-        "allow_egress",
-        "certification_required_from",
-    }
-)
-_RETRY_FIELDS = frozenset(
-    {"max_attempts", "attempts_per_deployment", "backoff_base_ms", "backoff_cap_ms", "fallback_on"}
-)
-_CAPABILITIES: Mapping[str, Capability] = {c.value: c for c in Capability}
-_STRATEGIES: Mapping[str, Strategy] = {s.value: s for s in Strategy}
-STICKY_PREFIXES = ("metadata.", "tenant.labels.")
-STICKY_KEYS = frozenset({"tenant.id", "request_id"})
-
-
 def compile_policy(
     document: Mapping[str, Any],
     models: Mapping[str, ModelConfig],
@@ -390,8 +129,8 @@ def compile_policy(
     from ``models`` when compiling many policies against the same registry.
     """
     if index is None or index.models is not models:
-        index = _shared_index(models)
-    doc = _obj(document, "$", _TOP_FIELDS)
+        index = ModelIndex(models)
+    doc = _obj(document, "$", TOP_FIELDS)
     allowed: frozenset[str] | None = None
     if "allowed_models" in doc:
         allowed = frozenset(_aliases(doc["allowed_models"], "$.allowed_models", models, None))
@@ -455,7 +194,7 @@ def _rule(
     base_constraints: Constraints,
     base_retry: RetrySettings,
 ) -> CompiledRule:
-    doc = _obj(raw, path, _RULE_FIELDS)
+    doc = _obj(raw, path, RULE_FIELDS)
     models = index.models
     name = doc.get("name", f"rules[{position}]")
     if not isinstance(name, str) or not name:
@@ -464,9 +203,9 @@ def _rule(
         raise PolicyError(f"{path}.description", "must be a string")
     match = index.intern(_match(doc.get("match"), f"{path}.match"))
     strategy_raw = doc.get("strategy", "priority")
-    strategy = _STRATEGIES.get(strategy_raw) if isinstance(strategy_raw, str) else None
+    strategy = STRATEGY_NAMES.get(strategy_raw) if isinstance(strategy_raw, str) else None
     if strategy is None:
-        raise PolicyError(f"{path}.strategy", f"must be one of {', '.join(_STRATEGIES)}")
+        raise PolicyError(f"{path}.strategy", f"must be one of {', '.join(STRATEGY_NAMES)}")
 
     named: list[str] = []
     if "models" in doc:
@@ -491,7 +230,7 @@ def _rule(
     if "select" in doc:
         if strategy is Strategy.WEIGHTED:
             raise PolicyError(f"{path}.select", "a weighted rule names its arms in weights")
-        sel = _obj(doc["select"], f"{path}.select", _SELECT_FIELDS)
+        sel = _obj(doc["select"], f"{path}.select", SELECT_FIELDS)
         caps = _capabilities(sel.get("capabilities", []), f"{path}.select.capabilities")
         attrs = _string_map(sel.get("attributes", {}), f"{path}.select.attributes")
         for alias in index.select(caps, attrs):
@@ -551,7 +290,7 @@ def _rule(
 def _match(raw: Any, path: str) -> Match:
     if raw is None:
         return MATCH_ALL
-    doc = _obj(raw, path, _MATCH_FIELDS)
+    doc = _obj(raw, path, MATCH_FIELDS)
     data_classes: frozenset[DataClass] | None = None
     if "data_classification" in doc:
         names = _strings(doc["data_classification"], f"{path}.data_classification")
@@ -583,7 +322,7 @@ def _constraints(raw: Any, path: str, base: Constraints) -> Constraints:
     """Fields given here override ``base`` (the policy's, for a rule's constraints)."""
     if raw is None:
         return base
-    doc = _obj(raw, path, _CONSTRAINT_FIELDS)
+    doc = _obj(raw, path, CONSTRAINT_FIELDS)
     max_cost = base.max_cost_nanos
     if "max_cost_usd" in doc:
         usd = doc["max_cost_usd"]
@@ -622,7 +361,7 @@ def _constraints(raw: Any, path: str, base: Constraints) -> Constraints:
 def _retry(raw: Any, path: str, base: RetrySettings) -> RetrySettings:
     if raw is None:
         return base
-    doc = _obj(raw, path, _RETRY_FIELDS)
+    doc = _obj(raw, path, RETRY_FIELDS)
     max_attempts = base.max_attempts
     if "max_attempts" in doc:
         max_attempts = _int(doc["max_attempts"], f"{path}.max_attempts", minimum=1, maximum=20)
@@ -651,7 +390,7 @@ def _retry(raw: Any, path: str, base: RetrySettings) -> RetrySettings:
 
 
 def _shadow(raw: Any, path: str, index: ModelIndex, allowed: frozenset[str] | None) -> Shadow:
-    doc = _obj(raw, path, _SHADOW_FIELDS)
+    doc = _obj(raw, path, SHADOW_FIELDS)
     if "model" not in doc:
         raise PolicyError(f"{path}.model", "required")
     alias = doc["model"]
@@ -728,9 +467,11 @@ def _capabilities(raw: Any, path: str) -> frozenset[Capability]:
     names = _strings(raw, path)
     caps = []
     for i, n in enumerate(names):
-        cap = _CAPABILITIES.get(n)
+        cap = CAPABILITY_NAMES.get(n)
         if cap is None:
-            raise PolicyError(f"{path}[{i}]", f"unknown capability {n!r} (known: {', '.join(_CAPABILITIES)})")
+            raise PolicyError(
+                f"{path}[{i}]", f"unknown capability {n!r} (known: {', '.join(CAPABILITY_NAMES)})"
+            )
         caps.append(cap)
     return frozenset(caps)
 
@@ -780,81 +521,3 @@ def _int(raw: Any, path: str, *, minimum: int, maximum: int | None = None) -> in
 
 def _is_number(raw: Any) -> bool:
     return isinstance(raw, int | float) and not isinstance(raw, bool)
-
-
-# ---------------------------------------------------------------------------
-# Apply-time helpers for the control plane.
-
-
-@cache
-def schema() -> Mapping[str, Any]:
-    """The published JSON Schema (Draft 2020-12) of a policy document."""
-    text = resources.files("dataplane.routing").joinpath("policy.schema.json").read_text("utf-8")
-    loaded: Mapping[str, Any] = json.loads(text)
-    return loaded
-
-
-def validate_document(document: Any) -> None:
-    """Validate ``document`` against the published schema; raise ``PolicyError`` at the first problem.
-
-    Run at apply time (it is thorough, not fast); then ``compile_policy``
-    checks what a schema cannot: that models exist and weights make sense.
-    """
-    # No stubs for jsonschema; its use is confined to these lines.
-    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
-    from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
-
-    validator = _validator(Draft202012Validator)
-    error = best_match(validator.iter_errors(document))
-    if error is None:
-        return
-    path = _json_path(error.absolute_path)
-    message = error.message
-    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-        known = set(error.schema.get("properties", {})) if isinstance(error.schema, Mapping) else set()
-        extra = sorted(k for k in error.instance if k not in known)
-        if extra:
-            path, message = f"{path}.{extra[0]}", "unknown field"
-    elif error.validator == "required" and isinstance(error.instance, Mapping):
-        # Point at the missing field itself, as the compiler does.
-        missing = [k for k in error.validator_value if k not in error.instance]
-        if missing:
-            path, message = f"{path}.{missing[0]}", "required"
-    elif error.validator == "not" and isinstance(error.validator_value, Mapping):
-        # Our schema uses ``not: {required: [x]}`` for "x is not allowed here".
-        forbidden = error.validator_value.get("required", [])
-        if forbidden:
-            path, message = f"{path}.{forbidden[0]}", "not allowed here"
-    raise PolicyError(path, message)
-
-
-@cache
-def _validator(cls: Any) -> Any:
-    cls.check_schema(schema())
-    return cls(schema())
-
-
-def _json_path(parts: Iterable[object]) -> str:
-    out = "$"
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else f".{p}"
-    return out
-
-
-def parse_document(text: str) -> Any:
-    """Parse policy text (JSON, or YAML which is a superset) into a document.
-
-    Raises ``PolicyError`` at ``$`` naming the line when the text is not valid.
-    """
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError("$", f"not valid YAML or JSON: {exc}") from exc
-
-
-def stable_fraction(key: str) -> float:
-    """A number in [0, 1) from ``key`` that is the same on every node and every run."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 18446744073709551616.0

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import signalbox
-from dataplane.config.sync_client import full_jitter
+from dataplane.snapshot.sync_client import full_jitter
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.api.infer.v1 import infer_pb2_grpc

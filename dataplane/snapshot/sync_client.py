@@ -21,17 +21,11 @@ import grpc
 
 import signalbox
 from dataplane.config.model import DeploymentMode, Scope
-from dataplane.config.store import ApplyResult, SnapshotStore
-from signalbox.api.common.v1 import common_pb2
+from dataplane.snapshot.compile import MODE_TO_PROTO
+from dataplane.snapshot.store import ApplyResult, SnapshotStore
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 
 log = logging.getLogger("signalbox.dataplane.sync")
-
-MODE_TO_PROTO: dict[DeploymentMode, common_pb2.DeploymentMode.ValueType] = {
-    DeploymentMode.CLOUD: common_pb2.DEPLOYMENT_MODE_CLOUD,
-    DeploymentMode.ON_PREM: common_pb2.DEPLOYMENT_MODE_ON_PREM,
-    DeploymentMode.AIR_GAPPED: common_pb2.DEPLOYMENT_MODE_AIR_GAPPED,
-}
 
 _HEALTHY_STREAM_S = 5.0
 """A stream that stayed up this long resets the backoff, even if it carried nothing."""

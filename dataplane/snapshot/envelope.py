@@ -16,13 +16,10 @@ from collections.abc import Mapping
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from dataplane.errors import EnvelopeError
 from signalbox.api.config.v1 import snapshot_pb2
 
 SNAPSHOT_PAYLOAD_TYPE = "application/vnd.signalbox.snapshot.v1+protobuf"
-
-
-class EnvelopeError(Exception):
-    """The envelope is not acceptable; the message says why."""
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:

@@ -40,12 +40,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from google.protobuf.message import DecodeError
 
-from dataplane.config.compile import SnapshotInvalid, compile_payload
-from dataplane.config.envelope import EnvelopeError, key_id_for, verify
 from dataplane.config.model import RuntimeConfig, Scope, SecretRef
-from dataplane.errors import NoSnapshot
+from dataplane.errors import (
+    EnvelopeError,
+    NoSnapshot,
+    SnapshotCheckFailed,
+    SnapshotFileInvalid,
+    SnapshotInvalid,
+)
 from dataplane.providers.base import ProviderAdapter, build_adapter
-from dataplane.routing.router import NodeContext, prepare_routes
+from dataplane.routing.query import NodeContext
+from dataplane.routing.table import RouteTable, build_route_table
+from dataplane.snapshot.compile import compile_payload
+from dataplane.snapshot.envelope import key_id_for, verify
 from signalbox.api.config.v1 import snapshot_pb2
 
 log = logging.getLogger("signalbox.dataplane.config")
@@ -54,10 +61,6 @@ CredentialResolver = Callable[[SecretRef], "str | None"]
 
 LKG_FILE = "lkg.envelope"
 HWM_FILE = "hwm.json"
-
-
-class SnapshotFileInvalid(Exception):
-    """A snapshot file (last-known-good or pin) or the high-water mark cannot be trusted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +83,15 @@ class HighWaterMark:
 
 @dataclass(eq=False, slots=True)
 class ServingState:
-    """One applied snapshot: the compiled config and an adapter per usable provider.
+    """One applied snapshot: the compiled config, its route table and an adapter per usable provider.
 
     Immutable once published, except for the in-flight counter that tells the
     store when the last request on a retired state has finished.
     """
 
     config: RuntimeConfig
+    routes: RouteTable
+    """The snapshot's routes prepared for this node (its mode and site)."""
     adapters: Mapping[str, ProviderAdapter]
     """Keyed by provider id."""
     unusable: Mapping[str, str]
@@ -304,11 +309,11 @@ class SnapshotStore:
             if version == hwm.version and current is not None and current.config.payload_sha256 == digest:
                 return ApplyResult(True, version, digest)
 
-        # Every rule's request-independent checks, once per applied snapshot, so the first
-        # request of each tenant is not the slow one. In a thread: for ten thousand tenants
-        # it takes seconds, and until it is published this config is nobody else's.
-        await asyncio.to_thread(prepare_routes, config, self._node)
-        state = self._build(config, key_id)
+        # The route table: every rule's request-independent checks, once per applied
+        # snapshot, so no request pays for them. In a thread: for ten thousand tenants
+        # it takes seconds, and the loop keeps serving the current snapshot meanwhile.
+        routes = await asyncio.to_thread(build_route_table, config, self._node)
+        state = self._build(config, routes, key_id)
         if persist:
             data = raw if raw is not None else envelope.SerializeToString()
             try:
@@ -330,7 +335,7 @@ class SnapshotStore:
         log.warning("snapshot %d rejected: %s", version, reason)
         return ApplyResult(False, version, digest, reason)
 
-    def _build(self, config: RuntimeConfig, key_id: str) -> ServingState:
+    def _build(self, config: RuntimeConfig, routes: RouteTable, key_id: str) -> ServingState:
         adapters: dict[str, ProviderAdapter] = {}
         unusable: dict[str, str] = {}
         for provider in config.providers.values():
@@ -355,7 +360,7 @@ class SnapshotStore:
                 unusable[provider.id] = f"adapter cannot be built: {exc}"
         for provider_id, why in unusable.items():
             log.warning("provider %s unusable in snapshot %d: %s", provider_id, config.version, why)
-        return ServingState(config, adapters, unusable, key_id, self._clock())
+        return ServingState(config, routes, adapters, unusable, key_id, self._clock())
 
     async def _publish(self, state: ServingState) -> None:
         old = self.current
@@ -415,14 +420,6 @@ class SnapshotStore:
         except (ValueError, KeyError, TypeError) as exc:
             # Without a trustworthy mark, rollback protection is gone: refuse to start.
             raise SnapshotFileInvalid(f"{path}: unreadable high-water mark: {exc}") from exc
-
-
-class SnapshotCheckFailed(Exception):
-    """A snapshot failed a check; ``reason`` is what the node NACKs with."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def check_envelope(

@@ -16,8 +16,10 @@ from google.protobuf.message import DecodeError
 from dataplane.config.model import (
     ApiKeyEntry,
     Capability,
+    CompiledPolicy,
     DataClass,
     DeploymentConfig,
+    DeploymentMode,
     ModelConfig,
     ProviderConfig,
     ProviderLocation,
@@ -26,20 +28,11 @@ from dataplane.config.model import (
     SecretRef,
     TenantConfig,
 )
+from dataplane.errors import PolicyError, SnapshotInvalid
+from dataplane.policy.compiler import ModelIndex, compile_policy
 from dataplane.providers.base import adapter_types
-from dataplane.routing.policy import CompiledPolicy, ModelIndex, PolicyError, compile_policy
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
-
-
-class SnapshotInvalid(Exception):
-    """The payload cannot be served; ``path`` names the offending entry."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
-        self.message = message
-
 
 CAPABILITY_FROM_PROTO: dict[int, Capability] = {
     common_pb2.CAPABILITY_CHAT: Capability.CHAT,
@@ -49,6 +42,18 @@ CAPABILITY_FROM_PROTO: dict[int, Capability] = {
     common_pb2.CAPABILITY_JSON_SCHEMA: Capability.JSON_SCHEMA,
     common_pb2.CAPABILITY_STREAMING: Capability.STREAMING,
     common_pb2.CAPABILITY_EMBEDDINGS: Capability.EMBEDDINGS,
+}
+
+MODE_FROM_PROTO: dict[int, DeploymentMode] = {
+    common_pb2.DEPLOYMENT_MODE_CLOUD: DeploymentMode.CLOUD,
+    common_pb2.DEPLOYMENT_MODE_ON_PREM: DeploymentMode.ON_PREM,
+    common_pb2.DEPLOYMENT_MODE_AIR_GAPPED: DeploymentMode.AIR_GAPPED,
+}
+"""Declared deployment modes; UNSPECIFIED is absent (it declares nothing)."""
+MODE_TO_PROTO: dict[DeploymentMode, common_pb2.DeploymentMode.ValueType] = {
+    DeploymentMode.CLOUD: common_pb2.DEPLOYMENT_MODE_CLOUD,
+    DeploymentMode.ON_PREM: common_pb2.DEPLOYMENT_MODE_ON_PREM,
+    DeploymentMode.AIR_GAPPED: common_pb2.DEPLOYMENT_MODE_AIR_GAPPED,
 }
 
 LOCATION_FROM_PROTO: dict[int, ProviderLocation] = {
@@ -179,7 +184,7 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, payload_sha256: bytes) -> 
                 index=index,
             )
         except PolicyError as exc:
-            raise SnapshotInvalid(f"$.policies[{i}].document{exc.path[1:]}", exc.message) from exc
+            raise SnapshotInvalid(f"$.policies[{i}].document{exc.path[1:]}", exc.problem) from exc
 
     return RuntimeConfig(
         version=snapshot.version,

@@ -106,6 +106,14 @@ def validate_chat(request: ChatRequest) -> None:
         _check_schema(rf.schema, "response_format.json_schema")
 
 
+def validate(request: ChatRequest | EmbedRequest) -> None:
+    """Raise ``InvalidRequest`` for the first problem of a chat or embeddings request."""
+    if isinstance(request, EmbedRequest):
+        validate_embed(request)
+    else:
+        validate_chat(request)
+
+
 def validate_embed(request: EmbedRequest) -> None:
     if not request.inputs:
         raise InvalidRequest("inputs", "must not be empty")

@@ -1,0 +1,134 @@
+"""What a front door hands the pipeline, and what it gets back.
+
+Plain values only: a front door converts its wire format to a ``Call`` at its
+edge, and converts a ``Served`` (or the stream's ``Opened`` / chunks / ``Closed``)
+or a ``Refused`` back to its own format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Generic, Protocol, TypeVar
+
+from dataplane.accounting import Cost
+from dataplane.chat import (
+    ChatRequest,
+    ChatResponse,
+    EmbedRequest,
+    EmbedResponse,
+    FinishReason,
+    StreamChunk,
+    Usage,
+)
+from dataplane.outcome import Outcome
+from dataplane.routing.candidate import Candidate
+from dataplane.routing.dispatch import AttemptRecord
+from dataplane.routing.query import Hints, RoutePlan
+
+Body = TypeVar("Body", ChatRequest, EmbedRequest)
+Result = TypeVar("Result", ChatResponse, EmbedResponse)
+
+
+class Operation(StrEnum):
+    """What a caller asks for; also what a key's ``op:`` scope names."""
+
+    CHAT = "chat"
+    """One answer (unary)."""
+    STREAM = "stream"
+    """One answer, streamed as it is generated."""
+    EMBED = "embed"
+    """Embedding vectors."""
+
+
+EVIDENCE_KIND = {Operation.CHAT: "infer", Operation.STREAM: "stream", Operation.EMBED: "embed"}
+"""The ``kind`` an operation's evidence records carry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[Body]):
+    """One request as a front door hands it over."""
+
+    operation: Operation
+    decode: Callable[[], tuple[Body, Hints]]
+    """Turns the wire request into the plain request and its routing hints; raises
+    ``InvalidRequest`` naming the field. Called after the caller is authenticated,
+    so an anonymous caller learns nothing about its request's shape."""
+    api_key: str | None
+    """The caller's credential (the bearer token), None when absent."""
+    correlation_id: str = ""
+    """As the caller supplied it ("" for none): checked, else one is generated."""
+    correlation_field: str = "correlation_id"
+    """Where the caller supplied it, to name in an error."""
+    request_sha256: str = ""
+    """Digest of the request exactly as received."""
+    timeout: float | None = None
+    """Seconds the caller allows; None: the node's default."""
+
+
+@dataclass(frozen=True, slots=True)
+class Served(Generic[Result]):
+    """A served request, with what every front door reports besides the answer."""
+
+    result: Result
+    plan: RoutePlan
+    candidate: Candidate
+    attempts: list[AttemptRecord]
+    cost: Cost
+    correlation_id: str
+    snapshot_version: int
+    evidence_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A stream's first event: the answer is coming from ``candidate``."""
+
+    correlation_id: str
+    candidate: Candidate
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """A stream's last event, sent after its evidence is written."""
+
+    finish_reason: FinishReason | None
+    usage: Usage | None
+    cost: Cost
+    plan: RoutePlan
+    candidate: Candidate
+    attempts: list[AttemptRecord]
+    correlation_id: str
+    snapshot_version: int
+    evidence_id: str
+
+
+StreamEvent = Opened | StreamChunk | Closed
+
+
+class Refused(Exception):
+    """The request ends without an answer; its evidence is written already."""
+
+    def __init__(self, outcome: Outcome, correlation_id: str, evidence_id: str = "") -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+        self.correlation_id = correlation_id
+        self.evidence_id = evidence_id
+
+
+class GovernanceStep(Protocol):
+    """A check or transformation before and after the model.
+
+    Each method returns what goes on (possibly changed) or raises a
+    ``SignalboxError`` to refuse; what it did is noted in ``actions`` (which
+    goes into the request's evidence).
+    """
+
+    def govern_input(
+        self, operation: Operation, body: ChatRequest | EmbedRequest, actions: list[dict[str, object]]
+    ) -> ChatRequest | EmbedRequest: ...
+
+    def govern_output(self, response: ChatResponse, actions: list[dict[str, object]]) -> ChatResponse: ...
+
+    def govern_chunk(self, chunk: StreamChunk, actions: list[dict[str, object]]) -> StreamChunk: ...

@@ -1,0 +1,400 @@
+"""The pipeline's steps and the three flows built from them (answer, stream, embed).
+
+See the package docstring for the order. Every flow ends in ``_record`` exactly
+once, whatever happens: served, refused at any step, failed, or cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+import time
+from array import array
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from dataplane.accounting import Cost, cost_of
+from dataplane.auth import Caller, authenticate
+from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamChunk, Usage
+from dataplane.errors import EvidenceUnavailable, InvalidRequest
+from dataplane.evidence.log import EvidenceLog
+from dataplane.outcome import CANCELLED, OK, Outcome, to_status
+from dataplane.pipeline.call import (
+    EVIDENCE_KIND,
+    Body,
+    Call,
+    Closed,
+    GovernanceStep,
+    Opened,
+    Operation,
+    Refused,
+    Served,
+    StreamEvent,
+)
+from dataplane.pipeline.trace import Trace, record_fields, shadow_fields
+from dataplane.routing.candidate import Candidate
+from dataplane.routing.dispatch import Dispatcher, ShadowOutcome
+from dataplane.routing.planner import plan_route, usable_plan
+from dataplane.routing.query import RoutePlan, query_for
+from dataplane.snapshot.store import ServingState, SnapshotStore
+from dataplane.validation import correlation_id as checked_correlation_id
+from dataplane.validation import validate
+
+log = logging.getLogger("signalbox.dataplane.pipeline")
+
+DEFAULT_DEADLINE_S = 60.0
+"""Budget for a request whose caller set no deadline."""
+
+R = TypeVar("R")
+
+
+class Pipeline:
+    """The request steps bound to one node's store, dispatcher, evidence log and governance."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        dispatcher: Dispatcher,
+        evidence: EvidenceLog,
+        *,
+        governance: Sequence[GovernanceStep] = (),
+        default_deadline: float = DEFAULT_DEADLINE_S,
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.evidence = evidence
+        self.governance = tuple(governance)
+        self.default_deadline = default_deadline
+
+    # ---- the flows ----
+
+    async def answer(self, call: Call[ChatRequest]) -> Served[ChatResponse]:
+        """One chat answer (unary)."""
+        trace = self._begin(call)
+        try:
+            state, caller = self._admit(trace, call)
+            with state.use():
+                chat, plan = self._prepare(trace, state, caller, call)
+
+                async def attempt(candidate: Candidate, remaining: float) -> ChatResponse:
+                    adapter = state.adapters[candidate.provider.id]
+                    return await adapter.complete(
+                        candidate.deployment.upstream_model, chat, timeout=remaining
+                    )
+
+                deadline = self._deadline(trace, call)
+                self._shadow(trace, state, plan, attempt, deadline)
+                response, candidate = await self._dispatch(trace, plan, attempt, deadline)
+                response = self._govern_output(trace, response)
+                cost = self._account(trace, candidate, response.usage)
+                trace.response_sha256 = answer_digest(response)
+        except asyncio.CancelledError:
+            self._record_refusal(trace, CANCELLED)
+            raise
+        except Exception as exc:
+            self._refuse(trace, exc)
+        evidence_id = self._record_answer(trace)
+        return Served(
+            response, plan, candidate, trace.attempts, cost, trace.correlation_id, state.version, evidence_id
+        )
+
+    async def embed(self, call: Call[EmbedRequest]) -> Served[EmbedResponse]:
+        """Embedding vectors."""
+        trace = self._begin(call)
+        try:
+            state, caller = self._admit(trace, call)
+            with state.use():
+                body, plan = self._prepare(trace, state, caller, call)
+
+                async def attempt(candidate: Candidate, remaining: float) -> EmbedResponse:
+                    adapter = state.adapters[candidate.provider.id]
+                    return await adapter.embed(candidate.deployment.upstream_model, body, timeout=remaining)
+
+                result, candidate = await self._dispatch(trace, plan, attempt, self._deadline(trace, call))
+                cost = self._account(trace, candidate, result.usage)
+                trace.response_sha256 = embedding_digest(result)
+        except asyncio.CancelledError:
+            self._record_refusal(trace, CANCELLED)
+            raise
+        except Exception as exc:
+            self._refuse(trace, exc)
+        evidence_id = self._record_answer(trace)
+        return Served(
+            result, plan, candidate, trace.attempts, cost, trace.correlation_id, state.version, evidence_id
+        )
+
+    async def stream(self, call: Call[ChatRequest]) -> AsyncGenerator[StreamEvent, None]:
+        """One chat answer as it is generated: ``Opened``, then each upstream chunk as
+        it arrives (nothing is buffered), then ``Closed`` once the evidence is written.
+
+        A caller that goes away (the task cancelled, or this iterator closed early)
+        is recorded as CANCELLED and the upstream stream is closed.
+        """
+        trace = self._begin(call)
+        upstream: AsyncIterator[StreamChunk] | None = None
+        assembled = _Assembler()
+        try:
+            state, caller = self._admit(trace, call)
+            with state.use():
+                chat, plan = self._prepare(trace, state, caller, call)
+
+                def start(candidate: Candidate, remaining: float) -> AsyncIterator[StreamChunk]:
+                    adapter = state.adapters[candidate.provider.id]
+                    return adapter.stream(candidate.deployment.upstream_model, chat, timeout=remaining)
+
+                dispatched = time.monotonic()
+                chunk, upstream, candidate, attempts = await self.dispatcher.open_stream(
+                    plan, start, deadline=self._deadline(trace, call), skipped=trace.skipped
+                )
+                trace.first_chunk_ms = (time.monotonic() - dispatched) * 1000
+                trace.candidate, trace.attempts = candidate, attempts
+                yield Opened(trace.correlation_id, candidate)
+                usage: Usage | None = None
+                while True:
+                    for step in self.governance:
+                        chunk = step.govern_chunk(chunk, trace.governance)
+                    assembled.add(chunk)
+                    if chunk.text or chunk.tool_calls:
+                        yield chunk
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    try:
+                        chunk = await anext(upstream)
+                    except StopAsyncIteration:
+                        break
+                trace.dispatch_ms = (time.monotonic() - dispatched) * 1000
+                cost = self._account(trace, candidate, usage)
+                trace.response_sha256 = assembled.digest()
+        except (asyncio.CancelledError, GeneratorExit):
+            self._record_refusal(trace, CANCELLED)
+            raise
+        except Exception as exc:
+            self._refuse(trace, exc)
+        finally:
+            # Closing the iterator closes the upstream HTTP stream (also on cancel).
+            if upstream is not None:
+                aclose = getattr(upstream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        evidence_id = self._record_answer(trace)
+        yield Closed(
+            assembled.finish,
+            usage,
+            cost,
+            plan,
+            candidate,
+            attempts,
+            trace.correlation_id,
+            state.version,
+            evidence_id,
+        )
+
+    # ---- steps ----
+
+    def _begin(self, call: Call[Any]) -> Trace:
+        """Correlation id and timers. An invalid caller-supplied id is replaced by a
+        generated one (so the refusal can still be correlated) and reported after
+        authentication."""
+        now = time.monotonic()
+        kind = EVIDENCE_KIND[call.operation]
+        if not call.correlation_id:
+            return Trace(kind, secrets.token_hex(16), now, time.time(), call.request_sha256)
+        try:
+            supplied = checked_correlation_id(call.correlation_id, call.correlation_field)
+        except InvalidRequest as exc:
+            trace = Trace(kind, secrets.token_hex(16), now, time.time(), call.request_sha256)
+            trace.invalid_correlation_id = exc
+            return trace
+        return Trace(kind, supplied, now, time.time(), call.request_sha256)
+
+    def _admit(self, trace: Trace, call: Call[Any]) -> tuple[ServingState, Caller]:
+        """The snapshot this request runs on, then the caller."""
+        state = self.store.require()
+        trace.state = state
+        caller = authenticate(state.config, call.api_key, trace.started_wall)
+        trace.caller = caller
+        if trace.invalid_correlation_id is not None:
+            # Reported after authentication so an anonymous caller learns nothing else.
+            raise trace.invalid_correlation_id
+        return state, caller
+
+    def _prepare(
+        self, trace: Trace, state: ServingState, caller: Caller, call: Call[Body]
+    ) -> tuple[Body, RoutePlan]:
+        """Validate, govern the input, route."""
+        body, hints = call.decode()
+        validate(body)
+        for step in self.governance:
+            governed = step.govern_input(call.operation, body, trace.governance)
+            if not isinstance(governed, type(body)):
+                raise TypeError(f"governance step {type(step).__name__} changed the request's type")
+            body = governed
+        query = query_for(
+            caller.tenant,
+            body,
+            hints,
+            streaming=call.operation is Operation.STREAM,
+            request_id=trace.correlation_id,
+        )
+        trace.plan = plan_route(state.routes, query, self.dispatcher.health)
+        trace.plan = plan = usable_plan(trace.plan, query, state.unusable)
+        return body, plan
+
+    def _deadline(self, trace: Trace, call: Call[Any]) -> float:
+        """Absolute ``time.monotonic()`` deadline for dispatch.
+
+        A little is kept back from the caller's own deadline so the node's
+        DEADLINE_EXCEEDED (with the correlation id) reaches the caller before it
+        gives up on its own.
+        """
+        remaining = call.timeout
+        if remaining is None:
+            return trace.started + self.default_deadline
+        return trace.started + remaining - min(0.05, remaining * 0.1)
+
+    def _shadow(
+        self,
+        trace: Trace,
+        state: ServingState,
+        plan: RoutePlan,
+        attempt: Callable[[Candidate, float], Awaitable[Any]],
+        deadline: float,
+    ) -> None:
+        """Mirror the request when the plan says so; its outcome gets its own evidence record."""
+        if plan.shadow is None:
+            return
+
+        async def mirrored(candidate: Candidate, remaining: float) -> Any:
+            # Hold the snapshot's adapters for as long as the mirror runs.
+            with state.use():
+                return await attempt(candidate, remaining)
+
+        def recorded(outcome: ShadowOutcome[Any]) -> None:
+            try:
+                self.evidence.append(shadow_fields(trace, outcome))
+            except (OSError, ValueError) as exc:
+                log.error("evidence of the shadow call of %s not written: %s", trace.correlation_id, exc)
+
+        self.dispatcher.shadow(plan, mirrored, deadline=deadline, on_outcome=recorded)
+
+    async def _dispatch(
+        self,
+        trace: Trace,
+        plan: RoutePlan,
+        attempt: Callable[[Candidate, float], Awaitable[R]],
+        deadline: float,
+    ) -> tuple[R, Candidate]:
+        started = time.monotonic()
+        result, candidate, attempts = await self.dispatcher.call(
+            plan, attempt, deadline=deadline, skipped=trace.skipped
+        )
+        trace.dispatch_ms = (time.monotonic() - started) * 1000
+        trace.candidate, trace.attempts = candidate, attempts
+        return result, candidate
+
+    def _govern_output(self, trace: Trace, response: ChatResponse) -> ChatResponse:
+        for step in self.governance:
+            response = step.govern_output(response, trace.governance)
+        return response
+
+    def _account(self, trace: Trace, candidate: Candidate, usage: Usage | None) -> Cost:
+        trace.usage = usage
+        trace.cost = cost_of(candidate.model, usage)
+        return trace.cost
+
+    # ---- record: exactly one evidence record per request ----
+
+    def _refuse(self, trace: Trace, exc: Exception) -> NoReturn:
+        """Record a failed request and end it with its outcome."""
+        attempts = getattr(exc, "attempts", None)
+        if attempts is not None:
+            trace.attempts, trace.skipped = attempts, getattr(exc, "skipped", [])
+        outcome = to_status(exc)
+        if outcome.code is grpc.StatusCode.INTERNAL:
+            log.error("request %s failed unexpectedly", trace.correlation_id, exc_info=exc)
+        evidence_id = self._record_refusal(trace, outcome)
+        raise Refused(outcome, trace.correlation_id, evidence_id) from exc
+
+    def _record_refusal(self, trace: Trace, outcome: Outcome) -> str:
+        """Record a refused or cancelled request; its record id, or "" if it could not be
+        written (the refusal's own outcome stands; the failure is logged where it happens)."""
+        try:
+            return self._record(trace, outcome)
+        except EvidenceUnavailable:
+            return ""
+
+    def _record_answer(self, trace: Trace) -> str:
+        """Record a served request; without its record the answer is not sent."""
+        try:
+            return self._record(trace, OK)
+        except EvidenceUnavailable as exc:
+            raise Refused(to_status(exc), trace.correlation_id) from exc
+
+    def _record(self, trace: Trace, outcome: Outcome) -> str:
+        if trace.recorded is not None:
+            return trace.recorded
+        trace.recorded = ""
+        try:
+            record_id = self.evidence.append(record_fields(trace, outcome))
+        except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
+            log.error("evidence record of %s not written: %s", trace.correlation_id, exc)
+            raise EvidenceUnavailable("node cannot write evidence; request not served") from exc
+        trace.recorded = record_id
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s %s evidence=%s", trace.kind, trace.correlation_id, outcome.code.name, record_id)
+        return record_id
+
+
+# ---- digests of answers, the same whichever front door served them ----
+
+
+def answer_digest(response: ChatResponse) -> str:
+    """SHA-256 of an answer's canonical form (text, tool calls, finish reason): a streamed
+    answer digests the same as the same answer served whole."""
+    message = response.message
+    calls = [[c.id, c.name, c.arguments] for c in message.tool_calls]
+    return _canonical_digest(message.text, calls, response.finish_reason)
+
+
+def embedding_digest(response: EmbedResponse) -> str:
+    digest = hashlib.sha256()
+    for vector in response.vectors:
+        digest.update(len(vector).to_bytes(4, "big"))
+        digest.update(array("d", vector).tobytes())
+    return digest.hexdigest()
+
+
+def _canonical_digest(text: str, calls: list[list[str]], finish: object) -> str:
+    canonical = json.dumps({"text": text, "tool_calls": calls, "finish": str(finish or "")}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class _Assembler:
+    """Puts a streamed answer back together, for its digest."""
+
+    __slots__ = ("calls", "finish", "text")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.calls: dict[int, list[str]] = {}
+        self.finish: Any = None
+
+    def add(self, chunk: StreamChunk) -> None:
+        if chunk.text:
+            self.text.append(chunk.text)
+        for delta in chunk.tool_calls:
+            call = self.calls.setdefault(delta.index, ["", "", ""])
+            call[0] = call[0] or delta.id
+            call[1] = call[1] or delta.name
+            call[2] += delta.arguments_fragment
+        if chunk.finish_reason is not None:
+            self.finish = chunk.finish_reason
+
+    def digest(self) -> str:
+        calls = [[c[0], c[1], c[2] or "{}"] for _, c in sorted(self.calls.items())]
+        return _canonical_digest("".join(self.text), calls, self.finish)

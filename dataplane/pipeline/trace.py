@@ -1,0 +1,157 @@
+"""What one request did, gathered step by step, and the evidence record made of it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dataplane.accounting import NO_COST, Cost, cost_of
+from dataplane.auth import Caller
+from dataplane.chat import Usage
+from dataplane.errors import InvalidRequest
+from dataplane.outcome import Outcome
+from dataplane.routing.candidate import Candidate
+from dataplane.routing.dispatch import AttemptRecord, ShadowOutcome
+from dataplane.routing.query import RoutePlan
+from dataplane.snapshot.store import ServingState
+
+
+@dataclass(slots=True)
+class Trace:
+    """What one request did, gathered step by step for its evidence record."""
+
+    kind: str
+    correlation_id: str
+    started: float
+    started_wall: float
+    request_sha256: str
+    state: ServingState | None = None
+    caller: Caller | None = None
+    plan: RoutePlan | None = None
+    candidate: Candidate | None = None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    usage: Usage | None = None
+    cost: Cost = NO_COST
+    response_sha256: str = ""
+    first_chunk_ms: float | None = None
+    dispatch_ms: float | None = None
+    invalid_correlation_id: InvalidRequest | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """Candidates the dispatcher passed over without an attempt, and why."""
+    governance: list[dict[str, Any]] = field(default_factory=list)
+    """What governance steps did to the request or the answer (empty: nothing)."""
+    recorded: str | None = None
+    """The evidence record id once written ("" when it could not be): exactly one per request."""
+
+
+def record_fields(trace: Trace, outcome: Outcome) -> dict[str, Any]:
+    """The evidence record of a request, served or refused."""
+    total_ms = (time.monotonic() - trace.started) * 1000
+    state, caller, plan, candidate = trace.state, trace.caller, trace.plan, trace.candidate
+    return {
+        "ts": trace.started_wall,
+        "kind": trace.kind,
+        "correlation_id": trace.correlation_id,
+        "tenant_id": caller.tenant.id if caller else "",
+        "api_key_id": caller.key.id if caller else "",
+        "snapshot": {"version": state.version, "sha256": state.config.hash_hex} if state else None,
+        "policy": {"id": plan.policy_id, "version": plan.policy_version} if plan else None,
+        "routing": _routing_record(plan, candidate, trace.attempts, trace.skipped) if plan else None,
+        "governance": trace.governance,
+        "timings": {
+            "total_ms": round(total_ms, 3),
+            "dispatch_ms": round(trace.dispatch_ms, 3) if trace.dispatch_ms is not None else None,
+            "first_chunk_ms": round(trace.first_chunk_ms, 3) if trace.first_chunk_ms is not None else None,
+        },
+        "usage": _usage_fields(trace.usage),
+        "cost": _cost_fields(trace.cost),
+        "outcome": {"code": outcome.code.name, "message": outcome.message, "error": outcome.kind},
+        "request_sha256": trace.request_sha256,
+        "response_sha256": trace.response_sha256,
+    }
+
+
+def shadow_fields(trace: Trace, outcome: ShadowOutcome[Any]) -> dict[str, Any]:
+    """The evidence of a mirrored call: the request's data went to another deployment too."""
+    c = outcome.candidate
+    usage = getattr(outcome.result, "usage", None)
+    cost = cost_of(c.model, usage)
+    return {
+        "ts": time.time(),
+        "kind": "shadow",
+        "correlation_id": trace.correlation_id,
+        "tenant_id": trace.caller.tenant.id if trace.caller else "",
+        "api_key_id": trace.caller.key.id if trace.caller else "",
+        "snapshot": {"version": trace.state.version, "sha256": trace.state.config.hash_hex}
+        if trace.state
+        else None,
+        "policy": {"id": trace.plan.policy_id, "version": trace.plan.policy_version} if trace.plan else None,
+        "routing": {"served_by": {"model": c.model.alias, "provider": c.provider.id, "deployment": c.key}},
+        "timings": {"total_ms": outcome.duration_ms},
+        "usage": _usage_fields(usage),
+        "cost": _cost_fields(cost),
+        "outcome": {"code": "OK" if outcome.outcome == "ok" else outcome.outcome, "message": outcome.error},
+        "request_sha256": trace.request_sha256,
+    }
+
+
+def _usage_fields(usage: Usage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "cache_write_input_tokens": usage.cache_write_input_tokens,
+    }
+
+
+def _cost_fields(cost: Cost) -> dict[str, Any]:
+    return {
+        "currency": "USD",
+        "input_nanos": cost.input_nanos,
+        "output_nanos": cost.output_nanos,
+        "total_nanos": cost.total_nanos,
+    }
+
+
+def _routing_record(
+    plan: RoutePlan,
+    candidate: Candidate | None,
+    attempts: list[AttemptRecord],
+    skipped: Sequence[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    # The decision, not the policy that produced it: retry settings and the like are
+    # identified by the record's policy id and version, so they are not repeated here.
+    return {
+        "rule": plan.rule,
+        "strategy": plan.strategy,
+        "reason": plan.reason,
+        "arm": plan.arm,
+        "candidates": plan.considered,
+        "dropped": plan.dropped,
+        "deferred": plan.deferred,
+        "order": [c.label for c in plan.ordered],
+        "shadow": plan.shadow.label if plan.shadow is not None else None,
+        "skipped": skipped,
+        "served_by": (
+            {"model": candidate.model.alias, "provider": candidate.provider.id, "deployment": candidate.key}
+            if candidate
+            else None
+        ),
+        "attempts": [
+            {
+                "model": a.candidate.model.alias,
+                "provider": a.candidate.provider.id,
+                "deployment": a.candidate.key,
+                "outcome": a.outcome,
+                "error": a.error,
+                "http_status": a.http_status,
+                "duration_ms": a.duration_ms,
+                "backoff_ms": a.backoff_ms,
+            }
+            for a in attempts
+        ],
+    }

@@ -1,0 +1,1 @@
+"""Routing policies: the language admins write (``language``) and its compiler (``compiler``)."""

@@ -1,0 +1,175 @@
+"""The policy language: documents, their published JSON Schema, parsing and validation.
+
+A policy document is JSON (or YAML) per tenant, plus a platform default. The
+control plane parses and validates a document at apply time (``parse_document``,
+``validate_document``); both the control plane and the node then compile it with
+``dataplane.policy.compiler.compile_policy``, so what the control plane accepts is
+exactly what the node can serve. Errors name the JSON path of the problem.
+node can serve. Errors name the JSON path of the problem.
+
+The language, by example (every field optional; the published JSON Schema is
+``policy.schema.json`` next to this module)::
+
+    default_model: sim-fast            # the default route, tried first
+    allowed_models: [sim-fast, sim-smart, gpt-4o]   # nothing else, in any rule
+    constraints:                       # apply to every rule (a rule may override)
+      max_cost_usd: 0.05               # estimated from prompt tokens + max output
+      max_latency_ms: 4000             # observed EWMA, else the model's typical latency
+      regions: [eu-west-1]             # provider regions allowed
+      jurisdictions: [EU]
+      allow_egress: false              # may an on-prem node call a public cloud?
+      certification_required_from: internal   # data classes needing a certified model
+    retry: {max_attempts: 3, attempts_per_deployment: 2, backoff_base_ms: 100,
+            backoff_cap_ms: 2000, fallback_on: [server_error, rate_limited, timeout]}
+    rules:                             # first match wins; none matched: the default route
+      - name: canary
+        match: {tiers: [gold], tasks: [summarize], metadata: {env: prod},
+                capabilities: [tools], data_classification: [internal],
+                regions: [eu-west-1], jurisdictions: [EU]}
+        strategy: weighted             # priority | cheapest | latency | weighted
+        weights: {gpt-4o: 90, sim-smart: 10}
+        sticky_key: metadata.user_id   # one user sees one arm
+        fallbacks: [sim-fast]
+        shadow: {model: sim-smart, share: 0.05}
+      - name: cheap-by-capability
+        select: {capabilities: [chat], attributes: {family: [llama, mistral]}}
+        strategy: cheapest
+
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from dataplane.config.model import Capability, DataClass, Strategy
+from dataplane.errors import PolicyError
+
+FALLBACK_KINDS = frozenset(
+    {
+        "server_error",
+        "rate_limited",
+        "timeout",
+        "overloaded",
+        "protocol_error",
+        "context_too_long",
+        "content_filtered",
+        "quota_exhausted",
+        "auth",
+    }
+)
+"""Error kinds (``ProviderError.kind``) a policy may name in ``fallback_on``."""
+
+
+DATA_CLASS_NAMES: Mapping[str, DataClass] = {d.name.lower(): d for d in DataClass}
+
+TOP_FIELDS = frozenset({"description", "default_model", "allowed_models", "constraints", "retry", "rules"})
+RULE_FIELDS = frozenset(
+    {
+        "name",
+        "description",
+        "match",
+        "models",
+        "select",
+        "strategy",
+        "weights",
+        "sticky_key",
+        "fallbacks",
+        "shadow",
+        "constraints",
+        "retry",
+    }
+)
+MATCH_FIELDS = frozenset(
+    {"tiers", "tasks", "metadata", "capabilities", "data_classification", "regions", "jurisdictions"}
+)
+SELECT_FIELDS = frozenset({"capabilities", "attributes"})
+SHADOW_FIELDS = frozenset({"model", "share", "key"})
+CONSTRAINT_FIELDS = frozenset(
+    {
+        "max_cost_usd",
+        "max_latency_ms",
+        "regions",
+        "jurisdictions",
+        "allow_egress",
+        "certification_required_from",
+    }
+)
+RETRY_FIELDS = frozenset(
+    {"max_attempts", "attempts_per_deployment", "backoff_base_ms", "backoff_cap_ms", "fallback_on"}
+)
+CAPABILITY_NAMES: Mapping[str, Capability] = {c.value: c for c in Capability}
+STRATEGY_NAMES: Mapping[str, Strategy] = {s.value: s for s in Strategy}
+STICKY_PREFIXES = ("metadata.", "tenant.labels.")
+STICKY_KEYS = frozenset({"tenant.id", "request_id"})
+
+
+@cache
+def schema() -> Mapping[str, Any]:
+    """The published JSON Schema (Draft 2020-12) of a policy document."""
+    text = resources.files("dataplane.policy").joinpath("policy.schema.json").read_text("utf-8")
+    loaded: Mapping[str, Any] = json.loads(text)
+    return loaded
+
+
+def validate_document(document: Any) -> None:
+    """Validate ``document`` against the published schema; raise ``PolicyError`` at the first problem.
+
+    Run at apply time (it is thorough, not fast); then ``compile_policy``
+    checks what a schema cannot: that models exist and weights make sense.
+    """
+    # No stubs for jsonschema; its use is confined to these lines.
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+    from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
+
+    validator = _validator(Draft202012Validator)
+    error = best_match(validator.iter_errors(document))
+    if error is None:
+        return
+    path = _json_path(error.absolute_path)
+    message = error.message
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        known = set(error.schema.get("properties", {})) if isinstance(error.schema, Mapping) else set()
+        extra = sorted(k for k in error.instance if k not in known)
+        if extra:
+            path, message = f"{path}.{extra[0]}", "unknown field"
+    elif error.validator == "required" and isinstance(error.instance, Mapping):
+        # Point at the missing field itself, as the compiler does.
+        missing = [k for k in error.validator_value if k not in error.instance]
+        if missing:
+            path, message = f"{path}.{missing[0]}", "required"
+    elif error.validator == "not" and isinstance(error.validator_value, Mapping):
+        # Our schema uses ``not: {required: [x]}`` for "x is not allowed here".
+        forbidden = error.validator_value.get("required", [])
+        if forbidden:
+            path, message = f"{path}.{forbidden[0]}", "not allowed here"
+    raise PolicyError(path, message)
+
+
+@cache
+def _validator(cls: Any) -> Any:
+    cls.check_schema(schema())
+    return cls(schema())
+
+
+def _json_path(parts: Iterable[object]) -> str:
+    out = "$"
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def parse_document(text: str) -> Any:
+    """Parse policy text (JSON, or YAML which is a superset) into a document.
+
+    Raises ``PolicyError`` at ``$`` naming the line when the text is not valid.
+    """
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError("$", f"not valid YAML or JSON: {exc}") from exc
