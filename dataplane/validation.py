@@ -62,9 +62,13 @@ def _schema_problem(canonical: str) -> str | None:
     return None
 
 
-def validate_chat(request: ChatRequest) -> None:
-    """Raise ``InvalidRequest`` for the first problem found."""
-    if not request.messages:
+def validate_chat(request: ChatRequest, *, require_messages: bool = True) -> None:
+    """Raise ``InvalidRequest`` for the first problem found.
+
+    ``require_messages=False`` accepts a request without messages (a dry run of
+    routing asks about the policy alone); every other rule holds.
+    """
+    if require_messages and not request.messages:
         raise InvalidRequest("messages", "must not be empty")
     for i, message in enumerate(request.messages):
         where = f"messages[{i}]"

@@ -7,7 +7,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from dataplane.errors import NoEligibleCandidate
 
 from dataplane.config.model import (
     Capability,
@@ -17,7 +16,7 @@ from dataplane.config.model import (
     RuntimeConfig,
     TenantConfig,
 )
-from dataplane.errors import CapabilityUnavailable, NotFound, PermissionDenied
+from dataplane.errors import CapabilityUnavailable, NoEligibleCandidate, NotFound, PermissionDenied
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import BreakerSettings
 from dataplane.routing.planner import plan_route

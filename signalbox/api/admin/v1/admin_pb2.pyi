@@ -980,7 +980,9 @@ class ExplainRouteRequest(_message.Message):
     deployment: _builtins.str
     node_group: _builtins.str
     @_builtins.property
-    def request(self) -> _infer_pb2.InferRequest: ...
+    def request(self) -> _infer_pb2.InferRequest:
+        """Read and checked as a node reads it; without messages it asks about routing alone."""
+
     def __init__(
         self,
         *,
