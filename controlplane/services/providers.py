@@ -11,7 +11,7 @@ from controlplane.db.models import Provider
 from controlplane.errors import AlreadyExists, InvalidArgument, NotFound, StillReferenced
 from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, UnitOfWork, check_name, check_str_map
-from dataplane.providers.base import adapter_types
+from dataplane.providers.registry import adapter_types
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Settings travel in snapshots in the clear, so a credential must never be one.

@@ -1,4 +1,4 @@
-"""The one small protocol every provider adapter implements, and the registry.
+"""The one small protocol every provider adapter implements (the registry is ``registry``).
 
 An adapter is built once per provider when a snapshot is applied (credentials
 are resolved then, off the request path) and shares the node's pooled
@@ -41,32 +41,3 @@ class AdapterFactory(Protocol):
     def __call__(
         self, config: ProviderConfig, client: httpx.AsyncClient, credential: str | None
     ) -> ProviderAdapter: ...
-
-
-_REGISTRY: dict[str, AdapterFactory] = {}
-
-
-def register(type_name: str, factory: AdapterFactory) -> None:
-    """Make ``factory`` the adapter for providers of ``type_name``."""
-    _REGISTRY[type_name] = factory
-
-
-def adapter_types() -> frozenset[str]:
-    _load_builtin()
-    return frozenset(_REGISTRY)
-
-
-def build_adapter(
-    config: ProviderConfig, client: httpx.AsyncClient, credential: str | None
-) -> ProviderAdapter:
-    _load_builtin()
-    try:
-        factory = _REGISTRY[config.type]
-    except KeyError:
-        raise ValueError(f"unknown provider type {config.type!r}") from None
-    return factory(config, client, credential)
-
-
-def _load_builtin() -> None:
-    # Importing the package's registry module registers every built-in adapter.
-    import dataplane.providers.registry  # noqa: F401

@@ -1,16 +1,19 @@
-"""Registers every built-in adapter. Importing this module is enough.
-
-The registry is a table from provider type to adapter class, never a chain of
-``if`` statements on provider names.
+"""The adapter registry: a table from provider type to adapter class, never a chain
+of ``if`` statements on provider names. Every built-in adapter is in it; a plug-in
+adds its own with ``register``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import httpx
+
+from dataplane.config.model import ProviderConfig
+
 from .anthropic import AnthropicAdapter
 from .azure_openai import AzureOpenAIAdapter
-from .base import AdapterFactory, register
+from .base import AdapterFactory, ProviderAdapter
 from .gemini import GeminiAdapter
 from .mistral import MistralAdapter
 from .ollama import OllamaAdapter
@@ -29,5 +32,23 @@ BUILTIN_ADAPTERS: Mapping[str, AdapterFactory] = {
 }
 """Provider type (``ProviderConfig.type``) → adapter class."""
 
-for _type_name, _factory in BUILTIN_ADAPTERS.items():
-    register(_type_name, _factory)
+_REGISTRY: dict[str, AdapterFactory] = dict(BUILTIN_ADAPTERS)
+
+
+def register(type_name: str, factory: AdapterFactory) -> None:
+    """Make ``factory`` the adapter for providers of ``type_name``."""
+    _REGISTRY[type_name] = factory
+
+
+def adapter_types() -> frozenset[str]:
+    return frozenset(_REGISTRY)
+
+
+def build_adapter(
+    config: ProviderConfig, client: httpx.AsyncClient, credential: str | None
+) -> ProviderAdapter:
+    try:
+        factory = _REGISTRY[config.type]
+    except KeyError:
+        raise ValueError(f"unknown provider type {config.type!r}") from None
+    return factory(config, client, credential)

@@ -30,7 +30,7 @@ from dataplane.config.model import (
 )
 from dataplane.errors import PolicyError, SnapshotInvalid
 from dataplane.policy.compiler import ModelIndex, compile_policy
-from dataplane.providers.base import adapter_types
+from dataplane.providers.registry import adapter_types
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 

@@ -48,7 +48,8 @@ from dataplane.errors import (
     SnapshotFileInvalid,
     SnapshotInvalid,
 )
-from dataplane.providers.base import ProviderAdapter, build_adapter
+from dataplane.providers.base import ProviderAdapter
+from dataplane.providers.registry import build_adapter
 from dataplane.routing.query import NodeContext
 from dataplane.routing.table import RouteTable, build_route_table
 from dataplane.snapshot.compile import compile_payload

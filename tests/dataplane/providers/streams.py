@@ -10,7 +10,8 @@ import httpx
 
 from dataplane.chat import FinishReason, StreamChunk, Usage
 from dataplane.config.model import ProviderConfig
-from dataplane.providers.base import ProviderAdapter, build_adapter
+from dataplane.providers.base import ProviderAdapter
+from dataplane.providers.registry import build_adapter
 
 CREDENTIAL = "sk-test-SECRET-0123456789"
 

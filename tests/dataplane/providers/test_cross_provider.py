@@ -25,7 +25,8 @@ from dataplane.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from dataplane.providers.base import ProviderAdapter, adapter_types
+from dataplane.providers.base import ProviderAdapter
+from dataplane.providers.registry import adapter_types
 from tests.helpers import eventually
 
 from . import canned

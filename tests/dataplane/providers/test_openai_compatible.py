@@ -7,7 +7,7 @@ import pytest
 
 from dataplane.chat import ChatRequest, EmbedRequest, FinishReason, ToolChoice, Usage
 from dataplane.errors import UpstreamBadRequest, UpstreamProtocolError, UpstreamUnavailable
-from dataplane.providers.base import adapter_types
+from dataplane.providers.registry import adapter_types
 
 from .canned import openai_chunk, openai_completion, openai_text_stream
 from .fakes import (

@@ -21,7 +21,8 @@ from dataplane.errors import (
     UpstreamBadRequest,
     UpstreamUnavailable,
 )
-from dataplane.providers.base import ProviderAdapter, build_adapter
+from dataplane.providers.base import ProviderAdapter
+from dataplane.providers.registry import build_adapter
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import Dispatcher, DispatchFailed, ShadowOutcome
 from dataplane.routing.health import BreakerSettings, BreakerState
