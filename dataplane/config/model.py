@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING
 
+from dataplane.scopes import UNRESTRICTED, KeyScope
+
 if TYPE_CHECKING:
     from dataplane.routing.policy import CompiledPolicy
 
@@ -117,6 +119,8 @@ class ApiKeyEntry:
     scopes: frozenset[str] = frozenset()
     expires_at: float | None = None
     """Unix seconds, or None for no expiry."""
+    scope: KeyScope = UNRESTRICTED
+    """``scopes`` parsed once at compile (``KeyScope.parse``): what requests check."""
 
 
 @dataclass(frozen=True, slots=True)
