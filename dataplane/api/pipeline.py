@@ -1,10 +1,12 @@
 """The steps every Infer API request goes through, in order.
 
     begin        correlation id, timers, request digest
-    admit        snapshot (UNAVAILABLE without one) -> authenticate
+    admit        snapshot (UNAVAILABLE without one) -> authenticate -> the key's
+                 scopes allow the operation and the task (``dataplane.scopes``)
     (convert and validate the request: ``convert``, ``validation``)
-    route        plan_route, then drop candidates the node cannot use or that cannot
-                 honour max_output_tokens
+    route        an explicit model within the key's scopes, plan_route, then drop
+                 candidates outside the key's scopes, that the node cannot use or
+                 that cannot honour max_output_tokens
     dispatch     through the node's Dispatcher within the caller's deadline (handlers)
     account      usage -> cost from the chosen model's prices
     record       exactly one evidence record, whatever the outcome
@@ -35,6 +37,7 @@ from dataplane.errors import CredentialUnavailable, EvidenceUnavailable, Invalid
 from dataplane.evidence.log import EvidenceLog
 from dataplane.routing.dispatch import AttemptRecord, Dispatcher, ShadowOutcome
 from dataplane.routing.router import Candidate, NodeContext, RoutePlan, RouteQuery, plan_route
+from dataplane.scopes import CHAT, EMBED, STREAM, nothing_in_scope, within_scope
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2
 
@@ -46,6 +49,9 @@ DEFAULT_DEADLINE_S = 60.0
 """Budget for a request whose caller set no deadline."""
 
 _MTOK = 1_000_000
+
+SCOPE_OPERATION = {"infer": CHAT, "stream": STREAM, "embed": EMBED}
+"""The ``op:`` scope value of each request kind (``Trace.kind``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +156,8 @@ class Pipeline:
             trace.invalid_correlation_id = exc
             return trace
 
-    def admit(self, trace: Trace, metadata: Metadata | None) -> tuple[ServingState, Caller]:
-        """Snapshot and caller, or the error that refuses the request."""
+    def admit(self, trace: Trace, metadata: Metadata | None, task: str = "") -> tuple[ServingState, Caller]:
+        """Snapshot and caller, or the error that refuses the request (``task``: the request's)."""
         state = self.store.require()
         trace.state = state
         caller = authenticate(state.config, bearer_token(metadata), trace.started_wall)
@@ -159,13 +165,14 @@ class Pipeline:
         if trace.invalid_correlation_id is not None:
             # Reported after authentication so an anonymous caller learns nothing else.
             raise trace.invalid_correlation_id
+        # Key scopes: operation and task (an unknown kind is denied when ops are restricted).
+        caller.key.scope.check_request(SCOPE_OPERATION.get(trace.kind, trace.kind), task)
         return state, caller
 
     def route(
         self, trace: Trace, state: ServingState, query: RouteQuery, max_output_tokens: int | None = None
     ) -> RoutePlan:
-        plan = plan_route(state.config, query, self.node, health=self.dispatcher.health)
-        trace.plan = plan
+        plan = self._route_in_scope(trace, state, query)
         ordered = plan.ordered
         if state.unusable:
             ordered = tuple(c for c in ordered if c.provider.id not in state.unusable)
@@ -192,6 +199,28 @@ class Pipeline:
         if ordered is not plan.ordered:
             plan = replace(plan, ordered=ordered)
             trace.plan = plan
+        return plan
+
+    def _route_in_scope(self, trace: Trace, state: ServingState, query: RouteQuery) -> RoutePlan:
+        """plan_route within the key's ``model:`` scopes: a model the caller names must be in
+        them; of the policy's candidates (and shadow) those outside are dropped, with the
+        reason in the plan, and the request is refused when none is left."""
+        scope = trace.caller.key.scope if trace.caller is not None else None
+        if scope is not None and query.model:
+            scope.check_model(query.model)
+        plan = plan_route(state.config, query, self.node, health=self.dispatcher.health)
+        trace.plan = plan
+        if scope is None:
+            return plan
+        kept, drops = within_scope(scope, plan.ordered)
+        shadow = plan.shadow
+        if shadow is not None and not scope.allows_model(shadow.model.alias):
+            shadow = None
+        if drops or shadow is not plan.shadow:
+            plan = replace(plan, ordered=kept, dropped=plan.dropped + drops, shadow=shadow)
+            trace.plan = plan
+        if drops and not kept:
+            raise nothing_in_scope(scope, drops)
         return plan
 
     def shadow(

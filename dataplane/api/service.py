@@ -89,7 +89,7 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
         metadata = context.invocation_metadata()
         trace = p.begin(kind, request, request.correlation_id, metadata)
         try:
-            state, caller = p.admit(trace, metadata)
+            state, caller = p.admit(trace, metadata, request.task)
             with state.use():
                 response = await handle(trace, state, caller)
             trace.response_sha256 = hashlib.sha256(response.SerializeToString()).hexdigest()
@@ -217,7 +217,7 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
         trace = p.begin("stream", request, request.correlation_id, metadata)
         stream: AsyncIterator[StreamChunk] | None = None
         try:
-            state, caller = p.admit(trace, metadata)
+            state, caller = p.admit(trace, metadata, request.task)
             with state.use():
                 chat, plan = self._plan_chat(trace, state, caller, request, streaming=True)
 
