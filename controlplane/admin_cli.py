@@ -19,6 +19,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from dataplane.scopes import ScopeSyntaxError, validate_scopes
 from signalbox import settings
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.common.v1 import common_pb2
@@ -109,8 +110,13 @@ def tenant_row(t: admin_pb2.Tenant) -> tuple[object, ...]:
     return (t.id, t.name, t.tier, "yes" if t.active else "no", json.dumps(dict(t.labels), sort_keys=True))
 
 
+def _scopes(scopes: Sequence[str]) -> str:
+    """A key's scopes for a table, comma-separated; a key without scopes is unrestricted."""
+    return ",".join(sorted(scopes)) or "unrestricted"
+
+
 def key_row(k: admin_pb2.ApiKey) -> tuple[object, ...]:
-    return (k.id, k.tenant_id, k.name, k.prefix + "...", ",".join(k.scopes), _time(k.expires_at))
+    return (k.id, k.tenant_id, k.name, k.prefix + "...", _scopes(k.scopes), _time(k.expires_at))
 
 
 def provider_row(p: admin_pb2.Provider) -> tuple[object, ...]:
@@ -201,14 +207,19 @@ async def tenant_delete(stub: Stub, ns: argparse.Namespace) -> Output:
 
 
 async def key_create(stub: Stub, ns: argparse.Namespace) -> Output:
+    scopes = ns.scope or []
+    try:
+        validate_scopes(scopes)  # the grammar the control plane and nodes apply
+    except ScopeSyntaxError as exc:
+        raise SystemExit(f"--scope: {exc}") from None
     r = await stub.CreateApiKey(
-        admin_pb2.CreateApiKeyRequest(tenant=ns.tenant, name=ns.name or "", scopes=ns.scope or [])
+        admin_pb2.CreateApiKeyRequest(tenant=ns.tenant, name=ns.name or "", scopes=scopes)
     )
-    # The secret is the last line on its own, so scripts can take it with `tail -1`.
+    # The secret is the last column, so scripts can take it with `tail -1 | awk '{print $NF}'`.
     return Output(
         r,
-        ("id", "tenant", "prefix", "secret (shown once)"),
-        [(r.key.id, r.key.tenant_id, r.key.prefix, r.secret)],
+        ("id", "tenant", "prefix", "scopes", "secret (shown once)"),
+        [(r.key.id, r.key.tenant_id, r.key.prefix, _scopes(r.key.scopes), r.secret)],
     )
 
 
@@ -527,7 +538,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = _verb(key, "create", key_create, "create an API key; the secret is printed once")
     p.add_argument("--tenant", required=True)
     p.add_argument("--name")
-    p.add_argument("--scope", action="append")
+    p.add_argument(
+        "--scope",
+        action="append",
+        metavar="KIND:VALUE",
+        help="restrict the key (repeatable): model:ALIAS, task:TASK, op:chat|stream|embed; "
+        "several of one kind are alternatives, kinds combine; none: unrestricted. "
+        "A model need not exist yet.",
+    )
     _verb(key, "list", key_list, "list API keys").add_argument("--tenant")
     _verb(key, "delete", key_delete, "revoke an API key").add_argument("id")
 

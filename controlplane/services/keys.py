@@ -12,6 +12,7 @@ from controlplane.db.models import ApiKey
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, UnitOfWork
+from dataplane.scopes import ScopeSyntaxError, validate_scopes
 
 API_KEY_PREFIX = "sbx_"
 # Enough of the key to recognise it in a list, far too little to guess the rest.
@@ -44,8 +45,12 @@ class ApiKeyService:
             raise InvalidArgument("tenant", "must not be empty")
         if expires_at is not None and expires_at <= datetime.now(UTC):
             raise InvalidArgument("expires_at", "must be in the future")
-        if any(not s for s in scopes):
-            raise InvalidArgument("scopes", "must not contain empty scopes")
+        # The grammar the node enforces (dataplane.scopes). A model: scope may name a model
+        # not in the registry yet: models can be added later, and until then it matches none.
+        try:
+            validate_scopes(scopes)
+        except ScopeSyntaxError as exc:
+            raise InvalidArgument(f"scopes[{exc.index}]", exc.problem) from None
         secret = new_api_key_secret()
         async with self.uow.change(caller, f"create api key for {tenant}") as change:
             row = await repo.get_tenant(change.session, tenant)

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
+from dataplane.scopes import UNRESTRICTED, KeyScope
+
 
 class Capability(StrEnum):
     """Mirrors ``signalbox.api.common.v1.Capability``; the names policies use."""
@@ -113,6 +115,8 @@ class ApiKeyEntry:
     scopes: frozenset[str] = frozenset()
     expires_at: float | None = None
     """Unix seconds, or None for no expiry."""
+    scope: KeyScope = UNRESTRICTED
+    """``scopes`` parsed once at compile (``KeyScope.parse``): what requests check."""
 
 
 @dataclass(frozen=True, slots=True)

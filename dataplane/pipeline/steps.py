@@ -14,6 +14,7 @@ import secrets
 import time
 from array import array
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -21,7 +22,7 @@ import grpc
 from dataplane.accounting import Cost, cost_of
 from dataplane.auth import Caller, authenticate
 from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamChunk, Usage
-from dataplane.errors import EvidenceUnavailable, InvalidRequest
+from dataplane.errors import EvidenceUnavailable, InvalidRequest, PermissionDenied
 from dataplane.evidence.log import EvidenceLog
 from dataplane.outcome import CANCELLED, OK, Outcome, to_status
 from dataplane.pipeline.call import (
@@ -41,6 +42,7 @@ from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import Dispatcher, ShadowOutcome
 from dataplane.routing.planner import plan_route, usable_plan
 from dataplane.routing.query import RoutePlan, query_for
+from dataplane.scopes import KeyScope, nothing_in_scope, within_scope
 from dataplane.snapshot.store import ServingState, SnapshotStore
 from dataplane.validation import correlation_id as checked_correlation_id
 from dataplane.validation import validate
@@ -221,6 +223,7 @@ class Pipeline:
         if trace.invalid_correlation_id is not None:
             # Reported after authentication so an anonymous caller learns nothing else.
             raise trace.invalid_correlation_id
+        caller.key.scope.check_operation(call.operation.value)
         return state, caller
 
     def _prepare(
@@ -229,6 +232,8 @@ class Pipeline:
         """Validate, govern the input, route."""
         body, hints = call.decode()
         validate(body)
+        scope = caller.key.scope
+        scope.check_task(hints.task)
         for step in self.governance:
             governed = step.govern_input(call.operation, body, trace.governance)
             if not isinstance(governed, type(body)):
@@ -241,7 +246,13 @@ class Pipeline:
             streaming=call.operation is Operation.STREAM,
             request_id=trace.correlation_id,
         )
+        if query.model:
+            scope.check_model(query.model)
         trace.plan = plan_route(state.routes, query, self.dispatcher.health)
+        if not scope.unrestricted:
+            trace.plan, refused = _within_scope(trace.plan, scope)
+            if refused is not None:
+                raise refused
         trace.plan = plan = usable_plan(trace.plan, query, state.unusable)
         return body, plan
 
@@ -348,6 +359,18 @@ class Pipeline:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s %s evidence=%s", trace.kind, trace.correlation_id, outcome.code.name, record_id)
         return record_id
+
+
+def _within_scope(plan: RoutePlan, scope: KeyScope) -> tuple[RoutePlan, PermissionDenied | None]:
+    """``plan`` without the candidates (and shadow) outside the key's ``model:`` scopes, with
+    the reasons among its drops; and the refusal naming the scopes when none is left."""
+    kept, drops = within_scope(scope, plan.ordered)
+    shadow = plan.shadow
+    if shadow is not None and not scope.allows_model(shadow.model.alias):
+        shadow = None
+    if drops or shadow is not plan.shadow:
+        plan = replace(plan, ordered=kept, dropped=plan.dropped + drops, shadow=shadow)
+    return plan, nothing_in_scope(scope, drops) if drops and not kept else None
 
 
 # ---- digests of answers, the same whichever front door served them ----

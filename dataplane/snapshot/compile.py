@@ -31,6 +31,7 @@ from dataplane.config.model import (
 from dataplane.errors import PolicyError, SnapshotInvalid
 from dataplane.policy.compiler import ModelIndex, compile_policy
 from dataplane.providers.registry import adapter_types
+from dataplane.scopes import KeyScope
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -98,7 +99,12 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, payload_sha256: bytes) -> 
         if len(k.secret_sha256) != 32:
             raise SnapshotInvalid(f"$.api_keys[{i}].secret_sha256", "must be a 32-byte SHA-256")
         expires = k.expires_at.ToSeconds() if k.HasField("expires_at") else None
-        keys[bytes(k.secret_sha256)] = ApiKeyEntry(k.id, k.tenant_id, k.name, frozenset(k.scopes), expires)
+        # A scope this node does not understand refuses that key's requests (KeyScope.invalid);
+        # it does not make the whole snapshot unservable.
+        scopes = frozenset(k.scopes)
+        keys[bytes(k.secret_sha256)] = ApiKeyEntry(
+            k.id, k.tenant_id, k.name, scopes, expires, KeyScope.parse(scopes)
+        )
 
     known_types = adapter_types()
     providers: dict[str, ProviderConfig] = {}

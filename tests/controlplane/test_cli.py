@@ -105,6 +105,48 @@ async def test_admin_cli_round_trip(control_plane: RunningControlPlane, admin: A
     assert "UNAUTHENTICATED" in err
 
 
+async def test_key_scopes_are_checked_before_the_call_and_shown(
+    control_plane: RunningControlPlane, admin: Admin
+) -> None:
+    env = {"SIGNALBOX_ADMIN_TARGET": control_plane.address, "SIGNALBOX_ADMIN_TOKEN": control_plane.token}
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+
+    code, _, err = await _signalbox(
+        "admin", "key", "create", "--tenant", "acme", "--scope", "op:chat", "--scope", "foo:x", env=env
+    )
+    assert code != 0
+    assert "--scope: scopes[1]: unknown scope kind 'foo' (known: model, op, task)" in err
+    assert not (await admin.ListApiKeys(admin_pb2.ListApiKeysRequest())).keys
+
+    args = (
+        "key",
+        "create",
+        "--tenant",
+        "acme",
+        "--name",
+        "ci",
+        "--scope",
+        "op:chat",
+        "--scope",
+        "model:small",
+    )
+    code, out, err = await _signalbox("admin", *args, env=env)
+    assert code == 0, err
+    header, row = out.strip().splitlines()
+    assert header.split()[:4] == ["ID", "TENANT", "PREFIX", "SCOPES"]
+    assert row.split()[3] == "model:small,op:chat"
+    assert row.split()[-1].startswith("sbx_")
+    code, out, err = await _signalbox("admin", "key", "create", "--tenant", "acme", "--name", "open", env=env)
+    assert code == 0, err
+
+    code, out, err = await _signalbox("admin", "key", "list", env=env)
+    assert code == 0, err
+    header, *rows = out.strip().splitlines()
+    assert header.split() == ["ID", "TENANT", "NAME", "PREFIX", "SCOPES", "EXPIRES"]
+    scopes = {row.split()[2]: row.split()[4] for row in rows}
+    assert scopes == {"ci": "model:small,op:chat", "open": "unrestricted"}
+
+
 async def test_export_snapshot_writes_the_newest_signed_envelope(
     control_plane: RunningControlPlane, admin: Admin, tmp_path: Path
 ) -> None:

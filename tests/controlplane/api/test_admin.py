@@ -123,7 +123,7 @@ async def test_api_key_secret_is_returned_once_and_stored_only_as_a_hash(
 ) -> None:
     await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
     created = await admin.CreateApiKey(
-        admin_pb2.CreateApiKeyRequest(tenant="acme", name="ci", scopes=["infer"])
+        admin_pb2.CreateApiKeyRequest(tenant="acme", name="ci", scopes=["op:chat"])
     )
     assert created.secret.startswith("sbx_")
     assert len(created.secret) > 30
@@ -145,6 +145,44 @@ async def test_api_key_secret_is_returned_once_and_stored_only_as_a_hash(
     assert not (await admin.ListApiKeys(admin_pb2.ListApiKeysRequest())).keys
     code, _ = await _code(admin.DeleteApiKey(admin_pb2.DeleteApiKeyRequest(id=created.key.id)))
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("scopes", "message"),
+    [
+        (["op:chat", "foo:x"], "scopes[1]: unknown scope kind 'foo' (known: model, op, task)"),
+        (["op:infer"], "scopes[0]: op: unknown operation 'infer' (known: chat, embed, stream)"),
+        (["infer"], "scopes[0]: 'infer' is not KIND:VALUE (kinds: model, op, task)"),
+        ([""], "scopes[0]: '' is not KIND:VALUE (kinds: model, op, task)"),
+        (["task:"], "scopes[0]: task: value must not be empty"),
+        (["task:a b"], "scopes[0]: task: value 'a b' contains whitespace or control characters"),
+        (["model:" + "m" * 129], "scopes[0]: model: value is 129 characters, more than 128"),
+        (["model:a", "model:a"], "scopes[1]: duplicate of scopes[0]"),
+    ],
+)
+async def test_api_key_scopes_are_validated_naming_the_entry_and_the_rule(
+    admin: Admin, scopes: list[str], message: str
+) -> None:
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+    code, details = await _code(
+        admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant="acme", scopes=scopes))
+    )
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+    assert not (await admin.ListApiKeys(admin_pb2.ListApiKeysRequest())).keys
+
+
+async def test_api_key_scopes_are_kept_and_shipped_and_may_name_a_model_not_yet_registered(
+    admin: Admin,
+) -> None:
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+    scopes = ["model:not-registered-yet", "model:org:m", "task:review", "op:chat", "op:stream"]
+    created = await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant="acme", scopes=scopes))
+    assert list(created.key.scopes) == scopes
+    (listed,) = (await admin.ListApiKeys(admin_pb2.ListApiKeysRequest(tenant="acme"))).keys
+    assert list(listed.scopes) == scopes
+    envelope = await admin.ExportSnapshot(admin_pb2.ExportSnapshotRequest())
+    (key,) = snapshot_pb2.Snapshot.FromString(envelope.payload).api_keys
+    assert sorted(key.scopes) == sorted(scopes)
 
 
 async def test_api_key_for_unknown_tenant_is_not_found(admin: Admin) -> None:
