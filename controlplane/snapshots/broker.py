@@ -17,7 +17,7 @@ import psycopg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.repositories import snapshots as snapshot_repo
-from controlplane.snapshots.publish import NOTIFY_CHANNEL
+from controlplane.repositories.snapshots import NOTIFY_CHANNEL
 from signalbox.api.config.v1 import snapshot_pb2
 
 log = logging.getLogger(__name__)

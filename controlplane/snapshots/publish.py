@@ -11,7 +11,6 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import Snapshot
@@ -22,8 +21,6 @@ from controlplane.snapshots.build import build_snapshot
 from dataplane.config.compile import SnapshotInvalid, compile_payload
 from dataplane.config.model import RuntimeConfig
 from signalbox.api.config.v1 import snapshot_pb2
-
-NOTIFY_CHANNEL = "signalbox_snapshots"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +68,8 @@ class SnapshotPublisher:
         check(payload)
         digest = hashlib.sha256(payload).digest()
         envelope = self.signer.sign(payload).SerializeToString(deterministic=True)
-        session.add(
+        await snapshot_repo.add(
+            session,
             Snapshot(
                 version=version,
                 payload=payload,
@@ -82,9 +80,8 @@ class SnapshotPublisher:
                 created_at=now,
                 created_by=actor,
                 reason=reason,
-            )
+            ),
         )
-        await session.flush()
         # Delivered at commit, to every replica LISTENing, this one included.
-        await session.execute(text("SELECT pg_notify(:c, :v)"), {"c": NOTIFY_CHANNEL, "v": str(version)})
+        await snapshot_repo.announce(session, version)
         return PublishedSnapshot(version, digest, envelope, now)
