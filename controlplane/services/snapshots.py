@@ -9,7 +9,6 @@ from controlplane.db.models import Snapshot
 from controlplane.errors import NotFound
 from controlplane.repositories import config as config_repo
 from controlplane.repositories import snapshots as repo
-from controlplane.repositories.config import lock_config
 from controlplane.services.base import SYSTEM, UnitOfWork
 from dataplane.config.compile import compile_payload
 from dataplane.config.model import RuntimeConfig, TenantConfig
@@ -31,17 +30,14 @@ class SnapshotService:
         """Publish the unchanged config as a new version when there is no snapshot yet, or
         the newest has used half its lifetime, so nodes never drift into an expired one
         just because nobody changed anything. Returns the new version, or None."""
-        publisher = self.uow.publisher
-        async with self.uow.sessions() as session, session.begin():
-            await lock_config(session)
-            latest = await repo.latest(session)
-            if latest is not None and datetime.now(UTC) < latest.created_at + publisher.ttl / 2:
+        async with self.uow.change(SYSTEM, "re-issued before expiry") as change:
+            latest = await repo.latest(change.session)
+            if latest is None:
+                change.reason = "initial snapshot"
+            elif datetime.now(UTC) < latest.created_at + self.uow.publisher.ttl / 2:
+                change.skip()
                 return None
-            reason = "initial snapshot" if latest is None else "re-issued before expiry"
-            published = await publisher.publish(session, actor=SYSTEM.actor, reason=reason)
-        for callback in self.uow.after_commit:
-            callback(published)
-        return published.version
+        return change.version
 
     async def runtime_for(self, tenant: str) -> tuple[RuntimeConfig, TenantConfig]:
         """The newest snapshot compiled as a node would, and the tenant in it."""
