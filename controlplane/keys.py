@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.db.models import SigningKey
 from controlplane.errors import InvalidArgument, SigningKeyUnavailable
 from controlplane.repositories import signing_keys as repo
-from dataplane.config.envelope import SNAPSHOT_PAYLOAD_TYPE, key_id_for, pae
+from controlplane.snapshots.compiler import SNAPSHOT_PAYLOAD_TYPE, key_id_for, pae
 from signalbox.api.config.v1 import snapshot_pb2
 
 KEK_FILE_NAME = "kek"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from controlplane.errors import ControlPlaneError
-from dataplane.config.compile import SnapshotInvalid
+from controlplane.snapshots.compiler import SnapshotInvalid
 from dataplane.errors import SignalboxError
 
 # Checked in order: the first matching class decides. Errors that know their own

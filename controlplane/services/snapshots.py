@@ -10,7 +10,7 @@ from controlplane.errors import NotFound
 from controlplane.repositories import config as config_repo
 from controlplane.repositories import snapshots as repo
 from controlplane.services.base import SYSTEM, UnitOfWork
-from dataplane.config.compile import compile_payload
+from controlplane.snapshots.compiler import compile_in_thread
 from dataplane.config.model import RuntimeConfig, TenantConfig
 
 
@@ -42,7 +42,7 @@ class SnapshotService:
     async def runtime_for(self, tenant: str) -> tuple[RuntimeConfig, TenantConfig]:
         """The newest snapshot compiled as a node would, and the tenant in it."""
         row = await self.get(0)
-        config = compile_payload(bytes(row.payload))
+        config = await compile_in_thread(bytes(row.payload))
         async with self.uow.read() as session:
             tenant_row = await config_repo.get_tenant(session, tenant)
         found = config.tenants.get(str(tenant_row.id)) if tenant_row is not None else None

@@ -2,11 +2,13 @@
 
 Runs inside the admin call's transaction, after its change: if the candidate
 does not compile with the data plane's own compiler, nothing is signed and the
-whole transaction rolls back.
+whole transaction rolls back. Serialising, compiling, hashing and signing run
+in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,7 @@ from controlplane.errors import ConfigRejected
 from controlplane.keys import Signer, trusted_keys
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.snapshots.build import build_snapshot
-from dataplane.config.compile import SnapshotInvalid, compile_payload
+from controlplane.snapshots.compiler import SnapshotInvalid, compile_now
 from dataplane.config.model import RuntimeConfig
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -34,11 +36,30 @@ class PublishedSnapshot:
 
 
 def check(payload: bytes) -> RuntimeConfig:
-    """Compile the exact payload bytes as a node would; ``ConfigRejected`` names the path."""
+    """Compile the exact payload bytes as a node would; ``ConfigRejected`` names the path.
+
+    CPU-heavy: call it off the event loop.
+    """
     try:
-        return compile_payload(payload)
+        return compile_now(payload)
     except SnapshotInvalid as exc:
         raise ConfigRejected(exc.path, exc.message) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Sealed:
+    payload: bytes
+    sha256: bytes
+    envelope: bytes
+    config: RuntimeConfig
+
+
+def _seal(snapshot: snapshot_pb2.Snapshot, signer: Signer) -> _Sealed:
+    # Serialized once: these exact bytes are checked, hashed, signed and stored.
+    payload = snapshot.SerializeToString(deterministic=True)
+    config = check(payload)
+    envelope = signer.sign(payload).SerializeToString(deterministic=True)
+    return _Sealed(payload, hashlib.sha256(payload).digest(), envelope, config)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +84,14 @@ class SnapshotPublisher:
             scope=self.scope,
             trusted=await trusted_keys(session),
         )
-        # Serialized once: these exact bytes are checked, hashed, signed and stored.
-        payload = snapshot.SerializeToString(deterministic=True)
-        check(payload)
-        digest = hashlib.sha256(payload).digest()
-        envelope = self.signer.sign(payload).SerializeToString(deterministic=True)
+        sealed = await asyncio.to_thread(_seal, snapshot, self.signer)
         await snapshot_repo.add(
             session,
             Snapshot(
                 version=version,
-                payload=payload,
-                envelope=envelope,
-                sha256=digest,
+                payload=sealed.payload,
+                envelope=sealed.envelope,
+                sha256=sealed.sha256,
                 previous_hash=snapshot.previous_hash,
                 signing_key_id=self.signer.key_id,
                 created_at=now,
@@ -84,4 +101,4 @@ class SnapshotPublisher:
         )
         # Delivered at commit, to every replica LISTENing, this one included.
         await snapshot_repo.announce(session, version)
-        return PublishedSnapshot(version, digest, envelope, now)
+        return PublishedSnapshot(version, sealed.sha256, sealed.envelope, now)
