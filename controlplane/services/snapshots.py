@@ -1,8 +1,8 @@
-"""Reading stored snapshots and dry-running routing against the newest one."""
+"""Reading stored snapshots, re-issuing them, and dry-running routing against the newest one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from controlplane.db.models import Snapshot
@@ -10,13 +10,16 @@ from controlplane.errors import NotFound
 from controlplane.repositories import config as config_repo
 from controlplane.repositories import snapshots as repo
 from controlplane.services.base import SYSTEM, UnitOfWork
-from controlplane.snapshots.compiler import compile_in_thread
+from controlplane.snapshots.compiler import LatestCompiled
+from controlplane.snapshots.publish import PublishedSnapshot
 from dataplane.config.model import RuntimeConfig, TenantConfig
 
 
 @dataclass(slots=True)
 class SnapshotService:
     uow: UnitOfWork
+    compiled: LatestCompiled = field(default_factory=LatestCompiled)
+    """The newest version's compiled config; seed it with ``remember`` after each commit."""
 
     async def get(self, version: int = 0) -> Snapshot:
         """A stored snapshot; 0 for the newest."""
@@ -39,10 +42,14 @@ class SnapshotService:
                 return None
         return change.version
 
+    def remember(self, published: PublishedSnapshot) -> None:
+        """An after-commit callback: the publisher compiled the new version already."""
+        self.compiled.remember(published.version, published.sha256, published.config)
+
     async def runtime_for(self, tenant: str) -> tuple[RuntimeConfig, TenantConfig]:
         """The newest snapshot compiled as a node would, and the tenant in it."""
         row = await self.get(0)
-        config = await compile_in_thread(bytes(row.payload))
+        config = await self.compiled.get(row.version, bytes(row.sha256), bytes(row.payload))
         async with self.uow.read() as session:
             tenant_row = await config_repo.get_tenant(session, tenant)
         found = config.tenants.get(str(tenant_row.id)) if tenant_row is not None else None

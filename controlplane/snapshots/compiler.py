@@ -6,11 +6,14 @@ modules can move with one import to change.
 
 Compiling is CPU-heavy and pure, so it runs in a worker thread: a large
 snapshot never stalls the event loop that serves admin calls and sync streams.
+``LatestCompiled`` keeps the compiled config of the newest version, so dry runs
+(ExplainRoute) compile a version once, not once per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 
 from dataplane.config.compile import SnapshotInvalid, compile_payload
 from dataplane.config.envelope import SNAPSHOT_PAYLOAD_TYPE, key_id_for, pae
@@ -18,6 +21,7 @@ from dataplane.config.model import RuntimeConfig
 
 __all__ = [
     "SNAPSHOT_PAYLOAD_TYPE",
+    "LatestCompiled",
     "SnapshotInvalid",
     "compile_in_thread",
     "compile_now",
@@ -37,3 +41,49 @@ def compile_now(payload: bytes) -> RuntimeConfig:
 async def compile_in_thread(payload: bytes) -> RuntimeConfig:
     """Compile the exact payload bytes as a node would, in a worker thread."""
     return await asyncio.to_thread(compile_now, payload)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    version: int
+    sha256: bytes
+    config: RuntimeConfig
+
+
+@dataclass(slots=True)
+class LatestCompiled:
+    """The compiled config of the newest snapshot version seen, keyed by version and payload hash.
+
+    The hash is part of the key because a version number alone does not name a
+    payload: a candidate compiled in a transaction that then rolled back may share
+    its number with what another replica committed.
+    """
+
+    _entry: _Entry | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def remember(self, version: int, sha256: bytes, config: RuntimeConfig) -> None:
+        """Keep ``config`` as the compiled form of that version, unless a newer one is held."""
+        if self._entry is None or version >= self._entry.version:
+            self._entry = _Entry(version, bytes(sha256), config)
+
+    def _held(self, version: int, sha256: bytes) -> RuntimeConfig | None:
+        entry = self._entry
+        if entry is not None and entry.version == version and entry.sha256 == sha256:
+            return entry.config
+        return None
+
+    async def get(self, version: int, sha256: bytes, payload: bytes) -> RuntimeConfig:
+        """The compiled ``payload`` of that version: held, or compiled (once) in a worker thread."""
+        sha256 = bytes(sha256)
+        if (config := self._held(version, sha256)) is not None:
+            return config
+        # Concurrent callers asking for the same new version wait for one compile.
+        async with self._lock:
+            if (config := self._held(version, sha256)) is not None:
+                return config
+            config = await compile_in_thread(payload)
+            # What was asked for is the newest stored version: hold it even over a
+            # higher number (a database reset starts versions again).
+            self._entry = _Entry(version, sha256, config)
+            return config

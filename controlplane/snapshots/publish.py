@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,12 +27,14 @@ from signalbox.api.config.v1 import snapshot_pb2
 
 @dataclass(frozen=True, slots=True)
 class PublishedSnapshot:
-    """A stored snapshot: its version, payload hash and the exact envelope bytes."""
+    """A stored snapshot: its version, payload hash, the exact envelope bytes, and
+    the config its payload compiles to (as a node will compile it)."""
 
     version: int
     sha256: bytes
     envelope: bytes
     created_at: datetime
+    config: RuntimeConfig = field(repr=False, compare=False)
 
 
 def check(payload: bytes) -> RuntimeConfig:
@@ -101,4 +103,4 @@ class SnapshotPublisher:
         )
         # Delivered at commit, to every replica LISTENing, this one included.
         await snapshot_repo.announce(session, version)
-        return PublishedSnapshot(version, sealed.sha256, sealed.envelope, now)
+        return PublishedSnapshot(version, sealed.sha256, sealed.envelope, now, sealed.config)
