@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,3 +31,8 @@ async def add(session: AsyncSession, row: Snapshot) -> None:
 async def announce(session: AsyncSession, version: int) -> None:
     """NOTIFY every listening replica of ``version``; delivered when the transaction commits."""
     await session.execute(text("SELECT pg_notify(:c, :v)"), {"c": NOTIFY_CHANNEL, "v": str(version)})
+
+
+async def listen(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Subscribe ``conn`` (a dedicated autocommit connection, not a session) to ``announce``."""
+    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
