@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 
 from controlplane.errors import ControlPlaneError
-from controlplane.snapshots.compiler import SnapshotInvalid
 from dataplane.errors import SignalboxError
 
 # Checked in order: the first matching class decides. Errors that know their own
@@ -13,8 +12,6 @@ from dataplane.errors import SignalboxError
 _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode | None], ...] = (
     (ControlPlaneError, None),
     (SignalboxError, None),
-    # The stored snapshot no longer compiles with this build's data-plane code.
-    (SnapshotInvalid, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from controlplane.errors import StoredSnapshotInvalid
 from dataplane.config.compile import SnapshotInvalid, compile_payload
 from dataplane.config.envelope import SNAPSHOT_PAYLOAD_TYPE, key_id_for, pae
 from dataplane.config.model import RuntimeConfig
@@ -74,7 +75,8 @@ class LatestCompiled:
         return None
 
     async def get(self, version: int, sha256: bytes, payload: bytes) -> RuntimeConfig:
-        """The compiled ``payload`` of that version: held, or compiled (once) in a worker thread."""
+        """The compiled ``payload`` of that stored version: held, or compiled (once) in a worker
+        thread; ``StoredSnapshotInvalid`` if this build's data-plane code cannot compile it."""
         sha256 = bytes(sha256)
         if (config := self._held(version, sha256)) is not None:
             return config
@@ -82,7 +84,10 @@ class LatestCompiled:
         async with self._lock:
             if (config := self._held(version, sha256)) is not None:
                 return config
-            config = await compile_in_thread(payload)
+            try:
+                config = await compile_in_thread(payload)
+            except SnapshotInvalid as exc:
+                raise StoredSnapshotInvalid(exc.path, exc.message) from exc
             # What was asked for is the newest stored version: hold it even over a
             # higher number (a database reset starts versions again).
             self._entry = _Entry(version, sha256, config)

@@ -9,12 +9,14 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 
 from controlplane.db.models import Snapshot
 from controlplane.db.session import create_engine, session_factory
+from controlplane.errors import StoredSnapshotInvalid
 from controlplane.keys import Kek, Signer, ensure_signing_key
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.services.base import UnitOfWork
@@ -198,6 +200,34 @@ async def test_a_dry_run_compiles_each_new_version_once(
     assert one is other
     assert one.payload_sha256 == second
     assert compiles.digests == [second]
+
+
+async def test_a_stored_snapshot_this_build_cannot_compile_fails_the_dry_run_precondition(
+    admin: Admin, replica: Replica
+) -> None:
+    """E.g. after a downgrade: the newest stored payload is not what this code can serve."""
+    await admin.seed()
+    version = await admin.latest_version() + 1
+    payload = b"\xff not a snapshot"
+    async with replica.service.uow.sessions() as session, session.begin():
+        await snapshot_repo.add(
+            session,
+            Snapshot(
+                version=version,
+                payload=payload,
+                envelope=b"",
+                sha256=hashlib.sha256(payload).digest(),
+                signing_key_id="k",
+                created_at=datetime.now(UTC),
+            ),
+        )
+    with pytest.raises(StoredSnapshotInvalid) as info:
+        await replica.service.runtime_for("acme")
+    assert info.value.field == "$"
+    with pytest.raises(grpc.aio.AioRpcError) as call:
+        await _explain(admin)
+    assert call.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (call.value.details() or "").startswith("$: payload is not a Snapshot message")
 
 
 # ---- re-issue is a change like any other ----
