@@ -56,8 +56,7 @@ class LatestCompiled:
     """The compiled config of the newest snapshot version seen, keyed by version and payload hash.
 
     The hash is part of the key because a version number alone does not name a
-    payload: a candidate compiled in a transaction that then rolled back may share
-    its number with what another replica committed.
+    payload: after a database reset or restore, numbers start again with other content.
     """
 
     _entry: _Entry | None = None
