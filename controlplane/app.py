@@ -149,6 +149,8 @@ class ControlPlane:
         publisher = SnapshotPublisher(self.signer, s.snapshot_ttl, s.scope)
         uow = UnitOfWork(sessions, publisher)
         snapshots = SnapshotService(uow)
+        # Dry runs reuse what the publisher compiled for each version it committed.
+        uow.after_commit.append(snapshots.remember)
         await snapshots.reissue_if_aging()
 
         # LISTEN needs a plain libpq URL.

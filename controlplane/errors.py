@@ -8,7 +8,9 @@
     ├── NotFound                      NOT_FOUND           (names the kind and the key)
     ├── AlreadyExists                 ALREADY_EXISTS      (names the kind and the key)
     ├── StillReferenced               FAILED_PRECONDITION (names the referrer)
-    └── SigningKeyUnavailable         FAILED_PRECONDITION (signing key cannot be unsealed: wrong KEK)
+    ├── SigningKeyUnavailable         FAILED_PRECONDITION (signing key cannot be unsealed: wrong KEK)
+    └── StoredSnapshotInvalid         FAILED_PRECONDITION (the newest stored snapshot no longer compiles
+                                                           with this build's data-plane code; names the path)
 
 The one place that turns these into gRPC statuses is ``controlplane.api.status``.
 Messages never contain secrets: errors are built from names and ids only.
@@ -87,3 +89,15 @@ class SigningKeyUnavailable(ControlPlaneError):
     """The stored signing key cannot be decrypted with the configured KEK."""
 
     status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class StoredSnapshotInvalid(ControlPlaneError):
+    """The newest stored snapshot does not compile with this build's data-plane code
+    (e.g. after an upgrade), so it cannot be dry-run; ``field`` is the snapshot path."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem

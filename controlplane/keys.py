@@ -21,18 +21,16 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
-from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import SigningKey
 from controlplane.errors import InvalidArgument, SigningKeyUnavailable
+from controlplane.repositories import signing_keys as repo
 from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, key_id_for, pae
 from signalbox.api.config.v1 import snapshot_pb2
 
 KEK_FILE_NAME = "kek"
 _NONCE_BYTES = 12
-# Serializes first-start key generation across replicas sharing one database.
-_SIGNING_KEY_LOCK = 0x5B0C_0001
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,33 +128,26 @@ def _unseal(row: SigningKey, kek: Kek) -> Signer:
 
 async def ensure_signing_key(session: AsyncSession, kek: Kek) -> Signer:
     """The active signing key, generated and sealed on first start. Call inside a transaction."""
-    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SIGNING_KEY_LOCK})
-    row = await session.scalar(
-        select(SigningKey).where(SigningKey.active).order_by(SigningKey.created_at.desc()).limit(1)
-    )
+    await repo.lock_generation(session)
+    row = await repo.newest_active(session)
     if row is not None:
         return _unseal(row, kek)
     private = Ed25519PrivateKey.generate()
     key_id = key_id_for(private.public_key())
     raw = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    session.add(
+    await repo.add(
+        session,
         SigningKey(
             key_id=key_id,
             public_key=private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
             encrypted_private_key=kek.seal(raw, key_id.encode()),
             kek_id=kek.id,
             active=True,
-        )
+        ),
     )
-    await session.flush()
     return Signer(key_id, private)
 
 
 async def trusted_keys(session: AsyncSession) -> list[tuple[str, bytes]]:
     """(key id, raw public key) of every active signing key, oldest first."""
-    rows = await session.execute(
-        select(SigningKey.key_id, SigningKey.public_key)
-        .where(SigningKey.active)
-        .order_by(SigningKey.created_at, SigningKey.key_id)
-    )
-    return [(kid, bytes(pub)) for kid, pub in rows]
+    return await repo.trusted(session)

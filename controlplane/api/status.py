@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import grpc
 
-from dataplane.errors import SnapshotInvalid
 from signalbox.errors import Error
 
 # Checked in order: the first matching class decides. Errors that know their own
 # status (ours and the data plane's, reached through ExplainRoute) carry it.
-_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode | None], ...] = (
-    # The stored snapshot no longer compiles with this build's data-plane code.
-    (SnapshotInvalid, grpc.StatusCode.FAILED_PRECONDITION),
-    (Error, None),
-)
+_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode | None], ...] = ((Error, None),)
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:

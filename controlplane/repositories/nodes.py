@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import Node, NodeNack
@@ -21,3 +22,10 @@ async def list_all(session: AsyncSession) -> Sequence[Node]:
 async def nacked(session: AsyncSession, node_id: str) -> set[tuple[int, bytes]]:
     rows = await session.execute(select(NodeNack.version, NodeNack.sha256).where(NodeNack.node_id == node_id))
     return {(version, bytes(digest)) for version, digest in rows}
+
+
+async def mark_seen(session: AsyncSession, node_ids: Sequence[str], now: datetime) -> None:
+    """Mark the nodes seen at ``now`` and connected, in one statement."""
+    await session.execute(
+        update(Node).where(Node.node_id.in_(node_ids)).values(last_seen_at=now, connected=True)
+    )

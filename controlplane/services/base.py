@@ -75,10 +75,20 @@ SYSTEM = Caller("", "system")
 
 @dataclass(slots=True)
 class Change:
-    """An open config change: its session, then the snapshot that carries it."""
+    """An open config change: its session, then the snapshot that carries it.
+
+    Inside the block, ``reason`` may be refined, and ``skip()`` ends the change
+    without a new snapshot (when, under the lock, there turns out to be nothing to do).
+    """
 
     session: AsyncSession
+    reason: str
     snapshot: PublishedSnapshot | None = None
+    skipped: bool = False
+
+    def skip(self) -> None:
+        """Publish nothing: the block changed nothing that needs a new snapshot."""
+        self.skipped = True
 
     @property
     def version(self) -> int:
@@ -100,14 +110,19 @@ class UnitOfWork:
 
     @asynccontextmanager
     async def change(self, caller: Caller, reason: str) -> AsyncIterator[Change]:
-        """A config change in one transaction that ends with a new snapshot."""
+        """A config change in one transaction that ends with a new snapshot (unless skipped),
+        then runs the after-commit callbacks with it."""
         async with self.sessions() as session, session.begin():
             await lock_config(session)
-            change = Change(session)
+            change = Change(session, reason)
             yield change
+            if change.skipped:
+                return
             await session.flush()
             try:
-                change.snapshot = await self.publisher.publish(session, actor=caller.actor, reason=reason)
+                change.snapshot = await self.publisher.publish(
+                    session, actor=caller.actor, reason=change.reason
+                )
             except ConfigRejected as exc:
                 exc.referrer = await describe_path(session, exc.field)
                 raise

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import Node, NodeNack
@@ -125,11 +124,7 @@ class NodeService:
         if not node_ids:
             return
         async with self.sessions() as session, session.begin():
-            await session.execute(
-                update(Node)
-                .where(Node.node_id.in_(node_ids))
-                .values(last_seen_at=datetime.now(UTC), connected=True)
-            )
+            await repo.mark_seen(session, node_ids, datetime.now(UTC))
 
     async def list(self) -> Sequence[Node]:
         async with self.sessions() as session:

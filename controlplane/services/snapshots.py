@@ -1,23 +1,25 @@
-"""Reading stored snapshots and dry-running routing against the newest one."""
+"""Reading stored snapshots, re-issuing them, and dry-running routing against the newest one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from controlplane.db.models import Snapshot
 from controlplane.errors import NotFound
 from controlplane.repositories import config as config_repo
 from controlplane.repositories import snapshots as repo
-from controlplane.repositories.config import lock_config
 from controlplane.services.base import SYSTEM, UnitOfWork
+from controlplane.snapshots.compiler import LatestCompiled
+from controlplane.snapshots.publish import PublishedSnapshot
 from dataplane.config.model import RuntimeConfig, TenantConfig
-from dataplane.snapshot.compile import compile_payload
 
 
 @dataclass(slots=True)
 class SnapshotService:
     uow: UnitOfWork
+    compiled: LatestCompiled = field(default_factory=LatestCompiled)
+    """The newest version's compiled config; seed it with ``remember`` after each commit."""
 
     async def get(self, version: int = 0) -> Snapshot:
         """A stored snapshot; 0 for the newest."""
@@ -31,22 +33,23 @@ class SnapshotService:
         """Publish the unchanged config as a new version when there is no snapshot yet, or
         the newest has used half its lifetime, so nodes never drift into an expired one
         just because nobody changed anything. Returns the new version, or None."""
-        publisher = self.uow.publisher
-        async with self.uow.sessions() as session, session.begin():
-            await lock_config(session)
-            latest = await repo.latest(session)
-            if latest is not None and datetime.now(UTC) < latest.created_at + publisher.ttl / 2:
+        async with self.uow.change(SYSTEM, "re-issued before expiry") as change:
+            latest = await repo.latest(change.session)
+            if latest is None:
+                change.reason = "initial snapshot"
+            elif datetime.now(UTC) < latest.created_at + self.uow.publisher.ttl / 2:
+                change.skip()
                 return None
-            reason = "initial snapshot" if latest is None else "re-issued before expiry"
-            published = await publisher.publish(session, actor=SYSTEM.actor, reason=reason)
-        for callback in self.uow.after_commit:
-            callback(published)
-        return published.version
+        return change.version
+
+    def remember(self, published: PublishedSnapshot) -> None:
+        """An after-commit callback: the publisher compiled the new version already."""
+        self.compiled.remember(published.version, published.sha256, published.config)
 
     async def runtime_for(self, tenant: str) -> tuple[RuntimeConfig, TenantConfig]:
         """The newest snapshot compiled as a node would, and the tenant in it."""
         row = await self.get(0)
-        config = compile_payload(bytes(row.payload))
+        config = await self.compiled.get(row.version, bytes(row.sha256), bytes(row.payload))
         async with self.uow.read() as session:
             tenant_row = await config_repo.get_tenant(session, tenant)
         found = config.tenants.get(str(tenant_row.id)) if tenant_row is not None else None

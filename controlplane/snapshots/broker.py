@@ -17,7 +17,6 @@ import psycopg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.repositories import snapshots as snapshot_repo
-from controlplane.snapshots.publish import NOTIFY_CHANNEL
 from signalbox.api.config.v1 import snapshot_pb2
 
 log = logging.getLogger(__name__)
@@ -139,7 +138,7 @@ class SnapshotBroker:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self._listen_url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    await snapshot_repo.listen(conn)
                     if self._listening.is_set():
                         # Reconnected: notifications may have been missed meanwhile.
                         self.kick()

@@ -2,16 +2,17 @@
 
 Runs inside the admin call's transaction, after its change: if the candidate
 does not compile with the data plane's own compiler, nothing is signed and the
-whole transaction rolls back.
+whole transaction rolls back. Serialising, compiling, hashing and signing run
+in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import Snapshot
@@ -19,30 +20,48 @@ from controlplane.errors import ConfigRejected
 from controlplane.keys import Signer, trusted_keys
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.snapshots.build import build_snapshot
+from controlplane.snapshots.compiler import SnapshotInvalid, compile_now
 from dataplane.config.model import RuntimeConfig
-from dataplane.errors import SnapshotInvalid
-from dataplane.snapshot.compile import compile_payload
 from signalbox.api.config.v1 import snapshot_pb2
-
-NOTIFY_CHANNEL = "signalbox_snapshots"
 
 
 @dataclass(frozen=True, slots=True)
 class PublishedSnapshot:
-    """A stored snapshot: its version, payload hash and the exact envelope bytes."""
+    """A stored snapshot: its version, payload hash, the exact envelope bytes, and
+    the config its payload compiles to (as a node will compile it)."""
 
     version: int
     sha256: bytes
     envelope: bytes
     created_at: datetime
+    config: RuntimeConfig = field(repr=False, compare=False)
 
 
 def check(payload: bytes) -> RuntimeConfig:
-    """Compile the exact payload bytes as a node would; ``ConfigRejected`` names the path."""
+    """Compile the exact payload bytes as a node would; ``ConfigRejected`` names the path.
+
+    CPU-heavy: call it off the event loop.
+    """
     try:
-        return compile_payload(payload)
+        return compile_now(payload)
     except SnapshotInvalid as exc:
         raise ConfigRejected(exc.path, exc.problem) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Sealed:
+    payload: bytes
+    sha256: bytes
+    envelope: bytes
+    config: RuntimeConfig
+
+
+def _seal(snapshot: snapshot_pb2.Snapshot, signer: Signer) -> _Sealed:
+    # Serialized once: these exact bytes are checked, hashed, signed and stored.
+    payload = snapshot.SerializeToString(deterministic=True)
+    config = check(payload)
+    envelope = signer.sign(payload).SerializeToString(deterministic=True)
+    return _Sealed(payload, hashlib.sha256(payload).digest(), envelope, config)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,25 +86,21 @@ class SnapshotPublisher:
             scope=self.scope,
             trusted=await trusted_keys(session),
         )
-        # Serialized once: these exact bytes are checked, hashed, signed and stored.
-        payload = snapshot.SerializeToString(deterministic=True)
-        check(payload)
-        digest = hashlib.sha256(payload).digest()
-        envelope = self.signer.sign(payload).SerializeToString(deterministic=True)
-        session.add(
+        sealed = await asyncio.to_thread(_seal, snapshot, self.signer)
+        await snapshot_repo.add(
+            session,
             Snapshot(
                 version=version,
-                payload=payload,
-                envelope=envelope,
-                sha256=digest,
+                payload=sealed.payload,
+                envelope=sealed.envelope,
+                sha256=sealed.sha256,
                 previous_hash=snapshot.previous_hash,
                 signing_key_id=self.signer.key_id,
                 created_at=now,
                 created_by=actor,
                 reason=reason,
-            )
+            ),
         )
-        await session.flush()
         # Delivered at commit, to every replica LISTENing, this one included.
-        await session.execute(text("SELECT pg_notify(:c, :v)"), {"c": NOTIFY_CHANNEL, "v": str(version)})
-        return PublishedSnapshot(version, digest, envelope, now)
+        await snapshot_repo.announce(session, version)
+        return PublishedSnapshot(version, sealed.sha256, sealed.envelope, now, sealed.config)

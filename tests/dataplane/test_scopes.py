@@ -7,7 +7,6 @@ import re
 
 import grpc
 import pytest
-from dataplane.snapshot.compile import compile_snapshot
 
 from dataplane.config.model import Capability, DeploymentConfig, ModelConfig, ProviderConfig
 from dataplane.errors import PermissionDenied
@@ -23,6 +22,7 @@ from dataplane.scopes import (
     validate_scopes,
     within_scope,
 )
+from dataplane.snapshot.compile import compile_snapshot
 from signalbox.api.config.v1 import snapshot_pb2
 
 # ---- grammar ----
