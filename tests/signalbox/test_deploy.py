@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from signalbox import settings
-from signalbox.cli import build_parser
+from signalbox.shell.cli import build_parser
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 FILES = sorted(p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix != ".md")

@@ -25,7 +25,7 @@ from dataplane.providers.base import ProviderAdapter, build_adapter
 from dataplane.routing.dispatch import Dispatcher, DispatchFailed, ShadowOutcome
 from dataplane.routing.health import BreakerSettings, BreakerState
 from dataplane.routing.router import Candidate, NodeContext, RoutePlan, RouteQuery, plan_route
-from signalbox.simulator import Behaviour, Simulator
+from signalbox.shell.simulator import Behaviour, Simulator
 from tests.helpers import eventually
 
 from .support import HELLO, FakeClock, completer, model, provider, runtime
