@@ -545,6 +545,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def run(ns: argparse.Namespace) -> int:
     """The ``signalbox up`` handler."""
+    from signalbox.shell.cli import missing_controlplane_extra
+
+    if missing := missing_controlplane_extra():
+        print(
+            f"signalbox up: needs the control plane, which is not installed (no {', '.join(missing)}):"
+            " pip install 'signalbox[controlplane]'",
+            file=sys.stderr,
+        )
+        return 1
     config = StackConfig(
         data_dir=Path(ns.data_dir).resolve(),
         controlplane_listen=ns.controlplane_listen,

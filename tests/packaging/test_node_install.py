@@ -57,6 +57,14 @@ def test_the_command_has_every_node_side_command_and_says_how_to_get_the_control
     assert "signalbox[controlplane]" in " ".join(result.stdout.split())
 
 
+def test_up_says_it_needs_the_control_plane(node_venv: Venv, tmp_path: Path) -> None:
+    result = run(node_venv.signalbox, "up", "--once", "--data-dir", tmp_path / "up", cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "pip install 'signalbox[controlplane]'" in result.stderr
+    assert not (tmp_path / "up").exists()
+
+
 def test_verify_checks_a_signed_snapshot(
     node_venv: Venv, tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey
 ) -> None:
