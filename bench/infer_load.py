@@ -33,8 +33,8 @@ import grpc
 import psutil
 
 from signalbox.api.infer.v1 import infer_pb2_grpc
-from signalbox.client_cli import build_request
-from signalbox.up import LocalStack, StackConfig
+from signalbox.shell.client_cli import build_request
+from signalbox.shell.up import LocalStack, StackConfig
 
 PROMPT = "Summarize the benefits of a control plane / data plane split in one sentence."
 MODEL = "sim-fast"

@@ -34,8 +34,8 @@ import psutil
 from infer_load import MODEL, Call, Result, cpu_seconds, drive, pinned_stack
 
 from signalbox.api.infer.v1 import infer_pb2_grpc
-from signalbox.client_cli import build_request
-from signalbox.up import LocalStack
+from signalbox.shell.client_cli import build_request
+from signalbox.shell.up import LocalStack
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,5 +12,5 @@ The config path, in the order a change travels:
     api/sync.py           ConfigSyncService: push envelopes to nodes, record ACK/NACK
     keys.py               the Ed25519 signing key, sealed at rest with the KEK
     app.py                ControlPlane: wires it all into one gRPC server
-    cli.py, admin_cli.py  ``signalbox controlplane ...`` and ``signalbox admin ...``
+    cli.py                ``signalbox controlplane ...`` (``signalbox admin`` is in signalbox.shell)
 """

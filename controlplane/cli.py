@@ -1,9 +1,11 @@
-"""``signalbox controlplane ...`` and ``signalbox admin ...``.
+"""``signalbox controlplane ...``.
 
 controlplane serve            run the control plane (SIGTERM/SIGINT: drain and stop)
 controlplane bootstrap-admin  create the first admin token; printed once, last line of stdout
 controlplane export-snapshot  write the newest signed envelope to a file (air-gapped pin)
-admin <resource> <verb>       the Admin API from a shell (see ``controlplane.admin_cli``)
+
+``signalbox admin ...`` is a pure client of the Admin API and lives in the shell
+(``signalbox.shell.admin_cli``).
 """
 
 from __future__ import annotations
@@ -45,9 +47,7 @@ def _database_settings(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``signalbox controlplane`` and ``signalbox admin``."""
-    from controlplane import admin_cli
-
+    """Add ``signalbox controlplane``."""
     parser = commands.add_parser("controlplane", help="run and manage the control plane")
     sub = parser.add_subparsers(dest="controlplane_command", required=True, metavar="COMMAND")
     add = settings.add
@@ -128,8 +128,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         command=EXPORT,
     )
     export.set_defaults(handler=export_command)
-
-    admin_cli.register(commands)
 
 
 def serve_command(ns: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
 """Signalbox: an open, model-agnostic AI orchestrator.
 
-This package holds what both planes share and what neither owns: the
-generated API code (``signalbox.api``), the ``signalbox`` command line, and the
-simulated upstream used by ``signalbox up``, tests and benchmarks. It never
-imports ``controlplane`` at module level, so a data-plane-only install works.
+This package is in two layers. The foundation is what both planes share and
+neither owns: the generated API code (``signalbox.api``), settings
+(``signalbox.settings``), the shared error base (``signalbox.errors``) and the
+code generator. The shell (``signalbox.shell``) is the ``signalbox`` command
+and the tools it runs; it sits on top of both planes, and nothing in the
+foundation, ``dataplane`` or ``controlplane`` imports it.
 """
 
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@ REQUIRED = {
     "A data-plane node installs and runs alone: no control plane, no database stack",
     "The control plane uses the data plane's compilers and planner, never its front door",
     "The foundation (generated API, settings, errors) imports neither plane",
+    "The shell (CLI, up, admin and client CLIs, simulator) is on top: nothing imports it",
     "Data-plane layers: the request path, top to bottom",
     "No import circles between sibling packages or modules",
 }
@@ -82,6 +83,7 @@ def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "The control plane uses the data plane's compilers and planner",
         ),
         ("dataplane/routing/_probe.py", "import dataplane.pipeline\n", "Data-plane layers"),
+        ("controlplane/_probe.py", "import signalbox.shell.up\n", "The shell"),
         ("dataplane/errors_probe.py", "import dataplane.outcome\n", "No import circles"),
     ],
 )

@@ -1,7 +1,13 @@
-"""Run Alembic programmatically: the control plane upgrades to head on start."""
+"""Run Alembic programmatically: the control plane upgrades to head on start.
+
+The scripts are the package ``controlplane.migrations`` (``migrations/`` in the
+repository, mapped by setup.py), found through the installed package so a wheel
+install needs neither a checkout nor alembic.ini.
+"""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from alembic import command
@@ -12,13 +18,21 @@ from sqlalchemy import create_engine
 
 from controlplane.db.session import normalize_url
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_PACKAGE = "controlplane.migrations"
+
+
+def migrations_dir() -> Path:
+    """The directory of the installed ``controlplane.migrations`` package (Alembic needs a path)."""
+    location = Path(str(resources.files(MIGRATIONS_PACKAGE)))
+    if not (location / "env.py").is_file():
+        raise RuntimeError(f"{MIGRATIONS_PACKAGE} has no env.py at {location}: a broken install")
+    return location
 
 
 def alembic_config(url: str) -> Config:
-    """An Alembic config pointing at ``migrations/`` and ``url``; no alembic.ini needed."""
+    """An Alembic config pointing at the migrations and ``url``; no alembic.ini needed."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("file_template", "%%(year)d-%%(month).2d-%%(day).2d_%%(slug)s_%%(rev)s")
     # ConfigParser interpolation would choke on '%' in URLs.
     config.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))

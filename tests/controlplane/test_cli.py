@@ -13,7 +13,7 @@ from dataplane.snapshot.envelope import verify
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
-from signalbox.simulator import Simulator
+from signalbox.shell.simulator import Simulator
 from tests.controlplane.conftest import Admin
 from tests.fixtures.postgres import RunningControlPlane
 

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dataplane.app import DataPlaneNode
 from signalbox.api.infer.v1 import infer_pb2_grpc
-from signalbox.simulator import Behaviour
+from signalbox.shell.simulator import Behaviour
 from tests.dataplane.conftest import AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
 from tests.helpers import eventually
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
-from signalbox.cli import main
+from signalbox.shell.cli import main
 from tests.dataplane.conftest import AUTH, chat, envelope, snapshot, write_public_key
 
 

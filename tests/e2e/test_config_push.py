@@ -22,7 +22,7 @@ from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, key_id_for, pae
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
-from signalbox.simulator import Simulator
+from signalbox.shell.simulator import Simulator
 from tests.controlplane.conftest import Admin
 from tests.e2e.conftest import NodeFactory
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane

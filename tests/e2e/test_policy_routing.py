@@ -23,7 +23,7 @@ from dataplane.routing.query import NodeContext
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
-from signalbox.simulator import Simulator
+from signalbox.shell.simulator import Simulator
 from tests.controlplane.conftest import Admin
 from tests.e2e.conftest import NodeFactory
 from tests.fixtures.postgres import RunningControlPlane

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from signalbox.up import LocalStack, StackConfig
+from signalbox.shell.up import LocalStack, StackConfig
 
 
 @pytest.fixture

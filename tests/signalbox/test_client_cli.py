@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from signalbox.up import LocalStack
+from signalbox.shell.up import LocalStack
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from signalbox import settings
-from signalbox.cli import build_parser
+from signalbox.shell.cli import build_parser
+from tests.packaging.conftest import SOURCES
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 FILES = sorted(p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix != ".md")
@@ -30,3 +31,23 @@ def test_units_start_each_plane_with_its_env_file() -> None:
         assert f"EnvironmentFile=/etc/signalbox/{plane}.env" in unit
         assert f"ExecStart=/opt/signalbox/venv/bin/signalbox {plane} serve" in unit
         assert (DEPLOY / "systemd" / f"{plane}.env").exists()
+
+
+def test_deploy_installs_the_wheel_not_a_checkout() -> None:
+    for path in [*FILES, DEPLOY / "README.md"]:
+        text = path.read_text()
+        assert not re.search(r"pip install[^\n]*(\s-e\s|--editable)", text), f"{path.name}: editable install"
+    containerfile = (DEPLOY / "Containerfile").read_text()
+    assert "pip wheel" in containerfile
+    assert re.search(r"pip install [^\n]*\.whl\)?\[controlplane\]", containerfile)
+
+
+def test_the_container_build_copies_everything_the_wheel_is_built_from() -> None:
+    containerfile = (DEPLOY / "Containerfile").read_text()
+    copied = {
+        name
+        for line in re.findall(r"^COPY (?!--from)(.+)$", containerfile, re.MULTILINE)
+        for name in line.split()[:-1]
+    }
+
+    assert set(SOURCES) <= copied

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from signalbox import settings
-from signalbox.cli import build_parser
+from signalbox.shell.cli import build_parser
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 START = "<!-- settings-table:start (generated: python -m tests.signalbox.test_readme) -->"

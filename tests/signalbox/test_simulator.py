@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from signalbox.simulator import Behaviour, Simulator, embedding_for
+from signalbox.shell.simulator import Behaviour, Simulator, embedding_for
 from tests.helpers import wait_until
 
 WEATHER_TOOL = {
@@ -414,7 +414,7 @@ async def test_chunk_delay_streams_chunks_separately(client: httpx.AsyncClient) 
 
 def test_serve_command_serves_until_sigterm() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "signalbox.simulator", "serve", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "signalbox.shell.simulator", "serve", "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
-from signalbox.simulator import Behaviour
+from signalbox.shell.simulator import Behaviour
 from tests.dataplane.conftest import AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
 from tests.helpers import eventually
 

@@ -1,4 +1,4 @@
-"""The ``simulated`` adapter against the real built-in simulator (``signalbox.simulator``)."""
+"""The ``simulated`` adapter against the real built-in simulator (``signalbox.shell.simulator``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from dataplane.chat import ChatRequest, EmbedRequest, FinishReason, ToolChoice
 from dataplane.errors import RateLimited
 from dataplane.providers.base import ProviderAdapter
-from signalbox.simulator import Behaviour, Simulator
+from signalbox.shell.simulator import Behaviour, Simulator
 
 from .samples import ASK_WEATHER, HELLO, user
 from .streams import assemble, drain, make_adapter

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from signalbox.simulator import Simulator
+from signalbox.shell.simulator import Simulator
 
 from .support import FakeClock
 

@@ -29,7 +29,7 @@ from dataplane.routing.health import BreakerSettings, BreakerState
 from dataplane.routing.planner import plan_route
 from dataplane.routing.query import RoutePlan, RouteQuery
 from dataplane.routing.table import build_route_table
-from signalbox.simulator import Behaviour, Simulator
+from signalbox.shell.simulator import Behaviour, Simulator
 from tests.helpers import eventually
 
 from .support import HELLO, FakeClock, completer, model, provider, runtime

@@ -708,7 +708,7 @@ def _serve_command(ns: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m signalbox.simulator serve ...``: the simulator alone, without loading either plane."""
+    """``python -m signalbox.shell.simulator serve ...``: the simulator alone, without loading either plane."""
     parser = argparse.ArgumentParser(prog="signalbox")
     register(parser.add_subparsers(dest="command", required=True))
     ns = parser.parse_args(["simulator", *(argv if argv is not None else sys.argv[1:])])

@@ -33,8 +33,8 @@ from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
-from signalbox.client_cli import answer_text, build_request
-from signalbox.simulator import Simulator, parse_listen
+from signalbox.shell.client_cli import answer_text, build_request
+from signalbox.shell.simulator import Simulator, parse_listen
 
 COMMAND = "up"
 TENANT = "demo"
@@ -256,7 +256,7 @@ class LocalStack:
             # The simulator module alone: the bench upstream should not load either plane.
             ["serve", "--listen", listen],
             self.config.simulator_cpus,
-            module="signalbox.simulator",
+            module="signalbox.shell.simulator",
         )
         self.simulator_url = f"http://{listen}"
         url = f"{self.simulator_url}/v1/models"
@@ -484,7 +484,7 @@ def _concrete(listen: str) -> str:
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``signalbox up`` and ``signalbox simulator``."""
-    from signalbox import simulator
+    from signalbox.shell import simulator
 
     simulator.register(commands)
     parser = commands.add_parser(
@@ -545,6 +545,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def run(ns: argparse.Namespace) -> int:
     """The ``signalbox up`` handler."""
+    from signalbox.shell.extras import missing_controlplane_extra
+
+    if missing := missing_controlplane_extra():
+        print(
+            f"signalbox up: needs the control plane, which is not installed (no {', '.join(missing)}):"
+            " pip install 'signalbox[controlplane]'",
+            file=sys.stderr,
+        )
+        return 1
     config = StackConfig(
         data_dir=Path(ns.data_dir).resolve(),
         controlplane_listen=ns.controlplane_listen,

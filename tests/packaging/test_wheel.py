@@ -1,0 +1,66 @@
+"""What the wheel holds: every module, the migrations, and dependencies split by plane."""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+
+import pytest
+
+from tests.packaging.conftest import CONTROLPLANE_EXTRA, ROOT
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _source_files() -> set[str]:
+    """Wheel paths of every module and data file in the tree (migrations/ is controlplane.migrations)."""
+    found: set[str] = set()
+    for package in ("signalbox", "controlplane", "dataplane"):
+        for path in (ROOT / package).rglob("*"):
+            if path.suffix in {".py", ".pyi", ".json"} and "__pycache__" not in path.parts:
+                found.add(path.relative_to(ROOT).as_posix())
+    for path in (ROOT / "migrations").rglob("*"):
+        if path.suffix in {".py", ".mako"} and "__pycache__" not in path.parts:
+            found.add("controlplane/" + path.relative_to(ROOT).as_posix())
+    return found
+
+
+def _requirements(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = Parser().parsestr(archive.read(name).decode())
+    return metadata.get_all("Requires-Dist") or []
+
+
+def _project(requirement: str) -> str:
+    match = re.match(r"[A-Za-z0-9._-]+", requirement)
+    assert match, requirement
+    return match.group(0).lower()
+
+
+def test_the_wheel_holds_every_module_and_the_migrations(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+
+    assert _source_files() - names == set()
+    assert {
+        "controlplane/migrations/env.py",
+        "controlplane/migrations/script.py.mako",
+        "dataplane/policy/policy.schema.json",
+    } <= names
+    assert not any(n.startswith(("tests/", "migrations/", "bench/")) for n in names)
+
+
+def test_the_control_plane_dependencies_are_only_in_its_extra(wheel: Path) -> None:
+    requirements = _requirements(wheel)
+    base = {_project(r) for r in requirements if "extra ==" not in r}
+    controlplane = {_project(r) for r in requirements if re.search(r"extra == .controlplane.", r)}
+    dev = {_project(r) for r in requirements if re.search(r"extra == .dev.", r)}
+
+    assert base.isdisjoint(CONTROLPLANE_EXTRA)
+    assert set(CONTROLPLANE_EXTRA) <= controlplane
+    # `make test` installs .[dev]: it must bring the control plane and the code generator.
+    assert {"signalbox", "grpcio-tools"} <= dev
+    assert any(r.startswith("signalbox[controlplane]") for r in requirements)
