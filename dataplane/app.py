@@ -36,7 +36,7 @@ from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import SnapshotFileInvalid
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.http_client import TransportName, build_http_client
-from dataplane.pipeline import Pipeline
+from dataplane.pipeline import GovernanceStep, Pipeline
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.query import NodeContext
 from dataplane.snapshot.store import (
@@ -92,8 +92,10 @@ class NodeSettings:
 class DataPlaneNode:
     """One running node. Use as ``async with``, or ``start()`` / ``stop()``."""
 
-    def __init__(self, settings: NodeSettings) -> None:
+    def __init__(self, settings: NodeSettings, *, governance: Sequence[GovernanceStep] = ()) -> None:
+        """``governance``: steps run before and after the model on every request."""
         self.settings = settings
+        self._governance = tuple(governance)
         self._node_context = NodeContext(
             mode=settings.mode,
             site=settings.scope.site,
@@ -217,7 +219,7 @@ class DataPlaneNode:
         assert self._store is not None
         assert self._evidence is not None
         s = self.settings
-        pipeline = Pipeline(self._store, Dispatcher(), self._evidence)
+        pipeline = Pipeline(self._store, Dispatcher(), self._evidence, governance=self._governance)
         server = grpc.aio.server(
             options=[
                 # Two nodes must never silently share a port.
