@@ -336,7 +336,8 @@ class Pipeline:
         written (the refusal's own outcome stands; the failure is logged where it happens)."""
         try:
             return self._record(trace, outcome)
-        except EvidenceUnavailable:
+        except EvidenceUnavailable as exc:
+            log.error("evidence record of %s not written: %s", trace.correlation_id, exc.__cause__)
             return ""
 
     def _record_answer(self, trace: Trace) -> str:
@@ -344,6 +345,7 @@ class Pipeline:
         try:
             return self._record(trace, OK)
         except EvidenceUnavailable as exc:
+            log.error("evidence record of %s not written: %s", trace.correlation_id, exc.__cause__)
             raise Refused(to_status(exc), trace.correlation_id) from exc
 
     def _record(self, trace: Trace, outcome: Outcome) -> str:
@@ -353,7 +355,6 @@ class Pipeline:
         try:
             record_id = self.evidence.append(record_fields(trace, outcome))
         except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
-            log.error("evidence record of %s not written: %s", trace.correlation_id, exc)
             raise EvidenceUnavailable("node cannot write evidence; request not served") from exc
         trace.recorded = record_id
         if log.isEnabledFor(logging.DEBUG):
