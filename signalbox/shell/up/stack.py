@@ -1,21 +1,15 @@
-"""``signalbox up``: the whole system on one machine, seeded, with one real request.
+"""The local stack: simulator, control plane and one node as a process tree on localhost.
 
-One process tree on localhost: the simulated upstream (in process), the control
-plane (a child, which starts embedded PostgreSQL under its data dir) and one
-data-plane node (a child that gets only the control plane's address and its
-trust key, exactly as a node on another machine would). The control plane is
-seeded through its own Admin API, never behind its back.
-
-:class:`LocalStack` is the reusable part: the benchmark builds the same tree,
-with each process pinned to a core.
+:class:`LocalStack` starts them in dependency order (bootstrap the admin token, serve the
+control plane, seed it through ``demo.py``, start the node, wait until it applied the
+newest snapshot) and stops them in reverse; :class:`StackConfig` says where they live
+and listen and which cores each may use.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import socket
 import sys
@@ -23,53 +17,28 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from signalbox import settings
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
-from signalbox.api.common.v1 import common_pb2
-from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
-from signalbox.shell.client_cli import answer_text, build_request
+from signalbox.shell.client_cli import build_request
 from signalbox.shell.simulator import Simulator, parse_listen
+from signalbox.shell.up.demo import (
+    DEMO_PROMPT,
+    create_api_key,
+    create_tenant,
+    register_catalogue,
+    seeded_summary,
+)
 
-COMMAND = "up"
-TENANT = "demo"
-PROVIDER = "simulator"
-PROVIDER_TYPE = "simulated"
 NODE_ID = "up-node-1"
-DEMO_PROMPT = "Hello from signalbox up!"
 
 
 class StackError(RuntimeError):
     """A part of the local stack failed to start or died; the message says which and why."""
-
-
-@dataclass(frozen=True, slots=True)
-class DemoModel:
-    """A model ``up`` registers, served by the simulator under the same name."""
-
-    alias: str
-    capabilities: tuple[common_pb2.Capability.ValueType, ...]
-    input_price_nanos_per_mtok: int
-    output_price_nanos_per_mtok: int
-
-
-DEMO_MODELS = (
-    DemoModel(
-        "sim-fast", (common_pb2.CAPABILITY_CHAT, common_pb2.CAPABILITY_STREAMING), 150_000_000, 600_000_000
-    ),
-    DemoModel(
-        "sim-smart",
-        (common_pb2.CAPABILITY_CHAT, common_pb2.CAPABILITY_STREAMING, common_pb2.CAPABILITY_TOOLS),
-        2_500_000_000,
-        10_000_000_000,
-    ),
-)
-DEMO_POLICY = {"default_model": "sim-fast", "allowed_models": [m.alias for m in DEMO_MODELS]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,52 +281,11 @@ class LocalStack:
         metadata = (("authorization", f"Bearer {self.admin_token}"),)
         async with grpc.aio.insecure_channel(self.config.controlplane_listen) as channel:
             admin = admin_pb2_grpc.AdminServiceStub(channel)
-            await _already_exists(
-                admin.CreateTenant(admin_pb2.CreateTenantRequest(name=TENANT, tier="demo"), metadata=metadata)
-            )
+            await create_tenant(admin, metadata)
             # A fresh key each run: secrets are shown once, so an old one cannot be recovered.
-            key = await admin.CreateApiKey(
-                admin_pb2.CreateApiKeyRequest(tenant=TENANT, name=f"up-{int(time.time())}"), metadata=metadata
-            )
-            self.api_key = key.secret
-            provider = admin_pb2.Provider(
-                name=PROVIDER,
-                type=PROVIDER_TYPE,
-                base_url=f"{self.simulator_url}/v1",
-                timeout_ms=30_000,
-                location=snapshot_pb2.PROVIDER_LOCATION_ON_PREM,
-            )
-            # The simulator's port may differ from the last run, so an existing provider is updated.
-            if await _already_exists(
-                admin.CreateProvider(admin_pb2.CreateProviderRequest(provider=provider), metadata=metadata)
-            ):
-                await admin.UpdateProvider(
-                    admin_pb2.UpdateProviderRequest(provider=provider), metadata=metadata
-                )
-            for demo in DEMO_MODELS:
-                model = admin_pb2.Model(
-                    alias=demo.alias,
-                    capabilities=demo.capabilities,
-                    context_window=128_000,
-                    max_output_tokens=4_096,
-                    input_price_nanos_per_mtok=demo.input_price_nanos_per_mtok,
-                    output_price_nanos_per_mtok=demo.output_price_nanos_per_mtok,
-                    deployments=[
-                        admin_pb2.Deployment(provider=PROVIDER, upstream_model=demo.alias, weight=1)
-                    ],
-                )
-                if await _already_exists(
-                    admin.CreateModel(admin_pb2.CreateModelRequest(model=model), metadata=metadata)
-                ):
-                    await admin.UpdateModel(admin_pb2.UpdateModelRequest(model=model), metadata=metadata)
-            await admin.ApplyPolicy(
-                admin_pb2.ApplyPolicyRequest(tenant=TENANT, document=json.dumps(DEMO_POLICY)),
-                metadata=metadata,
-            )
-        self._progress(
-            f'seeded tenant "{TENANT}", provider "{PROVIDER}", models '
-            f"{', '.join(m.alias for m in DEMO_MODELS)}, policy default {DEMO_POLICY['default_model']}"
-        )
+            self.api_key = await create_api_key(admin, metadata)
+            await register_catalogue(admin, metadata, self.simulator_url)
+        self._progress(seeded_summary())
 
     async def _wait_converged(self, node: _Child) -> None:
         """Wait until the node has ACKed the latest snapshot: the seed is debounced into
@@ -432,17 +360,6 @@ class LocalStack:
             await asyncio.sleep(0.1)
 
 
-async def _already_exists(create: Awaitable[object]) -> bool:
-    """Await a Create call; True when the object was already there (``up`` over an old data dir)."""
-    try:
-        await create
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
-            raise
-        return True
-    return False
-
-
 async def _terminate(
     process: asyncio.subprocess.Process, grace: float = 15.0, sig: signal.Signals = signal.SIGTERM
 ) -> None:
@@ -477,148 +394,3 @@ def free_port(host: str = "127.0.0.1") -> int:
 def _concrete(listen: str) -> str:
     host, port = parse_listen(listen)
     return f"{host}:{port or free_port(host)}"
-
-
-# ---- CLI ----
-
-
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``signalbox up`` and ``signalbox simulator``."""
-    from signalbox.shell import simulator
-
-    simulator.register(commands)
-    parser = commands.add_parser(
-        COMMAND, help="run the whole system locally with a demo tenant, and call it once"
-    )
-    settings.add(
-        parser,
-        "--data-dir",
-        env="SIGNALBOX_UP_DATA_DIR",
-        default="var/up",
-        help="where the control plane (and its PostgreSQL), the node and the logs keep their files",
-        command=COMMAND,
-    )
-    settings.add(
-        parser,
-        "--controlplane-listen",
-        env="SIGNALBOX_UP_CONTROLPLANE_LISTEN",
-        default="127.0.0.1:7700",
-        help="HOST:PORT of the control plane (port 0: any free port)",
-        command=COMMAND,
-    )
-    settings.add(
-        parser,
-        "--dataplane-listen",
-        env="SIGNALBOX_UP_DATAPLANE_LISTEN",
-        default="127.0.0.1:7701",
-        help="HOST:PORT of the data-plane node's Infer API (port 0: any free port)",
-        command=COMMAND,
-    )
-    settings.add(
-        parser,
-        "--simulator-listen",
-        env="SIGNALBOX_UP_SIMULATOR_LISTEN",
-        default="127.0.0.1:7702",
-        help="HOST:PORT of the simulated upstream (port 0: any free port)",
-        command=COMMAND,
-    )
-    settings.add(
-        parser,
-        "--startup-timeout",
-        env="SIGNALBOX_UP_STARTUP_TIMEOUT",
-        default=120.0,
-        type=float,
-        help="seconds each process gets to become healthy",
-        command=COMMAND,
-    )
-    settings.add(
-        parser,
-        "--once",
-        env="SIGNALBOX_UP_ONCE",
-        default=False,
-        action="store_true",
-        help="send the demo request, then stop everything and exit",
-        command=COMMAND,
-    )
-    parser.set_defaults(handler=run)
-
-
-def run(ns: argparse.Namespace) -> int:
-    """The ``signalbox up`` handler."""
-    from signalbox.shell.extras import missing_controlplane_extra
-
-    if missing := missing_controlplane_extra():
-        print(
-            f"signalbox up: needs the control plane, which is not installed (no {', '.join(missing)}):"
-            " pip install 'signalbox[controlplane]'",
-            file=sys.stderr,
-        )
-        return 1
-    config = StackConfig(
-        data_dir=Path(ns.data_dir).resolve(),
-        controlplane_listen=ns.controlplane_listen,
-        dataplane_listen=ns.dataplane_listen,
-        simulator_listen=ns.simulator_listen,
-        startup_timeout=ns.startup_timeout,
-    ).with_concrete_ports()
-    return asyncio.run(_up(config, once=ns.once, out=sys.stdout))
-
-
-async def _up(config: StackConfig, *, once: bool, out: IO[str]) -> int:
-    def say(line: str = "") -> None:
-        print(line, file=out, flush=True)
-
-    stack = LocalStack(config)
-    stopping = asyncio.Event()
-    main = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        # During start-up there is nothing to wait for: cancel it and clean up.
-        stopping.set()
-        if main is not None and not serving.is_set():
-            main.cancel()
-
-    serving = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        await stack.start(progress=lambda line: say(f"signalbox up: {line}"))
-        response = await stack.demo_request()
-        say()
-        say(f"request:  {DEMO_PROMPT}")
-        say(f"answer:   {answer_text(response.message)}")
-        say(f"model:    {response.model} (provider {response.provider})")
-        say(f"evidence: {response.evidence_id}")
-        say(f"correlation: {response.correlation_id}  snapshot: v{response.snapshot_version}")
-        say()
-        say("Call it yourself:")
-        say(f'  signalbox infer --target {config.dataplane_listen} --api-key {stack.api_key} "hello"')
-        say(f"Admin token (shown once): {stack.admin_token}")
-        say(f"Logs: {stack.log_dir}")
-        if once:
-            return 0
-        serving.set()
-        say("Serving. Press Ctrl-C to stop.")
-        stop_wait = asyncio.ensure_future(stopping.wait())
-        child_wait = asyncio.ensure_future(stack.wait_for_child_exit())
-        done, _ = await asyncio.wait({stop_wait, child_wait}, return_when=asyncio.FIRST_COMPLETED)
-        stop_wait.cancel()
-        child_wait.cancel()
-        if child_wait in done and not child_wait.cancelled():
-            say(f"signalbox up: {child_wait.result()}")
-            return 1
-        say("signalbox up: stopping")
-        return 0
-    except asyncio.CancelledError:
-        say("signalbox up: interrupted, stopping")
-        return 0 if stopping.is_set() else 1
-    except (StackError, grpc.aio.AioRpcError) as exc:
-        message = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-        code = f"{exc.code().name}: " if isinstance(exc, grpc.aio.AioRpcError) else ""
-        print(f"signalbox up: {code}{message}\n(logs in {stack.log_dir})", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await stack.stop()

@@ -1,0 +1,138 @@
+"""What ``signalbox admin`` prints: the :class:`Output` of a command, its table for people,
+one row per Admin API object, and the routing explanation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf.message import Message
+
+from signalbox.api.admin.v1 import admin_pb2
+from signalbox.api.common.v1 import common_pb2
+from signalbox.api.config.v1 import snapshot_pb2
+
+
+class Output:
+    """What a command prints: the message (for --json) and, for people, a table or ``text``."""
+
+    def __init__(
+        self,
+        message: Message,
+        headers: Sequence[str] = (),
+        rows: Sequence[Sequence[object]] = (),
+        text: str | None = None,
+    ):
+        self.message = message
+        self.headers = headers
+        self.rows = rows
+        self.text = text
+
+
+def enum_name(enum: Any, prefix: str, value: int) -> str:
+    return str(enum.Name(value)).removeprefix(prefix).lower()
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h).upper() for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+TENANT_COLUMNS = ("id", "name", "tier", "active", "labels")
+KEY_COLUMNS = ("id", "tenant", "name", "prefix", "scopes", "expires")
+PROVIDER_COLUMNS = ("id", "name", "type", "base_url", "credential", "location")
+MODEL_COLUMNS = ("id", "alias", "capabilities", "context", "deployments")
+POLICY_COLUMNS = ("tenant", "version", "created_by", "created_at", "document")
+NODE_COLUMNS = ("node", "version", "mode", "applied", "connected", "last_nack", "reason", "last_seen")
+SNAPSHOT_COLUMNS = ("version", "sha256", "created_at", "key_id", "bytes")
+
+
+def _time(ts: Any) -> str:
+    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if ts.seconds else ""
+
+
+def tenant_row(t: admin_pb2.Tenant) -> tuple[object, ...]:
+    return (t.id, t.name, t.tier, "yes" if t.active else "no", json.dumps(dict(t.labels), sort_keys=True))
+
+
+def scopes_column(scopes: Sequence[str]) -> str:
+    """A key's scopes for a table, comma-separated; a key without scopes is unrestricted."""
+    return ",".join(sorted(scopes)) or "unrestricted"
+
+
+def key_row(k: admin_pb2.ApiKey) -> tuple[object, ...]:
+    return (k.id, k.tenant_id, k.name, k.prefix + "...", scopes_column(k.scopes), _time(k.expires_at))
+
+
+def provider_row(p: admin_pb2.Provider) -> tuple[object, ...]:
+    cred = (
+        f"env:{p.credential.env}"
+        if p.credential.env
+        else (f"file:{p.credential.file}" if p.credential.file else "")
+    )
+    location = enum_name(snapshot_pb2.ProviderLocation, "PROVIDER_LOCATION_", p.location)
+    return (p.id, p.name, p.type, p.base_url, cred, location)
+
+
+def model_row(m: admin_pb2.Model) -> tuple[object, ...]:
+    caps = ",".join(enum_name(common_pb2.Capability, "CAPABILITY_", c) for c in m.capabilities)
+    deployments = ", ".join(f"{d.provider}:{d.upstream_model}x{d.weight}" for d in m.deployments)
+    return (m.id, m.alias, caps, m.context_window, deployments)
+
+
+def policy_row(p: admin_pb2.Policy) -> tuple[object, ...]:
+    return (
+        p.tenant_id or "(default)",
+        p.version,
+        p.created_by,
+        _time(p.created_at),
+        p.document_json or "(deleted)",
+    )
+
+
+def node_row(n: admin_pb2.Node) -> tuple[object, ...]:
+    mode = enum_name(common_pb2.DeploymentMode, "DEPLOYMENT_MODE_", n.mode)
+    return (
+        n.node_id,
+        n.software_version,
+        mode,
+        f"v{n.applied_version} {n.applied_hash.hex()[:12]}",
+        "yes" if n.connected else "no",
+        f"v{n.last_nack_version}" if n.last_nack_version else "",
+        n.last_nack_reason,
+        _time(n.last_seen_at),
+    )
+
+
+def snapshot_row(s: admin_pb2.SnapshotInfo) -> tuple[object, ...]:
+    return (s.version, s.payload_sha256.hex(), _time(s.created_at), s.signing_key_id, s.size_bytes)
+
+
+def deleted(response: admin_pb2.DeleteResponse) -> Output:
+    return Output(response, ("snapshot_version",), [(response.snapshot_version,)])
+
+
+def explanation(r: admin_pb2.ExplainRouteResponse) -> str:
+    """The decision for people: one labelled line per fact, one line per dropped candidate."""
+    d = r.decision
+    lines: list[tuple[str, str]] = [
+        ("policy", f"{d.policy_id} v{d.policy_version}"),
+        ("rule", d.rule),
+        ("strategy", d.strategy),
+        ("reason", d.reason),
+        ("input tokens", f"{r.estimated_input_tokens} (estimated)"),
+        ("considered", ", ".join(d.candidates)),
+    ]
+    lines += [("dropped", f"{x.model}: {x.reason}") for x in d.dropped] or [("dropped", "(none)")]
+    lines.append(("chosen", f"{r.plan[0]} (deployment {d.chosen_deployment})" if r.plan else "(none)"))
+    lines += [("fallback", f"{i}. {label}") for i, label in enumerate(r.plan[1:], 1)] or [
+        ("fallback", "(none)")
+    ]
+    lines.append(("split arm", r.arm or "(none)"))
+    lines.append(("shadow", r.shadow or "(none)"))
+    width = max(len(label) for label, _ in lines)
+    return "".join(f"{label.ljust(width)}  {value}\n" for label, value in lines)

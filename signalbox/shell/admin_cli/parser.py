@@ -1,0 +1,198 @@
+"""``signalbox admin``'s command line: the global options, and one subcommand per resource
+and verb, each bound to its coroutine in ``commands.py``."""
+
+from __future__ import annotations
+
+import argparse
+
+from signalbox import settings
+from signalbox.shell.admin_cli.commands import (
+    Action,
+    key_create,
+    key_delete,
+    key_list,
+    model_create,
+    model_delete,
+    model_list,
+    model_update,
+    node_list,
+    policy_apply,
+    policy_delete,
+    policy_diff,
+    policy_get,
+    policy_history,
+    provider_create,
+    provider_delete,
+    provider_list,
+    provider_update,
+    route_explain,
+    snapshot_show,
+    tenant_create,
+    tenant_delete,
+    tenant_get,
+    tenant_list,
+    tenant_update,
+)
+from signalbox.shell.admin_cli.run import admin_command
+
+COMMAND = "admin"
+
+
+def _verb(
+    resource: argparse._SubParsersAction[argparse.ArgumentParser], name: str, action: Action, help: str
+) -> argparse.ArgumentParser:
+    parser = resource.add_parser(name, help=help)
+    parser.set_defaults(admin_action=action)
+    return parser
+
+
+def _resource(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    parser = sub.add_parser(name, help=help)
+    return parser.add_subparsers(dest=f"{name}_verb", required=True, metavar="VERB")
+
+
+def _provider_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("--type", required=True, help="adapter type, e.g. openai, openai_compatible, simulated")
+    p.add_argument("--base-url")
+    p.add_argument("--credential-env", help="env var on the node holding the credential")
+    p.add_argument("--credential-file", help="file on the node holding the credential")
+    p.add_argument("--setting", action="append", metavar="KEY=VALUE")
+    p.add_argument("--timeout-ms", type=int)
+    p.add_argument("--location", default="public_cloud", help="public_cloud, on_prem or site")
+    p.add_argument("--site")
+    p.add_argument("--region")
+    p.add_argument("--jurisdiction")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("alias")
+    p.add_argument("--deployment", action="append", required=True, metavar="PROVIDER:UPSTREAM[:WEIGHT]")
+    p.add_argument("--capability", action="append", help="chat, tools, vision, json_mode, streaming, ...")
+    p.add_argument("--context-window", type=int)
+    p.add_argument("--max-output-tokens", type=int)
+    p.add_argument("--input-price", type=int, help="nano-USD per million input tokens")
+    p.add_argument("--output-price", type=int, help="nano-USD per million output tokens")
+    p.add_argument("--attribute", action="append", metavar="KEY=VALUE")
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``signalbox admin``."""
+    parser = commands.add_parser(COMMAND, help="manage tenants, keys, providers, models, policies")
+    settings.add(
+        parser,
+        "--target",
+        env="SIGNALBOX_ADMIN_TARGET",
+        default="127.0.0.1:7700",
+        help="HOST:PORT of the control plane",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
+        "--token",
+        env="SIGNALBOX_ADMIN_TOKEN",
+        default=None,
+        help="admin token (from `signalbox controlplane bootstrap-admin`)",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
+        "--json",
+        env="SIGNALBOX_ADMIN_JSON",
+        default=False,
+        action="store_true",
+        help="print JSON instead of tables",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
+        "--timeout",
+        env="SIGNALBOX_ADMIN_TIMEOUT",
+        default=30.0,
+        type=float,
+        help="seconds to wait for the control plane",
+        command=COMMAND,
+    )
+    parser.set_defaults(handler=admin_command)
+    sub = parser.add_subparsers(dest="admin_resource", required=True, metavar="RESOURCE")
+
+    tenant = _resource(sub, "tenant", "tenants")
+    p = _verb(tenant, "create", tenant_create, "create a tenant")
+    p.add_argument("name")
+    p.add_argument("--tier")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE")
+    _verb(tenant, "list", tenant_list, "list tenants")
+    _verb(tenant, "get", tenant_get, "show one tenant").add_argument("name", help="id or name")
+    p = _verb(tenant, "update", tenant_update, "change a tenant")
+    p.add_argument("name", help="id or name")
+    p.add_argument("--tier")
+    p.add_argument("--active", dest="active", action="store_true", default=None)
+    p.add_argument("--inactive", dest="active", action="store_false")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE")
+    p.add_argument("--replace-labels", action="store_true")
+    _verb(tenant, "delete", tenant_delete, "delete a tenant, its keys and policies").add_argument("name")
+
+    key = _resource(sub, "key", "API keys")
+    p = _verb(key, "create", key_create, "create an API key; the secret is printed once")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--name")
+    p.add_argument(
+        "--scope",
+        action="append",
+        metavar="KIND:VALUE",
+        help="restrict the key (repeatable): model:ALIAS, task:TASK, op:chat|stream|embed; "
+        "several of one kind are alternatives, kinds combine; none: unrestricted. "
+        "A model need not exist yet.",
+    )
+    _verb(key, "list", key_list, "list API keys").add_argument("--tenant")
+    _verb(key, "delete", key_delete, "revoke an API key").add_argument("id")
+
+    provider = _resource(sub, "provider", "providers")
+    _provider_args(_verb(provider, "create", provider_create, "create a provider"))
+    _verb(provider, "list", provider_list, "list providers")
+    _provider_args(_verb(provider, "update", provider_update, "replace a provider (by name)"))
+    _verb(provider, "delete", provider_delete, "delete a provider").add_argument("name")
+
+    model = _resource(sub, "model", "models")
+    _model_args(_verb(model, "create", model_create, "register a model"))
+    _verb(model, "list", model_list, "list models")
+    _model_args(_verb(model, "update", model_update, "replace a model (by alias)"))
+    _verb(model, "delete", model_delete, "delete a model").add_argument("alias")
+
+    policy = _resource(sub, "policy", "routing policies")
+    p = _verb(policy, "apply", policy_apply, "store a new policy version (YAML or JSON)")
+    p.add_argument("-f", "--file", required=True, help="policy file, or - for stdin")
+    p.add_argument("--tenant", help="tenant id or name; omit for the platform default")
+    p = _verb(policy, "get", policy_get, "show the current (or a given) version")
+    p.add_argument("--tenant")
+    p.add_argument("--version", type=int)
+    _verb(policy, "history", policy_history, "every version").add_argument("--tenant")
+    _verb(policy, "delete", policy_delete, "delete the current policy").add_argument("--tenant")
+    p = _verb(
+        policy, "diff", policy_diff, "unified diff of two stored versions (default: previous vs current)"
+    )
+    p.add_argument("--tenant")
+    p.add_argument(
+        "--from", dest="from_", type=int, metavar="V", help="older version (default: the previous)"
+    )
+    p.add_argument("--to", type=int, metavar="V", help="newer version (default: the current)")
+
+    node = _resource(sub, "node", "data-plane nodes")
+    _verb(node, "list", node_list, "nodes, their applied snapshot and last NACK")
+    route = _resource(sub, "route", "routing")
+    p = _verb(route, "explain", route_explain, "dry-run routing for a tenant under its current policy")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--model", help="explicit model alias, as a caller would send")
+    p.add_argument("--capability", action="append", help="required capability (repeatable)")
+    p.add_argument("--task")
+    p.add_argument("--message", action="append", help="user message text (repeatable): sizes the request")
+    p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="request metadata (repeatable)")
+    p.add_argument("--data-classification", help="public, internal, confidential or restricted")
+    p.add_argument("--max-output-tokens", type=int)
+    p.add_argument("--correlation-id", help="request id: draws the split arm when the sticky key is absent")
+    snapshot = _resource(sub, "snapshot", "snapshots")
+    _verb(snapshot, "show", snapshot_show, "the newest (or a given) snapshot").add_argument(
+        "--version", type=int
+    )

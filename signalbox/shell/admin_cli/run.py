@@ -1,0 +1,74 @@
+"""Running one ``signalbox admin`` command: a channel with the token and deadline on every
+call, the output as a table, text or JSON, and a gRPC error as one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from signalbox.api.admin.v1 import admin_pb2_grpc
+from signalbox.shell.admin_cli.commands import Action, Stub
+from signalbox.shell.admin_cli.output import Output, table
+
+EXIT_CODES: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 2,
+    grpc.StatusCode.UNAUTHENTICATED: 3,
+    grpc.StatusCode.PERMISSION_DENIED: 4,
+    grpc.StatusCode.NOT_FOUND: 5,
+    grpc.StatusCode.ALREADY_EXISTS: 6,
+    grpc.StatusCode.FAILED_PRECONDITION: 7,
+    grpc.StatusCode.UNAVAILABLE: 8,
+}
+
+
+def admin_command(ns: argparse.Namespace) -> int:
+    if not ns.token:
+        print("signalbox admin: --token / SIGNALBOX_ADMIN_TOKEN is required", file=sys.stderr)
+        return 3
+    action: Action = ns.admin_action
+
+    async def run() -> Output:
+        async with grpc.aio.insecure_channel(ns.target) as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            metadata = (("authorization", f"Bearer {ns.token}"),)
+            wrapped = _with_call_options(stub, metadata, ns.timeout)
+            return await action(wrapped, ns)
+
+    try:
+        out = asyncio.run(run())
+    except grpc.aio.AioRpcError as exc:
+        print(f"signalbox admin: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return EXIT_CODES.get(exc.code(), 1)
+    except OSError as exc:
+        print(f"signalbox admin: {exc}", file=sys.stderr)
+        return 1
+    if ns.json:
+        print(json_format.MessageToJson(out.message, preserving_proto_field_name=True, indent=2))
+    elif out.text is not None:
+        print(out.text, end="")
+    else:
+        print(table(out.headers, out.rows))
+    return 0
+
+
+class _with_call_options:
+    """A stub whose every call carries the token and the deadline."""
+
+    def __init__(self, stub: Stub, metadata: tuple[tuple[str, str], ...], timeout: float) -> None:
+        self._stub = stub
+        self._metadata = metadata
+        self._timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+
+        def call(request: Message) -> Any:
+            return method(request, metadata=self._metadata, timeout=self._timeout)
+
+        return call
