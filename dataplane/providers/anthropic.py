@@ -18,8 +18,13 @@ Translation policies (the API cannot express everything OpenAI's can):
 - ``temperature`` above 1 is capped to 1 (Anthropic's range is 0-1).
 - ``seed``, penalties and ``response_format`` have no Anthropic equivalent and
   are not sent; routing is where JSON-mode capability is checked.
-- ``stop_reason`` ``pause_turn`` (a server-tool loop paused) maps to ``stop``:
-  the text so far is a valid answer and the caller may continue the turn.
+- ``stop_reason`` ``pause_turn`` (a long server-tool turn paused by Anthropic)
+  maps to ``length``: the answer is incomplete, like one cut by the token
+  limit, and the caller continues it by sending it back as the assistant turn.
+  ``stop`` would pass half an answer off as a whole one; an error would throw
+  away tokens already paid for.
+- ``tool_use`` input that is not a JSON object is malformed output
+  (``UpstreamProtocolError``), see ``wire.arguments_text``.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ from .wire import (
 STOP_REASONS: Mapping[str, FinishReason] = {
     "end_turn": FinishReason.STOP,
     "stop_sequence": FinishReason.STOP,
-    "pause_turn": FinishReason.STOP,
+    "pause_turn": FinishReason.LENGTH,
     "max_tokens": FinishReason.LENGTH,
     "model_context_window_exceeded": FinishReason.LENGTH,
     "tool_use": FinishReason.TOOL_CALLS,
@@ -109,7 +114,7 @@ class AnthropicAdapter(HttpAdapter):
                     ToolCall(
                         id=str(block.get("id") or ""),
                         name=str(block.get("name") or ""),
-                        arguments=arguments_text(block.get("input")),
+                        arguments=arguments_text(self.type_name, block.get("input")),
                     )
                 )
         return assistant_response(

@@ -234,7 +234,7 @@ async def test_tool_use_answer_and_cache_usage(upstream: FakeUpstream, client: h
         ("max_tokens", FinishReason.LENGTH),
         ("model_context_window_exceeded", FinishReason.LENGTH),
         ("refusal", FinishReason.CONTENT_FILTER),
-        ("pause_turn", FinishReason.STOP),
+        ("pause_turn", FinishReason.LENGTH),  # incomplete: the caller continues it
     ],
 )
 async def test_stop_reasons(
