@@ -29,6 +29,7 @@ Translation policies (the API cannot express everything OpenAI's can):
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -58,7 +59,6 @@ from .wire import (
     assistant_response,
     conversation,
     image_base64,
-    loads,
     settle_finish,
     system_prompt,
 )
@@ -325,6 +325,11 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
             # assembled arguments valid and equal to the non-streamed answer.
             more = self._tools.fragment(index, "{}")
             return [StreamChunk(tool_calls=(more,))] if more is not None else []
-        if not isinstance(loads(self.adapter.type_name, arguments), dict):
-            raise self.adapter.malformed("tool_use input is not a JSON object", arguments)
+        try:
+            value = json.loads(arguments)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            # The arguments (model output) are not kept: see ``wire.arguments_text``.
+            raise self.adapter.malformed("tool call arguments are not a JSON object")
         return []

@@ -171,12 +171,14 @@ def classify_error(
     facts: ErrorFacts,
     body: str | None = None,
     headers: Mapping[str, str] | None = None,
-    credential: str | None = None,
+    credential: str | None,
 ) -> ProviderError:
     """Turn one provider error (HTTP error response or in-band error event) into a ``ProviderError``.
 
     The message is ours alone (see the module docstring); the provider's
-    tokens and body go, sanitized, to ``.body`` and the log.
+    tokens and body go, sanitized, to ``.body`` and the log. ``credential``
+    (the node's, for this provider; None when it has none) is required so no
+    caller can forget what to redact.
     """
     cls = _classify(status, facts)
     where = f"HTTP {status}" if status is not None else "in-band error"
@@ -207,7 +209,7 @@ def classify_transport(provider: str, exc: Exception) -> ProviderError:
 
 
 def protocol_error(
-    provider: str, problem: str, body: str | None = None, *, credential: str | None = None
+    provider: str, problem: str, body: str | None = None, *, credential: str | None
 ) -> UpstreamProtocolError:
     """The upstream answered, but not in its documented format.
 

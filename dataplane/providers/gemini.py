@@ -272,6 +272,7 @@ class GeminiAdapter(HttpAdapter):
                 status=None,
                 facts=ErrorFacts(tokens=("content_filter", str(block))),
                 body=json.dumps(payload),
+                credential=self._credential,
             )
         raise self.malformed("no candidates", json.dumps(payload))
 

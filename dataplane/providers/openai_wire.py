@@ -281,7 +281,10 @@ class OpenAIFamilyAdapter(HttpAdapter):
             return None
         if value == "error":
             raise classify_error(
-                self.type_name, status=None, facts=ErrorFacts(tokens=("finish_reason_error",))
+                self.type_name,
+                status=None,
+                facts=ErrorFacts(tokens=("finish_reason_error",)),
+                credential=self._credential,
             )
         return FINISH_REASONS.get(str(value), FinishReason.STOP)
 

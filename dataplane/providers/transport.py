@@ -125,7 +125,7 @@ class HttpAdapter:
                     await response.aclose()
         except (httpx.HTTPError, TimeoutError) as exc:
             raise classify_transport(self.type_name, exc) from exc
-        payload = loads(self.type_name, text)
+        payload = loads(self.type_name, text, credential=self._credential)
         # Some providers answer 200 with an error body (OpenAI-compatible servers, Mistral).
         self.raise_in_band(payload, status=response.status_code)
         return payload
@@ -206,7 +206,7 @@ class HttpAdapter:
             if decoder.event_stream and _is_json(response):
                 # Some servers answer a streaming request with a plain JSON error and 200.
                 text = await self._read_body(response, MAX_ERROR_BODY_BYTES)
-                self.raise_in_band(loads(self.type_name, text))
+                self.raise_in_band(loads(self.type_name, text, credential=self._credential))
                 raise self.malformed("expected an event stream, got a JSON body", text)
             while not decoder.done:
                 try:
@@ -256,7 +256,7 @@ class HttpAdapter:
 
     def parse_event(self, data: str) -> Any:
         """Parse one stream event's JSON, raising the provider's in-band error if it is one."""
-        payload = loads(self.type_name, data)
+        payload = loads(self.type_name, data, credential=self._credential)
         self.raise_in_band(payload)
         return payload
 

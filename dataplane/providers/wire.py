@@ -84,11 +84,13 @@ def arguments_text(provider: str, value: object) -> str:
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
-            raise protocol_error(provider, "tool call arguments are not valid JSON", text) from None
+            raise protocol_error(
+                provider, "tool call arguments are not valid JSON", credential=None
+            ) from None
         if isinstance(value, dict):
             return text
     if not isinstance(value, dict):
-        raise protocol_error(provider, "tool call arguments are not a JSON object", json.dumps(value))
+        raise protocol_error(provider, "tool call arguments are not a JSON object", credential=None)
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -138,12 +140,13 @@ def image_url(part: ImagePart) -> str:
     return f"data:{inline[0]};base64,{inline[1]}"
 
 
-def loads(provider: str, text: str) -> Any:
-    """Parse a JSON document the upstream sent; malformed JSON is a protocol error."""
+def loads(provider: str, text: str, *, credential: str | None) -> Any:
+    """Parse a JSON document the upstream sent; malformed JSON is a protocol error
+    (``text`` kept for operators with ``credential`` redacted)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        raise protocol_error(provider, "invalid JSON", text) from None
+        raise protocol_error(provider, "invalid JSON", text, credential=credential) from None
 
 
 def assistant_response(

@@ -72,7 +72,9 @@ def test_retry_after_forms() -> None:
 def test_classification_table(
     status: int | None, tokens: tuple[str, ...], message: str, expected: type[ProviderError]
 ) -> None:
-    error = classify_error("p", status=status, facts=ErrorFacts(tokens=tokens, message=message))
+    error = classify_error(
+        "p", status=status, facts=ErrorFacts(tokens=tokens, message=message), credential=None
+    )
     assert type(error) is expected
     assert message not in str(error) or not message
 
@@ -90,9 +92,11 @@ def test_credential_is_redacted_from_message_and_body() -> None:
 
 
 def test_retry_delay_in_the_body_is_used_when_no_header() -> None:
-    error = classify_error("p", status=429, facts=ErrorFacts(retry_after=4.0), headers={})
+    error = classify_error("p", status=429, facts=ErrorFacts(retry_after=4.0), headers={}, credential=None)
     assert error.retry_after == 4.0
-    error = classify_error("p", status=429, facts=ErrorFacts(retry_after=4.0), headers={"retry-after": "1"})
+    error = classify_error(
+        "p", status=429, facts=ErrorFacts(retry_after=4.0), headers={"retry-after": "1"}, credential=None
+    )
     assert error.retry_after == 1.0
 
 
@@ -190,7 +194,11 @@ def test_caller_messages_are_fixed_per_kind(
     status: int | None, tokens: tuple[str, ...], expected: type[ProviderError], message: str
 ) -> None:
     error = classify_error(
-        "p", status=status, facts=ErrorFacts(tokens=tokens, message="LEAK-prose"), body='{"LEAK": "body"}'
+        "p",
+        status=status,
+        facts=ErrorFacts(tokens=tokens, message="LEAK-prose"),
+        body='{"LEAK": "body"}',
+        credential=None,
     )
     assert type(error) is expected
     assert error.message == message
@@ -213,7 +221,9 @@ def test_caller_messages_are_fixed_per_kind(
 def test_an_unknown_model_is_the_deployments_failure(
     status: int | None, tokens: tuple[str, ...], prose: str
 ) -> None:
-    error = classify_error("p", status=status, facts=ErrorFacts(tokens=tokens, message=prose))
+    error = classify_error(
+        "p", status=status, facts=ErrorFacts(tokens=tokens, message=prose), credential=None
+    )
     assert type(error) is UpstreamModelNotFound
     assert error.kind == "model_not_found"
     assert error.status is grpc.StatusCode.UNAVAILABLE
