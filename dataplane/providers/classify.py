@@ -28,8 +28,9 @@ What the provider said is kept for operators only, in ``ProviderError.body``
 and one WARNING log line per error, after ``operator_detail``: control and
 invisible characters removed, every form of the credential that
 ``redact_credential`` knows redacted (exact in any letter case, base64 and
-base64url at every byte alignment, and any ``sk-ab...wxyz``-style mask made
-of its first three and last four characters), then cut to 512 characters.
+base64url at every byte alignment, any ``sk-ab...wxyz``-style mask made
+of its first three and last four characters, any token holding its first or
+last 12), then cut to 512 characters.
 """
 
 from __future__ import annotations
@@ -246,7 +247,8 @@ def redact_credential(text: str, credential: str | None) -> str:
     ``base64("Bearer " + key)``; and, for credentials of 12 characters or
     more, any run of up to 96 non-blank characters that starts with its first
     three and ends with its last four characters (``sk-Ab...wxyz``,
-    ``sk-Ab****wxyz``), whatever the case.
+    ``sk-Ab****wxyz``), whatever the case; for credentials of 24 characters or
+    more, any token holding their first or last 12 characters (a cut-off echo).
     """
     if not credential:
         return text
@@ -256,6 +258,11 @@ def redact_credential(text: str, credential: str | None) -> str:
     if len(credential) >= 12:
         masked = re.escape(credential[:3]) + r"[^\s\"'<>]{0,96}?" + re.escape(credential[-4:])
         text = re.sub(masked, _REDACTED, text, flags=re.IGNORECASE)
+    if len(credential) >= 24:
+        # A truncated echo: a token carrying its first or last 12 characters.
+        head = re.escape(credential[:12]) + r"[^\s\"'<>]*"
+        tail = r"[^\s\"'<>]*" + re.escape(credential[-12:])
+        text = re.sub(f"{head}|{tail}", _REDACTED, text, flags=re.IGNORECASE)
     return text
 
 

@@ -139,6 +139,8 @@ def _echoes(secret: str) -> dict[str, str]:
         "base64-in-bearer": base64.b64encode(b"Bearer " + raw).decode(),
         "zero-width-split": secret[:5] + "\u200b" + secret[5:],
         "control-split": secret[:9] + "\x00\x1b" + secret[9:],
+        "cut-off-head": secret[:16],
+        "cut-off-tail": "..." + secret[-14:],
     }
 
 
@@ -167,6 +169,8 @@ def test_no_form_of_the_credential_survives_into_message_body_or_log(
     for where in (str(error), error.body, caplog.text):
         assert echo not in where
         assert SECRET[3:-4].lower() not in where.lower()
+        assert SECRET[:16] not in where
+        assert SECRET[-14:] not in where
 
 
 @pytest.mark.parametrize(
