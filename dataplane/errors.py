@@ -23,6 +23,8 @@
         ├── UpstreamUnavailable   UNAVAILABLE         retryable (connect errors, 5xx)
         ├── UpstreamAuthFailed    UNAVAILABLE         (the node's credential is wrong)
         ├── UpstreamBadRequest    INVALID_ARGUMENT
+        ├── UpstreamModelNotFound UNAVAILABLE         (the deployment names a model the upstream
+        │                                              does not serve: falls back by default)
         ├── ContentFiltered       FAILED_PRECONDITION
         ├── ContextTooLong        OUT_OF_RANGE        (a larger-window model may fit)
         └── UpstreamProtocolError UNAVAILABLE         retryable (malformed upstream output)
@@ -165,7 +167,10 @@ class ProviderError(SignalboxError):
         self.provider = provider
         self.http_status = http_status
         self.retry_after = retry_after
-        # The raw upstream body: for debug output only, never sent to callers by default.
+        # Operators' detail of what the upstream said: already sanitized (bounded, control
+        # characters stripped, the credential redacted in every form) by
+        # ``dataplane.providers.classify.operator_detail``. Never sent to callers or evidence:
+        # ``message`` is the only caller-facing text, and it is always our own.
         self.body = body
 
 
@@ -206,6 +211,19 @@ class UpstreamAuthFailed(ProviderError):
 class UpstreamBadRequest(ProviderError):
     kind = "bad_request"
     status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class UpstreamModelNotFound(ProviderError):
+    """The upstream does not know the deployment's model (HTTP 404, ``model_not_found``).
+
+    A deployment failure, not the caller's: the model's other deployments may
+    serve it, so ``model_not_found`` is a default fallback kind. Not retryable
+    on the same deployment; UNAVAILABLE like ``UpstreamAuthFailed``, since only
+    an admin's fix helps.
+    """
+
+    kind = "model_not_found"
+    status = grpc.StatusCode.UNAVAILABLE
 
 
 class ContentFiltered(ProviderError):

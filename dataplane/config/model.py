@@ -142,9 +142,18 @@ class Strategy(StrEnum):
 
 
 DEFAULT_FALLBACK_ON = frozenset(
-    {"server_error", "rate_limited", "timeout", "overloaded", "protocol_error", "context_too_long"}
+    {
+        "server_error",
+        "rate_limited",
+        "timeout",
+        "overloaded",
+        "protocol_error",
+        "context_too_long",
+        "model_not_found",
+    }
 )
-"""Content filtering is opt-in: another model answering what one refused is a policy decision."""
+"""Content filtering is opt-in: another model answering what one refused is a policy decision.
+``model_not_found`` is a deployment's misconfiguration: the model's other deployments may serve."""
 
 
 DEFAULT_OUTPUT_TOKENS = 1024

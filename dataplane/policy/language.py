@@ -59,6 +59,7 @@ FALLBACK_KINDS = frozenset(
         "content_filtered",
         "quota_exhausted",
         "auth",
+        "model_not_found",
     }
 )
 """Error kinds (``ProviderError.kind``) a policy may name in ``fallback_on``."""

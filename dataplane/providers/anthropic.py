@@ -18,12 +18,18 @@ Translation policies (the API cannot express everything OpenAI's can):
 - ``temperature`` above 1 is capped to 1 (Anthropic's range is 0-1).
 - ``seed``, penalties and ``response_format`` have no Anthropic equivalent and
   are not sent; routing is where JSON-mode capability is checked.
-- ``stop_reason`` ``pause_turn`` (a server-tool loop paused) maps to ``stop``:
-  the text so far is a valid answer and the caller may continue the turn.
+- ``stop_reason`` ``pause_turn`` (a long server-tool turn paused by Anthropic)
+  maps to ``length``: the answer is incomplete, like one cut by the token
+  limit, and the caller continues it by sending it back as the assistant turn.
+  ``stop`` would pass half an answer off as a whole one; an error would throw
+  away tokens already paid for.
+- ``tool_use`` input that is not a JSON object is malformed output
+  (``UpstreamProtocolError``), see ``wire.arguments_text``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -53,7 +59,6 @@ from .wire import (
     assistant_response,
     conversation,
     image_base64,
-    loads,
     settle_finish,
     system_prompt,
 )
@@ -61,7 +66,7 @@ from .wire import (
 STOP_REASONS: Mapping[str, FinishReason] = {
     "end_turn": FinishReason.STOP,
     "stop_sequence": FinishReason.STOP,
-    "pause_turn": FinishReason.STOP,
+    "pause_turn": FinishReason.LENGTH,
     "max_tokens": FinishReason.LENGTH,
     "model_context_window_exceeded": FinishReason.LENGTH,
     "tool_use": FinishReason.TOOL_CALLS,
@@ -109,7 +114,7 @@ class AnthropicAdapter(HttpAdapter):
                     ToolCall(
                         id=str(block.get("id") or ""),
                         name=str(block.get("name") or ""),
-                        arguments=arguments_text(block.get("input")),
+                        arguments=arguments_text(self.type_name, block.get("input")),
                     )
                 )
         return assistant_response(
@@ -320,6 +325,11 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
             # assembled arguments valid and equal to the non-streamed answer.
             more = self._tools.fragment(index, "{}")
             return [StreamChunk(tool_calls=(more,))] if more is not None else []
-        if not isinstance(loads(self.adapter.type_name, arguments), dict):
-            raise self.adapter.malformed("tool_use input is not a JSON object", arguments)
+        try:
+            value = json.loads(arguments)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            # The arguments (model output) are not kept: see ``wire.arguments_text``.
+            raise self.adapter.malformed("tool call arguments are not a JSON object")
         return []

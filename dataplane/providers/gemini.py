@@ -19,6 +19,12 @@ Translation policies:
 - A prompt blocked before any candidate (``promptFeedback.blockReason``)
   raises ``ContentFiltered``.
 - ``usageMetadata`` is a running snapshot on every chunk; the last one wins.
+- Tool parameter schemas (and a ``json_schema`` response format) are
+  translated to Gemini's OpenAPI subset by ``gemini_schema``: ``$schema``,
+  ``additionalProperties`` and the like are dropped, local ``$ref``s inlined,
+  what cannot be expressed refused naming the tool and path.
+- Function-call ``args`` that are not a JSON object are malformed output
+  (``UpstreamProtocolError``), never handed to the caller; see ``wire.tool_arguments``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from dataplane.chat import (
 from dataplane.errors import UpstreamBadRequest
 
 from .classify import ErrorFacts, classify_error, parse_duration, tokens_of
+from .gemini_schema import gemini_schema
 from .transport import HttpAdapter, SSEStreamDecoder
 from .wire import (
     ToolCallIndexer,
@@ -174,7 +181,11 @@ class GeminiAdapter(HttpAdapter):
                         {
                             "name": t.name,
                             **({"description": t.description} if t.description else {}),
-                            **({"parameters": t.parameters} if t.parameters else {}),
+                            **(
+                                {"parameters": gemini_schema(t.parameters, f"parameters of tool {t.name!r}")}
+                                if t.parameters
+                                else {}
+                            ),
                         }
                         for t in request.tools
                     ]
@@ -207,7 +218,7 @@ class GeminiAdapter(HttpAdapter):
         if fmt is not None and fmt.type != "text":
             config["responseMimeType"] = "application/json"
             if fmt.type == "json_schema" and fmt.schema:
-                config["responseSchema"] = fmt.schema
+                config["responseSchema"] = gemini_schema(fmt.schema, "response_format schema")
         return {k: v for k, v in config.items() if v is not None}
 
     def _contents(self, messages: tuple[Message, ...]) -> list[dict[str, Any]]:
@@ -261,6 +272,7 @@ class GeminiAdapter(HttpAdapter):
                 status=None,
                 facts=ErrorFacts(tokens=("content_filter", str(block))),
                 body=json.dumps(payload),
+                credential=self._credential,
             )
         raise self.malformed("no candidates", json.dumps(payload))
 
@@ -284,7 +296,7 @@ class GeminiAdapter(HttpAdapter):
                     ToolCall(
                         id=str(call.get("id") or "") or synthesize_call_id(),
                         name=str(call.get("name") or ""),
-                        arguments=arguments_text(call.get("args") or {}),
+                        arguments=arguments_text("gemini", call.get("args")),
                     )
                 )
             elif "text" in part and not part.get("thought"):

@@ -117,7 +117,7 @@ class OllamaAdapter(HttpAdapter):
             yield ToolCall(
                 id=str(call.get("id") or "") or synthesize_call_id(),
                 name=str(function.get("name") or ""),
-                arguments=arguments_text(function.get("arguments")),
+                arguments=arguments_text(self.type_name, function.get("arguments")),
             )
 
     # -- request -------------------------------------------------------------------------------

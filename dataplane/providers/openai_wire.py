@@ -4,6 +4,16 @@ They differ in small, named ways collected in ``OpenAIDialect`` (which field
 carries the token limit and the seed, whether ``stream_options`` exists, how
 "must call a tool" is spelled) and in two hooks (URL and tool-call id
 rewriting); everything else is this module.
+
+Answers a provider got wrong, or that are not answers:
+
+- A ``refusal`` (``message.refusal``, streamed as ``delta.refusal``) is the
+  answer's text, with finish ``content_filter`` (OpenAI itself says ``stop``):
+  the caller sees that the model declined and its words, not an empty answer.
+- Tool-call ``arguments`` that are not a JSON object (checked whole: at the
+  answer, or for a stream when its finish reason or ``[DONE]`` arrives) are an
+  ``UpstreamProtocolError``, see ``wire.arguments_text``; a stream has by then
+  sent the fragments, and ends with that error.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ from .wire import (
     ToolCallIndexer,
     arguments_text,
     assistant_response,
+    check_arguments,
+    fragment_text,
     image_url,
     settle_finish,
     synthesize_call_id,
@@ -245,14 +257,19 @@ class OpenAIFamilyAdapter(HttpAdapter):
             ToolCall(
                 id=self.id_from_upstream(str(c.get("id") or "")) or synthesize_call_id(),
                 name=str((c.get("function") or {}).get("name") or ""),
-                arguments=arguments_text((c.get("function") or {}).get("arguments")),
+                arguments=arguments_text(self.type_name, (c.get("function") or {}).get("arguments")),
             )
             for c in message.get("tool_calls") or ()
         ]
+        text, reason = content_text(message.get("content")), self.finish_reason(choice.get("finish_reason"))
+        refusal = message.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            # The model declined: its own words are the answer, and the finish says why.
+            text, reason = text or refusal, FinishReason.CONTENT_FILTER
         return assistant_response(
-            content_text(message.get("content")),
+            text,
             calls,
-            self.finish_reason(choice.get("finish_reason")),
+            reason,
             usage=openai_usage(payload.get("usage")),
             upstream_model=payload.get("model"),
             upstream_id=payload.get("id"),
@@ -264,7 +281,10 @@ class OpenAIFamilyAdapter(HttpAdapter):
             return None
         if value == "error":
             raise classify_error(
-                self.type_name, status=None, facts=ErrorFacts(tokens=("finish_reason_error",))
+                self.type_name,
+                status=None,
+                facts=ErrorFacts(tokens=("finish_reason_error",)),
+                credential=self._credential,
             )
         return FINISH_REASONS.get(str(value), FinishReason.STOP)
 
@@ -327,9 +347,13 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
         super().__init__(adapter)
         self._family = adapter
         self._tools = ToolCallIndexer()
+        self._arguments: dict[int, str] = {}
+        """Each call's arguments so far, by our tool-call index: checked whole at the finish."""
+        self._refused = False
 
     def on_event(self, payload: dict[str, Any] | None) -> list[StreamChunk]:
         if payload is None:  # data: [DONE]
+            self._check_arguments()
             self.done = True
             return []
         chunks: list[StreamChunk] = []
@@ -344,19 +368,34 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
     def _on_choice(self, choice: dict[str, Any]) -> Iterable[StreamChunk]:
         delta = choice.get("delta") or {}
         text = content_text(delta.get("content"))
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            text += refusal
+            self._refused = True
         deltas = []
         for call in delta.get("tool_calls") or ():
             key = call.get("index", 0)
             call_id = self._family.id_from_upstream(str(call.get("id") or ""))
             function = call.get("function") or {}
-            fragment = arguments_text(function.get("arguments")) if function.get("arguments") else ""
+            fragment = fragment_text(function.get("arguments"))
             if self._tools.is_new(key, call_id):
                 deltas.append(self._tools.start(key, call_id, str(function.get("name") or ""), fragment))
             elif (more := self._tools.fragment(key, fragment)) is not None:
                 deltas.append(more)
+        for d in deltas:
+            self._arguments[d.index] = self._arguments.get(d.index, "") + d.arguments_fragment
         raw_reason = choice.get("finish_reason")
         reason = self._family.finish_reason(raw_reason) if raw_reason else None
         if reason is not None:
-            reason = settle_finish(reason, self._tools.count > 0)
+            self._check_arguments()
+            reason = (
+                FinishReason.CONTENT_FILTER if self._refused else settle_finish(reason, self._tools.count > 0)
+            )
         if text or deltas or reason is not None:
             yield StreamChunk(text=text, tool_calls=tuple(deltas), finish_reason=reason)
+
+    def _check_arguments(self) -> None:
+        """Each call's assembled arguments must be a JSON object (see ``wire.arguments_text``)."""
+        for arguments in self._arguments.values():
+            check_arguments(self._family.type_name, arguments)
+        self._arguments.clear()

@@ -21,15 +21,25 @@ class SSEEvent:
     id: str = ""
 
 
+class EventTooLarge(ValueError):
+    """An event's data grew past the decoder's ``max_event_chars`` before it was dispatched."""
+
+
 class SSEDecoder:
-    """Accumulates fields until a blank line, then hands back the event."""
+    """Accumulates fields until a blank line, then hands back the event.
 
-    __slots__ = ("_data", "_event", "_id")
+    ``max_event_chars`` bounds one event's data: many ``data:`` lines without
+    a blank one would otherwise grow the buffer without end.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_data", "_event", "_id", "_limit", "_size")
+
+    def __init__(self, max_event_chars: int | None = None) -> None:
         self._data: list[str] = []
         self._event = ""
         self._id = ""
+        self._limit = max_event_chars
+        self._size = 0
 
     def feed(self, line: str) -> SSEEvent | None:
         """Consume one line (without its ending); return an event when one completes."""
@@ -41,6 +51,10 @@ class SSEDecoder:
         if sep and value.startswith(" "):
             value = value[1:]
         if name == "data":
+            self._size += len(value) + 1
+            if self._limit is not None and self._size > self._limit:
+                self._data, self._size = [], 0
+                raise EventTooLarge(f"event data exceeds {self._limit} characters")
             self._data.append(value)
         elif name == "event":
             self._event = value
@@ -62,5 +76,6 @@ class SSEDecoder:
             return None
         event = SSEEvent(data="\n".join(self._data), event=self._event, id=self._id)
         self._data = []
+        self._size = 0
         self._event = ""
         return event

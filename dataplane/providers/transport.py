@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager
-from typing import Any, ClassVar, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import httpx
 
@@ -23,10 +24,23 @@ from dataplane.config.model import ProviderConfig
 from dataplane.errors import ProviderError, UpstreamBadRequest
 
 from .classify import ErrorFacts, classify_error, classify_transport, protocol_error
-from .sse import SSEDecoder
+from .sse import EventTooLarge, SSEDecoder
 from .wire import loads
 
 T = TypeVar("T")
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+"""Largest unary answer read from an upstream; a larger one is an ``UpstreamProtocolError``."""
+MAX_ERROR_BODY_BYTES = 64 * 1024
+"""Of an error answer only this much is read: enough for any provider's error object."""
+MAX_EVENT_BYTES = 1024 * 1024
+"""Largest stream line, SSE event or NDJSON line; a larger one is an ``UpstreamProtocolError``."""
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
+class BodyTooLarge(Exception):
+    """An upstream answer or stream line went past its size bound."""
 
 
 class StreamDecoder(Protocol):
@@ -89,21 +103,49 @@ class HttpAdapter:
     async def post_json(
         self, url: str, body: Mapping[str, Any], *, timeout: float, params: Mapping[str, str] | None = None
     ) -> Any:
-        """POST ``body`` and return the parsed JSON answer, or raise a classified error."""
+        """POST ``body`` and return the parsed JSON answer, or raise a classified error.
+
+        The answer is read in pieces up to ``MAX_BODY_BYTES`` (an error answer
+        up to ``MAX_ERROR_BODY_BYTES``): an upstream cannot make the node hold
+        more than that in memory.
+        """
         timeout = self.attempt_timeout(timeout)
+        request = self._client.build_request(
+            "POST", url, json=body, headers=self.headers(), params=params, timeout=timeout
+        )
         try:
             async with asyncio.timeout(timeout):
-                response = await self._client.post(
-                    url, json=body, headers=self.headers(), params=params, timeout=timeout
-                )
+                response = await self._client.send(request, stream=True)
+                try:
+                    if response.is_error:
+                        text = await self._read_text(response, MAX_ERROR_BODY_BYTES, truncate=True)
+                        raise self.http_error(response.status_code, text, response.headers)
+                    text = await self._read_text(response, MAX_BODY_BYTES)
+                finally:
+                    await response.aclose()
         except (httpx.HTTPError, TimeoutError) as exc:
             raise classify_transport(self.type_name, exc) from exc
-        if response.is_error:
-            raise self.http_error(response.status_code, response.text, response.headers)
-        payload = loads(self.type_name, response.text)
+        payload = loads(self.type_name, text, credential=self._credential)
         # Some providers answer 200 with an error body (OpenAI-compatible servers, Mistral).
         self.raise_in_band(payload, status=response.status_code)
         return payload
+
+    async def _read_text(self, response: httpx.Response, limit: int, *, truncate: bool = False) -> str:
+        """The body as text, read up to ``limit`` bytes; beyond it: cut (``truncate``) or refused."""
+        declared = response.headers.get("content-length", "")
+        if not truncate and declared.isdigit() and int(declared) > limit:
+            raise self.malformed(f"answer of {int(declared)} bytes exceeds the {limit}-byte limit")
+        pieces: list[bytes] = []
+        size = 0
+        async for piece in response.aiter_bytes():
+            pieces.append(piece)
+            size += len(piece)
+            if size > limit:
+                if truncate:
+                    break
+                raise self.malformed(f"answer exceeds the {limit}-byte limit")
+        data = b"".join(pieces)[:limit]
+        return data.decode(response.encoding or "utf-8", errors="replace")
 
     async def post_parsed(
         self,
@@ -159,13 +201,13 @@ class HttpAdapter:
         """
         async with (
             self._open(url, make_body(), timeout=self.attempt_timeout(timeout), params=params) as response,
-            aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines,
+            aclosing(bounded_lines(response.aiter_text(), MAX_EVENT_BYTES)) as lines,
         ):
             if decoder.event_stream and _is_json(response):
                 # Some servers answer a streaming request with a plain JSON error and 200.
-                await self._read(response)
-                self.raise_in_band(loads(self.type_name, response.text))
-                raise self.malformed("expected an event stream, got a JSON body", response.text)
+                text = await self._read_body(response, MAX_ERROR_BODY_BYTES)
+                self.raise_in_band(loads(self.type_name, text, credential=self._credential))
+                raise self.malformed("expected an event stream, got a JSON body", text)
             while not decoder.done:
                 try:
                     line = await anext(lines)
@@ -175,6 +217,8 @@ class HttpAdapter:
                     for chunk in last:
                         yield chunk
                     return
+                except BodyTooLarge:
+                    raise self.malformed(f"a stream line exceeds the {MAX_EVENT_BYTES}-byte limit") from None
                 except httpx.HTTPError as exc:
                     raise classify_transport(self.type_name, exc) from exc
                 with self.decoding():
@@ -212,13 +256,13 @@ class HttpAdapter:
 
     def parse_event(self, data: str) -> Any:
         """Parse one stream event's JSON, raising the provider's in-band error if it is one."""
-        payload = loads(self.type_name, data)
+        payload = loads(self.type_name, data, credential=self._credential)
         self.raise_in_band(payload)
         return payload
 
     def malformed(self, problem: str, body: str | None = None) -> ProviderError:
-        """The upstream answered 2xx but not in its documented format."""
-        return protocol_error(self.type_name, problem, body)
+        """The upstream answered 2xx but not in its documented format (``problem``: our words)."""
+        return protocol_error(self.type_name, problem, body, credential=self._credential)
 
     @asynccontextmanager
     async def _open(
@@ -233,17 +277,52 @@ class HttpAdapter:
             raise classify_transport(self.type_name, exc) from exc
         try:
             if response.is_error:
-                await self._read(response)
-                raise self.http_error(response.status_code, response.text, response.headers)
+                text = await self._read_body(response, MAX_ERROR_BODY_BYTES)
+                raise self.http_error(response.status_code, text, response.headers)
             yield response
         finally:
             await response.aclose()
 
-    async def _read(self, response: httpx.Response) -> None:
+    async def _read_body(self, response: httpx.Response, limit: int) -> str:
+        """At most ``limit`` bytes of an error body (the rest is not read)."""
         try:
-            await response.aread()
+            return await self._read_text(response, limit, truncate=True)
         except httpx.HTTPError as exc:
             raise classify_transport(self.type_name, exc) from exc
+
+
+async def bounded_lines(chunks: AsyncIterator[str], limit: int) -> AsyncGenerator[str, None]:
+    """Lines (without their CRLF, CR or LF endings) of a text stream; raises
+    ``BodyTooLarge`` when a line passes ``limit`` characters, before it is held whole.
+
+    ``httpx``'s ``aiter_lines`` buffers a line of any length; an upstream that
+    never sends a newline would grow the node's memory without bound.
+    """
+    pending: list[str] = []
+    size = 0
+    skip_lf = False  # the last piece ended in CR: an LF opening the next one belongs to it
+    async for text in chunks:
+        if skip_lf and text.startswith("\n"):
+            text = text[1:]
+        skip_lf = False
+        pos = 0
+        while (match := _NEWLINE.search(text, pos)) is not None:
+            pending.append(text[pos : match.start()])
+            line = "".join(pending)
+            if len(line) > limit:
+                raise BodyTooLarge
+            yield line
+            pending, size, pos = [], 0, match.end()
+            skip_lf = match.group() == "\r" and pos == len(text)
+        if pos < len(text):
+            pending.append(text[pos:])
+            size += len(text) - pos
+            if size > limit:
+                raise BodyTooLarge
+    if pending:
+        line = "".join(pending)
+        if line:
+            yield line
 
 
 def _is_json(response: httpx.Response) -> bool:
@@ -263,7 +342,7 @@ class SSEStreamDecoder(ABC):
 
     def __init__(self, adapter: HttpAdapter) -> None:
         self.adapter = adapter
-        self._sse = SSEDecoder()
+        self._sse = SSEDecoder(max_event_chars=MAX_EVENT_BYTES)
         self.done = False
 
     @property
@@ -271,7 +350,10 @@ class SSEStreamDecoder(ABC):
         return self.done
 
     def feed(self, line: str) -> Iterable[StreamChunk]:
-        event = self._sse.feed(line)
+        try:
+            event = self._sse.feed(line)
+        except EventTooLarge:
+            raise self.adapter.malformed(f"a stream event exceeds the {MAX_EVENT_BYTES}-byte limit") from None
         return self.on_event(self.event_object(event.data)) if event is not None else ()
 
     def finish(self) -> Iterable[StreamChunk]:

@@ -66,13 +66,45 @@ def arguments_object(provider: str, call: ToolCall) -> dict[str, Any]:
     return value
 
 
-def arguments_text(value: object) -> str:
-    """Provider-side arguments (an object or already JSON text) as JSON text."""
+def arguments_text(provider: str, value: object) -> str:
+    """A whole tool call's provider-side arguments (an object, or JSON text of one) as JSON text.
+
+    The gateway's rule for tool calls a provider got wrong: arguments that are
+    not a JSON object (invalid JSON, a list, a number) are malformed output,
+    an ``UpstreamProtocolError`` (retryable, a default fallback kind), never
+    handed to the caller, whose tool would fail on them anyway. OpenAI warns
+    its models "do not always generate valid JSON"; a caller of this gateway
+    gets a JSON object or an error. No arguments at all (``None``, ``""``)
+    mean ``{}``.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "{}"
+    if isinstance(value, str):
+        text = value
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise protocol_error(
+                provider, "tool call arguments are not valid JSON", credential=None
+            ) from None
+        if isinstance(value, dict):
+            return text
+    if not isinstance(value, dict):
+        raise protocol_error(provider, "tool call arguments are not a JSON object", credential=None)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def fragment_text(value: object) -> str:
+    """A streamed piece of tool-call arguments as text (checked whole at the call's end)."""
     if isinstance(value, str):
         return value
-    if value is None:
-        return "{}"
-    return json.dumps(value, ensure_ascii=False)
+    return "" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def check_arguments(provider: str, text: str) -> None:
+    """Raise the protocol error of ``arguments_text`` when a streamed call's assembled arguments
+    are not a JSON object."""
+    arguments_text(provider, text)
 
 
 def synthesize_call_id() -> str:
@@ -108,12 +140,13 @@ def image_url(part: ImagePart) -> str:
     return f"data:{inline[0]};base64,{inline[1]}"
 
 
-def loads(provider: str, text: str) -> Any:
-    """Parse a JSON document the upstream sent; malformed JSON is a protocol error."""
+def loads(provider: str, text: str, *, credential: str | None) -> Any:
+    """Parse a JSON document the upstream sent; malformed JSON is a protocol error
+    (``text`` kept for operators with ``credential`` redacted)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        raise protocol_error(provider, "invalid JSON", text) from None
+        raise protocol_error(provider, "invalid JSON", text, credential=credential) from None
 
 
 def assistant_response(

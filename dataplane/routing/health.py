@@ -48,7 +48,7 @@ class BreakerSettings:
 DEFAULT_BREAKER = BreakerSettings()
 
 FAILURE_KINDS = frozenset(
-    {"server_error", "timeout", "overloaded", "protocol_error", "auth", "quota_exhausted"}
+    {"server_error", "timeout", "overloaded", "protocol_error", "auth", "quota_exhausted", "model_not_found"}
 )
 """Error kinds that say the deployment is unwell. Rate limits (handled by
 Retry-After), context-too-long, content filtering and bad requests are about

@@ -160,19 +160,25 @@ class FakeUpstream:
     def enqueue(self, *replies: Reply) -> None:
         self._replies.extend(replies)
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                headers={k.lower(): v for k, v in request.headers.items()},
-                body=await request.read(),
-            )
+    async def record(self, request: web.Request) -> RecordedRequest:
+        recorded = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=await request.read(),
         )
+        self.requests.append(recorded)
+        return recorded
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        await self.record(request)
         if not self._replies:
             return web.json_response({"error": {"message": "fake upstream: no reply queued"}}, status=599)
-        reply = self._replies.popleft()
+        return await self.send(request, self._replies.popleft())
+
+    async def send(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        """Play ``reply`` to ``request``: whole, or step by step when it is scripted."""
         if not reply.scripted:
             return web.Response(
                 status=reply.status,

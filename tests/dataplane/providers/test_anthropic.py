@@ -25,6 +25,7 @@ from dataplane.errors import (
     RateLimited,
     UpstreamAuthFailed,
     UpstreamBadRequest,
+    UpstreamModelNotFound,
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
@@ -233,7 +234,7 @@ async def test_tool_use_answer_and_cache_usage(upstream: FakeUpstream, client: h
         ("max_tokens", FinishReason.LENGTH),
         ("model_context_window_exceeded", FinishReason.LENGTH),
         ("refusal", FinishReason.CONTENT_FILTER),
-        ("pause_turn", FinishReason.STOP),
+        ("pause_turn", FinishReason.LENGTH),  # incomplete: the caller continues it
     ],
 )
 async def test_stop_reasons(
@@ -366,7 +367,7 @@ async def test_streamed_tool_input_that_is_not_json(
         (403, "permission_error", "no access", UpstreamAuthFailed),
         (400, "invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum", ContextTooLong),
         (400, "invalid_request_error", "messages.1: tool_result blocks must come first", UpstreamBadRequest),
-        (404, "not_found_error", "model: claude-nope", UpstreamBadRequest),
+        (404, "not_found_error", "model: claude-nope", UpstreamModelNotFound),
         (500, "api_error", "Internal server error", UpstreamUnavailable),
     ],
 )

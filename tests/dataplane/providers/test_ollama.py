@@ -17,7 +17,12 @@ from dataplane.chat import (
     StreamChunk,
     Usage,
 )
-from dataplane.errors import UpstreamBadRequest, UpstreamProtocolError, UpstreamUnavailable
+from dataplane.errors import (
+    UpstreamBadRequest,
+    UpstreamModelNotFound,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+)
 from dataplane.providers.base import ProviderAdapter
 
 from .canned import ollama_response, ollama_stream
@@ -144,7 +149,8 @@ async def test_stream_without_done_line(upstream: FakeUpstream, client: httpx.As
 
 async def test_model_not_found(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
     upstream.enqueue(json_reply({"error": "model 'nope' not found"}, 404))
-    with pytest.raises(UpstreamBadRequest) as caught:
+    # The deployment's model is missing upstream: its failure (another deployment may serve), not the caller's.
+    with pytest.raises(UpstreamModelNotFound) as caught:
         await ollama(upstream, client).complete("nope", HELLO, timeout=5)
     assert caught.value.http_status == 404
     assert "nope" not in str(caught.value)

@@ -24,6 +24,7 @@ from dataplane.errors import (
     RateLimited,
     UpstreamAuthFailed,
     UpstreamBadRequest,
+    UpstreamModelNotFound,
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
@@ -302,7 +303,7 @@ def openai_error(message: str, type_: str, code: str | None) -> dict[str, object
             404,
             openai_error("The model does not exist", "invalid_request_error", "model_not_found"),
             {},
-            UpstreamBadRequest,
+            UpstreamModelNotFound,
             None,
         ),
         (500, openai_error("oops", "server_error", None), {"retry-after": "2"}, UpstreamUnavailable, 2.0),

@@ -1,0 +1,300 @@
+"""Answers a provider got wrong or that are not answers: refusals, invalid tool-call arguments,
+Anthropic's paused turns, and tool schemas Gemini's OpenAPI subset would reject."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from dataplane.chat import ChatRequest, FinishReason, ResponseFormat, ToolDefinition
+from dataplane.errors import UpstreamBadRequest, UpstreamProtocolError
+from dataplane.providers.gemini_schema import gemini_schema
+
+from .canned import (
+    anthropic_message,
+    anthropic_stream,
+    gemini_response,
+    ollama_response,
+    openai_chunk,
+    openai_completion,
+)
+from .fakes import FakeUpstream, json_reply, sse_event, sse_reply
+from .samples import ASK_WEATHER, HELLO, system, user
+from .streams import assemble, drain, make_adapter
+
+REFUSAL = "I can't help with that."
+
+# -- OpenAI refusals ------------------------------------------------------------------------
+
+
+async def test_a_refusal_is_the_text_with_finish_content_filter(
+    upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    body = openai_completion(None)
+    body["choices"][0]["message"]["refusal"] = REFUSAL
+    upstream.enqueue(json_reply(body))
+    response = await make_adapter("openai", upstream.base_url, client).complete("gpt-x", HELLO, timeout=5)
+    assert response.message.text == REFUSAL
+    assert response.finish_reason is FinishReason.CONTENT_FILTER
+
+
+async def test_a_streamed_refusal_is_the_text_with_finish_content_filter(
+    upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    frames = [
+        sse_event(openai_chunk({"role": "assistant", "content": None, "refusal": ""})),
+        sse_event(openai_chunk({"refusal": "I can't "})),
+        sse_event(openai_chunk({"refusal": "help with that."})),
+        sse_event(openai_chunk({}, "stop")),
+        sse_event("[DONE]"),
+    ]
+    upstream.enqueue(sse_reply(*frames))
+    folded = assemble(
+        await drain(make_adapter("openai", upstream.base_url, client).stream("g", HELLO, timeout=5))
+    )
+    assert folded.text == REFUSAL
+    assert folded.finish_reason is FinishReason.CONTENT_FILTER
+
+
+async def test_a_null_refusal_changes_nothing(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+    body = openai_completion("Hello!")
+    body["choices"][0]["message"]["refusal"] = None
+    upstream.enqueue(json_reply(body))
+    response = await make_adapter("openai", upstream.base_url, client).complete("gpt-x", HELLO, timeout=5)
+    assert (response.message.text, response.finish_reason) == ("Hello!", FinishReason.STOP)
+
+
+# -- invalid tool-call arguments are malformed output ----------------------------------------
+
+BAD_ARGUMENTS = ['{"city": "Par', "[1, 2]", "42", '"Paris"']
+
+
+@pytest.mark.parametrize("arguments", BAD_ARGUMENTS)
+async def test_openai_tool_arguments_must_be_a_json_object(
+    upstream: FakeUpstream, client: httpx.AsyncClient, arguments: str
+) -> None:
+    upstream.enqueue(
+        json_reply(
+            openai_completion(
+                None, tool_calls=[("call_1", "get_weather", arguments)], finish_reason="tool_calls"
+            )
+        )
+    )
+    with pytest.raises(UpstreamProtocolError, match="tool call arguments are not"):
+        await make_adapter("openai", upstream.base_url, client).complete("g", ASK_WEATHER, timeout=5)
+
+
+@pytest.mark.parametrize("arguments", BAD_ARGUMENTS)
+async def test_streamed_openai_tool_arguments_are_checked_whole_before_the_finish(
+    upstream: FakeUpstream, client: httpx.AsyncClient, arguments: str
+) -> None:
+    call = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    half = len(arguments) // 2
+    frames = [
+        sse_event(openai_chunk({"role": "assistant", "tool_calls": [call]})),
+        sse_event(openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]})),
+        sse_event(openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]})),
+        sse_event(openai_chunk({}, "tool_calls")),
+        sse_event("[DONE]"),
+    ]
+    upstream.enqueue(sse_reply(*frames))
+    received: list[Any] = []
+    with pytest.raises(UpstreamProtocolError, match="tool call arguments are not"):
+        await drain(
+            make_adapter("openai", upstream.base_url, client).stream("g", ASK_WEATHER, timeout=5),
+            into=received,
+        )
+    assert all(chunk.finish_reason is None for chunk in received), "no finish goes out before the check"
+
+
+async def test_empty_openai_tool_arguments_mean_an_empty_object(
+    upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    upstream.enqueue(
+        json_reply(openai_completion(None, tool_calls=[("call_1", "now", "")], finish_reason="tool_calls"))
+    )
+    response = await make_adapter("openai", upstream.base_url, client).complete("g", ASK_WEATHER, timeout=5)
+    assert response.message.tool_calls[0].arguments == "{}"
+
+
+async def test_gemini_args_that_are_not_an_object_are_malformed(
+    upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    body = gemini_response(None, calls=[("get_weather", {})])
+    body["candidates"][0]["content"]["parts"][0]["functionCall"]["args"] = ["Paris"]
+    upstream.enqueue(json_reply(body))
+    with pytest.raises(UpstreamProtocolError, match="tool call arguments are not a JSON object"):
+        await make_adapter("gemini", upstream.base_url, client).complete("g", ASK_WEATHER, timeout=5)
+
+
+async def test_ollama_arguments_of_invalid_json_text_are_malformed(
+    upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    body = ollama_response("", calls=[("get_weather", {})])
+    body["message"]["tool_calls"][0]["function"]["arguments"] = '{"city": '
+    upstream.enqueue(json_reply(body))
+    with pytest.raises(UpstreamProtocolError, match="tool call arguments are not valid JSON"):
+        await make_adapter("ollama", upstream.base_url, client).complete("llama", ASK_WEATHER, timeout=5)
+
+
+async def test_anthropic_tool_input_that_is_not_an_object_is_malformed(
+    upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    body = anthropic_message(None, tool_uses=[("toolu_1", "get_weather", {})], stop_reason="tool_use")
+    body["content"][0]["input"] = "Paris"
+    upstream.enqueue(json_reply(body))
+    with pytest.raises(UpstreamProtocolError, match="tool call arguments are not"):
+        await make_adapter("anthropic", upstream.base_url, client).complete("c", ASK_WEATHER, timeout=5)
+
+
+# -- Anthropic pause_turn: an incomplete answer ----------------------------------------------
+
+
+async def test_a_paused_anthropic_turn_finishes_as_length_plainly_and_streamed(
+    upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    adapter = make_adapter("anthropic", upstream.base_url, client)
+    upstream.enqueue(
+        json_reply(anthropic_message("Searching...", stop_reason="pause_turn")),
+        sse_reply(*anthropic_stream("Searching...", stop_reason="pause_turn")),
+    )
+    plain = await adapter.complete("c", HELLO, timeout=5)
+    streamed = assemble(await drain(adapter.stream("c", HELLO, timeout=5)))
+    assert (plain.message.text, plain.finish_reason) == ("Searching...", FinishReason.LENGTH)
+    assert (streamed.text, streamed.finish_reason) == ("Searching...", FinishReason.LENGTH)
+
+
+# -- Gemini tool schemas -------------------------------------------------------------------
+
+PYDANTIC_STYLE = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://example.com/booking",
+    "type": "object",
+    "additionalProperties": False,
+    "$defs": {
+        "City": {"type": "string", "description": "A city", "examples": ["Paris"]},
+        "Stay": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "city": {"$ref": "#/$defs/City"},
+                "nights": {"type": "integer", "exclusiveMinimum": 0},
+            },
+            "required": ["city"],
+        },
+    },
+    "properties": {
+        "stays": {"type": "array", "items": {"$ref": "#/$defs/Stay"}, "minItems": 1, "uniqueItems": True},
+        "note": {"type": ["string", "null"], "default": None, "maxLength": 200},
+        "class": {"enum": ["economy", "business", None]},
+        "seats": {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]+$"}]},
+        "loyalty": {"allOf": [{"$ref": "#/definitions/Card"}], "description": "the card to credit"},
+        "version": {"const": 2},
+    },
+    "definitions": {
+        "Card": {"type": "object", "properties": {"id": {"type": "string"}}, "patternProperties": {}}
+    },
+    "required": ["stays"],
+}
+
+GEMINI_FORM = {
+    "type": "object",
+    "properties": {
+        "stays": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "description": "A city", "example": "Paris"},
+                    "nights": {"type": "integer"},
+                },
+                "required": ["city"],
+            },
+        },
+        "note": {"type": "string", "nullable": True, "default": None, "maxLength": 200},
+        "class": {"enum": ["economy", "business"], "nullable": True},
+        "seats": {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]+$"}]},
+        "loyalty": {
+            "type": "object",
+            "description": "the card to credit",
+            "properties": {"id": {"type": "string"}},
+        },
+        "version": {"enum": ["2"]},
+    },
+    "required": ["stays"],
+}
+
+
+def test_json_schema_becomes_geminis_subset() -> None:
+    assert gemini_schema(PYDANTIC_STYLE, "parameters of tool 'book'") == GEMINI_FORM
+
+
+async def test_gemini_tool_parameters_and_response_schema_are_translated_on_the_wire(
+    upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    request = ChatRequest(
+        messages=(system("Be brief."), user("Book Paris")),
+        tools=(ToolDefinition(name="book", description="Book stays", parameters=PYDANTIC_STYLE),),
+        response_format=ResponseFormat(type="json_schema", name="r", schema=PYDANTIC_STYLE),
+    )
+    upstream.enqueue(json_reply(gemini_response("ok")))
+    await make_adapter("gemini", upstream.base_url, client).complete("g", request, timeout=5)
+    sent = upstream.last.json
+    assert sent["tools"][0]["functionDeclarations"][0]["parameters"] == GEMINI_FORM
+    assert sent["generationConfig"]["responseSchema"] == GEMINI_FORM
+    text = json.dumps(sent)
+    for field in ("$schema", "$id", "$defs", "definitions", "additionalProperties", "$ref", "oneOf", "allOf"):
+        assert field not in text
+
+
+@pytest.mark.parametrize(
+    ("schema", "problem"),
+    [
+        (
+            {"properties": {"x": {"$ref": "https://example.com/x.json"}}},
+            "$.properties.x.$ref: only local references",
+        ),
+        (
+            {"properties": {"x": {"$ref": "#/$defs/Nope"}}},
+            "$.properties.x.$ref: '#/$defs/Nope' names no definition",
+        ),
+        (
+            {
+                "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}},
+                "$ref": "#/$defs/Node",
+            },
+            "$.properties.next.$ref: '#/$defs/Node' is recursive",
+        ),
+        ({"allOf": [{"type": "object"}, {"required": ["a"]}]}, "$.allOf: only a one-element allOf"),
+        ({"type": "array", "items": [{"type": "string"}]}, "$.items: tuple items"),
+        ({"properties": {"x": 7}}, "$.properties.x: a schema must be an object"),
+    ],
+)
+async def test_what_gemini_cannot_express_is_refused_naming_the_tool_and_path(
+    upstream: FakeUpstream, client: httpx.AsyncClient, schema: dict[str, Any], problem: str
+) -> None:
+    request = ChatRequest(messages=(user("hi"),), tools=(ToolDefinition(name="t", parameters=schema),))
+    with pytest.raises(UpstreamBadRequest) as caught:
+        await make_adapter("gemini", upstream.base_url, client).complete("g", request, timeout=5)
+    assert str(caught.value).startswith(f"gemini: parameters of tool 't': {problem}")
+    assert not upstream.requests
+
+
+def test_a_reference_explosion_is_refused() -> None:
+    defs: dict[str, Any] = {"L0": {"type": "string"}}
+    for i in range(1, 20):
+        defs[f"L{i}"] = {
+            "type": "object",
+            "properties": {"a": {"$ref": f"#/$defs/L{i - 1}"}, "b": {"$ref": f"#/$defs/L{i - 1}"}},
+        }
+    with pytest.raises(UpstreamBadRequest, match="more than 5000 nodes"):
+        gemini_schema({"$defs": defs, "$ref": "#/$defs/L19"}, "parameters of tool 'boom'")
