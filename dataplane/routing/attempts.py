@@ -63,6 +63,17 @@ class Launch(NamedTuple):
     """Seconds left until the caller's deadline when it starts."""
 
 
+@dataclass(slots=True)
+class Flight:
+    """One attempt of a hedged request, running as its own task."""
+
+    seq: int
+    """Its place in the order attempts were started."""
+    launch: Launch
+    started: float
+    hedge: bool
+
+
 async def bounded(attempt: Callable[[Candidate, float], Awaitable[T]], launch: Launch) -> T:
     """Run one attempt; the caller's deadline holds whatever the adapter does with its timeout."""
     async with asyncio.timeout(launch.remaining):

@@ -43,7 +43,7 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import TypeVar
 
 from dataplane.chat import StreamChunk
@@ -54,7 +54,7 @@ from dataplane.errors import (
     DispatchFailed,
     ProviderError,
 )
-from dataplane.routing.attempts import HEDGED, AttemptRecord, Cursor, Launch, bounded, timed_out
+from dataplane.routing.attempts import HEDGED, AttemptRecord, Cursor, Flight, Launch, bounded, timed_out
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.health import (
     DEFAULT_BREAKER,
@@ -70,16 +70,6 @@ from dataplane.routing.shadow import ShadowOutcome, mirror
 __all__ = ["AttemptRecord", "DispatchFailed", "Dispatcher", "HealthBoard", "ShadowOutcome"]
 
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class _Flight:
-    """One attempt of a hedged request, running as its own task."""
-
-    seq: int
-    launch: Launch
-    started: float
-    hedge: bool
 
 
 class Dispatcher:
@@ -291,7 +281,7 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         after = retry.hedge_after_ms / 1000
         cur = Cursor(plan.ordered)
-        flights: dict[asyncio.Task[T], _Flight] = {}
+        flights: dict[asyncio.Task[T], Flight] = {}
         records: list[tuple[int, AttemptRecord]] = []
         launched = hedges = 0
         last_start = 0.0
@@ -300,7 +290,7 @@ class Dispatcher:
         def start(launch: Launch, hedge: bool) -> None:
             nonlocal launched, last_start
             task = loop.create_task(bounded(attempt, launch))
-            flights[task] = _Flight(launched, launch, clock(), hedge)
+            flights[task] = Flight(launched, launch, clock(), hedge)
             launched += 1
             last_start = loop.time()
 
@@ -324,7 +314,7 @@ class Dispatcher:
                         hedges += 1
                         start(launch, True)
                     continue
-                winner: tuple[T, _Flight] | None = None
+                winner: tuple[T, Flight] | None = None
                 fatal: ProviderError | None = None
                 for task in sorted(done, key=lambda t: flights[t].seq):
                     flight = flights.pop(task)
@@ -340,7 +330,7 @@ class Dispatcher:
                             )
                         else:
                             record = AttemptRecord(candidate, HEDGED, "another attempt answered first", ms)
-                        records.append((flight.seq, _hedge_flag(record, flight.hedge)))
+                        records.append((flight.seq, replace(record, hedge=flight.hedge)))
                         continue
                     if isinstance(exc, TimeoutError):
                         error = timed_out(flight.launch, exc)
@@ -385,7 +375,7 @@ class Dispatcher:
 
     async def _cancel(
         self,
-        flights: dict[asyncio.Task[T], _Flight],
+        flights: dict[asyncio.Task[T], Flight],
         records: list[tuple[int, AttemptRecord]],
         outcome: str,
         why: str,
@@ -507,18 +497,3 @@ class Dispatcher:
         for task in list(self._shadows):
             task.cancel()
         await asyncio.gather(*self._shadows, return_exceptions=True)
-
-
-def _hedge_flag(record: AttemptRecord, hedge: bool) -> AttemptRecord:
-    if not hedge:
-        return record
-    return AttemptRecord(
-        record.candidate,
-        record.outcome,
-        record.error,
-        record.duration_ms,
-        record.http_status,
-        record.retry_after_s,
-        record.backoff_ms,
-        True,
-    )
