@@ -38,6 +38,7 @@ from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.http_client import TransportName, build_http_client
 from dataplane.pipeline import GovernanceStep, Pipeline
 from dataplane.routing.dispatch import Dispatcher
+from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.routing.query import NodeContext
 from dataplane.snapshot.store import (
     ServingState,
@@ -79,6 +80,9 @@ class NodeSettings:
     """Serve snapshots past their expiry (sites without trusted time)."""
     drain_seconds: float = 10.0
     """How long a stop waits for in-flight calls and streams."""
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S
+    """Longest upstream Retry-After (or Gemini retryDelay) honoured, in seconds: one
+    hostile or mistaken 429 must not park a deployment for every tenant of the node."""
     evidence_fsync_interval: float = 0.05
     """Longest time a written evidence record waits for fsync."""
     sync_backoff_base: float = 0.5
@@ -219,7 +223,12 @@ class DataPlaneNode:
         assert self._store is not None
         assert self._evidence is not None
         s = self.settings
-        pipeline = Pipeline(self._store, Dispatcher(), self._evidence, governance=self._governance)
+        pipeline = Pipeline(
+            self._store,
+            Dispatcher(max_retry_after_s=s.max_retry_after),
+            self._evidence,
+            governance=self._governance,
+        )
         server = grpc.aio.server(
             options=[
                 # Two nodes must never silently share a port.

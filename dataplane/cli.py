@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
+import math
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotFileInvalid
+from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.store import check_envelope, load_trust_keys
 from signalbox import settings
 from signalbox.api.config.v1 import snapshot_pb2
@@ -155,6 +157,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="on SIGTERM, how long in-flight calls and streams may finish",
         command=SERVE,
     )
+    add(
+        serve,
+        "--max-retry-after",
+        env="SIGNALBOX_MAX_RETRY_AFTER",
+        default=DEFAULT_MAX_RETRY_AFTER_S,
+        type=float,
+        help="longest upstream Retry-After honoured, in seconds (longer ones are cut to this)",
+        command=SERVE,
+    )
     settings.add_log_level(serve, command=SERVE)
     serve.set_defaults(handler=serve_command)
 
@@ -201,6 +212,9 @@ def serve_command(ns: argparse.Namespace) -> int:
     except ValueError:
         print(f"--mode: {ns.mode!r} is not one of cloud, on-prem, air-gapped", file=sys.stderr)
         return 2
+    if not (ns.max_retry_after > 0 and math.isfinite(ns.max_retry_after)):
+        print(f"--max-retry-after: {ns.max_retry_after} is not a positive number of seconds", file=sys.stderr)
+        return 2
     if mode is DeploymentMode.AIR_GAPPED and ns.control_plane and not ns.snapshot:
         logging.getLogger("signalbox.dataplane").warning(
             "air-gapped node configured with a control plane; is that intended?"
@@ -216,6 +230,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         snapshot_file=Path(ns.snapshot) if ns.snapshot else None,
         allow_expired=ns.allow_expired,
         drain_seconds=ns.drain_seconds,
+        max_retry_after=ns.max_retry_after,
     )
 
     async def run() -> None:

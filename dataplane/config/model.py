@@ -176,6 +176,11 @@ class RetrySettings:
     """Largest backoff ceiling."""
     fallback_on: frozenset[str] = DEFAULT_FALLBACK_ON
     """Error kinds after which the next candidate is tried; any other error ends the request."""
+    hedge_after_ms: int = 0
+    """Hedging (unary calls): start the next candidate beside an attempt that has not
+    answered after this long; the first success wins, the others are cancelled."""
+    hedge_max_extra: int = 0
+    """Hedged attempts one request may start; 0: no hedging."""
 
 
 DEFAULT_RETRY = RetrySettings()

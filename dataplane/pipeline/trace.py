@@ -151,6 +151,7 @@ def _routing_record(
                 "http_status": a.http_status,
                 "duration_ms": a.duration_ms,
                 "backoff_ms": a.backoff_ms,
+                "hedge": a.hedge,
             }
             for a in attempts
         ],

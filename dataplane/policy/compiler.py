@@ -34,6 +34,9 @@ from dataplane.policy.language import (
     CONSTRAINT_FIELDS,
     DATA_CLASS_NAMES,
     FALLBACK_KINDS,
+    HEDGE_AFTER_MS_MAX,
+    HEDGE_FIELDS,
+    HEDGE_MAX_EXTRA_MAX,
     MATCH_FIELDS,
     RETRY_FIELDS,
     RULE_FIELDS,
@@ -386,7 +389,24 @@ def _retry(raw: Any, path: str, base: RetrySettings) -> RetrySettings:
                     f"unknown error kind {kind!r} (known: {', '.join(sorted(FALLBACK_KINDS))})",
                 )
         fallback_on = frozenset(kinds)
-    return RetrySettings(max_attempts, per, base_ms, cap_ms, fallback_on)
+    after_ms, extra = base.hedge_after_ms, base.hedge_max_extra
+    if "hedge" in doc:
+        hedge = _obj(doc["hedge"], f"{path}.hedge", HEDGE_FIELDS)
+        if "after_ms" not in hedge:
+            raise PolicyError(f"{path}.hedge.after_ms", "required")
+        after_ms = _int(hedge["after_ms"], f"{path}.hedge.after_ms", minimum=1, maximum=HEDGE_AFTER_MS_MAX)
+        extra = 1
+        if "max_extra" in hedge:
+            extra = _int(
+                hedge["max_extra"], f"{path}.hedge.max_extra", minimum=0, maximum=HEDGE_MAX_EXTRA_MAX
+            )
+        if extra == 0:
+            after_ms = 0
+    if extra and max_attempts <= 1:
+        # Every hedge is an attempt: with one attempt in all, the hedge could never start.
+        at = f"{path}.hedge" if "hedge" in doc else f"{path}.max_attempts"
+        raise PolicyError(at, "hedging needs max_attempts of at least 2")
+    return RetrySettings(max_attempts, per, base_ms, cap_ms, fallback_on, after_ms, extra)
 
 
 def _shadow(raw: Any, path: str, index: ModelIndex, allowed: frozenset[str] | None) -> Shadow:

@@ -20,7 +20,9 @@ The language, by example (every field optional; the published JSON Schema is
       allow_egress: false              # may an on-prem node call a public cloud?
       certification_required_from: internal   # data classes needing a certified model
     retry: {max_attempts: 3, attempts_per_deployment: 2, backoff_base_ms: 100,
-            backoff_cap_ms: 2000, fallback_on: [server_error, rate_limited, timeout]}
+            backoff_cap_ms: 2000, fallback_on: [server_error, rate_limited, timeout],
+            hedge: {after_ms: 300, max_extra: 1}}   # unary calls: race the next candidate
+                                       # beside one silent for 300 ms; max_extra 0: off
     rules:                             # first match wins; none matched: the default route
       - name: canary
         match: {tiers: [gold], tasks: [summarize], metadata: {env: prod},
@@ -100,8 +102,11 @@ CONSTRAINT_FIELDS = frozenset(
     }
 )
 RETRY_FIELDS = frozenset(
-    {"max_attempts", "attempts_per_deployment", "backoff_base_ms", "backoff_cap_ms", "fallback_on"}
+    {"max_attempts", "attempts_per_deployment", "backoff_base_ms", "backoff_cap_ms", "fallback_on", "hedge"}
 )
+HEDGE_FIELDS = frozenset({"after_ms", "max_extra"})
+HEDGE_AFTER_MS_MAX = 60_000
+HEDGE_MAX_EXTRA_MAX = 3
 CAPABILITY_NAMES: Mapping[str, Capability] = {c.value: c for c in Capability}
 STRATEGY_NAMES: Mapping[str, Strategy] = {s.value: s for s in Strategy}
 STICKY_PREFIXES = ("metadata.", "tenant.labels.")

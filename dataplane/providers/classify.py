@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -279,21 +280,23 @@ def _encoded_forms(credential: str) -> list[str]:
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date."""
+    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date.
+
+    Untrusted: a value that is not a finite number is ignored. How long a node
+    honours it is capped where it is recorded (``DeploymentState.block_for``).
+    """
     lowered = {k.lower(): v for k, v in headers.items()}
     millis = lowered.get("retry-after-ms")
     if millis is not None:
-        try:
-            return max(float(millis) / 1000.0, 0.0)
-        except ValueError:
-            pass
+        seconds = _seconds(millis)
+        if seconds is not None:
+            return seconds / 1000.0
     value = lowered.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -302,13 +305,19 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def parse_duration(value: object) -> float | None:
-    """A protobuf JSON duration such as ``"30s"`` or ``"1.5s"``, in seconds."""
+    """A protobuf JSON duration such as ``"30s"`` or ``"1.5s"``, in seconds (finite, >= 0)."""
     if isinstance(value, str) and value.endswith("s"):
-        try:
-            return float(value[:-1])
-        except ValueError:
-            return None
+        return _seconds(value[:-1])
     return None
+
+
+def _seconds(text: str) -> float | None:
+    """A finite number, clamped at 0; ``None`` for anything else ("inf", "nan", words)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 def tokens_of(*values: object) -> tuple[str, ...]:

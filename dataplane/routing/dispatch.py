@@ -16,116 +16,82 @@ Retry-After). Throughout:
   its window is no larger than the one that was too small;
 - no sleep ever ends past the deadline: when the next one would, the request
   ends with DEADLINE_EXCEEDED and the attempts made;
-- an error whose kind is not in the policy's ``fallback_on`` ends the request.
+- an error whose kind is not in the policy's ``fallback_on`` ends the request;
+- a Retry-After is honoured for at most the node's ``max_retry_after_s``;
+- a timeout counts against the deployment (breaker, error rate, and its elapsed
+  time as a lower bound on its latency) even when the caller's deadline cut it:
+  a deployment slower than its callers' deadlines is routed around.
 
-Attempts in total never exceed the policy's ``max_attempts``. When time runs
-out the caller gets DEADLINE_EXCEEDED with the attempts made.
+Hedging (a policy's ``retry.hedge``, unary calls only): when an attempt has not
+answered ``after_ms`` after it started, the next candidate of the first pass
+that can start at once is started beside it, up to ``max_extra`` times; the
+first success wins and every attempt still running is cancelled (its upstream
+HTTP call closed) and recorded with the outcome "hedged". A failure while
+another attempt runs starts nothing; once none runs, failing over continues as
+without hedging. Streams are never hedged: two streams racing to a first chunk
+would double the upstream's work for every slow start, and a stream's fallback
+already ends with its first chunk.
+
+Attempts in total (hedges included) never exceed the policy's ``max_attempts``.
+When time runs out the caller gets DEADLINE_EXCEEDED with the attempts made.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from dataclasses import replace
+from typing import TypeVar
 
 from dataplane.chat import StreamChunk
+from dataplane.config.model import RetrySettings
 from dataplane.errors import (
     AllCandidatesFailed,
     DeadlineExceeded,
     DispatchFailed,
     ProviderError,
-    UpstreamTimeout,
 )
+from dataplane.routing.attempts import HEDGED, AttemptRecord, Cursor, Flight, Launch, bounded, timed_out
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.health import (
     DEFAULT_BREAKER,
+    DEFAULT_MAX_RETRY_AFTER_S,
     FAILURE_KINDS,
     BreakerSettings,
-    BreakerState,
-    DeploymentHealth,
     DeploymentState,
+    HealthBoard,
 )
 from dataplane.routing.query import RoutePlan
+from dataplane.routing.shadow import ShadowOutcome, mirror
+
+__all__ = ["AttemptRecord", "DispatchFailed", "Dispatcher", "HealthBoard", "ShadowOutcome"]
 
 T = TypeVar("T")
 
-_log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
-    candidate: Candidate
-    outcome: str
-    """"ok" or the error's kind."""
-    error: str
-    duration_ms: int
-    http_status: int | None = None
-    retry_after_s: float | None = None
-    """The upstream's Retry-After, when it sent one."""
-    backoff_ms: int = 0
-    """Time slept before this attempt."""
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowOutcome(Generic[T]):
-    """How a mirrored request went; given to the ``on_outcome`` callback of ``Dispatcher.shadow``."""
-
-    candidate: Candidate
-    outcome: str
-    """"ok", an error kind, or "skipped" (breaker open, Retry-After, no time)."""
-    error: str
-    duration_ms: int
-    result: T | None = None
-
-
-class HealthBoard:
-    """The read-only ``HealthView`` over a dispatcher's deployment states (``Dispatcher.health``)."""
-
-    __slots__ = ("_states", "_troubled")
-
-    def __init__(self, states: dict[str, DeploymentState], troubled: set[str]) -> None:
-        self._states = states
-        self._troubled = troubled
-
-    def get(self, key: str) -> DeploymentHealth | None:
-        state = self._states.get(key)
-        return state.snapshot() if state is not None else None
-
-    def all(self) -> dict[str, DeploymentHealth]:
-        """Every deployment this node has called, for metrics and node status."""
-        return {key: state.snapshot() for key, state in self._states.items()}
-
-    def troubled(self) -> dict[str, DeploymentHealth]:
-        if not self._troubled:
-            return {}
-        out = {}
-        for key in list(self._troubled):
-            health = self._states[key].snapshot()
-            if health.state is BreakerState.OPEN or health.blocked_for_s > 0:
-                out[key] = health
-            elif health.state is BreakerState.CLOSED:
-                # Recovered: nothing to re-check until it opens or is blocked again.
-                self._troubled.discard(key)
-        return out
-
 
 class Dispatcher:
-    """Retries, fallbacks, circuit breakers and passive health for one node."""
+    """Retries, fallbacks, hedging, circuit breakers and passive health for one node."""
 
     def __init__(
         self,
         *,
         breaker: BreakerSettings = DEFAULT_BREAKER,
+        max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        """``clock`` is the time base of every ``deadline``; ``sleep`` waits on it."""
+        """``clock`` is the time base of every ``deadline``; ``sleep`` waits on it.
+        ``max_retry_after_s`` caps every upstream Retry-After (the node's setting)."""
+        if not (max_retry_after_s > 0 and math.isfinite(max_retry_after_s)):
+            raise ValueError(
+                f"max_retry_after_s must be a positive number of seconds, not {max_retry_after_s}"
+            )
         self._settings = breaker
+        self._max_retry_after_s = max_retry_after_s
         self._clock = clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
@@ -139,12 +105,18 @@ class Dispatcher:
         """Per-deployment health for ``plan_route(..., health=dispatcher.health)``."""
         return self._health
 
+    @property
+    def max_retry_after_s(self) -> float:
+        return self._max_retry_after_s
+
     def state(self, candidate: Candidate) -> DeploymentState:
         """The breaker and averages of ``candidate``'s deployment (created on first use)."""
         key = candidate.key
         found = self._states.get(key)
         if found is None:
-            found = self._states[key] = DeploymentState(self._settings, self._clock, key, self._troubled)
+            found = self._states[key] = DeploymentState(
+                self._settings, self._clock, key, self._troubled, self._max_retry_after_s
+            )
         return found
 
     async def call(
@@ -154,6 +126,7 @@ class Dispatcher:
         *,
         deadline: float,
         skipped: list[tuple[str, str]] | None = None,
+        hedge: bool = True,
     ) -> tuple[T, Candidate, list[AttemptRecord]]:
         """Try candidates in order; ``deadline`` is in the dispatcher's clock (``time.monotonic()``).
 
@@ -162,110 +135,275 @@ class Dispatcher:
         Candidates passed over without an attempt (breaker open, Retry-After past
         the deadline, window too small) are appended to ``skipped`` when given,
         as (``alias@provider``, why), whether the call succeeds or not.
+        With ``hedge`` (the default) the plan's ``retry.hedge`` applies; its timer
+        runs on the event loop's clock.
         """
+        if skipped is None:
+            skipped = []
+        if hedge and plan.retry.hedge_max_extra > 0:
+            return await self._call_hedged(plan, attempt, deadline, skipped)
         retry = plan.retry
         clock = self._clock
         attempts: list[AttemptRecord] = []
-        if skipped is None:
-            skipped = []
         last: ProviderError | None = None
-        out_of_time = False
-        too_small_window = 0  # after context_too_long: only larger windows may help
-
-        pending = plan.ordered
-        for n in range(retry.attempts_per_deployment):
-            again: list[Candidate] = []  # failed with a retryable error: worth another pass
-            for candidate in pending:
-                if len(attempts) >= retry.max_attempts:
-                    break
-                window = candidate.model.context_window
-                if too_small_window and window and window <= too_small_window:
-                    skipped.append((candidate.label, f"context window {window} is not larger"))
-                    continue
-                state = self.state(candidate)
-                wait = state.blocked_for()
-                if wait > 0 and clock() + wait >= deadline:
-                    skipped.append((candidate.label, f"Retry-After {wait:.1f} s outlasts the deadline"))
-                    continue
-                if not state.admits():
-                    skipped.append((candidate.label, "circuit breaker open"))
-                    continue
-                if n:
-                    ceiling = min(retry.backoff_cap_ms, retry.backoff_base_ms * (1 << (n - 1))) / 1000
-                    wait = max(wait, self._rng.uniform(0, ceiling))
-                if wait > 0:
-                    if clock() + wait >= deadline:
-                        out_of_time = True
-                        break
-                    await self._sleep(wait)
-                remaining = deadline - clock()
-                if remaining <= 0:
-                    out_of_time = True
-                    break
-                # Taken just before the call, so a half-open probe slot is never
-                # held across a backoff or leaked when time runs out.
-                if not state.try_acquire():
-                    skipped.append((candidate.label, "circuit breaker open"))
-                    continue
-                started = clock()
-                try:
-                    # The safety net for an attempt that ignores its timeout: the
-                    # caller's deadline holds whatever the adapter does.
-                    async with asyncio.timeout(remaining):
-                        result = await attempt(candidate, remaining)
-                except TimeoutError as exc:
-                    error: ProviderError = UpstreamTimeout(
-                        f"{candidate.label}: no answer within the {remaining:.3f} s left",
-                        provider=candidate.provider.id,
-                    )
-                    error.__cause__ = exc
-                except ProviderError as exc:
-                    error = exc
-                except BaseException:
-                    state.release_probe()
-                    raise
-                else:
-                    elapsed = clock() - started
-                    state.record_success(elapsed * 1000)
-                    attempts.append(
-                        AttemptRecord(candidate, "ok", "", int(elapsed * 1000), backoff_ms=int(wait * 1000))
-                    )
-                    return result, candidate, attempts
-
-                last = error
+        cur = Cursor(plan.ordered)
+        while (launch := await self._next(cur, retry, len(attempts), deadline, skipped)) is not None:
+            started = clock()
+            try:
+                result = await bounded(attempt, launch)
+            except TimeoutError as exc:
+                error = timed_out(launch, exc)
+            except ProviderError as exc:
+                error = exc
+            except BaseException:
+                launch.state.release_probe()
+                raise
+            else:
+                elapsed = clock() - started
+                launch.state.record_success(elapsed * 1000)
                 attempts.append(
                     AttemptRecord(
-                        candidate,
-                        error.kind,
-                        error.message,
-                        int((clock() - started) * 1000),
-                        error.http_status,
-                        error.retry_after,
-                        int(wait * 1000),
+                        launch.candidate, "ok", "", int(elapsed * 1000), backoff_ms=int(launch.wait * 1000)
                     )
                 )
-                if error.kind in FAILURE_KINDS and not _cut_by_caller(error, deadline - clock()):
-                    state.record_failure()
-                else:
-                    state.release_probe()
-                if error.retry_after:
-                    state.block_for(error.retry_after)
-                if error.kind not in retry.fallback_on:
-                    raise DispatchFailed(error, attempts, skipped) from error
-                if error.kind == "context_too_long":
-                    too_small_window = max(too_small_window, window or 1)
-                if deadline - clock() <= 0:
-                    out_of_time = True
-                    break
-                if error.retryable:
-                    again.append(candidate)
-            if out_of_time or len(attempts) >= retry.max_attempts or not again:
+                return result, launch.candidate, attempts
+            last = error
+            attempts.append(self._failed(cur, launch, error, started))
+            if error.kind not in retry.fallback_on:
+                raise DispatchFailed(error, attempts, skipped) from error
+            if deadline - clock() <= 0:
+                cur.out_of_time = True
                 break
-            pending = tuple(again)
-
         raise DispatchFailed(
-            self._final_error(attempts, skipped, last, out_of_time, deadline), attempts, skipped
+            self._final_error(attempts, skipped, last, cur.out_of_time, deadline), attempts, skipped
         ) from last
+
+    async def _next(
+        self,
+        cur: Cursor,
+        retry: RetrySettings,
+        made: int,
+        deadline: float,
+        skipped: list[tuple[str, str]],
+        *,
+        may_wait: bool = True,
+    ) -> Launch | None:
+        """The next candidate to try, after any backoff or Retry-After it needs; None when
+        there is none (``cur.out_of_time`` says whether time ran out). Without ``may_wait``
+        (a hedge) only a candidate of the first pass that can start at once is taken."""
+        clock = self._clock
+        while made < retry.max_attempts:
+            if cur.index >= len(cur.pending):
+                if not may_wait or not cur.again or cur.passes + 1 >= retry.attempts_per_deployment:
+                    return None
+                cur.pending, cur.again, cur.index = tuple(cur.again), [], 0
+                cur.passes += 1
+                continue
+            if not may_wait and cur.passes:
+                return None
+            candidate = cur.pending[cur.index]
+            window = candidate.model.context_window
+            if cur.too_small_window and window and window <= cur.too_small_window:
+                cur.index += 1
+                skipped.append((candidate.label, f"context window {window} is not larger"))
+                continue
+            state = self.state(candidate)
+            wait = state.blocked_for()
+            if wait > 0 and clock() + wait >= deadline:
+                cur.index += 1
+                skipped.append((candidate.label, f"Retry-After {wait:.1f} s outlasts the deadline"))
+                continue
+            if not state.admits():
+                cur.index += 1
+                skipped.append((candidate.label, "circuit breaker open"))
+                continue
+            if cur.passes:
+                ceiling = min(retry.backoff_cap_ms, retry.backoff_base_ms * (1 << (cur.passes - 1))) / 1000
+                wait = max(wait, self._rng.uniform(0, ceiling))
+            if wait > 0:
+                if not may_wait:
+                    return None
+                if clock() + wait >= deadline:
+                    cur.out_of_time = True
+                    return None
+                await self._sleep(wait)
+            remaining = deadline - clock()
+            if remaining <= 0:
+                cur.out_of_time = True
+                return None
+            cur.index += 1
+            # Taken just before the call, so a half-open probe slot is never
+            # held across a backoff or leaked when time runs out.
+            if not state.try_acquire():
+                skipped.append((candidate.label, "circuit breaker open"))
+                continue
+            return Launch(candidate, state, wait, remaining)
+        return None
+
+    def _failed(
+        self, cur: Cursor, launch: Launch, error: ProviderError, started: float, hedge: bool = False
+    ) -> AttemptRecord:
+        """What a failed attempt teaches the deployment's health and the request's cursor."""
+        elapsed = self._clock() - started
+        candidate, state = launch.candidate, launch.state
+        if error.kind in FAILURE_KINDS:
+            # A timeout also says: at least this slow (whoever's deadline ended it).
+            state.record_failure(elapsed * 1000 if error.kind == "timeout" else None)
+        else:
+            state.release_probe()
+        if error.retry_after:
+            state.block_for(error.retry_after)
+        if error.kind == "context_too_long":
+            cur.too_small_window = max(cur.too_small_window, candidate.model.context_window or 1)
+        if error.retryable:
+            cur.again.append(candidate)
+        return AttemptRecord(
+            candidate,
+            error.kind,
+            error.message,
+            int(elapsed * 1000),
+            error.http_status,
+            error.retry_after,
+            int(launch.wait * 1000),
+            hedge,
+        )
+
+    async def _call_hedged(
+        self,
+        plan: RoutePlan,
+        attempt: Callable[[Candidate, float], Awaitable[T]],
+        deadline: float,
+        skipped: list[tuple[str, str]],
+    ) -> tuple[T, Candidate, list[AttemptRecord]]:
+        """``call`` with the plan's hedge: attempts run as tasks, more than one at a time."""
+        retry = plan.retry
+        clock = self._clock
+        loop = asyncio.get_running_loop()
+        after = retry.hedge_after_ms / 1000
+        cur = Cursor(plan.ordered)
+        flights: dict[asyncio.Task[T], Flight] = {}
+        records: list[tuple[int, AttemptRecord]] = []
+        launched = hedges = 0
+        last_start = 0.0
+        last: ProviderError | None = None
+
+        def start(launch: Launch, hedge: bool) -> None:
+            nonlocal launched, last_start
+            task = loop.create_task(bounded(attempt, launch))
+            flights[task] = Flight(launched, launch, clock(), hedge)
+            launched += 1
+            last_start = loop.time()
+
+        def attempts() -> list[AttemptRecord]:
+            return [record for _, record in sorted(records, key=lambda r: r[0])]
+
+        try:
+            launch = await self._next(cur, retry, launched, deadline, skipped)
+            if launch is not None:
+                start(launch, False)
+            while flights:
+                timer = None
+                if hedges < retry.hedge_max_extra and launched < retry.max_attempts:
+                    timer = max(0.0, last_start + after - loop.time())
+                done, _ = await asyncio.wait(flights, timeout=timer, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    launch = await self._next(cur, retry, launched, deadline, skipped, may_wait=False)
+                    if launch is None:
+                        hedges = retry.hedge_max_extra  # nothing can start at once: stop hedging
+                    else:
+                        hedges += 1
+                        start(launch, True)
+                    continue
+                winner: tuple[T, Flight] | None = None
+                fatal: ProviderError | None = None
+                for task in sorted(done, key=lambda t: flights[t].seq):
+                    flight = flights.pop(task)
+                    candidate, state = flight.launch.candidate, flight.launch.state
+                    ms = int((clock() - flight.started) * 1000)
+                    exc = asyncio.CancelledError() if task.cancelled() else task.exception()
+                    if exc is None:
+                        state.record_success((clock() - flight.started) * 1000)
+                        if winner is None:
+                            winner = (task.result(), flight)
+                            record = AttemptRecord(
+                                candidate, "ok", "", ms, backoff_ms=int(flight.launch.wait * 1000)
+                            )
+                        else:
+                            record = AttemptRecord(candidate, HEDGED, "another attempt answered first", ms)
+                        records.append((flight.seq, replace(record, hedge=flight.hedge)))
+                        continue
+                    if isinstance(exc, TimeoutError):
+                        error = timed_out(flight.launch, exc)
+                    elif isinstance(exc, ProviderError):
+                        error = exc
+                    else:
+                        state.release_probe()
+                        raise exc
+                    last = error
+                    records.append(
+                        (flight.seq, self._failed(cur, flight.launch, error, flight.started, flight.hedge))
+                    )
+                    if fatal is None and error.kind not in retry.fallback_on:
+                        fatal = error
+                if winner is not None:
+                    result, flight = winner
+                    await self._cancel(
+                        flights, records, HEDGED, f"{flight.launch.candidate.label} answered first"
+                    )
+                    return result, flight.launch.candidate, attempts()
+                if fatal is not None:
+                    await self._cancel(flights, records, "cancelled", f"another attempt failed: {fatal.kind}")
+                    raise DispatchFailed(fatal, attempts(), skipped) from fatal
+                if deadline - clock() <= 0:
+                    cur.out_of_time = True  # what still runs ends at the deadline by itself
+                elif not flights:
+                    launch = await self._next(cur, retry, launched, deadline, skipped)
+                    if launch is not None:
+                        start(launch, False)
+        finally:
+            # The caller went away, or an attempt broke its contract: leave nothing running.
+            for task in flights:
+                task.cancel()
+            if flights:
+                await asyncio.gather(*flights, return_exceptions=True)
+                for flight in flights.values():
+                    flight.launch.state.release_probe()
+        made = attempts()
+        raise DispatchFailed(
+            self._final_error(made, skipped, last, cur.out_of_time, deadline), made, skipped
+        ) from last
+
+    async def _cancel(
+        self,
+        flights: dict[asyncio.Task[T], Flight],
+        records: list[tuple[int, AttemptRecord]],
+        outcome: str,
+        why: str,
+    ) -> None:
+        """Cancel the attempts still running (closing their upstream calls) and record them."""
+        for task in flights:
+            task.cancel()
+        await asyncio.gather(*flights, return_exceptions=True)
+        for flight in flights.values():
+            elapsed_ms = (self._clock() - flight.started) * 1000
+            state = flight.launch.state
+            state.release_probe()
+            if outcome == HEDGED:
+                state.observe_at_least(elapsed_ms)  # slower than the winner, at least this slow
+            records.append(
+                (
+                    flight.seq,
+                    AttemptRecord(
+                        flight.launch.candidate,
+                        outcome,
+                        f"cancelled: {why}",
+                        int(elapsed_ms),
+                        backoff_ms=int(flight.launch.wait * 1000),
+                        hedge=flight.hedge,
+                    ),
+                )
+            )
+        flights.clear()
 
     def _final_error(
         self,
@@ -318,8 +456,9 @@ class Dispatcher:
                 raise
             return chunk, stream
 
+        # Never hedged (see the module's docstring).
         (chunk, stream), candidate, attempts = await self.call(
-            plan, first, deadline=deadline, skipped=skipped
+            plan, first, deadline=deadline, skipped=skipped, hedge=False
         )
         return chunk, stream, candidate, attempts
 
@@ -340,60 +479,13 @@ class Dispatcher:
         candidate = plan.shadow
         if candidate is None:
             return None
-        task = asyncio.get_running_loop().create_task(self._shadow(candidate, attempt, deadline, on_outcome))
+        task = asyncio.get_running_loop().create_task(
+            mirror(candidate, self.state(candidate), attempt, deadline, on_outcome, self._clock)
+        )
         # Strong reference until done: the loop keeps only weak ones.
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
         return task
-
-    async def _shadow(
-        self,
-        candidate: Candidate,
-        attempt: Callable[[Candidate, float], Awaitable[T]],
-        deadline: float,
-        on_outcome: Callable[[ShadowOutcome[T]], object],
-    ) -> None:
-        clock = self._clock
-        state = self.state(candidate)
-        remaining = deadline - clock()
-        outcome: ShadowOutcome[T]
-        if remaining <= 0:
-            outcome = ShadowOutcome(candidate, "skipped", "no time left", 0)
-        elif state.blocked_for() > 0:
-            outcome = ShadowOutcome(candidate, "skipped", "Retry-After in force", 0)
-        elif not state.try_acquire():
-            outcome = ShadowOutcome(candidate, "skipped", "circuit breaker open", 0)
-        else:
-            started = clock()
-            try:
-                async with asyncio.timeout(remaining):
-                    result = await attempt(candidate, remaining)
-            except TimeoutError:
-                state.release_probe()  # the caller's time ran out, not the deployment's
-                outcome = ShadowOutcome(
-                    candidate, "timeout", "no answer in time", int((clock() - started) * 1000)
-                )
-            except ProviderError as exc:
-                if exc.kind in FAILURE_KINDS:
-                    state.record_failure()
-                else:
-                    state.release_probe()
-                if exc.retry_after:
-                    state.block_for(exc.retry_after)
-                outcome = ShadowOutcome(candidate, exc.kind, exc.message, int((clock() - started) * 1000))
-            except BaseException:
-                state.release_probe()
-                raise
-            else:
-                elapsed = clock() - started
-                state.record_success(elapsed * 1000)
-                outcome = ShadowOutcome(candidate, "ok", "", int(elapsed * 1000), result)
-        try:
-            on_outcome(outcome)
-        except Exception:
-            # Nobody awaits this task: a failing recorder must not surface as an
-            # unretrieved task exception, and must not touch the served request.
-            _log.exception("shadow outcome callback failed for %s", candidate.label)
 
     async def drain_shadows(self) -> None:
         """Wait for every shadow call in flight (tests, graceful shutdown)."""
@@ -405,12 +497,3 @@ class Dispatcher:
         for task in list(self._shadows):
             task.cancel()
         await asyncio.gather(*self._shadows, return_exceptions=True)
-
-
-def _cut_by_caller(error: ProviderError, left_s: float) -> bool:
-    """A timeout that ended with the caller's deadline says nothing about the
-    deployment (the caller allowed less than it needs); it must not open breakers."""
-    return error.kind == "timeout" and left_s <= _DEADLINE_SLACK_S
-
-
-_DEADLINE_SLACK_S = 0.02

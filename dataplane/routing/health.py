@@ -52,7 +52,15 @@ FAILURE_KINDS = frozenset(
 )
 """Error kinds that say the deployment is unwell. Rate limits (handled by
 Retry-After), context-too-long, content filtering and bad requests are about
-the request or the caller's quota and must not open the breaker."""
+the request or the caller's quota and must not open the breaker. A timeout
+counts even when the caller's deadline cut the attempt short: a deployment
+slower than its callers' deadlines fails them, and only counting it lets the
+breaker and the latency average route around it."""
+
+DEFAULT_MAX_RETRY_AFTER_S = 300.0
+"""Longest Retry-After (or Gemini ``retryDelay``) a node honours. An upstream's
+delay is untrusted input: uncapped, one 429 saying a year would park a
+deployment for every tenant of the node."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +69,8 @@ class DeploymentHealth:
 
     state: BreakerState = BreakerState.CLOSED
     latency_ms: float | None = None
-    """EWMA of successful attempts' latency; ``None`` until one succeeded."""
+    """EWMA of attempts' latency: successes, and timeouts as at least their elapsed
+    time (censored observations); ``None`` until one was seen."""
     error_rate: float = 0.0
     """EWMA of failures (1) and successes (0)."""
     blocked_for_s: float = 0.0
@@ -87,6 +96,7 @@ class DeploymentState:
     __slots__ = (
         "_clock",
         "_key",
+        "_max_block_s",
         "_settings",
         "_troubled",
         "blocked_until",
@@ -105,10 +115,13 @@ class DeploymentState:
         clock: Callable[[], float],
         key: str = "",
         troubled: set[str] | None = None,
+        max_block_s: float = DEFAULT_MAX_RETRY_AFTER_S,
     ) -> None:
         """``troubled`` is the owner's set of keys to re-check; this state adds ``key``
-        to it whenever it opens or is blocked, so the owner never scans every deployment."""
+        to it whenever it opens or is blocked, so the owner never scans every deployment.
+        ``max_block_s`` caps every Retry-After honoured (``block_for``)."""
         self._settings = settings
+        self._max_block_s = max_block_s
         self._clock = clock
         self._key = key
         self._troubled = troubled
@@ -164,8 +177,20 @@ class DeploymentState:
             self.state = BreakerState.CLOSED
             self.probes_in_flight = 0
 
-    def record_failure(self) -> None:
+    def observe_at_least(self, latency_ms: float) -> None:
+        """A censored latency: the attempt took *at least* ``latency_ms`` (it timed out,
+        or was cancelled because another answered first). It can only raise the
+        average: an average already above it learns nothing from it."""
+        if self.latency_ms is None:
+            self.latency_ms = latency_ms
+        elif latency_ms > self.latency_ms:
+            self.latency_ms += self._settings.ewma_alpha * (latency_ms - self.latency_ms)
+
+    def record_failure(self, at_least_ms: float | None = None) -> None:
+        """A failure; ``at_least_ms`` for a timeout, which also feeds the latency average."""
         s = self._settings
+        if at_least_ms is not None:
+            self.observe_at_least(at_least_ms)
         self.calls += 1
         self.consecutive_failures += 1
         self.error_rate += s.ewma_alpha * (1 - self.error_rate)
@@ -181,10 +206,15 @@ class DeploymentState:
             self.probes_in_flight = 0
             self._mark()
 
-    def block_for(self, seconds: float) -> None:
-        """Honour a Retry-After: no new attempts until it passes."""
+    def block_for(self, seconds: float) -> float:
+        """Honour a Retry-After: no new attempts until it passes. Returns the seconds
+        honoured: at most the node's cap; nothing for a delay that is not a positive number."""
+        if not seconds > 0:  # also NaN
+            return 0.0
+        seconds = min(seconds, self._max_block_s)
         self.blocked_until = max(self.blocked_until, self._clock() + seconds)
         self._mark()
+        return seconds
 
     def _mark(self) -> None:
         if self._troubled is not None:
@@ -195,3 +225,34 @@ class DeploymentState:
 
     def snapshot(self) -> DeploymentHealth:
         return DeploymentHealth(self.current(), self.latency_ms, self.error_rate, self.blocked_for())
+
+
+class HealthBoard:
+    """The read-only ``HealthView`` over a dispatcher's deployment states (``Dispatcher.health``)."""
+
+    __slots__ = ("_states", "_troubled")
+
+    def __init__(self, states: dict[str, DeploymentState], troubled: set[str]) -> None:
+        self._states = states
+        self._troubled = troubled
+
+    def get(self, key: str) -> DeploymentHealth | None:
+        state = self._states.get(key)
+        return state.snapshot() if state is not None else None
+
+    def all(self) -> dict[str, DeploymentHealth]:
+        """Every deployment this node has called, for metrics and node status."""
+        return {key: state.snapshot() for key, state in self._states.items()}
+
+    def troubled(self) -> dict[str, DeploymentHealth]:
+        if not self._troubled:
+            return {}
+        out = {}
+        for key in list(self._troubled):
+            health = self._states[key].snapshot()
+            if health.state is BreakerState.OPEN or health.blocked_for_s > 0:
+                out[key] = health
+            elif health.state is BreakerState.CLOSED:
+                # Recovered: nothing to re-check until it opens or is blocked again.
+                self._troubled.discard(key)
+        return out

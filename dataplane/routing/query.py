@@ -112,6 +112,11 @@ class RoutePlan:
                 "backoff_base_ms": self.retry.backoff_base_ms,
                 "backoff_cap_ms": self.retry.backoff_cap_ms,
                 "fallback_on": sorted(self.retry.fallback_on),
+                "hedge": (
+                    {"after_ms": self.retry.hedge_after_ms, "max_extra": self.retry.hedge_max_extra}
+                    if self.retry.hedge_max_extra
+                    else None
+                ),
             },
         }
 

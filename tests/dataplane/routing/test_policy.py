@@ -38,6 +38,7 @@ FULL: dict[str, Any] = {
         "backoff_base_ms": 50,
         "backoff_cap_ms": 400,
         "fallback_on": ["server_error"],
+        "hedge": {"after_ms": 250, "max_extra": 1},
     },
     "rules": [
         {
@@ -98,6 +99,7 @@ def test_every_feature_compiles_and_validates() -> None:
     assert canary.constraints.regions == frozenset({"eu-west-1"})
     assert canary.retry.fallback_on == frozenset({"server_error", "content_filtered"})
     assert canary.retry.max_attempts == 4
+    assert (canary.retry.hedge_after_ms, canary.retry.hedge_max_extra) == (250, 1)
     assert [p.model.alias for p in cheap.candidates] == ["llama", "sim-fast"]
     assert latency.name == "rules[2]"
     assert latency.strategy is Strategy.LATENCY
@@ -240,6 +242,32 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "$.rules[0].shadow.model",
         "required",
     ),
+    (
+        "hedge without after_ms",
+        {"retry": {"hedge": {"max_extra": 1}}},
+        "$.retry.hedge.after_ms",
+        "required",
+    ),
+    ("hedge after zero ms", {"retry": {"hedge": {"after_ms": 0}}}, "$.retry.hedge.after_ms", ""),
+    (
+        "too many hedges in a rule",
+        {"rules": [{"models": ["sim-fast"], "retry": {"hedge": {"after_ms": 300, "max_extra": 9}}}]},
+        "$.rules[0].retry.hedge.max_extra",
+        "between 0 and 3",
+    ),
+    (
+        "unknown hedge field",
+        {"retry": {"hedge": {"after_ms": 300, "delay_ms": 5}}},
+        "$.retry.hedge.delay_ms",
+        "unknown field",
+    ),
+    ("hedge not an object", {"retry": {"hedge": 300}}, "$.retry.hedge", "object"),
+    (
+        "hedge after_ms not an integer",
+        {"retry": {"hedge": {"after_ms": "300ms"}}},
+        "$.retry.hedge.after_ms",
+        "",
+    ),
     ("wrong type", {"allowed_models": "sim-fast"}, "$.allowed_models", ""),
     ("negative cost", {"constraints": {"max_cost_usd": -1}}, "$.constraints.max_cost_usd", ""),
 ]
@@ -269,6 +297,50 @@ def test_the_schema_refuses_what_the_compiler_refuses_at_the_same_path(
     with pytest.raises(PolicyError) as caught:
         validate_document(document)
     assert caught.value.path == path
+
+
+def test_hedging_compiles_into_the_retry_settings_and_rules_inherit_or_override_it() -> None:
+    compiled = compile_doc(
+        {
+            "retry": {"max_attempts": 3, "hedge": {"after_ms": 300}},
+            "rules": [
+                {"name": "inherits", "models": ["sim-fast"], "retry": {"backoff_base_ms": 10}},
+                {
+                    "name": "faster",
+                    "models": ["sim-fast"],
+                    "retry": {"hedge": {"after_ms": 50, "max_extra": 2}},
+                },
+                {"name": "off", "models": ["sim-fast"], "retry": {"hedge": {"after_ms": 50, "max_extra": 0}}},
+            ],
+        }
+    )
+    assert (compiled.retry.hedge_after_ms, compiled.retry.hedge_max_extra) == (300, 1)
+    inherits, faster, off = compiled.rules
+    assert (inherits.retry.hedge_after_ms, inherits.retry.hedge_max_extra) == (300, 1)
+    assert (faster.retry.hedge_after_ms, faster.retry.hedge_max_extra) == (50, 2)
+    assert (off.retry.hedge_after_ms, off.retry.hedge_max_extra) == (0, 0)
+    assert compile_doc({}).retry.hedge_max_extra == 0, "no hedging unless a policy asks"
+
+
+@pytest.mark.parametrize(
+    ("document", "path"),
+    [
+        ({"retry": {"max_attempts": 1, "hedge": {"after_ms": 100}}}, "$.retry.hedge"),
+        (
+            {
+                "retry": {"hedge": {"after_ms": 100}},
+                "rules": [{"models": ["sim-fast"], "retry": {"max_attempts": 1}}],
+            },
+            "$.rules[0].retry.max_attempts",
+        ),
+    ],
+)
+def test_a_hedge_that_could_never_start_is_refused(document: dict[str, Any], path: str) -> None:
+    validate_document(document)  # the schema cannot tell; the compiler, run at apply time too, can
+    with pytest.raises(PolicyError) as caught:
+        compile_doc(document)
+    assert caught.value.path == path
+    assert "max_attempts of at least 2" in caught.value.message
 
 
 def test_duplicate_rule_names_are_refused() -> None:

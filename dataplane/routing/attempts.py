@@ -1,0 +1,89 @@
+"""What one request's dispatch keeps track of: its attempts, and where it is in its plan.
+
+Shared by the sequential dispatcher (``dispatch.py``) and the hedged one (``hedge.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple, TypeVar
+
+from dataplane.errors import ProviderError, UpstreamTimeout
+from dataplane.routing.candidate import Candidate
+from dataplane.routing.health import DeploymentState
+
+T = TypeVar("T")
+
+HEDGED = "hedged"
+"""Outcome of an attempt cancelled because another attempt of the same request answered first."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    candidate: Candidate
+    outcome: str
+    """"ok", the error's kind, or "hedged" (cancelled: another attempt answered first)."""
+    error: str
+    duration_ms: int
+    http_status: int | None = None
+    retry_after_s: float | None = None
+    """The upstream's Retry-After, when it sent one (as sent; the node honours at most its cap)."""
+    backoff_ms: int = 0
+    """Time slept before this attempt."""
+    hedge: bool = False
+    """Started by the hedge timer while an earlier attempt was still running."""
+
+
+@dataclass(slots=True)
+class Cursor:
+    """Where one request is in its plan: candidates are tried once each, in order (pass 0);
+    those that failed with a retryable error get further passes."""
+
+    pending: tuple[Candidate, ...]
+    index: int = 0
+    passes: int = 0
+    """The pass ``pending`` belongs to (0: the first)."""
+    again: list[Candidate] = field(default_factory=list)
+    """Failed with a retryable error in this pass: worth another."""
+    too_small_window: int = 0
+    """After context_too_long: only larger windows may help."""
+    out_of_time: bool = False
+
+
+class Launch(NamedTuple):
+    """A candidate cleared to be tried now (its half-open probe slot, if any, taken)."""
+
+    candidate: Candidate
+    state: DeploymentState
+    wait: float
+    """Seconds slept before it (backoff, Retry-After)."""
+    remaining: float
+    """Seconds left until the caller's deadline when it starts."""
+
+
+@dataclass(slots=True)
+class Flight:
+    """One attempt of a hedged request, running as its own task."""
+
+    seq: int
+    """Its place in the order attempts were started."""
+    launch: Launch
+    started: float
+    hedge: bool
+
+
+async def bounded(attempt: Callable[[Candidate, float], Awaitable[T]], launch: Launch) -> T:
+    """Run one attempt; the caller's deadline holds whatever the adapter does with its timeout."""
+    async with asyncio.timeout(launch.remaining):
+        return await attempt(launch.candidate, launch.remaining)
+
+
+def timed_out(launch: Launch, exc: TimeoutError) -> ProviderError:
+    error = UpstreamTimeout(
+        f"{launch.candidate.label}: no answer within the {launch.remaining:.3f} s left",
+        provider=launch.candidate.provider.id,
+    )
+    error.__cause__ = exc
+    return error
