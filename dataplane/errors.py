@@ -269,3 +269,31 @@ class SnapshotFileInvalid(ConfigError):
     """A snapshot file (last-known-good or pin) or the high-water mark cannot be trusted."""
 
     status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+# ---- echoing what a caller sent
+
+
+ECHO_CHARS = 64
+"""How much of a caller-supplied value a message repeats."""
+
+
+def shown(value: str, limit: int = ECHO_CHARS) -> str:
+    """``value`` quoted for a message: at most ``limit`` characters, control characters
+    escaped (``repr``), ``...`` when clipped. Every caller-supplied value a message
+    repeats goes through here, so no message grows with the input."""
+    if len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + "..."
+
+
+MAX_MESSAGE_CHARS = 1024
+"""The longest status message a caller is sent (gRPC carries it in a header)."""
+
+
+def clipped(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` cut to at most ``limit`` characters, saying so when it was cut."""
+    if len(message) <= limit:
+        return message
+    marker = " ... (message clipped)"
+    return message[: max(0, limit - len(marker))] + marker

@@ -7,17 +7,21 @@ in the pipeline.
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import hashlib
 import json
 import math
 import re
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
 
 from dataplane.chat import ChatRequest, EmbedRequest, Role
-from dataplane.errors import InvalidRequest
+from dataplane.errors import InvalidRequest, clipped, shown
 
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CORRELATION_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -41,32 +45,155 @@ def _check_range(value: float | None, field: str, low: float, high: float, *, lo
         raise InvalidRequest(field, f"{value} is outside {bracket}{low:g}, {high:g}]")
 
 
-def _check_schema(schema: dict[str, Any], field: str) -> None:
-    problem = _schema_problem(json.dumps(schema, sort_keys=True))
-    if problem is not None:
-        raise InvalidRequest(field, problem)
+class SchemaVerdicts:
+    """What is known about JSON schemas already checked: SHA-256 of the canonical text -> why
+    it is not a valid JSON Schema (None: valid). Least recently used first out.
 
-
-@functools.lru_cache(maxsize=1024)
-def _schema_problem(canonical: str) -> str | None:
-    """Why a schema (as canonical JSON) is not a valid JSON Schema, or None.
-
-    Checking a schema costs about 2 ms; callers send the same tool schemas with
-    every request, so each distinct schema is checked once.
+    Memory is bounded by ``budget`` bytes of the cache's own accounting (digest, verdict text
+    and a fixed per-entry overhead), never by the size of the schemas: a schema itself is
+    not kept. Thread-safe: verdicts are stored by the thread that checked them.
     """
+
+    ENTRY_OVERHEAD = 200
+    """Bytes an entry is charged besides its digest and verdict (dict slot, objects)."""
+
+    def __init__(self, budget: int = 1024 * 1024) -> None:
+        self.budget = budget
+        self.bytes = 0
+        self._entries: OrderedDict[bytes, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def cost(verdict: str | None) -> int:
+        return SchemaVerdicts.ENTRY_OVERHEAD + 32 + (len(verdict.encode()) if verdict else 0)
+
+    def get(self, digest: bytes) -> str | Unknown | None:
+        with self._lock:
+            if digest not in self._entries:
+                return UNKNOWN
+            self._entries.move_to_end(digest)
+            return self._entries[digest]
+
+    def put(self, digest: bytes, verdict: str | None) -> None:
+        with self._lock:
+            if digest in self._entries:
+                self._entries.move_to_end(digest)
+                return
+            self._entries[digest] = verdict
+            self.bytes += self.cost(verdict)
+            while self.bytes > self.budget and self._entries:
+                _, old = self._entries.popitem(last=False)
+                self.bytes -= self.cost(old)
+
+
+class Unknown:
+    """A schema not checked yet (``SchemaVerdicts.get``)."""
+
+
+UNKNOWN = Unknown()
+
+SCHEMA_VERDICTS = SchemaVerdicts()
+"""The node's verdicts (one per process)."""
+
+_MAX_VERDICT_CHARS = 300
+
+_checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema-check")
+"""Uncached schemas are checked here, one at a time: never on the event loop."""
+
+
+def _digest(schema: dict[str, Any]) -> bytes:
+    return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).digest()
+
+
+def _schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why ``schema`` is not a valid JSON Schema, or None (about 0.2 ms per subschema)."""
     try:
-        Draft202012Validator.check_schema(json.loads(canonical))
+        Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
-        return f"not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}"
+        problem = f"not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}"
+        return clipped(problem, _MAX_VERDICT_CHARS)
+    except RecursionError:
+        return "nested too deeply to check"
+    except Exception as exc:  # the checker itself failed on this input: refuse it, keep serving
+        return f"could not be checked as a JSON Schema ({type(exc).__name__})"
     return None
 
 
-def validate_chat(request: ChatRequest, *, require_messages: bool = True) -> None:
+def _check_and_store(
+    pending: list[tuple[bytes, dict[str, Any]]], verdicts: SchemaVerdicts
+) -> list[str | None]:
+    found = []
+    for digest, schema in pending:
+        problem = _schema_problem(schema)
+        verdicts.put(digest, problem)
+        found.append(problem)
+    return found
+
+
+def _schemas(request: ChatRequest) -> list[tuple[str, dict[str, Any]]]:
+    """(field, schema) of every JSON schema in the request, in field order."""
+    found = [(f"tools[{i}].parameters_json_schema", t.parameters) for i, t in enumerate(request.tools)]
+    rf = request.response_format
+    if rf is not None and rf.schema is not None:
+        found.append(("response_format.json_schema", rf.schema))
+    return found
+
+
+def _known(
+    request: ChatRequest, verdicts: SchemaVerdicts
+) -> tuple[dict[str, str | None], list[tuple[str, bytes, dict[str, Any]]]]:
+    known: dict[str, str | None] = {}
+    unknown: list[tuple[str, bytes, dict[str, Any]]] = []
+    for field, schema in _schemas(request):
+        digest = _digest(schema)
+        verdict = verdicts.get(digest)
+        if isinstance(verdict, Unknown):
+            unknown.append((field, digest, schema))
+        else:
+            known[field] = verdict
+    return known, unknown
+
+
+def _raise_first(request: ChatRequest, verdicts: dict[str, str | None]) -> None:
+    for field, _ in _schemas(request):
+        problem = verdicts.get(field)
+        if problem is not None:
+            raise InvalidRequest(field, problem)
+
+
+async def check_schemas(request: ChatRequest, verdicts: SchemaVerdicts = SCHEMA_VERDICTS) -> None:
+    """``InvalidRequest`` naming the first tool or response schema that is not a valid JSON
+    Schema. Known schemas are answered from ``verdicts``; the others are checked off the
+    event loop (one checker thread), so a request with huge schemas stalls no other caller.
+    A check outlives a caller that gives up: its verdict is kept for the next request."""
+    known, unknown = _known(request, verdicts)
+    if unknown:
+        pending = [(digest, schema) for _, digest, schema in unknown]
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(_checker, _check_and_store, pending, verdicts)
+        known.update((field, problem) for (field, _, _), problem in zip(unknown, found, strict=True))
+    _raise_first(request, known)
+
+
+def check_schemas_now(request: ChatRequest, verdicts: SchemaVerdicts = SCHEMA_VERDICTS) -> None:
+    """``check_schemas`` on the calling thread (for callers off the request path)."""
+    known, unknown = _known(request, verdicts)
+    found = _check_and_store([(digest, schema) for _, digest, schema in unknown], verdicts)
+    known.update((field, problem) for (field, _, _), problem in zip(unknown, found, strict=True))
+    _raise_first(request, known)
+
+
+def validate_chat(request: ChatRequest, *, require_messages: bool = True, schemas: bool = True) -> None:
     """Raise ``InvalidRequest`` for the first problem found.
 
     ``require_messages=False`` accepts a request without messages (a dry run of
-    routing asks about the policy alone); every other rule holds.
+    routing asks about the policy alone); every other rule holds. ``schemas=False``
+    leaves out whether the tool and response schemas are valid JSON Schemas: the
+    request path awaits ``check_schemas`` for that, off the event loop.
     """
     if require_messages and not request.messages:
         raise InvalidRequest("messages", "must not be empty")
@@ -94,28 +221,27 @@ def validate_chat(request: ChatRequest, *, require_messages: bool = True) -> Non
         if not _TOOL_NAME.match(tool.name):
             raise InvalidRequest(f"tools[{i}].name", "must be 1-64 letters, digits, '_' or '-'")
         if tool.name in names:
-            raise InvalidRequest(f"tools[{i}].name", f"duplicate tool {tool.name!r}")
+            raise InvalidRequest(f"tools[{i}].name", f"duplicate tool {shown(tool.name)}")
         names.add(tool.name)
-        _check_schema(tool.parameters, f"tools[{i}].parameters_json_schema")
     choice = request.tool_choice
     if choice is not None and choice.mode == "tool":
         if not choice.name:
             raise InvalidRequest("tool_choice.tool_name", "required when mode is TOOL")
         if choice.name not in names:
-            raise InvalidRequest("tool_choice.tool_name", f"no tool named {choice.name!r} in tools")
+            raise InvalidRequest("tool_choice.tool_name", f"no tool named {shown(choice.name)} in tools")
     if choice is not None and choice.mode == "required" and not request.tools:
         raise InvalidRequest("tool_choice.mode", "REQUIRED needs at least one tool")
-    rf = request.response_format
-    if rf is not None and rf.schema is not None:
-        _check_schema(rf.schema, "response_format.json_schema")
+    if schemas:
+        check_schemas_now(request)
 
 
 def validate(request: ChatRequest | EmbedRequest) -> None:
-    """Raise ``InvalidRequest`` for the first problem of a chat or embeddings request."""
+    """Raise ``InvalidRequest`` for the first problem of a chat or embeddings request,
+    except invalid JSON Schemas (``check_schemas``, awaited by the pipeline)."""
     if isinstance(request, EmbedRequest):
         validate_embed(request)
     else:
-        validate_chat(request)
+        validate_chat(request, schemas=False)
 
 
 def validate_embed(request: EmbedRequest) -> None:
