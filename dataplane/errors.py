@@ -9,6 +9,7 @@
     ├── CredentialUnavailable     FAILED_PRECONDITION (names the secret reference, never the value)
     ├── NoSnapshot                UNAVAILABLE         (node never had a valid snapshot)
     ├── EvidenceUnavailable       UNAVAILABLE         (the evidence record cannot be written)
+    ├── CheckUnavailable          UNAVAILABLE         (the node's schema checker failed; retry)
     ├── EvidenceChainBroken       DATA_LOSS           (the log does not verify; names the first bad line)
     ├── NoEligibleCandidate       FAILED_PRECONDITION (every candidate dropped by a constraint;
     │                                                  carries the drops and their reasons)
@@ -101,6 +102,13 @@ class NoSnapshot(SignalboxError):
 
 class EvidenceUnavailable(SignalboxError):
     """No answer goes out without its evidence record: the node fails the request instead."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class CheckUnavailable(SignalboxError):
+    """A check of the request could not run (the schema checker process died); not the
+    caller's fault, and a retry may succeed."""
 
     status = grpc.StatusCode.UNAVAILABLE
 

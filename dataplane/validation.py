@@ -11,17 +11,19 @@ import asyncio
 import hashlib
 import json
 import math
+import multiprocessing
 import re
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
 
 from dataplane.chat import ChatRequest, EmbedRequest, Role
-from dataplane.errors import InvalidRequest, clipped, shown
+from dataplane.errors import CheckUnavailable, InvalidRequest, clipped, shown
 
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CORRELATION_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -100,12 +102,34 @@ SCHEMA_VERDICTS = SchemaVerdicts()
 
 _MAX_VERDICT_CHARS = 300
 
-_checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema-check")
-"""Uncached schemas are checked here, one at a time: never on the event loop."""
+_pool: ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
-def _digest(schema: dict[str, Any]) -> bytes:
-    return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).digest()
+def _checker() -> ProcessPoolExecutor:
+    """The process uncached schemas are checked in, one at a time; started on first use.
+
+    A process, not a thread: checking a large schema is seconds of pure Python, and a
+    thread holding the GIL that long stalls the event loop at its every switch."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return _pool
+
+
+def _discard_checker(broken: ProcessPoolExecutor) -> None:
+    global _pool
+    with _pool_lock:
+        if _pool is broken:
+            _pool = None
+    broken.shutdown(wait=False, cancel_futures=True)
+
+
+def _digest(schema: dict[str, Any]) -> tuple[bytes, str]:
+    """SHA-256 of the schema's canonical JSON text, and the text."""
+    canonical = json.dumps(schema, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).digest(), canonical
 
 
 def _schema_problem(schema: dict[str, Any]) -> str | None:
@@ -123,15 +147,9 @@ def _schema_problem(schema: dict[str, Any]) -> str | None:
     return None
 
 
-def _check_and_store(
-    pending: list[tuple[bytes, dict[str, Any]]], verdicts: SchemaVerdicts
-) -> list[str | None]:
-    found = []
-    for digest, schema in pending:
-        problem = _schema_problem(schema)
-        verdicts.put(digest, problem)
-        found.append(problem)
-    return found
+def _problems(canonical: list[str]) -> list[str | None]:
+    """The verdict on each schema, given as canonical JSON text (runs in the checker process)."""
+    return [_schema_problem(json.loads(text)) for text in canonical]
 
 
 def _schemas(request: ChatRequest) -> list[tuple[str, dict[str, Any]]]:
@@ -143,19 +161,27 @@ def _schemas(request: ChatRequest) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def _known(
-    request: ChatRequest, verdicts: SchemaVerdicts
-) -> tuple[dict[str, str | None], list[tuple[str, bytes, dict[str, Any]]]]:
+_Unchecked = list[tuple[str, bytes, str]]
+"""(field, digest, canonical text) of schemas without a verdict yet."""
+
+
+def _known(request: ChatRequest, verdicts: SchemaVerdicts) -> tuple[dict[str, str | None], _Unchecked]:
     known: dict[str, str | None] = {}
-    unknown: list[tuple[str, bytes, dict[str, Any]]] = []
+    unknown: _Unchecked = []
     for field, schema in _schemas(request):
-        digest = _digest(schema)
+        digest, canonical = _digest(schema)
         verdict = verdicts.get(digest)
         if isinstance(verdict, Unknown):
-            unknown.append((field, digest, schema))
+            unknown.append((field, digest, canonical))
         else:
             known[field] = verdict
     return known, unknown
+
+
+def _store(unknown: _Unchecked, found: list[str | None], verdicts: SchemaVerdicts) -> dict[str, str | None]:
+    for (_, digest, _), problem in zip(unknown, found, strict=True):
+        verdicts.put(digest, problem)
+    return {field: problem for (field, _, _), problem in zip(unknown, found, strict=True)}
 
 
 def _raise_first(request: ChatRequest, verdicts: dict[str, str | None]) -> None:
@@ -167,23 +193,36 @@ def _raise_first(request: ChatRequest, verdicts: dict[str, str | None]) -> None:
 
 async def check_schemas(request: ChatRequest, verdicts: SchemaVerdicts = SCHEMA_VERDICTS) -> None:
     """``InvalidRequest`` naming the first tool or response schema that is not a valid JSON
-    Schema. Known schemas are answered from ``verdicts``; the others are checked off the
-    event loop (one checker thread), so a request with huge schemas stalls no other caller.
-    A check outlives a caller that gives up: its verdict is kept for the next request."""
+    Schema. Known schemas are answered from ``verdicts``; the others are checked in the
+    checker process, so a request with huge new schemas stalls no other caller. The
+    verdicts are kept even when the caller has given up meanwhile."""
     known, unknown = _known(request, verdicts)
     if unknown:
-        pending = [(digest, schema) for _, digest, schema in unknown]
-        loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(_checker, _check_and_store, pending, verdicts)
-        known.update((field, problem) for (field, _, _), problem in zip(unknown, found, strict=True))
+        pool = _checker()
+        try:
+            job = pool.submit(_problems, [canonical for _, _, canonical in unknown])
+        except BrokenProcessPool as exc:
+            _discard_checker(pool)
+            raise CheckUnavailable("the node's schema checker stopped; retry the request") from exc
+
+        def keep(done: Future[list[str | None]]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                _store(unknown, done.result(), verdicts)
+
+        job.add_done_callback(keep)
+        try:
+            found = await asyncio.wrap_future(job)
+        except BrokenProcessPool as exc:
+            _discard_checker(pool)
+            raise CheckUnavailable("the node's schema checker stopped; retry the request") from exc
+        known.update({field: problem for (field, _, _), problem in zip(unknown, found, strict=True)})
     _raise_first(request, known)
 
 
 def check_schemas_now(request: ChatRequest, verdicts: SchemaVerdicts = SCHEMA_VERDICTS) -> None:
     """``check_schemas`` on the calling thread (for callers off the request path)."""
     known, unknown = _known(request, verdicts)
-    found = _check_and_store([(digest, schema) for _, digest, schema in unknown], verdicts)
-    known.update((field, problem) for (field, _, _), problem in zip(unknown, found, strict=True))
+    known.update(_store(unknown, _problems([canonical for _, _, canonical in unknown]), verdicts))
     _raise_first(request, known)
 
 
