@@ -258,3 +258,16 @@ async def test_hostile_fields_get_a_defined_status_with_a_bounded_message(
     assert details.startswith(fragment), details[:300]
     assert len(details.encode()) < MAX_DETAILS
     assert (await stub.Infer(chat("still there?"), metadata=AUTH, timeout=10)).message.content[0].text
+
+
+async def test_a_request_whose_upstream_body_is_over_a_mebibyte_is_served(channel: grpc.aio.Channel) -> None:
+    """Found by the fuzz suite: aiohttp warned about raw request bodies of 1 MiB or more (here
+    three inputs of 100,000 four-byte characters: 1.2 MB of body, 75,000 tokens),
+    which failed such requests as INTERNAL wherever warnings are errors."""
+    stub = infer_pb2_grpc.InferServiceStub(channel)
+    embedded = await stub.Embed(
+        infer_pb2.EmbedRequest(model="sim-embed", inputs=["\U0001f600" * 100_000] * 3),
+        metadata=AUTH,
+        timeout=10,
+    )
+    assert len(embedded.embeddings) == 3
