@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import multiprocessing
 import re
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -24,6 +25,8 @@ from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
 
 from dataplane.chat import ChatRequest, EmbedRequest, Role
 from dataplane.errors import CheckUnavailable, InvalidRequest, clipped, shown
+
+log = logging.getLogger("signalbox.dataplane.validation")
 
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CORRELATION_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -102,23 +105,28 @@ SCHEMA_VERDICTS = SchemaVerdicts()
 
 _MAX_VERDICT_CHARS = 300
 
-_pool: ProcessPoolExecutor | None = None
+_pool: Executor | None = None
 _pool_lock = threading.Lock()
 
 
-def _checker() -> ProcessPoolExecutor:
-    """The process uncached schemas are checked in, one at a time; started on first use.
+def _checker() -> Executor:
+    """Where uncached schemas are checked, one at a time: a process started on first use.
 
     A process, not a thread: checking a large schema is seconds of pure Python, and a
-    thread holding the GIL that long stalls the event loop at its every switch."""
+    thread holding the GIL that long stalls the event loop at its every switch. Where no
+    process can be made (no working semaphores), a thread is still better than the loop."""
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            except (OSError, ImportError, NotImplementedError) as exc:
+                log.warning("schema checks run in a thread, no process could be made: %s", exc)
+                _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema-check")
         return _pool
 
 
-def _discard_checker(broken: ProcessPoolExecutor) -> None:
+def _discard_checker(broken: Executor) -> None:
     global _pool
     with _pool_lock:
         if _pool is broken:
@@ -201,7 +209,7 @@ async def check_schemas(request: ChatRequest, verdicts: SchemaVerdicts = SCHEMA_
         pool = _checker()
         try:
             job = pool.submit(_problems, [canonical for _, _, canonical in unknown])
-        except BrokenProcessPool as exc:
+        except (BrokenProcessPool, OSError) as exc:
             _discard_checker(pool)
             raise CheckUnavailable("the node's schema checker stopped; retry the request") from exc
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import uuid
+from concurrent.futures import ProcessPoolExecutor
 
 import grpc
 import pytest
 
+from dataplane import validation
 from dataplane.chat import ChatRequest, Message, ResponseFormat, Role, TextPart, ToolChoice, ToolDefinition
 from dataplane.edge.infer import MAX_JSON_BYTES, MAX_JSON_DEPTH, parse_json
-from dataplane.errors import MAX_MESSAGE_CHARS, InvalidRequest, NotFound, clipped, shown
+from dataplane.errors import MAX_MESSAGE_CHARS, CheckUnavailable, InvalidRequest, NotFound, clipped, shown
 from dataplane.outcome import to_status
 from dataplane.validation import UNKNOWN, SchemaVerdicts, check_schemas, check_schemas_now, validate_chat
+from tests.helpers import eventually
 
 
 def _nested(depth: int) -> str:
@@ -144,3 +151,19 @@ def test_the_cache_forgets_the_least_recently_used_first() -> None:
     assert verdicts.get(b"b") is UNKNOWN
     assert verdicts.get(b"a") is None
     assert verdicts.bytes <= verdicts.budget
+
+
+async def test_a_checker_that_dies_is_unavailable_for_its_request_and_replaced_for_the_next() -> None:
+    big = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(5_000)}}
+    checking = asyncio.ensure_future(check_schemas(_request(big), SchemaVerdicts()))
+
+    def workers() -> list[int]:
+        pool = validation._pool
+        assert isinstance(pool, ProcessPoolExecutor)
+        return [p.pid for p in (pool._processes or {}).values() if p.pid is not None]
+
+    for pid in await eventually(workers, message="the checker process started"):
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(CheckUnavailable, match="schema checker stopped"):
+        await checking
+    await check_schemas(_request({"type": "object", "title": str(uuid.uuid4())}), SchemaVerdicts())
