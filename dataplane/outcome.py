@@ -3,12 +3,13 @@
 Every error a caller sees goes through ``to_status``: data-plane errors carry
 their own status (see the tree in ``dataplane.errors``), dispatch failures are
 unwrapped to the error the caller should see, and anything unexpected becomes
-INTERNAL without leaking its text. No message is longer than ``MAX_MESSAGE_CHARS``
-(gRPC sends it in a header; a longer one would turn the status into another). When every attempt of a dispatch failed the
-same way, the caller gets that failure's status rather than the generic
-UNAVAILABLE of ``AllCandidatesFailed``: a request that was only ever rate
-limited is RESOURCE_EXHAUSTED, so the caller backs off instead of retrying at
-once. Statuses are gRPC's codes, the canonical set every front door maps from.
+INTERNAL without leaking its text. No message is longer than
+``dataplane.errors.MAX_MESSAGE_CHARS``: gRPC sends it in a header, and one too
+long for the header limit would reach the caller as another status. When every
+attempt of a dispatch failed the same way, the caller gets that failure's status
+rather than the generic UNAVAILABLE of ``AllCandidatesFailed``: a request that
+was only ever rate limited is RESOURCE_EXHAUSTED, so the caller backs off instead
+of retrying at once. Statuses are gRPC's codes, the canonical set every front door maps from.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class SchemaVerdicts:
 
     Memory is bounded by ``budget`` bytes of the cache's own accounting (digest, verdict text
     and a fixed per-entry overhead), never by the size of the schemas: a schema itself is
-    not kept. Thread-safe: verdicts are stored by the thread that checked them.
+    not kept. Thread-safe: verdicts are stored from the checker's completion callbacks.
     """
 
     ENTRY_OVERHEAD = 200
@@ -220,8 +220,11 @@ async def check_schemas(request: ChatRequest, verdicts: SchemaVerdicts = SCHEMA_
         job.add_done_callback(keep)
         try:
             found = await asyncio.wrap_future(job)
-        except BrokenProcessPool as exc:
-            _discard_checker(pool)
+        except Exception as exc:  # the checker failed, not the schema (a verdict is never an exception)
+            if isinstance(exc, BrokenProcessPool):
+                _discard_checker(pool)
+            else:
+                log.error("schema check failed: %s", type(exc).__name__)
             raise CheckUnavailable("the node's schema checker stopped; retry the request") from exc
         known.update({field: problem for (field, _, _), problem in zip(unknown, found, strict=True)})
     _raise_first(request, known)

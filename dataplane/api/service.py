@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError, Message
 
 from dataplane.api.status import CORRELATION_HEADER, abort
 from dataplane.edge import infer as edge
-from dataplane.errors import InvalidRequest, shown
+from dataplane.errors import InvalidRequest, clipped, shown
 from dataplane.pipeline import Call, Closed, Operation, Pipeline, Refused
 from signalbox.api.infer.v1 import infer_pb2
 
@@ -128,7 +128,7 @@ def _parse(
         )
 
         def refuse() -> Any:
-            raise InvalidRequest("request", f"not a valid {name}: {shown(problem, 120)[1:-1]}")
+            raise InvalidRequest("request", f"not a valid {name}: {clipped(problem, 120)}")
 
         return None, refuse
     return message, lambda: convert(message)
