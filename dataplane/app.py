@@ -31,7 +31,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from dataplane.api.service import InferService
+from dataplane.api.service import InferService, add_to_server
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import SnapshotFileInvalid
 from dataplane.evidence.log import EvidenceLog, log_path
@@ -46,7 +46,7 @@ from dataplane.snapshot.store import (
     load_trust_keys,
 )
 from dataplane.snapshot.sync_client import SyncClient
-from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from signalbox.api.infer.v1 import infer_pb2
 
 log = logging.getLogger("signalbox.dataplane")
 
@@ -237,7 +237,7 @@ class DataPlaneNode:
                 ("grpc.max_send_message_length", 32 * 1024 * 1024),
             ]
         )
-        infer_pb2_grpc.add_InferServiceServicer_to_server(InferService(pipeline), server)
+        add_to_server(InferService(pipeline), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         port = server.add_insecure_port(s.listen)
         if port == 0:

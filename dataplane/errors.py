@@ -9,6 +9,7 @@
     ├── CredentialUnavailable     FAILED_PRECONDITION (names the secret reference, never the value)
     ├── NoSnapshot                UNAVAILABLE         (node never had a valid snapshot)
     ├── EvidenceUnavailable       UNAVAILABLE         (the evidence record cannot be written)
+    ├── CheckUnavailable          UNAVAILABLE         (the node's schema checker failed; retry)
     ├── EvidenceChainBroken       DATA_LOSS           (the log does not verify; names the first bad line)
     ├── NoEligibleCandidate       FAILED_PRECONDITION (every candidate dropped by a constraint;
     │                                                  carries the drops and their reasons)
@@ -103,6 +104,13 @@ class NoSnapshot(SignalboxError):
 
 class EvidenceUnavailable(SignalboxError):
     """No answer goes out without its evidence record: the node fails the request instead."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class CheckUnavailable(SignalboxError):
+    """A check of the request could not run (the schema checker process died); not the
+    caller's fault, and a retry may succeed."""
 
     status = grpc.StatusCode.UNAVAILABLE
 
@@ -287,3 +295,31 @@ class SnapshotFileInvalid(ConfigError):
     """A snapshot file (last-known-good or pin) or the high-water mark cannot be trusted."""
 
     status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+# ---- echoing what a caller sent
+
+
+ECHO_CHARS = 64
+"""How much of a caller-supplied value a message repeats."""
+
+
+def shown(value: str, limit: int = ECHO_CHARS) -> str:
+    """``value`` quoted for a message: at most ``limit`` characters, control characters
+    escaped (``repr``), ``...`` when clipped. Every caller-supplied value a message
+    repeats goes through here, so no message grows with the input."""
+    if len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + "..."
+
+
+MAX_MESSAGE_CHARS = 1024
+"""The longest status message a caller is sent (gRPC carries it in a header)."""
+
+
+def clipped(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` cut to at most ``limit`` characters, saying so when it was cut."""
+    if len(message) <= limit:
+        return message
+    marker = " ... (message clipped)"
+    return message[: max(0, limit - len(marker))] + marker

@@ -14,6 +14,7 @@ with httpx's own transport.
 
 from __future__ import annotations
 
+import io
 import ssl
 from collections.abc import AsyncIterator
 from typing import Literal
@@ -46,6 +47,10 @@ def _translate(exc: BaseException, request: httpx.Request) -> httpx.TransportErr
         if isinstance(exc, source):
             return target(f"{type(exc).__name__}: {exc}", request=request)
     return httpx.TransportError(f"{type(exc).__name__}: {exc}", request=request)
+
+
+_LARGE_BODY = 1024 * 1024
+"""Request bodies this large go to aiohttp as a stream (see ``handle_async_request``)."""
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -110,13 +115,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
+        # aiohttp warns (ResourceWarning) about raw bytes of 1 MiB or more; a stream of them
+        # is sent the same way without the warning (a caller's large request must not fail).
+        data: bytes | io.BytesIO | None = io.BytesIO(body) if len(body) >= _LARGE_BODY else body or None
         headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers.raw]
         try:
             response = await self._session.request(
                 request.method,
                 URL(str(request.url), encoded=True),
                 headers=headers,
-                data=body or None,
+                data=data,
                 timeout=self._timeout(request),
                 allow_redirects=False,
                 skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),

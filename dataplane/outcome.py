@@ -3,11 +3,13 @@
 Every error a caller sees goes through ``to_status``: data-plane errors carry
 their own status (see the tree in ``dataplane.errors``), dispatch failures are
 unwrapped to the error the caller should see, and anything unexpected becomes
-INTERNAL without leaking its text. When every attempt of a dispatch failed the
-same way, the caller gets that failure's status rather than the generic
-UNAVAILABLE of ``AllCandidatesFailed``: a request that was only ever rate
-limited is RESOURCE_EXHAUSTED, so the caller backs off instead of retrying at
-once. Statuses are gRPC's codes, the canonical set every front door maps from.
+INTERNAL without leaking its text. No message is longer than
+``dataplane.errors.MAX_MESSAGE_CHARS``: gRPC sends it in a header, and one too
+long for the header limit would reach the caller as another status. When every
+attempt of a dispatch failed the same way, the caller gets that failure's status
+rather than the generic UNAVAILABLE of ``AllCandidatesFailed``: a request that
+was only ever rate limited is RESOURCE_EXHAUSTED, so the caller backs off instead
+of retrying at once. Statuses are gRPC's codes, the canonical set every front door maps from.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataplane.errors import (
     DispatchFailed,
     ProviderError,
     SignalboxError,
+    clipped,
 )
 
 
@@ -60,7 +63,7 @@ def to_status(exc: BaseException) -> Outcome:
     """Map ``exc`` to a status and message (without the correlation id)."""
     error = caller_error(exc)
     if isinstance(error, SignalboxError):
-        return Outcome(_status(exc, error), error.message, type(error).__name__)
+        return Outcome(_status(exc, error), clipped(error.message), type(error).__name__)
     if isinstance(error, TimeoutError | asyncio.TimeoutError):
         wrapped = DeadlineExceeded("deadline exceeded")
         return Outcome(wrapped.status, wrapped.message, "DeadlineExceeded")

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
-from dataplane.errors import PermissionDenied
+from dataplane.errors import ECHO_CHARS, PermissionDenied, shown
 
 
 class _Model(Protocol):
@@ -64,9 +64,6 @@ OPERATIONS: Final = (CHAT, EMBED, STREAM)
 """The values of ``op:`` scopes, sorted: unary Infer, Embed, InferStream."""
 
 MAX_VALUE_CHARS: Final = 128
-ECHO_CHARS: Final = 64
-"""At most this many characters of any caller- or config-supplied value go into a message."""
-
 OUT_OF_SCOPE: Final = "outside the key's scope"
 """The reason recorded for a policy candidate dropped by the key's ``model:`` scopes."""
 
@@ -78,13 +75,6 @@ class ScopeSyntaxError(ValueError):
         super().__init__(f"scopes[{index}]: {problem}")
         self.index = index
         self.problem = problem
-
-
-def shown(value: str) -> str:
-    """``value`` quoted for a message: at most ``ECHO_CHARS`` characters, escapes visible."""
-    if len(value) <= ECHO_CHARS:
-        return repr(value)
-    return repr(value[:ECHO_CHARS]) + "..."
 
 
 def parse_scope(text: str) -> tuple[str, str]:

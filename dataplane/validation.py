@@ -7,17 +7,26 @@ in the pipeline.
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import hashlib
 import json
+import logging
 import math
+import multiprocessing
 import re
+import threading
+from collections import OrderedDict
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
 
 from dataplane.chat import ChatRequest, EmbedRequest, Role
-from dataplane.errors import InvalidRequest
+from dataplane.errors import CheckUnavailable, InvalidRequest, clipped, shown
+
+log = logging.getLogger("signalbox.dataplane.validation")
 
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CORRELATION_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -41,32 +50,200 @@ def _check_range(value: float | None, field: str, low: float, high: float, *, lo
         raise InvalidRequest(field, f"{value} is outside {bracket}{low:g}, {high:g}]")
 
 
-def _check_schema(schema: dict[str, Any], field: str) -> None:
-    problem = _schema_problem(json.dumps(schema, sort_keys=True))
-    if problem is not None:
-        raise InvalidRequest(field, problem)
+class SchemaVerdicts:
+    """What is known about JSON schemas already checked: SHA-256 of the canonical text -> why
+    it is not a valid JSON Schema (None: valid). Least recently used first out.
 
-
-@functools.lru_cache(maxsize=1024)
-def _schema_problem(canonical: str) -> str | None:
-    """Why a schema (as canonical JSON) is not a valid JSON Schema, or None.
-
-    Checking a schema costs about 2 ms; callers send the same tool schemas with
-    every request, so each distinct schema is checked once.
+    Memory is bounded by ``budget`` bytes of the cache's own accounting (digest, verdict text
+    and a fixed per-entry overhead), never by the size of the schemas: a schema itself is
+    not kept. Thread-safe: verdicts are stored from the checker's completion callbacks.
     """
+
+    ENTRY_OVERHEAD = 200
+    """Bytes an entry is charged besides its digest and verdict (dict slot, objects)."""
+
+    def __init__(self, budget: int = 1024 * 1024) -> None:
+        self.budget = budget
+        self.bytes = 0
+        self._entries: OrderedDict[bytes, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def cost(verdict: str | None) -> int:
+        return SchemaVerdicts.ENTRY_OVERHEAD + 32 + (len(verdict.encode()) if verdict else 0)
+
+    def get(self, digest: bytes) -> str | Unknown | None:
+        with self._lock:
+            if digest not in self._entries:
+                return UNKNOWN
+            self._entries.move_to_end(digest)
+            return self._entries[digest]
+
+    def put(self, digest: bytes, verdict: str | None) -> None:
+        with self._lock:
+            if digest in self._entries:
+                self._entries.move_to_end(digest)
+                return
+            self._entries[digest] = verdict
+            self.bytes += self.cost(verdict)
+            while self.bytes > self.budget and self._entries:
+                _, old = self._entries.popitem(last=False)
+                self.bytes -= self.cost(old)
+
+
+class Unknown:
+    """A schema not checked yet (``SchemaVerdicts.get``)."""
+
+
+UNKNOWN = Unknown()
+
+SCHEMA_VERDICTS = SchemaVerdicts()
+"""The node's verdicts (one per process)."""
+
+_MAX_VERDICT_CHARS = 300
+
+_pool: Executor | None = None
+_pool_lock = threading.Lock()
+
+
+def _checker() -> Executor:
+    """Where uncached schemas are checked, one at a time: a process started on first use.
+
+    A process, not a thread: checking a large schema is seconds of pure Python, and a
+    thread holding the GIL that long stalls the event loop at its every switch. Where no
+    process can be made (no working semaphores), a thread is still better than the loop."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            try:
+                _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            except (OSError, ImportError, NotImplementedError) as exc:
+                log.warning("schema checks run in a thread, no process could be made: %s", exc)
+                _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema-check")
+        return _pool
+
+
+def _discard_checker(broken: Executor) -> None:
+    global _pool
+    with _pool_lock:
+        if _pool is broken:
+            _pool = None
+    broken.shutdown(wait=False, cancel_futures=True)
+
+
+def _digest(schema: dict[str, Any]) -> tuple[bytes, str]:
+    """SHA-256 of the schema's canonical JSON text, and the text."""
+    canonical = json.dumps(schema, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).digest(), canonical
+
+
+def _schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why ``schema`` is not a valid JSON Schema, or None (about 0.2 ms per subschema)."""
     try:
-        Draft202012Validator.check_schema(json.loads(canonical))
+        Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
-        return f"not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}"
+        problem = f"not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}"
+        return clipped(problem, _MAX_VERDICT_CHARS)
+    except RecursionError:
+        return "nested too deeply to check"
+    except Exception as exc:  # the checker itself failed on this input: refuse it, keep serving
+        return f"could not be checked as a JSON Schema ({type(exc).__name__})"
     return None
 
 
-def validate_chat(request: ChatRequest, *, require_messages: bool = True) -> None:
+def _problems(canonical: list[str]) -> list[str | None]:
+    """The verdict on each schema, given as canonical JSON text (runs in the checker process)."""
+    return [_schema_problem(json.loads(text)) for text in canonical]
+
+
+def _schemas(request: ChatRequest) -> list[tuple[str, dict[str, Any]]]:
+    """(field, schema) of every JSON schema in the request, in field order."""
+    found = [(f"tools[{i}].parameters_json_schema", t.parameters) for i, t in enumerate(request.tools)]
+    rf = request.response_format
+    if rf is not None and rf.schema is not None:
+        found.append(("response_format.json_schema", rf.schema))
+    return found
+
+
+_Unchecked = list[tuple[str, bytes, str]]
+"""(field, digest, canonical text) of schemas without a verdict yet."""
+
+
+def _known(request: ChatRequest, verdicts: SchemaVerdicts) -> tuple[dict[str, str | None], _Unchecked]:
+    known: dict[str, str | None] = {}
+    unknown: _Unchecked = []
+    for field, schema in _schemas(request):
+        digest, canonical = _digest(schema)
+        verdict = verdicts.get(digest)
+        if isinstance(verdict, Unknown):
+            unknown.append((field, digest, canonical))
+        else:
+            known[field] = verdict
+    return known, unknown
+
+
+def _store(unknown: _Unchecked, found: list[str | None], verdicts: SchemaVerdicts) -> dict[str, str | None]:
+    for (_, digest, _), problem in zip(unknown, found, strict=True):
+        verdicts.put(digest, problem)
+    return {field: problem for (field, _, _), problem in zip(unknown, found, strict=True)}
+
+
+def _raise_first(request: ChatRequest, verdicts: dict[str, str | None]) -> None:
+    for field, _ in _schemas(request):
+        problem = verdicts.get(field)
+        if problem is not None:
+            raise InvalidRequest(field, problem)
+
+
+async def check_schemas(request: ChatRequest, verdicts: SchemaVerdicts = SCHEMA_VERDICTS) -> None:
+    """``InvalidRequest`` naming the first tool or response schema that is not a valid JSON
+    Schema. Known schemas are answered from ``verdicts``; the others are checked in the
+    checker process, so a request with huge new schemas stalls no other caller. The
+    verdicts are kept even when the caller has given up meanwhile."""
+    known, unknown = _known(request, verdicts)
+    if unknown:
+        pool = _checker()
+        try:
+            job = pool.submit(_problems, [canonical for _, _, canonical in unknown])
+        except (BrokenProcessPool, OSError) as exc:
+            _discard_checker(pool)
+            raise CheckUnavailable("the node's schema checker stopped; retry the request") from exc
+
+        def keep(done: Future[list[str | None]]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                _store(unknown, done.result(), verdicts)
+
+        job.add_done_callback(keep)
+        try:
+            found = await asyncio.wrap_future(job)
+        except Exception as exc:  # the checker failed, not the schema (a verdict is never an exception)
+            if isinstance(exc, BrokenProcessPool):
+                _discard_checker(pool)
+            else:
+                log.error("schema check failed: %s", type(exc).__name__)
+            raise CheckUnavailable("the node's schema checker stopped; retry the request") from exc
+        known.update({field: problem for (field, _, _), problem in zip(unknown, found, strict=True)})
+    _raise_first(request, known)
+
+
+def check_schemas_now(request: ChatRequest, verdicts: SchemaVerdicts = SCHEMA_VERDICTS) -> None:
+    """``check_schemas`` on the calling thread (for callers off the request path)."""
+    known, unknown = _known(request, verdicts)
+    known.update(_store(unknown, _problems([canonical for _, _, canonical in unknown]), verdicts))
+    _raise_first(request, known)
+
+
+def validate_chat(request: ChatRequest, *, require_messages: bool = True, schemas: bool = True) -> None:
     """Raise ``InvalidRequest`` for the first problem found.
 
     ``require_messages=False`` accepts a request without messages (a dry run of
-    routing asks about the policy alone); every other rule holds.
+    routing asks about the policy alone); every other rule holds. ``schemas=False``
+    leaves out whether the tool and response schemas are valid JSON Schemas: the
+    request path awaits ``check_schemas`` for that, off the event loop.
     """
     if require_messages and not request.messages:
         raise InvalidRequest("messages", "must not be empty")
@@ -94,28 +271,27 @@ def validate_chat(request: ChatRequest, *, require_messages: bool = True) -> Non
         if not _TOOL_NAME.match(tool.name):
             raise InvalidRequest(f"tools[{i}].name", "must be 1-64 letters, digits, '_' or '-'")
         if tool.name in names:
-            raise InvalidRequest(f"tools[{i}].name", f"duplicate tool {tool.name!r}")
+            raise InvalidRequest(f"tools[{i}].name", f"duplicate tool {shown(tool.name)}")
         names.add(tool.name)
-        _check_schema(tool.parameters, f"tools[{i}].parameters_json_schema")
     choice = request.tool_choice
     if choice is not None and choice.mode == "tool":
         if not choice.name:
             raise InvalidRequest("tool_choice.tool_name", "required when mode is TOOL")
         if choice.name not in names:
-            raise InvalidRequest("tool_choice.tool_name", f"no tool named {choice.name!r} in tools")
+            raise InvalidRequest("tool_choice.tool_name", f"no tool named {shown(choice.name)} in tools")
     if choice is not None and choice.mode == "required" and not request.tools:
         raise InvalidRequest("tool_choice.mode", "REQUIRED needs at least one tool")
-    rf = request.response_format
-    if rf is not None and rf.schema is not None:
-        _check_schema(rf.schema, "response_format.json_schema")
+    if schemas:
+        check_schemas_now(request)
 
 
 def validate(request: ChatRequest | EmbedRequest) -> None:
-    """Raise ``InvalidRequest`` for the first problem of a chat or embeddings request."""
+    """Raise ``InvalidRequest`` for the first problem of a chat or embeddings request,
+    except invalid JSON Schemas (``check_schemas``, awaited by the pipeline)."""
     if isinstance(request, EmbedRequest):
         validate_embed(request)
     else:
-        validate_chat(request)
+        validate_chat(request, schemas=False)
 
 
 def validate_embed(request: EmbedRequest) -> None:

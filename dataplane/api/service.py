@@ -1,5 +1,12 @@
 """The gRPC front door: ``signalbox.api.infer.v1.InferService`` over the node's pipeline.
 
+Requests reach the handlers as the bytes the caller sent (``add_to_server`` registers
+the methods without a request deserializer): the front door parses them itself, so a
+request that is not a valid protobuf message (bad UTF-8 in a string or map field,
+truncated bytes) is refused like every other bad input -- INVALID_ARGUMENT, one log
+line, one evidence record -- instead of failing inside grpc. The request digest in
+evidence is that of the bytes as received.
+
 Each handler converts at the edge (``dataplane.edge.infer``), runs one flow of
 the pipeline and converts the result back; a ``Refused`` request ends with its
 status, the correlation id in message and trailers, and its evidence id.
@@ -8,30 +15,39 @@ status, the correlation id in message and trailers, and its evidence id.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from dataplane.api.status import CORRELATION_HEADER, abort
 from dataplane.edge import infer as edge
+from dataplane.errors import InvalidRequest, clipped, shown
 from dataplane.pipeline import Call, Closed, Operation, Pipeline, Refused
-from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from signalbox.api.infer.v1 import infer_pb2
+
+log = logging.getLogger("signalbox.dataplane.api")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Metadata = Iterable[tuple[str, str | bytes]]
+M = TypeVar("M", infer_pb2.InferRequest, infer_pb2.EmbedRequest)
 
+SERVICE = infer_pb2.DESCRIPTOR.services_by_name["InferService"].full_name
 _BEARER = "bearer "
 
 
-class InferService(infer_pb2_grpc.InferServiceServicer):
-    """Serves ``signalbox.api.infer.v1.InferService`` over a node's pipeline."""
+class InferService:
+    """Serves ``signalbox.api.infer.v1.InferService`` over a node's pipeline; each handler
+    takes the request's serialized bytes (see ``add_to_server``)."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._p = pipeline
 
-    async def Infer(self, request: infer_pb2.InferRequest, context: Context) -> infer_pb2.InferResponse:
-        call = _call(Operation.CHAT, request, context, lambda: edge.decode_chat(request))
+    async def Infer(self, request: bytes, context: Context) -> infer_pb2.InferResponse:
+        message, decode = _parse(infer_pb2.InferRequest, request, context, edge.decode_chat)
+        call = _call(Operation.CHAT, message, request, context, decode)
         try:
             served = await self._p.answer(call)
         except Refused as refused:
@@ -39,8 +55,9 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
         context.set_trailing_metadata(((CORRELATION_HEADER, served.correlation_id),))
         return edge.answer_to_proto(served)
 
-    async def Embed(self, request: infer_pb2.EmbedRequest, context: Context) -> infer_pb2.EmbedResponse:
-        call = _call(Operation.EMBED, request, context, lambda: edge.decode_embed(request))
+    async def Embed(self, request: bytes, context: Context) -> infer_pb2.EmbedResponse:
+        message, decode = _parse(infer_pb2.EmbedRequest, request, context, edge.decode_embed)
+        call = _call(Operation.EMBED, message, request, context, decode)
         try:
             served = await self._p.embed(call)
         except Refused as refused:
@@ -49,9 +66,10 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
         return edge.embedding_to_proto(served)
 
     async def InferStream(
-        self, request: infer_pb2.InferRequest, context: Context
+        self, request: bytes, context: Context
     ) -> AsyncIterator[infer_pb2.InferStreamEvent]:
-        call = _call(Operation.STREAM, request, context, lambda: edge.decode_chat(request))
+        message, decode = _parse(infer_pb2.InferRequest, request, context, edge.decode_chat)
+        call = _call(Operation.STREAM, message, request, context, decode)
         events = self._p.stream(call)
         try:
             async for event in events:
@@ -64,15 +82,69 @@ class InferService(infer_pb2_grpc.InferServiceServicer):
             await events.aclose()
 
 
+def add_to_server(servicer: InferService, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` as the InferService, its requests handed over as bytes.
+
+    The same method handlers ``infer_pb2_grpc.add_InferServiceServicer_to_server`` builds,
+    without the request deserializer (grpc then passes the bytes through)."""
+    handlers = {
+        "Infer": grpc.unary_unary_rpc_method_handler(
+            servicer.Infer,
+            request_deserializer=None,
+            response_serializer=infer_pb2.InferResponse.SerializeToString,
+        ),
+        "InferStream": grpc.unary_stream_rpc_method_handler(
+            servicer.InferStream,
+            request_deserializer=None,
+            response_serializer=infer_pb2.InferStreamEvent.SerializeToString,
+        ),
+        "Embed": grpc.unary_unary_rpc_method_handler(
+            servicer.Embed,
+            request_deserializer=None,
+            response_serializer=infer_pb2.EmbedResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)  # type: ignore[attr-defined]  # not in grpc-stubs
+
+
+def _parse(
+    kind: type[M], data: bytes, context: Context, convert: Callable[[M], Any]
+) -> tuple[M | None, Callable[[], Any]]:
+    """The parsed message (None when ``data`` is not one) and the pipeline's decode step,
+    which raises ``InvalidRequest`` for undecodable bytes."""
+    try:
+        message = kind.FromString(data)
+    except DecodeError as exc:
+        # upb says "Error parsing message with type '...': <what was wrong>".
+        problem = str(exc).rpartition("': ")[2] or "cannot be parsed"
+        name = kind.DESCRIPTOR.full_name
+        log.warning(
+            "refusing an undecodable %s from %s (%d bytes): %s",
+            name,
+            shown(str(context.peer()), 80),
+            len(data),
+            shown(problem, 120),
+        )
+
+        def refuse() -> Any:
+            raise InvalidRequest("request", f"not a valid {name}: {clipped(problem, 120)}")
+
+        return None, refuse
+    return message, lambda: convert(message)
+
+
 def _call(
     operation: Operation,
-    request: infer_pb2.InferRequest | infer_pb2.EmbedRequest,
+    request: Message | None,
+    data: bytes,
     context: Context,
-    decode: Any,
+    decode: Callable[[], Any],
 ) -> Call[Any]:
     """The pipeline's view of a gRPC request: credential, correlation id, digest, deadline."""
     metadata = context.invocation_metadata()
-    supplied, where = request.correlation_id, "correlation_id"
+    supplied = getattr(request, "correlation_id", "") if request is not None else ""
+    where = "correlation_id"
     if not supplied:
         supplied, where = _metadata_value(metadata, "x-correlation-id"), "metadata x-correlation-id"
     return Call(
@@ -81,7 +153,7 @@ def _call(
         api_key=bearer_token(metadata),
         correlation_id=supplied,
         correlation_field=where,
-        request_sha256=hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest(),
+        request_sha256=hashlib.sha256(data).hexdigest(),
         timeout=context.time_remaining(),
     )
 

@@ -11,6 +11,7 @@ when it is malformed; range and consistency checks live in ``validation``.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from dataplane.accounting import Cost
@@ -35,7 +36,7 @@ from dataplane.chat import (
     Usage,
 )
 from dataplane.config.model import DataClass
-from dataplane.errors import InvalidRequest
+from dataplane.errors import InvalidRequest, shown
 from dataplane.pipeline.call import Opened, Served, StreamEvent
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import AttemptRecord
@@ -77,11 +78,78 @@ _FORMAT: dict[int, str] = {
 }
 
 
-def _json_object(text: str, field: str, what: str) -> dict[str, Any]:
+MAX_JSON_BYTES = 256 * 1024
+"""The longest JSON text one field may carry (a tool's schema, a response schema, tool-call arguments)."""
+MAX_JSON_DEPTH = 64
+"""The deepest nesting of objects and arrays such a JSON text may have."""
+MAX_SCHEMA_CHARS = 1024 * 1024
+"""All the JSON schemas of one request together (tools and response format), in characters."""
+MAX_TOOLS = 128
+
+
+class _NotFinite(ValueError):
+    def __init__(self, literal: str) -> None:
+        super().__init__(literal)
+        self.literal = literal
+
+
+def _refuse_constant(literal: str) -> float:
+    raise _NotFinite(literal)
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _NotFinite(literal)
+    return value
+
+
+def parse_json(text: str, field: str, what: str) -> Any:
+    """Parse caller-supplied JSON text within the size and depth bounds, finite numbers only;
+    ``InvalidRequest`` naming ``field`` and the rule otherwise."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_JSON_BYTES:
+        raise InvalidRequest(field, f"{what} is {size} bytes, more than the limit of {MAX_JSON_BYTES}")
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(field, f"{what} is not valid JSON ({exc.msg} at position {exc.pos})") from exc
+    except _NotFinite as exc:
+        raise InvalidRequest(
+            field, f"{what} contains the non-finite number {shown(exc.literal, 24)}; only finite numbers"
+        ) from exc
+    except RecursionError as exc:
+        raise _too_deep(field, what) from exc
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise InvalidRequest(field, f"{what} is not acceptable JSON ({shown(str(exc), 80)})") from exc
+    if _depth_exceeds(value, MAX_JSON_DEPTH):
+        raise _too_deep(field, what)
+    return value
+
+
+def _too_deep(field: str, what: str) -> InvalidRequest:
+    return InvalidRequest(field, f"{what} is nested deeper than the limit of {MAX_JSON_DEPTH} levels")
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True when objects and arrays nest more than ``limit`` levels (iterative: no recursion)."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                if child:
+                    stack.append((child, depth + 1))
+    return False
+
+
+def _json_object(text: str, field: str, what: str) -> dict[str, Any]:
+    value = parse_json(text, field, what)
     if not isinstance(value, dict):
         raise InvalidRequest(field, f"{what} must be a JSON object")
     return value
@@ -123,6 +191,17 @@ def message_from_proto(message: infer_pb2.Message, field: str) -> Message:
 def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
     """Convert (and parse the JSON inside) an ``InferRequest``."""
     messages = tuple(message_from_proto(m, f"messages[{i}]") for i, m in enumerate(request.messages))
+    if len(request.tools) > MAX_TOOLS:
+        raise InvalidRequest("tools", f"{len(request.tools)} tools, more than the limit of {MAX_TOOLS}")
+    schema_bytes = len(request.response_format.json_schema) + sum(
+        len(t.parameters_json_schema) for t in request.tools
+    )
+    if schema_bytes > MAX_SCHEMA_CHARS:
+        raise InvalidRequest(
+            "tools",
+            f"the request's JSON schemas (tools and response_format) are {schema_bytes} characters"
+            f" in all, more than the limit of {MAX_SCHEMA_CHARS}",
+        )
     tools = []
     for i, tool in enumerate(request.tools):
         where = f"tools[{i}]"

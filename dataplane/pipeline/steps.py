@@ -44,8 +44,8 @@ from dataplane.routing.planner import plan_route, usable_plan
 from dataplane.routing.query import RoutePlan, query_for
 from dataplane.scopes import KeyScope, nothing_in_scope, within_scope
 from dataplane.snapshot.store import ServingState, SnapshotStore
+from dataplane.validation import check_schemas, validate
 from dataplane.validation import correlation_id as checked_correlation_id
-from dataplane.validation import validate
 
 log = logging.getLogger("signalbox.dataplane.pipeline")
 
@@ -81,7 +81,7 @@ class Pipeline:
         try:
             state, caller = self._admit(trace, call)
             with state.use():
-                chat, plan = self._prepare(trace, state, caller, call)
+                chat, plan = await self._prepare(trace, state, caller, call)
 
                 async def attempt(candidate: Candidate, remaining: float) -> ChatResponse:
                     adapter = state.adapters[candidate.provider.id]
@@ -111,7 +111,7 @@ class Pipeline:
         try:
             state, caller = self._admit(trace, call)
             with state.use():
-                body, plan = self._prepare(trace, state, caller, call)
+                body, plan = await self._prepare(trace, state, caller, call)
 
                 async def attempt(candidate: Candidate, remaining: float) -> EmbedResponse:
                     adapter = state.adapters[candidate.provider.id]
@@ -143,7 +143,7 @@ class Pipeline:
         try:
             state, caller = self._admit(trace, call)
             with state.use():
-                chat, plan = self._prepare(trace, state, caller, call)
+                chat, plan = await self._prepare(trace, state, caller, call)
 
                 def start(candidate: Candidate, remaining: float) -> AsyncIterator[StreamChunk]:
                     adapter = state.adapters[candidate.provider.id]
@@ -226,12 +226,15 @@ class Pipeline:
         caller.key.scope.check_operation(call.operation.value)
         return state, caller
 
-    def _prepare(
+    async def _prepare(
         self, trace: Trace, state: ServingState, caller: Caller, call: Call[Body]
     ) -> tuple[Body, RoutePlan]:
-        """Validate, govern the input, route."""
+        """Validate (schemas not seen before are checked off the event loop), govern the
+        input, route."""
         body, hints = call.decode()
         validate(body)
+        if isinstance(body, ChatRequest):
+            await check_schemas(body)
         scope = caller.key.scope
         scope.check_task(hints.task)
         for step in self.governance:

@@ -41,6 +41,7 @@ from dataplane.errors import (
     NoEligibleCandidate,
     NotFound,
     PermissionDenied,
+    shown,
 )
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.health import BreakerState, HealthView
@@ -137,7 +138,7 @@ def _explicit(
 ) -> RoutePlan:
     model = table.config.models.get(query.model)
     if model is None:
-        raise NotFound(f"model: unknown model {query.model!r}")
+        raise NotFound(f"model: unknown model {shown(query.model)}")
     if policy.allowed_models is not None and model.alias not in policy.allowed_models:
         raise PermissionDenied(f"model: tenant may not use {model.alias!r}")
     missing = _missing(model, query)

@@ -300,7 +300,7 @@ async def test_explain_route_names_what_the_node_decided_in_every_mode(
     api_key = await _seed(admin, simulator)
     latest = await admin.latest_version()
     for node in nodes.values():
-        await node.store.wait_for_version(latest, timeout=15)
+        await node.store.wait_for_version(latest, timeout=60)
     rng = random.Random(20261129)
     auth = (("authorization", f"Bearer {api_key}"),)
 

@@ -1,0 +1,97 @@
+"""The fuzz suite's hypothesis profiles and its node.
+
+``ci`` (the default) keeps the suite to about 30 seconds; ``HYPOTHESIS_PROFILE=nightly``
+runs many more examples. The node runs on its own event loop in a thread, so the
+property tests (plain functions, as hypothesis wants them) call it over a blocking
+gRPC channel, exactly as an outside caller would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, settings
+
+from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.config.model import Scope
+from signalbox.shell.simulator import Simulator
+from tests.dataplane.conftest import envelope, snapshot, write_public_key
+
+T = TypeVar("T")
+
+_COMMON: dict[str, Any] = {
+    "deadline": None,
+    "database": None,
+    "print_blob": True,
+    "suppress_health_check": [
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+}
+settings.register_profile("ci", max_examples=600, **_COMMON)
+settings.register_profile("nightly", max_examples=20_000, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@dataclass
+class FuzzNode:
+    address: str
+    data_dir: Path
+
+
+class _LoopThread:
+    """An event loop running in a thread; ``run`` waits for a coroutine on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="fuzz-node", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.run(self.loop.shutdown_asyncgens())
+        self.run(self.loop.shutdown_default_executor())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def fuzz_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzNode]:
+    """A real node serving snapshot 1 against the simulator, on its own loop and thread."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    key = Ed25519PrivateKey.generate()
+    trust = write_public_key(tmp / "trust.pem", key)
+    loop = _LoopThread()
+    simulator = Simulator()
+    loop.run(simulator.start())
+    node = DataPlaneNode(
+        NodeSettings(
+            listen="127.0.0.1:0",
+            trust_keys=(trust,),
+            node_id="node-fuzz",
+            data_dir=tmp / "node",
+            drain_seconds=1.0,
+            scope=Scope(deployment="test"),
+        )
+    )
+    try:
+        loop.run(node.start())
+        result = loop.run(node.store.apply(envelope(snapshot(1, simulator.base_url), key)))
+        assert result.accepted, result.reason
+        yield FuzzNode(node.address, tmp / "node")
+    finally:
+        loop.run(node.stop(0))
+        loop.run(simulator.stop())
+        loop.close()
