@@ -72,7 +72,8 @@ def plan_route(table: RouteTable, query: RouteQuery, health: HealthView | None =
     ``health`` (usually ``Dispatcher.health``) lets observed latency and open
     breakers shape the order; without it the plan uses the registry's figures.
 
-    Raises NotFound (unknown model), PermissionDenied (not allowed or no policy),
+    Raises NotFound (a model that is unknown or not allowed: the caller cannot tell
+    which), PermissionDenied (no policy),
     CapabilityUnavailable (no allowed model has what the request needs) or
     NoEligibleCandidate (every candidate was dropped by a constraint).
     """
@@ -108,11 +109,9 @@ def usable_plan(plan: RoutePlan, query: RouteQuery, unusable: Mapping[str, str] 
     if unusable:
         ordered = tuple(c for c in ordered if c.provider.id not in unusable)
         if not ordered:
-            reasons = "; ".join(
-                f"provider {c.provider.name or c.provider.id}: {unusable[c.provider.id]}"
-                for c in plan.ordered
-            )
-            raise CredentialUnavailable(f"no usable provider for this request ({reasons})")
+            # Why a provider is unusable names node detail (env vars, paths): that
+            # is for the node's operator (its log), never for the caller.
+            raise CredentialUnavailable("provider credentials unavailable")
     max_output_tokens = query.max_output_tokens
     if max_output_tokens is not None:
         fits = tuple(
@@ -166,6 +165,10 @@ def _explicit(
         retry=policy.retry,
         deferred=tuple(planner.deferred),
     )
+
+
+def _bounded_alias(alias: str) -> str:
+    return alias if len(alias) <= 128 else alias[:125] + "..."
 
 
 def _first_match(routes: PolicyRoutes, q: RouteQuery) -> RuleRoutes:
