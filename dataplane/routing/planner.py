@@ -135,10 +135,12 @@ def _explicit(
     table: RouteTable, policy: CompiledPolicy, query: RouteQuery, health: HealthView | None
 ) -> RoutePlan:
     model = table.config.models.get(query.model)
-    if model is None:
-        raise NotFound(f"model: unknown model {query.model!r}")
-    if policy.allowed_models is not None and model.alias not in policy.allowed_models:
-        raise PermissionDenied(f"model: tenant may not use {model.alias!r}")
+    allowed = policy.allowed_models
+    if model is None or allowed is None or model.alias not in allowed:
+        # A model the policy does not allow is, to this caller, a model that does
+        # not exist: the same status and message, so no tenant can probe for the
+        # names of other tenants' models.
+        raise NotFound(f"model: unknown model {_bounded_alias(query.model)!r}")
     missing = _missing(model, query)
     if missing is not None:
         raise CapabilityUnavailable(
