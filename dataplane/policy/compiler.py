@@ -134,6 +134,9 @@ def compile_policy(
     allowed: frozenset[str] | None = None
     if "allowed_models" in doc:
         allowed = frozenset(_aliases(doc["allowed_models"], "$.allowed_models", models, None))
+        if not allowed:
+            # Nothing to route to: refused here rather than failing every request.
+            raise PolicyError("$.allowed_models", "must name at least one model")
     default = doc.get("default_model")
     if default is not None:
         if not isinstance(default, str):

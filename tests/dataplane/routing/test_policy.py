@@ -103,6 +103,10 @@ def test_a_policy_naming_no_models_is_refused(document: dict[str, Any]) -> None:
         compile_doc(document, whole_registry=False)
     assert caught.value.path == "$.allowed_models"
     assert "required when there is no default_model" in caught.value.message
+    with pytest.raises(PolicyError) as caught:
+        compile_doc({**document, "allowed_models": []}, whole_registry=False)
+    assert caught.value.path == "$.allowed_models"
+    assert "must name at least one model" in caught.value.message
 
 
 def test_the_demo_policy_still_compiles() -> None:
