@@ -37,6 +37,7 @@ from dataplane.errors import SnapshotFileInvalid
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.http_client import TransportName, build_http_client
 from dataplane.pipeline import GovernanceStep, Pipeline
+from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, DEFAULT_ENV_PREFIX, CredentialScope
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.routing.query import NodeContext
@@ -78,6 +79,10 @@ class NodeSettings:
     """Air-gapped pin: serve this envelope file and never talk to a control plane."""
     allow_expired: bool = False
     """Serve snapshots past their expiry (sites without trusted time)."""
+    credential_env_prefix: str = DEFAULT_ENV_PREFIX
+    """Provider credentials may be read only from env vars starting with this."""
+    credential_dir: Path | None = None
+    """Provider credential files may be read only inside this directory; None: ``<data_dir>/credentials``."""
     drain_seconds: float = 10.0
     """How long a stop waits for in-flight calls and streams."""
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S
@@ -182,6 +187,10 @@ class DataPlaneNode:
             data_dir=s.data_dir,
             client=self._http,
             allow_expired=s.allow_expired,
+            resolve_credential=CredentialScope(
+                s.credential_dir if s.credential_dir is not None else s.data_dir / CREDENTIALS_DIR_NAME,
+                s.credential_env_prefix,
+            ).resolve,
             on_change=self._on_snapshot,
             # Routes are prepared for where this node really runs, as the pipeline plans them.
             node=self._node_context,

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotFileInvalid
+from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.store import check_envelope, load_trust_keys
 from signalbox import settings
@@ -150,6 +151,22 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     add(
         serve,
+        "--credential-env-prefix",
+        env="SIGNALBOX_CREDENTIAL_ENV_PREFIX",
+        default=DEFAULT_ENV_PREFIX,
+        help="provider credentials may only be read from env vars starting with this",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--credential-dir",
+        env="SIGNALBOX_CREDENTIAL_DIR",
+        default=None,
+        help="provider credential files may only be read inside this directory (default <data-dir>/credentials)",
+        command=SERVE,
+    )
+    add(
+        serve,
         "--drain-seconds",
         env="SIGNALBOX_DRAIN_SECONDS",
         default=10.0,
@@ -215,6 +232,12 @@ def serve_command(ns: argparse.Namespace) -> int:
     if not (ns.max_retry_after > 0 and math.isfinite(ns.max_retry_after)):
         print(f"--max-retry-after: {ns.max_retry_after} is not a positive number of seconds", file=sys.stderr)
         return 2
+    prefix_problem = (
+        env_name_problem(ns.credential_env_prefix) if ns.credential_env_prefix else "must not be empty"
+    )
+    if prefix_problem:
+        print(f"--credential-env-prefix: {prefix_problem}", file=sys.stderr)
+        return 2
     if mode is DeploymentMode.AIR_GAPPED and ns.control_plane and not ns.snapshot:
         logging.getLogger("signalbox.dataplane").warning(
             "air-gapped node configured with a control plane; is that intended?"
@@ -229,6 +252,8 @@ def serve_command(ns: argparse.Namespace) -> int:
         scope=Scope(ns.deployment, ns.node_group, ns.site),
         snapshot_file=Path(ns.snapshot) if ns.snapshot else None,
         allow_expired=ns.allow_expired,
+        credential_env_prefix=ns.credential_env_prefix,
+        credential_dir=Path(ns.credential_dir) if ns.credential_dir else None,
         drain_seconds=ns.drain_seconds,
         max_retry_after=ns.max_retry_after,
     )

@@ -5,20 +5,39 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from controlplane.db.models import Provider
 from controlplane.errors import AlreadyExists, InvalidArgument, NotFound, StillReferenced
 from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, UnitOfWork, check_name, check_str_map
+from dataplane.providers.credentials import env_name_problem, file_path_problem, looks_like_secret
 from dataplane.providers.registry import adapter_types
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Settings travel in snapshots in the clear, so a credential must never be one.
-CREDENTIAL_LIKE = re.compile(
-    r"(^|[_-])(api[_-]?key|secret|password|passwd|credentials?|authorization|access[_-]?token|bearer)($|[_-])",
-    re.IGNORECASE,
+# Settings and base URLs travel in snapshots in the clear, so a credential must never be
+# one. A setting's name, or a URL's query parameter name, is split into words (on
+# ``_``, ``-``, ``.`` and camelCase); any of these words marks it as a credential.
+CREDENTIAL_WORDS = frozenset(
+    {
+        "token",
+        "key",
+        "apikey",
+        "auth",
+        "authorization",
+        "secret",
+        "password",
+        "passwd",
+        "pwd",
+        "credential",
+        "credentials",
+        "bearer",
+        "signature",
+        "sig",
+        "cookie",
+        "session",
+    }
 )
+_WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 LOCATIONS = range(0, 4)
 
 
@@ -48,23 +67,32 @@ class ProviderSpec:
                 "provider.type", f"unknown provider type {self.type!r} (known: {', '.join(sorted(known))})"
             )
         if self.base_url:
-            parts = urlsplit(self.base_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise InvalidArgument("provider.base_url", "must be an http:// or https:// URL")
-            if parts.username or parts.password:
-                raise InvalidArgument("provider.base_url", "must not carry credentials; use credential")
+            check_base_url(self.base_url)
         if self.credential_env and self.credential_file:
             raise InvalidArgument("provider.credential", "set either env or file, not both")
-        if self.credential_env and not ENV_NAME_RE.match(self.credential_env):
-            raise InvalidArgument("provider.credential.env", "must be an environment variable name")
+        # Shape only: which prefix and directory a node allows is that node's own
+        # setting (--credential-env-prefix, --credential-dir), unknown here.
+        if self.credential_env:
+            problem = env_name_problem(self.credential_env)
+            if problem:
+                raise InvalidArgument("provider.credential.env", problem)
+        if self.credential_file:
+            problem = file_path_problem(self.credential_file)
+            if problem:
+                raise InvalidArgument("provider.credential.file", problem)
         if self.location not in LOCATIONS:
             raise InvalidArgument("provider.location", f"unknown location {self.location}")
         check_str_map("provider.settings", self.settings)
-        for key in self.settings:
-            if CREDENTIAL_LIKE.search(key):
+        for key, value in self.settings.items():
+            if is_credential_name(key):
                 raise InvalidArgument(
                     f"provider.settings.{key}",
                     "looks like a credential; give it as credential (an env var or file on the node)",
+                )
+            if looks_like_secret(value):
+                raise InvalidArgument(
+                    f"provider.settings.{key}",
+                    "its value looks like a credential; give it as credential (an env var or file on the node)",
                 )
 
     def apply_to(self, row: Provider) -> None:
@@ -125,3 +153,30 @@ class ProviderService:
                 )
             await change.session.delete(row)
         return change.version
+
+
+def is_credential_name(name: str) -> bool:
+    """Whether a setting or query parameter called ``name`` would carry a credential."""
+    return any(word.lower() in CREDENTIAL_WORDS for word in _WORD_SPLIT.split(name) if word)
+
+
+def check_base_url(url: str) -> None:
+    """Refuse a base URL that is not http(s) or carries a credential; errors never echo the URL."""
+    try:
+        parts = urlsplit(url)
+        netloc_ok = bool(parts.netloc) and parts.hostname is not None
+    except ValueError:
+        raise InvalidArgument("provider.base_url", "must be an http:// or https:// URL") from None
+    if parts.scheme not in ("http", "https") or not netloc_ok:
+        raise InvalidArgument("provider.base_url", "must be an http:// or https:// URL")
+    if parts.username or parts.password or "@" in parts.netloc:
+        raise InvalidArgument(
+            "provider.base_url", "must not carry credentials (user:password@); use credential"
+        )
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if is_credential_name(name) or looks_like_secret(value):
+            raise InvalidArgument(
+                "provider.base_url", "must not carry credentials in its query; use credential"
+            )
+    if any(looks_like_secret(unquote(segment)) for segment in (*parts.path.split("/"), parts.fragment)):
+        raise InvalidArgument("provider.base_url", "must not carry credentials in its path; use credential")

@@ -137,6 +137,9 @@ def compile_policy(
     allowed: frozenset[str] | None = None
     if "allowed_models" in doc:
         allowed = frozenset(_aliases(doc["allowed_models"], "$.allowed_models", models, None))
+        if not allowed:
+            # Nothing to route to: refused here rather than failing every request.
+            raise PolicyError("$.allowed_models", "must name at least one model")
     default = doc.get("default_model")
     if default is not None:
         if not isinstance(default, str):
@@ -145,6 +148,16 @@ def compile_policy(
             raise PolicyError("$.default_model", f"unknown model {default!r}")
         if allowed is not None and default not in allowed:
             raise PolicyError("$.default_model", f"{default!r} is not in allowed_models")
+    if allowed is None:
+        # Visibility is explicit: a policy may use only the models it names. Without
+        # allowed_models that is its default model alone, never the whole registry
+        # (other tenants' models included).
+        if default is None:
+            raise PolicyError(
+                "$.allowed_models",
+                "required when there is no default_model (a policy names the models it may use)",
+            )
+        allowed = frozenset((default,))
     constraints = index.intern(_constraints(doc.get("constraints"), "$.constraints", DEFAULT_CONSTRAINTS))
     retry = index.intern(_retry(doc.get("retry"), "$.retry", DEFAULT_RETRY))
     rules: list[CompiledRule] = []
@@ -158,23 +171,20 @@ def compile_policy(
             raise PolicyError(f"$.rules[{i}].name", f"duplicate rule name {rule.name!r}")
         names.add(rule.name)
         rules.append(rule)
-    default_rule: CompiledRule | None = None
-    if allowed is not None:
-        # Precompute the default route when it is bounded; an unrestricted
-        # policy's default route is the whole registry, resolved per request.
-        order = sorted(allowed)
-        if default is not None:
-            order.remove(default)
-            order.insert(0, default)
-        default_rule = CompiledRule(
-            "default",
-            MATCH_ALL,
-            Strategy.PRIORITY,
-            tuple(map(index.by_alias.__getitem__, order)),
-            constraints=constraints,
-            retry=retry,
-            considered=tuple(order),
-        )
+    # The default route: the default model, then the other allowed models by name.
+    order = sorted(allowed)
+    if default is not None:
+        order.remove(default)
+        order.insert(0, default)
+    default_rule = CompiledRule(
+        "default",
+        MATCH_ALL,
+        Strategy.PRIORITY,
+        tuple(map(index.by_alias.__getitem__, order)),
+        constraints=constraints,
+        retry=retry,
+        considered=tuple(order),
+    )
     return CompiledPolicy(
         policy_id,
         tenant_id,

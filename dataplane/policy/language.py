@@ -5,13 +5,14 @@ control plane parses and validates a document at apply time (``parse_document``,
 ``validate_document``); both the control plane and the node then compile it with
 ``dataplane.policy.compiler.compile_policy``, so what the control plane accepts is
 exactly what the node can serve. Errors name the JSON path of the problem.
-node can serve. Errors name the JSON path of the problem.
 
-The language, by example (every field optional; the published JSON Schema is
+The language, by example (every field optional but ``default_model`` or
+``allowed_models``: a policy names the models it may use; the published JSON Schema is
 ``policy.schema.json`` next to this module)::
 
     default_model: sim-fast            # the default route, tried first
-    allowed_models: [sim-fast, sim-smart, gpt-4o]   # nothing else, in any rule
+    allowed_models: [sim-fast, sim-smart, gpt-4o]   # nothing else, in any rule or by name;
+                                       # absent: only default_model (one of the two is required)
     constraints:                       # apply to every rule (a rule may override)
       max_cost_usd: 0.05               # estimated from prompt tokens + max output
       max_latency_ms: 4000             # observed EWMA, else the model's typical latency

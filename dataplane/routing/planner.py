@@ -73,7 +73,8 @@ def plan_route(table: RouteTable, query: RouteQuery, health: HealthView | None =
     ``health`` (usually ``Dispatcher.health``) lets observed latency and open
     breakers shape the order; without it the plan uses the registry's figures.
 
-    Raises NotFound (unknown model), PermissionDenied (not allowed or no policy),
+    Raises NotFound (a model that is unknown or not allowed: the caller cannot tell
+    which), PermissionDenied (no policy),
     CapabilityUnavailable (no allowed model has what the request needs) or
     NoEligibleCandidate (every candidate was dropped by a constraint).
     """
@@ -109,11 +110,9 @@ def usable_plan(plan: RoutePlan, query: RouteQuery, unusable: Mapping[str, str] 
     if unusable:
         ordered = tuple(c for c in ordered if c.provider.id not in unusable)
         if not ordered:
-            reasons = "; ".join(
-                f"provider {c.provider.name or c.provider.id}: {unusable[c.provider.id]}"
-                for c in plan.ordered
-            )
-            raise CredentialUnavailable(f"no usable provider for this request ({reasons})")
+            # Why a provider is unusable names node detail (env vars, paths): that
+            # is for the node's operator (its log), never for the caller.
+            raise CredentialUnavailable("provider credentials unavailable")
     max_output_tokens = query.max_output_tokens
     if max_output_tokens is not None:
         fits = tuple(
@@ -137,10 +136,12 @@ def _explicit(
     table: RouteTable, policy: CompiledPolicy, query: RouteQuery, health: HealthView | None
 ) -> RoutePlan:
     model = table.config.models.get(query.model)
-    if model is None:
+    allowed = policy.allowed_models
+    if model is None or allowed is None or model.alias not in allowed:
+        # A model the policy does not allow is, to this caller, a model that does
+        # not exist: the same status and message, so no tenant can probe for the
+        # names of other tenants' models.
         raise NotFound(f"model: unknown model {shown(query.model)}")
-    if policy.allowed_models is not None and model.alias not in policy.allowed_models:
-        raise PermissionDenied(f"model: tenant may not use {model.alias!r}")
     missing = _missing(model, query)
     if missing is not None:
         raise CapabilityUnavailable(

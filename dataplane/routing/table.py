@@ -226,8 +226,8 @@ class PolicyRoutes:
     rules: tuple[RuleRoutes, ...]
     """Parallel to ``policy.rules``: first match wins."""
     default: RuleRoutes
-    """The route when no rule matches: the policy's default route, or (without
-    ``allowed_models``) the default model then the whole registry by name."""
+    """The route when no rule matches: the policy's default route (its default
+    model, then its other allowed models by name)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +296,7 @@ class _Builder:
         self._defaults: dict[tuple[str | None, Constraints, RetrySettings], CompiledRule] = {}
 
     def policy(self, policy: CompiledPolicy) -> PolicyRoutes:
-        default = policy.default_rule or self._unbounded_default(policy)
+        default = policy.default_rule or self._empty_default(policy)
         return PolicyRoutes(policy, tuple(self.rule(r) for r in policy.rules), self.rule(default))
 
     def rule(self, rule: CompiledRule) -> RuleRoutes:
@@ -316,24 +316,18 @@ class _Builder:
             found = self._rows[key] = static_row(priced, self.candidates[alias], constraints, self.node)
         return found
 
-    def _unbounded_default(self, policy: CompiledPolicy) -> CompiledRule:
-        # A policy without allowed_models may use the whole registry; policies with
-        # the same default model, constraints and retry share one such route.
-        key = (policy.default_model, policy.constraints, policy.retry)
+    def _empty_default(self, policy: CompiledPolicy) -> CompiledRule:
+        # Only a hand-built policy lacks a default route (the compiler always makes
+        # one from allowed_models): it allows nothing, never the whole registry.
+        key = (None, policy.constraints, policy.retry)
         found = self._defaults.get(key)
-        if found is not None:
-            return found
-        models = self.config.models
-        names = sorted(models)
-        if policy.default_model:
-            names = [policy.default_model, *(n for n in names if n != policy.default_model)]
-        found = self._defaults[key] = CompiledRule(
-            "default",
-            MATCH_ALL,
-            Strategy.PRIORITY,
-            tuple(self.priced[n] for n in names),
-            constraints=policy.constraints,
-            retry=policy.retry,
-            considered=tuple(names),
-        )
+        if found is None:
+            found = self._defaults[key] = CompiledRule(
+                "default",
+                MATCH_ALL,
+                Strategy.PRIORITY,
+                (),
+                constraints=policy.constraints,
+                retry=policy.retry,
+            )
         return found

@@ -49,6 +49,7 @@ from dataplane.errors import (
     SnapshotInvalid,
 )
 from dataplane.providers.base import ProviderAdapter
+from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, CredentialScope, describe
 from dataplane.providers.registry import build_adapter
 from dataplane.routing.query import NodeContext
 from dataplane.routing.table import RouteTable, build_route_table
@@ -61,6 +62,9 @@ log = logging.getLogger("signalbox.dataplane.config")
 CredentialResolver = Callable[[SecretRef], "str | None"]
 
 LKG_FILE = "lkg.envelope"
+MAX_UNUSABLE_LOGGED = 20
+"""Providers named one by one in the log when a snapshot is applied; the rest are counted."""
+MAX_REASON_CHARS = 300
 HWM_FILE = "hwm.json"
 
 
@@ -149,12 +153,6 @@ def scope_matches(node: Scope, snapshot: Scope) -> bool:
     )
 
 
-def _default_resolver(ref: SecretRef) -> str | None:
-    from dataplane.providers.credentials import resolve_credential
-
-    return resolve_credential(ref)
-
-
 class SnapshotStore:
     """Verifies, applies, persists and serves snapshots for one node."""
 
@@ -179,7 +177,9 @@ class SnapshotStore:
         self._dir = Path(data_dir) / "snapshot"
         self._client = client
         self._allow_expired = allow_expired
-        self._resolve = resolve_credential or _default_resolver
+        # Without a resolver: the operator's defaults (the SIGNALBOX_CRED_ prefix and
+        # <data_dir>/credentials), never the node's whole environment or file system.
+        self._resolve = resolve_credential or CredentialScope(Path(data_dir) / CREDENTIALS_DIR_NAME).resolve
         self._clock = clock
         self._on_change = on_change
         self._lock = asyncio.Lock()
@@ -341,26 +341,40 @@ class SnapshotStore:
         unusable: dict[str, str] = {}
         for provider in config.providers.values():
             # A provider that cannot be set up must not take the node down: it is
-            # marked unusable and requests routed to it get a clear error.
+            # marked unusable and requests routed to it get a generic error. The
+            # reasons are for the operator (this log, once per apply): they name
+            # references (sanitized by ``describe``), never values, and callers
+            # never see them.
             try:
                 credential = self._resolve(provider.credential) if provider.credential else None
             except Exception as exc:
-                unusable[provider.id] = f"credential cannot be resolved: {exc}"
+                unusable[provider.id] = _bounded(f"credential cannot be resolved: {exc}")
                 continue
             if provider.credential and credential is None:
-                where = (
-                    f"env {provider.credential.env}"
-                    if provider.credential.env
-                    else f"file {provider.credential.file}"
+                unusable[provider.id] = (
+                    f"credential ({describe(provider.credential)}) is not available on this node"
                 )
-                unusable[provider.id] = f"credential ({where}) is not available on this node"
                 continue
             try:
                 adapters[provider.id] = build_adapter(provider, self._client, credential)
             except Exception as exc:
-                unusable[provider.id] = f"adapter cannot be built: {exc}"
-        for provider_id, why in unusable.items():
-            log.warning("provider %s unusable in snapshot %d: %s", provider_id, config.version, why)
+                unusable[provider.id] = _bounded(f"adapter cannot be built: {type(exc).__name__}: {exc}")
+        for i, (provider_id, why) in enumerate(unusable.items()):
+            if i == MAX_UNUSABLE_LOGGED:
+                log.warning(
+                    "%d more providers unusable in snapshot %d",
+                    len(unusable) - MAX_UNUSABLE_LOGGED,
+                    config.version,
+                )
+                break
+            name = config.providers[provider_id].name
+            log.warning(
+                "provider %s (%s) unusable in snapshot %d: %s",
+                _bounded(name, 64),
+                provider_id,
+                config.version,
+                why,
+            )
         return ServingState(config, routes, adapters, unusable, key_id, self._clock())
 
     async def _publish(self, state: ServingState) -> None:
@@ -494,6 +508,12 @@ def _peek(envelope: snapshot_pb2.SignedEnvelope) -> tuple[int, bytes]:
     except DecodeError:
         return 0, digest
     return int(snapshot.version), digest
+
+
+def _bounded(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` on one line, without control characters, cut at ``limit`` characters."""
+    clean = "".join(c if c.isprintable() else " " for c in text)
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
 def _scope_text(scope: Scope) -> str:

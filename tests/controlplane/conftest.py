@@ -46,7 +46,7 @@ class Admin:
                     name="sim",
                     type="simulated",
                     base_url="http://127.0.0.1:9/v1",
-                    credential=snapshot_pb2.SecretRef(env="SIM_KEY"),
+                    credential=snapshot_pb2.SecretRef(env="SIGNALBOX_CRED_SIM"),
                 )
             )
         )

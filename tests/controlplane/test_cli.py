@@ -77,7 +77,7 @@ async def test_admin_cli_round_trip(control_plane: RunningControlPlane, admin: A
         "--base-url",
         "http://127.0.0.1:9/v1",
         "--credential-env",
-        "SIM_KEY",
+        "SIGNALBOX_CRED_SIM",
     )
     await run("model", "create", "small", "--deployment", "sim:small-v1", "--capability", "chat")
     secret_out = await run("key", "create", "--tenant", "acme", "--name", "ci")
@@ -269,7 +269,7 @@ async def test_route_explain_shows_each_drop_and_calls_no_provider(
             deployments=[admin_pb2.Deployment(provider="sim", upstream_model=alias)],
         )
         await admin.CreateModel(admin_pb2.CreateModelRequest(model=model))
-    policy = "rules:\n  - name: agents\n    models: [plain, tooled]\n"
+    policy = "allowed_models: [plain, tooled]\nrules:\n  - name: agents\n    models: [plain, tooled]\n"
     await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant="acme", document=policy))
 
     code, out, err = await _signalbox(

@@ -45,6 +45,7 @@ def snapshot(
     default_model: str = "sim-fast",
     provider_type: str = "simulated",
     credential_env: str = "",
+    credential_file: str = "",
     expires_at: float | None = None,
     max_output_tokens: int = 4096,
     timeout_ms: int = 0,
@@ -74,6 +75,8 @@ def snapshot(
     )
     if credential_env:
         provider.credential.env = credential_env
+    if credential_file:
+        provider.credential.file = credential_file
     for alias, price_in, price_out, caps in (
         ("sim-fast", 100_000_000, 400_000_000, CHAT_CAPS),
         ("sim-smart", 2_000_000_000, 8_000_000_000, CHAT_CAPS),

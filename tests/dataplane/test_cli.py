@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -16,12 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.cli import main
+from signalbox.shell.simulator import Simulator
 from tests.dataplane.conftest import AUTH, chat, envelope, snapshot, write_public_key
 
 
-def _pin(tmp_path: Path, key: Ed25519PrivateKey, base_url: str, version: int = 3) -> Path:
+def _pin(tmp_path: Path, key: Ed25519PrivateKey, base_url: str, version: int = 3, **credential: str) -> Path:
     """An air-gapped site's pin: the upstream is inside site "lab"."""
-    snap = snapshot(version, base_url, deployment="")
+    snap = snapshot(version, base_url, deployment="", **credential)
     snap.providers[0].location = snapshot_pb2.PROVIDER_LOCATION_SITE
     snap.providers[0].site = "lab"
     path = tmp_path / "site.snapshot"
@@ -104,3 +106,67 @@ def test_trust_keys_come_from_the_environment_when_no_flag_is_given(
     monkeypatch.setenv("SIGNALBOX_TRUST_KEY", f"{other},{trust_key}")
     assert main(["dataplane", "verify", "--snapshot", str(pin)]) == 0
     assert "version: 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--credential-env-prefix", "--credential-dir"])
+async def test_serve_reads_credentials_only_where_the_operator_flags_say(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, flag: str
+) -> None:
+    upstream_key = "sk-upstream-known-to-the-operator-only"
+    credentials = tmp_path / "operator-creds"
+    credentials.mkdir()
+    (credentials / "sim.key").write_text(upstream_key)
+    ref = (
+        {"credential_env": "ACME_LLM_SIM"}
+        if flag == "--credential-env-prefix"
+        else {"credential_file": "sim.key"}
+    )
+    value = "ACME_LLM_" if flag == "--credential-env-prefix" else str(credentials)
+    async with Simulator(api_key=upstream_key) as upstream:
+        pin = _pin(tmp_path, signing_key, upstream.base_url, **ref)
+        environment = {**os.environ, "ACME_LLM_SIM": upstream_key}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "signalbox",
+            "dataplane",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--snapshot",
+            str(pin),
+            "--trust-key",
+            str(trust_key),
+            "--data-dir",
+            str(tmp_path / "node"),
+            "--mode",
+            "air-gapped",
+            "--site",
+            "lab",
+            flag,
+            value,
+            env=environment,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        try:
+            address = ""
+            while not address:
+                line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+                assert line, "node exited before it listened"
+                assert "unusable" not in line, line
+                if match := re.search(r"listening on (\S+),", line):
+                    address = match.group(1)
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = infer_pb2_grpc.InferServiceStub(channel)
+                response = await stub.Infer(chat(), metadata=AUTH, timeout=10)
+            assert response.snapshot_version == 3
+            assert upstream.stats_json()["total"] == 1
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+def test_serve_refuses_a_credential_prefix_that_is_not_a_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dataplane", "serve", "--credential-env-prefix", "acme-"]) == 2
+    assert "--credential-env-prefix: must be an environment variable name" in capsys.readouterr().err

@@ -193,7 +193,12 @@ def build_snapshot(upstreams: Mapping[str, FakeUpstream], credential_file: Path)
             )
             model.deployments.add(id=f"d-{alias}", provider_id=provider.id, upstream_model=f"up-{alias}")
     # One try: each upstream answer is queued for exactly one call.
-    policy = {"default_model": "chat-openai", "retry": {"max_attempts": 1, "attempts_per_deployment": 1}}
+    policy = {
+        "default_model": "chat-openai",
+        # Visibility is explicit: the tenant may name every model of this registry.
+        "allowed_models": sorted(m.alias for m in snap.models),
+        "retry": {"max_attempts": 1, "attempts_per_deployment": 1},
+    }
     snap.policies.add(id="pol-acme", tenant_id="t-acme", version=1, document_json=json.dumps(policy))
     return snap
 
@@ -204,8 +209,11 @@ async def site(private_tmp: Path) -> AsyncIterator[Site]:
     signing_key = Ed25519PrivateKey.generate()
     trust = root / "trust.pem"
     trust.write_bytes(signing_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
-    credential_file = root / "upstream.key"
-    credential_file.write_text(CREDENTIAL + "\n")
+    # In the node's default credential directory; the snapshot names it relative to it.
+    credential_dir = root / "node" / "credentials"
+    credential_dir.mkdir(parents=True)
+    (credential_dir / "upstream.key").write_text(CREDENTIAL + "\n")
+    credential_file = Path("upstream.key")
     upstreams = {t: await FakeUpstream().start() for t in TYPES}
     node = DataPlaneNode(
         NodeSettings(

@@ -156,6 +156,7 @@ def build_snapshot(
     # One pass over the deployments; a fallback to the next one is allowed.
     policy = {
         "default_model": alias(TYPES[0], "pair", "Infer"),
+        "allowed_models": sorted(m.alias for m in snap.models),
         "retry": {"max_attempts": 2, "attempts_per_deployment": 1},
     }
     snap.policies.add(id="pol-acme", tenant_id="t-acme", version=1, document_json=json.dumps(policy))
@@ -168,8 +169,10 @@ async def site(private_tmp: Path) -> AsyncIterator[Site]:
     signing_key = Ed25519PrivateKey.generate()
     trust = root / "trust.pem"
     trust.write_bytes(signing_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
-    credential_file = root / "upstream.key"
-    credential_file.write_text(CREDENTIAL + "\n")
+    # Where a node reads provider credential files by default: <data_dir>/credentials.
+    (root / "node" / "credentials").mkdir(parents=True)
+    (root / "node" / "credentials" / "upstream.key").write_text(CREDENTIAL + "\n")
+    credential_file = Path("upstream.key")
     hostile = {t: await HostileUpstream(t).start() for t in TYPES}
     healthy = {t: await HostileUpstream(t).start() for t in TYPES}
     node = DataPlaneNode(

@@ -194,7 +194,7 @@ async def test_a_deployment_slower_than_the_callers_deadline_is_routed_around(
         ),
         ("retry: {hedge: {after_ms: 100, jitter: true}}", "document.retry.hedge.jitter", "unknown field"),
         (
-            "retry: {max_attempts: 1, hedge: {after_ms: 100}}",
+            "{default_model: small, retry: {max_attempts: 1, hedge: {after_ms: 100}}}",
             "document.retry.hedge",
             "max_attempts of at least 2",
         ),

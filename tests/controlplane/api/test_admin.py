@@ -196,7 +196,7 @@ async def test_api_key_for_unknown_tenant_is_not_found(admin: Admin) -> None:
 async def test_provider_and_model_crud(admin: Admin) -> None:
     await admin.seed()
     providers = (await admin.ListProviders(admin_pb2.ListProvidersRequest())).providers
-    assert [(p.name, p.credential.env) for p in providers] == [("sim", "SIM_KEY")]
+    assert [(p.name, p.credential.env) for p in providers] == [("sim", "SIGNALBOX_CRED_SIM")]
     models = (await admin.ListModels(admin_pb2.ListModelsRequest())).models
     assert [m.alias for m in models] == ["large", "small"]
     assert models[0].deployments[0].provider == providers[0].id
@@ -346,19 +346,30 @@ async def test_invalid_policy_names_the_path_and_stores_nothing(
 
 REFUSED = {
     "unknown model": (
-        '{"rules": [{"models": ["small", "ghost"]}]}',
+        '{"allowed_models": ["small"], "rules": [{"models": ["small", "ghost"]}]}',
         "document.rules[0].models[1]",
         "unknown model 'ghost'",
     ),
     "weights all zero": (
-        '{"rules": [{"strategy": "weighted", "weights": {"small": 0, "large": 0}}]}',
+        '{"allowed_models": ["small", "large"], "rules": [{"strategy": "weighted", "weights": {"small": 0, "large": 0}}]}',
         "document.rules[0].weights",
         "must not all be zero",
     ),
     "negative weight": (
-        '{"rules": [{"strategy": "weighted", "weights": {"small": -1, "large": 3}}]}',
+        '{"allowed_models": ["small", "large"], "rules": [{"strategy": "weighted", "weights": {"small": -1, "large": 3}}]}',
         "document.rules[0].weights.small",
         "",
+    ),
+    # Visibility is explicit: a policy names the models it may use.
+    "no models named": (
+        '{"rules": [{"models": ["small"]}]}',
+        "document.allowed_models",
+        "required when there is no default_model",
+    ),
+    "a model beyond the default without allowed_models": (
+        '{"default_model": "small", "rules": [{"models": ["large"]}]}',
+        "document.rules[0].models[0]",
+        "not in allowed_models",
     ),
     "unknown field": (
         "rules:\n  - models: [small]\n    priority: 1\n",
@@ -437,7 +448,7 @@ async def test_every_change_is_a_new_signed_snapshot_chained_to_the_last(
     assert snapshot.previous_hash == previous.payload_sha256
     assert snapshot.expires_at.ToSeconds() > snapshot.created_at.ToSeconds()
     assert [k.key_id for k in snapshot.trusted_keys] == [control_plane.key_id]
-    assert [p.credential.env for p in snapshot.providers] == ["SIM_KEY"]
+    assert [p.credential.env for p in snapshot.providers] == ["SIGNALBOX_CRED_SIM"]
     code, _ = await _code(admin.GetSnapshot(admin_pb2.GetSnapshotRequest(version=10_000)))
     assert code == grpc.StatusCode.NOT_FOUND
 
@@ -462,12 +473,21 @@ async def test_explain_route_follows_the_current_policy(admin: Admin) -> None:
         admin_pb2.ExplainRouteRequest(tenant="acme", request=infer_pb2.InferRequest())
     )
     assert explained.decision.chosen_model == "small"
-    code, _ = await _code(
+    # A registered model the policy does not allow explains exactly like a model that
+    # does not exist: the node's planner decides, and it does not tell them apart.
+    forbidden = await _code(
         admin.ExplainRoute(
             admin_pb2.ExplainRouteRequest(tenant="acme", request=infer_pb2.InferRequest(model="large"))
         )
     )
-    assert code == grpc.StatusCode.PERMISSION_DENIED
+    unknown = await _code(
+        admin.ExplainRoute(
+            admin_pb2.ExplainRouteRequest(tenant="acme", request=infer_pb2.InferRequest(model="ghost"))
+        )
+    )
+    assert forbidden[0] == unknown[0] == grpc.StatusCode.NOT_FOUND
+    assert forbidden[1].replace("large", "X") == unknown[1].replace("ghost", "X")
+    assert "unknown model 'large'" in forbidden[1]
     code, _ = await _code(admin.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant="ghost")))
     assert code == grpc.StatusCode.NOT_FOUND
 

@@ -100,7 +100,7 @@ BAD_INPUT: dict[
     "disallowed model": (
         lambda: chat(model="sim-secret"),
         AUTH,
-        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
         "sim-secret",
     ),
     "unknown model": (lambda: chat(model="no-such-model"), AUTH, grpc.StatusCode.NOT_FOUND, "no-such-model"),
@@ -206,6 +206,33 @@ async def test_bad_input_gets_a_precise_status_and_the_node_keeps_serving(
     assert "correlation id" in (info.value.details() or "")
     response = await infer_stub.Infer(chat("still there?"), metadata=AUTH, timeout=10)
     assert response.message.content[0].text
+
+
+async def _model_refusal(stub: Stub, alias: str, *, stream: bool) -> tuple[grpc.StatusCode, str]:
+    """Status and message of a request naming ``alias``, the alias and correlation id masked."""
+
+    async def call() -> None:
+        if stream:
+            async for _ in stub.InferStream(chat(model=alias), metadata=AUTH, timeout=10):
+                pass
+        else:
+            await stub.Infer(chat(model=alias), metadata=AUTH, timeout=10)
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call()
+    details = (info.value.details() or "").rpartition(" (correlation id ")[0]
+    assert alias in details
+    return info.value.code(), details.replace(alias, "<alias>")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_a_model_the_tenant_may_not_use_looks_exactly_like_one_that_does_not_exist(
+    infer_stub: Stub, stream: bool
+) -> None:
+    # sim-secret is in the registry (another tenant's, say); sim-ghost is in no registry.
+    existing = await _model_refusal(infer_stub, "sim-secret", stream=stream)
+    missing = await _model_refusal(infer_stub, "sim-ghost", stream=stream)
+    assert existing == missing == (grpc.StatusCode.NOT_FOUND, "model: unknown model '<alias>'")
 
 
 async def test_answer_carries_routing_usage_cost_and_ids(infer_stub: Stub) -> None:

@@ -95,7 +95,9 @@ def outcomes(attempts: list[Any]) -> list[tuple[str, str]]:
 
 
 def rules(*models: str, **rule: Any) -> dict[str, Any]:
-    return {"rules": [{"models": list(models), **rule}]}
+    # Visibility is explicit: the policy allows exactly the models its rule uses.
+    shadow = [rule["shadow"]["model"]] if "shadow" in rule else []
+    return {"allowed_models": sorted({*models, *shadow}), "rules": [{"models": list(models), **rule}]}
 
 
 # ---- fallback triggers ----

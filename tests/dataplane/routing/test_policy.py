@@ -70,8 +70,44 @@ FULL: dict[str, Any] = {
 }
 
 
-def compile_doc(doc: Any) -> Any:
+def compile_doc(doc: Any, *, whole_registry: bool = True) -> Any:
+    """Compile ``doc``; unless ``whole_registry`` is False, a document without
+    ``allowed_models`` is given the whole registry explicitly (absent, a policy may use
+    its default model only), so the cases below test what they name."""
+    if whole_registry and isinstance(doc, dict) and "allowed_models" not in doc:
+        doc = {**doc, "allowed_models": list(MODELS)}
     return compile_policy(doc, MODELS, policy_id="pol", tenant_id="t1", version=7)
+
+
+def test_without_allowed_models_a_policy_may_use_only_its_default_model() -> None:
+    compiled = compile_doc({"default_model": "sim-smart"}, whole_registry=False)
+    assert compiled.allowed_models == frozenset({"sim-smart"})
+    assert compiled.default_rule is not None
+    assert [p.model.alias for p in compiled.default_rule.candidates] == ["sim-smart"]
+    with pytest.raises(PolicyError) as caught:
+        compile_doc({"default_model": "sim-fast", "rules": [{"models": ["gpt-4o"]}]}, whole_registry=False)
+    assert caught.value.path == "$.rules[0].models[0]"
+    assert "'gpt-4o' is not in allowed_models" in caught.value.message
+    with pytest.raises(PolicyError) as caught:
+        compile_doc(
+            {"default_model": "sim-fast", "rules": [{"select": {"capabilities": ["vision"]}}]},
+            whole_registry=False,
+        )
+    assert caught.value.path == "$.rules[0].select"
+
+
+@pytest.mark.parametrize(
+    "document", [{}, {"rules": [{"models": ["sim-fast"]}]}, {"constraints": {"regions": ["eu"]}}]
+)
+def test_a_policy_naming_no_models_is_refused(document: dict[str, Any]) -> None:
+    with pytest.raises(PolicyError) as caught:
+        compile_doc(document, whole_registry=False)
+    assert caught.value.path == "$.allowed_models"
+    assert "required when there is no default_model" in caught.value.message
+    with pytest.raises(PolicyError) as caught:
+        compile_doc({**document, "allowed_models": []}, whole_registry=False)
+    assert caught.value.path == "$.allowed_models"
+    assert "must name at least one model" in caught.value.message
 
 
 def test_the_demo_policy_still_compiles() -> None:
@@ -114,7 +150,11 @@ def test_defaults_make_content_filter_fallback_opt_in() -> None:
 def test_equal_constraints_are_shared_between_tenants() -> None:
     # Policies compiled against one registry index share equal values: 10,000 tenants
     # written from a few templates keep a few objects alive.
-    doc = {"constraints": {"regions": ["eu-west-1"]}, "rules": [{"models": ["sim-fast"]}]}
+    doc = {
+        "allowed_models": ["sim-fast"],
+        "constraints": {"regions": ["eu-west-1"]},
+        "rules": [{"models": ["sim-fast"]}],
+    }
     index = ModelIndex(MODELS)
     a = compile_policy(doc, MODELS, policy_id="a", tenant_id="a", version=1, index=index)
     b = compile_policy(

@@ -67,7 +67,17 @@ MODELS = [
 ]
 
 
-def config(policy: dict[str, Any], *, default: dict[str, Any] | None = None) -> RuntimeConfig:
+ALL = [m.alias for m in MODELS]
+
+
+def config(
+    policy: dict[str, Any], *, default: dict[str, Any] | None = None, whole_registry: bool = True
+) -> RuntimeConfig:
+    """The registry with ``policy`` for GOLD. Visibility is explicit (a policy without
+    ``allowed_models`` may use its default model only), so unless ``whole_registry`` is
+    False the tests of rules and strategies allow every model of the registry explicitly."""
+    if whole_registry and "allowed_models" not in policy:
+        policy = {**policy, "allowed_models": ALL}
     policies = {GOLD.id: policy}
     if default is not None:
         policies[""] = default
@@ -104,13 +114,24 @@ def test_platform_default_policy_serves_tenants_without_their_own() -> None:
     assert plan(cfg, tenant=FREE).ordered[0].model.alias == "sim-fast"
 
 
-def test_a_policy_without_allowed_models_may_use_the_whole_registry() -> None:
+def test_a_policy_without_allowed_models_may_use_only_its_default_model() -> None:
+    cfg = config({"default_model": "sim-smart"}, whole_registry=False)
+    p = plan(cfg)
+    assert p.considered == ("sim-smart",)
+    assert [c.model.alias for c in p.ordered] == ["sim-smart"]
+    # Another model of the registry is, to this tenant, unknown.
+    with pytest.raises(NotFound, match="model: unknown model 'gpt-4o'"):
+        plan(cfg, model="gpt-4o")
+    # Needing what the default model lacks finds nothing else in the registry.
+    with pytest.raises(CapabilityUnavailable):
+        plan(cfg, capabilities=frozenset({Capability.VISION}))
+
+
+def test_the_whole_registry_is_reached_only_by_listing_it() -> None:
     cfg = config({"default_model": "sim-smart"})
     p = plan(cfg)
     assert p.considered[0] == "sim-smart"
-    assert sorted(p.considered) == sorted(m.alias for m in MODELS)
-    assert p.chosen.model.alias == "sim-smart"
-    # Needs tools: the first capable model after the default.
+    assert sorted(p.considered) == sorted(ALL)
     assert plan(cfg, capabilities=frozenset({Capability.VISION})).chosen.model.alias == "gpt-4o"
 
 
@@ -433,10 +454,14 @@ def test_an_open_breaker_moves_a_deployment_to_the_back(clock: FakeClock) -> Non
 def test_explicit_model_checks() -> None:
     cfg = config({"allowed_models": ["sim-fast", "sim-smart"]})
     assert plan(cfg, model="sim-smart").rule == "explicit"
-    with pytest.raises(NotFound):
+    # A model that exists but is not allowed looks exactly like one that does not exist.
+    with pytest.raises(NotFound) as unknown:
         plan(cfg, model="gpt-5")
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(NotFound) as forbidden:
         plan(cfg, model="gpt-4o")
+    assert str(unknown.value) == "model: unknown model 'gpt-5'"
+    assert str(forbidden.value) == "model: unknown model 'gpt-4o'"
+    assert type(unknown.value) is type(forbidden.value)
     with pytest.raises(CapabilityUnavailable) as caught:
         plan(cfg, model="sim-fast", capabilities=frozenset({Capability.TOOLS}))
     assert caught.value.capability == "tools"

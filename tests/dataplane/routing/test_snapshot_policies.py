@@ -29,11 +29,12 @@ def snapshot(document: dict[str, Any]) -> snapshot_pb2.Snapshot:
 
 def test_a_bad_weight_is_reported_at_its_path_in_the_snapshot() -> None:
     document = {
+        "allowed_models": ["sim-fast", "gpt-4o"],
         "rules": [
             {"models": ["sim-fast"]},
             {"models": ["gpt-4o"]},
             {"strategy": "weighted", "weights": {"sim-fast": 1, "gpt-4o": -5}},
-        ]
+        ],
     }
     with pytest.raises(SnapshotInvalid) as caught:
         compile_snapshot(snapshot(document), b"\0" * 32)

@@ -202,7 +202,7 @@ async def test_provider_with_missing_credential_is_unusable_not_fatal(
     start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
 ) -> None:
     node = await start_node()
-    snap = snapshot(1, simulator.base_url, credential_env="SIGNALBOX_TEST_CREDENTIAL_THAT_IS_NOT_SET")
+    snap = snapshot(1, simulator.base_url, credential_env="SIGNALBOX_CRED_TEST_THAT_IS_NOT_SET")
     result = await node.store.apply(envelope(snap, signing_key))
     assert result.accepted
     async with grpc.aio.insecure_channel(node.address) as channel:
@@ -210,4 +210,7 @@ async def test_provider_with_missing_credential_is_unusable_not_fatal(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Infer(chat("hi"), metadata=AUTH, timeout=10)
     assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "SIGNALBOX_TEST_CREDENTIAL_THAT_IS_NOT_SET" in (info.value.details() or "")
+    # The caller learns nothing of the node: the reference is for the operator's log.
+    assert "SIGNALBOX_CRED_TEST_THAT_IS_NOT_SET" not in (info.value.details() or "")
+    assert "provider credentials unavailable" in (info.value.details() or "")
+    assert "not set or empty" in node.store.require().unusable["p-sim"]
