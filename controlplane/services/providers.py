@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from controlplane.db.models import Provider
-from controlplane.errors import AlreadyExists, InvalidArgument, NotFound, StillReferenced
+from controlplane.errors import AlreadyExists, InvalidArgument, NotFound, StillReferenced, clip, shown
 from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, UnitOfWork, check_name, check_str_map
 from dataplane.providers.registry import adapter_types
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Settings travel in snapshots in the clear, so a credential must never be one.
 CREDENTIAL_LIKE = re.compile(
     r"(^|[_-])(api[_-]?key|secret|password|passwd|credentials?|authorization|access[_-]?token|bearer)($|[_-])",
@@ -45,7 +45,8 @@ class ProviderSpec:
         known = adapter_types()
         if self.type not in known:
             raise InvalidArgument(
-                "provider.type", f"unknown provider type {self.type!r} (known: {', '.join(sorted(known))})"
+                "provider.type",
+                f"unknown provider type {shown(self.type)} (known: {', '.join(sorted(known))})",
             )
         if self.base_url:
             parts = urlsplit(self.base_url)
@@ -55,7 +56,7 @@ class ProviderSpec:
                 raise InvalidArgument("provider.base_url", "must not carry credentials; use credential")
         if self.credential_env and self.credential_file:
             raise InvalidArgument("provider.credential", "set either env or file, not both")
-        if self.credential_env and not ENV_NAME_RE.match(self.credential_env):
+        if self.credential_env and not ENV_NAME_RE.fullmatch(self.credential_env):
             raise InvalidArgument("provider.credential.env", "must be an environment variable name")
         if self.location not in LOCATIONS:
             raise InvalidArgument("provider.location", f"unknown location {self.location}")
@@ -63,7 +64,7 @@ class ProviderSpec:
         for key in self.settings:
             if CREDENTIAL_LIKE.search(key):
                 raise InvalidArgument(
-                    f"provider.settings.{key}",
+                    f"provider.settings.{clip(key)}",
                     "looks like a credential; give it as credential (an env var or file on the node)",
                 )
 
