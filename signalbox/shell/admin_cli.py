@@ -25,6 +25,7 @@ from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
+from signalbox.errors import Error
 
 COMMAND = "admin"
 
@@ -619,6 +620,9 @@ def admin_command(ns: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"signalbox admin: {exc}", file=sys.stderr)
         return 1
+    except Error as exc:  # refused before sending (controlplane.limits)
+        print(f"signalbox admin: {exc.status.name}: {exc.message}", file=sys.stderr)
+        return EXIT_CODES.get(exc.status, 1)
     if ns.json:
         print(json_format.MessageToJson(out.message, preserving_proto_field_name=True, indent=2))
     elif out.text is not None:
@@ -640,6 +644,10 @@ class _with_call_options:
         method = getattr(self._stub, name)
 
         def call(request: Message) -> Any:
+            # The control plane's own check of what it can store, before anything is sent.
+            from controlplane.limits import check_request
+
+            check_request(request)
             return method(request, metadata=self._metadata, timeout=self._timeout)
 
         return call
