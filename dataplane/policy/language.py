@@ -235,8 +235,9 @@ def _parse_yaml(text: str) -> Any:
                     self.depth -= 1
             return super().compose_node(parent, index)
 
-    loader = Loader(text)
+    loader: Loader | None = None
     try:
+        loader = Loader(text)  # reads the first characters already: may raise
         return loader.get_single_data()
     except yaml.YAMLError as exc:
         raise PolicyError("$", clip_message(f"not valid YAML or JSON: {exc}")) from None
@@ -244,7 +245,8 @@ def _parse_yaml(text: str) -> Any:
         # A scalar the constructor cannot build: a 5,000-digit integer, 2024-02-30.
         raise PolicyError("$", clip_message(f"not valid YAML or JSON: {exc}")) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _line(event: Any) -> str:

@@ -161,6 +161,7 @@ BILLION_LAUGHS = "\n".join(
         ),
         ("allowed_models: " + "9" * 5000, None),
         ("x" * (1024 * 1024 + 1), "document: at most 1048576 bytes"),
+        ("\x08", None),
     ],
     ids=[
         "json-lists",
@@ -171,6 +172,7 @@ BILLION_LAUGHS = "\n".join(
         "anchor",
         "huge-int",
         "huge",
+        "control-char",
     ],
 )
 async def test_policy_documents_built_to_exhaust_the_parser_are_refused_cheaply(
