@@ -83,6 +83,11 @@ class ControlPlaneSettings:
     reissue_check_interval: float = 60.0
     """Seconds between checks whether the newest snapshot is past half its lifetime
     (then the unchanged config is re-issued as a new version before it expires)."""
+    unauthenticated_audit_rows: int = 20
+    """Audit rows per peer address and window for admin calls without a valid token;
+    the rest of the window's calls become one summary row."""
+    unauthenticated_audit_window: float = 60.0
+    """Seconds of that window."""
 
 
 def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
@@ -108,6 +113,7 @@ class ControlPlane:
         self.sync: ConfigSyncServicer | None = None
         self.admin: AdminService | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._interceptor: AdminInterceptor | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -176,7 +182,12 @@ class ControlPlane:
             nodes=nodes,
             snapshots=snapshots,
         )
-        self._server = grpc.aio.server(interceptors=[AdminInterceptor(self.admin)])
+        self._interceptor = AdminInterceptor(
+            self.admin,
+            unauthenticated_rows=s.unauthenticated_audit_rows,
+            unauthenticated_window=s.unauthenticated_audit_window,
+        )
+        self._server = grpc.aio.server(interceptors=[self._interceptor])
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, self._server)
         sync_pb2_grpc.add_ConfigSyncServiceServicer_to_server(self.sync, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -233,6 +244,9 @@ class ControlPlane:
             self._server = None
         if self.sync is not None:
             await self.sync.drain()
+        if self._interceptor is not None:
+            await self._interceptor.close()
+            self._interceptor = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None

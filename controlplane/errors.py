@@ -22,6 +22,21 @@ import grpc
 
 from signalbox.errors import Error
 
+ECHO_CHARS = 64
+"""At most this much of a caller's value is echoed back in a message."""
+
+
+def clip(value: str, limit: int = ECHO_CHARS) -> str:
+    """``value`` cut to ``limit`` characters, saying how long it was."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}...({len(value)} chars)"
+
+
+def shown(value: str) -> str:
+    """A caller's value as a message quotes it: repr (so control characters are escaped), clipped."""
+    return repr(clip(value))
+
 
 class ControlPlaneError(Error):
     """Base of every error the control plane reports to a caller."""
@@ -60,7 +75,7 @@ class NotFound(ControlPlaneError):
     status = grpc.StatusCode.NOT_FOUND
 
     def __init__(self, kind: str, key: str, *, field: str = "") -> None:
-        message = f"{kind} {key!r} not found"
+        message = f"{kind} {shown(key)} not found"
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
         self.kind = kind
@@ -71,7 +86,7 @@ class AlreadyExists(ControlPlaneError):
     status = grpc.StatusCode.ALREADY_EXISTS
 
     def __init__(self, kind: str, key: str) -> None:
-        super().__init__(f"{kind} {key!r} already exists")
+        super().__init__(f"{kind} {shown(key)} already exists")
         self.kind = kind
         self.key = key
 

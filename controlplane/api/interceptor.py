@@ -14,8 +14,10 @@ from typing import Any
 
 import grpc
 
-from controlplane.api.status import status_for
-from controlplane.errors import Unauthenticated
+from controlplane.api.audit_limit import UnauthenticatedAuditLimit
+from controlplane.api.status import bounded, status_for
+from controlplane.errors import Unauthenticated, clip
+from controlplane.limits import NAME_CHARS, check_request
 from controlplane.services.admin import AdminService, authorize
 from controlplane.services.base import Caller
 
@@ -55,7 +57,8 @@ def target_of(request: Any) -> str:
         if hasattr(value, "DESCRIPTOR"):
             value = getattr(value, "id", "") or getattr(value, "name", "") or getattr(value, "alias", "")
         if value:
-            return f"{name}={value}"
+            # A hostile caller chooses it: one bounded line, and never NUL (text columns cannot hold it).
+            return bounded(f"{name}={clip(str(value))}").replace("\x00", "")
     return ""
 
 
@@ -66,8 +69,13 @@ Behavior = Callable[[Any, Context], Awaitable[Any]]
 class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Wraps the unary handlers of AdminService with auth, status mapping and audit."""
 
-    def __init__(self, admin: AdminService) -> None:
+    def __init__(
+        self, admin: AdminService, *, unauthenticated_rows: int = 20, unauthenticated_window: float = 60.0
+    ) -> None:
         self._admin = admin
+        self.unauthenticated = UnauthenticatedAuditLimit(
+            self._audit_suppressed, rows=unauthenticated_rows, window=unauthenticated_window
+        )
 
     async def intercept_service(
         self,
@@ -96,6 +104,8 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 actor = caller.actor
                 authorize(caller, method)
                 _caller.set(caller)
+                # Nothing the database cannot hold gets past here (controlplane.limits).
+                check_request(request)
                 response = await behavior(request, context)
             except Exception as exc:
                 mapped = status_for(exc)
@@ -104,14 +114,24 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     code, message = grpc.StatusCode.INTERNAL, "internal error"
                 else:
                     code, message = mapped
-                await self._audit(actor, method, target, code.name, message)
+                if not isinstance(exc, Unauthenticated) or self.unauthenticated.admit(context.peer()):
+                    await self._audit(actor, method, target, code.name, message)
                 await context.abort(code, message)
             await self._audit(actor, method, target, "OK", "")
             return response
 
         return handle
 
+    async def _audit_suppressed(self, peer: str, count: int) -> None:
+        detail = f"{count} more unauthenticated calls from {peer} suppressed"
+        await self._audit("anonymous", "(unauthenticated)", f"peer={peer}", "UNAUTHENTICATED", detail)
+
+    async def close(self) -> None:
+        """Write the summary rows of open windows; call before the database goes."""
+        await self.unauthenticated.close()
+
     async def _audit(self, actor: str, method: str, target: str, result: str, detail: str) -> None:
+        actor, method = actor[:NAME_CHARS], method[:NAME_CHARS]
         try:
             await self._admin.audit(actor=actor, method=method, target=target, result=result, detail=detail)
         except Exception:

@@ -27,6 +27,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+# Widths shared with the Admin API's request check, so the two never drift.
+from controlplane.limits import (
+    ENV_NAME_CHARS,
+    KEY_ID_CHARS,
+    NAME_CHARS,
+    PREFIX_CHARS,
+    PROVIDER_TYPE_CHARS,
+    RESULT_CHARS,
+    TIER_CHARS,
+)
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -55,8 +66,8 @@ class Tenant(TimestampMixin, Base):
     __tablename__ = "tenants"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    tier: Mapped[str] = mapped_column(String(100), default="")
+    name: Mapped[str] = mapped_column(String(NAME_CHARS), unique=True)
+    tier: Mapped[str] = mapped_column(String(TIER_CHARS), default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
@@ -68,8 +79,8 @@ class ApiKey(TimestampMixin, Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(200), default="")
-    prefix: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
+    prefix: Mapped[str] = mapped_column(String(PREFIX_CHARS))
     secret_sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
     scopes: Mapped[list[Any]] = mapped_column(default=list)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -84,17 +95,17 @@ class Provider(TimestampMixin, Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    type: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(NAME_CHARS), unique=True)
+    type: Mapped[str] = mapped_column(String(PROVIDER_TYPE_CHARS))
     base_url: Mapped[str] = mapped_column(Text, default="")
-    credential_env: Mapped[str] = mapped_column(String(256), default="")
+    credential_env: Mapped[str] = mapped_column(String(ENV_NAME_CHARS), default="")
     credential_file: Mapped[str] = mapped_column(Text, default="")
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timeout_ms: Mapped[int] = mapped_column(Integer, default=0)
     location: Mapped[int] = mapped_column(Integer, default=0)
-    site: Mapped[str] = mapped_column(String(200), default="")
-    region: Mapped[str] = mapped_column(String(200), default="")
-    jurisdiction: Mapped[str] = mapped_column(String(200), default="")
+    site: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
+    region: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
+    jurisdiction: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
 
 
 class Model(TimestampMixin, Base):
@@ -103,7 +114,7 @@ class Model(TimestampMixin, Base):
     __tablename__ = "models"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    alias: Mapped[str] = mapped_column(String(200), unique=True)
+    alias: Mapped[str] = mapped_column(String(NAME_CHARS), unique=True)
     capabilities: Mapped[list[Any]] = mapped_column(default=list)
     context_window: Mapped[int] = mapped_column(Integer, default=0)
     max_output_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -134,7 +145,7 @@ class Deployment(Base):
     provider_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("providers.id", ondelete="RESTRICT"), index=True
     )
-    upstream_model: Mapped[str] = mapped_column(String(200))
+    upstream_model: Mapped[str] = mapped_column(String(NAME_CHARS))
     weight: Mapped[int] = mapped_column(Integer, default=1)
     position: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -159,7 +170,7 @@ class Policy(Base):
     document_json: Mapped[str] = mapped_column(Text)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
-    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_by: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
 
 
 class AdminToken(TimestampMixin, Base):
@@ -172,8 +183,8 @@ class AdminToken(TimestampMixin, Base):
     __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role_known"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    name: Mapped[str] = mapped_column(String(200))
-    prefix: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(NAME_CHARS))
+    prefix: Mapped[str] = mapped_column(String(PREFIX_CHARS))
     token_sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
     role: Mapped[str] = mapped_column(String(32), default="admin", server_default="admin")
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -185,11 +196,11 @@ class SigningKey(TimestampMixin, Base):
     __tablename__ = "signing_keys"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    key_id: Mapped[str] = mapped_column(String(64), unique=True)
+    key_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS), unique=True)
     public_key: Mapped[bytes] = mapped_column(LargeBinary)
     encrypted_private_key: Mapped[bytes] = mapped_column(LargeBinary)
     # Fingerprint of the KEK that sealed the key, so a wrong KEK fails with a clear message.
-    kek_id: Mapped[str] = mapped_column(String(64))
+    kek_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
@@ -203,9 +214,9 @@ class Snapshot(Base):
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
     previous_hash: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
-    signing_key_id: Mapped[str] = mapped_column(String(64))
+    signing_key_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_by: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
     reason: Mapped[str] = mapped_column(Text, default="")
 
 
@@ -214,7 +225,7 @@ class Node(Base):
 
     __tablename__ = "nodes"
 
-    node_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
     software_version: Mapped[str] = mapped_column(String(100), default="")
     mode: Mapped[int] = mapped_column(Integer, default=0)
     scope: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -238,10 +249,10 @@ class AuditEntry(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now(), index=True)
-    actor: Mapped[str] = mapped_column(String(200))
-    method: Mapped[str] = mapped_column(String(200))
+    actor: Mapped[str] = mapped_column(String(NAME_CHARS))
+    method: Mapped[str] = mapped_column(String(NAME_CHARS))
     target: Mapped[str] = mapped_column(Text, default="")
-    result: Mapped[str] = mapped_column(String(64))
+    result: Mapped[str] = mapped_column(String(RESULT_CHARS))
     detail: Mapped[str] = mapped_column(Text, default="")
 
 

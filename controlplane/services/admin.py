@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import AdminToken
 from controlplane.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from controlplane.limits import NAME_CHARS
 from controlplane.repositories import admin as repo
 from controlplane.services.base import Caller, check_name
 
@@ -52,6 +53,9 @@ class AdminService:
     async def create_token(self, name: str, role: str = "admin") -> tuple[AdminToken, str]:
         """A new admin token; returns (row, token). Only the token's SHA-256 is stored."""
         check_name("name", name)
+        if len(Caller("", name).actor) > NAME_CHARS:
+            # The actor ("admin:<name>") is written into audit rows and policy versions.
+            raise InvalidArgument("name", f"at most {NAME_CHARS - len(Caller('', '').actor)} characters")
         if role not in ROLES:
             raise InvalidArgument("role", f"must be one of {', '.join(ROLES)}")
         token = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)

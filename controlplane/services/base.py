@@ -10,20 +10,23 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.errors import ConfigRejected, InvalidArgument
+from controlplane.limits import NAME_CHARS
 from controlplane.repositories import config as repo
 from controlplane.repositories.config import lock_config
 from controlplane.snapshots.publish import PublishedSnapshot, SnapshotPublisher
 
 _POLICY_PATH = re.compile(r"^\$\.policies\[(\d+)\]")
 _MODEL_PATH = re.compile(r"^\$\.models\[(\d+)\]")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 
 
 def check_name(field_name: str, value: str) -> str:
     """Names are identifiers in configs and CLIs: short, no spaces, no surprises."""
     if not value:
         raise InvalidArgument(field_name, "must not be empty")
-    if not NAME_RE.match(value):
+    if len(value) > NAME_CHARS:
+        raise InvalidArgument(field_name, f"at most {NAME_CHARS} characters")
+    if not NAME_RE.fullmatch(value):
         raise InvalidArgument(
             field_name, "must start with a letter or digit and use only letters, digits, '.', '_', ':', '-'"
         )

@@ -6,7 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from controlplane.db.models import Deployment, Model
-from controlplane.errors import AlreadyExists, ConfigRejected, InvalidArgument, NotFound, StillReferenced
+from controlplane.errors import (
+    AlreadyExists,
+    ConfigRejected,
+    InvalidArgument,
+    NotFound,
+    StillReferenced,
+    shown,
+)
 from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, Change, UnitOfWork, check_name, check_str_map
 from signalbox.api.common.v1 import common_pb2
@@ -133,5 +140,5 @@ class ModelService:
                 await change.session.delete(row)
         except ConfigRejected as exc:
             # The only way removing a model breaks the config is something naming it.
-            raise StillReferenced(f"model {ref!r}", exc.referrer or exc.field) from exc
+            raise StillReferenced(f"model {shown(ref)}", exc.referrer or exc.field) from exc
         return change.version

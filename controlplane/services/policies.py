@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.db.models import Policy
-from controlplane.errors import ConfigRejected, InvalidArgument, NotFound
+from controlplane.errors import ConfigRejected, InvalidArgument, NotFound, clip, shown
 from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, UnitOfWork
 from dataplane.errors import PolicyError
@@ -41,7 +42,7 @@ def parse_document(text: str) -> str:
         return canonical_json(document)
     except (TypeError, ValueError) as exc:
         # YAML can express values JSON cannot (dates, sets, NaN).
-        raise InvalidArgument("document", f"not representable as JSON: {exc}") from exc
+        raise InvalidArgument("document", clip(f"not representable as JSON: {exc}", 300)) from exc
 
 
 def document_field(path: str) -> str:
@@ -63,7 +64,9 @@ class PolicyService:
 
     async def apply(self, caller: Caller, *, tenant: str, document: str) -> tuple[Policy, int]:
         """Store a new version if the config with it compiles; otherwise store nothing."""
-        document_json = parse_document(document)
+        # Parsing and schema validation are CPU work on hostile text: off the event loop,
+        # so other admin calls and the sync streams go on meanwhile.
+        document_json = await asyncio.to_thread(parse_document, document)
         try:
             async with self.uow.change(caller, f"apply policy {tenant or '(default)'}") as change:
                 tenant_id = await self._tenant_id(change.session, tenant)
@@ -87,7 +90,7 @@ class PolicyService:
         async with self.uow.read() as session:
             tenant_id = await self._tenant_id(session, tenant)
             history = await repo.policy_history(session, tenant_id)
-        label = f"policy of {tenant!r}" if tenant else "platform default policy"
+        label = f"policy of {shown(tenant)}" if tenant else "platform default policy"
         if version:
             for row in history:
                 if row.version == version and not row.deleted:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from controlplane.db.models import Provider
-from controlplane.errors import AlreadyExists, InvalidArgument, NotFound, StillReferenced
+from controlplane.errors import AlreadyExists, InvalidArgument, NotFound, StillReferenced, clip, shown
 from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, UnitOfWork, check_name, check_str_map
 from dataplane.providers.credentials import env_name_problem, file_path_problem, looks_like_secret
@@ -64,7 +64,8 @@ class ProviderSpec:
         known = adapter_types()
         if self.type not in known:
             raise InvalidArgument(
-                "provider.type", f"unknown provider type {self.type!r} (known: {', '.join(sorted(known))})"
+                "provider.type",
+                f"unknown provider type {shown(self.type)} (known: {', '.join(sorted(known))})",
             )
         if self.base_url:
             check_base_url(self.base_url)
@@ -86,7 +87,7 @@ class ProviderSpec:
         for key, value in self.settings.items():
             if is_credential_name(key):
                 raise InvalidArgument(
-                    f"provider.settings.{key}",
+                    f"provider.settings.{clip(key)}",
                     "looks like a credential; give it as credential (an env var or file on the node)",
                 )
             if looks_like_secret(value):

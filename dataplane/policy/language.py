@@ -153,7 +153,7 @@ def validate_document(document: Any) -> None:
         forbidden = error.validator_value.get("required", [])
         if forbidden:
             path, message = f"{path}.{forbidden[0]}", "not allowed here"
-    raise PolicyError(path, message)
+    raise PolicyError(clip_message(path, 200), clip_message(message))
 
 
 @cache
@@ -169,14 +169,93 @@ def _json_path(parts: Iterable[object]) -> str:
     return out
 
 
+MAX_DOCUMENT_BYTES = 1024 * 1024
+"""A policy is a page or two; a megabyte is far beyond any real one."""
+MAX_DEPTH = 64
+"""Nesting of objects and lists; the deepest real policy nests about six levels."""
+MAX_MESSAGE_CHARS = 300
+"""Messages quote parts of the document (a YAML excerpt, a jsonschema instance): clipped."""
+
+
+def clip_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}...(clipped)"
+
+
 def parse_document(text: str) -> Any:
     """Parse policy text (JSON, or YAML which is a superset) into a document.
 
-    Raises ``PolicyError`` at ``$`` naming the line when the text is not valid.
+    Hostile text is refused before it can cost much: more than ``MAX_DOCUMENT_BYTES``,
+    YAML anchors and aliases (a few hundred bytes of aliases expand to gigabytes; a
+    policy never needs them), nesting deeper than ``MAX_DEPTH``. Raises
+    ``PolicyError`` at ``$`` naming the problem (and the line, for YAML).
     """
+    if len(text) > MAX_DOCUMENT_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
+        raise PolicyError("$", f"at most {MAX_DOCUMENT_BYTES} bytes")
+    try:
+        # JSON first: it is what tools send, and the C parser is fast.
+        document = json.loads(text)
+    except RecursionError:
+        raise PolicyError("$", f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError:
+        # Not JSON (or a number JSON cannot hold): read it as YAML, which decides.
+        return _parse_yaml(text)
+    _check_depth(document)
+    return document
+
+
+def _check_depth(document: Any) -> None:
+    """Without recursion: the document may be deeper than Python's stack."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Iterable[Any] = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise PolicyError("$", f"nested deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _parse_yaml(text: str) -> Any:
     import yaml
 
+    class Loader(yaml.SafeLoader):
+        """A SafeLoader that refuses anchors and aliases and bounds the nesting while it
+        composes (the composer recurses once per level, so the bound comes first)."""
+
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise PolicyError("$", f"YAML anchors and aliases are not allowed{_line(event)}")
+            if isinstance(event, yaml.CollectionStartEvent):
+                self.depth += 1
+                if self.depth > MAX_DEPTH:
+                    raise PolicyError("$", f"nested deeper than {MAX_DEPTH} levels{_line(event)}")
+                try:
+                    return super().compose_node(parent, index)
+                finally:
+                    self.depth -= 1
+            return super().compose_node(parent, index)
+
+    loader: Loader | None = None
     try:
-        return yaml.safe_load(text)
+        loader = Loader(text)  # reads the first characters already: may raise
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
-        raise PolicyError("$", f"not valid YAML or JSON: {exc}") from exc
+        raise PolicyError("$", clip_message(f"not valid YAML or JSON: {exc}")) from None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        # A scalar the constructor cannot build: a 5,000-digit integer, 2024-02-30.
+        raise PolicyError("$", clip_message(f"not valid YAML or JSON: {exc}")) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _line(event: Any) -> str:
+    mark = getattr(event, "start_mark", None)
+    return f" (line {mark.line + 1})" if mark is not None else ""

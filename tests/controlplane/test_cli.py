@@ -305,3 +305,18 @@ async def test_route_explain_shows_each_drop_and_calls_no_provider(
     assert code == 7, out
     assert "FAILED_PRECONDITION: no allowed model has capability 'vision'" in err
     assert simulator.stats_json()["total"] == 0
+
+
+async def test_admin_cli_refuses_what_the_control_plane_cannot_store_before_sending() -> None:
+    """The CLI runs the server's own check (controlplane.limits): no server is needed to
+    learn that a tier is too long, and nothing is sent."""
+    env = {"SIGNALBOX_ADMIN_TARGET": "127.0.0.1:9", "SIGNALBOX_ADMIN_TOKEN": "sbxadm_unused"}
+    code, _, err = await _signalbox("admin", "tenant", "create", "acme", "--tier", "g" * 101, env=env)
+    assert (code, err.strip()) == (2, "signalbox admin: INVALID_ARGUMENT: tier: at most 100 characters")
+    code, _, err = await _signalbox(
+        "admin", "provider", "create", "p", "--type", "simulated", "--timeout-ms", str(2**32 - 1), env=env
+    )
+    assert (code, err.strip()) == (
+        2,
+        "signalbox admin: INVALID_ARGUMENT: provider.timeout_ms: at most 2147483647",
+    )

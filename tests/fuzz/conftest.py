@@ -32,6 +32,8 @@ _COMMON: dict[str, Any] = {
     "database": None,
     "print_blob": True,
     "suppress_health_check": [
+        # The admin suite's examples share one real control plane per test, on purpose.
+        HealthCheck.function_scoped_fixture,
         HealthCheck.too_slow,
         HealthCheck.data_too_large,
         HealthCheck.large_base_example,
@@ -40,6 +42,9 @@ _COMMON: dict[str, Any] = {
 settings.register_profile("ci", max_examples=600, **_COMMON)
 settings.register_profile("nightly", max_examples=20_000, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+ADMIN_EXAMPLES = 40 if settings.default.max_examples <= 600 else 2_000
+"""Admin examples each cost a real database round trip: fewer per test than the node's."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from signalbox.api.admin.v1 import admin_pb2_grpc
+from signalbox.errors import Error
 from signalbox.shell.admin_cli.commands import Action, Stub
 from signalbox.shell.admin_cli.output import Output, table
 
@@ -48,6 +49,9 @@ def admin_command(ns: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"signalbox admin: {exc}", file=sys.stderr)
         return 1
+    except Error as exc:  # refused before sending (controlplane.limits)
+        print(f"signalbox admin: {exc.status.name}: {exc.message}", file=sys.stderr)
+        return EXIT_CODES.get(exc.status, 1)
     if ns.json:
         print(json_format.MessageToJson(out.message, preserving_proto_field_name=True, indent=2))
     elif out.text is not None:
@@ -69,6 +73,10 @@ class _with_call_options:
         method = getattr(self._stub, name)
 
         def call(request: Message) -> Any:
+            # The control plane's own check of what it can store, before anything is sent.
+            from controlplane.limits import check_request
+
+            check_request(request)
             return method(request, metadata=self._metadata, timeout=self._timeout)
 
         return call
