@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
-from signalbox import settings
+from signalbox import settings, tls
 
 SERVE = "controlplane serve"
 BOOTSTRAP = "controlplane bootstrap-admin"
@@ -61,6 +61,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="HOST:PORT for the Admin API, config sync and grpc health (port 0 picks a free one)",
         command=SERVE,
     )
+    tls.add_server_flags(serve, env_prefix="SIGNALBOX_CONTROLPLANE", command=SERVE)
     _database_settings(serve, SERVE)
     add(
         serve,
@@ -138,6 +139,7 @@ def serve_command(ns: argparse.Namespace) -> int:
     settings.configure_logging(ns.log_level)
     cp_settings = ControlPlaneSettings(
         listen=ns.listen,
+        tls=tls.server_tls(ns),
         database_url=ns.database_url or None,
         data_dir=Path(ns.data_dir),
         kek=ns.kek or None,

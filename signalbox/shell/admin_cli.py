@@ -20,11 +20,12 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from dataplane.scopes import ScopeSyntaxError, validate_scopes
-from signalbox import settings
+from signalbox import settings, tls
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
+from signalbox.text import printable
 
 COMMAND = "admin"
 
@@ -147,14 +148,15 @@ def policy_row(p: admin_pb2.Policy) -> tuple[object, ...]:
 
 def node_row(n: admin_pb2.Node) -> tuple[object, ...]:
     mode = _enum_name(common_pb2.DeploymentMode, "DEPLOYMENT_MODE_", n.mode)
+    # What nodes said is shown escaped: a control plane of another version may store it raw.
     return (
-        n.node_id,
-        n.software_version,
+        printable(n.node_id),
+        printable(n.software_version, 100),
         mode,
         f"v{n.applied_version} {n.applied_hash.hex()[:12]}",
         "yes" if n.connected else "no",
         f"v{n.last_nack_version}" if n.last_nack_version else "",
-        n.last_nack_reason,
+        printable(n.last_nack_reason, 200),
         _time(n.last_seen_at),
     )
 
@@ -489,6 +491,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="HOST:PORT of the control plane",
         command=COMMAND,
     )
+    tls.add_client_flags(parser, env_prefix="SIGNALBOX_ADMIN", command=COMMAND)
     settings.add(
         parser,
         "--token",
@@ -605,7 +608,7 @@ def admin_command(ns: argparse.Namespace) -> int:
     action: Action = ns.admin_action
 
     async def run() -> Output:
-        async with grpc.aio.insecure_channel(ns.target) as channel:
+        async with tls.aio_channel(ns.target, tls.client_tls(ns)) as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
             metadata = (("authorization", f"Bearer {ns.token}"),)
             wrapped = _with_call_options(stub, metadata, ns.timeout)
@@ -616,7 +619,7 @@ def admin_command(ns: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as exc:
         print(f"signalbox admin: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return EXIT_CODES.get(exc.code(), 1)
-    except OSError as exc:
+    except (OSError, tls.TlsConfigError) as exc:
         print(f"signalbox admin: {exc}", file=sys.stderr)
         return 1
     if ns.json:
