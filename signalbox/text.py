@@ -5,6 +5,8 @@ connection. Written verbatim, a newline in it forges a log line and an ANSI esca
 rewrites the operator's terminal. ``printable`` escapes every control character
 (``\\n`` -> ``\\\\n``, ESC -> ``\\\\x1b``, C1 controls, bidi overrides and other format
 characters likewise) and clips the result, so the output is one bounded line.
+Backslashes are kept as they are, so escaping is idempotent: what was stored
+escaped is shown unchanged, not escaped twice.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import unicodedata
 
 DEFAULT_LIMIT = 500
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _escape(ch: str) -> str:

@@ -88,7 +88,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"hello.node_id: must be 1..{MAX_NODE_ID_CHARS} characters without control characters "
-                f"(got {printable(node_id, 80)!r})",
+                f'(got "{printable(node_id, 80)}")',
             )
         row = await self._nodes.hello(
             NodeHello(
