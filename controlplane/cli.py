@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -245,7 +246,11 @@ def export_command(ns: argparse.Namespace) -> int:
     version, envelope = found
     out = Path(ns.out)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(envelope)
+    # 0600 like every snapshot file: it names tenants, providers and identity hashes.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(envelope)
     tmp.replace(out)
     print(f"wrote snapshot v{version} ({len(envelope)} bytes) to {out}", file=sys.stderr)
     return 0

@@ -87,8 +87,15 @@ def start_embedded(data_dir: Path, *, retry_for: float = START_RETRY_SECONDS) ->
         attempt += 1
         with PostgresServer._lock:
             forget_dead_handles(pgdata)
+            forget_dead_postmaster(pgdata)
         try:
             server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+            if not _accepts_connections(server.get_uri()):
+                # Attached to a server that is going down (e.g. just crashed): let go of it
+                # without stopping it, and try again once it is gone.
+                with PostgresServer._lock:
+                    server.global_process_id_list.get_and_remove(os.getpid())
+                raise ConnectionRefusedError(f"the server in {pgdata} does not accept connections")
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, AssertionError, OSError) as exc:
             # pgserver registers the instance before it starts the server: forget the failed
             # one, or the next attempt would be handed it back (and its exit hook would run).
@@ -111,6 +118,34 @@ def start_embedded(data_dir: Path, *, retry_for: float = START_RETRY_SECONDS) ->
             delay = min(delay * 2, 2.0)
             continue
         return EmbeddedPostgres(server, data_dir)
+
+
+def _accepts_connections(uri: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(uri, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def forget_dead_postmaster(pgdata: Path) -> None:
+    """Remove a ``postmaster.pid`` whose process is a zombie: a dead server whose exit its
+    parent has not collected yet. pgserver (and PostgreSQL itself) would take it for a live
+    server and refuse to start a new one. Call with pgserver's lock held."""
+    import psutil
+
+    path = pgdata / "postmaster.pid"
+    try:
+        pid = int(path.read_text().splitlines()[0])
+        zombie = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return
+    if zombie:
+        log.warning("embedded PostgreSQL in %s: postmaster %d is dead; removing its lock file", pgdata, pid)
+        path.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

@@ -210,3 +210,29 @@ def test_a_start_that_keeps_failing_gives_up_after_the_bound_naming_the_cause(cp
         blocker.stdin.close()
         blocker.wait(10)
         (pgdata / "postmaster.pid").unlink()
+
+
+def test_a_crashed_server_not_yet_reaped_is_not_mistaken_for_a_live_one(
+    cp_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pgdata = cp_dir / "postgres"
+    start_embedded(pgdata).stop()
+    # A killed postmaster whose parent has not collected its exit yet: a zombie. pgserver
+    # (and PostgreSQL's own lock-file check) would take it for a running server.
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        dead.kill()
+        wait_until(lambda: psutil.Process(dead.pid).status() == psutil.STATUS_ZOMBIE, message="a zombie")
+        (pgdata / "postmaster.pid").write_text(
+            f"{dead.pid}\n{pgdata}\n{int(time.time())}\n5432\n{pgdata}\n\n  0 0\nready\n"
+        )
+        caplog.set_level(logging.WARNING, logger="controlplane.db.embedded")
+        server = start_embedded(pgdata, retry_for=20)
+        try:
+            assert f"postmaster {dead.pid} is dead; removing its lock file" in caplog.text
+            assert _running(_postmaster_pid(pgdata))
+            assert _postmaster_pid(pgdata) != dead.pid
+        finally:
+            server.stop()
+    finally:
+        dead.wait(10)

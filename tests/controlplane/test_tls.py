@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -45,6 +46,14 @@ async def test_a_client_trusting_the_ca_is_served_and_one_that_does_not_is_refus
         with pytest.raises(grpc.aio.AioRpcError) as untrusted:
             await _health(cp.address, ClientTls(ca=stranger.ca_file))
         assert untrusted.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        # signalbox admin: --ca trusts the control plane; another CA does not.
+        ok = await _admin_cli(cp.address, cp.token, "--ca", str(ca.ca_file))
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.startswith("NODE  VERSION")
+        bad = await _admin_cli(cp.address, cp.token, "--ca", str(stranger.ca_file))
+        assert bad.returncode != 0
+        assert "UNAVAILABLE" in bad.stderr
 
         # A plaintext client cannot talk to a TLS server either.
         with pytest.raises(grpc.aio.AioRpcError) as plaintext:
@@ -159,6 +168,13 @@ def test_controlplane_serve_refuses_a_public_plaintext_listen(tmp_path: Path) ->
     assert "refusing to serve plaintext on a non-loopback address" in done.stderr
     assert "--insecure" in done.stderr
     assert not (tmp_path / "cp" / "postgres").exists()
+
+
+async def _admin_cli(address: str, token: str, *tls: str) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "signalbox", "admin", "--target", address, "--token", token, *tls]
+    return await asyncio.to_thread(
+        subprocess.run, [*args, "node", "list"], capture_output=True, text=True, timeout=60
+    )
 
 
 def _free_port() -> int:
