@@ -49,6 +49,7 @@ from controlplane.snapshots.broker import SnapshotBroker
 from controlplane.snapshots.publish import SnapshotPublisher
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
+from signalbox.tls import ServerTls, add_port
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class ControlPlaneSettings:
 
     listen: str = "127.0.0.1:7700"
     """host:port to serve gRPC on; port 0 picks a free one (see ``ControlPlane.address``)."""
+    tls: ServerTls = field(default_factory=ServerTls)
+    """Certificate, key and client CA; plaintext only on loopback or with ``insecure``."""
     database_url: str | None = None
     """PostgreSQL URL; None starts embedded PostgreSQL in ``<data_dir>/postgres``."""
     data_dir: Path = Path("var/controlplane")
@@ -138,6 +141,8 @@ class ControlPlane:
 
     async def start(self) -> None:
         s = self.settings
+        # Refuse a plaintext public listen (or unreadable certificates) before anything starts.
+        s.tls.credentials(s.listen)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         if s.database_url:
             self.database_url = normalize_url(s.database_url)
@@ -191,7 +196,7 @@ class ControlPlane:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, self._server)
         sync_pb2_grpc.add_ConfigSyncServiceServicer_to_server(self.sync, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        port = self._server.add_insecure_port(s.listen)
+        port = add_port(self._server, s.listen, s.tls)
         if port == 0:
             raise OSError(f"cannot listen on {s.listen}")
         host = s.listen.rsplit(":", 1)[0]
@@ -209,7 +214,12 @@ class ControlPlane:
             sync_pb2.DESCRIPTOR.services_by_name["ConfigSyncService"].full_name,
         ):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("control plane serving on %s (signing key %s)", self.address, self.signer.key_id)
+        log.info(
+            "control plane serving on %s (%s, signing key %s)",
+            self.address,
+            "TLS" if s.tls.enabled else "plaintext",
+            self.signer.key_id,
+        )
 
     async def _reissue_loop(self, snapshots: SnapshotService, interval: float) -> None:
         while True:

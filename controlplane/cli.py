@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
-from signalbox import settings
+from signalbox import settings, tls
 
 SERVE = "controlplane serve"
 BOOTSTRAP = "controlplane bootstrap-admin"
@@ -61,6 +62,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="HOST:PORT for the Admin API, config sync and grpc health (port 0 picks a free one)",
         command=SERVE,
     )
+    tls.add_server_flags(serve, env_prefix="SIGNALBOX_CONTROLPLANE", command=SERVE)
     _database_settings(serve, SERVE)
     add(
         serve,
@@ -138,6 +140,7 @@ def serve_command(ns: argparse.Namespace) -> int:
     settings.configure_logging(ns.log_level)
     cp_settings = ControlPlaneSettings(
         listen=ns.listen,
+        tls=tls.server_tls(ns),
         database_url=ns.database_url or None,
         data_dir=Path(ns.data_dir),
         kek=ns.kek or None,
@@ -243,7 +246,11 @@ def export_command(ns: argparse.Namespace) -> int:
     version, envelope = found
     out = Path(ns.out)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(envelope)
+    # 0600 like every snapshot file: it names tenants, providers and identity hashes.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(envelope)
     tmp.replace(out)
     print(f"wrote snapshot v{version} ({len(envelope)} bytes) to {out}", file=sys.stderr)
     return 0

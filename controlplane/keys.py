@@ -76,11 +76,14 @@ def load_kek(*, kek_b64: str | None, kek_file: Path | None, data_dir: Path) -> K
         except OSError as exc:
             raise InvalidArgument("SIGNALBOX_KEK_FILE", f"cannot read {kek_file}: {exc.strerror}") from exc
     path = data_dir / KEK_FILE_NAME
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # The KEK unseals the signing key: its directory is private too.
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
     try:
         # O_EXCL + mode: the file is never readable by others, not even briefly.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
+        path.chmod(0o600)  # one generated before files were kept private
         return _decode_kek(path.read_bytes(), str(path))
     with os.fdopen(fd, "wb") as f:
         f.write(base64.b64encode(secrets.token_bytes(32)) + b"\n")

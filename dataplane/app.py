@@ -48,6 +48,7 @@ from dataplane.snapshot.store import (
 )
 from dataplane.snapshot.sync_client import SyncClient
 from signalbox.api.infer.v1 import infer_pb2
+from signalbox.tls import ClientTls, ServerTls, add_port
 
 log = logging.getLogger("signalbox.dataplane")
 
@@ -65,6 +66,10 @@ class NodeSettings:
 
     listen: str = "127.0.0.1:7701"
     """host:port of the Infer API and health service; port 0 picks a free port."""
+    tls: ServerTls = field(default_factory=ServerTls)
+    """Certificate, key and client CA of the Infer API; plaintext only on loopback or ``insecure``."""
+    control_plane_tls: ClientTls = field(default_factory=ClientTls)
+    """CA (and client certificate) for the control plane; plaintext only to loopback or ``insecure``."""
     control_plane: str | None = None
     """host:port of the control plane's ConfigSyncService; None: no control plane."""
     trust_keys: tuple[Path, ...] = ()
@@ -91,7 +96,10 @@ class NodeSettings:
     evidence_fsync_interval: float = 0.05
     """Longest time a written evidence record waits for fsync."""
     sync_backoff_base: float = 0.5
-    sync_backoff_cap: float = 30.0
+    sync_backoff_cap: float = 3.0
+    """Longest wait between reconnects: a node is back within about this long of the control plane."""
+    reset_high_water_mark: bool = False
+    """Start although the high-water mark is missing next to a last-known-good (logged loudly)."""
     http_max_connections: int = 512
     http_max_keepalive: int = 128
     http_transport: TransportName = "aiohttp"
@@ -169,6 +177,10 @@ class DataPlaneNode:
 
     async def start(self) -> None:
         s = self.settings
+        # Refuse a plaintext public listen (or unreadable certificates) before anything starts.
+        s.tls.credentials(s.listen)
+        if s.control_plane and s.snapshot_file is None:
+            s.control_plane_tls.credentials(s.control_plane)
         trusted = load_trust_keys(s.trust_keys)
         if not trusted:
             log.warning("no trust key configured: this node will refuse every snapshot")
@@ -191,6 +203,7 @@ class DataPlaneNode:
                 s.credential_dir if s.credential_dir is not None else s.data_dir / CREDENTIALS_DIR_NAME,
                 s.credential_env_prefix,
             ).resolve,
+            reset_high_water_mark=s.reset_high_water_mark,
             on_change=self._on_snapshot,
             # Routes are prepared for where this node really runs, as the pipeline plans them.
             node=self._node_context,
@@ -216,6 +229,7 @@ class DataPlaneNode:
                 scope=s.scope,
                 backoff_base=s.sync_backoff_base,
                 backoff_cap=s.sync_backoff_cap,
+                tls=s.control_plane_tls,
             )
             self._sync_task = asyncio.get_running_loop().create_task(self._sync.run())
         if self._store.current is not None:
@@ -248,7 +262,7 @@ class DataPlaneNode:
         )
         add_to_server(InferService(pipeline), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        port = server.add_insecure_port(s.listen)
+        port = add_port(server, s.listen, s.tls)
         if port == 0:
             raise OSError(f"cannot listen on {s.listen}")
         await server.start()

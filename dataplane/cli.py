@@ -23,7 +23,7 @@ from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotF
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.store import check_envelope, load_trust_keys
-from signalbox import settings
+from signalbox import settings, tls
 from signalbox.api.config.v1 import snapshot_pb2
 
 SERVE = "dataplane serve"
@@ -81,6 +81,32 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         env="SIGNALBOX_CONTROL_PLANE",
         default=None,
         help="HOST:PORT of the control plane's config sync; unset: none",
+        command=SERVE,
+    )
+    tls.add_server_flags(serve, env_prefix="SIGNALBOX_DATAPLANE", command=SERVE)
+    add(
+        serve,
+        "--control-plane-ca",
+        env="SIGNALBOX_CONTROL_PLANE_CA",
+        default=None,
+        help="PEM CA the control plane's certificate must chain to (unset: plaintext to a loopback "
+        "control plane, else the system's roots; --insecure: plaintext)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--control-plane-cert",
+        env="SIGNALBOX_CONTROL_PLANE_CERT",
+        default=None,
+        help="PEM client certificate for a control plane that requires one (with --control-plane-key)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--control-plane-key",
+        env="SIGNALBOX_CONTROL_PLANE_KEY",
+        default=None,
+        help="PEM private key of --control-plane-cert",
         command=SERVE,
     )
     _add_trust_key(serve, SERVE)
@@ -163,6 +189,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         env="SIGNALBOX_CREDENTIAL_DIR",
         default=None,
         help="provider credential files may only be read inside this directory (default <data-dir>/credentials)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--reset-high-water-mark",
+        env="SIGNALBOX_RESET_HIGH_WATER_MARK",
+        default=False,
+        action="store_true",
+        help="start although hwm.json is missing next to a last-known-good (rollback protection "
+        "restarts from that snapshot; logged loudly)",
         command=SERVE,
     )
     add(
@@ -256,6 +292,14 @@ def serve_command(ns: argparse.Namespace) -> int:
         credential_dir=Path(ns.credential_dir) if ns.credential_dir else None,
         drain_seconds=ns.drain_seconds,
         max_retry_after=ns.max_retry_after,
+        tls=tls.server_tls(ns),
+        control_plane_tls=tls.ClientTls(
+            ca=Path(ns.control_plane_ca) if ns.control_plane_ca else None,
+            cert=Path(ns.control_plane_cert) if ns.control_plane_cert else None,
+            key=Path(ns.control_plane_key) if ns.control_plane_key else None,
+            insecure=ns.insecure,
+        ),
+        reset_high_water_mark=ns.reset_high_water_mark,
     )
 
     async def run() -> None:

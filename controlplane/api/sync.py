@@ -21,6 +21,10 @@ from google.protobuf.json_format import MessageToDict
 from controlplane.services.nodes import NodeHello, NodeService
 from controlplane.snapshots.broker import CLOSED, SnapshotBroker, Subscription
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
+from signalbox.text import printable
+
+MAX_NODE_ID_CHARS = 256
+MAX_REASON_LOG_CHARS = 500
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,14 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             )
         hello = first.hello
         node_id = hello.node_id
+        if len(node_id) > MAX_NODE_ID_CHARS or printable(node_id, MAX_NODE_ID_CHARS) != node_id:
+            # The id keys the node's row and appears in every log line about it: no control
+            # characters (a newline would forge log lines), no unbounded length.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"hello.node_id: must be 1..{MAX_NODE_ID_CHARS} characters without control characters "
+                f'(got "{printable(node_id, 80)}")',
+            )
         row = await self._nodes.hello(
             NodeHello(
                 node_id=node_id,
@@ -95,7 +107,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         sub = self._broker.subscribe(node_id)
         self.streams[node_id] = self.streams.get(node_id, 0) + 1
         reader = asyncio.create_task(self._read(request_iterator, state, sub), name=f"sync-read-{node_id}")
-        log.info("node %s connected (applied v%d)", node_id, state.applied)
+        log.info("node %s connected (applied v%d)", printable(node_id), state.applied)
         try:
             sub.queue.put_nowait(None)  # look at the newest snapshot right away
             while True:
@@ -121,7 +133,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 task = asyncio.create_task(self._nodes.disconnected(node_id))
                 self._bookkeeping.add(task)
                 task.add_done_callback(self._bookkeeping.discard)
-            log.info("node %s disconnected", node_id)
+            log.info("node %s disconnected", printable(node_id))
 
     def _due(self, state: _StreamState) -> snapshot_pb2.SignedEnvelope | None:
         latest = self._broker.latest
@@ -144,7 +156,12 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 elif kind == "nack":
                     nack = message.nack
                     state.refused.add((nack.version, bytes(nack.payload_sha256)))
-                    log.warning("node %s refused v%d: %s", state.node_id, nack.version, nack.reason)
+                    log.warning(
+                        "node %s refused v%d: %s",
+                        printable(state.node_id),
+                        nack.version,
+                        printable(nack.reason, MAX_REASON_LOG_CHARS),
+                    )
                     await self._nodes.nack(state.node_id, nack.version, nack.payload_sha256, nack.reason)
         except grpc.aio.AioRpcError:
             pass  # the node went away; the stream ends below

@@ -13,11 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from controlplane.db.models import Node, NodeNack
 from controlplane.repositories import nodes as repo
 from controlplane.repositories import snapshots as snapshot_repo
+from signalbox.text import printable
 
 log = logging.getLogger(__name__)
 
-# Reasons come from nodes; keep what is stored bounded.
+# Reasons, versions and ids come from nodes: what is stored is escaped (no control
+# characters, so no forged lines wherever it is shown) and bounded.
 MAX_REASON_CHARS = 2000
+MAX_VERSION_CHARS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +45,7 @@ class NodeService:
             if node is None:
                 node = Node(node_id=hello.node_id, first_seen_at=now)
                 session.add(node)
-            node.software_version = hello.software_version
+            node.software_version = printable(hello.software_version, MAX_VERSION_CHARS)
             node.mode = hello.mode
             node.scope = hello.scope
             node.applied_version = hello.applied_version
@@ -65,14 +68,14 @@ class NodeService:
                 log.error(
                     "node %s serves v%d, newer than any snapshot here (latest v%d); it will refuse "
                     "new snapshots until the version passes that",
-                    hello.node_id,
+                    printable(hello.node_id),
                     hello.applied_version,
                     latest.version if latest is not None else 0,
                 )
         elif hello.applied_hash and bytes(stored.sha256) != hello.applied_hash:
             log.error(
                 "ALARM: node %s serves v%d with hash %s, but this control plane signed %s under that version",
-                hello.node_id,
+                printable(hello.node_id),
                 hello.applied_version,
                 hello.applied_hash.hex(),
                 bytes(stored.sha256).hex(),
@@ -94,18 +97,17 @@ class NodeService:
 
     async def nack(self, node_id: str, version: int, sha256: bytes, reason: str) -> None:
         now = datetime.now(UTC)
+        reason = printable(reason, MAX_REASON_CHARS)
         async with self.sessions() as session, session.begin():
             node = await repo.get(session, node_id, for_update=True)
             if node is None:
                 return
             node.last_nack_version = version
             node.last_nack_hash = sha256
-            node.last_nack_reason = reason[:MAX_REASON_CHARS]
+            node.last_nack_reason = reason
             node.last_nack_at = now
             node.last_seen_at = now
-            session.add(
-                NodeNack(node_id=node_id, version=version, sha256=sha256, reason=reason[:MAX_REASON_CHARS])
-            )
+            session.add(NodeNack(node_id=node_id, version=version, sha256=sha256, reason=reason))
 
     async def refused(self, node_id: str) -> set[tuple[int, bytes]]:
         """Every (version, payload hash) the node has NACKed: never send those again."""

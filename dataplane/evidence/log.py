@@ -81,10 +81,12 @@ class EvidenceLog:
 
     async def start(self) -> None:
         """Open the log, recover the chain head from its tail, start the fsync task."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Evidence names tenants, models and callers: 0600 in a 0700 directory.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path.parent.chmod(0o700)
         self._head = await asyncio.to_thread(_recover_tail, self.path)
         # Unbuffered: each record goes to the OS in one write() call, never split.
-        self._file = await asyncio.to_thread(open, self.path, "ab", buffering=0)
+        self._file = await asyncio.to_thread(_open_private_append, self.path)
         self._syncer = asyncio.get_running_loop().create_task(self._sync_loop())
 
     def append(self, fields: Mapping[str, Any]) -> str:
@@ -143,6 +145,12 @@ class EvidenceLog:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _open_private_append(path: Path) -> BinaryIO:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # a log created before files were private
+    return os.fdopen(fd, "ab", buffering=0)
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:

@@ -20,7 +20,13 @@ to the end on it; the old adapters are closed when its last request finishes.
 Files under ``<data_dir>/snapshot/``: ``lkg.envelope`` (the exact ``SignedEnvelope``
 bytes) and ``hwm.json`` (``{"version": N, "sha256": "<hex>"}``). The high-water
 mark is kept apart from the envelope so deleting or replacing the envelope can
-never roll the node back.
+never roll the node back, and it is as hard to lose as the envelope: a store whose
+``lkg.envelope`` exists without ``hwm.json`` refuses to start (``SnapshotFileInvalid``)
+unless the operator says ``reset_high_water_mark`` (logged at ERROR); the mark then
+restarts from the last-known-good. An air-gapped pin is checked against the mark
+too, and serving it raises the mark and persists it as last-known-good, so neither
+an older pin nor a deleted mark brings an older snapshot back. Every file here is
+0600 in a 0700 directory: snapshots name the node's providers and identity hashes.
 """
 
 from __future__ import annotations
@@ -164,6 +170,7 @@ class SnapshotStore:
         data_dir: Path,
         client: httpx.AsyncClient,
         allow_expired: bool = False,
+        reset_high_water_mark: bool = False,
         resolve_credential: CredentialResolver | None = None,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[ServingState], Awaitable[None]] | None = None,
@@ -190,6 +197,18 @@ class SnapshotStore:
         self.last_rejection: str = ""
         """The reason of the most recent NACK, for status output."""
         self._hwm = self._read_hwm()
+        if self._hwm is None and (self._dir / LKG_FILE).exists():
+            if not reset_high_water_mark:
+                raise SnapshotFileInvalid(
+                    f"{self._dir / HWM_FILE}: high-water mark missing next to {LKG_FILE}; rollback "
+                    "protection cannot be trusted. Restore the file, or start once with "
+                    "--reset-high-water-mark to restart it from the last-known-good"
+                )
+            log.error(
+                "HIGH-WATER MARK RESET: %s was missing and --reset-high-water-mark was given; "
+                "rollback protection restarts from the last-known-good snapshot",
+                self._dir / HWM_FILE,
+            )
 
     # ---- reading ----
 
@@ -254,9 +273,10 @@ class SnapshotStore:
         """Air-gapped pin: serve the envelope in ``path``; raise ``SnapshotFileInvalid`` if invalid."""
         raw, envelope = await read_envelope_file(Path(path))
         async with self._lock:
-            # A pin is an operator's explicit choice: no high-water mark applies to it,
-            # and nothing is persisted, so removing the pin returns to the normal flow.
-            result = await self._apply(envelope, persist=False, raw=raw, pinned=True)
+            # Checked against the persisted high-water mark like any snapshot, and persisted
+            # as last-known-good with the mark raised: an older pin is refused afterwards,
+            # and deleting the mark is noticed. Removing the pin returns to the normal flow.
+            result = await self._apply(envelope, persist=True, raw=raw)
         if not result.accepted:
             raise SnapshotFileInvalid(f"{path}: {result.reason}")
         return result
@@ -274,7 +294,6 @@ class SnapshotStore:
         persist: bool,
         raw: bytes | None,
         from_disk: bool = False,
-        pinned: bool = False,
     ) -> ApplyResult:
         try:
             # Compiling a large snapshot (10,000 tenants) takes seconds; in a worker
@@ -287,7 +306,7 @@ class SnapshotStore:
 
         version, digest = config.version, config.payload_sha256
         hwm = self._hwm
-        if hwm is not None and not pinned:
+        if hwm is not None:
             if version < hwm.version:
                 return self._reject(
                     version, digest, f"rollback: version {version} is below the applied version {hwm.version}"
@@ -326,8 +345,7 @@ class SnapshotStore:
             # The envelope is written before the mark: a crash in between leaves the
             # envelope ahead, and the mark catches up here.
             await asyncio.to_thread(self._write_hwm, HighWaterMark(version, digest))
-        if not pinned:
-            self._hwm = HighWaterMark(version, digest)
+        self._hwm = HighWaterMark(version, digest)
         await self._publish(state)
         log.info("serving snapshot %d (%s) signed by %s", version, digest.hex()[:12], key_id)
         return ApplyResult(True, version, digest, changed=True)
@@ -416,12 +434,18 @@ class SnapshotStore:
     # ---- persistence ----
 
     def _write_lkg(self, data: bytes, hwm: HighWaterMark) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self._dir)
+        first = not (self._dir / HWM_FILE).exists()
+        if first:
+            # The very first time the mark goes first: a crash in between must not leave an
+            # envelope without a mark, which refuses to start.
+            self._write_hwm(hwm)
         _atomic_write(self._dir / LKG_FILE, data)
-        self._write_hwm(hwm)
+        if not first:
+            self._write_hwm(hwm)
 
     def _write_hwm(self, hwm: HighWaterMark) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self._dir)
         body = json.dumps({"version": hwm.version, "sha256": hwm.sha256.hex()}).encode()
         _atomic_write(self._dir / HWM_FILE, body)
 
@@ -482,9 +506,19 @@ async def read_envelope_file(path: Path) -> tuple[bytes, snapshot_pb2.SignedEnve
     return raw, envelope
 
 
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if needed; the directory itself is 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with suppress(FileNotFoundError):
+        tmp.unlink()  # a leftover of a crash may have other modes; O_EXCL below needs it gone
+    # 0600 from the first byte: never readable by others, not even briefly.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -6,6 +6,9 @@ answers each with an Ack or a Nack carrying the reason. When the control plane
 is unreachable or the stream breaks, the node keeps serving its last-known-good
 and reconnects after ``uniform(0, min(cap, base * 2**failures))`` seconds ("full
 jitter"), so a control-plane restart does not bring every node back at once.
+The cap is small (3 s by default): after an outage of any length a node is back
+within about that long of the control plane's return, and the uniform draw still
+spreads a fleet's reconnects over the whole window.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataplane.config.model import DeploymentMode, Scope
 from dataplane.snapshot.compile import MODE_TO_PROTO
 from dataplane.snapshot.store import ApplyResult, SnapshotStore
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
+from signalbox.tls import ClientTls, aio_channel
 
 log = logging.getLogger("signalbox.dataplane.sync")
 
@@ -32,8 +36,9 @@ _HEALTHY_STREAM_S = 5.0
 
 
 def full_jitter(failures: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait before reconnect attempt number ``failures`` (1, 2, ...)."""
-    return rand() * min(cap, base * 2.0 ** max(0, failures - 1))
+    """Seconds to wait before reconnect attempt number ``failures`` (1, 2, ...); never above ``cap``."""
+    # Capping the exponent too: 2.0 ** 1100 overflows, and failures grow without bound.
+    return rand() * min(cap, base * 2.0 ** min(max(0, failures - 1), 64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,8 @@ class SyncClient:
         mode: DeploymentMode,
         scope: Scope,
         backoff_base: float = 0.5,
-        backoff_cap: float = 30.0,
+        backoff_cap: float = 3.0,
+        tls: ClientTls | None = None,
     ) -> None:
         self._target = target
         self._store = store
@@ -68,6 +74,7 @@ class SyncClient:
         self._scope = scope
         self._base = backoff_base
         self._cap = backoff_cap
+        self._tls = tls if tls is not None else ClientTls()
         self._connected = False
         self._connects = 0
         self._failures = 0
@@ -135,7 +142,7 @@ class SyncClient:
 
         # A fresh channel per attempt: our own backoff decides when to retry, not
         # the channel's internal reconnect timer.
-        async with grpc.aio.insecure_channel(self._target) as channel:
+        async with aio_channel(self._target, self._tls) as channel:
             stub = sync_pb2_grpc.ConfigSyncServiceStub(channel)
             call = stub.Sync(requests())
             self._connects += 1

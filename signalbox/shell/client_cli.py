@@ -16,7 +16,7 @@ from typing import TextIO
 import grpc
 from google.protobuf import json_format
 
-from signalbox import settings
+from signalbox import settings, tls
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 
 COMMAND = "infer"
@@ -55,6 +55,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="HOST:PORT of a data-plane node",
         command=COMMAND,
     )
+    tls.add_client_flags(parser, env_prefix="SIGNALBOX_INFER", command=COMMAND)
     settings.add(parser, "--api-key", env="SIGNALBOX_API_KEY", help="the caller's API key", command=COMMAND)
     settings.add(
         parser,
@@ -172,7 +173,12 @@ def run(ns: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None
         temperature=ns.temperature,
     )
     metadata = (("authorization", f"Bearer {ns.api_key}"),)
-    with grpc.insecure_channel(ns.target) as channel:
+    try:
+        channel = tls.sync_channel(ns.target, tls.client_tls(ns))
+    except tls.TlsConfigError as exc:
+        print(f"signalbox infer: {exc}", file=err)
+        return 2
+    with channel:
         stub = infer_pb2_grpc.InferServiceStub(channel)
         try:
             if ns.stream:

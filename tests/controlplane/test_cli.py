@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -166,6 +167,7 @@ async def test_export_snapshot_writes_the_newest_signed_envelope(
     envelope = snapshot_pb2.SignedEnvelope.FromString(out.read_bytes())
     assert verify(envelope, {control_plane.key_id: control_plane.public_key}) == control_plane.key_id
     assert snapshot_pb2.Snapshot.FromString(envelope.payload).version == await admin.latest_version()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # a snapshot file is private
 
 
 async def test_serve_on_embedded_postgres_then_sigterm_stops_cleanly(private_tmp: Path) -> None:

@@ -35,6 +35,17 @@ def test_generated_kek_file_is_private_and_reused(tmp_path: Path) -> None:
     assert load_kek(kek_b64=None, kek_file=None, data_dir=tmp_path) == first
 
 
+def test_the_kek_directory_is_private_and_an_older_kek_file_is_narrowed(tmp_path: Path) -> None:
+    data_dir = tmp_path / "cp"
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)
+    first = load_kek(kek_b64=None, kek_file=None, data_dir=data_dir)
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    (data_dir / KEK_FILE_NAME).chmod(0o644)  # written by an older version
+    assert load_kek(kek_b64=None, kek_file=None, data_dir=data_dir) == first
+    assert stat.S_IMODE((data_dir / KEK_FILE_NAME).stat().st_mode) == 0o600
+
+
 @pytest.mark.parametrize("value", ["not base64!", base64.b64encode(b"short").decode()])
 def test_bad_kek_is_invalid(tmp_path: Path, value: str) -> None:
     with pytest.raises(InvalidArgument) as info:

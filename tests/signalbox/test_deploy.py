@@ -51,3 +51,46 @@ def test_the_container_build_copies_everything_the_wheel_is_built_from() -> None
     }
 
     assert set(SOURCES) <= copied
+
+
+def _settings(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^\s*(?:ENV\s+)?(SIGNALBOX_[A-Z0-9_]+)=(\S+?)\s*\\?$", text, re.MULTILINE))
+
+
+@pytest.mark.parametrize(
+    ("path", "prefix"),
+    [
+        (DEPLOY / "systemd" / "controlplane.env", "SIGNALBOX_CONTROLPLANE"),
+        (DEPLOY / "systemd" / "dataplane.env", "SIGNALBOX_DATAPLANE"),
+        (DEPLOY / "Containerfile", "SIGNALBOX_CONTROLPLANE"),
+        (DEPLOY / "Containerfile", "SIGNALBOX_DATAPLANE"),
+    ],
+    ids=lambda v: v.name if isinstance(v, Path) else v,
+)
+def test_a_public_listen_in_deploy_serves_tls_not_plaintext(path: Path, prefix: str) -> None:
+    from signalbox.tls import ServerTls, is_loopback
+
+    values = _settings(path.read_text())
+    listen = values[f"{prefix}_LISTEN"]
+    assert not is_loopback(listen)
+    assert values.get(f"{prefix}_INSECURE", "") in ("", "0", "false")
+    cert, key = values.get(f"{prefix}_TLS_CERT"), values.get(f"{prefix}_TLS_KEY")
+    assert cert, f"{path.name}: {prefix}_LISTEN={listen} without {prefix}_TLS_CERT"
+    assert key, f"{path.name}: {prefix}_LISTEN={listen} without {prefix}_TLS_KEY"
+    assert cert.startswith("/etc/signalbox/tls/")
+    assert key.startswith("/etc/signalbox/tls/")
+    # And without them the server would refuse to start:
+    with pytest.raises(ValueError, match="refusing to serve plaintext"):
+        ServerTls().credentials(listen)
+
+
+def test_deployed_nodes_verify_the_control_plane_certificate() -> None:
+    node = _settings((DEPLOY / "systemd" / "dataplane.env").read_text())
+    assert node["SIGNALBOX_CONTROL_PLANE_CA"].startswith("/etc/signalbox/tls/")
+    cp = _settings((DEPLOY / "systemd" / "controlplane.env").read_text())
+    # The control plane requires client certificates, so nodes present one.
+    assert cp.get("SIGNALBOX_CONTROLPLANE_TLS_CLIENT_CA")
+    assert node.get("SIGNALBOX_CONTROL_PLANE_CERT")
+    assert node.get("SIGNALBOX_CONTROL_PLANE_KEY")
+    image = _settings((DEPLOY / "Containerfile").read_text())
+    assert image["SIGNALBOX_CONTROL_PLANE_CA"].startswith("/etc/signalbox/tls/")

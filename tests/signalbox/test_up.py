@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -44,11 +45,30 @@ def assert_demo_output(stdout: str) -> None:
     assert re.search(r'signalbox infer --target 127\.0\.0\.1:\d+ --api-key \S+ "hello"', stdout), stdout
 
 
+def assert_private_and_token_only_on_the_terminal(stack_dir: Path, stdout: str) -> None:
+    shown = re.search(r"^Admin token \(shown once\): (\S+)$", stdout, re.M)
+    assert shown is not None, stdout
+    token = shown.group(1).encode()
+    holding = [p for p in stack_dir.rglob("*") if p.is_file() and token in p.read_bytes()]
+    assert holding == [], f"the admin token was written to {holding}"
+    logs = stack_dir / "logs"
+    # Not the directories above the embedded PGDATA: run as root, pgserver opens those to its
+    # own unprivileged user (o+x) so that PostgreSQL can reach its data.
+    for directory in (logs, stack_dir / "node"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    private = [*logs.glob("*.log"), *(stack_dir / "node" / "snapshot").iterdir()]
+    private += list((stack_dir / "node" / "evidence").iterdir())
+    assert len(private) >= 4
+    for path in private:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
 def test_up_once_serves_a_request_end_to_end_and_exits_cleanly(stack_dir: Path) -> None:
     first = subprocess.run(up_command(stack_dir, "--once"), capture_output=True, text=True, timeout=540)
     assert first.returncode == 0, first.stderr + first.stdout
     assert_demo_output(first.stdout)
     assert (stack_dir / "controlplane" / "trust-key.pub").exists()
+    assert_private_and_token_only_on_the_terminal(stack_dir, first.stdout)
 
     # Again over the same data dir: the seed is updated, not duplicated, and a new key works.
     second = subprocess.run(up_command(stack_dir, "--once"), capture_output=True, text=True, timeout=540)

@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.text import printable
 
 
 class Output:
@@ -96,14 +97,15 @@ def policy_row(p: admin_pb2.Policy) -> tuple[object, ...]:
 
 def node_row(n: admin_pb2.Node) -> tuple[object, ...]:
     mode = enum_name(common_pb2.DeploymentMode, "DEPLOYMENT_MODE_", n.mode)
+    # What nodes said is shown escaped: a control plane of another version may store it raw.
     return (
-        n.node_id,
-        n.software_version,
+        printable(n.node_id),
+        printable(n.software_version, 100),
         mode,
         f"v{n.applied_version} {n.applied_hash.hex()[:12]}",
         "yes" if n.connected else "no",
         f"v{n.last_nack_version}" if n.last_nack_version else "",
-        n.last_nack_reason,
+        printable(n.last_nack_reason, 200),
         _time(n.last_seen_at),
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from signalbox import settings
+from signalbox import settings, tls
 from signalbox.shell.admin_cli.commands import (
     Action,
     key_create,
@@ -89,6 +89,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="HOST:PORT of the control plane",
         command=COMMAND,
     )
+    tls.add_client_flags(parser, env_prefix="SIGNALBOX_ADMIN", command=COMMAND)
     settings.add(
         parser,
         "--token",

@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from signalbox import tls
 from signalbox.api.admin.v1 import admin_pb2_grpc
 from signalbox.errors import Error
 from signalbox.shell.admin_cli.commands import Action, Stub
@@ -35,7 +36,7 @@ def admin_command(ns: argparse.Namespace) -> int:
     action: Action = ns.admin_action
 
     async def run() -> Output:
-        async with grpc.aio.insecure_channel(ns.target) as channel:
+        async with tls.aio_channel(ns.target, tls.client_tls(ns)) as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
             metadata = (("authorization", f"Bearer {ns.token}"),)
             wrapped = _with_call_options(stub, metadata, ns.timeout)
@@ -46,7 +47,7 @@ def admin_command(ns: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as exc:
         print(f"signalbox admin: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return EXIT_CODES.get(exc.code(), 1)
-    except OSError as exc:
+    except (OSError, tls.TlsConfigError) as exc:
         print(f"signalbox admin: {exc}", file=sys.stderr)
         return 1
     except Error as exc:  # refused before sending (controlplane.limits)

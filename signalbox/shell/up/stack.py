@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -17,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -130,8 +131,10 @@ class LocalStack:
         if progress is not None:
             self._progress = progress
         cfg = self.config
-        for directory in (self.controlplane_dir, self.node_dir, self.log_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+        for directory in (cfg.data_dir, self.controlplane_dir, self.node_dir, self.log_dir):
+            # Keys, snapshots, evidence and logs: for this user only.
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.chmod(0o700)
 
         await self._start_simulator()
         self._progress(f"simulator on {self.simulator_url}")
@@ -240,7 +243,6 @@ class LocalStack:
 
     async def _bootstrap_admin(self) -> str:
         log = self.log_dir / "bootstrap-admin.log"
-        out = self.log_dir / "bootstrap-admin.out"
         args = [
             "controlplane",
             "bootstrap-admin",
@@ -249,16 +251,27 @@ class LocalStack:
             "--name",
             "signalbox-up",
         ]
-        # stdout to a file, not a pipe: an embedded PostgreSQL it starts may outlive it and
-        # would hold a pipe open forever.
-        with log.open("ab") as err, out.open("wb") as stdout:
-            process = await asyncio.create_subprocess_exec(
-                *self._command(args, self.config.controlplane_cpus),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=err,
-                start_new_session=True,
-            )
+        # The token goes through a pipe, never a file: it is shown once, on the terminal. The
+        # pipe is read only after the command exits (an embedded PostgreSQL it starts may
+        # outlive it and hold the write end open forever, so no read to EOF).
+        read_end, write_end = os.pipe()
+        try:
+            with _private_log(log) as err:
+                process = await asyncio.create_subprocess_exec(
+                    *self._command(args, self.config.controlplane_cpus),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=write_end,
+                    stderr=err,
+                    start_new_session=True,
+                )
+        finally:
+            os.close(write_end)
+        try:
+            return await self._bootstrap_token(process, log, read_end)
+        finally:
+            os.close(read_end)
+
+    async def _bootstrap_token(self, process: asyncio.subprocess.Process, log: Path, read_end: int) -> str:
         try:
             code = await asyncio.wait_for(process.wait(), self.config.startup_timeout)
         except TimeoutError:
@@ -272,7 +285,7 @@ class LocalStack:
             # Python exit stops the embedded PostgreSQL it started.
             await _terminate(process, sig=signal.SIGINT)
             raise
-        lines = out.read_text().strip().splitlines()
+        lines = _drain(read_end).decode(errors="replace").strip().splitlines()
         if code != 0 or not lines:
             raise StackError(f"bootstrap-admin failed with status {code}\n{_tail(log)}")
         return lines[-1].strip()
@@ -315,7 +328,7 @@ class LocalStack:
         self, name: str, args: Sequence[str], cpus: str | None, module: str = "signalbox"
     ) -> _Child:
         log = self.log_dir / f"{name}.log"
-        with log.open("ab") as sink:
+        with _private_log(log) as sink:
             # A session of its own: Ctrl-C reaches only `up`, which then stops children in order.
             process = await asyncio.create_subprocess_exec(
                 *self._command(args, cpus, module),
@@ -374,6 +387,30 @@ async def _terminate(
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
+
+
+def _private_log(path: Path) -> IO[bytes]:
+    """``path`` opened for appending, 0600 (also when it already existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+def _drain(fd: int, limit: int = 1 << 16) -> bytes:
+    """What is buffered in pipe ``fd`` now, without waiting for EOF."""
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        try:
+            chunk = os.read(fd, limit - size)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _tail(log: Path, lines: int = 30) -> str:

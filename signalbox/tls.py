@@ -1,0 +1,236 @@
+"""TLS for the Admin/config-sync API and the Infer API, and for their clients.
+
+One rule on both sides, so nothing leaves a machine in plaintext by accident:
+
+* a server listens with TLS when given a certificate and key (``--tls-cert``,
+  ``--tls-key``; ``--tls-client-ca`` also requires and verifies client
+  certificates). Without them it listens in plaintext only on a loopback address
+  (``127.0.0.0/8``, ``::1``, ``localhost``) or when ``--insecure`` says so
+  explicitly; anything else refuses to start (``InsecureListen``);
+* a client uses TLS when given a CA (``--ca``) or a client certificate, and with the
+  system's roots for a non-loopback target; plaintext only to a loopback target or
+  with ``--insecure``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from signalbox import settings
+
+
+class TlsConfigError(ValueError):
+    """A TLS setting is missing, contradictory or unreadable; the message names the flag."""
+
+
+class InsecureListen(TlsConfigError):
+    """A plaintext listen address that is not loopback, without ``--insecure``."""
+
+
+def host_of(address: str) -> str:
+    """The host of ``host:port`` (``[::1]:7700`` -> ``::1``); the whole string when there is no port."""
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host
+
+
+def is_loopback(address: str) -> bool:
+    """True when ``host:port`` can only be reached from this machine."""
+    host = host_of(address).strip().lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname, "", "0.0.0.0", "[::]": reachable from elsewhere
+
+
+def _read(path: Path, flag: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TlsConfigError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from exc
+    if b"-----BEGIN" not in data:
+        raise TlsConfigError(f"{flag}: {path} is not a PEM file")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """How a server listens: certificate and key, optional client CA, or explicit plaintext."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+    """Require client certificates signed by this CA (mutual TLS)."""
+    insecure: bool = False
+    """Allow plaintext on a non-loopback address."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+    def credentials(self, listen: str) -> grpc.ServerCredentials | None:
+        """Server credentials, or None for plaintext when that is allowed; else ``TlsConfigError``."""
+        if (self.cert is None) != (self.key is None):
+            raise TlsConfigError("--tls-cert and --tls-key: give both or neither")
+        if self.cert is None or self.key is None:
+            if self.client_ca is not None:
+                raise TlsConfigError("--tls-client-ca: needs --tls-cert and --tls-key")
+            if not self.insecure and not is_loopback(listen):
+                raise InsecureListen(
+                    f"--listen {listen}: refusing to serve plaintext on a non-loopback address; "
+                    "give --tls-cert and --tls-key, or --insecure to allow plaintext explicitly"
+                )
+            return None
+        pair = (_read(self.key, "--tls-key"), _read(self.cert, "--tls-cert"))
+        if self.client_ca is None:
+            return grpc.ssl_server_credentials([pair])
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=_read(self.client_ca, "--tls-client-ca"), require_client_auth=True
+        )
+
+
+def add_port(server: grpc.aio.Server, listen: str, tls: ServerTls) -> int:
+    """Bind ``server`` to ``listen`` with or without TLS per ``tls``; return the port (0: failed)."""
+    creds = tls.credentials(listen)
+    if creds is None:
+        return server.add_insecure_port(listen)
+    return server.add_secure_port(listen, creds)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """How a client connects: trusted CA, optional client certificate, or explicit plaintext."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False
+
+    def credentials(self, target: str) -> grpc.ChannelCredentials | None:
+        """Channel credentials, or None for plaintext (loopback target or ``insecure``)."""
+        if (self.cert is None) != (self.key is None):
+            raise TlsConfigError("--client-cert and --client-key: give both or neither")
+        if self.ca is None and self.cert is None and (self.insecure or is_loopback(target)):
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=None if self.ca is None else _read(self.ca, "--ca"),
+            private_key=None if self.key is None else _read(self.key, "--client-key"),
+            certificate_chain=None if self.cert is None else _read(self.cert, "--client-cert"),
+        )
+
+
+def aio_channel(target: str, tls: ClientTls) -> grpc.aio.Channel:
+    """An asyncio channel to ``target`` per ``tls``."""
+    creds = tls.credentials(target)
+    if creds is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(target, creds)
+
+
+def sync_channel(target: str, tls: ClientTls) -> grpc.Channel:
+    """A blocking channel to ``target`` per ``tls``."""
+    creds = tls.credentials(target)
+    if creds is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, creds)
+
+
+def _path(raw: str | None) -> Path | None:
+    return Path(raw) if raw else None
+
+
+# ---- settings shared by the commands ----
+
+
+def add_server_flags(parser: argparse.ArgumentParser, *, env_prefix: str, command: str) -> None:
+    """``--tls-cert``, ``--tls-key``, ``--tls-client-ca`` and ``--insecure`` for a server."""
+    add = settings.add
+    add(
+        parser,
+        "--tls-cert",
+        env=f"{env_prefix}_TLS_CERT",
+        help="PEM certificate chain to serve TLS with (with --tls-key)",
+        command=command,
+    )
+    add(
+        parser,
+        "--tls-key",
+        env=f"{env_prefix}_TLS_KEY",
+        help="PEM private key of --tls-cert",
+        command=command,
+    )
+    add(
+        parser,
+        "--tls-client-ca",
+        env=f"{env_prefix}_TLS_CLIENT_CA",
+        help="PEM CA: require client certificates it signed (mutual TLS)",
+        command=command,
+    )
+    add(
+        parser,
+        "--insecure",
+        env=f"{env_prefix}_INSECURE",
+        default=False,
+        action="store_true",
+        help="allow plaintext on a non-loopback address (default: refuse to start without TLS)",
+        command=command,
+    )
+
+
+def server_tls(ns: argparse.Namespace) -> ServerTls:
+    return ServerTls(
+        cert=_path(ns.tls_cert),
+        key=_path(ns.tls_key),
+        client_ca=_path(ns.tls_client_ca),
+        insecure=bool(ns.insecure),
+    )
+
+
+def add_client_flags(parser: argparse.ArgumentParser, *, env_prefix: str, command: str) -> None:
+    """``--ca``, ``--client-cert``, ``--client-key`` and ``--insecure`` for a client."""
+    add = settings.add
+    add(
+        parser,
+        "--ca",
+        env=f"{env_prefix}_CA",
+        help="PEM CA the server's certificate must chain to (unset: plaintext to loopback, "
+        "else the system's roots)",
+        command=command,
+    )
+    add(
+        parser,
+        "--client-cert",
+        env=f"{env_prefix}_CLIENT_CERT",
+        help="PEM client certificate for servers that require one (with --client-key)",
+        command=command,
+    )
+    add(
+        parser,
+        "--client-key",
+        env=f"{env_prefix}_CLIENT_KEY",
+        help="PEM private key of --client-cert",
+        command=command,
+    )
+    add(
+        parser,
+        "--insecure",
+        env=f"{env_prefix}_INSECURE",
+        default=False,
+        action="store_true",
+        help="plaintext to a non-loopback target (default: TLS)",
+        command=command,
+    )
+
+
+def client_tls(ns: argparse.Namespace) -> ClientTls:
+    return ClientTls(
+        ca=_path(ns.ca), cert=_path(ns.client_cert), key=_path(ns.client_key), insecure=bool(ns.insecure)
+    )

@@ -1,0 +1,89 @@
+"""What nodes say is escaped before it is logged, stored or shown: no forged log lines."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+
+from signalbox.api.admin.v1 import admin_pb2
+from signalbox.api.config.v1 import sync_pb2, sync_pb2_grpc
+from signalbox.shell.admin_cli.output import node_row
+from signalbox.text import printable
+from tests.controlplane.conftest import TIMEOUT, Admin, SyncNode
+from tests.fixtures.postgres import RunningControlPlane
+from tests.helpers import eventually
+
+HOSTILE = "bad payload\nWARNING controlplane: forged line\x1b[2J\x1b[31mred\x07\u202eevil"
+ESCAPED = "bad payload\\nWARNING controlplane: forged line\\x1b[2J\\x1b[31mred\\x07\\u202eevil"
+
+
+def test_printable_escapes_controls_and_clips() -> None:
+    assert printable(HOSTILE) == ESCAPED
+    assert printable("back\\slash\r\ttab") == "back\\slash\\r\\ttab"
+    assert printable(printable(HOSTILE)) == ESCAPED  # idempotent: stored escaped, shown the same
+    assert printable("plain ümlaut 日本") == "plain ümlaut 日本"
+    clipped = printable("x" * 10_000, 100)
+    assert clipped.startswith("x" * 100)
+    assert clipped.endswith("...[9900 more chars]")
+    assert len(printable("\n" * 10_000, 100)) < 130
+
+
+async def _node(admin: Admin, node_id: str) -> admin_pb2.Node:
+    nodes = (await admin.ListNodes(admin_pb2.ListNodesRequest())).nodes
+    found = [n for n in nodes if n.node_id == node_id]
+    assert found, f"node {node_id} not listed"
+    return found[0]
+
+
+async def test_a_nack_reason_with_newlines_and_ansi_escapes_is_escaped_everywhere(
+    admin: Admin, sync_nodes: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    node: SyncNode = await sync_nodes("node-hostile")  # type: ignore[operator]
+    envelope = await node.next_envelope()
+    version = node.verified(envelope).version
+    with caplog.at_level(logging.WARNING, logger="controlplane.api.sync"):
+        node.nack(envelope, version, HOSTILE)
+
+        async def nack_recorded() -> bool:
+            return (await _node(admin, "node-hostile")).last_nack_version == version
+
+        await eventually(nack_recorded, message="NACK visible in ListNodes")
+
+    logged = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert logged == [f"node node-hostile refused v{version}: {ESCAPED}"]
+    assert "\x1b" not in caplog.text
+
+    stored = await _node(admin, "node-hostile")
+    assert stored.last_nack_reason == ESCAPED
+    shown = node_row(stored)
+    assert ESCAPED in shown
+    assert not any("\n" in str(cell) or "\x1b" in str(cell) for cell in shown)
+
+
+def test_the_admin_cli_escapes_what_an_older_control_plane_stored_raw() -> None:
+    row = node_row(
+        admin_pb2.Node(node_id="n\x1b[1mode", software_version="1.0\r\nfake", last_nack_reason=HOSTILE)
+    )
+    assert row[0] == "n\\x1b[1mode"
+    assert row[1] == "1.0\\r\\nfake"
+    assert row[6] == ESCAPED
+
+
+async def test_a_node_id_with_control_characters_is_refused_with_the_field_named(
+    control_plane: RunningControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def requests() -> object:
+        yield sync_pb2.NodeMessage(hello=sync_pb2.Hello(node_id="node-x\nERROR forged", software_version="1"))
+
+    async with grpc.aio.insecure_channel(control_plane.address) as channel:
+        call = sync_pb2_grpc.ConfigSyncServiceStub(channel).Sync(requests(), timeout=TIMEOUT)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details() or ""
+    assert details.startswith("hello.node_id: must be 1..256 characters without control characters")
+    assert "\n" not in details
+    assert details.endswith('(got "node-x\\nERROR forged")')

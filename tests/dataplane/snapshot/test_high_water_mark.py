@@ -1,0 +1,111 @@
+"""The high-water mark is as hard to lose as the snapshot, and every file is private."""
+
+from __future__ import annotations
+
+import logging
+import stat
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.config.model import Scope
+from dataplane.evidence.log import log_path
+from dataplane.snapshot.store import HWM_FILE, LKG_FILE, SnapshotFileInvalid
+from signalbox.api.infer.v1 import infer_pb2_grpc
+from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
+
+
+async def _refused(trust_key: Path, tmp_path: Path, **settings: Any) -> None:
+    """Start a node that must refuse to start (``async with`` releases what it opened)."""
+    values: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "trust_keys": (trust_key,),
+        "node_id": "node-test",
+        "data_dir": tmp_path / "node",
+        "scope": Scope(deployment="test"),
+        **settings,
+    }
+    async with DataPlaneNode(NodeSettings(**values)):
+        pytest.fail("the node started")
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_a_missing_mark_next_to_a_last_known_good_refuses_start_unless_reset(
+    start_node: NodeFactory,
+    simulator: Any,
+    signing_key: Ed25519PrivateKey,
+    tmp_path: Path,
+    trust_key: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = await start_node()
+    assert (await first.store.apply(envelope(snapshot(5, simulator.base_url), signing_key))).accepted
+    await first.stop()
+    snap_dir = tmp_path / "node" / "snapshot"
+    (snap_dir / HWM_FILE).unlink()
+
+    with pytest.raises(SnapshotFileInvalid, match=r"high-water mark missing next to lkg\.envelope") as err:
+        await _refused(trust_key, tmp_path)
+    assert "--reset-high-water-mark" in str(err.value)
+
+    with caplog.at_level(logging.ERROR):
+        node = await start_node(reset_high_water_mark=True)
+    assert "HIGH-WATER MARK RESET" in caplog.text
+    assert node.store.version == 5
+    # The mark restarts from the last-known-good, on disk too: an older one is a rollback.
+    assert (snap_dir / HWM_FILE).exists()
+    result = await node.store.apply(envelope(snapshot(4, simulator.base_url), signing_key))
+    assert not result.accepted
+    assert "rollback" in result.reason
+
+
+async def test_a_pin_older_than_the_mark_is_refused_and_a_newer_pin_raises_it(
+    start_node: NodeFactory,
+    simulator: Any,
+    signing_key: Ed25519PrivateKey,
+    tmp_path: Path,
+    trust_key: Path,
+) -> None:
+    node = await start_node()
+    assert (await node.store.apply(envelope(snapshot(7, simulator.base_url), signing_key))).accepted
+    await node.stop()
+
+    old_pin = tmp_path / "v6.envelope"
+    old_pin.write_bytes(envelope(snapshot(6, simulator.base_url), signing_key).SerializeToString())
+    with pytest.raises(SnapshotFileInvalid, match="rollback: version 6 is below the applied version 7"):
+        await _refused(trust_key, tmp_path, snapshot_file=old_pin)
+
+    new_pin = tmp_path / "v9.envelope"
+    new_pin.write_bytes(envelope(snapshot(9, simulator.base_url), signing_key).SerializeToString())
+    pinned = await start_node(snapshot_file=new_pin)
+    assert pinned.store.version == 9
+    await pinned.stop()
+    # The mark moved to 9 and was persisted: a v8 pin, above the old mark of 7, is refused now.
+    v8_pin = tmp_path / "v8.envelope"
+    v8_pin.write_bytes(envelope(snapshot(8, simulator.base_url), signing_key).SerializeToString())
+    with pytest.raises(SnapshotFileInvalid, match="rollback: version 8 is below the applied version 9"):
+        await _refused(trust_key, tmp_path, snapshot_file=v8_pin)
+    # The pin was kept as last-known-good, so deleting the mark is noticed on a pinned node too.
+    (tmp_path / "node" / "snapshot" / HWM_FILE).unlink()
+    with pytest.raises(SnapshotFileInvalid, match="high-water mark missing"):
+        await _refused(trust_key, tmp_path, snapshot_file=old_pin)
+
+
+async def test_snapshot_mark_and_evidence_files_are_private(serving_node: Any, tmp_path: Path) -> None:
+    async with grpc.aio.insecure_channel(serving_node.address) as channel:
+        await infer_pb2_grpc.InferServiceStub(channel).Infer(chat("hi"), metadata=AUTH, timeout=10)
+    snap_dir = tmp_path / "node" / "snapshot"
+    evidence = log_path(tmp_path / "node", "node-test")
+    assert _mode(snap_dir) == 0o700
+    assert _mode(snap_dir / LKG_FILE) == 0o600
+    assert _mode(snap_dir / HWM_FILE) == 0o600
+    assert _mode(evidence.parent) == 0o700
+    assert evidence.stat().st_size > 0
+    assert _mode(evidence) == 0o600

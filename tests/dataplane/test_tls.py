@@ -1,0 +1,123 @@
+"""TLS on the Infer API: served to clients trusting the CA, refused otherwise; no public plaintext."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dataplane.app import DataPlaneNode, NodeSettings
+from signalbox.api.infer.v1 import infer_pb2_grpc
+from signalbox.tls import ClientTls, InsecureListen, ServerTls, aio_channel
+from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
+from tests.fixtures.certs import TestCA
+
+
+async def _infer(address: str, tls: ClientTls) -> str:
+    async with aio_channel(address, tls) as channel:
+        reply = await infer_pb2_grpc.InferServiceStub(channel).Infer(chat("hi"), metadata=AUTH, timeout=10)
+        return str(reply.model)
+
+
+async def test_the_infer_api_over_tls_serves_trusting_clients_only(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    ca = TestCA(tmp_path / "ca")
+    server = ca.issue("node", server=True)
+    node = await start_node(tls=ServerTls(cert=server.cert, key=server.key))
+    assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
+
+    assert await _infer(node.address, ClientTls(ca=ca.ca_file)) == "sim-fast"
+
+    stranger = TestCA(tmp_path / "stranger", name="Stranger CA")
+    for tls in (ClientTls(ca=stranger.ca_file), ClientTls()):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _infer(node.address, tls)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    # The CLI: --ca trusts the node; without it, a TLS server is unreachable in plaintext.
+    code, out, err = await _cli("--target", node.address, "--ca", str(ca.ca_file), "hi")
+    assert code == 0, err
+    assert "Simulated answer to: hi" in out
+    code, _, err = await _cli("--target", node.address, "--ca", str(stranger.ca_file), "hi")
+    assert code == 6, err
+    assert "UNAVAILABLE" in err
+
+
+async def test_with_a_client_ca_the_infer_api_refuses_callers_without_a_certificate(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    ca = TestCA(tmp_path / "ca")
+    server = ca.issue("node", server=True)
+    caller = ca.issue("caller", server=False)
+    node = await start_node(tls=ServerTls(cert=server.cert, key=server.key, client_ca=ca.ca_file))
+
+    async def health(tls: ClientTls) -> int:
+        async with aio_channel(node.address, tls) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            return int(reply.status)
+
+    with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+        await health(ClientTls(ca=ca.ca_file))
+    assert anonymous.value.code() == grpc.StatusCode.UNAVAILABLE
+    # With a certificate the call gets through (NOT_SERVING: no snapshot yet, but answered).
+    served = await health(ClientTls(ca=ca.ca_file, cert=caller.cert, key=caller.key))
+    assert served == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_a_node_refuses_a_public_plaintext_listen_before_opening_anything(
+    tmp_path: Path, trust_key: Path
+) -> None:
+    node = DataPlaneNode(
+        NodeSettings(listen="0.0.0.0:0", trust_keys=(trust_key,), data_dir=tmp_path / "node")
+    )
+    with pytest.raises(InsecureListen, match=r"--listen 0\.0\.0\.0:0: refusing to serve plaintext"):
+        async with node:
+            pytest.fail("the node started")
+    assert not (tmp_path / "node").exists()
+
+
+async def test_dataplane_serve_refuses_a_public_plaintext_listen(tmp_path: Path, trust_key: Path) -> None:
+    args = ["--listen", "0.0.0.0:0", "--trust-key", str(trust_key), "--data-dir", str(tmp_path / "n")]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "signalbox",
+        "dataplane",
+        "serve",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SIGNALBOX_")},
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert "refusing to serve plaintext on a non-loopback address" in err.decode()
+    assert "--insecure" in err.decode()
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "signalbox",
+        "infer",
+        "--api-key",
+        AUTH[0][1].removeprefix("Bearer "),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
