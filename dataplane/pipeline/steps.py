@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import secrets
 import time
@@ -397,8 +396,13 @@ def embedding_digest(response: EmbedResponse) -> str:
 
 
 def _canonical_digest(text: str, calls: list[list[str]], finish: object) -> str:
-    canonical = json.dumps({"text": text, "tool_calls": calls, "finish": str(finish or "")}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # Length-prefixed fields: unambiguous, and cheaper than a canonical JSON encoding.
+    digest = hashlib.sha256()
+    for field in (text, str(finish or ""), *(part for call in calls for part in call)):
+        data = field.encode()
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
 
 
 class _Assembler:

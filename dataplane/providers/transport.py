@@ -133,8 +133,14 @@ class HttpAdapter:
     async def _read_text(self, response: httpx.Response, limit: int, *, truncate: bool = False) -> str:
         """The body as text, read up to ``limit`` bytes; beyond it: cut (``truncate``) or refused."""
         declared = response.headers.get("content-length", "")
-        if not truncate and declared.isdigit() and int(declared) > limit:
-            raise self.malformed(f"answer of {int(declared)} bytes exceeds the {limit}-byte limit")
+        if declared.isdigit():
+            if int(declared) <= limit:
+                # The common case: a declared size within the limit is read in one call
+                # (the transport never delivers more than it declared).
+                data = await response.aread()
+                return data[:limit].decode(response.encoding or "utf-8", errors="replace")
+            if not truncate:
+                raise self.malformed(f"answer of {int(declared)} bytes exceeds the {limit}-byte limit")
         pieces: list[bytes] = []
         size = 0
         async for piece in response.aiter_bytes():
