@@ -33,6 +33,7 @@ from dataplane.pipeline.call import (
     Opened,
     Operation,
     Refused,
+    Result,
     Served,
     StreamEvent,
 )
@@ -76,49 +77,51 @@ class Pipeline:
 
     async def answer(self, call: Call[ChatRequest]) -> Served[ChatResponse]:
         """One chat answer (unary)."""
-        trace = self._begin(call)
-        try:
-            state, caller = self._admit(trace, call)
-            with state.use():
-                chat, plan = await self._prepare(trace, state, caller, call)
 
-                async def attempt(candidate: Candidate, remaining: float) -> ChatResponse:
-                    adapter = state.adapters[candidate.provider.id]
-                    return await adapter.complete(
-                        candidate.deployment.upstream_model, chat, timeout=remaining
-                    )
+        async def respond(
+            trace: Trace, state: ServingState, chat: ChatRequest, plan: RoutePlan
+        ) -> tuple[ChatResponse, Candidate]:
+            async def attempt(candidate: Candidate, remaining: float) -> ChatResponse:
+                adapter = state.adapters[candidate.provider.id]
+                return await adapter.complete(candidate.deployment.upstream_model, chat, timeout=remaining)
 
-                deadline = self._deadline(trace, call)
-                self._shadow(trace, state, plan, attempt, deadline)
-                response, candidate = await self._dispatch(trace, plan, attempt, deadline)
-                response = self._govern_output(trace, response)
-                cost = self._account(trace, candidate, response.usage)
-                trace.response_sha256 = answer_digest(response)
-        except asyncio.CancelledError:
-            self._record_refusal(trace, CANCELLED)
-            raise
-        except Exception as exc:
-            self._refuse(trace, exc)
-        evidence_id = self._record_answer(trace)
-        return Served(
-            response, plan, candidate, trace.attempts, cost, trace.correlation_id, state.version, evidence_id
-        )
+            deadline = self._deadline(trace, call)
+            self._shadow(trace, state, plan, attempt, deadline)
+            response, candidate = await self._dispatch(trace, plan, attempt, deadline)
+            return self._govern_output(trace, response), candidate
+
+        return await self._unary(call, respond, answer_digest)
 
     async def embed(self, call: Call[EmbedRequest]) -> Served[EmbedResponse]:
         """Embedding vectors."""
+
+        async def respond(
+            trace: Trace, state: ServingState, body: EmbedRequest, plan: RoutePlan
+        ) -> tuple[EmbedResponse, Candidate]:
+            async def attempt(candidate: Candidate, remaining: float) -> EmbedResponse:
+                adapter = state.adapters[candidate.provider.id]
+                return await adapter.embed(candidate.deployment.upstream_model, body, timeout=remaining)
+
+            return await self._dispatch(trace, plan, attempt, self._deadline(trace, call))
+
+        return await self._unary(call, respond, embedding_digest)
+
+    async def _unary(
+        self,
+        call: Call[Body],
+        respond: Callable[[Trace, ServingState, Body, RoutePlan], Awaitable[tuple[Result, Candidate]]],
+        digest: Callable[[Result], str],
+    ) -> Served[Result]:
+        """begin, admit, validate, govern, route (``_prepare``), then ``respond`` (dispatch and
+        govern the answer), account and record: the skeleton every unary flow shares."""
         trace = self._begin(call)
         try:
             state, caller = self._admit(trace, call)
             with state.use():
                 body, plan = await self._prepare(trace, state, caller, call)
-
-                async def attempt(candidate: Candidate, remaining: float) -> EmbedResponse:
-                    adapter = state.adapters[candidate.provider.id]
-                    return await adapter.embed(candidate.deployment.upstream_model, body, timeout=remaining)
-
-                result, candidate = await self._dispatch(trace, plan, attempt, self._deadline(trace, call))
+                result, candidate = await respond(trace, state, body, plan)
                 cost = self._account(trace, candidate, result.usage)
-                trace.response_sha256 = embedding_digest(result)
+                trace.response_sha256 = digest(result)
         except asyncio.CancelledError:
             self._record_refusal(trace, CANCELLED)
             raise
