@@ -12,7 +12,10 @@ never touch another), called over gRPC as an application would. For each:
 - the request's evidence record holds none of it either (attempt errors, outcome);
 - neither do the node's log lines, though they keep the operator's (redacted) detail;
 - a model whose first deployment answers 404 "model not found" is served by its
-  second deployment on another endpoint, and the evidence shows the fallback.
+  second deployment on another endpoint, and the evidence shows the fallback;
+- so is a model whose first deployment answers 429 with a year-long Retry-After
+  (the next request skips it, for no longer than the node's cap) or is slower than
+  its provider's timeout.
 """
 
 from __future__ import annotations
@@ -108,11 +111,31 @@ class Site:
     healthy: Mapping[str, HostileUpstream]
 
 
-def _provider(snap: snapshot_pb2.Snapshot, pid: str, type_name: str, url: str, credential_file: Path) -> None:
+def _provider(
+    snap: snapshot_pb2.Snapshot,
+    pid: str,
+    type_name: str,
+    url: str,
+    credential_file: Path,
+    timeout_ms: int = 0,
+) -> None:
     provider = snap.providers.add(
-        id=pid, name=pid, type=type_name, base_url=url + _WIRE_PATH[type_name], settings=_SETTINGS[type_name]
+        id=pid,
+        name=pid,
+        type=type_name,
+        base_url=url + _WIRE_PATH[type_name],
+        settings=_SETTINGS[type_name],
+        timeout_ms=timeout_ms,
     )
     provider.credential.file = str(credential_file)
+
+
+MAX_RETRY_AFTER_S = 5.0
+"""The node's cap on an upstream's Retry-After in this test."""
+SLOW_PROVIDER_TIMEOUT_MS = 500
+STALLS = {"retry-after-31536000": "rate_limited", "slow-5000": "timeout"}
+"""Behaviours of a first deployment that must not hold a request up: a year-long
+Retry-After, an upstream slower than the provider's timeout; and the attempt's outcome."""
 
 
 def _model(snap: snapshot_pb2.Snapshot, name: str) -> Any:
@@ -131,6 +154,14 @@ def build_snapshot(
     for type_name in TYPES:
         _provider(snap, f"hostile-{type_name}", type_name, hostile[type_name].base_url, credential_file)
         _provider(snap, f"healthy-{type_name}", type_name, healthy[type_name].base_url, credential_file)
+        _provider(
+            snap,
+            f"stalling-{type_name}",
+            type_name,
+            hostile[type_name].base_url,
+            credential_file,
+            timeout_ms=SLOW_PROVIDER_TIMEOUT_MS,
+        )
     for type_name, behaviour, rpc in CASES:
         name = alias(type_name, behaviour, rpc)
         _model(snap, name).deployments.add(
@@ -153,6 +184,22 @@ def build_snapshot(
                 upstream_model="ok",
                 weight=1,
             )
+    for type_name in TYPES:
+        for behaviour in STALLS:
+            for rpc in RPCS:
+                model = _model(snap, alias(type_name, f"stall-{behaviour}", rpc))
+                model.deployments.add(
+                    id=f"d-stall-{behaviour}-{type_name}-{rpc}".lower(),
+                    provider_id=f"stalling-{type_name}",
+                    upstream_model=behaviour,
+                    weight=1_000_000,
+                )
+                model.deployments.add(
+                    id=f"d-stall-ok-{behaviour}-{type_name}-{rpc}".lower(),
+                    provider_id=f"healthy-{type_name}",
+                    upstream_model="ok",
+                    weight=1,
+                )
     # One pass over the deployments; a fallback to the next one is allowed.
     policy = {
         "default_model": alias(TYPES[0], "pair", "Infer"),
@@ -183,6 +230,7 @@ async def site(private_tmp: Path) -> AsyncIterator[Site]:
             data_dir=root / "node",
             scope=Scope(deployment="hostile"),
             drain_seconds=0.0,
+            max_retry_after=MAX_RETRY_AFTER_S,
         )
     )
     try:
@@ -296,3 +344,34 @@ async def test_a_model_missing_upstream_falls_over_to_the_models_other_deploymen
     assert record["routing"]["served_by"]["deployment"] == second
     assert record["outcome"]["code"] == "OK"
     assert not leaks(json.dumps(record, ensure_ascii=False))
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+@pytest.mark.parametrize("behaviour", sorted(STALLS))
+@pytest.mark.parametrize("type_name", TYPES)
+async def test_a_stalling_upstream_moves_traffic_to_the_healthy_deployment(
+    site: Site, type_name: str, behaviour: str, rpc: str
+) -> None:
+    model = alias(type_name, f"stall-{behaviour}", rpc)
+    stalling = f"d-stall-{behaviour}-{type_name}-{rpc}".lower()
+    healthy = f"d-stall-ok-{behaviour}-{type_name}-{rpc}".lower()
+    first_cid = f"cid-stall-1-{type_name}-{behaviour}-{rpc}".lower()
+
+    await call(site, rpc, model, first_cid)
+
+    record = await evidence_of(site, first_cid)
+    served = [(a["deployment"], a["outcome"]) for a in record["routing"]["attempts"]]
+    assert served == [(stalling, STALLS[behaviour]), (healthy, "ok")]
+    assert record["outcome"]["code"] == "OK"
+    assert not leaks(json.dumps(record, ensure_ascii=False))
+    if behaviour.startswith("retry-after-"):
+        # The next request goes straight to the healthy deployment: the other waits out
+        # its Retry-After, capped by the node (a year would park it for every tenant).
+        second_cid = f"cid-stall-2-{type_name}-{behaviour}-{rpc}".lower()
+        await call(site, rpc, model, second_cid)
+        again = await evidence_of(site, second_cid)
+        assert [a["deployment"] for a in again["routing"]["attempts"]] == [healthy]
+        ((label, why),) = again["routing"]["deferred"]
+        assert label == f"{model}@stalling-{type_name}"
+        seconds = float(why.removeprefix("Retry-After for ").removesuffix(" s"))
+        assert 0 < seconds <= MAX_RETRY_AFTER_S, why
