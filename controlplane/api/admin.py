@@ -28,7 +28,7 @@ from dataplane.routing.planner import plan_request
 from dataplane.routing.query import NodeContext, query_for
 from dataplane.routing.table import build_route_table
 from dataplane.snapshot.compile import MODE_FROM_PROTO
-from dataplane.validation import validate_chat
+from dataplane.validation import check_schemas, validate_chat
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -218,7 +218,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         # Read, checked and routed exactly as a node would: same conversion, same
         # validation, same query, same planner, same filters.
         chat, hints = edge.decode_chat(req)
-        validate_chat(chat, require_messages=False)
+        validate_chat(chat, require_messages=False, schemas=False)
+        # Schemas are checked as on a node: off this loop, verdicts cached by digest.
+        await check_schemas(chat)
         query = query_for(tenant, chat, hints, request_id=req.correlation_id)
         plan = plan_request(build_route_table(config, node, tenants=(tenant.id,)), query)
         return admin_pb2.ExplainRouteResponse(

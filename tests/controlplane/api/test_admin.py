@@ -593,3 +593,17 @@ def test_every_admin_rpc_is_classified_for_roles() -> None:
     assert methods >= READ_ONLY_METHODS
     mutating = methods - READ_ONLY_METHODS
     assert all(m.startswith(("Create", "Update", "Delete", "Apply")) for m in mutating), mutating
+
+
+async def test_explain_route_checks_a_tool_schema_as_a_node_does(admin: Admin) -> None:
+    await admin.seed()
+    await admin.ApplyPolicy(
+        admin_pb2.ApplyPolicyRequest(tenant="acme", document='{"default_model": "small"}')
+    )
+    request = _asking("hi")
+    request.tools.add(name="lookup", parameters_json_schema='{"type": "nonsense"}')
+    code, message = await _code(
+        admin.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant="acme", request=request))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("tools[0].parameters_json_schema: not a valid JSON Schema"), message
