@@ -37,7 +37,8 @@ def channel(fuzz_node: FuzzNode) -> Iterator[grpc.Channel]:
 
 
 def _sized(n: int) -> st.SearchStrategy[str]:
-    return st.characters().map(lambda c: c * n)
+    # Protobuf strings are UTF-8: no lone surrogates (those are the wire fuzz's job).
+    return st.characters(codec="utf-8").map(lambda c: c * n)
 
 
 ODD_TEXT = st.one_of(
