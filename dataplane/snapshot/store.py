@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -61,6 +60,7 @@ from dataplane.routing.query import NodeContext
 from dataplane.routing.table import RouteTable, build_route_table
 from dataplane.snapshot.compile import compile_payload
 from dataplane.snapshot.envelope import key_id_for, verify
+from dataplane.snapshot.files import atomic_write, private_dir, read_envelope_file
 from signalbox.api.config.v1 import snapshot_pb2
 
 log = logging.getLogger("signalbox.dataplane.config")
@@ -272,13 +272,23 @@ class SnapshotStore:
     async def load_pinned(self, path: Path) -> ApplyResult:
         """Air-gapped pin: serve the envelope in ``path``; raise ``SnapshotFileInvalid`` if invalid."""
         raw, envelope = await read_envelope_file(Path(path))
-        async with self._lock:
-            # Checked against the persisted high-water mark like any snapshot, and persisted
-            # as last-known-good with the mark raised: an older pin is refused afterwards,
-            # and deleting the mark is noticed. Removing the pin returns to the normal flow.
-            result = await self._apply(envelope, persist=True, raw=raw)
+        result = await self.apply_pinned(raw, envelope)
         if not result.accepted:
             raise SnapshotFileInvalid(f"{path}: {result.reason}")
+        return result
+
+    async def apply_pinned(self, raw: bytes, envelope: snapshot_pb2.SignedEnvelope) -> ApplyResult:
+        """A pin's envelope as read from its file (``raw``): every check, never raises for a bad one.
+
+        Checked against the persisted high-water mark like any snapshot, and persisted
+        as last-known-good (its exact bytes) with the mark raised: an older pin is refused
+        afterwards, and deleting the mark is noticed. Removing the pin returns to the
+        normal flow. Used at start (``load_pinned``) and by the pin watcher.
+        """
+        async with self._lock:
+            result = await self._apply(envelope, persist=True, raw=raw)
+        if not result.accepted:
+            self.last_rejection = result.reason
         return result
 
     def check(self, envelope: snapshot_pb2.SignedEnvelope) -> tuple[RuntimeConfig, str]:
@@ -440,14 +450,14 @@ class SnapshotStore:
             # The very first time the mark goes first: a crash in between must not leave an
             # envelope without a mark, which refuses to start.
             self._write_hwm(hwm)
-        _atomic_write(self._dir / LKG_FILE, data)
+        atomic_write(self._dir / LKG_FILE, data)
         if not first:
             self._write_hwm(hwm)
 
     def _write_hwm(self, hwm: HighWaterMark) -> None:
         private_dir(self._dir)
         body = json.dumps({"version": hwm.version, "sha256": hwm.sha256.hex()}).encode()
-        _atomic_write(self._dir / HWM_FILE, body)
+        atomic_write(self._dir / HWM_FILE, body)
 
     def _read_hwm(self) -> HighWaterMark | None:
         path = self._dir / HWM_FILE
@@ -490,45 +500,6 @@ def check_envelope(
             f"expired: snapshot {config.version} expired {now - config.expires_at:.0f}s ago"
         )
     return config, key_id
-
-
-async def read_envelope_file(path: Path) -> tuple[bytes, snapshot_pb2.SignedEnvelope]:
-    """The raw bytes and parsed envelope of a snapshot file; ``SnapshotFileInvalid`` if unreadable."""
-    try:
-        raw = await asyncio.to_thread(path.read_bytes)
-    except OSError as exc:
-        raise SnapshotFileInvalid(f"{path}: cannot be read: {exc}") from exc
-    envelope = snapshot_pb2.SignedEnvelope()
-    try:
-        envelope.ParseFromString(raw)
-    except DecodeError as exc:
-        raise SnapshotFileInvalid(f"{path}: not a signed envelope: {exc}") from exc
-    return raw, envelope
-
-
-def private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) if needed; the directory itself is 0700."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with suppress(FileNotFoundError):
-        tmp.unlink()  # a leftover of a crash may have other modes; O_EXCL below needs it gone
-    # 0600 from the first byte: never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    # The rename itself is durable only once the directory entry is.
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _peek(envelope: snapshot_pb2.SignedEnvelope) -> tuple[int, bytes]:
