@@ -8,9 +8,10 @@
 
 Start order: evidence log, one pooled ``httpx.AsyncClient`` for every adapter, the
 snapshot store (pinned file, or the persisted last-known-good), the gRPC server
-(health NOT_SERVING until a valid snapshot is served), then the config-sync client.
-Stop order (also on SIGTERM through ``serve``): health NOT_SERVING, stop syncing,
-stop accepting, drain in-flight calls and streams for up to ``drain_seconds``,
+(health NOT_SERVING until a valid snapshot is served), then the config-sync client, or,
+for a pinned file, its watcher (a newer signed file at that path is applied live).
+Stop order (also on SIGTERM through ``serve``): health NOT_SERVING, stop syncing or
+watching, stop accepting, drain in-flight calls and streams for up to ``drain_seconds``,
 close adapters and the HTTP client, flush and sync the evidence log.
 """
 
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,7 @@ from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, DEFAULT_ENV_PR
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.routing.query import NodeContext
+from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S, PinWatcher, warn_if_expired
 from dataplane.snapshot.store import (
     ServingState,
     SnapshotStore,
@@ -81,7 +84,10 @@ class NodeSettings:
     scope: Scope = field(default_factory=Scope)
     """The node's own scope; snapshots for any other are refused."""
     snapshot_file: Path | None = None
-    """Air-gapped pin: serve this envelope file and never talk to a control plane."""
+    """Air-gapped pin: serve this envelope file and never talk to a control plane. A newer
+    signed file written at this path later is applied without a restart (``PinWatcher``)."""
+    snapshot_poll_interval: float = DEFAULT_POLL_INTERVAL_S
+    """How often (seconds) the pin file is checked for a replacement."""
     allow_expired: bool = False
     """Serve snapshots past their expiry (sites without trusted time)."""
     credential_env_prefix: str = DEFAULT_ENV_PREFIX
@@ -126,6 +132,8 @@ class DataPlaneNode:
         self._store: SnapshotStore | None = None
         self._sync: SyncClient | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self._pin_watch: PinWatcher | None = None
+        self._pin_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -163,6 +171,11 @@ class DataPlaneNode:
     def sync(self) -> SyncClient | None:
         """The config-sync client, when a control plane is configured."""
         return self._sync
+
+    @property
+    def pin_watch(self) -> PinWatcher | None:
+        """The watcher of the air-gapped pin file, when the node serves one."""
+        return self._pin_watch
 
     @property
     def stopping(self) -> bool:
@@ -211,8 +224,14 @@ class DataPlaneNode:
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._health.set(INFER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         if s.snapshot_file is not None:
+            self._pin_watch = PinWatcher(
+                self._store, s.snapshot_file, interval=s.snapshot_poll_interval, allow_expired=s.allow_expired
+            )
+            self._pin_watch.prime()
             # A pin that does not verify is an operator error: refuse to start.
             await self._store.load_pinned(s.snapshot_file)
+            assert self._store.current is not None
+            warn_if_expired(self._store.current, allow_expired=s.allow_expired, now=time.time())
         else:
             try:
                 await self._store.load_last_known_good()
@@ -232,6 +251,8 @@ class DataPlaneNode:
                 tls=s.control_plane_tls,
             )
             self._sync_task = asyncio.get_running_loop().create_task(self._sync.run())
+        if self._pin_watch is not None:
+            self._pin_task = asyncio.get_running_loop().create_task(self._pin_watch.run())
         if self._store.current is not None:
             await self._set_serving(True)
         log.info(
@@ -293,6 +314,11 @@ class DataPlaneNode:
                 self._sync_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._sync_task
+            if self._pin_watch is not None:
+                # Not cancelled: a pin being applied finishes (persisted and published) first.
+                self._pin_watch.close()
+            if self._pin_task is not None:
+                await self._pin_task
             if self._server is not None:
                 # Stops accepting at once; running calls and streams get ``grace`` seconds.
                 await self._server.stop(grace)

@@ -22,6 +22,7 @@ from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotFileInvalid
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
+from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
 from dataplane.snapshot.store import check_envelope, load_trust_keys
 from signalbox import settings, tls
 from signalbox.api.config.v1 import snapshot_pb2
@@ -163,7 +164,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--snapshot",
         env="SIGNALBOX_SNAPSHOT_FILE",
         default=None,
-        help="air-gapped pin: serve this signed snapshot file, no control plane",
+        help="air-gapped pin: serve this signed snapshot file, no control plane; a newer signed "
+        "file written there later is applied without a restart",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--snapshot-poll-interval",
+        env="SIGNALBOX_SNAPSHOT_POLL_INTERVAL",
+        default=DEFAULT_POLL_INTERVAL_S,
+        type=float,
+        help="how often (seconds) the --snapshot file is checked for a replacement",
         command=SERVE,
     )
     add(
@@ -268,6 +279,12 @@ def serve_command(ns: argparse.Namespace) -> int:
     if not (ns.max_retry_after > 0 and math.isfinite(ns.max_retry_after)):
         print(f"--max-retry-after: {ns.max_retry_after} is not a positive number of seconds", file=sys.stderr)
         return 2
+    if not (ns.snapshot_poll_interval > 0 and math.isfinite(ns.snapshot_poll_interval)):
+        print(
+            f"--snapshot-poll-interval: {ns.snapshot_poll_interval} is not a positive number of seconds",
+            file=sys.stderr,
+        )
+        return 2
     prefix_problem = (
         env_name_problem(ns.credential_env_prefix) if ns.credential_env_prefix else "must not be empty"
     )
@@ -287,6 +304,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         mode=mode,
         scope=Scope(ns.deployment, ns.node_group, ns.site),
         snapshot_file=Path(ns.snapshot) if ns.snapshot else None,
+        snapshot_poll_interval=ns.snapshot_poll_interval,
         allow_expired=ns.allow_expired,
         credential_env_prefix=ns.credential_env_prefix,
         credential_dir=Path(ns.credential_dir) if ns.credential_dir else None,
