@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,14 +39,22 @@ from signalbox.api.config.v1 import snapshot_pb2
 log = logging.getLogger("signalbox.dataplane.config")
 
 DEFAULT_POLL_INTERVAL_S = 2.0
+MAX_PIN_BYTES = 256 * 1024 * 1024
+"""A larger file is not read (a snapshot of 10,000 tenants is a few MiB): one warning, kept serving."""
 
 Fingerprint = tuple[int, int, int]
 """``(mtime_ns, size, inode)`` of the pin file."""
 
 
 def fingerprint(path: Path) -> Fingerprint:
-    """What the watcher compares between polls; raises ``OSError`` (e.g. the file is missing)."""
+    """What the watcher compares between polls; raises ``OSError`` (e.g. the file is missing).
+
+    Anything but a regular file is an ``OSError`` too: a directory cannot be a pin, and
+    reading a FIFO might never end and hold up the node's stop.
+    """
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
@@ -143,6 +153,18 @@ class PinWatcher:
             )
             return None
         if current == self._seen:
+            return None
+        if current[1] > MAX_PIN_BYTES:
+            self._seen = current
+            self._report(
+                "too large",
+                "pin %s is %d bytes, more than the %d a snapshot file may have; not read, still "
+                "serving snapshot %d",
+                self._path,
+                current[1],
+                MAX_PIN_BYTES,
+                self._store.version,
+            )
             return None
         try:
             raw = await asyncio.to_thread(self._path.read_bytes)

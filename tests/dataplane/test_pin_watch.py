@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
+from dataplane.snapshot.pin_watch import MAX_PIN_BYTES
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.cli import main
 from tests.dataplane.conftest import AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
@@ -194,6 +195,29 @@ async def test_a_garbage_or_half_written_pin_is_survived_then_a_good_one_is_appl
     assert await infer(node) == (4, "sim-smart")
 
 
+async def test_a_pin_larger_than_the_limit_is_not_read(
+    tmp_path: Path,
+    start_node: NodeFactory,
+    simulator: Any,
+    signing_key: Ed25519PrivateKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="signalbox.dataplane")
+    pin = tmp_path / "site.snapshot"
+    v3 = pin_bytes(signing_key, 3, simulator.base_url)
+    pin.write_bytes(v3)
+    node = await pinned_node(start_node, pin)
+
+    with pin.open("r+b") as f:
+        f.truncate(MAX_PIN_BYTES + 1)  # sparse: costs no disk, but would cost the memory if read
+    await more_polls(node)
+
+    assert await infer(node) == (3, "sim-fast")
+    assert len(messages(caplog, "more than the", logging.WARNING)) == 1
+    write_atomically(pin, pin_bytes(signing_key, 4, simulator.base_url))
+    await eventually(lambda: node.store.version == 4, message="v4 applied after the oversized file")
+
+
 async def test_a_missing_pin_keeps_the_node_serving(
     tmp_path: Path, start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
 ) -> None:
@@ -204,6 +228,11 @@ async def test_a_missing_pin_keeps_the_node_serving(
     pin.unlink()
     await more_polls(node)
     assert await infer(node) == (3, "sim-fast")
+    # A FIFO in its place: never opened (a read could block the node's stop forever).
+    os.mkfifo(pin)
+    await more_polls(node)
+    assert await infer(node) == (3, "sim-fast")
+    pin.unlink()
     write_atomically(pin, pin_bytes(signing_key, 4, simulator.base_url))
     await eventually(lambda: node.store.version == 4, message="v4 applied after the gap")
 
