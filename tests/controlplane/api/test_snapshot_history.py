@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf.json_format import MessageToJson
 
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -127,7 +128,9 @@ async def test_diff_names_each_object_and_field_that_changed(admin: Admin) -> No
     assert code == grpc.StatusCode.NOT_FOUND
 
 
-async def test_rollback_restores_the_tables_and_publishes_a_new_higher_version(admin: Admin) -> None:
+async def test_rollback_restores_the_tables_and_publishes_a_new_higher_version(
+    control_plane: RunningControlPlane, admin: Admin
+) -> None:
     await admin.seed()
     await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="beta"))
     kept = await admin.CreateApiKey(
@@ -209,6 +212,36 @@ async def test_rollback_restores_the_tables_and_publishes_a_new_higher_version(a
         "admin:tests",
         f"rollback to v{target}",
     )
+    # Audited like any change.
+    engine = sa.create_engine(control_plane.database_url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            audit = conn.execute(
+                sa.text("SELECT actor, target, result FROM audit_log WHERE method = 'RollbackSnapshot'")
+            ).fetchall()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in audit] == [("admin:tests", f"version={target}", "OK")]
+
+
+async def test_rollback_untangles_names_that_objects_swapped_since(admin: Admin) -> None:
+    await admin.seed()
+    target = await admin.latest_version()
+    ids = {m.alias: m.id for m in (await admin.ListModels(admin_pb2.ListModelsRequest())).models}
+
+    def renamed(model_id: str, alias: str) -> admin_pb2.UpdateModelRequest:
+        deployment = admin_pb2.Deployment(provider="sim", upstream_model=f"{alias}-v1")
+        return admin_pb2.UpdateModelRequest(
+            model=admin_pb2.Model(id=model_id, alias=alias, capabilities=[1], deployments=[deployment])
+        )
+
+    # "small" and "large" trade aliases (through a third name, as the API requires).
+    await admin.UpdateModel(renamed(ids["small"], "swap"))
+    await admin.UpdateModel(renamed(ids["large"], "small"))
+    await admin.UpdateModel(renamed(ids["small"], "large"))
+    await admin.RollbackSnapshot(admin_pb2.RollbackSnapshotRequest(version=target))
+    after = {m.alias: m.id for m in (await admin.ListModels(admin_pb2.ListModelsRequest())).models}
+    assert after == ids
 
 
 async def test_rollback_of_an_unknown_version_changes_nothing(admin: Admin) -> None:
@@ -220,6 +253,12 @@ async def test_rollback_of_an_unknown_version_changes_nothing(admin: Admin) -> N
     code, message = await _code(admin.RollbackSnapshot(admin_pb2.RollbackSnapshotRequest(version=0)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert message.startswith("version:")
+    code, message = await _code(admin.RollbackSnapshot(admin_pb2.RollbackSnapshotRequest(version=2**64 - 1)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("version:")
+    code, message = await _code(admin.ListSnapshots(admin_pb2.ListSnapshotsRequest(before=2**64 - 1)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("before:")
     assert await admin.latest_version() == before
 
 
