@@ -43,6 +43,7 @@ from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
 from controlplane.services.policies import PolicyService
 from controlplane.services.providers import ProviderService
+from controlplane.services.rollback import RollbackService
 from controlplane.services.snapshots import SnapshotService
 from controlplane.services.tenants import TenantService
 from controlplane.snapshots.broker import SnapshotBroker
@@ -75,6 +76,9 @@ class ControlPlaneSettings:
     """File holding the KEK (``SIGNALBOX_KEK_FILE``); else ``<data_dir>/kek`` is generated."""
     snapshot_ttl: timedelta = timedelta(days=30)
     """How long a snapshot stays valid after it is created."""
+    snapshot_retention: int = 100
+    """Newest snapshot versions kept; older ones are pruned unless a node runs them or
+    they were exported (at least 1)."""
     scope: snapshot_pb2.Scope = field(default_factory=snapshot_pb2.Scope)
     """Scope written into every snapshot (the nodes it is for)."""
     debounce: float = 0.05
@@ -157,7 +161,7 @@ class ControlPlane:
             self.signer = await ensure_signing_key(session, kek)
         self._write_trust_key(self.signer)
 
-        publisher = SnapshotPublisher(self.signer, s.snapshot_ttl, s.scope)
+        publisher = SnapshotPublisher(self.signer, s.snapshot_ttl, s.scope, s.snapshot_retention)
         uow = UnitOfWork(sessions, publisher)
         snapshots = SnapshotService(uow)
         # Dry runs reuse what the publisher compiled for each version it committed.
@@ -186,6 +190,7 @@ class ControlPlane:
             policies=PolicyService(uow),
             nodes=nodes,
             snapshots=snapshots,
+            rollback=RollbackService(uow),
         )
         self._interceptor = AdminInterceptor(
             self.admin,

@@ -18,7 +18,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from signalbox import settings, tls
@@ -89,6 +89,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="how long a snapshot stays valid after it is created",
         command=SERVE,
     )
+    add(
+        serve,
+        "--snapshot-retention",
+        env="SIGNALBOX_SNAPSHOT_RETENTION",
+        default=100,
+        type=int,
+        help="newest snapshot versions kept; older ones are pruned unless a node runs them "
+        "or they were exported (at least 1)",
+        command=SERVE,
+    )
     for flag, env, what in (
         ("--scope-deployment", "SIGNALBOX_SCOPE_DEPLOYMENT", "deployment"),
         ("--scope-node-group", "SIGNALBOX_SCOPE_NODE_GROUP", "node group"),
@@ -146,6 +156,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         kek=ns.kek or None,
         kek_file=Path(ns.kek_file) if ns.kek_file else None,
         snapshot_ttl=timedelta(days=ns.snapshot_ttl_days),
+        snapshot_retention=ns.snapshot_retention,
         scope=snapshot_pb2.Scope(
             deployment=ns.scope_deployment, node_group=ns.scope_node_group, site=ns.scope_site
         ),
@@ -226,9 +237,13 @@ def export_command(ns: argparse.Namespace) -> int:
         async with _database(ns) as url:
             engine = create_engine(url)
             try:
-                async with session_factory(engine)() as session:
+                async with session_factory(engine)() as session, session.begin():
                     row = await snapshot_repo.latest(session)
-                    return None if row is None else (row.version, bytes(row.envelope))
+                    if row is None:
+                        return None
+                    # A pin lives on outside: retention must keep the version it names.
+                    await snapshot_repo.mark_exported(session, row.version, datetime.now(UTC))
+                    return row.version, bytes(row.envelope)
             finally:
                 await engine.dispose()
 

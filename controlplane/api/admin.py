@@ -20,6 +20,7 @@ from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
 from controlplane.services.policies import PolicyService
 from controlplane.services.providers import ProviderService
+from controlplane.services.rollback import RollbackService
 from controlplane.services.snapshots import SnapshotService
 from controlplane.services.tenants import TenantService
 from dataplane.config.model import DeploymentMode
@@ -48,6 +49,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         policies: PolicyService,
         nodes: NodeService,
         snapshots: SnapshotService,
+        rollback: RollbackService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -56,6 +58,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._policies = policies
         self._nodes = nodes
         self._snapshots = snapshots
+        self._rollback = rollback
 
     # ---- tenants ----
 
@@ -256,15 +259,45 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetSnapshot(
         self, request: admin_pb2.GetSnapshotRequest, context: Context
     ) -> admin_pb2.SnapshotInfo:
-        return convert.snapshot_info(await self._snapshots.get(request.version))
+        if not request.include_content:
+            return convert.snapshot_info(await self._snapshots.get(request.version))
+        row, snapshot, prefixes = await self._snapshots.content(request.version)
+        info = convert.snapshot_info(row)
+        info.content.CopyFrom(convert.snapshot_content(snapshot, prefixes))
+        return info
 
     async def ExportSnapshot(
         self, request: admin_pb2.ExportSnapshotRequest, context: Context
     ) -> snapshot_pb2.SignedEnvelope:
-        row = await self._snapshots.get(0)
+        row = await self._snapshots.export()
         envelope = snapshot_pb2.SignedEnvelope()
         envelope.ParseFromString(bytes(row.envelope))
         return envelope
+
+    async def ListSnapshots(
+        self, request: admin_pb2.ListSnapshotsRequest, context: Context
+    ) -> admin_pb2.ListSnapshotsResponse:
+        rows, next_before = await self._snapshots.page(request.limit, request.before)
+        return admin_pb2.ListSnapshotsResponse(
+            snapshots=[convert.snapshot_info(r) for r in rows], next_before=next_before
+        )
+
+    async def DiffSnapshots(
+        self, request: admin_pb2.DiffSnapshotsRequest, context: Context
+    ) -> admin_pb2.DiffSnapshotsResponse:
+        return convert.snapshot_diff(await self._snapshots.diff(request.from_version, request.to_version))
+
+    async def RollbackSnapshot(
+        self, request: admin_pb2.RollbackSnapshotRequest, context: Context
+    ) -> admin_pb2.RollbackSnapshotResponse:
+        if not request.version:
+            raise InvalidArgument("version", "must be a stored version (not 0)")
+        result = await self._rollback.rollback(current_caller(), request.version)
+        return admin_pb2.RollbackSnapshotResponse(
+            snapshot_version=result.version,
+            restored_from=result.restored_from,
+            keys_not_restored=list(result.keys_not_restored),
+        )
 
 
 def _require(field: str, value: str) -> None:

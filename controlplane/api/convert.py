@@ -12,7 +12,9 @@ from controlplane.db import models as db
 from controlplane.services.models import DeploymentSpec, ModelSpec
 from controlplane.services.providers import ProviderSpec
 from controlplane.snapshots import build
+from controlplane.snapshots.history import Diff
 from signalbox.api.admin.v1 import admin_pb2
+from signalbox.api.config.v1 import snapshot_pb2
 
 M = TypeVar("M", bound=Message)
 
@@ -131,4 +133,60 @@ def snapshot_info(row: db.Snapshot) -> admin_pb2.SnapshotInfo:
         created_at=ts(row.created_at),
         signing_key_id=row.signing_key_id,
         size_bytes=len(row.payload),
+        created_by=row.created_by,
+        reason=row.reason,
+        exported_at=ts(row.exported_at),
+    )
+
+
+def snapshot_content(snapshot: snapshot_pb2.Snapshot, prefixes: dict[str, str]) -> admin_pb2.SnapshotContent:
+    """A snapshot's config in admin terms: keys without their hash, providers with their
+    credential reference, deployments naming their provider."""
+    names = {p.id: p.name for p in snapshot.providers}
+    models = []
+    for m in snapshot.models:
+        msg = _mirror(m, admin_pb2.Model)
+        for d in msg.deployments:
+            d.provider = names.get(d.provider, d.provider)
+        models.append(msg)
+    return admin_pb2.SnapshotContent(
+        tenants=[_mirror(t, admin_pb2.Tenant) for t in snapshot.tenants],
+        # Built field by field: the snapshot's ApiKey carries the hash, which never leaves.
+        keys=[
+            admin_pb2.ApiKey(
+                id=k.id,
+                tenant_id=k.tenant_id,
+                name=k.name,
+                prefix=prefixes.get(k.id, ""),
+                scopes=list(k.scopes),
+                expires_at=k.expires_at if k.HasField("expires_at") else None,
+            )
+            for k in snapshot.api_keys
+        ],
+        providers=[_mirror(p, admin_pb2.Provider) for p in snapshot.providers],
+        models=models,
+        policies=[
+            admin_pb2.Policy(id=p.id, tenant_id=p.tenant_id, version=p.version, document_json=p.document_json)
+            for p in snapshot.policies
+        ],
+        trusted_key_ids=[k.key_id for k in snapshot.trusted_keys],
+        expires_at=snapshot.expires_at,
+    )
+
+
+def snapshot_diff(diff: Diff) -> admin_pb2.DiffSnapshotsResponse:
+    return admin_pb2.DiffSnapshotsResponse(
+        from_version=diff.from_version,
+        to_version=diff.to_version,
+        changes=[
+            admin_pb2.ObjectChange(
+                kind=c.kind,
+                id=c.id,
+                name=c.name,
+                change=c.change,
+                fields=[admin_pb2.FieldChange(field=f.field, old=f.old, new=f.new) for f in c.fields],
+                document_diff=c.document_diff,
+            )
+            for c in diff.changes
+        ],
     )

@@ -27,7 +27,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Widths shared with the Admin API's request check, so the two never drift.
 from controlplane.limits import (
     ENV_NAME_CHARS,
     KEY_ID_CHARS,
@@ -37,6 +36,9 @@ from controlplane.limits import (
     RESULT_CHARS,
     TIER_CHARS,
 )
+
+# Widths shared with the Admin API's request check, so the two never drift.
+from signalbox.api.config.v1 import snapshot_pb2
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -205,12 +207,15 @@ class SigningKey(TimestampMixin, Base):
 
 
 class Snapshot(Base):
-    """A signed snapshot exactly as it was pushed: payload bytes and envelope bytes."""
+    """A signed snapshot exactly as it was pushed: the envelope bytes.
+
+    The payload is stored once, inside the envelope (``payload``, derived): the
+    exact bytes that were hashed and signed.
+    """
 
     __tablename__ = "snapshots"
 
     version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    payload: Mapped[bytes] = mapped_column(LargeBinary)
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
     previous_hash: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
@@ -218,6 +223,15 @@ class Snapshot(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
     reason: Mapped[str] = mapped_column(Text, default="")
+    # Set when the envelope left as an air-gapped pin: retention keeps it for good.
+    exported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def payload(self) -> bytes:
+        """The exact signed payload bytes, read from the envelope."""
+        envelope = snapshot_pb2.SignedEnvelope()
+        envelope.ParseFromString(bytes(self.envelope))
+        return envelope.payload
 
 
 class Node(Base):

@@ -31,6 +31,8 @@ READ_ONLY_METHODS = frozenset(
         "ListNodes",
         "GetSnapshot",
         "ExportSnapshot",
+        "ListSnapshots",
+        "DiffSnapshots",
     }
 )
 

@@ -6,13 +6,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from controlplane.db.models import Snapshot
-from controlplane.errors import NotFound
+from controlplane.errors import InvalidArgument, NotFound
 from controlplane.repositories import config as config_repo
 from controlplane.repositories import snapshots as repo
 from controlplane.services.base import SYSTEM, UnitOfWork
 from controlplane.snapshots.compiler import LatestCompiled
+from controlplane.snapshots.history import Diff, decode, diff
 from controlplane.snapshots.publish import PublishedSnapshot
 from dataplane.config.model import RuntimeConfig, TenantConfig
+from signalbox.api.config.v1 import snapshot_pb2
+
+DEFAULT_PAGE = 20
+MAX_PAGE = 1000
 
 
 @dataclass(slots=True)
@@ -27,6 +32,44 @@ class SnapshotService:
             row = await (repo.get(session, version) if version else repo.latest(session))
         if row is None:
             raise NotFound("snapshot", str(version) if version else "latest")
+        return row
+
+    async def page(self, limit: int, before: int) -> tuple[list[Snapshot], int]:
+        """Stored versions newest first (below ``before`` when set), and the ``before`` of the
+        next page (0: none)."""
+        if limit > MAX_PAGE:
+            raise InvalidArgument("limit", f"at most {MAX_PAGE}")
+        limit = limit or DEFAULT_PAGE
+        async with self.uow.read() as session:
+            rows = list(await repo.page(session, limit=limit + 1, before=before))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1].version if more else 0)
+
+    async def content(self, version: int) -> tuple[Snapshot, snapshot_pb2.Snapshot, dict[str, str]]:
+        """A stored snapshot, its decoded payload, and the prefixes of its keys that still exist."""
+        row = await self.get(version)
+        snapshot = decode(row.payload, row.version)
+        async with self.uow.read() as session:
+            prefixes = {str(k.id): k.prefix for k in await config_repo.list_api_keys(session)}
+        return row, snapshot, prefixes
+
+    async def diff(self, from_version: int, to_version: int) -> Diff:
+        """What changed from one stored version to another (both must be given and stored)."""
+        if not from_version:
+            raise InvalidArgument("from_version", "must be a stored version (not 0)")
+        if not to_version:
+            raise InvalidArgument("to_version", "must be a stored version (not 0)")
+        old, new = await self.get(from_version), await self.get(to_version)
+        return diff(decode(old.payload, old.version), decode(new.payload, new.version))
+
+    async def export(self) -> Snapshot:
+        """The newest snapshot, marked exported so retention keeps it."""
+        async with self.uow.sessions() as session, session.begin():
+            row = await repo.latest(session)
+            if row is None:
+                raise NotFound("snapshot", "latest")
+            await repo.mark_exported(session, row.version, datetime.now(UTC))
         return row
 
     async def reissue_if_aging(self) -> int | None:

@@ -71,6 +71,13 @@ class SnapshotPublisher:
     signer: Signer
     ttl: timedelta
     scope: snapshot_pb2.Scope
+    retention: int = 100
+    """How many of the newest versions are kept; older ones go unless a node still runs
+    them or they were exported as a pin. At least 1: the newest is never pruned."""
+
+    def __post_init__(self) -> None:
+        if self.retention < 1:
+            raise ValueError("snapshot retention must keep at least 1 version")
 
     async def publish(self, session: AsyncSession, *, actor: str, reason: str) -> PublishedSnapshot:
         """Store the next version; the caller holds the config lock and commits."""
@@ -91,7 +98,6 @@ class SnapshotPublisher:
             session,
             Snapshot(
                 version=version,
-                payload=sealed.payload,
                 envelope=sealed.envelope,
                 sha256=sealed.sha256,
                 previous_hash=snapshot.previous_hash,
@@ -101,6 +107,8 @@ class SnapshotPublisher:
                 reason=reason,
             ),
         )
+        # Bounded history, in the same transaction: a rolled-back publish prunes nothing.
+        await snapshot_repo.prune(session, newest=version, keep_last=self.retention)
         # Delivered at commit, to every replica LISTENing, this one included.
         await snapshot_repo.announce(session, version)
         return PublishedSnapshot(version, sealed.sha256, sealed.envelope, now, sealed.config)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import stat
@@ -166,8 +168,11 @@ async def test_export_snapshot_writes_the_newest_signed_envelope(
     assert code == 0, err
     envelope = snapshot_pb2.SignedEnvelope.FromString(out.read_bytes())
     assert verify(envelope, {control_plane.key_id: control_plane.public_key}) == control_plane.key_id
-    assert snapshot_pb2.Snapshot.FromString(envelope.payload).version == await admin.latest_version()
+    exported = snapshot_pb2.Snapshot.FromString(envelope.payload).version
+    assert exported == await admin.latest_version()
     assert stat.S_IMODE(out.stat().st_mode) == 0o600  # a snapshot file is private
+    # The pin is recorded, so retention keeps that version.
+    assert (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(version=exported))).HasField("exported_at")
 
 
 async def test_serve_on_embedded_postgres_then_sigterm_stops_cleanly(private_tmp: Path) -> None:
@@ -322,3 +327,57 @@ async def test_admin_cli_refuses_what_the_control_plane_cannot_store_before_send
         2,
         "signalbox admin: INVALID_ARGUMENT: provider.timeout_ms: at most 2147483647",
     )
+
+
+async def test_snapshot_history_through_the_cli(control_plane: RunningControlPlane, admin: Admin) -> None:
+    env = {"SIGNALBOX_ADMIN_TARGET": control_plane.address, "SIGNALBOX_ADMIN_TOKEN": control_plane.token}
+
+    async def run(*args: str) -> str:
+        code, out, err = await _signalbox("admin", *args, env=env)
+        assert code == 0, err
+        return out
+
+    await admin.seed()
+    created = await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant="acme", name="ci"))
+    target = await admin.latest_version()
+    await admin.UpdateTenant(admin_pb2.UpdateTenantRequest(tenant="acme", tier="silver"))
+    changed = await admin.latest_version()
+
+    listed = await run("snapshot", "list", "--limit", "2")
+    lines = listed.splitlines()
+    assert lines[0].split() == ["VERSION", "SHA256", "CREATED_AT", "CREATED_BY", "REASON", "EXPORTED"]
+    assert lines[1].startswith(f"{changed} ")
+    assert "admin:tests" in lines[1]
+    assert "update tenant acme" in lines[1]
+    assert f"(more: --before {target})" in listed
+
+    shown = await run("snapshot", "show", str(target))
+    assert "tenants (1):" in shown
+    assert "acme" in shown
+    assert f"{created.key.prefix}..." in shown
+    assert "env:SIGNALBOX_CRED_SIM" in shown
+    digest = hashlib.sha256(created.secret.encode()).digest()
+    for text in (shown, await run("--json", "snapshot", "show", str(target))):
+        assert created.secret not in text
+        assert digest.hex() not in text
+        assert base64.b64encode(digest).decode() not in text
+    as_json = json.loads(await run("--json", "snapshot", "show", str(target)))
+    assert [t["name"] for t in as_json["content"]["tenants"]] == ["acme"]
+
+    diff = await run("snapshot", "diff", str(target), str(changed))
+    assert f"v{target} -> v{changed}: 1 change(s)" in diff
+    assert "~ tenant acme" in diff
+    assert 'tier: "gold" -> "silver"' in diff
+
+    rolled = await run("snapshot", "rollback", str(target))
+    assert f"rolled back to v{target}: published v{changed + 1}" in rolled
+    assert "gold" in await run("tenant", "get", "acme")
+    newest = (await run("snapshot", "list", "--limit", "1")).splitlines()[1]
+    assert f"rollback to v{target}" in newest
+
+    code, _, err = await _signalbox("admin", "snapshot", "rollback", "0", env=env)
+    assert code == 2
+    assert "positive integer" in err
+    code, _, err = await _signalbox("admin", "snapshot", "diff", str(target), "9999", env=env)
+    assert code != 0
+    assert "NOT_FOUND" in err

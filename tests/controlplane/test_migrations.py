@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.orm import Session
 
 from controlplane.db.migrate import alembic_config, current_revision, heads, upgrade_head
-from controlplane.db.models import Base
+from controlplane.db.models import Base, Snapshot
+from signalbox.api.config.v1 import snapshot_pb2
 
 
 def test_exactly_one_head() -> None:
@@ -106,3 +110,52 @@ def test_policies_without_allowed_models_keep_the_models_they_could_reach(empty_
     assert acme_rows[-1][3].startswith("migration:0003")
     # beta already named its models: untouched.
     assert [(r[1], r[2]) for r in beta_rows] == [(1, '{"allowed_models":["small"]}')]
+
+
+def test_snapshots_stored_twice_become_their_envelope_and_stay_readable(empty_database_url: str) -> None:
+    # Before 0004 each version kept its payload and the envelope holding the same bytes.
+    config = alembic_config(empty_database_url)
+    command.upgrade(config, "0003")
+    engine = sa.create_engine(empty_database_url, poolclass=sa.NullPool)
+    payload = snapshot_pb2.Snapshot(
+        version=1, tenants=[snapshot_pb2.Tenant(id="t", name="acme")]
+    ).SerializeToString()
+    envelope = snapshot_pb2.SignedEnvelope(payload=payload).SerializeToString()
+    insert = sa.text(
+        "INSERT INTO snapshots (version, payload, envelope, sha256, previous_hash, signing_key_id, "
+        "created_at, created_by, reason) VALUES (:v, :p, :e, :h, '', 'k', now(), 'admin:x', 'r')"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert, {"v": 1, "p": payload, "e": envelope, "h": hashlib.sha256(payload).digest()})
+        upgrade_head(empty_database_url)
+        with Session(engine) as session:
+            row = session.get(Snapshot, 1)
+            assert row is not None
+            assert row.payload == payload
+            assert row.exported_at is None
+        # And back: the column is filled again from the envelope.
+        command.downgrade(config, "0003")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT payload FROM snapshots")).scalar_one() == payload
+    finally:
+        engine.dispose()
+
+
+def test_a_snapshot_whose_envelope_lost_its_payload_stops_the_upgrade(empty_database_url: str) -> None:
+    config = alembic_config(empty_database_url)
+    command.upgrade(config, "0003")
+    engine = sa.create_engine(empty_database_url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO snapshots (version, payload, envelope, sha256, previous_hash, signing_key_id, "
+                    "created_at, created_by, reason) VALUES (7, 'abc', '', 'h', '', 'k', now(), '', '')"
+                )
+            )
+        with pytest.raises(RuntimeError, match="snapshot v7"):
+            upgrade_head(empty_database_url)
+        assert current_revision(empty_database_url) == "0003"
+    finally:
+        engine.dispose()

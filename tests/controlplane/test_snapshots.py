@@ -214,8 +214,8 @@ async def test_a_stored_snapshot_this_build_cannot_compile_fails_the_dry_run_pre
             session,
             Snapshot(
                 version=version,
-                payload=payload,
-                envelope=b"",
+                # The payload is stored once, inside the envelope.
+                envelope=snapshot_pb2.SignedEnvelope(payload=payload).SerializeToString(),
                 sha256=hashlib.sha256(payload).digest(),
                 signing_key_id="k",
                 created_at=datetime.now(UTC),

@@ -24,6 +24,7 @@ from signalbox.shell.admin_cli.output import (
     POLICY_COLUMNS,
     PROVIDER_COLUMNS,
     SNAPSHOT_COLUMNS,
+    SNAPSHOT_LIST_COLUMNS,
     TENANT_COLUMNS,
     Output,
     deleted,
@@ -34,9 +35,13 @@ from signalbox.shell.admin_cli.output import (
     policy_row,
     provider_row,
     scopes_column,
+    snapshot_content,
+    snapshot_list_row,
     snapshot_row,
+    table,
     tenant_row,
 )
+from signalbox.shell.admin_cli.output import snapshot_diff as render_diff
 
 # The AdminService stub with token and deadline bound (``run._with_call_options``); grpc-stubs
 # types stubs as synchronous, which grpc.aio ones are not.
@@ -276,8 +281,30 @@ async def node_list(stub: Stub, ns: argparse.Namespace) -> Output:
 
 
 async def snapshot_show(stub: Stub, ns: argparse.Namespace) -> Output:
-    s = await stub.GetSnapshot(admin_pb2.GetSnapshotRequest(version=ns.version or 0))
-    return Output(s, SNAPSHOT_COLUMNS, [snapshot_row(s)])
+    version = ns.version_arg or ns.version or 0
+    s = await stub.GetSnapshot(admin_pb2.GetSnapshotRequest(version=version, include_content=True))
+    return Output(s, SNAPSHOT_COLUMNS, [snapshot_row(s)], text=snapshot_content(s))
+
+
+async def snapshot_list(stub: Stub, ns: argparse.Namespace) -> Output:
+    r = await stub.ListSnapshots(admin_pb2.ListSnapshotsRequest(limit=ns.limit or 0, before=ns.before or 0))
+    out = Output(r, SNAPSHOT_LIST_COLUMNS, [snapshot_list_row(s) for s in r.snapshots])
+    if r.next_before:
+        out.text = f"{table(out.headers, out.rows)}\n(more: --before {r.next_before})\n"
+    return out
+
+
+async def snapshot_diff(stub: Stub, ns: argparse.Namespace) -> Output:
+    d = await stub.DiffSnapshots(admin_pb2.DiffSnapshotsRequest(from_version=ns.a, to_version=ns.b))
+    return Output(d, text=render_diff(d))
+
+
+async def snapshot_rollback(stub: Stub, ns: argparse.Namespace) -> Output:
+    r = await stub.RollbackSnapshot(admin_pb2.RollbackSnapshotRequest(version=ns.version))
+    text = f"rolled back to v{r.restored_from}: published v{r.snapshot_version}\n"
+    if r.keys_not_restored:
+        text += "API keys deleted since stay deleted: " + ", ".join(r.keys_not_restored) + "\n"
+    return Output(r, text=text)
 
 
 # ---- routing ----

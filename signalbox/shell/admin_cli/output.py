@@ -49,7 +49,8 @@ PROVIDER_COLUMNS = ("id", "name", "type", "base_url", "credential", "location")
 MODEL_COLUMNS = ("id", "alias", "capabilities", "context", "deployments")
 POLICY_COLUMNS = ("tenant", "version", "created_by", "created_at", "document")
 NODE_COLUMNS = ("node", "version", "mode", "applied", "connected", "last_nack", "reason", "last_seen")
-SNAPSHOT_COLUMNS = ("version", "sha256", "created_at", "key_id", "bytes")
+SNAPSHOT_COLUMNS = ("version", "sha256", "created_at", "key_id", "bytes", "created_by", "reason")
+SNAPSHOT_LIST_COLUMNS = ("version", "sha256", "created_at", "created_by", "reason", "exported")
 
 
 def _time(ts: Any) -> str:
@@ -111,7 +112,99 @@ def node_row(n: admin_pb2.Node) -> tuple[object, ...]:
 
 
 def snapshot_row(s: admin_pb2.SnapshotInfo) -> tuple[object, ...]:
-    return (s.version, s.payload_sha256.hex(), _time(s.created_at), s.signing_key_id, s.size_bytes)
+    return (
+        s.version,
+        s.payload_sha256.hex(),
+        _time(s.created_at),
+        s.signing_key_id,
+        s.size_bytes,
+        s.created_by,
+        printable(s.reason, 200),
+    )
+
+
+def snapshot_list_row(s: admin_pb2.SnapshotInfo) -> tuple[object, ...]:
+    return (
+        s.version,
+        s.payload_sha256.hex()[:12],
+        _time(s.created_at),
+        s.created_by,
+        printable(s.reason, 200),
+        _time(s.exported_at) if s.HasField("exported_at") else "",
+    )
+
+
+def snapshot_content(s: admin_pb2.SnapshotInfo) -> str:
+    """A snapshot for people: its header, then one table per kind of object. Keys show id,
+    name and prefix only; providers their credential reference."""
+    c = s.content
+    tenants = {t.id: t.name for t in c.tenants}
+    header = [
+        ("version", str(s.version)),
+        ("sha256", s.payload_sha256.hex()),
+        ("created", f"{_time(s.created_at)} by {s.created_by or '?'}: {printable(s.reason, 200)}"),
+        ("expires", _time(c.expires_at)),
+        ("signed by", s.signing_key_id),
+        ("trusted keys", ", ".join(c.trusted_key_ids)),
+        ("exported", _time(s.exported_at) if s.HasField("exported_at") else "no"),
+    ]
+    width = max(len(label) for label, _ in header)
+    parts = ["".join(f"{label.ljust(width)}  {value}\n" for label, value in header)]
+    sections: list[tuple[str, Sequence[str], list[tuple[object, ...]]]] = [
+        ("tenants", TENANT_COLUMNS, [tenant_row(t) for t in c.tenants]),
+        (
+            "keys",
+            ("id", "tenant", "name", "prefix", "scopes", "expires"),
+            [
+                (
+                    k.id,
+                    tenants.get(k.tenant_id, k.tenant_id),
+                    k.name,
+                    f"{k.prefix}..." if k.prefix else "(deleted since)",
+                    scopes_column(k.scopes),
+                    _time(k.expires_at),
+                )
+                for k in c.keys
+            ],
+        ),
+        ("providers", PROVIDER_COLUMNS, [provider_row(p) for p in c.providers]),
+        ("models", MODEL_COLUMNS, [model_row(m) for m in c.models]),
+        (
+            "policies",
+            ("tenant", "version", "document"),
+            [
+                (
+                    tenants.get(p.tenant_id, p.tenant_id) if p.tenant_id else "(default)",
+                    p.version,
+                    p.document_json,
+                )
+                for p in c.policies
+            ],
+        ),
+    ]
+    for title, headers, rows in sections:
+        body = table(headers, rows) if rows else "(none)"
+        parts.append(f"\n{title} ({len(rows)}):\n{body}\n")
+    return "".join(parts)
+
+
+def snapshot_diff(d: admin_pb2.DiffSnapshotsResponse) -> str:
+    """Per object: +/-/~ with kind and name, then each changed field old -> new, and a
+    policy's document diff."""
+    if not d.changes:
+        return f"v{d.from_version} -> v{d.to_version}: no changes\n"
+    mark = {"added": "+", "removed": "-", "changed": "~"}
+    lines = [f"v{d.from_version} -> v{d.to_version}: {len(d.changes)} change(s)"]
+    for c in d.changes:
+        lines.append(f"{mark.get(c.change, '?')} {c.kind} {c.name} ({c.id or 'default'}) {c.change}")
+        for f in c.fields:
+            if c.change == "changed":
+                lines.append(f"    {f.field}: {f.old or '(none)'} -> {f.new or '(none)'}")
+            else:
+                lines.append(f"    {f.field}: {f.new if c.change == 'added' else f.old}")
+        if c.document_diff:
+            lines += ["    " + line for line in c.document_diff.splitlines()]
+    return "\n".join(lines) + "\n"
 
 
 def deleted(response: admin_pb2.DeleteResponse) -> Output:

@@ -26,6 +26,9 @@ from signalbox.shell.admin_cli.commands import (
     provider_list,
     provider_update,
     route_explain,
+    snapshot_diff,
+    snapshot_list,
+    snapshot_rollback,
     snapshot_show,
     tenant_create,
     tenant_delete,
@@ -36,6 +39,17 @@ from signalbox.shell.admin_cli.commands import (
 from signalbox.shell.admin_cli.run import admin_command
 
 COMMAND = "admin"
+
+
+def _version(text: str) -> int:
+    """A snapshot version or count on the command line: a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _verb(
@@ -194,6 +208,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--max-output-tokens", type=int)
     p.add_argument("--correlation-id", help="request id: draws the split arm when the sticky key is absent")
     snapshot = _resource(sub, "snapshot", "snapshots")
-    _verb(snapshot, "show", snapshot_show, "the newest (or a given) snapshot").add_argument(
-        "--version", type=int
+    p = _verb(snapshot, "list", snapshot_list, "stored versions, newest first, who published each and why")
+    p.add_argument("--limit", type=_version, help="at most this many (default 20)")
+    p.add_argument(
+        "--before", type=_version, metavar="VERSION", help="only versions below this one (next page)"
     )
+    p = _verb(snapshot, "show", snapshot_show, "the newest (or a given) snapshot and the config it carries")
+    p.add_argument("version_arg", nargs="?", type=_version, metavar="VERSION", help="default: the newest")
+    p.add_argument("--version", type=_version, help=argparse.SUPPRESS)
+    p = _verb(snapshot, "diff", snapshot_diff, "what changed from version A to version B, per object")
+    p.add_argument("a", type=_version, metavar="A")
+    p.add_argument("b", type=_version, metavar="B")
+    p = _verb(
+        snapshot,
+        "rollback",
+        snapshot_rollback,
+        "restore a stored version's config and publish it as a new version (admin role)",
+    )
+    p.add_argument("version", type=_version, metavar="VERSION")

@@ -155,6 +155,21 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ExportSnapshotRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_config_dot_v1_dot_snapshot__pb2.SignedEnvelope.FromString,
                 _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListSnapshots',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.DiffSnapshots = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/DiffSnapshots',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DiffSnapshotsRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DiffSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.RollbackSnapshot = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/RollbackSnapshot',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RollbackSnapshotRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RollbackSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -304,7 +319,30 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportSnapshot(self, request, context):
-        """The current signed envelope, for air-gapped export.
+        """The current signed envelope, for air-gapped export. The version is marked
+        exported: retention keeps it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """Stored versions, newest first, with who published each and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiffSnapshots(self, request, context):
+        """What changed from one stored version to another, per object.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackSnapshot(self, request, context):
+        """Writes a stored version's config back into the config tables and publishes it
+        as a new, higher version. Admin role only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -432,6 +470,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ExportSnapshot,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ExportSnapshotRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_config_dot_v1_dot_snapshot__pb2.SignedEnvelope.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'DiffSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiffSnapshots,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DiffSnapshotsRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DiffSnapshotsResponse.SerializeToString,
+            ),
+            'RollbackSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackSnapshot,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RollbackSnapshotRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RollbackSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1082,6 +1135,87 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/ExportSnapshot',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ExportSnapshotRequest.SerializeToString,
             signalbox_dot_api_dot_config_dot_v1_dot_snapshot__pb2.SignedEnvelope.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListSnapshots',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListSnapshotsRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiffSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/DiffSnapshots',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DiffSnapshotsRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DiffSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/RollbackSnapshot',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RollbackSnapshotRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RollbackSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

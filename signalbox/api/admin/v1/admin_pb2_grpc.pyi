@@ -64,7 +64,17 @@ class AdminServiceStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNodesRequest, _admin_pb2.ListNodesResponse]
     GetSnapshot: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetSnapshotRequest, _admin_pb2.SnapshotInfo]
     ExportSnapshot: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportSnapshotRequest, _snapshot_pb2.SignedEnvelope]
-    """The current signed envelope, for air-gapped export."""
+    """The current signed envelope, for air-gapped export. The version is marked
+    exported: retention keeps it.
+    """
+    ListSnapshots: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSnapshotsRequest, _admin_pb2.ListSnapshotsResponse]
+    """Stored versions, newest first, with who published each and why."""
+    DiffSnapshots: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DiffSnapshotsRequest, _admin_pb2.DiffSnapshotsResponse]
+    """What changed from one stored version to another, per object."""
+    RollbackSnapshot: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RollbackSnapshotRequest, _admin_pb2.RollbackSnapshotResponse]
+    """Writes a stored version's config back into the config tables and publishes it
+    as a new, higher version. Admin role only.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -99,7 +109,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNodesRequest, _admin_pb2.ListNodesResponse]  # type: ignore[assignment]
     GetSnapshot: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetSnapshotRequest, _admin_pb2.SnapshotInfo]  # type: ignore[assignment]
     ExportSnapshot: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportSnapshotRequest, _snapshot_pb2.SignedEnvelope]  # type: ignore[assignment]
-    """The current signed envelope, for air-gapped export."""
+    """The current signed envelope, for air-gapped export. The version is marked
+    exported: retention keeps it.
+    """
+    ListSnapshots: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSnapshotsRequest, _admin_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
+    """Stored versions, newest first, with who published each and why."""
+    DiffSnapshots: _aio.UnaryUnaryMultiCallable[_admin_pb2.DiffSnapshotsRequest, _admin_pb2.DiffSnapshotsResponse]  # type: ignore[assignment]
+    """What changed from one stored version to another, per object."""
+    RollbackSnapshot: _aio.UnaryUnaryMultiCallable[_admin_pb2.RollbackSnapshotRequest, _admin_pb2.RollbackSnapshotResponse]  # type: ignore[assignment]
+    """Writes a stored version's config back into the config tables and publishes it
+    as a new, higher version. Admin role only.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -275,6 +295,34 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ExportSnapshotRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_snapshot_pb2.SignedEnvelope, _abc.Awaitable[_snapshot_pb2.SignedEnvelope]]:
-        """The current signed envelope, for air-gapped export."""
+        """The current signed envelope, for air-gapped export. The version is marked
+        exported: retention keeps it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSnapshots(
+        self,
+        request: _admin_pb2.ListSnapshotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListSnapshotsResponse, _abc.Awaitable[_admin_pb2.ListSnapshotsResponse]]:
+        """Stored versions, newest first, with who published each and why."""
+
+    @_abc_1.abstractmethod
+    def DiffSnapshots(
+        self,
+        request: _admin_pb2.DiffSnapshotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DiffSnapshotsResponse, _abc.Awaitable[_admin_pb2.DiffSnapshotsResponse]]:
+        """What changed from one stored version to another, per object."""
+
+    @_abc_1.abstractmethod
+    def RollbackSnapshot(
+        self,
+        request: _admin_pb2.RollbackSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RollbackSnapshotResponse, _abc.Awaitable[_admin_pb2.RollbackSnapshotResponse]]:
+        """Writes a stored version's config back into the config tables and publishes it
+        as a new, higher version. Admin role only.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
