@@ -87,6 +87,12 @@ class ControlPlaneSettings:
     """Seconds in-flight calls get to finish on stop."""
     node_heartbeat_interval: float = 30.0
     """Seconds between updates of ``last_seen`` for nodes with an open sync stream."""
+    node_stale_after: float = 60.0
+    """Seconds without a Hello, ACK, NACK or heartbeat after which ``node list`` shows a
+    node as STALE (nodes send a heartbeat every 15 s by default)."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest gRPC message sent or received (a snapshot travels as one message); nodes
+    have their own receive limit and NACK a snapshot above it."""
     reissue_check_interval: float = 60.0
     """Seconds between checks whether the newest snapshot is past half its lifetime
     (then the unchanged config is re-issued as a new version before it expires)."""
@@ -179,7 +185,7 @@ class ControlPlane:
         # NOTIFY brings it back too, but a local kick saves a round trip.
         uow.after_commit.append(lambda _published: broker.kick())
 
-        nodes = NodeService(sessions)
+        nodes = NodeService(sessions, stale_after=s.node_stale_after)
         self.admin = AdminService(sessions)
         self.sync = ConfigSyncServicer(self.broker, nodes)
         admin_servicer = AdminServicer(
@@ -197,7 +203,13 @@ class ControlPlane:
             unauthenticated_rows=s.unauthenticated_audit_rows,
             unauthenticated_window=s.unauthenticated_audit_window,
         )
-        self._server = grpc.aio.server(interceptors=[self._interceptor])
+        self._server = grpc.aio.server(
+            interceptors=[self._interceptor],
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+            ],
+        )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, self._server)
         sync_pb2_grpc.add_ConfigSyncServiceServicer_to_server(self.sync, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

@@ -114,6 +114,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="on SIGTERM, how long in-flight admin calls may finish",
         command=SERVE,
     )
+    add(
+        serve,
+        "--node-stale-after",
+        env="SIGNALBOX_NODE_STALE_AFTER",
+        default=60.0,
+        type=float,
+        help="seconds without a word from a node (nodes send a heartbeat every 15 s) after which "
+        "`admin node list` shows it as STALE",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--max-message-bytes",
+        env="SIGNALBOX_CONTROLPLANE_MAX_MESSAGE_BYTES",
+        default=64 * 1024 * 1024,
+        type=int,
+        help="largest gRPC message sent or received; a snapshot travels as one message",
+        command=SERVE,
+    )
     settings.add_log_level(serve, command=SERVE)
     serve.set_defaults(handler=serve_command)
 
@@ -161,6 +180,8 @@ def serve_command(ns: argparse.Namespace) -> int:
             deployment=ns.scope_deployment, node_group=ns.scope_node_group, site=ns.scope_site
         ),
         drain_grace=ns.drain_seconds,
+        node_stale_after=ns.node_stale_after,
+        max_message_bytes=ns.max_message_bytes,
     )
 
     async def run() -> None:

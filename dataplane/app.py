@@ -49,7 +49,7 @@ from dataplane.snapshot.store import (
     SnapshotStore,
     load_trust_keys,
 )
-from dataplane.snapshot.sync_client import SyncClient
+from dataplane.snapshot.sync_client import DEFAULT_MAX_MESSAGE_BYTES, SyncClient
 from signalbox.api.infer.v1 import infer_pb2
 from signalbox.tls import ClientTls, ServerTls, add_port
 
@@ -102,6 +102,10 @@ class NodeSettings:
     evidence_fsync_interval: float = 0.05
     """Longest time a written evidence record waits for fsync."""
     sync_backoff_base: float = 0.5
+    sync_heartbeat_interval: float = 15.0
+    """Seconds between heartbeats on the sync stream (the control plane's last_seen)."""
+    sync_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest snapshot message taken from the control plane; a larger one is NACKed."""
     sync_backoff_cap: float = 3.0
     """Longest wait between reconnects: a node is back within about this long of the control plane."""
     reset_high_water_mark: bool = False
@@ -249,6 +253,8 @@ class DataPlaneNode:
                 backoff_base=s.sync_backoff_base,
                 backoff_cap=s.sync_backoff_cap,
                 tls=s.control_plane_tls,
+                heartbeat_interval=s.sync_heartbeat_interval,
+                max_message_bytes=s.sync_max_message_bytes,
             )
             self._sync_task = asyncio.get_running_loop().create_task(self._sync.run())
         if self._pin_watch is not None:

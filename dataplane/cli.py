@@ -84,6 +84,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="HOST:PORT of the control plane's config sync; unset: none",
         command=SERVE,
     )
+    add(
+        serve,
+        "--sync-max-message-bytes",
+        env="SIGNALBOX_SYNC_MAX_MESSAGE_BYTES",
+        default=64 * 1024 * 1024,
+        type=int,
+        help="largest snapshot message taken from the control plane; a larger one is NACKed",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--sync-heartbeat-seconds",
+        env="SIGNALBOX_SYNC_HEARTBEAT_SECONDS",
+        default=15.0,
+        type=float,
+        help="seconds between heartbeats to the control plane (its last_seen for this node)",
+        command=SERVE,
+    )
     tls.add_server_flags(serve, env_prefix="SIGNALBOX_DATAPLANE", command=SERVE)
     add(
         serve,
@@ -298,6 +316,8 @@ def serve_command(ns: argparse.Namespace) -> int:
     node_settings = NodeSettings(
         listen=ns.listen,
         control_plane=ns.control_plane or None,
+        sync_max_message_bytes=ns.sync_max_message_bytes,
+        sync_heartbeat_interval=ns.sync_heartbeat_seconds,
         trust_keys=_trust_keys(ns),
         node_id=ns.node_id,
         data_dir=Path(ns.data_dir),

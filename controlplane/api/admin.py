@@ -7,7 +7,7 @@ the authenticated caller in ``current_caller``.
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -254,7 +254,22 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListNodes(
         self, request: admin_pb2.ListNodesRequest, context: Context
     ) -> admin_pb2.ListNodesResponse:
-        return admin_pb2.ListNodesResponse(nodes=[convert.node(n) for n in await self._nodes.list()])
+        rows, latest = await self._nodes.fleet()
+        now = datetime.now(UTC)
+        nodes = []
+        for row in rows:
+            node = convert.node(row)
+            scope = row.scope or {}
+            node.deployment = str(scope.get("deployment", ""))
+            node.node_group = str(scope.get("node_group", ""))
+            node.site = str(scope.get("site", ""))
+            node.last_ack_version = row.last_ack_version
+            node.lag = max(0, latest - row.applied_version)
+            node.stale = self._nodes.is_stale(row, now)
+            nodes.append(node)
+        return admin_pb2.ListNodesResponse(
+            nodes=nodes, latest_version=latest, stale_after_seconds=self._nodes.stale_after
+        )
 
     async def GetSnapshot(
         self, request: admin_pb2.GetSnapshotRequest, context: Context

@@ -104,6 +104,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         # A change committed within the debounce window must not be missed by a node
         # connecting right now: look at the database, not only the broker's cache.
         await self._broker.refresh()
+        if hello.HasField("delivery_failure") and hello.delivery_failure.reason:
+            await self._delivery_failed(state, hello.delivery_failure)
         sub = self._broker.subscribe(node_id)
         self.streams[node_id] = self.streams.get(node_id, 0) + 1
         reader = asyncio.create_task(self._read(request_iterator, state, sub), name=f"sync-read-{node_id}")
@@ -135,6 +137,25 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 task.add_done_callback(self._bookkeeping.discard)
             log.info("node %s disconnected", printable(node_id))
 
+    async def _delivery_failed(self, state: _StreamState, failure: sync_pb2.DeliveryFailure) -> None:
+        """The node could not take a message of its last stream: record it as a NACK.
+
+        We only ever send the newest snapshot, so that is what the node refused. Recording
+        it also keeps us from sending it again and again on every reconnect.
+        """
+        latest = self._broker.latest
+        reason = printable(failure.reason, MAX_REASON_LOG_CHARS)
+        if (latest is not None) and (latest.version, latest.sha256) in state.refused:
+            return  # already recorded (the node repeats it until a stream carries a message)
+        if latest is None or latest.version <= state.applied:
+            log.warning("node %s could not take a sync message: %s", printable(state.node_id), reason)
+            return
+        size = len(sync_pb2.ServerMessage(envelope=latest.envelope).SerializeToString())
+        reason = f"{reason} (v{latest.version}, {size} bytes sent)"
+        log.warning("node %s refused v%d: %s", printable(state.node_id), latest.version, reason)
+        state.refused.add((latest.version, latest.sha256))
+        await self._nodes.nack(state.node_id, latest.version, latest.sha256, reason)
+
     def _due(self, state: _StreamState) -> snapshot_pb2.SignedEnvelope | None:
         latest = self._broker.latest
         if latest is None or latest.version <= max(state.applied, state.last_sent):
@@ -163,6 +184,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                         printable(nack.reason, MAX_REASON_LOG_CHARS),
                     )
                     await self._nodes.nack(state.node_id, nack.version, nack.payload_sha256, nack.reason)
+                elif kind == "heartbeat":
+                    await self._nodes.seen(state.node_id)
         except grpc.aio.AioRpcError:
             pass  # the node went away; the stream ends below
         except Exception:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.models import Node, NodeNack
+from controlplane.db.models import Node, NodeNack, Snapshot
 
 
 async def get(session: AsyncSession, node_id: str, *, for_update: bool = False) -> Node | None:
@@ -29,3 +29,8 @@ async def mark_seen(session: AsyncSession, node_ids: Sequence[str], now: datetim
     await session.execute(
         update(Node).where(Node.node_id.in_(node_ids)).values(last_seen_at=now, connected=True)
     )
+
+
+async def latest_version(session: AsyncSession) -> int:
+    """The newest stored snapshot version (0 when none): what a converged node serves."""
+    return int(await session.scalar(select(func.coalesce(func.max(Snapshot.version), 0))) or 0)

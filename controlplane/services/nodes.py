@@ -36,6 +36,8 @@ class NodeHello:
 @dataclass(slots=True)
 class NodeService:
     sessions: async_sessionmaker[AsyncSession]
+    stale_after: float = 60.0
+    """Seconds without a word from a node after which ``node list`` calls it STALE."""
 
     async def hello(self, hello: NodeHello) -> Node:
         """Record a (re)connecting node; returns its row, including its last NACK."""
@@ -128,6 +130,19 @@ class NodeService:
         async with self.sessions() as session, session.begin():
             await repo.mark_seen(session, node_ids, datetime.now(UTC))
 
+    async def seen(self, node_id: str) -> None:
+        """A heartbeat from the node itself: it is alive, not just its stream open."""
+        await self.touch([node_id])
+
     async def list(self) -> Sequence[Node]:
         async with self.sessions() as session:
             return await repo.list_all(session)
+
+    async def fleet(self) -> tuple[Sequence[Node], int]:
+        """Every node and the newest stored snapshot version (0 when none), read together."""
+        async with self.sessions() as session:
+            return await repo.list_all(session), await repo.latest_version(session)
+
+    def is_stale(self, node: Node, now: datetime) -> bool:
+        """Not seen (Hello, ACK, NACK, heartbeat) for longer than ``stale_after`` seconds."""
+        return (now - node.last_seen_at).total_seconds() > self.stale_after

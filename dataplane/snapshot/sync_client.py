@@ -9,6 +9,13 @@ jitter"), so a control-plane restart does not bring every node back at once.
 The cap is small (3 s by default): after an outage of any length a node is back
 within about that long of the control plane's return, and the uniform draw still
 spreads a fleet's reconnects over the whole window.
+
+While connected the node sends a Heartbeat every ``heartbeat_interval`` seconds
+(15 s by default), so the control plane's ``last_seen`` is proof that the node
+itself is alive, not merely that its stream is open. Messages up to
+``max_message_bytes`` (64 MiB by default) are received; when a snapshot is larger,
+or does not decode, gRPC ends the stream and the node reports the failure in
+the Hello of its next stream, where the control plane records it as a NACK.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,12 +35,34 @@ from dataplane.config.model import DeploymentMode, Scope
 from dataplane.snapshot.compile import MODE_TO_PROTO
 from dataplane.snapshot.store import ApplyResult, SnapshotStore
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
-from signalbox.tls import ClientTls, aio_channel
+from signalbox.tls import ClientTls
 
 log = logging.getLogger("signalbox.dataplane.sync")
 
 _HEALTHY_STREAM_S = 5.0
 """A stream that stayed up this long resets the backoff, even if it carried nothing."""
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest sync message (one signed snapshot) a node accepts unless configured otherwise."""
+
+_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+
+
+def delivery_failure(exc: grpc.aio.AioRpcError) -> sync_pb2.DeliveryFailure | None:
+    """What to tell the control plane when ``exc`` means we could not take its message."""
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        match = _TOO_LARGE.search(details)
+        if match:
+            size, limit = int(match.group(1)), int(match.group(2))
+            return sync_pb2.DeliveryFailure(
+                reason=f"snapshot of {size} bytes exceeds this node's limit of {limit} bytes",
+                message_bytes=size,
+            )
+        return sync_pb2.DeliveryFailure(reason=f"snapshot refused by this node: {details[:200]}")
+    if exc.code() == grpc.StatusCode.INTERNAL and "deserializ" in details.lower():
+        return sync_pb2.DeliveryFailure(reason="snapshot message did not decode on this node")
+    return None
 
 
 def full_jitter(failures: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
@@ -66,6 +96,8 @@ class SyncClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 3.0,
         tls: ClientTls | None = None,
+        heartbeat_interval: float = 15.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self._target = target
         self._store = store
@@ -80,6 +112,10 @@ class SyncClient:
         self._failures = 0
         self._last_error = ""
         self._last_result: ApplyResult | None = None
+        self._heartbeat = heartbeat_interval
+        self._max_message_bytes = max_message_bytes
+        self._failure: sync_pb2.DeliveryFailure | None = None
+        """Why the last stream's message could not be taken; told in the next Hello."""
 
     @property
     def status(self) -> SyncStatus:
@@ -100,6 +136,7 @@ class SyncClient:
                 ),
                 applied_version=self._store.version,
                 applied_hash=self._store.payload_sha256,
+                delivery_failure=self._failure,
             )
         )
 
@@ -112,6 +149,10 @@ class SyncClient:
                 self._last_error = "control plane closed the stream"
             except grpc.aio.AioRpcError as exc:
                 self._last_error = f"{exc.code().name}: {exc.details()}"
+                failure = delivery_failure(exc)
+                if failure is not None:
+                    self._failure = failure
+                    log.warning("could not take a snapshot from %s: %s", self._target, failure.reason)
             except Exception as exc:
                 # Whatever broke this session, the node must keep trying to sync:
                 # a dead sync task would silently freeze its configuration.
@@ -142,12 +183,14 @@ class SyncClient:
 
         # A fresh channel per attempt: our own backoff decides when to retry, not
         # the channel's internal reconnect timer.
-        async with aio_channel(self._target, self._tls) as channel:
+        async with self._channel() as channel:
             stub = sync_pb2_grpc.ConfigSyncServiceStub(channel)
             call = stub.Sync(requests())
             self._connects += 1
+            beats = asyncio.create_task(self._beat(outbox), name="sync-heartbeat")
             try:
                 async for message in call:
+                    self._failure = None  # told in this stream's Hello
                     self._connected = True
                     self._failures = 0
                     if message.WhichOneof("message") != "envelope":
@@ -156,8 +199,26 @@ class SyncClient:
                     self._last_result = result
                     outbox.put_nowait(self._answer(result))
             finally:
+                beats.cancel()
                 outbox.put_nowait(None)
                 call.cancel()
+
+    def _channel(self) -> grpc.aio.Channel:
+        options = [
+            ("grpc.max_receive_message_length", self._max_message_bytes),
+            ("grpc.max_send_message_length", self._max_message_bytes),
+        ]
+        creds = self._tls.credentials(self._target)
+        if creds is None:
+            return grpc.aio.insecure_channel(self._target, options=options)
+        return grpc.aio.secure_channel(self._target, creds, options=options)
+
+    async def _beat(self, outbox: asyncio.Queue[sync_pb2.NodeMessage | None]) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            outbox.put_nowait(
+                sync_pb2.NodeMessage(heartbeat=sync_pb2.Heartbeat(applied_version=self._store.version))
+            )
 
     @staticmethod
     def _answer(result: ApplyResult) -> sync_pb2.NodeMessage:

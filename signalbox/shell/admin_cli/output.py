@@ -48,7 +48,21 @@ KEY_COLUMNS = ("id", "tenant", "name", "prefix", "scopes", "expires")
 PROVIDER_COLUMNS = ("id", "name", "type", "base_url", "credential", "location")
 MODEL_COLUMNS = ("id", "alias", "capabilities", "context", "deployments")
 POLICY_COLUMNS = ("tenant", "version", "created_by", "created_at", "document")
-NODE_COLUMNS = ("node", "version", "mode", "applied", "connected", "last_nack", "reason", "last_seen")
+NODE_COLUMNS = (
+    "node",
+    "version",
+    "mode",
+    "scope",
+    "applied",
+    "lag",
+    "last_ack",
+    "last_nack",
+    "reason",
+    "last_seen",
+    "connected",
+    "status",
+    "cert_expiry",
+)
 SNAPSHOT_COLUMNS = ("version", "sha256", "created_at", "key_id", "bytes", "created_by", "reason")
 SNAPSHOT_LIST_COLUMNS = ("version", "sha256", "created_at", "created_by", "reason", "exported")
 
@@ -98,16 +112,22 @@ def policy_row(p: admin_pb2.Policy) -> tuple[object, ...]:
 
 def node_row(n: admin_pb2.Node) -> tuple[object, ...]:
     mode = enum_name(common_pb2.DeploymentMode, "DEPLOYMENT_MODE_", n.mode)
+    scope = "/".join(printable(part, 100) or "-" for part in (n.deployment, n.node_group, n.site))
     # What nodes said is shown escaped: a control plane of another version may store it raw.
     return (
         printable(n.node_id),
         printable(n.software_version, 100),
         mode,
+        scope,
         f"v{n.applied_version} {n.applied_hash.hex()[:12]}",
-        "yes" if n.connected else "no",
-        f"v{n.last_nack_version}" if n.last_nack_version else "",
+        n.lag,
+        f"v{n.last_ack_version} {_time(n.last_ack_at)}" if n.last_ack_version else "",
+        f"v{n.last_nack_version} {_time(n.last_nack_at)}" if n.last_nack_version else "",
         printable(n.last_nack_reason, 200),
         _time(n.last_seen_at),
+        "yes" if n.connected else "no",
+        "STALE" if n.stale else "ok",
+        "-",  # node certificates are not issued yet
     )
 
 

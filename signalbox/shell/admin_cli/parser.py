@@ -41,6 +41,16 @@ from signalbox.shell.admin_cli.run import admin_command
 COMMAND = "admin"
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text[:40]!r}") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.1 and 3600 seconds")
+    return value
+
+
 def _version(text: str) -> int:
     """A snapshot version or count on the command line: a positive integer."""
     try:
@@ -195,7 +205,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--to", type=int, metavar="V", help="newer version (default: the current)")
 
     node = _resource(sub, "node", "data-plane nodes")
-    _verb(node, "list", node_list, "nodes, their applied snapshot and last NACK")
+    p = _verb(
+        node,
+        "list",
+        node_list,
+        "nodes: version, mode, scope, applied snapshot, lag, last ACK/NACK, last seen, STALE",
+    )
+    p.add_argument(
+        "--watch", action="store_true", help="redraw the table every --interval seconds until Ctrl-C"
+    )
+    p.add_argument(
+        "--interval", type=_positive_seconds, default=2.0, help="seconds between redraws (default 2)"
+    )
+    p.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
     route = _resource(sub, "route", "routing")
     p = _verb(route, "explain", route_explain, "dry-run routing for a tenant under its current policy")
     p.add_argument("--tenant", required=True)

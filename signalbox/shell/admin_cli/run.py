@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -42,8 +43,34 @@ def admin_command(ns: argparse.Namespace) -> int:
             wrapped = _with_call_options(stub, metadata, ns.timeout)
             return await action(wrapped, ns)
 
+    async def watch() -> Output:
+        # ``node list --watch``: one channel, the table redrawn in place until Ctrl-C
+        # (or, hidden, for --iterations frames).
+        async with tls.aio_channel(ns.target, tls.client_tls(ns)) as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            metadata = (("authorization", f"Bearer {ns.token}"),)
+            wrapped = _with_call_options(stub, metadata, ns.timeout)
+            frames = 0
+            while True:
+                out = await action(wrapped, ns)
+                frames += 1
+                if sys.stdout.isatty():
+                    sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: redraw in place
+                stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+                print(f"every {ns.interval:g}s, {stamp} UTC (Ctrl-C to stop)")
+                _print(out, ns)
+                sys.stdout.flush()
+                if ns.iterations and frames >= ns.iterations:
+                    return out
+                await asyncio.sleep(ns.interval)
+
     try:
+        if getattr(ns, "watch", False):
+            asyncio.run(watch())
+            return 0
         out = asyncio.run(run())
+    except KeyboardInterrupt:
+        return 0
     except grpc.aio.AioRpcError as exc:
         print(f"signalbox admin: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return EXIT_CODES.get(exc.code(), 1)
@@ -53,13 +80,17 @@ def admin_command(ns: argparse.Namespace) -> int:
     except Error as exc:  # refused before sending (controlplane.limits)
         print(f"signalbox admin: {exc.status.name}: {exc.message}", file=sys.stderr)
         return EXIT_CODES.get(exc.status, 1)
+    _print(out, ns)
+    return 0
+
+
+def _print(out: Output, ns: argparse.Namespace) -> None:
     if ns.json:
         print(json_format.MessageToJson(out.message, preserving_proto_field_name=True, indent=2))
     elif out.text is not None:
         print(out.text, end="")
     else:
         print(table(out.headers, out.rows))
-    return 0
 
 
 class _with_call_options:

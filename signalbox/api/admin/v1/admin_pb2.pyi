@@ -1058,6 +1058,12 @@ class Node(_message.Message):
     LAST_NACK_AT_FIELD_NUMBER: _builtins.int
     LAST_SEEN_AT_FIELD_NUMBER: _builtins.int
     CONNECTED_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    NODE_GROUP_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    LAST_ACK_VERSION_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     software_version: _builtins.str
     mode: _common_pb2.DeploymentMode.ValueType
@@ -1066,6 +1072,15 @@ class Node(_message.Message):
     last_nack_version: _builtins.int
     last_nack_reason: _builtins.str
     connected: _builtins.bool
+    deployment: _builtins.str
+    """The scope the node reported in its Hello."""
+    node_group: _builtins.str
+    site: _builtins.str
+    last_ack_version: _builtins.int
+    lag: _builtins.int
+    """Versions behind the newest stored snapshot (0 when converged)."""
+    stale: _builtins.bool
+    """Not seen for longer than the control plane's --node-stale-after."""
     @_builtins.property
     def last_ack_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1086,10 +1101,16 @@ class Node(_message.Message):
         last_nack_at: _timestamp_pb2.Timestamp | None = ...,
         last_seen_at: _timestamp_pb2.Timestamp | None = ...,
         connected: _builtins.bool = ...,
+        deployment: _builtins.str = ...,
+        node_group: _builtins.str = ...,
+        site: _builtins.str = ...,
+        last_ack_version: _builtins.int = ...,
+        lag: _builtins.int = ...,
+        stale: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_ack_at", b"last_ack_at", "last_nack_at", b"last_nack_at", "last_seen_at", b"last_seen_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_hash", b"applied_hash", "applied_version", b"applied_version", "connected", b"connected", "last_ack_at", b"last_ack_at", "last_nack_at", b"last_nack_at", "last_nack_reason", b"last_nack_reason", "last_nack_version", b"last_nack_version", "last_seen_at", b"last_seen_at", "mode", b"mode", "node_id", b"node_id", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_hash", b"applied_hash", "applied_version", b"applied_version", "connected", b"connected", "deployment", b"deployment", "lag", b"lag", "last_ack_at", b"last_ack_at", "last_ack_version", b"last_ack_version", "last_nack_at", b"last_nack_at", "last_nack_reason", b"last_nack_reason", "last_nack_version", b"last_nack_version", "last_seen_at", b"last_seen_at", "mode", b"mode", "node_group", b"node_group", "node_id", b"node_id", "site", b"site", "software_version", b"software_version", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1115,16 +1136,24 @@ class ListNodesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODES_FIELD_NUMBER: _builtins.int
+    LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    STALE_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
+    latest_version: _builtins.int
+    """Newest stored snapshot version (0 when none)."""
+    stale_after_seconds: _builtins.float
+    """The staleness interval in force, in seconds."""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]: ...
     def __init__(
         self,
         *,
         nodes: _abc.Iterable[Global___Node] | None = ...,
+        latest_version: _builtins.int = ...,
+        stale_after_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latest_version", b"latest_version", "nodes", b"nodes", "stale_after_seconds", b"stale_after_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,6 +30,7 @@ class Hello(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     APPLIED_VERSION_FIELD_NUMBER: _builtins.int
     APPLIED_HASH_FIELD_NUMBER: _builtins.int
+    DELIVERY_FAILURE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     software_version: _builtins.str
     mode: _common_pb2.DeploymentMode.ValueType
@@ -38,6 +39,13 @@ class Hello(_message.Message):
     applied_hash: _builtins.bytes
     @_builtins.property
     def scope(self) -> _snapshot_pb2.Scope: ...
+    @_builtins.property
+    def delivery_failure(self) -> Global___DeliveryFailure:
+        """Why the node could not take the last message of its previous stream (e.g. the
+        snapshot exceeded its receive limit, or did not decode); empty when nothing failed.
+        The control plane records it as a NACK of the snapshot it was sending.
+        """
+
     def __init__(
         self,
         *,
@@ -47,14 +55,59 @@ class Hello(_message.Message):
         scope: _snapshot_pb2.Scope | None = ...,
         applied_version: _builtins.int = ...,
         applied_hash: _builtins.bytes = ...,
+        delivery_failure: Global___DeliveryFailure | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery_failure", b"delivery_failure", "scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_hash", b"applied_hash", "applied_version", b"applied_version", "mode", b"mode", "node_id", b"node_id", "scope", b"scope", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_hash", b"applied_hash", "applied_version", b"applied_version", "delivery_failure", b"delivery_failure", "mode", b"mode", "node_id", b"node_id", "scope", b"scope", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Hello: _TypeAlias = Hello  # noqa: Y015
+
+@_typing.final
+class DeliveryFailure(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    message_bytes: _builtins.int
+    """Size of the refused message as the node's gRPC stack reported it (0 when unknown)."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        message_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_bytes", b"message_bytes", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryFailure: _TypeAlias = DeliveryFailure  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    """Sent by the node every heartbeat interval: proof of life that updates last_seen."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_VERSION_FIELD_NUMBER: _builtins.int
+    applied_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        applied_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
 
 @_typing.final
 class Ack(_message.Message):
@@ -110,24 +163,28 @@ class NodeMessage(_message.Message):
     HELLO_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     NACK_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
     def ack(self) -> Global___Ack: ...
     @_builtins.property
     def nack(self) -> Global___Nack: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat: ...
     def __init__(
         self,
         *,
         hello: Global___Hello | None = ...,
         ack: Global___Ack | None = ...,
         nack: Global___Nack | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "hello", b"hello", "message", b"message", "nack", b"nack"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "nack", b"nack"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "hello", b"hello", "message", b"message", "nack", b"nack"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "nack", b"nack"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "ack", "nack"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "ack", "nack", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
