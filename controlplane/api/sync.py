@@ -151,6 +151,10 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             log.warning("node %s could not take a sync message: %s", printable(state.node_id), reason)
             return
         size = len(sync_pb2.ServerMessage(envelope=latest.envelope).SerializeToString())
+        if failure.message_bytes and failure.message_bytes != size:
+            # An older version failed; the newest goes out now and the node tells about it.
+            log.warning("node %s could not take an older snapshot: %s", printable(state.node_id), reason)
+            return
         reason = f"{reason} (v{latest.version}, {size} bytes sent)"
         log.warning("node %s refused v%d: %s", printable(state.node_id), latest.version, reason)
         state.refused.add((latest.version, latest.sha256))
