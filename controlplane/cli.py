@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -167,6 +168,14 @@ def serve_command(ns: argparse.Namespace) -> int:
     from signalbox.api.config.v1 import snapshot_pb2
 
     settings.configure_logging(ns.log_level)
+    if not (ns.node_stale_after > 0 and math.isfinite(ns.node_stale_after)):
+        print(
+            f"--node-stale-after: {ns.node_stale_after} is not a positive number of seconds", file=sys.stderr
+        )
+        return 2
+    if ns.max_message_bytes < 1:
+        print(f"--max-message-bytes: {ns.max_message_bytes} is not a positive size", file=sys.stderr)
+        return 2
     cp_settings = ControlPlaneSettings(
         listen=ns.listen,
         tls=tls.server_tls(ns),

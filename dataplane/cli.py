@@ -303,6 +303,17 @@ def serve_command(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if not (ns.sync_heartbeat_seconds > 0 and math.isfinite(ns.sync_heartbeat_seconds)):
+        print(
+            f"--sync-heartbeat-seconds: {ns.sync_heartbeat_seconds} is not a positive number of seconds",
+            file=sys.stderr,
+        )
+        return 2
+    if ns.sync_max_message_bytes < 1:
+        print(
+            f"--sync-max-message-bytes: {ns.sync_max_message_bytes} is not a positive size", file=sys.stderr
+        )
+        return 2
     prefix_problem = (
         env_name_problem(ns.credential_env_prefix) if ns.credential_env_prefix else "must not be empty"
     )

@@ -238,3 +238,22 @@ async def test_node_list_watch_redraws(control_plane: RunningControlPlane, priva
         assert "STATUS" in header
         assert "CERT_EXPIRY" in header
         assert "watched-1" in frame
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["controlplane", "serve", "--node-stale-after", "0"], "--node-stale-after"),
+        (["controlplane", "serve", "--node-stale-after", "nan"], "--node-stale-after"),
+        (["controlplane", "serve", "--max-message-bytes", "0"], "--max-message-bytes"),
+        (["dataplane", "serve", "--sync-heartbeat-seconds", "-1"], "--sync-heartbeat-seconds"),
+        (["dataplane", "serve", "--sync-max-message-bytes", "0"], "--sync-max-message-bytes"),
+    ],
+)
+def test_nonsensical_fleet_settings_are_refused(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from signalbox.shell.cli import main
+
+    assert main(argv) == 2
+    assert flag in capsys.readouterr().err
