@@ -55,7 +55,7 @@ class Kek:
         return AESGCM(self.key).decrypt(nonce, ciphertext, aad)
 
 
-def _decode_kek(raw: bytes, source: str) -> Kek:
+def decode_kek(raw: bytes, source: str) -> Kek:
     stripped = raw.strip()
     if len(raw) == 32 and len(stripped) != 44:
         return Kek(raw)
@@ -71,10 +71,10 @@ def _decode_kek(raw: bytes, source: str) -> Kek:
 def load_kek(*, kek_b64: str | None, kek_file: Path | None, data_dir: Path) -> Kek:
     """The KEK from the environment value, the given file, or a generated file under ``data_dir``."""
     if kek_b64:
-        return _decode_kek(kek_b64.encode(), "SIGNALBOX_KEK")
+        return decode_kek(kek_b64.encode(), "SIGNALBOX_KEK")
     if kek_file is not None:
         try:
-            return _decode_kek(kek_file.read_bytes(), "SIGNALBOX_KEK_FILE")
+            return decode_kek(kek_file.read_bytes(), "SIGNALBOX_KEK_FILE")
         except OSError as exc:
             raise InvalidArgument("SIGNALBOX_KEK_FILE", f"cannot read {kek_file}: {exc.strerror}") from exc
     path = data_dir / KEK_FILE_NAME
@@ -82,14 +82,19 @@ def load_kek(*, kek_b64: str | None, kek_file: Path | None, data_dir: Path) -> K
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     try:
-        # O_EXCL + mode: the file is never readable by others, not even briefly.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return generate_kek_file(path)
     except FileExistsError:
         path.chmod(0o600)  # one generated before files were kept private
-        return _decode_kek(path.read_bytes(), str(path))
+        return decode_kek(path.read_bytes(), str(path))
+
+
+def generate_kek_file(path: Path) -> Kek:
+    """A new random KEK written to ``path`` (which must not exist) as base64, mode 0600."""
+    # O_EXCL + mode: the file is never readable by others, not even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(base64.b64encode(secrets.token_bytes(32)) + b"\n")
-    return _decode_kek(path.read_bytes(), str(path))
+    return decode_kek(path.read_bytes(), str(path))
 
 
 @dataclass(frozen=True, slots=True)

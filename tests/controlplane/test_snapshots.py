@@ -259,10 +259,10 @@ async def test_the_first_snapshot_is_issued_as_the_initial_one(database_url: str
     engine = create_engine(database_url)
     try:
         async with session_factory(engine)() as session, session.begin():
-            signer = await ensure_signing_key(session, Kek(b"k" * 32))
+            await ensure_signing_key(session, Kek(b"k" * 32))
     finally:
         await engine.dispose()
-    async with _replica(database_url, signer, timedelta(days=1)) as first:
+    async with _replica(database_url, Keyring(Kek(b"k" * 32)), timedelta(days=1)) as first:
         assert await first.service.reissue_if_aging() == 1
         assert (await first.stored(1)).reason == "initial snapshot"
         assert await first.service.reissue_if_aging() is None
