@@ -139,7 +139,7 @@ class TrustSet:
                 return False
             chain = [*self._chain, envelope.SerializeToString()]
             # The shortest suffix that gives the same set from the operator's keys.
-            for start in range(len(chain)):
+            for start in reversed(range(len(chain))):
                 try:
                     if self._replay(chain[start:]).ids() == new.ids():
                         chain = chain[start:]
