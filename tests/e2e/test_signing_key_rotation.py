@@ -46,9 +46,10 @@ def _node(control_plane: RunningControlPlane, node_id: str, data_dir: Path) -> D
     )
 
 
-async def _closed_loop(node: DataPlaneNode, api_key: str, stop: asyncio.Event) -> tuple[int, list[str]]:
-    """Infer calls one after another until ``stop``; returns (successes, failures)."""
-    ok, failures = 0, []
+async def _closed_loop(node: DataPlaneNode, api_key: str, stop: asyncio.Event, served: set[int]) -> list[str]:
+    """Infer calls one after another until ``stop``; adds each answer's snapshot version to
+    ``served`` and returns the failures."""
+    failures = []
     request = infer_pb2.InferRequest(
         messages=[infer_pb2.Message(role=infer_pb2.ROLE_USER, content=[infer_pb2.ContentPart(text="hi")])]
     )
@@ -56,11 +57,13 @@ async def _closed_loop(node: DataPlaneNode, api_key: str, stop: asyncio.Event) -
         stub = infer_pb2_grpc.InferServiceStub(channel)
         while not stop.is_set():
             try:
-                await stub.Infer(request, metadata=(("authorization", f"Bearer {api_key}"),), timeout=10)
-                ok += 1
+                response = await stub.Infer(
+                    request, metadata=(("authorization", f"Bearer {api_key}"),), timeout=10
+                )
+                served.add(response.snapshot_version)
             except grpc.aio.AioRpcError as exc:
                 failures.append(f"{exc.code().name}: {exc.details()}")
-    return ok, failures
+    return failures
 
 
 async def _nack(admin: Admin, node_id: str, version: int) -> admin_pb2.Node:
@@ -84,16 +87,20 @@ async def test_rotate_then_revoke_reaches_the_node_with_no_failed_request(
     node = _node(control_plane, "rot-1", data_dir)
     await node.start()
     try:
-        await _converged(admin, "rot-1")
+        first = await _converged(admin, "rot-1")
         stop = asyncio.Event()
-        loop = asyncio.create_task(_closed_loop(node, api_key, stop))
+        served: set[int] = set()
+        loop = asyncio.create_task(_closed_loop(node, api_key, stop, served))
+        await eventually(lambda: first in served, message="requests on the first snapshot")
 
         rotated = await admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest())
         new_id = rotated.key.key_id
         assert new_id != old_key.key_id
         assert rotated.key.state == "active"
         assert list(rotated.retiring) == [old_key.key_id]
-        assert await _converged(admin, "rot-1") >= rotated.snapshot_version
+        dual_version = await _converged(admin, "rot-1")
+        assert dual_version >= rotated.snapshot_version
+        await eventually(lambda: dual_version in served, message="requests on the dual-signed snapshot")
         dual = await admin.ExportSnapshot(admin_pb2.ExportSnapshotRequest())
         assert [s.key_id for s in dual.signatures] == [new_id, old_key.key_id]
         assert new_id in node.store.trust.state.keys  # learned from the statement signed by the old key
@@ -125,10 +132,9 @@ async def test_rotate_then_revoke_reaches_the_node_with_no_failed_request(
         assert f"signed only by revoked key {old_key.key_id}" in status.last_nack_reason
         assert node.store.version == good
 
+        await eventually(lambda: good in served, message="requests on the snapshot after the revoke")
         stop.set()
-        ok, failures = await loop
-        assert failures == []
-        assert ok > 0
+        assert await loop == []
     finally:
         await node.stop()
 
