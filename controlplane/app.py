@@ -35,7 +35,7 @@ from controlplane.api.sync import ConfigSyncServicer
 from controlplane.db.embedded import EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
-from controlplane.keys import Signer, ensure_signing_key, load_kek
+from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.services.admin import AdminService
 from controlplane.services.base import UnitOfWork
 from controlplane.services.keys import ApiKeyService
@@ -44,6 +44,7 @@ from controlplane.services.nodes import NodeService
 from controlplane.services.policies import PolicyService
 from controlplane.services.providers import ProviderService
 from controlplane.services.rollback import RollbackService
+from controlplane.services.signing_keys import SigningKeyService
 from controlplane.services.snapshots import SnapshotService
 from controlplane.services.tenants import TenantService
 from controlplane.snapshots.broker import SnapshotBroker
@@ -118,6 +119,8 @@ class ControlPlane:
         """host:port the gRPC server is bound to (set once started)."""
         self.database_url = ""
         self.signer: Signer | None = None
+        """The active signing key at start (rotation changes the keyring's keys, not this)."""
+        self.keyring: Keyring | None = None
         self._embedded: EmbeddedPostgres | None = None
         self._engine: AsyncEngine | None = None
         self._server: grpc.aio.Server | None = None
@@ -167,7 +170,8 @@ class ControlPlane:
             self.signer = await ensure_signing_key(session, kek)
         self._write_trust_key(self.signer)
 
-        publisher = SnapshotPublisher(self.signer, s.snapshot_ttl, s.scope, s.snapshot_retention)
+        self.keyring = Keyring(kek)
+        publisher = SnapshotPublisher(self.keyring, s.snapshot_ttl, s.scope, s.snapshot_retention)
         uow = UnitOfWork(sessions, publisher)
         snapshots = SnapshotService(uow)
         # Dry runs reuse what the publisher compiled for each version it committed.
@@ -197,6 +201,7 @@ class ControlPlane:
             nodes=nodes,
             snapshots=snapshots,
             rollback=RollbackService(uow),
+            signing_keys=SigningKeyService(uow),
         )
         self._interceptor = AdminInterceptor(
             self.admin,

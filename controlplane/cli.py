@@ -27,6 +27,7 @@ from signalbox import settings, tls
 SERVE = "controlplane serve"
 BOOTSTRAP = "controlplane bootstrap-admin"
 EXPORT = "controlplane export-snapshot"
+ROTATE_KEK = "controlplane rotate-kek"
 
 
 def _database_settings(parser: argparse.ArgumentParser, command: str) -> None:
@@ -160,6 +161,34 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         command=EXPORT,
     )
     export.set_defaults(handler=export_command)
+
+    rotate = sub.add_parser("rotate-kek", help="re-seal every signing key under a new KEK (one transaction)")
+    _database_settings(rotate, ROTATE_KEK)
+    add(
+        rotate,
+        "--kek",
+        env="SIGNALBOX_KEK",
+        default=None,
+        help="the current KEK (base64)",
+        command=ROTATE_KEK,
+    )
+    add(
+        rotate,
+        "--kek-file",
+        env="SIGNALBOX_KEK_FILE",
+        default=None,
+        help="file holding the current KEK; unset with no --kek: <data-dir>/kek",
+        command=ROTATE_KEK,
+    )
+    add(
+        rotate,
+        "--new-kek-file",
+        env="SIGNALBOX_NEW_KEK_FILE",
+        default=None,
+        help="file holding the new KEK; a missing file is generated (random, 0600)",
+        command=ROTATE_KEK,
+    )
+    rotate.set_defaults(handler=rotate_kek_command)
 
 
 def serve_command(ns: argparse.Namespace) -> int:
@@ -298,4 +327,55 @@ def export_command(ns: argparse.Namespace) -> int:
         f.write(envelope)
     tmp.replace(out)
     print(f"wrote snapshot v{version} ({len(envelope)} bytes) to {out}", file=sys.stderr)
+    return 0
+
+
+def rotate_kek_command(ns: argparse.Namespace) -> int:
+    """Re-seal every private signing key under the new KEK in one transaction.
+
+    A running control plane keeps signing (its keys are unsealed in memory); restart
+    each replica with the new KEK. The old KEK no longer opens any key afterwards."""
+    from controlplane.db.session import create_engine, session_factory
+    from controlplane.errors import ControlPlaneError
+    from controlplane.keys import Kek, decode_kek, generate_kek_file, load_kek, reseal_all
+
+    if not ns.new_kek_file:
+        print(f"signalbox {ROTATE_KEK}: --new-kek-file: required", file=sys.stderr)
+        return 2
+    new_path = Path(ns.new_kek_file)
+
+    def keks() -> tuple[Kek, Kek]:
+        old = load_kek(
+            kek_b64=ns.kek or None,
+            kek_file=Path(ns.kek_file) if ns.kek_file else None,
+            data_dir=Path(ns.data_dir),
+        )
+        try:
+            new = generate_kek_file(new_path)
+        except FileExistsError:
+            new = decode_kek(new_path.read_bytes(), "--new-kek-file")
+        if new.id == old.id:
+            raise ValueError("--new-kek-file: holds the current KEK")
+        return old, new
+
+    async def run() -> tuple[list[str], str]:
+        old, new = keks()
+        async with _database(ns) as url:
+            engine = create_engine(url)
+            try:
+                async with session_factory(engine)() as session, session.begin():
+                    return await reseal_all(session, old, new), new.id
+            finally:
+                await engine.dispose()
+
+    try:
+        resealed, new_id = asyncio.run(run())
+    except (ControlPlaneError, OSError, ValueError) as exc:
+        print(f"signalbox {ROTATE_KEK}: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"re-sealed {len(resealed)} signing keys under KEK {new_id}; restart the control plane "
+        f"with --kek-file {new_path} (the old KEK no longer opens them)",
+        file=sys.stderr,
+    )
     return 0

@@ -9,6 +9,8 @@
     ├── AlreadyExists                 ALREADY_EXISTS      (names the kind and the key)
     ├── StillReferenced               FAILED_PRECONDITION (names the referrer)
     ├── SigningKeyUnavailable         FAILED_PRECONDITION (signing key cannot be unsealed: wrong KEK)
+    ├── SigningKeyState               FAILED_PRECONDITION (a key's state forbids the change: revoking the
+    │                                                      active key, a key already revoked)
     └── StoredSnapshotInvalid         FAILED_PRECONDITION (the newest stored snapshot no longer compiles
                                                            with this build's data-plane code; names the path)
 
@@ -102,6 +104,12 @@ class StillReferenced(ControlPlaneError):
 
 class SigningKeyUnavailable(ControlPlaneError):
     """The stored signing key cannot be decrypted with the configured KEK."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class SigningKeyState(ControlPlaneError):
+    """A signing key's state forbids the change (names the key id and the state)."""
 
     status = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -14,7 +14,9 @@ import binascii
 import hashlib
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -24,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import SigningKey
-from controlplane.errors import InvalidArgument, SigningKeyUnavailable
+from controlplane.errors import InvalidArgument, NotFound, SigningKeyState, SigningKeyUnavailable
 from controlplane.repositories import signing_keys as repo
 from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, key_id_for, pae
 from signalbox.api.config.v1 import snapshot_pb2
@@ -53,7 +55,7 @@ class Kek:
         return AESGCM(self.key).decrypt(nonce, ciphertext, aad)
 
 
-def _decode_kek(raw: bytes, source: str) -> Kek:
+def decode_kek(raw: bytes, source: str) -> Kek:
     stripped = raw.strip()
     if len(raw) == 32 and len(stripped) != 44:
         return Kek(raw)
@@ -69,10 +71,10 @@ def _decode_kek(raw: bytes, source: str) -> Kek:
 def load_kek(*, kek_b64: str | None, kek_file: Path | None, data_dir: Path) -> Kek:
     """The KEK from the environment value, the given file, or a generated file under ``data_dir``."""
     if kek_b64:
-        return _decode_kek(kek_b64.encode(), "SIGNALBOX_KEK")
+        return decode_kek(kek_b64.encode(), "SIGNALBOX_KEK")
     if kek_file is not None:
         try:
-            return _decode_kek(kek_file.read_bytes(), "SIGNALBOX_KEK_FILE")
+            return decode_kek(kek_file.read_bytes(), "SIGNALBOX_KEK_FILE")
         except OSError as exc:
             raise InvalidArgument("SIGNALBOX_KEK_FILE", f"cannot read {kek_file}: {exc.strerror}") from exc
     path = data_dir / KEK_FILE_NAME
@@ -80,14 +82,19 @@ def load_kek(*, kek_b64: str | None, kek_file: Path | None, data_dir: Path) -> K
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     try:
-        # O_EXCL + mode: the file is never readable by others, not even briefly.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return generate_kek_file(path)
     except FileExistsError:
         path.chmod(0o600)  # one generated before files were kept private
-        return _decode_kek(path.read_bytes(), str(path))
+        return decode_kek(path.read_bytes(), str(path))
+
+
+def generate_kek_file(path: Path) -> Kek:
+    """A new random KEK written to ``path`` (which must not exist) as base64, mode 0600."""
+    # O_EXCL + mode: the file is never readable by others, not even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(base64.b64encode(secrets.token_bytes(32)) + b"\n")
-    return _decode_kek(path.read_bytes(), str(path))
+    return decode_kek(path.read_bytes(), str(path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +124,20 @@ class Signer:
         return envelope
 
 
+def sign_all(signers: Sequence[Signer], payload: bytes) -> snapshot_pb2.SignedEnvelope:
+    """One envelope over ``payload`` with a signature by each signer, in order.
+
+    During a rotation the old (retiring) and the new (active) key both sign, so a node
+    that trusts either accepts the snapshot."""
+    if not signers:
+        raise SigningKeyUnavailable("no signing key is active")
+    envelope = snapshot_pb2.SignedEnvelope(payload_type=SNAPSHOT_PAYLOAD_TYPE, payload=payload)
+    message = pae(SNAPSHOT_PAYLOAD_TYPE, payload)
+    for signer in signers:
+        envelope.signatures.add(key_id=signer.key_id, sig=signer.private_key.sign(message))
+    return envelope
+
+
 def _unseal(row: SigningKey, kek: Kek) -> Signer:
     if row.kek_id != kek.id:
         raise SigningKeyUnavailable(
@@ -129,28 +150,118 @@ def _unseal(row: SigningKey, kek: Kek) -> Signer:
     return Signer(row.key_id, Ed25519PrivateKey.from_private_bytes(raw))
 
 
-async def ensure_signing_key(session: AsyncSession, kek: Kek) -> Signer:
-    """The active signing key, generated and sealed on first start. Call inside a transaction."""
-    await repo.lock_generation(session)
-    row = await repo.newest_active(session)
-    if row is not None:
-        return _unseal(row, kek)
+def _new_row(kek: Kek, state: str) -> tuple[SigningKey, Signer]:
     private = Ed25519PrivateKey.generate()
     key_id = key_id_for(private.public_key())
     raw = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    await repo.add(
-        session,
-        SigningKey(
-            key_id=key_id,
-            public_key=private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
-            encrypted_private_key=kek.seal(raw, key_id.encode()),
-            kek_id=kek.id,
-            active=True,
-        ),
+    row = SigningKey(
+        key_id=key_id,
+        public_key=private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+        encrypted_private_key=kek.seal(raw, key_id.encode()),
+        kek_id=kek.id,
+        state=state,
     )
-    return Signer(key_id, private)
+    return row, Signer(key_id, private)
 
 
-async def trusted_keys(session: AsyncSession) -> list[tuple[str, bytes]]:
-    """(key id, raw public key) of every active signing key, oldest first."""
+async def ensure_signing_key(session: AsyncSession, kek: Kek) -> Signer:
+    """The active signing key, generated and sealed on first start. Call inside a transaction.
+
+    Every key that still signs (active and retiring) must open with ``kek``: a control
+    plane started with the wrong KEK stops here, not at its first publish."""
+    await repo.lock_generation(session)
+    rows = await repo.signing(session)
+    if rows:
+        signers = [_unseal(row, kek) for row in rows]
+        return signers[0]
+    row, signer = _new_row(kek, repo.ACTIVE)
+    await repo.add(session, row)
+    return signer
+
+
+class Keyring:
+    """The unsealed signing keys of this control plane, by key id.
+
+    Keys are unsealed once and kept in memory, so a KEK rotation done while this process
+    runs does not stop it from signing; a restart then needs the new KEK."""
+
+    def __init__(self, kek: Kek) -> None:
+        self._kek = kek
+        self._signers: dict[str, Signer] = {}
+
+    def __repr__(self) -> str:
+        return f"Keyring(kek={self._kek.id}, keys={sorted(self._signers)})"
+
+    def _get(self, row: SigningKey) -> Signer:
+        signer = self._signers.get(row.key_id)
+        if signer is None:
+            signer = self._signers[row.key_id] = _unseal(row, self._kek)
+        return signer
+
+    async def signers(self, session: AsyncSession) -> list[Signer]:
+        """The keys that sign the next snapshot: active first, then retiring."""
+        return [self._get(row) for row in await repo.signing(session)]
+
+    async def rotate(self, session: AsyncSession) -> tuple[Signer, list[str]]:
+        """A new active key; the previous active keys become retiring (they keep signing
+        until revoked). Returns the new signer and the ids now retiring."""
+        await repo.lock_generation(session)
+        rows = await repo.every(session, for_update=True)
+        stale = sorted({r.kek_id for r in rows if r.state != repo.REVOKED} - {self._kek.id})
+        if stale:
+            # Someone re-sealed the keys under a new KEK: a key sealed with this process's
+            # KEK could not be opened after the restart that KEK rotation requires.
+            raise SigningKeyUnavailable(
+                f"signing keys are sealed with KEK {', '.join(stale)}, this control plane runs with "
+                f"KEK {self._kek.id}: restart it with the new KEK before rotating"
+            )
+        retiring = []
+        for row in rows:
+            if row.state == repo.ACTIVE:
+                row.state = repo.RETIRING
+                retiring.append(row.key_id)
+        row, signer = _new_row(self._kek, repo.ACTIVE)
+        await repo.add(session, row)
+        self._signers[signer.key_id] = signer
+        return signer, retiring
+
+    async def revoke(self, session: AsyncSession, key_id: str) -> SigningKey:
+        """Stop signing with ``key_id`` for good. The active key cannot be revoked (rotate first)."""
+        await repo.lock_generation(session)
+        row = await repo.get(session, key_id)
+        if row is None:
+            raise NotFound("signing key", key_id)
+        if row.state == repo.REVOKED:
+            raise SigningKeyState(f"signing key {key_id} is already revoked")
+        if row.state == repo.ACTIVE:
+            raise SigningKeyState(f"signing key {key_id} is the active key: rotate first, then revoke it")
+        row.state = repo.REVOKED
+        row.revoked_at = datetime.now(UTC)
+        self._signers.pop(key_id, None)
+        await session.flush()
+        return row
+
+
+async def list_keys(session: AsyncSession) -> Sequence[SigningKey]:
+    return await repo.every(session)
+
+
+async def reseal_all(session: AsyncSession, old: Kek, new: Kek) -> list[str]:
+    """Re-seal every private key (revoked ones too) under ``new``, in the caller's transaction.
+
+    Every key must open with ``old`` first: nothing is changed unless all of them do.
+    Returns the key ids re-sealed."""
+    await repo.lock_generation(session)
+    rows = await repo.every(session, for_update=True)
+    opened = [(row, _unseal(row, old)) for row in rows if row.kek_id != new.id]
+    for row, signer in opened:
+        raw = signer.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        row.encrypted_private_key = new.seal(raw, row.key_id.encode())
+        row.kek_id = new.id
+    await session.flush()
+    return [row.key_id for row, _ in opened]
+
+
+async def trusted_keys(session: AsyncSession) -> list[tuple[str, bytes, str]]:
+    """(key id, raw public key, state) of every signing key, oldest first."""
     return await repo.trusted(session)

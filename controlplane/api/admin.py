@@ -21,6 +21,7 @@ from controlplane.services.nodes import NodeService
 from controlplane.services.policies import PolicyService
 from controlplane.services.providers import ProviderService
 from controlplane.services.rollback import RollbackService
+from controlplane.services.signing_keys import SigningKeyService
 from controlplane.services.snapshots import SnapshotService
 from controlplane.services.tenants import TenantService
 from dataplane.config.model import DeploymentMode
@@ -50,6 +51,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         nodes: NodeService,
         snapshots: SnapshotService,
         rollback: RollbackService,
+        signing_keys: SigningKeyService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -59,6 +61,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._nodes = nodes
         self._snapshots = snapshots
         self._rollback = rollback
+        self._signing_keys = signing_keys
 
     # ---- tenants ----
 
@@ -313,6 +316,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             restored_from=result.restored_from,
             keys_not_restored=list(result.keys_not_restored),
         )
+
+    # ---- signing keys ----
+
+    async def RotateSigningKey(
+        self, request: admin_pb2.RotateSigningKeyRequest, context: Context
+    ) -> admin_pb2.RotateSigningKeyResponse:
+        row, retiring, version = await self._signing_keys.rotate(current_caller())
+        return admin_pb2.RotateSigningKeyResponse(
+            key=convert.signing_key(row), retiring=retiring, snapshot_version=version
+        )
+
+    async def ListSigningKeys(
+        self, request: admin_pb2.ListSigningKeysRequest, context: Context
+    ) -> admin_pb2.ListSigningKeysResponse:
+        rows = await self._signing_keys.list()
+        return admin_pb2.ListSigningKeysResponse(keys=[convert.signing_key(r) for r in rows])
+
+    async def RevokeSigningKey(
+        self, request: admin_pb2.RevokeSigningKeyRequest, context: Context
+    ) -> admin_pb2.RevokeSigningKeyResponse:
+        row, version = await self._signing_keys.revoke(current_caller(), request.key_id)
+        return admin_pb2.RevokeSigningKeyResponse(key=convert.signing_key(row), snapshot_version=version)
 
 
 def _require(field: str, value: str) -> None:

@@ -190,3 +190,14 @@ def snapshot_diff(diff: Diff) -> admin_pb2.DiffSnapshotsResponse:
             for c in diff.changes
         ],
     )
+
+
+def signing_key(row: db.SigningKey) -> admin_pb2.SigningKeyInfo:
+    """A signing key as the Admin API shows it: never its sealed private half."""
+    return admin_pb2.SigningKeyInfo(
+        key_id=row.key_id,
+        state=row.state,
+        created_at=ts(row.created_at),
+        revoked_at=ts(row.revoked_at),
+        ed25519_public_key=bytes(row.public_key),
+    )

@@ -196,6 +196,7 @@ class SigningKey(TimestampMixin, Base):
     """An Ed25519 snapshot signing key; the private half is AES-GCM encrypted with the KEK."""
 
     __tablename__ = "signing_keys"
+    __table_args__ = (CheckConstraint("state IN ('active', 'retiring', 'revoked')", name="state_known"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     key_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS), unique=True)
@@ -203,7 +204,10 @@ class SigningKey(TimestampMixin, Base):
     encrypted_private_key: Mapped[bytes] = mapped_column(LargeBinary)
     # Fingerprint of the KEK that sealed the key, so a wrong KEK fails with a clear message.
     kek_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
-    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # active: signs and is the newest; retiring: still signs beside the active one while
+    # nodes learn it; revoked: never signs again, and snapshots tell nodes to drop it.
+    state: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Snapshot(Base):

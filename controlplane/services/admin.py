@@ -33,6 +33,7 @@ READ_ONLY_METHODS = frozenset(
         "ExportSnapshot",
         "ListSnapshots",
         "DiffSnapshots",
+        "ListSigningKeys",
     }
 )
 

@@ -12,6 +12,12 @@ from controlplane.db.models import ApiKey, Model, Policy, Provider, Tenant
 from controlplane.repositories import config as repo
 from signalbox.api.config.v1 import snapshot_pb2
 
+TRUSTED_KEY_STATE = {
+    "active": snapshot_pb2.TRUSTED_KEY_STATE_ACTIVE,
+    "retiring": snapshot_pb2.TRUSTED_KEY_STATE_RETIRING,
+    "revoked": snapshot_pb2.TRUSTED_KEY_STATE_REVOKED,
+}
+
 
 def timestamp(value: datetime) -> Timestamp:
     ts = Timestamp()
@@ -102,7 +108,7 @@ async def build_snapshot(
     created_at: datetime,
     expires_at: datetime,
     scope: snapshot_pb2.Scope,
-    trusted: Sequence[tuple[str, bytes]],
+    trusted: Sequence[tuple[str, bytes, str]],
 ) -> snapshot_pb2.Snapshot:
     """Everything a node needs, read from ``session`` (which must hold the config lock)."""
     tenants = await repo.list_tenants(session)
@@ -117,5 +123,8 @@ async def build_snapshot(
         providers=[provider_pb(p) for p in await repo.list_providers(session)],
         models=[model_pb(m) for m in await repo.list_models(session)],
         policies=[policy_pb(p) for p in await repo.current_policies(session)],
-        trusted_keys=[snapshot_pb2.TrustedKey(key_id=kid, ed25519_public_key=pub) for kid, pub in trusted],
+        trusted_keys=[
+            snapshot_pb2.TrustedKey(key_id=kid, ed25519_public_key=pub, state=TRUSTED_KEY_STATE[state])
+            for kid, pub, state in trusted
+        ],
     )

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import Snapshot
 from controlplane.errors import ConfigRejected
-from controlplane.keys import Signer, trusted_keys
+from controlplane.keys import Keyring, Signer, sign_all, trusted_keys
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.snapshots.build import build_snapshot
 from controlplane.snapshots.compiler import SnapshotInvalid, compile_now
@@ -56,11 +56,11 @@ class _Sealed:
     config: RuntimeConfig
 
 
-def _seal(snapshot: snapshot_pb2.Snapshot, signer: Signer) -> _Sealed:
+def _seal(snapshot: snapshot_pb2.Snapshot, signers: list[Signer]) -> _Sealed:
     # Serialized once: these exact bytes are checked, hashed, signed and stored.
     payload = snapshot.SerializeToString(deterministic=True)
     config = check(payload)
-    envelope = signer.sign(payload).SerializeToString(deterministic=True)
+    envelope = sign_all(signers, payload).SerializeToString(deterministic=True)
     return _Sealed(payload, hashlib.sha256(payload).digest(), envelope, config)
 
 
@@ -68,7 +68,7 @@ def _seal(snapshot: snapshot_pb2.Snapshot, signer: Signer) -> _Sealed:
 class SnapshotPublisher:
     """Builds, checks, signs, stores and announces snapshots."""
 
-    signer: Signer
+    keyring: Keyring
     ttl: timedelta
     scope: snapshot_pb2.Scope
     retention: int = 100
@@ -93,7 +93,9 @@ class SnapshotPublisher:
             scope=self.scope,
             trusted=await trusted_keys(session),
         )
-        sealed = await asyncio.to_thread(_seal, snapshot, self.signer)
+        # Every key that still signs: during a rotation, the retiring key beside the new one.
+        signers = await self.keyring.signers(session)
+        sealed = await asyncio.to_thread(_seal, snapshot, signers)
         await snapshot_repo.add(
             session,
             Snapshot(
@@ -101,7 +103,7 @@ class SnapshotPublisher:
                 envelope=sealed.envelope,
                 sha256=sealed.sha256,
                 previous_hash=snapshot.previous_hash,
-                signing_key_id=self.signer.key_id,
+                signing_key_id=signers[0].key_id,
                 created_at=now,
                 created_by=actor,
                 reason=reason,

@@ -5,13 +5,15 @@ the exact payload bytes, so a signature can never be replayed as another type.
 Whether a signature is required is the node's configuration, never the
 envelope's: ``verify`` demands at least one valid signature from a trusted key.
 Signatures by unknown key ids are ignored, so a rotation can carry old and new
-signatures side by side.
+signatures side by side; signatures by revoked key ids are ignored too, and an
+envelope signed only by revoked keys is refused as such.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -20,6 +22,8 @@ from dataplane.errors import EnvelopeError
 from signalbox.api.config.v1 import snapshot_pb2
 
 SNAPSHOT_PAYLOAD_TYPE = "application/vnd.signalbox.snapshot.v1+protobuf"
+MAX_IDS_CHARS = 200
+"""Key ids come from the envelope: a reason quoting them is cut here."""
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -43,6 +47,8 @@ def key_id_for(public_key: Ed25519PublicKey) -> str:
 def verify(
     envelope: snapshot_pb2.SignedEnvelope,
     trusted: Mapping[str, Ed25519PublicKey],
+    *,
+    revoked: AbstractSet[str] = frozenset(),
 ) -> str:
     """Check the envelope; return the key id whose signature verified.
 
@@ -57,10 +63,13 @@ def verify(
         raise EnvelopeError("no trust key configured: refusing to apply any snapshot")
     if not envelope.signatures:
         raise EnvelopeError("envelope is unsigned")
+    signers = sorted({s.key_id for s in envelope.signatures})
+    if all(key_id in revoked for key_id in signers):
+        raise EnvelopeError(f"signed only by revoked key {', '.join(signers)}"[:MAX_IDS_CHARS])
     message = pae(envelope.payload_type, envelope.payload)
     seen_trusted = False
     for signature in envelope.signatures:
-        key = trusted.get(signature.key_id)
+        key = None if signature.key_id in revoked else trusted.get(signature.key_id)
         if key is None:
             continue
         seen_trusted = True
@@ -70,6 +79,6 @@ def verify(
             continue
         return signature.key_id
     if not seen_trusted:
-        ids = ", ".join(sorted(s.key_id for s in envelope.signatures)) or "none"
-        raise EnvelopeError(f"no signature by a trusted key (signed by: {ids})")
+        ids = ", ".join(signers) or "none"
+        raise EnvelopeError(f"no signature by a trusted key (signed by: {ids})"[:MAX_IDS_CHARS])
     raise EnvelopeError("signature verification failed")

@@ -18,7 +18,8 @@ in with one attribute assignment. A request takes ``store.current`` once and run
 to the end on it; the old adapters are closed when its last request finishes.
 
 Files under ``<data_dir>/snapshot/``: ``lkg.envelope`` (the exact ``SignedEnvelope``
-bytes) and ``hwm.json`` (``{"version": N, "sha256": "<hex>"}``). The high-water
+bytes) and ``hwm.json`` (``{"version": N, "sha256": "<hex>"}``) and ``trust.json`` (the learned trust
+set, see ``dataplane.snapshot.trust``). The high-water
 mark is kept apart from the envelope so deleting or replacing the envelope can
 never roll the node back, and it is as hard to lose as the envelope: a store whose
 ``lkg.envelope`` exists without ``hwm.json`` refuses to start (``SnapshotFileInvalid``)
@@ -36,6 +37,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,7 @@ from dataplane.routing.table import RouteTable, build_route_table
 from dataplane.snapshot.compile import compile_payload
 from dataplane.snapshot.envelope import key_id_for, verify
 from dataplane.snapshot.files import atomic_write, private_dir, read_envelope_file
+from dataplane.snapshot.trust import TrustSet
 from signalbox.api.config.v1 import snapshot_pb2
 
 log = logging.getLogger("signalbox.dataplane.config")
@@ -176,7 +179,6 @@ class SnapshotStore:
         on_change: Callable[[ServingState], Awaitable[None]] | None = None,
         node: NodeContext | None = None,
     ) -> None:
-        self._trusted = dict(trusted)
         self._scope = scope
         # What routes are prepared for; it must equal the pipeline's NodeContext for the
         # preparation to be used. Without one: a cloud node at the scope's site.
@@ -197,6 +199,8 @@ class SnapshotStore:
         self.last_rejection: str = ""
         """The reason of the most recent NACK, for status output."""
         self._hwm = self._read_hwm()
+        # The operator's keys plus those learned from verified statements (see trust.py).
+        self.trust = TrustSet(trusted, self._dir)
         if self._hwm is None and (self._dir / LKG_FILE).exists():
             if not reset_high_water_mark:
                 raise SnapshotFileInvalid(
@@ -293,8 +297,13 @@ class SnapshotStore:
 
     def check(self, envelope: snapshot_pb2.SignedEnvelope) -> tuple[RuntimeConfig, str]:
         """The version-independent checks under this node's configuration (see ``check_envelope``)."""
+        trust = self.trust.state
         return check_envelope(
-            envelope, self._trusted, scope=self._scope, now=None if self._allow_expired else self._clock()
+            envelope,
+            trust.keys,
+            scope=self._scope,
+            now=None if self._allow_expired else self._clock(),
+            revoked=trust.revoked,
         )
 
     async def _apply(
@@ -351,6 +360,13 @@ class SnapshotStore:
             except OSError as exc:
                 await self._close_adapters(state)
                 return self._reject(version, digest, f"cannot persist last-known-good: {exc}")
+        if persist:
+            try:
+                await asyncio.to_thread(self.trust.learn, envelope)
+            except (EnvelopeError, OSError) as exc:
+                # The snapshot itself verified and is served; only what it says about keys
+                # is not taken (logged loudly: the node may not follow the next rotation).
+                log.error("snapshot %d: trust statement not applied: %s", version, _bounded(str(exc)))
         if from_disk and (hwm is None or version > hwm.version):
             # The envelope is written before the mark: a crash in between leaves the
             # envelope ahead, and the mark catches up here.
@@ -477,6 +493,7 @@ def check_envelope(
     *,
     scope: Scope | None,
     now: float | None,
+    revoked: AbstractSet[str] = frozenset(),
 ) -> tuple[RuntimeConfig, str]:
     """Signature, compile, scope and expiry checks; return the config and the verifying key id.
 
@@ -484,7 +501,7 @@ def check_envelope(
     without trusted time). Raises ``SnapshotCheckFailed`` with the NACK reason.
     """
     try:
-        key_id = verify(envelope, trusted)
+        key_id = verify(envelope, trusted, revoked=revoked)
     except EnvelopeError as exc:
         raise SnapshotCheckFailed(f"signature: {exc}") from exc
     try:

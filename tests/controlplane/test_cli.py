@@ -381,3 +381,31 @@ async def test_snapshot_history_through_the_cli(control_plane: RunningControlPla
     code, _, err = await _signalbox("admin", "snapshot", "diff", str(target), "9999", env=env)
     assert code != 0
     assert "NOT_FOUND" in err
+
+
+async def test_signing_key_commands(control_plane: RunningControlPlane) -> None:
+    env = {"SIGNALBOX_ADMIN_TARGET": control_plane.address, "SIGNALBOX_ADMIN_TOKEN": control_plane.token}
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        return await _signalbox("admin", *args, env=env)
+
+    code, out, err = await run("signing-key", "rotate")
+    assert code == 0, err
+    new_id = out.split()[4]
+    assert f"still signing until revoked: {control_plane.key_id}" in out
+    code, out, err = await run("signing-key", "list")
+    assert code == 0, err
+    rows = [line.split()[:2] for line in out.splitlines()]
+    assert rows[0] == ["KEY_ID", "STATE"]
+    assert sorted(rows[1:]) == sorted([[control_plane.key_id, "retiring"], [new_id, "active"]])
+    code, out, err = await run("signing-key", "revoke", new_id)
+    assert code != 0
+    assert "FAILED_PRECONDITION" in err
+    assert "rotate first" in err
+    code, out, err = await run("signing-key", "revoke", control_plane.key_id)
+    assert code == 0, err
+    assert f"revoked signing key {control_plane.key_id}" in out
+    code, out, err = await run("--json", "signing-key", "list")
+    assert code == 0, err
+    states = {k["key_id"]: k["state"] for k in json.loads(out)["keys"]}
+    assert states == {control_plane.key_id: "revoked", new_id: "active"}

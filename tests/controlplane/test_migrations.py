@@ -159,3 +159,33 @@ def test_a_snapshot_whose_envelope_lost_its_payload_stops_the_upgrade(empty_data
         assert current_revision(empty_database_url) == "0003"
     finally:
         engine.dispose()
+
+
+def test_signing_keys_keep_their_meaning_across_0005(empty_database_url: str) -> None:
+    # The active flag becomes a state: active stays active, inactive never signs again.
+    config = alembic_config(empty_database_url)
+    command.upgrade(config, "0004")
+    engine = sa.create_engine(empty_database_url, poolclass=sa.NullPool)
+    insert = sa.text(
+        "INSERT INTO signing_keys (id, key_id, public_key, encrypted_private_key, kek_id, active) "
+        "VALUES (:id, :key_id, '\\x00', '\\x00', 'k', :active)"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert, {"id": uuid.uuid4(), "key_id": "on", "active": True})
+            conn.execute(insert, {"id": uuid.uuid4(), "key_id": "off", "active": False})
+        upgrade_head(empty_database_url)
+        with engine.connect() as conn:
+            states = {
+                kid: (state, revoked_at is not None)
+                for kid, state, revoked_at in conn.execute(
+                    sa.text("SELECT key_id, state, revoked_at FROM signing_keys")
+                )
+            }
+        assert states == {"on": ("active", False), "off": ("revoked", True)}
+        command.downgrade(config, "0004")
+        with engine.connect() as conn:
+            active = dict(conn.execute(sa.text("SELECT key_id, active FROM signing_keys")).fetchall())
+        assert active == {"on": True, "off": False}
+    finally:
+        engine.dispose()

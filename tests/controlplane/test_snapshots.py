@@ -17,7 +17,7 @@ import pytest
 from controlplane.db.models import Snapshot
 from controlplane.db.session import create_engine, session_factory
 from controlplane.errors import StoredSnapshotInvalid
-from controlplane.keys import Kek, Signer, ensure_signing_key
+from controlplane.keys import Kek, Keyring, ensure_signing_key
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.services.base import UnitOfWork
 from controlplane.services.snapshots import SnapshotService
@@ -84,10 +84,10 @@ class Replica:
 
 
 @asynccontextmanager
-async def _replica(database_url: str, signer: Signer, ttl: timedelta) -> AsyncIterator[Replica]:
+async def _replica(database_url: str, keyring: Keyring, ttl: timedelta) -> AsyncIterator[Replica]:
     engine = create_engine(database_url)
     try:
-        publisher = SnapshotPublisher(signer, ttl, snapshot_pb2.Scope())
+        publisher = SnapshotPublisher(keyring, ttl, snapshot_pb2.Scope())
         published: list[PublishedSnapshot] = []
         uow = UnitOfWork(session_factory(engine), publisher, after_commit=[published.append])
         yield Replica(SnapshotService(uow), published)
@@ -97,9 +97,9 @@ async def _replica(database_url: str, signer: Signer, ttl: timedelta) -> AsyncIt
 
 @pytest.fixture
 async def replica(control_plane: RunningControlPlane) -> AsyncIterator[Replica]:
-    assert control_plane.cp.signer is not None
+    assert control_plane.cp.keyring is not None
     ttl = control_plane.cp.settings.snapshot_ttl
-    async with _replica(control_plane.database_url, control_plane.cp.signer, ttl) as running:
+    async with _replica(control_plane.database_url, control_plane.cp.keyring, ttl) as running:
         yield running
 
 
@@ -244,8 +244,8 @@ async def test_an_aging_snapshot_is_reissued_through_the_unit_of_work(
     admin: Admin, control_plane: RunningControlPlane
 ) -> None:
     before = await admin.latest_version()
-    assert control_plane.cp.signer is not None
-    async with _replica(control_plane.database_url, control_plane.cp.signer, timedelta(0)) as aging:
+    assert control_plane.cp.keyring is not None
+    async with _replica(control_plane.database_url, control_plane.cp.keyring, timedelta(0)) as aging:
         version = await aging.service.reissue_if_aging()
         assert version == before + 1
         assert [p.version for p in aging.published] == [version]
@@ -259,10 +259,10 @@ async def test_the_first_snapshot_is_issued_as_the_initial_one(database_url: str
     engine = create_engine(database_url)
     try:
         async with session_factory(engine)() as session, session.begin():
-            signer = await ensure_signing_key(session, Kek(b"k" * 32))
+            await ensure_signing_key(session, Kek(b"k" * 32))
     finally:
         await engine.dispose()
-    async with _replica(database_url, signer, timedelta(days=1)) as first:
+    async with _replica(database_url, Keyring(Kek(b"k" * 32)), timedelta(days=1)) as first:
         assert await first.service.reissue_if_aging() == 1
         assert (await first.stored(1)).reason == "initial snapshot"
         assert await first.service.reissue_if_aging() is None

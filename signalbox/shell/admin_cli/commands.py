@@ -23,6 +23,7 @@ from signalbox.shell.admin_cli.output import (
     NODE_COLUMNS,
     POLICY_COLUMNS,
     PROVIDER_COLUMNS,
+    SIGNING_KEY_COLUMNS,
     SNAPSHOT_COLUMNS,
     SNAPSHOT_LIST_COLUMNS,
     TENANT_COLUMNS,
@@ -35,6 +36,7 @@ from signalbox.shell.admin_cli.output import (
     policy_row,
     provider_row,
     scopes_column,
+    signing_key_row,
     snapshot_content,
     snapshot_list_row,
     snapshot_row,
@@ -305,6 +307,27 @@ async def snapshot_rollback(stub: Stub, ns: argparse.Namespace) -> Output:
     if r.keys_not_restored:
         text += "API keys deleted since stay deleted: " + ", ".join(r.keys_not_restored) + "\n"
     return Output(r, text=text)
+
+
+# ---- signing keys ----
+
+
+async def signing_key_list(stub: Stub, ns: argparse.Namespace) -> Output:
+    r = await stub.ListSigningKeys(admin_pb2.ListSigningKeysRequest())
+    return Output(r, SIGNING_KEY_COLUMNS, [signing_key_row(k) for k in r.keys])
+
+
+async def signing_key_rotate(stub: Stub, ns: argparse.Namespace) -> Output:
+    r = await stub.RotateSigningKey(admin_pb2.RotateSigningKeyRequest())
+    text = f"new active signing key {r.key.key_id} (published v{r.snapshot_version})\n"
+    if r.retiring:
+        text += "still signing until revoked: " + ", ".join(r.retiring) + "\n"
+    return Output(r, text=text)
+
+
+async def signing_key_revoke(stub: Stub, ns: argparse.Namespace) -> Output:
+    r = await stub.RevokeSigningKey(admin_pb2.RevokeSigningKeyRequest(key_id=ns.key_id))
+    return Output(r, text=f"revoked signing key {r.key.key_id} (published v{r.snapshot_version})\n")
 
 
 # ---- routing ----

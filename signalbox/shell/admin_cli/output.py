@@ -45,6 +45,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 TENANT_COLUMNS = ("id", "name", "tier", "active", "labels")
 KEY_COLUMNS = ("id", "tenant", "name", "prefix", "scopes", "expires")
+SIGNING_KEY_COLUMNS = ("key_id", "state", "created", "revoked")
 PROVIDER_COLUMNS = ("id", "name", "type", "base_url", "credential", "location")
 MODEL_COLUMNS = ("id", "alias", "capabilities", "context", "deployments")
 POLICY_COLUMNS = ("tenant", "version", "created_by", "created_at", "document")
@@ -129,6 +130,10 @@ def node_row(n: admin_pb2.Node) -> tuple[object, ...]:
         "STALE" if n.stale else "ok",
         "-",  # node certificates are not issued yet
     )
+
+
+def signing_key_row(k: admin_pb2.SigningKeyInfo) -> tuple[object, ...]:
+    return (k.key_id, k.state, _time(k.created_at), _time(k.revoked_at) if k.HasField("revoked_at") else "")
 
 
 def snapshot_row(s: admin_pb2.SnapshotInfo) -> tuple[object, ...]:

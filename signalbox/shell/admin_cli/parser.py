@@ -26,6 +26,9 @@ from signalbox.shell.admin_cli.commands import (
     provider_list,
     provider_update,
     route_explain,
+    signing_key_list,
+    signing_key_revoke,
+    signing_key_rotate,
     snapshot_diff,
     snapshot_list,
     snapshot_rollback,
@@ -248,3 +251,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "restore a stored version's config and publish it as a new version (admin role)",
     )
     p.add_argument("version", type=_version, metavar="VERSION")
+    signing = _resource(sub, "signing-key", "snapshot signing keys")
+    _verb(signing, "list", signing_key_list, "key ids, state (active/retiring/revoked), created")
+    _verb(
+        signing,
+        "rotate",
+        signing_key_rotate,
+        "new active key; the old one keeps signing beside it until revoked (admin role)",
+    )
+    p = _verb(signing, "revoke", signing_key_revoke, "stop signing with a retiring key for good (admin role)")
+    p.add_argument("key_id", metavar="KEY_ID")

@@ -592,7 +592,10 @@ def test_every_admin_rpc_is_classified_for_roles() -> None:
     methods = set(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods_by_name)
     assert methods >= READ_ONLY_METHODS
     mutating = methods - READ_ONLY_METHODS
-    assert all(m.startswith(("Create", "Update", "Delete", "Apply", "Rollback")) for m in mutating), mutating
+    assert all(
+        m.startswith(("Create", "Update", "Delete", "Apply", "Rollback", "Rotate", "Revoke"))
+        for m in mutating
+    ), mutating
 
 
 async def test_explain_route_checks_a_tool_schema_as_a_node_does(admin: Admin) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import sync_pb2, sync_pb2_grpc
-from signalbox.shell.admin_cli.output import node_row
+from signalbox.shell.admin_cli.output import NODE_COLUMNS, node_row
 from signalbox.text import printable
 from tests.controlplane.conftest import TIMEOUT, Admin, SyncNode
 from tests.fixtures.postgres import RunningControlPlane
@@ -68,7 +68,7 @@ def test_the_admin_cli_escapes_what_an_older_control_plane_stored_raw() -> None:
     )
     assert row[0] == "n\\x1b[1mode"
     assert row[1] == "1.0\\r\\nfake"
-    assert row[6] == ESCAPED
+    assert row[NODE_COLUMNS.index("reason")] == ESCAPED
 
 
 async def test_a_node_id_with_control_characters_is_refused_with_the_field_named(

@@ -170,6 +170,21 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RollbackSnapshotRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RollbackSnapshotResponse.FromString,
                 _registered_method=True)
+        self.RotateSigningKey = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/RotateSigningKey',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RotateSigningKeyRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RotateSigningKeyResponse.FromString,
+                _registered_method=True)
+        self.ListSigningKeys = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListSigningKeys',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListSigningKeysRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListSigningKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeSigningKey = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/RevokeSigningKey',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -348,6 +363,27 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateSigningKey(self, request, context):
+        """Snapshot signing keys. Rotate creates a new active key; the previous active key
+        becomes retiring and keeps signing beside it until it is revoked. Admin role only
+        (List: viewer too). Rotate and revoke publish a new snapshot naming the keys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSigningKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSigningKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -485,6 +521,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RollbackSnapshot,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RollbackSnapshotRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RollbackSnapshotResponse.SerializeToString,
+            ),
+            'RotateSigningKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSigningKey,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RotateSigningKeyRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RotateSigningKeyResponse.SerializeToString,
+            ),
+            'ListSigningKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSigningKeys,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListSigningKeysRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListSigningKeysResponse.SerializeToString,
+            ),
+            'RevokeSigningKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSigningKey,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1216,6 +1267,87 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/RollbackSnapshot',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RollbackSnapshotRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RollbackSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSigningKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/RotateSigningKey',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RotateSigningKeyRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RotateSigningKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSigningKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListSigningKeys',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListSigningKeysRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListSigningKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSigningKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/RevokeSigningKey',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

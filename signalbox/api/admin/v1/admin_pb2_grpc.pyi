@@ -75,6 +75,13 @@ class AdminServiceStub:
     """Writes a stored version's config back into the config tables and publishes it
     as a new, higher version. Admin role only.
     """
+    RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateSigningKeyRequest, _admin_pb2.RotateSigningKeyResponse]
+    """Snapshot signing keys. Rotate creates a new active key; the previous active key
+    becomes retiring and keeps signing beside it until it is revoked. Admin role only
+    (List: viewer too). Rotate and revoke publish a new snapshot naming the keys.
+    """
+    ListSigningKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSigningKeysRequest, _admin_pb2.ListSigningKeysResponse]
+    RevokeSigningKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeSigningKeyRequest, _admin_pb2.RevokeSigningKeyResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -120,6 +127,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Writes a stored version's config back into the config tables and publishes it
     as a new, higher version. Admin role only.
     """
+    RotateSigningKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateSigningKeyRequest, _admin_pb2.RotateSigningKeyResponse]  # type: ignore[assignment]
+    """Snapshot signing keys. Rotate creates a new active key; the previous active key
+    becomes retiring and keeps signing beside it until it is revoked. Admin role only
+    (List: viewer too). Rotate and revoke publish a new snapshot naming the keys.
+    """
+    ListSigningKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSigningKeysRequest, _admin_pb2.ListSigningKeysResponse]  # type: ignore[assignment]
+    RevokeSigningKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeSigningKeyRequest, _admin_pb2.RevokeSigningKeyResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -324,5 +338,30 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Writes a stored version's config back into the config tables and publishes it
         as a new, higher version. Admin role only.
         """
+
+    @_abc_1.abstractmethod
+    def RotateSigningKey(
+        self,
+        request: _admin_pb2.RotateSigningKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RotateSigningKeyResponse, _abc.Awaitable[_admin_pb2.RotateSigningKeyResponse]]:
+        """Snapshot signing keys. Rotate creates a new active key; the previous active key
+        becomes retiring and keeps signing beside it until it is revoked. Admin role only
+        (List: viewer too). Rotate and revoke publish a new snapshot naming the keys.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSigningKeys(
+        self,
+        request: _admin_pb2.ListSigningKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListSigningKeysResponse, _abc.Awaitable[_admin_pb2.ListSigningKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeSigningKey(
+        self,
+        request: _admin_pb2.RevokeSigningKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeSigningKeyResponse, _abc.Awaitable[_admin_pb2.RevokeSigningKeyResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

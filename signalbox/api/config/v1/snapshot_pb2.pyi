@@ -49,6 +49,33 @@ PROVIDER_LOCATION_SITE: ProviderLocation.ValueType  # 3
 """Inside one air-gapped site (see Provider.site)."""
 Global___ProviderLocation: _TypeAlias = ProviderLocation  # noqa: Y015
 
+class _TrustedKeyState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TrustedKeyStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrustedKeyState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRUSTED_KEY_STATE_UNSPECIFIED: _TrustedKeyState.ValueType  # 0
+    """Snapshots from before key rotation: the key is trusted (as active)."""
+    TRUSTED_KEY_STATE_ACTIVE: _TrustedKeyState.ValueType  # 1
+    """The newest key: signs every snapshot."""
+    TRUSTED_KEY_STATE_RETIRING: _TrustedKeyState.ValueType  # 2
+    """An older key that still signs beside the active one during a rotation."""
+    TRUSTED_KEY_STATE_REVOKED: _TrustedKeyState.ValueType  # 3
+    """Never signs again; nodes drop it and refuse envelopes signed only by it."""
+
+class TrustedKeyState(_TrustedKeyState, metaclass=_TrustedKeyStateEnumTypeWrapper): ...
+
+TRUSTED_KEY_STATE_UNSPECIFIED: TrustedKeyState.ValueType  # 0
+"""Snapshots from before key rotation: the key is trusted (as active)."""
+TRUSTED_KEY_STATE_ACTIVE: TrustedKeyState.ValueType  # 1
+"""The newest key: signs every snapshot."""
+TRUSTED_KEY_STATE_RETIRING: TrustedKeyState.ValueType  # 2
+"""An older key that still signs beside the active one during a rotation."""
+TRUSTED_KEY_STATE_REVOKED: TrustedKeyState.ValueType  # 3
+"""Never signs again; nodes drop it and refuse envelopes signed only by it."""
+Global___TrustedKeyState: _TypeAlias = TrustedKeyState  # noqa: Y015
+
 @_typing.final
 class SignedEnvelope(_message.Message):
     """DSSE-style signed envelope. Signatures cover PAE(payload_type, payload):
@@ -531,21 +558,29 @@ Global___Policy: _TypeAlias = Policy  # noqa: Y015
 
 @_typing.final
 class TrustedKey(_message.Message):
+    """A snapshot signing key as the control plane sees it. A node adds a key named here
+    to its trust set only when the snapshot verified under a key it already trusts;
+    a key listed as revoked is dropped from the node's trust set for good.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     ED25519_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     ed25519_public_key: _builtins.bytes
+    state: Global___TrustedKeyState.ValueType
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
         ed25519_public_key: _builtins.bytes = ...,
+        state: Global___TrustedKeyState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ed25519_public_key", b"ed25519_public_key", "key_id", b"key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ed25519_public_key", b"ed25519_public_key", "key_id", b"key_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,112 @@
+"""KEK rotation: every signing key is re-sealed under the new KEK in one transaction.
+
+The running control plane keeps signing meanwhile (its keys are unsealed in memory);
+restarted with the new KEK it signs as before, and the old KEK opens nothing any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.exceptions import InvalidTag
+from sqlalchemy import text
+
+from controlplane.db.session import create_engine
+from controlplane.errors import SigningKeyUnavailable
+from controlplane.keys import generate_kek_file, load_kek
+from dataplane.snapshot.envelope import verify
+from signalbox.api.admin.v1 import admin_pb2
+from signalbox.shell.cli import main
+from tests.e2e.test_config_push import _admin
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
+
+
+async def _kek_ids(database_url: str) -> set[str]:
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            return {row[0] for row in await conn.execute(text("SELECT kek_id FROM signing_keys"))}
+    finally:
+        await engine.dispose()
+
+
+async def _sealed(database_url: str) -> list[tuple[str, bytes]]:
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(text("SELECT key_id, encrypted_private_key FROM signing_keys"))
+            return [(kid, bytes(blob)) for kid, blob in rows]
+    finally:
+        await engine.dispose()
+
+
+async def _publish_and_check(running: RunningControlPlane, tenant: str) -> None:
+    """A change publishes a snapshot that verifies under every key the control plane signs with."""
+    async with _admin(running) as admin:
+        await admin.CreateTenant(admin_pb2.CreateTenantRequest(name=tenant))
+        envelope = await admin.ExportSnapshot(admin_pb2.ExportSnapshotRequest())
+    assert verify(envelope, {running.key_id: running.public_key}) == running.key_id
+
+
+async def test_rotate_kek_reseals_every_key_without_downtime(database_url: str, private_tmp: Path) -> None:
+    old_file = private_tmp / "old.kek"
+    new_file = private_tmp / "new.kek"
+    old = generate_kek_file(old_file)
+    settings = cp_settings(database_url, private_tmp, kek_file=old_file)
+    async with running_control_plane(settings) as first:
+        async with _admin(first) as admin:
+            await admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest())  # two keys to re-seal
+        assert await _kek_ids(database_url) == {old.id}
+        argv = [
+            "controlplane", "rotate-kek", "--database-url", database_url,
+            "--kek-file", str(old_file), "--new-kek-file", str(new_file),
+        ]  # fmt: skip
+        assert await asyncio.to_thread(main, argv) == 0
+        new = load_kek(kek_b64=None, kek_file=new_file, data_dir=private_tmp)
+        assert stat.S_IMODE(new_file.stat().st_mode) == 0o600  # generated, private
+        assert await _kek_ids(database_url) == {new.id}
+        # No downtime: the running control plane still signs with its unsealed keys.
+        await _publish_and_check(first, "during")
+        # But it refuses to create a key it could not open after its restart.
+        async with _admin(first) as admin:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest())
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "restart it with the new KEK" in str(info.value.details())
+
+    async with running_control_plane(replace(settings, kek_file=new_file)) as second:
+        await _publish_and_check(second, "after")
+
+    with pytest.raises(SigningKeyUnavailable, match="sealed with KEK"):
+        async with running_control_plane(settings):
+            pass
+    # Past the fingerprint check too: the old KEK cannot decrypt any sealed key, the new one can.
+    sealed = await _sealed(database_url)
+    assert len(sealed) == 2
+    for key_id, blob in sealed:
+        with pytest.raises(InvalidTag):
+            old.unseal(blob, key_id.encode())
+        assert len(new.unseal(blob, key_id.encode())) == 32
+
+
+async def test_rotate_kek_with_the_wrong_current_kek_changes_nothing(
+    database_url: str, private_tmp: Path
+) -> None:
+    right = private_tmp / "right.kek"
+    generate_kek_file(right)
+    wrong = private_tmp / "wrong.kek"
+    generate_kek_file(wrong)
+    settings = cp_settings(database_url, private_tmp, kek_file=right)
+    async with running_control_plane(settings):
+        before = await _kek_ids(database_url)
+    argv = [
+        "controlplane", "rotate-kek", "--database-url", database_url,
+        "--kek-file", str(wrong), "--new-kek-file", str(private_tmp / "next.kek"),
+    ]  # fmt: skip
+    assert await asyncio.to_thread(main, argv) == 1
+    assert await _kek_ids(database_url) == before
