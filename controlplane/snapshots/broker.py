@@ -63,6 +63,7 @@ class SnapshotBroker:
         self._latest: Latest | None = None
         self._listener: asyncio.Task[None] | None = None
         self._pending: asyncio.Task[None] | None = None
+        self._dirty = False
         self._listening = asyncio.Event()
         self._closed = False
         self.on_update: list[Callable[[Latest], None]] = []
@@ -112,13 +113,21 @@ class SnapshotBroker:
         return count
 
     def kick(self) -> None:
-        """Something changed: reload after the debounce interval (once per burst)."""
+        """Something changed: reload after the debounce interval (once per burst).
+
+        A change notified while a reload is already reading the database may be newer
+        than what that read sees, so it marks another reload due rather than being
+        folded into the running one (which would lose it until the next change).
+        """
+        self._dirty = True
         if self._pending is None or self._pending.done():
             self._pending = asyncio.create_task(self._debounced_refresh(), name="snapshot-refresh")
 
     async def _debounced_refresh(self) -> None:
-        await asyncio.sleep(self.debounce)
-        await self.refresh()
+        while self._dirty:
+            self._dirty = False
+            await asyncio.sleep(self.debounce)
+            await self.refresh()
 
     async def refresh(self) -> None:
         """Reload the newest envelope; wake subscribers if it is newer than what we hold."""
