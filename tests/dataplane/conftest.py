@@ -244,3 +244,25 @@ async def gated_upstream() -> AsyncIterator[GatedUpstream]:
     yield gate
     gate.release.set()
     await runner.cleanup()
+
+
+def pinned_serve_args(pin: Path, trust_key: Path, data_dir: Path, *extra: str) -> list[str]:
+    """``signalbox`` arguments for an air-gapped node at site "lab" serving ``pin`` on an
+    ephemeral port (``extra`` appended): the node every process-level test starts."""
+    return [
+        "dataplane",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--snapshot",
+        str(pin),
+        "--trust-key",
+        str(trust_key),
+        "--data-dir",
+        str(data_dir),
+        "--mode",
+        "air-gapped",
+        "--site",
+        "lab",
+        *extra,
+    ]

@@ -18,7 +18,7 @@ from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.cli import main
 from signalbox.shell.simulator import Simulator
-from tests.dataplane.conftest import AUTH, chat, envelope, snapshot, write_public_key
+from tests.dataplane.conftest import AUTH, chat, envelope, pinned_serve_args, snapshot, write_public_key
 
 
 def _pin(tmp_path: Path, key: Ed25519PrivateKey, base_url: str, version: int = 3, **credential: str) -> Path:
@@ -57,22 +57,7 @@ async def test_serve_pinned_snapshot_then_sigterm_exits_cleanly(
         sys.executable,
         "-m",
         "signalbox",
-        "dataplane",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--snapshot",
-        str(pin),
-        "--trust-key",
-        str(trust_key),
-        "--data-dir",
-        str(tmp_path / "node"),
-        "--node-id",
-        "node-cli",
-        "--mode",
-        "air-gapped",
-        "--site",
-        "lab",
+        *pinned_serve_args(pin, trust_key, tmp_path / "node", "--node-id", "node-cli"),
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
@@ -129,22 +114,7 @@ async def test_serve_reads_credentials_only_where_the_operator_flags_say(
             sys.executable,
             "-m",
             "signalbox",
-            "dataplane",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--snapshot",
-            str(pin),
-            "--trust-key",
-            str(trust_key),
-            "--data-dir",
-            str(tmp_path / "node"),
-            "--mode",
-            "air-gapped",
-            "--site",
-            "lab",
-            flag,
-            value,
+            *pinned_serve_args(pin, trust_key, tmp_path / "node", flag, value),
             env=environment,
             stderr=asyncio.subprocess.PIPE,
         )

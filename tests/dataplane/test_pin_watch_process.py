@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
-from tests.dataplane.conftest import AUTH, chat, envelope, snapshot
+from tests.dataplane.conftest import AUTH, chat, envelope, pinned_serve_args, snapshot
 from tests.dataplane.test_pin_watch import write_atomically
 from tests.helpers import eventually
 
@@ -41,22 +41,7 @@ async def test_a_serving_process_follows_its_pin_file(
         sys.executable,
         "-m",
         "signalbox",
-        "dataplane",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--snapshot",
-        str(pin),
-        "--snapshot-poll-interval",
-        "0.1",
-        "--trust-key",
-        str(trust_key),
-        "--data-dir",
-        str(tmp_path / "node"),
-        "--mode",
-        "air-gapped",
-        "--site",
-        "lab",
+        *pinned_serve_args(pin, trust_key, tmp_path / "node", "--snapshot-poll-interval", "0.1"),
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None

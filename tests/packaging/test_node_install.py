@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.simulator import Simulator
-from tests.dataplane.conftest import AUTH, chat, envelope, snapshot, write_public_key
+from tests.dataplane.conftest import AUTH, chat, envelope, pinned_serve_args, snapshot, write_public_key
 from tests.helpers import eventually
 from tests.packaging.conftest import CONTROLPLANE_EXTRA, Venv, clean_env, run
 
@@ -84,22 +84,7 @@ async def test_a_node_serves_a_pinned_snapshot(
     pin = _pin(tmp_path, signing_key, simulator.base_url)
     process = await asyncio.create_subprocess_exec(
         node_venv.signalbox,
-        "dataplane",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--snapshot",
-        str(pin),
-        "--trust-key",
-        str(trust_key),
-        "--data-dir",
-        str(tmp_path / "node"),
-        "--node-id",
-        "node-wheel",
-        "--mode",
-        "air-gapped",
-        "--site",
-        "lab",
+        *pinned_serve_args(pin, trust_key, tmp_path / "node", "--node-id", "node-wheel"),
         cwd=tmp_path,
         env=clean_env(),
         stderr=asyncio.subprocess.PIPE,
