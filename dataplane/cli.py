@@ -23,7 +23,8 @@ from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotF
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
-from dataplane.snapshot.store import check_envelope, load_trust_keys
+from dataplane.snapshot.store import SNAPSHOT_DIR, check_envelope, load_trust_keys
+from dataplane.snapshot.trust import TrustSet, TrustState
 from signalbox import settings, tls
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -278,6 +279,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="also check the snapshot is for this deployment",
         command=VERIFY,
     )
+    add(
+        verify,
+        "--data-dir",
+        env="SIGNALBOX_VERIFY_DATA_DIR",
+        default=None,
+        help="a node's data dir: also trust the signing keys that node learned from signed "
+        "statements, and refuse the keys it saw revoked (exactly what that node would accept)",
+        command=VERIFY,
+    )
     verify.set_defaults(handler=verify_command)
 
 
@@ -374,16 +384,23 @@ def verify_command(ns: argparse.Namespace) -> int:
         print("verify: --snapshot FILE is required", file=sys.stderr)
         return 2
     try:
-        trusted = load_trust_keys(_trust_keys(ns))
+        operator = load_trust_keys(_trust_keys(ns))
+        if ns.data_dir:
+            # The node's learned trust set, replayed from its operator keys exactly as the
+            # node does at start (an edited trust file is refused, not believed).
+            trust = TrustSet(operator, Path(ns.data_dir) / SNAPSHOT_DIR).state
+        else:
+            trust = TrustState(operator, frozenset())
         envelope = snapshot_pb2.SignedEnvelope()
         envelope.ParseFromString(Path(ns.snapshot).read_bytes())
         config, key_id = check_envelope(
             envelope,
-            trusted,
+            trust.keys,
             scope=None if ns.deployment is None else Scope(deployment=ns.deployment),
             now=None if ns.allow_expired else time.time(),
+            revoked=trust.revoked,
         )
-    except (OSError, ValueError, DecodeError, SnapshotCheckFailed) as exc:
+    except (OSError, ValueError, DecodeError, SnapshotCheckFailed, SnapshotFileInvalid) as exc:
         print(f"INVALID {ns.snapshot}: {exc}")
         return 1
 

@@ -66,6 +66,9 @@ from dataplane.snapshot.files import atomic_write, private_dir, read_envelope_fi
 from dataplane.snapshot.trust import TrustSet
 from signalbox.api.config.v1 import snapshot_pb2
 
+SNAPSHOT_DIR = "snapshot"
+"""Under a node's data dir: last-known-good, high-water mark and the learned trust set."""
+
 log = logging.getLogger("signalbox.dataplane.config")
 
 CredentialResolver = Callable[[SecretRef], "str | None"]
@@ -183,7 +186,7 @@ class SnapshotStore:
         # What routes are prepared for; it must equal the pipeline's NodeContext for the
         # preparation to be used. Without one: a cloud node at the scope's site.
         self._node = node if node is not None else NodeContext(site=scope.site)
-        self._dir = Path(data_dir) / "snapshot"
+        self._dir = Path(data_dir) / SNAPSHOT_DIR
         self._client = client
         self._allow_expired = allow_expired
         # Without a resolver: the operator's defaults (the SIGNALBOX_CRED_ prefix and

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import grpc
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -23,6 +24,7 @@ from dataplane.snapshot.trust import TRUST_FILE
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from signalbox.shell.cli import main
 from signalbox.shell.simulator import Simulator
 from tests.controlplane.conftest import Admin
 from tests.e2e.conftest import NodeFactory
@@ -77,7 +79,11 @@ async def _nack(admin: Admin, node_id: str, version: int) -> admin_pb2.Node:
 
 
 async def test_rotate_then_revoke_reaches_the_node_with_no_failed_request(
-    admin: Admin, control_plane: RunningControlPlane, simulator: Simulator, private_tmp: Path
+    admin: Admin,
+    control_plane: RunningControlPlane,
+    simulator: Simulator,
+    private_tmp: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert control_plane.cp.signer is not None
     assert control_plane.cp.sync is not None
@@ -147,6 +153,22 @@ async def test_rotate_then_revoke_reaches_the_node_with_no_failed_request(
         assert set(again.store.trust.state.keys) == {new_id}
     finally:
         await again.stop()
+
+    # `dataplane verify` answers what this node would: with only the operator's (old) key the
+    # post-revoke snapshot has no trusted signature; with the node's data dir it verifies, and
+    # the forgery signed by the revoked key is refused as such.
+    pin, forged_pin = private_tmp / "single.pin", private_tmp / "forged.pin"
+    pin.write_bytes(single.SerializeToString())
+    forged_pin.write_bytes(forged.SerializeToString())
+    trust = ["--trust-key", str(control_plane.trust_key_path)]
+    verify = ["dataplane", "verify", *trust]
+    assert await asyncio.to_thread(main, [*verify, "--snapshot", str(pin)]) == 1
+    assert "no signature by a trusted key" in capsys.readouterr().out
+    with_dir = [*verify, "--data-dir", str(data_dir)]
+    assert await asyncio.to_thread(main, [*with_dir, "--snapshot", str(pin)]) == 0
+    assert f"signed-by: {new_id}" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, [*with_dir, "--snapshot", str(forged_pin)]) == 1
+    assert f"signed only by revoked key {old_key.key_id}" in capsys.readouterr().out
 
 
 async def test_a_key_named_in_a_payload_signed_by_an_untrusted_key_is_not_learned(
