@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.db.models import SigningKey
 from controlplane.errors import InvalidArgument, NotFound, SigningKeyState, SigningKeyUnavailable
 from controlplane.repositories import signing_keys as repo
-from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, key_id_for, pae
+from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, STATEMENT_PAYLOAD_TYPE, key_id_for, pae
 from signalbox.api.config.v1 import snapshot_pb2
 
 KEK_FILE_NAME = "kek"
@@ -136,6 +136,37 @@ def sign_all(signers: Sequence[Signer], payload: bytes) -> snapshot_pb2.SignedEn
     for signer in signers:
         envelope.signatures.add(key_id=signer.key_id, sig=signer.private_key.sign(message))
     return envelope
+
+
+TRUSTED_KEY_STATES = {
+    repo.ACTIVE: snapshot_pb2.TRUSTED_KEY_STATE_ACTIVE,
+    repo.RETIRING: snapshot_pb2.TRUSTED_KEY_STATE_RETIRING,
+    repo.REVOKED: snapshot_pb2.TRUSTED_KEY_STATE_REVOKED,
+}
+MAX_TRUST_CHAIN = 16
+"""Newest trust statements every snapshot carries (eight rotations with their revocations)."""
+
+
+def sign_statement(
+    signers: Sequence[Signer], trusted: Sequence[tuple[str, bytes, str]], *, reason: str, at: datetime
+) -> bytes:
+    """A ``TrustStatement`` envelope naming every key with its state, signed by ``signers``."""
+    if not signers:
+        raise SigningKeyUnavailable("no signing key is active")
+    statement = snapshot_pb2.TrustStatement(
+        reason=reason,
+        trusted_keys=[
+            snapshot_pb2.TrustedKey(key_id=kid, ed25519_public_key=pub, state=TRUSTED_KEY_STATES[state])
+            for kid, pub, state in trusted
+        ],
+    )
+    statement.created_at.FromDatetime(at)
+    payload = statement.SerializeToString(deterministic=True)
+    envelope = snapshot_pb2.SignedEnvelope(payload_type=STATEMENT_PAYLOAD_TYPE, payload=payload)
+    message = pae(STATEMENT_PAYLOAD_TYPE, payload)
+    for signer in signers:
+        envelope.signatures.add(key_id=signer.key_id, sig=signer.private_key.sign(message))
+    return envelope.SerializeToString(deterministic=True)
 
 
 def _unseal(row: SigningKey, kek: Kek) -> Signer:

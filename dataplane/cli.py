@@ -24,7 +24,7 @@ from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
 from dataplane.snapshot.store import SNAPSHOT_DIR, check_envelope, load_trust_keys
-from dataplane.snapshot.trust import TrustSet, TrustState
+from dataplane.snapshot.trust import TrustSet, TrustState, walk_chain
 from signalbox import settings, tls
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -393,6 +393,8 @@ def verify_command(ns: argparse.Namespace) -> int:
             trust = TrustState(operator, frozenset())
         envelope = snapshot_pb2.SignedEnvelope()
         envelope.ParseFromString(Path(ns.snapshot).read_bytes())
+        # As a node would: statements in the pin's trust chain that verify are believed.
+        trust = walk_chain(trust, envelope)
         config, key_id = check_envelope(
             envelope,
             trust.keys,

@@ -336,7 +336,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def RevokeSigningKey(
         self, request: admin_pb2.RevokeSigningKeyRequest, context: Context
     ) -> admin_pb2.RevokeSigningKeyResponse:
-        row, version = await self._signing_keys.revoke(current_caller(), request.key_id, force=request.force)
+        row, version = await self._signing_keys.revoke(current_caller(), request.key_id)
         return admin_pb2.RevokeSigningKeyResponse(key=convert.signing_key(row), snapshot_version=version)
 
 

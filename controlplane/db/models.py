@@ -210,6 +210,20 @@ class SigningKey(TimestampMixin, Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class TrustStatement(Base):
+    """A signed statement of every signing key and its state, made at each rotation and
+    revocation (the ``TrustStatement`` envelope bytes). Every snapshot carries the newest
+    ones as its trust chain, so a node that missed a rotation, or an air-gapped site handed
+    a newer pin, learns the new key from keys it already trusts."""
+
+    __tablename__ = "trust_statements"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
 class Snapshot(Base):
     """A signed snapshot exactly as it was pushed: the envelope bytes.
 

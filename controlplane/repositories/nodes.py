@@ -34,16 +34,3 @@ async def mark_seen(session: AsyncSession, node_ids: Sequence[str], now: datetim
 async def latest_version(session: AsyncSession) -> int:
     """The newest stored snapshot version (0 when none): what a converged node serves."""
     return int(await session.scalar(select(func.coalesce(func.max(Snapshot.version), 0))) or 0)
-
-
-async def behind_key(session: AsyncSession, key_id: str) -> list[tuple[str, int]]:
-    """Nodes (id, applied version) that serve a snapshot older than the first one signed by
-    ``key_id``: they have never been told to trust it. Nodes that applied nothing are left
-    out (their trust comes from the operator's ``--trust-key``, which we cannot see)."""
-    first = select(func.min(Snapshot.version)).where(Snapshot.signing_key_id == key_id).scalar_subquery()
-    rows = await session.execute(
-        select(Node.node_id, Node.applied_version)
-        .where(Node.applied_version > 0, Node.applied_version < first)
-        .order_by(Node.node_id)
-    )
-    return [(node_id, int(version)) for node_id, version in rows]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.models import SigningKey
+from controlplane.db.models import SigningKey, TrustStatement
 
 # Serializes key generation, rotation, revocation and re-sealing across replicas.
 SIGNING_KEY_LOCK = 0x5B0C_0001
@@ -63,3 +63,16 @@ async def trusted(session: AsyncSession) -> list[tuple[str, bytes, str]]:
         )
     )
     return [(kid, bytes(pub), state) for kid, pub, state in rows]
+
+
+async def add_statement(session: AsyncSession, row: TrustStatement) -> None:
+    session.add(row)
+    await session.flush()
+
+
+async def chain(session: AsyncSession, *, newest: int) -> list[bytes]:
+    """The envelopes of the newest ``newest`` trust statements, oldest first."""
+    rows = await session.scalars(
+        select(TrustStatement.envelope).order_by(TrustStatement.id.desc()).limit(newest)
+    )
+    return [bytes(envelope) for envelope in reversed(rows.all())]

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from controlplane.db.models import SigningKey
-from controlplane.errors import InvalidArgument, SigningKeyState
-from controlplane.keys import list_keys
-from controlplane.repositories import nodes as node_repo
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.db.models import SigningKey, TrustStatement
+from controlplane.errors import InvalidArgument
+from controlplane.keys import list_keys, sign_statement
 from controlplane.repositories import signing_keys as repo
 from controlplane.services.base import Caller, UnitOfWork
 
 MAX_KEY_ID_CHARS = 64
-MAX_NAMED_NODES = 5
 
 
 @dataclass(slots=True)
@@ -32,33 +33,30 @@ class SigningKeyService:
             row = await repo.get(change.session, signer.key_id)
             assert row is not None
             change.reason = f"rotate signing key: {signer.key_id} active, retiring {', '.join(retiring)}"
+            await self._state(change.session, change.reason)
         return row, retiring, change.version
 
-    async def revoke(self, caller: Caller, key_id: str, *, force: bool = False) -> tuple[SigningKey, int]:
-        """Revoke ``key_id``. Refused while a node still serves a snapshot older than the first
-        one signed by the active key (unless ``force``): after the revoke, every snapshot is
-        signed only by keys such a node was never told to trust, so it would be stranded on
-        its last-known-good until an operator gives it the new key by hand."""
+    async def _state(self, session: AsyncSession, reason: str) -> None:
+        """Record the keys' new states as a trust statement signed by every key that signs now
+        (during a rotation the old one too): the chain a node that missed this change, or an
+        air-gapped site, follows from a key it trusts."""
+        signers = await self.uow.publisher.keyring.signers(session)
+        trusted = await repo.trusted(session)
+        now = datetime.now(UTC)
+        envelope = sign_statement(signers, trusted, reason=reason, at=now)
+        await repo.add_statement(session, TrustStatement(envelope=envelope, created_at=now, reason=reason))
+
+    async def revoke(self, caller: Caller, key_id: str) -> tuple[SigningKey, int]:
+        """Revoke ``key_id``. A node that had not applied the rotation's dual-signed snapshot
+        is not stranded: every snapshot carries the trust statements (rotation, then this
+        revocation) that lead from the old key to the active one."""
         if not key_id:
             raise InvalidArgument("key_id", "must not be empty")
         if len(key_id) > MAX_KEY_ID_CHARS:
             raise InvalidArgument("key_id", f"must be at most {MAX_KEY_ID_CHARS} characters")
-        what = f"revoke signing key {key_id}" + (" (forced)" if force else "")
-        async with self.uow.change(caller, what) as change:
-            active = await repo.newest_active(change.session)
-            if not force and active is not None and active.key_id != key_id:
-                behind = await node_repo.behind_key(change.session, active.key_id)
-                if behind:
-                    named = ", ".join(f"{node} (v{version})" for node, version in behind[:MAX_NAMED_NODES])
-                    more = (
-                        f" and {len(behind) - MAX_NAMED_NODES} more" if len(behind) > MAX_NAMED_NODES else ""
-                    )
-                    raise SigningKeyState(
-                        f"revoking {key_id} now would strand {len(behind)} node(s) that have not applied a "
-                        f"snapshot signed by the active key {active.key_id}: {named}{more}; wait until "
-                        "`node list` shows them converged, or pass force to revoke anyway"
-                    )
+        async with self.uow.change(caller, f"revoke signing key {key_id}") as change:
             row = await self.uow.publisher.keyring.revoke(change.session, key_id)
+            await self._state(change.session, f"revoke signing key {key_id}")
         return row, change.version
 
     async def list(self) -> Sequence[SigningKey]:

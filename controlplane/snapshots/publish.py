@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import Snapshot
 from controlplane.errors import ConfigRejected
-from controlplane.keys import Keyring, Signer, sign_all, trusted_keys
+from controlplane.keys import MAX_TRUST_CHAIN, Keyring, Signer, sign_all, trusted_keys
+from controlplane.repositories import signing_keys as signing_repo
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.snapshots.build import build_snapshot
 from controlplane.snapshots.compiler import SnapshotInvalid, compile_now
@@ -56,11 +57,14 @@ class _Sealed:
     config: RuntimeConfig
 
 
-def _seal(snapshot: snapshot_pb2.Snapshot, signers: list[Signer]) -> _Sealed:
+def _seal(snapshot: snapshot_pb2.Snapshot, signers: list[Signer], chain: list[bytes]) -> _Sealed:
     # Serialized once: these exact bytes are checked, hashed, signed and stored.
     payload = snapshot.SerializeToString(deterministic=True)
     config = check(payload)
-    envelope = sign_all(signers, payload).SerializeToString(deterministic=True)
+    signed = sign_all(signers, payload)
+    for statement in chain:
+        signed.trust_chain.add().ParseFromString(statement)
+    envelope = signed.SerializeToString(deterministic=True)
     return _Sealed(payload, hashlib.sha256(payload).digest(), envelope, config)
 
 
@@ -95,7 +99,10 @@ class SnapshotPublisher:
         )
         # Every key that still signs: during a rotation, the retiring key beside the new one.
         signers = await self.keyring.signers(session)
-        sealed = await asyncio.to_thread(_seal, snapshot, signers)
+        # The newest key statements ride along: a node that missed a rotation (or a site
+        # handed this as a pin) follows them from a key it trusts to the one that signed.
+        chain = await signing_repo.chain(session, newest=MAX_TRUST_CHAIN)
+        sealed = await asyncio.to_thread(_seal, snapshot, signers, chain)
         await snapshot_repo.add(
             session,
             Snapshot(

@@ -22,6 +22,9 @@ from dataplane.errors import EnvelopeError
 from signalbox.api.config.v1 import snapshot_pb2
 
 SNAPSHOT_PAYLOAD_TYPE = "application/vnd.signalbox.snapshot.v1+protobuf"
+STATEMENT_PAYLOAD_TYPE = "application/vnd.signalbox.trust-statement.v1+protobuf"
+"""A ``TrustStatement``: which signing keys to trust; never applied as a snapshot (and a
+signature over one can never be replayed as a snapshot's: PAE covers the type)."""
 MAX_IDS_CHARS = 200
 """Key ids come from the envelope: a reason quoting them is cut here."""
 
@@ -49,16 +52,15 @@ def verify(
     trusted: Mapping[str, Ed25519PublicKey],
     *,
     revoked: AbstractSet[str] = frozenset(),
+    payload_type: str = SNAPSHOT_PAYLOAD_TYPE,
 ) -> str:
     """Check the envelope; return the key id whose signature verified.
 
-    Raises ``EnvelopeError`` if the payload type is wrong, no trusted key is
-    configured, or no signature by a trusted key verifies.
+    Raises ``EnvelopeError`` if the payload type is not ``payload_type``, no trusted key
+    is configured, or no signature by a trusted key verifies.
     """
-    if envelope.payload_type != SNAPSHOT_PAYLOAD_TYPE:
-        raise EnvelopeError(
-            f"payload_type: expected {SNAPSHOT_PAYLOAD_TYPE!r}, got {envelope.payload_type!r}"
-        )
+    if envelope.payload_type != payload_type:
+        raise EnvelopeError(f"payload_type: expected {payload_type!r}, got {envelope.payload_type[:100]!r}")
     if not trusted:
         raise EnvelopeError("no trust key configured: refusing to apply any snapshot")
     if not envelope.signatures:

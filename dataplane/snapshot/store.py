@@ -317,6 +317,13 @@ class SnapshotStore:
         raw: bytes | None,
         from_disk: bool = False,
     ) -> ApplyResult:
+        if persist and envelope.trust_chain:
+            # Key statements the envelope carries (a node that missed a rotation, a pin
+            # signed by a newer key): each verifies on its own under what we trust so far.
+            try:
+                await asyncio.to_thread(self.trust.learn_chain, envelope)
+            except OSError as exc:
+                log.error("trust chain not applied: cannot persist the trust set: %s", _bounded(str(exc)))
         try:
             # Compiling a large snapshot (10,000 tenants) takes seconds; in a worker
             # thread the loop keeps serving the current snapshot meanwhile.

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from dataplane.errors import EnvelopeError, SnapshotFileInvalid
-from dataplane.snapshot.envelope import key_id_for, verify
+from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, STATEMENT_PAYLOAD_TYPE, key_id_for, verify
 from dataplane.snapshot.files import atomic_write, private_dir
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -36,6 +36,22 @@ log = logging.getLogger("signalbox.dataplane.config")
 TRUST_FILE = "trust.json"
 MAX_STATEMENTS = 64
 """A trust file with more statements than this is refused (compaction keeps it far below)."""
+MAX_CHAIN = 32
+"""Statements looked at in one envelope's trust chain; the rest are ignored."""
+
+
+def walk_chain(state: TrustState, envelope: snapshot_pb2.SignedEnvelope) -> TrustState:
+    """``state`` after every statement of ``envelope.trust_chain`` that verifies in turn.
+
+    A statement that does not verify (or is malformed) is skipped: the chain is not covered
+    by the envelope's signatures, so it can add trust only through statements signed by keys
+    already trusted at that point. Never raises."""
+    for statement in envelope.trust_chain[:MAX_CHAIN]:
+        try:
+            state = advance(state, statement)
+        except EnvelopeError:
+            continue
+    return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,23 +65,31 @@ class TrustState:
         return frozenset(self.keys), self.revoked
 
 
-def _statement(payload: bytes) -> list[snapshot_pb2.TrustedKey]:
-    snapshot = snapshot_pb2.Snapshot()
+def _statement(envelope: snapshot_pb2.SignedEnvelope) -> list[snapshot_pb2.TrustedKey]:
+    message: snapshot_pb2.Snapshot | snapshot_pb2.TrustStatement
+    if envelope.payload_type == STATEMENT_PAYLOAD_TYPE:
+        message, what = snapshot_pb2.TrustStatement(), "trust statement"
+    else:
+        message, what = snapshot_pb2.Snapshot(), "snapshot"
     try:
-        snapshot.ParseFromString(payload)
+        message.ParseFromString(envelope.payload)
     except DecodeError as exc:
-        raise EnvelopeError("payload does not decode as a snapshot") from exc
-    return list(snapshot.trusted_keys)
+        raise EnvelopeError(f"payload does not decode as a {what}") from exc
+    return list(message.trusted_keys)
 
 
 def advance(state: TrustState, envelope: snapshot_pb2.SignedEnvelope) -> TrustState:
-    """The trust set after the statement in ``envelope``, which must verify under ``state``.
+    """The trust set after the statement in ``envelope`` (a snapshot, or a ``TrustStatement``
+    from a trust chain), which must verify under ``state``.
 
     Raises ``EnvelopeError`` when it does not verify or names a key inconsistently."""
-    verify(envelope, state.keys, revoked=state.revoked)
+    kind = (
+        STATEMENT_PAYLOAD_TYPE if envelope.payload_type == STATEMENT_PAYLOAD_TYPE else SNAPSHOT_PAYLOAD_TYPE
+    )
+    verify(envelope, state.keys, revoked=state.revoked, payload_type=kind)
     keys = dict(state.keys)
     revoked = set(state.revoked)
-    for i, entry in enumerate(_statement(envelope.payload)):
+    for i, entry in enumerate(_statement(envelope)):
         if entry.state == snapshot_pb2.TRUSTED_KEY_STATE_REVOKED:
             revoked.add(entry.key_id)
             keys.pop(entry.key_id, None)
@@ -127,6 +151,17 @@ class TrustSet:
             ", ".join(sorted(self.state.keys)),
             len(self.state.revoked),
         )
+
+    def learn_chain(self, envelope: snapshot_pb2.SignedEnvelope) -> bool:
+        """Learn from the statements in ``envelope.trust_chain`` that verify (see ``walk_chain``),
+        persisting each; returns whether the trust set changed. Raises ``OSError`` only."""
+        changed = False
+        for statement in envelope.trust_chain[:MAX_CHAIN]:
+            try:
+                changed = self.learn(statement) or changed
+            except EnvelopeError:
+                continue  # not signed by a key trusted at this point: adds nothing
+        return changed
 
     def learn(self, envelope: snapshot_pb2.SignedEnvelope) -> bool:
         """Apply the statement of an accepted snapshot; persist when the trust set changed.

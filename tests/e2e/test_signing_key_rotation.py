@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from dataplane.app import DataPlaneNode, NodeSettings
-from dataplane.snapshot.envelope import key_id_for
+from dataplane.snapshot.envelope import STATEMENT_PAYLOAD_TYPE, key_id_for, pae
 from dataplane.snapshot.trust import TRUST_FILE
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
@@ -154,16 +154,28 @@ async def test_rotate_then_revoke_reaches_the_node_with_no_failed_request(
     finally:
         await again.stop()
 
-    # `dataplane verify` answers what this node would: with only the operator's (old) key the
-    # post-revoke snapshot has no trusted signature; with the node's data dir it verifies, and
-    # the forgery signed by the revoked key is refused as such.
-    pin, forged_pin = private_tmp / "single.pin", private_tmp / "forged.pin"
+    # `dataplane verify` answers what this node would. With only the operator's (old) key, the
+    # post-revoke snapshot verifies through its trust chain; without the chain it has no
+    # trusted signature, unless verify uses the node's data dir (the keys that node learned),
+    # where the forgery signed by the revoked key is refused as such.
+    pin, bare_pin, forged_pin = (
+        private_tmp / "single.pin",
+        private_tmp / "bare.pin",
+        private_tmp / "forged.pin",
+    )
     pin.write_bytes(single.SerializeToString())
+    bare = snapshot_pb2.SignedEnvelope()
+    bare.CopyFrom(single)
+    del bare.trust_chain[:]
+    bare_pin.write_bytes(bare.SerializeToString())
     forged_pin.write_bytes(forged.SerializeToString())
     trust = ["--trust-key", str(control_plane.trust_key_path)]
     verify = ["dataplane", "verify", *trust]
-    assert await asyncio.to_thread(main, [*verify, "--snapshot", str(pin)]) == 1
+    assert await asyncio.to_thread(main, [*verify, "--snapshot", str(pin)]) == 0
+    assert f"signed-by: {new_id}" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, [*verify, "--snapshot", str(bare_pin)]) == 1
     assert "no signature by a trusted key" in capsys.readouterr().out
+    pin = bare_pin
     with_dir = [*verify, "--data-dir", str(data_dir)]
     assert await asyncio.to_thread(main, [*with_dir, "--snapshot", str(pin)]) == 0
     assert f"signed-by: {new_id}" in capsys.readouterr().out
@@ -196,3 +208,97 @@ async def test_a_key_named_in_a_payload_signed_by_an_untrusted_key_is_not_learne
     assert intruder_id not in node.store.trust.state.keys
     assert node.store.version == good
     assert not (node.settings.data_dir / "snapshot" / TRUST_FILE).exists()
+
+
+async def test_a_node_away_during_rotate_and_revoke_follows_the_trust_chain_when_back(
+    admin: Admin, control_plane: RunningControlPlane, simulator: Simulator, private_tmp: Path
+) -> None:
+    """The node never sees the dual-signed snapshot: when it returns, the only snapshot it
+    gets is signed by the new key alone. The trust chain in that envelope leads it there."""
+    assert control_plane.cp.signer is not None
+    old_id = control_plane.cp.signer.key_id
+    api_key = await _seed(admin, simulator)
+    data_dir = Path(tempfile.mkdtemp(prefix="away-", dir=private_tmp))
+    node = _node(control_plane, "away-1", data_dir)
+    await node.start()
+    try:
+        await _converged(admin, "away-1")
+    finally:
+        await node.stop()
+
+    rotated = await admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest())
+    await admin.RevokeSigningKey(admin_pb2.RevokeSigningKeyRequest(key_id=old_id))
+    latest = await admin.ExportSnapshot(admin_pb2.ExportSnapshotRequest())
+    assert [s.key_id for s in latest.signatures] == [rotated.key.key_id]
+    assert len(latest.trust_chain) == 2  # the rotation, then the revocation
+
+    back = _node(control_plane, "away-1", data_dir)
+    await back.start()
+    try:
+        version = await _converged(admin, "away-1")
+        assert back.store.version == version
+        assert set(back.store.trust.state.keys) == {rotated.key.key_id}
+        assert old_id in back.store.trust.state.revoked
+        request = infer_pb2.InferRequest(
+            messages=[infer_pb2.Message(role=infer_pb2.ROLE_USER, content=[infer_pb2.ContentPart(text="hi")])]
+        )
+        async with grpc.aio.insecure_channel(back.address) as channel:
+            answer = await infer_pb2_grpc.InferServiceStub(channel).Infer(
+                request, metadata=(("authorization", f"Bearer {api_key}"),), timeout=10
+            )
+        assert answer.snapshot_version == version
+    finally:
+        await back.stop()
+
+
+async def test_an_air_gapped_pin_signed_by_the_new_key_loads_on_a_site_that_trusts_the_old_one(
+    admin: Admin, control_plane: RunningControlPlane, simulator: Simulator, private_tmp: Path
+) -> None:
+    assert control_plane.cp.signer is not None
+    old_id = control_plane.cp.signer.key_id
+    await _seed(admin, simulator)
+    rotated = await admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest())
+    await admin.RevokeSigningKey(admin_pb2.RevokeSigningKeyRequest(key_id=old_id))
+    pin_envelope = await admin.ExportSnapshot(admin_pb2.ExportSnapshotRequest())
+    pin = private_tmp / "site.pin"
+    pin.write_bytes(pin_envelope.SerializeToString())
+
+    # The site's node was installed with the old key only (--trust-key) and no control plane.
+    site = DataPlaneNode(
+        NodeSettings(
+            listen="127.0.0.1:0",
+            snapshot_file=pin,
+            trust_keys=(control_plane.trust_key_path,),
+            node_id="site-1",
+            data_dir=Path(tempfile.mkdtemp(prefix="site-", dir=private_tmp)),
+            drain_seconds=1.0,
+        )
+    )
+    await site.start()
+    try:
+        assert site.store.version == snapshot_pb2.Snapshot.FromString(pin_envelope.payload).version
+        assert set(site.store.trust.state.keys) == {rotated.key.key_id}
+    finally:
+        await site.stop()
+
+    # A forged pin: signed by an intruder, with a chain whose statement the intruder signed.
+    intruder = Ed25519PrivateKey.generate()
+    forged = _resign(pin_envelope.payload, intruder)
+    statement = snapshot_pb2.TrustStatement(
+        trusted_keys=[
+            snapshot_pb2.TrustedKey(
+                key_id=key_id_for(intruder.public_key()),
+                ed25519_public_key=intruder.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+                state=snapshot_pb2.TRUSTED_KEY_STATE_ACTIVE,
+            )
+        ]
+    ).SerializeToString()
+    fake = forged.trust_chain.add(payload_type=STATEMENT_PAYLOAD_TYPE, payload=statement)
+    fake.signatures.add(
+        key_id=key_id_for(intruder.public_key()), sig=intruder.sign(pae(STATEMENT_PAYLOAD_TYPE, statement))
+    )
+    forged_pin = private_tmp / "forged.pin"
+    forged_pin.write_bytes(forged.SerializeToString())
+    argv = ["dataplane", "verify", "--trust-key", str(control_plane.trust_key_path), "--snapshot"]
+    assert await asyncio.to_thread(main, [*argv, str(pin)]) == 0
+    assert await asyncio.to_thread(main, [*argv, str(forged_pin)]) == 1

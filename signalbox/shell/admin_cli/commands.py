@@ -326,7 +326,7 @@ async def signing_key_rotate(stub: Stub, ns: argparse.Namespace) -> Output:
 
 
 async def signing_key_revoke(stub: Stub, ns: argparse.Namespace) -> Output:
-    r = await stub.RevokeSigningKey(admin_pb2.RevokeSigningKeyRequest(key_id=ns.key_id, force=ns.force))
+    r = await stub.RevokeSigningKey(admin_pb2.RevokeSigningKeyRequest(key_id=ns.key_id))
     return Output(r, text=f"revoked signing key {r.key.key_id} (published v{r.snapshot_version})\n")
 
 

@@ -261,8 +261,3 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p = _verb(signing, "revoke", signing_key_revoke, "stop signing with a retiring key for good (admin role)")
     p.add_argument("key_id", metavar="KEY_ID")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="revoke even though some nodes have not yet applied a snapshot signed by the active key",
-    )

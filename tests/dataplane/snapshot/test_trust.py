@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from dataplane.errors import EnvelopeError, SnapshotFileInvalid
-from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, key_id_for, pae
-from dataplane.snapshot.trust import TRUST_FILE, TrustSet
+from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, STATEMENT_PAYLOAD_TYPE, key_id_for, pae, verify
+from dataplane.snapshot.trust import TRUST_FILE, TrustSet, TrustState, walk_chain
 from signalbox.api.config.v1 import snapshot_pb2
 
 ACTIVE = snapshot_pb2.TRUSTED_KEY_STATE_ACTIVE
@@ -109,3 +109,70 @@ def test_bad_statements_change_nothing(tmp_path: Path) -> None:
     with pytest.raises(EnvelopeError, match=f"signed only by revoked key {_id(k0)}"):
         trust.learn(_statement(3, [(k1, ACTIVE)], k0))
     assert set(trust.state.keys) == {_id(k1)}
+
+
+def _trust_statement(
+    named: list[tuple[Ed25519PrivateKey, int]], *signers: Ed25519PrivateKey
+) -> snapshot_pb2.SignedEnvelope:
+    statement = snapshot_pb2.TrustStatement(reason="test")
+    for key, state in named:
+        statement.trusted_keys.add(
+            key_id=_id(key),
+            ed25519_public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+            state=state,  # type: ignore[arg-type]
+        )
+    payload = statement.SerializeToString(deterministic=True)
+    envelope = snapshot_pb2.SignedEnvelope(payload_type=STATEMENT_PAYLOAD_TYPE, payload=payload)
+    for key in signers:
+        envelope.signatures.add(key_id=_id(key), sig=key.sign(pae(STATEMENT_PAYLOAD_TYPE, payload)))
+    return envelope
+
+
+def _carrying(*chain: snapshot_pb2.SignedEnvelope) -> snapshot_pb2.SignedEnvelope:
+    envelope = snapshot_pb2.SignedEnvelope(payload_type=SNAPSHOT_PAYLOAD_TYPE, payload=b"")
+    envelope.trust_chain.extend(chain)
+    return envelope
+
+
+def test_a_trust_chain_leads_from_the_old_key_through_rotation_and_revocation(tmp_path: Path) -> None:
+    k0, k1 = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    rotation = _trust_statement([(k0, RETIRING), (k1, ACTIVE)], k1, k0)
+    revocation = _trust_statement([(k0, REVOKED), (k1, ACTIVE)], k1)
+    operator = {_id(k0): k0.public_key()}
+
+    walked = walk_chain(TrustState(operator, frozenset()), _carrying(rotation, revocation))
+    assert set(walked.keys) == {_id(k1)}
+    assert walked.revoked == {_id(k0)}
+
+    trust = TrustSet(operator, tmp_path)
+    assert trust.learn_chain(_carrying(rotation, revocation))
+    assert set(trust.state.keys) == {_id(k1)}
+    # Persisted, and replayed from the operator's key on the next start.
+    again = TrustSet(operator, tmp_path)
+    assert again.state.ids() == trust.state.ids()
+
+
+def test_chain_statements_that_do_not_verify_add_nothing(tmp_path: Path) -> None:
+    k0, k1, intruder = (Ed25519PrivateKey.generate() for _ in range(3))
+    operator = {_id(k0): k0.public_key()}
+    # Signed only by the key it introduces; out of order (revocation before rotation); a
+    # statement's signature over a snapshot payload type; garbage.
+    self_signed = _trust_statement([(intruder, ACTIVE)], intruder)
+    revocation_first = _trust_statement([(k0, REVOKED), (k1, ACTIVE)], k1)
+    wrong_type = _trust_statement([(intruder, ACTIVE)], k0)
+    wrong_type.payload_type = SNAPSHOT_PAYLOAD_TYPE
+    garbage = snapshot_pb2.SignedEnvelope(payload_type=STATEMENT_PAYLOAD_TYPE, payload=b"\xff\xff")
+    garbage.signatures.add(key_id=_id(k0), sig=k0.sign(pae(STATEMENT_PAYLOAD_TYPE, b"\xff\xff")))
+    chain = _carrying(self_signed, revocation_first, wrong_type, garbage)
+
+    assert walk_chain(TrustState(operator, frozenset()), chain).ids() == (frozenset({_id(k0)}), frozenset())
+    trust = TrustSet(operator, tmp_path)
+    assert not trust.learn_chain(chain)
+    assert not (tmp_path / TRUST_FILE).exists()
+
+
+def test_a_trust_statement_is_never_accepted_as_a_snapshot() -> None:
+    k0 = Ed25519PrivateKey.generate()
+    statement = _trust_statement([(k0, ACTIVE)], k0)
+    with pytest.raises(EnvelopeError, match="payload_type"):
+        verify(statement, {_id(k0): k0.public_key()})

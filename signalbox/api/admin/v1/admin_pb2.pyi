@@ -1629,21 +1629,15 @@ class RevokeSigningKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_ID_FIELD_NUMBER: _builtins.int
-    FORCE_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
-    force: _builtins.bool
-    """Revoke even though some nodes have not applied a snapshot signed by the active key
-    (they will refuse every later snapshot until given the new key by hand).
-    """
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
-        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "key_id", b"key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,25 +87,71 @@ class SignedEnvelope(_message.Message):
     PAYLOAD_TYPE_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     SIGNATURES_FIELD_NUMBER: _builtins.int
+    TRUST_CHAIN_FIELD_NUMBER: _builtins.int
     payload_type: _builtins.str
     payload: _builtins.bytes
     """The exact serialized Snapshot bytes that were signed."""
     @_builtins.property
     def signatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___Signature]: ...
+    @_builtins.property
+    def trust_chain(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignedEnvelope]:
+        """Signing-key statements (TrustStatement envelopes), oldest first, that a verifier may
+        need before it trusts the key of `signatures` (e.g. a node that missed a rotation, or an
+        air-gapped site handed a pin signed by a newer key). Not covered by `signatures`: each
+        statement is verified on its own under the keys trusted before it, so a statement that
+        does not verify adds no trust and is ignored.
+        """
+
     def __init__(
         self,
         *,
         payload_type: _builtins.str = ...,
         payload: _builtins.bytes = ...,
         signatures: _abc.Iterable[Global___Signature] | None = ...,
+        trust_chain: _abc.Iterable[Global___SignedEnvelope] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "payload_type", b"payload_type", "signatures", b"signatures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "payload_type", b"payload_type", "signatures", b"signatures", "trust_chain", b"trust_chain"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignedEnvelope: _TypeAlias = SignedEnvelope  # noqa: Y015
+
+@_typing.final
+class TrustStatement(_message.Message):
+    """The payload of a trust statement (payload_type
+    "application/vnd.signalbox.trust-statement.v1+protobuf"): every signing key with its
+    state, signed by the keys that sign at the moment of the change (during a rotation the
+    old and the new key). A verifier that trusts a signer learns ACTIVE/RETIRING keys and
+    drops REVOKED ones for good.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    TRUSTED_KEYS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """What changed ("rotate signing key: ...", "revoke signing key ...")."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def trusted_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrustedKey]: ...
+    def __init__(
+        self,
+        *,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        trusted_keys: _abc.Iterable[Global___TrustedKey] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reason", b"reason", "trusted_keys", b"trusted_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrustStatement: _TypeAlias = TrustStatement  # noqa: Y015
 
 @_typing.final
 class Signature(_message.Message):
