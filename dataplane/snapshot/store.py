@@ -255,7 +255,7 @@ class SnapshotStore:
     async def apply(self, envelope: snapshot_pb2.SignedEnvelope) -> ApplyResult:
         """Run every check, then build, persist and publish; never raises for a bad envelope."""
         async with self._lock:
-            result = await self._apply(envelope, persist=True, raw=None)
+            result = await self._apply_guarded(envelope, persist=True, raw=None)
         if not result.accepted:
             self.last_rejection = result.reason
         return result
@@ -293,10 +293,30 @@ class SnapshotStore:
         normal flow. Used at start (``load_pinned``) and by the pin watcher.
         """
         async with self._lock:
-            result = await self._apply(envelope, persist=True, raw=raw)
+            result = await self._apply_guarded(envelope, persist=True, raw=raw)
         if not result.accepted:
             self.last_rejection = result.reason
         return result
+
+    async def _apply_guarded(
+        self, envelope: snapshot_pb2.SignedEnvelope, *, persist: bool, raw: bytes | None
+    ) -> ApplyResult:
+        """``_apply``, where an unexpected failure (a bug, memory) becomes a refusal with a reason.
+
+        The node keeps serving what it has and says why it could not take the snapshot (a
+        NACK shown in `node list`), instead of losing its sync stream and being sent the same
+        snapshot again and again with nothing to show for it."""
+        try:
+            return await self._apply(envelope, persist=persist, raw=raw)
+        except Exception as exc:
+            log.exception("snapshot could not be applied")
+            version, digest = _peek(envelope)
+            return ApplyResult(
+                False,
+                version,
+                digest,
+                f"internal error while applying: {type(exc).__name__} (see the node's log)",
+            )
 
     def check(self, envelope: snapshot_pb2.SignedEnvelope) -> tuple[RuntimeConfig, str]:
         """The version-independent checks under this node's configuration (see ``check_envelope``)."""

@@ -8,9 +8,11 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from dataplane.snapshot import store as store_module
 from dataplane.snapshot.envelope import key_id_for
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
@@ -186,3 +188,42 @@ async def test_every_mutation_is_refused_with_its_own_reason_and_the_node_keeps_
     assert len(reasons) == 11
     distinct = set(reasons.values())
     assert len(distinct) >= 10, reasons
+
+
+async def test_a_snapshot_the_node_fails_to_apply_for_an_unexpected_reason_is_nacked_not_lost(
+    admin: Admin,
+    control_plane: RunningControlPlane,
+    simulator: Simulator,
+    connected_node: NodeFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injection: building the route table raises (a bug, memory). The node NACKs with
+    a reason `node list` shows, keeps serving and keeps its stream; the next change applies."""
+    api_key = await _seed(admin, simulator)
+    node = await connected_node(NODE)
+    good = await _converged(admin, NODE)
+    real = store_module.build_route_table
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise MemoryError
+
+    monkeypatch.setattr(store_module, "build_route_table", broken)
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="second"))
+    refused = await admin.latest_version()
+
+    async def nacked() -> admin_pb2.Node:
+        (listed,) = [
+            n for n in (await admin.ListNodes(admin_pb2.ListNodesRequest())).nodes if n.node_id == NODE
+        ]
+        assert listed.last_nack_version == refused
+        return listed
+
+    listed = await eventually(nacked, message="the NACK of the snapshot that failed to apply")
+    assert listed.last_nack_reason == "internal error while applying: MemoryError (see the node's log)"
+    assert listed.connected
+    assert node.store.version == good
+    assert (await _infer(node, api_key)).snapshot_version == good
+
+    monkeypatch.setattr(store_module, "build_route_table", real)
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="third"))
+    assert await _converged(admin, NODE) == refused + 1
