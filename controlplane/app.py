@@ -345,9 +345,9 @@ class ControlPlane:
         if self.broker is not None:
             # Ends every sync stream with OK, so nodes reconnect (elsewhere) at once.
             await self.broker.close()
-        for server in (self._node_server, self._server):
-            if server is not None:
-                await server.stop(self.settings.drain_grace if grace is None else grace)
+        # Both ports drain at once: the grace is the whole stop's, not each port's.
+        grace = self.settings.drain_grace if grace is None else grace
+        await asyncio.gather(*(s.stop(grace) for s in (self._node_server, self._server) if s is not None))
         self._server = self._node_server = None
         if self.sync is not None:
             await self.sync.drain()
