@@ -34,6 +34,7 @@ from grpc_health.v1._async import HealthServicer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controlplane.api.admin import AdminServicer
+from controlplane.api.audit_limit import UnauthenticatedAuditLimit
 from controlplane.api.identity import NodeEnrollmentServicer, NodeIdentityServicer
 from controlplane.api.interceptor import AdminInterceptor
 from controlplane.api.node_auth import NodeAuthenticator
@@ -114,7 +115,8 @@ class ControlPlaneSettings:
     """Seconds between checks whether the newest snapshot is past half its lifetime
     (then the unchanged config is re-issued as a new version before it expires)."""
     unauthenticated_audit_rows: int = 20
-    """Audit rows per peer address and window for admin calls without a valid token;
+    """Audit rows per peer address and window for admin calls without a valid token (and for
+    refused enrollments);
     the rest of the window's calls become one summary row."""
     unauthenticated_audit_window: float = 60.0
     """Seconds of that window."""
@@ -151,6 +153,7 @@ class ControlPlane:
         self.admin: AdminService | None = None
         self._background: list[asyncio.Task[None]] = []
         self._interceptor: AdminInterceptor | None = None
+        self._enroll_refusals: UnauthenticatedAuditLimit | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -219,7 +222,18 @@ class ControlPlane:
 
         nodes = NodeService(sessions, stale_after=s.node_stale_after)
         self.admin = AdminService(sessions)
-        self.identities = IdentityService(sessions, self.node_ca, s.node_cert_ttl, self.admin.audit)
+        self._enroll_refusals = UnauthenticatedAuditLimit(
+            self._enroll_refusals_suppressed,
+            rows=s.unauthenticated_audit_rows,
+            window=s.unauthenticated_audit_window,
+        )
+        self.identities = IdentityService(
+            sessions,
+            self.node_ca,
+            s.node_cert_ttl,
+            self.admin.audit,
+            admit_refusal=self._enroll_refusals.admit,
+        )
         node_auth = NodeAuthenticator(self.identities, require_certificate=not s.tls.insecure)
         self.sync = ConfigSyncServicer(self.broker, nodes, node_auth)
         admin_servicer = AdminServicer(
@@ -317,6 +331,16 @@ class ControlPlane:
             raise OSError(f"cannot listen on {s.node_listen} (--node-listen)")
         return port
 
+    async def _enroll_refusals_suppressed(self, peer: str, count: int) -> None:
+        assert self.admin is not None
+        await self.admin.audit(
+            actor="anonymous",
+            method="Enroll",
+            target=f"peer={peer}",
+            result="UNAUTHENTICATED",
+            detail=f"{count} more refused enrollments from {peer} suppressed",
+        )
+
     async def _reissue_loop(self, snapshots: SnapshotService, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
@@ -354,6 +378,9 @@ class ControlPlane:
         if self._interceptor is not None:
             await self._interceptor.close()
             self._interceptor = None
+        if self._enroll_refusals is not None:
+            await self._enroll_refusals.close()
+            self._enroll_refusals = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None

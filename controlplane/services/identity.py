@@ -88,6 +88,15 @@ class IdentityService:
     cert_ttl: timedelta
     audit: Audit
     """``AdminService.audit``: enrollments are recorded in the admin audit trail."""
+    admit_refusal: Callable[[str], bool] = lambda peer: True
+    """Whether a refused enrollment from this peer gets its own audit row (the app passes
+    ``UnauthenticatedAuditLimit.admit``: a token scanner cannot fill the audit table)."""
+
+    async def _refused(self, peer: str, actor: str, target: str, detail: str) -> None:
+        if self.admit_refusal(peer):
+            await self.audit(
+                actor=actor, method="Enroll", target=target, result="UNAUTHENTICATED", detail=detail
+            )
 
     async def create_token(
         self, caller: Caller, *, group: str, ttl: timedelta, mode: str = "", site: str = ""
@@ -129,10 +138,7 @@ class IdentityService:
         actor = f"node:{printable(node_id, 150)}"
         target = f"node_id={printable(node_id, 150)}"
         if token_id is None:
-            await self.audit(
-                actor=actor, method="Enroll", target=target, result="UNAUTHENTICATED",
-                detail=f"malformed enrollment token from {peer}",
-            )  # fmt: skip
+            await self._refused(peer, actor, target, f"malformed enrollment token from {peer}")
             raise Unauthenticated(TOKEN_REJECTED)
         digest = token_digest(token)
         async with self.sessions() as session, session.begin():
@@ -143,10 +149,7 @@ class IdentityService:
                 session.add(_record(issued, spec, token_id=token_id))
         if row is None:
             why = await self._why_refused(token_id, digest)
-            await self.audit(
-                actor=actor, method="Enroll", target=target, result="UNAUTHENTICATED",
-                detail=f"enrollment token {token_id}: {why} (from {peer})",
-            )  # fmt: skip
+            await self._refused(peer, actor, target, f"enrollment token {token_id}: {why} (from {peer})")
             raise Unauthenticated(TOKEN_REJECTED)
         await self.audit(
             actor=actor, method="Enroll", target=target, result="OK",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc
 from signalbox.tls import ClientTls
 from tests.controlplane.conftest import Admin
-from tests.fixtures.postgres import RunningControlPlane
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
 
 REJECTED = "enrollment token rejected"
@@ -33,6 +36,15 @@ async def _enroll_rpc(
         return await stub.Enroll(
             identity_pb2.EnrollRequest(token=token, csr_pem=csr_pem, node_id=node_id), timeout=10
         )
+
+
+async def _enroll_as(
+    control_plane: RunningControlPlane, directory: Path, token: str, node_id: str
+) -> x509.Certificate:
+    """Enroll for real (plaintext to the loopback admin port), keeping the identity in ``directory``."""
+    return await enroll(
+        IdentityFiles(directory), address=control_plane.address, tls=ClientTls(), token=token, node_id=node_id
+    )
 
 
 def _audit_text(database_url: str) -> str:
@@ -54,9 +66,7 @@ async def test_a_token_enrolls_once_and_binds_id_group_mode_and_site(
     token = created.token
     assert token.startswith(f"sbx_enroll_{created.info.id}_")
     files = IdentityFiles(private_tmp / "a")
-    cert = await enroll(
-        files, address=control_plane.address, tls=ClientTls(), token=token, node_id="edge a/1"
-    )
+    cert = await _enroll_as(control_plane, files.directory, token, "edge a/1")
     uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.UniformResourceIdentifier
     )
@@ -72,13 +82,7 @@ async def test_a_token_enrolls_once_and_binds_id_group_mode_and_site(
 
     # Single use: the same token again, even for another node, is refused.
     with pytest.raises(NodeIdentityError, match="rejected the enrollment token"):
-        await enroll(
-            IdentityFiles(private_tmp / "b"),
-            address=control_plane.address,
-            tls=ClientTls(),
-            token=token,
-            node_id="b",
-        )
+        await _enroll_as(control_plane, private_tmp / "b", token, "b")
     (listed,) = (await admin.ListEnrollTokens(admin_pb2.ListEnrollTokensRequest())).tokens
     assert (listed.id, listed.group, listed.used_by) == (created.info.id, "fra-gpu", "edge a/1")
 
@@ -191,23 +195,11 @@ async def test_the_token_appears_in_no_log_audit_row_or_error(
     created = await admin.CreateEnrollToken(admin_pb2.CreateEnrollTokenRequest(group="g", ttl_seconds=60))
     token = created.token
     secret = token.rsplit("_", 1)[1]
-    await enroll(
-        IdentityFiles(private_tmp / "s1"),
-        address=control_plane.address,
-        tls=ClientTls(),
-        token=token,
-        node_id="s1",
-    )
+    await _enroll_as(control_plane, private_tmp / "s1", token, "s1")
     errors = []
     for node_id in ("s2", "s3"):
         try:
-            await enroll(
-                IdentityFiles(private_tmp / node_id),
-                address=control_plane.address,
-                tls=ClientTls(),
-                token=token,
-                node_id=node_id,
-            )
+            await _enroll_as(control_plane, private_tmp / node_id, token, node_id)
         except NodeIdentityError as exc:
             errors.append(str(exc))
     assert len(errors) == 2
@@ -217,3 +209,52 @@ async def test_the_token_appears_in_no_log_audit_row_or_error(
     for text in (caplog.text, audit, *errors):
         assert secret not in text
         assert token not in text
+
+
+async def test_a_token_scanner_cannot_fill_the_audit_table(database_url: str, private_tmp: Path) -> None:
+    settings = cp_settings(database_url, private_tmp, unauthenticated_audit_rows=2)
+    async with running_control_plane(settings) as running:
+        csr = IdentityFiles(private_tmp / "scan").csr_pem("scan")
+        for _ in range(6):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await _enroll_rpc(
+                    running, f"sbx_enroll_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}", csr, "scan"
+                )
+    # Two rows of their own, then one summary row for the other four (written on stop).
+    enrolls = [line for line in _audit_text(database_url).splitlines() if " | Enroll | " in line]
+    assert len(enrolls) == 3
+    assert "4 more refused enrollments from ipv4:127.0.0.1 suppressed" in enrolls[-1]
+
+
+async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "signalbox", "admin", *args]
+    return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60)
+
+
+async def test_the_admin_cli_creates_lists_and_revokes(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    target = ("--target", control_plane.address, "--token", control_plane.token)
+    created = await _cli(
+        *target, "node", "enroll-token", "--group", "edge", "--ttl", "30m", "--site", "fra-1"
+    )
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("sbx_enroll_")
+    assert "shown once" in created.stderr
+    assert token not in created.stderr
+    await _enroll_as(control_plane, private_tmp / "cli-1", token, "cli-1")
+
+    listed = await _cli(*target, "node", "enroll-token", "list")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = listed.stdout.splitlines()[1:]
+    assert row.split()[:4] == [token.split("_")[2], "edge", "-", "fra-1"]
+    assert "by cli-1" in row
+    assert token.rsplit("_", 1)[1] not in listed.stdout
+
+    bad = await _cli(*target, "node", "enroll-token", "--group", "edge", "--ttl", "8d")
+    assert bad.returncode != 0
+    assert "ttl_seconds: must be 1 .. 604800" in bad.stderr
+    revoked = await _cli(*target, "node", "revoke", "cli-1")
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout == "revoked 1 certificates of node cli-1\n"

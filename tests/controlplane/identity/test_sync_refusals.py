@@ -12,13 +12,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+import pytest
 from cryptography import x509
 
 from dataplane.identity import IdentityFiles
 from signalbox.api.admin.v1 import admin_pb2
-from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
-from signalbox.tls import ClientTls, aio_channel
-from tests.controlplane.conftest import Admin
+from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc, snapshot_pb2, sync_pb2, sync_pb2_grpc
+from signalbox.tls import ClientTls, ServerTls, aio_channel
+from tests.controlplane.conftest import Admin, SyncNode
 from tests.fixtures.certs import TestCA
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
@@ -150,3 +151,54 @@ async def test_the_node_port_serves_only_nodes_and_the_admin_port_no_sync(
     ca = x509.load_pem_x509_certificate(control_plane.cp.node_ca_path.read_bytes())
     assert tls.ca is not None
     assert x509.load_pem_x509_certificate(tls.ca.read_bytes()) == ca
+
+
+async def test_an_open_stream_ends_when_its_certificate_expires(database_url: str, private_tmp: Path) -> None:
+    """TLS checks a certificate only at the handshake; the stream itself ends at its expiry
+    (a renewing node has reconnected with its new certificate by then)."""
+    settings = cp_settings(database_url, private_tmp, node_cert_ttl=timedelta(seconds=2))
+    async with running_control_plane(settings) as running:
+        tls = await running.enroll("lapsing-1", private_tmp / "lapsing-1")
+        node = await SyncNode(running, "lapsing-1", tls).connect()
+        try:
+            await node.next_envelope()
+            await asyncio.wait_for(node.ended.wait(), 6)
+            assert node.end_code == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await node.close()
+
+
+async def test_with_insecure_the_node_port_is_plaintext_and_the_hello_names_the_node(
+    database_url: str, private_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = cp_settings(database_url, private_tmp, tls=ServerTls(insecure=True))
+    async with running_control_plane(settings) as running:
+        assert "INSECURE: --insecure makes the node port" in caplog.text
+        received, code, _ = await attempt_sync(running.node_address, ClientTls(), "dev-1", "anything")
+        assert code == grpc.StatusCode.OK
+        assert len(received) == 1
+
+
+async def test_renewal_needs_a_valid_request_and_the_node_port(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    tls = await control_plane.enroll("renewer-1", private_tmp / "renewer-1")
+    async with aio_channel(control_plane.node_address, tls) as channel:
+        stub = identity_pb2_grpc.NodeIdentityServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Renew(identity_pb2.RenewRequest(csr_pem="garbage"), timeout=TIMEOUT)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "csr_pem: not a PEM certificate signing request"
+        renewed = await stub.Renew(
+            identity_pb2.RenewRequest(csr_pem=IdentityFiles(private_tmp / "renewer-1").csr_pem("renewer-1")),
+            timeout=TIMEOUT,
+        )
+    cert = x509.load_pem_x509_certificate(renewed.certificate_pem.encode())
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "renewer-1"
+    # Renewal is not offered on the admin port, where no certificate is checked.
+    async with grpc.aio.insecure_channel(control_plane.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await identity_pb2_grpc.NodeIdentityServiceStub(channel).Renew(
+                identity_pb2.RenewRequest(csr_pem="x"), timeout=TIMEOUT
+            )
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
