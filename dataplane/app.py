@@ -309,7 +309,7 @@ class DataPlaneNode:
             )
             override.credentials(s.control_plane)  # unreadable files: refuse now
             return override
-        problem = files.problem(s.node_id)
+        problem = self._identity_problem(files)
         if problem and s.enroll_token:
             if not s.enroll_address:
                 raise NodeIdentityError(
@@ -318,7 +318,7 @@ class DataPlaneNode:
             given.credentials(s.enroll_address)
             log.info("%s: enrolling at %s", problem, s.enroll_address)
             await enroll(files, address=s.enroll_address, tls=given, token=s.enroll_token, node_id=s.node_id)
-            problem = files.problem(s.node_id)
+            problem = self._identity_problem(files)
         if not problem:
             return files.client_tls()
         if given.insecure:
@@ -331,6 +331,14 @@ class DataPlaneNode:
             f"{problem}: give --enroll-token (env SIGNALBOX_ENROLL_TOKEN) from `signalbox admin node "
             "enroll-token`, with --enroll-address, to enroll this node"
         )
+
+    def _identity_problem(self, files: IdentityFiles) -> str:
+        s = self.settings
+        problem = files.problem(s.node_id)
+        if not problem and s.scope.node_group and files.group() != s.scope.node_group:
+            # The control plane would refuse every Hello: say so now, not in a reconnect loop.
+            problem = f"the node certificate is for group {files.group()!r}, not --node-group {s.scope.node_group!r}"
+        return problem
 
     async def _start_server(self) -> None:
         assert self._store is not None

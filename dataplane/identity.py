@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import grpc
 from cryptography import x509
@@ -146,9 +146,26 @@ class IdentityFiles:
             uris = []
         if urn("node", node_id) not in uris:
             return f"the node certificate is for another node id (this node is {node_id!r})"
-        if self.key.exists() and cert.public_key() != self.private_key().public_key():
+        if not self.key.exists():
+            return f"the node key {self.key} is missing"
+        if cert.public_key() != self.private_key().public_key():
             return f"the node certificate does not match {self.key}"
         return ""
+
+    def group(self) -> str | None:
+        """The node group the stored certificate binds (None: no readable certificate)."""
+        cert = self.certificate()
+        if cert is None:
+            return None
+        try:
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return None
+        prefix = urn("group", "")
+        for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+            if uri.startswith(prefix):
+                return unquote(uri.removeprefix(prefix))
+        return None
 
     def store(self, response: identity_pb2.NodeCertificate) -> x509.Certificate:
         """Write what the control plane issued: the CA first, then the certificate (atomic, 0600)."""

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,15 +17,15 @@ import grpc
 import pytest
 
 from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.config.model import Scope
 from dataplane.identity import NodeIdentityError
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.shell.admin_cli.output import node_row
 from signalbox.tls import ClientTls
 from tests.controlplane.conftest import Admin
+from tests.e2e.test_config_push import _admin
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
-
-from .test_config_push import _admin
 
 
 def _settings(running: RunningControlPlane, node_id: str, private_tmp: Path, **link: object) -> NodeSettings:
@@ -207,3 +208,17 @@ async def test_a_node_process_enrolls_from_the_environment_and_the_token_shows_n
     assert b"rejected the enrollment token" in output
     for text in (log.read_bytes(), output):
         assert secret.encode() not in text
+
+
+async def test_a_node_moved_to_another_group_needs_a_token_for_it(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    first = _settings(control_plane, "mover-1", private_tmp, **await control_plane.node_link("old"))
+    async with DataPlaneNode(replace(first, scope=Scope(node_group="old"))) as node:
+        await node.wait_for_version(1)
+    moved = replace(first, scope=Scope(node_group="new"), enroll_token=None)
+    with pytest.raises(NodeIdentityError, match="is for group 'old', not --node-group 'new'"):
+        await DataPlaneNode(moved).start()
+    async with DataPlaneNode(replace(moved, enroll_token=await control_plane.enroll_token("new"))) as node:
+        await node.wait_for_version(1)
+        assert node.identity.group() == "new"
