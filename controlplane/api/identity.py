@@ -44,7 +44,11 @@ class NodeEnrollmentServicer(identity_pb2_grpc.NodeEnrollmentServiceServicer):
     ) -> identity_pb2.NodeCertificate:
         try:
             issued = await self._identities.enroll(
-                token=request.token, csr_pem=request.csr_pem, node_id=request.node_id, peer=context.peer()
+                token=request.token,
+                csr_pem=request.csr_pem,
+                node_id=request.node_id,
+                peer=context.peer(),
+                software_version=request.software_version,
             )
         except Exception as exc:
             return await _abort(context, exc, "Enroll")  # type: ignore[no-any-return]

@@ -31,7 +31,8 @@ from signalbox.text import printable
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "sbx_enroll_"
-_TOKEN = re.compile(r"sbx_enroll_([0-9a-f]{16})_[A-Za-z0-9_-]{43,}")
+_TOKEN = re.compile(r"sbx_enroll_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
+MAX_TOKEN_CHARS = 128
 MAX_TOKEN_TTL = timedelta(days=7)
 MIN_CERT_TTL = timedelta(seconds=2)
 """Short enough for tests of renewal; nothing real runs with it."""
@@ -49,7 +50,7 @@ def token_digest(token: str) -> bytes:
 
 def token_id_of(token: str) -> str | None:
     """The id of a well-formed token (not secret), else None."""
-    match = _TOKEN.fullmatch(token)
+    match = _TOKEN.fullmatch(token) if len(token) <= MAX_TOKEN_CHARS else None
     return match.group(1) if match else None
 
 
@@ -130,7 +131,9 @@ class IdentityService:
         async with self.sessions() as session:
             return await repo.tokens(session)
 
-    async def enroll(self, *, token: str, csr_pem: str, node_id: str, peer: str) -> Issued:
+    async def enroll(
+        self, *, token: str, csr_pem: str, node_id: str, peer: str, software_version: str = ""
+    ) -> Issued:
         """A certificate for ``node_id`` and the CSR's key, consuming ``token``."""
         check_node_id("node_id", node_id)
         public_key = parse_csr(csr_pem)
@@ -154,7 +157,7 @@ class IdentityService:
         await self.audit(
             actor=actor, method="Enroll", target=target, result="OK",
             detail=f"token {token_id}, group {spec.group}, certificate {issued.serial} until "
-            f"{issued.not_after.isoformat()}",
+            f"{issued.not_after.isoformat()}, software {printable(software_version, 100) or '?'}",
         )  # fmt: skip
         log.info(
             "node %s enrolled in group %s (certificate %s)", printable(node_id), spec.group, issued.serial

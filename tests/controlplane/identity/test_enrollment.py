@@ -101,7 +101,7 @@ async def test_unknown_malformed_used_and_expired_tokens_get_one_answer(
         if t.expires_at - t.created_at < timedelta(seconds=2)
     ]  # type: ignore[union-attr]
     await eventually(lambda: datetime.now(UTC) > row.expires_at, timeout=5, message="token expired")
-    for token in (unknown, "not-a-token", "", used, expiring):
+    for token in (unknown, "not-a-token", "", unknown + "x" * 10_000, used, expiring):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _enroll_rpc(control_plane, token, csr, "n-1")
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

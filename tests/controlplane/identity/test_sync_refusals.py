@@ -118,6 +118,10 @@ async def test_a_revoked_certificate_gets_no_snapshot(
     assert received == []
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert "revoked" in details
+    # Coming back takes a new token: a new certificate, not revoked.
+    tls = await control_plane.enroll("gone-1", private_tmp / "gone-1-again")
+    received, code, _ = await attempt_sync(control_plane.node_address, tls, "gone-1")
+    assert (code, len(received)) == (grpc.StatusCode.OK, 1)
 
 
 async def test_a_certificate_of_another_group_cannot_ask_for_this_groups_stream(
