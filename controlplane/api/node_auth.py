@@ -50,3 +50,10 @@ class NodeAuthenticator:
         if row.not_after <= datetime.now(UTC):
             raise Unauthenticated(f"certificate {serial} expired at {row.not_after.isoformat()}")
         return identity_of(row)
+
+    async def revoked_since(self, identity: NodeIdentity) -> bool:
+        """Whether the certificate ``identity`` came from has been revoked meanwhile."""
+        if not identity.serial:
+            return False
+        row = await self._identities.certificate(identity.serial)
+        return row is None or row.revoked_at is not None

@@ -134,6 +134,9 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         if hello.HasField("delivery_failure") and hello.delivery_failure.reason:
             await self._delivery_failed(state, hello.delivery_failure)
         sub = self._broker.subscribe(node_id)
+        if await self._auth.revoked_since(identity):
+            # Revoked between the check above and the subscription: its NOTIFY found no stream.
+            sub.queue.put_nowait(REVOKED)
         self.streams[node_id] = self.streams.get(node_id, 0) + 1
         reader = asyncio.create_task(self._read(request_iterator, state, sub), name=f"sync-read-{node_id}")
         log.info("node %s connected (applied v%d)", printable(node_id), state.applied)
@@ -199,7 +202,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
 
     @staticmethod
     async def _next(sub: Subscription, identity: NodeIdentity) -> object:
-        """The next inbox item; ``REVOKED`` once the stream's certificate expires (TLS checked
+        """The next inbox item; ``EXPIRED`` once the stream's certificate expires (TLS checked
         it only at the handshake, and a renewed node reconnects with its new one)."""
         if identity.not_after is None:
             return await sub.queue.get()
