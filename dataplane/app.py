@@ -7,7 +7,8 @@
         ... call node.address ...
 
 Start order: the node's identity (``dataplane.identity``: a valid certificate in
-``<data_dir>/identity``, else enrollment with the token, else refuse to start), evidence log, one pooled ``httpx.AsyncClient`` for every adapter, the
+``<data_dir>/identity``, else enrollment with the token, else refuse to start), the
+evidence log, one pooled ``httpx.AsyncClient`` for every adapter, the
 snapshot store (pinned file, or the persisted last-known-good), the gRPC server
 (health NOT_SERVING until a valid snapshot is served), then the config-sync client, or,
 for a pinned file, its watcher (a newer signed file at that path is applied live), and the
