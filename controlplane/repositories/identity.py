@@ -14,6 +14,16 @@ from controlplane.db.models import EnrollToken, NodeCertificate
 
 REVOKE_CHANNEL = "signalbox_node_revoked"
 """Postgres channel every replica LISTENs on; the payload is the revoked node id."""
+NODE_IDENTITY_LOCK = 0x5B0C_0002
+"""Advisory lock class: issuing and revoking a node's certificates are serialized per node."""
+
+
+async def lock_node(session: AsyncSession, node_id: str) -> None:
+    """Take the transaction-scoped lock of ``node_id``'s certificates, so a renewal racing a
+    revocation either happens before it (and is revoked with the rest) or sees it."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(:k, hashtext(:n))"), {"k": NODE_IDENTITY_LOCK, "n": node_id}
+    )
 
 
 async def token(session: AsyncSession, token_id: str) -> EnrollToken | None:

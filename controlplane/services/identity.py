@@ -145,6 +145,7 @@ class IdentityService:
             raise Unauthenticated(TOKEN_REJECTED)
         digest = token_digest(token)
         async with self.sessions() as session, session.begin():
+            await repo.lock_node(session, node_id)
             row = await repo.consume(session, token_id, digest, node_id)
             if row is not None:
                 spec = NodeCertificateSpec(node_id, row.node_group, row.mode, row.site)
@@ -182,9 +183,10 @@ class IdentityService:
         public_key = parse_csr(csr_pem)
         spec = NodeCertificateSpec(identity.node_id, identity.group, identity.mode, identity.site)
         async with self.sessions() as session, session.begin():
+            await repo.lock_node(session, identity.node_id)
             current = await repo.certificate(session, identity.serial)
-            # Checked again inside the transaction: a revocation committed since the
-            # handshake must win.
+            # Checked again under the node's lock: a revocation committed since the
+            # handshake must win, and one running now waits for this certificate.
             if current is None or current.revoked_at is not None:
                 raise PermissionDenied(f"certificate {identity.serial} is revoked")
             issued = self.ca.issue_node(spec, public_key, self.cert_ttl)
@@ -199,6 +201,7 @@ class IdentityService:
     async def revoke(self, node_id: str) -> int:
         """Revoke every certificate of ``node_id`` and tell every replica to close its streams."""
         async with self.sessions() as session, session.begin():
+            await repo.lock_node(session, node_id)
             if not await repo.has_certificates(session, node_id):
                 raise NotFound("enrolled node", node_id, field="node_id")
             count = await repo.revoke(session, node_id, datetime.now(UTC))
