@@ -258,3 +258,26 @@ async def test_the_admin_cli_creates_lists_and_revokes(
     revoked = await _cli(*target, "node", "revoke", "cli-1")
     assert revoked.returncode == 0, revoked.stderr
     assert revoked.stdout == "revoked 1 certificates of node cli-1\n"
+
+
+async def test_two_nodes_racing_with_one_token_get_one_certificate(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    token = await control_plane.enroll_token()
+    results = await asyncio.gather(
+        *(
+            _enroll_rpc(
+                control_plane,
+                token,
+                IdentityFiles(private_tmp / f"race-{i}").csr_pem(f"race-{i}"),
+                f"race-{i}",
+            )
+            for i in range(8)
+        ),
+        return_exceptions=True,
+    )
+    issued = [r for r in results if isinstance(r, identity_pb2.NodeCertificate)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(issued) == 1
+    assert len(refused) == 7
+    assert {r.code() for r in refused} == {grpc.StatusCode.UNAUTHENTICATED}
