@@ -9,7 +9,11 @@ On start it (1) connects to ``database_url`` or starts embedded PostgreSQL under
 the data dir, (2) runs ``alembic upgrade head``, (3) unseals (or on first start
 generates) the signing key and writes ``<data_dir>/trust-key.pub``, (4) publishes
 a first snapshot when there is none (and later re-issues it before it expires), (5) starts LISTENing for new snapshots, and
-(6) serves AdminService, ConfigSyncService and gRPC health (SERVING when ready).
+(6) unseals (or generates) the node CA and writes ``<data_dir>/node-ca.pem``, and (7)
+serves AdminService, NodeEnrollmentService and gRPC health on ``listen``, and
+ConfigSyncService and NodeIdentityService on ``node_listen`` with mutual TLS against
+the node CA (its server certificate issued by that CA at start). Only ``tls.insecure``
+makes the node port plaintext (development; logged loudly).
 ``stop`` ends sync streams cleanly, drains in-flight calls, and releases everything.
 """
 
@@ -30,14 +34,19 @@ from grpc_health.v1._async import HealthServicer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controlplane.api.admin import AdminServicer
+from controlplane.api.audit_limit import UnauthenticatedAuditLimit
+from controlplane.api.identity import NodeEnrollmentServicer, NodeIdentityServicer
 from controlplane.api.interceptor import AdminInterceptor
+from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.sync import ConfigSyncServicer
 from controlplane.db.embedded import EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
+from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.services.admin import AdminService
 from controlplane.services.base import UnitOfWork
+from controlplane.services.identity import IdentityService
 from controlplane.services.keys import ApiKeyService
 from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
@@ -50,12 +59,13 @@ from controlplane.services.tenants import TenantService
 from controlplane.snapshots.broker import SnapshotBroker
 from controlplane.snapshots.publish import SnapshotPublisher
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
-from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
-from signalbox.tls import ServerTls, add_port
+from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc, snapshot_pb2, sync_pb2, sync_pb2_grpc
+from signalbox.tls import ServerTls, add_port, host_of
 
 log = logging.getLogger(__name__)
 
 TRUST_KEY_FILE = "trust-key.pub"
+NODE_CA_FILE = "node-ca.pem"
 EMBEDDED_DIR = "postgres"
 
 
@@ -66,7 +76,14 @@ class ControlPlaneSettings:
     listen: str = "127.0.0.1:7700"
     """host:port to serve gRPC on; port 0 picks a free one (see ``ControlPlane.address``)."""
     tls: ServerTls = field(default_factory=ServerTls)
-    """Certificate, key and client CA; plaintext only on loopback or with ``insecure``."""
+    """Certificate, key and client CA; plaintext only on loopback or with ``insecure``
+    (which also makes the node port plaintext)."""
+    node_listen: str = "127.0.0.1:7703"
+    """host:port of config sync and certificate renewal, mutual TLS with node certificates."""
+    node_advertise_names: tuple[str, ...] = ()
+    """Extra DNS names or addresses nodes reach the node port by (SANs of its certificate)."""
+    node_cert_ttl: timedelta = timedelta(days=30)
+    """Lifetime of node certificates; nodes renew at two thirds of it."""
     database_url: str | None = None
     """PostgreSQL URL; None starts embedded PostgreSQL in ``<data_dir>/postgres``."""
     data_dir: Path = Path("var/controlplane")
@@ -98,7 +115,8 @@ class ControlPlaneSettings:
     """Seconds between checks whether the newest snapshot is past half its lifetime
     (then the unchanged config is re-issued as a new version before it expires)."""
     unauthenticated_audit_rows: int = 20
-    """Audit rows per peer address and window for admin calls without a valid token;
+    """Audit rows per peer address and window for admin calls without a valid token (and for
+    refused enrollments);
     the rest of the window's calls become one summary row."""
     unauthenticated_audit_window: float = 60.0
     """Seconds of that window."""
@@ -124,12 +142,18 @@ class ControlPlane:
         self._embedded: EmbeddedPostgres | None = None
         self._engine: AsyncEngine | None = None
         self._server: grpc.aio.Server | None = None
+        self._node_server: grpc.aio.Server | None = None
+        self.node_address = ""
+        """host:port the node port (config sync, renewal) is bound to."""
+        self.node_ca: NodeCaKey | None = None
+        self.identities: IdentityService | None = None
         self._health = HealthServicer()
         self.broker: SnapshotBroker | None = None
         self.sync: ConfigSyncServicer | None = None
         self.admin: AdminService | None = None
         self._background: list[asyncio.Task[None]] = []
         self._interceptor: AdminInterceptor | None = None
+        self._enroll_refusals: UnauthenticatedAuditLimit | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -138,6 +162,10 @@ class ControlPlane:
     @property
     def trust_key_path(self) -> Path:
         return self.settings.data_dir / TRUST_KEY_FILE
+
+    @property
+    def node_ca_path(self) -> Path:
+        return self.settings.data_dir / NODE_CA_FILE
 
     async def __aenter__(self) -> ControlPlane:
         try:
@@ -168,7 +196,10 @@ class ControlPlane:
         kek = load_kek(kek_b64=s.kek, kek_file=s.kek_file, data_dir=s.data_dir)
         async with sessions() as session, session.begin():
             self.signer = await ensure_signing_key(session, kek)
-        self._write_trust_key(self.signer)
+        async with sessions() as session, session.begin():
+            self.node_ca = await ensure_node_ca(session, kek)
+        self._write_public(self.trust_key_path, self.signer.public_pem())
+        self._write_public(self.node_ca_path, self.node_ca.pem)
 
         self.keyring = Keyring(kek)
         publisher = SnapshotPublisher(self.keyring, s.snapshot_ttl, s.scope, s.snapshot_retention)
@@ -191,7 +222,20 @@ class ControlPlane:
 
         nodes = NodeService(sessions, stale_after=s.node_stale_after)
         self.admin = AdminService(sessions)
-        self.sync = ConfigSyncServicer(self.broker, nodes)
+        self._enroll_refusals = UnauthenticatedAuditLimit(
+            self._enroll_refusals_suppressed,
+            rows=s.unauthenticated_audit_rows,
+            window=s.unauthenticated_audit_window,
+        )
+        self.identities = IdentityService(
+            sessions,
+            self.node_ca,
+            s.node_cert_ttl,
+            self.admin.audit,
+            admit_refusal=self._enroll_refusals.admit,
+        )
+        node_auth = NodeAuthenticator(self.identities, require_certificate=not s.tls.insecure)
+        self.sync = ConfigSyncServicer(self.broker, nodes, node_auth)
         admin_servicer = AdminServicer(
             tenants=TenantService(uow),
             keys=ApiKeyService(uow),
@@ -202,6 +246,7 @@ class ControlPlane:
             snapshots=snapshots,
             rollback=RollbackService(uow),
             signing_keys=SigningKeyService(uow),
+            identities=self.identities,
         )
         self._interceptor = AdminInterceptor(
             self.admin,
@@ -216,14 +261,32 @@ class ControlPlane:
             ],
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, self._server)
-        sync_pb2_grpc.add_ConfigSyncServiceServicer_to_server(self.sync, self._server)
+        identity_pb2_grpc.add_NodeEnrollmentServiceServicer_to_server(
+            NodeEnrollmentServicer(self.identities), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         port = add_port(self._server, s.listen, s.tls)
         if port == 0:
             raise OSError(f"cannot listen on {s.listen}")
         host = s.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{port}"
+
+        # grpc cannot make client certificates optional on one port: nodes get their own.
+        self._node_server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+            ],
+        )
+        sync_pb2_grpc.add_ConfigSyncServiceServicer_to_server(self.sync, self._node_server)
+        identity_pb2_grpc.add_NodeIdentityServiceServicer_to_server(
+            NodeIdentityServicer(self.identities, node_auth), self._node_server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._node_server)
+        node_port = self._add_node_port(self._node_server)
+        self.node_address = f"{s.node_listen.rsplit(':', 1)[0]}:{node_port}"
         await self._server.start()
+        await self._node_server.start()
         self._background = [
             asyncio.create_task(
                 self._reissue_loop(snapshots, s.reissue_check_interval), name="snapshot-reissue"
@@ -234,13 +297,48 @@ class ControlPlane:
             "",
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
             sync_pb2.DESCRIPTOR.services_by_name["ConfigSyncService"].full_name,
+            identity_pb2.DESCRIPTOR.services_by_name["NodeEnrollmentService"].full_name,
+            identity_pb2.DESCRIPTOR.services_by_name["NodeIdentityService"].full_name,
         ):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "control plane serving on %s (%s, signing key %s)",
+            "control plane serving on %s (%s, signing key %s), nodes on %s (%s)",
             self.address,
             "TLS" if s.tls.enabled else "plaintext",
             self.signer.key_id,
+            self.node_address,
+            "PLAINTEXT" if s.tls.insecure else "mutual TLS",
+        )
+
+    def _add_node_port(self, server: grpc.aio.Server) -> int:
+        s = self.settings
+        assert self.node_ca is not None
+        if s.tls.insecure:
+            log.warning(
+                "INSECURE: --insecure makes the node port %s plaintext: any process that reaches it can "
+                "read every snapshot and claim any node id. For local development only.",
+                s.node_listen,
+            )
+            port = server.add_insecure_port(s.node_listen)
+        else:
+            hosts = [host_of(s.node_listen), "localhost", "127.0.0.1", "::1", *s.node_advertise_names]
+            cert_pem, key_pem = self.node_ca.issue_server(hosts)
+            credentials = grpc.ssl_server_credentials(
+                [(key_pem, cert_pem)], root_certificates=self.node_ca.pem, require_client_auth=True
+            )
+            port = server.add_secure_port(s.node_listen, credentials)
+        if port == 0:
+            raise OSError(f"cannot listen on {s.node_listen} (--node-listen)")
+        return port
+
+    async def _enroll_refusals_suppressed(self, peer: str, count: int) -> None:
+        assert self.admin is not None
+        await self.admin.audit(
+            actor="anonymous",
+            method="Enroll",
+            target=f"peer={peer}",
+            result="UNAUTHENTICATED",
+            detail=f"{count} more refused enrollments from {peer} suppressed",
         )
 
     async def _reissue_loop(self, snapshots: SnapshotService, interval: float) -> None:
@@ -253,10 +351,10 @@ class ControlPlane:
                 # refuse the newest snapshot once it expires.
                 log.exception("could not re-issue the snapshot before its expiry")
 
-    def _write_trust_key(self, signer: Signer) -> None:
-        path = self.trust_key_path
+    @staticmethod
+    def _write_public(path: Path, data: bytes) -> None:
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(signer.public_pem())
+        tmp.write_bytes(data)
         os.replace(tmp, path)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -271,14 +369,18 @@ class ControlPlane:
         if self.broker is not None:
             # Ends every sync stream with OK, so nodes reconnect (elsewhere) at once.
             await self.broker.close()
-        if self._server is not None:
-            await self._server.stop(self.settings.drain_grace if grace is None else grace)
-            self._server = None
+        # Both ports drain at once: the grace is the whole stop's, not each port's.
+        grace = self.settings.drain_grace if grace is None else grace
+        await asyncio.gather(*(s.stop(grace) for s in (self._node_server, self._server) if s is not None))
+        self._server = self._node_server = None
         if self.sync is not None:
             await self.sync.drain()
         if self._interceptor is not None:
             await self._interceptor.close()
             self._interceptor = None
+        if self._enroll_refusals is not None:
+            await self._enroll_refusals.close()
+            self._enroll_refusals = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None

@@ -61,7 +61,33 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--listen",
         env="SIGNALBOX_CONTROLPLANE_LISTEN",
         default="127.0.0.1:7700",
-        help="HOST:PORT for the Admin API, config sync and grpc health (port 0 picks a free one)",
+        help="HOST:PORT for the Admin API, node enrollment and grpc health (port 0 picks a free one)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--node-listen",
+        env="SIGNALBOX_CONTROLPLANE_NODE_LISTEN",
+        default="127.0.0.1:7703",
+        help="HOST:PORT for config sync and certificate renewal: mutual TLS with node certificates "
+        "issued by the node CA (plaintext only with --insecure)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--node-advertise-name",
+        env="SIGNALBOX_CONTROLPLANE_NODE_ADVERTISE_NAME",
+        default="",
+        help="comma-separated DNS names or addresses nodes use to reach --node-listen (added to its "
+        "certificate beside the listen host, localhost, 127.0.0.1 and ::1)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--node-cert-ttl",
+        env="SIGNALBOX_NODE_CERT_TTL",
+        default="30d",
+        help="lifetime of node certificates (e.g. 30d, 12h, 90s; at least 2s); nodes renew at two thirds",
         command=SERVE,
     )
     tls.add_server_flags(serve, env_prefix="SIGNALBOX_CONTROLPLANE", command=SERVE)
@@ -194,6 +220,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def serve_command(ns: argparse.Namespace) -> int:
     from controlplane.app import ControlPlane, ControlPlaneSettings
     from controlplane.errors import ControlPlaneError
+    from controlplane.services.identity import MAX_CERT_TTL, MIN_CERT_TTL
     from signalbox.api.config.v1 import snapshot_pb2
 
     settings.configure_logging(ns.log_level)
@@ -205,9 +232,24 @@ def serve_command(ns: argparse.Namespace) -> int:
     if ns.max_message_bytes < 1:
         print(f"--max-message-bytes: {ns.max_message_bytes} is not a positive size", file=sys.stderr)
         return 2
+    try:
+        node_cert_ttl = timedelta(seconds=settings.parse_duration(ns.node_cert_ttl))
+    except ValueError as exc:
+        print(f"--node-cert-ttl: {exc}", file=sys.stderr)
+        return 2
+    if not MIN_CERT_TTL <= node_cert_ttl <= MAX_CERT_TTL:
+        print(f"--node-cert-ttl: must be between 2s and {MAX_CERT_TTL.days}d", file=sys.stderr)
+        return 2
+    if ns.insecure:
+        logging.getLogger(__name__).warning(
+            "--insecure: the node port is PLAINTEXT and node identities are not checked (development only)"
+        )
     cp_settings = ControlPlaneSettings(
         listen=ns.listen,
         tls=tls.server_tls(ns),
+        node_listen=ns.node_listen,
+        node_advertise_names=tuple(n.strip() for n in ns.node_advertise_name.split(",") if n.strip()),
+        node_cert_ttl=node_cert_ttl,
         database_url=ns.database_url or None,
         data_dir=Path(ns.data_dir),
         kek=ns.kek or None,
@@ -228,7 +270,11 @@ def serve_command(ns: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with ControlPlane(cp_settings) as cp:
-            print(f"control plane serving on {cp.address}", file=sys.stderr, flush=True)
+            print(
+                f"control plane serving on {cp.address}, nodes on {cp.node_address}",
+                file=sys.stderr,
+                flush=True,
+            )
             await stop.wait()
             logging.getLogger(__name__).info("stopping: draining calls and ending sync streams")
 
@@ -337,6 +383,7 @@ def rotate_kek_command(ns: argparse.Namespace) -> int:
     each replica with the new KEK. The old KEK no longer opens any key afterwards."""
     from controlplane.db.session import create_engine, session_factory
     from controlplane.errors import ControlPlaneError
+    from controlplane.identity.ca import reseal_node_ca
     from controlplane.keys import Kek, decode_kek, generate_kek_file, load_kek, reseal_all
 
     if not ns.new_kek_file:
@@ -364,7 +411,11 @@ def rotate_kek_command(ns: argparse.Namespace) -> int:
             engine = create_engine(url)
             try:
                 async with session_factory(engine)() as session, session.begin():
-                    return await reseal_all(session, old, new), new.id
+                    resealed = await reseal_all(session, old, new)
+                    # The node CA key is sealed with the same KEK: re-sealed in the same transaction.
+                    if await reseal_node_ca(session, old, new):
+                        resealed.append("node-ca")
+                    return resealed, new.id
             finally:
                 await engine.dispose()
 
@@ -374,7 +425,7 @@ def rotate_kek_command(ns: argparse.Namespace) -> int:
         print(f"signalbox {ROTATE_KEK}: {exc}", file=sys.stderr)
         return 1
     print(
-        f"re-sealed {len(resealed)} signing keys under KEK {new_id}; restart the control plane "
+        f"re-sealed {len(resealed)} keys (signing keys and the node CA) under KEK {new_id}; restart the control plane "
         f"with --kek-file {new_path} (the old KEK no longer opens them)",
         file=sys.stderr,
     )

@@ -34,6 +34,8 @@ ENV_NAME_CHARS = 256
 PREFIX_CHARS = 32
 KEY_ID_CHARS = 64
 RESULT_CHARS = 64
+NODE_ID_CHARS = 256
+"""Node ids: the subject of node certificates and the key of config sync."""
 
 # Bounds of our own where the column is TEXT or JSONB (unbounded in the database, but
 # every value ends up in every snapshot and on every node).

@@ -6,10 +6,13 @@
         await node.wait_for_version(3)
         ... call node.address ...
 
-Start order: evidence log, one pooled ``httpx.AsyncClient`` for every adapter, the
+Start order: the node's identity (``dataplane.identity``: a valid certificate in
+``<data_dir>/identity``, else enrollment with the token, else refuse to start), the
+evidence log, one pooled ``httpx.AsyncClient`` for every adapter, the
 snapshot store (pinned file, or the persisted last-known-good), the gRPC server
 (health NOT_SERVING until a valid snapshot is served), then the config-sync client, or,
-for a pinned file, its watcher (a newer signed file at that path is applied live).
+for a pinned file, its watcher (a newer signed file at that path is applied live), and the
+certificate renewer.
 Stop order (also on SIGTERM through ``serve``): health NOT_SERVING, stop syncing or
 watching, stop accepting, drain in-flight calls and streams for up to ``drain_seconds``,
 close adapters and the HTTP client, flush and sync the evidence log.
@@ -38,6 +41,7 @@ from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import SnapshotFileInvalid
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.http_client import TransportName, build_http_client
+from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
 from dataplane.pipeline import GovernanceStep, Pipeline
 from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, DEFAULT_ENV_PREFIX, CredentialScope
 from dataplane.routing.dispatch import Dispatcher
@@ -72,9 +76,16 @@ class NodeSettings:
     tls: ServerTls = field(default_factory=ServerTls)
     """Certificate, key and client CA of the Infer API; plaintext only on loopback or ``insecure``."""
     control_plane_tls: ClientTls = field(default_factory=ClientTls)
-    """CA (and client certificate) for the control plane; plaintext only to loopback or ``insecure``."""
+    """CA for the control plane's admin port (enrollment; plaintext only to loopback or
+    ``insecure``). A client certificate here overrides the enrolled identity for the node port
+    (with this CA, or the pinned node CA when none is given); ``insecure`` without any
+    certificate makes the node port plaintext (a control plane started with ``--insecure``)."""
     control_plane: str | None = None
-    """host:port of the control plane's ConfigSyncService; None: no control plane."""
+    """host:port of the control plane's node port (ConfigSyncService); None: no control plane."""
+    enroll_token: str | None = field(default=None, repr=False)
+    """One-time bootstrap token, used only when there is no valid certificate yet."""
+    enroll_address: str | None = None
+    """host:port of the control plane's admin port, where the token is exchanged."""
     trust_keys: tuple[Path, ...] = ()
     """Ed25519 public keys (PEM) whose signatures the node accepts."""
     node_id: str = field(default_factory=default_node_id)
@@ -138,6 +149,8 @@ class DataPlaneNode:
         self._sync_task: asyncio.Task[None] | None = None
         self._pin_watch: PinWatcher | None = None
         self._pin_task: asyncio.Task[None] | None = None
+        self._renewer: CertificateRenewer | None = None
+        self._renew_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -177,6 +190,15 @@ class DataPlaneNode:
         return self._sync
 
     @property
+    def renewer(self) -> CertificateRenewer | None:
+        """Renews the node certificate, when the node uses its enrolled identity."""
+        return self._renewer
+
+    @property
+    def identity(self) -> IdentityFiles:
+        return IdentityFiles.under(self.settings.data_dir)
+
+    @property
     def pin_watch(self) -> PinWatcher | None:
         """The watcher of the air-gapped pin file, when the node serves one."""
         return self._pin_watch
@@ -196,8 +218,9 @@ class DataPlaneNode:
         s = self.settings
         # Refuse a plaintext public listen (or unreadable certificates) before anything starts.
         s.tls.credentials(s.listen)
+        sync_tls = None
         if s.control_plane and s.snapshot_file is None:
-            s.control_plane_tls.credentials(s.control_plane)
+            sync_tls = await self._sync_tls()
         trusted = load_trust_keys(s.trust_keys)
         if not trusted:
             log.warning("no trust key configured: this node will refuse every snapshot")
@@ -252,11 +275,16 @@ class DataPlaneNode:
                 scope=s.scope,
                 backoff_base=s.sync_backoff_base,
                 backoff_cap=s.sync_backoff_cap,
-                tls=s.control_plane_tls,
+                tls=sync_tls,
                 heartbeat_interval=s.sync_heartbeat_interval,
                 max_message_bytes=s.sync_max_message_bytes,
             )
             self._sync_task = asyncio.get_running_loop().create_task(self._sync.run())
+            if sync_tls == self.identity.client_tls():
+                self._renewer = CertificateRenewer(
+                    self.identity, target=s.control_plane, node_id=s.node_id, on_renewed=self._sync.reconnect
+                )
+                self._renew_task = asyncio.get_running_loop().create_task(self._renewer.run())
         if self._pin_watch is not None:
             self._pin_task = asyncio.get_running_loop().create_task(self._pin_watch.run())
         if self._store.current is not None:
@@ -268,6 +296,50 @@ class DataPlaneNode:
             self.address,
             self._store.version or "none",
         )
+
+    async def _sync_tls(self) -> ClientTls:
+        """How to reach the node port: the enrolled identity (enrolling first when needed),
+        an explicit client certificate, or plaintext with ``insecure``; else refuse to start."""
+        s = self.settings
+        assert s.control_plane is not None
+        given = s.control_plane_tls
+        files = self.identity
+        if given.cert is not None:
+            override = (
+                given if given.ca is not None else ClientTls(ca=files.ca, cert=given.cert, key=given.key)
+            )
+            override.credentials(s.control_plane)  # unreadable files: refuse now
+            return override
+        problem = self._identity_problem(files)
+        if problem and s.enroll_token:
+            if not s.enroll_address:
+                raise NodeIdentityError(
+                    "--enroll-address: required with --enroll-token (the control plane's --listen)"
+                )
+            given.credentials(s.enroll_address)
+            log.info("%s: enrolling at %s", problem, s.enroll_address)
+            await enroll(files, address=s.enroll_address, tls=given, token=s.enroll_token, node_id=s.node_id)
+            problem = self._identity_problem(files)
+        if not problem:
+            return files.client_tls()
+        if given.insecure:
+            log.warning(
+                "%s: syncing in PLAINTEXT with --insecure (the control plane must run with --insecure)",
+                problem,
+            )
+            return ClientTls(insecure=True)
+        raise NodeIdentityError(
+            f"{problem}: give --enroll-token (env SIGNALBOX_ENROLL_TOKEN) from `signalbox admin node "
+            "enroll-token`, with --enroll-address, to enroll this node"
+        )
+
+    def _identity_problem(self, files: IdentityFiles) -> str:
+        s = self.settings
+        problem = files.problem(s.node_id)
+        if not problem and s.scope.node_group and files.group() != s.scope.node_group:
+            # The control plane would refuse every Hello: say so now, not in a reconnect loop.
+            problem = f"the node certificate is for group {files.group()!r}, not --node-group {s.scope.node_group!r}"
+        return problem
 
     async def _start_server(self) -> None:
         assert self._store is not None
@@ -316,10 +388,11 @@ class DataPlaneNode:
         try:
             grace = self.settings.drain_seconds if grace is None else grace
             await self._set_serving(False)
-            if self._sync_task is not None:
-                self._sync_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._sync_task
+            for task in (self._renew_task, self._sync_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if self._pin_watch is not None:
                 # Not cancelled: a pin being applied finishes (persisted and published) first.
                 self._pin_watch.close()

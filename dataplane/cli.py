@@ -82,7 +82,34 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--control-plane",
         env="SIGNALBOX_CONTROL_PLANE",
         default=None,
-        help="HOST:PORT of the control plane's config sync; unset: none",
+        help="HOST:PORT of the control plane's node port (its --node-listen: config sync over mutual "
+        "TLS with this node's certificate from <data-dir>/identity); unset: none",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--enroll-address",
+        env="SIGNALBOX_ENROLL_ADDRESS",
+        default=None,
+        help="HOST:PORT of the control plane's admin port (its --listen), where --enroll-token is "
+        "exchanged for a certificate (TLS per --control-plane-ca; plaintext to loopback)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--enroll-token",
+        env="SIGNALBOX_ENROLL_TOKEN",
+        default=None,
+        help="one-time token from `signalbox admin node enroll-token`, used when there is no valid "
+        "certificate yet (prefer the env var or --enroll-token-file: flags show in process listings)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--enroll-token-file",
+        env="SIGNALBOX_ENROLL_TOKEN_FILE",
+        default=None,
+        help="file holding the enrollment token",
         command=SERVE,
     )
     add(
@@ -109,8 +136,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--control-plane-ca",
         env="SIGNALBOX_CONTROL_PLANE_CA",
         default=None,
-        help="PEM CA the control plane's certificate must chain to (unset: plaintext to a loopback "
-        "control plane, else the system's roots; --insecure: plaintext)",
+        help="PEM CA the control plane's admin port (--enroll-address) must chain to (unset: plaintext "
+        "to loopback, else the system's roots); the node port is pinned to the node CA from enrollment",
         command=SERVE,
     )
     add(
@@ -118,7 +145,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--control-plane-cert",
         env="SIGNALBOX_CONTROL_PLANE_CERT",
         default=None,
-        help="PEM client certificate for a control plane that requires one (with --control-plane-key)",
+        help="PEM client certificate for the node port instead of the enrolled one (with "
+        "--control-plane-key; no enrollment or renewal then)",
         command=SERVE,
     )
     add(
@@ -334,9 +362,18 @@ def serve_command(ns: argparse.Namespace) -> int:
         logging.getLogger("signalbox.dataplane").warning(
             "air-gapped node configured with a control plane; is that intended?"
         )
+    token = ns.enroll_token or None
+    if ns.enroll_token_file and not token:
+        try:
+            token = Path(ns.enroll_token_file).read_text().strip() or None
+        except OSError as exc:
+            print(f"--enroll-token-file: cannot read {ns.enroll_token_file}: {exc.strerror}", file=sys.stderr)
+            return 2
     node_settings = NodeSettings(
         listen=ns.listen,
         control_plane=ns.control_plane or None,
+        enroll_token=token,
+        enroll_address=ns.enroll_address or None,
         sync_max_message_bytes=ns.sync_max_message_bytes,
         sync_heartbeat_interval=ns.sync_heartbeat_seconds,
         trust_keys=_trust_keys(ns),

@@ -70,3 +70,23 @@ def configure_logging(level_name: str) -> int:
         level = logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return level
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(raw: str) -> float:
+    """Seconds of ``30d``, ``1h``, ``15m``, ``5s`` or a plain number of seconds; ``ValueError``
+    (naming the accepted forms) for anything else, zero, negatives and non-finite values."""
+    import math
+
+    text = str(raw).strip().lower()
+    unit = _UNITS.get(text[-1:], 0) if text else 0
+    number = text[:-1] if unit else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{raw!r} is not a positive duration such as 30d, 12h, 15m, 90s or 90")
+    return seconds

@@ -7,7 +7,7 @@ the authenticated caller in ``current_caller``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -15,6 +15,7 @@ import grpc
 from controlplane.api import convert
 from controlplane.api.interceptor import current_caller
 from controlplane.errors import InvalidArgument
+from controlplane.services.identity import MAX_TOKEN_TTL, IdentityService, check_node_id
 from controlplane.services.keys import ApiKeyService
 from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
@@ -52,6 +53,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         snapshots: SnapshotService,
         rollback: RollbackService,
         signing_keys: SigningKeyService,
+        identities: IdentityService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -62,6 +64,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._snapshots = snapshots
         self._rollback = rollback
         self._signing_keys = signing_keys
+        self._identities = identities
 
     # ---- tenants ----
 
@@ -258,6 +261,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListNodesRequest, context: Context
     ) -> admin_pb2.ListNodesResponse:
         rows, latest = await self._nodes.fleet()
+        certificates = await self._identities.certificates_by_node()
         now = datetime.now(UTC)
         nodes = []
         for row in rows:
@@ -269,6 +273,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             node.last_ack_version = row.last_ack_version
             node.lag = max(0, latest - row.applied_version)
             node.stale = self._nodes.is_stale(row, now)
+            if row.node_id in certificates:
+                not_after, revoked = certificates[row.node_id]
+                node.cert_not_after.FromDatetime(not_after)
+                node.revoked = revoked
             nodes.append(node)
         return admin_pb2.ListNodesResponse(
             nodes=nodes, latest_version=latest, stale_after_seconds=self._nodes.stale_after
@@ -338,6 +346,39 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.RevokeSigningKeyResponse:
         row, version = await self._signing_keys.revoke(current_caller(), request.key_id)
         return admin_pb2.RevokeSigningKeyResponse(key=convert.signing_key(row), snapshot_version=version)
+
+    # ---- node identity ----
+
+    async def CreateEnrollToken(
+        self, request: admin_pb2.CreateEnrollTokenRequest, context: Context
+    ) -> admin_pb2.CreateEnrollTokenResponse:
+        _require("group", request.group)
+        if request.ttl_seconds > MAX_TOKEN_TTL.total_seconds():  # before timedelta can overflow
+            raise InvalidArgument(
+                "ttl_seconds", f"must be 1 .. {int(MAX_TOKEN_TTL.total_seconds())} (7 days)"
+            )
+        row, token = await self._identities.create_token(
+            current_caller(),
+            group=request.group,
+            ttl=timedelta(seconds=request.ttl_seconds),
+            mode=request.mode,
+            site=request.site,
+        )
+        return admin_pb2.CreateEnrollTokenResponse(info=convert.enroll_token(row), token=token)
+
+    async def ListEnrollTokens(
+        self, request: admin_pb2.ListEnrollTokensRequest, context: Context
+    ) -> admin_pb2.ListEnrollTokensResponse:
+        rows = await self._identities.list_tokens()
+        return admin_pb2.ListEnrollTokensResponse(tokens=[convert.enroll_token(r) for r in rows])
+
+    async def RevokeNode(
+        self, request: admin_pb2.RevokeNodeRequest, context: Context
+    ) -> admin_pb2.RevokeNodeResponse:
+        check_node_id("node_id", request.node_id)
+        return admin_pb2.RevokeNodeResponse(
+            revoked_certificates=await self._identities.revoke(request.node_id)
+        )
 
 
 def _require(field: str, value: str) -> None:

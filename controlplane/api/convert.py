@@ -126,6 +126,21 @@ def node(row: db.Node) -> admin_pb2.Node:
     )
 
 
+def enroll_token(row: db.EnrollToken) -> admin_pb2.EnrollTokenInfo:
+    """A token's metadata; the secret is not stored, so it cannot leak from here."""
+    return admin_pb2.EnrollTokenInfo(
+        id=row.id,
+        group=row.node_group,
+        mode=row.mode,
+        site=row.site,
+        created_at=ts(row.created_at),
+        expires_at=ts(row.expires_at),
+        created_by=row.created_by,
+        used_at=ts(row.used_at),
+        used_by=row.used_by or "",
+    )
+
+
 def snapshot_info(row: db.Snapshot) -> admin_pb2.SnapshotInfo:
     return admin_pb2.SnapshotInfo(
         version=row.version,

@@ -1,6 +1,9 @@
 """ConfigSyncService: push signed snapshots to nodes; record their ACKs and NACKs.
 
-Per stream: the node says Hello; we record it and send the newest envelope if it
+Per stream: the peer certificate is checked first (``controlplane.api.node_auth``:
+unknown or revoked -> refused before anything is read or sent); the node says Hello,
+which must name the certificate's node id (and, when it names a node group, the
+certificate's group); we record it and send the newest envelope if it
 is newer than what the node serves; then we send each newer version the broker
 announces. A version (with that payload hash) a node NACKed is never sent to it
 again, on this stream or after a reconnect; later versions still are.
@@ -13,17 +16,23 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from controlplane.api.node_auth import NodeAuthenticator
+from controlplane.api.status import status_for
+from controlplane.errors import ControlPlaneError
+from controlplane.services.identity import NodeIdentity
 from controlplane.services.nodes import NodeHello, NodeService
-from controlplane.snapshots.broker import CLOSED, SnapshotBroker, Subscription
+from controlplane.snapshots.broker import CLOSED, REVOKED, SnapshotBroker, Subscription
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.text import printable
 
 MAX_NODE_ID_CHARS = 256
+EXPIRED = object()
 MAX_REASON_LOG_CHARS = 500
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,7 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class _StreamState:
     node_id: str
+    identity: NodeIdentity
     applied: int
     last_sent: int = 0
     refused: set[tuple[int, bytes]] = field(default_factory=set)
@@ -40,9 +50,17 @@ class _StreamState:
 class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
     """One long-lived bidi stream per node."""
 
-    def __init__(self, broker: SnapshotBroker, nodes: NodeService, *, hello_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        broker: SnapshotBroker,
+        nodes: NodeService,
+        auth: NodeAuthenticator,
+        *,
+        hello_timeout: float = 10.0,
+    ) -> None:
         self._broker = broker
         self._nodes = nodes
+        self._auth = auth
         self._hello_timeout = hello_timeout
         self.streams: dict[str, int] = {}
         """Open streams per node id on this replica."""
@@ -72,6 +90,12 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[sync_pb2.ServerMessage]:
         try:
+            certified = await self._auth.authenticate(context)
+        except ControlPlaneError as exc:
+            code, message = status_for(exc) or (grpc.StatusCode.UNAUTHENTICATED, "node not authenticated")
+            log.warning("sync refused to %s: %s", context.peer(), message)
+            await context.abort(code, message)
+        try:
             first = await asyncio.wait_for(anext(aiter(request_iterator)), self._hello_timeout)
         except (StopAsyncIteration, TimeoutError):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello: the first message must be a Hello")
@@ -90,6 +114,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 f"hello.node_id: must be 1..{MAX_NODE_ID_CHARS} characters without control characters "
                 f'(got "{printable(node_id, 80)}")',
             )
+        identity = await self._check_claims(context, hello, certified)
         row = await self._nodes.hello(
             NodeHello(
                 node_id=node_id,
@@ -100,22 +125,37 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 applied_hash=hello.applied_hash,
             )
         )
-        state = _StreamState(node_id, applied=row.applied_version, refused=await self._nodes.refused(node_id))
+        state = _StreamState(
+            node_id, identity, applied=row.applied_version, refused=await self._nodes.refused(node_id)
+        )
         # A change committed within the debounce window must not be missed by a node
         # connecting right now: look at the database, not only the broker's cache.
         await self._broker.refresh()
         if hello.HasField("delivery_failure") and hello.delivery_failure.reason:
             await self._delivery_failed(state, hello.delivery_failure)
         sub = self._broker.subscribe(node_id)
+        if await self._auth.revoked_since(identity):
+            # Revoked between the check above and the subscription: its NOTIFY found no stream.
+            sub.queue.put_nowait(REVOKED)
         self.streams[node_id] = self.streams.get(node_id, 0) + 1
         reader = asyncio.create_task(self._read(request_iterator, state, sub), name=f"sync-read-{node_id}")
         log.info("node %s connected (applied v%d)", printable(node_id), state.applied)
         try:
             sub.queue.put_nowait(None)  # look at the newest snapshot right away
             while True:
-                item = await sub.queue.get()
+                item = await self._next(sub, identity)
                 if item is CLOSED:
                     break
+                if item is EXPIRED:
+                    await context.abort(
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        f"node {node_id}: certificate expired; reconnect with a renewed one",
+                    )
+                if item is REVOKED:
+                    log.warning("node %s revoked: ending its stream", printable(node_id))
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED, f"node {node_id}: certificate revoked"
+                    )
                 if isinstance(item, snapshot_pb2.SignedEnvelope):
                     yield sync_pb2.ServerMessage(envelope=item)
                     continue
@@ -136,6 +176,41 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 self._bookkeeping.add(task)
                 task.add_done_callback(self._bookkeeping.discard)
             log.info("node %s disconnected", printable(node_id))
+
+    async def _check_claims(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        hello: sync_pb2.Hello,
+        certified: NodeIdentity | None,
+    ) -> NodeIdentity:
+        """The stream's identity: the certificate's, which the Hello may not contradict."""
+        if certified is None:  # insecure node port (development): the Hello is all there is
+            return NodeIdentity(hello.node_id, hello.scope.node_group, site=hello.scope.site)
+        if hello.node_id != certified.node_id:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f'hello.node_id: "{printable(hello.node_id, 80)}" is not the certificate\'s node id '
+                f'"{printable(certified.node_id, 80)}"',
+            )
+        if hello.scope.node_group and hello.scope.node_group != certified.group:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f'hello.scope.node_group: "{printable(hello.scope.node_group, 80)}" is not the certificate\'s '
+                f'group "{printable(certified.group, 80)}"',
+            )
+        return certified
+
+    @staticmethod
+    async def _next(sub: Subscription, identity: NodeIdentity) -> object:
+        """The next inbox item; ``EXPIRED`` once the stream's certificate expires (TLS checked
+        it only at the handshake, and a renewed node reconnects with its new one)."""
+        if identity.not_after is None:
+            return await sub.queue.get()
+        left = (identity.not_after - datetime.now(UTC)).total_seconds()
+        try:
+            return await asyncio.wait_for(sub.queue.get(), max(left, 0.0))
+        except TimeoutError:
+            return EXPIRED
 
     async def _delivery_failed(self, state: _StreamState, failure: sync_pb2.DeliveryFailure) -> None:
         """The node could not take a message of its last stream: record it as a NACK.

@@ -31,6 +31,7 @@ from controlplane.limits import (
     ENV_NAME_CHARS,
     KEY_ID_CHARS,
     NAME_CHARS,
+    NODE_ID_CHARS,
     PREFIX_CHARS,
     PROVIDER_TYPE_CHARS,
     RESULT_CHARS,
@@ -299,3 +300,57 @@ class NodeNack(Base):
     sha256: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class NodeCa(Base):
+    """The node CA that issues node certificates; one row, shared by every replica.
+
+    The private key is sealed with the KEK like the signing keys (key id ``node-ca`` as
+    associated data)."""
+
+    __tablename__ = "node_ca"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    certificate_pem: Mapped[str] = mapped_column(Text)
+    encrypted_private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    kek_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class EnrollToken(Base):
+    """A one-time bootstrap token for a node group. Only the SHA-256 of the whole token is kept."""
+
+    __tablename__ = "enroll_tokens"
+
+    id: Mapped[str] = mapped_column(String(KEY_ID_CHARS), primary_key=True)
+    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    node_group: Mapped[str] = mapped_column(String(NAME_CHARS))
+    mode: Mapped[str] = mapped_column(String(16), default="")
+    site: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    created_by: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    used_by: Mapped[str | None] = mapped_column(String(NODE_ID_CHARS))
+
+
+class NodeCertificate(Base):
+    """Every certificate the node CA issued; the serial is what sync looks up."""
+
+    __tablename__ = "node_certificates"
+
+    serial: Mapped[str] = mapped_column(String(KEY_ID_CHARS), primary_key=True)
+    """Hex of the certificate's serial number."""
+    node_id: Mapped[str] = mapped_column(String(NODE_ID_CHARS), index=True)
+    node_group: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
+    mode: Mapped[str] = mapped_column(String(16), default="")
+    site: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sha256: Mapped[bytes] = mapped_column(LargeBinary)
+    """Fingerprint of the DER certificate."""
+    token_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS), default="")
+    """The enrollment token it was issued for ("" for a renewal)."""
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())

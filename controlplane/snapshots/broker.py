@@ -2,7 +2,8 @@
 
 Replicas never talk to each other: each one LISTENs on a Postgres channel, and
 on a notification (debounced, so a burst of changes becomes one push) reloads
-the newest envelope from the database and wakes every subscribed stream.
+the newest envelope from the database and wakes every subscribed stream. A second
+channel announces revoked nodes: their streams on this replica end at once (``REVOKED``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controlplane.repositories import identity as identity_repo
 from controlplane.repositories import snapshots as snapshot_repo
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -34,13 +36,15 @@ class Latest:
 @dataclass(eq=False, slots=True)
 class Subscription:
     """One sync stream's inbox: ``None`` wakes it to look at ``broker.latest``;
-    an envelope is a test-injected one to send as is; ``CLOSED`` ends the stream."""
+    an envelope is a test-injected one to send as is; ``CLOSED`` ends the stream;
+    ``REVOKED`` ends it because the node's certificates were revoked."""
 
     queue: asyncio.Queue[snapshot_pb2.SignedEnvelope | object | None] = field(default_factory=asyncio.Queue)
     node_id: str = ""
 
 
 CLOSED = object()
+REVOKED = object()
 
 
 class SnapshotBroker:
@@ -112,6 +116,15 @@ class SnapshotBroker:
                 count += 1
         return count
 
+    def revoked(self, node_id: str) -> int:
+        """End the streams of ``node_id`` on this replica; returns how many."""
+        count = 0
+        for sub in self._subscribers:
+            if sub.node_id == node_id:
+                sub.queue.put_nowait(REVOKED)
+                count += 1
+        return count
+
     def kick(self) -> None:
         """Something changed: reload after the debounce interval (once per burst).
 
@@ -148,12 +161,16 @@ class SnapshotBroker:
             try:
                 async with await psycopg.AsyncConnection.connect(self._listen_url, autocommit=True) as conn:
                     await snapshot_repo.listen(conn)
+                    await identity_repo.listen(conn)
                     if self._listening.is_set():
                         # Reconnected: notifications may have been missed meanwhile.
                         self.kick()
                     self._listening.set()
-                    async for _ in conn.notifies():
-                        self.kick()
+                    async for notify in conn.notifies():
+                        if notify.channel == identity_repo.REVOKE_CHANNEL:
+                            self.revoked(notify.payload)
+                        else:
+                            self.kick()
             except psycopg.OperationalError as exc:
                 self._listening.set()
                 log.warning("snapshot listener lost its connection (%s); reconnecting", exc)

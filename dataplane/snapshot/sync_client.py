@@ -114,6 +114,8 @@ class SyncClient:
         self._last_result: ApplyResult | None = None
         self._heartbeat = heartbeat_interval
         self._max_message_bytes = max_message_bytes
+        self._outbox: asyncio.Queue[sync_pb2.NodeMessage | None] | None = None
+        self._reconnect_now = False
         self._failure: sync_pb2.DeliveryFailure | None = None
         """Why the last stream's message could not be taken; told in the next Hello."""
 
@@ -122,6 +124,13 @@ class SyncClient:
         return SyncStatus(
             self._connected, self._connects, self._failures, self._last_error, self._last_result
         )
+
+    def reconnect(self) -> None:
+        """End the current stream gracefully and open a new one at once (e.g. with a renewed
+        certificate: the TLS handshake is the only place a certificate is presented)."""
+        self._reconnect_now = True
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)  # half-close: the control plane ends its side
 
     def hello(self) -> sync_pb2.NodeMessage:
         return sync_pb2.NodeMessage(
@@ -160,6 +169,10 @@ class SyncClient:
                 log.exception("config sync session with %s failed", self._target)
             finally:
                 self._connected = False
+            if self._reconnect_now:
+                self._reconnect_now = False
+                log.info("reconnecting to %s", self._target)
+                continue
             if time.monotonic() - opened >= _HEALTHY_STREAM_S:
                 self._failures = 0
             self._failures += 1
@@ -176,6 +189,7 @@ class SyncClient:
     async def _session(self) -> None:
         outbox: asyncio.Queue[sync_pb2.NodeMessage | None] = asyncio.Queue()
         outbox.put_nowait(self.hello())
+        self._outbox = outbox
 
         async def requests() -> AsyncIterator[sync_pb2.NodeMessage]:
             while (message := await outbox.get()) is not None:
@@ -199,6 +213,7 @@ class SyncClient:
                     self._last_result = result
                     outbox.put_nowait(self._answer(result))
             finally:
+                self._outbox = None
                 beats.cancel()
                 outbox.put_nowait(None)
                 call.cancel()

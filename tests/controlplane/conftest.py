@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,6 +16,7 @@ import pytest
 from dataplane.snapshot.envelope import verify
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
+from signalbox.tls import ClientTls, aio_channel
 from tests.fixtures.postgres import RunningControlPlane
 
 TIMEOUT = 10.0
@@ -74,10 +77,12 @@ async def admin(control_plane: RunningControlPlane) -> AsyncIterator[Admin]:
 
 @dataclass
 class SyncNode:
-    """A scripted data-plane node on a real ConfigSyncService stream."""
+    """A scripted data-plane node on a real ConfigSyncService stream (mutual TLS with ``tls``,
+    a certificate the node got by enrolling)."""
 
     control_plane: RunningControlPlane
     node_id: str
+    tls: ClientTls
     applied_version: int = 0
     applied_hash: bytes = b""
     outbox: asyncio.Queue[sync_pb2.NodeMessage | None] = field(default_factory=asyncio.Queue)
@@ -102,7 +107,7 @@ class SyncNode:
             yield message
 
     async def connect(self) -> SyncNode:
-        self._channel = grpc.aio.insecure_channel(self.control_plane.address)
+        self._channel = aio_channel(self.control_plane.node_address, self.tls)
         self.call = sync_pb2_grpc.ConfigSyncServiceStub(self._channel).Sync(self._requests())
         self._reader = asyncio.create_task(self._read())
         return self
@@ -144,13 +149,23 @@ class SyncNode:
             await self._channel.close()
 
 
+async def enrolled_sync_node(running: RunningControlPlane, node_id: str, directory: Path) -> SyncNode:
+    """Enroll ``node_id`` with a fresh token (identity under ``directory``) and connect it."""
+    return await SyncNode(running, node_id, await running.enroll(node_id, directory)).connect()
+
+
 @pytest.fixture
-async def sync_nodes(control_plane: RunningControlPlane) -> AsyncIterator[Any]:
-    """A factory for connected ``SyncNode``s, closed at the end of the test."""
+async def sync_nodes(control_plane: RunningControlPlane, private_tmp: Path) -> AsyncIterator[Any]:
+    """A factory for connected ``SyncNode``s (each enrolled once per node id), closed at the end."""
     nodes: list[SyncNode] = []
+    enrolled: dict[str, ClientTls] = {}
 
     async def connect(node_id: str, applied_version: int = 0, applied_hash: bytes = b"") -> SyncNode:
-        node = await SyncNode(control_plane, node_id, applied_version, applied_hash).connect()
+        if node_id not in enrolled:
+            directory = Path(tempfile.mkdtemp(prefix="sync-node-", dir=private_tmp))
+            enrolled[node_id] = await control_plane.enroll(node_id, directory)
+        tls = enrolled[node_id]
+        node = await SyncNode(control_plane, node_id, tls, applied_version, applied_hash).connect()
         nodes.append(node)
         return node
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.repositories.config import CONFIG_LOCK
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
-from tests.controlplane.conftest import TIMEOUT, Admin, SyncNode
+from tests.controlplane.conftest import TIMEOUT, Admin, enrolled_sync_node
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
 
@@ -46,7 +46,7 @@ async def test_a_second_replica_learns_of_changes_through_postgres(
     settings = cp_settings(control_plane.database_url, private_tmp, kek_file=control_plane.data_dir / "kek")
     async with running_control_plane(settings) as replica:
         assert replica.key_id == control_plane.key_id
-        node = await SyncNode(replica, "on-replica-b").connect()
+        node = await enrolled_sync_node(replica, "on-replica-b", private_tmp / "on-replica-b")
         try:
             first = node.verified(await node.next_envelope())
             await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="via-a"))
@@ -83,7 +83,7 @@ async def test_connected_nodes_are_seen_while_their_stream_is_open(
 ) -> None:
     settings = cp_settings(database_url, private_tmp, node_heartbeat_interval=0.05)
     async with running_control_plane(settings) as running, _admin(running) as admin:
-        node = await SyncNode(running, "quiet").connect()
+        node = await enrolled_sync_node(running, "quiet", private_tmp / "quiet")
         try:
             await node.next_envelope()
 

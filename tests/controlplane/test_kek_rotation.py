@@ -1,4 +1,4 @@
-"""KEK rotation: every signing key is re-sealed under the new KEK in one transaction.
+"""KEK rotation: every signing key (and the node CA key) is re-sealed under the new KEK in one transaction.
 
 The running control plane keeps signing meanwhile (its keys are unsealed in memory);
 restarted with the new KEK it signs as before, and the old KEK opens nothing any more.
@@ -79,8 +79,13 @@ async def test_rotate_kek_reseals_every_key_without_downtime(database_url: str, 
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "restart it with the new KEK" in str(info.value.details())
 
+        node_ca = first.cp.node_ca_path.read_bytes()
+
     async with running_control_plane(replace(settings, kek_file=new_file)) as second:
         await _publish_and_check(second, "after")
+        # The node CA key was re-sealed in the same transaction: the same CA keeps issuing.
+        assert second.cp.node_ca_path.read_bytes() == node_ca
+        await second.enroll("after-kek-rotation", private_tmp / "after-kek-rotation")
 
     with pytest.raises(SigningKeyUnavailable, match="sealed with KEK"):
         async with running_control_plane(settings):

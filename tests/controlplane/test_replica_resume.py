@@ -19,7 +19,8 @@ async def test_a_current_node_reconnecting_to_the_other_replica_is_not_sent_its_
     B sends is the next change (made through A), which proves both the resume and the
     cross-replica push."""
     await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="before"))
-    on_a = await SyncNode(control_plane, "mover").connect()
+    tls = await control_plane.enroll("mover", private_tmp / "mover")
+    on_a = await SyncNode(control_plane, "mover", tls).connect()
     try:
         current = await on_a.next_envelope()
         snapshot = on_a.verified(current)
@@ -38,6 +39,7 @@ async def test_a_current_node_reconnecting_to_the_other_replica_is_not_sent_its_
         on_b = await SyncNode(
             replica_b,
             "mover",
+            tls,
             applied_version=snapshot.version,
             applied_hash=hashlib.sha256(current.payload).digest(),
         ).connect()

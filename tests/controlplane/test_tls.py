@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.app import ControlPlane
 from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.identity import IdentityFiles, enroll
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.tls import ClientTls, InsecureListen, ServerTls, TlsConfigError, aio_channel
 from tests.fixtures.certs import TestCA
@@ -86,15 +87,23 @@ async def test_with_a_client_ca_a_client_without_a_certificate_is_refused_and_a_
         with_cert = ClientTls(ca=ca.ca_file, cert=node_cert.cert, key=node_cert.key)
         assert await _health(cp.address, with_cert) == health_pb2.HealthCheckResponse.SERVING
 
-        # The node's sync client speaks mutual TLS to the control plane and converges.
+        # The node enrolls over the admin port (mutual TLS with the operator's CA here), then
+        # syncs over the node port with the certificate the node CA issued.
+        data_dir = tmp_path / "node"
+        await enroll(
+            IdentityFiles.under(data_dir),
+            address=cp.address,
+            tls=with_cert,
+            token=await cp.enroll_token(),
+            node_id="node-mtls",
+        )
         node = DataPlaneNode(
             NodeSettings(
                 listen="127.0.0.1:0",
-                control_plane=cp.address,
-                control_plane_tls=with_cert,
+                control_plane=cp.node_address,
                 trust_keys=(cp.trust_key_path,),
                 node_id="node-mtls",
-                data_dir=tmp_path / "node",
+                data_dir=data_dir,
                 sync_backoff_base=0.05,
                 sync_backoff_cap=0.2,
             )

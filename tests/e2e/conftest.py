@@ -32,7 +32,7 @@ async def connected_node(control_plane: RunningControlPlane, private_tmp: Path) 
         node = DataPlaneNode(
             NodeSettings(
                 listen="127.0.0.1:0",
-                control_plane=control_plane.address,
+                **(await control_plane.node_link()),
                 trust_keys=(control_plane.trust_key_path,),
                 node_id=node_id,
                 data_dir=Path(tempfile.mkdtemp(prefix=f"{node_id}-", dir=private_tmp)),

@@ -164,11 +164,11 @@ async def test_node_rides_out_a_control_plane_restart(
     async with AsyncExitStack() as stack:
         async with running_control_plane(settings) as first, _admin(first) as admin:
             api_key = await _seed(admin, simulator)
-            token, address = first.token, first.address
+            token, address, node_address = first.token, first.address, first.node_address
             node = DataPlaneNode(
                 NodeSettings(
                     listen="127.0.0.1:0",
-                    control_plane=address,
+                    **(await first.node_link()),
                     trust_keys=(first.trust_key_path,),
                     node_id="edge-3",
                     data_dir=Path(tempfile.mkdtemp(prefix="edge-3-", dir=private_tmp)),
@@ -185,7 +185,7 @@ async def test_node_rides_out_a_control_plane_restart(
         assert node.store.version == good
         assert (await _infer(node, api_key)).snapshot_version == good
 
-        again = replace(settings, listen=address)
+        again = replace(settings, listen=address, node_listen=node_address)
         async with running_control_plane(again) as second, _admin(second, token) as admin:
             await admin.ApplyPolicy(
                 admin_pb2.ApplyPolicyRequest(tenant=TENANT, document="default_model: large")
@@ -212,7 +212,7 @@ async def test_snapshots_carry_the_control_planes_scope(database_url: str, priva
             node = DataPlaneNode(
                 NodeSettings(
                     listen="127.0.0.1:0",
-                    control_plane=running.address,
+                    **(await running.node_link()),
                     trust_keys=(running.trust_key_path,),
                     node_id=node_id,
                     data_dir=Path(tempfile.mkdtemp(prefix=f"{node_id}-", dir=private_tmp)),

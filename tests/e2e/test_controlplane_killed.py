@@ -35,13 +35,14 @@ def _free_port() -> int:
 
 @asynccontextmanager
 async def _control_plane_process(
-    database_url: str, data_dir: Path, listen: str, log: Path
+    database_url: str, data_dir: Path, listen: str, node_listen: str, log: Path
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """`signalbox controlplane serve` as a child process, healthy on ``listen``."""
     with log.open("ab") as sink:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "signalbox", "controlplane", "serve",
             "--database-url", database_url, "--data-dir", str(data_dir), "--listen", listen,
+            "--node-listen", node_listen,
             stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "SIGNALBOX_LOG_LEVEL": "INFO"},
         )  # fmt: skip
@@ -96,25 +97,28 @@ async def _counted_loop(
 async def test_sigkill_of_the_control_plane_fails_no_request_and_every_node_converges_after(
     database_url: str, private_tmp: Path, simulator: Simulator
 ) -> None:
-    listen = f"127.0.0.1:{_free_port()}"
-    settings = cp_settings(database_url, private_tmp, listen=listen)
+    listen, node_listen = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
+    settings = cp_settings(database_url, private_tmp, listen=listen, node_listen=node_listen)
     log = private_tmp / "controlplane.log"
     # Seed through an in-process control plane (and learn its token); then the same data
     # dir and database serve from a child process we can SIGKILL.
     async with running_control_plane(settings) as seeding, _admin(seeding) as admin:
         api_key = await _seed(admin, simulator)
         token, trust_key = seeding.token, seeding.trust_key_path
+        enroll_tokens = [await seeding.enroll_token() for _ in NODES]
 
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(
-            _control_plane_process(database_url, settings.data_dir, listen, log)
+            _control_plane_process(database_url, settings.data_dir, listen, node_listen, log)
         )
         nodes = []
-        for node_id in NODES:
+        for node_id, enroll_token in zip(NODES, enroll_tokens, strict=True):
             node = DataPlaneNode(
                 NodeSettings(
                     listen="127.0.0.1:0",
-                    control_plane=listen,
+                    control_plane=node_listen,
+                    enroll_address=listen,
+                    enroll_token=enroll_token,
                     trust_keys=(trust_key,),
                     node_id=node_id,
                     data_dir=Path(tempfile.mkdtemp(prefix=f"{node_id}-", dir=private_tmp)),
@@ -155,7 +159,7 @@ async def test_sigkill_of_the_control_plane_fails_no_request_and_every_node_conv
                 message="every node to keep answering while the control plane is dead",
             )
 
-            async with _control_plane_process(database_url, settings.data_dir, listen, log):
+            async with _control_plane_process(database_url, settings.data_dir, listen, node_listen, log):
                 async with _admin(seeding, token) as admin:
                     await admin.ApplyPolicy(
                         admin_pb2.ApplyPolicyRequest(tenant=TENANT, document="default_model: large")

@@ -236,7 +236,7 @@ async def nodes(
             node = DataPlaneNode(
                 NodeSettings(
                     listen="127.0.0.1:0",
-                    control_plane=control_plane.address,
+                    **(await control_plane.node_link()),
                     trust_keys=(control_plane.trust_key_path,),
                     node_id=f"corpus-{case.name}",
                     data_dir=Path(tempfile.mkdtemp(prefix=f"corpus-{case.name}-", dir=private_tmp)),

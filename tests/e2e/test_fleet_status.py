@@ -30,12 +30,15 @@ async def _admin(running: RunningControlPlane) -> AsyncIterator[Admin]:
         yield Admin(admin_pb2_grpc.AdminServiceStub(channel), running.metadata)
 
 
-def _node(
+async def _node(
     running: RunningControlPlane, node_id: str, private_tmp: Path, **overrides: object
 ) -> DataPlaneNode:
+    scope = overrides.get("scope")
+    # The certificate's group is the node's: a Hello naming another group is refused.
+    group = scope.node_group if isinstance(scope, Scope) and scope.node_group else "default"
     values: dict[str, object] = {
         "listen": "127.0.0.1:0",
-        "control_plane": running.address,
+        **(await running.node_link(group)),
         "trust_keys": (running.trust_key_path,),
         "node_id": node_id,
         "data_dir": Path(tempfile.mkdtemp(prefix=f"{node_id}-", dir=private_tmp)),
@@ -71,7 +74,7 @@ async def test_node_list_shows_what_the_node_runs_and_its_lag(database_url: str,
         size = (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())).size_bytes
         # Room for this snapshot, not for one with a few hundred more tenants.
         limit = size + 4096
-        node = _node(
+        node = await _node(
             running,
             "edge-1",
             private_tmp,
@@ -125,7 +128,7 @@ async def test_oversize_snapshot_is_logged_in_one_line_and_not_resent(
         )
         admin = await stack.enter_async_context(_admin(running))
         await _tenants(admin, "big", 100)
-        node = _node(running, "small-1", private_tmp, sync_max_message_bytes=2048)
+        node = await _node(running, "small-1", private_tmp, sync_max_message_bytes=2048)
         caplog.set_level(logging.INFO)
         await node.start()
         stack.push_async_callback(node.stop)
@@ -172,7 +175,7 @@ async def test_a_silent_node_turns_stale(database_url: str, private_tmp: Path) -
         running = await stack.enter_async_context(running_control_plane(settings))
         admin = await stack.enter_async_context(_admin(running))
         await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
-        node = _node(running, "beat-1", private_tmp, sync_heartbeat_interval=0.05)
+        node = await _node(running, "beat-1", private_tmp, sync_heartbeat_interval=0.05)
         await node.start()
         try:
             first = await eventually(lambda: _listed(admin, "beat-1"), message="beat-1 listed")
@@ -200,7 +203,7 @@ async def test_a_silent_node_turns_stale(database_url: str, private_tmp: Path) -
 
 
 async def test_node_list_watch_redraws(control_plane: RunningControlPlane, private_tmp: Path) -> None:
-    node = _node(control_plane, "watched-1", private_tmp)
+    node = await _node(control_plane, "watched-1", private_tmp)
     await node.start()
     try:
         async with _admin(control_plane) as admin:

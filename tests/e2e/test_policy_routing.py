@@ -169,7 +169,7 @@ async def test_an_on_prem_node_prepares_routes_for_its_own_mode_and_site(
     await _seed(admin, simulator)
     settings = NodeSettings(
         listen="127.0.0.1:0",
-        control_plane=control_plane.address,
+        **(await control_plane.node_link()),
         trust_keys=(control_plane.trust_key_path,),
         node_id="edge-on-prem",
         data_dir=Path(tempfile.mkdtemp(prefix="edge-on-prem-", dir=private_tmp)),

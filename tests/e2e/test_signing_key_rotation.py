@@ -33,11 +33,11 @@ from tests.fixtures.postgres import RunningControlPlane
 from tests.helpers import eventually
 
 
-def _node(control_plane: RunningControlPlane, node_id: str, data_dir: Path) -> DataPlaneNode:
+async def _node(control_plane: RunningControlPlane, node_id: str, data_dir: Path) -> DataPlaneNode:
     return DataPlaneNode(
         NodeSettings(
             listen="127.0.0.1:0",
-            control_plane=control_plane.address,
+            **(await control_plane.node_link()),
             trust_keys=(control_plane.trust_key_path,),
             node_id=node_id,
             data_dir=data_dir,
@@ -90,7 +90,7 @@ async def test_rotate_then_revoke_reaches_the_node_with_no_failed_request(
     old_key = control_plane.cp.signer
     api_key = await _seed(admin, simulator)
     data_dir = Path(tempfile.mkdtemp(prefix="rot-1-", dir=private_tmp))
-    node = _node(control_plane, "rot-1", data_dir)
+    node = await _node(control_plane, "rot-1", data_dir)
     await node.start()
     try:
         first = await _converged(admin, "rot-1")
@@ -146,7 +146,7 @@ async def test_rotate_then_revoke_reaches_the_node_with_no_failed_request(
 
     # Restarted with only the old (now revoked) --trust-key: the persisted statements are
     # verified again and the last-known-good, signed only by the new key, still loads.
-    again = _node(control_plane, "rot-1", data_dir)
+    again = await _node(control_plane, "rot-1", data_dir)
     await again.start()
     try:
         assert again.store.version == good
@@ -219,7 +219,7 @@ async def test_a_node_away_during_rotate_and_revoke_follows_the_trust_chain_when
     old_id = control_plane.cp.signer.key_id
     api_key = await _seed(admin, simulator)
     data_dir = Path(tempfile.mkdtemp(prefix="away-", dir=private_tmp))
-    node = _node(control_plane, "away-1", data_dir)
+    node = await _node(control_plane, "away-1", data_dir)
     await node.start()
     try:
         await _converged(admin, "away-1")
@@ -232,7 +232,7 @@ async def test_a_node_away_during_rotate_and_revoke_follows_the_trust_chain_when
     assert [s.key_id for s in latest.signatures] == [rotated.key.key_id]
     assert len(latest.trust_chain) == 2  # the rotation, then the revocation
 
-    back = _node(control_plane, "away-1", data_dir)
+    back = await _node(control_plane, "away-1", data_dir)
     await back.start()
     try:
         version = await _converged(admin, "away-1")

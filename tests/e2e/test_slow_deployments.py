@@ -223,7 +223,7 @@ async def test_a_year_long_retry_after_keeps_a_deployment_out_only_for_the_nodes
     simulator.set_behaviour("limited", Behaviour(fail_status=429, retry_after=A_YEAR))
     settings = NodeSettings(
         listen="127.0.0.1:0",
-        control_plane=control_plane.address,
+        **(await control_plane.node_link()),
         trust_keys=(control_plane.trust_key_path,),
         node_id="edge-capped",
         data_dir=Path(tempfile.mkdtemp(prefix="edge-capped-", dir=private_tmp)),

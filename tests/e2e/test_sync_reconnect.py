@@ -56,8 +56,8 @@ def _free_port() -> int:
 async def test_a_node_process_reconnects_within_5s_of_the_control_plane_returning(
     database_url: str, private_tmp: Path
 ) -> None:
-    listen = f"127.0.0.1:{_free_port()}"
-    settings = cp_settings(database_url, private_tmp, listen=listen)
+    listen, node_listen = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
+    settings = cp_settings(database_url, private_tmp, listen=listen, node_listen=node_listen)
     node_dir = Path(tempfile.mkdtemp(prefix="node-reconnect-", dir=private_tmp))
     log = node_dir / "node.log"
     async with running_control_plane(settings) as cp:
@@ -73,6 +73,8 @@ async def test_a_node_process_reconnects_within_5s_of_the_control_plane_returnin
                 "--listen",
                 "127.0.0.1:0",
                 "--control-plane",
+                node_listen,
+                "--enroll-address",
                 listen,
                 "--trust-key",
                 str(trust_key),
@@ -83,7 +85,11 @@ async def test_a_node_process_reconnects_within_5s_of_the_control_plane_returnin
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=sink,
                 stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, "SIGNALBOX_LOG_LEVEL": "INFO"},
+                env={
+                    **os.environ,
+                    "SIGNALBOX_LOG_LEVEL": "INFO",
+                    "SIGNALBOX_ENROLL_TOKEN": await cp.enroll_token(),
+                },
             )
         try:
             sync = cp.cp.sync

@@ -88,9 +88,14 @@ def test_deployed_nodes_verify_the_control_plane_certificate() -> None:
     node = _settings((DEPLOY / "systemd" / "dataplane.env").read_text())
     assert node["SIGNALBOX_CONTROL_PLANE_CA"].startswith("/etc/signalbox/tls/")
     cp = _settings((DEPLOY / "systemd" / "controlplane.env").read_text())
-    # The control plane requires client certificates, so nodes present one.
-    assert cp.get("SIGNALBOX_CONTROLPLANE_TLS_CLIENT_CA")
-    assert node.get("SIGNALBOX_CONTROL_PLANE_CERT")
-    assert node.get("SIGNALBOX_CONTROL_PLANE_KEY")
+    # Nodes sync on the node port (mutual TLS with enrolled certificates), enroll on the admin
+    # port with a token from a file (never a flag), and do not override their identity.
+    node_port = cp["SIGNALBOX_CONTROLPLANE_NODE_LISTEN"].rsplit(":", 1)[1]
+    admin_port = cp["SIGNALBOX_CONTROLPLANE_LISTEN"].rsplit(":", 1)[1]
+    assert node["SIGNALBOX_CONTROL_PLANE"].endswith(f":{node_port}")
+    assert node["SIGNALBOX_ENROLL_ADDRESS"].endswith(f":{admin_port}")
+    assert node.get("SIGNALBOX_ENROLL_TOKEN_FILE")
+    assert "SIGNALBOX_ENROLL_TOKEN" not in node
+    assert "SIGNALBOX_CONTROL_PLANE_CERT" not in node
     image = _settings((DEPLOY / "Containerfile").read_text())
     assert image["SIGNALBOX_CONTROL_PLANE_CA"].startswith("/etc/signalbox/tls/")

@@ -18,6 +18,7 @@ from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
 from signalbox.shell.admin_cli.output import (
+    ENROLL_TOKEN_COLUMNS,
     KEY_COLUMNS,
     MODEL_COLUMNS,
     NODE_COLUMNS,
@@ -29,6 +30,7 @@ from signalbox.shell.admin_cli.output import (
     TENANT_COLUMNS,
     Output,
     deleted,
+    enroll_token_row,
     explanation,
     key_row,
     model_row,
@@ -280,6 +282,33 @@ async def policy_delete(stub: Stub, ns: argparse.Namespace) -> Output:
 async def node_list(stub: Stub, ns: argparse.Namespace) -> Output:
     r = await stub.ListNodes(admin_pb2.ListNodesRequest())
     return Output(r, NODE_COLUMNS, [node_row(n) for n in r.nodes])
+
+
+async def node_enroll_token(stub: Stub, ns: argparse.Namespace) -> Output:
+    if ns.action == "list":
+        r = await stub.ListEnrollTokens(admin_pb2.ListEnrollTokensRequest())
+        return Output(r, ENROLL_TOKEN_COLUMNS, [enroll_token_row(t) for t in r.tokens])
+    if not ns.group:
+        raise SystemExit("node enroll-token: --group: required")
+    created = await stub.CreateEnrollToken(
+        admin_pb2.CreateEnrollTokenRequest(
+            group=ns.group, ttl_seconds=max(1, round(ns.ttl)), mode=ns.mode, site=ns.site
+        )
+    )
+    info = created.info
+    print(
+        f"enrollment token {info.id} for group {info.group!r}, single use, valid until "
+        f"{info.expires_at.ToDatetime():%Y-%m-%d %H:%M:%S} UTC (shown once; give it to the node as "
+        "SIGNALBOX_ENROLL_TOKEN or a file, not on its command line):",
+        file=sys.stderr,
+    )
+    # The token alone on stdout, so `TOKEN=$(signalbox admin node enroll-token ...)` works.
+    return Output(created, text=created.token + "\n")
+
+
+async def node_revoke(stub: Stub, ns: argparse.Namespace) -> Output:
+    r = await stub.RevokeNode(admin_pb2.RevokeNodeRequest(node_id=ns.node_id))
+    return Output(r, text=f"revoked {r.revoked_certificates} certificates of node {ns.node_id}\n")
 
 
 async def snapshot_show(stub: Stub, ns: argparse.Namespace) -> Output:

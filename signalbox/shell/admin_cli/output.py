@@ -128,8 +128,17 @@ def node_row(n: admin_pb2.Node) -> tuple[object, ...]:
         _time(n.last_seen_at),
         "yes" if n.connected else "no",
         "STALE" if n.stale else "ok",
-        "-",  # node certificates are not issued yet
+        ("revoked " if n.revoked else "")
+        + (_time(n.cert_not_after) if n.HasField("cert_not_after") else "-"),
     )
+
+
+ENROLL_TOKEN_COLUMNS = ("id", "group", "mode", "site", "created_by", "expires", "used")
+
+
+def enroll_token_row(t: admin_pb2.EnrollTokenInfo) -> tuple[object, ...]:
+    used = f"{_time(t.used_at)} by {printable(t.used_by, 100)}" if t.used_at.seconds else "unused"
+    return (t.id, t.group, t.mode or "-", t.site or "-", t.created_by, _time(t.expires_at), used)
 
 
 def signing_key_row(k: admin_pb2.SigningKeyInfo) -> tuple[object, ...]:

@@ -15,7 +15,9 @@ from signalbox.shell.admin_cli.commands import (
     model_delete,
     model_list,
     model_update,
+    node_enroll_token,
     node_list,
+    node_revoke,
     policy_apply,
     policy_delete,
     policy_diff,
@@ -63,6 +65,13 @@ def _version(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _duration(raw: str) -> float:
+    try:
+        return settings.parse_duration(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _verb(
@@ -221,6 +230,31 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--interval", type=_positive_seconds, default=2.0, help="seconds between redraws (default 2)"
     )
     p.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
+    p = _verb(
+        node,
+        "enroll-token",
+        node_enroll_token,
+        "create a one-time bootstrap token for a node group (admin role; printed once), "
+        "or `enroll-token list` its ids, groups, expiry and use",
+    )
+    p.add_argument("action", nargs="?", choices=("create", "list"), default="create")
+    p.add_argument("--group", help="node group the enrolled node belongs to (required to create)")
+    p.add_argument(
+        "--ttl",
+        type=_duration,
+        default=3600.0,
+        help="how long the token stays valid (e.g. 1h, 30m, 2d; max 7d)",
+    )
+    p.add_argument(
+        "--mode", default="", help="deployment mode bound into the certificate: cloud, on-prem, air-gapped"
+    )
+    p.add_argument("--site", default="", help="site bound into the certificate")
+    _verb(
+        node,
+        "revoke",
+        node_revoke,
+        "revoke every certificate of a node and close its sync streams (admin role)",
+    ).add_argument("node_id", metavar="NODE_ID")
     route = _resource(sub, "route", "routing")
     p = _verb(route, "explain", route_explain, "dry-run routing for a tenant under its current policy")
     p.add_argument("--tenant", required=True)

@@ -46,6 +46,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     settings.add(
         parser,
+        "--controlplane-node-listen",
+        env="SIGNALBOX_UP_CONTROLPLANE_NODE_LISTEN",
+        default="127.0.0.1:7703",
+        help="HOST:PORT of the control plane's node port (config sync over mutual TLS; port 0: any free port)",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
         "--dataplane-listen",
         env="SIGNALBOX_UP_DATAPLANE_LISTEN",
         default="127.0.0.1:7701",
@@ -95,6 +103,7 @@ def run(ns: argparse.Namespace) -> int:
     config = StackConfig(
         data_dir=Path(ns.data_dir).resolve(),
         controlplane_listen=ns.controlplane_listen,
+        controlplane_node_listen=ns.controlplane_node_listen,
         dataplane_listen=ns.dataplane_listen,
         simulator_listen=ns.simulator_listen,
         startup_timeout=ns.startup_timeout,

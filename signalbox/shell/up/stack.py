@@ -23,6 +23,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dataplane.identity import IdentityFiles
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.client_cli import build_request
@@ -36,6 +37,7 @@ from signalbox.shell.up.demo import (
 )
 
 NODE_ID = "up-node-1"
+NODE_GROUP = "local"
 
 
 class StackError(RuntimeError):
@@ -48,6 +50,8 @@ class StackConfig:
 
     data_dir: Path
     controlplane_listen: str = "127.0.0.1:7700"
+    controlplane_node_listen: str = "127.0.0.1:7703"
+    """The control plane's node port (config sync over mutual TLS)."""
     dataplane_listen: str = "127.0.0.1:7701"
     simulator_listen: str = "127.0.0.1:7702"
     simulator_in_process: bool = True
@@ -65,6 +69,7 @@ class StackConfig:
         return cls(
             data_dir=data_dir,
             controlplane_listen="127.0.0.1:0",
+            controlplane_node_listen="127.0.0.1:0",
             dataplane_listen="127.0.0.1:0",
             simulator_listen="127.0.0.1:0",
             **options,
@@ -75,6 +80,7 @@ class StackConfig:
         return replace(
             self,
             controlplane_listen=_concrete(self.controlplane_listen),
+            controlplane_node_listen=_concrete(self.controlplane_node_listen),
             dataplane_listen=_concrete(self.dataplane_listen),
             simulator_listen=self.simulator_listen
             if self.simulator_in_process
@@ -147,6 +153,8 @@ class LocalStack:
                 "serve",
                 "--listen",
                 cfg.controlplane_listen,
+                "--node-listen",
+                cfg.controlplane_node_listen,
                 "--data-dir",
                 str(self.controlplane_dir),
             ],
@@ -160,6 +168,11 @@ class LocalStack:
         if not trust_key.exists():
             raise StackError(f"control plane is serving but wrote no trust key at {trust_key}")
 
+        # A real certificate: the node enrolls with a one-time token (through the environment,
+        # never the command line) unless it already holds a valid one from an earlier `up`.
+        env = {}
+        if IdentityFiles.under(self.node_dir).problem(NODE_ID):
+            env["SIGNALBOX_ENROLL_TOKEN"] = await self._enroll_token()
         node = await self._spawn(
             "dataplane",
             [
@@ -168,6 +181,8 @@ class LocalStack:
                 "--listen",
                 cfg.dataplane_listen,
                 "--control-plane",
+                cfg.controlplane_node_listen,
+                "--enroll-address",
                 cfg.controlplane_listen,
                 "--trust-key",
                 str(trust_key),
@@ -177,6 +192,7 @@ class LocalStack:
                 str(self.node_dir),
             ],
             cfg.dataplane_cpus,
+            env=env,
         )
         # SERVING means the node has verified and applied a snapshot.
         await self._wait_healthy(node, cfg.dataplane_listen)
@@ -300,6 +316,16 @@ class LocalStack:
             await register_catalogue(admin, metadata, self.simulator_url)
         self._progress(seeded_summary())
 
+    async def _enroll_token(self) -> str:
+        metadata = (("authorization", f"Bearer {self.admin_token}"),)
+        async with grpc.aio.insecure_channel(self.config.controlplane_listen) as channel:
+            created = await admin_pb2_grpc.AdminServiceStub(channel).CreateEnrollToken(
+                admin_pb2.CreateEnrollTokenRequest(group=NODE_GROUP, ttl_seconds=600),
+                metadata=metadata,
+                timeout=10,
+            )
+        return str(created.token)
+
     async def _wait_converged(self, node: _Child) -> None:
         """Wait until the node has ACKed the latest snapshot: the seed is debounced into
         snapshots, and the node may have subscribed before the last one was built."""
@@ -325,7 +351,12 @@ class LocalStack:
         return [*pin, sys.executable, "-m", module, *args]
 
     async def _spawn(
-        self, name: str, args: Sequence[str], cpus: str | None, module: str = "signalbox"
+        self,
+        name: str,
+        args: Sequence[str],
+        cpus: str | None,
+        module: str = "signalbox",
+        env: dict[str, str] | None = None,
     ) -> _Child:
         log = self.log_dir / f"{name}.log"
         with _private_log(log) as sink:
@@ -336,6 +367,7 @@ class LocalStack:
                 stdout=sink,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
         child = _Child(name, process, log)
         self._children.append(child)

@@ -12,7 +12,7 @@ from google.protobuf.json_format import MessageToJson
 
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
-from tests.controlplane.conftest import Admin, SyncNode
+from tests.controlplane.conftest import Admin, enrolled_sync_node
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
 
@@ -292,7 +292,7 @@ async def test_retention_keeps_the_last_n_the_versions_nodes_run_and_exported_pi
         admin = Admin(admin_pb2_grpc.AdminServiceStub(channel), running.metadata)
         await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="t0"))
         # A node runs this version (it ACKed it) ...
-        node = await SyncNode(running, "node-old").connect()
+        node = await enrolled_sync_node(running, "node-old", private_tmp / "node-old")
         try:
             envelope = await node.next_envelope()
             running_version = node.verified(envelope).version

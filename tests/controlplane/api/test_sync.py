@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
 
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import sync_pb2, sync_pb2_grpc
+from signalbox.tls import aio_channel
 from tests.controlplane.conftest import TIMEOUT, Admin, SyncNode
 from tests.fixtures.postgres import RunningControlPlane
 from tests.helpers import eventually
@@ -129,11 +131,14 @@ async def test_injected_envelopes_reach_only_the_named_node(
     assert two.received.empty()
 
 
-async def test_the_first_message_must_be_a_hello(control_plane: RunningControlPlane) -> None:
+async def test_the_first_message_must_be_a_hello(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
     async def requests() -> object:
         yield sync_pb2.NodeMessage(ack=sync_pb2.Ack(version=1))
 
-    async with grpc.aio.insecure_channel(control_plane.address) as channel:
+    tls = await control_plane.enroll("hello-tester", private_tmp / "hello-tester")
+    async with aio_channel(control_plane.node_address, tls) as channel:
         call = sync_pb2_grpc.ConfigSyncServiceStub(channel).Sync(requests(), timeout=TIMEOUT)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in call:

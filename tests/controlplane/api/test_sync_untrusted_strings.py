@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import grpc
 import pytest
@@ -11,6 +12,7 @@ from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import sync_pb2, sync_pb2_grpc
 from signalbox.shell.admin_cli.output import NODE_COLUMNS, node_row
 from signalbox.text import printable
+from signalbox.tls import aio_channel
 from tests.controlplane.conftest import TIMEOUT, Admin, SyncNode
 from tests.fixtures.postgres import RunningControlPlane
 from tests.helpers import eventually
@@ -72,12 +74,13 @@ def test_the_admin_cli_escapes_what_an_older_control_plane_stored_raw() -> None:
 
 
 async def test_a_node_id_with_control_characters_is_refused_with_the_field_named(
-    control_plane: RunningControlPlane, caplog: pytest.LogCaptureFixture
+    control_plane: RunningControlPlane, caplog: pytest.LogCaptureFixture, private_tmp: Path
 ) -> None:
     async def requests() -> object:
         yield sync_pb2.NodeMessage(hello=sync_pb2.Hello(node_id="node-x\nERROR forged", software_version="1"))
 
-    async with grpc.aio.insecure_channel(control_plane.address) as channel:
+    tls = await control_plane.enroll("node-x", private_tmp / "node-x")
+    async with aio_channel(control_plane.node_address, tls) as channel:
         call = sync_pb2_grpc.ConfigSyncServiceStub(channel).Sync(requests(), timeout=TIMEOUT)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in call:

@@ -17,6 +17,7 @@ from dataplane.config.model import Scope
 from dataplane.snapshot.store import SnapshotFileInvalid
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
+from signalbox.tls import ClientTls
 from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
 from tests.fixtures.keys import sign_payload
 
@@ -128,7 +129,8 @@ async def test_restart_serves_last_known_good_without_a_control_plane(
     first = await start_node()
     assert (await first.store.apply(envelope(snapshot(4, simulator.base_url), signing_key))).accepted
     await first.stop()
-    second = await start_node(control_plane="127.0.0.1:1")  # nothing listens there
+    # Nothing listens there (plaintext: no certificate to enroll for).
+    second = await start_node(control_plane="127.0.0.1:1", control_plane_tls=ClientTls(insecure=True))
     assert second.store.version == 4
     assert await _answer_model(second) == ("sim-fast", 4)
     # The high-water mark survived the restart: an older snapshot is a rollback.

@@ -15,8 +15,13 @@ from dataplane.snapshot.sync_client import full_jitter
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.api.infer.v1 import infer_pb2_grpc
+from signalbox.tls import ClientTls
 from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
 from tests.helpers import eventually
+
+FAKE_PLAINTEXT = ClientTls(insecure=True)
+"""The fake control plane below speaks the sync protocol only, in plaintext (what a node does
+with --insecure); real mutual TLS with enrolled certificates is tested in tests/e2e/test_node_identity.py."""
 
 
 class FakeControlPlane(sync_pb2_grpc.ConfigSyncServiceServicer):
@@ -83,7 +88,7 @@ async def test_hello_then_ack_and_nack_with_reason(
     start_node: NodeFactory, control_plane: FakeControlPlane, simulator: Any, signing_key: Ed25519PrivateKey
 ) -> None:
     address = await control_plane.start()
-    node = await start_node(control_plane=address, node_id="node-sync")
+    node = await start_node(control_plane=address, control_plane_tls=FAKE_PLAINTEXT, node_id="node-sync")
     await eventually(lambda: control_plane.hellos, message="hello received")
     hello = control_plane.hellos[0]
     assert hello.node_id == "node-sync"
@@ -110,7 +115,7 @@ async def test_reconnects_after_control_plane_restart_and_keeps_serving_meanwhil
     start_node: NodeFactory, control_plane: FakeControlPlane, simulator: Any, signing_key: Ed25519PrivateKey
 ) -> None:
     address = await control_plane.start()
-    node = await start_node(control_plane=address)
+    node = await start_node(control_plane=address, control_plane_tls=FAKE_PLAINTEXT)
     await control_plane.outbox.put(envelope(snapshot(1, simulator.base_url), signing_key))
     await node.wait_for_version(1)
     port = control_plane.port

@@ -1064,6 +1064,8 @@ class Node(_message.Message):
     LAST_ACK_VERSION_FIELD_NUMBER: _builtins.int
     LAG_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
+    CERT_NOT_AFTER_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     software_version: _builtins.str
     mode: _common_pb2.DeploymentMode.ValueType
@@ -1081,12 +1083,18 @@ class Node(_message.Message):
     """Versions behind the newest stored snapshot (0 when converged)."""
     stale: _builtins.bool
     """Not seen for longer than the control plane's --node-stale-after."""
+    revoked: _builtins.bool
+    """Every certificate of the node is revoked."""
     @_builtins.property
     def last_ack_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_nack_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_seen_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def cert_not_after(self) -> _timestamp_pb2.Timestamp:
+        """Expiry of the node's newest certificate (unset: none issued)."""
+
     def __init__(
         self,
         *,
@@ -1107,10 +1115,12 @@ class Node(_message.Message):
         last_ack_version: _builtins.int = ...,
         lag: _builtins.int = ...,
         stale: _builtins.bool = ...,
+        cert_not_after: _timestamp_pb2.Timestamp | None = ...,
+        revoked: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_ack_at", b"last_ack_at", "last_nack_at", b"last_nack_at", "last_seen_at", b"last_seen_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cert_not_after", b"cert_not_after", "last_ack_at", b"last_ack_at", "last_nack_at", b"last_nack_at", "last_seen_at", b"last_seen_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_hash", b"applied_hash", "applied_version", b"applied_version", "connected", b"connected", "deployment", b"deployment", "lag", b"lag", "last_ack_at", b"last_ack_at", "last_ack_version", b"last_ack_version", "last_nack_at", b"last_nack_at", "last_nack_reason", b"last_nack_reason", "last_nack_version", b"last_nack_version", "last_seen_at", b"last_seen_at", "mode", b"mode", "node_group", b"node_group", "node_id", b"node_id", "site", b"site", "software_version", b"software_version", "stale", b"stale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_hash", b"applied_hash", "applied_version", b"applied_version", "cert_not_after", b"cert_not_after", "connected", b"connected", "deployment", b"deployment", "lag", b"lag", "last_ack_at", b"last_ack_at", "last_ack_version", b"last_ack_version", "last_nack_at", b"last_nack_at", "last_nack_reason", b"last_nack_reason", "last_nack_version", b"last_nack_version", "last_seen_at", b"last_seen_at", "mode", b"mode", "node_group", b"node_group", "node_id", b"node_id", "revoked", b"revoked", "site", b"site", "software_version", b"software_version", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1665,3 +1675,179 @@ class RevokeSigningKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeSigningKeyResponse: _TypeAlias = RevokeSigningKeyResponse  # noqa: Y015
+
+@_typing.final
+class CreateEnrollTokenRequest(_message.Message):
+    """---- node identity ----"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    ttl_seconds: _builtins.int
+    """Seconds the token stays valid (1 .. 7 days)."""
+    mode: _builtins.str
+    """Deployment mode and site bound into certificates issued with it (may be empty)."""
+    site: _builtins.str
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
+        mode: _builtins.str = ...,
+        site: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "mode", b"mode", "site", b"site", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateEnrollTokenRequest: _TypeAlias = CreateEnrollTokenRequest  # noqa: Y015
+
+@_typing.final
+class CreateEnrollTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """"sbx_enroll_<id>_<secret>": shown once, stored only as a hash."""
+    @_builtins.property
+    def info(self) -> Global___EnrollTokenInfo: ...
+    def __init__(
+        self,
+        *,
+        info: Global___EnrollTokenInfo | None = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateEnrollTokenResponse: _TypeAlias = CreateEnrollTokenResponse  # noqa: Y015
+
+@_typing.final
+class EnrollTokenInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    USED_AT_FIELD_NUMBER: _builtins.int
+    USED_BY_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    group: _builtins.str
+    mode: _builtins.str
+    site: _builtins.str
+    created_by: _builtins.str
+    used_by: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def used_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        group: _builtins.str = ...,
+        mode: _builtins.str = ...,
+        site: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+        used_at: _timestamp_pb2.Timestamp | None = ...,
+        used_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "used_at", b"used_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "group", b"group", "id", b"id", "mode", b"mode", "site", b"site", "used_at", b"used_at", "used_by", b"used_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollTokenInfo: _TypeAlias = EnrollTokenInfo  # noqa: Y015
+
+@_typing.final
+class ListEnrollTokensRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnrollTokensRequest: _TypeAlias = ListEnrollTokensRequest  # noqa: Y015
+
+@_typing.final
+class ListEnrollTokensResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnrollTokenInfo]: ...
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___EnrollTokenInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnrollTokensResponse: _TypeAlias = ListEnrollTokensResponse  # noqa: Y015
+
+@_typing.final
+class RevokeNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeNodeRequest: _TypeAlias = RevokeNodeRequest  # noqa: Y015
+
+@_typing.final
+class RevokeNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_CERTIFICATES_FIELD_NUMBER: _builtins.int
+    revoked_certificates: _builtins.int
+    """Certificates newly marked revoked."""
+    def __init__(
+        self,
+        *,
+        revoked_certificates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revoked_certificates", b"revoked_certificates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeNodeResponse: _TypeAlias = RevokeNodeResponse  # noqa: Y015

@@ -185,6 +185,21 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyResponse.FromString,
                 _registered_method=True)
+        self.CreateEnrollToken = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/CreateEnrollToken',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateEnrollTokenRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateEnrollTokenResponse.FromString,
+                _registered_method=True)
+        self.ListEnrollTokens = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListEnrollTokens',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEnrollTokensRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEnrollTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeNode = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/RevokeNode',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -384,6 +399,28 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEnrollToken(self, request, context):
+        """---- node identity (enrollment tokens, revocation) ----
+        A one-time bootstrap token for a node group; the secret is in this response only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnrollTokens(self, request, context):
+        """Ids, group, expiry and use of tokens; never secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeNode(self, request, context):
+        """Revoke every certificate of a node and close its sync streams on every replica.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -536,6 +573,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeSigningKey,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyResponse.SerializeToString,
+            ),
+            'CreateEnrollToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEnrollToken,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateEnrollTokenRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateEnrollTokenResponse.SerializeToString,
+            ),
+            'ListEnrollTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnrollTokens,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEnrollTokensRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEnrollTokensResponse.SerializeToString,
+            ),
+            'RevokeNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeNode,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1348,6 +1400,87 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/RevokeSigningKey',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEnrollToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/CreateEnrollToken',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateEnrollTokenRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateEnrollTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnrollTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListEnrollTokens',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEnrollTokensRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEnrollTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/RevokeNode',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

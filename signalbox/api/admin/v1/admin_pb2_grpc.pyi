@@ -82,6 +82,14 @@ class AdminServiceStub:
     """
     ListSigningKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSigningKeysRequest, _admin_pb2.ListSigningKeysResponse]
     RevokeSigningKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeSigningKeyRequest, _admin_pb2.RevokeSigningKeyResponse]
+    CreateEnrollToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateEnrollTokenRequest, _admin_pb2.CreateEnrollTokenResponse]
+    """---- node identity (enrollment tokens, revocation) ----
+    A one-time bootstrap token for a node group; the secret is in this response only.
+    """
+    ListEnrollTokens: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListEnrollTokensRequest, _admin_pb2.ListEnrollTokensResponse]
+    """Ids, group, expiry and use of tokens; never secrets."""
+    RevokeNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeNodeRequest, _admin_pb2.RevokeNodeResponse]
+    """Revoke every certificate of a node and close its sync streams on every replica."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -134,6 +142,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListSigningKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSigningKeysRequest, _admin_pb2.ListSigningKeysResponse]  # type: ignore[assignment]
     RevokeSigningKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeSigningKeyRequest, _admin_pb2.RevokeSigningKeyResponse]  # type: ignore[assignment]
+    CreateEnrollToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateEnrollTokenRequest, _admin_pb2.CreateEnrollTokenResponse]  # type: ignore[assignment]
+    """---- node identity (enrollment tokens, revocation) ----
+    A one-time bootstrap token for a node group; the secret is in this response only.
+    """
+    ListEnrollTokens: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListEnrollTokensRequest, _admin_pb2.ListEnrollTokensResponse]  # type: ignore[assignment]
+    """Ids, group, expiry and use of tokens; never secrets."""
+    RevokeNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeNodeRequest, _admin_pb2.RevokeNodeResponse]  # type: ignore[assignment]
+    """Revoke every certificate of a node and close its sync streams on every replica."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -363,5 +379,31 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.RevokeSigningKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeSigningKeyResponse, _abc.Awaitable[_admin_pb2.RevokeSigningKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateEnrollToken(
+        self,
+        request: _admin_pb2.CreateEnrollTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateEnrollTokenResponse, _abc.Awaitable[_admin_pb2.CreateEnrollTokenResponse]]:
+        """---- node identity (enrollment tokens, revocation) ----
+        A one-time bootstrap token for a node group; the secret is in this response only.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEnrollTokens(
+        self,
+        request: _admin_pb2.ListEnrollTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListEnrollTokensResponse, _abc.Awaitable[_admin_pb2.ListEnrollTokensResponse]]:
+        """Ids, group, expiry and use of tokens; never secrets."""
+
+    @_abc_1.abstractmethod
+    def RevokeNode(
+        self,
+        request: _admin_pb2.RevokeNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeNodeResponse, _abc.Awaitable[_admin_pb2.RevokeNodeResponse]]:
+        """Revoke every certificate of a node and close its sync streams on every replica."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

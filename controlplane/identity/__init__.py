@@ -1,0 +1,1 @@
+"""Node identity: the node CA, enrollment tokens, node certificates and their checks."""

@@ -1,0 +1,95 @@
+"""Enrollment tokens and issued node certificates, and the channel announcing revocations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.db.models import EnrollToken, NodeCertificate
+
+REVOKE_CHANNEL = "signalbox_node_revoked"
+"""Postgres channel every replica LISTENs on; the payload is the revoked node id."""
+NODE_IDENTITY_LOCK = 0x5B0C_0002
+"""Advisory lock class: issuing and revoking a node's certificates are serialized per node."""
+
+
+async def lock_node(session: AsyncSession, node_id: str) -> None:
+    """Take the transaction-scoped lock of ``node_id``'s certificates, so a renewal racing a
+    revocation either happens before it (and is revoked with the rest) or sees it."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(:k, hashtext(:n))"), {"k": NODE_IDENTITY_LOCK, "n": node_id}
+    )
+
+
+async def token(session: AsyncSession, token_id: str) -> EnrollToken | None:
+    return await session.get(EnrollToken, token_id)
+
+
+async def tokens(session: AsyncSession) -> Sequence[EnrollToken]:
+    return (await session.scalars(select(EnrollToken).order_by(EnrollToken.created_at))).all()
+
+
+async def consume(session: AsyncSession, token_id: str, digest: bytes, node_id: str) -> EnrollToken | None:
+    """Mark the token used by ``node_id`` if it is unused, unexpired and ``digest`` matches;
+    atomic, so two nodes racing with one token cannot both win. None: not consumed."""
+    return await session.scalar(
+        update(EnrollToken)
+        .where(
+            EnrollToken.id == token_id,
+            EnrollToken.secret_sha256 == digest,
+            EnrollToken.used_at.is_(None),
+            EnrollToken.expires_at > func.now(),
+        )
+        .values(used_at=func.now(), used_by=node_id)
+        .returning(EnrollToken)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def certificate(session: AsyncSession, serial: str) -> NodeCertificate | None:
+    return await session.get(NodeCertificate, serial)
+
+
+async def revoke(session: AsyncSession, node_id: str, at: datetime) -> int:
+    """Revoke every unrevoked certificate of ``node_id``; returns how many."""
+    result = await session.execute(
+        update(NodeCertificate)
+        .where(NodeCertificate.node_id == node_id, NodeCertificate.revoked_at.is_(None))
+        .values(revoked_at=at)
+        .returning(NodeCertificate.serial)
+        .execution_options(synchronize_session=False)
+    )
+    return len(result.all())
+
+
+async def has_certificates(session: AsyncSession, node_id: str) -> bool:
+    found = await session.scalar(
+        select(NodeCertificate.serial).where(NodeCertificate.node_id == node_id).limit(1)
+    )
+    return found is not None
+
+
+async def newest_certificates(session: AsyncSession) -> dict[str, tuple[datetime, bool]]:
+    """Per node id: (expiry of its newest certificate, whether every certificate is revoked)."""
+    rows = await session.execute(
+        select(
+            NodeCertificate.node_id,
+            func.max(NodeCertificate.not_after),
+            func.bool_and(NodeCertificate.revoked_at.is_not(None)),
+        ).group_by(NodeCertificate.node_id)
+    )
+    return {node_id: (not_after, bool(revoked)) for node_id, not_after, revoked in rows}
+
+
+async def announce_revocation(session: AsyncSession, node_id: str) -> None:
+    """NOTIFY every replica that ``node_id`` is revoked; delivered when the transaction commits."""
+    await session.execute(text("SELECT pg_notify(:c, :v)"), {"c": REVOKE_CHANNEL, "v": node_id})
+
+
+async def listen(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(f"LISTEN {REVOKE_CHANNEL}")

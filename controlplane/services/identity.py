@@ -1,0 +1,228 @@
+"""Node identity: one-time enrollment tokens, certificates issued from CSRs, renewal, revocation.
+
+A token is ``sbx_enroll_<id>_<secret>`` with a 256-bit secret; only the SHA-256 of the
+whole token is stored. Enrollment consumes it atomically in the same transaction that
+records the issued certificate, so a token is used once or not at all. Any token
+problem is the same ``Unauthenticated`` for the caller; the audit row says which (by
+token id, never the secret).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane.db.models import EnrollToken, NodeCertificate
+from controlplane.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from controlplane.identity.ca import Issued, NodeCaKey, NodeCertificateSpec, parse_csr
+from controlplane.limits import NODE_ID_CHARS
+from controlplane.repositories import identity as repo
+from controlplane.services.base import Caller, check_name
+from signalbox.text import printable
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "sbx_enroll_"
+_TOKEN = re.compile(r"sbx_enroll_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
+MAX_TOKEN_CHARS = 128
+MAX_TOKEN_TTL = timedelta(days=7)
+MIN_CERT_TTL = timedelta(seconds=2)
+"""Short enough for tests of renewal; nothing real runs with it."""
+MAX_CERT_TTL = timedelta(days=365)
+MODES = ("cloud", "on-prem", "air-gapped")
+TOKEN_REJECTED = "enrollment token rejected"
+"""The one message for every token problem, so Enroll is no oracle for which tokens exist."""
+
+Audit = Callable[..., Awaitable[None]]
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def token_id_of(token: str) -> str | None:
+    """The id of a well-formed token (not secret), else None."""
+    match = _TOKEN.fullmatch(token) if len(token) <= MAX_TOKEN_CHARS else None
+    return match.group(1) if match else None
+
+
+def check_node_id(field: str, node_id: str) -> str:
+    """1..256 characters, none of them control characters (the id keys rows and log lines)."""
+    if not node_id or len(node_id) > NODE_ID_CHARS or printable(node_id, NODE_ID_CHARS) != node_id:
+        raise InvalidArgument(
+            field,
+            f"must be 1..{NODE_ID_CHARS} characters without control characters "
+            f'(got "{printable(node_id, 80)}")',
+        )
+    return node_id
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """Who a node is, from its certificate's record (or, with ``--insecure``, its Hello)."""
+
+    node_id: str
+    group: str
+    mode: str = ""
+    site: str = ""
+    serial: str = ""
+    """Hex serial of the certificate; "" on an insecure node port."""
+    not_after: datetime | None = None
+
+
+def identity_of(row: NodeCertificate) -> NodeIdentity:
+    return NodeIdentity(row.node_id, row.node_group, row.mode, row.site, row.serial, row.not_after)
+
+
+@dataclass(slots=True)
+class IdentityService:
+    sessions: async_sessionmaker[AsyncSession]
+    ca: NodeCaKey
+    cert_ttl: timedelta
+    audit: Audit
+    """``AdminService.audit``: enrollments are recorded in the admin audit trail."""
+    admit_refusal: Callable[[str], bool] = lambda peer: True
+    """Whether a refused enrollment from this peer gets its own audit row (the app passes
+    ``UnauthenticatedAuditLimit.admit``: a token scanner cannot fill the audit table)."""
+
+    async def _refused(self, peer: str, actor: str, target: str, detail: str) -> None:
+        if self.admit_refusal(peer):
+            await self.audit(
+                actor=actor, method="Enroll", target=target, result="UNAUTHENTICATED", detail=detail
+            )
+
+    async def create_token(
+        self, caller: Caller, *, group: str, ttl: timedelta, mode: str = "", site: str = ""
+    ) -> tuple[EnrollToken, str]:
+        """A new token; returns (row, token). The token itself is not kept."""
+        check_name("group", group)
+        if mode and mode not in MODES:
+            raise InvalidArgument("mode", f"must be one of {', '.join(MODES)} (or empty)")
+        if site:
+            check_name("site", site)
+        if not timedelta(seconds=1) <= ttl <= MAX_TOKEN_TTL:
+            raise InvalidArgument(
+                "ttl_seconds", f"must be 1 .. {int(MAX_TOKEN_TTL.total_seconds())} (7 days)"
+            )
+        token_id = secrets.token_hex(8)
+        token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+        row = EnrollToken(
+            id=token_id,
+            secret_sha256=token_digest(token),
+            node_group=group,
+            mode=mode,
+            site=site,
+            created_by=caller.actor,
+            expires_at=datetime.now(UTC) + ttl,
+        )
+        async with self.sessions() as session, session.begin():
+            session.add(row)
+        return row, token
+
+    async def list_tokens(self) -> Sequence[EnrollToken]:
+        async with self.sessions() as session:
+            return await repo.tokens(session)
+
+    async def enroll(
+        self, *, token: str, csr_pem: str, node_id: str, peer: str, software_version: str = ""
+    ) -> Issued:
+        """A certificate for ``node_id`` and the CSR's key, consuming ``token``."""
+        check_node_id("node_id", node_id)
+        public_key = parse_csr(csr_pem)
+        token_id = token_id_of(token)
+        actor = f"node:{printable(node_id, 150)}"
+        target = f"node_id={printable(node_id, 150)}"
+        if token_id is None:
+            await self._refused(peer, actor, target, f"malformed enrollment token from {peer}")
+            raise Unauthenticated(TOKEN_REJECTED)
+        digest = token_digest(token)
+        async with self.sessions() as session, session.begin():
+            await repo.lock_node(session, node_id)
+            row = await repo.consume(session, token_id, digest, node_id)
+            if row is not None:
+                spec = NodeCertificateSpec(node_id, row.node_group, row.mode, row.site)
+                issued = self.ca.issue_node(spec, public_key, self.cert_ttl)
+                session.add(_record(issued, spec, token_id=token_id))
+        if row is None:
+            why = await self._why_refused(token_id, digest)
+            await self._refused(peer, actor, target, f"enrollment token {token_id}: {why} (from {peer})")
+            raise Unauthenticated(TOKEN_REJECTED)
+        await self.audit(
+            actor=actor, method="Enroll", target=target, result="OK",
+            detail=f"token {token_id}, group {spec.group}, certificate {issued.serial} until "
+            f"{issued.not_after.isoformat()}, software {printable(software_version, 100) or '?'}",
+        )  # fmt: skip
+        log.info(
+            "node %s enrolled in group %s (certificate %s)", printable(node_id), spec.group, issued.serial
+        )
+        return issued
+
+    async def _why_refused(self, token_id: str, digest: bytes) -> str:
+        async with self.sessions() as session:
+            row = await repo.token(session, token_id)
+        if row is None or not hmac.compare_digest(bytes(row.secret_sha256), digest):
+            return "unknown"
+        if row.used_at is not None:
+            return f"already used by {printable(row.used_by or '', 100)}"
+        return "expired"
+
+    async def certificate(self, serial: str) -> NodeCertificate | None:
+        async with self.sessions() as session:
+            return await repo.certificate(session, serial)
+
+    async def renew(self, identity: NodeIdentity, csr_pem: str) -> Issued:
+        """A new certificate with the same bindings for a node whose current one is valid."""
+        public_key = parse_csr(csr_pem)
+        spec = NodeCertificateSpec(identity.node_id, identity.group, identity.mode, identity.site)
+        async with self.sessions() as session, session.begin():
+            await repo.lock_node(session, identity.node_id)
+            current = await repo.certificate(session, identity.serial)
+            # Checked again under the node's lock: a revocation committed since the
+            # handshake must win, and one running now waits for this certificate.
+            if current is None or current.revoked_at is not None:
+                raise PermissionDenied(f"certificate {identity.serial} is revoked")
+            issued = self.ca.issue_node(spec, public_key, self.cert_ttl)
+            session.add(_record(issued, spec))
+        await self.audit(
+            actor=f"node:{printable(identity.node_id, 150)}", method="Renew",
+            target=f"node_id={printable(identity.node_id, 150)}", result="OK",
+            detail=f"certificate {identity.serial} renewed as {issued.serial} until {issued.not_after.isoformat()}",
+        )  # fmt: skip
+        return issued
+
+    async def revoke(self, node_id: str) -> int:
+        """Revoke every certificate of ``node_id`` and tell every replica to close its streams."""
+        async with self.sessions() as session, session.begin():
+            await repo.lock_node(session, node_id)
+            if not await repo.has_certificates(session, node_id):
+                raise NotFound("enrolled node", node_id, field="node_id")
+            count = await repo.revoke(session, node_id, datetime.now(UTC))
+            await repo.announce_revocation(session, node_id)
+        log.warning("node %s revoked (%d certificates)", printable(node_id), count)
+        return count
+
+    async def certificates_by_node(self) -> dict[str, tuple[datetime, bool]]:
+        async with self.sessions() as session:
+            return await repo.newest_certificates(session)
+
+
+def _record(issued: Issued, spec: NodeCertificateSpec, *, token_id: str = "") -> NodeCertificate:
+    return NodeCertificate(
+        serial=issued.serial,
+        node_id=spec.node_id,
+        node_group=spec.group,
+        mode=spec.mode,
+        site=spec.site,
+        not_before=issued.not_before,
+        not_after=issued.not_after,
+        sha256=issued.sha256,
+        token_id=token_id,
+    )

@@ -1,0 +1,262 @@
+"""The node's own identity: its key, its certificate from the node CA, enrollment and renewal.
+
+Kept in ``<data_dir>/identity/`` (0700): ``node.key`` (ECDSA P-256, 0600, generated once
+and never sent anywhere), ``node.crt`` (issued by the control plane's node CA) and
+``ca.pem`` (that CA, pinned for the control plane's node port). At start a valid
+certificate is used as is; otherwise the node enrolls with a one-time token over the
+control plane's admin port. While running, ``CertificateRenewer`` renews over the mTLS
+node port once two thirds of the certificate's lifetime have passed, writes the new
+certificate atomically, and has the sync client reconnect with it.
+
+The token is a credential: it is never logged, never put in an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+import signalbox
+from dataplane.snapshot.files import atomic_write, private_dir
+from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc
+from signalbox.tls import ClientTls, aio_channel
+
+log = logging.getLogger("signalbox.dataplane.identity")
+
+IDENTITY_DIR = "identity"
+URN_PREFIX = "urn:signalbox:"
+RPC_TIMEOUT = 15.0
+RENEW_AT = 2 / 3
+"""Fraction of a certificate's lifetime after which the node renews it."""
+
+
+def urn(kind: str, value: str) -> str:
+    """``urn:signalbox:<kind>:<value>`` as node certificates carry it (value percent-encoded)."""
+    return f"{URN_PREFIX}{kind}:{quote(value, safe='')}"
+
+
+class NodeIdentityError(ValueError):
+    """The node has no usable identity and cannot get one; the message says what to do."""
+
+
+def _enroll_problem(exc: grpc.aio.AioRpcError, address: str) -> str:
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return "the control plane rejected the enrollment token (unknown, used or expired): create a new one"
+    return f"enrollment at {address} failed: {exc.code().name}: {(exc.details() or '')[:300]}"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityFiles:
+    directory: Path
+
+    @classmethod
+    def under(cls, data_dir: Path) -> IdentityFiles:
+        return cls(data_dir / IDENTITY_DIR)
+
+    @property
+    def key(self) -> Path:
+        return self.directory / "node.key"
+
+    @property
+    def cert(self) -> Path:
+        return self.directory / "node.crt"
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.pem"
+
+    def client_tls(self) -> ClientTls:
+        """Mutual TLS to the node port: pin the node CA, present the node certificate."""
+        return ClientTls(ca=self.ca, cert=self.cert, key=self.key)
+
+    def private_key(self) -> ec.EllipticCurvePrivateKey:
+        """The node's key, generated (0600, never overwritten) on first use."""
+        private_dir(self.directory)
+        try:
+            fd = os.open(self.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return self._load_key()
+        key = ec.generate_private_key(ec.SECP256R1())
+        with os.fdopen(fd, "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+        return key
+
+    def _load_key(self) -> ec.EllipticCurvePrivateKey:
+        self.key.chmod(0o600)
+        try:
+            loaded = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
+        except ValueError as exc:
+            raise NodeIdentityError(
+                f"{self.key}: not a PEM private key; move it away to generate a new one"
+            ) from exc
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise NodeIdentityError(f"{self.key}: not an ECDSA key; move it away to generate a new one")
+        return loaded
+
+    def csr_pem(self, node_id: str) -> str:
+        key = self.private_key()
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, node_id[:64])]))
+            .sign(key, hashes.SHA256())
+        )
+        return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+    def certificate(self) -> x509.Certificate | None:
+        try:
+            return x509.load_pem_x509_certificate(self.cert.read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def problem(self, node_id: str, now: datetime | None = None) -> str:
+        """Why the stored certificate cannot be used ("" when it can)."""
+        cert = self.certificate()
+        if cert is None:
+            return f"no node certificate in {self.directory}"
+        try:
+            ca = x509.load_pem_x509_certificate(self.ca.read_bytes())
+            cert.verify_directly_issued_by(ca)
+        except (OSError, ValueError, TypeError, InvalidSignature):
+            return f"{self.cert} was not issued by the CA in {self.ca}"
+        now = now or datetime.now(UTC)
+        if cert.not_valid_after_utc <= now:
+            return f"the node certificate expired at {cert.not_valid_after_utc.isoformat()}"
+        try:
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            uris = []
+        if urn("node", node_id) not in uris:
+            return f"the node certificate is for another node id (this node is {node_id!r})"
+        if not self.key.exists():
+            return f"the node key {self.key} is missing"
+        if cert.public_key() != self.private_key().public_key():
+            return f"the node certificate does not match {self.key}"
+        return ""
+
+    def group(self) -> str | None:
+        """The node group the stored certificate binds (None: no readable certificate)."""
+        cert = self.certificate()
+        if cert is None:
+            return None
+        try:
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return None
+        prefix = urn("group", "")
+        for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+            if uri.startswith(prefix):
+                return unquote(uri.removeprefix(prefix))
+        return None
+
+    def store(self, response: identity_pb2.NodeCertificate) -> x509.Certificate:
+        """Write what the control plane issued: the CA first, then the certificate (atomic, 0600)."""
+        try:
+            cert = x509.load_pem_x509_certificate(response.certificate_pem.encode())
+            x509.load_pem_x509_certificate(response.ca_pem.encode())
+        except ValueError as exc:
+            raise NodeIdentityError("the control plane returned an unreadable certificate") from exc
+        if cert.public_key() != self.private_key().public_key():
+            raise NodeIdentityError("the control plane returned a certificate for another key")
+        private_dir(self.directory)
+        atomic_write(self.ca, response.ca_pem.encode())
+        atomic_write(self.cert, response.certificate_pem.encode())
+        return cert
+
+
+async def enroll(
+    files: IdentityFiles, *, address: str, tls: ClientTls, token: str, node_id: str
+) -> x509.Certificate:
+    """Exchange ``token`` and a CSR of the node's key for a certificate, and store it."""
+    request = identity_pb2.EnrollRequest(
+        token=token, csr_pem=files.csr_pem(node_id), node_id=node_id, software_version=signalbox.__version__
+    )
+    async with aio_channel(address, tls) as channel:
+        try:
+            response = await identity_pb2_grpc.NodeEnrollmentServiceStub(channel).Enroll(
+                request, timeout=RPC_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise NodeIdentityError(_enroll_problem(exc, address)) from None
+    cert = files.store(response)
+    log.info("enrolled as %s; certificate valid until %s", node_id, cert.not_valid_after_utc.isoformat())
+    return cert
+
+
+def renew_at(cert: x509.Certificate) -> datetime:
+    """When two thirds of ``cert``'s lifetime have passed."""
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return start + (end - start) * RENEW_AT
+
+
+class CertificateRenewer:
+    """Renews the node certificate over the node port before it runs out; runs until cancelled."""
+
+    def __init__(
+        self,
+        files: IdentityFiles,
+        *,
+        target: str,
+        node_id: str,
+        on_renewed: Callable[[], None],
+        retry_cap: float = 30.0,
+    ) -> None:
+        self._files = files
+        self._target = target
+        self._node_id = node_id
+        self._on_renewed = on_renewed
+        self._retry_cap = retry_cap
+        self.renewals = 0
+        self.last_error = ""
+
+    async def run(self) -> None:
+        while True:
+            cert = self._files.certificate()
+            if cert is None:
+                return
+            wait = (renew_at(cert) - datetime.now(UTC)).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                await self.renew_once()
+            except (grpc.aio.AioRpcError, NodeIdentityError) as exc:
+                self.last_error = (
+                    f"{exc.code().name}: {exc.details()}"
+                    if isinstance(exc, grpc.aio.AioRpcError)
+                    else str(exc)
+                )
+                left = (cert.not_valid_after_utc - datetime.now(UTC)).total_seconds()
+                log.warning("could not renew the node certificate (%s); %.0fs left", self.last_error, left)
+                lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
+                await asyncio.sleep(max(0.2, min(self._retry_cap, lifetime / 20)))
+
+    async def renew_once(self) -> x509.Certificate:
+        request = identity_pb2.RenewRequest(csr_pem=self._files.csr_pem(self._node_id))
+        async with aio_channel(self._target, self._files.client_tls()) as channel:
+            response = await identity_pb2_grpc.NodeIdentityServiceStub(channel).Renew(
+                request, timeout=RPC_TIMEOUT
+            )
+        cert = self._files.store(response)
+        self.renewals += 1
+        self.last_error = ""
+        log.info("node certificate renewed; valid until %s", cert.not_valid_after_utc.isoformat())
+        self._on_renewed()
+        return cert
