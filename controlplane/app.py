@@ -38,6 +38,7 @@ from controlplane.db.session import create_engine, normalize_url, session_factor
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.services.admin import AdminService
 from controlplane.services.base import UnitOfWork
+from controlplane.services.groups import NodeGroupService
 from controlplane.services.keys import ApiKeyService
 from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
@@ -81,7 +82,9 @@ class ControlPlaneSettings:
     """Newest snapshot versions kept; older ones are pruned unless a node runs them or
     they were exported (at least 1)."""
     scope: snapshot_pb2.Scope = field(default_factory=snapshot_pb2.Scope)
-    """Scope written into every snapshot (the nodes it is for)."""
+    """Deployment and site of the ``default`` node group, written into it at start when set
+    (``--scope-*``; ``signalbox admin group update default`` is the lasting way). A node
+    group cannot be given here: groups are managed through the admin API."""
     debounce: float = 0.05
     """Seconds to gather a burst of changes into one push."""
     drain_grace: float = 5.0
@@ -154,6 +157,11 @@ class ControlPlane:
 
     async def start(self) -> None:
         s = self.settings
+        if s.scope.node_group:
+            raise ValueError(
+                "scope.node_group: a control plane serves every node group; create groups with "
+                "`signalbox admin group create` (nodes name theirs with --node-group)"
+            )
         # Refuse a plaintext public listen (or unreadable certificates) before anything starts.
         s.tls.credentials(s.listen)
         s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -171,11 +179,14 @@ class ControlPlane:
         self._write_trust_key(self.signer)
 
         self.keyring = Keyring(kek)
-        publisher = SnapshotPublisher(self.keyring, s.snapshot_ttl, s.scope, s.snapshot_retention)
+        publisher = SnapshotPublisher(self.keyring, s.snapshot_ttl, s.snapshot_retention)
         uow = UnitOfWork(sessions, publisher)
         snapshots = SnapshotService(uow)
+        groups = NodeGroupService(uow)
         # Dry runs reuse what the publisher compiled for each version it committed.
         uow.after_commit.append(snapshots.remember)
+        if s.scope.deployment or s.scope.site:
+            await groups.seed_default(deployment=s.scope.deployment, site=s.scope.site)
         await snapshots.reissue_if_aging()
 
         # LISTEN needs a plain libpq URL.
@@ -202,6 +213,7 @@ class ControlPlane:
             snapshots=snapshots,
             rollback=RollbackService(uow),
             signing_keys=SigningKeyService(uow),
+            groups=groups,
         )
         self._interceptor = AdminInterceptor(
             self.admin,

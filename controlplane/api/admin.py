@@ -15,6 +15,8 @@ import grpc
 from controlplane.api import convert
 from controlplane.api.interceptor import current_caller
 from controlplane.errors import InvalidArgument
+from controlplane.limits import DEFAULT_GROUP
+from controlplane.services.groups import NodeGroupService
 from controlplane.services.keys import ApiKeyService
 from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
@@ -52,12 +54,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         snapshots: SnapshotService,
         rollback: RollbackService,
         signing_keys: SigningKeyService,
+        groups: NodeGroupService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
         self._providers = providers
         self._models = models
         self._policies = policies
+        self._groups = groups
         self._nodes = nodes
         self._snapshots = snapshots
         self._rollback = rollback
@@ -244,12 +248,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             declared = {MODE_FROM_PROTO.get(n.mode) for n in await self._nodes.list()}
             only = declared.pop() if len(declared) == 1 else None
             mode = only if only is not None else DeploymentMode.CLOUD
-        scope = self._snapshots.uow.publisher.scope
+        group = (await self._groups.get(request.node_group or DEFAULT_GROUP)).row
         return NodeContext(
             mode=mode,
-            site=request.site or scope.site,
-            deployment=request.deployment or scope.deployment,
-            node_group=request.node_group or scope.node_group,
+            site=request.site or group.site,
+            deployment=request.deployment or group.deployment,
+            node_group=group.name,
         )
 
     # ---- nodes and snapshots ----
@@ -257,29 +261,34 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListNodes(
         self, request: admin_pb2.ListNodesRequest, context: Context
     ) -> admin_pb2.ListNodesResponse:
-        rows, latest = await self._nodes.fleet()
+        rows, newest = await self._nodes.fleet(request.group)
         now = datetime.now(UTC)
         nodes = []
         for row in rows:
             node = convert.node(row)
             scope = row.scope or {}
             node.deployment = str(scope.get("deployment", ""))
-            node.node_group = str(scope.get("node_group", ""))
+            # The group the control plane serves it, not only what the node claimed.
+            node.node_group = row.node_group
             node.site = str(scope.get("site", ""))
             node.last_ack_version = row.last_ack_version
-            node.lag = max(0, latest - row.applied_version)
+            node.lag = max(0, newest.get(row.node_group, 0) - row.applied_version)
             node.stale = self._nodes.is_stale(row, now)
             nodes.append(node)
         return admin_pb2.ListNodesResponse(
-            nodes=nodes, latest_version=latest, stale_after_seconds=self._nodes.stale_after
+            nodes=nodes,
+            latest_version=newest.get(request.group or DEFAULT_GROUP, 0),
+            stale_after_seconds=self._nodes.stale_after,
+            latest_versions=newest,
         )
 
     async def GetSnapshot(
         self, request: admin_pb2.GetSnapshotRequest, context: Context
     ) -> admin_pb2.SnapshotInfo:
+        group = request.group or DEFAULT_GROUP
         if not request.include_content:
-            return convert.snapshot_info(await self._snapshots.get(request.version))
-        row, snapshot, prefixes = await self._snapshots.content(request.version)
+            return convert.snapshot_info(await self._snapshots.get(request.version, group))
+        row, snapshot, prefixes = await self._snapshots.content(request.version, group)
         info = convert.snapshot_info(row)
         info.content.CopyFrom(convert.snapshot_content(snapshot, prefixes))
         return info
@@ -287,7 +296,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ExportSnapshot(
         self, request: admin_pb2.ExportSnapshotRequest, context: Context
     ) -> snapshot_pb2.SignedEnvelope:
-        row = await self._snapshots.export()
+        row = await self._snapshots.export(request.group or DEFAULT_GROUP)
         envelope = snapshot_pb2.SignedEnvelope()
         envelope.ParseFromString(bytes(row.envelope))
         return envelope
@@ -295,7 +304,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListSnapshots(
         self, request: admin_pb2.ListSnapshotsRequest, context: Context
     ) -> admin_pb2.ListSnapshotsResponse:
-        rows, next_before = await self._snapshots.page(request.limit, request.before)
+        rows, next_before = await self._snapshots.page(
+            request.limit, request.before, request.group or DEFAULT_GROUP
+        )
         return admin_pb2.ListSnapshotsResponse(
             snapshots=[convert.snapshot_info(r) for r in rows], next_before=next_before
         )
@@ -303,14 +314,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def DiffSnapshots(
         self, request: admin_pb2.DiffSnapshotsRequest, context: Context
     ) -> admin_pb2.DiffSnapshotsResponse:
-        return convert.snapshot_diff(await self._snapshots.diff(request.from_version, request.to_version))
+        return convert.snapshot_diff(
+            await self._snapshots.diff(
+                request.from_version, request.to_version, request.group or DEFAULT_GROUP
+            )
+        )
 
     async def RollbackSnapshot(
         self, request: admin_pb2.RollbackSnapshotRequest, context: Context
     ) -> admin_pb2.RollbackSnapshotResponse:
         if not request.version:
             raise InvalidArgument("version", "must be a stored version (not 0)")
-        result = await self._rollback.rollback(current_caller(), request.version)
+        result = await self._rollback.rollback(
+            current_caller(), request.version, request.group or DEFAULT_GROUP
+        )
         return admin_pb2.RollbackSnapshotResponse(
             snapshot_version=result.version,
             restored_from=result.restored_from,
@@ -338,6 +355,42 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.RevokeSigningKeyResponse:
         row, version = await self._signing_keys.revoke(current_caller(), request.key_id)
         return admin_pb2.RevokeSigningKeyResponse(key=convert.signing_key(row), snapshot_version=version)
+
+    # ---- node groups ----
+
+    async def CreateNodeGroup(
+        self, request: admin_pb2.CreateNodeGroupRequest, context: Context
+    ) -> admin_pb2.NodeGroup:
+        info, _ = await self._groups.create(current_caller(), convert.group_spec(request.group))
+        return convert.node_group(info)
+
+    async def GetNodeGroup(
+        self, request: admin_pb2.GetNodeGroupRequest, context: Context
+    ) -> admin_pb2.NodeGroup:
+        _require("name", request.name)
+        return convert.node_group(await self._groups.get(request.name))
+
+    async def ListNodeGroups(
+        self, request: admin_pb2.ListNodeGroupsRequest, context: Context
+    ) -> admin_pb2.ListNodeGroupsResponse:
+        return admin_pb2.ListNodeGroupsResponse(
+            groups=[convert.node_group(g) for g in await self._groups.list()]
+        )
+
+    async def UpdateNodeGroup(
+        self, request: admin_pb2.UpdateNodeGroupRequest, context: Context
+    ) -> admin_pb2.NodeGroup:
+        _require("name", request.name)
+        info, _ = await self._groups.update(current_caller(), request.name, convert.group_change(request))
+        return convert.node_group(info)
+
+    async def DeleteNodeGroup(
+        self, request: admin_pb2.DeleteNodeGroupRequest, context: Context
+    ) -> admin_pb2.DeleteResponse:
+        _require("name", request.name)
+        return admin_pb2.DeleteResponse(
+            snapshot_version=await self._groups.delete(current_caller(), request.name)
+        )
 
 
 def _require(field: str, value: str) -> None:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 ADMIN_SERVICE = "/signalbox.api.admin.v1.AdminService/"
 # Request fields that name what a call is about, in order of preference.
-_TARGET_FIELDS = ("tenant", "id", "name", "provider", "model", "version", "key_id")
+_TARGET_FIELDS = ("tenant", "id", "name", "provider", "model", "version", "key_id", "group")
 
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("signalbox_admin_caller")
 

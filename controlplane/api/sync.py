@@ -1,8 +1,9 @@
 """ConfigSyncService: push signed snapshots to nodes; record their ACKs and NACKs.
 
-Per stream: the node says Hello; we record it and send the newest envelope if it
-is newer than what the node serves; then we send each newer version the broker
-announces. A version (with that payload hash) a node NACKed is never sent to it
+Per stream: the node says Hello; we resolve its node group (an unknown group is
+refused before anything is recorded or sent), record it and send its group's newest
+envelope if it is newer than what the node serves; then we send each newer version
+of that group the broker announces. A version (with that payload hash) a node NACKed is never sent to it
 again, on this stream or after a reconnect; later versions still are.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from controlplane.limits import DEFAULT_GROUP
 from controlplane.services.nodes import NodeHello, NodeService
 from controlplane.snapshots.broker import CLOSED, SnapshotBroker, Subscription
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
@@ -29,10 +31,18 @@ MAX_REASON_LOG_CHARS = 500
 log = logging.getLogger(__name__)
 
 
+def _group_of(hello: sync_pb2.Hello, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The node group whose snapshots this stream gets: what the Hello's scope names
+    (empty: ``default``). The one place a stream's group is decided; with node
+    certificates it comes from the certificate instead."""
+    return hello.scope.node_group or DEFAULT_GROUP
+
+
 @dataclass(slots=True)
 class _StreamState:
     node_id: str
     applied: int
+    group: str = DEFAULT_GROUP
     last_sent: int = 0
     refused: set[tuple[int, bytes]] = field(default_factory=set)
 
@@ -90,9 +100,17 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 f"hello.node_id: must be 1..{MAX_NODE_ID_CHARS} characters without control characters "
                 f'(got "{printable(node_id, 80)}")',
             )
+        group = _group_of(hello, context)
+        if not await self._nodes.group_exists(group):
+            # Before the node is recorded and before any snapshot byte is sent.
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"hello.scope.node_group: node group {printable(group, 80)!r} not found",
+            )
         row = await self._nodes.hello(
             NodeHello(
                 node_id=node_id,
+                node_group=group,
                 software_version=hello.software_version,
                 mode=int(hello.mode),
                 scope=MessageToDict(hello.scope, preserving_proto_field_name=True),
@@ -100,16 +118,18 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 applied_hash=hello.applied_hash,
             )
         )
-        state = _StreamState(node_id, applied=row.applied_version, refused=await self._nodes.refused(node_id))
+        state = _StreamState(
+            node_id, applied=row.applied_version, group=group, refused=await self._nodes.refused(node_id)
+        )
         # A change committed within the debounce window must not be missed by a node
         # connecting right now: look at the database, not only the broker's cache.
         await self._broker.refresh()
         if hello.HasField("delivery_failure") and hello.delivery_failure.reason:
             await self._delivery_failed(state, hello.delivery_failure)
-        sub = self._broker.subscribe(node_id)
+        sub = self._broker.subscribe(node_id, group)
         self.streams[node_id] = self.streams.get(node_id, 0) + 1
         reader = asyncio.create_task(self._read(request_iterator, state, sub), name=f"sync-read-{node_id}")
-        log.info("node %s connected (applied v%d)", printable(node_id), state.applied)
+        log.info("node %s of group %s connected (applied v%d)", printable(node_id), group, state.applied)
         try:
             sub.queue.put_nowait(None)  # look at the newest snapshot right away
             while True:
@@ -143,7 +163,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         We only ever send the newest snapshot, so that is what the node refused. Recording
         it also keeps us from sending it again and again on every reconnect.
         """
-        latest = self._broker.latest
+        latest = self._broker.latest_for(state.group)
         reason = printable(failure.reason, MAX_REASON_LOG_CHARS)
         if (latest is not None) and (latest.version, latest.sha256) in state.refused:
             return  # already recorded (the node repeats it until a stream carries a message)
@@ -161,7 +181,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         await self._nodes.nack(state.node_id, latest.version, latest.sha256, reason)
 
     def _due(self, state: _StreamState) -> snapshot_pb2.SignedEnvelope | None:
-        latest = self._broker.latest
+        latest = self._broker.latest_for(state.group)
         if latest is None or latest.version <= max(state.applied, state.last_sent):
             return None
         if (latest.version, latest.sha256) in state.refused:

@@ -34,6 +34,8 @@ READ_ONLY_METHODS = frozenset(
         "ListSnapshots",
         "DiffSnapshots",
         "ListSigningKeys",
+        "GetNodeGroup",
+        "ListNodeGroups",
     }
 )
 

@@ -130,7 +130,7 @@ def test_snapshots_stored_twice_become_their_envelope_and_stay_readable(empty_da
             conn.execute(insert, {"v": 1, "p": payload, "e": envelope, "h": hashlib.sha256(payload).digest()})
         upgrade_head(empty_database_url)
         with Session(engine) as session:
-            row = session.get(Snapshot, 1)
+            row = session.get(Snapshot, ("default", 1))  # 0007: existing versions are the default group's
             assert row is not None
             assert row.payload == payload
             assert row.exported_at is None

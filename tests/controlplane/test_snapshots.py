@@ -22,7 +22,7 @@ from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.services.base import UnitOfWork
 from controlplane.services.snapshots import SnapshotService
 from controlplane.snapshots import compiler
-from controlplane.snapshots.publish import PublishedSnapshot, SnapshotPublisher
+from controlplane.snapshots.publish import Publication, SnapshotPublisher
 from dataplane.config.model import RuntimeConfig
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
@@ -74,7 +74,7 @@ class Replica:
     compiled-config cache, and (unlike the app's) no after-commit seeding of it."""
 
     service: SnapshotService
-    published: list[PublishedSnapshot]
+    published: list[Publication]
 
     async def stored(self, version: int) -> Snapshot:
         async with self.service.uow.read() as session:
@@ -87,8 +87,8 @@ class Replica:
 async def _replica(database_url: str, keyring: Keyring, ttl: timedelta) -> AsyncIterator[Replica]:
     engine = create_engine(database_url)
     try:
-        publisher = SnapshotPublisher(keyring, ttl, snapshot_pb2.Scope())
-        published: list[PublishedSnapshot] = []
+        publisher = SnapshotPublisher(keyring, ttl)
+        published: list[Publication] = []
         uow = UnitOfWork(session_factory(engine), publisher, after_commit=[published.append])
         yield Replica(SnapshotService(uow), published)
     finally:
@@ -249,7 +249,7 @@ async def test_an_aging_snapshot_is_reissued_through_the_unit_of_work(
         version = await aging.service.reissue_if_aging()
         assert version == before + 1
         assert [p.version for p in aging.published] == [version]
-        assert aging.published[0].config.version == version
+        assert aging.published[0].published["default"].config.version == version
         row = await aging.stored(version)
         assert (row.reason, row.created_by) == ("re-issued before expiry", "admin:system")
     assert await admin.latest_version() == version

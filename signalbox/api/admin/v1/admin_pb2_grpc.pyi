@@ -82,6 +82,17 @@ class AdminServiceStub:
     """
     ListSigningKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSigningKeysRequest, _admin_pb2.ListSigningKeysResponse]
     RevokeSigningKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeSigningKeyRequest, _admin_pb2.RevokeSigningKeyResponse]
+    CreateNodeGroup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateNodeGroupRequest, _admin_pb2.NodeGroup]
+    """---- node groups (begin) ----
+    Node groups: where nodes run and what they may see; one signed snapshot chain
+    each. Writes are admin-only and publish a new version for every group whose
+    content changed. Delete is refused while nodes of the group are connected.
+    """
+    GetNodeGroup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetNodeGroupRequest, _admin_pb2.NodeGroup]
+    ListNodeGroups: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNodeGroupsRequest, _admin_pb2.ListNodeGroupsResponse]
+    UpdateNodeGroup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateNodeGroupRequest, _admin_pb2.NodeGroup]
+    DeleteNodeGroup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteNodeGroupRequest, _admin_pb2.DeleteResponse]
+    """---- node groups (end) ----"""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -134,6 +145,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListSigningKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSigningKeysRequest, _admin_pb2.ListSigningKeysResponse]  # type: ignore[assignment]
     RevokeSigningKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeSigningKeyRequest, _admin_pb2.RevokeSigningKeyResponse]  # type: ignore[assignment]
+    CreateNodeGroup: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateNodeGroupRequest, _admin_pb2.NodeGroup]  # type: ignore[assignment]
+    """---- node groups (begin) ----
+    Node groups: where nodes run and what they may see; one signed snapshot chain
+    each. Writes are admin-only and publish a new version for every group whose
+    content changed. Delete is refused while nodes of the group are connected.
+    """
+    GetNodeGroup: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetNodeGroupRequest, _admin_pb2.NodeGroup]  # type: ignore[assignment]
+    ListNodeGroups: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNodeGroupsRequest, _admin_pb2.ListNodeGroupsResponse]  # type: ignore[assignment]
+    UpdateNodeGroup: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateNodeGroupRequest, _admin_pb2.NodeGroup]  # type: ignore[assignment]
+    DeleteNodeGroup: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteNodeGroupRequest, _admin_pb2.DeleteResponse]  # type: ignore[assignment]
+    """---- node groups (end) ----"""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -363,5 +385,46 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.RevokeSigningKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeSigningKeyResponse, _abc.Awaitable[_admin_pb2.RevokeSigningKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateNodeGroup(
+        self,
+        request: _admin_pb2.CreateNodeGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NodeGroup, _abc.Awaitable[_admin_pb2.NodeGroup]]:
+        """---- node groups (begin) ----
+        Node groups: where nodes run and what they may see; one signed snapshot chain
+        each. Writes are admin-only and publish a new version for every group whose
+        content changed. Delete is refused while nodes of the group are connected.
+        """
+
+    @_abc_1.abstractmethod
+    def GetNodeGroup(
+        self,
+        request: _admin_pb2.GetNodeGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NodeGroup, _abc.Awaitable[_admin_pb2.NodeGroup]]: ...
+
+    @_abc_1.abstractmethod
+    def ListNodeGroups(
+        self,
+        request: _admin_pb2.ListNodeGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListNodeGroupsResponse, _abc.Awaitable[_admin_pb2.ListNodeGroupsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateNodeGroup(
+        self,
+        request: _admin_pb2.UpdateNodeGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NodeGroup, _abc.Awaitable[_admin_pb2.NodeGroup]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteNodeGroup(
+        self,
+        request: _admin_pb2.DeleteNodeGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteResponse, _abc.Awaitable[_admin_pb2.DeleteResponse]]:
+        """---- node groups (end) ----"""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
