@@ -252,6 +252,9 @@ class RollbackService:
         """
         label = f"v{version}" if group == DEFAULT_GROUP else f"{group} v{version}"
         async with self.uow.change(caller, f"rollback to {label}") as change:
+            # A rollback always leaves a version of its own in the group's history, even
+            # when the config already says the same again.
+            change.force = frozenset({group})
             session = change.session
             group_row = await group_repo.get(session, group)
             if group_row is None:
