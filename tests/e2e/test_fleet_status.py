@@ -60,6 +60,10 @@ async def _tenants(admin: Admin, prefix: str, count: int) -> None:
         )
 
 
+async def _gpu_version(admin: Admin) -> int:
+    return int((await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="gpu"))).version)
+
+
 async def test_node_list_shows_what_the_node_runs_and_its_lag(database_url: str, private_tmp: Path) -> None:
     async with AsyncExitStack() as stack:
         running = await stack.enter_async_context(
@@ -67,8 +71,12 @@ async def test_node_list_shows_what_the_node_runs_and_its_lag(database_url: str,
         )
         admin = await stack.enter_async_context(_admin(running))
         await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
-        latest = await admin.latest_version()
-        size = (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())).size_bytes
+        # The node runs in group gpu (site fra-1): node list shows its group's versions.
+        await admin.CreateNodeGroup(
+            admin_pb2.CreateNodeGroupRequest(group=admin_pb2.NodeGroup(name="gpu", site="fra-1"))
+        )
+        latest = await _gpu_version(admin)
+        size = (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="gpu"))).size_bytes
         # Room for this snapshot, not for one with a few hundred more tenants.
         limit = size + 4096
         node = _node(
@@ -90,7 +98,10 @@ async def test_node_list_shows_what_the_node_runs_and_its_lag(database_url: str,
         assert listed.software_version
         assert listed.mode == common_pb2.DEPLOYMENT_MODE_CLOUD
         assert (listed.deployment, listed.node_group, listed.site) == ("", "gpu", "fra-1")
-        assert listed.applied_hash == (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())).payload_sha256
+        assert (
+            listed.applied_hash
+            == (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="gpu"))).payload_sha256
+        )
         assert listed.last_ack_version == latest
         assert listed.last_ack_at.seconds
         assert listed.lag == 0
@@ -100,8 +111,8 @@ async def test_node_list_shows_what_the_node_runs_and_its_lag(database_url: str,
 
         # Grow the config past the node's receive limit: the node cannot take it.
         await _tenants(admin, "big", 200)
-        big = await admin.latest_version()
-        assert (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())).size_bytes > limit
+        big = await _gpu_version(admin)
+        assert (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="gpu"))).size_bytes > limit
 
         async def refused() -> admin_pb2.Node:
             listed = await _listed(admin, "edge-1")
@@ -234,7 +245,7 @@ async def test_node_list_watch_redraws(control_plane: RunningControlPlane, priva
     assert len(frames) == 2, text
     for frame in frames:
         header = frame.splitlines()[1].split()
-        assert header[:4] == ["NODE", "VERSION", "MODE", "SCOPE"]
+        assert header[:5] == ["NODE", "GROUP", "VERSION", "MODE", "SCOPE"]
         assert "STATUS" in header
         assert "CERT_EXPIRY" in header
         assert "watched-1" in frame

@@ -311,7 +311,8 @@ async def snapshot_diff(stub: Stub, ns: argparse.Namespace) -> Output:
 
 async def snapshot_rollback(stub: Stub, ns: argparse.Namespace) -> Output:
     r = await stub.RollbackSnapshot(admin_pb2.RollbackSnapshotRequest(version=ns.version, group=ns.group))
-    text = f"rolled back group {ns.group} to v{r.restored_from}: published v{r.snapshot_version}\n"
+    which = "" if ns.group == "default" else f"group {ns.group} "
+    text = f"rolled back {which}to v{r.restored_from}: published v{r.snapshot_version}\n"
     if r.keys_not_restored:
         text += "API keys deleted since stay deleted: " + ", ".join(r.keys_not_restored) + "\n"
     return Output(r, text=text)

@@ -221,9 +221,7 @@ async def test_updates_and_deletes_that_cannot_be_are_refused(
     assert (shown.site, shown.tenants.all, shown.snapshot_version) == ("site-a", True, 1)
 
     # A group its nodes still run cannot go; once they are gone it can.
-    node = SyncNode(
-        control_plane, "vault-1", scope=snapshot_pb2.Scope(node_group="vault", site="site-a")
-    )
+    node = SyncNode(control_plane, "vault-1", scope=snapshot_pb2.Scope(node_group="vault", site="site-a"))
     await node.connect()
     try:
         envelope = await node.next_envelope()

@@ -1438,7 +1438,7 @@ class ObjectChange(_message.Message):
     FIELDS_FIELD_NUMBER: _builtins.int
     DOCUMENT_DIFF_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """"tenant", "key", "provider", "model", "policy"."""
+    """"scope" (deployment, node group, site), "tenant", "key", "provider", "model", "policy"."""
     id: _builtins.str
     name: _builtins.str
     """Name, alias, or for a policy the tenant's name ("(default)" for the platform default)."""
