@@ -14,7 +14,8 @@ import grpc
 
 from controlplane.api import convert
 from controlplane.api.interceptor import current_caller
-from controlplane.errors import InvalidArgument
+from controlplane.db.models import NodeGroup
+from controlplane.errors import InvalidArgument, NotFound
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.keys import ApiKeyService
@@ -222,8 +223,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ExplainRouteRequest, context: Context
     ) -> admin_pb2.ExplainRouteResponse:
         _require("tenant", request.tenant)
-        config, tenant = await self._snapshots.runtime_for(request.tenant)
-        node = await self._node_context(request)
+        group_name = request.node_group or DEFAULT_GROUP
+        try:
+            group = (await self._groups.get(group_name)).row
+        except NotFound:
+            raise NotFound("node group", group_name, field="node_group") from None
+        # Decided as a node of that group would: on the group's snapshot, in its site.
+        config, tenant = await self._snapshots.runtime_for(request.tenant, group.name)
+        node = await self._node_context(request, group)
         req = request.request
         # Read, checked and routed exactly as a node would: same conversion, same
         # validation, same query, same planner, same filters.
@@ -241,14 +248,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             estimated_input_tokens=query.estimated_input_tokens,
         )
 
-    async def _node_context(self, request: admin_pb2.ExplainRouteRequest) -> NodeContext:
-        """The node to decide as: what the request names, else the fleet's (see the proto)."""
+    async def _node_context(self, request: admin_pb2.ExplainRouteRequest, group: NodeGroup) -> NodeContext:
+        """The node to decide as: what the request names, else its group's or the fleet's (see the proto)."""
         mode = MODE_FROM_PROTO.get(request.mode)
+        if mode is None and request.node_group:
+            mode = DeploymentMode(group.mode)
         if mode is None:
             declared = {MODE_FROM_PROTO.get(n.mode) for n in await self._nodes.list()}
             only = declared.pop() if len(declared) == 1 else None
             mode = only if only is not None else DeploymentMode.CLOUD
-        group = (await self._groups.get(request.node_group or DEFAULT_GROUP)).row
         return NodeContext(
             mode=mode,
             site=request.site or group.site,

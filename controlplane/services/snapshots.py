@@ -28,7 +28,14 @@ MAX_PAGE = 1000
 class SnapshotService:
     uow: UnitOfWork
     compiled: LatestCompiled = field(default_factory=LatestCompiled)
-    """The newest version's compiled config; seed it with ``remember`` after each commit."""
+    """The ``default`` group's newest compiled config; seeded by ``remember`` after each commit."""
+    group_compiled: dict[str, LatestCompiled] = field(default_factory=dict)
+    """The same, for every other group dry runs were asked about or that published."""
+
+    def _compiled(self, group: str) -> LatestCompiled:
+        if group == DEFAULT_GROUP:
+            return self.compiled
+        return self.group_compiled.setdefault(group, LatestCompiled())
 
     async def get(self, version: int = 0, group: str = DEFAULT_GROUP) -> Snapshot:
         """A stored snapshot of ``group``; 0 for its newest."""
@@ -107,14 +114,15 @@ class SnapshotService:
 
     def remember(self, publication: Publication) -> None:
         """An after-commit callback: the publisher compiled the new version already."""
-        published = publication.published.get(DEFAULT_GROUP)
-        if published is not None:
-            self.compiled.remember(published.version, published.sha256, published.config)
+        for group, published in publication.published.items():
+            self._compiled(group).remember(published.version, published.sha256, published.config)
 
-    async def runtime_for(self, tenant: str) -> tuple[RuntimeConfig, TenantConfig]:
-        """The newest snapshot compiled as a node would, and the tenant in it."""
-        row = await self.get(0)
-        config = await self.compiled.get(row.version, bytes(row.sha256), bytes(row.payload))
+    async def runtime_for(
+        self, tenant: str, group: str = DEFAULT_GROUP
+    ) -> tuple[RuntimeConfig, TenantConfig]:
+        """``group``'s newest snapshot compiled as its nodes would, and the tenant in it."""
+        row = await self.get(0, group)
+        config = await self._compiled(group).get(row.version, bytes(row.sha256), bytes(row.payload))
         async with self.uow.read() as session:
             tenant_row = await config_repo.get_tenant(session, tenant)
         found = config.tenants.get(str(tenant_row.id)) if tenant_row is not None else None

@@ -267,3 +267,25 @@ async def test_the_first_snapshot_is_issued_as_the_initial_one(database_url: str
         assert (await first.stored(1)).reason == "initial snapshot"
         assert await first.service.reissue_if_aging() is None
         assert [p.version for p in first.published] == [1]
+
+
+async def test_reissue_before_expiry_is_per_group(admin: Admin, control_plane: RunningControlPlane) -> None:
+    await admin.CreateNodeGroup(admin_pb2.CreateNodeGroupRequest(group=admin_pb2.NodeGroup(name="vault")))
+    default_before = await admin.latest_version()
+    assert control_plane.cp.keyring is not None
+    async with _replica(control_plane.database_url, control_plane.cp.keyring, timedelta(days=30)) as fresh:
+        assert await fresh.service.reissue_if_aging() is None  # every group's newest is fresh
+    async with _replica(control_plane.database_url, control_plane.cp.keyring, timedelta(0)) as aging:
+        assert await aging.service.reissue_if_aging() == default_before + 1
+        (publication,) = aging.published
+        assert {g: p.version for g, p in publication.published.items()} == {
+            "default": default_before + 1,
+            "vault": 2,
+        }
+        row = await aging.stored(default_before + 1)
+        assert row.reason == "re-issued before expiry"
+    listed = await admin.ListSnapshots(admin_pb2.ListSnapshotsRequest(group="vault"))
+    assert [(s.version, s.reason) for s in listed.snapshots] == [
+        (2, "re-issued before expiry"),
+        (1, "create node group vault"),
+    ]

@@ -308,3 +308,29 @@ async def test_a_node_fed_another_groups_envelope_nacks_it_for_its_scope(
     assert "node_group=vault" in node.last_nack_reason
     assert cloud.store.version == cloud_v
     assert node.applied_version == cloud_v
+
+
+async def test_explain_route_decides_on_the_groups_snapshot_in_its_site(admin: Admin) -> None:
+    await _fleet(admin)
+    await _vault(admin)
+    await admin.ApplyPolicy(
+        admin_pb2.ApplyPolicyRequest(
+            tenant="bunker", document="allowed_models: [small, local]\ndefault_model: small"
+        )
+    )
+    # As a vault node (air-gapped in site-a, the group's mode and site): small only through site-a.
+    explained = await admin.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant="bunker", node_group="vault"))
+    assert list(explained.plan) == ["small@vllm-a", "local@vllm-a"]
+    # As a default node: the public deployment is there too.
+    explained = await admin.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant="bunker"))
+    assert "small@openai" in list(explained.plan)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await admin.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant="bunker", node_group="ghost"))
+    assert (info.value.code(), info.value.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "node_group: node group 'ghost' not found",
+    )
+    # A tenant the group does not see is not in its snapshot.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await admin.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant="acme", node_group="vault"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -972,9 +972,10 @@ class ExplainRouteRequest(_message.Message):
     NODE_GROUP_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     mode: _common_pb2.DeploymentMode.ValueType
-    """The node to decide as. Unspecified mode: the mode every registered node
-    declares (cloud when they differ or none is registered); empty site,
-    deployment, node group: the control plane's own scope.
+    """The node to decide as, on its node group's snapshot. Empty node group:
+    `default`. Unspecified mode: the group's mode when a node group is named,
+    else the mode every registered node declares (cloud when they differ or
+    none is registered); empty site, deployment: the group's.
     """
     site: _builtins.str
     deployment: _builtins.str
