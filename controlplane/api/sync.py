@@ -19,7 +19,8 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from controlplane.limits import DEFAULT_GROUP
+from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS
+from controlplane.services.groups import GROUP_NAME_RE
 from controlplane.services.nodes import NodeHello, NodeService
 from controlplane.snapshots.broker import CLOSED, SnapshotBroker, Subscription
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
@@ -101,6 +102,13 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 f'(got "{printable(node_id, 80)}")',
             )
         group = _group_of(hello, context)
+        if not GROUP_NAME_RE.fullmatch(group):
+            # Checked before the database is asked: a node chooses this string.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"hello.scope.node_group: must be 1..{GROUP_NAME_CHARS} characters of a-z, 0-9 and '-' "
+                f"(got {printable(group, 80)!r})",
+            )
         if not await self._nodes.group_exists(group):
             # Before the node is recorded and before any snapshot byte is sent.
             await context.abort(

@@ -248,8 +248,19 @@ async def test_an_air_gapped_group_never_receives_a_provider_outside_its_site(
         )
 
 
+@pytest.mark.parametrize(
+    ("group", "code", "message"),
+    [
+        ("nope", grpc.StatusCode.NOT_FOUND, "hello.scope.node_group: node group 'nope' not found"),
+        (
+            "Nope\n" + "x" * 10_000,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "hello.scope.node_group: must be 1..63 characters of a-z, 0-9 and '-' (got 'Nope\\\\nxxx",
+        ),
+    ],
+)
 async def test_an_unknown_group_is_refused_before_any_snapshot_byte(
-    admin: Admin, control_plane: RunningControlPlane
+    admin: Admin, control_plane: RunningControlPlane, group: str, code: grpc.StatusCode, message: str
 ) -> None:
     await _fleet(admin)
     received: list[sync_pb2.ServerMessage] = []
@@ -257,7 +268,7 @@ async def test_an_unknown_group_is_refused_before_any_snapshot_byte(
     async def hello() -> AsyncIterator[sync_pb2.NodeMessage]:
         yield sync_pb2.NodeMessage(
             hello=sync_pb2.Hello(
-                node_id="stray-1", software_version="t", mode=1, scope=snapshot_pb2.Scope(node_group="nope")
+                node_id="stray-1", software_version="t", mode=1, scope=snapshot_pb2.Scope(node_group=group)
             )
         )
         await asyncio.Event().wait()  # keep our side open: the server must end the stream
@@ -271,8 +282,10 @@ async def test_an_unknown_group_is_refused_before_any_snapshot_byte(
 
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await read()
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert info.value.details() == "hello.scope.node_group: node group 'nope' not found"
+    details = info.value.details() or ""
+    assert info.value.code() == code
+    assert details.startswith(message)
+    assert len(details) < 300  # a hostile name is echoed escaped and clipped
     assert received == []
     # Not recorded either: only known groups' nodes appear in the fleet.
     fleet = await admin.ListNodes(admin_pb2.ListNodesRequest())
