@@ -119,7 +119,7 @@ def node_row(n: admin_pb2.Node) -> tuple[object, ...]:
     # What nodes said is shown escaped: a control plane of another version may store it raw.
     return (
         printable(n.node_id),
-        n.node_group,
+        printable(n.node_group, 100),
         printable(n.software_version, 100),
         mode,
         scope,
