@@ -17,6 +17,25 @@ from tests.fixtures.postgres import RunningControlPlane
 NodeFactory = Callable[[str], Awaitable[DataPlaneNode]]
 
 
+def loopback_node(
+    running: RunningControlPlane, node_id: str, private_tmp: Path, **overrides: object
+) -> DataPlaneNode:
+    """A data-plane node (not started) on loopback, subscribed to ``running`` and trusting
+    its key, with fast reconnects; ``overrides`` are further ``NodeSettings`` fields."""
+    values: dict[str, object] = {
+        "listen": "127.0.0.1:0",
+        "control_plane": running.address,
+        "trust_keys": (running.trust_key_path,),
+        "node_id": node_id,
+        "data_dir": Path(tempfile.mkdtemp(prefix=f"{node_id}-", dir=private_tmp)),
+        "drain_seconds": 2.0,
+        "sync_backoff_base": 0.05,
+        "sync_backoff_cap": 0.3,
+        **overrides,
+    }
+    return DataPlaneNode(NodeSettings(**values))  # type: ignore[arg-type]
+
+
 @pytest.fixture
 async def admin(control_plane: RunningControlPlane) -> AsyncIterator[Admin]:
     async with grpc.aio.insecure_channel(control_plane.address) as channel:

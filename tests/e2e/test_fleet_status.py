@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -15,11 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from dataplane.app import DataPlaneNode, NodeSettings
 from dataplane.config.model import Scope
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.common.v1 import common_pb2
 from tests.controlplane.conftest import Admin
+from tests.e2e.conftest import loopback_node
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
 
@@ -28,23 +27,6 @@ from tests.helpers import eventually
 async def _admin(running: RunningControlPlane) -> AsyncIterator[Admin]:
     async with grpc.aio.insecure_channel(running.address) as channel:
         yield Admin(admin_pb2_grpc.AdminServiceStub(channel), running.metadata)
-
-
-def _node(
-    running: RunningControlPlane, node_id: str, private_tmp: Path, **overrides: object
-) -> DataPlaneNode:
-    values: dict[str, object] = {
-        "listen": "127.0.0.1:0",
-        "control_plane": running.address,
-        "trust_keys": (running.trust_key_path,),
-        "node_id": node_id,
-        "data_dir": Path(tempfile.mkdtemp(prefix=f"{node_id}-", dir=private_tmp)),
-        "drain_seconds": 2.0,
-        "sync_backoff_base": 0.05,
-        "sync_backoff_cap": 0.3,
-        **overrides,
-    }
-    return DataPlaneNode(NodeSettings(**values))  # type: ignore[arg-type]
 
 
 async def _listed(admin: Admin, node_id: str) -> admin_pb2.Node:
@@ -79,7 +61,7 @@ async def test_node_list_shows_what_the_node_runs_and_its_lag(database_url: str,
         size = (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="gpu"))).size_bytes
         # Room for this snapshot, not for one with a few hundred more tenants.
         limit = size + 4096
-        node = _node(
+        node = loopback_node(
             running,
             "edge-1",
             private_tmp,
@@ -136,7 +118,7 @@ async def test_oversize_snapshot_is_logged_in_one_line_and_not_resent(
         )
         admin = await stack.enter_async_context(_admin(running))
         await _tenants(admin, "big", 100)
-        node = _node(running, "small-1", private_tmp, sync_max_message_bytes=2048)
+        node = loopback_node(running, "small-1", private_tmp, sync_max_message_bytes=2048)
         caplog.set_level(logging.INFO)
         await node.start()
         stack.push_async_callback(node.stop)
@@ -183,7 +165,7 @@ async def test_a_silent_node_turns_stale(database_url: str, private_tmp: Path) -
         running = await stack.enter_async_context(running_control_plane(settings))
         admin = await stack.enter_async_context(_admin(running))
         await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
-        node = _node(running, "beat-1", private_tmp, sync_heartbeat_interval=0.05)
+        node = loopback_node(running, "beat-1", private_tmp, sync_heartbeat_interval=0.05)
         await node.start()
         try:
             first = await eventually(lambda: _listed(admin, "beat-1"), message="beat-1 listed")
@@ -211,7 +193,7 @@ async def test_a_silent_node_turns_stale(database_url: str, private_tmp: Path) -
 
 
 async def test_node_list_watch_redraws(control_plane: RunningControlPlane, private_tmp: Path) -> None:
-    node = _node(control_plane, "watched-1", private_tmp)
+    node = loopback_node(control_plane, "watched-1", private_tmp)
     await node.start()
     try:
         async with _admin(control_plane) as admin:

@@ -4,19 +4,19 @@ served only its own group's signed snapshot; unknown groups refused before any b
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
 from dataplane.config.model import DeploymentMode, Scope
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from tests.controlplane.conftest import Admin
+from tests.e2e.conftest import loopback_node
 from tests.fixtures.postgres import RunningControlPlane
 from tests.helpers import eventually
 
@@ -24,19 +24,20 @@ SITE = snapshot_pb2.PROVIDER_LOCATION_SITE
 PUBLIC = snapshot_pb2.PROVIDER_LOCATION_PUBLIC_CLOUD
 
 
-async def _provider(admin: Admin, name: str, location: int, site: str = "") -> None:
-    await admin.CreateProvider(
-        admin_pb2.CreateProviderRequest(
-            provider=admin_pb2.Provider(
-                name=name,
-                type="simulated",
-                base_url="http://127.0.0.1:9/v1",
-                credential=snapshot_pb2.SecretRef(env="SIGNALBOX_CRED_SIM"),
-                location=location,  # type: ignore[arg-type]
-                site=site,
-            )
-        )
+def _provider_msg(name: str, location: int, site: str = "", **extra: str) -> admin_pb2.Provider:
+    return admin_pb2.Provider(
+        name=name,
+        type="simulated",
+        base_url="http://127.0.0.1:9/v1",
+        credential=snapshot_pb2.SecretRef(env="SIGNALBOX_CRED_SIM"),
+        location=location,  # type: ignore[arg-type]
+        site=site,
+        **extra,
     )
+
+
+async def _provider(admin: Admin, name: str, location: int, site: str = "") -> None:
+    await admin.CreateProvider(admin_pb2.CreateProviderRequest(provider=_provider_msg(name, location, site)))
 
 
 async def _model(admin: Admin, alias: str, *providers: str) -> None:
@@ -95,23 +96,6 @@ async def nodes(control_plane: RunningControlPlane, private_tmp: Path) -> AsyncI
         await node.stop()
 
 
-def _node(
-    running: RunningControlPlane, node_id: str, private_tmp: Path, **overrides: object
-) -> DataPlaneNode:
-    values: dict[str, object] = {
-        "listen": "127.0.0.1:0",
-        "control_plane": running.address,
-        "trust_keys": (running.trust_key_path,),
-        "node_id": node_id,
-        "data_dir": Path(tempfile.mkdtemp(prefix=f"{node_id}-", dir=private_tmp)),
-        "drain_seconds": 2.0,
-        "sync_backoff_base": 0.05,
-        "sync_backoff_cap": 0.3,
-        **overrides,
-    }
-    return DataPlaneNode(NodeSettings(**values))  # type: ignore[arg-type]
-
-
 async def _start(nodes: list[DataPlaneNode], node: DataPlaneNode) -> DataPlaneNode:
     await node.start()
     nodes.append(node)
@@ -123,10 +107,10 @@ async def test_each_node_gets_only_its_groups_snapshot_and_changes_reach_only_th
 ) -> None:
     await _fleet(admin)
     await _vault(admin)
-    cloud = await _start(nodes, _node(control_plane, "cloud-1", private_tmp))
+    cloud = await _start(nodes, loopback_node(control_plane, "cloud-1", private_tmp))
     vault = await _start(
         nodes,
-        _node(
+        loopback_node(
             control_plane,
             "vault-1",
             private_tmp,
@@ -186,16 +170,7 @@ async def test_each_node_gets_only_its_groups_snapshot_and_changes_reach_only_th
 
     # A change in another site: default gets a new version, vault none, its node stays.
     await admin.UpdateProvider(
-        admin_pb2.UpdateProviderRequest(
-            provider=admin_pb2.Provider(
-                name="vllm-b",
-                type="simulated",
-                base_url="http://127.0.0.1:10/v1",
-                credential=snapshot_pb2.SecretRef(env="SIGNALBOX_CRED_SIM"),
-                location=SITE,
-                site="site-b",
-            )
-        )
+        admin_pb2.UpdateProviderRequest(provider=_provider_msg("vllm-b", SITE, "site-b", region="moved"))
     )
     cloud_next = (await _newest(admin, "default")).version
     assert cloud_next == cloud_v + 1
@@ -215,28 +190,33 @@ async def test_an_air_gapped_group_never_receives_a_provider_outside_its_site(
 ) -> None:
     await _fleet(admin)
     await _vault(admin)
-    # Even listed by name and moved around, a provider of another site stays out.
+    # Even listed by name, a provider of another site stays out; one moved into the
+    # site comes in, and leaves again when it moves away.
     await admin.UpdateNodeGroup(
         admin_pb2.UpdateNodeGroupRequest(
             name="vault", providers=admin_pb2.Selection(names=["openai", "vllm-a", "vllm-b"])
         )
     )
-    await _provider(admin, "vllm-a2", SITE, "site-a")
     await admin.UpdateProvider(
-        admin_pb2.UpdateProviderRequest(
-            provider=admin_pb2.Provider(
-                name="vllm-a",
-                type="simulated",
-                base_url="http://127.0.0.1:9/v1",
-                credential=snapshot_pb2.SecretRef(env="SIGNALBOX_CRED_SIM"),
-                location=SITE,
-                site="site-a",
-                region="moved",
-            )
-        )
+        admin_pb2.UpdateProviderRequest(provider=_provider_msg("vllm-b", SITE, "site-a"))
     )
+    moved_in = await _newest(admin, "vault")
+    assert sorted(p.name for p in moved_in.content.providers) == ["vllm-a", "vllm-b"]
+    await admin.UpdateProvider(
+        admin_pb2.UpdateProviderRequest(provider=_provider_msg("vllm-b", SITE, "site-b"))
+    )
+    await admin.UpdateProvider(
+        admin_pb2.UpdateProviderRequest(provider=_provider_msg("openai", PUBLIC, region="x"))
+    )
+    assert [p.name for p in (await _newest(admin, "vault")).content.providers] == ["vllm-a"]
     history = await admin.ListSnapshots(admin_pb2.ListSnapshotsRequest(group="vault", limit=100))
-    assert len(history.snapshots) >= 2
+    # created, listed (no change: the list names nothing new it may reach), moved in, moved out;
+    # the public provider's change reached default only.
+    assert [s.reason for s in history.snapshots] == [
+        "update provider vllm-b",
+        "update provider vllm-b",
+        "create node group vault",
+    ]
     for info in history.snapshots:
         stored = await admin.GetSnapshot(
             admin_pb2.GetSnapshotRequest(group="vault", version=info.version, include_content=True)
@@ -297,7 +277,7 @@ async def test_a_node_fed_another_groups_envelope_nacks_it_for_its_scope(
 ) -> None:
     await _fleet(admin)
     await _vault(admin)
-    cloud = await _start(nodes, _node(control_plane, "cloud-1", private_tmp))
+    cloud = await _start(nodes, loopback_node(control_plane, "cloud-1", private_tmp))
     cloud_v = (await _newest(admin, "default")).version
     await cloud.store.wait_for_version(cloud_v, timeout=15)
     # vault's envelope is validly signed by the same key and its version is far ahead of

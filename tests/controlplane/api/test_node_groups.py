@@ -7,13 +7,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-import sqlalchemy as sa
 
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from tests.controlplane.conftest import Admin, SyncNode
-from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
 from tests.helpers import eventually
 
 AIR_GAPPED = common_pb2.DEPLOYMENT_MODE_AIR_GAPPED
@@ -23,15 +22,6 @@ async def _code(awaitable: object) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await awaitable  # type: ignore[misc]
     return info.value.code(), info.value.details() or ""
-
-
-def _rows(database_url: str, sql: str) -> list[sa.Row[tuple[object, ...]]]:
-    engine = sa.create_engine(database_url, poolclass=sa.NullPool)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(sa.text(sql)))
-    finally:
-        engine.dispose()
 
 
 def _create(name: str, **fields: object) -> admin_pb2.CreateNodeGroupRequest:
@@ -267,7 +257,7 @@ async def test_a_viewer_reads_groups_and_every_write_is_audited(
             code, message = await _code(call())
             assert code == grpc.StatusCode.PERMISSION_DENIED
             assert "viewer" in message
-    rows = _rows(
+    rows = sql_rows(
         control_plane.database_url,
         "SELECT actor, method, target, result FROM audit_log WHERE method LIKE '%NodeGroup%' ORDER BY id",
     )
