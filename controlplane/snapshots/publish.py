@@ -26,11 +26,10 @@ from controlplane.keys import Keyring, Signer, sign_all, trusted_keys
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import groups as group_repo
 from controlplane.repositories import snapshots as snapshot_repo
-from controlplane.snapshots.build import build_snapshot
+from controlplane.snapshots.build import build_snapshot, timestamp
 from controlplane.snapshots.compiler import SnapshotInvalid, compile_now
-from controlplane.snapshots.scope import GroupView, content, describe, scope_snapshot
+from controlplane.snapshots.scope import GroupView, body_of, describe, scope_snapshot
 from dataplane.config.model import DeploymentMode, RuntimeConfig
-from dataplane.snapshot.compile import decode_snapshot
 from signalbox.api.config.v1 import snapshot_pb2
 
 
@@ -99,46 +98,50 @@ class _Sealed:
     config: RuntimeConfig
 
 
-def _changed(
-    candidates: list[tuple[str, snapshot_pb2.Snapshot, bytes | None]], forced: frozenset[str] | None
-) -> list[tuple[str, snapshot_pb2.Snapshot]]:
-    """The candidates whose content differs from their group's newest stored payload."""
-    out = []
-    for group, snapshot, previous_payload in candidates:
-        unchanged = previous_payload is not None and content(decode_snapshot(previous_payload)) == content(
-            snapshot
-        )
-        if unchanged and not (forced is None or group in forced):
-            continue
-        out.append((group, snapshot))
-    return out
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A group's snapshot body (everything but the header fields) and its new header."""
+
+    group: str
+    snapshot: snapshot_pb2.Snapshot
+    """The body as a message (for naming the entry at a path when it does not compile)."""
+    header: snapshot_pb2.Snapshot
+    previous: Snapshot | None
+    """The group's newest stored snapshot (its payload is read off the event loop)."""
 
 
 def _seal_all(
-    candidates: list[tuple[str, snapshot_pb2.Snapshot, bytes | None]],
-    forced: frozenset[str] | None,
-    signers: list[Signer],
+    candidates: list[_Candidate], forced: frozenset[str] | None, signers: list[Signer]
 ) -> list[_Sealed]:
     # Every changed group's payload is compiled before anything is signed: one group that
     # does not compile stops them all (the transaction rolls back).
     checked = []
-    for group, snapshot in _changed(candidates, forced):
-        # Serialized once: these exact bytes are checked, hashed, signed and stored.
-        payload = snapshot.SerializeToString(deterministic=True)
+    for candidate in candidates:
+        group = candidate.group
+        body = candidate.snapshot.SerializeToString(deterministic=True)
+        previous = candidate.previous
+        unforced = not (forced is None or group in forced)
+        if previous is not None and unforced and body_of(previous.payload) == body:
+            continue  # the same config as the group's newest: its nodes hear nothing
+        # Deterministic serialization writes fields in number order, so the header (fields
+        # 1-4) followed by the body is exactly the whole message serialized: these bytes are
+        # checked, hashed, signed and stored.
+        payload = candidate.header.SerializeToString(deterministic=True) + body
         try:
             config = check(payload)
         except ConfigRejected as exc:
-            raise ConfigRejected(exc.field, exc.problem, describe(snapshot, exc.field), group=group) from exc
-        checked.append((group, snapshot, payload, config))
+            where = describe(candidate.snapshot, exc.field)
+            raise ConfigRejected(exc.field, exc.problem, where, group=group) from exc
+        checked.append((candidate, payload, config))
     return [
         _Sealed(
-            group,
-            snapshot,
+            c.group,
+            c.header,
             hashlib.sha256(payload).digest(),
             sign_all(signers, payload).SerializeToString(deterministic=True),
             config,
         )
-        for group, snapshot, payload, config in checked
+        for c, payload, config in checked
     ]
 
 
@@ -184,13 +187,26 @@ class SnapshotPublisher:
         latest = await snapshot_repo.latest_per_group(session)
         now = datetime.now(UTC)
         full = await full_snapshot(session, now=now, ttl=self.ttl, trusted=await trusted_keys(session))
-        candidates: list[tuple[str, snapshot_pb2.Snapshot, bytes | None]] = []
+        # The header is per group and per version; the body is cut once per group.
+        full.ClearField("created_at")
+        full.ClearField("expires_at")
+        candidates = []
         for group in groups:
-            snapshot = scope_snapshot(full, group)
             previous = latest.get(group.name)
-            snapshot.version = (previous.version if previous is not None else 0) + 1
-            snapshot.previous_hash = bytes(previous.sha256) if previous is not None else b""
-            candidates.append((group.name, snapshot, previous.payload if previous is not None else None))
+            header = snapshot_pb2.Snapshot(
+                version=(previous.version if previous is not None else 0) + 1,
+                created_at=timestamp(now),
+                expires_at=timestamp(now + self.ttl),
+                previous_hash=bytes(previous.sha256) if previous is not None else b"",
+            )
+            candidates.append(
+                _Candidate(
+                    group.name,
+                    scope_snapshot(full, group),
+                    header,
+                    previous,
+                )
+            )
         # Every key that still signs: during a rotation, the retiring key beside the new one.
         signers = await self.keyring.signers(session)
         sealed = await asyncio.to_thread(_seal_all, candidates, force, signers)

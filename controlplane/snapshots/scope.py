@@ -93,10 +93,8 @@ def scope_snapshot(full: snapshot_pb2.Snapshot, group: GroupView) -> snapshot_pb
             trimmed.deployments.extend(kept)
             m = trimmed
         models.append(m)
-    return snapshot_pb2.Snapshot(
+    scoped = snapshot_pb2.Snapshot(
         version=full.version,
-        created_at=full.created_at,
-        expires_at=full.expires_at,
         previous_hash=full.previous_hash,
         scope=group.scope,
         tenants=tenants,
@@ -106,18 +104,58 @@ def scope_snapshot(full: snapshot_pb2.Snapshot, group: GroupView) -> snapshot_pb
         policies=[p for p in full.policies if not p.tenant_id or p.tenant_id in tenant_ids],
         trusted_keys=full.trusted_keys,
     )
+    # Copied only when set: an empty timestamp would still be written (and counted as config).
+    for name in ("created_at", "expires_at"):
+        if full.HasField(name):
+            getattr(scoped, name).CopyFrom(getattr(full, name))
+    return scoped
 
 
-def content(snapshot: snapshot_pb2.Snapshot) -> bytes:
-    """The snapshot without what every re-issue changes (version, times, previous hash):
-    equal bytes mean a node would run the same config."""
-    copy = snapshot_pb2.Snapshot()
-    copy.CopyFrom(snapshot)
-    copy.ClearField("version")
-    copy.ClearField("created_at")
-    copy.ClearField("expires_at")
-    copy.ClearField("previous_hash")
-    return copy.SerializeToString(deterministic=True)
+HEADER_FIELDS = frozenset({1, 2, 3, 4})
+"""Snapshot fields every re-issue changes: version, created_at, expires_at, previous_hash."""
+
+
+def body_of(payload: bytes) -> memoryview:
+    """``payload`` after its leading header fields (``HEADER_FIELDS``): the config it carries,
+    scope included. Equal bodies mean a node would run the same config.
+
+    Reads only the wire format of the header (a tag, then a varint or a length and that
+    many bytes per field), so comparing two snapshots never decodes them. A payload whose
+    header is not where deterministic serialization puts it yields a body that equals no
+    freshly built one: the comparison then says "changed", the safe answer.
+    """
+    view = memoryview(payload)
+    offset = 0
+    while offset < len(view):
+        tag, after_tag = _varint(view, offset)
+        if tag is None or tag >> 3 not in HEADER_FIELDS:
+            break
+        wire_type = tag & 7
+        if wire_type == 0:
+            value, end = _varint(view, after_tag)
+            if value is None:
+                break
+        elif wire_type == 2:
+            length, start = _varint(view, after_tag)
+            if length is None or start + length > len(view):
+                break
+            end = start + length
+        else:
+            break
+        offset = end
+    return view[offset:]
+
+
+def _varint(view: memoryview, offset: int) -> tuple[int | None, int]:
+    value, shift = 0, 0
+    while offset < len(view) and shift < 64:
+        byte = view[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, offset
+        shift += 7
+    return None, offset
 
 
 def describe(snapshot: snapshot_pb2.Snapshot, path: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from controlplane.snapshots.scope import GroupView, content, describe, reachable, scope_snapshot
+from controlplane.snapshots.scope import GroupView, body_of, describe, reachable, scope_snapshot
 from dataplane.config.model import DeploymentMode
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -113,15 +113,58 @@ def test_a_provider_listed_but_unreachable_stays_out() -> None:
     assert [p.name for p in scope_snapshot(_full(), group).providers] == ["vllm-a"]
 
 
-def test_content_ignores_what_every_reissue_changes() -> None:
+def _payload(snapshot: snapshot_pb2.Snapshot) -> bytes:
+    return snapshot.SerializeToString(deterministic=True)
+
+
+def test_the_body_ignores_what_every_reissue_changes() -> None:
     one, two = _full(), _full()
-    two.version, two.previous_hash = 8, b"h" * 32
-    two.created_at.seconds, two.expires_at.seconds = 100, 200
-    assert content(one) == content(two)
+    two.version, two.previous_hash = 2**40, b"h" * 32
+    two.created_at.seconds, two.expires_at.seconds = 100, 2**33
+    assert body_of(_payload(one)) == body_of(_payload(two))
     two.ClearField("previous_hash")
-    assert content(one) == content(two)
+    two.ClearField("version")
+    assert body_of(_payload(one)) == body_of(_payload(two))
+    two.scope.node_group = "vault"  # the scope is config: it counts
+    assert body_of(_payload(one)) != body_of(_payload(two))
+    two.scope.node_group = ""
     two.tenants[0].tier = "gold"
-    assert content(one) != content(two)
+    assert body_of(_payload(one)) != body_of(_payload(two))
+
+
+def test_a_cut_without_times_has_no_header_and_its_body_is_its_payload() -> None:
+    full = _full()
+    for name in ("version", "created_at", "expires_at", "previous_hash"):
+        full.ClearField(name)
+    scoped = scope_snapshot(full, GroupView("vault", DeploymentMode.AIR_GAPPED, site="site-a"))
+    assert not scoped.HasField("created_at")
+    assert not scoped.HasField("expires_at")
+    assert body_of(_payload(scoped)) == _payload(scoped)
+
+
+def test_header_then_body_is_the_whole_payload() -> None:
+    """The publisher signs header bytes + body bytes: that must be the message itself."""
+    full = _full()
+    body = snapshot_pb2.Snapshot()
+    body.CopyFrom(full)
+    for name in ("version", "created_at", "expires_at", "previous_hash"):
+        body.ClearField(name)
+    header = snapshot_pb2.Snapshot(
+        version=full.version,
+        created_at=full.created_at,
+        expires_at=full.expires_at,
+        previous_hash=full.previous_hash,
+    )
+    joined = _payload(header) + _payload(body)
+    assert joined == _payload(full)
+    assert body_of(joined) == _payload(body)
+    assert snapshot_pb2.Snapshot.FromString(joined) == full
+
+
+def test_a_payload_that_is_not_a_snapshot_has_no_header_to_skip() -> None:
+    for junk in (b"", b"\xff\xff\xff", b"\x0a\xff\x01", b"\x08"):
+        assert body_of(junk) == junk[len(junk) - len(body_of(junk)) :]
+        assert body_of(junk) != _payload(_full())
 
 
 def test_describe_names_the_policy_and_model_at_a_path() -> None:

@@ -289,3 +289,27 @@ async def test_reissue_before_expiry_is_per_group(admin: Admin, control_plane: R
         (2, "re-issued before expiry"),
         (1, "create node group vault"),
     ]
+
+
+async def test_a_change_after_an_unreadable_stored_snapshot_still_publishes(
+    admin: Admin, replica: Replica
+) -> None:
+    """Comparing with the newest stored payload must not depend on it being readable."""
+    await admin.seed()
+    version = await admin.latest_version() + 1
+    payload = b"\xff not a snapshot"
+    async with replica.service.uow.sessions() as session, session.begin():
+        await snapshot_repo.add(
+            session,
+            Snapshot(
+                version=version,
+                envelope=snapshot_pb2.SignedEnvelope(payload=payload).SerializeToString(),
+                sha256=hashlib.sha256(payload).digest(),
+                signing_key_id="k",
+                created_at=datetime.now(UTC),
+            ),
+        )
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="after"))
+    newest = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())
+    assert newest.version == version + 1
+    assert (await replica.stored(version + 1)).previous_hash == hashlib.sha256(payload).digest()
