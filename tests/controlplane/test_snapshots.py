@@ -202,10 +202,9 @@ async def test_a_dry_run_compiles_each_new_version_once(
     assert compiles.digests == [second]
 
 
-async def test_a_stored_snapshot_this_build_cannot_compile_fails_the_dry_run_precondition(
-    admin: Admin, replica: Replica
-) -> None:
-    """E.g. after a downgrade: the newest stored payload is not what this code can serve."""
+async def _store_unreadable(admin: Admin, replica: Replica) -> tuple[int, bytes]:
+    """Seed, then store a newest version whose payload is not a snapshot (as another build
+    might have); returns its version and payload."""
     await admin.seed()
     version = await admin.latest_version() + 1
     payload = b"\xff not a snapshot"
@@ -221,6 +220,14 @@ async def test_a_stored_snapshot_this_build_cannot_compile_fails_the_dry_run_pre
                 created_at=datetime.now(UTC),
             ),
         )
+    return version, payload
+
+
+async def test_a_stored_snapshot_this_build_cannot_compile_fails_the_dry_run_precondition(
+    admin: Admin, replica: Replica
+) -> None:
+    """E.g. after a downgrade: the newest stored payload is not what this code can serve."""
+    await _store_unreadable(admin, replica)
     with pytest.raises(StoredSnapshotInvalid) as info:
         await replica.service.runtime_for("acme")
     assert info.value.field == "$"
@@ -295,20 +302,7 @@ async def test_a_change_after_an_unreadable_stored_snapshot_still_publishes(
     admin: Admin, replica: Replica
 ) -> None:
     """Comparing with the newest stored payload must not depend on it being readable."""
-    await admin.seed()
-    version = await admin.latest_version() + 1
-    payload = b"\xff not a snapshot"
-    async with replica.service.uow.sessions() as session, session.begin():
-        await snapshot_repo.add(
-            session,
-            Snapshot(
-                version=version,
-                envelope=snapshot_pb2.SignedEnvelope(payload=payload).SerializeToString(),
-                sha256=hashlib.sha256(payload).digest(),
-                signing_key_id="k",
-                created_at=datetime.now(UTC),
-            ),
-        )
+    version, payload = await _store_unreadable(admin, replica)
     await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="after"))
     newest = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())
     assert newest.version == version + 1
