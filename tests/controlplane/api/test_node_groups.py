@@ -430,3 +430,20 @@ async def test_retention_and_export_are_per_group(database_url: str, private_tmp
             assert pinned.HasField("exported_at")
         finally:
             await node.close()
+
+
+async def test_a_renamed_model_stays_in_the_groups_that_list_it(admin: Admin) -> None:
+    await admin.seed("acme")
+    await admin.CreateNodeGroup(_create("edge", models=admin_pb2.Selection(names=["small"])))
+    small = {m.alias: m for m in (await admin.ListModels(admin_pb2.ListModelsRequest())).models}["small"]
+    renamed = admin_pb2.Model()
+    renamed.CopyFrom(small)
+    renamed.alias = "tiny"
+    await admin.UpdateModel(admin_pb2.UpdateModelRequest(model=renamed))
+    shown = await admin.GetNodeGroup(admin_pb2.GetNodeGroupRequest(name="edge"))
+    assert list(shown.models.names) == ["tiny"]
+    content = (
+        await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="edge", include_content=True))
+    ).content
+    assert [m.alias for m in content.models] == ["tiny"]
+    assert shown.snapshot_version == 2
