@@ -46,6 +46,7 @@ from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.services.admin import AdminService
 from controlplane.services.base import UnitOfWork
+from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import IdentityService
 from controlplane.services.keys import ApiKeyService
 from controlplane.services.models import ModelService
@@ -98,7 +99,9 @@ class ControlPlaneSettings:
     """Newest snapshot versions kept; older ones are pruned unless a node runs them or
     they were exported (at least 1)."""
     scope: snapshot_pb2.Scope = field(default_factory=snapshot_pb2.Scope)
-    """Scope written into every snapshot (the nodes it is for)."""
+    """Deployment and site of the ``default`` node group, written into it at start when set
+    (``--scope-*``; ``signalbox admin group update default`` is the lasting way). A node
+    group cannot be given here: groups are managed through the admin API."""
     debounce: float = 0.05
     """Seconds to gather a burst of changes into one push."""
     drain_grace: float = 5.0
@@ -147,6 +150,7 @@ class ControlPlane:
         """host:port the node port (config sync, renewal) is bound to."""
         self.node_ca: NodeCaKey | None = None
         self.identities: IdentityService | None = None
+        self.groups: NodeGroupService | None = None
         self._health = HealthServicer()
         self.broker: SnapshotBroker | None = None
         self.sync: ConfigSyncServicer | None = None
@@ -182,6 +186,11 @@ class ControlPlane:
 
     async def start(self) -> None:
         s = self.settings
+        if s.scope.node_group:
+            raise ValueError(
+                "scope.node_group: a control plane serves every node group; create groups with "
+                "`signalbox admin group create` (nodes name theirs with --node-group)"
+            )
         # Refuse a plaintext public listen (or unreadable certificates) before anything starts.
         s.tls.credentials(s.listen)
         s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -202,11 +211,14 @@ class ControlPlane:
         self._write_public(self.node_ca_path, self.node_ca.pem)
 
         self.keyring = Keyring(kek)
-        publisher = SnapshotPublisher(self.keyring, s.snapshot_ttl, s.scope, s.snapshot_retention)
+        publisher = SnapshotPublisher(self.keyring, s.snapshot_ttl, s.snapshot_retention)
         uow = UnitOfWork(sessions, publisher)
         snapshots = SnapshotService(uow)
+        self.groups = groups = NodeGroupService(uow)
         # Dry runs reuse what the publisher compiled for each version it committed.
         uow.after_commit.append(snapshots.remember)
+        if s.scope.deployment or s.scope.site:
+            await groups.seed_default(deployment=s.scope.deployment, site=s.scope.site)
         await snapshots.reissue_if_aging()
 
         # LISTEN needs a plain libpq URL.
@@ -247,6 +259,7 @@ class ControlPlane:
             rollback=RollbackService(uow),
             signing_keys=SigningKeyService(uow),
             identities=self.identities,
+            groups=groups,
         )
         self._interceptor = AdminInterceptor(
             self.admin,

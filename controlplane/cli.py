@@ -2,7 +2,7 @@
 
 controlplane serve            run the control plane (SIGTERM/SIGINT: drain and stop)
 controlplane bootstrap-admin  create the first admin token; printed once, last line of stdout
-controlplane export-snapshot  write the newest signed envelope to a file (air-gapped pin)
+controlplane export-snapshot  write a node group's newest signed envelope to a file (air-gapped pin)
 
 ``signalbox admin ...`` is a pure client of the Admin API and lives in the shell
 (``signalbox.shell.admin_cli``).
@@ -129,10 +129,26 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     for flag, env, what in (
         ("--scope-deployment", "SIGNALBOX_SCOPE_DEPLOYMENT", "deployment"),
-        ("--scope-node-group", "SIGNALBOX_SCOPE_NODE_GROUP", "node group"),
         ("--scope-site", "SIGNALBOX_SCOPE_SITE", "site"),
     ):
-        add(serve, flag, env=env, default="", help=f"snapshot scope: the {what} it is for", command=SERVE)
+        add(
+            serve,
+            flag,
+            env=env,
+            default="",
+            help=f"when set, written into the default node group's {what} at start "
+            "(lasting: signalbox admin group update default)",
+            command=SERVE,
+        )
+    add(
+        serve,
+        "--scope-node-group",
+        env="SIGNALBOX_SCOPE_NODE_GROUP",
+        default="",
+        help="removed: one control plane serves every node group (signalbox admin group); "
+        "setting it is an error",
+        command=SERVE,
+    )
     add(
         serve,
         "--drain-seconds",
@@ -176,8 +192,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     bootstrap.set_defaults(handler=bootstrap_command)
 
-    export = sub.add_parser("export-snapshot", help="write the newest signed snapshot envelope to a file")
+    export = sub.add_parser(
+        "export-snapshot", help="write a node group's newest signed snapshot envelope to a file"
+    )
     _database_settings(export, EXPORT)
+    add(
+        export,
+        "--group",
+        env="SIGNALBOX_SNAPSHOT_GROUP",
+        default="default",
+        help="node group whose snapshot is exported",
+        command=EXPORT,
+    )
     add(
         export,
         "--out",
@@ -232,6 +258,13 @@ def serve_command(ns: argparse.Namespace) -> int:
     if ns.max_message_bytes < 1:
         print(f"--max-message-bytes: {ns.max_message_bytes} is not a positive size", file=sys.stderr)
         return 2
+    if ns.scope_node_group:
+        print(
+            "--scope-node-group: removed; one control plane serves every node group. Create groups "
+            "with `signalbox admin group create` and start nodes with --node-group",
+            file=sys.stderr,
+        )
+        return 2
     try:
         node_cert_ttl = timedelta(seconds=settings.parse_duration(ns.node_cert_ttl))
     except ValueError as exc:
@@ -256,9 +289,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         kek_file=Path(ns.kek_file) if ns.kek_file else None,
         snapshot_ttl=timedelta(days=ns.snapshot_ttl_days),
         snapshot_retention=ns.snapshot_retention,
-        scope=snapshot_pb2.Scope(
-            deployment=ns.scope_deployment, node_group=ns.scope_node_group, site=ns.scope_site
-        ),
+        scope=snapshot_pb2.Scope(deployment=ns.scope_deployment, site=ns.scope_site),
         drain_grace=ns.drain_seconds,
         node_stale_after=ns.node_stale_after,
         max_message_bytes=ns.max_message_bytes,
@@ -343,11 +374,11 @@ def export_command(ns: argparse.Namespace) -> int:
             engine = create_engine(url)
             try:
                 async with session_factory(engine)() as session, session.begin():
-                    row = await snapshot_repo.latest(session)
+                    row = await snapshot_repo.latest(session, ns.group)
                     if row is None:
                         return None
                     # A pin lives on outside: retention must keep the version it names.
-                    await snapshot_repo.mark_exported(session, row.version, datetime.now(UTC))
+                    await snapshot_repo.mark_exported(session, row.version, datetime.now(UTC), ns.group)
                     return row.version, bytes(row.envelope)
             finally:
                 await engine.dispose()
@@ -359,7 +390,8 @@ def export_command(ns: argparse.Namespace) -> int:
         return 1
     if found is None:
         print(
-            "signalbox controlplane export-snapshot: no snapshot yet; start the control plane once",
+            f"signalbox controlplane export-snapshot: node group {ns.group!r} has no snapshot "
+            "(no such group, or the control plane has not started since it was created)",
             file=sys.stderr,
         )
         return 1
@@ -372,7 +404,7 @@ def export_command(ns: argparse.Namespace) -> int:
     with os.fdopen(fd, "wb") as f:
         f.write(envelope)
     tmp.replace(out)
-    print(f"wrote snapshot v{version} ({len(envelope)} bytes) to {out}", file=sys.stderr)
+    print(f"wrote snapshot {ns.group} v{version} ({len(envelope)} bytes) to {out}", file=sys.stderr)
     return 0
 
 

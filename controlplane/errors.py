@@ -8,6 +8,7 @@
     ├── NotFound                      NOT_FOUND           (names the kind and the key)
     ├── AlreadyExists                 ALREADY_EXISTS      (names the kind and the key)
     ├── StillReferenced               FAILED_PRECONDITION (names the referrer)
+    ├── GroupInUse                    FAILED_PRECONDITION (a node group with connected nodes; names them)
     ├── SigningKeyUnavailable         FAILED_PRECONDITION (signing key cannot be unsealed: wrong KEK)
     ├── SigningKeyState               FAILED_PRECONDITION (a key's state forbids the change: revoking the
     │                                                      active key, a key already revoked)
@@ -57,12 +58,19 @@ class ConfigRejected(InvalidArgument):
 
     ``referrer`` describes the entry at that path (e.g. "policy of tenant 'acme'"),
     so a deletion that breaks it can name what still refers to the deleted thing.
+    ``group`` is the node group whose snapshot it is; the message starts with it
+    (and names the referrer) for every group but ``default``.
     """
 
-    def __init__(self, field: str, problem: str, referrer: str = "") -> None:
+    def __init__(self, field: str, problem: str, referrer: str = "", *, group: str = "") -> None:
         super().__init__(field, problem)
         self.problem = problem
         self.referrer = referrer
+        self.group = group
+        if group and group != "default":
+            where = f" ({referrer})" if referrer and referrer != field else ""
+            self.message = f"node group {group!r}: {field}: {problem}{where}"
+            self.args = (self.message,)
 
 
 class Unauthenticated(ControlPlaneError):
@@ -100,6 +108,12 @@ class StillReferenced(ControlPlaneError):
         super().__init__(f"{what} is still referenced by {referrer}")
         self.what = what
         self.referrer = referrer
+
+
+class GroupInUse(ControlPlaneError):
+    """A node group cannot be deleted while nodes run it (names the group and the nodes)."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class SigningKeyUnavailable(ControlPlaneError):

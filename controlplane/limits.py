@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.errors import InvalidArgument, clip
+from dataplane.config.model import DEFAULT_NODE_GROUP
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -36,6 +37,10 @@ KEY_ID_CHARS = 64
 RESULT_CHARS = 64
 NODE_ID_CHARS = 256
 """Node ids: the subject of node certificates and the key of config sync."""
+GROUP_NAME_CHARS = 63
+"""Node group names: 1..63 of ``[a-z0-9-]`` (a DNS label, usable in certificates)."""
+DEFAULT_GROUP = DEFAULT_NODE_GROUP
+"""The group of nodes that name none; created by migration 0007."""
 
 # Bounds of our own where the column is TEXT or JSONB (unbounded in the database, but
 # every value ends up in every snapshot and on every node).

@@ -14,7 +14,10 @@ import grpc
 
 from controlplane.api import convert
 from controlplane.api.interceptor import current_caller
-from controlplane.errors import InvalidArgument
+from controlplane.db.models import NodeGroup
+from controlplane.errors import InvalidArgument, NotFound
+from controlplane.limits import DEFAULT_GROUP
+from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import MAX_TOKEN_TTL, IdentityService, check_node_id
 from controlplane.services.keys import ApiKeyService
 from controlplane.services.models import ModelService
@@ -54,12 +57,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         rollback: RollbackService,
         signing_keys: SigningKeyService,
         identities: IdentityService,
+        groups: NodeGroupService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
         self._providers = providers
         self._models = models
         self._policies = policies
+        self._groups = groups
         self._nodes = nodes
         self._snapshots = snapshots
         self._rollback = rollback
@@ -221,8 +226,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ExplainRouteRequest, context: Context
     ) -> admin_pb2.ExplainRouteResponse:
         _require("tenant", request.tenant)
-        config, tenant = await self._snapshots.runtime_for(request.tenant)
-        node = await self._node_context(request)
+        group_name = request.node_group or DEFAULT_GROUP
+        try:
+            group = (await self._groups.get(group_name)).row
+        except NotFound:
+            raise NotFound("node group", group_name, field="node_group") from None
+        # Decided as a node of that group would: on the group's snapshot, in its site.
+        config, tenant = await self._snapshots.runtime_for(request.tenant, group.name)
+        node = await self._node_context(request, group)
         req = request.request
         # Read, checked and routed exactly as a node would: same conversion, same
         # validation, same query, same planner, same filters.
@@ -240,19 +251,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             estimated_input_tokens=query.estimated_input_tokens,
         )
 
-    async def _node_context(self, request: admin_pb2.ExplainRouteRequest) -> NodeContext:
-        """The node to decide as: what the request names, else the fleet's (see the proto)."""
+    async def _node_context(self, request: admin_pb2.ExplainRouteRequest, group: NodeGroup) -> NodeContext:
+        """The node to decide as: what the request names, else its group's or the fleet's (see the proto)."""
         mode = MODE_FROM_PROTO.get(request.mode)
+        if mode is None and request.node_group:
+            mode = DeploymentMode(group.mode)
         if mode is None:
             declared = {MODE_FROM_PROTO.get(n.mode) for n in await self._nodes.list()}
             only = declared.pop() if len(declared) == 1 else None
             mode = only if only is not None else DeploymentMode.CLOUD
-        scope = self._snapshots.uow.publisher.scope
         return NodeContext(
             mode=mode,
-            site=request.site or scope.site,
-            deployment=request.deployment or scope.deployment,
-            node_group=request.node_group or scope.node_group,
+            site=request.site or group.site,
+            deployment=request.deployment or group.deployment,
+            node_group=group.name,
         )
 
     # ---- nodes and snapshots ----
@@ -260,7 +272,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListNodes(
         self, request: admin_pb2.ListNodesRequest, context: Context
     ) -> admin_pb2.ListNodesResponse:
-        rows, latest = await self._nodes.fleet()
+        rows, newest = await self._nodes.fleet(request.group)
         certificates = await self._identities.certificates_by_node()
         now = datetime.now(UTC)
         nodes = []
@@ -268,10 +280,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             node = convert.node(row)
             scope = row.scope or {}
             node.deployment = str(scope.get("deployment", ""))
-            node.node_group = str(scope.get("node_group", ""))
+            # The group the control plane serves it, not only what the node claimed.
+            node.node_group = row.node_group
             node.site = str(scope.get("site", ""))
             node.last_ack_version = row.last_ack_version
-            node.lag = max(0, latest - row.applied_version)
+            node.lag = max(0, newest.get(row.node_group, 0) - row.applied_version)
             node.stale = self._nodes.is_stale(row, now)
             if row.node_id in certificates:
                 not_after, revoked = certificates[row.node_id]
@@ -279,15 +292,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 node.revoked = revoked
             nodes.append(node)
         return admin_pb2.ListNodesResponse(
-            nodes=nodes, latest_version=latest, stale_after_seconds=self._nodes.stale_after
+            nodes=nodes,
+            latest_version=newest.get(request.group or DEFAULT_GROUP, 0),
+            stale_after_seconds=self._nodes.stale_after,
+            latest_versions=newest,
         )
 
     async def GetSnapshot(
         self, request: admin_pb2.GetSnapshotRequest, context: Context
     ) -> admin_pb2.SnapshotInfo:
+        group = request.group or DEFAULT_GROUP
         if not request.include_content:
-            return convert.snapshot_info(await self._snapshots.get(request.version))
-        row, snapshot, prefixes = await self._snapshots.content(request.version)
+            return convert.snapshot_info(await self._snapshots.get(request.version, group))
+        row, snapshot, prefixes = await self._snapshots.content(request.version, group)
         info = convert.snapshot_info(row)
         info.content.CopyFrom(convert.snapshot_content(snapshot, prefixes))
         return info
@@ -295,7 +312,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ExportSnapshot(
         self, request: admin_pb2.ExportSnapshotRequest, context: Context
     ) -> snapshot_pb2.SignedEnvelope:
-        row = await self._snapshots.export()
+        row = await self._snapshots.export(request.group or DEFAULT_GROUP)
         envelope = snapshot_pb2.SignedEnvelope()
         envelope.ParseFromString(bytes(row.envelope))
         return envelope
@@ -303,7 +320,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListSnapshots(
         self, request: admin_pb2.ListSnapshotsRequest, context: Context
     ) -> admin_pb2.ListSnapshotsResponse:
-        rows, next_before = await self._snapshots.page(request.limit, request.before)
+        rows, next_before = await self._snapshots.page(
+            request.limit, request.before, request.group or DEFAULT_GROUP
+        )
         return admin_pb2.ListSnapshotsResponse(
             snapshots=[convert.snapshot_info(r) for r in rows], next_before=next_before
         )
@@ -311,14 +330,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def DiffSnapshots(
         self, request: admin_pb2.DiffSnapshotsRequest, context: Context
     ) -> admin_pb2.DiffSnapshotsResponse:
-        return convert.snapshot_diff(await self._snapshots.diff(request.from_version, request.to_version))
+        return convert.snapshot_diff(
+            await self._snapshots.diff(
+                request.from_version, request.to_version, request.group or DEFAULT_GROUP
+            )
+        )
 
     async def RollbackSnapshot(
         self, request: admin_pb2.RollbackSnapshotRequest, context: Context
     ) -> admin_pb2.RollbackSnapshotResponse:
         if not request.version:
             raise InvalidArgument("version", "must be a stored version (not 0)")
-        result = await self._rollback.rollback(current_caller(), request.version)
+        result = await self._rollback.rollback(
+            current_caller(), request.version, request.group or DEFAULT_GROUP
+        )
         return admin_pb2.RollbackSnapshotResponse(
             snapshot_version=result.version,
             restored_from=result.restored_from,
@@ -378,6 +403,42 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         check_node_id("node_id", request.node_id)
         return admin_pb2.RevokeNodeResponse(
             revoked_certificates=await self._identities.revoke(request.node_id)
+        )
+
+    # ---- node groups ----
+
+    async def CreateNodeGroup(
+        self, request: admin_pb2.CreateNodeGroupRequest, context: Context
+    ) -> admin_pb2.NodeGroup:
+        info, _ = await self._groups.create(current_caller(), convert.group_spec(request.group))
+        return convert.node_group(info)
+
+    async def GetNodeGroup(
+        self, request: admin_pb2.GetNodeGroupRequest, context: Context
+    ) -> admin_pb2.NodeGroup:
+        _require("name", request.name)
+        return convert.node_group(await self._groups.get(request.name))
+
+    async def ListNodeGroups(
+        self, request: admin_pb2.ListNodeGroupsRequest, context: Context
+    ) -> admin_pb2.ListNodeGroupsResponse:
+        return admin_pb2.ListNodeGroupsResponse(
+            groups=[convert.node_group(g) for g in await self._groups.list()]
+        )
+
+    async def UpdateNodeGroup(
+        self, request: admin_pb2.UpdateNodeGroupRequest, context: Context
+    ) -> admin_pb2.NodeGroup:
+        _require("name", request.name)
+        info, _ = await self._groups.update(current_caller(), request.name, convert.group_change(request))
+        return convert.node_group(info)
+
+    async def DeleteNodeGroup(
+        self, request: admin_pb2.DeleteNodeGroupRequest, context: Context
+    ) -> admin_pb2.DeleteResponse:
+        _require("name", request.name)
+        return admin_pb2.DeleteResponse(
+            snapshot_version=await self._groups.delete(current_caller(), request.name)
         )
 
 

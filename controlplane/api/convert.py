@@ -9,10 +9,14 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.db import models as db
+from controlplane.errors import InvalidArgument
+from controlplane.services.groups import GroupChange, GroupInfo, GroupSpec
 from controlplane.services.models import DeploymentSpec, ModelSpec
 from controlplane.services.providers import ProviderSpec
 from controlplane.snapshots import build
 from controlplane.snapshots.history import Diff
+from dataplane.config.model import DeploymentMode
+from dataplane.snapshot.compile import MODE_FROM_PROTO, MODE_TO_PROTO
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -143,6 +147,7 @@ def enroll_token(row: db.EnrollToken) -> admin_pb2.EnrollTokenInfo:
 
 def snapshot_info(row: db.Snapshot) -> admin_pb2.SnapshotInfo:
     return admin_pb2.SnapshotInfo(
+        node_group=row.node_group,
         version=row.version,
         payload_sha256=bytes(row.sha256),
         created_at=ts(row.created_at),
@@ -215,4 +220,65 @@ def signing_key(row: db.SigningKey) -> admin_pb2.SigningKeyInfo:
         created_at=ts(row.created_at),
         revoked_at=ts(row.revoked_at),
         ed25519_public_key=bytes(row.public_key),
+    )
+
+
+def _selection(names: tuple[str, ...] | None) -> admin_pb2.Selection:
+    return admin_pb2.Selection(all=True) if names is None else admin_pb2.Selection(names=list(names))
+
+
+def _listed(selection: admin_pb2.Selection, path: str) -> tuple[str, ...] | None:
+    if selection.all:
+        if selection.names:
+            raise InvalidArgument(f"{path}.names", "must be empty when all is set")
+        return None
+    return tuple(selection.names)
+
+
+def node_group(info: GroupInfo) -> admin_pb2.NodeGroup:
+    row = info.row
+    return admin_pb2.NodeGroup(
+        name=row.name,
+        mode=MODE_TO_PROTO[DeploymentMode(row.mode)],
+        site=row.site,
+        deployment=row.deployment,
+        tenants=_selection(info.names["tenants"]),
+        providers=_selection(info.names["providers"]),
+        models=_selection(info.names["models"]),
+        created_at=ts(row.created_at),
+        snapshot_version=info.snapshot_version,
+        nodes=info.nodes,
+    )
+
+
+def _mode(value: int, path: str) -> DeploymentMode:
+    mode = MODE_FROM_PROTO.get(value)
+    if mode is None:
+        raise InvalidArgument(path, "must be cloud, on-prem or air-gapped")
+    return mode
+
+
+def group_spec(msg: admin_pb2.NodeGroup) -> GroupSpec:
+    """A create request's group; unset selections mean everything, unset mode cloud."""
+    return GroupSpec(
+        name=msg.name,
+        mode=DeploymentMode.CLOUD if not msg.mode else _mode(msg.mode, "group.mode"),
+        site=msg.site,
+        deployment=msg.deployment,
+        tenants=_listed(msg.tenants, "group.tenants") if msg.HasField("tenants") else None,
+        providers=_listed(msg.providers, "group.providers") if msg.HasField("providers") else None,
+        models=_listed(msg.models, "group.models") if msg.HasField("models") else None,
+    )
+
+
+def group_change(msg: admin_pb2.UpdateNodeGroupRequest) -> GroupChange:
+    return GroupChange(
+        mode=_mode(msg.mode, "mode") if msg.HasField("mode") else None,
+        site=msg.site if msg.HasField("site") else None,
+        deployment=msg.deployment if msg.HasField("deployment") else None,
+        lists={
+            kind: _listed(getattr(msg, kind), kind)
+            for kind in ("tenants", "providers", "models")
+            if msg.HasField(kind)
+        },
     )

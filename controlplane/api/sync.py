@@ -3,9 +3,11 @@
 Per stream: the peer certificate is checked first (``controlplane.api.node_auth``:
 unknown or revoked -> refused before anything is read or sent); the node says Hello,
 which must name the certificate's node id (and, when it names a node group, the
-certificate's group); we record it and send the newest envelope if it
-is newer than what the node serves; then we send each newer version the broker
-announces. A version (with that payload hash) a node NACKed is never sent to it
+certificate's group). The certificate's group decides which group's snapshots the
+stream gets (an unknown group is refused before anything is recorded or sent); we
+record the node and send its group's newest envelope if it is newer than what the
+node serves; then we send each newer version of that group the broker announces. A
+version (with that payload hash) a node NACKed is never sent to it
 again, on this stream or after a reconnect; later versions still are.
 """
 
@@ -25,6 +27,8 @@ from google.protobuf.json_format import MessageToDict
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import status_for
 from controlplane.errors import ControlPlaneError
+from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS
+from controlplane.services.groups import GROUP_NAME_RE
 from controlplane.services.identity import NodeIdentity
 from controlplane.services.nodes import NodeHello, NodeService
 from controlplane.snapshots.broker import CLOSED, REVOKED, SnapshotBroker, Subscription
@@ -38,11 +42,19 @@ MAX_REASON_LOG_CHARS = 500
 log = logging.getLogger(__name__)
 
 
+def _group_of(identity: NodeIdentity) -> str:
+    """The node group whose snapshots this stream gets: the certificate's (with an
+    ``--insecure`` node port, what the Hello's scope names); empty means ``default``.
+    The one place a stream's group is decided."""
+    return identity.group or DEFAULT_GROUP
+
+
 @dataclass(slots=True)
 class _StreamState:
     node_id: str
     identity: NodeIdentity
     applied: int
+    group: str = DEFAULT_GROUP
     last_sent: int = 0
     refused: set[tuple[int, bytes]] = field(default_factory=set)
 
@@ -115,9 +127,24 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 f'(got "{printable(node_id, 80)}")',
             )
         identity = await self._check_claims(context, hello, certified)
+        group = _group_of(identity)
+        if not GROUP_NAME_RE.fullmatch(group):
+            # Checked before the database is asked: with --insecure a node chooses this string.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"hello.scope.node_group: must be 1..{GROUP_NAME_CHARS} characters of a-z, 0-9 and '-' "
+                f"(got {printable(group, 80)!r})",
+            )
+        if not await self._nodes.group_exists(group):
+            # Before the node is recorded and before any snapshot byte is sent.
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"hello.scope.node_group: node group {printable(group, 80)!r} not found",
+            )
         row = await self._nodes.hello(
             NodeHello(
                 node_id=node_id,
+                node_group=group,
                 software_version=hello.software_version,
                 mode=int(hello.mode),
                 scope=MessageToDict(hello.scope, preserving_proto_field_name=True),
@@ -126,20 +153,24 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             )
         )
         state = _StreamState(
-            node_id, identity, applied=row.applied_version, refused=await self._nodes.refused(node_id)
+            node_id,
+            identity,
+            applied=row.applied_version,
+            group=group,
+            refused=await self._nodes.refused(node_id),
         )
         # A change committed within the debounce window must not be missed by a node
         # connecting right now: look at the database, not only the broker's cache.
         await self._broker.refresh()
         if hello.HasField("delivery_failure") and hello.delivery_failure.reason:
             await self._delivery_failed(state, hello.delivery_failure)
-        sub = self._broker.subscribe(node_id)
+        sub = self._broker.subscribe(node_id, group)
         if await self._auth.revoked_since(identity):
             # Revoked between the check above and the subscription: its NOTIFY found no stream.
             sub.queue.put_nowait(REVOKED)
         self.streams[node_id] = self.streams.get(node_id, 0) + 1
         reader = asyncio.create_task(self._read(request_iterator, state, sub), name=f"sync-read-{node_id}")
-        log.info("node %s connected (applied v%d)", printable(node_id), state.applied)
+        log.info("node %s of group %s connected (applied v%d)", printable(node_id), group, state.applied)
         try:
             sub.queue.put_nowait(None)  # look at the newest snapshot right away
             while True:
@@ -218,7 +249,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         We only ever send the newest snapshot, so that is what the node refused. Recording
         it also keeps us from sending it again and again on every reconnect.
         """
-        latest = self._broker.latest
+        latest = self._broker.latest_for(state.group)
         reason = printable(failure.reason, MAX_REASON_LOG_CHARS)
         if (latest is not None) and (latest.version, latest.sha256) in state.refused:
             return  # already recorded (the node repeats it until a stream carries a message)
@@ -236,7 +267,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         await self._nodes.nack(state.node_id, latest.version, latest.sha256, reason)
 
     def _due(self, state: _StreamState) -> snapshot_pb2.SignedEnvelope | None:
-        latest = self._broker.latest
+        latest = self._broker.latest_for(state.group)
         if latest is None or latest.version <= max(state.applied, state.last_sent):
             return None
         if (latest.version, latest.sha256) in state.refused:

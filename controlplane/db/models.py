@@ -28,7 +28,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from controlplane.limits import (
+    DEFAULT_GROUP,
     ENV_NAME_CHARS,
+    GROUP_NAME_CHARS,
     KEY_ID_CHARS,
     NAME_CHARS,
     NODE_ID_CHARS,
@@ -225,6 +227,28 @@ class TrustStatement(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
 
 
+class NodeGroup(TimestampMixin, Base):
+    """A group of nodes: where they run and what they may see. One snapshot chain each.
+
+    ``tenants``, ``providers`` and ``models`` are lists of ids or names (aliases for
+    models); NULL means everything.
+    """
+
+    __tablename__ = "node_groups"
+    __table_args__ = (
+        CheckConstraint("mode IN ('cloud', 'on-prem', 'air-gapped')", name="mode_known"),
+        CheckConstraint("name ~ '^[a-z0-9-]{1,63}$'", name="name_syntax"),
+    )
+
+    name: Mapped[str] = mapped_column(String(GROUP_NAME_CHARS), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    site: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
+    deployment: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
+    tenants: Mapped[list[Any] | None] = mapped_column(JSONB)
+    providers: Mapped[list[Any] | None] = mapped_column(JSONB)
+    models: Mapped[list[Any] | None] = mapped_column(JSONB)
+
+
 class Snapshot(Base):
     """A signed snapshot exactly as it was pushed: the envelope bytes.
 
@@ -234,6 +258,12 @@ class Snapshot(Base):
 
     __tablename__ = "snapshots"
 
+    # Each group has its own version chain (no foreign key: a deleted group's history,
+    # exported pins included, stays readable, and a group re-created under that name
+    # continues the chain, so its nodes' rollback protection still holds).
+    node_group: Mapped[str] = mapped_column(
+        String(GROUP_NAME_CHARS), primary_key=True, server_default=DEFAULT_GROUP
+    )
     version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
@@ -259,6 +289,7 @@ class Node(Base):
     __tablename__ = "nodes"
 
     node_id: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    node_group: Mapped[str] = mapped_column(String(GROUP_NAME_CHARS), server_default=DEFAULT_GROUP)
     software_version: Mapped[str] = mapped_column(String(100), default="")
     mode: Mapped[int] = mapped_column(Integer, default=0)
     scope: Mapped[dict[str, Any]] = mapped_column(default=dict)

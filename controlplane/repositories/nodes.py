@@ -5,18 +5,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.models import Node, NodeNack, Snapshot
+from controlplane.db.models import Node, NodeNack
 
 
 async def get(session: AsyncSession, node_id: str, *, for_update: bool = False) -> Node | None:
     return await session.get(Node, node_id, with_for_update=for_update)
 
 
-async def list_all(session: AsyncSession) -> Sequence[Node]:
-    return (await session.scalars(select(Node).order_by(Node.node_id))).all()
+async def list_all(session: AsyncSession, group: str = "") -> Sequence[Node]:
+    """Every node (of ``group`` when given), by group then id."""
+    query = select(Node).order_by(Node.node_group, Node.node_id)
+    if group:
+        query = query.where(Node.node_group == group)
+    return (await session.scalars(query)).all()
 
 
 async def nacked(session: AsyncSession, node_id: str) -> set[tuple[int, bytes]]:
@@ -29,8 +33,3 @@ async def mark_seen(session: AsyncSession, node_ids: Sequence[str], now: datetim
     await session.execute(
         update(Node).where(Node.node_id.in_(node_ids)).values(last_seen_at=now, connected=True)
     )
-
-
-async def latest_version(session: AsyncSession) -> int:
-    """The newest stored snapshot version (0 when none): what a converged node serves."""
-    return int(await session.scalar(select(func.coalesce(func.max(Snapshot.version), 0))) or 0)

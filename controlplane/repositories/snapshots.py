@@ -1,4 +1,4 @@
-"""Stored snapshots, and the channel that announces new ones."""
+"""Stored snapshots (one version chain per node group), and the channel that announces new ones."""
 
 from __future__ import annotations
 
@@ -7,48 +7,79 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import Node, Snapshot
+from controlplane.limits import DEFAULT_GROUP
 
 NOTIFY_CHANNEL = "signalbox_snapshots"
-"""Postgres channel a replica LISTENs on; the payload is the new version number."""
+"""Postgres channel a replica LISTENs on; the payload is "<group>:<version>"."""
 
 
-async def latest(session: AsyncSession) -> Snapshot | None:
-    return await session.scalar(select(Snapshot).order_by(Snapshot.version.desc()).limit(1))
+async def latest(session: AsyncSession, group: str = DEFAULT_GROUP) -> Snapshot | None:
+    query = select(Snapshot).where(Snapshot.node_group == group).order_by(Snapshot.version.desc()).limit(1)
+    return await session.scalar(query)
 
 
-async def get(session: AsyncSession, version: int) -> Snapshot | None:
-    return await session.get(Snapshot, version)
+async def latest_per_group(session: AsyncSession) -> dict[str, Snapshot]:
+    """The newest stored snapshot of every group that has one."""
+    newest = (
+        select(Snapshot.node_group, func.max(Snapshot.version).label("version"))
+        .group_by(Snapshot.node_group)
+        .subquery()
+    )
+    query = select(Snapshot).join(
+        newest, (Snapshot.node_group == newest.c.node_group) & (Snapshot.version == newest.c.version)
+    )
+    return {row.node_group: row for row in (await session.scalars(query)).all()}
 
 
-async def page(session: AsyncSession, *, limit: int, before: int = 0) -> Sequence[Snapshot]:
-    """Up to ``limit`` stored versions, newest first; only those below ``before`` when it is set."""
-    query = select(Snapshot).order_by(Snapshot.version.desc()).limit(limit)
+async def newest_versions(session: AsyncSession) -> dict[str, int]:
+    """Every group's newest stored version (groups without a snapshot are absent)."""
+    query = select(Snapshot.node_group, func.max(Snapshot.version)).group_by(Snapshot.node_group)
+    return {group: int(version) for group, version in (await session.execute(query)).all()}
+
+
+async def get(session: AsyncSession, version: int, group: str = DEFAULT_GROUP) -> Snapshot | None:
+    return await session.get(Snapshot, (group, version))
+
+
+async def page(
+    session: AsyncSession, *, limit: int, before: int = 0, group: str = DEFAULT_GROUP
+) -> Sequence[Snapshot]:
+    """Up to ``limit`` stored versions of ``group``, newest first; only those below ``before``
+    when it is set."""
+    query = (
+        select(Snapshot).where(Snapshot.node_group == group).order_by(Snapshot.version.desc()).limit(limit)
+    )
     if before:
         query = query.where(Snapshot.version < before)
     return (await session.scalars(query)).all()
 
 
-async def mark_exported(session: AsyncSession, version: int, at: datetime) -> None:
-    """Record that ``version`` left as a pin (the first export's time is kept)."""
+async def mark_exported(
+    session: AsyncSession, version: int, at: datetime, group: str = DEFAULT_GROUP
+) -> None:
+    """Record that ``version`` of ``group`` left as a pin (the first export's time is kept)."""
     await session.execute(
         update(Snapshot)
-        .where(Snapshot.version == version, Snapshot.exported_at.is_(None))
+        .where(Snapshot.node_group == group, Snapshot.version == version, Snapshot.exported_at.is_(None))
         .values(exported_at=at)
     )
 
 
-async def prune(session: AsyncSession, *, newest: int, keep_last: int) -> list[int]:
-    """Delete versions older than the last ``keep_last`` (up to ``newest``), except those a
-    node still runs and exported pins. Returns the deleted versions."""
+async def prune(
+    session: AsyncSession, *, newest: int, keep_last: int, group: str = DEFAULT_GROUP
+) -> list[int]:
+    """Delete versions of ``group`` older than its last ``keep_last`` (up to ``newest``), except
+    those a node of the group still runs and exported pins. Returns the deleted versions."""
     assert keep_last >= 1, "the newest version is always kept"
-    running = select(Node.applied_version).where(Node.applied_version > 0)
+    running = select(Node.applied_version).where(Node.node_group == group, Node.applied_version > 0)
     result = await session.execute(
         delete(Snapshot)
         .where(
+            Snapshot.node_group == group,
             Snapshot.version <= newest - keep_last,
             Snapshot.exported_at.is_(None),
             Snapshot.version.not_in(running),
@@ -65,9 +96,10 @@ async def add(session: AsyncSession, row: Snapshot) -> None:
     await session.flush()
 
 
-async def announce(session: AsyncSession, version: int) -> None:
-    """NOTIFY every listening replica of ``version``; delivered when the transaction commits."""
-    await session.execute(text("SELECT pg_notify(:c, :v)"), {"c": NOTIFY_CHANNEL, "v": str(version)})
+async def announce(session: AsyncSession, version: int, group: str = DEFAULT_GROUP) -> None:
+    """NOTIFY every listening replica of ``version`` of ``group``; delivered when the
+    transaction commits."""
+    await session.execute(text("SELECT pg_notify(:c, :v)"), {"c": NOTIFY_CHANNEL, "v": f"{group}:{version}"})
 
 
 async def listen(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -35,6 +35,8 @@ READ_ONLY_METHODS = frozenset(
         "DiffSnapshots",
         "ListSigningKeys",
         "ListEnrollTokens",
+        "GetNodeGroup",
+        "ListNodeGroups",
     }
 )
 

@@ -13,7 +13,7 @@ from controlplane.errors import ConfigRejected, InvalidArgument
 from controlplane.limits import NAME_CHARS
 from controlplane.repositories import config as repo
 from controlplane.repositories.config import lock_config
-from controlplane.snapshots.publish import PublishedSnapshot, SnapshotPublisher
+from controlplane.snapshots.publish import Publication, SnapshotPublisher
 
 _POLICY_PATH = re.compile(r"^\$\.policies\[(\d+)\]")
 _MODEL_PATH = re.compile(r"^\$\.models\[(\d+)\]")
@@ -86,8 +86,11 @@ class Change:
 
     session: AsyncSession
     reason: str
-    snapshot: PublishedSnapshot | None = None
+    snapshot: Publication | None = None
     skipped: bool = False
+    force: frozenset[str] | None = frozenset()
+    """Groups that get a new version even when their content did not change
+    (``None``: every group), e.g. a re-issue before expiry."""
 
     def skip(self) -> None:
         """Publish nothing: the block changed nothing that needs a new snapshot."""
@@ -95,15 +98,21 @@ class Change:
 
     @property
     def version(self) -> int:
+        """The ``default`` group's newest version once the change is published."""
         assert self.snapshot is not None, "the snapshot is known once the change block ends"
         return self.snapshot.version
+
+    def group_version(self, group: str) -> int:
+        """``group``'s newest version once the change is published (0: it has none)."""
+        assert self.snapshot is not None, "the snapshot is known once the change block ends"
+        return self.snapshot.newest.get(group, 0)
 
 
 @dataclass(slots=True)
 class UnitOfWork:
     sessions: async_sessionmaker[AsyncSession]
     publisher: SnapshotPublisher
-    after_commit: list[Callable[[PublishedSnapshot], None]] = field(default_factory=list)
+    after_commit: list[Callable[[Publication], None]] = field(default_factory=list)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -113,8 +122,8 @@ class UnitOfWork:
 
     @asynccontextmanager
     async def change(self, caller: Caller, reason: str) -> AsyncIterator[Change]:
-        """A config change in one transaction that ends with a new snapshot (unless skipped),
-        then runs the after-commit callbacks with it."""
+        """A config change in one transaction that ends with a new snapshot for every group
+        whose content it changed (unless skipped), then runs the after-commit callbacks."""
         async with self.sessions() as session, session.begin():
             await lock_config(session)
             change = Change(session, reason)
@@ -124,10 +133,10 @@ class UnitOfWork:
             await session.flush()
             try:
                 change.snapshot = await self.publisher.publish(
-                    session, actor=caller.actor, reason=change.reason
+                    session, actor=caller.actor, reason=change.reason, force=change.force
                 )
             except ConfigRejected as exc:
-                exc.referrer = await describe_path(session, exc.field)
+                exc.referrer = exc.referrer or await describe_path(session, exc.field)
                 raise
         for callback in self.after_commit:
             callback(change.snapshot)

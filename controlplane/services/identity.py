@@ -24,6 +24,7 @@ from controlplane.db.models import EnrollToken, NodeCertificate
 from controlplane.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from controlplane.identity.ca import Issued, NodeCaKey, NodeCertificateSpec, parse_csr
 from controlplane.limits import NODE_ID_CHARS
+from controlplane.repositories import groups as group_repo
 from controlplane.repositories import identity as repo
 from controlplane.services.base import Caller, check_name
 from signalbox.text import printable
@@ -114,16 +115,26 @@ class IdentityService:
             )
         token_id = secrets.token_hex(8)
         token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
-        row = EnrollToken(
-            id=token_id,
-            secret_sha256=token_digest(token),
-            node_group=group,
-            mode=mode,
-            site=site,
-            created_by=caller.actor,
-            expires_at=datetime.now(UTC) + ttl,
-        )
         async with self.sessions() as session, session.begin():
+            # The group decides what its nodes are: certificates carry its mode and site.
+            defined = await group_repo.get(session, group)
+            if defined is None:
+                raise NotFound("node group", group)
+            if mode and mode != defined.mode:
+                raise InvalidArgument("mode", f"node group {group!r} is {defined.mode}, not {mode}")
+            if site and site != defined.site:
+                raise InvalidArgument(
+                    "site", f"node group {group!r} is at site {defined.site!r}, not {site!r}"
+                )
+            row = EnrollToken(
+                id=token_id,
+                secret_sha256=token_digest(token),
+                node_group=group,
+                mode=defined.mode,
+                site=defined.site,
+                created_by=caller.actor,
+                expires_at=datetime.now(UTC) + ttl,
+            )
             session.add(row)
         return row, token
 

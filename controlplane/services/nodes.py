@@ -11,6 +11,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import Node, NodeNack
+from controlplane.errors import NotFound
+from controlplane.limits import DEFAULT_GROUP
+from controlplane.repositories import groups as group_repo
 from controlplane.repositories import nodes as repo
 from controlplane.repositories import snapshots as snapshot_repo
 from signalbox.text import printable
@@ -31,6 +34,7 @@ class NodeHello:
     scope: dict[str, Any]
     applied_version: int
     applied_hash: bytes
+    node_group: str = DEFAULT_GROUP
 
 
 @dataclass(slots=True)
@@ -50,6 +54,7 @@ class NodeService:
             node.software_version = printable(hello.software_version, MAX_VERSION_CHARS)
             node.mode = hello.mode
             node.scope = hello.scope
+            node.node_group = hello.node_group
             node.applied_version = hello.applied_version
             node.applied_hash = hello.applied_hash
             node.connected = True
@@ -61,9 +66,9 @@ class NodeService:
         """Say loudly when what a node serves is not what this database signed."""
         if not hello.applied_version:
             return
-        stored = await snapshot_repo.get(session, hello.applied_version)
+        stored = await snapshot_repo.get(session, hello.applied_version, hello.node_group)
         if stored is None:
-            latest = await snapshot_repo.latest(session)
+            latest = await snapshot_repo.latest(session, hello.node_group)
             if latest is None or hello.applied_version > latest.version:
                 # E.g. the database was reset: the node's rollback protection will refuse
                 # every version until ours passes its high-water mark.
@@ -111,6 +116,10 @@ class NodeService:
             node.last_seen_at = now
             session.add(NodeNack(node_id=node_id, version=version, sha256=sha256, reason=reason))
 
+    async def group_exists(self, name: str) -> bool:
+        async with self.sessions() as session:
+            return await group_repo.get(session, name) is not None
+
     async def refused(self, node_id: str) -> set[tuple[int, bytes]]:
         """Every (version, payload hash) the node has NACKed: never send those again."""
         async with self.sessions() as session:
@@ -138,10 +147,13 @@ class NodeService:
         async with self.sessions() as session:
             return await repo.list_all(session)
 
-    async def fleet(self) -> tuple[Sequence[Node], int]:
-        """Every node and the newest stored snapshot version (0 when none), read together."""
+    async def fleet(self, group: str = "") -> tuple[Sequence[Node], dict[str, int]]:
+        """The nodes of ``group`` (every node when empty) and each group's newest stored
+        snapshot version, read together."""
         async with self.sessions() as session:
-            return await repo.list_all(session), await repo.latest_version(session)
+            if group and await group_repo.get(session, group) is None:
+                raise NotFound("node group", group, field="group")
+            return await repo.list_all(session, group), await snapshot_repo.newest_versions(session)
 
     def is_stale(self, node: Node, now: datetime) -> bool:
         """Not seen (Hello, ACK, NACK, heartbeat) for longer than ``stale_after`` seconds."""

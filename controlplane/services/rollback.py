@@ -5,6 +5,12 @@ work, under the config lock) and the normal publish path compiles, checks, signs
 announces the result as a new, higher version. After it, ``tenant list`` and friends
 show exactly what nodes run.
 
+Per node group: rolling back group G restores what G sees (its tenants with their keys
+and policies, its providers, its models and their deployments on its providers) and
+leaves everything G does not see as it is. G gets a new version; another group gets one
+only when it shares an object that changed back. For a group that sees everything (the
+``default`` group as created) that is the whole config, as before groups.
+
 Two deliberate differences from a byte-for-byte copy:
 
 - API keys deleted since that version stay deleted. A deletion is a revocation (often
@@ -18,18 +24,26 @@ Two deliberate differences from a byte-for-byte copy:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import ApiKey, Deployment, Model, Policy, Provider, Tenant
 from controlplane.errors import NotFound
+from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import config as repo
+from controlplane.repositories import groups as group_repo
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.services.base import Caller, UnitOfWork
 from controlplane.snapshots.history import decode
+from controlplane.snapshots.publish import full_snapshot, group_view
+from controlplane.snapshots.scope import scope_snapshot
 from signalbox.api.config.v1 import snapshot_pb2
+
+M = TypeVar("M")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,15 +205,65 @@ async def restore(session: AsyncSession, snapshot: snapshot_pb2.Snapshot, actor:
     return tuple(not_restored)
 
 
+def _replace(current: Sequence[M], view_ids: set[str], old: Sequence[M], key: Callable[[M], str]) -> list[M]:
+    replaced = view_ids | {key(o) for o in old}
+    return [c for c in current if key(c) not in replaced] + list(old)
+
+
+def merge(
+    full: snapshot_pb2.Snapshot, view: snapshot_pb2.Snapshot, old: snapshot_pb2.Snapshot
+) -> snapshot_pb2.Snapshot:
+    """The whole config with a group's part rolled back: what the group sees now (``view``,
+    cut from ``full``) replaced by what it saw then (``old``), everything else as it is.
+
+    A model's deployments on providers the group does not see (so ``old`` never carried
+    them) are kept. For a group that sees everything this is ``old`` itself.
+    """
+    old_provider_ids = {p.id for p in old.providers}
+    hidden = {p.id for p in full.providers} - {p.id for p in view.providers} - old_provider_ids
+    full_models = {m.id: m for m in full.models}
+    old_models = []
+    for m in old.models:
+        model = snapshot_pb2.Model()
+        model.CopyFrom(m)
+        if m.id in full_models:
+            model.deployments.extend(d for d in full_models[m.id].deployments if d.provider_id in hidden)
+        old_models.append(model)
+    return snapshot_pb2.Snapshot(
+        tenants=_replace(full.tenants, {t.id for t in view.tenants}, old.tenants, lambda t: t.id),
+        api_keys=_replace(full.api_keys, {k.id for k in view.api_keys}, old.api_keys, lambda k: k.id),
+        providers=_replace(full.providers, {p.id for p in view.providers}, old.providers, lambda p: p.id),
+        models=_replace(full.models, {m.id for m in view.models}, old_models, lambda m: m.id),
+        policies=_replace(
+            full.policies, {p.tenant_id for p in view.policies}, old.policies, lambda p: p.tenant_id
+        ),
+    )
+
+
 @dataclass(slots=True)
 class RollbackService:
     uow: UnitOfWork
 
-    async def rollback(self, caller: Caller, version: int) -> RollbackResult:
-        """Publish a new version whose config is that of stored ``version``."""
-        async with self.uow.change(caller, f"rollback to v{version}") as change:
-            row = await snapshot_repo.get(change.session, version)
+    async def rollback(self, caller: Caller, version: int, group: str = DEFAULT_GROUP) -> RollbackResult:
+        """Publish a new version of ``group`` whose config is that of its stored ``version``.
+
+        Only what the group sees is rolled back (see ``merge``); other groups get a new
+        version only where they share an object that changed back (a tenant, a model...).
+        """
+        label = f"v{version}" if group == DEFAULT_GROUP else f"{group} v{version}"
+        async with self.uow.change(caller, f"rollback to {label}") as change:
+            # A rollback always leaves a version of its own in the group's history, even
+            # when the config already says the same again.
+            change.force = frozenset({group})
+            session = change.session
+            group_row = await group_repo.get(session, group)
+            if group_row is None:
+                raise NotFound("node group", group, field="group")
+            row = await snapshot_repo.get(session, version, group)
             if row is None:
-                raise NotFound("snapshot", str(version))
-            not_restored = await restore(change.session, decode(row.payload, version), caller.actor)
-        return RollbackResult(change.version, version, not_restored)
+                raise NotFound("snapshot", str(version) if group == DEFAULT_GROUP else f"{group}/{version}")
+            full = await full_snapshot(session, now=datetime.now(UTC), ttl=timedelta(0))
+            view = scope_snapshot(full, group_view(group_row))
+            wanted = merge(full, view, decode(row.payload, version))
+            not_restored = await restore(session, wanted, caller.actor)
+        return RollbackResult(change.group_version(group), version, not_restored)

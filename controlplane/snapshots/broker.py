@@ -1,9 +1,10 @@
-"""Per-replica fan-out of the newest snapshot to the sync streams connected here.
+"""Per-replica fan-out of each node group's newest snapshot to the sync streams connected here.
 
 Replicas never talk to each other: each one LISTENs on a Postgres channel, and
 on a notification (debounced, so a burst of changes becomes one push) reloads
-the newest envelope from the database and wakes every subscribed stream. A second
-channel announces revoked nodes: their streams on this replica end at once (``REVOKED``).
+every group's newest envelope from the database and wakes the streams of the groups
+whose newest version moved, and only those. A second channel announces revoked nodes:
+their streams on this replica end at once (``REVOKED``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import identity as identity_repo
 from controlplane.repositories import snapshots as snapshot_repo
 from signalbox.api.config.v1 import snapshot_pb2
@@ -26,21 +28,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Latest:
-    """The newest stored snapshot as sent to nodes."""
+    """A group's newest stored snapshot as sent to nodes."""
 
     version: int
     sha256: bytes
     envelope: snapshot_pb2.SignedEnvelope
+    group: str = DEFAULT_GROUP
 
 
 @dataclass(eq=False, slots=True)
 class Subscription:
-    """One sync stream's inbox: ``None`` wakes it to look at ``broker.latest``;
+    """One sync stream's inbox: ``None`` wakes it to look at ``broker.latest_for(group)``;
     an envelope is a test-injected one to send as is; ``CLOSED`` ends the stream;
     ``REVOKED`` ends it because the node's certificates were revoked."""
 
     queue: asyncio.Queue[snapshot_pb2.SignedEnvelope | object | None] = field(default_factory=asyncio.Queue)
     node_id: str = ""
+    group: str = DEFAULT_GROUP
 
 
 CLOSED = object()
@@ -48,7 +52,7 @@ REVOKED = object()
 
 
 class SnapshotBroker:
-    """Holds the newest envelope and wakes subscribers when it changes."""
+    """Holds each group's newest envelope and wakes that group's subscribers when it changes."""
 
     def __init__(
         self,
@@ -64,7 +68,7 @@ class SnapshotBroker:
         """Seconds a burst of notifications is gathered before one reload and push."""
         self._reconnect_backoff = reconnect_backoff
         self._subscribers: set[Subscription] = set()
-        self._latest: Latest | None = None
+        self._latest: dict[str, Latest] = {}
         self._listener: asyncio.Task[None] | None = None
         self._pending: asyncio.Task[None] | None = None
         self._dirty = False
@@ -72,9 +76,9 @@ class SnapshotBroker:
         self._closed = False
         self.on_update: list[Callable[[Latest], None]] = []
 
-    @property
-    def latest(self) -> Latest | None:
-        return self._latest
+    def latest_for(self, group: str) -> Latest | None:
+        """``group``'s newest snapshot as last loaded (None: it has none)."""
+        return self._latest.get(group)
 
     async def start(self) -> None:
         """Load the newest snapshot and start listening; returns once LISTEN is active."""
@@ -93,8 +97,8 @@ class SnapshotBroker:
         for sub in list(self._subscribers):
             sub.queue.put_nowait(CLOSED)
 
-    def subscribe(self, node_id: str) -> Subscription:
-        sub = Subscription(node_id=node_id)
+    def subscribe(self, node_id: str, group: str = DEFAULT_GROUP) -> Subscription:
+        sub = Subscription(node_id=node_id, group=group)
         if self._closed:
             sub.queue.put_nowait(CLOSED)
         self._subscribers.add(sub)
@@ -143,18 +147,24 @@ class SnapshotBroker:
             await self.refresh()
 
     async def refresh(self) -> None:
-        """Reload the newest envelope; wake subscribers if it is newer than what we hold."""
+        """Reload every group's newest envelope; wake the subscribers of each group whose
+        newest is newer than what we hold."""
         async with self._sessions() as session:
-            row = await snapshot_repo.latest(session)
-        if row is None or (self._latest is not None and row.version <= self._latest.version):
-            return
-        envelope = snapshot_pb2.SignedEnvelope()
-        envelope.ParseFromString(row.envelope)
-        self._latest = Latest(row.version, bytes(row.sha256), envelope)
-        for callback in self.on_update:
-            callback(self._latest)
+            rows = await snapshot_repo.latest_per_group(session)
+        moved: set[str] = set()
+        for group, row in rows.items():
+            held = self._latest.get(group)
+            if held is not None and row.version <= held.version:
+                continue
+            envelope = snapshot_pb2.SignedEnvelope()
+            envelope.ParseFromString(row.envelope)
+            self._latest[group] = latest = Latest(row.version, bytes(row.sha256), envelope, group)
+            moved.add(group)
+            for callback in self.on_update:
+                callback(latest)
         for sub in self._subscribers:
-            sub.queue.put_nowait(None)
+            if sub.group in moved:
+                sub.queue.put_nowait(None)
 
     async def _listen(self) -> None:
         while True:

@@ -17,7 +17,7 @@ from google.protobuf.json_format import MessageToDict
 from controlplane.errors import StoredSnapshotInvalid
 from signalbox.api.config.v1 import snapshot_pb2
 
-KINDS = ("tenant", "key", "provider", "model", "policy")
+KINDS = ("scope", "tenant", "key", "provider", "model", "policy")
 DEFAULT_POLICY = "(default)"
 
 
@@ -60,6 +60,8 @@ def views(snapshot: snapshot_pb2.Snapshot) -> dict[tuple[str, str], View]:
     tenants = {t.id: t.name for t in snapshot.tenants}
     providers = {p.id: p.name for p in snapshot.providers}
     out: dict[tuple[str, str], View] = {}
+    # Which nodes it is for: a group's deployment or site changing is a change of its own.
+    out["scope", ""] = View("scope", "", "scope", _dict(snapshot.scope))
     for t in snapshot.tenants:
         out["tenant", t.id] = View(
             "tenant",

@@ -1,34 +1,42 @@
-"""Turn the current database state into a new signed, stored, announced snapshot.
+"""Turn the current database state into new signed, stored, announced snapshots: one
+per node group whose content changed.
 
-Runs inside the admin call's transaction, after its change: if the candidate
-does not compile with the data plane's own compiler, nothing is signed and the
-whole transaction rolls back. Serialising, compiling, hashing and signing run
-in a worker thread, off the event loop.
+Runs inside the admin call's transaction, after its change. The full snapshot is built
+once and cut per group (``scope.scope_snapshot``); a group whose cut is the same config
+as its newest stored version gets no new version (its nodes hear nothing). If any
+changed group's candidate does not compile with the data plane's own compiler, nothing
+is signed and the whole transaction rolls back, the error naming the group. Comparing,
+serialising, compiling, hashing and signing run in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.models import Snapshot
+from controlplane.db.models import NodeGroup, Snapshot
 from controlplane.errors import ConfigRejected
 from controlplane.keys import MAX_TRUST_CHAIN, Keyring, Signer, sign_all, trusted_keys
+from controlplane.limits import DEFAULT_GROUP
+from controlplane.repositories import groups as group_repo
 from controlplane.repositories import signing_keys as signing_repo
 from controlplane.repositories import snapshots as snapshot_repo
-from controlplane.snapshots.build import build_snapshot
+from controlplane.snapshots.build import build_snapshot, timestamp
 from controlplane.snapshots.compiler import SnapshotInvalid, compile_now
-from dataplane.config.model import RuntimeConfig
+from controlplane.snapshots.scope import GroupView, body_of, describe, scope_snapshot
+from dataplane.config.model import DeploymentMode, RuntimeConfig
 from signalbox.api.config.v1 import snapshot_pb2
 
 
 @dataclass(frozen=True, slots=True)
 class PublishedSnapshot:
-    """A stored snapshot: its version, payload hash, the exact envelope bytes, and
+    """A stored snapshot: its group, version, payload hash, the exact envelope bytes, and
     the config its payload compiles to (as a node will compile it)."""
 
     version: int
@@ -36,6 +44,39 @@ class PublishedSnapshot:
     envelope: bytes
     created_at: datetime
     config: RuntimeConfig = field(repr=False, compare=False)
+    group: str = DEFAULT_GROUP
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """What one change published: a new version for each group whose content changed."""
+
+    published: dict[str, PublishedSnapshot]
+    """The new versions, by group (groups whose content did not change are absent)."""
+    newest: dict[str, int]
+    """Every group's newest version after the change (changed or not)."""
+
+    @property
+    def version(self) -> int:
+        """The ``default`` group's newest version: what admin responses report."""
+        return self.newest.get(DEFAULT_GROUP, 0)
+
+
+def group_view(row: NodeGroup) -> GroupView:
+    """A stored group as scoping sees it."""
+
+    def listed(values: list[Any] | None) -> frozenset[str] | None:
+        return None if values is None else frozenset(str(v) for v in values)
+
+    return GroupView(
+        name=row.name,
+        mode=DeploymentMode(row.mode),
+        site=row.site,
+        deployment=row.deployment,
+        tenants=listed(row.tenants),
+        providers=listed(row.providers),
+        models=listed(row.models),
+    )
 
 
 def check(payload: bytes) -> RuntimeConfig:
@@ -51,73 +92,160 @@ def check(payload: bytes) -> RuntimeConfig:
 
 @dataclass(frozen=True, slots=True)
 class _Sealed:
-    payload: bytes
+    group: str
+    snapshot: snapshot_pb2.Snapshot
     sha256: bytes
     envelope: bytes
     config: RuntimeConfig
 
 
-def _seal(snapshot: snapshot_pb2.Snapshot, signers: list[Signer], chain: list[bytes]) -> _Sealed:
-    # Serialized once: these exact bytes are checked, hashed, signed and stored.
-    payload = snapshot.SerializeToString(deterministic=True)
-    config = check(payload)
-    signed = sign_all(signers, payload)
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A group's snapshot body (everything but the header fields) and its new header."""
+
+    group: str
+    snapshot: snapshot_pb2.Snapshot
+    """The body as a message (for naming the entry at a path when it does not compile)."""
+    header: snapshot_pb2.Snapshot
+    previous: Snapshot | None
+    """The group's newest stored snapshot (its payload is read off the event loop)."""
+
+
+def _signed(signers: list[Signer], payload: bytes, chain: list[bytes]) -> bytes:
+    """The envelope bytes: ``payload`` signed by every signer, carrying the trust chain."""
+    envelope = sign_all(signers, payload)
     for statement in chain:
-        signed.trust_chain.add().ParseFromString(statement)
-    envelope = signed.SerializeToString(deterministic=True)
-    return _Sealed(payload, hashlib.sha256(payload).digest(), envelope, config)
+        envelope.trust_chain.add().ParseFromString(statement)
+    return envelope.SerializeToString(deterministic=True)
+
+
+def _seal_all(
+    candidates: list[_Candidate], forced: frozenset[str] | None, signers: list[Signer], chain: list[bytes]
+) -> list[_Sealed]:
+    # Every changed group's payload is compiled before anything is signed: one group that
+    # does not compile stops them all (the transaction rolls back).
+    checked = []
+    for candidate in candidates:
+        group = candidate.group
+        body = candidate.snapshot.SerializeToString(deterministic=True)
+        previous = candidate.previous
+        unforced = not (forced is None or group in forced)
+        if previous is not None and unforced and body_of(previous.payload) == body:
+            continue  # the same config as the group's newest: its nodes hear nothing
+        # Deterministic serialization writes fields in number order, so the header (fields
+        # 1-4) followed by the body is exactly the whole message serialized: these bytes are
+        # checked, hashed, signed and stored.
+        payload = candidate.header.SerializeToString(deterministic=True) + body
+        try:
+            config = check(payload)
+        except ConfigRejected as exc:
+            where = describe(candidate.snapshot, exc.field)
+            raise ConfigRejected(exc.field, exc.problem, where, group=group) from exc
+        checked.append((candidate, payload, config))
+    return [
+        _Sealed(
+            c.group,
+            c.header,
+            hashlib.sha256(payload).digest(),
+            _signed(signers, payload, chain),
+            config,
+        )
+        for c, payload, config in checked
+    ]
+
+
+async def full_snapshot(
+    session: AsyncSession, *, now: datetime, ttl: timedelta, trusted: Sequence[tuple[str, bytes, str]] = ()
+) -> snapshot_pb2.Snapshot:
+    """Everything the config tables hold, for no group yet: each group's snapshot is cut from it."""
+    return await build_snapshot(
+        session,
+        version=0,
+        previous_hash=b"",
+        created_at=now,
+        expires_at=now + ttl,
+        scope=snapshot_pb2.Scope(),
+        trusted=trusted,
+    )
+
+
+ALL_GROUPS: frozenset[str] | None = None
+"""``publish(force=ALL_GROUPS)``: a new version for every group, changed or not."""
 
 
 @dataclass(frozen=True, slots=True)
 class SnapshotPublisher:
-    """Builds, checks, signs, stores and announces snapshots."""
+    """Builds, checks, signs, stores and announces snapshots, one chain per node group."""
 
     keyring: Keyring
     ttl: timedelta
-    scope: snapshot_pb2.Scope
     retention: int = 100
-    """How many of the newest versions are kept; older ones go unless a node still runs
-    them or they were exported as a pin. At least 1: the newest is never pruned."""
+    """How many of each group's newest versions are kept; older ones go unless a node still
+    runs them or they were exported as a pin. At least 1: the newest is never pruned."""
 
     def __post_init__(self) -> None:
         if self.retention < 1:
             raise ValueError("snapshot retention must keep at least 1 version")
 
-    async def publish(self, session: AsyncSession, *, actor: str, reason: str) -> PublishedSnapshot:
-        """Store the next version; the caller holds the config lock and commits."""
-        previous = await snapshot_repo.latest(session)
-        version = (previous.version if previous is not None else 0) + 1
+    async def publish(
+        self, session: AsyncSession, *, actor: str, reason: str, force: frozenset[str] | None = frozenset()
+    ) -> Publication:
+        """Store the next version of every group whose content changed (and of the groups in
+        ``force``; ``ALL_GROUPS``: every group); the caller holds the config lock and commits."""
+        groups = [group_view(g) for g in await group_repo.list_all(session)]
+        latest = await snapshot_repo.latest_per_group(session)
         now = datetime.now(UTC)
-        snapshot = await build_snapshot(
-            session,
-            version=version,
-            previous_hash=bytes(previous.sha256) if previous is not None else b"",
-            created_at=now,
-            expires_at=now + self.ttl,
-            scope=self.scope,
-            trusted=await trusted_keys(session),
-        )
+        full = await full_snapshot(session, now=now, ttl=self.ttl, trusted=await trusted_keys(session))
+        # The header is per group and per version; the body is cut once per group.
+        full.ClearField("created_at")
+        full.ClearField("expires_at")
+        candidates = []
+        for group in groups:
+            previous = latest.get(group.name)
+            header = snapshot_pb2.Snapshot(
+                version=(previous.version if previous is not None else 0) + 1,
+                created_at=timestamp(now),
+                expires_at=timestamp(now + self.ttl),
+                previous_hash=bytes(previous.sha256) if previous is not None else b"",
+            )
+            candidates.append(
+                _Candidate(
+                    group.name,
+                    scope_snapshot(full, group),
+                    header,
+                    previous,
+                )
+            )
         # Every key that still signs: during a rotation, the retiring key beside the new one.
         signers = await self.keyring.signers(session)
         # The newest key statements ride along: a node that missed a rotation (or a site
         # handed this as a pin) follows them from a key it trusts to the one that signed.
         chain = await signing_repo.chain(session, newest=MAX_TRUST_CHAIN)
-        sealed = await asyncio.to_thread(_seal, snapshot, signers, chain)
-        await snapshot_repo.add(
-            session,
-            Snapshot(
-                version=version,
-                envelope=sealed.envelope,
-                sha256=sealed.sha256,
-                previous_hash=snapshot.previous_hash,
-                signing_key_id=signers[0].key_id,
-                created_at=now,
-                created_by=actor,
-                reason=reason,
-            ),
-        )
-        # Bounded history, in the same transaction: a rolled-back publish prunes nothing.
-        await snapshot_repo.prune(session, newest=version, keep_last=self.retention)
-        # Delivered at commit, to every replica LISTENing, this one included.
-        await snapshot_repo.announce(session, version)
-        return PublishedSnapshot(version, sealed.sha256, sealed.envelope, now, sealed.config)
+        sealed = await asyncio.to_thread(_seal_all, candidates, force, signers, chain)
+        published: dict[str, PublishedSnapshot] = {}
+        for item in sealed:
+            version = item.snapshot.version
+            await snapshot_repo.add(
+                session,
+                Snapshot(
+                    node_group=item.group,
+                    version=version,
+                    envelope=item.envelope,
+                    sha256=item.sha256,
+                    previous_hash=item.snapshot.previous_hash,
+                    signing_key_id=signers[0].key_id,
+                    created_at=now,
+                    created_by=actor,
+                    reason=reason,
+                ),
+            )
+            # Bounded history, in the same transaction: a rolled-back publish prunes nothing.
+            await snapshot_repo.prune(session, newest=version, keep_last=self.retention, group=item.group)
+            # Delivered at commit, to every replica LISTENing, this one included.
+            await snapshot_repo.announce(session, version, item.group)
+            published[item.group] = PublishedSnapshot(
+                version, item.sha256, item.envelope, now, item.config, item.group
+            )
+        newest = {name: row.version for name, row in latest.items() if name in {g.name for g in groups}}
+        newest.update({name: p.version for name, p in published.items()})
+        return Publication(published, newest)

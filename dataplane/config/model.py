@@ -35,6 +35,10 @@ class DataClass(IntEnum):
     RESTRICTED = 4
 
 
+DEFAULT_NODE_GROUP = "default"
+"""The node group of a node that names none (the control plane's group for it)."""
+
+
 class DeploymentMode(StrEnum):
     CLOUD = "cloud"
     ON_PREM = "on-prem"

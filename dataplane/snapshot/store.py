@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from google.protobuf.message import DecodeError
 
-from dataplane.config.model import RuntimeConfig, Scope, SecretRef
+from dataplane.config.model import DEFAULT_NODE_GROUP, RuntimeConfig, Scope, SecretRef
 from dataplane.errors import (
     EnvelopeError,
     NoSnapshot,
@@ -157,10 +157,11 @@ def load_trust_keys(paths: list[Path] | tuple[Path, ...]) -> dict[str, Ed25519Pu
 
 def scope_matches(node: Scope, snapshot: Scope) -> bool:
     """A snapshot is for this node when its deployment is the node's and each of its
-    narrower fields (node group, site) is either empty (any) or the node's."""
+    narrower fields (node group, site) is either empty (any) or the node's. A node that
+    names no group is in the control plane's ``default`` group."""
     return (
         snapshot.deployment == node.deployment
-        and snapshot.node_group in ("", node.node_group)
+        and snapshot.node_group in ("", node.node_group or DEFAULT_NODE_GROUP)
         and snapshot.site in ("", node.site)
     )
 

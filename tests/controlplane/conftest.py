@@ -85,6 +85,8 @@ class SyncNode:
     tls: ClientTls
     applied_version: int = 0
     applied_hash: bytes = b""
+    scope: snapshot_pb2.Scope | None = None
+    """What the Hello says the node's scope is (its node group: empty is ``default``)."""
     outbox: asyncio.Queue[sync_pb2.NodeMessage | None] = field(default_factory=asyncio.Queue)
     received: asyncio.Queue[snapshot_pb2.SignedEnvelope] = field(default_factory=asyncio.Queue)
     call: Any = None
@@ -101,6 +103,7 @@ class SyncNode:
                 mode=1,
                 applied_version=self.applied_version,
                 applied_hash=self.applied_hash,
+                scope=self.scope,
             )
         )
         while (message := await self.outbox.get()) is not None:

@@ -409,3 +409,127 @@ async def test_signing_key_commands(control_plane: RunningControlPlane) -> None:
     assert code == 0, err
     states = {k["key_id"]: k["state"] for k in json.loads(out)["keys"]}
     assert states == {control_plane.key_id: "revoked", new_id: "active"}
+
+
+async def test_admin_group_commands_and_per_group_snapshot_commands(
+    control_plane: RunningControlPlane, admin: Admin, tmp_path: Path
+) -> None:
+    env = {"SIGNALBOX_ADMIN_TARGET": control_plane.address, "SIGNALBOX_ADMIN_TOKEN": control_plane.token}
+
+    async def run(*args: str) -> str:
+        code, out, err = await _signalbox("admin", *args, env=env)
+        assert code == 0, err
+        return out
+
+    await admin.seed("acme")
+    created = await run(
+        "group",
+        "create",
+        "vault",
+        "--mode",
+        "on-prem",
+        "--site",
+        "site-a",
+        "--tenant",
+        "acme",
+        "--model",
+        "small",
+    )
+    assert created.splitlines()[0].split() == [
+        "NAME", "MODE", "SITE", "DEPLOYMENT", "TENANTS", "PROVIDERS", "MODELS", "VERSION", "NODES"
+    ]  # fmt: skip
+    assert created.splitlines()[1].split() == [
+        "vault",
+        "on_prem",
+        "site-a",
+        "-",
+        "acme",
+        "all",
+        "small",
+        "v1",
+        "0",
+    ]
+    updated = await run("group", "update", "vault", "--all-models", "--deployment", "eu")
+    assert updated.splitlines()[1].split()[:8] == [
+        "vault",
+        "on_prem",
+        "site-a",
+        "eu",
+        "acme",
+        "all",
+        "all",
+        "v2",
+    ]
+    assert [line.split()[0] for line in (await run("group", "list")).splitlines()[1:]] == ["default", "vault"]
+    shown = json.loads(await run("--json", "group", "show", "vault"))
+    assert shown["tenants"] == {"names": ["acme"]}
+
+    history = (await run("snapshot", "list", "--group", "vault")).splitlines()
+    assert [line.split()[0] for line in history[1:]] == ["2", "1"]
+    diff = await run("snapshot", "diff", "1", "2", "--group", "vault")
+    assert "+ model large" in diff  # the model list became "all": large arrived
+    assert 'deployment: "" -> "eu"' in diff  # the group's scope is part of what changed
+    as_json = json.loads(await run("--json", "snapshot", "show", "--group", "vault"))
+    assert as_json["node_group"] == "vault"
+    rolled = await run("snapshot", "rollback", "1", "--group", "vault")
+    assert rolled == "rolled back group vault to v1: published v3\n"
+    assert "GROUP" in (await run("node", "list", "--group", "vault")).splitlines()[0].split()
+
+    code, _, err = await _signalbox("admin", "group", "create", "Bad", env=env)
+    assert code != 0
+    assert "group.name: must be 1..63 characters of a-z, 0-9 and '-' (got 'Bad')" in err
+    code, _, err = await _signalbox(
+        "admin", "group", "create", "x", "--tenant", "a", "--all-tenants", env=env
+    )
+    assert code != 0
+    assert "--tenant: not with --all-tenants" in err
+    await run("group", "delete", "vault")
+    assert [line.split()[0] for line in (await run("group", "list")).splitlines()[1:]] == ["default"]
+
+
+async def test_export_snapshot_of_a_group(
+    control_plane: RunningControlPlane, admin: Admin, tmp_path: Path
+) -> None:
+    await admin.seed("acme")
+    await admin.CreateNodeGroup(
+        admin_pb2.CreateNodeGroupRequest(group=admin_pb2.NodeGroup(name="vault", deployment="site"))
+    )
+    out = tmp_path / "vault.bin"
+    common = ("--database-url", control_plane.database_url, "--data-dir", str(tmp_path))
+    code, _, err = await _signalbox(
+        "controlplane", "export-snapshot", *common, "--group", "vault", "--out", str(out)
+    )
+    assert code == 0, err
+    assert "wrote snapshot vault v1" in err
+    envelope = snapshot_pb2.SignedEnvelope.FromString(out.read_bytes())
+    assert verify(envelope, {control_plane.key_id: control_plane.public_key}) == control_plane.key_id
+    pinned = snapshot_pb2.Snapshot.FromString(envelope.payload)
+    assert (pinned.scope.node_group, pinned.scope.deployment, pinned.version) == ("vault", "site", 1)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    # Only vault's v1 is marked as a pin, not default's version of the same number.
+    assert (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="vault", version=1))).HasField(
+        "exported_at"
+    )
+    assert not (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(version=1))).HasField("exported_at")
+
+    code, _, err = await _signalbox(
+        "controlplane", "export-snapshot", *common, "--group", "ghost", "--out", str(tmp_path / "x")
+    )
+    assert code == 1
+    assert "node group 'ghost' has no snapshot" in err
+    assert not (tmp_path / "x").exists()
+
+
+async def test_serve_refuses_the_removed_scope_node_group_flag(tmp_path: Path) -> None:
+    code, _, err = await _signalbox(
+        "controlplane",
+        "serve",
+        "--data-dir",
+        str(tmp_path),
+        "--scope-node-group",
+        "gpu",
+        "--listen",
+        "127.0.0.1:0",
+    )
+    assert code == 2
+    assert "--scope-node-group: removed; one control plane serves every node group" in err

@@ -130,7 +130,7 @@ def test_snapshots_stored_twice_become_their_envelope_and_stay_readable(empty_da
             conn.execute(insert, {"v": 1, "p": payload, "e": envelope, "h": hashlib.sha256(payload).digest()})
         upgrade_head(empty_database_url)
         with Session(engine) as session:
-            row = session.get(Snapshot, 1)
+            row = session.get(Snapshot, ("default", 1))  # 0007: existing versions are the default group's
             assert row is not None
             assert row.payload == payload
             assert row.exported_at is None
@@ -187,5 +187,55 @@ def test_signing_keys_keep_their_meaning_across_0005(empty_database_url: str) ->
         with engine.connect() as conn:
             active = dict(conn.execute(sa.text("SELECT key_id, active FROM signing_keys")).fetchall())
         assert active == {"on": True, "off": False}
+    finally:
+        engine.dispose()
+
+
+def test_0007_puts_existing_snapshots_and_nodes_in_the_default_group_and_back(
+    empty_database_url: str,
+) -> None:
+    config = alembic_config(empty_database_url)
+    command.upgrade(config, "0005")
+    engine = sa.create_engine(empty_database_url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO snapshots (version, envelope, sha256, previous_hash, signing_key_id, created_at, "
+                    "created_by, reason) VALUES (3, '', 'h3', '', 'k', now(), '', '')"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO nodes (node_id, software_version, mode, scope, applied_version, applied_hash, "
+                    "last_ack_version, last_nack_version, last_nack_hash, last_nack_reason, connected) "
+                    "VALUES ('n1', '', 0, '{}', 3, '', 0, 0, '', '', false)"
+                )
+            )
+        upgrade_head(empty_database_url)
+        with engine.begin() as conn:
+            groups = conn.execute(
+                sa.text("SELECT name, mode, site, tenants, providers, models FROM node_groups")
+            )
+            assert [tuple(r) for r in groups] == [("default", "cloud", "", None, None, None)]
+            assert conn.execute(sa.text("SELECT node_group, version FROM snapshots")).one() == ("default", 3)
+            assert conn.execute(sa.text("SELECT node_group FROM nodes")).scalar_one() == "default"
+            # Versions are per group now: another group may use the same number.
+            conn.execute(
+                sa.text(
+                    "INSERT INTO snapshots (node_group, version, envelope, sha256, previous_hash, signing_key_id, "
+                    "created_at, created_by, reason) VALUES ('vault', 3, '', 'v3', '', 'k', now(), '', '')"
+                )
+            )
+            with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO node_groups (name, mode, site, deployment) VALUES ('Bad', 'cloud', '', '')"
+                    )
+                )
+        # Back: only the chain a single-scope control plane can serve survives.
+        command.downgrade(config, "0005")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version, sha256 FROM snapshots")).one() == (3, b"h3")
     finally:
         engine.dispose()

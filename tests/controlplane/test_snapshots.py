@@ -22,7 +22,7 @@ from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.services.base import UnitOfWork
 from controlplane.services.snapshots import SnapshotService
 from controlplane.snapshots import compiler
-from controlplane.snapshots.publish import PublishedSnapshot, SnapshotPublisher
+from controlplane.snapshots.publish import Publication, SnapshotPublisher
 from dataplane.config.model import RuntimeConfig
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
@@ -74,7 +74,7 @@ class Replica:
     compiled-config cache, and (unlike the app's) no after-commit seeding of it."""
 
     service: SnapshotService
-    published: list[PublishedSnapshot]
+    published: list[Publication]
 
     async def stored(self, version: int) -> Snapshot:
         async with self.service.uow.read() as session:
@@ -87,8 +87,8 @@ class Replica:
 async def _replica(database_url: str, keyring: Keyring, ttl: timedelta) -> AsyncIterator[Replica]:
     engine = create_engine(database_url)
     try:
-        publisher = SnapshotPublisher(keyring, ttl, snapshot_pb2.Scope())
-        published: list[PublishedSnapshot] = []
+        publisher = SnapshotPublisher(keyring, ttl)
+        published: list[Publication] = []
         uow = UnitOfWork(session_factory(engine), publisher, after_commit=[published.append])
         yield Replica(SnapshotService(uow), published)
     finally:
@@ -202,10 +202,9 @@ async def test_a_dry_run_compiles_each_new_version_once(
     assert compiles.digests == [second]
 
 
-async def test_a_stored_snapshot_this_build_cannot_compile_fails_the_dry_run_precondition(
-    admin: Admin, replica: Replica
-) -> None:
-    """E.g. after a downgrade: the newest stored payload is not what this code can serve."""
+async def _store_unreadable(admin: Admin, replica: Replica) -> tuple[int, bytes]:
+    """Seed, then store a newest version whose payload is not a snapshot (as another build
+    might have); returns its version and payload."""
     await admin.seed()
     version = await admin.latest_version() + 1
     payload = b"\xff not a snapshot"
@@ -221,6 +220,14 @@ async def test_a_stored_snapshot_this_build_cannot_compile_fails_the_dry_run_pre
                 created_at=datetime.now(UTC),
             ),
         )
+    return version, payload
+
+
+async def test_a_stored_snapshot_this_build_cannot_compile_fails_the_dry_run_precondition(
+    admin: Admin, replica: Replica
+) -> None:
+    """E.g. after a downgrade: the newest stored payload is not what this code can serve."""
+    await _store_unreadable(admin, replica)
     with pytest.raises(StoredSnapshotInvalid) as info:
         await replica.service.runtime_for("acme")
     assert info.value.field == "$"
@@ -249,7 +256,7 @@ async def test_an_aging_snapshot_is_reissued_through_the_unit_of_work(
         version = await aging.service.reissue_if_aging()
         assert version == before + 1
         assert [p.version for p in aging.published] == [version]
-        assert aging.published[0].config.version == version
+        assert aging.published[0].published["default"].config.version == version
         row = await aging.stored(version)
         assert (row.reason, row.created_by) == ("re-issued before expiry", "admin:system")
     assert await admin.latest_version() == version
@@ -267,3 +274,36 @@ async def test_the_first_snapshot_is_issued_as_the_initial_one(database_url: str
         assert (await first.stored(1)).reason == "initial snapshot"
         assert await first.service.reissue_if_aging() is None
         assert [p.version for p in first.published] == [1]
+
+
+async def test_reissue_before_expiry_is_per_group(admin: Admin, control_plane: RunningControlPlane) -> None:
+    await admin.CreateNodeGroup(admin_pb2.CreateNodeGroupRequest(group=admin_pb2.NodeGroup(name="vault")))
+    default_before = await admin.latest_version()
+    assert control_plane.cp.keyring is not None
+    async with _replica(control_plane.database_url, control_plane.cp.keyring, timedelta(days=30)) as fresh:
+        assert await fresh.service.reissue_if_aging() is None  # every group's newest is fresh
+    async with _replica(control_plane.database_url, control_plane.cp.keyring, timedelta(0)) as aging:
+        assert await aging.service.reissue_if_aging() == default_before + 1
+        (publication,) = aging.published
+        assert {g: p.version for g, p in publication.published.items()} == {
+            "default": default_before + 1,
+            "vault": 2,
+        }
+        row = await aging.stored(default_before + 1)
+        assert row.reason == "re-issued before expiry"
+    listed = await admin.ListSnapshots(admin_pb2.ListSnapshotsRequest(group="vault"))
+    assert [(s.version, s.reason) for s in listed.snapshots] == [
+        (2, "re-issued before expiry"),
+        (1, "create node group vault"),
+    ]
+
+
+async def test_a_change_after_an_unreadable_stored_snapshot_still_publishes(
+    admin: Admin, replica: Replica
+) -> None:
+    """Comparing with the newest stored payload must not depend on it being readable."""
+    version, payload = await _store_unreadable(admin, replica)
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="after"))
+    newest = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())
+    assert newest.version == version + 1
+    assert (await replica.stored(version + 1)).previous_hash == hashlib.sha256(payload).digest()

@@ -51,7 +51,7 @@ async def test_a_client_trusting_the_ca_is_served_and_one_that_does_not_is_refus
         # signalbox admin: --ca trusts the control plane; another CA does not.
         ok = await _admin_cli(cp.address, cp.token, "--ca", str(ca.ca_file))
         assert ok.returncode == 0, ok.stderr
-        assert ok.stdout.startswith("NODE  VERSION")
+        assert ok.stdout.startswith("NODE  GROUP")
         bad = await _admin_cli(cp.address, cp.token, "--ca", str(stranger.ca_file))
         assert bad.returncode != 0
         assert "UNAVAILABLE" in bad.stderr

@@ -10,11 +10,36 @@ import grpc
 import pytest
 
 from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.config.model import Scope
 from signalbox.api.admin.v1 import admin_pb2_grpc
 from tests.controlplane.conftest import Admin
 from tests.fixtures.postgres import RunningControlPlane
 
 NodeFactory = Callable[[str], Awaitable[DataPlaneNode]]
+
+
+async def loopback_node(
+    running: RunningControlPlane, node_id: str, private_tmp: Path, **overrides: object
+) -> DataPlaneNode:
+    """A data-plane node (not started) on loopback that enrolls with a fresh token for its
+    group (the ``scope`` override's node group, else ``default``), syncs from ``running``
+    over mTLS and trusts its key, with fast reconnects; ``overrides`` are further
+    ``NodeSettings`` fields."""
+    scope = overrides.get("scope")
+    # The certificate's group is the node's: a Hello naming another group is refused.
+    group = scope.node_group if isinstance(scope, Scope) and scope.node_group else "default"
+    values: dict[str, object] = {
+        "listen": "127.0.0.1:0",
+        **(await running.node_link(group)),
+        "trust_keys": (running.trust_key_path,),
+        "node_id": node_id,
+        "data_dir": Path(tempfile.mkdtemp(prefix=f"{node_id}-", dir=private_tmp)),
+        "drain_seconds": 2.0,
+        "sync_backoff_base": 0.05,
+        "sync_backoff_cap": 0.3,
+        **overrides,
+    }
+    return DataPlaneNode(NodeSettings(**values))  # type: ignore[arg-type]
 
 
 @pytest.fixture

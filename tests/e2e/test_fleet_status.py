@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -15,11 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from dataplane.app import DataPlaneNode, NodeSettings
 from dataplane.config.model import Scope
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.common.v1 import common_pb2
 from tests.controlplane.conftest import Admin
+from tests.e2e.conftest import loopback_node
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
 
@@ -28,26 +27,6 @@ from tests.helpers import eventually
 async def _admin(running: RunningControlPlane) -> AsyncIterator[Admin]:
     async with grpc.aio.insecure_channel(running.address) as channel:
         yield Admin(admin_pb2_grpc.AdminServiceStub(channel), running.metadata)
-
-
-async def _node(
-    running: RunningControlPlane, node_id: str, private_tmp: Path, **overrides: object
-) -> DataPlaneNode:
-    scope = overrides.get("scope")
-    # The certificate's group is the node's: a Hello naming another group is refused.
-    group = scope.node_group if isinstance(scope, Scope) and scope.node_group else "default"
-    values: dict[str, object] = {
-        "listen": "127.0.0.1:0",
-        **(await running.node_link(group)),
-        "trust_keys": (running.trust_key_path,),
-        "node_id": node_id,
-        "data_dir": Path(tempfile.mkdtemp(prefix=f"{node_id}-", dir=private_tmp)),
-        "drain_seconds": 2.0,
-        "sync_backoff_base": 0.05,
-        "sync_backoff_cap": 0.3,
-        **overrides,
-    }
-    return DataPlaneNode(NodeSettings(**values))  # type: ignore[arg-type]
 
 
 async def _listed(admin: Admin, node_id: str) -> admin_pb2.Node:
@@ -63,6 +42,10 @@ async def _tenants(admin: Admin, prefix: str, count: int) -> None:
         )
 
 
+async def _gpu_version(admin: Admin) -> int:
+    return int((await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="gpu"))).version)
+
+
 async def test_node_list_shows_what_the_node_runs_and_its_lag(database_url: str, private_tmp: Path) -> None:
     async with AsyncExitStack() as stack:
         running = await stack.enter_async_context(
@@ -70,11 +53,15 @@ async def test_node_list_shows_what_the_node_runs_and_its_lag(database_url: str,
         )
         admin = await stack.enter_async_context(_admin(running))
         await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
-        latest = await admin.latest_version()
-        size = (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())).size_bytes
+        # The node runs in group gpu (site fra-1): node list shows its group's versions.
+        await admin.CreateNodeGroup(
+            admin_pb2.CreateNodeGroupRequest(group=admin_pb2.NodeGroup(name="gpu", site="fra-1"))
+        )
+        latest = await _gpu_version(admin)
+        size = (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="gpu"))).size_bytes
         # Room for this snapshot, not for one with a few hundred more tenants.
         limit = size + 4096
-        node = await _node(
+        node = await loopback_node(
             running,
             "edge-1",
             private_tmp,
@@ -93,7 +80,10 @@ async def test_node_list_shows_what_the_node_runs_and_its_lag(database_url: str,
         assert listed.software_version
         assert listed.mode == common_pb2.DEPLOYMENT_MODE_CLOUD
         assert (listed.deployment, listed.node_group, listed.site) == ("", "gpu", "fra-1")
-        assert listed.applied_hash == (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())).payload_sha256
+        assert (
+            listed.applied_hash
+            == (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="gpu"))).payload_sha256
+        )
         assert listed.last_ack_version == latest
         assert listed.last_ack_at.seconds
         assert listed.lag == 0
@@ -103,8 +93,8 @@ async def test_node_list_shows_what_the_node_runs_and_its_lag(database_url: str,
 
         # Grow the config past the node's receive limit: the node cannot take it.
         await _tenants(admin, "big", 200)
-        big = await admin.latest_version()
-        assert (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())).size_bytes > limit
+        big = await _gpu_version(admin)
+        assert (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="gpu"))).size_bytes > limit
 
         async def refused() -> admin_pb2.Node:
             listed = await _listed(admin, "edge-1")
@@ -128,7 +118,7 @@ async def test_oversize_snapshot_is_logged_in_one_line_and_not_resent(
         )
         admin = await stack.enter_async_context(_admin(running))
         await _tenants(admin, "big", 100)
-        node = await _node(running, "small-1", private_tmp, sync_max_message_bytes=2048)
+        node = await loopback_node(running, "small-1", private_tmp, sync_max_message_bytes=2048)
         caplog.set_level(logging.INFO)
         await node.start()
         stack.push_async_callback(node.stop)
@@ -175,7 +165,7 @@ async def test_a_silent_node_turns_stale(database_url: str, private_tmp: Path) -
         running = await stack.enter_async_context(running_control_plane(settings))
         admin = await stack.enter_async_context(_admin(running))
         await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
-        node = await _node(running, "beat-1", private_tmp, sync_heartbeat_interval=0.05)
+        node = await loopback_node(running, "beat-1", private_tmp, sync_heartbeat_interval=0.05)
         await node.start()
         try:
             first = await eventually(lambda: _listed(admin, "beat-1"), message="beat-1 listed")
@@ -203,7 +193,7 @@ async def test_a_silent_node_turns_stale(database_url: str, private_tmp: Path) -
 
 
 async def test_node_list_watch_redraws(control_plane: RunningControlPlane, private_tmp: Path) -> None:
-    node = await _node(control_plane, "watched-1", private_tmp)
+    node = await loopback_node(control_plane, "watched-1", private_tmp)
     await node.start()
     try:
         async with _admin(control_plane) as admin:
@@ -237,7 +227,7 @@ async def test_node_list_watch_redraws(control_plane: RunningControlPlane, priva
     assert len(frames) == 2, text
     for frame in frames:
         header = frame.splitlines()[1].split()
-        assert header[:4] == ["NODE", "VERSION", "MODE", "SCOPE"]
+        assert header[:5] == ["NODE", "GROUP", "VERSION", "MODE", "SCOPE"]
         assert "STATUS" in header
         assert "CERT_EXPIRY" in header
         assert "watched-1" in frame

@@ -19,6 +19,7 @@ from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
 from signalbox.shell.admin_cli.output import (
     ENROLL_TOKEN_COLUMNS,
+    GROUP_COLUMNS,
     KEY_COLUMNS,
     MODEL_COLUMNS,
     NODE_COLUMNS,
@@ -32,6 +33,7 @@ from signalbox.shell.admin_cli.output import (
     deleted,
     enroll_token_row,
     explanation,
+    group_row,
     key_row,
     model_row,
     node_row,
@@ -280,7 +282,7 @@ async def policy_delete(stub: Stub, ns: argparse.Namespace) -> Output:
 
 
 async def node_list(stub: Stub, ns: argparse.Namespace) -> Output:
-    r = await stub.ListNodes(admin_pb2.ListNodesRequest())
+    r = await stub.ListNodes(admin_pb2.ListNodesRequest(group=ns.group or ""))
     return Output(r, NODE_COLUMNS, [node_row(n) for n in r.nodes])
 
 
@@ -313,12 +315,16 @@ async def node_revoke(stub: Stub, ns: argparse.Namespace) -> Output:
 
 async def snapshot_show(stub: Stub, ns: argparse.Namespace) -> Output:
     version = ns.version_arg or ns.version or 0
-    s = await stub.GetSnapshot(admin_pb2.GetSnapshotRequest(version=version, include_content=True))
+    s = await stub.GetSnapshot(
+        admin_pb2.GetSnapshotRequest(version=version, include_content=True, group=ns.group)
+    )
     return Output(s, SNAPSHOT_COLUMNS, [snapshot_row(s)], text=snapshot_content(s))
 
 
 async def snapshot_list(stub: Stub, ns: argparse.Namespace) -> Output:
-    r = await stub.ListSnapshots(admin_pb2.ListSnapshotsRequest(limit=ns.limit or 0, before=ns.before or 0))
+    r = await stub.ListSnapshots(
+        admin_pb2.ListSnapshotsRequest(limit=ns.limit or 0, before=ns.before or 0, group=ns.group)
+    )
     out = Output(r, SNAPSHOT_LIST_COLUMNS, [snapshot_list_row(s) for s in r.snapshots])
     if r.next_before:
         out.text = f"{table(out.headers, out.rows)}\n(more: --before {r.next_before})\n"
@@ -326,16 +332,82 @@ async def snapshot_list(stub: Stub, ns: argparse.Namespace) -> Output:
 
 
 async def snapshot_diff(stub: Stub, ns: argparse.Namespace) -> Output:
-    d = await stub.DiffSnapshots(admin_pb2.DiffSnapshotsRequest(from_version=ns.a, to_version=ns.b))
+    d = await stub.DiffSnapshots(
+        admin_pb2.DiffSnapshotsRequest(from_version=ns.a, to_version=ns.b, group=ns.group)
+    )
     return Output(d, text=render_diff(d))
 
 
 async def snapshot_rollback(stub: Stub, ns: argparse.Namespace) -> Output:
-    r = await stub.RollbackSnapshot(admin_pb2.RollbackSnapshotRequest(version=ns.version))
-    text = f"rolled back to v{r.restored_from}: published v{r.snapshot_version}\n"
+    r = await stub.RollbackSnapshot(admin_pb2.RollbackSnapshotRequest(version=ns.version, group=ns.group))
+    which = "" if ns.group == "default" else f"group {ns.group} "
+    text = f"rolled back {which}to v{r.restored_from}: published v{r.snapshot_version}\n"
     if r.keys_not_restored:
         text += "API keys deleted since stay deleted: " + ", ".join(r.keys_not_restored) + "\n"
     return Output(r, text=text)
+
+
+# ---- node groups ----
+
+
+def _selection(names: Sequence[str] | None, every: bool, flag: str) -> admin_pb2.Selection | None:
+    """``--FLAG`` (repeatable) lists; ``--all-FLAGs`` selects everything; neither: None."""
+    if every and names:
+        raise SystemExit(f"--{flag}: not with --all-{flag}s")
+    if every:
+        return admin_pb2.Selection(all=True)
+    return admin_pb2.Selection(names=list(names)) if names else None
+
+
+def _group_lists(ns: argparse.Namespace) -> dict[str, admin_pb2.Selection]:
+    out = {}
+    for kind, flag in (("tenants", "tenant"), ("providers", "provider"), ("models", "model")):
+        selection = _selection(getattr(ns, kind), getattr(ns, f"all_{kind}"), flag)
+        if selection is not None:
+            out[kind] = selection
+    return out
+
+
+def _mode(name: str) -> Any:
+    return _enum(common_pb2.DeploymentMode, "DEPLOYMENT_MODE_", name, "--mode")
+
+
+async def group_create(stub: Stub, ns: argparse.Namespace) -> Output:
+    group = admin_pb2.NodeGroup(
+        name=ns.name, mode=_mode(ns.mode or "cloud"), site=ns.site or "", deployment=ns.deployment or ""
+    )
+    for kind, selection in _group_lists(ns).items():
+        getattr(group, kind).CopyFrom(selection)
+    g = await stub.CreateNodeGroup(admin_pb2.CreateNodeGroupRequest(group=group))
+    return Output(g, GROUP_COLUMNS, [group_row(g)])
+
+
+async def group_list(stub: Stub, ns: argparse.Namespace) -> Output:
+    r = await stub.ListNodeGroups(admin_pb2.ListNodeGroupsRequest())
+    return Output(r, GROUP_COLUMNS, [group_row(g) for g in r.groups])
+
+
+async def group_show(stub: Stub, ns: argparse.Namespace) -> Output:
+    g = await stub.GetNodeGroup(admin_pb2.GetNodeGroupRequest(name=ns.name))
+    return Output(g, GROUP_COLUMNS, [group_row(g)])
+
+
+async def group_update(stub: Stub, ns: argparse.Namespace) -> Output:
+    request = admin_pb2.UpdateNodeGroupRequest(name=ns.name)
+    for kind, selection in _group_lists(ns).items():
+        getattr(request, kind).CopyFrom(selection)
+    if ns.mode is not None:
+        request.mode = _mode(ns.mode)
+    if ns.site is not None:
+        request.site = ns.site
+    if ns.deployment is not None:
+        request.deployment = ns.deployment
+    g = await stub.UpdateNodeGroup(request)
+    return Output(g, GROUP_COLUMNS, [group_row(g)])
+
+
+async def group_delete(stub: Stub, ns: argparse.Namespace) -> Output:
+    return deleted(await stub.DeleteNodeGroup(admin_pb2.DeleteNodeGroupRequest(name=ns.name)))
 
 
 # ---- signing keys ----

@@ -51,6 +51,7 @@ MODEL_COLUMNS = ("id", "alias", "capabilities", "context", "deployments")
 POLICY_COLUMNS = ("tenant", "version", "created_by", "created_at", "document")
 NODE_COLUMNS = (
     "node",
+    "group",
     "version",
     "mode",
     "scope",
@@ -64,6 +65,7 @@ NODE_COLUMNS = (
     "status",
     "cert_expiry",
 )
+GROUP_COLUMNS = ("name", "mode", "site", "deployment", "tenants", "providers", "models", "version", "nodes")
 SNAPSHOT_COLUMNS = ("version", "sha256", "created_at", "key_id", "bytes", "created_by", "reason")
 SNAPSHOT_LIST_COLUMNS = ("version", "sha256", "created_at", "created_by", "reason", "exported")
 
@@ -117,6 +119,7 @@ def node_row(n: admin_pb2.Node) -> tuple[object, ...]:
     # What nodes said is shown escaped: a control plane of another version may store it raw.
     return (
         printable(n.node_id),
+        printable(n.node_group, 100),
         printable(n.software_version, 100),
         mode,
         scope,
@@ -139,6 +142,24 @@ ENROLL_TOKEN_COLUMNS = ("id", "group", "mode", "site", "created_by", "expires", 
 def enroll_token_row(t: admin_pb2.EnrollTokenInfo) -> tuple[object, ...]:
     used = f"{_time(t.used_at)} by {printable(t.used_by, 100)}" if t.used_at.seconds else "unused"
     return (t.id, t.group, t.mode or "-", t.site or "-", t.created_by, _time(t.expires_at), used)
+
+
+def _selection(s: admin_pb2.Selection) -> str:
+    return "all" if s.all else ",".join(s.names) or "none"
+
+
+def group_row(g: admin_pb2.NodeGroup) -> tuple[object, ...]:
+    return (
+        g.name,
+        enum_name(common_pb2.DeploymentMode, "DEPLOYMENT_MODE_", g.mode),
+        g.site or "-",
+        g.deployment or "-",
+        _selection(g.tenants),
+        _selection(g.providers),
+        _selection(g.models),
+        f"v{g.snapshot_version}" if g.snapshot_version else "-",
+        g.nodes,
+    )
 
 
 def signing_key_row(k: admin_pb2.SigningKeyInfo) -> tuple[object, ...]:

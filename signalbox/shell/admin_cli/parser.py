@@ -8,6 +8,11 @@ import argparse
 from signalbox import settings, tls
 from signalbox.shell.admin_cli.commands import (
     Action,
+    group_create,
+    group_delete,
+    group_list,
+    group_show,
+    group_update,
     key_create,
     key_delete,
     key_list,
@@ -230,6 +235,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--interval", type=_positive_seconds, default=2.0, help="seconds between redraws (default 2)"
     )
     p.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--group", help="only the nodes of this node group (default: every group)")
     p = _verb(
         node,
         "enroll-token",
@@ -285,6 +291,37 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "restore a stored version's config and publish it as a new version (admin role)",
     )
     p.add_argument("version", type=_version, metavar="VERSION")
+    for verb in ("list", "show", "diff", "rollback"):
+        snapshot.choices[verb].add_argument(
+            "--group", default="default", help="the node group whose snapshots these are (default: default)"
+        )
+    group = _resource(sub, "group", "node groups: mode, site and what their nodes may see")
+    for verb, action, text in (
+        ("create", group_create, "create a node group and publish its first snapshot (admin role)"),
+        (
+            "update",
+            group_update,
+            "change a node group; only the groups whose content changes get a new version",
+        ),
+    ):
+        p = _verb(group, verb, action, text)
+        p.add_argument("name", metavar="NAME", help="1..63 characters of a-z, 0-9, '-'")
+        p.add_argument("--mode", help="cloud, on-prem or air-gapped (create: default cloud)")
+        p.add_argument("--site", help="the group's site (required for air-gapped)")
+        p.add_argument("--deployment", help="deployment label in the group's snapshot scope")
+        for kind, flag in (("tenants", "tenant"), ("providers", "provider"), ("models", "model")):
+            p.add_argument(
+                f"--{flag}",
+                dest=kind,
+                action="append",
+                help=f"a {flag} the group sees, id or name (repeatable; replaces the list)",
+            )
+            p.add_argument(f"--all-{kind}", action="store_true", help=f"the group sees every {flag}")
+    _verb(group, "list", group_list, "node groups, their newest snapshot version and node count")
+    _verb(group, "show", group_show, "one node group").add_argument("name", metavar="NAME")
+    _verb(
+        group, "delete", group_delete, "delete a node group no connected node runs (admin role)"
+    ).add_argument("name", metavar="NAME")
     signing = _resource(sub, "signing-key", "snapshot signing keys")
     _verb(signing, "list", signing_key_list, "key ids, state (active/retiring/revoked), created")
     _verb(

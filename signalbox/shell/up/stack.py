@@ -37,7 +37,7 @@ from signalbox.shell.up.demo import (
 )
 
 NODE_ID = "up-node-1"
-NODE_GROUP = "local"
+NODE_GROUP = "default"
 
 
 class StackError(RuntimeError):

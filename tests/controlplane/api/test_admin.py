@@ -7,7 +7,6 @@ import json
 
 import grpc
 import pytest
-import sqlalchemy as sa
 
 from controlplane.services.admin import READ_ONLY_METHODS
 from dataplane.snapshot.envelope import verify
@@ -15,16 +14,7 @@ from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
 from tests.controlplane.conftest import Admin, SyncNode
-from tests.fixtures.postgres import RunningControlPlane
-
-
-def _rows(database_url: str, sql: str) -> list[sa.Row[tuple[object, ...]]]:
-    engine = sa.create_engine(database_url, poolclass=sa.NullPool)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(sa.text(sql)))
-    finally:
-        engine.dispose()
+from tests.fixtures.postgres import RunningControlPlane, sql_rows
 
 
 async def _code(awaitable: object) -> tuple[grpc.StatusCode, str]:
@@ -56,7 +46,7 @@ async def test_every_call_is_audited_with_who_what_and_result(
     async with grpc.aio.insecure_channel(control_plane.address) as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
         await _code(stub.GetTenant(admin_pb2.GetTenantRequest(tenant="acme"), timeout=10))
-    rows = _rows(
+    rows = sql_rows(
         control_plane.database_url, "SELECT actor, method, target, result FROM audit_log ORDER BY id"
     )
     assert [tuple(r) for r in rows] == [
@@ -134,7 +124,7 @@ async def test_api_key_secret_is_returned_once_and_stored_only_as_a_hash(
     assert [k.id for k in listed.keys] == [created.key.id]
     assert created.secret not in str(listed)
 
-    (row,) = _rows(control_plane.database_url, "SELECT secret_sha256, prefix FROM api_keys")
+    (row,) = sql_rows(control_plane.database_url, "SELECT secret_sha256, prefix FROM api_keys")
     assert bytes(row[0]) == hashlib.sha256(created.secret.encode()).digest()
 
     envelope = await admin.ExportSnapshot(admin_pb2.ExportSnapshotRequest())

@@ -69,7 +69,7 @@ def test_the_admin_cli_escapes_what_an_older_control_plane_stored_raw() -> None:
         admin_pb2.Node(node_id="n\x1b[1mode", software_version="1.0\r\nfake", last_nack_reason=HOSTILE)
     )
     assert row[0] == "n\\x1b[1mode"
-    assert row[1] == "1.0\\r\\nfake"
+    assert row[NODE_COLUMNS.index("version")] == "1.0\\r\\nfake"
     assert row[NODE_COLUMNS.index("reason")] == ESCAPED
 
 

@@ -60,6 +60,7 @@ def _audit_text(database_url: str) -> str:
 async def test_a_token_enrolls_once_and_binds_id_group_mode_and_site(
     control_plane: RunningControlPlane, admin: Admin, private_tmp: Path
 ) -> None:
+    await control_plane.ensure_group("fra-gpu", "on-prem", "fra-1")
     created = await admin.CreateEnrollToken(
         admin_pb2.CreateEnrollTokenRequest(group="fra-gpu", ttl_seconds=600, mode="on-prem", site="fra-1")
     )
@@ -155,6 +156,8 @@ async def test_bad_requests_are_refused_precisely_and_do_not_burn_the_token(
 async def test_token_ttl_and_group_are_checked_and_only_admins_create_tokens(
     control_plane: RunningControlPlane, admin: Admin
 ) -> None:
+    await control_plane.ensure_group("g")
+    await control_plane.ensure_group("vault", "air-gapped", "site-a")
     for request, expected in (
         (admin_pb2.CreateEnrollTokenRequest(group="g", ttl_seconds=0), "ttl_seconds: must be 1 .. 604800"),
         (
@@ -170,6 +173,27 @@ async def test_token_ttl_and_group_are_checked_and_only_admins_create_tokens(
             await admin.CreateEnrollToken(request)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (info.value.details() or "").startswith(expected)
+    # The group must exist, and its mode and site are what its certificates carry.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await admin.CreateEnrollToken(admin_pb2.CreateEnrollTokenRequest(group="nowhere", ttl_seconds=60))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "node group 'nowhere' not found" in (info.value.details() or "")
+    for request, expected in (
+        (
+            admin_pb2.CreateEnrollTokenRequest(group="vault", ttl_seconds=60, mode="cloud"),
+            "mode: node group 'vault' is air-gapped, not cloud",
+        ),
+        (
+            admin_pb2.CreateEnrollTokenRequest(group="vault", ttl_seconds=60, site="site-b"),
+            "site: node group 'vault' is at site 'site-a', not 'site-b'",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await admin.CreateEnrollToken(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == expected
+    implied = await admin.CreateEnrollToken(admin_pb2.CreateEnrollTokenRequest(group="vault", ttl_seconds=60))
+    assert (implied.info.mode, implied.info.site) == ("air-gapped", "site-a")
 
     assert control_plane.cp.admin is not None
     _, viewer = await control_plane.cp.admin.create_token("watcher", role="viewer")
@@ -192,6 +216,7 @@ async def test_the_token_appears_in_no_log_audit_row_or_error(
     control_plane: RunningControlPlane, admin: Admin, private_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    await control_plane.ensure_group("g")
     created = await admin.CreateEnrollToken(admin_pb2.CreateEnrollTokenRequest(group="g", ttl_seconds=60))
     token = created.token
     secret = token.rsplit("_", 1)[1]
@@ -235,6 +260,7 @@ async def test_the_admin_cli_creates_lists_and_revokes(
     control_plane: RunningControlPlane, private_tmp: Path
 ) -> None:
     target = ("--target", control_plane.address, "--token", control_plane.token)
+    await control_plane.ensure_group("edge", "on-prem", "fra-1")
     created = await _cli(
         *target, "node", "enroll-token", "--group", "edge", "--ttl", "30m", "--site", "fra-1"
     )
@@ -248,7 +274,7 @@ async def test_the_admin_cli_creates_lists_and_revokes(
     listed = await _cli(*target, "node", "enroll-token", "list")
     assert listed.returncode == 0, listed.stderr
     (row,) = listed.stdout.splitlines()[1:]
-    assert row.split()[:4] == [token.split("_")[2], "edge", "-", "fra-1"]
+    assert row.split()[:4] == [token.split("_")[2], "edge", "on-prem", "fra-1"]
     assert "by cli-1" in row
     assert token.rsplit("_", 1)[1] not in listed.stdout
 

@@ -178,7 +178,7 @@ async def test_with_insecure_the_node_port_is_plaintext_and_the_hello_names_the_
     settings = cp_settings(database_url, private_tmp, tls=ServerTls(insecure=True))
     async with running_control_plane(settings) as running:
         assert "INSECURE: --insecure makes the node port" in caplog.text
-        received, code, _ = await attempt_sync(running.node_address, ClientTls(), "dev-1", "anything")
+        received, code, _ = await attempt_sync(running.node_address, ClientTls(), "dev-1", "default")
         assert code == grpc.StatusCode.OK
         assert len(received) == 1
 

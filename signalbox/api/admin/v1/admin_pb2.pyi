@@ -972,9 +972,10 @@ class ExplainRouteRequest(_message.Message):
     NODE_GROUP_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     mode: _common_pb2.DeploymentMode.ValueType
-    """The node to decide as. Unspecified mode: the mode every registered node
-    declares (cloud when they differ or none is registered); empty site,
-    deployment, node group: the control plane's own scope.
+    """The node to decide as, on its node group's snapshot. Empty node group:
+    `default`. Unspecified mode: the group's mode when a node group is named,
+    else the mode every registered node declares (cloud when they differ or
+    none is registered); empty site, deployment: the group's.
     """
     site: _builtins.str
     deployment: _builtins.str
@@ -1130,12 +1131,17 @@ Global___Node: _TypeAlias = Node  # noqa: Y015
 class ListNodesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    GROUP_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """Only the nodes of this group; empty: every group."""
     def __init__(
         self,
+        *,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1145,25 +1151,51 @@ Global___ListNodesRequest: _TypeAlias = ListNodesRequest  # noqa: Y015
 class ListNodesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LatestVersionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NODES_FIELD_NUMBER: _builtins.int
     LATEST_VERSION_FIELD_NUMBER: _builtins.int
     STALE_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
+    LATEST_VERSIONS_FIELD_NUMBER: _builtins.int
     latest_version: _builtins.int
     """Newest stored snapshot version (0 when none)."""
     stale_after_seconds: _builtins.float
     """The staleness interval in force, in seconds."""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]: ...
+    @_builtins.property
+    def latest_versions(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Each group's newest stored version (latest_version is the `default` group's)."""
+
     def __init__(
         self,
         *,
         nodes: _abc.Iterable[Global___Node] | None = ...,
         latest_version: _builtins.int = ...,
         stale_after_seconds: _builtins.float = ...,
+        latest_versions: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["latest_version", b"latest_version", "nodes", b"nodes", "stale_after_seconds", b"stale_after_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latest_version", b"latest_version", "latest_versions", b"latest_versions", "nodes", b"nodes", "stale_after_seconds", b"stale_after_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1175,19 +1207,23 @@ class GetSnapshotRequest(_message.Message):
 
     VERSION_FIELD_NUMBER: _builtins.int
     INCLUDE_CONTENT_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """0 for the latest."""
     include_content: _builtins.bool
     """Also return the config the snapshot carries (SnapshotInfo.content)."""
+    group: _builtins.str
+    """The node group whose chain `version` is in; empty: `default`."""
     def __init__(
         self,
         *,
         version: _builtins.int = ...,
         include_content: _builtins.bool = ...,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_content", b"include_content", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "include_content", b"include_content", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1206,6 +1242,7 @@ class SnapshotInfo(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     EXPORTED_AT_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
+    NODE_GROUP_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     payload_sha256: _builtins.bytes
     signing_key_id: _builtins.str
@@ -1213,6 +1250,8 @@ class SnapshotInfo(_message.Message):
     created_by: _builtins.str
     """Who published it ("admin:<name>", "system") and why ("create tenant acme", "rollback to v3")."""
     reason: _builtins.str
+    node_group: _builtins.str
+    """The node group the snapshot is for."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1235,10 +1274,11 @@ class SnapshotInfo(_message.Message):
         reason: _builtins.str = ...,
         exported_at: _timestamp_pb2.Timestamp | None = ...,
         content: Global___SnapshotContent | None = ...,
+        node_group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "exported_at", b"exported_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "created_by", b"created_by", "exported_at", b"exported_at", "payload_sha256", b"payload_sha256", "reason", b"reason", "signing_key_id", b"signing_key_id", "size_bytes", b"size_bytes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "created_by", b"created_by", "exported_at", b"exported_at", "node_group", b"node_group", "payload_sha256", b"payload_sha256", "reason", b"reason", "signing_key_id", b"signing_key_id", "size_bytes", b"size_bytes", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1300,19 +1340,23 @@ class ListSnapshotsRequest(_message.Message):
 
     LIMIT_FIELD_NUMBER: _builtins.int
     BEFORE_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """At most this many (default 20, at most 1000)."""
     before: _builtins.int
     """Only versions below this one (0: from the newest); for the next page pass the last version seen."""
+    group: _builtins.str
+    """The node group; empty: `default`."""
     def __init__(
         self,
         *,
         limit: _builtins.int = ...,
         before: _builtins.int = ...,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["before", b"before", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before", b"before", "group", b"group", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1348,17 +1392,21 @@ class DiffSnapshotsRequest(_message.Message):
 
     FROM_VERSION_FIELD_NUMBER: _builtins.int
     TO_VERSION_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     from_version: _builtins.int
     to_version: _builtins.int
+    group: _builtins.str
+    """The node group of both versions; empty: `default`."""
     def __init__(
         self,
         *,
         from_version: _builtins.int = ...,
         to_version: _builtins.int = ...,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_version", b"from_version", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_version", b"from_version", "group", b"group", "to_version", b"to_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1401,7 +1449,7 @@ class ObjectChange(_message.Message):
     FIELDS_FIELD_NUMBER: _builtins.int
     DOCUMENT_DIFF_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """"tenant", "key", "provider", "model", "policy"."""
+    """"scope" (deployment, node group, site), "tenant", "key", "provider", "model", "policy"."""
     id: _builtins.str
     name: _builtins.str
     """Name, alias, or for a policy the tenant's name ("(default)" for the platform default)."""
@@ -1460,15 +1508,19 @@ class RollbackSnapshotRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     version: _builtins.int
+    group: _builtins.str
+    """The node group of `version`; empty: `default`."""
     def __init__(
         self,
         *,
         version: _builtins.int = ...,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1507,12 +1559,17 @@ Global___RollbackSnapshotResponse: _TypeAlias = RollbackSnapshotResponse  # noqa
 class ExportSnapshotRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    GROUP_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """The node group whose newest envelope is exported; empty: `default`."""
     def __init__(
         self,
+        *,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1851,3 +1908,236 @@ class RevokeNodeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeNodeResponse: _TypeAlias = RevokeNodeResponse  # noqa: Y015
+
+@_typing.final
+class Selection(_message.Message):
+    """---- node groups (begin) ----
+    What a group sees of one kind: everything, or the listed ids/names.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALL_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids or names (aliases for models); only when `all` is false."""
+
+    def __init__(
+        self,
+        *,
+        all: _builtins.bool = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Selection: _TypeAlias = Selection  # noqa: Y015
+
+@_typing.final
+class NodeGroup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """1..63 characters of [a-z0-9-]."""
+    mode: _common_pb2.DeploymentMode.ValueType
+    """Cloud, on-prem or air-gapped (unspecified on create: cloud)."""
+    site: _builtins.str
+    """An air-gapped group sees only providers of this site."""
+    deployment: _builtins.str
+    """The deployment label in the group's snapshot scope."""
+    snapshot_version: _builtins.int
+    """The group's newest stored snapshot version (0: none yet)."""
+    nodes: _builtins.int
+    """Nodes recorded in the group."""
+    @_builtins.property
+    def tenants(self) -> Global___Selection: ...
+    @_builtins.property
+    def providers(self) -> Global___Selection: ...
+    @_builtins.property
+    def models(self) -> Global___Selection: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        mode: _common_pb2.DeploymentMode.ValueType = ...,
+        site: _builtins.str = ...,
+        deployment: _builtins.str = ...,
+        tenants: Global___Selection | None = ...,
+        providers: Global___Selection | None = ...,
+        models: Global___Selection | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        snapshot_version: _builtins.int = ...,
+        nodes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "models", b"models", "providers", b"providers", "tenants", b"tenants"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deployment", b"deployment", "mode", b"mode", "models", b"models", "name", b"name", "nodes", b"nodes", "providers", b"providers", "site", b"site", "snapshot_version", b"snapshot_version", "tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeGroup: _TypeAlias = NodeGroup  # noqa: Y015
+
+@_typing.final
+class CreateNodeGroupRequest(_message.Message):
+    """Unset selections mean everything."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def group(self) -> Global___NodeGroup: ...
+    def __init__(
+        self,
+        *,
+        group: Global___NodeGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateNodeGroupRequest: _TypeAlias = CreateNodeGroupRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeGroupRequest: _TypeAlias = GetNodeGroupRequest  # noqa: Y015
+
+@_typing.final
+class ListNodeGroupsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodeGroupsRequest: _TypeAlias = ListNodeGroupsRequest  # noqa: Y015
+
+@_typing.final
+class ListNodeGroupsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeGroup]: ...
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[Global___NodeGroup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodeGroupsResponse: _TypeAlias = ListNodeGroupsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateNodeGroupRequest(_message.Message):
+    """Changes only the fields that are set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    mode: _common_pb2.DeploymentMode.ValueType
+    site: _builtins.str
+    deployment: _builtins.str
+    @_builtins.property
+    def tenants(self) -> Global___Selection: ...
+    @_builtins.property
+    def providers(self) -> Global___Selection: ...
+    @_builtins.property
+    def models(self) -> Global___Selection: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        mode: _common_pb2.DeploymentMode.ValueType | None = ...,
+        site: _builtins.str | None = ...,
+        deployment: _builtins.str | None = ...,
+        tenants: Global___Selection | None = ...,
+        providers: Global___Selection | None = ...,
+        models: Global___Selection | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_deployment", b"_deployment", "_mode", b"_mode", "_site", b"_site", "deployment", b"deployment", "mode", b"mode", "models", b"models", "providers", b"providers", "site", b"site", "tenants", b"tenants"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_deployment", b"_deployment", "_mode", b"_mode", "_site", b"_site", "deployment", b"deployment", "mode", b"mode", "models", b"models", "name", b"name", "providers", b"providers", "site", b"site", "tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__deployment: _TypeAlias = _typing.Literal["deployment"]  # noqa: Y015
+    _WhichOneofArgType__deployment: _TypeAlias = _typing.Literal["_deployment", b"_deployment"]  # noqa: Y015
+    _WhichOneofReturnType__mode: _TypeAlias = _typing.Literal["mode"]  # noqa: Y015
+    _WhichOneofArgType__mode: _TypeAlias = _typing.Literal["_mode", b"_mode"]  # noqa: Y015
+    _WhichOneofReturnType__site: _TypeAlias = _typing.Literal["site"]  # noqa: Y015
+    _WhichOneofArgType__site: _TypeAlias = _typing.Literal["_site", b"_site"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__deployment) -> _WhichOneofReturnType__deployment | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mode) -> _WhichOneofReturnType__mode | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__site) -> _WhichOneofReturnType__site | None: ...
+
+Global___UpdateNodeGroupRequest: _TypeAlias = UpdateNodeGroupRequest  # noqa: Y015
+
+@_typing.final
+class DeleteNodeGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteNodeGroupRequest: _TypeAlias = DeleteNodeGroupRequest  # noqa: Y015

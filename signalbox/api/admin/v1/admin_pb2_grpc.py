@@ -200,6 +200,31 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeResponse.FromString,
                 _registered_method=True)
+        self.CreateNodeGroup = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/CreateNodeGroup',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateNodeGroupRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.NodeGroup.FromString,
+                _registered_method=True)
+        self.GetNodeGroup = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/GetNodeGroup',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetNodeGroupRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.NodeGroup.FromString,
+                _registered_method=True)
+        self.ListNodeGroups = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListNodeGroups',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListNodeGroupsRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListNodeGroupsResponse.FromString,
+                _registered_method=True)
+        self.UpdateNodeGroup = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/UpdateNodeGroup',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.UpdateNodeGroupRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.NodeGroup.FromString,
+                _registered_method=True)
+        self.DeleteNodeGroup = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/DeleteNodeGroup',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteNodeGroupRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -421,6 +446,41 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateNodeGroup(self, request, context):
+        """---- node groups (begin) ----
+        Node groups: where nodes run and what they may see; one signed snapshot chain
+        each. Writes are admin-only and publish a new version for every group whose
+        content changed. Delete is refused while nodes of the group are connected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNodeGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNodeGroups(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateNodeGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteNodeGroup(self, request, context):
+        """---- node groups (end) ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -588,6 +648,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeNode,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeResponse.SerializeToString,
+            ),
+            'CreateNodeGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateNodeGroup,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateNodeGroupRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.NodeGroup.SerializeToString,
+            ),
+            'GetNodeGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeGroup,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetNodeGroupRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.NodeGroup.SerializeToString,
+            ),
+            'ListNodeGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodeGroups,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListNodeGroupsRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListNodeGroupsResponse.SerializeToString,
+            ),
+            'UpdateNodeGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateNodeGroup,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.UpdateNodeGroupRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.NodeGroup.SerializeToString,
+            ),
+            'DeleteNodeGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteNodeGroup,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteNodeGroupRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1481,6 +1566,141 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/RevokeNode',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateNodeGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/CreateNodeGroup',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateNodeGroupRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.NodeGroup.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/GetNodeGroup',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetNodeGroupRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.NodeGroup.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodeGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListNodeGroups',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListNodeGroupsRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListNodeGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateNodeGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/UpdateNodeGroup',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.UpdateNodeGroupRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.NodeGroup.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteNodeGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/DeleteNodeGroup',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteNodeGroupRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

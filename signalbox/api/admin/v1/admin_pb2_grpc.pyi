@@ -90,6 +90,17 @@ class AdminServiceStub:
     """Ids, group, expiry and use of tokens; never secrets."""
     RevokeNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeNodeRequest, _admin_pb2.RevokeNodeResponse]
     """Revoke every certificate of a node and close its sync streams on every replica."""
+    CreateNodeGroup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateNodeGroupRequest, _admin_pb2.NodeGroup]
+    """---- node groups (begin) ----
+    Node groups: where nodes run and what they may see; one signed snapshot chain
+    each. Writes are admin-only and publish a new version for every group whose
+    content changed. Delete is refused while nodes of the group are connected.
+    """
+    GetNodeGroup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetNodeGroupRequest, _admin_pb2.NodeGroup]
+    ListNodeGroups: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNodeGroupsRequest, _admin_pb2.ListNodeGroupsResponse]
+    UpdateNodeGroup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateNodeGroupRequest, _admin_pb2.NodeGroup]
+    DeleteNodeGroup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteNodeGroupRequest, _admin_pb2.DeleteResponse]
+    """---- node groups (end) ----"""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -150,6 +161,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Ids, group, expiry and use of tokens; never secrets."""
     RevokeNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeNodeRequest, _admin_pb2.RevokeNodeResponse]  # type: ignore[assignment]
     """Revoke every certificate of a node and close its sync streams on every replica."""
+    CreateNodeGroup: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateNodeGroupRequest, _admin_pb2.NodeGroup]  # type: ignore[assignment]
+    """---- node groups (begin) ----
+    Node groups: where nodes run and what they may see; one signed snapshot chain
+    each. Writes are admin-only and publish a new version for every group whose
+    content changed. Delete is refused while nodes of the group are connected.
+    """
+    GetNodeGroup: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetNodeGroupRequest, _admin_pb2.NodeGroup]  # type: ignore[assignment]
+    ListNodeGroups: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNodeGroupsRequest, _admin_pb2.ListNodeGroupsResponse]  # type: ignore[assignment]
+    UpdateNodeGroup: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateNodeGroupRequest, _admin_pb2.NodeGroup]  # type: ignore[assignment]
+    DeleteNodeGroup: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteNodeGroupRequest, _admin_pb2.DeleteResponse]  # type: ignore[assignment]
+    """---- node groups (end) ----"""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -405,5 +427,46 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeNodeResponse, _abc.Awaitable[_admin_pb2.RevokeNodeResponse]]:
         """Revoke every certificate of a node and close its sync streams on every replica."""
+
+    @_abc_1.abstractmethod
+    def CreateNodeGroup(
+        self,
+        request: _admin_pb2.CreateNodeGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NodeGroup, _abc.Awaitable[_admin_pb2.NodeGroup]]:
+        """---- node groups (begin) ----
+        Node groups: where nodes run and what they may see; one signed snapshot chain
+        each. Writes are admin-only and publish a new version for every group whose
+        content changed. Delete is refused while nodes of the group are connected.
+        """
+
+    @_abc_1.abstractmethod
+    def GetNodeGroup(
+        self,
+        request: _admin_pb2.GetNodeGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NodeGroup, _abc.Awaitable[_admin_pb2.NodeGroup]]: ...
+
+    @_abc_1.abstractmethod
+    def ListNodeGroups(
+        self,
+        request: _admin_pb2.ListNodeGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListNodeGroupsResponse, _abc.Awaitable[_admin_pb2.ListNodeGroupsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateNodeGroup(
+        self,
+        request: _admin_pb2.UpdateNodeGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NodeGroup, _abc.Awaitable[_admin_pb2.NodeGroup]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteNodeGroup(
+        self,
+        request: _admin_pb2.DeleteNodeGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteResponse, _abc.Awaitable[_admin_pb2.DeleteResponse]]:
+        """---- node groups (end) ----"""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
