@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -345,7 +346,7 @@ async def main(args: argparse.Namespace) -> None:
                 await measure_changes(cp, token, args.changes, args.clients)
             finally:
                 if profiler is not None:
-                    profiler.terminate()
+                    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                     profiler.wait()
                     row("py-spy profile", args.profile)
             del payload
