@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -305,6 +306,47 @@ async def measure_changes(cp: ControlPlane, token: str, changes: int, clients: i
         row("  worst event-loop lag meanwhile", ms(lag.worst))
 
 
+async def measure_key_creation(cp: ControlPlane, token: str, count: int, label: str) -> None:
+    """Keys created one by one (each its own change and snapshot): the cost per key."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(cp.address) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="bench-keys"), metadata=metadata)
+        started = time.perf_counter()
+        for _ in range(count):
+            await admin.CreateApiKey(
+                admin_pb2.CreateApiKeyRequest(tenant="bench-keys"), metadata=metadata, timeout=120
+            )
+        per_key = (time.perf_counter() - started) / count
+    row(f"key creation one by one, {label}", f"{per_key * 1000:9.1f} ms/key ({1 / per_key:.1f} keys/s)")
+
+
+async def measure_import(cp: ControlPlane, token: str, tenants: int, keys: int) -> None:
+    """``ImportConfig`` (what ``signalbox admin import`` sends) of that many new tenants and keys."""
+    lines = [json.dumps({"kind": "tenant", "name": f"imp-t{i:06d}", "tier": "gold"}) for i in range(tenants)]
+    per = -(-keys // max(tenants, 1))
+    lines += [
+        json.dumps({"kind": "api_key", "tenant": f"imp-t{i // per:06d}", "name": f"k{i}"})
+        for i in range(keys)
+    ]
+    data = "\n".join(lines).encode()
+    metadata = (("authorization", f"Bearer {token}"),)
+    options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(cp.address, options=options) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        started = time.perf_counter()
+        with LoopLag() as lag:
+            reply = await admin.ImportConfig(
+                admin_pb2.ImportConfigRequest(jsonl=data), metadata=metadata, timeout=600
+            )
+        seconds = time.perf_counter() - started
+    row(
+        f"import {tenants} tenants + {keys} keys ({len(data) / 1e6:.1f} MB)",
+        f"{seconds:7.1f} s  -> v{reply.snapshot_version}, {len(reply.keys)} secrets; worst loop lag {lag.worst * 1000:.0f} ms",
+    )
+
+
 def start_profiler(out: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
@@ -333,6 +375,8 @@ async def main(args: argparse.Namespace) -> None:
             assert cp.admin is not None
             _, token = await cp.admin.create_token("bench")
             url = cp.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+            if args.key_creations:
+                await measure_key_creation(cp, token, args.key_creations, "empty database")
             seconds = await asyncio.to_thread(seed, url, size)
             row(
                 "seeded",
@@ -343,7 +387,11 @@ async def main(args: argparse.Namespace) -> None:
             try:
                 payload, envelope = await measure_pipeline(cp)
                 measure_apply(cp, envelope)
+                if args.key_creations:
+                    await measure_key_creation(cp, token, args.key_creations, f"at {size.keys} keys")
                 await measure_changes(cp, token, args.changes, args.clients)
+                if args.import_tenants or args.import_keys:
+                    await measure_import(cp, token, args.import_tenants, args.import_keys)
             finally:
                 if profiler is not None:
                     profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
@@ -364,6 +412,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--changes", type=int, default=50, help="admin changes per client")
     parser.add_argument("--clients", type=int, default=8, help="concurrent admin clients")
+    parser.add_argument(
+        "--key-creations", type=int, default=10, help="keys created one by one, before and after seeding"
+    )
+    parser.add_argument("--import-tenants", type=int, default=10_000, help="tenants imported at the end")
+    parser.add_argument("--import-keys", type=int, default=50_000, help="API keys imported at the end")
     parser.add_argument(
         "--database-url", default=None, help="an empty PostgreSQL database (default: embedded)"
     )

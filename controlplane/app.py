@@ -38,6 +38,7 @@ from controlplane.db.session import create_engine, normalize_url, session_factor
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.services.admin import AdminService
 from controlplane.services.base import UnitOfWork
+from controlplane.services.imports import ImportService
 from controlplane.services.keys import ApiKeyService
 from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
@@ -202,6 +203,7 @@ class ControlPlane:
             snapshots=snapshots,
             rollback=RollbackService(uow),
             signing_keys=SigningKeyService(uow),
+            imports=ImportService(uow),
         )
         self._interceptor = AdminInterceptor(
             self.admin,

@@ -15,6 +15,7 @@ import grpc
 from controlplane.api import convert
 from controlplane.api.interceptor import current_caller
 from controlplane.errors import InvalidArgument
+from controlplane.services.imports import ImportService
 from controlplane.services.keys import ApiKeyService
 from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
@@ -52,6 +53,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         snapshots: SnapshotService,
         rollback: RollbackService,
         signing_keys: SigningKeyService,
+        imports: ImportService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -62,6 +64,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._snapshots = snapshots
         self._rollback = rollback
         self._signing_keys = signing_keys
+        self._imports = imports
 
     # ---- tenants ----
 
@@ -338,6 +341,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.RevokeSigningKeyResponse:
         row, version = await self._signing_keys.revoke(current_caller(), request.key_id)
         return admin_pb2.RevokeSigningKeyResponse(key=convert.signing_key(row), snapshot_version=version)
+
+    # ---- bulk import ----
+
+    async def ImportConfig(
+        self, request: admin_pb2.ImportConfigRequest, context: Context
+    ) -> admin_pb2.ImportConfigResponse:
+        tenants, keys, version = await self._imports.run(current_caller(), request.jsonl)
+        return admin_pb2.ImportConfigResponse(
+            tenants=tenants,
+            keys=[
+                admin_pb2.ImportedApiKey(line=k.line, key=convert.api_key(k.row), secret=k.secret)
+                for k in keys
+            ],
+            snapshot_version=version,
+        )
 
 
 def _require(field: str, value: str) -> None:

@@ -185,6 +185,11 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyResponse.FromString,
                 _registered_method=True)
+        self.ImportConfig = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ImportConfig',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -384,6 +389,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportConfig(self, request, context):
+        """---- bulk import (scale) ----
+        Tenants and API keys from JSON Lines, all or nothing, in one snapshot. Admin role only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -536,6 +549,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeSigningKey,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyResponse.SerializeToString,
+            ),
+            'ImportConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportConfig,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1348,6 +1366,33 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/RevokeSigningKey',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeSigningKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ImportConfig',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,6 +82,10 @@ class AdminServiceStub:
     """
     ListSigningKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSigningKeysRequest, _admin_pb2.ListSigningKeysResponse]
     RevokeSigningKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeSigningKeyRequest, _admin_pb2.RevokeSigningKeyResponse]
+    ImportConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ImportConfigRequest, _admin_pb2.ImportConfigResponse]
+    """---- bulk import (scale) ----
+    Tenants and API keys from JSON Lines, all or nothing, in one snapshot. Admin role only.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -134,6 +138,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListSigningKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSigningKeysRequest, _admin_pb2.ListSigningKeysResponse]  # type: ignore[assignment]
     RevokeSigningKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeSigningKeyRequest, _admin_pb2.RevokeSigningKeyResponse]  # type: ignore[assignment]
+    ImportConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.ImportConfigRequest, _admin_pb2.ImportConfigResponse]  # type: ignore[assignment]
+    """---- bulk import (scale) ----
+    Tenants and API keys from JSON Lines, all or nothing, in one snapshot. Admin role only.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -363,5 +371,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.RevokeSigningKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeSigningKeyResponse, _abc.Awaitable[_admin_pb2.RevokeSigningKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportConfig(
+        self,
+        request: _admin_pb2.ImportConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ImportConfigResponse, _abc.Awaitable[_admin_pb2.ImportConfigResponse]]:
+        """---- bulk import (scale) ----
+        Tenants and API keys from JSON Lines, all or nothing, in one snapshot. Admin role only.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
