@@ -142,7 +142,7 @@ def seed(url: str, size: Size) -> float:
     started = time.perf_counter()
     with psycopg.connect(url) as conn, conn.transaction():
         for sql, params in seed_sql(size):
-            conn.execute(sql, params)  # type: ignore[arg-type]
+            conn.execute(sql, params)
     return time.perf_counter() - started
 
 

@@ -20,6 +20,16 @@ async def latest(session: AsyncSession) -> Snapshot | None:
     return await session.scalar(select(Snapshot).order_by(Snapshot.version.desc()).limit(1))
 
 
+async def head(session: AsyncSession) -> tuple[int, bytes] | None:
+    """(version, payload hash) of the newest snapshot, without loading its envelope."""
+    row = (
+        await session.execute(
+            select(Snapshot.version, Snapshot.sha256).order_by(Snapshot.version.desc()).limit(1)
+        )
+    ).first()
+    return None if row is None else (int(row[0]), bytes(row[1]))
+
+
 async def get(session: AsyncSession, version: int) -> Snapshot | None:
     return await session.get(Snapshot, version)
 

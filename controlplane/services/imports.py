@@ -9,6 +9,7 @@ snapshot. Key secrets are generated here and returned once; only their SHA-256 i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Sequence
@@ -119,65 +120,9 @@ class ImportService:
 
     async def run(self, caller: Caller, data: bytes) -> tuple[int, list[ImportedKey], int]:
         """Import ``data``; returns (tenants created, keys with their secrets, snapshot version)."""
-        if len(data) > MAX_BYTES:
-            raise InvalidArgument("jsonl", f"{len(data)} bytes, more than {MAX_BYTES}")
-        check = _Check()
         now = datetime.now(UTC)
-        tenants: dict[str, tuple[int, dict[str, Any]]] = {}
-        keys: list[_KeyLine] = []
-        try:
-            lines = data.decode("utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise InvalidArgument("jsonl", f"not UTF-8 (byte {exc.start})") from None
-        if len(lines) > MAX_LINES:
-            raise InvalidArgument("jsonl", f"{len(lines)} lines, more than {MAX_LINES}")
-        for number, text in enumerate(lines, start=1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except ValueError as exc:
-                check.add(number, "(line)", f"not JSON: {exc}")
-                continue
-            if not isinstance(obj, dict):
-                check.add(number, "(line)", "must be a JSON object")
-                continue
-            kind = obj.get("kind")
-            if kind not in _FIELDS:
-                check.add(
-                    number, "kind", f"must be one of {', '.join(sorted(_FIELDS))}, got {shown(str(kind))}"
-                )
-                continue
-            for unknown in sorted(set(obj) - _FIELDS[kind]):
-                check.add(number, shown(unknown), f"unknown field for {kind}")
-            if kind == "tenant":
-                name = _str(check, number, obj, "name", NAME_CHARS)
-                try:
-                    check_name("name", name)
-                except InvalidArgument as exc:
-                    check.add(number, "name", str(exc).split(": ", 1)[-1])
-                if name in tenants:
-                    check.add(number, "name", f"tenant {shown(name)} already on line {tenants[name][0]}")
-                tier = _str(check, number, obj, "tier", TIER_CHARS)
-                row: dict[str, Any] = {"name": name, "tier": tier, "labels": _labels(check, number, obj)}
-                tenants.setdefault(name, (number, row))
-            else:
-                scopes = obj.get("scopes", [])
-                if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-                    check.add(number, "scopes", "must be a list of strings")
-                    scopes = []
-                try:
-                    validate_scopes(scopes)
-                except ScopeSyntaxError as exc:
-                    check.add(number, f"scopes[{exc.index}]", exc.problem)
-                tenant = _str(check, number, obj, "tenant", 64)
-                if not tenant:
-                    check.add(number, "tenant", "must not be empty")
-                name = _str(check, number, obj, "name", NAME_CHARS)
-                keys.append(_KeyLine(number, tenant, name, list(scopes), _expiry(check, number, obj, now)))
-        if check.total:
-            raise ImportRejected(check.problems, check.total)
-
+        tenants, keys = await asyncio.to_thread(_parse, data, now)
+        check = _Check()
         async with self.uow.change(caller, f"import {len(tenants)} tenants, {len(keys)} api keys") as change:
             session = change.session
             if tenants:
@@ -210,25 +155,95 @@ class ImportService:
                     insert(Tenant),
                     [{"id": ids[name], "active": True, **row} for name, (_, row) in tenants.items()],
                 )
-            imported = []
-            rows = []
-            for key in keys:
-                secret = new_api_key_secret()
-                values = {
-                    "id": uuid.uuid4(),
-                    "tenant_id": ids[key.tenant],
-                    "name": key.name,
-                    "prefix": secret[:VISIBLE_PREFIX_CHARS],
-                    "secret_sha256": secret_digest(secret),
-                    "scopes": key.scopes,
-                    "expires_at": key.expires_at,
-                    "created_at": now,
-                }
-                rows.append(values)
-                imported.append(ImportedKey(key.number, ApiKey(**values), secret))
+            rows, imported = await asyncio.to_thread(_key_rows, keys, ids, now)
             if rows:
                 await session.execute(insert(ApiKey), rows)
         return len(tenants), imported, change.version
+
+
+def _parse(data: bytes, now: datetime) -> tuple[dict[str, tuple[int, dict[str, Any]]], list[_KeyLine]]:
+    """Every line checked as the create calls check it; ``ImportRejected`` names the problems.
+
+    CPU work on a file of tens of thousands of lines: called in a worker thread."""
+    if len(data) > MAX_BYTES:
+        raise InvalidArgument("jsonl", f"{len(data)} bytes, more than {MAX_BYTES}")
+    check = _Check()
+    tenants: dict[str, tuple[int, dict[str, Any]]] = {}
+    keys: list[_KeyLine] = []
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument("jsonl", f"not UTF-8 (byte {exc.start})") from None
+    if len(lines) > MAX_LINES:
+        raise InvalidArgument("jsonl", f"{len(lines)} lines, more than {MAX_LINES}")
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            check.add(number, "(line)", f"not JSON: {exc}")
+            continue
+        if not isinstance(obj, dict):
+            check.add(number, "(line)", "must be a JSON object")
+            continue
+        kind = obj.get("kind")
+        if kind not in _FIELDS:
+            check.add(number, "kind", f"must be one of {', '.join(sorted(_FIELDS))}, got {shown(str(kind))}")
+            continue
+        for unknown in sorted(set(obj) - _FIELDS[kind]):
+            check.add(number, shown(unknown), f"unknown field for {kind}")
+        if kind == "tenant":
+            name = _str(check, number, obj, "name", NAME_CHARS)
+            try:
+                check_name("name", name)
+            except InvalidArgument as exc:
+                check.add(number, "name", str(exc).split(": ", 1)[-1])
+            if name in tenants:
+                check.add(number, "name", f"tenant {shown(name)} already on line {tenants[name][0]}")
+            tier = _str(check, number, obj, "tier", TIER_CHARS)
+            row: dict[str, Any] = {"name": name, "tier": tier, "labels": _labels(check, number, obj)}
+            tenants.setdefault(name, (number, row))
+        else:
+            scopes = obj.get("scopes", [])
+            if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+                check.add(number, "scopes", "must be a list of strings")
+                scopes = []
+            try:
+                validate_scopes(scopes)
+            except ScopeSyntaxError as exc:
+                check.add(number, f"scopes[{exc.index}]", exc.problem)
+            tenant = _str(check, number, obj, "tenant", 64)
+            if not tenant:
+                check.add(number, "tenant", "must not be empty")
+            name = _str(check, number, obj, "name", NAME_CHARS)
+            keys.append(_KeyLine(number, tenant, name, list(scopes), _expiry(check, number, obj, now)))
+    if check.total:
+        raise ImportRejected(check.problems, check.total)
+    return tenants, keys
+
+
+def _key_rows(
+    keys: list[_KeyLine], ids: dict[str, uuid.UUID], now: datetime
+) -> tuple[list[dict[str, Any]], list[ImportedKey]]:
+    """New secrets and the rows to insert (only the secrets' SHA-256 is stored). In a worker thread."""
+    imported = []
+    rows = []
+    for key in keys:
+        secret = new_api_key_secret()
+        values = {
+            "id": uuid.uuid4(),
+            "tenant_id": ids[key.tenant],
+            "name": key.name,
+            "prefix": secret[:VISIBLE_PREFIX_CHARS],
+            "secret_sha256": secret_digest(secret),
+            "scopes": key.scopes,
+            "expires_at": key.expires_at,
+            "created_at": now,
+        }
+        rows.append(values)
+        imported.append(ImportedKey(key.number, ApiKey(**values), secret))
+    return rows, imported
 
 
 def _uuid(value: str) -> uuid.UUID | None:

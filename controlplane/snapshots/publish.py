@@ -81,13 +81,14 @@ class SnapshotPublisher:
 
     async def publish(self, session: AsyncSession, *, actor: str, reason: str) -> PublishedSnapshot:
         """Store the next version; the caller holds the config lock and commits."""
-        previous = await snapshot_repo.latest(session)
-        version = (previous.version if previous is not None else 0) + 1
+        # Version and hash only: the previous envelope (megabytes at fleet size) is not needed.
+        previous = await snapshot_repo.head(session)
+        version = (previous[0] if previous is not None else 0) + 1
         now = datetime.now(UTC)
         snapshot = await build_snapshot(
             session,
             version=version,
-            previous_hash=bytes(previous.sha256) if previous is not None else b"",
+            previous_hash=previous[1] if previous is not None else b"",
             created_at=now,
             expires_at=now + self.ttl,
             scope=self.scope,
