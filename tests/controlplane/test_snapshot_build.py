@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.db.session import create_engine, session_factory
@@ -41,9 +42,12 @@ async def _reference(session: object, created: datetime) -> snapshot_pb2.Snapsho
     )
 
 
+@pytest.mark.parametrize("chunk_rows", [build.CHUNK_ROWS, 2])
 async def test_bulk_build_is_byte_identical_to_the_orm_conversion(
-    control_plane: RunningControlPlane, admin: Admin
+    control_plane: RunningControlPlane, admin: Admin, monkeypatch: pytest.MonkeyPatch, chunk_rows: int
 ) -> None:
+    # 2: every table read in several JSON chunks, so their order and joins are exercised.
+    monkeypatch.setattr(build, "CHUNK_ROWS", chunk_rows)
     await admin.seed("acme")
     await admin.CreateTenant(
         admin_pb2.CreateTenantRequest(name="beta", tier="silver", labels={"a": "1", "b": "2"})
