@@ -150,9 +150,13 @@ class SnapshotBroker:
     async def refresh(self) -> None:
         """Reload the newest envelope; wake subscribers if it is newer than what we hold."""
         async with self._sessions() as session:
-            row = await snapshot_repo.latest(session)
-        if row is None or (self._latest is not None and row.version <= self._latest.version):
-            return
+            # Every connecting node asks: load the envelope (megabytes) only when it is new.
+            head = await snapshot_repo.head(session)
+            if head is None or (self._latest is not None and head[0] <= self._latest.version):
+                return
+            row = await snapshot_repo.get(session, head[0])
+        if row is None:
+            return  # pruned between the two reads: a newer one is on its way
         envelope = snapshot_pb2.SignedEnvelope()
         envelope.ParseFromString(row.envelope)
         self._latest = Latest(row.version, bytes(row.sha256), envelope)
