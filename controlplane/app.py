@@ -187,8 +187,11 @@ class ControlPlane:
         )
         await self.broker.start()
         broker = self.broker
-        # NOTIFY brings it back too, but a local kick saves a round trip.
-        uow.after_commit.append(lambda _published: broker.kick())
+        # NOTIFY brings it back too, but a local offer saves a round trip and reading the
+        # envelope (megabytes at fleet size) back from the database.
+        uow.after_commit.append(
+            lambda published: broker.offer(published.version, published.sha256, published.envelope)
+        )
 
         nodes = NodeService(sessions, stale_after=s.node_stale_after)
         self.admin = AdminService(sessions)

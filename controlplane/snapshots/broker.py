@@ -82,6 +82,7 @@ class SnapshotBroker:
         self._listener: asyncio.Task[None] | None = None
         self._pending: asyncio.Task[None] | None = None
         self._dirty = False
+        self._offered: tuple[int, bytes, bytes] | None = None
         self._listening = asyncio.Event()
         self._closed = False
         self.on_update: list[Callable[[Latest], None]] = []
@@ -130,6 +131,12 @@ class SnapshotBroker:
                 count += 1
         return count
 
+    def offer(self, version: int, sha256: bytes, envelope: bytes) -> None:
+        """A snapshot this replica just committed: the reload that follows (debounced, as
+        for any change) takes its envelope from here rather than reading it back."""
+        self._offered = (version, bytes(sha256), envelope)
+        self.kick()
+
     def kick(self) -> None:
         """Something changed: reload after the debounce interval (once per burst).
 
@@ -150,16 +157,22 @@ class SnapshotBroker:
     async def refresh(self) -> None:
         """Reload the newest envelope; wake subscribers if it is newer than what we hold."""
         async with self._sessions() as session:
-            # Every connecting node asks: load the envelope (megabytes) only when it is new.
+            # Every connecting node asks: load the envelope (megabytes) only when it is new,
+            # and not at all when this replica committed it (``offer``).
             head = await snapshot_repo.head(session)
             if head is None or (self._latest is not None and head[0] <= self._latest.version):
                 return
-            row = await snapshot_repo.get(session, head[0])
-        if row is None:
-            return  # pruned between the two reads: a newer one is on its way
+            offered, self._offered = self._offered, None
+            if offered is not None and offered[:2] == head:
+                raw = offered[2]
+            else:
+                row = await snapshot_repo.get(session, head[0])
+                if row is None:
+                    return  # pruned between the two reads: a newer one is on its way
+                raw = bytes(row.envelope)
         envelope = snapshot_pb2.SignedEnvelope()
-        envelope.ParseFromString(row.envelope)
-        self._latest = Latest(row.version, bytes(row.sha256), envelope)
+        envelope.ParseFromString(raw)
+        self._latest = Latest(head[0], head[1], envelope)
         for callback in self.on_update:
             callback(self._latest)
         for sub in self._subscribers:
