@@ -48,6 +48,7 @@ from controlplane.services.admin import AdminService
 from controlplane.services.base import UnitOfWork
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import IdentityService
+from controlplane.services.imports import ImportService
 from controlplane.services.keys import ApiKeyService
 from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
@@ -58,7 +59,7 @@ from controlplane.services.signing_keys import SigningKeyService
 from controlplane.services.snapshots import SnapshotService
 from controlplane.services.tenants import TenantService
 from controlplane.snapshots.broker import SnapshotBroker
-from controlplane.snapshots.publish import SnapshotPublisher
+from controlplane.snapshots.publish import Publication, SnapshotPublisher
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc, snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.tls import ServerTls, add_port, host_of
@@ -229,8 +230,15 @@ class ControlPlane:
         )
         await self.broker.start()
         broker = self.broker
-        # NOTIFY brings it back too, but a local kick saves a round trip.
-        uow.after_commit.append(lambda _published: broker.kick())
+
+        # NOTIFY brings it back too, but a local offer saves a round trip and reading the
+        # envelope (megabytes at fleet size) back from the database.
+        def offer(publication: Publication) -> None:
+            for group, published in publication.published.items():
+                broker.offer(group, published.version, published.sha256, published.envelope)
+            broker.kick()
+
+        uow.after_commit.append(offer)
 
         nodes = NodeService(sessions, stale_after=s.node_stale_after)
         self.admin = AdminService(sessions)
@@ -260,6 +268,7 @@ class ControlPlane:
             signing_keys=SigningKeyService(uow),
             identities=self.identities,
             groups=groups,
+            imports=ImportService(uow),
         )
         self._interceptor = AdminInterceptor(
             self.admin,

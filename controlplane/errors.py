@@ -12,6 +12,8 @@
     ├── SigningKeyUnavailable         FAILED_PRECONDITION (signing key cannot be unsealed: wrong KEK)
     ├── SigningKeyState               FAILED_PRECONDITION (a key's state forbids the change: revoking the
     │                                                      active key, a key already revoked)
+    ├── BatchAborted                  ABORTED             (a change batched after a refused one: nothing of
+    │                                                      it was written; retry)
     └── StoredSnapshotInvalid         FAILED_PRECONDITION (the newest stored snapshot no longer compiles
                                                            with this build's data-plane code; names the path)
 
@@ -126,6 +128,14 @@ class SigningKeyState(ControlPlaneError):
     """A signing key's state forbids the change (names the key id and the state)."""
 
     status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class BatchAborted(ControlPlaneError):
+    """A change ran in one batch after a change that was then refused (see
+    ``controlplane.services.base``): it ran on top of the refused one, so it is rolled back
+    with it and nothing of it was written. Retrying it is safe."""
+
+    status = grpc.StatusCode.ABORTED
 
 
 class StoredSnapshotInvalid(ControlPlaneError):

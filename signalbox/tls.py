@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,12 +128,14 @@ class ClientTls:
         )
 
 
-def aio_channel(target: str, tls: ClientTls) -> grpc.aio.Channel:
-    """An asyncio channel to ``target`` per ``tls``."""
+def aio_channel(
+    target: str, tls: ClientTls, options: Sequence[tuple[str, int | str]] = ()
+) -> grpc.aio.Channel:
+    """An asyncio channel to ``target`` per ``tls`` (``options``: gRPC channel arguments)."""
     creds = tls.credentials(target)
     if creds is None:
-        return grpc.aio.insecure_channel(target)
-    return grpc.aio.secure_channel(target, creds)
+        return grpc.aio.insecure_channel(target, options=list(options))
+    return grpc.aio.secure_channel(target, creds, options=list(options))
 
 
 def sync_channel(target: str, tls: ClientTls) -> grpc.Channel:

@@ -7,6 +7,7 @@ the authenticated caller in ``current_caller``.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from controlplane.errors import InvalidArgument, NotFound
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import MAX_TOKEN_TTL, IdentityService, check_node_id
+from controlplane.services.imports import ImportService
 from controlplane.services.keys import ApiKeyService
 from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
@@ -58,6 +60,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         signing_keys: SigningKeyService,
         identities: IdentityService,
         groups: NodeGroupService,
+        imports: ImportService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -70,6 +73,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._rollback = rollback
         self._signing_keys = signing_keys
         self._identities = identities
+        self._imports = imports
 
     # ---- tenants ----
 
@@ -440,6 +444,26 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.DeleteResponse(
             snapshot_version=await self._groups.delete(current_caller(), request.name)
         )
+
+    # ---- bulk import ----
+
+    async def ImportConfig(
+        self, request: admin_pb2.ImportConfigRequest, context: Context
+    ) -> admin_pb2.ImportConfigResponse:
+        tenants, keys, version = await self._imports.run(current_caller(), request.jsonl)
+
+        def reply() -> admin_pb2.ImportConfigResponse:
+            return admin_pb2.ImportConfigResponse(
+                tenants=tenants,
+                keys=[
+                    admin_pb2.ImportedApiKey(line=k.line, key=convert.api_key(k.row), secret=k.secret)
+                    for k in keys
+                ],
+                snapshot_version=version,
+            )
+
+        # Tens of thousands of keys: built off the event loop.
+        return await asyncio.to_thread(reply)
 
 
 def _require(field: str, value: str) -> None:

@@ -35,6 +35,21 @@ async def latest_per_group(session: AsyncSession) -> dict[str, Snapshot]:
     return {row.node_group: row for row in (await session.scalars(query)).all()}
 
 
+async def heads(session: AsyncSession) -> dict[str, tuple[int, bytes]]:
+    """(version, payload hash) of every group's newest snapshot, without loading envelopes."""
+    newest = (
+        select(Snapshot.node_group, func.max(Snapshot.version).label("version"))
+        .group_by(Snapshot.node_group)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(Snapshot.node_group, Snapshot.version, Snapshot.sha256).join(
+            newest, (Snapshot.node_group == newest.c.node_group) & (Snapshot.version == newest.c.version)
+        )
+    )
+    return {group: (int(version), bytes(sha256)) for group, version, sha256 in rows}
+
+
 async def newest_versions(session: AsyncSession) -> dict[str, int]:
     """Every group's newest stored version (groups without a snapshot are absent)."""
     query = select(Snapshot.node_group, func.max(Snapshot.version)).group_by(Snapshot.node_group)

@@ -1,15 +1,31 @@
-"""Compile the database into a ``Snapshot`` message: the one place rows become protobuf."""
+"""Compile the database into a ``Snapshot`` message: the one place rows become protobuf.
+
+At fleet scale (10,000 tenants, 50,000 API keys, 1,000 models: an 8 MB payload) this is
+on the path of every admin change, so ``build_snapshot`` reads plain tuples with SQL (no
+ORM objects: loading 50,000 ``ApiKey`` objects alone took a quarter of a second), the
+deployments of every model in one query, each table as one JSON text that Postgres
+aggregates, so the event loop receives strings and parses no rows. Decoding and the
+protobuf assembly, the CPU-heavy part, run in a worker thread. The row order matches the repositories'
+listing order (``describe_path`` names a snapshot path by its index).
+
+The ``*_pb`` functions convert one ORM object (the Admin API's replies mirror them) and
+share their field mapping with the bulk path.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import ApiKey, Model, Policy, Provider, Tenant
-from controlplane.repositories import config as repo
 from signalbox.api.config.v1 import snapshot_pb2
 
 TRUSTED_KEY_STATE = {
@@ -25,22 +41,30 @@ def timestamp(value: datetime) -> Timestamp:
     return ts
 
 
+def _micros_timestamp(micros: int) -> Timestamp:
+    seconds, rest = divmod(micros, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=rest * 1000)
+
+
 def tenant_pb(row: Tenant) -> snapshot_pb2.Tenant:
-    return snapshot_pb2.Tenant(
-        id=str(row.id), name=row.name, tier=row.tier, active=row.active, labels=dict(row.labels)
-    )
+    return _tenant((str(row.id), row.name, row.tier, row.active, row.labels))
+
+
+def _tenant(r: Sequence[Any]) -> snapshot_pb2.Tenant:
+    return snapshot_pb2.Tenant(id=r[0], name=r[1], tier=r[2], active=r[3], labels=r[4])
 
 
 def api_key_pb(row: ApiKey) -> snapshot_pb2.ApiKey:
-    key = snapshot_pb2.ApiKey(
-        id=str(row.id),
-        tenant_id=str(row.tenant_id),
-        secret_sha256=bytes(row.secret_sha256),
-        name=row.name,
-        scopes=list(row.scopes),
-    )
+    key = _api_key((str(row.id), str(row.tenant_id), bytes(row.secret_sha256), row.name, row.scopes, None))
     if row.expires_at is not None:
         key.expires_at.CopyFrom(timestamp(row.expires_at))
+    return key
+
+
+def _api_key(r: Sequence[Any]) -> snapshot_pb2.ApiKey:
+    key = snapshot_pb2.ApiKey(id=r[0], tenant_id=r[1], secret_sha256=r[2], name=r[3], scopes=r[4])
+    if r[5] is not None:
+        key.expires_at.CopyFrom(_micros_timestamp(r[5]))
     return key
 
 
@@ -53,51 +77,172 @@ def secret_ref_pb(env: str, file: str) -> snapshot_pb2.SecretRef:
 
 
 def provider_pb(row: Provider) -> snapshot_pb2.Provider:
+    return _provider(
+        (
+            str(row.id),
+            row.name,
+            row.type,
+            row.base_url,
+            row.credential_env,
+            row.credential_file,
+            row.settings,
+            row.timeout_ms,
+            row.location,
+            row.site,
+            row.region,
+            row.jurisdiction,
+        )
+    )
+
+
+def _provider(r: Sequence[Any]) -> snapshot_pb2.Provider:
     return snapshot_pb2.Provider(
-        id=str(row.id),
-        name=row.name,
-        type=row.type,
-        base_url=row.base_url,
-        credential=secret_ref_pb(row.credential_env, row.credential_file),
-        settings=dict(row.settings),
-        timeout_ms=row.timeout_ms,
-        location=row.location,  # type: ignore[arg-type]
-        site=row.site,
-        region=row.region,
-        jurisdiction=row.jurisdiction,
+        id=r[0],
+        name=r[1],
+        type=r[2],
+        base_url=r[3],
+        credential=secret_ref_pb(r[4], r[5]),
+        settings=r[6],
+        timeout_ms=r[7],
+        location=r[8],
+        site=r[9],
+        region=r[10],
+        jurisdiction=r[11],
     )
 
 
 def model_pb(row: Model) -> snapshot_pb2.Model:
+    deployments = [(str(d.id), str(d.provider_id), d.upstream_model, d.weight) for d in row.deployments]
+    return _model(
+        (
+            str(row.id),
+            row.alias,
+            row.capabilities,
+            row.context_window,
+            row.max_output_tokens,
+            row.input_price_nanos_per_mtok,
+            row.output_price_nanos_per_mtok,
+            row.cached_input_price_nanos_per_mtok,
+            row.certified_for,
+            row.certifications,
+            row.typical_latency_ms,
+            row.attributes,
+        ),
+        deployments,
+    )
+
+
+def _model(r: Sequence[Any], deployments: Sequence[Sequence[Any]]) -> snapshot_pb2.Model:
     return snapshot_pb2.Model(
-        id=str(row.id),
-        alias=row.alias,
-        capabilities=list(row.capabilities),
-        context_window=row.context_window,
-        max_output_tokens=row.max_output_tokens,
-        input_price_nanos_per_mtok=row.input_price_nanos_per_mtok,
-        output_price_nanos_per_mtok=row.output_price_nanos_per_mtok,
-        cached_input_price_nanos_per_mtok=row.cached_input_price_nanos_per_mtok,
+        id=r[0],
+        alias=r[1],
+        capabilities=r[2],
+        context_window=r[3],
+        max_output_tokens=r[4],
+        input_price_nanos_per_mtok=r[5],
+        output_price_nanos_per_mtok=r[6],
+        cached_input_price_nanos_per_mtok=r[7],
         deployments=[
-            snapshot_pb2.Deployment(
-                id=str(d.id), provider_id=str(d.provider_id), upstream_model=d.upstream_model, weight=d.weight
-            )
-            for d in row.deployments
+            snapshot_pb2.Deployment(id=d[0], provider_id=d[1], upstream_model=d[2], weight=d[3])
+            for d in deployments
         ],
-        certified_for=list(row.certified_for),
-        certifications=list(row.certifications),
-        typical_latency_ms=row.typical_latency_ms,
-        attributes=dict(row.attributes),
+        certified_for=r[8],
+        certifications=r[9],
+        typical_latency_ms=r[10],
+        attributes=r[11],
     )
 
 
 def policy_pb(row: Policy) -> snapshot_pb2.Policy:
-    return snapshot_pb2.Policy(
-        id=str(row.id),
-        tenant_id=str(row.tenant_id) if row.tenant_id is not None else "",
-        version=row.version,
-        document_json=row.document_json,
+    return _policy(
+        (str(row.id), str(row.tenant_id) if row.tenant_id is not None else "", row.version, row.document_json)
     )
+
+
+def _policy(r: Sequence[Any]) -> snapshot_pb2.Policy:
+    return snapshot_pb2.Policy(id=r[0], tenant_id=r[1], version=r[2], document_json=r[3])
+
+
+# Orders match the repositories' list functions (controlplane.repositories.config). Each
+# query returns its whole table as ONE JSON text (rows as arrays), built by Postgres: the
+# event loop only receives a string, and decoding it (json.loads, in C) and the protobuf
+# assembly run in a worker thread. Parsing 50,000 rows one by one in the driver blocked
+# the event loop for hundreds of ms. Bytes travel as hex, times as epoch microseconds.
+# (columns, FROM clause, order)
+_TENANTS = ("id::text, name, tier, active, labels", "tenants", "name")
+_API_KEYS = (
+    "id::text, tenant_id::text, encode(secret_sha256, 'hex'), name, scopes,"
+    " (extract(epoch FROM expires_at) * 1000000)::bigint",
+    "api_keys",
+    "created_at, id",
+)
+_PROVIDERS = (
+    "id::text, name, type, base_url, credential_env, credential_file, settings, timeout_ms,"
+    " location, site, region, jurisdiction",
+    "providers",
+    "name",
+)
+_MODELS = (
+    "id::text, alias, capabilities, context_window, max_output_tokens,"
+    " input_price_nanos_per_mtok, output_price_nanos_per_mtok, cached_input_price_nanos_per_mtok,"
+    " certified_for, certifications, typical_latency_ms, attributes",
+    "models",
+    "alias",
+)
+_DEPLOYMENTS = (
+    "model_id::text, id::text, provider_id::text, upstream_model, weight",
+    "deployments",
+    "model_id, position",
+)
+_POLICIES = (
+    "p.id::text, coalesce(p.tenant_id::text, ''), p.version, p.document_json",
+    "policies p JOIN (SELECT tenant_id, max(version) AS version FROM policies GROUP BY tenant_id) n"
+    " ON p.version = n.version AND p.tenant_id IS NOT DISTINCT FROM n.tenant_id WHERE NOT p.deleted",
+    "p.tenant_id NULLS FIRST",
+)
+
+
+CHUNK_ROWS = 5000
+"""Rows per JSON text: ``json.loads`` holds the GIL for a whole text (~8 ms per 5,000 keys),
+and the event loop waits for the GIL that long."""
+
+
+async def _rows(session: AsyncSession, query: tuple[str, str, str]) -> list[str]:
+    """The query's rows, in its order, as JSON arrays of at most ``CHUNK_ROWS`` row arrays."""
+    columns, source, order = query
+    sql = (
+        f"SELECT json_agg(a ORDER BY n)::text FROM (SELECT json_build_array({columns}) AS a,"
+        f" row_number() OVER (ORDER BY {order}) AS n FROM {source}) t"
+        f" GROUP BY (n - 1) / {CHUNK_ROWS} ORDER BY (n - 1) / {CHUNK_ROWS}"
+    )
+    return [str(chunk) for chunk in (await session.scalars(text(sql))).all()]
+
+
+def _decode(chunks: list[str]) -> list[list[Any]]:
+    return [row for chunk in chunks for row in json.loads(chunk)]
+
+
+def _assemble(
+    head: snapshot_pb2.Snapshot,
+    tenants: list[str],
+    keys: list[str],
+    providers: list[str],
+    models: list[str],
+    deployments: list[str],
+    policies: list[str],
+) -> snapshot_pb2.Snapshot:
+    by_model: dict[str, list[list[Any]]] = defaultdict(list)
+    for d in _decode(deployments):
+        by_model[d[0]].append(d[1:])
+    head.tenants.extend(_tenant(r) for r in _decode(tenants))
+    key_rows = _decode(keys)
+    for r in key_rows:
+        r[2] = bytes.fromhex(r[2])
+    head.api_keys.extend(_api_key(r) for r in key_rows)
+    head.providers.extend(_provider(r) for r in _decode(providers))
+    head.models.extend(_model(r, by_model.get(r[0], ())) for r in _decode(models))
+    head.policies.extend(_policy(r) for r in _decode(policies))
+    return head
 
 
 async def build_snapshot(
@@ -111,20 +256,19 @@ async def build_snapshot(
     trusted: Sequence[tuple[str, bytes, str]],
 ) -> snapshot_pb2.Snapshot:
     """Everything a node needs, read from ``session`` (which must hold the config lock)."""
-    tenants = await repo.list_tenants(session)
-    return snapshot_pb2.Snapshot(
+    head = snapshot_pb2.Snapshot(
         version=version,
         created_at=timestamp(created_at),
         expires_at=timestamp(expires_at),
         previous_hash=previous_hash,
         scope=scope,
-        tenants=[tenant_pb(t) for t in tenants],
-        api_keys=[api_key_pb(k) for k in await repo.list_api_keys(session)],
-        providers=[provider_pb(p) for p in await repo.list_providers(session)],
-        models=[model_pb(m) for m in await repo.list_models(session)],
-        policies=[policy_pb(p) for p in await repo.current_policies(session)],
         trusted_keys=[
             snapshot_pb2.TrustedKey(key_id=kid, ed25519_public_key=pub, state=TRUSTED_KEY_STATE[state])
             for kid, pub, state in trusted
         ],
     )
+    rows = [
+        await _rows(session, query)
+        for query in (_TENANTS, _API_KEYS, _PROVIDERS, _MODELS, _DEPLOYMENTS, _POLICIES)
+    ]
+    return await asyncio.to_thread(_assemble, head, *rows)

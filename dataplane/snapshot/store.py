@@ -18,7 +18,7 @@ in with one attribute assignment. A request takes ``store.current`` once and run
 to the end on it; the old adapters are closed when its last request finishes.
 
 Files under ``<data_dir>/snapshot/``: ``lkg.envelope`` (the exact ``SignedEnvelope``
-bytes) and ``hwm.json`` (``{"version": N, "sha256": "<hex>"}``) and ``trust.json`` (the learned trust
+bytes) and ``hwm.json`` (``{"version": N, "sha256": "<hex>", "node_group": "<group>"}``) and ``trust.json`` (the learned trust
 set, see ``dataplane.snapshot.trust``). The high-water
 mark is kept apart from the envelope so deleting or replacing the envelope can
 never roll the node back, and it is as hard to lose as the envelope: a store whose
@@ -96,6 +96,11 @@ class ApplyResult:
 class HighWaterMark:
     version: int
     sha256: bytes
+    node_group: str = ""
+    """The group whose version chain the mark is on ("": from before groups, any chain).
+    Versions count per group: a node moved to another group (a new certificate, a new
+    --node-group) starts on that group's chain; the scope check keeps the old group's
+    snapshots out."""
 
 
 @dataclass(eq=False, slots=True)
@@ -356,6 +361,17 @@ class SnapshotStore:
 
         version, digest = config.version, config.payload_sha256
         hwm = self._hwm
+        group = config.scope.node_group
+        if hwm is not None and hwm.node_group and group and hwm.node_group != group:
+            log.warning(
+                "snapshot %d is on node group %s's version chain, the high-water mark on %s's: "
+                "this node moved groups; rollback protection restarts on %s's chain",
+                version,
+                group,
+                hwm.node_group,
+                group,
+            )
+            hwm = None
         if hwm is not None:
             if version < hwm.version:
                 return self._reject(
@@ -387,7 +403,7 @@ class SnapshotStore:
         if persist:
             data = raw if raw is not None else envelope.SerializeToString()
             try:
-                await asyncio.to_thread(self._write_lkg, data, HighWaterMark(version, digest))
+                await asyncio.to_thread(self._write_lkg, data, HighWaterMark(version, digest, group))
             except OSError as exc:
                 await self._close_adapters(state)
                 return self._reject(version, digest, f"cannot persist last-known-good: {exc}")
@@ -401,8 +417,8 @@ class SnapshotStore:
         if from_disk and (hwm is None or version > hwm.version):
             # The envelope is written before the mark: a crash in between leaves the
             # envelope ahead, and the mark catches up here.
-            await asyncio.to_thread(self._write_hwm, HighWaterMark(version, digest))
-        self._hwm = HighWaterMark(version, digest)
+            await asyncio.to_thread(self._write_hwm, HighWaterMark(version, digest, group))
+        self._hwm = HighWaterMark(version, digest, group)
         await self._publish(state)
         log.info("serving snapshot %d (%s) signed by %s", version, digest.hex()[:12], key_id)
         return ApplyResult(True, version, digest, changed=True)
@@ -503,17 +519,21 @@ class SnapshotStore:
 
     def _write_hwm(self, hwm: HighWaterMark) -> None:
         private_dir(self._dir)
-        body = json.dumps({"version": hwm.version, "sha256": hwm.sha256.hex()}).encode()
+        body = json.dumps(
+            {"version": hwm.version, "sha256": hwm.sha256.hex(), "node_group": hwm.node_group}
+        ).encode()
         atomic_write(self._dir / HWM_FILE, body)
 
     def _read_hwm(self) -> HighWaterMark | None:
         path = self._dir / HWM_FILE
         try:
             data = json.loads(path.read_bytes())
-            return HighWaterMark(int(data["version"]), bytes.fromhex(data["sha256"]))
+            return HighWaterMark(
+                int(data["version"]), bytes.fromhex(data["sha256"]), str(data.get("node_group", ""))
+            )
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             # Without a trustworthy mark, rollback protection is gone: refuse to start.
             raise SnapshotFileInvalid(f"{path}: unreadable high-water mark: {exc}") from exc
 

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import difflib
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -128,6 +129,43 @@ async def key_create(stub: Stub, ns: argparse.Namespace) -> Output:
         ("id", "tenant", "prefix", "scopes", "secret (shown once)"),
         [(r.key.id, r.key.tenant_id, r.key.prefix, scopes_column(r.key.scopes), r.secret)],
     )
+
+
+async def import_config(stub: Stub, ns: argparse.Namespace) -> Output:
+    """Import a JSON Lines file; the new keys' secrets go to ``--secrets-out`` only.
+
+    The secrets file is created (0600, never over an existing file) before the call, so
+    secrets are never returned with nowhere to put them; it is removed if the import fails.
+    """
+    if not ns.secrets_out:
+        raise SystemExit("--secrets-out FILE is required: the new keys' secrets are written there, once")
+    try:
+        data = await asyncio.to_thread(Path(ns.file).read_bytes)
+    except OSError as exc:
+        raise SystemExit(f"{ns.file}: cannot read: {exc.strerror}") from None
+    out = Path(ns.secrets_out)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise SystemExit(f"--secrets-out {out}: exists; refusing to overwrite it") from None
+    except OSError as exc:
+        raise SystemExit(f"--secrets-out {out}: cannot create: {exc.strerror}") from None
+    try:
+        r = await stub.ImportConfig(admin_pb2.ImportConfigRequest(jsonl=data))
+        with os.fdopen(fd, "w") as f:
+            fd = -1
+            for k in r.keys:
+                record = {"line": k.line, "id": k.key.id, "tenant_id": k.key.tenant_id, "name": k.key.name}
+                f.write(json.dumps(record | {"prefix": k.key.prefix, "secret": k.secret}) + "\n")
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        await asyncio.to_thread(out.unlink, missing_ok=True)
+        raise
+    # What is printed (or --json) never carries a secret.
+    summary = admin_pb2.ImportConfigResponse(tenants=r.tenants, snapshot_version=r.snapshot_version)
+    text = f"imported {r.tenants} tenants and {len(r.keys)} api keys in snapshot v{r.snapshot_version}"
+    return Output(summary, text=f"{text}; secrets written to {out} (mode 0600)\n")
 
 
 async def key_list(stub: Stub, ns: argparse.Namespace) -> Output:

@@ -13,6 +13,7 @@ from signalbox.shell.admin_cli.commands import (
     group_list,
     group_show,
     group_update,
+    import_config,
     key_create,
     key_delete,
     key_list,
@@ -189,6 +190,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "A model need not exist yet.",
     )
     _verb(key, "list", key_list, "list API keys").add_argument("--tenant")
+
+    p = sub.add_parser(
+        "import",
+        help="import tenants and API keys from a JSON Lines file, all or nothing, in one snapshot (admin role)",
+    )
+    p.set_defaults(admin_action=import_config)
+    p.add_argument("file", metavar="FILE", help='one object a line: {"kind": "tenant"|"api_key", ...}')
+    settings.add(
+        p,
+        "--secrets-out",
+        env="SIGNALBOX_ADMIN_IMPORT_SECRETS_OUT",
+        default=None,
+        help="file the new keys' secrets are written to (JSON Lines, created 0600; never overwritten)",
+        command=f"{COMMAND} import",
+    )
     _verb(key, "delete", key_delete, "revoke an API key").add_argument("id")
 
     provider = _resource(sub, "provider", "providers")

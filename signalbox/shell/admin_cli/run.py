@@ -30,6 +30,10 @@ EXIT_CODES: dict[grpc.StatusCode, int] = {
 }
 
 
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+"""Largest Admin API reply taken (the control plane's default send limit)."""
+
+
 def admin_command(ns: argparse.Namespace) -> int:
     if not ns.token:
         print("signalbox admin: --token / SIGNALBOX_ADMIN_TOKEN is required", file=sys.stderr)
@@ -37,7 +41,9 @@ def admin_command(ns: argparse.Namespace) -> int:
     action: Action = ns.admin_action
 
     async def run() -> Output:
-        async with tls.aio_channel(ns.target, tls.client_tls(ns)) as channel:
+        # A bulk import's reply carries every new key: larger than gRPC's 4 MiB default.
+        options = [("grpc.max_receive_message_length", MAX_REPLY_BYTES)]
+        async with tls.aio_channel(ns.target, tls.client_tls(ns), options) as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
             metadata = (("authorization", f"Bearer {ns.token}"),)
             wrapped = _with_call_options(stub, metadata, ns.timeout)

@@ -109,3 +109,42 @@ async def test_snapshot_mark_and_evidence_files_are_private(serving_node: Any, t
     assert _mode(evidence.parent) == 0o700
     assert evidence.stat().st_size > 0
     assert _mode(evidence) == 0o600
+
+
+def _in_group(version: int, base_url: str, group: str, variant: str = "") -> Any:
+    snap = snapshot(version, base_url)
+    snap.scope.node_group = group
+    if variant:
+        snap.tenants[0].labels["variant"] = variant
+    return snap
+
+
+async def test_versions_count_per_group_a_moved_node_starts_on_its_new_groups_chain(
+    start_node: NodeFactory,
+    simulator: Any,
+    signing_key: Ed25519PrivateKey,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    old = await start_node(scope=Scope(deployment="test", node_group="old"))
+    assert (await old.store.apply(envelope(_in_group(5, simulator.base_url, "old"), signing_key))).accepted
+    await old.stop()
+    mark = (tmp_path / "node" / "snapshot" / HWM_FILE).read_text()
+    assert '"node_group": "old"' in mark
+
+    # Moved (new certificate, new --node-group): the new group's chain is at v1, below the
+    # mark's v5, and is not a rollback. Its protection starts there.
+    caplog.set_level(logging.WARNING)
+    moved = await start_node(scope=Scope(deployment="test", node_group="new"))
+    assert (await moved.store.apply(envelope(_in_group(1, simulator.base_url, "new"), signing_key))).accepted
+    assert "this node moved groups" in caplog.text
+    assert '"node_group": "new"' in (tmp_path / "node" / "snapshot" / HWM_FILE).read_text()
+    conflict = await moved.store.apply(
+        envelope(_in_group(1, simulator.base_url, "new", "other"), signing_key)
+    )
+    assert not conflict.accepted
+    assert conflict.reason.startswith("conflict:")
+    # The old group's snapshots stay out: its scope is not this node's.
+    replay = await moved.store.apply(envelope(_in_group(6, simulator.base_url, "old"), signing_key))
+    assert not replay.accepted
+    assert replay.reason.startswith("scope:")

@@ -2141,3 +2141,86 @@ class DeleteNodeGroupRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteNodeGroupRequest: _TypeAlias = DeleteNodeGroupRequest  # noqa: Y015
+
+@_typing.final
+class ImportConfigRequest(_message.Message):
+    """---- node groups (end) ----
+    ---- bulk import (scale) ----
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSONL_FIELD_NUMBER: _builtins.int
+    jsonl: _builtins.bytes
+    """JSON Lines, one object per line: {"kind": "tenant", "name", "tier", "labels"} or
+    {"kind": "api_key", "tenant", "name", "scopes", "expires_at" (RFC 3339)}, the fields of
+    CreateTenantRequest and CreateApiKeyRequest. A key's tenant may be one of the file's.
+    Blank lines are skipped. Refused as a whole (INVALID_ARGUMENT naming the first problems
+    by line number and field) if any line is.
+    """
+    def __init__(
+        self,
+        *,
+        jsonl: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jsonl", b"jsonl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportConfigRequest: _TypeAlias = ImportConfigRequest  # noqa: Y015
+
+@_typing.final
+class ImportedApiKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    line: _builtins.int
+    """Line of the file the key came from (1-based)."""
+    secret: _builtins.str
+    """The secret, returned once; only its SHA-256 is kept."""
+    @_builtins.property
+    def key(self) -> Global___ApiKey: ...
+    def __init__(
+        self,
+        *,
+        line: _builtins.int = ...,
+        key: Global___ApiKey | None = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "line", b"line", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportedApiKey: _TypeAlias = ImportedApiKey  # noqa: Y015
+
+@_typing.final
+class ImportConfigResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANTS_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    tenants: _builtins.int
+    snapshot_version: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportedApiKey]: ...
+    def __init__(
+        self,
+        *,
+        tenants: _builtins.int = ...,
+        keys: _abc.Iterable[Global___ImportedApiKey] | None = ...,
+        snapshot_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "snapshot_version", b"snapshot_version", "tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportConfigResponse: _TypeAlias = ImportConfigResponse  # noqa: Y015

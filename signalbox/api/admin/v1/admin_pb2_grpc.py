@@ -225,6 +225,11 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteNodeGroupRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.ImportConfig = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ImportConfig',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -475,7 +480,15 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteNodeGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportConfig(self, request, context):
         """---- node groups (end) ----
+        ---- bulk import (scale) ----
+        Tenants and API keys from JSON Lines, all or nothing, in one snapshot. Admin role only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -673,6 +686,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteNodeGroup,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteNodeGroupRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'ImportConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportConfig,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1701,6 +1719,33 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/DeleteNodeGroup',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteNodeGroupRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ImportConfig',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -100,7 +100,11 @@ class AdminServiceStub:
     ListNodeGroups: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNodeGroupsRequest, _admin_pb2.ListNodeGroupsResponse]
     UpdateNodeGroup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateNodeGroupRequest, _admin_pb2.NodeGroup]
     DeleteNodeGroup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteNodeGroupRequest, _admin_pb2.DeleteResponse]
-    """---- node groups (end) ----"""
+    ImportConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ImportConfigRequest, _admin_pb2.ImportConfigResponse]
+    """---- node groups (end) ----
+    ---- bulk import (scale) ----
+    Tenants and API keys from JSON Lines, all or nothing, in one snapshot. Admin role only.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -171,7 +175,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListNodeGroups: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNodeGroupsRequest, _admin_pb2.ListNodeGroupsResponse]  # type: ignore[assignment]
     UpdateNodeGroup: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateNodeGroupRequest, _admin_pb2.NodeGroup]  # type: ignore[assignment]
     DeleteNodeGroup: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteNodeGroupRequest, _admin_pb2.DeleteResponse]  # type: ignore[assignment]
-    """---- node groups (end) ----"""
+    ImportConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.ImportConfigRequest, _admin_pb2.ImportConfigResponse]  # type: ignore[assignment]
+    """---- node groups (end) ----
+    ---- bulk import (scale) ----
+    Tenants and API keys from JSON Lines, all or nothing, in one snapshot. Admin role only.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -466,7 +474,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _admin_pb2.DeleteNodeGroupRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.DeleteResponse, _abc.Awaitable[_admin_pb2.DeleteResponse]]:
-        """---- node groups (end) ----"""
+    ) -> _typing.Union[_admin_pb2.DeleteResponse, _abc.Awaitable[_admin_pb2.DeleteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportConfig(
+        self,
+        request: _admin_pb2.ImportConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ImportConfigResponse, _abc.Awaitable[_admin_pb2.ImportConfigResponse]]:
+        """---- node groups (end) ----
+        ---- bulk import (scale) ----
+        Tenants and API keys from JSON Lines, all or nothing, in one snapshot. Admin role only.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,430 @@
+"""Config distribution at fleet scale: how long one snapshot takes to build, check, sign,
+store and apply at 10,000 tenants / 50,000 API keys / 1,000 models, and what one admin
+change costs end to end.
+
+    .venv/bin/python bench/snapshot_scale.py                       # the full size
+    .venv/bin/python bench/snapshot_scale.py --tenants 200 --keys 1000 --models 50 --changes 5
+    .venv/bin/python bench/snapshot_scale.py --profile out.svg     # py-spy record the control plane
+
+It starts a control plane in this process (embedded PostgreSQL under a temporary data dir,
+or ``--database-url``), seeds the configuration straight into the database in one
+transaction (bulk ``INSERT ... SELECT generate_series``: this is a seeding tool, not an
+admin path), then prints one row per measured step. See bench/README.md for each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+from sqlalchemy import text
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from controlplane.app import ControlPlane, ControlPlaneSettings
+from controlplane.keys import sign_all, trusted_keys
+from controlplane.repositories import config as config_repo
+from controlplane.repositories import snapshots as snapshot_repo
+from controlplane.snapshots.build import build_snapshot
+from controlplane.snapshots.publish import check
+from dataplane.routing.table import build_route_table
+from dataplane.snapshot.store import check_envelope
+from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.api.config.v1 import snapshot_pb2
+
+PROVIDERS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    tenants: int
+    keys: int
+    models: int
+    policies: int
+
+
+def seed_sql(size: Size) -> list[tuple[str, dict[str, Any]]]:
+    """Statements that fill an empty, migrated database with ``size`` worth of config."""
+    keys_per_tenant = -(-size.keys // max(size.tenants, 1))
+    default_policy = {"default_model": "bench-m00000", "allowed_models": ["bench-m00000", "bench-m00001"]}
+    return [
+        (
+            "INSERT INTO providers (id, name, type, base_url, credential_env, credential_file, settings,"
+            " timeout_ms, location, site, region, jurisdiction, created_at)"
+            " SELECT gen_random_uuid(), 'bench-p' || lpad(i::text, 3, '0'), 'simulated',"
+            " 'http://127.0.0.1:9/v1', 'SIGNALBOX_CRED_SIM', '', '{}'::jsonb, 30000, 1, '',"
+            " 'eu-west-' || (i %% 3), 'EU', now() FROM generate_series(0, %(providers)s - 1) i",
+            {"providers": PROVIDERS},
+        ),
+        (
+            "INSERT INTO models (id, alias, capabilities, context_window, max_output_tokens,"
+            " input_price_nanos_per_mtok, output_price_nanos_per_mtok, cached_input_price_nanos_per_mtok,"
+            " certified_for, certifications, typical_latency_ms, attributes, created_at)"
+            " SELECT gen_random_uuid(), 'bench-m' || lpad(i::text, 5, '0'), '[1, 6]'::jsonb, 128000, 4096,"
+            " 1000 + i, 2000 + i, 500, '[1, 2]'::jsonb, '[]'::jsonb, 300 + i %% 500,"
+            " jsonb_build_object('family', 'fam-' || (i %% 20)), now()"
+            " FROM generate_series(0, %(models)s - 1) i",
+            {"models": size.models},
+        ),
+        (
+            # Two deployments per model, on two different providers.
+            "INSERT INTO deployments (id, model_id, provider_id, upstream_model, weight, position)"
+            " SELECT gen_random_uuid(), m.id, p.id, m.alias || '-up' || d, 1, d"
+            " FROM (SELECT id, alias, row_number() OVER (ORDER BY alias) AS n FROM models) m"
+            " CROSS JOIN generate_series(0, 1) d"
+            " JOIN (SELECT id, row_number() OVER (ORDER BY name) - 1 AS n FROM providers) p"
+            "   ON p.n = (m.n + d) %% %(providers)s",
+            {"providers": PROVIDERS},
+        ),
+        (
+            "INSERT INTO tenants (id, name, tier, active, labels, created_at)"
+            " SELECT gen_random_uuid(), 'bench-t' || lpad(i::text, 6, '0'),"
+            " (ARRAY['gold', 'silver', 'bronze'])[1 + i %% 3], true,"
+            " jsonb_build_object('team', 'team-' || (i %% 50)), now()"
+            " FROM generate_series(0, %(tenants)s - 1) i",
+            {"tenants": size.tenants},
+        ),
+        (
+            "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_sha256, scopes, expires_at, created_at)"
+            " SELECT gen_random_uuid(), t.id, 'key-' || k, 'sbx_bench000',"
+            " sha256(convert_to('bench-secret-' || t.name || '-' || k, 'UTF8')),"
+            " CASE WHEN k = 0 THEN '[]'::jsonb ELSE '[\"model:bench-m00000\"]'::jsonb END,"
+            " NULL, now() + make_interval(secs => t.n * %(per)s + k)"
+            " FROM (SELECT id, name, row_number() OVER (ORDER BY name) AS n FROM tenants) t"
+            " CROSS JOIN generate_series(0, %(per)s - 1) k"
+            " ORDER BY t.n, k LIMIT %(keys)s",
+            {"per": keys_per_tenant, "keys": size.keys},
+        ),
+        (
+            "INSERT INTO policies (id, tenant_id, version, document_json, deleted, created_at, created_by)"
+            " VALUES (gen_random_uuid(), NULL, 1, %(doc)s, false, now(), 'bench')",
+            {"doc": json.dumps(default_policy, sort_keys=True, separators=(",", ":"))},
+        ),
+        (
+            # Tenant policies that route by rule over a handful of models each.
+            "INSERT INTO policies (id, tenant_id, version, document_json, deleted, created_at, created_by)"
+            " SELECT gen_random_uuid(), t.id, 1,"
+            " json_build_object('default_model', 'bench-m' || lpad((t.n %% %(models)s)::text, 5, '0'),"
+            "   'allowed_models', json_build_array("
+            "     'bench-m' || lpad((t.n %% %(models)s)::text, 5, '0'),"
+            "     'bench-m' || lpad(((t.n + 1) %% %(models)s)::text, 5, '0')),"
+            "   'rules', json_build_array(json_build_object('name', 'cheap',"
+            "     'match', json_build_object('tiers', json_build_array('gold')),"
+            "     'models', json_build_array('bench-m' || lpad(((t.n + 1) %% %(models)s)::text, 5, '0'),"
+            "       'bench-m' || lpad((t.n %% %(models)s)::text, 5, '0')),"
+            "     'strategy', 'cheapest')))::text,"
+            " false, now(), 'bench'"
+            " FROM (SELECT id, row_number() OVER (ORDER BY name) AS n FROM tenants) t"
+            " WHERE t.n <= %(policies)s",
+            {"models": size.models, "policies": size.policies},
+        ),
+    ]
+
+
+def seed(url: str, size: Size) -> float:
+    """Fill the database in one transaction; returns the seconds it took."""
+    started = time.perf_counter()
+    with psycopg.connect(url) as conn, conn.transaction():
+        for sql, params in seed_sql(size):
+            conn.execute(sql, params)
+    return time.perf_counter() - started
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def row(name: str, value: str) -> None:
+    print(f"{name:<46} {value}", flush=True)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:9.1f} ms"
+
+
+class LoopLag:
+    """The event loop's worst lateness: a task that asks to wake every ``tick`` seconds."""
+
+    def __init__(self, tick: float = 0.005) -> None:
+        self.tick = tick
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(self.tick)
+            self.worst = max(self.worst, time.perf_counter() - before - self.tick)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+async def timed(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = await fn()
+    return time.perf_counter() - started, result
+
+
+@asynccontextmanager
+async def control_plane(data_dir: Path, database_url: str | None) -> AsyncIterator[ControlPlane]:
+    settings = ControlPlaneSettings(
+        listen="127.0.0.1:0",
+        node_listen="127.0.0.1:0",
+        data_dir=data_dir,
+        database_url=database_url,
+        max_message_bytes=256 * 1024 * 1024,
+        snapshot_retention=10,
+    )
+    async with ControlPlane(settings) as cp:
+        yield cp
+
+
+async def measure_pipeline(cp: ControlPlane) -> tuple[bytes, snapshot_pb2.SignedEnvelope]:
+    """Each step of one publish, in isolation, as the publisher runs it."""
+    assert cp.keyring is not None
+    assert cp._engine is not None
+    from controlplane.db.session import session_factory
+
+    sessions = session_factory(cp._engine)
+    async with sessions() as session, session.begin():
+        await config_repo.lock_config(session)
+        latest = await snapshot_repo.latest(session)
+        assert latest is not None
+        now = datetime.now(UTC)
+        trusted = await trusted_keys(session)
+        build_s, snapshot = await timed(
+            lambda: build_snapshot(
+                session,
+                version=latest.version + 1,
+                previous_hash=bytes(latest.sha256),
+                created_at=now,
+                expires_at=now + timedelta(days=30),
+                scope=cp.settings.scope,
+                trusted=trusted,
+            )
+        )
+        signers = await cp.keyring.signers(session)
+    started = time.perf_counter()
+    payload = snapshot.SerializeToString(deterministic=True)
+    serialize_s = time.perf_counter() - started
+    started = time.perf_counter()
+    check(payload)
+    compile_s = time.perf_counter() - started
+    started = time.perf_counter()
+    envelope = sign_all(signers, payload)
+    raw = envelope.SerializeToString(deterministic=True)
+    sign_s = time.perf_counter() - started
+    async with sessions() as session, session.begin():
+        started = time.perf_counter()
+        await session.execute(text("CREATE TEMP TABLE bench_store (envelope bytea) ON COMMIT DROP"))
+        await session.execute(text("INSERT INTO bench_store VALUES (:e)"), {"e": raw})
+        store_s = time.perf_counter() - started
+    row("snapshot size", f"{len(payload) / 1e6:9.2f} MB payload, {len(raw) / 1e6:.2f} MB envelope")
+    row("  build (database -> Snapshot message)", ms(build_s))
+    row("  serialize (deterministic)", ms(serialize_s))
+    row("  compile check (the node's compiler)", ms(compile_s))
+    row("  sign (+ envelope serialize)", ms(sign_s))
+    row("  store (one INSERT of the envelope)", ms(store_s))
+    return payload, envelope
+
+
+def measure_apply(cp: ControlPlane, envelope: snapshot_pb2.SignedEnvelope) -> None:
+    """What a node does with the envelope: verify + compile, then the route table."""
+    assert cp.signer is not None
+    trusted = {cp.signer.key_id: cp.signer.public_key}
+    started = time.perf_counter()
+    config, _ = check_envelope(envelope, trusted, scope=None, now=None)
+    verify_compile_s = time.perf_counter() - started
+    started = time.perf_counter()
+    build_route_table(config)
+    routes_s = time.perf_counter() - started
+    row("node apply: verify + compile", ms(verify_compile_s))
+    row("node apply: route table", ms(routes_s))
+
+
+async def measure_changes(cp: ControlPlane, token: str, changes: int, clients: int) -> None:
+    """Admin changes over the real Admin API: latency one at a time, then throughput."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(cp.address, options=options) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+
+        async def change(i: int, who: str) -> float:
+            started = time.perf_counter()
+            await admin.UpdateTenant(
+                admin_pb2.UpdateTenantRequest(tenant=f"bench-t{i:06d}", labels={"bench": f"{who}-{i}"}),
+                metadata=metadata,
+                timeout=120,
+            )
+            return time.perf_counter() - started
+
+        with LoopLag() as lag:
+            latencies = [await change(i, "serial") for i in range(changes)]
+        row(
+            f"admin change, one at a time (n={changes})",
+            f"p50 {pct(latencies, 0.5) * 1000:.1f} ms  p99 {pct(latencies, 0.99) * 1000:.1f} ms",
+        )
+        row("  worst event-loop lag meanwhile", ms(lag.worst))
+
+        async def client(c: int) -> list[float]:
+            return [await change(c * changes + i, f"c{c}") for i in range(changes)]
+
+        before = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(), metadata=metadata)
+        started = time.perf_counter()
+        with LoopLag() as lag:
+            results = await asyncio.gather(*(client(c) for c in range(clients)))
+        wall = time.perf_counter() - started
+        after = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(), metadata=metadata)
+        flat = [x for r in results for x in r]
+        row(
+            f"admin changes, {clients} clients x {changes}",
+            f"{len(flat) / wall:6.1f} changes/s  p50 {pct(flat, 0.5) * 1000:.1f} ms"
+            f"  p99 {pct(flat, 0.99) * 1000:.1f} ms  versions +{after.version - before.version}",
+        )
+        row("  worst event-loop lag meanwhile", ms(lag.worst))
+
+
+async def measure_key_creation(cp: ControlPlane, token: str, count: int, label: str) -> None:
+    """Keys created one by one (each its own change and snapshot): the cost per key."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(cp.address) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="bench-keys"), metadata=metadata)
+        started = time.perf_counter()
+        for _ in range(count):
+            await admin.CreateApiKey(
+                admin_pb2.CreateApiKeyRequest(tenant="bench-keys"), metadata=metadata, timeout=120
+            )
+        per_key = (time.perf_counter() - started) / count
+    row(f"key creation one by one, {label}", f"{per_key * 1000:9.1f} ms/key ({1 / per_key:.1f} keys/s)")
+
+
+async def measure_import(cp: ControlPlane, token: str, tenants: int, keys: int) -> None:
+    """``ImportConfig`` (what ``signalbox admin import`` sends) of that many new tenants and keys."""
+    lines = [json.dumps({"kind": "tenant", "name": f"imp-t{i:06d}", "tier": "gold"}) for i in range(tenants)]
+    per = -(-keys // max(tenants, 1))
+    lines += [
+        json.dumps({"kind": "api_key", "tenant": f"imp-t{i // per:06d}", "name": f"k{i}"})
+        for i in range(keys)
+    ]
+    data = "\n".join(lines).encode()
+    metadata = (("authorization", f"Bearer {token}"),)
+    options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(cp.address, options=options) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        started = time.perf_counter()
+        with LoopLag() as lag:
+            reply = await admin.ImportConfig(
+                admin_pb2.ImportConfigRequest(jsonl=data), metadata=metadata, timeout=600
+            )
+        seconds = time.perf_counter() - started
+    row(
+        f"import {tenants} tenants + {keys} keys ({len(data) / 1e6:.1f} MB)",
+        f"{seconds:7.1f} s  -> v{reply.snapshot_version}, {len(reply.keys)} secrets; worst loop lag {lag.worst * 1000:.0f} ms",
+    )
+
+
+def start_profiler(out: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(os.getpid()),
+            "--output",
+            out,
+            "--rate",
+            "200",
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    size = Size(args.tenants, args.keys, args.models, args.policies)
+    with tempfile.TemporaryDirectory(prefix="signalbox-scale-") as tmp:
+        # Traversable: embedded PostgreSQL runs as its own user when we are root.
+        os.chmod(tmp, 0o711)
+        data_dir = Path(args.data_dir or tmp)
+        async with control_plane(data_dir, args.database_url) as cp:
+            assert cp.admin is not None
+            _, token = await cp.admin.create_token("bench")
+            url = cp.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+            if args.key_creations:
+                await measure_key_creation(cp, token, args.key_creations, "empty database")
+            seconds = await asyncio.to_thread(seed, url, size)
+            row(
+                "seeded",
+                f"{size.tenants} tenants, {size.keys} keys, {size.models} models, "
+                f"{size.policies + 1} policies in {seconds:.1f} s",
+            )
+            profiler = start_profiler(args.profile) if args.profile else None
+            try:
+                payload, envelope = await measure_pipeline(cp)
+                measure_apply(cp, envelope)
+                if args.key_creations:
+                    await measure_key_creation(cp, token, args.key_creations, f"at {size.keys} keys")
+                await measure_changes(cp, token, args.changes, args.clients)
+                if args.import_tenants or args.import_keys:
+                    await measure_import(cp, token, args.import_tenants, args.import_keys)
+            finally:
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                    profiler.wait()
+                    row("py-spy profile", args.profile)
+            del payload
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tenants", type=int, default=10_000)
+    parser.add_argument("--keys", type=int, default=50_000)
+    parser.add_argument("--models", type=int, default=1_000)
+    parser.add_argument(
+        "--policies", type=int, default=100, help="tenant policies (plus the platform default)"
+    )
+    parser.add_argument("--changes", type=int, default=50, help="admin changes per client")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent admin clients")
+    parser.add_argument(
+        "--key-creations", type=int, default=10, help="keys created one by one, before and after seeding"
+    )
+    parser.add_argument("--import-tenants", type=int, default=10_000, help="tenants imported at the end")
+    parser.add_argument("--import-keys", type=int, default=50_000, help="API keys imported at the end")
+    parser.add_argument(
+        "--database-url", default=None, help="an empty PostgreSQL database (default: embedded)"
+    )
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--profile", default=None, help="write a py-spy flame graph (SVG) of this run")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))

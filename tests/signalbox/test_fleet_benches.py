@@ -1,0 +1,51 @@
+"""Smoke tests of the fleet benchmarks at a tiny size: each builds its control plane, enrolls
+and drives its nodes over mutual TLS and prints its figures. No timing is asserted; the
+figures belong in reports (bench/README.md), not in pass/fail."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(600)
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+TINY = ["--tenants", "20", "--keys", "50", "--models", "5", "--policies", "2"]
+
+
+def _run(script: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=540
+    )
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout
+    return result.stdout
+
+
+def test_propagation_bench_enrolls_its_nodes_and_prints_percentiles() -> None:
+    out = _run("propagation.py", "--nodes", "4", "--changes", "2", *TINY)
+    assert re.search(r"^enrolled\s+4 node certificates$", out, re.M), out
+    assert re.search(r"^connected and ACKed\s+4 simulated nodes$", out, re.M), out
+    for label in ("small snapshot", "50-key snapshot"):
+        assert re.search(
+            rf"^{label}: 4 nodes x 2 changes\s+p50 \d+ ms\s+p99 \d+ ms\s+max \d+ ms", out, re.M
+        ), out
+
+
+def test_snapshot_scale_bench_prints_every_step() -> None:
+    out = _run(
+        "snapshot_scale.py", *TINY, "--changes", "2", "--clients", "2",
+        "--key-creations", "2", "--import-tenants", "5", "--import-keys", "10",
+    )  # fmt: skip
+    for step in (
+        r"build \(database -> Snapshot message\)\s+[\d.]+ ms",
+        r"compile check \(the node's compiler\)\s+[\d.]+ ms",
+        r"node apply: verify \+ compile\s+[\d.]+ ms",
+        r"admin change, one at a time \(n=2\)\s+p50 [\d.]+ ms\s+p99 [\d.]+ ms",
+        r"admin changes, 2 clients x 2\s+[\d.]+ changes/s",
+        r"import 5 tenants \+ 10 keys .* 10 secrets",
+    ):
+        assert re.search(step, out), f"{step}\n{out}"
