@@ -101,14 +101,24 @@ class _Sealed:
 
 @dataclass(frozen=True, slots=True)
 class _Candidate:
-    """A group's snapshot body (everything but the header fields) and its new header."""
+    """A group, its new header, and what its newest stored snapshot carried."""
+
+    group: GroupView
+    header: snapshot_pb2.Snapshot
+    previous_body: bytes | None
+    """SHA-256 of the body of the group's newest stored payload (None: it has none, or it
+    is not known yet and ``previous_payload`` is given)."""
+    previous_payload: bytes | None = None
+    """That payload, when its body digest is not cached (its body is read off the event loop)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    """A group's sealed snapshot, or only its body digest when its content did not change."""
 
     group: str
-    snapshot: snapshot_pb2.Snapshot
-    """The body as a message (for naming the entry at a path when it does not compile)."""
-    header: snapshot_pb2.Snapshot
-    previous: Snapshot | None
-    """The group's newest stored snapshot (its payload is read off the event loop)."""
+    body_sha256: bytes
+    sealed: _Sealed | None
 
 
 def _signed(signers: list[Signer], payload: bytes, chain: list[bytes]) -> bytes:
@@ -120,18 +130,29 @@ def _signed(signers: list[Signer], payload: bytes, chain: list[bytes]) -> bytes:
 
 
 def _seal_all(
-    candidates: list[_Candidate], forced: frozenset[str] | None, signers: list[Signer], chain: list[bytes]
-) -> list[_Sealed]:
+    full: snapshot_pb2.Snapshot,
+    candidates: list[_Candidate],
+    forced: frozenset[str] | None,
+    signers: list[Signer],
+    chain: list[bytes],
+) -> list[_Cut]:
+    """Cut, compare, compile, sign: the CPU-heavy part of a publish, in a worker thread."""
     # Every changed group's payload is compiled before anything is signed: one group that
     # does not compile stops them all (the transaction rolls back).
     checked = []
+    cuts = []
     for candidate in candidates:
-        group = candidate.group
-        body = candidate.snapshot.SerializeToString(deterministic=True)
-        previous = candidate.previous
+        group = candidate.group.name
+        snapshot = scope_snapshot(full, candidate.group)
+        body = snapshot.SerializeToString(deterministic=True)
+        digest = hashlib.sha256(body).digest()
+        previous = candidate.previous_body
+        if candidate.previous_payload is not None:
+            previous = hashlib.sha256(body_of(candidate.previous_payload)).digest()
         unforced = not (forced is None or group in forced)
-        if previous is not None and unforced and body_of(previous.payload) == body:
-            continue  # the same config as the group's newest: its nodes hear nothing
+        if previous is not None and unforced and previous == digest:
+            cuts.append(_Cut(group, digest, None))  # the same config: its nodes hear nothing
+            continue
         # Deterministic serialization writes fields in number order, so the header (fields
         # 1-4) followed by the body is exactly the whole message serialized: these bytes are
         # checked, hashed, signed and stored.
@@ -139,19 +160,15 @@ def _seal_all(
         try:
             config = check(payload)
         except ConfigRejected as exc:
-            where = describe(candidate.snapshot, exc.field)
+            where = describe(snapshot, exc.field)
             raise ConfigRejected(exc.field, exc.problem, where, group=group) from exc
-        checked.append((candidate, payload, config))
-    return [
-        _Sealed(
-            c.group,
-            c.header,
-            hashlib.sha256(payload).digest(),
-            _signed(signers, payload, chain),
-            config,
+        checked.append((candidate, digest, payload, config))
+    for c, digest, payload, config in checked:
+        sealed = _Sealed(
+            c.group.name, c.header, hashlib.sha256(payload).digest(), _signed(signers, payload, chain), config
         )
-        for c, payload, config in checked
-    ]
+        cuts.append(_Cut(c.group.name, digest, sealed))
+    return cuts
 
 
 async def full_snapshot(
@@ -183,6 +200,11 @@ class SnapshotPublisher:
     """How many of each group's newest versions are kept; older ones go unless a node still
     runs them or they were exported as a pin. At least 1: the newest is never pruned."""
 
+    _bodies: dict[str, tuple[int, bytes, bytes]] = field(default_factory=dict, repr=False, compare=False)
+    """Per group: (version, payload hash, body hash) of a snapshot this replica stored or
+    read. Used only when the database's newest is exactly that (version, hash), so the
+    newest envelope (megabytes at fleet size) is not read back on every change."""
+
     def __post_init__(self) -> None:
         if self.retention < 1:
             raise ValueError("snapshot retention must keep at least 1 version")
@@ -193,7 +215,7 @@ class SnapshotPublisher:
         """Store the next version of every group whose content changed (and of the groups in
         ``force``; ``ALL_GROUPS``: every group); the caller holds the config lock and commits."""
         groups = [group_view(g) for g in await group_repo.list_all(session)]
-        latest = await snapshot_repo.latest_per_group(session)
+        heads = await snapshot_repo.heads(session)
         now = datetime.now(UTC)
         full = await full_snapshot(session, now=now, ttl=self.ttl, trusted=await trusted_keys(session))
         # The header is per group and per version; the body is cut once per group.
@@ -201,29 +223,35 @@ class SnapshotPublisher:
         full.ClearField("expires_at")
         candidates = []
         for group in groups:
-            previous = latest.get(group.name)
+            head = heads.get(group.name)
             header = snapshot_pb2.Snapshot(
-                version=(previous.version if previous is not None else 0) + 1,
+                version=(head[0] if head is not None else 0) + 1,
                 created_at=timestamp(now),
                 expires_at=timestamp(now + self.ttl),
-                previous_hash=bytes(previous.sha256) if previous is not None else b"",
+                previous_hash=head[1] if head is not None else b"",
             )
-            candidates.append(
-                _Candidate(
-                    group.name,
-                    scope_snapshot(full, group),
-                    header,
-                    previous,
-                )
-            )
+            cached = self._bodies.get(group.name)
+            if head is None:
+                candidates.append(_Candidate(group, header, None))
+            elif cached is not None and cached[:2] == head:
+                candidates.append(_Candidate(group, header, cached[2]))
+            else:
+                row = await snapshot_repo.get(session, head[0], group.name)
+                payload = row.payload if row is not None else None
+                candidates.append(_Candidate(group, header, None, payload))
         # Every key that still signs: during a rotation, the retiring key beside the new one.
         signers = await self.keyring.signers(session)
         # The newest key statements ride along: a node that missed a rotation (or a site
         # handed this as a pin) follows them from a key it trusts to the one that signed.
         chain = await signing_repo.chain(session, newest=MAX_TRUST_CHAIN)
-        sealed = await asyncio.to_thread(_seal_all, candidates, force, signers, chain)
+        cuts = await asyncio.to_thread(_seal_all, full, candidates, force, signers, chain)
         published: dict[str, PublishedSnapshot] = {}
-        for item in sealed:
+        for cut in cuts:
+            item = cut.sealed
+            if item is None:
+                head = heads[cut.group]
+                self._bodies[cut.group] = (head[0], head[1], cut.body_sha256)
+                continue
             version = item.snapshot.version
             await snapshot_repo.add(
                 session,
@@ -246,6 +274,10 @@ class SnapshotPublisher:
             published[item.group] = PublishedSnapshot(
                 version, item.sha256, item.envelope, now, item.config, item.group
             )
-        newest = {name: row.version for name, row in latest.items() if name in {g.name for g in groups}}
+            # Keyed by (version, hash): if this transaction rolls back, no stored snapshot
+            # has them, and the entry is never used.
+            self._bodies[item.group] = (version, item.sha256, cut.body_sha256)
+        names = {g.name for g in groups}
+        newest = {name: head[0] for name, head in heads.items() if name in names}
         newest.update({name: p.version for name, p in published.items()})
         return Publication(published, newest)
