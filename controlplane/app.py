@@ -29,9 +29,11 @@ from pathlib import Path
 from types import TracebackType
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from controlplane.api.admin import AdminServicer
 from controlplane.api.audit_limit import UnauthenticatedAuditLimit
@@ -44,6 +46,7 @@ from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
+from controlplane.repositories import signing_keys as signing_key_repo
 from controlplane.services.admin import AdminService
 from controlplane.services.base import UnitOfWork
 from controlplane.services.groups import NodeGroupService
@@ -58,7 +61,7 @@ from controlplane.services.rollback import RollbackService
 from controlplane.services.signing_keys import SigningKeyService
 from controlplane.services.snapshots import SnapshotService
 from controlplane.services.tenants import TenantService
-from controlplane.snapshots.broker import SnapshotBroker
+from controlplane.snapshots.broker import Latest, SnapshotBroker
 from controlplane.snapshots.publish import Publication, SnapshotPublisher
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc, snapshot_pb2, sync_pb2, sync_pb2_grpc
@@ -157,6 +160,10 @@ class ControlPlane:
         self.sync: ConfigSyncServicer | None = None
         self.admin: AdminService | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._trust_key_id = ""
+        """Key id of the public key in ``trust-key.pub``."""
+        self._key_file_tasks: set[asyncio.Task[None]] = set()
         self._interceptor: AdminInterceptor | None = None
         self._enroll_refusals: UnauthenticatedAuditLimit | None = None
 
@@ -209,6 +216,7 @@ class ControlPlane:
         async with sessions() as session, session.begin():
             self.node_ca = await ensure_node_ca(session, kek)
         self._write_public(self.trust_key_path, self.signer.public_pem())
+        self._trust_key_id = self.signer.key_id
         self._write_public(self.node_ca_path, self.node_ca.pem)
 
         self.keyring = Keyring(kek)
@@ -228,6 +236,9 @@ class ControlPlane:
             self.database_url.replace("postgresql+psycopg://", "postgresql://", 1),
             debounce=s.debounce,
         )
+        # Before start: the first load already tells which key signs now.
+        self._sessions = sessions
+        self.broker.on_update.append(self._follow_active_key)
         await self.broker.start()
         broker = self.broker
 
@@ -373,6 +384,35 @@ class ControlPlane:
                 # refuse the newest snapshot once it expires.
                 log.exception("could not re-issue the snapshot before its expiry")
 
+    def _follow_active_key(self, latest: Latest) -> None:
+        """Keep ``<data_dir>/trust-key.pub`` the key that signs now: after a rotation made
+        through any replica, the file operators hand new nodes as ``--trust-key`` names the
+        active key, not one that may be revoked next."""
+        if not latest.envelope.signatures:
+            return
+        key_id = latest.envelope.signatures[0].key_id  # the active key signs first
+        if key_id == self._trust_key_id:
+            return
+        self._trust_key_id = key_id
+        task = asyncio.create_task(self._write_active_key(key_id), name="trust-key-file")
+        self._key_file_tasks.add(task)
+        task.add_done_callback(self._key_file_tasks.discard)
+
+    async def _write_active_key(self, key_id: str) -> None:
+        assert self._sessions is not None
+        try:
+            async with self._sessions() as session:
+                row = await signing_key_repo.get(session, key_id)
+            if row is None:
+                return
+            pem = Ed25519PublicKey.from_public_bytes(bytes(row.public_key)).public_bytes(
+                Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+            )
+            await asyncio.to_thread(self._write_public, self.trust_key_path, pem)
+            log.info("trust key file now holds the active signing key %s", key_id)
+        except Exception:
+            log.exception("could not write the active signing key to %s", self.trust_key_path)
+
     @staticmethod
     def _write_public(path: Path, data: bytes) -> None:
         tmp = path.with_suffix(".tmp")
@@ -391,6 +431,8 @@ class ControlPlane:
         if self.broker is not None:
             # Ends every sync stream with OK, so nodes reconnect (elsewhere) at once.
             await self.broker.close()
+        if self._key_file_tasks:  # they read the database: before the engine goes
+            await asyncio.gather(*self._key_file_tasks, return_exceptions=True)
         # Both ports drain at once: the grace is the whole stop's, not each port's.
         grace = self.settings.drain_grace if grace is None else grace
         await asyncio.gather(*(s.stop(grace) for s in (self._node_server, self._server) if s is not None))

@@ -132,3 +132,23 @@ async def test_stop_drains_an_in_flight_admin_call(admin: Admin, control_plane: 
         tenant = await asyncio.wait_for(call, TIMEOUT)
         await asyncio.wait_for(stopping, TIMEOUT)
     assert tenant.name == "in-flight"
+
+
+async def test_the_trust_key_file_follows_the_active_key_on_every_replica(
+    admin: Admin, control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    """After a rotation (through replica A), both replicas' trust-key.pub name the new key:
+    that file is what operators hand new nodes as --trust-key."""
+    settings = cp_settings(control_plane.database_url, private_tmp, kek_file=control_plane.data_dir / "kek")
+    async with running_control_plane(settings) as replica:
+        rotated = await admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest())
+
+        def file_key(path: Path) -> bytes:
+            key = load_pem_public_key(path.read_bytes())
+            return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+        def both_follow() -> bool:
+            keys = {file_key(cp.trust_key_path) for cp in (control_plane, replica)}
+            return keys == {bytes(rotated.key.ed25519_public_key)}
+
+        await eventually(both_follow, message="both trust-key.pub files to hold the new key")
