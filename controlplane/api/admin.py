@@ -290,10 +290,25 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             node.last_ack_version = row.last_ack_version
             node.lag = max(0, newest.get(row.node_group, 0) - row.applied_version)
             node.stale = self._nodes.is_stale(row, now)
-            if row.node_id in certificates:
-                not_after, revoked = certificates[row.node_id]
-                node.cert_not_after.FromDatetime(not_after)
-                node.revoked = revoked
+            certificate = certificates.pop(row.node_id, None)
+            if certificate is not None:
+                node.cert_not_after.FromDatetime(certificate.not_after)
+                node.revoked = certificate.revoked
+            nodes.append(node)
+        # Enrolled but never connected (e.g. it cannot reach the node port): listed too, with
+        # what its certificate says and nothing applied, so the operator sees it is missing.
+        for node_id, certificate in sorted(certificates.items()):
+            if request.group and certificate.group != request.group:
+                continue
+            node = admin_pb2.Node(
+                node_id=node_id,
+                node_group=certificate.group,
+                mode=convert.mode_proto(certificate.mode),
+                site=certificate.site,
+                lag=newest.get(certificate.group, 0),
+                revoked=certificate.revoked,
+            )
+            node.cert_not_after.FromDatetime(certificate.not_after)
             nodes.append(node)
         return admin_pb2.ListNodesResponse(
             nodes=nodes,

@@ -18,6 +18,7 @@ from controlplane.snapshots.history import Diff
 from dataplane.config.model import DeploymentMode
 from dataplane.snapshot.compile import MODE_FROM_PROTO, MODE_TO_PROTO
 from signalbox.api.admin.v1 import admin_pb2
+from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 
 M = TypeVar("M", bound=Message)
@@ -282,3 +283,11 @@ def group_change(msg: admin_pb2.UpdateNodeGroupRequest) -> GroupChange:
             if msg.HasField(kind)
         },
     )
+
+
+def mode_proto(mode: str) -> common_pb2.DeploymentMode.ValueType:
+    """A stored mode name ("cloud", "on-prem", "air-gapped"; "" or unknown: unspecified)."""
+    try:
+        return MODE_TO_PROTO[DeploymentMode(mode)]
+    except ValueError:
+        return common_pb2.DEPLOYMENT_MODE_UNSPECIFIED

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import func, select, text, update
@@ -74,16 +74,51 @@ async def has_certificates(session: AsyncSession, node_id: str) -> bool:
     return found is not None
 
 
-async def newest_certificates(session: AsyncSession) -> dict[str, tuple[datetime, bool]]:
-    """Per node id: (expiry of its newest certificate, whether every certificate is revoked)."""
-    rows = await session.execute(
+class CertificateSummary(NamedTuple):
+    """A node's certificates as `node list` shows them."""
+
+    not_after: datetime
+    """Expiry of its newest certificate."""
+    revoked: bool
+    """Every certificate of the node is revoked."""
+    group: str
+    mode: str
+    site: str
+    """Of its newest certificate: what it was enrolled (or renewed) as."""
+
+
+async def newest_certificates(session: AsyncSession) -> dict[str, CertificateSummary]:
+    """Per node id that holds any certificate: its newest certificate and whether all are revoked."""
+    grouped = await session.execute(
+        select(NodeCertificate.node_id, func.bool_and(NodeCertificate.revoked_at.is_not(None))).group_by(
+            NodeCertificate.node_id
+        )
+    )
+    revoked: dict[str, bool] = {node_id: bool(all_revoked) for node_id, all_revoked in grouped}
+    latest = (
+        select(NodeCertificate.node_id, func.max(NodeCertificate.not_before).label("not_before"))
+        .group_by(NodeCertificate.node_id)
+        .subquery()
+    )
+    newest = await session.execute(
         select(
             NodeCertificate.node_id,
-            func.max(NodeCertificate.not_after),
-            func.bool_and(NodeCertificate.revoked_at.is_not(None)),
-        ).group_by(NodeCertificate.node_id)
+            NodeCertificate.not_after,
+            NodeCertificate.node_group,
+            NodeCertificate.mode,
+            NodeCertificate.site,
+        )
+        .join(
+            latest,
+            (NodeCertificate.node_id == latest.c.node_id)
+            & (NodeCertificate.not_before == latest.c.not_before),
+        )
+        .order_by(NodeCertificate.node_id, NodeCertificate.not_after)
     )
-    return {node_id: (not_after, bool(revoked)) for node_id, not_after, revoked in rows}
+    return {
+        node_id: CertificateSummary(not_after, bool(revoked.get(node_id)), group, mode, site)
+        for node_id, not_after, group, mode, site in newest
+    }
 
 
 async def announce_revocation(session: AsyncSession, node_id: str) -> None:

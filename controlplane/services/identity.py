@@ -220,7 +220,7 @@ class IdentityService:
         log.warning("node %s revoked (%d certificates)", printable(node_id), count)
         return count
 
-    async def certificates_by_node(self) -> dict[str, tuple[datetime, bool]]:
+    async def certificates_by_node(self) -> dict[str, repo.CertificateSummary]:
         async with self.sessions() as session:
             return await repo.newest_certificates(session)
 

@@ -250,3 +250,24 @@ def test_nonsensical_fleet_settings_are_refused(
 
     assert main(argv) == 2
     assert flag in capsys.readouterr().err
+
+
+async def test_a_node_that_enrolled_but_never_connected_is_listed_as_missing(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    """E.g. it cannot reach the node port: the operator sees it enrolled, with nothing applied."""
+    await control_plane.ensure_group("vault", "air-gapped", "site-a")
+    await control_plane.enroll("quiet-1", private_tmp / "quiet-1", group="vault")
+    async with _admin(control_plane) as admin:
+        latest = (await admin.ListNodes(admin_pb2.ListNodesRequest(group="vault"))).latest_version
+        (listed,) = (await admin.ListNodes(admin_pb2.ListNodesRequest(group="vault"))).nodes
+        assert (listed.node_id, listed.node_group, listed.site) == ("quiet-1", "vault", "site-a")
+        assert listed.mode == common_pb2.DEPLOYMENT_MODE_AIR_GAPPED
+        assert (listed.applied_version, listed.connected, listed.lag) == (0, False, latest)
+        assert listed.lag > 0
+        assert listed.HasField("cert_not_after")
+        assert not listed.HasField("last_seen_at")
+        everyone = (await admin.ListNodes(admin_pb2.ListNodesRequest())).nodes
+        assert [n.node_id for n in everyone] == ["quiet-1"]
+        other = (await admin.ListNodes(admin_pb2.ListNodesRequest(group="default"))).nodes
+        assert list(other) == []
