@@ -179,7 +179,10 @@ async def test_a_deployment_slower_than_the_callers_deadline_is_routed_around(
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
     # The slow deployment saw only the warm-up (its breaker opens at 5 failures).
     assert simulator.stats("shared-slow").chat <= 5
-    assert simulator.stats("shared-ok").chat == codes.count(grpc.StatusCode.OK)
+    # Every answer came from shared-ok; a request can also reach it and still miss the
+    # caller's 0.3 s on a loaded machine (then the caller saw DEADLINE_EXCEEDED).
+    ok = codes.count(grpc.StatusCode.OK)
+    assert ok <= simulator.stats("shared-ok").chat <= ok + codes.count(grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 @pytest.mark.parametrize(
