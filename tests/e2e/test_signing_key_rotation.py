@@ -33,12 +33,22 @@ from tests.fixtures.postgres import RunningControlPlane
 from tests.helpers import eventually
 
 
-async def _node(control_plane: RunningControlPlane, node_id: str, data_dir: Path) -> DataPlaneNode:
+def _operator_key(control_plane: RunningControlPlane, directory: Path) -> Path:
+    """A copy of the key the control plane signs with now, as an operator installs it on a
+    node (the control plane's own trust-key.pub follows the active key after a rotation)."""
+    copy = directory / f"operator-{control_plane.key_id}.pub"
+    copy.write_bytes(control_plane.trust_key_path.read_bytes())
+    return copy
+
+
+async def _node(
+    control_plane: RunningControlPlane, node_id: str, data_dir: Path, trust_key: Path | None = None
+) -> DataPlaneNode:
     return DataPlaneNode(
         NodeSettings(
             listen="127.0.0.1:0",
             **(await control_plane.node_link()),
-            trust_keys=(control_plane.trust_key_path,),
+            trust_keys=(trust_key or control_plane.trust_key_path,),
             node_id=node_id,
             data_dir=data_dir,
             drain_seconds=2.0,
@@ -88,9 +98,10 @@ async def test_rotate_then_revoke_reaches_the_node_with_no_failed_request(
     assert control_plane.cp.signer is not None
     assert control_plane.cp.sync is not None
     old_key = control_plane.cp.signer
+    operator_key = _operator_key(control_plane, private_tmp)
     api_key = await _seed(admin, simulator)
     data_dir = Path(tempfile.mkdtemp(prefix="rot-1-", dir=private_tmp))
-    node = await _node(control_plane, "rot-1", data_dir)
+    node = await _node(control_plane, "rot-1", data_dir, operator_key)
     await node.start()
     try:
         first = await _converged(admin, "rot-1")
@@ -146,7 +157,7 @@ async def test_rotate_then_revoke_reaches_the_node_with_no_failed_request(
 
     # Restarted with only the old (now revoked) --trust-key: the persisted statements are
     # verified again and the last-known-good, signed only by the new key, still loads.
-    again = await _node(control_plane, "rot-1", data_dir)
+    again = await _node(control_plane, "rot-1", data_dir, operator_key)
     await again.start()
     try:
         assert again.store.version == good
@@ -169,7 +180,7 @@ async def test_rotate_then_revoke_reaches_the_node_with_no_failed_request(
     del bare.trust_chain[:]
     bare_pin.write_bytes(bare.SerializeToString())
     forged_pin.write_bytes(forged.SerializeToString())
-    trust = ["--trust-key", str(control_plane.trust_key_path)]
+    trust = ["--trust-key", str(operator_key)]
     verify = ["dataplane", "verify", *trust]
     assert await asyncio.to_thread(main, [*verify, "--snapshot", str(pin)]) == 0
     assert f"signed-by: {new_id}" in capsys.readouterr().out
@@ -217,9 +228,10 @@ async def test_a_node_away_during_rotate_and_revoke_follows_the_trust_chain_when
     gets is signed by the new key alone. The trust chain in that envelope leads it there."""
     assert control_plane.cp.signer is not None
     old_id = control_plane.cp.signer.key_id
+    operator_key = _operator_key(control_plane, private_tmp)
     api_key = await _seed(admin, simulator)
     data_dir = Path(tempfile.mkdtemp(prefix="away-", dir=private_tmp))
-    node = await _node(control_plane, "away-1", data_dir)
+    node = await _node(control_plane, "away-1", data_dir, operator_key)
     await node.start()
     try:
         await _converged(admin, "away-1")
@@ -232,7 +244,7 @@ async def test_a_node_away_during_rotate_and_revoke_follows_the_trust_chain_when
     assert [s.key_id for s in latest.signatures] == [rotated.key.key_id]
     assert len(latest.trust_chain) == 2  # the rotation, then the revocation
 
-    back = await _node(control_plane, "away-1", data_dir)
+    back = await _node(control_plane, "away-1", data_dir, operator_key)
     await back.start()
     try:
         version = await _converged(admin, "away-1")
@@ -256,6 +268,7 @@ async def test_an_air_gapped_pin_signed_by_the_new_key_loads_on_a_site_that_trus
 ) -> None:
     assert control_plane.cp.signer is not None
     old_id = control_plane.cp.signer.key_id
+    operator_key = _operator_key(control_plane, private_tmp)
     await _seed(admin, simulator)
     rotated = await admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest())
     await admin.RevokeSigningKey(admin_pb2.RevokeSigningKeyRequest(key_id=old_id))
@@ -268,7 +281,7 @@ async def test_an_air_gapped_pin_signed_by_the_new_key_loads_on_a_site_that_trus
         NodeSettings(
             listen="127.0.0.1:0",
             snapshot_file=pin,
-            trust_keys=(control_plane.trust_key_path,),
+            trust_keys=(operator_key,),
             node_id="site-1",
             data_dir=Path(tempfile.mkdtemp(prefix="site-", dir=private_tmp)),
             drain_seconds=1.0,
@@ -299,6 +312,6 @@ async def test_an_air_gapped_pin_signed_by_the_new_key_loads_on_a_site_that_trus
     )
     forged_pin = private_tmp / "forged.pin"
     forged_pin.write_bytes(forged.SerializeToString())
-    argv = ["dataplane", "verify", "--trust-key", str(control_plane.trust_key_path), "--snapshot"]
+    argv = ["dataplane", "verify", "--trust-key", str(operator_key), "--snapshot"]
     assert await asyncio.to_thread(main, [*argv, str(pin)]) == 0
     assert await asyncio.to_thread(main, [*argv, str(forged_pin)]) == 1

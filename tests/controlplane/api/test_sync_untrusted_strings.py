@@ -34,8 +34,9 @@ def test_printable_escapes_controls_and_clips() -> None:
 
 async def _node(admin: Admin, node_id: str) -> admin_pb2.Node:
     nodes = (await admin.ListNodes(admin_pb2.ListNodesRequest())).nodes
-    found = [n for n in nodes if n.node_id == node_id]
-    assert found, f"node {node_id} not listed"
+    # Said Hello: an enrolled node is listed before (never connected, nothing seen).
+    found = [n for n in nodes if n.node_id == node_id and n.HasField("last_seen_at")]
+    assert found, f"node {node_id} not listed from a Hello"
     return found[0]
 
 
