@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import delete, func, select, text, update
@@ -22,32 +22,34 @@ async def latest(session: AsyncSession, group: str = DEFAULT_GROUP) -> Snapshot 
     return await session.scalar(query)
 
 
-async def latest_per_group(session: AsyncSession) -> dict[str, Snapshot]:
-    """The newest stored snapshot of every group that has one."""
-    newest = (
-        select(Snapshot.node_group, func.max(Snapshot.version).label("version"))
-        .group_by(Snapshot.node_group)
-        .subquery()
-    )
-    query = select(Snapshot).join(
-        newest, (Snapshot.node_group == newest.c.node_group) & (Snapshot.version == newest.c.version)
-    )
-    return {row.node_group: row for row in (await session.scalars(query)).all()}
+class Head(NamedTuple):
+    """A group's newest stored snapshot, without its envelope (megabytes at fleet size)."""
+
+    version: int
+    sha256: bytes
+    created_at: datetime
+
+    @property
+    def key(self) -> tuple[int, bytes]:
+        """(version, payload hash): what identifies the stored snapshot exactly."""
+        return self.version, self.sha256
 
 
-async def heads(session: AsyncSession) -> dict[str, tuple[int, bytes]]:
-    """(version, payload hash) of every group's newest snapshot, without loading envelopes."""
+async def heads(session: AsyncSession) -> dict[str, Head]:
+    """Every group's newest snapshot (groups without one are absent), envelopes not loaded."""
     newest = (
         select(Snapshot.node_group, func.max(Snapshot.version).label("version"))
         .group_by(Snapshot.node_group)
         .subquery()
     )
     rows = await session.execute(
-        select(Snapshot.node_group, Snapshot.version, Snapshot.sha256).join(
+        select(Snapshot.node_group, Snapshot.version, Snapshot.sha256, Snapshot.created_at).join(
             newest, (Snapshot.node_group == newest.c.node_group) & (Snapshot.version == newest.c.version)
         )
     )
-    return {group: (int(version), bytes(sha256)) for group, version, sha256 in rows}
+    return {
+        group: Head(int(version), bytes(sha256), created_at) for group, version, sha256, created_at in rows
+    }
 
 
 async def newest_versions(session: AsyncSession) -> dict[str, int]:

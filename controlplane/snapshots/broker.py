@@ -181,19 +181,19 @@ class SnapshotBroker:
             moved: set[str] = set()
             for group, head in heads.items():
                 held = self._latest.get(group)
-                if held is not None and head[0] <= held.version:
+                if held is not None and head.version <= held.version:
                     continue
                 offered = self._offered.pop(group, None)
-                if offered is not None and offered[:2] == head:
+                if offered is not None and offered[:2] == head.key:
                     raw = offered[2]
                 else:
-                    row = await snapshot_repo.get(session, head[0], group)
+                    row = await snapshot_repo.get(session, head.version, group)
                     if row is None:
                         continue  # pruned between the two reads: a newer one is on its way
                     raw = bytes(row.envelope)
                 envelope = snapshot_pb2.SignedEnvelope()
                 envelope.ParseFromString(raw)
-                self._latest[group] = latest = Latest(head[0], head[1], envelope, group)
+                self._latest[group] = latest = Latest(head.version, head.sha256, envelope, group)
                 moved.add(group)
                 for callback in self.on_update:
                     callback(latest)

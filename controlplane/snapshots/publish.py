@@ -225,18 +225,18 @@ class SnapshotPublisher:
         for group in groups:
             head = heads.get(group.name)
             header = snapshot_pb2.Snapshot(
-                version=(head[0] if head is not None else 0) + 1,
+                version=(head.version if head is not None else 0) + 1,
                 created_at=timestamp(now),
                 expires_at=timestamp(now + self.ttl),
-                previous_hash=head[1] if head is not None else b"",
+                previous_hash=head.sha256 if head is not None else b"",
             )
             cached = self._bodies.get(group.name)
             if head is None:
                 candidates.append(_Candidate(group, header, None))
-            elif cached is not None and cached[:2] == head:
+            elif cached is not None and cached[:2] == head.key:
                 candidates.append(_Candidate(group, header, cached[2]))
             else:
-                row = await snapshot_repo.get(session, head[0], group.name)
+                row = await snapshot_repo.get(session, head.version, group.name)
                 payload = row.payload if row is not None else None
                 candidates.append(_Candidate(group, header, None, payload))
         # Every key that still signs: during a rotation, the retiring key beside the new one.
@@ -250,7 +250,7 @@ class SnapshotPublisher:
             item = cut.sealed
             if item is None:
                 head = heads[cut.group]
-                self._bodies[cut.group] = (head[0], head[1], cut.body_sha256)
+                self._bodies[cut.group] = (*head.key, cut.body_sha256)
                 continue
             version = item.snapshot.version
             await snapshot_repo.add(
@@ -278,6 +278,6 @@ class SnapshotPublisher:
             # has them, and the entry is never used.
             self._bodies[item.group] = (version, item.sha256, cut.body_sha256)
         names = {g.name for g in groups}
-        newest = {name: head[0] for name, head in heads.items() if name in names}
+        newest = {name: head.version for name, head in heads.items() if name in names}
         newest.update({name: p.version for name, p in published.items()})
         return Publication(published, newest)
