@@ -245,9 +245,9 @@ class ControlPlane:
         # NOTIFY brings it back too, but a local offer saves a round trip and reading the
         # envelope (megabytes at fleet size) back from the database.
         def offer(publication: Publication) -> None:
+            # Each offer kicks the broker; a change that published nothing needs no reload.
             for group, published in publication.published.items():
                 broker.offer(group, published.version, published.sha256, published.envelope)
-            broker.kick()
 
         uow.after_commit.append(offer)
 
