@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 
 from google.protobuf.message import DecodeError
 
@@ -81,16 +82,13 @@ def compile_payload(payload: bytes) -> RuntimeConfig:
 
 def compile_snapshot(snapshot: snapshot_pb2.Snapshot, payload_sha256: bytes) -> RuntimeConfig:
     """Check referential integrity and compile; raise ``SnapshotInvalid`` on the first problem."""
-    if snapshot.version <= 0:
-        raise SnapshotInvalid("$.version", "must be positive")
-
+    check_header(snapshot)
     tenants: dict[str, TenantConfig] = {}
     for i, t in enumerate(snapshot.tenants):
-        if not t.id:
-            raise SnapshotInvalid(f"$.tenants[{i}].id", "must not be empty")
+        entry = tenant_entry(i, t)
         if t.id in tenants:
             raise SnapshotInvalid(f"$.tenants[{i}].id", f"duplicate tenant {t.id!r}")
-        tenants[t.id] = TenantConfig(t.id, t.name, t.tier, t.active, dict(t.labels))
+        tenants[t.id] = entry
 
     keys: dict[bytes, ApiKeyEntry] = {}
     # Keys share a handful of scope sets: each set is parsed once per compile (KeyScope is
@@ -98,19 +96,71 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, payload_sha256: bytes) -> 
     # key's scopes was a quarter of the compile.
     parsed: dict[frozenset[str], KeyScope] = {}
     for i, k in enumerate(snapshot.api_keys):
-        if k.tenant_id not in tenants:
-            raise SnapshotInvalid(f"$.api_keys[{i}].tenant_id", f"unknown tenant {k.tenant_id!r}")
-        if len(k.secret_sha256) != 32:
-            raise SnapshotInvalid(f"$.api_keys[{i}].secret_sha256", "must be a 32-byte SHA-256")
-        expires = k.expires_at.ToSeconds() if k.HasField("expires_at") else None
-        # A scope this node does not understand refuses that key's requests (KeyScope.invalid);
-        # it does not make the whole snapshot unservable.
-        scopes = frozenset(k.scopes)
-        scope = parsed.get(scopes)
-        if scope is None:
-            scope = parsed[scopes] = KeyScope.parse(scopes)
-        keys[bytes(k.secret_sha256)] = ApiKeyEntry(k.id, k.tenant_id, k.name, scopes, expires, scope)
+        secret, key = key_entry(i, k, tenants, parsed)
+        keys[secret] = key
 
+    providers, models, policies = compile_registry(snapshot, tenants)
+    return runtime_config(snapshot, payload_sha256, tenants, keys, providers, models, policies)
+
+
+def check_header(snapshot: snapshot_pb2.Snapshot) -> None:
+    if snapshot.version <= 0:
+        raise SnapshotInvalid("$.version", "must be positive")
+
+
+def runtime_config(
+    header: snapshot_pb2.Snapshot,
+    payload_sha256: bytes,
+    tenants: Mapping[str, TenantConfig],
+    keys: Mapping[bytes, ApiKeyEntry],
+    providers: Mapping[str, ProviderConfig],
+    models: Mapping[str, ModelConfig],
+    policies: Mapping[str, CompiledPolicy],
+) -> RuntimeConfig:
+    """The compiled config: ``header``'s fields 1-5 with the compiled sections."""
+    return RuntimeConfig(
+        version=header.version,
+        payload_sha256=payload_sha256,
+        created_at=header.created_at.ToSeconds() if header.HasField("created_at") else 0.0,
+        expires_at=header.expires_at.ToSeconds() if header.HasField("expires_at") else None,
+        scope=Scope(header.scope.deployment, header.scope.node_group, header.scope.site),
+        tenants=tenants,
+        api_keys=keys,
+        providers=providers,
+        models=models,
+        policies=policies,
+    )
+
+
+def tenant_entry(i: int, t: snapshot_pb2.Tenant) -> TenantConfig:
+    """Tenant ``i`` compiled (its id's uniqueness is the caller's check)."""
+    if not t.id:
+        raise SnapshotInvalid(f"$.tenants[{i}].id", "must not be empty")
+    return TenantConfig(t.id, t.name, t.tier, t.active, dict(t.labels))
+
+
+def key_entry(
+    i: int, k: snapshot_pb2.ApiKey, tenants: Mapping[str, TenantConfig], parsed: dict[frozenset[str], KeyScope]
+) -> tuple[bytes, ApiKeyEntry]:
+    """API key ``i`` compiled, keyed by its secret's hash; ``parsed`` caches scope sets."""
+    if k.tenant_id not in tenants:
+        raise SnapshotInvalid(f"$.api_keys[{i}].tenant_id", f"unknown tenant {k.tenant_id!r}")
+    if len(k.secret_sha256) != 32:
+        raise SnapshotInvalid(f"$.api_keys[{i}].secret_sha256", "must be a 32-byte SHA-256")
+    expires = k.expires_at.ToSeconds() if k.HasField("expires_at") else None
+    # A scope this node does not understand refuses that key's requests (KeyScope.invalid);
+    # it does not make the whole snapshot unservable.
+    scopes = frozenset(k.scopes)
+    scope = parsed.get(scopes)
+    if scope is None:
+        scope = parsed[scopes] = KeyScope.parse(scopes)
+    return bytes(k.secret_sha256), ApiKeyEntry(k.id, k.tenant_id, k.name, scopes, expires, scope)
+
+
+def compile_registry(
+    snapshot: snapshot_pb2.Snapshot, tenants: Mapping[str, TenantConfig]
+) -> tuple[dict[str, ProviderConfig], dict[str, ModelConfig], dict[str, CompiledPolicy]]:
+    """Providers, models and policies (which must name known tenants) of ``snapshot``."""
     known_types = adapter_types()
     providers: dict[str, ProviderConfig] = {}
     for i, p in enumerate(snapshot.providers):
@@ -197,15 +247,4 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, payload_sha256: bytes) -> 
         except PolicyError as exc:
             raise SnapshotInvalid(f"$.policies[{i}].document{exc.path[1:]}", exc.problem) from exc
 
-    return RuntimeConfig(
-        version=snapshot.version,
-        payload_sha256=payload_sha256,
-        created_at=snapshot.created_at.ToSeconds() if snapshot.HasField("created_at") else 0.0,
-        expires_at=snapshot.expires_at.ToSeconds() if snapshot.HasField("expires_at") else None,
-        scope=Scope(snapshot.scope.deployment, snapshot.scope.node_group, snapshot.scope.site),
-        tenants=tenants,
-        api_keys=keys,
-        providers=providers,
-        models=models,
-        policies=policies,
-    )
+    return providers, models, policies
