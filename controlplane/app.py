@@ -247,7 +247,7 @@ class ControlPlane:
         def offer(publication: Publication) -> None:
             # Each offer kicks the broker; a change that published nothing needs no reload.
             for group, published in publication.published.items():
-                broker.offer(group, published.version, published.sha256, published.envelope)
+                broker.offer(group, published.version, published.sha256, published.envelope, published.delta)
 
         uow.after_commit.append(offer)
 

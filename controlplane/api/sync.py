@@ -57,6 +57,13 @@ class _StreamState:
     group: str = DEFAULT_GROUP
     last_sent: int = 0
     refused: set[tuple[int, bytes]] = field(default_factory=set)
+    accepts_delta: bool = False
+    base: tuple[int, bytes] = (0, b"")
+    """What the node will run once it took everything sent: the base of the next delta."""
+    runs: tuple[int, bytes] = (0, b"")
+    """What the node last said it runs (Hello, ACK)."""
+    whole_next: bool = False
+    """The node asked for the newest snapshot whole (it could not rebuild a delta)."""
 
 
 class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
@@ -92,7 +99,9 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         while self._bookkeeping:
             await asyncio.gather(*self._bookkeeping, return_exceptions=True)
 
-    def inject(self, envelope: snapshot_pb2.SignedEnvelope, node_id: str | None = None) -> int:
+    def inject(
+        self, envelope: snapshot_pb2.SignedEnvelope | sync_pb2.SnapshotDelta, node_id: str | None = None
+    ) -> int:
         """Test-only: push ``envelope`` unchanged to ``node_id``'s streams (all when None)."""
         return self._broker.inject(envelope, node_id)
 
@@ -158,6 +167,9 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             applied=row.applied_version,
             group=group,
             refused=await self._nodes.refused(node_id),
+            accepts_delta=hello.accepts_delta,
+            base=(hello.applied_version, bytes(hello.applied_hash)),
+            runs=(hello.applied_version, bytes(hello.applied_hash)),
         )
         # A change committed within the debounce window must not be missed by a node
         # connecting right now: look at the database, not only the broker's cache.
@@ -190,9 +202,11 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 if isinstance(item, snapshot_pb2.SignedEnvelope):
                     yield sync_pb2.ServerMessage(envelope=item)
                     continue
-                envelope = self._due(state)
-                if envelope is not None:
-                    yield sync_pb2.ServerMessage(envelope=envelope)
+                if isinstance(item, sync_pb2.SnapshotDelta):
+                    yield sync_pb2.ServerMessage(delta=item)
+                    continue
+                for outgoing in self._due(state):
+                    yield outgoing
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -246,9 +260,13 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
     async def _delivery_failed(self, state: _StreamState, failure: sync_pb2.DeliveryFailure) -> None:
         """The node could not take a message of its last stream: record it as a NACK.
 
-        We only ever send the newest snapshot, so that is what the node refused. Recording
-        it also keeps us from sending it again and again on every reconnect.
+        A whole message is only ever the newest snapshot, so that is what the node refused
+        when the sizes agree. Recording it also keeps us from sending it again and again on
+        every reconnect. A delta that failed is followed by the newest whole.
         """
+        # Whatever failed (a delta too), the newest goes out whole next: if the node cannot
+        # take that either, its next Hello names that size and it is recorded below.
+        state.whole_next = True
         latest = self._broker.latest_for(state.group)
         reason = printable(failure.reason, MAX_REASON_LOG_CHARS)
         if (latest is not None) and (latest.version, latest.sha256) in state.refused:
@@ -266,14 +284,27 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         state.refused.add((latest.version, latest.sha256))
         await self._nodes.nack(state.node_id, latest.version, latest.sha256, reason)
 
-    def _due(self, state: _StreamState) -> snapshot_pb2.SignedEnvelope | None:
+    def _due(self, state: _StreamState) -> list[sync_pb2.ServerMessage]:
+        """What to send now: nothing, the deltas from what the node runs (or was just sent)
+        to the newest, or the newest whole."""
         latest = self._broker.latest_for(state.group)
         if latest is None or latest.version <= max(state.applied, state.last_sent):
-            return None
+            return []
         if (latest.version, latest.sha256) in state.refused:
-            return None
+            return []
+        chain = None
+        if state.accepts_delta and not state.whole_next and state.base[0] > 0:
+            chain = self._broker.delta_chain(state.group, state.base, latest.version)
+            if chain is not None and any(
+                (d.base_version + 1, bytes(d.payload_sha256)) in state.refused for d in chain
+            ):
+                chain = None  # a version in between was refused: the node cannot step through it
+        state.whole_next = False
         state.last_sent = latest.version
-        return latest.envelope
+        state.base = (latest.version, latest.sha256)
+        if chain is None:
+            return [sync_pb2.ServerMessage(envelope=latest.envelope)]
+        return [sync_pb2.ServerMessage(delta=delta) for delta in chain]
 
     async def _read(
         self, request_iterator: AsyncIterator[sync_pb2.NodeMessage], state: _StreamState, sub: Subscription
@@ -281,12 +312,25 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         try:
             async for message in request_iterator:
                 kind = message.WhichOneof("message")
-                if kind == "ack":
+                if kind == "resync":
+                    # The node could not rebuild a delta: the newest goes out whole.
+                    log.info(
+                        "node %s asks for the newest snapshot whole: %s",
+                        printable(state.node_id),
+                        printable(message.resync.reason, MAX_REASON_LOG_CHARS),
+                    )
+                    state.whole_next = True
+                    state.last_sent = 0
+                    state.applied = min(state.applied, message.resync.version)
+                    sub.queue.put_nowait(None)
+                elif kind == "ack":
                     state.applied = max(state.applied, message.ack.version)
+                    state.runs = (message.ack.version, bytes(message.ack.payload_sha256))
                     await self._nodes.ack(state.node_id, message.ack.version, message.ack.payload_sha256)
                 elif kind == "nack":
                     nack = message.nack
                     state.refused.add((nack.version, bytes(nack.payload_sha256)))
+                    state.base = state.runs  # it still runs what it ran: the next delta starts there
                     log.warning(
                         "node %s refused v%d: %s",
                         printable(state.node_id),

@@ -274,6 +274,9 @@ class Snapshot(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     # Set when the envelope left as an air-gapped pin: retention keeps it for good.
     exported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The SnapshotDelta from the group's previous version (None: the first, or not known
+    # when it was published): what a node running that version is sent instead.
+    delta: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
 
     @property
     def payload(self) -> bytes:

@@ -58,6 +58,16 @@ async def newest_versions(session: AsyncSession) -> dict[str, int]:
     return {group: int(version) for group, version in (await session.execute(query)).all()}
 
 
+async def deltas(session: AsyncSession, group: str, after: int, upto: int) -> list[tuple[int, bytes | None]]:
+    """(version, stored delta) of ``group``'s versions in (``after``, ``upto``], oldest first."""
+    rows = await session.execute(
+        select(Snapshot.version, Snapshot.delta)
+        .where(Snapshot.node_group == group, Snapshot.version > after, Snapshot.version <= upto)
+        .order_by(Snapshot.version)
+    )
+    return [(int(v), bytes(d) if d is not None else None) for v, d in rows]
+
+
 async def get(session: AsyncSession, version: int, group: str = DEFAULT_GROUP) -> Snapshot | None:
     return await session.get(Snapshot, (group, version))
 

@@ -34,14 +34,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
+from google.protobuf.message import DecodeError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import identity as identity_repo
 from controlplane.repositories import snapshots as snapshot_repo
-from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
 
 log = logging.getLogger(__name__)
+
+
+MAX_DELTA_CHAIN = 16
+"""Deltas held per group (and sent in a row at most): a node further behind gets the newest whole."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +65,9 @@ class Subscription:
     an envelope is a test-injected one to send as is; ``CLOSED`` ends the stream;
     ``REVOKED`` ends it because the node's certificates were revoked."""
 
-    queue: asyncio.Queue[snapshot_pb2.SignedEnvelope | object | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[snapshot_pb2.SignedEnvelope | sync_pb2.SnapshotDelta | object | None] = field(
+        default_factory=asyncio.Queue
+    )
     node_id: str = ""
     group: str = DEFAULT_GROUP
 
@@ -90,7 +97,9 @@ class SnapshotBroker:
         self._listener: asyncio.Task[None] | None = None
         self._pending: asyncio.Task[None] | None = None
         self._dirty = False
-        self._offered: dict[str, tuple[int, bytes, bytes]] = {}
+        self._offered: dict[str, tuple[int, bytes, bytes, bytes | None]] = {}
+        self._deltas: dict[str, dict[int, sync_pb2.SnapshotDelta]] = {}
+        """Per group, by version: the delta from the version before (the newest few)."""
         self._listening = asyncio.Event()
         self._closed = False
         self.on_update: list[Callable[[Latest], None]] = []
@@ -98,6 +107,39 @@ class SnapshotBroker:
     def latest_for(self, group: str) -> Latest | None:
         """``group``'s newest snapshot as last loaded (None: it has none)."""
         return self._latest.get(group)
+
+    def delta_chain(
+        self, group: str, base: tuple[int, bytes], target: int
+    ) -> list[sync_pb2.SnapshotDelta] | None:
+        """The deltas that lead from ``base`` (version, payload hash) to version ``target``
+        of ``group``, oldest first; None when one of them is not held here."""
+        held = self._deltas.get(group, {})
+        chain: list[sync_pb2.SnapshotDelta] = []
+        version = target
+        while version > base[0]:
+            delta = held.get(version)
+            if delta is None or delta.base_version != version - 1 or len(chain) >= MAX_DELTA_CHAIN:
+                return None
+            chain.append(delta)
+            version -= 1
+        if not chain or version != base[0] or chain[-1].base_sha256 != base[1]:
+            return None
+        chain.reverse()
+        return chain
+
+    def _hold_delta(self, group: str, version: int, raw: bytes | None) -> None:
+        if raw is None:
+            return
+        delta = sync_pb2.SnapshotDelta()
+        try:
+            delta.ParseFromString(raw)
+        except DecodeError:
+            log.error("stored delta of %s v%d does not decode; nodes get that version whole", group, version)
+            return
+        held = self._deltas.setdefault(group, {})
+        held[version] = delta
+        for old in sorted(held)[:-MAX_DELTA_CHAIN]:
+            del held[old]
 
     async def start(self) -> None:
         """Load the newest snapshot and start listening; returns once LISTEN is active."""
@@ -126,7 +168,9 @@ class SnapshotBroker:
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
 
-    def inject(self, envelope: snapshot_pb2.SignedEnvelope, node_id: str | None = None) -> int:
+    def inject(
+        self, envelope: snapshot_pb2.SignedEnvelope | sync_pb2.SnapshotDelta, node_id: str | None = None
+    ) -> int:
         """Test hook: send ``envelope`` as is to the streams of ``node_id`` (all when None).
 
         Returns how many streams got it. Lets tests feed nodes tampered, replayed or
@@ -148,10 +192,12 @@ class SnapshotBroker:
                 count += 1
         return count
 
-    def offer(self, group: str, version: int, sha256: bytes, envelope: bytes) -> None:
+    def offer(
+        self, group: str, version: int, sha256: bytes, envelope: bytes, delta: bytes | None = None
+    ) -> None:
         """A snapshot this replica just committed: the reload that follows (debounced, as
-        for any change) takes its envelope from here rather than reading it back."""
-        self._offered[group] = (version, bytes(sha256), envelope)
+        for any change) takes its envelope (and delta) from here rather than reading it back."""
+        self._offered[group] = (version, bytes(sha256), envelope, delta)
         self.kick()
 
     def kick(self) -> None:
@@ -186,11 +232,16 @@ class SnapshotBroker:
                 offered = self._offered.pop(group, None)
                 if offered is not None and offered[:2] == head.key:
                     raw = offered[2]
+                    if held is not None and held.version == head.version - 1:
+                        self._hold_delta(group, head.version, offered[3])
+                    else:
+                        await self._load_deltas(session, group, held, head.version)
                 else:
                     row = await snapshot_repo.get(session, head.version, group)
                     if row is None:
                         continue  # pruned between the two reads: a newer one is on its way
                     raw = bytes(row.envelope)
+                    await self._load_deltas(session, group, held, head.version)
                 envelope = snapshot_pb2.SignedEnvelope()
                 envelope.ParseFromString(raw)
                 self._latest[group] = latest = Latest(head.version, head.sha256, envelope, group)
@@ -200,6 +251,12 @@ class SnapshotBroker:
         for sub in self._subscribers:
             if sub.group in moved:
                 sub.queue.put_nowait(None)
+
+    async def _load_deltas(self, session: AsyncSession, group: str, held: Latest | None, newest: int) -> None:
+        """The deltas of the versions after ``held`` up to ``newest`` (the newest few)."""
+        since = max(held.version if held is not None else 0, newest - MAX_DELTA_CHAIN)
+        for version, raw in await snapshot_repo.deltas(session, group, since, newest):
+            self._hold_delta(group, version, raw)
 
     async def _listen(self) -> None:
         while True:

@@ -29,8 +29,20 @@ from controlplane.repositories import signing_keys as signing_repo
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.snapshots.build import build_snapshot, timestamp
 from controlplane.snapshots.compiler import SnapshotInvalid, compile_now
-from controlplane.snapshots.scope import GroupView, body_of, describe, scope_snapshot
+from controlplane.snapshots.scope import GroupView, describe, scope_snapshot
 from dataplane.config.model import DeploymentMode, RuntimeConfig
+from dataplane.snapshot.layout import (
+    TRUSTED_KEYS,
+    Compiled,
+    Layout,
+    LayoutError,
+    Splice,
+    delta_message,
+    diff,
+    make_layout,
+    record,
+    scan,
+)
 from signalbox.api.config.v1 import snapshot_pb2
 
 
@@ -45,6 +57,8 @@ class PublishedSnapshot:
     created_at: datetime
     config: RuntimeConfig = field(repr=False, compare=False)
     group: str = DEFAULT_GROUP
+    delta: bytes | None = field(default=None, repr=False, compare=False)
+    """The serialized ``SnapshotDelta`` from the group's previous version, if known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +107,13 @@ def check(payload: bytes) -> RuntimeConfig:
 @dataclass(frozen=True, slots=True)
 class _Sealed:
     group: str
-    snapshot: snapshot_pb2.Snapshot
+    version: int
+    previous_hash: bytes
     sha256: bytes
     envelope: bytes
-    config: RuntimeConfig
+    compiled: Compiled
+    delta: bytes | None
+    """The serialized ``SnapshotDelta`` from the group's previous version (None: no base)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,32 +122,50 @@ class _Candidate:
 
     group: GroupView
     header: snapshot_pb2.Snapshot
-    previous_body: bytes | None
-    """SHA-256 of the body of the group's newest stored payload (None: it has none, or it
-    is not known yet and ``previous_payload`` is given)."""
+    base: Compiled | None
+    """The group's newest stored snapshot compiled, when this replica holds it: the new one
+    is compiled by difference from it."""
     previous_payload: bytes | None = None
-    """That payload, when its body digest is not cached (its body is read off the event loop)."""
+    """Else that snapshot's payload (its layout is read off the event loop); None: it has none."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Cut:
-    """A group's sealed snapshot, or only its body digest when its content did not change."""
+    """A group's sealed snapshot, or its unchanged newest (``base``) when its content did not change."""
 
     group: str
-    body_sha256: bytes
     sealed: _Sealed | None
+    base: Compiled | None = None
 
 
-def _signed(signers: list[Signer], payload: bytes, chain: list[bytes]) -> bytes:
-    """The envelope bytes: ``payload`` signed by every signer, carrying the trust chain."""
+def _signed(signers: list[Signer], payload: bytes, chain: list[bytes]) -> snapshot_pb2.SignedEnvelope:
+    """The envelope: ``payload`` signed by every signer, carrying the trust chain."""
     envelope = sign_all(signers, payload)
     for statement in chain:
         envelope.trust_chain.add().ParseFromString(statement)
-    return envelope.SerializeToString(deterministic=True)
+    return envelope
+
+
+def _body(full: snapshot_pb2.Snapshot, group: GroupView) -> dict[int, Sequence[bytes]]:
+    """The records of ``group``'s body (fields 10-14)."""
+    scoped = scope_snapshot(full, group)
+    return dict(scan(scoped.SerializeToString(deterministic=True)).records)
+
+
+def _previous(candidate: _Candidate) -> tuple[Layout | None, Compiled | None]:
+    if candidate.base is not None:
+        return candidate.base.layout, candidate.base
+    if candidate.previous_payload is None:
+        return None, None
+    try:
+        return scan(candidate.previous_payload), None
+    except LayoutError:
+        return None, None  # stored by an older release: compared as "changed", sent whole
 
 
 def _seal_all(
     full: snapshot_pb2.Snapshot,
+    trusted: list[bytes],
     candidates: list[_Candidate],
     forced: frozenset[str] | None,
     signers: list[Signer],
@@ -143,31 +178,47 @@ def _seal_all(
     cuts = []
     for candidate in candidates:
         group = candidate.group.name
-        snapshot = scope_snapshot(full, candidate.group)
-        body = snapshot.SerializeToString(deterministic=True)
-        digest = hashlib.sha256(body).digest()
-        previous = candidate.previous_body
-        if candidate.previous_payload is not None:
-            previous = hashlib.sha256(body_of(candidate.previous_payload)).digest()
+        records = _body(full, candidate.group)
+        records[TRUSTED_KEYS] = trusted
+        layout = make_layout(candidate.header, records)
+        previous, base = _previous(candidate)
         unforced = not (forced is None or group in forced)
-        if previous is not None and unforced and previous == digest:
-            cuts.append(_Cut(group, digest, None))  # the same config: its nodes hear nothing
+        if previous is not None and unforced and previous.body_equals(layout):
+            cuts.append(_Cut(group, None, base))  # the same config: its nodes hear nothing
             continue
-        # Deterministic serialization writes fields in number order, so the header (fields
-        # 1-4) followed by the body is exactly the whole message serialized: these bytes are
-        # checked, hashed, signed and stored.
-        payload = candidate.header.SerializeToString(deterministic=True) + body
+        payload = layout.payload()
+        digest = hashlib.sha256(payload).digest()
+        splices: list[Splice] | None = None
         try:
-            config = check(payload)
-        except ConfigRejected as exc:
-            where = describe(snapshot, exc.field)
-            raise ConfigRejected(exc.field, exc.problem, where, group=group) from exc
-        checked.append((candidate, digest, payload, config))
-    for c, digest, payload, config in checked:
+            if previous is not None:
+                splices, changes = diff(previous, layout)
+                compiled = (
+                    base.advance(layout, changes, payload, digest)
+                    if base is not None
+                    else Compiled.full(layout, payload)
+                )
+            else:
+                compiled = Compiled.full(layout, payload)
+        except SnapshotInvalid as exc:
+            where = describe(snapshot_pb2.Snapshot.FromString(payload), exc.path)
+            raise ConfigRejected(exc.path, exc.problem, where, group=group) from exc
+        checked.append((candidate, layout, payload, digest, splices, compiled))
+    for c, layout, payload, digest, splices, compiled in checked:
+        envelope = _signed(signers, payload, chain)
+        delta = None
+        if splices is not None:
+            base_key = (c.header.version - 1, bytes(c.header.previous_hash))
+            delta = delta_message(base_key, layout, splices, digest, envelope).SerializeToString()
         sealed = _Sealed(
-            c.group.name, c.header, hashlib.sha256(payload).digest(), _signed(signers, payload, chain), config
+            c.group.name,
+            c.header.version,
+            bytes(c.header.previous_hash),
+            digest,
+            envelope.SerializeToString(deterministic=True),
+            compiled,
+            delta,
         )
-        cuts.append(_Cut(c.group.name, digest, sealed))
+        cuts.append(_Cut(c.group.name, sealed))
     return cuts
 
 
@@ -186,6 +237,19 @@ async def full_snapshot(
     )
 
 
+HELD_PER_GROUP = 3
+"""Compiled snapshots kept per group (see ``SnapshotPublisher._compiled``)."""
+
+
+def _compile_stored(payload: bytes) -> Compiled | None:
+    """A stored payload compiled with its layout; None when this build cannot (then the
+    next change is compiled whole)."""
+    try:
+        return Compiled.full(scan(payload), payload)
+    except (LayoutError, SnapshotInvalid):
+        return None
+
+
 ALL_GROUPS: frozenset[str] | None = None
 """``publish(force=ALL_GROUPS)``: a new version for every group, changed or not."""
 
@@ -200,14 +264,24 @@ class SnapshotPublisher:
     """How many of each group's newest versions are kept; older ones go unless a node still
     runs them or they were exported as a pin. At least 1: the newest is never pruned."""
 
-    _bodies: dict[str, tuple[int, bytes, bytes]] = field(default_factory=dict, repr=False, compare=False)
-    """Per group: (version, payload hash, body hash) of a snapshot this replica stored or
-    read. Used only when the database's newest is exactly that (version, hash), so the
-    newest envelope (megabytes at fleet size) is not read back on every change."""
+    _compiled: dict[str, dict[tuple[int, bytes], Compiled]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """Per group, by (version, payload hash): the few newest snapshots this replica stored or
+    read, compiled. Used only when the database's newest is exactly one of them: the next
+    version is then compared, diffed and compiled by difference from it, and the newest
+    envelope (megabytes at fleet size) is never read back. Several are kept because a
+    version stored in a transaction that rolls back is never the newest."""
 
     def __post_init__(self) -> None:
         if self.retention < 1:
             raise ValueError("snapshot retention must keep at least 1 version")
+
+    def _hold(self, group: str, compiled: Compiled) -> None:
+        held = self._compiled.setdefault(group, {})
+        held[(compiled.config.version, compiled.config.payload_sha256)] = compiled
+        while len(held) > HELD_PER_GROUP:
+            del held[next(iter(held))]
 
     async def publish(
         self, session: AsyncSession, *, actor: str, reason: str, force: frozenset[str] | None = frozenset()
@@ -229,30 +303,40 @@ class SnapshotPublisher:
                 created_at=timestamp(now),
                 expires_at=timestamp(now + self.ttl),
                 previous_hash=head.sha256 if head is not None else b"",
+                scope=group.scope,
             )
-            cached = self._bodies.get(group.name)
+            held = self._compiled.get(group.name, {})
             if head is None:
                 candidates.append(_Candidate(group, header, None))
-            elif cached is not None and cached[:2] == head.key:
-                candidates.append(_Candidate(group, header, cached[2]))
+            elif (base := held.get(head.key)) is not None:
+                candidates.append(_Candidate(group, header, base))
             else:
                 row = await snapshot_repo.get(session, head.version, group.name)
                 payload = row.payload if row is not None else None
                 candidates.append(_Candidate(group, header, None, payload))
+        trusted = [
+            record(TRUSTED_KEYS, key.SerializeToString(deterministic=True)) for key in full.trusted_keys
+        ]
         # Every key that still signs: during a rotation, the retiring key beside the new one.
         signers = await self.keyring.signers(session)
         # The newest key statements ride along: a node that missed a rotation (or a site
         # handed this as a pin) follows them from a key it trusts to the one that signed.
         chain = await signing_repo.chain(session, newest=MAX_TRUST_CHAIN)
-        cuts = await asyncio.to_thread(_seal_all, full, candidates, force, signers, chain)
+        cuts = await asyncio.to_thread(_seal_all, full, trusted, candidates, force, signers, chain)
         published: dict[str, PublishedSnapshot] = {}
         for cut in cuts:
             item = cut.sealed
             if item is None:
-                head = heads[cut.group]
-                self._bodies[cut.group] = (*head.key, cut.body_sha256)
+                if cut.base is None:
+                    # The unchanged newest was read from the database: compile it once, off
+                    # the loop, so the next change is compiled by difference.
+                    head = heads[cut.group]
+                    row = await snapshot_repo.get(session, head.version, cut.group)
+                    compiled = None if row is None else await asyncio.to_thread(_compile_stored, row.payload)
+                    if compiled is not None:
+                        self._hold(cut.group, compiled)
                 continue
-            version = item.snapshot.version
+            version = item.version
             await snapshot_repo.add(
                 session,
                 Snapshot(
@@ -260,11 +344,12 @@ class SnapshotPublisher:
                     version=version,
                     envelope=item.envelope,
                     sha256=item.sha256,
-                    previous_hash=item.snapshot.previous_hash,
+                    previous_hash=item.previous_hash,
                     signing_key_id=signers[0].key_id,
                     created_at=now,
                     created_by=actor,
                     reason=reason,
+                    delta=item.delta,
                 ),
             )
             # Bounded history, in the same transaction: a rolled-back publish prunes nothing.
@@ -272,12 +357,14 @@ class SnapshotPublisher:
             # Delivered at commit, to every replica LISTENing, this one included.
             await snapshot_repo.announce(session, version, item.group)
             published[item.group] = PublishedSnapshot(
-                version, item.sha256, item.envelope, now, item.config, item.group
+                version, item.sha256, item.envelope, now, item.compiled.config, item.group, item.delta
             )
             # Keyed by (version, hash): if this transaction rolls back, no stored snapshot
             # has them, and the entry is never used.
-            self._bodies[item.group] = (version, item.sha256, cut.body_sha256)
+            self._hold(item.group, item.compiled)
         names = {g.name for g in groups}
+        for gone in set(self._compiled) - names:
+            del self._compiled[gone]
         newest = {name: head.version for name, head in heads.items() if name in names}
         newest.update({name: p.version for name, p in published.items()})
         return Publication(published, newest)

@@ -140,7 +140,10 @@ def tenant_entry(i: int, t: snapshot_pb2.Tenant) -> TenantConfig:
 
 
 def key_entry(
-    i: int, k: snapshot_pb2.ApiKey, tenants: Mapping[str, TenantConfig], parsed: dict[frozenset[str], KeyScope]
+    i: int,
+    k: snapshot_pb2.ApiKey,
+    tenants: Mapping[str, TenantConfig],
+    parsed: dict[frozenset[str], KeyScope],
 ) -> tuple[bytes, ApiKeyEntry]:
     """API key ``i`` compiled, keyed by its secret's hash; ``parsed`` caches scope sets."""
     if k.tenant_id not in tenants:

@@ -54,7 +54,7 @@ from dataplane.snapshot.compile import (
     runtime_config,
     tenant_entry,
 )
-from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
 
 TENANTS, API_KEYS, PROVIDERS, MODELS, POLICIES, TRUSTED_KEYS = 10, 11, 12, 13, 14, 15
 REPEATED = (TENANTS, API_KEYS, PROVIDERS, MODELS, POLICIES, TRUSTED_KEYS)
@@ -487,5 +487,38 @@ def _element(kind: type[_M], rec: bytes) -> _M:
     return _parse(kind, rec[start:])
 
 
-def payload_digest(payload: bytes) -> bytes:
-    return hashlib.sha256(payload).digest()
+# ---- the wire form of a delta (sync.proto's SnapshotDelta) ------------------------------
+
+
+def delta_message(
+    base: tuple[int, bytes],
+    layout: Layout,
+    splices: Sequence[Splice],
+    payload_sha256: bytes,
+    envelope: snapshot_pb2.SignedEnvelope,
+) -> sync_pb2.SnapshotDelta:
+    """The delta from the snapshot ``base`` (version, payload hash) to ``layout``, signed as
+    ``envelope`` (whose payload is left out: the node rebuilds it)."""
+    message = sync_pb2.SnapshotDelta(
+        base_version=base[0],
+        base_sha256=base[1],
+        header=layout.header,
+        splices=[
+            sync_pb2.Splice(field=s.number, index=s.index, remove=s.remove, insert=s.insert) for s in splices
+        ],
+        payload_sha256=payload_sha256,
+    )
+    message.envelope.CopyFrom(envelope)
+    message.envelope.ClearField("payload")
+    return message
+
+
+def rebuild(base: Layout, delta: sync_pb2.SnapshotDelta) -> tuple[Layout, Changes, bytes]:
+    """The full payload ``delta`` describes, rebuilt on ``base``; ``DeltaMismatch`` when it
+    does not fit or the bytes are not those the delta's hash names."""
+    splices = [Splice(s.field, s.index, s.remove, tuple(s.insert)) for s in delta.splices]
+    layout, changes = apply_splices(base, bytes(delta.header), splices)
+    payload = layout.payload()
+    if hashlib.sha256(payload).digest() != delta.payload_sha256:
+        raise DeltaMismatch("the rebuilt payload is not the one the delta names (hash differs)")
+    return layout, changes, payload

@@ -33,13 +33,14 @@ an older pin nor a deleted mark brings an older snapshot back. Every file here i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -63,11 +64,24 @@ from dataplane.routing.table import RouteTable, build_route_table
 from dataplane.snapshot.compile import compile_payload
 from dataplane.snapshot.envelope import key_id_for, verify
 from dataplane.snapshot.files import atomic_write, private_dir, read_envelope_file
+from dataplane.snapshot.layout import (
+    TRUSTED_KEYS,
+    Changes,
+    Compiled,
+    DeltaMismatch,
+    Layout,
+    LayoutError,
+    rebuild,
+    scan,
+)
 from dataplane.snapshot.trust import TrustSet
-from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
 
 SNAPSHOT_DIR = "snapshot"
 """Under a node's data dir: last-known-good, high-water mark and the learned trust set."""
+
+_Delta = tuple[Compiled, Layout, Changes, bytes]
+"""A rebuilt delta: its base, the new layout, what changed, and the full payload."""
 
 log = logging.getLogger("signalbox.dataplane.config")
 
@@ -90,6 +104,9 @@ class ApplyResult:
     reason: str = ""
     changed: bool = False
     """True when the node now serves a different snapshot than before."""
+    resync: bool = False
+    """A delta that could not be rebuilt on what this node runs: ask for the snapshot whole
+    (neither an ACK nor a NACK: nothing was wrong with the snapshot itself)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +224,10 @@ class SnapshotStore:
         """The state new requests use; None until a valid snapshot was applied."""
         self.last_rejection: str = ""
         """The reason of the most recent NACK, for status output."""
+        self.deltas_applied = 0
+        """Snapshots taken as deltas (rebuilt here) since start."""
+        self._compiled: Compiled | None = None
+        """The served snapshot as a layout and its compiled form: the base of the next delta."""
         self._hwm = self._read_hwm()
         # The operator's keys plus those learned from verified statements (see trust.py).
         self.trust = TrustSet(trusted, self._dir)
@@ -266,6 +287,42 @@ class SnapshotStore:
             self.last_rejection = result.reason
         return result
 
+    async def apply_delta(self, delta: sync_pb2.SnapshotDelta) -> ApplyResult:
+        """A snapshot sent as changes to the served one: rebuild the full payload, then every
+        check of ``apply`` on the full envelope. ``resync`` when it cannot be rebuilt here."""
+        async with self._lock:
+            base = self._compiled
+            current = self.current
+            if (
+                base is None
+                or current is None
+                or current.config.version != delta.base_version
+                or current.config.payload_sha256 != delta.base_sha256
+            ):
+                return ApplyResult(
+                    False,
+                    0,
+                    bytes(delta.payload_sha256),
+                    f"delta is based on v{delta.base_version}, this node serves v{self.version}",
+                    resync=True,
+                )
+            try:
+                layout, changes, payload = await asyncio.to_thread(rebuild, base.layout, delta)
+            except DeltaMismatch as exc:
+                log.warning("delta from v%d not rebuilt: %s", delta.base_version, exc)
+                return ApplyResult(False, 0, bytes(delta.payload_sha256), f"delta: {exc}", resync=True)
+            envelope = snapshot_pb2.SignedEnvelope()
+            envelope.CopyFrom(delta.envelope)
+            envelope.payload = payload
+            result = await self._apply_guarded(
+                envelope, persist=True, raw=None, delta=(base, layout, changes, payload)
+            )
+            if result.changed:
+                self.deltas_applied += 1
+        if not result.accepted:
+            self.last_rejection = result.reason
+        return result
+
     async def load_last_known_good(self) -> ApplyResult | None:
         """Serve the persisted last-known-good, verified again; None when there is none.
 
@@ -305,7 +362,12 @@ class SnapshotStore:
         return result
 
     async def _apply_guarded(
-        self, envelope: snapshot_pb2.SignedEnvelope, *, persist: bool, raw: bytes | None
+        self,
+        envelope: snapshot_pb2.SignedEnvelope,
+        *,
+        persist: bool,
+        raw: bytes | None,
+        delta: _Delta | None = None,
     ) -> ApplyResult:
         """``_apply``, where an unexpected failure (a bug, memory) becomes a refusal with a reason.
 
@@ -313,7 +375,7 @@ class SnapshotStore:
         NACK shown in `node list`), instead of losing its sync stream and being sent the same
         snapshot again and again with nothing to show for it."""
         try:
-            return await self._apply(envelope, persist=persist, raw=raw)
+            return await self._apply(envelope, persist=persist, raw=raw, delta=delta)
         except Exception as exc:
             log.exception("snapshot could not be applied")
             version, digest = _peek(envelope)
@@ -324,16 +386,38 @@ class SnapshotStore:
                 f"internal error while applying: {type(exc).__name__} (see the node's log)",
             )
 
-    def check(self, envelope: snapshot_pb2.SignedEnvelope) -> tuple[RuntimeConfig, str]:
-        """The version-independent checks under this node's configuration (see ``check_envelope``)."""
+    def check(
+        self, envelope: snapshot_pb2.SignedEnvelope, delta: _Delta | None = None
+    ) -> tuple[RuntimeConfig, str, Compiled | None]:
+        """The version-independent checks under this node's configuration (see
+        ``check_envelope``), with the snapshot's layout when it has one (the base of the
+        next delta). A rebuilt ``delta`` is compiled by difference from its base."""
         trust = self.trust.state
-        return check_envelope(
+        compiled: list[Compiled] = []
+
+        def compile_whole(payload: bytes) -> RuntimeConfig:
+            try:
+                layout = scan(payload)
+            except LayoutError:
+                return compile_payload(payload)  # served, but the next snapshot comes whole
+            compiled.append(Compiled.full(layout, payload))
+            return compiled[0].config
+
+        def compile_by_difference(payload: bytes) -> RuntimeConfig:
+            assert delta is not None
+            base, layout, changes, rebuilt = delta
+            compiled.append(base.advance(layout, changes, rebuilt, hashlib.sha256(rebuilt).digest()))
+            return compiled[0].config
+
+        config, key_id = check_envelope(
             envelope,
             trust.keys,
             scope=self._scope,
             now=None if self._allow_expired else self._clock(),
             revoked=trust.revoked,
+            compile=compile_whole if delta is None else compile_by_difference,
         )
+        return config, key_id, compiled[0] if compiled else None
 
     async def _apply(
         self,
@@ -342,6 +426,7 @@ class SnapshotStore:
         persist: bool,
         raw: bytes | None,
         from_disk: bool = False,
+        delta: _Delta | None = None,
     ) -> ApplyResult:
         if persist and envelope.trust_chain:
             # Key statements the envelope carries (a node that missed a rotation, a pin
@@ -353,7 +438,7 @@ class SnapshotStore:
         try:
             # Compiling a large snapshot (10,000 tenants) takes seconds; in a worker
             # thread the loop keeps serving the current snapshot meanwhile.
-            config, key_id = await asyncio.to_thread(self.check, envelope)
+            config, key_id, compiled = await asyncio.to_thread(self.check, envelope, delta)
         except SnapshotCheckFailed as exc:
             version, digest = _peek(envelope)
             log.warning("snapshot %s rejected: %s", version or "?", exc.reason)
@@ -398,7 +483,18 @@ class SnapshotStore:
         # The route table: every rule's request-independent checks, once per applied
         # snapshot, so no request pays for them. In a thread: for ten thousand tenants
         # it takes seconds, and the loop keeps serving the current snapshot meanwhile.
-        routes = await asyncio.to_thread(build_route_table, config, self._node)
+        previous = self.current
+        if (
+            previous is not None
+            and config.models is previous.config.models
+            and config.providers is previous.config.providers
+            and config.policies is previous.config.policies
+        ):
+            # Compiled by difference with the registry untouched (a tenant or key change):
+            # the routes are the same; only the config they belong to is new.
+            routes = replace(previous.routes, config=config)
+        else:
+            routes = await asyncio.to_thread(build_route_table, config, self._node)
         state = self._build(config, routes, key_id)
         if persist:
             data = raw if raw is not None else envelope.SerializeToString()
@@ -407,7 +503,9 @@ class SnapshotStore:
             except OSError as exc:
                 await self._close_adapters(state)
                 return self._reject(version, digest, f"cannot persist last-known-good: {exc}")
-        if persist:
+        trust_unchanged = delta is not None and not delta[2].touches((TRUSTED_KEYS,))
+        if persist and not trust_unchanged:
+            # (A delta that leaves the trusted keys as they were cannot change the trust set.)
             try:
                 await asyncio.to_thread(self.trust.learn, envelope)
             except (EnvelopeError, OSError) as exc:
@@ -419,6 +517,7 @@ class SnapshotStore:
             # envelope ahead, and the mark catches up here.
             await asyncio.to_thread(self._write_hwm, HighWaterMark(version, digest, group))
         self._hwm = HighWaterMark(version, digest, group)
+        self._compiled = compiled
         await self._publish(state)
         log.info("serving snapshot %d (%s) signed by %s", version, digest.hex()[:12], key_id)
         return ApplyResult(True, version, digest, changed=True)
@@ -545,6 +644,7 @@ def check_envelope(
     scope: Scope | None,
     now: float | None,
     revoked: AbstractSet[str] = frozenset(),
+    compile: Callable[[bytes], RuntimeConfig] = compile_payload,
 ) -> tuple[RuntimeConfig, str]:
     """Signature, compile, scope and expiry checks; return the config and the verifying key id.
 
@@ -556,7 +656,7 @@ def check_envelope(
     except EnvelopeError as exc:
         raise SnapshotCheckFailed(f"signature: {exc}") from exc
     try:
-        config = compile_payload(envelope.payload)
+        config = compile(envelope.payload)
     except SnapshotInvalid as exc:
         raise SnapshotCheckFailed(f"invalid payload: {exc}") from exc
     if scope is not None and not scope_matches(scope, config.scope):

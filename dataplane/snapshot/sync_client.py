@@ -2,7 +2,10 @@
 
 The node opens the bidirectional stream, says Hello (who it is and what it
 already serves), then applies every envelope the control plane sends and
-answers each with an Ack or a Nack carrying the reason. When the control plane
+answers each with an Ack or a Nack carrying the reason. A snapshot may come as a
+delta against the one the node serves (``SnapshotStore.apply_delta``): rebuilt into
+the full payload and verified as if sent whole; when it cannot be rebuilt here the
+node answers Resync and gets the snapshot whole. When the control plane
 is unreachable or the stream breaks, the node keeps serving its last-known-good
 and reconnects after ``uniform(0, min(cap, base * 2**failures))`` seconds ("full
 jitter"), so a control-plane restart does not bring every node back at once.
@@ -146,6 +149,7 @@ class SyncClient:
                 applied_version=self._store.version,
                 applied_hash=self._store.payload_sha256,
                 delivery_failure=self._failure,
+                accepts_delta=True,
             )
         )
 
@@ -207,9 +211,24 @@ class SyncClient:
                     self._failure = None  # told in this stream's Hello
                     self._connected = True
                     self._failures = 0
-                    if message.WhichOneof("message") != "envelope":
+                    kind = message.WhichOneof("message")
+                    if kind == "envelope":
+                        result = await self._store.apply(message.envelope)
+                    elif kind == "delta":
+                        result = await self._store.apply_delta(message.delta)
+                    else:
                         continue
-                    result = await self._store.apply(message.envelope)
+                    if result.resync:
+                        # Not a verdict on the snapshot: we cannot rebuild it here. Ask for
+                        # it whole.
+                        outbox.put_nowait(
+                            sync_pb2.NodeMessage(
+                                resync=sync_pb2.Resync(
+                                    version=self._store.version, reason=result.reason[:500]
+                                )
+                            )
+                        )
+                        continue
                     self._last_result = result
                     outbox.put_nowait(self._answer(result))
             finally:

@@ -24,6 +24,7 @@ from controlplane.services.snapshots import SnapshotService
 from controlplane.snapshots import compiler
 from controlplane.snapshots.publish import Publication, SnapshotPublisher
 from dataplane.config.model import RuntimeConfig
+from dataplane.snapshot import layout
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
@@ -47,17 +48,30 @@ class CompileSpy:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> CompileSpy:
         real = compiler.compile_payload
+        real_advance = layout.Compiled.advance
 
-        def spy(payload: bytes) -> RuntimeConfig:
+        def seen(payload: bytes) -> None:
             self.threads.append(threading.get_ident())
             self.digests.append(hashlib.sha256(payload).digest())
             self.loop.call_soon_threadsafe(self.started.set)
             # Were this the loop's thread, nothing could set ``release`` while we wait.
             if self.hold and not self.release.wait(TIMEOUT):
                 raise AssertionError("the event loop served nothing while a snapshot compiled")
+
+        def spy(payload: bytes) -> RuntimeConfig:
+            seen(payload)
             return real(payload)
 
+        def advance(
+            base: layout.Compiled, new: layout.Layout, changes: layout.Changes, payload: bytes, digest: bytes
+        ) -> layout.Compiled:
+            # Compiling by difference is compiling too: it must be off the loop as well.
+            seen(payload)
+            return real_advance(base, new, changes, payload, digest)
+
         monkeypatch.setattr(compiler, "compile_payload", spy)
+        monkeypatch.setattr(layout, "compile_payload", spy)
+        monkeypatch.setattr(layout.Compiled, "advance", advance)
         return self
 
 

@@ -3,6 +3,7 @@ and a snapshot too large for a node (NACKed with the reason, old version kept)."
 
 from __future__ import annotations
 
+import json
 import asyncio
 import logging
 import os
@@ -91,8 +92,13 @@ async def test_node_list_shows_what_the_node_runs_and_its_lag(database_url: str,
         assert not listed.stale
         assert listed.last_nack_version == 0
 
-        # Grow the config past the node's receive limit: the node cannot take it.
-        await _tenants(admin, "big", 200)
+        # Grow the config past the node's receive limit in one change: the node can take
+        # neither the delta nor the snapshot whole.
+        lines = [
+            json.dumps({"kind": "tenant", "name": f"big-{i:04d}-" + "x" * 40, "labels": {"team": "y" * 60}})
+            for i in range(200)
+        ]
+        await admin.ImportConfig(admin_pb2.ImportConfigRequest(jsonl="\n".join(lines).encode()))
         big = await _gpu_version(admin)
         assert (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="gpu"))).size_bytes > limit
 

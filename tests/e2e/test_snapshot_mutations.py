@@ -208,7 +208,8 @@ async def test_a_snapshot_the_node_fails_to_apply_for_an_unexpected_reason_is_na
         raise MemoryError
 
     monkeypatch.setattr(store_module, "build_route_table", broken)
-    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="second"))
+    # A registry change (a tenant or key change reuses the routes it has).
+    await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant="acme", document="default_model: large"))
     refused = await admin.latest_version()
 
     async def nacked() -> admin_pb2.Node:

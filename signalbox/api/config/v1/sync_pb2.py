@@ -26,7 +26,7 @@ from signalbox.api.common.v1 import common_pb2 as signalbox_dot_api_dot_common_d
 from signalbox.api.config.v1 import snapshot_pb2 as signalbox_dot_api_dot_config_dot_v1_dot_snapshot__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"signalbox/api/config/v1/sync.proto\x12\x17signalbox.api.config.v1\x1a$signalbox/api/common/v1/common.proto\x1a&signalbox/api/config/v1/snapshot.proto\"\x8b\x02\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x35\n\x04mode\x18\x03 \x01(\x0e\x32\'.signalbox.api.common.v1.DeploymentMode\x12-\n\x05scope\x18\x04 \x01(\x0b\x32\x1e.signalbox.api.config.v1.Scope\x12\x17\n\x0f\x61pplied_version\x18\x05 \x01(\x04\x12\x14\n\x0c\x61pplied_hash\x18\x06 \x01(\x0c\x12\x42\n\x10\x64\x65livery_failure\x18\x07 \x01(\x0b\x32(.signalbox.api.config.v1.DeliveryFailure\"8\n\x0f\x44\x65liveryFailure\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x15\n\rmessage_bytes\x18\x02 \x01(\x04\"$\n\tHeartbeat\x12\x17\n\x0f\x61pplied_version\x18\x01 \x01(\x04\".\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x02 \x01(\x0c\"?\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xde\x01\n\x0bNodeMessage\x12/\n\x05hello\x18\x01 \x01(\x0b\x32\x1e.signalbox.api.config.v1.HelloH\x00\x12+\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1c.signalbox.api.config.v1.AckH\x00\x12-\n\x04nack\x18\x03 \x01(\x0b\x32\x1d.signalbox.api.config.v1.NackH\x00\x12\x37\n\theartbeat\x18\x04 \x01(\x0b\x32\".signalbox.api.config.v1.HeartbeatH\x00\x42\t\n\x07message\"W\n\rServerMessage\x12;\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\'.signalbox.api.config.v1.SignedEnvelopeH\x00\x42\t\n\x07message2m\n\x11\x43onfigSyncService\x12X\n\x04Sync\x12$.signalbox.api.config.v1.NodeMessage\x1a&.signalbox.api.config.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"signalbox/api/config/v1/sync.proto\x12\x17signalbox.api.config.v1\x1a$signalbox/api/common/v1/common.proto\x1a&signalbox/api/config/v1/snapshot.proto\"\xa2\x02\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x35\n\x04mode\x18\x03 \x01(\x0e\x32\'.signalbox.api.common.v1.DeploymentMode\x12-\n\x05scope\x18\x04 \x01(\x0b\x32\x1e.signalbox.api.config.v1.Scope\x12\x17\n\x0f\x61pplied_version\x18\x05 \x01(\x04\x12\x14\n\x0c\x61pplied_hash\x18\x06 \x01(\x0c\x12\x42\n\x10\x64\x65livery_failure\x18\x07 \x01(\x0b\x32(.signalbox.api.config.v1.DeliveryFailure\x12\x15\n\raccepts_delta\x18\x08 \x01(\x08\"8\n\x0f\x44\x65liveryFailure\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x15\n\rmessage_bytes\x18\x02 \x01(\x04\"$\n\tHeartbeat\x12\x17\n\x0f\x61pplied_version\x18\x01 \x01(\x04\".\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x02 \x01(\x0c\"?\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x91\x02\n\x0bNodeMessage\x12/\n\x05hello\x18\x01 \x01(\x0b\x32\x1e.signalbox.api.config.v1.HelloH\x00\x12+\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1c.signalbox.api.config.v1.AckH\x00\x12-\n\x04nack\x18\x03 \x01(\x0b\x32\x1d.signalbox.api.config.v1.NackH\x00\x12\x37\n\theartbeat\x18\x04 \x01(\x0b\x32\".signalbox.api.config.v1.HeartbeatH\x00\x12\x31\n\x06resync\x18\x05 \x01(\x0b\x32\x1f.signalbox.api.config.v1.ResyncH\x00\x42\t\n\x07message\")\n\x06Resync\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x90\x01\n\rServerMessage\x12;\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\'.signalbox.api.config.v1.SignedEnvelopeH\x00\x12\x37\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32&.signalbox.api.config.v1.SnapshotDeltaH\x00\x42\t\n\x07message\"\xcf\x01\n\rSnapshotDelta\x12\x14\n\x0c\x62\x61se_version\x18\x01 \x01(\x04\x12\x13\n\x0b\x62\x61se_sha256\x18\x02 \x01(\x0c\x12\x0e\n\x06header\x18\x03 \x01(\x0c\x12\x30\n\x07splices\x18\x04 \x03(\x0b\x32\x1f.signalbox.api.config.v1.Splice\x12\x16\n\x0epayload_sha256\x18\x05 \x01(\x0c\x12\x39\n\x08\x65nvelope\x18\x06 \x01(\x0b\x32\'.signalbox.api.config.v1.SignedEnvelope\"F\n\x06Splice\x12\r\n\x05\x66ield\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0e\n\x06remove\x18\x03 \x01(\r\x12\x0e\n\x06insert\x18\x04 \x03(\x0c\x32m\n\x11\x43onfigSyncService\x12X\n\x04Sync\x12$.signalbox.api.config.v1.NodeMessage\x1a&.signalbox.api.config.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'signalbox.api.config.v1.syn
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HELLO']._serialized_start=142
-  _globals['_HELLO']._serialized_end=409
-  _globals['_DELIVERYFAILURE']._serialized_start=411
-  _globals['_DELIVERYFAILURE']._serialized_end=467
-  _globals['_HEARTBEAT']._serialized_start=469
-  _globals['_HEARTBEAT']._serialized_end=505
-  _globals['_ACK']._serialized_start=507
-  _globals['_ACK']._serialized_end=553
-  _globals['_NACK']._serialized_start=555
-  _globals['_NACK']._serialized_end=618
-  _globals['_NODEMESSAGE']._serialized_start=621
-  _globals['_NODEMESSAGE']._serialized_end=843
-  _globals['_SERVERMESSAGE']._serialized_start=845
-  _globals['_SERVERMESSAGE']._serialized_end=932
-  _globals['_CONFIGSYNCSERVICE']._serialized_start=934
-  _globals['_CONFIGSYNCSERVICE']._serialized_end=1043
+  _globals['_HELLO']._serialized_end=432
+  _globals['_DELIVERYFAILURE']._serialized_start=434
+  _globals['_DELIVERYFAILURE']._serialized_end=490
+  _globals['_HEARTBEAT']._serialized_start=492
+  _globals['_HEARTBEAT']._serialized_end=528
+  _globals['_ACK']._serialized_start=530
+  _globals['_ACK']._serialized_end=576
+  _globals['_NACK']._serialized_start=578
+  _globals['_NACK']._serialized_end=641
+  _globals['_NODEMESSAGE']._serialized_start=644
+  _globals['_NODEMESSAGE']._serialized_end=917
+  _globals['_RESYNC']._serialized_start=919
+  _globals['_RESYNC']._serialized_end=960
+  _globals['_SERVERMESSAGE']._serialized_start=963
+  _globals['_SERVERMESSAGE']._serialized_end=1107
+  _globals['_SNAPSHOTDELTA']._serialized_start=1110
+  _globals['_SNAPSHOTDELTA']._serialized_end=1317
+  _globals['_SPLICE']._serialized_start=1319
+  _globals['_SPLICE']._serialized_end=1389
+  _globals['_CONFIGSYNCSERVICE']._serialized_start=1391
+  _globals['_CONFIGSYNCSERVICE']._serialized_end=1500
 # @@protoc_insertion_point(module_scope)

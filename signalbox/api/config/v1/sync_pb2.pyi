@@ -5,8 +5,10 @@ Config sync: a node subscribes, the control plane streams signed snapshot
 envelopes, and the node acknowledges each version it applied or refused.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from signalbox.api.common.v1 import common_pb2 as _common_pb2
 from signalbox.api.config.v1 import snapshot_pb2 as _snapshot_pb2
 import builtins as _builtins
@@ -31,12 +33,15 @@ class Hello(_message.Message):
     APPLIED_VERSION_FIELD_NUMBER: _builtins.int
     APPLIED_HASH_FIELD_NUMBER: _builtins.int
     DELIVERY_FAILURE_FIELD_NUMBER: _builtins.int
+    ACCEPTS_DELTA_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     software_version: _builtins.str
     mode: _common_pb2.DeploymentMode.ValueType
     applied_version: _builtins.int
     """What the node already serves (0 when it has nothing)."""
     applied_hash: _builtins.bytes
+    accepts_delta: _builtins.bool
+    """The node can rebuild a snapshot from a SnapshotDelta against what it serves."""
     @_builtins.property
     def scope(self) -> _snapshot_pb2.Scope: ...
     @_builtins.property
@@ -56,10 +61,11 @@ class Hello(_message.Message):
         applied_version: _builtins.int = ...,
         applied_hash: _builtins.bytes = ...,
         delivery_failure: Global___DeliveryFailure | None = ...,
+        accepts_delta: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delivery_failure", b"delivery_failure", "scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_hash", b"applied_hash", "applied_version", b"applied_version", "delivery_failure", b"delivery_failure", "mode", b"mode", "node_id", b"node_id", "scope", b"scope", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_delta", b"accepts_delta", "applied_hash", b"applied_hash", "applied_version", b"applied_version", "delivery_failure", b"delivery_failure", "mode", b"mode", "node_id", b"node_id", "scope", b"scope", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -164,6 +170,7 @@ class NodeMessage(_message.Message):
     ACK_FIELD_NUMBER: _builtins.int
     NACK_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    RESYNC_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -172,6 +179,8 @@ class NodeMessage(_message.Message):
     def nack(self) -> Global___Nack: ...
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
+    @_builtins.property
+    def resync(self) -> Global___Resync: ...
     def __init__(
         self,
         *,
@@ -179,35 +188,146 @@ class NodeMessage(_message.Message):
         ack: Global___Ack | None = ...,
         nack: Global___Nack | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        resync: Global___Resync | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "nack", b"nack"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "nack", b"nack", "resync", b"resync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "nack", b"nack"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "nack", b"nack", "resync", b"resync"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "ack", "nack", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "ack", "nack", "heartbeat", "resync"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___NodeMessage: _TypeAlias = NodeMessage  # noqa: Y015
 
 @_typing.final
+class Resync(_message.Message):
+    """The node could not rebuild a snapshot from a delta (it no longer runs the delta's base,
+    or the result did not verify): send the newest snapshot whole.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Resync: _TypeAlias = Resync  # noqa: Y015
+
+@_typing.final
 class ServerMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENVELOPE_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def envelope(self) -> _snapshot_pb2.SignedEnvelope: ...
+    @_builtins.property
+    def delta(self) -> Global___SnapshotDelta: ...
     def __init__(
         self,
         *,
         envelope: _snapshot_pb2.SignedEnvelope | None = ...,
+        delta: Global___SnapshotDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "envelope", b"envelope", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "envelope", b"envelope", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["envelope"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["envelope", "delta"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___ServerMessage: _TypeAlias = ServerMessage  # noqa: Y015
+
+@_typing.final
+class SnapshotDelta(_message.Message):
+    """A snapshot sent as the changes from one the node already runs (base). The node rebuilds
+    the FULL payload (base records with the splices applied, after this header), puts it in
+    `envelope.payload` and verifies and applies that envelope exactly as one sent whole: the
+    signatures cover the full payload, never the delta.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    BASE_SHA256_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    SPLICES_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SHA256_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    base_version: _builtins.int
+    base_sha256: _builtins.bytes
+    header: _builtins.bytes
+    """The new payload's singular fields 1-5 (version, times, previous hash, scope), encoded."""
+    payload_sha256: _builtins.bytes
+    """SHA-256 of the full new payload."""
+    @_builtins.property
+    def splices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Splice]: ...
+    @_builtins.property
+    def envelope(self) -> _snapshot_pb2.SignedEnvelope:
+        """The new snapshot's envelope with an empty payload: type, signatures, trust chain."""
+
+    def __init__(
+        self,
+        *,
+        base_version: _builtins.int = ...,
+        base_sha256: _builtins.bytes = ...,
+        header: _builtins.bytes = ...,
+        splices: _abc.Iterable[Global___Splice] | None = ...,
+        payload_sha256: _builtins.bytes = ...,
+        envelope: _snapshot_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_sha256", b"base_sha256", "base_version", b"base_version", "envelope", b"envelope", "header", b"header", "payload_sha256", b"payload_sha256", "splices", b"splices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotDelta: _TypeAlias = SnapshotDelta  # noqa: Y015
+
+@_typing.final
+class Splice(_message.Message):
+    """In the base's records of repeated Snapshot field `field`: at `index`, remove `remove`
+    records and insert `insert` (each one whole record: tag, length, element). Splices of
+    one field are in ascending, non-overlapping order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    INSERT_FIELD_NUMBER: _builtins.int
+    field: _builtins.int
+    index: _builtins.int
+    remove: _builtins.int
+    @_builtins.property
+    def insert(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        field: _builtins.int = ...,
+        index: _builtins.int = ...,
+        remove: _builtins.int = ...,
+        insert: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "index", b"index", "insert", b"insert", "remove", b"remove"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Splice: _TypeAlias = Splice  # noqa: Y015
