@@ -61,6 +61,7 @@ from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, CredentialScop
 from dataplane.providers.registry import build_adapter
 from dataplane.routing.query import NodeContext
 from dataplane.routing.table import RouteTable, build_route_table
+from dataplane.snapshot.background import BackgroundWorker
 from dataplane.snapshot.compile import compile_payload
 from dataplane.snapshot.envelope import key_id_for, verify
 from dataplane.snapshot.files import atomic_write, private_dir, read_envelope_file
@@ -218,6 +219,8 @@ class SnapshotStore:
         self._clock = clock
         self._on_change = on_change
         self._lock = asyncio.Lock()
+        # Verifying, compiling, persisting: on a low-priority thread that gives way to serving.
+        self._worker = BackgroundWorker()
         self._closers: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
         self.current: ServingState | None = None
@@ -307,13 +310,10 @@ class SnapshotStore:
                     resync=True,
                 )
             try:
-                layout, changes, payload = await asyncio.to_thread(rebuild, base.layout, delta)
+                layout, changes, payload, envelope = await self._worker.run(_rebuild, base.layout, delta)
             except DeltaMismatch as exc:
                 log.warning("delta from v%d not rebuilt: %s", delta.base_version, exc)
                 return ApplyResult(False, 0, bytes(delta.payload_sha256), f"delta: {exc}", resync=True)
-            envelope = snapshot_pb2.SignedEnvelope()
-            envelope.CopyFrom(delta.envelope)
-            envelope.payload = payload
             result = await self._apply_guarded(
                 envelope, persist=True, raw=None, delta=(base, layout, changes, payload)
             )
@@ -432,13 +432,13 @@ class SnapshotStore:
             # Key statements the envelope carries (a node that missed a rotation, a pin
             # signed by a newer key): each verifies on its own under what we trust so far.
             try:
-                await asyncio.to_thread(self.trust.learn_chain, envelope)
+                await self._worker.run(self.trust.learn_chain, envelope)
             except OSError as exc:
                 log.error("trust chain not applied: cannot persist the trust set: %s", _bounded(str(exc)))
         try:
             # Compiling a large snapshot (10,000 tenants) takes seconds; in a worker
             # thread the loop keeps serving the current snapshot meanwhile.
-            config, key_id, compiled = await asyncio.to_thread(self.check, envelope, delta)
+            config, key_id, compiled = await self._worker.run(self.check, envelope, delta)
         except SnapshotCheckFailed as exc:
             version, digest = _peek(envelope)
             log.warning("snapshot %s rejected: %s", version or "?", exc.reason)
@@ -494,12 +494,15 @@ class SnapshotStore:
             # the routes are the same; only the config they belong to is new.
             routes = replace(previous.routes, config=config)
         else:
-            routes = await asyncio.to_thread(build_route_table, config, self._node)
+            routes = await self._worker.run(build_route_table, config, self._node)
         state = self._build(config, routes, key_id)
         if persist:
-            data = raw if raw is not None else envelope.SerializeToString()
             try:
-                await asyncio.to_thread(self._write_lkg, data, HighWaterMark(version, digest, group))
+                await self._worker.run(
+                    self._write_lkg,
+                    raw if raw is not None else envelope,
+                    HighWaterMark(version, digest, group),
+                )
             except OSError as exc:
                 await self._close_adapters(state)
                 return self._reject(version, digest, f"cannot persist last-known-good: {exc}")
@@ -507,7 +510,7 @@ class SnapshotStore:
         if persist and not trust_unchanged:
             # (A delta that leaves the trusted keys as they were cannot change the trust set.)
             try:
-                await asyncio.to_thread(self.trust.learn, envelope)
+                await self._worker.run(self.trust.learn, envelope)
             except (EnvelopeError, OSError) as exc:
                 # The snapshot itself verified and is served; only what it says about keys
                 # is not taken (logged loudly: the node may not follow the next rotation).
@@ -515,7 +518,7 @@ class SnapshotStore:
         if from_disk and (hwm is None or version > hwm.version):
             # The envelope is written before the mark: a crash in between leaves the
             # envelope ahead, and the mark catches up here.
-            await asyncio.to_thread(self._write_hwm, HighWaterMark(version, digest, group))
+            await self._worker.run(self._write_hwm, HighWaterMark(version, digest, group))
         self._hwm = HighWaterMark(version, digest, group)
         self._compiled = compiled
         await self._publish(state)
@@ -602,10 +605,13 @@ class SnapshotStore:
         state, self.current = self.current, None
         if state is not None:
             await self._close_adapters(state)
+        self._worker.close()
 
     # ---- persistence ----
 
-    def _write_lkg(self, data: bytes, hwm: HighWaterMark) -> None:
+    def _write_lkg(self, data: bytes | snapshot_pb2.SignedEnvelope, hwm: HighWaterMark) -> None:
+        if isinstance(data, snapshot_pb2.SignedEnvelope):
+            data = data.SerializeToString()  # here, off the event loop: megabytes at fleet size
         private_dir(self._dir)
         first = not (self._dir / HWM_FILE).exists()
         if first:
@@ -635,6 +641,17 @@ class SnapshotStore:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             # Without a trustworthy mark, rollback protection is gone: refuse to start.
             raise SnapshotFileInvalid(f"{path}: unreadable high-water mark: {exc}") from exc
+
+
+def _rebuild(
+    base: Layout, delta: sync_pb2.SnapshotDelta
+) -> tuple[Layout, Changes, bytes, snapshot_pb2.SignedEnvelope]:
+    """The full envelope ``delta`` describes on ``base`` (``DeltaMismatch`` if it does not fit)."""
+    layout, changes, payload = rebuild(base, delta)
+    envelope = snapshot_pb2.SignedEnvelope()
+    envelope.CopyFrom(delta.envelope)
+    envelope.payload = payload
+    return layout, changes, payload, envelope
 
 
 def check_envelope(

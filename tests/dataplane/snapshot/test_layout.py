@@ -53,7 +53,10 @@ class World:
             snap.tenants.add(id=tid, name=name, labels=labels)
         for kid, (tid, seed, scopes) in sorted(self.keys.items()):
             key = snap.api_keys.add(
-                id=kid, tenant_id=tid, secret_sha256=hashlib.sha256(str(seed).encode()).digest(), scopes=scopes
+                id=kid,
+                tenant_id=tid,
+                secret_sha256=hashlib.sha256(str(seed).encode()).digest(),
+                scopes=scopes,
             )
             if seed % 3 == 0:
                 key.expires_at.FromSeconds(2_000_000_000 + seed)
