@@ -3,8 +3,8 @@ and a snapshot too large for a node (NACKed with the reason, old version kept)."
 
 from __future__ import annotations
 
-import json
 import asyncio
+import json
 import logging
 import os
 import sys
