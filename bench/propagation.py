@@ -127,13 +127,10 @@ class Checker:
         key = (bytes(delta.base_sha256), bytes(delta.payload_sha256))
         if not self.each and key in self._done:
             return self._done[key]
-        layout, _, payload = rebuild(base, delta)
-        envelope = snapshot_pb2.SignedEnvelope()
-        envelope.CopyFrom(delta.envelope)
-        envelope.payload = payload
-        verify(envelope, self.trusted)
-        self._done[key] = layout
-        return layout
+        rebuilt = rebuild(base, delta)
+        verify(delta.envelope, self.trusted, message=rebuilt.message)
+        self._done[key] = rebuilt.layout
+        return rebuilt.layout
 
 
 async def simulated_node(
@@ -248,13 +245,10 @@ async def one_node_check(cp: ControlPlane) -> None:
     layout = scan(base.payload)
     scan_s = time.perf_counter() - started
     started = time.perf_counter()
-    _, _, payload = rebuild(layout, delta)
+    rebuilt = rebuild(layout, delta)
     rebuild_s = time.perf_counter() - started
-    envelope = snapshot_pb2.SignedEnvelope()
-    envelope.CopyFrom(delta.envelope)
-    envelope.payload = payload
     started = time.perf_counter()
-    verify(envelope, trusted)
+    verify(delta.envelope, trusted, message=rebuilt.message)
     verify_s = time.perf_counter() - started
     row(
         "one node's check of a delta",

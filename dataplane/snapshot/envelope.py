@@ -31,8 +31,13 @@ MAX_IDS_CHARS = 200
 
 def pae(payload_type: str, payload: bytes) -> bytes:
     """DSSE v1 pre-authentication encoding."""
+    return pae_prefix(payload_type, len(payload)) + payload
+
+
+def pae_prefix(payload_type: str, payload_length: int) -> bytes:
+    """What PAE puts before a payload of ``payload_length`` bytes."""
     type_bytes = payload_type.encode()
-    return b"DSSEv1 %d %b %d %b" % (len(type_bytes), type_bytes, len(payload), payload)
+    return b"DSSEv1 %d %b %d " % (len(type_bytes), type_bytes, payload_length)
 
 
 def payload_sha256(envelope: snapshot_pb2.SignedEnvelope) -> bytes:
@@ -53,11 +58,13 @@ def verify(
     *,
     revoked: AbstractSet[str] = frozenset(),
     payload_type: str = SNAPSHOT_PAYLOAD_TYPE,
+    message: bytes | None = None,
 ) -> str:
     """Check the envelope; return the key id whose signature verified.
 
     Raises ``EnvelopeError`` if the payload type is not ``payload_type``, no trusted key
-    is configured, or no signature by a trusted key verifies.
+    is configured, or no signature by a trusted key verifies. ``message``: the PAE of the
+    payload when the caller built it (a rebuilt delta), else it is built from the envelope.
     """
     if envelope.payload_type != payload_type:
         raise EnvelopeError(f"payload_type: expected {payload_type!r}, got {envelope.payload_type[:100]!r}")
@@ -68,7 +75,8 @@ def verify(
     signers = sorted({s.key_id for s in envelope.signatures})
     if all(key_id in revoked for key_id in signers):
         raise EnvelopeError(f"signed only by revoked key {', '.join(signers)}"[:MAX_IDS_CHARS])
-    message = pae(envelope.payload_type, envelope.payload)
+    if message is None:
+        message = pae(envelope.payload_type, envelope.payload)
     seen_trusted = False
     for signature in envelope.signatures:
         key = None if signature.key_id in revoked else trusted.get(signature.key_id)

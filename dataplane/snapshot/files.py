@@ -33,14 +33,35 @@ def private_dir(path: Path) -> None:
     path.chmod(0o700)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def envelope_parts(
+    envelope: snapshot_pb2.SignedEnvelope, payload: bytes | memoryview
+) -> list[bytes | memoryview]:
+    """The serialized ``envelope`` with ``payload`` as its payload, in pieces (concatenated,
+    exactly ``SerializeToString`` of that envelope: fields in number order, payload second)."""
+    head = snapshot_pb2.SignedEnvelope(payload_type=envelope.payload_type).SerializeToString()
+    rest = snapshot_pb2.SignedEnvelope(signatures=envelope.signatures, trust_chain=envelope.trust_chain)
+    tag = b"\x12" + _varint(len(payload)) if len(payload) else b""
+    return [head, tag, payload, rest.SerializeToString()]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def atomic_write(path: Path, *parts: bytes | memoryview) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with suppress(FileNotFoundError):
         tmp.unlink()  # a leftover of a crash may have other modes; O_EXCL below needs it gone
     # 0600 from the first byte: never readable by others, not even briefly.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(data)
+        for data in parts:
+            f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

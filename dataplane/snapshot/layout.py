@@ -54,6 +54,7 @@ from dataplane.snapshot.compile import (
     runtime_config,
     tenant_entry,
 )
+from dataplane.snapshot.envelope import pae_prefix
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
 
 TENANTS, API_KEYS, PROVIDERS, MODELS, POLICIES, TRUSTED_KEYS = 10, 11, 12, 13, 14, 15
@@ -116,9 +117,23 @@ class Layout:
     header: bytes
     records: Mapping[int, Sequence[bytes]]
     """Every number of ``REPEATED``, each with its records in payload order."""
+    size: int = -1
+    """The payload's length in bytes (-1: not known yet, ``length`` counts it)."""
 
     def payload(self) -> bytes:
         return self.header + b"".join(itertools.chain.from_iterable(self.records[n] for n in REPEATED))
+
+    def length(self) -> int:
+        if self.size >= 0:
+            return self.size
+        return len(self.header) + sum(sum(map(len, self.records[n])) for n in REPEATED)
+
+    def joined(self, prefix: bytes) -> bytes:
+        """``prefix`` followed by the payload, built in one copy (e.g. the PAE a signature covers)."""
+        parts = [prefix, self.header]
+        for n in REPEATED:
+            parts += self.records[n]
+        return b"".join(parts)
 
     def body_equals(self, other: Layout) -> bool:
         """Whether both carry the same config: same records, same header apart from
@@ -200,7 +215,7 @@ def scan(payload: bytes) -> Layout:
             current = number
             current_list = records[number]
         current_list.append(data[start:offset])
-    return Layout(data[:header_end], records)
+    return Layout(data[:header_end], records, len(data))
 
 
 # ---- deltas ----------------------------------------------------------------------------
@@ -311,6 +326,7 @@ def apply_splices(base: Layout, header: bytes, splices: Sequence[Splice]) -> tup
     records = dict(base.records)
     removed: dict[int, list[bytes]] = {}
     added: dict[int, list[bytes]] = {}
+    size = base.length() - len(base.header) + len(header)
     for number, field_splices in by_field.items():
         old = base.records[number]
         out: list[bytes] = []
@@ -331,8 +347,9 @@ def apply_splices(base: Layout, header: bytes, splices: Sequence[Splice]) -> tup
         records[number] = out
         removed[number] = gone
         added[number] = new
+        size += sum(map(len, new)) - sum(map(len, gone))
     _check_header(header)
-    return Layout(header, records), Changes(removed, added)
+    return Layout(header, records, size), Changes(removed, added)
 
 
 def _check_record(number: int, rec: bytes) -> None:
@@ -387,14 +404,16 @@ class Compiled:
         scopes = {entry.scopes: entry.scope for entry in config.api_keys.values()}
         return cls(layout, config, counts, scopes)
 
-    def advance(self, layout: Layout, changes: Changes, payload: bytes, payload_sha256: bytes) -> Compiled:
+    def advance(
+        self, layout: Layout, changes: Changes, payload: bytes | memoryview, payload_sha256: bytes
+    ) -> Compiled:
         """Compile ``layout`` (whose bytes are ``payload``), reached from this one by ``changes``.
 
         Equal to ``Compiled.full(layout)``; raises the same ``SnapshotInvalid``."""
         try:
             return self._advance(layout, changes, payload_sha256)
         except _Undecided:
-            return Compiled.full(layout, payload)
+            return Compiled.full(layout, bytes(payload))
 
     def _advance(self, layout: Layout, changes: Changes, payload_sha256: bytes) -> Compiled:
         header = _parse(snapshot_pb2.Snapshot, layout.header)
@@ -513,12 +532,30 @@ def delta_message(
     return message
 
 
-def rebuild(base: Layout, delta: sync_pb2.SnapshotDelta) -> tuple[Layout, Changes, bytes]:
+@dataclass(frozen=True, slots=True)
+class Rebuilt:
+    """A delta rebuilt on its base: the full payload, inside the exact bytes its signatures cover."""
+
+    layout: Layout
+    changes: Changes
+    message: bytes
+    """PAE(payload type, payload): what the envelope's signatures are checked against."""
+    payload: memoryview
+    """The full payload (a view into ``message``: rebuilding copies the megabytes once)."""
+    digest: bytes
+    version: int
+
+
+def rebuild(base: Layout, delta: sync_pb2.SnapshotDelta) -> Rebuilt:
     """The full payload ``delta`` describes, rebuilt on ``base``; ``DeltaMismatch`` when it
     does not fit or the bytes are not those the delta's hash names."""
     splices = [Splice(s.field, s.index, s.remove, tuple(s.insert)) for s in delta.splices]
     layout, changes = apply_splices(base, bytes(delta.header), splices)
-    payload = layout.payload()
-    if hashlib.sha256(payload).digest() != delta.payload_sha256:
+    prefix = pae_prefix(delta.envelope.payload_type, layout.length())
+    message = layout.joined(prefix)
+    payload = memoryview(message)[len(prefix) :]
+    digest = hashlib.sha256(payload).digest()
+    if digest != delta.payload_sha256:
         raise DeltaMismatch("the rebuilt payload is not the one the delta names (hash differs)")
-    return layout, changes, payload
+    version = _parse(snapshot_pb2.Snapshot, layout.header).version if layout.header else 0
+    return Rebuilt(layout, changes, message, payload, digest, version)

@@ -64,14 +64,13 @@ from dataplane.routing.table import RouteTable, build_route_table
 from dataplane.snapshot.background import BackgroundWorker
 from dataplane.snapshot.compile import compile_payload
 from dataplane.snapshot.envelope import key_id_for, verify
-from dataplane.snapshot.files import atomic_write, private_dir, read_envelope_file
+from dataplane.snapshot.files import atomic_write, envelope_parts, private_dir, read_envelope_file
 from dataplane.snapshot.layout import (
     TRUSTED_KEYS,
-    Changes,
     Compiled,
     DeltaMismatch,
-    Layout,
     LayoutError,
+    Rebuilt,
     rebuild,
     scan,
 )
@@ -81,8 +80,8 @@ from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
 SNAPSHOT_DIR = "snapshot"
 """Under a node's data dir: last-known-good, high-water mark and the learned trust set."""
 
-_Delta = tuple[Compiled, Layout, Changes, bytes]
-"""A rebuilt delta: its base, the new layout, what changed, and the full payload."""
+_Delta = tuple[Compiled, Rebuilt]
+"""A delta rebuilt on its base (the served snapshot compiled)."""
 
 log = logging.getLogger("signalbox.dataplane.config")
 
@@ -310,13 +309,13 @@ class SnapshotStore:
                     resync=True,
                 )
             try:
-                layout, changes, payload, envelope = await self._worker.run(_rebuild, base.layout, delta)
+                rebuilt = await self._worker.run(rebuild, base.layout, delta)
             except DeltaMismatch as exc:
                 log.warning("delta from v%d not rebuilt: %s", delta.base_version, exc)
                 return ApplyResult(False, 0, bytes(delta.payload_sha256), f"delta: {exc}", resync=True)
-            result = await self._apply_guarded(
-                envelope, persist=True, raw=None, delta=(base, layout, changes, payload)
-            )
+            # The envelope without its payload: the rebuilt payload (and the PAE bytes its
+            # signatures cover) travel beside it, so the megabytes are never copied again.
+            result = await self._apply_guarded(delta.envelope, persist=True, raw=None, delta=(base, rebuilt))
             if result.changed:
                 self.deltas_applied += 1
         if not result.accepted:
@@ -378,7 +377,7 @@ class SnapshotStore:
             return await self._apply(envelope, persist=persist, raw=raw, delta=delta)
         except Exception as exc:
             log.exception("snapshot could not be applied")
-            version, digest = _peek(envelope)
+            version, digest = _peek(envelope) if delta is None else (delta[1].version, delta[1].digest)
             return ApplyResult(
                 False,
                 version,
@@ -403,10 +402,10 @@ class SnapshotStore:
             compiled.append(Compiled.full(layout, payload))
             return compiled[0].config
 
-        def compile_by_difference(payload: bytes) -> RuntimeConfig:
+        def compile_by_difference(_: bytes) -> RuntimeConfig:
             assert delta is not None
-            base, layout, changes, rebuilt = delta
-            compiled.append(base.advance(layout, changes, rebuilt, hashlib.sha256(rebuilt).digest()))
+            base, rebuilt = delta
+            compiled.append(base.advance(rebuilt.layout, rebuilt.changes, rebuilt.payload, rebuilt.digest))
             return compiled[0].config
 
         config, key_id = check_envelope(
@@ -416,6 +415,7 @@ class SnapshotStore:
             now=None if self._allow_expired else self._clock(),
             revoked=trust.revoked,
             compile=compile_whole if delta is None else compile_by_difference,
+            message=None if delta is None else delta[1].message,
         )
         return config, key_id, compiled[0] if compiled else None
 
@@ -440,7 +440,7 @@ class SnapshotStore:
             # thread the loop keeps serving the current snapshot meanwhile.
             config, key_id, compiled = await self._worker.run(self.check, envelope, delta)
         except SnapshotCheckFailed as exc:
-            version, digest = _peek(envelope)
+            version, digest = _peek(envelope) if delta is None else (delta[1].version, delta[1].digest)
             log.warning("snapshot %s rejected: %s", version or "?", exc.reason)
             return ApplyResult(False, version, digest, exc.reason)
 
@@ -500,17 +500,19 @@ class SnapshotStore:
             try:
                 await self._worker.run(
                     self._write_lkg,
-                    raw if raw is not None else envelope,
+                    raw if raw is not None else (envelope if delta is None else (envelope, delta[1].payload)),
                     HighWaterMark(version, digest, group),
                 )
             except OSError as exc:
                 await self._close_adapters(state)
                 return self._reject(version, digest, f"cannot persist last-known-good: {exc}")
-        trust_unchanged = delta is not None and not delta[2].touches((TRUSTED_KEYS,))
+        trust_unchanged = delta is not None and not delta[1].changes.touches((TRUSTED_KEYS,))
         if persist and not trust_unchanged:
             # (A delta that leaves the trusted keys as they were cannot change the trust set.)
             try:
-                await self._worker.run(self.trust.learn, envelope)
+                await self._worker.run(
+                    self.trust.learn, envelope if delta is None else _whole(envelope, delta[1])
+                )
             except (EnvelopeError, OSError) as exc:
                 # The snapshot itself verified and is served; only what it says about keys
                 # is not taken (logged loudly: the node may not follow the next rotation).
@@ -609,16 +611,23 @@ class SnapshotStore:
 
     # ---- persistence ----
 
-    def _write_lkg(self, data: bytes | snapshot_pb2.SignedEnvelope, hwm: HighWaterMark) -> None:
+    def _write_lkg(
+        self,
+        data: bytes | snapshot_pb2.SignedEnvelope | tuple[snapshot_pb2.SignedEnvelope, memoryview],
+        hwm: HighWaterMark,
+    ) -> None:
+        """``data``: the file's bytes, an envelope, or an envelope without its payload and
+        the payload (written in pieces: the megabytes are not copied into one message)."""
         if isinstance(data, snapshot_pb2.SignedEnvelope):
             data = data.SerializeToString()  # here, off the event loop: megabytes at fleet size
+        parts = envelope_parts(*data) if isinstance(data, tuple) else [data]
         private_dir(self._dir)
         first = not (self._dir / HWM_FILE).exists()
         if first:
             # The very first time the mark goes first: a crash in between must not leave an
             # envelope without a mark, which refuses to start.
             self._write_hwm(hwm)
-        atomic_write(self._dir / LKG_FILE, data)
+        atomic_write(self._dir / LKG_FILE, *parts)
         if not first:
             self._write_hwm(hwm)
 
@@ -643,15 +652,12 @@ class SnapshotStore:
             raise SnapshotFileInvalid(f"{path}: unreadable high-water mark: {exc}") from exc
 
 
-def _rebuild(
-    base: Layout, delta: sync_pb2.SnapshotDelta
-) -> tuple[Layout, Changes, bytes, snapshot_pb2.SignedEnvelope]:
-    """The full envelope ``delta`` describes on ``base`` (``DeltaMismatch`` if it does not fit)."""
-    layout, changes, payload = rebuild(base, delta)
-    envelope = snapshot_pb2.SignedEnvelope()
-    envelope.CopyFrom(delta.envelope)
-    envelope.payload = payload
-    return layout, changes, payload, envelope
+def _whole(envelope: snapshot_pb2.SignedEnvelope, rebuilt: Rebuilt) -> snapshot_pb2.SignedEnvelope:
+    """``envelope`` (sent without its payload) with the rebuilt payload in it."""
+    whole = snapshot_pb2.SignedEnvelope()
+    whole.CopyFrom(envelope)
+    whole.payload = bytes(rebuilt.payload)
+    return whole
 
 
 def check_envelope(
@@ -662,6 +668,7 @@ def check_envelope(
     now: float | None,
     revoked: AbstractSet[str] = frozenset(),
     compile: Callable[[bytes], RuntimeConfig] = compile_payload,
+    message: bytes | None = None,
 ) -> tuple[RuntimeConfig, str]:
     """Signature, compile, scope and expiry checks; return the config and the verifying key id.
 
@@ -669,7 +676,7 @@ def check_envelope(
     without trusted time). Raises ``SnapshotCheckFailed`` with the NACK reason.
     """
     try:
-        key_id = verify(envelope, trusted, revoked=revoked)
+        key_id = verify(envelope, trusted, revoked=revoked, message=message)
     except EnvelopeError as exc:
         raise SnapshotCheckFailed(f"signature: {exc}") from exc
     try:
@@ -689,7 +696,6 @@ def check_envelope(
 
 def _peek(envelope: snapshot_pb2.SignedEnvelope) -> tuple[int, bytes]:
     """Version and hash of an envelope that failed a check, for the NACK (best effort)."""
-    import hashlib
 
     digest = hashlib.sha256(envelope.payload).digest()
     snapshot = snapshot_pb2.Snapshot()

@@ -10,7 +10,9 @@ import hashlib
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.snapshot.compile import compile_payload
+from dataplane.snapshot.envelope import verify
 from dataplane.snapshot.layout import API_KEYS, Splice, delta_message, scan
+from dataplane.snapshot.store import LKG_FILE, SNAPSHOT_DIR
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.shell.simulator import Simulator
@@ -52,6 +54,12 @@ async def test_changes_reach_a_node_as_deltas_that_verify_as_whole_snapshots(
     assert config == compile_payload(payload)
     entry = config.api_keys[hashlib.sha256(second.secret.encode()).digest()]
     assert config.tenants[entry.tenant_id].labels == {"team": "blue"}
+    # The last-known-good written from the rebuilt payload is the exact signed envelope.
+    on_disk = snapshot_pb2.SignedEnvelope.FromString(
+        (node.settings.data_dir / SNAPSHOT_DIR / LKG_FILE).read_bytes()
+    )
+    assert on_disk.payload == payload
+    verify(on_disk, node.store.trust.state.keys)
     assert (await _infer(node, api_key)).model == "large"
     assert (await _infer(node, str(second.secret))).snapshot_version == version
 
