@@ -1,8 +1,8 @@
 """Snapshot deltas: each stored snapshot keeps the delta from its group's previous version,
 and envelopes are stored uncompressed.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-11-29 19:10:00.000000
 
 A node that runs the previous version gets the new one as that delta (kilobytes) instead
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0009'
-down_revision: str | None = '0008'
+revision: str = '0010'
+down_revision: str | None = '0009'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
