@@ -22,15 +22,20 @@ model, also those of its deployments, in position order):
 - Two writes to one row in the same transaction share ``xmin`` but not ``ctid``: the old
   tuple keeps its slot until that transaction has ended, so the new one gets another.
 - ``xmin`` is 32 bits and wraps around. The cache remembers the 64-bit transaction horizon
-  at which it was filled and forgets everything once that moves by 2^31 (long before an id
-  can be reused), so a stale entry can never be matched by a reused id.
+  at which it was filled and starts over once that has moved by 2^31, so no id assigned
+  while it holds entries can equal the ``xmin`` of a row younger than 2^31 transactions.
+  (A row frozen before that would also need a rewrite into its very tuple slot, between two
+  reads, by a transaction with exactly its 32-bit id.)
+- Rows rewritten without a change of content (``VACUUM FULL``, ``CLUSTER``, an ``UPDATE``
+  that sets what was there) only cost a re-encode: a new version is never a wrong hit.
 
 The listing and the fetch are two statements; the caller holds the config lock, so no
-writer can commit between them (a row that did change in between is an error, never a mix).
-The listing arrives in chunks of text; a chunk whose text equals the previous read's chunk
-at the same place is taken over without looking at its rows, so a change to one tenant or a
-few new keys (appended: keys are listed by creation time) costs a few string comparisons.
-Decoding and encoding run in a worker thread; the event loop receives strings only.
+writer can commit between them (a row that did change in between raises
+``ConcurrentChange``, never a mix). All five listings come in one statement, one text per
+table (a line ``id version`` per row); a text equal to the previous read's is taken over
+whole, and otherwise its lines are compared ``CHUNK_ROWS`` at a time, so a change to one
+tenant or a few new keys (appended: keys are listed by creation time) parses one chunk.
+Decoding and encoding run in worker threads; the event loop receives strings only.
 """
 
 from __future__ import annotations

@@ -216,6 +216,8 @@ async def test_bodies_are_exact_before_and_after_changes_with_one_cache(
     # Unchanged database: the same bodies again, nothing re-read.
     await _locked_check(sessions, cache, groups)
 
+    tenants_before = {t.name: t for t in full.tenants}
+    keys_before = list(full.api_keys)
     keys = await admin.ListApiKeys(admin_pb2.ListApiKeysRequest(tenant="acme"))
     await admin.UpdateTenant(
         admin_pb2.UpdateTenantRequest(tenant="beta", labels={"c": "3"}, replace_labels=True)
@@ -244,6 +246,12 @@ async def test_bodies_are_exact_before_and_after_changes_with_one_cache(
 
     full = await _locked_check(sessions, cache, groups)
     assert [t.name for t in full.tenants] == ["aardvark", "acme", "beta"]
+    # Incremental: unchanged rows are the very objects encoded before, changed ones are new.
+    tenants_after = {t.name: t for t in full.tenants}
+    assert tenants_after["acme"] is tenants_before["acme"]
+    assert tenants_after["beta"] is not tenants_before["beta"]
+    assert full.api_keys[:2] == keys_before[1:3]
+    assert all(a is b for a, b in zip(full.api_keys[:2], keys_before[1:3], strict=True))
     assert (len(full.api_keys), len(full.providers), len(full.models), len(full.policies)) == (6, 4, 4, 2)
     async with sessions() as session:
         listed = await _expected(session, groups[3])
