@@ -320,3 +320,26 @@ async def test_an_empty_database_gives_empty_bodies(
 ) -> None:
     full = await _locked_check(sessions, rows.RowCache(), [GroupView("default")])
     assert rows.cut(full, GroupView("default")).records == {f: [] for f in rows.BODY_FIELDS}
+
+
+async def test_a_savepoint_rolled_back_inside_the_transaction_leaves_no_trace(
+    control_plane: RunningControlPlane, admin: Admin, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Batched admin changes run each member in a savepoint: one that fails is rolled back
+    while the transaction goes on, and the publish that follows must not see it."""
+    ids = await _varied(admin)
+    groups = _groups(ids)
+    cache = rows.RowCache()
+    async with sessions() as session, session.begin():
+        await config_repo.lock_config(session)
+        before = await _check(session, cache, groups)
+        savepoint = await session.begin_nested()
+        await session.execute(
+            text("UPDATE tenants SET labels = '{\"in\": \"savepoint\"}' WHERE name = 'beta'")
+        )
+        await session.execute(text("DELETE FROM api_keys WHERE name = ''"))
+        during = await _check(session, cache, groups)
+        assert during.records != before.records
+        await savepoint.rollback()
+        after = await _check(session, cache, groups)
+    assert after.records == before.records
