@@ -186,16 +186,23 @@ def _groups(ids: dict[str, str]) -> list[GroupView]:
     ]
 
 
-@pytest.mark.parametrize("chunk_rows", [rows.CHUNK_ROWS, 2])
+@pytest.mark.parametrize(
+    ("chunk_rows", "bulk_fraction"),
+    [(rows.CHUNK_ROWS, rows.BULK_FRACTION), (2, 0)],
+    ids=["defaults", "small"],
+)
 async def test_bodies_are_exact_before_and_after_changes_with_one_cache(
     control_plane: RunningControlPlane,
     admin: Admin,
     sessions: async_sessionmaker[AsyncSession],
     monkeypatch: pytest.MonkeyPatch,
     chunk_rows: int,
+    bulk_fraction: int,
 ) -> None:
-    # 2: listings in many chunks, so reused, shifted and new chunks are all exercised.
+    # "small": listings in many chunks, so reused, shifted and new chunks are all exercised,
+    # and every fetch by ids (the defaults fetch these small tables whole).
     monkeypatch.setattr(rows, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(rows, "BULK_FRACTION", bulk_fraction)
     ids = await _varied(admin)
     groups = _groups(ids)
     cache = rows.RowCache()
