@@ -59,6 +59,20 @@ class Size:
     policies: int
 
 
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fleet size to seed (``Size``), and where the database lives."""
+    parser.add_argument("--tenants", type=int, default=10_000)
+    parser.add_argument("--keys", type=int, default=50_000)
+    parser.add_argument("--models", type=int, default=1_000)
+    parser.add_argument(
+        "--policies", type=int, default=100, help="tenant policies (plus the platform default)"
+    )
+    parser.add_argument(
+        "--database-url", default=None, help="an empty PostgreSQL database (default: embedded)"
+    )
+    parser.add_argument("--data-dir", default=None)
+
+
 def seed_sql(size: Size) -> list[tuple[str, dict[str, Any]]]:
     """Statements that fill an empty, migrated database with ``size`` worth of config."""
     keys_per_tenant = -(-size.keys // max(size.tenants, 1))
@@ -405,12 +419,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tenants", type=int, default=10_000)
-    parser.add_argument("--keys", type=int, default=50_000)
-    parser.add_argument("--models", type=int, default=1_000)
-    parser.add_argument(
-        "--policies", type=int, default=100, help="tenant policies (plus the platform default)"
-    )
+    add_size_arguments(parser)
     parser.add_argument("--changes", type=int, default=50, help="admin changes per client")
     parser.add_argument("--clients", type=int, default=8, help="concurrent admin clients")
     parser.add_argument(
@@ -418,10 +427,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--import-tenants", type=int, default=10_000, help="tenants imported at the end")
     parser.add_argument("--import-keys", type=int, default=50_000, help="API keys imported at the end")
-    parser.add_argument(
-        "--database-url", default=None, help="an empty PostgreSQL database (default: embedded)"
-    )
-    parser.add_argument("--data-dir", default=None)
     parser.add_argument("--profile", default=None, help="write a py-spy flame graph (SVG) of this run")
     return parser.parse_args(argv)
 
