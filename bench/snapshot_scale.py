@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,14 +40,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controlplane.app import ControlPlane, ControlPlaneSettings
 from controlplane.keys import sign_all, trusted_keys
+from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import config as config_repo
-from controlplane.repositories import snapshots as snapshot_repo
-from controlplane.snapshots.build import build_snapshot
-from controlplane.snapshots.publish import check
+from controlplane.snapshots.rows import FullRows, RowCache, cut
+from controlplane.snapshots.scope import GroupView
 from dataplane.routing.table import build_route_table
-from dataplane.snapshot.store import check_envelope
+from dataplane.snapshot.envelope import verify
+from dataplane.snapshot.layout import (
+    TRUSTED_KEYS,
+    Compiled,
+    Layout,
+    delta_message,
+    diff,
+    make_layout,
+    rebuild,
+    record,
+    scan,
+)
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
-from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
 
 PROVIDERS = 10
 
@@ -216,67 +228,132 @@ async def control_plane(data_dir: Path, database_url: str | None) -> AsyncIterat
         yield cp
 
 
-async def measure_pipeline(cp: ControlPlane) -> tuple[bytes, snapshot_pb2.SignedEnvelope]:
-    """Each step of one publish, in isolation, as the publisher runs it."""
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """What ``measure_pipeline`` produced, for the node-side figures."""
+
+    base: Compiled
+    base_envelope: snapshot_pb2.SignedEnvelope
+    delta: sync_pb2.SnapshotDelta
+
+
+async def measure_pipeline(cp: ControlPlane) -> Pipeline:
+    """Each step of a publish as the publisher runs it: rows read (cold, then warm after a
+    one-tenant change), the cut, the compile (whole once, then by difference), the delta,
+    signing and storing."""
     assert cp.keyring is not None
     assert cp._engine is not None
     from controlplane.db.session import session_factory
 
     sessions = session_factory(cp._engine)
+    cache = RowCache()
+    group = GroupView(DEFAULT_GROUP)
+    now = datetime.now(UTC)
+
+    def header(version: int) -> snapshot_pb2.Snapshot:
+        h = snapshot_pb2.Snapshot(version=version, previous_hash=b"\0" * 32, scope=group.scope)
+        h.created_at.FromDatetime(now)
+        h.expires_at.FromDatetime(now + timedelta(days=30))
+        return h
+
     async with sessions() as session, session.begin():
         await config_repo.lock_config(session)
-        latest = await snapshot_repo.latest(session)
-        assert latest is not None
-        now = datetime.now(UTC)
-        trusted = await trusted_keys(session)
-        build_s, snapshot = await timed(
-            lambda: build_snapshot(
-                session,
-                version=latest.version + 1,
-                previous_hash=bytes(latest.sha256),
-                created_at=now,
-                expires_at=now + timedelta(days=30),
-                scope=cp.settings.scope,
-                trusted=trusted,
-            )
-        )
+        cold_s, full = await timed(lambda: cache.read(session))
+        trusted = [
+            record(TRUSTED_KEYS, snapshot_pb2.TrustedKey(key_id=k, ed25519_public_key=p).SerializeToString())
+            for k, p, _ in await trusted_keys(session)
+        ]
         signers = await cp.keyring.signers(session)
+        await session.execute(
+            text("UPDATE tenants SET labels = '{\"bench\": \"changed\"}' WHERE name = 'bench-t000001'")
+        )
+        warm_s, changed = await timed(lambda: cache.read(session))
+        await session.rollback()
+
+    def body(rows: FullRows, version: int) -> Layout:
+        records: dict[int, Sequence[bytes]] = dict(cut(rows, group).records)
+        records[TRUSTED_KEYS] = trusted
+        return make_layout(header(version), records)
+
     started = time.perf_counter()
-    payload = snapshot.SerializeToString(deterministic=True)
-    serialize_s = time.perf_counter() - started
+    layout = body(full, 1)
+    cut_s = time.perf_counter() - started
+    payload = layout.payload()
     started = time.perf_counter()
-    check(payload)
+    base = Compiled.full(layout, payload)
     compile_s = time.perf_counter() - started
+    new = body(changed, 2)
     started = time.perf_counter()
-    envelope = sign_all(signers, payload)
+    splices, changes = diff(layout, new)
+    diff_s = time.perf_counter() - started
+    started = time.perf_counter()
+    new_payload = new.payload()
+    digest = hashlib.sha256(new_payload).digest()
+    join_s = time.perf_counter() - started
+    started = time.perf_counter()
+    base.advance(new, changes, new_payload, digest)
+    advance_s = time.perf_counter() - started
+    started = time.perf_counter()
+    envelope = sign_all(signers, new_payload)
     raw = envelope.SerializeToString(deterministic=True)
     sign_s = time.perf_counter() - started
+    delta = delta_message((1, hashlib.sha256(payload).digest()), new, splices, digest, envelope)
     async with sessions() as session, session.begin():
         started = time.perf_counter()
         await session.execute(text("CREATE TEMP TABLE bench_store (envelope bytea) ON COMMIT DROP"))
+        await session.execute(text("ALTER TABLE bench_store ALTER COLUMN envelope SET STORAGE EXTERNAL"))
         await session.execute(text("INSERT INTO bench_store VALUES (:e)"), {"e": raw})
         store_s = time.perf_counter() - started
     row("snapshot size", f"{len(payload) / 1e6:9.2f} MB payload, {len(raw) / 1e6:.2f} MB envelope")
-    row("  build (database -> Snapshot message)", ms(build_s))
-    row("  serialize (deterministic)", ms(serialize_s))
-    row("  compile check (the node's compiler)", ms(compile_s))
+    row("  rows read, cold (first publish of a process)", ms(cold_s))
+    row("  rows read, warm (after a one-tenant change)", ms(warm_s))
+    row("  cut (default group)", ms(cut_s))
+    row("  compile whole (first publish of a process)", ms(compile_s))
+    row("  diff against the previous version", ms(diff_s))
+    row("  compile by difference", ms(advance_s))
+    row("  payload join + SHA-256", ms(join_s))
     row("  sign (+ envelope serialize)", ms(sign_s))
     row("  store (one INSERT of the envelope)", ms(store_s))
-    return payload, envelope
+    row("  delta to the previous version", f"{len(delta.SerializeToString())} bytes, {len(splices)} splices")
+    base_envelope = sign_all(signers, payload)
+    return Pipeline(base, base_envelope, delta)
 
 
-def measure_apply(cp: ControlPlane, envelope: snapshot_pb2.SignedEnvelope) -> None:
-    """What a node does with the envelope: verify + compile, then the route table."""
+def measure_apply(cp: ControlPlane, pipeline: Pipeline) -> None:
+    """What a node does: a whole envelope (verify, layout, compile, route table), then the
+    next version as a delta (rebuild, verify, compile by difference)."""
     assert cp.signer is not None
     trusted = {cp.signer.key_id: cp.signer.public_key}
+    envelope = pipeline.base_envelope
     started = time.perf_counter()
-    config, _ = check_envelope(envelope, trusted, scope=None, now=None)
-    verify_compile_s = time.perf_counter() - started
+    verify(envelope, trusted)
+    verify_s = time.perf_counter() - started
     started = time.perf_counter()
-    build_route_table(config)
+    layout = scan(envelope.payload)
+    scan_s = time.perf_counter() - started
+    started = time.perf_counter()
+    whole = Compiled.full(layout, envelope.payload)
+    compile_s = time.perf_counter() - started
+    started = time.perf_counter()
+    build_route_table(whole.config)
     routes_s = time.perf_counter() - started
-    row("node apply: verify + compile", ms(verify_compile_s))
-    row("node apply: route table", ms(routes_s))
+    row(
+        "node, whole: verify / layout / compile / routes",
+        f"{ms(verify_s)} / {ms(scan_s)} / {ms(compile_s)} / {ms(routes_s)}",
+    )
+    started = time.perf_counter()
+    rebuilt = rebuild(whole.layout, pipeline.delta)
+    rebuild_s = time.perf_counter() - started
+    started = time.perf_counter()
+    verify(pipeline.delta.envelope, trusted, message=rebuilt.message)
+    verify_s = time.perf_counter() - started
+    started = time.perf_counter()
+    whole.advance(rebuilt.layout, rebuilt.changes, rebuilt.payload, rebuilt.digest)
+    advance_s = time.perf_counter() - started
+    row(
+        "node, delta: rebuild / verify / compile",
+        f"{ms(rebuild_s)} / {ms(verify_s)} / {ms(advance_s)}  (routes reused)",
+    )
 
 
 async def measure_changes(cp: ControlPlane, token: str, changes: int, clients: int) -> None:
@@ -400,8 +477,8 @@ async def main(args: argparse.Namespace) -> None:
             )
             profiler = start_profiler(args.profile) if args.profile else None
             try:
-                payload, envelope = await measure_pipeline(cp)
-                measure_apply(cp, envelope)
+                pipeline = await measure_pipeline(cp)
+                measure_apply(cp, pipeline)
                 if args.key_creations:
                     await measure_key_creation(cp, token, args.key_creations, f"at {size.keys} keys")
                 await measure_changes(cp, token, args.changes, args.clients)
@@ -412,7 +489,6 @@ async def main(args: argparse.Namespace) -> None:
                     profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                     profiler.wait()
                     row("py-spy profile", args.profile)
-            del payload
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

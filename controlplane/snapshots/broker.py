@@ -6,23 +6,23 @@ every group's newest envelope from the database and wakes the streams of the gro
 whose newest version moved, and only those. A second channel announces revoked nodes:
 their streams on this replica end at once (``REVOKED``).
 
-Push-side coalescing, and delta snapshots (decided: needed at fleet size, not built yet).
-A stream sends only the newest envelope when it is woken (``ConfigSyncServicer._due``), and
-gRPC flow control holds a stream's next write until the node has taken the previous one,
-so a node mid-transfer skips every version published meanwhile and gets only the newest
-next; with group commit on the write side (``controlplane.services.base``) the number of
-full pushes per node is bounded by how fast the node takes them, not by the change rate.
-That is enough for small snapshots: 200 simulated nodes ACK a small one at p50 171 ms,
-p99 307 ms (``bench/propagation.py``). It is not enough at 50,000 keys: a full envelope is
-7.9 MB, one change is 1.6 GB over 200 streams, and the measured p50 is 5.4 s, p99 20 s (on
-one 2-core machine where the 200 simulated nodes' signature checks alone, ~20 ms of SHA-512
-over 7.9 MB each, take 4 s of one core). So large fleets need deltas. They must verify
-exactly as full ones: the node rebuilds the full payload bytes from its last-known-good and
-the delta (repeated fields are concatenations of their elements' encodings, so a delta can
-be a list of element insertions/removals per field), checks the control plane's signatures
-over the FULL payload (the envelope carries the full payload's signatures and hash, never a
-signature over only the delta), and falls back to asking for the full snapshot on any
-mismatch. Until they exist, a fleet at this size should expect seconds of propagation.
+Push-side coalescing and deltas. A stream sends only the newest version when it is woken
+(``ConfigSyncServicer._due``), and gRPC flow control holds a stream's next write until the
+node has taken the previous one, so a node mid-transfer skips every version published
+meanwhile; with group commit on the write side (``controlplane.services.base``) the number
+of pushes per node is bounded by how fast the node takes them, not by the change rate.
+
+That was not enough at fleet size: at 50,000 keys a snapshot is 7.9 MB, so one change was
+1.6 GB over 200 streams (measured p50 5.4 s, p99 20 s). Decided: large fleets need deltas,
+and they are built. Each stored snapshot keeps the ``SnapshotDelta`` from its group's
+previous version (record splices, ``dataplane.snapshot.layout``); this broker holds the
+newest ``MAX_DELTA_CHAIN`` of them per group, and a node that runs (or was just sent) a
+version the chain starts from gets the deltas instead of the envelope. A delta verifies
+exactly as a full snapshot: the node rebuilds the full payload bytes on its last-known-good
+and checks the control plane's signatures over those FULL bytes (the delta carries the full
+payload's hash and signatures, never a signature over the delta itself); anything that does
+not fit is answered with Resync and the newest goes out whole. Nodes too far behind, new
+nodes and old nodes (no ``accepts_delta``) get the envelope whole.
 """
 
 from __future__ import annotations

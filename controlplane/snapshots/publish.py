@@ -1,12 +1,17 @@
 """Turn the current database state into new signed, stored, announced snapshots: one
 per node group whose content changed.
 
-Runs inside the admin call's transaction, after its change. The full snapshot is built
-once and cut per group (``scope.scope_snapshot``); a group whose cut is the same config
-as its newest stored version gets no new version (its nodes hear nothing). If any
-changed group's candidate does not compile with the data plane's own compiler, nothing
-is signed and the whole transaction rolls back, the error naming the group. Comparing,
-serialising, compiling, hashing and signing run in a worker thread, off the event loop.
+Runs inside the admin call's transaction, after its change. The config rows are read as
+encoded records (``rows.RowCache``: only rows new or changed since the last read are
+fetched and encoded) and each group's body is cut from them (``rows.cut``, the rules of
+``scope.scope_snapshot``). A group whose body equals its newest stored version's gets no
+new version (its nodes hear nothing). Otherwise the new payload is compiled by difference
+from the newest one this replica holds compiled (``layout.Compiled.advance``; the node's
+full compiler decides every case the difference cannot, and compiles whole when nothing
+is held), and the delta from the previous version is stored beside the envelope for the
+nodes that run it. If any changed group's candidate does not compile, nothing is signed
+and the whole transaction rolls back, the error naming the group. Cutting, comparing,
+compiling, hashing and signing run in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import groups as group_repo
 from controlplane.repositories import signing_keys as signing_repo
 from controlplane.repositories import snapshots as snapshot_repo
-from controlplane.snapshots.build import build_snapshot, timestamp
+from controlplane.snapshots import rows
+from controlplane.snapshots.build import TRUSTED_KEY_STATE, build_snapshot, timestamp
 from controlplane.snapshots.compiler import SnapshotInvalid, compile_now
-from controlplane.snapshots.scope import GroupView, describe, scope_snapshot
+from controlplane.snapshots.scope import GroupView, describe
 from dataplane.config.model import DeploymentMode, RuntimeConfig
 from dataplane.snapshot.layout import (
     TRUSTED_KEYS,
@@ -146,12 +152,6 @@ def _signed(signers: list[Signer], payload: bytes, chain: list[bytes]) -> snapsh
     return envelope
 
 
-def _body(full: snapshot_pb2.Snapshot, group: GroupView) -> dict[int, Sequence[bytes]]:
-    """The records of ``group``'s body (fields 10-14)."""
-    scoped = scope_snapshot(full, group)
-    return dict(scan(scoped.SerializeToString(deterministic=True)).records)
-
-
 def _previous(candidate: _Candidate) -> tuple[Layout | None, Compiled | None]:
     if candidate.base is not None:
         return candidate.base.layout, candidate.base
@@ -164,7 +164,7 @@ def _previous(candidate: _Candidate) -> tuple[Layout | None, Compiled | None]:
 
 
 def _seal_all(
-    full: snapshot_pb2.Snapshot,
+    full: rows.FullRows,
     trusted: list[bytes],
     candidates: list[_Candidate],
     forced: frozenset[str] | None,
@@ -178,7 +178,7 @@ def _seal_all(
     cuts = []
     for candidate in candidates:
         group = candidate.group.name
-        records = _body(full, candidate.group)
+        records: dict[int, Sequence[bytes]] = dict(rows.cut(full, candidate.group).records)
         records[TRUSTED_KEYS] = trusted
         layout = make_layout(candidate.header, records)
         previous, base = _previous(candidate)
@@ -264,6 +264,8 @@ class SnapshotPublisher:
     """How many of each group's newest versions are kept; older ones go unless a node still
     runs them or they were exported as a pin. At least 1: the newest is never pruned."""
 
+    _rows: rows.RowCache = field(default_factory=rows.RowCache, repr=False, compare=False)
+    """The config rows as encoded records, re-encoded only when a row changes (per replica)."""
     _compiled: dict[str, dict[tuple[int, bytes], Compiled]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -291,10 +293,9 @@ class SnapshotPublisher:
         groups = [group_view(g) for g in await group_repo.list_all(session)]
         heads = await snapshot_repo.heads(session)
         now = datetime.now(UTC)
-        full = await full_snapshot(session, now=now, ttl=self.ttl, trusted=await trusted_keys(session))
-        # The header is per group and per version; the body is cut once per group.
-        full.ClearField("created_at")
-        full.ClearField("expires_at")
+        # Only rows new or changed since the last read are fetched and encoded; each
+        # group's body is cut from these records, and the header is per group and version.
+        full = await self._rows.read(session)
         candidates = []
         for group in groups:
             head = heads.get(group.name)
@@ -315,7 +316,13 @@ class SnapshotPublisher:
                 payload = row.payload if row is not None else None
                 candidates.append(_Candidate(group, header, None, payload))
         trusted = [
-            record(TRUSTED_KEYS, key.SerializeToString(deterministic=True)) for key in full.trusted_keys
+            record(
+                TRUSTED_KEYS,
+                snapshot_pb2.TrustedKey(
+                    key_id=kid, ed25519_public_key=pub, state=TRUSTED_KEY_STATE[state]
+                ).SerializeToString(deterministic=True),
+            )
+            for kid, pub, state in await trusted_keys(session)
         ]
         # Every key that still signs: during a rotation, the retiring key beside the new one.
         signers = await self.keyring.signers(session)

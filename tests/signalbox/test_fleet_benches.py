@@ -41,9 +41,11 @@ def test_snapshot_scale_bench_prints_every_step() -> None:
         "--key-creations", "2", "--import-tenants", "5", "--import-keys", "10",
     )  # fmt: skip
     for step in (
-        r"build \(database -> Snapshot message\)\s+[\d.]+ ms",
-        r"compile check \(the node's compiler\)\s+[\d.]+ ms",
-        r"node apply: verify \+ compile\s+[\d.]+ ms",
+        r"rows read, warm \(after a one-tenant change\)\s+[\d.]+ ms",
+        r"compile by difference\s+[\d.]+ ms",
+        r"delta to the previous version\s+\d+ bytes, 1 splices",
+        r"node, whole: verify / layout / compile / routes\s+[\d.]+ ms",
+        r"node, delta: rebuild / verify / compile\s+[\d.]+ ms",
         r"admin change, one at a time \(n=2\)\s+p50 [\d.]+ ms\s+p99 [\d.]+ ms",
         r"admin changes, 2 clients x 2\s+[\d.]+ changes/s",
         r"import 5 tenants \+ 10 keys .* 10 secrets",
