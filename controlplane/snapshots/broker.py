@@ -57,6 +57,8 @@ class Latest:
     sha256: bytes
     envelope: snapshot_pb2.SignedEnvelope
     group: str = DEFAULT_GROUP
+    size: int = 0
+    """The envelope's serialized size (a chain of deltas larger than half of it is not sent)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -98,7 +100,7 @@ class SnapshotBroker:
         self._pending: asyncio.Task[None] | None = None
         self._dirty = False
         self._offered: dict[str, tuple[int, bytes, bytes, bytes | None]] = {}
-        self._deltas: dict[str, dict[int, sync_pb2.SnapshotDelta]] = {}
+        self._deltas: dict[str, dict[int, tuple[sync_pb2.SnapshotDelta, int]]] = {}
         """Per group, by version: the delta from the version before (the newest few)."""
         self._listening = asyncio.Event()
         self._closed = False
@@ -114,16 +116,21 @@ class SnapshotBroker:
         """The deltas that lead from ``base`` (version, payload hash) to version ``target``
         of ``group``, oldest first; None when one of them is not held here."""
         held = self._deltas.get(group, {})
+        latest = self._latest.get(group)
         chain: list[sync_pb2.SnapshotDelta] = []
+        size = 0
         version = target
         while version > base[0]:
-            delta = held.get(version)
+            delta, delta_size = held.get(version, (None, 0))
             if delta is None or delta.base_version != version - 1 or len(chain) >= MAX_DELTA_CHAIN:
                 return None
             chain.append(delta)
+            size += delta_size
             version -= 1
         if not chain or version != base[0] or chain[-1].base_sha256 != base[1]:
             return None
+        if latest is not None and latest.version == target and size > latest.size // 2:
+            return None  # most of the config changed: the envelope whole is as cheap
         chain.reverse()
         return chain
 
@@ -137,7 +144,7 @@ class SnapshotBroker:
             log.error("stored delta of %s v%d does not decode; nodes get that version whole", group, version)
             return
         held = self._deltas.setdefault(group, {})
-        held[version] = delta
+        held[version] = (delta, len(raw))
         for old in sorted(held)[:-MAX_DELTA_CHAIN]:
             del held[old]
 
@@ -244,7 +251,7 @@ class SnapshotBroker:
                     await self._load_deltas(session, group, held, head.version)
                 envelope = snapshot_pb2.SignedEnvelope()
                 envelope.ParseFromString(raw)
-                self._latest[group] = latest = Latest(head.version, head.sha256, envelope, group)
+                self._latest[group] = latest = Latest(head.version, head.sha256, envelope, group, len(raw))
                 moved.add(group)
                 for callback in self.on_update:
                     callback(latest)

@@ -6,6 +6,7 @@ refused like any bad envelope."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -146,3 +147,22 @@ async def test_a_rebuilt_payload_that_was_not_signed_is_refused_like_a_whole_one
         assert node.store.payload_sha256 == digest
     assert "no signature by a trusted key" in reasons["stranger"]
     assert "verification failed" in reasons["other bytes"]
+
+
+async def test_a_change_to_most_of_the_config_goes_whole_not_as_a_delta(
+    admin: Admin, simulator: Simulator, connected_node: NodeFactory
+) -> None:
+    await _seed(admin, simulator)
+    node = await connected_node(NODE)
+    await _converged(admin, NODE)
+    taken = node.store.deltas_applied
+    lines = [
+        json.dumps({"kind": "tenant", "name": f"bulk-{i:03d}", "labels": {"n": "x" * 50}}) for i in range(60)
+    ]
+    await admin.ImportConfig(admin_pb2.ImportConfigRequest(jsonl="\n".join(lines).encode()))
+    version = await _converged(admin, NODE)
+    assert node.store.version == version
+    assert node.store.deltas_applied == taken  # the delta was larger than half the envelope
+    await admin.UpdateTenant(admin_pb2.UpdateTenantRequest(tenant="bulk-007", labels={"n": "y"}))
+    await _converged(admin, NODE)
+    assert node.store.deltas_applied == taken + 1  # and the next small change is a delta again
