@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from signalbox.shell.client_cli import build_request
 from signalbox.shell.up import LocalStack
 
 MAX_MESSAGE = 256 * 1024 * 1024
+RENICE = 10
 
 
 async def applied_version(
@@ -72,8 +74,32 @@ def line(label: str, result: Result, extra: str = "") -> None:
     )
 
 
+def renice_control_plane(stack: LocalStack, data_dir: Path) -> int:
+    """Lower the control plane's and its PostgreSQL's priority (nice 10); returns how many
+    threads. In production they run on other machines; here they share CPU 1 with the load
+    generator, and their work for each change would otherwise show up in the client's
+    timings as if the node had been slow."""
+    import psutil
+
+    processes = [psutil.Process(stack.pid_of("controlplane"))]
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if any(str(data_dir) in part for part in cmdline) and "postgres" in " ".join(cmdline):
+            processes += [process, *process.children(recursive=True)]
+    count = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error, OSError):
+            for thread in process.threads():
+                os.setpriority(os.PRIO_PROCESS, thread.id, RENICE)
+                count += 1
+    return count
+
+
 async def bench(args: argparse.Namespace) -> int:
     async with pinned_stack(args) as stack:
+        if not args.no_renice:
+            threads = renice_control_plane(stack, stack.config.data_dir)
+            print(f"bench: control plane and its PostgreSQL at nice {RENICE} ({threads} threads)", flush=True)
         options = [("grpc.max_receive_message_length", MAX_MESSAGE)]
         target = stack.config.controlplane_listen
         metadata = (("authorization", f"Bearer {stack.admin_token}"),)
@@ -132,6 +158,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--change-every", type=float, default=1.0, help="seconds between admin changes")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument(
+        "--no-renice",
+        action="store_true",
+        help="leave the control plane at normal priority beside the client",
+    )
     return parser.parse_args(argv)
 
 

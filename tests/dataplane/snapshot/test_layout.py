@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from dataplane.errors import SnapshotInvalid
 from dataplane.snapshot.compile import compile_payload
+from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, pae
 from dataplane.snapshot.layout import (
     API_KEYS,
     TENANTS,
@@ -23,7 +24,9 @@ from dataplane.snapshot.layout import (
     LayoutError,
     Splice,
     apply_splices,
+    delta_message,
     diff,
+    rebuild,
     record,
     scan,
 )
@@ -189,6 +192,7 @@ def test_delta_and_compile_by_difference_equal_the_whole_payload(steps: list[lis
     layout = scan(payload)
     assert layout.payload() == payload
     current = Compiled.full(layout)
+    node = layout  # what a node holds: read from bytes, then rebuilt from deltas
     for batch in steps:
         for kind, n in batch:
             edit(w, kind, n)
@@ -200,11 +204,20 @@ def test_delta_and_compile_by_difference_equal_the_whole_payload(steps: list[lis
         rebuilt, node_changes = apply_splices(current.layout, new_layout.header, splices)
         assert rebuilt.payload() == new_payload
         assert node_changes == changes
+        # The wire form, rebuilt from the unchanged stretches of the node's own bytes.
+        envelope = snapshot_pb2.SignedEnvelope(payload_type=SNAPSHOT_PAYLOAD_TYPE)
+        digest = hashlib.sha256(new_payload).digest()
+        on_node = rebuild(node, delta_message((0, b""), new_layout, splices, digest, envelope))
+        assert bytes(on_node.payload) == new_payload
+        assert on_node.message == pae(SNAPSHOT_PAYLOAD_TYPE, new_payload)
+        assert on_node.changes == changes
+        assert on_node.version == w.version
         expected = outcome(new_payload)
         assert advanced(current, rebuilt, node_changes, new_payload) == expected
         if isinstance(expected, tuple):
             continue  # the control plane would refuse it; the next edit builds on the last good
         current = current.advance(rebuilt, node_changes, new_payload, hashlib.sha256(new_payload).digest())
+        node = on_node.layout
 
 
 def test_scan_refuses_what_is_not_a_deterministic_snapshot() -> None:
