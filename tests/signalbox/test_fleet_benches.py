@@ -51,3 +51,23 @@ def test_snapshot_scale_bench_prints_every_step() -> None:
         r"import 5 tenants \+ 10 keys .* 10 secrets",
     ):
         assert re.search(step, out), f"{step}\n{out}"
+
+
+def test_propagation_bench_reports_one_nodes_check_of_a_delta() -> None:
+    out = _run("propagation.py", "--nodes", "2", "--changes", "1", "--check-each", *TINY)
+    assert re.search(r"^every node took the 50-key config\s+[\d.]+ s$", out, re.M), out
+    assert re.search(r"^one node's check of a delta\s+\d+ B delta: rebuild [\d.]+ ms", out, re.M), out
+
+
+def test_apply_under_load_bench_compares_quiet_and_busy_runs_in_pairs() -> None:
+    out = _run(
+        "apply_under_load.py", "--tenants", "20", "--keys", "50", "--duration", "1", "--rounds", "2",
+        "--warmup", "20", "--change-every", "0.3", "--no-pin",
+    )  # fmt: skip
+    assert re.search(r"control plane and its PostgreSQL at nice 19 \(\d+ threads\)", out), out
+    for round_ in (1, 2):
+        assert re.search(rf"^round {round_}: no apply\s+\d+ req\s+0 err", out, re.M), out
+        assert re.search(
+            rf"^round {round_}: while snapshots apply\s+\d+ req\s+0 err.*[1-9]\d* changes", out, re.M
+        ), out
+    assert re.search(r"^added p99 per round: -?[\d.]+, -?[\d.]+ ms; median -?[\d.]+ ms$", out, re.M), out
