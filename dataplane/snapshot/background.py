@@ -1,18 +1,21 @@
 """A worker thread for snapshot work that gives way to serving.
 
-Applying a snapshot costs a node CPU proportional to its size even as a delta: rebuilding
-the payload, SHA-256 and the Ed25519 check over megabytes (the signature covers the full
-payload, by design). Requests must not wait for it. Two things make it give way:
+Applying a snapshot costs a node CPU proportional to its size even as a delta: SHA-256
+and the Ed25519 check over megabytes (the signature covers the full payload, by design),
+writing the last-known-good. Requests must not wait for it. Three things make it give way:
 
-- The thread runs at the lowest scheduling priority (nice 19, Linux: per thread). Hashing
-  and signature checks release the GIL, so while they run the event loop thread competes
-  only for the CPU, and the kernel gives it nearly all of it (weight 1024 against 15).
+- The work starts under ``SCHED_IDLE`` (Linux): the thread runs only on CPU time nothing
+  else wants, and a serving thread that wakes up preempts it at once. Hashing and the
+  signature check release the GIL, so the event loop then competes for nothing at all.
+- Idle time can run out on a saturated node, and a node that never applies (a revoked key
+  keeps working) is worse than a slower request: after ``ESCALATE_AFTER_S`` the thread
+  moves to normal scheduling at the lowest priority (nice 19: a small, sure share).
 - While snapshot work runs, the interpreter's switch interval is 0.5 ms instead of 5 ms:
   when the worker holds the GIL (copying, compiling the changed entries) the event loop
-  waits at most that long for it, not ten times as long.
+  waits at most that long for it.
 
-On systems where a thread's priority cannot be lowered the work still runs, at normal
-priority.
+Where a thread's scheduling cannot be changed (not Linux, or not permitted) the work still
+runs, at normal priority.
 """
 
 from __future__ import annotations
@@ -32,40 +35,62 @@ log = logging.getLogger(__name__)
 LOWEST_PRIORITY = 19
 FAST_SWITCH_S = 0.0005
 """The GIL switch interval while snapshot work runs."""
+ESCALATE_AFTER_S = 1.0
+"""How long work may wait for idle CPU before it takes a small share of busy CPU."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _lower_priority() -> None:
+def _schedule(tid: int, *, idle: bool) -> None:
+    """``tid`` under SCHED_IDLE, or under normal scheduling at nice 19."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
-    except (AttributeError, OSError) as exc:  # not Linux, or not permitted: normal priority
-        log.debug("snapshot worker keeps its priority: %s", exc)
+        if idle:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, tid, LOWEST_PRIORITY)
+    except (AttributeError, OSError) as exc:  # not Linux, or not permitted: as it was
+        log.debug("snapshot worker keeps its scheduling: %s", exc)
 
 
 class BackgroundWorker:
     """One low-priority thread; ``run`` awaits a call made on it. Use from one event loop."""
 
     def __init__(self, name: str = "snapshot-apply") -> None:
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=name, initializer=_lower_priority
-        )
+        self._tid = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=self._started)
         self._running = 0
         self._saved_interval = sys.getswitchinterval()
 
+    def _started(self) -> None:
+        self._tid = threading.get_native_id()
+        _schedule(self._tid, idle=False)
+
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
         if self._running == 0:
             self._saved_interval = sys.getswitchinterval()
             sys.setswitchinterval(min(self._saved_interval, FAST_SWITCH_S))
         self._running += 1
+        escalate = loop.call_later(ESCALATE_AFTER_S, self._escalate)
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(
+                self._executor, functools.partial(self._idle_then, fn, *args, **kwargs)
+            )
         finally:
+            escalate.cancel()
             self._running -= 1
             if self._running == 0:
                 sys.setswitchinterval(self._saved_interval)
+
+    def _idle_then(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        _schedule(self._tid, idle=True)
+        return fn(*args, **kwargs)
+
+    def _escalate(self) -> None:
+        if self._tid:
+            _schedule(self._tid, idle=False)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
