@@ -47,6 +47,7 @@ from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, DEFAULT_ENV_PR
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.routing.query import NodeContext
+from dataplane.snapshot.background import ESCALATE_AFTER_S
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S, PinWatcher, warn_if_expired
 from dataplane.snapshot.store import (
     ServingState,
@@ -117,6 +118,8 @@ class NodeSettings:
     """Seconds between heartbeats on the sync stream (the control plane's last_seen)."""
     sync_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     """Largest snapshot message taken from the control plane; a larger one is NACKed."""
+    snapshot_idle_wait: float = ESCALATE_AFTER_S
+    """Seconds snapshot work waits for idle CPU before it takes a small share of busy CPU."""
     sync_backoff_cap: float = 3.0
     """Longest wait between reconnects: a node is back within about this long of the control plane."""
     reset_high_water_mark: bool = False
@@ -247,6 +250,7 @@ class DataPlaneNode:
             on_change=self._on_snapshot,
             # Routes are prepared for where this node really runs, as the pipeline plans them.
             node=self._node_context,
+            idle_wait=s.snapshot_idle_wait,
         )
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._health.set(INFER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)

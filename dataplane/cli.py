@@ -22,6 +22,7 @@ from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotFileInvalid
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
+from dataplane.snapshot.background import ESCALATE_AFTER_S
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
 from dataplane.snapshot.store import SNAPSHOT_DIR, check_envelope, load_trust_keys
 from dataplane.snapshot.trust import TrustSet, TrustState, walk_chain
@@ -119,6 +120,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=64 * 1024 * 1024,
         type=int,
         help="largest snapshot message taken from the control plane; a larger one is NACKed",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--snapshot-idle-wait-seconds",
+        env="SIGNALBOX_SNAPSHOT_IDLE_WAIT_SECONDS",
+        default=ESCALATE_AFTER_S,
+        type=float,
+        help="seconds a snapshot being applied waits for idle CPU before it takes a small share of busy CPU",
         command=SERVE,
     )
     add(
@@ -347,6 +357,12 @@ def serve_command(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if not math.isfinite(ns.snapshot_idle_wait_seconds) or ns.snapshot_idle_wait_seconds < 0:
+        print(
+            f"--snapshot-idle-wait-seconds: {ns.snapshot_idle_wait_seconds} is not a number of seconds >= 0",
+            file=sys.stderr,
+        )
+        return 2
     if ns.sync_max_message_bytes < 1:
         print(
             f"--sync-max-message-bytes: {ns.sync_max_message_bytes} is not a positive size", file=sys.stderr
@@ -375,6 +391,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         enroll_token=token,
         enroll_address=ns.enroll_address or None,
         sync_max_message_bytes=ns.sync_max_message_bytes,
+        snapshot_idle_wait=ns.snapshot_idle_wait_seconds,
         sync_heartbeat_interval=ns.sync_heartbeat_seconds,
         trust_keys=_trust_keys(ns),
         node_id=ns.node_id,

@@ -8,7 +8,7 @@ writing the last-known-good. Requests must not wait for it. Three things make it
   else wants, and a serving thread that wakes up preempts it at once. Hashing and the
   signature check release the GIL, so the event loop then competes for nothing at all.
 - Idle time can run out on a saturated node, and a node that never applies (a revoked key
-  keeps working) is worse than a slower request: after ``ESCALATE_AFTER_S`` the thread
+  keeps working) is worse than a slower request: after ``idle_wait`` seconds the thread
   moves to normal scheduling at the lowest priority (nice 19: a small, sure share).
 - While snapshot work runs, the interpreter's switch interval is 0.5 ms instead of 5 ms:
   when the worker holds the GIL (copying, compiling the changed entries) the event loop
@@ -35,8 +35,12 @@ log = logging.getLogger(__name__)
 LOWEST_PRIORITY = 19
 FAST_SWITCH_S = 0.0005
 """The GIL switch interval while snapshot work runs."""
-ESCALATE_AFTER_S = 1.0
-"""How long work may wait for idle CPU before it takes a small share of busy CPU."""
+ESCALATE_AFTER_S = 3.0
+"""Default: how long work may wait for idle CPU before it takes a small share of busy CPU
+(``--snapshot-idle-wait-seconds``). On a saturated core, 1 s added ~1.3 ms to the p99 of the
+requests served meanwhile and 5 s ~0.8 ms (bench/apply_under_load.py), for a node that
+converges that much later while saturated; below saturation there is idle time and the
+wait does not matter."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,7 +61,8 @@ def _schedule(tid: int, *, idle: bool) -> None:
 class BackgroundWorker:
     """One low-priority thread; ``run`` awaits a call made on it. Use from one event loop."""
 
-    def __init__(self, name: str = "snapshot-apply") -> None:
+    def __init__(self, name: str = "snapshot-apply", *, idle_wait: float | None = None) -> None:
+        self._idle_wait = idle_wait
         self._tid = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=self._started)
         self._running = 0
@@ -73,7 +78,8 @@ class BackgroundWorker:
             self._saved_interval = sys.getswitchinterval()
             sys.setswitchinterval(min(self._saved_interval, FAST_SWITCH_S))
         self._running += 1
-        escalate = loop.call_later(ESCALATE_AFTER_S, self._escalate)
+        wait = ESCALATE_AFTER_S if self._idle_wait is None else self._idle_wait
+        escalate = loop.call_later(wait, self._escalate)
         try:
             return await loop.run_in_executor(
                 self._executor, functools.partial(self._idle_then, fn, *args, **kwargs)

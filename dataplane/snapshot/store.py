@@ -204,6 +204,7 @@ class SnapshotStore:
         clock: Callable[[], float] = time.time,
         on_change: Callable[[ServingState], Awaitable[None]] | None = None,
         node: NodeContext | None = None,
+        idle_wait: float | None = None,
     ) -> None:
         self._scope = scope
         # What routes are prepared for; it must equal the pipeline's NodeContext for the
@@ -219,7 +220,7 @@ class SnapshotStore:
         self._on_change = on_change
         self._lock = asyncio.Lock()
         # Verifying, compiling, persisting: on a low-priority thread that gives way to serving.
-        self._worker = BackgroundWorker()
+        self._worker = BackgroundWorker(idle_wait=idle_wait)
         self._closers: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
         self.current: ServingState | None = None

@@ -140,3 +140,11 @@ async def test_serve_reads_credentials_only_where_the_operator_flags_say(
 def test_serve_refuses_a_credential_prefix_that_is_not_a_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dataplane", "serve", "--credential-env-prefix", "acme-"]) == 2
     assert "--credential-env-prefix: must be an environment variable name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_serve_refuses_an_idle_wait_that_is_not_a_number_of_seconds(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["dataplane", "serve", "--snapshot-idle-wait-seconds", value]) == 2
+    assert "--snapshot-idle-wait-seconds: " in capsys.readouterr().err
