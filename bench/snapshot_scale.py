@@ -398,6 +398,21 @@ async def measure_changes(cp: ControlPlane, token: str, changes: int, clients: i
         row("  worst event-loop lag meanwhile", ms(lag.worst))
 
 
+async def measure_first_change(cp: ControlPlane, token: str) -> None:
+    """The first change a process publishes reads every row and compiles whole (its caches
+    are empty); every later one reads and compiles what changed."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(cp.address) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        started = time.perf_counter()
+        await admin.UpdateTenant(
+            admin_pb2.UpdateTenantRequest(tenant="bench-t000000", labels={"bench": "first"}),
+            metadata=metadata,
+            timeout=120,
+        )
+    row("first admin change of the process (cold caches)", ms(time.perf_counter() - started))
+
+
 async def measure_key_creation(cp: ControlPlane, token: str, count: int, label: str) -> None:
     """Keys created one by one (each its own change and snapshot): the cost per key."""
     metadata = (("authorization", f"Bearer {token}"),)
@@ -479,6 +494,7 @@ async def main(args: argparse.Namespace) -> None:
             try:
                 pipeline = await measure_pipeline(cp)
                 measure_apply(cp, pipeline)
+                await measure_first_change(cp, token)
                 if args.key_creations:
                     await measure_key_creation(cp, token, args.key_creations, f"at {size.keys} keys")
                 await measure_changes(cp, token, args.changes, args.clients)

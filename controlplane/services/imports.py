@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+import psycopg
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import ApiKey, Tenant
 from controlplane.errors import InvalidArgument, clip, shown
@@ -150,14 +152,14 @@ class ImportService:
                 ids.update(found)
             if check.total:
                 raise ImportRejected(check.problems, check.total)
+            # COPY, with the rows formatted in a worker thread: the event loop only passes
+            # bytes on (an INSERT of 50,000 rows built its statements on the loop: 0.6 s).
             if tenants:
-                await session.execute(
-                    insert(Tenant),
-                    [{"id": ids[name], "active": True, **row} for name, (_, row) in tenants.items()],
-                )
-            rows, imported = await asyncio.to_thread(_key_rows, keys, ids, now)
-            if rows:
-                await session.execute(insert(ApiKey), rows)
+                data = await asyncio.to_thread(_tenant_copy, tenants, ids, now)
+                await _copy(session, "tenants", _TENANT_COLUMNS, data)
+            data, imported = await asyncio.to_thread(_key_rows, keys, ids, now)
+            if imported:
+                await _copy(session, "api_keys", _KEY_COLUMNS, data)
         return len(tenants), imported, change.version
 
 
@@ -223,10 +225,57 @@ def _parse(data: bytes, now: datetime) -> tuple[dict[str, tuple[int, dict[str, A
     return tenants, keys
 
 
+_TENANT_COLUMNS = ("id", "name", "tier", "labels", "active", "created_at")
+_KEY_COLUMNS = ("id", "tenant_id", "name", "prefix", "secret_sha256", "scopes", "expires_at", "created_at")
+
+
+async def _copy(session: AsyncSession, table: str, columns: Sequence[str], data: bytes) -> None:
+    """``COPY table (columns) FROM STDIN`` of ``data`` (text format) in the session's transaction."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert isinstance(driver, psycopg.AsyncConnection)
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    async with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        await copy.write(data)
+
+
+def _copy_field(value: object) -> str:
+    """One value in COPY's text format (NULL, bytea as hex, JSON for lists and dicts)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bytes):
+        return "\\\\x" + value.hex()
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, datetime):
+        value = value.isoformat()
+    text = str(value)
+    return text.translate(_COPY_ESCAPES)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_line(values: Sequence[object]) -> str:
+    return "\t".join(_copy_field(v) for v in values) + "\n"
+
+
+def _tenant_copy(
+    tenants: dict[str, tuple[int, dict[str, Any]]], ids: dict[str, uuid.UUID], now: datetime
+) -> bytes:
+    """The new tenants as COPY text. In a worker thread."""
+    return "".join(
+        _copy_line((ids[name], name, row["tier"], row["labels"], True, now))
+        for name, (_, row) in tenants.items()
+    ).encode()
+
+
 def _key_rows(
     keys: list[_KeyLine], ids: dict[str, uuid.UUID], now: datetime
-) -> tuple[list[dict[str, Any]], list[ImportedKey]]:
-    """New secrets and the rows to insert (only the secrets' SHA-256 is stored). In a worker thread."""
+) -> tuple[bytes, list[ImportedKey]]:
+    """New secrets and the rows to insert as COPY text (only the secrets' SHA-256 is stored).
+    In a worker thread."""
     imported = []
     rows = []
     for key in keys:
@@ -241,9 +290,9 @@ def _key_rows(
             "expires_at": key.expires_at,
             "created_at": now,
         }
-        rows.append(values)
+        rows.append(_copy_line([values[c] for c in _KEY_COLUMNS]))
         imported.append(ImportedKey(key.number, ApiKey(**values), secret))
-    return rows, imported
+    return "".join(rows).encode(), imported
 
 
 def _uuid(value: str) -> uuid.UUID | None:

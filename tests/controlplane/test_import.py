@@ -172,3 +172,23 @@ async def test_import_is_admin_only_and_audited(control_plane: RunningControlPla
         ("admin:auditor", "ImportConfig", "PERMISSION_DENIED"),
         ("admin:tests", "ImportConfig", "OK"),
     ]
+
+
+async def test_imported_values_arrive_byte_for_byte_whatever_their_characters(admin: Admin) -> None:
+    """Rows go in with COPY's text format: tabs, newlines, backslashes, quotes and non-ASCII
+    in free-form values must come out exactly as given (not as columns, rows or escapes)."""
+    odd = 'tab\there\nnew line\r\\N \\x00 "quoted" \\\\ caf\u00e9 \u2603'
+    data = _jsonl(
+        {"kind": "tenant", "name": "odd", "tier": "t\\1", "labels": {"note": odd, "k\ty": "\\"}},
+        {"kind": "api_key", "tenant": "odd", "name": "k-odd", "expires_at": "2099-01-01T00:00:00Z"},
+    )
+    reply = await admin.ImportConfig(admin_pb2.ImportConfigRequest(jsonl=data))
+    snapshot = await _snapshot(admin)
+    (tenant,) = [t for t in snapshot.tenants if t.name == "odd"]
+    assert dict(tenant.labels) == {"note": odd, "k\ty": "\\"}
+    assert tenant.tier == "t\\1"
+    assert tenant.active
+    (key,) = [k for k in snapshot.api_keys if k.tenant_id == tenant.id]
+    assert key.name == "k-odd"
+    assert key.secret_sha256 == hashlib.sha256(reply.keys[0].secret.encode()).digest()
+    assert key.expires_at.ToSeconds() == 4070908800
