@@ -134,12 +134,12 @@ class SnapshotBroker:
         chain.reverse()
         return chain
 
-    def _hold_delta(self, group: str, version: int, raw: bytes | None) -> None:
+    async def _hold_delta(self, group: str, version: int, raw: bytes | None) -> None:
         if raw is None:
             return
-        delta = sync_pb2.SnapshotDelta()
         try:
-            delta.ParseFromString(raw)
+            # Off the loop: a bulk change's delta is megabytes.
+            delta = await asyncio.to_thread(sync_pb2.SnapshotDelta.FromString, raw)
         except DecodeError:
             log.error("stored delta of %s v%d does not decode; nodes get that version whole", group, version)
             return
@@ -240,7 +240,7 @@ class SnapshotBroker:
                 if offered is not None and offered[:2] == head.key:
                     raw = offered[2]
                     if held is not None and held.version == head.version - 1:
-                        self._hold_delta(group, head.version, offered[3])
+                        await self._hold_delta(group, head.version, offered[3])
                     else:
                         await self._load_deltas(session, group, held, head.version)
                 else:
@@ -249,8 +249,10 @@ class SnapshotBroker:
                         continue  # pruned between the two reads: a newer one is on its way
                     raw = bytes(row.envelope)
                     await self._load_deltas(session, group, held, head.version)
-                envelope = snapshot_pb2.SignedEnvelope()
-                envelope.ParseFromString(raw)
+                envelope = await asyncio.to_thread(snapshot_pb2.SignedEnvelope.FromString, raw)
+                newer = self._latest.get(group)
+                if newer is not None and newer.version >= head.version:
+                    continue  # a refresh running beside this one got here first
                 self._latest[group] = latest = Latest(head.version, head.sha256, envelope, group, len(raw))
                 moved.add(group)
                 for callback in self.on_update:
@@ -263,7 +265,7 @@ class SnapshotBroker:
         """The deltas of the versions after ``held`` up to ``newest`` (the newest few)."""
         since = max(held.version if held is not None else 0, newest - MAX_DELTA_CHAIN)
         for version, raw in await snapshot_repo.deltas(session, group, since, newest):
-            self._hold_delta(group, version, raw)
+            await self._hold_delta(group, version, raw)
 
     async def _listen(self) -> None:
         while True:

@@ -1,0 +1,194 @@
+"""Merkle trees over an evidence chain, as RFC 9162 (Certificate Transparency 2.0, the same
+hashing as RFC 6962) defines them: inclusion proofs and consistency proofs.
+
+A chain's records are the leaves, in ``seq`` order; a record's leaf is its 32-byte record
+hash (``log.record_hash``, hex-decoded). So a tree of size ``n`` commits to the first
+``n`` records exactly, a signed checkpoint (``checkpoint``) of ``(size, root)`` commits to
+every byte of them, and
+
+- an *inclusion proof* shows one record is in a checkpoint (log2(n) hashes), and
+- a *consistency proof* shows a later checkpoint extends an earlier one (append-only:
+  nothing before it was changed, removed or reordered).
+
+``Tree`` is incremental: appending keeps only the roots of the perfect subtrees that make up
+the current size (at most log2(n) of them), so the root is O(log n) per record. Proofs need
+the leaves themselves (``inclusion_proof``/``consistency_proof`` take the leaf hashes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+LEAF_PREFIX = b"\x00"
+NODE_PREFIX = b"\x01"
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+"""The root of the empty tree (RFC 9162 2.1.1)."""
+
+
+class ProofError(ValueError):
+    """A proof that does not verify, or a request for one that cannot exist."""
+
+
+def leaf_hash(leaf: bytes) -> bytes:
+    return hashlib.sha256(LEAF_PREFIX + leaf).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(NODE_PREFIX + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than ``n`` (n >= 2)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def root(leaves: Sequence[bytes]) -> bytes:
+    """MTH of ``leaves`` (leaf data, not yet hashed), computed whole."""
+    return _mth([leaf_hash(x) for x in leaves])
+
+
+def _mth(hashes: Sequence[bytes]) -> bytes:
+    n = len(hashes)
+    if n == 0:
+        return EMPTY_ROOT
+    if n == 1:
+        return hashes[0]
+    k = _split(n)
+    return node_hash(_mth(hashes[:k]), _mth(hashes[k:]))
+
+
+class Tree:
+    """An append-only Merkle tree kept as the roots of its perfect subtrees."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._stack: list[tuple[int, bytes]] = []  # (height, subtree root), tallest first
+
+    def append(self, leaf: bytes) -> None:
+        """Add the leaf data ``leaf`` (a record hash) as leaf number ``size``."""
+        height, digest = 0, leaf_hash(leaf)
+        while self._stack and self._stack[-1][0] == height:
+            _, left = self._stack.pop()
+            digest = node_hash(left, digest)
+            height += 1
+        self._stack.append((height, digest))
+        self.size += 1
+
+    def root(self) -> bytes:
+        """The root of the first ``size`` leaves (the subtrees folded right to left)."""
+        if not self._stack:
+            return EMPTY_ROOT
+        digest = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            digest = node_hash(left, digest)
+        return digest
+
+
+def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, size: int) -> list[bytes]:
+    """The audit path of leaf ``index`` in the tree of the first ``size`` leaves
+    (``leaf_hashes``: hashed leaves, at least ``size`` of them)."""
+    if not 0 <= index < size <= len(leaf_hashes):
+        raise ProofError(f"no leaf {index} in a tree of size {size}")
+    return _path(index, leaf_hashes[:size])
+
+
+def _path(m: int, hashes: Sequence[bytes]) -> list[bytes]:
+    n = len(hashes)
+    if n == 1:
+        return []
+    k = _split(n)
+    if m < k:
+        return [*_path(m, hashes[:k]), _mth(hashes[k:])]
+    return [*_path(m - k, hashes[k:]), _mth(hashes[:k])]
+
+
+def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root_hash: bytes) -> None:
+    """Check that ``leaf`` (leaf data) is leaf ``index`` of the tree ``(size, root_hash)``
+    (RFC 9162 2.1.3.2); ``ProofError`` otherwise."""
+    if not 0 <= index < size:
+        raise ProofError(f"leaf {index} is outside a tree of size {size}")
+    fn, sn = index, size - 1
+    digest = leaf_hash(leaf)
+    for sibling in proof:
+        if sn == 0:
+            raise ProofError("inclusion proof is longer than the tree is deep")
+        if fn & 1 or fn == sn:
+            digest = node_hash(sibling, digest)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            digest = node_hash(digest, sibling)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("inclusion proof is shorter than the tree is deep")
+    if digest != root_hash:
+        raise ProofError(f"leaf {index} is not in the tree of size {size} with that root")
+
+
+def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int, new_size: int) -> list[bytes]:
+    """The proof that the tree of the first ``new_size`` leaves extends the one of the first
+    ``old_size`` (RFC 9162 2.1.4.1)."""
+    if not 0 < old_size <= new_size <= len(leaf_hashes):
+        raise ProofError(f"no consistency proof from size {old_size} to size {new_size}")
+    if old_size == new_size:
+        return []
+    return _subproof(old_size, leaf_hashes[:new_size], True)
+
+
+def _subproof(m: int, hashes: Sequence[bytes], complete: bool) -> list[bytes]:
+    n = len(hashes)
+    if m == n:
+        return [] if complete else [_mth(hashes)]
+    k = _split(n)
+    if m <= k:
+        return [*_subproof(m, hashes[:k], complete), _mth(hashes[k:])]
+    return [*_subproof(m - k, hashes[k:], False), _mth(hashes[:k])]
+
+
+def verify_consistency(
+    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
+) -> None:
+    """Check that ``(new_size, new_root)`` extends ``(old_size, old_root)`` (RFC 9162
+    2.1.4.2); ``ProofError`` otherwise."""
+    if not 0 < old_size <= new_size:
+        raise ProofError(f"no consistency from size {old_size} to size {new_size}")
+    if old_size == new_size:
+        if proof:
+            raise ProofError("a proof between equal sizes must be empty")
+        if old_root != new_root:
+            raise ProofError(f"two different roots for size {old_size}")
+        return
+    if not proof:
+        raise ProofError("consistency proof is empty")
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:  # a power of two: the old root is the first node
+        path.insert(0, old_root)
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ProofError("consistency proof is longer than needed")
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("consistency proof is shorter than needed")
+    if fr != old_root:
+        raise ProofError(f"the proof does not lead to the root of size {old_size}")
+    if sr != new_root:
+        raise ProofError(f"the proof does not lead to the root of size {new_size}")
