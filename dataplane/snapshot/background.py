@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 LOWEST_PRIORITY = 19
 FAST_SWITCH_S = 0.0005
 """The GIL switch interval while snapshot work runs."""
-ESCALATE_AFTER_S = 3.0
+ESCALATE_AFTER_S = 5.0
 """Default: how long work may wait for idle CPU before it takes a small share of busy CPU
 (``--snapshot-idle-wait-seconds``). On a saturated core, 1 s added ~1.3 ms to the p99 of the
 requests served meanwhile and 5 s ~0.8 ms (bench/apply_under_load.py), for a node that
