@@ -4,8 +4,10 @@ Applying a snapshot costs a node CPU proportional to its size even as a delta: S
 and the Ed25519 check over megabytes (the signature covers the full payload, by design),
 writing the last-known-good. Requests must not wait for it. Three things make it give way:
 
-- The work starts under ``SCHED_IDLE`` (Linux): the thread runs only on CPU time nothing
-  else wants, and a serving thread that wakes up preempts it at once. Hashing and the
+- While the node is serving requests, the work starts under ``SCHED_IDLE`` (Linux): the
+  thread runs only on CPU time nothing else wants, and a serving thread that wakes up
+  preempts it at once. (A node serving nothing has nothing to protect, and on a host busy
+  with other processes idle time may never come: it starts at nice 19.) Hashing and the
   signature check release the GIL, so the event loop then competes for nothing at all.
 - Idle time can run out on a saturated node, and a node that never applies (a revoked key
   keeps working) is worse than a slower request: after ``idle_wait`` seconds the thread
@@ -61,8 +63,15 @@ def _schedule(tid: int, *, idle: bool) -> None:
 class BackgroundWorker:
     """One low-priority thread; ``run`` awaits a call made on it. Use from one event loop."""
 
-    def __init__(self, name: str = "snapshot-apply", *, idle_wait: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "snapshot-apply",
+        *,
+        idle_wait: float | None = None,
+        busy: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._idle_wait = idle_wait
+        self._busy = busy
         self._tid = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=self._started)
         self._running = 0
@@ -81,17 +90,16 @@ class BackgroundWorker:
         wait = ESCALATE_AFTER_S if self._idle_wait is None else self._idle_wait
         escalate = loop.call_later(wait, self._escalate)
         try:
-            return await loop.run_in_executor(
-                self._executor, functools.partial(self._idle_then, fn, *args, **kwargs)
-            )
+            call = functools.partial(self._idle_then, self._busy(), fn, *args, **kwargs)
+            return await loop.run_in_executor(self._executor, call)
         finally:
             escalate.cancel()
             self._running -= 1
             if self._running == 0:
                 sys.setswitchinterval(self._saved_interval)
 
-    def _idle_then(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        _schedule(self._tid, idle=True)
+    def _idle_then(self, idle: bool, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        _schedule(self._tid, idle=idle)
         return fn(*args, **kwargs)
 
     def _escalate(self) -> None:

@@ -220,7 +220,7 @@ class SnapshotStore:
         self._on_change = on_change
         self._lock = asyncio.Lock()
         # Verifying, compiling, persisting: on a low-priority thread that gives way to serving.
-        self._worker = BackgroundWorker(idle_wait=idle_wait)
+        self._worker = BackgroundWorker(idle_wait=idle_wait, busy=self._serving)
         self._closers: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
         self.current: ServingState | None = None
@@ -246,6 +246,10 @@ class SnapshotStore:
                 "rollback protection restarts from the last-known-good snapshot",
                 self._dir / HWM_FILE,
             )
+
+    def _serving(self) -> bool:
+        """Whether requests are in flight on the served snapshot (snapshot work then yields)."""
+        return self.current is not None and self.current._inflight > 0
 
     # ---- reading ----
 

@@ -67,3 +67,16 @@ async def test_an_exception_in_the_work_restores_the_switch_interval() -> None:
     finally:
         worker.close()
     assert sys.getswitchinterval() == before
+
+
+async def test_work_on_a_node_serving_nothing_starts_at_nice_19_not_idle() -> None:
+    """Nothing to protect, and on a host busy with other processes idle time may never come."""
+    worker = BackgroundWorker(busy=lambda: False)
+
+    def seen() -> tuple[int, int]:
+        return os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    try:
+        assert await worker.run(seen) == (os.SCHED_OTHER, LOWEST_PRIORITY)
+    finally:
+        worker.close()
