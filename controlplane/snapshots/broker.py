@@ -134,8 +134,13 @@ class SnapshotBroker:
         chain.reverse()
         return chain
 
-    async def _hold_delta(self, group: str, version: int, raw: bytes | None) -> None:
-        if raw is None:
+    async def _hold_delta(self, group: str, version: int, raw: bytes | None, envelope_size: int) -> None:
+        held = self._deltas.setdefault(group, {})
+        if raw is None or len(raw) > envelope_size // 2:
+            # None: not known; larger than half the envelope: never sent (``delta_chain``), so
+            # not held either (a bulk change's delta is megabytes). Either way a chain through
+            # this version is broken, and the newest goes whole.
+            held.pop(version, None)
             return
         try:
             # Off the loop: a bulk change's delta is megabytes.
@@ -143,7 +148,6 @@ class SnapshotBroker:
         except DecodeError:
             log.error("stored delta of %s v%d does not decode; nodes get that version whole", group, version)
             return
-        held = self._deltas.setdefault(group, {})
         held[version] = (delta, len(raw))
         for old in sorted(held)[:-MAX_DELTA_CHAIN]:
             del held[old]
@@ -240,15 +244,15 @@ class SnapshotBroker:
                 if offered is not None and offered[:2] == head.key:
                     raw = offered[2]
                     if held is not None and held.version == head.version - 1:
-                        await self._hold_delta(group, head.version, offered[3])
+                        await self._hold_delta(group, head.version, offered[3], len(raw))
                     else:
-                        await self._load_deltas(session, group, held, head.version)
+                        await self._load_deltas(session, group, held, head.version, len(raw))
                 else:
                     row = await snapshot_repo.get(session, head.version, group)
                     if row is None:
                         continue  # pruned between the two reads: a newer one is on its way
                     raw = bytes(row.envelope)
-                    await self._load_deltas(session, group, held, head.version)
+                    await self._load_deltas(session, group, held, head.version, len(raw))
                 envelope = await asyncio.to_thread(snapshot_pb2.SignedEnvelope.FromString, raw)
                 newer = self._latest.get(group)
                 if newer is not None and newer.version >= head.version:
@@ -261,11 +265,14 @@ class SnapshotBroker:
             if sub.group in moved:
                 sub.queue.put_nowait(None)
 
-    async def _load_deltas(self, session: AsyncSession, group: str, held: Latest | None, newest: int) -> None:
-        """The deltas of the versions after ``held`` up to ``newest`` (the newest few)."""
+    async def _load_deltas(
+        self, session: AsyncSession, group: str, held: Latest | None, newest: int, envelope_size: int
+    ) -> None:
+        """The deltas of the versions after ``held`` up to ``newest`` (the newest few);
+        ``envelope_size``: the newest envelope's, which the older ones are close to."""
         since = max(held.version if held is not None else 0, newest - MAX_DELTA_CHAIN)
         for version, raw in await snapshot_repo.deltas(session, group, since, newest):
-            await self._hold_delta(group, version, raw)
+            await self._hold_delta(group, version, raw, envelope_size)
 
     async def _listen(self) -> None:
         while True:

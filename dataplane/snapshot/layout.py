@@ -607,5 +607,8 @@ def rebuild(base: Layout, delta: sync_pb2.SnapshotDelta) -> Rebuilt:
     digest = hashlib.sha256(payload).digest()
     if digest != delta.payload_sha256:
         raise DeltaMismatch("the rebuilt payload is not the one the delta names (hash differs)")
-    version = _parse(snapshot_pb2.Snapshot, layout.header).version if layout.header else 0
+    try:
+        version = _parse(snapshot_pb2.Snapshot, layout.header).version if layout.header else 0
+    except _Undecided as exc:
+        raise DeltaMismatch("the header does not decode") from exc
     return Rebuilt(layout, changes, message, payload, digest, version)

@@ -268,3 +268,15 @@ def test_a_key_change_is_compiled_by_difference_not_whole() -> None:
     assert new.config.models is base.config.models
     assert new.config.policies is base.config.policies
     assert new.config.api_keys is not base.config.api_keys
+
+
+def test_a_delta_whose_header_does_not_decode_is_a_mismatch_not_a_crash() -> None:
+    base = scan(world().render().SerializeToString(deterministic=True))
+    # Version 2, then a scope whose deployment is not UTF-8: well-formed wire, bad message.
+    header = b"\x08\x02" + b"\x2a\x04\x0a\x02\xff\xfe"
+    payload = header + base.payload()[len(base.header) :]
+    envelope = snapshot_pb2.SignedEnvelope(payload_type=SNAPSHOT_PAYLOAD_TYPE)
+    new = Layout(header, base.records)
+    delta = delta_message((1, b""), new, [], hashlib.sha256(payload).digest(), envelope)
+    with pytest.raises(DeltaMismatch, match="header does not decode"):
+        rebuild(base, delta)
