@@ -412,6 +412,12 @@ class Compiled:
     """How many API keys name each tenant (a tenant removed while named is an error)."""
     scopes: Mapping[frozenset[str], KeyScope]
 
+    @property
+    def shadowed_keys(self) -> bool:
+        """Whether two key records share a secret hash (the later one is served): removing
+        either, or a tenant only the hidden one names, is then decided by the full compiler."""
+        return len(self.layout.records[API_KEYS]) != len(self.config.api_keys)
+
     @classmethod
     def full(cls, layout: Layout, payload: bytes | None = None) -> Compiled:
         """Compile ``layout`` whole (``payload``: its bytes, when the caller has them)."""
@@ -438,6 +444,8 @@ class Compiled:
         except SnapshotInvalid as exc:
             raise _Undecided from exc
         old = self.config
+        if self.shadowed_keys and changes.touches((TENANTS, API_KEYS)):
+            raise _Undecided
         tenants: Mapping[str, TenantConfig] = old.tenants
         gone_tenants: set[str] = set()
         if changes.touches((TENANTS,)):

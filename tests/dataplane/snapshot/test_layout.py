@@ -280,3 +280,22 @@ def test_a_delta_whose_header_does_not_decode_is_a_mismatch_not_a_crash() -> Non
     delta = delta_message((1, b""), new, [], hashlib.sha256(payload).digest(), envelope)
     with pytest.raises(DeltaMismatch, match="header does not decode"):
         rebuild(base, delta)
+
+
+@pytest.mark.parametrize("drop", ["k005", "kdup1"])
+def test_removing_either_of_two_keys_with_one_secret_equals_the_whole_compile(drop: str) -> None:
+    """Found by hypothesis: the full compile serves the later of two keys sharing a secret;
+    removing one of them must leave the other served, not neither."""
+    w = world()
+    w.keys["kdup1"] = (w.keys["k005"][0], w.keys["k005"][1], ())
+    payload = w.render().SerializeToString(deterministic=True)
+    base = Compiled.full(scan(payload))
+    assert base.shadowed_keys
+    del w.keys[drop]
+    w.version += 1
+    new_payload = w.render().SerializeToString(deterministic=True)
+    splices, changes = diff(base.layout, scan(new_payload))
+    layout, _ = apply_splices(base.layout, scan(new_payload).header, splices)
+    new = base.advance(layout, changes, new_payload, hashlib.sha256(new_payload).digest())
+    assert new.config == compile_payload(new_payload)
+    assert not new.shadowed_keys
