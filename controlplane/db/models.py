@@ -451,6 +451,9 @@ class EvidenceChain(Base):
     head_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     """Highest seq stored with every seq before it."""
     head_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    tree: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    """The Merkle tree of records 1..head_seq as its perfect-subtree roots (``controlplane.evidence.tree``),
+    so a checkpoint's root is checked without reading the chain back."""
     last_received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     state: Mapped[str] = mapped_column(String(RESULT_CHARS), default="ok")
     """``ok``, ``gap`` (waiting for the node to resend) or ``tampered`` (stays until an admin looks)."""
@@ -475,8 +478,8 @@ class EvidenceAlarm(Base):
 
 
 class EvidenceCheckpoint(Base):
-    """A checkpoint note a node shipped, as received; its root matched the stored records
-    when ``verified_root`` is true (false: not all of 1..size were stored yet)."""
+    """A checkpoint note a node shipped, as received, once records 1..size were stored;
+    ``root_matches`` false is a tamper alarm (the records do not make that root)."""
 
     __tablename__ = "evidence_checkpoints"
     __table_args__ = (Index("ix_evidence_checkpoints_chain_id_tree_size", "chain_id", "tree_size"),)
@@ -486,7 +489,7 @@ class EvidenceCheckpoint(Base):
     tree_size: Mapped[int] = mapped_column(BigInteger)
     root_hash: Mapped[bytes] = mapped_column(LargeBinary)
     note: Mapped[str] = mapped_column(Text)
-    verified_root: Mapped[bool] = mapped_column(Boolean, default=False)
+    root_matches: Mapped[bool] = mapped_column(Boolean)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 

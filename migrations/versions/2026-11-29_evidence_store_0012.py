@@ -70,6 +70,7 @@ def upgrade() -> None:
         sa.Column('node_id', sa.String(length=256), nullable=False),
         sa.Column('head_seq', sa.BigInteger(), nullable=False),
         sa.Column('head_hash', sa.LargeBinary(), nullable=False),
+        sa.Column('tree', sa.LargeBinary(), nullable=False),
         sa.Column('last_received_at', sa.DateTime(timezone=True), nullable=True),
         sa.Column('state', sa.String(length=64), nullable=False),
         sa.Column('alarm', sa.Text(), nullable=False),
@@ -99,7 +100,7 @@ def upgrade() -> None:
         sa.Column('tree_size', sa.BigInteger(), nullable=False),
         sa.Column('root_hash', sa.LargeBinary(), nullable=False),
         sa.Column('note', sa.Text(), nullable=False),
-        sa.Column('verified_root', sa.Boolean(), nullable=False),
+        sa.Column('root_matches', sa.Boolean(), nullable=False),
         sa.Column('received_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_evidence_checkpoints')),
     )

@@ -20,11 +20,11 @@ SEED = [
     "INSERT INTO evidence_records (chain_id, seq, ts, record_id, hash, prev_hash, node_id, correlation_id, "
     "tenant_id, api_key_id, model, outcome, body) VALUES ('n1/0', 1, now(), 'r1', '\\x01', '\\x00', 'n1', "
     "'c1', 't1', 'k1', 'small', 'OK', '\\x7b7d')",
-    "INSERT INTO evidence_chains (chain_id, node_id, head_seq, head_hash, state, alarm) "
-    "VALUES ('n1/0', 'n1', 1, '\\x01', 'ok', '')",
+    "INSERT INTO evidence_chains (chain_id, node_id, head_seq, head_hash, tree, state, alarm) "
+    "VALUES ('n1/0', 'n1', 1, '\\x01', '', 'ok', '')",
     "INSERT INTO evidence_alarms (chain_id, seq, kind, expected, arrived, detail) "
     "VALUES ('n1/0', 1, 'tamper', 'aa', 'bb', '')",
-    "INSERT INTO evidence_checkpoints (chain_id, tree_size, root_hash, note, verified_root) "
+    "INSERT INTO evidence_checkpoints (chain_id, tree_size, root_hash, note, root_matches) "
     "VALUES ('n1/0', 1, '\\x01', 'note', true)",
 ]
 

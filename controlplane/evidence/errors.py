@@ -1,0 +1,36 @@
+"""Why a shipped batch (or part of it) was refused.
+
+    ControlPlaneError
+    ├── EvidenceRefused          INVALID_ARGUMENT     (a record or note that is not evidence: names it)
+    │   ├── ChainBroken          FAILED_PRECONDITION  (seq or prev_hash does not continue the chain;
+    │   │                                              a gap: the node resends from the ACKed head)
+    │   └── Tampered             DATA_LOSS            (a stored record arrived with another hash, or a
+    │                                                  checkpoint root the stored records do not make)
+    └── PermissionDenied         PERMISSION_DENIED    (a chain of another node)
+
+Every message names the chain and the record (seq, line in the batch) or the checkpoint, and
+carries digests and ids only, never record content.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from controlplane.errors import ControlPlaneError
+
+
+class EvidenceRefused(ControlPlaneError):
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, *, seq: int = 0) -> None:
+        super().__init__(message)
+        self.seq = seq
+        """The seq of the refused record (0: not a record, or its seq could not be read)."""
+
+
+class ChainBroken(EvidenceRefused):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Tampered(EvidenceRefused):
+    status = grpc.StatusCode.DATA_LOSS
