@@ -49,6 +49,7 @@ from controlplane.evidence.tree import StoredTree
 from controlplane.limits import INT64_MAX, KEY_ID_CHARS, NAME_CHARS, NODE_ID_CHARS, RESULT_CHARS
 from dataplane.evidence.log import GENESIS_HASH, record_hash
 from dataplane.evidence.merkle import root as merkle_root
+from dataplane.evidence.shipper import chain_of
 
 MAX_BATCH_RECORDS = 10_000
 MAX_RECORD_BYTES = 64 * 1024
@@ -74,11 +75,6 @@ _COLUMNS = (
     "chain_id, seq, ts, record_id, hash, prev_hash, node_id, correlation_id, tenant_id, api_key_id, model, "
     "outcome, body"
 )
-
-
-def chain_of(record: dict[str, Any], node_id: str) -> str:
-    """The chain a record belongs to: its ``chain_id``, else its node's single chain."""
-    return str(record.get("chain_id") or f"{node_id}/0")
 
 
 @dataclass(frozen=True, slots=True)
