@@ -130,6 +130,8 @@ class ControlPlaneSettings:
     the rest of the window's calls become one summary row."""
     unauthenticated_audit_window: float = 60.0
     """Seconds of that window."""
+    evidence_workers: int = 1
+    """Processes that parse and hash large shipped evidence batches (0: on the event loop)."""
 
 
 def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
@@ -325,7 +327,9 @@ class ControlPlane:
             NodeIdentityServicer(self.identities, node_auth), self._node_server
         )
         if self._verify_checkpoint_signature is not None:
-            self.evidence = EvidenceIngest(sessions, self._verify_checkpoint_signature)
+            self.evidence = EvidenceIngest(
+                sessions, self._verify_checkpoint_signature, workers=s.evidence_workers
+            )
             evidence_pb2_grpc.add_EvidenceServiceServicer_to_server(
                 EvidenceServicer(self.evidence, node_auth), self._node_server
             )
@@ -458,6 +462,9 @@ class ControlPlane:
         self._server = self._node_server = None
         if self.sync is not None:
             await self.sync.drain()
+        if self.evidence is not None:
+            await asyncio.to_thread(self.evidence.close)
+            self.evidence = None
         if self._interceptor is not None:
             await self._interceptor.close()
             self._interceptor = None

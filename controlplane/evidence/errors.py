@@ -14,6 +14,8 @@ carries digests and ids only, never record content.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from controlplane.errors import ControlPlaneError
@@ -26,6 +28,14 @@ class EvidenceRefused(ControlPlaneError):
         super().__init__(message)
         self.seq = seq
         """The seq of the refused record (0: not a record, or its seq could not be read)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Refusals come back from ingest's worker processes pickled: keep ``seq``.
+        return (_rebuild, (type(self), self.message, self.seq))
+
+
+def _rebuild(cls: type[EvidenceRefused], message: str, seq: int) -> EvidenceRefused:
+    return cls(message, seq=seq)
 
 
 class ChainBroken(EvidenceRefused):

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from controlplane.evidence.ingest import POOL_MIN_LINES
 from dataplane.evidence.log import EvidenceLog, log_path
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.tls import ClientTls, aio_channel
@@ -248,3 +249,20 @@ async def test_checkpoints_are_checked_against_the_stored_records(
     assert ack.error.code == "INVALID_ARGUMENT"
     assert "checkpoint 1 (size 7" in ack.error.message
     assert "signature: does not verify" in ack.error.message
+
+
+async def test_a_large_batch_is_verified_in_a_worker_process_with_the_same_answers(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 700)
+    assert len(lines) >= POOL_MIN_LINES
+    record = json.loads(lines[399])
+    record["tenant_id"] = "edited"
+    edited = [*lines[:399], json.dumps(record).encode() + b"\n", *lines[400:]]
+    ack = await stream.ship("node-a/0", edited)
+    assert (ack.head_seq, ack.error.code, ack.error.seq) == (399, "FAILED_PRECONDITION", 400)
+    assert "record seq 400 (line 400 of the batch): hash does not match" in ack.error.message
+    ack = await stream.ship("node-a/0", lines)
+    assert (ack.head_seq, ack.stored, ack.duplicates, ack.HasField("error")) == (700, 301, 399, False)
+    assert [r[0] for r in stored(evidence_plane)] == list(range(1, 701))
