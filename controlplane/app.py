@@ -46,6 +46,7 @@ from controlplane.db.embedded import EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
 from controlplane.evidence.ingest import CheckpointVerifier, EvidenceIngest
+from controlplane.evidence.queries import EvidenceQueries
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.repositories import signing_keys as signing_key_repo
@@ -291,6 +292,7 @@ class ControlPlane:
             identities=self.identities,
             groups=groups,
             imports=ImportService(uow),
+            evidence=EvidenceQueries(sessions),
         )
         self._interceptor = AdminInterceptor(
             self.admin,
