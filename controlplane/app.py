@@ -335,6 +335,11 @@ class ControlPlane:
             evidence_pb2_grpc.add_EvidenceServiceServicer_to_server(
                 EvidenceServicer(self.evidence, node_auth), self._node_server
             )
+        else:
+            log.warning(
+                "EvidenceService is not served: no checkpoint signature check was given; nodes "
+                "keep their evidence spooled until a control plane that has one is running"
+            )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._node_server)
         node_port = self._add_node_port(self._node_server)
         self.node_address = f"{s.node_listen.rsplit(':', 1)[0]}:{node_port}"

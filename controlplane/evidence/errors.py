@@ -2,8 +2,9 @@
 
     ControlPlaneError
     ├── EvidenceRefused          INVALID_ARGUMENT     (a record or note that is not evidence: names it)
-    │   ├── ChainBroken          FAILED_PRECONDITION  (seq or prev_hash does not continue the chain;
-    │   │                                              a gap: the node resends from the ACKed head)
+    │   ├── ChainBroken          FAILED_PRECONDITION  (seq, hash or prev_hash does not continue the chain)
+    │   │   └── Gap              FAILED_PRECONDITION  (a seq beyond the next: the node resends from
+    │   │                                              the ACKed head)
     │   └── Tampered             DATA_LOSS            (a stored record arrived with another hash, or a
     │                                                  checkpoint root the stored records do not make)
     └── PermissionDenied         PERMISSION_DENIED    (a chain of another node)
@@ -23,6 +24,9 @@ from controlplane.errors import ControlPlaneError
 
 class EvidenceRefused(ControlPlaneError):
     status = grpc.StatusCode.INVALID_ARGUMENT
+    alarm = "invalid_record"
+    """The ``evidence_alarms.kind`` of this refusal; ``state`` the chain's state after it."""
+    state = "broken"
 
     def __init__(self, message: str, *, seq: int = 0) -> None:
         super().__init__(message)
@@ -40,7 +44,15 @@ def _rebuild(cls: type[EvidenceRefused], message: str, seq: int) -> EvidenceRefu
 
 class ChainBroken(EvidenceRefused):
     status = grpc.StatusCode.FAILED_PRECONDITION
+    alarm = "chain_break"
+
+
+class Gap(ChainBroken):
+    alarm = "gap"
+    state = "gap"
 
 
 class Tampered(EvidenceRefused):
     status = grpc.StatusCode.DATA_LOSS
+    alarm = "tamper"
+    state = "tampered"

@@ -47,7 +47,7 @@ from controlplane.db.models import (
     EvidenceCheckpoint,
 )
 from controlplane.errors import PermissionDenied, shown
-from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Tampered
+from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, Tampered
 from controlplane.evidence.tree import StoredTree
 from controlplane.limits import INT64_MAX, KEY_ID_CHARS, NAME_CHARS, NODE_ID_CHARS, RESULT_CHARS
 from dataplane.evidence.log import GENESIS_HASH, record_hash
@@ -74,7 +74,7 @@ CheckpointVerifier = Callable[[str, str], None]
 """``(note, node_id)``: returns when ``note`` carries a valid signature by ``node_id``'s
 certified key, raises ``ValueError`` saying why not otherwise."""
 
-OK, GAP, BROKEN, TAMPERED = "ok", "gap", "broken", "tampered"
+OK, GAP, BROKEN, TAMPERED = "ok", Gap.state, ChainBroken.state, Tampered.state
 
 _COLUMNS = (
     "chain_id, seq, ts, record_id, hash, prev_hash, node_id, correlation_id, tenant_id, api_key_id, model, "
@@ -408,7 +408,7 @@ class EvidenceIngest:
                 )
             expected = walk.head_seq + 1
             if r.seq > expected:
-                return ChainBroken(f"{where}: gap, expected seq {expected} next (resend from it)", seq=r.seq)
+                return Gap(f"{where}: gap, expected seq {expected} next (resend from it)", seq=r.seq)
             if r.seq < expected:
                 return ChainBroken(f"{where}: out of order, seq {walk.head_seq} came before it", seq=r.seq)
             if r.prev_hash != (walk.head_hash if walk.head_seq else bytes.fromhex(GENESIS_HASH)):
@@ -466,13 +466,7 @@ class EvidenceIngest:
         walk: _Walk,
     ) -> str:
         """Record why the batch stopped (once per distinct cause, however often it is resent)."""
-        kind, state = (
-            ("tamper", TAMPERED)
-            if isinstance(refused, Tampered)
-            else ("gap", GAP)
-            if "gap" in refused.message
-            else ("chain_break", BROKEN)
-        )
+        kind, state = refused.alarm, refused.state
         arrived = next((r.hash.hex() for r in records if r.seq == refused.seq), "")
         expected = f"seq {walk.head_seq + 1} after {walk.head_hash.hex()}" if walk.head_seq else "seq 1"
         last = (
