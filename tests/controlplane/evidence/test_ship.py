@@ -5,11 +5,13 @@ checkpoints."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from controlplane.evidence.ingest import POOL_MIN_LINES
 from dataplane.evidence.log import log_path
@@ -209,3 +211,64 @@ async def test_a_large_batch_is_verified_in_a_worker_process_with_the_same_answe
     ack = await stream.ship("node-a/0", lines)
     assert (ack.head_seq, ack.stored, ack.duplicates, ack.HasField("error")) == (700, 301, 399, False)
     assert [r[0] for r in stored(evidence_plane)] == list(range(1, 701))
+
+
+async def test_ingest_makes_the_months_partition_and_it_is_append_only_too(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 3)
+    assert (await stream.ship("node-a/0", lines)).head_seq == 3
+    month = datetime.fromtimestamp(json.loads(lines[0])["ts"], UTC)
+    partition = f"evidence_records_y{month.year:04d}m{month.month:02d}"
+    rows = sql_rows(
+        evidence_plane.database_url,
+        "SELECT tableoid::regclass::text, count(*) FROM evidence_records GROUP BY 1",
+    )
+    assert [tuple(r) for r in rows] == [(partition, 3)]
+    engine = sa.create_engine(evidence_plane.database_url, poolclass=sa.NullPool)
+    try:
+        for sql in (
+            f"UPDATE {partition} SET outcome = 'X'",
+            f"DELETE FROM {partition}",
+            f"TRUNCATE {partition}",
+        ):
+            with pytest.raises(sa.exc.ProgrammingError) as refused, engine.begin() as conn:
+                conn.exec_driver_sql(sql)
+            assert f"evidence is append-only: {sql.split()[0]} on {partition}" in str(refused.value)
+    finally:
+        engine.dispose()
+
+
+async def test_a_record_of_a_month_already_in_the_default_partition_stays_there(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], private_tmp: Path
+) -> None:
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 2)
+    # A record of 2031-05 that reached DEFAULT before any 2031-05 partition existed (e.g. the
+    # partition could not be made): the month stays in DEFAULT, nothing is refused.
+    engine = sa.create_engine(evidence_plane.database_url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO evidence_records_default (chain_id, seq, ts, record_id, hash, prev_hash, node_id, "
+                "correlation_id, tenant_id, api_key_id, model, outcome, body) VALUES ('other/0', 1, "
+                "'2031-05-02T00:00:00Z', 'r', '\\x00', '\\x00', 'other', '', '', '', '', '', '\\x00')"
+            )
+    finally:
+        engine.dispose()
+    future = [json.loads(line) for line in lines]
+    future[0] = {**future[0], "ts": datetime(2031, 5, 3, tzinfo=UTC).timestamp()}
+    future[0] = rehash(future[0])
+    future[1] = rehash({**future[1], "prev_hash": future[0]["hash"]})
+    ack = await stream.ship("node-a/0", [json.dumps(r).encode() + b"\n" for r in future])
+    assert (ack.head_seq, ack.HasField("error")) == (2, False)
+    rows = sql_rows(
+        evidence_plane.database_url,
+        "SELECT seq, tableoid::regclass::text FROM evidence_records WHERE chain_id = 'node-a/0' ORDER BY seq",
+    )
+    month = datetime.fromtimestamp(future[1]["ts"], UTC)
+    assert [tuple(r) for r in rows] == [
+        (1, "evidence_records_default"),
+        (2, f"evidence_records_y{month.year:04d}m{month.month:02d}"),
+    ]
