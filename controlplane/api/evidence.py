@@ -7,6 +7,7 @@ does for config sync. Batches are taken one at a time per stream, so ACKs come i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -77,3 +78,10 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
             code, message = status_for(exc) or (grpc.StatusCode.INTERNAL, "evidence stream failed")
             log.warning("evidence stream of %s refused: %s", node_id or context.peer(), message)
             await context.abort(code, message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            # The database went away, or a bug: nothing of the batch was acknowledged, so the
+            # node resends it. The cause is for operators, not for the node.
+            log.exception("evidence from %s could not be stored", node_id or context.peer())
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "evidence could not be stored now; resend")

@@ -111,6 +111,7 @@ class Stream:
     """One Ship stream: send a batch, read its answer."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
         self._out: asyncio.Queue[evidence_pb2.ShipBatch | None] = asyncio.Queue()
         self.call = evidence_pb2_grpc.EvidenceServiceStub(channel).Ship(self._requests())
 

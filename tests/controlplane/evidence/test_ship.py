@@ -272,3 +272,28 @@ async def test_a_record_of_a_month_already_in_the_default_partition_stays_there(
         (1, "evidence_records_default"),
         (2, f"evidence_records_y{month.year:04d}m{month.month:02d}"),
     ]
+
+
+async def test_a_database_failure_ends_the_stream_unavailable_and_the_resend_is_stored(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 4)
+    engine = sa.create_engine(evidence_plane.database_url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:  # the store is unusable for a moment
+            conn.exec_driver_sql("ALTER TABLE evidence_chains RENAME TO evidence_chains_away")
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stream.ship("node-a/0", lines)
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert failed.value.details() == "evidence could not be stored now; resend"
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE evidence_chains_away RENAME TO evidence_chains")
+    finally:
+        engine.dispose()
+    again = Stream(stream.channel)  # the node reconnects
+    try:
+        ack = await again.ship("node-a/0", lines)
+    finally:
+        again.close()
+    assert (ack.head_seq, ack.stored, ack.HasField("error")) == (4, 4, False)
