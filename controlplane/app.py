@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from controlplane.api.admin import AdminServicer
 from controlplane.api.audit_limit import UnauthenticatedAuditLimit
+from controlplane.api.evidence import EvidenceServicer
 from controlplane.api.identity import NodeEnrollmentServicer, NodeIdentityServicer
 from controlplane.api.interceptor import AdminInterceptor
 from controlplane.api.node_auth import NodeAuthenticator
@@ -44,6 +45,8 @@ from controlplane.api.sync import ConfigSyncServicer
 from controlplane.db.embedded import EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
+from controlplane.evidence.ingest import CheckpointVerifier, EvidenceIngest
+from controlplane.evidence.queries import EvidenceQueries
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.repositories import signing_keys as signing_key_repo
@@ -65,6 +68,7 @@ from controlplane.snapshots.broker import Latest, SnapshotBroker
 from controlplane.snapshots.publish import Publication, SnapshotPublisher
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc, snapshot_pb2, sync_pb2, sync_pb2_grpc
+from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.tls import ServerTls, add_port, host_of
 
 log = logging.getLogger(__name__)
@@ -127,6 +131,8 @@ class ControlPlaneSettings:
     the rest of the window's calls become one summary row."""
     unauthenticated_audit_window: float = 60.0
     """Seconds of that window."""
+    evidence_workers: int = 1
+    """Processes that parse and hash large shipped evidence batches (0: on the event loop)."""
 
 
 def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
@@ -138,8 +144,14 @@ def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
 class ControlPlane:
     """A running control plane; use as ``async with``."""
 
-    def __init__(self, settings: ControlPlaneSettings) -> None:
+    def __init__(
+        self, settings: ControlPlaneSettings, *, verify_checkpoint_signature: CheckpointVerifier | None = None
+    ) -> None:
         self.settings = settings
+        self._verify_checkpoint_signature = verify_checkpoint_signature
+        """How shipped checkpoint notes are checked against the node's certified key; without
+        one, the evidence port is not served (nothing may skip the signature check)."""
+        self.evidence: EvidenceIngest | None = None
         self.address = ""
         """host:port the gRPC server is bound to (set once started)."""
         self.database_url = ""
@@ -280,6 +292,7 @@ class ControlPlane:
             identities=self.identities,
             groups=groups,
             imports=ImportService(uow),
+            evidence=EvidenceQueries(sessions),
         )
         self._interceptor = AdminInterceptor(
             self.admin,
@@ -315,6 +328,18 @@ class ControlPlane:
         identity_pb2_grpc.add_NodeIdentityServiceServicer_to_server(
             NodeIdentityServicer(self.identities, node_auth), self._node_server
         )
+        if self._verify_checkpoint_signature is not None:
+            self.evidence = EvidenceIngest(
+                sessions, self._verify_checkpoint_signature, workers=s.evidence_workers
+            )
+            evidence_pb2_grpc.add_EvidenceServiceServicer_to_server(
+                EvidenceServicer(self.evidence, node_auth), self._node_server
+            )
+        else:
+            log.warning(
+                "EvidenceService is not served: no checkpoint signature check was given; nodes "
+                "keep their evidence spooled until a control plane that has one is running"
+            )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._node_server)
         node_port = self._add_node_port(self._node_server)
         self.node_address = f"{s.node_listen.rsplit(':', 1)[0]}:{node_port}"
@@ -332,6 +357,11 @@ class ControlPlane:
             sync_pb2.DESCRIPTOR.services_by_name["ConfigSyncService"].full_name,
             identity_pb2.DESCRIPTOR.services_by_name["NodeEnrollmentService"].full_name,
             identity_pb2.DESCRIPTOR.services_by_name["NodeIdentityService"].full_name,
+            *(
+                [evidence_pb2.DESCRIPTOR.services_by_name["EvidenceService"].full_name]
+                if self.evidence
+                else []
+            ),
         ):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -439,6 +469,9 @@ class ControlPlane:
         self._server = self._node_server = None
         if self.sync is not None:
             await self.sync.drain()
+        if self.evidence is not None:
+            await asyncio.to_thread(self.evidence.close)
+            self.evidence = None
         if self._interceptor is not None:
             await self._interceptor.close()
             self._interceptor = None

@@ -127,6 +127,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "or they were exported (at least 1)",
         command=SERVE,
     )
+    settings.add(
+        serve,
+        "--evidence-workers",
+        env="SIGNALBOX_EVIDENCE_WORKERS",
+        default=1,
+        type=int,
+        help="processes that parse and hash large shipped evidence batches (0: on the event loop)",
+        command=SERVE,
+    )
     for flag, env, what in (
         ("--scope-deployment", "SIGNALBOX_SCOPE_DEPLOYMENT", "deployment"),
         ("--scope-site", "SIGNALBOX_SCOPE_SITE", "site"),
@@ -293,7 +302,11 @@ def serve_command(ns: argparse.Namespace) -> int:
         drain_grace=ns.drain_seconds,
         node_stale_after=ns.node_stale_after,
         max_message_bytes=ns.max_message_bytes,
+        evidence_workers=ns.evidence_workers,
     )
+    if ns.evidence_workers < 0:
+        print("--evidence-workers: must be 0 or more", file=sys.stderr)
+        return 2
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -40,6 +41,7 @@ from dataplane.api.service import InferService, add_to_server
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import SnapshotFileInvalid
 from dataplane.evidence.log import EvidenceLog, log_path
+from dataplane.evidence.shipper import EvidenceShipper
 from dataplane.http_client import TransportName, build_http_client
 from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
 from dataplane.pipeline import GovernanceStep, Pipeline
@@ -54,7 +56,7 @@ from dataplane.snapshot.store import (
     SnapshotStore,
     load_trust_keys,
 )
-from dataplane.snapshot.sync_client import DEFAULT_MAX_MESSAGE_BYTES, SyncClient
+from dataplane.snapshot.sync_client import DEFAULT_MAX_MESSAGE_BYTES, SyncClient, full_jitter
 from signalbox.api.infer.v1 import infer_pb2
 from signalbox.tls import ClientTls, ServerTls, add_port
 
@@ -154,6 +156,8 @@ class DataPlaneNode:
         self._pin_task: asyncio.Task[None] | None = None
         self._renewer: CertificateRenewer | None = None
         self._renew_task: asyncio.Task[None] | None = None
+        self._shipper: EvidenceShipper | None = None
+        self._ship_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -191,6 +195,11 @@ class DataPlaneNode:
     def sync(self) -> SyncClient | None:
         """The config-sync client, when a control plane is configured."""
         return self._sync
+
+    @property
+    def shipper(self) -> EvidenceShipper | None:
+        """Ships the evidence log, when a control plane is configured."""
+        return self._shipper
 
     @property
     def renewer(self) -> CertificateRenewer | None:
@@ -284,6 +293,16 @@ class DataPlaneNode:
                 max_message_bytes=s.sync_max_message_bytes,
             )
             self._sync_task = asyncio.get_running_loop().create_task(self._sync.run())
+            # Evidence goes to the same node port, as the same certified node.
+            assert sync_tls is not None
+            self._shipper = EvidenceShipper(
+                s.control_plane,
+                log_path(s.data_dir, s.node_id),
+                node_id=s.node_id,
+                tls=sync_tls,
+                backoff=functools.partial(full_jitter, base=s.sync_backoff_base, cap=s.sync_backoff_cap),
+            )
+            self._ship_task = asyncio.get_running_loop().create_task(self._shipper.run())
             if sync_tls == self.identity.client_tls():
                 self._renewer = CertificateRenewer(
                     self.identity, target=s.control_plane, node_id=s.node_id, on_renewed=self._sync.reconnect
@@ -392,7 +411,7 @@ class DataPlaneNode:
         try:
             grace = self.settings.drain_seconds if grace is None else grace
             await self._set_serving(False)
-            for task in (self._renew_task, self._sync_task):
+            for task in (self._renew_task, self._sync_task, self._ship_task):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -11,7 +11,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from controlplane.db.models import Base
+from controlplane.db.models import Base, include_object
 from controlplane.db.session import normalize_url
 
 config = context.config
@@ -26,7 +26,13 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, compare_type=True)
+    context.configure(
+        url=_url(),
+        target_metadata=target_metadata,
+        include_object=include_object,
+        literal_binds=True,
+        compare_type=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -34,14 +40,24 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = config.attributes.get("connection")
     if connectable is not None:
-        context.configure(connection=connectable, target_metadata=target_metadata, compare_type=True)
+        context.configure(
+            connection=connectable,
+            target_metadata=target_metadata,
+            include_object=include_object,
+            compare_type=True,
+        )
         with context.begin_transaction():
             context.run_migrations()
         return
     engine = create_engine(_url(), poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:
-            context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                include_object=include_object,
+                compare_type=True,
+            )
             with context.begin_transaction():
                 context.run_migrations()
     finally:

@@ -17,6 +17,7 @@ from controlplane.api import convert
 from controlplane.api.interceptor import current_caller
 from controlplane.db.models import NodeGroup
 from controlplane.errors import InvalidArgument, NotFound
+from controlplane.evidence.queries import EvidenceFilter, EvidenceQueries
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import MAX_TOKEN_TTL, IdentityService, check_node_id
@@ -61,6 +62,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         identities: IdentityService,
         groups: NodeGroupService,
         imports: ImportService,
+        evidence: EvidenceQueries,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -74,6 +76,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._signing_keys = signing_keys
         self._identities = identities
         self._imports = imports
+        self._evidence = evidence
 
     # ---- tenants ----
 
@@ -479,6 +482,34 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
         # Tens of thousands of keys: built off the event loop.
         return await asyncio.to_thread(reply)
+
+    # ---- evidence store ----
+
+    async def QueryEvidence(
+        self, request: admin_pb2.QueryEvidenceRequest, context: Context
+    ) -> admin_pb2.QueryEvidenceResponse:
+        rows, truncated = await self._evidence.records(
+            EvidenceFilter(
+                correlation_id=request.correlation_id,
+                tenant_id=request.tenant_id,
+                api_key_id=request.api_key_id,
+                model=request.model,
+                outcome=request.outcome,
+                since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
+                until=request.until.ToDatetime(UTC) if request.HasField("until") else None,
+                limit=request.limit,
+            )
+        )
+        return admin_pb2.QueryEvidenceResponse(
+            records=[convert.evidence_record(r) for r in rows], truncated=truncated
+        )
+
+    async def ListEvidenceChains(
+        self, request: admin_pb2.ListEvidenceChainsRequest, context: Context
+    ) -> admin_pb2.ListEvidenceChainsResponse:
+        return admin_pb2.ListEvidenceChainsResponse(
+            chains=[convert.evidence_chain(c.chain, c.alarms) for c in await self._evidence.chains()]
+        )
 
 
 def _require(field: str, value: str) -> None:

@@ -291,3 +291,33 @@ def mode_proto(mode: str) -> common_pb2.DeploymentMode.ValueType:
         return MODE_TO_PROTO[DeploymentMode(mode)]
     except ValueError:
         return common_pb2.DEPLOYMENT_MODE_UNSPECIFIED
+
+
+def evidence_record(row: db.EvidenceRecord) -> admin_pb2.EvidenceRecord:
+    return admin_pb2.EvidenceRecord(
+        chain_id=row.chain_id,
+        seq=row.seq,
+        record_id=row.record_id,
+        ts=ts(row.ts),
+        node_id=row.node_id,
+        correlation_id=row.correlation_id,
+        tenant_id=row.tenant_id,
+        api_key_id=row.api_key_id,
+        model=row.model,
+        outcome=row.outcome,
+        hash=bytes(row.hash),
+        received_at=ts(row.received_at),
+        body=bytes(row.body),
+    )
+
+
+def evidence_chain(row: db.EvidenceChain, alarms: int) -> admin_pb2.EvidenceChainStatus:
+    return admin_pb2.EvidenceChainStatus(
+        chain_id=row.chain_id,
+        node_id=row.node_id,
+        head_seq=row.head_seq,
+        last_received_at=ts(row.last_received_at),
+        state=row.state,
+        alarm=row.alarm,
+        alarms=alarms,
+    )

@@ -37,6 +37,8 @@ READ_ONLY_METHODS = frozenset(
         "ListEnrollTokens",
         "GetNodeGroup",
         "ListNodeGroups",
+        "QueryEvidence",
+        "ListEvidenceChains",
     }
 )
 

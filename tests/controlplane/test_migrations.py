@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session
 
 from controlplane.db.migrate import alembic_config, current_revision, heads, upgrade_head
-from controlplane.db.models import Base, Snapshot
+from controlplane.db.models import Base, Snapshot, include_object
 from signalbox.api.config.v1 import snapshot_pb2
 
 
@@ -39,7 +39,8 @@ def test_models_and_migrations_do_not_drift(database_url: str) -> None:
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "compare_server_default": True}
+                conn,
+                opts={"compare_type": True, "compare_server_default": True, "include_object": include_object},
             )
             diff = compare_metadata(context, Base.metadata)
     finally:

@@ -20,6 +20,8 @@ from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
 from signalbox.shell.admin_cli.output import (
     ENROLL_TOKEN_COLUMNS,
+    EVIDENCE_CHAIN_COLUMNS,
+    EVIDENCE_COLUMNS,
     GROUP_COLUMNS,
     KEY_COLUMNS,
     MODEL_COLUMNS,
@@ -33,6 +35,8 @@ from signalbox.shell.admin_cli.output import (
     Output,
     deleted,
     enroll_token_row,
+    evidence_chain_row,
+    evidence_row,
     explanation,
     group_row,
     key_row,
@@ -496,3 +500,34 @@ async def route_explain(stub: Stub, ns: argparse.Namespace) -> Output:
         request.params.max_output_tokens = ns.max_output_tokens
     r = await stub.ExplainRoute(admin_pb2.ExplainRouteRequest(tenant=ns.tenant, request=request))
     return Output(r, text=explanation(r))
+
+
+# ---- evidence store ----
+
+
+async def evidence_query(stub: Stub, ns: argparse.Namespace) -> Output:
+    request = admin_pb2.QueryEvidenceRequest(
+        correlation_id=ns.correlation_id or "",
+        tenant_id=ns.tenant or "",
+        api_key_id=ns.api_key or "",
+        model=ns.model or "",
+        outcome=ns.outcome or "",
+        limit=ns.limit or 0,
+    )
+    if ns.since is not None:
+        request.since.FromDatetime(ns.since)
+    if ns.until is not None:
+        request.until.FromDatetime(ns.until)
+    r = await stub.QueryEvidence(request)
+    output = Output(r, EVIDENCE_COLUMNS, [evidence_row(x) for x in r.records])
+    if r.truncated:
+        print(
+            f"(more records match: raise --limit above {len(r.records)} or narrow the filters)",
+            file=sys.stderr,
+        )
+    return output
+
+
+async def evidence_chains(stub: Stub, ns: argparse.Namespace) -> Output:
+    r = await stub.ListEvidenceChains(admin_pb2.ListEvidenceChainsRequest())
+    return Output(r, EVIDENCE_CHAIN_COLUMNS, [evidence_chain_row(c) for c in r.chains])

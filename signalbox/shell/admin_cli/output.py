@@ -68,6 +68,10 @@ NODE_COLUMNS = (
 GROUP_COLUMNS = ("name", "mode", "site", "deployment", "tenants", "providers", "models", "version", "nodes")
 SNAPSHOT_COLUMNS = ("version", "sha256", "created_at", "key_id", "bytes", "created_by", "reason")
 SNAPSHOT_LIST_COLUMNS = ("version", "sha256", "created_at", "created_by", "reason", "exported")
+EVIDENCE_COLUMNS = (
+    "time", "chain", "seq", "correlation_id", "tenant", "api_key", "model", "outcome", "record_id", "hash",
+)  # fmt: skip
+EVIDENCE_CHAIN_COLUMNS = ("chain", "node", "shipped_seq", "last_received", "state", "alarms", "alarm")
 
 
 def _time(ts: Any) -> str:
@@ -286,3 +290,31 @@ def explanation(r: admin_pb2.ExplainRouteResponse) -> str:
     lines.append(("shadow", r.shadow or "(none)"))
     width = max(len(label) for label, _ in lines)
     return "".join(f"{label.ljust(width)}  {value}\n" for label, value in lines)
+
+
+def evidence_row(r: admin_pb2.EvidenceRecord) -> tuple[object, ...]:
+    # Nodes wrote these strings: shown escaped.
+    return (
+        _time(r.ts),
+        printable(r.chain_id, 100),
+        r.seq,
+        printable(r.correlation_id, 100),
+        printable(r.tenant_id, 100),
+        printable(r.api_key_id, 100),
+        printable(r.model, 100),
+        printable(r.outcome, 64),
+        printable(r.record_id, 64),
+        r.hash.hex()[:16],
+    )
+
+
+def evidence_chain_row(c: admin_pb2.EvidenceChainStatus) -> tuple[object, ...]:
+    return (
+        printable(c.chain_id, 100),
+        printable(c.node_id, 100),
+        c.head_seq,
+        _time(c.last_received_at),
+        c.state,
+        c.alarms,
+        printable(c.alarm, 200),
+    )

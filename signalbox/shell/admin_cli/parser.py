@@ -4,10 +4,13 @@ and verb, each bound to its coroutine in ``commands.py``."""
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 
 from signalbox import settings, tls
 from signalbox.shell.admin_cli.commands import (
     Action,
+    evidence_chains,
+    evidence_query,
     group_create,
     group_delete,
     group_list,
@@ -60,6 +63,15 @@ def _positive_seconds(text: str) -> float:
     if not 0.1 <= value <= 3600:
         raise argparse.ArgumentTypeError("must be between 0.1 and 3600 seconds")
     return value
+
+
+def _utc_time(text: str) -> datetime:
+    """An ISO 8601 time on the command line; without a zone it is UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time, got {text[:40]!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _version(text: str) -> int:
@@ -348,3 +360,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p = _verb(signing, "revoke", signing_key_revoke, "stop signing with a retiring key for good (admin role)")
     p.add_argument("key_id", metavar="KEY_ID")
+    evidence = _resource(sub, "evidence", "shipped evidence records and their chains")
+    p = _verb(evidence, "query", evidence_query, "stored records, newest first, by the filters given (AND)")
+    p.add_argument("--correlation-id", help="the request's correlation id")
+    p.add_argument("--tenant", help="tenant id")
+    p.add_argument("--api-key", help="API key id")
+    p.add_argument("--model", help="the model that served it")
+    p.add_argument("--outcome", help="outcome code, e.g. OK or PERMISSION_DENIED")
+    p.add_argument(
+        "--since", type=_utc_time, help="records at or after this time (ISO 8601; UTC when no zone)"
+    )
+    p.add_argument("--until", type=_utc_time, help="records before this time (ISO 8601; UTC when no zone)")
+    p.add_argument("--limit", type=_version, help="at most this many (default 100, at most 1000)")
+    _verb(
+        evidence, "chains", evidence_chains, "per chain: node, shipped seq, last received, state and alarms"
+    )

@@ -2224,3 +2224,211 @@ class ImportConfigResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportConfigResponse: _TypeAlias = ImportConfigResponse  # noqa: Y015
+
+@_typing.final
+class QueryEvidenceRequest(_message.Message):
+    """---- evidence store (store branch) ----"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    API_KEY_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.str
+    """Each filter set narrows the result (AND); none set: the newest records."""
+    tenant_id: _builtins.str
+    api_key_id: _builtins.str
+    model: _builtins.str
+    outcome: _builtins.str
+    """The outcome code, e.g. OK, PERMISSION_DENIED."""
+    limit: _builtins.int
+    """At most this many (0: 100; at most 1000)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Record time: since <= ts < until."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        api_key_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "correlation_id", b"correlation_id", "limit", b"limit", "model", b"model", "outcome", b"outcome", "since", b"since", "tenant_id", b"tenant_id", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryEvidenceRequest: _TypeAlias = QueryEvidenceRequest  # noqa: Y015
+
+@_typing.final
+class EvidenceRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAIN_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    RECORD_ID_FIELD_NUMBER: _builtins.int
+    TS_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    API_KEY_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    chain_id: _builtins.str
+    seq: _builtins.int
+    record_id: _builtins.str
+    node_id: _builtins.str
+    correlation_id: _builtins.str
+    tenant_id: _builtins.str
+    api_key_id: _builtins.str
+    model: _builtins.str
+    outcome: _builtins.str
+    hash: _builtins.bytes
+    body: _builtins.bytes
+    """The record exactly as the node wrote it (JSON)."""
+    @_builtins.property
+    def ts(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        chain_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        record_id: _builtins.str = ...,
+        ts: _timestamp_pb2.Timestamp | None = ...,
+        node_id: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        api_key_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        hash: _builtins.bytes = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at", "ts", b"ts"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "body", b"body", "chain_id", b"chain_id", "correlation_id", b"correlation_id", "hash", b"hash", "model", b"model", "node_id", b"node_id", "outcome", b"outcome", "received_at", b"received_at", "record_id", b"record_id", "seq", b"seq", "tenant_id", b"tenant_id", "ts", b"ts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvidenceRecord: _TypeAlias = EvidenceRecord  # noqa: Y015
+
+@_typing.final
+class QueryEvidenceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """More records matched than the limit."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvidenceRecord]: ...
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___EvidenceRecord] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryEvidenceResponse: _TypeAlias = QueryEvidenceResponse  # noqa: Y015
+
+@_typing.final
+class ListEvidenceChainsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEvidenceChainsRequest: _TypeAlias = ListEvidenceChainsRequest  # noqa: Y015
+
+@_typing.final
+class EvidenceChainStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAIN_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    HEAD_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ALARM_FIELD_NUMBER: _builtins.int
+    ALARMS_FIELD_NUMBER: _builtins.int
+    chain_id: _builtins.str
+    node_id: _builtins.str
+    head_seq: _builtins.int
+    """Highest seq stored with every seq before it."""
+    state: _builtins.str
+    """ok, gap, broken or tampered."""
+    alarm: _builtins.str
+    """Why the chain is not ok (names the record or checkpoint)."""
+    alarms: _builtins.int
+    """Alarm rows recorded for the chain."""
+    @_builtins.property
+    def last_received_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        chain_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        head_seq: _builtins.int = ...,
+        last_received_at: _timestamp_pb2.Timestamp | None = ...,
+        state: _builtins.str = ...,
+        alarm: _builtins.str = ...,
+        alarms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_received_at", b"last_received_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm", "alarms", b"alarms", "chain_id", b"chain_id", "head_seq", b"head_seq", "last_received_at", b"last_received_at", "node_id", b"node_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvidenceChainStatus: _TypeAlias = EvidenceChainStatus  # noqa: Y015
+
+@_typing.final
+class ListEvidenceChainsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAINS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chains(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvidenceChainStatus]: ...
+    def __init__(
+        self,
+        *,
+        chains: _abc.Iterable[Global___EvidenceChainStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chains", b"chains"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEvidenceChainsResponse: _TypeAlias = ListEvidenceChainsResponse  # noqa: Y015

@@ -230,6 +230,16 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigResponse.FromString,
                 _registered_method=True)
+        self.QueryEvidence = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/QueryEvidence',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.QueryEvidenceRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.QueryEvidenceResponse.FromString,
+                _registered_method=True)
+        self.ListEvidenceChains = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListEvidenceChains',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -494,6 +504,23 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryEvidence(self, request, context):
+        """---- evidence store (store branch) ----
+        Stored evidence records by correlation id, tenant, API key, model, outcome and time,
+        newest first. Admin and viewer roles.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvidenceChains(self, request, context):
+        """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
+        ---- evidence store (end) ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -691,6 +718,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ImportConfig,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigResponse.SerializeToString,
+            ),
+            'QueryEvidence': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryEvidence,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.QueryEvidenceRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.QueryEvidenceResponse.SerializeToString,
+            ),
+            'ListEvidenceChains': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvidenceChains,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1746,6 +1783,60 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/ImportConfig',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryEvidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/QueryEvidence',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.QueryEvidenceRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.QueryEvidenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvidenceChains(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListEvidenceChains',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -105,6 +105,15 @@ class AdminServiceStub:
     ---- bulk import (scale) ----
     Tenants and API keys from JSON Lines, all or nothing, in one snapshot. Admin role only.
     """
+    QueryEvidence: _grpc.UnaryUnaryMultiCallable[_admin_pb2.QueryEvidenceRequest, _admin_pb2.QueryEvidenceResponse]
+    """---- evidence store (store branch) ----
+    Stored evidence records by correlation id, tenant, API key, model, outcome and time,
+    newest first. Admin and viewer roles.
+    """
+    ListEvidenceChains: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListEvidenceChainsRequest, _admin_pb2.ListEvidenceChainsResponse]
+    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
+    ---- evidence store (end) ----
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -179,6 +188,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """---- node groups (end) ----
     ---- bulk import (scale) ----
     Tenants and API keys from JSON Lines, all or nothing, in one snapshot. Admin role only.
+    """
+    QueryEvidence: _aio.UnaryUnaryMultiCallable[_admin_pb2.QueryEvidenceRequest, _admin_pb2.QueryEvidenceResponse]  # type: ignore[assignment]
+    """---- evidence store (store branch) ----
+    Stored evidence records by correlation id, tenant, API key, model, outcome and time,
+    newest first. Admin and viewer roles.
+    """
+    ListEvidenceChains: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListEvidenceChainsRequest, _admin_pb2.ListEvidenceChainsResponse]  # type: ignore[assignment]
+    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
+    ---- evidence store (end) ----
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -485,6 +503,27 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """---- node groups (end) ----
         ---- bulk import (scale) ----
         Tenants and API keys from JSON Lines, all or nothing, in one snapshot. Admin role only.
+        """
+
+    @_abc_1.abstractmethod
+    def QueryEvidence(
+        self,
+        request: _admin_pb2.QueryEvidenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.QueryEvidenceResponse, _abc.Awaitable[_admin_pb2.QueryEvidenceResponse]]:
+        """---- evidence store (store branch) ----
+        Stored evidence records by correlation id, tenant, API key, model, outcome and time,
+        newest first. Admin and viewer roles.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEvidenceChains(
+        self,
+        request: _admin_pb2.ListEvidenceChainsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListEvidenceChainsResponse, _abc.Awaitable[_admin_pb2.ListEvidenceChainsResponse]]:
+        """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
+        ---- evidence store (end) ----
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,87 @@
+"""EvidenceService on the node port: batches in, one ACK per batch after its commit.
+
+The node is the certificate's (``controlplane.api.node_auth``), never what a batch claims;
+with ``--insecure`` (no certificate) the first batch's chain names the node, as a Hello
+does for config sync. Batches are taken one at a time per stream, so ACKs come in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from controlplane.api.node_auth import NodeAuthenticator
+from controlplane.api.status import bounded, status_for
+from controlplane.errors import ControlPlaneError, PermissionDenied
+from controlplane.evidence.errors import EvidenceRefused
+from controlplane.evidence.ingest import CHAIN_ID_RE, Batch, EvidenceIngest
+from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
+    def __init__(self, ingest: EvidenceIngest, auth: NodeAuthenticator) -> None:
+        self._ingest = ingest
+        self._auth = auth
+
+    async def Ship(
+        self,
+        request_iterator: AsyncIterator[evidence_pb2.ShipBatch],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[evidence_pb2.ShipAck]:
+        node_id = ""
+        try:
+            identity = await self._auth.authenticate(context)
+            if identity is not None:
+                node_id = identity.node_id
+            async for batch in request_iterator:
+                if not node_id:  # insecure node port: development only
+                    match = CHAIN_ID_RE.fullmatch(batch.chain_id)
+                    node_id = match.group("node") if match else ""
+                try:
+                    ack = await self._ingest.ingest(
+                        node_id, Batch(batch.chain_id, list(batch.records), list(batch.checkpoints))
+                    )
+                except PermissionDenied:
+                    raise
+                except EvidenceRefused as exc:
+                    yield evidence_pb2.ShipAck(
+                        chain_id=batch.chain_id,
+                        error=evidence_pb2.BatchError(
+                            code=exc.status.name, message=bounded(exc.message), seq=exc.seq
+                        ),
+                    )
+                    continue
+                reply = evidence_pb2.ShipAck(
+                    chain_id=ack.chain_id,
+                    head_seq=ack.head_seq,
+                    stored=ack.stored,
+                    duplicates=ack.duplicates,
+                    checkpoints=ack.checkpoints,
+                )
+                if ack.refused is not None:
+                    log.warning("evidence from node %s refused: %s", node_id, bounded(ack.refused.message))
+                    reply.error.CopyFrom(
+                        evidence_pb2.BatchError(
+                            code=ack.refused.status.name,
+                            message=bounded(ack.refused.message),
+                            seq=ack.refused.seq,
+                        )
+                    )
+                yield reply
+        except ControlPlaneError as exc:
+            code, message = status_for(exc) or (grpc.StatusCode.INTERNAL, "evidence stream failed")
+            log.warning("evidence stream of %s refused: %s", node_id or context.peer(), message)
+            await context.abort(code, message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            # The database went away, or a bug: nothing of the batch was acknowledged, so the
+            # node resends it. The cause is for operators, not for the node.
+            log.exception("evidence from %s could not be stored", node_id or context.peer())
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "evidence could not be stored now; resend")

@@ -1,0 +1,1 @@
+"""The evidence store: shipped records verified, committed, then acknowledged."""

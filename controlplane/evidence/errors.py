@@ -1,0 +1,58 @@
+"""Why a shipped batch (or part of it) was refused.
+
+    ControlPlaneError
+    ├── EvidenceRefused          INVALID_ARGUMENT     (a record or note that is not evidence: names it)
+    │   ├── ChainBroken          FAILED_PRECONDITION  (seq, hash or prev_hash does not continue the chain)
+    │   │   └── Gap              FAILED_PRECONDITION  (a seq beyond the next: the node resends from
+    │   │                                              the ACKed head)
+    │   └── Tampered             DATA_LOSS            (a stored record arrived with another hash, or a
+    │                                                  checkpoint root the stored records do not make)
+    └── PermissionDenied         PERMISSION_DENIED    (a chain of another node)
+
+Every message names the chain and the record (seq, line in the batch) or the checkpoint, and
+carries digests and ids only, never record content.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from controlplane.errors import ControlPlaneError
+
+
+class EvidenceRefused(ControlPlaneError):
+    status = grpc.StatusCode.INVALID_ARGUMENT
+    alarm = "invalid_record"
+    """The ``evidence_alarms.kind`` of this refusal; ``state`` the chain's state after it."""
+    state = "broken"
+
+    def __init__(self, message: str, *, seq: int = 0) -> None:
+        super().__init__(message)
+        self.seq = seq
+        """The seq of the refused record (0: not a record, or its seq could not be read)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Refusals come back from ingest's worker processes pickled: keep ``seq``.
+        return (_rebuild, (type(self), self.message, self.seq))
+
+
+def _rebuild(cls: type[EvidenceRefused], message: str, seq: int) -> EvidenceRefused:
+    return cls(message, seq=seq)
+
+
+class ChainBroken(EvidenceRefused):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    alarm = "chain_break"
+
+
+class Gap(ChainBroken):
+    alarm = "gap"
+    state = "gap"
+
+
+class Tampered(EvidenceRefused):
+    status = grpc.StatusCode.DATA_LOSS
+    alarm = "tamper"
+    state = "tampered"

@@ -1,0 +1,80 @@
+"""What admins ask the evidence store: records by filter, and the state of every chain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane.db.models import EvidenceAlarm, EvidenceChain, EvidenceRecord
+from controlplane.errors import InvalidArgument
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceFilter:
+    """Each set field narrows the result (AND); times are ``since <= ts < until``."""
+
+    correlation_id: str = ""
+    tenant_id: str = ""
+    api_key_id: str = ""
+    model: str = ""
+    outcome: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChainStatus:
+    chain: EvidenceChain
+    alarms: int
+
+
+class EvidenceQueries:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def records(self, f: EvidenceFilter) -> tuple[list[EvidenceRecord], bool]:
+        """The newest matching records (at most the limit) and whether more matched."""
+        limit = f.limit or DEFAULT_LIMIT
+        if limit > MAX_LIMIT:
+            raise InvalidArgument("limit", f"at most {MAX_LIMIT}")
+        if f.since is not None and f.until is not None and f.since >= f.until:
+            raise InvalidArgument("until", "must be after since")
+        query = sa.select(EvidenceRecord)
+        for column, value in (
+            (EvidenceRecord.correlation_id, f.correlation_id),
+            (EvidenceRecord.tenant_id, f.tenant_id),
+            (EvidenceRecord.api_key_id, f.api_key_id),
+            (EvidenceRecord.model, f.model),
+            (EvidenceRecord.outcome, f.outcome),
+        ):
+            if value:
+                query = query.where(column == value)
+        if f.since is not None:
+            query = query.where(EvidenceRecord.ts >= f.since)
+        if f.until is not None:
+            query = query.where(EvidenceRecord.ts < f.until)
+        query = query.order_by(EvidenceRecord.ts.desc(), EvidenceRecord.chain_id, EvidenceRecord.seq.desc())
+        async with self._sessions() as session:
+            rows = list((await session.execute(query.limit(limit + 1))).scalars())
+        return rows[:limit], len(rows) > limit
+
+    async def chains(self) -> list[ChainStatus]:
+        alarms = (
+            sa.select(EvidenceAlarm.chain_id, sa.func.count().label("n"))
+            .group_by(EvidenceAlarm.chain_id)
+            .subquery()
+        )
+        query = (
+            sa.select(EvidenceChain, sa.func.coalesce(alarms.c.n, 0))
+            .outerjoin(alarms, alarms.c.chain_id == EvidenceChain.chain_id)
+            .order_by(EvidenceChain.chain_id)
+        )
+        async with self._sessions() as session:
+            return [ChainStatus(chain, int(n)) for chain, n in (await session.execute(query)).all()]

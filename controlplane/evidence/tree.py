@@ -1,0 +1,31 @@
+"""A chain's Merkle tree kept between batches as bytes (``evidence_chains.tree``).
+
+``merkle.Tree`` holds the roots of its perfect subtrees; at most log2(n) of them, so a chain
+of a billion records is 30 entries (1 byte of height + 32 of root each). Checking a
+checkpoint of the newest size costs nothing more than the appends themselves.
+"""
+
+from __future__ import annotations
+
+from dataplane.evidence.merkle import Tree
+
+_ENTRY = 33
+
+
+class StoredTree(Tree):
+    """``merkle.Tree`` that can be saved and restored."""
+
+    def to_bytes(self) -> bytes:
+        return b"".join(bytes([height]) + digest for height, digest in self._stack)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, size: int) -> StoredTree:
+        """The tree of ``size`` leaves whose subtree roots ``to_bytes`` wrote as ``data``."""
+        tree = cls()
+        if len(data) % _ENTRY:
+            raise ValueError(f"a stored tree is a multiple of {_ENTRY} bytes, not {len(data)}")
+        tree._stack = [(data[i], data[i + 1 : i + _ENTRY]) for i in range(0, len(data), _ENTRY)]
+        if sum(1 << height for height, _ in tree._stack) != size:
+            raise ValueError(f"the stored tree does not have {size} leaves")
+        tree.size = size
+        return tree

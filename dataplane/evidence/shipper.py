@@ -1,0 +1,231 @@
+"""Ships the node's evidence log to the control plane: at-least-once, resumable.
+
+The log is read from a persisted cursor, ``<evidence dir>/<chain>.shipped`` (the seq and
+byte offset just after the last record the control plane acknowledged), in batches of
+whole lines, exactly as written. A batch is sent on the EvidenceService stream of the node
+port (mutual TLS: the control plane knows the node by its certificate); the control plane
+answers after its commit with the highest gap-free seq it holds, and only then does the
+cursor move (written to a temporary file, fsynced and renamed over the old one, so a crash
+leaves either cursor, never half of one). A crash between the commit and the cursor write
+resends records the control plane already holds: it counts them as duplicates.
+
+A batch refused from some record on (the control plane names it) moves the cursor to what
+was acknowledged and, after a backoff, resends from there: a record the node rewrote after
+a crash is resent as it is now, and tampering keeps being refused and alarmed on the
+control plane. The connection is retried with the backoff the node gives (config sync's
+full jitter).
+Pruning what was acknowledged needs segmented logs and is not done here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
+from signalbox.tls import ClientTls, aio_channel
+
+log = logging.getLogger("signalbox.dataplane.evidence.shipper")
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+BATCH_RECORDS = 2000
+BATCH_BYTES = 4 * 1024 * 1024
+ACK_TIMEOUT = 60.0
+
+
+def chain_of(record: dict[str, Any], node_id: str) -> str:
+    """The chain a record belongs to: its ``chain_id``, else its node's single chain."""
+    return str(record.get("chain_id") or f"{node_id}/0")
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """How far the control plane acknowledged: the last seq and the byte offset after it."""
+
+    seq: int = 0
+    offset: int = 0
+
+
+def cursor_path(log_file: Path, chain_id: str) -> Path:
+    return log_file.parent / f"{_SAFE_NAME.sub('_', chain_id)}.shipped"
+
+
+def read_cursor(path: Path) -> Cursor:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return Cursor()
+    return Cursor(int(data["seq"]), int(data["offset"]))
+
+
+def write_cursor(path: Path, cursor: Cursor) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps({"seq": cursor.seq, "offset": cursor.offset}).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_batch(path: Path, offset: int, *, records: int, limit: int) -> list[bytes]:
+    """Whole lines from ``offset``: at most ``records`` of them and about ``limit`` bytes."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, read in a thread
+    except FileNotFoundError:
+        return []
+    with f:
+        f.seek(offset)
+        lines: list[bytes] = []
+        size = 0
+        for line in f:
+            if not line.endswith(b"\n") or len(lines) >= records or (lines and size + len(line) > limit):
+                break
+            lines.append(line)
+            size += len(line)
+        return lines
+
+
+@dataclass(frozen=True, slots=True)
+class ShipperStatus:
+    connected: bool
+    shipped_seq: int
+    """Highest seq the control plane acknowledged (and the cursor holds)."""
+    failures: int
+    last_error: str
+
+
+class EvidenceShipper:
+    """Keeps shipping one node's evidence log for as long as ``run`` runs."""
+
+    def __init__(
+        self,
+        target: str,
+        log_file: Path,
+        *,
+        node_id: str,
+        tls: ClientTls,
+        backoff: Callable[[int], float],
+        poll_interval: float = 0.05,
+        batch_records: int = BATCH_RECORDS,
+    ) -> None:
+        self._target = target
+        self._log_file = Path(log_file)
+        self._node_id = node_id
+        self._tls = tls
+        self._backoff = backoff
+        """Seconds to wait after ``n`` failures in a row (the node passes sync's full jitter)."""
+        self._poll = poll_interval
+        self._batch_records = batch_records
+        self.chain_id = f"{node_id}/0"
+        self._cursor_file = cursor_path(self._log_file, self.chain_id)
+        self._cursor = read_cursor(self._cursor_file)
+        self._connected = False
+        self._failures = 0
+        self._last_error = ""
+
+    @property
+    def status(self) -> ShipperStatus:
+        return ShipperStatus(self._connected, self._cursor.seq, self._failures, self._last_error)
+
+    async def run(self) -> None:
+        """Ship until cancelled; never raises for control-plane trouble."""
+        while True:
+            try:
+                await self._session()
+            except grpc.aio.AioRpcError as exc:
+                self._last_error = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:
+                # A dead shipper would let the spool grow unseen: log and keep trying.
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("evidence shipping to %s failed", self._target)
+            finally:
+                self._connected = False
+            self._failures += 1
+            delay = self._backoff(self._failures)
+            log.info(
+                "evidence shipping to %s interrupted (%s); retrying in %.2fs from seq %d",
+                self._target,
+                self._last_error,
+                delay,
+                self._cursor.seq,
+            )
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        outbox: asyncio.Queue[evidence_pb2.ShipBatch | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[evidence_pb2.ShipBatch]:
+            while (batch := await outbox.get()) is not None:
+                yield batch
+
+        async with aio_channel(self._target, self._tls) as channel:
+            call = evidence_pb2_grpc.EvidenceServiceStub(channel).Ship(requests())
+            try:
+                # An empty batch first: the answer proves the stream is up (and tells the head).
+                outbox.put_nowait(evidence_pb2.ShipBatch(chain_id=self.chain_id))
+                await self._answer(call, [])
+                self._connected = True
+                self._failures = 0
+                while True:
+                    lines = await asyncio.to_thread(
+                        read_batch,
+                        self._log_file,
+                        self._cursor.offset,
+                        records=self._batch_records,
+                        limit=BATCH_BYTES,
+                    )
+                    if not lines:
+                        await asyncio.sleep(self._poll)
+                        continue
+                    outbox.put_nowait(evidence_pb2.ShipBatch(chain_id=self.chain_id, records=lines))
+                    refused = await self._answer(call, lines)
+                    if refused:
+                        self._failures += 1
+                        await asyncio.sleep(self._backoff(self._failures))
+                    else:
+                        self._failures = 0
+            finally:
+                outbox.put_nowait(None)
+                call.cancel()
+
+    async def _answer(self, call: Any, lines: list[bytes]) -> bool:
+        """Read the ACK of ``lines`` and move the cursor to it; True when it was refused."""
+        ack = await asyncio.wait_for(call.read(), ACK_TIMEOUT)
+        if ack is grpc.aio.EOF:  # type: ignore[attr-defined]
+            raise ConnectionError("the control plane ended the evidence stream")
+        head = int(ack.head_seq)
+        cursor = self._cursor
+        if head > cursor.seq:
+            offset = cursor.offset
+            for line in lines[: head - cursor.seq]:
+                offset += len(line)
+            if head - cursor.seq > len(lines):
+                # The control plane holds more than we ever sent from here (a lost cursor):
+                # skip forward only as far as we can account for by bytes.
+                head = cursor.seq + len(lines)
+            await self._save(Cursor(head, offset))
+        elif head < cursor.seq:
+            # The store holds less than we were told before (restored from a backup):
+            # resend from the start; it keeps what it has as duplicates.
+            log.warning("control plane holds %s up to seq %d only; resending from seq 1", self.chain_id, head)
+            await self._save(Cursor())
+        if ack.HasField("error"):
+            self._last_error = f"{ack.error.code}: {ack.error.message}"
+            log.error("evidence batch refused by the control plane: %s", self._last_error)
+            return True
+        return False
+
+    async def _save(self, cursor: Cursor) -> None:
+        await asyncio.to_thread(write_cursor, self._cursor_file, cursor)
+        self._cursor = cursor

@@ -1,0 +1,63 @@
+"""The node's shipper against a real control plane: it resumes from its persisted cursor,
+and without one it resends everything, which the store takes as duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from dataplane.evidence.log import log_path
+from dataplane.evidence.shipper import EvidenceShipper, cursor_path, read_cursor
+from tests.controlplane.evidence.conftest import new_dir
+from tests.controlplane.evidence.test_ship import write_records
+from tests.fixtures.postgres import RunningControlPlane, sql_rows
+from tests.helpers import eventually
+
+
+async def _ship_all(shipper: EvidenceShipper, head: int) -> None:
+    task = asyncio.create_task(shipper.run())
+    try:
+        await eventually(lambda: shipper.status.shipped_seq == head, message=f"seq {head} acknowledged")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_the_shipper_resumes_from_its_cursor(
+    evidence_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    directory = new_dir(private_tmp, "shipper-")
+    tls = await evidence_plane.enroll("node-s", directory)
+    log_file = log_path(directory, "node-s")
+
+    def shipper() -> EvidenceShipper:
+        return EvidenceShipper(
+            evidence_plane.node_address,
+            log_file,
+            node_id="node-s",
+            tls=tls,
+            backoff=lambda n: 0.05,
+            batch_records=7,
+        )
+
+    def count() -> int:
+        return int(sql_rows(evidence_plane.database_url, "SELECT count(*) FROM evidence_records")[0][0])
+
+    await write_records(directory, "node-s", 30)
+    await _ship_all(shipper(), 30)
+    cursor_file = cursor_path(log_file, "node-s/0")
+    assert read_cursor(cursor_file).offset == log_file.stat().st_size
+    assert cursor_file.stat().st_mode & 0o777 == 0o600
+
+    await write_records(directory, "node-s", 20)
+    again = shipper()
+    assert again.status.shipped_seq == 30  # read back from the cursor file
+    await _ship_all(again, 50)
+    assert count() == 50
+
+    cursor_file.unlink()  # lost: everything is resent, nothing is stored twice
+    await _ship_all(shipper(), 50)
+    assert count() == 50
+    assert read_cursor(cursor_file).seq == 50
