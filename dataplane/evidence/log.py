@@ -248,8 +248,11 @@ class EvidenceLog:
 
     async def _checkpoint_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
+            # as the event fires, and aclose would then wait for this task forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._checkpoint_due.wait(), self._checkpoint_interval)
+                async with asyncio.timeout(self._checkpoint_interval):
+                    await self._checkpoint_due.wait()
             self._checkpoint_due.clear()
             try:
                 await self.checkpoint()
