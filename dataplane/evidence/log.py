@@ -52,19 +52,20 @@ answer (``dataplane.api.status``): ``signalbox-evidence-id: <record_id>`` and
 ``signalbox-evidence: written`` (written to the OS; fsynced within the window).
 
 Why not (a), group commit (each answer waits for the fsync of its batch)? The target
-is under 100 us added per request at p50; measured on this machine (2 cores, ext4 on a
-virtual disk, 1 KB records, ``/tmp/evid_fsync_probe.py`` in the bench README)::
+is under 100 us added per request at p50; measured on this machine (2 shared cores, a
+virtual disk, 1.5 KB records; ``bench/evidence_bench.py``, figures in bench/README.md)::
 
-    write() to the OS                p50    0.5 us   p99    6 us
-    write() + fdatasync()            p50  238   us   p99 3300 us
-    write() + fsync()                p50 1390   us   p99 5000 us
+    append() (canonical JSON, SHA-256, write(), Merkle leaf)   p50   30 us   p99  116 us
+    write() to the OS                                          p50  0.4 us   p99   29 us
+    write() + fdatasync()                                      p50  241 us   p99  588 us
+    write() + fsync()                                          p50  198 us   p99 1398 us
 
-A group commit makes every answer wait for at least one fsync (and on average half
-a batching window more): 14 to 50 times the whole budget at p50 and milliseconds at p99,
-whatever the batching. The evidence path with (b) costs a few microseconds
-(``bench/evidence_bench.py``). What (b) gives up is bounded and documented: records of
-answers in the last ``fsync_interval`` before a power loss. A checkpoint is only ever
-signed over fsynced records, so no signed statement can name a record that was lost.
+A group commit makes every answer wait for at least one fsync (and on average half a
+batching window more): twice the whole budget at p50 and over a millisecond at p99,
+whatever the batching. What (b) gives up is bounded and documented: records of answers
+in the last ``fsync_interval`` before a power loss (never before a process crash). A
+checkpoint is only ever signed over fsynced records, so no signed statement can name a
+record that was lost.
 
 On start the tail is read back: the sequence and chain continue from the last
 complete record, and a torn last line (a crash in the middle of a write) is cut off.
