@@ -193,6 +193,7 @@ def verify_chain_files(
         hashes.append(merkle.leaf_hash(_leaf(record)))
     before: checkpoint.Checkpoint | None = None
     tree = merkle.Tree()
+    subtrees = Subtrees(hashes)
     for k, note in enumerate(chain.notes, start=1):
         try:
             cp = checkpoint.verify(note, key)
@@ -212,7 +213,7 @@ def verify_chain_files(
             raise EvidenceChainBroken(f"{where}: root does not match the tree of the first {cp.size} records")
         if before is not None and before.size:
             try:
-                proof = merkle.consistency_proof(hashes, before.size, cp.size)
+                proof = subtrees.consistency_proof(before.size, cp.size)
                 merkle.verify_consistency(before.size, cp.size, before.root, cp.root, proof)
             except merkle.ProofError as exc:
                 raise EvidenceChainBroken(f"{where}: not consistent with checkpoint {k - 1}: {exc}") from exc
@@ -223,3 +224,43 @@ def verify_chain_files(
         checkpoints=len(chain.notes),
         signed_size=before.size if before is not None else 0,
     )
+
+
+class Subtrees:
+    """RFC 9162 consistency proofs over one list of hashed leaves, with every perfect subtree
+    hashed once: proving many consecutive checkpoints costs O(n) in all, not O(n) each.
+    Its proofs equal ``merkle.consistency_proof``'s."""
+
+    def __init__(self, leaf_hashes: list[bytes]) -> None:
+        self._leaves = leaf_hashes
+        self._perfect: dict[tuple[int, int], bytes] = {}
+
+    def mth(self, lo: int, hi: int) -> bytes:
+        """The root of leaves ``lo .. hi - 1``."""
+        n = hi - lo
+        if n == 1:
+            return self._leaves[lo]
+        perfect = n & (n - 1) == 0 and lo % n == 0
+        if perfect and (lo, n) in self._perfect:
+            return self._perfect[(lo, n)]
+        k = 1 << ((n - 1).bit_length() - 1)
+        digest = merkle.node_hash(self.mth(lo, lo + k), self.mth(lo + k, hi))
+        if perfect:
+            self._perfect[(lo, n)] = digest
+        return digest
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        if not 0 < old_size <= new_size <= len(self._leaves):
+            raise merkle.ProofError(f"no consistency proof from size {old_size} to size {new_size}")
+        if old_size == new_size:
+            return []
+        return self._subproof(old_size, 0, new_size, True)
+
+    def _subproof(self, m: int, lo: int, hi: int, complete: bool) -> list[bytes]:
+        n = hi - lo
+        if m == n:
+            return [] if complete else [self.mth(lo, hi)]
+        k = 1 << ((n - 1).bit_length() - 1)
+        if m <= k:
+            return [*self._subproof(m, lo, lo + k, complete), self.mth(lo + k, hi)]
+        return [*self._subproof(m - k, lo + k, hi, False), self.mth(lo, lo + k)]

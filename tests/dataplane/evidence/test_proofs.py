@@ -16,7 +16,7 @@ from controlplane.identity.ca import NodeCertificateSpec, new_ca
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import checkpoint, merkle
 from dataplane.evidence.log import EvidenceLog, log_path, read_records, record_hash
-from dataplane.evidence.proofs import consistency, inclusion, verify_chain_files
+from dataplane.evidence.proofs import Subtrees, consistency, inclusion, verify_chain_files
 from dataplane.identity import IdentityFiles
 from tests.helpers import eventually
 
@@ -268,3 +268,16 @@ async def test_cli_verifies_a_node_data_dir_and_names_the_first_bad_record(tmp_p
     empty = _cli("--data-dir", str(tmp_path / "nothing"))
     assert (empty.returncode, empty.stdout) == (1, "")
     assert "no evidence chains" in empty.stderr
+
+
+def test_cached_consistency_proofs_equal_the_reference_ones() -> None:
+    leaves = [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(70)]
+    subtrees = Subtrees(leaves)
+    for old in range(1, 71):
+        for new in range(old, 71, 3):
+            assert subtrees.consistency_proof(old, new) == merkle.consistency_proof(leaves, old, new), (
+                old,
+                new,
+            )
+    with pytest.raises(merkle.ProofError):
+        subtrees.consistency_proof(5, 71)
