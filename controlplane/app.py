@@ -45,7 +45,7 @@ from controlplane.api.sync import ConfigSyncServicer
 from controlplane.db.embedded import EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
-from controlplane.evidence.ingest import CheckpointVerifier, EvidenceIngest
+from controlplane.evidence.ingest import CheckpointVerifier, EvidenceIngest, verify_node_checkpoint
 from controlplane.evidence.queries import EvidenceQueries
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
@@ -145,7 +145,10 @@ class ControlPlane:
     """A running control plane; use as ``async with``."""
 
     def __init__(
-        self, settings: ControlPlaneSettings, *, verify_checkpoint_signature: CheckpointVerifier | None = None
+        self,
+        settings: ControlPlaneSettings,
+        *,
+        verify_checkpoint_signature: CheckpointVerifier = verify_node_checkpoint,
     ) -> None:
         self.settings = settings
         self._verify_checkpoint_signature = verify_checkpoint_signature
@@ -328,18 +331,12 @@ class ControlPlane:
         identity_pb2_grpc.add_NodeIdentityServiceServicer_to_server(
             NodeIdentityServicer(self.identities, node_auth), self._node_server
         )
-        if self._verify_checkpoint_signature is not None:
-            self.evidence = EvidenceIngest(
-                sessions, self._verify_checkpoint_signature, workers=s.evidence_workers
-            )
-            evidence_pb2_grpc.add_EvidenceServiceServicer_to_server(
-                EvidenceServicer(self.evidence, node_auth), self._node_server
-            )
-        else:
-            log.warning(
-                "EvidenceService is not served: no checkpoint signature check was given; nodes "
-                "keep their evidence spooled until a control plane that has one is running"
-            )
+        self.evidence = EvidenceIngest(
+            sessions, self._verify_checkpoint_signature, workers=s.evidence_workers
+        )
+        evidence_pb2_grpc.add_EvidenceServiceServicer_to_server(
+            EvidenceServicer(self.evidence, node_auth), self._node_server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._node_server)
         node_port = self._add_node_port(self._node_server)
         self.node_address = f"{s.node_listen.rsplit(':', 1)[0]}:{node_port}"

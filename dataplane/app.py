@@ -8,7 +8,8 @@
 
 Start order: the node's identity (``dataplane.identity``: a valid certificate in
 ``<data_dir>/identity``, else enrollment with the token, else refuse to start), the
-evidence log, one pooled ``httpx.AsyncClient`` for every adapter, the
+evidence log (its checkpoints signed with the node key, generated here if the node never
+enrolled), one pooled ``httpx.AsyncClient`` for every adapter, the
 snapshot store (pinned file, or the persisted last-known-good), the gRPC server
 (health NOT_SERVING until a valid snapshot is served), then the config-sync client, or,
 for a pinned file, its watcher (a newer signed file at that path is applied live), and the
@@ -40,7 +41,12 @@ from grpc_health.v1._async import HealthServicer
 from dataplane.api.service import InferService, add_to_server
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import SnapshotFileInvalid
-from dataplane.evidence.log import EvidenceLog, log_path
+from dataplane.evidence.log import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_CHECKPOINT_RECORDS,
+    EvidenceLog,
+    log_path,
+)
 from dataplane.evidence.shipper import EvidenceShipper
 from dataplane.http_client import TransportName, build_http_client
 from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
@@ -115,6 +121,10 @@ class NodeSettings:
     hostile or mistaken 429 must not park a deployment for every tenant of the node."""
     evidence_fsync_interval: float = 0.05
     """Longest time a written evidence record waits for fsync."""
+    evidence_checkpoint_records: int = DEFAULT_CHECKPOINT_RECORDS
+    """A signed checkpoint at least every this many evidence records..."""
+    evidence_checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
+    """...and every this many seconds while there are new records."""
     sync_backoff_base: float = 0.5
     sync_heartbeat_interval: float = 15.0
     """Seconds between heartbeats on the sync stream (the control plane's last_seen)."""
@@ -236,8 +246,16 @@ class DataPlaneNode:
         trusted = load_trust_keys(s.trust_keys)
         if not trusted:
             log.warning("no trust key configured: this node will refuse every snapshot")
+        # Checkpoints are signed with the node key; a node that never enrolled (a pinned
+        # air-gapped node) generates it now, as enrollment would, and is certified later.
+        signer = await asyncio.to_thread(self.identity.private_key)
         self._evidence = EvidenceLog(
-            log_path(s.data_dir, s.node_id), s.node_id, fsync_interval=s.evidence_fsync_interval
+            log_path(s.data_dir, s.node_id),
+            s.node_id,
+            fsync_interval=s.evidence_fsync_interval,
+            signer=signer,
+            checkpoint_records=s.evidence_checkpoint_records,
+            checkpoint_interval=s.evidence_checkpoint_interval,
         )
         await self._evidence.start()
         self._http = build_http_client(

@@ -1,4 +1,5 @@
-"""``signalbox dataplane serve`` and ``signalbox dataplane verify``.
+"""``signalbox dataplane serve``, ``signalbox dataplane verify`` and
+``signalbox dataplane evidence verify``.
 
 Every flag has a ``SIGNALBOX_*`` environment variable (declared through
 ``signalbox.settings`` so the README lists them all).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import logging
 import math
 import os
@@ -16,10 +18,15 @@ import sys
 import time
 from pathlib import Path
 
+from cryptography import x509
 from google.protobuf.message import DecodeError
 
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotFileInvalid
+from dataplane.evidence import checkpoint
+from dataplane.evidence.log import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS, chain_files
+from dataplane.evidence.proofs import NodeKey, verify_chain_files
+from dataplane.identity import IdentityFiles, NodeIdentityError
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.background import ESCALATE_AFTER_S
@@ -31,6 +38,7 @@ from signalbox.api.config.v1 import snapshot_pb2
 
 SERVE = "dataplane serve"
 VERIFY = "dataplane verify"
+EVIDENCE_VERIFY = "dataplane evidence verify"
 
 
 def _split_paths(raw: str) -> list[str]:
@@ -287,6 +295,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="longest upstream Retry-After honoured, in seconds (longer ones are cut to this)",
         command=SERVE,
     )
+    add(
+        serve,
+        "--evidence-checkpoint-records",
+        env="SIGNALBOX_EVIDENCE_CHECKPOINT_RECORDS",
+        default=DEFAULT_CHECKPOINT_RECORDS,
+        type=int,
+        help="sign a checkpoint of the evidence chain at least every this many records",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--evidence-checkpoint-ms",
+        env="SIGNALBOX_EVIDENCE_CHECKPOINT_MS",
+        default=int(DEFAULT_CHECKPOINT_INTERVAL * 1000),
+        type=int,
+        help="and every this many milliseconds while there are new records",
+        command=SERVE,
+    )
     settings.add_log_level(serve, command=SERVE)
     serve.set_defaults(handler=serve_command)
 
@@ -328,6 +354,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     verify.set_defaults(handler=verify_command)
 
+    evidence = sub.add_parser("evidence", help="check a node's evidence chains")
+    evidence_sub = evidence.add_subparsers(dest="evidence_command", required=True, metavar="COMMAND")
+    evidence_verify = evidence_sub.add_parser(
+        "verify", help="verify every chain, checkpoint and consistency in a node's data dir"
+    )
+    add(
+        evidence_verify,
+        "--data-dir",
+        env="SIGNALBOX_NODE_DATA_DIR",
+        default="./var/node",
+        help="the node's data dir (evidence/ and identity/)",
+        command=EVIDENCE_VERIFY,
+    )
+    evidence_verify.set_defaults(handler=evidence_verify_command)
+
 
 def serve_command(ns: argparse.Namespace) -> int:
     from dataplane.app import DataPlaneNode, NodeSettings
@@ -360,6 +401,18 @@ def serve_command(ns: argparse.Namespace) -> int:
     if not math.isfinite(ns.snapshot_idle_wait_seconds) or ns.snapshot_idle_wait_seconds < 0:
         print(
             f"--snapshot-idle-wait-seconds: {ns.snapshot_idle_wait_seconds} is not a number of seconds >= 0",
+            file=sys.stderr,
+        )
+        return 2
+    if ns.evidence_checkpoint_records < 1:
+        print(
+            f"--evidence-checkpoint-records: {ns.evidence_checkpoint_records} is not a positive count",
+            file=sys.stderr,
+        )
+        return 2
+    if ns.evidence_checkpoint_ms < 1:
+        print(
+            f"--evidence-checkpoint-ms: {ns.evidence_checkpoint_ms} is not a positive number of milliseconds",
             file=sys.stderr,
         )
         return 2
@@ -413,6 +466,8 @@ def serve_command(ns: argparse.Namespace) -> int:
             insecure=ns.insecure,
         ),
         reset_high_water_mark=ns.reset_high_water_mark,
+        evidence_checkpoint_records=ns.evidence_checkpoint_records,
+        evidence_checkpoint_interval=ns.evidence_checkpoint_ms / 1000,
     )
 
     async def run() -> None:
@@ -473,3 +528,44 @@ def verify_command(ns: argparse.Namespace) -> int:
     print(f"created: {when(config.created_at)}")
     print(f"expires: {when(config.expires_at)}")
     return 0
+
+
+def evidence_verify_command(ns: argparse.Namespace) -> int:
+    """One line per chain: ``OK <chain> records=N checkpoints=K signed=S key=...``, or
+    ``BAD <chain file>: <the first bad record or checkpoint>`` and exit 1."""
+    data_dir = Path(ns.data_dir)
+    files = chain_files(data_dir)
+    if not files:
+        print(f"verify: no evidence chains in {data_dir / 'evidence'}", file=sys.stderr)
+        return 1
+    identity = IdentityFiles.under(data_dir)
+    bad = 0
+    for path in files:
+        try:
+            key, how = _checkpoint_key(identity, path)
+            report = verify_chain_files(path, key)
+        except (EvidenceChainBroken, ValueError, OSError) as exc:
+            print(f"BAD {path}: {exc}")
+            bad += 1
+            continue
+        print(
+            f"OK {report.chain_id} records={report.records} checkpoints={report.checkpoints} "
+            f"signed={report.signed_size} key={how}"
+        )
+    return 1 if bad else 0
+
+
+def _checkpoint_key(identity: IdentityFiles, path: Path) -> tuple[NodeKey, str]:
+    """The node certificate when it was issued by the node CA for the chain's node, else the
+    node's own public key (a node not certified yet: an air-gapped node before provisioning)."""
+    cert = identity.certificate()
+    if cert is not None:
+        ca = x509.load_pem_x509_certificate(identity.ca.read_bytes())
+        with open(path, "rb") as f:
+            first = f.readline()
+        node_id = checkpoint.node_of(str(json.loads(first).get("chain_id", ""))) if first else ""
+        checkpoint.check_certificate(cert, ca, node_id)
+        return cert, "certified"
+    if not identity.key.exists():
+        raise NodeIdentityError(f"no node key in {identity.directory}: checkpoints cannot be verified")
+    return identity.private_key().public_key(), "node-key-uncertified"

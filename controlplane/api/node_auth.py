@@ -9,11 +9,13 @@ there is no certificate and ``authenticate`` returns None: the Hello says who it
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from controlplane.errors import PermissionDenied, Unauthenticated
 from controlplane.identity.ca import fingerprint, serial_hex
@@ -49,7 +51,8 @@ class NodeAuthenticator:
             raise PermissionDenied(f"certificate {serial} of node {row.node_id} is revoked")
         if row.not_after <= datetime.now(UTC):
             raise Unauthenticated(f"certificate {serial} expired at {row.not_after.isoformat()}")
-        return identity_of(row)
+        key = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return replace(identity_of(row), public_key=key)
 
     async def revoked_since(self, identity: NodeIdentity) -> bool:
         """Whether the certificate ``identity`` came from has been revoked meanwhile."""

@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -50,6 +52,7 @@ from controlplane.errors import PermissionDenied, shown
 from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, Tampered
 from controlplane.evidence.tree import StoredTree
 from controlplane.limits import INT64_MAX, KEY_ID_CHARS, NAME_CHARS, NODE_ID_CHARS, RESULT_CHARS
+from dataplane.evidence import checkpoint as node_checkpoint
 from dataplane.evidence.log import GENESIS_HASH, record_hash
 from dataplane.evidence.merkle import root as merkle_root
 from dataplane.evidence.shipper import chain_of
@@ -70,9 +73,27 @@ CHAIN_ID_RE = re.compile(
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
 
-CheckpointVerifier = Callable[[str, str], None]
-"""``(note, node_id)``: returns when ``note`` carries a valid signature by ``node_id``'s
-certified key, raises ``ValueError`` saying why not otherwise."""
+CheckpointVerifier = Callable[[str, str, bytes], None]
+"""``(note, node_id, public_key)``: returns when ``note`` carries a valid signature by
+``node_id``'s certified key (``public_key``: DER SubjectPublicKeyInfo from the certificate
+the node presented), raises ``ValueError`` saying why not otherwise."""
+
+
+def verify_node_checkpoint(note: str, node_id: str, public_key: bytes) -> None:
+    """The production check: the node's ECDSA signature in the C2SP note
+    (``dataplane.evidence.checkpoint``), with the key of the certificate it presented."""
+    if not public_key:
+        raise ValueError("no node certificate to check it with")
+    try:
+        key = load_der_public_key(public_key)
+    except ValueError as exc:
+        raise ValueError("the node certificate's key cannot be read") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError("the node certificate's key is not an ECDSA key")
+    checked = node_checkpoint.verify(note.encode(), key)
+    if checked.node_id != node_id:
+        raise ValueError(f"signed as node {shown(checked.node_id)}, not {shown(node_id)}")
+
 
 OK, GAP, BROKEN, TAMPERED = "ok", Gap.state, ChainBroken.state, Tampered.state
 
@@ -298,7 +319,7 @@ class EvidenceIngest:
         self._partitions: set[str] = set()
         """Monthly partitions known to exist (or whose month the DEFAULT partition keeps)."""
 
-    async def ingest(self, node_id: str, batch: Batch) -> Ack:
+    async def ingest(self, node_id: str, batch: Batch, public_key: bytes = b"") -> Ack:
         """Take ``batch`` from the authenticated node ``node_id``; the ACK after commit."""
         chain_id = batch.chain_id
         match = CHAIN_ID_RE.fullmatch(chain_id) if len(chain_id) <= CHAIN_ID_CHARS else None
@@ -315,7 +336,7 @@ class EvidenceIngest:
         checkpoints = [parse_checkpoint(chain_id, i, n) for i, n in enumerate(batch.checkpoints, start=1)]
         for checkpoint in checkpoints:
             try:
-                self._verify_signature(checkpoint.note, node_id)
+                self._verify_signature(checkpoint.note, node_id, public_key)
             except ValueError as exc:
                 raise EvidenceRefused(
                     f"chain {shown(chain_id)}: {checkpoint.name}: signature: {exc}"

@@ -77,6 +77,8 @@ class NodeIdentity:
     serial: str = ""
     """Hex serial of the certificate; "" on an insecure node port."""
     not_after: datetime | None = None
+    public_key: bytes = b""
+    """DER SubjectPublicKeyInfo of the presented certificate (signs the node's evidence)."""
 
 
 def identity_of(row: NodeCertificate) -> NodeIdentity:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from dataplane.api.status import CORRELATION_HEADER, abort
+from dataplane.api.status import abort, evidence_trailers
 from dataplane.edge import infer as edge
 from dataplane.errors import InvalidRequest, clipped, shown
 from dataplane.pipeline import Call, Closed, Operation, Pipeline, Refused
@@ -52,7 +52,7 @@ class InferService:
             served = await self._p.answer(call)
         except Refused as refused:
             await abort(context, refused.outcome, refused.correlation_id, refused.evidence_id)
-        context.set_trailing_metadata(((CORRELATION_HEADER, served.correlation_id),))
+        context.set_trailing_metadata(evidence_trailers(served.correlation_id, served.evidence_id))
         return edge.answer_to_proto(served)
 
     async def Embed(self, request: bytes, context: Context) -> infer_pb2.EmbedResponse:
@@ -62,7 +62,7 @@ class InferService:
             served = await self._p.embed(call)
         except Refused as refused:
             await abort(context, refused.outcome, refused.correlation_id, refused.evidence_id)
-        context.set_trailing_metadata(((CORRELATION_HEADER, served.correlation_id),))
+        context.set_trailing_metadata(evidence_trailers(served.correlation_id, served.evidence_id))
         return edge.embedding_to_proto(served)
 
     async def InferStream(
@@ -74,7 +74,7 @@ class InferService:
         try:
             async for event in events:
                 if isinstance(event, Closed):
-                    context.set_trailing_metadata(((CORRELATION_HEADER, event.correlation_id),))
+                    context.set_trailing_metadata(evidence_trailers(event.correlation_id, event.evidence_id))
                 yield edge.stream_event_to_proto(event)
         except Refused as refused:
             await abort(context, refused.outcome, refused.correlation_id, refused.evidence_id)

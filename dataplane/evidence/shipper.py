@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from dataplane.evidence import checkpoint
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.tls import ClientTls, aio_channel
 
@@ -133,6 +134,12 @@ class EvidenceShipper:
         self._connected = False
         self._failures = 0
         self._last_error = ""
+        self._notes_file = checkpoint.checkpoints_path(self._log_file)
+        self._notes_offset = 0
+        self._notes: list[tuple[int, bytes]] = []
+        """Signed checkpoints read but not shipped yet: (tree size, note)."""
+        self._noted = 0
+        """The largest checkpoint size the control plane has taken from this process."""
 
     @property
     def status(self) -> ShipperStatus:
@@ -188,8 +195,15 @@ class EvidenceShipper:
                     if not lines:
                         await asyncio.sleep(self._poll)
                         continue
-                    outbox.put_nowait(evidence_pb2.ShipBatch(chain_id=self.chain_id, records=lines))
+                    notes = await asyncio.to_thread(self._checkpoints_upto, self._cursor.seq + len(lines))
+                    outbox.put_nowait(
+                        evidence_pb2.ShipBatch(
+                            chain_id=self.chain_id, records=lines, checkpoints=[n.decode() for n in notes]
+                        )
+                    )
                     refused = await self._answer(call, lines)
+                    if not refused and notes:
+                        self._noted = max(self._noted, checkpoint.parse(notes[-1]).size)
                     if refused:
                         self._failures += 1
                         await asyncio.sleep(self._backoff(self._failures))
@@ -198,6 +212,27 @@ class EvidenceShipper:
             finally:
                 outbox.put_nowait(None)
                 call.cancel()
+
+    def _checkpoints_upto(self, size: int) -> list[bytes]:
+        """The newest signed checkpoint of at most ``size`` records not shipped yet (it covers
+        every record before it: one per batch is enough), reading only what was appended to
+        the checkpoints file since the last call."""
+        try:
+            with open(self._notes_file, "rb") as f:
+                f.seek(self._notes_offset)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        notes, used = checkpoint.split(data)
+        self._notes_offset += used
+        for note in notes:
+            try:
+                self._notes.append((checkpoint.parse(note).size, note))
+            except checkpoint.CheckpointInvalid as exc:
+                log.error("evidence checkpoint not shipped, it does not parse: %s", exc)
+        ready = [(n, note) for n, note in self._notes if self._noted < n <= size]
+        self._notes = [(n, note) for n, note in self._notes if n > size]
+        return [ready[-1][1]] if ready else []
 
     async def _answer(self, call: Any, lines: list[bytes]) -> bool:
         """Read the ACK of ``lines`` and move the cursor to it; True when it was refused."""

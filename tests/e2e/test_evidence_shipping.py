@@ -10,7 +10,6 @@ from pathlib import Path
 from dataplane.evidence.log import log_path, verify_chain
 from dataplane.evidence.shipper import cursor_path, read_cursor
 from signalbox.shell.simulator import Simulator
-from tests.controlplane.evidence.conftest import NodeKeys
 from tests.e2e.conftest import loopback_node
 from tests.e2e.test_config_push import _admin, _converged, _seed
 from tests.e2e.test_controlplane_killed import _counted_loop, _free_port
@@ -23,7 +22,6 @@ async def test_records_made_while_the_control_plane_is_down_all_ship_once_on_rec
 ) -> None:
     listen, node_listen = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
     settings = cp_settings(database_url, private_tmp, listen=listen, node_listen=node_listen)
-    verify = NodeKeys().verify
 
     def stored() -> tuple[int, int]:
         row = sql_rows(
@@ -32,9 +30,7 @@ async def test_records_made_while_the_control_plane_is_down_all_ship_once_on_rec
         return int(row[0]), int(row[1])
 
     async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(
-            running_control_plane(settings, verify_checkpoint_signature=verify)
-        )
+        first = await stack.enter_async_context(running_control_plane(settings))
         async with _admin(first) as admin:
             api_key = await _seed(admin, simulator)
             node = await loopback_node(first, "ship-1", private_tmp, sync_backoff_cap=0.3)
@@ -55,7 +51,7 @@ async def test_records_made_while_the_control_plane_is_down_all_ship_once_on_rec
             await eventually(
                 lambda: node.evidence.head.seq > down_at + 200, message="records made while down"
             )
-            async with running_control_plane(settings, verify_checkpoint_signature=verify):
+            async with running_control_plane(settings):
                 await eventually(lambda: shipper.status.connected, message="the shipper to reconnect")
                 stop.set()
                 failures = await load
@@ -66,6 +62,13 @@ async def test_records_made_while_the_control_plane_is_down_all_ship_once_on_rec
                     message="every record acknowledged",
                 )
                 count, distinct = stored()
+                # The node's signed checkpoints travel with its records and verify against
+                # the key of the certificate it presented (the production check).
+                await eventually(
+                    lambda: sql_rows(database_url, "SELECT count(*) FROM evidence_checkpoints")[0][0] > 0,
+                    timeout=30,
+                    message="a signed checkpoint stored",
+                )
         finally:
             stop.set()
             await asyncio.gather(load, return_exceptions=True)

@@ -37,7 +37,7 @@ class NodeKeys:
     def key(self, node_id: str) -> Ed25519PrivateKey:
         return self.keys.setdefault(node_id, Ed25519PrivateKey.generate())
 
-    def verify(self, note: str, node_id: str) -> None:
+    def verify(self, note: str, node_id: str, public_key: bytes = b"") -> None:
         body, _, signatures = note.partition("\n\n")
         public: Ed25519PublicKey | None = self.keys[node_id].public_key() if node_id in self.keys else None
         if public is None:
