@@ -111,53 +111,6 @@ def scope_snapshot(full: snapshot_pb2.Snapshot, group: GroupView) -> snapshot_pb
     return scoped
 
 
-HEADER_FIELDS = frozenset({1, 2, 3, 4})
-"""Snapshot fields every re-issue changes: version, created_at, expires_at, previous_hash."""
-
-
-def body_of(payload: bytes) -> memoryview:
-    """``payload`` after its leading header fields (``HEADER_FIELDS``): the config it carries,
-    scope included. Equal bodies mean a node would run the same config.
-
-    Reads only the wire format of the header (a tag, then a varint or a length and that
-    many bytes per field), so comparing two snapshots never decodes them. A payload whose
-    header is not where deterministic serialization puts it yields a body that equals no
-    freshly built one: the comparison then says "changed", the safe answer.
-    """
-    view = memoryview(payload)
-    offset = 0
-    while offset < len(view):
-        tag, after_tag = _varint(view, offset)
-        if tag is None or tag >> 3 not in HEADER_FIELDS:
-            break
-        wire_type = tag & 7
-        if wire_type == 0:
-            value, end = _varint(view, after_tag)
-            if value is None:
-                break
-        elif wire_type == 2:
-            length, start = _varint(view, after_tag)
-            if length is None or start + length > len(view):
-                break
-            end = start + length
-        else:
-            break
-        offset = end
-    return view[offset:]
-
-
-def _varint(view: memoryview, offset: int) -> tuple[int | None, int]:
-    value, shift = 0, 0
-    while offset < len(view) and shift < 64:
-        byte = view[offset]
-        offset += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, offset
-        shift += 7
-    return None, offset
-
-
 def describe(snapshot: snapshot_pb2.Snapshot, path: str) -> str:
     """Name the entry of ``snapshot`` at a compiler path, in the admin's terms."""
     for prefix, items in (("$.policies[", snapshot.policies), ("$.models[", snapshot.models)):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from controlplane.snapshots.scope import GroupView, body_of, describe, reachable, scope_snapshot
+from controlplane.snapshots.scope import GroupView, describe, reachable, scope_snapshot
 from dataplane.config.model import DeploymentMode
+from dataplane.snapshot.layout import make_layout, scan
 from signalbox.api.config.v1 import snapshot_pb2
 
 PUBLIC = snapshot_pb2.PROVIDER_LOCATION_PUBLIC_CLOUD
@@ -118,53 +119,35 @@ def _payload(snapshot: snapshot_pb2.Snapshot) -> bytes:
 
 
 def test_the_body_ignores_what_every_reissue_changes() -> None:
+    """The publisher compares layouts (``Layout.body_equals``) to skip unchanged groups."""
     one, two = _full(), _full()
     two.version, two.previous_hash = 2**40, b"h" * 32
     two.created_at.seconds, two.expires_at.seconds = 100, 2**33
-    assert body_of(_payload(one)) == body_of(_payload(two))
+    assert scan(_payload(one)).body_equals(scan(_payload(two)))
     two.ClearField("previous_hash")
     two.ClearField("version")
-    assert body_of(_payload(one)) == body_of(_payload(two))
+    assert scan(_payload(one)).body_equals(scan(_payload(two)))
     two.scope.node_group = "vault"  # the scope is config: it counts
-    assert body_of(_payload(one)) != body_of(_payload(two))
+    assert not scan(_payload(one)).body_equals(scan(_payload(two)))
     two.scope.node_group = ""
     two.tenants[0].tier = "gold"
-    assert body_of(_payload(one)) != body_of(_payload(two))
+    assert not scan(_payload(one)).body_equals(scan(_payload(two)))
 
 
-def test_a_cut_without_times_has_no_header_and_its_body_is_its_payload() -> None:
+def test_header_then_records_is_the_whole_payload() -> None:
+    """The publisher signs the header bytes followed by the records: that must be the message."""
     full = _full()
-    for name in ("version", "created_at", "expires_at", "previous_hash"):
-        full.ClearField(name)
-    scoped = scope_snapshot(full, GroupView("vault", DeploymentMode.AIR_GAPPED, site="site-a"))
-    assert not scoped.HasField("created_at")
-    assert not scoped.HasField("expires_at")
-    assert body_of(_payload(scoped)) == _payload(scoped)
-
-
-def test_header_then_body_is_the_whole_payload() -> None:
-    """The publisher signs header bytes + body bytes: that must be the message itself."""
-    full = _full()
-    body = snapshot_pb2.Snapshot()
-    body.CopyFrom(full)
-    for name in ("version", "created_at", "expires_at", "previous_hash"):
-        body.ClearField(name)
     header = snapshot_pb2.Snapshot(
         version=full.version,
         created_at=full.created_at,
         expires_at=full.expires_at,
         previous_hash=full.previous_hash,
     )
-    joined = _payload(header) + _payload(body)
-    assert joined == _payload(full)
-    assert body_of(joined) == _payload(body)
-    assert snapshot_pb2.Snapshot.FromString(joined) == full
-
-
-def test_a_payload_that_is_not_a_snapshot_has_no_header_to_skip() -> None:
-    for junk in (b"", b"\xff\xff\xff", b"\x0a\xff\x01", b"\x08"):
-        assert body_of(junk) == junk[len(junk) - len(body_of(junk)) :]
-        assert body_of(junk) != _payload(_full())
+    if full.HasField("scope"):
+        header.scope.CopyFrom(full.scope)
+    layout = make_layout(header, scan(_payload(full)).records)
+    assert layout.payload() == _payload(full)
+    assert snapshot_pb2.Snapshot.FromString(layout.payload()) == full
 
 
 def test_describe_names_the_policy_and_model_at_a_path() -> None:
