@@ -53,7 +53,7 @@ from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, Tamp
 from controlplane.evidence.tree import StoredTree
 from controlplane.limits import INT64_MAX, KEY_ID_CHARS, NAME_CHARS, NODE_ID_CHARS, RESULT_CHARS
 from dataplane.evidence import checkpoint as node_checkpoint
-from dataplane.evidence.log import GENESIS_HASH, record_hash
+from dataplane.evidence.log import GENESIS_HASH, hash_of_line
 from dataplane.evidence.merkle import root as merkle_root
 from dataplane.evidence.shipper import chain_of
 
@@ -206,7 +206,7 @@ def parse_record(chain_id: str, node_id: str, line_no: int, line: bytes) -> _Rec
         and (get("chain_id") or f"{node_id}/0") == chain_id
     ):
         _refuse(chain_id, node_id, line_no, record)
-    if record_hash(record) != digest:
+    if hash_of_line(body) != digest:
         where = _where(chain_id, line_no, seq)
         raise ChainBroken(f"{where}: hash does not match the record's content (edited?)", seq=seq)
     routing = get("routing")

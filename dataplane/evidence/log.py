@@ -15,11 +15,16 @@ the file name is only where to look), with its signed checkpoints next to it in
 - ``seq``: 1, 2, 3, ... without gaps within a chain;
 - ``prev_hash``: the ``hash`` of record ``seq - 1`` (``GENESIS_HASH``, 64 zeros, for seq 1);
 - the request's fields (``dataplane.pipeline.trace.record_fields``);
-- ``hash``: lowercase hex SHA-256 over the canonical JSON of the record without its
-  ``hash`` field: keys sorted, separators ``,`` and ``:``, no whitespace, non-ASCII
-  characters as UTF-8 (``json.dumps(..., sort_keys=True, separators=(",", ":"),
-  ensure_ascii=False)``). Key order on disk does not matter; verification
-  re-canonicalizes.
+- ``hash``: lowercase hex SHA-256 over the stored line's own bytes without the ``hash``
+  member, which is always the line's last member: a line is ``B[:-1] + ',"hash":"' + H +
+  '"}' + '\n'`` where ``B`` is the hashed JSON object and ``H = hex(SHA-256(B))``
+  (``hash_of_line``). The node writes ``B`` as canonical JSON (keys sorted, separators
+  ``,`` and ``:``, no whitespace, non-ASCII characters as UTF-8: ``json.dumps(...,
+  sort_keys=True, separators=(",", ":"), ensure_ascii=False)``; ``seal``), so ``H`` is
+  also the hash of the record's canonical form (``record_hash``); verifiers hash the bytes
+  as they are and never re-encode, which is what makes checking a large range fast and
+  makes any changed byte a changed hash. A line whose last member is not ``hash`` is not
+  a record.
 
 Changing, removing, inserting or reordering any record breaks the chain, which
 ``verify_chain`` (and ``dataplane.evidence.proofs.verify_chain_files``) detects and names.
@@ -103,6 +108,9 @@ DEFAULT_CHECKPOINT_INTERVAL = 1.0
 _TAIL_CHUNK = 64 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _HASH_TAIL = re.compile(rb',"hash":"([0-9a-f]{64})"}\n\Z')
+_HASH_MEMBER_START = b',"hash":"'
+_HASH_MEMBER_BYTES = len(_HASH_MEMBER_START) + 64 + 2  # ,"hash":"<64 hex>"}
+_HEX64 = re.compile(rb"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +120,37 @@ class ChainHead:
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``record`` without its ``hash`` field."""
+    """SHA-256 of the canonical JSON of ``record`` without its ``hash`` field: the hash
+    ``seal`` gives it."""
     body = {k: v for k, v in record.items() if k != "hash"}
     return hashlib.sha256(_canonical(body)).hexdigest()
+
+
+def seal(record: Mapping[str, Any]) -> bytes:
+    """The stored line of ``record`` (its ``hash`` field, if any, replaced): canonical JSON
+    with the hash member appended last, newline-terminated."""
+    body = _canonical({k: v for k, v in record.items() if k != "hash"})
+    return _line(body, hashlib.sha256(body).hexdigest())
+
+
+def _line(body: bytes, digest: str) -> bytes:
+    return b'%b,"hash":"%b"}\n' % (body[:-1], digest.encode())
+
+
+def hash_of_line(line: bytes) -> str | None:
+    """The SHA-256 (hex) of a stored record line's bytes without its ``hash`` member, which
+    must be its last member; None when it is not (not a record line). A line that verifies
+    has ``hash_of_line(line) == json.loads(line)["hash"]``."""
+    end = len(line) - 1 if line.endswith(b"\n") else len(line)
+    start = end - _HASH_MEMBER_BYTES
+    if (
+        start < 1
+        or not line.startswith(_HASH_MEMBER_START, start)
+        or not line.startswith(b'"}', end - 2)
+        or _HEX64.fullmatch(line, start + len(_HASH_MEMBER_START), end - 2) is None
+    ):
+        return None
+    return hashlib.sha256(line[:start] + b"}").hexdigest()
 
 
 def _canonical(value: Any) -> bytes:
@@ -220,9 +256,8 @@ class EvidenceLog:
         body = _canonical(record)
         hashed = hashlib.sha256(body)
         digest = hashed.hexdigest()
-        # The stored line is the hashed body with "hash" appended last; verification
-        # drops "hash" and re-canonicalizes, so the key order on disk does not matter.
-        self._file.write(b'%b,"hash":"%b"}\n' % (body[:-1], digest.encode()))
+        # The stored line is the hashed body with "hash" appended last (``hash_of_line``).
+        self._file.write(_line(body, digest))
         self._head = ChainHead(seq, digest)
         self._tree.append(hashed.digest())
         self._dirty.set()
@@ -322,23 +357,30 @@ def _open_private_append(path: Path) -> BinaryIO:
     return os.fdopen(fd, "ab", buffering=0)
 
 
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Every complete record in the file, in order."""
+def read_lines(path: Path) -> Iterator[bytes]:
+    """Every complete record line in the file, in order, as stored."""
     with open(path, "rb") as f:
         for line in f:
             if line.endswith(b"\n"):
-                yield json.loads(line)
+                yield line
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Every complete record in the file, in order."""
+    for line in read_lines(path):
+        yield json.loads(line)
 
 
 def verify_chain(path: Path) -> ChainHead:
     """Check sequence, links and hashes of the whole file; return its head."""
     head = ChainHead(0, GENESIS_HASH)
-    for n, record in enumerate(read_records(path), start=1):
+    for n, line in enumerate(read_lines(path), start=1):
+        record = json.loads(line)
         if record.get("seq") != head.seq + 1:
             raise EvidenceChainBroken(f"line {n}: seq {record.get('seq')} follows {head.seq}")
         if record.get("prev_hash") != head.hash:
             raise EvidenceChainBroken(f"line {n}: prev_hash does not match the record before")
-        if record_hash(record) != record.get("hash"):
+        if hash_of_line(line) != record.get("hash"):
             raise EvidenceChainBroken(f"line {n}: hash does not match the record's content")
         head = ChainHead(record["seq"], record["hash"])
     return head
@@ -422,7 +464,7 @@ def _recover_tail(path: Path, chain: str) -> ChainHead:
             last = json.loads(complete[-1])
         except ValueError as exc:
             raise EvidenceChainBroken(f"{path}: last record is not JSON: {exc}") from exc
-        if not isinstance(last, dict) or record_hash(last) != last.get("hash"):
+        if not isinstance(last, dict) or hash_of_line(complete[-1] + b"\n") != last.get("hash"):
             raise EvidenceChainBroken(f"{path}: last record's hash does not match its content")
         if last.get("chain_id") != chain:
             raise EvidenceChainBroken(

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import checkpoint, merkle
-from dataplane.evidence.log import GENESIS_HASH, record_hash
+from dataplane.evidence.log import GENESIS_HASH, hash_of_line
 
 NodeKey = ec.EllipticCurvePublicKey | x509.Certificate
 """What checkpoints are verified with: the node's public key or its certificate."""
@@ -40,10 +40,13 @@ class Chain:
 
     records: list[dict[str, Any]]
     notes: list[bytes]
+    lines: list[bytes]
+    """The records' lines exactly as stored (what their hashes are over)."""
 
     @classmethod
     def read(cls, log_file: Path, checkpoints_file: Path | None = None) -> Chain:
         records: list[dict[str, Any]] = []
+        lines: list[bytes] = []
         with open(log_file, "rb") as f:
             for n, line in enumerate(f, start=1):
                 if not line.endswith(b"\n"):
@@ -55,8 +58,9 @@ class Chain:
                 if not isinstance(record, dict):
                     raise EvidenceChainBroken(f"line {n}: not a JSON object")
                 records.append(record)
+                lines.append(line)
         notes = checkpoint.read_notes(checkpoints_file or checkpoint.checkpoints_path(log_file))
-        return cls(records, notes)
+        return cls(records, notes, lines)
 
     def leaves(self, size: int | None = None) -> list[bytes]:
         """The hashed Merkle leaves of the first ``size`` records (all by default)."""
@@ -173,7 +177,7 @@ def verify_chain_files(
     chain = Chain.read(log_file, checkpoints_file)
     expected = chain_id
     prev, hashes = GENESIS_HASH, []
-    for n, record in enumerate(chain.records, start=1):
+    for n, (record, line) in enumerate(zip(chain.records, chain.lines, strict=True), start=1):
         where = f"record seq {record.get('seq')} (line {n})"
         if expected is None:
             expected = record.get("chain_id")
@@ -187,7 +191,7 @@ def verify_chain_files(
             raise EvidenceChainBroken(f"{where}: expected seq {n} (a record is missing, inserted or moved)")
         if record.get("prev_hash") != prev:
             raise EvidenceChainBroken(f"{where}: prev_hash does not match the record before")
-        if record_hash(record) != record.get("hash"):
+        if hash_of_line(line) != record.get("hash"):
             raise EvidenceChainBroken(f"{where}: hash does not match the record's content")
         prev = record["hash"]
         hashes.append(merkle.leaf_hash(_leaf(record)))

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from controlplane.evidence.ingest import POOL_MIN_LINES
-from dataplane.evidence.log import log_path
+from dataplane.evidence.log import log_path, seal
 from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, rehash, write_records
 from tests.fixtures.postgres import RunningControlPlane, sql_rows
 
@@ -64,7 +64,7 @@ async def test_a_stored_record_arriving_changed_is_a_tamper_alarm_naming_chain_a
     lines = await write_records(directory, "node-a", 5)
     assert (await stream.ship("node-a/0", lines)).head_seq == 5
     forged = rehash({**json.loads(lines[2]), "tenant_id": "someone-else"})
-    lines[2] = json.dumps(forged).encode() + b"\n"
+    lines[2] = seal(forged)
     ack = await stream.ship("node-a/0", lines)
     assert ack.error.code == "DATA_LOSS"
     assert ack.error.seq == 3
@@ -101,7 +101,7 @@ async def test_a_damaged_batch_is_refused_from_the_record_it_names(
         expected = ("FAILED_PRECONDITION", 6, "record seq 6 (line 5 of the batch): gap, expected seq 5")
     else:  # a well-formed record claiming seq 5 (linked to seq 4) slipped in after seq 5
         intruder = rehash({**json.loads(lines[4]), "record_id": "f" * 32, "correlation_id": "forged"})
-        lines.insert(5, json.dumps(intruder).encode() + b"\n")
+        lines.insert(5, seal(intruder))
         expected = ("FAILED_PRECONDITION", 5, "record seq 5 (line 6 of the batch): out of order")
     ack = await stream.ship("node-a/0", lines)
     code, seq, message = expected
@@ -261,7 +261,7 @@ async def test_a_record_of_a_month_already_in_the_default_partition_stays_there(
     future[0] = {**future[0], "ts": datetime(2031, 5, 3, tzinfo=UTC).timestamp()}
     future[0] = rehash(future[0])
     future[1] = rehash({**future[1], "prev_hash": future[0]["hash"]})
-    ack = await stream.ship("node-a/0", [json.dumps(r).encode() + b"\n" for r in future])
+    ack = await stream.ship("node-a/0", [seal(r) for r in future])
     assert (ack.head_seq, ack.HasField("error")) == (2, False)
     rows = sql_rows(
         evidence_plane.database_url,

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from controlplane.identity.ca import NodeCertificateSpec, new_ca
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import checkpoint, merkle
-from dataplane.evidence.log import EvidenceLog, log_path, read_records, record_hash
+from dataplane.evidence.log import EvidenceLog, log_path, read_records, record_hash, seal
 from dataplane.evidence.proofs import Subtrees, consistency, inclusion, verify_chain_files
 from dataplane.identity import IdentityFiles
 from tests.helpers import eventually
@@ -119,8 +119,7 @@ async def test_a_checkpoint_past_the_end_of_the_log_refuses_to_start(
 async def test_a_log_of_another_chain_or_without_chain_ids_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "n@0.jsonl"
     legacy = {"record_id": "a" * 32, "node_id": "n", "seq": 1, "prev_hash": "0" * 64, "x": 1}
-    legacy["hash"] = record_hash(legacy)
-    path.write_text(json.dumps(legacy) + "\n")
+    path.write_bytes(seal(legacy))
     with pytest.raises(EvidenceChainBroken, match=r"not 'n/0' .*before records carried chain_id"):
         await EvidenceLog(path, "n").start()
     with pytest.raises(EvidenceChainBroken, match="record seq 1 \\(line 1\\): no chain_id"):
@@ -142,8 +141,7 @@ def _tamper_record(path: Path, how: str) -> None:
         # A forger recomputes the record's hash: the next record's link breaks.
         record = json.loads(lines[4])
         record["x"] = 99
-        record["hash"] = record_hash(record)
-        lines[4] = json.dumps(record).encode() + b"\n"
+        lines[4] = seal(record)
     elif how == "delete":
         del lines[4]
     elif how == "reorder":
@@ -186,7 +184,7 @@ async def test_a_rewritten_tail_with_fresh_hashes_is_caught_by_the_checkpoint(
     for i in range(6, 8):
         records[i]["prev_hash"] = records[i - 1]["hash"]
         records[i]["hash"] = record_hash(records[i])
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    path.write_bytes(b"".join(seal(r) for r in records))
     with pytest.raises(EvidenceChainBroken, match="checkpoint 2 \\(size 8\\): root does not match"):
         verify_chain_files(path, key.public_key())
 
