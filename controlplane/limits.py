@@ -57,6 +57,8 @@ POLICY_DOCUMENT_BYTES = 1024 * 1024
 TIMESTAMP_MIN_SECONDS = -62135596800
 TIMESTAMP_MAX_SECONDS = 253402300799
 
+CSR_CHARS = 16 * 1024
+"""A PEM certificate signing request (``identity.ca.MAX_CSR_BYTES`` checks its bytes)."""
 _ADMIN = "signalbox.api.admin.v1."
 # The width of each string field that is stored; any other string (a reference to
 # something stored) may be at most NAME_CHARS long, as long as anything it can name.
@@ -68,6 +70,8 @@ FIELD_CHARS: dict[str, int] = {
     "signalbox.api.config.v1.SecretRef.env": ENV_NAME_CHARS,
     "signalbox.api.config.v1.SecretRef.file": PATH_CHARS,
     _ADMIN + "ApplyPolicyRequest.document": POLICY_DOCUMENT_BYTES,
+    _ADMIN + "CertifyNodeRequest.node_id": NODE_ID_CHARS,
+    _ADMIN + "CertifyNodeRequest.csr_pem": CSR_CHARS,
 }
 # Fields not walked into: ExplainRoute's request is read and checked exactly as a node
 # reads a request (dataplane.edge, dataplane.validation), and is never stored.

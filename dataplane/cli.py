@@ -21,6 +21,7 @@ from pathlib import Path
 from cryptography import x509
 from google.protobuf.message import DecodeError
 
+from dataplane import identity_cli
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotFileInvalid
 from dataplane.evidence import checkpoint
@@ -353,6 +354,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         command=VERIFY,
     )
     verify.set_defaults(handler=verify_command)
+
+    identity_cli.register(sub, default_node_id())
 
     evidence = sub.add_parser("evidence", help="check a node's evidence chains")
     evidence_sub = evidence.add_subparsers(dest="evidence_command", required=True, metavar="COMMAND")

@@ -182,6 +182,55 @@ class IdentityFiles:
         return cert
 
 
+MAX_BUNDLE_BYTES = 64 * 1024
+
+
+def install_bundle(files: IdentityFiles, bundle: bytes, node_id: str) -> x509.Certificate:
+    """Install a provisioning bundle (``signalbox admin node certify``: the node's
+    certificate, then the node CA, PEM) after checking that the CA issued it, that it names
+    ``node_id``, is in force and is for this node's key; nothing is written otherwise."""
+    if len(bundle) > MAX_BUNDLE_BYTES:
+        raise NodeIdentityError(f"the bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+    try:
+        certs = x509.load_pem_x509_certificates(bundle)
+    except ValueError:
+        raise NodeIdentityError("the bundle is not PEM certificates") from None
+    if len(certs) != 2:
+        raise NodeIdentityError(
+            f"the bundle holds {len(certs)} certificates, not 2 (node certificate, node CA)"
+        )
+    cert, ca = certs
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise NodeIdentityError("the bundle's certificate was not issued by the bundle's node CA") from None
+    now = datetime.now(UTC)
+    if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        raise NodeIdentityError(
+            f"the certificate is valid {cert.not_valid_before_utc.isoformat()} .. "
+            f"{cert.not_valid_after_utc.isoformat()}, not now"
+        )
+    try:
+        uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier
+        )
+    except x509.ExtensionNotFound:
+        uris = []
+    if urn("node", node_id) not in uris:
+        raise NodeIdentityError(f"the certificate does not name node {node_id!r}")
+    if not files.key.exists():
+        raise NodeIdentityError(f"no node key in {files.directory}: run `dataplane identity request` first")
+    if cert.public_key() != files.private_key().public_key():
+        raise NodeIdentityError(f"the certificate is for another key than {files.key}")
+    pem = serialization.Encoding.PEM
+    files.store(
+        identity_pb2.NodeCertificate(
+            certificate_pem=cert.public_bytes(pem).decode(), ca_pem=ca.public_bytes(pem).decode()
+        )
+    )
+    return cert
+
+
 async def enroll(
     files: IdentityFiles, *, address: str, tls: ClientTls, token: str, node_id: str
 ) -> x509.Certificate:

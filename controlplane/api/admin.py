@@ -14,13 +14,14 @@ from typing import Any
 import grpc
 
 from controlplane.api import convert
+from controlplane.api.identity import certificate_response
 from controlplane.api.interceptor import current_caller
 from controlplane.db.models import NodeGroup
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.evidence.queries import EvidenceFilter, EvidenceQueries
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.services.groups import NodeGroupService
-from controlplane.services.identity import MAX_TOKEN_TTL, IdentityService, check_node_id
+from controlplane.services.identity import MAX_CERT_TTL, MAX_TOKEN_TTL, IdentityService, check_node_id
 from controlplane.services.imports import ImportService
 from controlplane.services.keys import ApiKeyService
 from controlplane.services.models import ModelService
@@ -39,7 +40,7 @@ from dataplane.routing.table import build_route_table
 from dataplane.snapshot.compile import MODE_FROM_PROTO
 from dataplane.validation import check_schemas, validate_chat
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
-from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.config.v1 import identity_pb2, snapshot_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -426,6 +427,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.RevokeNodeResponse(
             revoked_certificates=await self._identities.revoke(request.node_id)
         )
+
+    async def CertifyNode(
+        self, request: admin_pb2.CertifyNodeRequest, context: Context
+    ) -> identity_pb2.NodeCertificate:
+        _require("csr_pem", request.csr_pem)
+        if request.ttl_seconds > MAX_CERT_TTL.total_seconds():  # before timedelta can overflow
+            raise InvalidArgument("ttl_seconds", f"at most {int(MAX_CERT_TTL.total_seconds())} (365 days)")
+        issued = await self._identities.certify(
+            current_caller(),
+            node_id=request.node_id,
+            csr_pem=request.csr_pem,
+            group=request.group,
+            ttl=timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None,
+        )
+        return certificate_response(issued, self._identities.ca)
 
     # ---- node groups ----
 

@@ -18,7 +18,7 @@ from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc
 log = logging.getLogger(__name__)
 
 
-def _response(issued: Issued, ca: NodeCaKey) -> identity_pb2.NodeCertificate:
+def certificate_response(issued: Issued, ca: NodeCaKey) -> identity_pb2.NodeCertificate:
     response = identity_pb2.NodeCertificate(
         certificate_pem=issued.pem, ca_pem=ca.pem.decode(), serial=issued.serial
     )
@@ -52,7 +52,7 @@ class NodeEnrollmentServicer(identity_pb2_grpc.NodeEnrollmentServiceServicer):
             )
         except Exception as exc:
             return await _abort(context, exc, "Enroll")  # type: ignore[no-any-return]
-        return _response(issued, self._identities.ca)
+        return certificate_response(issued, self._identities.ca)
 
 
 class NodeIdentityServicer(identity_pb2_grpc.NodeIdentityServiceServicer):
@@ -70,4 +70,4 @@ class NodeIdentityServicer(identity_pb2_grpc.NodeIdentityServiceServicer):
             issued = await self._identities.renew(identity, request.csr_pem)
         except Exception as exc:
             return await _abort(context, exc, "Renew")  # type: ignore[no-any-return]
-        return _response(issued, self._identities.ca)
+        return certificate_response(issued, self._identities.ca)

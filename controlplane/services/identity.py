@@ -178,6 +178,40 @@ class IdentityService:
         )
         return issued
 
+    async def certify(
+        self, caller: Caller, *, node_id: str, csr_pem: str, group: str, ttl: timedelta | None = None
+    ) -> Issued:
+        """Provisioning: a certificate for ``node_id`` and the CSR's key, bound to ``group``'s
+        mode and site, for a node that cannot enroll online (an air-gapped site). The node's
+        key never leaves it; evidence it signed with that key before now verifies with the
+        certificate from now on."""
+        check_node_id("node_id", node_id)
+        check_name("group", group)
+        public_key = parse_csr(csr_pem)
+        ttl = MAX_CERT_TTL if ttl is None else ttl
+        if not MIN_CERT_TTL <= ttl <= MAX_CERT_TTL:
+            raise InvalidArgument(
+                "ttl_seconds",
+                f"must be {int(MIN_CERT_TTL.total_seconds())} .. {int(MAX_CERT_TTL.total_seconds())} "
+                "(0: the longest)",
+            )
+        async with self.sessions() as session, session.begin():
+            defined = await group_repo.get(session, group)
+            if defined is None:
+                raise NotFound("node group", group)
+            await repo.lock_node(session, node_id)
+            spec = NodeCertificateSpec(node_id, group, defined.mode, defined.site)
+            issued = self.ca.issue_node(spec, public_key, ttl)
+            session.add(_record(issued, spec))
+        log.info(
+            "node %s provisioned in group %s by %s (certificate %s)",
+            printable(node_id),
+            group,
+            caller.actor,
+            issued.serial,
+        )
+        return issued
+
     async def _why_refused(self, token_id: str, digest: bytes) -> str:
         async with self.sessions() as session:
             row = await repo.token(session, token_id)

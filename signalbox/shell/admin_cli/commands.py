@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dataplane.scopes import ScopeSyntaxError, validate_scopes
+from dataplane.snapshot.files import atomic_write
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
@@ -353,6 +354,39 @@ async def node_enroll_token(stub: Stub, ns: argparse.Namespace) -> Output:
 async def node_revoke(stub: Stub, ns: argparse.Namespace) -> Output:
     r = await stub.RevokeNode(admin_pb2.RevokeNodeRequest(node_id=ns.node_id))
     return Output(r, text=f"revoked {r.revoked_certificates} certificates of node {ns.node_id}\n")
+
+
+MAX_CSR_FILE_BYTES = 16 * 1024
+
+
+async def node_certify(stub: Stub, ns: argparse.Namespace) -> Output:
+    csr = _read_small(ns.csr, "--csr", MAX_CSR_FILE_BYTES)
+    issued = await stub.CertifyNode(
+        admin_pb2.CertifyNodeRequest(
+            node_id=ns.node_id, csr_pem=csr, group=ns.group, ttl_seconds=round(ns.ttl)
+        )
+    )
+    # The node's certificate first, then the node CA: what `dataplane identity install` reads.
+    bundle = issued.certificate_pem.rstrip("\n") + "\n" + issued.ca_pem.rstrip("\n") + "\n"
+    until = f"{issued.not_after.ToDatetime():%Y-%m-%d %H:%M:%S} UTC"
+    if ns.out is None:
+        return Output(issued, text=bundle)
+    atomic_write(ns.out, bundle.encode())
+    return Output(issued, text=f"certificate {issued.serial} for node {ns.node_id} until {until}: {ns.out}\n")
+
+
+def _read_small(path: Path, flag: str, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise SystemExit(f"{flag}: cannot read {path}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise SystemExit(f"{flag}: {path} is larger than {limit} bytes")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise SystemExit(f"{flag}: {path} is not UTF-8 text") from None
 
 
 async def snapshot_show(stub: Stub, ns: argparse.Namespace) -> Output:

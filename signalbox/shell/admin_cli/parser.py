@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
+from pathlib import Path
 
 from signalbox import settings, tls
 from signalbox.shell.admin_cli.commands import (
@@ -24,6 +25,7 @@ from signalbox.shell.admin_cli.commands import (
     model_delete,
     model_list,
     model_update,
+    node_certify,
     node_enroll_token,
     node_list,
     node_revoke,
@@ -289,6 +291,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         node_revoke,
         "revoke every certificate of a node and close its sync streams (admin role)",
     ).add_argument("node_id", metavar="NODE_ID")
+    p = _verb(
+        node,
+        "certify",
+        node_certify,
+        "provision a node that cannot enroll online (air-gapped): a certificate for the key in "
+        "its CSR (`signalbox dataplane identity request`), written as a PEM bundle for "
+        "`signalbox dataplane identity install` (admin role)",
+    )
+    p.add_argument("--node-id", required=True, help="the node's id (as in its CSR's request)")
+    p.add_argument("--csr", required=True, type=Path, help="the node's CSR file (PEM)")
+    p.add_argument("--group", required=True, help="node group: its mode and site go into the certificate")
+    p.add_argument(
+        "--ttl", type=_duration, default=0.0, help="how long the certificate is valid (default and max: 365d)"
+    )
+    p.add_argument("--out", type=Path, help="write the bundle here (0600) instead of to stdout")
     route = _resource(sub, "route", "routing")
     p = _verb(route, "explain", route_explain, "dry-run routing for a tenant under its current policy")
     p.add_argument("--tenant", required=True)

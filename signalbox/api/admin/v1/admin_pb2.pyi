@@ -1910,6 +1910,40 @@ class RevokeNodeResponse(_message.Message):
 Global___RevokeNodeResponse: _TypeAlias = RevokeNodeResponse  # noqa: Y015
 
 @_typing.final
+class CertifyNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """1..256 printable characters: the id the node signs its evidence as."""
+    csr_pem: _builtins.str
+    """PKCS#10 request signed by the node's own key (ECDSA P-256 or Ed25519)."""
+    group: _builtins.str
+    """The node group: its mode and site are bound into the certificate."""
+    ttl_seconds: _builtins.int
+    """Seconds the certificate is valid; 0: the longest allowed (365 days), since such a
+    node cannot renew online.
+    """
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        csr_pem: _builtins.str = ...,
+        group: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "group", b"group", "node_id", b"node_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CertifyNodeRequest: _TypeAlias = CertifyNodeRequest  # noqa: Y015
+
+@_typing.final
 class Selection(_message.Message):
     """---- node groups (begin) ----
     What a group sees of one kind: everything, or the listed ids/names.

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from signalbox.api.admin.v1 import admin_pb2 as signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2
+from signalbox.api.config.v1 import identity_pb2 as signalbox_dot_api_dot_config_dot_v1_dot_identity__pb2
 from signalbox.api.config.v1 import snapshot_pb2 as signalbox_dot_api_dot_config_dot_v1_dot_snapshot__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -199,6 +200,11 @@ class AdminServiceStub:
                 '/signalbox.api.admin.v1.AdminService/RevokeNode',
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeResponse.FromString,
+                _registered_method=True)
+        self.CertifyNode = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/CertifyNode',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CertifyNodeRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_config_dot_v1_dot_identity__pb2.NodeCertificate.FromString,
                 _registered_method=True)
         self.CreateNodeGroup = channel.unary_unary(
                 '/signalbox.api.admin.v1.AdminService/CreateNodeGroup',
@@ -461,6 +467,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CertifyNode(self, request, context):
+        """A certificate for a node that cannot reach the control plane (an air-gapped site),
+        for the key in its CSR (`signalbox dataplane identity request`): provisioning
+        instead of enrollment. Admin role only; the node installs it with
+        `signalbox dataplane identity install`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateNodeGroup(self, request, context):
         """---- node groups (begin) ----
         Node groups: where nodes run and what they may see; one signed snapshot chain
@@ -688,6 +704,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeNode,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeResponse.SerializeToString,
+            ),
+            'CertifyNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.CertifyNode,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CertifyNodeRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_config_dot_v1_dot_identity__pb2.NodeCertificate.SerializeToString,
             ),
             'CreateNodeGroup': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateNodeGroup,
@@ -1621,6 +1642,33 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/RevokeNode',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CertifyNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/CertifyNode',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CertifyNodeRequest.SerializeToString,
+            signalbox_dot_api_dot_config_dot_v1_dot_identity__pb2.NodeCertificate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,7 @@ The Admin API of the control plane. Every call needs an admin token in the
 from collections import abc as _abc
 from grpc import aio as _aio
 from signalbox.api.admin.v1 import admin_pb2 as _admin_pb2
+from signalbox.api.config.v1 import identity_pb2 as _identity_pb2
 from signalbox.api.config.v1 import snapshot_pb2 as _snapshot_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -90,6 +91,12 @@ class AdminServiceStub:
     """Ids, group, expiry and use of tokens; never secrets."""
     RevokeNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeNodeRequest, _admin_pb2.RevokeNodeResponse]
     """Revoke every certificate of a node and close its sync streams on every replica."""
+    CertifyNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CertifyNodeRequest, _identity_pb2.NodeCertificate]
+    """A certificate for a node that cannot reach the control plane (an air-gapped site),
+    for the key in its CSR (`signalbox dataplane identity request`): provisioning
+    instead of enrollment. Admin role only; the node installs it with
+    `signalbox dataplane identity install`.
+    """
     CreateNodeGroup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateNodeGroupRequest, _admin_pb2.NodeGroup]
     """---- node groups (begin) ----
     Node groups: where nodes run and what they may see; one signed snapshot chain
@@ -174,6 +181,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Ids, group, expiry and use of tokens; never secrets."""
     RevokeNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeNodeRequest, _admin_pb2.RevokeNodeResponse]  # type: ignore[assignment]
     """Revoke every certificate of a node and close its sync streams on every replica."""
+    CertifyNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.CertifyNodeRequest, _identity_pb2.NodeCertificate]  # type: ignore[assignment]
+    """A certificate for a node that cannot reach the control plane (an air-gapped site),
+    for the key in its CSR (`signalbox dataplane identity request`): provisioning
+    instead of enrollment. Admin role only; the node installs it with
+    `signalbox dataplane identity install`.
+    """
     CreateNodeGroup: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateNodeGroupRequest, _admin_pb2.NodeGroup]  # type: ignore[assignment]
     """---- node groups (begin) ----
     Node groups: where nodes run and what they may see; one signed snapshot chain
@@ -453,6 +466,18 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeNodeResponse, _abc.Awaitable[_admin_pb2.RevokeNodeResponse]]:
         """Revoke every certificate of a node and close its sync streams on every replica."""
+
+    @_abc_1.abstractmethod
+    def CertifyNode(
+        self,
+        request: _admin_pb2.CertifyNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.NodeCertificate, _abc.Awaitable[_identity_pb2.NodeCertificate]]:
+        """A certificate for a node that cannot reach the control plane (an air-gapped site),
+        for the key in its CSR (`signalbox dataplane identity request`): provisioning
+        instead of enrollment. Admin role only; the node installs it with
+        `signalbox dataplane identity install`.
+        """
 
     @_abc_1.abstractmethod
     def CreateNodeGroup(
