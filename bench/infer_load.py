@@ -255,6 +255,7 @@ async def pinned_stack(args: argparse.Namespace) -> AsyncIterator[LocalStack]:
             controlplane_cpus=other_cpus,
             dataplane_cpus=node_cpus,
             simulator_cpus=other_cpus,
+            dataplane_env=getattr(args, "dataplane_env", {}),
         )
         stack = LocalStack(config)
         try:

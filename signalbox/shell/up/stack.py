@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -62,6 +62,8 @@ class StackConfig:
     simulator_cpus: str | None = None
     startup_timeout: float = 120.0
     """Seconds each child gets to become healthy."""
+    dataplane_env: Mapping[str, str] = field(default_factory=dict)
+    """Extra environment of the node process (benchmarks: e.g. a variant of the node)."""
 
     @classmethod
     def ephemeral(cls, data_dir: Path, **options: Any) -> StackConfig:
@@ -170,7 +172,7 @@ class LocalStack:
 
         # A real certificate: the node enrolls with a one-time token (through the environment,
         # never the command line) unless it already holds a valid one from an earlier `up`.
-        env = {}
+        env = dict(cfg.dataplane_env)
         if IdentityFiles.under(self.node_dir).problem(NODE_ID):
             env["SIGNALBOX_ENROLL_TOKEN"] = await self._enroll_token()
         node = await self._spawn(
