@@ -63,17 +63,11 @@ from dataplane.routing.query import NodeContext
 from dataplane.routing.table import RouteTable, build_route_table
 from dataplane.snapshot.background import BackgroundWorker
 from dataplane.snapshot.compile import compile_payload
+from dataplane.snapshot.compiled import Compiled
+from dataplane.snapshot.delta import DeltaMismatch, Rebuilt, rebuild
 from dataplane.snapshot.envelope import key_id_for, verify
 from dataplane.snapshot.files import atomic_write, envelope_parts, private_dir, read_envelope_file
-from dataplane.snapshot.layout import (
-    TRUSTED_KEYS,
-    Compiled,
-    DeltaMismatch,
-    LayoutError,
-    Rebuilt,
-    rebuild,
-    scan,
-)
+from dataplane.snapshot.layout import TRUSTED_KEYS, LayoutError, scan
 from dataplane.snapshot.trust import TrustSet
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
 
