@@ -53,8 +53,9 @@ from snapshot_scale import Size, control_plane, pct, row, seed
 from controlplane.app import ControlPlane
 from controlplane.services.base import Caller
 from dataplane.identity import IdentityFiles, enroll
+from dataplane.snapshot.delta import rebuild
 from dataplane.snapshot.envelope import key_id_for, verify
-from dataplane.snapshot.layout import Layout, rebuild, scan
+from dataplane.snapshot.layout import Layout, scan
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc

@@ -45,18 +45,10 @@ from controlplane.repositories import config as config_repo
 from controlplane.snapshots.rows import FullRows, RowCache, cut
 from controlplane.snapshots.scope import GroupView
 from dataplane.routing.table import build_route_table
+from dataplane.snapshot.compiled import Compiled
+from dataplane.snapshot.delta import delta_message, diff, rebuild
 from dataplane.snapshot.envelope import verify
-from dataplane.snapshot.layout import (
-    TRUSTED_KEYS,
-    Compiled,
-    Layout,
-    delta_message,
-    diff,
-    make_layout,
-    rebuild,
-    record,
-    scan,
-)
+from dataplane.snapshot.layout import TRUSTED_KEYS, Layout, make_layout, record, scan
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
 

@@ -56,12 +56,10 @@ from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.routing.query import NodeContext
 from dataplane.snapshot.background import ESCALATE_AFTER_S
+from dataplane.snapshot.checks import load_trust_keys
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S, PinWatcher, warn_if_expired
-from dataplane.snapshot.store import (
-    ServingState,
-    SnapshotStore,
-    load_trust_keys,
-)
+from dataplane.snapshot.serving import ServingState
+from dataplane.snapshot.store import SnapshotStore
 from dataplane.snapshot.sync_client import DEFAULT_MAX_MESSAGE_BYTES, SyncClient, full_jitter
 from signalbox.api.infer.v1 import infer_pb2
 from signalbox.tls import ClientTls, ServerTls, add_port

@@ -31,8 +31,9 @@ from dataplane.identity import IdentityFiles, NodeIdentityError
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.background import ESCALATE_AFTER_S
+from dataplane.snapshot.checks import check_envelope, load_trust_keys
+from dataplane.snapshot.lkg import SNAPSHOT_DIR
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
-from dataplane.snapshot.store import SNAPSHOT_DIR, check_envelope, load_trust_keys
 from dataplane.snapshot.trust import TrustSet, TrustState, walk_chain
 from signalbox import settings, tls
 from signalbox.api.config.v1 import snapshot_pb2

@@ -15,7 +15,7 @@ of pushes per node is bounded by how fast the node takes them, not by the change
 That was not enough at fleet size: at 50,000 keys a snapshot is 7.9 MB, so one change was
 1.6 GB over 200 streams (measured p50 5.4 s, p99 20 s). Decided: large fleets need deltas,
 and they are built. Each stored snapshot keeps the ``SnapshotDelta`` from its group's
-previous version (record splices, ``dataplane.snapshot.layout``); this broker holds the
+previous version (record splices, ``dataplane.snapshot.delta``); this broker holds the
 newest ``MAX_DELTA_CHAIN`` of them per group, and a node that runs (or was just sent) a
 version the chain starts from gets the deltas instead of the envelope. A delta verifies
 exactly as a full snapshot: the node rebuilds the full payload bytes on its last-known-good

@@ -6,7 +6,7 @@ encoded records (``rows.RowCache``: only rows new or changed since the last read
 fetched and encoded) and each group's body is cut from them (``rows.cut``, the rules of
 ``scope.scope_snapshot``). A group whose body equals its newest stored version's gets no
 new version (its nodes hear nothing). Otherwise the new payload is compiled by difference
-from the newest one this replica holds compiled (``layout.Compiled.advance``; the node's
+from the newest one this replica holds compiled (``dataplane.snapshot.compiled``; the node's
 full compiler decides every case the difference cannot, and compiles whole when nothing
 is held), and the delta from the previous version is stored beside the envelope for the
 nodes that run it. If any changed group's candidate does not compile, nothing is signed
@@ -37,18 +37,9 @@ from controlplane.snapshots.build import TRUSTED_KEY_STATE, build_snapshot, time
 from controlplane.snapshots.compiler import SnapshotInvalid, compile_now
 from controlplane.snapshots.scope import GroupView, describe
 from dataplane.config.model import DeploymentMode, RuntimeConfig
-from dataplane.snapshot.layout import (
-    TRUSTED_KEYS,
-    Compiled,
-    Layout,
-    LayoutError,
-    Splice,
-    delta_message,
-    diff,
-    make_layout,
-    record,
-    scan,
-)
+from dataplane.snapshot.compiled import Compiled
+from dataplane.snapshot.delta import Splice, delta_message, diff
+from dataplane.snapshot.layout import TRUSTED_KEYS, Layout, LayoutError, make_layout, record, scan
 from signalbox.api.config.v1 import snapshot_pb2
 
 

@@ -43,7 +43,8 @@ from dataplane.routing.dispatch import Dispatcher, ShadowOutcome
 from dataplane.routing.planner import plan_route, usable_plan
 from dataplane.routing.query import RoutePlan, query_for
 from dataplane.scopes import KeyScope, nothing_in_scope, within_scope
-from dataplane.snapshot.store import ServingState, SnapshotStore
+from dataplane.snapshot.serving import ServingState
+from dataplane.snapshot.store import SnapshotStore
 from dataplane.validation import check_schemas, validate
 from dataplane.validation import correlation_id as checked_correlation_id
 

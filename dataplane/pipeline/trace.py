@@ -15,7 +15,7 @@ from dataplane.outcome import Outcome
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import AttemptRecord, ShadowOutcome
 from dataplane.routing.query import RoutePlan
-from dataplane.snapshot.store import ServingState
+from dataplane.snapshot.serving import ServingState
 
 
 @dataclass(slots=True)

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from dataplane.snapshot.store import ApplyResult, ServingState, SnapshotStore
+from dataplane.snapshot.serving import ServingState
+from dataplane.snapshot.store import ApplyResult, SnapshotStore
 from signalbox.api.config.v1 import snapshot_pb2
 
 log = logging.getLogger("signalbox.dataplane.config")

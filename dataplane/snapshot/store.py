@@ -17,81 +17,58 @@ resolved here, every policy's routes prepared, off the request path), the envelo
 in with one attribute assignment. A request takes ``store.current`` once and runs
 to the end on it; the old adapters are closed when its last request finishes.
 
-Files under ``<data_dir>/snapshot/``: ``lkg.envelope`` (the exact ``SignedEnvelope``
-bytes) and ``hwm.json`` (``{"version": N, "sha256": "<hex>", "node_group": "<group>"}``) and ``trust.json`` (the learned trust
-set, see ``dataplane.snapshot.trust``). The high-water
-mark is kept apart from the envelope so deleting or replacing the envelope can
-never roll the node back, and it is as hard to lose as the envelope: a store whose
-``lkg.envelope`` exists without ``hwm.json`` refuses to start (``SnapshotFileInvalid``)
-unless the operator says ``reset_high_water_mark`` (logged at ERROR); the mark then
-restarts from the last-known-good. An air-gapped pin is checked against the mark
-too, and serving it raises the mark and persists it as last-known-good, so neither
-an older pin nor a deleted mark brings an older snapshot back. Every file here is
-0600 in a 0700 directory: snapshots name the node's providers and identity hashes.
+Checks 1-4 are ``dataplane.snapshot.checks`` (also for a snapshot rebuilt from a delta,
+``apply_delta``); the serving state is ``dataplane.snapshot.serving``; the files the
+last-known-good and the high-water mark live in are ``dataplane.snapshot.lkg``. An
+air-gapped pin is checked against the mark too, and serving it raises the mark and
+persists it as last-known-good, so neither an older pin nor a deleted mark brings an
+older snapshot back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from collections.abc import Set as AbstractSet
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from google.protobuf.message import DecodeError
 
-from dataplane.config.model import DEFAULT_NODE_GROUP, RuntimeConfig, Scope, SecretRef
-from dataplane.errors import (
-    EnvelopeError,
-    NoSnapshot,
-    SnapshotCheckFailed,
-    SnapshotFileInvalid,
-    SnapshotInvalid,
-)
-from dataplane.providers.base import ProviderAdapter
-from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, CredentialScope, describe
-from dataplane.providers.registry import build_adapter
+from dataplane.config.model import RuntimeConfig, Scope
+from dataplane.errors import EnvelopeError, NoSnapshot, SnapshotCheckFailed, SnapshotFileInvalid
+from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, CredentialScope
 from dataplane.routing.query import NodeContext
-from dataplane.routing.table import RouteTable, build_route_table
+from dataplane.routing.table import build_route_table
 from dataplane.snapshot.background import BackgroundWorker
-from dataplane.snapshot.compile import compile_payload
-from dataplane.snapshot.envelope import key_id_for, verify
-from dataplane.snapshot.files import atomic_write, envelope_parts, private_dir, read_envelope_file
-from dataplane.snapshot.layout import (
-    TRUSTED_KEYS,
-    Compiled,
-    DeltaMismatch,
-    LayoutError,
-    Rebuilt,
-    rebuild,
-    scan,
+from dataplane.snapshot.checks import Delta, check_snapshot, peek, whole_envelope
+from dataplane.snapshot.compiled import Compiled
+from dataplane.snapshot.delta import DeltaMismatch, rebuild
+from dataplane.snapshot.files import read_envelope_file
+from dataplane.snapshot.layout import TRUSTED_KEYS
+from dataplane.snapshot.lkg import (
+    HWM_FILE,
+    LKG_FILE,
+    SNAPSHOT_DIR,
+    HighWaterMark,
+    read_hwm,
+    write_hwm,
+    write_lkg,
+)
+from dataplane.snapshot.serving import (
+    CredentialResolver,
+    ServingState,
+    bounded,
+    build_state,
+    close_adapters,
 )
 from dataplane.snapshot.trust import TrustSet
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
 
-SNAPSHOT_DIR = "snapshot"
-"""Under a node's data dir: last-known-good, high-water mark and the learned trust set."""
-
-_Delta = tuple[Compiled, Rebuilt]
-"""A delta rebuilt on its base (the served snapshot compiled)."""
-
 log = logging.getLogger("signalbox.dataplane.config")
-
-CredentialResolver = Callable[[SecretRef], "str | None"]
-
-LKG_FILE = "lkg.envelope"
-MAX_UNUSABLE_LOGGED = 20
-"""Providers named one by one in the log when a snapshot is applied; the rest are counted."""
-MAX_REASON_CHARS = 300
-HWM_FILE = "hwm.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,85 +84,6 @@ class ApplyResult:
     resync: bool = False
     """A delta that could not be rebuilt on what this node runs: ask for the snapshot whole
     (neither an ACK nor a NACK: nothing was wrong with the snapshot itself)."""
-
-
-@dataclass(frozen=True, slots=True)
-class HighWaterMark:
-    version: int
-    sha256: bytes
-    node_group: str = ""
-    """The group whose version chain the mark is on ("": from before groups, any chain).
-    Versions count per group: a node moved to another group (a new certificate, a new
-    --node-group) starts on that group's chain; the scope check keeps the old group's
-    snapshots out."""
-
-
-@dataclass(eq=False, slots=True)
-class ServingState:
-    """One applied snapshot: the compiled config, its route table and an adapter per usable provider.
-
-    Immutable once published, except for the in-flight counter that tells the
-    store when the last request on a retired state has finished.
-    """
-
-    config: RuntimeConfig
-    routes: RouteTable
-    """The snapshot's routes prepared for this node (its mode and site)."""
-    adapters: Mapping[str, ProviderAdapter]
-    """Keyed by provider id."""
-    unusable: Mapping[str, str]
-    """Provider id -> why it cannot be used (e.g. its credential is missing)."""
-    key_id: str
-    """The trust key whose signature verified."""
-    applied_at: float
-    _inflight: int = 0
-    _retired: bool = False
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def version(self) -> int:
-        return self.config.version
-
-    @contextmanager
-    def use(self) -> Iterator[ServingState]:
-        """Hold this state for one request, so its adapters outlive the request."""
-        self._inflight += 1
-        try:
-            yield self
-        finally:
-            self._inflight -= 1
-            if self._retired and self._inflight == 0:
-                self._idle.set()
-
-    def _retire(self) -> None:
-        self._retired = True
-        if self._inflight == 0:
-            self._idle.set()
-
-
-def load_trust_keys(paths: list[Path] | tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
-    """Read Ed25519 public keys (PEM) and index them by key id."""
-    keys: dict[str, Ed25519PublicKey] = {}
-    for path in paths:
-        try:
-            key = load_pem_public_key(Path(path).read_bytes())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"trust key {path}: cannot be read as a PEM public key: {exc}") from exc
-        if not isinstance(key, Ed25519PublicKey):
-            raise ValueError(f"trust key {path}: not an Ed25519 public key")
-        keys[key_id_for(key)] = key
-    return keys
-
-
-def scope_matches(node: Scope, snapshot: Scope) -> bool:
-    """A snapshot is for this node when its deployment is the node's and each of its
-    narrower fields (node group, site) is either empty (any) or the node's. A node that
-    names no group is in the control plane's ``default`` group."""
-    return (
-        snapshot.deployment == node.deployment
-        and snapshot.node_group in ("", node.node_group or DEFAULT_NODE_GROUP)
-        and snapshot.site in ("", node.site)
-    )
 
 
 class SnapshotStore:
@@ -231,7 +129,7 @@ class SnapshotStore:
         """Snapshots taken as deltas (rebuilt here) since start."""
         self._compiled: Compiled | None = None
         """The served snapshot as a layout and its compiled form: the base of the next delta."""
-        self._hwm = self._read_hwm()
+        self._hwm = read_hwm(self._dir)
         # The operator's keys plus those learned from verified statements (see trust.py).
         self.trust = TrustSet(trusted, self._dir)
         if self._hwm is None and (self._dir / LKG_FILE).exists():
@@ -371,7 +269,7 @@ class SnapshotStore:
         *,
         persist: bool,
         raw: bytes | None,
-        delta: _Delta | None = None,
+        delta: Delta | None = None,
     ) -> ApplyResult:
         """``_apply``, where an unexpected failure (a bug, memory) becomes a refusal with a reason.
 
@@ -382,7 +280,7 @@ class SnapshotStore:
             return await self._apply(envelope, persist=persist, raw=raw, delta=delta)
         except Exception as exc:
             log.exception("snapshot could not be applied")
-            version, digest = _peek(envelope) if delta is None else (delta[1].version, delta[1].digest)
+            version, digest = peek(envelope) if delta is None else (delta[1].version, delta[1].digest)
             return ApplyResult(
                 False,
                 version,
@@ -391,38 +289,11 @@ class SnapshotStore:
             )
 
     def check(
-        self, envelope: snapshot_pb2.SignedEnvelope, delta: _Delta | None = None
+        self, envelope: snapshot_pb2.SignedEnvelope, delta: Delta | None = None
     ) -> tuple[RuntimeConfig, str, Compiled | None]:
-        """The version-independent checks under this node's configuration (see
-        ``check_envelope``), with the snapshot's layout when it has one (the base of the
-        next delta). A rebuilt ``delta`` is compiled by difference from its base."""
-        trust = self.trust.state
-        compiled: list[Compiled] = []
-
-        def compile_whole(payload: bytes) -> RuntimeConfig:
-            try:
-                layout = scan(payload)
-            except LayoutError:
-                return compile_payload(payload)  # served, but the next snapshot comes whole
-            compiled.append(Compiled.full(layout, payload))
-            return compiled[0].config
-
-        def compile_by_difference(_: bytes) -> RuntimeConfig:
-            assert delta is not None
-            base, rebuilt = delta
-            compiled.append(base.advance(rebuilt.layout, rebuilt.changes, rebuilt.payload, rebuilt.digest))
-            return compiled[0].config
-
-        config, key_id = check_envelope(
-            envelope,
-            trust.keys,
-            scope=self._scope,
-            now=None if self._allow_expired else self._clock(),
-            revoked=trust.revoked,
-            compile=compile_whole if delta is None else compile_by_difference,
-            message=None if delta is None else delta[1].message,
-        )
-        return config, key_id, compiled[0] if compiled else None
+        """The version-independent checks under this node's scope and trust (``check_snapshot``)."""
+        now = None if self._allow_expired else self._clock()
+        return check_snapshot(envelope, self.trust.state, scope=self._scope, now=now, delta=delta)
 
     async def _apply(
         self,
@@ -431,7 +302,7 @@ class SnapshotStore:
         persist: bool,
         raw: bytes | None,
         from_disk: bool = False,
-        delta: _Delta | None = None,
+        delta: Delta | None = None,
     ) -> ApplyResult:
         if persist and envelope.trust_chain:
             # Key statements the envelope carries (a node that missed a rotation, a pin
@@ -439,13 +310,13 @@ class SnapshotStore:
             try:
                 await self._worker.run(self.trust.learn_chain, envelope)
             except OSError as exc:
-                log.error("trust chain not applied: cannot persist the trust set: %s", _bounded(str(exc)))
+                log.error("trust chain not applied: cannot persist the trust set: %s", bounded(str(exc)))
         try:
             # Compiling a large snapshot (10,000 tenants) takes seconds; in a worker
             # thread the loop keeps serving the current snapshot meanwhile.
             config, key_id, compiled = await self._worker.run(self.check, envelope, delta)
         except SnapshotCheckFailed as exc:
-            version, digest = _peek(envelope) if delta is None else (delta[1].version, delta[1].digest)
+            version, digest = peek(envelope) if delta is None else (delta[1].version, delta[1].digest)
             log.warning("snapshot %s rejected: %s", version or "?", exc.reason)
             return ApplyResult(False, version, digest, exc.reason)
 
@@ -500,32 +371,35 @@ class SnapshotStore:
             routes = replace(previous.routes, config=config)
         else:
             routes = await self._worker.run(build_route_table, config, self._node)
-        state = self._build(config, routes, key_id)
+        state = build_state(
+            config, routes, key_id, resolve=self._resolve, client=self._client, clock=self._clock
+        )
         if persist:
             try:
                 await self._worker.run(
-                    self._write_lkg,
+                    write_lkg,
+                    self._dir,
                     raw if raw is not None else (envelope if delta is None else (envelope, delta[1].payload)),
                     HighWaterMark(version, digest, group),
                 )
             except OSError as exc:
-                await self._close_adapters(state)
+                await close_adapters(state)
                 return self._reject(version, digest, f"cannot persist last-known-good: {exc}")
         trust_unchanged = delta is not None and not delta[1].changes.touches((TRUSTED_KEYS,))
         if persist and not trust_unchanged:
             # (A delta that leaves the trusted keys as they were cannot change the trust set.)
             try:
                 await self._worker.run(
-                    self.trust.learn, envelope if delta is None else _whole(envelope, delta[1])
+                    self.trust.learn, envelope if delta is None else whole_envelope(envelope, delta[1])
                 )
             except (EnvelopeError, OSError) as exc:
                 # The snapshot itself verified and is served; only what it says about keys
                 # is not taken (logged loudly: the node may not follow the next rotation).
-                log.error("snapshot %d: trust statement not applied: %s", version, _bounded(str(exc)))
+                log.error("snapshot %d: trust statement not applied: %s", version, bounded(str(exc)))
         if from_disk and (hwm is None or version > hwm.version):
             # The envelope is written before the mark: a crash in between leaves the
             # envelope ahead, and the mark catches up here.
-            await self._worker.run(self._write_hwm, HighWaterMark(version, digest, group))
+            await self._worker.run(write_hwm, self._dir, HighWaterMark(version, digest, group))
         self._hwm = HighWaterMark(version, digest, group)
         self._compiled = compiled
         await self._publish(state)
@@ -535,47 +409,6 @@ class SnapshotStore:
     def _reject(self, version: int, digest: bytes, reason: str) -> ApplyResult:
         log.warning("snapshot %d rejected: %s", version, reason)
         return ApplyResult(False, version, digest, reason)
-
-    def _build(self, config: RuntimeConfig, routes: RouteTable, key_id: str) -> ServingState:
-        adapters: dict[str, ProviderAdapter] = {}
-        unusable: dict[str, str] = {}
-        for provider in config.providers.values():
-            # A provider that cannot be set up must not take the node down: it is
-            # marked unusable and requests routed to it get a generic error. The
-            # reasons are for the operator (this log, once per apply): they name
-            # references (sanitized by ``describe``), never values, and callers
-            # never see them.
-            try:
-                credential = self._resolve(provider.credential) if provider.credential else None
-            except Exception as exc:
-                unusable[provider.id] = _bounded(f"credential cannot be resolved: {exc}")
-                continue
-            if provider.credential and credential is None:
-                unusable[provider.id] = (
-                    f"credential ({describe(provider.credential)}) is not available on this node"
-                )
-                continue
-            try:
-                adapters[provider.id] = build_adapter(provider, self._client, credential)
-            except Exception as exc:
-                unusable[provider.id] = _bounded(f"adapter cannot be built: {type(exc).__name__}: {exc}")
-        for i, (provider_id, why) in enumerate(unusable.items()):
-            if i == MAX_UNUSABLE_LOGGED:
-                log.warning(
-                    "%d more providers unusable in snapshot %d",
-                    len(unusable) - MAX_UNUSABLE_LOGGED,
-                    config.version,
-                )
-                break
-            name = config.providers[provider_id].name
-            log.warning(
-                "provider %s (%s) unusable in snapshot %d: %s",
-                _bounded(name, 64),
-                provider_id,
-                config.version,
-                why,
-            )
-        return ServingState(config, routes, adapters, unusable, key_id, self._clock())
 
     async def _publish(self, state: ServingState) -> None:
         old = self.current
@@ -592,15 +425,7 @@ class SnapshotStore:
 
     async def _close_when_idle(self, state: ServingState) -> None:
         await state._idle.wait()
-        await self._close_adapters(state)
-
-    @staticmethod
-    async def _close_adapters(state: ServingState) -> None:
-        for provider_id, adapter in state.adapters.items():
-            try:
-                await adapter.aclose()
-            except Exception:
-                log.exception("closing adapter of provider %s failed", provider_id)
+        await close_adapters(state)
 
     async def aclose(self) -> None:
         """Close every adapter; the caller has already drained requests."""
@@ -611,113 +436,5 @@ class SnapshotStore:
                 await task
         state, self.current = self.current, None
         if state is not None:
-            await self._close_adapters(state)
+            await close_adapters(state)
         self._worker.close()
-
-    # ---- persistence ----
-
-    def _write_lkg(
-        self,
-        data: bytes | snapshot_pb2.SignedEnvelope | tuple[snapshot_pb2.SignedEnvelope, memoryview],
-        hwm: HighWaterMark,
-    ) -> None:
-        """``data``: the file's bytes, an envelope, or an envelope without its payload and
-        the payload (written in pieces: the megabytes are not copied into one message)."""
-        if isinstance(data, snapshot_pb2.SignedEnvelope):
-            data = data.SerializeToString()  # here, off the event loop: megabytes at fleet size
-        parts = envelope_parts(*data) if isinstance(data, tuple) else [data]
-        private_dir(self._dir)
-        first = not (self._dir / HWM_FILE).exists()
-        if first:
-            # The very first time the mark goes first: a crash in between must not leave an
-            # envelope without a mark, which refuses to start.
-            self._write_hwm(hwm)
-        atomic_write(self._dir / LKG_FILE, *parts)
-        if not first:
-            self._write_hwm(hwm)
-
-    def _write_hwm(self, hwm: HighWaterMark) -> None:
-        private_dir(self._dir)
-        body = json.dumps(
-            {"version": hwm.version, "sha256": hwm.sha256.hex(), "node_group": hwm.node_group}
-        ).encode()
-        atomic_write(self._dir / HWM_FILE, body)
-
-    def _read_hwm(self) -> HighWaterMark | None:
-        path = self._dir / HWM_FILE
-        try:
-            data = json.loads(path.read_bytes())
-            return HighWaterMark(
-                int(data["version"]), bytes.fromhex(data["sha256"]), str(data.get("node_group", ""))
-            )
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            # Without a trustworthy mark, rollback protection is gone: refuse to start.
-            raise SnapshotFileInvalid(f"{path}: unreadable high-water mark: {exc}") from exc
-
-
-def _whole(envelope: snapshot_pb2.SignedEnvelope, rebuilt: Rebuilt) -> snapshot_pb2.SignedEnvelope:
-    """``envelope`` (sent without its payload) with the rebuilt payload in it."""
-    whole = snapshot_pb2.SignedEnvelope()
-    whole.CopyFrom(envelope)
-    whole.payload = bytes(rebuilt.payload)
-    return whole
-
-
-def check_envelope(
-    envelope: snapshot_pb2.SignedEnvelope,
-    trusted: Mapping[str, Ed25519PublicKey],
-    *,
-    scope: Scope | None,
-    now: float | None,
-    revoked: AbstractSet[str] = frozenset(),
-    compile: Callable[[bytes], RuntimeConfig] = compile_payload,
-    message: bytes | None = None,
-) -> tuple[RuntimeConfig, str]:
-    """Signature, compile, scope and expiry checks; return the config and the verifying key id.
-
-    ``scope=None`` skips the scope check and ``now=None`` the expiry check (a site
-    without trusted time). Raises ``SnapshotCheckFailed`` with the NACK reason.
-    """
-    try:
-        key_id = verify(envelope, trusted, revoked=revoked, message=message)
-    except EnvelopeError as exc:
-        raise SnapshotCheckFailed(f"signature: {exc}") from exc
-    try:
-        config = compile(envelope.payload)
-    except SnapshotInvalid as exc:
-        raise SnapshotCheckFailed(f"invalid payload: {exc}") from exc
-    if scope is not None and not scope_matches(scope, config.scope):
-        raise SnapshotCheckFailed(
-            f"scope: snapshot is for {_scope_text(config.scope)}, node is {_scope_text(scope)}"
-        )
-    if now is not None and config.expires_at is not None and config.expires_at <= now:
-        raise SnapshotCheckFailed(
-            f"expired: snapshot {config.version} expired {now - config.expires_at:.0f}s ago"
-        )
-    return config, key_id
-
-
-def _peek(envelope: snapshot_pb2.SignedEnvelope) -> tuple[int, bytes]:
-    """Version and hash of an envelope that failed a check, for the NACK (best effort)."""
-
-    digest = hashlib.sha256(envelope.payload).digest()
-    snapshot = snapshot_pb2.Snapshot()
-    try:
-        snapshot.ParseFromString(envelope.payload)
-    except DecodeError:
-        return 0, digest
-    return int(snapshot.version), digest
-
-
-def _bounded(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    """``text`` on one line, without control characters, cut at ``limit`` characters."""
-    clean = "".join(c if c.isprintable() else " " for c in text)
-    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
-
-
-def _scope_text(scope: Scope) -> str:
-    return (
-        f"deployment={scope.deployment or '-'} node_group={scope.node_group or '-'} site={scope.site or '-'}"
-    )

@@ -24,7 +24,9 @@ from controlplane.services.snapshots import SnapshotService
 from controlplane.snapshots import compiler
 from controlplane.snapshots.publish import Publication, SnapshotPublisher
 from dataplane.config.model import RuntimeConfig
-from dataplane.snapshot import layout
+from dataplane.snapshot import compiled
+from dataplane.snapshot.delta import Changes
+from dataplane.snapshot.layout import Layout
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
@@ -48,7 +50,7 @@ class CompileSpy:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> CompileSpy:
         real = compiler.compile_payload
-        real_advance = layout.Compiled.advance
+        real_advance = compiled.Compiled.advance
 
         def seen(payload: bytes) -> None:
             self.threads.append(threading.get_ident())
@@ -63,15 +65,15 @@ class CompileSpy:
             return real(payload)
 
         def advance(
-            base: layout.Compiled, new: layout.Layout, changes: layout.Changes, payload: bytes, digest: bytes
-        ) -> layout.Compiled:
+            base: compiled.Compiled, new: Layout, changes: Changes, payload: bytes, digest: bytes
+        ) -> compiled.Compiled:
             # Compiling by difference is compiling too: it must be off the loop as well.
             seen(payload)
             return real_advance(base, new, changes, payload, digest)
 
         monkeypatch.setattr(compiler, "compile_payload", spy)
-        monkeypatch.setattr(layout, "compile_payload", spy)
-        monkeypatch.setattr(layout.Compiled, "advance", advance)
+        monkeypatch.setattr(compiled, "compile_payload", spy)
+        monkeypatch.setattr(compiled.Compiled, "advance", advance)
         return self
 
 

@@ -11,9 +11,10 @@ import json
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.snapshot.compile import compile_payload
+from dataplane.snapshot.delta import Splice, delta_message
 from dataplane.snapshot.envelope import verify
-from dataplane.snapshot.layout import API_KEYS, Splice, delta_message, scan
-from dataplane.snapshot.store import LKG_FILE, SNAPSHOT_DIR
+from dataplane.snapshot.layout import API_KEYS, scan
+from dataplane.snapshot.lkg import LKG_FILE, SNAPSHOT_DIR
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.shell.simulator import Simulator

@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode, NodeSettings
 from dataplane.config.model import Scope
+from dataplane.errors import SnapshotFileInvalid
 from dataplane.evidence.log import log_path
-from dataplane.snapshot.store import HWM_FILE, LKG_FILE, SnapshotFileInvalid
+from dataplane.snapshot.lkg import HWM_FILE, LKG_FILE
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
 

@@ -13,23 +13,18 @@ from hypothesis import strategies as st
 
 from dataplane.errors import SnapshotInvalid
 from dataplane.snapshot.compile import compile_payload
-from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, pae
-from dataplane.snapshot.layout import (
-    API_KEYS,
-    TENANTS,
+from dataplane.snapshot.compiled import Compiled
+from dataplane.snapshot.delta import (
     Changes,
-    Compiled,
     DeltaMismatch,
-    Layout,
-    LayoutError,
     Splice,
     apply_splices,
     delta_message,
     diff,
     rebuild,
-    record,
-    scan,
 )
+from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, pae
+from dataplane.snapshot.layout import API_KEYS, TENANTS, Layout, LayoutError, record, scan
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
 from dataplane.config.model import Scope
-from dataplane.snapshot.store import SnapshotFileInvalid
+from dataplane.errors import SnapshotFileInvalid
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.tls import ClientTls
