@@ -56,3 +56,18 @@ class Tampered(EvidenceRefused):
     status = grpc.StatusCode.DATA_LOSS
     alarm = "tamper"
     state = "tampered"
+
+
+# ---- evidence packs (export) ----
+
+
+class ExportTooLarge(ControlPlaneError):
+    """A pack query that matches more records than one pack may hold: narrow it."""
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ExportImpossible(ControlPlaneError):
+    """A chain the pack needs cannot be proven from the store (its early records are gone)."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
@@ -247,27 +247,45 @@ def multiproof(leaf_hashes: Sequence[bytes], selected: Sequence[int], size: int)
     return [_mth(leaf_hashes[lo:hi]) for lo, hi in multiproof_ranges(selected, size)]
 
 
-def multiproof_from_stream(
-    ranges: Sequence[tuple[int, int]], leaf_hashes: Iterable[bytes]
-) -> Iterator[bytes]:
-    """The roots of ``ranges`` (``multiproof_ranges``) from the hashed leaves given in index
+class MultiproofBuilder:
+    """The roots of ``ranges`` (``multiproof_ranges``) from hashed leaves added in index
     order, each hashed once: a prover that never holds the tree, only one range's stack."""
-    it = iter(ranges)
-    current = next(it, None)
-    tree = Tree()
-    for index, digest in enumerate(leaf_hashes):
-        if current is None:
+
+    def __init__(self, ranges: Sequence[tuple[int, int]]) -> None:
+        self._ranges = ranges
+        self._next = 0
+        self._index = 0
+        self._tree = Tree()
+        self.proof: list[bytes] = []
+
+    def add(self, digest: bytes) -> None:
+        """Leaf number ``index`` (counting the calls), hashed."""
+        index, self._index = self._index, self._index + 1
+        if self._next == len(self._ranges):
             return
-        lo, hi = current
+        lo, hi = self._ranges[self._next]
         if index < lo:
-            continue
-        tree.append_hashed(digest)
+            return
+        self._tree.append_hashed(digest)
         if index == hi - 1:
-            yield tree.root()
-            tree = Tree()
-            current = next(it, None)
-    if current is not None:
-        raise ProofError(f"the leaves ended before subtree [{current[0]}, {current[1]})")
+            self.proof.append(self._tree.root())
+            self._tree = Tree()
+            self._next += 1
+
+    def finish(self) -> list[bytes]:
+        """The proof; ``ProofError`` when fewer leaves came than the ranges need."""
+        if self._next < len(self._ranges):
+            lo, hi = self._ranges[self._next]
+            raise ProofError(f"the leaves ended before subtree [{lo}, {hi})")
+        return self.proof
+
+
+def multiproof_from_stream(ranges: Sequence[tuple[int, int]], leaf_hashes: Iterable[bytes]) -> list[bytes]:
+    """``MultiproofBuilder`` over hashed leaves given in index order."""
+    builder = MultiproofBuilder(ranges)
+    for digest in leaf_hashes:
+        builder.add(digest)
+    return builder.finish()
 
 
 def root_from_multiproof(leaves: Sequence[tuple[int, bytes]], size: int, proof: Sequence[bytes]) -> bytes:
