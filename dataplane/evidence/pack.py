@@ -529,8 +529,13 @@ def _check_seal(seal: Seal, line_no: int, trusted: Mapping[str, Ed25519PublicKey
             # A pack is signed by the active key alone: a signature nobody can check is
             # refused rather than ignored, so no byte of the seal goes unchecked.
             raise PackInvalid(f"line {line_no}: the seal is signed by key {keyid!r}, which is not trusted")
+        sig = str(signature.get("sig", ""))
         try:
-            key.verify(base64.b64decode(str(signature.get("sig", "")), validate=True), message)
+            raw = base64.b64decode(sig, validate=True)
+            if base64.b64encode(raw).decode() != sig:
+                # Base64 has spare bits in its last character: only the one spelling counts.
+                raise ValueError("not canonical base64")
+            key.verify(raw, message)
         except (InvalidSignature, binascii.Error, ValueError) as exc:
             raise PackInvalid(f"line {line_no}: the seal's signature by key {keyid} does not verify") from exc
     return ",".join(str(s["keyid"]) for s in seal.signatures)
