@@ -7,7 +7,9 @@
     │   │                                              the ACKed head)
     │   └── Tampered             DATA_LOSS            (a stored record arrived with another hash, or a
     │                                                  checkpoint root the stored records do not make)
-    └── PermissionDenied         PERMISSION_DENIED    (a chain of another node)
+    ├── PermissionDenied         PERMISSION_DENIED    (a chain of another node)
+    ├── ExportTooLarge           RESOURCE_EXHAUSTED   (a pack query matching more than the limit)
+    └── ExportImpossible         FAILED_PRECONDITION  (a chain whose records cannot be proven now)
 
 Every message names the chain and the record (seq, line in the batch) or the checkpoint, and
 carries digests and ids only, never record content.

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -433,8 +434,8 @@ class _ChainCheck:
         if digest is None:
             raise PackInvalid(f"{where}: not a record line (its last member is not its hash)")
         try:
-            fields = json.loads(line)
-        except ValueError as exc:
+            fields = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
             raise PackInvalid(f"{where}: the record is not JSON") from exc
         if not isinstance(fields, dict) or type(fields.get("seq")) is not int:
             raise PackInvalid(f"{where}: the record is not a JSON object with an integer seq")
