@@ -65,7 +65,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         groups: NodeGroupService,
         imports: ImportService,
         evidence: EvidenceQueries,
-        exporter: EvidenceExporter | None = None,
+        exporter: EvidenceExporter,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -509,10 +509,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ExportEvidence(
         self, request: admin_pb2.ExportEvidenceRequest, context: Context
     ) -> AsyncIterator[admin_pb2.EvidencePackChunk]:
-        if self._exporter is None:
-            raise NotFound("evidence exporter", "ExportEvidence")
-        query = _evidence_filter(request)
-        async for plan, data in self._exporter.export(query):
+        async for plan, data in self._exporter.export(_evidence_filter(request)):
             if plan is not None:
                 yield admin_pb2.EvidencePackChunk(records=plan.records, pack_id=plan.pack_id)
             else:
