@@ -45,6 +45,7 @@ from controlplane.api.sync import ConfigSyncServicer
 from controlplane.db.embedded import EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
+from controlplane.evidence.export import EvidenceExporter
 from controlplane.evidence.ingest import CheckpointVerifier, EvidenceIngest, verify_node_checkpoint
 from controlplane.evidence.queries import EvidenceQueries
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
@@ -133,6 +134,8 @@ class ControlPlaneSettings:
     """Seconds of that window."""
     evidence_workers: int = 1
     """Processes that parse and hash large shipped evidence batches (0: on the event loop)."""
+    max_export_records: int = 1_000_000
+    """The most records one Evidence Pack may hold; a larger export is refused (RESOURCE_EXHAUSTED)."""
 
 
 def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
@@ -296,6 +299,9 @@ class ControlPlane:
             groups=groups,
             imports=ImportService(uow),
             evidence=EvidenceQueries(sessions),
+            exporter=EvidenceExporter(
+                sessions, self.keyring, self.node_ca.pem.decode(), max_records=s.max_export_records
+            ),
         )
         self._interceptor = AdminInterceptor(
             self.admin,

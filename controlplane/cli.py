@@ -136,6 +136,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="processes that parse and hash large shipped evidence batches (0: on the event loop)",
         command=SERVE,
     )
+    settings.add(
+        serve,
+        "--max-export-records",
+        env="SIGNALBOX_MAX_EXPORT_RECORDS",
+        default=1_000_000,
+        type=int,
+        help="the most records one evidence pack may hold; a larger export is refused",
+        command=SERVE,
+    )
     for flag, env, what in (
         ("--scope-deployment", "SIGNALBOX_SCOPE_DEPLOYMENT", "deployment"),
         ("--scope-site", "SIGNALBOX_SCOPE_SITE", "site"),
@@ -303,9 +312,13 @@ def serve_command(ns: argparse.Namespace) -> int:
         node_stale_after=ns.node_stale_after,
         max_message_bytes=ns.max_message_bytes,
         evidence_workers=ns.evidence_workers,
+        max_export_records=ns.max_export_records,
     )
     if ns.evidence_workers < 0:
         print("--evidence-workers: must be 0 or more", file=sys.stderr)
+        return 2
+    if ns.max_export_records < 1:
+        print("--max-export-records: must be 1 or more", file=sys.stderr)
         return 2
 
     async def run() -> None:

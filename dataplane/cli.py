@@ -47,11 +47,11 @@ def _split_paths(raw: str) -> list[str]:
     return [p for p in raw.replace(os.pathsep, ",").split(",") if p.strip()]
 
 
-def _add_trust_key(parser: argparse.ArgumentParser, command: str) -> None:
+def add_trust_key(parser: argparse.ArgumentParser, command: str) -> None:
     # Repeatable, which ``settings.add`` does not model; registered by hand so the
     # README still lists it. The env var takes a comma- or os.pathsep-separated list.
     env = "SIGNALBOX_TRUST_KEY"
-    help_text = "Ed25519 public key (PEM) trusted to sign snapshots; repeatable"
+    help_text = "the control plane's Ed25519 public key (PEM) trusted to sign snapshots and evidence packs; repeatable"
     settings.REGISTRY[f"{command} --trust-key"] = settings.Setting(
         "--trust-key", env, help_text, None, command
     )
@@ -64,7 +64,7 @@ def _add_trust_key(parser: argparse.ArgumentParser, command: str) -> None:
     )
 
 
-def _trust_keys(ns: argparse.Namespace) -> tuple[Path, ...]:
+def trust_key_paths(ns: argparse.Namespace) -> tuple[Path, ...]:
     given: list[str] | None = ns.trust_key
     if given is None:
         given = _split_paths(os.environ.get("SIGNALBOX_TRUST_KEY", ""))
@@ -177,7 +177,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="PEM private key of --control-plane-cert",
         command=SERVE,
     )
-    _add_trust_key(serve, SERVE)
+    add_trust_key(serve, SERVE)
     add(
         serve,
         "--node-id",
@@ -327,7 +327,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the signed snapshot file to check",
         command=VERIFY,
     )
-    _add_trust_key(verify, VERIFY)
+    add_trust_key(verify, VERIFY)
     add(
         verify,
         "--allow-expired",
@@ -450,7 +450,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         sync_max_message_bytes=ns.sync_max_message_bytes,
         snapshot_idle_wait=ns.snapshot_idle_wait_seconds,
         sync_heartbeat_interval=ns.sync_heartbeat_seconds,
-        trust_keys=_trust_keys(ns),
+        trust_keys=trust_key_paths(ns),
         node_id=ns.node_id,
         data_dir=Path(ns.data_dir),
         mode=mode,
@@ -497,7 +497,7 @@ def verify_command(ns: argparse.Namespace) -> int:
         print("verify: --snapshot FILE is required", file=sys.stderr)
         return 2
     try:
-        operator = load_trust_keys(_trust_keys(ns))
+        operator = load_trust_keys(trust_key_paths(ns))
         if ns.data_dir:
             # The node's learned trust set, replayed from its operator keys exactly as the
             # node does at start (an edited trust file is refused, not believed).

@@ -8,6 +8,7 @@ the authenticated caller in ``current_caller``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from controlplane.api.identity import certificate_response
 from controlplane.api.interceptor import current_caller
 from controlplane.db.models import NodeGroup
 from controlplane.errors import InvalidArgument, NotFound
+from controlplane.evidence.export import EvidenceExporter
 from controlplane.evidence.queries import EvidenceFilter, EvidenceQueries
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.services.groups import NodeGroupService
@@ -64,6 +66,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         groups: NodeGroupService,
         imports: ImportService,
         evidence: EvidenceQueries,
+        exporter: EvidenceExporter,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -78,6 +81,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._identities = identities
         self._imports = imports
         self._evidence = evidence
+        self._exporter = exporter
 
     # ---- tenants ----
 
@@ -504,18 +508,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def QueryEvidence(
         self, request: admin_pb2.QueryEvidenceRequest, context: Context
     ) -> admin_pb2.QueryEvidenceResponse:
-        rows, truncated = await self._evidence.records(
-            EvidenceFilter(
-                correlation_id=request.correlation_id,
-                tenant_id=request.tenant_id,
-                api_key_id=request.api_key_id,
-                model=request.model,
-                outcome=request.outcome,
-                since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
-                until=request.until.ToDatetime(UTC) if request.HasField("until") else None,
-                limit=request.limit,
-            )
-        )
+        rows, truncated = await self._evidence.records(_evidence_filter(request, limit=request.limit))
         return admin_pb2.QueryEvidenceResponse(
             records=[convert.evidence_record(r) for r in rows], truncated=truncated
         )
@@ -526,6 +519,32 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListEvidenceChainsResponse(
             chains=[convert.evidence_chain(c.chain, c.alarms) for c in await self._evidence.chains()]
         )
+
+    # ---- evidence packs ----
+
+    async def ExportEvidence(
+        self, request: admin_pb2.ExportEvidenceRequest, context: Context
+    ) -> AsyncIterator[admin_pb2.EvidencePackChunk]:
+        async for plan, data in self._exporter.export(_evidence_filter(request)):
+            if plan is not None:
+                yield admin_pb2.EvidencePackChunk(records=plan.records, pack_id=plan.pack_id)
+            else:
+                yield admin_pb2.EvidencePackChunk(data=data)
+
+
+def _evidence_filter(
+    request: admin_pb2.QueryEvidenceRequest | admin_pb2.ExportEvidenceRequest, *, limit: int = 0
+) -> EvidenceFilter:
+    return EvidenceFilter(
+        correlation_id=request.correlation_id,
+        tenant_id=request.tenant_id,
+        api_key_id=request.api_key_id,
+        model=request.model,
+        outcome=request.outcome,
+        since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
+        until=request.until.ToDatetime(UTC) if request.HasField("until") else None,
+        limit=limit,
+    )
 
 
 def _require(field: str, value: str) -> None:

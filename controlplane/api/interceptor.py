@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import grpc
 
@@ -64,10 +65,20 @@ def target_of(request: Any) -> str:
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+@dataclass(slots=True)
+class _Call:
+    """Who made an admin call (once known) and what it is about, for its audit row."""
+
+    target: str
+    actor: str = "anonymous"
 
 
 class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps the unary handlers of AdminService with auth, status mapping and audit."""
+    """Wraps the handlers of AdminService (unary and server-streaming) with auth, status
+    mapping and audit."""
 
     def __init__(
         self, admin: AdminService, *, unauthenticated_rows: int = 20, unauthenticated_window: float = 60.0
@@ -84,7 +95,15 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not method.startswith(ADMIN_SERVICE) or handler.unary_unary is None:
+        if handler is None or not method.startswith(ADMIN_SERVICE):
+            return handler
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method.removeprefix(ADMIN_SERVICE), handler.unary_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_unary is None:
             return handler
         return grpc.unary_unary_rpc_method_handler(
             # In a grpc.aio server the handlers are coroutine functions.
@@ -94,33 +113,53 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         )
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
-        admin = self._admin
-
         async def handle(request: Any, context: Context) -> Any:
-            actor = "anonymous"
-            target = target_of(request)
+            call = _Call(target_of(request))
             try:
-                caller = await admin.authenticate(bearer_token(context.invocation_metadata()))
-                actor = caller.actor
-                authorize(caller, method)
-                _caller.set(caller)
-                # Nothing the database cannot hold gets past here (controlplane.limits).
-                check_request(request)
+                await self._admit(method, request, context, call)
                 response = await behavior(request, context)
             except Exception as exc:
-                mapped = status_for(exc)
-                if mapped is None:
-                    log.exception("admin %s failed unexpectedly", method)
-                    code, message = grpc.StatusCode.INTERNAL, "internal error"
-                else:
-                    code, message = mapped
-                if not isinstance(exc, Unauthenticated) or self.unauthenticated.admit(context.peer()):
-                    await self._audit(actor, method, target, code.name, message)
-                await context.abort(code, message)
-            await self._audit(actor, method, target, "OK", "")
+                await self._refuse(exc, method, context, call)
+            await self._audit(call.actor, method, call.target, "OK", "")
             return response
 
         return handle
+
+    def _wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        """The same for a server-streaming handler: nothing is sent before the caller is
+        authenticated and allowed; a failure mid-stream ends it with its status."""
+
+        async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+            call = _Call(target_of(request))
+            try:
+                await self._admit(method, request, context, call)
+                async for response in behavior(request, context):
+                    yield response
+            except Exception as exc:
+                await self._refuse(exc, method, context, call)
+            await self._audit(call.actor, method, call.target, "OK", "")
+
+        return handle
+
+    async def _admit(self, method: str, request: Any, context: Context, call: _Call) -> None:
+        caller = await self._admin.authenticate(bearer_token(context.invocation_metadata()))
+        call.actor = caller.actor
+        authorize(caller, method)
+        _caller.set(caller)
+        # Nothing the database cannot hold gets past here (controlplane.limits).
+        check_request(request)
+
+    async def _refuse(self, exc: Exception, method: str, context: Context, call: _Call) -> NoReturn:
+        mapped = status_for(exc)
+        if mapped is None:
+            log.exception("admin %s failed unexpectedly", method)
+            code, message = grpc.StatusCode.INTERNAL, "internal error"
+        else:
+            code, message = mapped
+        if not isinstance(exc, Unauthenticated) or self.unauthenticated.admit(context.peer()):
+            await self._audit(call.actor, method, call.target, code.name, message)
+        await context.abort(code, message)
+        raise AssertionError("abort raises")  # pragma: no cover
 
     async def _audit_suppressed(self, peer: str, count: int) -> None:
         detail = f"{count} more unauthenticated calls from {peer} suppressed"

@@ -388,6 +388,8 @@ class NodeCertificate(Base):
     not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     sha256: Mapped[bytes] = mapped_column(LargeBinary)
     """Fingerprint of the DER certificate."""
+    certificate_pem: Mapped[str] = mapped_column(Text, default="", server_default="")
+    """The certificate itself (evidence packs carry it); empty when issued before 0015."""
     token_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS), default="")
     """The enrollment token it was issued for ("" for a renewal)."""
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

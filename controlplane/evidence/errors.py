@@ -7,7 +7,9 @@
     │   │                                              the ACKed head)
     │   └── Tampered             DATA_LOSS            (a stored record arrived with another hash, or a
     │                                                  checkpoint root the stored records do not make)
-    └── PermissionDenied         PERMISSION_DENIED    (a chain of another node)
+    ├── PermissionDenied         PERMISSION_DENIED    (a chain of another node)
+    ├── ExportTooLarge           RESOURCE_EXHAUSTED   (a pack query matching more than the limit)
+    └── ExportImpossible         FAILED_PRECONDITION  (a chain whose records cannot be proven now)
 
 Every message names the chain and the record (seq, line in the batch) or the checkpoint, and
 carries digests and ids only, never record content.
@@ -56,3 +58,18 @@ class Tampered(EvidenceRefused):
     status = grpc.StatusCode.DATA_LOSS
     alarm = "tamper"
     state = "tampered"
+
+
+# ---- evidence packs (export) ----
+
+
+class ExportTooLarge(ControlPlaneError):
+    """A pack query that matches more records than one pack may hold: narrow it."""
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ExportImpossible(ControlPlaneError):
+    """A chain the pack needs cannot be proven from the store (its early records are gone)."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION

@@ -39,6 +39,7 @@ READ_ONLY_METHODS = frozenset(
         "ListNodeGroups",
         "QueryEvidence",
         "ListEvidenceChains",
+        "ExportEvidence",
     }
 )
 

@@ -271,5 +271,6 @@ def _record(issued: Issued, spec: NodeCertificateSpec, *, token_id: str = "") ->
         not_before=issued.not_before,
         not_after=issued.not_after,
         sha256=issued.sha256,
+        certificate_pem=issued.pem,
         token_id=token_id,
     )

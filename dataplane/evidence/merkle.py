@@ -18,7 +18,8 @@ the leaves themselves (``inclusion_proof``/``consistency_proof`` take the leaf h
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
@@ -67,7 +68,11 @@ class Tree:
 
     def append(self, leaf: bytes) -> None:
         """Add the leaf data ``leaf`` (a record hash) as leaf number ``size``."""
-        height, digest = 0, leaf_hash(leaf)
+        self.append_hashed(leaf_hash(leaf))
+
+    def append_hashed(self, digest: bytes) -> None:
+        """Add a leaf already hashed (``leaf_hash``) as leaf number ``size``."""
+        height = 0
         while self._stack and self._stack[-1][0] == height:
             _, left = self._stack.pop()
             digest = node_hash(left, digest)
@@ -192,3 +197,127 @@ def verify_consistency(
         raise ProofError(f"the proof does not lead to the root of size {old_size}")
     if sr != new_root:
         raise ProofError(f"the proof does not lead to the root of size {new_size}")
+
+
+# ---- multiproofs (evidence packs) ----
+#
+# One proof for many leaves of one tree: the tree of ``size`` leaves is walked exactly as
+# ``_mth`` splits it; a subtree holding a selected leaf is descended into, a selected leaf
+# is its own hash, and a subtree holding none is one hash of the proof, in left-to-right
+# order. Selecting every leaf makes the proof empty; selecting none makes it the root.
+# A proof hash may stand for a whole subtree, so a proof does not bind the tree's size by
+# itself: the verifier takes the size from the signed checkpoint it compares the root with.
+
+
+def multiproof_ranges(selected: Sequence[int], size: int) -> list[tuple[int, int]]:
+    """The subtrees ``[lo, hi)`` without a selected leaf whose roots a multiproof of the
+    ``selected`` leaves (ascending, distinct indices below ``size``) carries, in order."""
+    _check_selected(selected, size)
+    ranges: list[tuple[int, int]] = []
+
+    def walk(lo: int, hi: int, a: int, b: int) -> None:
+        if a == b:
+            ranges.append((lo, hi))
+        elif hi - lo > 1 and b - a < hi - lo:
+            mid = lo + _split(hi - lo)
+            m = bisect_left(selected, mid, a, b)
+            walk(lo, mid, a, m)
+            walk(mid, hi, m, b)
+
+    if size:
+        walk(0, size, 0, len(selected))
+    return ranges
+
+
+def _check_selected(selected: Sequence[int], size: int) -> None:
+    previous = -1
+    for index in selected:
+        if not previous < index < size:
+            raise ProofError(
+                f"leaf {index}: selected leaves must be ascending, distinct and below the size {size}"
+            )
+        previous = index
+
+
+def multiproof(leaf_hashes: Sequence[bytes], selected: Sequence[int], size: int) -> list[bytes]:
+    """The multiproof of the ``selected`` leaves in the tree of the first ``size`` of
+    ``leaf_hashes`` (hashed leaves)."""
+    if size > len(leaf_hashes):
+        raise ProofError(f"a tree of size {size} needs {size} leaves, not {len(leaf_hashes)}")
+    return [_mth(leaf_hashes[lo:hi]) for lo, hi in multiproof_ranges(selected, size)]
+
+
+class MultiproofBuilder:
+    """The roots of ``ranges`` (``multiproof_ranges``) from hashed leaves added in index
+    order, each hashed once: a prover that never holds the tree, only one range's stack."""
+
+    def __init__(self, ranges: Sequence[tuple[int, int]]) -> None:
+        self._ranges = ranges
+        self._next = 0
+        self._index = 0
+        self._tree = Tree()
+        self.proof: list[bytes] = []
+
+    def add(self, digest: bytes) -> None:
+        """Leaf number ``index`` (counting the calls), hashed."""
+        index, self._index = self._index, self._index + 1
+        if self._next == len(self._ranges):
+            return
+        lo, hi = self._ranges[self._next]
+        if index < lo:
+            return
+        self._tree.append_hashed(digest)
+        if index == hi - 1:
+            self.proof.append(self._tree.root())
+            self._tree = Tree()
+            self._next += 1
+
+    def finish(self) -> list[bytes]:
+        """The proof; ``ProofError`` when fewer leaves came than the ranges need."""
+        if self._next < len(self._ranges):
+            lo, hi = self._ranges[self._next]
+            raise ProofError(f"the leaves ended before subtree [{lo}, {hi})")
+        return self.proof
+
+
+def multiproof_from_stream(ranges: Sequence[tuple[int, int]], leaf_hashes: Iterable[bytes]) -> list[bytes]:
+    """``MultiproofBuilder`` over hashed leaves given in index order."""
+    builder = MultiproofBuilder(ranges)
+    for digest in leaf_hashes:
+        builder.add(digest)
+    return builder.finish()
+
+
+def root_from_multiproof(leaves: Sequence[tuple[int, bytes]], size: int, proof: Sequence[bytes]) -> bytes:
+    """The root that the selected ``leaves`` (``(index, hashed leaf)``, ascending) and the
+    multiproof ``proof`` make for a tree of ``size`` leaves; ``ProofError`` when the proof
+    has too few or too many hashes or an index is out of order or range."""
+    indices = [index for index, _ in leaves]
+    _check_selected(indices, size)
+    if size == 0:
+        if proof:
+            raise ProofError("the empty tree has no proof")
+        return EMPTY_ROOT
+    hashes = [digest for _, digest in leaves]
+    taken = 0
+
+    def walk(lo: int, hi: int, a: int, b: int) -> bytes:
+        nonlocal taken
+        if a == b:
+            if taken == len(proof):
+                raise ProofError(f"the multiproof is too short: no hash for subtree [{lo}, {hi})")
+            taken += 1
+            return proof[taken - 1]
+        if b - a == hi - lo:  # every leaf selected: hashed bottom-up, no descent
+            tree = Tree()
+            for digest in hashes[a:b]:
+                tree.append_hashed(digest)
+            return tree.root()
+        mid = lo + _split(hi - lo)
+        m = bisect_left(indices, mid, a, b)
+        return node_hash(walk(lo, mid, a, m), walk(mid, hi, m, b))
+
+    result = walk(0, size, 0, len(leaves))
+    if taken != len(proof):
+        raise ProofError(f"the multiproof is too long: {len(proof) - taken} hashes left over")
+    return result

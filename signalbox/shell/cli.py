@@ -19,7 +19,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def build_parser() -> argparse.ArgumentParser:
     from dataplane import cli as dataplane_cli
-    from signalbox.shell import admin_cli, client_cli, up
+    from signalbox.shell import admin_cli, client_cli, evidence_cli, up
 
     controlplane = controlplane_cli()
     parser = argparse.ArgumentParser(
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         controlplane.register(commands)
     admin_cli.register(commands)
     client_cli.register(commands)
+    evidence_cli.register(commands)
     up.register(commands)
     return parser
 

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import re
 import signal
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from controlplane.identity.ca import NodeCertificateSpec, new_ca
+from dataplane.evidence import checkpoint, merkle, pack
+from dataplane.evidence.log import EvidenceLog, log_path
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.simulator import Simulator
@@ -113,3 +120,55 @@ async def test_a_node_serves_a_pinned_snapshot(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def _node_pack(directory: Path, signing_key: Ed25519PrivateKey) -> Path:
+    """A pack of a chain a node wrote and signed with its certified key, built with the
+    pack writer the control plane uses and sealed with ``signing_key``."""
+    ca = new_ca()
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = ca.issue_node(NodeCertificateSpec("site-node", "default"), key.public_key(), timedelta(days=1))
+    path = log_path(directory, "site-node")
+    async with EvidenceLog(path, "site-node", signer=key) as log:
+        for i in range(20):
+            log.append({"ts": 1.8e9 + i, "correlation_id": f"c-{i}", "tenant_id": "acme"})
+    lines = path.read_bytes().splitlines(keepends=True)
+    (note,) = checkpoint.read_notes(checkpoint.checkpoints_path(path))
+    hashes = [merkle.leaf_hash(bytes.fromhex(json.loads(line)["hash"])) for line in lines]
+    chosen = [4, 5, 11]
+    searched = pack.Searched("site-node/0", "site-node", 1, 20, len(chosen), 20, "ok", "")
+    out = directory / "site.pack"
+    with io.BytesIO() as f:
+        writer = pack.PackWriter(f)
+        writer.header()
+        writer.certificates(ca.pem.decode(), {"site-node": [issued.pem]})
+        proof = merkle.multiproof(hashes, chosen, 20)
+        writer.chain(pack.ChainSection(searched, note.decode(), [h.hex() for h in proof]))
+        for i in chosen:
+            writer.record(lines[i])
+        manifest = {
+            "pack_id": "p1", "created": "2026-11-29T00:00:00Z", "kind": "control-plane",
+            "query": {"tenant_id": "acme"}, "records": len(chosen),
+            "node_ca_sha256": pack.certificate_sha256(ca.pem.decode()),
+            "chains": [searched.to_json()], "searched_without_match": [], "alarms": [],
+        }  # fmt: skip
+        writer.seal(manifest, lambda m: [pack.sign_ed25519(signing_key, m)])
+        await asyncio.to_thread(out.write_bytes, f.getvalue())
+    return out
+
+
+async def test_evidence_verify_checks_a_pack_without_the_control_plane(
+    node_venv: Venv, tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    packed = await _node_pack(tmp_path, signing_key)
+    result = run(node_venv.signalbox, "evidence", "verify", packed, "--trust-key", trust_key, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"OK {packed}: 3 records in 1 chains"), result.stdout
+    assert "chain site-node/0: every stored record with seq 1..20 searched, 3 matched" in result.stdout
+
+    data = bytearray(packed.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    packed.write_bytes(bytes(data))
+    result = run(node_venv.signalbox, "evidence", "verify", packed, "--trust-key", trust_key, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.startswith(f"INVALID {packed}: line "), result.stdout

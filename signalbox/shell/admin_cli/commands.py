@@ -54,6 +54,7 @@ from signalbox.shell.admin_cli.output import (
     tenant_row,
 )
 from signalbox.shell.admin_cli.output import snapshot_diff as render_diff
+from signalbox.shell.progress import records_bar
 
 # The AdminService stub with token and deadline bound (``run._with_call_options``); grpc-stubs
 # types stubs as synchronous, which grpc.aio ones are not.
@@ -565,3 +566,44 @@ async def evidence_query(stub: Stub, ns: argparse.Namespace) -> Output:
 async def evidence_chains(stub: Stub, ns: argparse.Namespace) -> Output:
     r = await stub.ListEvidenceChains(admin_pb2.ListEvidenceChainsRequest())
     return Output(r, EVIDENCE_CHAIN_COLUMNS, [evidence_chain_row(c) for c in r.chains])
+
+
+# ---- evidence packs ----
+
+
+async def evidence_export(stub: Stub, ns: argparse.Namespace) -> Output:
+    """Write the pack to ``--out`` through a private temporary file renamed at the end: an
+    error or an interruption leaves nothing (not a half pack) behind."""
+    request = admin_pb2.ExportEvidenceRequest(
+        correlation_id=ns.correlation_id or "",
+        tenant_id=ns.tenant or "",
+        api_key_id=ns.api_key or "",
+        model=ns.model or "",
+        outcome=ns.outcome or "",
+    )
+    if ns.since is not None:
+        request.since.FromDatetime(ns.since)
+    if ns.until is not None:
+        request.until.FromDatetime(ns.until)
+    out = Path(ns.out)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.part")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    first: admin_pb2.EvidencePackChunk | None = None
+    try:
+        with os.fdopen(fd, "wb") as f, records_bar(None, "export") as bar:
+            async for chunk in stub.ExportEvidence(request):
+                if first is None:
+                    first = chunk
+                    bar.reset(total=chunk.records)
+                    continue
+                f.write(chunk.data)
+                bar.update(min(chunk.data.count(b"\n"), bar.total - bar.n))
+            f.flush()
+            os.fsync(f.fileno())
+        if first is None:
+            raise OSError("the control plane ended the export without a pack")
+        os.replace(temporary, out)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return Output(first, text=f"wrote {out}: {first.records} records (pack {first.pack_id})\n")

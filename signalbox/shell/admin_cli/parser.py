@@ -11,6 +11,7 @@ from signalbox import settings, tls
 from signalbox.shell.admin_cli.commands import (
     Action,
     evidence_chains,
+    evidence_export,
     evidence_query,
     group_create,
     group_delete,
@@ -132,6 +133,18 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-price", type=int, help="nano-USD per million input tokens")
     p.add_argument("--output-price", type=int, help="nano-USD per million output tokens")
     p.add_argument("--attribute", action="append", metavar="KEY=VALUE")
+
+
+def _evidence_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--correlation-id", help="the request's correlation id")
+    p.add_argument("--tenant", help="tenant id")
+    p.add_argument("--api-key", help="API key id")
+    p.add_argument("--model", help="the model that served it")
+    p.add_argument("--outcome", help="outcome code, e.g. OK or PERMISSION_DENIED")
+    p.add_argument(
+        "--since", type=_utc_time, help="records at or after this time (ISO 8601; UTC when no zone)"
+    )
+    p.add_argument("--until", type=_utc_time, help="records before this time (ISO 8601; UTC when no zone)")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -379,16 +392,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("key_id", metavar="KEY_ID")
     evidence = _resource(sub, "evidence", "shipped evidence records and their chains")
     p = _verb(evidence, "query", evidence_query, "stored records, newest first, by the filters given (AND)")
-    p.add_argument("--correlation-id", help="the request's correlation id")
-    p.add_argument("--tenant", help="tenant id")
-    p.add_argument("--api-key", help="API key id")
-    p.add_argument("--model", help="the model that served it")
-    p.add_argument("--outcome", help="outcome code, e.g. OK or PERMISSION_DENIED")
-    p.add_argument(
-        "--since", type=_utc_time, help="records at or after this time (ISO 8601; UTC when no zone)"
-    )
-    p.add_argument("--until", type=_utc_time, help="records before this time (ISO 8601; UTC when no zone)")
+    _evidence_filters(p)
     p.add_argument("--limit", type=_version, help="at most this many (default 100, at most 1000)")
     _verb(
         evidence, "chains", evidence_chains, "per chain: node, shipped seq, last received, state and alarms"
     )
+    p = _verb(
+        evidence,
+        "export",
+        evidence_export,
+        "an Evidence Pack of the matching records and what was searched (check: signalbox evidence verify)",
+    )
+    _evidence_filters(p)
+    p.add_argument("--out", required=True, metavar="PACK", help="the pack file to write (0600)")

@@ -2466,3 +2466,74 @@ class ListEvidenceChainsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListEvidenceChainsResponse: _TypeAlias = ListEvidenceChainsResponse  # noqa: Y015
+
+@_typing.final
+class ExportEvidenceRequest(_message.Message):
+    """---- evidence packs (packs branch) ----"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    API_KEY_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.str
+    """Each filter set narrows the pack (AND), as QueryEvidence's."""
+    tenant_id: _builtins.str
+    api_key_id: _builtins.str
+    model: _builtins.str
+    outcome: _builtins.str
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Record time: since <= ts < until."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        api_key_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "correlation_id", b"correlation_id", "model", b"model", "outcome", b"outcome", "since", b"since", "tenant_id", b"tenant_id", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportEvidenceRequest: _TypeAlias = ExportEvidenceRequest  # noqa: Y015
+
+@_typing.final
+class EvidencePackChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    PACK_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    records: _builtins.int
+    """First message only: how many records the pack holds, and its id."""
+    pack_id: _builtins.str
+    data: _builtins.bytes
+    """The pack's next bytes: the messages' data concatenated is the pack file."""
+    def __init__(
+        self,
+        *,
+        records: _builtins.int = ...,
+        pack_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "pack_id", b"pack_id", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvidencePackChunk: _TypeAlias = EvidencePackChunk  # noqa: Y015

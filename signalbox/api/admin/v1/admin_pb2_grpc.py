@@ -246,6 +246,11 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsResponse.FromString,
                 _registered_method=True)
+        self.ExportEvidence = channel.unary_stream(
+                '/signalbox.api.admin.v1.AdminService/ExportEvidence',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ExportEvidenceRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -531,7 +536,19 @@ class AdminServiceServicer:
 
     def ListEvidenceChains(self, request, context):
         """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
-        ---- evidence store (end) ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEvidence(self, request, context):
+        """---- evidence store (end) ----
+        ---- evidence packs (packs branch) ----
+        One Evidence Pack (docs/evidence-format.md) of the records matching the filters, with
+        the statement of what was searched, streamed in pieces of about 1 MiB; the first
+        message says how many records follow. Admin and viewer roles. RESOURCE_EXHAUSTED when
+        the filters match more records than a pack may hold.
+        ---- evidence packs (end) ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -749,6 +766,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListEvidenceChains,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsResponse.SerializeToString,
+            ),
+            'ExportEvidence': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportEvidence,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ExportEvidenceRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1885,6 +1907,33 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/ListEvidenceChains',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEvidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ExportEvidence',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ExportEvidenceRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.FromString,
             options,
             channel_credentials,
             insecure,

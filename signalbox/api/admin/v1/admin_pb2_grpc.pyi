@@ -118,8 +118,15 @@ class AdminServiceStub:
     newest first. Admin and viewer roles.
     """
     ListEvidenceChains: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListEvidenceChainsRequest, _admin_pb2.ListEvidenceChainsResponse]
-    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
-    ---- evidence store (end) ----
+    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm."""
+    ExportEvidence: _grpc.UnaryStreamMultiCallable[_admin_pb2.ExportEvidenceRequest, _admin_pb2.EvidencePackChunk]
+    """---- evidence store (end) ----
+    ---- evidence packs (packs branch) ----
+    One Evidence Pack (docs/evidence-format.md) of the records matching the filters, with
+    the statement of what was searched, streamed in pieces of about 1 MiB; the first
+    message says how many records follow. Admin and viewer roles. RESOURCE_EXHAUSTED when
+    the filters match more records than a pack may hold.
+    ---- evidence packs (end) ----
     """
 
 @_typing.type_check_only
@@ -208,8 +215,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     newest first. Admin and viewer roles.
     """
     ListEvidenceChains: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListEvidenceChainsRequest, _admin_pb2.ListEvidenceChainsResponse]  # type: ignore[assignment]
-    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
-    ---- evidence store (end) ----
+    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm."""
+    ExportEvidence: _aio.UnaryStreamMultiCallable[_admin_pb2.ExportEvidenceRequest, _admin_pb2.EvidencePackChunk]  # type: ignore[assignment]
+    """---- evidence store (end) ----
+    ---- evidence packs (packs branch) ----
+    One Evidence Pack (docs/evidence-format.md) of the records matching the filters, with
+    the statement of what was searched, streamed in pieces of about 1 MiB; the first
+    message says how many records follow. Admin and viewer roles. RESOURCE_EXHAUSTED when
+    the filters match more records than a pack may hold.
+    ---- evidence packs (end) ----
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -547,8 +561,21 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListEvidenceChainsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListEvidenceChainsResponse, _abc.Awaitable[_admin_pb2.ListEvidenceChainsResponse]]:
-        """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
-        ---- evidence store (end) ----
+        """Every chain the store holds: node, gap-free seq stored, last received, state and alarm."""
+
+    @_abc_1.abstractmethod
+    def ExportEvidence(
+        self,
+        request: _admin_pb2.ExportEvidenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.EvidencePackChunk], _abc.AsyncIterator[_admin_pb2.EvidencePackChunk]]:
+        """---- evidence store (end) ----
+        ---- evidence packs (packs branch) ----
+        One Evidence Pack (docs/evidence-format.md) of the records matching the filters, with
+        the statement of what was searched, streamed in pieces of about 1 MiB; the first
+        message says how many records follow. Admin and viewer roles. RESOURCE_EXHAUSTED when
+        the filters match more records than a pack may hold.
+        ---- evidence packs (end) ----
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,334 @@
+"""Evidence Packs built from the store (format: ``dataplane.evidence.pack``).
+
+``EvidenceExporter.plan`` runs the query once per chain to count what matches and picks each
+chain's checkpoint; ``stream`` then writes the pack in pieces of about ``CHUNK_BYTES``
+without ever holding it whole: the records' lines come from server-side cursors in seq
+order, and a chain's multiproof is hashed from the stored record hashes of seqs 1..N as
+they are read (``merkle.MultiproofBuilder``). Both run in one REPEATABLE READ transaction,
+so the counts, the statement and the records are of one view of the store even while
+ingest keeps committing.
+
+Per chain the store holds, the pack states which range was searched:
+
+- ``to_seq`` = N, the size of the checkpoint the chain's records are proven against: the
+  smallest stored checkpoint whose root matched the stored records (``root_matches``) and
+  that covers the newest matching record, or else the newest such checkpoint (matches
+  after it are not exported, and ``head_seq`` shows they exist unsearched);
+- ``from_seq`` = 1: the proof needs every record from the first, so a chain whose early
+  records are no longer stored cannot be exported (``ExportImpossible``);
+- a chain with no match in 1..N (or no checkpoint yet, N = 0) is listed in the manifest's
+  ``searched_without_match``.
+
+The seal is signed by the control plane's active snapshot signing key only (one signature,
+so a verifier holding that key checks every byte of the seal).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane.errors import InvalidArgument, shown
+from controlplane.evidence.errors import ExportImpossible, ExportTooLarge
+from controlplane.evidence.queries import EvidenceFilter
+from controlplane.keys import Keyring
+from dataplane.evidence import merkle
+from dataplane.evidence.pack import (
+    KIND_CONTROL_PLANE,
+    ChainSection,
+    PackWriter,
+    Searched,
+    certificate_sha256,
+    sign_ed25519,
+)
+
+MAX_EXPORT_RECORDS = 1_000_000
+"""The most records one pack may hold; a query matching more is refused (RESOURCE_EXHAUSTED)."""
+CHUNK_BYTES = 1024 * 1024
+FETCH_ROWS = 2000
+MAX_ALARMS = 1000
+"""Newest alarms of the searched chains the manifest lists."""
+
+_FILTERS = ("correlation_id", "tenant_id", "api_key_id", "model", "outcome")
+
+
+def query_json(query: EvidenceFilter) -> dict[str, str]:
+    """The filters exactly as asked (unset ones left out), for the manifest."""
+    asked = {name: getattr(query, name) for name in _FILTERS if getattr(query, name)}
+    for name in ("since", "until"):
+        when: datetime | None = getattr(query, name)
+        if when is not None:
+            asked[name] = when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return asked
+
+
+def _where(query: EvidenceFilter) -> tuple[str, dict[str, Any]]:
+    """The SQL condition on ``evidence_records`` and its parameters."""
+    clauses, params = ["TRUE"], {}
+    for name in _FILTERS:
+        if getattr(query, name):
+            clauses.append(f"{name} = :{name}")
+            params[name] = getattr(query, name)
+    for name, op in (("since", ">="), ("until", "<")):
+        if getattr(query, name) is not None:
+            clauses.append(f"ts {op} :{name}")
+            params[name] = getattr(query, name)
+    return " AND ".join(clauses), params
+
+
+@dataclass(slots=True)
+class _Chain:
+    searched: Searched
+    note: str
+
+
+@dataclass(slots=True)
+class ExportPlan:
+    """What a pack will hold, decided before its first byte is sent."""
+
+    query: EvidenceFilter
+    session: AsyncSession
+    pack_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    chains: list[_Chain] = field(default_factory=list)
+    unmatched: list[Searched] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        return sum(c.searched.records for c in self.chains)
+
+
+class _Chunks:
+    """What ``PackWriter`` writes, handed on in pieces of about ``CHUNK_BYTES``."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(data)
+        self.size += len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts, self.size = [], 0
+        return data
+
+
+class EvidenceExporter:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        keyring: Keyring,
+        node_ca_pem: str,
+        *,
+        max_records: int = MAX_EXPORT_RECORDS,
+    ) -> None:
+        self._sessions = sessions
+        self._keyring = keyring
+        self._node_ca_pem = node_ca_pem
+        self._max_records = max_records
+
+    async def export(self, query: EvidenceFilter) -> AsyncIterator[tuple[ExportPlan | None, bytes]]:
+        """The pack for ``query``: first ``(plan, b"")`` once its size is known (refused
+        with ``ExportTooLarge`` before anything when too large), then ``(None, piece)``."""
+        if query.since is not None and query.until is not None and query.since >= query.until:
+            raise InvalidArgument("until", "must be after since")
+        async with self._sessions() as session, session.begin():
+            # One view of the store for the counts, the statement and the records.
+            await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            plan = await self._plan(session, query)
+            yield plan, b""
+            async for piece in self._stream(plan):
+                yield None, piece
+
+    async def _plan(self, session: AsyncSession, query: EvidenceFilter) -> ExportPlan:
+        plan = ExportPlan(query, session)
+        where, params = _where(query)
+        matched = {
+            chain_id: (int(count), int(newest))
+            for chain_id, count, newest in await session.execute(
+                sa.text(
+                    f"SELECT chain_id, count(*), max(seq) FROM evidence_records WHERE {where} GROUP BY chain_id"
+                ),
+                params,
+            )
+        }
+        chains = (
+            await session.execute(
+                sa.text(
+                    "SELECT chain_id, node_id, head_seq, state, alarm FROM evidence_chains ORDER BY chain_id"
+                )
+            )
+        ).all()
+        total = 0
+        for chain_id, node_id, head_seq, state, alarm in chains:
+            count, newest = matched.get(chain_id, (0, 0))
+            note, size = await _checkpoint_for(session, chain_id, newest)
+            if count and newest > size:
+                count = (
+                    await session.execute(
+                        sa.text(
+                            f"SELECT count(*) FROM evidence_records WHERE {where} AND chain_id = :chain AND seq <= :n"
+                        ),
+                        {**params, "chain": chain_id, "n": size},
+                    )
+                ).scalar_one()
+            searched = Searched(chain_id, node_id, 1, size, int(count), int(head_seq), state, alarm)
+            if count:
+                plan.chains.append(_Chain(searched, note))
+                total += int(count)
+            else:
+                plan.unmatched.append(searched)
+        if total > self._max_records:
+            raise ExportTooLarge(
+                f"the query matches {total} records; a pack holds at most {self._max_records} "
+                "(max_export_records): narrow it (a shorter time range, a tenant, a model)"
+            )
+        return plan
+
+    async def _stream(self, plan: ExportPlan) -> AsyncIterator[bytes]:
+        session = plan.session
+        out = _Chunks()
+        writer = PackWriter(out)  # type: ignore[arg-type]  # anything with write(bytes)
+        writer.header(KIND_CONTROL_PLANE)
+        writer.certificates(self._node_ca_pem, await _certificates(session, plan))
+        where, params = _where(plan.query)
+        for chain in plan.chains:
+            s = chain.searched
+            proof = await _proof(session, plan.query, s)
+            writer.chain(ChainSection(s, chain.note, [h.hex() for h in proof]))
+            rows = await session.stream(
+                sa.text(
+                    f"SELECT body FROM evidence_records WHERE {where} AND chain_id = :chain AND seq <= :n ORDER BY seq"
+                ),
+                {**params, "chain": s.chain_id, "n": s.to_seq},
+            )
+            async for batch in rows.partitions(FETCH_ROWS):
+                for (body,) in batch:
+                    writer.record(bytes(body))
+                if out.size >= CHUNK_BYTES:
+                    yield out.take()
+        signers = await self._keyring.signers(session)
+        if not signers:
+            raise ExportImpossible("no signing key is active to seal the pack")
+        active = signers[0]
+        manifest = {
+            "pack_id": plan.pack_id,
+            "created": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "kind": KIND_CONTROL_PLANE,
+            "query": query_json(plan.query),
+            "records": plan.records,
+            "node_ca_sha256": certificate_sha256(self._node_ca_pem),
+            "chains": [c.searched.to_json() for c in plan.chains],
+            "searched_without_match": [s.to_json() for s in plan.unmatched],
+            "alarms": await _alarms(
+                session, [c.searched.chain_id for c in plan.chains] + [s.chain_id for s in plan.unmatched]
+            ),
+        }
+        writer.seal(manifest, lambda m: [sign_ed25519(active.private_key, m)])
+        yield out.take()
+
+
+async def _checkpoint_for(session: AsyncSession, chain_id: str, newest: int) -> tuple[str, int]:
+    """The note and size of the checkpoint a chain is proven against (module docstring;
+    ``newest``: the newest matching seq, 0 for none: then the newest checkpoint); ("", 0)
+    when it has none whose root matched."""
+    row = None
+    if newest:
+        row = (
+            await session.execute(
+                sa.text(
+                    "SELECT note, tree_size FROM evidence_checkpoints WHERE chain_id = :c AND root_matches "
+                    "AND tree_size >= :s ORDER BY tree_size LIMIT 1"
+                ),
+                {"c": chain_id, "s": newest},
+            )
+        ).first()
+    if row is None:
+        row = (
+            await session.execute(
+                sa.text(
+                    "SELECT note, tree_size FROM evidence_checkpoints WHERE chain_id = :c AND root_matches "
+                    "ORDER BY tree_size DESC LIMIT 1"
+                ),
+                {"c": chain_id},
+            )
+        ).first()
+    return (str(row[0]), int(row[1])) if row is not None else ("", 0)
+
+
+async def _certificates(session: AsyncSession, plan: ExportPlan) -> dict[str, list[str]]:
+    """Every stored certificate of each node with a chain in the pack, oldest first."""
+    nodes = sorted({c.searched.node_id for c in plan.chains})
+    found: dict[str, list[str]] = {node: [] for node in nodes}
+    rows = await session.execute(
+        sa.text(
+            "SELECT node_id, certificate_pem FROM node_certificates WHERE node_id = ANY(:n) "
+            "AND certificate_pem <> '' ORDER BY not_before, serial"
+        ),
+        {"n": nodes},
+    )
+    for node_id, pem in rows:
+        found[node_id].append(pem)
+    return found
+
+
+async def _proof(session: AsyncSession, query: EvidenceFilter, s: Searched) -> list[bytes]:
+    """The multiproof of the chain's matching records in its tree of ``to_seq`` records."""
+    where, params = _where(query)
+    selected = [
+        int(seq) - 1
+        for (seq,) in await session.execute(
+            sa.text(
+                f"SELECT seq FROM evidence_records WHERE {where} AND chain_id = :chain AND seq <= :n ORDER BY seq"
+            ),
+            {**params, "chain": s.chain_id, "n": s.to_seq},
+        )
+    ]
+    builder = merkle.MultiproofBuilder(merkle.multiproof_ranges(selected, s.to_seq))
+    rows = await session.stream(
+        sa.text("SELECT seq, hash FROM evidence_records WHERE chain_id = :chain AND seq <= :n ORDER BY seq"),
+        {"chain": s.chain_id, "n": s.to_seq},
+    )
+    expected = 1
+    async for batch in rows.partitions(FETCH_ROWS * 10):
+        for seq, digest in batch:
+            if seq != expected:
+                break
+            builder.add(merkle.leaf_hash(bytes(digest)))
+            expected += 1
+        else:
+            continue
+        break
+    if expected != s.to_seq + 1:
+        raise ExportImpossible(
+            f"chain {shown(s.chain_id)}: record seq {expected} is not stored (pruned?), so its records "
+            f"cannot be proven against its checkpoint of size {s.to_seq}"
+        )
+    return builder.finish()
+
+
+async def _alarms(session: AsyncSession, chain_ids: list[str]) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        sa.text(
+            "SELECT chain_id, seq, kind, detail, at FROM evidence_alarms WHERE chain_id = ANY(:c) "
+            "ORDER BY id DESC LIMIT :n"
+        ),
+        {"c": chain_ids, "n": MAX_ALARMS},
+    )
+    return [
+        {
+            "chain_id": chain_id,
+            "seq": int(seq),
+            "kind": kind,
+            "detail": detail,
+            "at": at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        for chain_id, seq, kind, detail, at in reversed(rows.all())
+    ]

@@ -1,0 +1,36 @@
+"""The pack format's own pieces: the seal signs exactly what a snapshot envelope would (same
+PAE, same key ids, so one --trust-key checks both), and a seal signature's base64 has one
+spelling only."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataplane.evidence import pack
+from dataplane.snapshot import envelope
+
+
+def test_pae_and_key_ids_are_the_snapshot_envelopes() -> None:
+    key = Ed25519PrivateKey.generate()
+    assert pack.key_id_for(key.public_key()) == envelope.key_id_for(key.public_key())
+    for payload in (b"", b"{}", "é".encode() * 300):
+        assert pack.pae(pack.PAYLOAD_TYPE, payload) == envelope.pae(pack.PAYLOAD_TYPE, payload)
+
+
+def test_a_seal_signature_spelled_another_way_is_refused() -> None:
+    key = Ed25519PrivateKey.generate()
+    manifest = {"records": 0}
+    signature = pack.sign_ed25519(key, manifest)
+    trusted = {signature["keyid"]: key.public_key()}
+    seal = pack.Seal(manifest, [signature])
+    assert pack._check_seal(seal, 9, trusted) == signature["keyid"]
+    # 64 bytes: the last character before "==" carries 4 spare bits.
+    sig = signature["sig"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    respelled = sig[:-3] + alphabet[alphabet.index(sig[-3]) ^ 1] + "=="
+    assert base64.b64decode(respelled) == base64.b64decode(sig)
+    with pytest.raises(pack.PackInvalid, match=r"line 9: the seal's signature by key .* does not verify"):
+        pack._check_seal(pack.Seal(manifest, [{**signature, "sig": respelled}]), 9, trusted)
