@@ -52,6 +52,7 @@ from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.repositories import signing_keys as signing_key_repo
 from controlplane.services.admin import AdminService
 from controlplane.services.base import UnitOfWork
+from controlplane.services.callers import CallerIdentityService
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import IdentityService
 from controlplane.services.imports import ImportService
@@ -296,6 +297,7 @@ class ControlPlane:
             groups=groups,
             imports=ImportService(uow),
             evidence=EvidenceQueries(sessions),
+            callers=CallerIdentityService(uow),
         )
         self._interceptor = AdminInterceptor(
             self.admin,

@@ -39,6 +39,8 @@ READ_ONLY_METHODS = frozenset(
         "ListNodeGroups",
         "QueryEvidence",
         "ListEvidenceChains",
+        "ListJwtIssuers",
+        "ListMtlsMappings",
     }
 )
 

@@ -246,6 +246,36 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsResponse.FromString,
                 _registered_method=True)
+        self.AddJwtIssuer = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/AddJwtIssuer',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddJwtIssuerRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.JwtIssuerInfo.FromString,
+                _registered_method=True)
+        self.ListJwtIssuers = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListJwtIssuers',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListJwtIssuersRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListJwtIssuersResponse.FromString,
+                _registered_method=True)
+        self.RemoveJwtIssuer = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/RemoveJwtIssuer',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveJwtIssuerRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.AddMtlsMapping = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/AddMtlsMapping',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddMtlsMappingRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.MtlsMappingInfo.FromString,
+                _registered_method=True)
+        self.ListMtlsMappings = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListMtlsMappings',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListMtlsMappingsRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListMtlsMappingsResponse.FromString,
+                _registered_method=True)
+        self.RemoveMtlsMapping = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/RemoveMtlsMapping',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveMtlsMappingRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -531,7 +561,47 @@ class AdminServiceServicer:
 
     def ListEvidenceChains(self, request, context):
         """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
-        ---- evidence store (end) ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddJwtIssuer(self, request, context):
+        """---- evidence store (end) ----
+        ---- caller identities (ident branch) ----
+        JWT issuers and mTLS SAN mappings per tenant. Admin role (List: viewer too). Writes
+        are validated (INVALID_ARGUMENT naming the field) and publish a snapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJwtIssuers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveJwtIssuer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddMtlsMapping(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMtlsMappings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMtlsMapping(self, request, context):
+        """---- caller identities (end) ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -749,6 +819,36 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListEvidenceChains,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsResponse.SerializeToString,
+            ),
+            'AddJwtIssuer': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddJwtIssuer,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddJwtIssuerRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.JwtIssuerInfo.SerializeToString,
+            ),
+            'ListJwtIssuers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJwtIssuers,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListJwtIssuersRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListJwtIssuersResponse.SerializeToString,
+            ),
+            'RemoveJwtIssuer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveJwtIssuer,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveJwtIssuerRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'AddMtlsMapping': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMtlsMapping,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddMtlsMappingRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.MtlsMappingInfo.SerializeToString,
+            ),
+            'ListMtlsMappings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMtlsMappings,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListMtlsMappingsRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListMtlsMappingsResponse.SerializeToString,
+            ),
+            'RemoveMtlsMapping': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMtlsMapping,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveMtlsMappingRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1885,6 +1985,168 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/ListEvidenceChains',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddJwtIssuer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/AddJwtIssuer',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddJwtIssuerRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.JwtIssuerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJwtIssuers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListJwtIssuers',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListJwtIssuersRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListJwtIssuersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveJwtIssuer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/RemoveJwtIssuer',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveJwtIssuerRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMtlsMapping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/AddMtlsMapping',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddMtlsMappingRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.MtlsMappingInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMtlsMappings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListMtlsMappings',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListMtlsMappingsRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListMtlsMappingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMtlsMapping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/RemoveMtlsMapping',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveMtlsMappingRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

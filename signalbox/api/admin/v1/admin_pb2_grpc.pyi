@@ -118,9 +118,19 @@ class AdminServiceStub:
     newest first. Admin and viewer roles.
     """
     ListEvidenceChains: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListEvidenceChainsRequest, _admin_pb2.ListEvidenceChainsResponse]
-    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
-    ---- evidence store (end) ----
+    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm."""
+    AddJwtIssuer: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddJwtIssuerRequest, _admin_pb2.JwtIssuerInfo]
+    """---- evidence store (end) ----
+    ---- caller identities (ident branch) ----
+    JWT issuers and mTLS SAN mappings per tenant. Admin role (List: viewer too). Writes
+    are validated (INVALID_ARGUMENT naming the field) and publish a snapshot.
     """
+    ListJwtIssuers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListJwtIssuersRequest, _admin_pb2.ListJwtIssuersResponse]
+    RemoveJwtIssuer: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RemoveJwtIssuerRequest, _admin_pb2.DeleteResponse]
+    AddMtlsMapping: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddMtlsMappingRequest, _admin_pb2.MtlsMappingInfo]
+    ListMtlsMappings: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListMtlsMappingsRequest, _admin_pb2.ListMtlsMappingsResponse]
+    RemoveMtlsMapping: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RemoveMtlsMappingRequest, _admin_pb2.DeleteResponse]
+    """---- caller identities (end) ----"""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -208,9 +218,19 @@ class AdminServiceAsyncStub(AdminServiceStub):
     newest first. Admin and viewer roles.
     """
     ListEvidenceChains: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListEvidenceChainsRequest, _admin_pb2.ListEvidenceChainsResponse]  # type: ignore[assignment]
-    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
-    ---- evidence store (end) ----
+    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm."""
+    AddJwtIssuer: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddJwtIssuerRequest, _admin_pb2.JwtIssuerInfo]  # type: ignore[assignment]
+    """---- evidence store (end) ----
+    ---- caller identities (ident branch) ----
+    JWT issuers and mTLS SAN mappings per tenant. Admin role (List: viewer too). Writes
+    are validated (INVALID_ARGUMENT naming the field) and publish a snapshot.
     """
+    ListJwtIssuers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListJwtIssuersRequest, _admin_pb2.ListJwtIssuersResponse]  # type: ignore[assignment]
+    RemoveJwtIssuer: _aio.UnaryUnaryMultiCallable[_admin_pb2.RemoveJwtIssuerRequest, _admin_pb2.DeleteResponse]  # type: ignore[assignment]
+    AddMtlsMapping: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddMtlsMappingRequest, _admin_pb2.MtlsMappingInfo]  # type: ignore[assignment]
+    ListMtlsMappings: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListMtlsMappingsRequest, _admin_pb2.ListMtlsMappingsResponse]  # type: ignore[assignment]
+    RemoveMtlsMapping: _aio.UnaryUnaryMultiCallable[_admin_pb2.RemoveMtlsMappingRequest, _admin_pb2.DeleteResponse]  # type: ignore[assignment]
+    """---- caller identities (end) ----"""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -547,8 +567,54 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListEvidenceChainsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListEvidenceChainsResponse, _abc.Awaitable[_admin_pb2.ListEvidenceChainsResponse]]:
-        """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
-        ---- evidence store (end) ----
+        """Every chain the store holds: node, gap-free seq stored, last received, state and alarm."""
+
+    @_abc_1.abstractmethod
+    def AddJwtIssuer(
+        self,
+        request: _admin_pb2.AddJwtIssuerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.JwtIssuerInfo, _abc.Awaitable[_admin_pb2.JwtIssuerInfo]]:
+        """---- evidence store (end) ----
+        ---- caller identities (ident branch) ----
+        JWT issuers and mTLS SAN mappings per tenant. Admin role (List: viewer too). Writes
+        are validated (INVALID_ARGUMENT naming the field) and publish a snapshot.
         """
+
+    @_abc_1.abstractmethod
+    def ListJwtIssuers(
+        self,
+        request: _admin_pb2.ListJwtIssuersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListJwtIssuersResponse, _abc.Awaitable[_admin_pb2.ListJwtIssuersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveJwtIssuer(
+        self,
+        request: _admin_pb2.RemoveJwtIssuerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteResponse, _abc.Awaitable[_admin_pb2.DeleteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AddMtlsMapping(
+        self,
+        request: _admin_pb2.AddMtlsMappingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.MtlsMappingInfo, _abc.Awaitable[_admin_pb2.MtlsMappingInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ListMtlsMappings(
+        self,
+        request: _admin_pb2.ListMtlsMappingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListMtlsMappingsResponse, _abc.Awaitable[_admin_pb2.ListMtlsMappingsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveMtlsMapping(
+        self,
+        request: _admin_pb2.RemoveMtlsMappingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteResponse, _abc.Awaitable[_admin_pb2.DeleteResponse]]:
+        """---- caller identities (end) ----"""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
