@@ -584,7 +584,19 @@ def test_every_admin_rpc_is_classified_for_roles() -> None:
     mutating = methods - READ_ONLY_METHODS
     assert all(
         m.startswith(
-            ("Create", "Update", "Delete", "Apply", "Rollback", "Rotate", "Revoke", "Import", "Add", "Remove")
+            (
+                "Create",
+                "Update",
+                "Delete",
+                "Apply",
+                "Rollback",
+                "Rotate",
+                "Revoke",
+                "Import",
+                "Add",
+                "Remove",
+                "Certify",
+            )
         )
         for m in mutating
     ), mutating
