@@ -33,7 +33,7 @@ import jwt
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from dataplane.config.identity import JwtIssuerEntry
+from dataplane.config.identity import ALGORITHM_FAMILY, JwtIssuerEntry
 from dataplane.config.model import RuntimeConfig, TenantConfig
 from dataplane.errors import Unauthenticated
 from dataplane.scopes import KeyScope
@@ -144,7 +144,7 @@ def _jwt_caller(config: RuntimeConfig, token: str, now: float) -> Caller:
     if issuer is None or not isinstance(kid, str) or not isinstance(alg, str):
         raise Unauthenticated(INVALID)
     key = issuer.keys.get(kid)
-    if key is None or alg not in issuer.algorithms or _FAMILY.get(alg) != key.family:
+    if key is None or alg not in issuer.algorithms or ALGORITHM_FAMILY.get(alg) != key.family:
         raise Unauthenticated(INVALID)
     try:
         verified = jwt.decode(
@@ -200,20 +200,6 @@ def _claims_caller(config: RuntimeConfig, issuer: JwtIssuerEntry, claims: Mappin
         subject=subject,
         metadata=metadata,
     )
-
-
-_FAMILY: Final[Mapping[str, str]] = {
-    "RS256": "RSA",
-    "RS384": "RSA",
-    "RS512": "RSA",
-    "PS256": "RSA",
-    "PS384": "RSA",
-    "PS512": "RSA",
-    "ES256": "P-256",
-    "ES384": "P-384",
-    "ES512": "P-521",
-    "EdDSA": "OKP",
-}
 
 
 # ---- client certificates ----

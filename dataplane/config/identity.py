@@ -12,6 +12,20 @@ from typing import Any, Final
 
 from dataplane.scopes import KeyScope
 
+ALGORITHM_FAMILY: Final[Mapping[str, str]] = {
+    "RS256": "RSA",
+    "RS384": "RSA",
+    "RS512": "RSA",
+    "PS256": "RSA",
+    "PS384": "RSA",
+    "PS512": "RSA",
+    "ES256": "P-256",
+    "ES384": "P-384",
+    "ES512": "P-521",
+    "EdDSA": "OKP",
+}
+"""The algorithms an issuer may allow, with the key family each needs."""
+
 
 @dataclass(frozen=True, slots=True)
 class JwtKey:

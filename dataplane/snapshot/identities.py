@@ -24,25 +24,18 @@ from typing import Any, Final
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
-from dataplane.config.identity import NO_IDENTITIES, IdentityIndex, JwtIssuerEntry, JwtKey, MtlsEntry
+from dataplane.config.identity import (
+    ALGORITHM_FAMILY,
+    NO_IDENTITIES,
+    IdentityIndex,
+    JwtIssuerEntry,
+    JwtKey,
+    MtlsEntry,
+)
 from dataplane.config.model import TenantConfig
 from dataplane.errors import SnapshotInvalid, shown
 from dataplane.scopes import KeyScope, ScopeSyntaxError, validate_scopes
 from signalbox.api.config.v1 import snapshot_pb2
-
-ALGORITHM_FAMILY: Final[Mapping[str, str]] = {
-    "RS256": "RSA",
-    "RS384": "RSA",
-    "RS512": "RSA",
-    "PS256": "RSA",
-    "PS384": "RSA",
-    "PS512": "RSA",
-    "ES256": "P-256",
-    "ES384": "P-384",
-    "ES512": "P-521",
-    "EdDSA": "OKP",
-}
-"""The algorithms an issuer may allow, with the key family each needs."""
 
 MIN_RSA_BITS: Final = 2048
 MAX_JWKS_BYTES: Final = 64 * 1024
