@@ -147,26 +147,35 @@ def _jwt_caller(config: RuntimeConfig, token: str, now: float) -> Caller:
     if key is None or alg not in issuer.algorithms or ALGORITHM_FAMILY.get(alg) != key.family:
         raise Unauthenticated(INVALID)
     try:
+        # Signature, alg, iss and aud by PyJWT; the times below against ``now`` (the request's
+        # clock, not PyJWT's), only once the signature verified.
         verified = jwt.decode(
             token,
             key.key,
             algorithms=[alg],
             audience=list(issuer.audiences),
             issuer=issuer.issuer,
-            leeway=issuer.leeway_s,
-            options={"require": ["exp", "iss", "aud"], "verify_iat": False},
+            options={
+                "require": ["exp", "iss", "aud"],
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
         )
-    except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError):
-        # PyJWT checks the signature before any claim: this token is genuine, only untimely.
-        raise Unauthenticated("authorization: token expired or not yet valid") from None
     except jwt.PyJWTError:
         raise Unauthenticated(INVALID) from None
-    iat = verified.get("iat")
-    if iat is not None and (
-        not isinstance(iat, int | float) or isinstance(iat, bool) or iat > now + issuer.leeway_s
-    ):
+    leeway = issuer.leeway_s
+    exp, nbf, iat = verified["exp"], verified.get("nbf", 0), verified.get("iat", 0)
+    if not all(_is_number(v) for v in (exp, nbf, iat)) or iat > now + leeway:
         raise Unauthenticated(INVALID)
+    if exp <= now - leeway or nbf > now + leeway:
+        # The token is genuine, only untimely: saying so reveals nothing.
+        raise Unauthenticated("authorization: token expired or not yet valid")
     return _claims_caller(config, issuer, verified)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _claim(claims: Mapping[str, Any], name: str) -> str | None:

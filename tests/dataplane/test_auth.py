@@ -9,6 +9,7 @@ import secrets
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -174,3 +175,25 @@ def test_a_snapshot_with_two_tenants_claiming_one_issuer_does_not_compile() -> N
     with pytest.raises(SnapshotInvalid) as unknown:
         compile_identities([snapshot_pb2.TenantIdentity(id="x", tenant_id="zz", jwt=issuer)], tenants)
     assert unknown.value.path == "$.identities[0].tenant_id"
+
+
+def test_token_times_are_judged_by_the_callers_clock_with_the_issuers_leeway() -> None:
+    idp = TestIdp()
+    issuer = _issuer(leeway_seconds=30, jwks_json=idp.jwks(), issuer=idp.issuer)
+    index = compile_identities(
+        [snapshot_pb2.TenantIdentity(id="j", tenant_id="t", jwt=issuer)], {"t": TenantConfig("t", "t")}
+    )
+    config, _ = _config(0)
+    config = replace(config, identities=index)
+    token = idp.token(iat=1_000, nbf=1_000, exp=2_000)
+    assert authenticate(config, token, 1_500.0).subject == "alice@example.test"
+    assert authenticate(config, token, 2_029.0).issuer == idp.issuer  # within the leeway
+    assert authenticate(config, token, 971.0).method == "jwt"
+    early = idp.token(iat=900, nbf=1_000, exp=2_000)
+    for untimely, now in ((token, 2_030.0), (early, 969.0)):
+        with pytest.raises(Unauthenticated, match=r"^authorization: token expired or not yet valid$"):
+            authenticate(config, untimely, now)
+    # An iat beyond the leeway, or a time claim that is not a number: refused like any bad token.
+    for bad in (idp.token(iat=1_600, nbf=1_000, exp=2_000), idp.token(exp="soon")):
+        with pytest.raises(Unauthenticated, match=r"^authorization: invalid credentials$"):
+            authenticate(config, bad, 1_500.0)
