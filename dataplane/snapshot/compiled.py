@@ -181,7 +181,8 @@ def _parse(kind: type[_M], data: bytes) -> _M:
 def _element(kind: type[_M], rec: bytes) -> _M:
     """The element a record carries (after its tag and length)."""
     try:
-        _, start = read_varint(rec, 1)
+        _, after_tag = read_varint(rec, 0)  # one byte for fields 1-15, two for 16 and up
+        _, start = read_varint(rec, after_tag)
     except LayoutError as exc:
         raise _Undecided from exc
     return _parse(kind, rec[start:])
