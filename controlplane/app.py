@@ -53,6 +53,7 @@ from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.repositories import signing_keys as signing_key_repo
 from controlplane.services.admin import AdminService
 from controlplane.services.base import UnitOfWork
+from controlplane.services.callers import CallerIdentityService
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import IdentityService
 from controlplane.services.imports import ImportService
@@ -302,6 +303,7 @@ class ControlPlane:
             exporter=EvidenceExporter(
                 sessions, self.keyring, self.node_ca.pem.decode(), max_records=s.max_export_records
             ),
+            callers=CallerIdentityService(uow),
         )
         self._interceptor = AdminInterceptor(
             self.admin,

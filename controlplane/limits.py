@@ -59,6 +59,8 @@ TIMESTAMP_MAX_SECONDS = 253402300799
 
 CSR_CHARS = 16 * 1024
 """A PEM certificate signing request (``identity.ca.MAX_CSR_BYTES`` checks its bytes)."""
+JWKS_CHARS = 64 * 1024
+"""A tenant's JWKS document (``dataplane.snapshot.identities.MAX_JWKS_BYTES`` checks its bytes)."""
 _ADMIN = "signalbox.api.admin.v1."
 # The width of each string field that is stored; any other string (a reference to
 # something stored) may be at most NAME_CHARS long, as long as anything it can name.
@@ -72,6 +74,9 @@ FIELD_CHARS: dict[str, int] = {
     _ADMIN + "ApplyPolicyRequest.document": POLICY_DOCUMENT_BYTES,
     _ADMIN + "CertifyNodeRequest.node_id": NODE_ID_CHARS,
     _ADMIN + "CertifyNodeRequest.csr_pem": CSR_CHARS,
+    # Caller identities: a JWKS document (dataplane.snapshot.identities bounds its bytes) and a SAN URI.
+    "signalbox.api.config.v1.JwtIssuer.jwks_json": JWKS_CHARS,
+    "signalbox.api.config.v1.MtlsMapping.uri": URL_CHARS,
 }
 # Fields not walked into: ExplainRoute's request is read and checked exactly as a node
 # reads a request (dataplane.edge, dataplane.validation), and is never stored.

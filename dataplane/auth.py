@@ -1,34 +1,248 @@
-"""Who is calling: the caller's API key (a front door reads it from its wire) against the snapshot.
+"""Who is calling: an API key, a tenant's JWT or a client certificate, against the snapshot.
 
-Keys are looked up by the SHA-256 of the secret, the only form the snapshot
-holds. Every failure is UNAUTHENTICATED, with a message that never echoes the key.
+``authenticate(config, token, now, peer_certificate)`` is a pure function of what any front
+door has (the bearer token of its ``authorization`` header, the TLS peer's certificate as
+PEM) and the snapshot: the gRPC front door and an HTTP one call it alike.
+
+- A bearer token shaped like a JWT (three base64url segments) is checked against the
+  issuer its ``iss`` names: the ``kid`` must be one of that issuer's keys, the ``alg`` one it
+  allows and of that key's family; then PyJWT verifies the signature and ``exp``, ``nbf``,
+  ``iss``, ``aud`` (with the issuer's leeway), and ``iat`` must not lie in the future.
+- Any other bearer token is an API key, looked up by the SHA-256 of the secret.
+- Without a bearer token, a client certificate (already verified by TLS against the node's
+  client CA) is looked up by its URI SANs in the snapshot's mappings.
+
+Every refusal is UNAUTHENTICATED with one message, ``authorization: invalid credentials``,
+whether a key id, an issuer, a kid or a subject exists or not. The two exceptions name
+facts learnt only after the credential proved genuine: an expired (or not yet valid) token
+whose signature verified, an expired API key, an inactive tenant. Nothing here logs, and no
+message echoes a credential.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
-from dataclasses import dataclass
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
 
-from dataplane.config.model import ApiKeyEntry, RuntimeConfig, TenantConfig
+import jwt
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID
+
+from dataplane.config.identity import ALGORITHM_FAMILY, JwtIssuerEntry
+from dataplane.config.model import RuntimeConfig, TenantConfig
 from dataplane.errors import Unauthenticated
+from dataplane.scopes import KeyScope
+
+API_KEY: Final = "api_key"
+JWT: Final = "jwt"
+MTLS: Final = "mtls"
+
+INVALID: Final = "authorization: invalid credentials"
+MISSING: Final = "authorization: missing 'Bearer <API key or JWT>' metadata or client certificate"
+
+MAX_TOKEN_BYTES: Final = 4 * 1024
+"""The longest bearer token read at all: a JWT with a fair set of claims fits (they are
+typically under 2 KiB), and it stays well under gRPC's 8 KiB metadata limit."""
+MAX_CLAIM_CHARS: Final = 256
+"""The longest subject, tier or metadata value taken from a token."""
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    key: ApiKeyEntry
+    """An authenticated caller: its tenant (tier as its identity says), scopes and who it is."""
+
     tenant: TenantConfig
+    scope: KeyScope
+    method: str
+    """``api_key``, ``jwt`` or ``mtls``."""
+    key_id: str = ""
+    """The API key's id (API keys only)."""
+    identity_id: str = ""
+    """The snapshot's identity entry (JWT issuer or mTLS mapping) that admitted the caller."""
+    issuer: str = ""
+    """JWT: the ``iss``."""
+    subject: str = ""
+    """JWT: the subject claim; mTLS: the URI SAN."""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """Request metadata from the identity (JWT claim mappings); overrides the caller's own."""
+
+    def evidence(self) -> dict[str, str]:
+        """Who called, for the evidence record: never the credential itself."""
+        if self.method == API_KEY:
+            return {"method": API_KEY, "api_key_id": self.key_id}
+        if self.method == JWT:
+            return {
+                "method": JWT,
+                "identity_id": self.identity_id,
+                "issuer": self.issuer,
+                "subject": self.subject,
+            }
+        return {"method": MTLS, "identity_id": self.identity_id, "subject": self.subject}
 
 
-def authenticate(config: RuntimeConfig, token: str | None, now: float) -> Caller:
-    """The caller for ``token`` under ``config``, or ``Unauthenticated``."""
-    if token is None:
-        raise Unauthenticated("authorization: missing 'Bearer <API key>' metadata")
-    entry = config.api_keys.get(hashlib.sha256(token.encode()).digest())
+def authenticate(
+    config: RuntimeConfig, token: str | None, now: float, peer_certificate: bytes | None = None
+) -> Caller:
+    """The caller under ``config`` for a bearer ``token`` or, without one, the TLS peer's
+    certificate (PEM); ``Unauthenticated`` otherwise."""
+    if token is not None:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthenticated(INVALID)
+        if token.count(".") == 2:
+            return _jwt_caller(config, token, now)
+        return _key_caller(config, token, now)
+    if peer_certificate is not None and (config.identities.exact or config.identities.prefixes):
+        return _certificate_caller(config, peer_certificate)
+    raise Unauthenticated(MISSING)
+
+
+def _key_caller(config: RuntimeConfig, token: str, now: float) -> Caller:
+    entry = config.api_keys.get(hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest())
     if entry is None:
-        raise Unauthenticated("authorization: invalid API key")
+        raise Unauthenticated(INVALID)
     if entry.expires_at is not None and entry.expires_at <= now:
         raise Unauthenticated("authorization: API key expired")
-    tenant = config.tenants.get(entry.tenant_id)
+    tenant = _active(config, entry.tenant_id)
+    return Caller(tenant, entry.scope, API_KEY, key_id=entry.id)
+
+
+def _active(config: RuntimeConfig, tenant_id: str) -> TenantConfig:
+    tenant = config.tenants.get(tenant_id)
     if tenant is None or not tenant.active:
-        raise Unauthenticated("authorization: the key's tenant is not active")
-    return Caller(entry, tenant)
+        raise Unauthenticated("authorization: the caller's tenant is not active")
+    return tenant
+
+
+# ---- JWT ----
+
+
+def _segment(text: str) -> dict[str, Any]:
+    """A JWT header or payload segment as a JSON object; ``ValueError`` when it is not one."""
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        value = json.loads(binascii.a2b_base64(padded.replace("-", "+").replace("_", "/"), strict_mode=True))
+    except (binascii.Error, ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise ValueError("malformed segment") from exc
+    if not isinstance(value, dict):
+        raise ValueError("not an object")
+    return value
+
+
+def _jwt_caller(config: RuntimeConfig, token: str, now: float) -> Caller:
+    head, body, _ = token.split(".")
+    try:
+        header, claims = _segment(head), _segment(body)
+    except ValueError:
+        raise Unauthenticated(INVALID) from None
+    iss, kid, alg = claims.get("iss"), header.get("kid"), header.get("alg")
+    issuer = config.identities.issuers.get(iss) if isinstance(iss, str) else None
+    if issuer is None or not isinstance(kid, str) or not isinstance(alg, str):
+        raise Unauthenticated(INVALID)
+    key = issuer.keys.get(kid)
+    if key is None or alg not in issuer.algorithms or ALGORITHM_FAMILY.get(alg) != key.family:
+        raise Unauthenticated(INVALID)
+    try:
+        # Signature, alg, iss and aud by PyJWT; the times below against ``now`` (the request's
+        # clock, not PyJWT's), only once the signature verified.
+        verified = jwt.decode(
+            token,
+            key.key,
+            algorithms=[alg],
+            audience=list(issuer.audiences),
+            issuer=issuer.issuer,
+            options={
+                "require": ["exp", "iss", "aud"],
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
+        )
+    except jwt.PyJWTError:
+        raise Unauthenticated(INVALID) from None
+    leeway = issuer.leeway_s
+    exp, nbf, iat = verified["exp"], verified.get("nbf", 0), verified.get("iat", 0)
+    if not all(_is_number(v) for v in (exp, nbf, iat)) or iat > now + leeway:
+        raise Unauthenticated(INVALID)
+    if exp <= now - leeway or nbf > now + leeway:
+        # The token is genuine, only untimely: saying so reveals nothing.
+        raise Unauthenticated("authorization: token expired or not yet valid")
+    return _claims_caller(config, issuer, verified)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _claim(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value)
+    return text if 0 < len(text) <= MAX_CLAIM_CHARS and text.isprintable() else None
+
+
+def _claims_caller(config: RuntimeConfig, issuer: JwtIssuerEntry, claims: Mapping[str, Any]) -> Caller:
+    subject = _claim(claims, issuer.subject_claim)
+    if subject is None:
+        raise Unauthenticated(INVALID)
+    tenant = _active(config, issuer.tenant_id)
+    if issuer.tier_claim:
+        tier = _claim(claims, issuer.tier_claim)
+        if tier is not None and tier != tenant.tier:
+            tenant = replace(tenant, tier=tier)
+    metadata: dict[str, str] = {}
+    for key, claim in issuer.metadata_claims:
+        value = _claim(claims, claim)
+        if value is not None:
+            metadata[key] = value
+    return Caller(
+        tenant,
+        issuer.scope,
+        JWT,
+        identity_id=issuer.id,
+        issuer=issuer.issuer,
+        subject=subject,
+        metadata=metadata,
+    )
+
+
+# ---- client certificates ----
+
+_SAN_CACHE: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
+_SAN_CACHE_SIZE: Final = 4096
+
+
+def uri_sans(pem: bytes) -> tuple[str, ...]:
+    """The URI SANs of a PEM certificate (parsed once per distinct certificate, then cached)."""
+    cached = _SAN_CACHE.get(pem)
+    if cached is not None:
+        return cached
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+        ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        uris = tuple(ext.value.get_values_for_type(x509.UniformResourceIdentifier))  # type: ignore[attr-defined]
+    except (ValueError, x509.ExtensionNotFound):
+        uris = ()
+    _SAN_CACHE[pem] = uris
+    while len(_SAN_CACHE) > _SAN_CACHE_SIZE:
+        _SAN_CACHE.popitem(last=False)
+    return uris
+
+
+def _certificate_caller(config: RuntimeConfig, pem: bytes) -> Caller:
+    matches = {}
+    for uri in uri_sans(pem):
+        entry = config.identities.san(uri)
+        if entry is not None:
+            matches[entry.tenant_id] = (entry, uri)
+    # No mapping, or SANs of several tenants (ambiguous): refused alike.
+    if len(matches) != 1:
+        raise Unauthenticated(INVALID)
+    entry, uri = next(iter(matches.values()))
+    tenant = _active(config, entry.tenant_id)
+    return Caller(tenant, entry.scope, MTLS, identity_id=entry.id, subject=uri)

@@ -22,6 +22,7 @@ from controlplane.errors import InvalidArgument, NotFound
 from controlplane.evidence.export import EvidenceExporter
 from controlplane.evidence.queries import EvidenceFilter, EvidenceQueries
 from controlplane.limits import DEFAULT_GROUP
+from controlplane.services.callers import JWT, MTLS, CallerIdentityService
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import MAX_CERT_TTL, MAX_TOKEN_TTL, IdentityService, check_node_id
 from controlplane.services.imports import ImportService
@@ -67,6 +68,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         imports: ImportService,
         evidence: EvidenceQueries,
         exporter: EvidenceExporter,
+        callers: CallerIdentityService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -82,6 +84,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._imports = imports
         self._evidence = evidence
         self._exporter = exporter
+        self._callers = callers
 
     # ---- tenants ----
 
@@ -518,6 +521,52 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListEvidenceChainsResponse:
         return admin_pb2.ListEvidenceChainsResponse(
             chains=[convert.evidence_chain(c.chain, c.alarms) for c in await self._evidence.chains()]
+        )
+
+    # ---- caller identities (ident branch) ----
+
+    async def AddJwtIssuer(
+        self, request: admin_pb2.AddJwtIssuerRequest, context: Context
+    ) -> admin_pb2.JwtIssuerInfo:
+        row, version = await self._callers.add_jwt(
+            current_caller(), tenant=request.tenant, issuer=request.issuer
+        )
+        return convert.jwt_issuer(row, version)
+
+    async def ListJwtIssuers(
+        self, request: admin_pb2.ListJwtIssuersRequest, context: Context
+    ) -> admin_pb2.ListJwtIssuersResponse:
+        rows = await self._callers.list(JWT, request.tenant)
+        return admin_pb2.ListJwtIssuersResponse(issuers=[convert.jwt_issuer(r) for r in rows])
+
+    async def RemoveJwtIssuer(
+        self, request: admin_pb2.RemoveJwtIssuerRequest, context: Context
+    ) -> admin_pb2.DeleteResponse:
+        _require("id", request.id)
+        return admin_pb2.DeleteResponse(
+            snapshot_version=await self._callers.remove(current_caller(), JWT, request.id)
+        )
+
+    async def AddMtlsMapping(
+        self, request: admin_pb2.AddMtlsMappingRequest, context: Context
+    ) -> admin_pb2.MtlsMappingInfo:
+        row, version = await self._callers.add_mtls(
+            current_caller(), tenant=request.tenant, mapping=request.mapping
+        )
+        return convert.mtls_mapping(row, version)
+
+    async def ListMtlsMappings(
+        self, request: admin_pb2.ListMtlsMappingsRequest, context: Context
+    ) -> admin_pb2.ListMtlsMappingsResponse:
+        rows = await self._callers.list(MTLS, request.tenant)
+        return admin_pb2.ListMtlsMappingsResponse(mappings=[convert.mtls_mapping(r) for r in rows])
+
+    async def RemoveMtlsMapping(
+        self, request: admin_pb2.RemoveMtlsMappingRequest, context: Context
+    ) -> admin_pb2.DeleteResponse:
+        _require("id", request.id)
+        return admin_pb2.DeleteResponse(
+            snapshot_version=await self._callers.remove(current_caller(), MTLS, request.id)
         )
 
     # ---- evidence packs ----

@@ -504,3 +504,26 @@ def include_object(obj: Any, name: str | None, type_: str, reflected: bool, comp
         and compare_to is None
         and (name or "").startswith(EVIDENCE_PARTITION_PREFIX)
     )
+
+
+# ---- caller identities (ident branch) ----
+
+
+class TenantIdentity(TimestampMixin, Base):
+    """A way a tenant's callers authenticate besides API keys: a JWT issuer (``kind`` jwt,
+    ``match`` its ``iss``) or an mTLS URI SAN mapping (``kind`` mtls, ``match`` the URI,
+    ``prefix``). ``spec`` is the snapshot message (``JwtIssuer`` / ``MtlsMapping``) encoded
+    deterministically: public keys and claim names only, never a secret."""
+
+    __tablename__ = "tenant_identities"
+    __table_args__ = (
+        UniqueConstraint("kind", "match", "prefix", name="uq_tenant_identities_kind"),
+        CheckConstraint("kind IN ('jwt', 'mtls')", name="kind_known"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    match: Mapped[str] = mapped_column(Text)
+    prefix: Mapped[bool] = mapped_column(Boolean, default=False)
+    spec: Mapped[bytes] = mapped_column(LargeBinary)

@@ -40,6 +40,8 @@ READ_ONLY_METHODS = frozenset(
         "QueryEvidence",
         "ListEvidenceChains",
         "ExportEvidence",
+        "ListJwtIssuers",
+        "ListMtlsMappings",
     }
 )
 

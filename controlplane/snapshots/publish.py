@@ -30,6 +30,7 @@ from controlplane.errors import ConfigRejected
 from controlplane.keys import MAX_TRUST_CHAIN, Keyring, Signer, sign_all, trusted_keys
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import groups as group_repo
+from controlplane.repositories import identities as identity_repo
 from controlplane.repositories import signing_keys as signing_repo
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.snapshots import rows
@@ -39,7 +40,7 @@ from controlplane.snapshots.scope import GroupView, describe
 from dataplane.config.model import DeploymentMode, RuntimeConfig
 from dataplane.snapshot.compiled import Compiled
 from dataplane.snapshot.delta import Splice, delta_message, diff
-from dataplane.snapshot.layout import TRUSTED_KEYS, Layout, LayoutError, make_layout, record, scan
+from dataplane.snapshot.layout import IDENTITIES, TRUSTED_KEYS, Layout, LayoutError, make_layout, record, scan
 from signalbox.api.config.v1 import snapshot_pb2
 
 
@@ -157,6 +158,7 @@ def _previous(candidate: _Candidate) -> tuple[Layout | None, Compiled | None]:
 def _seal_all(
     full: rows.FullRows,
     trusted: list[bytes],
+    identities: list[identity_repo.IdentityRecord],
     candidates: list[_Candidate],
     forced: frozenset[str] | None,
     signers: list[Signer],
@@ -171,6 +173,7 @@ def _seal_all(
         group = candidate.group.name
         records: dict[int, Sequence[bytes]] = dict(rows.cut(full, candidate.group).records)
         records[TRUSTED_KEYS] = trusted
+        records[IDENTITIES] = identity_repo.for_group(identities, candidate.group.tenants)
         layout = make_layout(candidate.header, records)
         previous, base = _previous(candidate)
         unforced = not (forced is None or group in forced)
@@ -320,7 +323,10 @@ class SnapshotPublisher:
         # The newest key statements ride along: a node that missed a rotation (or a site
         # handed this as a pin) follows them from a key it trusts to the one that signed.
         chain = await signing_repo.chain(session, newest=MAX_TRUST_CHAIN)
-        cuts = await asyncio.to_thread(_seal_all, full, trusted, candidates, force, signers, chain)
+        identities = await identity_repo.records(session)
+        cuts = await asyncio.to_thread(
+            _seal_all, full, trusted, identities, candidates, force, signers, chain
+        )
         published: dict[str, PublishedSnapshot] = {}
         for cut in cuts:
             item = cut.sealed

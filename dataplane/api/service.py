@@ -155,6 +155,7 @@ def _call(
         correlation_field=where,
         request_sha256=hashlib.sha256(data).hexdigest(),
         timeout=context.time_remaining(),
+        peer_certificate=peer_certificate(context),
     )
 
 
@@ -163,6 +164,13 @@ def _metadata_value(metadata: Metadata | None, name: str) -> str:
         if key == name:
             return value.decode("latin-1") if isinstance(value, bytes) else value
     return ""
+
+
+def peer_certificate(context: Context) -> bytes | None:
+    """The client certificate (PEM) TLS verified against the node's client CA, if any."""
+    for cert in context.auth_context().get("x509_pem_cert", ()):
+        return bytes(cert)
+    return None
 
 
 def bearer_token(metadata: Metadata | None) -> str | None:

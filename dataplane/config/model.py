@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
+from dataplane.config.identity import NO_IDENTITIES, IdentityIndex
 from dataplane.scopes import UNRESTRICTED, KeyScope
 
 
@@ -311,6 +312,8 @@ class RuntimeConfig:
     """Keyed by model alias."""
     policies: Mapping[str, CompiledPolicy]
     """Keyed by tenant id; ``""`` is the platform default."""
+    identities: IdentityIndex = NO_IDENTITIES
+    """JWT issuers and mTLS mappings (keys parsed once, at compile)."""
 
     @property
     def hash_hex(self) -> str:

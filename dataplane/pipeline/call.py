@@ -65,6 +65,9 @@ class Call(Generic[Body]):
     """Digest of the request exactly as received."""
     timeout: float | None = None
     """Seconds the caller allows; None: the node's default."""
+    peer_certificate: bytes | None = None
+    """The TLS client certificate (PEM) the transport verified, None without one: the
+    caller's identity when it sends no bearer token."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,12 +221,12 @@ class Pipeline:
         """The snapshot this request runs on, then the caller."""
         state = self.store.require()
         trace.state = state
-        caller = authenticate(state.config, call.api_key, trace.started_wall)
+        caller = authenticate(state.config, call.api_key, trace.started_wall, call.peer_certificate)
         trace.caller = caller
         if trace.invalid_correlation_id is not None:
             # Reported after authentication so an anonymous caller learns nothing else.
             raise trace.invalid_correlation_id
-        caller.key.scope.check_operation(call.operation.value)
+        caller.scope.check_operation(call.operation.value)
         return state, caller
 
     async def _prepare(
@@ -235,10 +235,13 @@ class Pipeline:
         """Validate (schemas not seen before are checked off the event loop), govern the
         input, route."""
         body, hints = call.decode()
+        if caller.metadata:
+            # What the identity says (JWT claims) wins over what the request claims.
+            hints = replace(hints, metadata={**hints.metadata, **caller.metadata})
         validate(body)
         if isinstance(body, ChatRequest):
             await check_schemas(body)
-        scope = caller.key.scope
+        scope = caller.scope
         scope.check_task(hints.task)
         for step in self.governance:
             governed = step.govern_input(call.operation, body, trace.governance)

@@ -55,7 +55,8 @@ def record_fields(trace: Trace, outcome: Outcome) -> dict[str, Any]:
         "kind": trace.kind,
         "correlation_id": trace.correlation_id,
         "tenant_id": caller.tenant.id if caller else "",
-        "api_key_id": caller.key.id if caller else "",
+        "api_key_id": caller.key_id if caller else "",
+        "caller": caller.evidence() if caller else None,
         "snapshot": {"version": state.version, "sha256": state.config.hash_hex} if state else None,
         "policy": {"id": plan.policy_id, "version": plan.policy_version} if plan else None,
         "routing": _routing_record(plan, candidate, trace.attempts, trace.skipped) if plan else None,
@@ -83,7 +84,8 @@ def shadow_fields(trace: Trace, outcome: ShadowOutcome[Any]) -> dict[str, Any]:
         "kind": "shadow",
         "correlation_id": trace.correlation_id,
         "tenant_id": trace.caller.tenant.id if trace.caller else "",
-        "api_key_id": trace.caller.key.id if trace.caller else "",
+        "api_key_id": trace.caller.key_id if trace.caller else "",
+        "caller": trace.caller.evidence() if trace.caller else None,
         "snapshot": {"version": trace.state.version, "sha256": trace.state.config.hash_hex}
         if trace.state
         else None,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from google.protobuf.message import DecodeError
 
+from dataplane.config.identity import NO_IDENTITIES, IdentityIndex
 from dataplane.config.model import (
     ApiKeyEntry,
     Capability,
@@ -33,6 +34,7 @@ from dataplane.errors import PolicyError, SnapshotInvalid
 from dataplane.policy.compiler import ModelIndex, compile_policy
 from dataplane.providers.registry import adapter_types
 from dataplane.scopes import KeyScope
+from dataplane.snapshot.identities import compile_identities
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -100,7 +102,8 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, payload_sha256: bytes) -> 
         keys[secret] = key
 
     providers, models, policies = compile_registry(snapshot, tenants)
-    return runtime_config(snapshot, payload_sha256, tenants, keys, providers, models, policies)
+    identities = compile_identities(snapshot.identities, tenants)
+    return runtime_config(snapshot, payload_sha256, tenants, keys, providers, models, policies, identities)
 
 
 def check_header(snapshot: snapshot_pb2.Snapshot) -> None:
@@ -116,6 +119,7 @@ def runtime_config(
     providers: Mapping[str, ProviderConfig],
     models: Mapping[str, ModelConfig],
     policies: Mapping[str, CompiledPolicy],
+    identities: IdentityIndex = NO_IDENTITIES,
 ) -> RuntimeConfig:
     """The compiled config: ``header``'s fields 1-5 with the compiled sections."""
     return RuntimeConfig(
@@ -129,6 +133,7 @@ def runtime_config(
         providers=providers,
         models=models,
         policies=policies,
+        identities=identities,
     )
 
 

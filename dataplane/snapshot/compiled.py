@@ -34,7 +34,16 @@ from dataplane.snapshot.compile import (
     tenant_entry,
 )
 from dataplane.snapshot.delta import Changes
-from dataplane.snapshot.layout import API_KEYS, REGISTRY, TENANTS, Layout, LayoutError, read_varint
+from dataplane.snapshot.identities import compile_identities
+from dataplane.snapshot.layout import (
+    API_KEYS,
+    IDENTITIES,
+    REGISTRY,
+    TENANTS,
+    Layout,
+    LayoutError,
+    read_varint,
+)
 from signalbox.api.config.v1 import snapshot_pb2
 
 
@@ -137,7 +146,17 @@ class Compiled:
                 providers, models, policies = compile_registry(registry, tenants)
             except (DecodeError, SnapshotInvalid) as exc:
                 raise _Undecided from exc
-        config = runtime_config(header, payload_sha256, tenants, keys, providers, models, policies)
+        identities = old.identities
+        if changes.touches((IDENTITIES, TENANTS)):
+            # A handful of entries: recompiled whole (keys parsed again) when any changes.
+            elements = [_element(snapshot_pb2.TenantIdentity, rec) for rec in layout.records[IDENTITIES]]
+            try:
+                identities = compile_identities(elements, tenants)
+            except SnapshotInvalid as exc:
+                raise _Undecided from exc
+        config = runtime_config(
+            header, payload_sha256, tenants, keys, providers, models, policies, identities
+        )
         return Compiled(layout, config, counts, scopes)
 
 
@@ -145,7 +164,9 @@ class _Undecided(Exception):
     """The difference alone cannot say: compile the whole payload."""
 
 
-_M = TypeVar("_M", snapshot_pb2.Snapshot, snapshot_pb2.Tenant, snapshot_pb2.ApiKey)
+_M = TypeVar(
+    "_M", snapshot_pb2.Snapshot, snapshot_pb2.Tenant, snapshot_pb2.ApiKey, snapshot_pb2.TenantIdentity
+)
 
 
 def _parse(kind: type[_M], data: bytes) -> _M:
@@ -160,7 +181,8 @@ def _parse(kind: type[_M], data: bytes) -> _M:
 def _element(kind: type[_M], rec: bytes) -> _M:
     """The element a record carries (after its tag and length)."""
     try:
-        _, start = read_varint(rec, 1)
+        _, after_tag = read_varint(rec, 0)  # one byte for fields 1-15, two for 16 and up
+        _, start = read_varint(rec, after_tag)
     except LayoutError as exc:
         raise _Undecided from exc
     return _parse(kind, rec[start:])

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field, replace
 from google.protobuf.message import DecodeError
 
 from dataplane.snapshot.envelope import pae_prefix
-from dataplane.snapshot.layout import HEADER_FIELDS, REPEATED, Layout, LayoutError, read_varint, record_tag
+from dataplane.snapshot.layout import (
+    HEADER_FIELDS,
+    REPEATED,
+    Layout,
+    LayoutError,
+    read_varint,
+    record_tag,
+    varint,
+)
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
 
 MAX_SPLICES = 100_000
@@ -165,10 +173,12 @@ def apply_splices(base: Layout, header: bytes, splices: Sequence[Splice]) -> tup
 
 
 def _check_record(number: int, rec: bytes) -> None:
-    if not rec or rec[0] != record_tag(number):
+    # Fields 16 and up (e.g. identities, 40) have a two-byte tag.
+    tag = varint(record_tag(number))
+    if not rec.startswith(tag):
         raise DeltaMismatch(f"a record of field {number} does not start with its tag")
     try:
-        length, start = read_varint(rec, 1)
+        length, start = read_varint(rec, len(tag))
     except LayoutError as exc:
         raise DeltaMismatch(f"a record of field {number}: {exc}") from exc
     if start + length != len(rec):

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from signalbox.api.config.v1 import snapshot_pb2
 
 TENANTS, API_KEYS, PROVIDERS, MODELS, POLICIES, TRUSTED_KEYS = 10, 11, 12, 13, 14, 15
-REPEATED = (TENANTS, API_KEYS, PROVIDERS, MODELS, POLICIES, TRUSTED_KEYS)
+IDENTITIES = 40
+REPEATED = (TENANTS, API_KEYS, PROVIDERS, MODELS, POLICIES, TRUSTED_KEYS, IDENTITIES)
 """The repeated fields of ``Snapshot``, in the order a deterministic encoding writes them."""
 HEADER_FIELDS = frozenset({1, 2, 3, 4, 5})
 REGISTRY = (PROVIDERS, MODELS, POLICIES)

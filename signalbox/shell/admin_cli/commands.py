@@ -607,3 +607,78 @@ async def evidence_export(stub: Stub, ns: argparse.Namespace) -> Output:
         temporary.unlink(missing_ok=True)
         raise
     return Output(first, text=f"wrote {out}: {first.records} records (pack {first.pack_id})\n")
+
+
+# ---- caller identities ----
+
+JWT_COLUMNS = ("id", "tenant", "issuer", "audiences", "algorithms", "key_ids", "subject", "tier", "scopes")
+MTLS_COLUMNS = ("id", "tenant", "uri", "match", "scopes")
+
+
+def _jwt_row(i: admin_pb2.JwtIssuerInfo) -> tuple[str, ...]:
+    j = i.issuer
+    return (
+        i.id,
+        i.tenant_id,
+        j.issuer,
+        ",".join(j.audiences),
+        ",".join(j.algorithms),
+        ",".join(i.key_ids),
+        j.subject_claim,
+        j.tier_claim or "-",
+        scopes_column(j.scopes),
+    )
+
+
+def _mtls_row(m: admin_pb2.MtlsMappingInfo) -> tuple[str, ...]:
+    return (
+        m.id,
+        m.tenant_id,
+        m.mapping.uri,
+        "prefix" if m.mapping.prefix else "exact",
+        scopes_column(m.mapping.scopes),
+    )
+
+
+async def identity_jwt_add(stub: Stub, ns: argparse.Namespace) -> Output:
+    try:
+        jwks = await asyncio.to_thread(Path(ns.jwks).read_text, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"--jwks {ns.jwks}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    issuer = snapshot_pb2.JwtIssuer(
+        issuer=ns.issuer,
+        audiences=ns.audience or [],
+        algorithms=ns.algorithm or [],
+        jwks_json=jwks,
+        leeway_seconds=ns.leeway,
+        subject_claim=ns.subject_claim,
+        tier_claim=ns.tier_claim or "",
+        metadata_claims=_pairs(ns.metadata_claim, "--metadata-claim"),
+        scopes=ns.scope or [],
+    )
+    r = await stub.AddJwtIssuer(admin_pb2.AddJwtIssuerRequest(tenant=ns.tenant, issuer=issuer))
+    return Output(r, JWT_COLUMNS, [_jwt_row(r)])
+
+
+async def identity_jwt_list(stub: Stub, ns: argparse.Namespace) -> Output:
+    r = await stub.ListJwtIssuers(admin_pb2.ListJwtIssuersRequest(tenant=ns.tenant or ""))
+    return Output(r, JWT_COLUMNS, [_jwt_row(i) for i in r.issuers])
+
+
+async def identity_jwt_remove(stub: Stub, ns: argparse.Namespace) -> Output:
+    return deleted(await stub.RemoveJwtIssuer(admin_pb2.RemoveJwtIssuerRequest(id=ns.id)))
+
+
+async def identity_mtls_add(stub: Stub, ns: argparse.Namespace) -> Output:
+    mapping = snapshot_pb2.MtlsMapping(uri=ns.uri, prefix=ns.prefix, scopes=ns.scope or [])
+    r = await stub.AddMtlsMapping(admin_pb2.AddMtlsMappingRequest(tenant=ns.tenant, mapping=mapping))
+    return Output(r, MTLS_COLUMNS, [_mtls_row(r)])
+
+
+async def identity_mtls_list(stub: Stub, ns: argparse.Namespace) -> Output:
+    r = await stub.ListMtlsMappings(admin_pb2.ListMtlsMappingsRequest(tenant=ns.tenant or ""))
+    return Output(r, MTLS_COLUMNS, [_mtls_row(m) for m in r.mappings])
+
+
+async def identity_mtls_remove(stub: Stub, ns: argparse.Namespace) -> Output:
+    return deleted(await stub.RemoveMtlsMapping(admin_pb2.RemoveMtlsMappingRequest(id=ns.id)))

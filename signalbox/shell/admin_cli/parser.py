@@ -18,6 +18,12 @@ from signalbox.shell.admin_cli.commands import (
     group_list,
     group_show,
     group_update,
+    identity_jwt_add,
+    identity_jwt_list,
+    identity_jwt_remove,
+    identity_mtls_add,
+    identity_mtls_list,
+    identity_mtls_remove,
     import_config,
     key_create,
     key_delete,
@@ -390,6 +396,46 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p = _verb(signing, "revoke", signing_key_revoke, "stop signing with a retiring key for good (admin role)")
     p.add_argument("key_id", metavar="KEY_ID")
+    identity = _resource(sub, "identity", "caller identities besides API keys: JWT issuers, mTLS mappings")
+    jwt = identity.add_parser("jwt", help="a tenant's JWT issuers (JWKS uploaded, never fetched)")
+    jwt_verbs = jwt.add_subparsers(dest="jwt_verb", required=True, metavar="VERB")
+    p = _verb(jwt_verbs, "add", identity_jwt_add, "trust bearer JWTs of an issuer for a tenant (admin role)")
+    p.add_argument("--tenant", required=True, help="id or name")
+    p.add_argument("--issuer", required=True, help='the exact "iss" claim')
+    p.add_argument("--audience", action="append", required=True, help='accepted "aud" (repeatable)')
+    p.add_argument(
+        "--algorithm",
+        action="append",
+        required=True,
+        help="allowed alg (repeatable): RS256, ES256, EdDSA, ...",
+    )
+    p.add_argument("--jwks", required=True, metavar="FILE", help="the issuer's JWKS document (public keys)")
+    p.add_argument("--leeway", type=int, default=0, help="clock skew tolerated, seconds (at most 300)")
+    p.add_argument("--subject-claim", default="sub", help="claim naming the caller (default: sub)")
+    p.add_argument("--tier-claim", help="claim whose value is the caller's tier for routing")
+    p.add_argument(
+        "--metadata-claim",
+        action="append",
+        metavar="KEY=CLAIM",
+        help="request metadata KEY from CLAIM (repeatable)",
+    )
+    p.add_argument(
+        "--scope", action="append", metavar="KIND:VALUE", help="scopes of these callers (repeatable)"
+    )
+    _verb(jwt_verbs, "list", identity_jwt_list, "list JWT issuers").add_argument("--tenant")
+    _verb(jwt_verbs, "remove", identity_jwt_remove, "stop trusting an issuer (admin role)").add_argument("id")
+    mtls = identity.add_parser("mtls", help="client certificate URI SANs mapped to a tenant")
+    mtls_verbs = mtls.add_subparsers(dest="mtls_verb", required=True, metavar="VERB")
+    p = _verb(mtls_verbs, "add", identity_mtls_add, "map a URI SAN (or a prefix) to a tenant (admin role)")
+    p.add_argument("--tenant", required=True, help="id or name")
+    p.add_argument("--uri", required=True, help="e.g. spiffe://example.org/team/billing")
+    p.add_argument("--prefix", action="store_true", help="match every URI starting with --uri")
+    p.add_argument(
+        "--scope", action="append", metavar="KIND:VALUE", help="scopes of these callers (repeatable)"
+    )
+    _verb(mtls_verbs, "list", identity_mtls_list, "list mTLS mappings").add_argument("--tenant")
+    _verb(mtls_verbs, "remove", identity_mtls_remove, "remove a mapping (admin role)").add_argument("id")
+
     evidence = _resource(sub, "evidence", "shipped evidence records and their chains")
     p = _verb(evidence, "query", evidence_query, "stored records, newest first, by the filters given (AND)")
     _evidence_filters(p)

@@ -83,7 +83,7 @@ BAD_INPUT: dict[
         chat,
         (("authorization", "Bearer sk-wrong"),),
         grpc.StatusCode.UNAUTHENTICATED,
-        "invalid API key",
+        "invalid credentials",
     ),
     "expired key": (
         chat,

@@ -27,6 +27,7 @@ from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, pae
 from dataplane.snapshot.layout import API_KEYS, TENANTS, Layout, LayoutError, record, scan
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
+from tests.fixtures.jwks import TestIdp
 
 
 @dataclass
@@ -42,6 +43,8 @@ class World:
     policies: dict[str, list[str]] = field(default_factory=dict)
     """tenant id ("" = platform) -> allowed models"""
     scope: str = "g1"
+    identities: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """identity id -> (tenant id, URI of an mTLS mapping, or "jwt" for the one JWT issuer)"""
 
     def render(self) -> snapshot_pb2.Snapshot:
         snap = snapshot_pb2.Snapshot(version=self.version, previous_hash=b"p" * 32)
@@ -75,7 +78,17 @@ class World:
                 document_json=json.dumps({"allowed_models": allowed}),
             )
         snap.trusted_keys.add(key_id="k1", ed25519_public_key=b"x" * 32)
+        for iid, (tid, uri) in sorted(self.identities.items()):
+            if uri == "jwt":
+                snap.identities.add(id=iid, tenant_id=tid, jwt=JWT_ISSUER)
+            else:
+                snap.identities.add(id=iid, tenant_id=tid, mtls=snapshot_pb2.MtlsMapping(uri=uri))
         return snap
+
+
+JWT_ISSUER = snapshot_pb2.JwtIssuer(
+    issuer="https://idp.test", audiences=["a"], algorithms=["ES256", "RS256"], jwks_json=TestIdp().jwks()
+)
 
 
 def world() -> World:
@@ -88,6 +101,8 @@ def world() -> World:
         w.models[f"m{i}"] = 100 + i
     w.policies[""] = ["m0", "m1"]
     w.policies["t1"] = ["m2"]
+    w.identities["i-jwt"] = ("t0", "jwt")
+    w.identities["i-m1"] = ("t2", "spiffe://example.test/a")
     return w
 
 
@@ -110,6 +125,9 @@ EDITS = st.lists(
                 "reprice_model",
                 "policy",
                 "scope",
+                "add_mapping",
+                "drop_identity",
+                "dup_mapping",
                 "nothing",
             ]
         ),
@@ -162,6 +180,12 @@ def edit(w: World, kind: str, n: int) -> None:
         w.policies[tenants[n % len(tenants)]] = sorted(w.models)[:1]
     elif kind == "scope":
         w.scope = f"g{n}"
+    elif kind == "add_mapping" and tenants:
+        w.identities[f"i{n}"] = (tenants[n % len(tenants)], f"spiffe://example.test/s{n}")
+    elif kind == "drop_identity" and w.identities:
+        del w.identities[sorted(w.identities)[n % len(w.identities)]]
+    elif kind == "dup_mapping" and tenants:
+        w.identities[f"idup{n}"] = (tenants[n % len(tenants)], "spiffe://example.test/a")  # may clash
     w.version += 1
 
 

@@ -251,6 +251,36 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ExportEvidenceRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.FromString,
                 _registered_method=True)
+        self.AddJwtIssuer = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/AddJwtIssuer',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddJwtIssuerRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.JwtIssuerInfo.FromString,
+                _registered_method=True)
+        self.ListJwtIssuers = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListJwtIssuers',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListJwtIssuersRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListJwtIssuersResponse.FromString,
+                _registered_method=True)
+        self.RemoveJwtIssuer = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/RemoveJwtIssuer',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveJwtIssuerRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.AddMtlsMapping = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/AddMtlsMapping',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddMtlsMappingRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.MtlsMappingInfo.FromString,
+                _registered_method=True)
+        self.ListMtlsMappings = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListMtlsMappings',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListMtlsMappingsRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListMtlsMappingsResponse.FromString,
+                _registered_method=True)
+        self.RemoveMtlsMapping = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/RemoveMtlsMapping',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveMtlsMappingRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -548,7 +578,47 @@ class AdminServiceServicer:
         the statement of what was searched, streamed in pieces of about 1 MiB; the first
         message says how many records follow. Admin and viewer roles. RESOURCE_EXHAUSTED when
         the filters match more records than a pack may hold.
-        ---- evidence packs (end) ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddJwtIssuer(self, request, context):
+        """---- evidence packs (end) ----
+        ---- caller identities (ident branch) ----
+        JWT issuers and mTLS SAN mappings per tenant. Admin role (List: viewer too). Writes
+        are validated (INVALID_ARGUMENT naming the field) and publish a snapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJwtIssuers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveJwtIssuer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddMtlsMapping(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMtlsMappings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMtlsMapping(self, request, context):
+        """---- caller identities (end) ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -771,6 +841,36 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ExportEvidence,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ExportEvidenceRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.SerializeToString,
+            ),
+            'AddJwtIssuer': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddJwtIssuer,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddJwtIssuerRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.JwtIssuerInfo.SerializeToString,
+            ),
+            'ListJwtIssuers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJwtIssuers,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListJwtIssuersRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListJwtIssuersResponse.SerializeToString,
+            ),
+            'RemoveJwtIssuer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveJwtIssuer,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveJwtIssuerRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'AddMtlsMapping': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMtlsMapping,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddMtlsMappingRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.MtlsMappingInfo.SerializeToString,
+            ),
+            'ListMtlsMappings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMtlsMappings,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListMtlsMappingsRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListMtlsMappingsResponse.SerializeToString,
+            ),
+            'RemoveMtlsMapping': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMtlsMapping,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveMtlsMappingRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1934,6 +2034,168 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/ExportEvidence',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ExportEvidenceRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddJwtIssuer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/AddJwtIssuer',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddJwtIssuerRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.JwtIssuerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJwtIssuers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListJwtIssuers',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListJwtIssuersRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListJwtIssuersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveJwtIssuer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/RemoveJwtIssuer',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveJwtIssuerRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMtlsMapping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/AddMtlsMapping',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddMtlsMappingRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.MtlsMappingInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMtlsMappings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListMtlsMappings',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListMtlsMappingsRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListMtlsMappingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMtlsMapping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/RemoveMtlsMapping',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveMtlsMappingRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -126,8 +126,19 @@ class AdminServiceStub:
     the statement of what was searched, streamed in pieces of about 1 MiB; the first
     message says how many records follow. Admin and viewer roles. RESOURCE_EXHAUSTED when
     the filters match more records than a pack may hold.
-    ---- evidence packs (end) ----
     """
+    AddJwtIssuer: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddJwtIssuerRequest, _admin_pb2.JwtIssuerInfo]
+    """---- evidence packs (end) ----
+    ---- caller identities (ident branch) ----
+    JWT issuers and mTLS SAN mappings per tenant. Admin role (List: viewer too). Writes
+    are validated (INVALID_ARGUMENT naming the field) and publish a snapshot.
+    """
+    ListJwtIssuers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListJwtIssuersRequest, _admin_pb2.ListJwtIssuersResponse]
+    RemoveJwtIssuer: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RemoveJwtIssuerRequest, _admin_pb2.DeleteResponse]
+    AddMtlsMapping: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddMtlsMappingRequest, _admin_pb2.MtlsMappingInfo]
+    ListMtlsMappings: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListMtlsMappingsRequest, _admin_pb2.ListMtlsMappingsResponse]
+    RemoveMtlsMapping: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RemoveMtlsMappingRequest, _admin_pb2.DeleteResponse]
+    """---- caller identities (end) ----"""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -223,8 +234,19 @@ class AdminServiceAsyncStub(AdminServiceStub):
     the statement of what was searched, streamed in pieces of about 1 MiB; the first
     message says how many records follow. Admin and viewer roles. RESOURCE_EXHAUSTED when
     the filters match more records than a pack may hold.
-    ---- evidence packs (end) ----
     """
+    AddJwtIssuer: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddJwtIssuerRequest, _admin_pb2.JwtIssuerInfo]  # type: ignore[assignment]
+    """---- evidence packs (end) ----
+    ---- caller identities (ident branch) ----
+    JWT issuers and mTLS SAN mappings per tenant. Admin role (List: viewer too). Writes
+    are validated (INVALID_ARGUMENT naming the field) and publish a snapshot.
+    """
+    ListJwtIssuers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListJwtIssuersRequest, _admin_pb2.ListJwtIssuersResponse]  # type: ignore[assignment]
+    RemoveJwtIssuer: _aio.UnaryUnaryMultiCallable[_admin_pb2.RemoveJwtIssuerRequest, _admin_pb2.DeleteResponse]  # type: ignore[assignment]
+    AddMtlsMapping: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddMtlsMappingRequest, _admin_pb2.MtlsMappingInfo]  # type: ignore[assignment]
+    ListMtlsMappings: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListMtlsMappingsRequest, _admin_pb2.ListMtlsMappingsResponse]  # type: ignore[assignment]
+    RemoveMtlsMapping: _aio.UnaryUnaryMultiCallable[_admin_pb2.RemoveMtlsMappingRequest, _admin_pb2.DeleteResponse]  # type: ignore[assignment]
+    """---- caller identities (end) ----"""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -575,7 +597,54 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         the statement of what was searched, streamed in pieces of about 1 MiB; the first
         message says how many records follow. Admin and viewer roles. RESOURCE_EXHAUSTED when
         the filters match more records than a pack may hold.
-        ---- evidence packs (end) ----
         """
+
+    @_abc_1.abstractmethod
+    def AddJwtIssuer(
+        self,
+        request: _admin_pb2.AddJwtIssuerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.JwtIssuerInfo, _abc.Awaitable[_admin_pb2.JwtIssuerInfo]]:
+        """---- evidence packs (end) ----
+        ---- caller identities (ident branch) ----
+        JWT issuers and mTLS SAN mappings per tenant. Admin role (List: viewer too). Writes
+        are validated (INVALID_ARGUMENT naming the field) and publish a snapshot.
+        """
+
+    @_abc_1.abstractmethod
+    def ListJwtIssuers(
+        self,
+        request: _admin_pb2.ListJwtIssuersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListJwtIssuersResponse, _abc.Awaitable[_admin_pb2.ListJwtIssuersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveJwtIssuer(
+        self,
+        request: _admin_pb2.RemoveJwtIssuerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteResponse, _abc.Awaitable[_admin_pb2.DeleteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AddMtlsMapping(
+        self,
+        request: _admin_pb2.AddMtlsMappingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.MtlsMappingInfo, _abc.Awaitable[_admin_pb2.MtlsMappingInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ListMtlsMappings(
+        self,
+        request: _admin_pb2.ListMtlsMappingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListMtlsMappingsResponse, _abc.Awaitable[_admin_pb2.ListMtlsMappingsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveMtlsMapping(
+        self,
+        request: _admin_pb2.RemoveMtlsMappingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteResponse, _abc.Awaitable[_admin_pb2.DeleteResponse]]:
+        """---- caller identities (end) ----"""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -220,6 +220,7 @@ class Snapshot(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     POLICIES_FIELD_NUMBER: _builtins.int
     TRUSTED_KEYS_FIELD_NUMBER: _builtins.int
+    IDENTITIES_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     previous_hash: _builtins.bytes
     """SHA-256 of the previous snapshot's payload bytes (empty for the first)."""
@@ -241,6 +242,12 @@ class Snapshot(_message.Message):
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Policy]: ...
     @_builtins.property
     def trusted_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrustedKey]: ...
+    @_builtins.property
+    def identities(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantIdentity]:
+        """---- caller identities (ident branch) ----
+        JWT issuers and mTLS SAN mappings of the tenants in this snapshot.
+        """
+
     def __init__(
         self,
         *,
@@ -255,10 +262,11 @@ class Snapshot(_message.Message):
         models: _abc.Iterable[Global___Model] | None = ...,
         policies: _abc.Iterable[Global___Policy] | None = ...,
         trusted_keys: _abc.Iterable[Global___TrustedKey] | None = ...,
+        identities: _abc.Iterable[Global___TenantIdentity] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_keys", b"api_keys", "created_at", b"created_at", "expires_at", b"expires_at", "models", b"models", "policies", b"policies", "previous_hash", b"previous_hash", "providers", b"providers", "scope", b"scope", "tenants", b"tenants", "trusted_keys", b"trusted_keys", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_keys", b"api_keys", "created_at", b"created_at", "expires_at", b"expires_at", "identities", b"identities", "models", b"models", "policies", b"policies", "previous_hash", b"previous_hash", "providers", b"providers", "scope", b"scope", "tenants", b"tenants", "trusted_keys", b"trusted_keys", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -631,3 +639,154 @@ class TrustedKey(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrustedKey: _TypeAlias = TrustedKey  # noqa: Y015
+
+@_typing.final
+class TenantIdentity(_message.Message):
+    """---- caller identities (ident branch) ----
+
+    One way a tenant's callers prove who they are, besides API keys.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    JWT_FIELD_NUMBER: _builtins.int
+    MTLS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    tenant_id: _builtins.str
+    @_builtins.property
+    def jwt(self) -> Global___JwtIssuer: ...
+    @_builtins.property
+    def mtls(self) -> Global___MtlsMapping: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        jwt: Global___JwtIssuer | None = ...,
+        mtls: Global___MtlsMapping | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["jwt", b"jwt", "kind", b"kind", "mtls", b"mtls"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "jwt", b"jwt", "kind", b"kind", "mtls", b"mtls", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["jwt", "mtls"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___TenantIdentity: _TypeAlias = TenantIdentity  # noqa: Y015
+
+@_typing.final
+class JwtIssuer(_message.Message):
+    """Bearer JWTs signed by a tenant's identity provider. The JWKS travels in the snapshot:
+    an air-gapped site cannot fetch it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataClaimsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ISSUER_FIELD_NUMBER: _builtins.int
+    AUDIENCES_FIELD_NUMBER: _builtins.int
+    ALGORITHMS_FIELD_NUMBER: _builtins.int
+    JWKS_JSON_FIELD_NUMBER: _builtins.int
+    LEEWAY_SECONDS_FIELD_NUMBER: _builtins.int
+    SUBJECT_CLAIM_FIELD_NUMBER: _builtins.int
+    TIER_CLAIM_FIELD_NUMBER: _builtins.int
+    METADATA_CLAIMS_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    issuer: _builtins.str
+    """Exact "iss" claim."""
+    jwks_json: _builtins.str
+    """The JWKS document (JSON text): public keys only, each with a "kid"."""
+    leeway_seconds: _builtins.int
+    """Clock skew tolerated on exp, nbf and iat, in seconds."""
+    subject_claim: _builtins.str
+    """Claim whose value is the caller's subject (e.g. "sub")."""
+    tier_claim: _builtins.str
+    """Claim whose value replaces the tenant's tier for routing; empty: the tenant's tier."""
+    @_builtins.property
+    def audiences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The token's "aud" must name at least one of these."""
+
+    @_builtins.property
+    def algorithms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Allowed "alg" values (asymmetric only: RS256, ES256, EdDSA, ...)."""
+
+    @_builtins.property
+    def metadata_claims(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Request metadata key -> claim name: routing rules see the claim's value under the key."""
+
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Scopes of callers identified by this issuer (the grammar of API key scopes)."""
+
+    def __init__(
+        self,
+        *,
+        issuer: _builtins.str = ...,
+        audiences: _abc.Iterable[_builtins.str] | None = ...,
+        algorithms: _abc.Iterable[_builtins.str] | None = ...,
+        jwks_json: _builtins.str = ...,
+        leeway_seconds: _builtins.int = ...,
+        subject_claim: _builtins.str = ...,
+        tier_claim: _builtins.str = ...,
+        metadata_claims: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithms", b"algorithms", "audiences", b"audiences", "issuer", b"issuer", "jwks_json", b"jwks_json", "leeway_seconds", b"leeway_seconds", "metadata_claims", b"metadata_claims", "scopes", b"scopes", "subject_claim", b"subject_claim", "tier_claim", b"tier_claim"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JwtIssuer: _TypeAlias = JwtIssuer  # noqa: Y015
+
+@_typing.final
+class MtlsMapping(_message.Message):
+    """Client certificates (verified by TLS against the node's client CA) whose URI SAN is
+    `uri`, or starts with it when `prefix` is set, call as the tenant.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URI_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    uri: _builtins.str
+    prefix: _builtins.bool
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        uri: _builtins.str = ...,
+        prefix: _builtins.bool = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prefix", b"prefix", "scopes", b"scopes", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MtlsMapping: _TypeAlias = MtlsMapping  # noqa: Y015

@@ -1,0 +1,180 @@
+"""Identity check cost per request: API key, JWT (ES256, RS256) and mTLS, with many keys loaded.
+
+    .venv/bin/python bench/identity_bench.py                  # 50,000 keys, 20,000 calls each
+    .venv/bin/python bench/identity_bench.py --keys 1000 --calls 500   # smoke run
+
+A snapshot payload with ``--keys`` API keys, one tenant JWT issuer (an ES256 and an RS256
+key) and mTLS mappings (exact and prefix) is compiled by the node's own compiler
+(``compile_payload``: the JWKS is parsed there, once), then ``dataplane.auth.authenticate``
+is timed in-process, one call at a time, for each method. Output: median and p99 in
+microseconds per call, and the API key target (median under 20 us) as PASS/FAIL.
+
+``mtls`` times a client certificate already seen (its SANs are cached per distinct
+certificate, as on a node serving a long-lived client); ``mtls (first sight)`` parses the
+certificate each time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import secrets
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dataplane import auth
+from dataplane.snapshot.compile import compile_payload
+from signalbox.api.config.v1 import snapshot_pb2
+
+API_KEY_TARGET_US = 20.0
+AUDIENCE = "signalbox"
+
+
+class Idp:
+    """A tenant identity provider: an ES256 key (kid ec-1) and an RS256 key (kid rsa-1)."""
+
+    issuer = "https://idp.bench.test"
+
+    def __init__(self) -> None:
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwks(self) -> str:
+        return json.dumps(
+            {
+                "keys": [
+                    ECAlgorithm.to_jwk(self.ec.public_key(), as_dict=True) | {"kid": "ec-1"},
+                    RSAAlgorithm.to_jwk(self.rsa.public_key(), as_dict=True) | {"kid": "rsa-1"},
+                ]
+            }
+        )
+
+    def token(self, *, kid: str = "ec-1", alg: str = "ES256", **claims: object) -> str:
+        now = int(time.time())
+        body = {"iss": self.issuer, "aud": AUDIENCE, "sub": "bench", "iat": now, "exp": now + 3600, **claims}
+        return jwt.encode(body, self.ec if alg == "ES256" else self.rsa, algorithm=alg, headers={"kid": kid})
+
+
+def _certificate(uri: str) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def build(keys: int, idp: Idp) -> tuple[bytes, list[str]]:
+    snap = snapshot_pb2.Snapshot(version=1)
+    snap.tenants.add(id="t", name="t", active=True)
+    secrets_list = []
+    for i in range(keys):
+        secret = "sbx_" + secrets.token_urlsafe(32)
+        secrets_list.append(secret)
+        snap.api_keys.add(id=f"k{i}", tenant_id="t", secret_sha256=hashlib.sha256(secret.encode()).digest())
+    snap.identities.add(
+        id="jwt",
+        tenant_id="t",
+        jwt=snapshot_pb2.JwtIssuer(
+            issuer=idp.issuer,
+            audiences=[AUDIENCE],
+            algorithms=["ES256", "RS256"],
+            jwks_json=idp.jwks(),
+            tier_claim="plan",
+            metadata_claims={"team": "grp"},
+        ),
+    )
+    for i in range(100):
+        snap.identities.add(
+            id=f"m{i}", tenant_id="t", mtls=snapshot_pb2.MtlsMapping(uri=f"spiffe://bench.test/svc/{i}")
+        )
+    snap.identities.add(
+        id="ops", tenant_id="t", mtls=snapshot_pb2.MtlsMapping(uri="spiffe://bench.test/ops/", prefix=True)
+    )
+    return snap.SerializeToString(), secrets_list
+
+
+def measure(call: Callable[[], object], calls: int) -> tuple[float, float]:
+    """Median and p99 of one call, in microseconds."""
+    for _ in range(min(calls // 10, 500)):
+        call()
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(calls):
+        started = clock()
+        call()
+        samples.append((clock() - started) / 1000)
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keys", type=int, default=50_000, help="API keys in the snapshot")
+    parser.add_argument("--calls", type=int, default=20_000, help="timed calls per method")
+    ns = parser.parse_args(argv)
+    idp = Idp()
+    payload, keys = build(ns.keys, idp)
+    started = time.perf_counter()
+    config = compile_payload(payload)
+    compile_ms = (time.perf_counter() - started) * 1000
+    now = time.time()
+    api_key = keys[len(keys) // 2]
+    es256 = idp.token(plan="gold", grp="search")
+    rs256 = idp.token(kid="rsa-1", alg="RS256")
+    known_cert = _certificate("spiffe://bench.test/svc/42")
+    fresh = [_certificate("spiffe://bench.test/ops/deploy") for _ in range(min(ns.calls, 2000))]
+    fresh_iter = iter(fresh * (ns.calls // len(fresh) + 2))
+
+    def first_sight() -> object:
+        pem = next(fresh_iter)
+        auth._SAN_CACHE.pop(pem, None)  # bench only: force the parse every call
+        return auth.authenticate(config, None, now, pem)
+
+    rows = [
+        ("api key", lambda: auth.authenticate(config, api_key, now)),
+        ("jwt ES256", lambda: auth.authenticate(config, es256, now)),
+        ("jwt RS256", lambda: auth.authenticate(config, rs256, now)),
+        ("mtls", lambda: auth.authenticate(config, None, now, known_cert)),
+        ("mtls (first sight)", first_sight),
+    ]
+    print(f"{ns.keys} API keys, {len(config.identities.exact) + len(config.identities.prefixes)} mTLS mappings,"
+          f" 1 JWT issuer; snapshot compiled in {compile_ms:.0f} ms; {ns.calls} calls per method")  # fmt: skip
+    print(f"{'method':<20} {'median us':>10} {'p99 us':>10}")
+    verdict = 0
+    for name, call in rows:
+        median, p99 = measure(call, ns.calls)
+        note = ""
+        if name == "api key":
+            ok = median < API_KEY_TARGET_US
+            note = f"  target < {API_KEY_TARGET_US:.0f} us: {'PASS' if ok else 'FAIL'}"
+            verdict = 0 if ok else 1
+        print(f"{name:<20} {median:>10.1f} {p99:>10.1f}{note}")
+    return verdict
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,199 @@
+"""``dataplane.auth.authenticate`` in-process: API key timing, and the rules an issuer's
+configuration must satisfy before a node (or the control plane) accepts it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from dataplane.auth import authenticate
+from dataplane.config.model import ApiKeyEntry, RuntimeConfig, Scope, TenantConfig
+from dataplane.errors import SnapshotInvalid, Unauthenticated
+from dataplane.snapshot.identities import (
+    IdentityInvalid,
+    check_jwt_issuer,
+    check_mtls_mapping,
+    compile_identities,
+)
+from signalbox.api.config.v1 import snapshot_pb2
+from tests.fixtures.jwks import AUDIENCE, TestIdp
+
+KEYS = 50_000
+
+
+def _config(n: int) -> tuple[RuntimeConfig, list[str]]:
+    secrets_list = ["sbx_" + secrets.token_urlsafe(32) for _ in range(n)]
+    keys = {
+        hashlib.sha256(s.encode()).digest(): ApiKeyEntry(f"k{i}", "t") for i, s in enumerate(secrets_list)
+    }
+    tenants = {"t": TenantConfig("t", "t")}
+    return RuntimeConfig(1, b"", 0.0, None, Scope(), tenants, keys, {}, {}, {}), secrets_list
+
+
+def _per_call_ns(call: Callable[[], None], calls: int = 200) -> float:
+    started = time.perf_counter_ns()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter_ns() - started) / calls
+
+
+def test_unknown_key_and_known_prefix_with_a_wrong_secret_take_the_same_time() -> None:
+    """Medians of interleaved batches: the two refusals differ by far less than the 10% tolerance,
+    while one extra SHA-256 on either path (the control) is well beyond it."""
+    config, keys = _config(KEYS)
+    known = keys[KEYS // 2]
+    wrong_secret = known[:12] + secrets.token_urlsafe(48)[: len(known) - 12]
+    unknown = "sbx_" + secrets.token_urlsafe(32)
+
+    def refuse(token: str) -> None:
+        with pytest.raises(Unauthenticated) as refused:
+            authenticate(config, token, 0.0)
+        assert str(refused.value) == "authorization: invalid credentials"
+
+    def refuse_after_an_extra_hash(token: str) -> None:
+        hashlib.sha256(token.encode()).digest()
+        refuse(token)
+
+    unknown_ns, wrong_ns, control_ns = [], [], []
+    for _ in range(200):
+        unknown_ns.append(_per_call_ns(lambda: refuse(unknown)))
+        wrong_ns.append(_per_call_ns(lambda: refuse(wrong_secret)))
+        control_ns.append(_per_call_ns(lambda: refuse_after_an_extra_hash(wrong_secret)))
+    a, b, c = statistics.median(unknown_ns), statistics.median(wrong_ns), statistics.median(control_ns)
+    tolerance = 0.10
+    assert abs(a - b) / min(a, b) < tolerance, (a, b)
+    assert (c - b) / b > tolerance, ("the control must be measurably slower", b, c)
+
+
+def _issuer(**fields: object) -> snapshot_pb2.JwtIssuer:
+    base: dict[str, object] = {
+        "issuer": "https://idp.example.test",
+        "audiences": [AUDIENCE],
+        "algorithms": ["ES256", "RS256"],
+        "jwks_json": TestIdp().jwks(),
+    }
+    base.update(fields)
+    return snapshot_pb2.JwtIssuer(**base)  # type: ignore[arg-type]
+
+
+def _jwks(*keys: dict[str, object]) -> str:
+    return json.dumps({"keys": list(keys)})
+
+
+def _ec_jwk() -> dict[str, object]:
+    return dict(ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), as_dict=True))
+
+
+SMALL_RSA = dict(
+    RSAAlgorithm.to_jwk(
+        rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key(), as_dict=True
+    )
+)
+PRIVATE_EC = dict(ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()), as_dict=True))
+
+BAD_ISSUERS: dict[str, tuple[snapshot_pb2.JwtIssuer, str, str]] = {
+    "JWKS not JSON": (_issuer(jwks_json="{not json"), "jwks_json", "is not valid JSON"),
+    "JWKS without keys": (_issuer(jwks_json='{"keys": []}'), "jwks_json.keys", "at least one key"),
+    "RSA key under 2048 bits": (
+        _issuer(jwks_json=_jwks(SMALL_RSA | {"kid": "small"})),
+        "jwks_json.keys[0].n",
+        "RSA key of 1024 bits; at least 2048 required",
+    ),
+    "private key material": (
+        _issuer(jwks_json=_jwks(PRIVATE_EC | {"kid": "p"})),
+        "jwks_json.keys[0]",
+        "private key material",
+    ),
+    "symmetric key": (
+        _issuer(jwks_json=_jwks({"kty": "oct", "k": "c2VjcmV0", "kid": "s"})),
+        "jwks_json.keys[0].kty",
+        "symmetric keys are not allowed",
+    ),
+    "key without kid": (
+        _issuer(jwks_json=_jwks(_ec_jwk())),
+        "jwks_json.keys[0].kid",
+        "must be a non-empty string",
+    ),
+    "duplicate kid": (
+        _issuer(jwks_json=_jwks(_ec_jwk() | {"kid": "a"}, _ec_jwk() | {"kid": "a"})),
+        "jwks_json.keys[1].kid",
+        "duplicate key id",
+    ),
+    "alg none": (_issuer(algorithms=["ES256", "none"]), "algorithms[1]", "'none' is never allowed"),
+    "HMAC": (_issuer(algorithms=["HS256"]), "algorithms[0]", "HMAC algorithms are not allowed"),
+    "no algorithm": (_issuer(algorithms=[]), "algorithms", "at least one algorithm"),
+    "a key no allowed algorithm can use": (
+        _issuer(algorithms=["ES256"]),
+        "jwks_json",
+        "cannot verify any allowed",
+    ),
+    "no audience": (_issuer(audiences=[]), "audiences", "at least one audience"),
+    "no issuer": (_issuer(issuer=""), "issuer", "must not be empty"),
+    "leeway too long": (_issuer(leeway_seconds=3600), "leeway_seconds", "at most 300"),
+    "bad scope": (_issuer(scopes=["region:eu"]), "scopes[0]", "unknown scope kind"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ISSUERS))
+def test_an_issuer_breaking_a_rule_is_refused_naming_the_field(case: str) -> None:
+    issuer, field, problem = BAD_ISSUERS[case]
+    with pytest.raises(IdentityInvalid) as refused:
+        check_jwt_issuer("id", "t", issuer, prefix="issuer.")
+    assert refused.value.field == f"issuer.{field}"
+    assert problem in refused.value.problem
+
+
+def test_mtls_mappings_must_be_uris() -> None:
+    for uri, problem in (
+        ("", "must not be empty"),
+        ("billing", "is not a URI"),
+        ("spiffe://a b", "whitespace"),
+    ):
+        with pytest.raises(IdentityInvalid) as refused:
+            check_mtls_mapping("id", "t", snapshot_pb2.MtlsMapping(uri=uri))
+        assert refused.value.field == "uri"
+        assert problem in refused.value.problem
+    assert check_mtls_mapping("id", "t", snapshot_pb2.MtlsMapping(uri="spiffe://example.test/x")).uri
+
+
+def test_a_snapshot_with_two_tenants_claiming_one_issuer_does_not_compile() -> None:
+    tenants = {t: TenantConfig(t, t) for t in ("a", "b")}
+    issuer = _issuer()
+    entries = [snapshot_pb2.TenantIdentity(id=t, tenant_id=t, jwt=issuer) for t in ("a", "b")]
+    with pytest.raises(SnapshotInvalid) as refused:
+        compile_identities(entries, tenants)
+    assert refused.value.path == "$.identities[1].jwt.issuer"
+    with pytest.raises(SnapshotInvalid) as unknown:
+        compile_identities([snapshot_pb2.TenantIdentity(id="x", tenant_id="zz", jwt=issuer)], tenants)
+    assert unknown.value.path == "$.identities[0].tenant_id"
+
+
+def test_token_times_are_judged_by_the_callers_clock_with_the_issuers_leeway() -> None:
+    idp = TestIdp()
+    issuer = _issuer(leeway_seconds=30, jwks_json=idp.jwks(), issuer=idp.issuer)
+    index = compile_identities(
+        [snapshot_pb2.TenantIdentity(id="j", tenant_id="t", jwt=issuer)], {"t": TenantConfig("t", "t")}
+    )
+    config, _ = _config(0)
+    config = replace(config, identities=index)
+    token = idp.token(iat=1_000, nbf=1_000, exp=2_000)
+    assert authenticate(config, token, 1_500.0).subject == "alice@example.test"
+    assert authenticate(config, token, 2_029.0).issuer == idp.issuer  # within the leeway
+    assert authenticate(config, token, 971.0).method == "jwt"
+    early = idp.token(iat=900, nbf=1_000, exp=2_000)
+    for untimely, now in ((token, 2_030.0), (early, 969.0)):
+        with pytest.raises(Unauthenticated, match=r"^authorization: token expired or not yet valid$"):
+            authenticate(config, untimely, now)
+    # An iat beyond the leeway, or a time claim that is not a number: refused like any bad token.
+    for bad in (idp.token(iat=1_600, nbf=1_000, exp=2_000), idp.token(exp="soon")):
+        with pytest.raises(Unauthenticated, match=r"^authorization: invalid credentials$"):
+            authenticate(config, bad, 1_500.0)
