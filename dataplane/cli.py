@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import logging
 import math
 import os
@@ -23,8 +22,13 @@ from google.protobuf.message import DecodeError
 
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotFileInvalid
-from dataplane.evidence import checkpoint
-from dataplane.evidence.log import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS, chain_files
+from dataplane.evidence import checkpoint, segments
+from dataplane.evidence.log import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_CHECKPOINT_RECORDS,
+    chain_files,
+    read_records,
+)
 from dataplane.evidence.proofs import NodeKey, verify_chain_files
 from dataplane.identity import IdentityFiles, NodeIdentityError
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
@@ -548,9 +552,11 @@ def evidence_verify_command(ns: argparse.Namespace) -> int:
             print(f"BAD {path}: {exc}")
             bad += 1
             continue
+        # pruned=N: records acknowledged by the control plane and deleted from the node.
+        pruned = f" pruned={report.pruned}" if report.pruned else ""
         print(
             f"OK {report.chain_id} records={report.records} checkpoints={report.checkpoints} "
-            f"signed={report.signed_size} key={how}"
+            f"signed={report.signed_size} key={how}{pruned}"
         )
     return 1 if bad else 0
 
@@ -561,9 +567,9 @@ def _checkpoint_key(identity: IdentityFiles, path: Path) -> tuple[NodeKey, str]:
     cert = identity.certificate()
     if cert is not None:
         ca = x509.load_pem_x509_certificate(identity.ca.read_bytes())
-        with open(path, "rb") as f:
-            first = f.readline()
-        node_id = checkpoint.node_of(str(json.loads(first).get("chain_id", ""))) if first else ""
+        base = segments.read_base(path)
+        first = base.chain_id if base else next((r.get("chain_id", "") for r in read_records(path)), "")
+        node_id = checkpoint.node_of(str(first)) if first else ""
         checkpoint.check_certificate(cert, ca, node_id)
         return cert, "certified"
     if not identity.key.exists():
