@@ -30,6 +30,8 @@ from dataplane.evidence.log import (
     read_records,
 )
 from dataplane.evidence.proofs import NodeKey, verify_chain_files
+from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
+from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.identity import IdentityFiles, NodeIdentityError
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
@@ -317,6 +319,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="and every this many milliseconds while there are new records",
         command=SERVE,
     )
+    add(
+        serve,
+        "--evidence-segment-bytes",
+        env="SIGNALBOX_EVIDENCE_SEGMENT_BYTES",
+        default=DEFAULT_SEGMENT_BYTES,
+        type=int,
+        help="start a new evidence segment file beyond this many bytes (whole acknowledged segments are pruned)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--evidence-spool-max-bytes",
+        env="SIGNALBOX_EVIDENCE_SPOOL_MAX_BYTES",
+        default=DEFAULT_SPOOL_MAX_BYTES,
+        type=int,
+        help="evidence not yet acknowledged by the control plane beyond which each tenant's "
+        "spool_full policy applies (serve_and_alarm or refuse)",
+        command=SERVE,
+    )
     settings.add_log_level(serve, command=SERVE)
     serve.set_defaults(handler=serve_command)
 
@@ -420,6 +441,13 @@ def serve_command(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    for flag, value in (
+        ("--evidence-segment-bytes", ns.evidence_segment_bytes),
+        ("--evidence-spool-max-bytes", ns.evidence_spool_max_bytes),
+    ):
+        if value < 1:
+            print(f"{flag}: {value} is not a positive number of bytes", file=sys.stderr)
+            return 2
     if ns.sync_max_message_bytes < 1:
         print(
             f"--sync-max-message-bytes: {ns.sync_max_message_bytes} is not a positive size", file=sys.stderr
@@ -472,6 +500,8 @@ def serve_command(ns: argparse.Namespace) -> int:
         reset_high_water_mark=ns.reset_high_water_mark,
         evidence_checkpoint_records=ns.evidence_checkpoint_records,
         evidence_checkpoint_interval=ns.evidence_checkpoint_ms / 1000,
+        evidence_segment_bytes=ns.evidence_segment_bytes,
+        evidence_spool_max_bytes=ns.evidence_spool_max_bytes,
     )
 
     async def run() -> None:

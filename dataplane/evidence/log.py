@@ -87,6 +87,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -109,7 +110,6 @@ DEFAULT_CHECKPOINT_INTERVAL = 1.0
 
 _TAIL_CHUNK = 64 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
-_HASH_TAIL = re.compile(rb',"hash":"([0-9a-f]{64})"}\n\Z')
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +182,8 @@ class EvidenceLog:
         self._sealed: list[BinaryIO] = []
         """Segments rolled over from whose fsync (and close) is still due."""
         self._new_entries = False
+        self._sync_lock = threading.Lock()
+        """Held by the thread syncing: rounds (the sync task's, a checkpoint's) never overlap."""
         """A segment file was created since the directory was last fsynced."""
         self.spool = spool if spool is not None else Spool()
         self._head = ChainHead(0, GENESIS_HASH)
@@ -280,20 +282,24 @@ class EvidenceLog:
         newest segment; False when any of it failed (retried on the next round)."""
         if self._file is None:
             return True
-        sealed, self._sealed = self._sealed, []
+        # The sealed files stay listed until closed: a cancelled call may never run its
+        # thread, and aclose closes whatever is left.
         new_entries, self._new_entries = self._new_entries, False
         try:
             await asyncio.to_thread(
-                _sync_files, sealed, self.path.parent if new_entries else None, self._file
+                _sync_files,
+                self._sync_lock,
+                list(self._sealed),
+                self.path.parent if new_entries else None,
+                self._file,
             )
         except OSError as exc:
             # Records are already with the OS; keep the loop alive and say so.
-            self._sealed = sealed + self._sealed
             self._new_entries = self._new_entries or new_entries
             log.error("evidence log %s: fsync failed: %s", self.path, exc)
             return False
-        for f in sealed:
-            f.close()
+        finally:
+            self._sealed = [f for f in self._sealed if not f.closed]
         return True
 
     async def _checkpoint_loop(self) -> None:
@@ -368,12 +374,17 @@ def _sign_and_store(key: ec.EllipticCurvePrivateKey, path: Path, chain: str, siz
         os.close(fd)
 
 
-def _sync_files(sealed: list[BinaryIO], directory: Path | None, current: BinaryIO) -> None:
-    for f in sealed:
-        os.fsync(f.fileno())
-    if directory is not None:
-        segments.fsync_dir(directory)
-    os.fsync(current.fileno())
+def _sync_files(
+    lock: threading.Lock, sealed: list[BinaryIO], directory: Path | None, current: BinaryIO
+) -> None:
+    with lock:
+        for f in sealed:
+            if not f.closed:  # else a round before this one synced and closed it
+                os.fsync(f.fileno())
+                f.close()
+        if directory is not None:
+            segments.fsync_dir(directory)
+        os.fsync(current.fileno())
 
 
 def _open_private_append(path: Path) -> BinaryIO:
@@ -473,9 +484,11 @@ def _recover(path: Path, checkpoints: Path, chain: str) -> _Recovered:
             continue  # (not read: a device such as /dev/full reads forever)
         with open(segment.path, "rb") as f:
             for line in f:
-                matched = _HASH_TAIL.search(line)
-                digest = matched[1] if matched else str(json.loads(line).get("hash", "")).encode()
-                tree.append(bytes.fromhex(digest.decode()))
+                if not line.endswith(b"\n"):
+                    raise EvidenceChainBroken(
+                        f"{segment.path}: ends in a torn record but is not the newest segment"
+                    )
+                tree.append(segments.line_hash(line))
         live_bytes += size
     if tree.size != head.seq:
         raise EvidenceChainBroken(f"{path}: {tree.size} records but the last one has seq {head.seq}")

@@ -42,6 +42,7 @@ DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 MAX_BASE_BYTES = 16 * 1024
 """A base file is a few hundred bytes (at most 64 hashes); a larger one is refused unread."""
 
+_HASH_TAIL = re.compile(rb',"hash":"([0-9a-f]{64})"}\n\Z')
 _SEGMENT = re.compile(r"(?P<chain>.+\.jsonl)\.(?P<start>[0-9]{20})")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -64,6 +65,13 @@ class Base:
 
     def tree(self) -> merkle.Tree:
         return merkle.Tree.from_frontier(self.seq, self.frontier)
+
+
+def line_hash(line: bytes) -> bytes:
+    """The 32-byte record hash of a stored line (found at its end, where the log writes it)."""
+    matched = _HASH_TAIL.search(line)
+    digest = matched[1].decode() if matched else str(json.loads(line).get("hash", ""))
+    return bytes.fromhex(digest)
 
 
 def segment_path(chain_file: Path, start: int) -> Path:
