@@ -406,6 +406,7 @@ class DataPlaneNode:
             Dispatcher(max_retry_after_s=s.max_retry_after),
             self._evidence,
             governance=self._governance,
+            spool=self._spool,
         )
         server = grpc.aio.server(
             options=[

@@ -29,7 +29,6 @@ its record is written. When shipping drains the spool below the bound the alarm 
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections.abc import Callable
@@ -39,13 +38,6 @@ log = logging.getLogger("signalbox.dataplane.evidence.spool")
 
 DEFAULT_SPOOL_MAX_BYTES = 2 * 1024 * 1024 * 1024
 ALARM_INTERVAL_S = 60.0
-
-
-class SpoolPolicy(enum.Enum):
-    """What a tenant's requests get while the spool is over its bound."""
-
-    SERVE_AND_ALARM = "serve_and_alarm"
-    REFUSE = "refuse"
 
 
 class Spool:
@@ -105,9 +97,10 @@ class Spool:
             log.info("evidence spool below its bound again: %d bytes (bound %d)", self.size, self.max_bytes)
         return False
 
-    def refuses(self, policy: SpoolPolicy) -> bool:
-        """True when a request of a tenant with ``policy`` must be refused now."""
-        if self.check() and policy is SpoolPolicy.REFUSE:
+    def refuses(self, refuse: bool) -> bool:
+        """True when a request of a tenant whose policy is ``refuse`` (else serve_and_alarm)
+        must be refused now."""
+        if self.check() and refuse:
             self.refusals += 1
             return True
         return False

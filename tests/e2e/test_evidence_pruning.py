@@ -6,9 +6,7 @@ a restart of the node new records and checkpoints still verify with
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from dataplane.evidence import segments
 from dataplane.evidence.log import log_path, verify_chain
 from dataplane.evidence.shipper import cursor_path, read_cursor
 from signalbox.shell.simulator import Simulator
+from tests.controlplane.test_cli import _signalbox
 from tests.e2e.conftest import loopback_node
 from tests.e2e.test_config_push import _admin, _converged, _infer, _seed
 from tests.e2e.test_controlplane_killed import _free_port
@@ -33,19 +32,8 @@ async def _requests(node: DataPlaneNode, api_key: str, count: int) -> None:
 
 
 async def _verify_cli(data_dir: Path) -> tuple[int, str]:
-    cli = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "signalbox",
-        "dataplane",
-        "evidence",
-        "verify",
-        "--data-dir",
-        str(data_dir),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await cli.communicate()
-    return int(cli.returncode or 0), out.decode()
+    code, out, _ = await _signalbox("dataplane", "evidence", "verify", "--data-dir", str(data_dir))
+    return code, out
 
 
 async def test_acknowledged_segments_are_pruned_and_the_chain_still_verifies(
@@ -103,7 +91,7 @@ async def test_acknowledged_segments_are_pruned_and_the_chain_still_verifies(
         assert node.spool.size == unacknowledged > 0
         assert node.spool.status()["bounded"] is True
 
-        async with running_control_plane(settings):
+        async with running_control_plane(settings) as second:
             await eventually(
                 lambda: shipper.status.shipped_seq == node.evidence.head.seq, timeout=30, message="drained"
             )
@@ -112,7 +100,7 @@ async def test_acknowledged_segments_are_pruned_and_the_chain_still_verifies(
             await node.stop()
 
             # Restarted on what remains: the tree continues from the base.
-            again = await loopback_node(first, NODE, private_tmp, data_dir=node.settings.data_dir, **options)
+            again = await loopback_node(second, NODE, private_tmp, data_dir=node.settings.data_dir, **options)
             await again.start()
             try:
                 assert again.evidence.head.seq == node.evidence.head.seq
