@@ -4,17 +4,25 @@ a base (the tree, the next checkpoints and the verifier continue from it)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import merkle, segments
-from dataplane.evidence.log import EvidenceLog, read_records, verify_chain
+from dataplane.evidence.log import EvidenceLog, log_path, read_records, verify_chain
 from dataplane.evidence.proofs import inclusion, verify_chain_files
 from dataplane.evidence.shipper import prune
+from dataplane.identity import IdentityFiles
+from tests.dataplane.conftest import pinned_serve_args
+from tests.dataplane.evidence.test_crash import NODE, NodeProcess, _load
+from tests.dataplane.test_pin_watch_process import site_pin
 from tests.helpers import eventually
 
 PAD = "x" * 200
@@ -193,3 +201,60 @@ async def test_a_hostile_base_file_is_refused_naming_the_field(tmp_path: Path) -
         segments.base_path(path).write_bytes(body)
         with pytest.raises(EvidenceChainBroken, match=named):
             segments.read_base(path)
+
+
+async def test_a_sigkilled_node_restarts_with_a_torn_line_in_its_newest_segment(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    pin = tmp_path / "site.snapshot"
+    pin.write_bytes(site_pin(signing_key, 3, simulator.base_url))
+    data_dir = tmp_path / "node"
+    args = pinned_serve_args(
+        pin,
+        trust_key,
+        data_dir,
+        "--node-id",
+        NODE,
+        "--evidence-segment-bytes",
+        "8192",
+        "--evidence-checkpoint-ms",
+        "100",
+    )
+    path = log_path(data_dir, NODE)
+    node = NodeProcess(args)
+    answered: dict[str, str] = {}
+    try:
+        address = await node.start()
+        stop = asyncio.Event()
+        callers = [asyncio.get_running_loop().create_task(_load(address, answered, stop)) for _ in range(4)]
+        await eventually(
+            lambda: len(answered) >= 100 and len(segments.all_segments(path)) >= 3,
+            timeout=60,
+            message="answers over several segments",
+        )
+        await node.kill()  # SIGKILL with requests in flight
+        await asyncio.gather(*callers)
+        # A write cut in the middle of a record (SIGKILL between two write() calls never
+        # tears one; a power loss can): the newest segment ends in half a line.
+        newest = segments.all_segments(path)[-1]
+        _append_bytes(newest.path, b'{"record_id":"0123","chain_id":"node-crash/0","seq":')
+        killed_with = len(answered)
+
+        address = await node.start()
+        after = asyncio.get_running_loop().create_task(_load(address, answered, asyncio.Event()))
+        await eventually(lambda: len(answered) >= killed_with + 20, message="answers after the restart")
+        assert node.process is not None
+        node.process.send_signal(signal.SIGTERM)
+        await after
+        assert await node.wait() == 0
+    finally:
+        await node.kill()
+
+    assert any("cutting a torn last record" in line for line in node.lines)
+    records = {r["record_id"]: r for r in read_records(path)}
+    assert not [rid for rid in answered if rid not in records]
+    key = IdentityFiles.under(data_dir).private_key().public_key()
+    report = verify_chain_files(path, key)
+    assert report.records == len(records) == verify_chain(path).seq
+    assert report.signed_size == report.records
+    assert len(segments.all_segments(path)) >= 3
