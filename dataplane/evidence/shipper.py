@@ -115,6 +115,10 @@ def read_next(log_file: Path, cursor: Cursor, *, records: int, limit: int) -> tu
     """Where the record after ``cursor`` is (as a cursor: its segment and offset) and whole
     lines from there, within that segment (``read_batch``'s limits)."""
     base = segments.read_base(log_file)
+    if base is not None and cursor.seq < base.seq:
+        # A cursor from before the pruning (lost, or reset): what it points at was
+        # acknowledged and pruned; go on from the first record that remains.
+        cursor = Cursor(base.seq, 0, 0)
     nxt = cursor.seq + 1
     found = [s for s in segments.live_segments(log_file, base.seq if base else 0) if s.start <= nxt]
     if not found:
