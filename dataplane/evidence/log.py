@@ -182,9 +182,9 @@ class EvidenceLog:
         self._sealed: list[BinaryIO] = []
         """Segments rolled over from whose fsync (and close) is still due."""
         self._new_entries = False
+        """A segment file was created since the directory was last fsynced."""
         self._sync_lock = threading.Lock()
         """Held by the thread syncing: rounds (the sync task's, a checkpoint's) never overlap."""
-        """A segment file was created since the directory was last fsynced."""
         self.spool = spool if spool is not None else Spool()
         self._head = ChainHead(0, GENESIS_HASH)
         self._tree = merkle.Tree()
