@@ -30,7 +30,6 @@ Proof hashes are 32-byte values; the ``hex()`` of each is how they travel in JSO
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,13 +69,7 @@ class Chain:
                 for n, line in enumerate(f, start=1):
                     if not line.endswith(b"\n"):
                         break  # a torn last line: the node cuts it at start; not a record
-                    try:
-                        record = json.loads(line)
-                    except ValueError as exc:
-                        raise EvidenceChainBroken(f"{where(segment, n)}: not JSON ({exc})") from exc
-                    if not isinstance(record, dict):
-                        raise EvidenceChainBroken(f"{where(segment, n)}: not a JSON object")
-                    records.append(record)
+                    records.append(segments.json_object(line, where(segment, n)))
                     places.append(where(segment, n))
         notes = checkpoint.read_notes(checkpoints_file or checkpoint.checkpoints_path(log_file))
         return cls(records, notes, base, tuple(places))

@@ -33,6 +33,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import merkle
@@ -124,12 +125,7 @@ def read_base(chain_file: Path) -> Base | None:
         return None
     if len(data) > MAX_BASE_BYTES:
         raise EvidenceChainBroken(f"{path}: larger than {MAX_BASE_BYTES} bytes")
-    try:
-        obj = json.loads(data)
-    except ValueError as exc:
-        raise EvidenceChainBroken(f"{path}: not JSON ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise EvidenceChainBroken(f"{path}: not a JSON object")
+    obj = json_object(data, str(path))
     chain, seq, digest, frontier = obj.get("chain_id"), obj.get("seq"), obj.get("hash"), obj.get("frontier")
     if not isinstance(chain, str) or not chain:
         raise EvidenceChainBroken(f"{path}: chain_id is not a non-empty string")
@@ -147,6 +143,17 @@ def read_base(chain_file: Path) -> Base | None:
     except merkle.ProofError as exc:
         raise EvidenceChainBroken(f"{path}: frontier: {exc}") from exc
     return base
+
+
+def json_object(data: bytes, where: str) -> dict[str, Any]:
+    """``data`` as a JSON object; ``EvidenceChainBroken`` starting with ``where`` otherwise."""
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise EvidenceChainBroken(f"{where}: not JSON ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise EvidenceChainBroken(f"{where}: not a JSON object")
+    return obj
 
 
 def write_base(chain_file: Path, base: Base) -> None:

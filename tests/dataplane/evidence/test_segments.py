@@ -20,9 +20,7 @@ from dataplane.evidence.log import EvidenceLog, log_path, read_records, verify_c
 from dataplane.evidence.proofs import inclusion, verify_chain_files
 from dataplane.evidence.shipper import prune
 from dataplane.identity import IdentityFiles
-from tests.dataplane.conftest import pinned_serve_args
-from tests.dataplane.evidence.test_crash import NODE, NodeProcess, _load
-from tests.dataplane.test_pin_watch_process import site_pin
+from tests.dataplane.evidence.test_crash import NODE, _load, pinned_node_process
 from tests.helpers import eventually
 
 PAD = "x" * 200
@@ -206,22 +204,17 @@ async def test_a_hostile_base_file_is_refused_naming_the_field(tmp_path: Path) -
 async def test_a_sigkilled_node_restarts_with_a_torn_line_in_its_newest_segment(
     tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any
 ) -> None:
-    pin = tmp_path / "site.snapshot"
-    pin.write_bytes(site_pin(signing_key, 3, simulator.base_url))
-    data_dir = tmp_path / "node"
-    args = pinned_serve_args(
-        pin,
+    node, data_dir = pinned_node_process(
+        tmp_path,
         trust_key,
-        data_dir,
-        "--node-id",
-        NODE,
+        signing_key,
+        simulator,
         "--evidence-segment-bytes",
         "8192",
         "--evidence-checkpoint-ms",
         "100",
     )
     path = log_path(data_dir, NODE)
-    node = NodeProcess(args)
     answered: dict[str, str] = {}
     try:
         address = await node.start()
