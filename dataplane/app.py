@@ -47,7 +47,9 @@ from dataplane.evidence.log import (
     EvidenceLog,
     log_path,
 )
+from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
 from dataplane.evidence.shipper import EvidenceShipper
+from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES, Spool
 from dataplane.http_client import TransportName, build_http_client
 from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
 from dataplane.pipeline import GovernanceStep, Pipeline
@@ -123,6 +125,10 @@ class NodeSettings:
     """A signed checkpoint at least every this many evidence records..."""
     evidence_checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
     """...and every this many seconds while there are new records."""
+    evidence_segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    """A new evidence segment file beyond this many bytes (acknowledged ones are pruned whole)."""
+    evidence_spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    """Unacknowledged evidence beyond which each tenant's ``spool_full`` policy applies."""
     sync_backoff_base: float = 0.5
     sync_heartbeat_interval: float = 15.0
     """Seconds between heartbeats on the sync stream (the control plane's last_seen)."""
@@ -157,6 +163,7 @@ class DataPlaneNode:
         self._health = HealthServicer()
         self._http: httpx.AsyncClient | None = None
         self._evidence: EvidenceLog | None = None
+        self._spool = Spool(settings.evidence_spool_max_bytes)
         self._store: SnapshotStore | None = None
         self._sync: SyncClient | None = None
         self._sync_task: asyncio.Task[None] | None = None
@@ -198,6 +205,11 @@ class DataPlaneNode:
         if self._evidence is None:
             raise RuntimeError("node is not started")
         return self._evidence
+
+    @property
+    def spool(self) -> Spool:
+        """The evidence spool: its size, bound, alarms and refusals (``status()``)."""
+        return self._spool
 
     @property
     def sync(self) -> SyncClient | None:
@@ -254,6 +266,8 @@ class DataPlaneNode:
             signer=signer,
             checkpoint_records=s.evidence_checkpoint_records,
             checkpoint_interval=s.evidence_checkpoint_interval,
+            segment_bytes=s.evidence_segment_bytes,
+            spool=self._spool,
         )
         await self._evidence.start()
         self._http = build_http_client(
@@ -317,6 +331,7 @@ class DataPlaneNode:
                 node_id=s.node_id,
                 tls=sync_tls,
                 backoff=functools.partial(full_jitter, base=s.sync_backoff_base, cap=s.sync_backoff_cap),
+                spool=self._spool,
             )
             self._ship_task = asyncio.get_running_loop().create_task(self._shipper.run())
             if sync_tls == self.identity.client_tls():
@@ -389,6 +404,7 @@ class DataPlaneNode:
             Dispatcher(max_retry_after_s=s.max_retry_after),
             self._evidence,
             governance=self._governance,
+            spool=self._spool,
         )
         server = grpc.aio.server(
             options=[

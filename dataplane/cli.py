@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import logging
 import math
 import os
@@ -24,9 +23,16 @@ from google.protobuf.message import DecodeError
 from dataplane import identity_cli
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotFileInvalid
-from dataplane.evidence import checkpoint
-from dataplane.evidence.log import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS, chain_files
+from dataplane.evidence import checkpoint, segments
+from dataplane.evidence.log import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_CHECKPOINT_RECORDS,
+    chain_files,
+    read_records,
+)
 from dataplane.evidence.proofs import NodeKey, verify_chain_files
+from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
+from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.identity import IdentityFiles, NodeIdentityError
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
@@ -315,6 +321,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="and every this many milliseconds while there are new records",
         command=SERVE,
     )
+    add(
+        serve,
+        "--evidence-segment-bytes",
+        env="SIGNALBOX_EVIDENCE_SEGMENT_BYTES",
+        default=DEFAULT_SEGMENT_BYTES,
+        type=int,
+        help="start a new evidence segment file beyond this many bytes (whole acknowledged segments are pruned)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--evidence-spool-max-bytes",
+        env="SIGNALBOX_EVIDENCE_SPOOL_MAX_BYTES",
+        default=DEFAULT_SPOOL_MAX_BYTES,
+        type=int,
+        help="evidence not yet acknowledged by the control plane beyond which each tenant's "
+        "spool_full policy applies (serve_and_alarm or refuse)",
+        command=SERVE,
+    )
     settings.add_log_level(serve, command=SERVE)
     serve.set_defaults(handler=serve_command)
 
@@ -420,6 +445,13 @@ def serve_command(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    for flag, value in (
+        ("--evidence-segment-bytes", ns.evidence_segment_bytes),
+        ("--evidence-spool-max-bytes", ns.evidence_spool_max_bytes),
+    ):
+        if value < 1:
+            print(f"{flag}: {value} is not a positive number of bytes", file=sys.stderr)
+            return 2
     if ns.sync_max_message_bytes < 1:
         print(
             f"--sync-max-message-bytes: {ns.sync_max_message_bytes} is not a positive size", file=sys.stderr
@@ -472,6 +504,8 @@ def serve_command(ns: argparse.Namespace) -> int:
         reset_high_water_mark=ns.reset_high_water_mark,
         evidence_checkpoint_records=ns.evidence_checkpoint_records,
         evidence_checkpoint_interval=ns.evidence_checkpoint_ms / 1000,
+        evidence_segment_bytes=ns.evidence_segment_bytes,
+        evidence_spool_max_bytes=ns.evidence_spool_max_bytes,
     )
 
     async def run() -> None:
@@ -552,9 +586,11 @@ def evidence_verify_command(ns: argparse.Namespace) -> int:
             print(f"BAD {path}: {exc}")
             bad += 1
             continue
+        # pruned=N: records acknowledged by the control plane and deleted from the node.
+        pruned = f" pruned={report.pruned}" if report.pruned else ""
         print(
             f"OK {report.chain_id} records={report.records} checkpoints={report.checkpoints} "
-            f"signed={report.signed_size} key={how}"
+            f"signed={report.signed_size} key={how}{pruned}"
         )
     return 1 if bad else 0
 
@@ -565,9 +601,9 @@ def _checkpoint_key(identity: IdentityFiles, path: Path) -> tuple[NodeKey, str]:
     cert = identity.certificate()
     if cert is not None:
         ca = x509.load_pem_x509_certificate(identity.ca.read_bytes())
-        with open(path, "rb") as f:
-            first = f.readline()
-        node_id = checkpoint.node_of(str(json.loads(first).get("chain_id", ""))) if first else ""
+        base = segments.read_base(path)
+        first = base.chain_id if base else next((r.get("chain_id", "") for r in read_records(path)), "")
+        node_id = checkpoint.node_of(str(first)) if first else ""
         checkpoint.check_certificate(cert, ca, node_id)
         return cert, "certified"
     if not identity.key.exists():

@@ -9,6 +9,8 @@
     ├── CredentialUnavailable     FAILED_PRECONDITION (names the secret reference, never the value)
     ├── NoSnapshot                UNAVAILABLE         (node never had a valid snapshot)
     ├── EvidenceUnavailable       UNAVAILABLE         (the evidence record cannot be written)
+    ├── EvidenceSpoolFull         UNAVAILABLE         (the spool is over its bound and the
+    │                                                  tenant's policy is refuse)
     ├── CheckUnavailable          UNAVAILABLE         (the node's schema checker failed; retry)
     ├── EvidenceChainBroken       DATA_LOSS           (the log does not verify; names the first bad line)
     ├── NoEligibleCandidate       FAILED_PRECONDITION (every candidate dropped by a constraint;
@@ -106,6 +108,16 @@ class EvidenceUnavailable(SignalboxError):
     """No answer goes out without its evidence record: the node fails the request instead."""
 
     status = grpc.StatusCode.UNAVAILABLE
+
+
+class EvidenceSpoolFull(SignalboxError):
+    """The node's unacknowledged evidence is over its bound and the tenant's policy is
+    ``refuse`` (``dataplane.evidence.spool``); the refusal itself is recorded."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self) -> None:
+        super().__init__("evidence spool full (tenant policy refuse)")
 
 
 class CheckUnavailable(SignalboxError):

@@ -92,7 +92,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateTenantRequest, context: Context
     ) -> admin_pb2.Tenant:
         row, _ = await self._tenants.create(
-            current_caller(), name=request.name, tier=request.tier, labels=dict(request.labels)
+            current_caller(),
+            name=request.name,
+            tier=request.tier,
+            labels=dict(request.labels),
+            evidence_content=request.evidence_content,
+            evidence_spool_full=request.evidence_spool_full,
         )
         return convert.tenant(row)
 
@@ -116,6 +121,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             active=request.active if request.HasField("active") else None,
             labels=dict(request.labels),
             replace_labels=request.replace_labels,
+            evidence_content=request.evidence_content if request.HasField("evidence_content") else None,
+            evidence_spool_full=request.evidence_spool_full
+            if request.HasField("evidence_spool_full")
+            else None,
         )
         return convert.tenant(row)
 

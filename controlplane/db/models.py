@@ -76,6 +76,13 @@ class Tenant(TimestampMixin, Base):
     tier: Mapped[str] = mapped_column(String(TIER_CHARS), default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # ---- evidence settings (spool branch; migration 0013) ----
+    evidence_content: Mapped[str] = mapped_column(String(16), default="digest", server_default="digest")
+    """``digest`` or ``full`` (``controlplane.services.tenants.EVIDENCE_CONTENT``)."""
+    evidence_spool_full: Mapped[str] = mapped_column(
+        String(16), default="serve_and_alarm", server_default="serve_and_alarm"
+    )
+    """``serve_and_alarm`` or ``refuse`` (``controlplane.services.tenants.SPOOL_FULL``)."""
 
 
 class ApiKey(TimestampMixin, Base):

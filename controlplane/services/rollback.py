@@ -38,6 +38,7 @@ from controlplane.repositories import config as repo
 from controlplane.repositories import groups as group_repo
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.services.base import Caller, UnitOfWork
+from controlplane.services.tenants import evidence_content_name, spool_full_name
 from controlplane.snapshots.history import decode
 from controlplane.snapshots.publish import full_snapshot, group_view
 from controlplane.snapshots.scope import scope_snapshot
@@ -129,6 +130,8 @@ async def restore(session: AsyncSession, snapshot: snapshot_pb2.Snapshot, actor:
     for t in snapshot.tenants:
         trow = tenants.get(_id(t.id)) or Tenant(id=_id(t.id))
         trow.name, trow.tier, trow.active, trow.labels = t.name, t.tier, t.active, dict(t.labels)
+        trow.evidence_content = evidence_content_name(t.evidence.content)
+        trow.evidence_spool_full = spool_full_name(t.evidence.spool_full)
         session.add(trow)
     for p in snapshot.providers:
         prow = providers.get(_id(p.id)) or Provider(id=_id(p.id))

@@ -47,11 +47,36 @@ def _micros_timestamp(micros: int) -> Timestamp:
 
 
 def tenant_pb(row: Tenant) -> snapshot_pb2.Tenant:
-    return _tenant((str(row.id), row.name, row.tier, row.active, row.labels))
+    return _tenant(
+        (
+            str(row.id),
+            row.name,
+            row.tier,
+            row.active,
+            row.labels,
+            row.evidence_content,
+            row.evidence_spool_full,
+        )
+    )
+
+
+EVIDENCE_CONTENT = {
+    "digest": snapshot_pb2.EVIDENCE_CONTENT_DIGEST,
+    "full": snapshot_pb2.EVIDENCE_CONTENT_FULL,
+}
+SPOOL_FULL = {
+    "serve_and_alarm": snapshot_pb2.SPOOL_FULL_SERVE_AND_ALARM,
+    "refuse": snapshot_pb2.SPOOL_FULL_REFUSE,
+}
 
 
 def _tenant(r: Sequence[Any]) -> snapshot_pb2.Tenant:
-    return snapshot_pb2.Tenant(id=r[0], name=r[1], tier=r[2], active=r[3], labels=r[4])
+    tenant = snapshot_pb2.Tenant(id=r[0], name=r[1], tier=r[2], active=r[3], labels=r[4])
+    content, spool_full = EVIDENCE_CONTENT[r[5]], SPOOL_FULL[r[6]]
+    if content or spool_full:
+        # Only when not the defaults: a tenant's snapshot bytes do not change otherwise.
+        tenant.evidence.content, tenant.evidence.spool_full = content, spool_full
+    return tenant
 
 
 def api_key_pb(row: ApiKey) -> snapshot_pb2.ApiKey:
@@ -169,7 +194,7 @@ def _policy(r: Sequence[Any]) -> snapshot_pb2.Policy:
 # assembly run in a worker thread. Parsing 50,000 rows one by one in the driver blocked
 # the event loop for hundreds of ms. Bytes travel as hex, times as epoch microseconds.
 # (columns, FROM clause, order)
-_TENANTS = ("id::text, name, tier, active, labels", "tenants", "name")
+_TENANTS = ("id::text, name, tier, active, labels, evidence_content, evidence_spool_full", "tenants", "name")
 _API_KEYS = (
     "id::text, tenant_id::text, encode(secret_sha256, 'hex'), name, scopes,"
     " (extract(epoch FROM expires_at) * 1000000)::bigint",

@@ -110,6 +110,11 @@ class TenantConfig:
     tier: str = ""
     active: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
+    # ---- evidence settings (spool branch) ----
+    evidence_full: bool = False
+    """Records carry the request's messages and the answer's text (capped), not only digests."""
+    spool_refuse: bool = False
+    """Refuse new requests while the node's evidence spool is over its bound (else serve and alarm)."""
 
 
 @dataclass(frozen=True, slots=True)

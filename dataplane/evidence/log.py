@@ -1,4 +1,4 @@
-"""The node's append-only, hash-chained evidence log: one file per chain.
+"""The node's append-only, hash-chained evidence log: one chain per worker, in segment files.
 
 **Chains.** A chain is the log of one worker process of one node; its id is
 ``<node_id>/<worker>`` (``chain_id``). The node runs one worker today (``"0"``), and each
@@ -6,7 +6,10 @@ future worker keeps its own gap-free chain. A chain lives in
 ``<data_dir>/evidence/<node_id>@<worker>.jsonl`` (characters outside ``[A-Za-z0-9._-]``
 of either part replaced by ``_``; the ``chain_id`` inside the records is authoritative,
 the file name is only where to look), with its signed checkpoints next to it in
-``<chain file>.checkpoints`` (format in ``dataplane.evidence.checkpoint``).
+``<chain file>.checkpoints`` (format in ``dataplane.evidence.checkpoint``). That file is
+the chain's first segment: a new segment starts when the newest would grow past
+``segment_bytes`` (``--evidence-segment-bytes``), and acknowledged segments are pruned
+behind a base file; ``dataplane.evidence.segments`` has the names and the base.
 
 **Records.** One JSON object per line (UTF-8, ``\n``-terminated). Every record carries
 
@@ -73,7 +76,10 @@ checkpoint is only ever signed over fsynced records, so no signed statement can 
 record that was lost.
 
 On start the tail is read back: the sequence and chain continue from the last
-complete record, and a torn last line (a crash in the middle of a write) is cut off.
+complete record of the newest segment, and a torn last line (a crash in the middle of a
+write) is cut off. The tree is rebuilt from the base (the compact range of what was
+pruned, if anything was) and every remaining segment, each of which must start where the
+one before ended.
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -95,7 +102,8 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from dataplane.errors import EvidenceChainBroken
-from dataplane.evidence import checkpoint, merkle
+from dataplane.evidence import checkpoint, merkle, segments
+from dataplane.evidence.spool import Spool
 
 log = logging.getLogger("signalbox.dataplane.evidence")
 
@@ -107,7 +115,6 @@ DEFAULT_CHECKPOINT_INTERVAL = 1.0
 
 _TAIL_CHUNK = 64 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
-_HASH_TAIL = re.compile(rb',"hash":"([0-9a-f]{64})"}\n\Z')
 _HASH_MEMBER_START = b',"hash":"'
 _HASH_MEMBER_BYTES = len(_HASH_MEMBER_START) + 64 + 2  # ,"hash":"<64 hex>"}
 _HEX64 = re.compile(rb"[0-9a-f]{64}")
@@ -168,15 +175,16 @@ def log_path(data_dir: Path, node_id: str, worker: str = DEFAULT_WORKER) -> Path
 
 
 def chain_files(data_dir: Path) -> list[Path]:
-    """Every chain file (``*.jsonl``) in a node's evidence directory, sorted."""
-    return sorted((Path(data_dir) / "evidence").glob("*.jsonl"))
+    """Every chain (its first segment's name, ``*.jsonl``) in a node's evidence directory, sorted."""
+    return segments.chain_names(Path(data_dir) / "evidence")
 
 
 class EvidenceLog:
     """Appends records to one chain; single writer, used from the event loop only.
 
     ``signer``: the node's key; with it the log signs checkpoints (see the module
-    docstring), without it (tests of the log alone) it signs none."""
+    docstring), without it (tests of the log alone) it signs none. ``spool``: told the
+    bytes of every record written (``dataplane.evidence.spool``)."""
 
     def __init__(
         self,
@@ -188,9 +196,13 @@ class EvidenceLog:
         signer: ec.EllipticCurvePrivateKey | None = None,
         checkpoint_records: int = DEFAULT_CHECKPOINT_RECORDS,
         checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+        segment_bytes: int = segments.DEFAULT_SEGMENT_BYTES,
+        spool: Spool | None = None,
     ) -> None:
         if checkpoint_records < 1 or not checkpoint_interval > 0:
             raise ValueError("checkpoints need a positive record count and interval")
+        if segment_bytes < 1:
+            raise ValueError("segments need a positive size")
         self.path = Path(path)
         self.node_id = node_id
         self.chain_id = chain_id(node_id, worker)
@@ -200,6 +212,16 @@ class EvidenceLog:
         self._checkpoint_records = checkpoint_records
         self._checkpoint_interval = checkpoint_interval
         self._file: BinaryIO | None = None
+        self._segment_bytes = segment_bytes
+        self._segment_start = 1
+        self._segment_size = 0
+        self._sealed: list[BinaryIO] = []
+        """Segments rolled over from whose fsync (and close) is still due."""
+        self._new_entries = False
+        """A segment file was created since the directory was last fsynced."""
+        self._sync_lock = threading.Lock()
+        """Held by the thread syncing: rounds (the sync task's, a checkpoint's) never overlap."""
+        self.spool = spool if spool is not None else Spool()
         self._head = ChainHead(0, GENESIS_HASH)
         self._tree = merkle.Tree()
         self._signed_size = 0
@@ -228,11 +250,12 @@ class EvidenceLog:
         # Evidence names tenants, models and callers: 0600 in a 0700 directory.
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.parent.chmod(0o700)
-        self._head, self._tree, self._signed_size = await asyncio.to_thread(
-            _recover, self.path, self.checkpoints_path, self.chain_id
-        )
+        state = await asyncio.to_thread(_recover, self.path, self.checkpoints_path, self.chain_id)
+        self._head, self._tree, self._signed_size = state.head, state.tree, state.signed_size
+        self._segment_start, self._segment_size = state.segment.start, state.segment_size
+        self.spool.written = state.live_bytes
         # Unbuffered: each record goes to the OS in one write() call, never split.
-        self._file = await asyncio.to_thread(_open_private_append, self.path)
+        self._file = await asyncio.to_thread(_open_private_append, state.segment.path)
         loop = asyncio.get_running_loop()
         self._syncer = loop.create_task(self._sync_loop())
         if self._signer is not None:
@@ -257,13 +280,30 @@ class EvidenceLog:
         hashed = hashlib.sha256(body)
         digest = hashed.hexdigest()
         # The stored line is the hashed body with "hash" appended last (``hash_of_line``).
-        self._file.write(_line(body, digest))
+        line = _line(body, digest)
+        if self._segment_size and self._segment_size + len(line) > self._segment_bytes:
+            self._roll(seq)
+        self._file.write(line)
+        self._segment_size += len(line)
+        self.spool.written += len(line)
         self._head = ChainHead(seq, digest)
         self._tree.append(hashed.digest())
         self._dirty.set()
         if self._tree.size - self._signed_size >= self._checkpoint_records:
             self._checkpoint_due.set()
         return record_id
+
+    def _roll(self, seq: int) -> None:
+        """Start the segment of ``seq``; the full one is fsynced and closed by the sync task."""
+        assert self._file is not None
+        path = segments.segment_path(self.path, seq)
+        # One open() on the request's path, once per segment_bytes: the new file must exist
+        # before this record is written to it.
+        new = _open_private_append(path)
+        self._sealed.append(self._file)
+        self._file, self._segment_start, self._segment_size = new, seq, 0
+        self._new_entries = True
+        log.info("evidence log %s: segment %s started at seq %d", self.chain_id, path.name, seq)
 
     async def _sync_loop(self) -> None:
         while True:
@@ -273,13 +313,28 @@ class EvidenceLog:
             await asyncio.sleep(self._fsync_interval)
 
     async def _fsync(self) -> bool:
-        if self._file is not None:
-            try:
-                await asyncio.to_thread(os.fsync, self._file.fileno())
-            except OSError as exc:
-                # Records are already with the OS; keep the loop alive and say so.
-                log.error("evidence log %s: fsync failed: %s", self.path, exc)
-                return False
+        """Sync the segments rolled over from (then close them), new directory entries and the
+        newest segment; False when any of it failed (retried on the next round)."""
+        if self._file is None:
+            return True
+        # The sealed files stay listed until closed: a cancelled call may never run its
+        # thread, and aclose closes whatever is left.
+        new_entries, self._new_entries = self._new_entries, False
+        try:
+            await asyncio.to_thread(
+                _sync_files,
+                self._sync_lock,
+                list(self._sealed),
+                self.path.parent if new_entries else None,
+                self._file,
+            )
+        except OSError as exc:
+            # Records are already with the OS; keep the loop alive and say so.
+            self._new_entries = self._new_entries or new_entries
+            log.error("evidence log %s: fsync failed: %s", self.path, exc)
+            return False
+        finally:
+            self._sealed = [f for f in self._sealed if not f.closed]
         return True
 
     async def _checkpoint_loop(self) -> None:
@@ -329,6 +384,9 @@ class EvidenceLog:
             except OSError as exc:
                 log.error("evidence log %s: last checkpoint not written: %s", self.path, exc)
             await self._fsync()
+            for f in self._sealed:
+                f.close()
+            self._sealed = []
             self._file.close()
             self._file = None
 
@@ -351,56 +409,131 @@ def _sign_and_store(key: ec.EllipticCurvePrivateKey, path: Path, chain: str, siz
         os.close(fd)
 
 
+def _sync_files(
+    lock: threading.Lock, sealed: list[BinaryIO], directory: Path | None, current: BinaryIO
+) -> None:
+    with lock:
+        for f in sealed:
+            if not f.closed:  # else a round before this one synced and closed it
+                os.fsync(f.fileno())
+                f.close()
+        if directory is not None:
+            segments.fsync_dir(directory)
+        os.fsync(current.fileno())
+
+
 def _open_private_append(path: Path) -> BinaryIO:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.fchmod(fd, 0o600)  # a log created before files were private
     return os.fdopen(fd, "ab", buffering=0)
 
 
-def read_lines(path: Path) -> Iterator[bytes]:
-    """Every complete record line in the file, in order, as stored."""
-    with open(path, "rb") as f:
-        for line in f:
-            if line.endswith(b"\n"):
-                yield line
-
-
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Every complete record in the file, in order."""
-    for line in read_lines(path):
+    """Every complete record of the chain whose first segment is ``path`` (what remains
+    after pruning), in order."""
+    for _, _, line in _lines(path):
         yield json.loads(line)
 
 
+def _lines(path: Path) -> Iterator[tuple[segments.Segment, int, bytes]]:
+    """(segment, line number in it, line) of every complete line of the remaining segments."""
+    base = segments.read_base(path)
+    for segment in segments.live_segments(path, base.seq if base else 0):
+        with open(segment.path, "rb") as f:
+            for n, line in enumerate(f, start=1):
+                if line.endswith(b"\n"):
+                    yield segment, n, line
+
+
+def where(segment: segments.Segment, line: int) -> str:
+    """``line L`` in the chain file, ``line L of <segment file>`` in a later segment."""
+    return f"line {line}" if segment.start == 1 else f"line {line} of {segment.path.name}"
+
+
 def verify_chain(path: Path) -> ChainHead:
-    """Check sequence, links and hashes of the whole file; return its head."""
-    head = ChainHead(0, GENESIS_HASH)
-    for n, line in enumerate(read_lines(path), start=1):
+    """Check sequence, links and hashes of the whole chain (from its base, when pruned);
+    return its head."""
+    base = segments.read_base(path)
+    head = ChainHead(base.seq, base.hash) if base else ChainHead(0, GENESIS_HASH)
+    for segment, n, line in _lines(path):
         record = json.loads(line)
         if record.get("seq") != head.seq + 1:
-            raise EvidenceChainBroken(f"line {n}: seq {record.get('seq')} follows {head.seq}")
+            raise EvidenceChainBroken(f"{where(segment, n)}: seq {record.get('seq')} follows {head.seq}")
         if record.get("prev_hash") != head.hash:
-            raise EvidenceChainBroken(f"line {n}: prev_hash does not match the record before")
+            raise EvidenceChainBroken(f"{where(segment, n)}: prev_hash does not match the record before")
         if hash_of_line(line) != record.get("hash"):
-            raise EvidenceChainBroken(f"line {n}: hash does not match the record's content")
+            raise EvidenceChainBroken(f"{where(segment, n)}: hash does not match the record's content")
         head = ChainHead(record["seq"], record["hash"])
     return head
 
 
-def _recover(path: Path, checkpoints: Path, chain: str) -> tuple[ChainHead, merkle.Tree, int]:
-    """The chain head (a torn final line cut away), the Merkle tree of the whole file, and
-    the size of the last complete checkpoint (a torn last one cut away), which must match
-    the tree."""
-    head = _recover_tail(path, chain)
-    tree = merkle.Tree()
-    if head.seq:
-        with open(path, "rb") as f:
+@dataclass(frozen=True, slots=True)
+class _Recovered:
+    head: ChainHead
+    tree: merkle.Tree
+    signed_size: int
+    segment: segments.Segment
+    """The newest segment, where writing continues."""
+    segment_size: int
+    live_bytes: int
+    """Bytes of every remaining segment."""
+
+
+def _recover(path: Path, checkpoints: Path, chain: str) -> _Recovered:
+    """The chain head (a torn final line of the newest segment cut away), the Merkle tree
+    continued from the base over every remaining segment, and the size of the last complete
+    checkpoint (a torn last one cut away), which must match the tree."""
+    base = segments.read_base(path)
+    if base is not None and base.chain_id != chain:
+        raise EvidenceChainBroken(f"{segments.base_path(path)}: of chain {base.chain_id!r}, not {chain!r}")
+    base_seq = base.seq if base else 0
+    live = segments.live_segments(path, base_seq)
+    for leftover in segments.all_segments(path):
+        if leftover not in live:
+            # Pruned by the base already; the deletion was interrupted.
+            log.warning(
+                "evidence log %s: deleting %s, pruned before the last stop", chain, leftover.path.name
+            )
+            leftover.path.unlink()
+    if not live:
+        live = [segments.Segment(base_seq + 1, segments.segment_path(path, base_seq + 1))]
+    head = ChainHead(base.seq, base.hash) if base else ChainHead(0, GENESIS_HASH)
+    # Writes only ever go to the newest segment: only it can end in a torn line.
+    for segment in reversed(live):
+        tail = _recover_tail(segment.path, chain, cut=segment is live[-1])
+        if tail.seq:
+            head = tail
+            break
+    tree = base.tree() if base else merkle.Tree()
+    live_bytes = 0
+    for segment in live:
+        if tree.size != segment.start - 1:
+            raise EvidenceChainBroken(
+                f"{segment.path}: starts at seq {segment.start} but the records before end at seq {tree.size}"
+            )
+        try:
+            size = segment.path.stat().st_size
+        except FileNotFoundError:
+            continue  # the newest segment of a new chain, or one whose creation was lost
+        if not size:
+            continue  # (not read: a device such as /dev/full reads forever)
+        with open(segment.path, "rb") as f:
             for line in f:
-                matched = _HASH_TAIL.search(line)
-                digest = matched[1] if matched else str(json.loads(line).get("hash", "")).encode()
-                tree.append(bytes.fromhex(digest.decode()))
+                if not line.endswith(b"\n"):
+                    raise EvidenceChainBroken(
+                        f"{segment.path}: ends in a torn record but is not the newest segment"
+                    )
+                tree.append(segments.line_hash(line))
+        live_bytes += size
     if tree.size != head.seq:
         raise EvidenceChainBroken(f"{path}: {tree.size} records but the last one has seq {head.seq}")
-    return head, tree, _recover_checkpoints(checkpoints, path, tree)
+    newest = live[-1]
+    try:
+        newest_size = newest.path.stat().st_size
+    except FileNotFoundError:
+        newest_size = 0
+    signed = _recover_checkpoints(checkpoints, path, tree)
+    return _Recovered(head, tree, signed, newest, newest_size, live_bytes)
 
 
 def _recover_checkpoints(path: Path, log_file: Path, tree: merkle.Tree) -> int:
@@ -431,8 +564,9 @@ def _recover_checkpoints(path: Path, log_file: Path, tree: merkle.Tree) -> int:
     return last.size
 
 
-def _recover_tail(path: Path, chain: str) -> ChainHead:
-    """The last complete record's head; a torn final line is truncated away."""
+def _recover_tail(path: Path, chain: str, *, cut: bool = True) -> ChainHead:
+    """The last complete record's head; a torn final line is truncated away (with ``cut``;
+    without, it is an error)."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -453,6 +587,8 @@ def _recover_tail(path: Path, chain: str) -> ChainHead:
                 start = max(0, start - _TAIL_CHUNK)
                 continue
             break
+        if torn and not cut:
+            raise EvidenceChainBroken(f"{path}: ends in a torn record but is not the newest segment")
         if torn:
             log.warning("evidence log %s: cutting a torn last record (%d bytes)", path, len(torn))
             f.truncate(size - len(torn))

@@ -80,6 +80,24 @@ class Tree:
         self._stack.append((height, digest))
         self.size += 1
 
+    @classmethod
+    def from_frontier(cls, size: int, frontier: Sequence[bytes]) -> Tree:
+        """The tree of ``size`` leaves continued from its compact range (RFC 9162's
+        "frontier": the roots of its perfect subtrees, tallest first, one per bit set in
+        ``size``); ``ProofError`` when the count or a hash's length does not fit."""
+        heights = [h for h in range(size.bit_length() - 1, -1, -1) if size >> h & 1]
+        if size < 0 or len(frontier) != len(heights) or any(len(d) != 32 for d in frontier):
+            raise ProofError(f"a tree of size {size} has {len(heights)} 32-byte subtree roots")
+        tree = cls()
+        tree.size = size
+        tree._stack = list(zip(heights, frontier, strict=True))
+        return tree
+
+    def frontier(self) -> list[bytes]:
+        """The roots of the perfect subtrees making up the tree, tallest first: with
+        ``size`` they are all that is needed to keep appending (``from_frontier``)."""
+        return [digest for _, digest in self._stack]
+
     def root(self) -> bytes:
         """The root of the first ``size`` leaves (the subtrees folded right to left)."""
         if not self._stack:

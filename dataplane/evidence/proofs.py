@@ -10,15 +10,26 @@ checkpoints file (``dataplane.evidence.checkpoint``).
 - ``verify_chain_files(...)``: the whole chain (``seq`` without gaps, ``prev_hash`` links,
   every ``hash``, every ``chain_id``), every checkpoint (its signature, its root equals the
   tree of that many records) and every two consecutive checkpoints consistent. The first
-  problem raises ``EvidenceChainBroken`` naming the record (``record seq N (line L)``) or the
-  checkpoint (``checkpoint K (size S)``, counted from 1 in file order).
+  problem raises ``EvidenceChainBroken`` naming the record (``record seq N (line L)``, or
+  ``(line L of <segment file>)`` past the first segment) or the checkpoint
+  (``checkpoint K (size S)``, counted from 1 in file order).
+
+A chain whose acknowledged prefix was pruned (``dataplane.evidence.segments``) is verified
+from its base: the first remaining record must link to the base's hash, and a checkpoint of
+at least the base's size must have the root of the tree continued from the base's compact
+range over the remaining records. Both checkpoints of a consecutive pair then have roots
+recomputed from one and the same leaf sequence, which is what their consistency proof
+would establish, so it is only computed when nothing was pruned. A checkpoint older than
+the base is checked for its signature, chain and order only (its records are with the
+control plane), and ``ChainReport.pruned`` says how many records the base stands for.
+Inclusion and consistency proofs need every leaf: after pruning, ``inclusion`` and
+``consistency`` refuse (the control plane's store proves pruned records).
 
 Proof hashes are 32-byte values; the ``hex()`` of each is how they travel in JSON.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from dataplane.errors import EvidenceChainBroken
-from dataplane.evidence import checkpoint, merkle
-from dataplane.evidence.log import GENESIS_HASH, hash_of_line
+from dataplane.evidence import checkpoint, merkle, segments
+from dataplane.evidence.log import GENESIS_HASH, hash_of_line, where
 
 NodeKey = ec.EllipticCurvePublicKey | x509.Certificate
 """What checkpoints are verified with: the node's public key or its certificate."""
@@ -36,31 +47,45 @@ NodeKey = ec.EllipticCurvePublicKey | x509.Certificate
 
 @dataclass(frozen=True, slots=True)
 class Chain:
-    """A chain as read from its files: records and complete checkpoint notes, in order."""
+    """A chain as read from its files: the base of what was pruned (None: nothing), the
+    remaining records with where each one is (``line L`` ...), and the complete checkpoint
+    notes, in order."""
 
     records: list[dict[str, Any]]
     notes: list[bytes]
-    lines: list[bytes]
+    base: segments.Base | None = None
+    places: tuple[str, ...] = ()
+    lines: tuple[bytes, ...] = ()
     """The records' lines exactly as stored (what their hashes are over)."""
 
     @classmethod
     def read(cls, log_file: Path, checkpoints_file: Path | None = None) -> Chain:
+        base = segments.read_base(log_file)
+        live = segments.live_segments(log_file, base.seq if base else 0)
+        if not live:
+            raise FileNotFoundError(f"no segment of the chain {log_file}")
         records: list[dict[str, Any]] = []
+        places: list[str] = []
         lines: list[bytes] = []
-        with open(log_file, "rb") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.endswith(b"\n"):
-                    break  # a torn last line: the node cuts it at start; not a record
-                try:
-                    record = json.loads(line)
-                except ValueError as exc:
-                    raise EvidenceChainBroken(f"line {n}: not JSON ({exc})") from exc
-                if not isinstance(record, dict):
-                    raise EvidenceChainBroken(f"line {n}: not a JSON object")
-                records.append(record)
-                lines.append(line)
+        for segment in live:
+            with open(segment.path, "rb") as f:
+                for n, line in enumerate(f, start=1):
+                    if not line.endswith(b"\n"):
+                        break  # a torn last line: the node cuts it at start; not a record
+                    records.append(segments.json_object(line, where(segment, n)))
+                    places.append(where(segment, n))
+                    lines.append(line)
         notes = checkpoint.read_notes(checkpoints_file or checkpoint.checkpoints_path(log_file))
-        return cls(records, notes, lines)
+        return cls(records, notes, base, tuple(places), tuple(lines))
+
+    def whole(self) -> Chain:
+        """This chain, which must not have been pruned (proofs need every leaf)."""
+        if self.base is not None:
+            raise ValueError(
+                f"records up to seq {self.base.seq} were pruned after the control plane acknowledged "
+                "them: prove them from the control plane's store"
+            )
+        return self
 
     def leaves(self, size: int | None = None) -> list[bytes]:
         """The hashed Merkle leaves of the first ``size`` records (all by default)."""
@@ -140,7 +165,7 @@ def inclusion(
     """The proof that the record with ``seq`` or ``record_id`` is in the checkpoint of
     ``checkpoint_size`` records (default: the last checkpoint); ``ValueError`` when there is
     no such record or checkpoint, or the checkpoint does not cover the record."""
-    chain = Chain.read(log_file, checkpoints_file)
+    chain = Chain.read(log_file, checkpoints_file).whole()
     index = chain.index_of(seq=seq, record_id=record_id)
     note = chain.checkpoint_of_size(checkpoint_size)
     size = checkpoint.parse(note).size
@@ -152,7 +177,7 @@ def consistency(
     log_file: Path, old_size: int, new_size: int, *, checkpoints_file: Path | None = None
 ) -> ConsistencyProof:
     """The proof that the checkpoint of ``new_size`` records extends the one of ``old_size``."""
-    chain = Chain.read(log_file, checkpoints_file)
+    chain = Chain.read(log_file, checkpoints_file).whole()
     old, new = chain.checkpoint_of_size(old_size), chain.checkpoint_of_size(new_size)
     path = merkle.consistency_proof(chain.leaves(new_size), old_size, new_size)
     return ConsistencyProof(old, new, path)
@@ -167,6 +192,9 @@ class ChainReport:
     checkpoints: int
     signed_size: int
     """Records covered by the last checkpoint (the rest await the next one)."""
+    pruned: int = 0
+    """Records before the remaining ones, pruned after the control plane acknowledged them
+    (``records`` counts the remaining ones)."""
 
 
 def verify_chain_files(
@@ -175,10 +203,16 @@ def verify_chain_files(
     """Check a chain's log and checkpoints completely (see the module docstring); the first
     problem raises ``EvidenceChainBroken`` naming the record or the checkpoint."""
     chain = Chain.read(log_file, checkpoints_file)
+    base = chain.base
     expected = chain_id
-    prev, hashes = GENESIS_HASH, []
-    for n, (record, line) in enumerate(zip(chain.records, chain.lines, strict=True), start=1):
-        where = f"record seq {record.get('seq')} (line {n})"
+    if base is not None:
+        if expected is not None and base.chain_id != expected:
+            raise EvidenceChainBroken(f"base (seq {base.seq}): of chain {base.chain_id!r}, not {expected!r}")
+        expected = base.chain_id
+    pruned = base.seq if base else 0
+    prev, hashes = (base.hash if base else GENESIS_HASH), []
+    for n, (record, line) in enumerate(zip(chain.records, chain.lines, strict=True), start=pruned + 1):
+        where = f"record seq {record.get('seq')} ({chain.places[n - pruned - 1]})"
         if expected is None:
             expected = record.get("chain_id")
             if not isinstance(expected, str) or not expected:
@@ -190,13 +224,19 @@ def verify_chain_files(
         if record.get("seq") != n:
             raise EvidenceChainBroken(f"{where}: expected seq {n} (a record is missing, inserted or moved)")
         if record.get("prev_hash") != prev:
-            raise EvidenceChainBroken(f"{where}: prev_hash does not match the record before")
+            what = (
+                "the base's hash (the last pruned record)"
+                if n == pruned + 1 and base
+                else "the record before"
+            )
+            raise EvidenceChainBroken(f"{where}: prev_hash does not match {what}")
         if hash_of_line(line) != record.get("hash"):
             raise EvidenceChainBroken(f"{where}: hash does not match the record's content")
         prev = record["hash"]
         hashes.append(merkle.leaf_hash(_leaf(record)))
     before: checkpoint.Checkpoint | None = None
-    tree = merkle.Tree()
+    tree = base.tree() if base else merkle.Tree()
+    total = pruned + len(hashes)
     subtrees = Subtrees(hashes)
     for k, note in enumerate(chain.notes, start=1):
         try:
@@ -207,26 +247,32 @@ def verify_chain_files(
         if expected is not None and cp.chain_id != expected:
             raise EvidenceChainBroken(f"{where}: of chain {cp.chain_id!r}, not {expected!r}")
         expected = cp.chain_id
-        if cp.size > len(hashes):
-            raise EvidenceChainBroken(f"{where}: covers more records than the log has ({len(hashes)})")
+        if cp.size > total:
+            raise EvidenceChainBroken(f"{where}: covers more records than the log has ({total})")
         if before is not None and cp.size < before.size:
             raise EvidenceChainBroken(f"{where}: smaller than checkpoint {k - 1} (size {before.size})")
+        before = cp
+        if cp.size < pruned:
+            continue  # its records were pruned: the signature is all there is to check here
         while tree.size < cp.size:
-            tree.append(_leaf(chain.records[tree.size]))
+            tree.append(_leaf(chain.records[tree.size - pruned]))
         if tree.root() != cp.root:
-            raise EvidenceChainBroken(f"{where}: root does not match the tree of the first {cp.size} records")
-        if before is not None and before.size:
+            what = (
+                f"the first {cp.size} records" if base is None else f"the base continued to {cp.size} records"
+            )
+            raise EvidenceChainBroken(f"{where}: root does not match the tree of {what}")
+        if base is None and k > 1 and (old := checkpoint.parse(chain.notes[k - 2])).size:
             try:
-                proof = subtrees.consistency_proof(before.size, cp.size)
-                merkle.verify_consistency(before.size, cp.size, before.root, cp.root, proof)
+                proof = subtrees.consistency_proof(old.size, cp.size)
+                merkle.verify_consistency(old.size, cp.size, old.root, cp.root, proof)
             except merkle.ProofError as exc:
                 raise EvidenceChainBroken(f"{where}: not consistent with checkpoint {k - 1}: {exc}") from exc
-        before = cp
     return ChainReport(
         chain_id=expected or "",
         records=len(chain.records),
         checkpoints=len(chain.notes),
         signed_size=before.size if before is not None else 0,
+        pruned=pruned,
     )
 
 

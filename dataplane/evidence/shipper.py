@@ -1,8 +1,9 @@
 """Ships the node's evidence log to the control plane: at-least-once, resumable.
 
-The log is read from a persisted cursor, ``<evidence dir>/<chain>.shipped`` (the seq and
-byte offset just after the last record the control plane acknowledged), in batches of
-whole lines, exactly as written. A batch is sent on the EvidenceService stream of the node
+The log is read from a persisted cursor, ``<evidence dir>/<chain>.shipped`` (the seq of
+the last record the control plane acknowledged, and the segment and byte offset just after
+it; a cursor without ``segment`` is in the first), in batches of whole lines of one
+segment, exactly as written. A batch is sent on the EvidenceService stream of the node
 port (mutual TLS: the control plane knows the node by its certificate); the control plane
 answers after its commit with the highest gap-free seq it holds, and only then does the
 cursor move (written to a temporary file, fsynced and renamed over the old one, so a crash
@@ -14,7 +15,15 @@ was acknowledged and, after a backoff, resends from there: a record the node rew
 a crash is resent as it is now, and tampering keeps being refused and alarmed on the
 control plane. The connection is retried with the backoff the node gives (config sync's
 full jitter).
-Pruning what was acknowledged needs segmented logs and is not done here.
+
+**Pruning.** After each acknowledgement the shipper deletes the segments
+(``dataplane.evidence.segments``) whose every record is acknowledged (the cursor is at or
+past their last seq), never the newest one (the log writes there). First it persists the
+chain's base (the last pruned record's seq and hash and the compact range of the pruned
+prefix's tree, fsynced and renamed), then it deletes the segments and fsyncs the directory;
+a crash in between leaves segments the base covers, which the node deletes at start. A
+node that never ships never prunes. The spool (``dataplane.evidence.spool``) is told what
+was acknowledged and what was pruned.
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ from typing import Any
 
 import grpc
 
-from dataplane.evidence import checkpoint
+from dataplane.evidence import checkpoint, merkle, segments
+from dataplane.evidence.spool import Spool
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.tls import ClientTls, aio_channel
 
@@ -50,10 +60,12 @@ def chain_of(record: dict[str, Any], node_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """How far the control plane acknowledged: the last seq and the byte offset after it."""
+    """How far the control plane acknowledged: the last seq, and the byte offset after it in
+    the segment starting at seq ``segment`` (0: not known, found by counting lines)."""
 
     seq: int = 0
     offset: int = 0
+    segment: int = 1
 
 
 def cursor_path(log_file: Path, chain_id: str) -> Path:
@@ -65,14 +77,16 @@ def read_cursor(path: Path) -> Cursor:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
         return Cursor()
-    return Cursor(int(data["seq"]), int(data["offset"]))
+    return Cursor(int(data["seq"]), int(data["offset"]), int(data.get("segment", 1)))
 
 
 def write_cursor(path: Path, cursor: Cursor) -> None:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, json.dumps({"seq": cursor.seq, "offset": cursor.offset}).encode())
+        os.write(
+            fd, json.dumps({"seq": cursor.seq, "offset": cursor.offset, "segment": cursor.segment}).encode()
+        )
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -97,6 +111,83 @@ def read_batch(path: Path, offset: int, *, records: int, limit: int) -> list[byt
         return lines
 
 
+def read_next(log_file: Path, cursor: Cursor, *, records: int, limit: int) -> tuple[Cursor, list[bytes]]:
+    """Where the record after ``cursor`` is (as a cursor: its segment and offset) and whole
+    lines from there, within that segment (``read_batch``'s limits)."""
+    base = segments.read_base(log_file)
+    if base is not None and cursor.seq < base.seq:
+        # A cursor from before the pruning (lost, or reset): what it points at was
+        # acknowledged and pruned; go on from the first record that remains.
+        cursor = Cursor(base.seq, 0, 0)
+    nxt = cursor.seq + 1
+    found = [s for s in segments.live_segments(log_file, base.seq if base else 0) if s.start <= nxt]
+    if not found:
+        return cursor, []
+    segment = found[-1]
+    if segment.start == cursor.segment:
+        offset = cursor.offset
+    else:
+        offset = _offset_of(segment.path, nxt - segment.start)
+    at = Cursor(cursor.seq, offset, segment.start)
+    return at, read_batch(segment.path, offset, records=records, limit=limit)
+
+
+def _offset_of(path: Path, lines: int) -> int:
+    """The byte offset after the first ``lines`` lines of ``path``."""
+    offset = 0
+    if lines:
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, start=1):
+                offset += len(line)
+                if n == lines:
+                    break
+    return offset
+
+
+def acknowledged_bytes(log_file: Path, cursor: Cursor) -> int:
+    """Bytes of the remaining segments up to ``cursor`` (what the spool does not count)."""
+    base = segments.read_base(log_file)
+    live = segments.live_segments(log_file, base.seq if base else 0)
+    total = 0
+    for i, segment in enumerate(live):
+        if i + 1 < len(live) and live[i + 1].start - 1 <= cursor.seq:
+            total += segment.path.stat().st_size
+        elif segment.start == cursor.segment:
+            total += cursor.offset
+    return total
+
+
+def prune(log_file: Path, chain_id: str, acknowledged: int) -> int:
+    """Delete the segments whose every record has a seq of at most ``acknowledged``, except
+    the newest, after persisting the base that stands for them; the bytes deleted."""
+    base = segments.read_base(log_file)
+    live = segments.live_segments(log_file, base.seq if base else 0)
+    doomed = [s for i, s in enumerate(live[:-1]) if live[i + 1].start - 1 <= acknowledged]
+    if not doomed:
+        return 0
+    tree = base.tree() if base else merkle.Tree()
+    last = b""
+    for segment in doomed:
+        if tree.size != segment.start - 1:
+            raise ValueError(f"{segment.path}: starts at seq {segment.start}, not after seq {tree.size}")
+        with open(segment.path, "rb") as f:
+            for line in f:
+                if line.endswith(b"\n"):
+                    last = segments.line_hash(line)
+                    tree.append(last)
+    end = live[len(doomed)].start - 1
+    if tree.size != end:
+        raise ValueError(f"segments up to seq {end} hold {tree.size} records: not pruned")
+    segments.write_base(log_file, segments.Base(chain_id, tree.size, last.hex(), tuple(tree.frontier())))
+    deleted = 0
+    for segment in doomed:
+        deleted += segment.path.stat().st_size
+        segment.path.unlink()
+    segments.fsync_dir(log_file.parent)
+    log.info("evidence %s: pruned %d acknowledged segment(s) up to seq %d", chain_id, len(doomed), end)
+    return deleted
+
+
 @dataclass(frozen=True, slots=True)
 class ShipperStatus:
     connected: bool
@@ -119,7 +210,10 @@ class EvidenceShipper:
         backoff: Callable[[int], float],
         poll_interval: float = 0.05,
         batch_records: int = BATCH_RECORDS,
+        spool: Spool | None = None,
     ) -> None:
+        """``spool``: the node's log's spool, bounded from now on (the shipper keeps its
+        acknowledged bytes)."""
         self._target = target
         self._log_file = Path(log_file)
         self._node_id = node_id
@@ -131,6 +225,9 @@ class EvidenceShipper:
         self.chain_id = f"{node_id}/0"
         self._cursor_file = cursor_path(self._log_file, self.chain_id)
         self._cursor = read_cursor(self._cursor_file)
+        self._spool = spool if spool is not None else Spool()
+        self._spool.bounded = True
+        self._spool_counted = False
         self._connected = False
         self._failures = 0
         self._last_error = ""
@@ -147,6 +244,9 @@ class EvidenceShipper:
 
     async def run(self) -> None:
         """Ship until cancelled; never raises for control-plane trouble."""
+        if not self._spool_counted:
+            self._spool.acked = await asyncio.to_thread(acknowledged_bytes, self._log_file, self._cursor)
+            self._spool_counted = True
         while True:
             try:
                 await self._session()
@@ -181,14 +281,14 @@ class EvidenceShipper:
             try:
                 # An empty batch first: the answer proves the stream is up (and tells the head).
                 outbox.put_nowait(evidence_pb2.ShipBatch(chain_id=self.chain_id))
-                await self._answer(call, [])
+                await self._answer(call, [], self._cursor)
                 self._connected = True
                 self._failures = 0
                 while True:
-                    lines = await asyncio.to_thread(
-                        read_batch,
+                    at, lines = await asyncio.to_thread(
+                        read_next,
                         self._log_file,
-                        self._cursor.offset,
+                        self._cursor,
                         records=self._batch_records,
                         limit=BATCH_BYTES,
                     )
@@ -201,7 +301,8 @@ class EvidenceShipper:
                             chain_id=self.chain_id, records=lines, checkpoints=[n.decode() for n in notes]
                         )
                     )
-                    refused = await self._answer(call, lines)
+                    refused = await self._answer(call, lines, at)
+                    await self._prune()
                     if not refused and notes:
                         self._noted = max(self._noted, checkpoint.parse(notes[-1]).size)
                     if refused:
@@ -234,13 +335,14 @@ class EvidenceShipper:
         self._notes = [(n, note) for n, note in self._notes if n > size]
         return [ready[-1][1]] if ready else []
 
-    async def _answer(self, call: Any, lines: list[bytes]) -> bool:
-        """Read the ACK of ``lines`` and move the cursor to it; True when it was refused."""
+    async def _answer(self, call: Any, lines: list[bytes], at: Cursor) -> bool:
+        """Read the ACK of ``lines`` (read from ``at``) and move the cursor to it; True when
+        it was refused."""
         ack = await asyncio.wait_for(call.read(), ACK_TIMEOUT)
         if ack is grpc.aio.EOF:  # type: ignore[attr-defined]
             raise ConnectionError("the control plane ended the evidence stream")
         head = int(ack.head_seq)
-        cursor = self._cursor
+        cursor = at
         if head > cursor.seq:
             offset = cursor.offset
             for line in lines[: head - cursor.seq]:
@@ -249,17 +351,43 @@ class EvidenceShipper:
                 # The control plane holds more than we ever sent from here (a lost cursor):
                 # skip forward only as far as we can account for by bytes.
                 head = cursor.seq + len(lines)
-            await self._save(Cursor(head, offset))
+            self._spool.acked += offset - cursor.offset
+            await self._save(Cursor(head, offset, cursor.segment))
         elif head < cursor.seq:
             # The store holds less than we were told before (restored from a backup):
             # resend from the start; it keeps what it has as duplicates.
-            log.warning("control plane holds %s up to seq %d only; resending from seq 1", self.chain_id, head)
-            await self._save(Cursor())
+            base = await asyncio.to_thread(segments.read_base, self._log_file)
+            if base is None:
+                log.warning(
+                    "control plane holds %s up to seq %d only; resending from seq 1", self.chain_id, head
+                )
+                await self._save(Cursor())
+            else:
+                log.error(
+                    "control plane holds %s up to seq %d only, but records up to seq %d were pruned here "
+                    "after it acknowledged them; resending from seq %d",
+                    self.chain_id,
+                    head,
+                    base.seq,
+                    base.seq + 1,
+                )
+                await self._save(Cursor(base.seq, 0, 0))
+            self._spool.acked = await asyncio.to_thread(acknowledged_bytes, self._log_file, self._cursor)
+        self._spool.check()
         if ack.HasField("error"):
             self._last_error = f"{ack.error.code}: {ack.error.message}"
             log.error("evidence batch refused by the control plane: %s", self._last_error)
             return True
         return False
+
+    async def _prune(self) -> None:
+        try:
+            deleted = await asyncio.to_thread(prune, self._log_file, self.chain_id, self._cursor.seq)
+        except (OSError, ValueError) as exc:
+            # Nothing is lost by not pruning: the spool keeps growing and says so.
+            log.error("evidence %s: acknowledged segments not pruned: %s", self.chain_id, exc)
+            return
+        self._spool.pruned(deleted)
 
     async def _save(self, cursor: Cursor) -> None:
         await asyncio.to_thread(write_cursor, self._cursor_file, cursor)

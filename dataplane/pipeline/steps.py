@@ -21,8 +21,9 @@ import grpc
 from dataplane.accounting import Cost, cost_of
 from dataplane.auth import Caller, authenticate
 from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamChunk, Usage
-from dataplane.errors import EvidenceUnavailable, InvalidRequest, PermissionDenied
+from dataplane.errors import EvidenceSpoolFull, EvidenceUnavailable, InvalidRequest, PermissionDenied
 from dataplane.evidence.log import EvidenceLog
+from dataplane.evidence.spool import Spool
 from dataplane.outcome import CANCELLED, OK, Outcome, to_status
 from dataplane.pipeline.call import (
     EVIDENCE_KIND,
@@ -37,7 +38,13 @@ from dataplane.pipeline.call import (
     Served,
     StreamEvent,
 )
-from dataplane.pipeline.trace import Trace, record_fields, shadow_fields
+from dataplane.pipeline.trace import (
+    Trace,
+    add_response_content,
+    record_fields,
+    request_content,
+    shadow_fields,
+)
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import Dispatcher, ShadowOutcome
 from dataplane.routing.planner import plan_route, usable_plan
@@ -67,7 +74,11 @@ class Pipeline:
         *,
         governance: Sequence[GovernanceStep] = (),
         default_deadline: float = DEFAULT_DEADLINE_S,
+        spool: Spool | None = None,
     ) -> None:
+        """``spool``: the node's evidence spool, whose bound each tenant's policy answers
+        (None: unbounded)."""
+        self.spool = spool
         self.store = store
         self.dispatcher = dispatcher
         self.evidence = evidence
@@ -123,6 +134,8 @@ class Pipeline:
                 result, candidate = await respond(trace, state, body, plan)
                 cost = self._account(trace, candidate, result.usage)
                 trace.response_sha256 = digest(result)
+                if trace.content is not None and isinstance(result, ChatResponse):
+                    add_response_content(trace.content, result.message.text)
         except asyncio.CancelledError:
             self._record_refusal(trace, CANCELLED)
             raise
@@ -175,6 +188,8 @@ class Pipeline:
                 trace.dispatch_ms = (time.monotonic() - dispatched) * 1000
                 cost = self._account(trace, candidate, usage)
                 trace.response_sha256 = assembled.digest()
+                if trace.content is not None:
+                    add_response_content(trace.content, "".join(assembled.text))
         except (asyncio.CancelledError, GeneratorExit):
             self._record_refusal(trace, CANCELLED)
             raise
@@ -227,6 +242,8 @@ class Pipeline:
             # Reported after authentication so an anonymous caller learns nothing else.
             raise trace.invalid_correlation_id
         caller.scope.check_operation(call.operation.value)
+        if self.spool is not None and self.spool.refuses(caller.tenant.spool_refuse):
+            raise EvidenceSpoolFull()
         return state, caller
 
     async def _prepare(
@@ -239,6 +256,8 @@ class Pipeline:
             # What the identity says (JWT claims) wins over what the request claims.
             hints = replace(hints, metadata={**hints.metadata, **caller.metadata})
         validate(body)
+        if caller.tenant.evidence_full:
+            trace.content = request_content(body)
         if isinstance(body, ChatRequest):
             await check_schemas(body)
         scope = caller.scope

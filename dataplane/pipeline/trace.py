@@ -9,7 +9,7 @@ from typing import Any
 
 from dataplane.accounting import NO_COST, Cost, cost_of
 from dataplane.auth import Caller
-from dataplane.chat import Usage
+from dataplane.chat import ChatRequest, EmbedRequest, Usage
 from dataplane.errors import InvalidRequest
 from dataplane.outcome import Outcome
 from dataplane.routing.candidate import Candidate
@@ -44,6 +44,44 @@ class Trace:
     """What governance steps did to the request or the answer (empty: nothing)."""
     recorded: str | None = None
     """The evidence record id once written ("" when it could not be): exactly one per request."""
+    content: dict[str, Any] | None = None
+    """The request's and the answer's content, for a tenant whose evidence is FULL (None:
+    digests only, the default)."""
+
+
+# ---- content of FULL tenants' records (spool branch) ----
+
+CONTENT_MAX_CHARS = 32 * 1024
+"""Per record, a FULL tenant's request messages together get at most this many characters,
+and the answer's text as many again; the rest is cut and the record says ``truncated``."""
+
+
+def request_content(body: ChatRequest | EmbedRequest) -> dict[str, Any]:
+    """The request's messages (role and text; an image is ``[image]``) or embedding inputs,
+    capped at ``CONTENT_MAX_CHARS`` in all."""
+    budget = CONTENT_MAX_CHARS
+    truncated = False
+    items: list[dict[str, str]] = []
+    if isinstance(body, ChatRequest):
+        pairs = [
+            (m.role.value, "".join(getattr(p, "text", None) or "[image]" for p in m.content))
+            for m in body.messages
+        ]
+    else:
+        pairs = [("input", text) for text in body.inputs]
+    for role, text in pairs:
+        if len(text) > budget:
+            text, truncated = text[:budget], True
+        budget -= len(text)
+        items.append({"role": role, "text": text})
+    return {"request": items, "response": "", "truncated": truncated}
+
+
+def add_response_content(content: dict[str, Any], text: str) -> None:
+    """The answer's text, capped at ``CONTENT_MAX_CHARS``."""
+    if len(text) > CONTENT_MAX_CHARS:
+        text, content["truncated"] = text[:CONTENT_MAX_CHARS], True
+    content["response"] = text
 
 
 def record_fields(trace: Trace, outcome: Outcome) -> dict[str, Any]:
@@ -71,6 +109,7 @@ def record_fields(trace: Trace, outcome: Outcome) -> dict[str, Any]:
         "outcome": {"code": outcome.code.name, "message": outcome.message, "error": outcome.kind},
         "request_sha256": trace.request_sha256,
         "response_sha256": trace.response_sha256,
+        **({"content": trace.content} if trace.content is not None else {}),
     }
 
 

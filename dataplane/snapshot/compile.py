@@ -141,7 +141,20 @@ def tenant_entry(i: int, t: snapshot_pb2.Tenant) -> TenantConfig:
     """Tenant ``i`` compiled (its id's uniqueness is the caller's check)."""
     if not t.id:
         raise SnapshotInvalid(f"$.tenants[{i}].id", "must not be empty")
-    return TenantConfig(t.id, t.name, t.tier, t.active, dict(t.labels))
+    content, spool_full = t.evidence.content, t.evidence.spool_full
+    if content not in (snapshot_pb2.EVIDENCE_CONTENT_DIGEST, snapshot_pb2.EVIDENCE_CONTENT_FULL):
+        raise SnapshotInvalid(f"$.tenants[{i}].evidence.content", f"unknown value {int(content)}")
+    if spool_full not in (snapshot_pb2.SPOOL_FULL_SERVE_AND_ALARM, snapshot_pb2.SPOOL_FULL_REFUSE):
+        raise SnapshotInvalid(f"$.tenants[{i}].evidence.spool_full", f"unknown value {int(spool_full)}")
+    return TenantConfig(
+        t.id,
+        t.name,
+        t.tier,
+        t.active,
+        dict(t.labels),
+        evidence_full=content == snapshot_pb2.EVIDENCE_CONTENT_FULL,
+        spool_refuse=spool_full == snapshot_pb2.SPOOL_FULL_REFUSE,
+    )
 
 
 def key_entry(

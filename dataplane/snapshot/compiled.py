@@ -104,7 +104,11 @@ class Compiled:
                 t = _element(snapshot_pb2.Tenant, rec)
                 if t.id in table or not t.id:
                     raise _Undecided
-                table[t.id] = tenant_entry(0, t)
+                try:
+                    table[t.id] = tenant_entry(0, t)
+                except SnapshotInvalid as exc:
+                    # Its index in the payload is the full compiler's to name.
+                    raise _Undecided from exc
                 gone_tenants.discard(t.id)
             tenants = table
 

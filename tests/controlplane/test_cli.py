@@ -90,7 +90,7 @@ async def test_admin_cli_round_trip(control_plane: RunningControlPlane, admin: A
     await run("policy", "apply", "--tenant", "acme", "-f", str(policy))
 
     table = await run("tenant", "list")
-    assert table.splitlines()[0].split() == ["ID", "NAME", "TIER", "ACTIVE", "LABELS"]
+    assert table.splitlines()[0].split() == ["ID", "NAME", "TIER", "ACTIVE", "LABELS", "EVIDENCE"]
     assert "acme" in table
     history = json.loads(await run("--json", "policy", "history", "--tenant", "acme"))
     assert [v["document_json"] for v in history["versions"]] == ['{"default_model":"small"}']

@@ -9,7 +9,7 @@ import difflib
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from signalbox.shell.admin_cli.output import (
     ENROLL_TOKEN_COLUMNS,
     EVIDENCE_CHAIN_COLUMNS,
     EVIDENCE_COLUMNS,
+    EVIDENCE_CONTENT_FLAG,
     GROUP_COLUMNS,
     KEY_COLUMNS,
     MODEL_COLUMNS,
@@ -32,6 +33,7 @@ from signalbox.shell.admin_cli.output import (
     SIGNING_KEY_COLUMNS,
     SNAPSHOT_COLUMNS,
     SNAPSHOT_LIST_COLUMNS,
+    SPOOL_FULL_FLAG,
     TENANT_COLUMNS,
     Output,
     deleted,
@@ -85,9 +87,11 @@ def _enum(enum: Any, prefix: str, name: str, flag: str) -> Any:  # the enum's Va
 
 
 async def tenant_create(stub: Stub, ns: argparse.Namespace) -> Output:
-    t = await stub.CreateTenant(
-        admin_pb2.CreateTenantRequest(name=ns.name, tier=ns.tier or "", labels=_pairs(ns.label, "--label"))
+    request = admin_pb2.CreateTenantRequest(
+        name=ns.name, tier=ns.tier or "", labels=_pairs(ns.label, "--label")
     )
+    _set_tenant_evidence(request, ns)
+    t = await stub.CreateTenant(request)
     return Output(t, TENANT_COLUMNS, [tenant_row(t)])
 
 
@@ -109,8 +113,22 @@ async def tenant_update(stub: Stub, ns: argparse.Namespace) -> Output:
         request.tier = ns.tier
     if ns.active is not None:
         request.active = ns.active
+    _set_tenant_evidence(request, ns)
     t = await stub.UpdateTenant(request)
     return Output(t, TENANT_COLUMNS, [tenant_row(t)])
+
+
+def _set_tenant_evidence(
+    request: admin_pb2.CreateTenantRequest | admin_pb2.UpdateTenantRequest, ns: argparse.Namespace
+) -> None:
+    if ns.evidence_content is not None:
+        request.evidence_content = _value_of(EVIDENCE_CONTENT_FLAG, ns.evidence_content)
+    if ns.evidence_spool_full is not None:
+        request.evidence_spool_full = _value_of(SPOOL_FULL_FLAG, ns.evidence_spool_full)
+
+
+def _value_of(names: Mapping[Any, str], name: str) -> Any:
+    return next(value for value, n in names.items() if n == name)
 
 
 async def tenant_delete(stub: Stub, ns: argparse.Namespace) -> Output:

@@ -43,7 +43,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     )
 
 
-TENANT_COLUMNS = ("id", "name", "tier", "active", "labels")
+TENANT_COLUMNS = ("id", "name", "tier", "active", "labels", "evidence")
 KEY_COLUMNS = ("id", "tenant", "name", "prefix", "scopes", "expires")
 SIGNING_KEY_COLUMNS = ("key_id", "state", "created", "revoked")
 PROVIDER_COLUMNS = ("id", "name", "type", "base_url", "credential", "location")
@@ -79,7 +79,27 @@ def _time(ts: Any) -> str:
 
 
 def tenant_row(t: admin_pb2.Tenant) -> tuple[object, ...]:
-    return (t.id, t.name, t.tier, "yes" if t.active else "no", json.dumps(dict(t.labels), sort_keys=True))
+    return (
+        t.id,
+        t.name,
+        t.tier,
+        "yes" if t.active else "no",
+        json.dumps(dict(t.labels), sort_keys=True),
+        f"{EVIDENCE_CONTENT_FLAG[t.evidence.content]},{SPOOL_FULL_FLAG[t.evidence.spool_full]}",
+    )
+
+
+# ---- evidence settings (spool branch) ----
+EVIDENCE_CONTENT_FLAG = {
+    snapshot_pb2.EVIDENCE_CONTENT_DIGEST: "digest",
+    snapshot_pb2.EVIDENCE_CONTENT_FULL: "full",
+}
+"""``--evidence-content`` values of ``admin tenant create/update``."""
+SPOOL_FULL_FLAG = {
+    snapshot_pb2.SPOOL_FULL_SERVE_AND_ALARM: "serve_and_alarm",
+    snapshot_pb2.SPOOL_FULL_REFUSE: "refuse",
+}
+"""``--evidence-spool-full`` values of ``admin tenant create/update``."""
 
 
 def scopes_column(scopes: Sequence[str]) -> str:

@@ -59,6 +59,7 @@ from signalbox.shell.admin_cli.commands import (
     tenant_list,
     tenant_update,
 )
+from signalbox.shell.admin_cli.output import EVIDENCE_CONTENT_FLAG, SPOOL_FULL_FLAG
 from signalbox.shell.admin_cli.run import admin_command
 
 COMMAND = "admin"
@@ -199,6 +200,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("name")
     p.add_argument("--tier")
     p.add_argument("--label", action="append", metavar="KEY=VALUE")
+    _tenant_evidence_options(p)
     _verb(tenant, "list", tenant_list, "list tenants")
     _verb(tenant, "get", tenant_get, "show one tenant").add_argument("name", help="id or name")
     p = _verb(tenant, "update", tenant_update, "change a tenant")
@@ -208,6 +210,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--inactive", dest="active", action="store_false")
     p.add_argument("--label", action="append", metavar="KEY=VALUE")
     p.add_argument("--replace-labels", action="store_true")
+    _tenant_evidence_options(p)
     _verb(tenant, "delete", tenant_delete, "delete a tenant, its keys and policies").add_argument("name")
 
     key = _resource(sub, "key", "API keys")
@@ -451,3 +454,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     _evidence_filters(p)
     p.add_argument("--out", required=True, metavar="PACK", help="the pack file to write (0600)")
+
+
+def _tenant_evidence_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--evidence-content",
+        choices=list(EVIDENCE_CONTENT_FLAG.values()),
+        help="digest: records carry SHA-256 digests only (default); full: the request's messages "
+        "and the answer's text too (capped per record)",
+    )
+    p.add_argument(
+        "--evidence-spool-full",
+        choices=list(SPOOL_FULL_FLAG.values()),
+        help="while a node's unacknowledged evidence is over its bound: serve_and_alarm (default) "
+        "or refuse (UNAVAILABLE; the refusal is still recorded)",
+    )

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
-from dataplane.evidence.log import log_path
+from dataplane.evidence import segments
+from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.shipper import EvidenceShipper, cursor_path, read_cursor
 from tests.controlplane.evidence.conftest import new_dir
 from tests.controlplane.evidence.test_ship import write_records
@@ -61,3 +63,35 @@ async def test_the_shipper_resumes_from_its_cursor(
     await _ship_all(shipper(), 50)
     assert count() == 50
     assert read_cursor(cursor_file).seq == 50
+
+
+async def test_a_cursor_lost_after_pruning_resumes_from_what_remains(
+    evidence_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    directory = new_dir(private_tmp, "shipper-pruned-")
+    tls = await evidence_plane.enroll("node-p", directory)
+    log_file = log_path(directory, "node-p")
+    async with EvidenceLog(log_file, "node-p", segment_bytes=1024) as log:
+        for i in range(40):
+            log.append(
+                {"ts": time.time(), "correlation_id": f"corr-{i}", "tenant_id": "acme", "pad": "x" * 100}
+            )
+
+    def shipper() -> EvidenceShipper:
+        return EvidenceShipper(
+            evidence_plane.node_address, log_file, node_id="node-p", tls=tls, backoff=lambda n: 0.05
+        )
+
+    await _ship_all(shipper(), 40)
+    base = segments.read_base(log_file)
+    assert base is not None
+    assert base.seq < 40
+    assert segments.all_segments(log_file)[0].start == base.seq + 1  # the acknowledged rest is gone
+
+    cursor_path(log_file, "node-p/0").unlink()
+    await _ship_all(shipper(), 40)
+    rows = sql_rows(
+        evidence_plane.database_url,
+        "SELECT count(*), count(DISTINCT seq) FROM evidence_records WHERE chain_id = 'node-p/0'",
+    )
+    assert tuple(rows[0]) == (40, 40)

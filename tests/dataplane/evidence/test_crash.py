@@ -90,25 +90,30 @@ async def _load(address: str, answered: dict[str, str], stop: asyncio.Event) -> 
             answered[str(meta["signalbox-evidence-id"])] = "OK" if n % 5 else "UNAUTHENTICATED"
 
 
-async def test_sigkill_under_load_loses_no_answered_record(
-    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any
-) -> None:
+def pinned_node_process(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any, *flags: str
+) -> tuple[NodeProcess, Path]:
+    """A node process (not started) serving a signed pin, node id ``NODE``; and its data dir."""
     pin = tmp_path / "site.snapshot"
     pin.write_bytes(site_pin(signing_key, 3, simulator.base_url))
     data_dir = tmp_path / "node"
-    args = pinned_serve_args(
-        pin,
+    return NodeProcess(pinned_serve_args(pin, trust_key, data_dir, "--node-id", NODE, *flags)), data_dir
+
+
+async def test_sigkill_under_load_loses_no_answered_record(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    node, data_dir = pinned_node_process(
+        tmp_path,
         trust_key,
-        data_dir,
-        "--node-id",
-        NODE,
+        signing_key,
+        simulator,
         "--evidence-checkpoint-records",
         "40",
         "--evidence-checkpoint-ms",
         "100",
     )
     path = log_path(data_dir, NODE)
-    node = NodeProcess(args)
     answered: dict[str, str] = {}
     try:
         address = await node.start()

@@ -45,13 +45,17 @@ class World:
     scope: str = "g1"
     identities: dict[str, tuple[str, str]] = field(default_factory=dict)
     """identity id -> (tenant id, URI of an mTLS mapping, or "jwt" for the one JWT issuer)"""
+    evidence: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """tenant id -> (evidence content, spool_full policy), absent: the defaults (0, 0)"""
 
     def render(self) -> snapshot_pb2.Snapshot:
         snap = snapshot_pb2.Snapshot(version=self.version, previous_hash=b"p" * 32)
         snap.created_at.FromSeconds(1_700_000_000 + self.version)
         snap.scope.node_group = self.scope
         for tid, (name, labels) in sorted(self.tenants.items(), key=lambda t: t[1][0]):
-            snap.tenants.add(id=tid, name=name, labels=labels)
+            tenant = snap.tenants.add(id=tid, name=name, labels=labels)
+            if tid in self.evidence:
+                tenant.evidence.content, tenant.evidence.spool_full = self.evidence[tid]  # type: ignore[assignment]
         for kid, (tid, seed, scopes) in sorted(self.keys.items()):
             key = snap.api_keys.add(
                 id=kid,
@@ -117,6 +121,7 @@ EDITS = st.lists(
                 "add_tenant",
                 "drop_tenant",
                 "relabel_tenant",
+                "tenant_evidence",
                 "rename_tenant",
                 "dup_tenant_name",
                 "drop_tenant_and_keys",
@@ -164,6 +169,9 @@ def edit(w: World, kind: str, n: int) -> None:
     elif kind == "relabel_tenant" and tenants:
         tid = tenants[n % len(tenants)]
         w.tenants[tid] = (w.tenants[tid][0], {"v": str(n)})
+    elif kind == "tenant_evidence" and tenants:
+        # Values 0 and 1 are known; 2 is not, and both compilers must refuse it alike.
+        w.evidence[tenants[n % len(tenants)]] = (n % 2, (n // 2) % 3)
     elif kind == "rename_tenant" and tenants:
         tid = tenants[n % len(tenants)]
         w.tenants[tid] = (f"zz-{n}", w.tenants[tid][1])  # moves in the name order

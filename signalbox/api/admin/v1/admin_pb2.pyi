@@ -76,6 +76,7 @@ class Tenant(_message.Message):
     ACTIVE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     tier: _builtins.str
@@ -84,6 +85,13 @@ class Tenant(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def evidence(self) -> _snapshot_pb2.TenantEvidence:
+        """---- evidence settings (spool branch) ----
+        Absent when both are the defaults (digest, serve_and_alarm).
+        ---- evidence settings (end) ----
+        """
+
     def __init__(
         self,
         *,
@@ -93,10 +101,11 @@ class Tenant(_message.Message):
         active: _builtins.bool = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        evidence: _snapshot_pb2.TenantEvidence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "evidence", b"evidence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created_at", b"created_at", "id", b"id", "labels", b"labels", "name", b"name", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created_at", b"created_at", "evidence", b"evidence", "id", b"id", "labels", b"labels", "name", b"name", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -129,8 +138,14 @@ class CreateTenantRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     TIER_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    EVIDENCE_CONTENT_FIELD_NUMBER: _builtins.int
+    EVIDENCE_SPOOL_FULL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     tier: _builtins.str
+    evidence_content: _snapshot_pb2.EvidenceContent.ValueType
+    """---- evidence settings (spool branch) ----"""
+    evidence_spool_full: _snapshot_pb2.SpoolFullPolicy.ValueType
+    """---- evidence settings (end) ----"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -139,10 +154,12 @@ class CreateTenantRequest(_message.Message):
         name: _builtins.str = ...,
         tier: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        evidence_content: _snapshot_pb2.EvidenceContent.ValueType = ...,
+        evidence_spool_full: _snapshot_pb2.SpoolFullPolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence_content", b"evidence_content", "evidence_spool_full", b"evidence_spool_full", "labels", b"labels", "name", b"name", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -233,10 +250,16 @@ class UpdateTenantRequest(_message.Message):
     ACTIVE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     REPLACE_LABELS_FIELD_NUMBER: _builtins.int
+    EVIDENCE_CONTENT_FIELD_NUMBER: _builtins.int
+    EVIDENCE_SPOOL_FULL_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     tier: _builtins.str
     active: _builtins.bool
     replace_labels: _builtins.bool
+    evidence_content: _snapshot_pb2.EvidenceContent.ValueType
+    """---- evidence settings (spool branch) ----"""
+    evidence_spool_full: _snapshot_pb2.SpoolFullPolicy.ValueType
+    """---- evidence settings (end) ----"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -247,17 +270,27 @@ class UpdateTenantRequest(_message.Message):
         active: _builtins.bool | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         replace_labels: _builtins.bool = ...,
+        evidence_content: _snapshot_pb2.EvidenceContent.ValueType | None = ...,
+        evidence_spool_full: _snapshot_pb2.SpoolFullPolicy.ValueType | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "_tier", b"_tier", "active", b"active", "tier", b"tier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "_evidence_content", b"_evidence_content", "_evidence_spool_full", b"_evidence_spool_full", "_tier", b"_tier", "active", b"active", "evidence_content", b"evidence_content", "evidence_spool_full", b"evidence_spool_full", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "_tier", b"_tier", "active", b"active", "labels", b"labels", "replace_labels", b"replace_labels", "tenant", b"tenant", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "_evidence_content", b"_evidence_content", "_evidence_spool_full", b"_evidence_spool_full", "_tier", b"_tier", "active", b"active", "evidence_content", b"evidence_content", "evidence_spool_full", b"evidence_spool_full", "labels", b"labels", "replace_labels", b"replace_labels", "tenant", b"tenant", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__active: _TypeAlias = _typing.Literal["active"]  # noqa: Y015
     _WhichOneofArgType__active: _TypeAlias = _typing.Literal["_active", b"_active"]  # noqa: Y015
+    _WhichOneofReturnType__evidence_content: _TypeAlias = _typing.Literal["evidence_content"]  # noqa: Y015
+    _WhichOneofArgType__evidence_content: _TypeAlias = _typing.Literal["_evidence_content", b"_evidence_content"]  # noqa: Y015
+    _WhichOneofReturnType__evidence_spool_full: _TypeAlias = _typing.Literal["evidence_spool_full"]  # noqa: Y015
+    _WhichOneofArgType__evidence_spool_full: _TypeAlias = _typing.Literal["_evidence_spool_full", b"_evidence_spool_full"]  # noqa: Y015
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__active) -> _WhichOneofReturnType__active | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__evidence_content) -> _WhichOneofReturnType__evidence_content | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__evidence_spool_full) -> _WhichOneofReturnType__evidence_spool_full | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__tier) -> _WhichOneofReturnType__tier | None: ...
 

@@ -76,6 +76,44 @@ TRUSTED_KEY_STATE_REVOKED: TrustedKeyState.ValueType  # 3
 """Never signs again; nodes drop it and refuse envelopes signed only by it."""
 Global___TrustedKeyState: _TypeAlias = TrustedKeyState  # noqa: Y015
 
+class _EvidenceContent:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EvidenceContentEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EvidenceContent.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVIDENCE_CONTENT_DIGEST: _EvidenceContent.ValueType  # 0
+    """SHA-256 digests of the request and the answer only (the default)."""
+    EVIDENCE_CONTENT_FULL: _EvidenceContent.ValueType  # 1
+    """The request's messages and the answer's text too, up to a cap per record; digests stay."""
+
+class EvidenceContent(_EvidenceContent, metaclass=_EvidenceContentEnumTypeWrapper): ...
+
+EVIDENCE_CONTENT_DIGEST: EvidenceContent.ValueType  # 0
+"""SHA-256 digests of the request and the answer only (the default)."""
+EVIDENCE_CONTENT_FULL: EvidenceContent.ValueType  # 1
+"""The request's messages and the answer's text too, up to a cap per record; digests stay."""
+Global___EvidenceContent: _TypeAlias = EvidenceContent  # noqa: Y015
+
+class _SpoolFullPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SpoolFullPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpoolFullPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPOOL_FULL_SERVE_AND_ALARM: _SpoolFullPolicy.ValueType  # 0
+    """Keep serving and writing records; the node raises an alarm (the default)."""
+    SPOOL_FULL_REFUSE: _SpoolFullPolicy.ValueType  # 1
+    """Refuse new requests with UNAVAILABLE (each refusal still gets its record)."""
+
+class SpoolFullPolicy(_SpoolFullPolicy, metaclass=_SpoolFullPolicyEnumTypeWrapper): ...
+
+SPOOL_FULL_SERVE_AND_ALARM: SpoolFullPolicy.ValueType  # 0
+"""Keep serving and writing records; the node raises an alarm (the default)."""
+SPOOL_FULL_REFUSE: SpoolFullPolicy.ValueType  # 1
+"""Refuse new requests with UNAVAILABLE (each refusal still gets its record)."""
+Global___SpoolFullPolicy: _TypeAlias = SpoolFullPolicy  # noqa: Y015
+
 @_typing.final
 class SignedEnvelope(_message.Message):
     """DSSE-style signed envelope. Signatures cover PAE(payload_type, payload):
@@ -301,12 +339,21 @@ class Tenant(_message.Message):
     TIER_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     tier: _builtins.str
     active: _builtins.bool
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def evidence(self) -> Global___TenantEvidence:
+        """---- evidence settings (spool branch) ----
+        7, not 6: the admin API's Tenant mirrors this message and has created_at = 6.
+        Absent: digests only, serve and alarm when the node's spool is full.
+        ---- evidence settings (end) ----
+        """
+
     def __init__(
         self,
         *,
@@ -315,10 +362,11 @@ class Tenant(_message.Message):
         tier: _builtins.str = ...,
         active: _builtins.bool = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        evidence: Global___TenantEvidence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "id", b"id", "labels", b"labels", "name", b"name", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "evidence", b"evidence", "id", b"id", "labels", b"labels", "name", b"name", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -790,3 +838,30 @@ class MtlsMapping(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MtlsMapping: _TypeAlias = MtlsMapping  # noqa: Y015
+
+@_typing.final
+class TenantEvidence(_message.Message):
+    """---- evidence settings (spool branch) ----
+    What a tenant's evidence records carry, and what its requests get while the node's
+    evidence spool (records not yet acknowledged by the control plane) is over its bound.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    SPOOL_FULL_FIELD_NUMBER: _builtins.int
+    content: Global___EvidenceContent.ValueType
+    spool_full: Global___SpoolFullPolicy.ValueType
+    def __init__(
+        self,
+        *,
+        content: Global___EvidenceContent.ValueType = ...,
+        spool_full: Global___SpoolFullPolicy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "spool_full", b"spool_full"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantEvidence: _TypeAlias = TenantEvidence  # noqa: Y015
