@@ -45,7 +45,8 @@ from controlplane.api.sync import ConfigSyncServicer
 from controlplane.db.embedded import EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
-from controlplane.evidence.ingest import CheckpointVerifier, EvidenceIngest, verify_node_checkpoint
+from controlplane.evidence.checkpoints import CheckpointVerifier, verify_node_checkpoint
+from controlplane.evidence.ingest import EvidenceIngest
 from controlplane.evidence.queries import EvidenceQueries
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
