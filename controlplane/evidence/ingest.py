@@ -41,7 +41,7 @@ from controlplane.errors import PermissionDenied, shown
 from controlplane.evidence.checkpoints import CheckpointVerifier, parse_checkpoint, store_checkpoint
 from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, Tampered
 from controlplane.evidence.partitions import Partitions
-from controlplane.evidence.records import COLUMNS, Record, parse_lines, where
+from controlplane.evidence.records import COLUMNS, COPY_HEADER, COPY_TRAILER, Parsed, parse_lines, where
 from controlplane.evidence.tree import StoredTree
 from controlplane.limits import NODE_ID_CHARS
 from dataplane.evidence.log import GENESIS_HASH
@@ -89,7 +89,8 @@ class _Walk:
     head_seq: int
     head_hash: bytes
     tree: StoredTree
-    new: list[Record] = field(default_factory=list)
+    new: list[int] = field(default_factory=list)
+    """Indexes of the parsed records that continue the chain."""
     duplicates: int = 0
     roots: dict[int, bytes] = field(default_factory=dict)
 
@@ -134,23 +135,22 @@ class EvidenceIngest:
                     f"chain {shown(chain_id)}: {checkpoint.name}: signature: {exc}"
                 ) from exc
 
-        records, refused = await self._parse(chain_id, node_id, batch.lines)
-        await self.partitions.ensure({r.ts for r in records})
+        parsed = await self._parse(chain_id, node_id, batch.lines)
+        await self.partitions.ensure(parsed.times())
 
         async with self._sessions() as session, session.begin():
             chain = await self._lock_chain(session, chain_id, node_id)
             walk = _Walk(chain.head_seq, chain.head_hash, StoredTree.from_bytes(chain.tree, chain.head_seq))
             wanted = {c.size for c in checkpoints}
             stored = await self._stored_hashes(
-                session, chain_id, [r.seq for r in records if r.seq <= chain.head_seq]
+                session, chain_id, [seq for seq in parsed.seqs if seq <= chain.head_seq]
             )
-            walk_refused = self._walk(chain_id, records, stored, walk, wanted)
-            refused = walk_refused or refused
+            refused = self._walk(chain_id, parsed, stored, walk, wanted) or parsed.refused
             if walk.new:
-                await self._copy(session, walk.new)
+                await self._copy(session, parsed.rows_of(walk.new))
             state = chain.state
             if refused is not None:
-                state = await self._alarm(session, chain, refused, records, walk)
+                state = await self._alarm(session, chain, refused, parsed, walk)
             elif state in (GAP, BROKEN):
                 state = OK  # the node resent what was missing
             taken = 0
@@ -179,10 +179,8 @@ class EvidenceIngest:
             )
         return Ack(chain_id, walk.head_seq, len(walk.new), walk.duplicates, taken, refused)
 
-    async def _parse(
-        self, chain_id: str, node_id: str, lines: Sequence[bytes]
-    ) -> tuple[list[Record], EvidenceRefused | None]:
-        """Parsing and hashing is most of ingest's CPU (CPython's JSON, twice per record): a
+    async def _parse(self, chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
+        """Parsing and hashing is most of ingest's CPU: a
         large batch goes to a worker process, so batches of several chains verify at once."""
         if self._workers <= 0 or len(lines) < POOL_MIN_LINES:
             return parse_lines(chain_id, node_id, lines)
@@ -202,36 +200,49 @@ class EvidenceIngest:
     @staticmethod
     def _walk(
         chain_id: str,
-        records: list[Record],
+        parsed: Parsed,
         stored: dict[int, bytes],
         walk: _Walk,
         wanted: set[int],
     ) -> EvidenceRefused | None:
         stored_head = walk.head_seq
-        for r in records:
-            at = where(chain_id, r.line, r.seq)
-            if r.seq <= stored_head:
-                known = stored.get(r.seq)
-                if known == r.hash:
+        hashes, prevs = parsed.hashes, parsed.prev_hashes
+        genesis = bytes.fromhex(GENESIS_HASH)
+        append, new = walk.tree.append, walk.new
+        head_seq, head_hash = walk.head_seq, walk.head_hash
+        refused: EvidenceRefused | None = None
+        for i, seq in enumerate(parsed.seqs):
+            digest = hashes[i]
+            if seq <= stored_head:
+                known = stored.get(seq)
+                if known == digest:
                     walk.duplicates += 1
                     continue
-                return Tampered(
-                    f"{at}: stored with hash {known.hex() if known else '?'}, arrived with {r.hash.hex()}",
-                    seq=r.seq,
+                refused = Tampered(
+                    f"{where(chain_id, i + 1, seq)}: stored with hash {known.hex() if known else '?'}, "
+                    f"arrived with {digest.hex()}",
+                    seq=seq,
                 )
-            expected = walk.head_seq + 1
-            if r.seq > expected:
-                return Gap(f"{at}: gap, expected seq {expected} next (resend from it)", seq=r.seq)
-            if r.seq < expected:
-                return ChainBroken(f"{at}: out of order, seq {walk.head_seq} came before it", seq=r.seq)
-            if r.prev_hash != (walk.head_hash if walk.head_seq else bytes.fromhex(GENESIS_HASH)):
-                return ChainBroken(f"{at}: prev_hash does not link to seq {walk.head_seq}", seq=r.seq)
-            walk.new.append(r)
-            walk.head_seq, walk.head_hash = r.seq, r.hash
-            walk.tree.append(r.hash)
-            if walk.tree.size in wanted:
-                walk.roots[walk.tree.size] = walk.tree.root()
-        return None
+                break
+            if seq != head_seq + 1:
+                at = where(chain_id, i + 1, seq)
+                if seq > head_seq + 1:
+                    refused = Gap(f"{at}: gap, expected seq {head_seq + 1} next (resend from it)", seq=seq)
+                else:
+                    refused = ChainBroken(f"{at}: out of order, seq {head_seq} came before it", seq=seq)
+                break
+            if prevs[i] != (head_hash if head_seq else genesis):
+                refused = ChainBroken(
+                    f"{where(chain_id, i + 1, seq)}: prev_hash does not link to seq {head_seq}", seq=seq
+                )
+                break
+            new.append(i)
+            head_seq, head_hash = seq, digest
+            append(digest)
+            if seq in wanted:
+                walk.roots[seq] = walk.tree.root()
+        walk.head_seq, walk.head_hash = head_seq, head_hash
+        return refused
 
     async def _lock_chain(self, session: AsyncSession, chain_id: str, node_id: str) -> EvidenceChain:
         await session.execute(
@@ -260,27 +271,29 @@ class EvidenceIngest:
         return {int(seq): bytes(digest) for seq, digest in rows}
 
     @staticmethod
-    async def _copy(session: AsyncSession, records: list[Record]) -> None:
+    async def _copy(session: AsyncSession, rows: bytes) -> None:
         connection = await session.connection()
         raw = (await connection.get_raw_connection()).driver_connection
         assert raw is not None
         async with (
             raw.cursor() as cursor,
-            cursor.copy(f"COPY evidence_records ({COLUMNS}) FROM STDIN") as copy,
+            cursor.copy(f"COPY evidence_records ({COLUMNS}) FROM STDIN (FORMAT binary)") as copy,
         ):
-            await copy.write(b"".join(r.copy for r in records))
+            await copy.write(COPY_HEADER + rows + COPY_TRAILER)
 
     @staticmethod
     async def _alarm(
         session: AsyncSession,
         chain: EvidenceChain,
         refused: EvidenceRefused,
-        records: list[Record],
+        parsed: Parsed,
         walk: _Walk,
     ) -> str:
         """Record why the batch stopped (once per distinct cause, however often it is resent)."""
         kind, state = refused.alarm, refused.state
-        arrived = next((r.hash.hex() for r in records if r.seq == refused.seq), "")
+        arrived = next(
+            (h.hex() for seq, h in zip(parsed.seqs, parsed.hashes, strict=True) if seq == refused.seq), ""
+        )
         expected = f"seq {walk.head_seq + 1} after {walk.head_hash.hex()}" if walk.head_seq else "seq 1"
         last = (
             await session.execute(
