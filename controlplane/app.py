@@ -335,9 +335,9 @@ class ControlPlane:
         self.evidence = EvidenceIngest(
             sessions, self._verify_checkpoint_signature, workers=s.evidence_workers
         )
-        evidence_pb2_grpc.add_EvidenceServiceServicer_to_server(
-            EvidenceServicer(self.evidence, node_auth), self._node_server
-        )
+        shipping = EvidenceServicer(self.evidence, node_auth)
+        self.broker.on_revoked.append(shipping.revoked)
+        evidence_pb2_grpc.add_EvidenceServiceServicer_to_server(shipping, self._node_server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._node_server)
         node_port = self._add_node_port(self._node_server)
         self.node_address = f"{s.node_listen.rsplit(':', 1)[0]}:{node_port}"
