@@ -47,7 +47,7 @@ from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
 from controlplane.evidence.checkpoints import CheckpointVerifier, verify_node_checkpoint
 from controlplane.evidence.ingest import EvidenceIngest
-from controlplane.evidence.queries import EvidenceQueries
+from controlplane.evidence.queries import DEFAULT_STALE_AFTER, EvidenceQueries
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.repositories import signing_keys as signing_key_repo
@@ -134,6 +134,8 @@ class ControlPlaneSettings:
     """Seconds of that window."""
     evidence_workers: int = 1
     """Processes that parse and hash large shipped evidence batches (0: on the event loop)."""
+    evidence_stale_after: float = DEFAULT_STALE_AFTER
+    """Seconds without a batch after which ``admin evidence chains`` shows a chain stale."""
 
 
 def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
@@ -296,7 +298,7 @@ class ControlPlane:
             identities=self.identities,
             groups=groups,
             imports=ImportService(uow),
-            evidence=EvidenceQueries(sessions),
+            evidence=EvidenceQueries(sessions, stale_after=s.evidence_stale_after),
         )
         self._interceptor = AdminInterceptor(
             self.admin,

@@ -136,6 +136,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="processes that parse and hash large shipped evidence batches (0: on the event loop)",
         command=SERVE,
     )
+    settings.add(
+        serve,
+        "--evidence-stale-after",
+        env="SIGNALBOX_EVIDENCE_STALE_AFTER",
+        default=600.0,
+        type=float,
+        help="seconds without a shipped evidence batch after which `admin evidence chains` shows "
+        "the chain as stale",
+        command=SERVE,
+    )
     for flag, env, what in (
         ("--scope-deployment", "SIGNALBOX_SCOPE_DEPLOYMENT", "deployment"),
         ("--scope-site", "SIGNALBOX_SCOPE_SITE", "site"),
@@ -264,6 +274,12 @@ def serve_command(ns: argparse.Namespace) -> int:
             f"--node-stale-after: {ns.node_stale_after} is not a positive number of seconds", file=sys.stderr
         )
         return 2
+    if not (ns.evidence_stale_after > 0 and math.isfinite(ns.evidence_stale_after)):
+        print(
+            f"--evidence-stale-after: {ns.evidence_stale_after} is not a positive number of seconds",
+            file=sys.stderr,
+        )
+        return 2
     if ns.max_message_bytes < 1:
         print(f"--max-message-bytes: {ns.max_message_bytes} is not a positive size", file=sys.stderr)
         return 2
@@ -303,6 +319,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         node_stale_after=ns.node_stale_after,
         max_message_bytes=ns.max_message_bytes,
         evidence_workers=ns.evidence_workers,
+        evidence_stale_after=ns.evidence_stale_after,
     )
     if ns.evidence_workers < 0:
         print("--evidence-workers: must be 0 or more", file=sys.stderr)

@@ -508,7 +508,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListEvidenceChainsRequest, context: Context
     ) -> admin_pb2.ListEvidenceChainsResponse:
         return admin_pb2.ListEvidenceChainsResponse(
-            chains=[convert.evidence_chain(c.chain, c.alarms) for c in await self._evidence.chains()]
+            chains=[convert.evidence_chain(c.chain, c.alarms, c.stale) for c in await self._evidence.chains()]
         )
 
 

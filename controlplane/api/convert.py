@@ -311,7 +311,7 @@ def evidence_record(row: db.EvidenceRecord) -> admin_pb2.EvidenceRecord:
     )
 
 
-def evidence_chain(row: db.EvidenceChain, alarms: int) -> admin_pb2.EvidenceChainStatus:
+def evidence_chain(row: db.EvidenceChain, alarms: int, stale: bool = False) -> admin_pb2.EvidenceChainStatus:
     return admin_pb2.EvidenceChainStatus(
         chain_id=row.chain_id,
         node_id=row.node_id,
@@ -320,4 +320,5 @@ def evidence_chain(row: db.EvidenceChain, alarms: int) -> admin_pb2.EvidenceChai
         state=row.state,
         alarm=row.alarm,
         alarms=alarms,
+        stale=stale,
     )

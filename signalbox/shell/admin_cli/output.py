@@ -314,7 +314,7 @@ def evidence_chain_row(c: admin_pb2.EvidenceChainStatus) -> tuple[object, ...]:
         printable(c.node_id, 100),
         c.head_seq,
         _time(c.last_received_at),
-        c.state,
+        f"{c.state}, stale" if c.stale else c.state,
         c.alarms,
         printable(c.alarm, 200),
     )

@@ -2382,6 +2382,7 @@ class EvidenceChainStatus(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     ALARM_FIELD_NUMBER: _builtins.int
     ALARMS_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     chain_id: _builtins.str
     node_id: _builtins.str
     head_seq: _builtins.int
@@ -2392,6 +2393,11 @@ class EvidenceChainStatus(_message.Message):
     """Why the chain is not ok (names the record or checkpoint)."""
     alarms: _builtins.int
     """Alarm rows recorded for the chain."""
+    stale: _builtins.bool
+    """--- evidence ingest: staleness ---
+    No batch for longer than the control plane's --evidence-stale-after (the node stopped
+    shipping, or cannot reach this control plane); shown beside the state.
+    """
     @_builtins.property
     def last_received_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -2404,10 +2410,11 @@ class EvidenceChainStatus(_message.Message):
         state: _builtins.str = ...,
         alarm: _builtins.str = ...,
         alarms: _builtins.int = ...,
+        stale: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_received_at", b"last_received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm", "alarms", b"alarms", "chain_id", b"chain_id", "head_seq", b"head_seq", "last_received_at", b"last_received_at", "node_id", b"node_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm", "alarms", b"alarms", "chain_id", b"chain_id", "head_seq", b"head_seq", "last_received_at", b"last_received_at", "node_id", b"node_id", "stale", b"stale", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
