@@ -47,7 +47,9 @@ from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
 from controlplane.evidence.checkpoints import CheckpointVerifier, verify_node_checkpoint
 from controlplane.evidence.ingest import EvidenceIngest
+from controlplane.evidence.partitions import Partitions
 from controlplane.evidence.queries import DEFAULT_STALE_AFTER, EvidenceQueries
+from controlplane.evidence.retention import EvidenceRetention
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.repositories import signing_keys as signing_key_repo
@@ -158,6 +160,7 @@ class ControlPlane:
         """How shipped checkpoint notes are checked against the node's certified key; without
         one, the evidence port is not served (nothing may skip the signature check)."""
         self.evidence: EvidenceIngest | None = None
+        self.retention: EvidenceRetention | None = None
         self.address = ""
         """host:port the gRPC server is bound to (set once started)."""
         self.database_url = ""
@@ -285,6 +288,8 @@ class ControlPlane:
         )
         node_auth = NodeAuthenticator(self.identities, require_certificate=not s.tls.insecure)
         self.sync = ConfigSyncServicer(self.broker, nodes, node_auth)
+        partitions = Partitions(sessions)
+        self.retention = EvidenceRetention(sessions, self.keyring, partitions)
         admin_servicer = AdminServicer(
             tenants=TenantService(uow),
             keys=ApiKeyService(uow),
@@ -299,6 +304,7 @@ class ControlPlane:
             groups=groups,
             imports=ImportService(uow),
             evidence=EvidenceQueries(sessions, stale_after=s.evidence_stale_after),
+            retention=self.retention,
         )
         self._interceptor = AdminInterceptor(
             self.admin,
@@ -335,7 +341,7 @@ class ControlPlane:
             NodeIdentityServicer(self.identities, node_auth), self._node_server
         )
         self.evidence = EvidenceIngest(
-            sessions, self._verify_checkpoint_signature, workers=s.evidence_workers
+            sessions, self._verify_checkpoint_signature, workers=s.evidence_workers, partitions=partitions
         )
         shipping = EvidenceServicer(self.evidence, node_auth)
         self.broker.on_revoked.append(shipping.revoked)

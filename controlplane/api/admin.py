@@ -18,6 +18,7 @@ from controlplane.api.interceptor import current_caller
 from controlplane.db.models import NodeGroup
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.evidence.queries import EvidenceFilter, EvidenceQueries
+from controlplane.evidence.retention import EvidenceRetention
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import MAX_TOKEN_TTL, IdentityService, check_node_id
@@ -63,6 +64,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         groups: NodeGroupService,
         imports: ImportService,
         evidence: EvidenceQueries,
+        retention: EvidenceRetention,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -77,6 +79,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._identities = identities
         self._imports = imports
         self._evidence = evidence
+        self._retention = retention
 
     # ---- tenants ----
 
@@ -500,15 +503,38 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 limit=request.limit,
             )
         )
+        # Pruned records are all older than their statement's pruned_before.
+        since = request.since.ToDatetime(UTC) if request.HasField("since") else None
+        pruned = [
+            convert.evidence_pruned_range(p)
+            for p in (await self._retention.pruned()).values()
+            if since is None or since < p.pruned_before
+        ]
         return admin_pb2.QueryEvidenceResponse(
-            records=[convert.evidence_record(r) for r in rows], truncated=truncated
+            records=[convert.evidence_record(r) for r in rows], truncated=truncated, pruned=pruned
         )
 
     async def ListEvidenceChains(
         self, request: admin_pb2.ListEvidenceChainsRequest, context: Context
     ) -> admin_pb2.ListEvidenceChainsResponse:
-        return admin_pb2.ListEvidenceChainsResponse(
-            chains=[convert.evidence_chain(c.chain, c.alarms, c.stale) for c in await self._evidence.chains()]
+        pruned = await self._retention.pruned()
+        chains = []
+        for c in await self._evidence.chains():
+            status = convert.evidence_chain(c.chain, c.alarms, c.stale)
+            statement = pruned.get(c.chain.chain_id)
+            status.pruned_through_seq = statement.last_seq if statement is not None else 0
+            chains.append(status)
+        return admin_pb2.ListEvidenceChainsResponse(chains=chains)
+
+    async def PruneEvidence(
+        self, request: admin_pb2.PruneEvidenceRequest, context: Context
+    ) -> admin_pb2.PruneEvidenceResponse:
+        if not request.HasField("before"):
+            raise InvalidArgument("before", "is required")
+        result = await self._retention.prune(request.before.ToDatetime(UTC))
+        return admin_pb2.PruneEvidenceResponse(
+            partitions=result.partitions,
+            ranges=[convert.evidence_pruned_range(s) for s in result.statements],
         )
 
 

@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.db import models as db
 from controlplane.errors import InvalidArgument
+from controlplane.evidence.retention import PrunedStatement
 from controlplane.services.groups import GroupChange, GroupInfo, GroupSpec
 from controlplane.services.models import DeploymentSpec, ModelSpec
 from controlplane.services.providers import ProviderSpec
@@ -308,6 +309,17 @@ def evidence_record(row: db.EvidenceRecord) -> admin_pb2.EvidenceRecord:
         hash=bytes(row.hash),
         received_at=ts(row.received_at),
         body=bytes(row.body),
+    )
+
+
+def evidence_pruned_range(s: PrunedStatement) -> admin_pb2.EvidencePrunedRange:
+    return admin_pb2.EvidencePrunedRange(
+        chain_id=s.chain_id,
+        first_seq=s.first_seq,
+        last_seq=s.last_seq,
+        last_hash=s.last_hash,
+        pruned_before=ts(s.pruned_before),
+        statement=s.envelope,
     )
 
 

@@ -7,7 +7,9 @@
     │   │                                              the ACKed head)
     │   └── Tampered             DATA_LOSS            (a stored record arrived with another hash, or a
     │                                                  checkpoint root the stored records do not make)
-    └── PermissionDenied         PERMISSION_DENIED    (a chain of another node)
+    ├── PermissionDenied         PERMISSION_DENIED    (a chain of another node)
+    └── PruneRefused             FAILED_PRECONDITION  (retention: the records of the partitions to drop
+                                                       are not a chain's next prefix; nothing pruned)
 
 Every message names the chain and the record (seq, line in the batch) or the checkpoint, and
 carries digests and ids only, never record content.
@@ -56,3 +58,7 @@ class Tampered(EvidenceRefused):
     status = grpc.StatusCode.DATA_LOSS
     alarm = "tamper"
     state = "tampered"
+
+
+class PruneRefused(ControlPlaneError):
+    status = grpc.StatusCode.FAILED_PRECONDITION

@@ -104,13 +104,15 @@ class EvidenceIngest:
         verify_checkpoint_signature: CheckpointVerifier,
         *,
         workers: int = 0,
+        partitions: Partitions | None = None,
     ) -> None:
-        """``workers``: processes that parse and hash large batches (0: on the event loop)."""
+        """``workers``: processes that parse and hash large batches (0: on the event loop);
+        ``partitions``: shared with retention, which drops them (one of its own by default)."""
         self._sessions = sessions
         self._verify_signature = verify_checkpoint_signature
         self._workers = workers
         self._pool: ProcessPoolExecutor | None = None
-        self.partitions = Partitions(sessions)
+        self.partitions = partitions if partitions is not None else Partitions(sessions)
 
     async def ingest(self, node_id: str, batch: Batch, public_key: bytes = b"") -> Ack:
         """Take ``batch`` from the authenticated node ``node_id``; the ACK after commit."""

@@ -164,7 +164,9 @@ def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
         routing = get("routing")
         served = routing.get("served_by") if type(routing) is dict else None
         outcome = get("outcome")
-        us = round(ts * 1_000_000)
+        # As ``datetime.fromtimestamp`` rounds (the fraction alone, half to even).
+        whole = int(ts)
+        us = whole * 1_000_000 + round((ts - whole) * 1e6)
         days.add(us // 86_400_000_000)
         digest_bytes, prev_bytes = fromhex(digest), fromhex(prev)
         record_id_bytes = record_id.encode()

@@ -10,6 +10,7 @@ from signalbox import settings, tls
 from signalbox.shell.admin_cli.commands import (
     Action,
     evidence_chains,
+    evidence_prune,
     evidence_query,
     group_create,
     group_delete,
@@ -374,4 +375,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--limit", type=_version, help="at most this many (default 100, at most 1000)")
     _verb(
         evidence, "chains", evidence_chains, "per chain: node, shipped seq, last received, state and alarms"
+    )
+    p = _verb(
+        evidence,
+        "prune",
+        evidence_prune,
+        "drop the monthly partitions before a time, a signed pruned-range statement per chain first "
+        "(admin role)",
+    )
+    p.add_argument(
+        "--before",
+        type=_utc_time,
+        required=True,
+        help="prune months that end by this time (ISO 8601; UTC when no zone)",
     )

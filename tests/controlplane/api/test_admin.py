@@ -583,7 +583,9 @@ def test_every_admin_rpc_is_classified_for_roles() -> None:
     assert methods >= READ_ONLY_METHODS
     mutating = methods - READ_ONLY_METHODS
     assert all(
-        m.startswith(("Create", "Update", "Delete", "Apply", "Rollback", "Rotate", "Revoke", "Import"))
+        m.startswith(
+            ("Create", "Update", "Delete", "Apply", "Rollback", "Rotate", "Revoke", "Import", "Prune")
+        )
         for m in mutating
     ), mutating
 

@@ -111,7 +111,11 @@ class AdminServiceStub:
     newest first. Admin and viewer roles.
     """
     ListEvidenceChains: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListEvidenceChainsRequest, _admin_pb2.ListEvidenceChainsResponse]
-    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
+    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm."""
+    PruneEvidence: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PruneEvidenceRequest, _admin_pb2.PruneEvidenceResponse]
+    """--- evidence retention ---
+    Drop every monthly evidence partition entirely before a time, writing a signed
+    pruned-range statement per chain first (admin role).
     ---- evidence store (end) ----
     """
 
@@ -195,7 +199,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     newest first. Admin and viewer roles.
     """
     ListEvidenceChains: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListEvidenceChainsRequest, _admin_pb2.ListEvidenceChainsResponse]  # type: ignore[assignment]
-    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
+    """Every chain the store holds: node, gap-free seq stored, last received, state and alarm."""
+    PruneEvidence: _aio.UnaryUnaryMultiCallable[_admin_pb2.PruneEvidenceRequest, _admin_pb2.PruneEvidenceResponse]  # type: ignore[assignment]
+    """--- evidence retention ---
+    Drop every monthly evidence partition entirely before a time, writing a signed
+    pruned-range statement per chain first (admin role).
     ---- evidence store (end) ----
     """
 
@@ -522,7 +530,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListEvidenceChainsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListEvidenceChainsResponse, _abc.Awaitable[_admin_pb2.ListEvidenceChainsResponse]]:
-        """Every chain the store holds: node, gap-free seq stored, last received, state and alarm.
+        """Every chain the store holds: node, gap-free seq stored, last received, state and alarm."""
+
+    @_abc_1.abstractmethod
+    def PruneEvidence(
+        self,
+        request: _admin_pb2.PruneEvidenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PruneEvidenceResponse, _abc.Awaitable[_admin_pb2.PruneEvidenceResponse]]:
+        """--- evidence retention ---
+        Drop every monthly evidence partition entirely before a time, writing a signed
+        pruned-range statement per chain first (admin role).
         ---- evidence store (end) ----
         """
 
