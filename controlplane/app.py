@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
@@ -138,6 +138,11 @@ class ControlPlaneSettings:
     """Processes that parse and hash large shipped evidence batches (0: on the event loop)."""
     evidence_stale_after: float = DEFAULT_STALE_AFTER
     """Seconds without a batch after which ``admin evidence chains`` shows a chain stale."""
+    evidence_retention_days: float = 0.0
+    """Prune evidence partitions whose month ended longer ago than this (0: never on a timer;
+    ``admin evidence prune`` still does it on demand)."""
+    evidence_retention_interval: float = 3600.0
+    """Seconds between two retention rounds (the first runs at start)."""
 
 
 def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
@@ -357,6 +362,17 @@ class ControlPlane:
             ),
             asyncio.create_task(self.sync.heartbeat(s.node_heartbeat_interval), name="node-heartbeat"),
         ]
+        if s.evidence_retention_days > 0:
+            self._background.append(
+                asyncio.create_task(
+                    self._retention_loop(
+                        self.retention,
+                        timedelta(days=s.evidence_retention_days),
+                        s.evidence_retention_interval,
+                    ),
+                    name="evidence-retention",
+                )
+            )
         for service in (
             "",
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
@@ -419,6 +435,23 @@ class ControlPlane:
                 # Keep serving; the next round retries. Loud, because nodes will
                 # refuse the newest snapshot once it expires.
                 log.exception("could not re-issue the snapshot before its expiry")
+
+    @staticmethod
+    async def _retention_loop(retention: EvidenceRetention, keep: timedelta, interval: float) -> None:
+        while True:
+            try:
+                result = await retention.prune(datetime.now(UTC) - keep)
+                if result.partitions:
+                    log.info(
+                        "evidence retention dropped %s (%d chains stated)",
+                        ", ".join(result.partitions),
+                        len(result.statements),
+                    )
+            except Exception:
+                # Keep serving and keep the records: the next round retries; a refusal
+                # (a chain whose old records are not its prefix) needs an operator.
+                log.exception("evidence retention could not prune")
+            await asyncio.sleep(interval)
 
     def _follow_active_key(self, latest: Latest) -> None:
         """Keep ``<data_dir>/trust-key.pub`` the key that signs now: after a rotation made

@@ -5,7 +5,7 @@ recomputed from the compact range and the remaining leaves); ingest continues th
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,9 +14,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from controlplane.evidence.retention import PRUNED_PAYLOAD_TYPE, verify_statement
 from dataplane.evidence.log import EvidenceLog, log_path
-from tests.controlplane.evidence.conftest import NodeKeys, Stream
+from signalbox.tls import aio_channel
+from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir
 from tests.controlplane.test_cli import _signalbox
-from tests.fixtures.postgres import RunningControlPlane, sql_rows
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
+from tests.helpers import eventually
 
 JAN, FEB = datetime(2025, 1, 15, tzinfo=UTC).timestamp(), datetime(2025, 2, 15, tzinfo=UTC).timestamp()
 
@@ -155,3 +157,30 @@ async def test_a_range_that_is_not_the_chains_next_prefix_is_not_pruned(
     assert "evidence_records_y2025m01" in partitions(evidence_plane)
     assert sql_rows(evidence_plane.database_url, "SELECT 1 FROM evidence_pruned_ranges") == []
     assert len(sql_rows(evidence_plane.database_url, "SELECT 1 FROM evidence_records")) == 3
+
+
+async def test_the_retention_timer_prunes_what_is_older_than_the_setting(
+    database_url: str, private_tmp: Path, node_keys: NodeKeys
+) -> None:
+    settings = cp_settings(
+        database_url, private_tmp, evidence_retention_days=400.0, evidence_retention_interval=0.2
+    )
+    async with running_control_plane(settings, verify_checkpoint_signature=node_keys.verify) as plane:
+        directory = new_dir(private_tmp, "evidence-timer-")
+        tls = await plane.enroll("node-a", directory)
+        old = (datetime.now(UTC) - timedelta(days=500)).timestamp()
+        recent = (datetime.now(UTC) - timedelta(days=1)).timestamp()
+        async with aio_channel(plane.node_address, tls) as channel:
+            stream = Stream(channel)
+            assert (
+                await stream.ship("node-a/0", await write_at(directory, [old, old, recent]))
+            ).head_seq == 3
+            stream.close()
+
+        def pruned() -> bool:
+            return sql_rows(plane.database_url, "SELECT last_seq FROM evidence_pruned_ranges") == [(2,)]
+
+        await eventually(pruned, timeout=10, message="the timer pruned the old month")
+        assert [int(seq) for (seq,) in sql_rows(plane.database_url, "SELECT seq FROM evidence_records")] == [
+            3
+        ]
