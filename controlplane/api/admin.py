@@ -531,7 +531,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.PruneEvidenceResponse:
         if not request.HasField("before"):
             raise InvalidArgument("before", "is required")
-        result = await self._retention.prune(request.before.ToDatetime(UTC))
+        before = request.before.ToDatetime(UTC)
+        if before > datetime.now(UTC):
+            # A month still being written would be dropped while nodes ship into it.
+            raise InvalidArgument("before", "must not be in the future")
+        result = await self._retention.prune(before)
         return admin_pb2.PruneEvidenceResponse(
             partitions=result.partitions,
             ranges=[convert.evidence_pruned_range(s) for s in result.statements],
