@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
@@ -45,9 +45,12 @@ from controlplane.api.sync import ConfigSyncServicer
 from controlplane.db.embedded import EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
+from controlplane.evidence.checkpoints import CheckpointVerifier, verify_node_checkpoint
 from controlplane.evidence.export import EvidenceExporter
-from controlplane.evidence.ingest import CheckpointVerifier, EvidenceIngest, verify_node_checkpoint
-from controlplane.evidence.queries import EvidenceQueries
+from controlplane.evidence.ingest import EvidenceIngest
+from controlplane.evidence.partitions import Partitions
+from controlplane.evidence.queries import DEFAULT_STALE_AFTER, EvidenceQueries
+from controlplane.evidence.retention import EvidenceRetention
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.repositories import signing_keys as signing_key_repo
@@ -137,6 +140,13 @@ class ControlPlaneSettings:
     """Processes that parse and hash large shipped evidence batches (0: on the event loop)."""
     max_export_records: int = 1_000_000
     """The most records one Evidence Pack may hold; a larger export is refused (RESOURCE_EXHAUSTED)."""
+    evidence_stale_after: float = DEFAULT_STALE_AFTER
+    """Seconds without a batch after which ``admin evidence chains`` shows a chain stale."""
+    evidence_retention_days: float = 0.0
+    """Prune evidence partitions whose month ended longer ago than this (0: never on a timer;
+    ``admin evidence prune`` still does it on demand)."""
+    evidence_retention_interval: float = 3600.0
+    """Seconds between two retention rounds (the first runs at start)."""
 
 
 def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
@@ -159,6 +169,7 @@ class ControlPlane:
         """How shipped checkpoint notes are checked against the node's certified key; without
         one, the evidence port is not served (nothing may skip the signature check)."""
         self.evidence: EvidenceIngest | None = None
+        self.retention: EvidenceRetention | None = None
         self.address = ""
         """host:port the gRPC server is bound to (set once started)."""
         self.database_url = ""
@@ -286,6 +297,8 @@ class ControlPlane:
         )
         node_auth = NodeAuthenticator(self.identities, require_certificate=not s.tls.insecure)
         self.sync = ConfigSyncServicer(self.broker, nodes, node_auth)
+        partitions = Partitions(sessions)
+        self.retention = EvidenceRetention(sessions, self.keyring, partitions)
         admin_servicer = AdminServicer(
             tenants=TenantService(uow),
             keys=ApiKeyService(uow),
@@ -299,11 +312,12 @@ class ControlPlane:
             identities=self.identities,
             groups=groups,
             imports=ImportService(uow),
-            evidence=EvidenceQueries(sessions),
+            evidence=EvidenceQueries(sessions, stale_after=s.evidence_stale_after),
             exporter=EvidenceExporter(
                 sessions, self.keyring, self.node_ca.pem.decode(), max_records=s.max_export_records
             ),
             callers=CallerIdentityService(uow),
+            retention=self.retention,
         )
         self._interceptor = AdminInterceptor(
             self.admin,
@@ -340,11 +354,11 @@ class ControlPlane:
             NodeIdentityServicer(self.identities, node_auth), self._node_server
         )
         self.evidence = EvidenceIngest(
-            sessions, self._verify_checkpoint_signature, workers=s.evidence_workers
+            sessions, self._verify_checkpoint_signature, workers=s.evidence_workers, partitions=partitions
         )
-        evidence_pb2_grpc.add_EvidenceServiceServicer_to_server(
-            EvidenceServicer(self.evidence, node_auth), self._node_server
-        )
+        shipping = EvidenceServicer(self.evidence, node_auth)
+        self.broker.on_revoked.append(shipping.revoked)
+        evidence_pb2_grpc.add_EvidenceServiceServicer_to_server(shipping, self._node_server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._node_server)
         node_port = self._add_node_port(self._node_server)
         self.node_address = f"{s.node_listen.rsplit(':', 1)[0]}:{node_port}"
@@ -356,6 +370,17 @@ class ControlPlane:
             ),
             asyncio.create_task(self.sync.heartbeat(s.node_heartbeat_interval), name="node-heartbeat"),
         ]
+        if s.evidence_retention_days > 0:
+            self._background.append(
+                asyncio.create_task(
+                    self._retention_loop(
+                        self.retention,
+                        timedelta(days=s.evidence_retention_days),
+                        s.evidence_retention_interval,
+                    ),
+                    name="evidence-retention",
+                )
+            )
         for service in (
             "",
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
@@ -418,6 +443,23 @@ class ControlPlane:
                 # Keep serving; the next round retries. Loud, because nodes will
                 # refuse the newest snapshot once it expires.
                 log.exception("could not re-issue the snapshot before its expiry")
+
+    @staticmethod
+    async def _retention_loop(retention: EvidenceRetention, keep: timedelta, interval: float) -> None:
+        while True:
+            try:
+                result = await retention.prune(datetime.now(UTC) - keep)
+                if result.partitions:
+                    log.info(
+                        "evidence retention dropped %s (%d chains stated)",
+                        ", ".join(result.partitions),
+                        len(result.statements),
+                    )
+            except Exception:
+                # Keep serving and keep the records: the next round retries; a refusal
+                # (a chain whose old records are not its prefix) needs an operator.
+                log.exception("evidence retention could not prune")
+            await asyncio.sleep(interval)
 
     def _follow_active_key(self, latest: Latest) -> None:
         """Keep ``<data_dir>/trust-key.pub`` the key that signs now: after a rotation made

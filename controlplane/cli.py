@@ -145,6 +145,26 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the most records one evidence pack may hold; a larger export is refused",
         command=SERVE,
     )
+    settings.add(
+        serve,
+        "--evidence-stale-after",
+        env="SIGNALBOX_EVIDENCE_STALE_AFTER",
+        default=600.0,
+        type=float,
+        help="seconds without a shipped evidence batch after which `admin evidence chains` shows "
+        "the chain as stale",
+        command=SERVE,
+    )
+    settings.add(
+        serve,
+        "--evidence-retention-days",
+        env="SIGNALBOX_EVIDENCE_RETENTION_DAYS",
+        default=0.0,
+        type=float,
+        help="hourly, drop evidence partitions whose month ended more than this many days ago, "
+        "each chain's pruned range signed first (0: off; `admin evidence prune` works either way)",
+        command=SERVE,
+    )
     for flag, env, what in (
         ("--scope-deployment", "SIGNALBOX_SCOPE_DEPLOYMENT", "deployment"),
         ("--scope-site", "SIGNALBOX_SCOPE_SITE", "site"),
@@ -273,6 +293,18 @@ def serve_command(ns: argparse.Namespace) -> int:
             f"--node-stale-after: {ns.node_stale_after} is not a positive number of seconds", file=sys.stderr
         )
         return 2
+    if not (ns.evidence_retention_days >= 0 and math.isfinite(ns.evidence_retention_days)):
+        print(
+            f"--evidence-retention-days: {ns.evidence_retention_days} is not 0 or a positive number of days",
+            file=sys.stderr,
+        )
+        return 2
+    if not (ns.evidence_stale_after > 0 and math.isfinite(ns.evidence_stale_after)):
+        print(
+            f"--evidence-stale-after: {ns.evidence_stale_after} is not a positive number of seconds",
+            file=sys.stderr,
+        )
+        return 2
     if ns.max_message_bytes < 1:
         print(f"--max-message-bytes: {ns.max_message_bytes} is not a positive size", file=sys.stderr)
         return 2
@@ -313,6 +345,8 @@ def serve_command(ns: argparse.Namespace) -> int:
         max_message_bytes=ns.max_message_bytes,
         evidence_workers=ns.evidence_workers,
         max_export_records=ns.max_export_records,
+        evidence_stale_after=ns.evidence_stale_after,
+        evidence_retention_days=ns.evidence_retention_days,
     )
     if ns.evidence_workers < 0:
         print("--evidence-workers: must be 0 or more", file=sys.stderr)

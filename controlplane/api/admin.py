@@ -21,6 +21,7 @@ from controlplane.db.models import NodeGroup
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.evidence.export import EvidenceExporter
 from controlplane.evidence.queries import EvidenceFilter, EvidenceQueries
+from controlplane.evidence.retention import EvidenceRetention
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.services.callers import JWT, MTLS, CallerIdentityService
 from controlplane.services.groups import NodeGroupService
@@ -69,6 +70,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         evidence: EvidenceQueries,
         exporter: EvidenceExporter,
         callers: CallerIdentityService,
+        retention: EvidenceRetention,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -85,6 +87,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._evidence = evidence
         self._exporter = exporter
         self._callers = callers
+        self._retention = retention
 
     # ---- tenants ----
 
@@ -521,15 +524,42 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.QueryEvidenceRequest, context: Context
     ) -> admin_pb2.QueryEvidenceResponse:
         rows, truncated = await self._evidence.records(_evidence_filter(request, limit=request.limit))
+        # Pruned records are all older than their statement's pruned_before.
+        since = request.since.ToDatetime(UTC) if request.HasField("since") else None
+        pruned = [
+            convert.evidence_pruned_range(p)
+            for p in (await self._retention.pruned()).values()
+            if since is None or since < p.pruned_before
+        ]
         return admin_pb2.QueryEvidenceResponse(
-            records=[convert.evidence_record(r) for r in rows], truncated=truncated
+            records=[convert.evidence_record(r) for r in rows], truncated=truncated, pruned=pruned
         )
 
     async def ListEvidenceChains(
         self, request: admin_pb2.ListEvidenceChainsRequest, context: Context
     ) -> admin_pb2.ListEvidenceChainsResponse:
-        return admin_pb2.ListEvidenceChainsResponse(
-            chains=[convert.evidence_chain(c.chain, c.alarms) for c in await self._evidence.chains()]
+        pruned = await self._retention.pruned()
+        chains = []
+        for c in await self._evidence.chains():
+            status = convert.evidence_chain(c.chain, c.alarms, c.stale)
+            statement = pruned.get(c.chain.chain_id)
+            status.pruned_through_seq = statement.last_seq if statement is not None else 0
+            chains.append(status)
+        return admin_pb2.ListEvidenceChainsResponse(chains=chains)
+
+    async def PruneEvidence(
+        self, request: admin_pb2.PruneEvidenceRequest, context: Context
+    ) -> admin_pb2.PruneEvidenceResponse:
+        if not request.HasField("before"):
+            raise InvalidArgument("before", "is required")
+        before = request.before.ToDatetime(UTC)
+        if before > datetime.now(UTC):
+            # A month still being written would be dropped while nodes ship into it.
+            raise InvalidArgument("before", "must not be in the future")
+        result = await self._retention.prune(before)
+        return admin_pb2.PruneEvidenceResponse(
+            partitions=result.partitions,
+            ranges=[convert.evidence_pruned_range(s) for s in result.statements],
         )
 
     # ---- caller identities (ident branch) ----

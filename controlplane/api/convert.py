@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.db import models as db
 from controlplane.errors import InvalidArgument
+from controlplane.evidence.retention import PrunedStatement
 from controlplane.services.groups import GroupChange, GroupInfo, GroupSpec
 from controlplane.services.models import DeploymentSpec, ModelSpec
 from controlplane.services.providers import ProviderSpec
@@ -312,7 +313,18 @@ def evidence_record(row: db.EvidenceRecord) -> admin_pb2.EvidenceRecord:
     )
 
 
-def evidence_chain(row: db.EvidenceChain, alarms: int) -> admin_pb2.EvidenceChainStatus:
+def evidence_pruned_range(s: PrunedStatement) -> admin_pb2.EvidencePrunedRange:
+    return admin_pb2.EvidencePrunedRange(
+        chain_id=s.chain_id,
+        first_seq=s.first_seq,
+        last_seq=s.last_seq,
+        last_hash=s.last_hash,
+        pruned_before=ts(s.pruned_before),
+        statement=s.envelope,
+    )
+
+
+def evidence_chain(row: db.EvidenceChain, alarms: int, stale: bool = False) -> admin_pb2.EvidenceChainStatus:
     return admin_pb2.EvidenceChainStatus(
         chain_id=row.chain_id,
         node_id=row.node_id,
@@ -321,6 +333,7 @@ def evidence_chain(row: db.EvidenceChain, alarms: int) -> admin_pb2.EvidenceChai
         state=row.state,
         alarm=row.alarm,
         alarms=alarms,
+        stale=stale,
     )
 
 

@@ -3,13 +3,20 @@
 The node is the certificate's (``controlplane.api.node_auth``), never what a batch claims;
 with ``--insecure`` (no certificate) the first batch's chain names the node, as a Hello
 does for config sync. Batches are taken one at a time per stream, so ACKs come in order.
+
+Revocation ends shipping as it ends config sync: the broker's revocation notice (every
+replica LISTENs for it) ends this node's streams here at once, even idle ones; and before
+each batch the certificate is looked up again, so a batch that arrives after ``RevokeNode``
+committed is refused (PERMISSION_DENIED) with nothing of it stored, whether or not the
+notice has arrived yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -20,6 +27,7 @@ from controlplane.errors import ControlPlaneError, PermissionDenied
 from controlplane.evidence.errors import EvidenceRefused
 from controlplane.evidence.ingest import CHAIN_ID_RE, Batch, EvidenceIngest
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
+from signalbox.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +36,36 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
     def __init__(self, ingest: EvidenceIngest, auth: NodeAuthenticator) -> None:
         self._ingest = ingest
         self._auth = auth
+        self._streams: dict[str, set[asyncio.Event]] = {}
+        """Per node id: an event per Ship stream open here, set when the node is revoked."""
+
+    def revoked(self, node_id: str) -> None:
+        """``node_id``'s certificates were revoked: end its streams on this replica."""
+        for event in self._streams.get(node_id, ()):
+            event.set()
+
+    async def _batches(
+        self, request_iterator: AsyncIterator[evidence_pb2.ShipBatch], revoked: asyncio.Event
+    ) -> AsyncGenerator[evidence_pb2.ShipBatch | None]:
+        """The stream's batches; None once ``revoked`` is set (then no more are read)."""
+        requests = aiter(request_iterator)
+        stop = asyncio.ensure_future(revoked.wait())
+        batch: asyncio.Future[evidence_pb2.ShipBatch | None] | None = None
+        try:
+            while True:
+                batch = asyncio.ensure_future(anext(requests, None))
+                await asyncio.wait((batch, stop), return_when=asyncio.FIRST_COMPLETED)
+                if stop.done():
+                    yield None
+                    return
+                item = batch.result()
+                if item is None:
+                    return
+                yield item
+        finally:
+            stop.cancel()
+            if batch is not None:
+                batch.cancel()
 
     async def Ship(
         self,
@@ -36,48 +74,57 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
     ) -> AsyncIterator[evidence_pb2.ShipAck]:
         node_id = ""
         public_key = b""
+        revoked = asyncio.Event()
         try:
             identity = await self._auth.authenticate(context)
             if identity is not None:
                 node_id, public_key = identity.node_id, identity.public_key
-            async for batch in request_iterator:
-                if not node_id:  # insecure node port: development only
-                    match = CHAIN_ID_RE.fullmatch(batch.chain_id)
-                    node_id = match.group("node") if match else ""
-                try:
-                    # An insecure node port (development) has no certificate to check a
-                    # checkpoint with: its records are stored, its checkpoints are not.
-                    notes = list(batch.checkpoints) if identity is not None else []
-                    ack = await self._ingest.ingest(
-                        node_id, Batch(batch.chain_id, list(batch.records), notes), public_key
-                    )
-                except PermissionDenied:
-                    raise
-                except EvidenceRefused as exc:
-                    yield evidence_pb2.ShipAck(
-                        chain_id=batch.chain_id,
-                        error=evidence_pb2.BatchError(
-                            code=exc.status.name, message=bounded(exc.message), seq=exc.seq
-                        ),
-                    )
-                    continue
-                reply = evidence_pb2.ShipAck(
-                    chain_id=ack.chain_id,
-                    head_seq=ack.head_seq,
-                    stored=ack.stored,
-                    duplicates=ack.duplicates,
-                    checkpoints=ack.checkpoints,
-                )
-                if ack.refused is not None:
-                    log.warning("evidence from node %s refused: %s", node_id, bounded(ack.refused.message))
-                    reply.error.CopyFrom(
-                        evidence_pb2.BatchError(
-                            code=ack.refused.status.name,
-                            message=bounded(ack.refused.message),
-                            seq=ack.refused.seq,
+                self._streams.setdefault(node_id, set()).add(revoked)
+            batches = contextlib.aclosing(self._batches(request_iterator, revoked))
+            async with batches as stream:
+                async for batch in stream:
+                    if batch is None or (identity is not None and await self._auth.revoked_since(identity)):
+                        log.warning("node %s revoked: ending its evidence stream", printable(node_id))
+                        raise PermissionDenied(f"node {node_id}: certificate revoked")
+                    if not node_id:  # insecure node port: development only
+                        match = CHAIN_ID_RE.fullmatch(batch.chain_id)
+                        node_id = match.group("node") if match else ""
+                    try:
+                        # An insecure node port (development) has no certificate to check a
+                        # checkpoint with: its records are stored, its checkpoints are not.
+                        notes = list(batch.checkpoints) if identity is not None else []
+                        ack = await self._ingest.ingest(
+                            node_id, Batch(batch.chain_id, list(batch.records), notes), public_key
                         )
+                    except PermissionDenied:
+                        raise
+                    except EvidenceRefused as exc:
+                        yield evidence_pb2.ShipAck(
+                            chain_id=batch.chain_id,
+                            error=evidence_pb2.BatchError(
+                                code=exc.status.name, message=bounded(exc.message), seq=exc.seq
+                            ),
+                        )
+                        continue
+                    reply = evidence_pb2.ShipAck(
+                        chain_id=ack.chain_id,
+                        head_seq=ack.head_seq,
+                        stored=ack.stored,
+                        duplicates=ack.duplicates,
+                        checkpoints=ack.checkpoints,
                     )
-                yield reply
+                    if ack.refused is not None:
+                        log.warning(
+                            "evidence from node %s refused: %s", node_id, bounded(ack.refused.message)
+                        )
+                        reply.error.CopyFrom(
+                            evidence_pb2.BatchError(
+                                code=ack.refused.status.name,
+                                message=bounded(ack.refused.message),
+                                seq=ack.refused.seq,
+                            )
+                        )
+                    yield reply
         except ControlPlaneError as exc:
             code, message = status_for(exc) or (grpc.StatusCode.INTERNAL, "evidence stream failed")
             log.warning("evidence stream of %s refused: %s", node_id or context.peer(), message)
@@ -89,3 +136,9 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
             # node resends it. The cause is for operators, not for the node.
             log.exception("evidence from %s could not be stored", node_id or context.peer())
             await context.abort(grpc.StatusCode.UNAVAILABLE, "evidence could not be stored now; resend")
+        finally:
+            streams = self._streams.get(node_id)
+            if streams is not None:
+                streams.discard(revoked)
+                if not streams:
+                    del self._streams[node_id]

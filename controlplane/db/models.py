@@ -502,6 +502,25 @@ class EvidenceCheckpoint(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
+class EvidencePrunedRange(Base):
+    """A signed statement of records removed from a chain by retention (migration 0014):
+    ``first_seq..last_seq`` left with their partitions; ``statement`` is the DSSE envelope
+    (``controlplane.evidence.retention``) that says so, with the Merkle compact range of
+    records 1..last_seq. Append-only like the other evidence tables."""
+
+    __tablename__ = "evidence_pruned_ranges"
+    __table_args__ = (Index("ix_evidence_pruned_ranges_chain_id_last_seq", "chain_id", "last_seq"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    chain_id: Mapped[str] = mapped_column(String(CHAIN_ID_CHARS))
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    pruned_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    statement: Mapped[bytes] = mapped_column(LargeBinary)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
     """Alembic's filter: partitions of ``evidence_records`` are made at run time (and
     inherit the parent's indexes), not by a model; comparing them would always drift."""

@@ -9,7 +9,9 @@
     │                                                  checkpoint root the stored records do not make)
     ├── PermissionDenied         PERMISSION_DENIED    (a chain of another node)
     ├── ExportTooLarge           RESOURCE_EXHAUSTED   (a pack query matching more than the limit)
-    └── ExportImpossible         FAILED_PRECONDITION  (a chain whose records cannot be proven now)
+    ├── ExportImpossible         FAILED_PRECONDITION  (a chain whose records cannot be proven now)
+    └── PruneRefused             FAILED_PRECONDITION  (retention: the records of the partitions to drop
+                                                       are not a chain's next prefix; nothing pruned)
 
 Every message names the chain and the record (seq, line in the batch) or the checkpoint, and
 carries digests and ids only, never record content.
@@ -72,4 +74,8 @@ class ExportTooLarge(ControlPlaneError):
 class ExportImpossible(ControlPlaneError):
     """A chain the pack needs cannot be proven from the store (its early records are gone)."""
 
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PruneRefused(ControlPlaneError):
     status = grpc.StatusCode.FAILED_PRECONDITION

@@ -29,15 +29,24 @@ class EvidenceFilter:
     limit: int = 0
 
 
+DEFAULT_STALE_AFTER = 600.0
+
+
 @dataclass(frozen=True, slots=True)
 class ChainStatus:
     chain: EvidenceChain
     alarms: int
+    stale: bool = False
+    """No batch for longer than ``stale_after``: the node stopped shipping this chain."""
 
 
 class EvidenceQueries:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, stale_after: float = DEFAULT_STALE_AFTER
+    ) -> None:
+        """``stale_after``: seconds without a batch after which a chain is shown stale."""
         self._sessions = sessions
+        self._stale_after = stale_after
 
     async def records(self, f: EvidenceFilter) -> tuple[list[EvidenceRecord], bool]:
         """The newest matching records (at most the limit) and whether more matched."""
@@ -71,10 +80,15 @@ class EvidenceQueries:
             .group_by(EvidenceAlarm.chain_id)
             .subquery()
         )
+        # The database's clock, as ``last_received_at`` is the database's ``now()``.
+        stale = sa.func.coalesce(EvidenceChain.last_received_at, EvidenceChain.created_at) < (
+            sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, self._stale_after)
+        )
         query = (
-            sa.select(EvidenceChain, sa.func.coalesce(alarms.c.n, 0))
+            sa.select(EvidenceChain, sa.func.coalesce(alarms.c.n, 0), stale)
             .outerjoin(alarms, alarms.c.chain_id == EvidenceChain.chain_id)
             .order_by(EvidenceChain.chain_id)
         )
         async with self._sessions() as session:
-            return [ChainStatus(chain, int(n)) for chain, n in (await session.execute(query)).all()]
+            rows = (await session.execute(query)).all()
+        return [ChainStatus(chain, int(n), bool(old)) for chain, n, old in rows]

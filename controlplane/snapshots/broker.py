@@ -105,6 +105,9 @@ class SnapshotBroker:
         self._listening = asyncio.Event()
         self._closed = False
         self.on_update: list[Callable[[Latest], None]] = []
+        self.on_revoked: list[Callable[[str], None]] = []
+        """Called with a node id whose certificates were revoked (on every replica): other
+        node-port streams of that node (evidence shipping) end too."""
 
     def latest_for(self, group: str) -> Latest | None:
         """``group``'s newest snapshot as last loaded (None: it has none)."""
@@ -201,6 +204,8 @@ class SnapshotBroker:
             if sub.node_id == node_id:
                 sub.queue.put_nowait(REVOKED)
                 count += 1
+        for callback in self.on_revoked:
+            callback(node_id)
         return count
 
     def offer(

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from signalbox.shell.admin_cli.output import (
     EVIDENCE_CHAIN_COLUMNS,
     EVIDENCE_COLUMNS,
     EVIDENCE_CONTENT_FLAG,
+    EVIDENCE_PRUNED_COLUMNS,
     GROUP_COLUMNS,
     KEY_COLUMNS,
     MODEL_COLUMNS,
@@ -39,6 +41,7 @@ from signalbox.shell.admin_cli.output import (
     deleted,
     enroll_token_row,
     evidence_chain_row,
+    evidence_pruned_row,
     evidence_row,
     explanation,
     group_row,
@@ -57,6 +60,7 @@ from signalbox.shell.admin_cli.output import (
 )
 from signalbox.shell.admin_cli.output import snapshot_diff as render_diff
 from signalbox.shell.progress import records_bar
+from signalbox.text import printable
 
 # The AdminService stub with token and deadline bound (``run._with_call_options``); grpc-stubs
 # types stubs as synchronous, which grpc.aio ones are not.
@@ -573,12 +577,25 @@ async def evidence_query(stub: Stub, ns: argparse.Namespace) -> Output:
         request.until.FromDatetime(ns.until)
     r = await stub.QueryEvidence(request)
     output = Output(r, EVIDENCE_COLUMNS, [evidence_row(x) for x in r.records])
+    for pruned in r.pruned:
+        print(
+            f"(chain {printable(pruned.chain_id, 100)}: records 1..{pruned.last_seq}, older than "
+            f"{pruned.pruned_before.ToDatetime(UTC).isoformat()}, were pruned; --json has the signed statement)",
+            file=sys.stderr,
+        )
     if r.truncated:
         print(
             f"(more records match: raise --limit above {len(r.records)} or narrow the filters)",
             file=sys.stderr,
         )
     return output
+
+
+async def evidence_prune(stub: Stub, ns: argparse.Namespace) -> Output:
+    request = admin_pb2.PruneEvidenceRequest()
+    request.before.FromDatetime(ns.before)
+    r = await stub.PruneEvidence(request)
+    return Output(r, EVIDENCE_PRUNED_COLUMNS, [evidence_pruned_row(x) for x in r.ranges])
 
 
 async def evidence_chains(stub: Stub, ns: argparse.Namespace) -> Output:

@@ -71,7 +71,10 @@ SNAPSHOT_LIST_COLUMNS = ("version", "sha256", "created_at", "created_by", "reaso
 EVIDENCE_COLUMNS = (
     "time", "chain", "seq", "correlation_id", "tenant", "api_key", "model", "outcome", "record_id", "hash",
 )  # fmt: skip
-EVIDENCE_CHAIN_COLUMNS = ("chain", "node", "shipped_seq", "last_received", "state", "alarms", "alarm")
+EVIDENCE_CHAIN_COLUMNS = (
+    "chain", "node", "shipped_seq", "pruned_through", "last_received", "state", "alarms", "alarm",
+)  # fmt: skip
+EVIDENCE_PRUNED_COLUMNS = ("chain", "first_seq", "last_seq", "last_hash", "pruned_before")
 
 
 def _time(ts: Any) -> str:
@@ -333,8 +336,19 @@ def evidence_chain_row(c: admin_pb2.EvidenceChainStatus) -> tuple[object, ...]:
         printable(c.chain_id, 100),
         printable(c.node_id, 100),
         c.head_seq,
+        c.pruned_through_seq or "-",
         _time(c.last_received_at),
-        c.state,
+        f"{c.state}, stale" if c.stale else c.state,
         c.alarms,
         printable(c.alarm, 200),
+    )
+
+
+def evidence_pruned_row(r: admin_pb2.EvidencePrunedRange) -> tuple[object, ...]:
+    return (
+        printable(r.chain_id, 100),
+        r.first_seq,
+        r.last_seq,
+        r.last_hash.hex()[:16],
+        _time(r.pruned_before),
     )

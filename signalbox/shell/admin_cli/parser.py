@@ -12,6 +12,7 @@ from signalbox.shell.admin_cli.commands import (
     Action,
     evidence_chains,
     evidence_export,
+    evidence_prune,
     evidence_query,
     group_create,
     group_delete,
@@ -454,6 +455,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     _evidence_filters(p)
     p.add_argument("--out", required=True, metavar="PACK", help="the pack file to write (0600)")
+
+    p = _verb(
+        evidence,
+        "prune",
+        evidence_prune,
+        "drop the monthly partitions before a time, a signed pruned-range statement per chain first "
+        "(admin role)",
+    )
+    p.add_argument(
+        "--before",
+        type=_utc_time,
+        required=True,
+        help="prune months that end by this time (ISO 8601; UTC when no zone)",
+    )
 
 
 def _tenant_evidence_options(p: argparse.ArgumentParser) -> None:

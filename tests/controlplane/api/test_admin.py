@@ -596,6 +596,7 @@ def test_every_admin_rpc_is_classified_for_roles() -> None:
                 "Add",
                 "Remove",
                 "Certify",
+                "Prune",
             )
         )
         for m in mutating

@@ -18,7 +18,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from controlplane.evidence.ingest import CHECKPOINT_ORIGIN
+from controlplane.evidence.checkpoints import CHECKPOINT_ORIGIN
 from dataplane.evidence.log import EvidenceLog, log_path, record_hash
 from dataplane.evidence.merkle import Tree
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc

@@ -4,6 +4,7 @@ holding shipped records: filters, JSON and table output, a viewer may read, call
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import grpc
 import pytest
 
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
-from tests.controlplane.evidence.conftest import Stream, write_records
+from signalbox.tls import aio_channel
+from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, write_records
 from tests.controlplane.test_cli import _signalbox
-from tests.fixtures.postgres import RunningControlPlane, sql_rows
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -94,3 +97,42 @@ async def test_query_needs_a_token(shipped: RunningControlPlane) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await admin_pb2_grpc.AdminServiceStub(channel).QueryEvidence(admin_pb2.QueryEvidenceRequest())
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_chain_that_stopped_shipping_is_shown_stale(
+    database_url: str, private_tmp: Path, node_keys: NodeKeys
+) -> None:
+    settings = cp_settings(database_url, private_tmp, evidence_stale_after=1.0)
+    async with running_control_plane(settings, verify_checkpoint_signature=node_keys.verify) as plane:
+        directory = new_dir(private_tmp, "evidence-stale-")
+        tls = await plane.enroll("node-s", directory)
+        async with (
+            aio_channel(plane.node_address, tls) as node_channel,
+            grpc.aio.insecure_channel(plane.address) as channel,
+        ):
+            stream = Stream(node_channel)
+            assert (await stream.ship("node-s/0", await write_records(directory, "node-s", 2))).head_seq == 2
+            admin = admin_pb2_grpc.AdminServiceStub(channel)
+
+            async def chain() -> admin_pb2.EvidenceChainStatus:
+                listed = await admin.ListEvidenceChains(
+                    admin_pb2.ListEvidenceChainsRequest(), metadata=plane.metadata
+                )
+                (status,) = listed.chains
+                return status
+
+            assert (await chain()).stale is False
+            await eventually(lambda: _stale(chain()), timeout=10, message="chain shown stale")
+            code, out, err = await _signalbox(
+                "admin", "--target", plane.address, "--token", plane.token, "evidence", "chains"
+            )
+            assert code == 0, err
+            assert "ok, stale" in out
+            # A batch makes it fresh again.
+            assert (await stream.ship("node-s/0", [])).head_seq == 2
+            assert (await chain()).stale is False
+            stream.close()
+
+
+async def _stale(status: Awaitable[admin_pb2.EvidenceChainStatus]) -> bool:
+    return (await status).stale

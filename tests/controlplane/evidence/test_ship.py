@@ -48,6 +48,14 @@ async def test_a_batch_is_stored_then_acknowledged_and_a_replay_is_idempotent(
     # The exact bytes are kept: they still hash to the record's hash.
     body = sql_rows(evidence_plane.database_url, "SELECT body FROM evidence_records WHERE seq = 3")[0][0]
     assert bytes(body) + b"\n" == lines[2]
+    # The binary COPY row holds the record's time to the microsecond and its raw digests.
+    record = json.loads(lines[2])
+    ts, digest, prev = sql_rows(
+        evidence_plane.database_url,
+        "SELECT ts, hash, prev_hash FROM evidence_records WHERE seq = 3",
+    )[0]
+    assert ts == datetime.fromtimestamp(record["ts"], UTC)
+    assert (bytes(digest).hex(), bytes(prev).hex()) == (record["hash"], record["prev_hash"])
 
     again = await stream.ship("node-a/0", lines)
     assert (again.head_seq, again.stored, again.duplicates, again.HasField("error")) == (10, 0, 10, False)
@@ -143,13 +151,18 @@ async def test_records_of_another_node_inside_an_own_chain_are_refused(
 async def test_hostile_batches_get_precise_bounded_errors(
     evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
 ) -> None:
-    stream, _ = node
+    stream, directory = node
     ack = await stream.ship("node-a/0", [b"not json\n"])
     assert ack.error.message == "chain 'node-a/0': line 1 of the batch: not a JSON record"
     ack = await stream.ship("node-a/0", [b"x" * (64 * 1024 + 1)])
     assert "line 1 of the batch: 65537 bytes, at most 65536" in ack.error.message
     ack = await stream.ship("node-a/0", [b"{}"] * 10_001)
     assert ack.error.message == "records: 10001 in one batch, at most 10000"
+    nul = seal({**json.loads((await write_records(directory, "node-a", 1))[0]), "record_id": "a\x00b"})
+    ack = await stream.ship("node-a/0", [nul])
+    assert ack.error.message == (
+        "chain 'node-a/0': record seq 1 (line 1 of the batch): record_id must be 1..64 characters without NUL"
+    )
     ack = await stream.ship("node-a/x", [])
     assert ack.error.message.startswith("chain_id: must be <node id>/<worker number>")
     assert sql_rows(evidence_plane.database_url, "SELECT 1 FROM evidence_records") == []

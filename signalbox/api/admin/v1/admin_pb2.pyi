@@ -2405,19 +2405,28 @@ class QueryEvidenceResponse(_message.Message):
 
     RECORDS_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    PRUNED_FIELD_NUMBER: _builtins.int
     truncated: _builtins.bool
     """More records matched than the limit."""
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvidenceRecord]: ...
+    @_builtins.property
+    def pruned(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvidencePrunedRange]:
+        """--- evidence retention ---
+        Chains whose early records were pruned before the queried time range ended: records up
+        to each range's last_seq are not in the store (the statement says so, signed).
+        """
+
     def __init__(
         self,
         *,
         records: _abc.Iterable[Global___EvidenceRecord] | None = ...,
         truncated: _builtins.bool = ...,
+        pruned: _abc.Iterable[Global___EvidencePrunedRange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pruned", b"pruned", "records", b"records", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2449,6 +2458,8 @@ class EvidenceChainStatus(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     ALARM_FIELD_NUMBER: _builtins.int
     ALARMS_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    PRUNED_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
     chain_id: _builtins.str
     node_id: _builtins.str
     head_seq: _builtins.int
@@ -2459,6 +2470,15 @@ class EvidenceChainStatus(_message.Message):
     """Why the chain is not ok (names the record or checkpoint)."""
     alarms: _builtins.int
     """Alarm rows recorded for the chain."""
+    stale: _builtins.bool
+    """--- evidence ingest: staleness ---
+    No batch for longer than the control plane's --evidence-stale-after (the node stopped
+    shipping, or cannot reach this control plane); shown beside the state.
+    """
+    pruned_through_seq: _builtins.int
+    """--- evidence retention ---
+    Records 1..pruned_through_seq of the chain were pruned (0: none), behind a signed statement.
+    """
     @_builtins.property
     def last_received_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -2471,10 +2491,12 @@ class EvidenceChainStatus(_message.Message):
         state: _builtins.str = ...,
         alarm: _builtins.str = ...,
         alarms: _builtins.int = ...,
+        stale: _builtins.bool = ...,
+        pruned_through_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_received_at", b"last_received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm", "alarms", b"alarms", "chain_id", b"chain_id", "head_seq", b"head_seq", "last_received_at", b"last_received_at", "node_id", b"node_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm", "alarms", b"alarms", "chain_id", b"chain_id", "head_seq", b"head_seq", "last_received_at", b"last_received_at", "node_id", b"node_id", "pruned_through_seq", b"pruned_through_seq", "stale", b"stale", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2811,3 +2833,91 @@ class RemoveMtlsMappingRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RemoveMtlsMappingRequest: _TypeAlias = RemoveMtlsMappingRequest  # noqa: Y015
+
+@_typing.final
+class PruneEvidenceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEFORE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def before(self) -> _timestamp_pb2.Timestamp:
+        """Every monthly partition whose whole month is before this time is dropped."""
+
+    def __init__(
+        self,
+        *,
+        before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["before", b"before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before", b"before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneEvidenceRequest: _TypeAlias = PruneEvidenceRequest  # noqa: Y015
+
+@_typing.final
+class EvidencePrunedRange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAIN_ID_FIELD_NUMBER: _builtins.int
+    FIRST_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_HASH_FIELD_NUMBER: _builtins.int
+    PRUNED_BEFORE_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    chain_id: _builtins.str
+    first_seq: _builtins.int
+    last_seq: _builtins.int
+    last_hash: _builtins.bytes
+    statement: _builtins.bytes
+    """The DSSE envelope (JSON) signed by the control plane's snapshot signing keys:
+    payload type application/vnd.signalbox.evidence-pruned.v1+json.
+    """
+    @_builtins.property
+    def pruned_before(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        chain_id: _builtins.str = ...,
+        first_seq: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
+        last_hash: _builtins.bytes = ...,
+        pruned_before: _timestamp_pb2.Timestamp | None = ...,
+        statement: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pruned_before", b"pruned_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_id", b"chain_id", "first_seq", b"first_seq", "last_hash", b"last_hash", "last_seq", b"last_seq", "pruned_before", b"pruned_before", "statement", b"statement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvidencePrunedRange: _TypeAlias = EvidencePrunedRange  # noqa: Y015
+
+@_typing.final
+class PruneEvidenceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    RANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The partitions dropped."""
+
+    @_builtins.property
+    def ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvidencePrunedRange]:
+        """One per chain that had records in them."""
+
+    def __init__(
+        self,
+        *,
+        partitions: _abc.Iterable[_builtins.str] | None = ...,
+        ranges: _abc.Iterable[Global___EvidencePrunedRange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partitions", b"partitions", "ranges", b"ranges"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneEvidenceResponse: _TypeAlias = PruneEvidenceResponse  # noqa: Y015

@@ -246,6 +246,11 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsResponse.FromString,
                 _registered_method=True)
+        self.PruneEvidence = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/PruneEvidence',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.PruneEvidenceRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.PruneEvidenceResponse.FromString,
+                _registered_method=True)
         self.ExportEvidence = channel.unary_stream(
                 '/signalbox.api.admin.v1.AdminService/ExportEvidence',
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ExportEvidenceRequest.SerializeToString,
@@ -571,6 +576,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PruneEvidence(self, request, context):
+        """--- evidence retention ---
+        Drop every monthly evidence partition entirely before a time, writing a signed
+        pruned-range statement per chain first (admin role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportEvidence(self, request, context):
         """---- evidence store (end) ----
         ---- evidence packs (packs branch) ----
@@ -836,6 +850,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListEvidenceChains,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsResponse.SerializeToString,
+            ),
+            'PruneEvidence': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneEvidence,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.PruneEvidenceRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.PruneEvidenceResponse.SerializeToString,
             ),
             'ExportEvidence': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportEvidence,
@@ -2007,6 +2026,33 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/ListEvidenceChains',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListEvidenceChainsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneEvidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/PruneEvidence',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.PruneEvidenceRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.PruneEvidenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

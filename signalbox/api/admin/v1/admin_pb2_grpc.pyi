@@ -119,6 +119,11 @@ class AdminServiceStub:
     """
     ListEvidenceChains: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListEvidenceChainsRequest, _admin_pb2.ListEvidenceChainsResponse]
     """Every chain the store holds: node, gap-free seq stored, last received, state and alarm."""
+    PruneEvidence: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PruneEvidenceRequest, _admin_pb2.PruneEvidenceResponse]
+    """--- evidence retention ---
+    Drop every monthly evidence partition entirely before a time, writing a signed
+    pruned-range statement per chain first (admin role).
+    """
     ExportEvidence: _grpc.UnaryStreamMultiCallable[_admin_pb2.ExportEvidenceRequest, _admin_pb2.EvidencePackChunk]
     """---- evidence store (end) ----
     ---- evidence packs (packs branch) ----
@@ -227,6 +232,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListEvidenceChains: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListEvidenceChainsRequest, _admin_pb2.ListEvidenceChainsResponse]  # type: ignore[assignment]
     """Every chain the store holds: node, gap-free seq stored, last received, state and alarm."""
+    PruneEvidence: _aio.UnaryUnaryMultiCallable[_admin_pb2.PruneEvidenceRequest, _admin_pb2.PruneEvidenceResponse]  # type: ignore[assignment]
+    """--- evidence retention ---
+    Drop every monthly evidence partition entirely before a time, writing a signed
+    pruned-range statement per chain first (admin role).
+    """
     ExportEvidence: _aio.UnaryStreamMultiCallable[_admin_pb2.ExportEvidenceRequest, _admin_pb2.EvidencePackChunk]  # type: ignore[assignment]
     """---- evidence store (end) ----
     ---- evidence packs (packs branch) ----
@@ -584,6 +594,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListEvidenceChainsResponse, _abc.Awaitable[_admin_pb2.ListEvidenceChainsResponse]]:
         """Every chain the store holds: node, gap-free seq stored, last received, state and alarm."""
+
+    @_abc_1.abstractmethod
+    def PruneEvidence(
+        self,
+        request: _admin_pb2.PruneEvidenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PruneEvidenceResponse, _abc.Awaitable[_admin_pb2.PruneEvidenceResponse]]:
+        """--- evidence retention ---
+        Drop every monthly evidence partition entirely before a time, writing a signed
+        pruned-range statement per chain first (admin role).
+        """
 
     @_abc_1.abstractmethod
     def ExportEvidence(

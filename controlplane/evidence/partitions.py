@@ -1,0 +1,81 @@
+"""The monthly partitions of ``evidence_records``: made ahead of the records that need them.
+
+Each is created in a short transaction of its own (it takes a strong lock on the parent),
+serialized across replicas by an advisory lock, with the same append-only protection as
+the tables of migration 0012: UPDATE, DELETE and TRUNCATE revoked, a TRUNCATE trigger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane.db.models import EVIDENCE_PARTITION_PREFIX
+
+LOCK = "SELECT pg_advisory_xact_lock(hashtext('evidence_partitions'))"
+"""Taken by whoever creates or drops partitions, for the rest of its transaction."""
+
+
+def month_bounds(year: int, month: int) -> tuple[datetime, datetime]:
+    """``[start, end)`` of a calendar month in UTC."""
+    return datetime(year, month, 1, tzinfo=UTC), datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+
+
+def partition_name(year: int, month: int) -> str:
+    return f"{EVIDENCE_PARTITION_PREFIX}y{year:04d}m{month:02d}"
+
+
+class Partitions:
+    """Knows which monthly partitions exist; one per ingest."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._known: set[str] = set()
+        """Monthly partitions known to exist (or whose month the DEFAULT partition keeps)."""
+
+    def forget(self, name: str) -> None:
+        """``name`` was dropped: a late record of its month makes it again."""
+        self._known.discard(name)
+
+    async def ensure(self, times: Iterable[datetime]) -> None:
+        """Monthly partitions for ``times``: once per month per process."""
+        months = {(t.year, t.month) for t in times}
+        for year, month in sorted(months):
+            name = partition_name(year, month)
+            if name in self._known:
+                continue
+            start, end = month_bounds(year, month)
+            async with self._sessions() as session, session.begin():
+                await session.execute(sa.text(LOCK))
+                exists = (await session.execute(sa.text("SELECT to_regclass(:n)"), {"n": name})).scalar()
+                if exists is None:
+                    # Records of that month already in DEFAULT would make the new partition's
+                    # constraint fail: they stay where they are, and so does the month.
+                    in_default = (
+                        await session.execute(
+                            sa.text(
+                                "SELECT EXISTS (SELECT 1 FROM evidence_records_default WHERE ts >= :a AND ts < :b)"
+                            ),
+                            {"a": start, "b": end},
+                        )
+                    ).scalar()
+                    if not in_default:
+                        await session.execute(
+                            sa.text(
+                                f"CREATE TABLE {name} PARTITION OF evidence_records "
+                                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+                            )
+                        )
+                        await session.execute(
+                            sa.text(f"REVOKE UPDATE, DELETE, TRUNCATE ON {name} FROM PUBLIC, CURRENT_USER")
+                        )
+                        await session.execute(
+                            sa.text(
+                                f"CREATE TRIGGER {name}_no_truncate BEFORE TRUNCATE ON {name} "
+                                "FOR EACH STATEMENT EXECUTE FUNCTION evidence_append_only()"
+                            )
+                        )
+            self._known.add(name)

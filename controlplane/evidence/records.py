@@ -1,0 +1,217 @@
+"""A shipped record line checked on its own, and turned into its row.
+
+Per line: bounded in size, a JSON object, ``seq``/``hash``/``prev_hash``/``ts``/``record_id``
+well-formed, of this chain and node, and its hash recomputed over the line's bytes
+(``hash_of_line``). How the records continue the chain is ``controlplane.evidence.ingest``'s.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from controlplane.errors import shown
+from controlplane.evidence.errors import ChainBroken, EvidenceRefused
+from controlplane.limits import INT64_MAX, KEY_ID_CHARS, NAME_CHARS, RESULT_CHARS
+from dataplane.evidence.log import hash_of_line
+from dataplane.evidence.shipper import chain_of
+
+MAX_RECORD_BYTES = 64 * 1024
+TS_MIN = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
+TS_MAX = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+COLUMNS = (
+    "chain_id, seq, ts, record_id, hash, prev_hash, node_id, correlation_id, tenant_id, api_key_id, model, "
+    "outcome, body"
+)
+"""The ``evidence_records`` columns a record's COPY row holds, in order."""
+
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+COPY_TRAILER = struct.pack("!h", -1)
+"""A binary COPY is ``COPY_HEADER``, rows, ``COPY_TRAILER``."""
+
+_PG_EPOCH_US = 946_684_800_000_000
+"""2000-01-01 UTC in microseconds since 1970: binary timestamptz counts from it."""
+_DAY = 86_400
+_LEN = struct.Struct("!i").pack
+_SEQ_TS = struct.Struct("!iqiq").pack
+_HASHES = struct.Struct("!i32si32s").pack
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """The records of a batch that passed the checks of their own, in columns: record ``i``
+    is line ``i + 1`` of the batch. Columns rather than an object per record: this is built
+    for every record shipped, and pickled back from the parsing process."""
+
+    seqs: list[int]
+    hashes: list[bytes]
+    prev_hashes: list[bytes]
+    rows: bytes
+    """The records' rows in binary COPY format, concatenated (no header, no trailer)."""
+    ends: list[int]
+    """Record ``i``'s row is ``rows[ends[i - 1] : ends[i]]`` (from 0 for the first)."""
+    days: set[int]
+    """Days since 1970 (UTC) the records' times fall on: the partitions they need."""
+    refused: EvidenceRefused | None
+    """Why the line after the last record was refused (None: every line parsed)."""
+
+    def rows_of(self, indexes: Sequence[int]) -> bytes:
+        """The rows of records ``indexes`` (ascending), joined; one slice when contiguous."""
+        if not indexes:
+            return b""
+        first, last = indexes[0], indexes[-1]
+        ends = self.ends
+        if last - first + 1 == len(indexes):
+            return self.rows[ends[first - 1] if first else 0 : ends[last]]
+        return b"".join(self.rows[ends[i - 1] if i else 0 : ends[i]] for i in indexes)
+
+    def times(self) -> set[datetime]:
+        return {datetime.fromtimestamp(day * _DAY, UTC) for day in self.days}
+
+
+def _text(value: Any, limit: int) -> bytes:
+    """A filter column: a string as sent (bounded, without NUL), anything else empty."""
+    if type(value) is not str:
+        return b"\0\0\0\0"
+    text: str = value
+    if len(text) > limit or "\x00" in text:
+        text = text.replace("\x00", "")[:limit]
+    data = text.encode()
+    return _LEN(len(data)) + data
+
+
+def where(chain_id: str, line: int, seq: int | None = None) -> str:
+    """How a refusal names a record: its chain, seq (when readable) and line in the batch."""
+    at = f"record seq {seq} (line {line} of the batch)" if seq is not None else f"line {line} of the batch"
+    return f"chain {shown(chain_id)}: {at}"
+
+
+def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
+    """Every line checked on its own (bounded, JSON, its own hash, its chain and node) up to
+    the first one refused; the records before it and that refusal."""
+    seqs: list[int] = []
+    hashes: list[bytes] = []
+    prevs: list[bytes] = []
+    ends: list[int] = []
+    days: set[int] = set()
+    rows: list[bytes] = []
+    size = 0
+    chain_bytes = chain_id.encode()
+    node_bytes = node_id.encode()
+    head = struct.pack("!h", 13) + _LEN(len(chain_bytes)) + chain_bytes
+    node_field = _LEN(len(node_bytes)) + node_bytes
+    default_chain = f"{node_id}/0"
+    fromhex = bytes.fromhex
+    loads = orjson.loads
+    hex64 = _HEX64.fullmatch
+    refused: EvidenceRefused | None = None
+    for line_no, line in enumerate(lines, start=1):
+        if len(line) > MAX_RECORD_BYTES:
+            refused = EvidenceRefused(
+                f"{where(chain_id, line_no)}: {len(line)} bytes, at most {MAX_RECORD_BYTES}"
+            )
+            break
+        body = line[:-1] if line.endswith(b"\n") else line
+        try:
+            record = loads(body)
+        except orjson.JSONDecodeError as exc:
+            refused = EvidenceRefused(f"{where(chain_id, line_no)}: not a JSON record")
+            refused.__cause__ = exc
+            break
+        if type(record) is not dict:
+            refused = EvidenceRefused(f"{where(chain_id, line_no)}: not a JSON object")
+            break
+        get = record.get
+        seq, digest, prev, ts, record_id = (
+            get("seq"),
+            get("hash"),
+            get("prev_hash"),
+            get("ts"),
+            get("record_id"),
+        )
+        # The common case in one expression (this runs for every record shipped); the precise
+        # refusal is found by ``_refusal`` when anything is off.
+        if not (
+            type(seq) is int
+            and 1 <= seq <= INT64_MAX
+            and type(digest) is str
+            and hex64(digest)
+            and type(prev) is str
+            and hex64(prev)
+            and (type(ts) is float or type(ts) is int)
+            and TS_MIN <= ts < TS_MAX
+            and type(record_id) is str
+            and 0 < len(record_id) <= KEY_ID_CHARS
+            and "\x00" not in record_id
+            and get("node_id") == node_id
+            and (get("chain_id") or default_chain) == chain_id
+        ):
+            refused = _refusal(chain_id, node_id, line_no, record)
+            break
+        if hash_of_line(body) != digest:
+            at = where(chain_id, line_no, seq)
+            refused = ChainBroken(f"{at}: hash does not match the record's content (edited?)", seq=seq)
+            break
+        routing = get("routing")
+        served = routing.get("served_by") if type(routing) is dict else None
+        outcome = get("outcome")
+        # As ``datetime.fromtimestamp`` rounds (the fraction alone, half to even).
+        whole = int(ts)
+        us = whole * 1_000_000 + round((ts - whole) * 1e6)
+        days.add(us // 86_400_000_000)
+        digest_bytes, prev_bytes = fromhex(digest), fromhex(prev)
+        record_id_bytes = record_id.encode()
+        row = b"".join(
+            (
+                head,
+                _SEQ_TS(8, seq, 8, us - _PG_EPOCH_US),
+                _LEN(len(record_id_bytes)),
+                record_id_bytes,
+                _HASHES(32, digest_bytes, 32, prev_bytes),
+                node_field,
+                _text(get("correlation_id"), NAME_CHARS),
+                _text(get("tenant_id"), NAME_CHARS),
+                _text(get("api_key_id"), NAME_CHARS),
+                _text(served.get("model") if type(served) is dict else None, NAME_CHARS),
+                _text(outcome.get("code") if type(outcome) is dict else None, RESULT_CHARS),
+                _LEN(len(body)),
+                body,
+            )
+        )
+        rows.append(row)
+        size += len(row)
+        ends.append(size)
+        seqs.append(seq)
+        hashes.append(digest_bytes)
+        prevs.append(prev_bytes)
+    return Parsed(seqs, hashes, prevs, b"".join(rows), ends, days, refused)
+
+
+def _refusal(chain_id: str, node_id: str, line_no: int, record: dict[str, Any]) -> EvidenceRefused:
+    """The refusal that names what is wrong with ``record`` (it failed the fast check)."""
+    seq = record.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= INT64_MAX:
+        return EvidenceRefused(f"{where(chain_id, line_no)}: seq must be an integer from 1 to {INT64_MAX}")
+    at = where(chain_id, line_no, seq)
+    digest, prev = record.get("hash"), record.get("prev_hash")
+    if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+        return EvidenceRefused(f"{at}: hash must be 64 lowercase hex digits", seq=seq)
+    if not isinstance(prev, str) or not _HEX64.fullmatch(prev):
+        return EvidenceRefused(f"{at}: prev_hash must be 64 lowercase hex digits", seq=seq)
+    if record.get("node_id") != node_id:
+        return EvidenceRefused(f"{at}: node_id is not {shown(node_id)}", seq=seq)
+    if chain_of(record, node_id) != chain_id:
+        return EvidenceRefused(f"{at}: belongs to chain {shown(chain_of(record, node_id))}", seq=seq)
+    ts = record.get("ts")
+    if not isinstance(ts, int | float) or isinstance(ts, bool) or not TS_MIN <= ts < TS_MAX:
+        return EvidenceRefused(f"{at}: ts must be seconds since the epoch (years 2000..9998)", seq=seq)
+    return EvidenceRefused(f"{at}: record_id must be 1..{KEY_ID_CHARS} characters without NUL", seq=seq)

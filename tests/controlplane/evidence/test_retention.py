@@ -1,0 +1,197 @@
+"""Retention: old partitions dropped behind signed pruned-range statements, and what remains
+still verifies (statement signatures, the link to the last pruned record, checkpoint roots
+recomputed from the compact range and the remaining leaves); ingest continues the chains."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from controlplane.evidence.retention import PRUNED_PAYLOAD_TYPE, verify_statement
+from dataplane.evidence.log import EvidenceLog, log_path
+from signalbox.tls import aio_channel
+from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir
+from tests.controlplane.test_cli import _signalbox
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
+from tests.helpers import eventually
+
+JAN, FEB = datetime(2025, 1, 15, tzinfo=UTC).timestamp(), datetime(2025, 2, 15, tzinfo=UTC).timestamp()
+
+
+async def write_at(directory: Path, times: list[float]) -> list[bytes]:
+    """Real node records of node-a at the given times; every line of its log so far."""
+    async with EvidenceLog(log_path(directory, "node-a"), "node-a") as log:
+        for i, ts in enumerate(times):
+            log.append({"ts": ts, "correlation_id": f"corr-{ts}-{i}", "tenant_id": "acme"})
+    return log_path(directory, "node-a").read_bytes().splitlines(keepends=True)
+
+
+def public_keys(plane: RunningControlPlane) -> dict[str, Ed25519PublicKey]:
+    rows = sql_rows(plane.database_url, "SELECT key_id, public_key FROM signing_keys")
+    return {key_id: Ed25519PublicKey.from_public_bytes(bytes(raw)) for key_id, raw in rows}
+
+
+def partitions(plane: RunningControlPlane) -> list[str]:
+    rows = sql_rows(
+        plane.database_url,
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'evidence_records'::regclass ORDER BY 1",
+    )
+    return [name for (name,) in rows]
+
+
+async def admin_cli(plane: RunningControlPlane, *args: str, token: str = "") -> tuple[int, str, str]:
+    return await _signalbox("admin", "--target", plane.address, "--token", token or plane.token, *args)
+
+
+async def test_pruning_leaves_signed_statements_and_the_rest_still_verifies(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], node_keys: NodeKeys
+) -> None:
+    stream, directory = node
+    now = datetime.now(UTC).timestamp()
+    lines = await write_at(directory, [JAN] * 3 + [FEB] * 3 + [now] * 2)
+    hashes = [json.loads(line)["hash"] for line in lines]
+    at_8 = node_keys.checkpoint("node-a", "node-a/0", hashes)
+    ack = await stream.ship("node-a/0", lines, [at_8])
+    assert (ack.head_seq, ack.checkpoints, ack.HasField("error")) == (8, 1, False)
+    assert "evidence_records_y2025m01" in partitions(evidence_plane)
+
+    # Only a platform admin prunes.
+    assert evidence_plane.cp.admin is not None
+    _, viewer = await evidence_plane.cp.admin.create_token("auditor", role="viewer")
+    code, _, err = await admin_cli(
+        evidence_plane, "evidence", "prune", "--before", "2025-03-01", token=viewer
+    )
+    assert code != 0
+    assert "may not call PruneEvidence" in err
+    assert "evidence_records_y2025m01" in partitions(evidence_plane)
+
+    code, _, err = await admin_cli(evidence_plane, "evidence", "prune", "--before", "2999-01-01")
+    assert code != 0
+    assert "before: must not be in the future" in err
+    code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-03-01")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["partitions"] == ["evidence_records_y2025m01", "evidence_records_y2025m02"]
+    (pruned,) = result["ranges"]
+    assert (pruned["chain_id"], pruned["first_seq"], pruned["last_seq"]) == ("node-a/0", "1", "6")
+    assert not {"evidence_records_y2025m01", "evidence_records_y2025m02"} & set(partitions(evidence_plane))
+
+    # The statement verifies with the control plane's public key, and only with it.
+    envelope = sql_rows(evidence_plane.database_url, "SELECT statement FROM evidence_pruned_ranges")[0][0]
+    statement = verify_statement(bytes(envelope), public_keys(evidence_plane))
+    assert json.loads(bytes(envelope))["payloadType"] == PRUNED_PAYLOAD_TYPE
+    assert (statement.first_seq, statement.last_seq, statement.last_hash.hex()) == (1, 6, hashes[5])
+    assert statement.checkpoint == at_8
+    assert statement.pruned_before == datetime(2025, 3, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="no signature by a trusted key"):
+        verify_statement(
+            bytes(envelope),
+            {k: Ed25519PublicKey.from_public_bytes(b"\x01" * 32) for k in public_keys(evidence_plane)},
+        )
+    forged = json.loads(bytes(envelope))
+    forged["payload"] = forged["payload"][:-8] + "AAAAAAA="
+    with pytest.raises(ValueError, match="no signature by a trusted key"):
+        verify_statement(json.dumps(forged).encode(), public_keys(evidence_plane))
+    assert evidence_plane.cp.retention is not None
+    assert (await evidence_plane.cp.retention.pruned_statement("node-a/0")) == statement
+    assert await evidence_plane.cp.retention.pruned_statement("node-b/0") is None
+
+    # What remains links to the statement's last hash, and the checkpoint's root is the
+    # compact range of records 1..6 extended by the remaining leaves.
+    remaining = sql_rows(
+        evidence_plane.database_url, "SELECT seq, hash, prev_hash FROM evidence_records ORDER BY seq"
+    )
+    assert [seq for seq, _, _ in remaining] == [7, 8]
+    assert bytes(remaining[0][2]) == statement.last_hash
+    tree = statement.tree()
+    for _, digest, _ in remaining:
+        tree.append(bytes(digest))
+    root = sql_rows(evidence_plane.database_url, "SELECT root_hash FROM evidence_checkpoints")[0][0]
+    assert tree.root() == bytes(root)
+
+    # Ingest continues the chain; a later checkpoint checks against the stored tree.
+    lines = await write_at(directory, [now] * 2)
+    hashes = [json.loads(line)["hash"] for line in lines]
+    ack = await stream.ship("node-a/0", lines[8:], [node_keys.checkpoint("node-a", "node-a/0", hashes)])
+    assert (ack.head_seq, ack.stored, ack.checkpoints, ack.HasField("error")) == (10, 2, 1, False)
+
+    # Admins see where each chain's store begins; queries say what was pruned.
+    code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "chains")
+    assert code == 0, err
+    (chain,) = json.loads(out)["chains"]
+    assert (chain["head_seq"], chain["pruned_through_seq"]) == ("10", "6")
+    code, out, err = await admin_cli(evidence_plane, "evidence", "query", "--tenant", "acme")
+    assert code == 0, err
+    assert "chain node-a/0: records 1..6, older than 2025-03-01T00:00:00+00:00, were pruned" in err
+
+    # A second prune with nothing before the time is a no-op; the statements stay append-only.
+    code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-03-01")
+    assert code == 0, err
+    assert json.loads(out) == {}
+    engine = sa.create_engine(evidence_plane.database_url, poolclass=sa.NullPool)
+    try:
+        for sql in ("DELETE FROM evidence_pruned_ranges", "UPDATE evidence_pruned_ranges SET last_seq = 0"):
+            with (
+                pytest.raises(sa.exc.ProgrammingError, match="evidence is append-only"),
+                engine.begin() as conn,
+            ):
+                conn.exec_driver_sql(sql)
+    finally:
+        engine.dispose()
+
+
+async def test_a_range_that_is_not_the_chains_next_prefix_is_not_pruned(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    stream, directory = node
+    # Seq 2 is older than seq 1 (a clock stepped back): January holds seq 2 only.
+    lines = await write_at(directory, [FEB, JAN, datetime.now(UTC).timestamp()])
+    assert (await stream.ship("node-a/0", lines)).head_seq == 3
+    code, _, err = await admin_cli(evidence_plane, "evidence", "prune", "--before", "2025-02-01")
+    assert code != 0
+    assert "chain 'node-a/0'" in err
+    assert "seqs 2..2 (1 of them), not the chain's next prefix from seq 1: nothing was pruned" in err
+    assert "evidence_records_y2025m01" in partitions(evidence_plane)
+    assert sql_rows(evidence_plane.database_url, "SELECT 1 FROM evidence_pruned_ranges") == []
+    assert len(sql_rows(evidence_plane.database_url, "SELECT 1 FROM evidence_records")) == 3
+
+
+async def test_the_retention_timer_prunes_what_is_older_than_the_setting(
+    database_url: str, private_tmp: Path, node_keys: NodeKeys
+) -> None:
+    directory = new_dir(private_tmp, "evidence-timer-")
+    old = (datetime.now(UTC) - timedelta(days=500)).timestamp()
+    recent = (datetime.now(UTC) - timedelta(days=1)).timestamp()
+    # Shipped first, to a control plane without the timer: a round that ran between ingest
+    # making the old month's partition and filling it would drop it empty (its records then
+    # land in the DEFAULT partition, which retention keeps).
+    first = cp_settings(database_url, private_tmp)
+    async with running_control_plane(first, verify_checkpoint_signature=node_keys.verify) as plane:
+        tls = await plane.enroll("node-a", directory)
+        async with aio_channel(plane.node_address, tls) as channel:
+            stream = Stream(channel)
+            assert (
+                await stream.ship("node-a/0", await write_at(directory, [old, old, recent]))
+            ).head_seq == 3
+            stream.close()
+    # The same data dir (and so the same KEK): the database's signing key opens.
+    settings = replace(first, evidence_retention_days=400.0, evidence_retention_interval=0.2)
+    async with running_control_plane(settings, verify_checkpoint_signature=node_keys.verify) as plane:
+        retention = plane.cp.retention
+        assert retention is not None
+
+        async def pruned() -> bool:
+            statement = await retention.pruned_statement("node-a/0")
+            return statement is not None and statement.last_seq == 2
+
+        await eventually(pruned, timeout=30, message="the timer pruned the old month")
+        assert [int(seq) for (seq,) in sql_rows(plane.database_url, "SELECT seq FROM evidence_records")] == [
+            3
+        ]

@@ -1,0 +1,82 @@
+"""A node revoked while it ships evidence: the stream ends and nothing more of it is stored."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from tests.controlplane.evidence.conftest import TIMEOUT, Stream, write_records
+from tests.fixtures.postgres import RunningControlPlane, sql_rows
+
+
+@pytest.fixture
+async def admin(evidence_plane: RunningControlPlane) -> AsyncIterator[admin_pb2_grpc.AdminServiceStub]:
+    async with grpc.aio.insecure_channel(evidence_plane.address) as channel:
+        yield admin_pb2_grpc.AdminServiceStub(channel)
+
+
+def stored(plane: RunningControlPlane) -> list[int]:
+    return [int(r[0]) for r in sql_rows(plane.database_url, "SELECT seq FROM evidence_records ORDER BY seq")]
+
+
+async def test_the_next_batch_after_revocation_is_refused_and_not_stored(
+    evidence_plane: RunningControlPlane,
+    node: tuple[Stream, Path],
+    admin: admin_pb2_grpc.AdminServiceStub,
+) -> None:
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 6)
+    assert (await stream.ship("node-a/0", lines[:3])).head_seq == 3
+    revoked = await admin.RevokeNode(
+        admin_pb2.RevokeNodeRequest(node_id="node-a"), metadata=evidence_plane.metadata, timeout=TIMEOUT
+    )
+    assert revoked.revoked_certificates == 1
+    # Sent right after RevokeNode returned: refused whether the replica's revocation
+    # notice has ended the stream yet or the batch's own certificate check stops it.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stream.ship("node-a/0", lines[3:])
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.value.details() == "node node-a: certificate revoked"
+    assert stored(evidence_plane) == [1, 2, 3]
+    chain = sql_rows(evidence_plane.database_url, "SELECT head_seq FROM evidence_chains")
+    assert [tuple(r) for r in chain] == [(3,)]
+
+
+async def test_an_idle_stream_of_a_revoked_node_is_ended_at_once(
+    evidence_plane: RunningControlPlane,
+    node: tuple[Stream, Path],
+    admin: admin_pb2_grpc.AdminServiceStub,
+) -> None:
+    stream, directory = node
+    assert (await stream.ship("node-a/0", await write_records(directory, "node-a", 2))).head_seq == 2
+    await admin.RevokeNode(
+        admin_pb2.RevokeNodeRequest(node_id="node-a"), metadata=evidence_plane.metadata, timeout=TIMEOUT
+    )
+    # No batch is sent: the revocation notice alone ends the stream (as it ends config sync).
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await asyncio.wait_for(stream.call.read(), TIMEOUT)
+    assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert ended.value.details() == "node node-a: certificate revoked"
+    assert stored(evidence_plane) == [1, 2]
+
+
+async def test_a_new_stream_of_a_revoked_node_is_refused(
+    evidence_plane: RunningControlPlane,
+    node: tuple[Stream, Path],
+    admin: admin_pb2_grpc.AdminServiceStub,
+) -> None:
+    stream, directory = node
+    await admin.RevokeNode(
+        admin_pb2.RevokeNodeRequest(node_id="node-a"), metadata=evidence_plane.metadata, timeout=TIMEOUT
+    )
+    again = Stream(stream.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await again.ship("node-a/0", await write_records(directory, "node-a", 1))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    again.close()
+    assert stored(evidence_plane) == []
