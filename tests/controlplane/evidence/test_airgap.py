@@ -21,7 +21,7 @@ from dataplane.identity import IdentityFiles, install_bundle
 from signalbox.api.admin.v1 import admin_pb2
 from tests.controlplane.conftest import Admin
 from tests.fixtures.certs import TestCA
-from tests.fixtures.postgres import RunningControlPlane
+from tests.fixtures.postgres import RunningControlPlane, sql_rows
 
 NODE = "vault-1"
 
@@ -157,3 +157,88 @@ async def test_an_unprovisioned_node_exports_with_its_bare_key_which_a_trust_key
     assert "no node key in" in nothing.stderr
     assert "nothing was written" in nothing.stderr
     assert not (private_tmp / "ag-empty.pack").exists()
+
+
+# ---- import ----
+
+
+def _stored(database_url: str) -> tuple[int, int]:
+    """Rows of the node's chain, and distinct keys among them."""
+    rows = sql_rows(
+        database_url,
+        f"SELECT count(*), count(DISTINCT seq) FROM evidence_records WHERE chain_id = '{NODE}/0'",
+    )
+    return int(rows[0][0]), int(rows[0][1])
+
+
+async def test_an_imported_node_pack_is_stored_once_and_queryable(
+    control_plane: RunningControlPlane, admin: Admin, private_tmp: Path
+) -> None:
+    data_dir = private_tmp / "ag-import"
+    await provision(admin, control_plane, data_dir)
+    await _write(data_dir, 7, checkpoint_records=3)
+    out = private_tmp / "ag-import.pack"
+    assert (await export(data_dir, out)).returncode == 0
+    target = ("admin", "--target", control_plane.address, "--token", control_plane.token)
+
+    imported = await _signalbox(*target, "--json", "evidence", "import", str(out))
+    assert imported.returncode == 0, imported.stderr
+    [chain] = json.loads(imported.stdout)["chains"]
+    assert chain == {"chain_id": f"{NODE}/0", "stored": "7", "head_seq": "7", "checkpoints": "1"}
+    assert _stored(control_plane.database_url) == (7, 7)
+
+    again = await _signalbox(*target, "evidence", "import", str(out))
+    assert again.returncode == 0, again.stderr
+    assert f"{NODE}/0" in again.stdout
+    [row] = [line.split() for line in again.stdout.splitlines() if line.startswith(NODE)]
+    assert row[:5] == [f"{NODE}/0", "0", "7", "7", "0"]  # stored, duplicates, head, new checkpoints
+    assert _stored(control_plane.database_url) == (7, 7)
+
+    queried = await _signalbox(*target, "--json", "evidence", "query", "--correlation-id", "ag-4")
+    assert queried.returncode == 0, queried.stderr
+    assert [(r["chain_id"], r["seq"]) for r in json.loads(queried.stdout)["records"]] == [(f"{NODE}/0", "5")]
+
+
+async def test_a_changed_byte_an_unprovisioned_or_a_revoked_node_is_refused(
+    control_plane: RunningControlPlane, admin: Admin, private_tmp: Path
+) -> None:
+    target = ("admin", "--target", control_plane.address, "--token", control_plane.token)
+    bare_dir = private_tmp / "ag-import-bare"
+    await _write(bare_dir, 3)
+    bare = private_tmp / "ag-import-bare.pack"
+    assert (await export(bare_dir, bare)).returncode == 0
+    assert control_plane.cp.admin is not None
+    _, viewer = await control_plane.cp.admin.create_token("auditor", role="viewer")
+    as_viewer = await _signalbox(
+        "admin", "--target", control_plane.address, "--token", viewer, "evidence", "import", str(bare)
+    )
+    assert "PERMISSION_DENIED: role 'viewer' may not call ImportEvidence" in as_viewer.stderr
+    refused = await _signalbox(*target, "evidence", "import", str(bare))
+    assert refused.returncode != 0
+    assert "PERMISSION_DENIED" in refused.stderr
+    assert (
+        f"node {NODE!r}: the pack is sealed by a key no certificate this control plane issued"
+        in refused.stderr
+    )
+
+    data_dir = private_tmp / "ag-import-tamper"
+    await provision(admin, control_plane, data_dir)
+    await _write(data_dir, 6)
+    out = private_tmp / "ag-import-tamper.pack"
+    assert (await export(data_dir, out)).returncode == 0
+    lines = out.read_bytes().splitlines(keepends=True)
+    seq3 = next(i for i, line in enumerate(lines) if b'"seq":3,' in line)
+    lines[seq3] = lines[seq3].replace(b'"ag-2"', b'"ag-Z"')
+    tampered = private_tmp / "ag-import-tampered.pack"
+    tampered.write_bytes(b"".join(lines))
+    refused = await _signalbox(*target, "evidence", "import", str(tampered))
+    assert refused.returncode != 0
+    assert "INVALID_ARGUMENT" in refused.stderr
+    assert f"line {seq3 + 1}: chain {NODE}/0: record seq 3: hash does not match" in refused.stderr
+    assert _stored(control_plane.database_url) == (0, 0)
+
+    await admin.RevokeNode(admin_pb2.RevokeNodeRequest(node_id=NODE))
+    refused = await _signalbox(*target, "evidence", "import", str(out))
+    assert refused.returncode != 0
+    assert "the certificate of the key that sealed the pack is revoked" in refused.stderr
+    assert _stored(control_plane.database_url) == (0, 0)
