@@ -72,6 +72,12 @@ def _node_entry(path: Path) -> tuple[str, ec.EllipticCurvePublicKey]:
     raise pack.PackInvalid("the pack has no certificates section")  # read_sections raises first
 
 
+def _kind(path: Path) -> str:
+    with open(path, "rb") as f:
+        _, _, kind = next(pack.read_sections(f))
+        return str(kind)
+
+
 def _der(key: ec.EllipticCurvePublicKey) -> bytes:
     return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
@@ -106,13 +112,15 @@ class EvidenceImporter:
     async def import_pack(self, path: Path) -> ImportResult:
         """Import the node pack at ``path`` (see the module docstring)."""
         try:
+            kind = await asyncio.to_thread(_kind, path)
+            if kind != pack.KIND_NODE:
+                raise pack.PackInvalid(
+                    f"line 1: kind {kind!r}: only a node's own pack (kind node) is imported; a control "
+                    "plane's pack holds records already stored"
+                )
             report = await asyncio.to_thread(pack.verify, path, {})
         except pack.PackInvalid as exc:
             raise InvalidArgument("pack", str(exc)) from exc
-        if report.kind != pack.KIND_NODE:
-            raise InvalidArgument(
-                "pack", f"kind {report.kind!r}: only a node's own pack (kind node) is imported"
-            )
         node_id, key = await asyncio.to_thread(_node_entry, path)
         public_key = await self._issued_key(node_id, key)
         result = ImportResult(report.pack_id, node_id)

@@ -194,6 +194,18 @@ async def test_an_imported_node_pack_is_stored_once_and_queryable(
     assert row[:5] == [f"{NODE}/0", "0", "7", "7", "0"]  # stored, duplicates, head, new checkpoints
     assert _stored(control_plane.database_url) == (7, 7)
 
+    # A control plane's pack (of what it already stores) and a file that is no pack are refused.
+    cp_pack = private_tmp / "ag-cp.pack"
+    exported = await _signalbox(*target, "evidence", "export", "--tenant", "acme", "--out", str(cp_pack))
+    assert exported.returncode == 0, exported.stderr
+    refused = await _signalbox(*target, "evidence", "import", str(cp_pack))
+    assert "INVALID_ARGUMENT: pack: line 1: kind 'control-plane': only a node's own pack" in refused.stderr
+    junk = private_tmp / "ag-junk.pack"
+    junk.write_bytes(b"\x00" * 100 + b"\n")
+    refused = await _signalbox(*target, "evidence", "import", str(junk))
+    assert "INVALID_ARGUMENT: pack: line 1: the header is not JSON" in refused.stderr
+    assert _stored(control_plane.database_url) == (7, 7)
+
     queried = await _signalbox(*target, "--json", "evidence", "query", "--correlation-id", "ag-4")
     assert queried.returncode == 0, queried.stderr
     assert [(r["chain_id"], r["seq"]) for r in json.loads(queried.stdout)["records"]] == [(f"{NODE}/0", "5")]
