@@ -47,6 +47,7 @@ from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
 from controlplane.evidence.checkpoints import CheckpointVerifier, verify_node_checkpoint
 from controlplane.evidence.export import EvidenceExporter
+from controlplane.evidence.imports import EvidenceImporter
 from controlplane.evidence.ingest import EvidenceIngest
 from controlplane.evidence.partitions import Partitions
 from controlplane.evidence.queries import DEFAULT_STALE_AFTER, EvidenceQueries
@@ -299,6 +300,9 @@ class ControlPlane:
         self.sync = ConfigSyncServicer(self.broker, nodes, node_auth)
         partitions = Partitions(sessions)
         self.retention = EvidenceRetention(sessions, self.keyring, partitions)
+        self.evidence = EvidenceIngest(
+            sessions, self._verify_checkpoint_signature, workers=s.evidence_workers, partitions=partitions
+        )
         admin_servicer = AdminServicer(
             tenants=TenantService(uow),
             keys=ApiKeyService(uow),
@@ -318,6 +322,7 @@ class ControlPlane:
             ),
             callers=CallerIdentityService(uow),
             retention=self.retention,
+            importer=EvidenceImporter(sessions, self.evidence),
         )
         self._interceptor = AdminInterceptor(
             self.admin,
@@ -352,9 +357,6 @@ class ControlPlane:
         sync_pb2_grpc.add_ConfigSyncServiceServicer_to_server(self.sync, self._node_server)
         identity_pb2_grpc.add_NodeIdentityServiceServicer_to_server(
             NodeIdentityServicer(self.identities, node_auth), self._node_server
-        )
-        self.evidence = EvidenceIngest(
-            sessions, self._verify_checkpoint_signature, workers=s.evidence_workers, partitions=partitions
         )
         shipping = EvidenceServicer(self.evidence, node_auth)
         self.broker.on_revoked.append(shipping.revoked)

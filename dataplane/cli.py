@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from google.protobuf.message import DecodeError
@@ -47,6 +50,11 @@ from signalbox.api.config.v1 import snapshot_pb2
 SERVE = "dataplane serve"
 VERIFY = "dataplane verify"
 EVIDENCE_VERIFY = "dataplane evidence verify"
+EVIDENCE_EXPORT = "dataplane evidence export"
+
+ProgressBar = Callable[[int | None, str], Any]
+"""Makes a progress bar (``update(n)``, a context manager) of a total and a label: the
+shell's ``records_bar``, handed in since the data plane does not import the shell."""
 
 
 def _split_paths(raw: str) -> list[str]:
@@ -77,8 +85,11 @@ def trust_key_paths(ns: argparse.Namespace) -> tuple[Path, ...]:
     return tuple(Path(p) for p in given)
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``signalbox dataplane serve|verify``."""
+def register(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], progress: ProgressBar | None = None
+) -> None:
+    """Add ``signalbox dataplane serve|verify|identity|evidence``; ``progress``: what shows
+    the progress of ``evidence export`` (nothing without it)."""
     from dataplane.app import default_node_id
 
     parser = commands.add_parser("dataplane", help="run or check a data-plane node")
@@ -397,6 +408,29 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         command=EVIDENCE_VERIFY,
     )
     evidence_verify.set_defaults(handler=evidence_verify_command)
+    evidence_export = evidence_sub.add_parser(
+        "export",
+        help="write every chain of an air-gapped node's data dir to an Evidence Pack sealed by the node key",
+    )
+    add(
+        evidence_export,
+        "--data-dir",
+        env="SIGNALBOX_NODE_DATA_DIR",
+        default="./var/node",
+        help="the node's data dir (evidence/ and identity/)",
+        command=EVIDENCE_EXPORT,
+    )
+    evidence_export.add_argument(
+        "--out", required=True, type=Path, metavar="PACK", help="the pack file to write (0600)"
+    )
+    evidence_export.add_argument(
+        "--since-seq",
+        type=int,
+        default=1,
+        metavar="N",
+        help="export each chain's records from seq N on (default 1)",
+    )
+    evidence_export.set_defaults(handler=evidence_export_command, progress=progress)
 
 
 def serve_command(ns: argparse.Namespace) -> int:
@@ -593,6 +627,43 @@ def evidence_verify_command(ns: argparse.Namespace) -> int:
             f"signed={report.signed_size} key={how}{pruned}"
         )
     return 1 if bad else 0
+
+
+def evidence_export_command(ns: argparse.Namespace) -> int:
+    """``exported N records of K chains to PACK``, exit 0; or the reason, exit 1."""
+    from dataplane.evidence import node_pack
+
+    bar: Any = ns.progress(None, "export") if ns.progress is not None else contextlib.nullcontext()
+    identity = IdentityFiles.under(Path(ns.data_dir))
+    try:
+        if not identity.key.exists():
+            raise NodeIdentityError(f"no node key in {identity.directory}: nothing here can seal a pack")
+        key = identity.private_key()
+        cert = identity.certificate()
+        ca_pem = identity.ca.read_text() if cert is not None else ""
+        with bar:
+            result = node_pack.export(
+                Path(ns.data_dir),
+                ns.out,
+                key=key,
+                certificate=cert,
+                ca_pem=ca_pem,
+                since_seq=ns.since_seq,
+                progress=bar.update if ns.progress is not None else None,
+            )
+    except (node_pack.ExportRefused, NodeIdentityError, EvidenceChainBroken, ValueError) as exc:
+        print(f"evidence export: {exc}; nothing was written", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"evidence export: {exc.filename}: {exc.strerror}; nothing was written", file=sys.stderr)
+        return 1
+    fresh = f" (signed {result.signed_checkpoints} fresh checkpoints)" if result.signed_checkpoints else ""
+    print(f"exported {result.records} records of {len(result.chains)} chains to {result.path}{fresh}")
+    for s in result.chains:
+        print(f"chain {s.chain_id}: seq {s.from_seq}..{s.to_seq} ({s.records} records), head {s.head_seq}")
+    for s in result.unmatched:
+        print(f"chain {s.chain_id}: nothing exported (no checkpoint covers seq {s.from_seq} or later)")
+    return 0
 
 
 def _checkpoint_key(identity: IdentityFiles, path: Path) -> tuple[NodeKey, str]:

@@ -8,8 +8,11 @@ the authenticated caller in ``current_caller``.
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,9 +20,11 @@ import grpc
 from controlplane.api import convert
 from controlplane.api.identity import certificate_response
 from controlplane.api.interceptor import current_caller
+from controlplane.api.status import bounded
 from controlplane.db.models import NodeGroup
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.evidence.export import EvidenceExporter
+from controlplane.evidence.imports import MAX_IMPORT_BYTES, EvidenceImporter
 from controlplane.evidence.queries import EvidenceFilter, EvidenceQueries
 from controlplane.evidence.retention import EvidenceRetention
 from controlplane.limits import DEFAULT_GROUP
@@ -71,6 +76,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         exporter: EvidenceExporter,
         callers: CallerIdentityService,
         retention: EvidenceRetention,
+        importer: EvidenceImporter,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -88,6 +94,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._exporter = exporter
         self._callers = callers
         self._retention = retention
+        self._importer = importer
 
     # ---- tenants ----
 
@@ -618,6 +625,43 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 yield admin_pb2.EvidencePackChunk(records=plan.records, pack_id=plan.pack_id)
             else:
                 yield admin_pb2.EvidencePackChunk(data=data)
+
+    # ---- evidence import (airgap branch) ----
+
+    async def ImportEvidence(
+        self, request_iterator: AsyncIterator[admin_pb2.EvidencePackChunk], context: Context
+    ) -> admin_pb2.ImportEvidenceResponse:
+        fd, name = tempfile.mkstemp(prefix="signalbox-import-", suffix=".pack")  # 0600
+        path = Path(name)
+        try:
+            size = 0
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in request_iterator:
+                    size += len(chunk.data)
+                    if size > MAX_IMPORT_BYTES:
+                        raise InvalidArgument("data", f"the pack is larger than {MAX_IMPORT_BYTES} bytes")
+                    await asyncio.to_thread(f.write, chunk.data)
+            result = await self._importer.import_pack(path)
+        finally:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        return admin_pb2.ImportEvidenceResponse(
+            pack_id=result.pack_id,
+            node_id=result.node_id,
+            chains=[
+                admin_pb2.ImportedChain(
+                    chain_id=c.chain_id,
+                    stored=c.stored,
+                    duplicates=c.duplicates,
+                    head_seq=c.head_seq,
+                    checkpoints=c.checkpoints,
+                    error=bounded(c.error),
+                    error_seq=c.error_seq,
+                )
+                for c in result.chains
+            ],
+        )
+
+    # ---- evidence import (end) ----
 
 
 def _evidence_filter(

@@ -77,7 +77,7 @@ class _Call:
 
 
 class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps the handlers of AdminService (unary and server-streaming) with auth, status
+    """Wraps the handlers of AdminService (unary, server- and client-streaming) with auth, status
     mapping and audit."""
 
     def __init__(
@@ -103,6 +103,13 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                # The request is the stream of messages: data, checked by the handler.
+                self._wrap(method.removeprefix(ADMIN_SERVICE), handler.stream_unary, streamed=True),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.unary_unary is None:
             return handler
         return grpc.unary_unary_rpc_method_handler(
@@ -112,11 +119,13 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+    def _wrap(self, method: str, behavior: Behavior, *, streamed: bool = False) -> Behavior:
+        """``streamed``: a client-streaming handler, admitted before any message is read."""
+
         async def handle(request: Any, context: Context) -> Any:
-            call = _Call(target_of(request))
+            call = _Call("" if streamed else target_of(request))
             try:
-                await self._admit(method, request, context, call)
+                await self._admit(method, None if streamed else request, context, call)
                 response = await behavior(request, context)
             except Exception as exc:
                 await self._refuse(exc, method, context, call)
@@ -146,8 +155,9 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         call.actor = caller.actor
         authorize(caller, method)
         _caller.set(caller)
-        # Nothing the database cannot hold gets past here (controlplane.limits).
-        check_request(request)
+        if request is not None:
+            # Nothing the database cannot hold gets past here (controlplane.limits).
+            check_request(request)
 
     async def _refuse(self, exc: Exception, method: str, context: Context, call: _Call) -> NoReturn:
         mapped = status_for(exc)

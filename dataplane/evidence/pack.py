@@ -5,7 +5,7 @@ The format is documented in docs/evidence-format.md ("Evidence Packs"); in short
 lines, each ending in ``\\n``:
 
 1. header ``{"format":"signalbox-evidence-pack","version":1,"kind":"control-plane"}``
-   (``kind`` ``node`` is reserved for a node's own export: read, not yet verified);
+   (``kind`` ``node``: a node's own export, ``dataplane.evidence.node_pack``);
 2. ``{"section":"certificates","node_ca":PEM,"nodes":{node_id:[PEM,...]}}``;
 3. per chain ``{"section":"chain",...}`` followed by exactly ``records`` raw record lines,
    byte for byte as the node wrote them, in seq order;
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import os
@@ -49,6 +50,8 @@ from typing import Any, BinaryIO
 import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -59,7 +62,7 @@ FORMAT = "signalbox-evidence-pack"
 VERSION = 1
 KIND_CONTROL_PLANE = "control-plane"
 KIND_NODE = "node"
-"""Reserved: a node's own export; its seal is the node's ECDSA signature and its key (a
+"""A node's own export (``dataplane.evidence.node_pack``); its seal is the node's ECDSA signature and its key (a
 certificate or a bare public key) is in the certificates section."""
 KINDS = (KIND_CONTROL_PLANE, KIND_NODE)
 PAYLOAD_TYPE = "application/vnd.signalbox.evidence-pack.v1+json"
@@ -119,6 +122,12 @@ def sign_ed25519(key: Ed25519PrivateKey, manifest: Mapping[str, Any]) -> dict[st
     """A seal signature by a control-plane key, with the snapshot envelopes' key id."""
     signature = key.sign(manifest_message(manifest))
     return {"keyid": key_id_for(key.public_key()), "sig": base64.b64encode(signature).decode()}
+
+
+def node_key_id(public_key: ec.EllipticCurvePublicKey) -> str:
+    """A node pack's seal key id: SHA-256 of the node key's DER SubjectPublicKeyInfo, 16 hex digits."""
+    der = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()[:16]
 
 
 def certificate_sha256(pem: str) -> str:
@@ -412,6 +421,8 @@ class Report:
     """Chains searched (their range) in which nothing matched."""
     alarms: list[dict[str, Any]]
     signed_by: str
+    notes: list[str] = field(default_factory=list)
+    """What a node pack's verification does not vouch for (say it next to OK)."""
 
 
 @dataclass
@@ -421,7 +432,9 @@ class _ChainCheck:
     section: ChainSection
     line_no: int
     certificates: list[x509.Certificate]
-    node_ca: x509.Certificate
+    node_ca: x509.Certificate | None
+    node_key: x509.Certificate | ec.EllipticCurvePublicKey | None = None
+    """A node pack's key (its certificate, already checked, or its bare public key)."""
     leaves: list[tuple[int, bytes]] = field(default_factory=list)
     seq: int = 0
     hash: str = ""
@@ -464,7 +477,20 @@ class _ChainCheck:
             return
         note = self.section.checkpoint.encode()
         cp, problems = None, []
-        for n, cert in enumerate(self.certificates, start=1):
+        if self.node_key is not None:
+            if s.records != s.to_seq - s.from_seq + 1:
+                raise PackInvalid(
+                    f"{where}: holds {s.records} records, a node pack holds every one of {s.from_seq}..{s.to_seq}"
+                )
+            try:
+                cp = checkpoint.verify(note, self.node_key)
+                if cp.node_id != s.node_id:
+                    raise checkpoint.CheckpointInvalid(f"checkpoint of node {cp.node_id!r}")
+            except checkpoint.CheckpointInvalid as exc:
+                cp = None
+                problems.append(f"the node's key: {exc}")
+        for n, cert in enumerate(self.certificates if self.node_ca is not None else [], start=1):
+            assert self.node_ca is not None
             try:
                 cp = checkpoint.verify_with_ca(note, cert, self.node_ca, s.node_id)
                 break
@@ -517,6 +543,81 @@ def _load_certificates(
     return ca, nodes
 
 
+@dataclass(frozen=True, slots=True)
+class _NodeEntry:
+    node_id: str
+    key: x509.Certificate | ec.EllipticCurvePublicKey
+    ca_sha256: str
+    notes: list[str]
+
+
+def _load_node_entry(
+    certs: Certificates, line_no: int, *, require_certificate: bool, node_ca: x509.Certificate | None
+) -> _NodeEntry:
+    """A node pack's certificates section: one node, its certificate (issued by the pack's
+    node CA, and by ``node_ca`` when given) or its bare public key."""
+    where = f"line {line_no}"
+    if len(certs.nodes) != 1 or len(next(iter(certs.nodes.values()))) != 1:
+        raise PackInvalid(f"{where}: a node pack holds exactly one node with one certificate or public key")
+    node_id, [pem] = next(iter(certs.nodes.items()))
+    where = f"{where}: node {node_id[:100]!r}"
+    notes: list[str] = []
+    if "CERTIFICATE" not in pem:
+        if require_certificate or node_ca is not None:
+            raise PackInvalid(
+                f"{where}: the pack carries a bare public key, no certificate (the node was not "
+                "provisioned): nothing vouches for the key"
+            )
+        try:
+            public = serialization.load_pem_public_key(pem.encode())
+        except ValueError as exc:
+            raise PackInvalid(f"{where}: neither a PEM certificate nor a PEM public key") from exc
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            raise PackInvalid(f"{where}: the public key is not an ECDSA key")
+        if certs.node_ca:
+            raise PackInvalid(f"{where}: a node CA without a node certificate")
+        notes.append("sealed by the node's bare public key: intact, but no certificate vouches for the key")
+        return _NodeEntry(node_id, public, "", notes)
+    if not certs.node_ca:
+        raise PackInvalid(f"{where}: a node certificate needs the node CA in the certificates section")
+    ca, loaded = _load_certificates(certs, line_no)
+    cert = loaded[node_id][0]
+    if node_ca is not None:
+        try:
+            checkpoint.check_certificate(cert, node_ca, node_id)
+        except checkpoint.CheckpointInvalid as exc:
+            raise PackInvalid(f"{where}: --node-ca: {exc}") from exc
+    else:
+        notes.append(
+            "the node CA in the pack is not vouched for by any trust key (give --node-ca CA.pem to check "
+            "the node certificate against the node CA you trust)"
+        )
+    del ca
+    return _NodeEntry(node_id, cert, certificate_sha256(certs.node_ca), notes)
+
+
+def _check_node_seal(seal: Seal, line_no: int, key: x509.Certificate | ec.EllipticCurvePublicKey) -> str:
+    public = key.public_key() if isinstance(key, x509.Certificate) else key
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise PackInvalid(f"line {line_no}: the node key is not an ECDSA key")
+    if len(seal.signatures) != 1:
+        raise PackInvalid(f"line {line_no}: a node pack's seal has exactly one signature, the node's")
+    signature = seal.signatures[0]
+    keyid, sig = str(signature.get("keyid", ""))[:64], str(signature.get("sig", ""))
+    if keyid != node_key_id(public):
+        raise PackInvalid(f"line {line_no}: the seal is signed by key {keyid!r}, not the node's")
+    try:
+        raw = base64.b64decode(sig, validate=True)
+        if base64.b64encode(raw).decode() != sig:
+            raise ValueError("not canonical base64")
+        public.verify(raw, manifest_message(seal.manifest), ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, binascii.Error, ValueError) as exc:
+        raise PackInvalid(
+            f"line {line_no}: the seal's signature by the node key {keyid} does not verify"
+        ) from exc
+    return f"node key {keyid}"
+
+
 def _check_seal(seal: Seal, line_no: int, trusted: Mapping[str, Ed25519PublicKey]) -> str:
     if not trusted:
         raise PackInvalid("no trust key given: the seal cannot be checked")
@@ -547,15 +648,22 @@ def verify(
     trusted: Mapping[str, Ed25519PublicKey],
     *,
     progress: Callable[[int], None] | None = None,
+    node_ca: x509.Certificate | None = None,
 ) -> Report:
     """Check the pack at ``path`` completely (see the module docstring) with the control
     plane's public keys ``trusted`` (by key id, as ``store.load_trust_keys`` reads them);
     ``PackInvalid`` names the first problem. ``progress`` gets the records checked since its
-    last call."""
+    last call.
+
+    A node's own pack (kind ``node``) is sealed by the node key in its certificates section:
+    with ``trusted`` keys given it must carry a certificate (not a bare key), and with
+    ``node_ca`` that certificate must be issued by it; ``Report.notes`` says what the
+    verification does not vouch for (the pack's node CA, unless ``node_ca`` is given)."""
     content = hashlib.sha256()
     sections: list[Searched] = []
     kind, ca_sha256 = "", ""
     ca: x509.Certificate | None = None
+    node: _NodeEntry | None = None
     certs: dict[str, list[x509.Certificate]] = {}
     current: _ChainCheck | None = None
     done = 0
@@ -573,11 +681,9 @@ def verify(
                 current = None
             if section == "header":
                 kind = value
-                if kind == KIND_NODE:
-                    raise PackInvalid(
-                        "line 1: a node's own pack (kind node) is sealed by the node's key, "
-                        "which this version does not verify yet"
-                    )
+            elif section == "certificates" and kind == KIND_NODE:
+                node = _load_node_entry(value, line_no, require_certificate=bool(trusted), node_ca=node_ca)
+                ca_sha256 = node.ca_sha256
             elif section == "certificates":
                 ca, certs = _load_certificates(value, line_no)
                 ca_sha256 = certificate_sha256(value.node_ca)
@@ -588,27 +694,35 @@ def verify(
                 if checkpoint.node_of(s.chain_id) != s.node_id:
                     raise PackInvalid(f"line {line_no}: chain {s.chain_id} is not of node {s.node_id!r}")
                 sections.append(s)
-                assert ca is not None
-                current = _ChainCheck(value, line_no, certs.get(s.node_id, []), ca)
+                if node is not None:
+                    if s.node_id != node.node_id:
+                        raise PackInvalid(f"line {line_no}: chain {s.chain_id} is not of the pack's node")
+                    current = _ChainCheck(value, line_no, [], None, node.key)
+                else:
+                    current = _ChainCheck(value, line_no, certs.get(s.node_id, []), ca)
             elif section == "seal":
                 if progress is not None and done % 1000:
                     progress(done % 1000)
-                return _check_manifest(
-                    value, line_no, trusted, kind, content.hexdigest(), ca_sha256, sections
+                if node is not None:
+                    signed_by = _check_node_seal(value, line_no, node.key)
+                else:
+                    signed_by = _check_seal(value, line_no, trusted)
+                report = _check_manifest(
+                    value, line_no, signed_by, kind, content.hexdigest(), ca_sha256, sections
                 )
+                return report if node is None else dataclasses.replace(report, notes=node.notes)
     raise PackInvalid("the pack ends without a seal")  # read_sections raises first
 
 
 def _check_manifest(
     seal: Seal,
     line_no: int,
-    trusted: Mapping[str, Ed25519PublicKey],
+    signed_by: str,
     kind: str,
     content_sha256: str,
     ca_sha256: str,
     sections: list[Searched],
 ) -> Report:
-    signed_by = _check_seal(seal, line_no, trusted)
     m = seal.manifest
     where = f"line {line_no}: the manifest"
     if m.get("content_sha256") != content_sha256:

@@ -20,6 +20,7 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     from dataplane import cli as dataplane_cli
     from signalbox.shell import admin_cli, client_cli, evidence_cli, up
+    from signalbox.shell.progress import records_bar
 
     controlplane = controlplane_cli()
     parser = argparse.ArgumentParser(
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    dataplane_cli.register(commands)
+    dataplane_cli.register(commands, progress=records_bar)
     if controlplane is not None:
         controlplane.register(commands)
     admin_cli.register(commands)

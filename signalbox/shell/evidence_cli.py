@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from dataplane.cli import add_trust_key, trust_key_paths
 from dataplane.evidence import pack
 from dataplane.snapshot.checks import load_trust_keys
@@ -28,6 +30,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     verify.add_argument("pack", metavar="PACK", help="the pack file")
     # The same --trust-key as ``dataplane verify``: one control-plane key checks both.
     add_trust_key(verify, VERIFY)
+    verify.add_argument(
+        "--node-ca",
+        type=Path,
+        metavar="CA.pem",
+        help="a node's own pack: the node CA you trust; its certificate must be issued by it",
+    )
     verify.set_defaults(handler=verify_command)
     show = sub.add_parser("show", help="the pack for people: the statement, then each record")
     show.add_argument("pack", metavar="PACK", help="the pack file")
@@ -40,18 +48,27 @@ def verify_command(ns: argparse.Namespace) -> int:
     path = Path(ns.pack)
     try:
         trusted = load_trust_keys(trust_key_paths(ns))
-        if not trusted:
+        node_ca = None
+        if ns.node_ca is not None:
+            try:
+                node_ca = x509.load_pem_x509_certificate(ns.node_ca.read_bytes())
+            except ValueError:
+                print(f"evidence verify: --node-ca: {ns.node_ca} is not a PEM certificate", file=sys.stderr)
+                return 2
+        if not trusted and _kind(path) != pack.KIND_NODE:
             print(
                 "evidence verify: --trust-key FILE is required (the control plane's public key)",
                 file=sys.stderr,
             )
             return 2
         with records_bar(pack.record_count_hint(path), "verify") as bar:
-            report = pack.verify(path, trusted, progress=bar.update)
+            report = pack.verify(path, trusted, progress=bar.update, node_ca=node_ca)
     except (pack.PackInvalid, OSError, ValueError) as exc:
         print(f"INVALID {path}: {exc}")
         return 1
     print(f"OK {path}: {report.records} records in {len(report.chains)} chains, signed by {report.signed_by}")
+    for note in report.notes:
+        print(f"note: {note}")
     for line in statement(
         report.kind,
         report.pack_id,
@@ -63,6 +80,14 @@ def verify_command(ns: argparse.Namespace) -> int:
     ):
         print(line)
     return 0
+
+
+def _kind(path: Path) -> str:
+    """The kind the pack's header names (not verified: which checks apply)."""
+    with open(path, "rb") as f:
+        for section, _, value in pack.read_sections(f):
+            return str(value) if section == "header" else ""
+    return ""
 
 
 def statement(

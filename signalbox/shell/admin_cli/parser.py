@@ -12,6 +12,7 @@ from signalbox.shell.admin_cli.commands import (
     Action,
     evidence_chains,
     evidence_export,
+    evidence_import,
     evidence_prune,
     evidence_query,
     group_create,
@@ -455,6 +456,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     _evidence_filters(p)
     p.add_argument("--out", required=True, metavar="PACK", help="the pack file to write (0600)")
+
+    p = _verb(
+        evidence,
+        "import",
+        evidence_import,
+        "store an air-gapped node's own pack (`dataplane evidence export`) as if shipped (admin role)",
+    )
+    p.add_argument("pack", metavar="PACK", help="the pack file")
 
     p = _verb(
         evidence,

@@ -114,7 +114,8 @@ class _with_call_options:
             # The control plane's own check of what it can store, before anything is sent.
             from controlplane.limits import check_request
 
-            check_request(request)
+            if isinstance(request, Message):  # a client stream's messages are data (ImportEvidence)
+                check_request(request)
             return method(request, metadata=self._metadata, timeout=self._timeout)
 
         return call

@@ -2921,3 +2921,72 @@ class PruneEvidenceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PruneEvidenceResponse: _TypeAlias = PruneEvidenceResponse  # noqa: Y015
+
+@_typing.final
+class ImportedChain(_message.Message):
+    """---- evidence import (airgap branch) ----"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAIN_ID_FIELD_NUMBER: _builtins.int
+    STORED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    HEAD_SEQ_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ERROR_SEQ_FIELD_NUMBER: _builtins.int
+    chain_id: _builtins.str
+    stored: _builtins.int
+    """Records of the pack newly stored, and already stored with the same hash."""
+    duplicates: _builtins.int
+    head_seq: _builtins.int
+    """Highest seq the store holds with every seq before it."""
+    checkpoints: _builtins.int
+    """Checkpoint notes taken."""
+    error: _builtins.str
+    """Why ingest refused the chain from some record on (a gap, tampering); "" when all taken."""
+    error_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        chain_id: _builtins.str = ...,
+        stored: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        head_seq: _builtins.int = ...,
+        checkpoints: _builtins.int = ...,
+        error: _builtins.str = ...,
+        error_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_id", b"chain_id", "checkpoints", b"checkpoints", "duplicates", b"duplicates", "error", b"error", "error_seq", b"error_seq", "head_seq", b"head_seq", "stored", b"stored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportedChain: _TypeAlias = ImportedChain  # noqa: Y015
+
+@_typing.final
+class ImportEvidenceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PACK_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CHAINS_FIELD_NUMBER: _builtins.int
+    pack_id: _builtins.str
+    node_id: _builtins.str
+    @_builtins.property
+    def chains(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportedChain]: ...
+    def __init__(
+        self,
+        *,
+        pack_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        chains: _abc.Iterable[Global___ImportedChain] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chains", b"chains", "node_id", b"node_id", "pack_id", b"pack_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportEvidenceResponse: _TypeAlias = ImportEvidenceResponse  # noqa: Y015

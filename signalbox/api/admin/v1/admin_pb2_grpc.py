@@ -286,6 +286,11 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveMtlsMappingRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.ImportEvidence = channel.stream_unary(
+                '/signalbox.api.admin.v1.AdminService/ImportEvidence',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportEvidenceResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -632,7 +637,20 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RemoveMtlsMapping(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportEvidence(self, request_iterator, context):
         """---- caller identities (end) ----
+        ---- evidence import (airgap branch) ----
+        An air-gapped node's own Evidence Pack (kind node, `signalbox dataplane evidence
+        export`), streamed in pieces (data only). The pack must verify (seal, hashes, links,
+        proofs) and be sealed by the key of a certificate this control plane issued to the
+        node and did not revoke; then each chain's records go through ingest as shipping's
+        do (duplicates idempotent; gaps and tampering raise the same alarms). Admin role.
+        ---- evidence import (end) ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -890,6 +908,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RemoveMtlsMapping,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveMtlsMappingRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'ImportEvidence': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportEvidence,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportEvidenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2242,6 +2265,33 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/RemoveMtlsMapping',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveMtlsMappingRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportEvidence(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ImportEvidence',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportEvidenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

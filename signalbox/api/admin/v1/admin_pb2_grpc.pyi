@@ -143,7 +143,16 @@ class AdminServiceStub:
     AddMtlsMapping: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddMtlsMappingRequest, _admin_pb2.MtlsMappingInfo]
     ListMtlsMappings: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListMtlsMappingsRequest, _admin_pb2.ListMtlsMappingsResponse]
     RemoveMtlsMapping: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RemoveMtlsMappingRequest, _admin_pb2.DeleteResponse]
-    """---- caller identities (end) ----"""
+    ImportEvidence: _grpc.StreamUnaryMultiCallable[_admin_pb2.EvidencePackChunk, _admin_pb2.ImportEvidenceResponse]
+    """---- caller identities (end) ----
+    ---- evidence import (airgap branch) ----
+    An air-gapped node's own Evidence Pack (kind node, `signalbox dataplane evidence
+    export`), streamed in pieces (data only). The pack must verify (seal, hashes, links,
+    proofs) and be sealed by the key of a certificate this control plane issued to the
+    node and did not revoke; then each chain's records go through ingest as shipping's
+    do (duplicates idempotent; gaps and tampering raise the same alarms). Admin role.
+    ---- evidence import (end) ----
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -256,7 +265,16 @@ class AdminServiceAsyncStub(AdminServiceStub):
     AddMtlsMapping: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddMtlsMappingRequest, _admin_pb2.MtlsMappingInfo]  # type: ignore[assignment]
     ListMtlsMappings: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListMtlsMappingsRequest, _admin_pb2.ListMtlsMappingsResponse]  # type: ignore[assignment]
     RemoveMtlsMapping: _aio.UnaryUnaryMultiCallable[_admin_pb2.RemoveMtlsMappingRequest, _admin_pb2.DeleteResponse]  # type: ignore[assignment]
-    """---- caller identities (end) ----"""
+    ImportEvidence: _aio.StreamUnaryMultiCallable[_admin_pb2.EvidencePackChunk, _admin_pb2.ImportEvidenceResponse]  # type: ignore[assignment]
+    """---- caller identities (end) ----
+    ---- evidence import (airgap branch) ----
+    An air-gapped node's own Evidence Pack (kind node, `signalbox dataplane evidence
+    export`), streamed in pieces (data only). The pack must verify (seal, hashes, links,
+    proofs) and be sealed by the key of a certificate this control plane issued to the
+    node and did not revoke; then each chain's records go through ingest as shipping's
+    do (duplicates idempotent; gaps and tampering raise the same alarms). Admin role.
+    ---- evidence import (end) ----
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -665,7 +683,22 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _admin_pb2.RemoveMtlsMappingRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.DeleteResponse, _abc.Awaitable[_admin_pb2.DeleteResponse]]:
-        """---- caller identities (end) ----"""
+    ) -> _typing.Union[_admin_pb2.DeleteResponse, _abc.Awaitable[_admin_pb2.DeleteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportEvidence(
+        self,
+        request_iterator: _MaybeAsyncIterator[_admin_pb2.EvidencePackChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ImportEvidenceResponse, _abc.Awaitable[_admin_pb2.ImportEvidenceResponse]]:
+        """---- caller identities (end) ----
+        ---- evidence import (airgap branch) ----
+        An air-gapped node's own Evidence Pack (kind node, `signalbox dataplane evidence
+        export`), streamed in pieces (data only). The pack must verify (seal, hashes, links,
+        proofs) and be sealed by the key of a certificate this control plane issued to the
+        node and did not revoke; then each chain's records go through ingest as shipping's
+        do (duplicates idempotent; gaps and tampering raise the same alarms). Admin role.
+        ---- evidence import (end) ----
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
