@@ -10,7 +10,7 @@ each) and signs a checkpoint every ``--checkpoint-every`` records with the certi
 key; the chain ships over the real Ship stream (mutual TLS), checkpoints included, so the
 store holds exactly what production ingest would. Then the whole chain is exported through
 the Admin API (``ExportEvidence``, the same code as ``signalbox admin evidence export``) and
-verified with ``dataplane.evidence.pack.verify`` (what ``signalbox evidence verify`` runs),
+verified with ``dataplane.evidence.pack_verify.verify`` (what ``signalbox evidence verify`` runs),
 twice: once as exported and once with a single byte changed in the middle of the file
 (which must fail). Printed: export seconds and MB, verify seconds and records/s.
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controlplane.app import ControlPlane, ControlPlaneSettings
 from controlplane.services.base import Caller
-from dataplane.evidence import checkpoint, pack
+from dataplane.evidence import checkpoint, pack, pack_verify
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.identity import IdentityFiles, enroll
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -143,10 +143,10 @@ async def run(args: argparse.Namespace, root: Path) -> None:
             import pstats
 
             with cProfile.Profile() as profile:
-                pack.verify(out, trusted)
+                pack_verify.verify(out, trusted)
             pstats.Stats(profile).sort_stats("tottime").print_stats(12)
         started = time.perf_counter()
-        report = pack.verify(out, trusted)
+        report = pack_verify.verify(out, trusted)
         verified = time.perf_counter() - started
         assert report.records == len(lines), report.records
         print(
@@ -159,7 +159,7 @@ async def run(args: argparse.Namespace, root: Path) -> None:
         flipped.write_bytes(bytes(data))
         started = time.perf_counter()
         try:
-            pack.verify(flipped, trusted)
+            pack_verify.verify(flipped, trusted)
         except pack.PackInvalid as exc:
             print(f"one changed byte: refused in {time.perf_counter() - started:.2f} s: {str(exc)[:110]}")
         else:

@@ -3,7 +3,7 @@
 The node never shipped, so its pack (``dataplane.evidence.node_pack``, kind ``node``) takes
 the place of its Ship stream, with the same checks:
 
-1. the pack verifies as a whole (``dataplane.evidence.pack.verify``: seal by the node key,
+1. the pack verifies as a whole (``dataplane.evidence.pack_verify.verify``: seal by the node key,
    every record's hash and link, each checkpoint and multiproof), so a changed byte refuses
    it, naming the record, before anything of it is stored;
 2. the node key that sealed it must be the key of a certificate this control plane issued to
@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from controlplane.errors import InvalidArgument, PermissionDenied, shown
 from controlplane.evidence.errors import EvidenceRefused
 from controlplane.evidence.ingest import Batch, EvidenceIngest
-from dataplane.evidence import pack
+from dataplane.evidence import pack, pack_verify
 
 BATCH_RECORDS = 5000
 MAX_IMPORT_BYTES = 4 * 1024 * 1024 * 1024
@@ -57,7 +57,7 @@ class ImportResult:
 
 
 def _node_entry(path: Path) -> tuple[str, ec.EllipticCurvePublicKey]:
-    """The node and the key of a node pack that verified (``pack.verify`` checked both)."""
+    """The node and the key of a node pack that verified (``pack_verify.verify`` checked both)."""
     with open(path, "rb") as f:
         for section, _, value in pack.read_sections(f):
             if section == "certificates":
@@ -118,7 +118,7 @@ class EvidenceImporter:
                     f"line 1: kind {kind!r}: only a node's own pack (kind node) is imported; a control "
                     "plane's pack holds records already stored"
                 )
-            report = await asyncio.to_thread(pack.verify, path, {})
+            report = await asyncio.to_thread(pack_verify.verify, path, {})
         except pack.PackInvalid as exc:
             raise InvalidArgument("pack", str(exc)) from exc
         node_id, key = await asyncio.to_thread(_node_entry, path)

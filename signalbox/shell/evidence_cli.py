@@ -14,7 +14,7 @@ from typing import Any
 from cryptography import x509
 
 from dataplane.cli import add_trust_key, trust_key_paths
-from dataplane.evidence import pack
+from dataplane.evidence import pack, pack_verify
 from dataplane.snapshot.checks import load_trust_keys
 from signalbox.shell.progress import records_bar
 
@@ -62,7 +62,7 @@ def verify_command(ns: argparse.Namespace) -> int:
             )
             return 2
         with records_bar(pack.record_count_hint(path), "verify") as bar:
-            report = pack.verify(path, trusted, progress=bar.update, node_ca=node_ca)
+            report = pack_verify.verify(path, trusted, progress=bar.update, node_ca=node_ca)
     except (pack.PackInvalid, OSError, ValueError) as exc:
         print(f"INVALID {path}: {exc}")
         return 1

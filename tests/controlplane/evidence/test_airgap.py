@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from dataplane.evidence import pack
+from dataplane.evidence import pack, pack_verify
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.identity import IdentityFiles, install_bundle
 from signalbox.api.admin.v1 import admin_pb2
@@ -98,14 +98,14 @@ async def test_a_node_pack_exports_verifies_and_names_a_changed_record(
         "evidence", "verify", str(out), "--trust-key", str(control_plane.trust_key_path)
     )
     assert trusted.returncode == 0, trusted.stdout + trusted.stderr
-    report = pack.verify(out, {})
+    report = pack_verify.verify(out, {})
     assert report.kind == "node"
     assert [c.records for c in report.chains] == [8]
     assert report.query == {"since_seq": 1}
 
     since = private_tmp / "ag-since.pack"
     assert (await export(data_dir, since, "--since-seq", "6")).returncode == 0
-    partial = pack.verify(since, {})
+    partial = pack_verify.verify(since, {})
     assert [(c.from_seq, c.to_seq, c.records) for c in partial.chains] == [(6, 8, 3)]
 
     # One changed byte in record seq 4: refused, naming it.

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.evidence import checkpoint
 from dataplane.evidence.log import EvidenceLog, log_path, seal
-from dataplane.evidence.pack import PackInvalid, manifest_message, read_sections, seal_line, verify
+from dataplane.evidence.pack import PackInvalid, manifest_message, read_sections, seal_line
+from dataplane.evidence.pack_verify import verify
 from dataplane.identity import IdentityFiles
 from dataplane.snapshot.envelope import key_id_for
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc

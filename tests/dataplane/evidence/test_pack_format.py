@@ -9,7 +9,7 @@ import base64
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataplane.evidence import pack
+from dataplane.evidence import pack, pack_verify
 from dataplane.snapshot import envelope
 
 
@@ -26,11 +26,11 @@ def test_a_seal_signature_spelled_another_way_is_refused() -> None:
     signature = pack.sign_ed25519(key, manifest)
     trusted = {signature["keyid"]: key.public_key()}
     seal = pack.Seal(manifest, [signature])
-    assert pack._check_seal(seal, 9, trusted) == signature["keyid"]
+    assert pack_verify._check_seal(seal, 9, trusted) == signature["keyid"]
     # 64 bytes: the last character before "==" carries 4 spare bits.
     sig = signature["sig"]
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
     respelled = sig[:-3] + alphabet[alphabet.index(sig[-3]) ^ 1] + "=="
     assert base64.b64decode(respelled) == base64.b64decode(sig)
     with pytest.raises(pack.PackInvalid, match=r"line 9: the seal's signature by key .* does not verify"):
-        pack._check_seal(pack.Seal(manifest, [{**signature, "sig": respelled}]), 9, trusted)
+        pack_verify._check_seal(pack.Seal(manifest, [{**signature, "sig": respelled}]), 9, trusted)
