@@ -25,7 +25,7 @@ typecheck: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m signalbox.codegen --check
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4
 
 proto: $(STAMP)
 	$(BIN)/python -m signalbox.codegen

@@ -40,6 +40,7 @@ async def test_a_request_with_huge_new_schemas_does_not_stall_other_callers(
         await infer_stub.Infer(chat("warm"), metadata=AUTH, timeout=10)
     request = worst_case_request()
     assert 900_000 < request.ByteSize() < 1_048_576
+    big_started = time.perf_counter()
     big = asyncio.ensure_future(infer_stub.Infer(request, metadata=AUTH, timeout=60))
     await asyncio.sleep(0.05)  # let the big request reach the node before measuring
 
@@ -52,10 +53,17 @@ async def test_a_request_with_huge_new_schemas_does_not_stall_other_callers(
 
     latencies = sorted(await asyncio.gather(*(small(i) for i in range(50))))
     assert not big.done(), "the worst-case request must still be in flight while the others are measured"
-    p99 = latencies[int(0.99 * (len(latencies) - 1))]
-    assert p99 < 0.050, f"p99 {p99 * 1000:.1f} ms; slowest {[round(x * 1000) for x in latencies[-5:]]} ms"
     response = await big
     assert response.model
+    big_took = time.perf_counter() - big_started
+    # Relative, not a wall-clock limit (this machine's speed moves with its load): a check
+    # that held the event loop would make the callers that arrived during it wait about as
+    # long as the big request itself took.
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    assert p99 < big_took / 4, (
+        f"p99 {p99 * 1000:.1f} ms against {big_took * 1000:.0f} ms for the big request; "
+        f"slowest {[round(x * 1000) for x in latencies[-5:]]} ms"
+    )
 
 
 async def test_a_single_schema_over_the_size_limit_is_refused_at_once(infer_stub: Stub) -> None:
