@@ -48,6 +48,7 @@ from dataplane.evidence.log import (
     log_path,
 )
 from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
+from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.shipper import EvidenceShipper
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES, Spool
 from dataplane.http_client import TransportName, build_http_client
@@ -129,6 +130,8 @@ class NodeSettings:
     """A new evidence segment file beyond this many bytes (acknowledged ones are pruned whole)."""
     evidence_spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     """Unacknowledged evidence beyond which each tenant's ``spool_full`` policy applies."""
+    evidence_ship_interval: float = DEFAULT_SHIP_INTERVAL
+    """Seconds between evidence batches to the control plane while they are not full."""
     sync_backoff_base: float = 0.5
     sync_heartbeat_interval: float = 15.0
     """Seconds between heartbeats on the sync stream (the control plane's last_seen)."""
@@ -199,6 +202,9 @@ class DataPlaneNode:
         if self._store is None:
             raise RuntimeError("node is not started")
         return self._store
+
+    def _durable_evidence_seq(self) -> int:
+        return self._evidence.durable_seq if self._evidence is not None else 0
 
     @property
     def evidence(self) -> EvidenceLog:
@@ -331,7 +337,9 @@ class DataPlaneNode:
                 node_id=s.node_id,
                 tls=sync_tls,
                 backoff=functools.partial(full_jitter, base=s.sync_backoff_base, cap=s.sync_backoff_cap),
+                interval=s.evidence_ship_interval,
                 spool=self._spool,
+                durable_seq=self._durable_evidence_seq,
             )
             self._ship_task = asyncio.get_running_loop().create_task(self._shipper.run())
             if sync_tls == self.identity.client_tls():

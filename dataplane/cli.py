@@ -35,6 +35,7 @@ from dataplane.evidence.log import (
 )
 from dataplane.evidence.proofs import NodeKey, verify_chain_files
 from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
+from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.identity import IdentityFiles, NodeIdentityError
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
@@ -351,6 +352,16 @@ def register(
         "spool_full policy applies (serve_and_alarm or refuse)",
         command=SERVE,
     )
+    add(
+        serve,
+        "--evidence-ship-ms",
+        env="SIGNALBOX_EVIDENCE_SHIP_MS",
+        default=int(DEFAULT_SHIP_INTERVAL * 1000),
+        type=int,
+        help="milliseconds between evidence batches to the control plane while they are not full "
+        "(a full batch is followed by the next at once)",
+        command=SERVE,
+    )
     settings.add_log_level(serve, command=SERVE)
     serve.set_defaults(handler=serve_command)
 
@@ -473,12 +484,13 @@ def serve_command(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if ns.evidence_checkpoint_ms < 1:
-        print(
-            f"--evidence-checkpoint-ms: {ns.evidence_checkpoint_ms} is not a positive number of milliseconds",
-            file=sys.stderr,
-        )
-        return 2
+    for flag, ms in (
+        ("--evidence-checkpoint-ms", ns.evidence_checkpoint_ms),
+        ("--evidence-ship-ms", ns.evidence_ship_ms),
+    ):
+        if ms < 1:
+            print(f"{flag}: {ms} is not a positive number of milliseconds", file=sys.stderr)
+            return 2
     for flag, value in (
         ("--evidence-segment-bytes", ns.evidence_segment_bytes),
         ("--evidence-spool-max-bytes", ns.evidence_spool_max_bytes),
@@ -540,6 +552,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         evidence_checkpoint_interval=ns.evidence_checkpoint_ms / 1000,
         evidence_segment_bytes=ns.evidence_segment_bytes,
         evidence_spool_max_bytes=ns.evidence_spool_max_bytes,
+        evidence_ship_interval=ns.evidence_ship_ms / 1000,
     )
 
     async def run() -> None:

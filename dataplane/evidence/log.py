@@ -223,6 +223,7 @@ class EvidenceLog:
         """Held by the thread syncing: rounds (the sync task's, a checkpoint's) never overlap."""
         self.spool = spool if spool is not None else Spool()
         self._head = ChainHead(0, GENESIS_HASH)
+        self._durable_seq = 0
         self._tree = merkle.Tree()
         self._signed_size = 0
         self._dirty = asyncio.Event()
@@ -241,6 +242,12 @@ class EvidenceLog:
         return self._head
 
     @property
+    def durable_seq(self) -> int:
+        """The last seq known to be on disk (fsynced): the shipper sends nothing after it, so
+        the control plane never holds a record a power loss could take from the node."""
+        return self._durable_seq
+
+    @property
     def signed_size(self) -> int:
         """The tree size of the last signed checkpoint (0: none yet)."""
         return self._signed_size
@@ -256,6 +263,9 @@ class EvidenceLog:
         self.spool.written = state.live_bytes
         # Unbuffered: each record goes to the OS in one write() call, never split.
         self._file = await asyncio.to_thread(_open_private_append, state.segment.path)
+        # What a crashed process left may be in the page cache only: on disk before it ships.
+        self._new_entries = True
+        await self._fsync()
         loop = asyncio.get_running_loop()
         self._syncer = loop.create_task(self._sync_loop())
         if self._signer is not None:
@@ -320,6 +330,7 @@ class EvidenceLog:
         # The sealed files stay listed until closed: a cancelled call may never run its
         # thread, and aclose closes whatever is left.
         new_entries, self._new_entries = self._new_entries, False
+        seq = self._head.seq
         try:
             await asyncio.to_thread(
                 _sync_files,
@@ -335,6 +346,7 @@ class EvidenceLog:
             return False
         finally:
             self._sealed = [f for f in self._sealed if not f.closed]
+        self._durable_seq = max(self._durable_seq, seq)
         return True
 
     async def _checkpoint_loop(self) -> None:

@@ -6,9 +6,17 @@ it; a cursor without ``segment`` is in the first), in batches of whole lines of 
 segment, exactly as written. A batch is sent on the EvidenceService stream of the node
 port (mutual TLS: the control plane knows the node by its certificate); the control plane
 answers after its commit with the highest gap-free seq it holds, and only then does the
-cursor move (written to a temporary file, fsynced and renamed over the old one, so a crash
-leaves either cursor, never half of one). A crash between the commit and the cursor write
-resends records the control plane already holds: it counts them as duplicates.
+cursor move (written to a temporary file and renamed over the old one, so a crash leaves
+either cursor, never half of one; not fsynced, see ``write_cursor``). A crash between the
+commit and the cursor write resends records the control plane already holds: it counts them
+as duplicates.
+
+**When.** Only records the log has fsynced are read (``durable_seq``): the control plane
+never holds a record that a power cut could take from the node, which would otherwise reuse
+its seq with another hash and be taken for tampering. A full batch is followed at once by the
+next; after a partial one the shipper waits ``interval`` (default 1 s), so a lightly loaded
+node sends one batch a second instead of one per fsync round. Shipping costs the node per
+batch (reading, a stream message, the cursor), not per record.
 
 A batch refused from some record on (the control plane names it) moves the cursor to what
 was acknowledged and, after a backoff, resends from there: a record the node rewrote after
@@ -51,6 +59,8 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 BATCH_RECORDS = 2000
 BATCH_BYTES = 4 * 1024 * 1024
 ACK_TIMEOUT = 60.0
+DEFAULT_INTERVAL = 1.0
+"""Seconds between batches while they are not full."""
 
 
 def chain_of(record: dict[str, Any], node_id: str) -> str:
@@ -73,21 +83,32 @@ def cursor_path(log_file: Path, chain_id: str) -> Path:
 
 
 def read_cursor(path: Path) -> Cursor:
+    """The persisted cursor; the start when there is none or it does not read (a cursor
+    lost to a power cut: everything after the pruned prefix is resent, as duplicates)."""
     try:
         data = json.loads(path.read_bytes())
+        cursor = Cursor(int(data["seq"]), int(data["offset"]), int(data.get("segment", 1)))
     except FileNotFoundError:
         return Cursor()
-    return Cursor(int(data["seq"]), int(data["offset"]), int(data.get("segment", 1)))
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("evidence cursor %s unreadable (%s): shipping resends from the start", path, exc)
+        return Cursor()
+    if min(cursor.seq, cursor.offset, cursor.segment) < 0:
+        log.warning("evidence cursor %s holds a negative position: shipping resends from the start", path)
+        return Cursor()
+    return cursor
 
 
 def write_cursor(path: Path, cursor: Cursor) -> None:
+    """Written whole and renamed over the old one, not fsynced: after a power cut the cursor
+    may be older than the last ACK (or unreadable), which only resends records the control
+    plane counts as duplicates. An fsync per batch cost the node more than its records did."""
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(
             fd, json.dumps({"seq": cursor.seq, "offset": cursor.offset, "segment": cursor.segment}).encode()
         )
-        os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
@@ -111,7 +132,17 @@ def read_batch(path: Path, offset: int, *, records: int, limit: int) -> list[byt
         return lines
 
 
-def read_next(log_file: Path, cursor: Cursor, *, records: int, limit: int) -> tuple[Cursor, list[bytes]]:
+@dataclass(frozen=True, slots=True)
+class Read:
+    at: Cursor
+    """Where ``lines`` start: the cursor with the segment and offset of the first one."""
+    lines: list[bytes]
+    more: bool
+    """Lines remain after these (a limit or the segment's end stopped the read): read on
+    at once rather than wait for the next round."""
+
+
+def read_next(log_file: Path, cursor: Cursor, *, records: int, limit: int) -> Read:
     """Where the record after ``cursor`` is (as a cursor: its segment and offset) and whole
     lines from there, within that segment (``read_batch``'s limits)."""
     base = segments.read_base(log_file)
@@ -120,16 +151,19 @@ def read_next(log_file: Path, cursor: Cursor, *, records: int, limit: int) -> tu
         # acknowledged and pruned; go on from the first record that remains.
         cursor = Cursor(base.seq, 0, 0)
     nxt = cursor.seq + 1
-    found = [s for s in segments.live_segments(log_file, base.seq if base else 0) if s.start <= nxt]
+    live = segments.live_segments(log_file, base.seq if base else 0)
+    found = [s for s in live if s.start <= nxt]
     if not found:
-        return cursor, []
+        return Read(cursor, [], False)
     segment = found[-1]
     if segment.start == cursor.segment:
         offset = cursor.offset
     else:
         offset = _offset_of(segment.path, nxt - segment.start)
     at = Cursor(cursor.seq, offset, segment.start)
-    return at, read_batch(segment.path, offset, records=records, limit=limit)
+    lines = read_batch(segment.path, offset, records=records, limit=limit)
+    full = len(lines) >= records or sum(map(len, lines)) > limit // 2
+    return Read(at, lines, full or (bool(lines) and segment is not live[-1]))
 
 
 def _offset_of(path: Path, lines: int) -> int:
@@ -208,19 +242,22 @@ class EvidenceShipper:
         node_id: str,
         tls: ClientTls,
         backoff: Callable[[int], float],
-        poll_interval: float = 0.05,
+        interval: float = DEFAULT_INTERVAL,
         batch_records: int = BATCH_RECORDS,
         spool: Spool | None = None,
+        durable_seq: Callable[[], int] | None = None,
     ) -> None:
         """``spool``: the node's log's spool, bounded from now on (the shipper keeps its
-        acknowledged bytes)."""
+        acknowledged bytes); ``durable_seq``: the log's last fsynced seq, beyond which
+        nothing is sent (None: whatever is in the file, for logs no process writes)."""
         self._target = target
         self._log_file = Path(log_file)
         self._node_id = node_id
         self._tls = tls
         self._backoff = backoff
         """Seconds to wait after ``n`` failures in a row (the node passes sync's full jitter)."""
-        self._poll = poll_interval
+        self._interval = interval
+        self._durable_seq = durable_seq
         self._batch_records = batch_records
         self.chain_id = f"{node_id}/0"
         self._cursor_file = cursor_path(self._log_file, self.chain_id)
@@ -285,15 +322,19 @@ class EvidenceShipper:
                 self._connected = True
                 self._failures = 0
                 while True:
-                    at, lines = await asyncio.to_thread(
-                        read_next,
-                        self._log_file,
-                        self._cursor,
-                        records=self._batch_records,
-                        limit=BATCH_BYTES,
+                    records = self._batch_records
+                    if self._durable_seq is not None:
+                        records = min(records, self._durable_seq() - self._cursor.seq)
+                    read = (
+                        await asyncio.to_thread(
+                            read_next, self._log_file, self._cursor, records=records, limit=BATCH_BYTES
+                        )
+                        if records > 0
+                        else Read(self._cursor, [], False)
                     )
+                    at, lines = read.at, read.lines
                     if not lines:
-                        await asyncio.sleep(self._poll)
+                        await asyncio.sleep(self._interval)
                         continue
                     notes = await asyncio.to_thread(self._checkpoints_upto, self._cursor.seq + len(lines))
                     outbox.put_nowait(
@@ -310,6 +351,9 @@ class EvidenceShipper:
                         await asyncio.sleep(self._backoff(self._failures))
                     else:
                         self._failures = 0
+                        if not read.more:
+                            # The log had no more to send: let the next batch fill up.
+                            await asyncio.sleep(self._interval)
             finally:
                 outbox.put_nowait(None)
                 call.cancel()

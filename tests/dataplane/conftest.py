@@ -142,6 +142,8 @@ async def start_node(tmp_path: Path, trust_key: Path) -> AsyncIterator[NodeFacto
             "drain_seconds": 5.0,
             "sync_backoff_base": 0.05,
             "sync_backoff_cap": 0.2,
+            # Tests wait for shipped evidence: ship every 50 ms rather than every second.
+            "evidence_ship_interval": 0.05,
         }
         defaults.update(overrides)
         settings = NodeSettings(**defaults)

@@ -148,3 +148,21 @@ def test_serve_refuses_an_idle_wait_that_is_not_a_number_of_seconds(
 ) -> None:
     assert main(["dataplane", "serve", "--snapshot-idle-wait-seconds", value]) == 2
     assert "--snapshot-idle-wait-seconds: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "rule"),
+    [
+        ("--evidence-checkpoint-records", "0", "is not a positive count"),
+        ("--evidence-checkpoint-ms", "0", "is not a positive number of milliseconds"),
+        ("--evidence-ship-ms", "0", "is not a positive number of milliseconds"),
+        ("--evidence-ship-ms", "-20", "is not a positive number of milliseconds"),
+        ("--evidence-segment-bytes", "0", "is not a positive number of bytes"),
+        ("--evidence-spool-max-bytes", "-1", "is not a positive number of bytes"),
+    ],
+)
+def test_serve_refuses_evidence_settings_that_make_no_sense(
+    flag: str, value: str, rule: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["dataplane", "serve", flag, value]) == 2
+    assert f"{flag}: {value} {rule}" in capsys.readouterr().err

@@ -163,6 +163,26 @@ async def test_torn_last_line_is_cut_and_the_chain_continues(tmp_path: Path) -> 
     assert verify_chain(path).seq == 3
 
 
+async def test_durable_seq_is_the_last_fsynced_record(tmp_path: Path) -> None:
+    path = tmp_path / "n.jsonl"
+    async with EvidenceLog(path, "n") as log:
+        log.append({"x": 1})
+        log.append({"x": 2})
+    # A long interval: after its first round the sync task sleeps, so nothing else syncs.
+    log = EvidenceLog(path, "n", fsync_interval=3600)
+    await log.start()
+    try:
+        assert log.durable_seq == 2  # what a start recovers is synced before it is shipped
+        log.append({"x": 3})
+        await eventually(lambda: log.durable_seq == 3, message="the first round syncs record 3")
+        log.append({"x": 4})
+        log.append({"x": 5})
+        assert log.durable_seq == 3  # written to the OS, not yet on disk: not to be shipped
+    finally:
+        await log.aclose()
+    assert log.durable_seq == 5  # closing syncs the rest
+
+
 @pytest.mark.parametrize("tamper", ["edit", "delete", "reorder"])
 async def test_tampering_is_detected(tamper: str, tmp_path: Path) -> None:
     path = tmp_path / "n.jsonl"
