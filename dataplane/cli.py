@@ -478,25 +478,15 @@ def serve_command(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if ns.evidence_checkpoint_records < 1:
-        print(
-            f"--evidence-checkpoint-records: {ns.evidence_checkpoint_records} is not a positive count",
-            file=sys.stderr,
-        )
-        return 2
-    for flag, ms in (
-        ("--evidence-checkpoint-ms", ns.evidence_checkpoint_ms),
-        ("--evidence-ship-ms", ns.evidence_ship_ms),
-    ):
-        if ms < 1:
-            print(f"{flag}: {ms} is not a positive number of milliseconds", file=sys.stderr)
-            return 2
-    for flag, value in (
-        ("--evidence-segment-bytes", ns.evidence_segment_bytes),
-        ("--evidence-spool-max-bytes", ns.evidence_spool_max_bytes),
+    for flag, value, what in (
+        ("--evidence-checkpoint-records", ns.evidence_checkpoint_records, "count"),
+        ("--evidence-checkpoint-ms", ns.evidence_checkpoint_ms, "number of milliseconds"),
+        ("--evidence-ship-ms", ns.evidence_ship_ms, "number of milliseconds"),
+        ("--evidence-segment-bytes", ns.evidence_segment_bytes, "number of bytes"),
+        ("--evidence-spool-max-bytes", ns.evidence_spool_max_bytes, "number of bytes"),
     ):
         if value < 1:
-            print(f"{flag}: {value} is not a positive number of bytes", file=sys.stderr)
+            print(f"{flag}: {value} is not a positive {what}", file=sys.stderr)
             return 2
     if ns.sync_max_message_bytes < 1:
         print(
