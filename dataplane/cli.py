@@ -27,13 +27,9 @@ from dataplane import identity_cli
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotFileInvalid
 from dataplane.evidence import checkpoint, segments
-from dataplane.evidence.log import (
-    DEFAULT_CHECKPOINT_INTERVAL,
-    DEFAULT_CHECKPOINT_RECORDS,
-    chain_files,
-    read_records,
-)
+from dataplane.evidence.log import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS, chain_files
 from dataplane.evidence.proofs import NodeKey, verify_chain_files
+from dataplane.evidence.records import read_records
 from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.identity import IdentityFiles, NodeIdentityError
