@@ -1,5 +1,9 @@
 """AdminService: thin handlers over the services.
 
+The evidence handlers are in ``api/admin_evidence.py``, the caller-identity ones in
+``api/admin_identity.py`` and ExplainRoute in ``api/admin_routing.py``: mix-ins of
+``AdminServicer``.
+
 Authentication, the audit log and error-to-status mapping are not here: the
 ``AdminInterceptor`` wraps every method (see ``api/interceptor.py``), and puts
 the authenticated caller in ``current_caller``.
@@ -8,27 +12,24 @@ the authenticated caller in ``current_caller``.
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from controlplane.api import convert
+from controlplane.api.admin_evidence import EvidenceAdmin
+from controlplane.api.admin_identity import CallerIdentityAdmin
+from controlplane.api.admin_routing import RoutingAdmin
 from controlplane.api.identity import certificate_response
 from controlplane.api.interceptor import current_caller
-from controlplane.api.status import bounded
-from controlplane.db.models import NodeGroup
-from controlplane.errors import InvalidArgument, NotFound
+from controlplane.errors import InvalidArgument
 from controlplane.evidence.export import EvidenceExporter
-from controlplane.evidence.imports import MAX_IMPORT_BYTES, EvidenceImporter
-from controlplane.evidence.queries import EvidenceFilter, EvidenceQueries
+from controlplane.evidence.imports import EvidenceImporter
+from controlplane.evidence.queries import EvidenceQueries
 from controlplane.evidence.retention import EvidenceRetention
 from controlplane.limits import DEFAULT_GROUP
-from controlplane.services.callers import JWT, MTLS, CallerIdentityService
+from controlplane.services.callers import CallerIdentityService
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import MAX_CERT_TTL, MAX_TOKEN_TTL, IdentityService, check_node_id
 from controlplane.services.imports import ImportService
@@ -41,20 +42,13 @@ from controlplane.services.rollback import RollbackService
 from controlplane.services.signing_keys import SigningKeyService
 from controlplane.services.snapshots import SnapshotService
 from controlplane.services.tenants import TenantService
-from dataplane.config.model import DeploymentMode
-from dataplane.edge import infer as edge
-from dataplane.routing.planner import plan_request
-from dataplane.routing.query import NodeContext, query_for
-from dataplane.routing.table import build_route_table
-from dataplane.snapshot.compile import MODE_FROM_PROTO
-from dataplane.validation import check_schemas, validate_chat
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import identity_pb2, snapshot_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(RoutingAdmin, EvidenceAdmin, CallerIdentityAdmin, admin_pb2_grpc.AdminServiceServicer):
     """Implements every RPC of ``signalbox.api.admin.v1.AdminService``."""
 
     def __init__(
@@ -112,7 +106,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return convert.tenant(row)
 
     async def GetTenant(self, request: admin_pb2.GetTenantRequest, context: Context) -> admin_pb2.Tenant:
-        _require("tenant", request.tenant)
+        convert.require("tenant", request.tenant)
         return convert.tenant(await self._tenants.get(request.tenant))
 
     async def ListTenants(
@@ -123,7 +117,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def UpdateTenant(
         self, request: admin_pb2.UpdateTenantRequest, context: Context
     ) -> admin_pb2.Tenant:
-        _require("tenant", request.tenant)
+        convert.require("tenant", request.tenant)
         row, _ = await self._tenants.update(
             current_caller(),
             request.tenant,
@@ -141,7 +135,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def DeleteTenant(
         self, request: admin_pb2.DeleteTenantRequest, context: Context
     ) -> admin_pb2.DeleteResponse:
-        _require("tenant", request.tenant)
+        convert.require("tenant", request.tenant)
         version = await self._tenants.delete(current_caller(), request.tenant)
         return admin_pb2.DeleteResponse(snapshot_version=version)
 
@@ -172,7 +166,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def DeleteApiKey(
         self, request: admin_pb2.DeleteApiKeyRequest, context: Context
     ) -> admin_pb2.DeleteResponse:
-        _require("id", request.id)
+        convert.require("id", request.id)
         return admin_pb2.DeleteResponse(
             snapshot_version=await self._keys.delete(current_caller(), request.id)
         )
@@ -196,14 +190,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.UpdateProviderRequest, context: Context
     ) -> admin_pb2.Provider:
         ref = request.provider.id or request.provider.name
-        _require("provider.id", ref)
+        convert.require("provider.id", ref)
         row, _ = await self._providers.update(current_caller(), ref, convert.provider_spec(request.provider))
         return convert.provider(row)
 
     async def DeleteProvider(
         self, request: admin_pb2.DeleteProviderRequest, context: Context
     ) -> admin_pb2.DeleteResponse:
-        _require("provider", request.provider)
+        convert.require("provider", request.provider)
         version = await self._providers.delete(current_caller(), request.provider)
         return admin_pb2.DeleteResponse(snapshot_version=version)
 
@@ -220,14 +214,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def UpdateModel(self, request: admin_pb2.UpdateModelRequest, context: Context) -> admin_pb2.Model:
         ref = request.model.id or request.model.alias
-        _require("model.id", ref)
+        convert.require("model.id", ref)
         row, _ = await self._models.update(current_caller(), ref, convert.model_spec(request.model))
         return convert.model(row)
 
     async def DeleteModel(
         self, request: admin_pb2.DeleteModelRequest, context: Context
     ) -> admin_pb2.DeleteResponse:
-        _require("model", request.model)
+        convert.require("model", request.model)
         version = await self._models.delete(current_caller(), request.model)
         return admin_pb2.DeleteResponse(snapshot_version=version)
 
@@ -253,53 +247,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.DeleteResponse:
         version = await self._policies.delete(current_caller(), request.tenant)
         return admin_pb2.DeleteResponse(snapshot_version=version)
-
-    # ---- routing ----
-
-    async def ExplainRoute(
-        self, request: admin_pb2.ExplainRouteRequest, context: Context
-    ) -> admin_pb2.ExplainRouteResponse:
-        _require("tenant", request.tenant)
-        group_name = request.node_group or DEFAULT_GROUP
-        try:
-            group = (await self._groups.get(group_name)).row
-        except NotFound:
-            raise NotFound("node group", group_name, field="node_group") from None
-        # Decided as a node of that group would: on the group's snapshot, in its site.
-        config, tenant = await self._snapshots.runtime_for(request.tenant, group.name)
-        node = await self._node_context(request, group)
-        req = request.request
-        # Read, checked and routed exactly as a node would: same conversion, same
-        # validation, same query, same planner, same filters.
-        chat, hints = edge.decode_chat(req)
-        validate_chat(chat, require_messages=False, schemas=False)
-        # Schemas are checked as on a node: off this loop, verdicts cached by digest.
-        await check_schemas(chat)
-        query = query_for(tenant, chat, hints, request_id=req.correlation_id)
-        plan = plan_request(build_route_table(config, node, tenants=(tenant.id,)), query)
-        return admin_pb2.ExplainRouteResponse(
-            decision=edge.routing_to_proto(plan, plan.chosen, []),
-            plan=[c.label for c in plan.ordered],
-            arm=plan.arm,
-            shadow=plan.shadow.label if plan.shadow is not None else "",
-            estimated_input_tokens=query.estimated_input_tokens,
-        )
-
-    async def _node_context(self, request: admin_pb2.ExplainRouteRequest, group: NodeGroup) -> NodeContext:
-        """The node to decide as: what the request names, else its group's or the fleet's (see the proto)."""
-        mode = MODE_FROM_PROTO.get(request.mode)
-        if mode is None and request.node_group:
-            mode = DeploymentMode(group.mode)
-        if mode is None:
-            declared = {MODE_FROM_PROTO.get(n.mode) for n in await self._nodes.list()}
-            only = declared.pop() if len(declared) == 1 else None
-            mode = only if only is not None else DeploymentMode.CLOUD
-        return NodeContext(
-            mode=mode,
-            site=request.site or group.site,
-            deployment=request.deployment or group.deployment,
-            node_group=group.name,
-        )
 
     # ---- nodes and snapshots ----
 
@@ -426,7 +373,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CreateEnrollToken(
         self, request: admin_pb2.CreateEnrollTokenRequest, context: Context
     ) -> admin_pb2.CreateEnrollTokenResponse:
-        _require("group", request.group)
+        convert.require("group", request.group)
         if request.ttl_seconds > MAX_TOKEN_TTL.total_seconds():  # before timedelta can overflow
             raise InvalidArgument(
                 "ttl_seconds", f"must be 1 .. {int(MAX_TOKEN_TTL.total_seconds())} (7 days)"
@@ -457,7 +404,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CertifyNode(
         self, request: admin_pb2.CertifyNodeRequest, context: Context
     ) -> identity_pb2.NodeCertificate:
-        _require("csr_pem", request.csr_pem)
+        convert.require("csr_pem", request.csr_pem)
         if request.ttl_seconds > MAX_CERT_TTL.total_seconds():  # before timedelta can overflow
             raise InvalidArgument("ttl_seconds", f"at most {int(MAX_CERT_TTL.total_seconds())} (365 days)")
         issued = await self._identities.certify(
@@ -480,7 +427,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetNodeGroup(
         self, request: admin_pb2.GetNodeGroupRequest, context: Context
     ) -> admin_pb2.NodeGroup:
-        _require("name", request.name)
+        convert.require("name", request.name)
         return convert.node_group(await self._groups.get(request.name))
 
     async def ListNodeGroups(
@@ -493,14 +440,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def UpdateNodeGroup(
         self, request: admin_pb2.UpdateNodeGroupRequest, context: Context
     ) -> admin_pb2.NodeGroup:
-        _require("name", request.name)
+        convert.require("name", request.name)
         info, _ = await self._groups.update(current_caller(), request.name, convert.group_change(request))
         return convert.node_group(info)
 
     async def DeleteNodeGroup(
         self, request: admin_pb2.DeleteNodeGroupRequest, context: Context
     ) -> admin_pb2.DeleteResponse:
-        _require("name", request.name)
+        convert.require("name", request.name)
         return admin_pb2.DeleteResponse(
             snapshot_version=await self._groups.delete(current_caller(), request.name)
         )
@@ -524,161 +471,3 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
         # Tens of thousands of keys: built off the event loop.
         return await asyncio.to_thread(reply)
-
-    # ---- evidence store ----
-
-    async def QueryEvidence(
-        self, request: admin_pb2.QueryEvidenceRequest, context: Context
-    ) -> admin_pb2.QueryEvidenceResponse:
-        rows, truncated = await self._evidence.records(_evidence_filter(request, limit=request.limit))
-        # Pruned records are all older than their statement's pruned_before.
-        since = request.since.ToDatetime(UTC) if request.HasField("since") else None
-        pruned = [
-            convert.evidence_pruned_range(p)
-            for p in (await self._retention.pruned()).values()
-            if since is None or since < p.pruned_before
-        ]
-        return admin_pb2.QueryEvidenceResponse(
-            records=[convert.evidence_record(r) for r in rows], truncated=truncated, pruned=pruned
-        )
-
-    async def ListEvidenceChains(
-        self, request: admin_pb2.ListEvidenceChainsRequest, context: Context
-    ) -> admin_pb2.ListEvidenceChainsResponse:
-        pruned = await self._retention.pruned()
-        chains = []
-        for c in await self._evidence.chains():
-            status = convert.evidence_chain(c.chain, c.alarms, c.stale)
-            statement = pruned.get(c.chain.chain_id)
-            status.pruned_through_seq = statement.last_seq if statement is not None else 0
-            chains.append(status)
-        return admin_pb2.ListEvidenceChainsResponse(chains=chains)
-
-    async def PruneEvidence(
-        self, request: admin_pb2.PruneEvidenceRequest, context: Context
-    ) -> admin_pb2.PruneEvidenceResponse:
-        if not request.HasField("before"):
-            raise InvalidArgument("before", "is required")
-        before = request.before.ToDatetime(UTC)
-        if before > datetime.now(UTC):
-            # A month still being written would be dropped while nodes ship into it.
-            raise InvalidArgument("before", "must not be in the future")
-        result = await self._retention.prune(before)
-        return admin_pb2.PruneEvidenceResponse(
-            partitions=result.partitions,
-            ranges=[convert.evidence_pruned_range(s) for s in result.statements],
-        )
-
-    # ---- caller identities (ident branch) ----
-
-    async def AddJwtIssuer(
-        self, request: admin_pb2.AddJwtIssuerRequest, context: Context
-    ) -> admin_pb2.JwtIssuerInfo:
-        row, version = await self._callers.add_jwt(
-            current_caller(), tenant=request.tenant, issuer=request.issuer
-        )
-        return convert.jwt_issuer(row, version)
-
-    async def ListJwtIssuers(
-        self, request: admin_pb2.ListJwtIssuersRequest, context: Context
-    ) -> admin_pb2.ListJwtIssuersResponse:
-        rows = await self._callers.list(JWT, request.tenant)
-        return admin_pb2.ListJwtIssuersResponse(issuers=[convert.jwt_issuer(r) for r in rows])
-
-    async def RemoveJwtIssuer(
-        self, request: admin_pb2.RemoveJwtIssuerRequest, context: Context
-    ) -> admin_pb2.DeleteResponse:
-        _require("id", request.id)
-        return admin_pb2.DeleteResponse(
-            snapshot_version=await self._callers.remove(current_caller(), JWT, request.id)
-        )
-
-    async def AddMtlsMapping(
-        self, request: admin_pb2.AddMtlsMappingRequest, context: Context
-    ) -> admin_pb2.MtlsMappingInfo:
-        row, version = await self._callers.add_mtls(
-            current_caller(), tenant=request.tenant, mapping=request.mapping
-        )
-        return convert.mtls_mapping(row, version)
-
-    async def ListMtlsMappings(
-        self, request: admin_pb2.ListMtlsMappingsRequest, context: Context
-    ) -> admin_pb2.ListMtlsMappingsResponse:
-        rows = await self._callers.list(MTLS, request.tenant)
-        return admin_pb2.ListMtlsMappingsResponse(mappings=[convert.mtls_mapping(r) for r in rows])
-
-    async def RemoveMtlsMapping(
-        self, request: admin_pb2.RemoveMtlsMappingRequest, context: Context
-    ) -> admin_pb2.DeleteResponse:
-        _require("id", request.id)
-        return admin_pb2.DeleteResponse(
-            snapshot_version=await self._callers.remove(current_caller(), MTLS, request.id)
-        )
-
-    # ---- evidence packs ----
-
-    async def ExportEvidence(
-        self, request: admin_pb2.ExportEvidenceRequest, context: Context
-    ) -> AsyncIterator[admin_pb2.EvidencePackChunk]:
-        async for plan, data in self._exporter.export(_evidence_filter(request)):
-            if plan is not None:
-                yield admin_pb2.EvidencePackChunk(records=plan.records, pack_id=plan.pack_id)
-            else:
-                yield admin_pb2.EvidencePackChunk(data=data)
-
-    # ---- evidence import (airgap branch) ----
-
-    async def ImportEvidence(
-        self, request_iterator: AsyncIterator[admin_pb2.EvidencePackChunk], context: Context
-    ) -> admin_pb2.ImportEvidenceResponse:
-        fd, name = tempfile.mkstemp(prefix="signalbox-import-", suffix=".pack")  # 0600
-        path = Path(name)
-        try:
-            size = 0
-            with os.fdopen(fd, "wb") as f:
-                async for chunk in request_iterator:
-                    size += len(chunk.data)
-                    if size > MAX_IMPORT_BYTES:
-                        raise InvalidArgument("data", f"the pack is larger than {MAX_IMPORT_BYTES} bytes")
-                    await asyncio.to_thread(f.write, chunk.data)
-            result = await self._importer.import_pack(path)
-        finally:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
-        return admin_pb2.ImportEvidenceResponse(
-            pack_id=result.pack_id,
-            node_id=result.node_id,
-            chains=[
-                admin_pb2.ImportedChain(
-                    chain_id=c.chain_id,
-                    stored=c.stored,
-                    duplicates=c.duplicates,
-                    head_seq=c.head_seq,
-                    checkpoints=c.checkpoints,
-                    error=bounded(c.error),
-                    error_seq=c.error_seq,
-                )
-                for c in result.chains
-            ],
-        )
-
-    # ---- evidence import (end) ----
-
-
-def _evidence_filter(
-    request: admin_pb2.QueryEvidenceRequest | admin_pb2.ExportEvidenceRequest, *, limit: int = 0
-) -> EvidenceFilter:
-    return EvidenceFilter(
-        correlation_id=request.correlation_id,
-        tenant_id=request.tenant_id,
-        api_key_id=request.api_key_id,
-        model=request.model,
-        outcome=request.outcome,
-        since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
-        until=request.until.ToDatetime(UTC) if request.HasField("until") else None,
-        limit=limit,
-    )
-
-
-def _require(field: str, value: str) -> None:
-    if not value:
-        raise InvalidArgument(field, "must not be empty")

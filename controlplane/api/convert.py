@@ -364,3 +364,9 @@ def mtls_mapping(row: db.TenantIdentity, snapshot_version: int = 0) -> admin_pb2
         created_at=ts(row.created_at),
         snapshot_version=snapshot_version,
     )
+
+
+def require(field: str, value: str) -> None:
+    """A request's ``field`` that must be given: INVALID_ARGUMENT naming it when empty."""
+    if not value:
+        raise InvalidArgument(field, "must not be empty")

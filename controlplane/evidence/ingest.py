@@ -44,7 +44,7 @@ from controlplane.evidence.partitions import Partitions
 from controlplane.evidence.records import COLUMNS, COPY_HEADER, COPY_TRAILER, Parsed, parse_lines, where
 from controlplane.evidence.tree import StoredTree
 from controlplane.limits import NODE_ID_CHARS
-from dataplane.evidence.log import GENESIS_HASH
+from dataplane.evidence.records import GENESIS_HASH
 
 MAX_BATCH_RECORDS = 10_000
 POOL_MIN_LINES = 256

@@ -19,7 +19,7 @@ import orjson
 from controlplane.errors import shown
 from controlplane.evidence.errors import ChainBroken, EvidenceRefused
 from controlplane.limits import INT64_MAX, KEY_ID_CHARS, NAME_CHARS, RESULT_CHARS
-from dataplane.evidence.log import hash_of_line
+from dataplane.evidence.records import hash_of_line
 from dataplane.evidence.shipper import chain_of
 
 MAX_RECORD_BYTES = 64 * 1024

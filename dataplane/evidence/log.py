@@ -11,26 +11,9 @@ the chain's first segment: a new segment starts when the newest would grow past
 ``segment_bytes`` (``--evidence-segment-bytes``), and acknowledged segments are pruned
 behind a base file; ``dataplane.evidence.segments`` has the names and the base.
 
-**Records.** One JSON object per line (UTF-8, ``\n``-terminated). Every record carries
+**Records.** One JSON object per line, hash-chained; their bytes, hashing and reading back
+are in ``dataplane.evidence.records``.
 
-- ``record_id``: 32 lowercase hex characters, random, unique;
-- ``chain_id``: ``<node_id>/<worker>``; ``node_id``: the node's id;
-- ``seq``: 1, 2, 3, ... without gaps within a chain;
-- ``prev_hash``: the ``hash`` of record ``seq - 1`` (``GENESIS_HASH``, 64 zeros, for seq 1);
-- the request's fields (``dataplane.pipeline.trace.record_fields``);
-- ``hash``: lowercase hex SHA-256 over the stored line's own bytes without the ``hash``
-  member, which is always the line's last member: a line is ``B[:-1] + ',"hash":"' + H +
-  '"}' + '\n'`` where ``B`` is the hashed JSON object and ``H = hex(SHA-256(B))``
-  (``hash_of_line``). The node writes ``B`` as canonical JSON (keys sorted, separators
-  ``,`` and ``:``, no whitespace, non-ASCII characters as UTF-8: ``json.dumps(...,
-  sort_keys=True, separators=(",", ":"), ensure_ascii=False)``; ``seal``), so ``H`` is
-  also the hash of the record's canonical form (``record_hash``); verifiers hash the bytes
-  as they are and never re-encode, which is what makes checking a large range fast and
-  makes any changed byte a changed hash. A line whose last member is not ``hash`` is not
-  a record.
-
-Changing, removing, inserting or reordering any record breaks the chain, which
-``verify_chain`` (and ``dataplane.evidence.proofs.verify_chain_files``) detects and names.
 The chain is also an RFC 9162 Merkle tree (``dataplane.evidence.merkle``) whose leaves are
 the records' 32-byte hashes (hex-decoded ``hash``) in ``seq`` order: the record with
 ``seq`` s is leaf ``s - 1``.
@@ -94,7 +77,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -103,65 +86,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import checkpoint, merkle, segments
+from dataplane.evidence.records import GENESIS_HASH, ChainHead, canonical, hash_of_line, stored_line
 from dataplane.evidence.spool import Spool
 
 log = logging.getLogger("signalbox.dataplane.evidence")
 
-GENESIS_HASH = "0" * 64
-"""``prev_hash`` of a chain's first record."""
 DEFAULT_WORKER = "0"
 DEFAULT_CHECKPOINT_RECORDS = 1000
 DEFAULT_CHECKPOINT_INTERVAL = 1.0
 
 _TAIL_CHUNK = 64 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
-_HASH_MEMBER_START = b',"hash":"'
-_HASH_MEMBER_BYTES = len(_HASH_MEMBER_START) + 64 + 2  # ,"hash":"<64 hex>"}
-_HEX64 = re.compile(rb"[0-9a-f]{64}")
-
-
-@dataclass(frozen=True, slots=True)
-class ChainHead:
-    seq: int
-    hash: str
-
-
-def record_hash(record: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``record`` without its ``hash`` field: the hash
-    ``seal`` gives it."""
-    body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(_canonical(body)).hexdigest()
-
-
-def seal(record: Mapping[str, Any]) -> bytes:
-    """The stored line of ``record`` (its ``hash`` field, if any, replaced): canonical JSON
-    with the hash member appended last, newline-terminated."""
-    body = _canonical({k: v for k, v in record.items() if k != "hash"})
-    return _line(body, hashlib.sha256(body).hexdigest())
-
-
-def _line(body: bytes, digest: str) -> bytes:
-    return b'%b,"hash":"%b"}\n' % (body[:-1], digest.encode())
-
-
-def hash_of_line(line: bytes) -> str | None:
-    """The SHA-256 (hex) of a stored record line's bytes without its ``hash`` member, which
-    must be its last member; None when it is not (not a record line). A line that verifies
-    has ``hash_of_line(line) == json.loads(line)["hash"]``."""
-    end = len(line) - 1 if line.endswith(b"\n") else len(line)
-    start = end - _HASH_MEMBER_BYTES
-    if (
-        start < 1
-        or not line.startswith(_HASH_MEMBER_START, start)
-        or not line.startswith(b'"}', end - 2)
-        or _HEX64.fullmatch(line, start + len(_HASH_MEMBER_START), end - 2) is None
-    ):
-        return None
-    return hashlib.sha256(line[:start] + b"}").hexdigest()
-
-
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def chain_id(node_id: str, worker: str = DEFAULT_WORKER) -> str:
@@ -286,11 +221,11 @@ class EvidenceLog:
             "prev_hash": self._head.hash,
             **fields,
         }
-        body = _canonical(record)
+        body = canonical(record)
         hashed = hashlib.sha256(body)
         digest = hashed.hexdigest()
         # The stored line is the hashed body with "hash" appended last (``hash_of_line``).
-        line = _line(body, digest)
+        line = stored_line(body, digest)
         if self._segment_size and self._segment_size + len(line) > self._segment_bytes:
             self._roll(seq)
         self._file.write(line)
@@ -438,45 +373,6 @@ def _open_private_append(path: Path) -> BinaryIO:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.fchmod(fd, 0o600)  # a log created before files were private
     return os.fdopen(fd, "ab", buffering=0)
-
-
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Every complete record of the chain whose first segment is ``path`` (what remains
-    after pruning), in order."""
-    for _, _, line in _lines(path):
-        yield json.loads(line)
-
-
-def _lines(path: Path) -> Iterator[tuple[segments.Segment, int, bytes]]:
-    """(segment, line number in it, line) of every complete line of the remaining segments."""
-    base = segments.read_base(path)
-    for segment in segments.live_segments(path, base.seq if base else 0):
-        with open(segment.path, "rb") as f:
-            for n, line in enumerate(f, start=1):
-                if line.endswith(b"\n"):
-                    yield segment, n, line
-
-
-def where(segment: segments.Segment, line: int) -> str:
-    """``line L`` in the chain file, ``line L of <segment file>`` in a later segment."""
-    return f"line {line}" if segment.start == 1 else f"line {line} of {segment.path.name}"
-
-
-def verify_chain(path: Path) -> ChainHead:
-    """Check sequence, links and hashes of the whole chain (from its base, when pruned);
-    return its head."""
-    base = segments.read_base(path)
-    head = ChainHead(base.seq, base.hash) if base else ChainHead(0, GENESIS_HASH)
-    for segment, n, line in _lines(path):
-        record = json.loads(line)
-        if record.get("seq") != head.seq + 1:
-            raise EvidenceChainBroken(f"{where(segment, n)}: seq {record.get('seq')} follows {head.seq}")
-        if record.get("prev_hash") != head.hash:
-            raise EvidenceChainBroken(f"{where(segment, n)}: prev_hash does not match the record before")
-        if hash_of_line(line) != record.get("hash"):
-            raise EvidenceChainBroken(f"{where(segment, n)}: hash does not match the record's content")
-        head = ChainHead(record["seq"], record["hash"])
-    return head
 
 
 @dataclass(frozen=True, slots=True)

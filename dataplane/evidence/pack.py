@@ -25,7 +25,7 @@ the pack, and the chain and record seq where there is one):
 - every node certificate is issued by the pack's node CA for its node, and the node CA is
   the one the signed manifest names (SHA-256 of its DER);
 - per chain: its checkpoint is signed by a certificate of its node and is of size
-  ``to_seq``; every record's hash is over its own bytes (``log.hash_of_line``), its
+  ``to_seq``; every record's hash is over its own bytes (``records.hash_of_line``), its
   ``chain_id`` and ``node_id`` are the chain's, its seq is within ``[from_seq, to_seq]``
   and above the previous one, and consecutive seqs link (``prev_hash``); the multiproof
   and the records make the checkpoint's root (``merkle.root_from_multiproof``);

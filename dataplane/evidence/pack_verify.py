@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dataplane.evidence import checkpoint, merkle
-from dataplane.evidence.log import GENESIS_HASH, hash_of_line
 from dataplane.evidence.pack import (
     KIND_NODE,
     Certificates,
@@ -39,6 +38,7 @@ from dataplane.evidence.pack import (
     node_key_id,
     read_sections,
 )
+from dataplane.evidence.records import GENESIS_HASH, hash_of_line
 
 # ---- verifying ----
 

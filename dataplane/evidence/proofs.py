@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import checkpoint, merkle, segments
-from dataplane.evidence.log import GENESIS_HASH, hash_of_line, where
+from dataplane.evidence.records import GENESIS_HASH, hash_of_line, where
 
 NodeKey = ec.EllipticCurvePublicKey | x509.Certificate
 """What checkpoints are verified with: the node's public key or its certificate."""

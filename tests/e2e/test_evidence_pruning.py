@@ -12,7 +12,8 @@ from pathlib import Path
 
 from dataplane.app import DataPlaneNode
 from dataplane.evidence import segments
-from dataplane.evidence.log import log_path, verify_chain
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import verify_chain
 from dataplane.evidence.shipper import cursor_path, read_cursor
 from signalbox.shell.simulator import Simulator
 from tests.controlplane.test_cli import _signalbox

@@ -7,7 +7,8 @@ import asyncio
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from dataplane.evidence.log import log_path, verify_chain
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import verify_chain
 from dataplane.evidence.shipper import cursor_path, read_cursor
 from signalbox.shell.simulator import Simulator
 from tests.e2e.conftest import loopback_node

@@ -25,7 +25,8 @@ import pytest
 
 from dataplane.app import DataPlaneNode, NodeSettings
 from dataplane.config.model import DeploymentMode, Scope
-from dataplane.evidence.log import log_path, read_records
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2

@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from dataplane.app import DataPlaneNode, NodeSettings
 from dataplane.config.model import Scope
-from dataplane.evidence.log import log_path, read_records
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
 from dataplane.providers.registry import BUILTIN_ADAPTERS
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2

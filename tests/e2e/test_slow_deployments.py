@@ -21,7 +21,8 @@ import grpc
 import pytest
 
 from dataplane.app import DataPlaneNode, NodeSettings
-from dataplane.evidence.log import log_path, read_records
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc

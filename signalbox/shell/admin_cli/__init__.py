@@ -6,7 +6,8 @@ one line on stderr and an exit code from ``EXIT_CODES``.
 The package::
 
     parser.py    the command line: global options, one subcommand per resource and verb
-    commands.py  one coroutine per resource and verb: request in, Output back
+    commands/    one coroutine per resource and verb, a module per resource family: request in,
+                 Output back
     output.py    Output, the tables, one row per Admin API object, the route explanation
     run.py       the handler: channel, token, deadline, printing, exit codes
 """

@@ -1,5 +1,5 @@
 """``signalbox admin``'s command line: the global options, and one subcommand per resource
-and verb, each bound to its coroutine in ``commands.py``."""
+and verb, each bound to its coroutine in ``commands/``."""
 
 from __future__ import annotations
 
@@ -8,36 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from signalbox import settings, tls
-from signalbox.shell.admin_cli.commands import (
-    Action,
-    evidence_chains,
-    evidence_export,
-    evidence_import,
-    evidence_prune,
-    evidence_query,
-    group_create,
-    group_delete,
-    group_list,
-    group_show,
-    group_update,
-    identity_jwt_add,
-    identity_jwt_list,
-    identity_jwt_remove,
-    identity_mtls_add,
-    identity_mtls_list,
-    identity_mtls_remove,
-    import_config,
-    key_create,
-    key_delete,
-    key_list,
+from signalbox.shell.admin_cli.commands.base import Action
+from signalbox.shell.admin_cli.commands.config import (
     model_create,
     model_delete,
     model_list,
     model_update,
-    node_certify,
-    node_enroll_token,
-    node_list,
-    node_revoke,
     policy_apply,
     policy_delete,
     policy_diff,
@@ -48,6 +24,24 @@ from signalbox.shell.admin_cli.commands import (
     provider_list,
     provider_update,
     route_explain,
+)
+from signalbox.shell.admin_cli.commands.evidence import (
+    evidence_chains,
+    evidence_export,
+    evidence_import,
+    evidence_prune,
+    evidence_query,
+)
+from signalbox.shell.admin_cli.commands.fleet import (
+    group_create,
+    group_delete,
+    group_list,
+    group_show,
+    group_update,
+    node_certify,
+    node_enroll_token,
+    node_list,
+    node_revoke,
     signing_key_list,
     signing_key_revoke,
     signing_key_rotate,
@@ -55,6 +49,18 @@ from signalbox.shell.admin_cli.commands import (
     snapshot_list,
     snapshot_rollback,
     snapshot_show,
+)
+from signalbox.shell.admin_cli.commands.tenants import (
+    identity_jwt_add,
+    identity_jwt_list,
+    identity_jwt_remove,
+    identity_mtls_add,
+    identity_mtls_list,
+    identity_mtls_remove,
+    import_config,
+    key_create,
+    key_delete,
+    key_list,
     tenant_create,
     tenant_delete,
     tenant_get,

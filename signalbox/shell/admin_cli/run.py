@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from signalbox import tls
 from signalbox.api.admin.v1 import admin_pb2_grpc
 from signalbox.errors import Error
-from signalbox.shell.admin_cli.commands import Action, Stub
+from signalbox.shell.admin_cli.commands.base import Action, Stub
 from signalbox.shell.admin_cli.output import Output, table
 
 EXIT_CODES: dict[grpc.StatusCode, int] = {

@@ -19,8 +19,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from controlplane.evidence.checkpoints import CHECKPOINT_ORIGIN
-from dataplane.evidence.log import EvidenceLog, log_path, record_hash
+from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.merkle import Tree
+from dataplane.evidence.records import record_hash
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.tls import ClientTls, aio_channel
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane

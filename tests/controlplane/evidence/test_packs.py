@@ -25,9 +25,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.evidence import checkpoint
-from dataplane.evidence.log import EvidenceLog, log_path, seal
+from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.pack import PackInvalid, manifest_message, read_sections, seal_line
 from dataplane.evidence.pack_verify import verify
+from dataplane.evidence.records import seal
 from dataplane.identity import IdentityFiles
 from dataplane.snapshot.envelope import key_id_for
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc

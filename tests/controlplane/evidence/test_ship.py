@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from controlplane.evidence.ingest import POOL_MIN_LINES
-from dataplane.evidence.log import log_path, seal
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import seal
 from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, rehash, write_records
 from tests.fixtures.postgres import RunningControlPlane, sql_rows
 

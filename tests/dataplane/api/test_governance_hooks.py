@@ -16,7 +16,8 @@ from dataplane.app import DataPlaneNode, NodeSettings
 from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, Message, StreamChunk, TextPart
 from dataplane.config.model import Scope
 from dataplane.errors import PermissionDenied
-from dataplane.evidence.log import log_path, read_records
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
 from dataplane.pipeline import Operation
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from tests.dataplane.conftest import AUTH, chat, envelope, snapshot

@@ -15,7 +15,8 @@ import grpc
 import pytest
 
 from dataplane.app import DataPlaneNode
-from dataplane.evidence.log import log_path, read_records
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.conftest import AUTH, chat
 from tests.helpers import eventually

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from dataplane.app import DataPlaneNode
-from dataplane.evidence.log import log_path, read_records
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.tls import ClientTls, ServerTls, aio_channel

@@ -12,7 +12,8 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataplane.evidence.log import log_path, read_records
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
 from tests.helpers import eventually

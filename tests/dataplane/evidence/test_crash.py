@@ -16,8 +16,9 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.evidence import checkpoint, merkle
-from dataplane.evidence.log import log_path, read_records
+from dataplane.evidence.log import log_path
 from dataplane.evidence.proofs import Chain, InclusionProof, verify_chain_files
+from dataplane.evidence.records import read_records
 from dataplane.identity import IdentityFiles
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from tests.dataplane.conftest import AUTH, chat, pinned_serve_args

@@ -11,16 +11,8 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataplane.evidence.log import (
-    EvidenceChainBroken,
-    EvidenceLog,
-    hash_of_line,
-    log_path,
-    read_records,
-    record_hash,
-    seal,
-    verify_chain,
-)
+from dataplane.evidence.log import EvidenceChainBroken, EvidenceLog, log_path
+from dataplane.evidence.records import read_records, verify_chain
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
 from tests.helpers import eventually
@@ -233,22 +225,3 @@ async def test_a_tampered_tail_refuses_to_extend_the_chain(tmp_path: Path) -> No
     path.write_text(json.dumps(record) + "\n")
     with pytest.raises(EvidenceChainBroken, match="last record"):
         await EvidenceLog(path, "n").start()
-
-
-def test_a_record_hash_is_over_the_stored_bytes_with_the_hash_member_last() -> None:
-    line = seal({"seq": 1, "text": "\u00e9t\u00e9", "hash": "ignored"})
-    stated = json.loads(line)["hash"]
-    assert hash_of_line(line) == stated == record_hash(json.loads(line))
-    assert hash_of_line(line[:-1]) == stated  # the newline is not hashed
-    # The same JSON value in other bytes (keys reordered, ASCII escapes, a space) is another hash.
-    reordered = json.dumps({"text": "\u00e9t\u00e9", "seq": 1}, separators=(",", ":"), ensure_ascii=False)
-    for other in (
-        reordered.encode(),
-        b'{"seq":1,"text":"\\u00e9t\\u00e9"}',
-        b'{"seq": 1,"text":"\xc3\xa9t\xc3\xa9"}',
-    ):
-        assert hash_of_line(other[:-1] + b',"hash":"' + stated.encode() + b'"}\n') != stated
-    # A line whose last member is not the hash is not a record line.
-    assert hash_of_line(b'{"hash":"' + stated.encode() + b'","seq":1}\n') is None
-    assert hash_of_line(b'{"seq":1,"hash":"' + stated.upper().encode() + b'"}\n') is None
-    assert hash_of_line(b"") is None

@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from controlplane.identity.ca import NodeCertificateSpec, new_ca
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import checkpoint, merkle
-from dataplane.evidence.log import EvidenceLog, log_path, read_records, record_hash, seal
+from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.proofs import Subtrees, consistency, inclusion, verify_chain_files
+from dataplane.evidence.records import read_records, record_hash, seal
 from dataplane.identity import IdentityFiles
 from tests.helpers import eventually
 

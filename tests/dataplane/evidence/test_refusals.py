@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from dataplane.app import DataPlaneNode
-from dataplane.evidence.log import log_path, read_records, verify_chain
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records, verify_chain
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.simulator import Behaviour
 from tests.dataplane.conftest import AUTH, chat

@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import merkle, segments
-from dataplane.evidence.log import EvidenceLog, log_path, read_records, verify_chain
+from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.proofs import inclusion, verify_chain_files
+from dataplane.evidence.records import read_records, verify_chain
 from dataplane.evidence.shipper import prune
 from dataplane.identity import IdentityFiles
 from tests.dataplane.evidence.test_crash import NODE, _load, pinned_node_process

@@ -13,7 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
-from dataplane.evidence.log import log_path, read_records
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.simulator import Simulator
 from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot

@@ -1,0 +1,139 @@
+"""The evidence handlers of AdminService: query, chains, prune, export and import of the
+evidence store; mixed into ``controlplane.api.admin.AdminServicer``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from controlplane.api import convert
+from controlplane.api.status import bounded
+from controlplane.errors import InvalidArgument
+from controlplane.evidence.export import EvidenceExporter
+from controlplane.evidence.imports import MAX_IMPORT_BYTES, EvidenceImporter
+from controlplane.evidence.queries import EvidenceFilter, EvidenceQueries
+from controlplane.evidence.retention import EvidenceRetention
+from signalbox.api.admin.v1 import admin_pb2
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class EvidenceAdmin:
+    """The evidence RPCs; the servicer's ``__init__`` sets the services below."""
+
+    _evidence: EvidenceQueries
+    _exporter: EvidenceExporter
+    _retention: EvidenceRetention
+    _importer: EvidenceImporter
+
+    # ---- evidence store ----
+
+    async def QueryEvidence(
+        self, request: admin_pb2.QueryEvidenceRequest, context: Context
+    ) -> admin_pb2.QueryEvidenceResponse:
+        rows, truncated = await self._evidence.records(_evidence_filter(request, limit=request.limit))
+        # Pruned records are all older than their statement's pruned_before.
+        since = request.since.ToDatetime(UTC) if request.HasField("since") else None
+        pruned = [
+            convert.evidence_pruned_range(p)
+            for p in (await self._retention.pruned()).values()
+            if since is None or since < p.pruned_before
+        ]
+        return admin_pb2.QueryEvidenceResponse(
+            records=[convert.evidence_record(r) for r in rows], truncated=truncated, pruned=pruned
+        )
+
+    async def ListEvidenceChains(
+        self, request: admin_pb2.ListEvidenceChainsRequest, context: Context
+    ) -> admin_pb2.ListEvidenceChainsResponse:
+        pruned = await self._retention.pruned()
+        chains = []
+        for c in await self._evidence.chains():
+            status = convert.evidence_chain(c.chain, c.alarms, c.stale)
+            statement = pruned.get(c.chain.chain_id)
+            status.pruned_through_seq = statement.last_seq if statement is not None else 0
+            chains.append(status)
+        return admin_pb2.ListEvidenceChainsResponse(chains=chains)
+
+    async def PruneEvidence(
+        self, request: admin_pb2.PruneEvidenceRequest, context: Context
+    ) -> admin_pb2.PruneEvidenceResponse:
+        if not request.HasField("before"):
+            raise InvalidArgument("before", "is required")
+        before = request.before.ToDatetime(UTC)
+        if before > datetime.now(UTC):
+            # A month still being written would be dropped while nodes ship into it.
+            raise InvalidArgument("before", "must not be in the future")
+        result = await self._retention.prune(before)
+        return admin_pb2.PruneEvidenceResponse(
+            partitions=result.partitions,
+            ranges=[convert.evidence_pruned_range(s) for s in result.statements],
+        )
+
+    # ---- evidence packs ----
+
+    async def ExportEvidence(
+        self, request: admin_pb2.ExportEvidenceRequest, context: Context
+    ) -> AsyncIterator[admin_pb2.EvidencePackChunk]:
+        async for plan, data in self._exporter.export(_evidence_filter(request)):
+            if plan is not None:
+                yield admin_pb2.EvidencePackChunk(records=plan.records, pack_id=plan.pack_id)
+            else:
+                yield admin_pb2.EvidencePackChunk(data=data)
+
+    # ---- evidence import ----
+
+    async def ImportEvidence(
+        self, request_iterator: AsyncIterator[admin_pb2.EvidencePackChunk], context: Context
+    ) -> admin_pb2.ImportEvidenceResponse:
+        fd, name = tempfile.mkstemp(prefix="signalbox-import-", suffix=".pack")  # 0600
+        path = Path(name)
+        try:
+            size = 0
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in request_iterator:
+                    size += len(chunk.data)
+                    if size > MAX_IMPORT_BYTES:
+                        raise InvalidArgument("data", f"the pack is larger than {MAX_IMPORT_BYTES} bytes")
+                    await asyncio.to_thread(f.write, chunk.data)
+            result = await self._importer.import_pack(path)
+        finally:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        return admin_pb2.ImportEvidenceResponse(
+            pack_id=result.pack_id,
+            node_id=result.node_id,
+            chains=[
+                admin_pb2.ImportedChain(
+                    chain_id=c.chain_id,
+                    stored=c.stored,
+                    duplicates=c.duplicates,
+                    head_seq=c.head_seq,
+                    checkpoints=c.checkpoints,
+                    error=bounded(c.error),
+                    error_seq=c.error_seq,
+                )
+                for c in result.chains
+            ],
+        )
+
+
+def _evidence_filter(
+    request: admin_pb2.QueryEvidenceRequest | admin_pb2.ExportEvidenceRequest, *, limit: int = 0
+) -> EvidenceFilter:
+    return EvidenceFilter(
+        correlation_id=request.correlation_id,
+        tenant_id=request.tenant_id,
+        api_key_id=request.api_key_id,
+        model=request.model,
+        outcome=request.outcome,
+        since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
+        until=request.until.ToDatetime(UTC) if request.HasField("until") else None,
+        limit=limit,
+    )

@@ -1,0 +1,79 @@
+"""ExplainRoute: a routing decision made on the control plane exactly as a node of the named
+group would make it; mixed into ``controlplane.api.admin.AdminServicer``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from controlplane.api import convert
+from controlplane.db.models import NodeGroup
+from controlplane.errors import NotFound
+from controlplane.limits import DEFAULT_GROUP
+from controlplane.services.groups import NodeGroupService
+from controlplane.services.nodes import NodeService
+from controlplane.services.snapshots import SnapshotService
+from dataplane.config.model import DeploymentMode
+from dataplane.edge import infer as edge
+from dataplane.routing.planner import plan_request
+from dataplane.routing.query import NodeContext, query_for
+from dataplane.routing.table import build_route_table
+from dataplane.snapshot.compile import MODE_FROM_PROTO
+from dataplane.validation import check_schemas, validate_chat
+from signalbox.api.admin.v1 import admin_pb2
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class RoutingAdmin:
+    """The routing RPC; the servicer's ``__init__`` sets the services below."""
+
+    _groups: NodeGroupService
+    _nodes: NodeService
+    _snapshots: SnapshotService
+
+    async def ExplainRoute(
+        self, request: admin_pb2.ExplainRouteRequest, context: Context
+    ) -> admin_pb2.ExplainRouteResponse:
+        convert.require("tenant", request.tenant)
+        group_name = request.node_group or DEFAULT_GROUP
+        try:
+            group = (await self._groups.get(group_name)).row
+        except NotFound:
+            raise NotFound("node group", group_name, field="node_group") from None
+        # Decided as a node of that group would: on the group's snapshot, in its site.
+        config, tenant = await self._snapshots.runtime_for(request.tenant, group.name)
+        node = await self._node_context(request, group)
+        req = request.request
+        # Read, checked and routed exactly as a node would: same conversion, same
+        # validation, same query, same planner, same filters.
+        chat, hints = edge.decode_chat(req)
+        validate_chat(chat, require_messages=False, schemas=False)
+        # Schemas are checked as on a node: off this loop, verdicts cached by digest.
+        await check_schemas(chat)
+        query = query_for(tenant, chat, hints, request_id=req.correlation_id)
+        plan = plan_request(build_route_table(config, node, tenants=(tenant.id,)), query)
+        return admin_pb2.ExplainRouteResponse(
+            decision=edge.routing_to_proto(plan, plan.chosen, []),
+            plan=[c.label for c in plan.ordered],
+            arm=plan.arm,
+            shadow=plan.shadow.label if plan.shadow is not None else "",
+            estimated_input_tokens=query.estimated_input_tokens,
+        )
+
+    async def _node_context(self, request: admin_pb2.ExplainRouteRequest, group: NodeGroup) -> NodeContext:
+        """The node to decide as: what the request names, else its group's or the fleet's (see the proto)."""
+        mode = MODE_FROM_PROTO.get(request.mode)
+        if mode is None and request.node_group:
+            mode = DeploymentMode(group.mode)
+        if mode is None:
+            declared = {MODE_FROM_PROTO.get(n.mode) for n in await self._nodes.list()}
+            only = declared.pop() if len(declared) == 1 else None
+            mode = only if only is not None else DeploymentMode.CLOUD
+        return NodeContext(
+            mode=mode,
+            site=request.site or group.site,
+            deployment=request.deployment or group.deployment,
+            node_group=group.name,
+        )

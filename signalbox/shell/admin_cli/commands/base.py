@@ -1,0 +1,34 @@
+"""What every ``signalbox admin`` command module shares: the stub and action types and the
+parsing of KEY=VALUE pairs and enum names from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from signalbox.shell.admin_cli.output import Output
+
+# The AdminService stub with token and deadline bound (``run._with_call_options``); grpc-stubs
+# types stubs as synchronous, which grpc.aio ones are not.
+Stub = Any
+Action = Callable[[Stub, argparse.Namespace], Coroutine[Any, Any, Output]]
+
+
+def pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{flag}: expected KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def enum_value(enum: Any, prefix: str, name: str, flag: str) -> Any:  # the enum's ValueType
+    try:
+        return int(enum.Value(prefix + name.upper().replace("-", "_")))
+    except ValueError:
+        names: list[str] = list(enum.keys())
+        known = ", ".join(n.removeprefix(prefix).lower() for n in names if not n.endswith("UNSPECIFIED"))
+        raise SystemExit(f"{flag}: unknown value {name!r} (known: {known})") from None
