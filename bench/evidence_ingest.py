@@ -28,6 +28,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controlplane.app import ControlPlane, ControlPlaneSettings
@@ -78,6 +80,34 @@ async def write_records(data_dir: Path, node_id: str, count: int) -> None:
             )
 
 
+def cpu_times(root: Path) -> dict[str, float]:
+    """CPU seconds so far of the control plane (this process and its worker processes, not
+    the shipping child) and of PostgreSQL (the server under ``root`` and its backends)."""
+    me = psutil.Process()
+    workers = [c for c in me.children(recursive=True) if "--ship-only" not in " ".join(c.cmdline())]
+    postgres = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and "postgres" in cmdline[0] and any(str(root) in part for part in cmdline):
+            postgres = [proc, *proc.children(recursive=True)]
+            break
+
+    def total(procs: list[psutil.Process]) -> float:
+        seconds = 0.0
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            seconds += t.user + t.system
+        return seconds
+
+    return {
+        "control plane (process + workers)": total([me, *workers]),
+        "PostgreSQL (server + backends)": total(postgres),
+    }
+
+
 async def ship(node_address: str, root: Path, node_id: str, batch: int) -> tuple[int, list[float]]:
     """Ship one node's log as the shipper does (one batch in flight); records and ACK latencies."""
     lines = log_path(root / node_id, node_id).read_bytes().splitlines(keepends=True)
@@ -109,6 +139,7 @@ async def ship(node_address: str, root: Path, node_id: str, batch: int) -> tuple
 async def ship_only(args: argparse.Namespace) -> None:
     root = Path(args.root)
     started = time.perf_counter()
+    cpu = time.process_time()
     results = await asyncio.gather(
         *(ship(args.node_address, root, f"bench-{n}", args.batch) for n in range(args.nodes))
     )
@@ -117,6 +148,7 @@ async def ship_only(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "elapsed": elapsed,
+                "cpu": time.process_time() - cpu,
                 "records": sum(r[0] for r in results),
                 "lat": [x for r in results for x in r[1]],
             }
@@ -160,6 +192,7 @@ async def run(args: argparse.Namespace, root: Path) -> None:
             )
             await write_records(root / node_id, node_id, args.records)
         print(f"{args.nodes} nodes x {args.records} records, batches of {args.batch}", flush=True)
+        before = cpu_times(root)
         child = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--ship-only", "--root", str(root), "--node-address", cp.node_address,
             "--nodes", str(args.nodes), "--batch", str(args.batch),
@@ -168,6 +201,7 @@ async def run(args: argparse.Namespace, root: Path) -> None:
         out, _ = await child.communicate()
         if child.returncode:
             raise SystemExit("the shipping process failed")
+        after = cpu_times(root)
         result = json.loads(out)
         lat = result["lat"]
         print(f"records/s verified, committed, acknowledged   {result['records'] / result['elapsed']:,.0f}")
@@ -177,6 +211,16 @@ async def run(args: argparse.Namespace, root: Path) -> None:
         print(
             f"batch ACK latency                             p50 {pct(lat, 0.5) * 1000:.1f} ms  "
             f"p99 {pct(lat, 0.99) * 1000:.1f} ms  max {max(lat) * 1000:.1f} ms  mean {statistics.mean(lat) * 1000:.1f} ms"
+        )
+        per = {name: (after[name] - before.get(name, 0.0)) / result["records"] * 1e6 for name in after}
+        per["shipping process (the nodes' side)"] = result["cpu"] / result["records"] * 1e6
+        print("CPU per record (user+system), and what one core spent on it alone could take:")
+        for name, us in per.items():
+            print(f"  {name:<44}{us:7.1f} us   {1e6 / us if us else 0:>10,.0f} records/s per core")
+        ingest = sum(us for name, us in per.items() if not name.startswith("shipping"))
+        print(
+            f"  {'control plane + PostgreSQL':<44}{ingest:7.1f} us   {1e6 / ingest:>10,.0f} records/s per core; "
+            f"{os.cpu_count()} cores all on ingest: {os.cpu_count() * 1e6 / ingest:,.0f} records/s"
         )
 
 
