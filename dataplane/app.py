@@ -51,6 +51,9 @@ from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
 from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.shipper import EvidenceShipper
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES, Spool
+from dataplane.http.openai_api import OpenAIFrontDoor, server_error_body
+from dataplane.http.server import HttpServer
+from dataplane.http.server import Limits as HttpLimits
 from dataplane.http_client import TransportName, build_http_client
 from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
 from dataplane.pipeline import GovernanceStep, Pipeline
@@ -65,7 +68,7 @@ from dataplane.snapshot.serving import ServingState
 from dataplane.snapshot.store import SnapshotStore
 from dataplane.snapshot.sync_client import DEFAULT_MAX_MESSAGE_BYTES, SyncClient, full_jitter
 from signalbox.api.infer.v1 import infer_pb2
-from signalbox.tls import ClientTls, ServerTls, add_port
+from signalbox.tls import ClientTls, ServerTls, add_port, ssl_server_context
 
 log = logging.getLogger("signalbox.dataplane")
 
@@ -117,6 +120,10 @@ class NodeSettings:
     """Provider credential files may be read only inside this directory; None: ``<data_dir>/credentials``."""
     drain_seconds: float = 10.0
     """How long a stop waits for in-flight calls and streams."""
+    http_listen: str | None = None
+    """host:port of the OpenAI-compatible HTTP front door (TLS as ``tls``); None: off."""
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    """Sizes and timeouts of the HTTP front door."""
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S
     """Longest upstream Retry-After (or Gemini retryDelay) honoured, in seconds: one
     hostile or mistaken 429 must not park a deployment for every tenant of the node."""
@@ -163,6 +170,7 @@ class DataPlaneNode:
             node_group=settings.scope.node_group,
         )
         self._server: grpc.aio.Server | None = None
+        self._http_door: HttpServer | None = None
         self._health = HealthServicer()
         self._http: httpx.AsyncClient | None = None
         self._evidence: EvidenceLog | None = None
@@ -189,6 +197,14 @@ class DataPlaneNode:
             raise RuntimeError("node is not started")
         host = self.settings.listen.rsplit(":", 1)[0]
         return f"{host}:{self._port}"
+
+    @property
+    def http_address(self) -> str:
+        """``host:port`` of the HTTP front door (the real port when 0 was asked)."""
+        if self._http_door is None or self.settings.http_listen is None:
+            raise RuntimeError("the HTTP front door is not running")
+        host = self.settings.http_listen.rsplit(":", 1)[0]
+        return f"{host}:{self._http_door.port}"
 
     @property
     def port(self) -> int:
@@ -430,6 +446,13 @@ class DataPlaneNode:
         await server.start()
         self._server = server
         self._port = port
+        if s.http_listen is not None:
+            host, _, http_port = s.http_listen.rpartition(":")
+            door = OpenAIFrontDoor(pipeline)
+            self._http_door = HttpServer(
+                door.handle, server_error_body, s.http_limits, ssl_server_context(s.http_listen, s.tls)
+            )
+            await self._http_door.start(host.strip("[]") or "0.0.0.0", int(http_port))
 
     async def _on_snapshot(self, state: ServingState) -> None:
         if not self._stopping:
@@ -461,9 +484,11 @@ class DataPlaneNode:
                 self._pin_watch.close()
             if self._pin_task is not None:
                 await self._pin_task
-            if self._server is not None:
-                # Stops accepting at once; running calls and streams get ``grace`` seconds.
-                await self._server.stop(grace)
+            # Both doors stop accepting at once; running calls and streams get ``grace`` seconds.
+            await asyncio.gather(
+                *(() if self._server is None else (self._server.stop(grace),)),
+                *(() if self._http_door is None else (self._http_door.close(grace),)),
+            )
             if self._store is not None:
                 await self._store.aclose()
             if self._http is not None:

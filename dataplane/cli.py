@@ -27,6 +27,7 @@ from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
 from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.evidence_cli import ProgressBar
+from dataplane.http.server import Limits as HttpLimits
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.background import ESCALATE_AFTER_S
@@ -87,6 +88,51 @@ def register(
         env="SIGNALBOX_DATAPLANE_LISTEN",
         default="127.0.0.1:7701",
         help="HOST:PORT of the Infer API and grpc health (port 0 picks a free one)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--http-listen",
+        env="SIGNALBOX_HTTP_LISTEN",
+        default=None,
+        help="HOST:PORT of the OpenAI-compatible HTTP front door (/v1/chat/completions, /v1/embeddings, "
+        "/v1/models; TLS as the Infer API's); off when not given",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--http-max-body-bytes",
+        env="SIGNALBOX_HTTP_MAX_BODY_BYTES",
+        default=HttpLimits().max_body_bytes,
+        type=int,
+        help="largest HTTP request body accepted (413 beyond)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--http-header-timeout",
+        env="SIGNALBOX_HTTP_HEADER_TIMEOUT",
+        default=HttpLimits().header_timeout,
+        type=float,
+        help="seconds an HTTP request's headers may take to arrive (408 beyond)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--http-body-timeout",
+        env="SIGNALBOX_HTTP_BODY_TIMEOUT",
+        default=HttpLimits().body_timeout,
+        type=float,
+        help="seconds an HTTP request's body may take to arrive after its headers (408 beyond)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--http-keepalive",
+        env="SIGNALBOX_HTTP_KEEPALIVE",
+        default=HttpLimits().keepalive_timeout,
+        type=float,
+        help="seconds an idle HTTP keep-alive connection stays open",
         command=SERVE,
     )
     add(
@@ -425,7 +471,19 @@ def serve_command(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    for flag, seconds in (
+        ("--http-header-timeout", ns.http_header_timeout),
+        ("--http-body-timeout", ns.http_body_timeout),
+        ("--http-keepalive", ns.http_keepalive),
+    ):
+        if not (seconds > 0 and math.isfinite(seconds)):
+            print(f"{flag}: {seconds} is not a positive number of seconds", file=sys.stderr)
+            return 2
+    if ns.http_listen is not None and not _host_port(ns.http_listen):
+        print(f"--http-listen: {ns.http_listen!r} is not HOST:PORT", file=sys.stderr)
+        return 2
     for flag, value, what in (
+        ("--http-max-body-bytes", ns.http_max_body_bytes, "number of bytes"),
         ("--evidence-checkpoint-records", ns.evidence_checkpoint_records, "count"),
         ("--evidence-checkpoint-ms", ns.evidence_checkpoint_ms, "number of milliseconds"),
         ("--evidence-ship-ms", ns.evidence_ship_ms, "number of milliseconds"),
@@ -459,6 +517,13 @@ def serve_command(ns: argparse.Namespace) -> int:
             return 2
     node_settings = NodeSettings(
         listen=ns.listen,
+        http_listen=ns.http_listen,
+        http_limits=HttpLimits(
+            max_body_bytes=ns.http_max_body_bytes,
+            header_timeout=ns.http_header_timeout,
+            body_timeout=ns.http_body_timeout,
+            keepalive_timeout=ns.http_keepalive,
+        ),
         control_plane=ns.control_plane or None,
         enroll_token=token,
         enroll_address=ns.enroll_address or None,
@@ -550,3 +615,8 @@ def verify_command(ns: argparse.Namespace) -> int:
     print(f"created: {when(config.created_at)}")
     print(f"expires: {when(config.expires_at)}")
     return 0
+
+
+def _host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) < 65536)

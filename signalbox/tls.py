@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,26 @@ class ServerTls:
         return grpc.ssl_server_credentials(
             [pair], root_certificates=_read(self.client_ca, "--tls-client-ca"), require_client_auth=True
         )
+
+
+def ssl_server_context(listen: str, tls: ServerTls) -> ssl.SSLContext | None:
+    """The same choice as ``ServerTls.credentials`` for a server that is not gRPC (the node's
+    HTTP front door): None for plaintext where that is allowed, else a TLS 1.2+ context that
+    requires client certificates from ``client_ca`` when one is given."""
+    if tls.credentials(listen) is None:
+        return None
+    assert tls.cert is not None
+    assert tls.key is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+        if tls.client_ca is not None:
+            context.load_verify_locations(cafile=tls.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(f"TLS files for {listen}: {exc}") from exc
+    return context
 
 
 def add_port(server: grpc.aio.Server, listen: str, tls: ServerTls) -> int:

@@ -206,13 +206,14 @@ class EvidenceLog:
         if self._signer is not None:
             self._checkpointer = loop.create_task(self._checkpoint_loop())
 
-    def append(self, fields: Mapping[str, Any]) -> str:
-        """Write one record made of ``fields`` plus the chain fields; return its record id."""
+    def append(self, fields: Mapping[str, Any], record_id: str | None = None) -> str:
+        """Write one record made of ``fields`` plus the chain fields; return its record id
+        (``record_id`` when given: a front door that names the record before it is written)."""
         if self._file is None:
             # ValueError, like a write to a closed file: callers handle both the same way.
             raise ValueError("evidence log is not open")
         seq = self._head.seq + 1
-        record_id = secrets.token_hex(16)
+        record_id = record_id or secrets.token_hex(16)
         record: dict[str, Any] = {
             "record_id": record_id,
             "chain_id": self.chain_id,

@@ -90,6 +90,8 @@ class Opened:
 
     correlation_id: str
     candidate: Candidate
+    evidence_id: str = ""
+    """The id the stream's evidence record will have (written when it ends)."""
 
 
 @dataclass(frozen=True, slots=True)

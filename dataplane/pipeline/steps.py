@@ -171,7 +171,7 @@ class Pipeline:
                 )
                 trace.first_chunk_ms = (time.monotonic() - dispatched) * 1000
                 trace.candidate, trace.attempts = candidate, attempts
-                yield Opened(trace.correlation_id, candidate)
+                yield Opened(trace.correlation_id, candidate, trace.record_id)
                 usage: Usage | None = None
                 while True:
                     for step in self.governance:
@@ -382,7 +382,7 @@ class Pipeline:
             return trace.recorded
         trace.recorded = ""
         try:
-            record_id = self.evidence.append(record_fields(trace, outcome))
+            record_id = self.evidence.append(record_fields(trace, outcome), trace.record_id)
         except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
             raise EvidenceUnavailable("node cannot write evidence; request not served") from exc
         trace.recorded = record_id

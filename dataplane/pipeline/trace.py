@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class Trace:
     """What governance steps did to the request or the answer (empty: nothing)."""
     recorded: str | None = None
     """The evidence record id once written ("" when it could not be): exactly one per request."""
+    record_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    """The id the record will have: a stream names it in its first event, before it is written."""
     content: dict[str, Any] | None = None
     """The request's and the answer's content, for a tenant whose evidence is FULL (None:
     digests only, the default)."""

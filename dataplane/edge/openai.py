@@ -1,0 +1,576 @@
+"""OpenAI chat-completions / embeddings JSON <-> plain values: the HTTP front door's edge.
+
+Inbound, a body is read strictly: every field OpenAI defines is either converted or
+refused by name (``InvalidRequest`` with the field's path, e.g. ``messages[2].content[0].type``);
+a field OpenAI does not define is refused like OpenAI does ("unrecognized request
+argument"), so a client's typo never silently changes an answer. Range checks are
+``validation``'s, shared with gRPC. Routing hints come from ``x-signalbox-*`` headers and
+the ``metadata`` body field.
+
+Outbound, answers use OpenAI's exact shapes: ``chat.completion``,
+``chat.completion.chunk`` (with ``stream_options.include_usage``), ``list`` of
+``embedding`` (float or base64), ``list`` of ``model``, and the error object.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import struct
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from dataplane.chat import (
+    ChatRequest,
+    ChatResponse,
+    ContentPart,
+    EmbedRequest,
+    EmbedResponse,
+    FinishReason,
+    GenerationParams,
+    ImagePart,
+    Message,
+    ResponseFormat,
+    Role,
+    StreamChunk,
+    TextPart,
+    ToolCall,
+    ToolChoice,
+    ToolDefinition,
+    Usage,
+)
+from dataplane.config.model import Capability, DataClass
+from dataplane.edge.infer import MAX_JSON_DEPTH, MAX_SCHEMA_CHARS, MAX_TOOLS, _depth_exceeds
+from dataplane.errors import InvalidRequest, shown
+from dataplane.routing.query import Hints
+
+AUTO_MODEL = "auto"
+"""``model: "auto"`` (or empty): the tenant's policy chooses."""
+
+_CHAT_FIELDS = frozenset(
+    {
+        "model", "messages", "tools", "tool_choice", "response_format", "temperature", "top_p",
+        "max_tokens", "max_completion_tokens", "stop", "seed", "n", "stream", "stream_options",
+        "presence_penalty", "frequency_penalty", "parallel_tool_calls", "metadata", "user", "store",
+    }
+)  # fmt: skip
+_UNSUPPORTED = frozenset(
+    {
+        "logprobs", "top_logprobs", "logit_bias", "audio", "modalities", "prediction",
+        "web_search_options", "functions", "function_call", "reasoning_effort", "service_tier",
+    }
+)  # fmt: skip
+"""OpenAI fields this door does not implement: refused by name rather than ignored."""
+_EMBED_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user", "metadata"})
+_ROLES = {r.value: r for r in Role}
+_DATA_CLASSES = {c.name.lower(): c for c in DataClass if c is not DataClass.UNSPECIFIED}
+_CAPABILITIES = {c.value: c for c in Capability}
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+
+
+def loads(body: bytes, what: str = "request body") -> Any:
+    """The JSON of a body; ``InvalidRequest`` naming the body when it is not JSON."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest("body", f"{what} is not valid JSON ({shown(str(exc), 100)})") from exc
+    if _depth_exceeds(value, MAX_JSON_DEPTH):
+        raise InvalidRequest("body", f"{what} is nested deeper than the limit of {MAX_JSON_DEPTH} levels")
+    return value
+
+
+# ---- small typed readers: each names the field it refuses ----
+
+
+def _typed(value: Any, field: str, kind: type, what: str) -> Any:
+    if type(value) is not kind:
+        raise InvalidRequest(field, f"must be {what}, not {_kind(value)}")
+    return value
+
+
+def _object(value: Any, field: str) -> dict[str, Any]:
+    return _typed(value, field, dict, "an object")  # type: ignore[no-any-return]
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    return _typed(value, field, list, "an array")  # type: ignore[no-any-return]
+
+
+def _str(value: Any, field: str) -> str:
+    return _typed(value, field, str, "a string")  # type: ignore[no-any-return]
+
+
+def _bool(value: Any, field: str) -> bool:
+    return _typed(value, field, bool, "true or false")  # type: ignore[no-any-return]
+
+
+def _int(value: Any, field: str) -> int:
+    return _typed(value, field, int, "an integer")  # type: ignore[no-any-return]
+
+
+def _number(value: Any, field: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise InvalidRequest(field, f"must be a finite number, not {_kind(value)}")
+    return float(value)
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    if type(value) in names:
+        return names[type(value)]
+    return "a number"
+
+
+def _known_fields(
+    body: Mapping[str, Any], allowed: frozenset[str], unsupported: frozenset[str] = frozenset()
+) -> None:
+    for key in body:
+        if key in unsupported:
+            if body[key] is None or body[key] is False:
+                continue
+            raise InvalidRequest(key, "is not supported by Signalbox")
+        if key not in allowed:
+            name = key if len(key) <= 64 and key.isprintable() else shown(key, 64)
+            raise InvalidRequest(name, "unrecognized request argument")
+
+
+# ---- chat ----
+
+
+def _image(part: dict[str, Any], field: str) -> ImagePart:
+    image = _object(part.get("image_url"), f"{field}.image_url")
+    url = _str(image.get("url"), f"{field}.image_url.url")
+    detail = image.get("detail") or ""
+    if detail not in ("", "auto", "low", "high"):
+        raise InvalidRequest(f"{field}.image_url.detail", "must be auto, low or high")
+    if url.startswith("data:"):
+        header, sep, data = url.partition(",")
+        media_type = header[5:].partition(";")[0]
+        if not sep or not header.endswith(";base64") or not media_type.startswith("image/"):
+            raise InvalidRequest(
+                f"{field}.image_url.url", "a data URL must be data:image/<type>;base64,<data>"
+            )
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(f"{field}.image_url.url", "the data URL is not valid base64") from exc
+        return ImagePart(data=raw, media_type=media_type, detail=detail)
+    if not url.startswith(("https://", "http://")):
+        raise InvalidRequest(f"{field}.image_url.url", "must be an http(s) URL or a base64 data URL")
+    return ImagePart(url=url, detail=detail)
+
+
+def _content(value: Any, field: str, *, images: bool) -> tuple[ContentPart, ...]:
+    if value is None:
+        return ()
+    if type(value) is str:
+        return (TextPart(value),)
+    parts: list[ContentPart] = []
+    for i, part in enumerate(_list(value, field)):
+        where = f"{field}[{i}]"
+        part = _object(part, where)
+        kind = part.get("type")
+        if kind == "text":
+            parts.append(TextPart(_str(part.get("text"), f"{where}.text")))
+        elif kind == "image_url" and images:
+            parts.append(_image(part, where))
+        elif kind == "image_url":
+            raise InvalidRequest(f"{where}.type", "images are allowed in user messages only")
+        else:
+            raise InvalidRequest(f"{where}.type", f"must be text{' or image_url' if images else ''}")
+    return tuple(parts)
+
+
+def _tool_calls(value: Any, field: str) -> tuple[ToolCall, ...]:
+    calls = []
+    for i, call in enumerate(_list(value, field)):
+        where = f"{field}[{i}]"
+        call = _object(call, where)
+        if call.get("type", "function") != "function":
+            raise InvalidRequest(f"{where}.type", "must be function")
+        function = _object(call.get("function"), f"{where}.function")
+        name = _str(function.get("name"), f"{where}.function.name")
+        if not name:
+            raise InvalidRequest(f"{where}.function.name", "must not be empty")
+        arguments = function.get("arguments")
+        arguments = "{}" if arguments is None else _str(arguments, f"{where}.function.arguments")
+        calls.append(ToolCall(_str(call.get("id", ""), f"{where}.id"), name, arguments or "{}"))
+    return tuple(calls)
+
+
+def _message(value: Any, field: str) -> Message:
+    message = _object(value, field)
+    role = _ROLES.get(message.get("role"))  # type: ignore[arg-type]
+    if role is None:
+        raise InvalidRequest(f"{field}.role", "must be one of system, developer, user, assistant, tool")
+    name = message.get("name")
+    name = "" if name is None else _str(name, f"{field}.name")
+    content = _content(message.get("content"), f"{field}.content", images=role is Role.USER)
+    calls: tuple[ToolCall, ...] = ()
+    tool_call_id = ""
+    if role is Role.ASSISTANT and message.get("tool_calls") is not None:
+        calls = _tool_calls(message["tool_calls"], f"{field}.tool_calls")
+    elif message.get("tool_calls") is not None:
+        raise InvalidRequest(f"{field}.tool_calls", "only assistant messages carry tool calls")
+    if role is Role.TOOL:
+        tool_call_id = _str(message.get("tool_call_id"), f"{field}.tool_call_id")
+    return Message(role, content, calls, tool_call_id, name)
+
+
+def _tools(value: Any) -> tuple[ToolDefinition, ...]:
+    tools = _list(value, "tools")
+    if len(tools) > MAX_TOOLS:
+        raise InvalidRequest("tools", f"{len(tools)} tools, more than the limit of {MAX_TOOLS}")
+    out = []
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        tool = _object(tool, where)
+        if tool.get("type") != "function":
+            raise InvalidRequest(f"{where}.type", "must be function")
+        function = _object(tool.get("function"), f"{where}.function")
+        name = _str(function.get("name"), f"{where}.function.name")
+        if not name:
+            raise InvalidRequest(f"{where}.function.name", "must not be empty")
+        description = function.get("description")
+        parameters = function.get("parameters")
+        strict = function.get("strict")
+        out.append(
+            ToolDefinition(
+                name,
+                "" if description is None else _str(description, f"{where}.function.description"),
+                {"type": "object", "properties": {}}
+                if parameters is None
+                else _object(parameters, f"{where}.function.parameters"),
+                False if strict is None else _bool(strict, f"{where}.function.strict"),
+            )
+        )
+    return tuple(out)
+
+
+def _tool_choice(value: Any) -> ToolChoice:
+    if value in ("auto", "none", "required"):
+        return ToolChoice(value)
+    if type(value) is dict:
+        if value.get("type") != "function":
+            raise InvalidRequest("tool_choice.type", "must be function")
+        function = _object(value.get("function"), "tool_choice.function")
+        return ToolChoice("tool", _str(function.get("name"), "tool_choice.function.name"))
+    raise InvalidRequest("tool_choice", 'must be "auto", "none", "required" or {"type": "function", ...}')
+
+
+def _response_format(value: Any) -> ResponseFormat:
+    fmt = _object(value, "response_format")
+    kind = fmt.get("type")
+    if kind in ("text", "json_object"):
+        return ResponseFormat(kind)
+    if kind != "json_schema":
+        raise InvalidRequest("response_format.type", "must be text, json_object or json_schema")
+    spec = _object(fmt.get("json_schema"), "response_format.json_schema")
+    name = _str(spec.get("name", ""), "response_format.json_schema.name")
+    schema = _object(spec.get("schema"), "response_format.json_schema.schema")
+    strict = spec.get("strict")
+    return ResponseFormat(
+        "json_schema",
+        name,
+        schema,
+        False if strict is None else _bool(strict, "response_format.json_schema.strict"),
+    )
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if type(value) is str:
+        return (value,)
+    return tuple(_str(s, f"stop[{i}]") for i, s in enumerate(_list(value, "stop")))
+
+
+def _metadata(body: Mapping[str, Any]) -> dict[str, str]:
+    value = body.get("metadata")
+    if value is None:
+        return {}
+    metadata = _object(value, "metadata")
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise InvalidRequest("metadata", f"at most {MAX_METADATA_PAIRS} pairs")
+    for key, item in metadata.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise InvalidRequest("metadata", f"keys are at most {MAX_METADATA_KEY} characters")
+        if len(_str(item, f"metadata.{shown(key, 64)}")) > MAX_METADATA_VALUE:
+            raise InvalidRequest(f"metadata.{shown(key, 64)}", f"at most {MAX_METADATA_VALUE} characters")
+    return metadata
+
+
+def _hints(model: str, headers: Mapping[str, str], metadata: Mapping[str, str]) -> Hints:
+    """Routing hints: the model (``auto`` lets the policy choose) and ``x-signalbox-*`` headers."""
+    data_class = DataClass.UNSPECIFIED
+    if named := headers.get("x-signalbox-data-class", "").strip().lower():
+        if named not in _DATA_CLASSES:
+            raise InvalidRequest("x-signalbox-data-class", f"must be one of {', '.join(_DATA_CLASSES)}")
+        data_class = _DATA_CLASSES[named]
+    capabilities = set()
+    for name in filter(
+        None, (c.strip().lower() for c in headers.get("x-signalbox-capabilities", "").split(","))
+    ):
+        if name not in _CAPABILITIES:
+            raise InvalidRequest(
+                "x-signalbox-capabilities", f"{shown(name, 32)} is not one of {', '.join(_CAPABILITIES)}"
+            )
+        capabilities.add(_CAPABILITIES[name])
+    return Hints(
+        model="" if model == AUTO_MODEL else model,
+        task=headers.get("x-signalbox-task", "").strip(),
+        data_classification=data_class,
+        metadata=metadata,
+        capabilities=frozenset(capabilities),
+    )
+
+
+def _model(body: Mapping[str, Any]) -> str:
+    if "model" not in body:
+        raise InvalidRequest("model", 'is required (a model alias, or "auto" for the policy\'s choice)')
+    return _str(body["model"], "model")
+
+
+def is_stream(body: Mapping[str, Any]) -> bool:
+    value = body.get("stream")
+    return False if value is None else _bool(value, "stream")
+
+
+def include_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    options = _object(options, "stream_options")
+    value = options.get("include_usage")
+    return False if value is None else _bool(value, "stream_options.include_usage")
+
+
+def decode_chat(body: Any, headers: Mapping[str, str]) -> tuple[ChatRequest, Hints]:
+    """A ``/v1/chat/completions`` body as the pipeline's request and routing hints."""
+    body = _object(body, "body")
+    _known_fields(body, _CHAT_FIELDS, _UNSUPPORTED)
+    model = _model(body)
+    messages = tuple(
+        _message(m, f"messages[{i}]") for i, m in enumerate(_list(body.get("messages"), "messages"))
+    )
+    n = body.get("n")
+    if n is not None and _int(n, "n") != 1:
+        raise InvalidRequest("n", "only 1 choice per request is supported")
+    if body.get("store") not in (None, False):
+        raise InvalidRequest("store", "Signalbox does not store completions with the provider")
+    if body.get("user") is not None:
+        _str(body["user"], "user")
+    stream = is_stream(body)
+    if body.get("stream_options") is not None and not stream:
+        raise InvalidRequest("stream_options", "only allowed when stream is true")
+    include_usage(body)
+    tools = _tools(body["tools"]) if body.get("tools") is not None else ()
+    response_format = (
+        _response_format(body["response_format"]) if body.get("response_format") is not None else None
+    )
+    schema_chars = sum(len(orjson.dumps(t.parameters)) for t in tools)
+    if response_format is not None and response_format.schema is not None:
+        schema_chars += len(orjson.dumps(response_format.schema))
+    if schema_chars > MAX_SCHEMA_CHARS:
+        raise InvalidRequest(
+            "tools",
+            f"the request's JSON schemas (tools and response_format) are {schema_chars} characters in all,"
+            f" more than the limit of {MAX_SCHEMA_CHARS}",
+        )
+    max_tokens = body.get("max_completion_tokens")
+    max_field = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, max_field = body.get("max_tokens"), "max_tokens"
+    parallel = body.get("parallel_tool_calls")
+    params = GenerationParams(
+        max_output_tokens=None if max_tokens is None else _int(max_tokens, max_field),
+        temperature=None if body.get("temperature") is None else _number(body["temperature"], "temperature"),
+        top_p=None if body.get("top_p") is None else _number(body["top_p"], "top_p"),
+        stop=_stop(body.get("stop")),
+        seed=None if body.get("seed") is None else _int(body["seed"], "seed"),
+        presence_penalty=None
+        if body.get("presence_penalty") is None
+        else _number(body["presence_penalty"], "presence_penalty"),
+        frequency_penalty=None
+        if body.get("frequency_penalty") is None
+        else _number(body["frequency_penalty"], "frequency_penalty"),
+        parallel_tool_calls=None if parallel is None else _bool(parallel, "parallel_tool_calls"),
+    )
+    tool_choice = _tool_choice(body["tool_choice"]) if body.get("tool_choice") is not None else None
+    request = ChatRequest(messages, tools, tool_choice, params, response_format)
+    return request, _hints(model, headers, _metadata(body))
+
+
+def decode_embed(body: Any, headers: Mapping[str, str]) -> tuple[EmbedRequest, Hints]:
+    """A ``/v1/embeddings`` body as the pipeline's request and routing hints."""
+    body = _object(body, "body")
+    _known_fields(body, _EMBED_FIELDS)
+    model = _model(body)
+    value = body.get("input")
+    if type(value) is str:
+        inputs: tuple[str, ...] = (value,)
+    else:
+        inputs = tuple(_str(s, f"input[{i}]") for i, s in enumerate(_list(value, "input")))
+    encoding = body.get("encoding_format")
+    if encoding not in (None, "float", "base64"):
+        raise InvalidRequest("encoding_format", "must be float or base64")
+    dimensions = body.get("dimensions")
+    if body.get("user") is not None:
+        _str(body["user"], "user")
+    request = EmbedRequest(inputs, None if dimensions is None else _int(dimensions, "dimensions"))
+    return request, _hints(model, headers, _metadata(body))
+
+
+# ---- outbound ----
+
+
+def _usage(usage: Usage | None) -> dict[str, Any]:
+    usage = usage or Usage()
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+    }
+
+
+def _tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def completion(response_id: str, model: str, result: ChatResponse, created: int | None = None) -> bytes:
+    message = result.message
+    text = message.text
+    out: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
+    if message.tool_calls:
+        out["tool_calls"] = [_tool_call(c) for c in message.tool_calls]
+    return orjson.dumps(
+        {
+            "id": response_id,
+            "object": "chat.completion",
+            "created": int(time.time()) if created is None else created,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": out, "logprobs": None, "finish_reason": result.finish_reason.value}
+            ],
+            "usage": _usage(result.usage),
+            "system_fingerprint": None,
+        }
+    )
+
+
+class ChunkWriter:
+    """The ``chat.completion.chunk`` events of one stream, as SSE ``data:`` lines."""
+
+    def __init__(self, response_id: str, model: str, include_usage: bool) -> None:
+        self._head = {
+            "id": response_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        self._include_usage = include_usage
+        self._tool_ids: dict[int, str] = {}
+
+    def _event(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk: dict[str, Any] = {
+            **self._head,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if self._include_usage:
+            chunk["usage"] = None
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def opened(self) -> bytes:
+        return self._event({"role": "assistant", "content": "", "refusal": None})
+
+    def chunk(self, chunk: StreamChunk) -> bytes:
+        delta: dict[str, Any] = {}
+        if chunk.text:
+            delta["content"] = chunk.text
+        if chunk.tool_calls:
+            calls = []
+            for call in chunk.tool_calls:
+                entry: dict[str, Any] = {"index": call.index}
+                if call.id and call.index not in self._tool_ids:
+                    self._tool_ids[call.index] = call.id
+                    entry["id"] = call.id
+                    entry["type"] = "function"
+                function: dict[str, str] = {}
+                if call.name:
+                    function["name"] = call.name
+                function["arguments"] = call.arguments_fragment
+                entry["function"] = function
+                calls.append(entry)
+            delta["tool_calls"] = calls
+        return self._event(delta) if delta else b""
+
+    def closed(self, finish_reason: FinishReason | None, usage: Usage | None) -> bytes:
+        out = self._event({}, (finish_reason or FinishReason.STOP).value)
+        if self._include_usage:
+            out += (
+                b"data: "
+                + orjson.dumps(
+                    {**self._head, "system_fingerprint": None, "choices": [], "usage": _usage(usage)}
+                )
+                + b"\n\n"
+            )
+        return out + b"data: [DONE]\n\n"
+
+
+def embeddings(model: str, result: EmbedResponse, encoding: str) -> bytes:
+    data = []
+    for i, vector in enumerate(result.vectors):
+        value: Any = (
+            base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            if encoding == "base64"
+            else list(vector)
+        )
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    usage = result.usage or Usage()
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens},
+        }
+    )
+
+
+def models(aliases: list[str], owner: str = "signalbox") -> bytes:
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": [{"id": alias, "object": "model", "created": 0, "owned_by": owner} for alias in aliases],
+        }
+    )
+
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    414: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    431: "invalid_request_error",
+}
+
+
+def error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> bytes:
+    """OpenAI's error object."""
+    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})

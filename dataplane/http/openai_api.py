@@ -1,0 +1,298 @@
+"""The OpenAI-compatible HTTP front door: ``/v1/chat/completions``, ``/v1/embeddings``,
+``/v1/models`` over the node's one pipeline.
+
+An application moves behind Signalbox by changing its SDK's ``base_url`` and ``api_key``:
+the request runs the same steps as on gRPC (identity, policy, routing, dispatch,
+governance, accounting, exactly one evidence record). Every answer carries
+``x-request-id`` (the correlation id: the caller's own when it sent a valid one) and
+``x-evidence-id`` (the record's id, known before a stream starts).
+
+Errors use OpenAI's error object with the HTTP status its SDKs map to their exception
+types (``STATUS_OF``); the message is the pipeline's, which never carries a provider's raw
+body. A refused stream that has not started gets an ordinary error answer; one that fails
+after its first event ends with an SSE ``error`` event, as OpenAI does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+
+from dataplane.auth import authenticate
+from dataplane.edge import openai as edge
+from dataplane.errors import InvalidRequest, SignalboxError
+from dataplane.http.server import Request, Response
+from dataplane.outcome import Outcome, caller_error, to_status
+from dataplane.pipeline import Call, Closed, Opened, Operation, Pipeline, Refused
+from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
+
+log = logging.getLogger("signalbox.dataplane.http")
+
+_JSON = (b"content-type", b"application/json")
+_SSE = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
+
+STATUS_OF: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 422,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+"""The pipeline's outcome (gRPC's canonical codes) as an HTTP status."""
+
+_UPSTREAM_KINDS = frozenset(
+    {
+        "AllCandidatesFailed",
+        "UpstreamUnavailable",
+        "UpstreamAuthFailed",
+        "UpstreamProtocolError",
+        "UpstreamModelNotFound",
+        "Overloaded",
+        "ProviderError",
+    }
+)
+"""Failures of the model providers, not of the node: 502 Bad Gateway rather than 503."""
+
+_CODES = {
+    "NotFound": "model_not_found",
+    "ContextTooLong": "context_length_exceeded",
+    "RateLimited": "rate_limit_exceeded",
+    "QuotaExhausted": "insufficient_quota",
+    "ContentFiltered": "content_filter",
+    "Unauthenticated": "invalid_api_key",
+}
+
+DEFAULT_RETRY_AFTER_S = 1
+
+
+def http_status(outcome: Outcome) -> int:
+    if outcome.code is grpc.StatusCode.UNAVAILABLE and outcome.kind in _UPSTREAM_KINDS:
+        return 502
+    return STATUS_OF.get(outcome.code, 500)
+
+
+def _param(outcome: Outcome, error: BaseException | None) -> str | None:
+    if isinstance(error, InvalidRequest):
+        return error.field
+    return None
+
+
+class OpenAIFrontDoor:
+    """Routes HTTP requests to the pipeline; ``handle`` is the server's handler."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._p = pipeline
+        self._routes: dict[tuple[str, str], Callable[[Request, Response], Any]] = {
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/embeddings"): self._embed,
+            ("GET", "/v1/models"): self._models,
+        }
+        self._paths = {path for _, path in self._routes}
+
+    async def handle(self, request: Request, response: Response) -> None:
+        route = self._routes.get((request.method, request.path.rstrip("/") or "/"))
+        if route is None:
+            path = request.path.rstrip("/")
+            if path in self._paths:
+                allowed = ", ".join(m for m, p in self._routes if p == path)
+                await _error(response, 405, f"{request.method} is not allowed on {path[:100]}; use {allowed}",
+                             extra=((b"allow", allowed.encode()),))  # fmt: skip
+            else:
+                await _error(response, 404, f"no such endpoint: {request.method} {request.path[:100]}")
+            return
+        await route(request, response)
+
+    # ---- routes ----
+
+    def _call(self, operation: Operation, request: Request, decode: Callable[[], Any]) -> Call[Any]:
+        timeout = None
+        if supplied := request.header("x-signalbox-timeout-ms"):
+            try:
+                timeout = int(supplied) / 1000
+            except ValueError:
+                timeout = None
+        return Call(
+            operation,
+            decode,
+            api_key=bearer_token(request.headers),
+            correlation_id=request.header("x-request-id"),
+            correlation_field="header x-request-id",
+            request_sha256=hashlib.sha256(request.body).hexdigest(),
+            timeout=timeout if timeout is not None and timeout > 0 else None,
+            peer_certificate=request.peer_certificate,
+        )
+
+    async def _chat(self, request: Request, response: Response) -> None:
+        parsed: list[Any] = []
+
+        def decode() -> Any:
+            body = edge.loads(request.body)
+            parsed.append(body)
+            return edge.decode_chat(body, request.headers)
+
+        stream = _wants_stream(request.body)
+        call = self._call(Operation.STREAM if stream else Operation.CHAT, request, decode)
+        if stream:
+            await self._stream(call, response, parsed)
+            return
+        try:
+            served = await self._p.answer(call)
+        except Refused as refused:
+            await _refusal(response, refused)
+            return
+        body = edge.completion(_response_id(served.evidence_id), served.candidate.model.alias, served.result)
+        await response.send(200, (_JSON, *_ids(served.correlation_id, served.evidence_id)), body)
+
+    async def _stream(self, call: Call[Any], response: Response, parsed: list[Any]) -> None:
+        events = self._p.stream(call)
+        writer: edge.ChunkWriter | None = None
+        try:
+            async for event in events:
+                if isinstance(event, Opened):
+                    usage = edge.include_usage(parsed[0]) if parsed else False
+                    writer = edge.ChunkWriter(
+                        _response_id(event.evidence_id), event.candidate.model.alias, usage
+                    )
+                    await response.start(200, (*_SSE, *_ids(event.correlation_id, event.evidence_id)))
+                    await response.write(writer.opened())
+                elif isinstance(event, Closed):
+                    assert writer is not None
+                    await response.write(writer.closed(event.finish_reason, event.usage))
+                else:
+                    assert writer is not None
+                    await response.write(writer.chunk(event))
+        except Refused as refused:
+            if not response.started:
+                await _refusal(response, refused)
+                return
+            status = http_status(refused.outcome)
+            error = edge.error(status, _message(refused), code=_CODES.get(refused.outcome.kind))
+            await response.write(b"event: error\ndata: " + error + b"\n\n")
+        finally:
+            await events.aclose()
+        await response.end()
+
+    async def _embed(self, request: Request, response: Response) -> None:
+        encoding: list[str] = ["float"]
+
+        def decode() -> Any:
+            body = edge.loads(request.body)
+            if isinstance(body, dict) and body.get("encoding_format") == "base64":
+                encoding[0] = "base64"
+            return edge.decode_embed(body, request.headers)
+
+        call = self._call(Operation.EMBED, request, decode)
+        try:
+            served = await self._p.embed(call)
+        except Refused as refused:
+            await _refusal(response, refused)
+            return
+        body = edge.embeddings(served.candidate.model.alias, served.result, encoding[0])
+        await response.send(200, (_JSON, *_ids(served.correlation_id, served.evidence_id)), body)
+
+    async def _models(self, request: Request, response: Response) -> None:
+        """The models the caller may name: its tenant's policy's allowed models (what an explicit
+        ``model`` may be), within its key's ``model:`` scopes."""
+        try:
+            state = self._p.store.require()
+            caller = authenticate(
+                state.config, bearer_token(request.headers), time.time(), request.peer_certificate
+            )
+        except SignalboxError as exc:
+            outcome = to_status(exc)
+            await _error(response, http_status(outcome), outcome.message, code=_CODES.get(outcome.kind))
+            return
+        policies = state.config.policies
+        policy = policies.get(caller.tenant.id) or policies.get("")
+        allowed = policy.allowed_models if policy is not None and policy.allowed_models is not None else ()
+        aliases = sorted(a for a in allowed if a in state.config.models and caller.scope.allows_model(a))
+        await response.send(200, (_JSON,), edge.models(aliases))
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("authorization", "")
+    if value[:7].lower() == "bearer ":
+        return value[7:].strip() or None
+    return None
+
+
+def _wants_stream(body: bytes) -> bool:
+    """Whether the body asks to stream, read cheaply before the pipeline decodes it (a body
+    that does not parse is refused by the pipeline's decode, after authentication)."""
+    if b'"stream"' not in body:
+        return False
+    try:
+        parsed = edge.loads(body)
+    except InvalidRequest:
+        return False
+    return isinstance(parsed, dict) and parsed.get("stream") is True
+
+
+def _response_id(evidence_id: str) -> str:
+    return f"chatcmpl-{evidence_id}" if evidence_id else "chatcmpl-unrecorded"
+
+
+def _ids(correlation_id: str, evidence_id: str) -> tuple[tuple[bytes, bytes], ...]:
+    return ((b"x-request-id", correlation_id.encode()), (b"x-evidence-id", evidence_id.encode()))
+
+
+def retry_after(refused: Refused) -> int:
+    """Whole seconds a rate-limited caller should wait: the soonest any upstream said it
+    frees up (at most ``DEFAULT_MAX_RETRY_AFTER_S``, as the dispatcher honours it), or what
+    the refusal's cause carries, else ``DEFAULT_RETRY_AFTER_S``."""
+    cause = refused.__cause__
+    said = [a.retry_after_s for a in getattr(cause, "attempts", ()) if a.retry_after_s]
+    seconds = min(said) if said else getattr(cause, "retry_after", None) or DEFAULT_RETRY_AFTER_S
+    return max(1, math.ceil(min(seconds, DEFAULT_MAX_RETRY_AFTER_S)))
+
+
+def _message(refused: Refused) -> str:
+    return f"{refused.outcome.message} (request id {refused.correlation_id})"
+
+
+async def _refusal(response: Response, refused: Refused) -> None:
+    outcome = refused.outcome
+    status = http_status(outcome)
+    cause = caller_error(refused.__cause__) if refused.__cause__ is not None else None
+    extra = _ids(refused.correlation_id, refused.evidence_id)
+    if status == 429:
+        extra += ((b"retry-after", str(retry_after(refused)).encode()),)
+    await _error(
+        response,
+        status,
+        _message(refused),
+        param=_param(outcome, cause),
+        code=_CODES.get(outcome.kind),
+        extra=extra,
+    )
+
+
+async def _error(
+    response: Response,
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    await response.send(status, (_JSON, *extra), edge.error(status, message, param=param, code=code))
+
+
+def server_error_body(status: int, message: str) -> bytes:
+    """The body of the errors the HTTP server answers itself (limits, timeouts, bad HTTP)."""
+    return edge.error(status, message)

@@ -1,0 +1,453 @@
+"""A small HTTP/1.1 server for the node's public HTTP front door: asyncio + httptools.
+
+Why not a framework: the front door is public-facing and on the hot path. A protocol
+over ``httptools`` (the parser uvicorn uses) costs a fraction of a framework per request
+and leaves every limit in our hands:
+
+- **Sizes.** The request line and headers together at most ``max_header_bytes`` and
+  ``max_headers`` fields (431 beyond), the body at most ``max_body_bytes`` (413; a
+  ``Content-Length`` beyond it is refused before a byte of the body is read).
+- **Time.** The headers must arrive within ``header_timeout`` of the request's first byte
+  (408), the body within ``body_timeout`` of the headers (408); an idle keep-alive
+  connection is closed after ``keepalive_timeout``; a client that stops reading its answer
+  is dropped after ``write_timeout``. A slow client cannot hold a connection, and the
+  handler it feeds, forever.
+- **Connections.** At most ``max_requests_per_connection`` requests on one connection;
+  requests are answered in order (pipelining), one at a time; reading is paused while a
+  request is handled, so a client cannot queue unbounded work.
+- **Smuggling.** A request with both ``Content-Length`` and ``Transfer-Encoding``, or an
+  upgrade, is refused (400) and the connection closed.
+- **Disconnects.** A client that goes away cancels its handler: the cancellation reaches
+  the upstream call and the request's evidence records it.
+- **Drain.** ``close(grace)`` stops accepting, closes idle connections, lets requests in
+  flight finish (their answers say ``Connection: close``) for up to ``grace`` seconds,
+  then cancels what is left.
+
+A handler gets a ``Request`` and answers through its ``Response``: ``send`` for a whole
+answer, or ``start`` / ``write`` / ``end`` for a chunked one (server-sent events). Errors
+the server itself answers (parse errors, limits, timeouts) are made by ``error_body``,
+which the application supplies, so they share the application's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import httptools
+
+log = logging.getLogger("signalbox.dataplane.http")
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    max_body_bytes: int = 16 * 1024 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 15.0
+    write_timeout: float = 30.0
+    max_requests_per_connection: int = 10_000
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    """The path without the query string."""
+    query: str
+    headers: dict[str, str]
+    """Lower-case names; a repeated header's values joined with ``, ``."""
+    body: bytes
+    peer_certificate: bytes | None = None
+    """The TLS client certificate (PEM) when the connection presented a verified one."""
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name, "")
+
+
+class ClientGone(Exception):
+    """The client closed the connection (or stopped reading) before the answer was written."""
+
+
+Handler = Callable[[Request, "Response"], Awaitable[None]]
+ErrorBody = Callable[[int, str], bytes]
+"""(HTTP status, message) -> the JSON body of an error the server answers itself."""
+
+
+class Response:
+    """How a handler answers; exactly one of ``send`` or ``start``...``end``."""
+
+    def __init__(self, connection: _Connection, keep_alive: bool) -> None:
+        self._c = connection
+        self.keep_alive = keep_alive
+        self.started = False
+        self.finished = False
+        self._chunked = False
+
+    def _head(self, status: int, headers: Headers, extra: bytes) -> bytes:
+        reason = _REASONS.get(status, b"Unknown")
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
+        lines.append(extra)
+        lines.append(b"connection: keep-alive\r\n\r\n" if self.keep_alive else b"connection: close\r\n\r\n")
+        return b"".join(lines)
+
+    async def send(self, status: int, headers: Headers, body: bytes) -> None:
+        """The whole answer at once."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = self.finished = True
+        self.keep_alive = self.keep_alive and not self._c.draining
+        await self._c.write(self._head(status, headers, b"content-length: %d\r\n" % len(body)) + body)
+
+    async def start(self, status: int, headers: Headers) -> None:
+        """The status and headers of a chunked answer; ``write`` the chunks, then ``end``."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started, self._chunked = True, True
+        self.keep_alive = self.keep_alive and not self._c.draining
+        await self._c.write(self._head(status, headers, b"transfer-encoding: chunked\r\n"))
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            await self._c.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+    async def end(self) -> None:
+        if not self.finished:
+            self.finished = True
+            await self._c.write(b"0\r\n\r\n")
+
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._limits = server.limits
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._peer_certificate: bytes | None = None
+        # The request being parsed.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._in_message = False
+        self._headers_done = False
+        self._refused = False
+        # Requests parsed and waiting (pipelining), and the one being handled.
+        self._queue: deque[tuple[Request, bool]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._served = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._closed = False
+        self.draining = False
+
+    # ---- asyncio.Protocol ----
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._server.connections.add(self)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            der = ssl_object.getpeercert(binary_form=True)
+            if der:
+                self._peer_certificate = ssl.DER_cert_to_PEM_cert(der).encode()
+        self._arm(self._limits.keepalive_timeout, self._idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._server.connections.discard(self)
+        self._disarm()
+        self._writable.set()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._in_message:
+            self._in_message = True
+            self._arm(self._limits.header_timeout, self._slow_headers)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            if not self._refused:
+                self._refuse(400, f"malformed HTTP request ({_parser_problem(exc)})")
+        if not self._headers_done and self._in_message and self._header_bytes > self._limits.max_header_bytes:
+            self._refuse(431, f"request line and headers exceed {self._limits.max_header_bytes} bytes")
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # ---- httptools callbacks ----
+
+    def on_message_begin(self) -> None:
+        self._url, self._headers, self._header_bytes = b"", [], 0
+        self._body, self._body_size, self._headers_done = [], 0, False
+        self._in_message = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self._limits.max_header_bytes:
+            self._refuse(414, f"request line exceeds {self._limits.max_header_bytes} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self._limits.max_header_bytes:
+            self._refuse(431, f"request line and headers exceed {self._limits.max_header_bytes} bytes")
+        elif len(self._headers) >= self._limits.max_headers:
+            self._refuse(431, f"more than {self._limits.max_headers} header fields")
+        else:
+            self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._headers_done = True
+        names = {name for name, _ in self._headers}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            self._refuse(400, "a request may not carry both content-length and transfer-encoding")
+            return
+        length = next((value for name, value in self._headers if name == b"content-length"), None)
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                self._refuse(400, "content-length is not a number")
+                return
+            if declared > self._limits.max_body_bytes:
+                self._refuse(413, f"request body of {declared} bytes exceeds {self._limits.max_body_bytes}")
+                return
+        self._arm(self._limits.body_timeout, self._slow_body)
+        expect = next((value for name, value in self._headers if name == b"expect"), b"")
+        if expect.lower() == b"100-continue" and self._transport is not None:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self._refused:
+            return
+        self._body_size += len(body)
+        if self._body_size > self._limits.max_body_bytes:
+            self._refuse(413, f"request body exceeds {self._limits.max_body_bytes} bytes")
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        self._in_message = False
+        self._disarm()
+        url = httptools.parse_url(self._url)
+        headers: dict[str, str] = {}
+        for name, value in self._headers:
+            key, text = name.decode("latin-1"), value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        method = self._parser.get_method().decode("latin-1")
+        request = Request(
+            method,
+            (url.path or b"/").decode("latin-1"),
+            (url.query or b"").decode("latin-1"),
+            headers,
+            b"".join(self._body),
+            self._peer_certificate,
+        )
+        self._served += 1
+        keep_alive = (
+            self._parser.should_keep_alive() and self._served < self._limits.max_requests_per_connection
+        )
+        self._queue.append((request, keep_alive))
+        if self._task is None:
+            assert self._transport is not None
+            self._transport.pause_reading()
+            self._task = self._loop.create_task(self._run())
+
+    # ---- handling ----
+
+    async def _run(self) -> None:
+        try:
+            while self._queue and not self._closed:
+                request, keep_alive = self._queue.popleft()
+                response = Response(self, keep_alive)
+                self._server.in_flight += 1
+                try:
+                    await self._server.handler(request, response)
+                    if not response.started:
+                        await response.send(500, (), self._server.error_body(500, "no answer"))
+                    elif not response.finished:
+                        await response.end()
+                except (ClientGone, asyncio.CancelledError):
+                    self._close()
+                    return
+                except Exception:
+                    log.exception("HTTP handler failed for %s %s", request.method, request.path[:200])
+                    if response.started:
+                        self._close()
+                        return
+                    with contextlib.suppress(ClientGone):
+                        response.keep_alive = False
+                        await response.send(500, _JSON, self._server.error_body(500, "internal error"))
+                finally:
+                    self._server.in_flight -= 1
+                    self._server.idle.set()
+                if not response.keep_alive:
+                    self._close()
+                    return
+        finally:
+            self._task = None
+        if not self._closed and self._transport is not None:
+            if self.draining:
+                self._close()
+                return
+            if self._in_message:  # the start of a pipelined request is here already
+                self._arm(self._limits.header_timeout, self._slow_headers)
+            else:
+                self._arm(self._limits.keepalive_timeout, self._idle_timeout)
+            self._transport.resume_reading()
+
+    async def write(self, data: bytes) -> None:
+        if self._closed or self._transport is None or self._transport.is_closing():
+            raise ClientGone()
+        self._transport.write(data)
+        if not self._writable.is_set():
+            try:
+                async with asyncio.timeout(self._limits.write_timeout):
+                    await self._writable.wait()
+            except TimeoutError:
+                log.info(
+                    "HTTP client stopped reading for %.0f s: connection dropped", self._limits.write_timeout
+                )
+                self._abort()
+                raise ClientGone() from None
+            if self._closed:
+                raise ClientGone()
+
+    # ---- limits and timers ----
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer an error the server finds itself and close the connection."""
+        if self._refused:
+            return
+        self._refused = True
+        self._disarm()
+        if self._task is not None or self._transport is None:
+            # A request is being answered: an answer now would interleave with it.
+            self._abort()
+            return
+        body = self._server.error_body(status, message)
+        head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        self._transport.write(head % (status, _REASONS.get(status, b"Error"), len(body)) + body)
+        self._close()
+
+    def _slow_headers(self) -> None:
+        self._refuse(408, f"request headers not received within {self._limits.header_timeout:g} s")
+
+    def _slow_body(self) -> None:
+        self._refuse(408, f"request body not received within {self._limits.body_timeout:g} s")
+
+    def _idle_timeout(self) -> None:
+        if self._task is None and not self._in_message:
+            self._close()
+
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._disarm()
+        self._timer = self._loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def _abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def drain(self) -> None:
+        """Stop taking requests: an idle connection closes now, a busy one after its answer."""
+        self.draining = True
+        if self._task is None and not self._in_message:
+            self._close()
+
+
+_JSON = ((b"content-type", b"application/json"),)
+
+
+def _parser_problem(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:80]
+
+
+class HttpServer:
+    """Serves ``handler`` on ``host:port`` (``start``), until ``close``."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        error_body: ErrorBody,
+        limits: Limits = Limits(),
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.handler = handler
+        self.error_body = error_body
+        self.limits = limits
+        self._ssl = ssl_context
+        self._server: asyncio.Server | None = None
+        self.connections: set[_Connection] = set()
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.port = 0
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self),
+            host,
+            port,
+            ssl=self._ssl,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting; let answers in flight finish for up to ``grace`` seconds."""
+        if self._server is None:
+            return
+        self._server.close()
+        for connection in list(self.connections):
+            connection.drain()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while self.in_flight:
+                    self.idle.clear()
+                    await self.idle.wait()
+        for connection in list(self.connections):
+            connection._abort()
+        await self._server.wait_closed()
+        self._server = None

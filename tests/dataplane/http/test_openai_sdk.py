@@ -1,0 +1,269 @@
+"""The official ``openai`` SDK, unchanged but for ``base_url`` and ``api_key``, against a real
+node's HTTP front door (the simulator upstream speaks OpenAI's wire format)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import openai
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataplane.app import DataPlaneNode
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
+from signalbox.api.common.v1 import common_pb2
+from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from signalbox.shell.simulator import Behaviour
+from tests.dataplane.conftest import API_KEY, AUTH, EXPIRED_KEY, NodeFactory, envelope, snapshot
+from tests.helpers import eventually
+
+
+@pytest.fixture
+async def http_node(start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey) -> DataPlaneNode:
+    node = await start_node(http_listen="127.0.0.1:0")
+    snap = snapshot(1, simulator.base_url)
+    for model in snap.models:
+        if model.alias == "sim-fast":
+            model.capabilities.append(common_pb2.CAPABILITY_JSON_SCHEMA)
+    result = await node.store.apply(envelope(snap, signing_key))
+    assert result.accepted, result.reason
+    return node
+
+
+@pytest.fixture
+async def client(http_node: DataPlaneNode) -> AsyncIterator[openai.AsyncOpenAI]:
+    sdk = openai.AsyncOpenAI(base_url=f"http://{http_node.http_address}/v1", api_key=API_KEY, max_retries=0)
+    async with sdk:
+        yield sdk
+
+
+def records(node: DataPlaneNode) -> list[dict[str, Any]]:
+    return list(read_records(log_path(node.settings.data_dir, node.settings.node_id)))
+
+
+async def test_chat_answers_in_openai_shape_with_request_and_evidence_ids(
+    client: openai.AsyncOpenAI, http_node: DataPlaneNode
+) -> None:
+    raw = await client.chat.completions.with_raw_response.create(
+        model="sim-fast",
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}],
+        max_tokens=50,
+        extra_headers={"x-request-id": "req-http-1"},
+    )
+    completion = raw.parse()
+    assert completion.object == "chat.completion"
+    assert completion.model == "sim-fast"
+    assert completion.choices[0].message.role == "assistant"
+    assert "hello there" in (completion.choices[0].message.content or "")
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert (
+        completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
+    assert raw.headers["x-request-id"] == "req-http-1"
+    evidence_id = raw.headers["x-evidence-id"]
+    assert completion.id == f"chatcmpl-{evidence_id}"
+    await eventually(lambda: any(r["record_id"] == evidence_id for r in records(http_node)))
+    (record,) = [r for r in records(http_node) if r["record_id"] == evidence_id]
+    assert record["correlation_id"] == "req-http-1"
+    assert record["outcome"]["code"] == "OK"
+    assert record["routing"]["served_by"]["model"] == "sim-fast"
+
+
+async def test_model_auto_lets_the_policy_choose(client: openai.AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert completion.model == "sim-fast"  # the policy's default model
+
+
+async def test_streaming_with_usage_ends_with_a_usage_chunk(
+    client: openai.AsyncOpenAI, http_node: DataPlaneNode
+) -> None:
+    raw = await client.chat.completions.with_raw_response.create(
+        model="sim-fast",
+        messages=[{"role": "user", "content": "stream me a few words please"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    evidence_id = raw.headers["x-evidence-id"]
+    text, finish, usage, ids = [], None, None, set()
+    async for chunk in raw.parse():
+        ids.add(chunk.id)
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.choices:
+            text.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        else:
+            usage = chunk.usage
+    assert "stream me a few words please" in "".join(text)
+    assert finish == "stop"
+    assert usage is not None
+    assert usage.completion_tokens > 0
+    assert ids == {f"chatcmpl-{evidence_id}"}
+    await eventually(lambda: any(r["record_id"] == evidence_id for r in records(http_node)))
+    (record,) = [r for r in records(http_node) if r["record_id"] == evidence_id]
+    assert record["kind"] == "stream"
+    assert record["usage"]["output_tokens"] == usage.completion_tokens
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+async def test_tool_calls_round_trip(client: openai.AsyncOpenAI) -> None:
+    messages: list[Any] = [{"role": "user", "content": "use the get_weather tool for Paris"}]
+    first = await client.chat.completions.create(model="sim-fast", messages=messages, tools=[WEATHER])
+    assert first.choices[0].finish_reason == "tool_calls"
+    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert "city" in json.loads(call.function.arguments)  # type: ignore[union-attr]
+    messages.append(first.choices[0].message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"})
+    second = await client.chat.completions.create(model="sim-fast", messages=messages, tools=[WEATHER])
+    assert second.choices[0].finish_reason == "stop"
+    assert "sunny, 21 C" in (second.choices[0].message.content or "")
+
+
+async def test_streamed_tool_calls_arrive_as_openai_deltas(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="sim-fast",
+        messages=[{"role": "user", "content": "use the get_weather tool for Oslo"}],
+        tools=[WEATHER],
+        stream=True,
+    )
+    name, arguments, finish = "", "", None
+    async for chunk in stream:
+        for call in chunk.choices[0].delta.tool_calls or () if chunk.choices else ():
+            assert call.index == 0
+            name += (call.function.name or "") if call.function else ""
+            arguments += (call.function.arguments or "") if call.function else ""
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+    assert name == "get_weather"
+    assert "city" in json.loads(arguments)
+    assert finish == "tool_calls"
+
+
+async def test_json_schema_response_format(client: openai.AsyncOpenAI, simulator: Any) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    await client.chat.completions.create(
+        model="sim-fast",
+        messages=[{"role": "user", "content": "reply in json"}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "reply", "schema": schema, "strict": True},
+        },
+    )
+    sent = simulator.stats("sim-fast").last_request
+    assert sent["response_format"]["type"] == "json_schema"
+    assert sent["response_format"]["json_schema"]["schema"] == schema
+
+
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+async def test_embeddings(client: openai.AsyncOpenAI, encoding: str) -> None:
+    result = await client.embeddings.create(
+        model="sim-embed",
+        input=["one", "two"],
+        encoding_format=encoding,  # type: ignore[arg-type]
+    )
+    assert [e.index for e in result.data] == [0, 1]
+    if encoding == "float":
+        assert all(isinstance(x, float) for x in result.data[0].embedding)
+        assert len(result.data[0].embedding) > 1
+    else:
+        assert isinstance(result.data[0].embedding, str)
+    assert result.model == "sim-embed"
+
+
+async def test_models_lists_what_the_callers_policy_allows(client: openai.AsyncOpenAI) -> None:
+    listed = [m.id async for m in client.models.list()]
+    assert listed == ["sim-embed", "sim-fast", "sim-smart"]  # not sim-secret: not allowed for acme
+
+
+async def test_each_error_class_raises_the_sdks_own_exception(
+    client: openai.AsyncOpenAI, http_node: DataPlaneNode, simulator: Any
+) -> None:
+    hi = [{"role": "user", "content": "hi"}]
+    async with openai.AsyncOpenAI(
+        base_url=f"http://{http_node.http_address}/v1", api_key="sbx_unknown", max_retries=0
+    ) as stranger:
+        with pytest.raises(openai.AuthenticationError) as auth:
+            await stranger.chat.completions.create(model="sim-fast", messages=hi)  # type: ignore[arg-type]
+    assert auth.value.status_code == 401
+    async with openai.AsyncOpenAI(
+        base_url=f"http://{http_node.http_address}/v1", api_key=EXPIRED_KEY, max_retries=0
+    ) as expired:
+        with pytest.raises(openai.AuthenticationError):
+            await expired.chat.completions.create(model="sim-fast", messages=hi)  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client.chat.completions.create(model="sim-secret", messages=hi)  # type: ignore[arg-type]
+    assert "unknown model" in missing.value.message
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.chat.completions.create(model="sim-fast", messages=hi, temperature=7.5)  # type: ignore[arg-type]
+    assert "temperature" in bad.value.message
+    with pytest.raises(openai.BadRequestError) as unknown_field:
+        await client.chat.completions.create(
+            model="sim-fast",
+            messages=hi,  # type: ignore[arg-type]
+            extra_body={"temprature": 0.5},
+        )
+    assert unknown_field.value.body["param"] == "temprature"  # type: ignore[index]
+
+    simulator.set_behaviour("sim-fast", Behaviour(fail_status=429, retry_after=7))
+    with pytest.raises(openai.RateLimitError) as limited:
+        await client.chat.completions.create(model="sim-fast", messages=hi)  # type: ignore[arg-type]
+    assert limited.value.response.headers["retry-after"] == "7"
+    simulator.set_behaviour("sim-fast", Behaviour(fail_status=500))
+    with pytest.raises(openai.InternalServerError) as upstream:
+        await client.chat.completions.create(model="sim-fast", messages=hi)  # type: ignore[arg-type]
+    assert upstream.value.status_code == 502
+    simulator.set_behaviour("sim-fast", Behaviour(latency_ms=5000))
+    async with openai.AsyncOpenAI(
+        base_url=f"http://{http_node.http_address}/v1", api_key=API_KEY, max_retries=0, timeout=0.5
+    ) as impatient:
+        with pytest.raises(openai.APITimeoutError):
+            await impatient.chat.completions.create(model="sim-fast", messages=hi)  # type: ignore[arg-type]
+    simulator.set_behaviour("sim-fast", Behaviour())
+
+
+async def test_the_same_request_routes_and_records_alike_over_http_and_grpc(
+    client: openai.AsyncOpenAI, http_node: DataPlaneNode
+) -> None:
+    over_http = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "same request"}], max_tokens=40, temperature=0.2
+    )
+    request = infer_pb2.InferRequest(params=infer_pb2.GenerationParams(max_output_tokens=40, temperature=0.2))
+    request.messages.add(role=infer_pb2.ROLE_USER).content.add(text="same request")
+    async with grpc.aio.insecure_channel(http_node.address) as channel:
+        over_grpc = await infer_pb2_grpc.InferServiceStub(channel).Infer(request, metadata=AUTH, timeout=10)
+    http_id = over_http.headers["x-evidence-id"]
+    await eventually(lambda: {http_id, over_grpc.evidence_id} <= {r["record_id"] for r in records(http_node)})
+    by_id = {r["record_id"]: r for r in records(http_node)}
+    a, b = by_id[http_id], by_id[over_grpc.evidence_id]
+    for record in (a, b):
+        for attempt in record["routing"]["attempts"]:
+            attempt.pop("duration_ms")  # the one thing that differs: how long the upstream took
+    for field in (
+        "kind",
+        "tenant_id",
+        "api_key_id",
+        "caller",
+        "snapshot",
+        "policy",
+        "routing",
+        "usage",
+        "cost",
+    ):
+        assert a[field] == b[field], field
+    assert a["response_sha256"] == b["response_sha256"]
