@@ -207,6 +207,11 @@ class DataPlaneNode:
         return f"{host}:{self._http_door.port}"
 
     @property
+    def http_accepting(self) -> bool:
+        """The HTTP front door takes new connections (False once a stop began)."""
+        return self._http_door is not None and self._http_door.accepting
+
+    @property
     def port(self) -> int:
         if self._port is None:
             raise RuntimeError("node is not started")

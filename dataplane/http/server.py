@@ -13,12 +13,13 @@ and leaves every limit in our hands:
   is dropped after ``write_timeout``. A slow client cannot hold a connection, and the
   handler it feeds, forever.
 - **Connections.** At most ``max_requests_per_connection`` requests on one connection;
-  requests are answered in order (pipelining), one at a time; reading is paused while a
-  request is handled, so a client cannot queue unbounded work.
+  requests are answered in order (pipelining), one at a time; reading pauses when a few are
+  waiting, so a client cannot queue unbounded work.
 - **Smuggling.** A request with both ``Content-Length`` and ``Transfer-Encoding``, or an
   upgrade, is refused (400) and the connection closed.
-- **Disconnects.** A client that goes away cancels its handler: the cancellation reaches
-  the upstream call and the request's evidence records it.
+- **Disconnects.** A client that goes away (or half-closes: HTTP/1.1 clients do not)
+  cancels its handler at once, even while nothing is being written: the cancellation
+  reaches the upstream call and the request's evidence records it.
 - **Drain.** ``close(grace)`` stops accepting, closes idle connections, lets requests in
   flight finish (their answers say ``Connection: close``) for up to ``grace`` seconds,
   then cancels what is left.
@@ -184,7 +185,8 @@ class _Connection(asyncio.Protocol):
             return
         if not self._in_message:
             self._in_message = True
-            self._arm(self._limits.header_timeout, self._slow_headers)
+            if self._task is None:  # else armed when the answer in progress is done
+                self._arm(self._limits.header_timeout, self._slow_headers)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -241,7 +243,11 @@ class _Connection(asyncio.Protocol):
             if declared > self._limits.max_body_bytes:
                 self._refuse(413, f"request body of {declared} bytes exceeds {self._limits.max_body_bytes}")
                 return
-        self._arm(self._limits.body_timeout, self._slow_body)
+        if self._parser.should_upgrade():
+            self._refuse(400, "protocol upgrades are not supported")
+            return
+        if self._task is None:
+            self._arm(self._limits.body_timeout, self._slow_body)
         expect = next((value for name, value in self._headers if name == b"expect"), b"")
         if expect.lower() == b"100-continue" and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -279,9 +285,12 @@ class _Connection(asyncio.Protocol):
             self._parser.should_keep_alive() and self._served < self._limits.max_requests_per_connection
         )
         self._queue.append((request, keep_alive))
-        if self._task is None:
-            assert self._transport is not None
+        assert self._transport is not None
+        if len(self._queue) >= _MAX_PIPELINED:
+            # Reading goes on while a request is answered (a client that leaves must be
+            # seen at once: its handler is cancelled), but not without bound.
             self._transport.pause_reading()
+        if self._task is None:
             self._task = self._loop.create_task(self._run())
 
     # ---- handling ----
@@ -396,6 +405,8 @@ class _Connection(asyncio.Protocol):
 
 
 _JSON = ((b"content-type", b"application/json"),)
+_MAX_PIPELINED = 4
+"""Requests parsed ahead of their answers before reading pauses."""
 
 
 def _parser_problem(exc: Exception) -> str:
@@ -434,6 +445,10 @@ class HttpServer:
             backlog=1024,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def accepting(self) -> bool:
+        return self._server is not None and self._server.is_serving()
 
     async def close(self, grace: float) -> None:
         """Stop accepting; let answers in flight finish for up to ``grace`` seconds."""

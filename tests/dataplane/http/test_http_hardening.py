@@ -1,0 +1,278 @@
+"""The HTTP front door as a public-facing server: limits, timeouts, bad HTTP, disconnects,
+drain, and hostile bodies and headers (hypothesis) -- each a 4xx with a message, never a
+500, and the node keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dataplane.app import DataPlaneNode
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
+from dataplane.http.server import Limits
+from tests.dataplane.conftest import API_KEY, GatedUpstream, NodeFactory, envelope, snapshot
+from tests.helpers import eventually
+
+LIMITS = Limits(max_body_bytes=64 * 1024, header_timeout=0.5, body_timeout=0.5, keepalive_timeout=0.5)
+HEADERS = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
+HELLO = {"model": "sim-fast", "messages": [{"role": "user", "content": "hello"}]}
+
+
+@pytest.fixture
+async def node(start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey) -> DataPlaneNode:
+    node = await start_node(http_listen="127.0.0.1:0", http_limits=LIMITS)
+    assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
+    return node
+
+
+@pytest.fixture
+async def http(node: DataPlaneNode) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(f"http://{node.http_address}") as session:
+        yield session
+
+
+async def raw(node: DataPlaneNode, data: bytes, *, then_wait: bool = True) -> bytes:
+    """Send ``data`` on a fresh connection; everything the server answers until it closes."""
+    host, port = node.http_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10) if then_wait else b""
+    finally:
+        writer.close()
+
+
+def status_and_body(answer: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body) if body else {}
+
+
+async def still_serving(http: aiohttp.ClientSession) -> None:
+    async with http.post("/v1/chat/completions", json=HELLO, headers=HEADERS) as response:
+        assert response.status == 200, await response.text()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "says"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
+        (
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n",
+            431,
+            "headers exceed",
+        ),
+        (
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: 1\r\n" % i for i in range(150))
+            + b"\r\n",
+            431,
+            "header fields",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n",
+            413,
+            "exceeds",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400, "upgrade"),
+    ],
+    ids=["garbage", "huge-header", "too-many-headers", "huge-body", "cl-and-te", "upgrade"],
+)
+async def test_bad_http_gets_a_precise_4xx_and_the_connection_closes(
+    node: DataPlaneNode, http: aiohttp.ClientSession, request_bytes: bytes, status: int, says: str
+) -> None:
+    got, body = status_and_body(await raw(node, request_bytes))
+    assert got == status
+    assert says in body["error"]["message"]
+    assert body["error"]["type"] == "invalid_request_error"
+    await still_serving(http)
+
+
+async def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(node: DataPlaneNode) -> None:
+    chunk = b"a" * 16_384
+    data = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    data += b"".join(b"%x\r\n%b\r\n" % (len(chunk), chunk) for _ in range(5)) + b"0\r\n\r\n"
+    got, body = status_and_body(await raw(node, data))
+    assert got == 413
+    assert "exceeds 65536 bytes" in body["error"]["message"]
+
+
+async def test_slow_headers_and_slow_bodies_get_408_and_idle_connections_close(node: DataPlaneNode) -> None:
+    started = time.monotonic()
+    got, body = status_and_body(await raw(node, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"))
+    assert got == 408
+    assert "headers not received within 0.5 s" in body["error"]["message"]
+    got, body = status_and_body(
+        await raw(node, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    )
+    assert got == 408
+    assert "body not received within 0.5 s" in body["error"]["message"]
+    assert await raw(node, b"") == b""  # an idle connection: closed without a word
+    assert time.monotonic() - started < 10  # each within its timeout, not the test's
+
+
+async def test_pipelined_requests_are_answered_in_order(node: DataPlaneNode) -> None:
+    one = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY.encode() + b"\r\n\r\n"
+    last = b"GET /v1/nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = await raw(node, one + one + last)
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+    assert statuses == [200, 200, 404]
+
+
+async def test_routes_methods_and_bodies_that_are_wrong(http: aiohttp.ClientSession) -> None:
+    async with http.get("/v1/chat/completions", headers=HEADERS) as response:
+        assert response.status == 405
+        assert response.headers["allow"] == "POST"
+    async with http.post("/v2/anything", headers=HEADERS) as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["type"] == "not_found_error"
+    async with http.post("/v1/chat/completions", data=b"{not json", headers=HEADERS) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+        assert error["param"] == "body"
+        assert "not valid JSON" in error["message"]
+    bad = {**HELLO, "messages": [{"role": "user", "content": [{"type": "video", "url": "x"}]}]}
+    async with http.post("/v1/chat/completions", json=bad, headers=HEADERS) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["param"] == "messages[0].content[0].type"
+    async with http.post("/v1/chat/completions", json=HELLO) as response:
+        assert response.status == 401  # no key: told so before anything about the body
+        assert response.headers["x-request-id"]
+
+
+async def test_a_refused_request_still_has_its_ids_and_its_record(
+    http: aiohttp.ClientSession, node: DataPlaneNode
+) -> None:
+    async with http.post(
+        "/v1/chat/completions", json={**HELLO, "n": 3}, headers={**HEADERS, "x-request-id": "refused-1"}
+    ) as response:
+        assert response.status == 400
+        evidence_id = response.headers["x-evidence-id"]
+        assert response.headers["x-request-id"] == "refused-1"
+        assert "request id refused-1" in (await response.json())["error"]["message"]
+    path = log_path(node.settings.data_dir, node.settings.node_id)
+    await eventually(lambda: any(r["record_id"] == evidence_id for r in read_records(path)))
+
+
+@pytest.fixture
+async def gated(
+    start_node: NodeFactory, gated_upstream: GatedUpstream, signing_key: Ed25519PrivateKey
+) -> DataPlaneNode:
+    node = await start_node(http_listen="127.0.0.1:0", http_limits=LIMITS)
+    snap = snapshot(1, gated_upstream.base_url, provider_type="openai_compatible")
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    return node
+
+
+STREAM = {**HELLO, "stream": True}
+
+
+async def test_a_client_leaving_mid_stream_closes_the_upstream_stream(
+    gated: DataPlaneNode, gated_upstream: GatedUpstream
+) -> None:
+    async with aiohttp.ClientSession(f"http://{gated.http_address}") as session:
+        response = await session.post("/v1/chat/completions", json=STREAM, headers=HEADERS)
+        assert response.status == 200
+        evidence_id = response.headers["x-evidence-id"]
+        first = await response.content.readuntil(b"\n\n")
+        assert first.startswith(b"data: ")
+        await eventually(gated_upstream.first_sent.is_set)
+        response.close()  # the client hangs up mid-stream
+    await eventually(gated_upstream.disconnected.is_set, message="the upstream saw the hang-up")
+    assert not gated_upstream.finished.is_set()
+    path = log_path(gated.settings.data_dir, gated.settings.node_id)
+
+    def cancelled() -> bool:
+        return any(
+            r["record_id"] == evidence_id and r["outcome"]["code"] == "CANCELLED" for r in read_records(path)
+        )
+
+    await eventually(cancelled, message="the stream's record says CANCELLED")
+
+
+async def test_a_stop_lets_a_stream_in_flight_finish_and_takes_no_new_connection(
+    gated: DataPlaneNode, gated_upstream: GatedUpstream
+) -> None:
+    address = gated.http_address
+    async with aiohttp.ClientSession(f"http://{address}") as session:
+        response = await session.post("/v1/chat/completions", json=STREAM, headers=HEADERS)
+        await eventually(gated_upstream.first_sent.is_set)
+        stopping = asyncio.ensure_future(gated.stop(10))
+        await eventually(lambda: not gated.http_accepting, message="the door stops accepting")
+        host, port = address.rsplit(":", 1)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(host, int(port))
+        gated_upstream.release.set()
+        body = await response.read()
+        assert body.endswith(b"data: [DONE]\n\n")
+        assert b'"finish_reason":"stop"' in body
+        await stopping
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+            ),
+            max_leaves=12,
+        ).map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries(
+            {"model": st.sampled_from(["sim-fast", "auto", "", "nope"])},
+            optional={
+                "messages": st.lists(
+                    st.fixed_dictionaries(
+                        {"role": st.sampled_from(["user", "system", "tool", "assistant", "robot"])},
+                        optional={"content": st.one_of(st.text(max_size=10), st.none(), st.integers())},
+                    ),
+                    max_size=3,
+                ),
+                "temperature": st.one_of(
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=3)
+                ),
+                "max_tokens": st.integers(min_value=-(2**70), max_value=2**70),
+                "stop": st.one_of(st.text(max_size=5), st.lists(st.integers(), max_size=2)),
+                "tools": st.lists(
+                    st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=2), max_size=2
+                ),
+                "stream": st.one_of(st.booleans(), st.integers()),
+            },
+        ).map(lambda v: json.dumps(v).encode()),
+    ),
+    path=st.sampled_from(["/v1/chat/completions", "/v1/embeddings"]),
+    header=st.sampled_from(
+        ["x-signalbox-data-class", "x-signalbox-capabilities", "x-request-id", "x-signalbox-task"]
+    ),
+    value=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+)
+async def test_hostile_bodies_and_headers_get_a_4xx_with_a_message_never_a_5xx(
+    http: aiohttp.ClientSession, body: bytes, path: str, header: str, value: str
+) -> None:
+    async with http.post(path, data=body, headers={**HEADERS, header: value}) as response:
+        if response.status != 200:
+            assert 400 <= response.status < 500, (response.status, await response.text())
+            error = (await response.json())["error"]
+            assert error["message"]
+            assert len(error["message"]) < 2000
+            assert response.headers["x-evidence-id"]
+    await still_serving(http)
