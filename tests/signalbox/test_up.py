@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -31,6 +32,8 @@ def up_command(data_dir: Path, *extra: str) -> list[str]:
         "127.0.0.1:0",
         "--dataplane-listen",
         "127.0.0.1:0",
+        "--dataplane-http-listen",
+        "127.0.0.1:0",
         "--simulator-listen",
         "127.0.0.1:0",
         *extra,
@@ -42,7 +45,25 @@ def assert_demo_output(stdout: str) -> None:
     assert re.search(r"^model:\s+sim-fast \(provider simulator\)$", stdout, re.M), stdout
     evidence = re.search(r"^evidence:\s+(\S+)$", stdout, re.M)
     assert evidence is not None, stdout
-    assert re.search(r'signalbox infer --target 127\.0\.0\.1:\d+ --api-key \S+ "hello"', stdout), stdout
+    assert re.search(
+        r"-m signalbox infer --target 127\.0\.0\.1:\d+ --api-key sbx_\S+ hello$", stdout, re.M
+    ), stdout
+    assert re.search(r"^    curl -s http://127\.0\.0\.1:\d+/v1/chat/completions ", stdout, re.M), stdout
+
+
+def pasted_commands(stdout: str) -> list[str]:
+    """The commands ``up`` prints under "Call it yourself", one per indented line."""
+    block = stdout.split("Call it yourself", 1)[1].split("Admin token", 1)[0]
+    return [line[4:] for line in block.splitlines() if line.startswith("    ")]
+
+
+def run_in_a_new_shell(command: str) -> str:
+    """``command`` as a user pasting it would run it: a new login-less shell, no virtualenv
+    active, nothing of this test's environment."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+    result = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
 
 
 def assert_private_and_token_only_on_the_terminal(stack_dir: Path, stdout: str) -> None:
@@ -102,6 +123,12 @@ def test_up_keeps_serving_until_interrupted_then_stops_its_children(stack_dir: P
         assert match is not None
         node = match.group(1)
         assert port_open(node)
+        grpc_cli, curl, sdk = pasted_commands(output)
+        assert "Simulated answer to: hello" in run_in_a_new_shell(grpc_cli)
+        answer = json.loads(run_in_a_new_shell(curl))
+        assert answer["object"] == "chat.completion"
+        assert answer["choices"][0]["message"]["content"] == "Simulated answer to: hello"
+        assert run_in_a_new_shell(sdk).strip() == "Simulated answer to: hello"
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=120) == 0

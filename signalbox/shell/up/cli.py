@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
+import json
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -62,6 +65,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     settings.add(
         parser,
+        "--dataplane-http-listen",
+        env="SIGNALBOX_UP_DATAPLANE_HTTP_LISTEN",
+        default="127.0.0.1:7704",
+        help="HOST:PORT of the node's OpenAI-compatible HTTP front door (port 0: any free port)",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
         "--simulator-listen",
         env="SIGNALBOX_UP_SIMULATOR_LISTEN",
         default="127.0.0.1:7702",
@@ -105,10 +116,43 @@ def run(ns: argparse.Namespace) -> int:
         controlplane_listen=ns.controlplane_listen,
         controlplane_node_listen=ns.controlplane_node_listen,
         dataplane_listen=ns.dataplane_listen,
+        dataplane_http_listen=ns.dataplane_http_listen,
         simulator_listen=ns.simulator_listen,
         startup_timeout=ns.startup_timeout,
     ).with_concrete_ports()
     return asyncio.run(_up(config, once=ns.once, out=sys.stdout))
+
+
+def try_it(config: StackConfig, api_key: str) -> list[tuple[str, str]]:
+    """Commands a newcomer can paste into any shell: absolute paths, so no virtualenv needs
+    to be active, and the real key (``sbx_...``)."""
+    python = shlex.quote(sys.executable)
+    base_url = f"http://{config.dataplane_http_listen}/v1"
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hello"}]})
+    commands = [
+        (
+            "gRPC, with the signalbox client",
+            f"{python} -m signalbox infer --target {config.dataplane_listen} --api-key {api_key} hello",
+        ),
+        (
+            "HTTP, with curl",
+            f"curl -s {base_url}/chat/completions -H {shlex.quote('Authorization: Bearer ' + api_key)}"
+            f" -H 'Content-Type: application/json' -d {shlex.quote(body)}",
+        ),
+    ]
+    if importlib.util.find_spec("openai") is not None:
+        script = (
+            "from openai import OpenAI; "
+            f"client = OpenAI(base_url={base_url!r}, api_key={api_key!r}); "
+            "print(client.chat.completions.create(model='auto', "
+            "messages=[{'role': 'user', 'content': 'hello'}]).choices[0].message.content)"
+        )
+        commands.append(("HTTP, with the openai SDK", f"{python} -c {shlex.quote(script)}"))
+    else:
+        commands.append(
+            ("HTTP, with the openai SDK (pip install openai first)", f"OpenAI(base_url={base_url!r})")
+        )
+    return commands
 
 
 async def _up(config: StackConfig, *, once: bool, out: IO[str]) -> int:
@@ -139,8 +183,10 @@ async def _up(config: StackConfig, *, once: bool, out: IO[str]) -> int:
         say(f"evidence: {response.evidence_id}")
         say(f"correlation: {response.correlation_id}  snapshot: v{response.snapshot_version}")
         say()
-        say("Call it yourself:")
-        say(f'  signalbox infer --target {config.dataplane_listen} --api-key {stack.api_key} "hello"')
+        say("Call it yourself (each works pasted into a new shell):")
+        for title, command in try_it(config, stack.api_key):
+            say(f"  {title}:")
+            say(f"    {command}")
         say(f"Admin token (shown once): {stack.admin_token}")
         say(f"Logs: {stack.log_dir}")
         if once:

@@ -54,6 +54,8 @@ class StackConfig:
     """The control plane's node port (config sync over mutual TLS)."""
     dataplane_listen: str = "127.0.0.1:7701"
     simulator_listen: str = "127.0.0.1:7702"
+    dataplane_http_listen: str = "127.0.0.1:7704"
+    """The node's OpenAI-compatible HTTP front door."""
     simulator_in_process: bool = True
     """False runs the simulator as a child process (the benchmark pins it to a core)."""
     controlplane_cpus: str | None = None
@@ -74,6 +76,7 @@ class StackConfig:
             controlplane_node_listen="127.0.0.1:0",
             dataplane_listen="127.0.0.1:0",
             simulator_listen="127.0.0.1:0",
+            dataplane_http_listen="127.0.0.1:0",
             **options,
         ).with_concrete_ports()
 
@@ -84,6 +87,7 @@ class StackConfig:
             controlplane_listen=_concrete(self.controlplane_listen),
             controlplane_node_listen=_concrete(self.controlplane_node_listen),
             dataplane_listen=_concrete(self.dataplane_listen),
+            dataplane_http_listen=_concrete(self.dataplane_http_listen),
             simulator_listen=self.simulator_listen
             if self.simulator_in_process
             else _concrete(self.simulator_listen),
@@ -182,6 +186,8 @@ class LocalStack:
                 "serve",
                 "--listen",
                 cfg.dataplane_listen,
+                "--http-listen",
+                cfg.dataplane_http_listen,
                 "--control-plane",
                 cfg.controlplane_node_listen,
                 "--enroll-address",
@@ -199,7 +205,10 @@ class LocalStack:
         # SERVING means the node has verified and applied a snapshot.
         await self._wait_healthy(node, cfg.dataplane_listen)
         await self._wait_converged(node)
-        self._progress(f"node {NODE_ID} on {cfg.dataplane_listen} serving snapshot v{self.snapshot_version}")
+        self._progress(
+            f"node {NODE_ID} on {cfg.dataplane_listen} (gRPC) and http://{cfg.dataplane_http_listen}/v1 "
+            f"(OpenAI-compatible HTTP) serving snapshot v{self.snapshot_version}"
+        )
 
     async def stop(self) -> None:
         """Stop the node first (it drains), then the control plane (and its PostgreSQL), then the simulator."""
