@@ -5,8 +5,9 @@ PostgreSQL, one node, the simulated upstream as a child process), pins the
 node to CPU 0 and everything else to CPU 1, then for each concurrency level
 streams the same answer
 
-- straight from the simulator over HTTP/1.1 SSE (``direct``), and
-- through the node's ``InferStream`` gRPC API (``signalbox``),
+- straight from the simulator over HTTP/1.1 SSE (``direct``),
+- through the node's ``InferStream`` gRPC API (``grpc``), and
+- through the node's OpenAI-compatible HTTP door, SSE as OpenAI sends it (``http``),
 
 and prints, per path, the time to the first text chunk (p50 and p99), the
 TTFT the node adds, and the text chunks per second delivered to the client.
@@ -89,7 +90,9 @@ class Probe:
         self.ttft_ms.append((time.perf_counter() - started) * 1000)
 
 
-def direct_call(session: aiohttp.ClientSession, url: str, prompt: str, probe: Probe) -> Call:
+def sse_call(
+    session: aiohttp.ClientSession, url: str, prompt: str, probe: Probe, headers: dict[str, str] | None = None
+) -> Call:
     # The body the node sends upstream for the same request, usage included.
     body = {
         "model": MODEL,
@@ -101,7 +104,7 @@ def direct_call(session: aiohttp.ClientSession, url: str, prompt: str, probe: Pr
     async def call() -> None:
         started = time.perf_counter()
         chunks = 0
-        async with session.post(url, json=body) as response:
+        async with session.post(url, json=body, headers=headers) as response:
             response.raise_for_status()
             async for raw in response.content:
                 line = raw.strip()
@@ -160,7 +163,8 @@ async def run_level(
     return runs
 
 
-def print_table(levels: Sequence[tuple[int, list[StreamRun]]]) -> None:
+def print_table(paths: Sequence[str], levels: Sequence[tuple[int, list[StreamRun]]]) -> None:
+    """One row per path and level; the first path is ``direct``, the others add to it."""
     header = (
         f"{'concurrency':>11}  {'path':<9}  {'streams':>7}  {'errors':>6}  {'p50 TTFT ms':>11}  "
         f"{'p99 TTFT ms':>11}  {'added p50 ms':>12}  {'added p99 ms':>12}  {'chunks/s':>9}  "
@@ -168,11 +172,12 @@ def print_table(levels: Sequence[tuple[int, list[StreamRun]]]) -> None:
     )
     print(header)
     print("-" * len(header))
-    for concurrency, (direct, node) in levels:
-        for path, r in (("direct", direct), ("signalbox", node)):
+    for concurrency, runs in levels:
+        direct = runs[0]
+        for path, r in zip(paths, runs, strict=True):
             added = (
-                f"{node.ttft(50) - direct.ttft(50):12.3f}  {node.ttft(99) - direct.ttft(99):12.3f}"
-                if r is node
+                f"{r.ttft(50) - direct.ttft(50):12.3f}  {r.ttft(99) - direct.ttft(99):12.3f}"
+                if r is not direct
                 else f"{'':12}  {'':12}"
             )
             print(
@@ -181,7 +186,7 @@ def print_table(levels: Sequence[tuple[int, list[StreamRun]]]) -> None:
                 f"{r.client_cpu_percent:12.0f}"
             )
     for concurrency, runs in levels:
-        for path, r in zip(("direct", "signalbox"), runs, strict=True):
+        for path, r in zip(paths, runs, strict=True):
             if r.run.errors:
                 print(
                     f"errors at concurrency {concurrency} ({path}): {r.run.errors}, first: {r.run.first_error}"
@@ -207,14 +212,17 @@ async def bench(args: argparse.Namespace) -> int:
                 response.raise_for_status()
             stub = infer_pb2_grpc.InferServiceStub(channel)
             url = f"{stack.simulator_url}/v1/chat/completions"
-            direct_probe, node_probe = Probe(), Probe()
+            direct_probe, grpc_probe, http_probe = Probe(), Probe(), Probe()
+            door = f"http://{stack.config.dataplane_http_listen}/v1/chat/completions"
+            auth = {"authorization": f"Bearer {stack.api_key}"}
             calls = (
-                ("direct", direct_call(session, url, prompt, direct_probe), direct_probe),
-                ("signalbox", node_call(stub, stack.api_key, prompt, node_probe), node_probe),
+                ("direct", sse_call(session, url, prompt, direct_probe), direct_probe),
+                ("grpc", node_call(stub, stack.api_key, prompt, grpc_probe), grpc_probe),
+                ("http", sse_call(session, door, prompt, http_probe, auth), http_probe),
             )
             for concurrency in args.concurrency:
                 levels.append((concurrency, await run_level(stack, calls, concurrency, args)))
-        print_table(levels)
+        print_table([name for name, _, _ in calls], levels)
         return 0 if all(r.run.requests > 0 and r.chunks > 0 for _, runs in levels for r in runs) else 1
 
 
