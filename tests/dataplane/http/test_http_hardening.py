@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,8 @@ from hypothesis import strategies as st
 from dataplane.app import DataPlaneNode
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
-from dataplane.http.server import Limits
+from dataplane.http.openai_api import server_error_body
+from dataplane.http.server import ClientGone, HttpServer, Limits, Request, Response
 from tests.dataplane.conftest import API_KEY, GatedUpstream, NodeFactory, envelope, snapshot
 from tests.helpers import eventually
 
@@ -276,3 +278,32 @@ async def test_hostile_bodies_and_headers_get_a_4xx_with_a_message_never_a_5xx(
             assert len(error["message"]) < 2000
             assert response.headers["x-evidence-id"]
     await still_serving(http)
+
+
+async def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout() -> None:
+    outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def firehose(request: Request, response: Response) -> None:
+        await response.start(200, ((b"content-type", b"text/event-stream"),))
+        try:
+            for _ in range(10_000):  # up to 640 MiB: far more than any socket buffers hold
+                await response.write(b"x" * 65_536)
+        except ClientGone:
+            outcome.set_result("dropped")
+            raise
+        outcome.set_result("all written")
+
+    server = HttpServer(firehose, server_error_body, Limits(write_timeout=0.5))
+    await server.start("127.0.0.1", 0)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        await asyncio.get_running_loop().sock_sendall(sock, b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        # The client never reads: the server's buffers fill, and it gives up on the client.
+        assert await asyncio.wait_for(outcome, 30) == "dropped"
+        sock.close()
+        assert server.in_flight == 0
+    finally:
+        await server.close(1)
