@@ -63,6 +63,7 @@ from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.routing.query import NodeContext
 from dataplane.snapshot.background import ESCALATE_AFTER_S
 from dataplane.snapshot.checks import load_trust_keys
+from dataplane.snapshot.lkg import LKG_FILE, SNAPSHOT_DIR
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S, PinWatcher, warn_if_expired
 from dataplane.snapshot.serving import ServingState
 from dataplane.snapshot.store import SnapshotStore
@@ -78,6 +79,12 @@ INFER_SERVICE = infer_pb2.DESCRIPTOR.services_by_name["InferService"].full_name
 def default_node_id() -> str:
     """``node-<hostname>``: stable across restarts of the same machine or pod."""
     return f"node-{socket.gethostname()}"
+
+
+WORKERS_DIR = "workers"
+"""Under the data dir: the snapshot state of workers other than worker 0."""
+WORKER_FOLLOW_INTERVAL_S = 0.25
+"""How often a worker other than 0 looks for a snapshot worker 0 applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,11 @@ class NodeSettings:
     """Provider credential files may be read only inside this directory; None: ``<data_dir>/credentials``."""
     drain_seconds: float = 10.0
     """How long a stop waits for in-flight calls and streams."""
+    worker: int = 0
+    """This process's index among the node's workers (``--workers``): its evidence chain is
+    ``<node id>/<worker>``; worker 0 also renews the node certificate."""
+    workers: int = 1
+    """How many workers share the node's ports (SO_REUSEPORT when more than one)."""
     http_listen: str | None = None
     """host:port of the OpenAI-compatible HTTP front door (TLS as ``tls``); None: off."""
     http_limits: HttpLimits = field(default_factory=HttpLimits)
@@ -287,8 +299,9 @@ class DataPlaneNode:
         # air-gapped node) generates it now, as enrollment would, and is certified later.
         signer = await asyncio.to_thread(self.identity.private_key)
         self._evidence = EvidenceLog(
-            log_path(s.data_dir, s.node_id),
+            log_path(s.data_dir, s.node_id, str(s.worker)),
             s.node_id,
+            worker=str(s.worker),
             fsync_interval=s.evidence_fsync_interval,
             signer=signer,
             checkpoint_records=s.evidence_checkpoint_records,
@@ -305,7 +318,9 @@ class DataPlaneNode:
         self._store = SnapshotStore(
             trusted=trusted,
             scope=s.scope,
-            data_dir=s.data_dir,
+            # Each worker keeps its own last-known-good and high-water mark: two writers of one
+            # file could move it back (a slower worker persisting an older version last).
+            data_dir=s.data_dir if s.worker == 0 else s.data_dir / WORKERS_DIR / str(s.worker),
             client=self._http,
             allow_expired=s.allow_expired,
             resolve_credential=CredentialScope(
@@ -335,8 +350,18 @@ class DataPlaneNode:
             except SnapshotFileInvalid as exc:
                 # Fail closed: UNAVAILABLE until the control plane sends a valid snapshot.
                 log.error("last-known-good not served: %s", exc)
+            if s.worker > 0 and s.control_plane:
+                # One sync stream per node: worker 0 holds it and persists what it applies;
+                # the other workers follow that file as an air-gapped node follows its pin
+                # (every signature and the high-water mark checked again, their own mark).
+                self._pin_watch = PinWatcher(
+                    self._store,
+                    s.data_dir / SNAPSHOT_DIR / LKG_FILE,
+                    interval=min(s.snapshot_poll_interval, WORKER_FOLLOW_INTERVAL_S),
+                    allow_expired=s.allow_expired,
+                )
         await self._start_server()
-        if s.control_plane and s.snapshot_file is None:
+        if s.control_plane and s.snapshot_file is None and s.worker == 0:
             self._sync = SyncClient(
                 s.control_plane,
                 self._store,
@@ -350,12 +375,15 @@ class DataPlaneNode:
                 max_message_bytes=s.sync_max_message_bytes,
             )
             self._sync_task = asyncio.get_running_loop().create_task(self._sync.run())
-            # Evidence goes to the same node port, as the same certified node.
+        if s.control_plane and s.snapshot_file is None:
+            # Evidence goes to the same node port, as the same certified node (each worker
+            # its own chain).
             assert sync_tls is not None
             self._shipper = EvidenceShipper(
                 s.control_plane,
-                log_path(s.data_dir, s.node_id),
+                log_path(s.data_dir, s.node_id, str(s.worker)),
                 node_id=s.node_id,
+                worker=str(s.worker),
                 tls=sync_tls,
                 backoff=functools.partial(full_jitter, base=s.sync_backoff_base, cap=s.sync_backoff_cap),
                 interval=s.evidence_ship_interval,
@@ -363,7 +391,7 @@ class DataPlaneNode:
                 durable_seq=self._durable_evidence_seq,
             )
             self._ship_task = asyncio.get_running_loop().create_task(self._shipper.run())
-            if sync_tls == self.identity.client_tls():
+            if sync_tls == self.identity.client_tls() and self._sync is not None:
                 self._renewer = CertificateRenewer(
                     self.identity, target=s.control_plane, node_id=s.node_id, on_renewed=self._sync.reconnect
                 )
@@ -437,8 +465,8 @@ class DataPlaneNode:
         )
         server = grpc.aio.server(
             options=[
-                # Two nodes must never silently share a port.
-                ("grpc.so_reuseport", 0),
+                # Two nodes must never silently share a port; a node's own workers do.
+                ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
                 ("grpc.max_receive_message_length", 32 * 1024 * 1024),
                 ("grpc.max_send_message_length", 32 * 1024 * 1024),
             ]
@@ -457,7 +485,9 @@ class DataPlaneNode:
             self._http_door = HttpServer(
                 door.handle, server_error_body, s.http_limits, ssl_server_context(s.http_listen, s.tls)
             )
-            await self._http_door.start(host.strip("[]") or "0.0.0.0", int(http_port))
+            await self._http_door.start(
+                host.strip("[]") or "0.0.0.0", int(http_port), reuse_port=s.workers > 1
+            )
 
     async def _on_snapshot(self, state: ServingState) -> None:
         if not self._stopping:

@@ -35,6 +35,8 @@ from dataplane.snapshot.checks import check_envelope, load_trust_keys
 from dataplane.snapshot.lkg import SNAPSHOT_DIR
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
 from dataplane.snapshot.trust import TrustSet, TrustState, walk_chain
+from dataplane.workers import resolve as resolve_workers
+from dataplane.workers import supervise
 from signalbox import settings, tls
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -90,6 +92,17 @@ def register(
         help="HOST:PORT of the Infer API and grpc health (port 0 picks a free one)",
         command=SERVE,
     )
+    add(
+        serve,
+        "--workers",
+        env="SIGNALBOX_WORKERS",
+        default=1,
+        type=int,
+        help="processes of this node sharing its ports (SO_REUSEPORT; the ports must be fixed), each "
+        "with its own evidence chain; 0: one per core",
+        command=SERVE,
+    )
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     add(
         serve,
         "--http-listen",
@@ -471,6 +484,13 @@ def serve_command(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if ns.workers < 0:
+        print(f"--workers: {ns.workers} is not a number of processes (0: one per core)", file=sys.stderr)
+        return 2
+    workers = resolve_workers(ns.workers)
+    if ns.worker_index is not None and not 0 <= ns.worker_index < workers:
+        print(f"--worker-index: {ns.worker_index} is not below --workers {workers}", file=sys.stderr)
+        return 2
     for flag, seconds in (
         ("--http-header-timeout", ns.http_header_timeout),
         ("--http-body-timeout", ns.http_body_timeout),
@@ -555,7 +575,20 @@ def serve_command(ns: argparse.Namespace) -> int:
         evidence_segment_bytes=ns.evidence_segment_bytes,
         evidence_spool_max_bytes=ns.evidence_spool_max_bytes,
         evidence_ship_interval=ns.evidence_ship_ms / 1000,
+        worker=ns.worker_index or 0,
+        workers=workers,
     )
+
+    if ns.worker_index is None and workers > 1:
+        fixed = [ns.listen, *([ns.http_listen] if ns.http_listen else [])]
+        if any(address.rpartition(":")[2] == "0" for address in fixed):
+            print(
+                f"--workers {workers}: the workers share their ports, so --listen and --http-listen "
+                "need fixed port numbers (not 0)",
+                file=sys.stderr,
+            )
+            return 2
+        return supervise(ns.argv, workers, ns.listen, ns.drain_seconds)
 
     async def run() -> None:
         node = DataPlaneNode(node_settings)

@@ -246,6 +246,7 @@ class EvidenceShipper:
         batch_records: int = BATCH_RECORDS,
         spool: Spool | None = None,
         durable_seq: Callable[[], int] | None = None,
+        worker: str = "0",
     ) -> None:
         """``spool``: the node's log's spool, bounded from now on (the shipper keeps its
         acknowledged bytes); ``durable_seq``: the log's last fsynced seq, beyond which
@@ -259,7 +260,7 @@ class EvidenceShipper:
         self._interval = interval
         self._durable_seq = durable_seq
         self._batch_records = batch_records
-        self.chain_id = f"{node_id}/0"
+        self.chain_id = f"{node_id}/{worker}"
         self._cursor_file = cursor_path(self._log_file, self.chain_id)
         self._cursor = read_cursor(self._cursor_file)
         self._spool = spool if spool is not None else Spool()

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    # The command line as given: a command that runs copies of itself (dataplane serve
+    # --workers) repeats it exactly.
+    ns.argv = list(sys.argv[1:] if argv is None else argv)
     handler: Handler = ns.handler
     return handler(ns)
 

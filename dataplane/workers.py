@@ -1,0 +1,121 @@
+"""``signalbox dataplane serve --workers N``: N processes of one node sharing its ports.
+
+Python runs one core per process; a node that should use every core of its machine runs
+one worker per core. The supervisor (this module, the process the operator started) starts
+worker 0 first, with the enrollment token if there is one, and the others only once worker 0
+listens (so the node's certificate exists before anyone needs it); each worker is the same
+``dataplane serve`` command with ``--worker-index i``. They share the gRPC and HTTP ports
+with SO_REUSEPORT (the kernel spreads connections), so the ports must be fixed numbers.
+
+Per worker: its own evidence chain (``<node id>/<i>``, shipped on its own stream), its own
+snapshot state (worker 0 syncs with the control plane, or reads the air-gapped pin; the
+others read the pin, or follow what worker 0 persisted, checking every signature and their
+own high-water mark). SIGTERM or SIGINT to the supervisor is passed to every worker, each
+drains as a single node does; the supervisor exits when all have, non-zero if any failed.
+A worker that dies on its own stops the others: the service manager restarts the node whole.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+START_TIMEOUT_S = 120.0
+STOP_MARGIN_S = 30.0
+"""Beyond its drain, what a worker gets to close its logs and connections."""
+
+
+def resolve(requested: int) -> int:
+    """``--workers``: 0 means one per core this process may run on."""
+    return requested if requested > 0 else max(1, len(os.sched_getaffinity(0)))
+
+
+def _die_with_parent() -> None:
+    """In each worker before it runs (Linux): SIGTERM when the supervisor dies, even by
+    SIGKILL, so no orphaned worker keeps the node's ports and serves on unsupervised."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _listening(listen: str) -> bool:
+    host, _, port = listen.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def supervise(argv: Sequence[str], workers: int, listen: str, drain_seconds: float) -> int:
+    """Run ``workers`` copies of ``signalbox <argv> --worker-index i`` until a signal or a
+    worker's exit; the exit code. A worker still running ``drain_seconds`` plus
+    ``STOP_MARGIN_S`` after it was told to stop is killed."""
+    command = [sys.executable, "-m", "signalbox", *argv]
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        env = dict(os.environ)
+        children.append(
+            subprocess.Popen([*command, "--worker-index", "0"], env=env, preexec_fn=_die_with_parent)
+        )
+        # The one-time enrollment token is worker 0's: the others find the certificate it got.
+        env.pop("SIGNALBOX_ENROLL_TOKEN", None)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _listening(listen):
+            if children[0].poll() is not None or stopping:
+                return _finish(children, drain_seconds + STOP_MARGIN_S)
+            if time.monotonic() > deadline:
+                print(
+                    f"signalbox dataplane serve: worker 0 did not listen on {listen} in time", file=sys.stderr
+                )
+                forward(signal.SIGTERM, None)
+                return _finish(children, drain_seconds + STOP_MARGIN_S) or 1
+            time.sleep(0.1)
+        children.extend(
+            subprocess.Popen([*command, "--worker-index", str(i)], env=env, preexec_fn=_die_with_parent)
+            for i in range(1, workers)
+        )
+        while not stopping:
+            if any(child.poll() is not None for child in children):
+                print("signalbox dataplane serve: a worker exited; stopping the others", file=sys.stderr)
+                forward(signal.SIGTERM, None)
+                return _finish(children, drain_seconds + STOP_MARGIN_S) or 1
+            time.sleep(0.2)
+        return _finish(children, drain_seconds + STOP_MARGIN_S)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _finish(children: Sequence[subprocess.Popen[bytes]], grace: float) -> int:
+    """Wait for every worker (killing what is still running after ``grace`` seconds: a
+    worker that does not drain must not keep the node's ports); 0 when all exited cleanly."""
+    deadline = time.monotonic() + grace
+    codes = []
+    for child in children:
+        try:
+            codes.append(child.wait(timeout=max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            print(f"signalbox dataplane serve: worker pid {child.pid} did not stop; killed", file=sys.stderr)
+            child.kill()
+            codes.append(child.wait() or 1)
+    return next((code for code in codes if code), 0)

@@ -1,0 +1,228 @@
+"""``dataplane serve --workers 2``: two processes of one node on the same ports, each with its
+own evidence chain; SIGTERM drains both."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records, verify_chain
+from signalbox.api.admin.v1 import admin_pb2
+from signalbox.shell.cli import main
+from signalbox.shell.simulator import Simulator
+from tests.dataplane.conftest import API_KEY, pinned_serve_args
+from tests.dataplane.test_pin_watch_process import site_pin
+from tests.e2e.test_config_push import TENANT, _admin, _converged, _seed
+from tests.fixtures.postgres import RunningControlPlane, sql_rows
+from tests.helpers import eventually
+
+NODE = "node-w"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_two_workers_share_the_ports_keep_a_chain_each_and_drain_on_sigterm(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    pin = tmp_path / "site.snapshot"
+    pin.write_bytes(site_pin(signing_key, 3, simulator.base_url))
+    data_dir = tmp_path / "node"
+    grpc_port, http_port = free_port(), free_port()
+    args = pinned_serve_args(pin, trust_key, data_dir, "--node-id", NODE, "--workers", "2")
+    args += ["--listen", f"127.0.0.1:{grpc_port}", "--http-listen", f"127.0.0.1:{http_port}"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signalbox", *args, stderr=asyncio.subprocess.PIPE
+    )
+    lines: list[str] = []
+
+    async def collect() -> None:
+        assert process.stderr is not None
+        while line := await process.stderr.readline():
+            lines.append(line.decode(errors="replace"))
+
+    reader = asyncio.get_running_loop().create_task(collect())
+    try:
+        await eventually(
+            lambda: sum("listening on" in line for line in lines) == 2, timeout=60, message="both workers up"
+        )
+        answered: list[str] = []
+        # A new connection per request: the kernel spreads connections over the two workers.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            for i in range(120):
+                async with session.post(
+                    f"http://127.0.0.1:{http_port}/v1/chat/completions",
+                    json={"model": "sim-fast", "messages": [{"role": "user", "content": f"hi {i}"}]},
+                    headers={"authorization": f"Bearer {API_KEY}"},
+                ) as response:
+                    assert response.status == 200, await response.text()
+                    answered.append(response.headers["x-evidence-id"])
+        chains = {w: log_path(data_dir, NODE, w) for w in ("0", "1")}
+
+        def recorded() -> dict[str, set[str]]:
+            ids = {w: {r["record_id"] for r in read_records(path)} for w, path in chains.items()}
+            assert set(answered) <= ids["0"] | ids["1"]
+            return ids
+
+        ids = await eventually(recorded, message="every answer's record in a chain")
+        assert ids["0"], "worker 0 served"
+        assert ids["1"], "worker 1 served"
+        assert not ids["0"] & ids["1"]
+        for w, path in chains.items():
+            assert verify_chain(path).seq == len(ids[w])  # gap-free, each its own chain
+            assert all(r["chain_id"] == f"{NODE}/{w}" for r in read_records(path))
+        workers = psutil.Process(process.pid).children()
+        assert len(workers) == 2
+
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+        for worker in workers:
+            assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await reader
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--workers", "2", "--listen", "127.0.0.1:0"], "need fixed port numbers"),
+        (
+            ["--workers", "2", "--listen", "127.0.0.1:7791", "--http-listen", "127.0.0.1:0"],
+            "need fixed port numbers",
+        ),
+        (["--workers", "-1"], "--workers: -1 is not a number of processes"),
+        (["--workers", "2", "--worker-index", "2"], "--worker-index: 2 is not below --workers 2"),
+    ],
+)
+def test_workers_settings_that_cannot_work_are_refused(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["dataplane", "serve", *args]) == 2
+    assert re.search(re.escape(says), capsys.readouterr().err)
+
+
+async def test_workers_of_a_connected_node_hold_one_sync_stream_follow_worker_0_and_ship_a_chain_each(
+    control_plane: RunningControlPlane, simulator: Simulator, private_tmp: Path
+) -> None:
+    async with _admin(control_plane) as admin:
+        api_key = await _seed(admin, simulator)
+        data_dir = private_tmp / "workers-connected"
+        log_sink = (private_tmp / "workers-connected.log").open("wb")
+        grpc_port, http_port = free_port(), free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "signalbox", "dataplane", "serve", "--workers", "2",
+            "--listen", f"127.0.0.1:{grpc_port}", "--http-listen", f"127.0.0.1:{http_port}",
+            "--control-plane", control_plane.node_address, "--enroll-address", control_plane.address,
+            "--trust-key", str(control_plane.trust_key_path), "--node-id", NODE, "--data-dir", str(data_dir),
+            "--evidence-ship-ms", "100",
+            stderr=log_sink,
+            env={**os.environ, "SIGNALBOX_ENROLL_TOKEN": await control_plane.enroll_token()},
+        )  # fmt: skip
+        try:
+            sync = control_plane.cp.sync
+            assert sync is not None
+            await eventually(lambda: NODE in sync.streams, timeout=60, message="worker 0 connected")
+            version = await _converged(admin, NODE)
+            # A change reaches both workers: worker 0 over its stream, worker 1 from its file.
+            await admin.CreateModel(
+                admin_pb2.CreateModelRequest(
+                    model=admin_pb2.Model(
+                        alias="extra",
+                        capabilities=[1],
+                        deployments=[admin_pb2.Deployment(provider="sim", upstream_model="extra-upstream")],
+                    )
+                )
+            )
+            await admin.ApplyPolicy(
+                admin_pb2.ApplyPolicyRequest(tenant=TENANT, document="default_model: extra")
+            )
+            assert await _converged(admin, NODE) > version
+
+            served_by: set[str] = set()
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+
+                async def served_by_both() -> bool:
+                    async with session.post(
+                        f"http://127.0.0.1:{http_port}/v1/chat/completions",
+                        json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+                        headers={"authorization": f"Bearer {api_key}"},
+                    ) as response:
+                        assert response.status == 200, await response.text()
+                        assert (await response.json())["model"] == "extra"  # the new policy, on either
+                    for w in ("0", "1"):
+                        if log_path(data_dir, NODE, w).exists() and any(
+                            True for _ in read_records(log_path(data_dir, NODE, w))
+                        ):
+                            served_by.add(w)
+                    return served_by == {"0", "1"}
+
+                await eventually(served_by_both, timeout=60, message="both workers served the new policy")
+            assert list(sync.streams).count(NODE) == 1
+
+            async def shipped() -> set[str]:
+                # In a thread: this loop also runs the control plane, whose ingest must go on
+                # while the query waits (a partition being made holds the table's lock).
+                rows = await asyncio.to_thread(
+                    sql_rows,
+                    control_plane.database_url,
+                    f"SELECT DISTINCT chain_id FROM evidence_records WHERE node_id = '{NODE}'",
+                )
+                return {str(r[0]) for r in rows}
+
+            async def both_shipped() -> bool:
+                return await shipped() == {f"{NODE}/0", f"{NODE}/1"}
+
+            await eventually(both_shipped, timeout=30, message="two chains")
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), 60) == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            log_sink.close()
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    pin = tmp_path / "site.snapshot"
+    pin.write_bytes(site_pin(signing_key, 3, simulator.base_url))
+    port = free_port()
+    args = pinned_serve_args(pin, trust_key, tmp_path / "node", "--node-id", NODE, "--workers", "2")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signalbox", *args, "--listen", f"127.0.0.1:{port}",
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        supervisor = psutil.Process(process.pid)
+        await eventually(lambda: len(supervisor.children()) == 2, timeout=60, message="two workers")
+        workers = supervisor.children()
+        process.kill()  # SIGKILL: nothing of the supervisor runs
+        await process.wait()
+
+        def gone() -> bool:
+            return all(not w.is_running() or w.status() == psutil.STATUS_ZOMBIE for w in workers)
+
+        await eventually(gone, timeout=30, message="the workers stopped with their supervisor")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
