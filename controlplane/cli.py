@@ -473,6 +473,7 @@ def rotate_kek_command(ns: argparse.Namespace) -> int:
 
     A running control plane keeps signing (its keys are unsealed in memory); restart
     each replica with the new KEK. The old KEK no longer opens any key afterwards."""
+    from controlplane.api_key_hash import reseal_api_key_hash_key
     from controlplane.db.session import create_engine, session_factory
     from controlplane.errors import ControlPlaneError
     from controlplane.identity.ca import reseal_node_ca
@@ -507,6 +508,8 @@ def rotate_kek_command(ns: argparse.Namespace) -> int:
                     # The node CA key is sealed with the same KEK: re-sealed in the same transaction.
                     if await reseal_node_ca(session, old, new):
                         resealed.append("node-ca")
+                    if await reseal_api_key_hash_key(session, old, new):
+                        resealed.append("api-key-hash-key")
                     return resealed, new.id
             finally:
                 await engine.dispose()

@@ -86,18 +86,24 @@ class Tenant(TimestampMixin, Base):
 
 
 class ApiKey(TimestampMixin, Base):
-    """An API key of a tenant. Only the SHA-256 of the secret is kept."""
+    """An API key of a tenant. Only a digest of the key is kept: ``secret_hmac`` (HMAC-SHA256
+    under the sealed hash key, ``controlplane.api_key_hash``) for keys ``sbx_<id>_<secret>``,
+    ``secret_sha256`` for keys of the earlier format. Exactly one of them is set."""
 
     __tablename__ = "api_keys"
     # The snapshot's key order: every publish lists all keys in it (snapshots.rows), and an
     # index scan saves that listing a sort of the whole table.
-    __table_args__ = (Index("ix_api_keys_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_api_keys_created_at_id", "created_at", "id"),
+        CheckConstraint("(secret_sha256 IS NULL) <> (secret_hmac IS NULL)", name="one_digest"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
     prefix: Mapped[str] = mapped_column(String(PREFIX_CHARS))
-    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    secret_sha256: Mapped[bytes | None] = mapped_column(LargeBinary, unique=True)
+    secret_hmac: Mapped[bytes | None] = mapped_column(LargeBinary, unique=True)
     scopes: Mapped[list[Any]] = mapped_column(default=list)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -359,6 +365,19 @@ class NodeCa(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     certificate_pem: Mapped[str] = mapped_column(Text)
     encrypted_private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    kek_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class ApiKeyHashKey(Base):
+    """The key API keys are hashed with (HMAC-SHA256); one row, sealed with the KEK
+    (``controlplane.api_key_hash``)."""
+
+    __tablename__ = "api_key_hash_key"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sealed_key: Mapped[bytes] = mapped_column(LargeBinary)
     kek_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 

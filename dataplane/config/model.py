@@ -310,7 +310,8 @@ class RuntimeConfig:
     scope: Scope
     tenants: Mapping[str, TenantConfig]
     api_keys: Mapping[bytes, ApiKeyEntry]
-    """Keyed by the SHA-256 of the key's secret."""
+    """Keyed by the key's digest: HMAC-SHA256 under ``api_key_hash_key`` (keys
+    ``sbx_<id>_<secret>``) or SHA-256 (keys of the earlier format)."""
     providers: Mapping[str, ProviderConfig]
     """Keyed by provider id."""
     models: Mapping[str, ModelConfig]
@@ -319,6 +320,10 @@ class RuntimeConfig:
     """Keyed by tenant id; ``""`` is the platform default."""
     identities: IdentityIndex = NO_IDENTITIES
     """JWT issuers and mTLS mappings (keys parsed once, at compile)."""
+    api_key_hash_key: bytes = field(default=b"", repr=False, compare=False)
+    """The key of API keys' HMAC digests (``ApiKey.secret_hmac``): not part of the snapshot,
+    sent by the control plane on the sync stream; empty without one. Not compared: two configs
+    compiled from one snapshot are equal whichever key the node holds."""
 
     @property
     def hash_hex(self) -> str:

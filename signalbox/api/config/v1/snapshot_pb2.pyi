@@ -382,11 +382,19 @@ class ApiKey(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SECRET_HMAC_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant_id: _builtins.str
     secret_sha256: _builtins.bytes
     """SHA-256 of the full secret; the secret itself never leaves the caller."""
     name: _builtins.str
+    secret_hmac: _builtins.bytes
+    """---- keyed key digests (keys branch) ----
+    Keys of the format "sbx_<id>_<secret>": HMAC-SHA256 of the whole key under the control
+    plane's API-key hash key, which nodes receive on the sync stream (never in a snapshot).
+    Exactly one of secret_sha256 (keys of the earlier format) and secret_hmac is set.
+    ---- keyed key digests (end) ----
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -400,10 +408,11 @@ class ApiKey(_message.Message):
         name: _builtins.str = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        secret_hmac: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "id", b"id", "name", b"name", "scopes", b"scopes", "secret_sha256", b"secret_sha256", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "id", b"id", "name", b"name", "scopes", b"scopes", "secret_hmac", b"secret_hmac", "secret_sha256", b"secret_sha256", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
