@@ -28,6 +28,7 @@ SERVE = "controlplane serve"
 BOOTSTRAP = "controlplane bootstrap-admin"
 EXPORT = "controlplane export-snapshot"
 ROTATE_KEK = "controlplane rotate-kek"
+EXPORT_HASH_KEY = "controlplane export-api-key-hash-key"
 
 
 def _database_settings(parser: argparse.ArgumentParser, command: str) -> None:
@@ -280,6 +281,32 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     rotate.set_defaults(handler=rotate_kek_command)
 
+    hash_key = sub.add_parser(
+        "export-api-key-hash-key",
+        help="write the API-key hash key (unsealed with the KEK) for an air-gapped node's --api-key-hash-key-file",
+    )
+    _database_settings(hash_key, EXPORT_HASH_KEY)
+    add(
+        hash_key, "--kek", env="SIGNALBOX_KEK", default=None, help="the KEK (base64)", command=EXPORT_HASH_KEY
+    )
+    add(
+        hash_key,
+        "--kek-file",
+        env="SIGNALBOX_KEK_FILE",
+        default=None,
+        help="file holding the KEK; unset with no --kek: <data-dir>/kek",
+        command=EXPORT_HASH_KEY,
+    )
+    add(
+        hash_key,
+        "--out",
+        env="SIGNALBOX_API_KEY_HASH_KEY_OUT",
+        default=None,
+        help="file to write (must not exist; 0600)",
+        command=EXPORT_HASH_KEY,
+    )
+    hash_key.set_defaults(handler=export_hash_key_command)
+
 
 def serve_command(ns: argparse.Namespace) -> int:
     from controlplane.app import ControlPlane, ControlPlaneSettings
@@ -465,6 +492,46 @@ def export_command(ns: argparse.Namespace) -> int:
         f.write(envelope)
     tmp.replace(out)
     print(f"wrote snapshot {ns.group} v{version} ({len(envelope)} bytes) to {out}", file=sys.stderr)
+    return 0
+
+
+def export_hash_key_command(ns: argparse.Namespace) -> int:
+    """Write the API-key hash key for an air-gapped node: it verifies new-format keys with it."""
+    from controlplane.api_key_hash import ensure_api_key_hasher
+    from controlplane.db.session import create_engine, session_factory
+    from controlplane.errors import ControlPlaneError
+    from controlplane.keys import load_kek
+    from dataplane.snapshot.hash_key import write_hash_key_file
+
+    if not ns.out:
+        print(f"signalbox {EXPORT_HASH_KEY}: --out: required", file=sys.stderr)
+        return 2
+    out = Path(ns.out)
+
+    async def run() -> None:
+        kek = load_kek(
+            kek_b64=ns.kek or None,
+            kek_file=Path(ns.kek_file) if ns.kek_file else None,
+            data_dir=Path(ns.data_dir),
+        )
+        async with _database(ns) as url:
+            engine = create_engine(url)
+            try:
+                async with session_factory(engine)() as session, session.begin():
+                    hasher = await ensure_api_key_hasher(session, kek)
+            finally:
+                await engine.dispose()
+        write_hash_key_file(out, hasher.key)
+
+    try:
+        asyncio.run(run())
+    except FileExistsError:
+        print(f"signalbox {EXPORT_HASH_KEY}: --out: {out} exists; not overwritten", file=sys.stderr)
+        return 1
+    except (ControlPlaneError, OSError, ValueError) as exc:
+        print(f"signalbox {EXPORT_HASH_KEY}: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote the API-key hash key to {out} (0600): keep it as private as the KEK", file=sys.stderr)
     return 0
 
 

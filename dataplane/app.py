@@ -115,6 +115,9 @@ class NodeSettings:
     """Provider credentials may be read only from env vars starting with this."""
     credential_dir: Path | None = None
     """Provider credential files may be read only inside this directory; None: ``<data_dir>/credentials``."""
+    api_key_hash_key: bytes | None = field(default=None, repr=False)
+    """The API-key hash key from the operator (an air-gapped node); None: the one the control
+    plane sends on the sync stream (``controlplane.api_key_hash``)."""
     drain_seconds: float = 10.0
     """How long a stop waits for in-flight calls and streams."""
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S
@@ -296,6 +299,7 @@ class DataPlaneNode:
             # Routes are prepared for where this node really runs, as the pipeline plans them.
             node=self._node_context,
             idle_wait=s.snapshot_idle_wait,
+            api_key_hash_key=s.api_key_hash_key,
         )
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._health.set(INFER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -31,6 +31,7 @@ from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.background import ESCALATE_AFTER_S
 from dataplane.snapshot.checks import check_envelope, load_trust_keys
+from dataplane.snapshot.hash_key import decode_hash_key_file
 from dataplane.snapshot.lkg import SNAPSHOT_DIR
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
 from dataplane.snapshot.trust import TrustSet, TrustState, walk_chain
@@ -149,6 +150,15 @@ def register(
         default=15.0,
         type=float,
         help="seconds between heartbeats to the control plane (its last_seen for this node)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--api-key-hash-key-file",
+        env="SIGNALBOX_API_KEY_HASH_KEY_FILE",
+        default=None,
+        help="file with the control plane's API-key hash key (base64; from `signalbox controlplane "
+        "export-api-key-hash-key`), for a node without a control plane; unset: the key the control plane sends",
         command=SERVE,
     )
     tls.add_server_flags(serve, env_prefix="SIGNALBOX_DATAPLANE", command=SERVE)
@@ -457,8 +467,24 @@ def serve_command(ns: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"--enroll-token-file: cannot read {ns.enroll_token_file}: {exc.strerror}", file=sys.stderr)
             return 2
+    hash_key = None
+    if ns.api_key_hash_key_file:
+        try:
+            hash_key = decode_hash_key_file(
+                Path(ns.api_key_hash_key_file).read_bytes(), "--api-key-hash-key-file"
+            )
+        except OSError as exc:
+            print(
+                f"--api-key-hash-key-file: cannot read {ns.api_key_hash_key_file}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 2
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     node_settings = NodeSettings(
         listen=ns.listen,
+        api_key_hash_key=hash_key,
         control_plane=ns.control_plane or None,
         enroll_token=token,
         enroll_address=ns.enroll_address or None,

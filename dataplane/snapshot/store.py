@@ -48,6 +48,7 @@ from dataplane.snapshot.checks import Delta, check_snapshot, peek, whole_envelop
 from dataplane.snapshot.compiled import Compiled
 from dataplane.snapshot.delta import DeltaMismatch, rebuild
 from dataplane.snapshot.files import atomic_write, read_envelope_file
+from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_BYTES, API_KEY_HASH_KEY_FILE
 from dataplane.snapshot.layout import TRUSTED_KEYS
 from dataplane.snapshot.lkg import (
     HWM_FILE,
@@ -84,10 +85,6 @@ class ApplyResult:
     resync: bool = False
     """A delta that could not be rebuilt on what this node runs: ask for the snapshot whole
     (neither an ACK nor a NACK: nothing was wrong with the snapshot itself)."""
-
-
-API_KEY_HASH_KEY_FILE = "api-key-hash-key"
-API_KEY_HASH_KEY_BYTES = 32
 
 
 class SnapshotStore:

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from dataplane.app import DataPlaneNode
+from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_FILE
 from dataplane.snapshot.lkg import SNAPSHOT_DIR
-from dataplane.snapshot.store import API_KEY_HASH_KEY_FILE
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
@@ -73,10 +73,12 @@ async def _refused_after(node: DataPlaneNode, key: str, since: float, message: s
             try:
                 await stub.Infer(_chat(), metadata=(("authorization", f"Bearer {key}"),), timeout=10)
             except grpc.aio.AioRpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, exc.details()
-                assert (exc.details() or "").startswith(f"{message} (correlation id "), exc.details()
-                return True
-        return False
+                error = exc
+            else:
+                return False
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
+        assert (error.details() or "").startswith(f"{message} (correlation id "), error.details()
+        return True
 
     await eventually(refused, timeout=20, interval=0.01, message=f"{node.settings.node_id} refuses")
     return time.time() - since
@@ -124,7 +126,8 @@ async def test_revoked_and_expired_keys_are_refused_on_every_node(
     key_file = first.settings.data_dir / SNAPSHOT_DIR / API_KEY_HASH_KEY_FILE
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     hasher = control_plane.cp.api_key_hasher
-    assert hasher is not None and key_file.read_bytes() == hasher.key
+    assert hasher is not None
+    assert key_file.read_bytes() == hasher.key
     for envelope in (first.settings.data_dir / SNAPSHOT_DIR).glob("*"):
         if envelope != key_file:
             assert hasher.key not in envelope.read_bytes(), envelope
