@@ -35,6 +35,7 @@ from typing import Self
 
 import grpc
 import httpx
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
@@ -115,6 +116,8 @@ class NodeSettings:
     """Provider credentials may be read only from env vars starting with this."""
     credential_dir: Path | None = None
     """Provider credential files may be read only inside this directory; None: ``<data_dir>/credentials``."""
+    sealing_key: X25519PrivateKey | None = field(default=None, repr=False)
+    """This node group's key for sealed provider credentials (``--sealing-key``); None: none."""
     api_key_hash_key: bytes | None = field(default=None, repr=False)
     """The API-key hash key from the operator (an air-gapped node); None: the one the control
     plane sends on the sync stream (``controlplane.api_key_hash``)."""
@@ -293,6 +296,7 @@ class DataPlaneNode:
             resolve_credential=CredentialScope(
                 s.credential_dir if s.credential_dir is not None else s.data_dir / CREDENTIALS_DIR_NAME,
                 s.credential_env_prefix,
+                s.sealing_key,
             ).resolve,
             reset_high_water_mark=s.reset_high_water_mark,
             on_change=self._on_snapshot,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from dataplane import evidence_cli, identity_cli
+from dataplane import evidence_cli, identity_cli, sealing_cli
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotFileInvalid
 from dataplane.evidence.log import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS
@@ -28,6 +28,7 @@ from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.evidence_cli import ProgressBar
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
+from dataplane.providers.sealing import SealingError, load_private_key
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.background import ESCALATE_AFTER_S
 from dataplane.snapshot.checks import check_envelope, load_trust_keys
@@ -150,6 +151,15 @@ def register(
         default=15.0,
         type=float,
         help="seconds between heartbeats to the control plane (its last_seen for this node)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--sealing-key",
+        env="SIGNALBOX_SEALING_KEY",
+        default=None,
+        help="file with this node group's X25519 private key (`signalbox dataplane sealing-key generate`): "
+        "opens provider credentials sealed to the group; unset: such providers are unavailable",
         command=SERVE,
     )
     add(
@@ -399,6 +409,7 @@ def register(
     identity_cli.register(sub, default_node_id())
 
     evidence_cli.register(sub, progress)
+    sealing_cli.register(sub)
 
 
 def serve_command(ns: argparse.Namespace) -> int:
@@ -482,8 +493,19 @@ def serve_command(ns: argparse.Namespace) -> int:
         except ValueError as exc:
             print(exc, file=sys.stderr)
             return 2
+    sealing_key = None
+    if ns.sealing_key:
+        try:
+            sealing_key = load_private_key(Path(ns.sealing_key).read_bytes(), "--sealing-key")
+        except OSError as exc:
+            print(f"--sealing-key: cannot read {ns.sealing_key}: {exc.strerror}", file=sys.stderr)
+            return 2
+        except SealingError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     node_settings = NodeSettings(
         listen=ns.listen,
+        sealing_key=sealing_key,
         api_key_hash_key=hash_key,
         control_plane=ns.control_plane or None,
         enroll_token=token,

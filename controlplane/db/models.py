@@ -109,11 +109,16 @@ class ApiKey(TimestampMixin, Base):
 
 
 class Provider(TimestampMixin, Base):
-    """An upstream endpoint. Its credential is a reference (env var or file), never a value."""
+    """An upstream endpoint. Its credential is a reference (env var or file) or sealed to a
+    node group's key (``credential_sealed``, a ``SealedSecret`` this control plane cannot
+    open), never a value."""
 
     __tablename__ = "providers"
     __table_args__ = (
-        CheckConstraint("credential_env = '' OR credential_file = ''", name="credential_single_source"),
+        CheckConstraint(
+            "(credential_env <> '')::int + (credential_file <> '')::int + (credential_sealed IS NOT NULL)::int <= 1",
+            name="credential_single_source",
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -122,6 +127,7 @@ class Provider(TimestampMixin, Base):
     base_url: Mapped[str] = mapped_column(Text, default="")
     credential_env: Mapped[str] = mapped_column(String(ENV_NAME_CHARS), default="")
     credential_file: Mapped[str] = mapped_column(Text, default="")
+    credential_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timeout_ms: Mapped[int] = mapped_column(Integer, default=0)
     location: Mapped[int] = mapped_column(Integer, default=0)
@@ -258,6 +264,8 @@ class NodeGroup(TimestampMixin, Base):
     )
 
     name: Mapped[str] = mapped_column(String(GROUP_NAME_CHARS), primary_key=True)
+    sealing_public_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The X25519 public key provider credentials are sealed to for this group's nodes."""
     mode: Mapped[str] = mapped_column(String(16))
     site: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
     deployment: Mapped[str] = mapped_column(String(NAME_CHARS), default="")

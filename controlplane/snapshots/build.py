@@ -100,7 +100,9 @@ def _api_key(r: Sequence[Any]) -> snapshot_pb2.ApiKey:
     return key
 
 
-def secret_ref_pb(env: str, file: str) -> snapshot_pb2.SecretRef:
+def secret_ref_pb(env: str, file: str, sealed: bytes | None = None) -> snapshot_pb2.SecretRef:
+    if sealed:
+        return snapshot_pb2.SecretRef(sealed=snapshot_pb2.SealedSecret.FromString(sealed))
     if env:
         return snapshot_pb2.SecretRef(env=env)
     if file:
@@ -123,6 +125,7 @@ def provider_pb(row: Provider) -> snapshot_pb2.Provider:
             row.site,
             row.region,
             row.jurisdiction,
+            row.credential_sealed.hex() if row.credential_sealed is not None else None,
         )
     )
 
@@ -133,7 +136,7 @@ def _provider(r: Sequence[Any]) -> snapshot_pb2.Provider:
         name=r[1],
         type=r[2],
         base_url=r[3],
-        credential=secret_ref_pb(r[4], r[5]),
+        credential=secret_ref_pb(r[4], r[5], bytes.fromhex(r[12]) if r[12] else None),
         settings=r[6],
         timeout_ms=r[7],
         location=r[8],
@@ -210,7 +213,7 @@ _API_KEYS = (
 )
 _PROVIDERS = (
     "id::text, name, type, base_url, credential_env, credential_file, settings, timeout_ms,"
-    " location, site, region, jurisdiction",
+    " location, site, region, jurisdiction, encode(credential_sealed, 'hex')",
     "providers",
     "name",
 )

@@ -53,14 +53,30 @@ class ProviderLocation(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class SealedRef:
+    """A credential sealed to a node group's key (``dataplane.providers.sealing``)."""
+
+    node_group: str
+    """The group it was sealed to."""
+    key_id: str
+    ciphertext: bytes = field(repr=False)
+    provider_id: str
+    """The provider it belongs to (bound in the associated data)."""
+    snapshot_group: str
+    """The node group of the snapshot that carries it: this node's own."""
+
+
+@dataclass(frozen=True, slots=True)
 class SecretRef:
-    """Where a credential lives on the node: an env var or a file. Never the value."""
+    """Where a credential lives on the node: an env var or a file, or the credential sealed
+    to the node group's key. Never the value in clear."""
 
     env: str = ""
     file: str = ""
+    sealed: SealedRef | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.env or self.file)
+        return bool(self.env or self.file or self.sealed)
 
 
 @dataclass(frozen=True, slots=True)

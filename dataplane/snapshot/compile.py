@@ -27,6 +27,7 @@ from dataplane.config.model import (
     ProviderLocation,
     RuntimeConfig,
     Scope,
+    SealedRef,
     SecretRef,
     TenantConfig,
 )
@@ -207,7 +208,11 @@ def compile_registry(
                 f"$.providers[{i}].type",
                 f"unknown provider type {p.type!r} (known: {', '.join(sorted(known_types))})",
             )
-        credential = SecretRef(env=p.credential.env, file=p.credential.file)
+        sealed = None
+        if p.credential.HasField("sealed"):
+            s = p.credential.sealed
+            sealed = SealedRef(s.node_group, s.key_id, bytes(s.ciphertext), p.id, snapshot.scope.node_group)
+        credential = SecretRef(env=p.credential.env, file=p.credential.file, sealed=sealed)
         providers[p.id] = ProviderConfig(
             id=p.id,
             name=p.name,

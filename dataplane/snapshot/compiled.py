@@ -150,6 +150,7 @@ class Compiled:
                 registry.ParseFromString(
                     b"".join(itertools.chain.from_iterable(layout.records[n] for n in REGISTRY))
                 )
+                registry.scope.CopyFrom(header.scope)  # sealed credentials name their group
                 providers, models, policies = compile_registry(registry, tenants)
             except (DecodeError, SnapshotInvalid) as exc:
                 raise _Undecided from exc
