@@ -2,16 +2,14 @@
 every secret, in every form a leak could take (raw, hex, base64, base64url).
 
 Scenario: admin tokens, API keys (one revoked), providers whose credentials come from an env
-var and from a file, a tenant JWT issuer and JWT calls, served requests, and providers that
+var, from a file and sealed to the node group's key, a tenant JWT issuer and JWT calls, served requests, and providers that
 echo the node's credential (the Authorization header) in their error bodies, in a dozen forms.
 
 Searched: every log line captured (every logger, DEBUG), every error message returned to a
 caller or an admin, every snapshot (the control plane's history, decoded, and the node's
 last-known-good), every evidence record (the node's chain and the control plane's store),
 every admin listing (every List/Get/Export/Show RPC of the Admin API with a default request),
-and every row of every database table, as text.
-
-Not covered here: credentials sealed to a node group's key (not built on this branch)."""
+and every row of every database table, as text."""
 
 from __future__ import annotations
 
@@ -25,10 +23,12 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from google.protobuf import text_format
 
 from dataplane.evidence.log import log_path
+from dataplane.providers.sealing import aad, key_id, public_bytes, seal
 from dataplane.snapshot.lkg import SNAPSHOT_DIR
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
@@ -45,9 +45,11 @@ TENANT = "acme"
 ENV_NAME = "SIGNALBOX_CRED_SCAN_" + secrets.token_hex(4).upper()
 ENV_CREDENTIAL = "sk-env-" + secrets.token_urlsafe(24)
 FILE_CREDENTIAL = "sk-file-" + secrets.token_urlsafe(24)
+SEALED_CREDENTIAL = "sk-sealed-" + secrets.token_urlsafe(24)
+SEALING_KEY = X25519PrivateKey.generate()
 POLICY = """
 default_model: ok-env
-allowed_models: [ok-env, ok-file, echo-env, echo-file, echo-in-band]
+allowed_models: [ok-env, ok-file, ok-sealed, echo-env, echo-file, echo-sealed, echo-in-band]
 retry: {max_attempts: 1, attempts_per_deployment: 1}
 """
 # alias -> (provider, upstream model: the hostile upstream's behaviour)
@@ -57,6 +59,8 @@ MODELS = {
     "echo-env": ("env-provider", "echo-401"),
     "echo-file": ("file-provider", "echo-500"),
     "echo-in-band": ("env-provider", "in-band"),
+    "ok-sealed": ("sealed-provider", "ok"),
+    "echo-sealed": ("sealed-provider", "echo-401"),
 }
 
 
@@ -98,6 +102,21 @@ def _around(value: bytes, form: bytes) -> str:
 
 async def _seed(admin: Admin, hostile: HostileUpstream) -> None:
     await admin.CreateTenant(admin_pb2.CreateTenantRequest(name=TENANT))
+    public = public_bytes(SEALING_KEY)
+    await admin.UpdateNodeGroup(admin_pb2.UpdateNodeGroupRequest(name="default", sealing_public_key=public))
+    sealed = admin_pb2.Provider(
+        name="sealed-provider", type="openai_compatible", base_url=f"{hostile.base_url}/v1"
+    )
+    created = await admin.CreateProvider(admin_pb2.CreateProviderRequest(provider=sealed))
+    # Sealed as the admin CLI does, on the admin's side.
+    sealed.credential.sealed.CopyFrom(
+        snapshot_pb2.SealedSecret(
+            node_group="default",
+            key_id=key_id(public),
+            ciphertext=seal(public, SEALED_CREDENTIAL.encode(), aad("default", created.id)),
+        )
+    )
+    await admin.UpdateProvider(admin_pb2.UpdateProviderRequest(provider=sealed))
     for name, credential in (
         ("env-provider", snapshot_pb2.SecretRef(env=ENV_NAME)),
         ("file-provider", snapshot_pb2.SecretRef(file="upstream.key")),
@@ -194,7 +213,9 @@ async def test_no_secret_anywhere_after_a_full_scenario(
         (data_dir / "credentials" / "upstream.key").write_text(FILE_CREDENTIAL + "\n")
         link_settings = await control_plane.node_link()
         enroll_token = str(link_settings["enroll_token"])
-        node = await loopback_node(control_plane, "scan-node", private_tmp, data_dir=data_dir)
+        node = await loopback_node(
+            control_plane, "scan-node", private_tmp, data_dir=data_dir, sealing_key=SEALING_KEY
+        )
         await node.start()
         try:
             idp = TestIdp()
@@ -214,7 +235,7 @@ async def test_no_secret_anywhere_after_a_full_scenario(
             for token in (key.secret, jwt_token, rsa_token):
                 for model in MODELS:
                     served += await _infer(node.address, token, model, found)
-            assert served == 6, "the ok models serve every caller; the echoing ones fail"
+            assert served == 9, "the ok models serve every caller; the echoing ones fail"
             await admin.DeleteApiKey(admin_pb2.DeleteApiKeyRequest(id=revoked.key.id))
             await node.store.wait_for_version(await admin.latest_version(), timeout=15)
             # Credentials where they do not belong: refused, and not echoed.
@@ -276,6 +297,8 @@ async def test_no_secret_anywhere_after_a_full_scenario(
         "revoked API key": revoked.secret.encode(),
         "env credential": ENV_CREDENTIAL.encode(),
         "file credential": FILE_CREDENTIAL.encode(),
+        "sealed credential": SEALED_CREDENTIAL.encode(),
+        "sealing private key": SEALING_KEY.private_bytes_raw(),
         "JWT (ES256)": jwt_token.encode(),
         "JWT (ES256) signature": jwt_token.rsplit(".", 1)[1].encode(),
         "JWT (RS256) signature": rsa_token.rsplit(".", 1)[1].encode(),
