@@ -50,6 +50,20 @@ def _database_settings(parser: argparse.ArgumentParser, command: str) -> None:
     )
 
 
+def _kek_settings(parser: argparse.ArgumentParser, command: str, which: str) -> None:
+    settings.add(
+        parser, "--kek", env="SIGNALBOX_KEK", default=None, help=f"{which} (base64)", command=command
+    )
+    settings.add(
+        parser,
+        "--kek-file",
+        env="SIGNALBOX_KEK_FILE",
+        default=None,
+        help=f"file holding {which}; unset with no --kek: <data-dir>/kek",
+        command=command,
+    )
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``signalbox controlplane``."""
     parser = commands.add_parser("controlplane", help="run and manage the control plane")
@@ -255,22 +269,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     rotate = sub.add_parser("rotate-kek", help="re-seal every signing key under a new KEK (one transaction)")
     _database_settings(rotate, ROTATE_KEK)
-    add(
-        rotate,
-        "--kek",
-        env="SIGNALBOX_KEK",
-        default=None,
-        help="the current KEK (base64)",
-        command=ROTATE_KEK,
-    )
-    add(
-        rotate,
-        "--kek-file",
-        env="SIGNALBOX_KEK_FILE",
-        default=None,
-        help="file holding the current KEK; unset with no --kek: <data-dir>/kek",
-        command=ROTATE_KEK,
-    )
+    _kek_settings(rotate, ROTATE_KEK, "the current KEK")
     add(
         rotate,
         "--new-kek-file",
@@ -286,17 +285,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="write the API-key hash key (unsealed with the KEK) for an air-gapped node's --api-key-hash-key-file",
     )
     _database_settings(hash_key, EXPORT_HASH_KEY)
-    add(
-        hash_key, "--kek", env="SIGNALBOX_KEK", default=None, help="the KEK (base64)", command=EXPORT_HASH_KEY
-    )
-    add(
-        hash_key,
-        "--kek-file",
-        env="SIGNALBOX_KEK_FILE",
-        default=None,
-        help="file holding the KEK; unset with no --kek: <data-dir>/kek",
-        command=EXPORT_HASH_KEY,
-    )
+    _kek_settings(hash_key, EXPORT_HASH_KEY, "the KEK")
     add(
         hash_key,
         "--out",

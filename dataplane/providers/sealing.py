@@ -16,8 +16,6 @@ provider (one pointing at the admin's own server, say) it does not open.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import os
 from typing import Final
@@ -34,6 +32,8 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
     load_pem_private_key,
 )
+
+from dataplane.keyfile import decode_base64_key
 
 VERSION: Final = b"\x01"
 KEY_BYTES: Final = 32
@@ -114,11 +114,5 @@ def load_private_key(data: bytes, source: str) -> X25519PrivateKey:
 
 
 def decode_public_key(text: str, source: str) -> bytes:
-    """A public key given as base64 (as ``sealing-key generate`` prints it)."""
-    try:
-        raw = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise SealingError(f"{source}: must be base64 of a {KEY_BYTES}-byte X25519 public key") from None
-    if len(raw) != KEY_BYTES:
-        raise SealingError(f"{source}: must be {KEY_BYTES} bytes, got {len(raw)}")
-    return raw
+    """A public key given as base64 (as ``sealing-key generate`` prints it); ``ValueError``."""
+    return decode_base64_key(text, source, f"a {KEY_BYTES}-byte X25519 public key", KEY_BYTES)

@@ -5,10 +5,11 @@ export-api-key-hash-key``). Why nodes hold it: ``controlplane.api_key_hash``."""
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 from pathlib import Path
 from typing import Final
+
+from dataplane.keyfile import decode_base64_key
 
 API_KEY_HASH_KEY_FILE: Final = "api-key-hash-key"
 """Under the node's snapshot dir: the key the control plane sent last (raw bytes, 0600)."""
@@ -17,13 +18,7 @@ API_KEY_HASH_KEY_BYTES: Final = 32
 
 def decode_hash_key_file(raw: bytes, source: str) -> bytes:
     """The key from an operator's file (base64 of 32 bytes); ``ValueError`` naming ``source``."""
-    try:
-        key = base64.b64decode(raw.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{source}: must be base64 of {API_KEY_HASH_KEY_BYTES} bytes") from None
-    if len(key) != API_KEY_HASH_KEY_BYTES:
-        raise ValueError(f"{source}: must be {API_KEY_HASH_KEY_BYTES} bytes, got {len(key)}")
-    return key
+    return decode_base64_key(raw, source, f"{API_KEY_HASH_KEY_BYTES} bytes", API_KEY_HASH_KEY_BYTES)
 
 
 def write_hash_key_file(path: Path, key: bytes) -> None:

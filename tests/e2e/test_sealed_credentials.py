@@ -106,6 +106,11 @@ async def test_a_sealed_credential_opens_only_on_its_groups_nodes_and_never_on_t
         _run, "admin", *target, "group", "create", "vault", "--sealing-public-key", public_b64.strip()
     )
     assert code == 0, err
+    code, _, err = await asyncio.to_thread(
+        _run, "admin", *target, "group", "update", "vault", "--sealing-public-key", "not-a-key"
+    )
+    assert code != 0
+    assert "--sealing-public-key: must be base64 of a 32-byte X25519 public key" in err
     await control_plane.ensure_group("other")
 
     await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))

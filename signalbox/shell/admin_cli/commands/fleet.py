@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dataplane.providers.sealing import SealingError, decode_public_key
+from dataplane.providers.sealing import decode_public_key
 from dataplane.snapshot.files import atomic_write
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
@@ -164,7 +164,7 @@ def _mode(name: str) -> Any:
 def _public_key(text: str) -> bytes:
     try:
         return decode_public_key(text, "--sealing-public-key")
-    except SealingError as exc:
+    except ValueError as exc:
         raise SystemExit(str(exc)) from None
 
 
