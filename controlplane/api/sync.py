@@ -282,7 +282,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         if latest is None or latest.version <= state.applied:
             log.warning("node %s could not take a sync message: %s", printable(state.node_id), reason)
             return
-        size = len(sync_pb2.ServerMessage(envelope=latest.envelope).SerializeToString())
+        # The size of the message as sent: with the API-key hash key.
+        size = len(self._message(sync_pb2.ServerMessage(envelope=latest.envelope)).SerializeToString())
         if failure.message_bytes and failure.message_bytes != size:
             # An older version failed; the newest goes out now and the node tells about it.
             log.warning("node %s could not take an older snapshot: %s", printable(state.node_id), reason)
