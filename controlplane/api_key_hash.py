@@ -18,7 +18,7 @@ enrolled certificate), outside any stored message; the node keeps it in memory a
 dir (0600) so that a restart without the control plane still verifies keys. A node without
 ``K`` refuses new-format keys like unknown ones (old-format keys, stored as plain SHA-256 by
 earlier versions, keep working). An air-gapped node is given the file with
-``--api-key-hash-key-file`` (written by ``signalbox controlplane api-key-hash-key export``).
+``--api-key-hash-key-file`` (written by ``signalbox controlplane export-api-key-hash-key``).
 
 The trade-off, stated: a node holds ``K`` in clear, as it holds its TLS private key; a stolen
 node lets its thief test guesses against a dump, which for a 256-bit secret is still hopeless.

@@ -4,7 +4,8 @@ Each line mirrors a create command (``CreateTenantRequest``, ``CreateApiKeyReque
 with a ``kind``. Every line is checked first, as the one-by-one calls would check it;
 any problem refuses the whole file with the first ``MAX_ERRORS`` problems, each naming
 its line and field. Then one config change inserts the rows in bulk and publishes one
-snapshot. Key secrets are generated here and returned once; only their SHA-256 is kept.
+snapshot. Keys are generated here and returned once; only their HMAC-SHA256 under the
+API-key hash key is kept.
 """
 
 from __future__ import annotations

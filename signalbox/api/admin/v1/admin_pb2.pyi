@@ -2273,7 +2273,9 @@ class ImportedApiKey(_message.Message):
     line: _builtins.int
     """Line of the file the key came from (1-based)."""
     secret: _builtins.str
-    """The secret, returned once; only its SHA-256 is kept."""
+    """The key, sbx_<key id>_<secret>, returned once; only its HMAC-SHA256 under the control
+    plane's sealed API-key hash key is kept.
+    """
     @_builtins.property
     def key(self) -> Global___ApiKey: ...
     def __init__(

@@ -386,7 +386,9 @@ class ApiKey(_message.Message):
     id: _builtins.str
     tenant_id: _builtins.str
     secret_sha256: _builtins.bytes
-    """SHA-256 of the full secret; the secret itself never leaves the caller."""
+    """Keys of the earlier format (sbx_<secret>): SHA-256 of the whole key. The key itself
+    never leaves the caller.
+    """
     name: _builtins.str
     secret_hmac: _builtins.bytes
     """---- keyed key digests (keys branch) ----
