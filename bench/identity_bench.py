@@ -3,11 +3,14 @@
     .venv/bin/python bench/identity_bench.py                  # 50,000 keys, 20,000 calls each
     .venv/bin/python bench/identity_bench.py --keys 1000 --calls 500   # smoke run
 
-A snapshot payload with ``--keys`` API keys, one tenant JWT issuer (an ES256 and an RS256
+A snapshot payload with ``--keys`` API keys (``sbx_<id>_<secret>``, looked up by their
+HMAC-SHA256 under the hash key, as the control plane issues them) plus 1,000 keys of the
+earlier format (SHA-256), one tenant JWT issuer (an ES256 and an RS256
 key) and mTLS mappings (exact and prefix) is compiled by the node's own compiler
 (``compile_payload``: the JWKS is parsed there, once), then ``dataplane.auth.authenticate``
 is timed in-process, one call at a time, for each method. Output: median and p99 in
-microseconds per call, and the API key target (median under 20 us) as PASS/FAIL.
+microseconds per call, and the API key target (median under 20 us) as PASS/FAIL. The refused
+rows (an unknown key id, a known id with a wrong secret) show that both cost the same.
 
 ``mtls`` times a client certificate already seen (its SANs are cached per distinct
 certificate, as on a node serving a long-lived client); ``mtls (first sight)`` parses the
@@ -19,12 +22,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import hmac
 import json
 import secrets
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import jwt
@@ -37,6 +43,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataplane import auth
+from dataplane.errors import Unauthenticated
 from dataplane.snapshot.compile import compile_payload
 from signalbox.api.config.v1 import snapshot_pb2
 
@@ -87,13 +94,24 @@ def _certificate(uri: str) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def build(keys: int, idp: Idp) -> tuple[bytes, list[str]]:
+LEGACY_KEYS = 1000
+
+
+def build(keys: int, idp: Idp, hash_key: bytes) -> tuple[bytes, list[str], list[str]]:
+    """The payload, the new-format keys and the earlier-format keys."""
     snap = snapshot_pb2.Snapshot(version=1)
     snap.tenants.add(id="t", name="t", active=True)
     secrets_list = []
-    for i in range(keys):
-        secret = "sbx_" + secrets.token_urlsafe(32)
+    for _ in range(keys):
+        key_id = uuid.uuid4()
+        secret = f"sbx_{key_id.hex}_{secrets.token_urlsafe(32)}"
         secrets_list.append(secret)
+        digest = hmac.digest(hash_key, secret.encode(), "sha256")
+        snap.api_keys.add(id=str(key_id), tenant_id="t", secret_hmac=digest)
+    legacy = []
+    for i in range(LEGACY_KEYS):
+        secret = "sbx_" + secrets.token_urlsafe(32)
+        legacy.append(secret)
         snap.api_keys.add(id=f"k{i}", tenant_id="t", secret_sha256=hashlib.sha256(secret.encode()).digest())
     snap.identities.add(
         id="jwt",
@@ -114,7 +132,7 @@ def build(keys: int, idp: Idp) -> tuple[bytes, list[str]]:
     snap.identities.add(
         id="ops", tenant_id="t", mtls=snapshot_pb2.MtlsMapping(uri="spiffe://bench.test/ops/", prefix=True)
     )
-    return snap.SerializeToString(), secrets_list
+    return snap.SerializeToString(), secrets_list, legacy
 
 
 def measure(call: Callable[[], object], calls: int) -> tuple[float, float]:
@@ -137,12 +155,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=20_000, help="timed calls per method")
     ns = parser.parse_args(argv)
     idp = Idp()
-    payload, keys = build(ns.keys, idp)
+    hash_key = secrets.token_bytes(32)
+    payload, keys, legacy = build(ns.keys, idp, hash_key)
     started = time.perf_counter()
-    config = compile_payload(payload)
+    # As the node's store does: the hash key it holds joins the compiled snapshot.
+    config = replace(compile_payload(payload), api_key_hash_key=hash_key)
     compile_ms = (time.perf_counter() - started) * 1000
     now = time.time()
     api_key = keys[len(keys) // 2]
+    known_id = api_key.split("_", 2)[1]
+    unknown_id = f"sbx_{uuid.uuid4().hex}_{secrets.token_urlsafe(32)}"
+    wrong_secret = f"sbx_{known_id}_{secrets.token_urlsafe(32)}"
+
+    def refused(token: str) -> Callable[[], object]:
+        def call() -> object:
+            try:
+                return auth.authenticate(config, token, now)
+            except Unauthenticated as exc:
+                return exc
+
+        return call
+
     es256 = idp.token(plan="gold", grp="search")
     rs256 = idp.token(kid="rsa-1", alg="RS256")
     known_cert = _certificate("spiffe://bench.test/svc/42")
@@ -156,12 +189,15 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [
         ("api key", lambda: auth.authenticate(config, api_key, now)),
+        ("api key (sha256)", lambda: auth.authenticate(config, legacy[LEGACY_KEYS // 2], now)),
+        ("api key unknown id", refused(unknown_id)),
+        ("api key wrong secret", refused(wrong_secret)),
         ("jwt ES256", lambda: auth.authenticate(config, es256, now)),
         ("jwt RS256", lambda: auth.authenticate(config, rs256, now)),
         ("mtls", lambda: auth.authenticate(config, None, now, known_cert)),
         ("mtls (first sight)", first_sight),
     ]
-    print(f"{ns.keys} API keys, {len(config.identities.exact) + len(config.identities.prefixes)} mTLS mappings,"
+    print(f"{ns.keys} API keys (+{LEGACY_KEYS} of the earlier format), {len(config.identities.exact) + len(config.identities.prefixes)} mTLS mappings,"
           f" 1 JWT issuer; snapshot compiled in {compile_ms:.0f} ms; {ns.calls} calls per method")  # fmt: skip
     print(f"{'method':<20} {'median us':>10} {'p99 us':>10}")
     verdict = 0

@@ -28,6 +28,7 @@ SERVE = "controlplane serve"
 BOOTSTRAP = "controlplane bootstrap-admin"
 EXPORT = "controlplane export-snapshot"
 ROTATE_KEK = "controlplane rotate-kek"
+EXPORT_HASH_KEY = "controlplane export-api-key-hash-key"
 
 
 def _database_settings(parser: argparse.ArgumentParser, command: str) -> None:
@@ -45,6 +46,20 @@ def _database_settings(parser: argparse.ArgumentParser, command: str) -> None:
         env="SIGNALBOX_CONTROLPLANE_DATA_DIR",
         default="./var/controlplane",
         help="trust key, generated KEK and embedded PostgreSQL live here",
+        command=command,
+    )
+
+
+def _kek_settings(parser: argparse.ArgumentParser, command: str, which: str) -> None:
+    settings.add(
+        parser, "--kek", env="SIGNALBOX_KEK", default=None, help=f"{which} (base64)", command=command
+    )
+    settings.add(
+        parser,
+        "--kek-file",
+        env="SIGNALBOX_KEK_FILE",
+        default=None,
+        help=f"file holding {which}; unset with no --kek: <data-dir>/kek",
         command=command,
     )
 
@@ -254,22 +269,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     rotate = sub.add_parser("rotate-kek", help="re-seal every signing key under a new KEK (one transaction)")
     _database_settings(rotate, ROTATE_KEK)
-    add(
-        rotate,
-        "--kek",
-        env="SIGNALBOX_KEK",
-        default=None,
-        help="the current KEK (base64)",
-        command=ROTATE_KEK,
-    )
-    add(
-        rotate,
-        "--kek-file",
-        env="SIGNALBOX_KEK_FILE",
-        default=None,
-        help="file holding the current KEK; unset with no --kek: <data-dir>/kek",
-        command=ROTATE_KEK,
-    )
+    _kek_settings(rotate, ROTATE_KEK, "the current KEK")
     add(
         rotate,
         "--new-kek-file",
@@ -279,6 +279,22 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         command=ROTATE_KEK,
     )
     rotate.set_defaults(handler=rotate_kek_command)
+
+    hash_key = sub.add_parser(
+        "export-api-key-hash-key",
+        help="write the API-key hash key (unsealed with the KEK) for an air-gapped node's --api-key-hash-key-file",
+    )
+    _database_settings(hash_key, EXPORT_HASH_KEY)
+    _kek_settings(hash_key, EXPORT_HASH_KEY, "the KEK")
+    add(
+        hash_key,
+        "--out",
+        env="SIGNALBOX_API_KEY_HASH_KEY_OUT",
+        default=None,
+        help="file to write (must not exist; 0600)",
+        command=EXPORT_HASH_KEY,
+    )
+    hash_key.set_defaults(handler=export_hash_key_command)
 
 
 def serve_command(ns: argparse.Namespace) -> int:
@@ -468,11 +484,52 @@ def export_command(ns: argparse.Namespace) -> int:
     return 0
 
 
+def export_hash_key_command(ns: argparse.Namespace) -> int:
+    """Write the API-key hash key for an air-gapped node: it verifies new-format keys with it."""
+    from controlplane.api_key_hash import ensure_api_key_hasher
+    from controlplane.db.session import create_engine, session_factory
+    from controlplane.errors import ControlPlaneError
+    from controlplane.keys import load_kek
+    from dataplane.snapshot.hash_key import write_hash_key_file
+
+    if not ns.out:
+        print(f"signalbox {EXPORT_HASH_KEY}: --out: required", file=sys.stderr)
+        return 2
+    out = Path(ns.out)
+
+    async def run() -> None:
+        kek = load_kek(
+            kek_b64=ns.kek or None,
+            kek_file=Path(ns.kek_file) if ns.kek_file else None,
+            data_dir=Path(ns.data_dir),
+        )
+        async with _database(ns) as url:
+            engine = create_engine(url)
+            try:
+                async with session_factory(engine)() as session, session.begin():
+                    hasher = await ensure_api_key_hasher(session, kek)
+            finally:
+                await engine.dispose()
+        write_hash_key_file(out, hasher.key)
+
+    try:
+        asyncio.run(run())
+    except FileExistsError:
+        print(f"signalbox {EXPORT_HASH_KEY}: --out: {out} exists; not overwritten", file=sys.stderr)
+        return 1
+    except (ControlPlaneError, OSError, ValueError) as exc:
+        print(f"signalbox {EXPORT_HASH_KEY}: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote the API-key hash key to {out} (0600): keep it as private as the KEK", file=sys.stderr)
+    return 0
+
+
 def rotate_kek_command(ns: argparse.Namespace) -> int:
     """Re-seal every private signing key under the new KEK in one transaction.
 
     A running control plane keeps signing (its keys are unsealed in memory); restart
     each replica with the new KEK. The old KEK no longer opens any key afterwards."""
+    from controlplane.api_key_hash import reseal_api_key_hash_key
     from controlplane.db.session import create_engine, session_factory
     from controlplane.errors import ControlPlaneError
     from controlplane.identity.ca import reseal_node_ca
@@ -507,6 +564,8 @@ def rotate_kek_command(ns: argparse.Namespace) -> int:
                     # The node CA key is sealed with the same KEK: re-sealed in the same transaction.
                     if await reseal_node_ca(session, old, new):
                         resealed.append("node-ca")
+                    if await reseal_api_key_hash_key(session, old, new):
+                        resealed.append("api-key-hash-key")
                     return resealed, new.id
             finally:
                 await engine.dispose()

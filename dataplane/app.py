@@ -35,6 +35,7 @@ from typing import Self
 
 import grpc
 import httpx
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
@@ -63,6 +64,7 @@ from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.routing.query import NodeContext
 from dataplane.snapshot.background import ESCALATE_AFTER_S
 from dataplane.snapshot.checks import load_trust_keys
+from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_FILE
 from dataplane.snapshot.lkg import LKG_FILE, SNAPSHOT_DIR
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S, PinWatcher, warn_if_expired
 from dataplane.snapshot.serving import ServingState
@@ -125,6 +127,11 @@ class NodeSettings:
     """Provider credentials may be read only from env vars starting with this."""
     credential_dir: Path | None = None
     """Provider credential files may be read only inside this directory; None: ``<data_dir>/credentials``."""
+    sealing_key: X25519PrivateKey | None = field(default=None, repr=False)
+    """This node group's key for sealed provider credentials (``--sealing-key``); None: none."""
+    api_key_hash_key: bytes | None = field(default=None, repr=False)
+    """The API-key hash key from the operator (an air-gapped node); None: the one the control
+    plane sends on the sync stream (``controlplane.api_key_hash``)."""
     drain_seconds: float = 10.0
     """How long a stop waits for in-flight calls and streams."""
     worker: int = 0
@@ -183,6 +190,7 @@ class DataPlaneNode:
         )
         self._server: grpc.aio.Server | None = None
         self._http_door: HttpServer | None = None
+        self._key_task: asyncio.Task[None] | None = None
         self._health = HealthServicer()
         self._http: httpx.AsyncClient | None = None
         self._evidence: EvidenceLog | None = None
@@ -235,6 +243,19 @@ class DataPlaneNode:
         if self._store is None:
             raise RuntimeError("node is not started")
         return self._store
+
+    async def _follow_hash_key(self) -> None:
+        """A worker other than 0: the API-key hash key worker 0 got on its sync stream (and
+        keeps beside its snapshot), taken as soon as it is there or changes."""
+        path = self.settings.data_dir / SNAPSHOT_DIR / API_KEY_HASH_KEY_FILE
+        while True:
+            try:
+                key = await asyncio.to_thread(path.read_bytes)
+            except FileNotFoundError:
+                key = b""
+            if key and self._store is not None:
+                await self._store.set_api_key_hash_key(key)
+            await asyncio.sleep(WORKER_FOLLOW_INTERVAL_S)
 
     def _durable_evidence_seq(self) -> int:
         return self._evidence.durable_seq if self._evidence is not None else 0
@@ -326,12 +347,14 @@ class DataPlaneNode:
             resolve_credential=CredentialScope(
                 s.credential_dir if s.credential_dir is not None else s.data_dir / CREDENTIALS_DIR_NAME,
                 s.credential_env_prefix,
+                s.sealing_key,
             ).resolve,
             reset_high_water_mark=s.reset_high_water_mark,
             on_change=self._on_snapshot,
             # Routes are prepared for where this node really runs, as the pipeline plans them.
             node=self._node_context,
             idle_wait=s.snapshot_idle_wait,
+            api_key_hash_key=s.api_key_hash_key,
         )
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._health.set(INFER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -398,6 +421,8 @@ class DataPlaneNode:
                 self._renew_task = asyncio.get_running_loop().create_task(self._renewer.run())
         if self._pin_watch is not None:
             self._pin_task = asyncio.get_running_loop().create_task(self._pin_watch.run())
+        if s.worker > 0 and s.control_plane and s.snapshot_file is None and s.api_key_hash_key is None:
+            self._key_task = asyncio.get_running_loop().create_task(self._follow_hash_key())
         if self._store.current is not None:
             await self._set_serving(True)
         log.info(
@@ -509,7 +534,7 @@ class DataPlaneNode:
         try:
             grace = self.settings.drain_seconds if grace is None else grace
             await self._set_serving(False)
-            for task in (self._renew_task, self._sync_task, self._ship_task):
+            for task in (self._renew_task, self._sync_task, self._ship_task, self._key_task):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

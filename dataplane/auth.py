@@ -8,7 +8,16 @@ PEM) and the snapshot: the gRPC front door and an HTTP one call it alike.
   issuer its ``iss`` names: the ``kid`` must be one of that issuer's keys, the ``alg`` one it
   allows and of that key's family; then PyJWT verifies the signature and ``exp``, ``nbf``,
   ``iss``, ``aud`` (with the issuer's leeway), and ``iat`` must not lie in the future.
-- Any other bearer token is an API key, looked up by the SHA-256 of the secret.
+- Any other bearer token is an API key: ``sbx_<key id>_<secret>``, stored as the HMAC-SHA256
+  of the whole key under the control plane's hash key (``controlplane.api_key_hash``; the
+  node has the key from its sync stream), or, for keys of the earlier format, its SHA-256.
+  Every token takes one path: both digests are computed and both looked up in the snapshot's
+  table, whatever the token looks like. A malformed key, an unknown key id and a known id
+  with a wrong secret therefore cost the same and get the same answer. The table is keyed by
+  the digest, so finding the entry *is* comparing the digests: a MAC covering the key id and
+  the secret matches only the entry of that id with that secret, and a caller cannot steer
+  the digest of what it sends without the hash key (the dict's hash of a 256-bit digest
+  tells nothing about a secret).
 - Without a bearer token, a client certificate (already verified by TLS against the node's
   client CA) is looked up by its URI SANs in the snapshot's mappings.
 
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import hmac
 import json
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -101,8 +111,16 @@ def authenticate(
     raise Unauthenticated(MISSING)
 
 
+_NO_HASH_KEY: Final = bytes(32)
+"""Stands in for a missing hash key, so a node without one still takes the same path."""
+
+
 def _key_caller(config: RuntimeConfig, token: str, now: float) -> Caller:
-    entry = config.api_keys.get(hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest())
+    raw = token.encode("utf-8", "surrogatepass")
+    keys = config.api_keys
+    keyed = keys.get(hmac.digest(config.api_key_hash_key or _NO_HASH_KEY, raw, "sha256"))
+    legacy = keys.get(hashlib.sha256(raw).digest())
+    entry = keyed if keyed is not None else legacy
     if entry is None:
         raise Unauthenticated(INVALID)
     if entry.expires_at is not None and entry.expires_at <= now:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from dataplane import evidence_cli, identity_cli
+from dataplane import evidence_cli, identity_cli, sealing_cli
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotCheckFailed, SnapshotFileInvalid
 from dataplane.evidence.log import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS
@@ -29,9 +29,11 @@ from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.evidence_cli import ProgressBar
 from dataplane.http.server import Limits as HttpLimits
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
+from dataplane.providers.sealing import SealingError, load_private_key
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.background import ESCALATE_AFTER_S
 from dataplane.snapshot.checks import check_envelope, load_trust_keys
+from dataplane.snapshot.hash_key import decode_hash_key_file
 from dataplane.snapshot.lkg import SNAPSHOT_DIR
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
 from dataplane.snapshot.trust import TrustSet, TrustState, walk_chain
@@ -208,6 +210,24 @@ def register(
         default=15.0,
         type=float,
         help="seconds between heartbeats to the control plane (its last_seen for this node)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--sealing-key",
+        env="SIGNALBOX_SEALING_KEY",
+        default=None,
+        help="file with this node group's X25519 private key (`signalbox dataplane sealing-key generate`): "
+        "opens provider credentials sealed to the group; unset: such providers are unavailable",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--api-key-hash-key-file",
+        env="SIGNALBOX_API_KEY_HASH_KEY_FILE",
+        default=None,
+        help="file with the control plane's API-key hash key (base64; from `signalbox controlplane "
+        "export-api-key-hash-key`), for a node without a control plane; unset: the key the control plane sends",
         command=SERVE,
     )
     tls.add_server_flags(serve, env_prefix="SIGNALBOX_DATAPLANE", command=SERVE)
@@ -448,6 +468,7 @@ def register(
     identity_cli.register(sub, default_node_id())
 
     evidence_cli.register(sub, progress)
+    sealing_cli.register(sub)
 
 
 def serve_command(ns: argparse.Namespace) -> int:
@@ -535,6 +556,31 @@ def serve_command(ns: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"--enroll-token-file: cannot read {ns.enroll_token_file}: {exc.strerror}", file=sys.stderr)
             return 2
+    hash_key = None
+    if ns.api_key_hash_key_file:
+        try:
+            hash_key = decode_hash_key_file(
+                Path(ns.api_key_hash_key_file).read_bytes(), "--api-key-hash-key-file"
+            )
+        except OSError as exc:
+            print(
+                f"--api-key-hash-key-file: cannot read {ns.api_key_hash_key_file}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 2
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    sealing_key = None
+    if ns.sealing_key:
+        try:
+            sealing_key = load_private_key(Path(ns.sealing_key).read_bytes(), "--sealing-key")
+        except OSError as exc:
+            print(f"--sealing-key: cannot read {ns.sealing_key}: {exc.strerror}", file=sys.stderr)
+            return 2
+        except SealingError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     node_settings = NodeSettings(
         listen=ns.listen,
         http_listen=ns.http_listen,
@@ -544,6 +590,8 @@ def serve_command(ns: argparse.Namespace) -> int:
             body_timeout=ns.http_body_timeout,
             keepalive_timeout=ns.http_keepalive,
         ),
+        sealing_key=sealing_key,
+        api_key_hash_key=hash_key,
         control_plane=ns.control_plane or None,
         enroll_token=token,
         enroll_address=ns.enroll_address or None,

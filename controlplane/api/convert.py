@@ -17,6 +17,7 @@ from controlplane.services.providers import ProviderSpec
 from controlplane.snapshots import build
 from controlplane.snapshots.history import Diff
 from dataplane.config.model import DeploymentMode
+from dataplane.providers.sealing import key_id as sealing_key_id
 from dataplane.snapshot.compile import MODE_FROM_PROTO, MODE_TO_PROTO
 from dataplane.snapshot.identities import IdentityInvalid, parse_jwks
 from signalbox.api.admin.v1 import admin_pb2
@@ -73,6 +74,7 @@ def provider_spec(msg: admin_pb2.Provider) -> ProviderSpec:
         base_url=msg.base_url,
         credential_env=msg.credential.env,
         credential_file=msg.credential.file,
+        credential_sealed=msg.credential.sealed if msg.credential.HasField("sealed") else None,
         settings=dict(msg.settings),
         timeout_ms=msg.timeout_ms,
         location=int(msg.location),
@@ -251,6 +253,8 @@ def node_group(info: GroupInfo) -> admin_pb2.NodeGroup:
         created_at=ts(row.created_at),
         snapshot_version=info.snapshot_version,
         nodes=info.nodes,
+        sealing_public_key=bytes(row.sealing_public_key or b""),
+        sealing_key_id=sealing_key_id(bytes(row.sealing_public_key)) if row.sealing_public_key else "",
     )
 
 
@@ -271,6 +275,7 @@ def group_spec(msg: admin_pb2.NodeGroup) -> GroupSpec:
         tenants=_listed(msg.tenants, "group.tenants") if msg.HasField("tenants") else None,
         providers=_listed(msg.providers, "group.providers") if msg.HasField("providers") else None,
         models=_listed(msg.models, "group.models") if msg.HasField("models") else None,
+        sealing_public_key=msg.sealing_public_key or None,
     )
 
 
@@ -284,6 +289,7 @@ def group_change(msg: admin_pb2.UpdateNodeGroupRequest) -> GroupChange:
             for kind in ("tenants", "providers", "models")
             if msg.HasField(kind)
         },
+        sealing_public_key=msg.sealing_public_key if msg.HasField("sealing_public_key") else None,
     )
 
 

@@ -76,14 +76,22 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         auth: NodeAuthenticator,
         *,
         hello_timeout: float = 10.0,
+        api_key_hash_key: bytes = b"",
     ) -> None:
         self._broker = broker
+        self._api_key_hash_key = api_key_hash_key
         self._nodes = nodes
         self._auth = auth
         self._hello_timeout = hello_timeout
         self.streams: dict[str, int] = {}
         """Open streams per node id on this replica."""
         self._bookkeeping: set[asyncio.Task[None]] = set()
+
+    def _message(self, message: sync_pb2.ServerMessage) -> sync_pb2.ServerMessage:
+        # Every snapshot travels with the API-key hash key: the node needs it to check the
+        # snapshot's keys, and it is never part of a snapshot (controlplane.api_key_hash).
+        message.api_key_hash_key = self._api_key_hash_key
+        return message
 
     async def heartbeat(self, interval: float) -> None:
         """Keep ``last_seen`` of the nodes streaming to this replica fresh; runs until cancelled."""
@@ -200,13 +208,13 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                         grpc.StatusCode.PERMISSION_DENIED, f"node {node_id}: certificate revoked"
                     )
                 if isinstance(item, snapshot_pb2.SignedEnvelope):
-                    yield sync_pb2.ServerMessage(envelope=item)
+                    yield self._message(sync_pb2.ServerMessage(envelope=item))
                     continue
                 if isinstance(item, sync_pb2.SnapshotDelta):
-                    yield sync_pb2.ServerMessage(delta=item)
+                    yield self._message(sync_pb2.ServerMessage(delta=item))
                     continue
                 for outgoing in self._due(state):
-                    yield outgoing
+                    yield self._message(outgoing)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -274,7 +282,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         if latest is None or latest.version <= state.applied:
             log.warning("node %s could not take a sync message: %s", printable(state.node_id), reason)
             return
-        size = len(sync_pb2.ServerMessage(envelope=latest.envelope).SerializeToString())
+        # The size of the message as sent: with the API-key hash key.
+        size = len(self._message(sync_pb2.ServerMessage(envelope=latest.envelope)).SerializeToString())
         if failure.message_bytes and failure.message_bytes != size:
             # An older version failed; the newest goes out now and the node tells about it.
             log.warning("node %s could not take an older snapshot: %s", printable(state.node_id), reason)

@@ -86,28 +86,39 @@ class Tenant(TimestampMixin, Base):
 
 
 class ApiKey(TimestampMixin, Base):
-    """An API key of a tenant. Only the SHA-256 of the secret is kept."""
+    """An API key of a tenant. Only a digest of the key is kept: ``secret_hmac`` (HMAC-SHA256
+    under the sealed hash key, ``controlplane.api_key_hash``) for keys ``sbx_<id>_<secret>``,
+    ``secret_sha256`` for keys of the earlier format. Exactly one of them is set."""
 
     __tablename__ = "api_keys"
     # The snapshot's key order: every publish lists all keys in it (snapshots.rows), and an
     # index scan saves that listing a sort of the whole table.
-    __table_args__ = (Index("ix_api_keys_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_api_keys_created_at_id", "created_at", "id"),
+        CheckConstraint("(secret_sha256 IS NULL) <> (secret_hmac IS NULL)", name="one_digest"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
     prefix: Mapped[str] = mapped_column(String(PREFIX_CHARS))
-    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    secret_sha256: Mapped[bytes | None] = mapped_column(LargeBinary, unique=True)
+    secret_hmac: Mapped[bytes | None] = mapped_column(LargeBinary, unique=True)
     scopes: Mapped[list[Any]] = mapped_column(default=list)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Provider(TimestampMixin, Base):
-    """An upstream endpoint. Its credential is a reference (env var or file), never a value."""
+    """An upstream endpoint. Its credential is a reference (env var or file) or sealed to a
+    node group's key (``credential_sealed``, a ``SealedSecret`` this control plane cannot
+    open), never a value."""
 
     __tablename__ = "providers"
     __table_args__ = (
-        CheckConstraint("credential_env = '' OR credential_file = ''", name="credential_single_source"),
+        CheckConstraint(
+            "(credential_env <> '')::int + (credential_file <> '')::int + (credential_sealed IS NOT NULL)::int <= 1",
+            name="credential_single_source",
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -116,6 +127,7 @@ class Provider(TimestampMixin, Base):
     base_url: Mapped[str] = mapped_column(Text, default="")
     credential_env: Mapped[str] = mapped_column(String(ENV_NAME_CHARS), default="")
     credential_file: Mapped[str] = mapped_column(Text, default="")
+    credential_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timeout_ms: Mapped[int] = mapped_column(Integer, default=0)
     location: Mapped[int] = mapped_column(Integer, default=0)
@@ -252,6 +264,8 @@ class NodeGroup(TimestampMixin, Base):
     )
 
     name: Mapped[str] = mapped_column(String(GROUP_NAME_CHARS), primary_key=True)
+    sealing_public_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The X25519 public key provider credentials are sealed to for this group's nodes."""
     mode: Mapped[str] = mapped_column(String(16))
     site: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
     deployment: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
@@ -359,6 +373,19 @@ class NodeCa(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     certificate_pem: Mapped[str] = mapped_column(Text)
     encrypted_private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    kek_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class ApiKeyHashKey(Base):
+    """The key API keys are hashed with (HMAC-SHA256); one row, sealed with the KEK
+    (``controlplane.api_key_hash``)."""
+
+    __tablename__ = "api_key_hash_key"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sealed_key: Mapped[bytes] = mapped_column(LargeBinary)
     kek_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 

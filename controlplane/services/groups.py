@@ -23,6 +23,7 @@ from controlplane.repositories import groups as repo
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.services.base import NAME_RE, SYSTEM, Caller, UnitOfWork
 from dataplane.config.model import DeploymentMode
+from dataplane.providers.sealing import KEY_BYTES as SEALING_KEY_BYTES
 
 GROUP_NAME_RE = re.compile(rf"[a-z0-9-]{{1,{GROUP_NAME_CHARS}}}")
 KINDS = ("tenants", "providers", "models")
@@ -49,6 +50,8 @@ class GroupSpec:
     tenants: tuple[str, ...] | None = None
     providers: tuple[str, ...] | None = None
     models: tuple[str, ...] | None = None
+    sealing_public_key: bytes | None = None
+    """The X25519 public key credentials are sealed to for the group's nodes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,8 @@ class GroupChange:
     deployment: str | None = None
     lists: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
     """Kind ("tenants", "providers", "models") to its new list (``None``: everything)."""
+    sealing_public_key: bytes | None = None
+    """A new sealing public key; None: unchanged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,13 @@ def _check_mode_site(mode: DeploymentMode, site: str, path: str) -> None:
         )
 
 
+def _check_sealing_key(field_name: str, key: bytes | None) -> None:
+    if key is not None and len(key) != SEALING_KEY_BYTES:
+        raise InvalidArgument(
+            field_name, f"must be a raw X25519 public key of {SEALING_KEY_BYTES} bytes, got {len(key)}"
+        )
+
+
 @dataclass(slots=True)
 class NodeGroupService:
     uow: UnitOfWork
@@ -117,11 +129,18 @@ class NodeGroupService:
         _check_place("group.site", spec.site)
         _check_place("group.deployment", spec.deployment)
         _check_mode_site(spec.mode, spec.site, "group")
+        _check_sealing_key("group.sealing_public_key", spec.sealing_public_key)
         async with self.uow.change(caller, f"create node group {spec.name}") as change:
             session = change.session
             if await repo.get(session, spec.name) is not None:
                 raise AlreadyExists("node group", spec.name)
-            row = NodeGroup(name=spec.name, mode=spec.mode.value, site=spec.site, deployment=spec.deployment)
+            row = NodeGroup(
+                name=spec.name,
+                mode=spec.mode.value,
+                site=spec.site,
+                deployment=spec.deployment,
+                sealing_public_key=spec.sealing_public_key,
+            )
             for kind in KINDS:
                 refs = getattr(spec, kind)
                 setattr(
@@ -139,6 +158,7 @@ class NodeGroupService:
             _check_place("site", update.site)
         if update.deployment is not None:
             _check_place("deployment", update.deployment)
+        _check_sealing_key("sealing_public_key", update.sealing_public_key)
         async with self.uow.change(caller, f"update node group {name}") as change:
             session = change.session
             row = await repo.get(session, name, for_update=True)
@@ -150,6 +170,8 @@ class NodeGroupService:
                 row.site = update.site
             if update.deployment is not None:
                 row.deployment = update.deployment
+            if update.sealing_public_key is not None:
+                row.sealing_public_key = update.sealing_public_key
             _check_mode_site(DeploymentMode(row.mode), row.site, "group")
             for kind, refs in update.lists.items():
                 setattr(

@@ -4,7 +4,8 @@ Each line mirrors a create command (``CreateTenantRequest``, ``CreateApiKeyReque
 with a ``kind``. Every line is checked first, as the one-by-one calls would check it;
 any problem refuses the whole file with the first ``MAX_ERRORS`` problems, each naming
 its line and field. Then one config change inserts the rows in bulk and publishes one
-snapshot. Key secrets are generated here and returned once; only their SHA-256 is kept.
+snapshot. Keys are generated here and returned once; only their HMAC-SHA256 under the
+API-key hash key is kept.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import psycopg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from controlplane.api_key_hash import ApiKeyHasher
 from controlplane.db.models import ApiKey, Tenant
 from controlplane.errors import InvalidArgument, clip, shown
 from controlplane.limits import NAME_CHARS, TIER_CHARS
 from controlplane.services.base import Caller, UnitOfWork, check_name
-from controlplane.services.keys import VISIBLE_PREFIX_CHARS, new_api_key_secret, secret_digest
+from controlplane.services.keys import VISIBLE_PREFIX_CHARS, new_api_key
 from dataplane.scopes import ScopeSyntaxError, validate_scopes
 
 MAX_BYTES = 48 * 1024 * 1024
@@ -119,6 +121,7 @@ def _expiry(check: _Check, line: int, obj: dict[str, Any], now: datetime) -> dat
 @dataclass(slots=True)
 class ImportService:
     uow: UnitOfWork
+    hasher: ApiKeyHasher
 
     async def run(self, caller: Caller, data: bytes) -> tuple[int, list[ImportedKey], int]:
         """Import ``data``; returns (tenants created, keys with their secrets, snapshot version)."""
@@ -157,7 +160,7 @@ class ImportService:
             if tenants:
                 data = await asyncio.to_thread(_tenant_copy, tenants, ids, now)
                 await _copy(session, "tenants", _TENANT_COLUMNS, data)
-            data, imported = await asyncio.to_thread(_key_rows, keys, ids, now)
+            data, imported = await asyncio.to_thread(_key_rows, keys, ids, now, self.hasher)
             if imported:
                 await _copy(session, "api_keys", _KEY_COLUMNS, data)
         return len(tenants), imported, change.version
@@ -226,7 +229,7 @@ def _parse(data: bytes, now: datetime) -> tuple[dict[str, tuple[int, dict[str, A
 
 
 _TENANT_COLUMNS = ("id", "name", "tier", "labels", "active", "created_at")
-_KEY_COLUMNS = ("id", "tenant_id", "name", "prefix", "secret_sha256", "scopes", "expires_at", "created_at")
+_KEY_COLUMNS = ("id", "tenant_id", "name", "prefix", "secret_hmac", "scopes", "expires_at", "created_at")
 
 
 async def _copy(session: AsyncSession, table: str, columns: Sequence[str], data: bytes) -> None:
@@ -272,20 +275,21 @@ def _tenant_copy(
 
 
 def _key_rows(
-    keys: list[_KeyLine], ids: dict[str, uuid.UUID], now: datetime
+    keys: list[_KeyLine], ids: dict[str, uuid.UUID], now: datetime, hasher: ApiKeyHasher
 ) -> tuple[bytes, list[ImportedKey]]:
-    """New secrets and the rows to insert as COPY text (only the secrets' SHA-256 is stored).
+    """New keys and the rows to insert as COPY text (only the keys' HMAC digests are stored).
     In a worker thread."""
     imported = []
     rows = []
     for key in keys:
-        secret = new_api_key_secret()
+        key_id = uuid.uuid4()
+        secret = new_api_key(key_id)
         values = {
-            "id": uuid.uuid4(),
+            "id": key_id,
             "tenant_id": ids[key.tenant],
             "name": key.name,
             "prefix": secret[:VISIBLE_PREFIX_CHARS],
-            "secret_sha256": secret_digest(secret),
+            "secret_hmac": hasher.digest(secret),
             "scopes": key.scopes,
             "expires_at": key.expires_at,
             "created_at": now,

@@ -1,13 +1,21 @@
-"""Tenants' API keys: the secret is returned once and only its SHA-256 is stored."""
+"""Tenants' API keys: ``sbx_<key id>_<secret>``, returned once; only a keyed digest is stored.
+
+The key id is the row's UUID (32 hex digits), visible in listings, logs and evidence; the
+secret is 256 random bits (``secrets.token_urlsafe(32)``). The database keeps the HMAC-SHA256
+of the whole key under the sealed hash key (``controlplane.api_key_hash``, which also says how
+nodes verify).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from controlplane.api_key_hash import ApiKeyHasher
 from controlplane.db.models import ApiKey
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.repositories import config as repo
@@ -15,21 +23,26 @@ from controlplane.services.base import Caller, UnitOfWork
 from dataplane.scopes import ScopeSyntaxError, validate_scopes
 
 API_KEY_PREFIX = "sbx_"
-# Enough of the key to recognise it in a list, far too little to guess the rest.
+SECRET_BYTES = 32
+"""256 bits of secret per key."""
+# The start of the key id: enough to recognise the key in a list; none of the secret.
 VISIBLE_PREFIX_CHARS = 12
 
 
-def new_api_key_secret() -> str:
-    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+def new_api_key(key_id: uuid.UUID) -> str:
+    """A new key ``sbx_<key id>_<secret>`` for the key id."""
+    return f"{API_KEY_PREFIX}{key_id.hex}_{secrets.token_urlsafe(SECRET_BYTES)}"
 
 
 def secret_digest(secret: str) -> bytes:
+    """The SHA-256 of a key of the earlier format (``sbx_<secret>``), as those were stored."""
     return hashlib.sha256(secret.encode()).digest()
 
 
 @dataclass(slots=True)
 class ApiKeyService:
     uow: UnitOfWork
+    hasher: ApiKeyHasher
 
     async def create(
         self,
@@ -51,16 +64,18 @@ class ApiKeyService:
             validate_scopes(scopes)
         except ScopeSyntaxError as exc:
             raise InvalidArgument(f"scopes[{exc.index}]", exc.problem) from None
-        secret = new_api_key_secret()
+        key_id = uuid.uuid4()
+        secret = new_api_key(key_id)
         async with self.uow.change(caller, f"create api key for {tenant}") as change:
             row = await repo.get_tenant(change.session, tenant)
             if row is None:
                 raise NotFound("tenant", tenant)
             key = ApiKey(
+                id=key_id,
                 tenant_id=row.id,
                 name=name,
                 prefix=secret[:VISIBLE_PREFIX_CHARS],
-                secret_sha256=secret_digest(secret),
+                secret_hmac=self.hasher.digest(secret),
                 scopes=list(scopes),
                 expires_at=expires_at,
             )

@@ -1,18 +1,28 @@
-"""Providers: upstream endpoints, with credentials only as references."""
+"""Providers: upstream endpoints, with credentials only as references, or sealed to a node
+group's key on the admin's machine (``dataplane.providers.sealing``): this control plane
+stores and ships the ciphertext and has no key to open it."""
 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from controlplane.db.models import Provider
 from controlplane.errors import AlreadyExists, InvalidArgument, NotFound, StillReferenced, clip, shown
 from controlplane.repositories import config as repo
+from controlplane.repositories import groups as group_repo
 from controlplane.services.base import Caller, UnitOfWork, check_name, check_str_map
 from dataplane.providers.credentials import env_name_problem, file_path_problem, looks_like_secret
 from dataplane.providers.registry import adapter_types
+from dataplane.providers.sealing import MAX_SEALED_BYTES, MIN_SEALED_BYTES
+from dataplane.providers.sealing import VERSION as SEALED_VERSION
+from dataplane.providers.sealing import key_id as sealing_key_id
+from signalbox.api.config.v1 import snapshot_pb2
 
 # Settings and base URLs travel in snapshots in the clear, so a credential must never be
 # one. A setting's name, or a URL's query parameter name, is split into words (on
@@ -52,6 +62,8 @@ class ProviderSpec:
     """Name of the environment variable holding the credential on the node."""
     credential_file: str = ""
     """Path of the file holding the credential on the node."""
+    credential_sealed: snapshot_pb2.SealedSecret | None = None
+    """The credential sealed to a node group's key (checked against the group by the service)."""
     settings: dict[str, str] = field(default_factory=dict)
     timeout_ms: int = 0
     location: int = 0
@@ -71,6 +83,8 @@ class ProviderSpec:
             check_base_url(self.base_url)
         if self.credential_env and self.credential_file:
             raise InvalidArgument("provider.credential", "set either env or file, not both")
+        if self.credential_sealed is not None:
+            _check_sealed_shape(self.credential_sealed)
         # Shape only: which prefix and directory a node allows is that node's own
         # setting (--credential-env-prefix, --credential-dir), unknown here.
         if self.credential_env:
@@ -102,6 +116,8 @@ class ProviderSpec:
         row.base_url = self.base_url
         row.credential_env = self.credential_env
         row.credential_file = self.credential_file
+        sealed = self.credential_sealed
+        row.credential_sealed = None if sealed is None else sealed.SerializeToString(deterministic=True)
         row.settings = dict(self.settings)
         row.timeout_ms = self.timeout_ms
         row.location = self.location
@@ -119,7 +135,8 @@ class ProviderService:
         async with self.uow.change(caller, f"create provider {spec.name}") as change:
             if await repo.get_provider(change.session, spec.name) is not None:
                 raise AlreadyExists("provider", spec.name)
-            row = Provider()
+            row = Provider(id=uuid.uuid4())
+            await _check_sealed_group(change.session, spec, row.id)
             spec.apply_to(row)
             change.session.add(row)
         return row, change.version
@@ -139,6 +156,7 @@ class ProviderService:
                 other = await repo.get_provider(change.session, spec.name)
                 if other is not None and other.id != row.id:
                     raise AlreadyExists("provider", spec.name)
+            await _check_sealed_group(change.session, spec, row.id)
             spec.apply_to(row)
         return row, change.version
 
@@ -154,6 +172,44 @@ class ProviderService:
                 )
             await change.session.delete(row)
         return change.version
+
+
+def _check_sealed_shape(sealed: snapshot_pb2.SealedSecret) -> None:
+    blob = sealed.ciphertext
+    if not sealed.node_group:
+        raise InvalidArgument(
+            "provider.credential.sealed.node_group", "must name the node group it is sealed to"
+        )
+    if len(blob) > MAX_SEALED_BYTES:
+        raise InvalidArgument(
+            "provider.credential.sealed.ciphertext", f"must be at most {MAX_SEALED_BYTES} bytes"
+        )
+    if len(blob) < MIN_SEALED_BYTES or blob[:1] != SEALED_VERSION:
+        raise InvalidArgument(
+            "provider.credential.sealed.ciphertext", "is not a sealed credential (signalbox admin seals it)"
+        )
+
+
+async def _check_sealed_group(session: AsyncSession, spec: ProviderSpec, provider_id: uuid.UUID) -> None:
+    """A sealed credential must be sealed to its group's current key (which cannot tell
+    whether it was sealed for this provider: only the group's nodes can open it)."""
+    sealed = spec.credential_sealed
+    if sealed is None:
+        return
+    group = await group_repo.get(session, sealed.node_group)
+    if group is None:
+        raise NotFound("node group", sealed.node_group, field="provider.credential.sealed.node_group")
+    if group.sealing_public_key is None:
+        raise InvalidArgument(
+            "provider.credential.sealed.node_group",
+            f"node group {shown(group.name)} has no sealing key (signalbox admin group update --sealing-public-key)",
+        )
+    current = sealing_key_id(bytes(group.sealing_public_key))
+    if sealed.key_id != current:
+        raise InvalidArgument(
+            "provider.credential.sealed.key_id",
+            f"sealed to key {shown(sealed.key_id)}, node group {shown(group.name)} has key {current}: seal it again",
+        )
 
 
 def is_credential_name(name: str) -> bool:

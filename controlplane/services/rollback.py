@@ -137,6 +137,10 @@ async def restore(session: AsyncSession, snapshot: snapshot_pb2.Snapshot, actor:
         prow = providers.get(_id(p.id)) or Provider(id=_id(p.id))
         prow.name, prow.type, prow.base_url = p.name, p.type, p.base_url
         prow.credential_env, prow.credential_file = p.credential.env, p.credential.file
+        has_sealed = p.credential.HasField("sealed")
+        prow.credential_sealed = (
+            p.credential.sealed.SerializeToString(deterministic=True) if has_sealed else None
+        )
         prow.settings, prow.timeout_ms, prow.location = dict(p.settings), p.timeout_ms, int(p.location)
         prow.site, prow.region, prow.jurisdiction = p.site, p.region, p.jurisdiction
         session.add(prow)

@@ -80,20 +80,29 @@ def _tenant(r: Sequence[Any]) -> snapshot_pb2.Tenant:
 
 
 def api_key_pb(row: ApiKey) -> snapshot_pb2.ApiKey:
-    key = _api_key((str(row.id), str(row.tenant_id), bytes(row.secret_sha256), row.name, row.scopes, None))
+    hmac_digest = row.secret_hmac is not None
+    digest = bytes(row.secret_hmac if row.secret_hmac is not None else row.secret_sha256 or b"")
+    key = _api_key((str(row.id), str(row.tenant_id), digest, row.name, row.scopes, None, hmac_digest))
     if row.expires_at is not None:
         key.expires_at.CopyFrom(timestamp(row.expires_at))
     return key
 
 
 def _api_key(r: Sequence[Any]) -> snapshot_pb2.ApiKey:
-    key = snapshot_pb2.ApiKey(id=r[0], tenant_id=r[1], secret_sha256=r[2], name=r[3], scopes=r[4])
+    # r[2] is the key's digest: HMAC-SHA256 under the hash key when r[6], else the SHA-256
+    # of a key of the earlier format (controlplane.api_key_hash).
+    if r[6]:
+        key = snapshot_pb2.ApiKey(id=r[0], tenant_id=r[1], secret_hmac=r[2], name=r[3], scopes=r[4])
+    else:
+        key = snapshot_pb2.ApiKey(id=r[0], tenant_id=r[1], secret_sha256=r[2], name=r[3], scopes=r[4])
     if r[5] is not None:
         key.expires_at.CopyFrom(_micros_timestamp(r[5]))
     return key
 
 
-def secret_ref_pb(env: str, file: str) -> snapshot_pb2.SecretRef:
+def secret_ref_pb(env: str, file: str, sealed: bytes | None = None) -> snapshot_pb2.SecretRef:
+    if sealed:
+        return snapshot_pb2.SecretRef(sealed=snapshot_pb2.SealedSecret.FromString(sealed))
     if env:
         return snapshot_pb2.SecretRef(env=env)
     if file:
@@ -116,6 +125,7 @@ def provider_pb(row: Provider) -> snapshot_pb2.Provider:
             row.site,
             row.region,
             row.jurisdiction,
+            row.credential_sealed.hex() if row.credential_sealed is not None else None,
         )
     )
 
@@ -126,7 +136,7 @@ def _provider(r: Sequence[Any]) -> snapshot_pb2.Provider:
         name=r[1],
         type=r[2],
         base_url=r[3],
-        credential=secret_ref_pb(r[4], r[5]),
+        credential=secret_ref_pb(r[4], r[5], bytes.fromhex(r[12]) if r[12] else None),
         settings=r[6],
         timeout_ms=r[7],
         location=r[8],
@@ -196,14 +206,14 @@ def _policy(r: Sequence[Any]) -> snapshot_pb2.Policy:
 # (columns, FROM clause, order)
 _TENANTS = ("id::text, name, tier, active, labels, evidence_content, evidence_spool_full", "tenants", "name")
 _API_KEYS = (
-    "id::text, tenant_id::text, encode(secret_sha256, 'hex'), name, scopes,"
-    " (extract(epoch FROM expires_at) * 1000000)::bigint",
+    "id::text, tenant_id::text, encode(coalesce(secret_hmac, secret_sha256), 'hex'), name, scopes,"
+    " (extract(epoch FROM expires_at) * 1000000)::bigint, secret_hmac IS NOT NULL",
     "api_keys",
     "created_at, id",
 )
 _PROVIDERS = (
     "id::text, name, type, base_url, credential_env, credential_file, settings, timeout_ms,"
-    " location, site, region, jurisdiction",
+    " location, site, region, jurisdiction, encode(credential_sealed, 'hex')",
     "providers",
     "name",
 )

@@ -53,14 +53,30 @@ class ProviderLocation(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class SealedRef:
+    """A credential sealed to a node group's key (``dataplane.providers.sealing``)."""
+
+    node_group: str
+    """The group it was sealed to."""
+    key_id: str
+    ciphertext: bytes = field(repr=False)
+    provider_id: str
+    """The provider it belongs to (bound in the associated data)."""
+    snapshot_group: str
+    """The node group of the snapshot that carries it: this node's own."""
+
+
+@dataclass(frozen=True, slots=True)
 class SecretRef:
-    """Where a credential lives on the node: an env var or a file. Never the value."""
+    """Where a credential lives on the node: an env var or a file, or the credential sealed
+    to the node group's key. Never the value in clear."""
 
     env: str = ""
     file: str = ""
+    sealed: SealedRef | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.env or self.file)
+        return bool(self.env or self.file or self.sealed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +326,8 @@ class RuntimeConfig:
     scope: Scope
     tenants: Mapping[str, TenantConfig]
     api_keys: Mapping[bytes, ApiKeyEntry]
-    """Keyed by the SHA-256 of the key's secret."""
+    """Keyed by the key's digest: HMAC-SHA256 under ``api_key_hash_key`` (keys
+    ``sbx_<id>_<secret>``) or SHA-256 (keys of the earlier format)."""
     providers: Mapping[str, ProviderConfig]
     """Keyed by provider id."""
     models: Mapping[str, ModelConfig]
@@ -319,6 +336,10 @@ class RuntimeConfig:
     """Keyed by tenant id; ``""`` is the platform default."""
     identities: IdentityIndex = NO_IDENTITIES
     """JWT issuers and mTLS mappings (keys parsed once, at compile)."""
+    api_key_hash_key: bytes = field(default=b"", repr=False, compare=False)
+    """The key of API keys' HMAC digests (``ApiKey.secret_hmac``): not part of the snapshot,
+    sent by the control plane on the sync stream; empty without one. Not compared: two configs
+    compiled from one snapshot are equal whichever key the node holds."""
 
     @property
     def hash_hex(self) -> str:

@@ -14,6 +14,10 @@ reference may name (``CredentialScope``):
   the last component is opened with ``O_NOFOLLOW``; it must be a regular file
   of at most ``MAX_CREDENTIAL_BYTES``.
 
+A credential sealed to a node group's key is opened with the node's sealing key
+(``--sealing-key``), when the snapshot is applied: it must be sealed to this node's group,
+and to the key the node holds (``dataplane.providers.sealing``).
+
 A reference outside them raises ``CredentialUnavailable``; the provider is then
 unusable on this node. The value is stripped of surrounding whitespace (files
 usually end with a newline). Errors name the reference only when it has the shape
@@ -27,11 +31,15 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataplane.config.model import SecretRef
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from dataplane.config.model import SealedRef, SecretRef
 from dataplane.errors import CredentialUnavailable
+from dataplane.providers.sealing import SealingError, aad, open_sealed, public_bytes
+from dataplane.providers.sealing import key_id as sealing_key_id
 
 DEFAULT_ENV_PREFIX = "SIGNALBOX_CRED_"
 CREDENTIALS_DIR_NAME = "credentials"
@@ -97,6 +105,8 @@ def file_path_problem(path: str) -> str:
 
 def describe(ref: SecretRef) -> str:
     """The reference for an operator's log: its name when it has the shape of one, else redacted."""
+    if ref.sealed is not None:
+        return f"sealed to node group {ref.sealed.node_group[:64]!r} (key {ref.sealed.key_id[:16]!r})"
     if ref.env:
         if env_name_problem(ref.env):
             return f"env <redacted, {len(ref.env)} characters>"
@@ -116,6 +126,8 @@ class CredentialScope:
     """File references are relative to this directory and must stay inside it."""
     env_prefix: str = DEFAULT_ENV_PREFIX
     """Env references must start with this (and be longer than it)."""
+    sealing_key: X25519PrivateKey | None = field(default=None, repr=False)
+    """Opens credentials sealed to this node's group (``--sealing-key``); None: none held."""
 
     def resolve(self, ref: SecretRef) -> str | None:
         """The credential ``ref`` points to; None when the provider has no credential configured.
@@ -124,11 +136,38 @@ class CredentialScope:
         outside this scope, or a missing, unreadable, oversized or empty secret,
         raises ``CredentialUnavailable`` (the message is for operators).
         """
+        if ref.sealed is not None:
+            return self._sealed(ref.sealed, describe(ref))
         if ref.env:
             return self._env(ref)
         if ref.file:
             return self._file(ref)
         return None
+
+    def _sealed(self, sealed: SealedRef, where: str) -> str:
+        if sealed.node_group != sealed.snapshot_group:
+            raise CredentialUnavailable(
+                f"credential {where}: this node is in node group {sealed.snapshot_group!r}; "
+                "seal the credential to that group's key"
+            )
+        if self.sealing_key is None:
+            raise CredentialUnavailable(f"credential {where}: this node has no sealing key (--sealing-key)")
+        held = sealing_key_id(public_bytes(self.sealing_key))
+        if sealed.key_id != held:
+            raise CredentialUnavailable(f"credential {where}: this node's sealing key is {held!r}")
+        try:
+            value = open_sealed(
+                self.sealing_key, sealed.ciphertext, aad(sealed.node_group, sealed.provider_id)
+            )
+        except SealingError as exc:
+            raise CredentialUnavailable(f"credential {where}: {exc}") from None
+        try:
+            text = value.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise CredentialUnavailable(f"credential {where}: not UTF-8 text") from None
+        if not text:
+            raise CredentialUnavailable(f"credential {where}: empty")
+        return text
 
     def _env(self, ref: SecretRef) -> str:
         name = ref.env

@@ -27,6 +27,7 @@ from dataplane.config.model import (
     ProviderLocation,
     RuntimeConfig,
     Scope,
+    SealedRef,
     SecretRef,
     TenantConfig,
 )
@@ -163,11 +164,17 @@ def key_entry(
     tenants: Mapping[str, TenantConfig],
     parsed: dict[frozenset[str], KeyScope],
 ) -> tuple[bytes, ApiKeyEntry]:
-    """API key ``i`` compiled, keyed by its secret's hash; ``parsed`` caches scope sets."""
+    """API key ``i`` compiled, keyed by its digest; ``parsed`` caches scope sets."""
     if k.tenant_id not in tenants:
         raise SnapshotInvalid(f"$.api_keys[{i}].tenant_id", f"unknown tenant {k.tenant_id!r}")
-    if len(k.secret_sha256) != 32:
-        raise SnapshotInvalid(f"$.api_keys[{i}].secret_sha256", "must be a 32-byte SHA-256")
+    digest = key_digest(k)
+    if digest is None:
+        if k.secret_sha256 and k.secret_hmac:
+            raise SnapshotInvalid(
+                f"$.api_keys[{i}]", "must have one of secret_sha256 and secret_hmac, not both"
+            )
+        field = "secret_hmac" if k.secret_hmac else "secret_sha256"
+        raise SnapshotInvalid(f"$.api_keys[{i}].{field}", "must be a 32-byte digest")
     expires = k.expires_at.ToSeconds() if k.HasField("expires_at") else None
     # A scope this node does not understand refuses that key's requests (KeyScope.invalid);
     # it does not make the whole snapshot unservable.
@@ -175,7 +182,16 @@ def key_entry(
     scope = parsed.get(scopes)
     if scope is None:
         scope = parsed[scopes] = KeyScope.parse(scopes)
-    return bytes(k.secret_sha256), ApiKeyEntry(k.id, k.tenant_id, k.name, scopes, expires, scope)
+    return digest, ApiKeyEntry(k.id, k.tenant_id, k.name, scopes, expires, scope)
+
+
+def key_digest(k: snapshot_pb2.ApiKey) -> bytes | None:
+    """What the key is looked up by: its HMAC digest or (earlier format) its SHA-256; None
+    when it has neither or both, or a digest of the wrong size."""
+    if k.secret_hmac and k.secret_sha256:
+        return None
+    digest = bytes(k.secret_hmac or k.secret_sha256)
+    return digest if len(digest) == 32 else None
 
 
 def compile_registry(
@@ -192,7 +208,11 @@ def compile_registry(
                 f"$.providers[{i}].type",
                 f"unknown provider type {p.type!r} (known: {', '.join(sorted(known_types))})",
             )
-        credential = SecretRef(env=p.credential.env, file=p.credential.file)
+        sealed = None
+        if p.credential.HasField("sealed"):
+            s = p.credential.sealed
+            sealed = SealedRef(s.node_group, s.key_id, bytes(s.ciphertext), p.id, snapshot.scope.node_group)
+        credential = SecretRef(env=p.credential.env, file=p.credential.file, sealed=sealed)
         providers[p.id] = ProviderConfig(
             id=p.id,
             name=p.name,

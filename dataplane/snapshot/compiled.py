@@ -29,6 +29,7 @@ from dataplane.snapshot.compile import (
     check_header,
     compile_payload,
     compile_registry,
+    key_digest,
     key_entry,
     runtime_config,
     tenant_entry,
@@ -121,14 +122,16 @@ class Compiled:
             parsed = dict(scopes)
             for rec in changes.removed.get(API_KEYS, ()):
                 k = _element(snapshot_pb2.ApiKey, rec)
-                entry = key_table.get(bytes(k.secret_sha256))
-                if entry is None or entry.id != k.id:
+                digest = key_digest(k)
+                entry = key_table.get(digest) if digest is not None else None
+                if digest is None or entry is None or entry.id != k.id:
                     raise _Undecided  # two keys with one hash: the full compile decides
-                del key_table[bytes(k.secret_sha256)]
+                del key_table[digest]
                 counts[entry.tenant_id] -= 1
             for rec in changes.added.get(API_KEYS, ()):
                 k = _element(snapshot_pb2.ApiKey, rec)
-                if bytes(k.secret_sha256) in key_table:
+                digest = key_digest(k)
+                if digest is None or digest in key_table:
                     raise _Undecided
                 try:
                     secret, entry = key_entry(0, k, tenants, parsed)
@@ -147,6 +150,7 @@ class Compiled:
                 registry.ParseFromString(
                     b"".join(itertools.chain.from_iterable(layout.records[n] for n in REGISTRY))
                 )
+                registry.scope.CopyFrom(header.scope)  # sealed credentials name their group
                 providers, models, policies = compile_registry(registry, tenants)
             except (DecodeError, SnapshotInvalid) as exc:
                 raise _Undecided from exc

@@ -47,7 +47,8 @@ from dataplane.snapshot.background import BackgroundWorker
 from dataplane.snapshot.checks import Delta, check_snapshot, peek, whole_envelope
 from dataplane.snapshot.compiled import Compiled
 from dataplane.snapshot.delta import DeltaMismatch, rebuild
-from dataplane.snapshot.files import read_envelope_file
+from dataplane.snapshot.files import atomic_write, read_envelope_file
+from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_BYTES, API_KEY_HASH_KEY_FILE
 from dataplane.snapshot.layout import TRUSTED_KEYS
 from dataplane.snapshot.lkg import (
     HWM_FILE,
@@ -103,6 +104,7 @@ class SnapshotStore:
         on_change: Callable[[ServingState], Awaitable[None]] | None = None,
         node: NodeContext | None = None,
         idle_wait: float | None = None,
+        api_key_hash_key: bytes | None = None,
     ) -> None:
         self._scope = scope
         # What routes are prepared for; it must equal the pipeline's NodeContext for the
@@ -130,6 +132,10 @@ class SnapshotStore:
         self._compiled: Compiled | None = None
         """The served snapshot as a layout and its compiled form: the base of the next delta."""
         self._hwm = read_hwm(self._dir)
+        # The key API keys' HMAC digests are computed with (controlplane.api_key_hash): the
+        # operator's (an air-gapped node), else the one the control plane sent last.
+        self._hash_key_pinned = api_key_hash_key is not None
+        self._hash_key = api_key_hash_key if api_key_hash_key is not None else self._read_hash_key()
         # The operator's keys plus those learned from verified statements (see trust.py).
         self.trust = TrustSet(trusted, self._dir)
         if self._hwm is None and (self._dir / LKG_FILE).exists():
@@ -144,6 +150,39 @@ class SnapshotStore:
                 "rollback protection restarts from the last-known-good snapshot",
                 self._dir / HWM_FILE,
             )
+
+    def _read_hash_key(self) -> bytes:
+        try:
+            return (self._dir / API_KEY_HASH_KEY_FILE).read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    async def set_api_key_hash_key(self, key: bytes) -> None:
+        """Take the API-key hash key the control plane sent: kept in the data dir (0600) for
+        restarts, and used by the served snapshot from now on."""
+        if key == self._hash_key or self._hash_key_pinned:
+            return
+        if len(key) != API_KEY_HASH_KEY_BYTES:
+            log.error("API-key hash key ignored: %d bytes, expected %d", len(key), API_KEY_HASH_KEY_BYTES)
+            return
+        async with self._lock:
+            self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            await self._worker.run(atomic_write, self._dir / API_KEY_HASH_KEY_FILE, key)
+            self._hash_key = key
+            current = self.current
+            if current is not None:
+                # Keys of the new format verify from the next request on, not the next snapshot.
+                config = replace(current.config, api_key_hash_key=key)
+                state = build_state(
+                    config,
+                    replace(current.routes, config=config),
+                    current.key_id,
+                    resolve=self._resolve,
+                    client=self._client,
+                    clock=self._clock,
+                )
+                await self._publish(state)
+        log.info("API-key hash key received from the control plane")
 
     def _serving(self) -> bool:
         """Whether requests are in flight on the served snapshot (snapshot work then yields)."""
@@ -320,6 +359,7 @@ class SnapshotStore:
             log.warning("snapshot %s rejected: %s", version or "?", exc.reason)
             return ApplyResult(False, version, digest, exc.reason)
 
+        config = replace(config, api_key_hash_key=self._hash_key)
         version, digest = config.version, config.payload_sha256
         hwm = self._hwm
         group = config.scope.node_group

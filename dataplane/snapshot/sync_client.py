@@ -211,6 +211,8 @@ class SyncClient:
                     self._failure = None  # told in this stream's Hello
                     self._connected = True
                     self._failures = 0
+                    if message.api_key_hash_key:
+                        await self._store.set_api_key_hash_key(message.api_key_hash_key)
                     kind = message.WhichOneof("message")
                     if kind == "envelope":
                         result = await self._store.apply(message.envelope)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import os
 import stat
@@ -356,7 +355,8 @@ async def test_snapshot_history_through_the_cli(control_plane: RunningControlPla
     assert "acme" in shown
     assert f"{created.key.prefix}..." in shown
     assert "env:SIGNALBOX_CRED_SIM" in shown
-    digest = hashlib.sha256(created.secret.encode()).digest()
+    assert control_plane.cp.api_key_hasher is not None
+    digest = control_plane.cp.api_key_hasher.digest(created.secret)
     for text in (shown, await run("--json", "snapshot", "show", str(target))):
         assert created.secret not in text
         assert digest.hex() not in text

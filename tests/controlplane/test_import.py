@@ -3,7 +3,6 @@ one snapshot; errors name line and field; secrets go to a 0600 file only."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import stat
 from pathlib import Path
@@ -22,12 +21,21 @@ def _jsonl(*objects: object) -> bytes:
     return "".join(json.dumps(o) + "\n" for o in objects).encode()
 
 
+def _digest(control_plane: RunningControlPlane, key: str) -> bytes:
+    """The key's digest as the control plane stores and ships it (HMAC under its hash key)."""
+    hasher = control_plane.cp.api_key_hasher
+    assert hasher is not None
+    return hasher.digest(key)
+
+
 async def _snapshot(admin: Admin) -> snapshot_pb2.Snapshot:
     envelope = await admin.ExportSnapshot(admin_pb2.ExportSnapshotRequest())
     return snapshot_pb2.Snapshot.FromString(envelope.payload)
 
 
-async def test_import_is_one_snapshot_and_the_secrets_work(admin: Admin) -> None:
+async def test_import_is_one_snapshot_and_the_secrets_work(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
     await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="existing"))
     before = await admin.latest_version()
     data = _jsonl(
@@ -43,17 +51,17 @@ async def test_import_is_one_snapshot_and_the_secrets_work(admin: Admin) -> None
     snapshot = await _snapshot(admin)
     assert snapshot.version == before + 1
     assert {"imp-a", "imp-b", "existing"} <= {t.name for t in snapshot.tenants}
-    hashes = {bytes(k.secret_sha256): k for k in snapshot.api_keys}
+    hashes = {bytes(k.secret_hmac): k for k in snapshot.api_keys}
     for imported in reply.keys:
-        entry = hashes[hashlib.sha256(imported.secret.encode()).digest()]
+        entry = hashes[_digest(control_plane, imported.secret)]
         assert entry.id == imported.key.id
-    first = hashes[hashlib.sha256(reply.keys[0].secret.encode()).digest()]
+    first = hashes[_digest(control_plane, reply.keys[0].secret)]
     assert list(first.scopes) == ["model:small"]
     tenant_a = next(t for t in snapshot.tenants if t.name == "imp-a")
     assert tenant_a.tier == "gold"
     assert dict(tenant_a.labels) == {"team": "x"}
     assert first.tenant_id == tenant_a.id
-    assert hashes[hashlib.sha256(reply.keys[1].secret.encode()).digest()].HasField("expires_at")
+    assert hashes[_digest(control_plane, reply.keys[1].secret)].HasField("expires_at")
 
 
 @pytest.mark.parametrize(
@@ -129,8 +137,8 @@ async def test_cli_writes_secrets_to_a_private_file_only(
         assert r["secret"] not in stdout
         assert r["secret"] not in stderr
     snapshot = await _snapshot(admin)
-    digests = {bytes(k.secret_sha256) for k in snapshot.api_keys}
-    assert all(hashlib.sha256(r["secret"].encode()).digest() in digests for r in records)
+    digests = {bytes(k.secret_hmac) for k in snapshot.api_keys}
+    assert all(_digest(control_plane, r["secret"]) in digests for r in records)
     # Never over an existing file, and nothing is imported then.
     before = await admin.latest_version()
     code, _, stderr = await _signalbox(*base, "import", str(source), "--secrets-out", str(out))
@@ -174,7 +182,9 @@ async def test_import_is_admin_only_and_audited(control_plane: RunningControlPla
     ]
 
 
-async def test_imported_values_arrive_byte_for_byte_whatever_their_characters(admin: Admin) -> None:
+async def test_imported_values_arrive_byte_for_byte_whatever_their_characters(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
     """Rows go in with COPY's text format: tabs, newlines, backslashes, quotes and non-ASCII
     in free-form values must come out exactly as given (not as columns, rows or escapes)."""
     odd = 'tab\there\nnew line\r\\N \\x00 "quoted" \\\\ caf\u00e9 \u2603'
@@ -190,5 +200,5 @@ async def test_imported_values_arrive_byte_for_byte_whatever_their_characters(ad
     assert tenant.active
     (key,) = [k for k in snapshot.api_keys if k.tenant_id == tenant.id]
     assert key.name == "k-odd"
-    assert key.secret_sha256 == hashlib.sha256(reply.keys[0].secret.encode()).digest()
+    assert key.secret_hmac == _digest(control_plane, reply.keys[0].secret)
     assert key.expires_at.ToSeconds() == 4070908800

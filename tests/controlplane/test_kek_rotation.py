@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from controlplane.db.session import create_engine
 from controlplane.errors import SigningKeyUnavailable
 from controlplane.keys import generate_kek_file, load_kek
 from dataplane.snapshot.envelope import verify
+from dataplane.snapshot.hash_key import decode_hash_key_file
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.shell.cli import main
 from tests.e2e.test_config_push import _admin
@@ -80,8 +82,11 @@ async def test_rotate_kek_reseals_every_key_without_downtime(database_url: str, 
         assert "restart it with the new KEK" in str(info.value.details())
 
         node_ca = first.cp.node_ca_path.read_bytes()
+        hash_key = first.cp.api_key_hasher
 
     async with running_control_plane(replace(settings, kek_file=new_file)) as second:
+        # The API-key hash key too: every stored key digest still matches.
+        assert second.cp.api_key_hasher == hash_key
         await _publish_and_check(second, "after")
         # The node CA key was re-sealed in the same transaction: the same CA keeps issuing.
         assert second.cp.node_ca_path.read_bytes() == node_ca
@@ -115,3 +120,42 @@ async def test_rotate_kek_with_the_wrong_current_kek_changes_nothing(
     ]  # fmt: skip
     assert await asyncio.to_thread(main, argv) == 1
     assert await _kek_ids(database_url) == before
+
+
+async def test_export_api_key_hash_key_writes_the_key_for_an_air_gapped_node(
+    database_url: str, private_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private_tmp = Path(tempfile.mkdtemp(prefix="export-hash-key-", dir=private_tmp))
+    kek_file = private_tmp / "cp.kek"
+    generate_kek_file(kek_file)
+    async with running_control_plane(cp_settings(database_url, private_tmp, kek_file=kek_file)) as running:
+        hasher = running.cp.api_key_hasher
+    assert hasher is not None
+    out = private_tmp / "hash-key"
+    argv = [
+        "controlplane",
+        "export-api-key-hash-key",
+        "--database-url",
+        database_url,
+        "--kek-file",
+        str(kek_file),
+    ]
+    assert await asyncio.to_thread(main, [*argv, "--out", str(out)]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert decode_hash_key_file(out.read_bytes(), "out") == hasher.key
+    # Never over an existing file; the wrong KEK opens nothing.
+    assert await asyncio.to_thread(main, [*argv, "--out", str(out)]) == 1
+    assert "exists; not overwritten" in capsys.readouterr().err
+    wrong = private_tmp / "wrong.kek"
+    generate_kek_file(wrong)
+    wrong_argv = [
+        "controlplane",
+        "export-api-key-hash-key",
+        "--database-url",
+        database_url,
+        "--kek-file",
+        str(wrong),
+    ]
+    assert await asyncio.to_thread(main, [*wrong_argv, "--out", str(private_tmp / "other")]) == 1
+    assert "sealed with KEK" in capsys.readouterr().err
+    assert not (private_tmp / "other").exists()

@@ -6,6 +6,7 @@ refused like any bad envelope."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -54,7 +55,8 @@ async def test_changes_reach_a_node_as_deltas_that_verify_as_whole_snapshots(
     # What the node compiled by difference is what the whole payload compiles to.
     config = node.store.require().config
     assert config == compile_payload(payload)
-    entry = config.api_keys[hashlib.sha256(second.secret.encode()).digest()]
+    # Keyed by the HMAC under the hash key the control plane sent on the stream.
+    entry = config.api_keys[hmac.digest(config.api_key_hash_key, second.secret.encode(), "sha256")]
     assert config.tenants[entry.tenant_id].labels == {"team": "blue"}
     # The last-known-good written from the rebuilt payload is the exact signed envelope.
     on_disk = snapshot_pb2.SignedEnvelope.FromString(

@@ -21,7 +21,10 @@ def test_identity_bench_prints_every_method() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout
     out = result.stdout
-    assert re.search(r"^2000 API keys, 101 mTLS mappings, 1 JWT issuer", out, re.M), out
-    for method in ("api key", "jwt ES256", "jwt RS256", "mtls", r"mtls \(first sight\)"):
+    assert re.search(
+        r"^2000 API keys \(\+1000 of the earlier format\), 101 mTLS mappings, 1 JWT issuer", out, re.M
+    ), out
+    methods = ("api key", r"api key \(sha256\)", "api key unknown id", "api key wrong secret", "jwt ES256")
+    for method in (*methods, "jwt RS256", "mtls", r"mtls \(first sight\)"):
         assert re.search(rf"^{method} +[\d.]+ +[\d.]+", out, re.M), f"{method}\n{out}"
     assert "target < 20 us: PASS" in out

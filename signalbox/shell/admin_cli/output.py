@@ -115,11 +115,14 @@ def key_row(k: admin_pb2.ApiKey) -> tuple[object, ...]:
 
 
 def provider_row(p: admin_pb2.Provider) -> tuple[object, ...]:
-    cred = (
-        f"env:{p.credential.env}"
-        if p.credential.env
-        else (f"file:{p.credential.file}" if p.credential.file else "")
-    )
+    if p.credential.HasField("sealed"):
+        cred = f"sealed:{p.credential.sealed.node_group}({p.credential.sealed.key_id})"
+    else:
+        cred = (
+            f"env:{p.credential.env}"
+            if p.credential.env
+            else (f"file:{p.credential.file}" if p.credential.file else "")
+        )
     location = enum_name(snapshot_pb2.ProviderLocation, "PROVIDER_LOCATION_", p.location)
     return (p.id, p.name, p.type, p.base_url, cred, location)
 

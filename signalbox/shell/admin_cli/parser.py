@@ -131,6 +131,13 @@ def _provider_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url")
     p.add_argument("--credential-env", help="env var on the node holding the credential")
     p.add_argument("--credential-file", help="file on the node holding the credential")
+    p.add_argument(
+        "--sealed-credential-file",
+        metavar="FILE",
+        help="a local file holding the credential: sealed here to --sealed-for-group's public key "
+        "(update only: the seal binds the provider's id); the control plane never sees it in clear",
+    )
+    p.add_argument("--sealed-for-group", metavar="GROUP", help="the node group whose nodes may open it")
     p.add_argument("--setting", action="append", metavar="KEY=VALUE")
     p.add_argument("--timeout-ms", type=int)
     p.add_argument("--location", default="public_cloud", help="public_cloud, on_prem or site")
@@ -384,6 +391,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         p.add_argument("--mode", help="cloud, on-prem or air-gapped (create: default cloud)")
         p.add_argument("--site", help="the group's site (required for air-gapped)")
         p.add_argument("--deployment", help="deployment label in the group's snapshot scope")
+        p.add_argument(
+            "--sealing-public-key",
+            metavar="KEY",
+            help="the group's X25519 public key (base64, from `signalbox dataplane sealing-key generate`) "
+            "provider credentials are sealed to",
+        )
         for kind, flag in (("tenants", "tenant"), ("providers", "provider"), ("models", "model")):
             p.add_argument(
                 f"--{flag}",

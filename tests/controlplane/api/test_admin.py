@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
+import uuid
 
 import grpc
 import pytest
@@ -124,12 +127,25 @@ async def test_api_key_secret_is_returned_once_and_stored_only_as_a_hash(
     assert [k.id for k in listed.keys] == [created.key.id]
     assert created.secret not in str(listed)
 
-    (row,) = sql_rows(control_plane.database_url, "SELECT secret_sha256, prefix FROM api_keys")
-    assert bytes(row[0]) == hashlib.sha256(created.secret.encode()).digest()
+    # sbx_<key id>_<secret>: the id as listed, then 256 bits of secret.
+    _, key_id, secret = created.secret.split("_", 2)
+    assert str(uuid.UUID(key_id)) == created.key.id
+    assert len(base64.urlsafe_b64decode(secret + "=")) == 32
+
+    # Stored as the HMAC under the sealed hash key, never as a plain hash of the key.
+    (row,) = sql_rows(control_plane.database_url, "SELECT secret_hmac, secret_sha256, prefix FROM api_keys")
+    hasher = control_plane.cp.api_key_hasher
+    assert hasher is not None
+    assert bytes(row[0]) == hmac.digest(hasher.key, created.secret.encode(), "sha256")
+    assert row[1] is None
+    sealed = sql_rows(control_plane.database_url, "SELECT sealed_key FROM api_key_hash_key")
+    assert hasher.key not in bytes(sealed[0][0])
 
     envelope = await admin.ExportSnapshot(admin_pb2.ExportSnapshotRequest())
     snapshot = snapshot_pb2.Snapshot.FromString(envelope.payload)
-    assert [bytes(k.secret_sha256) for k in snapshot.api_keys] == [bytes(row[0])]
+    assert [bytes(k.secret_hmac) for k in snapshot.api_keys] == [bytes(row[0])]
+    assert [bytes(k.secret_sha256) for k in snapshot.api_keys] == [b""]
+    assert hasher.key not in envelope.SerializeToString()
 
     await admin.DeleteApiKey(admin_pb2.DeleteApiKeyRequest(id=created.key.id))
     assert not (await admin.ListApiKeys(admin_pb2.ListApiKeysRequest())).keys

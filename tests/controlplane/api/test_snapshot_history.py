@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import grpc
@@ -54,7 +53,9 @@ async def test_list_pages_newest_first_and_says_who_changed_what(admin: Admin) -
     assert message.startswith("limit:")
 
 
-async def test_show_gives_the_config_by_name_and_reference_never_a_secret_or_hash(admin: Admin) -> None:
+async def test_show_gives_the_config_by_name_and_reference_never_a_secret_or_hash(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
     await admin.seed()
     created = await admin.CreateApiKey(
         admin_pb2.CreateApiKeyRequest(tenant="acme", name="ci", scopes=["model:small"])
@@ -73,7 +74,8 @@ async def test_show_gives_the_config_by_name_and_reference_never_a_secret_or_has
         ("small", "sim"),
     ]
     assert [p.document_json for p in content.policies] == ['{"default_model":"small"}']
-    digest = hashlib.sha256(created.secret.encode()).digest()
+    assert control_plane.cp.api_key_hasher is not None
+    digest = control_plane.cp.api_key_hasher.digest(created.secret)
     wire = info.SerializeToString()
     text = MessageToJson(info)
     assert created.secret.encode() not in wire

@@ -2019,6 +2019,8 @@ class NodeGroup(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    SEALING_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    SEALING_KEY_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1..63 characters of [a-z0-9-]."""
     mode: _common_pb2.DeploymentMode.ValueType
@@ -2031,6 +2033,15 @@ class NodeGroup(_message.Message):
     """The group's newest stored snapshot version (0: none yet)."""
     nodes: _builtins.int
     """Nodes recorded in the group."""
+    sealing_public_key: _builtins.bytes
+    """---- sealed credentials (keys branch) ----
+    The raw X25519 public key provider credentials are sealed to for this group's nodes
+    (`signalbox dataplane sealing-key generate`); empty: none registered.
+    """
+    sealing_key_id: _builtins.str
+    """Its fingerprint, as SealedSecret.key_id names it.
+    ---- sealed credentials (end) ----
+    """
     @_builtins.property
     def tenants(self) -> Global___Selection: ...
     @_builtins.property
@@ -2052,10 +2063,12 @@ class NodeGroup(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         snapshot_version: _builtins.int = ...,
         nodes: _builtins.int = ...,
+        sealing_public_key: _builtins.bytes = ...,
+        sealing_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "models", b"models", "providers", b"providers", "tenants", b"tenants"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deployment", b"deployment", "mode", b"mode", "models", b"models", "name", b"name", "nodes", b"nodes", "providers", b"providers", "site", b"site", "snapshot_version", b"snapshot_version", "tenants", b"tenants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deployment", b"deployment", "mode", b"mode", "models", b"models", "name", b"name", "nodes", b"nodes", "providers", b"providers", "sealing_key_id", b"sealing_key_id", "sealing_public_key", b"sealing_public_key", "site", b"site", "snapshot_version", b"snapshot_version", "tenants", b"tenants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2150,10 +2163,17 @@ class UpdateNodeGroupRequest(_message.Message):
     TENANTS_FIELD_NUMBER: _builtins.int
     PROVIDERS_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
+    SEALING_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     mode: _common_pb2.DeploymentMode.ValueType
     site: _builtins.str
     deployment: _builtins.str
+    sealing_public_key: _builtins.bytes
+    """---- sealed credentials (keys branch) ----
+    A new sealing public key (32 bytes). Credentials sealed to the previous key no longer
+    open on the group's nodes once they run with the new private key: re-seal them.
+    ---- sealed credentials (end) ----
+    """
     @_builtins.property
     def tenants(self) -> Global___Selection: ...
     @_builtins.property
@@ -2170,21 +2190,26 @@ class UpdateNodeGroupRequest(_message.Message):
         tenants: Global___Selection | None = ...,
         providers: Global___Selection | None = ...,
         models: Global___Selection | None = ...,
+        sealing_public_key: _builtins.bytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_deployment", b"_deployment", "_mode", b"_mode", "_site", b"_site", "deployment", b"deployment", "mode", b"mode", "models", b"models", "providers", b"providers", "site", b"site", "tenants", b"tenants"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_deployment", b"_deployment", "_mode", b"_mode", "_sealing_public_key", b"_sealing_public_key", "_site", b"_site", "deployment", b"deployment", "mode", b"mode", "models", b"models", "providers", b"providers", "sealing_public_key", b"sealing_public_key", "site", b"site", "tenants", b"tenants"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_deployment", b"_deployment", "_mode", b"_mode", "_site", b"_site", "deployment", b"deployment", "mode", b"mode", "models", b"models", "name", b"name", "providers", b"providers", "site", b"site", "tenants", b"tenants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_deployment", b"_deployment", "_mode", b"_mode", "_sealing_public_key", b"_sealing_public_key", "_site", b"_site", "deployment", b"deployment", "mode", b"mode", "models", b"models", "name", b"name", "providers", b"providers", "sealing_public_key", b"sealing_public_key", "site", b"site", "tenants", b"tenants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__deployment: _TypeAlias = _typing.Literal["deployment"]  # noqa: Y015
     _WhichOneofArgType__deployment: _TypeAlias = _typing.Literal["_deployment", b"_deployment"]  # noqa: Y015
     _WhichOneofReturnType__mode: _TypeAlias = _typing.Literal["mode"]  # noqa: Y015
     _WhichOneofArgType__mode: _TypeAlias = _typing.Literal["_mode", b"_mode"]  # noqa: Y015
+    _WhichOneofReturnType__sealing_public_key: _TypeAlias = _typing.Literal["sealing_public_key"]  # noqa: Y015
+    _WhichOneofArgType__sealing_public_key: _TypeAlias = _typing.Literal["_sealing_public_key", b"_sealing_public_key"]  # noqa: Y015
     _WhichOneofReturnType__site: _TypeAlias = _typing.Literal["site"]  # noqa: Y015
     _WhichOneofArgType__site: _TypeAlias = _typing.Literal["_site", b"_site"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__deployment) -> _WhichOneofReturnType__deployment | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mode) -> _WhichOneofReturnType__mode | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sealing_public_key) -> _WhichOneofReturnType__sealing_public_key | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__site) -> _WhichOneofReturnType__site | None: ...
 
@@ -2248,7 +2273,9 @@ class ImportedApiKey(_message.Message):
     line: _builtins.int
     """Line of the file the key came from (1-based)."""
     secret: _builtins.str
-    """The secret, returned once; only its SHA-256 is kept."""
+    """The key, sbx_<key id>_<secret>, returned once; only its HMAC-SHA256 under the control
+    plane's sealed API-key hash key is kept.
+    """
     @_builtins.property
     def key(self) -> Global___ApiKey: ...
     def __init__(

@@ -382,11 +382,21 @@ class ApiKey(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SECRET_HMAC_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant_id: _builtins.str
     secret_sha256: _builtins.bytes
-    """SHA-256 of the full secret; the secret itself never leaves the caller."""
+    """Keys of the earlier format (sbx_<secret>): SHA-256 of the whole key. The key itself
+    never leaves the caller.
+    """
     name: _builtins.str
+    secret_hmac: _builtins.bytes
+    """---- keyed key digests (keys branch) ----
+    Keys of the format "sbx_<id>_<secret>": HMAC-SHA256 of the whole key under the control
+    plane's API-key hash key, which nodes receive on the sync stream (never in a snapshot).
+    Exactly one of secret_sha256 (keys of the earlier format) and secret_hmac is set.
+    ---- keyed key digests (end) ----
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -400,10 +410,11 @@ class ApiKey(_message.Message):
         name: _builtins.str = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        secret_hmac: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "id", b"id", "name", b"name", "scopes", b"scopes", "secret_sha256", b"secret_sha256", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "id", b"id", "name", b"name", "scopes", b"scopes", "secret_hmac", b"secret_hmac", "secret_sha256", b"secret_sha256", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -417,21 +428,31 @@ class SecretRef(_message.Message):
 
     ENV_FIELD_NUMBER: _builtins.int
     FILE_FIELD_NUMBER: _builtins.int
+    SEALED_FIELD_NUMBER: _builtins.int
     env: _builtins.str
     """Name of an environment variable on the node."""
     file: _builtins.str
     """Path of a file on the node."""
+    @_builtins.property
+    def sealed(self) -> Global___SealedSecret:
+        """---- sealed credentials (keys branch) ----
+        The credential encrypted to a node group's X25519 sealing key; only nodes of that
+        group holding the private key open it (dataplane/providers/sealing.py).
+        ---- sealed credentials (end) ----
+        """
+
     def __init__(
         self,
         *,
         env: _builtins.str = ...,
         file: _builtins.str = ...,
+        sealed: Global___SealedSecret | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "file", b"file", "source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "file", b"file", "sealed", b"sealed", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "file", b"file", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "file", b"file", "sealed", b"sealed", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["env", "file"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["env", "file", "sealed"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
@@ -865,3 +886,37 @@ class TenantEvidence(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TenantEvidence: _TypeAlias = TenantEvidence  # noqa: Y015
+
+@_typing.final
+class SealedSecret(_message.Message):
+    """---- sealed credentials (keys branch) ----
+
+    A credential sealed on the admin's machine to a node group's public key: ephemeral X25519,
+    HKDF-SHA256, ChaCha20-Poly1305, with the group and the provider id as associated data.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_GROUP_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    node_group: _builtins.str
+    """The node group whose key it was sealed to."""
+    key_id: _builtins.str
+    """The fingerprint of that key (dataplane.providers.sealing.key_id)."""
+    ciphertext: _builtins.bytes
+    """version || ephemeral public key || nonce || ciphertext and tag."""
+    def __init__(
+        self,
+        *,
+        node_group: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        ciphertext: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "key_id", b"key_id", "node_group", b"node_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SealedSecret: _TypeAlias = SealedSecret  # noqa: Y015

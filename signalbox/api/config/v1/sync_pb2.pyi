@@ -232,6 +232,14 @@ class ServerMessage(_message.Message):
 
     ENVELOPE_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
+    API_KEY_HASH_KEY_FIELD_NUMBER: _builtins.int
+    api_key_hash_key: _builtins.bytes
+    """---- API-key hash key (keys branch) ----
+    The key nodes compute API keys' HMAC-SHA256 digests with (ApiKey.secret_hmac). Sent with
+    every envelope and delta and kept by the node in its data dir; never part of a snapshot,
+    which the control plane stores.
+    ---- API-key hash key (end) ----
+    """
     @_builtins.property
     def envelope(self) -> _snapshot_pb2.SignedEnvelope: ...
     @_builtins.property
@@ -241,10 +249,11 @@ class ServerMessage(_message.Message):
         *,
         envelope: _snapshot_pb2.SignedEnvelope | None = ...,
         delta: Global___SnapshotDelta | None = ...,
+        api_key_hash_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "envelope", b"envelope", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "envelope", b"envelope", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_hash_key", b"api_key_hash_key", "delta", b"delta", "envelope", b"envelope", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["envelope", "delta"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from dataplane.providers.sealing import MAX_SEALED_BYTES, MIN_SEALED_BYTES, aad, key_id, seal
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
@@ -31,8 +32,10 @@ from signalbox.shell.admin_cli.output import (
 
 
 def _provider(ns: argparse.Namespace) -> admin_pb2.Provider:
-    if ns.credential_env and ns.credential_file:
-        raise SystemExit("--credential-env and --credential-file: give one, not both")
+    if sum(bool(x) for x in (ns.credential_env, ns.credential_file, ns.sealed_credential_file)) > 1:
+        raise SystemExit("--credential-env, --credential-file and --sealed-credential-file: give one at most")
+    if bool(ns.sealed_credential_file) != bool(ns.sealed_for_group):
+        raise SystemExit("--sealed-credential-file and --sealed-for-group: give both or neither")
     credential = snapshot_pb2.SecretRef()
     if ns.credential_env:
         credential.env = ns.credential_env
@@ -52,7 +55,50 @@ def _provider(ns: argparse.Namespace) -> admin_pb2.Provider:
     )
 
 
+def _read_bounded(path: Path, limit: int) -> bytes:
+    with path.open("rb") as f:
+        return f.read(limit)
+
+
+async def _seal(stub: Stub, ns: argparse.Namespace, provider: admin_pb2.Provider) -> None:
+    """Seal the local credential file to the group's public key, bound to the provider's id:
+    the credential leaves this machine only as ciphertext."""
+    path = Path(ns.sealed_credential_file)
+    try:
+        raw = await asyncio.to_thread(_read_bounded, path, MAX_SEALED_BYTES + 1)
+    except OSError as exc:
+        raise SystemExit(f"--sealed-credential-file: cannot read {path}: {exc.strerror}") from None
+    credential = raw.strip()
+    if not credential or len(raw) > MAX_SEALED_BYTES - MIN_SEALED_BYTES:
+        raise SystemExit(
+            f"--sealed-credential-file: must hold 1 to {MAX_SEALED_BYTES - MIN_SEALED_BYTES} bytes"
+        )
+    group = await stub.GetNodeGroup(admin_pb2.GetNodeGroupRequest(name=ns.sealed_for_group))
+    if not group.sealing_public_key:
+        raise SystemExit(f"--sealed-for-group: node group {group.name} has no sealing public key")
+    listed = await stub.ListProviders(admin_pb2.ListProvidersRequest())
+    existing = [p for p in listed.providers if p.name == provider.name]
+    if not existing:
+        raise SystemExit(
+            f"provider {provider.name}: create it first (without a credential), then seal one with "
+            "`provider update`: the seal binds the provider's id"
+        )
+    public = bytes(group.sealing_public_key)
+    provider.credential.sealed.CopyFrom(
+        snapshot_pb2.SealedSecret(
+            node_group=group.name,
+            key_id=key_id(public),
+            ciphertext=seal(public, credential, aad(group.name, existing[0].id)),
+        )
+    )
+
+
 async def provider_create(stub: Stub, ns: argparse.Namespace) -> Output:
+    if ns.sealed_credential_file:
+        raise SystemExit(
+            "--sealed-credential-file: create the provider first, then seal with `provider update` "
+            "(the seal binds the provider's id)"
+        )
     p = await stub.CreateProvider(admin_pb2.CreateProviderRequest(provider=_provider(ns)))
     return Output(p, PROVIDER_COLUMNS, [provider_row(p)])
 
@@ -63,7 +109,10 @@ async def provider_list(stub: Stub, ns: argparse.Namespace) -> Output:
 
 
 async def provider_update(stub: Stub, ns: argparse.Namespace) -> Output:
-    p = await stub.UpdateProvider(admin_pb2.UpdateProviderRequest(provider=_provider(ns)))
+    provider = _provider(ns)
+    if ns.sealed_credential_file:
+        await _seal(stub, ns, provider)
+    p = await stub.UpdateProvider(admin_pb2.UpdateProviderRequest(provider=provider))
     return Output(p, PROVIDER_COLUMNS, [provider_row(p)])
 
 

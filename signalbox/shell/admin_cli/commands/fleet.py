@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dataplane.providers.sealing import decode_public_key
 from dataplane.snapshot.files import atomic_write
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
@@ -160,12 +161,21 @@ def _mode(name: str) -> Any:
     return enum_value(common_pb2.DeploymentMode, "DEPLOYMENT_MODE_", name, "--mode")
 
 
+def _public_key(text: str) -> bytes:
+    try:
+        return decode_public_key(text, "--sealing-public-key")
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+
+
 async def group_create(stub: Stub, ns: argparse.Namespace) -> Output:
     group = admin_pb2.NodeGroup(
         name=ns.name, mode=_mode(ns.mode or "cloud"), site=ns.site or "", deployment=ns.deployment or ""
     )
     for kind, selection in _group_lists(ns).items():
         getattr(group, kind).CopyFrom(selection)
+    if ns.sealing_public_key is not None:
+        group.sealing_public_key = _public_key(ns.sealing_public_key)
     g = await stub.CreateNodeGroup(admin_pb2.CreateNodeGroupRequest(group=group))
     return Output(g, GROUP_COLUMNS, [group_row(g)])
 
@@ -190,6 +200,8 @@ async def group_update(stub: Stub, ns: argparse.Namespace) -> Output:
         request.site = ns.site
     if ns.deployment is not None:
         request.deployment = ns.deployment
+    if ns.sealing_public_key is not None:
+        request.sealing_public_key = _public_key(ns.sealing_public_key)
     g = await stub.UpdateNodeGroup(request)
     return Output(g, GROUP_COLUMNS, [group_row(g)])
 

@@ -1,0 +1,123 @@
+"""API keys ``sbx_<key id>_<secret>`` looked up by their HMAC under the hash key: one path and
+one answer for every wrong key, whatever is wrong with it."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from dataplane.auth import INVALID, authenticate
+from dataplane.config.model import ApiKeyEntry, RuntimeConfig, Scope, TenantConfig
+from dataplane.errors import Unauthenticated
+
+KEYS = 50_000
+HASH_KEY = secrets.token_bytes(32)
+
+
+def _key(key_id: uuid.UUID) -> str:
+    return f"sbx_{key_id.hex}_{secrets.token_urlsafe(32)}"
+
+
+def _config(n: int, hash_key: bytes = HASH_KEY) -> tuple[RuntimeConfig, list[tuple[str, str]]]:
+    """``n`` keys of the new format and one of the earlier format (``legacy``)."""
+    issued = [(str(i), _key(i)) for i in (uuid.uuid4() for _ in range(n))]
+    keys = {hmac.digest(hash_key, k.encode(), "sha256"): ApiKeyEntry(i, "t") for i, k in issued}
+    keys[hashlib.sha256(b"sbx_legacy-format-key").digest()] = ApiKeyEntry("legacy", "t")
+    tenants = {"t": TenantConfig("t", "t")}
+    config = RuntimeConfig(1, b"", 0.0, None, Scope(), tenants, keys, {}, {}, {}, api_key_hash_key=hash_key)
+    return config, issued
+
+
+def test_a_key_of_either_format_is_admitted_by_its_id() -> None:
+    config, issued = _config(100)
+    key_id, key = issued[42]
+    assert authenticate(config, key, 0.0).key_id == key_id
+    assert authenticate(config, "sbx_legacy-format-key", 0.0).key_id == "legacy"
+
+
+def test_a_node_without_the_hash_key_refuses_new_keys_like_unknown_ones() -> None:
+    config, issued = _config(10)
+    without = RuntimeConfig(1, b"", 0.0, None, Scope(), config.tenants, config.api_keys, {}, {}, {})
+    with pytest.raises(Unauthenticated, match=f"^{INVALID}$"):
+        authenticate(without, issued[0][1], 0.0)
+    assert authenticate(without, "sbx_legacy-format-key", 0.0).key_id == "legacy"
+
+
+def _wrong_keys(issued: list[tuple[str, str]]) -> dict[str, str]:
+    """Every kind of wrong key, all of one length (the digests' cost depends on it)."""
+    key_id, key = issued[len(issued) // 2]
+    secret = key.split("_", 2)[2]
+    wrong = {
+        "known id, wrong secret": f"sbx_{uuid.UUID(key_id).hex}_{secrets.token_urlsafe(32)}",
+        "unknown id": _key(uuid.uuid4()),
+        "malformed": "sbx-" + secrets.token_hex(16) + "." + secret,
+        "truncated": key[:-1],
+        "wrong prefix": "xyz_" + key[4:],
+    }
+    return wrong
+
+
+def test_every_wrong_key_gets_the_same_answer() -> None:
+    config, issued = _config(100)
+    for kind, token in _wrong_keys(issued).items():
+        with pytest.raises(Unauthenticated) as refused:
+            authenticate(config, token, 0.0)
+        assert str(refused.value) == INVALID, kind
+
+
+def _per_call_ns(call: Callable[[], object], calls: int = 100) -> float:
+    started = time.perf_counter_ns()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter_ns() - started) / calls
+
+
+def test_unknown_id_and_known_id_with_a_wrong_secret_take_the_same_time() -> None:
+    """Medians of many interleaved batches with 50,000 keys loaded. The noise is measured:
+    two samples of the *same* case (unknown id) differ by some amount; the unknown id and the
+    wrong secret (and a malformed key) must differ by no more than that, with a floor of 5%
+    of the median so a lucky quiet noise sample does not fail the test. A control path that
+    does one extra HMAC, as a lookup-by-id-then-compare design that skipped the HMAC for
+    unknown ids would, must stand out: the test can tell such a difference."""
+    config, issued = _config(KEYS)
+    wrong = _wrong_keys(issued)
+    same_length = {k: v for k, v in wrong.items() if len(v) == len(wrong["unknown id"])}
+    assert {"known id, wrong secret", "unknown id", "malformed"} <= same_length.keys()
+
+    def refuse(token: str) -> None:
+        try:
+            authenticate(config, token, 0.0)
+        except Unauthenticated:
+            return
+        raise AssertionError("admitted")
+
+    def refuse_with_extra_hmac(token: str) -> None:
+        hmac.digest(HASH_KEY, token.encode(), "sha256")
+        refuse(token)
+
+    cases: dict[str, Callable[[], None]] = {
+        "unknown id": lambda: refuse(wrong["unknown id"]),
+        "unknown id (again)": lambda: refuse(wrong["unknown id"]),
+        "known id, wrong secret": lambda: refuse(wrong["known id, wrong secret"]),
+        "malformed": lambda: refuse(wrong["malformed"]),
+        "control": lambda: refuse_with_extra_hmac(wrong["unknown id"]),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(300):
+        for name, call in cases.items():
+            samples[name].append(_per_call_ns(call))
+    median = {name: statistics.median(values) for name, values in samples.items()}
+    noise = abs(median["unknown id"] - median["unknown id (again)"])
+    bound = max(3 * noise, 0.05 * median["unknown id"])
+    report = {name: round(value) for name, value in median.items()} | {"noise": round(noise)}
+    print("median ns per refusal:", report)
+    assert abs(median["known id, wrong secret"] - median["unknown id"]) <= bound, report
+    assert abs(median["malformed"] - median["unknown id"]) <= bound, report
+    assert median["control"] - median["unknown id"] > bound, ("the control must stand out", report)
