@@ -55,6 +55,7 @@ from dataplane.http_client import TransportName, build_http_client
 from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
 from dataplane.pipeline import GovernanceStep, Pipeline
 from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, DEFAULT_ENV_PREFIX, CredentialScope
+from dataplane.quota import DEFAULT_LEASE_INTERVAL, QuotaLeaser, Quotas
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.routing.query import NodeContext
@@ -147,6 +148,10 @@ class NodeSettings:
     http_max_keepalive: int = 128
     http_transport: TransportName = "aiohttp"
     """What carries upstream HTTP under the shared httpx client (see ``dataplane.http_client``)."""
+    quota_lease_interval: float = DEFAULT_LEASE_INTERVAL
+    """Seconds between quota leases from the control plane (rate limits and budgets): the
+    longest a node runs on quota the rest of the fleet may need, and how soon an exhausted
+    budget stops it."""
 
 
 class DataPlaneNode:
@@ -176,6 +181,9 @@ class DataPlaneNode:
         self._renew_task: asyncio.Task[None] | None = None
         self._shipper: EvidenceShipper | None = None
         self._ship_task: asyncio.Task[None] | None = None
+        self._quotas: Quotas | None = None
+        self._leaser: QuotaLeaser | None = None
+        self._lease_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -226,6 +234,15 @@ class DataPlaneNode:
     def shipper(self) -> EvidenceShipper | None:
         """Ships the evidence log, when a control plane is configured."""
         return self._shipper
+
+    @property
+    def quotas(self) -> Quotas | None:
+        """The leased rate limits and budgets, when a control plane is configured."""
+        return self._quotas
+
+    @property
+    def leaser(self) -> QuotaLeaser | None:
+        return self._leaser
 
     @property
     def renewer(self) -> CertificateRenewer | None:
@@ -314,6 +331,8 @@ class DataPlaneNode:
             except SnapshotFileInvalid as exc:
                 # Fail closed: UNAVAILABLE until the control plane sends a valid snapshot.
                 log.error("last-known-good not served: %s", exc)
+        if s.control_plane and s.snapshot_file is None:
+            self._quotas = Quotas(lease_interval=s.quota_lease_interval)
         await self._start_server()
         if s.control_plane and s.snapshot_file is None:
             self._sync = SyncClient(
@@ -342,6 +361,11 @@ class DataPlaneNode:
                 durable_seq=self._durable_evidence_seq,
             )
             self._ship_task = asyncio.get_running_loop().create_task(self._shipper.run())
+            assert self._quotas is not None
+            self._leaser = QuotaLeaser(
+                self._quotas, s.control_plane, sync_tls, interval=s.quota_lease_interval
+            )
+            self._lease_task = asyncio.get_running_loop().create_task(self._leaser.run())
             if sync_tls == self.identity.client_tls():
                 self._renewer = CertificateRenewer(
                     self.identity, target=s.control_plane, node_id=s.node_id, on_renewed=self._sync.reconnect
@@ -413,6 +437,7 @@ class DataPlaneNode:
             self._evidence,
             governance=self._governance,
             spool=self._spool,
+            quotas=self._quotas,
         )
         server = grpc.aio.server(
             options=[
@@ -451,7 +476,7 @@ class DataPlaneNode:
         try:
             grace = self.settings.drain_seconds if grace is None else grace
             await self._set_serving(False)
-            for task in (self._renew_task, self._sync_task, self._ship_task):
+            for task in (self._renew_task, self._sync_task, self._ship_task, self._lease_task):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

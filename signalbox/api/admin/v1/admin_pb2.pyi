@@ -77,6 +77,7 @@ class Tenant(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     tier: _builtins.str
@@ -89,7 +90,13 @@ class Tenant(_message.Message):
     def evidence(self) -> _snapshot_pb2.TenantEvidence:
         """---- evidence settings (spool branch) ----
         Absent when both are the defaults (digest, serve_and_alarm).
-        ---- evidence settings (end) ----
+        """
+
+    @_builtins.property
+    def limits(self) -> _snapshot_pb2.Limits:
+        """---- evidence settings (end) ----
+        ---- limits (limits branch) ----
+        ---- limits (end) ----
         """
 
     def __init__(
@@ -102,10 +109,11 @@ class Tenant(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         evidence: _snapshot_pb2.TenantEvidence | None = ...,
+        limits: _snapshot_pb2.Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "evidence", b"evidence"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "evidence", b"evidence", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created_at", b"created_at", "evidence", b"evidence", "id", b"id", "labels", b"labels", "name", b"name", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created_at", b"created_at", "evidence", b"evidence", "id", b"id", "labels", b"labels", "limits", b"limits", "name", b"name", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
