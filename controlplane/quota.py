@@ -94,6 +94,7 @@ class _Ask:
     want: int
     returned: int
     returned_window: str
+    overspent: int = 0
     scope: str = ""
     window: str = ""
     limit: int = 0
@@ -107,7 +108,7 @@ def _checked(asks: Sequence[quota_pb2.QuotaAsk]) -> list[_Ask]:
         field = f"asks[{i}]"
         if ask.scope.kind not in KIND_SUFFIX:
             raise InvalidArgument(f"{field}.scope.kind", f"unknown kind {int(ask.scope.kind)}")
-        for name in ("want", "returned"):
+        for name in ("want", "returned", "overspent"):
             if getattr(ask, name) > INT64_MAX:
                 raise InvalidArgument(f"{field}.{name}", f"at most {INT64_MAX}")
         if not math.isfinite(ask.demand_per_second) or ask.demand_per_second < 0:
@@ -124,6 +125,7 @@ def _checked(asks: Sequence[quota_pb2.QuotaAsk]) -> list[_Ask]:
                 ask.want,
                 ask.returned,
                 ask.returned_window,
+                ask.overspent,
             )
         )
     return checked
@@ -180,18 +182,14 @@ class QuotaLedger:
                 await session.execute(
                     text("SELECT id, limits FROM tenants WHERE id = ANY(:ids)"), {"ids": list(tenants)}
                 )
-            )
-            .tuples()
-            .all()
+            ).all()
         )
         key_limits: dict[uuid.UUID, tuple[uuid.UUID, Any]] = {}
         if keys:
-            for key_id, tenant_id, limits in (
-                await session.execute(
-                    text("SELECT id, tenant_id, limits FROM api_keys WHERE id = ANY(:ids)"),
-                    {"ids": list(keys)},
-                )
-            ).tuples():
+            for key_id, tenant_id, limits in await session.execute(
+                text("SELECT id, tenant_id, limits FROM api_keys WHERE id = ANY(:ids)"),
+                {"ids": list(keys)},
+            ):
                 key_limits[key_id] = (tenant_id, limits)
         for a in asks:
             if a.api_key_id is None:
@@ -230,7 +228,7 @@ class QuotaLedger:
         )
         return {
             (scope, window): {"level": level, "used": used, "updated_at": updated}
-            for scope, window, level, used, updated in rows.tuples()
+            for scope, window, level, used, updated in rows
         }
 
     def _capacity(self, ask: _Ask) -> float:
@@ -246,6 +244,8 @@ class QuotaLedger:
             used = int(state["used"])
             if ask.returned and ask.returned_window == ask.window:
                 used -= min(ask.returned, used)
+            if ask.overspent and ask.returned_window == ask.window:
+                used = min(used + ask.overspent, INT64_MAX)
             granted = max(0, min(ask.want, ask.limit - used))
             used += granted
             state.update(used=used, updated_at=now)
@@ -255,7 +255,8 @@ class QuotaLedger:
         rate = ask.limit / 60.0
         capacity = self._capacity(ask)
         elapsed = max(0.0, (now - state["updated_at"]).total_seconds())
-        level = min(capacity, float(state["level"]) + elapsed * rate + ask.returned)
+        # Overspent tokens put the bucket in debt: it refills from below zero.
+        level = min(capacity, float(state["level"]) + elapsed * rate + ask.returned) - ask.overspent
         granted = min(ask.want, max(0, math.floor(level)))
         level -= granted
         state.update(level=level, updated_at=now)

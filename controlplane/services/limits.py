@@ -101,9 +101,7 @@ class LimitsService:
                         text('SELECT "window", used FROM quota_state WHERE scope = ANY(:scopes)'),
                         {"scopes": [f"{base}/day", f"{base}/month"]},
                     )
-                )
-                .tuples()
-                .all()
+                ).all()
             )
         return LimitsView(trow, krow, build_limits(row.limits), spent.get(day, 0), spent.get(month, 0))
 

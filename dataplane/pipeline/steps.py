@@ -430,6 +430,9 @@ def worst_case(query: RouteQuery, plan: RoutePlan) -> tuple[int, int]:
     candidates: the output is the request's max tokens, else the model's maximum, else
     ``DEFAULT_OUTPUT_TOKENS``; embeddings have none."""
     tokens = cost = 0
+    # The input is estimated (about four characters a token), never counted: an eighth and
+    # a few tokens more, so a request's real usage stays within what it reserved.
+    inputs = query.estimated_input_tokens + query.estimated_input_tokens // 8 + 16
     for candidate in plan.ordered:
         model = candidate.model
         out = 0
@@ -437,11 +440,9 @@ def worst_case(query: RouteQuery, plan: RoutePlan) -> tuple[int, int]:
             out = query.max_output_tokens
         elif Capability.EMBEDDINGS not in query.capabilities:
             out = model.max_output_tokens or DEFAULT_OUTPUT_TOKENS
-        tokens = max(tokens, query.estimated_input_tokens + out)
+        tokens = max(tokens, inputs + out)
         priced = (
-            query.estimated_input_tokens * model.input_price_nanos_per_mtok
-            + out * model.output_price_nanos_per_mtok
-            + 999_999
+            inputs * model.input_price_nanos_per_mtok + out * model.output_price_nanos_per_mtok + 999_999
         ) // 1_000_000
         cost = max(cost, priced)
     return tokens, cost

@@ -12,7 +12,7 @@ and then refuses until refilled). Nothing here does I/O: dict lookups and arithm
 While the control plane is unreachable the tenant's ``on_unreachable`` applies: fail closed
 refuses its limited requests (``QuotaUnavailable``); fail open keeps enforcing, refilling each
 bucket locally at the rate of the last leases it got. A bucket never leased admits on credit
-until its first lease (``dataplane.quota.leaser``).
+(one request) until its first lease (``dataplane.quota.leaser``).
 """
 
 from __future__ import annotations
@@ -202,8 +202,13 @@ class Quotas:
             bucket.asked += units
             raise QuotaUnavailable(bucket.label, self.lease_interval)
         if not bucket.leased:
-            # On credit until the first lease, which takes the debt (``leaser``): a node's
-            # first requests are not refused for want of a lease, and they still count.
+            # One request on credit until the first lease, which takes the debt (``leaser``):
+            # a node's first request is not refused for want of a lease, and it still counts;
+            # others wait for that lease (a few milliseconds away).
+            if bucket.holding < 0:
+                bucket.asked += units
+                self.short()
+                raise LimitExceeded(bucket.label, self.lease_interval, "quota lease pending")
             bucket.asked += units
             bucket.largest = max(bucket.largest, units)
             bucket.holding -= units

@@ -8,9 +8,9 @@ it holds: so a busy node asks for more and a quiet one for little) and what it h
 window the control plane reports exhausted stops every node within one period. A bucket
 unused for ``IDLE_ROUNDS`` periods hands back what it holds and is forgotten.
 
-A bucket never leased admits requests on credit (its holding goes below zero) until its
-first lease, which then takes the debt from the control plane: a node's first requests are
-not refused for want of a lease, and they are still counted. When a call fails the buckets
+A bucket never leased admits one request on credit (its holding goes below zero) and kicks a
+round; the first lease then takes the debt from the control plane: a node's first request is
+not refused for want of a lease, and it is still counted. When a call fails the buckets
 keep what they hold and ``Quotas.reachable`` turns False: each tenant's ``on_unreachable``
 applies until a call succeeds again.
 """
@@ -41,12 +41,13 @@ DEMAND_SMOOTHING = 0.5
 
 
 class _State:
-    __slots__ = ("demand", "idle", "returned")
+    __slots__ = ("demand", "idle", "overspent", "returned")
 
     def __init__(self) -> None:
         self.demand = 0.0
         self.idle = 0
         self.returned = 0
+        self.overspent = 0
 
 
 class QuotaLeaser:
@@ -77,8 +78,10 @@ class QuotaLeaser:
                     channel = aio_channel(self._target, self._tls)
                 try:
                     await self.round(quota_pb2_grpc.QuotaServiceStub(channel))
-                except (grpc.aio.AioRpcError, OSError) as exc:
-                    if self.quotas.reachable:
+                except Exception as exc:
+                    if not isinstance(exc, grpc.aio.AioRpcError | OSError):
+                        log.exception("quota lease failed unexpectedly")
+                    elif self.quotas.reachable:
                         log.warning("quota lease failed: %s; tenants' on_unreachable applies", _reason(exc))
                     self.quotas.reachable = False
                     # A new channel next time: the node certificate may have been renewed.
@@ -93,7 +96,9 @@ class QuotaLeaser:
     async def round(self, stub: quota_pb2_grpc.QuotaServiceAsyncStub) -> None:
         """One lease call for every bucket that needs one (several calls past ``MAX_ASKS``)."""
         now = time.monotonic()
-        elapsed = max(now - self._last, 1e-3)
+        # At least a period: a kicked round right after another must not read one request as
+        # a torrent (and lease the whole budget for it).
+        elapsed = max(now - self._last, self.interval)
         asks: list[tuple[Bucket, quota_pb2.QuotaAsk]] = []
         for bucket in list(self.quotas.buckets.values()):
             ask = self._ask(bucket, elapsed)
@@ -105,16 +110,26 @@ class QuotaLeaser:
                 response = await stub.Lease(
                     quota_pb2.LeaseRequest(asks=[a for _, a in chunk]), timeout=max(2.0, 2 * self.interval)
                 )
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "leased %s",
+                        [
+                            (a.want, a.returned, g.granted, g.limit)
+                            for (_, a), g in zip(chunk, response.grants, strict=False)
+                        ],
+                    )
                 for (bucket, _), grant in zip(chunk, response.grants, strict=False):
                     self._granted(bucket, grant, elapsed)
-                    self._states[bucket].returned = 0
+                    state = self._states.get(bucket)
+                    if state is not None:
+                        state.returned = state.overspent = 0
         except BaseException:
             # What was handed back did not arrive: it is still ours.
             for bucket, _ in asks:
                 state = self._states.get(bucket)
-                if state is not None and state.returned:
-                    bucket.holding += state.returned
-                    state.returned = 0
+                if state is not None:
+                    bucket.holding += state.returned - state.overspent
+                    state.returned = state.overspent = 0
             raise
         self._last = now
         self.quotas.reachable = True
@@ -149,10 +164,16 @@ class QuotaLeaser:
             want = 0 if returned else max(0, math.ceil(target - bucket.holding))
             if not bucket.leased:
                 want = max(want, 1)
-            elif not (want or returned or (budget and (bucket.holding > 0 or largest))):
+            elif not (want or returned or bucket.holding < 0 or (budget and (bucket.holding > 0 or largest))):
                 return None
+        overspent = 0
+        if bucket.leased and bucket.holding < 0 and (budget or bucket.holding <= -1):
+            # Requests used more than their estimates: the control plane counts it now, and
+            # the bucket starts from zero (the debt is the ledger's, not this node's).
+            overspent = math.ceil(-bucket.holding)
+            bucket.holding += overspent
         bucket.holding -= returned
-        state.returned = returned
+        state.returned, state.overspent = returned, overspent
         tenant_id, key_id, kind = bucket.scope
         return quota_pb2.QuotaAsk(
             scope=quota_pb2.QuotaScope(tenant_id=tenant_id, api_key_id=key_id, kind=int(kind)),  # type: ignore[arg-type]
@@ -160,6 +181,7 @@ class QuotaLeaser:
             returned=returned,
             returned_window=bucket.window if budget else "",
             demand_per_second=state.demand,
+            overspent=overspent,
         )
 
     def _granted(self, bucket: Bucket, grant: quota_pb2.QuotaGrant, elapsed: float) -> None:

@@ -82,6 +82,7 @@ class QuotaAsk(_message.Message):
     RETURNED_FIELD_NUMBER: _builtins.int
     RETURNED_WINDOW_FIELD_NUMBER: _builtins.int
     DEMAND_PER_SECOND_FIELD_NUMBER: _builtins.int
+    OVERSPENT_FIELD_NUMBER: _builtins.int
     want: _builtins.int
     """Units wanted on top of what the node holds."""
     returned: _builtins.int
@@ -90,6 +91,10 @@ class QuotaAsk(_message.Message):
     """...from this window (budgets; empty for rates)."""
     demand_per_second: _builtins.float
     """Units per second the node's callers asked for lately (served or refused)."""
+    overspent: _builtins.int
+    """Units the node used beyond what it was granted (requests that used more than their
+    estimate), in this window: counted even when nothing is left to grant.
+    """
     @_builtins.property
     def scope(self) -> Global___QuotaScope: ...
     def __init__(
@@ -100,10 +105,11 @@ class QuotaAsk(_message.Message):
         returned: _builtins.int = ...,
         returned_window: _builtins.str = ...,
         demand_per_second: _builtins.float = ...,
+        overspent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["demand_per_second", b"demand_per_second", "returned", b"returned", "returned_window", b"returned_window", "scope", b"scope", "want", b"want"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["demand_per_second", b"demand_per_second", "overspent", b"overspent", "returned", b"returned", "returned_window", b"returned_window", "scope", b"scope", "want", b"want"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
