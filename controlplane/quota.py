@@ -32,6 +32,7 @@ period, never per request.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Sequence
@@ -45,6 +46,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from controlplane.errors import InvalidArgument
 from controlplane.limits import INT64_MAX
 from signalbox.api.config.v1 import quota_pb2
+
+HOLDER_TTL_S = 10.0
+"""A node that has not leased a limit for this long no longer counts in its fair share."""
 
 MAX_ASKS = 4096
 """Asks in one lease call: a node with more scopes sends several calls."""
@@ -140,8 +144,11 @@ class QuotaLedger:
         self._sessions = sessions
         self.burst_seconds = burst_seconds
 
-    async def lease(self, asks: Sequence[quota_pb2.QuotaAsk]) -> list[quota_pb2.QuotaGrant]:
-        """Grants in the order of ``asks``; ``InvalidArgument`` names the first bad ask."""
+    async def lease(
+        self, asks: Sequence[quota_pb2.QuotaAsk], node_id: str = ""
+    ) -> list[quota_pb2.QuotaGrant]:
+        """Grants to node ``node_id`` in the order of ``asks``; ``InvalidArgument`` names the
+        first bad ask."""
         checked = _checked(asks)
         if not checked:
             return []
@@ -155,16 +162,17 @@ class QuotaLedger:
             updates: list[dict[str, Any]] = []
             for ask in limited:
                 state = rows[(ask.scope, ask.window)]
-                grant = self._grant(ask, state, now)
+                grant = self._grant(ask, state, now, node_id)
                 grants[ask.index] = grant
                 updates.append({"scope": ask.scope, "window": ask.window, **state})
             if updates:
                 await session.execute(
                     text(
-                        "UPDATE quota_state SET level = :level, used = :used, updated_at = :now"
+                        "UPDATE quota_state SET level = :level, used = :used, updated_at = :now,"
+                        " holders = CAST(:holders AS jsonb)"
                         ' WHERE scope = :scope AND "window" = :window'
                     ),
-                    [{**u, "now": now} for u in updates],
+                    [{**u, "now": now, "holders": json.dumps(u["holders"])} for u in updates],
                 )
         return [
             grants.get(a.index)
@@ -220,21 +228,21 @@ class QuotaLedger:
         )
         rows = await session.execute(
             text(
-                'SELECT scope, "window", level, used, updated_at FROM quota_state'
+                'SELECT scope, "window", level, used, updated_at, holders FROM quota_state'
                 ' WHERE (scope, "window") IN (SELECT * FROM unnest(CAST(:scopes AS text[]), CAST(:windows AS text[])))'
                 ' ORDER BY scope, "window" FOR UPDATE'
             ),
             {"scopes": [w[0] for w in wanted], "windows": [w[1] for w in wanted]},
         )
         return {
-            (scope, window): {"level": level, "used": used, "updated_at": updated}
-            for scope, window, level, used, updated in rows
+            (scope, window): {"level": level, "used": used, "updated_at": updated, "holders": holders or {}}
+            for scope, window, level, used, updated, holders in rows
         }
 
     def _capacity(self, ask: _Ask) -> float:
         return ask.limit * self.burst_seconds / 60.0 if ask.kind not in BUDGETS else 0.0
 
-    def _grant(self, ask: _Ask, state: dict[str, Any], now: datetime) -> quota_pb2.QuotaGrant:
+    def _grant(self, ask: _Ask, state: dict[str, Any], now: datetime, node_id: str) -> quota_pb2.QuotaGrant:
         scope = quota_pb2.QuotaScope(
             tenant_id=str(ask.tenant_id),
             api_key_id=str(ask.api_key_id or ""),
@@ -257,7 +265,9 @@ class QuotaLedger:
         elapsed = max(0.0, (now - state["updated_at"]).total_seconds())
         # Overspent tokens put the bucket in debt: it refills from below zero.
         level = min(capacity, float(state["level"]) + elapsed * rate + ask.returned) - ask.overspent
-        granted = min(ask.want, max(0, math.floor(level)))
+        granted = min(
+            ask.want, max(0, math.floor(level), self._fair_share(state, now, node_id, rate, capacity))
+        )
         level -= granted
         state.update(level=level, updated_at=now)
         short = ask.want - granted
@@ -268,3 +278,22 @@ class QuotaLedger:
             exhausted=level < 1.0,
             refill_seconds=max(0.0, short - level) / rate if short > 0 else 0.0,
         )
+
+    @staticmethod
+    def _fair_share(state: dict[str, Any], now: datetime, node_id: str, rate: float, capacity: float) -> int:
+        """What ``node_id`` may take even from an empty bucket: its equal share of the refill
+        since its last lease (max-min fairness). A node that asks more often (the busy one)
+        would otherwise take every token as it refills and starve the quiet ones; with this a
+        node using less than 1/n of the limit always gets it, and the rest goes to whoever
+        asks. The bucket may go below zero by these shares: it refills from there, so the
+        fleet still gets at most the limit."""
+        stamp = now.timestamp()
+        holders: dict[str, float] = {
+            node: seen for node, seen in state["holders"].items() if stamp - seen < HOLDER_TTL_S
+        }
+        last = holders.get(node_id)
+        holders[node_id] = stamp
+        state["holders"] = holders
+        if last is None or not node_id:
+            return 0
+        return math.floor(min(capacity, (stamp - last) * rate) / len(holders))

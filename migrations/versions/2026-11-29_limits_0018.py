@@ -32,6 +32,9 @@ def upgrade() -> None:
         sa.Column('level', sa.Float(), nullable=False),
         sa.Column('used', sa.BigInteger(), nullable=False),
         sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+        sa.Column(
+            'holders', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False
+        ),
         sa.ForeignKeyConstraint(
             ['tenant_id'], ['tenants.id'], name=op.f('fk_quota_state_tenant_id_tenants'), ondelete='CASCADE'
         ),
