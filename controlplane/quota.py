@@ -145,17 +145,18 @@ class QuotaLedger:
         self.burst_seconds = burst_seconds
 
     async def lease(
-        self, asks: Sequence[quota_pb2.QuotaAsk], node_id: str = ""
+        self, asks: Sequence[quota_pb2.QuotaAsk], node_id: str = "", group: str | None = None
     ) -> list[quota_pb2.QuotaGrant]:
-        """Grants to node ``node_id`` in the order of ``asks``; ``InvalidArgument`` names the
-        first bad ask."""
+        """Grants to node ``node_id`` of node group ``group`` in the order of ``asks``
+        (a tenant the group does not see gets nothing, as one without limits; ``group`` None:
+        no check, an insecure node port); ``InvalidArgument`` names the first bad ask."""
         checked = _checked(asks)
         if not checked:
             return []
         async with self._sessions() as session, session.begin():
             now: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
             day, month = budget_windows(now)
-            await self._resolve(session, checked, day, month)
+            await self._resolve(session, checked, day, month, group)
             limited = [a for a in checked if a.limit]
             rows = await self._lock(session, limited, now)
             grants: dict[int, quota_pb2.QuotaGrant] = {}
@@ -180,18 +181,28 @@ class QuotaLedger:
             for a in checked
         ]
 
-    async def _resolve(self, session: AsyncSession, asks: list[_Ask], day: str, month: str) -> None:
+    async def _resolve(
+        self, session: AsyncSession, asks: list[_Ask], day: str, month: str, group: str | None
+    ) -> None:
         """Each ask's limit as the database has it now (0: none: the tenant or key is gone, the
-        key is another tenant's, or that limit is not set), its scope and window."""
+        key is another tenant's, the node's group does not see the tenant, or that limit is not
+        set), its scope and window."""
         tenants = {a.tenant_id for a in asks}
         keys = {a.api_key_id for a in asks if a.api_key_id is not None}
-        tenant_limits: dict[uuid.UUID, Any] = dict(
-            (
+        visible: frozenset[str] | None = None  # None: every tenant
+        if group is not None:
+            row = (
                 await session.execute(
-                    text("SELECT id, limits FROM tenants WHERE id = ANY(:ids)"), {"ids": list(tenants)}
+                    text("SELECT tenants FROM node_groups WHERE name = :name"), {"name": group}
                 )
-            ).all()
-        )
+            ).first()
+            visible = frozenset() if row is None else None if row[0] is None else frozenset(map(str, row[0]))
+        tenant_limits: dict[uuid.UUID, Any] = {}
+        for tenant_id, name, limits in await session.execute(
+            text("SELECT id, name, limits FROM tenants WHERE id = ANY(:ids)"), {"ids": list(tenants)}
+        ):
+            if visible is None or str(tenant_id) in visible or name in visible:
+                tenant_limits[tenant_id] = limits
         key_limits: dict[uuid.UUID, tuple[uuid.UUID, Any]] = {}
         if keys:
             for key_id, tenant_id, limits in await session.execute(

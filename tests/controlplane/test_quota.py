@@ -9,6 +9,8 @@ import pytest
 
 from controlplane.errors import InvalidArgument
 from controlplane.quota import QuotaLedger
+from controlplane.services.base import Caller
+from controlplane.services.groups import GroupSpec
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import quota_pb2
 from tests.controlplane.conftest import Admin
@@ -78,3 +80,20 @@ async def test_scopes_without_a_limit_get_nothing_and_bad_asks_name_the_field(
         await ledger.lease([_ask(tenant_id, RPM, 1), _ask("acme", RPM, 1)])
     with pytest.raises(InvalidArgument, match=r"asks\[0\]\.scope\.kind: unknown kind 9"):
         await ledger.lease([_ask(tenant_id, 9, 1)])
+
+
+async def test_a_node_leases_only_for_tenants_its_group_sees(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    tenant_id = await _tenant(admin, requests_per_minute=600)
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="other"))
+    assert control_plane.cp.groups is not None
+    await control_plane.cp.groups.create(Caller("", "tests"), GroupSpec("others", tenants=("other",)))
+    ledger = control_plane.cp.quota
+    assert ledger is not None
+    hidden = (await ledger.lease([_ask(tenant_id, RPM, 5)], "n1", "others"))[0]
+    assert (hidden.granted, hidden.limit) == (0, 0)
+    unknown = (await ledger.lease([_ask(tenant_id, RPM, 5)], "n1", "no-such-group"))[0]
+    assert (unknown.granted, unknown.limit) == (0, 0)
+    seen = (await ledger.lease([_ask(tenant_id, RPM, 5)], "n2", "default"))[0]
+    assert (seen.granted, seen.limit) == (5, 600)
