@@ -12,7 +12,8 @@ evidence log (its checkpoints signed with the node key, generated here if the no
 enrolled), one pooled ``httpx.AsyncClient`` for every adapter, the
 snapshot store (pinned file, or the persisted last-known-good), the gRPC server
 (health NOT_SERVING until a valid snapshot is served), then the config-sync client, or,
-for a pinned file, its watcher (a newer signed file at that path is applied live), and the
+for a pinned file, its watcher (a newer signed file at that path is applied live), the quota
+leaser (rate limits and budgets, ``dataplane.quota``; with a control plane only) and the
 certificate renewer.
 Stop order (also on SIGTERM through ``serve``): health NOT_SERVING, stop syncing or
 watching, stop accepting, drain in-flight calls and streams for up to ``drain_seconds``,
