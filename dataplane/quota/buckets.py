@@ -198,24 +198,25 @@ class Quotas:
         return Reservation(float(tokens), float(cost_nanos), tuple(token_buckets), tuple(budget_buckets))
 
     def _draw(self, bucket: Bucket, units: float, now: float) -> None:
-        if not self.reachable and bucket.fail_closed:
-            bucket.asked += units
-            raise QuotaUnavailable(bucket.label, self.lease_interval)
-        if not bucket.leased:
+        if not self.reachable:
+            if bucket.fail_closed:
+                bucket.asked += units
+                raise QuotaUnavailable(bucket.label, self.lease_interval)
+            if not bucket.leased:
+                bucket.asked += units
+                return  # failing open with no lease to go by: not enforced
+            bucket.refill_locally(now)
+        elif not bucket.leased:
             # One request on credit until the first lease, which takes the debt (``leaser``):
             # a node's first request is not refused for want of a lease, and it still counts;
             # others wait for that lease (a few milliseconds away).
-            if bucket.holding < 0:
-                bucket.asked += units
-                self.short()
-                raise LimitExceeded(bucket.label, self.lease_interval, "quota lease pending")
             bucket.asked += units
             bucket.largest = max(bucket.largest, units)
-            bucket.holding -= units
             self.short()
+            if bucket.holding < 0:
+                raise LimitExceeded(bucket.label, self.lease_interval, "quota lease pending")
+            bucket.holding -= units
             return
-        if not self.reachable:
-            bucket.refill_locally(now)
         if bucket.take(units):
             if bucket.holding < bucket.largest:
                 self.short()

@@ -96,9 +96,11 @@ class QuotaLeaser:
     async def round(self, stub: quota_pb2_grpc.QuotaServiceAsyncStub) -> None:
         """One lease call for every bucket that needs one (several calls past ``MAX_ASKS``)."""
         now = time.monotonic()
-        # At least a period: a kicked round right after another must not read one request as
-        # a torrent (and lease the whole budget for it).
+        # Demand over a period at least: a kicked round right after another must not read one
+        # request as a torrent (and lease the whole budget for it). Grants per second over the
+        # real spacing of rounds (at least the kicked rounds' quarter period).
         elapsed = max(now - self._last, self.interval)
+        spacing = max(now - self._last, self.interval / 4)
         asks: list[tuple[Bucket, quota_pb2.QuotaAsk]] = []
         for bucket in list(self.quotas.buckets.values()):
             ask = self._ask(bucket, elapsed)
@@ -119,7 +121,7 @@ class QuotaLeaser:
                         ],
                     )
                 for (bucket, _), grant in zip(chunk, response.grants, strict=False):
-                    self._granted(bucket, grant, elapsed)
+                    self._granted(bucket, grant, spacing)
                     state = self._states.get(bucket)
                     if state is not None:
                         state.returned = state.overspent = 0
@@ -148,12 +150,18 @@ class QuotaLeaser:
         largest, bucket.largest = bucket.largest, 0.0
         target = max(state.demand * 2 * self.interval, largest)
         budget = bucket.scope[2] in BUDGETS
+        overspent = 0
+        if bucket.leased and bucket.holding < 0 and (budget or bucket.holding <= -1):
+            # Requests used more than their estimates: the control plane counts it now and the
+            # bucket starts from zero (the debt is the ledger's, and is not asked for again).
+            overspent = math.ceil(-bucket.holding)
+            bucket.holding += overspent
         returned = 0
         if state.idle >= IDLE_ROUNDS:
             returned = max(0, math.floor(bucket.holding))
             del self.quotas.buckets[bucket.scope]
             del self._states[bucket]
-            if not returned:
+            if not (returned or overspent):
                 return None
             want = 0
         else:
@@ -164,14 +172,8 @@ class QuotaLeaser:
             want = 0 if returned else max(0, math.ceil(target - bucket.holding))
             if not bucket.leased:
                 want = max(want, 1)
-            elif not (want or returned or bucket.holding < 0 or (budget and (bucket.holding > 0 or largest))):
+            elif not (want or returned or overspent or (budget and (bucket.holding > 0 or largest))):
                 return None
-        overspent = 0
-        if bucket.leased and bucket.holding < 0 and (budget or bucket.holding <= -1):
-            # Requests used more than their estimates: the control plane counts it now, and
-            # the bucket starts from zero (the debt is the ledger's, not this node's).
-            overspent = math.ceil(-bucket.holding)
-            bucket.holding += overspent
         bucket.holding -= returned
         state.returned, state.overspent = returned, overspent
         tenant_id, key_id, kind = bucket.scope
@@ -184,9 +186,9 @@ class QuotaLeaser:
             overspent=overspent,
         )
 
-    def _granted(self, bucket: Bucket, grant: quota_pb2.QuotaGrant, elapsed: float) -> None:
+    def _granted(self, bucket: Bucket, grant: quota_pb2.QuotaGrant, spacing: float) -> None:
         bucket.holding += grant.granted
-        rate = grant.granted / max(elapsed, self.interval)
+        rate = grant.granted / spacing
         bucket.granted_rate = rate if not bucket.leased else 0.5 * bucket.granted_rate + 0.5 * rate
         bucket.leased = True
         bucket.exhausted = grant.exhausted
