@@ -136,6 +136,8 @@ class LimitExceeded(SignalboxError):
     per minute"); ``retry_after`` (seconds) goes to the caller as ``retry-after``."""
 
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    limit: str = ""
+    retry_after: float = 1.0
 
     def __init__(self, limit: str, retry_after: float, detail: str = "") -> None:
         super().__init__(f"{limit} exceeded" + (f" ({detail})" if detail else ""))
@@ -147,6 +149,8 @@ class QuotaUnavailable(SignalboxError):
     """Quota cannot be leased (the control plane is unreachable) and the tenant fails closed."""
 
     status = grpc.StatusCode.UNAVAILABLE
+    limit: str = ""
+    retry_after: float = 1.0
 
     def __init__(self, limit: str, retry_after: float) -> None:
         super().__init__(
