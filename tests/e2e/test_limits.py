@@ -196,6 +196,8 @@ async def test_a_tenant_rate_holds_across_three_nodes_with_80_10_10_traffic(flee
 
     rate = _served_rate(results, begin, end)
     expected = limit / 60
+    per_node = [_served_rate([r for r in results if r.node == i], begin, end) for i in range(3)]
+    print(f"fleet {rate:.2f}/s of {expected:.2f}/s; per node " + ", ".join(f"{r:.2f}/s" for r in per_node))
     assert abs(rate - expected) <= 0.1 * expected, f"served {rate:.2f}/s, limit {expected:.2f}/s"
     busy = _served_rate([r for r in results if r.node == 0], begin, end)
     assert busy > 1.5 * expected / 3, f"the busy node served only {busy:.2f}/s: a static split"
@@ -287,6 +289,7 @@ async def test_a_tenant_over_budget_is_refused_on_every_node_within_one_lease_pe
             return time.monotonic() - exhausted_at
 
         delays = [await eventually(lambda i=i: refused(i), timeout=10, interval=0.05) for i in (1, 2)]
+    print(f"over budget: refused on the other nodes after {', '.join(f'{d:.3f} s' for d in delays)}")
     # One lease period, plus the time a loaded machine takes to run one round and a request.
     assert max(delays) <= LEASE + 1.0, f"refused after {delays} s (lease period {LEASE} s)"
 
