@@ -41,6 +41,7 @@ from controlplane.api.evidence import EvidenceServicer
 from controlplane.api.identity import NodeEnrollmentServicer, NodeIdentityServicer
 from controlplane.api.interceptor import AdminInterceptor
 from controlplane.api.node_auth import NodeAuthenticator
+from controlplane.api.quota import QuotaServicer
 from controlplane.api.sync import ConfigSyncServicer
 from controlplane.api_key_hash import ApiKeyHasher, ensure_api_key_hasher
 from controlplane.db.embedded import EmbeddedPostgres, start_embedded
@@ -55,6 +56,7 @@ from controlplane.evidence.queries import DEFAULT_STALE_AFTER, EvidenceQueries
 from controlplane.evidence.retention import EvidenceRetention
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
+from controlplane.quota import DEFAULT_BURST_SECONDS, QuotaLedger
 from controlplane.repositories import signing_keys as signing_key_repo
 from controlplane.services.admin import AdminService
 from controlplane.services.base import UnitOfWork
@@ -63,6 +65,7 @@ from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import IdentityService
 from controlplane.services.imports import ImportService
 from controlplane.services.keys import ApiKeyService
+from controlplane.services.limits import LimitsService
 from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
 from controlplane.services.policies import PolicyService
@@ -74,7 +77,15 @@ from controlplane.services.tenants import TenantService
 from controlplane.snapshots.broker import Latest, SnapshotBroker
 from controlplane.snapshots.publish import Publication, SnapshotPublisher
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
-from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc, snapshot_pb2, sync_pb2, sync_pb2_grpc
+from signalbox.api.config.v1 import (
+    identity_pb2,
+    identity_pb2_grpc,
+    quota_pb2,
+    quota_pb2_grpc,
+    snapshot_pb2,
+    sync_pb2,
+    sync_pb2_grpc,
+)
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.tls import ServerTls, add_port, host_of
 
@@ -149,6 +160,9 @@ class ControlPlaneSettings:
     ``admin evidence prune`` still does it on demand)."""
     evidence_retention_interval: float = 3600.0
     """Seconds between two retention rounds (the first runs at start)."""
+    limit_burst_seconds: float = DEFAULT_BURST_SECONDS
+    """A rate limit's bucket holds this many seconds of the limit (a full minute by default):
+    the most a tenant or key can use in one burst after being idle."""
 
 
 def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
@@ -192,6 +206,7 @@ class ControlPlane:
         self.broker: SnapshotBroker | None = None
         self.sync: ConfigSyncServicer | None = None
         self.admin: AdminService | None = None
+        self.quota: QuotaLedger | None = None
         self._background: list[asyncio.Task[None]] = []
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._trust_key_id = ""
@@ -327,6 +342,7 @@ class ControlPlane:
             callers=CallerIdentityService(uow),
             retention=self.retention,
             importer=EvidenceImporter(sessions, self.evidence),
+            limits=LimitsService(uow),
         )
         self._interceptor = AdminInterceptor(
             self.admin,
@@ -365,6 +381,10 @@ class ControlPlane:
         shipping = EvidenceServicer(self.evidence, node_auth)
         self.broker.on_revoked.append(shipping.revoked)
         evidence_pb2_grpc.add_EvidenceServiceServicer_to_server(shipping, self._node_server)
+        self.quota = QuotaLedger(sessions, burst_seconds=s.limit_burst_seconds)
+        quota_pb2_grpc.add_QuotaServiceServicer_to_server(
+            QuotaServicer(self.quota, node_auth), self._node_server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._node_server)
         node_port = self._add_node_port(self._node_server)
         self.node_address = f"{s.node_listen.rsplit(':', 1)[0]}:{node_port}"
@@ -393,6 +413,7 @@ class ControlPlane:
             sync_pb2.DESCRIPTOR.services_by_name["ConfigSyncService"].full_name,
             identity_pb2.DESCRIPTOR.services_by_name["NodeEnrollmentService"].full_name,
             identity_pb2.DESCRIPTOR.services_by_name["NodeIdentityService"].full_name,
+            quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name,
             *(
                 [evidence_pb2.DESCRIPTOR.services_by_name["EvidenceService"].full_name]
                 if self.evidence

@@ -180,6 +180,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "each chain's pruned range signed first (0: off; `admin evidence prune` works either way)",
         command=SERVE,
     )
+    settings.add(
+        serve,
+        "--limit-burst-seconds",
+        env="SIGNALBOX_LIMIT_BURST_SECONDS",
+        default=60.0,  # controlplane.quota.DEFAULT_BURST_SECONDS (not imported: --help needs no database stack)
+        type=float,
+        help="a rate limit's bucket holds this many seconds of the limit: the most a tenant or key "
+        "can use at once after being idle (60: a full minute)",
+        command=SERVE,
+    )
     for flag, env, what in (
         ("--scope-deployment", "SIGNALBOX_SCOPE_DEPLOYMENT", "deployment"),
         ("--scope-site", "SIGNALBOX_SCOPE_SITE", "site"),
@@ -309,6 +319,12 @@ def serve_command(ns: argparse.Namespace) -> int:
             f"--node-stale-after: {ns.node_stale_after} is not a positive number of seconds", file=sys.stderr
         )
         return 2
+    if not (ns.limit_burst_seconds > 0 and math.isfinite(ns.limit_burst_seconds)):
+        print(
+            f"--limit-burst-seconds: {ns.limit_burst_seconds} is not a positive number of seconds",
+            file=sys.stderr,
+        )
+        return 2
     if not (ns.evidence_retention_days >= 0 and math.isfinite(ns.evidence_retention_days)):
         print(
             f"--evidence-retention-days: {ns.evidence_retention_days} is not 0 or a positive number of days",
@@ -363,6 +379,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         max_export_records=ns.max_export_records,
         evidence_stale_after=ns.evidence_stale_after,
         evidence_retention_days=ns.evidence_retention_days,
+        limit_burst_seconds=ns.limit_burst_seconds,
     )
     if ns.evidence_workers < 0:
         print("--evidence-workers: must be 0 or more", file=sys.stderr)

@@ -12,7 +12,8 @@ evidence log (its checkpoints signed with the node key, generated here if the no
 enrolled), one pooled ``httpx.AsyncClient`` for every adapter, the
 snapshot store (pinned file, or the persisted last-known-good), the gRPC server
 (health NOT_SERVING until a valid snapshot is served), then the config-sync client, or,
-for a pinned file, its watcher (a newer signed file at that path is applied live), and the
+for a pinned file, its watcher (a newer signed file at that path is applied live), the quota
+leaser (rate limits and budgets, ``dataplane.quota``; with a control plane only) and the
 certificate renewer.
 Stop order (also on SIGTERM through ``serve``): health NOT_SERVING, stop syncing or
 watching, stop accepting, drain in-flight calls and streams for up to ``drain_seconds``,
@@ -59,6 +60,7 @@ from dataplane.http_client import TransportName, build_http_client
 from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
 from dataplane.pipeline import GovernanceStep, Pipeline
 from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, DEFAULT_ENV_PREFIX, CredentialScope
+from dataplane.quota import DEFAULT_LEASE_INTERVAL, QuotaLeaser, Quotas
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.routing.query import NodeContext
@@ -173,6 +175,10 @@ class NodeSettings:
     http_max_keepalive: int = 128
     http_transport: TransportName = "aiohttp"
     """What carries upstream HTTP under the shared httpx client (see ``dataplane.http_client``)."""
+    quota_lease_interval: float = DEFAULT_LEASE_INTERVAL
+    """Seconds between quota leases from the control plane (rate limits and budgets): the
+    longest a node runs on quota the rest of the fleet may need, and how soon an exhausted
+    budget stops it."""
 
 
 class DataPlaneNode:
@@ -204,6 +210,9 @@ class DataPlaneNode:
         self._renew_task: asyncio.Task[None] | None = None
         self._shipper: EvidenceShipper | None = None
         self._ship_task: asyncio.Task[None] | None = None
+        self._quotas: Quotas | None = None
+        self._leaser: QuotaLeaser | None = None
+        self._lease_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -280,6 +289,15 @@ class DataPlaneNode:
     def shipper(self) -> EvidenceShipper | None:
         """Ships the evidence log, when a control plane is configured."""
         return self._shipper
+
+    @property
+    def quotas(self) -> Quotas | None:
+        """The leased rate limits and budgets, when a control plane is configured."""
+        return self._quotas
+
+    @property
+    def leaser(self) -> QuotaLeaser | None:
+        return self._leaser
 
     @property
     def renewer(self) -> CertificateRenewer | None:
@@ -383,6 +401,8 @@ class DataPlaneNode:
                     interval=min(s.snapshot_poll_interval, WORKER_FOLLOW_INTERVAL_S),
                     allow_expired=s.allow_expired,
                 )
+        if s.control_plane and s.snapshot_file is None:
+            self._quotas = Quotas(lease_interval=s.quota_lease_interval)
         await self._start_server()
         if s.control_plane and s.snapshot_file is None and s.worker == 0:
             self._sync = SyncClient(
@@ -414,6 +434,11 @@ class DataPlaneNode:
                 durable_seq=self._durable_evidence_seq,
             )
             self._ship_task = asyncio.get_running_loop().create_task(self._shipper.run())
+            assert self._quotas is not None
+            self._leaser = QuotaLeaser(
+                self._quotas, s.control_plane, sync_tls, interval=s.quota_lease_interval
+            )
+            self._lease_task = asyncio.get_running_loop().create_task(self._leaser.run())
             if sync_tls == self.identity.client_tls() and self._sync is not None:
                 self._renewer = CertificateRenewer(
                     self.identity, target=s.control_plane, node_id=s.node_id, on_renewed=self._sync.reconnect
@@ -487,6 +512,7 @@ class DataPlaneNode:
             self._evidence,
             governance=self._governance,
             spool=self._spool,
+            quotas=self._quotas,
         )
         server = grpc.aio.server(
             options=[
@@ -534,7 +560,13 @@ class DataPlaneNode:
         try:
             grace = self.settings.drain_seconds if grace is None else grace
             await self._set_serving(False)
-            for task in (self._renew_task, self._sync_task, self._ship_task, self._key_task):
+            for task in (
+                self._renew_task,
+                self._sync_task,
+                self._ship_task,
+                self._key_task,
+                self._lease_task,
+            ):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

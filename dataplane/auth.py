@@ -44,7 +44,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
 from dataplane.config.identity import ALGORITHM_FAMILY, JwtIssuerEntry
-from dataplane.config.model import RuntimeConfig, TenantConfig
+from dataplane.config.model import LimitsConfig, RuntimeConfig, TenantConfig
 from dataplane.errors import Unauthenticated
 from dataplane.scopes import KeyScope
 
@@ -80,6 +80,8 @@ class Caller:
     """JWT: the subject claim; mTLS: the URI SAN."""
     metadata: Mapping[str, str] = field(default_factory=dict)
     """Request metadata from the identity (JWT claim mappings); overrides the caller's own."""
+    key_limits: LimitsConfig | None = None
+    """The API key's own rate limits and budgets (API keys only)."""
 
     def evidence(self) -> dict[str, str]:
         """Who called, for the evidence record: never the credential itself."""
@@ -126,7 +128,7 @@ def _key_caller(config: RuntimeConfig, token: str, now: float) -> Caller:
     if entry.expires_at is not None and entry.expires_at <= now:
         raise Unauthenticated("authorization: API key expired")
     tenant = _active(config, entry.tenant_id)
-    return Caller(tenant, entry.scope, API_KEY, key_id=entry.id)
+    return Caller(tenant, entry.scope, API_KEY, key_id=entry.id, key_limits=entry.limits)
 
 
 def _active(config: RuntimeConfig, tenant_id: str) -> TenantConfig:

@@ -30,6 +30,7 @@ from dataplane.evidence_cli import ProgressBar
 from dataplane.http.server import Limits as HttpLimits
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.providers.sealing import SealingError, load_private_key
+from dataplane.quota import DEFAULT_LEASE_INTERVAL
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.background import ESCALATE_AFTER_S
 from dataplane.snapshot.checks import check_envelope, load_trust_keys
@@ -424,6 +425,16 @@ def register(
         "(a full batch is followed by the next at once)",
         command=SERVE,
     )
+    add(
+        serve,
+        "--quota-lease-ms",
+        env="SIGNALBOX_QUOTA_LEASE_MS",
+        default=int(DEFAULT_LEASE_INTERVAL * 1000),
+        type=int,
+        help="milliseconds between quota leases from the control plane (rate limits and budgets): "
+        "how soon quota moves to the busy nodes and an exhausted budget stops every node",
+        command=SERVE,
+    )
     settings.add_log_level(serve, command=SERVE)
     serve.set_defaults(handler=serve_command)
 
@@ -528,6 +539,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         ("--evidence-checkpoint-records", ns.evidence_checkpoint_records, "count"),
         ("--evidence-checkpoint-ms", ns.evidence_checkpoint_ms, "number of milliseconds"),
         ("--evidence-ship-ms", ns.evidence_ship_ms, "number of milliseconds"),
+        ("--quota-lease-ms", ns.quota_lease_ms, "number of milliseconds"),
         ("--evidence-segment-bytes", ns.evidence_segment_bytes, "number of bytes"),
         ("--evidence-spool-max-bytes", ns.evidence_spool_max_bytes, "number of bytes"),
     ):
@@ -625,6 +637,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         evidence_ship_interval=ns.evidence_ship_ms / 1000,
         worker=ns.worker_index or 0,
         workers=workers,
+        quota_lease_interval=ns.quota_lease_ms / 1000,
     )
 
     if ns.worker_index is None and workers > 1:

@@ -12,6 +12,9 @@
     ├── EvidenceSpoolFull         UNAVAILABLE         (the spool is over its bound and the
     │                                                  tenant's policy is refuse)
     ├── CheckUnavailable          UNAVAILABLE         (the node's schema checker failed; retry)
+    ├── LimitExceeded             RESOURCE_EXHAUSTED  (names the rate limit or budget; retry_after)
+    ├── QuotaUnavailable          UNAVAILABLE         (no quota can be leased and the tenant
+    │                                                  fails closed; retry_after)
     ├── EvidenceChainBroken       DATA_LOSS           (the log does not verify; names the first bad line)
     ├── NoEligibleCandidate       FAILED_PRECONDITION (every candidate dropped by a constraint;
     │                                                  carries the drops and their reasons)
@@ -125,6 +128,36 @@ class CheckUnavailable(SignalboxError):
     caller's fault, and a retry may succeed."""
 
     status = grpc.StatusCode.UNAVAILABLE
+
+
+class LimitExceeded(SignalboxError):
+    """A rate limit or budget of the caller's tenant or key has no quota left for this
+    request on this node (``dataplane.quota``). ``limit`` names it ("tenant acme requests
+    per minute"); ``retry_after`` (seconds) goes to the caller as ``retry-after``."""
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    limit: str = ""
+    retry_after: float = 1.0
+
+    def __init__(self, limit: str, retry_after: float, detail: str = "") -> None:
+        super().__init__(f"{limit} exceeded" + (f" ({detail})" if detail else ""))
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class QuotaUnavailable(SignalboxError):
+    """Quota cannot be leased (the control plane is unreachable) and the tenant fails closed."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+    limit: str = ""
+    retry_after: float = 1.0
+
+    def __init__(self, limit: str, retry_after: float) -> None:
+        super().__init__(
+            f"{limit}: no quota can be leased (control plane unreachable) and the tenant fails closed"
+        )
+        self.limit = limit
+        self.retry_after = retry_after
 
 
 class EvidenceChainBroken(SignalboxError):

@@ -24,7 +24,9 @@ from dataplane.errors import (
     AllCandidatesFailed,
     DeadlineExceeded,
     DispatchFailed,
+    LimitExceeded,
     ProviderError,
+    QuotaUnavailable,
     SignalboxError,
     clipped,
 )
@@ -38,6 +40,9 @@ class Outcome:
     message: str
     kind: str = ""
     """The error class name, or empty for success."""
+    retry_after: float | None = None
+    """Seconds the caller should wait (our own limits only: ``LimitExceeded``,
+    ``QuotaUnavailable``); None: no advice."""
 
 
 OK = Outcome(grpc.StatusCode.OK, "")
@@ -62,6 +67,8 @@ def caller_error(exc: BaseException) -> BaseException:
 def to_status(exc: BaseException) -> Outcome:
     """Map ``exc`` to a status and message (without the correlation id)."""
     error = caller_error(exc)
+    if isinstance(error, LimitExceeded | QuotaUnavailable):
+        return Outcome(error.status, clipped(error.message), type(error).__name__, error.retry_after)
     if isinstance(error, SignalboxError):
         return Outcome(_status(exc, error), clipped(error.message), type(error).__name__)
     if isinstance(error, TimeoutError | asyncio.TimeoutError):

@@ -20,6 +20,7 @@ import grpc
 from controlplane.api import convert
 from controlplane.api.admin_evidence import EvidenceAdmin
 from controlplane.api.admin_identity import CallerIdentityAdmin
+from controlplane.api.admin_limits import LimitsAdmin
 from controlplane.api.admin_routing import RoutingAdmin
 from controlplane.api.identity import certificate_response
 from controlplane.api.interceptor import current_caller
@@ -34,6 +35,7 @@ from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import MAX_CERT_TTL, MAX_TOKEN_TTL, IdentityService, check_node_id
 from controlplane.services.imports import ImportService
 from controlplane.services.keys import ApiKeyService
+from controlplane.services.limits import LimitsService
 from controlplane.services.models import ModelService
 from controlplane.services.nodes import NodeService
 from controlplane.services.policies import PolicyService
@@ -48,7 +50,9 @@ from signalbox.api.config.v1 import identity_pb2, snapshot_pb2
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class AdminServicer(RoutingAdmin, EvidenceAdmin, CallerIdentityAdmin, admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(
+    RoutingAdmin, EvidenceAdmin, CallerIdentityAdmin, LimitsAdmin, admin_pb2_grpc.AdminServiceServicer
+):
     """Implements every RPC of ``signalbox.api.admin.v1.AdminService``."""
 
     def __init__(
@@ -71,6 +75,7 @@ class AdminServicer(RoutingAdmin, EvidenceAdmin, CallerIdentityAdmin, admin_pb2_
         callers: CallerIdentityService,
         retention: EvidenceRetention,
         importer: EvidenceImporter,
+        limits: LimitsService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -89,6 +94,7 @@ class AdminServicer(RoutingAdmin, EvidenceAdmin, CallerIdentityAdmin, admin_pb2_
         self._callers = callers
         self._retention = retention
         self._importer = importer
+        self._limits = limits
 
     # ---- tenants ----
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -83,6 +85,9 @@ class Tenant(TimestampMixin, Base):
         String(16), default="serve_and_alarm", server_default="serve_and_alarm"
     )
     """``serve_and_alarm`` or ``refuse`` (``controlplane.services.tenants.SPOOL_FULL``)."""
+    # ---- limits (limits branch; migration 0018) ----
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    """Rate limits and budgets (``controlplane.services.limits``); None: none."""
 
 
 class ApiKey(TimestampMixin, Base):
@@ -106,6 +111,9 @@ class ApiKey(TimestampMixin, Base):
     secret_hmac: Mapped[bytes | None] = mapped_column(LargeBinary, unique=True)
     scopes: Mapped[list[Any]] = mapped_column(default=list)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # ---- limits (limits branch; migration 0018) ----
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    """Rate limits and budgets of this key (``controlplane.services.limits``); None: none."""
 
 
 class Provider(TimestampMixin, Base):
@@ -580,3 +588,25 @@ class TenantIdentity(TimestampMixin, Base):
     match: Mapped[str] = mapped_column(Text)
     prefix: Mapped[bool] = mapped_column(Boolean, default=False)
     spec: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# ---- limits (limits branch) ----
+
+
+class QuotaState(Base):
+    """What the control plane has handed out for one limit (``scope``: tenant id, key id or
+    empty, kind) in one window: for a rate, the level of its token bucket (``window`` empty);
+    for a budget, the nano-USD leased in a UTC day or month (``window`` "2026-11-30",
+    "2026-11"), net of what nodes handed back. Rows are locked while a lease is computed, so
+    control-plane replicas never hand out the same quota twice (``controlplane.quota``)."""
+
+    __tablename__ = "quota_state"
+
+    scope: Mapped[str] = mapped_column(String(96), primary_key=True)
+    window: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    level: Mapped[float] = mapped_column(Float, default=0.0)
+    used: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    holders: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+    """Node id -> when it last leased this rate (epoch seconds): who shares its refill."""

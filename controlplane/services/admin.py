@@ -21,6 +21,7 @@ ROLES = ("admin", "viewer")
 READ_ONLY_METHODS = frozenset(
     {
         "GetTenant",
+        "GetLimits",
         "ListTenants",
         "ListApiKeys",
         "ListProviders",

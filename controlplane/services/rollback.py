@@ -38,6 +38,7 @@ from controlplane.repositories import config as repo
 from controlplane.repositories import groups as group_repo
 from controlplane.repositories import snapshots as snapshot_repo
 from controlplane.services.base import Caller, UnitOfWork
+from controlplane.services.limits import limits_json
 from controlplane.services.tenants import evidence_content_name, spool_full_name
 from controlplane.snapshots.history import decode
 from controlplane.snapshots.publish import full_snapshot, group_view
@@ -132,6 +133,7 @@ async def restore(session: AsyncSession, snapshot: snapshot_pb2.Snapshot, actor:
         trow.name, trow.tier, trow.active, trow.labels = t.name, t.tier, t.active, dict(t.labels)
         trow.evidence_content = evidence_content_name(t.evidence.content)
         trow.evidence_spool_full = spool_full_name(t.evidence.spool_full)
+        trow.limits = limits_json(t.limits) if t.HasField("limits") else None
         session.add(trow)
     for p in snapshot.providers:
         prow = providers.get(_id(p.id)) or Provider(id=_id(p.id))
@@ -178,6 +180,7 @@ async def restore(session: AsyncSession, snapshot: snapshot_pb2.Snapshot, actor:
             continue
         krow.name, krow.scopes = k.name, list(k.scopes)
         krow.expires_at = k.expires_at.ToDatetime(tzinfo=UTC) if k.HasField("expires_at") else None
+        krow.limits = limits_json(k.limits) if k.HasField("limits") else None
 
     # 4. Policies: a new version wherever the current document differs.
     wanted = {(_id(p.tenant_id) if p.tenant_id else None): p for p in snapshot.policies}

@@ -56,6 +56,7 @@ def tenant_pb(row: Tenant) -> snapshot_pb2.Tenant:
             row.labels,
             row.evidence_content,
             row.evidence_spool_full,
+            row.limits,
         )
     )
 
@@ -76,13 +77,38 @@ def _tenant(r: Sequence[Any]) -> snapshot_pb2.Tenant:
     if content or spool_full:
         # Only when not the defaults: a tenant's snapshot bytes do not change otherwise.
         tenant.evidence.content, tenant.evidence.spool_full = content, spool_full
+    if r[7]:
+        tenant.limits.CopyFrom(limits_pb(r[7]))
     return tenant
+
+
+# ---- limits (limits branch) ----
+LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "budget_day_nanos", "budget_month_nanos")
+"""The numeric fields of ``Limits``, as the ``limits`` JSON columns name them too."""
+ON_UNREACHABLE = {
+    "fail_open": snapshot_pb2.ON_UNREACHABLE_FAIL_OPEN,
+    "fail_closed": snapshot_pb2.ON_UNREACHABLE_FAIL_CLOSED,
+}
+
+
+def limits_pb(stored: dict[str, Any]) -> snapshot_pb2.Limits:
+    """A ``limits`` column (tenants, api_keys) as the snapshot carries it."""
+    limits = snapshot_pb2.Limits()
+    for name in LIMIT_FIELDS:
+        setattr(limits, name, int(stored.get(name, 0)))
+    limits.on_unreachable = ON_UNREACHABLE[stored.get("on_unreachable", "fail_open")]
+    return limits
+
+
+# ---- limits (end) ----
 
 
 def api_key_pb(row: ApiKey) -> snapshot_pb2.ApiKey:
     hmac_digest = row.secret_hmac is not None
     digest = bytes(row.secret_hmac if row.secret_hmac is not None else row.secret_sha256 or b"")
-    key = _api_key((str(row.id), str(row.tenant_id), digest, row.name, row.scopes, None, hmac_digest))
+    key = _api_key(
+        (str(row.id), str(row.tenant_id), digest, row.name, row.scopes, None, hmac_digest, row.limits)
+    )
     if row.expires_at is not None:
         key.expires_at.CopyFrom(timestamp(row.expires_at))
     return key
@@ -97,6 +123,8 @@ def _api_key(r: Sequence[Any]) -> snapshot_pb2.ApiKey:
         key = snapshot_pb2.ApiKey(id=r[0], tenant_id=r[1], secret_sha256=r[2], name=r[3], scopes=r[4])
     if r[5] is not None:
         key.expires_at.CopyFrom(_micros_timestamp(r[5]))
+    if r[7]:
+        key.limits.CopyFrom(limits_pb(r[7]))
     return key
 
 
@@ -204,10 +232,14 @@ def _policy(r: Sequence[Any]) -> snapshot_pb2.Policy:
 # assembly run in a worker thread. Parsing 50,000 rows one by one in the driver blocked
 # the event loop for hundreds of ms. Bytes travel as hex, times as epoch microseconds.
 # (columns, FROM clause, order)
-_TENANTS = ("id::text, name, tier, active, labels, evidence_content, evidence_spool_full", "tenants", "name")
+_TENANTS = (
+    "id::text, name, tier, active, labels, evidence_content, evidence_spool_full, limits",
+    "tenants",
+    "name",
+)
 _API_KEYS = (
     "id::text, tenant_id::text, encode(coalesce(secret_hmac, secret_sha256), 'hex'), name, scopes,"
-    " (extract(epoch FROM expires_at) * 1000000)::bigint, secret_hmac IS NOT NULL",
+    " (extract(epoch FROM expires_at) * 1000000)::bigint, secret_hmac IS NOT NULL, limits",
     "api_keys",
     "created_at, id",
 )

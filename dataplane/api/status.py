@@ -2,7 +2,8 @@
 
 The status and message come from ``dataplane.outcome``; the correlation id is
 appended to every message and sent as ``x-correlation-id`` trailing metadata,
-the refusal's evidence record id as ``x-evidence-id``.
+the refusal's evidence record id as ``x-evidence-id``; a refusal by a rate limit or
+budget adds ``retry-after`` (whole seconds).
 
 Every answer and every refusal whose record was written also carries, in trailing
 metadata, ``signalbox-evidence-id: <record id>`` and ``signalbox-evidence: written``: the
@@ -14,6 +15,7 @@ neither.
 
 from __future__ import annotations
 
+import math
 from typing import NoReturn
 
 import grpc
@@ -24,6 +26,8 @@ CORRELATION_HEADER = "x-correlation-id"
 EVIDENCE_HEADER = "x-evidence-id"
 EVIDENCE_ID_TRAILER = "signalbox-evidence-id"
 EVIDENCE_STATE_TRAILER = "signalbox-evidence"
+RETRY_AFTER_HEADER = "retry-after"
+"""Whole seconds (at least 1) before a refused call is worth retrying: our own limits only."""
 EVIDENCE_WRITTEN = "written"
 """The record is written to the OS, fsync pending (within the fsync window)."""
 
@@ -51,6 +55,8 @@ async def abort(
     trailers = evidence_trailers(correlation_id, evidence_id)
     if evidence_id:
         trailers += ((EVIDENCE_HEADER, evidence_id),)
+    if outcome.retry_after is not None:
+        trailers += ((RETRY_AFTER_HEADER, str(max(1, math.ceil(outcome.retry_after)))),)
     await context.abort(
         outcome.code,
         f"{outcome.message} (correlation id {correlation_id})",

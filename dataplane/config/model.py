@@ -120,6 +120,20 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Rate limits and budgets of a tenant or an API key (0: none of that kind); enforced
+    with leased quota (``dataplane.quota``)."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    budget_day_nanos: int = 0
+    budget_month_nanos: int = 0
+    fail_closed: bool = False
+    """A tenant's: refuse its limited requests while quota cannot be leased (else serve at
+    the rate of the last leases)."""
+
+
+@dataclass(frozen=True, slots=True)
 class TenantConfig:
     id: str
     name: str
@@ -131,6 +145,9 @@ class TenantConfig:
     """Records carry the request's messages and the answer's text (capped), not only digests."""
     spool_refuse: bool = False
     """Refuse new requests while the node's evidence spool is over its bound (else serve and alarm)."""
+    # ---- limits (limits branch) ----
+    limits: LimitsConfig | None = None
+    """The tenant's own rate limits and budgets; None: none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +160,8 @@ class ApiKeyEntry:
     """Unix seconds, or None for no expiry."""
     scope: KeyScope = UNRESTRICTED
     """``scopes`` parsed once at compile (``KeyScope.parse``): what requests check."""
+    limits: LimitsConfig | None = None
+    """The key's own rate limits and budgets (the tenant's apply too); None: none."""
 
 
 @dataclass(frozen=True, slots=True)

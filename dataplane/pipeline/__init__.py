@@ -14,6 +14,9 @@ converts its wire request into a ``Call`` at its edge and runs one flow:
     route          ``routing.query_for`` -> ``routing.plan_route`` on the snapshot's
                    route table -> without candidates the node cannot use
                    (``routing.usable_plan``)
+    limit          one request, its estimated tokens and worst-case cost taken from
+                   the tenant's and the key's rate limits and budgets (``quota``:
+                   leased quota, no I/O); settled to the real usage at ``record``
     dispatch       ``routing.dispatch.Dispatcher`` within the caller's deadline
                    (retries, fallbacks, breakers; shadow mirroring)
     govern output  each ``GovernanceStep`` sees the answer (or each streamed chunk)

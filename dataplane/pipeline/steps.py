@@ -21,7 +21,15 @@ import grpc
 from dataplane.accounting import Cost, cost_of
 from dataplane.auth import Caller, authenticate
 from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamChunk, Usage
-from dataplane.errors import EvidenceSpoolFull, EvidenceUnavailable, InvalidRequest, PermissionDenied
+from dataplane.config.model import DEFAULT_OUTPUT_TOKENS, Capability
+from dataplane.errors import (
+    EvidenceSpoolFull,
+    EvidenceUnavailable,
+    InvalidRequest,
+    LimitExceeded,
+    PermissionDenied,
+    QuotaUnavailable,
+)
 from dataplane.evidence.log import EvidenceLog
 from dataplane.evidence.spool import Spool
 from dataplane.outcome import CANCELLED, OK, Outcome, to_status
@@ -45,10 +53,11 @@ from dataplane.pipeline.trace import (
     request_content,
     shadow_fields,
 )
+from dataplane.quota import Quotas
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import Dispatcher, ShadowOutcome
 from dataplane.routing.planner import plan_route, usable_plan
-from dataplane.routing.query import RoutePlan, query_for
+from dataplane.routing.query import RoutePlan, RouteQuery, query_for
 from dataplane.scopes import KeyScope, nothing_in_scope, within_scope
 from dataplane.snapshot.serving import ServingState
 from dataplane.snapshot.store import SnapshotStore
@@ -75,10 +84,13 @@ class Pipeline:
         governance: Sequence[GovernanceStep] = (),
         default_deadline: float = DEFAULT_DEADLINE_S,
         spool: Spool | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         """``spool``: the node's evidence spool, whose bound each tenant's policy answers
-        (None: unbounded)."""
+        (None: unbounded); ``quotas``: the node's leased rate limits and budgets (None: limits
+        are not enforced, e.g. an air-gapped node with no control plane to lease from)."""
         self.spool = spool
+        self.quotas = quotas
         self.store = store
         self.dispatcher = dispatcher
         self.evidence = evidence
@@ -282,7 +294,25 @@ class Pipeline:
             if refused is not None:
                 raise refused
         trace.plan = plan = usable_plan(trace.plan, query, state.unusable)
+        if self.quotas is not None:
+            self._limit(trace, caller, query, plan)
         return body, plan
+
+    def _limit(self, trace: Trace, caller: Caller, query: RouteQuery, plan: RoutePlan) -> None:
+        """Reserve one request, its estimated tokens (input + max output) and its worst-case
+        cost (the dearest candidate of the plan) from the tenant's and the key's limits;
+        settled to the real usage when the request is recorded (``_record``)."""
+        assert self.quotas is not None
+        if caller.tenant.limits is None and caller.key_limits is None:
+            return
+        tokens, cost = worst_case(query, plan)
+        try:
+            trace.reservation = self.quotas.admit(
+                caller.tenant, caller.key_id, caller.key_limits, tokens, cost
+            )
+        except (LimitExceeded, QuotaUnavailable) as exc:
+            trace.limit = exc.limit
+            raise
 
     def _deadline(self, trace: Trace, call: Call[Any]) -> float:
         """Absolute ``time.monotonic()`` deadline for dispatch.
@@ -381,6 +411,10 @@ class Pipeline:
         if trace.recorded is not None:
             return trace.recorded
         trace.recorded = ""
+        if trace.reservation is not None and self.quotas is not None:
+            usage = trace.usage
+            used = usage.input_tokens + usage.output_tokens if usage is not None else 0
+            self.quotas.settle(trace.reservation, used, trace.cost.total_nanos)
         try:
             record_id = self.evidence.append(record_fields(trace, outcome), trace.record_id)
         except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
@@ -389,6 +423,29 @@ class Pipeline:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s %s evidence=%s", trace.kind, trace.correlation_id, outcome.code.name, record_id)
         return record_id
+
+
+def worst_case(query: RouteQuery, plan: RoutePlan) -> tuple[int, int]:
+    """Tokens (input + max output) and nano-USD a request may use at most, over the plan's
+    candidates: the output is the request's max tokens, else the model's maximum, else
+    ``DEFAULT_OUTPUT_TOKENS``; embeddings have none."""
+    tokens = cost = 0
+    # The input is estimated (about four characters a token), never counted: an eighth and
+    # a few tokens more, so a request's real usage stays within what it reserved.
+    inputs = query.estimated_input_tokens + query.estimated_input_tokens // 8 + 16
+    for candidate in plan.ordered:
+        model = candidate.model
+        out = 0
+        if query.max_output_tokens is not None:
+            out = query.max_output_tokens
+        elif Capability.EMBEDDINGS not in query.capabilities:
+            out = model.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        tokens = max(tokens, inputs + out)
+        priced = (
+            inputs * model.input_price_nanos_per_mtok + out * model.output_price_nanos_per_mtok + 999_999
+        ) // 1_000_000
+        cost = max(cost, priced)
+    return tokens, cost
 
 
 def _within_scope(plan: RoutePlan, scope: KeyScope) -> tuple[RoutePlan, PermissionDenied | None]:

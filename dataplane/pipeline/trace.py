@@ -13,6 +13,7 @@ from dataplane.auth import Caller
 from dataplane.chat import ChatRequest, EmbedRequest, Usage
 from dataplane.errors import InvalidRequest
 from dataplane.outcome import Outcome
+from dataplane.quota import Reservation
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import AttemptRecord, ShadowOutcome
 from dataplane.routing.query import RoutePlan
@@ -50,6 +51,10 @@ class Trace:
     content: dict[str, Any] | None = None
     """The request's and the answer's content, for a tenant whose evidence is FULL (None:
     digests only, the default)."""
+    reservation: Reservation | None = None
+    """What the request took from its tenant's and key's limits, settled when recorded."""
+    limit: str = ""
+    """The rate limit or budget that refused the request ("" when none did)."""
 
 
 # ---- content of FULL tenants' records (spool branch) ----
@@ -113,6 +118,7 @@ def record_fields(trace: Trace, outcome: Outcome) -> dict[str, Any]:
         "request_sha256": trace.request_sha256,
         "response_sha256": trace.response_sha256,
         **({"content": trace.content} if trace.content is not None else {}),
+        **({"limit": trace.limit} if trace.limit else {}),
     }
 
 

@@ -22,6 +22,7 @@ from dataplane.config.model import (
     DataClass,
     DeploymentConfig,
     DeploymentMode,
+    LimitsConfig,
     ModelConfig,
     ProviderConfig,
     ProviderLocation,
@@ -155,7 +156,25 @@ def tenant_entry(i: int, t: snapshot_pb2.Tenant) -> TenantConfig:
         dict(t.labels),
         evidence_full=content == snapshot_pb2.EVIDENCE_CONTENT_FULL,
         spool_refuse=spool_full == snapshot_pb2.SPOOL_FULL_REFUSE,
+        limits=limits_entry(f"$.tenants[{i}].limits", t.limits) if t.HasField("limits") else None,
     )
+
+
+def limits_entry(path: str, limits: snapshot_pb2.Limits) -> LimitsConfig | None:
+    """A ``Limits`` message compiled (None when it limits nothing and fails open)."""
+    if limits.on_unreachable not in (
+        snapshot_pb2.ON_UNREACHABLE_FAIL_OPEN,
+        snapshot_pb2.ON_UNREACHABLE_FAIL_CLOSED,
+    ):
+        raise SnapshotInvalid(f"{path}.on_unreachable", f"unknown value {int(limits.on_unreachable)}")
+    entry = LimitsConfig(
+        limits.requests_per_minute,
+        limits.tokens_per_minute,
+        limits.budget_day_nanos,
+        limits.budget_month_nanos,
+        limits.on_unreachable == snapshot_pb2.ON_UNREACHABLE_FAIL_CLOSED,
+    )
+    return entry if entry != LimitsConfig() else None
 
 
 def key_entry(
@@ -182,7 +201,8 @@ def key_entry(
     scope = parsed.get(scopes)
     if scope is None:
         scope = parsed[scopes] = KeyScope.parse(scopes)
-    return digest, ApiKeyEntry(k.id, k.tenant_id, k.name, scopes, expires, scope)
+    limits = limits_entry(f"$.api_keys[{i}].limits", k.limits) if k.HasField("limits") else None
+    return digest, ApiKeyEntry(k.id, k.tenant_id, k.name, scopes, expires, scope, limits)
 
 
 def key_digest(k: snapshot_pb2.ApiKey) -> bytes | None:

@@ -50,6 +50,7 @@ from signalbox.shell.admin_cli.commands.fleet import (
     snapshot_rollback,
     snapshot_show,
 )
+from signalbox.shell.admin_cli.commands.limits import add_limits_commands
 from signalbox.shell.admin_cli.commands.tenants import (
     identity_jwt_add,
     identity_jwt_list,
@@ -459,6 +460,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     _verb(mtls_verbs, "list", identity_mtls_list, "list mTLS mappings").add_argument("--tenant")
     _verb(mtls_verbs, "remove", identity_mtls_remove, "remove a mapping (admin role)").add_argument("id")
+
+    add_limits_commands(sub)
 
     evidence = _resource(sub, "evidence", "shipped evidence records and their chains")
     p = _verb(evidence, "query", evidence_query, "stored records, newest first, by the filters given (AND)")

@@ -613,6 +613,8 @@ def test_every_admin_rpc_is_classified_for_roles() -> None:
                 "Remove",
                 "Certify",
                 "Prune",
+                "Set",
+                "Clear",
             )
         )
         for m in mutating

@@ -77,6 +77,7 @@ class Tenant(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     tier: _builtins.str
@@ -89,7 +90,13 @@ class Tenant(_message.Message):
     def evidence(self) -> _snapshot_pb2.TenantEvidence:
         """---- evidence settings (spool branch) ----
         Absent when both are the defaults (digest, serve_and_alarm).
-        ---- evidence settings (end) ----
+        """
+
+    @_builtins.property
+    def limits(self) -> _snapshot_pb2.Limits:
+        """---- evidence settings (end) ----
+        ---- limits (limits branch) ----
+        ---- limits (end) ----
         """
 
     def __init__(
@@ -102,10 +109,11 @@ class Tenant(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         evidence: _snapshot_pb2.TenantEvidence | None = ...,
+        limits: _snapshot_pb2.Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "evidence", b"evidence"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "evidence", b"evidence", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created_at", b"created_at", "evidence", b"evidence", "id", b"id", "labels", b"labels", "name", b"name", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created_at", b"created_at", "evidence", b"evidence", "id", b"id", "labels", b"labels", "limits", b"limits", "name", b"name", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3017,3 +3025,150 @@ class ImportEvidenceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportEvidenceResponse: _TypeAlias = ImportEvidenceResponse  # noqa: Y015
+
+@_typing.final
+class SetLimitsRequest(_message.Message):
+    """---- limits (limits branch) ----"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    BUDGET_DAY_NANOS_FIELD_NUMBER: _builtins.int
+    BUDGET_MONTH_NANOS_FIELD_NUMBER: _builtins.int
+    ON_UNREACHABLE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """Tenant name or id."""
+    key_id: _builtins.str
+    """An API key of that tenant; empty: the tenant's own limits."""
+    requests_per_minute: _builtins.int
+    tokens_per_minute: _builtins.int
+    budget_day_nanos: _builtins.int
+    budget_month_nanos: _builtins.int
+    on_unreachable: _snapshot_pb2.OnUnreachable.ValueType
+    """Tenants only."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        requests_per_minute: _builtins.int | None = ...,
+        tokens_per_minute: _builtins.int | None = ...,
+        budget_day_nanos: _builtins.int | None = ...,
+        budget_month_nanos: _builtins.int | None = ...,
+        on_unreachable: _snapshot_pb2.OnUnreachable.ValueType | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_day_nanos", b"_budget_day_nanos", "_budget_month_nanos", b"_budget_month_nanos", "_on_unreachable", b"_on_unreachable", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "budget_day_nanos", b"budget_day_nanos", "budget_month_nanos", b"budget_month_nanos", "on_unreachable", b"on_unreachable", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_day_nanos", b"_budget_day_nanos", "_budget_month_nanos", b"_budget_month_nanos", "_on_unreachable", b"_on_unreachable", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "budget_day_nanos", b"budget_day_nanos", "budget_month_nanos", b"budget_month_nanos", "key_id", b"key_id", "on_unreachable", b"on_unreachable", "requests_per_minute", b"requests_per_minute", "tenant", b"tenant", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__budget_day_nanos: _TypeAlias = _typing.Literal["budget_day_nanos"]  # noqa: Y015
+    _WhichOneofArgType__budget_day_nanos: _TypeAlias = _typing.Literal["_budget_day_nanos", b"_budget_day_nanos"]  # noqa: Y015
+    _WhichOneofReturnType__budget_month_nanos: _TypeAlias = _typing.Literal["budget_month_nanos"]  # noqa: Y015
+    _WhichOneofArgType__budget_month_nanos: _TypeAlias = _typing.Literal["_budget_month_nanos", b"_budget_month_nanos"]  # noqa: Y015
+    _WhichOneofReturnType__on_unreachable: _TypeAlias = _typing.Literal["on_unreachable"]  # noqa: Y015
+    _WhichOneofArgType__on_unreachable: _TypeAlias = _typing.Literal["_on_unreachable", b"_on_unreachable"]  # noqa: Y015
+    _WhichOneofReturnType__requests_per_minute: _TypeAlias = _typing.Literal["requests_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__requests_per_minute: _TypeAlias = _typing.Literal["_requests_per_minute", b"_requests_per_minute"]  # noqa: Y015
+    _WhichOneofReturnType__tokens_per_minute: _TypeAlias = _typing.Literal["tokens_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__tokens_per_minute: _TypeAlias = _typing.Literal["_tokens_per_minute", b"_tokens_per_minute"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_day_nanos) -> _WhichOneofReturnType__budget_day_nanos | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_month_nanos) -> _WhichOneofReturnType__budget_month_nanos | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__on_unreachable) -> _WhichOneofReturnType__on_unreachable | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__requests_per_minute) -> _WhichOneofReturnType__requests_per_minute | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens_per_minute) -> _WhichOneofReturnType__tokens_per_minute | None: ...
+
+Global___SetLimitsRequest: _TypeAlias = SetLimitsRequest  # noqa: Y015
+
+@_typing.final
+class GetLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLimitsRequest: _TypeAlias = GetLimitsRequest  # noqa: Y015
+
+@_typing.final
+class ClearLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearLimitsRequest: _TypeAlias = ClearLimitsRequest  # noqa: Y015
+
+@_typing.final
+class LimitsInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    SPENT_DAY_NANOS_FIELD_NUMBER: _builtins.int
+    SPENT_MONTH_NANOS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    tenant_id: _builtins.str
+    key_id: _builtins.str
+    spent_day_nanos: _builtins.int
+    """Nano-USD leased to nodes this UTC day / month (spent, or held by a node for requests
+    under way; a node hands back what it does not use).
+    """
+    spent_month_nanos: _builtins.int
+    snapshot_version: _builtins.int
+    """The snapshot version that carries a change (0 for Get)."""
+    @_builtins.property
+    def limits(self) -> _snapshot_pb2.Limits: ...
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        limits: _snapshot_pb2.Limits | None = ...,
+        spent_day_nanos: _builtins.int = ...,
+        spent_month_nanos: _builtins.int = ...,
+        snapshot_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "limits", b"limits", "snapshot_version", b"snapshot_version", "spent_day_nanos", b"spent_day_nanos", "spent_month_nanos", b"spent_month_nanos", "tenant", b"tenant", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LimitsInfo: _TypeAlias = LimitsInfo  # noqa: Y015

@@ -291,6 +291,21 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportEvidenceResponse.FromString,
                 _registered_method=True)
+        self.SetLimits = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/SetLimits',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.SetLimitsRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.LimitsInfo.FromString,
+                _registered_method=True)
+        self.GetLimits = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/GetLimits',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetLimitsRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.LimitsInfo.FromString,
+                _registered_method=True)
+        self.ClearLimits = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ClearLimits',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ClearLimitsRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.LimitsInfo.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -650,7 +665,31 @@ class AdminServiceServicer:
         proofs) and be sealed by the key of a certificate this control plane issued to the
         node and did not revoke; then each chain's records go through ingest as shipping's
         do (duplicates idempotent; gaps and tampering raise the same alarms). Admin role.
-        ---- evidence import (end) ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLimits(self, request, context):
+        """---- evidence import (end) ----
+        ---- limits (limits branch) ----
+        Rate limits and budgets of a tenant (key_id empty) or of one of its API keys. Set
+        changes only the fields it is given; Clear removes every limit of the target. Set and
+        Clear publish a snapshot (admin role); Get (viewer too) adds what was spent this UTC
+        day and month.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearLimits(self, request, context):
+        """---- limits (end) ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -913,6 +952,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ImportEvidence,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportEvidenceResponse.SerializeToString,
+            ),
+            'SetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLimits,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.SetLimitsRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.LimitsInfo.SerializeToString,
+            ),
+            'GetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLimits,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetLimitsRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.LimitsInfo.SerializeToString,
+            ),
+            'ClearLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearLimits,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ClearLimitsRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.LimitsInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2292,6 +2346,87 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/ImportEvidence',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportEvidenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/SetLimits',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.SetLimitsRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.LimitsInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/GetLimits',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetLimitsRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.LimitsInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ClearLimits',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ClearLimitsRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.LimitsInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -151,8 +151,18 @@ class AdminServiceStub:
     proofs) and be sealed by the key of a certificate this control plane issued to the
     node and did not revoke; then each chain's records go through ingest as shipping's
     do (duplicates idempotent; gaps and tampering raise the same alarms). Admin role.
-    ---- evidence import (end) ----
     """
+    SetLimits: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetLimitsRequest, _admin_pb2.LimitsInfo]
+    """---- evidence import (end) ----
+    ---- limits (limits branch) ----
+    Rate limits and budgets of a tenant (key_id empty) or of one of its API keys. Set
+    changes only the fields it is given; Clear removes every limit of the target. Set and
+    Clear publish a snapshot (admin role); Get (viewer too) adds what was spent this UTC
+    day and month.
+    """
+    GetLimits: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetLimitsRequest, _admin_pb2.LimitsInfo]
+    ClearLimits: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ClearLimitsRequest, _admin_pb2.LimitsInfo]
+    """---- limits (end) ----"""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -273,8 +283,18 @@ class AdminServiceAsyncStub(AdminServiceStub):
     proofs) and be sealed by the key of a certificate this control plane issued to the
     node and did not revoke; then each chain's records go through ingest as shipping's
     do (duplicates idempotent; gaps and tampering raise the same alarms). Admin role.
-    ---- evidence import (end) ----
     """
+    SetLimits: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetLimitsRequest, _admin_pb2.LimitsInfo]  # type: ignore[assignment]
+    """---- evidence import (end) ----
+    ---- limits (limits branch) ----
+    Rate limits and budgets of a tenant (key_id empty) or of one of its API keys. Set
+    changes only the fields it is given; Clear removes every limit of the target. Set and
+    Clear publish a snapshot (admin role); Get (viewer too) adds what was spent this UTC
+    day and month.
+    """
+    GetLimits: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetLimitsRequest, _admin_pb2.LimitsInfo]  # type: ignore[assignment]
+    ClearLimits: _aio.UnaryUnaryMultiCallable[_admin_pb2.ClearLimitsRequest, _admin_pb2.LimitsInfo]  # type: ignore[assignment]
+    """---- limits (end) ----"""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -698,7 +718,35 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         proofs) and be sealed by the key of a certificate this control plane issued to the
         node and did not revoke; then each chain's records go through ingest as shipping's
         do (duplicates idempotent; gaps and tampering raise the same alarms). Admin role.
-        ---- evidence import (end) ----
         """
+
+    @_abc_1.abstractmethod
+    def SetLimits(
+        self,
+        request: _admin_pb2.SetLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LimitsInfo, _abc.Awaitable[_admin_pb2.LimitsInfo]]:
+        """---- evidence import (end) ----
+        ---- limits (limits branch) ----
+        Rate limits and budgets of a tenant (key_id empty) or of one of its API keys. Set
+        changes only the fields it is given; Clear removes every limit of the target. Set and
+        Clear publish a snapshot (admin role); Get (viewer too) adds what was spent this UTC
+        day and month.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLimits(
+        self,
+        request: _admin_pb2.GetLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LimitsInfo, _abc.Awaitable[_admin_pb2.LimitsInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ClearLimits(
+        self,
+        request: _admin_pb2.ClearLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LimitsInfo, _abc.Awaitable[_admin_pb2.LimitsInfo]]:
+        """---- limits (end) ----"""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -114,6 +114,25 @@ SPOOL_FULL_REFUSE: SpoolFullPolicy.ValueType  # 1
 """Refuse new requests with UNAVAILABLE (each refusal still gets its record)."""
 Global___SpoolFullPolicy: _TypeAlias = SpoolFullPolicy  # noqa: Y015
 
+class _OnUnreachable:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OnUnreachableEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OnUnreachable.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ON_UNREACHABLE_FAIL_OPEN: _OnUnreachable.ValueType  # 0
+    """Keep serving, enforcing at the rate of the last leases (the default)."""
+    ON_UNREACHABLE_FAIL_CLOSED: _OnUnreachable.ValueType  # 1
+    """Refuse the tenant's limited requests with UNAVAILABLE until quota can be leased again."""
+
+class OnUnreachable(_OnUnreachable, metaclass=_OnUnreachableEnumTypeWrapper): ...
+
+ON_UNREACHABLE_FAIL_OPEN: OnUnreachable.ValueType  # 0
+"""Keep serving, enforcing at the rate of the last leases (the default)."""
+ON_UNREACHABLE_FAIL_CLOSED: OnUnreachable.ValueType  # 1
+"""Refuse the tenant's limited requests with UNAVAILABLE until quota can be leased again."""
+Global___OnUnreachable: _TypeAlias = OnUnreachable  # noqa: Y015
+
 @_typing.final
 class SignedEnvelope(_message.Message):
     """DSSE-style signed envelope. Signatures cover PAE(payload_type, payload):
@@ -340,6 +359,7 @@ class Tenant(_message.Message):
     ACTIVE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     tier: _builtins.str
@@ -351,7 +371,14 @@ class Tenant(_message.Message):
         """---- evidence settings (spool branch) ----
         7, not 6: the admin API's Tenant mirrors this message and has created_at = 6.
         Absent: digests only, serve and alarm when the node's spool is full.
-        ---- evidence settings (end) ----
+        """
+
+    @_builtins.property
+    def limits(self) -> Global___Limits:
+        """---- evidence settings (end) ----
+        ---- limits (limits branch) ----
+        Absent: no rate limit and no budget of the tenant's own.
+        ---- limits (end) ----
         """
 
     def __init__(
@@ -363,10 +390,11 @@ class Tenant(_message.Message):
         active: _builtins.bool = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         evidence: Global___TenantEvidence | None = ...,
+        limits: Global___Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "evidence", b"evidence", "id", b"id", "labels", b"labels", "name", b"name", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "evidence", b"evidence", "id", b"id", "labels", b"labels", "limits", b"limits", "name", b"name", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,6 +411,7 @@ class ApiKey(_message.Message):
     SCOPES_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     SECRET_HMAC_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant_id: _builtins.str
     secret_sha256: _builtins.bytes
@@ -395,12 +424,19 @@ class ApiKey(_message.Message):
     Keys of the format "sbx_<id>_<secret>": HMAC-SHA256 of the whole key under the control
     plane's API-key hash key, which nodes receive on the sync stream (never in a snapshot).
     Exactly one of secret_sha256 (keys of the earlier format) and secret_hmac is set.
-    ---- keyed key digests (end) ----
     """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def limits(self) -> Global___Limits:
+        """---- keyed key digests (end) ----
+        ---- limits (limits branch) ----
+        Absent: only the tenant's limits apply. on_unreachable is the tenant's, never a key's.
+        ---- limits (end) ----
+        """
+
     def __init__(
         self,
         *,
@@ -411,10 +447,11 @@ class ApiKey(_message.Message):
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         secret_hmac: _builtins.bytes = ...,
+        limits: Global___Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "id", b"id", "name", b"name", "scopes", b"scopes", "secret_hmac", b"secret_hmac", "secret_sha256", b"secret_sha256", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "id", b"id", "limits", b"limits", "name", b"name", "scopes", b"scopes", "secret_hmac", b"secret_hmac", "secret_sha256", b"secret_sha256", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -920,3 +957,46 @@ class SealedSecret(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SealedSecret: _TypeAlias = SealedSecret  # noqa: Y015
+
+@_typing.final
+class Limits(_message.Message):
+    """---- sealed credentials (end) ----
+    ---- limits (limits branch) ----
+    Rate limits and budgets of a tenant or of one API key; 0 is "no limit of this kind".
+    Nodes enforce them with quota leased from the control plane (QuotaService), so a limit
+    holds across every node of a group, not per node.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    BUDGET_DAY_NANOS_FIELD_NUMBER: _builtins.int
+    BUDGET_MONTH_NANOS_FIELD_NUMBER: _builtins.int
+    ON_UNREACHABLE_FIELD_NUMBER: _builtins.int
+    requests_per_minute: _builtins.int
+    tokens_per_minute: _builtins.int
+    """Input plus output tokens; the output is estimated from max tokens when a request
+    starts and settled to the real usage when it ends.
+    """
+    budget_day_nanos: _builtins.int
+    """Budgets in nano-USD per UTC day and per UTC month (the cost of evidence records)."""
+    budget_month_nanos: _builtins.int
+    on_unreachable: Global___OnUnreachable.ValueType
+    """What a tenant's requests get while its node cannot reach the control plane for quota."""
+    def __init__(
+        self,
+        *,
+        requests_per_minute: _builtins.int = ...,
+        tokens_per_minute: _builtins.int = ...,
+        budget_day_nanos: _builtins.int = ...,
+        budget_month_nanos: _builtins.int = ...,
+        on_unreachable: Global___OnUnreachable.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_day_nanos", b"budget_day_nanos", "budget_month_nanos", b"budget_month_nanos", "on_unreachable", b"on_unreachable", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Limits: _TypeAlias = Limits  # noqa: Y015

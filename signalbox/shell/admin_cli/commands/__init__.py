@@ -7,4 +7,5 @@ and say what to print.
     config.py    providers, models, policies, route explanations
     fleet.py     nodes and their identity, snapshots, node groups, signing keys
     evidence.py  the evidence store and Evidence Packs
+    limits.py    rate limits and budgets of tenants and API keys
 """

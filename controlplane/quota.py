@@ -1,0 +1,310 @@
+"""Quota leases: how a rate limit or a budget holds across every node of a group.
+
+Why leases. A node must never call the database (or the control plane) per request, so
+each node enforces limits from quota it holds locally. The obvious split, each of N nodes
+allowed limit/N, fails as soon as traffic is uneven: with 80/10/10 traffic the busy node
+refuses at a third of the limit while the quiet ones leave their share unused, and the
+tenant gets ~45% of what it pays for. Here nodes instead *lease* quota: about once per
+lease period a node tells the control plane how much it used and wants (sized by its own
+observed demand) and hands back what it holds but does not need; the control plane hands
+out at most the limit across all of them. A busy node gets what quiet nodes return, so the
+fleet's rate follows the limit whatever the split (Doorman, Google's global rate limiter,
+works the same way).
+
+The ledger. One row of ``quota_state`` per (scope, window), locked (``FOR UPDATE``, in
+scope order, so two replicas never deadlock) while a lease is computed, so control-plane
+replicas sharing the database agree and never hand out the same quota twice:
+
+- A rate (requests or tokens per minute) is a token bucket: it refills at limit/60 per
+  second up to ``burst_seconds`` worth (a minute by default), and a lease takes what it
+  holds. Returned units go back in (never above the cap). Over any interval T the fleet
+  admits at most the cap + limit*T/60, plus what nodes held at its start (a lease period
+  of their demand).
+- A budget (nano-USD per UTC day or month) is ``used``: what was leased in that window
+  minus what nodes handed back. A node reserves a request's worst case from its holding
+  before dispatch and settles to the real cost after, so ``used`` is what was spent plus
+  what nodes hold; nothing is granted past the budget, and a grant says ``exhausted`` once
+  the window is used up, so every node stops within one lease period.
+
+A lease call is one transaction for all of a node's scopes; its cost is per node per lease
+period, never per request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane.errors import InvalidArgument
+from controlplane.limits import INT64_MAX
+from signalbox.api.config.v1 import quota_pb2
+
+HOLDER_TTL_S = 10.0
+"""A node that has not leased a limit for this long no longer counts in its fair share."""
+
+MAX_ASKS = 4096
+"""Asks in one lease call: a node with more scopes sends several calls."""
+
+DEFAULT_BURST_SECONDS = 60.0
+"""A rate's bucket holds this many seconds of its limit: a full minute by default."""
+
+KIND_SUFFIX: dict[int, str] = {
+    quota_pb2.QUOTA_KIND_REQUESTS_PER_MINUTE: "rpm",
+    quota_pb2.QUOTA_KIND_TOKENS_PER_MINUTE: "tpm",
+    quota_pb2.QUOTA_KIND_BUDGET_DAY: "day",
+    quota_pb2.QUOTA_KIND_BUDGET_MONTH: "month",
+}
+LIMIT_FIELD: dict[int, str] = {
+    quota_pb2.QUOTA_KIND_REQUESTS_PER_MINUTE: "requests_per_minute",
+    quota_pb2.QUOTA_KIND_TOKENS_PER_MINUTE: "tokens_per_minute",
+    quota_pb2.QUOTA_KIND_BUDGET_DAY: "budget_day_nanos",
+    quota_pb2.QUOTA_KIND_BUDGET_MONTH: "budget_month_nanos",
+}
+BUDGETS: tuple[int, ...] = (quota_pb2.QUOTA_KIND_BUDGET_DAY, quota_pb2.QUOTA_KIND_BUDGET_MONTH)
+
+
+def scope_key(tenant_id: str, api_key_id: str) -> str:
+    """The start of a ``quota_state.scope``: ``<tenant id>/<key id or empty>``."""
+    return f"{tenant_id}/{api_key_id}"
+
+
+def budget_windows(now: datetime | None = None) -> tuple[str, str]:
+    """The current UTC day and month windows: ("2026-11-30", "2026-11")."""
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+
+
+def _uuid(value: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(field, "must be an id (a UUID)") from None
+
+
+@dataclass(slots=True)
+class _Ask:
+    index: int
+    tenant_id: uuid.UUID
+    api_key_id: uuid.UUID | None
+    kind: int
+    want: int
+    returned: int
+    returned_window: str
+    overspent: int = 0
+    scope: str = ""
+    window: str = ""
+    limit: int = 0
+
+
+def _checked(asks: Sequence[quota_pb2.QuotaAsk]) -> list[_Ask]:
+    if len(asks) > MAX_ASKS:
+        raise InvalidArgument("asks", f"at most {MAX_ASKS} per call (got {len(asks)})")
+    checked = []
+    for i, ask in enumerate(asks):
+        field = f"asks[{i}]"
+        if ask.scope.kind not in KIND_SUFFIX:
+            raise InvalidArgument(f"{field}.scope.kind", f"unknown kind {int(ask.scope.kind)}")
+        for name in ("want", "returned", "overspent"):
+            if getattr(ask, name) > INT64_MAX:
+                raise InvalidArgument(f"{field}.{name}", f"at most {INT64_MAX}")
+        if not math.isfinite(ask.demand_per_second) or ask.demand_per_second < 0:
+            raise InvalidArgument(f"{field}.demand_per_second", "must be a finite number >= 0")
+        if len(ask.returned_window) > 16:
+            raise InvalidArgument(f"{field}.returned_window", "at most 16 characters")
+        key = _uuid(ask.scope.api_key_id, f"{field}.scope.api_key_id") if ask.scope.api_key_id else None
+        checked.append(
+            _Ask(
+                i,
+                _uuid(ask.scope.tenant_id, f"{field}.scope.tenant_id"),
+                key,
+                ask.scope.kind,
+                ask.want,
+                ask.returned,
+                ask.returned_window,
+                ask.overspent,
+            )
+        )
+    return checked
+
+
+class QuotaLedger:
+    """Computes leases against ``quota_state``; one transaction per call."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, burst_seconds: float = DEFAULT_BURST_SECONDS
+    ) -> None:
+        self._sessions = sessions
+        self.burst_seconds = burst_seconds
+
+    async def lease(
+        self, asks: Sequence[quota_pb2.QuotaAsk], node_id: str = "", group: str | None = None
+    ) -> list[quota_pb2.QuotaGrant]:
+        """Grants to node ``node_id`` of node group ``group`` in the order of ``asks``
+        (a tenant the group does not see gets nothing, as one without limits; ``group`` None:
+        no check, an insecure node port); ``InvalidArgument`` names the first bad ask."""
+        checked = _checked(asks)
+        if not checked:
+            return []
+        async with self._sessions() as session, session.begin():
+            now: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
+            day, month = budget_windows(now)
+            await self._resolve(session, checked, day, month, group)
+            limited = [a for a in checked if a.limit]
+            rows = await self._lock(session, limited, now)
+            grants: dict[int, quota_pb2.QuotaGrant] = {}
+            updates: list[dict[str, Any]] = []
+            for ask in limited:
+                state = rows[(ask.scope, ask.window)]
+                grant = self._grant(ask, state, now, node_id)
+                grants[ask.index] = grant
+                updates.append({"scope": ask.scope, "window": ask.window, **state})
+            if updates:
+                await session.execute(
+                    text(
+                        "UPDATE quota_state SET level = :level, used = :used, updated_at = :now,"
+                        " holders = CAST(:holders AS jsonb)"
+                        ' WHERE scope = :scope AND "window" = :window'
+                    ),
+                    [{**u, "now": now, "holders": json.dumps(u["holders"])} for u in updates],
+                )
+        return [
+            grants.get(a.index)
+            or quota_pb2.QuotaGrant(scope=asks[a.index].scope, granted=0, limit=0, window=a.window)
+            for a in checked
+        ]
+
+    async def _resolve(
+        self, session: AsyncSession, asks: list[_Ask], day: str, month: str, group: str | None
+    ) -> None:
+        """Each ask's limit as the database has it now (0: none: the tenant or key is gone, the
+        key is another tenant's, the node's group does not see the tenant, or that limit is not
+        set), its scope and window."""
+        tenants = {a.tenant_id for a in asks}
+        keys = {a.api_key_id for a in asks if a.api_key_id is not None}
+        visible: frozenset[str] | None = None  # None: every tenant
+        if group is not None:
+            row = (
+                await session.execute(
+                    text("SELECT tenants FROM node_groups WHERE name = :name"), {"name": group}
+                )
+            ).first()
+            visible = frozenset() if row is None else None if row[0] is None else frozenset(map(str, row[0]))
+        tenant_limits: dict[uuid.UUID, Any] = {}
+        for tenant_id, name, limits in await session.execute(
+            text("SELECT id, name, limits FROM tenants WHERE id = ANY(:ids)"), {"ids": list(tenants)}
+        ):
+            if visible is None or str(tenant_id) in visible or name in visible:
+                tenant_limits[tenant_id] = limits
+        key_limits: dict[uuid.UUID, tuple[uuid.UUID, Any]] = {}
+        if keys:
+            for key_id, tenant_id, limits in await session.execute(
+                text("SELECT id, tenant_id, limits FROM api_keys WHERE id = ANY(:ids)"),
+                {"ids": list(keys)},
+            ):
+                key_limits[key_id] = (tenant_id, limits)
+        for a in asks:
+            if a.api_key_id is None:
+                stored = tenant_limits.get(a.tenant_id)
+            else:
+                owner, stored = key_limits.get(a.api_key_id, (None, None))
+                if owner != a.tenant_id:
+                    stored = None
+            a.limit = int((stored or {}).get(LIMIT_FIELD[a.kind], 0))
+            a.scope = f"{scope_key(str(a.tenant_id), str(a.api_key_id or ''))}/{KIND_SUFFIX[a.kind]}"
+            a.window = (
+                day if a.kind == quota_pb2.QUOTA_KIND_BUDGET_DAY else month if a.kind in BUDGETS else ""
+            )
+
+    async def _lock(
+        self, session: AsyncSession, asks: list[_Ask], now: datetime
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """The rows of ``asks``, created when missing (a rate's bucket starts full), locked."""
+        if not asks:
+            return {}
+        wanted = sorted({(a.scope, a.window, a.tenant_id, self._capacity(a)) for a in asks})
+        await session.execute(
+            text(
+                'INSERT INTO quota_state (scope, "window", tenant_id, level, used, updated_at)'
+                " VALUES (:scope, :window, :tenant_id, :level, 0, :now) ON CONFLICT DO NOTHING"
+            ),
+            [{"scope": s, "window": w, "tenant_id": t, "level": c, "now": now} for s, w, t, c in wanted],
+        )
+        rows = await session.execute(
+            text(
+                'SELECT scope, "window", level, used, updated_at, holders FROM quota_state'
+                ' WHERE (scope, "window") IN (SELECT * FROM unnest(CAST(:scopes AS text[]), CAST(:windows AS text[])))'
+                ' ORDER BY scope, "window" FOR UPDATE'
+            ),
+            {"scopes": [w[0] for w in wanted], "windows": [w[1] for w in wanted]},
+        )
+        return {
+            (scope, window): {"level": level, "used": used, "updated_at": updated, "holders": holders or {}}
+            for scope, window, level, used, updated, holders in rows
+        }
+
+    def _capacity(self, ask: _Ask) -> float:
+        return ask.limit * self.burst_seconds / 60.0 if ask.kind not in BUDGETS else 0.0
+
+    def _grant(self, ask: _Ask, state: dict[str, Any], now: datetime, node_id: str) -> quota_pb2.QuotaGrant:
+        scope = quota_pb2.QuotaScope(
+            tenant_id=str(ask.tenant_id),
+            api_key_id=str(ask.api_key_id or ""),
+            kind=ask.kind,  # type: ignore[arg-type]
+        )
+        if ask.kind in BUDGETS:
+            used = int(state["used"])
+            if ask.returned and ask.returned_window == ask.window:
+                used -= min(ask.returned, used)
+            if ask.overspent and ask.returned_window == ask.window:
+                used = min(used + ask.overspent, INT64_MAX)
+            granted = max(0, min(ask.want, ask.limit - used))
+            used += granted
+            state.update(used=used, updated_at=now)
+            return quota_pb2.QuotaGrant(
+                scope=scope, granted=granted, window=ask.window, limit=ask.limit, exhausted=used >= ask.limit
+            )
+        rate = ask.limit / 60.0
+        capacity = self._capacity(ask)
+        elapsed = max(0.0, (now - state["updated_at"]).total_seconds())
+        # Overspent tokens put the bucket in debt: it refills from below zero.
+        level = min(capacity, float(state["level"]) + elapsed * rate + ask.returned) - ask.overspent
+        granted = min(
+            ask.want, max(0, math.floor(level), self._fair_share(state, now, node_id, rate, capacity))
+        )
+        level -= granted
+        state.update(level=level, updated_at=now)
+        short = ask.want - granted
+        return quota_pb2.QuotaGrant(
+            scope=scope,
+            granted=granted,
+            limit=ask.limit,
+            exhausted=level < 1.0,
+            refill_seconds=max(0.0, short - level) / rate if short > 0 else 0.0,
+        )
+
+    @staticmethod
+    def _fair_share(state: dict[str, Any], now: datetime, node_id: str, rate: float, capacity: float) -> int:
+        """What ``node_id`` may take even from an empty bucket: its equal share of the refill
+        since its last lease (max-min fairness). A node that asks more often (the busy one)
+        would otherwise take every token as it refills and starve the quiet ones; with this a
+        node using less than 1/n of the limit always gets it, and the rest goes to whoever
+        asks. The bucket may go below zero by these shares: it refills from there, so the
+        fleet still gets at most the limit."""
+        stamp = now.timestamp()
+        holders: dict[str, float] = {
+            node: seen for node, seen in state["holders"].items() if stamp - seen < HOLDER_TTL_S
+        }
+        last = holders.get(node_id)
+        holders[node_id] = stamp
+        state["holders"] = holders
+        if last is None or not node_id:
+            return 0
+        return math.floor(min(capacity, (stamp - last) * rate) / len(holders))

@@ -1,0 +1,252 @@
+"""The request path's side of rate limits and budgets: local buckets of leased quota.
+
+Every limit of a request's tenant and key (requests/min, tokens/min, budget per day and per
+month) is a ``Bucket`` holding quota this node leased from the control plane
+(``dataplane.quota.leaser``). ``Quotas.admit`` takes a request's share from each: one
+request, its estimated tokens (input + max output), its worst-case cost. All or nothing:
+when one bucket is short the others are given back and the request is refused with
+``LimitExceeded`` naming the limit. ``Quotas.settle`` gives back the difference between the
+estimate and what the request really used (or takes the extra: a bucket may go below zero,
+and then refuses until refilled). Nothing here does I/O: dict lookups and arithmetic.
+
+While the control plane is unreachable the tenant's ``on_unreachable`` applies: fail closed
+refuses its limited requests (``QuotaUnavailable``); fail open keeps enforcing, refilling each
+bucket locally at the rate of the last leases it got. A bucket never leased admits on credit
+(one request) until its first lease (``dataplane.quota.leaser``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum
+
+from dataplane.config.model import LimitsConfig, TenantConfig
+from dataplane.errors import LimitExceeded, QuotaUnavailable
+
+
+class Kind(IntEnum):
+    """Mirrors ``signalbox.api.config.v1.QuotaKind``."""
+
+    REQUESTS_PER_MINUTE = 1
+    TOKENS_PER_MINUTE = 2
+    BUDGET_DAY = 3
+    BUDGET_MONTH = 4
+
+
+KIND_LABEL = {
+    Kind.REQUESTS_PER_MINUTE: "requests per minute",
+    Kind.TOKENS_PER_MINUTE: "tokens per minute",
+    Kind.BUDGET_DAY: "budget per day",
+    Kind.BUDGET_MONTH: "budget per month",
+}
+BUDGETS = (Kind.BUDGET_DAY, Kind.BUDGET_MONTH)
+
+ScopeKey = tuple[str, str, Kind]
+"""(tenant id, API key id or "", kind)."""
+
+
+def limit_of(limits: LimitsConfig, kind: Kind) -> int:
+    if kind is Kind.REQUESTS_PER_MINUTE:
+        return limits.requests_per_minute
+    if kind is Kind.TOKENS_PER_MINUTE:
+        return limits.tokens_per_minute
+    if kind is Kind.BUDGET_DAY:
+        return limits.budget_day_nanos
+    return limits.budget_month_nanos
+
+
+class Bucket:
+    """Quota of one limit held by this node."""
+
+    __slots__ = (
+        "asked",
+        "exhausted",
+        "fail_closed",
+        "granted_rate",
+        "holding",
+        "label",
+        "largest",
+        "leased",
+        "limit",
+        "refill_seconds",
+        "refilled_at",
+        "scope",
+        "window",
+    )
+
+    def __init__(self, scope: ScopeKey, label: str, limit: int, fail_closed: bool) -> None:
+        self.scope = scope
+        self.label = label
+        self.limit = limit
+        self.fail_closed = fail_closed
+        self.holding = 0.0
+        """Units leased and not yet used (below zero: owed after a request used more than estimated)."""
+        self.asked = 0.0
+        """Units requests asked for since the last lease (served or refused): the demand."""
+        self.largest = 0.0
+        """The largest single ask since the last lease: a lease is never smaller."""
+        self.leased = False
+        self.exhausted = False
+        """The control plane has nothing left for this limit (until its refill or next window)."""
+        self.refill_seconds = 0.0
+        self.window = ""
+        self.granted_rate = 0.0
+        """Units per second the last leases granted: the local refill rate when failing open."""
+        self.refilled_at = 0.0
+
+    def take(self, units: float) -> bool:
+        self.asked += units
+        if units > self.largest:
+            self.largest = units
+        if self.holding >= units and not (self.exhausted and self.scope[2] in BUDGETS):
+            self.holding -= units
+            return True
+        return False
+
+    def refill_locally(self, now: float) -> None:
+        """Fail open: the rate of the last leases, at most a lease period and a bit held."""
+        if self.refilled_at:
+            cap = max(self.granted_rate * 2.0, self.largest)
+            if self.holding < cap:
+                self.holding = min(cap, self.holding + (now - self.refilled_at) * self.granted_rate)
+        self.refilled_at = now
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What ``admit`` took for one request: settled once, when the request ends."""
+
+    tokens: float
+    cost_nanos: float
+    token_buckets: tuple[Bucket, ...]
+    budget_buckets: tuple[Bucket, ...]
+    settled: bool = False
+
+
+class Quotas:
+    """The buckets of one node; the leaser fills them, requests draw from them."""
+
+    def __init__(self, *, lease_interval: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.lease_interval = lease_interval
+        self.buckets: dict[ScopeKey, Bucket] = {}
+        self.reachable = True
+        """False while leasing fails (the control plane is unreachable)."""
+        self.short: Callable[[], None] = lambda: None
+        """Called when a bucket runs short: the leaser renews at once."""
+        self._clock = clock
+
+    def bucket(self, tenant: TenantConfig, key_id: str, limits: LimitsConfig, kind: Kind) -> Bucket | None:
+        limit = limit_of(limits, kind)
+        if not limit:
+            return None
+        scope = (tenant.id, key_id, kind)
+        bucket = self.buckets.get(scope)
+        fail_closed = tenant.limits.fail_closed if tenant.limits is not None else False
+        if bucket is None:
+            owner = f"api key {key_id} of tenant {tenant.name}" if key_id else f"tenant {tenant.name}"
+            bucket = self.buckets[scope] = Bucket(scope, f"{owner} {KIND_LABEL[kind]}", limit, fail_closed)
+        else:
+            bucket.limit, bucket.fail_closed = limit, fail_closed
+        return bucket
+
+    def admit(
+        self,
+        tenant: TenantConfig,
+        key_id: str,
+        key_limits: LimitsConfig | None,
+        tokens: int,
+        cost_nanos: int,
+    ) -> Reservation | None:
+        """Take one request, ``tokens`` and ``cost_nanos`` from every limit of the tenant and
+        the key; None when neither has limits. Raises ``LimitExceeded`` / ``QuotaUnavailable``."""
+        owners: list[tuple[str, LimitsConfig]] = []
+        if tenant.limits is not None:
+            owners.append(("", tenant.limits))
+        if key_limits is not None and key_id:
+            owners.append((key_id, key_limits))
+        if not owners:
+            return None
+        taken: list[tuple[Bucket, float]] = []
+        token_buckets: list[Bucket] = []
+        budget_buckets: list[Bucket] = []
+        now = self._clock()
+        try:
+            for kind, units in (
+                (Kind.REQUESTS_PER_MINUTE, 1.0),
+                (Kind.TOKENS_PER_MINUTE, float(tokens)),
+                (Kind.BUDGET_DAY, float(cost_nanos)),
+                (Kind.BUDGET_MONTH, float(cost_nanos)),
+            ):
+                for key, limits in owners:
+                    bucket = self.bucket(tenant, key, limits, kind)
+                    if bucket is None:
+                        continue
+                    self._draw(bucket, units, now)
+                    taken.append((bucket, units))
+                    if kind is Kind.TOKENS_PER_MINUTE:
+                        token_buckets.append(bucket)
+                    elif kind in BUDGETS:
+                        budget_buckets.append(bucket)
+        except (LimitExceeded, QuotaUnavailable):
+            for bucket, units in taken:
+                bucket.holding += units
+            self.short()
+            raise
+        return Reservation(float(tokens), float(cost_nanos), tuple(token_buckets), tuple(budget_buckets))
+
+    def _draw(self, bucket: Bucket, units: float, now: float) -> None:
+        if not self.reachable:
+            if bucket.fail_closed:
+                bucket.asked += units
+                raise QuotaUnavailable(bucket.label, self.lease_interval)
+            if not bucket.leased:
+                bucket.asked += units
+                return  # failing open with no lease to go by: not enforced
+            bucket.refill_locally(now)
+        elif not bucket.leased:
+            # One request on credit until the first lease, which takes the debt (``leaser``):
+            # a node's first request is not refused for want of a lease, and it still counts;
+            # others wait for that lease (a few milliseconds away).
+            bucket.asked += units
+            bucket.largest = max(bucket.largest, units)
+            self.short()
+            if bucket.holding < 0:
+                raise LimitExceeded(bucket.label, self.lease_interval, "quota lease pending")
+            bucket.holding -= units
+            return
+        if bucket.take(units):
+            if bucket.holding < bucket.largest:
+                self.short()
+            return
+        raise LimitExceeded(bucket.label, self._retry_after(bucket, units))
+
+    def _retry_after(self, bucket: Bucket, units: float) -> float:
+        kind = bucket.scope[2]
+        if kind in BUDGETS and bucket.exhausted:
+            now = datetime.now(UTC)
+            if kind is Kind.BUDGET_DAY:
+                end = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+            else:
+                end = (now.replace(day=1) + timedelta(days=32)).replace(
+                    day=1, hour=0, minute=0, second=0, microsecond=0
+                )
+            return (end - now).total_seconds()
+        if bucket.refill_seconds > 0:
+            return max(self.lease_interval, bucket.refill_seconds)
+        if kind in BUDGETS or kind is Kind.REQUESTS_PER_MINUTE:
+            return self.lease_interval
+        # Tokens: how long the limit takes to refill what this request needs.
+        return max(self.lease_interval, units * 60.0 / bucket.limit)
+
+    def settle(self, reservation: Reservation | None, tokens: int, cost_nanos: int) -> None:
+        """Give back what the request did not use of its estimate (or take the extra)."""
+        if reservation is None or reservation.settled:
+            return
+        reservation.settled = True
+        for bucket in reservation.token_buckets:
+            bucket.holding += reservation.tokens - tokens
+        for bucket in reservation.budget_buckets:
+            bucket.holding += reservation.cost_nanos - cost_nanos

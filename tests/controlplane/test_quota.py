@@ -1,0 +1,99 @@
+"""The quota ledger on real PostgreSQL: never more than the limit, whoever asks, however
+many control-plane replicas compute leases at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from controlplane.errors import InvalidArgument
+from controlplane.quota import QuotaLedger
+from controlplane.services.base import Caller
+from controlplane.services.groups import GroupSpec
+from signalbox.api.admin.v1 import admin_pb2
+from signalbox.api.config.v1 import quota_pb2
+from tests.controlplane.conftest import Admin
+from tests.fixtures.postgres import RunningControlPlane
+
+RPM = quota_pb2.QUOTA_KIND_REQUESTS_PER_MINUTE
+DAY = quota_pb2.QUOTA_KIND_BUDGET_DAY
+
+
+def _ask(
+    tenant_id: str, kind: int, want: int, returned: int = 0, window: str = "", key: str = ""
+) -> quota_pb2.QuotaAsk:
+    return quota_pb2.QuotaAsk(
+        scope=quota_pb2.QuotaScope(tenant_id=tenant_id, api_key_id=key, kind=kind),  # type: ignore[arg-type]
+        want=want,
+        returned=returned,
+        returned_window=window,
+    )
+
+
+async def _tenant(admin: Admin, **limits: int) -> str:
+    tenant = await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+    await admin.SetLimits(admin_pb2.SetLimitsRequest(tenant="acme", **limits))  # type: ignore[arg-type]
+    return str(tenant.id)
+
+
+async def test_concurrent_leases_never_hand_out_more_than_the_bucket(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    tenant_id = await _tenant(admin, requests_per_minute=600)
+    assert control_plane.cp.quota is not None
+    # A second ledger on the same database, as another control-plane replica would have.
+    replicas = [control_plane.cp.quota, QuotaLedger(control_plane.cp.quota._sessions)]
+    grants = await asyncio.gather(*(replicas[i % 2].lease([_ask(tenant_id, RPM, 100)]) for i in range(20)))
+    total = sum(g[0].granted for g in grants)
+    # A full bucket is one minute of the limit; 20 concurrent asks of 100 get it, and at most
+    # the few requests' worth refilled while they ran.
+    assert 600 <= total <= 610, total
+    assert grants[-1][0].limit == 600
+
+
+async def test_a_budget_is_leased_up_to_its_limit_and_returns_come_back(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    tenant_id = await _tenant(admin, budget_day_nanos=1000)
+    ledger = control_plane.cp.quota
+    assert ledger is not None
+    first = (await ledger.lease([_ask(tenant_id, DAY, 700)]))[0]
+    assert (first.granted, first.exhausted) == (700, False)
+    second = (await ledger.lease([_ask(tenant_id, DAY, 700)]))[0]
+    assert (second.granted, second.exhausted) == (300, True)
+    back = (await ledger.lease([_ask(tenant_id, DAY, 0, returned=200, window=first.window)]))[0]
+    assert (back.granted, back.exhausted) == (0, False)
+    info = await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="acme"))
+    assert info.spent_day_nanos == 800
+
+
+async def test_scopes_without_a_limit_get_nothing_and_bad_asks_name_the_field(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    tenant_id = await _tenant(admin, requests_per_minute=60)
+    ledger = control_plane.cp.quota
+    assert ledger is not None
+    other = (await ledger.lease([_ask(tenant_id, DAY, 5)]))[0]
+    assert (other.granted, other.limit) == (0, 0)
+    with pytest.raises(InvalidArgument, match=r"asks\[1\]\.scope\.tenant_id: must be an id"):
+        await ledger.lease([_ask(tenant_id, RPM, 1), _ask("acme", RPM, 1)])
+    with pytest.raises(InvalidArgument, match=r"asks\[0\]\.scope\.kind: unknown kind 9"):
+        await ledger.lease([_ask(tenant_id, 9, 1)])
+
+
+async def test_a_node_leases_only_for_tenants_its_group_sees(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    tenant_id = await _tenant(admin, requests_per_minute=600)
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="other"))
+    assert control_plane.cp.groups is not None
+    await control_plane.cp.groups.create(Caller("", "tests"), GroupSpec("others", tenants=("other",)))
+    ledger = control_plane.cp.quota
+    assert ledger is not None
+    hidden = (await ledger.lease([_ask(tenant_id, RPM, 5)], "n1", "others"))[0]
+    assert (hidden.granted, hidden.limit) == (0, 0)
+    unknown = (await ledger.lease([_ask(tenant_id, RPM, 5)], "n1", "no-such-group"))[0]
+    assert (unknown.granted, unknown.limit) == (0, 0)
+    seen = (await ledger.lease([_ask(tenant_id, RPM, 5)], "n2", "default"))[0]
+    assert (seen.granted, seen.limit) == (5, 600)
