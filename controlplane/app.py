@@ -323,6 +323,7 @@ class ControlPlane:
             callers=CallerIdentityService(uow),
             retention=self.retention,
             importer=EvidenceImporter(sessions, self.evidence),
+            admin=self.admin,
         )
         self._interceptor = AdminInterceptor(
             self.admin,

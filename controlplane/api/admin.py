@@ -1,7 +1,8 @@
 """AdminService: thin handlers over the services.
 
 The evidence handlers are in ``api/admin_evidence.py``, the caller-identity ones in
-``api/admin_identity.py`` and ExplainRoute in ``api/admin_routing.py``: mix-ins of
+``api/admin_identity.py``, ExplainRoute in ``api/admin_routing.py`` and the admin tokens,
+admin mTLS identities and audit trail in ``api/admin_security.py``: mix-ins of
 ``AdminServicer``.
 
 Authentication, the audit log and error-to-status mapping are not here: the
@@ -21,6 +22,7 @@ from controlplane.api import convert
 from controlplane.api.admin_evidence import EvidenceAdmin
 from controlplane.api.admin_identity import CallerIdentityAdmin
 from controlplane.api.admin_routing import RoutingAdmin
+from controlplane.api.admin_security import AdminSecurityAdmin
 from controlplane.api.identity import certificate_response
 from controlplane.api.interceptor import current_caller
 from controlplane.errors import InvalidArgument
@@ -29,6 +31,7 @@ from controlplane.evidence.imports import EvidenceImporter
 from controlplane.evidence.queries import EvidenceQueries
 from controlplane.evidence.retention import EvidenceRetention
 from controlplane.limits import DEFAULT_GROUP
+from controlplane.services.admin import AdminService
 from controlplane.services.callers import CallerIdentityService
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import MAX_CERT_TTL, MAX_TOKEN_TTL, IdentityService, check_node_id
@@ -48,7 +51,9 @@ from signalbox.api.config.v1 import identity_pb2, snapshot_pb2
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class AdminServicer(RoutingAdmin, EvidenceAdmin, CallerIdentityAdmin, admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(
+    RoutingAdmin, EvidenceAdmin, CallerIdentityAdmin, AdminSecurityAdmin, admin_pb2_grpc.AdminServiceServicer
+):
     """Implements every RPC of ``signalbox.api.admin.v1.AdminService``."""
 
     def __init__(
@@ -71,6 +76,7 @@ class AdminServicer(RoutingAdmin, EvidenceAdmin, CallerIdentityAdmin, admin_pb2_
         callers: CallerIdentityService,
         retention: EvidenceRetention,
         importer: EvidenceImporter,
+        admin: AdminService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -89,6 +95,7 @@ class AdminServicer(RoutingAdmin, EvidenceAdmin, CallerIdentityAdmin, admin_pb2_
         self._callers = callers
         self._retention = retention
         self._importer = importer
+        self._admin = admin
 
     # ---- tenants ----
 

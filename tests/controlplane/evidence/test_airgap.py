@@ -220,7 +220,7 @@ async def test_a_changed_byte_an_unprovisioned_or_a_revoked_node_is_refused(
     bare = private_tmp / "ag-import-bare.pack"
     assert (await export(bare_dir, bare)).returncode == 0
     assert control_plane.cp.admin is not None
-    _, viewer = await control_plane.cp.admin.create_token("auditor", role="viewer")
+    _, viewer = await control_plane.cp.admin.create_token("auditor", role="auditor")
     as_viewer = await _signalbox(
         "admin", "--target", control_plane.address, "--token", viewer, "evidence", "import", str(bare)
     )
