@@ -252,7 +252,18 @@ class Authorizer:
             return Admission(caller.tenant_id, _without_credentials)
         if isinstance(target, Tenants) and bound:
             return Admission(caller.tenant_id, lambda response: _only_tenant(response, caller.tenant_id))
-        return Admission(caller.tenant_id)
+        return Admission(caller.tenant_id or await self._tenant_of_subject(rule, request))
+
+    async def _tenant_of_subject(self, rule: Rule, request: Any | None) -> str:
+        """For the audit row: the tenant the object a platform call changes belongs to."""
+        if rule.subject is None or request is None:
+            return ""
+        ref = field_value(request, rule.subject.field)
+        if not ref:
+            return ""
+        if rule.subject.kind == "tenant":
+            return await self._admin.tenant_id(ref)
+        return await self._admin.owner(rule.subject.kind, ref) or ""
 
     async def _tenant_field(self, caller: Caller, target: TenantField, request: Any) -> str:
         value = field_value(request, target.field)

@@ -93,7 +93,7 @@ async def _seed(admin: Admin, cp: RunningControlPlane) -> World:
         admin_pb2.CreateAdminTokenRequest(name="beta-auditor", role="auditor", tenant=b.id)
     )
     # B's admin leaves its own rows in the audit trail.
-    b_stub = Admin(admin.stub, (("authorization", f"Bearer {b_admin.token}"),))
+    b_stub = admin.with_token(b_admin.token)
     await b_stub.ListApiKeys(admin_pb2.ListApiKeysRequest())
     # Evidence of B in the store, as shipped.
     _execute(
@@ -247,7 +247,7 @@ async def test_listings_of_a_tenant_admin_are_its_tenants_only(
     created = await admin.CreateAdminToken(
         admin_pb2.CreateAdminTokenRequest(name="alpha-admin", role="tenant_admin", tenant="alpha")
     )
-    a = Admin(admin.stub, (("authorization", f"Bearer {created.token}"),))
+    a = admin.with_token(created.token)
     assert [t.name for t in (await a.ListTenants(admin_pb2.ListTenantsRequest())).tenants] == ["alpha"]
     keys = (await a.ListApiKeys(admin_pb2.ListApiKeysRequest())).keys
     assert [(k.name, k.tenant_id) for k in keys] == [("alpha-key", world.a_id)]
@@ -275,7 +275,7 @@ async def test_a_tenant_bound_identity_cannot_widen_itself(
     created = await admin.CreateAdminToken(
         admin_pb2.CreateAdminTokenRequest(name="alpha-someone", role=role, tenant="alpha")
     )
-    a = Admin(admin.stub, (("authorization", f"Bearer {created.token}"),))
+    a = admin.with_token(created.token)
     for request in (
         admin_pb2.CreateAdminTokenRequest(name="up", role="platform_admin"),
         admin_pb2.CreateAdminTokenRequest(name="other", role="tenant_admin", tenant="beta"),
