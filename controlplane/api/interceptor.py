@@ -220,8 +220,13 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     async def _after(self, method: str, request: Any, call: _Call) -> None:
         """The digest of what a write changed, as it is now."""
         rule = self.authz.rule(method)
-        if rule is not None and rule.subject is not None and call.before:
+        if rule is None or rule.subject is None or not call.before:
+            return
+        try:
             call.after = await self.authz.digest(rule, request)
+        except Exception:
+            # The change is made; its audit row must still be written, without this digest.
+            log.exception("could not read %s's target after the call for its audit row", method)
 
     async def _refuse(self, exc: Exception, method: str, context: Context, call: _Call) -> NoReturn:
         mapped = status_for(exc)

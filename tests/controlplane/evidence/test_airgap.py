@@ -224,7 +224,7 @@ async def test_a_changed_byte_an_unprovisioned_or_a_revoked_node_is_refused(
     as_viewer = await _signalbox(
         "admin", "--target", control_plane.address, "--token", viewer, "evidence", "import", str(bare)
     )
-    assert "PERMISSION_DENIED: role 'viewer' may not call ImportEvidence" in as_viewer.stderr
+    assert "PERMISSION_DENIED: role 'auditor' may not call ImportEvidence" in as_viewer.stderr
     refused = await _signalbox(*target, "evidence", "import", str(bare))
     assert refused.returncode != 0
     assert "PERMISSION_DENIED" in refused.stderr
