@@ -21,8 +21,9 @@ Targets, for a caller bound to tenant T:
   (``empty=OWN``) or refused where empty means the platform default (``empty=PLATFORM``).
 - ``Owned(kind, field)``: the request names an object by id; its tenant must be T, else
   NOT_FOUND worded as the handler words a missing one.
-- ``Catalog``: the shared catalog (models, providers): readable, credentials left out for
-  tenant-bound callers.
+- ``Catalog``: the shared catalog (models, providers): a tenant-bound caller sees the models
+  its tenant's policy may use (as a node decides: no tenant learns another's model names)
+  and the providers serving them, without credential references.
 - ``Tenants``: the tenant listing, cut down to T.
 """
 
@@ -34,7 +35,7 @@ from enum import StrEnum
 from typing import Any
 
 from controlplane.errors import NotFound, PermissionDenied
-from controlplane.services.admin import AUDITOR, PLATFORM_ADMIN, TENANT_ADMIN, AdminService
+from controlplane.services.admin import AUDITOR, PLATFORM_ADMIN, TENANT_ADMIN, AdminService, VisibleCatalog
 from controlplane.services.base import Caller
 
 
@@ -249,7 +250,8 @@ class Authorizer:
                 raise NotFound(target.label, ref)
             return Admission(owner or "")
         if isinstance(target, Catalog) and bound:
-            return Admission(caller.tenant_id, _without_credentials)
+            visible = await self._admin.catalog_of(caller.tenant_id)
+            return Admission(caller.tenant_id, lambda response: _visible_only(response, visible))
         if isinstance(target, Tenants) and bound:
             return Admission(caller.tenant_id, lambda response: _only_tenant(response, caller.tenant_id))
         return Admission(caller.tenant_id or await self._tenant_of_subject(rule, request))
@@ -287,9 +289,19 @@ class Authorizer:
         return await self._admin.digest(rule.subject.kind, ref)
 
 
-def _without_credentials(response: Any) -> None:
-    for provider in getattr(response, "providers", ()):
-        provider.ClearField("credential")
+def _visible_only(response: Any, visible: VisibleCatalog) -> None:
+    """The models the tenant's policy may use and the providers serving them, without
+    credential references."""
+    if hasattr(response, "models"):
+        keep = [m for m in response.models if m.alias in visible.models]
+        del response.models[:]
+        response.models.extend(keep)
+    if hasattr(response, "providers"):
+        kept = [p for p in response.providers if p.id in visible.providers]
+        del response.providers[:]
+        response.providers.extend(kept)
+        for provider in response.providers:
+            provider.ClearField("credential")
 
 
 def _only_tenant(response: Any, tenant_id: str) -> None:

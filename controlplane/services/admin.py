@@ -18,7 +18,7 @@ from sqlalchemy import LargeBinary
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.db.models import AdminMtlsIdentity, AdminToken, AuditEntry, TenantIdentity
+from controlplane.db.models import AdminMtlsIdentity, AdminToken, AuditEntry, Policy, TenantIdentity
 from controlplane.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from controlplane.limits import NAME_CHARS
 from controlplane.repositories import admin as repo
@@ -97,6 +97,28 @@ SUBJECTS: dict[str, Loader] = {
     "admin_mtls": repo.mtls_identity,
     "node_group": _group,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class VisibleCatalog:
+    """What of the shared catalog a tenant may see: the models its policy may use (its own
+    policy, else the platform default's) and the providers serving them."""
+
+    models: frozenset[str]
+    """Model aliases."""
+    providers: frozenset[str]
+    """Provider ids."""
+
+
+def _policy_models(policy: Policy | None) -> frozenset[str]:
+    if policy is None or policy.deleted:
+        return frozenset()
+    document = json.loads(policy.document_json)
+    # Stored documents compiled; the rule is the compiler's (dataplane.policy.compiler).
+    if "allowed_models" in document:
+        return frozenset(document["allowed_models"])
+    default = document.get("default_model")
+    return frozenset((default,)) if isinstance(default, str) else frozenset()
 
 
 @dataclass(slots=True)
@@ -233,6 +255,16 @@ class AdminService:
             return None
         tenant_id = getattr(row, "tenant_id", None)
         return str(tenant_id) if tenant_id is not None else ""
+
+    async def catalog_of(self, tenant_id: str) -> VisibleCatalog:
+        async with self.sessions() as session:
+            policy = await config_repo.latest_policy(session, repo.as_uuid(tenant_id))
+            if policy is None or policy.deleted:
+                policy = await config_repo.latest_policy(session, None)
+            aliases = _policy_models(policy)
+            models = [m for m in await config_repo.list_models(session) if m.alias in aliases]
+        providers = frozenset(str(d.provider_id) for m in models for d in m.deployments)
+        return VisibleCatalog(frozenset(m.alias for m in models), providers)
 
     async def digest(self, kind: str, ref: str) -> str:
         """Hex SHA-256 of the canonical form of the object of ``kind`` named ``ref``; "" when

@@ -256,6 +256,9 @@ async def test_listings_of_a_tenant_admin_are_its_tenants_only(
     providers = (await a.ListProviders(admin_pb2.ListProvidersRequest())).providers
     assert [p.name for p in providers] == ["sim"]
     assert not providers[0].HasField("credential")
+    # Of the shared models, those A's policy may use: B's "large" is not named to A.
+    assert [m.alias for m in (await a.ListModels(admin_pb2.ListModelsRequest())).models] == ["small"]
+    assert len((await admin.ListModels(admin_pb2.ListModelsRequest())).models) == 2
     # A platform admin sees the credential reference; B's everything.
     assert (await admin.ListProviders(admin_pb2.ListProvidersRequest())).providers[0].credential.env
     assert {t.name for t in (await admin.ListTenants(admin_pb2.ListTenantsRequest())).tenants} == {
@@ -285,3 +288,21 @@ async def test_a_tenant_bound_identity_cannot_widen_itself(
         assert refused.value.code() in REFUSED, (request, refused.value.details())
     names = {t.name for t in (await admin.ListAdminTokens(admin_pb2.ListAdminTokensRequest())).tokens}
     assert names.isdisjoint({"up", "other"})
+
+
+async def test_a_tenant_without_a_policy_sees_the_models_of_the_platform_default(admin: Admin) -> None:
+    await admin.seed("gamma")
+    created = await admin.CreateAdminToken(
+        admin_pb2.CreateAdminTokenRequest(name="gamma-admin", role="tenant_admin", tenant="gamma")
+    )
+    gamma = admin.with_token(created.token)
+
+    async def models() -> list[str]:
+        return [m.alias for m in (await gamma.ListModels(admin_pb2.ListModelsRequest())).models]
+
+    async def providers() -> list[str]:
+        return [p.name for p in (await gamma.ListProviders(admin_pb2.ListProvidersRequest())).providers]
+
+    assert (await models(), await providers()) == ([], [])
+    await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(document='{"default_model": "large"}'))
+    assert (await models(), await providers()) == (["large"], ["sim"])
