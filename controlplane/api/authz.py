@@ -241,6 +241,10 @@ class Authorizer:
             raise PermissionDenied(f"role {caller.role!r} may not call {method}")
         target = rule.target
         bound = bool(caller.tenant_id)
+        if request is None and bound and not isinstance(target, Platform):
+            # Nothing to find the tenant in before the handler reads the stream: refused
+            # rather than let through unchecked.
+            raise PermissionDenied(f"{method} takes a stream: only platform identities may call it")
         if isinstance(target, TenantField) and request is not None:
             return Admission(await self._tenant_field(caller, target, request))
         if isinstance(target, Owned) and request is not None:

@@ -24,7 +24,18 @@ import sqlalchemy as sa
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
-from controlplane.api.authz import RULES, Catalog, Permission, Platform, Rule, Tenants
+from controlplane.api.authz import (
+    RULES,
+    Authorizer,
+    Catalog,
+    Permission,
+    Platform,
+    Rule,
+    TenantField,
+    Tenants,
+)
+from controlplane.errors import PermissionDenied
+from controlplane.services.base import Caller
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
 from tests.controlplane.conftest import Admin
@@ -306,3 +317,22 @@ async def test_a_tenant_without_a_policy_sees_the_models_of_the_platform_default
     assert (await models(), await providers()) == ([], [])
     await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(document='{"default_model": "large"}'))
     assert (await models(), await providers()) == (["large"], ["sim"])
+
+
+async def test_an_rpc_without_a_rule_or_a_tenant_to_check_is_refused(
+    control_plane: RunningControlPlane,
+) -> None:
+    """What the interceptor does when the table cannot decide: refuse, never let through."""
+    assert control_plane.cp.admin is not None
+    tenant_id = str(uuid.uuid4())
+    bound = Caller("t", "someone", "tenant_admin", tenant_id=tenant_id, tenant_name="acme")
+    authz = Authorizer(
+        control_plane.cp.admin, {"Streamed": Rule(Permission.TENANT_READ, TenantField("tenant"))}
+    )
+    with pytest.raises(PermissionDenied, match="NewRpc has no authorization rule"):
+        await authz.admit(bound, "NewRpc", admin_pb2.ListTenantsRequest())
+    with pytest.raises(PermissionDenied, match="Streamed takes a stream"):
+        await authz.admit(bound, "Streamed", None)
+    request = admin_pb2.ListApiKeysRequest()
+    assert (await authz.admit(bound, "Streamed", request)).tenant == tenant_id
+    assert request.tenant == tenant_id
