@@ -96,7 +96,9 @@ async def test_a_tenants_key_reaches_only_its_models_and_its_admin_only_its_evid
                 ghost[1], "ghost-model", "ghost"
             )
             streamed = await _refusal(
-                stub.InferStream(_chat(model=MODELS[other]), metadata=auth, timeout=10).read()
+                stub.InferStream(
+                    _chat(model=MODELS[other], correlation_id=f"{tenant}-stream"), metadata=auth, timeout=10
+                ).read()
             )
             assert streamed[0] == grpc.StatusCode.NOT_FOUND
     assert simulator.stats("alpha-model-up").chat == simulator.stats("beta-model-up").chat == 1
@@ -104,10 +106,9 @@ async def test_a_tenants_key_reaches_only_its_models_and_its_admin_only_its_evid
     a_id, b_id = tenants["alpha"][0], tenants["beta"][0]
 
     async def shipped() -> bool:
+        # Every record of both tenants: own, ghost, foreign, stream.
         records = (await admin.QueryEvidence(admin_pb2.QueryEvidenceRequest(limit=1000))).records
-        return {"alpha-foreign", "beta-foreign", "alpha-own", "beta-own"} <= {
-            r.correlation_id for r in records
-        }
+        return len(records) == 8
 
     await eventually(shipped, timeout=20, message="both tenants' evidence shipped")
 
@@ -118,15 +119,19 @@ async def test_a_tenants_key_reaches_only_its_models_and_its_admin_only_its_evid
     records = (await alpha.QueryEvidence(admin_pb2.QueryEvidenceRequest(limit=1000))).records
     assert records
     assert {r.tenant_id for r in records} == {a_id}
-    assert {"alpha-own", "alpha-foreign"} <= {r.correlation_id for r in records}
+    assert {r.correlation_id for r in records} == {"alpha-own", "ghost", "alpha-foreign", "alpha-stream"}
     for request in (
         admin_pb2.QueryEvidenceRequest(tenant_id=b_id),
         admin_pb2.QueryEvidenceRequest(tenant_id="beta"),
     ):
         assert (await _refusal(alpha.QueryEvidence(request)))[0] == grpc.StatusCode.NOT_FOUND
-    pack = [chunk async for chunk in alpha.ExportEvidence(admin_pb2.ExportEvidenceRequest())]
-    assert pack[0].records == len(records)
-    data = b"".join(chunk.data for chunk in pack)
+
+    async def exported() -> bytes:
+        # A pack holds the records its chain's newest shipped checkpoint proves: wait for it.
+        pack = [chunk async for chunk in alpha.ExportEvidence(admin_pb2.ExportEvidenceRequest())]
+        return b"".join(chunk.data for chunk in pack) if pack[0].records == len(records) else b""
+
+    data = await eventually(exported, timeout=20, message="A's records in A's pack")
     assert b"alpha-own" in data
     assert b_id.encode() not in data
     assert b"beta-own" not in data
