@@ -343,6 +343,7 @@ class ControlPlane:
             retention=self.retention,
             importer=EvidenceImporter(sessions, self.evidence),
             limits=LimitsService(uow),
+            admin=self.admin,
         )
         self._interceptor = AdminInterceptor(
             self.admin,

@@ -1,7 +1,7 @@
 """``signalbox controlplane ...``.
 
 controlplane serve            run the control plane (SIGTERM/SIGINT: drain and stop)
-controlplane bootstrap-admin  create the first admin token; printed once, last line of stdout
+controlplane bootstrap-admin  create the first admin token (platform_admin); printed once, last line of stdout
 controlplane export-snapshot  write a node group's newest signed envelope to a file (air-gapped pin)
 
 ``signalbox admin ...`` is a pure client of the Admin API and lives in the shell
@@ -243,7 +243,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     settings.add_log_level(serve, command=SERVE)
     serve.set_defaults(handler=serve_command)
 
-    bootstrap = sub.add_parser("bootstrap-admin", help="create an admin token; printed once")
+    bootstrap = sub.add_parser("bootstrap-admin", help="create a platform_admin token; printed once")
     _database_settings(bootstrap, BOOTSTRAP)
     add(
         bootstrap,

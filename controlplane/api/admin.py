@@ -1,7 +1,8 @@
 """AdminService: thin handlers over the services.
 
 The evidence handlers are in ``api/admin_evidence.py``, the caller-identity ones in
-``api/admin_identity.py`` and ExplainRoute in ``api/admin_routing.py``: mix-ins of
+``api/admin_identity.py``, ExplainRoute in ``api/admin_routing.py`` and the admin tokens,
+admin mTLS identities and audit trail in ``api/admin_security.py``: mix-ins of
 ``AdminServicer``.
 
 Authentication, the audit log and error-to-status mapping are not here: the
@@ -22,6 +23,7 @@ from controlplane.api.admin_evidence import EvidenceAdmin
 from controlplane.api.admin_identity import CallerIdentityAdmin
 from controlplane.api.admin_limits import LimitsAdmin
 from controlplane.api.admin_routing import RoutingAdmin
+from controlplane.api.admin_security import AdminSecurityAdmin
 from controlplane.api.identity import certificate_response
 from controlplane.api.interceptor import current_caller
 from controlplane.errors import InvalidArgument
@@ -30,6 +32,7 @@ from controlplane.evidence.imports import EvidenceImporter
 from controlplane.evidence.queries import EvidenceQueries
 from controlplane.evidence.retention import EvidenceRetention
 from controlplane.limits import DEFAULT_GROUP
+from controlplane.services.admin import AdminService
 from controlplane.services.callers import CallerIdentityService
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import MAX_CERT_TTL, MAX_TOKEN_TTL, IdentityService, check_node_id
@@ -51,7 +54,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(
-    RoutingAdmin, EvidenceAdmin, CallerIdentityAdmin, LimitsAdmin, admin_pb2_grpc.AdminServiceServicer
+    RoutingAdmin,
+    EvidenceAdmin,
+    CallerIdentityAdmin,
+    LimitsAdmin,
+    AdminSecurityAdmin,
+    admin_pb2_grpc.AdminServiceServicer,
 ):
     """Implements every RPC of ``signalbox.api.admin.v1.AdminService``."""
 
@@ -76,6 +84,7 @@ class AdminServicer(
         retention: EvidenceRetention,
         importer: EvidenceImporter,
         limits: LimitsService,
+        admin: AdminService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -95,6 +104,7 @@ class AdminServicer(
         self._retention = retention
         self._importer = importer
         self._limits = limits
+        self._admin = admin
 
     # ---- tenants ----
 

@@ -1,8 +1,10 @@
-"""Every AdminService call: authenticate, check the role, run, map errors to statuses, audit.
+"""Every AdminService call: authenticate, authorize, run, map errors to statuses, audit.
 
-One wrapper around each admin handler, so no handler repeats any of it. The
-audit entry is written after the call in its own transaction, so refused and
-failed calls are recorded too.
+One wrapper around each admin handler, so no handler repeats any of it. An admin is a
+bearer token, or (without one, on a listener that verifies client certificates) a client
+certificate whose URI SAN is mapped to an admin identity. Authorization is the table in
+``api/authz.py``. The audit entry is written after the call in its own transaction, so
+refused and failed calls are recorded too, with the digests of the object a write changed.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
+from cryptography import x509
 
 from controlplane.api.audit_limit import UnauthenticatedAuditLimit
+from controlplane.api.authz import Admission, Authorizer
 from controlplane.api.status import bounded, status_for
 from controlplane.errors import Unauthenticated, clip
 from controlplane.limits import NAME_CHARS, check_request
-from controlplane.services.admin import AdminService, authorize
+from controlplane.repositories.admin import AuditRow
+from controlplane.services.admin import AdminService
 from controlplane.services.base import Caller
 
 log = logging.getLogger(__name__)
@@ -27,6 +32,8 @@ log = logging.getLogger(__name__)
 ADMIN_SERVICE = "/signalbox.api.admin.v1.AdminService/"
 # Request fields that name what a call is about, in order of preference.
 _TARGET_FIELDS = ("tenant", "id", "name", "provider", "model", "version", "key_id", "node_id", "group")
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("signalbox_admin_caller")
 
@@ -36,7 +43,8 @@ def current_caller() -> Caller:
     return _caller.get()
 
 
-def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | Any) -> str:
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | Any) -> str | None:
+    """The bearer token of the call; None when it sends no ``authorization``."""
     for key, value in metadata or ():
         if key.lower() == "authorization":
             text = value.decode() if isinstance(value, bytes) else value
@@ -44,7 +52,22 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | Any) -> str:
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthenticated("authorization: expected 'Bearer <token>'")
             return token.strip()
-    raise Unauthenticated("missing admin token: send 'authorization: Bearer <token>'")
+    return None
+
+
+def certificate_uris(context: Context) -> list[str] | None:
+    """The URI SANs of the client certificate TLS verified; None when there is none."""
+    pem = list((context.auth_context() or {}).get("x509_pem_cert", ()))
+    if not pem:
+        return None
+    try:
+        certificate = x509.load_pem_x509_certificate(pem[0])
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    except ValueError as exc:
+        raise Unauthenticated("the client certificate cannot be read") from exc
+    return [str(uri) for uri in names.get_values_for_type(x509.UniformResourceIdentifier)]
 
 
 def target_of(request: Any) -> str:
@@ -63,7 +86,6 @@ def target_of(request: Any) -> str:
     return ""
 
 
-Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Awaitable[Any]]
 StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
 
@@ -74,6 +96,25 @@ class _Call:
 
     target: str
     actor: str = "anonymous"
+    actor_role: str = ""
+    actor_tenant: str = ""
+    tenant: str = ""
+    before: str = ""
+    after: str = ""
+
+    def row(self, method: str, result: str, detail: str) -> AuditRow:
+        return AuditRow(
+            actor=self.actor[:NAME_CHARS],
+            method=method[:NAME_CHARS],
+            target=self.target,
+            result=result,
+            detail=detail,
+            actor_role=self.actor_role,
+            actor_tenant=self.actor_tenant,
+            tenant=self.tenant,
+            before_sha256=self.before,
+            after_sha256=self.after,
+        )
 
 
 class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -84,6 +125,7 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self, admin: AdminService, *, unauthenticated_rows: int = 20, unauthenticated_window: float = 60.0
     ) -> None:
         self._admin = admin
+        self.authz = Authorizer(admin)
         self.unauthenticated = UnauthenticatedAuditLimit(
             self._audit_suppressed, rows=unauthenticated_rows, window=unauthenticated_window
         )
@@ -125,11 +167,14 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         async def handle(request: Any, context: Context) -> Any:
             call = _Call("" if streamed else target_of(request))
             try:
-                await self._admit(method, None if streamed else request, context, call)
+                admission = await self._admit(method, None if streamed else request, context, call)
                 response = await behavior(request, context)
+                if admission.scrub is not None:
+                    admission.scrub(response)
+                await self._after(method, request, call)
             except Exception as exc:
                 await self._refuse(exc, method, context, call)
-            await self._audit(call.actor, method, call.target, "OK", "")
+            await self._audit(call.row(method, "OK", ""))
             return response
 
         return handle
@@ -146,18 +191,42 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     yield response
             except Exception as exc:
                 await self._refuse(exc, method, context, call)
-            await self._audit(call.actor, method, call.target, "OK", "")
+            await self._audit(call.row(method, "OK", ""))
 
         return handle
 
-    async def _admit(self, method: str, request: Any, context: Context, call: _Call) -> None:
-        caller = await self._admin.authenticate(bearer_token(context.invocation_metadata()))
-        call.actor = caller.actor
-        authorize(caller, method)
-        _caller.set(caller)
+    async def _admit(self, method: str, request: Any, context: Context, call: _Call) -> Admission:
+        token = bearer_token(context.invocation_metadata())
+        uris = certificate_uris(context) if token is None else None
+        if token is None and uris is None:
+            raise Unauthenticated("missing admin token: send 'authorization: Bearer <token>'")
+        caller = (
+            await self._admin.authenticate(token)
+            if token is not None
+            else await self._admin.authenticate_certificate(uris or [])
+        )
+        call.actor, call.actor_role, call.actor_tenant = caller.actor, caller.role, caller.tenant_id
         if request is not None:
             # Nothing the database cannot hold gets past here (controlplane.limits).
             check_request(request)
+        admission = await self.authz.admit(caller, method, request)
+        call.tenant = admission.tenant
+        rule = self.authz.rule(method)
+        if rule is not None and request is not None:
+            call.before = await self.authz.digest(rule, request)
+        _caller.set(caller)
+        return admission
+
+    async def _after(self, method: str, request: Any, call: _Call) -> None:
+        """The digest of what a write changed, as it is now."""
+        rule = self.authz.rule(method)
+        if rule is None or rule.subject is None or not call.before:
+            return
+        try:
+            call.after = await self.authz.digest(rule, request)
+        except Exception:
+            # The change is made; its audit row must still be written, without this digest.
+            log.exception("could not read %s's target after the call for its audit row", method)
 
     async def _refuse(self, exc: Exception, method: str, context: Context, call: _Call) -> NoReturn:
         mapped = status_for(exc)
@@ -167,22 +236,23 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         else:
             code, message = mapped
         if not isinstance(exc, Unauthenticated) or self.unauthenticated.admit(context.peer()):
-            await self._audit(call.actor, method, call.target, code.name, message)
+            await self._audit(call.row(method, code.name, message))
         await context.abort(code, message)
         raise AssertionError("abort raises")  # pragma: no cover
 
     async def _audit_suppressed(self, peer: str, count: int) -> None:
         detail = f"{count} more unauthenticated calls from {peer} suppressed"
-        await self._audit("anonymous", "(unauthenticated)", f"peer={peer}", "UNAUTHENTICATED", detail)
+        await self._audit(
+            AuditRow("anonymous", "(unauthenticated)", f"peer={peer}", "UNAUTHENTICATED", detail)
+        )
 
     async def close(self) -> None:
         """Write the summary rows of open windows; call before the database goes."""
         await self.unauthenticated.close()
 
-    async def _audit(self, actor: str, method: str, target: str, result: str, detail: str) -> None:
-        actor, method = actor[:NAME_CHARS], method[:NAME_CHARS]
+    async def _audit(self, row: AuditRow) -> None:
         try:
-            await self._admin.audit(actor=actor, method=method, target=target, result=result, detail=detail)
+            await self._admin.record(row)
         except Exception:
             # The call's outcome is already decided; losing its audit row must be loud, not fatal.
-            log.exception("could not write the audit entry for %s by %s", method, actor)
+            log.exception("could not write the audit entry for %s by %s", row.method, row.actor)

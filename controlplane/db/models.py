@@ -212,18 +212,32 @@ class Policy(Base):
 class AdminToken(TimestampMixin, Base):
     """An admin credential. Only the SHA-256 of the token is kept.
 
-    ``role`` is "admin" (every call) or "viewer" (reads only).
+    ``role`` is one of ``controlplane.services.admin.ROLES``: ``platform_admin`` (every call),
+    ``tenant_admin`` (one tenant, ``tenant_id``) or ``auditor`` (reads; platform-wide, or one
+    tenant's when ``tenant_id`` is set). The authorization table is ``controlplane.api.authz``.
     """
 
     __tablename__ = "admin_tokens"
-    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role_known"),)
+    __table_args__ = (
+        CheckConstraint("role IN ('platform_admin', 'tenant_admin', 'auditor')", name="role_known"),
+        CheckConstraint(
+            "(role = 'platform_admin' AND tenant_id IS NULL) OR (role = 'tenant_admin' AND tenant_id IS NOT NULL)"
+            " OR role = 'auditor'",
+            name="role_tenant",
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(NAME_CHARS))
     prefix: Mapped[str] = mapped_column(String(PREFIX_CHARS))
     token_sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
-    role: Mapped[str] = mapped_column(String(32), default="admin", server_default="admin")
+    role: Mapped[str] = mapped_column(String(32), default="platform_admin", server_default="platform_admin")
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # ---- admin roles (admin branch; migration 0017) ----
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    created_by: Mapped[str] = mapped_column(String(NAME_CHARS), default="", server_default="")
 
 
 class SigningKey(TimestampMixin, Base):
@@ -343,7 +357,8 @@ class Node(Base):
 
 
 class AuditEntry(Base):
-    """One admin call: who made it, what it touched, how it ended."""
+    """One admin call: who made it, what it touched, how it ended. Append-only in the
+    database (migration 0017: grants and triggers refuse UPDATE, DELETE and TRUNCATE)."""
 
     __tablename__ = "audit_log"
 
@@ -354,6 +369,15 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(Text, default="")
     result: Mapped[str] = mapped_column(String(RESULT_CHARS))
     detail: Mapped[str] = mapped_column(Text, default="")
+    # ---- admin audit trail (admin branch; migration 0017) ----
+    actor_role: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    actor_tenant: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    """The tenant id an actor of a tenant-scoped role is bound to; "" for platform roles."""
+    tenant: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
+    """The tenant id the call was about, when it names one (or an object of one)."""
+    before_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    after_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    """Hex SHA-256 of the target's canonical form before and after a change ("": none)."""
 
 
 class NodeNack(Base):
@@ -610,3 +634,29 @@ class QuotaState(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     holders: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
     """Node id -> when it last leased this rate (epoch seconds): who shares its refill."""
+
+
+# ---- admin identities by mTLS (admin branch; migration 0017) ----
+
+
+class AdminMtlsIdentity(TimestampMixin, Base):
+    """An admin identity given by a client certificate: the certificate's URI SAN, exactly,
+    maps to a name, a role and (for tenant-scoped roles) a tenant."""
+
+    __tablename__ = "admin_mtls_identities"
+    __table_args__ = (
+        CheckConstraint("role IN ('platform_admin', 'tenant_admin', 'auditor')", name="role_known"),
+        CheckConstraint(
+            "(role = 'platform_admin' AND tenant_id IS NULL) OR (role = 'tenant_admin' AND tenant_id IS NOT NULL)"
+            " OR role = 'auditor'",
+            name="role_tenant",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    uri: Mapped[str] = mapped_column(Text, unique=True)
+    name: Mapped[str] = mapped_column(String(NAME_CHARS))
+    role: Mapped[str] = mapped_column(String(32))
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )

@@ -1,11 +1,23 @@
-"""Admin tokens and the audit log."""
+"""Admin tokens, admin mTLS identities and the audit log."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.models import AdminToken, AuditEntry
+from controlplane.db.models import AdminMtlsIdentity, AdminToken, AuditEntry, Tenant
+
+
+def as_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
 
 
 async def token_by_hash(session: AsyncSession, digest: bytes) -> AdminToken | None:
@@ -14,7 +26,94 @@ async def token_by_hash(session: AsyncSession, digest: bytes) -> AdminToken | No
     )
 
 
-def add_audit(
-    session: AsyncSession, *, actor: str, method: str, target: str, result: str, detail: str
-) -> None:
-    session.add(AuditEntry(actor=actor, method=method, target=target, result=result, detail=detail))
+async def token(session: AsyncSession, ref: str) -> AdminToken | None:
+    ident = as_uuid(ref)
+    return None if ident is None else await session.get(AdminToken, ident)
+
+
+async def tokens(session: AsyncSession, tenant_id: uuid.UUID | None) -> Sequence[AdminToken]:
+    query = select(AdminToken).order_by(AdminToken.created_at, AdminToken.id)
+    if tenant_id is not None:
+        query = query.where(AdminToken.tenant_id == tenant_id)
+    return (await session.scalars(query)).all()
+
+
+async def mtls_identity_by_uri(session: AsyncSession, uri: str) -> AdminMtlsIdentity | None:
+    return await session.scalar(select(AdminMtlsIdentity).where(AdminMtlsIdentity.uri == uri))
+
+
+async def mtls_identity(session: AsyncSession, ref: str) -> AdminMtlsIdentity | None:
+    ident = as_uuid(ref)
+    return None if ident is None else await session.get(AdminMtlsIdentity, ident)
+
+
+async def mtls_identities(session: AsyncSession) -> Sequence[AdminMtlsIdentity]:
+    query = select(AdminMtlsIdentity).order_by(AdminMtlsIdentity.uri)
+    return (await session.scalars(query)).all()
+
+
+async def tenant_name(session: AsyncSession, tenant_id: uuid.UUID | None) -> str:
+    if tenant_id is None:
+        return ""
+    return await session.scalar(select(Tenant.name).where(Tenant.id == tenant_id)) or ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One audit row to write (``AuditEntry``'s columns but ``id`` and ``at``)."""
+
+    actor: str
+    method: str
+    target: str
+    result: str
+    detail: str = ""
+    actor_role: str = ""
+    actor_tenant: str = ""
+    tenant: str = ""
+    before_sha256: str = ""
+    after_sha256: str = ""
+
+
+def add_audit(session: AsyncSession, row: AuditRow) -> None:
+    session.add(
+        AuditEntry(
+            actor=row.actor,
+            method=row.method,
+            target=row.target,
+            result=row.result,
+            detail=row.detail,
+            actor_role=row.actor_role,
+            actor_tenant=row.actor_tenant,
+            tenant=row.tenant,
+            before_sha256=row.before_sha256,
+            after_sha256=row.after_sha256,
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    actor: str = ""
+    tenant: str = ""
+    """A tenant id: rows about it or made by one of its identities."""
+    action: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+
+
+async def audit_rows(session: AsyncSession, f: AuditFilter) -> tuple[Sequence[AuditEntry], bool]:
+    """Matching rows newest first, and whether more matched than ``f.limit``."""
+    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(f.limit + 1)
+    if f.actor:
+        query = query.where(AuditEntry.actor == f.actor)
+    if f.tenant:
+        query = query.where(or_(AuditEntry.tenant == f.tenant, AuditEntry.actor_tenant == f.tenant))
+    if f.action:
+        query = query.where(AuditEntry.method == f.action)
+    if f.since is not None:
+        query = query.where(AuditEntry.at >= f.since)
+    if f.until is not None:
+        query = query.where(AuditEntry.at < f.until)
+    rows = (await session.scalars(query)).all()
+    return rows[: f.limit], len(rows) > f.limit

@@ -90,11 +90,15 @@ async def describe_path(session: AsyncSession, path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is making an admin call (from the admin token)."""
+    """Who is making an admin call (from an admin token or a mapped client certificate)."""
 
     token_id: str
     name: str
-    role: str = "admin"
+    role: str = "platform_admin"
+    """``platform_admin``, ``tenant_admin`` or ``auditor`` (``controlplane.services.admin.ROLES``)."""
+    tenant_id: str = ""
+    """The tenant a tenant-scoped identity is bound to; "" for platform-wide ones."""
+    tenant_name: str = ""
 
     @property
     def actor(self) -> str:

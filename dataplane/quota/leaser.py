@@ -134,8 +134,11 @@ class QuotaLeaser:
                     state.returned = state.overspent = 0
             raise
         self._last = now
-        self.quotas.reachable = True
-        self.rounds += 1
+        if asks:
+            # Only a call that went through says the control plane is back: a round with
+            # nothing to ask proves nothing (and must not end fail_closed on its own).
+            self.quotas.reachable = True
+            self.rounds += 1
 
     def _ask(self, bucket: Bucket, elapsed: float) -> quota_pb2.QuotaAsk | None:
         state = self._states.get(bucket)

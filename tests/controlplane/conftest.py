@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -39,6 +41,10 @@ class Admin:
 
         return call
 
+    def with_token(self, token: str) -> Admin:
+        """The same stub, calling as the admin of ``token``."""
+        return Admin(self.stub, (("authorization", f"Bearer {token}"),))
+
     # Small conveniences used across tests.
     async def seed(self, tenant: str = "acme") -> None:
         """A tenant, a provider and two models."""
@@ -67,6 +73,28 @@ class Admin:
     async def latest_version(self) -> int:
         info = await self.GetSnapshot(admin_pb2.GetSnapshotRequest())
         return int(info.version)
+
+
+async def admin_cli(address: str, token: str, *args: str) -> tuple[int, str, str]:
+    """``signalbox admin --target ADDRESS --token TOKEN ARGS`` as a real process: (exit code,
+    stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "signalbox",
+        "admin",
+        "--target",
+        address,
+        "--token",
+        token,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture

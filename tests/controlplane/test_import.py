@@ -164,7 +164,7 @@ async def test_cli_writes_secrets_to_a_private_file_only(
 
 async def test_import_is_admin_only_and_audited(control_plane: RunningControlPlane, admin: Admin) -> None:
     assert control_plane.cp.admin is not None
-    _, token = await control_plane.cp.admin.create_token("auditor", role="viewer")
+    _, token = await control_plane.cp.admin.create_token("auditor", role="auditor")
     data = _jsonl({"kind": "tenant", "name": "v"})
     async with grpc.aio.insecure_channel(control_plane.address) as channel:
         viewer = Admin(admin_pb2_grpc.AdminServiceStub(channel), (("authorization", f"Bearer {token}"),))

@@ -355,3 +355,42 @@ def evidence_pruned_row(r: admin_pb2.EvidencePrunedRange) -> tuple[object, ...]:
         r.last_hash.hex()[:16],
         _time(r.pruned_before),
     )
+
+
+# ---- admin security ----
+
+ADMIN_TOKEN_COLUMNS = ("id", "name", "role", "tenant", "prefix", "created", "created_by", "revoked")
+ADMIN_MTLS_COLUMNS = ("id", "uri", "name", "role", "tenant", "created")
+ADMIN_AUDIT_COLUMNS = ("at", "actor", "role", "action", "target", "tenant", "result", "before", "after")
+
+
+def admin_token_row(t: admin_pb2.AdminTokenInfo) -> tuple[object, ...]:
+    return (
+        t.id,
+        printable(t.name, 60),
+        t.role,
+        t.tenant_id,
+        t.prefix,
+        _time(t.created_at),
+        printable(t.created_by, 60),
+        _time(t.revoked_at),
+    )
+
+
+def admin_mtls_row(m: admin_pb2.AdminMtlsIdentity) -> tuple[object, ...]:
+    return (m.id, printable(m.uri, 100), printable(m.name, 60), m.role, m.tenant_id, _time(m.created_at))
+
+
+def admin_audit_row(e: admin_pb2.AdminAuditEntry) -> tuple[object, ...]:
+    # Digests are shown by their first 12 hex digits; --json has them whole.
+    return (
+        _time(e.at),
+        printable(e.actor, 60),
+        e.actor_role + (f"@{e.actor_tenant}" if e.actor_tenant else ""),
+        printable(e.action, 60),
+        printable(e.target, 80),
+        e.tenant,
+        e.result,
+        e.before_sha256[:12],
+        e.after_sha256[:12],
+    )

@@ -8,6 +8,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from signalbox import settings, tls
+from signalbox.shell.admin_cli.commands.admins import (
+    admin_mtls_add,
+    admin_mtls_list,
+    admin_mtls_remove,
+    admin_token_create,
+    admin_token_list,
+    admin_token_revoke,
+    audit_list,
+)
 from signalbox.shell.admin_cli.commands.base import Action
 from signalbox.shell.admin_cli.commands.config import (
     model_create,
@@ -499,6 +508,61 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=_utc_time,
         required=True,
         help="prune months that end by this time (ISO 8601; UTC when no zone)",
+    )
+
+    _admin_security(sub)
+
+
+ROLE_HELP = (
+    "platform_admin (everything), tenant_admin (one tenant: its keys, caller identities, policies, "
+    "evidence) or auditor (reads; platform-wide, or one tenant's with --tenant)"
+)
+
+
+def _admin_security(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    admins = _resource(sub, "admins", "who may administer: admin tokens and admin client certificates")
+    token = admins.add_parser("token", help="admin tokens (stored as SHA-256 only)")
+    token_verbs = token.add_subparsers(dest="token_verb", required=True, metavar="VERB")
+    p = _verb(
+        token_verbs,
+        "create",
+        admin_token_create,
+        "a new admin token, printed once (a tenant admin: tenant_admin or auditor of its tenant)",
+    )
+    p.add_argument("name", help="who it is for (audit rows name it admin:NAME)")
+    p.add_argument(
+        "--role", required=True, choices=("platform_admin", "tenant_admin", "auditor"), help=ROLE_HELP
+    )
+    p.add_argument("--tenant", help="id or name: required for tenant_admin, optional for auditor")
+    _verb(token_verbs, "list", admin_token_list, "list admin tokens (never the tokens)").add_argument(
+        "--tenant", help="only this tenant's (id or name)"
+    )
+    _verb(token_verbs, "revoke", admin_token_revoke, "revoke a token now").add_argument("id")
+    mtls = admins.add_parser(
+        "mtls", help="client certificate URI SANs mapped to admin identities (platform admins only)"
+    )
+    mtls_verbs = mtls.add_subparsers(dest="admins_mtls_verb", required=True, metavar="VERB")
+    p = _verb(mtls_verbs, "add", admin_mtls_add, "map a client certificate's URI SAN to an admin identity")
+    p.add_argument("--uri", required=True, help="the exact URI SAN, e.g. spiffe://corp/admin/alice")
+    p.add_argument("--name", required=True, help="who it is (audit rows name it admin:NAME)")
+    p.add_argument(
+        "--role", required=True, choices=("platform_admin", "tenant_admin", "auditor"), help=ROLE_HELP
+    )
+    p.add_argument("--tenant", help="id or name: required for tenant_admin, optional for auditor")
+    _verb(mtls_verbs, "list", admin_mtls_list, "list admin certificate mappings")
+    _verb(mtls_verbs, "remove", admin_mtls_remove, "remove a mapping").add_argument("id")
+
+    audit = _resource(sub, "audit", "the append-only trail of every admin call")
+    p = _verb(audit, "list", audit_list, "admin calls, newest first, by the filters given (AND)")
+    p.add_argument("--actor", help="e.g. admin:alice")
+    p.add_argument("--tenant", help="id or name: calls about it or made by its identities")
+    p.add_argument("--action", help="the RPC, e.g. DeleteApiKey")
+    p.add_argument("--since", type=_utc_time, help="calls at or after this time (ISO 8601; UTC when no zone)")
+    p.add_argument("--until", type=_utc_time, help="calls before this time (ISO 8601; UTC when no zone)")
+    p.add_argument("--limit", type=_version, help="at most this many (default 100, at most 1000)")
+    # The same setting as `signalbox admin --json` (SIGNALBOX_ADMIN_JSON), also accepted here.
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of a table"
     )
 
 

@@ -35,8 +35,13 @@ MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 
 def admin_command(ns: argparse.Namespace) -> int:
-    if not ns.token:
-        print("signalbox admin: --token / SIGNALBOX_ADMIN_TOKEN is required", file=sys.stderr)
+    if not ns.token and not ns.client_cert:
+        # A client certificate mapped to an admin identity authenticates without a token.
+        print(
+            "signalbox admin: --token / SIGNALBOX_ADMIN_TOKEN is required (or --client-cert of an "
+            "admin identity)",
+            file=sys.stderr,
+        )
         return 3
     action: Action = ns.admin_action
 
@@ -45,7 +50,7 @@ def admin_command(ns: argparse.Namespace) -> int:
         options = [("grpc.max_receive_message_length", MAX_REPLY_BYTES)]
         async with tls.aio_channel(ns.target, tls.client_tls(ns), options) as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
-            metadata = (("authorization", f"Bearer {ns.token}"),)
+            metadata = _credentials(ns)
             wrapped = _with_call_options(stub, metadata, ns.timeout)
             return await action(wrapped, ns)
 
@@ -54,7 +59,7 @@ def admin_command(ns: argparse.Namespace) -> int:
         # (or, hidden, for --iterations frames).
         async with tls.aio_channel(ns.target, tls.client_tls(ns)) as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
-            metadata = (("authorization", f"Bearer {ns.token}"),)
+            metadata = _credentials(ns)
             wrapped = _with_call_options(stub, metadata, ns.timeout)
             frames = 0
             while True:
@@ -88,6 +93,11 @@ def admin_command(ns: argparse.Namespace) -> int:
         return EXIT_CODES.get(exc.status, 1)
     _print(out, ns)
     return 0
+
+
+def _credentials(ns: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """The token's metadata; none when the client certificate is the credential."""
+    return (("authorization", f"Bearer {ns.token}"),) if ns.token else ()
 
 
 def _print(out: Output, ns: argparse.Namespace) -> None:

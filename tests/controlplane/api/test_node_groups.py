@@ -245,7 +245,7 @@ async def test_a_viewer_reads_groups_and_every_write_is_audited(
     await admin.UpdateNodeGroup(admin_pb2.UpdateNodeGroupRequest(name="edge", deployment="eu"))
     await _code(admin.CreateNodeGroup(_create("edge")))
     assert control_plane.cp.admin is not None
-    _, token = await control_plane.cp.admin.create_token("auditor", role="viewer")
+    _, token = await control_plane.cp.admin.create_token("auditor", role="auditor")
     async with grpc.aio.insecure_channel(control_plane.address) as channel:
         viewer = Admin(admin_pb2_grpc.AdminServiceStub(channel), (("authorization", f"Bearer {token}"),))
         listed = await viewer.ListNodeGroups(admin_pb2.ListNodeGroupsRequest())
@@ -259,7 +259,7 @@ async def test_a_viewer_reads_groups_and_every_write_is_audited(
         ):
             code, message = await _code(call())
             assert code == grpc.StatusCode.PERMISSION_DENIED
-            assert "viewer" in message
+            assert "auditor" in message
     rows = sql_rows(
         control_plane.database_url,
         "SELECT actor, method, target, result FROM audit_log WHERE method LIKE '%NodeGroup%' ORDER BY id",

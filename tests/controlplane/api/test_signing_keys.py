@@ -93,7 +93,7 @@ async def test_a_viewer_may_list_keys_but_not_rotate_or_revoke(
     control_plane: RunningControlPlane, admin: Admin
 ) -> None:
     assert control_plane.cp.admin is not None
-    _, token = await control_plane.cp.admin.create_token("auditor", role="viewer")
+    _, token = await control_plane.cp.admin.create_token("auditor", role="auditor")
     async with grpc.aio.insecure_channel(control_plane.address) as channel:
         viewer = Admin(admin_pb2_grpc.AdminServiceStub(channel), (("authorization", f"Bearer {token}"),))
         assert await _states(viewer) == {control_plane.key_id: "active"}

@@ -29,7 +29,7 @@ async def shipped(evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
 
 async def test_query_filters_and_prints_json_or_a_table(shipped: RunningControlPlane) -> None:
     assert shipped.cp.admin is not None
-    _, viewer = await shipped.cp.admin.create_token("auditor", role="viewer")
+    _, viewer = await shipped.cp.admin.create_token("auditor", role="auditor")
     base = ("admin", "--target", shipped.address, "--token", viewer)
 
     code, out, err = await _signalbox(*base, "--json", "evidence", "query", "--correlation-id", "corr-3")

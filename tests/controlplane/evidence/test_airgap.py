@@ -220,11 +220,11 @@ async def test_a_changed_byte_an_unprovisioned_or_a_revoked_node_is_refused(
     bare = private_tmp / "ag-import-bare.pack"
     assert (await export(bare_dir, bare)).returncode == 0
     assert control_plane.cp.admin is not None
-    _, viewer = await control_plane.cp.admin.create_token("auditor", role="viewer")
+    _, viewer = await control_plane.cp.admin.create_token("auditor", role="auditor")
     as_viewer = await _signalbox(
         "admin", "--target", control_plane.address, "--token", viewer, "evidence", "import", str(bare)
     )
-    assert "PERMISSION_DENIED: role 'viewer' may not call ImportEvidence" in as_viewer.stderr
+    assert "PERMISSION_DENIED: role 'auditor' may not call ImportEvidence" in as_viewer.stderr
     refused = await _signalbox(*target, "evidence", "import", str(bare))
     assert refused.returncode != 0
     assert "PERMISSION_DENIED" in refused.stderr

@@ -4,17 +4,11 @@ an owner that is not a superuser has no UPDATE/DELETE privilege on them at all."
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from controlplane.db.embedded import EmbeddedPostgres
-from controlplane.db.migrate import upgrade_head
-from tests.fixtures.postgres import _admin_execute
-
-_roles = itertools.count()
+from tests.fixtures.postgres import migrated_by_owner
 
 SEED = [
     "INSERT INTO evidence_records (chain_id, seq, ts, record_id, hash, prev_hash, node_id, correlation_id, "
@@ -90,13 +84,7 @@ def test_the_head_still_moves_forward(database_url: str) -> None:
 def test_an_owner_that_is_not_superuser_has_no_update_or_delete_grant(
     postgres_server: EmbeddedPostgres,
 ) -> None:
-    role = f"evidence_app_{next(_roles)}"
-    database = f"{role}_db"
-    _admin_execute(postgres_server, f"CREATE ROLE {role} LOGIN")
-    _admin_execute(postgres_server, f"CREATE DATABASE {database} OWNER {role}")
-    try:
-        url = make_url(postgres_server.url(database)).set(username=role).render_as_string(hide_password=False)
-        upgrade_head(url)  # the application role runs the migrations and owns the tables
+    with migrated_by_owner(postgres_server, "evidence_app") as url:
         engine = _seed(url)
         try:
             for table in (
@@ -118,6 +106,3 @@ def test_an_owner_that_is_not_superuser_has_no_update_or_delete_grant(
             assert "permission denied for table evidence_chains" in str(refused.value)
         finally:
             engine.dispose()
-    finally:
-        _admin_execute(postgres_server, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        _admin_execute(postgres_server, f"DROP ROLE IF EXISTS {role}")

@@ -203,7 +203,7 @@ async def test_a_viewer_may_export_a_bad_token_may_not_and_a_too_large_query_is_
     plane: RunningControlPlane, private_tmp: Path
 ) -> None:
     assert plane.cp.admin is not None
-    _, viewer = await plane.cp.admin.create_token("auditor", role="viewer")
+    _, viewer = await plane.cp.admin.create_token("auditor", role="auditor")
     assert await _export(plane, private_tmp / "v.pack", token=viewer, tenant_id="globex") == 27
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await _export(plane, private_tmp / "x.pack", token="sbxadm_not-a-token")

@@ -64,7 +64,7 @@ async def test_pruning_leaves_signed_statements_and_the_rest_still_verifies(
 
     # Only a platform admin prunes.
     assert evidence_plane.cp.admin is not None
-    _, viewer = await evidence_plane.cp.admin.create_token("auditor", role="viewer")
+    _, viewer = await evidence_plane.cp.admin.create_token("auditor", role="auditor")
     code, _, err = await admin_cli(
         evidence_plane, "evidence", "prune", "--before", "2025-03-01", token=viewer
     )

@@ -196,7 +196,7 @@ async def test_token_ttl_and_group_are_checked_and_only_admins_create_tokens(
     assert (implied.info.mode, implied.info.site) == ("air-gapped", "site-a")
 
     assert control_plane.cp.admin is not None
-    _, viewer = await control_plane.cp.admin.create_token("watcher", role="viewer")
+    _, viewer = await control_plane.cp.admin.create_token("watcher", role="auditor")
     async with grpc.aio.insecure_channel(control_plane.address) as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
         metadata = (("authorization", f"Bearer {viewer}"),)

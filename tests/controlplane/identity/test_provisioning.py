@@ -147,7 +147,7 @@ async def test_bad_requests_are_refused_precisely_and_only_admins_certify(
         assert expected in (info.value.details() or "")
 
     assert control_plane.cp.admin is not None
-    _, viewer = await control_plane.cp.admin.create_token("watcher", role="viewer")
+    _, viewer = await control_plane.cp.admin.create_token("watcher", role="auditor")
     async with grpc.aio.insecure_channel(control_plane.address) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await admin_pb2_grpc.AdminServiceStub(channel).CertifyNode(

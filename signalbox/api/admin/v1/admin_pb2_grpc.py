@@ -306,6 +306,41 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ClearLimitsRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.LimitsInfo.FromString,
                 _registered_method=True)
+        self.CreateAdminToken = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/CreateAdminToken',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateAdminTokenRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateAdminTokenResponse.FromString,
+                _registered_method=True)
+        self.ListAdminTokens = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListAdminTokens',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminTokensRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeAdminToken = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/RevokeAdminToken',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminTokenRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AdminTokenInfo.FromString,
+                _registered_method=True)
+        self.AddAdminMtlsIdentity = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/AddAdminMtlsIdentity',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddAdminMtlsIdentityRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AdminMtlsIdentity.FromString,
+                _registered_method=True)
+        self.ListAdminMtlsIdentities = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListAdminMtlsIdentities',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminMtlsIdentitiesRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminMtlsIdentitiesResponse.FromString,
+                _registered_method=True)
+        self.RemoveAdminMtlsIdentity = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/RemoveAdminMtlsIdentity',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveAdminMtlsIdentityRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AdminMtlsIdentity.FromString,
+                _registered_method=True)
+        self.ListAdminAudit = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListAdminAudit',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminAuditRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -689,7 +724,57 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClearLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAdminToken(self, request, context):
         """---- limits (end) ----
+        ---- admin security (admin branch) ----
+        Admin tokens: platform admins manage any; a tenant admin only tenant_admin and auditor
+        tokens of its own tenant. The token is in the create response only (SHA-256 kept).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdminTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAdminToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddAdminMtlsIdentity(self, request, context):
+        """Client-certificate URI SANs mapped to admin identities (platform admins only): on a
+        listener with a client CA, a mapped certificate authenticates without a token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdminMtlsIdentities(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveAdminMtlsIdentity(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdminAudit(self, request, context):
+        """The append-only admin audit trail, newest first. Tenant-scoped identities see the rows
+        of their tenant only.
+        ---- admin security (end) ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -967,6 +1052,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ClearLimits,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ClearLimitsRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.LimitsInfo.SerializeToString,
+            ),
+            'CreateAdminToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAdminToken,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateAdminTokenRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateAdminTokenResponse.SerializeToString,
+            ),
+            'ListAdminTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdminTokens,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminTokensRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminTokensResponse.SerializeToString,
+            ),
+            'RevokeAdminToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAdminToken,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminTokenRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AdminTokenInfo.SerializeToString,
+            ),
+            'AddAdminMtlsIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddAdminMtlsIdentity,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddAdminMtlsIdentityRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AdminMtlsIdentity.SerializeToString,
+            ),
+            'ListAdminMtlsIdentities': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdminMtlsIdentities,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminMtlsIdentitiesRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminMtlsIdentitiesResponse.SerializeToString,
+            ),
+            'RemoveAdminMtlsIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveAdminMtlsIdentity,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveAdminMtlsIdentityRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AdminMtlsIdentity.SerializeToString,
+            ),
+            'ListAdminAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdminAudit,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminAuditRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2427,6 +2547,195 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/ClearLimits',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ClearLimitsRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.LimitsInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAdminToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/CreateAdminToken',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateAdminTokenRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.CreateAdminTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdminTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListAdminTokens',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminTokensRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAdminToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/RevokeAdminToken',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminTokenRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AdminTokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddAdminMtlsIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/AddAdminMtlsIdentity',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AddAdminMtlsIdentityRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AdminMtlsIdentity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdminMtlsIdentities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListAdminMtlsIdentities',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminMtlsIdentitiesRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminMtlsIdentitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveAdminMtlsIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/RemoveAdminMtlsIdentity',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RemoveAdminMtlsIdentityRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.AdminMtlsIdentity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdminAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListAdminAudit',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminAuditRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -162,7 +162,25 @@ class AdminServiceStub:
     """
     GetLimits: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetLimitsRequest, _admin_pb2.LimitsInfo]
     ClearLimits: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ClearLimitsRequest, _admin_pb2.LimitsInfo]
-    """---- limits (end) ----"""
+    CreateAdminToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateAdminTokenRequest, _admin_pb2.CreateAdminTokenResponse]
+    """---- limits (end) ----
+    ---- admin security (admin branch) ----
+    Admin tokens: platform admins manage any; a tenant admin only tenant_admin and auditor
+    tokens of its own tenant. The token is in the create response only (SHA-256 kept).
+    """
+    ListAdminTokens: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAdminTokensRequest, _admin_pb2.ListAdminTokensResponse]
+    RevokeAdminToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeAdminTokenRequest, _admin_pb2.AdminTokenInfo]
+    AddAdminMtlsIdentity: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddAdminMtlsIdentityRequest, _admin_pb2.AdminMtlsIdentity]
+    """Client-certificate URI SANs mapped to admin identities (platform admins only): on a
+    listener with a client CA, a mapped certificate authenticates without a token.
+    """
+    ListAdminMtlsIdentities: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAdminMtlsIdentitiesRequest, _admin_pb2.ListAdminMtlsIdentitiesResponse]
+    RemoveAdminMtlsIdentity: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RemoveAdminMtlsIdentityRequest, _admin_pb2.AdminMtlsIdentity]
+    ListAdminAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAdminAuditRequest, _admin_pb2.ListAdminAuditResponse]
+    """The append-only admin audit trail, newest first. Tenant-scoped identities see the rows
+    of their tenant only.
+    ---- admin security (end) ----
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -294,7 +312,25 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     GetLimits: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetLimitsRequest, _admin_pb2.LimitsInfo]  # type: ignore[assignment]
     ClearLimits: _aio.UnaryUnaryMultiCallable[_admin_pb2.ClearLimitsRequest, _admin_pb2.LimitsInfo]  # type: ignore[assignment]
-    """---- limits (end) ----"""
+    CreateAdminToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateAdminTokenRequest, _admin_pb2.CreateAdminTokenResponse]  # type: ignore[assignment]
+    """---- limits (end) ----
+    ---- admin security (admin branch) ----
+    Admin tokens: platform admins manage any; a tenant admin only tenant_admin and auditor
+    tokens of its own tenant. The token is in the create response only (SHA-256 kept).
+    """
+    ListAdminTokens: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAdminTokensRequest, _admin_pb2.ListAdminTokensResponse]  # type: ignore[assignment]
+    RevokeAdminToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeAdminTokenRequest, _admin_pb2.AdminTokenInfo]  # type: ignore[assignment]
+    AddAdminMtlsIdentity: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddAdminMtlsIdentityRequest, _admin_pb2.AdminMtlsIdentity]  # type: ignore[assignment]
+    """Client-certificate URI SANs mapped to admin identities (platform admins only): on a
+    listener with a client CA, a mapped certificate authenticates without a token.
+    """
+    ListAdminMtlsIdentities: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAdminMtlsIdentitiesRequest, _admin_pb2.ListAdminMtlsIdentitiesResponse]  # type: ignore[assignment]
+    RemoveAdminMtlsIdentity: _aio.UnaryUnaryMultiCallable[_admin_pb2.RemoveAdminMtlsIdentityRequest, _admin_pb2.AdminMtlsIdentity]  # type: ignore[assignment]
+    ListAdminAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAdminAuditRequest, _admin_pb2.ListAdminAuditResponse]  # type: ignore[assignment]
+    """The append-only admin audit trail, newest first. Tenant-scoped identities see the rows
+    of their tenant only.
+    ---- admin security (end) ----
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -746,7 +782,67 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _admin_pb2.ClearLimitsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.LimitsInfo, _abc.Awaitable[_admin_pb2.LimitsInfo]]:
-        """---- limits (end) ----"""
+    ) -> _typing.Union[_admin_pb2.LimitsInfo, _abc.Awaitable[_admin_pb2.LimitsInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateAdminToken(
+        self,
+        request: _admin_pb2.CreateAdminTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateAdminTokenResponse, _abc.Awaitable[_admin_pb2.CreateAdminTokenResponse]]:
+        """---- limits (end) ----
+        ---- admin security (admin branch) ----
+        Admin tokens: platform admins manage any; a tenant admin only tenant_admin and auditor
+        tokens of its own tenant. The token is in the create response only (SHA-256 kept).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAdminTokens(
+        self,
+        request: _admin_pb2.ListAdminTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAdminTokensResponse, _abc.Awaitable[_admin_pb2.ListAdminTokensResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeAdminToken(
+        self,
+        request: _admin_pb2.RevokeAdminTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AdminTokenInfo, _abc.Awaitable[_admin_pb2.AdminTokenInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def AddAdminMtlsIdentity(
+        self,
+        request: _admin_pb2.AddAdminMtlsIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AdminMtlsIdentity, _abc.Awaitable[_admin_pb2.AdminMtlsIdentity]]:
+        """Client-certificate URI SANs mapped to admin identities (platform admins only): on a
+        listener with a client CA, a mapped certificate authenticates without a token.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAdminMtlsIdentities(
+        self,
+        request: _admin_pb2.ListAdminMtlsIdentitiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAdminMtlsIdentitiesResponse, _abc.Awaitable[_admin_pb2.ListAdminMtlsIdentitiesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveAdminMtlsIdentity(
+        self,
+        request: _admin_pb2.RemoveAdminMtlsIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AdminMtlsIdentity, _abc.Awaitable[_admin_pb2.AdminMtlsIdentity]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAdminAudit(
+        self,
+        request: _admin_pb2.ListAdminAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAdminAuditResponse, _abc.Awaitable[_admin_pb2.ListAdminAuditResponse]]:
+        """The append-only admin audit trail, newest first. Tenant-scoped identities see the rows
+        of their tenant only.
+        ---- admin security (end) ----
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
