@@ -1,14 +1,9 @@
-"""``dataplane.auth.authenticate`` in-process: API key timing, and the rules an issuer's
-configuration must satisfy before a node (or the control plane) accepts it."""
+"""``dataplane.auth.authenticate`` in-process: the rules an issuer's configuration must satisfy
+before a node (or the control plane) accepts it. (API key timing: ``test_api_key_format``.)"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import secrets
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -16,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from dataplane.auth import authenticate
-from dataplane.config.model import ApiKeyEntry, RuntimeConfig, Scope, TenantConfig
+from dataplane.config.model import RuntimeConfig, Scope, TenantConfig
 from dataplane.errors import SnapshotInvalid, Unauthenticated
 from dataplane.snapshot.identities import (
     IdentityInvalid,
@@ -26,52 +21,6 @@ from dataplane.snapshot.identities import (
 )
 from signalbox.api.config.v1 import snapshot_pb2
 from tests.fixtures.jwks import AUDIENCE, TestIdp
-
-KEYS = 50_000
-
-
-def _config(n: int) -> tuple[RuntimeConfig, list[str]]:
-    secrets_list = ["sbx_" + secrets.token_urlsafe(32) for _ in range(n)]
-    keys = {
-        hashlib.sha256(s.encode()).digest(): ApiKeyEntry(f"k{i}", "t") for i, s in enumerate(secrets_list)
-    }
-    tenants = {"t": TenantConfig("t", "t")}
-    return RuntimeConfig(1, b"", 0.0, None, Scope(), tenants, keys, {}, {}, {}), secrets_list
-
-
-def _per_call_ns(call: Callable[[], None], calls: int = 200) -> float:
-    started = time.perf_counter_ns()
-    for _ in range(calls):
-        call()
-    return (time.perf_counter_ns() - started) / calls
-
-
-def test_unknown_key_and_known_prefix_with_a_wrong_secret_take_the_same_time() -> None:
-    """Medians of interleaved batches: the two refusals differ by far less than the 10% tolerance,
-    while one extra SHA-256 on either path (the control) is well beyond it."""
-    config, keys = _config(KEYS)
-    known = keys[KEYS // 2]
-    wrong_secret = known[:12] + secrets.token_urlsafe(48)[: len(known) - 12]
-    unknown = "sbx_" + secrets.token_urlsafe(32)
-
-    def refuse(token: str) -> None:
-        with pytest.raises(Unauthenticated) as refused:
-            authenticate(config, token, 0.0)
-        assert str(refused.value) == "authorization: invalid credentials"
-
-    def refuse_after_an_extra_hash(token: str) -> None:
-        hashlib.sha256(token.encode()).digest()
-        refuse(token)
-
-    unknown_ns, wrong_ns, control_ns = [], [], []
-    for _ in range(200):
-        unknown_ns.append(_per_call_ns(lambda: refuse(unknown)))
-        wrong_ns.append(_per_call_ns(lambda: refuse(wrong_secret)))
-        control_ns.append(_per_call_ns(lambda: refuse_after_an_extra_hash(wrong_secret)))
-    a, b, c = statistics.median(unknown_ns), statistics.median(wrong_ns), statistics.median(control_ns)
-    tolerance = 0.10
-    assert abs(a - b) / min(a, b) < tolerance, (a, b)
-    assert (c - b) / b > tolerance, ("the control must be measurably slower", b, c)
 
 
 def _issuer(**fields: object) -> snapshot_pb2.JwtIssuer:
@@ -183,7 +132,7 @@ def test_token_times_are_judged_by_the_callers_clock_with_the_issuers_leeway() -
     index = compile_identities(
         [snapshot_pb2.TenantIdentity(id="j", tenant_id="t", jwt=issuer)], {"t": TenantConfig("t", "t")}
     )
-    config, _ = _config(0)
+    config = RuntimeConfig(1, b"", 0.0, None, Scope(), {"t": TenantConfig("t", "t")}, {}, {}, {}, {})
     config = replace(config, identities=index)
     token = idp.token(iat=1_000, nbf=1_000, exp=2_000)
     assert authenticate(config, token, 1_500.0).subject == "alice@example.test"
