@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dataplane.app import DataPlaneNode, NodeSettings
@@ -25,6 +26,11 @@ from tests.fixtures.postgres import cp_settings, running_control_plane
 from tests.helpers import eventually
 
 NODES = ("kill-1", "kill-2", "kill-3")
+
+# Two control-plane process starts, three enrollments and two convergences: each phase has its
+# own bound (60 s to start, 15 s to converge), and on a loaded CI run their sum can pass the
+# suite's default 120 s without anything being stuck.
+pytestmark = pytest.mark.timeout(300)
 
 
 def _free_port() -> int:
