@@ -13,9 +13,9 @@ from typing import Any
 
 from cryptography import x509
 
-from dataplane.cli import add_trust_key, trust_key_paths
 from dataplane.evidence import pack, pack_verify
 from dataplane.snapshot.checks import load_trust_keys
+from dataplane.trust_cli import add_trust_key, trust_key_paths
 from signalbox.shell.progress import records_bar
 
 COMMAND = "evidence"

@@ -1,0 +1,580 @@
+"""``signalbox dataplane serve``: its flags (each with a ``SIGNALBOX_*`` environment variable,
+declared through ``signalbox.settings`` so the README lists them all), their checks, and the
+node (or, with ``--workers``, the supervisor of its workers) they start."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import sys
+from pathlib import Path
+
+from dataplane.config.model import DeploymentMode, Scope
+from dataplane.errors import EvidenceChainBroken, SnapshotFileInvalid
+from dataplane.evidence.log import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS
+from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
+from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
+from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
+from dataplane.http.server import Limits as HttpLimits
+from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
+from dataplane.providers.sealing import SealingError, load_private_key
+from dataplane.quota import DEFAULT_LEASE_INTERVAL
+from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
+from dataplane.snapshot.background import ESCALATE_AFTER_S
+from dataplane.snapshot.hash_key import decode_hash_key_file
+from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
+from dataplane.trust_cli import add_trust_key, trust_key_paths
+from dataplane.workers import resolve as resolve_workers
+from dataplane.workers import supervise
+from signalbox import settings, tls
+
+SERVE = "dataplane serve"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_node_id: str) -> None:
+    """Add ``signalbox dataplane serve``."""
+    serve = sub.add_parser("serve", help="serve the Infer API from verified snapshots")
+    add = settings.add
+    add(
+        serve,
+        "--listen",
+        env="SIGNALBOX_DATAPLANE_LISTEN",
+        default="127.0.0.1:7701",
+        help="HOST:PORT of the Infer API and grpc health (port 0 picks a free one)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--workers",
+        env="SIGNALBOX_WORKERS",
+        default=1,
+        type=int,
+        help="processes of this node sharing its ports (SO_REUSEPORT; the ports must be fixed), each "
+        "with its own evidence chain; 0: one per core",
+        command=SERVE,
+    )
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    add(
+        serve,
+        "--http-listen",
+        env="SIGNALBOX_HTTP_LISTEN",
+        default=None,
+        help="HOST:PORT of the OpenAI-compatible HTTP front door (/v1/chat/completions, /v1/embeddings, "
+        "/v1/models; TLS as the Infer API's); off when not given",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--http-max-body-bytes",
+        env="SIGNALBOX_HTTP_MAX_BODY_BYTES",
+        default=HttpLimits().max_body_bytes,
+        type=int,
+        help="largest HTTP request body accepted (413 beyond)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--http-header-timeout",
+        env="SIGNALBOX_HTTP_HEADER_TIMEOUT",
+        default=HttpLimits().header_timeout,
+        type=float,
+        help="seconds an HTTP request's headers may take to arrive (408 beyond)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--http-body-timeout",
+        env="SIGNALBOX_HTTP_BODY_TIMEOUT",
+        default=HttpLimits().body_timeout,
+        type=float,
+        help="seconds an HTTP request's body may take to arrive after its headers (408 beyond)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--http-keepalive",
+        env="SIGNALBOX_HTTP_KEEPALIVE",
+        default=HttpLimits().keepalive_timeout,
+        type=float,
+        help="seconds an idle HTTP keep-alive connection stays open",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--control-plane",
+        env="SIGNALBOX_CONTROL_PLANE",
+        default=None,
+        help="HOST:PORT of the control plane's node port (its --node-listen: config sync over mutual "
+        "TLS with this node's certificate from <data-dir>/identity); unset: none",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--enroll-address",
+        env="SIGNALBOX_ENROLL_ADDRESS",
+        default=None,
+        help="HOST:PORT of the control plane's admin port (its --listen), where --enroll-token is "
+        "exchanged for a certificate (TLS per --control-plane-ca; plaintext to loopback)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--enroll-token",
+        env="SIGNALBOX_ENROLL_TOKEN",
+        default=None,
+        help="one-time token from `signalbox admin node enroll-token`, used when there is no valid "
+        "certificate yet (prefer the env var or --enroll-token-file: flags show in process listings)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--enroll-token-file",
+        env="SIGNALBOX_ENROLL_TOKEN_FILE",
+        default=None,
+        help="file holding the enrollment token",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--sync-max-message-bytes",
+        env="SIGNALBOX_SYNC_MAX_MESSAGE_BYTES",
+        default=64 * 1024 * 1024,
+        type=int,
+        help="largest snapshot message taken from the control plane; a larger one is NACKed",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--snapshot-idle-wait-seconds",
+        env="SIGNALBOX_SNAPSHOT_IDLE_WAIT_SECONDS",
+        default=ESCALATE_AFTER_S,
+        type=float,
+        help="seconds a snapshot being applied waits for idle CPU before it takes a small share of busy CPU",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--sync-heartbeat-seconds",
+        env="SIGNALBOX_SYNC_HEARTBEAT_SECONDS",
+        default=15.0,
+        type=float,
+        help="seconds between heartbeats to the control plane (its last_seen for this node)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--sealing-key",
+        env="SIGNALBOX_SEALING_KEY",
+        default=None,
+        help="file with this node group's X25519 private key (`signalbox dataplane sealing-key generate`): "
+        "opens provider credentials sealed to the group; unset: such providers are unavailable",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--api-key-hash-key-file",
+        env="SIGNALBOX_API_KEY_HASH_KEY_FILE",
+        default=None,
+        help="file with the control plane's API-key hash key (base64; from `signalbox controlplane "
+        "export-api-key-hash-key`), for a node without a control plane; unset: the key the control plane sends",
+        command=SERVE,
+    )
+    tls.add_server_flags(serve, env_prefix="SIGNALBOX_DATAPLANE", command=SERVE)
+    add(
+        serve,
+        "--control-plane-ca",
+        env="SIGNALBOX_CONTROL_PLANE_CA",
+        default=None,
+        help="PEM CA the control plane's admin port (--enroll-address) must chain to (unset: plaintext "
+        "to loopback, else the system's roots); the node port is pinned to the node CA from enrollment",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--control-plane-cert",
+        env="SIGNALBOX_CONTROL_PLANE_CERT",
+        default=None,
+        help="PEM client certificate for the node port instead of the enrolled one (with "
+        "--control-plane-key; no enrollment or renewal then)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--control-plane-key",
+        env="SIGNALBOX_CONTROL_PLANE_KEY",
+        default=None,
+        help="PEM private key of --control-plane-cert",
+        command=SERVE,
+    )
+    add_trust_key(serve, SERVE)
+    add(
+        serve,
+        "--node-id",
+        env="SIGNALBOX_NODE_ID",
+        default=default_node_id,
+        help="this node's id (default node-<hostname>)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--data-dir",
+        env="SIGNALBOX_NODE_DATA_DIR",
+        default="./var/node",
+        help="where the last-known-good snapshot and evidence are kept",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--mode",
+        env="SIGNALBOX_NODE_MODE",
+        default="cloud",
+        help="deployment mode: cloud, on-prem or air-gapped",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--deployment",
+        env="SIGNALBOX_NODE_DEPLOYMENT",
+        default="",
+        help="scope: the deployment this node belongs to",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--node-group",
+        env="SIGNALBOX_NODE_GROUP",
+        default="",
+        help="scope: the node group this node belongs to",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--site",
+        env="SIGNALBOX_NODE_SITE",
+        default="",
+        help="scope: the site this node runs in",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--snapshot",
+        env="SIGNALBOX_SNAPSHOT_FILE",
+        default=None,
+        help="air-gapped pin: serve this signed snapshot file, no control plane; a newer signed "
+        "file written there later is applied without a restart",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--snapshot-poll-interval",
+        env="SIGNALBOX_SNAPSHOT_POLL_INTERVAL",
+        default=DEFAULT_POLL_INTERVAL_S,
+        type=float,
+        help="how often (seconds) the --snapshot file is checked for a replacement",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--allow-expired",
+        env="SIGNALBOX_ALLOW_EXPIRED",
+        default=False,
+        action="store_true",
+        help="serve snapshots past their expiry (sites without trusted time)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--credential-env-prefix",
+        env="SIGNALBOX_CREDENTIAL_ENV_PREFIX",
+        default=DEFAULT_ENV_PREFIX,
+        help="provider credentials may only be read from env vars starting with this",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--credential-dir",
+        env="SIGNALBOX_CREDENTIAL_DIR",
+        default=None,
+        help="provider credential files may only be read inside this directory (default <data-dir>/credentials)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--reset-high-water-mark",
+        env="SIGNALBOX_RESET_HIGH_WATER_MARK",
+        default=False,
+        action="store_true",
+        help="start although hwm.json is missing next to a last-known-good (rollback protection "
+        "restarts from that snapshot; logged loudly)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--drain-seconds",
+        env="SIGNALBOX_DRAIN_SECONDS",
+        default=10.0,
+        type=float,
+        help="on SIGTERM, how long in-flight calls and streams may finish",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--max-retry-after",
+        env="SIGNALBOX_MAX_RETRY_AFTER",
+        default=DEFAULT_MAX_RETRY_AFTER_S,
+        type=float,
+        help="longest upstream Retry-After honoured, in seconds (longer ones are cut to this)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--evidence-checkpoint-records",
+        env="SIGNALBOX_EVIDENCE_CHECKPOINT_RECORDS",
+        default=DEFAULT_CHECKPOINT_RECORDS,
+        type=int,
+        help="sign a checkpoint of the evidence chain at least every this many records",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--evidence-checkpoint-ms",
+        env="SIGNALBOX_EVIDENCE_CHECKPOINT_MS",
+        default=int(DEFAULT_CHECKPOINT_INTERVAL * 1000),
+        type=int,
+        help="and every this many milliseconds while there are new records",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--evidence-segment-bytes",
+        env="SIGNALBOX_EVIDENCE_SEGMENT_BYTES",
+        default=DEFAULT_SEGMENT_BYTES,
+        type=int,
+        help="start a new evidence segment file beyond this many bytes (whole acknowledged segments are pruned)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--evidence-spool-max-bytes",
+        env="SIGNALBOX_EVIDENCE_SPOOL_MAX_BYTES",
+        default=DEFAULT_SPOOL_MAX_BYTES,
+        type=int,
+        help="evidence not yet acknowledged by the control plane beyond which each tenant's "
+        "spool_full policy applies (serve_and_alarm or refuse)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--evidence-ship-ms",
+        env="SIGNALBOX_EVIDENCE_SHIP_MS",
+        default=int(DEFAULT_SHIP_INTERVAL * 1000),
+        type=int,
+        help="milliseconds between evidence batches to the control plane while they are not full "
+        "(a full batch is followed by the next at once)",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--quota-lease-ms",
+        env="SIGNALBOX_QUOTA_LEASE_MS",
+        default=int(DEFAULT_LEASE_INTERVAL * 1000),
+        type=int,
+        help="milliseconds between quota leases from the control plane (rate limits and budgets): "
+        "how soon quota moves to the busy nodes and an exhausted budget stops every node",
+        command=SERVE,
+    )
+    settings.add_log_level(serve, command=SERVE)
+    serve.set_defaults(handler=serve_command)
+
+
+def serve_command(ns: argparse.Namespace) -> int:
+    from dataplane.app import DataPlaneNode, NodeSettings
+
+    level = settings.configure_logging(ns.log_level)
+    # httpx logs every upstream request at INFO: per-request logging on the hot
+    # path, so it is only shown when the node itself logs at DEBUG.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if level > logging.DEBUG else level)
+    try:
+        mode = DeploymentMode(ns.mode)
+    except ValueError:
+        print(f"--mode: {ns.mode!r} is not one of cloud, on-prem, air-gapped", file=sys.stderr)
+        return 2
+    if not (ns.max_retry_after > 0 and math.isfinite(ns.max_retry_after)):
+        print(f"--max-retry-after: {ns.max_retry_after} is not a positive number of seconds", file=sys.stderr)
+        return 2
+    if not (ns.snapshot_poll_interval > 0 and math.isfinite(ns.snapshot_poll_interval)):
+        print(
+            f"--snapshot-poll-interval: {ns.snapshot_poll_interval} is not a positive number of seconds",
+            file=sys.stderr,
+        )
+        return 2
+    if not (ns.sync_heartbeat_seconds > 0 and math.isfinite(ns.sync_heartbeat_seconds)):
+        print(
+            f"--sync-heartbeat-seconds: {ns.sync_heartbeat_seconds} is not a positive number of seconds",
+            file=sys.stderr,
+        )
+        return 2
+    if not math.isfinite(ns.snapshot_idle_wait_seconds) or ns.snapshot_idle_wait_seconds < 0:
+        print(
+            f"--snapshot-idle-wait-seconds: {ns.snapshot_idle_wait_seconds} is not a number of seconds >= 0",
+            file=sys.stderr,
+        )
+        return 2
+    if ns.workers < 0:
+        print(f"--workers: {ns.workers} is not a number of processes (0: one per core)", file=sys.stderr)
+        return 2
+    workers = resolve_workers(ns.workers)
+    if ns.worker_index is not None and not 0 <= ns.worker_index < workers:
+        print(f"--worker-index: {ns.worker_index} is not below --workers {workers}", file=sys.stderr)
+        return 2
+    for flag, seconds in (
+        ("--http-header-timeout", ns.http_header_timeout),
+        ("--http-body-timeout", ns.http_body_timeout),
+        ("--http-keepalive", ns.http_keepalive),
+    ):
+        if not (seconds > 0 and math.isfinite(seconds)):
+            print(f"{flag}: {seconds} is not a positive number of seconds", file=sys.stderr)
+            return 2
+    if ns.http_listen is not None and not _host_port(ns.http_listen):
+        print(f"--http-listen: {ns.http_listen!r} is not HOST:PORT", file=sys.stderr)
+        return 2
+    for flag, value, what in (
+        ("--http-max-body-bytes", ns.http_max_body_bytes, "number of bytes"),
+        ("--evidence-checkpoint-records", ns.evidence_checkpoint_records, "count"),
+        ("--evidence-checkpoint-ms", ns.evidence_checkpoint_ms, "number of milliseconds"),
+        ("--evidence-ship-ms", ns.evidence_ship_ms, "number of milliseconds"),
+        ("--quota-lease-ms", ns.quota_lease_ms, "number of milliseconds"),
+        ("--evidence-segment-bytes", ns.evidence_segment_bytes, "number of bytes"),
+        ("--evidence-spool-max-bytes", ns.evidence_spool_max_bytes, "number of bytes"),
+    ):
+        if value < 1:
+            print(f"{flag}: {value} is not a positive {what}", file=sys.stderr)
+            return 2
+    if ns.sync_max_message_bytes < 1:
+        print(
+            f"--sync-max-message-bytes: {ns.sync_max_message_bytes} is not a positive size", file=sys.stderr
+        )
+        return 2
+    prefix_problem = (
+        env_name_problem(ns.credential_env_prefix) if ns.credential_env_prefix else "must not be empty"
+    )
+    if prefix_problem:
+        print(f"--credential-env-prefix: {prefix_problem}", file=sys.stderr)
+        return 2
+    if mode is DeploymentMode.AIR_GAPPED and ns.control_plane and not ns.snapshot:
+        logging.getLogger("signalbox.dataplane").warning(
+            "air-gapped node configured with a control plane; is that intended?"
+        )
+    token = ns.enroll_token or None
+    if ns.enroll_token_file and not token:
+        try:
+            token = Path(ns.enroll_token_file).read_text().strip() or None
+        except OSError as exc:
+            print(f"--enroll-token-file: cannot read {ns.enroll_token_file}: {exc.strerror}", file=sys.stderr)
+            return 2
+    hash_key = None
+    if ns.api_key_hash_key_file:
+        try:
+            hash_key = decode_hash_key_file(
+                Path(ns.api_key_hash_key_file).read_bytes(), "--api-key-hash-key-file"
+            )
+        except OSError as exc:
+            print(
+                f"--api-key-hash-key-file: cannot read {ns.api_key_hash_key_file}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 2
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    sealing_key = None
+    if ns.sealing_key:
+        try:
+            sealing_key = load_private_key(Path(ns.sealing_key).read_bytes(), "--sealing-key")
+        except OSError as exc:
+            print(f"--sealing-key: cannot read {ns.sealing_key}: {exc.strerror}", file=sys.stderr)
+            return 2
+        except SealingError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    node_settings = NodeSettings(
+        listen=ns.listen,
+        http_listen=ns.http_listen,
+        http_limits=HttpLimits(
+            max_body_bytes=ns.http_max_body_bytes,
+            header_timeout=ns.http_header_timeout,
+            body_timeout=ns.http_body_timeout,
+            keepalive_timeout=ns.http_keepalive,
+        ),
+        sealing_key=sealing_key,
+        api_key_hash_key=hash_key,
+        control_plane=ns.control_plane or None,
+        enroll_token=token,
+        enroll_address=ns.enroll_address or None,
+        sync_max_message_bytes=ns.sync_max_message_bytes,
+        snapshot_idle_wait=ns.snapshot_idle_wait_seconds,
+        sync_heartbeat_interval=ns.sync_heartbeat_seconds,
+        trust_keys=trust_key_paths(ns),
+        node_id=ns.node_id,
+        data_dir=Path(ns.data_dir),
+        mode=mode,
+        scope=Scope(ns.deployment, ns.node_group, ns.site),
+        snapshot_file=Path(ns.snapshot) if ns.snapshot else None,
+        snapshot_poll_interval=ns.snapshot_poll_interval,
+        allow_expired=ns.allow_expired,
+        credential_env_prefix=ns.credential_env_prefix,
+        credential_dir=Path(ns.credential_dir) if ns.credential_dir else None,
+        drain_seconds=ns.drain_seconds,
+        max_retry_after=ns.max_retry_after,
+        tls=tls.server_tls(ns),
+        control_plane_tls=tls.ClientTls(
+            ca=Path(ns.control_plane_ca) if ns.control_plane_ca else None,
+            cert=Path(ns.control_plane_cert) if ns.control_plane_cert else None,
+            key=Path(ns.control_plane_key) if ns.control_plane_key else None,
+            insecure=ns.insecure,
+        ),
+        reset_high_water_mark=ns.reset_high_water_mark,
+        evidence_checkpoint_records=ns.evidence_checkpoint_records,
+        evidence_checkpoint_interval=ns.evidence_checkpoint_ms / 1000,
+        evidence_segment_bytes=ns.evidence_segment_bytes,
+        evidence_spool_max_bytes=ns.evidence_spool_max_bytes,
+        evidence_ship_interval=ns.evidence_ship_ms / 1000,
+        worker=ns.worker_index or 0,
+        workers=workers,
+        quota_lease_interval=ns.quota_lease_ms / 1000,
+    )
+
+    if ns.worker_index is None and workers > 1:
+        fixed = [ns.listen, *([ns.http_listen] if ns.http_listen else [])]
+        if any(address.rpartition(":")[2] == "0" for address in fixed):
+            print(
+                f"--workers {workers}: the workers share their ports, so --listen and --http-listen "
+                "need fixed port numbers (not 0)",
+                file=sys.stderr,
+            )
+            return 2
+        return supervise(ns.argv, workers, ns.listen, ns.drain_seconds)
+
+    async def run() -> None:
+        node = DataPlaneNode(node_settings)
+        async with node:
+            await node.serve()
+
+    try:
+        # The default event loop, not uvloop: grpc.aio polls on its own thread and
+        # measured no faster under uvloop here, and only the default loop is what
+        # grpc.aio is tested against.
+        asyncio.run(run())
+    except (SnapshotFileInvalid, EvidenceChainBroken, ValueError, OSError) as exc:
+        # Refusing to start is the answer to a tampered pin, high-water mark or evidence log.
+        print(f"signalbox dataplane serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) < 65536)
