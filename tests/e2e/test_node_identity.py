@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from controlplane.services.identity import TOKEN_PREFIX
 from dataplane.app import DataPlaneNode, NodeSettings
 from dataplane.config.model import Scope
 from dataplane.identity import NodeIdentityError
@@ -166,7 +167,10 @@ async def test_a_node_process_enrolls_from_the_environment_and_the_token_shows_n
     control_plane: RunningControlPlane, private_tmp: Path
 ) -> None:
     token = await control_plane.enroll_token("procs")
-    secret = token.rsplit("_", 1)[1]
+    # <prefix><id>_<secret>: the secret is everything after the id's underscore (it may hold
+    # underscores of its own: splitting at the last one made it a character or two at times).
+    secret = token.removeprefix(TOKEN_PREFIX).split("_", 1)[1]
+    assert len(secret) >= 40
     node_dir = Path(tempfile.mkdtemp(prefix="proc-node-", dir=private_tmp))
     command = [
         sys.executable, "-m", "signalbox", "dataplane", "serve",
