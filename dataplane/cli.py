@@ -34,7 +34,7 @@ def register(
 ) -> None:
     """Add ``signalbox dataplane serve|verify|identity|evidence``; ``progress``: what shows
     the progress of ``evidence export`` (nothing without it)."""
-    from dataplane.app import default_node_id
+    from dataplane.node_settings import default_node_id
 
     parser = commands.add_parser("dataplane", help="run or check a data-plane node")
     sub = parser.add_subparsers(dest="dataplane_command", required=True, metavar="COMMAND")

@@ -390,7 +390,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
 
 
 def serve_command(ns: argparse.Namespace) -> int:
-    from dataplane.app import DataPlaneNode, NodeSettings
+    from dataplane.app import DataPlaneNode
+    from dataplane.node_settings import NodeSettings
 
     level = settings.configure_logging(ns.log_level)
     # httpx logs every upstream request at INFO: per-request logging on the hot

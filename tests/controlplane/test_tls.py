@@ -14,8 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.app import ControlPlane
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
 from dataplane.identity import IdentityFiles, enroll
+from dataplane.node_settings import NodeSettings
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.tls import ClientTls, InsecureListen, ServerTls, TlsConfigError, aio_channel
 from tests.fixtures.certs import TestCA

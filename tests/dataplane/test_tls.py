@@ -13,7 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
+from dataplane.node_settings import NodeSettings
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.tls import ClientTls, InsecureListen, ServerTls, aio_channel
 from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot

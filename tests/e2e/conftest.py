@@ -9,8 +9,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
 from dataplane.config.model import Scope
+from dataplane.node_settings import NodeSettings
 from signalbox.api.admin.v1 import admin_pb2_grpc
 from tests.controlplane.conftest import Admin
 from tests.fixtures.postgres import RunningControlPlane

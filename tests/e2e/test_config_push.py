@@ -16,8 +16,9 @@ from pathlib import Path
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
 from dataplane.config.model import Scope
+from dataplane.node_settings import NodeSettings
 from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, key_id_for, pae
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2

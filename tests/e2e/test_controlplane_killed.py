@@ -17,7 +17,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
+from dataplane.node_settings import NodeSettings
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.simulator import Simulator

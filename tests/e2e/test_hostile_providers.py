@@ -35,10 +35,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
 from dataplane.config.model import Scope
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
+from dataplane.node_settings import NodeSettings
 from dataplane.providers.registry import BUILTIN_ADAPTERS
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2

@@ -17,9 +17,10 @@ import grpc
 import pytest
 
 from controlplane.services.identity import TOKEN_PREFIX
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
 from dataplane.config.model import Scope
 from dataplane.identity import NodeIdentityError
+from dataplane.node_settings import NodeSettings
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.shell.admin_cli.output import node_row
 from signalbox.tls import ClientTls

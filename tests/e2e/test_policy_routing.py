@@ -16,10 +16,11 @@ from pathlib import Path
 import grpc
 import httpx
 
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
 from dataplane.config.model import DeploymentMode
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
+from dataplane.node_settings import NodeSettings
 from dataplane.routing.query import NodeContext
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2

@@ -18,7 +18,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
+from dataplane.node_settings import NodeSettings
 from dataplane.snapshot.envelope import STATEMENT_PAYLOAD_TYPE, key_id_for, pae
 from dataplane.snapshot.trust import TRUST_FILE
 from signalbox.api.admin.v1 import admin_pb2

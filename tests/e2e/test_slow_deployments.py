@@ -20,9 +20,10 @@ from typing import Any
 import grpc
 import pytest
 
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
+from dataplane.node_settings import NodeSettings
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc

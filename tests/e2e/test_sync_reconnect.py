@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dataplane.app import NodeSettings
+from dataplane.node_settings import NodeSettings
 from dataplane.snapshot.sync_client import SyncClient, full_jitter
 from tests.fixtures.postgres import cp_settings, running_control_plane
 from tests.helpers import eventually

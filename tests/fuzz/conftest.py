@@ -20,8 +20,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, settings
 
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
 from dataplane.config.model import Scope
+from dataplane.node_settings import NodeSettings
 from signalbox.shell.simulator import Simulator
 from tests.dataplane.conftest import envelope, snapshot, write_public_key
 

@@ -12,12 +12,13 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
 from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, Message, StreamChunk, TextPart
 from dataplane.config.model import Scope
 from dataplane.errors import PermissionDenied
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
+from dataplane.node_settings import NodeSettings
 from dataplane.pipeline import Operation
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from tests.dataplane.conftest import AUTH, chat, envelope, snapshot

@@ -11,10 +11,11 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataplane.app import DataPlaneNode, NodeSettings
+from dataplane.app import DataPlaneNode
 from dataplane.config.model import Scope
 from dataplane.errors import SnapshotFileInvalid
 from dataplane.evidence.log import log_path
+from dataplane.node_settings import NodeSettings
 from dataplane.snapshot.lkg import HWM_FILE, LKG_FILE
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot

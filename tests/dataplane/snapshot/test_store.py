@@ -182,7 +182,7 @@ async def test_pinned_snapshot_file_serves_without_control_plane(
 async def test_pinned_snapshot_that_does_not_verify_refuses_to_start(
     simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path, trust_key: Path
 ) -> None:
-    from dataplane.app import NodeSettings
+    from dataplane.node_settings import NodeSettings
 
     pin = tmp_path / "site.snapshot"
     pin.write_bytes(
