@@ -7,6 +7,7 @@ well-formed, of this chain and node, and its hash recomputed over the line's byt
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 from collections.abc import Sequence
@@ -19,7 +20,8 @@ import orjson
 from controlplane.errors import shown
 from controlplane.evidence.errors import ChainBroken, EvidenceRefused
 from controlplane.limits import INT64_MAX, KEY_ID_CHARS, NAME_CHARS, RESULT_CHARS
-from dataplane.evidence.records import hash_of_line
+from dataplane.evidence.fields import read_fields
+from dataplane.evidence.records import HASH_MEMBER_BYTES, HASH_MEMBER_START, hash_of_line
 from dataplane.evidence.shipper import chain_of
 
 MAX_RECORD_BYTES = 64 * 1024
@@ -27,6 +29,7 @@ TS_MIN = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 TS_MAX = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX64_STR = _HEX64.fullmatch
 
 COLUMNS = (
     "chain_id, seq, ts, record_id, hash, prev_hash, node_id, correlation_id, tenant_id, api_key_id, model, "
@@ -95,6 +98,162 @@ def where(chain_id: str, line: int, seq: int | None = None) -> str:
     return f"chain {shown(chain_id)}: {at}"
 
 
+_EMPTY = b"\0\0\0\0"
+_HASH_AT = len(HASH_MEMBER_START)
+
+
+def _str(value: str | None, limit: int) -> bytes:
+    if value is None:
+        return _EMPTY
+    if len(value) > limit or "\x00" in value:
+        value = value.replace("\x00", "")[:limit]
+    data = value.encode()
+    return _LEN(len(data)) + data
+
+
+_Row = tuple[int, bytes, bytes, int, bytes]
+"""A line's seq, hash, prev_hash, time (us since 1970) and COPY row."""
+
+
+class _Batch:
+    """The constant parts of a batch's rows, and the two ways a line becomes one."""
+
+    def __init__(self, chain_id: str, node_id: str) -> None:
+        chain_bytes = chain_id.encode()
+        node_bytes = node_id.encode()
+        self.chain_id = chain_id
+        self.node_id = node_id
+        self.head = struct.pack("!h", 13) + _LEN(len(chain_bytes)) + chain_bytes
+        self.node_field = _LEN(len(node_bytes)) + node_bytes
+        self.default_chain = f"{node_id}/0"
+
+    def fast(self, body: bytes) -> _Row | None:
+        """The row of a well-formed line, with only the members read that are stored
+        (``read_fields``) and nothing checked twice: this runs for every record shipped.
+        None for anything else, which ``general`` then judges and names. Takes only lines
+        ``general`` takes, with the same row, save the one difference ``read_fields``
+        describes (tests/controlplane/evidence/test_records.py compares them on hostile
+        input)."""
+        fields = read_fields(body)
+        if fields is None:
+            return None
+        seq, ts, record_id, prev = fields.seq, fields.ts, fields.record_id, fields.prev_hash
+        start = len(body) - HASH_MEMBER_BYTES
+        hasher = hashlib.sha256(body[:start])
+        hasher.update(b"}")
+        computed = hasher.hexdigest()
+        if not (
+            1 <= seq <= INT64_MAX
+            and TS_MIN <= ts < TS_MAX
+            and 0 < len(record_id) <= KEY_ID_CHARS
+            and "\x00" not in record_id
+            and fields.node_id == self.node_id
+            and (fields.chain_id or self.default_chain) == self.chain_id
+            and _HEX64_STR(prev)
+            # The computed hash is lowercase hex: equal to it, ``hash`` is well-formed too.
+            and fields.hash == computed
+            # ``hash`` is the line's last member, as written (and as ``hash_of_line`` reads it).
+            and body.startswith(HASH_MEMBER_START, start)
+            and body.endswith(b'"}')
+            and body[start + _HASH_AT : -2] == computed.encode()
+        ):
+            return None
+        routing, outcome = fields.routing, fields.outcome
+        served = routing.served_by if routing is not None else None
+        model = served.model if served is not None else None
+        code = outcome.code if outcome is not None else None
+        correlation_id, tenant_id, api_key_id = fields.correlation_id, fields.tenant_id, fields.api_key_id
+        prev_bytes = bytes.fromhex(prev)
+        digest_bytes = bytes.fromhex(computed)
+        # As ``datetime.fromtimestamp`` rounds (the fraction alone, half to even).
+        whole = int(ts)
+        us = whole * 1_000_000 + round((ts - whole) * 1e6)
+        record_id_bytes = record_id.encode()
+        row = b"".join(
+            (
+                self.head,
+                _SEQ_TS(8, seq, 8, us - _PG_EPOCH_US),
+                _LEN(len(record_id_bytes)),
+                record_id_bytes,
+                _HASHES(32, digest_bytes, 32, prev_bytes),
+                self.node_field,
+                _str(correlation_id, NAME_CHARS),
+                _str(tenant_id, NAME_CHARS),
+                _str(api_key_id, NAME_CHARS),
+                _str(model, NAME_CHARS),
+                _str(code, RESULT_CHARS),
+                _LEN(len(body)),
+                body,
+            )
+        )
+        return seq, digest_bytes, prev_bytes, us, row
+
+    def general(self, body: bytes, line_no: int) -> _Row | EvidenceRefused:
+        """Any line: its row, or the refusal that names what is wrong with it."""
+        chain_id = self.chain_id
+        try:
+            record = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            refused = EvidenceRefused(f"{where(chain_id, line_no)}: not a JSON record")
+            refused.__cause__ = exc
+            return refused
+        if type(record) is not dict:
+            return EvidenceRefused(f"{where(chain_id, line_no)}: not a JSON object")
+        get = record.get
+        seq, digest, prev, ts, record_id = (
+            get("seq"),
+            get("hash"),
+            get("prev_hash"),
+            get("ts"),
+            get("record_id"),
+        )
+        if not (
+            type(seq) is int
+            and 1 <= seq <= INT64_MAX
+            and type(digest) is str
+            and _HEX64_STR(digest)
+            and type(prev) is str
+            and _HEX64_STR(prev)
+            and (type(ts) is float or type(ts) is int)
+            and TS_MIN <= ts < TS_MAX
+            and type(record_id) is str
+            and 0 < len(record_id) <= KEY_ID_CHARS
+            and "\x00" not in record_id
+            and get("node_id") == self.node_id
+            and (get("chain_id") or self.default_chain) == chain_id
+        ):
+            return _refusal(chain_id, self.node_id, line_no, record)
+        if hash_of_line(body) != digest:
+            at = where(chain_id, line_no, seq)
+            return ChainBroken(f"{at}: hash does not match the record's content (edited?)", seq=seq)
+        routing = get("routing")
+        served = routing.get("served_by") if type(routing) is dict else None
+        outcome = get("outcome")
+        # As ``datetime.fromtimestamp`` rounds (the fraction alone, half to even).
+        whole = int(ts)
+        us = whole * 1_000_000 + round((ts - whole) * 1e6)
+        digest_bytes, prev_bytes = bytes.fromhex(digest), bytes.fromhex(prev)
+        record_id_bytes = record_id.encode()
+        row = b"".join(
+            (
+                self.head,
+                _SEQ_TS(8, seq, 8, us - _PG_EPOCH_US),
+                _LEN(len(record_id_bytes)),
+                record_id_bytes,
+                _HASHES(32, digest_bytes, 32, prev_bytes),
+                self.node_field,
+                _text(get("correlation_id"), NAME_CHARS),
+                _text(get("tenant_id"), NAME_CHARS),
+                _text(get("api_key_id"), NAME_CHARS),
+                _text(served.get("model") if type(served) is dict else None, NAME_CHARS),
+                _text(outcome.get("code") if type(outcome) is dict else None, RESULT_CHARS),
+                _LEN(len(body)),
+                body,
+            )
+        )
+        return seq, digest_bytes, prev_bytes, us, row
+
+
 def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
     """Every line checked on its own (bounded, JSON, its own hash, its chain and node) up to
     the first one refused; the records before it and that refusal."""
@@ -105,14 +264,8 @@ def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
     days: set[int] = set()
     rows: list[bytes] = []
     size = 0
-    chain_bytes = chain_id.encode()
-    node_bytes = node_id.encode()
-    head = struct.pack("!h", 13) + _LEN(len(chain_bytes)) + chain_bytes
-    node_field = _LEN(len(node_bytes)) + node_bytes
-    default_chain = f"{node_id}/0"
-    fromhex = bytes.fromhex
-    loads = orjson.loads
-    hex64 = _HEX64.fullmatch
+    batch = _Batch(chain_id, node_id)
+    fast, general = batch.fast, batch.general
     refused: EvidenceRefused | None = None
     for line_no, line in enumerate(lines, start=1):
         if len(line) > MAX_RECORD_BYTES:
@@ -121,78 +274,18 @@ def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
             )
             break
         body = line[:-1] if line.endswith(b"\n") else line
-        try:
-            record = loads(body)
-        except orjson.JSONDecodeError as exc:
-            refused = EvidenceRefused(f"{where(chain_id, line_no)}: not a JSON record")
-            refused.__cause__ = exc
+        parsed = fast(body) or general(body, line_no)
+        if isinstance(parsed, EvidenceRefused):
+            refused = parsed
             break
-        if type(record) is not dict:
-            refused = EvidenceRefused(f"{where(chain_id, line_no)}: not a JSON object")
-            break
-        get = record.get
-        seq, digest, prev, ts, record_id = (
-            get("seq"),
-            get("hash"),
-            get("prev_hash"),
-            get("ts"),
-            get("record_id"),
-        )
-        # The common case in one expression (this runs for every record shipped); the precise
-        # refusal is found by ``_refusal`` when anything is off.
-        if not (
-            type(seq) is int
-            and 1 <= seq <= INT64_MAX
-            and type(digest) is str
-            and hex64(digest)
-            and type(prev) is str
-            and hex64(prev)
-            and (type(ts) is float or type(ts) is int)
-            and TS_MIN <= ts < TS_MAX
-            and type(record_id) is str
-            and 0 < len(record_id) <= KEY_ID_CHARS
-            and "\x00" not in record_id
-            and get("node_id") == node_id
-            and (get("chain_id") or default_chain) == chain_id
-        ):
-            refused = _refusal(chain_id, node_id, line_no, record)
-            break
-        if hash_of_line(body) != digest:
-            at = where(chain_id, line_no, seq)
-            refused = ChainBroken(f"{at}: hash does not match the record's content (edited?)", seq=seq)
-            break
-        routing = get("routing")
-        served = routing.get("served_by") if type(routing) is dict else None
-        outcome = get("outcome")
-        # As ``datetime.fromtimestamp`` rounds (the fraction alone, half to even).
-        whole = int(ts)
-        us = whole * 1_000_000 + round((ts - whole) * 1e6)
-        days.add(us // 86_400_000_000)
-        digest_bytes, prev_bytes = fromhex(digest), fromhex(prev)
-        record_id_bytes = record_id.encode()
-        row = b"".join(
-            (
-                head,
-                _SEQ_TS(8, seq, 8, us - _PG_EPOCH_US),
-                _LEN(len(record_id_bytes)),
-                record_id_bytes,
-                _HASHES(32, digest_bytes, 32, prev_bytes),
-                node_field,
-                _text(get("correlation_id"), NAME_CHARS),
-                _text(get("tenant_id"), NAME_CHARS),
-                _text(get("api_key_id"), NAME_CHARS),
-                _text(served.get("model") if type(served) is dict else None, NAME_CHARS),
-                _text(outcome.get("code") if type(outcome) is dict else None, RESULT_CHARS),
-                _LEN(len(body)),
-                body,
-            )
-        )
+        seq, digest, prev, us, row = parsed
         rows.append(row)
         size += len(row)
         ends.append(size)
         seqs.append(seq)
-        hashes.append(digest_bytes)
-        prevs.append(prev_bytes)
+        hashes.append(digest)
+        prevs.append(prev)
+        days.add(us // 86_400_000_000)
     return Parsed(seqs, hashes, prevs, b"".join(rows), ends, days, refused)
 
 

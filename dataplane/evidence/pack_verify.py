@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dataplane.evidence import checkpoint, merkle
+from dataplane.evidence.fields import read_fields
 from dataplane.evidence.pack import (
     KIND_NODE,
     Certificates,
@@ -82,23 +83,43 @@ class _ChainCheck:
         digest = hash_of_line(line)
         if digest is None:
             raise PackInvalid(f"{where}: not a record line (its last member is not its hash)")
-        try:
-            fields = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise PackInvalid(f"{where}: the record is not JSON") from exc
-        if not isinstance(fields, dict) or type(fields.get("seq")) is not int:
-            raise PackInvalid(f"{where}: the record is not a JSON object with an integer seq")
-        seq: int = fields["seq"]
+        seq: int
+        digest_in: Any
+        chain_id: Any
+        node_id: Any
+        prev: Any
+        typed = read_fields(line[:-1] if line.endswith(b"\n") else line)
+        if typed is not None:  # the common case, read as ingest reads it
+            seq, digest_in, chain_id, node_id, prev = (
+                typed.seq,
+                typed.hash,
+                typed.chain_id,
+                typed.node_id,
+                typed.prev_hash,
+            )
+        else:
+            try:
+                fields = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise PackInvalid(f"{where}: the record is not JSON") from exc
+            if not isinstance(fields, dict) or type(fields.get("seq")) is not int:
+                raise PackInvalid(f"{where}: the record is not a JSON object with an integer seq")
+            seq, digest_in, chain_id, node_id, prev = (
+                fields["seq"],
+                fields.get("hash"),
+                fields.get("chain_id"),
+                fields.get("node_id"),
+                fields.get("prev_hash"),
+            )
         where = f"{where}: record seq {seq}"
-        if fields.get("hash") != digest:
+        if digest_in != digest:
             raise PackInvalid(f"{where}: hash does not match the record's bytes (edited?)")
-        if fields.get("chain_id") != s.chain_id or fields.get("node_id") != s.node_id:
-            raise PackInvalid(f"{where}: the record is of chain {str(fields.get('chain_id'))[:100]!r}")
+        if chain_id != s.chain_id or node_id != s.node_id:
+            raise PackInvalid(f"{where}: the record is of chain {str(chain_id)[:100]!r}")
         if not s.from_seq <= seq <= s.to_seq:
             raise PackInvalid(f"{where}: outside the searched range {s.from_seq}..{s.to_seq}")
         if seq <= self.seq:
             raise PackInvalid(f"{where}: comes after seq {self.seq} (records ascend: reordered or repeated?)")
-        prev = fields.get("prev_hash")
         if seq == self.seq + 1 and prev != (self.hash if self.seq else GENESIS_HASH):
             raise PackInvalid(f"{where}: prev_hash does not link to seq {seq - 1} (inserted or edited?)")
         self.seq, self.hash = seq, digest

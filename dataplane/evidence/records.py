@@ -39,8 +39,8 @@ from dataplane.evidence import segments
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of a chain's first record."""
 
-_HASH_MEMBER_START = b',"hash":"'
-_HASH_MEMBER_BYTES = len(_HASH_MEMBER_START) + 64 + 2  # ,"hash":"<64 hex>"}
+HASH_MEMBER_START = b',"hash":"'
+HASH_MEMBER_BYTES = len(HASH_MEMBER_START) + 64 + 2  # ,"hash":"<64 hex>"}
 _HEX64 = re.compile(rb"[0-9a-f]{64}")
 
 
@@ -79,12 +79,12 @@ def hash_of_line(line: bytes) -> str | None:
     must be its last member; None when it is not (not a record line). A line that verifies
     has ``hash_of_line(line) == json.loads(line)["hash"]``."""
     end = len(line) - 1 if line.endswith(b"\n") else len(line)
-    start = end - _HASH_MEMBER_BYTES
+    start = end - HASH_MEMBER_BYTES
     if (
         start < 1
-        or not line.startswith(_HASH_MEMBER_START, start)
+        or not line.startswith(HASH_MEMBER_START, start)
         or not line.startswith(b'"}', end - 2)
-        or _HEX64.fullmatch(line, start + len(_HASH_MEMBER_START), end - 2) is None
+        or _HEX64.fullmatch(line, start + len(HASH_MEMBER_START), end - 2) is None
     ):
         return None
     return hashlib.sha256(line[:start] + b"}").hexdigest()

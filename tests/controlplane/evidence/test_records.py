@@ -1,0 +1,178 @@
+"""A shipped line's two readings agree: ingest's fast path (typed decoding of the members it
+stores) never takes a line the general path refuses, and gives the same row when both take it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controlplane.evidence.errors import EvidenceRefused
+from controlplane.evidence.records import _Batch, parse_lines
+from dataplane.evidence.records import GENESIS_HASH, seal, stored_line
+
+NODE = "node-a"
+CHAIN = f"{NODE}/0"
+
+
+def record(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "seq": 1,
+        "prev_hash": GENESIS_HASH,
+        "ts": 1_796_000_000.25,
+        "record_id": "0f" * 16,
+        "node_id": NODE,
+        "chain_id": CHAIN,
+        "correlation_id": "corr-1",
+        "tenant_id": "tenant-1",
+        "api_key_id": "key-1",
+        "routing": {"served_by": {"model": "small", "provider": "sim"}},
+        "outcome": {"code": "OK", "message": ""},
+        "usage": {"input_tokens": 3},
+    }
+    base.update(overrides)
+    return base
+
+
+def reseal(body: bytes) -> bytes:
+    """``body`` (a JSON object's text, any bytes) with a correct hash member appended."""
+    return stored_line(body, hashlib.sha256(body).hexdigest())
+
+
+def agree(line: bytes) -> None:
+    batch = _Batch(CHAIN, NODE)
+    body = line[:-1] if line.endswith(b"\n") else line
+    general = batch.general(body, 1)
+    fast = batch.fast(body)
+    if fast is None:
+        return
+    if isinstance(general, EvidenceRefused):
+        # The one difference ``read_fields`` documents: valid JSON (RFC 8259) that orjson
+        # refuses, such as a number beyond a double's range in a member ingest skips.
+        assert general.message.endswith("not a JSON record"), (line, general)
+        assert isinstance(json.loads(body), dict)
+        return
+    assert fast == general
+
+
+def test_fast_path_reads_a_normal_record_as_the_general_path_does() -> None:
+    line = seal(record())
+    batch = _Batch(CHAIN, NODE)
+    fast = batch.fast(line[:-1])
+    assert fast is not None  # the common case takes the fast path
+    assert fast == batch.general(line[:-1], 1)
+
+
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=80),
+    st.sampled_from(["", "\x00", "a\x00b", "é", "x" * 300, GENESIS_HASH, "AB" * 32, "ab" * 31]),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.sampled_from(["model", "code", "served_by"]), st.text(max_size=5), max_size=2),
+)
+FIELDS = st.sampled_from(
+    [
+        "seq",
+        "prev_hash",
+        "ts",
+        "record_id",
+        "node_id",
+        "chain_id",
+        "correlation_id",
+        "tenant_id",
+        "api_key_id",
+        "routing",
+        "outcome",
+        "extra",
+    ]
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.dictionaries(FIELDS, ODD_VALUES, max_size=4), st.sets(FIELDS, max_size=2))
+def test_odd_members_are_read_alike(changes: dict[str, Any], removed: set[str]) -> None:
+    value = record(**changes)
+    for name in removed:
+        value.pop(name, None)
+    agree(seal(value))
+
+
+RAW_PIECES = st.sampled_from(
+    [
+        b'"x":1e999',
+        b'"x":"\xff"',
+        b'"x":"\\ud800"',
+        b'"x":NaN',
+        b'"x":-0',
+        b'"x":[1,]',
+        b'"seq":1',
+        b'"seq":2',
+        b'"seq":1.0',
+        b'"ts":1e999',
+        b'"ts":1796000000',
+        b'"node_id":"other"',
+        b'"tenant_id":"\xc3\xa9"',
+        b'"tenant_id":7',
+        b'"routing":{"served_by":{"model":1}}',
+        b'"outcome":{"code":null}',
+        b'"hash":"' + b"0" * 64 + b'"',
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(RAW_PIECES, max_size=3), st.booleans())
+def test_raw_member_text_is_read_alike(pieces: list[bytes], first: bool) -> None:
+    """Member text JSON encoders would not write (duplicates, invalid UTF-8, huge numbers)."""
+    body = json.dumps(record(), sort_keys=True, separators=(",", ":")).encode()
+    extra = b",".join(pieces)
+    if extra:
+        body = (b"{" + extra + b"," + body[1:]) if first else (body[:-1] + b"," + extra + b"}")
+    agree(reseal(body))
+
+
+@given(st.binary(max_size=40), st.integers(min_value=0, max_value=400))
+@settings(max_examples=300, deadline=None)
+def test_bytes_spliced_into_a_line_are_read_alike(junk: bytes, at: int) -> None:
+    line = seal(record())
+    agree(line[:at] + junk + line[at:])
+    body = line[:-1]
+    cut = body[: -len(b',"hash":"') - 66]
+    agree(reseal(cut[:at] + junk + cut[at:] + b"}"))
+
+
+def test_a_batch_parses_in_order_up_to_the_first_refusal() -> None:
+    first = seal(record())
+    prev = json.loads(first)["hash"]
+    second = seal(record(seq=2, prev_hash=prev, tenant_id=5))  # general path: not a string
+    third = seal(record(seq=3, node_id="someone-else"))
+    parsed = parse_lines(CHAIN, NODE, [first, second, third])
+    assert parsed.seqs == [1, 2]
+    assert parsed.refused is not None
+    assert "seq 3 (line 3" in parsed.refused.message
+    assert parsed.days == {int(1_796_000_000.25) // 86_400}
+
+
+def test_fast_path_costs_less_than_the_general_path() -> None:
+    """Not a timing assertion on the machine: a ratio of two measurements made side by side,
+    the reason the fast path exists (bench/evidence_ingest.py has the figures)."""
+    batch = _Batch(CHAIN, NODE)
+    body = seal(record())[:-1]
+
+    def cost(read: Any) -> float:
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(2000):
+                read(body)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    assert cost(batch.fast) < cost(lambda b: batch.general(b, 1))
