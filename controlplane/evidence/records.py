@@ -162,31 +162,21 @@ class _Batch:
         served = routing.served_by if routing is not None else None
         model = served.model if served is not None else None
         code = outcome.code if outcome is not None else None
-        correlation_id, tenant_id, api_key_id = fields.correlation_id, fields.tenant_id, fields.api_key_id
-        prev_bytes = bytes.fromhex(prev)
-        digest_bytes = bytes.fromhex(computed)
-        # As ``datetime.fromtimestamp`` rounds (the fraction alone, half to even).
-        whole = int(ts)
-        us = whole * 1_000_000 + round((ts - whole) * 1e6)
-        record_id_bytes = record_id.encode()
-        row = b"".join(
+        return self.row(
+            seq,
+            ts,
+            record_id,
+            bytes.fromhex(computed),
+            bytes.fromhex(prev),
             (
-                self.head,
-                _SEQ_TS(8, seq, 8, us - _PG_EPOCH_US),
-                _LEN(len(record_id_bytes)),
-                record_id_bytes,
-                _HASHES(32, digest_bytes, 32, prev_bytes),
-                self.node_field,
-                _str(correlation_id, NAME_CHARS),
-                _str(tenant_id, NAME_CHARS),
-                _str(api_key_id, NAME_CHARS),
+                _str(fields.correlation_id, NAME_CHARS),
+                _str(fields.tenant_id, NAME_CHARS),
+                _str(fields.api_key_id, NAME_CHARS),
                 _str(model, NAME_CHARS),
                 _str(code, RESULT_CHARS),
-                _LEN(len(body)),
-                body,
-            )
+            ),
+            body,
         )
-        return seq, digest_bytes, prev_bytes, us, row
 
     def general(self, body: bytes, line_no: int) -> _Row | EvidenceRefused:
         """Any line: its row, or the refusal that names what is wrong with it."""
@@ -229,29 +219,56 @@ class _Batch:
         routing = get("routing")
         served = routing.get("served_by") if type(routing) is dict else None
         outcome = get("outcome")
+        return self.row(
+            seq,
+            ts,
+            record_id,
+            bytes.fromhex(digest),
+            bytes.fromhex(prev),
+            (
+                _text(get("correlation_id"), NAME_CHARS),
+                _text(get("tenant_id"), NAME_CHARS),
+                _text(get("api_key_id"), NAME_CHARS),
+                _text(served.get("model") if type(served) is dict else None, NAME_CHARS),
+                _text(outcome.get("code") if type(outcome) is dict else None, RESULT_CHARS),
+            ),
+            body,
+        )
+
+    def row(
+        self,
+        seq: int,
+        ts: float,
+        record_id: str,
+        digest: bytes,
+        prev: bytes,
+        filters: tuple[bytes, bytes, bytes, bytes, bytes],
+        body: bytes,
+    ) -> _Row:
+        """A record's binary COPY row (``COLUMNS``), its filter columns already encoded."""
         # As ``datetime.fromtimestamp`` rounds (the fraction alone, half to even).
         whole = int(ts)
         us = whole * 1_000_000 + round((ts - whole) * 1e6)
-        digest_bytes, prev_bytes = bytes.fromhex(digest), bytes.fromhex(prev)
         record_id_bytes = record_id.encode()
+        correlation_id, tenant_id, api_key_id, model, code = filters
         row = b"".join(
             (
                 self.head,
                 _SEQ_TS(8, seq, 8, us - _PG_EPOCH_US),
                 _LEN(len(record_id_bytes)),
                 record_id_bytes,
-                _HASHES(32, digest_bytes, 32, prev_bytes),
+                _HASHES(32, digest, 32, prev),
                 self.node_field,
-                _text(get("correlation_id"), NAME_CHARS),
-                _text(get("tenant_id"), NAME_CHARS),
-                _text(get("api_key_id"), NAME_CHARS),
-                _text(served.get("model") if type(served) is dict else None, NAME_CHARS),
-                _text(outcome.get("code") if type(outcome) is dict else None, RESULT_CHARS),
+                correlation_id,
+                tenant_id,
+                api_key_id,
+                model,
+                code,
                 _LEN(len(body)),
                 body,
             )
         )
-        return seq, digest_bytes, prev_bytes, us, row
+        return seq, digest, prev, us, row
 
 
 def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
