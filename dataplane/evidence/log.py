@@ -88,6 +88,7 @@ from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import checkpoint, merkle, segments
 from dataplane.evidence.records import GENESIS_HASH, ChainHead, canonical, hash_of_line, stored_line
 from dataplane.evidence.spool import Spool
+from dataplane.evidence.writer_lock import WriterLock
 
 log = logging.getLogger("signalbox.dataplane.evidence")
 
@@ -154,6 +155,7 @@ class EvidenceLog:
         """Segments rolled over from whose fsync (and close) is still due."""
         self._new_entries = False
         """A segment file was created since the directory was last fsynced."""
+        self._writer_lock = WriterLock(path)
         self._sync_lock = threading.Lock()
         """Held by the thread syncing: rounds (the sync task's, a checkpoint's) never overlap."""
         self.spool = spool if spool is not None else Spool()
@@ -192,7 +194,12 @@ class EvidenceLog:
         # Evidence names tenants, models and callers: 0600 in a 0700 directory.
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.parent.chmod(0o700)
-        state = await asyncio.to_thread(_recover, self.path, self.checkpoints_path, self.chain_id)
+        self._writer_lock.acquire()  # ChainBusy when another process writes this chain
+        try:
+            state = await asyncio.to_thread(_recover, self.path, self.checkpoints_path, self.chain_id)
+        except BaseException:
+            self._writer_lock.release()
+            raise
         self._head, self._tree, self._signed_size = state.head, state.tree, state.signed_size
         self._segment_start, self._segment_size = state.segment.start, state.segment_size
         self.spool.written = state.live_bytes
@@ -337,6 +344,7 @@ class EvidenceLog:
             self._sealed = []
             self._file.close()
             self._file = None
+        self._writer_lock.release()
 
     async def __aenter__(self) -> EvidenceLog:
         await self.start()

@@ -9,8 +9,7 @@ The format is the pack's (``dataplane.evidence.pack``, docs/evidence-format.md) 
 - per chain, every record from ``from_seq`` (1, or ``--since-seq``) to ``to_seq``, the size
   of the chain's newest checkpoint: the export first signs a fresh checkpoint of every
   record on disk when the node key is there and the newest one does not cover them all
-  (so run it with the node stopped, or accept that records written meanwhile wait for the
-  next export); a chain with no checkpoint is listed in ``searched_without_match``;
+  (export refuses while the node runs: it holds every chain's writer lock); a chain with no checkpoint is listed in ``searched_without_match``;
 - the seal: one ECDSA P-256 (SHA-256, DER) signature by the node key over the same DSSE
   PAE of the canonical manifest, ``keyid`` the first 16 hex digits of SHA-256 over the
   key's DER SubjectPublicKeyInfo (``pack.node_key_id``); the manifest's ``query`` is
@@ -23,6 +22,7 @@ refused (its early records are with the control plane, which exports them itself
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 from collections.abc import Callable
@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from dataplane.evidence import checkpoint, log, merkle, pack, proofs, segments
+from dataplane.evidence.writer_lock import ChainBusy, WriterLock
 
 
 class ExportRefused(ValueError):
@@ -121,7 +122,39 @@ def export(
 ) -> ExportResult:
     """Write the node pack of every chain in ``data_dir`` to ``out`` (0600, temp + rename);
     the node is the one whose chains these are (every chain must be of one node), ``key``
-    its key, ``certificate`` and ``ca_pem`` its certificate and node CA once provisioned."""
+    its key, ``certificate`` and ``ca_pem`` its certificate and node CA once provisioned.
+
+    Refused while a process writes any of the chains (a running node holds their writer
+    locks): export signs a fresh checkpoint, and two signers of one chain would interleave
+    their checkpoints. The locks are held until the pack is written, so a node started
+    meanwhile refuses to start instead."""
+    with contextlib.ExitStack() as held:
+        for chain_file in log.chain_files(Path(data_dir)):
+            try:
+                held.enter_context(WriterLock(chain_file))
+            except ChainBusy as exc:
+                raise ExportRefused(f"{exc}: the node is running; stop it, then export") from exc
+        return _export(
+            data_dir,
+            out,
+            key=key,
+            certificate=certificate,
+            ca_pem=ca_pem,
+            since_seq=since_seq,
+            progress=progress,
+        )
+
+
+def _export(
+    data_dir: Path,
+    out: Path,
+    *,
+    key: ec.EllipticCurvePrivateKey,
+    certificate: x509.Certificate | None = None,
+    ca_pem: str = "",
+    since_seq: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> ExportResult:
     if since_seq < 1:
         raise ExportRefused(f"--since-seq: {since_seq} is not a seq (1 or more)")
     chains = [(f, _read_chain(f)) for f in log.chain_files(Path(data_dir))]

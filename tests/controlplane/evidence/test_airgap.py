@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from dataplane.evidence import pack, pack_verify
 from dataplane.evidence.log import EvidenceLog, log_path
+from dataplane.evidence.writer_lock import ChainBusy, WriterLock
 from dataplane.identity import IdentityFiles, install_bundle
 from signalbox.api.admin.v1 import admin_pb2
 from tests.controlplane.conftest import Admin
@@ -254,3 +257,52 @@ async def test_a_changed_byte_an_unprovisioned_or_a_revoked_node_is_refused(
     assert refused.returncode != 0
     assert "the certificate of the key that sealed the pack is revoked" in refused.stderr
     assert _stored(control_plane.database_url) == (0, 0)
+
+
+async def test_export_is_refused_while_the_node_writes_and_a_second_writer_cannot_start(
+    control_plane: RunningControlPlane, admin: Admin, private_tmp: Path
+) -> None:
+    """The node holds its chains' writer locks while it runs: an export (which signs a fresh
+    checkpoint) or a second node on the same data dir would interleave with it."""
+    data_dir = private_tmp / "ag-running"
+    await _write(data_dir, 2)
+    key = IdentityFiles.under(data_dir).private_key()
+    out = private_tmp / "ag-running.pack"
+    async with EvidenceLog(log_path(data_dir, NODE), NODE, signer=key) as running:
+        running.append({"ts": time.time(), "correlation_id": "while-running", "outcome": {"code": "OK"}})
+        refused = await export(data_dir, out)
+        assert refused.returncode == 1
+        assert f"{NODE}@0.jsonl: written by a running process (pid {os.getpid()})" in refused.stderr
+        assert "stop it, then export; nothing was written" in refused.stderr
+        assert not out.exists()
+        second = EvidenceLog(log_path(data_dir, NODE), NODE, signer=key)
+        with pytest.raises(ChainBusy, match=rf"pid {os.getpid()}"):
+            await second.start()
+    # Stopped (the lock goes with the log, or with the process however it dies): export runs.
+    exported = await export(data_dir, out)
+    assert exported.returncode == 0, exported.stderr
+    assert "exported 3 records of 1 chains" in exported.stdout
+
+
+async def test_a_killed_writer_leaves_no_stale_lock(private_tmp: Path) -> None:
+    data_dir = private_tmp / "ag-killed"
+    script = (
+        "import asyncio, os, sys, time\n"
+        "from pathlib import Path\n"
+        "from dataplane.evidence.log import EvidenceLog, log_path\n"
+        "async def main():\n"
+        f"    async with EvidenceLog(log_path(Path({str(data_dir)!r}), {NODE!r}), {NODE!r}) as log:\n"
+        "        log.append({'ts': time.time()})\n"
+        "        print('open', flush=True)\n"
+        "        await asyncio.sleep(3600)\n"
+        "asyncio.run(main())\n"
+    )
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
+    assert child.stdout is not None
+    assert await asyncio.wait_for(child.stdout.readline(), 60) == b"open\n"
+    with pytest.raises(ChainBusy, match=rf"pid {child.pid}"):
+        WriterLock(log_path(data_dir, NODE)).acquire()
+    child.kill()
+    await child.wait()
+    with WriterLock(log_path(data_dir, NODE)):
+        pass
