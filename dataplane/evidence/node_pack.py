@@ -25,7 +25,7 @@ import base64
 import contextlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,93 +128,79 @@ def export(
     locks): export signs a fresh checkpoint, and two signers of one chain would interleave
     their checkpoints. The locks are held until the pack is written, so a node started
     meanwhile refuses to start instead."""
+    with _writer_locks(Path(data_dir)):
+        if since_seq < 1:
+            raise ExportRefused(f"--since-seq: {since_seq} is not a seq (1 or more)")
+        chains = [(f, _read_chain(f)) for f in log.chain_files(Path(data_dir))]
+        if not chains:
+            raise ExportRefused(f"no evidence chains in {Path(data_dir) / 'evidence'}")
+        node_id = checkpoint.node_of(str(chains[0][1].records[0].get("chain_id", "")))
+        cert = certificate
+        if cert is not None:
+            if cert.public_key() != key.public_key():
+                raise ExportRefused("the node certificate is not of the node key")
+            try:
+                checkpoint.check_certificate(cert, x509.load_pem_x509_certificate(ca_pem.encode()), node_id)
+            except (ValueError, checkpoint.CheckpointInvalid) as exc:
+                raise ExportRefused(f"the node certificate: {exc}") from exc
+            node_entry = cert.public_bytes(serialization.Encoding.PEM).decode()
+        else:
+            ca_pem = ""
+            node_entry = (
+                key.public_key()
+                .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+                .decode()
+            )
+        plans, fresh = [], 0
+        for log_file, chain in chains:
+            plan, signed = _plan_chain(log_file, chain, node_id, since_seq, key)
+            plans.append(plan)
+            fresh += signed
+        exported = [p for p in plans if p.searched.records]
+        unmatched = [p.searched for p in plans if not p.searched.records]
+        manifest: dict[str, Any] = {
+            "pack_id": secrets.token_hex(16),
+            "created": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "kind": pack.KIND_NODE,
+            "query": {"since_seq": since_seq},
+            "records": sum(p.searched.records for p in exported),
+            "node_ca_sha256": pack.certificate_sha256(ca_pem) if ca_pem else "",
+            "chains": [p.searched.to_json() for p in exported],
+            "searched_without_match": [s.to_json() for s in unmatched],
+            "alarms": [],
+        }
+        out = Path(out)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                writer = pack.PackWriter(f)
+                writer.header(pack.KIND_NODE)
+                writer.certificates(ca_pem, {node_id: [node_entry]})
+                for p in exported:
+                    _write_chain(writer, p, progress)
+                writer.seal(manifest, lambda m: [sign_node(key, m)])
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync(out.parent)
+        return ExportResult(out, manifest["records"], [p.searched for p in exported], unmatched, fresh)
+
+
+@contextlib.contextmanager
+def _writer_locks(data_dir: Path) -> Iterator[None]:
+    """Every chain's writer lock, held for the block; ``ExportRefused`` when one is busy."""
     with contextlib.ExitStack() as held:
-        for chain_file in log.chain_files(Path(data_dir)):
+        for chain_file in log.chain_files(data_dir):
             try:
                 held.enter_context(WriterLock(chain_file))
             except ChainBusy as exc:
                 raise ExportRefused(f"{exc}: the node is running; stop it, then export") from exc
-        return _export(
-            data_dir,
-            out,
-            key=key,
-            certificate=certificate,
-            ca_pem=ca_pem,
-            since_seq=since_seq,
-            progress=progress,
-        )
-
-
-def _export(
-    data_dir: Path,
-    out: Path,
-    *,
-    key: ec.EllipticCurvePrivateKey,
-    certificate: x509.Certificate | None = None,
-    ca_pem: str = "",
-    since_seq: int = 1,
-    progress: Callable[[int], None] | None = None,
-) -> ExportResult:
-    if since_seq < 1:
-        raise ExportRefused(f"--since-seq: {since_seq} is not a seq (1 or more)")
-    chains = [(f, _read_chain(f)) for f in log.chain_files(Path(data_dir))]
-    if not chains:
-        raise ExportRefused(f"no evidence chains in {Path(data_dir) / 'evidence'}")
-    node_id = checkpoint.node_of(str(chains[0][1].records[0].get("chain_id", "")))
-    cert = certificate
-    if cert is not None:
-        if cert.public_key() != key.public_key():
-            raise ExportRefused("the node certificate is not of the node key")
-        try:
-            checkpoint.check_certificate(cert, x509.load_pem_x509_certificate(ca_pem.encode()), node_id)
-        except (ValueError, checkpoint.CheckpointInvalid) as exc:
-            raise ExportRefused(f"the node certificate: {exc}") from exc
-        node_entry = cert.public_bytes(serialization.Encoding.PEM).decode()
-    else:
-        ca_pem = ""
-        node_entry = (
-            key.public_key()
-            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-            .decode()
-        )
-    plans, fresh = [], 0
-    for log_file, chain in chains:
-        plan, signed = _plan_chain(log_file, chain, node_id, since_seq, key)
-        plans.append(plan)
-        fresh += signed
-    exported = [p for p in plans if p.searched.records]
-    unmatched = [p.searched for p in plans if not p.searched.records]
-    manifest: dict[str, Any] = {
-        "pack_id": secrets.token_hex(16),
-        "created": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "kind": pack.KIND_NODE,
-        "query": {"since_seq": since_seq},
-        "records": sum(p.searched.records for p in exported),
-        "node_ca_sha256": pack.certificate_sha256(ca_pem) if ca_pem else "",
-        "chains": [p.searched.to_json() for p in exported],
-        "searched_without_match": [s.to_json() for s in unmatched],
-        "alarms": [],
-    }
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer = pack.PackWriter(f)
-            writer.header(pack.KIND_NODE)
-            writer.certificates(ca_pem, {node_id: [node_entry]})
-            for p in exported:
-                _write_chain(writer, p, progress)
-            writer.seal(manifest, lambda m: [sign_node(key, m)])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(out.parent)
-    return ExportResult(out, manifest["records"], [p.searched for p in exported], unmatched, fresh)
+        yield
 
 
 def _write_chain(writer: pack.PackWriter, plan: _Plan, progress: Callable[[int], None] | None) -> None:
