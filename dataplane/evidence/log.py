@@ -86,7 +86,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import checkpoint, merkle, segments
-from dataplane.evidence.records import GENESIS_HASH, ChainHead, canonical, hash_of_line, stored_line
+from dataplane.evidence.records import (
+    GENESIS_HASH,
+    ChainHead,
+    encode_record,
+    hash_of_line,
+    stored_line,
+)
 from dataplane.evidence.spool import Spool
 from dataplane.evidence.writer_lock import WriterLock
 
@@ -229,7 +235,7 @@ class EvidenceLog:
             "prev_hash": self._head.hash,
             **fields,
         }
-        body = canonical(record)
+        body = encode_record(record)
         hashed = hashlib.sha256(body)
         digest = hashed.hexdigest()
         # The stored line is the hashed body with "hash" appended last (``hash_of_line``).

