@@ -49,10 +49,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
         serve,
         "--workers",
         env="SIGNALBOX_WORKERS",
-        default=1,
+        default=0,
         type=int,
         help="processes of this node sharing its ports (SO_REUSEPORT; the ports must be fixed), each "
-        "with its own evidence chain; 0: one per core",
+        "with its own evidence chain; 0: one per core this process may run on (one when --listen or "
+        "--http-listen has port 0, which workers cannot share)",
         command=SERVE,
     )
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -427,7 +428,12 @@ def serve_command(ns: argparse.Namespace) -> int:
     if ns.workers < 0:
         print(f"--workers: {ns.workers} is not a number of processes (0: one per core)", file=sys.stderr)
         return 2
-    workers = resolve_workers(ns.workers)
+    ephemeral = any(
+        address.rpartition(":")[2] == "0"
+        for address in (ns.listen, *([ns.http_listen] if ns.http_listen else []))
+    )
+    # One per core by default; a port the kernel picks (0) cannot be shared, so then one.
+    workers = 1 if ns.workers == 0 and ephemeral else resolve_workers(ns.workers)
     if ns.worker_index is not None and not 0 <= ns.worker_index < workers:
         print(f"--worker-index: {ns.worker_index} is not below --workers {workers}", file=sys.stderr)
         return 2
@@ -549,8 +555,7 @@ def serve_command(ns: argparse.Namespace) -> int:
     )
 
     if ns.worker_index is None and workers > 1:
-        fixed = [ns.listen, *([ns.http_listen] if ns.http_listen else [])]
-        if any(address.rpartition(":")[2] == "0" for address in fixed):
+        if ephemeral:
             print(
                 f"--workers {workers}: the workers share their ports, so --listen and --http-listen "
                 "need fixed port numbers (not 0)",

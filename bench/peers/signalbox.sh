@@ -30,7 +30,7 @@ t_start() {
   ( exec env SIGNALBOX_LOG_LEVEL=WARNING $GW_PIN "$SIGNALBOX_PY" -m signalbox dataplane serve \
       --listen "127.0.0.1:$SIGNALBOX_GRPC_PORT" --http-listen "127.0.0.1:$SIGNALBOX_HTTP_PORT" \
       --snapshot "$_signalbox_dir/pin.bin" --trust-key "$_signalbox_dir/trust-key.pem" \
-      --data-dir "$_signalbox_dir/node" --node-id bench-node --mode on-prem \
+      --data-dir "$_signalbox_dir/node" --node-id bench-node --mode on-prem --workers 1 \
   ) > "$LOG_DIR/signalbox.log" 2>&1 &
   T_PID=$!
 }

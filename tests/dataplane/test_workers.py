@@ -226,3 +226,32 @@ async def test_workers_do_not_outlive_a_killed_supervisor(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_by_default_a_node_runs_one_worker_per_core_and_one_on_a_port_the_kernel_picks(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    """No --workers and no SIGNALBOX_WORKERS (the suite sets it to 1 for the nodes it starts)."""
+    pin = tmp_path / "site.snapshot"
+    pin.write_bytes(site_pin(signing_key, 3, simulator.base_url))
+    env = {k: v for k, v in os.environ.items() if k != "SIGNALBOX_WORKERS"}
+    cores = len(os.sched_getaffinity(0))
+    for listen, expected in ((f"127.0.0.1:{free_port()}", cores), ("127.0.0.1:0", 1)):
+        args = pinned_serve_args(pin, trust_key, tmp_path / f"node-{expected}", "--node-id", NODE)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "signalbox", *args, "--listen", listen,
+            stderr=asyncio.subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+        try:
+            node = psutil.Process(process.pid)
+            chains = tmp_path / f"node-{expected}" / "evidence"
+
+            def started(chains: Path = chains, expected: int = expected) -> bool:
+                return chains.is_dir() and len(list(chains.glob("*.jsonl.lock"))) == expected
+
+            await eventually(started, timeout=60, message=f"{expected} evidence writers")
+            # One worker is the node itself; several run under it as a supervisor.
+            assert len(node.children()) == (expected if expected > 1 else 0)
+        finally:
+            process.terminate()
+            await process.wait()
