@@ -3,12 +3,14 @@
 TLS has already verified the chain to the node CA and the validity period; here the
 certificate's serial is looked up in ``node_certificates``: an unknown serial is
 UNAUTHENTICATED, a revoked one PERMISSION_DENIED, and the node id, group, mode and site
-are those recorded at issue. With ``--insecure`` (plaintext node port, development only)
+are those recorded at issue. A certificate recorded without its PEM (issued before
+migration 0015) gets it from the node that presents it, so evidence packs can carry it. With ``--insecure`` (plaintext node port, development only)
 there is no certificate and ``authenticate`` returns None: the Hello says who it is.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +24,7 @@ from controlplane.identity.ca import fingerprint, serial_hex
 from controlplane.services.identity import IdentityService, NodeIdentity, identity_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger(__name__)
 
 
 class NodeAuthenticator:
@@ -51,6 +54,12 @@ class NodeAuthenticator:
             raise PermissionDenied(f"certificate {serial} of node {row.node_id} is revoked")
         if row.not_after <= datetime.now(UTC):
             raise Unauthenticated(f"certificate {serial} expired at {row.not_after.isoformat()}")
+        if not row.certificate_pem:
+            # Issued before migration 0015 kept certificates: the node presents it, and its
+            # fingerprint matched the issue record, so this is the certificate itself.
+            issued = certificate.public_bytes(Encoding.PEM).decode()
+            if await self._identities.fill_certificate_pem(serial, issued):
+                log.info("node %s: certificate %s's PEM kept (issued before 0015)", row.node_id, serial)
         key = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         return replace(identity_of(row), public_key=key)
 

@@ -55,6 +55,18 @@ async def certificate(session: AsyncSession, serial: str) -> NodeCertificate | N
     return await session.get(NodeCertificate, serial)
 
 
+async def fill_certificate_pem(session: AsyncSession, serial: str, pem: str) -> bool:
+    """Store ``pem`` for a certificate recorded without one (issued before migration 0015);
+    whether a row changed (a row that has its PEM is never overwritten)."""
+    result = await session.execute(
+        update(NodeCertificate)
+        .where(NodeCertificate.serial == serial, NodeCertificate.certificate_pem == "")
+        .values(certificate_pem=pem)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def revoke(session: AsyncSession, node_id: str, at: datetime) -> int:
     """Revoke every unrevoked certificate of ``node_id``; returns how many."""
     result = await session.execute(

@@ -225,6 +225,13 @@ class IdentityService:
         async with self.sessions() as session:
             return await repo.certificate(session, serial)
 
+    async def fill_certificate_pem(self, serial: str, pem: str) -> bool:
+        """Keep the PEM of a certificate issued before the store kept them (migration 0015),
+        as its node presents it: evidence packs carry it. The caller checked it is the one
+        issued (its fingerprint)."""
+        async with self.sessions() as session, session.begin():
+            return await repo.fill_certificate_pem(session, serial, pem)
+
     async def renew(self, identity: NodeIdentity, csr_pem: str) -> Issued:
         """A new certificate with the same bindings for a node whose current one is valid."""
         public_key = parse_csr(csr_pem)

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from controlplane.evidence.ingest import POOL_MIN_LINES
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import seal
+from signalbox.tls import aio_channel
 from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, rehash, write_records
 from tests.fixtures.postgres import RunningControlPlane, sql_rows
 
@@ -311,3 +312,29 @@ async def test_a_database_failure_ends_the_stream_unavailable_and_the_resend_is_
     finally:
         again.close()
     assert (ack.head_seq, ack.stored, ack.HasField("error")) == (4, 4, False)
+
+
+async def test_a_certificate_issued_before_its_pem_was_kept_gets_it_from_its_node(
+    evidence_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    """Certificates issued before migration 0015 have no PEM in the store, so packs could not
+    carry them: the node presents it on its next call, and its fingerprint vouches for it."""
+    directory = new_dir(private_tmp, "evidence-pem-")
+    tls = await evidence_plane.enroll("node-pem", directory)
+    select = "SELECT certificate_pem FROM node_certificates WHERE node_id = 'node-pem'"
+    (issued,) = sql_rows(evidence_plane.database_url, select)[0]
+    assert issued.startswith("-----BEGIN CERTIFICATE-----")
+    engine = sa.create_engine(evidence_plane.database_url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "UPDATE node_certificates SET certificate_pem = '' WHERE node_id = 'node-pem'"
+            )
+    finally:
+        engine.dispose()
+    async with aio_channel(evidence_plane.node_address, tls) as channel:
+        stream = Stream(channel)
+        ack = await stream.ship("node-pem/0", await write_records(directory, "node-pem", 2))
+        stream.close()
+    assert (ack.head_seq, ack.HasField("error")) == (2, False)
+    assert sql_rows(evidence_plane.database_url, select)[0][0] == issued
