@@ -109,14 +109,22 @@ class UpstreamResponse:
 
     async def read(self, limit: int) -> tuple[bytes, bool]:
         """The body up to ``limit`` bytes, and whether there was more (then it is not read further)."""
-        pieces: list[bytes] = []
-        size = 0
-        while (chunk := await self._exchange.next_chunk(self._timeout)) is not None:
-            pieces.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                return b"".join(pieces)[:limit], True
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces), False
+        next_chunk, timeout = self._exchange.next_chunk, self._timeout
+        body = await next_chunk(timeout)
+        if body is None:
+            return b"", False
+        if len(body) > limit:
+            return body[:limit], True
+        more = await next_chunk(timeout)
+        if more is None:
+            return body, False  # the common answer: whole, in the same read as its head
+        buffer = bytearray(body)
+        while more is not None:
+            buffer += more
+            if len(buffer) > limit:
+                return bytes(buffer[:limit]), True
+            more = await next_chunk(timeout)
+        return bytes(buffer), False
 
     def __aiter__(self) -> UpstreamResponse:
         return self

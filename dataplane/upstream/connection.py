@@ -2,8 +2,9 @@
 
 A connection carries one exchange at a time (no pipelining). The response's
 body is handed to its reader as it arrives, through a small buffer: past
-``HIGH_WATER`` bytes not yet taken, the socket stops being read until the
-reader catches up, so a slow consumer never makes the node buffer more. A
+``HIGH_WATER`` bytes (or ``MAX_PENDING_CHUNKS`` pieces) not yet taken, the
+socket stops being read until the reader takes them, so a slow consumer never
+makes the node buffer more. A
 connection whose response ended cleanly with keep-alive goes back to its pool
 (``on_reusable``); every other end (an error, a reader leaving early, a
 timeout) closes it at once, so the upstream sees the disconnect.
@@ -20,8 +21,9 @@ import httpx
 
 HIGH_WATER = 256 * 1024
 """Body bytes buffered for a reader before the socket is paused."""
-LOW_WATER = 64 * 1024
-"""Reading resumes when the reader has taken the buffer below this."""
+MAX_PENDING_CHUNKS = 1024
+"""Body pieces buffered for a reader before the socket is paused, whatever their size: an
+upstream sending one-byte chunks must not cost the node dozens of bytes of bookkeeping per byte."""
 MAX_HEADER_BYTES = 64 * 1024
 """Header names and values of one answer; more is a protocol error, not memory spent."""
 
@@ -75,14 +77,19 @@ class Exchange:
             await self._wait(timeout)
 
     async def next_chunk(self, timeout: float) -> bytes | None:
-        """The next piece of the body, or None at its end."""
+        """All of the body that has arrived and not been taken yet (waiting until some has), or
+        None at its end. Pieces that arrived together are handed on as one."""
         while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                if self._buffered < LOW_WATER:
-                    self._connection.resume(self)
-                return chunk
+            chunks = self._chunks
+            if chunks:
+                if len(chunks) == 1:
+                    data = chunks.popleft()
+                else:
+                    data = b"".join(chunks)
+                    chunks.clear()
+                self._buffered = 0
+                self._connection.resume(self)
+                return data
             if self._error is not None:
                 raise self._error
             if self.complete:
@@ -128,7 +135,7 @@ class Exchange:
     def add_body(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered > HIGH_WATER:
+        if self._buffered > HIGH_WATER or len(self._chunks) > MAX_PENDING_CHUNKS:
             self._connection.pause(self)
         self.wake()
 

@@ -401,6 +401,24 @@ async def test_a_lagging_reader_pauses_the_socket(client: UpstreamClient) -> Non
         assert received == total
 
 
+async def test_pieces_that_arrived_together_are_handed_on_as_one(client: UpstreamClient) -> None:
+    # 5,000 one-byte chunks in one write: one piece for the reader, not 5,000 (each would cost
+    # the node a bytes object, a deque slot and a line-splitting pass).
+    tiny = b"".join(b"1\r\n%c\r\n" % (ord("a") + i % 26) for i in range(5000))
+
+    async def tiny_chunks(server: RawServer, peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + tiny)
+        await peer.send(b"0\r\n\r\n")
+
+    async with RawServer(tiny_chunks) as server:
+        response = await client.request("POST", server.url, body=b"x", timeout=5)
+        pieces = [piece async for piece in response]
+        response.close()
+    assert b"".join(pieces) == bytes(ord("a") + i % 26 for i in range(5000))
+    assert len(pieces) < 100
+
+
 async def test_cancelling_a_request_closes_its_socket(client: UpstreamClient) -> None:
     async def silent(server: RawServer, peer: Peer) -> None:
         await peer.request()
