@@ -113,16 +113,17 @@ class HttpAdapter:
         more than that in memory.
         """
         timeout = self.attempt_timeout(timeout)
+        # The whole call's deadline is the client's to keep: it bounds every wait by it.
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            async with asyncio.timeout(timeout):
-                response = await self._send(url, body, timeout=timeout, params=params)
-                try:
-                    if response.status >= 400:
-                        text = await self._read_text(response, MAX_ERROR_BODY_BYTES, truncate=True)
-                        raise self.http_error(response.status, text, response.headers)
-                    data = await self._read_bytes(response, MAX_BODY_BYTES)
-                finally:
-                    response.close()
+            response = await self._send(url, body, timeout=timeout, params=params, deadline=deadline)
+            try:
+                if response.status >= 400:
+                    text = await self._read_text(response, MAX_ERROR_BODY_BYTES, truncate=True)
+                    raise self.http_error(response.status, text, response.headers)
+                data = await self._read_bytes(response, MAX_BODY_BYTES)
+            finally:
+                response.close()
         except (httpx.HTTPError, TimeoutError) as exc:
             raise classify_transport(self.type_name, exc) from exc
         encoding = text_encoding(response.headers)
@@ -134,14 +135,26 @@ class HttpAdapter:
         return payload
 
     async def _send(
-        self, url: str, body: Mapping[str, Any], *, timeout: float, params: Mapping[str, str] | None
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float,
+        params: Mapping[str, str] | None,
+        deadline: float | None = None,
     ) -> UpstreamResponse:
         if self._head is None:
             # The adapter's headers are the same on every call (config and credential are fixed
             # for its life): checked and encoded once.
             self._head = encode_headers({**self.headers(), "Content-Type": "application/json"})
         return await self._client.request(
-            "POST", url, headers=self._head, body=dumps(body), timeout=timeout, params=params
+            "POST",
+            url,
+            headers=self._head,
+            body=dumps(body),
+            timeout=timeout,
+            deadline=deadline,
+            params=params,
         )
 
     async def _read_bytes(self, response: UpstreamResponse, limit: int) -> bytes:

@@ -165,6 +165,7 @@ class UpstreamClient:
         self._open: set[Connection] = set()
         self._connecting = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._sweep: asyncio.TimerHandle | None = None
         self._targets: dict[tuple[str, str, object], _Target] = {}
         self._closed = False
 
@@ -184,12 +185,15 @@ class UpstreamClient:
         headers: bytes = b"",
         body: bytes = b"",
         timeout: float,
+        deadline: float | None = None,
         params: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
         """Send one request and wait for its answer's head.
 
         ``headers`` are ``encode_headers`` bytes; ``timeout`` bounds the wait
-        for a connection, connecting, and each wait for bytes. A request whose
+        for a connection, connecting, and each wait for bytes; ``deadline``
+        (loop time), if given, bounds them all together, reading the body
+        included: the caller needs no timer of its own. A request whose
         pooled connection turns out closed before any byte of the answer is
         sent once more on a new connection; nothing else is retried here.
         """
@@ -204,8 +208,13 @@ class UpstreamClient:
         connection = self._take_idle(target.origin)
         while True:
             if connection is None:
-                connection = await self._connect(target.origin, timeout)
-            exchange = connection.send(data, None if joined else body)
+                left = (
+                    timeout
+                    if deadline is None
+                    else min(timeout, deadline - asyncio.get_running_loop().time())
+                )
+                connection = await self._connect(target.origin, max(left, 0.0))
+            exchange = connection.send(data, None if joined else body, deadline)
             try:
                 await exchange.wait_headers(timeout)
             except StaleConnection:
@@ -232,6 +241,9 @@ class UpstreamClient:
     async def aclose(self) -> None:
         """Close every connection, idle or busy; requests after this fail."""
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for connection in list(self._open):
             connection.abort()
 
@@ -239,14 +251,14 @@ class UpstreamClient:
 
     def _take_idle(self, origin: Origin) -> Connection | None:
         idle = self._idle.get(origin)
+        if not idle:
+            return None
+        fresh_since = asyncio.get_running_loop().time() - self._idle_timeout
         while idle:
             connection = idle.pop()  # the most recently used: the least likely to be stale
             self._idle_count -= 1
             connection.idle = False
-            if connection.idle_timer is not None:
-                connection.idle_timer.cancel()
-                connection.idle_timer = None
-            if connection.usable():
+            if connection.idle_since > fresh_since and connection.usable():
                 return connection
             connection.abort()
         return None
@@ -255,11 +267,29 @@ class UpstreamClient:
         if self._closed or self._idle_count >= self._max_idle:
             connection.abort()
             return
+        loop = asyncio.get_running_loop()
         self._idle.setdefault(connection.origin, deque()).append(connection)
         self._idle_count += 1
         connection.idle = True
-        connection.idle_timer = asyncio.get_running_loop().call_later(self._idle_timeout, connection.abort)
+        connection.idle_since = loop.time()
+        if self._sweep is None:
+            # One timer for every idle connection, not one per connection per request.
+            self._sweep = loop.call_later(self._idle_timeout, self._close_expired)
         self._wake_one()
+
+    def _close_expired(self) -> None:
+        """Close the connections idle for ``idle_timeout``; come back when the next one will be."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        expired_since = loop.time() - self._idle_timeout
+        oldest: float | None = None
+        for idle in list(self._idle.values()):
+            while idle and idle[0].idle_since <= expired_since:
+                idle[0].abort()  # the oldest first; abort takes it out of the pool
+            if idle and (oldest is None or idle[0].idle_since < oldest):
+                oldest = idle[0].idle_since
+        if oldest is not None:
+            self._sweep = loop.call_at(oldest + self._idle_timeout, self._close_expired)
 
     def _closed_connection(self, connection: Connection) -> None:
         self._open.discard(connection)

@@ -47,6 +47,7 @@ class Exchange:
         "_header_name",
         "_waiter",
         "complete",
+        "deadline",
         "headers",
         "headers_done",
         "received",
@@ -69,6 +70,8 @@ class Exchange:
         """True once any byte of the answer arrived (a failure after that is never retried)."""
         self.until_close = False
         """The body has neither a length nor chunks: it ends when the upstream closes."""
+        self.deadline: float | None = None
+        """Loop time by which the whole answer must be in (no wait lasts past it), if any."""
 
     # -- the reader's side ------------------------------------------------------------------
 
@@ -104,8 +107,12 @@ class Exchange:
     async def _wait(self, timeout: float) -> None:
         if self._error is not None:
             raise self._error
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
-        timer = asyncio.get_running_loop().call_later(timeout, self._time_out, waiter)
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        when = loop.time() + timeout
+        if self.deadline is not None and self.deadline < when:
+            when = self.deadline
+        timer = loop.call_at(when, self._time_out, waiter)
         try:
             await waiter
         finally:
@@ -163,15 +170,17 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.used = 0
         """Requests sent on this connection; more than one means it came from the pool."""
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
+        """Loop time it went back to the pool."""
 
     # -- used by the pool and the client ------------------------------------------------------
 
-    def send(self, head: bytes, body: bytes | None) -> Exchange:
+    def send(self, head: bytes, body: bytes | None, deadline: float | None) -> Exchange:
         assert self._transport is not None
         assert self._exchange is None
         self.used += 1
         self._exchange = exchange = Exchange(self)
+        exchange.deadline = deadline
         self._transport.write(head)
         if body:
             self._transport.write(body)
@@ -299,6 +308,4 @@ class Connection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self._exchange = None
-            if self.idle_timer is not None:
-                self.idle_timer.cancel()
             self._on_closed(self)

@@ -206,6 +206,25 @@ async def test_a_stalled_answer_times_out_and_the_connection_is_dropped(
         assert client.open_connections == 0
 
 
+async def test_a_deadline_bounds_the_whole_answer_however_it_trickles(client: UpstreamClient) -> None:
+    async def trickle(server: RawServer, peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(60):  # a byte every 50 ms: no single wait comes near the 5 s timeout
+            await peer.send(b"x")
+            await asyncio.sleep(0.05)
+        await peer.wait_closed_by_client()
+
+    async with RawServer(trickle) as server:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        response = await client.request("POST", server.url, body=b"x", timeout=5, deadline=started + 0.3)
+        with pytest.raises(httpx.ReadTimeout):
+            await response.read(10_000)
+        assert loop.time() - started < 1.5
+        await eventually(lambda: server.closed_by_client == 1, message="the upstream saw the client leave")
+
+
 async def test_connection_refused(client: UpstreamClient) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
