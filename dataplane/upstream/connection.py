@@ -4,10 +4,10 @@ A connection carries one exchange at a time (no pipelining). The response's
 body is handed to its reader as it arrives, through a small buffer: past
 ``HIGH_WATER`` bytes (or ``MAX_PENDING_CHUNKS`` pieces) not yet taken, the
 socket stops being read until the reader takes them, so a slow consumer never
-makes the node buffer more. A
-connection whose response ended cleanly with keep-alive goes back to its pool
-(``on_reusable``); every other end (an error, a reader leaving early, a
-timeout) closes it at once, so the upstream sees the disconnect.
+makes the node buffer more. A connection whose response ended cleanly with
+keep-alive goes back to its pool (``on_reusable``); every other end (an error,
+a reader leaving early, a timeout) closes it at once, so the upstream sees the
+disconnect, and a reader still waiting is woken with the reason.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ class Exchange:
         "_chunks",
         "_connection",
         "_error",
-        "_header_name",
         "_waiter",
         "complete",
         "deadline",
@@ -61,7 +60,6 @@ class Exchange:
         self._buffered = 0
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._header_name = ""
         self.status = 0
         self.headers: dict[str, str] = {}
         self.headers_done = False
@@ -228,20 +226,21 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         exchange = self._exchange
+        if exchange is not None and not exchange.complete:
+            if not exchange.received and self.used > 1:
+                exchange.fail(StaleConnection())
+            elif exchange.until_close and exc is None:
+                exchange.complete = True
+                exchange.wake()
+            elif exc is not None:
+                exchange.fail(httpx.ReadError(f"connection to the upstream failed ({type(exc).__name__})"))
+            elif not exchange.headers_done:
+                exchange.fail(httpx.RemoteProtocolError("upstream closed the connection without an answer"))
+            else:
+                exchange.fail(
+                    httpx.RemoteProtocolError("upstream closed the connection before the body ended")
+                )
         self._closed_now()
-        if exchange is None or exchange.complete:
-            return
-        if not exchange.received and self.used > 1:
-            exchange.fail(StaleConnection())
-        elif exchange.until_close and exc is None:
-            exchange.complete = True
-            exchange.wake()
-        elif exc is not None:
-            exchange.fail(httpx.ReadError(f"connection to the upstream failed ({type(exc).__name__})"))
-        elif not exchange.headers_done:
-            exchange.fail(httpx.RemoteProtocolError("upstream closed the connection without an answer"))
-        else:
-            exchange.fail(httpx.RemoteProtocolError("upstream closed the connection before the body ended"))
 
     def eof_received(self) -> bool | None:
         return False  # close our side too: a half-closed upstream sends no more
@@ -307,5 +306,9 @@ class Connection(asyncio.Protocol):
     def _closed_now(self) -> None:
         if not self.closed:
             self.closed = True
-            self._exchange = None
+            exchange, self._exchange = self._exchange, None
+            if exchange is not None:
+                # Closed under a waiting reader (the client shutting down): it learns now, not at
+                # its timeout. A reader already failed or done keeps what it had.
+                exchange.fail(httpx.ReadError("the connection to the upstream was closed"))
             self._on_closed(self)

@@ -454,6 +454,24 @@ async def test_cancelling_a_request_closes_its_socket(client: UpstreamClient) ->
         assert client.open_connections == 0
 
 
+async def test_closing_the_client_wakes_a_waiting_request_at_once() -> None:
+    async def silent(server: RawServer, peer: Peer) -> None:
+        await peer.request()
+        server.requests.append(Request(b"", b""))
+        await peer.wait_closed_by_client()
+
+    async with RawServer(silent) as server:
+        client = UpstreamClient()
+        call = asyncio.create_task(post(client, server.url, timeout=30))
+        await eventually(lambda: len(server.requests) == 1, message="the request arrived")
+        await client.aclose()
+        with pytest.raises(httpx.ReadError):
+            await asyncio.wait_for(call, 5)  # not the 30 s timeout
+        await eventually(lambda: server.closed_by_client == 1, message="the upstream saw the disconnect")
+        with pytest.raises(httpx.TransportError, match="closed"):
+            await post(client, server.url)
+
+
 async def test_closing_a_stream_early_closes_its_socket(client: UpstreamClient) -> None:
     async def endless_stream(server: RawServer, peer: Peer) -> None:
         await peer.request()
