@@ -9,7 +9,7 @@
 Start order: the node's identity (``dataplane.identity``: a valid certificate in
 ``<data_dir>/identity``, else enrollment with the token, else refuse to start), the
 evidence log (its checkpoints signed with the node key, generated here if the node never
-enrolled), one pooled ``httpx.AsyncClient`` for every adapter, the
+enrolled), one pooled ``UpstreamClient`` for every adapter, the
 snapshot store (pinned file, or the persisted last-known-good), the gRPC server
 (health NOT_SERVING until a valid snapshot is served), then the config-sync client, or,
 for a pinned file, its watcher (a newer signed file at that path is applied live), the quota
@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from typing import Self
 
 import grpc
-import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
@@ -46,7 +45,6 @@ from dataplane.evidence.shipper import EvidenceShipper
 from dataplane.evidence.spool import Spool
 from dataplane.http.openai_api import OpenAIFrontDoor, server_error_body
 from dataplane.http.server import HttpServer
-from dataplane.http_client import build_http_client
 from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
 from dataplane.node_settings import WORKER_FOLLOW_INTERVAL_S, WORKERS_DIR, NodeSettings
 from dataplane.pipeline import GovernanceStep, Pipeline
@@ -61,6 +59,7 @@ from dataplane.snapshot.pin_watch import PinWatcher, warn_if_expired
 from dataplane.snapshot.serving import ServingState
 from dataplane.snapshot.store import SnapshotStore
 from dataplane.snapshot.sync_client import SyncClient, full_jitter
+from dataplane.upstream import UpstreamClient
 from signalbox.api.infer.v1 import infer_pb2
 from signalbox.tls import ClientTls, add_port, ssl_server_context
 
@@ -86,7 +85,7 @@ class DataPlaneNode:
         self._http_door: HttpServer | None = None
         self._key_task: asyncio.Task[None] | None = None
         self._health = HealthServicer()
-        self._http: httpx.AsyncClient | None = None
+        self._http: UpstreamClient | None = None
         self._evidence: EvidenceLog | None = None
         self._spool = Spool(settings.evidence_spool_max_bytes)
         self._store: SnapshotStore | None = None
@@ -237,11 +236,7 @@ class DataPlaneNode:
             spool=self._spool,
         )
         await self._evidence.start()
-        self._http = build_http_client(
-            max_connections=s.http_max_connections,
-            max_keepalive=s.http_max_keepalive,
-            transport=s.http_transport,
-        )
+        self._http = UpstreamClient(max_connections=s.http_max_connections, max_idle=s.http_max_keepalive)
         self._store = SnapshotStore(
             trusted=trusted,
             scope=s.scope,

@@ -18,7 +18,6 @@ from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
 from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.http.server import Limits as HttpLimits
-from dataplane.http_client import TransportName
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX
 from dataplane.quota import DEFAULT_LEASE_INTERVAL
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
@@ -120,9 +119,9 @@ class NodeSettings:
     reset_high_water_mark: bool = False
     """Start although the high-water mark is missing next to a last-known-good (logged loudly)."""
     http_max_connections: int = 512
+    """Open upstream connections over all providers (``dataplane.upstream``)."""
     http_max_keepalive: int = 128
-    http_transport: TransportName = "aiohttp"
-    """What carries upstream HTTP under the shared httpx client (see ``dataplane.http_client``)."""
+    """Idle upstream connections kept for reuse; each is closed after 30 s unused."""
     quota_lease_interval: float = DEFAULT_LEASE_INTERVAL
     """Seconds between quota leases from the control plane (rate limits and budgets): the
     longest a node runs on quota the rest of the fleet may need, and how soon an exhausted

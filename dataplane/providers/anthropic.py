@@ -33,8 +33,6 @@ import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, ClassVar
 
-import httpx
-
 from dataplane.chat import (
     ChatRequest,
     ChatResponse,
@@ -49,6 +47,7 @@ from dataplane.chat import (
     Usage,
 )
 from dataplane.config.model import ProviderConfig
+from dataplane.upstream import UpstreamClient
 
 from .classify import ErrorFacts, tokens_of
 from .transport import HttpAdapter, SSEStreamDecoder
@@ -83,7 +82,7 @@ class AnthropicAdapter(HttpAdapter):
     type_name: ClassVar[str] = "anthropic"
     default_base_url: ClassVar[str] = "https://api.anthropic.com"
 
-    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient, credential: str | None) -> None:
+    def __init__(self, config: ProviderConfig, client: UpstreamClient, credential: str | None) -> None:
         super().__init__(config, client, credential)
         # Checked here, when the snapshot is applied, not on the first request.
         raw = config.settings.get("default_max_tokens", str(DEFAULT_MAX_TOKENS))

@@ -2,7 +2,7 @@
 
 An adapter is built once per provider when a snapshot is applied (credentials
 are resolved then, off the request path) and shares the node's pooled
-``httpx.AsyncClient``. It never reads the environment or builds clients while
+``dataplane.upstream.UpstreamClient``. It never reads the environment or builds clients while
 serving a request.
 """
 
@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import ClassVar, Protocol
 
-import httpx
-
 from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamChunk
 from dataplane.config.model import ProviderConfig
+from dataplane.upstream import UpstreamClient
 
 
 class ProviderAdapter(Protocol):
@@ -39,5 +38,5 @@ class ProviderAdapter(Protocol):
 
 class AdapterFactory(Protocol):
     def __call__(
-        self, config: ProviderConfig, client: httpx.AsyncClient, credential: str | None
+        self, config: ProviderConfig, client: UpstreamClient, credential: str | None
     ) -> ProviderAdapter: ...

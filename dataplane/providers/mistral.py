@@ -17,9 +17,8 @@ import re
 import string
 from typing import ClassVar
 
-import httpx
-
 from dataplane.config.model import ProviderConfig
+from dataplane.upstream import UpstreamClient
 
 from .openai_wire import OpenAIDialect, OpenAIFamilyAdapter
 
@@ -58,7 +57,7 @@ class MistralAdapter(OpenAIFamilyAdapter):
         dimensions_field="output_dimension",
     )
 
-    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient, credential: str | None) -> None:
+    def __init__(self, config: ProviderConfig, client: UpstreamClient, credential: str | None) -> None:
         super().__init__(config, client, credential)
         # Rewritten id → original, so ids Mistral echoes back read as the caller's own.
         self._original_ids: dict[str, str] = {}

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import httpx
-
 from dataplane.config.model import ProviderConfig
+from dataplane.upstream import UpstreamClient
 
 from .anthropic import AnthropicAdapter
 from .azure_openai import AzureOpenAIAdapter
@@ -44,9 +43,7 @@ def adapter_types() -> frozenset[str]:
     return frozenset(_REGISTRY)
 
 
-def build_adapter(
-    config: ProviderConfig, client: httpx.AsyncClient, credential: str | None
-) -> ProviderAdapter:
+def build_adapter(config: ProviderConfig, client: UpstreamClient, credential: str | None) -> ProviderAdapter:
     try:
         factory = _REGISTRY[config.type]
     except KeyError:

@@ -10,6 +10,7 @@ module does the I/O, the deadline, and the mapping of every failure through
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import re
 from abc import ABC, abstractmethod
@@ -22,10 +23,11 @@ import httpx
 from dataplane.chat import EmbedRequest, EmbedResponse, StreamChunk
 from dataplane.config.model import ProviderConfig
 from dataplane.errors import ProviderError, UpstreamBadRequest
+from dataplane.upstream import UpstreamClient, UpstreamResponse, encode_headers, text_encoding
 
 from .classify import ErrorFacts, classify_error, classify_transport, protocol_error
 from .sse import EventTooLarge, SSEDecoder
-from .wire import loads
+from .wire import dumps, loads
 
 T = TypeVar("T")
 
@@ -67,10 +69,11 @@ class HttpAdapter:
     type_name: ClassVar[str]
     default_base_url: ClassVar[str] = ""
 
-    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient, credential: str | None) -> None:
+    def __init__(self, config: ProviderConfig, client: UpstreamClient, credential: str | None) -> None:
         self.config = config
         self._client = client
         self._credential = credential
+        self._head: bytes | None = None
         self.base_url = (config.base_url or self.default_base_url).rstrip("/")
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"{self.type_name}: base_url must be an http(s) URL, not {config.base_url!r}")
@@ -110,48 +113,67 @@ class HttpAdapter:
         more than that in memory.
         """
         timeout = self.attempt_timeout(timeout)
-        request = self._client.build_request(
-            "POST", url, json=body, headers=self.headers(), params=params, timeout=timeout
-        )
+        # The whole call's deadline is the client's to keep: it bounds every wait by it.
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            async with asyncio.timeout(timeout):
-                response = await self._client.send(request, stream=True)
-                try:
-                    if response.is_error:
-                        text = await self._read_text(response, MAX_ERROR_BODY_BYTES, truncate=True)
-                        raise self.http_error(response.status_code, text, response.headers)
-                    text = await self._read_text(response, MAX_BODY_BYTES)
-                finally:
-                    await response.aclose()
+            response = await self._send(url, body, timeout=timeout, params=params, deadline=deadline)
+            try:
+                if response.status >= 400:
+                    text = await self._read_text(response, MAX_ERROR_BODY_BYTES, truncate=True)
+                    raise self.http_error(response.status, text, response.headers)
+                data = await self._read_bytes(response, MAX_BODY_BYTES)
+            finally:
+                response.close()
         except (httpx.HTTPError, TimeoutError) as exc:
             raise classify_transport(self.type_name, exc) from exc
-        payload = loads(self.type_name, text, credential=self._credential)
+        encoding = text_encoding(response.headers)
+        # UTF-8 (nearly every answer) is parsed as bytes, without a decoded copy.
+        document = data if encoding == "utf-8" else data.decode(encoding, errors="replace")
+        payload = loads(self.type_name, document, credential=self._credential)
         # Some providers answer 200 with an error body (OpenAI-compatible servers, Mistral).
-        self.raise_in_band(payload, status=response.status_code)
+        self.raise_in_band(payload, status=response.status)
         return payload
 
-    async def _read_text(self, response: httpx.Response, limit: int, *, truncate: bool = False) -> str:
-        """The body as text, read up to ``limit`` bytes; beyond it: cut (``truncate``) or refused."""
+    async def _send(
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float,
+        params: Mapping[str, str] | None,
+        deadline: float | None = None,
+    ) -> UpstreamResponse:
+        if self._head is None:
+            # The adapter's headers are the same on every call (config and credential are fixed
+            # for its life): checked and encoded once.
+            self._head = encode_headers({**self.headers(), "Content-Type": "application/json"})
+        return await self._client.request(
+            "POST",
+            url,
+            headers=self._head,
+            body=dumps(body),
+            timeout=timeout,
+            deadline=deadline,
+            params=params,
+        )
+
+    async def _read_bytes(self, response: UpstreamResponse, limit: int) -> bytes:
+        """The whole body, refused past ``limit`` bytes (declared or counted), never held beyond it."""
         declared = response.headers.get("content-length", "")
-        if declared.isdigit():
-            if int(declared) <= limit:
-                # The common case: a declared size within the limit is read in one call
-                # (the transport never delivers more than it declared).
-                data = await response.aread()
-                return data[:limit].decode(response.encoding or "utf-8", errors="replace")
-            if not truncate:
-                raise self.malformed(f"answer of {int(declared)} bytes exceeds the {limit}-byte limit")
-        pieces: list[bytes] = []
-        size = 0
-        async for piece in response.aiter_bytes():
-            pieces.append(piece)
-            size += len(piece)
-            if size > limit:
-                if truncate:
-                    break
-                raise self.malformed(f"answer exceeds the {limit}-byte limit")
-        data = b"".join(pieces)[:limit]
-        return data.decode(response.encoding or "utf-8", errors="replace")
+        if declared.isdigit() and int(declared) > limit:
+            raise self.malformed(f"answer of {int(declared)} bytes exceeds the {limit}-byte limit")
+        data, more = await response.read(limit)
+        if more:
+            raise self.malformed(f"answer exceeds the {limit}-byte limit")
+        return data
+
+    async def _read_text(self, response: UpstreamResponse, limit: int, *, truncate: bool = False) -> str:
+        """The body as text, read up to ``limit`` bytes; beyond it: cut (``truncate``) or refused."""
+        if not truncate:
+            data = await self._read_bytes(response, limit)
+        else:
+            data, _ = await response.read(limit)
+        return data.decode(text_encoding(response.headers), errors="replace")
 
     async def post_parsed(
         self,
@@ -207,7 +229,7 @@ class HttpAdapter:
         """
         async with (
             self._open(url, make_body(), timeout=self.attempt_timeout(timeout), params=params) as response,
-            aclosing(bounded_lines(response.aiter_text(), MAX_EVENT_BYTES)) as lines,
+            aclosing(bounded_lines(_text(response), MAX_EVENT_BYTES)) as lines,
         ):
             if decoder.event_stream and _is_json(response):
                 # Some servers answer a streaming request with a plain JSON error and 200.
@@ -273,23 +295,20 @@ class HttpAdapter:
     @asynccontextmanager
     async def _open(
         self, url: str, body: Mapping[str, Any], *, timeout: float, params: Mapping[str, str] | None
-    ) -> AsyncIterator[httpx.Response]:
-        request = self._client.build_request(
-            "POST", url, json=body, headers=self.headers(), params=params, timeout=timeout
-        )
+    ) -> AsyncIterator[UpstreamResponse]:
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._send(url, body, timeout=timeout, params=params)
         except httpx.HTTPError as exc:
             raise classify_transport(self.type_name, exc) from exc
         try:
-            if response.is_error:
+            if response.status >= 400:
                 text = await self._read_body(response, MAX_ERROR_BODY_BYTES)
-                raise self.http_error(response.status_code, text, response.headers)
+                raise self.http_error(response.status, text, response.headers)
             yield response
         finally:
-            await response.aclose()
+            response.close()
 
-    async def _read_body(self, response: httpx.Response, limit: int) -> str:
+    async def _read_body(self, response: UpstreamResponse, limit: int) -> str:
         """At most ``limit`` bytes of an error body (the rest is not read)."""
         try:
             return await self._read_text(response, limit, truncate=True)
@@ -301,7 +320,7 @@ async def bounded_lines(chunks: AsyncIterator[str], limit: int) -> AsyncGenerato
     """Lines (without their CRLF, CR or LF endings) of a text stream; raises
     ``BodyTooLarge`` when a line passes ``limit`` characters, before it is held whole.
 
-    ``httpx``'s ``aiter_lines`` buffers a line of any length; an upstream that
+    A line splitter without a bound buffers a line of any length; an upstream that
     never sends a newline would grow the node's memory without bound.
     """
     pending: list[str] = []
@@ -331,7 +350,19 @@ async def bounded_lines(chunks: AsyncIterator[str], limit: int) -> AsyncGenerato
             yield line
 
 
-def _is_json(response: httpx.Response) -> bool:
+async def _text(response: UpstreamResponse) -> AsyncGenerator[str, None]:
+    """The body as text, piece by piece (a character split between pieces is kept whole)."""
+    decoder = codecs.getincrementaldecoder(text_encoding(response.headers))(errors="replace")
+    async for chunk in response:
+        text = decoder.decode(chunk)
+        if text:
+            yield text
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
+def _is_json(response: UpstreamResponse) -> bool:
     media_type: str = response.headers.get("content-type", "")
     return media_type.split(";")[0].strip().lower() == "application/json"
 

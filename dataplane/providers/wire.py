@@ -13,6 +13,8 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
+
 from dataplane.chat import (
     ChatResponse,
     FinishReason,
@@ -140,13 +142,35 @@ def image_url(part: ImagePart) -> str:
     return f"data:{inline[0]};base64,{inline[1]}"
 
 
-def loads(provider: str, text: str, *, credential: str | None) -> Any:
-    """Parse a JSON document the upstream sent; malformed JSON is a protocol error
-    (``text`` kept for operators with ``credential`` redacted)."""
+def loads(provider: str, text: str | bytes, *, credential: str | None) -> Any:
+    """Parse a JSON document the upstream sent (text, or UTF-8 bytes); malformed JSON is a
+    protocol error (``text`` kept for operators with ``credential`` redacted).
+
+    orjson parses; what it refuses and the standard library accepts (``NaN``, a
+    lone surrogate escape, invalid UTF-8 bytes read as replacement characters)
+    is parsed as it always was. (orjson reads an integer beyond 64 bits as a
+    float: no field a provider sends is one.)
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         raise protocol_error(provider, "invalid JSON", text, credential=credential) from None
+
+
+def dumps(body: Any) -> bytes:
+    """A request body as compact UTF-8 JSON: orjson, or the standard library for what orjson
+    refuses (integers beyond 64 bits, non-string keys). A non-finite float becomes ``null``
+    (request validation lets none through)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def assistant_response(

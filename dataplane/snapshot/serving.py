@@ -13,13 +13,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import httpx
-
 from dataplane.config.model import RuntimeConfig, SecretRef
 from dataplane.providers.base import ProviderAdapter
 from dataplane.providers.credentials import describe
 from dataplane.providers.registry import build_adapter
 from dataplane.routing.table import RouteTable
+from dataplane.upstream import UpstreamClient
 
 log = logging.getLogger("signalbox.dataplane.config")
 
@@ -79,7 +78,7 @@ def build_state(
     key_id: str,
     *,
     resolve: CredentialResolver,
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     clock: Callable[[], float],
 ) -> ServingState:
     """The serving state of an applied snapshot: an adapter per provider that can be set up,

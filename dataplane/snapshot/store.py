@@ -35,7 +35,6 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dataplane.config.model import RuntimeConfig, Scope
@@ -67,6 +66,7 @@ from dataplane.snapshot.serving import (
     close_adapters,
 )
 from dataplane.snapshot.trust import TrustSet
+from dataplane.upstream import UpstreamClient
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
 
 log = logging.getLogger("signalbox.dataplane.config")
@@ -96,7 +96,7 @@ class SnapshotStore:
         trusted: Mapping[str, Ed25519PublicKey],
         scope: Scope,
         data_dir: Path,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         allow_expired: bool = False,
         reset_high_water_mark: bool = False,
         resolve_credential: CredentialResolver | None = None,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
+
+from dataplane.upstream import UpstreamClient
 
 from .fakes import FakeUpstream
 
@@ -17,7 +18,7 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 
 @pytest.fixture(scope="session")
-async def client() -> AsyncIterator[httpx.AsyncClient]:
+async def client() -> AsyncIterator[UpstreamClient]:
     # Shared like the node's pooled client; building one costs ~0.1 s (TLS setup).
-    async with httpx.AsyncClient() as http:
+    async with UpstreamClient() as http:
         yield http

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
+from dataplane.upstream import UpstreamClient
 from signalbox.shell.simulator import Simulator
 
 from .support import FakeClock
 
 
 @pytest.fixture(scope="session")
-async def http() -> AsyncIterator[httpx.AsyncClient]:
+async def http() -> AsyncIterator[UpstreamClient]:
     # One pooled client, like the node's.
-    async with httpx.AsyncClient() as client:
+    async with UpstreamClient() as client:
         yield client
 
 

@@ -412,8 +412,9 @@ async def test_one_of_two_deployments_failing_every_call(
     assert all(p <= 1 for p in probes), probes
     assert sum(probes) >= 1, "probes do reach it"
     # The same, from the upstreams' own counters over HTTP.
-    failing = (await http.get(sim_a.base_url + "/_sim/stats")).json()["models"]["sim-fast"]
-    healthy = (await http.get(sim_b.base_url + "/_sim/stats")).json()["models"]["sim-fast"]
+    async with httpx.AsyncClient() as web:
+        failing = (await web.get(sim_a.base_url + "/_sim/stats")).json()["models"]["sim-fast"]
+        healthy = (await web.get(sim_b.base_url + "/_sim/stats")).json()["models"]["sim-fast"]
     assert failing["chat"] == failing["failed"] == 5 + sum(probes)
     assert healthy["chat"] == 1000
     assert healthy["failed"] == 0

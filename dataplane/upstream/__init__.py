@@ -1,0 +1,29 @@
+"""The node's upstream HTTP/1.1 client, written for one job: JSON POSTs to model providers.
+
+The upstream call is most of a request's CPU on a node. A general-purpose
+client (httpx over aiohttp, before this) builds request and response objects,
+header multidicts, cookie jars and URL objects per call; this one keeps only
+what that call needs:
+
+- ``connection``: one ``asyncio.Protocol`` per socket, parsing answers with
+  ``httptools`` (the parser the node's HTTP door uses), handing body chunks to
+  the reader with flow control, closing the socket at once when a reader
+  leaves early (the upstream sees the disconnect).
+- ``client``: ``UpstreamClient``, keep-alive pools per origin (scheme, host,
+  port) with a bound on open and on idle connections and an idle timeout; TLS
+  with certifi's CA bundle and SNI; request heads built from parts encoded
+  once (the URL's request line per target, an adapter's fixed headers per
+  adapter); the one retry of a request whose pooled connection was found
+  closed before any byte of the answer.
+
+Failures are raised as the ``httpx`` exception classes (``ConnectError``,
+``ConnectTimeout``, ``ReadTimeout``, ``PoolTimeout``, ``ReadError``,
+``RemoteProtocolError``, ``DecodingError``, ``LocalProtocolError``,
+``UnsupportedProtocol``), so ``dataplane.providers.classify`` maps them as it
+always has. Their messages name the host and port at most: never a path,
+query, header or body, so no credential can ride along.
+"""
+
+from .client import UpstreamClient, UpstreamResponse, default_ssl_context, encode_headers, text_encoding
+
+__all__ = ["UpstreamClient", "UpstreamResponse", "default_ssl_context", "encode_headers", "text_encoding"]

@@ -1,0 +1,314 @@
+"""One keep-alive HTTP/1.1 connection to an upstream: an ``asyncio.Protocol`` over ``httptools``.
+
+A connection carries one exchange at a time (no pipelining). The response's
+body is handed to its reader as it arrives, through a small buffer: past
+``HIGH_WATER`` bytes (or ``MAX_PENDING_CHUNKS`` pieces) not yet taken, the
+socket stops being read until the reader takes them, so a slow consumer never
+makes the node buffer more. A connection whose response ended cleanly with
+keep-alive goes back to its pool (``on_reusable``); every other end (an error,
+a reader leaving early, a timeout) closes it at once, so the upstream sees the
+disconnect, and a reader still waiting is woken with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+import httptools
+import httpx
+
+HIGH_WATER = 256 * 1024
+"""Body bytes buffered for a reader before the socket is paused."""
+MAX_PENDING_CHUNKS = 1024
+"""Body pieces buffered for a reader before the socket is paused, whatever their size: an
+upstream sending one-byte chunks must not cost the node dozens of bytes of bookkeeping per byte."""
+MAX_HEADER_BYTES = 64 * 1024
+"""Header names and values of one answer; more is a protocol error, not memory spent."""
+
+
+class _OutOfTurn(Exception):
+    """Raised inside a parser callback to stop parsing (``httptools`` reports it as a parser error)."""
+
+
+class StaleConnection(Exception):
+    """A pooled connection closed before any byte of the answer: the request may be resent."""
+
+
+class Exchange:
+    """The response in progress on a connection: status, headers, then body chunks."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_connection",
+        "_error",
+        "_waiter",
+        "complete",
+        "deadline",
+        "headers",
+        "headers_done",
+        "received",
+        "status",
+        "until_close",
+    )
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.headers_done = False
+        self.complete = False
+        self.received = False
+        """True once any byte of the answer arrived (a failure after that is never retried)."""
+        self.until_close = False
+        """The body has neither a length nor chunks: it ends when the upstream closes."""
+        self.deadline: float | None = None
+        """Loop time by which the whole answer must be in (no wait lasts past it), if any."""
+
+    # -- the reader's side ------------------------------------------------------------------
+
+    async def wait_headers(self, timeout: float) -> None:
+        while not self.headers_done:
+            await self._wait(timeout)
+
+    async def next_chunk(self, timeout: float) -> bytes | None:
+        """All of the body that has arrived and not been taken yet (waiting until some has), or
+        None at its end. Pieces that arrived together are handed on as one."""
+        while True:
+            chunks = self._chunks
+            if chunks:
+                if len(chunks) == 1:
+                    data = chunks.popleft()
+                else:
+                    data = b"".join(chunks)
+                    chunks.clear()
+                self._buffered = 0
+                self._connection.resume(self)
+                return data
+            if self._error is not None:
+                raise self._error
+            if self.complete:
+                return None
+            await self._wait(timeout)
+
+    def close(self) -> None:
+        """The reader is done: a response not read to its end takes its connection down."""
+        if not self.complete or self._error is not None:
+            self._connection.abort()
+
+    async def _wait(self, timeout: float) -> None:
+        if self._error is not None:
+            raise self._error
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        when = loop.time() + timeout
+        if self.deadline is not None and self.deadline < when:
+            when = self.deadline
+        timer = loop.call_at(when, self._time_out, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _time_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            self.fail(httpx.ReadTimeout("upstream sent nothing within the timeout"))
+            self._connection.abort()
+
+    # -- the connection's side ---------------------------------------------------------------
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        if self._error is None and not self.complete:
+            self._error = error
+        self.wake()
+
+    def add_header(self, name: str, value: str) -> None:
+        found = self.headers.get(name)
+        self.headers[name] = value if found is None else f"{found}, {value}"
+
+    def add_body(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > HIGH_WATER or len(self._chunks) > MAX_PENDING_CHUNKS:
+            self._connection.pause(self)
+        self.wake()
+
+
+class Connection(asyncio.Protocol):
+    """One socket to an upstream origin, reused for requests one after another."""
+
+    def __init__(
+        self,
+        on_reusable: Callable[[Connection], None],
+        on_closed: Callable[[Connection], None],
+        origin: tuple[str, str, int],
+    ) -> None:
+        self.origin = origin
+        self.idle = False
+        """In its origin's idle pool (the client keeps this flag)."""
+        self._on_reusable = on_reusable
+        self._on_closed = on_closed
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._exchange: Exchange | None = None
+        self._paused = False
+        self._header_bytes = 0
+        self._problem = ""
+        self.closed = False
+        self.used = 0
+        """Requests sent on this connection; more than one means it came from the pool."""
+        self.idle_since = 0.0
+        """Loop time it went back to the pool."""
+
+    # -- used by the pool and the client ------------------------------------------------------
+
+    def send(self, head: bytes, body: bytes | None, deadline: float | None) -> Exchange:
+        assert self._transport is not None
+        assert self._exchange is None
+        self.used += 1
+        self._exchange = exchange = Exchange(self)
+        exchange.deadline = deadline
+        self._transport.write(head)
+        if body:
+            self._transport.write(body)
+        return exchange
+
+    def usable(self) -> bool:
+        return not self.closed and self._transport is not None and not self._transport.is_closing()
+
+    def abort(self) -> None:
+        """Close the socket now (no TLS goodbye to wait for): the upstream sees the disconnect."""
+        if self._transport is not None:
+            self._transport.abort()
+        self._closed_now()
+
+    def pause(self, exchange: Exchange) -> None:
+        if exchange is self._exchange and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def resume(self, exchange: Exchange) -> None:
+        if exchange is self._exchange and self._paused and self._transport is not None and not self.closed:
+            self._paused = False
+            self._transport.resume_reading()
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            # Bytes nobody asked for (a server talking out of turn): this connection is not reusable.
+            self.abort()
+            return
+        exchange.received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(httpx.RemoteProtocolError("upstream switched protocols"))
+        except httptools.HttpParserError:
+            problem = self._problem or "upstream sent a malformed HTTP response"
+            self._fail(httpx.RemoteProtocolError(problem))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        exchange = self._exchange
+        if exchange is not None and not exchange.complete:
+            if not exchange.received and self.used > 1:
+                exchange.fail(StaleConnection())
+            elif exchange.until_close and exc is None:
+                exchange.complete = True
+                exchange.wake()
+            elif exc is not None:
+                exchange.fail(httpx.ReadError(f"connection to the upstream failed ({type(exc).__name__})"))
+            elif not exchange.headers_done:
+                exchange.fail(httpx.RemoteProtocolError("upstream closed the connection without an answer"))
+            else:
+                exchange.fail(
+                    httpx.RemoteProtocolError("upstream closed the connection before the body ended")
+                )
+        self._closed_now()
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too: a half-closed upstream sends no more
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            raise _OutOfTurn  # a second answer to one request
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._problem = f"upstream sent more than {MAX_HEADER_BYTES} bytes of headers"
+            raise _OutOfTurn
+        exchange.add_header(name.decode("latin-1").lower(), value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            raise _OutOfTurn
+        status = self._parser.get_status_code()
+        self._header_bytes = 0
+        if 100 <= status < 200:
+            exchange.headers.clear()  # an interim answer (100 Continue, 103): the real one follows
+            return
+        exchange.status = status
+        exchange.headers_done = True
+        exchange.until_close = (
+            "content-length" not in exchange.headers
+            and "transfer-encoding" not in exchange.headers
+            and status not in (204, 304)
+        )
+        exchange.wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._exchange is None:
+            raise _OutOfTurn
+        self._exchange.add_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self._exchange
+        if exchange is None or not exchange.headers_done:
+            return  # the end of an interim (1xx) answer
+        exchange.complete = True
+        exchange.wake()
+        self._exchange = None
+        if not self._parser.should_keep_alive():
+            self.abort()
+            return
+        if self._paused:  # the reader still has the buffer; the socket is free for the next request
+            self._paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+        self._on_reusable(self)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _fail(self, error: BaseException) -> None:
+        if self._exchange is not None:
+            self._exchange.fail(error)
+        self.abort()
+
+    def _closed_now(self) -> None:
+        if not self.closed:
+            self.closed = True
+            exchange, self._exchange = self._exchange, None
+            if exchange is not None:
+                # Closed under a waiting reader (the client shutting down): it learns now, not at
+                # its timeout. A reader already failed or done keeps what it had.
+                exchange.fail(httpx.ReadError("the connection to the upstream was closed"))
+            self._on_closed(self)

@@ -1,0 +1,119 @@
+"""A loopback HTTP/1.1 server scripted per test, byte by byte, so it can misbehave on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Request:
+    head: bytes
+    body: bytes
+
+    @property
+    def line(self) -> bytes:
+        return self.head.split(b"\r\n", 1)[0]
+
+    def header(self, name: str) -> str | None:
+        for line in self.head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == name.encode():
+                return value.strip().decode()
+        return None
+
+
+@dataclass
+class Peer:
+    """One accepted connection, as the handler sees it."""
+
+    number: int
+    """1 for the first connection the server accepted, 2 for the next, ..."""
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    served: int = 0
+
+    async def request(self) -> Request | None:
+        """The next request on this connection; None when the client closed it."""
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None
+        request = Request(head, b"")
+        length = int(request.header("content-length") or 0)
+        request.body = await self.reader.readexactly(length)
+        return request
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def wait_closed_by_client(self) -> None:
+        """Returns when the client has closed the connection (EOF or reset)."""
+        try:
+            while await self.reader.read(65536):
+                pass
+        except ConnectionError:
+            pass
+
+
+Handler = Callable[["RawServer", Peer], Awaitable[None]]
+
+
+def answer(body: bytes = b'{"ok":true}', *, status: str = "200 OK", headers: str = "") -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
+    ).encode() + body
+
+
+async def keep_answering(server: RawServer, peer: Peer) -> None:
+    """The well-behaved handler: every request gets ``answer()``, on one connection as long as it lasts."""
+    while (request := await peer.request()) is not None:
+        server.requests.append(request)
+        await peer.send(answer())
+
+
+@dataclass
+class RawServer:
+    handler: Handler = keep_answering
+    tls: ssl.SSLContext | None = None
+    requests: list[Request] = field(default_factory=list)
+    accepted: int = 0
+    closed_by_client: int = 0
+    """Connections on which the handler returned and the client had closed (EOF) before."""
+    port: int = 0
+    _server: asyncio.Server | None = None
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self._writers.add(writer)
+        peer = Peer(self.accepted, reader, writer)
+        try:
+            await self.handler(self, peer)
+            if reader.at_eof():
+                self.closed_by_client += 1
+        except ConnectionError:
+            self.closed_by_client += 1
+        finally:
+            self._writers.discard(writer)
+            writer.close()
