@@ -285,7 +285,8 @@ class MultiproofBuilder:
 
     def _seed(self, prefix: Sequence[tuple[int, bytes]]) -> int:
         """Take the ranges that start in the prefix; the index of the first leaf to add."""
-        starts, start = [], 0
+        starts: list[int] = []
+        start = 0
         for height, digest in prefix:
             if len(digest) != 32 or (starts and height >= prefix[len(starts) - 1][0]):
                 raise ProofError("a compact range is 32-byte subtree roots, tallest first, heights distinct")
