@@ -1,16 +1,25 @@
-"""Evidence Packs (format v1): one file that proves which stored records matched a query and
-that none was left out, checked offline with nothing but the control plane's public key.
+"""Evidence Packs (format v2; v1 still read): one file that proves which stored records
+matched a query and that none was left out, checked offline with nothing but the control
+plane's public key.
 
 The format is documented in docs/evidence-format.md ("Evidence Packs"); in short, UTF-8
 lines, each ending in ``\\n``:
 
-1. header ``{"format":"signalbox-evidence-pack","version":1,"kind":"control-plane"}``
-   (``kind`` ``node``: a node's own export, ``dataplane.evidence.node_pack``);
-2. ``{"section":"certificates","node_ca":PEM,"nodes":{node_id:[PEM,...]}}``;
-3. per chain ``{"section":"chain",...}`` followed by exactly ``records`` raw record lines,
+1. header ``{"format":"signalbox-evidence-pack","version":2,"kind":"control-plane"}``
+   (``kind`` ``node``: a node's own export, ``dataplane.evidence.node_pack``, still version 1);
+2. ``{"section":"certificates","node_ca":PEM,"nodes":{node_id:[PEM,...]},"revoked":{sha256:time}}``
+   (``revoked``: version 2 control-plane packs only, certificate SHA-256 -> RFC 3339 time of
+   its revocation, ``{}`` when none was revoked);
+3. version 2, only when a listed chain had records pruned by retention:
+   ``{"section":"pruned","statements":{chain_id:[envelope,...]}}``, each chain's signed
+   pruned-range statements (``dataplane.evidence.pruned``), oldest first;
+4. per chain ``{"section":"chain",...}`` followed by exactly ``records`` raw record lines,
    byte for byte as the node wrote them, in seq order;
-4. ``{"section":"seal","manifest":{...},"signatures":[{"keyid":..,"sig":..}]}``, the last
+5. ``{"section":"seal","manifest":{...},"signatures":[{"keyid":..,"sig":..}]}``, the last
    line, canonical JSON (so no byte of it can change without the signature failing).
+
+Version 2 is not readable by a version 1 reader on purpose: it would accept a pack over a
+pruned range, or with a revoked certificate, without the checks below.
 
 Building a pack is the control plane's (``controlplane.evidence.export``) through
 ``PackWriter``; this module is the format and the reader (``read_sections``, for ``show``);
@@ -24,11 +33,18 @@ the pack, and the chain and record seq where there is one):
   seal last, nothing after it, every line bounded;
 - every node certificate is issued by the pack's node CA for its node, and the node CA is
   the one the signed manifest names (SHA-256 of its DER);
+- pruned ranges (``pack_facts``): every statement verifies with a trusted key, is of the
+  chain it is listed under and continues the one before; every chain of a control-plane
+  pack is searched from one after its last pruned seq (from 1 without a statement), and a
+  record right after the pruned range links to the last pruned record's hash;
 - per chain: its checkpoint is signed by a certificate of its node and is of size
   ``to_seq``; every record's hash is over its own bytes (``records.hash_of_line``), its
   ``chain_id`` and ``node_id`` are the chain's, its seq is within ``[from_seq, to_seq]``
   and above the previous one, and consecutive seqs link (``prev_hash``); the multiproof
   and the records make the checkpoint's root (``merkle.root_from_multiproof``);
+- revoked certificates (``pack_facts``): each names a certificate of the pack; a checkpoint
+  verifying only with certificates revoked before its own time fails, one revoked after it
+  is a note in the ``Report``;
 - the seal: signed (DSSE PAE over the canonical manifest) by a trusted key with every
   signature verifying, ``content_sha256`` is the SHA-256 of every byte before the seal
   line, and the manifest's chains, ranges and counts are those of the sections.

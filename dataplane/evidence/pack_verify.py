@@ -1,4 +1,4 @@
-"""Verifying an Evidence Pack (format v1, ``dataplane.evidence.pack``), offline, with
+"""Verifying an Evidence Pack (format v2 or v1, ``dataplane.evidence.pack``), offline, with
 nothing but the trusted keys: ``verify`` walks the pack once, stops at the first problem
 (``PackInvalid`` naming the pack's line, and the chain and record seq where there is one)
 and returns the ``Report`` of what the pack states. What it checks is listed in
