@@ -213,7 +213,24 @@ def show_command(ns: argparse.Namespace) -> int:
         query: dict[str, Any] = asked if isinstance(asked, dict) else {}
         if ns.json:
             records = [_summary(r.fields()) for r in _records(path)]
-            document = {"manifest": m, "verified": False, "records": records}
+            document = {
+                "manifest": m,
+                "verified": False,
+                "pruned": {
+                    chain: [
+                        {
+                            "first_seq": p.first_seq,
+                            "last_seq": p.last_seq,
+                            "at": pack_facts.rfc3339(p.at),
+                            "pruned_before": pack_facts.rfc3339(p.pruned_before),
+                        }
+                        for p in statements
+                    ]
+                    for chain, statements in pruned.items()
+                },
+                "revoked": [{"node_id": n, "certificate_sha256": c, "at": t} for n, c, t in revoked],
+                "records": records,
+            }
             json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
             print()
             return 0

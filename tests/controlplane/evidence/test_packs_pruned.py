@@ -113,6 +113,13 @@ async def test_a_pack_across_the_pruned_boundary_verifies_and_states_what_was_pr
     assert code == 0, err
     assert "chain node-a/0: " + pruned_at.format(6, 1, 6) in stdout
     assert "#7  correlation corr-node-a-7" in stdout
+    code, stdout, err = await _signalbox("evidence", "show", str(out), "--json")
+    assert code == 0, err
+    document = json.loads(stdout)
+    assert [(p["first_seq"], p["last_seq"], p["pruned_before"]) for p in document["pruned"]["node-a/0"]] == [
+        (1, 6, "2025-02-01T00:00:00Z")
+    ]
+    assert document["revoked"] == []
 
 
 async def test_export_by_correlation_id_on_either_side_of_the_boundary(

@@ -96,6 +96,11 @@ async def test_a_certificate_revoked_after_the_checkpoint_is_noted_next_to_ok(
     code, stdout, err = await _signalbox("evidence", "show", str(out))
     assert code == 0, err
     assert f"certificate {sha256[:16]}… of node node-early revoked at" in stdout
+    code, stdout, err = await _signalbox("evidence", "show", str(out), "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["revoked"] == [
+        {"node_id": "node-early", "certificate_sha256": sha256, "at": certificates["revoked"][sha256]}
+    ]
 
 
 async def test_a_checkpoint_signed_after_its_only_certificate_was_revoked_fails(
