@@ -169,7 +169,7 @@ def export(
     try:
         with os.fdopen(fd, "wb") as f:
             writer = pack.PackWriter(f)
-            writer.header(pack.KIND_NODE, pack.NODE_VERSION)
+            writer.header(pack.KIND_NODE)
             writer.certificates(ca_pem, {node_id: [node_entry]})
             for p in exported:
                 _write_chain(writer, p, progress)

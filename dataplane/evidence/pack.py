@@ -100,7 +100,11 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def header_line(kind: str = KIND_CONTROL_PLANE, version: int = VERSION) -> bytes:
+def header_line(kind: str = KIND_CONTROL_PLANE, version: int | None = None) -> bytes:
+    """The header; ``version`` by default what ``kind`` is written as (``VERSION``, or
+    ``NODE_VERSION`` for a node's pack)."""
+    if version is None:
+        version = VERSION if kind == KIND_CONTROL_PLANE else NODE_VERSION
     # Fixed member order (not sorted): the first thing a person reading the file sees is what it is.
     return b'{"format":"%b","version":%d,"kind":"%b"}\n' % (FORMAT.encode(), version, kind.encode())
 
@@ -263,7 +267,7 @@ class PackWriter:
         self.content.update(data)
         self.out.write(data)
 
-    def header(self, kind: str = KIND_CONTROL_PLANE, version: int = VERSION) -> None:
+    def header(self, kind: str = KIND_CONTROL_PLANE, version: int | None = None) -> None:
         self.write(header_line(kind, version))
 
     def certificates(
