@@ -100,11 +100,15 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def version_written(kind: str) -> int:
+    """The version a pack of ``kind`` is written as."""
+    return VERSION if kind == KIND_CONTROL_PLANE else NODE_VERSION
+
+
 def header_line(kind: str = KIND_CONTROL_PLANE, version: int | None = None) -> bytes:
     """The header; ``version`` by default what ``kind`` is written as (``VERSION``, or
     ``NODE_VERSION`` for a node's pack)."""
-    if version is None:
-        version = VERSION if kind == KIND_CONTROL_PLANE else NODE_VERSION
+    version = version_written(kind) if version is None else version
     # Fixed member order (not sorted): the first thing a person reading the file sees is what it is.
     return b'{"format":"%b","version":%d,"kind":"%b"}\n' % (FORMAT.encode(), version, kind.encode())
 
@@ -262,17 +266,27 @@ class PackWriter:
 
     out: BinaryIO
     content: Any = field(default_factory=hashlib.sha256)
+    states_revocations: bool = False
+    """Set by ``header``: a version 2 control-plane pack, whose certificates carry ``revoked``."""
 
     def write(self, data: bytes) -> None:
         self.content.update(data)
         self.out.write(data)
 
     def header(self, kind: str = KIND_CONTROL_PLANE, version: int | None = None) -> None:
+        version = version_written(kind) if version is None else version
+        self.states_revocations = kind == KIND_CONTROL_PLANE and version >= 2
         self.write(header_line(kind, version))
 
     def certificates(
         self, node_ca_pem: str, nodes: Mapping[str, list[str]], revoked: Mapping[str, str] | None = None
     ) -> None:
+        if (revoked is not None) != self.states_revocations:
+            # Never a default: an empty map states that no certificate was revoked.
+            raise ValueError(
+                "a version 2 control-plane pack states its revoked certificates (revoked={} for none), "
+                "any other pack none"
+            )
         self.write(certificates_line(node_ca_pem, nodes, revoked))
 
     def pruned(self, statements: Mapping[str, list[str]]) -> None:
