@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controlplane.app import ControlPlane, ControlPlaneSettings
 from controlplane.services.base import Caller
-from dataplane.evidence import checkpoint, pack, pack_verify
+from dataplane.evidence import checkpoint, pack, pack_verify, segments
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.identity import IdentityFiles, enroll
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -86,7 +86,10 @@ async def run(args: argparse.Namespace, root: Path) -> None:
                 log.append(fields(i))
                 if i % args.checkpoint_every == 0:
                     await log.checkpoint()
-        lines = path.read_bytes().splitlines(keepends=True)
+        # Every segment: the log starts a new file beyond 64 MiB (~55,000 of these records).
+        lines = b"".join(seg.path.read_bytes() for seg in segments.all_segments(path)).splitlines(
+            keepends=True
+        )
         notes = [n.decode() for n in checkpoint.read_notes(checkpoint.checkpoints_path(path))]
         print(
             f"{len(lines):,} records written and signed in {time.perf_counter() - started:.2f} s", flush=True

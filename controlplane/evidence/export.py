@@ -14,10 +14,18 @@ Per chain the store holds, the pack states which range was searched:
   smallest stored checkpoint whose root matched the stored records (``root_matches``) and
   that covers the newest matching record, or else the newest such checkpoint (matches
   after it are not exported, and ``head_seq`` shows they exist unsearched);
-- ``from_seq`` = 1: the proof needs every record from the first, so a chain whose early
-  records are no longer stored cannot be exported (``ExportImpossible``);
-- a chain with no match in 1..N (or no checkpoint yet, N = 0) is listed in the manifest's
-  ``searched_without_match``.
+- ``from_seq`` = 1, or, for a chain whose oldest records retention pruned, one after the last
+  pruned seq L: the chain's pruned-range statements (``controlplane.evidence.retention``,
+  signed by the control plane) go into the pack's ``pruned`` section, so what was pruned, and
+  when, is stated and signed, never silently missing; the multiproof starts from the newest
+  statement's compact range of records 1..L (``merkle.MultiproofBuilder(prefix=...)``). A
+  chain whose every covering checkpoint is within its pruned range has nothing left to
+  search: ``from_seq`` L + 1, ``to_seq`` L;
+- a chain with no match in its range (or no checkpoint yet, N = 0) is listed in the
+  manifest's ``searched_without_match``.
+
+The certificates section states when each revoked node certificate was revoked (``revoked``),
+so the verifier can tell a checkpoint signed before a revocation from one signed after it.
 
 The seal is signed by the control plane's active snapshot signing key only (one signature,
 so a verifier holding that key checks every byte of the seal).
@@ -37,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from controlplane.errors import InvalidArgument, shown
 from controlplane.evidence.errors import ExportImpossible, ExportTooLarge
 from controlplane.evidence.queries import EvidenceFilter
+from controlplane.evidence.retention import countersigned
 from controlplane.keys import Keyring
 from dataplane.evidence import merkle
 from dataplane.evidence.pack import (
@@ -47,6 +56,7 @@ from dataplane.evidence.pack import (
     certificate_sha256,
     sign_ed25519,
 )
+from dataplane.evidence.pruned import PrunedStatement, decode_statement
 
 MAX_EXPORT_RECORDS = 1_000_000
 """The most records one pack may hold; a query matching more is refused (RESOURCE_EXHAUSTED)."""
@@ -86,6 +96,8 @@ def _where(query: EvidenceFilter) -> tuple[str, dict[str, Any]]:
 class _Chain:
     searched: Searched
     note: str
+    pruned: PrunedStatement | None
+    """The newest pruned-range statement: the proof starts from its compact range."""
 
 
 @dataclass(slots=True)
@@ -97,6 +109,8 @@ class ExportPlan:
     pack_id: str = field(default_factory=lambda: secrets.token_hex(16))
     chains: list[_Chain] = field(default_factory=list)
     unmatched: list[Searched] = field(default_factory=list)
+    pruned: dict[str, list[str]] = field(default_factory=dict)
+    """Per listed chain with pruned records, its statements' envelopes, oldest first."""
 
     @property
     def records(self) -> int:
@@ -166,22 +180,34 @@ class EvidenceExporter:
                 )
             )
         ).all()
+        statements: dict[str, list[str]] = {}
+        for chain_id, envelope in await session.execute(
+            sa.text("SELECT chain_id, statement FROM evidence_pruned_ranges ORDER BY chain_id, last_seq")
+        ):
+            statements.setdefault(chain_id, []).append(bytes(envelope).decode())
         total = 0
         for chain_id, node_id, head_seq, state, alarm in chains:
             count, newest = matched.get(chain_id, (0, 0))
             note, size = await _checkpoint_for(session, chain_id, newest)
-            if count and newest > size:
+            pruned = decode_statement(statements[chain_id][-1]) if chain_id in statements else None
+            after = pruned.last_seq if pruned is not None else 0
+            if after:
+                plan.pruned[chain_id] = statements[chain_id]
+            if size < after:  # every covering checkpoint is of pruned records only
+                note, size, count = "", after, 0
+            elif count and newest > size:
                 count = (
                     await session.execute(
                         sa.text(
-                            f"SELECT count(*) FROM evidence_records WHERE {where} AND chain_id = :chain AND seq <= :n"
+                            f"SELECT count(*) FROM evidence_records WHERE {where} AND chain_id = :chain "
+                            "AND seq > :after AND seq <= :n"
                         ),
-                        {**params, "chain": chain_id, "n": size},
+                        {**params, "chain": chain_id, "after": after, "n": size},
                     )
                 ).scalar_one()
-            searched = Searched(chain_id, node_id, 1, size, int(count), int(head_seq), state, alarm)
+            searched = Searched(chain_id, node_id, after + 1, size, int(count), int(head_seq), state, alarm)
             if count:
-                plan.chains.append(_Chain(searched, note))
+                plan.chains.append(_Chain(searched, note, pruned))
                 total += int(count)
             else:
                 plan.unmatched.append(searched)
@@ -197,27 +223,35 @@ class EvidenceExporter:
         out = _Chunks()
         writer = PackWriter(out)  # type: ignore[arg-type]  # anything with write(bytes)
         writer.header(KIND_CONTROL_PLANE)
-        writer.certificates(self._node_ca_pem, await _certificates(session, plan))
+        signers = await self._keyring.signers(session)
+        if not signers:
+            raise ExportImpossible("no signing key is active to seal the pack")
+        active = signers[0]
+        writer.certificates(self._node_ca_pem, *await _certificates(session, plan))
+        if plan.pruned:
+            writer.pruned(
+                {
+                    chain: [countersigned(e, active) for e in envelopes]
+                    for chain, envelopes in plan.pruned.items()
+                }
+            )
         where, params = _where(plan.query)
         for chain in plan.chains:
             s = chain.searched
-            proof = await _proof(session, plan.query, s)
+            proof = await _proof(session, plan.query, s, chain.pruned)
             writer.chain(ChainSection(s, chain.note, [h.hex() for h in proof]))
             rows = await session.stream(
                 sa.text(
-                    f"SELECT body FROM evidence_records WHERE {where} AND chain_id = :chain AND seq <= :n ORDER BY seq"
+                    f"SELECT body FROM evidence_records WHERE {where} AND chain_id = :chain "
+                    "AND seq >= :first AND seq <= :n ORDER BY seq"
                 ),
-                {**params, "chain": s.chain_id, "n": s.to_seq},
+                {**params, "chain": s.chain_id, "first": s.from_seq, "n": s.to_seq},
             )
             async for batch in rows.partitions(FETCH_ROWS):
                 for (body,) in batch:
                     writer.record(bytes(body))
                 if out.size >= CHUNK_BYTES:
                     yield out.take()
-        signers = await self._keyring.signers(session)
-        if not signers:
-            raise ExportImpossible("no signing key is active to seal the pack")
-        active = signers[0]
         manifest = {
             "pack_id": plan.pack_id,
             "created": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
@@ -263,40 +297,55 @@ async def _checkpoint_for(session: AsyncSession, chain_id: str, newest: int) -> 
     return (str(row[0]), int(row[1])) if row is not None else ("", 0)
 
 
-async def _certificates(session: AsyncSession, plan: ExportPlan) -> dict[str, list[str]]:
-    """Every stored certificate of each node with a chain in the pack, oldest first."""
+async def _certificates(
+    session: AsyncSession, plan: ExportPlan
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Every stored certificate of each node with a chain in the pack, oldest first, and
+    when each revoked one was revoked (by certificate SHA-256)."""
     nodes = sorted({c.searched.node_id for c in plan.chains})
     found: dict[str, list[str]] = {node: [] for node in nodes}
+    revoked: dict[str, str] = {}
     rows = await session.execute(
         sa.text(
-            "SELECT node_id, certificate_pem FROM node_certificates WHERE node_id = ANY(:n) "
+            "SELECT node_id, certificate_pem, revoked_at FROM node_certificates WHERE node_id = ANY(:n) "
             "AND certificate_pem <> '' ORDER BY not_before, serial"
         ),
         {"n": nodes},
     )
-    for node_id, pem in rows:
+    for node_id, pem, revoked_at in rows:
         found[node_id].append(pem)
-    return found
+        if revoked_at is not None:
+            revoked[certificate_sha256(pem)] = revoked_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return found, revoked
 
 
-async def _proof(session: AsyncSession, query: EvidenceFilter, s: Searched) -> list[bytes]:
-    """The multiproof of the chain's matching records in its tree of ``to_seq`` records."""
+async def _proof(
+    session: AsyncSession, query: EvidenceFilter, s: Searched, pruned: PrunedStatement | None
+) -> list[bytes]:
+    """The multiproof of the chain's matching records in its tree of ``to_seq`` records; the
+    records before ``from_seq`` are the ``pruned`` statement's compact range."""
     where, params = _where(query)
+    bounds = {"chain": s.chain_id, "first": s.from_seq, "n": s.to_seq}
     selected = [
         int(seq) - 1
         for (seq,) in await session.execute(
             sa.text(
-                f"SELECT seq FROM evidence_records WHERE {where} AND chain_id = :chain AND seq <= :n ORDER BY seq"
+                f"SELECT seq FROM evidence_records WHERE {where} AND chain_id = :chain "
+                "AND seq >= :first AND seq <= :n ORDER BY seq"
             ),
-            {**params, "chain": s.chain_id, "n": s.to_seq},
+            {**params, **bounds},
         )
     ]
-    builder = merkle.MultiproofBuilder(merkle.multiproof_ranges(selected, s.to_seq))
+    prefix = pruned.compact_range if pruned is not None else ()
+    builder = merkle.MultiproofBuilder(merkle.multiproof_ranges(selected, s.to_seq), prefix)
     rows = await session.stream(
-        sa.text("SELECT seq, hash FROM evidence_records WHERE chain_id = :chain AND seq <= :n ORDER BY seq"),
-        {"chain": s.chain_id, "n": s.to_seq},
+        sa.text(
+            "SELECT seq, hash FROM evidence_records WHERE chain_id = :chain AND seq >= :first "
+            "AND seq <= :n ORDER BY seq"
+        ),
+        bounds,
     )
-    expected = 1
+    expected = s.from_seq
     async for batch in rows.partitions(FETCH_ROWS * 10):
         for seq, digest in batch:
             if seq != expected:

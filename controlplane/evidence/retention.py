@@ -7,27 +7,21 @@ that ends at or before ``before`` and, in one transaction (so nothing is half do
    are the chain's next prefix: seqs ``first..last`` with ``first`` one after the previous
    statement's ``last`` (1 for the first) and none missing; otherwise nothing is pruned;
 2. writes a *pruned-range statement* per chain into ``evidence_pruned_ranges``: a DSSE
-   envelope (payload type ``PRUNED_PAYLOAD_TYPE``, PAE, Ed25519 signatures by the control
-   plane's snapshot signing keys with their key ids, as snapshot envelopes) over JSON::
-
-       {"chain_id", "first_seq", "last_seq", "last_hash" (hex),
-        "compact_range": [{"height", "hash" (hex)}...],   # Merkle tree of records 1..last_seq
-        "checkpoint": note or "",                         # the smallest stored matching
-                                                          # checkpoint with size >= last_seq
-        "pruned_before", "at"}                            # RFC 3339, UTC
-
-   ``compact_range`` is the tree's perfect-subtree roots, left to right
-   (``controlplane.evidence.tree.StoredTree``): with it and the remaining leaves
-   ``last_seq + 1..n`` the root of any later checkpoint of size n is recomputed;
+   envelope signed by the control plane's snapshot signing keys (the format is
+   ``dataplane.evidence.pruned``'s) stating seqs ``first..last`` dropped, the hash of the
+   last one and the compact range of records ``1..last``, with which and the remaining
+   leaves the root of any later checkpoint is recomputed;
 3. drops the partitions (the owner path partitions are created by; the application still
    has no UPDATE or DELETE on any row).
 
 The chains' heads and stored trees are not touched: ingest continues every chain.
 
-Interface for the Evidence Pack exporter: ``pruned_statement(chain_id)`` returns the newest
-statement of a chain (a ``PrunedStatement``: its envelope bytes and decoded fields), or None
-when nothing of it was pruned. Its ``compact_range`` is the prefix a pack's multiproof starts
-from; ``verify_statement`` checks an envelope with the control plane's public keys.
+``pruned_statement(chain_id)`` returns the newest statement of a chain (a ``PrunedStatement``:
+its envelope bytes and decoded fields), or None when nothing of it was pruned. Its
+``compact_range`` is the prefix a pack's multiproof starts from
+(``controlplane.evidence.export``); ``verify_statement`` checks an envelope with the control
+plane's public keys. Reading and checking statements is ``dataplane.evidence.pruned``'s, so
+``signalbox evidence verify`` checks the statements a pack carries without the control plane.
 """
 
 from __future__ import annotations
@@ -35,13 +29,11 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import EVIDENCE_PARTITION_PREFIX, EvidencePrunedRange
@@ -49,35 +41,22 @@ from controlplane.errors import shown
 from controlplane.evidence.errors import PruneRefused
 from controlplane.evidence.partitions import LOCK, Partitions, month_bounds
 from controlplane.evidence.tree import StoredTree
-from controlplane.keys import Keyring
+from controlplane.keys import Keyring, Signer
+from dataplane.evidence.merkle import Tree
+from dataplane.evidence.pruned import PRUNED_PAYLOAD_TYPE, PrunedStatement, decode_statement, verify_statement
 from dataplane.snapshot.envelope import pae
 
-PRUNED_PAYLOAD_TYPE = "application/vnd.signalbox.evidence-pruned.v1+json"
+__all__ = [
+    "PRUNED_PAYLOAD_TYPE",
+    "EvidenceRetention",
+    "PruneResult",
+    "PrunedStatement",
+    "countersigned",
+    "decode_statement",
+    "verify_statement",
+]
 
 _MONTHLY = re.compile(re.escape(EVIDENCE_PARTITION_PREFIX) + r"y([0-9]{4})m([0-9]{2})")
-
-
-@dataclass(frozen=True, slots=True)
-class PrunedStatement:
-    """A chain's pruned range as signed; ``envelope`` is what verifies."""
-
-    chain_id: str
-    first_seq: int
-    last_seq: int
-    last_hash: bytes
-    compact_range: tuple[tuple[int, bytes], ...]
-    """(height, root) of the perfect subtrees of records 1..last_seq, left to right."""
-    checkpoint: str
-    pruned_before: datetime
-    at: datetime
-    envelope: bytes
-    """DSSE JSON envelope: ``payloadType``, base64 ``payload``, ``signatures`` [{keyid, sig}]."""
-
-    def tree(self) -> StoredTree:
-        """The Merkle tree of records 1..last_seq, ready to take the records after them."""
-        return StoredTree.from_bytes(
-            b"".join(bytes([height]) + digest for height, digest in self.compact_range), self.last_seq
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,40 +66,20 @@ class PruneResult:
     statements: list[PrunedStatement]
 
 
-def decode_statement(envelope: bytes) -> PrunedStatement:
-    """The fields of a statement envelope (its signatures are ``verify_statement``'s)."""
-    outer = json.loads(envelope)
-    body = json.loads(base64.b64decode(outer["payload"]))
-    return PrunedStatement(
-        chain_id=body["chain_id"],
-        first_seq=body["first_seq"],
-        last_seq=body["last_seq"],
-        last_hash=bytes.fromhex(body["last_hash"]),
-        compact_range=tuple((int(e["height"]), bytes.fromhex(e["hash"])) for e in body["compact_range"]),
-        checkpoint=body["checkpoint"],
-        pruned_before=datetime.fromisoformat(body["pruned_before"]),
-        at=datetime.fromisoformat(body["at"]),
-        envelope=envelope,
-    )
+def _signature(signer: Signer, payload: bytes) -> dict[str, str]:
+    sig = signer.private_key.sign(pae(PRUNED_PAYLOAD_TYPE, payload))
+    return {"keyid": signer.key_id, "sig": base64.b64encode(sig).decode()}
 
 
-def verify_statement(envelope: bytes, public_keys: Mapping[str, Ed25519PublicKey]) -> PrunedStatement:
-    """The statement if one of its signatures verifies with ``public_keys`` (by key id);
-    ``ValueError`` saying why not otherwise. Unknown key ids are ignored."""
+def countersigned(envelope: str, signer: Signer) -> str:
+    """``envelope`` with a signature by ``signer`` added unless it has one: an Evidence Pack
+    sealed by the active key carries statements that key vouches for too, so a verifier
+    holding only the current key checks statements signed before a key rotation."""
     outer = json.loads(envelope)
-    if outer.get("payloadType") != PRUNED_PAYLOAD_TYPE:
-        raise ValueError(f"payload type is not {PRUNED_PAYLOAD_TYPE}")
-    message = pae(PRUNED_PAYLOAD_TYPE, base64.b64decode(outer["payload"]))
-    for signature in outer.get("signatures", ()):
-        key = public_keys.get(signature.get("keyid", ""))
-        if key is None:
-            continue
-        try:
-            key.verify(base64.b64decode(signature["sig"]), message)
-        except InvalidSignature:
-            continue
-        return decode_statement(envelope)
-    raise ValueError("no signature by a trusted key verifies")
+    if any(s.get("keyid") == signer.key_id for s in outer["signatures"]):
+        return envelope
+    outer["signatures"].append(_signature(signer, base64.b64decode(outer["payload"])))
+    return json.dumps(outer, separators=(",", ":"))
 
 
 class EvidenceRetention:
@@ -184,7 +143,7 @@ class EvidenceRetention:
                         f"{before.isoformat()} are seqs {first}..{last} ({count} of them), not the "
                         f"chain's next prefix from seq {expected}: nothing was pruned"
                     )
-                tree = previous.tree() if previous is not None else StoredTree()
+                tree: Tree = previous.tree() if previous is not None else StoredTree()
                 hashes = await session.execute(
                     sa.text(f"SELECT hash FROM ({union}) r WHERE chain_id = :c ORDER BY seq"), {"c": chain_id}
                 )
@@ -215,15 +174,11 @@ class EvidenceRetention:
                     sort_keys=True,
                     separators=(",", ":"),
                 ).encode()
-                message = pae(PRUNED_PAYLOAD_TYPE, payload)
                 envelope = json.dumps(
                     {
                         "payloadType": PRUNED_PAYLOAD_TYPE,
                         "payload": base64.b64encode(payload).decode(),
-                        "signatures": [
-                            {"keyid": s.key_id, "sig": base64.b64encode(s.private_key.sign(message)).decode()}
-                            for s in signers
-                        ],
+                        "signatures": [_signature(s, payload) for s in signers],
                     },
                     separators=(",", ":"),
                 ).encode()

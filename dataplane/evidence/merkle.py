@@ -267,17 +267,56 @@ def multiproof(leaf_hashes: Sequence[bytes], selected: Sequence[int], size: int)
 
 class MultiproofBuilder:
     """The roots of ``ranges`` (``multiproof_ranges``) from hashed leaves added in index
-    order, each hashed once: a prover that never holds the tree, only one range's stack."""
+    order, each hashed once: a prover that never holds the tree, only one range's stack.
 
-    def __init__(self, ranges: Sequence[tuple[int, int]]) -> None:
+    ``prefix``: the compact range of the first P leaves (``(height, root)`` of each perfect
+    subtree, tallest first, as ``Tree`` keeps them) when those leaves are gone (pruned);
+    the leaves added then start at index P. No selected leaf may be below P: a range that
+    starts below P then covers a run of the prefix's subtrees (aligned blocks of P's binary
+    decomposition), so its stack starts as those subtrees and the leaves after P continue it.
+    """
+
+    def __init__(self, ranges: Sequence[tuple[int, int]], prefix: Sequence[tuple[int, bytes]] = ()) -> None:
         self._ranges = ranges
         self._next = 0
-        self._index = 0
         self._tree = Tree()
         self.proof: list[bytes] = []
+        self._index = self._seed(prefix)
+
+    def _seed(self, prefix: Sequence[tuple[int, bytes]]) -> int:
+        """Take the ranges that start in the prefix; the index of the first leaf to add."""
+        starts: list[int] = []
+        start = 0
+        for height, digest in prefix:
+            if len(digest) != 32 or (starts and height >= prefix[len(starts) - 1][0]):
+                raise ProofError("a compact range is 32-byte subtree roots, tallest first, heights distinct")
+            starts.append(start)
+            start += 1 << height
+        size = start
+        covered = 0
+        while self._next < len(self._ranges) and self._ranges[self._next][0] < size:
+            lo, hi = self._ranges[self._next]
+            end = min(hi, size)
+            if lo != covered or lo not in starts or (end < size and end not in starts):
+                raise ProofError(
+                    f"leaf {covered} is selected or subtree [{lo}, {hi}) is not aligned with the "
+                    f"{size} pruned leaves' subtrees: only leaves from {size} on can be proven"
+                )
+            first = starts.index(lo)
+            last = starts.index(end) if end < size else len(prefix)
+            self._tree = Tree.from_frontier(end - lo, [digest for _, digest in prefix[first:last]])
+            covered = end
+            if hi > size:
+                break
+            self.proof.append(self._tree.root())
+            self._tree = Tree()
+            self._next += 1
+        if covered != size:
+            raise ProofError(f"leaf {covered} is selected: only leaves from {size} on can be proven")
+        return size
 
     def add(self, digest: bytes) -> None:
-        """Leaf number ``index`` (counting the calls), hashed."""
+        """Leaf number ``index`` (counting the calls, from the prefix's size), hashed."""
         index, self._index = self._index, self._index + 1
         if self._next == len(self._ranges):
             return
@@ -298,9 +337,13 @@ class MultiproofBuilder:
         return self.proof
 
 
-def multiproof_from_stream(ranges: Sequence[tuple[int, int]], leaf_hashes: Iterable[bytes]) -> list[bytes]:
-    """``MultiproofBuilder`` over hashed leaves given in index order."""
-    builder = MultiproofBuilder(ranges)
+def multiproof_from_stream(
+    ranges: Sequence[tuple[int, int]],
+    leaf_hashes: Iterable[bytes],
+    prefix: Sequence[tuple[int, bytes]] = (),
+) -> list[bytes]:
+    """``MultiproofBuilder`` over hashed leaves given in index order (from the prefix's size)."""
+    builder = MultiproofBuilder(ranges, prefix)
     for digest in leaf_hashes:
         builder.add(digest)
     return builder.finish()

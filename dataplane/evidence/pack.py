@@ -1,16 +1,25 @@
-"""Evidence Packs (format v1): one file that proves which stored records matched a query and
-that none was left out, checked offline with nothing but the control plane's public key.
+"""Evidence Packs (format v2; v1 still read): one file that proves which stored records
+matched a query and that none was left out, checked offline with nothing but the control
+plane's public key.
 
 The format is documented in docs/evidence-format.md ("Evidence Packs"); in short, UTF-8
 lines, each ending in ``\\n``:
 
-1. header ``{"format":"signalbox-evidence-pack","version":1,"kind":"control-plane"}``
-   (``kind`` ``node``: a node's own export, ``dataplane.evidence.node_pack``);
-2. ``{"section":"certificates","node_ca":PEM,"nodes":{node_id:[PEM,...]}}``;
-3. per chain ``{"section":"chain",...}`` followed by exactly ``records`` raw record lines,
+1. header ``{"format":"signalbox-evidence-pack","version":2,"kind":"control-plane"}``
+   (``kind`` ``node``: a node's own export, ``dataplane.evidence.node_pack``, still version 1);
+2. ``{"section":"certificates","node_ca":PEM,"nodes":{node_id:[PEM,...]},"revoked":{sha256:time}}``
+   (``revoked``: version 2 control-plane packs only, certificate SHA-256 -> RFC 3339 time of
+   its revocation, ``{}`` when none was revoked);
+3. version 2, only when a listed chain had records pruned by retention:
+   ``{"section":"pruned","statements":{chain_id:[envelope,...]}}``, each chain's signed
+   pruned-range statements (``dataplane.evidence.pruned``), oldest first;
+4. per chain ``{"section":"chain",...}`` followed by exactly ``records`` raw record lines,
    byte for byte as the node wrote them, in seq order;
-4. ``{"section":"seal","manifest":{...},"signatures":[{"keyid":..,"sig":..}]}``, the last
+5. ``{"section":"seal","manifest":{...},"signatures":[{"keyid":..,"sig":..}]}``, the last
    line, canonical JSON (so no byte of it can change without the signature failing).
+
+Version 2 is not readable by a version 1 reader on purpose: it would accept a pack over a
+pruned range, or with a revoked certificate, without the checks below.
 
 Building a pack is the control plane's (``controlplane.evidence.export``) through
 ``PackWriter``; this module is the format and the reader (``read_sections``, for ``show``);
@@ -24,11 +33,18 @@ the pack, and the chain and record seq where there is one):
   seal last, nothing after it, every line bounded;
 - every node certificate is issued by the pack's node CA for its node, and the node CA is
   the one the signed manifest names (SHA-256 of its DER);
+- pruned ranges (``pack_facts``): every statement verifies with a trusted key, is of the
+  chain it is listed under and continues the one before; every chain of a control-plane
+  pack is searched from one after its last pruned seq (from 1 without a statement), and a
+  record right after the pruned range links to the last pruned record's hash;
 - per chain: its checkpoint is signed by a certificate of its node and is of size
   ``to_seq``; every record's hash is over its own bytes (``records.hash_of_line``), its
   ``chain_id`` and ``node_id`` are the chain's, its seq is within ``[from_seq, to_seq]``
   and above the previous one, and consecutive seqs link (``prev_hash``); the multiproof
   and the records make the checkpoint's root (``merkle.root_from_multiproof``);
+- revoked certificates (``pack_facts``): each names a certificate of the pack; a checkpoint
+  verifying only with certificates revoked before its own time fails, one revoked after it
+  is a note in the ``Report``;
 - the seal: signed (DSSE PAE over the canonical manifest) by a trusted key with every
   signature verifying, ``content_sha256`` is the SHA-256 of every byte before the seal
   line, and the manifest's chains, ranges and counts are those of the sections.
@@ -51,7 +67,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 FORMAT = "signalbox-evidence-pack"
-VERSION = 1
+VERSION = 2
+"""What the control plane writes: version 1 plus revoked certificates and pruned ranges."""
+VERSIONS = (1, 2)
+"""What this reader checks. Version 1 packs verify as before; a version 1 reader refuses a
+version 2 pack (it would skip the pruned-range and revocation checks)."""
+NODE_VERSION = 1
+"""What a node writes (``node_pack``): its packs hold neither revocations nor pruned ranges."""
+MAX_PRUNED_STATEMENTS = 10_000
+"""The most pruned-range statements the ``pruned`` section may hold per chain."""
 KIND_CONTROL_PLANE = "control-plane"
 KIND_NODE = "node"
 """A node's own export (``dataplane.evidence.node_pack``); its seal is the node's ECDSA signature and its key (a
@@ -76,13 +100,33 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def header_line(kind: str = KIND_CONTROL_PLANE) -> bytes:
+def version_written(kind: str) -> int:
+    """The version a pack of ``kind`` is written as."""
+    return VERSION if kind == KIND_CONTROL_PLANE else NODE_VERSION
+
+
+def header_line(kind: str = KIND_CONTROL_PLANE, version: int | None = None) -> bytes:
+    """The header; ``version`` by default what ``kind`` is written as (``VERSION``, or
+    ``NODE_VERSION`` for a node's pack)."""
+    version = version_written(kind) if version is None else version
     # Fixed member order (not sorted): the first thing a person reading the file sees is what it is.
-    return b'{"format":"%b","version":%d,"kind":"%b"}\n' % (FORMAT.encode(), VERSION, kind.encode())
+    return b'{"format":"%b","version":%d,"kind":"%b"}\n' % (FORMAT.encode(), version, kind.encode())
 
 
-def certificates_line(node_ca_pem: str, nodes: Mapping[str, list[str]]) -> bytes:
-    return canonical({"section": "certificates", "node_ca": node_ca_pem, "nodes": dict(nodes)}) + b"\n"
+def certificates_line(
+    node_ca_pem: str, nodes: Mapping[str, list[str]], revoked: Mapping[str, str] | None = None
+) -> bytes:
+    """``revoked`` (version 2): certificate SHA-256 -> RFC 3339 time of its revocation."""
+    value: dict[str, Any] = {"section": "certificates", "node_ca": node_ca_pem, "nodes": dict(nodes)}
+    if revoked is not None:
+        value["revoked"] = dict(revoked)
+    return canonical(value) + b"\n"
+
+
+def pruned_line(statements: Mapping[str, list[str]]) -> bytes:
+    """The ``pruned`` section (version 2): per chain, its pruned-range statements (DSSE
+    envelopes as stored, ``dataplane.evidence.pruned``), oldest first."""
+    return canonical({"section": "pruned", "statements": dict(statements)}) + b"\n"
 
 
 def seal_line(manifest: Mapping[str, Any], signatures: list[dict[str, str]]) -> bytes:
@@ -222,16 +266,31 @@ class PackWriter:
 
     out: BinaryIO
     content: Any = field(default_factory=hashlib.sha256)
+    states_revocations: bool = False
+    """Set by ``header``: a version 2 control-plane pack, whose certificates carry ``revoked``."""
 
     def write(self, data: bytes) -> None:
         self.content.update(data)
         self.out.write(data)
 
-    def header(self, kind: str = KIND_CONTROL_PLANE) -> None:
-        self.write(header_line(kind))
+    def header(self, kind: str = KIND_CONTROL_PLANE, version: int | None = None) -> None:
+        version = version_written(kind) if version is None else version
+        self.states_revocations = kind == KIND_CONTROL_PLANE and version >= 2
+        self.write(header_line(kind, version))
 
-    def certificates(self, node_ca_pem: str, nodes: Mapping[str, list[str]]) -> None:
-        self.write(certificates_line(node_ca_pem, nodes))
+    def certificates(
+        self, node_ca_pem: str, nodes: Mapping[str, list[str]], revoked: Mapping[str, str] | None = None
+    ) -> None:
+        if (revoked is not None) != self.states_revocations:
+            # Never a default: an empty map states that no certificate was revoked.
+            raise ValueError(
+                "a version 2 control-plane pack states its revoked certificates (revoked={} for none), "
+                "any other pack none"
+            )
+        self.write(certificates_line(node_ca_pem, nodes, revoked))
+
+    def pruned(self, statements: Mapping[str, list[str]]) -> None:
+        self.write(pruned_line(statements))
 
     def chain(self, section: ChainSection) -> None:
         self.write(section.line())
@@ -268,6 +327,8 @@ class Record:
 class Certificates:
     node_ca: str
     nodes: dict[str, list[str]]
+    revoked: dict[str, str] | None = None
+    """Certificate SHA-256 (hex, of the DER) -> RFC 3339 revocation time; None in version 1."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +339,8 @@ class Seal:
 
 Section = tuple[str, int, Any]
 """``(kind, line number, value)``: ``header`` (the kind), ``certificates``
-(``Certificates``), ``chain`` (``ChainSection``), ``record`` (``Record``), ``seal`` (``Seal``)."""
+(``Certificates``), ``pruned`` (chain id -> its statements' envelope texts), ``chain``
+(``ChainSection``), ``record`` (``Record``), ``seal`` (``Seal``)."""
 
 
 def _read_line(f: BinaryIO, limit: int, line_no: int, what: str) -> bytes:
@@ -308,14 +370,21 @@ def read_sections(f: BinaryIO, *, content: Any = None) -> Iterator[Section]:
     header = _json(line, line_no, "the header") if line else {}
     if header.get("format") != FORMAT:
         raise PackInvalid(f"line 1: not an evidence pack (format must be {FORMAT!r})")
-    if header.get("version") != VERSION:
-        raise PackInvalid(f"line 1: version {str(header.get('version'))[:20]} (this reader knows {VERSION})")
-    if header.get("kind") not in KINDS or set(header) != {"format", "version", "kind"}:
+    version = header.get("version")
+    if type(version) is not int or version not in VERSIONS:
+        raise PackInvalid(
+            f"line 1: version {str(version)[:20]} (this reader knows {', '.join(map(str, VERSIONS))})"
+        )
+    kind = header.get("kind")
+    if kind not in KINDS or set(header) != {"format", "version", "kind"}:
         raise PackInvalid(f"line 1: kind must be one of {', '.join(KINDS)} (and nothing else in the header)")
+    # Version 2 control-plane packs state revocations (an empty map: none); node packs
+    # and version 1 packs hold neither revocations nor pruned ranges.
+    v2_control_plane = version == 2 and kind == KIND_CONTROL_PLANE
     if content is not None:
         content.update(line)
-    yield "header", line_no, header["kind"]
-    certificates_seen = False
+    yield "header", line_no, kind
+    certificates_seen = pruned_seen = chain_seen = False
     while True:
         line_no += 1
         line = _read_line(f, MAX_SECTION_BYTES, line_no, "a section")
@@ -335,10 +404,20 @@ def read_sections(f: BinaryIO, *, content: Any = None) -> Iterator[Section]:
             if certificates_seen or line_no != 2:
                 raise PackInvalid(f"line {line_no}: the certificates section must be line 2, once")
             certificates_seen = True
-            yield "certificates", line_no, _certificates(value, line_no)
+            yield "certificates", line_no, _certificates(value, line_no, revoked=v2_control_plane)
+        elif kind == "pruned":
+            if not v2_control_plane:
+                raise PackInvalid(
+                    f"line {line_no}: a pruned section is only in a version 2 control-plane pack"
+                )
+            if pruned_seen or chain_seen or not certificates_seen:
+                raise PackInvalid(f"line {line_no}: the pruned section comes once, after the certificates")
+            pruned_seen = True
+            yield "pruned", line_no, _pruned(value, line_no)
         elif kind == "chain":
             if not certificates_seen:
                 raise PackInvalid(f"line {line_no}: a chain before the certificates section")
+            chain_seen = True
             section = ChainSection.from_json(value, f"line {line_no}: chain section")
             yield "chain", line_no, section
             chain_id = section.searched.chain_id
@@ -357,14 +436,41 @@ def read_sections(f: BinaryIO, *, content: Any = None) -> Iterator[Section]:
             raise PackInvalid(f"line {line_no}: unknown section {str(kind)[:40]!r}")
 
 
-def _certificates(value: dict[str, Any], line_no: int) -> Certificates:
+def _certificates(value: dict[str, Any], line_no: int, *, revoked: bool) -> Certificates:
+    """The section; ``revoked``: whether it must carry the ``revoked`` map (else must not)."""
     node_ca, nodes = value.get("node_ca"), value.get("nodes")
     if not isinstance(node_ca, str) or not isinstance(nodes, dict):
         raise PackInvalid(f"line {line_no}: certificates needs node_ca (PEM) and nodes (an object)")
     for node_id, pems in nodes.items():
         if not isinstance(pems, list) or not all(isinstance(p, str) for p in pems):
             raise PackInvalid(f"line {line_no}: certificates of node {node_id[:100]!r} must be a list of PEM")
-    return Certificates(node_ca, nodes)
+    times = value.get("revoked")
+    if not revoked:
+        if times is not None:
+            raise PackInvalid(f"line {line_no}: revoked is only in a version 2 control-plane pack")
+        return Certificates(node_ca, nodes)
+    if not isinstance(times, dict) or not all(isinstance(t, str) for t in times.values()):
+        raise PackInvalid(
+            f"line {line_no}: certificates needs revoked (an object: certificate SHA-256 -> RFC 3339 time)"
+        )
+    return Certificates(node_ca, nodes, times)
+
+
+def _pruned(value: dict[str, Any], line_no: int) -> dict[str, list[str]]:
+    statements = value.get("statements")
+    if not isinstance(statements, dict) or set(value) != {"section", "statements"}:
+        raise PackInvalid(f"line {line_no}: the pruned section needs statements (an object), nothing else")
+    for chain_id, envelopes in statements.items():
+        if (
+            not isinstance(envelopes, list)
+            or not 0 < len(envelopes) <= MAX_PRUNED_STATEMENTS
+            or not all(isinstance(e, str) for e in envelopes)
+        ):
+            raise PackInvalid(
+                f"line {line_no}: pruned statements of chain {chain_id[:100]!r} must be a list of "
+                f"1..{MAX_PRUNED_STATEMENTS} envelopes (text)"
+            )
+    return statements
 
 
 def _seal(value: dict[str, Any], line: bytes, line_no: int) -> Seal:

@@ -1,4 +1,4 @@
-"""Verifying an Evidence Pack (format v1, ``dataplane.evidence.pack``), offline, with
+"""Verifying an Evidence Pack (format v2 or v1, ``dataplane.evidence.pack``), offline, with
 nothing but the trusted keys: ``verify`` walks the pack once, stops at the first problem
 (``PackInvalid`` naming the pack's line, and the chain and record seq where there is one)
 and returns the ``Report`` of what the pack states. What it checks is listed in
@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from dataplane.evidence import checkpoint, merkle
+from dataplane.evidence import checkpoint, merkle, pack_facts
 from dataplane.evidence.fields import read_fields
 from dataplane.evidence.pack import (
     KIND_NODE,
@@ -39,6 +40,7 @@ from dataplane.evidence.pack import (
     node_key_id,
     read_sections,
 )
+from dataplane.evidence.pruned import PrunedStatement
 from dataplane.evidence.records import GENESIS_HASH, hash_of_line
 
 # ---- verifying ----
@@ -59,7 +61,12 @@ class Report:
     alarms: list[dict[str, Any]]
     signed_by: str
     notes: list[str] = field(default_factory=list)
-    """What a node pack's verification does not vouch for (say it next to OK)."""
+    """What the verification does not vouch for, or vouches for with a caveat (a certificate
+    revoked after the checkpoint it verifies): say it next to OK."""
+    pruned: dict[str, list[PrunedStatement]] = field(default_factory=dict)
+    """Per chain, the signed statements of the records retention pruned, oldest first."""
+    revoked: list[tuple[str, str, str]] = field(default_factory=list)
+    """``(node_id, certificate SHA-256, RFC 3339 time)`` of each revoked certificate."""
 
 
 @dataclass
@@ -72,9 +79,18 @@ class _ChainCheck:
     node_ca: x509.Certificate | None
     node_key: x509.Certificate | ec.EllipticCurvePublicKey | None = None
     """A node pack's key (its certificate, already checked, or its bare public key)."""
+    revoked: Mapping[str, datetime] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Where a note on a certificate revoked after the checkpoint goes."""
     leaves: list[tuple[int, bytes]] = field(default_factory=list)
     seq: int = 0
     hash: str = ""
+
+    def continue_from(self, statements: list[PrunedStatement]) -> None:
+        """The chain's records before ``from_seq`` were pruned: the first one links to the last
+        pruned record's hash."""
+        if statements:
+            self.seq, self.hash = statements[-1].last_seq, statements[-1].last_hash.hex()
 
     def record(self, record: Record) -> None:
         s = self.section.searched
@@ -146,11 +162,12 @@ class _ChainCheck:
             except checkpoint.CheckpointInvalid as exc:
                 cp = None
                 problems.append(f"the node's key: {exc}")
+        verified: list[tuple[int, x509.Certificate]] = []
         for n, cert in enumerate(self.certificates if self.node_ca is not None else [], start=1):
             assert self.node_ca is not None
             try:
                 cp = checkpoint.verify_with_ca(note, cert, self.node_ca, s.node_id)
-                break
+                verified.append((n, cert))
             except checkpoint.CheckpointInvalid as exc:
                 problems.append(f"certificate {n}: {exc}")
         if cp is None:
@@ -158,6 +175,10 @@ class _ChainCheck:
             raise PackInvalid(
                 f"{where}: the checkpoint does not verify with a certificate of its node ({why})"
             )
+        if verified:
+            note_text = pack_facts.revocation_note(cp, verified, self.revoked, s.chain_id, where)
+            if note_text is not None:
+                self.notes.append(note_text)
         if cp.chain_id != s.chain_id:
             raise PackInvalid(f"{where}: the checkpoint is of chain {cp.chain_id!r}")
         if cp.size != s.to_seq:
@@ -322,6 +343,9 @@ def verify(
     ca: x509.Certificate | None = None
     node: _NodeEntry | None = None
     certs: dict[str, list[x509.Certificate]] = {}
+    revoked: dict[str, datetime] = {}
+    pruned: dict[str, list[PrunedStatement]] = {}
+    notes: list[str] = []
     current: _ChainCheck | None = None
     done = 0
     with open(path, "rb") as f:
@@ -344,6 +368,11 @@ def verify(
             elif section == "certificates":
                 ca, certs = _load_certificates(value, line_no)
                 ca_sha256 = certificate_sha256(value.node_ca)
+                revoked = pack_facts.revocations(value, certs, line_no)
+                if value.revoked is None:
+                    notes.append("a version 1 pack: it states no certificate revocations")
+            elif section == "pruned":
+                pruned = pack_facts.pruned_statements(value, trusted, line_no)
             elif section == "chain":
                 s = value.searched
                 if any(seen.chain_id == s.chain_id for seen in sections):
@@ -356,7 +385,13 @@ def verify(
                         raise PackInvalid(f"line {line_no}: chain {s.chain_id} is not of the pack's node")
                     current = _ChainCheck(value, line_no, [], None, node.key)
                 else:
-                    current = _ChainCheck(value, line_no, certs.get(s.node_id, []), ca)
+                    pack_facts.check_searched_range(
+                        s, pruned.get(s.chain_id, []), f"line {line_no}: chain {s.chain_id}"
+                    )
+                    current = _ChainCheck(
+                        value, line_no, certs.get(s.node_id, []), ca, revoked=revoked, notes=notes
+                    )
+                    current.continue_from(pruned.get(s.chain_id, []))
             elif section == "seal":
                 if progress is not None and done % 1000:
                     progress(done % 1000)
@@ -367,8 +402,38 @@ def verify(
                 report = _check_manifest(
                     value, line_no, signed_by, kind, content.hexdigest(), ca_sha256, sections
                 )
-                return report if node is None else dataclasses.replace(report, notes=node.notes)
+                if node is not None:
+                    return dataclasses.replace(report, notes=node.notes)
+                return _control_plane_facts(report, line_no, pruned, revoked, certs, notes)
     raise PackInvalid("the pack ends without a seal")  # read_sections raises first
+
+
+def _control_plane_facts(
+    report: Report,
+    line_no: int,
+    pruned: dict[str, list[PrunedStatement]],
+    revoked: dict[str, datetime],
+    certs: dict[str, list[x509.Certificate]],
+    notes: list[str],
+) -> Report:
+    """The report with what a control-plane pack states beyond its records, once the chains
+    searched without a match are shown to start after their pruned range too."""
+    where = f"line {line_no}: the manifest"
+    for u in report.unmatched:
+        pack_facts.check_searched_range(u, pruned.get(u.chain_id, []), f"{where}: chain {u.chain_id}")
+    listed = {s.chain_id for s in [*report.chains, *report.unmatched]}
+    for chain_id in pruned:
+        if chain_id not in listed:
+            raise PackInvalid(
+                f"{where}: a pruned-range statement of chain {chain_id[:100]}, which it does not list"
+            )
+    named = [
+        (node_id, sha256, pack_facts.rfc3339(revoked[sha256]))
+        for node_id, loaded in sorted(certs.items())
+        for sha256 in (pack_facts.fingerprint(cert) for cert in loaded)
+        if sha256 in revoked
+    ]
+    return dataclasses.replace(report, notes=notes, pruned=pruned, revoked=named)
 
 
 def _check_manifest(

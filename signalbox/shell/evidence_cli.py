@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
-from dataplane.evidence import pack, pack_verify
+from dataplane.evidence import pack, pack_facts, pack_verify
+from dataplane.evidence.pruned import PrunedStatement, decode_statement
 from dataplane.snapshot.checks import load_trust_keys
 from dataplane.trust_cli import add_trust_key, trust_key_paths
 from signalbox.shell.progress import records_bar
@@ -77,6 +78,8 @@ def verify_command(ns: argparse.Namespace) -> int:
         report.chains,
         report.unmatched,
         report.alarms,
+        report.pruned,
+        report.revoked,
     ):
         print(line)
     return 0
@@ -98,26 +101,44 @@ def statement(
     chains: list[pack.Searched],
     unmatched: list[pack.Searched],
     alarms: list[dict[str, Any]],
+    pruned: Mapping[str, Sequence[PrunedStatement]] | None = None,
+    revoked: Sequence[tuple[str, str, str]] = (),
 ) -> Iterator[str]:
-    """The pack's statement, line by line: what was asked, which ranges were searched."""
+    """The pack's statement, line by line: what was asked, which ranges were searched, what
+    retention pruned before them (``pruned``) and which node certificates were revoked
+    (``(node_id, certificate SHA-256, time)``)."""
     asked = ", ".join(f"{k}={v}" for k, v in sorted(query.items())) or "everything"
     yield f"pack {pack_id} ({kind}), created {created}"
     yield f"query: {asked}"
     for s in [*chains, *unmatched]:
         found = f"{s.records} matched" if s.records else "no match"
-        if s.to_seq:
-            line = (
-                f"chain {s.chain_id}: every stored record with seq {s.from_seq}..{s.to_seq} searched, {found}"
-            )
+        statements = (pruned or {}).get(s.chain_id, ())
+        line = f"chain {s.chain_id}: "
+        if statements:
+            line += f"{_pruned(statements)}; "
+        if s.from_seq > s.to_seq and statements:
+            line += "nothing after them is covered by a checkpoint, nothing searched"
+        elif s.to_seq:
+            line += f"every stored record with seq {s.from_seq}..{s.to_seq} searched, {found}"
         else:
-            line = f"chain {s.chain_id}: nothing searched (no signed checkpoint yet)"
+            line += "nothing searched (no signed checkpoint yet)"
         if s.head_seq > s.to_seq:
             line += f"; {s.to_seq + 1}..{s.head_seq} stored but not searched (no checkpoint covers them yet)"
         if s.state != "ok":
             line += f"; state {s.state}: {s.alarm}"
         yield line
+    for node_id, sha256, when in revoked:
+        yield f"certificate {sha256[:16]}… of node {node_id} revoked at {when}"
     for a in alarms:
         yield f"alarm: chain {a.get('chain_id')} seq {a.get('seq')} {a.get('kind')} at {a.get('at')}: {a.get('detail')}"
+
+
+def _pruned(statements: Sequence[PrunedStatement]) -> str:
+    ranges = ", ".join(
+        f"{p.first_seq}..{p.last_seq} on {pack_facts.rfc3339(p.at)} (older than {pack_facts.rfc3339(p.pruned_before)})"
+        for p in statements
+    )
+    return f"records 1..{statements[-1].last_seq} pruned by retention: {ranges}, signed by the control plane"
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -182,7 +203,7 @@ def show_command(ns: argparse.Namespace) -> int:
     """The statement (from the manifest), then each record; not a verification."""
     path = Path(ns.pack)
     try:
-        seal, kind, chains = _read_statement(path)
+        seal, kind, chains, pruned, revoked = _read_statement(path)
         m = seal.manifest
         unmatched = [
             pack.Searched.from_json(u, "searched_without_match") for u in m.get("searched_without_match", [])
@@ -192,19 +213,44 @@ def show_command(ns: argparse.Namespace) -> int:
         query: dict[str, Any] = asked if isinstance(asked, dict) else {}
         if ns.json:
             records = [_summary(r.fields()) for r in _records(path)]
-            document = {"manifest": m, "verified": False, "records": records}
+            document = {
+                "manifest": m,
+                "verified": False,
+                "pruned": {
+                    chain: [
+                        {
+                            "first_seq": p.first_seq,
+                            "last_seq": p.last_seq,
+                            "at": pack_facts.rfc3339(p.at),
+                            "pruned_before": pack_facts.rfc3339(p.pruned_before),
+                        }
+                        for p in statements
+                    ]
+                    for chain, statements in pruned.items()
+                },
+                "revoked": [{"node_id": n, "certificate_sha256": c, "at": t} for n, c, t in revoked],
+                "records": records,
+            }
             json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
             print()
             return 0
         print(f"Evidence pack {path} (not verified here: run `signalbox evidence verify`)")
         for line in statement(
-            kind, str(m.get("pack_id")), str(m.get("created")), query, chains, unmatched, alarms
+            kind,
+            str(m.get("pack_id")),
+            str(m.get("created")),
+            query,
+            chains,
+            unmatched,
+            alarms,
+            pruned,
+            revoked,
         ):
             print(line)
         print()
         for record in _records(path):
             print("\n".join(_render(_summary(record.fields()))))
-    except (pack.PackInvalid, OSError) as exc:
+    except (pack.PackInvalid, OSError, ValueError) as exc:
         print(f"evidence show: {path}: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # | head
@@ -212,18 +258,34 @@ def show_command(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _read_statement(path: Path) -> tuple[pack.Seal, str, list[pack.Searched]]:
+def _read_statement(
+    path: Path,
+) -> tuple[pack.Seal, str, list[pack.Searched], dict[str, list[PrunedStatement]], list[tuple[str, str, str]]]:
+    """What ``show`` prints before the records, as the pack states it (nothing verified)."""
     kind, chains, seal = "", [], None
+    pruned: dict[str, list[PrunedStatement]] = {}
+    revoked: list[tuple[str, str, str]] = []
     with open(path, "rb") as f:
         for section, _, value in pack.read_sections(f):
             if section == "header":
                 kind = value
+            elif section == "certificates" and value.revoked:
+                revoked = [
+                    (node_id, sha256, value.revoked[sha256])
+                    for node_id, pems in sorted(value.nodes.items())
+                    for sha256 in map(pack.certificate_sha256, pems)
+                    if sha256 in value.revoked
+                ]
+            elif section == "pruned":
+                pruned = {
+                    chain: [decode_statement(e) for e in envelopes] for chain, envelopes in value.items()
+                }
             elif section == "chain":
                 chains.append(value.searched)
             elif section == "seal":
                 seal = value
     assert seal is not None  # read_sections ends at the seal or raises
-    return seal, kind, chains
+    return seal, kind, chains, pruned, revoked
 
 
 def _records(path: Path) -> Iterator[pack.Record]:

@@ -141,7 +141,7 @@ async def _node_pack(directory: Path, signing_key: Ed25519PrivateKey) -> Path:
     with io.BytesIO() as f:
         writer = pack.PackWriter(f)
         writer.header()
-        writer.certificates(ca.pem.decode(), {"site-node": [issued.pem]})
+        writer.certificates(ca.pem.decode(), {"site-node": [issued.pem]}, revoked={})
         proof = merkle.multiproof(hashes, chosen, 20)
         writer.chain(pack.ChainSection(searched, note.decode(), [h.hex() for h in proof]))
         for i in chosen:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import pty
@@ -26,7 +27,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.evidence import checkpoint
 from dataplane.evidence.log import EvidenceLog, log_path
-from dataplane.evidence.pack import PackInvalid, manifest_message, read_sections, seal_line
+from dataplane.evidence.pack import (
+    KIND_CONTROL_PLANE,
+    PackInvalid,
+    canonical,
+    header_line,
+    manifest_message,
+    read_sections,
+    seal_line,
+    sign_ed25519,
+)
 from dataplane.evidence.pack_verify import verify
 from dataplane.evidence.records import seal
 from dataplane.identity import IdentityFiles
@@ -495,3 +505,37 @@ async def test_progress_shows_on_a_terminal_and_not_when_piped(
     code, stdout, err = await _signalbox(*args)
     assert code == 0
     assert err == ""
+
+
+async def test_a_version_1_pack_still_verifies_and_other_versions_are_refused(
+    plane: RunningControlPlane, globex: Pack
+) -> None:
+    # What the previous release exported: version 1 header, no revoked map, sealed as then.
+    assert globex.lines[0] == header_line(KIND_CONTROL_PLANE, 2)
+    certificates = json.loads(globex.lines[1])
+    assert certificates.pop("revoked") == {}
+    body = [header_line(KIND_CONTROL_PLANE, 1), canonical(certificates) + b"\n", *globex.lines[2:-1]]
+    manifest = {
+        **json.loads(globex.lines[-1])["manifest"],
+        "content_sha256": hashlib.sha256(b"".join(body)).hexdigest(),
+    }
+    assert plane.cp.signer is not None
+    v1 = globex.write(
+        [*body, seal_line(manifest, [sign_ed25519(plane.cp.signer.private_key, manifest)])], "v1.pack"
+    )
+    report = verify(v1, _trusted(plane))
+    assert report.records == 27
+    assert report.notes == ["a version 1 pack: it states no certificate revocations"]
+
+    # Version 1 has neither revocations nor pruned ranges; unknown versions are refused.
+    with_revoked = [body[0], globex.lines[1], *body[2:]]
+    _refused(
+        plane,
+        globex.write([*with_revoked, globex.lines[-1]], "v1-revoked.pack"),
+        r"line 2: revoked is only in a version 2",
+    )
+    _refused(
+        plane,
+        globex.write([header_line(KIND_CONTROL_PLANE, 3), *globex.lines[1:]], "v3.pack"),
+        r"line 1: version 3 \(this reader knows 1, 2\)",
+    )

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from dataplane.evidence.merkle import (
     EMPTY_ROOT,
+    MultiproofBuilder,
     ProofError,
+    Tree,
     inclusion_proof,
     leaf_hash,
     multiproof,
@@ -90,3 +92,52 @@ def test_the_edges() -> None:
             multiproof_ranges(bad, 7)
     with pytest.raises(ProofError, match="ended before"):
         multiproof_from_stream(multiproof_ranges([0], 8), HASHES[:5])
+
+
+# ---- a pruned prefix: the prover starts from its compact range ----
+
+
+@st.composite
+def pruned_selections(draw: st.DrawFn) -> tuple[int, int, list[int]]:
+    """(size, pruned prefix P, selected leaves all at or after P)."""
+    size = draw(st.integers(min_value=0, max_value=len(LEAVES)))
+    pruned = draw(st.integers(min_value=0, max_value=size))
+    chosen = draw(
+        st.sets(st.integers(min_value=pruned, max_value=max(pruned, size - 1)), max_size=size - pruned)
+    )
+    return size, pruned, sorted(c for c in chosen if c < size)
+
+
+def compact_range(size: int) -> list[tuple[int, bytes]]:
+    tree = Tree()
+    for digest in HASHES[:size]:
+        tree.append_hashed(digest)
+    return list(tree._stack)
+
+
+@settings(max_examples=400, deadline=None)
+@given(pruned_selections())
+def test_a_proof_from_a_pruned_prefix_is_the_proof_from_every_leaf(case: tuple[int, int, list[int]]) -> None:
+    size, pruned, chosen = case
+    ranges = multiproof_ranges(chosen, size)
+    proof = multiproof_from_stream(ranges, HASHES[pruned:size], prefix=compact_range(pruned))
+    assert proof == multiproof(HASHES, chosen, size)
+    assert root_from_multiproof([(i, HASHES[i]) for i in chosen], size, proof) == root(LEAVES[:size])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=200), st.data())
+def test_a_selected_leaf_in_the_pruned_prefix_cannot_be_proven(pruned: int, data: st.DataObject) -> None:
+    size = data.draw(st.integers(min_value=pruned, max_value=len(LEAVES)))
+    below = data.draw(st.integers(min_value=0, max_value=pruned - 1))
+    with pytest.raises(ProofError, match=rf"only leaves from {pruned} on can be proven"):
+        MultiproofBuilder(multiproof_ranges([below], size), prefix=compact_range(pruned))
+
+
+def test_a_compact_range_out_of_order_is_refused() -> None:
+    with pytest.raises(ProofError, match="tallest first"):
+        MultiproofBuilder([(0, 8)], prefix=list(reversed(compact_range(6))))
+    with pytest.raises(ProofError, match="32-byte"):
+        MultiproofBuilder([(0, 8)], prefix=[(2, b"short")])
+    with pytest.raises(ProofError, match="the leaves ended before subtree"):
+        multiproof_from_stream([(0, 8)], HASHES[6:7], prefix=compact_range(6))

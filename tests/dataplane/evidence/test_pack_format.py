@@ -5,6 +5,7 @@ spelling only."""
 from __future__ import annotations
 
 import base64
+import io
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,3 +35,22 @@ def test_a_seal_signature_spelled_another_way_is_refused() -> None:
     assert base64.b64decode(respelled) == base64.b64decode(sig)
     with pytest.raises(pack.PackInvalid, match=r"line 9: the seal's signature by key .* does not verify"):
         pack_verify._check_seal(pack.Seal(manifest, [{**signature, "sig": respelled}]), 9, trusted)
+
+
+def test_the_writer_states_revocations_exactly_in_a_version_2_control_plane_pack() -> None:
+    out = io.BytesIO()
+    writer = pack.PackWriter(out)
+    writer.header(pack.KIND_CONTROL_PLANE)
+    with pytest.raises(ValueError, match=r"states its revoked certificates \(revoked=\{\} for none\)"):
+        writer.certificates("", {})
+    writer.certificates("", {}, revoked={})
+    assert (
+        out.getvalue().splitlines()[1] == b'{"node_ca":"","nodes":{},"revoked":{},"section":"certificates"}'
+    )
+
+    out = io.BytesIO()
+    node = pack.PackWriter(out)
+    node.header(pack.KIND_NODE)
+    assert out.getvalue() == b'{"format":"signalbox-evidence-pack","version":1,"kind":"node"}\n'
+    with pytest.raises(ValueError, match="any other pack none"):
+        node.certificates("", {}, revoked={})
