@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -158,21 +157,3 @@ def test_a_batch_parses_in_order_up_to_the_first_refusal() -> None:
     assert parsed.refused is not None
     assert "seq 3 (line 3" in parsed.refused.message
     assert parsed.days == {int(1_796_000_000.25) // 86_400}
-
-
-def test_fast_path_costs_less_than_the_general_path() -> None:
-    """Not a timing assertion on the machine: a ratio of two measurements made side by side,
-    the reason the fast path exists (bench/evidence_ingest.py has the figures)."""
-    batch = _Batch(CHAIN, NODE)
-    body = seal(record())[:-1]
-
-    def cost(read: Any) -> float:
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(2000):
-                read(body)
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    assert cost(batch.fast) < cost(lambda b: batch.general(b, 1))
