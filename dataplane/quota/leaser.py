@@ -54,9 +54,17 @@ class QuotaLeaser:
     """The background loop of one node: ``run`` until cancelled."""
 
     def __init__(
-        self, quotas: Quotas, target: str, tls: ClientTls, *, interval: float = DEFAULT_LEASE_INTERVAL
+        self,
+        quotas: Quotas,
+        target: str,
+        tls: ClientTls,
+        *,
+        interval: float = DEFAULT_LEASE_INTERVAL,
+        holder: str = "",
     ) -> None:
         self.quotas = quotas
+        self.holder = holder
+        """This worker, ``<node id>/<i>``: the ledger's fair share counts each worker on its own."""
         self._target = target
         self._tls = tls
         self.interval = interval
@@ -110,7 +118,8 @@ class QuotaLeaser:
             for start in range(0, len(asks), MAX_ASKS):
                 chunk = asks[start : start + MAX_ASKS]
                 response = await stub.Lease(
-                    quota_pb2.LeaseRequest(asks=[a for _, a in chunk]), timeout=max(2.0, 2 * self.interval)
+                    quota_pb2.LeaseRequest(asks=[a for _, a in chunk], holder=self.holder),
+                    timeout=max(2.0, 2 * self.interval),
                 )
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug(
