@@ -34,11 +34,13 @@ NODE = "node-w"
 
 
 @asynccontextmanager
-async def workers_up(args: list[str], workers: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``signalbox <args>`` running, once ``workers`` workers say they listen; killed on exit
-    if still running."""
+async def workers_up(
+    args: list[str], workers: int, env: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``signalbox <args>`` running (in ``env``, else this environment), once ``workers``
+    workers say they listen; killed on exit if still running."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "signalbox", *args, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "signalbox", *args, stderr=asyncio.subprocess.PIPE, env=env
     )
     lines: list[str] = []
 
