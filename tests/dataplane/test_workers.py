@@ -62,6 +62,8 @@ async def workers_up(
             process.kill()
             await process.wait()
         await reader
+        # Shown with a failure: what the supervisor and its workers said.
+        sys.stderr.writelines(lines)
 
 
 def free_port() -> int:
