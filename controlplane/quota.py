@@ -45,10 +45,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.errors import InvalidArgument
 from controlplane.limits import INT64_MAX
+from signalbox import quota_grants as grants
 from signalbox.api.config.v1 import quota_pb2
-
-HOLDER_TTL_S = 10.0
-"""A node that has not leased a limit for this long no longer counts in its fair share."""
 
 MAX_ASKS = 4096
 """Asks in one lease call: a node with more scopes sends several calls."""
@@ -145,11 +143,12 @@ class QuotaLedger:
         self.burst_seconds = burst_seconds
 
     async def lease(
-        self, asks: Sequence[quota_pb2.QuotaAsk], node_id: str = "", group: str | None = None
+        self, asks: Sequence[quota_pb2.QuotaAsk], holder: str = "", group: str | None = None
     ) -> list[quota_pb2.QuotaGrant]:
-        """Grants to node ``node_id`` of node group ``group`` in the order of ``asks``
-        (a tenant the group does not see gets nothing, as one without limits; ``group`` None:
-        no check, an insecure node port); ``InvalidArgument`` names the first bad ask."""
+        """Grants to ``holder`` (a node worker, ``<node id>/<worker>``: each counts on its own
+        in the fair share) of node group ``group`` in the order of ``asks`` (a tenant the group
+        does not see gets nothing, as one without limits; ``group`` None: no check, an insecure
+        node port); ``InvalidArgument`` names the first bad ask."""
         checked = _checked(asks)
         if not checked:
             return []
@@ -163,7 +162,7 @@ class QuotaLedger:
             updates: list[dict[str, Any]] = []
             for ask in limited:
                 state = rows[(ask.scope, ask.window)]
-                grant = self._grant(ask, state, now, node_id)
+                grant = self._grant(ask, state, now, holder)
                 grants[ask.index] = grant
                 updates.append({"scope": ask.scope, "window": ask.window, **state})
             if updates:
@@ -251,60 +250,53 @@ class QuotaLedger:
         }
 
     def _capacity(self, ask: _Ask) -> float:
-        return ask.limit * self.burst_seconds / 60.0 if ask.kind not in BUDGETS else 0.0
+        return grants.capacity(ask.limit, self.burst_seconds) if ask.kind not in BUDGETS else 0.0
 
-    def _grant(self, ask: _Ask, state: dict[str, Any], now: datetime, node_id: str) -> quota_pb2.QuotaGrant:
+    def _grant(self, ask: _Ask, state: dict[str, Any], now: datetime, holder: str) -> quota_pb2.QuotaGrant:
         scope = quota_pb2.QuotaScope(
             tenant_id=str(ask.tenant_id),
             api_key_id=str(ask.api_key_id or ""),
             kind=ask.kind,  # type: ignore[arg-type]
         )
-        if ask.kind in BUDGETS:
-            used = int(state["used"])
-            if ask.returned and ask.returned_window == ask.window:
-                used -= min(ask.returned, used)
-            if ask.overspent and ask.returned_window == ask.window:
-                used = min(used + ask.overspent, INT64_MAX)
-            granted = max(0, min(ask.want, ask.limit - used))
-            used += granted
-            state.update(used=used, updated_at=now)
-            return quota_pb2.QuotaGrant(
-                scope=scope, granted=granted, window=ask.window, limit=ask.limit, exhausted=used >= ask.limit
-            )
-        rate = ask.limit / 60.0
-        capacity = self._capacity(ask)
-        elapsed = max(0.0, (now - state["updated_at"]).total_seconds())
-        # Overspent tokens put the bucket in debt: it refills from below zero.
-        level = min(capacity, float(state["level"]) + elapsed * rate + ask.returned) - ask.overspent
-        granted = min(
-            ask.want, max(0, math.floor(level), self._fair_share(state, now, node_id, rate, capacity))
+        row = grants.Row(
+            level=float(state["level"]),
+            used=int(state["used"]),
+            updated_at=state["updated_at"].timestamp(),
+            holders=state["holders"],
         )
-        level -= granted
-        state.update(level=level, updated_at=now)
-        short = ask.want - granted
+        if ask.kind in BUDGETS:
+            same = ask.returned_window == ask.window
+            grant = grants.grant_budget(
+                row,
+                limit=ask.limit,
+                want=ask.want,
+                returned=ask.returned if same else 0,
+                overspent=ask.overspent if same else 0,
+                int_max=INT64_MAX,
+            )
+            state.update(used=row.used, updated_at=now)
+            return quota_pb2.QuotaGrant(
+                scope=scope,
+                granted=grant.granted,
+                window=ask.window,
+                limit=ask.limit,
+                exhausted=grant.exhausted,
+            )
+        grant = grants.grant_rate(
+            row,
+            limit=ask.limit,
+            burst_seconds=self.burst_seconds,
+            want=ask.want,
+            returned=ask.returned,
+            overspent=ask.overspent,
+            now=now.timestamp(),
+            holder=holder,
+        )
+        state.update(level=row.level, updated_at=now, holders=row.holders)
         return quota_pb2.QuotaGrant(
             scope=scope,
-            granted=granted,
+            granted=grant.granted,
             limit=ask.limit,
-            exhausted=level < 1.0,
-            refill_seconds=max(0.0, short - level) / rate if short > 0 else 0.0,
+            exhausted=grant.exhausted,
+            refill_seconds=grant.refill_seconds,
         )
-
-    @staticmethod
-    def _fair_share(state: dict[str, Any], now: datetime, node_id: str, rate: float, capacity: float) -> int:
-        """What ``node_id`` may take even from an empty bucket: its equal share of the refill
-        since its last lease (max-min fairness). A node that asks more often (the busy one)
-        would otherwise take every token as it refills and starve the quiet ones; with this a
-        node using less than 1/n of the limit always gets it, and the rest goes to whoever
-        asks. The bucket may go below zero by these shares: it refills from there, so the
-        fleet still gets at most the limit."""
-        stamp = now.timestamp()
-        holders: dict[str, float] = {
-            node: seen for node, seen in state["holders"].items() if stamp - seen < HOLDER_TTL_S
-        }
-        last = holders.get(node_id)
-        holders[node_id] = stamp
-        state["holders"] = holders
-        if last is None or not node_id:
-            return 0
-        return math.floor(min(capacity, (stamp - last) * rate) / len(holders))

@@ -13,7 +13,8 @@ enrolled), one pooled ``UpstreamClient`` for every adapter, the
 snapshot store (pinned file, or the persisted last-known-good), the gRPC server
 (health NOT_SERVING until a valid snapshot is served), then the config-sync client, or,
 for a pinned file, its watcher (a newer signed file at that path is applied live), the quota
-leaser (rate limits and budgets, ``dataplane.quota``; with a control plane only) and the
+leaser (rate limits and budgets, ``dataplane.quota``: leased from the control plane, or on an
+air-gapped node from worker 0's own ledger, ``dataplane.quota.local``) and the
 certificate renewer.
 Stop order (also on SIGTERM through ``serve``): health NOT_SERVING, stop syncing or
 watching, stop accepting, drain in-flight calls and streams for up to ``drain_seconds``,
@@ -50,6 +51,8 @@ from dataplane.node_settings import WORKER_FOLLOW_INTERVAL_S, WORKERS_DIR, NodeS
 from dataplane.pipeline import GovernanceStep, Pipeline
 from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, CredentialScope
 from dataplane.quota import QuotaLeaser, Quotas
+from dataplane.quota.local import QUOTA_DIR, LocalLedger, socket_path
+from dataplane.quota.local import serve as serve_ledger
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.query import NodeContext
 from dataplane.snapshot.checks import load_trust_keys
@@ -100,6 +103,8 @@ class DataPlaneNode:
         self._quotas: Quotas | None = None
         self._leaser: QuotaLeaser | None = None
         self._lease_task: asyncio.Task[None] | None = None
+        self._ledger: LocalLedger | None = None
+        self._ledger_server: grpc.aio.Server | None = None
         self._port: int | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -196,6 +201,11 @@ class DataPlaneNode:
         return IdentityFiles.under(self.settings.data_dir)
 
     @property
+    def ledger(self) -> LocalLedger | None:
+        """The node's own quota ledger (worker 0 of an air-gapped node)."""
+        return self._ledger
+
+    @property
     def pin_watch(self) -> PinWatcher | None:
         """The watcher of the air-gapped pin file, when the node serves one."""
         return self._pin_watch
@@ -284,8 +294,18 @@ class DataPlaneNode:
                     interval=min(s.snapshot_poll_interval, WORKER_FOLLOW_INTERVAL_S),
                     allow_expired=s.allow_expired,
                 )
-        if s.control_plane and s.snapshot_file is None:
-            self._quotas = Quotas(lease_interval=s.quota_lease_interval)
+        self._quotas = Quotas(lease_interval=s.quota_lease_interval)
+        if self._local_quota and s.worker == 0:
+            # An air-gapped node leases from itself: worker 0 holds the node's ledger (its
+            # budgets persisted in the data dir), every worker leases over its unix socket.
+            # Before the port opens: the other workers start once worker 0 listens.
+            store = self._store
+            self._ledger = LocalLedger(
+                lambda: store.current.config if store.current is not None else None,
+                s.data_dir / QUOTA_DIR,
+            )
+            await asyncio.to_thread(self._ledger.load)
+            self._ledger_server = await serve_ledger(self._ledger, s.node_id, s.data_dir)
         await self._start_server()
         if s.control_plane and s.snapshot_file is None and s.worker == 0:
             self._sync = SyncClient(
@@ -317,16 +337,19 @@ class DataPlaneNode:
                 durable_seq=self._durable_evidence_seq,
             )
             self._ship_task = asyncio.get_running_loop().create_task(self._shipper.run())
-            assert self._quotas is not None
-            self._leaser = QuotaLeaser(
-                self._quotas, s.control_plane, sync_tls, interval=s.quota_lease_interval
-            )
-            self._lease_task = asyncio.get_running_loop().create_task(self._leaser.run())
             if sync_tls == self.identity.client_tls() and self._sync is not None:
                 self._renewer = CertificateRenewer(
                     self.identity, target=s.control_plane, node_id=s.node_id, on_renewed=self._sync.reconnect
                 )
                 self._renew_task = asyncio.get_running_loop().create_task(self._renewer.run())
+        self._leaser = QuotaLeaser(
+            self._quotas,
+            f"unix:{socket_path(s.data_dir).absolute()}" if self._local_quota else str(s.control_plane),
+            sync_tls if sync_tls is not None and not self._local_quota else ClientTls(insecure=True),
+            interval=s.quota_lease_interval,
+            holder=f"{s.node_id}/{s.worker}",
+        )
+        self._lease_task = asyncio.get_running_loop().create_task(self._leaser.run())
         if self._pin_watch is not None:
             self._pin_task = asyncio.get_running_loop().create_task(self._pin_watch.run())
         if s.worker > 0 and s.control_plane and s.snapshot_file is None and s.api_key_hash_key is None:
@@ -340,6 +363,11 @@ class DataPlaneNode:
             self.address,
             self._store.version or "none",
         )
+
+    @property
+    def _local_quota(self) -> bool:
+        """Quota leased from the node's own ledger (``dataplane.quota.local``): no control plane."""
+        return self.settings.snapshot_file is not None or not self.settings.control_plane
 
     async def _sync_tls(self) -> ClientTls:
         """How to reach the node port: the enrolled identity (enrolling first when needed),
@@ -464,6 +492,9 @@ class DataPlaneNode:
                 *(() if self._server is None else (self._server.stop(grace),)),
                 *(() if self._http_door is None else (self._http_door.close(grace),)),
             )
+            if self._ledger_server is not None:
+                # Last: the other workers lease from it while they drain.
+                await self._ledger_server.stop(grace)
             if self._store is not None:
                 await self._store.aclose()
             if self._http is not None:

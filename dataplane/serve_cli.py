@@ -382,8 +382,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
         env="SIGNALBOX_QUOTA_LEASE_MS",
         default=int(DEFAULT_LEASE_INTERVAL * 1000),
         type=int,
-        help="milliseconds between quota leases from the control plane (rate limits and budgets): "
-        "how soon quota moves to the busy nodes and an exhausted budget stops every node",
+        help="milliseconds between quota leases from the control plane, or on an air-gapped node from "
+        "its own ledger (rate limits and budgets): how soon quota moves to the busy nodes or workers "
+        "and an exhausted budget stops every node",
         command=SERVE,
     )
     settings.add_log_level(serve, command=SERVE)

@@ -15,11 +15,10 @@ from controlplane.services.groups import GroupChange, GroupInfo, GroupSpec
 from controlplane.services.models import DeploymentSpec, ModelSpec
 from controlplane.services.providers import ProviderSpec
 from controlplane.snapshots import build
-from controlplane.snapshots.history import Diff
+from controlplane.snapshots.history import Diff, key_ids
 from dataplane.config.model import DeploymentMode
 from dataplane.providers.sealing import key_id as sealing_key_id
 from dataplane.snapshot.compile import MODE_FROM_PROTO, MODE_TO_PROTO
-from dataplane.snapshot.identities import IdentityInvalid, parse_jwks
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
@@ -166,7 +165,7 @@ def snapshot_info(row: db.Snapshot) -> admin_pb2.SnapshotInfo:
 
 def snapshot_content(snapshot: snapshot_pb2.Snapshot, prefixes: dict[str, str]) -> admin_pb2.SnapshotContent:
     """A snapshot's config in admin terms: keys without their hash, providers with their
-    credential reference, deployments naming their provider."""
+    credential reference, deployments naming their provider, JWT issuers and mTLS mappings."""
     names = {p.id: p.name for p in snapshot.providers}
     models = []
     for m in snapshot.models:
@@ -196,6 +195,16 @@ def snapshot_content(snapshot: snapshot_pb2.Snapshot, prefixes: dict[str, str]) 
         ],
         trusted_key_ids=[k.key_id for k in snapshot.trusted_keys],
         expires_at=snapshot.expires_at,
+        jwt_issuers=[
+            admin_pb2.JwtIssuerInfo(id=i.id, tenant_id=i.tenant_id, issuer=i.jwt, key_ids=key_ids(i.jwt))
+            for i in snapshot.identities
+            if i.WhichOneof("kind") == "jwt"
+        ],
+        mtls_mappings=[
+            admin_pb2.MtlsMappingInfo(id=i.id, tenant_id=i.tenant_id, mapping=i.mtls)
+            for i in snapshot.identities
+            if i.WhichOneof("kind") == "mtls"
+        ],
     )
 
 
@@ -348,15 +357,11 @@ def evidence_chain(row: db.EvidenceChain, alarms: int, stale: bool = False) -> a
 
 def jwt_issuer(row: db.TenantIdentity, snapshot_version: int = 0) -> admin_pb2.JwtIssuerInfo:
     issuer = snapshot_pb2.JwtIssuer.FromString(row.spec)
-    try:
-        kids = sorted(parse_jwks(issuer.jwks_json))
-    except IdentityInvalid:
-        kids = []  # stored by a release with other rules: listed, keys unnamed
     return admin_pb2.JwtIssuerInfo(
         id=str(row.id),
         tenant_id=str(row.tenant_id),
         issuer=issuer,
-        key_ids=kids,
+        key_ids=key_ids(issuer),
         created_at=ts(row.created_at),
         snapshot_version=snapshot_version,
     )

@@ -4,12 +4,17 @@ The peer certificate is checked as for config sync (``controlplane.api.node_auth
 unknown or revoked certificate is refused before anything is read, and a node leases only
 for tenants its node group sees (another tenant's ask is granted nothing, as one without
 limits). Errors become statuses
-in ``controlplane.api.status``."""
+in ``controlplane.api.status``.
+
+The holder of a lease is one worker of the node (``LeaseRequest.holder``, its chain id
+``<node id>/<i>``): the fair share counts each worker on its own. The node id in it must be
+the certificate's: a node leases for its own workers only (else PERMISSION_DENIED)."""
 
 from __future__ import annotations
 
 from controlplane.api.identity import _abort
 from controlplane.api.node_auth import Context, NodeAuthenticator
+from controlplane.errors import InvalidArgument, PermissionDenied
 from controlplane.limits import DEFAULT_GROUP, NODE_ID_CHARS
 from controlplane.quota import QuotaLedger
 from signalbox.api.config.v1 import quota_pb2, quota_pb2_grpc
@@ -26,11 +31,26 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             if identity is None:
                 # An insecure node port (development): no certificate, no group to hold to;
                 # the peer address stands in for the node.
-                grants = await self._ledger.lease(request.asks, context.peer()[:NODE_ID_CHARS])
+                node = context.peer()[:NODE_ID_CHARS]
+                grants = await self._ledger.lease(request.asks, _holder(request.holder, node))
             else:
-                grants = await self._ledger.lease(
-                    request.asks, identity.node_id, identity.group or DEFAULT_GROUP
-                )
+                holder = _holder(request.holder, identity.node_id)
+                if holder != identity.node_id and not holder.startswith(f"{identity.node_id}/"):
+                    raise PermissionDenied(
+                        f"holder: a node leases for its own workers only ('{identity.node_id}/<worker>')"
+                    )
+                grants = await self._ledger.lease(request.asks, holder, identity.group or DEFAULT_GROUP)
         except Exception as exc:
             return await _abort(context, exc, "Lease")  # type: ignore[no-any-return]
         return quota_pb2.LeaseResponse(grants=grants)
+
+
+MAX_WORKER_CHARS = 16
+"""Past the node id and its slash: a worker index is a few digits."""
+
+
+def _holder(claimed: str, node: str) -> str:
+    """The lease holder: ``claimed`` (checked for size), or the node itself when empty."""
+    if len(claimed) > NODE_ID_CHARS + 1 + MAX_WORKER_CHARS:
+        raise InvalidArgument("holder", f"at most {NODE_ID_CHARS + 1 + MAX_WORKER_CHARS} characters")
+    return claimed or node

@@ -11,12 +11,19 @@ leaves everything G does not see as it is. G gets a new version; another group g
 only when it shares an object that changed back. For a group that sees everything (the
 ``default`` group as created) that is the whole config, as before groups.
 
-Two deliberate differences from a byte-for-byte copy:
+Three deliberate differences from a byte-for-byte copy:
 
 - API keys deleted since that version stay deleted. A deletion is a revocation (often
   of a leaked key); undoing a config mistake must not silently re-arm a credential. The
   rollback reports the keys it did not restore; everything else about surviving keys
   (name, scopes, expiry) is restored, and keys created since are removed.
+- Caller identities (JWT issuers, mTLS mappings) are not versioned: a rollback leaves them
+  as they are now. Each change to them is a trust decision of its own: a removed issuer or
+  mapping is a revocation, and a JWKS rotated since may have dropped a compromised signing
+  key, so restoring an old identity could re-arm what was revoked; and removing one added
+  since would lock its callers out as a side effect of undoing, say, a routing mistake. An
+  identity change is undone explicitly (add or remove it). Diff and GetSnapshot show each
+  version's identities, so the new version's diff against the target names them.
 - Policies are append-only history: a tenant whose current document differs gets a new
   policy version carrying the old document (or a deletion marker), never a reused number.
 """

@@ -2,7 +2,7 @@
 
 Pure functions over decoded ``Snapshot`` messages. Nothing here ever reads a key's hash
 or a credential: keys are shown by id, name and scopes; providers by their credential
-*reference* (``env:NAME`` / ``file:PATH``).
+*reference* (``env:NAME`` / ``file:PATH``); JWT issuers by the key ids of their JWKS.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from controlplane.errors import StoredSnapshotInvalid
+from dataplane.snapshot.identities import IdentityInvalid, parse_jwks
 from signalbox.api.config.v1 import snapshot_pb2
 
-KINDS = ("scope", "tenant", "key", "provider", "model", "policy")
+KINDS = ("scope", "tenant", "key", "identity", "provider", "model", "policy")
 DEFAULT_POLICY = "(default)"
 
 
@@ -38,6 +39,30 @@ def credential_ref(ref: snapshot_pb2.SecretRef) -> str:
     if ref.file:
         return f"file:{ref.file}"
     return ""
+
+
+def key_ids(issuer: snapshot_pb2.JwtIssuer) -> list[str]:
+    """The key ids of a JWT issuer's JWKS, sorted."""
+    try:
+        return sorted(parse_jwks(issuer.jwks_json))
+    except IdentityInvalid:
+        return []  # stored by a release with other rules: listed, keys unnamed
+
+
+def identity_view(identity: snapshot_pb2.TenantIdentity, tenant: str) -> View:
+    """A JWT issuer by its issuer, audiences, algorithms, claims and the key ids of its JWKS
+    (the JWKS text itself, public keys, is left out); an mTLS mapping by its URI."""
+    if identity.WhichOneof("kind") == "jwt":
+        fields = _dict(identity.jwt)
+        fields.pop("jwks_json", None)
+        fields["key_ids"] = key_ids(identity.jwt)
+        name = identity.jwt.issuer
+    else:
+        fields = _dict(identity.mtls)
+        name = identity.mtls.uri + ("*" if identity.mtls.prefix else "")
+    return View(
+        "identity", identity.id, name, {"tenant": tenant, "type": identity.WhichOneof("kind"), **fields}
+    )
 
 
 def _dict(message: Any) -> dict[str, Any]:
@@ -81,6 +106,8 @@ def views(snapshot: snapshot_pb2.Snapshot) -> dict[tuple[str, str], View]:
                 "expires_at": k.expires_at.ToJsonString() if k.HasField("expires_at") else "",
             },
         )
+    for i in snapshot.identities:
+        out["identity", i.id] = identity_view(i, tenants.get(i.tenant_id, i.tenant_id))
     for p in snapshot.providers:
         fields = _dict(p)
         fields.pop("id", None)

@@ -54,9 +54,17 @@ class QuotaLeaser:
     """The background loop of one node: ``run`` until cancelled."""
 
     def __init__(
-        self, quotas: Quotas, target: str, tls: ClientTls, *, interval: float = DEFAULT_LEASE_INTERVAL
+        self,
+        quotas: Quotas,
+        target: str,
+        tls: ClientTls,
+        *,
+        interval: float = DEFAULT_LEASE_INTERVAL,
+        holder: str = "",
     ) -> None:
         self.quotas = quotas
+        self.holder = holder
+        """This worker, ``<node id>/<i>``: the ledger's fair share counts each worker on its own."""
         self._target = target
         self._tls = tls
         self.interval = interval
@@ -71,14 +79,21 @@ class QuotaLeaser:
         channel: grpc.aio.Channel | None = None
         try:
             while True:
+                # Not ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation that
+                # arrives as the event is set (requests kick it often, also while the node
+                # drains), and the node's stop would then wait for this loop forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.interval)
+                    async with asyncio.timeout(self.interval):
+                        await self._wake.wait()
                 self._wake.clear()
                 if channel is None:
                     channel = aio_channel(self._target, self._tls)
                 try:
                     await self.round(quota_pb2_grpc.QuotaServiceStub(channel))
                 except Exception as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # a call cut short by the node's stop: not a failure to lease
                     if not isinstance(exc, grpc.aio.AioRpcError | OSError):
                         log.exception("quota lease failed unexpectedly")
                     elif self.quotas.reachable:
@@ -110,7 +125,8 @@ class QuotaLeaser:
             for start in range(0, len(asks), MAX_ASKS):
                 chunk = asks[start : start + MAX_ASKS]
                 response = await stub.Lease(
-                    quota_pb2.LeaseRequest(asks=[a for _, a in chunk]), timeout=max(2.0, 2 * self.interval)
+                    quota_pb2.LeaseRequest(asks=[a for _, a in chunk], holder=self.holder),
+                    timeout=max(2.0, 2 * self.interval),
                 )
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug(

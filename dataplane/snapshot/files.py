@@ -1,16 +1,18 @@
-"""Snapshot files on disk: reading an envelope file, private directories, atomic writes."""
+"""Snapshot files on disk: reading an envelope file (private directories and atomic writes
+are ``dataplane.files``, re-exported here for the snapshot modules)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-from contextlib import suppress
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
 from dataplane.errors import SnapshotFileInvalid
+from dataplane.files import atomic_write, private_dir
 from signalbox.api.config.v1 import snapshot_pb2
+
+__all__ = ["atomic_write", "envelope_parts", "private_dir", "read_envelope_file"]
 
 
 async def read_envelope_file(path: Path) -> tuple[bytes, snapshot_pb2.SignedEnvelope]:
@@ -25,12 +27,6 @@ async def read_envelope_file(path: Path) -> tuple[bytes, snapshot_pb2.SignedEnve
     except DecodeError as exc:
         raise SnapshotFileInvalid(f"{path}: not a signed envelope: {exc}") from exc
     return raw, envelope
-
-
-def private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) if needed; the directory itself is 0700."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
 
 
 def envelope_parts(
@@ -51,23 +47,3 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
-
-
-def atomic_write(path: Path, *parts: bytes | memoryview) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with suppress(FileNotFoundError):
-        tmp.unlink()  # a leftover of a crash may have other modes; O_EXCL below needs it gone
-    # 0600 from the first byte: never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        for data in parts:
-            f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    # The rename itself is durable only once the directory entry is.
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

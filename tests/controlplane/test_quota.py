@@ -97,3 +97,25 @@ async def test_a_node_leases_only_for_tenants_its_group_sees(
     assert (unknown.granted, unknown.limit) == (0, 0)
     seen = (await ledger.lease([_ask(tenant_id, RPM, 5)], "n2", "default"))[0]
     assert (seen.granted, seen.limit) == (5, 600)
+
+
+async def test_each_worker_of_a_node_gets_its_own_fair_share(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    """Holders are workers (``<node>/<i>``): a quiet worker's share is the refill since *its*
+    last lease. Keyed by node, a busy sibling's frequent leases would reset that clock and
+    starve it (its share: the refill since the sibling's last lease, a few units)."""
+    tenant_id = await _tenant(admin, requests_per_minute=6000)  # 100 per second
+    ledger = control_plane.cp.quota
+    assert ledger is not None
+    # Empty the bucket; both workers are holders from here on.
+    assert (await ledger.lease([_ask(tenant_id, RPM, 10**6)], "n/0"))[0].granted >= 6000
+    await ledger.lease([_ask(tenant_id, RPM, 1)], "n/1")
+    quiet_since = asyncio.get_running_loop().time()
+    # The busy worker leases every 50 ms for half a second (the time passing is the test).
+    while asyncio.get_running_loop().time() - quiet_since < 0.5:
+        await asyncio.sleep(0.05)
+        await ledger.lease([_ask(tenant_id, RPM, 10**6)], "n/0")
+    quiet = (await ledger.lease([_ask(tenant_id, RPM, 10**6)], "n/1"))[0]
+    # Half (two holders) of 100/s over >= 0.5 s; keyed by node it would be ~100/s x 50 ms.
+    assert quiet.granted >= 20, quiet.granted

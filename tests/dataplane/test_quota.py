@@ -3,11 +3,16 @@ real usage, and each tenant's ``on_unreachable`` while no lease can be had."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from pathlib import Path
+
 import pytest
 
 from dataplane.config.model import LimitsConfig, TenantConfig
 from dataplane.errors import LimitExceeded, QuotaUnavailable
-from dataplane.quota import Kind, Quotas
+from dataplane.quota import Kind, QuotaLeaser, Quotas
+from signalbox.tls import ClientTls
 
 TENANT_LIMITS = LimitsConfig(requests_per_minute=600, tokens_per_minute=6000, budget_day_nanos=10**9)
 
@@ -104,3 +109,25 @@ def test_unreachable_fail_closed_refuses_fail_open_refills_at_the_last_lease_rat
             except LimitExceeded:
                 pass
     assert served == 10
+
+
+async def test_a_leaser_woken_as_it_is_cancelled_stops(tmp_path: Path) -> None:
+    """A node's stop cancels its leaser and waits for it: a wake-up (a request short of quota,
+    frequent while a node drains) landing with the cancellation must not swallow it."""
+    quotas = Quotas()
+    leaser = QuotaLeaser(quotas, f"unix:{tmp_path / 'no.sock'}", ClientTls(insecure=True), interval=30.0)
+    task = asyncio.get_running_loop().create_task(leaser.run())
+    try:
+        for _ in range(3):
+            await asyncio.sleep(0)  # the leaser waits for a wake-up
+        quotas.short()
+        await asyncio.sleep(0)  # the wait it was in completes...
+        task.cancel()  # ...and the stop arrives before the leaser runs on
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(5):
+                await task
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

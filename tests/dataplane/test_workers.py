@@ -9,6 +9,8 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,39 @@ from tests.helpers import eventually
 NODE = "node-w"
 
 
+@asynccontextmanager
+async def workers_up(
+    args: list[str], workers: int, env: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``signalbox <args>`` running (in ``env``, else this environment), once ``workers``
+    workers say they listen; killed on exit if still running."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signalbox", *args, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    lines: list[str] = []
+
+    async def collect() -> None:
+        assert process.stderr is not None
+        while line := await process.stderr.readline():
+            lines.append(line.decode(errors="replace"))
+
+    reader = asyncio.get_running_loop().create_task(collect())
+    try:
+        await eventually(
+            lambda: sum("listening on" in line for line in lines) == workers,
+            timeout=60,
+            message="every worker up",
+        )
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await reader
+        # Shown with a failure: what the supervisor and its workers said.
+        sys.stderr.writelines(lines)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -46,21 +81,7 @@ async def test_two_workers_share_the_ports_keep_a_chain_each_and_drain_on_sigter
     grpc_port, http_port = free_port(), free_port()
     args = pinned_serve_args(pin, trust_key, data_dir, "--node-id", NODE, "--workers", "2")
     args += ["--listen", f"127.0.0.1:{grpc_port}", "--http-listen", f"127.0.0.1:{http_port}"]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "signalbox", *args, stderr=asyncio.subprocess.PIPE
-    )
-    lines: list[str] = []
-
-    async def collect() -> None:
-        assert process.stderr is not None
-        while line := await process.stderr.readline():
-            lines.append(line.decode(errors="replace"))
-
-    reader = asyncio.get_running_loop().create_task(collect())
-    try:
-        await eventually(
-            lambda: sum("listening on" in line for line in lines) == 2, timeout=60, message="both workers up"
-        )
+    async with workers_up(args, 2) as process:
         answered: list[str] = []
         # A new connection per request: the kernel spreads connections over the two workers.
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
@@ -93,11 +114,6 @@ async def test_two_workers_share_the_ports_keep_a_chain_each_and_drain_on_sigter
         assert await asyncio.wait_for(process.wait(), 60) == 0
         for worker in workers:
             assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await reader
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,16 @@ whatever the nodes do."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 
@@ -22,10 +26,12 @@ from dataplane.app import DataPlaneNode
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
-from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.config.v1 import quota_pb2, quota_pb2_grpc, snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.simulator import Simulator
+from signalbox.tls import aio_channel
 from tests.controlplane.conftest import Admin
+from tests.dataplane.test_workers import free_port, workers_up
 from tests.e2e.conftest import loopback_node
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
@@ -360,3 +366,89 @@ async def test_control_plane_unreachable_fail_open_serves_at_the_last_lease_fail
         # ...and still limited: far beyond that rate, requests are refused.
         burst = [await _call(stub, open_secret, 0) for _ in range(40)]
         assert any(r.code == grpc.StatusCode.RESOURCE_EXHAUSTED for r in burst)
+
+
+async def test_a_node_leases_for_its_own_workers_only(fleet: Fleet) -> None:
+    node = fleet.nodes[0]
+    async with aio_channel(fleet.running.node_address, node.identity.client_tls()) as channel:
+        stub = quota_pb2_grpc.QuotaServiceStub(channel)
+        # Its own workers, or itself: granted (nothing asked, nothing granted).
+        for holder in ("limits-1/0", "limits-1/7", "limits-1", ""):
+            assert list((await stub.Lease(quota_pb2.LeaseRequest(holder=holder), timeout=10)).grants) == []
+        # Another node's worker, another node, a name that only starts like its own.
+        for holder in ("limits-2/0", "limits-2", "limits-1x/0", "/limits-1/0"):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Lease(quota_pb2.LeaseRequest(holder=holder), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, holder
+            assert "a node leases for its own workers only ('limits-1/<worker>')" in (
+                refused.value.details() or ""
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Lease(quota_pb2.LeaseRequest(holder="limits-1/" + "9" * 300), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (refused.value.details() or "").startswith("holder: at most")
+
+
+async def test_a_node_with_two_workers_holds_a_tenants_limit_within_10_percent(
+    fleet: Fleet, private_tmp: Path
+) -> None:
+    limit = 600  # per minute: 10 per second for the node's two workers together
+    await _set(fleet, tenant=TENANT, requests_per_minute=limit)
+    _, secret = await _key(fleet, "workers")
+    data_dir = Path(tempfile.mkdtemp(prefix="lw-", dir=private_tmp))
+    http_port = free_port()
+    running = fleet.running
+    args = [
+        "dataplane", "serve", "--workers", "2", "--node-id", "limits-w",
+        "--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{http_port}",
+        "--control-plane", running.node_address, "--enroll-address", running.address,
+        "--trust-key", str(running.trust_key_path), "--data-dir", str(data_dir),
+        "--quota-lease-ms", str(int(LEASE * 1000)),
+    ]  # fmt: skip
+    env = {**os.environ, "SIGNALBOX_ENROLL_TOKEN": await running.enroll_token()}
+    async with workers_up(args, 2, env) as process:
+        await eventually(
+            lambda: _http_ok(http_port, secret), timeout=60, message="the node serves the tenant"
+        )
+        # Offered: twice the limit, a new connection per request (the kernel spreads them
+        # over the two workers, unevenly).
+        warmup, window, offered = 4.0, 16.0, 20.0
+        started = time.monotonic()
+        sent: list[tuple[float, int]] = []
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+
+            async def one() -> None:
+                at = time.monotonic()
+                sent.append((at, await _http_status(session, http_port, secret)))
+
+            tasks = []
+            n = 0
+            while (due := started + n / offered) < started + warmup + window:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                tasks.append(asyncio.create_task(one()))
+                n += 1
+            await asyncio.gather(*tasks)
+        begin, end = started + warmup, started + warmup + window
+        served = sum(1 for at, status in sent if begin <= at < end and status == 200)
+        rate, expected = served / window, limit / 60
+        print(f"two workers: {rate:.2f}/s of {expected:.2f}/s")
+        assert abs(rate - expected) <= 0.1 * expected, f"served {rate:.2f}/s, limit {expected:.2f}/s"
+        # Worker 1 may answer 503 for a moment at the start, until it has the snapshot.
+        assert {status for at, status in sent if begin <= at < end} == {200, 429}
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+
+
+async def _http_status(session: aiohttp.ClientSession, port: int, secret: str) -> int:
+    async with session.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        json={"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16},
+        headers={"authorization": f"Bearer {secret}"},
+    ) as response:
+        await response.read()
+        return response.status
+
+
+async def _http_ok(port: int, secret: str) -> bool:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        return await _http_status(session, port, secret) == 200

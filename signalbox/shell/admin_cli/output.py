@@ -235,6 +235,28 @@ def snapshot_content(s: admin_pb2.SnapshotInfo) -> str:
     ]
     width = max(len(label) for label, _ in header)
     parts = ["".join(f"{label.ljust(width)}  {value}\n" for label, value in header)]
+    identities: list[tuple[object, ...]] = [
+        (
+            i.id,
+            tenants.get(i.tenant_id, i.tenant_id),
+            "jwt",
+            i.issuer.issuer,
+            f"aud {','.join(i.issuer.audiences)}; keys {','.join(i.key_ids)}",
+            scopes_column(i.issuer.scopes),
+        )
+        for i in c.jwt_issuers
+    ]
+    identities += [
+        (
+            m.id,
+            tenants.get(m.tenant_id, m.tenant_id),
+            "mtls",
+            m.mapping.uri + ("*" if m.mapping.prefix else ""),
+            "",
+            scopes_column(m.mapping.scopes),
+        )
+        for m in c.mtls_mappings
+    ]
     sections: list[tuple[str, Sequence[str], list[tuple[object, ...]]]] = [
         ("tenants", TENANT_COLUMNS, [tenant_row(t) for t in c.tenants]),
         (
@@ -252,6 +274,7 @@ def snapshot_content(s: admin_pb2.SnapshotInfo) -> str:
                 for k in c.keys
             ],
         ),
+        ("identities", ("id", "tenant", "type", "match", "detail", "scopes"), identities),
         ("providers", PROVIDER_COLUMNS, [provider_row(p) for p in c.providers]),
         ("models", MODEL_COLUMNS, [model_row(m) for m in c.models]),
         (

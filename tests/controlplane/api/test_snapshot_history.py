@@ -12,6 +12,7 @@ from google.protobuf.json_format import MessageToJson
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2
 from tests.controlplane.conftest import Admin, enrolled_sync_node
+from tests.fixtures.jwks import TestIdp
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
 
@@ -333,3 +334,77 @@ async def test_retention_keeps_the_last_n_the_versions_nodes_run_and_exported_pi
             assert await _all_versions(admin) == [newest + 1, newest, newest - 1, exported]
         finally:
             await node.close()
+
+
+async def test_identities_show_in_history_and_a_rollback_leaves_them_as_they_are(admin: Admin) -> None:
+    await admin.seed()
+    revoked = await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant="acme", name="revoked"))
+    idp = TestIdp("https://idp.acme.test")
+    issuer = await admin.AddJwtIssuer(
+        admin_pb2.AddJwtIssuerRequest(
+            tenant="acme",
+            issuer=snapshot_pb2.JwtIssuer(
+                issuer=idp.issuer,
+                audiences=["signalbox"],
+                algorithms=["ES256", "RS256"],
+                jwks_json=idp.jwks(),
+            ),
+        )
+    )
+    target = await admin.latest_version()
+    # Since then: the issuer removed (a revocation), a mapping added, the key deleted.
+    await admin.RemoveJwtIssuer(admin_pb2.RemoveJwtIssuerRequest(id=issuer.id))
+    mapping = await admin.AddMtlsMapping(
+        admin_pb2.AddMtlsMappingRequest(
+            tenant="acme", mapping=snapshot_pb2.MtlsMapping(uri="spiffe://acme.test/app", scopes=["op:chat"])
+        )
+    )
+    await admin.DeleteApiKey(admin_pb2.DeleteApiKeyRequest(id=revoked.key.id))
+    latest = await admin.latest_version()
+
+    # show: each version's identities, a JWT issuer with the key ids of its JWKS.
+    old = (await _content(admin, target)).content
+    assert [(i.id, i.tenant_id, i.issuer.issuer, list(i.key_ids)) for i in old.jwt_issuers] == [
+        (issuer.id, issuer.tenant_id, idp.issuer, ["ec-1", "rsa-1"])
+    ]
+    assert list(old.mtls_mappings) == []
+    new = (await _content(admin, latest)).content
+    assert list(new.jwt_issuers) == []
+    assert [(m.id, m.mapping.uri, list(m.mapping.scopes)) for m in new.mtls_mappings] == [
+        (mapping.id, "spiffe://acme.test/app", ["op:chat"])
+    ]
+
+    # diff: by issuer and URI, key ids not keys; never a secret or a hash.
+    diff = await admin.DiffSnapshots(admin_pb2.DiffSnapshotsRequest(from_version=target, to_version=latest))
+    identities = [c for c in diff.changes if c.kind == "identity"]
+    assert [(c.name, c.change) for c in identities] == [
+        (idp.issuer, "removed"),
+        ("spiffe://acme.test/app", "added"),
+    ]
+    removed = {f.field: f.old for f in identities[0].fields}
+    assert removed["key_ids"] == '["ec-1","rsa-1"]'
+    assert removed["tenant"] == '"acme"'
+    assert "jwks_json" not in removed
+    shown = MessageToJson(diff)
+    assert '"kty"' not in shown
+    assert revoked.secret not in shown
+
+    # Rollback: the identities stay as they are, the revoked key stays revoked.
+    result = await admin.RollbackSnapshot(admin_pb2.RollbackSnapshotRequest(version=target))
+    assert list(result.keys_not_restored) == [revoked.key.id]
+    issuers = await admin.ListJwtIssuers(admin_pb2.ListJwtIssuersRequest(tenant="acme"))
+    assert list(issuers.issuers) == []
+    mappings = await admin.ListMtlsMappings(admin_pb2.ListMtlsMappingsRequest(tenant="acme"))
+    assert [m.id for m in mappings.mappings] == [mapping.id]
+    rolled = (await _content(admin, result.snapshot_version)).content
+    assert list(rolled.jwt_issuers) == []
+    assert [m.id for m in rolled.mtls_mappings] == [mapping.id]
+    assert revoked.key.id not in [k.id for k in rolled.keys]
+    after = await admin.DiffSnapshots(
+        admin_pb2.DiffSnapshotsRequest(from_version=target, to_version=result.snapshot_version)
+    )
+    assert [(c.kind, c.name, c.change) for c in after.changes if c.kind in ("identity", "key")] == [
+        ("key", "revoked", "removed"),
+        ("identity", idp.issuer, "removed"),
+        ("identity", "spiffe://acme.test/app", "added"),
+    ]

@@ -1340,6 +1340,8 @@ class SnapshotContent(_message.Message):
     POLICIES_FIELD_NUMBER: _builtins.int
     TRUSTED_KEY_IDS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    JWT_ISSUERS_FIELD_NUMBER: _builtins.int
+    MTLS_MAPPINGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tenant]: ...
     @_builtins.property
@@ -1356,6 +1358,18 @@ class SnapshotContent(_message.Message):
     def trusted_key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def jwt_issuers(self) -> _containers.RepeatedCompositeFieldContainer[Global___JwtIssuerInfo]:
+        """---- identities in snapshot history (limits9 branch) ----
+        The tenants' JWT issuers (their JWKS: public keys, listed by key id) and mTLS mappings
+        as this version carries them; created_at and snapshot_version are not set. Rollback does
+        not restore identities: they stay as they are (README, "Snapshot history").
+        """
+
+    @_builtins.property
+    def mtls_mappings(self) -> _containers.RepeatedCompositeFieldContainer[Global___MtlsMappingInfo]:
+        """---- identities in snapshot history (end) ----"""
+
     def __init__(
         self,
         *,
@@ -1366,10 +1380,12 @@ class SnapshotContent(_message.Message):
         policies: _abc.Iterable[Global___Policy] | None = ...,
         trusted_key_ids: _abc.Iterable[_builtins.str] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        jwt_issuers: _abc.Iterable[Global___JwtIssuerInfo] | None = ...,
+        mtls_mappings: _abc.Iterable[Global___MtlsMappingInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "keys", b"keys", "models", b"models", "policies", b"policies", "providers", b"providers", "tenants", b"tenants", "trusted_key_ids", b"trusted_key_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "jwt_issuers", b"jwt_issuers", "keys", b"keys", "models", b"models", "mtls_mappings", b"mtls_mappings", "policies", b"policies", "providers", b"providers", "tenants", b"tenants", "trusted_key_ids", b"trusted_key_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,311 @@
+"""An air-gapped node's own quota ledger: the node is the whole group.
+
+A node with no control plane (a pinned snapshot, or no ``--control-plane``) still enforces
+its snapshot's rate limits and budgets, at the full limit. Its worker 0 runs this ledger and
+serves ``QuotaService.Lease`` on a unix socket in the node's data dir (``SOCKET``, in a 0700
+directory: only the node's own user reaches it); every worker, worker 0 included, leases
+from it with the same ``QuotaLeaser`` a connected node points at the control plane. So
+``--workers N`` holds the limit for the node as a whole, not N times over, and under uneven
+load across workers too: a busy worker gets what quiet ones hand back, as a busy node does
+across a group (why not a static 1/N split: ``controlplane/quota.py``). The grants are
+computed by the same rules as the control plane's (``signalbox.quota_grants``), the limits
+read from worker 0's current snapshot.
+
+Rates live in memory: a restarted node starts with full buckets (one burst, as a new
+control-plane bucket does). Budgets are counted per UTC day and month and persisted in
+``<data dir>/quota/budgets.json`` (atomic replace, fsynced) *before* a grant is answered:
+what was granted is counted on disk before any worker can spend it. The count is what was
+granted less what was handed back, so quota a worker held when the node stopped counts as
+spent (never less than the real spend: the safe side).
+
+A missing file is the first start of the period (nothing was spent on this node). A file
+that cannot be read or parsed (torn by a failing disk, edited by hand: a crash cannot tear
+it, the replace is atomic) is logged as an error, moved aside as ``budgets.json.corrupt``
+for the operator, and the period's spend restarts from zero: this node may then spend up to
+one more budget in the current day or month. The alternative, refusing the tenant until the
+period ends, turns a disk fault into an outage of up to a month; every request's cost is in
+the node's evidence, so an overspend stays visible and auditable (README, "Rate limits and
+budgets").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+
+from dataplane.config.model import LimitsConfig, RuntimeConfig
+from dataplane.files import atomic_write, private_dir
+from dataplane.quota.buckets import Kind, limit_of
+from dataplane.quota.leaser import MAX_ASKS
+from signalbox import quota_grants as grants
+from signalbox.api.config.v1 import quota_pb2, quota_pb2_grpc
+
+log = logging.getLogger("signalbox.dataplane.quota")
+
+QUOTA_DIR = "quota"
+"""Under the data dir: the budgets file and the ledger's socket."""
+BUDGETS_FILE = "budgets.json"
+SOCKET = "lease.sock"
+MAX_SOCKET_PATH = 107
+"""A unix socket path's bound (``sun_path`` is 108 bytes with its NUL)."""
+DEFAULT_BURST_SECONDS = 60.0
+"""A rate's bucket holds this many seconds of its limit, as on the control plane."""
+INT64_MAX = 2**63 - 1
+FORMAT = 1
+KINDS = frozenset(int(k) for k in Kind)
+
+BudgetKey = tuple[str, str, int, str]
+"""(tenant id, API key id or "", kind, window)."""
+
+
+def socket_path(data_dir: Path) -> Path:
+    return data_dir / QUOTA_DIR / SOCKET
+
+
+def windows(now: float) -> dict[int, str]:
+    """The UTC day and month windows of ``now`` (unix seconds), by budget kind."""
+    moment = datetime.fromtimestamp(now, UTC)
+    return {Kind.BUDGET_DAY: moment.strftime("%Y-%m-%d"), Kind.BUDGET_MONTH: moment.strftime("%Y-%m")}
+
+
+class _Limits:
+    """Limits by (tenant id, key id), indexed once per snapshot version."""
+
+    def __init__(self, config: Callable[[], RuntimeConfig | None]) -> None:
+        self._config = config
+        self._version = -1
+        self._index: Mapping[tuple[str, str], LimitsConfig] = {}
+
+    def of(self, tenant_id: str, key_id: str, kind: int) -> int:
+        config = self._config()
+        if config is None:
+            return 0
+        if config.version != self._version:
+            index = {(t.id, ""): t.limits for t in config.tenants.values() if t.limits is not None}
+            index.update(
+                {(k.tenant_id, k.id): k.limits for k in config.api_keys.values() if k.limits is not None}
+            )
+            self._index, self._version = index, config.version
+        limits = self._index.get((tenant_id, key_id))
+        return 0 if limits is None else limit_of(limits, Kind(kind))
+
+
+class LocalLedger:
+    """Grants of one air-gapped node; ``load`` once, then ``lease`` per call."""
+
+    def __init__(
+        self,
+        config: Callable[[], RuntimeConfig | None],
+        state_dir: Path,
+        *,
+        burst_seconds: float = DEFAULT_BURST_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._limits = _Limits(config)
+        self._dir = state_dir
+        self.burst_seconds = burst_seconds
+        self._clock = clock
+        self._rates: dict[tuple[str, str, int], grants.Row] = {}
+        self._budgets: dict[BudgetKey, grants.Row] = {}
+        self._dirty = False
+        self._writing = asyncio.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self._dir / BUDGETS_FILE
+
+    def spent(self, tenant_id: str, key_id: str, kind: Kind) -> int:
+        """Units of a budget counted in its current window (granted less handed back)."""
+        window = windows(self._clock())[kind]
+        row = self._budgets.get((tenant_id, key_id, int(kind), window))
+        return 0 if row is None else row.used
+
+    def load(self) -> None:
+        """Read the budgets file: missing, the first start of the period; unreadable, logged,
+        moved aside, and counted as a first start (see the module docstring)."""
+        private_dir(self._dir)
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            log.info("quota budgets: no %s: the first start of this period on this node", self.path)
+            return
+        except OSError as exc:
+            self._corrupt(f"cannot be read: {exc.strerror}")
+            return
+        try:
+            self._budgets = _parse(raw)
+        except ValueError as exc:
+            self._corrupt(str(exc))
+
+    def _corrupt(self, problem: str) -> None:
+        aside = self.path.with_name(BUDGETS_FILE + ".corrupt")
+        try:
+            os.replace(self.path, aside)
+        except OSError:
+            aside = self.path
+        log.error(
+            "quota budgets: %s %s; budgets of this period count from zero on this node "
+            "(the unreadable file is kept as %s)",
+            self.path,
+            problem,
+            aside,
+        )
+
+    def lease(self, asks: Sequence[quota_pb2.QuotaAsk], holder: str) -> list[quota_pb2.QuotaGrant]:
+        """Grants in the order of ``asks``; ``ValueError`` names the first bad ask."""
+        if len(asks) > MAX_ASKS:
+            raise ValueError(f"asks: at most {MAX_ASKS} per call (got {len(asks)})")
+        now = self._clock()
+        current = windows(now)
+        out = []
+        for i, ask in enumerate(asks):
+            kind = int(ask.scope.kind)
+            if kind not in KINDS:
+                raise ValueError(f"asks[{i}].scope.kind: unknown kind {kind}")
+            tenant_id, key_id = ask.scope.tenant_id, ask.scope.api_key_id
+            limit = self._limits.of(tenant_id, key_id, kind)
+            window = current.get(kind, "")
+            if not limit:
+                out.append(quota_pb2.QuotaGrant(scope=ask.scope, limit=0, window=window))
+                continue
+            if window:
+                row = self._budgets.setdefault((tenant_id, key_id, kind, window), grants.Row())
+                same = ask.returned_window == window
+                grant = grants.grant_budget(
+                    row,
+                    limit=limit,
+                    want=ask.want,
+                    returned=ask.returned if same else 0,
+                    overspent=ask.overspent if same else 0,
+                    int_max=INT64_MAX,
+                )
+                self._dirty = self._dirty or bool(grant.granted or ask.returned or ask.overspent)
+            else:
+                rate = self._rates.get((tenant_id, key_id, kind))
+                if rate is None:
+                    # A new bucket starts full, as on the control plane.
+                    level = grants.capacity(limit, self.burst_seconds)
+                    rate = self._rates[(tenant_id, key_id, kind)] = grants.Row(level=level, updated_at=now)
+                grant = grants.grant_rate(
+                    rate,
+                    limit=limit,
+                    burst_seconds=self.burst_seconds,
+                    want=ask.want,
+                    returned=ask.returned,
+                    overspent=ask.overspent,
+                    now=now,
+                    holder=holder,
+                )
+            out.append(
+                quota_pb2.QuotaGrant(
+                    scope=ask.scope,
+                    granted=grant.granted,
+                    window=window,
+                    limit=limit,
+                    exhausted=grant.exhausted,
+                    refill_seconds=grant.refill_seconds,
+                )
+            )
+        return out
+
+    async def persist(self) -> None:
+        """Write the budgets of the current windows when they changed (older windows are
+        dropped: they can no longer be granted from)."""
+        async with self._writing:
+            if not self._dirty:
+                return
+            self._dirty = False
+            current = set(windows(self._clock()).values())
+            self._budgets = {k: row for k, row in self._budgets.items() if k[3] in current}
+            body = {
+                "format": FORMAT,
+                "budgets": [
+                    {"tenant_id": t, "api_key_id": k, "kind": kind, "window": w, "used": row.used}
+                    for (t, k, kind, w), row in sorted(self._budgets.items())
+                ],
+            }
+            try:
+                await asyncio.to_thread(atomic_write, self.path, json.dumps(body).encode())
+            except BaseException:
+                self._dirty = True
+                raise
+
+
+def _parse(raw: bytes) -> dict[BudgetKey, grants.Row]:
+    try:
+        body = json.loads(raw)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both
+        raise ValueError("is not JSON") from None
+    if (
+        not isinstance(body, dict)
+        or body.get("format") != FORMAT
+        or not isinstance(body.get("budgets"), list)
+    ):
+        raise ValueError(f"is not a budgets file of format {FORMAT}")
+    budgets: dict[BudgetKey, grants.Row] = {}
+    for i, entry in enumerate(body["budgets"]):
+        if not isinstance(entry, dict):
+            raise ValueError(f"budgets[{i}]: not a budget entry")
+        tenant_id, key_id, kind, window, used = (
+            entry.get(name) for name in ("tenant_id", "api_key_id", "kind", "window", "used")
+        )
+        if not (
+            isinstance(tenant_id, str)
+            and isinstance(key_id, str)
+            and kind in (Kind.BUDGET_DAY, Kind.BUDGET_MONTH)
+            and isinstance(window, str)
+            and isinstance(used, int)
+            and 0 <= used <= INT64_MAX
+        ):
+            raise ValueError(f"budgets[{i}]: not a budget entry")
+        budgets[(tenant_id, key_id, int(kind), window)] = grants.Row(used=used)
+    return budgets
+
+
+class LocalQuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
+    """``QuotaService`` for the workers of this node, over its unix socket."""
+
+    def __init__(self, ledger: LocalLedger, node_id: str) -> None:
+        self._ledger = ledger
+        self._node_id = node_id
+
+    async def Lease(
+        self, request: quota_pb2.LeaseRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> quota_pb2.LeaseResponse:
+        if not request.holder.startswith(f"{self._node_id}/"):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"holder: a worker of node {self._node_id} ('<node>/<i>')"
+            )
+        try:
+            granted = self._ledger.lease(request.asks, request.holder)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._ledger.persist()
+        return quota_pb2.LeaseResponse(grants=granted)
+
+
+async def serve(ledger: LocalLedger, node_id: str, data_dir: Path) -> grpc.aio.Server:
+    """Start the ledger's server on ``socket_path(data_dir)`` (a stale socket of an earlier
+    run is replaced); ``ValueError`` when that path is too long for a unix socket."""
+    path = socket_path(data_dir).absolute()
+    if len(str(path)) > MAX_SOCKET_PATH:
+        raise ValueError(
+            f"--data-dir: {data_dir} is too long for the quota ledger's socket {path} "
+            f"(at most {MAX_SOCKET_PATH} characters)"
+        )
+    private_dir(path.parent)
+    path.unlink(missing_ok=True)
+    server = grpc.aio.server()
+    quota_pb2_grpc.add_QuotaServiceServicer_to_server(LocalQuotaServicer(ledger, node_id), server)
+    if server.add_insecure_port(f"unix:{path}") == 0:
+        raise OSError(f"cannot listen on unix:{path}")
+    await server.start()
+    return server

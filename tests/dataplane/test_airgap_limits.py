@@ -1,0 +1,216 @@
+"""An air-gapped node (a pinned snapshot, no control plane) enforces its snapshot's rate
+limits and budgets from its own ledger (``dataplane.quota.local``): refusals on both doors,
+budgets persisted in the data dir across restarts, a corrupt budgets file logged and counted
+as the first start of the period."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataplane.app import DataPlaneNode
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
+from dataplane.quota import Kind
+from dataplane.quota.local import BUDGETS_FILE, QUOTA_DIR
+from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, pinned_serve_args, snapshot
+from tests.dataplane.test_workers import NODE, free_port, workers_up
+from tests.helpers import eventually
+
+LEASE = 0.1
+
+
+def _pin(path: Path, key: Ed25519PrivateKey, base_url: str, limits: snapshot_pb2.Limits) -> Path:
+    snap = snapshot(1, base_url)
+    next(t for t in snap.tenants if t.id == "t-acme").limits.CopyFrom(limits)
+    path.write_bytes(envelope(snap, key).SerializeToString())
+    return path
+
+
+async def _pinned(start_node: NodeFactory, pin: Path, data_dir: Path) -> DataPlaneNode:
+    return await start_node(
+        snapshot_file=pin, data_dir=data_dir, http_listen="127.0.0.1:0", quota_lease_interval=LEASE
+    )
+
+
+async def _infer(stub: infer_pb2_grpc.InferServiceStub, **fields: Any) -> grpc.aio.AioRpcError | None:
+    try:
+        await stub.Infer(chat(**fields), metadata=AUTH, timeout=10)
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    return None
+
+
+async def test_an_air_gapped_node_refuses_over_its_rate_on_both_doors_with_retry_after(
+    start_node: NodeFactory, tmp_path: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    # 6 per minute: a full bucket of 6, then one every 10 s: the node is the whole group.
+    pin = _pin(
+        tmp_path / "site.snapshot",
+        signing_key,
+        simulator.base_url,
+        snapshot_pb2.Limits(requests_per_minute=6),
+    )
+    node = await _pinned(start_node, pin, tmp_path / "node")
+    assert node.ledger is not None
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        assert await _infer(stub) is None  # on credit, and the first lease follows
+        assert node.leaser is not None
+        await eventually(lambda: node.leaser is not None and node.leaser.rounds > 0, message="a first lease")
+        outcomes = [await _infer(stub) for _ in range(12)]
+    served = 1 + sum(o is None for o in outcomes)
+    # At most the bucket's 6, and what refilled while the test ran (one per 10 s). (Fewer
+    # when a loaded machine delays a lease: a node refuses while its next lease is pending.)
+    assert served <= 7, served
+    refused = next(o for o in outcomes if o is not None)
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (refused.details() or "").startswith("tenant acme requests per minute exceeded"), refused.details()
+    retry = dict(refused.trailing_metadata() or ()).get("retry-after")
+    assert retry is not None
+    assert int(str(retry)) >= 1
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://{node.http_address}/v1/chat/completions",
+            json={"model": "sim-fast", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {API_KEY}"},
+        ) as response,
+    ):
+        assert response.status == 429, await response.text()
+        assert int(response.headers["retry-after"]) >= 1
+        assert "tenant acme requests per minute exceeded" in await response.text()
+
+
+async def test_an_air_gapped_budget_survives_a_restart_and_a_corrupt_file_counts_from_zero(
+    start_node: NodeFactory,
+    tmp_path: Path,
+    signing_key: Ed25519PrivateKey,
+    simulator: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A request reserves its worst case (100 max output tokens at sim-fast's $0.40 per
+    # million: 40,000 nano-USD and its input) before dispatch: a budget of a few requests.
+    budget = 200_000
+    pin = _pin(
+        tmp_path / "site.snapshot",
+        signing_key,
+        simulator.base_url,
+        snapshot_pb2.Limits(budget_day_nanos=budget),
+    )
+    data_dir = tmp_path / "node"
+    params = infer_pb2.GenerationParams(max_output_tokens=100)
+    node = await _pinned(start_node, pin, data_dir)
+    assert node.ledger is not None
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        refused = None
+        for _ in range(100):
+            # Until the ledger has granted the whole budget and a request is refused: a
+            # refusal while a lease is pending (a loaded machine) is not the end of it.
+            refused = await _infer(stub, params=params)
+            if refused is not None and node.ledger.spent("t-acme", "", Kind.BUDGET_DAY) > budget - 50_000:
+                break
+    assert refused is not None, "the budget never ran out"
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (refused.details() or "").startswith("tenant acme budget per day exceeded"), refused.details()
+    retry = dict(refused.trailing_metadata() or ()).get("retry-after")
+    assert retry is not None
+    assert int(str(retry)) >= 1
+    assert node.ledger is not None
+    spent = node.ledger.spent("t-acme", "", Kind.BUDGET_DAY)
+    assert spent > budget - 50_000, spent
+    await node.stop(0)
+
+    path = data_dir / QUOTA_DIR / BUDGETS_FILE
+    stored = json.loads(path.read_text())
+    assert [(b["tenant_id"], b["used"]) for b in stored["budgets"]] == [("t-acme", spent)]
+    assert path.stat().st_mode & 0o777 == 0o600
+
+    # Restarted: the day's spend is still counted; the one request a never-leased bucket
+    # admits on credit at most, then refusals.
+    node = await _pinned(start_node, pin, data_dir)
+    assert node.ledger is not None
+    assert node.ledger.spent("t-acme", "", Kind.BUDGET_DAY) == spent
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        outcomes = [await _infer(stub, params=params) for _ in range(5)]
+    assert sum(o is None for o in outcomes) <= 1, outcomes
+    assert all(
+        o is None or (o.details() or "").startswith("tenant acme budget per day exceeded") for o in outcomes
+    )
+    await node.stop(0)
+
+    # A file that does not parse: logged, kept aside, and the period counts from zero.
+    path.write_bytes(b'{"format": 1, "budgets": [{"tenant_id": 7')
+    with caplog.at_level(logging.ERROR, logger="signalbox.dataplane.quota"):
+        node = await _pinned(start_node, pin, data_dir)
+    assert node.ledger is not None
+    assert node.ledger.spent("t-acme", "", Kind.BUDGET_DAY) == 0
+    assert any("budgets of this period count from zero" in r.getMessage() for r in caplog.records)
+    assert (data_dir / QUOTA_DIR / (BUDGETS_FILE + ".corrupt")).exists()
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        assert await _infer(stub, params=params) is None
+
+
+async def test_workers_of_an_air_gapped_node_hold_the_limit_for_the_node_as_a_whole(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    # 30 per minute: a bucket of 30, then one every 2 s, for the node whatever its workers.
+    # Two workers each counting alone would serve 60 and more.
+    snap = snapshot(3, simulator.base_url, deployment="")
+    snap.providers[0].location = snapshot_pb2.PROVIDER_LOCATION_SITE
+    snap.providers[0].site = "lab"
+    next(t for t in snap.tenants if t.id == "t-acme").limits.requests_per_minute = 30
+    pin = tmp_path / "site.snapshot"
+    pin.write_bytes(envelope(snap, signing_key).SerializeToString())
+    data_dir = tmp_path / "node"
+    http_port = free_port()
+    args = pinned_serve_args(pin, trust_key, data_dir, "--node-id", NODE, "--workers", "2")
+    args += ["--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{http_port}"]
+    args += ["--quota-lease-ms", "100"]
+    async with workers_up(args, 2) as process:
+        started = time.monotonic()
+        statuses: list[int] = []
+        # A new connection per request: the kernel spreads them over the two workers.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            for i in range(90):
+                async with session.post(
+                    f"http://127.0.0.1:{http_port}/v1/chat/completions",
+                    json={"model": "sim-fast", "messages": [{"role": "user", "content": f"hi {i}"}]},
+                    headers={"authorization": f"Bearer {API_KEY}"},
+                ) as response:
+                    statuses.append(response.status)
+        elapsed = time.monotonic() - started
+        served = statuses.count(200)
+        assert set(statuses) == {200, 429}, set(statuses)
+        # At most the bucket, its refill while the test ran, and one request on credit per
+        # worker. (Fewer when a worker still holds some as the other is refused, or a loaded
+        # machine delays a lease.)
+        assert served <= 30 + elapsed / 2 + 2, (served, elapsed)
+
+        def chains() -> dict[str, int]:
+            counts = {w: sum(1 for _ in read_records(log_path(data_dir, NODE, w))) for w in ("0", "1")}
+            assert sum(counts.values()) == len(statuses)
+            return counts
+
+        counts = await eventually(chains, message="every request's record")
+        assert counts["0"], counts  # both workers took requests
+        assert counts["1"], counts
+        print(f"served {served} of {len(statuses)} in {elapsed:.1f} s; records per worker {counts}")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
