@@ -252,3 +252,20 @@ async def test_a_sigkilled_node_restarts_with_a_torn_line_in_its_newest_segment(
     assert report.records == len(records) == verify_chain(path).seq
     assert report.signed_size == report.records
     assert len(segments.all_segments(path)) >= 3
+
+
+def test_a_line_reads_as_json_loads_reads_it_even_where_orjson_refuses() -> None:
+    """Chains are read with orjson for speed; what it refuses falls back to json.loads."""
+    import math
+
+    from dataplane.evidence.segments import json_object
+
+    assert json_object(b'{"seq":1,"x":[1,2]}\n', "line 1") == {"seq": 1, "x": [1, 2]}
+    older = json_object(b'{"x":NaN,"s":"\\ud800"}', "line 2")
+    assert math.isnan(older["x"])
+    assert older["s"] == "\ud800"
+    # The one value that reads differently: beyond 64 bits, a float (no chain check reads one).
+    assert json_object(b'{"big":123456789012345678901234567890}', "line 2")["big"] == 1.2345678901234568e29
+    for bad, why in ((b'{"x":', "line 3: not JSON"), (b"[1]", "line 3: not a JSON object")):
+        with pytest.raises(EvidenceChainBroken, match=why):
+            json_object(bad, "line 3")
