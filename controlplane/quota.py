@@ -21,7 +21,9 @@ replicas sharing the database agree and never hand out the same quota twice:
   admits at most the cap + limit*T/60, plus what nodes held at its start (a lease period
   of their demand).
 - A budget (nano-USD per UTC day or month) is ``used``: what was leased in that window
-  minus what nodes handed back. A node reserves a request's worst case from its holding
+  minus what nodes handed back, and never less than what shipped evidence says was spent
+  (``controlplane.evidence.spend``: catches what settlements missed, e.g. a node killed
+  while it held quota). A node reserves a request's worst case from its holding
   before dispatch and settles to the real cost after, so ``used`` is what was spent plus
   what nodes hold; nothing is granted past the budget, and a grant says ``exhausted`` once
   the window is used up, so every node stops within one lease period.
@@ -44,6 +46,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.errors import InvalidArgument
+from controlplane.evidence.spend import spent
 from controlplane.limits import INT64_MAX
 from signalbox import quota_grants as grants
 from signalbox.api.config.v1 import quota_pb2
@@ -158,10 +161,14 @@ class QuotaLedger:
             await self._resolve(session, checked, day, month, group)
             limited = [a for a in checked if a.limit]
             rows = await self._lock(session, limited, now)
+            recorded = await spent(session, [(a.scope, a.window) for a in limited if a.kind in BUDGETS])
             grants: dict[int, quota_pb2.QuotaGrant] = {}
             updates: list[dict[str, Any]] = []
             for ask in limited:
                 state = rows[(ask.scope, ask.window)]
+                if ask.kind in BUDGETS:
+                    # Never less used than shipped evidence says was spent.
+                    state["used"] = max(int(state["used"]), recorded.get((ask.scope, ask.window), 0))
                 grant = self._grant(ask, state, now, holder)
                 grants[ask.index] = grant
                 updates.append({"scope": ask.scope, "window": ask.window, **state})

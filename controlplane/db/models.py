@@ -636,6 +636,21 @@ class QuotaState(Base):
     """Node id -> when it last leased this rate (epoch seconds): who shares its refill."""
 
 
+class EvidenceSpend(Base):
+    """Nano-USD spent per budget scope (as ``quota_state.scope``) and UTC day or month, as
+    shipped evidence records it (their ``cost.total_nanos``): ingest adds each stored
+    record once, and the quota ledger never counts a budget as less used than this
+    (migration 0020). No foreign key: a record names its tenant and key as the node saw
+    them, and a refused batch must never be a constraint error."""
+
+    __tablename__ = "evidence_spend"
+
+    scope: Mapped[str] = mapped_column(String(96), primary_key=True)
+    window: Mapped[str] = mapped_column(String(16), primary_key=True)
+    nanos: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
 # ---- admin identities by mTLS (admin branch; migration 0017) ----
 
 

@@ -13,8 +13,9 @@ replicas, and (chain, seq) stays unique although the primary key must also hold 
   ``tampered``, the batch refused from that record on;
 - a seq beyond the next one is a gap: an alarm, nothing from it on is stored (the node
   resends from the ACKed head);
-- the records that continue the chain are written with COPY; the chain's head and Merkle
-  tree move in the same transaction; the ACK (highest gap-free seq stored) is answered only
+- the records that continue the chain are written with COPY, and their costs are added to
+  the budgets' spend (``controlplane.evidence.spend``: each record counts once, as it is
+  stored once); the chain's head and Merkle tree move in the same transaction; the ACK (highest gap-free seq stored) is answered only
   after the commit;
 - each checkpoint note (``controlplane.evidence.checkpoints``) must be signed by the node
   (``verify_checkpoint_signature``, given by the application, never defaulted) and, once records 1..size are stored, its root must be
@@ -42,6 +43,7 @@ from controlplane.evidence.checkpoints import CheckpointVerifier, parse_checkpoi
 from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, Tampered
 from controlplane.evidence.partitions import Partitions
 from controlplane.evidence.records import COLUMNS, COPY_HEADER, COPY_TRAILER, Parsed, parse_lines, where
+from controlplane.evidence.spend import add_spend
 from controlplane.evidence.tree import StoredTree
 from controlplane.limits import NODE_ID_CHARS
 from dataplane.evidence.records import GENESIS_HASH
@@ -150,6 +152,7 @@ class EvidenceIngest:
             refused = self._walk(chain_id, parsed, stored, walk, wanted) or parsed.refused
             if walk.new:
                 await self._copy(session, parsed.rows_of(walk.new))
+                await add_spend(session, parsed.spends, walk.new)
             state = chain.state
             if refused is not None:
                 state = await self._alarm(session, chain, refused, parsed, walk)

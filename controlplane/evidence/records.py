@@ -11,7 +11,7 @@ import hashlib
 import re
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,6 +66,9 @@ class Parsed:
     """Days since 1970 (UTC) the records' times fall on: the partitions they need."""
     refused: EvidenceRefused | None
     """Why the line after the last record was refused (None: every line parsed)."""
+    spends: dict[int, tuple[str, str, int, int]] = field(default_factory=dict)
+    """Record ``i``'s tenant id, key id, cost (nano-USD) and time (us since 1970) when it
+    has a cost (``cost.total_nanos`` > 0, and ids): what budgets are tracked by."""
 
     def rows_of(self, indexes: Sequence[int]) -> bytes:
         """The rows of records ``indexes`` (ascending), joined; one slice when contiguous."""
@@ -111,8 +114,30 @@ def _str(value: str | None, limit: int) -> bytes:
     return _LEN(len(data)) + data
 
 
-_Row = tuple[int, bytes, bytes, int, bytes]
-"""A line's seq, hash, prev_hash, time (us since 1970) and COPY row."""
+Spend = tuple[str, str, int]
+"""A record's tenant id, API key id ("" for other callers) and cost in nano-USD."""
+_Row = tuple[int, bytes, bytes, int, bytes, Spend | None]
+"""A line's seq, hash, prev_hash, time (us since 1970), COPY row and spend."""
+_ID_CHARS = 36
+"""Tenant and key ids are UUIDs: a cost under another id is not a budget's."""
+
+
+def _total_nanos(cost: object) -> object:
+    return cost.get("total_nanos") if type(cost) is dict else None
+
+
+def _spend(tenant_id: object, api_key_id: object, cost: object) -> Spend | None:
+    """The spend of a record whose ``cost.total_nanos`` (``cost``) is a positive integer and
+    whose tenant (and key, when there is one) are ids; None for anything else."""
+    if (
+        type(cost) is int
+        and 0 < cost <= INT64_MAX
+        and type(tenant_id) is str
+        and len(tenant_id) == _ID_CHARS
+        and (api_key_id is None or (type(api_key_id) is str and len(api_key_id) in (0, _ID_CHARS)))
+    ):
+        return tenant_id, api_key_id or "", cost
+    return None
 
 
 class _Batch:
@@ -176,6 +201,7 @@ class _Batch:
                 _str(code, RESULT_CHARS),
             ),
             body,
+            _spend(fields.tenant_id, fields.api_key_id, fields.cost.total_nanos if fields.cost else None),
         )
 
     def general(self, body: bytes, line_no: int) -> _Row | EvidenceRefused:
@@ -233,6 +259,7 @@ class _Batch:
                 _text(outcome.get("code") if type(outcome) is dict else None, RESULT_CHARS),
             ),
             body,
+            _spend(get("tenant_id"), get("api_key_id"), _total_nanos(get("cost"))),
         )
 
     def row(
@@ -244,6 +271,7 @@ class _Batch:
         prev: bytes,
         filters: tuple[bytes, bytes, bytes, bytes, bytes],
         body: bytes,
+        spend: Spend | None,
     ) -> _Row:
         """A record's binary COPY row (``COLUMNS``), its filter columns already encoded."""
         # As ``datetime.fromtimestamp`` rounds (the fraction alone, half to even).
@@ -268,7 +296,7 @@ class _Batch:
                 body,
             )
         )
-        return seq, digest, prev, us, row
+        return seq, digest, prev, us, row, spend
 
 
 def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
@@ -284,6 +312,7 @@ def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
     batch = _Batch(chain_id, node_id)
     fast, general = batch.fast, batch.general
     refused: EvidenceRefused | None = None
+    spends: dict[int, tuple[str, str, int, int]] = {}
     for line_no, line in enumerate(lines, start=1):
         if len(line) > MAX_RECORD_BYTES:
             refused = EvidenceRefused(
@@ -295,7 +324,9 @@ def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
         if isinstance(parsed, EvidenceRefused):
             refused = parsed
             break
-        seq, digest, prev, us, row = parsed
+        seq, digest, prev, us, row, spend = parsed
+        if spend is not None:
+            spends[len(seqs)] = (*spend, us)
         rows.append(row)
         size += len(row)
         ends.append(size)
@@ -303,7 +334,7 @@ def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
         hashes.append(digest)
         prevs.append(prev)
         days.add(us // 86_400_000_000)
-    return Parsed(seqs, hashes, prevs, b"".join(rows), ends, days, refused)
+    return Parsed(seqs, hashes, prevs, b"".join(rows), ends, days, refused, spends)
 
 
 def _refusal(chain_id: str, node_id: str, line_no: int, record: dict[str, Any]) -> EvidenceRefused:

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from controlplane.db.models import ApiKey, Tenant
 from controlplane.errors import InvalidArgument, NotFound
+from controlplane.evidence.spend import spent as evidence_spent
 from controlplane.limits import INT64_MAX
 from controlplane.quota import budget_windows, scope_key
 from controlplane.repositories import config as repo
@@ -103,7 +104,11 @@ class LimitsService:
                     )
                 ).all()
             )
-        return LimitsView(trow, krow, build_limits(row.limits), spent.get(day, 0), spent.get(month, 0))
+            # Never less than what shipped evidence says was spent (as the ledger counts it).
+            recorded = await evidence_spent(session, [(f"{base}/day", day), (f"{base}/month", month)])
+        day_nanos = max(spent.get(day, 0), recorded.get((f"{base}/day", day), 0))
+        month_nanos = max(spent.get(month, 0), recorded.get((f"{base}/month", month), 0))
+        return LimitsView(trow, krow, build_limits(row.limits), day_nanos, month_nanos)
 
 
 def build_limits(stored: dict[str, Any] | None) -> snapshot_pb2.Limits:

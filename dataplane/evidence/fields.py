@@ -30,6 +30,10 @@ class Outcome(msgspec.Struct, gc=False):
     code: str | None = None
 
 
+class Cost(msgspec.Struct, gc=False):
+    total_nanos: int | None = None
+
+
 class RecordFields(msgspec.Struct, gc=False):
     seq: int
     hash: str
@@ -43,6 +47,7 @@ class RecordFields(msgspec.Struct, gc=False):
     api_key_id: str | None = None
     routing: Routing | None = None
     outcome: Outcome | None = None
+    cost: Cost | None = None
 
 
 _decode = msgspec.json.Decoder(RecordFields).decode

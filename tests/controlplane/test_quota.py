@@ -4,13 +4,17 @@ many control-plane replicas compute leases at once."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 
 import pytest
 
 from controlplane.errors import InvalidArgument
+from controlplane.evidence.ingest import Batch
 from controlplane.quota import QuotaLedger
 from controlplane.services.base import Caller
 from controlplane.services.groups import GroupSpec
+from dataplane.evidence.records import GENESIS_HASH, seal
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import quota_pb2
 from tests.controlplane.conftest import Admin
@@ -119,3 +123,45 @@ async def test_each_worker_of_a_node_gets_its_own_fair_share(
     quiet = (await ledger.lease([_ask(tenant_id, RPM, 10**6)], "n/1"))[0]
     # Half (two holders) of 100/s over >= 0.5 s; keyed by node it would be ~100/s x 50 ms.
     assert quiet.granted >= 20, quiet.granted
+
+
+async def test_a_budget_counts_what_shipped_evidence_says_was_spent(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    """Leases are the timely count; evidence the authoritative one. A node killed while it
+    held quota never settles, but its records still arrive: the ledger never counts a budget
+    as less used than they say, and each record counts once however often it is shipped."""
+    tenant_id = await _tenant(admin, budget_day_nanos=1000)
+    ledger, ingest = control_plane.cp.quota, control_plane.cp.evidence
+    assert ledger is not None
+    assert ingest is not None
+    first = (await ledger.lease([_ask(tenant_id, DAY, 100)]))[0]
+    assert (first.granted, first.exhausted) == (100, False)
+
+    now, prev, lines = time.time(), GENESIS_HASH, []
+    for seq, nanos in enumerate((300, 300, 0), start=1):
+        line = seal(
+            {
+                "seq": seq,
+                "prev_hash": prev,
+                "ts": now,
+                "record_id": f"{seq:032x}",
+                "node_id": "spender",
+                "chain_id": "spender/0",
+                "tenant_id": tenant_id,
+                "api_key_id": "",
+                "cost": {"currency": "USD", "total_nanos": nanos},
+            }
+        )
+        prev = json.loads(line)["hash"]
+        lines.append(line)
+    for _ in range(2):  # shipped twice (at-least-once delivery): counted once
+        ack = await ingest.ingest("spender", Batch("spender/0", lines))
+        assert ack.refused is None
+    info = await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="acme"))
+    assert info.spent_day_nanos == 600  # evidence (600) over the leases' count (100)
+
+    second = (await ledger.lease([_ask(tenant_id, DAY, 1000)]))[0]
+    assert (second.granted, second.exhausted) == (400, True)
+    info = await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="acme"))
+    assert info.spent_day_nanos == 1000

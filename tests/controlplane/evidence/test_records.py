@@ -15,6 +15,8 @@ from controlplane.evidence.records import _Batch, parse_lines
 from dataplane.evidence.records import GENESIS_HASH, seal, stored_line
 
 NODE = "node-a"
+TENANT = "6f1c2b0e-9a57-4c1e-8d1f-0a2b3c4d5e6f"
+KEY = "0e9d8c7b-6a59-4847-9362-514f3e2d1c0b"
 CHAIN = f"{NODE}/0"
 
 
@@ -27,8 +29,9 @@ def record(**overrides: Any) -> dict[str, Any]:
         "node_id": NODE,
         "chain_id": CHAIN,
         "correlation_id": "corr-1",
-        "tenant_id": "tenant-1",
-        "api_key_id": "key-1",
+        "tenant_id": TENANT,
+        "api_key_id": KEY,
+        "cost": {"currency": "USD", "total_nanos": 920},
         "routing": {"served_by": {"model": "small", "provider": "sim"}},
         "outcome": {"code": "OK", "message": ""},
         "usage": {"input_tokens": 3},
@@ -64,6 +67,7 @@ def test_fast_path_reads_a_normal_record_as_the_general_path_does() -> None:
     fast = batch.fast(line[:-1])
     assert fast is not None  # the common case takes the fast path
     assert fast == batch.general(line[:-1], 1)
+    assert fast[-1] == (TENANT, KEY, 920)  # its cost counts toward the tenant's and key's budgets
 
 
 ODD_VALUES = st.one_of(
@@ -75,6 +79,14 @@ ODD_VALUES = st.one_of(
     st.sampled_from(["", "\x00", "a\x00b", "é", "x" * 300, GENESIS_HASH, "AB" * 32, "ab" * 31]),
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.sampled_from(["model", "code", "served_by"]), st.text(max_size=5), max_size=2),
+    st.fixed_dictionaries(
+        {
+            "total_nanos": st.one_of(
+                st.integers(min_value=-5, max_value=2**64), st.floats(), st.none(), st.text()
+            )
+        }
+    ),
+    st.sampled_from([TENANT, KEY, TENANT[:-1], ""]),
 )
 FIELDS = st.sampled_from(
     [
@@ -87,6 +99,7 @@ FIELDS = st.sampled_from(
         "correlation_id",
         "tenant_id",
         "api_key_id",
+        "cost",
         "routing",
         "outcome",
         "extra",
