@@ -1,5 +1,5 @@
-"""What the evidence path adds to a request: the same node with evidence on, and "built"
-with it off (``bench/evidence_off/sitecustomize.py`` replaces the one evidence step with
+"""What the evidence path adds to a request: the same node with evidence on, with evidence
+written but not shipped (``write``: what an air-gapped node pays), and "built" with it off (``bench/evidence_off/sitecustomize.py`` replaces the one evidence step with
 nothing), in one run.
 
 Each round starts the ``signalbox up`` process tree (pinned like ``infer_load.py``: the node
@@ -29,7 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.infer_load import RssSampler, pinned_stack, run_level
 from signalbox.api.infer.v1 import infer_pb2_grpc
 
-VARIANTS = ("on", "off")
+VARIANTS = ("on", "write", "off")
+WRITE_ENV = {"SIGNALBOX_EVIDENCE_SHIP_MS": str(3_600_000)}
+"""``write``: records written and fsynced as ever, shipped only in full batches (2,000
+records; an hour's wait after a partial one): the node's own cost of its evidence, as an
+air-gapped node pays it, without the control plane's ingest competing for the cores."""
 OFF_ENV = {
     "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parent / "evidence_off"), os.environ.get("PYTHONPATH", "")]
@@ -40,7 +44,7 @@ OFF_ENV = {
 
 async def one_round(variant: str, args: argparse.Namespace) -> dict[int, tuple[float, float, float]]:
     """Per concurrency: (added p50 ms, added p99 ms, node CPU ms per request)."""
-    args.dataplane_env = OFF_ENV if variant == "off" else {}
+    args.dataplane_env = OFF_ENV if variant == "off" else WRITE_ENV if variant == "write" else {}
     out = {}
     async with pinned_stack(args) as stack:
         sampler = RssSampler(stack.pid_of("dataplane"))
@@ -86,13 +90,14 @@ async def bench(args: argparse.Namespace) -> int:
             medians[variant, concurrency] = (m[0], m[1], m[2])
             print(f"{concurrency:>11}  {variant:<8}  {m[0]:12.3f}  {m[1]:12.3f}  {m[2]:15.3f}")
     print()
-    for concurrency in args.concurrency:
-        on, off = medians["on", concurrency], medians["off", concurrency]
-        print(
-            f"evidence path at concurrency {concurrency}: +{(on[0] - off[0]) * 1000:.0f} us p50, "
-            f"+{(on[1] - off[1]) * 1000:.0f} us p99, +{(on[2] - off[2]) * 1000:.0f} us node CPU per request "
-            f"(medians of {args.rounds} rounds each)"
-        )
+    for variant, what in (("on", "evidence path"), ("write", "evidence write (no shipping)")):
+        for concurrency in args.concurrency:
+            on, off = medians[variant, concurrency], medians["off", concurrency]
+            print(
+                f"{what} at concurrency {concurrency}: +{(on[0] - off[0]) * 1000:.0f} us p50, "
+                f"+{(on[1] - off[1]) * 1000:.0f} us p99, +{(on[2] - off[2]) * 1000:.0f} us node CPU per request "
+                f"(medians of {args.rounds} rounds each)"
+            )
     return 0
 
 

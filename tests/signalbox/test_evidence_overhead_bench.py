@@ -34,3 +34,16 @@ def _probe(extra_env: dict[str, str]) -> str:
 def test_the_off_variant_skips_the_evidence_step_only_when_switched_on() -> None:
     assert _probe({"SIGNALBOX_BENCH_EVIDENCE_OFF": "1"}) == "_no_record evidence-off"
     assert _probe({}) == "_record"
+
+
+def test_the_write_variant_sets_the_nodes_ship_interval() -> None:
+    """``write`` ships only full batches: its variable must be the one --evidence-ship-ms reads."""
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from bench.evidence_overhead import WRITE_ENV
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    readme = (BENCH.parent / "README.md").read_text()
+    (name,) = WRITE_ENV
+    assert f"| `dataplane serve` | `--evidence-ship-ms` | `{name}` |" in readme
+    assert int(WRITE_ENV[name]) >= 3_600_000
