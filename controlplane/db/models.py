@@ -1,7 +1,9 @@
 """SQLAlchemy 2.0 typed models: the control plane's system of record.
 
-Constraint names follow one convention so Alembic migrations are stable and the
-drift test (models vs. migrations) stays meaningful.
+Constraint names follow one convention (``controlplane.db.base``) so Alembic migrations are
+stable and the drift test (models vs. migrations) stays meaningful. The evidence store's
+models live in ``controlplane.db.evidence_models`` and are re-exported here, so this module's
+import registers every table with ``Base.metadata``.
 """
 
 from __future__ import annotations
@@ -20,16 +22,26 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
-    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from controlplane.db.base import NAMING_CONVENTION as NAMING_CONVENTION
+from controlplane.db.base import Base as Base
+from controlplane.db.base import TimestampMixin as TimestampMixin
+from controlplane.db.base import server_now
+from controlplane.db.evidence_models import CHAIN_ID_CHARS as CHAIN_ID_CHARS
+from controlplane.db.evidence_models import EVIDENCE_PARTITION_PREFIX as EVIDENCE_PARTITION_PREFIX
+from controlplane.db.evidence_models import EvidenceAlarm as EvidenceAlarm
+from controlplane.db.evidence_models import EvidenceChain as EvidenceChain
+from controlplane.db.evidence_models import EvidenceCheckpoint as EvidenceCheckpoint
+from controlplane.db.evidence_models import EvidencePrunedRange as EvidencePrunedRange
+from controlplane.db.evidence_models import EvidenceRecord as EvidenceRecord
+from controlplane.db.evidence_models import EvidenceSpend as EvidenceSpend
 from controlplane.limits import (
     DEFAULT_GROUP,
     ENV_NAME_CHARS,
@@ -45,29 +57,6 @@ from controlplane.limits import (
 
 # Widths shared with the Admin API's request check, so the two never drift.
 from signalbox.api.config.v1 import snapshot_pb2
-
-NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-class Base(DeclarativeBase):
-    """Declarative base carrying the naming convention."""
-
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
-
-
-def _now() -> Any:
-    return func.now()
-
-
-class TimestampMixin:
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
 class Tenant(TimestampMixin, Base):
@@ -205,7 +194,7 @@ class Policy(Base):
     version: Mapped[int] = mapped_column(BigInteger)
     document_json: Mapped[str] = mapped_column(Text)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
     created_by: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
 
 
@@ -352,8 +341,8 @@ class Node(Base):
     last_nack_reason: Mapped[str] = mapped_column(Text, default="")
     last_nack_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     connected: Mapped[bool] = mapped_column(Boolean, default=False)
-    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
 
 
 class AuditEntry(Base):
@@ -363,7 +352,7 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now(), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now(), index=True)
     actor: Mapped[str] = mapped_column(String(NAME_CHARS))
     method: Mapped[str] = mapped_column(String(NAME_CHARS))
     target: Mapped[str] = mapped_column(Text, default="")
@@ -390,7 +379,7 @@ class NodeNack(Base):
     version: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     reason: Mapped[str] = mapped_column(Text, default="")
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
 
 
 class NodeCa(Base):
@@ -406,7 +395,7 @@ class NodeCa(Base):
     certificate_pem: Mapped[str] = mapped_column(Text)
     encrypted_private_key: Mapped[bytes] = mapped_column(LargeBinary)
     kek_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
 
 
 class ApiKeyHashKey(Base):
@@ -419,7 +408,7 @@ class ApiKeyHashKey(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     sealed_key: Mapped[bytes] = mapped_column(LargeBinary)
     kek_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
 
 
 class EnrollToken(Base):
@@ -432,7 +421,7 @@ class EnrollToken(Base):
     node_group: Mapped[str] = mapped_column(String(NAME_CHARS))
     mode: Mapped[str] = mapped_column(String(16), default="")
     site: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
     created_by: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -459,125 +448,7 @@ class NodeCertificate(Base):
     token_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS), default="")
     """The enrollment token it was issued for ("" for a renewal)."""
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
-
-
-# --- Evidence store (migration 0012) -------------------------------------------------------
-# Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE on records, alarms and
-# checkpoints (and DELETE, or a head that moves back, on chains); see the migration.
-
-CHAIN_ID_CHARS = NODE_ID_CHARS + 44
-"""``<node_id>/<worker>``."""
-EVIDENCE_PARTITION_PREFIX = "evidence_records_"
-"""Partitions of ``evidence_records`` (monthly ``_yYYYYmMM`` and ``_default``): tables of the
-database that no model declares."""
-
-
-class EvidenceRecord(Base):
-    """One shipped evidence record, as received, with the fields queries filter on.
-
-    Partitioned by ``ts`` (monthly, plus a DEFAULT partition). The primary key must hold the
-    partition key, so it is (chain_id, seq, ts); (chain_id, seq) is unique because ingest only
-    ever inserts ``head + 1`` under the chain's row lock (``evidence_chains``)."""
-
-    __tablename__ = "evidence_records"
-    __table_args__ = (
-        Index("ix_evidence_records_correlation_id", "correlation_id"),
-        Index("ix_evidence_records_tenant_ts", "tenant_id", "ts"),
-        Index("ix_evidence_records_api_key_ts", "api_key_id", "ts"),
-        Index("ix_evidence_records_model_ts", "model", "ts"),
-        Index("ix_evidence_records_outcome_ts", "outcome", "ts"),
-        Index("ix_evidence_records_ts", "ts"),
-        {"postgresql_partition_by": "RANGE (ts)"},
-    )
-
-    chain_id: Mapped[str] = mapped_column(String(CHAIN_ID_CHARS), primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
-    """The record's own time (its ``ts``), the partition key."""
-    record_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
-    hash: Mapped[bytes] = mapped_column(LargeBinary)
-    prev_hash: Mapped[bytes] = mapped_column(LargeBinary)
-    node_id: Mapped[str] = mapped_column(String(NODE_ID_CHARS))
-    correlation_id: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
-    tenant_id: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
-    api_key_id: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
-    model: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
-    outcome: Mapped[str] = mapped_column(String(RESULT_CHARS), default="")
-    body: Mapped[bytes] = mapped_column(LargeBinary)
-    """The JSONL line exactly as the node wrote it (its hash verifies against these bytes)."""
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
-
-
-class EvidenceChain(Base):
-    """Per chain: how far it is stored (gap-free) and whether it is in alarm."""
-
-    __tablename__ = "evidence_chains"
-
-    chain_id: Mapped[str] = mapped_column(String(CHAIN_ID_CHARS), primary_key=True)
-    node_id: Mapped[str] = mapped_column(String(NODE_ID_CHARS), index=True)
-    head_seq: Mapped[int] = mapped_column(BigInteger, default=0)
-    """Highest seq stored with every seq before it."""
-    head_hash: Mapped[bytes] = mapped_column(LargeBinary)
-    tree: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
-    """The Merkle tree of records 1..head_seq as its perfect-subtree roots (``controlplane.evidence.tree``),
-    so a checkpoint's root is checked without reading the chain back."""
-    last_received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    state: Mapped[str] = mapped_column(String(RESULT_CHARS), default="ok")
-    """``ok``, ``gap`` (waiting for the node to resend) or ``tampered`` (stays until an admin looks)."""
-    alarm: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
-
-
-class EvidenceAlarm(Base):
-    """A tamper alarm, gap or chain break: digests and ids only, never record content."""
-
-    __tablename__ = "evidence_alarms"
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    chain_id: Mapped[str] = mapped_column(String(CHAIN_ID_CHARS), index=True)
-    seq: Mapped[int] = mapped_column(BigInteger)
-    kind: Mapped[str] = mapped_column(String(RESULT_CHARS))
-    """``tamper``, ``gap``, ``chain_break``, ``checkpoint_mismatch``."""
-    expected: Mapped[str] = mapped_column(Text, default="")
-    arrived: Mapped[str] = mapped_column(Text, default="")
-    detail: Mapped[str] = mapped_column(Text, default="")
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
-
-
-class EvidenceCheckpoint(Base):
-    """A checkpoint note a node shipped, as received, once records 1..size were stored;
-    ``root_matches`` false is a tamper alarm (the records do not make that root)."""
-
-    __tablename__ = "evidence_checkpoints"
-    __table_args__ = (Index("ix_evidence_checkpoints_chain_id_tree_size", "chain_id", "tree_size"),)
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    chain_id: Mapped[str] = mapped_column(String(CHAIN_ID_CHARS))
-    tree_size: Mapped[int] = mapped_column(BigInteger)
-    root_hash: Mapped[bytes] = mapped_column(LargeBinary)
-    note: Mapped[str] = mapped_column(Text)
-    root_matches: Mapped[bool] = mapped_column(Boolean)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
-
-
-class EvidencePrunedRange(Base):
-    """A signed statement of records removed from a chain by retention (migration 0014):
-    ``first_seq..last_seq`` left with their partitions; ``statement`` is the DSSE envelope
-    (``controlplane.evidence.retention``) that says so, with the Merkle compact range of
-    records 1..last_seq. Append-only like the other evidence tables."""
-
-    __tablename__ = "evidence_pruned_ranges"
-    __table_args__ = (Index("ix_evidence_pruned_ranges_chain_id_last_seq", "chain_id", "last_seq"),)
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    chain_id: Mapped[str] = mapped_column(String(CHAIN_ID_CHARS))
-    first_seq: Mapped[int] = mapped_column(BigInteger)
-    last_seq: Mapped[int] = mapped_column(BigInteger)
-    last_hash: Mapped[bytes] = mapped_column(LargeBinary)
-    pruned_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    statement: Mapped[bytes] = mapped_column(LargeBinary)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
 
 
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
@@ -631,24 +502,9 @@ class QuotaState(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     level: Mapped[float] = mapped_column(Float, default=0.0)
     used: Mapped[int] = mapped_column(BigInteger, default=0)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
     holders: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
     """Node id -> when it last leased this rate (epoch seconds): who shares its refill."""
-
-
-class EvidenceSpend(Base):
-    """Nano-USD spent per budget scope (as ``quota_state.scope``) and UTC day or month, as
-    shipped evidence records it (their ``cost.total_nanos``): ingest adds each stored
-    record once, and the quota ledger never counts a budget as less used than this
-    (migration 0020). No foreign key: a record names its tenant and key as the node saw
-    them, and a refused batch must never be a constraint error."""
-
-    __tablename__ = "evidence_spend"
-
-    scope: Mapped[str] = mapped_column(String(96), primary_key=True)
-    window: Mapped[str] = mapped_column(String(16), primary_key=True)
-    nanos: Mapped[int] = mapped_column(BigInteger)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
 # ---- admin identities by mTLS (admin branch; migration 0017) ----
