@@ -24,13 +24,12 @@ close adapters and the HTTP client, flush and sync the evidence log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import signal
 import time
 from collections.abc import Sequence
-from typing import Self
+from typing import Any, Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -69,6 +68,24 @@ from signalbox.tls import ClientTls, add_port, ssl_server_context
 log = logging.getLogger("signalbox.dataplane")
 
 INFER_SERVICE = infer_pb2.DESCRIPTOR.services_by_name["InferService"].full_name
+TASK_STOP_SECONDS = 10.0
+"""How long stop waits for a cancelled background task before it goes on without it."""
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it, at most ``TASK_STOP_SECONDS``: a task that does not
+    end (a cancellation swallowed in a library) is logged by name and left behind, so the
+    node's stop never hangs on it. Its failure, if it failed, is logged, not raised."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=TASK_STOP_SECONDS)
+    if not done:
+        log.error(
+            "stopping: task %s did not end within %.0fs of its cancellation",
+            task.get_name(),
+            TASK_STOP_SECONDS,
+        )
+    elif not task.cancelled() and task.exception() is not None:
+        log.error("stopping: task %s had failed: %r", task.get_name(), task.exception())
 
 
 class DataPlaneNode:
@@ -479,9 +496,7 @@ class DataPlaneNode:
                 self._lease_task,
             ):
                 if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    await _cancel(task)
             if self._pin_watch is not None:
                 # Not cancelled: a pin being applied finishes (persisted and published) first.
                 self._pin_watch.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from typing import Any
 
@@ -104,3 +105,36 @@ async def test_stop_drains_an_open_stream_and_refuses_new_calls(
             rest.append(event)
         assert rest[-1].HasField("end")
         await asyncio.wait_for(stopping, 10)
+
+
+async def test_stop_goes_on_without_a_task_that_swallows_its_cancellation(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A background task that does not end when cancelled (a cancellation swallowed in a
+    library) is named in the log and left behind: the node's stop never hangs on it."""
+    from dataplane import app
+
+    monkeypatch.setattr(app, "TASK_STOP_SECONDS", 0.2)
+    release, started = asyncio.Event(), asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # swallowed: keeps running
+
+    async def failed() -> None:
+        raise RuntimeError("boom")
+
+    task = asyncio.get_running_loop().create_task(stubborn(), name="stubborn")
+    await started.wait()
+    with caplog.at_level(logging.ERROR, logger=app.log.name):
+        await asyncio.wait_for(app._cancel(task), timeout=30)
+        broken = asyncio.get_running_loop().create_task(failed(), name="broken")
+        await asyncio.wait({broken})
+        await app._cancel(broken)
+    assert "task stubborn did not end within 0s of its cancellation" in caplog.text
+    assert "task broken had failed: RuntimeError('boom')" in caplog.text
+    release.set()
+    await task

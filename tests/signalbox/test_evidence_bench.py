@@ -27,7 +27,9 @@ def test_evidence_bench_prints_every_figure(tmp_path: Path) -> None:
         r"append rate: [\d,]+ records/s",
         r"append latency: p50 [\d.]+ us  p99 [\d.]+ us",
         r"checkpoint: sign p50 \d+ us  sign\+store\+fsync p50 \d+ us",
-        r"verify_chain_files: [\d,]+ records/s \(2500 records, [3-9] checkpoints",
+        # Checkpoints are signed off the append path: a fast run's appends outpace the signer,
+        # which then covers more records at once (the last one, on close, covers them all).
+        r"verify_chain_files: [\d,]+ records/s \(2500 records, [1-9] checkpoints",
         r"durability write\(\) \(b: chosen\): p50 [\d.]+ us",
         r"durability write\(\)\+fsync\(\): p50 [\d.]+ us",
     ):
