@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from signalbox.api.common.v1 import common_pb2 as signalbox_dot_api_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&signalbox/api/config/v1/snapshot.proto\x12\x17signalbox.api.config.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$signalbox/api/common/v1/common.proto\"\xad\x01\n\x0eSignedEnvelope\x12\x14\n\x0cpayload_type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x36\n\nsignatures\x18\x03 \x03(\x0b\x32\".signalbox.api.config.v1.Signature\x12<\n\x0btrust_chain\x18\x04 \x03(\x0b\x32\'.signalbox.api.config.v1.SignedEnvelope\"\x8b\x01\n\x0eTrustStatement\x12.\n\ncreated_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x0ctrusted_keys\x18\x02 \x03(\x0b\x32#.signalbox.api.config.v1.TrustedKey\x12\x0e\n\x06reason\x18\x03 \x01(\t\"(\n\tSignature\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"=\n\x05Scope\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nnode_group\x18\x02 \x01(\t\x12\x0c\n\x04site\x18\x03 \x01(\t\"\xb7\x04\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rprevious_hash\x18\x04 \x01(\x0c\x12-\n\x05scope\x18\x05 \x01(\x0b\x32\x1e.signalbox.api.config.v1.Scope\x12\x30\n\x07tenants\x18\n \x03(\x0b\x32\x1f.signalbox.api.config.v1.Tenant\x12\x31\n\x08\x61pi_keys\x18\x0b \x03(\x0b\x32\x1f.signalbox.api.config.v1.ApiKey\x12\x34\n\tproviders\x18\x0c \x03(\x0b\x32!.signalbox.api.config.v1.Provider\x12.\n\x06models\x18\r \x03(\x0b\x32\x1e.signalbox.api.config.v1.Model\x12\x31\n\x08policies\x18\x0e \x03(\x0b\x32\x1f.signalbox.api.config.v1.Policy\x12\x39\n\x0ctrusted_keys\x18\x0f \x03(\x0b\x32#.signalbox.api.config.v1.TrustedKey\x12;\n\nidentities\x18( \x03(\x0b\x32\'.signalbox.api.config.v1.TenantIdentity\"\x98\x02\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12;\n\x06labels\x18\x05 \x03(\x0b\x32+.signalbox.api.config.v1.Tenant.LabelsEntry\x12\x39\n\x08\x65vidence\x18\x07 \x01(\x0b\x32\'.signalbox.api.config.v1.TenantEvidence\x12/\n\x06limits\x18\x08 \x01(\x0b\x32\x1f.signalbox.api.config.v1.Limits\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd2\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x15\n\rsecret_sha256\x18\x03 \x01(\x0c\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsecret_hmac\x18\x07 \x01(\x0c\x12/\n\x06limits\x18\n \x01(\x0b\x32\x1f.signalbox.api.config.v1.Limits\"m\n\tSecretRef\x12\r\n\x03\x65nv\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x66ile\x18\x02 \x01(\tH\x00\x12\x37\n\x06sealed\x18\x03 \x01(\x0b\x32%.signalbox.api.config.v1.SealedSecretH\x00\x42\x08\n\x06source\"\xf5\x02\n\x08Provider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x36\n\ncredential\x18\x05 \x01(\x0b\x32\".signalbox.api.config.v1.SecretRef\x12\x41\n\x08settings\x18\x06 \x03(\x0b\x32/.signalbox.api.config.v1.Provider.SettingsEntry\x12\x12\n\ntimeout_ms\x18\x07 \x01(\r\x12;\n\x08location\x18\x08 \x01(\x0e\x32).signalbox.api.config.v1.ProviderLocation\x12\x0c\n\x04site\x18\t \x01(\t\x12\x0e\n\x06region\x18\n \x01(\t\x12\x14\n\x0cjurisdiction\x18\x0b \x01(\t\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x16\n\x0eupstream_model\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\r\"\xad\x04\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x39\n\x0c\x63\x61pabilities\x18\x03 \x03(\x0e\x32#.signalbox.api.common.v1.Capability\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\r\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\r\x12\"\n\x1ainput_price_nanos_per_mtok\x18\x06 \x01(\x03\x12#\n\x1boutput_price_nanos_per_mtok\x18\x07 \x01(\x03\x12)\n!cached_input_price_nanos_per_mtok\x18\x08 \x01(\x03\x12\x38\n\x0b\x64\x65ployments\x18\t \x03(\x0b\x32#.signalbox.api.config.v1.Deployment\x12\x42\n\rcertified_for\x18\n \x03(\x0e\x32+.signalbox.api.common.v1.DataClassification\x12\x16\n\x0e\x63\x65rtifications\x18\x0b \x03(\t\x12\x1a\n\x12typical_latency_ms\x18\x0c \x01(\r\x12\x42\n\nattributes\x18\r \x03(\x0b\x32..signalbox.api.config.v1.Model.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x06Policy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x15\n\rdocument_json\x18\x04 \x01(\t\"q\n\nTrustedKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x1a\n\x12\x65\x64\x32\x35\x35\x31\x39_public_key\x18\x02 \x01(\x0c\x12\x37\n\x05state\x18\x03 \x01(\x0e\x32(.signalbox.api.config.v1.TrustedKeyState\"\xa0\x01\n\x0eTenantIdentity\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x31\n\x03jwt\x18\x03 \x01(\x0b\x32\".signalbox.api.config.v1.JwtIssuerH\x00\x12\x34\n\x04mtls\x18\x04 \x01(\x0b\x32$.signalbox.api.config.v1.MtlsMappingH\x00\x42\x06\n\x04kind\"\xb0\x02\n\tJwtIssuer\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x11\n\taudiences\x18\x02 \x03(\t\x12\x12\n\nalgorithms\x18\x03 \x03(\t\x12\x11\n\tjwks_json\x18\x04 \x01(\t\x12\x16\n\x0eleeway_seconds\x18\x05 \x01(\r\x12\x15\n\rsubject_claim\x18\x06 \x01(\t\x12\x12\n\ntier_claim\x18\x07 \x01(\t\x12O\n\x0fmetadata_claims\x18\x08 \x03(\x0b\x32\x36.signalbox.api.config.v1.JwtIssuer.MetadataClaimsEntry\x12\x0e\n\x06scopes\x18\t \x03(\t\x1a\x35\n\x13MetadataClaimsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x0bMtlsMapping\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\x0e\n\x06scopes\x18\x03 \x03(\t\"\x89\x01\n\x0eTenantEvidence\x12\x39\n\x07\x63ontent\x18\x01 \x01(\x0e\x32(.signalbox.api.config.v1.EvidenceContent\x12<\n\nspool_full\x18\x02 \x01(\x0e\x32(.signalbox.api.config.v1.SpoolFullPolicy\"F\n\x0cSealedSecret\x12\x12\n\nnode_group\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\xb6\x01\n\x06Limits\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x04\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x04\x12\x18\n\x10\x62udget_day_nanos\x18\x03 \x01(\x04\x12\x1a\n\x12\x62udget_month_nanos\x18\x04 \x01(\x04\x12>\n\x0eon_unreachable\x18\x05 \x01(\x0e\x32&.signalbox.api.config.v1.OnUnreachable*\x94\x01\n\x10ProviderLocation\x12!\n\x1dPROVIDER_LOCATION_UNSPECIFIED\x10\x00\x12\"\n\x1ePROVIDER_LOCATION_PUBLIC_CLOUD\x10\x01\x12\x1d\n\x19PROVIDER_LOCATION_ON_PREM\x10\x02\x12\x1a\n\x16PROVIDER_LOCATION_SITE\x10\x03*\x91\x01\n\x0fTrustedKeyState\x12!\n\x1dTRUSTED_KEY_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRUSTED_KEY_STATE_ACTIVE\x10\x01\x12\x1e\n\x1aTRUSTED_KEY_STATE_RETIRING\x10\x02\x12\x1d\n\x19TRUSTED_KEY_STATE_REVOKED\x10\x03*I\n\x0f\x45videnceContent\x12\x1b\n\x17\x45VIDENCE_CONTENT_DIGEST\x10\x00\x12\x19\n\x15\x45VIDENCE_CONTENT_FULL\x10\x01*H\n\x0fSpoolFullPolicy\x12\x1e\n\x1aSPOOL_FULL_SERVE_AND_ALARM\x10\x00\x12\x15\n\x11SPOOL_FULL_REFUSE\x10\x01*M\n\rOnUnreachable\x12\x1c\n\x18ON_UNREACHABLE_FAIL_OPEN\x10\x00\x12\x1e\n\x1aON_UNREACHABLE_FAIL_CLOSED\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&signalbox/api/config/v1/snapshot.proto\x12\x17signalbox.api.config.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$signalbox/api/common/v1/common.proto\"\xad\x01\n\x0eSignedEnvelope\x12\x14\n\x0cpayload_type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x36\n\nsignatures\x18\x03 \x03(\x0b\x32\".signalbox.api.config.v1.Signature\x12<\n\x0btrust_chain\x18\x04 \x03(\x0b\x32\'.signalbox.api.config.v1.SignedEnvelope\"\x8b\x01\n\x0eTrustStatement\x12.\n\ncreated_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x0ctrusted_keys\x18\x02 \x03(\x0b\x32#.signalbox.api.config.v1.TrustedKey\x12\x0e\n\x06reason\x18\x03 \x01(\t\"(\n\tSignature\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"=\n\x05Scope\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x12\n\nnode_group\x18\x02 \x01(\t\x12\x0c\n\x04site\x18\x03 \x01(\t\"\x80\x05\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rprevious_hash\x18\x04 \x01(\x0c\x12-\n\x05scope\x18\x05 \x01(\x0b\x32\x1e.signalbox.api.config.v1.Scope\x12\x30\n\x07tenants\x18\n \x03(\x0b\x32\x1f.signalbox.api.config.v1.Tenant\x12\x31\n\x08\x61pi_keys\x18\x0b \x03(\x0b\x32\x1f.signalbox.api.config.v1.ApiKey\x12\x34\n\tproviders\x18\x0c \x03(\x0b\x32!.signalbox.api.config.v1.Provider\x12.\n\x06models\x18\r \x03(\x0b\x32\x1e.signalbox.api.config.v1.Model\x12\x31\n\x08policies\x18\x0e \x03(\x0b\x32\x1f.signalbox.api.config.v1.Policy\x12\x39\n\x0ctrusted_keys\x18\x0f \x03(\x0b\x32#.signalbox.api.config.v1.TrustedKey\x12;\n\nidentities\x18( \x03(\x0b\x32\'.signalbox.api.config.v1.TenantIdentity\x12G\n\x13governance_profiles\x18) \x03(\x0b\x32*.signalbox.api.config.v1.GovernanceProfile\"\x98\x02\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12;\n\x06labels\x18\x05 \x03(\x0b\x32+.signalbox.api.config.v1.Tenant.LabelsEntry\x12\x39\n\x08\x65vidence\x18\x07 \x01(\x0b\x32\'.signalbox.api.config.v1.TenantEvidence\x12/\n\x06limits\x18\x08 \x01(\x0b\x32\x1f.signalbox.api.config.v1.Limits\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd2\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x15\n\rsecret_sha256\x18\x03 \x01(\x0c\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsecret_hmac\x18\x07 \x01(\x0c\x12/\n\x06limits\x18\n \x01(\x0b\x32\x1f.signalbox.api.config.v1.Limits\"m\n\tSecretRef\x12\r\n\x03\x65nv\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x66ile\x18\x02 \x01(\tH\x00\x12\x37\n\x06sealed\x18\x03 \x01(\x0b\x32%.signalbox.api.config.v1.SealedSecretH\x00\x42\x08\n\x06source\"\xf5\x02\n\x08Provider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x36\n\ncredential\x18\x05 \x01(\x0b\x32\".signalbox.api.config.v1.SecretRef\x12\x41\n\x08settings\x18\x06 \x03(\x0b\x32/.signalbox.api.config.v1.Provider.SettingsEntry\x12\x12\n\ntimeout_ms\x18\x07 \x01(\r\x12;\n\x08location\x18\x08 \x01(\x0e\x32).signalbox.api.config.v1.ProviderLocation\x12\x0c\n\x04site\x18\t \x01(\t\x12\x0e\n\x06region\x18\n \x01(\t\x12\x14\n\x0cjurisdiction\x18\x0b \x01(\t\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x16\n\x0eupstream_model\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\r\"\xad\x04\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x39\n\x0c\x63\x61pabilities\x18\x03 \x03(\x0e\x32#.signalbox.api.common.v1.Capability\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\r\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\r\x12\"\n\x1ainput_price_nanos_per_mtok\x18\x06 \x01(\x03\x12#\n\x1boutput_price_nanos_per_mtok\x18\x07 \x01(\x03\x12)\n!cached_input_price_nanos_per_mtok\x18\x08 \x01(\x03\x12\x38\n\x0b\x64\x65ployments\x18\t \x03(\x0b\x32#.signalbox.api.config.v1.Deployment\x12\x42\n\rcertified_for\x18\n \x03(\x0e\x32+.signalbox.api.common.v1.DataClassification\x12\x16\n\x0e\x63\x65rtifications\x18\x0b \x03(\t\x12\x1a\n\x12typical_latency_ms\x18\x0c \x01(\r\x12\x42\n\nattributes\x18\r \x03(\x0b\x32..signalbox.api.config.v1.Model.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x06Policy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x15\n\rdocument_json\x18\x04 \x01(\t\"q\n\nTrustedKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x1a\n\x12\x65\x64\x32\x35\x35\x31\x39_public_key\x18\x02 \x01(\x0c\x12\x37\n\x05state\x18\x03 \x01(\x0e\x32(.signalbox.api.config.v1.TrustedKeyState\"\xa0\x01\n\x0eTenantIdentity\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x31\n\x03jwt\x18\x03 \x01(\x0b\x32\".signalbox.api.config.v1.JwtIssuerH\x00\x12\x34\n\x04mtls\x18\x04 \x01(\x0b\x32$.signalbox.api.config.v1.MtlsMappingH\x00\x42\x06\n\x04kind\"\xb0\x02\n\tJwtIssuer\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x11\n\taudiences\x18\x02 \x03(\t\x12\x12\n\nalgorithms\x18\x03 \x03(\t\x12\x11\n\tjwks_json\x18\x04 \x01(\t\x12\x16\n\x0eleeway_seconds\x18\x05 \x01(\r\x12\x15\n\rsubject_claim\x18\x06 \x01(\t\x12\x12\n\ntier_claim\x18\x07 \x01(\t\x12O\n\x0fmetadata_claims\x18\x08 \x03(\x0b\x32\x36.signalbox.api.config.v1.JwtIssuer.MetadataClaimsEntry\x12\x0e\n\x06scopes\x18\t \x03(\t\x1a\x35\n\x13MetadataClaimsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x0bMtlsMapping\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\x0e\n\x06scopes\x18\x03 \x03(\t\"\x89\x01\n\x0eTenantEvidence\x12\x39\n\x07\x63ontent\x18\x01 \x01(\x0e\x32(.signalbox.api.config.v1.EvidenceContent\x12<\n\nspool_full\x18\x02 \x01(\x0e\x32(.signalbox.api.config.v1.SpoolFullPolicy\"F\n\x0cSealedSecret\x12\x12\n\nnode_group\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\xb6\x01\n\x06Limits\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x04\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x04\x12\x18\n\x10\x62udget_day_nanos\x18\x03 \x01(\x04\x12\x1a\n\x12\x62udget_month_nanos\x18\x04 \x01(\x04\x12>\n\x0eon_unreachable\x18\x05 \x01(\x0e\x32&.signalbox.api.config.v1.OnUnreachable\"Z\n\x11GovernanceProfile\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x15\n\rdocument_json\x18\x04 \x01(\t*\x94\x01\n\x10ProviderLocation\x12!\n\x1dPROVIDER_LOCATION_UNSPECIFIED\x10\x00\x12\"\n\x1ePROVIDER_LOCATION_PUBLIC_CLOUD\x10\x01\x12\x1d\n\x19PROVIDER_LOCATION_ON_PREM\x10\x02\x12\x1a\n\x16PROVIDER_LOCATION_SITE\x10\x03*\x91\x01\n\x0fTrustedKeyState\x12!\n\x1dTRUSTED_KEY_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRUSTED_KEY_STATE_ACTIVE\x10\x01\x12\x1e\n\x1aTRUSTED_KEY_STATE_RETIRING\x10\x02\x12\x1d\n\x19TRUSTED_KEY_STATE_REVOKED\x10\x03*I\n\x0f\x45videnceContent\x12\x1b\n\x17\x45VIDENCE_CONTENT_DIGEST\x10\x00\x12\x19\n\x15\x45VIDENCE_CONTENT_FULL\x10\x01*H\n\x0fSpoolFullPolicy\x12\x1e\n\x1aSPOOL_FULL_SERVE_AND_ALARM\x10\x00\x12\x15\n\x11SPOOL_FULL_REFUSE\x10\x01*M\n\rOnUnreachable\x12\x1c\n\x18ON_UNREACHABLE_FAIL_OPEN\x10\x00\x12\x1e\n\x1aON_UNREACHABLE_FAIL_CLOSED\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,16 +41,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODEL_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_JWTISSUER_METADATACLAIMSENTRY']._loaded_options = None
   _globals['_JWTISSUER_METADATACLAIMSENTRY']._serialized_options = b'8\001'
-  _globals['_PROVIDERLOCATION']._serialized_start=3885
-  _globals['_PROVIDERLOCATION']._serialized_end=4033
-  _globals['_TRUSTEDKEYSTATE']._serialized_start=4036
-  _globals['_TRUSTEDKEYSTATE']._serialized_end=4181
-  _globals['_EVIDENCECONTENT']._serialized_start=4183
-  _globals['_EVIDENCECONTENT']._serialized_end=4256
-  _globals['_SPOOLFULLPOLICY']._serialized_start=4258
-  _globals['_SPOOLFULLPOLICY']._serialized_end=4330
-  _globals['_ONUNREACHABLE']._serialized_start=4332
-  _globals['_ONUNREACHABLE']._serialized_end=4409
+  _globals['_PROVIDERLOCATION']._serialized_start=4050
+  _globals['_PROVIDERLOCATION']._serialized_end=4198
+  _globals['_TRUSTEDKEYSTATE']._serialized_start=4201
+  _globals['_TRUSTEDKEYSTATE']._serialized_end=4346
+  _globals['_EVIDENCECONTENT']._serialized_start=4348
+  _globals['_EVIDENCECONTENT']._serialized_end=4421
+  _globals['_SPOOLFULLPOLICY']._serialized_start=4423
+  _globals['_SPOOLFULLPOLICY']._serialized_end=4495
+  _globals['_ONUNREACHABLE']._serialized_start=4497
+  _globals['_ONUNREACHABLE']._serialized_end=4574
   _globals['_SIGNEDENVELOPE']._serialized_start=139
   _globals['_SIGNEDENVELOPE']._serialized_end=312
   _globals['_TRUSTSTATEMENT']._serialized_start=315
@@ -60,41 +60,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOPE']._serialized_start=498
   _globals['_SCOPE']._serialized_end=559
   _globals['_SNAPSHOT']._serialized_start=562
-  _globals['_SNAPSHOT']._serialized_end=1129
-  _globals['_TENANT']._serialized_start=1132
-  _globals['_TENANT']._serialized_end=1412
-  _globals['_TENANT_LABELSENTRY']._serialized_start=1367
-  _globals['_TENANT_LABELSENTRY']._serialized_end=1412
-  _globals['_APIKEY']._serialized_start=1415
-  _globals['_APIKEY']._serialized_end=1625
-  _globals['_SECRETREF']._serialized_start=1627
-  _globals['_SECRETREF']._serialized_end=1736
-  _globals['_PROVIDER']._serialized_start=1739
-  _globals['_PROVIDER']._serialized_end=2112
-  _globals['_PROVIDER_SETTINGSENTRY']._serialized_start=2065
-  _globals['_PROVIDER_SETTINGSENTRY']._serialized_end=2112
-  _globals['_DEPLOYMENT']._serialized_start=2114
-  _globals['_DEPLOYMENT']._serialized_end=2199
-  _globals['_MODEL']._serialized_start=2202
-  _globals['_MODEL']._serialized_end=2759
-  _globals['_MODEL_ATTRIBUTESENTRY']._serialized_start=2710
-  _globals['_MODEL_ATTRIBUTESENTRY']._serialized_end=2759
-  _globals['_POLICY']._serialized_start=2761
-  _globals['_POLICY']._serialized_end=2840
-  _globals['_TRUSTEDKEY']._serialized_start=2842
-  _globals['_TRUSTEDKEY']._serialized_end=2955
-  _globals['_TENANTIDENTITY']._serialized_start=2958
-  _globals['_TENANTIDENTITY']._serialized_end=3118
-  _globals['_JWTISSUER']._serialized_start=3121
-  _globals['_JWTISSUER']._serialized_end=3425
-  _globals['_JWTISSUER_METADATACLAIMSENTRY']._serialized_start=3372
-  _globals['_JWTISSUER_METADATACLAIMSENTRY']._serialized_end=3425
-  _globals['_MTLSMAPPING']._serialized_start=3427
-  _globals['_MTLSMAPPING']._serialized_end=3485
-  _globals['_TENANTEVIDENCE']._serialized_start=3488
-  _globals['_TENANTEVIDENCE']._serialized_end=3625
-  _globals['_SEALEDSECRET']._serialized_start=3627
-  _globals['_SEALEDSECRET']._serialized_end=3697
-  _globals['_LIMITS']._serialized_start=3700
-  _globals['_LIMITS']._serialized_end=3882
+  _globals['_SNAPSHOT']._serialized_end=1202
+  _globals['_TENANT']._serialized_start=1205
+  _globals['_TENANT']._serialized_end=1485
+  _globals['_TENANT_LABELSENTRY']._serialized_start=1440
+  _globals['_TENANT_LABELSENTRY']._serialized_end=1485
+  _globals['_APIKEY']._serialized_start=1488
+  _globals['_APIKEY']._serialized_end=1698
+  _globals['_SECRETREF']._serialized_start=1700
+  _globals['_SECRETREF']._serialized_end=1809
+  _globals['_PROVIDER']._serialized_start=1812
+  _globals['_PROVIDER']._serialized_end=2185
+  _globals['_PROVIDER_SETTINGSENTRY']._serialized_start=2138
+  _globals['_PROVIDER_SETTINGSENTRY']._serialized_end=2185
+  _globals['_DEPLOYMENT']._serialized_start=2187
+  _globals['_DEPLOYMENT']._serialized_end=2272
+  _globals['_MODEL']._serialized_start=2275
+  _globals['_MODEL']._serialized_end=2832
+  _globals['_MODEL_ATTRIBUTESENTRY']._serialized_start=2783
+  _globals['_MODEL_ATTRIBUTESENTRY']._serialized_end=2832
+  _globals['_POLICY']._serialized_start=2834
+  _globals['_POLICY']._serialized_end=2913
+  _globals['_TRUSTEDKEY']._serialized_start=2915
+  _globals['_TRUSTEDKEY']._serialized_end=3028
+  _globals['_TENANTIDENTITY']._serialized_start=3031
+  _globals['_TENANTIDENTITY']._serialized_end=3191
+  _globals['_JWTISSUER']._serialized_start=3194
+  _globals['_JWTISSUER']._serialized_end=3498
+  _globals['_JWTISSUER_METADATACLAIMSENTRY']._serialized_start=3445
+  _globals['_JWTISSUER_METADATACLAIMSENTRY']._serialized_end=3498
+  _globals['_MTLSMAPPING']._serialized_start=3500
+  _globals['_MTLSMAPPING']._serialized_end=3558
+  _globals['_TENANTEVIDENCE']._serialized_start=3561
+  _globals['_TENANTEVIDENCE']._serialized_end=3698
+  _globals['_SEALEDSECRET']._serialized_start=3700
+  _globals['_SEALEDSECRET']._serialized_end=3770
+  _globals['_LIMITS']._serialized_start=3773
+  _globals['_LIMITS']._serialized_end=3955
+  _globals['_GOVERNANCEPROFILE']._serialized_start=3957
+  _globals['_GOVERNANCEPROFILE']._serialized_end=4047
 # @@protoc_insertion_point(module_scope)

@@ -278,6 +278,7 @@ class Snapshot(_message.Message):
     POLICIES_FIELD_NUMBER: _builtins.int
     TRUSTED_KEYS_FIELD_NUMBER: _builtins.int
     IDENTITIES_FIELD_NUMBER: _builtins.int
+    GOVERNANCE_PROFILES_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     previous_hash: _builtins.bytes
     """SHA-256 of the previous snapshot's payload bytes (empty for the first)."""
@@ -305,6 +306,14 @@ class Snapshot(_message.Message):
         JWT issuers and mTLS SAN mappings of the tenants in this snapshot.
         """
 
+    @_builtins.property
+    def governance_profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___GovernanceProfile]:
+        """---- governance (issue 10) ----
+        The platform default profile (tenant_id empty) and each tenant's own; a tenant
+        without one of its own is governed by the platform default, if any.
+        ---- governance (end) ----
+        """
+
     def __init__(
         self,
         *,
@@ -320,10 +329,11 @@ class Snapshot(_message.Message):
         policies: _abc.Iterable[Global___Policy] | None = ...,
         trusted_keys: _abc.Iterable[Global___TrustedKey] | None = ...,
         identities: _abc.Iterable[Global___TenantIdentity] | None = ...,
+        governance_profiles: _abc.Iterable[Global___GovernanceProfile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_keys", b"api_keys", "created_at", b"created_at", "expires_at", b"expires_at", "identities", b"identities", "models", b"models", "policies", b"policies", "previous_hash", b"previous_hash", "providers", b"providers", "scope", b"scope", "tenants", b"tenants", "trusted_keys", b"trusted_keys", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_keys", b"api_keys", "created_at", b"created_at", "expires_at", b"expires_at", "governance_profiles", b"governance_profiles", "identities", b"identities", "models", b"models", "policies", b"policies", "previous_hash", b"previous_hash", "providers", b"providers", "scope", b"scope", "tenants", b"tenants", "trusted_keys", b"trusted_keys", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1000,3 +1010,38 @@ class Limits(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Limits: _TypeAlias = Limits  # noqa: Y015
+
+@_typing.final
+class GovernanceProfile(_message.Message):
+    """---- governance (issue 10) ----
+    A governance profile: what a tenant's requests may carry to a model and its
+    answers back (dataplane/governance/profile.schema.json).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DOCUMENT_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    tenant_id: _builtins.str
+    """Empty for the platform default profile."""
+    version: _builtins.int
+    document_json: _builtins.str
+    """The profile document as canonical JSON; nodes compile it on apply."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        document_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_json", b"document_json", "id", b"id", "tenant_id", b"tenant_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GovernanceProfile: _TypeAlias = GovernanceProfile  # noqa: Y015
