@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from controlplane.api.admin import AdminServicer
@@ -94,6 +95,13 @@ log = logging.getLogger(__name__)
 TRUST_KEY_FILE = "trust-key.pub"
 NODE_CA_FILE = "node-ca.pem"
 EMBEDDED_DIR = "postgres"
+ADMIN_LISTENER_SERVICES = (
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    identity_pb2.DESCRIPTOR.services_by_name["NodeEnrollmentService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+"""What the admin listener serves, as its reflection lists it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +370,8 @@ class ControlPlane:
             NodeEnrollmentServicer(self.identities), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        # Listing the admin API needs an admin identity, as calling it does (api/interceptor.py).
+        reflection.enable_server_reflection(ADMIN_LISTENER_SERVICES, self._server)
         port = add_port(self._server, s.listen, s.tls)
         if port == 0:
             raise OSError(f"cannot listen on {s.listen}")

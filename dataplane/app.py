@@ -34,6 +34,7 @@ from typing import Any, Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
 
 from dataplane.api.service import InferService, add_to_server
 from dataplane.errors import SnapshotFileInvalid
@@ -68,6 +69,7 @@ from signalbox.tls import ClientTls, add_port, ssl_server_context
 log = logging.getLogger("signalbox.dataplane")
 
 INFER_SERVICE = infer_pb2.DESCRIPTOR.services_by_name["InferService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 TASK_STOP_SECONDS = 10.0
 """How long stop waits for a cancelled background task before it goes on without it."""
 
@@ -452,6 +454,8 @@ class DataPlaneNode:
         )
         add_to_server(InferService(pipeline), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        # The Infer API's schema is public: anyone who may call it may list it.
+        reflection.enable_server_reflection((INFER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
         port = add_port(server, s.listen, s.tls)
         if port == 0:
             raise OSError(f"cannot listen on {s.listen}")

@@ -30,6 +30,8 @@ from controlplane.services.base import Caller
 log = logging.getLogger(__name__)
 
 ADMIN_SERVICE = "/signalbox.api.admin.v1.AdminService/"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/"
+"""Server reflection lists the admin API: only to an admin (any role), as calling it."""
 # Request fields that name what a call is about, in order of preference.
 _TARGET_FIELDS = ("tenant", "id", "name", "provider", "model", "version", "key_id", "node_id", "group")
 
@@ -137,6 +139,12 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        if handler is not None and method.startswith(REFLECTION) and handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_reflection(method.removeprefix("/"), handler.stream_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler is None or not method.startswith(ADMIN_SERVICE):
             return handler
         if handler.unary_stream is not None:
@@ -195,16 +203,39 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return handle
 
-    async def _admit(self, method: str, request: Any, context: Context, call: _Call) -> Admission:
+    def _wrap_reflection(
+        self, method: str, behavior: Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]]
+    ) -> Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]]:
+        """Reflection: the caller is authenticated before any request is read; any admin role
+        may list (an auditor reads the API it may call). One audit row per stream, written
+        when it is admitted: clients end reflection streams by hanging up."""
+
+        async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            call = _Call("")
+            try:
+                caller = await self._authenticate(context)
+            except Exception as exc:
+                await self._refuse(exc, method, context, call)
+            call.actor, call.actor_role, call.actor_tenant = caller.actor, caller.role, caller.tenant_id
+            await self._audit(call.row(method, "OK", ""))
+            async for response in behavior(requests, context):
+                yield response
+
+        return handle
+
+    async def _authenticate(self, context: Context) -> Caller:
         token = bearer_token(context.invocation_metadata())
         uris = certificate_uris(context) if token is None else None
         if token is None and uris is None:
             raise Unauthenticated("missing admin token: send 'authorization: Bearer <token>'")
-        caller = (
+        return (
             await self._admin.authenticate(token)
             if token is not None
             else await self._admin.authenticate_certificate(uris or [])
         )
+
+    async def _admit(self, method: str, request: Any, context: Context, call: _Call) -> Admission:
+        caller = await self._authenticate(context)
         call.actor, call.actor_role, call.actor_tenant = caller.actor, caller.role, caller.tenant_id
         if request is not None:
             # Nothing the database cannot hold gets past here (controlplane.limits).
