@@ -47,6 +47,7 @@ from dataplane.evidence.spool import Spool
 from dataplane.http.openai_api import OpenAIFrontDoor, server_error_body
 from dataplane.http.server import HttpServer
 from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
+from dataplane.metrics_server import NodeMetrics, NodeState
 from dataplane.node_settings import WORKER_FOLLOW_INTERVAL_S, WORKERS_DIR, NodeSettings
 from dataplane.pipeline import GovernanceStep, Pipeline
 from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, CredentialScope
@@ -125,6 +126,8 @@ class DataPlaneNode:
         self._ledger: LocalLedger | None = None
         self._ledger_server: grpc.aio.Server | None = None
         self._port: int | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._metrics: NodeMetrics | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -150,6 +153,14 @@ class DataPlaneNode:
     def http_accepting(self) -> bool:
         """The HTTP front door takes new connections (False once a stop began)."""
         return self._http_door is not None and self._http_door.accepting
+
+    @property
+    def metrics_address(self) -> str:
+        """``host:port`` of the Prometheus endpoint (the real port when 0 was asked)."""
+        if self._metrics is None or self.settings.metrics_listen is None:
+            raise RuntimeError("metrics are off")
+        host = self.settings.metrics_listen.rsplit(":", 1)[0]
+        return f"{host}:{self._metrics.port}"
 
     @property
     def port(self) -> int:
@@ -436,13 +447,26 @@ class DataPlaneNode:
         assert self._store is not None
         assert self._evidence is not None
         s = self.settings
+        dispatcher = self._dispatcher = Dispatcher(max_retry_after_s=s.max_retry_after)
+        if s.metrics_listen is not None:
+            state = NodeState(
+                store=lambda: self._store,
+                dispatcher=lambda: self._dispatcher,
+                evidence=lambda: self._evidence,
+                spool=self._spool,
+                shipper=lambda: self._shipper,
+                sync=lambda: self._sync,
+            )
+            self._metrics = NodeMetrics(state, worker=s.worker, workers=s.workers, data_dir=s.data_dir)
+            await self._metrics.start(s.metrics_listen)
         pipeline = Pipeline(
             self._store,
-            Dispatcher(max_retry_after_s=s.max_retry_after),
+            dispatcher,
             self._evidence,
             governance=self._governance,
             spool=self._spool,
             quotas=self._quotas,
+            metrics=self._metrics.requests if self._metrics is not None else None,
         )
         server = grpc.aio.server(
             options=[
@@ -520,6 +544,9 @@ class DataPlaneNode:
                 await self._http.aclose()
             if self._evidence is not None:
                 await self._evidence.aclose()
+            if self._metrics is not None:
+                # Last: a scrape during the drain still sees the node.
+                await self._metrics.stop()
         finally:
             self._stopped.set()
 
