@@ -57,6 +57,7 @@ from controlplane.evidence.queries import DEFAULT_STALE_AFTER, EvidenceQueries
 from controlplane.evidence.retention import EvidenceRetention
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
+from controlplane.metrics import ControlPlaneMetrics
 from controlplane.quota import DEFAULT_BURST_SECONDS, QuotaLedger
 from controlplane.repositories import signing_keys as signing_key_repo
 from controlplane.services.admin import AdminService
@@ -115,6 +116,8 @@ class ControlPlaneSettings:
     (which also makes the node port plaintext)."""
     node_listen: str = "127.0.0.1:7703"
     """host:port of config sync and certificate renewal, mutual TLS with node certificates."""
+    metrics_listen: str | None = None
+    """host:port of the Prometheus endpoint (``/metrics``); None: metrics off."""
     node_advertise_names: tuple[str, ...] = ()
     """Extra DNS names or addresses nodes reach the node port by (SANs of its certificate)."""
     node_cert_ttl: timedelta = timedelta(days=30)
@@ -207,6 +210,9 @@ class ControlPlane:
         self._node_server: grpc.aio.Server | None = None
         self.node_address = ""
         """host:port the node port (config sync, renewal) is bound to."""
+        self.metrics: ControlPlaneMetrics | None = None
+        self.metrics_address = ""
+        """host:port of the Prometheus endpoint, when metrics are on."""
         self.node_ca: NodeCaKey | None = None
         self.identities: IdentityService | None = None
         self.groups: NodeGroupService | None = None
@@ -399,6 +405,12 @@ class ControlPlane:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._node_server)
         node_port = self._add_node_port(self._node_server)
         self.node_address = f"{s.node_listen.rsplit(':', 1)[0]}:{node_port}"
+        if s.metrics_listen is not None:
+            self.metrics = ControlPlaneMetrics(nodes)
+            self._interceptor.metrics = self.sync.metrics = shipping.metrics = self.metrics
+            await self.metrics.endpoint.start(listen=s.metrics_listen)
+            host = s.metrics_listen.rsplit(":", 1)[0]
+            self.metrics_address = f"{host}:{self.metrics.endpoint.port}"
         await self._server.start()
         await self._node_server.start()
         self._background = [
@@ -563,6 +575,10 @@ class ControlPlane:
         if self._enroll_refusals is not None:
             await self._enroll_refusals.close()
             self._enroll_refusals = None
+        if self.metrics is not None:
+            # Before the database: a scrape reads the fleet from it.
+            await self.metrics.endpoint.stop()
+            self.metrics = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None

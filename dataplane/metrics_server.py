@@ -12,9 +12,8 @@ as the quota ledger's), and worker 0 adds what they answer to its own scrape. A 
 does not answer within ``PEER_TIMEOUT_S`` is left out of that scrape and counted in
 ``signalbox_metrics_peer_failures_total``: a slow worker never stalls the node's scrape.
 
-Both the Prometheus text format and OpenMetrics (negotiated by ``Accept``, as Prometheus
-asks) are served; OpenMetrics carries the exemplars (the correlation id of a request in
-each latency bucket).
+The endpoint (``signalbox.metrics_http``) serves the Prometheus text format and OpenMetrics,
+which carries the exemplars (the correlation id of a request in each latency bucket).
 """
 
 from __future__ import annotations
@@ -26,11 +25,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client import exposition as prometheus_text
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
@@ -43,6 +40,7 @@ from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import BreakerState
 from dataplane.snapshot.store import SnapshotStore
 from dataplane.snapshot.sync_client import SyncClient
+from signalbox.metrics_http import OPENMETRICS, MetricsEndpoint
 
 log = logging.getLogger("signalbox.dataplane.metrics")
 
@@ -155,59 +153,43 @@ class NodeMetrics:
             ["peer", "worker"],
             registry=self.registry,
         )
-        self._own = CollectorRegistry(auto_describe=False)
-        self._own.register(_Own(self.registry))
-        self._peers = _Peers()
-        self._own.register(self._peers)
-        self._runner: web.AppRunner | None = None
-        self._lock = asyncio.Lock()
-        self.port = 0
+        gathers = worker == 0 and workers > 1
+        combined = self.registry
+        if gathers:
+            combined = CollectorRegistry(auto_describe=False)
+            combined.register(_Own(self.registry))
+            self._peers = _Peers()
+            combined.register(self._peers)
+        self._endpoint = MetricsEndpoint(combined, self._gather if gathers else None)
+
+    @property
+    def port(self) -> int:
+        return self._endpoint.port
 
     async def start(self, listen: str | None) -> None:
         """Worker 0: listen on ``listen`` (HOST:PORT); others: on their unix socket."""
-        app = web.Application(client_max_size=1024)
-        app.router.add_get("/metrics", self._scrape)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site: web.BaseSite
         if self.worker == 0:
             if listen is None:
                 raise ValueError("worker 0 needs --metrics-listen")
-            host, _, port = listen.rpartition(":")
-            site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port), reuse_port=False)
-        else:
-            path = socket_path(self._data_dir, self.worker)
-            private_dir(path.parent)
-            path.unlink(missing_ok=True)
-            site = web.UnixSite(self._runner, str(path))
-        await site.start()
-        if self.worker == 0:
-            self.port = int(self._runner.addresses[0][1])
+            await self._endpoint.start(listen=listen)
+            return
+        path = socket_path(self._data_dir, self.worker)
+        private_dir(path.parent)
+        path.unlink(missing_ok=True)
+        await self._endpoint.start(unix=path)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._endpoint.stop()
         if self.worker != 0:
             socket_path(self._data_dir, self.worker).unlink(missing_ok=True)
 
-    async def _scrape(self, request: web.Request) -> web.Response:
-        accept = request.headers.get("Accept", "")
-        wants_openmetrics = "application/openmetrics-text" in accept
-        if self.worker != 0 or self.workers == 1:
-            return _render(self.registry, wants_openmetrics)
-        # One scrape at a time gathers the peers: their families are this scrape's only.
-        async with self._lock:
-            self._peers.families = await self._gather()
-            return _render(self._own, wants_openmetrics)
-
-    async def _gather(self) -> list[Metric]:
+    async def _gather(self) -> None:
         texts = await asyncio.gather(*(self._peer(i) for i in range(1, self.workers)))
         families: list[Metric] = []
         for text in texts:
             if text is not None:
                 families.extend(text_string_to_metric_families(text))  # type: ignore[no-untyped-call]
-        return families
+        self._peers.families = families
 
     async def _peer(self, worker: int) -> str | None:
         path = socket_path(self._data_dir, worker)
@@ -216,9 +198,7 @@ class NodeMetrics:
                 ClientSession(
                     connector=UnixConnector(path=str(path)), timeout=ClientTimeout(total=PEER_TIMEOUT_S)
                 ) as session,
-                session.get(
-                    "http://worker/metrics", headers={"Accept": openmetrics.CONTENT_TYPE_LATEST}
-                ) as answer,
+                session.get("http://worker/metrics", headers={"Accept": OPENMETRICS}) as answer,
             ):
                 body = await answer.content.read(MAX_PEER_BYTES + 1)
                 if answer.status != 200 or len(body) > MAX_PEER_BYTES:
@@ -238,35 +218,3 @@ class _Own(Collector):
 
     def collect(self) -> Iterable[Metric]:
         return self._registry.collect()
-
-
-def _render(registry: CollectorRegistry, wants_openmetrics: bool) -> web.Response:
-    """Families of the same name from several workers are written once, their samples
-    together (a format allows one TYPE line per family)."""
-    merged = _MergedRegistry(registry)
-    if wants_openmetrics:
-        body = openmetrics.generate_latest(merged)  # type: ignore[no-untyped-call]
-        content_type = openmetrics.CONTENT_TYPE_LATEST
-    else:
-        body = prometheus_text.generate_latest(merged)
-        content_type = prometheus_text.CONTENT_TYPE_LATEST
-    response = web.Response(body=body)
-    response.headers["Content-Type"] = content_type
-    return response
-
-
-class _MergedRegistry:
-    """``collect()`` of a registry with the families of one name joined into one."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-
-    def collect(self) -> Iterator[Metric]:
-        merged: dict[str, Metric] = {}
-        for family in self._registry.collect():
-            known = merged.get(family.name)
-            if known is None:
-                merged[family.name] = family
-            else:
-                known.samples.extend(family.samples)
-        yield from merged.values()

@@ -13,7 +13,7 @@ import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from cryptography import x509
@@ -26,6 +26,9 @@ from controlplane.limits import NAME_CHARS, check_request
 from controlplane.repositories.admin import AuditRow
 from controlplane.services.admin import AdminService
 from controlplane.services.base import Caller
+
+if TYPE_CHECKING:
+    from controlplane.metrics import ControlPlaneMetrics
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,8 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> None:
         self._admin = admin
         self.authz = Authorizer(admin)
+        self.metrics: ControlPlaneMetrics | None = None
+        """Counts admin calls when the control plane serves metrics."""
         self.unauthenticated = UnauthenticatedAuditLimit(
             self._audit_suppressed, rows=unauthenticated_rows, window=unauthenticated_window
         )
@@ -268,6 +273,9 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             code, message = mapped
         if not isinstance(exc, Unauthenticated) or self.unauthenticated.admit(context.peer()):
             await self._audit(call.row(method, code.name, message))
+        elif self.metrics is not None:
+            # Its audit row is folded into a summary row; the call still counts.
+            self.metrics.admin_calls.labels(method, code.name).inc()
         await context.abort(code, message)
         raise AssertionError("abort raises")  # pragma: no cover
 
@@ -282,6 +290,8 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         await self.unauthenticated.close()
 
     async def _audit(self, row: AuditRow) -> None:
+        if self.metrics is not None and row.method != "(unauthenticated)":
+            self.metrics.admin_calls.labels(row.method, row.result).inc()
         try:
             await self._admin.record(row)
         except Exception:
