@@ -188,4 +188,5 @@ def _usage_row(r: UsageRow) -> admin_pb2.UsageRow:
         cost_nanos=max(min(r.cost_nanos, INT64_MAX), -INT64_MAX),
         latency_p50_ms=r.latency_p50_ms,
         latency_p95_ms=r.latency_p95_ms,
+        latency_p99_ms=r.latency_p99_ms,
     )

@@ -62,6 +62,7 @@ class UsageRow:
     cost_nanos: int = 0
     latency_p50_ms: float = 0.0
     latency_p95_ms: float = 0.0
+    latency_p99_ms: float = 0.0
 
 
 @dataclass(slots=True)
@@ -99,7 +100,8 @@ _MEASURES = f"""
     {_count("usage,cached_input_tokens")} AS cached_input_tokens,
     {_signed("cost,total_nanos")} AS cost_nanos,
     percentile_cont(0.5) WITHIN GROUP (ORDER BY {_LATENCY}) FILTER (WHERE {_REQUEST}) AS p50,
-    percentile_cont(0.95) WITHIN GROUP (ORDER BY {_LATENCY}) FILTER (WHERE {_REQUEST}) AS p95
+    percentile_cont(0.95) WITHIN GROUP (ORDER BY {_LATENCY}) FILTER (WHERE {_REQUEST}) AS p95,
+    percentile_cont(0.99) WITHIN GROUP (ORDER BY {_LATENCY}) FILTER (WHERE {_REQUEST}) AS p99
 """
 
 
@@ -156,6 +158,7 @@ class UsageReports:
                 cost_nanos=int(row["cost_nanos"] or 0),
                 latency_p50_ms=float(row["p50"] or 0.0),
                 latency_p95_ms=float(row["p95"] or 0.0),
+                latency_p99_ms=float(row["p99"] or 0.0),
             )
             if row["is_total"]:
                 report.total = usage

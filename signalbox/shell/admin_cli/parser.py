@@ -77,7 +77,7 @@ from signalbox.shell.admin_cli.commands.tenants import (
     tenant_list,
     tenant_update,
 )
-from signalbox.shell.admin_cli.commands.usage import USAGE_DIMENSIONS, usage_report
+from signalbox.shell.admin_cli.commands.usage import USAGE_DIMENSIONS, top, usage_report
 from signalbox.shell.admin_cli.output import EVIDENCE_CONTENT_FLAG, SPOOL_FULL_FLAG
 from signalbox.shell.admin_cli.run import admin_command
 
@@ -540,6 +540,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="group by any of day, tenant, key, model, comma-separated (default: the total only)",
     )
     p.add_argument("--csv", action="store_true", help="CSV (a header line, the groups, then the total)")
+
+    p = sub.add_parser(
+        "top",
+        help="live view: requests/s, errors, p50/p99 and cost per minute by tenant and model, and the "
+        "nodes' convergence (from shipped evidence; Ctrl-C to stop)",
+    )
+    p.set_defaults(admin_action=top, watch=True)
+    p.add_argument("--tenant", help="one tenant's (a tenant admin's own by default)")
+    p.add_argument(
+        "--window",
+        type=_positive_seconds,
+        default=60.0,
+        help="seconds of evidence each frame covers (default 60)",
+    )
+    p.add_argument(
+        "--interval", type=_positive_seconds, default=2.0, help="seconds between redraws (default 2)"
+    )
+    p.add_argument("--once", dest="watch", action="store_false", help="print one frame and exit")
+    p.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
 
     _admin_security(sub)
 

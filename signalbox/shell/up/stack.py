@@ -56,8 +56,9 @@ class StackConfig:
     simulator_listen: str = "127.0.0.1:7702"
     dataplane_http_listen: str = "127.0.0.1:7704"
     """The node's OpenAI-compatible HTTP front door."""
-    dataplane_metrics_listen: str = "127.0.0.1:7705"
-    """The node's Prometheus endpoint (metrics are on in ``up``, off by default in production)."""
+    dataplane_metrics_listen: str | None = "127.0.0.1:7705"
+    """The node's Prometheus endpoint (metrics are on in ``up``, off by default in production;
+    None: off, as a benchmark's variant without them)."""
     controlplane_metrics_listen: str = "127.0.0.1:7706"
     """The control plane's Prometheus endpoint."""
     simulator_in_process: bool = True
@@ -74,17 +75,16 @@ class StackConfig:
     @classmethod
     def ephemeral(cls, data_dir: Path, **options: Any) -> StackConfig:
         """A config on ports free now, for tests and benchmarks; ``options`` set the other fields."""
-        return cls(
-            data_dir=data_dir,
-            controlplane_listen="127.0.0.1:0",
-            controlplane_node_listen="127.0.0.1:0",
-            dataplane_listen="127.0.0.1:0",
-            simulator_listen="127.0.0.1:0",
-            dataplane_http_listen="127.0.0.1:0",
-            dataplane_metrics_listen="127.0.0.1:0",
-            controlplane_metrics_listen="127.0.0.1:0",
-            **options,
-        ).with_concrete_ports()
+        ports: dict[str, Any] = {
+            "controlplane_listen": "127.0.0.1:0",
+            "controlplane_node_listen": "127.0.0.1:0",
+            "dataplane_listen": "127.0.0.1:0",
+            "simulator_listen": "127.0.0.1:0",
+            "dataplane_http_listen": "127.0.0.1:0",
+            "dataplane_metrics_listen": "127.0.0.1:0",
+            "controlplane_metrics_listen": "127.0.0.1:0",
+        }
+        return cls(data_dir=data_dir, **{**ports, **options}).with_concrete_ports()
 
     def with_concrete_ports(self) -> StackConfig:
         """The same config with every port 0 replaced by a port that is free now."""
@@ -94,7 +94,9 @@ class StackConfig:
             controlplane_node_listen=_concrete(self.controlplane_node_listen),
             dataplane_listen=_concrete(self.dataplane_listen),
             dataplane_http_listen=_concrete(self.dataplane_http_listen),
-            dataplane_metrics_listen=_concrete(self.dataplane_metrics_listen),
+            dataplane_metrics_listen=None
+            if self.dataplane_metrics_listen is None
+            else _concrete(self.dataplane_metrics_listen),
             controlplane_metrics_listen=_concrete(self.controlplane_metrics_listen),
             simulator_listen=self.simulator_listen
             if self.simulator_in_process
@@ -201,8 +203,7 @@ class LocalStack:
                 cfg.dataplane_listen,
                 "--http-listen",
                 cfg.dataplane_http_listen,
-                "--metrics-listen",
-                cfg.dataplane_metrics_listen,
+                *(["--metrics-listen", cfg.dataplane_metrics_listen] if cfg.dataplane_metrics_listen else []),
                 "--control-plane",
                 cfg.controlplane_node_listen,
                 "--enroll-address",
@@ -222,8 +223,12 @@ class LocalStack:
         await self._wait_converged(node)
         self._progress(
             f"node {NODE_ID} on {cfg.dataplane_listen} (gRPC) and http://{cfg.dataplane_http_listen}/v1 "
-            f"(OpenAI-compatible HTTP) serving snapshot v{self.snapshot_version}, "
-            f"metrics at http://{cfg.dataplane_metrics_listen}/metrics"
+            f"(OpenAI-compatible HTTP) serving snapshot v{self.snapshot_version}"
+            + (
+                f", metrics at http://{cfg.dataplane_metrics_listen}/metrics"
+                if cfg.dataplane_metrics_listen
+                else ""
+            )
         )
 
     async def stop(self) -> None:

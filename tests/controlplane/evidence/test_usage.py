@@ -78,6 +78,7 @@ def _expected(bodies: list[dict[str, Any]]) -> dict[str, Any]:
         "cost_nanos": sum(b["cost"]["total_nanos"] for b in bodies),
         "latency_p50_ms": _percentile(latencies, 0.5),
         "latency_p95_ms": _percentile(latencies, 0.95),
+        "latency_p99_ms": _percentile(latencies, 0.99),
     }
 
 
@@ -100,6 +101,7 @@ FIGURES = (
     "cost_nanos",
     "latency_p50_ms",
     "latency_p95_ms",
+    "latency_p99_ms",
 )
 
 
@@ -245,3 +247,44 @@ async def test_the_usage_command_prints_a_table_csv_or_json_and_a_tenant_admin_s
     code, _, err = await _signalbox(*own, "usage", "--tenant", beta)
     assert code != 0
     assert "NOT_FOUND" in err or "not found" in err
+
+
+async def test_top_shows_rates_latency_and_cost_by_tenant_and_model_and_the_fleet(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], tenants: tuple[str, str]
+) -> None:
+    acme, beta = tenants
+    stream, directory = node
+    await _ship(stream, directory, [_record(i, acme if i % 2 else beta) for i in range(20)])
+    base = ("admin", "--target", evidence_plane.address, "--token", evidence_plane.token)
+    async with grpc.aio.insecure_channel(evidence_plane.address) as channel:
+        stored = await _stored(admin_pb2_grpc.AdminServiceStub(channel), evidence_plane.metadata)
+    figures = _expected(stored)
+
+    code, out, err = await _signalbox(*base, "top", "--once", "--window", "3600")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == (
+        f"last 3600s of shipped evidence: {figures['requests'] / 3600:.1f} req/s, "
+        f"errors {figures['errors'] / figures['requests'] * 100:.1f}%, p50 {figures['latency_p50_ms']:.1f} ms, "
+        f"p99 {figures['latency_p99_ms']:.1f} ms, ${figures['cost_nanos'] / 1e9 / 60:.6f}/min"
+    )
+    assert lines[2].split() == ["TENANT", "MODEL", "REQ/S", "ERRORS", "P50_MS", "P99_MS", "USD/MIN"]
+    assert {line.split()[0] for line in lines[3:7]} == {acme, beta}
+    # The node that shipped them, as the fleet sees it.
+    assert any(line.startswith("nodes: 1,") for line in lines)
+    assert any(line.split()[:2] == ["node-a", "default"] for line in lines)
+
+    # Redrawn: a frame per interval.
+    code, out, err = await _signalbox(*base, "top", "--interval", "0.1", "--iterations", "2")
+    assert code == 0, err
+    assert out.count("(Ctrl-C to stop)") == 2
+
+    # A tenant admin: its own tenant, and no fleet.
+    assert evidence_plane.cp.admin is not None
+    _, token = await evidence_plane.cp.admin.create_token("acme-top", role="tenant_admin", tenant=acme)
+    code, out, err = await _signalbox(
+        "admin", "--target", evidence_plane.address, "--token", token, "top", "--once", "--window", "3600"
+    )
+    assert code == 0, err
+    assert beta not in out
+    assert "nodes: not shown to this identity" in out

@@ -3103,6 +3103,7 @@ class UsageRow(_message.Message):
     COST_NANOS_FIELD_NUMBER: _builtins.int
     LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
     LATENCY_P95_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P99_MS_FIELD_NUMBER: _builtins.int
     day: _builtins.str
     """Set for the dimensions the report is grouped by."""
     tenant_id: _builtins.str
@@ -3121,6 +3122,7 @@ class UsageRow(_message.Message):
     latency_p50_ms: _builtins.float
     """Of the requests' total time on the node (timings.total_ms); 0 without requests."""
     latency_p95_ms: _builtins.float
+    latency_p99_ms: _builtins.float
     def __init__(
         self,
         *,
@@ -3137,10 +3139,11 @@ class UsageRow(_message.Message):
         cost_nanos: _builtins.int = ...,
         latency_p50_ms: _builtins.float = ...,
         latency_p95_ms: _builtins.float = ...,
+        latency_p99_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "cached_input_tokens", b"cached_input_tokens", "cost_nanos", b"cost_nanos", "day", b"day", "errors", b"errors", "input_tokens", b"input_tokens", "latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "model", b"model", "output_tokens", b"output_tokens", "requests", b"requests", "shadow_calls", b"shadow_calls", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "cached_input_tokens", b"cached_input_tokens", "cost_nanos", b"cost_nanos", "day", b"day", "errors", b"errors", "input_tokens", b"input_tokens", "latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "model", b"model", "output_tokens", b"output_tokens", "requests", b"requests", "shadow_calls", b"shadow_calls", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,7 +6,9 @@ import argparse
 import csv
 import io
 import sys
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
+
+import grpc
 
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.shell.admin_cli.commands.base import Stub
@@ -60,3 +62,73 @@ def _cells(row: admin_pb2.UsageRow, by: list[str], label: str = "") -> list[str]
         f"{row.latency_p50_ms:.1f}",
         f"{row.latency_p95_ms:.1f}",
     ]
+
+
+# ---- signalbox admin top ----
+
+TOP_COLUMNS = ("tenant", "model", "req/s", "errors", "p50_ms", "p99_ms", "usd/min")
+TOP_NODE_COLUMNS = ("node", "group", "applied", "lag", "connected", "state")
+
+
+async def top(stub: Stub, ns: argparse.Namespace) -> Output:
+    """One frame of ``signalbox admin top``: the last ``--window`` seconds of shipped evidence
+    by tenant and model, and the fleet's convergence (``--watch`` redraws it)."""
+    now = datetime.now(UTC)
+    request = admin_pb2.GetUsageRequest(tenant_id=ns.tenant or "", by=["tenant", "model"])
+    request.since.FromDatetime(now - timedelta(seconds=ns.window))
+    request.until.FromDatetime(now)
+    usage = await stub.GetUsage(request)
+    per_second, per_minute = 1 / ns.window, 60 / ns.window
+    t = usage.total
+    lines = [
+        f"last {ns.window:g}s of shipped evidence: {t.requests * per_second:.1f} req/s, "
+        f"errors {_share(t.errors, t.requests)}, p50 {t.latency_p50_ms:.1f} ms, p99 {t.latency_p99_ms:.1f} ms, "
+        f"${t.cost_nanos / 1e9 * per_minute:.6f}/min",
+        "",
+        table(
+            TOP_COLUMNS,
+            [
+                (
+                    printable(r.tenant_id, 40),
+                    printable(r.model, 40) or "-",
+                    f"{r.requests * per_second:.1f}",
+                    _share(r.errors, r.requests),
+                    f"{r.latency_p50_ms:.1f}",
+                    f"{r.latency_p99_ms:.1f}",
+                    f"{r.cost_nanos / 1e9 * per_minute:.6f}",
+                )
+                for r in sorted(usage.rows, key=lambda r: -r.requests)
+            ],
+        ),
+        "",
+    ]
+    try:
+        nodes = (await stub.ListNodes(admin_pb2.ListNodesRequest())).nodes
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+            raise
+        lines.append("nodes: not shown to this identity (platform roles only)")
+    else:
+        behind = sum(1 for n in nodes if n.lag)
+        lines.append(f"nodes: {len(nodes)}, {behind} behind their group's newest snapshot")
+        lines.append(
+            table(
+                TOP_NODE_COLUMNS,
+                [
+                    (
+                        printable(n.node_id, 60),
+                        printable(n.node_group, 40),
+                        f"v{n.applied_version}",
+                        n.lag,
+                        "yes" if n.connected else "no",
+                        "STALE" if n.stale else "ok",
+                    )
+                    for n in nodes
+                ],
+            )
+        )
+    return Output(usage, text="\n".join(lines) + "\n")
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part / whole * 100:.1f}%" if whole else "-"
