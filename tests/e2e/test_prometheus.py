@@ -293,7 +293,9 @@ def _declared() -> set[str]:
     names: set[str] = set()
     for registry in (node.registry, ControlPlaneMetrics(nodes=None).registry):  # type: ignore[arg-type]
         for family in registry.collect():
-            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(
+                family.type, ("",)
+            )
             names.update(family.name + suffix for suffix in suffixes)
     return names
 
