@@ -54,6 +54,7 @@ from dataplane.pipeline.trace import (
     request_content,
     shadow_fields,
 )
+from dataplane.pipeline.tracing import RequestTracer
 from dataplane.quota import Quotas
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import Dispatcher, ShadowOutcome
@@ -88,6 +89,7 @@ class Pipeline:
         spool: Spool | None = None,
         quotas: Quotas | None = None,
         metrics: RequestMetrics | None = None,
+        tracer: RequestTracer | None = None,
     ) -> None:
         """``spool``: the node's evidence spool, whose bound each tenant's policy answers
         (None: unbounded); ``quotas``: the node's leased rate limits and budgets (None: limits
@@ -101,6 +103,8 @@ class Pipeline:
         self.default_deadline = default_deadline
         self.metrics = metrics
         """The node's request metrics (None: metrics are off, and cost nothing)."""
+        self.tracer = tracer
+        """Spans of each request (None: tracing is off, and costs nothing)."""
 
     # ---- the flows ----
 
@@ -114,9 +118,12 @@ class Pipeline:
                 adapter = state.adapters[candidate.provider.id]
                 return await adapter.complete(candidate.deployment.upstream_model, chat, timeout=remaining)
 
+            upstream: Callable[[Candidate, float], Awaitable[ChatResponse]] = attempt
+            if self.tracer is not None:
+                upstream = self.tracer.attempt(trace, attempt)
             deadline = self._deadline(trace, call)
             self._shadow(trace, state, plan, attempt, deadline)
-            response, candidate = await self._dispatch(trace, plan, attempt, deadline)
+            response, candidate = await self._dispatch(trace, plan, upstream, deadline)
             return self._govern_output(trace, response), candidate
 
         return await self._unary(call, respond, answer_digest)
@@ -131,7 +138,10 @@ class Pipeline:
                 adapter = state.adapters[candidate.provider.id]
                 return await adapter.embed(candidate.deployment.upstream_model, body, timeout=remaining)
 
-            return await self._dispatch(trace, plan, attempt, self._deadline(trace, call))
+            upstream: Callable[[Candidate, float], Awaitable[EmbedResponse]] = attempt
+            if self.tracer is not None:
+                upstream = self.tracer.attempt(trace, attempt)
+            return await self._dispatch(trace, plan, upstream, self._deadline(trace, call))
 
         return await self._unary(call, respond, embedding_digest)
 
@@ -146,6 +156,7 @@ class Pipeline:
         trace = self._begin(call)
         try:
             state, caller = self._admit(trace, call)
+            trace.mark("admit")
             with state.use():
                 body, plan = await self._prepare(trace, state, caller, call)
                 result, candidate = await respond(trace, state, body, plan)
@@ -175,6 +186,7 @@ class Pipeline:
         assembled = _Assembler()
         try:
             state, caller = self._admit(trace, call)
+            trace.mark("admit")
             with state.use():
                 chat, plan = await self._prepare(trace, state, caller, call)
 
@@ -182,9 +194,12 @@ class Pipeline:
                     adapter = state.adapters[candidate.provider.id]
                     return adapter.stream(candidate.deployment.upstream_model, chat, timeout=remaining)
 
+                opener: Callable[[Candidate, float], AsyncIterator[StreamChunk]] = start
+                if self.tracer is not None:
+                    opener = self.tracer.stream_attempt(trace, start)
                 dispatched = time.monotonic()
                 chunk, upstream, candidate, attempts = await self.dispatcher.open_stream(
-                    plan, start, deadline=self._deadline(trace, call), skipped=trace.skipped
+                    plan, opener, deadline=self._deadline(trace, call), skipped=trace.skipped
                 )
                 trace.first_chunk_ms = (time.monotonic() - dispatched) * 1000
                 trace.candidate, trace.attempts = candidate, attempts
@@ -234,6 +249,13 @@ class Pipeline:
     # ---- steps ----
 
     def _begin(self, call: Call[Any]) -> Trace:
+        """``_new_trace``, and the request's span when it is traced."""
+        trace = self._new_trace(call)
+        if self.tracer is not None:
+            self.tracer.begin(trace, call.header)
+        return trace
+
+    def _new_trace(self, call: Call[Any]) -> Trace:
         """Correlation id and timers. An invalid caller-supplied id is replaced by a
         generated one (so the refusal can still be correlated) and reported after
         authentication."""
@@ -282,6 +304,7 @@ class Pipeline:
             trace.content = request_content(body)
         if isinstance(body, ChatRequest):
             await check_schemas(body)
+        trace.mark("validate")
         scope = caller.scope
         scope.check_task(hints.task)
         for step in self.governance:
@@ -289,6 +312,7 @@ class Pipeline:
             if not isinstance(governed, type(body)):
                 raise TypeError(f"governance step {type(step).__name__} changed the request's type")
             body = governed
+        trace.mark("govern input")
         query = query_for(
             caller.tenant,
             body,
@@ -304,8 +328,10 @@ class Pipeline:
             if refused is not None:
                 raise refused
         trace.plan = plan = usable_plan(trace.plan, query, state.unusable)
+        trace.mark("route")
         if self.quotas is not None:
             self._limit(trace, caller, query, plan)
+            trace.mark("limit")
         return body, plan
 
     def _limit(self, trace: Trace, caller: Caller, query: RouteQuery, plan: RoutePlan) -> None:
@@ -375,16 +401,19 @@ class Pipeline:
         )
         trace.dispatch_ms = (time.monotonic() - started) * 1000
         trace.candidate, trace.attempts = candidate, attempts
+        trace.mark("dispatch")
         return result, candidate
 
     def _govern_output(self, trace: Trace, response: ChatResponse) -> ChatResponse:
         for step in self.governance:
             response = step.govern_output(response, trace.governance)
+        trace.mark("govern output")
         return response
 
     def _account(self, trace: Trace, candidate: Candidate, usage: Usage | None) -> Cost:
         trace.usage = usage
         trace.cost = cost_of(candidate.model, usage)
+        trace.mark("account")
         return trace.cost
 
     # ---- record: exactly one evidence record per request ----
@@ -428,8 +457,12 @@ class Pipeline:
         try:
             record_id = self.evidence.append(record_fields(trace, outcome), trace.record_id)
         except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
+            if self.tracer is not None:
+                self.tracer.end(trace, outcome, "")
             raise EvidenceUnavailable("node cannot write evidence; request not served") from exc
         trace.recorded = record_id
+        if self.tracer is not None:
+            self.tracer.end(trace, outcome, record_id)
         if self.metrics is not None:
             # Counted once its record is written: metrics and evidence count the same requests.
             self.metrics.observe(trace, outcome, time.monotonic)
