@@ -43,6 +43,7 @@ from dataplane.evidence.log import (
     log_path,
 )
 from dataplane.evidence.shipper import EvidenceShipper
+from dataplane.evidence.spend import spent_since
 from dataplane.evidence.spool import Spool
 from dataplane.http.openai_api import OpenAIFrontDoor, server_error_body
 from dataplane.http.server import HttpServer
@@ -335,6 +336,7 @@ class DataPlaneNode:
             self._ledger = LocalLedger(
                 lambda: store.current.config if store.current is not None else None,
                 s.data_dir / QUOTA_DIR,
+                spent=lambda since: spent_since(s.data_dir, since),
             )
             await asyncio.to_thread(self._ledger.load)
             self._ledger_server = await serve_ledger(self._ledger, s.node_id, s.data_dir)

@@ -18,14 +18,13 @@ what was granted is counted on disk before any worker can spend it. The count is
 granted less what was handed back, so quota a worker held when the node stopped counts as
 spent (never less than the real spend: the safe side).
 
-A missing file is the first start of the period (nothing was spent on this node). A file
-that cannot be read or parsed (torn by a failing disk, edited by hand: a crash cannot tear
-it, the replace is atomic) is logged as an error, moved aside as ``budgets.json.corrupt``
-for the operator, and the period's spend restarts from zero: this node may then spend up to
-one more budget in the current day or month. The alternative, refusing the tenant until the
-period ends, turns a disk fault into an outage of up to a month; every request's cost is in
-the node's evidence, so an overspend stays visible and auditable (README, "Rate limits and
-budgets").
+A missing file, or one that cannot be read or parsed (torn by a failing disk, deleted or
+edited by hand: a crash cannot tear it, the replace is atomic), is recounted from the node's
+own evidence (``spent``: every record's cost, written before its answer), the current day
+and month only; an unreadable file is logged as an error and moved aside as
+``budgets.json.corrupt`` for the operator. The recount is what the records say was spent,
+which can be less than what was granted (quota a worker held when the file was lost), never
+more than was spent. On a node's first start there is no evidence and nothing was spent.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -108,7 +107,11 @@ class LocalLedger:
         *,
         burst_seconds: float = DEFAULT_BURST_SECONDS,
         clock: Callable[[], float] = time.time,
+        spent: Callable[[float], Iterable[tuple[str, str, float, int]]] = lambda since: (),
     ) -> None:
+        """``spent(since)``: (tenant id, key id, time, nano-USD) of what the node's evidence
+        says was spent since a time: the recount when the budgets file is missing or bad."""
+        self._spent = spent
         self._limits = _Limits(config)
         self._dir = state_dir
         self.burst_seconds = burst_seconds
@@ -129,13 +132,13 @@ class LocalLedger:
         return 0 if row is None else row.used
 
     def load(self) -> None:
-        """Read the budgets file: missing, the first start of the period; unreadable, logged,
-        moved aside, and counted as a first start (see the module docstring)."""
+        """Read the budgets file; missing or unreadable, recount from the evidence (see the
+        module docstring)."""
         private_dir(self._dir)
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            log.info("quota budgets: no %s: the first start of this period on this node", self.path)
+            self._recount(f"no {self.path}")
             return
         except OSError as exc:
             self._corrupt(f"cannot be read: {exc.strerror}")
@@ -151,12 +154,34 @@ class LocalLedger:
             os.replace(self.path, aside)
         except OSError:
             aside = self.path
-        log.error(
-            "quota budgets: %s %s; budgets of this period count from zero on this node "
-            "(the unreadable file is kept as %s)",
-            self.path,
-            problem,
-            aside,
+        log.error("quota budgets: %s %s; the unreadable file is kept as %s", self.path, problem, aside)
+        self._recount("the budgets file was unreadable")
+
+    def _recount(self, why: str) -> None:
+        """This day's and month's spend per tenant and key, from the evidence."""
+        now = self._clock()
+        current = windows(now)
+        moment = datetime.fromtimestamp(now, UTC)
+        month_start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+        day_start = moment.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        budgets: dict[BudgetKey, grants.Row] = {}
+        records = 0
+        for tenant_id, key_id, at, cost in self._spent(month_start):
+            records += 1
+            kinds = (Kind.BUDGET_DAY, Kind.BUDGET_MONTH) if at >= day_start else (Kind.BUDGET_MONTH,)
+            for kind in kinds:
+                for scope in ("", key_id) if key_id else ("",):
+                    row = budgets.setdefault((tenant_id, scope, int(kind), current[kind]), grants.Row())
+                    row.used = min(row.used + cost, INT64_MAX)
+        self._budgets = budgets
+        # Written at once (load runs off the event loop): the recount is the file from now on.
+        atomic_write(self.path, self._body())
+        log.warning(
+            "quota budgets: %s; recounted this period's spend from the node's evidence: %d records, "
+            "%d budgets",
+            why,
+            records,
+            len({(t, k) for t, k, _, _ in budgets}),
         )
 
     def lease(self, asks: Sequence[quota_pb2.QuotaAsk], holder: str) -> list[quota_pb2.QuotaGrant]:
@@ -216,6 +241,9 @@ class LocalLedger:
             )
         return out
 
+    def _body(self) -> bytes:
+        return _encode(self._budgets)
+
     async def persist(self) -> None:
         """Write the budgets of the current windows when they changed (older windows are
         dropped: they can no longer be granted from)."""
@@ -225,18 +253,22 @@ class LocalLedger:
             self._dirty = False
             current = set(windows(self._clock()).values())
             self._budgets = {k: row for k, row in self._budgets.items() if k[3] in current}
-            body = {
-                "format": FORMAT,
-                "budgets": [
-                    {"tenant_id": t, "api_key_id": k, "kind": kind, "window": w, "used": row.used}
-                    for (t, k, kind, w), row in sorted(self._budgets.items())
-                ],
-            }
             try:
-                await asyncio.to_thread(atomic_write, self.path, json.dumps(body).encode())
+                await asyncio.to_thread(atomic_write, self.path, self._body())
             except BaseException:
                 self._dirty = True
                 raise
+
+
+def _encode(budgets: Mapping[BudgetKey, grants.Row]) -> bytes:
+    body = {
+        "format": FORMAT,
+        "budgets": [
+            {"tenant_id": t, "api_key_id": k, "kind": kind, "window": w, "used": row.used}
+            for (t, k, kind, w), row in sorted(budgets.items())
+        ],
+    }
+    return json.dumps(body).encode()
 
 
 def _parse(raw: bytes) -> dict[BudgetKey, grants.Row]:

@@ -1,7 +1,7 @@
 """An air-gapped node (a pinned snapshot, no control plane) enforces its snapshot's rate
 limits and budgets from its own ledger (``dataplane.quota.local``): refusals on both doors,
-budgets persisted in the data dir across restarts, a corrupt budgets file logged and counted
-as the first start of the period."""
+budgets persisted in the data dir across restarts, a corrupt or missing budgets file logged
+and recounted from the node's own evidence."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
-from dataplane.evidence.log import log_path
+from dataplane.evidence.log import chain_files, log_path
 from dataplane.evidence.records import read_records
 from dataplane.quota import Kind
 from dataplane.quota.local import BUDGETS_FILE, QUOTA_DIR
@@ -95,7 +95,7 @@ async def test_an_air_gapped_node_refuses_over_its_rate_on_both_doors_with_retry
         assert "tenant acme requests per minute exceeded" in await response.text()
 
 
-async def test_an_air_gapped_budget_survives_a_restart_and_a_corrupt_file_counts_from_zero(
+async def test_an_air_gapped_budget_survives_a_restart_and_a_lost_file_is_recounted_from_evidence(
     start_node: NodeFactory,
     tmp_path: Path,
     signing_key: Ed25519PrivateKey,
@@ -154,14 +154,44 @@ async def test_an_air_gapped_budget_survives_a_restart_and_a_corrupt_file_counts
     )
     await node.stop(0)
 
-    # A file that does not parse: logged, kept aside, and the period counts from zero.
+    # What the node's evidence says acme spent today: what a lost budgets file is recounted to.
+    recorded = sum(
+        (r.get("cost") or {}).get("total_nanos", 0)
+        for chain in chain_files(data_dir)
+        for r in read_records(chain)
+        if r.get("tenant_id") == "t-acme"
+    )
+    assert 0 < recorded <= spent
+
+    # A file that does not parse: logged, kept aside, and the period recounted.
     path.write_bytes(b'{"format": 1, "budgets": [{"tenant_id": 7')
-    with caplog.at_level(logging.ERROR, logger="signalbox.dataplane.quota"):
+    with caplog.at_level(logging.WARNING, logger="signalbox.dataplane.quota"):
         node = await _pinned(start_node, pin, data_dir)
     assert node.ledger is not None
-    assert node.ledger.spent("t-acme", "", Kind.BUDGET_DAY) == 0
-    assert any("budgets of this period count from zero" in r.getMessage() for r in caplog.records)
+    assert node.ledger.spent("t-acme", "", Kind.BUDGET_DAY) == recorded
+    assert any("is not JSON; the unreadable file is kept as" in r.getMessage() for r in caplog.records)
+    assert any(
+        "recounted this period's spend from the node's evidence" in r.getMessage() for r in caplog.records
+    )
     assert (data_dir / QUOTA_DIR / (BUDGETS_FILE + ".corrupt")).exists()
+    await node.stop(0)
+    # The recount was written back: the next start reads it.
+    # (The tenant's and its key's day and month alike: a budget set later finds them counted.)
+    written = {
+        (b["tenant_id"], b["api_key_id"], b["kind"]): b["used"]
+        for b in json.loads(path.read_text())["budgets"]
+    }
+    assert written == {
+        ("t-acme", key, int(kind)): recorded
+        for key in ("", "k-acme")
+        for kind in (Kind.BUDGET_DAY, Kind.BUDGET_MONTH)
+    }
+
+    # A deleted file: recounted alike.
+    path.unlink()
+    node = await _pinned(start_node, pin, data_dir)
+    assert node.ledger is not None
+    assert node.ledger.spent("t-acme", "", Kind.BUDGET_DAY) == recorded
     async with grpc.aio.insecure_channel(node.address) as channel:
         stub = infer_pb2_grpc.InferServiceStub(channel)
         assert await _infer(stub, params=params) is None
