@@ -1,0 +1,65 @@
+"""``iban``: International Bank Account Numbers, compact or in groups of four.
+
+A candidate is a country code, two check digits and up to 30 more letters or digits, compact
+(``DE89370400440532013000``) or spaced in groups of four (``DE89 3704 0044 0532 0130 00``,
+also with no-break spaces); letters of either case. ``python-stdnum`` then checks the
+ISO 7064 mod 97-10 check digits, the country's length and BBAN structure and, where it has
+one, the country's own check (``stdnum.iban.validate``), so a finding is an IBAN that could be
+real, and near misses (a wrong check digit, a wrong length, an unknown country) are not
+findings. When the last spaced group makes a candidate invalid, the candidate without it is
+tried (an IBAN followed by a number in a table row). The kind is the country code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from stdnum import iban as stdnum_iban
+from stdnum.exceptions import ValidationError
+
+from dataplane.governance.detect import Span
+from dataplane.governance.detectors._options import no_options
+
+_CANDIDATE: Final = re.compile(
+    r"\b[A-Za-z]{2}\d{2}(?:[ \u00a0]?[A-Za-z0-9]{4}){2,7}(?:[ \u00a0]?[A-Za-z0-9]{1,3})?\b"
+)
+_SPACES: Final = str.maketrans("", "", " \u00a0")
+MIN_LENGTH: Final = 15
+"""Norway's, the shortest IBAN."""
+
+
+def _valid(candidate: str) -> bool:
+    compact = candidate.translate(_SPACES)
+    if len(compact) < MIN_LENGTH:
+        return False
+    try:
+        stdnum_iban.validate(compact)
+    except ValidationError:
+        return False
+    return True
+
+
+class IbanDetector:
+    name = "iban"
+
+    def find(self, text: str) -> list[Span]:
+        spans: list[Span] = []
+        for match in _CANDIDATE.finditer(text):
+            candidate = match.group()
+            while True:
+                if _valid(candidate):
+                    spans.append(Span(match.start(), match.start() + len(candidate), candidate[:2].upper()))
+                    break
+                cut = max(candidate.rfind(" "), candidate.rfind("\u00a0"))
+                if cut < 0:
+                    break
+                candidate = candidate[:cut]
+        return spans
+
+
+def build(options: Mapping[str, Any]) -> IbanDetector:
+    """``iban`` takes no options."""
+    no_options(options)
+    return IbanDetector()
