@@ -27,11 +27,10 @@ from controlplane.repositories import config as config_repo
 from controlplane.repositories import governance as repo
 from controlplane.services.base import Caller, UnitOfWork
 from controlplane.services.policies import canonical_json, document_field
-from dataplane.config.model import DataClass
+from dataplane.config.model import DataClass, Finding
 from dataplane.errors import ProfileError
 from dataplane.governance import detectors as _detectors  # noqa: F401  (registers the built-in detectors)
 from dataplane.governance import profile as compiler
-from dataplane.governance.detect import Span
 
 FORMATS = ("json", "yaml")
 
@@ -75,7 +74,7 @@ class RuleResult:
     rule: str
     detector: str
     action: str
-    spans: tuple[Span, ...]
+    spans: tuple[Finding, ...]
     effect: str
 
 
@@ -100,7 +99,7 @@ class _Run:
     masked: dict[str, int] = field(default_factory=dict)
 
 
-def _replace(text: str, spans: Sequence[Span], replacements: Sequence[str]) -> str:
+def _replace(text: str, spans: Sequence[Finding], replacements: Sequence[str]) -> str:
     """``text`` with each span replaced by its replacement (spans sorted, not overlapping)."""
     parts: list[str] = []
     end = 0

@@ -26,119 +26,48 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import grpc
 
-from dataplane.config.model import DataClass
+from dataplane.config.model import (
+    DEFAULT_PLACEHOLDER,
+    DEFAULT_WINDOW,
+    NO_LIMITS,
+    Action,
+    CompiledProfile,
+    DataClass,
+    Limits,
+    OnFailure,
+    Rule,
+    Stage,
+)
 from dataplane.errors import PolicyError, ProfileError
-from dataplane.governance import detect
+from dataplane.governance import detect, detectors  # noqa: F401  (registers the built-in detectors)
 from dataplane.policy import language
 
-
-class Stage(StrEnum):
-    INPUT = "input"
-    """The request, before routing."""
-    OUTPUT = "output"
-    """The answer, before the caller sees it."""
-
-
-class Action(StrEnum):
-    BLOCK = "block"
-    REDACT = "redact"
-    MASK = "mask"
-    CLASSIFY = "classify"
-    FLAG = "flag"
-
-
-class OnFailure(StrEnum):
-    """What an answer that does not meet the request's JSON schema gets."""
-
-    ERROR = "error"
-    """The request is refused, naming where the answer breaks the schema."""
-    RETRY = "retry"
-    """The next candidate model is tried; when none is left, as ``ERROR``."""
-    FLAG = "flag"
-    """The answer is returned; the failure is recorded."""
-
+__all__ = [
+    "DEFAULT_PLACEHOLDER",
+    "DEFAULT_WINDOW",
+    "NO_LIMITS",
+    "Action",
+    "CompiledProfile",
+    "Limits",
+    "OnFailure",
+    "Rule",
+    "Stage",
+    "compile_profile",
+    "parse_document",
+    "validate_document",
+]
 
 INPUT_ONLY = frozenset({Action.MASK, Action.CLASSIFY})
 STATUS_NAMES: Mapping[str, grpc.StatusCode] = {
     "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
 }
-DEFAULT_STATUS = grpc.StatusCode.PERMISSION_DENIED
-DEFAULT_PLACEHOLDER = "[REDACTED]"
-DEFAULT_WINDOW = 256
-"""Characters of look-behind output rules see across a stream's chunks (the schema's default)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """One compiled rule: what its detector finds gets ``action``."""
-
-    name: str
-    stage: Stage
-    detector: detect.Detector
-    """Built once, when the profile was compiled."""
-    action: Action
-    status: grpc.StatusCode = DEFAULT_STATUS
-    """``block``: the refusal's status."""
-    placeholder: str = DEFAULT_PLACEHOLDER
-    """``redact``: what replaces each finding."""
-    label: str = ""
-    """``mask``: the numbered placeholders' stem (``EMAIL`` gives ``[EMAIL_1]``), from the
-    detector's name."""
-    data_class: DataClass = DataClass.UNSPECIFIED
-    """``classify``: the class the request is raised to."""
-
-    @property
-    def detector_name(self) -> str:
-        return self.detector.name
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Per request; None: no limit."""
-
-    max_messages: int | None = None
-    max_characters: int | None = None
-    """All the text a request carries (messages, tool arguments and results, embedding inputs)."""
-    max_tools: int | None = None
-    max_images: int | None = None
-
-    def __bool__(self) -> bool:
-        return any(
-            v is not None for v in (self.max_messages, self.max_characters, self.max_tools, self.max_images)
-        )
-
-
-NO_LIMITS = Limits()
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledProfile:
-    """A governance profile ready to run on the request path."""
-
-    profile_id: str
-    version: int
-    limits: Limits = NO_LIMITS
-    input_rules: tuple[Rule, ...] = ()
-    output_rules: tuple[Rule, ...] = ()
-    window: int = DEFAULT_WINDOW
-    """Streaming: look-behind of output rules, and so the most a stream is held back."""
-    contract: OnFailure | None = None
-    """What an answer breaking the request's JSON schema gets; None: answers are not checked
-    (the profile has no ``output.contract``)."""
-
-    @property
-    def masks(self) -> bool:
-        """Whether any input rule masks (then answers are restored for the caller)."""
-        return any(r.action is Action.MASK for r in self.input_rules)
 
 
 @cache
@@ -231,15 +160,20 @@ def _rule(path: str, stage: Stage, raw: Mapping[str, Any]) -> Rule:
     if detector_name not in detect.names():
         known = ", ".join(detect.names()) or "none"
         raise ProfileError(f"{path}.detector", f"unknown detector {detector_name!r}; known: {known}")
+    options = raw.get("options", {})
     try:
-        detector = detect.build(detector_name, raw.get("options", {}))
+        detector = detect.build(detector_name, options)
     except detect.DetectorConfigError as exc:
-        raise ProfileError(f"{path}.options.{exc.field}", language.clip_message(exc.message)) from exc
+        # Detectors name an option as "terms" or, already qualified, "options.terms[2]".
+        field = exc.field if exc.field.split(".")[0].split("[")[0] == "options" else f"options.{exc.field}"
+        raise ProfileError(f"{path}.{field}", language.clip_message(exc.message)) from exc
     return Rule(
         name=raw["name"],
         stage=stage,
-        detector=detector,
+        detector_name=detector_name,
+        options=json.dumps(options, sort_keys=True, separators=(",", ":")),
         action=Action(raw["action"]),
+        detector=detector,
         status=STATUS_NAMES[raw.get("status", "permission_denied")],
         placeholder=raw.get("placeholder", DEFAULT_PLACEHOLDER),
         label=re.sub(r"[^A-Z0-9]+", "_", detector_name.upper()).strip("_") or "VALUE",
