@@ -167,8 +167,8 @@ async def test_test_reports_rules_positions_and_the_resulting_text(admin: Admin)
     [
         (
             '{"input": {"rules": [{"name": "a", "detector": "email", "action": "flag", "colour": "red"}]}}',
-            "document.input.rules[0]",
-            "colour",
+            "document.input.rules[0].colour:",
+            "unknown field",
         ),
         ('{"inputs": {}}', "document", "inputs"),
         (
@@ -179,13 +179,13 @@ async def test_test_reports_rules_positions_and_the_resulting_text(admin: Admin)
         (
             '{"input": {"rules": [{"name": "a", "detector": "terms", "options": {"terms": [" "]}, '
             '"action": "flag"}]}}',
-            "document.input.rules[0].options",
+            "document.input.rules[0].options.terms[0]:",
             "must not be blank",
         ),
         (
             '{"input": {"rules": [{"name": "a", "detector": "email", "options": {"bogus": 1}, '
             '"action": "flag"}]}}',
-            "document.input.rules[0].options",
+            "document.input.rules[0].options.bogus:",
             "unknown option",
         ),
         (
