@@ -5,6 +5,7 @@ stored); and the snapshots that carry them, full, by delta, and per node group."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import grpc
 import pytest
@@ -410,3 +411,16 @@ async def test_rollback_keeps_the_current_profiles(admin: Admin) -> None:
         admin_pb2.ListGovernanceProfileHistoryRequest(tenant="acme")
     )
     assert [p.version for p in history.versions] == [strict.version, weak.version, stricter.version]
+
+
+async def test_the_readme_example_profile_applies(admin: Admin) -> None:
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    section = readme[readme.index("### Governance profiles") :]
+    example = section[section.index("```yaml\n") + 8 : section.index("```\n", section.index("```yaml\n"))]
+    await admin.seed("acme")
+    applied = await admin.ApplyGovernanceProfile(_apply("acme", example))
+    assert [r["name"] for r in json.loads(applied.document_json)["input"]["rules"]] == [
+        "no-codenames",
+        "ibans",
+        "emails",
+    ]
