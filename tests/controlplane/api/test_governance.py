@@ -293,7 +293,9 @@ async def test_roles_tenant_admin_own_tenant_only_auditor_reads(admin: Admin) ->
     assert [p.version for p in beta.versions] == [p.version for p in default.versions] == [1]
 
 
-async def test_changes_are_in_the_audit_trail_with_digests(admin: Admin) -> None:
+async def test_changes_are_in_the_audit_trail_with_digests(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
     await admin.seed("acme")
     acme = await admin.GetTenant(admin_pb2.GetTenantRequest(tenant="acme"))
     await admin.ApplyGovernanceProfile(_apply("acme", PROFILE))
@@ -318,6 +320,13 @@ async def test_changes_are_in_the_audit_trail_with_digests(admin: Admin) -> None
         ("ApplyGovernanceProfile", "PERMISSION_DENIED", "admin:aud", "tenant=acme")
     ]
     first, second, platform, delete = rows[:4]
+    # A test's text is the caller's data: its row names the tenant only.
+    secret = "4111 1111 1111 1111 card of jane@corp.example"
+    await admin.TestGovernanceProfile(admin_pb2.TestGovernanceProfileRequest(tenant="acme", text=secret))
+    audit = "\n".join(str(tuple(r)) for r in sql_rows(control_plane.database_url, "SELECT * FROM audit_log"))
+    assert "TestGovernanceProfile" in audit
+    assert "jane@corp.example" not in audit
+    assert "4111" not in audit
     # A first version is a create (no digests, as for any create); each change after it
     # starts where the previous one ended.
     assert (first.before_sha256, first.after_sha256, platform.before_sha256) == ("", "", "")
