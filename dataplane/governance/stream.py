@@ -140,6 +140,8 @@ class StreamGovernor:
                 continue
             if rule.action is Action.BLOCK:
                 self._record(rule, spans[:1])
+                # Where the stream ended: at or before chunk k + window for a finding in chunk k.
+                self._entries[rule.name]["ended_at_chunk"] = len(self._chunk_starts) - 1
                 raise blocked(rule.name, Stage.OUTPUT.value, rule.status)
             for s in spans:
                 if s.start < cut < s.end:
