@@ -170,7 +170,8 @@ class NationalIdDetector:
 
 def _valid(identifier: _Id, value: str) -> bool:
     try:
-        identifier.validate(value)
+        # stdnum's validators drop their own separators (``-``, ``.``) but not spaces.
+        identifier.validate(value.replace(" ", ""))
     except ValidationError:
         return False
     return True
