@@ -5,8 +5,8 @@ Tenant patterns are hostile input on the node's hot path: with a backtracking en
 linear in the text and refuses the constructs that would need backtracking
 (backreferences, lookaround), so such a pattern is refused when the profile is applied, not
 discovered under load. Each pattern is compiled alone first (so an error names its index),
-then all are joined into one alternation scanned once per text. Empty matches are not
-findings.
+then all are joined into one alternation scanned once per text. A pattern that matches the
+empty string (``a*``) is refused: it would match between every two characters.
 
 Options:
 
@@ -61,7 +61,7 @@ class RegexDetector:
 
     def find(self, text: str) -> list[Span]:
         kind = self._kind
-        return [Span(m.start(), m.end(), kind) for m in self._regex.finditer(text) if m.end() > m.start()]
+        return [Span(m.start(), m.end(), kind) for m in self._regex.finditer(text)]
 
 
 def build(options: Mapping[str, Any]) -> RegexDetector:
@@ -73,6 +73,8 @@ def build(options: Mapping[str, Any]) -> RegexDetector:
     opts.done()
     re2_options = _options(case_insensitive)
     for i, pattern in enumerate(patterns):
-        _compile(pattern, re2_options, f"options.patterns[{i}]")
+        if _compile(pattern, re2_options, f"options.patterns[{i}]").fullmatch("") is not None:
+            # It would "match" between every two characters of every text.
+            raise DetectorConfigError(f"options.patterns[{i}]", "matches the empty string")
     joined = "|".join(f"(?:{p})" for p in patterns)
     return RegexDetector(_compile(joined, re2_options, "options.patterns"), kind)
