@@ -29,6 +29,7 @@ from controlplane.services.base import Caller, UnitOfWork
 from controlplane.services.policies import canonical_json, document_field
 from dataplane.config.model import DataClass, Finding
 from dataplane.errors import ProfileError
+from dataplane.governance import detectors as _detectors  # noqa: F401  (registers the built-in detectors)
 from dataplane.governance import profile as compiler
 from dataplane.governance.enforce import replace_spans
 
