@@ -85,6 +85,8 @@ class StreamGovernor:
         """What of ``chunk`` may go out now: its text replaced by what the rules release
         (possibly nothing); everything else passes. A chunk saying why the answer ended
         releases all that is held. Raises the refusal of a block rule."""
+        if not self._rules and self._restore is None:
+            return chunk  # input rules only: nothing to do to the answer
         if chunk.text:
             self._chunk_starts.append(self._base + len(self._text))
             self._text += chunk.text
