@@ -31,6 +31,7 @@ from dataplane.config.model import DataClass, Finding
 from dataplane.errors import ProfileError
 from dataplane.governance import detectors as _detectors  # noqa: F401  (registers the built-in detectors)
 from dataplane.governance import profile as compiler
+from dataplane.governance.enforce import replace_spans
 
 FORMATS = ("json", "yaml")
 
@@ -99,18 +100,6 @@ class _Run:
     masked: dict[str, int] = field(default_factory=dict)
 
 
-def _replace(text: str, spans: Sequence[Finding], replacements: Sequence[str]) -> str:
-    """``text`` with each span replaced by its replacement (spans sorted, not overlapping)."""
-    parts: list[str] = []
-    end = 0
-    for span, replacement in zip(spans, replacements, strict=True):
-        parts.append(text[end : span.start])
-        parts.append(replacement)
-        end = span.end
-    parts.append(text[end:])
-    return "".join(parts)
-
-
 def run_rules(profile: compiler.CompiledProfile, stage: compiler.Stage, text: str) -> _Run:
     """Each rule of ``stage`` in order over ``text``, as the node's governance step applies them:
     redactions and mask placeholders change the text later rules see; a block ends the text."""
@@ -124,12 +113,12 @@ def run_rules(profile: compiler.CompiledProfile, stage: compiler.Stage, text: st
                 run.blocked_by = rule.name
                 effect = f"blocked ({rule.status.name})"
             elif rule.action is compiler.Action.REDACT:
-                run.text = _replace(run.text, spans, [rule.placeholder] * len(spans))
+                run.text = replace_spans(run.text, spans, [rule.placeholder] * len(spans))
                 effect = f"redacted {len(spans)} with {rule.placeholder}"
             elif rule.action is compiler.Action.MASK:
                 first = run.masked.get(rule.label, 0) + 1
                 run.masked[rule.label] = first + len(spans) - 1
-                run.text = _replace(
+                run.text = replace_spans(
                     run.text, spans, [f"[{rule.label}_{first + i}]" for i in range(len(spans))]
                 )
                 effect = f"masked {len(spans)} as [{rule.label}_n]"

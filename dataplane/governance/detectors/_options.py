@@ -86,11 +86,12 @@ class Options:
     def choices(self, name: str, allowed: Mapping[str, Any], default: list[str]) -> list[str]:
         """A list of names from ``allowed`` (case as given there), without repeats."""
         chosen = self.strings(name, default=default, max_items=len(allowed), max_chars=64)
+        known = sorted(allowed)
+        # A message stays short: a long list is named by a few of its members.
+        listed = ", ".join(known) if len(known) <= 20 else f"{', '.join(known[:5])}... ({len(known)} known)"
         for i, item in enumerate(chosen):
             if item not in allowed:
-                raise DetectorConfigError(
-                    f"options.{name}[{i}]", f"unknown; one of {', '.join(sorted(allowed))}"
-                )
+                raise DetectorConfigError(f"options.{name}[{i}]", f"unknown; one of {listed}")
         if len(set(chosen)) != len(chosen):
             raise DetectorConfigError(f"options.{name}", "must not repeat an item")
         return chosen

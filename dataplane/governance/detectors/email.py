@@ -11,7 +11,9 @@ Deliberately not findings (measured on the corpus as near misses):
   ``root@db01``, ``@decorator``, ``@mention``): machine names, not mailboxes;
 - a "top-level domain" that is a file extension (``logo@2x.png``, ``icon@3x.webp``):
   asset names, not addresses;
-- obfuscated forms (``name at example dot com``): too ambiguous to find without guessing.
+- obfuscated forms (``name at example dot com``): too ambiguous to find without guessing;
+- quoted local parts (``"john smith"@example.com``): legal, vanishingly rare, and the quote
+  marks around them are ordinary punctuation in prose (a known miss in the corpus).
 """
 
 from __future__ import annotations
