@@ -20,10 +20,12 @@ from stdnum import iban as stdnum_iban
 from stdnum.exceptions import ValidationError
 
 from dataplane.governance.detect import Span
+from dataplane.governance.detectors._digits import clusters
 from dataplane.governance.detectors._options import no_options
 
 _CANDIDATE: Final = re.compile(
-    r"\b[A-Za-z]{2}\d{2}(?:[ \u00a0]?[A-Za-z0-9]{4}){2,7}(?:[ \u00a0]?[A-Za-z0-9]{1,3})?\b"
+    r"\b[A-Za-z]{2}\d{2}(?:[ \u00a0]?[A-Za-z0-9]{4}){2,7}(?:[ \u00a0]?[A-Za-z0-9]{1,3})?\b",
+    re.ASCII,
 )
 _SPACES: Final = str.maketrans("", "", " \u00a0")
 MIN_LENGTH: Final = 15
@@ -46,7 +48,17 @@ class IbanDetector:
 
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
-        for match in _CANDIDATE.finditer(text):
+        for start, _ in clusters(text):
+            # An IBAN's check digits are the first digits after its country code: only a
+            # cluster right after two letters can start one.
+            # (A cluster inside the IBAN just found is part of it.)
+            if start >= 2 and text[start - 2 : start].isalpha() and (not spans or start - 2 >= spans[-1].end):
+                self._at(text, start - 2, spans)
+        return spans
+
+    @staticmethod
+    def _at(text: str, at: int, spans: list[Span]) -> None:
+        if (match := _CANDIDATE.match(text, at)) is not None:
             candidate = match.group()
             while True:
                 if _valid(candidate):
@@ -56,7 +68,6 @@ class IbanDetector:
                 if cut < 0:
                     break
                 candidate = candidate[:cut]
-        return spans
 
 
 def build(options: Mapping[str, Any]) -> IbanDetector:

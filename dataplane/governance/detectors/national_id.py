@@ -49,6 +49,7 @@ from stdnum.se import personnummer
 from stdnum.us import ssn
 
 from dataplane.governance.detect import Span
+from dataplane.governance.detectors._digits import windows
 from dataplane.governance.detectors._options import Options
 from dataplane.governance.detectors._spans import leftmost_longest
 
@@ -100,7 +101,7 @@ _IDS: Final = {
     "SE": [_id("SE.personnummer", personnummer.validate, ("personnummer", "personnr", "pnr", "person nr"))],
 }
 _BY_KIND: Final = {i.kind: i for ids in _IDS.values() for i in ids}
-_LAST_DIGIT: Final = re.compile(r".*\d", re.DOTALL)
+_LAST_DIGIT: Final = re.compile(r".*[0-9]", re.DOTALL)
 
 # One alternation, one scan; each branch is a fixed written form (the group name says which
 # identifier), and "bare" is a digit run whose identifier its length and context decide.
@@ -116,7 +117,8 @@ _CANDIDATE: Final = re.compile(
     r"|(?P<GB_nino>[A-Za-z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-Da-d])"
     r"|(?P<ES_nie>[XYZxyz]-?\d{7}-?[A-Za-z])"
     r"|(?P<IT_codicefiscale>[A-Za-z]{6}\d{2}[A-Za-z]\d{2}[A-Za-z]\d{3}[A-Za-z])"
-    r")(?!\w)(?![.-]\w)"
+    r")(?!\w)(?![.-]\w)",
+    re.ASCII,
 )
 _BARE_LENGTHS: Final = {
     8: ("NL.bsn",),
@@ -135,17 +137,18 @@ class NationalIdDetector:
 
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
-        for match in _CANDIDATE.finditer(text):
-            group = match.lastgroup
-            value = match.group()
-            if group == "bare":
-                kind = self._bare(text, match.start(), value)
-            else:
-                kind = group.replace("_", ".", 1) if group else None
-                if kind not in self._kinds or not _valid(_BY_KIND[kind], value):
-                    kind = None
-            if kind is not None:
-                spans.append(Span(match.start(), match.end(), kind))
+        for low, high in windows(text, 2):
+            for match in _CANDIDATE.finditer(text, low, high):
+                group = match.lastgroup
+                value = match.group()
+                if group == "bare":
+                    kind = self._bare(text, match.start(), value)
+                else:
+                    kind = group.replace("_", ".", 1) if group else None
+                    if kind not in self._kinds or not _valid(_BY_KIND[kind], value):
+                        kind = None
+                if kind is not None:
+                    spans.append(Span(match.start(), match.end(), kind))
         return leftmost_longest(spans)
 
     def _bare(self, text: str, start: int, value: str) -> str | None:
