@@ -1,5 +1,6 @@
-"""The phone detector decides validity from libphonenumber's metadata itself (microseconds
-instead of a parse's tens): it must agree with ``phonenumbers.parse`` + ``is_valid_number``."""
+"""Where a detector checks validity itself from a library's data (microseconds instead of the
+library call's tens), it must agree with the library: the phone detector with
+``phonenumbers.parse`` + ``is_valid_number``, the IBAN detector with ``stdnum.iban.validate``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import random
 
 import phonenumbers
 import pytest
+from stdnum import iban as stdnum_iban
+from stdnum.exceptions import ValidationError
 
 from dataplane.governance import detect
+from dataplane.governance.detectors import iban
 from tests.dataplane.governance.corpus import make_corpus
 
 REGIONS = ["US", "DE", "FR", "GB"]
@@ -78,3 +82,30 @@ def test_random_numbers_get_the_same_verdict(seed: int) -> None:
             disagreements.append((written, ours, theirs))
     assert valid > 50  # the sample holds valid numbers, not only noise
     assert disagreements == [], json.dumps(disagreements[:10])
+
+
+def _stdnum(value: str) -> bool:
+    try:
+        stdnum_iban.validate(value)
+    except ValidationError:
+        return False
+    return True
+
+
+def test_iban_checks_agree_with_stdnum() -> None:
+    rng = random.Random(3)
+    candidates = []
+    for country in [*make_corpus.IBAN_COUNTRIES, "BE", "ES", "MT", "NO", "SA"]:
+        for _ in range(20):
+            number = make_corpus.iban_number(rng, country)
+            candidates.append(number)
+            i = rng.randrange(4, len(number))
+            candidates.append(
+                number[:i] + rng.choice("0123456789") + number[i + 1 :]
+            )  # one character changed
+            candidates.append(number[:2] + f"{rng.randint(0, 99):02d}" + number[4:])  # other check digits
+            candidates.append(number[:-1])
+    candidates += ["XX89370400440532013000", "DE8937040044053201300A", "de89370400440532013000"]
+    valid = [c for c in candidates if _stdnum(c)]
+    assert len(valid) > 300
+    assert [c for c in candidates if iban._valid(c) != _stdnum(c)] == []
