@@ -23,6 +23,7 @@ an optimisation only: the answer is the same function of the text.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Final
 
 MARGIN: Final = 24
@@ -48,13 +49,20 @@ def digits(text: str, start: int, end: int) -> int:
     return len(text[start:end].translate(_PUNCTUATION))
 
 
-def windows(text: str, min_digits: int) -> list[tuple[int, int]]:
-    """Merged ``(start, end)`` windows around the clusters holding at least ``min_digits``."""
+def windows(
+    text: str, min_digits: int, also: Callable[[str, int, int], bool] | None = None
+) -> list[tuple[int, int]]:
+    """Merged ``(start, end)`` windows around the clusters holding at least ``min_digits``
+    (or for which ``also(text, start, end)`` holds)."""
     merged: list[tuple[int, int]] = []
     n = len(text)
     for start, end in clusters(text):
         # Most clusters in prose are short (a year, a count): no need to count their digits.
-        if min_digits > 1 and (end - start < min_digits or digits(text, start, end) < min_digits):
+        if (
+            min_digits > 1
+            and (end - start < min_digits or digits(text, start, end) < min_digits)
+            and not (also is not None and also(text, start, end))
+        ):
             continue
         low, high = max(0, start - MARGIN), min(n, end + MARGIN)
         if merged and low <= merged[-1][1]:

@@ -129,15 +129,27 @@ _BARE_LENGTHS: Final = {
 }
 
 
+MIN_DIGITS: Final = 6
+"""Every identifier but the codice fiscale has a cluster of at least 6 digits (a NINO's
+"12 34 56", a NIE's 7, a DNI's 8...)."""
+
+
+def _after_six_letters(text: str, start: int, end: int) -> bool:
+    return start >= 6 and text[start - 6 : start].isalpha()
+
+
 class NationalIdDetector:
     name = "national_id"
 
     def __init__(self, countries: list[str]) -> None:
         self._kinds = {i.kind for c in countries for i in _IDS[c]}
+        # A codice fiscale's digits come in clusters of 2, 2 and 3 (RSSMRA85T10A562S): its
+        # first is the one right after six letters.
+        self._also = _after_six_letters if "IT.codicefiscale" in self._kinds else None
 
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
-        for low, high in windows(text, 2):
+        for low, high in windows(text, MIN_DIGITS, self._also):
             for match in _CANDIDATE.finditer(text, low, high):
                 group = match.lastgroup
                 value = match.group()
