@@ -40,8 +40,8 @@ def tested(result: TestResult) -> admin_pb2.TestGovernanceProfileResponse:
                 rule=r.rule,
                 detector=r.detector,
                 action=r.action,
-                count=len(r.spans),
-                spans=[admin_pb2.GovernanceSpan(start=s.start, end=s.end, kind=s.kind) for s in r.spans],
+                count=r.count,
+                spans=[admin_pb2.GovernanceSpan(start=p.start, end=p.end, kind=p.kind) for p in r.positions],
                 effect=r.effect,
             )
             for r in result.results

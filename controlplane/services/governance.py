@@ -15,7 +15,7 @@ import difflib
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
@@ -27,11 +27,14 @@ from controlplane.repositories import config as config_repo
 from controlplane.repositories import governance as repo
 from controlplane.services.base import Caller, UnitOfWork
 from controlplane.services.policies import canonical_json, document_field
-from dataplane.config.model import DataClass, Finding
+from dataplane.chat import ChatRequest, ChatResponse, FinishReason, Message, Role, TextPart
+from dataplane.config.model import Action, CompiledProfile, DataClass, Rule, Stage
 from dataplane.errors import ProfileError
 from dataplane.governance import detectors as _detectors  # noqa: F401  (registers the built-in detectors)
 from dataplane.governance import profile as compiler
-from dataplane.governance.enforce import replace_spans
+from dataplane.governance.contract import Contracts
+from dataplane.governance.enforce import RequestGovernor
+from dataplane.governance.errors import Blocked, BlockedInvalid, OverLimit
 
 FORMATS = ("json", "yaml")
 
@@ -69,13 +72,22 @@ def pretty(document_json: str, fmt: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Position:
+    start: int
+    end: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
 class RuleResult:
-    """What one rule found in the text it ran on (the text as the rules before it left it)."""
+    """What one rule (or limit) found in the text as the rules before it left it, and did."""
 
     rule: str
     detector: str
     action: str
-    spans: tuple[Finding, ...]
+    count: int
+    positions: tuple[Position, ...]
+    """At most the node's evidence cap of them (``count`` is all)."""
     effect: str
 
 
@@ -83,57 +95,69 @@ class RuleResult:
 class TestResult:
     profile: GovernanceProfile | None
     """The profile that ran; None: none governs the tenant."""
-    stage: compiler.Stage
+    stage: Stage
     results: tuple[RuleResult, ...] = ()
     text: str = ""
-    """The text as it would go on; "" when a rule blocked it."""
+    """The text as it would go on; "" when refused."""
     blocked_by: str = ""
+    """The rule (or ``limits.<name>``) that refused it; "" when none did."""
     data_class: DataClass = DataClass.UNSPECIFIED
 
 
-@dataclass(slots=True)
-class _Run:
-    text: str
-    results: list[RuleResult] = field(default_factory=list)
-    blocked_by: str = ""
-    data_class: DataClass = DataClass.UNSPECIFIED
-    masked: dict[str, int] = field(default_factory=dict)
+def _effect(rule: Rule, count: int) -> str:
+    if rule.action is Action.BLOCK:
+        return f"blocked ({rule.status.name})"
+    if rule.action is Action.REDACT:
+        return f"redacted {count} with {rule.placeholder}"
+    if rule.action is Action.MASK:
+        return f"masked {count} as [{rule.label}_n]"
+    if rule.action is Action.CLASSIFY:
+        return f"data class -> {rule.data_class.name.lower()}"
+    return "flagged"
 
 
-def run_rules(profile: compiler.CompiledProfile, stage: compiler.Stage, text: str) -> _Run:
-    """Each rule of ``stage`` in order over ``text``, as the node's governance step applies them:
-    redactions and mask placeholders change the text later rules see; a block ends the text."""
-    run = _Run(text)
-    rules = profile.input_rules if stage is compiler.Stage.INPUT else profile.output_rules
-    for rule in rules:
-        spans = tuple(rule.detector.find(run.text)) if not run.blocked_by else ()
-        effect = ""
-        if spans:
-            if rule.action is compiler.Action.BLOCK:
-                run.blocked_by = rule.name
-                effect = f"blocked ({rule.status.name})"
-            elif rule.action is compiler.Action.REDACT:
-                run.text = replace_spans(run.text, spans, [rule.placeholder] * len(spans))
-                effect = f"redacted {len(spans)} with {rule.placeholder}"
-            elif rule.action is compiler.Action.MASK:
-                first = run.masked.get(rule.label, 0) + 1
-                run.masked[rule.label] = first + len(spans) - 1
-                run.text = replace_spans(
-                    run.text, spans, [f"[{rule.label}_{first + i}]" for i in range(len(spans))]
-                )
-                effect = f"masked {len(spans)} as [{rule.label}_n]"
-            elif rule.action is compiler.Action.CLASSIFY:
-                run.data_class = max(run.data_class, rule.data_class)
-                effect = f"data class -> {rule.data_class.name.lower()}"
-            else:
-                effect = "flagged"
-        elif run.blocked_by:
-            effect = "not run (blocked before)"
-        results = RuleResult(rule.name, rule.detector_name, rule.action.value, spans, effect)
-        run.results.append(results)
-    if run.blocked_by:
-        run.text = ""
-    return run
+def run_profile(profile: CompiledProfile, stage: Stage, text: str) -> TestResult:
+    """``text`` through ``profile``'s rules of ``stage`` exactly as a node governs a request
+    carrying it as one user message (input) or an answer (output), with the node's own
+    ``RequestGovernor``: what it records as evidence becomes the report."""
+    governor = RequestGovernor(profile, Contracts())
+    actions: list[dict[str, Any]] = []
+    refused = ""
+    out = ""
+    try:
+        if stage is Stage.INPUT:
+            request = ChatRequest(messages=(Message(Role.USER, (TextPart(text),)),))
+            body = governor.govern_input(request, actions)
+            out = body.messages[0].text if isinstance(body, ChatRequest) else text
+        else:
+            answer = ChatResponse(Message(Role.ASSISTANT, (TextPart(text),)), FinishReason.STOP)
+            out = governor.govern_output(answer, actions).message.text
+    except (Blocked, BlockedInvalid) as exc:
+        refused = exc.rule
+    except OverLimit as exc:
+        refused = f"limits.{exc.limit}"
+    recorded = {str(a["rule"]): a for a in actions}
+    results: list[RuleResult] = []
+    if refused.startswith("limits."):
+        limit = recorded[refused]
+        effect = f"refused: {limit['count']} over the limit of {limit['limit']}"
+        results.append(RuleResult(refused, "", Action.BLOCK.value, int(limit["count"]), (), effect))
+    after_refusal = bool(refused)
+    for rule in profile.input_rules if stage is Stage.INPUT else profile.output_rules:
+        entry = recorded.get(rule.name)
+        if entry is None:
+            effect = "not run (refused before)" if after_refusal else ""
+            results.append(RuleResult(rule.name, rule.detector_name, rule.action.value, 0, (), effect))
+            continue
+        count = int(entry["count"])
+        positions = tuple(Position(p["start"], p["end"], p["kind"]) for p in entry["positions"])
+        results.append(
+            RuleResult(
+                rule.name, rule.detector_name, rule.action.value, count, positions, _effect(rule, count)
+            )
+        )
+        after_refusal = after_refusal or rule.name == refused
+    return TestResult(None, stage, tuple(results), "" if refused else out, refused, governor.data_class)
 
 
 @dataclass(slots=True)
@@ -241,23 +265,23 @@ class GovernanceService:
     async def test(self, tenant: str, text: str, stage: str) -> TestResult:
         """Run the profile governing ``tenant`` over ``text`` (``stage``: input or output)."""
         try:
-            which = compiler.Stage(stage or compiler.Stage.INPUT.value)
+            which = Stage(stage or Stage.INPUT.value)
         except ValueError:
             raise InvalidArgument("stage", "must be input or output") from None
         row = await self.governing(tenant)
         if row is None:
             return TestResult(None, which, text=text)
 
-        def work(stored: GovernanceProfile) -> _Run:
+        def work(stored: GovernanceProfile) -> TestResult:
             compiled = compiler.compile_profile(
                 json.loads(stored.document_json), version=stored.version, profile_id=str(stored.id)
             )
-            return run_rules(compiled, which, text)
+            return run_profile(compiled, which, text)
 
         # Detectors are built and run on the caller's text: CPU work, off the event loop.
         try:
-            run = await asyncio.to_thread(work, row)
+            result = await asyncio.to_thread(work, row)
         except ProfileError as exc:
             # Stored when it compiled; this build's detectors no longer accept it.
             raise StoredSnapshotInvalid(f"{self._label(tenant)} v{row.version}", str(exc)) from exc
-        return TestResult(row, which, tuple(run.results), run.text, run.blocked_by, run.data_class)
+        return replace(result, profile=row)

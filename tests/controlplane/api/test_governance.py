@@ -144,7 +144,7 @@ async def test_test_reports_rules_positions_and_the_resulting_text(admin: Admin)
     )
     assert (blocked.blocked_by, blocked.result_text) == ("no-secrets", "")
     assert blocked.results[0].effect == "blocked (PERMISSION_DENIED)"
-    assert blocked.results[2].effect == "not run (blocked before)"
+    assert blocked.results[2].effect == "not run (refused before)"
 
     # A tenant without a profile of its own is governed by the platform default.
     fallback = await admin.TestGovernanceProfile(
@@ -152,6 +152,22 @@ async def test_test_reports_rules_positions_and_the_resulting_text(admin: Admin)
     )
     assert (fallback.profile_tenant_id, fallback.profile_version) == ("", default.version)
     assert (fallback.results[0].effect, fallback.result_text) == ("flagged", "a@b.example")
+    # As a node does: a limit refuses before any rule runs; masks number distinct values.
+    masking = '{"limits": {"max_characters": 40}, "input": {"rules": [{"name": "m", "detector": "email", "action": "mask"}]}}'
+    await admin.ApplyGovernanceProfile(_apply("other", masking))
+    masked = await admin.TestGovernanceProfile(
+        admin_pb2.TestGovernanceProfileRequest(tenant="other", text="a@b.example, a@b.example, c@d.example")
+    )
+    assert masked.result_text == "[EMAIL_1], [EMAIL_1], [EMAIL_2]"
+    assert (masked.results[0].count, masked.results[0].effect) == (3, "masked 3 as [EMAIL_n]")
+    over = await admin.TestGovernanceProfile(
+        admin_pb2.TestGovernanceProfileRequest(tenant="other", text="x" * 41)
+    )
+    assert (over.blocked_by, over.result_text) == ("limits.max_characters", "")
+    assert [(x.rule, x.effect) for x in over.results] == [
+        ("limits.max_characters", "refused: 41 over the limit of 40"),
+        ("m", "not run (refused before)"),
+    ]
     output = await admin.TestGovernanceProfile(
         admin_pb2.TestGovernanceProfileRequest(tenant="acme", text="x", stage="output")
     )
@@ -293,7 +309,9 @@ async def test_roles_tenant_admin_own_tenant_only_auditor_reads(admin: Admin) ->
     assert [p.version for p in beta.versions] == [p.version for p in default.versions] == [1]
 
 
-async def test_changes_are_in_the_audit_trail_with_digests(admin: Admin) -> None:
+async def test_changes_are_in_the_audit_trail_with_digests(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
     await admin.seed("acme")
     acme = await admin.GetTenant(admin_pb2.GetTenantRequest(tenant="acme"))
     await admin.ApplyGovernanceProfile(_apply("acme", PROFILE))
@@ -318,6 +336,13 @@ async def test_changes_are_in_the_audit_trail_with_digests(admin: Admin) -> None
         ("ApplyGovernanceProfile", "PERMISSION_DENIED", "admin:aud", "tenant=acme")
     ]
     first, second, platform, delete = rows[:4]
+    # A test's text is the caller's data: its row names the tenant only.
+    secret = "4111 1111 1111 1111 card of jane@corp.example"
+    await admin.TestGovernanceProfile(admin_pb2.TestGovernanceProfileRequest(tenant="acme", text=secret))
+    audit = "\n".join(str(tuple(r)) for r in sql_rows(control_plane.database_url, "SELECT * FROM audit_log"))
+    assert "TestGovernanceProfile" in audit
+    assert "jane@corp.example" not in audit
+    assert "4111" not in audit
     # A first version is a create (no digests, as for any create); each change after it
     # starts where the previous one ended.
     assert (first.before_sha256, first.after_sha256, platform.before_sha256) == ("", "", "")
