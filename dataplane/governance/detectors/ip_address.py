@@ -24,13 +24,18 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from dataplane.governance.detect import Span
+from dataplane.governance.detectors._digits import clusters
 from dataplane.governance.detectors._options import Options
 from dataplane.governance.detectors._spans import leftmost_longest
 
-_IPV4: Final = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
+MAX_V6: Final = 48
+"""Characters on each side of a cluster with a colon searched for an IPv6 address."""
+_IPV4: Final = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)", re.ASCII)
 # A run may start only where no hex digit, colon or dot precedes it, and the run itself is
 # possessive: every character is looked at a bounded number of times.
-_IPV6: Final = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f]{0,4}:)[0-9A-Fa-f:.]++(?:%[\w-]{1,32}+)?(?![\w:])")
+_IPV6: Final = re.compile(
+    r"(?<![\w:.])(?=[0-9A-Fa-f]{0,4}:)[0-9A-Fa-f:.]++(?:%[\w-]{1,32}+)?(?![\w:])", re.ASCII
+)
 
 
 class IpAddressDetector:
@@ -41,30 +46,50 @@ class IpAddressDetector:
 
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
-        if "." in text:
-            for match in _IPV4.finditer(text):
-                try:
-                    address = ipaddress.IPv4Address(match.group())
-                except ValueError:
-                    continue
-                if self._include_private or address.is_global:
-                    spans.append(Span(match.start(), match.end(), "ipv4"))
-        if "::" in text or text.count(":") >= 2:
-            for match in _IPV6.finditer(text):
+        n = len(text)
+        v6_windows: list[tuple[int, int]] = []
+        for start, end in clusters(text):
+            # A dotted quad lies within one cluster (the character after it decides whether
+            # it ends there); an IPv6 address, at most 45 characters, holds a cluster with a
+            # colon, so a window of that much around such a cluster holds it whole.
+            if text.count(".", start, end) >= 3:
+                self._v4(text, start, min(n, end + 1), spans)
+            if ":" in text[start:end]:
+                low, high = max(0, start - MAX_V6), min(n, end + MAX_V6)
+                if v6_windows and low <= v6_windows[-1][1]:
+                    v6_windows[-1] = (v6_windows[-1][0], high)
+                else:
+                    v6_windows.append((low, high))
+        for low, high in v6_windows:
+            self._v6(text, low, high, spans)
+        # An IPv6 address with an IPv4 tail (::ffff:192.0.2.1) holds an IPv4 finding too.
+        return leftmost_longest(spans) if len(spans) > 1 else spans
+
+    def _v4(self, text: str, low: int, high: int, spans: list[Span]) -> None:
+        for match in _IPV4.finditer(text, low, high):
+            try:
+                address = ipaddress.IPv4Address(match.group())
+            except ValueError:
+                continue
+            if self._include_private or address.is_global:
+                spans.append(Span(match.start(), match.end(), "ipv4"))
+
+    def _v6(self, text: str, low: int, high: int, spans: list[Span]) -> None:
+        if text.count(":", low, high) >= 2:
+            for match in _IPV6.finditer(text, low, high):
                 # A sentence may end right after an address.
                 candidate = match.group().rstrip(".")
                 # At least one decimal digit: "dead::beef" and "a::b" are code far more often.
                 if candidate.count(":") < 2 or len(candidate) > 64 or not any(c.isdigit() for c in candidate):
                     continue
+                if match.end() == high < len(text):
+                    continue  # cut by the window: the run goes on, longer than any address
                 try:
                     address6 = ipaddress.IPv6Address(candidate)
                 except ValueError:
                     continue
                 if self._include_private or address6.is_global:
                     spans.append(Span(match.start(), match.start() + len(candidate), "ipv6"))
-            # An IPv6 address with an IPv4 tail (::ffff:192.0.2.1) holds an IPv4 finding too.
-            return leftmost_longest(spans)
-        return spans
 
 
 def build(options: Mapping[str, Any]) -> IpAddressDetector:

@@ -49,6 +49,7 @@ from stdnum.se import personnummer
 from stdnum.us import ssn
 
 from dataplane.governance.detect import Span
+from dataplane.governance.detectors._digits import windows
 from dataplane.governance.detectors._options import Options
 from dataplane.governance.detectors._spans import leftmost_longest
 
@@ -100,7 +101,7 @@ _IDS: Final = {
     "SE": [_id("SE.personnummer", personnummer.validate, ("personnummer", "personnr", "pnr", "person nr"))],
 }
 _BY_KIND: Final = {i.kind: i for ids in _IDS.values() for i in ids}
-_LAST_DIGIT: Final = re.compile(r".*\d", re.DOTALL)
+_LAST_DIGIT: Final = re.compile(r".*[0-9]", re.DOTALL)
 
 # One alternation, one scan; each branch is a fixed written form (the group name says which
 # identifier), and "bare" is a digit run whose identifier its length and context decide.
@@ -116,7 +117,8 @@ _CANDIDATE: Final = re.compile(
     r"|(?P<GB_nino>[A-Za-z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-Da-d])"
     r"|(?P<ES_nie>[XYZxyz]-?\d{7}-?[A-Za-z])"
     r"|(?P<IT_codicefiscale>[A-Za-z]{6}\d{2}[A-Za-z]\d{2}[A-Za-z]\d{3}[A-Za-z])"
-    r")(?!\w)(?![.-]\w)"
+    r")(?!\w)(?![.-]\w)",
+    re.ASCII,
 )
 _BARE_LENGTHS: Final = {
     8: ("NL.bsn",),
@@ -127,25 +129,38 @@ _BARE_LENGTHS: Final = {
 }
 
 
+MIN_DIGITS: Final = 6
+"""Every identifier but the codice fiscale has a cluster of at least 6 digits (a NINO's
+"12 34 56", a NIE's 7, a DNI's 8...)."""
+
+
+def _after_six_letters(text: str, start: int, end: int) -> bool:
+    return start >= 6 and text[start - 6 : start].isalpha()
+
+
 class NationalIdDetector:
     name = "national_id"
 
     def __init__(self, countries: list[str]) -> None:
         self._kinds = {i.kind for c in countries for i in _IDS[c]}
+        # A codice fiscale's digits come in clusters of 2, 2 and 3 (RSSMRA85T10A562S): its
+        # first is the one right after six letters.
+        self._also = _after_six_letters if "IT.codicefiscale" in self._kinds else None
 
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
-        for match in _CANDIDATE.finditer(text):
-            group = match.lastgroup
-            value = match.group()
-            if group == "bare":
-                kind = self._bare(text, match.start(), value)
-            else:
-                kind = group.replace("_", ".", 1) if group else None
-                if kind not in self._kinds or not _valid(_BY_KIND[kind], value):
-                    kind = None
-            if kind is not None:
-                spans.append(Span(match.start(), match.end(), kind))
+        for low, high in windows(text, MIN_DIGITS, self._also):
+            for match in _CANDIDATE.finditer(text, low, high):
+                group = match.lastgroup
+                value = match.group()
+                if group == "bare":
+                    kind = self._bare(text, match.start(), value)
+                else:
+                    kind = group.replace("_", ".", 1) if group else None
+                    if kind not in self._kinds or not _valid(_BY_KIND[kind], value):
+                        kind = None
+                if kind is not None:
+                    spans.append(Span(match.start(), match.end(), kind))
         return leftmost_longest(spans)
 
     def _bare(self, text: str, start: int, value: str) -> str | None:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from dataplane.governance.detect import Span
+from dataplane.governance.detectors._digits import windows
 from dataplane.governance.detectors._options import no_options
 
 _CANDIDATE: Final = re.compile(
@@ -25,7 +26,8 @@ _CANDIDATE: Final = re.compile(
     r"(?:(\d{4}([ -])\d{4}\2\d{4}\2\d{4})(?:\2\d{1,3})?"
     r"|\d{4}([ -])\d{6}\3\d{4,5}"
     r"|\d{13,19})"
-    r"(?![\d])(?![.,-]\d)"
+    r"(?![\d])(?![.,-]\d)",
+    re.ASCII,
 )
 
 # (scheme, lengths, prefix ranges as (low, high) over the first n digits), most specific first.
@@ -87,7 +89,13 @@ class PaymentCardDetector:
 
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
-        for match in _CANDIDATE.finditer(text):
+        for low, high in windows(text, 13):
+            self._window(text, low, high, spans)
+        return spans
+
+    @staticmethod
+    def _window(text: str, low: int, high: int, spans: list[Span]) -> None:
+        for match in _CANDIDATE.finditer(text, low, high):
             kind = _kind(match.group())
             if kind is not None:
                 spans.append(Span(match.start(), match.end(), kind))
@@ -95,7 +103,6 @@ class PaymentCardDetector:
                 kind = _kind(match.group(1))
                 if kind is not None:
                     spans.append(Span(match.start(), match.end(1), kind))
-        return spans
 
 
 def build(options: Mapping[str, Any]) -> PaymentCardDetector:
