@@ -22,7 +22,9 @@ A ``RequestGovernor`` runs, in the pipeline's order:
 
 Everything done is appended to the request's ``actions`` (its evidence): the profile and
 version, stage, rule, detector, action, count and positions (field and offsets), never a
-value. Offsets are code points of the text as the rule saw it (after earlier rules' edits).
+value. Input rules all see the request as the caller sent it, so offsets are code points of
+the caller's text; where a finding overlaps one an earlier rule redacted or masked, the
+earlier rule's action stands and the later rule does not count it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from dataplane.chat import (
     ImagePart,
     Message,
     TextPart,
-    ToolCall,
 )
 from dataplane.config.model import (
     Action,
@@ -106,22 +107,37 @@ class RequestGovernor:
         if not rules:
             return body
         texts = _texts(body)
-        changed = False
+        # Every rule sees the texts as the caller sent them (so offsets are the caller's, and
+        # detectors of one profile share their work on one text); a finding overlapping one
+        # an earlier rule redacted or masked is the earlier rule's. Edits apply at the end.
+        edits: list[list[tuple[Finding, str]]] = [[] for _ in texts]
+        # Per text, 1 where an edit is: an overlap test is then one C-level find.
+        claimed: list[bytearray | None] = [None] * len(texts)
         for rule in rules:
             found: list[tuple[str, Finding]] = []
+            edit = rule.action is Action.REDACT or rule.action is Action.MASK
             for i, (field, text) in enumerate(texts):
                 spans = rule.detector.find(text)
                 if not spans:
                     continue
+                mask = claimed[i]
+                if mask is not None:
+                    spans = [s for s in spans if mask.find(1, s.start, s.end) < 0]
+                    if not spans:
+                        continue
                 found.extend((field, s) for s in spans)
                 if rule.action is Action.BLOCK:
                     break
+                if not edit:
+                    continue
+                if mask is None:
+                    mask = claimed[i] = bytearray(len(text))
+                for s in spans:
+                    mask[s.start : s.end] = b"\x01" * (s.end - s.start)
                 if rule.action is Action.REDACT:
-                    texts[i] = (field, replace_spans(text, spans, [rule.placeholder] * len(spans)))
-                    changed = True
-                elif rule.action is Action.MASK:
-                    texts[i] = (field, replace_spans(text, spans, [self._mask(rule, text, s) for s in spans]))
-                    changed = True
+                    edits[i].extend((s, rule.placeholder) for s in spans)
+                else:
+                    edits[i].extend((s, self._mask(rule, text, s)) for s in spans)
             if not found:
                 continue
             entry = self._entry(Stage.INPUT, rule, found)
@@ -132,7 +148,14 @@ class RequestGovernor:
                 entry["data_class"] = rule.data_class.name.lower()
                 if rule.data_class >= self.data_class:
                     self.data_class, self.classified_by = rule.data_class, rule.name
-        return _rebuild(body, texts) if changed else body
+        if not any(edits):
+            return body
+        for i, taken in enumerate(edits):
+            if taken:
+                taken.sort(key=lambda edit: edit[0].start)
+                field, text = texts[i]
+                texts[i] = (field, replace_spans(text, [s for s, _ in taken], [r for _, r in taken]))
+        return _rebuild(body, texts)
 
     def _check_limits(self, body: ChatRequest | EmbedRequest, actions: Actions) -> None:
         limits = self.profile.limits
@@ -313,13 +336,25 @@ def _texts(body: ChatRequest | EmbedRequest) -> list[tuple[str, str]]:
 
 
 def _rebuild(body: ChatRequest | EmbedRequest, texts: list[tuple[str, str]]) -> ChatRequest | EmbedRequest:
-    """``body`` with its texts replaced by ``texts`` (as ``_texts`` listed them)."""
+    """``body`` with its texts replaced by ``texts`` (as ``_texts`` listed them); messages
+    whose texts are unchanged are kept as they are."""
     if isinstance(body, EmbedRequest):
         return replace(body, inputs=tuple(text for _, text in texts))
-    it = iter(texts)
+    at = 0
     messages: list[Message] = []
     for m in body.messages:
+        count = sum(isinstance(p, TextPart) for p in m.content) + len(m.tool_calls)
+        mine = texts[at : at + count]
+        at += count
+        it = iter(mine)
         content = tuple(TextPart(next(it)[1]) if isinstance(p, TextPart) else p for p in m.content)
-        calls: tuple[ToolCall, ...] = tuple(replace(c, arguments=next(it)[1]) for c in m.tool_calls)
-        messages.append(replace(m, content=content, tool_calls=calls))
+        if content == m.content and all(t == c.arguments for (_, t), c in zip(it, m.tool_calls, strict=True)):
+            messages.append(m)
+            continue
+        it = iter(mine[len(mine) - len(m.tool_calls) :])
+        calls = tuple(
+            c if t == c.arguments else replace(c, arguments=t)
+            for (_, t), c in zip(it, m.tool_calls, strict=True)
+        )
+        messages.append(Message(m.role, content, calls, m.tool_call_id, m.name))
     return replace(body, messages=tuple(messages))

@@ -285,3 +285,26 @@ def test_a_stream_redacts_across_chunks_and_restores_split_placeholders() -> Non
     g2.govern_input(ask(f"mail {EMAIL}"), [])
     out, _, _ = stream(g2, ["Hi [EMA", "IL_1] ok", " done"])
     assert out == ["Hi ", f"{EMAIL} ok", " done"]
+
+
+def test_rules_see_the_callers_text_and_an_earlier_redaction_wins_an_overlap() -> None:
+    g = governor(
+        {
+            "input": {
+                "rules": [
+                    rule("pii", "email", "redact"),
+                    rule("word", "terms", "flag", options={"terms": ["example"]}),
+                ]
+            }
+        }
+    )
+    actions: list[dict[str, Any]] = []
+    text = f"an example: {EMAIL}"
+    body = g.govern_input(ask(text), actions)
+    assert isinstance(body, ChatRequest)
+    assert body.messages[0].text == "an example: [REDACTED]"
+    pii, word = actions
+    assert (pii["positions"][0]["start"], pii["positions"][0]["end"]) == (text.index(EMAIL), len(text))
+    # "example" inside the redacted address is the earlier rule's; the other one is counted.
+    assert word["count"] == 1
+    assert word["positions"][0]["start"] == 3
