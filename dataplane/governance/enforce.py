@@ -205,12 +205,19 @@ class RequestGovernor:
         return bool(self._values)
 
     def check_answer(
-        self, request: ChatRequest, response: ChatResponse, model: str, actions: Actions
+        self,
+        request: ChatRequest,
+        response: ChatResponse,
+        model: str,
+        actions: Actions,
+        *,
+        streamed: bool = False,
     ) -> None:
         """The output contract: when ``request`` asks for a JSON schema and the profile has a
         contract, ``response`` must meet it. ``flag`` records a failure; ``error`` and
         ``retry`` raise ``AnswerBreaksContract`` (the pipeline lets the dispatcher fall back
-        on it for ``retry``)."""
+        on it for ``retry``). A ``streamed`` answer is checked once it has been sent whole:
+        nothing is left to retry, so ``retry`` ends the stream with the error as ``error``."""
         on_failure = self.profile.contract
         rf = request.response_format
         if on_failure is None or rf is None or rf.type != "json_schema" or rf.schema is None:
@@ -223,7 +230,9 @@ class RequestGovernor:
             {
                 **self._header(Stage.OUTPUT),
                 "rule": "contract",
-                "action": on_failure.value,
+                "action": OnFailure.ERROR.value
+                if streamed and on_failure is OnFailure.RETRY
+                else on_failure.value,
                 "model": model,
                 "path": path,
                 "problem": why,

@@ -161,10 +161,17 @@ class RequestGovernance(Protocol):
     ) -> ChatRequest | EmbedRequest: ...
 
     def check_answer(
-        self, request: ChatRequest, response: ChatResponse, model: str, actions: list[dict[str, Any]]
+        self,
+        request: ChatRequest,
+        response: ChatResponse,
+        model: str,
+        actions: list[dict[str, Any]],
+        *,
+        streamed: bool = False,
     ) -> None:
         """Each candidate's answer, as the dispatcher gets it: raising a ``ProviderError``
-        whose kind is in ``fallback_on`` tries the next candidate."""
+        whose kind is in ``fallback_on`` tries the next candidate. A ``streamed`` answer is
+        checked once it has been sent whole (raising then ends the stream with the error)."""
         ...
 
     def govern_output(self, response: ChatResponse, actions: list[dict[str, Any]]) -> ChatResponse:

@@ -20,7 +20,18 @@ import grpc
 
 from dataplane.accounting import Cost, cost_of
 from dataplane.auth import Caller, authenticate
-from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamChunk, Usage
+from dataplane.chat import (
+    ChatRequest,
+    ChatResponse,
+    EmbedRequest,
+    EmbedResponse,
+    FinishReason,
+    Message,
+    Role,
+    StreamChunk,
+    TextPart,
+    Usage,
+)
 from dataplane.config.model import DEFAULT_OUTPUT_TOKENS, Capability
 from dataplane.errors import (
     EvidenceSpoolFull,
@@ -230,6 +241,12 @@ class Pipeline:
                     assembled.add(tail)
                     if tail.text:
                         yield tail
+                if trace.governors and chat.response_format is not None:
+                    whole = assembled.response()
+                    for governor in trace.governors:
+                        governor.check_answer(
+                            chat, whole, candidate.model.alias, trace.governance, streamed=True
+                        )
                 trace.dispatch_ms = (time.monotonic() - dispatched) * 1000
                 cost = self._account(trace, candidate, usage)
                 trace.response_sha256 = assembled.digest()
@@ -565,3 +582,8 @@ class _Assembler:
     def digest(self) -> str:
         calls = [[c[0], c[1], c[2] or "{}"] for _, c in sorted(self.calls.items())]
         return _canonical_digest("".join(self.text), calls, self.finish)
+
+    def response(self) -> ChatResponse:
+        """The answer's text as one response, for the checks of a whole answer."""
+        message = Message(Role.ASSISTANT, (TextPart("".join(self.text)),))
+        return ChatResponse(message, self.finish or FinishReason.STOP)

@@ -55,7 +55,13 @@ class Redactor:
         return replace(body, messages=messages)
 
     def check_answer(
-        self, request: ChatRequest, response: ChatResponse, model: str, actions: list[dict[str, object]]
+        self,
+        request: ChatRequest,
+        response: ChatResponse,
+        model: str,
+        actions: list[dict[str, object]],
+        *,
+        streamed: bool = False,
     ) -> None:
         return None
 

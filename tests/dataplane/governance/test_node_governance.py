@@ -375,6 +375,43 @@ async def test_an_answer_breaking_its_json_schema_gets_the_profiles_action(
     assert "forty-two" not in json.dumps(record)
 
 
+@pytest.mark.parametrize("on_failure", ["error", "retry", "flag"])
+async def test_a_streamed_answer_breaking_its_json_schema_is_checked_once_sent(
+    on_failure: str,
+    start_node: NodeFactory,
+    scripted: Scripted,
+    signing_key: Ed25519PrivateKey,
+    tmp_path: Path,
+    stub_for: Any,
+) -> None:
+    scripted.pieces = ['{"age": ', '"forty', '-two"}']
+    profile = {"output": {"contract": {"on_failure": on_failure}}}
+    node = await serving(
+        start_node, governed(scripted.base_url, profile, policy=RETRY_TWICE), signing_key, tmp_path
+    )
+    correlation_id = f"stream-contract-{on_failure}"
+    events = stub_for(node).InferStream(asks_for_age(correlation_id), metadata=AUTH, timeout=10)
+    received: list[Any] = []
+
+    async def read() -> None:
+        async for event in events:
+            received.append(event)
+
+    if on_failure == "flag":
+        await read()
+        assert received[-1].WhichOneof("event") == "end"
+    else:
+        # Nothing is left to retry once the answer went out: retry ends as error does.
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await read()
+        assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "$.age" in (ended.value.details() or "")
+    (entry,) = one_record(node, correlation_id)["governance"]
+    assert (entry["rule"], entry["path"]) == ("contract", "$.age")
+    assert entry["action"] == ("flag" if on_failure == "flag" else "error")
+    assert scripted.calls == {"sim-fast": 1}
+
+
 async def test_an_output_block_refuses_the_answer_with_one_record(
     start_node: NodeFactory, scripted: Scripted, signing_key: Ed25519PrivateKey, tmp_path: Path, stub_for: Any
 ) -> None:
