@@ -107,9 +107,19 @@ class RequestGovernor:
         if not rules:
             return body
         texts = _texts(body)
-        # Every rule sees the texts as the caller sent them (so offsets are the caller's, and
-        # detectors of one profile share their work on one text); a finding overlapping one
-        # an earlier rule redacted or masked is the earlier rule's. Edits apply at the end.
+        edited = self._apply(Stage.INPUT, rules, texts, actions)
+        return _rebuild(body, edited) if edited is not None else body
+
+    def _apply(
+        self, stage: Stage, rules: Sequence[Rule], texts: list[tuple[str, str]], actions: Actions
+    ) -> list[tuple[str, str]] | None:
+        """``rules`` over ``texts`` (field, text): what they found recorded, a block raised,
+        a data class raised; the texts edited by redact and mask rules, None if none was.
+
+        Every rule sees the texts as they came (so offsets are the caller's or the model's,
+        and detectors of one profile share their work on one text); a finding overlapping one
+        an earlier rule redacted or masked is the earlier rule's. Edits apply at the end, in
+        tool call arguments as JSON string content."""
         edits: list[list[tuple[Finding, str]]] = [[] for _ in texts]
         # Per text, 1 where an edit is: an overlap test is then one C-level find.
         claimed: list[bytearray | None] = [None] * len(texts)
@@ -140,22 +150,25 @@ class RequestGovernor:
                     edits[i].extend((s, self._mask(rule, text, s)) for s in spans)
             if not found:
                 continue
-            entry = self._entry(Stage.INPUT, rule, found)
+            entry = self._entry(stage, rule, found)
             actions.append(entry)
             if rule.action is Action.BLOCK:
-                raise blocked(rule.name, Stage.INPUT.value, rule.status)
+                raise blocked(rule.name, stage.value, rule.status)
             if rule.action is Action.CLASSIFY:
                 entry["data_class"] = rule.data_class.name.lower()
                 if rule.data_class >= self.data_class:
                     self.data_class, self.classified_by = rule.data_class, rule.name
         if not any(edits):
-            return body
+            return None
+        out = list(texts)
         for i, taken in enumerate(edits):
             if taken:
                 taken.sort(key=lambda edit: edit[0].start)
                 field, text = texts[i]
-                texts[i] = (field, replace_spans(text, [s for s, _ in taken], [r for _, r in taken]))
-        return _rebuild(body, texts)
+                in_json = field.endswith(".arguments")
+                replacements = [json.dumps(r)[1:-1] if in_json else r for _, r in taken]
+                out[i] = (field, replace_spans(text, [s for s, _ in taken], replacements))
+        return out
 
     def _check_limits(self, body: ChatRequest | EmbedRequest, actions: Actions) -> None:
         limits = self.profile.limits
@@ -251,28 +264,25 @@ class RequestGovernor:
         return _RETRY_CONTRACT if self.profile.contract is OnFailure.RETRY else frozenset()
 
     def govern_output(self, response: ChatResponse, actions: Actions) -> ChatResponse:
-        """The answer through the output rules (block raises), then, for the caller, with the
-        masked values put back (text and tool call arguments)."""
-        text = response.message.text
-        governed = text
-        for rule in self.profile.output_rules:
-            spans = rule.detector.find(governed)
-            if not spans:
-                continue
-            actions.append(self._entry(Stage.OUTPUT, rule, [("message.text", s) for s in spans]))
-            if rule.action is Action.BLOCK:
-                raise blocked(rule.name, Stage.OUTPUT.value, rule.status)
-            if rule.action is Action.REDACT:
-                governed = replace_spans(governed, spans, [rule.placeholder] * len(spans))
+        """The answer (its text and tool call arguments) through the output rules (block
+        raises), then, for the caller, with the masked values put back."""
+        message = response.message
+        text = message.text
+        calls = message.tool_calls
+        if self.profile.output_rules:
+            texts = [("message.text", text)]
+            texts += [(f"message.tool_calls[{k}].arguments", c.arguments) for k, c in enumerate(calls)]
+            edited = self._apply(Stage.OUTPUT, self.profile.output_rules, texts, actions)
+            if edited is not None:
+                text = edited[0][1]
+                calls = tuple(replace(c, arguments=t) for c, (_, t) in zip(calls, edited[1:], strict=True))
         if self._values:
-            governed = self.restore(governed)
-        calls = response.message.tool_calls
-        if self._values and calls:
+            text = self.restore(text)
             calls = tuple(replace(c, arguments=self.restore(c.arguments, in_json=True)) for c in calls)
-        if governed == text and calls is response.message.tool_calls:
+        if text == message.text and calls == message.tool_calls:
             return response
-        content = (TextPart(governed),) if governed else ()
-        return replace(response, message=replace(response.message, content=content, tool_calls=calls))
+        content = (TextPart(text),) if text else ()
+        return replace(response, message=replace(message, content=content, tool_calls=calls))
 
     def restore(self, text: str, *, in_json: bool = False) -> str:
         """``text`` with each placeholder of this request replaced by its value (JSON-escaped

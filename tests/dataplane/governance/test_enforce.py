@@ -308,3 +308,17 @@ def test_rules_see_the_callers_text_and_an_earlier_redaction_wins_an_overlap() -
     # "example" inside the redacted address is the earlier rule's; the other one is counted.
     assert word["count"] == 1
     assert word["positions"][0]["start"] == 3
+
+
+def test_output_rules_cover_tool_call_arguments_and_keep_them_json() -> None:
+    g = governor({"output": {"rules": [rule("pii", "email", "redact", placeholder='["email"]')]}})
+    actions: list[dict[str, Any]] = []
+    out = g.govern_output(answer("done", ToolCall("c1", "send", json.dumps({"to": EMAIL}))), actions)
+    assert json.loads(out.message.tool_calls[0].arguments) == {"to": '["email"]'}
+    assert out.message.text == "done"
+    (entry,) = actions
+    assert entry["positions"][0]["field"] == "message.tool_calls[0].arguments"
+    no_values(actions, EMAIL)
+    blocker = governor({"output": {"rules": [rule("pii", "email", "block")]}})
+    with pytest.raises(Blocked):
+        blocker.govern_output(answer("done", ToolCall("c1", "send", json.dumps({"to": EMAIL}))), [])
