@@ -25,6 +25,7 @@ typecheck: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m signalbox.codegen --check
+	tests/setup/prometheus.sh
 	$(BIN)/python -m pytest -n auto --maxprocesses 4
 
 proto: $(STAMP)

@@ -261,6 +261,7 @@ async def pinned_stack(args: argparse.Namespace) -> AsyncIterator[LocalStack]:
             dataplane_cpus=node_cpus,
             simulator_cpus=other_cpus,
             dataplane_env=getattr(args, "dataplane_env", {}),
+            **({} if getattr(args, "metrics", True) else {"dataplane_metrics_listen": None}),
         )
         stack = LocalStack(config)
         try:

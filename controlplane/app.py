@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from controlplane.api.admin import AdminServicer
@@ -56,6 +57,7 @@ from controlplane.evidence.queries import DEFAULT_STALE_AFTER, EvidenceQueries
 from controlplane.evidence.retention import EvidenceRetention
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
+from controlplane.metrics import ControlPlaneMetrics
 from controlplane.quota import DEFAULT_BURST_SECONDS, QuotaLedger
 from controlplane.repositories import signing_keys as signing_key_repo
 from controlplane.services.admin import AdminService
@@ -95,6 +97,13 @@ log = logging.getLogger(__name__)
 TRUST_KEY_FILE = "trust-key.pub"
 NODE_CA_FILE = "node-ca.pem"
 EMBEDDED_DIR = "postgres"
+ADMIN_LISTENER_SERVICES = (
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    identity_pb2.DESCRIPTOR.services_by_name["NodeEnrollmentService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+"""What the admin listener serves, as its reflection lists it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +117,8 @@ class ControlPlaneSettings:
     (which also makes the node port plaintext)."""
     node_listen: str = "127.0.0.1:7703"
     """host:port of config sync and certificate renewal, mutual TLS with node certificates."""
+    metrics_listen: str | None = None
+    """host:port of the Prometheus endpoint (``/metrics``); None: metrics off."""
     node_advertise_names: tuple[str, ...] = ()
     """Extra DNS names or addresses nodes reach the node port by (SANs of its certificate)."""
     node_cert_ttl: timedelta = timedelta(days=30)
@@ -200,6 +211,9 @@ class ControlPlane:
         self._node_server: grpc.aio.Server | None = None
         self.node_address = ""
         """host:port the node port (config sync, renewal) is bound to."""
+        self.metrics: ControlPlaneMetrics | None = None
+        self.metrics_address = ""
+        """host:port of the Prometheus endpoint, when metrics are on."""
         self.node_ca: NodeCaKey | None = None
         self.identities: IdentityService | None = None
         self.groups: NodeGroupService | None = None
@@ -364,6 +378,8 @@ class ControlPlane:
             NodeEnrollmentServicer(self.identities), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        # Listing the admin API needs an admin identity, as calling it does (api/interceptor.py).
+        reflection.enable_server_reflection(ADMIN_LISTENER_SERVICES, self._server)
         port = add_port(self._server, s.listen, s.tls)
         if port == 0:
             raise OSError(f"cannot listen on {s.listen}")
@@ -391,6 +407,12 @@ class ControlPlane:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._node_server)
         node_port = self._add_node_port(self._node_server)
         self.node_address = f"{s.node_listen.rsplit(':', 1)[0]}:{node_port}"
+        if s.metrics_listen is not None:
+            self.metrics = ControlPlaneMetrics(nodes)
+            self._interceptor.metrics = self.sync.metrics = shipping.metrics = self.metrics
+            await self.metrics.endpoint.start(listen=s.metrics_listen)
+            host = s.metrics_listen.rsplit(":", 1)[0]
+            self.metrics_address = f"{host}:{self.metrics.endpoint.port}"
         await self._server.start()
         await self._node_server.start()
         self._background = [
@@ -555,6 +577,10 @@ class ControlPlane:
         if self._enroll_refusals is not None:
             await self._enroll_refusals.close()
             self._enroll_refusals = None
+        if self.metrics is not None:
+            # Before the database: a scrape reads the fleet from it.
+            await self.metrics.endpoint.stop()
+            self.metrics = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None

@@ -90,6 +90,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     add(
         serve,
+        "--metrics-listen",
+        env="SIGNALBOX_CONTROLPLANE_METRICS_LISTEN",
+        default=None,
+        help="HOST:PORT of the Prometheus endpoint (GET /metrics: admin calls, NACKs, evidence "
+        "ingest, nodes per group and their convergence lag); off when not given",
+        command=SERVE,
+    )
+    add(
+        serve,
         "--node-advertise-name",
         env="SIGNALBOX_CONTROLPLANE_NODE_ADVERTISE_NAME",
         default="",
@@ -355,6 +364,11 @@ def serve_command(ns: argparse.Namespace) -> int:
     if not MIN_CERT_TTL <= node_cert_ttl <= MAX_CERT_TTL:
         print(f"--node-cert-ttl: must be between 2s and {MAX_CERT_TTL.days}d", file=sys.stderr)
         return 2
+    if ns.metrics_listen is not None:
+        host, sep, port = ns.metrics_listen.rpartition(":")
+        if not (sep and host and port.isdigit() and int(port) < 65536):
+            print(f"--metrics-listen: {ns.metrics_listen!r} is not HOST:PORT", file=sys.stderr)
+            return 2
     if ns.insecure:
         logging.getLogger(__name__).warning(
             "--insecure: the node port is PLAINTEXT and node identities are not checked (development only)"
@@ -363,6 +377,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         listen=ns.listen,
         tls=tls.server_tls(ns),
         node_listen=ns.node_listen,
+        metrics_listen=ns.metrics_listen,
         node_advertise_names=tuple(n.strip() for n in ns.node_advertise_name.split(",") if n.strip()),
         node_cert_ttl=node_cert_ttl,
         database_url=ns.database_url or None,

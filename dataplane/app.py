@@ -34,6 +34,7 @@ from typing import Any, Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
 
 from dataplane.api.service import InferService, add_to_server
 from dataplane.errors import SnapshotFileInvalid
@@ -47,6 +48,7 @@ from dataplane.governance.enforce import Governance
 from dataplane.http.openai_api import OpenAIFrontDoor, server_error_body
 from dataplane.http.server import HttpServer
 from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
+from dataplane.metrics_server import NodeMetrics, NodeState
 from dataplane.node_settings import WORKER_FOLLOW_INTERVAL_S, WORKERS_DIR, NodeSettings
 from dataplane.pipeline import GovernanceStep, Pipeline
 from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, CredentialScope
@@ -69,6 +71,7 @@ from signalbox.tls import ClientTls, add_port, ssl_server_context
 log = logging.getLogger("signalbox.dataplane")
 
 INFER_SERVICE = infer_pb2.DESCRIPTOR.services_by_name["InferService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 TASK_STOP_SECONDS = 10.0
 """How long stop waits for a cancelled background task before it goes on without it."""
 
@@ -127,6 +130,8 @@ class DataPlaneNode:
         self._ledger: LocalLedger | None = None
         self._ledger_server: grpc.aio.Server | None = None
         self._port: int | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._metrics: NodeMetrics | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -152,6 +157,14 @@ class DataPlaneNode:
     def http_accepting(self) -> bool:
         """The HTTP front door takes new connections (False once a stop began)."""
         return self._http_door is not None and self._http_door.accepting
+
+    @property
+    def metrics_address(self) -> str:
+        """``host:port`` of the Prometheus endpoint (the real port when 0 was asked)."""
+        if self._metrics is None or self.settings.metrics_listen is None:
+            raise RuntimeError("metrics are off")
+        host = self.settings.metrics_listen.rsplit(":", 1)[0]
+        return f"{host}:{self._metrics.port}"
 
     @property
     def port(self) -> int:
@@ -438,13 +451,26 @@ class DataPlaneNode:
         assert self._store is not None
         assert self._evidence is not None
         s = self.settings
+        dispatcher = self._dispatcher = Dispatcher(max_retry_after_s=s.max_retry_after)
+        if s.metrics_listen is not None:
+            state = NodeState(
+                store=lambda: self._store,
+                dispatcher=lambda: self._dispatcher,
+                evidence=lambda: self._evidence,
+                spool=self._spool,
+                shipper=lambda: self._shipper,
+                sync=lambda: self._sync,
+            )
+            self._metrics = NodeMetrics(state, worker=s.worker, workers=s.workers, data_dir=s.data_dir)
+            await self._metrics.start(s.metrics_listen)
         pipeline = Pipeline(
             self._store,
-            Dispatcher(max_retry_after_s=s.max_retry_after),
+            dispatcher,
             self._evidence,
             governance=self._governance,
             spool=self._spool,
             quotas=self._quotas,
+            metrics=self._metrics.requests if self._metrics is not None else None,
         )
         server = grpc.aio.server(
             options=[
@@ -456,6 +482,8 @@ class DataPlaneNode:
         )
         add_to_server(InferService(pipeline), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        # The Infer API's schema is public: anyone who may call it may list it.
+        reflection.enable_server_reflection((INFER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
         port = add_port(server, s.listen, s.tls)
         if port == 0:
             raise OSError(f"cannot listen on {s.listen}")
@@ -520,6 +548,9 @@ class DataPlaneNode:
                 await self._http.aclose()
             if self._evidence is not None:
                 await self._evidence.aclose()
+            if self._metrics is not None:
+                # Last: a scrape during the drain still sees the node.
+                await self._metrics.stop()
         finally:
             self._stopped.set()
 

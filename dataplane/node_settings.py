@@ -92,6 +92,8 @@ class NodeSettings:
     """host:port of the OpenAI-compatible HTTP front door (TLS as ``tls``); None: off."""
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     """Sizes and timeouts of the HTTP front door."""
+    metrics_listen: str | None = None
+    """host:port of the Prometheus endpoint (``/metrics``, worker 0); None: metrics off."""
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S
     """Longest upstream Retry-After (or Gemini retryDelay) honoured, in seconds: one
     hostile or mistaken 429 must not park a deployment for every tenant of the node."""

@@ -68,6 +68,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
     )
     add(
         serve,
+        "--metrics-listen",
+        env="SIGNALBOX_METRICS_LISTEN",
+        default=None,
+        help="HOST:PORT of the Prometheus endpoint (GET /metrics; worker 0 answers for every worker); "
+        "off when not given",
+        command=SERVE,
+    )
+    add(
+        serve,
         "--http-max-body-bytes",
         env="SIGNALBOX_HTTP_MAX_BODY_BYTES",
         default=HttpLimits().max_body_bytes,
@@ -446,9 +455,10 @@ def serve_command(ns: argparse.Namespace) -> int:
         if not (seconds > 0 and math.isfinite(seconds)):
             print(f"{flag}: {seconds} is not a positive number of seconds", file=sys.stderr)
             return 2
-    if ns.http_listen is not None and not _host_port(ns.http_listen):
-        print(f"--http-listen: {ns.http_listen!r} is not HOST:PORT", file=sys.stderr)
-        return 2
+    for flag, address in (("--http-listen", ns.http_listen), ("--metrics-listen", ns.metrics_listen)):
+        if address is not None and not _host_port(address):
+            print(f"{flag}: {address!r} is not HOST:PORT", file=sys.stderr)
+            return 2
     for flag, value, what in (
         ("--http-max-body-bytes", ns.http_max_body_bytes, "number of bytes"),
         ("--evidence-checkpoint-records", ns.evidence_checkpoint_records, "count"),
@@ -511,6 +521,7 @@ def serve_command(ns: argparse.Namespace) -> int:
     node_settings = NodeSettings(
         listen=ns.listen,
         http_listen=ns.http_listen,
+        metrics_listen=ns.metrics_listen,
         http_limits=HttpLimits(
             max_body_bytes=ns.http_max_body_bytes,
             header_timeout=ns.http_header_timeout,

@@ -20,6 +20,7 @@ from controlplane.evidence.export import EvidenceExporter
 from controlplane.evidence.imports import MAX_IMPORT_BYTES, EvidenceImporter
 from controlplane.evidence.queries import EvidenceFilter, EvidenceQueries
 from controlplane.evidence.retention import EvidenceRetention
+from controlplane.evidence.usage import UsageFilter, UsageRow
 from signalbox.api.admin.v1 import admin_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -49,6 +50,34 @@ class EvidenceAdmin:
         return admin_pb2.QueryEvidenceResponse(
             records=[convert.evidence_record(r) for r in rows], truncated=truncated, pruned=pruned
         )
+
+    async def GetUsage(
+        self, request: admin_pb2.GetUsageRequest, context: Context
+    ) -> admin_pb2.GetUsageResponse:
+        since = request.since.ToDatetime(UTC) if request.HasField("since") else None
+        report = await self._evidence.usage.report(
+            UsageFilter(
+                tenant_id=request.tenant_id,
+                api_key_id=request.api_key_id,
+                model=request.model,
+                since=since,
+                until=request.until.ToDatetime(UTC) if request.HasField("until") else None,
+                by=list(request.by),
+            )
+        )
+        response = admin_pb2.GetUsageResponse(
+            rows=[_usage_row(r) for r in report.rows],
+            total=_usage_row(report.total),
+            truncated=report.truncated,
+        )
+        pruned = [
+            p.pruned_before
+            for p in (await self._retention.pruned()).values()
+            if since is None or since < p.pruned_before
+        ]
+        if pruned:
+            response.pruned_before.FromDatetime(max(pruned))
+        return response
 
     async def ListEvidenceChains(
         self, request: admin_pb2.ListEvidenceChainsRequest, context: Context
@@ -136,4 +165,28 @@ def _evidence_filter(
         since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
         until=request.until.ToDatetime(UTC) if request.HasField("until") else None,
         limit=limit,
+    )
+
+
+INT64_MAX = 2**63 - 1
+UINT64_MAX = 2**64 - 1
+
+
+def _usage_row(r: UsageRow) -> admin_pb2.UsageRow:
+    """Sums of hostile records can exceed what the message holds: clamped, never an error."""
+    return admin_pb2.UsageRow(
+        day=r.day,
+        tenant_id=r.tenant_id,
+        api_key_id=r.api_key_id,
+        model=r.model,
+        requests=r.requests,
+        errors=r.errors,
+        shadow_calls=r.shadow_calls,
+        input_tokens=min(r.input_tokens, UINT64_MAX),
+        output_tokens=min(r.output_tokens, UINT64_MAX),
+        cached_input_tokens=min(r.cached_input_tokens, UINT64_MAX),
+        cost_nanos=max(min(r.cost_nanos, INT64_MAX), -INT64_MAX),
+        latency_p50_ms=r.latency_p50_ms,
+        latency_p95_ms=r.latency_p95_ms,
+        latency_p99_ms=r.latency_p99_ms,
     )

@@ -172,6 +172,7 @@ RULES: dict[str, Rule] = {
     "ImportConfig": Rule(P.PLATFORM_WRITE, Platform()),
     # evidence: records carry their tenant; chains, retention and import are the fleet's
     "QueryEvidence": Rule(P.TENANT_READ, T("tenant_id")),
+    "GetUsage": Rule(P.TENANT_READ, T("tenant_id")),
     "ListEvidenceChains": Rule(P.PLATFORM_READ, Platform()),
     "PruneEvidence": Rule(P.PLATFORM_WRITE, Platform()),
     "ExportEvidence": Rule(P.TENANT_READ, T("tenant_id")),

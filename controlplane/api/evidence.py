@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -29,6 +29,9 @@ from controlplane.evidence.ingest import CHAIN_ID_RE, Batch, EvidenceIngest
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.text import printable
 
+if TYPE_CHECKING:
+    from controlplane.metrics import ControlPlaneMetrics
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +40,8 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
         self._ingest = ingest
         self._auth = auth
         self._streams: dict[str, set[asyncio.Event]] = {}
+        self.metrics: ControlPlaneMetrics | None = None
+        """Counts stored, duplicate and refused evidence when the control plane serves metrics."""
         """Per node id: an event per Ship stream open here, set when the node is revoked."""
 
     def revoked(self, node_id: str) -> None:
@@ -99,6 +104,8 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
                     except PermissionDenied:
                         raise
                     except EvidenceRefused as exc:
+                        if self.metrics is not None:
+                            self.metrics.evidence_refused.labels(exc.status.name).inc()
                         yield evidence_pb2.ShipAck(
                             chain_id=batch.chain_id,
                             error=evidence_pb2.BatchError(
@@ -106,6 +113,11 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
                             ),
                         )
                         continue
+                    if self.metrics is not None:
+                        self.metrics.evidence_records.inc(ack.stored)
+                        self.metrics.evidence_duplicates.inc(ack.duplicates)
+                        if ack.refused is not None:
+                            self.metrics.evidence_refused.labels(ack.refused.status.name).inc()
                     reply = evidence_pb2.ShipAck(
                         chain_id=ack.chain_id,
                         head_seq=ack.head_seq,

@@ -13,7 +13,7 @@ import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from cryptography import x509
@@ -27,9 +27,14 @@ from controlplane.repositories.admin import AuditRow
 from controlplane.services.admin import AdminService
 from controlplane.services.base import Caller
 
+if TYPE_CHECKING:
+    from controlplane.metrics import ControlPlaneMetrics
+
 log = logging.getLogger(__name__)
 
 ADMIN_SERVICE = "/signalbox.api.admin.v1.AdminService/"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/"
+"""Server reflection lists the admin API: only to an admin (any role), as calling it."""
 # Request fields that name what a call is about, in order of preference.
 _TARGET_FIELDS = ("tenant", "id", "name", "provider", "model", "version", "key_id", "node_id", "group")
 
@@ -126,6 +131,8 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> None:
         self._admin = admin
         self.authz = Authorizer(admin)
+        self.metrics: ControlPlaneMetrics | None = None
+        """Counts admin calls when the control plane serves metrics."""
         self.unauthenticated = UnauthenticatedAuditLimit(
             self._audit_suppressed, rows=unauthenticated_rows, window=unauthenticated_window
         )
@@ -137,6 +144,12 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        if handler is not None and method.startswith(REFLECTION) and handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_reflection(method.removeprefix("/"), handler.stream_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler is None or not method.startswith(ADMIN_SERVICE):
             return handler
         if handler.unary_stream is not None:
@@ -195,16 +208,39 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return handle
 
-    async def _admit(self, method: str, request: Any, context: Context, call: _Call) -> Admission:
+    def _wrap_reflection(
+        self, method: str, behavior: Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]]
+    ) -> Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]]:
+        """Reflection: the caller is authenticated before any request is read; any admin role
+        may list (an auditor reads the API it may call). One audit row per stream, written
+        when it is admitted: clients end reflection streams by hanging up."""
+
+        async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            call = _Call("")
+            try:
+                caller = await self._authenticate(context)
+            except Exception as exc:
+                await self._refuse(exc, method, context, call)
+            call.actor, call.actor_role, call.actor_tenant = caller.actor, caller.role, caller.tenant_id
+            await self._audit(call.row(method, "OK", ""))
+            async for response in behavior(requests, context):
+                yield response
+
+        return handle
+
+    async def _authenticate(self, context: Context) -> Caller:
         token = bearer_token(context.invocation_metadata())
         uris = certificate_uris(context) if token is None else None
         if token is None and uris is None:
             raise Unauthenticated("missing admin token: send 'authorization: Bearer <token>'")
-        caller = (
+        return (
             await self._admin.authenticate(token)
             if token is not None
             else await self._admin.authenticate_certificate(uris or [])
         )
+
+    async def _admit(self, method: str, request: Any, context: Context, call: _Call) -> Admission:
+        caller = await self._authenticate(context)
         call.actor, call.actor_role, call.actor_tenant = caller.actor, caller.role, caller.tenant_id
         if request is not None:
             # Nothing the database cannot hold gets past here (controlplane.limits).
@@ -237,6 +273,9 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             code, message = mapped
         if not isinstance(exc, Unauthenticated) or self.unauthenticated.admit(context.peer()):
             await self._audit(call.row(method, code.name, message))
+        elif self.metrics is not None:
+            # Its audit row is folded into a summary row; the call still counts.
+            self.metrics.admin_calls.labels(method, code.name).inc()
         await context.abort(code, message)
         raise AssertionError("abort raises")  # pragma: no cover
 
@@ -251,6 +290,8 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         await self.unauthenticated.close()
 
     async def _audit(self, row: AuditRow) -> None:
+        if self.metrics is not None and row.method != "(unauthenticated)":
+            self.metrics.admin_calls.labels(row.method, row.result).inc()
         try:
             await self._admin.record(row)
         except Exception:

@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -38,6 +38,9 @@ from signalbox.text import printable
 MAX_NODE_ID_CHARS = 256
 EXPIRED = object()
 MAX_REASON_LOG_CHARS = 500
+
+if TYPE_CHECKING:
+    from controlplane.metrics import ControlPlaneMetrics
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         self.streams: dict[str, int] = {}
         """Open streams per node id on this replica."""
         self._bookkeeping: set[asyncio.Task[None]] = set()
+        self.metrics: ControlPlaneMetrics | None = None
+        """Counts NACKs when the control plane serves metrics."""
 
     def _message(self, message: sync_pb2.ServerMessage) -> sync_pb2.ServerMessage:
         # Every snapshot travels with the API-key hash key: the node needs it to check the
@@ -292,6 +297,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         log.warning("node %s refused v%d: %s", printable(state.node_id), latest.version, reason)
         state.refused.add((latest.version, latest.sha256))
         await self._nodes.nack(state.node_id, latest.version, latest.sha256, reason)
+        if self.metrics is not None:
+            self.metrics.nacks.inc()
 
     def _due(self, state: _StreamState) -> list[sync_pb2.ServerMessage]:
         """What to send now: nothing, the deltas from what the node runs (or was just sent)
@@ -347,6 +354,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                         printable(nack.reason, MAX_REASON_LOG_CHARS),
                     )
                     await self._nodes.nack(state.node_id, nack.version, nack.payload_sha256, nack.reason)
+                    if self.metrics is not None:
+                        self.metrics.nacks.inc()
                 elif kind == "heartbeat":
                     await self._nodes.seen(state.node_id)
         except grpc.aio.AioRpcError:

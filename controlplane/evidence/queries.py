@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import EvidenceAlarm, EvidenceChain, EvidenceRecord
 from controlplane.errors import InvalidArgument
+from controlplane.evidence.usage import UsageReports
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -47,6 +48,7 @@ class EvidenceQueries:
         """``stale_after``: seconds without a batch after which a chain is shown stale."""
         self._sessions = sessions
         self._stale_after = stale_after
+        self.usage = UsageReports(sessions)
 
     async def records(self, f: EvidenceFilter) -> tuple[list[EvidenceRecord], bool]:
         """The newest matching records (at most the limit) and whether more matched."""

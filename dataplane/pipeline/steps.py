@@ -48,6 +48,7 @@ from dataplane.pipeline.call import (
     Served,
     StreamEvent,
 )
+from dataplane.pipeline.metrics import RequestMetrics
 from dataplane.pipeline.trace import (
     Trace,
     add_response_content,
@@ -87,6 +88,7 @@ class Pipeline:
         default_deadline: float = DEFAULT_DEADLINE_S,
         spool: Spool | None = None,
         quotas: Quotas | None = None,
+        metrics: RequestMetrics | None = None,
     ) -> None:
         """``spool``: the node's evidence spool, whose bound each tenant's policy answers
         (None: unbounded); ``quotas``: the node's leased rate limits and budgets (None: limits
@@ -98,6 +100,8 @@ class Pipeline:
         self.evidence = evidence
         self.governance = tuple(governance)
         self.default_deadline = default_deadline
+        self.metrics = metrics
+        """The node's request metrics (None: metrics are off, and cost nothing)."""
 
     # ---- the flows ----
 
@@ -458,6 +462,9 @@ class Pipeline:
         except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
             raise EvidenceUnavailable("node cannot write evidence; request not served") from exc
         trace.recorded = record_id
+        if self.metrics is not None:
+            # Counted once its record is written: metrics and evidence count the same requests.
+            self.metrics.observe(trace, outcome, time.monotonic)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s %s evidence=%s", trace.kind, trace.correlation_id, outcome.code.name, record_id)
         return record_id

@@ -90,6 +90,16 @@ async def test_apply_get_history_diff_through_the_cli(
     code, out, _ = await admin_cli(cp, token, "governance", "diff", "--tenant", "acme", "--format", "yaml")
     assert "\n-      - bluebird\n+      - redwing\n" in out
 
+    # Snapshot history shows the profile versions per tenant.
+    newest = await admin.latest_version()
+    code, out, _ = await admin_cli(cp, token, "snapshot", "show", str(newest))
+    section = out[out.index("governance profiles (2):") :].splitlines()
+    assert [line.split()[:2] for line in section[2:4]] == [["(default)", "1"], ["acme", "2"]]
+    code, out, _ = await admin_cli(cp, token, "snapshot", "diff", str(newest - 2), str(newest - 1))
+    assert "~ governance acme (" in out
+    assert "    version: 1 -> 2" in out
+    assert '-            "bluebird"' in out
+
     code, out, _ = await admin_cli(cp, token, "governance", "delete", "--tenant", "acme")
     assert code == 0
     code, _, err = await admin_cli(cp, token, "governance", "get", "--tenant", "acme")

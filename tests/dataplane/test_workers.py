@@ -18,6 +18,7 @@ import aiohttp
 import psutil
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client.parser import text_string_to_metric_families
 
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records, verify_chain
@@ -66,6 +67,10 @@ async def workers_up(
         sys.stderr.writelines(lines)
 
 
+def _samples(text: str, name: str) -> list[Any]:
+    return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -78,9 +83,10 @@ async def test_two_workers_share_the_ports_keep_a_chain_each_and_drain_on_sigter
     pin = tmp_path / "site.snapshot"
     pin.write_bytes(site_pin(signing_key, 3, simulator.base_url))
     data_dir = tmp_path / "node"
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
     args = pinned_serve_args(pin, trust_key, data_dir, "--node-id", NODE, "--workers", "2")
     args += ["--listen", f"127.0.0.1:{grpc_port}", "--http-listen", f"127.0.0.1:{http_port}"]
+    args += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
     async with workers_up(args, 2) as process:
         answered: list[str] = []
         # A new connection per request: the kernel spreads connections over the two workers.
@@ -107,6 +113,22 @@ async def test_two_workers_share_the_ports_keep_a_chain_each_and_drain_on_sigter
         for w, path in chains.items():
             assert verify_chain(path).seq == len(ids[w])  # gap-free, each its own chain
             assert all(r["chain_id"] == f"{NODE}/{w}" for r in read_records(path))
+
+        # One scrape of worker 0 answers for both: each worker's requests under its own label,
+        # each family once.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{metrics_port}/metrics") as scraped,
+        ):
+            text = await scraped.text()
+        served: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "signalbox_requests_total":
+                    served[sample.labels["worker"]] = served.get(sample.labels["worker"], 0) + sample.value
+        assert served == {"0": len(ids["0"]), "1": len(ids["1"])}
+        assert text.count("# TYPE signalbox_requests_total counter") == 1
+        assert {s.labels["worker"] for s in _samples(text, "signalbox_snapshot_version")} == {"0", "1"}
         workers = psutil.Process(process.pid).children()
         assert len(workers) == 2
 

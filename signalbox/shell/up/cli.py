@@ -73,6 +73,22 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     settings.add(
         parser,
+        "--dataplane-metrics-listen",
+        env="SIGNALBOX_UP_DATAPLANE_METRICS_LISTEN",
+        default="127.0.0.1:7705",
+        help="HOST:PORT of the node's Prometheus endpoint (port 0: any free port)",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
+        "--controlplane-metrics-listen",
+        env="SIGNALBOX_UP_CONTROLPLANE_METRICS_LISTEN",
+        default="127.0.0.1:7706",
+        help="HOST:PORT of the control plane's Prometheus endpoint (port 0: any free port)",
+        command=COMMAND,
+    )
+    settings.add(
+        parser,
         "--simulator-listen",
         env="SIGNALBOX_UP_SIMULATOR_LISTEN",
         default="127.0.0.1:7702",
@@ -117,6 +133,8 @@ def run(ns: argparse.Namespace) -> int:
         controlplane_node_listen=ns.controlplane_node_listen,
         dataplane_listen=ns.dataplane_listen,
         dataplane_http_listen=ns.dataplane_http_listen,
+        dataplane_metrics_listen=ns.dataplane_metrics_listen,
+        controlplane_metrics_listen=ns.controlplane_metrics_listen,
         simulator_listen=ns.simulator_listen,
         startup_timeout=ns.startup_timeout,
     ).with_concrete_ports()

@@ -56,6 +56,11 @@ class StackConfig:
     simulator_listen: str = "127.0.0.1:7702"
     dataplane_http_listen: str = "127.0.0.1:7704"
     """The node's OpenAI-compatible HTTP front door."""
+    dataplane_metrics_listen: str | None = "127.0.0.1:7705"
+    """The node's Prometheus endpoint (metrics are on in ``up``, off by default in production;
+    None: off, as a benchmark's variant without them)."""
+    controlplane_metrics_listen: str = "127.0.0.1:7706"
+    """The control plane's Prometheus endpoint."""
     simulator_in_process: bool = True
     """False runs the simulator as a child process (the benchmark pins it to a core)."""
     controlplane_cpus: str | None = None
@@ -70,15 +75,16 @@ class StackConfig:
     @classmethod
     def ephemeral(cls, data_dir: Path, **options: Any) -> StackConfig:
         """A config on ports free now, for tests and benchmarks; ``options`` set the other fields."""
-        return cls(
-            data_dir=data_dir,
-            controlplane_listen="127.0.0.1:0",
-            controlplane_node_listen="127.0.0.1:0",
-            dataplane_listen="127.0.0.1:0",
-            simulator_listen="127.0.0.1:0",
-            dataplane_http_listen="127.0.0.1:0",
-            **options,
-        ).with_concrete_ports()
+        ports: dict[str, Any] = {
+            "controlplane_listen": "127.0.0.1:0",
+            "controlplane_node_listen": "127.0.0.1:0",
+            "dataplane_listen": "127.0.0.1:0",
+            "simulator_listen": "127.0.0.1:0",
+            "dataplane_http_listen": "127.0.0.1:0",
+            "dataplane_metrics_listen": "127.0.0.1:0",
+            "controlplane_metrics_listen": "127.0.0.1:0",
+        }
+        return cls(data_dir=data_dir, **{**ports, **options}).with_concrete_ports()
 
     def with_concrete_ports(self) -> StackConfig:
         """The same config with every port 0 replaced by a port that is free now."""
@@ -88,6 +94,10 @@ class StackConfig:
             controlplane_node_listen=_concrete(self.controlplane_node_listen),
             dataplane_listen=_concrete(self.dataplane_listen),
             dataplane_http_listen=_concrete(self.dataplane_http_listen),
+            dataplane_metrics_listen=None
+            if self.dataplane_metrics_listen is None
+            else _concrete(self.dataplane_metrics_listen),
+            controlplane_metrics_listen=_concrete(self.controlplane_metrics_listen),
             simulator_listen=self.simulator_listen
             if self.simulator_in_process
             else _concrete(self.simulator_listen),
@@ -161,13 +171,18 @@ class LocalStack:
                 cfg.controlplane_listen,
                 "--node-listen",
                 cfg.controlplane_node_listen,
+                "--metrics-listen",
+                cfg.controlplane_metrics_listen,
                 "--data-dir",
                 str(self.controlplane_dir),
             ],
             cfg.controlplane_cpus,
         )
         await self._wait_healthy(cp, cfg.controlplane_listen)
-        self._progress(f"control plane on {cfg.controlplane_listen} (data in {self.controlplane_dir})")
+        self._progress(
+            f"control plane on {cfg.controlplane_listen} (data in {self.controlplane_dir}), "
+            f"metrics at http://{cfg.controlplane_metrics_listen}/metrics"
+        )
 
         await self._seed()
         trust_key = self.controlplane_dir / "trust-key.pub"
@@ -188,6 +203,7 @@ class LocalStack:
                 cfg.dataplane_listen,
                 "--http-listen",
                 cfg.dataplane_http_listen,
+                *(["--metrics-listen", cfg.dataplane_metrics_listen] if cfg.dataplane_metrics_listen else []),
                 "--control-plane",
                 cfg.controlplane_node_listen,
                 "--enroll-address",
@@ -208,6 +224,11 @@ class LocalStack:
         self._progress(
             f"node {NODE_ID} on {cfg.dataplane_listen} (gRPC) and http://{cfg.dataplane_http_listen}/v1 "
             f"(OpenAI-compatible HTTP) serving snapshot v{self.snapshot_version}"
+            + (
+                f", metrics at http://{cfg.dataplane_metrics_listen}/metrics"
+                if cfg.dataplane_metrics_listen
+                else ""
+            )
         )
 
     async def stop(self) -> None:

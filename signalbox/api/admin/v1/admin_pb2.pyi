@@ -3056,6 +3056,149 @@ class ImportEvidenceResponse(_message.Message):
 Global___ImportEvidenceResponse: _TypeAlias = ImportEvidenceResponse  # noqa: Y015
 
 @_typing.final
+class GetUsageRequest(_message.Message):
+    """---- usage reports (issue 11) ----"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    API_KEY_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    api_key_id: _builtins.str
+    model: _builtins.str
+    """The model that served (its alias)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Record time: since <= ts < until."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Group rows by any of "day" (UTC), "tenant", "key", "model"; none: the total only."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        api_key_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        by: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "by", b"by", "model", b"model", "since", b"since", "tenant_id", b"tenant_id", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    API_KEY_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    SHADOW_CALLS_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_NANOS_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P95_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P99_MS_FIELD_NUMBER: _builtins.int
+    day: _builtins.str
+    """Set for the dimensions the report is grouped by."""
+    tenant_id: _builtins.str
+    api_key_id: _builtins.str
+    model: _builtins.str
+    requests: _builtins.int
+    """Requests (every record but shadow calls), and those not answered OK."""
+    errors: _builtins.int
+    shadow_calls: _builtins.int
+    """Mirrored (shadow) calls: not requests, but their tokens and cost are spent and counted."""
+    input_tokens: _builtins.int
+    output_tokens: _builtins.int
+    cached_input_tokens: _builtins.int
+    cost_nanos: _builtins.int
+    """USD in nano-units (1e-9), as evidence records carry it."""
+    latency_p50_ms: _builtins.float
+    """Of the requests' total time on the node (timings.total_ms); 0 without requests."""
+    latency_p95_ms: _builtins.float
+    latency_p99_ms: _builtins.float
+    def __init__(
+        self,
+        *,
+        day: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        api_key_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        shadow_calls: _builtins.int = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cached_input_tokens: _builtins.int = ...,
+        cost_nanos: _builtins.int = ...,
+        latency_p50_ms: _builtins.float = ...,
+        latency_p95_ms: _builtins.float = ...,
+        latency_p99_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "cached_input_tokens", b"cached_input_tokens", "cost_nanos", b"cost_nanos", "day", b"day", "errors", b"errors", "input_tokens", b"input_tokens", "latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "model", b"model", "output_tokens", b"output_tokens", "requests", b"requests", "shadow_calls", b"shadow_calls", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRow: _TypeAlias = UsageRow  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    PRUNED_BEFORE_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """More groups than a report holds (10,000): narrow the filters or group by less."""
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]: ...
+    @_builtins.property
+    def total(self) -> Global___UsageRow: ...
+    @_builtins.property
+    def pruned_before(self) -> _timestamp_pb2.Timestamp:
+        """Records older than this were pruned by retention from chains that had some in the
+        range: the report covers what is stored (unset: nothing in range was pruned).
+        """
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___UsageRow] | None = ...,
+        total: Global___UsageRow | None = ...,
+        truncated: _builtins.bool = ...,
+        pruned_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pruned_before", b"pruned_before", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pruned_before", b"pruned_before", "rows", b"rows", "total", b"total", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
 class SetLimitsRequest(_message.Message):
     """---- limits (limits branch) ----"""
 

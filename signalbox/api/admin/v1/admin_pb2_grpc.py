@@ -291,6 +291,11 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportEvidenceResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/GetUsage',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
         self.SetLimits = channel.unary_unary(
                 '/signalbox.api.admin.v1.AdminService/SetLimits',
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.SetLimitsRequest.SerializeToString,
@@ -735,8 +740,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SetLimits(self, request, context):
+    def GetUsage(self, request, context):
         """---- evidence import (end) ----
+        ---- usage reports (issue 11) ----
+        Requests, errors, tokens, cost and latency percentiles from shipped evidence, by the
+        filters given (AND), grouped by day, tenant, API key and/or model, with the total of the
+        whole selection. Every figure is computed from the stored records themselves, so a
+        report's totals are the sum of the records `QueryEvidence` returns for the same filters.
+        Tenant admins and auditors: their tenant's only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLimits(self, request, context):
+        """---- usage reports (end) ----
         ---- limits (limits branch) ----
         Rate limits and budgets of a tenant (key_id empty) or of one of its API keys. Set
         changes only the fields it is given; Clear removes every limit of the target. Set and
@@ -1117,6 +1135,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ImportEvidence,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportEvidenceResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetUsageRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetUsageResponse.SerializeToString,
             ),
             'SetLimits': grpc.unary_unary_rpc_method_handler(
                     servicer.SetLimits,
@@ -2576,6 +2599,33 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/ImportEvidence',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.EvidencePackChunk.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ImportEvidenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/GetUsage',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetUsageRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -152,8 +152,17 @@ class AdminServiceStub:
     node and did not revoke; then each chain's records go through ingest as shipping's
     do (duplicates idempotent; gaps and tampering raise the same alarms). Admin role.
     """
-    SetLimits: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetLimitsRequest, _admin_pb2.LimitsInfo]
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.GetUsageResponse]
     """---- evidence import (end) ----
+    ---- usage reports (issue 11) ----
+    Requests, errors, tokens, cost and latency percentiles from shipped evidence, by the
+    filters given (AND), grouped by day, tenant, API key and/or model, with the total of the
+    whole selection. Every figure is computed from the stored records themselves, so a
+    report's totals are the sum of the records `QueryEvidence` returns for the same filters.
+    Tenant admins and auditors: their tenant's only.
+    """
+    SetLimits: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetLimitsRequest, _admin_pb2.LimitsInfo]
+    """---- usage reports (end) ----
     ---- limits (limits branch) ----
     Rate limits and budgets of a tenant (key_id empty) or of one of its API keys. Set
     changes only the fields it is given; Clear removes every limit of the target. Set and
@@ -325,8 +334,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     node and did not revoke; then each chain's records go through ingest as shipping's
     do (duplicates idempotent; gaps and tampering raise the same alarms). Admin role.
     """
-    SetLimits: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetLimitsRequest, _admin_pb2.LimitsInfo]  # type: ignore[assignment]
+    GetUsage: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.GetUsageResponse]  # type: ignore[assignment]
     """---- evidence import (end) ----
+    ---- usage reports (issue 11) ----
+    Requests, errors, tokens, cost and latency percentiles from shipped evidence, by the
+    filters given (AND), grouped by day, tenant, API key and/or model, with the total of the
+    whole selection. Every figure is computed from the stored records themselves, so a
+    report's totals are the sum of the records `QueryEvidence` returns for the same filters.
+    Tenant admins and auditors: their tenant's only.
+    """
+    SetLimits: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetLimitsRequest, _admin_pb2.LimitsInfo]  # type: ignore[assignment]
+    """---- usage reports (end) ----
     ---- limits (limits branch) ----
     Rate limits and budgets of a tenant (key_id empty) or of one of its API keys. Set
     changes only the fields it is given; Clear removes every limit of the target. Set and
@@ -803,12 +821,27 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _admin_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetUsageResponse, _abc.Awaitable[_admin_pb2.GetUsageResponse]]:
+        """---- evidence import (end) ----
+        ---- usage reports (issue 11) ----
+        Requests, errors, tokens, cost and latency percentiles from shipped evidence, by the
+        filters given (AND), grouped by day, tenant, API key and/or model, with the total of the
+        whole selection. Every figure is computed from the stored records themselves, so a
+        report's totals are the sum of the records `QueryEvidence` returns for the same filters.
+        Tenant admins and auditors: their tenant's only.
+        """
+
+    @_abc_1.abstractmethod
     def SetLimits(
         self,
         request: _admin_pb2.SetLimitsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.LimitsInfo, _abc.Awaitable[_admin_pb2.LimitsInfo]]:
-        """---- evidence import (end) ----
+        """---- usage reports (end) ----
         ---- limits (limits branch) ----
         Rate limits and budgets of a tenant (key_id empty) or of one of its API keys. Set
         changes only the fields it is given; Clear removes every limit of the target. Set and

@@ -1,0 +1,172 @@
+"""Usage and cost reports, computed from the shipped evidence records themselves.
+
+Every figure comes from the stored records of the selection, in one scan with a grouping set
+for the total, so a report's totals are the sum of the records ``QueryEvidence`` returns for
+the same filters: there is no second bookkeeping to drift from the evidence. The filters and
+the time range use the store's indexes (tenant, key, model, time); the members a report sums
+live in the record body, read as ``jsonb`` by PostgreSQL.
+
+Record bodies come from nodes: hostile input. Ingest checked that each is a JSON object and
+that its chain holds, not that every member has the right type, so each member is read
+defensively: a count that is not a plain non-negative integer of at most 18 digits counts as
+0, a latency that is not a number is left out, and a report never fails on a record. A body
+holding ``\\u0000`` (valid JSON, say a NUL in a FULL-content tenant's prompt, but refused by
+``jsonb``) is read with that escape replaced by ``\\u2400`` (the same length, and valid JSON
+wherever the original escape was).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane.errors import InvalidArgument
+
+DIMENSIONS = {
+    "day": "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    "tenant": "tenant_id",
+    "key": "api_key_id",
+    "model": "model",
+}
+"""What a report may be grouped by, and the SQL of each (from indexed columns)."""
+MAX_GROUPS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFilter:
+    tenant_id: str = ""
+    api_key_id: str = ""
+    model: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+    by: Sequence[str] = ()
+
+
+@dataclass(slots=True)
+class UsageRow:
+    day: str = ""
+    tenant_id: str = ""
+    api_key_id: str = ""
+    model: str = ""
+    requests: int = 0
+    errors: int = 0
+    shadow_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cost_nanos: int = 0
+    latency_p50_ms: float = 0.0
+    latency_p95_ms: float = 0.0
+    latency_p99_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class UsageReport:
+    rows: list[UsageRow] = field(default_factory=list)
+    total: UsageRow = field(default_factory=UsageRow)
+    truncated: bool = False
+
+
+def _count(path: str) -> str:
+    """A non-negative integer member at ``path`` of the record, else 0."""
+    member = f"j #>> '{{{path}}}'"
+    return f"sum(CASE WHEN {member} ~ '^[0-9]{{1,18}}$' THEN ({member})::bigint ELSE 0 END)"
+
+
+def _signed(path: str) -> str:
+    member = f"j #>> '{{{path}}}'"
+    return f"sum(CASE WHEN {member} ~ '^-?[0-9]{{1,18}}$' THEN ({member})::bigint ELSE 0 END)"
+
+
+# A number as JSON writes one, with a bounded exponent (float8 cannot hold 1e400).
+_LATENCY = (
+    "CASE WHEN jsonb_typeof(j #> '{timings,total_ms}') = 'number' "
+    "AND (j #>> '{timings,total_ms}') ~ '^-?[0-9]{1,18}(\\.[0-9]{1,18})?([eE][-+]?[0-9]{1,2})?$' "
+    "THEN (j #>> '{timings,total_ms}')::float8 END"
+)
+_REQUEST = "coalesce(j ->> 'kind', '') <> 'shadow'"
+
+_MEASURES = f"""
+    count(*) FILTER (WHERE {_REQUEST}) AS requests,
+    count(*) FILTER (WHERE {_REQUEST} AND outcome <> 'OK') AS errors,
+    count(*) FILTER (WHERE NOT ({_REQUEST})) AS shadow_calls,
+    {_count("usage,input_tokens")} AS input_tokens,
+    {_count("usage,output_tokens")} AS output_tokens,
+    {_count("usage,cached_input_tokens")} AS cached_input_tokens,
+    {_signed("cost,total_nanos")} AS cost_nanos,
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY {_LATENCY}) FILTER (WHERE {_REQUEST}) AS p50,
+    percentile_cont(0.95) WITHIN GROUP (ORDER BY {_LATENCY}) FILTER (WHERE {_REQUEST}) AS p95,
+    percentile_cont(0.99) WITHIN GROUP (ORDER BY {_LATENCY}) FILTER (WHERE {_REQUEST}) AS p99
+"""
+
+
+class UsageReports:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def report(self, f: UsageFilter) -> UsageReport:
+        by = list(dict.fromkeys(f.by))
+        for i, name in enumerate(by):
+            if name not in DIMENSIONS:
+                raise InvalidArgument(
+                    f"by[{i}]", f"unknown dimension {name[:40]!r}; one of {', '.join(DIMENSIONS)}"
+                )
+        if f.since is not None and f.until is not None and f.since >= f.until:
+            raise InvalidArgument("until", "must be after since")
+        clauses, params = ["TRUE"], dict[str, Any]()
+        for column, value in (("tenant_id", f.tenant_id), ("api_key_id", f.api_key_id), ("model", f.model)):
+            if value:
+                clauses.append(f"{column} = :{column}")
+                params[column] = value
+        for name, op, when in (("since", ">=", f.since), ("until", "<", f.until)):
+            if when is not None:
+                clauses.append(f"ts {op} :{name}")
+                params[name] = when
+        groups = [f"{DIMENSIONS[name]}" for name in by]
+        selected = ", ".join(f"{sql} AS {name}" for name, sql in zip(by, groups, strict=True))
+        # One scan: the groups and, as the empty grouping set, the total of the selection.
+        sets = f"GROUPING SETS (({', '.join(groups)}), ())" if groups else "()"
+        is_total = f"GROUPING({', '.join(groups)}) <> 0" if groups else "TRUE"
+        sql = f"""
+            SELECT {selected + "," if selected else ""} {is_total} AS is_total, {_MEASURES}
+            FROM (
+                SELECT ts, tenant_id, api_key_id, model, outcome,
+                       replace(convert_from(body, 'UTF8'), '\\u0000', '\\u2400')::jsonb AS j
+                FROM evidence_records WHERE {" AND ".join(clauses)}
+            ) r
+            GROUP BY {sets}
+            ORDER BY is_total DESC, {", ".join(str(i + 1) for i in range(len(by))) or "1"}
+            LIMIT {MAX_GROUPS + 2}
+        """
+        async with self._sessions() as session:
+            result = (await session.execute(sa.text(sql), params)).mappings().all()
+        report = UsageReport()
+        for row in result:
+            usage = UsageRow(
+                **{_FIELD[name]: row[name] or "" for name in by},
+                requests=row["requests"],
+                errors=row["errors"],
+                shadow_calls=row["shadow_calls"],
+                input_tokens=int(row["input_tokens"] or 0),
+                output_tokens=int(row["output_tokens"] or 0),
+                cached_input_tokens=int(row["cached_input_tokens"] or 0),
+                cost_nanos=int(row["cost_nanos"] or 0),
+                latency_p50_ms=float(row["p50"] or 0.0),
+                latency_p95_ms=float(row["p95"] or 0.0),
+                latency_p99_ms=float(row["p99"] or 0.0),
+            )
+            if row["is_total"]:
+                report.total = usage
+            elif len(report.rows) < MAX_GROUPS:
+                report.rows.append(usage)
+            else:
+                report.truncated = True
+        return report
+
+
+_FIELD = {"day": "day", "tenant": "tenant_id", "key": "api_key_id", "model": "model"}

@@ -1,0 +1,96 @@
+"""The ``/metrics`` endpoint both planes serve (``--metrics-listen``), on aiohttp.
+
+Prometheus text or OpenMetrics (with exemplars), negotiated by the scraper's ``Accept`` as
+Prometheus itself asks. Families of one name from several collectors (a node's workers) are
+written once with their samples together: a format allows one TYPE line per family. A
+``before`` hook runs on the event loop before each scrape is rendered, so gauges that need
+I/O (the control plane's fleet, read from its database) are fresh and never read from the
+exposition's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client import exposition as prometheus_text
+from prometheus_client.core import Metric
+from prometheus_client.openmetrics import exposition as openmetrics
+
+OPENMETRICS = openmetrics.CONTENT_TYPE_LATEST
+
+
+class MetricsEndpoint:
+    """Serves ``registry`` at ``GET /metrics`` on a TCP address or a unix socket."""
+
+    def __init__(
+        self, registry: CollectorRegistry, before: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self.registry = registry
+        self._before = before
+        self._runner: web.AppRunner | None = None
+        self._lock = asyncio.Lock()
+        self.port = 0
+
+    async def start(self, *, listen: str | None = None, unix: Path | None = None) -> None:
+        """``listen``: HOST:PORT (port 0 picks one: ``port``); else ``unix``: a socket path."""
+        app = web.Application(client_max_size=1024)
+        app.router.add_get("/metrics", self._scrape)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site: web.BaseSite
+        if listen is not None:
+            host, _, port = listen.rpartition(":")
+            site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port))
+        elif unix is not None:
+            site = web.UnixSite(self._runner, str(unix))
+        else:
+            raise ValueError("a metrics endpoint needs an address or a socket")
+        await site.start()
+        if listen is not None:
+            self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _scrape(self, request: web.Request) -> web.Response:
+        # One scrape at a time: the hook's results belong to the scrape that asked for them.
+        async with self._lock:
+            if self._before is not None:
+                await self._before()
+            return render(self.registry, request.headers.get("Accept", ""))
+
+
+def render(registry: CollectorRegistry, accept: str) -> web.Response:
+    merged = _Merged(registry)
+    if "application/openmetrics-text" in accept:
+        body = openmetrics.generate_latest(merged)  # type: ignore[no-untyped-call]
+        content_type = OPENMETRICS
+    else:
+        body = prometheus_text.generate_latest(merged)
+        content_type = prometheus_text.CONTENT_TYPE_LATEST
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+class _Merged:
+    """``collect()`` of a registry with the families of one name joined into one."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for family in self._registry.collect():
+            known = merged.get(family.name)
+            if known is None:
+                merged[family.name] = family
+            else:
+                known.samples.extend(family.samples)
+        yield from merged.values()
