@@ -322,7 +322,13 @@ def serve_command(ns: argparse.Namespace) -> int:
     from controlplane.services.identity import MAX_CERT_TTL, MIN_CERT_TTL
     from signalbox.api.config.v1 import snapshot_pb2
 
-    settings.configure_logging(ns.log_level)
+    if ns.log_format not in settings.LOG_FORMATS:
+        print(
+            f"--log-format: {ns.log_format!r} is not one of {', '.join(settings.LOG_FORMATS)}",
+            file=sys.stderr,
+        )
+        return 2
+    settings.configure_logging(ns.log_level, ns.log_format, service="controlplane")
     if not (ns.node_stale_after > 0 and math.isfinite(ns.node_stale_after)):
         print(
             f"--node-stale-after: {ns.node_stale_after} is not a positive number of seconds", file=sys.stderr

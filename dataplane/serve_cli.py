@@ -404,7 +404,15 @@ def serve_command(ns: argparse.Namespace) -> int:
     from dataplane.app import DataPlaneNode
     from dataplane.node_settings import NodeSettings
 
-    level = settings.configure_logging(ns.log_level)
+    if ns.log_format not in settings.LOG_FORMATS:
+        print(
+            f"--log-format: {ns.log_format!r} is not one of {', '.join(settings.LOG_FORMATS)}",
+            file=sys.stderr,
+        )
+        return 2
+    level = settings.configure_logging(
+        ns.log_level, ns.log_format, service="dataplane", node=ns.node_id, worker=ns.worker_index or 0
+    )
     # httpx logs every upstream request at INFO: per-request logging on the hot
     # path, so it is only shown when the node itself logs at DEBUG.
     for noisy in ("httpx", "httpcore"):

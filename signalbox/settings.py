@@ -50,7 +50,7 @@ def add(
 
 
 def add_log_level(parser: argparse.ArgumentParser, *, command: str) -> None:
-    """The ``--log-level`` setting every long-running command shares."""
+    """The ``--log-level`` and ``--log-format`` settings every long-running command shares."""
     add(
         parser,
         "--log-level",
@@ -59,16 +59,31 @@ def add_log_level(parser: argparse.ArgumentParser, *, command: str) -> None:
         help="DEBUG, INFO, WARNING or ERROR",
         command=command,
     )
+    add(
+        parser,
+        "--log-format",
+        env="SIGNALBOX_LOG_FORMAT",
+        default="auto",
+        help="json (one object per line, with correlation id, tenant and node), text, or auto "
+        "(json unless stderr is a terminal)",
+        command=command,
+    )
 
 
-def configure_logging(level_name: str) -> int:
-    """Set up the process's log format and level (unknown names mean INFO); return the level."""
+LOG_FORMATS = ("auto", "json", "text")
+
+
+def configure_logging(level_name: str, log_format: str = "text", **process: object) -> int:
+    """Set up the process's log format and level (unknown names mean INFO); return the level.
+    ``process``: fields every JSON line carries (service, node, worker)."""
     import logging
+
+    from signalbox import logs
 
     level = getattr(logging, str(level_name).upper(), logging.INFO)
     if not isinstance(level, int):
         level = logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level, log_format if log_format in LOG_FORMATS else "auto", **process)
     return level
 
 

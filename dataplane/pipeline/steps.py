@@ -77,6 +77,7 @@ from dataplane.snapshot.serving import ServingState
 from dataplane.snapshot.store import SnapshotStore
 from dataplane.validation import check_schemas, validate
 from dataplane.validation import correlation_id as checked_correlation_id
+from signalbox.logs import bind_request
 
 log = logging.getLogger("signalbox.dataplane.pipeline")
 
@@ -285,13 +286,17 @@ class Pipeline:
         now = time.monotonic()
         kind = EVIDENCE_KIND[call.operation]
         if not call.correlation_id:
-            return Trace(kind, secrets.token_hex(16), now, time.time(), call.request_sha256)
+            trace = Trace(kind, secrets.token_hex(16), now, time.time(), call.request_sha256)
+            bind_request(trace.correlation_id)
+            return trace
         try:
             supplied = checked_correlation_id(call.correlation_id, call.correlation_field)
         except InvalidRequest as exc:
             trace = Trace(kind, secrets.token_hex(16), now, time.time(), call.request_sha256)
             trace.invalid_correlation_id = exc
+            bind_request(trace.correlation_id)
             return trace
+        bind_request(supplied)
         return Trace(kind, supplied, now, time.time(), call.request_sha256)
 
     def _admit(self, trace: Trace, call: Call[Any]) -> tuple[ServingState, Caller]:
@@ -300,6 +305,7 @@ class Pipeline:
         trace.state = state
         caller = authenticate(state.config, call.api_key, trace.started_wall, call.peer_certificate)
         trace.caller = caller
+        bind_request(trace.correlation_id, caller.tenant.id)
         if trace.invalid_correlation_id is not None:
             # Reported after authentication so an anonymous caller learns nothing else.
             raise trace.invalid_correlation_id

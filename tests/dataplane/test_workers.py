@@ -36,14 +36,15 @@ NODE = "node-w"
 
 @asynccontextmanager
 async def workers_up(
-    args: list[str], workers: int, env: dict[str, str] | None = None
+    args: list[str], workers: int, env: dict[str, str] | None = None, lines: list[str] | None = None
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """``signalbox <args>`` running (in ``env``, else this environment), once ``workers``
-    workers say they listen; killed on exit if still running."""
+    workers say they listen; killed on exit if still running. ``lines``: filled with what the
+    processes write to stderr, as they write it."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "signalbox", *args, stderr=asyncio.subprocess.PIPE, env=env
     )
-    lines: list[str] = []
+    lines = [] if lines is None else lines
 
     async def collect() -> None:
         assert process.stderr is not None
