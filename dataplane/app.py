@@ -51,6 +51,7 @@ from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityEr
 from dataplane.metrics_server import NodeMetrics, NodeState
 from dataplane.node_settings import WORKER_FOLLOW_INTERVAL_S, WORKERS_DIR, NodeSettings
 from dataplane.pipeline import GovernanceStep, Pipeline
+from dataplane.pipeline.tracing import RequestTracer
 from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, CredentialScope
 from dataplane.quota import QuotaLeaser, Quotas
 from dataplane.quota.local import QUOTA_DIR, LocalLedger, socket_path
@@ -132,6 +133,7 @@ class DataPlaneNode:
         self._port: int | None = None
         self._dispatcher: Dispatcher | None = None
         self._metrics: NodeMetrics | None = None
+        self._tracer: RequestTracer | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -452,6 +454,8 @@ class DataPlaneNode:
         assert self._evidence is not None
         s = self.settings
         dispatcher = self._dispatcher = Dispatcher(max_retry_after_s=s.max_retry_after)
+        # Opt-in with the standard OTEL_* variables; None (and nothing imported) otherwise.
+        self._tracer = RequestTracer.from_environment(node_id=s.node_id, worker=s.worker)
         if s.metrics_listen is not None:
             state = NodeState(
                 store=lambda: self._store,
@@ -471,6 +475,7 @@ class DataPlaneNode:
             spool=self._spool,
             quotas=self._quotas,
             metrics=self._metrics.requests if self._metrics is not None else None,
+            tracer=self._tracer,
         )
         server = grpc.aio.server(
             options=[
@@ -548,6 +553,9 @@ class DataPlaneNode:
                 await self._http.aclose()
             if self._evidence is not None:
                 await self._evidence.aclose()
+            if self._tracer is not None:
+                # The spans of the drained requests leave before the process does.
+                await asyncio.to_thread(self._tracer.shutdown)
             if self._metrics is not None:
                 # Last: a scrape during the drain still sees the node.
                 await self._metrics.stop()

@@ -156,6 +156,7 @@ def _call(
         request_sha256=hashlib.sha256(data).hexdigest(),
         timeout=context.time_remaining(),
         peer_certificate=peer_certificate(context),
+        header=lambda name: _metadata_value(metadata, name),
     )
 
 

@@ -134,6 +134,7 @@ class OpenAIFrontDoor:
             request_sha256=hashlib.sha256(request.body).hexdigest(),
             timeout=timeout if timeout is not None and timeout > 0 else None,
             peer_certificate=request.peer_certificate,
+            header=request.header,
         )
 
     async def _chat(self, request: Request, response: Response) -> None:

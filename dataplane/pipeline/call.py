@@ -69,6 +69,9 @@ class Call(Generic[Body]):
     peer_certificate: bytes | None = None
     """The TLS client certificate (PEM) the transport verified, None without one: the
     caller's identity when it sends no bearer token."""
+    header: Callable[[str], str] | None = None
+    """A request header (gRPC metadata) by lower-case name, "" when absent: read only when the
+    request is traced (the caller's ``traceparent`` and ``tracestate``)."""
 
 
 @dataclass(frozen=True, slots=True)

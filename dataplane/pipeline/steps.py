@@ -67,6 +67,7 @@ from dataplane.pipeline.trace import (
     request_content,
     shadow_fields,
 )
+from dataplane.pipeline.tracing import RequestTracer
 from dataplane.quota import Quotas
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import Dispatcher, ShadowOutcome
@@ -101,6 +102,7 @@ class Pipeline:
         spool: Spool | None = None,
         quotas: Quotas | None = None,
         metrics: RequestMetrics | None = None,
+        tracer: RequestTracer | None = None,
     ) -> None:
         """``spool``: the node's evidence spool, whose bound each tenant's policy answers
         (None: unbounded); ``quotas``: the node's leased rate limits and budgets (None: limits
@@ -114,6 +116,8 @@ class Pipeline:
         self.default_deadline = default_deadline
         self.metrics = metrics
         """The node's request metrics (None: metrics are off, and cost nothing)."""
+        self.tracer = tracer
+        """Spans of each request (None: tracing is off, and costs nothing)."""
 
     # ---- the flows ----
 
@@ -127,8 +131,12 @@ class Pipeline:
                 adapter = state.adapters[candidate.provider.id]
                 return await adapter.complete(candidate.deployment.upstream_model, chat, timeout=remaining)
 
+            traced: Callable[[Candidate, float], Awaitable[ChatResponse]] = attempt
+            if self.tracer is not None:
+                traced = self.tracer.attempt(trace, attempt)
+
             async def governed(candidate: Candidate, remaining: float) -> ChatResponse:
-                response = await attempt(candidate, remaining)
+                response = await traced(candidate, remaining)
                 for governor in trace.governors:
                     governor.check_answer(chat, response, candidate.model.alias, trace.governance)
                 return response
@@ -136,7 +144,8 @@ class Pipeline:
             deadline = self._deadline(trace, call)
             self._shadow(trace, state, plan, attempt, deadline)
             if not trace.governors:
-                response, candidate = await self._dispatch(trace, plan, attempt, deadline)
+                response, candidate = await self._dispatch(trace, plan, traced, deadline)
+                trace.mark("govern output")
                 return response, candidate
             fallback_on = frozenset().union(*(g.fallback_on for g in trace.governors))
             if not fallback_on <= plan.retry.fallback_on:
@@ -146,6 +155,7 @@ class Pipeline:
             response, candidate = await self._dispatch(trace, plan, governed, deadline)
             for governor in trace.governors:
                 response = governor.govern_output(response, trace.governance)
+            trace.mark("govern output")
             return response, candidate
 
         return await self._unary(call, respond, answer_digest)
@@ -160,7 +170,10 @@ class Pipeline:
                 adapter = state.adapters[candidate.provider.id]
                 return await adapter.embed(candidate.deployment.upstream_model, body, timeout=remaining)
 
-            return await self._dispatch(trace, plan, attempt, self._deadline(trace, call))
+            upstream: Callable[[Candidate, float], Awaitable[EmbedResponse]] = attempt
+            if self.tracer is not None:
+                upstream = self.tracer.attempt(trace, attempt)
+            return await self._dispatch(trace, plan, upstream, self._deadline(trace, call))
 
         return await self._unary(call, respond, embedding_digest)
 
@@ -175,6 +188,7 @@ class Pipeline:
         trace = self._begin(call)
         try:
             state, caller = self._admit(trace, call)
+            trace.mark("admit")
             with state.use():
                 body, plan = await self._prepare(trace, state, caller, call)
                 result, candidate = await respond(trace, state, body, plan)
@@ -204,6 +218,7 @@ class Pipeline:
         assembled = _Assembler()
         try:
             state, caller = self._admit(trace, call)
+            trace.mark("admit")
             with state.use():
                 chat, plan = await self._prepare(trace, state, caller, call)
 
@@ -211,9 +226,12 @@ class Pipeline:
                     adapter = state.adapters[candidate.provider.id]
                     return adapter.stream(candidate.deployment.upstream_model, chat, timeout=remaining)
 
+                opener: Callable[[Candidate, float], AsyncIterator[StreamChunk]] = start
+                if self.tracer is not None:
+                    opener = self.tracer.stream_attempt(trace, start)
                 dispatched = time.monotonic()
                 chunk, upstream, candidate, attempts = await self.dispatcher.open_stream(
-                    plan, start, deadline=self._deadline(trace, call), skipped=trace.skipped
+                    plan, opener, deadline=self._deadline(trace, call), skipped=trace.skipped
                 )
                 trace.first_chunk_ms = (time.monotonic() - dispatched) * 1000
                 trace.candidate, trace.attempts = candidate, attempts
@@ -280,6 +298,13 @@ class Pipeline:
     # ---- steps ----
 
     def _begin(self, call: Call[Any]) -> Trace:
+        """``_new_trace``, and the request's span when it is traced."""
+        trace = self._new_trace(call)
+        if self.tracer is not None:
+            self.tracer.begin(trace, call.header)
+        return trace
+
+    def _new_trace(self, call: Call[Any]) -> Trace:
         """Correlation id and timers. An invalid caller-supplied id is replaced by a
         generated one (so the refusal can still be correlated) and reported after
         authentication."""
@@ -326,6 +351,7 @@ class Pipeline:
         validate(body)
         if isinstance(body, ChatRequest):
             await check_schemas(body)
+        trace.mark("validate")
         scope = caller.scope
         scope.check_task(hints.task)
         classified_by = ""
@@ -344,6 +370,7 @@ class Pipeline:
         if caller.tenant.evidence_full:
             # After governance: what was masked or redacted is not kept either.
             trace.content = request_content(body)
+        trace.mark("govern input")
         query = query_for(
             caller.tenant,
             body,
@@ -364,8 +391,10 @@ class Pipeline:
             if refused is not None:
                 raise refused
         trace.plan = plan = usable_plan(trace.plan, query, state.unusable)
+        trace.mark("route")
         if self.quotas is not None:
             self._limit(trace, caller, query, plan)
+            trace.mark("limit")
         return body, plan
 
     def _limit(self, trace: Trace, caller: Caller, query: RouteQuery, plan: RoutePlan) -> None:
@@ -435,11 +464,13 @@ class Pipeline:
         )
         trace.dispatch_ms = (time.monotonic() - started) * 1000
         trace.candidate, trace.attempts = candidate, attempts
+        trace.mark("dispatch")
         return result, candidate
 
     def _account(self, trace: Trace, candidate: Candidate, usage: Usage | None) -> Cost:
         trace.usage = usage
         trace.cost = cost_of(candidate.model, usage)
+        trace.mark("account")
         return trace.cost
 
     # ---- record: exactly one evidence record per request ----
@@ -483,8 +514,12 @@ class Pipeline:
         try:
             record_id = self.evidence.append(record_fields(trace, outcome), trace.record_id)
         except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
+            if self.tracer is not None:
+                self.tracer.end(trace, outcome, "")
             raise EvidenceUnavailable("node cannot write evidence; request not served") from exc
         trace.recorded = record_id
+        if self.tracer is not None:
+            self.tracer.end(trace, outcome, record_id)
         if self.metrics is not None:
             # Counted once its record is written: metrics and evidence count the same requests.
             self.metrics.observe(trace, outcome, time.monotonic)

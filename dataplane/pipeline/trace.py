@@ -58,6 +58,15 @@ class Trace:
     """What the request took from its tenant's and key's limits, settled when recorded."""
     limit: str = ""
     """The rate limit or budget that refused the request ("" when none did)."""
+    span: Any = None
+    """The request's OpenTelemetry span, when tracing is on (``pipeline.tracing``)."""
+    marks: list[tuple[str, int]] | None = None
+    """When tracing is on: each step's name and ``monotonic_ns`` as it ended (None: off)."""
+
+    def mark(self, step: str) -> None:
+        """``step`` ended now (recorded only when the request is traced)."""
+        if self.marks is not None:
+            self.marks.append((step, time.monotonic_ns()))
 
 
 # ---- content of FULL tenants' records (spool branch) ----

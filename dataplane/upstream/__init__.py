@@ -24,6 +24,20 @@ always has. Their messages name the host and port at most: never a path,
 query, header or body, so no credential can ride along.
 """
 
-from .client import UpstreamClient, UpstreamResponse, default_ssl_context, encode_headers, text_encoding
+from .client import (
+    TRACE_HEADERS,
+    UpstreamClient,
+    UpstreamResponse,
+    default_ssl_context,
+    encode_headers,
+    text_encoding,
+)
 
-__all__ = ["UpstreamClient", "UpstreamResponse", "default_ssl_context", "encode_headers", "text_encoding"]
+__all__ = [
+    "TRACE_HEADERS",
+    "UpstreamClient",
+    "UpstreamResponse",
+    "default_ssl_context",
+    "encode_headers",
+    "text_encoding",
+]

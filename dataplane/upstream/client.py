@@ -10,6 +10,7 @@ import re
 import ssl
 from collections import deque
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
@@ -20,6 +21,10 @@ from .connection import Connection, Exchange, StaleConnection
 
 Origin = tuple[str, str, int]
 """(scheme, host, port): connections are pooled per origin."""
+
+TRACE_HEADERS: ContextVar[bytes] = ContextVar("signalbox_upstream_trace_headers", default=b"")
+"""Encoded headers (``traceparent``, ``tracestate``) the current upstream attempt sends: set by
+``pipeline.tracing`` around a traced attempt; empty (and free) when tracing is off."""
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
@@ -202,7 +207,7 @@ class UpstreamClient:
         target = self._target(method, url, params)
         if target.basic_auth:
             headers = _without_authorization(headers) + target.basic_auth
-        head = b"%s%sContent-Length: %d\r\n\r\n" % (target.head, headers, len(body))
+        head = b"%s%s%sContent-Length: %d\r\n\r\n" % (target.head, headers, TRACE_HEADERS.get(), len(body))
         joined = len(body) < _LARGE_BODY
         data = head + body if joined else head
         connection = self._take_idle(target.origin)
