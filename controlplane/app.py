@@ -63,6 +63,7 @@ from controlplane.repositories import signing_keys as signing_key_repo
 from controlplane.services.admin import AdminService
 from controlplane.services.base import UnitOfWork
 from controlplane.services.callers import CallerIdentityService
+from controlplane.services.governance import GovernanceService
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import IdentityService
 from controlplane.services.imports import ImportService
@@ -358,6 +359,7 @@ class ControlPlane:
             importer=EvidenceImporter(sessions, self.evidence),
             limits=LimitsService(uow),
             admin=self.admin,
+            governance=GovernanceService(uow),
         )
         self._interceptor = AdminInterceptor(
             self.admin,

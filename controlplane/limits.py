@@ -52,6 +52,10 @@ MAP_VALUE_CHARS = 2048
 LIST_ITEMS = 64
 POLICY_DOCUMENT_BYTES = 1024 * 1024
 """The same bound ``dataplane.policy.language.parse_document`` applies."""
+GOVERNANCE_DOCUMENT_BYTES = 256 * 1024
+"""A governance profile document (``services.governance.parse_document`` checks its bytes)."""
+GOVERNANCE_TEST_CHARS = 256 * 1024
+"""The text ``TestGovernanceProfile`` runs a profile over."""
 
 # Timestamp.ToDatetime's range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
 TIMESTAMP_MIN_SECONDS = -62135596800
@@ -72,6 +76,8 @@ FIELD_CHARS: dict[str, int] = {
     "signalbox.api.config.v1.SecretRef.env": ENV_NAME_CHARS,
     "signalbox.api.config.v1.SecretRef.file": PATH_CHARS,
     _ADMIN + "ApplyPolicyRequest.document": POLICY_DOCUMENT_BYTES,
+    _ADMIN + "ApplyGovernanceProfileRequest.document": GOVERNANCE_DOCUMENT_BYTES,
+    _ADMIN + "TestGovernanceProfileRequest.text": GOVERNANCE_TEST_CHARS,
     _ADMIN + "CertifyNodeRequest.node_id": NODE_ID_CHARS,
     _ADMIN + "CertifyNodeRequest.csr_pem": CSR_CHARS,
     # Caller identities: a JWKS document (dataplane.snapshot.identities bounds its bytes) and a SAN URI.

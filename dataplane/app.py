@@ -45,6 +45,7 @@ from dataplane.evidence.log import (
 from dataplane.evidence.shipper import EvidenceShipper
 from dataplane.evidence.spend import spent_since
 from dataplane.evidence.spool import Spool
+from dataplane.governance.enforce import Governance
 from dataplane.http.openai_api import OpenAIFrontDoor, server_error_body
 from dataplane.http.server import HttpServer
 from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
@@ -96,10 +97,13 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
 class DataPlaneNode:
     """One running node. Use as ``async with``, or ``start()`` / ``stop()``."""
 
-    def __init__(self, settings: NodeSettings, *, governance: Sequence[GovernanceStep] = ()) -> None:
-        """``governance``: steps run before and after the model on every request."""
+    def __init__(self, settings: NodeSettings, *, governance: Sequence[GovernanceStep] | None = None) -> None:
+        """``governance``: steps run before and after the model on every request; None: the
+        governance profiles of the snapshot each request runs on (``Governance``)."""
         self.settings = settings
-        self._governance = tuple(governance)
+        self._governance: tuple[GovernanceStep, ...] = (
+            (Governance(),) if governance is None else tuple(governance)
+        )
         self._node_context = NodeContext(
             mode=settings.mode,
             site=settings.scope.site,

@@ -41,6 +41,7 @@ disk) is not a caller's fault; these reach admins and NACK reasons, not callers:
     SignalboxError
     └── ConfigError               INVALID_ARGUMENT
         ├── PolicyError           (names the JSON path in the policy document)
+        ├── ProfileError          (names the JSON path in the governance profile document)
         ├── SnapshotInvalid       (names the path of the offending snapshot entry)
         ├── EnvelopeError         (the signed envelope is not acceptable; says why)
         ├── SnapshotCheckFailed   FAILED_PRECONDITION (``reason`` is what the node NACKs with)
@@ -306,6 +307,16 @@ class ConfigError(SignalboxError):
 
 class PolicyError(ConfigError):
     """The document is invalid at ``path`` (a JSON path such as ``$.rules[0].weights``)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class ProfileError(ConfigError):
+    """The governance profile document is invalid at ``path`` (a JSON path such as
+    ``$.input.rules[0].options.terms``)."""
 
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(f"{path}: {problem}")

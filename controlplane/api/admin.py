@@ -1,7 +1,8 @@
 """AdminService: thin handlers over the services.
 
 The evidence handlers are in ``api/admin_evidence.py``, the caller-identity ones in
-``api/admin_identity.py``, ExplainRoute in ``api/admin_routing.py`` and the admin tokens,
+``api/admin_identity.py``, ExplainRoute in ``api/admin_routing.py``, the governance profiles in
+``api/admin_governance.py`` and the admin tokens,
 admin mTLS identities and audit trail in ``api/admin_security.py``: mix-ins of
 ``AdminServicer``.
 
@@ -20,6 +21,7 @@ import grpc
 
 from controlplane.api import convert
 from controlplane.api.admin_evidence import EvidenceAdmin
+from controlplane.api.admin_governance import GovernanceAdmin
 from controlplane.api.admin_identity import CallerIdentityAdmin
 from controlplane.api.admin_limits import LimitsAdmin
 from controlplane.api.admin_routing import RoutingAdmin
@@ -34,6 +36,7 @@ from controlplane.evidence.retention import EvidenceRetention
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.services.admin import AdminService
 from controlplane.services.callers import CallerIdentityService
+from controlplane.services.governance import GovernanceService
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.identity import MAX_CERT_TTL, MAX_TOKEN_TTL, IdentityService, check_node_id
 from controlplane.services.imports import ImportService
@@ -59,6 +62,7 @@ class AdminServicer(
     CallerIdentityAdmin,
     LimitsAdmin,
     AdminSecurityAdmin,
+    GovernanceAdmin,
     admin_pb2_grpc.AdminServiceServicer,
 ):
     """Implements every RPC of ``signalbox.api.admin.v1.AdminService``."""
@@ -85,6 +89,7 @@ class AdminServicer(
         importer: EvidenceImporter,
         limits: LimitsService,
         admin: AdminService,
+        governance: GovernanceService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -105,6 +110,7 @@ class AdminServicer(
         self._importer = importer
         self._limits = limits
         self._admin = admin
+        self._governance = governance
 
     # ---- tenants ----
 

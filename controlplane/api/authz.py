@@ -60,6 +60,9 @@ GRANTS: dict[tuple[str, bool], frozenset[Permission]] = {
     (AUDITOR, True): frozenset({Permission.TENANT_READ, Permission.CATALOG_READ}),
 }
 
+TENANT_OR_PLATFORM = frozenset({"policy", "governance_profile"})
+"""Subjects an empty reference names too: the platform default's."""
+
 OWN = "own"
 PLATFORM = "platform"
 
@@ -119,6 +122,7 @@ P, T = Permission, TenantField
 _TENANT = Subject("tenant", "tenant")
 _POLICY = Subject("policy", "tenant")
 _IDENTITY = Subject("identity", "id")
+_GOVERNANCE = Subject("governance_profile", "tenant")
 
 RULES: dict[str, Rule] = {
     # tenants
@@ -195,6 +199,14 @@ RULES: dict[str, Rule] = {
     "ListAdminMtlsIdentities": Rule(P.PLATFORM_READ, Platform()),
     "RemoveAdminMtlsIdentity": Rule(P.PLATFORM_WRITE, Platform(), Subject("admin_mtls", "id")),
     "ListAdminAudit": Rule(P.TENANT_READ, T("tenant")),
+    # governance profiles: as policies (an empty tenant is the platform default, which a
+    # tenant-bound identity may neither change nor read); Test only reads
+    "ApplyGovernanceProfile": Rule(P.TENANT_WRITE, T("tenant", PLATFORM), _GOVERNANCE),
+    "GetGovernanceProfile": Rule(P.TENANT_READ, T("tenant", PLATFORM)),
+    "ListGovernanceProfileHistory": Rule(P.TENANT_READ, T("tenant", PLATFORM)),
+    "DiffGovernanceProfile": Rule(P.TENANT_READ, T("tenant", PLATFORM)),
+    "TestGovernanceProfile": Rule(P.TENANT_READ, T("tenant", PLATFORM)),
+    "DeleteGovernanceProfile": Rule(P.TENANT_WRITE, T("tenant", PLATFORM), _GOVERNANCE),
 }
 
 
@@ -294,7 +306,7 @@ class Authorizer:
         if rule.subject is None or rule.permission not in WRITES:
             return ""
         ref = field_value(request, rule.subject.field)
-        if not ref and rule.subject.kind != "policy":
+        if not ref and rule.subject.kind not in TENANT_OR_PLATFORM:
             return ""
         return await self._admin.digest(rule.subject.kind, ref)
 

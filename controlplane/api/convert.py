@@ -193,6 +193,12 @@ def snapshot_content(snapshot: snapshot_pb2.Snapshot, prefixes: dict[str, str]) 
             admin_pb2.Policy(id=p.id, tenant_id=p.tenant_id, version=p.version, document_json=p.document_json)
             for p in snapshot.policies
         ],
+        governance_profiles=[
+            admin_pb2.GovernanceProfile(
+                id=g.id, tenant_id=g.tenant_id, version=g.version, document_json=g.document_json
+            )
+            for g in snapshot.governance_profiles
+        ],
         trusted_key_ids=[k.key_id for k in snapshot.trusted_keys],
         expires_at=snapshot.expires_at,
         jwt_issuers=[

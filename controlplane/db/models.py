@@ -198,6 +198,28 @@ class Policy(Base):
     created_by: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
 
 
+class GovernanceProfile(Base):
+    """One version of a tenant's governance profile (tenant_id NULL: the platform default).
+
+    Versioned as policies are: every version kept, the newest wins, a deletion is a version
+    with ``deleted`` set. ``document_json`` is the canonical JSON of a document that compiled
+    (``dataplane.governance.profile``) when it was applied.
+    """
+
+    __tablename__ = "governance_profiles"
+    __table_args__ = (UniqueConstraint("tenant_id", "version", postgresql_nulls_not_distinct=True),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    version: Mapped[int] = mapped_column(BigInteger)
+    document_json: Mapped[str] = mapped_column(Text)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
+    created_by: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
+
+
 class AdminToken(TimestampMixin, Base):
     """An admin credential. Only the SHA-256 of the token is kept.
 

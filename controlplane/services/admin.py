@@ -23,6 +23,7 @@ from controlplane.errors import AlreadyExists, InvalidArgument, NotFound, Permis
 from controlplane.limits import NAME_CHARS
 from controlplane.repositories import admin as repo
 from controlplane.repositories import config as config_repo
+from controlplane.repositories import governance as governance_repo
 from controlplane.repositories import groups as groups_repo
 from controlplane.repositories.admin import AuditFilter, AuditRow
 from controlplane.services.base import Caller, check_name
@@ -76,6 +77,13 @@ async def _policy(session: AsyncSession, tenant: str) -> Any:
     return None if row is None else await config_repo.latest_policy(session, row.id)
 
 
+async def _governance_profile(session: AsyncSession, tenant: str) -> Any:
+    if not tenant:
+        return await governance_repo.latest(session, None)
+    row = await config_repo.get_tenant(session, tenant)
+    return None if row is None else await governance_repo.latest(session, row.id)
+
+
 async def _identity(session: AsyncSession, ref: str) -> TenantIdentity | None:
     ident = repo.as_uuid(ref)
     return None if ident is None else await session.get(TenantIdentity, ident)
@@ -92,6 +100,7 @@ SUBJECTS: dict[str, Loader] = {
     "provider": config_repo.get_provider,
     "model": config_repo.get_model,
     "policy": _policy,
+    "governance_profile": _governance_profile,
     "identity": _identity,
     "admin_token": repo.token,
     "admin_mtls": repo.mtls_identity,

@@ -24,6 +24,13 @@ Three deliberate differences from a byte-for-byte copy:
   since would lock its callers out as a side effect of undoing, say, a routing mistake. An
   identity change is undone explicitly (add or remove it). Diff and GetSnapshot show each
   version's identities, so the new version's diff against the target names them.
+- Governance profiles are not restored either: a rollback leaves every tenant's (and the
+  platform default's) current profile in force. A profile is a control, and an older one is
+  often a weaker one: undoing, say, a routing mistake must not quietly re-arm a profile that
+  let card numbers or credentials through, any more than it may re-arm a revoked key. A
+  profile change is undone explicitly, by applying the old version (``governance get
+  --version N``, then ``governance apply``). Diff and GetSnapshot show each version's
+  profiles, so the new version's diff against the target names what was not restored.
 - Policies are append-only history: a tenant whose current document differs gets a new
   policy version carrying the old document (or a deletion marker), never a reused number.
 """

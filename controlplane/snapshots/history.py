@@ -18,7 +18,7 @@ from controlplane.errors import StoredSnapshotInvalid
 from dataplane.snapshot.identities import IdentityInvalid, parse_jwks
 from signalbox.api.config.v1 import snapshot_pb2
 
-KINDS = ("scope", "tenant", "key", "identity", "provider", "model", "policy")
+KINDS = ("scope", "tenant", "key", "identity", "provider", "model", "policy", "governance")
 DEFAULT_POLICY = "(default)"
 
 
@@ -81,7 +81,8 @@ class View:
 
 
 def views(snapshot: snapshot_pb2.Snapshot) -> dict[tuple[str, str], View]:
-    """Every object of ``snapshot`` keyed by (kind, id); policies keyed by their tenant."""
+    """Every object of ``snapshot`` keyed by (kind, id); policies and governance profiles
+    keyed by their tenant."""
     tenants = {t.id: t.name for t in snapshot.tenants}
     providers = {p.id: p.name for p in snapshot.providers}
     out: dict[tuple[str, str], View] = {}
@@ -125,6 +126,12 @@ def views(snapshot: snapshot_pb2.Snapshot) -> dict[tuple[str, str], View]:
         name = tenants.get(pol.tenant_id, pol.tenant_id) if pol.tenant_id else DEFAULT_POLICY
         key = pol.tenant_id or DEFAULT_POLICY
         out["policy", key] = View("policy", pol.tenant_id, name, {"version": pol.version}, pol.document_json)
+    for gov in snapshot.governance_profiles:
+        name = tenants.get(gov.tenant_id, gov.tenant_id) if gov.tenant_id else DEFAULT_POLICY
+        key = gov.tenant_id or DEFAULT_POLICY
+        out["governance", key] = View(
+            "governance", gov.tenant_id, name, {"version": gov.version}, gov.document_json
+        )
     return out
 
 
@@ -186,8 +193,8 @@ class Diff:
 
 
 def diff(old: snapshot_pb2.Snapshot, new: snapshot_pb2.Snapshot) -> Diff:
-    """Per object: added, removed or changed (which fields, old -> new; policies also a
-    unified diff of their documents), in kind order, then by name."""
+    """Per object: added, removed or changed (which fields, old -> new; policies and
+    governance profiles also a unified diff of their documents), in kind order, then by name."""
     a, b = views(old), views(new)
     result = Diff(old.version, new.version)
     for key in sorted(a.keys() | b.keys(), key=lambda k: (KINDS.index(k[0]), (b.get(k) or a[k]).name, k[1])):

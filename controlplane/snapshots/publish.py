@@ -29,6 +29,7 @@ from controlplane.db.models import NodeGroup, Snapshot
 from controlplane.errors import ConfigRejected
 from controlplane.keys import MAX_TRUST_CHAIN, Keyring, Signer, sign_all, trusted_keys
 from controlplane.limits import DEFAULT_GROUP
+from controlplane.repositories import governance as governance_repo
 from controlplane.repositories import groups as group_repo
 from controlplane.repositories import identities as identity_repo
 from controlplane.repositories import signing_keys as signing_repo
@@ -40,7 +41,16 @@ from controlplane.snapshots.scope import GroupView, describe
 from dataplane.config.model import DeploymentMode, RuntimeConfig
 from dataplane.snapshot.compiled import Compiled
 from dataplane.snapshot.delta import Splice, delta_message, diff
-from dataplane.snapshot.layout import IDENTITIES, TRUSTED_KEYS, Layout, LayoutError, make_layout, record, scan
+from dataplane.snapshot.layout import (
+    GOVERNANCE_PROFILES,
+    IDENTITIES,
+    TRUSTED_KEYS,
+    Layout,
+    LayoutError,
+    make_layout,
+    record,
+    scan,
+)
 from signalbox.api.config.v1 import snapshot_pb2
 
 
@@ -159,6 +169,7 @@ def _seal_all(
     full: rows.FullRows,
     trusted: list[bytes],
     identities: list[identity_repo.IdentityRecord],
+    profiles: list[governance_repo.ProfileRecord],
     candidates: list[_Candidate],
     forced: frozenset[str] | None,
     signers: list[Signer],
@@ -174,6 +185,7 @@ def _seal_all(
         records: dict[int, Sequence[bytes]] = dict(rows.cut(full, candidate.group).records)
         records[TRUSTED_KEYS] = trusted
         records[IDENTITIES] = identity_repo.for_group(identities, candidate.group.tenants)
+        records[GOVERNANCE_PROFILES] = governance_repo.for_group(profiles, candidate.group.tenants)
         layout = make_layout(candidate.header, records)
         previous, base = _previous(candidate)
         unforced = not (forced is None or group in forced)
@@ -324,8 +336,9 @@ class SnapshotPublisher:
         # handed this as a pin) follows them from a key it trusts to the one that signed.
         chain = await signing_repo.chain(session, newest=MAX_TRUST_CHAIN)
         identities = await identity_repo.records(session)
+        profiles = await governance_repo.records(session)
         cuts = await asyncio.to_thread(
-            _seal_all, full, trusted, identities, candidates, force, signers, chain
+            _seal_all, full, trusted, identities, profiles, candidates, force, signers, chain
         )
         published: dict[str, PublishedSnapshot] = {}
         for cut in cuts:

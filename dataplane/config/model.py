@@ -6,9 +6,12 @@ and swapped atomically: a request reads one ``RuntimeConfig`` from start to end.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from typing import Protocol
+
+import grpc
 
 from dataplane.config.identity import NO_IDENTITIES, IdentityIndex
 from dataplane.scopes import UNRESTRICTED, KeyScope
@@ -336,6 +339,130 @@ class CompiledPolicy:
     retry: RetrySettings = RetrySettings()
 
 
+# ---- governance (issue 10) ----
+# Compiled governance profiles: ``dataplane.governance.profile.compile_profile`` builds them
+# from a profile document, ``dataplane.governance.enforce`` runs them on the request path.
+
+
+class Finding(Protocol):
+    """Where a detector found something (``dataplane.governance.detect.Span``)."""
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+
+class Finder(Protocol):
+    """A built detector (``dataplane.governance.detect.Detector``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def find(self, text: str) -> Sequence[Finding]: ...
+
+
+class Stage(StrEnum):
+    INPUT = "input"
+    """The request, before routing."""
+    OUTPUT = "output"
+    """The answer, before the caller sees it."""
+
+
+class Action(StrEnum):
+    BLOCK = "block"
+    REDACT = "redact"
+    MASK = "mask"
+    CLASSIFY = "classify"
+    FLAG = "flag"
+
+
+class OnFailure(StrEnum):
+    """What an answer that does not meet the request's JSON schema gets."""
+
+    ERROR = "error"
+    """The request is refused, naming where the answer breaks the schema."""
+    RETRY = "retry"
+    """The next candidate model is tried; when none is left, as ``ERROR``."""
+    FLAG = "flag"
+    """The answer is returned; the failure is recorded."""
+
+
+DEFAULT_STATUS = grpc.StatusCode.PERMISSION_DENIED
+DEFAULT_PLACEHOLDER = "[REDACTED]"
+DEFAULT_WINDOW = 256
+"""Characters of look-behind output rules see across a stream's chunks (the schema's default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One compiled rule: what its detector finds gets ``action``.
+
+    Compared by what the document said (``detector_name``, ``options``), not by the built
+    detector, so two compiles of one profile are equal."""
+
+    name: str
+    stage: Stage
+    detector_name: str
+    options: str
+    """The detector's options as canonical JSON."""
+    action: Action
+    detector: Finder = field(compare=False)
+    """Built once, when the profile was compiled."""
+    status: grpc.StatusCode = DEFAULT_STATUS
+    """``block``: the refusal's status."""
+    placeholder: str = DEFAULT_PLACEHOLDER
+    """``redact``: what replaces each finding."""
+    label: str = ""
+    """``mask``: the numbered placeholders' stem (``EMAIL`` gives ``[EMAIL_1]``), from the
+    detector's name."""
+    data_class: DataClass = DataClass.UNSPECIFIED
+    """``classify``: the class the request is raised to."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per request; None: no limit."""
+
+    max_messages: int | None = None
+    """Chat messages (an embedding request's inputs count as messages)."""
+    max_characters: int | None = None
+    """All the text a request carries (messages, tool arguments and results, embedding inputs)."""
+    max_tools: int | None = None
+    max_images: int | None = None
+
+    def __bool__(self) -> bool:
+        return any(
+            v is not None for v in (self.max_messages, self.max_characters, self.max_tools, self.max_images)
+        )
+
+
+NO_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledProfile:
+    """A governance profile ready to run on the request path."""
+
+    profile_id: str
+    version: int
+    limits: Limits = NO_LIMITS
+    input_rules: tuple[Rule, ...] = ()
+    output_rules: tuple[Rule, ...] = ()
+    window: int = DEFAULT_WINDOW
+    """Streaming: look-behind of output rules, and so the most a stream is held back."""
+    contract: OnFailure | None = None
+    """What an answer breaking the request's JSON schema gets; None: answers are not checked
+    (the profile has no ``output.contract``)."""
+
+
+# ---- governance (end) ----
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeConfig:
     version: int
@@ -355,6 +482,9 @@ class RuntimeConfig:
     """Keyed by tenant id; ``""`` is the platform default."""
     identities: IdentityIndex = NO_IDENTITIES
     """JWT issuers and mTLS mappings (keys parsed once, at compile)."""
+    governance: Mapping[str, CompiledProfile] = field(default_factory=dict)
+    """Governance profiles keyed by tenant id; ``""`` is the platform default, which governs
+    every tenant without one of its own. Empty: no governance at all."""
     api_key_hash_key: bytes = field(default=b"", repr=False, compare=False)
     """The key of API keys' HMAC digests (``ApiKey.secret_hmac``): not part of the snapshot,
     sent by the control plane on the sync stream; empty without one. Not compared: two configs
@@ -363,3 +493,11 @@ class RuntimeConfig:
     @property
     def hash_hex(self) -> str:
         return self.payload_sha256.hex()
+
+    def governance_for(self, tenant_id: str) -> CompiledProfile | None:
+        """The profile governing ``tenant_id``'s requests: its own, else the platform
+        default; None when neither exists (then governance costs nothing)."""
+        profiles = self.governance
+        if not profiles:
+            return None
+        return profiles.get(tenant_id) or profiles.get("")

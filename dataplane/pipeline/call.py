@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from dataplane.accounting import Cost
 from dataplane.chat import (
@@ -22,6 +22,7 @@ from dataplane.chat import (
     StreamChunk,
     Usage,
 )
+from dataplane.config.model import DataClass, RuntimeConfig, TenantConfig
 from dataplane.outcome import Outcome
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import AttemptRecord
@@ -126,17 +127,76 @@ class Refused(Exception):
 
 
 class GovernanceStep(Protocol):
-    """A check or transformation before and after the model.
+    """Governance before and after the model (``dataplane.governance.enforce.Governance``).
 
-    Each method returns what goes on (possibly changed) or raises a
-    ``SignalboxError`` to refuse; what it did is noted in ``actions`` (which
-    goes into the request's evidence).
+    ``begin`` is asked once per request, with the snapshot the request runs on and the
+    caller's tenant, for what governs this request; None (no profile applies) costs the
+    request nothing further.
     """
 
+    def begin(self, config: RuntimeConfig, tenant: TenantConfig) -> RequestGovernance | None: ...
+
+
+class RequestGovernance(Protocol):
+    """Governance of one request. Each method returns what goes on (possibly changed) or
+    raises a ``SignalboxError`` to refuse; what it did is appended to ``actions`` (the
+    request's evidence)."""
+
+    @property
+    def data_class(self) -> DataClass:
+        """The data class the request's content raised it to (UNSPECIFIED: none); routing
+        then only considers models certified for it."""
+        ...
+
+    @property
+    def classified_by(self) -> str:
+        """The rule that raised the data class, named when no model is certified for it."""
+        ...
+
+    @property
+    def fallback_on(self) -> frozenset[str]:
+        """Attempt outcomes the dispatcher falls back on for this request beyond the
+        policy's (an answer breaking its contract, when the profile says retry)."""
+        ...
+
     def govern_input(
-        self, operation: Operation, body: ChatRequest | EmbedRequest, actions: list[dict[str, object]]
+        self, body: ChatRequest | EmbedRequest, actions: list[dict[str, Any]]
     ) -> ChatRequest | EmbedRequest: ...
 
-    def govern_output(self, response: ChatResponse, actions: list[dict[str, object]]) -> ChatResponse: ...
+    def check_answer(
+        self,
+        request: ChatRequest,
+        response: ChatResponse,
+        model: str,
+        actions: list[dict[str, Any]],
+        *,
+        streamed: bool = False,
+    ) -> None:
+        """Each candidate's answer, as the dispatcher gets it: raising a ``ProviderError``
+        whose kind is in ``fallback_on`` tries the next candidate. A ``streamed`` answer is
+        checked once it has been sent whole (raising then ends the stream with the error)."""
+        ...
 
-    def govern_chunk(self, chunk: StreamChunk, actions: list[dict[str, object]]) -> StreamChunk: ...
+    def govern_output(self, response: ChatResponse, actions: list[dict[str, Any]]) -> ChatResponse:
+        """The answer the caller gets."""
+        ...
+
+    def stream(self, actions: list[dict[str, Any]]) -> StreamGovernance:
+        """The same for a streamed answer."""
+        ...
+
+    def conceal(self, text: str) -> str:
+        """What of the caller's answer ``text`` may be kept in evidence."""
+        ...
+
+
+class StreamGovernance(Protocol):
+    """Governance of one streamed answer; it may hold text back."""
+
+    def feed(self, chunk: StreamChunk) -> StreamChunk:
+        """What of ``chunk`` goes out now."""
+        ...
+
+    def finish(self) -> StreamChunk | None:
+        """What it still holds once the upstream has ended."""
+        ...

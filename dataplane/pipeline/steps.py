@@ -20,18 +20,31 @@ import grpc
 
 from dataplane.accounting import Cost, cost_of
 from dataplane.auth import Caller, authenticate
-from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamChunk, Usage
+from dataplane.chat import (
+    ChatRequest,
+    ChatResponse,
+    EmbedRequest,
+    EmbedResponse,
+    FinishReason,
+    Message,
+    Role,
+    StreamChunk,
+    TextPart,
+    Usage,
+)
 from dataplane.config.model import DEFAULT_OUTPUT_TOKENS, Capability
 from dataplane.errors import (
     EvidenceSpoolFull,
     EvidenceUnavailable,
     InvalidRequest,
     LimitExceeded,
+    NoEligibleCandidate,
     PermissionDenied,
     QuotaUnavailable,
 )
 from dataplane.evidence.log import EvidenceLog
 from dataplane.evidence.spool import Spool
+from dataplane.governance.errors import NotCertified
 from dataplane.outcome import CANCELLED, OK, Outcome, to_status
 from dataplane.pipeline.call import (
     EVIDENCE_KIND,
@@ -118,13 +131,32 @@ class Pipeline:
                 adapter = state.adapters[candidate.provider.id]
                 return await adapter.complete(candidate.deployment.upstream_model, chat, timeout=remaining)
 
-            upstream: Callable[[Candidate, float], Awaitable[ChatResponse]] = attempt
+            traced: Callable[[Candidate, float], Awaitable[ChatResponse]] = attempt
             if self.tracer is not None:
-                upstream = self.tracer.attempt(trace, attempt)
+                traced = self.tracer.attempt(trace, attempt)
+
+            async def governed(candidate: Candidate, remaining: float) -> ChatResponse:
+                response = await traced(candidate, remaining)
+                for governor in trace.governors:
+                    governor.check_answer(chat, response, candidate.model.alias, trace.governance)
+                return response
+
             deadline = self._deadline(trace, call)
             self._shadow(trace, state, plan, attempt, deadline)
-            response, candidate = await self._dispatch(trace, plan, upstream, deadline)
-            return self._govern_output(trace, response), candidate
+            if not trace.governors:
+                response, candidate = await self._dispatch(trace, plan, traced, deadline)
+                trace.mark("govern output")
+                return response, candidate
+            fallback_on = frozenset().union(*(g.fallback_on for g in trace.governors))
+            if not fallback_on <= plan.retry.fallback_on:
+                plan = replace(
+                    plan, retry=replace(plan.retry, fallback_on=plan.retry.fallback_on | fallback_on)
+                )
+            response, candidate = await self._dispatch(trace, plan, governed, deadline)
+            for governor in trace.governors:
+                response = governor.govern_output(response, trace.governance)
+            trace.mark("govern output")
+            return response, candidate
 
         return await self._unary(call, respond, answer_digest)
 
@@ -163,7 +195,7 @@ class Pipeline:
                 cost = self._account(trace, candidate, result.usage)
                 trace.response_sha256 = digest(result)
                 if trace.content is not None and isinstance(result, ChatResponse):
-                    add_response_content(trace.content, result.message.text)
+                    add_response_content(trace.content, _concealed(trace, result.message.text))
         except asyncio.CancelledError:
             self._record_refusal(trace, CANCELLED)
             raise
@@ -205,9 +237,10 @@ class Pipeline:
                 trace.candidate, trace.attempts = candidate, attempts
                 yield Opened(trace.correlation_id, candidate, trace.record_id)
                 usage: Usage | None = None
+                governed = [g.stream(trace.governance) for g in trace.governors]
                 while True:
-                    for step in self.governance:
-                        chunk = step.govern_chunk(chunk, trace.governance)
+                    for stream_governor in governed:
+                        chunk = stream_governor.feed(chunk)
                     assembled.add(chunk)
                     if chunk.text or chunk.tool_calls:
                         yield chunk
@@ -217,11 +250,27 @@ class Pipeline:
                         chunk = await anext(upstream)
                     except StopAsyncIteration:
                         break
+                for i, stream_governor in enumerate(governed):
+                    # What a governor held back to the end, through the governors after it.
+                    tail = stream_governor.finish()
+                    if tail is None:
+                        continue
+                    for later in governed[i + 1 :]:
+                        tail = later.feed(tail)
+                    assembled.add(tail)
+                    if tail.text:
+                        yield tail
+                if trace.governors and chat.response_format is not None:
+                    whole = assembled.response()
+                    for governor in trace.governors:
+                        governor.check_answer(
+                            chat, whole, candidate.model.alias, trace.governance, streamed=True
+                        )
                 trace.dispatch_ms = (time.monotonic() - dispatched) * 1000
                 cost = self._account(trace, candidate, usage)
                 trace.response_sha256 = assembled.digest()
                 if trace.content is not None:
-                    add_response_content(trace.content, "".join(assembled.text))
+                    add_response_content(trace.content, _concealed(trace, "".join(assembled.text)))
         except (asyncio.CancelledError, GeneratorExit):
             self._record_refusal(trace, CANCELLED)
             raise
@@ -300,18 +349,27 @@ class Pipeline:
             # What the identity says (JWT claims) wins over what the request claims.
             hints = replace(hints, metadata={**hints.metadata, **caller.metadata})
         validate(body)
-        if caller.tenant.evidence_full:
-            trace.content = request_content(body)
         if isinstance(body, ChatRequest):
             await check_schemas(body)
         trace.mark("validate")
         scope = caller.scope
         scope.check_task(hints.task)
+        classified_by = ""
         for step in self.governance:
-            governed = step.govern_input(call.operation, body, trace.governance)
+            governor = step.begin(state.config, caller.tenant)
+            if governor is None:
+                continue
+            trace.governors.append(governor)
+            governed = governor.govern_input(body, trace.governance)
             if not isinstance(governed, type(body)):
                 raise TypeError(f"governance step {type(step).__name__} changed the request's type")
             body = governed
+            if governor.data_class > hints.data_classification:
+                hints = replace(hints, data_classification=governor.data_class)
+                classified_by = governor.classified_by
+        if caller.tenant.evidence_full:
+            # After governance: what was masked or redacted is not kept either.
+            trace.content = request_content(body)
         trace.mark("govern input")
         query = query_for(
             caller.tenant,
@@ -322,7 +380,12 @@ class Pipeline:
         )
         if query.model:
             scope.check_model(query.model)
-        trace.plan = plan_route(state.routes, query, self.dispatcher.health)
+        try:
+            trace.plan = plan_route(state.routes, query, self.dispatcher.health)
+        except NoEligibleCandidate as exc:
+            if classified_by:
+                raise NotCertified(classified_by, query.data_classification.name.lower()) from exc
+            raise
         if not scope.unrestricted:
             trace.plan, refused = _within_scope(trace.plan, scope)
             if refused is not None:
@@ -404,12 +467,6 @@ class Pipeline:
         trace.mark("dispatch")
         return result, candidate
 
-    def _govern_output(self, trace: Trace, response: ChatResponse) -> ChatResponse:
-        for step in self.governance:
-            response = step.govern_output(response, trace.governance)
-        trace.mark("govern output")
-        return response
-
     def _account(self, trace: Trace, candidate: Candidate, usage: Usage | None) -> Cost:
         trace.usage = usage
         trace.cost = cost_of(candidate.model, usage)
@@ -469,6 +526,13 @@ class Pipeline:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s %s evidence=%s", trace.kind, trace.correlation_id, outcome.code.name, record_id)
         return record_id
+
+
+def _concealed(trace: Trace, text: str) -> str:
+    """An answer's text as a FULL tenant's evidence may keep it: masked values stay masked."""
+    for governor in trace.governors:
+        text = governor.conceal(text)
+    return text
 
 
 def worst_case(query: RouteQuery, plan: RoutePlan) -> tuple[int, int]:
@@ -559,3 +623,8 @@ class _Assembler:
     def digest(self) -> str:
         calls = [[c[0], c[1], c[2] or "{}"] for _, c in sorted(self.calls.items())]
         return _canonical_digest("".join(self.text), calls, self.finish)
+
+    def response(self) -> ChatResponse:
+        """The answer's text as one response, for the checks of a whole answer."""
+        message = Message(Role.ASSISTANT, (TextPart("".join(self.text)),))
+        return ChatResponse(message, self.finish or FinishReason.STOP)

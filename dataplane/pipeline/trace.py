@@ -13,6 +13,7 @@ from dataplane.auth import Caller
 from dataplane.chat import ChatRequest, EmbedRequest, Usage
 from dataplane.errors import InvalidRequest
 from dataplane.outcome import Outcome
+from dataplane.pipeline.call import RequestGovernance
 from dataplane.quota import Reservation
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import AttemptRecord, ShadowOutcome
@@ -44,6 +45,8 @@ class Trace:
     """Candidates the dispatcher passed over without an attempt, and why."""
     governance: list[dict[str, Any]] = field(default_factory=list)
     """What governance steps did to the request or the answer (empty: nothing)."""
+    governors: list[RequestGovernance] = field(default_factory=list)
+    """What governs this request (empty: nothing, the usual case without profiles)."""
     recorded: str | None = None
     """The evidence record id once written ("" when it could not be): exactly one per request."""
     record_id: str = field(default_factory=lambda: secrets.token_hex(16))

@@ -130,12 +130,25 @@ def validate_document(document: Any) -> None:
     """
     # No stubs for jsonschema; its use is confined to these lines.
     from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+
+    problem = schema_problem(_validator(Draft202012Validator), document)
+    if problem is not None:
+        raise PolicyError(*problem)
+
+
+def schema_problem(validator: Any, document: Any) -> tuple[str, str] | None:
+    """The first problem ``validator`` (a jsonschema validator) finds in ``document``, as
+    (JSON path, message), both clipped; None when there is none.
+
+    Shared by every document validated against a published schema (policies, governance
+    profiles), so each names problems the same way: an unknown field and a missing one
+    are named by the path of the field itself.
+    """
     from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
 
-    validator = _validator(Draft202012Validator)
     error = best_match(validator.iter_errors(document))
     if error is None:
-        return
+        return None
     path = _json_path(error.absolute_path)
     message = error.message
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
@@ -153,7 +166,7 @@ def validate_document(document: Any) -> None:
         forbidden = error.validator_value.get("required", [])
         if forbidden:
             path, message = f"{path}.{forbidden[0]}", "not allowed here"
-    raise PolicyError(clip_message(path, 200), clip_message(message))
+    return clip_message(path, 200), clip_message(message)
 
 
 @cache

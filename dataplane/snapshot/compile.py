@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from google.protobuf.message import DecodeError
 
@@ -19,6 +19,7 @@ from dataplane.config.model import (
     ApiKeyEntry,
     Capability,
     CompiledPolicy,
+    CompiledProfile,
     DataClass,
     DeploymentConfig,
     DeploymentMode,
@@ -32,7 +33,8 @@ from dataplane.config.model import (
     SecretRef,
     TenantConfig,
 )
-from dataplane.errors import PolicyError, SnapshotInvalid
+from dataplane.errors import PolicyError, ProfileError, SnapshotInvalid, shown
+from dataplane.governance.profile import compile_profile
 from dataplane.policy.compiler import ModelIndex, compile_policy
 from dataplane.providers.registry import adapter_types
 from dataplane.scopes import KeyScope
@@ -105,7 +107,10 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, payload_sha256: bytes) -> 
 
     providers, models, policies = compile_registry(snapshot, tenants)
     identities = compile_identities(snapshot.identities, tenants)
-    return runtime_config(snapshot, payload_sha256, tenants, keys, providers, models, policies, identities)
+    governance = compile_governance(snapshot.governance_profiles, tenants)
+    return runtime_config(
+        snapshot, payload_sha256, tenants, keys, providers, models, policies, identities, governance
+    )
 
 
 def check_header(snapshot: snapshot_pb2.Snapshot) -> None:
@@ -122,6 +127,7 @@ def runtime_config(
     models: Mapping[str, ModelConfig],
     policies: Mapping[str, CompiledPolicy],
     identities: IdentityIndex = NO_IDENTITIES,
+    governance: Mapping[str, CompiledProfile] | None = None,
 ) -> RuntimeConfig:
     """The compiled config: ``header``'s fields 1-5 with the compiled sections."""
     return RuntimeConfig(
@@ -136,6 +142,7 @@ def runtime_config(
         models=models,
         policies=policies,
         identities=identities,
+        governance=governance or {},
     )
 
 
@@ -309,3 +316,33 @@ def compile_registry(
             raise SnapshotInvalid(f"$.policies[{i}].document{exc.path[1:]}", exc.problem) from exc
 
     return providers, models, policies
+
+
+# ---- governance (issue 10) ----
+
+
+def compile_governance(
+    profiles: Iterable[snapshot_pb2.GovernanceProfile], tenants: Mapping[str, TenantConfig]
+) -> dict[str, CompiledProfile]:
+    """Governance profiles keyed by tenant id (``""``: the platform default), each compiled
+    with its detectors built; at most one per tenant, each naming a known tenant."""
+    compiled: dict[str, CompiledProfile] = {}
+    for i, g in enumerate(profiles):
+        path = f"$.governance_profiles[{i}]"
+        if g.tenant_id and g.tenant_id not in tenants:
+            raise SnapshotInvalid(f"{path}.tenant_id", f"unknown tenant {shown(g.tenant_id)}")
+        if g.tenant_id in compiled:
+            whose = f"tenant {shown(g.tenant_id)}" if g.tenant_id else "the platform default"
+            raise SnapshotInvalid(f"{path}.tenant_id", f"more than one governance profile for {whose}")
+        try:
+            document = json.loads(g.document_json)
+        except (ValueError, RecursionError) as exc:
+            raise SnapshotInvalid(f"{path}.document_json", f"not JSON: {exc}") from exc
+        try:
+            compiled[g.tenant_id] = compile_profile(document, version=g.version, profile_id=g.id)
+        except ProfileError as exc:
+            raise SnapshotInvalid(f"{path}.document{exc.path[1:]}", exc.problem) from exc
+    return compiled
+
+
+# ---- governance (end) ----

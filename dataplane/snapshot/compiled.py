@@ -27,6 +27,7 @@ from dataplane.errors import SnapshotInvalid
 from dataplane.scopes import KeyScope
 from dataplane.snapshot.compile import (
     check_header,
+    compile_governance,
     compile_payload,
     compile_registry,
     key_digest,
@@ -38,6 +39,7 @@ from dataplane.snapshot.delta import Changes
 from dataplane.snapshot.identities import compile_identities
 from dataplane.snapshot.layout import (
     API_KEYS,
+    GOVERNANCE_PROFILES,
     IDENTITIES,
     REGISTRY,
     TENANTS,
@@ -162,8 +164,18 @@ class Compiled:
                 identities = compile_identities(elements, tenants)
             except SnapshotInvalid as exc:
                 raise _Undecided from exc
+        governance = old.governance
+        if changes.touches((GOVERNANCE_PROFILES, TENANTS)):
+            # A profile per tenant at most, each small: recompiled whole when any changes.
+            profiles = [
+                _element(snapshot_pb2.GovernanceProfile, rec) for rec in layout.records[GOVERNANCE_PROFILES]
+            ]
+            try:
+                governance = compile_governance(profiles, tenants)
+            except SnapshotInvalid as exc:
+                raise _Undecided from exc
         config = runtime_config(
-            header, payload_sha256, tenants, keys, providers, models, policies, identities
+            header, payload_sha256, tenants, keys, providers, models, policies, identities, governance
         )
         return Compiled(layout, config, counts, scopes)
 
@@ -173,7 +185,12 @@ class _Undecided(Exception):
 
 
 _M = TypeVar(
-    "_M", snapshot_pb2.Snapshot, snapshot_pb2.Tenant, snapshot_pb2.ApiKey, snapshot_pb2.TenantIdentity
+    "_M",
+    snapshot_pb2.Snapshot,
+    snapshot_pb2.Tenant,
+    snapshot_pb2.ApiKey,
+    snapshot_pb2.TenantIdentity,
+    snapshot_pb2.GovernanceProfile,
 )
 
 

@@ -289,6 +289,18 @@ def snapshot_content(s: admin_pb2.SnapshotInfo) -> str:
                 for p in c.policies
             ],
         ),
+        (
+            "governance profiles",
+            ("tenant", "version", "document"),
+            [
+                (
+                    tenants.get(g.tenant_id, g.tenant_id) if g.tenant_id else "(default)",
+                    g.version,
+                    g.document_json,
+                )
+                for g in c.governance_profiles
+            ],
+        ),
     ]
     for title, headers, rows in sections:
         body = table(headers, rows) if rows else "(none)"

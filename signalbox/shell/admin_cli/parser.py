@@ -59,6 +59,7 @@ from signalbox.shell.admin_cli.commands.fleet import (
     snapshot_rollback,
     snapshot_show,
 )
+from signalbox.shell.admin_cli.commands.governance import add_governance_commands
 from signalbox.shell.admin_cli.commands.limits import add_limits_commands
 from signalbox.shell.admin_cli.commands.tenants import (
     identity_jwt_add,
@@ -482,6 +483,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _verb(mtls_verbs, "remove", identity_mtls_remove, "remove a mapping (admin role)").add_argument("id")
 
     add_limits_commands(sub)
+    add_governance_commands(sub)
 
     evidence = _resource(sub, "evidence", "shipped evidence records and their chains")
     p = _verb(evidence, "query", evidence_query, "stored records, newest first, by the filters given (AND)")

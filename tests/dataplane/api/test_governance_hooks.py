@@ -14,12 +14,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
 from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, Message, StreamChunk, TextPart
-from dataplane.config.model import Scope
+from dataplane.config.model import DataClass, RuntimeConfig, Scope, TenantConfig
 from dataplane.errors import PermissionDenied
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
 from dataplane.node_settings import NodeSettings
-from dataplane.pipeline import Operation
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from tests.dataplane.conftest import AUTH, chat, envelope, snapshot
 
@@ -30,8 +29,15 @@ class Redactor:
     def __init__(self) -> None:
         self.chunks = 0
 
+    def begin(self, config: RuntimeConfig, tenant: TenantConfig) -> Redactor:
+        return self
+
+    data_class = DataClass.UNSPECIFIED
+    classified_by = ""
+    fallback_on: frozenset[str] = frozenset()
+
     def govern_input(
-        self, operation: Operation, body: ChatRequest | EmbedRequest, actions: list[dict[str, object]]
+        self, body: ChatRequest | EmbedRequest, actions: list[dict[str, object]]
     ) -> ChatRequest | EmbedRequest:
         if isinstance(body, EmbedRequest):
             return body
@@ -48,14 +54,34 @@ class Redactor:
             actions.append({"step": "redactor", "action": "redacted", "where": "input"})
         return replace(body, messages=messages)
 
+    def check_answer(
+        self,
+        request: ChatRequest,
+        response: ChatResponse,
+        model: str,
+        actions: list[dict[str, object]],
+        *,
+        streamed: bool = False,
+    ) -> None:
+        return None
+
     def govern_output(self, response: ChatResponse, actions: list[dict[str, object]]) -> ChatResponse:
         actions.append({"step": "redactor", "action": "checked", "where": "output"})
         marked = Message(response.message.role, (TextPart(response.message.text + " [governed]"),))
         return replace(response, message=marked)
 
-    def govern_chunk(self, chunk: StreamChunk, actions: list[dict[str, object]]) -> StreamChunk:
+    def stream(self, actions: list[dict[str, object]]) -> Redactor:
+        return self
+
+    def feed(self, chunk: StreamChunk) -> StreamChunk:
         self.chunks += 1
         return chunk
+
+    def finish(self) -> StreamChunk | None:
+        return None
+
+    def conceal(self, text: str) -> str:
+        return text
 
 
 @pytest.fixture

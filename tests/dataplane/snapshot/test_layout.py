@@ -47,6 +47,9 @@ class World:
     """identity id -> (tenant id, URI of an mTLS mapping, or "jwt" for the one JWT issuer)"""
     evidence: dict[str, tuple[int, int]] = field(default_factory=dict)
     """tenant id -> (evidence content, spool_full policy), absent: the defaults (0, 0)"""
+    profiles: dict[str, str] = field(default_factory=dict)
+    """tenant id ("" = platform default) -> the one term its governance profile blocks
+    ("" : a profile the compiler refuses)"""
 
     def render(self) -> snapshot_pb2.Snapshot:
         snap = snapshot_pb2.Snapshot(version=self.version, previous_hash=b"p" * 32)
@@ -87,6 +90,15 @@ class World:
                 snap.identities.add(id=iid, tenant_id=tid, jwt=JWT_ISSUER)
             else:
                 snap.identities.add(id=iid, tenant_id=tid, mtls=snapshot_pb2.MtlsMapping(uri=uri))
+        for tid, term in sorted(self.profiles.items()):
+            rule = {"name": "t", "detector": "terms", "action": "block"}
+            rule["options"] = {"terms": [term]} if term else {"bogus": 1}
+            snap.governance_profiles.add(
+                id=f"gp-{tid or 'platform'}",
+                tenant_id=tid,
+                version=self.version,
+                document_json=json.dumps({"input": {"rules": [rule]}}),
+            )
         return snap
 
 
@@ -133,6 +145,9 @@ EDITS = st.lists(
                 "add_mapping",
                 "drop_identity",
                 "dup_mapping",
+                "profile",
+                "bad_profile",
+                "drop_profile",
                 "nothing",
             ]
         ),
@@ -194,6 +209,13 @@ def edit(w: World, kind: str, n: int) -> None:
         del w.identities[sorted(w.identities)[n % len(w.identities)]]
     elif kind == "dup_mapping" and tenants:
         w.identities[f"idup{n}"] = (tenants[n % len(tenants)], "spiffe://example.test/a")  # may clash
+    elif kind == "profile":
+        # The platform default, or a tenant's (which may be gone already: dangling).
+        w.profiles[["", *tenants][n % (len(tenants) + 1)] if n % 5 else f"gone{n}"] = f"term{n}"
+    elif kind == "bad_profile" and tenants:
+        w.profiles[tenants[n % len(tenants)]] = ""
+    elif kind == "drop_profile" and w.profiles:
+        del w.profiles[sorted(w.profiles)[n % len(w.profiles)]]
     w.version += 1
 
 

@@ -1342,6 +1342,7 @@ class SnapshotContent(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     JWT_ISSUERS_FIELD_NUMBER: _builtins.int
     MTLS_MAPPINGS_FIELD_NUMBER: _builtins.int
+    GOVERNANCE_PROFILES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tenant]: ...
     @_builtins.property
@@ -1367,8 +1368,15 @@ class SnapshotContent(_message.Message):
         """
 
     @_builtins.property
-    def mtls_mappings(self) -> _containers.RepeatedCompositeFieldContainer[Global___MtlsMappingInfo]:
-        """---- identities in snapshot history (end) ----"""
+    def mtls_mappings(self) -> _containers.RepeatedCompositeFieldContainer[Global___MtlsMappingInfo]: ...
+    @_builtins.property
+    def governance_profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___GovernanceProfile]:
+        """---- identities in snapshot history (end) ----
+        ---- governance profiles (gov-admin branch) ----
+        The platform default and each tenant's profile this version carries (created_at and
+        created_by not set). Rollback does not restore them (README, "Governance profiles").
+        ---- governance profiles (end) ----
+        """
 
     def __init__(
         self,
@@ -1382,10 +1390,11 @@ class SnapshotContent(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         jwt_issuers: _abc.Iterable[Global___JwtIssuerInfo] | None = ...,
         mtls_mappings: _abc.Iterable[Global___MtlsMappingInfo] | None = ...,
+        governance_profiles: _abc.Iterable[Global___GovernanceProfile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "jwt_issuers", b"jwt_issuers", "keys", b"keys", "models", b"models", "mtls_mappings", b"mtls_mappings", "policies", b"policies", "providers", b"providers", "tenants", b"tenants", "trusted_key_ids", b"trusted_key_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "governance_profiles", b"governance_profiles", "jwt_issuers", b"jwt_issuers", "keys", b"keys", "models", b"models", "mtls_mappings", b"mtls_mappings", "policies", b"policies", "providers", b"providers", "tenants", b"tenants", "trusted_key_ids", b"trusted_key_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1506,14 +1515,18 @@ class ObjectChange(_message.Message):
     FIELDS_FIELD_NUMBER: _builtins.int
     DOCUMENT_DIFF_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """"scope" (deployment, node group, site), "tenant", "key", "provider", "model", "policy"."""
+    """"scope" (deployment, node group, site), "tenant", "key", "provider", "model", "policy",
+    "governance" (a governance profile).
+    """
     id: _builtins.str
     name: _builtins.str
-    """Name, alias, or for a policy the tenant's name ("(default)" for the platform default)."""
+    """Name, alias, or for a policy or governance profile the tenant's name ("(default)" for
+    the platform default).
+    """
     change: _builtins.str
     """"added", "removed", "changed"."""
     document_diff: _builtins.str
-    """Policies: unified diff of the canonical policy JSON (pretty-printed)."""
+    """Policies and governance profiles: unified diff of the canonical JSON (pretty-printed)."""
     @_builtins.property
     def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldChange]: ...
     def __init__(
@@ -3739,3 +3752,355 @@ class ListAdminAuditResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAdminAuditResponse: _TypeAlias = ListAdminAuditResponse  # noqa: Y015
+
+@_typing.final
+class GovernanceProfile(_message.Message):
+    """---- admin security (end) ----
+
+    ---- governance profiles (gov-admin branch, issue 10) ----
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DOCUMENT_JSON_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    tenant_id: _builtins.str
+    """Empty for the platform default."""
+    version: _builtins.int
+    document_json: _builtins.str
+    """Canonical JSON of the document as stored; empty for a deletion."""
+    created_by: _builtins.str
+    deleted: _builtins.bool
+    """This version records a deletion."""
+    snapshot_version: _builtins.int
+    """The snapshot version that carries it (Apply and Delete replies only)."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        document_json: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+        deleted: _builtins.bool = ...,
+        snapshot_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "deleted", b"deleted", "document_json", b"document_json", "id", b"id", "snapshot_version", b"snapshot_version", "tenant_id", b"tenant_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GovernanceProfile: _TypeAlias = GovernanceProfile  # noqa: Y015
+
+@_typing.final
+class ApplyGovernanceProfileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """Tenant id or name; empty for the platform default."""
+    document: _builtins.str
+    """YAML or JSON text."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        document: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyGovernanceProfileRequest: _TypeAlias = ApplyGovernanceProfileRequest  # noqa: Y015
+
+@_typing.final
+class GetGovernanceProfileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    version: _builtins.int
+    """0 for the current version."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGovernanceProfileRequest: _TypeAlias = GetGovernanceProfileRequest  # noqa: Y015
+
+@_typing.final
+class ListGovernanceProfileHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGovernanceProfileHistoryRequest: _TypeAlias = ListGovernanceProfileHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ListGovernanceProfileHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___GovernanceProfile]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___GovernanceProfile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGovernanceProfileHistoryResponse: _TypeAlias = ListGovernanceProfileHistoryResponse  # noqa: Y015
+
+@_typing.final
+class DiffGovernanceProfileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    FROM_VERSION_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    from_version: _builtins.int
+    """0: the stored version before `to_version` that has a document."""
+    to_version: _builtins.int
+    """0: the current version."""
+    format: _builtins.str
+    """"json" (default) or "yaml": how the canonical documents are printed for the diff."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        from_version: _builtins.int = ...,
+        to_version: _builtins.int = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "from_version", b"from_version", "tenant", b"tenant", "to_version", b"to_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiffGovernanceProfileRequest: _TypeAlias = DiffGovernanceProfileRequest  # noqa: Y015
+
+@_typing.final
+class DiffGovernanceProfileResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_VERSION_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    DIFF_FIELD_NUMBER: _builtins.int
+    from_version: _builtins.int
+    to_version: _builtins.int
+    diff: _builtins.str
+    """Unified diff; empty when the documents are equal."""
+    def __init__(
+        self,
+        *,
+        from_version: _builtins.int = ...,
+        to_version: _builtins.int = ...,
+        diff: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diff", b"diff", "from_version", b"from_version", "to_version", b"to_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiffGovernanceProfileResponse: _TypeAlias = DiffGovernanceProfileResponse  # noqa: Y015
+
+@_typing.final
+class TestGovernanceProfileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """Tenant id or name: the profile that governs it; empty: the platform default."""
+    text: _builtins.str
+    """The text to run the rules over (as a request's message text)."""
+    stage: _builtins.str
+    """"input" (default): the input rules; "output": the output rules (as over an answer)."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        text: _builtins.str = ...,
+        stage: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stage", b"stage", "tenant", b"tenant", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestGovernanceProfileRequest: _TypeAlias = TestGovernanceProfileRequest  # noqa: Y015
+
+@_typing.final
+class GovernanceSpan(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    """Code-point offsets into the text the rule ran on: text[start:end] is the finding."""
+    end: _builtins.int
+    kind: _builtins.str
+    """The detector's refinement (e.g. "visa", "DE"); never the value."""
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "kind", b"kind", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GovernanceSpan: _TypeAlias = GovernanceSpan  # noqa: Y015
+
+@_typing.final
+class GovernanceRuleResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    DETECTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SPANS_FIELD_NUMBER: _builtins.int
+    EFFECT_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    detector: _builtins.str
+    action: _builtins.str
+    """block, redact, mask, classify or flag."""
+    count: _builtins.int
+    effect: _builtins.str
+    """What the action did: e.g. "blocked (PERMISSION_DENIED)", "redacted 2", "data class -> confidential"."""
+    @_builtins.property
+    def spans(self) -> _containers.RepeatedCompositeFieldContainer[Global___GovernanceSpan]: ...
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+        detector: _builtins.str = ...,
+        action: _builtins.str = ...,
+        count: _builtins.int = ...,
+        spans: _abc.Iterable[Global___GovernanceSpan] | None = ...,
+        effect: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "count", b"count", "detector", b"detector", "effect", b"effect", "rule", b"rule", "spans", b"spans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GovernanceRuleResult: _TypeAlias = GovernanceRuleResult  # noqa: Y015
+
+@_typing.final
+class TestGovernanceProfileResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_TENANT_ID_FIELD_NUMBER: _builtins.int
+    PROFILE_VERSION_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    RESULT_TEXT_FIELD_NUMBER: _builtins.int
+    BLOCKED_BY_FIELD_NUMBER: _builtins.int
+    DATA_CLASS_FIELD_NUMBER: _builtins.int
+    profile_tenant_id: _builtins.str
+    """The profile that ran: its tenant ("" for the platform default) and version; version 0
+    when no profile governs the tenant (nothing runs).
+    """
+    profile_version: _builtins.int
+    stage: _builtins.str
+    result_text: _builtins.str
+    """The text as it would go on (redactions and mask placeholders in place); empty when blocked."""
+    blocked_by: _builtins.str
+    """The first blocking rule that found something ("" when none): the request would be refused."""
+    data_class: _builtins.str
+    """The data class the classify rules raised the request to ("" when none raised it)."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___GovernanceRuleResult]:
+        """One per rule, in the profile's order, whether or not it found anything."""
+
+    def __init__(
+        self,
+        *,
+        profile_tenant_id: _builtins.str = ...,
+        profile_version: _builtins.int = ...,
+        stage: _builtins.str = ...,
+        results: _abc.Iterable[Global___GovernanceRuleResult] | None = ...,
+        result_text: _builtins.str = ...,
+        blocked_by: _builtins.str = ...,
+        data_class: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by", b"blocked_by", "data_class", b"data_class", "profile_tenant_id", b"profile_tenant_id", "profile_version", b"profile_version", "result_text", b"result_text", "results", b"results", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestGovernanceProfileResponse: _TypeAlias = TestGovernanceProfileResponse  # noqa: Y015
+
+@_typing.final
+class DeleteGovernanceProfileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteGovernanceProfileRequest: _TypeAlias = DeleteGovernanceProfileRequest  # noqa: Y015

@@ -346,6 +346,36 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminAuditRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminAuditResponse.FromString,
                 _registered_method=True)
+        self.ApplyGovernanceProfile = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ApplyGovernanceProfile',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ApplyGovernanceProfileRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GovernanceProfile.FromString,
+                _registered_method=True)
+        self.GetGovernanceProfile = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/GetGovernanceProfile',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetGovernanceProfileRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GovernanceProfile.FromString,
+                _registered_method=True)
+        self.ListGovernanceProfileHistory = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListGovernanceProfileHistory',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListGovernanceProfileHistoryRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListGovernanceProfileHistoryResponse.FromString,
+                _registered_method=True)
+        self.DiffGovernanceProfile = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/DiffGovernanceProfile',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DiffGovernanceProfileRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DiffGovernanceProfileResponse.FromString,
+                _registered_method=True)
+        self.TestGovernanceProfile = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/TestGovernanceProfile',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.TestGovernanceProfileRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.TestGovernanceProfileResponse.FromString,
+                _registered_method=True)
+        self.DeleteGovernanceProfile = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/DeleteGovernanceProfile',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteGovernanceProfileRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -792,7 +822,57 @@ class AdminServiceServicer:
     def ListAdminAudit(self, request, context):
         """The append-only admin audit trail, newest first. Tenant-scoped identities see the rows
         of their tenant only.
-        ---- admin security (end) ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyGovernanceProfile(self, request, context):
+        """---- admin security (end) ----
+        ---- governance profiles (gov-admin branch, issue 10) ----
+        A tenant's governance profile (dataplane/governance/profile.schema.json), or the
+        platform default when tenant is empty: versioned as policies are (every version kept,
+        the newest wins). Apply validates the YAML or JSON text against the schema and compiles
+        it as a node would; a refused document is INVALID_ARGUMENT naming its path, e.g.
+        "document.input.rules[0].options.pattern", and nothing is stored. Apply and Delete
+        publish a snapshot. Platform admins: any profile; tenant admins: their tenant's only
+        (not the platform default); auditors: read (Get, History, Diff, Test).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGovernanceProfile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGovernanceProfileHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiffGovernanceProfile(self, request, context):
+        """A unified diff of two stored versions' canonical documents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestGovernanceProfile(self, request, context):
+        """Runs the profile that governs a tenant (its own current version, else the platform
+        default) over a text, without a model: what each rule found (positions, never the
+        values) and did, and the text as the model would receive it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGovernanceProfile(self, request, context):
+        """Records a deletion as a new version; the tenant falls back to the platform default.
+        ---- governance profiles (end) ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1110,6 +1190,36 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAdminAudit,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminAuditRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminAuditResponse.SerializeToString,
+            ),
+            'ApplyGovernanceProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyGovernanceProfile,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ApplyGovernanceProfileRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GovernanceProfile.SerializeToString,
+            ),
+            'GetGovernanceProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGovernanceProfile,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetGovernanceProfileRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GovernanceProfile.SerializeToString,
+            ),
+            'ListGovernanceProfileHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGovernanceProfileHistory,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListGovernanceProfileHistoryRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListGovernanceProfileHistoryResponse.SerializeToString,
+            ),
+            'DiffGovernanceProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiffGovernanceProfile,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DiffGovernanceProfileRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DiffGovernanceProfileResponse.SerializeToString,
+            ),
+            'TestGovernanceProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestGovernanceProfile,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.TestGovernanceProfileRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.TestGovernanceProfileResponse.SerializeToString,
+            ),
+            'DeleteGovernanceProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGovernanceProfile,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteGovernanceProfileRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2786,6 +2896,168 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/ListAdminAudit',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminAuditRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListAdminAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyGovernanceProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ApplyGovernanceProfile',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ApplyGovernanceProfileRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GovernanceProfile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGovernanceProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/GetGovernanceProfile',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetGovernanceProfileRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.GovernanceProfile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGovernanceProfileHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListGovernanceProfileHistory',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListGovernanceProfileHistoryRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListGovernanceProfileHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiffGovernanceProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/DiffGovernanceProfile',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DiffGovernanceProfileRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DiffGovernanceProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestGovernanceProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/TestGovernanceProfile',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.TestGovernanceProfileRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.TestGovernanceProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGovernanceProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/DeleteGovernanceProfile',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteGovernanceProfileRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -188,7 +188,30 @@ class AdminServiceStub:
     ListAdminAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAdminAuditRequest, _admin_pb2.ListAdminAuditResponse]
     """The append-only admin audit trail, newest first. Tenant-scoped identities see the rows
     of their tenant only.
-    ---- admin security (end) ----
+    """
+    ApplyGovernanceProfile: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ApplyGovernanceProfileRequest, _admin_pb2.GovernanceProfile]
+    """---- admin security (end) ----
+    ---- governance profiles (gov-admin branch, issue 10) ----
+    A tenant's governance profile (dataplane/governance/profile.schema.json), or the
+    platform default when tenant is empty: versioned as policies are (every version kept,
+    the newest wins). Apply validates the YAML or JSON text against the schema and compiles
+    it as a node would; a refused document is INVALID_ARGUMENT naming its path, e.g.
+    "document.input.rules[0].options.pattern", and nothing is stored. Apply and Delete
+    publish a snapshot. Platform admins: any profile; tenant admins: their tenant's only
+    (not the platform default); auditors: read (Get, History, Diff, Test).
+    """
+    GetGovernanceProfile: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetGovernanceProfileRequest, _admin_pb2.GovernanceProfile]
+    ListGovernanceProfileHistory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListGovernanceProfileHistoryRequest, _admin_pb2.ListGovernanceProfileHistoryResponse]
+    DiffGovernanceProfile: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DiffGovernanceProfileRequest, _admin_pb2.DiffGovernanceProfileResponse]
+    """A unified diff of two stored versions' canonical documents."""
+    TestGovernanceProfile: _grpc.UnaryUnaryMultiCallable[_admin_pb2.TestGovernanceProfileRequest, _admin_pb2.TestGovernanceProfileResponse]
+    """Runs the profile that governs a tenant (its own current version, else the platform
+    default) over a text, without a model: what each rule found (positions, never the
+    values) and did, and the text as the model would receive it.
+    """
+    DeleteGovernanceProfile: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteGovernanceProfileRequest, _admin_pb2.DeleteResponse]
+    """Records a deletion as a new version; the tenant falls back to the platform default.
+    ---- governance profiles (end) ----
     """
 
 @_typing.type_check_only
@@ -347,7 +370,30 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListAdminAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAdminAuditRequest, _admin_pb2.ListAdminAuditResponse]  # type: ignore[assignment]
     """The append-only admin audit trail, newest first. Tenant-scoped identities see the rows
     of their tenant only.
-    ---- admin security (end) ----
+    """
+    ApplyGovernanceProfile: _aio.UnaryUnaryMultiCallable[_admin_pb2.ApplyGovernanceProfileRequest, _admin_pb2.GovernanceProfile]  # type: ignore[assignment]
+    """---- admin security (end) ----
+    ---- governance profiles (gov-admin branch, issue 10) ----
+    A tenant's governance profile (dataplane/governance/profile.schema.json), or the
+    platform default when tenant is empty: versioned as policies are (every version kept,
+    the newest wins). Apply validates the YAML or JSON text against the schema and compiles
+    it as a node would; a refused document is INVALID_ARGUMENT naming its path, e.g.
+    "document.input.rules[0].options.pattern", and nothing is stored. Apply and Delete
+    publish a snapshot. Platform admins: any profile; tenant admins: their tenant's only
+    (not the platform default); auditors: read (Get, History, Diff, Test).
+    """
+    GetGovernanceProfile: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetGovernanceProfileRequest, _admin_pb2.GovernanceProfile]  # type: ignore[assignment]
+    ListGovernanceProfileHistory: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListGovernanceProfileHistoryRequest, _admin_pb2.ListGovernanceProfileHistoryResponse]  # type: ignore[assignment]
+    DiffGovernanceProfile: _aio.UnaryUnaryMultiCallable[_admin_pb2.DiffGovernanceProfileRequest, _admin_pb2.DiffGovernanceProfileResponse]  # type: ignore[assignment]
+    """A unified diff of two stored versions' canonical documents."""
+    TestGovernanceProfile: _aio.UnaryUnaryMultiCallable[_admin_pb2.TestGovernanceProfileRequest, _admin_pb2.TestGovernanceProfileResponse]  # type: ignore[assignment]
+    """Runs the profile that governs a tenant (its own current version, else the platform
+    default) over a text, without a model: what each rule found (positions, never the
+    values) and did, and the text as the model would receive it.
+    """
+    DeleteGovernanceProfile: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteGovernanceProfileRequest, _admin_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Records a deletion as a new version; the tenant falls back to the platform default.
+    ---- governance profiles (end) ----
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -875,7 +921,66 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.ListAdminAuditResponse, _abc.Awaitable[_admin_pb2.ListAdminAuditResponse]]:
         """The append-only admin audit trail, newest first. Tenant-scoped identities see the rows
         of their tenant only.
-        ---- admin security (end) ----
+        """
+
+    @_abc_1.abstractmethod
+    def ApplyGovernanceProfile(
+        self,
+        request: _admin_pb2.ApplyGovernanceProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GovernanceProfile, _abc.Awaitable[_admin_pb2.GovernanceProfile]]:
+        """---- admin security (end) ----
+        ---- governance profiles (gov-admin branch, issue 10) ----
+        A tenant's governance profile (dataplane/governance/profile.schema.json), or the
+        platform default when tenant is empty: versioned as policies are (every version kept,
+        the newest wins). Apply validates the YAML or JSON text against the schema and compiles
+        it as a node would; a refused document is INVALID_ARGUMENT naming its path, e.g.
+        "document.input.rules[0].options.pattern", and nothing is stored. Apply and Delete
+        publish a snapshot. Platform admins: any profile; tenant admins: their tenant's only
+        (not the platform default); auditors: read (Get, History, Diff, Test).
+        """
+
+    @_abc_1.abstractmethod
+    def GetGovernanceProfile(
+        self,
+        request: _admin_pb2.GetGovernanceProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GovernanceProfile, _abc.Awaitable[_admin_pb2.GovernanceProfile]]: ...
+
+    @_abc_1.abstractmethod
+    def ListGovernanceProfileHistory(
+        self,
+        request: _admin_pb2.ListGovernanceProfileHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListGovernanceProfileHistoryResponse, _abc.Awaitable[_admin_pb2.ListGovernanceProfileHistoryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DiffGovernanceProfile(
+        self,
+        request: _admin_pb2.DiffGovernanceProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DiffGovernanceProfileResponse, _abc.Awaitable[_admin_pb2.DiffGovernanceProfileResponse]]:
+        """A unified diff of two stored versions' canonical documents."""
+
+    @_abc_1.abstractmethod
+    def TestGovernanceProfile(
+        self,
+        request: _admin_pb2.TestGovernanceProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.TestGovernanceProfileResponse, _abc.Awaitable[_admin_pb2.TestGovernanceProfileResponse]]:
+        """Runs the profile that governs a tenant (its own current version, else the platform
+        default) over a text, without a model: what each rule found (positions, never the
+        values) and did, and the text as the model would receive it.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteGovernanceProfile(
+        self,
+        request: _admin_pb2.DeleteGovernanceProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteResponse, _abc.Awaitable[_admin_pb2.DeleteResponse]]:
+        """Records a deletion as a new version; the tenant falls back to the platform default.
+        ---- governance profiles (end) ----
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,72 @@
+"""Where a text's numbers are: the one scan the digit-based detectors share.
+
+Cards, IBANs, phone numbers, national identifiers and IP addresses all contain digits, and
+most of a prompt has none. Scanning the whole text with each detector's own pattern costs
+Python's regular-expression engine ~100 us per 4 KB per pattern (its lookbehinds run at
+every position); finding the clusters of digits once (one simple pattern whose first
+character is a digit, which the engine skips to quickly) and running each detector's pattern
+only in a window around them costs a fraction of that.
+
+A cluster is an ASCII digit followed by digits and number punctuation (the checksums and
+libraries behind these detectors read ASCII digits; their patterns are compiled ASCII-only). A window is a cluster with
+``MARGIN`` characters on both sides (the letters of an IBAN's country code, a codice
+fiscale's name letters, an IPv6 address's hex digits), overlapping windows merged. Every
+finding of those detectors holds a digit and reaches at most ``MARGIN`` characters past its
+digits, so a window holds it whole, and a pattern's lookbehind still sees the text before
+a window (``Pattern.finditer(text, pos, endpos)``).
+
+The clusters of the last text asked about are kept (one entry, the text itself as the key by
+identity): the detectors of one profile look at the same text one after another. That is
+an optimisation only: the answer is the same function of the text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Final
+
+MARGIN: Final = 24
+_CLUSTER: Final = re.compile(r"[0-9][0-9 \u00a0.,:/()+\-]*+")
+_PUNCTUATION: Final = str.maketrans("", "", " \u00a0.,:/()+-")
+
+_last: tuple[str, list[tuple[int, int]]] = ("", [])
+
+
+def clusters(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every cluster of digits in ``text``."""
+    global _last
+    last = _last
+    if last[0] is text:
+        return last[1]
+    found = [m.span() for m in _CLUSTER.finditer(text)]
+    _last = (text, found)
+    return found
+
+
+def digits(text: str, start: int, end: int) -> int:
+    """How many digits the cluster ``text[start:end]`` holds."""
+    return len(text[start:end].translate(_PUNCTUATION))
+
+
+def windows(
+    text: str, min_digits: int, also: Callable[[str, int, int], bool] | None = None
+) -> list[tuple[int, int]]:
+    """Merged ``(start, end)`` windows around the clusters holding at least ``min_digits``
+    (or for which ``also(text, start, end)`` holds)."""
+    merged: list[tuple[int, int]] = []
+    n = len(text)
+    for start, end in clusters(text):
+        # Most clusters in prose are short (a year, a count): no need to count their digits.
+        if (
+            min_digits > 1
+            and (end - start < min_digits or digits(text, start, end) < min_digits)
+            and not (also is not None and also(text, start, end))
+        ):
+            continue
+        low, high = max(0, start - MARGIN), min(n, end + MARGIN)
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], high)
+        else:
+            merged.append((low, high))
+    return merged

@@ -1,0 +1,200 @@
+"""``national_id``: national identification numbers, checked by ``python-stdnum``.
+
+=================  ==========================  ===========================================
+kind               written as                  check
+=================  ==========================  ===========================================
+``US.ssn``         ``123-45-6789``             format rules only (area not 000, 666 or
+                   (``123 45 6789``)           9xx, group not 00, serial not 0000, known
+                                               advertised numbers refused): an SSN has no
+                                               check digit
+``GB.nino``        ``AB 12 34 56 C``           format rules only (allocated prefixes,
+                                               suffix A-D): a NINO has no check digit
+``DE.idnr``        ``12 345 678 901``          ISO 7064 mod 11,10 and the digit-repeat rule
+``FR.nir``         ``1 84 12 76 451 089 46``   structure and the mod 97 key
+``NL.bsn``         ``1234.56.782``             the 11-test
+``ES.dni``         ``12345678Z``               the check letter
+``ES.nie``         ``X1234567L``               the check letter
+``IT.codicefiscale``  ``RSSMRA85T10A562S``     structure and the check letter
+``SE.personnummer``  ``811218-9876``           a valid birth date and Luhn
+=================  ==========================  ===========================================
+
+The rule for bare digit runs (``536904399``, ``12345672``, ``36574261809``, ``8112189876``),
+chosen by measuring on the corpus: one 9-digit run in eleven passes the BSN 11-test and one
+in ten an IdNr check, so in an invoice, a log line or a JSON payload a bare run is a number
+first and an identifier second. A bare run is therefore a finding only when one of its
+identifier's words (``BSN``, ``burgerservicenummer``, ``SSN``, ``Steuer-ID``,
+``personnummer``...; any case, as a whole word) stands in the 48 characters before it with
+no other digit in between. The written forms above (with their separators, or with letters)
+are findings without one.
+
+Options:
+
+- ``countries`` (default all of ``US GB DE FR NL ES IT SE``): which identifiers to look for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from stdnum.de import idnr
+from stdnum.es import dni, nie
+from stdnum.exceptions import ValidationError
+from stdnum.fr import nir
+from stdnum.it import codicefiscale
+from stdnum.nl import bsn
+from stdnum.se import personnummer
+from stdnum.us import ssn
+
+from dataplane.governance.detect import Span
+from dataplane.governance.detectors._digits import windows
+from dataplane.governance.detectors._options import Options
+from dataplane.governance.detectors._spans import leftmost_longest
+
+CONTEXT_CHARS: Final = 48
+
+_NINO: Final = re.compile(r"(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]\d{6}[A-D]")
+
+
+def _nino(value: str) -> str:
+    compact = value.replace(" ", "").upper()
+    if not _NINO.fullmatch(compact):
+        raise ValidationError()
+    return compact
+
+
+@dataclass(frozen=True, slots=True)
+class _Id:
+    kind: str
+    validate: Callable[[str], object]
+    context: re.Pattern[str] | None
+    """Words one of which must precede a bare digit run of this identifier (None: never bare)."""
+
+
+def _id(kind: str, validate: Callable[[str], object], words: tuple[str, ...] = ()) -> _Id:
+    context = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b") if words else None
+    return _Id(kind, validate, context)
+
+
+_IDS: Final = {
+    "US": [_id("US.ssn", ssn.validate, ("ssn", "social security", "soc. sec", "soc sec"))],
+    "GB": [_id("GB.nino", _nino)],
+    "DE": [
+        _id(
+            "DE.idnr",
+            idnr.validate,
+            ("steuer-id", "steuerid", "steuer id", "identifikationsnummer", "idnr", "tax id", "tin"),
+        )
+    ],
+    "FR": [_id("FR.nir", nir.validate)],
+    "NL": [
+        _id(
+            "NL.bsn",
+            bsn.validate,
+            ("bsn", "burgerservicenummer", "sofinummer", "sofi-nummer", "citizen service"),
+        )
+    ],
+    "ES": [_id("ES.dni", dni.validate), _id("ES.nie", nie.validate)],
+    "IT": [_id("IT.codicefiscale", codicefiscale.validate)],
+    "SE": [_id("SE.personnummer", personnummer.validate, ("personnummer", "personnr", "pnr", "person nr"))],
+}
+_BY_KIND: Final = {i.kind: i for ids in _IDS.values() for i in ids}
+_LAST_DIGIT: Final = re.compile(r".*[0-9]", re.DOTALL)
+
+# One alternation, one scan; each branch is a fixed written form (the group name says which
+# identifier), and "bare" is a digit run whose identifier its length and context decide.
+_CANDIDATE: Final = re.compile(
+    r"(?<![\w.-])(?:"
+    r"(?P<US_ssn>\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4})"
+    r"|(?P<FR_nir>[12] ?\d{2} ?\d{2} ?(?:\d{2}|2[ABab]) ?\d{3} ?\d{3} ?\d{2})"
+    r"|(?P<DE_idnr>\d{2} \d{3} \d{3} \d{3})"
+    r"|(?P<NL_bsn>\d{4}\.\d{2}\.\d{3})"
+    r"|(?P<SE_personnummer>(?:\d{2})?\d{6}[-+]\d{4})"
+    r"|(?P<ES_dni>\d{8}-?[A-Za-z])"
+    r"|(?P<bare>\d{8,12})"
+    r"|(?P<GB_nino>[A-Za-z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-Da-d])"
+    r"|(?P<ES_nie>[XYZxyz]-?\d{7}-?[A-Za-z])"
+    r"|(?P<IT_codicefiscale>[A-Za-z]{6}\d{2}[A-Za-z]\d{2}[A-Za-z]\d{3}[A-Za-z])"
+    r")(?!\w)(?![.-]\w)",
+    re.ASCII,
+)
+_BARE_LENGTHS: Final = {
+    8: ("NL.bsn",),
+    9: ("NL.bsn", "US.ssn"),
+    10: ("SE.personnummer",),
+    11: ("DE.idnr",),
+    12: ("SE.personnummer",),
+}
+
+
+MIN_DIGITS: Final = 6
+"""Every identifier but the codice fiscale has a cluster of at least 6 digits (a NINO's
+"12 34 56", a NIE's 7, a DNI's 8...)."""
+
+
+def _after_six_letters(text: str, start: int, end: int) -> bool:
+    return start >= 6 and text[start - 6 : start].isalpha()
+
+
+class NationalIdDetector:
+    name = "national_id"
+
+    def __init__(self, countries: list[str]) -> None:
+        self._kinds = {i.kind for c in countries for i in _IDS[c]}
+        # A codice fiscale's digits come in clusters of 2, 2 and 3 (RSSMRA85T10A562S): its
+        # first is the one right after six letters.
+        self._also = _after_six_letters if "IT.codicefiscale" in self._kinds else None
+
+    def find(self, text: str) -> list[Span]:
+        spans: list[Span] = []
+        for low, high in windows(text, MIN_DIGITS, self._also):
+            for match in _CANDIDATE.finditer(text, low, high):
+                group = match.lastgroup
+                value = match.group()
+                if group == "bare":
+                    kind = self._bare(text, match.start(), value)
+                else:
+                    kind = group.replace("_", ".", 1) if group else None
+                    if kind not in self._kinds or not _valid(_BY_KIND[kind], value):
+                        kind = None
+                if kind is not None:
+                    spans.append(Span(match.start(), match.end(), kind))
+        return leftmost_longest(spans)
+
+    def _bare(self, text: str, start: int, value: str) -> str | None:
+        before = text[max(0, start - CONTEXT_CHARS) : start].lower()
+        # The word must speak of this run, not of an earlier number: only what follows the
+        # last digit before the run counts ("BSN: 111222333, order 123456782").
+        earlier = _LAST_DIGIT.match(before)
+        if earlier is not None:
+            before = before[earlier.end() :]
+        for kind in _BARE_LENGTHS.get(len(value), ()):
+            identifier = _BY_KIND[kind]
+            context = identifier.context
+            if (
+                kind in self._kinds
+                and context is not None
+                and context.search(before)
+                and _valid(identifier, value)
+            ):
+                return kind
+        return None
+
+
+def _valid(identifier: _Id, value: str) -> bool:
+    try:
+        # stdnum's validators drop their own separators (``-``, ``.``) but not spaces.
+        identifier.validate(value.replace(" ", ""))
+    except ValidationError:
+        return False
+    return True
+
+
+def build(options: Mapping[str, Any]) -> NationalIdDetector:
+    """``national_id``: see the module's docstring for the options."""
+    opts = Options(options)
+    countries = opts.choices("countries", _IDS, list(_IDS))
+    opts.done()
+    return NationalIdDetector(countries)

@@ -1,0 +1,111 @@
+"""``payment_card``: payment card numbers (PANs), Luhn-checked and matched to a card scheme.
+
+A candidate is 13 to 19 digits written as one run or in the groups cards are printed in,
+with one kind of separator (space or hyphen): 4-4-4-4 (and 4-4-4-4-1..3 for 17-19 digits,
+tried as 4-4-4-4 when the longer form fails: a card followed by its CVV), 4-6-5 (American
+Express), 4-6-4 (Diners). It must not continue a longer number (a digit, or a ``.``, ``,``
+or ``-`` followed by a digit, on either side). It is a finding when the Luhn check passes
+*and* its issuer prefix and length fit a scheme: the kind is the scheme's name. Numbers with
+an unknown prefix are findings (kind ``"card"``) only at 16 digits, the common length: that
+keeps out Luhn-valid identifiers that are not cards, such as IMEIs (15 digits) and
+ISBN-13s, which a Luhn check alone cannot tell apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from dataplane.governance.detect import Span
+from dataplane.governance.detectors._digits import windows
+from dataplane.governance.detectors._options import no_options
+
+_CANDIDATE: Final = re.compile(
+    r"(?<![\d])(?<!\d[.,-])"
+    r"(?:(\d{4}([ -])\d{4}\2\d{4}\2\d{4})(?:\2\d{1,3})?"
+    r"|\d{4}([ -])\d{6}\3\d{4,5}"
+    r"|\d{13,19})"
+    r"(?![\d])(?![.,-]\d)",
+    re.ASCII,
+)
+
+# (scheme, lengths, prefix ranges as (low, high) over the first n digits), most specific first.
+_SCHEMES: Final[list[tuple[str, frozenset[int], list[tuple[str, str]]]]] = [
+    ("amex", frozenset({15}), [("34", "34"), ("37", "37")]),
+    ("diners", frozenset(range(14, 20)), [("300", "305"), ("36", "36"), ("38", "39")]),
+    ("jcb", frozenset(range(16, 20)), [("3528", "3589")]),
+    ("unionpay", frozenset(range(16, 20)), [("622126", "622925"), ("62", "62"), ("81", "81")]),
+    ("discover", frozenset(range(16, 20)), [("6011", "6011"), ("644", "649"), ("65", "65")]),
+    ("mastercard", frozenset({16}), [("51", "55"), ("2221", "2720")]),
+    (
+        "maestro",
+        frozenset(range(12, 20)),
+        [
+            ("5018", "5018"),
+            ("5020", "5020"),
+            ("5038", "5038"),
+            ("56", "58"),
+            ("6304", "6304"),
+            ("6759", "6759"),
+            ("676770", "676770"),
+            ("676774", "676774"),
+        ],
+    ),
+    ("visa", frozenset({13, 16, 19}), [("4", "4")]),
+]
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        d = ord(c) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def scheme(digits: str) -> str | None:
+    """The card scheme of a Luhn-valid number, ``"card"`` for an unknown 16-digit one, else None."""
+    n = len(digits)
+    for name, lengths, ranges in _SCHEMES:
+        if n in lengths:
+            for low, high in ranges:
+                if low <= digits[: len(low)] <= high:
+                    return name
+    return "card" if n == 16 else None
+
+
+def _kind(candidate: str) -> str | None:
+    digits = candidate.replace(" ", "").replace("-", "")
+    return scheme(digits) if luhn_valid(digits) else None
+
+
+class PaymentCardDetector:
+    name = "payment_card"
+
+    def find(self, text: str) -> list[Span]:
+        spans: list[Span] = []
+        for low, high in windows(text, 13):
+            self._window(text, low, high, spans)
+        return spans
+
+    @staticmethod
+    def _window(text: str, low: int, high: int, spans: list[Span]) -> None:
+        for match in _CANDIDATE.finditer(text, low, high):
+            kind = _kind(match.group())
+            if kind is not None:
+                spans.append(Span(match.start(), match.end(), kind))
+            elif match.group(1) is not None and match.end(1) < match.end():
+                kind = _kind(match.group(1))
+                if kind is not None:
+                    spans.append(Span(match.start(), match.end(1), kind))
+
+
+def build(options: Mapping[str, Any]) -> PaymentCardDetector:
+    """``payment_card`` takes no options."""
+    no_options(options)
+    return PaymentCardDetector()

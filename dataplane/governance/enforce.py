@@ -1,0 +1,379 @@
+"""The governance step on the request path: a tenant's compiled profile applied to one request.
+
+``Governance`` is the node's ``GovernanceStep``: for each request it looks up the profile
+that governs the caller's tenant in the snapshot the request runs on (its own, else the
+platform default) and returns a ``RequestGovernor`` for that request, or None when no
+profile applies, so a node without profiles pays one dictionary check per request.
+
+A ``RequestGovernor`` runs, in the pipeline's order:
+
+- **limits** (messages, characters, tools, images): ``OverLimit`` naming the limit, before
+  anything else and so before any provider is called;
+- **input rules**, in the profile's order, over every text the request carries (message text
+  parts, among them the system prompt and tool results; tool call arguments; embedding
+  inputs): ``block`` refuses naming the rule (never the finding), ``redact`` replaces each
+  finding with the rule's placeholder, ``mask`` with a numbered placeholder (``[EMAIL_1]``;
+  one number per distinct value) whose value it keeps in this object only, ``classify``
+  raises the request's data class (``data_class``, which the pipeline hands routing), and
+  ``flag`` records;
+- the **output contract** (``check_answer``) on each candidate's answer;
+- **output rules** on the answer (``govern_output``), then the masked values put back for the
+  caller; for streams, ``stream`` (``dataplane.governance.stream``).
+
+Everything done is appended to the request's ``actions`` (its evidence): the profile and
+version, stage, rule, detector, action, count and positions (field and offsets), never a
+value. Input rules all see the request as the caller sent it, so offsets are code points of
+the caller's text; where a finding overlaps one an earlier rule redacted or masked, the
+earlier rule's action stands and the later rule does not count it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from dataplane.chat import (
+    ChatRequest,
+    ChatResponse,
+    EmbedRequest,
+    ImagePart,
+    Message,
+    TextPart,
+)
+from dataplane.config.model import (
+    Action,
+    CompiledProfile,
+    DataClass,
+    Finding,
+    OnFailure,
+    Rule,
+    RuntimeConfig,
+    Stage,
+    TenantConfig,
+)
+from dataplane.governance.contract import Contracts
+from dataplane.governance.errors import CONTRACT_KIND, AnswerBreaksContract, OverLimit, blocked
+from dataplane.governance.stream import MAX_POSITIONS, StreamGovernor
+
+PLACEHOLDER = re.compile(r"\[[A-Z0-9_]+_[0-9]+\]")
+"""A mask placeholder as sent to the model."""
+
+Actions = list[dict[str, Any]]
+_RETRY_CONTRACT = frozenset({CONTRACT_KIND})
+
+
+class Governance:
+    """The node's governance step (``dataplane.pipeline.GovernanceStep``)."""
+
+    def __init__(self, contracts: Contracts | None = None) -> None:
+        self.contracts = contracts if contracts is not None else Contracts()
+        """Compiled response schemas, shared by every request of the node."""
+
+    def begin(self, config: RuntimeConfig, tenant: TenantConfig) -> RequestGovernor | None:
+        profile = config.governance_for(tenant.id)
+        if profile is None:
+            return None
+        return RequestGovernor(profile, self.contracts)
+
+
+class RequestGovernor:
+    """One request under one profile; holds the request's masked values, in memory only."""
+
+    __slots__ = ("_numbers", "_values", "classified_by", "contracts", "data_class", "profile")
+
+    def __init__(self, profile: CompiledProfile, contracts: Contracts) -> None:
+        self.profile = profile
+        self.contracts = contracts
+        self.data_class = DataClass.UNSPECIFIED
+        """The class input rules raised the request to (UNSPECIFIED: none did)."""
+        self.classified_by = ""
+        """The rule that raised it last."""
+        self._values: dict[str, str] = {}
+        """placeholder -> original value (mask)."""
+        self._numbers: dict[tuple[str, str], str] = {}
+        """(label, value) -> placeholder: one number per distinct value."""
+
+    # ---- input ----
+
+    def govern_input(self, body: ChatRequest | EmbedRequest, actions: Actions) -> ChatRequest | EmbedRequest:
+        """``body`` within the profile's limits and through its input rules; raises the
+        refusal of a limit or a block rule."""
+        if self.profile.limits:
+            self._check_limits(body, actions)
+        rules = self.profile.input_rules
+        if not rules:
+            return body
+        texts = _texts(body)
+        edited = self._apply(Stage.INPUT, rules, texts, actions)
+        return _rebuild(body, edited) if edited is not None else body
+
+    def _apply(
+        self, stage: Stage, rules: Sequence[Rule], texts: list[tuple[str, str]], actions: Actions
+    ) -> list[tuple[str, str]] | None:
+        """``rules`` over ``texts`` (field, text): what they found recorded, a block raised,
+        a data class raised; the texts edited by redact and mask rules, None if none was.
+
+        Every rule sees the texts as they came (so offsets are the caller's or the model's,
+        and detectors of one profile share their work on one text); a finding overlapping one
+        an earlier rule redacted or masked is the earlier rule's. Edits apply at the end, in
+        tool call arguments as JSON string content."""
+        edits: list[list[tuple[Finding, str]]] = [[] for _ in texts]
+        # Per text, 1 where an edit is: an overlap test is then one C-level find.
+        claimed: list[bytearray | None] = [None] * len(texts)
+        for rule in rules:
+            found: list[tuple[str, Finding]] = []
+            edit = rule.action is Action.REDACT or rule.action is Action.MASK
+            for i, (field, text) in enumerate(texts):
+                spans = rule.detector.find(text)
+                if not spans:
+                    continue
+                mask = claimed[i]
+                if mask is not None:
+                    spans = [s for s in spans if mask.find(1, s.start, s.end) < 0]
+                    if not spans:
+                        continue
+                found.extend((field, s) for s in spans)
+                if rule.action is Action.BLOCK:
+                    break
+                if not edit:
+                    continue
+                if mask is None:
+                    mask = claimed[i] = bytearray(len(text))
+                for s in spans:
+                    mask[s.start : s.end] = b"\x01" * (s.end - s.start)
+                if rule.action is Action.REDACT:
+                    edits[i].extend((s, rule.placeholder) for s in spans)
+                else:
+                    edits[i].extend((s, self._mask(rule, text, s)) for s in spans)
+            if not found:
+                continue
+            entry = self._entry(stage, rule, found)
+            actions.append(entry)
+            if rule.action is Action.BLOCK:
+                raise blocked(rule.name, stage.value, rule.status)
+            if rule.action is Action.CLASSIFY:
+                entry["data_class"] = rule.data_class.name.lower()
+                if rule.data_class >= self.data_class:
+                    self.data_class, self.classified_by = rule.data_class, rule.name
+        if not any(edits):
+            return None
+        out = list(texts)
+        for i, taken in enumerate(edits):
+            if taken:
+                taken.sort(key=lambda edit: edit[0].start)
+                field, text = texts[i]
+                in_json = field.endswith(".arguments")
+                replacements = [json.dumps(r)[1:-1] if in_json else r for _, r in taken]
+                out[i] = (field, replace_spans(text, [s for s, _ in taken], replacements))
+        return out
+
+    def _check_limits(self, body: ChatRequest | EmbedRequest, actions: Actions) -> None:
+        limits = self.profile.limits
+        if isinstance(body, EmbedRequest):
+            counts = {
+                "max_messages": len(body.inputs),
+                "max_characters": sum(len(t) for t in body.inputs),
+                "max_tools": 0,
+                "max_images": 0,
+            }
+        else:
+            counts = {
+                "max_messages": len(body.messages),
+                "max_characters": sum(len(text) for _, text in _texts(body)),
+                "max_tools": len(body.tools),
+                "max_images": sum(isinstance(p, ImagePart) for m in body.messages for p in m.content),
+            }
+        for name, found in counts.items():
+            allowed = getattr(limits, name)
+            if allowed is not None and found > allowed:
+                actions.append(
+                    {
+                        **self._header(Stage.INPUT),
+                        "rule": f"limits.{name}",
+                        "action": Action.BLOCK.value,
+                        "limit": allowed,
+                        "count": found,
+                    }
+                )
+                raise OverLimit(name, allowed, found)
+
+    def _mask(self, rule: Rule, text: str, span: Finding) -> str:
+        value = text[span.start : span.end]
+        key = (rule.label, value)
+        placeholder = self._numbers.get(key)
+        if placeholder is None:
+            number = sum(1 for label, _ in self._numbers if label == rule.label) + 1
+            placeholder = self._numbers[key] = f"[{rule.label}_{number}]"
+            self._values[placeholder] = value
+        return placeholder
+
+    # ---- output ----
+
+    @property
+    def masks(self) -> bool:
+        """Whether values were masked (the answer then gets them back)."""
+        return bool(self._values)
+
+    def check_answer(
+        self,
+        request: ChatRequest,
+        response: ChatResponse,
+        model: str,
+        actions: Actions,
+        *,
+        streamed: bool = False,
+    ) -> None:
+        """The output contract: when ``request`` asks for a JSON schema and the profile has a
+        contract, ``response`` must meet it. ``flag`` records a failure; ``error`` and
+        ``retry`` raise ``AnswerBreaksContract`` (the pipeline lets the dispatcher fall back
+        on it for ``retry``). A ``streamed`` answer is checked once it has been sent whole:
+        nothing is left to retry, so ``retry`` ends the stream with the error as ``error``."""
+        on_failure = self.profile.contract
+        rf = request.response_format
+        if on_failure is None or rf is None or rf.type != "json_schema" or rf.schema is None:
+            return
+        problem = self.contracts.problem(rf.schema, response.message.text)
+        if problem is None:
+            return
+        path, why = problem
+        actions.append(
+            {
+                **self._header(Stage.OUTPUT),
+                "rule": "contract",
+                "action": OnFailure.ERROR.value
+                if streamed and on_failure is OnFailure.RETRY
+                else on_failure.value,
+                "model": model,
+                "path": path,
+                "problem": why,
+            }
+        )
+        if on_failure is not OnFailure.FLAG:
+            raise AnswerBreaksContract(f"the answer does not meet the response schema at {path}: {why}")
+
+    def stream(self, actions: Actions) -> StreamGovernor:
+        """The output rules and the restoring of masked values for a streamed answer."""
+        return StreamGovernor(self.profile, self.restore if self._values else None, actions)
+
+    @property
+    def fallback_on(self) -> frozenset[str]:
+        """With ``retry``, an answer breaking its contract falls back to the next candidate."""
+        return _RETRY_CONTRACT if self.profile.contract is OnFailure.RETRY else frozenset()
+
+    def govern_output(self, response: ChatResponse, actions: Actions) -> ChatResponse:
+        """The answer (its text and tool call arguments) through the output rules (block
+        raises), then, for the caller, with the masked values put back."""
+        message = response.message
+        text = message.text
+        calls = message.tool_calls
+        if self.profile.output_rules:
+            texts = [("message.text", text)]
+            texts += [(f"message.tool_calls[{k}].arguments", c.arguments) for k, c in enumerate(calls)]
+            edited = self._apply(Stage.OUTPUT, self.profile.output_rules, texts, actions)
+            if edited is not None:
+                text = edited[0][1]
+                calls = tuple(replace(c, arguments=t) for c, (_, t) in zip(calls, edited[1:], strict=True))
+        if self._values:
+            text = self.restore(text)
+            calls = tuple(replace(c, arguments=self.restore(c.arguments, in_json=True)) for c in calls)
+        if text == message.text and calls == message.tool_calls:
+            return response
+        content = (TextPart(text),) if text else ()
+        return replace(response, message=replace(message, content=content, tool_calls=calls))
+
+    def restore(self, text: str, *, in_json: bool = False) -> str:
+        """``text`` with each placeholder of this request replaced by its value (JSON-escaped
+        inside JSON text); other bracketed words are left alone."""
+        values = self._values
+
+        def value(match: re.Match[str]) -> str:
+            found = values.get(match.group(0))
+            if found is None:
+                return match.group(0)
+            return json.dumps(found)[1:-1] if in_json else found
+
+        return PLACEHOLDER.sub(value, text)
+
+    def conceal(self, text: str) -> str:
+        """``text`` with this request's masked values replaced by their placeholders: what
+        may be kept (a FULL tenant's evidence content) of an answer given back restored."""
+        for placeholder, value in self._values.items():
+            text = text.replace(value, placeholder)
+        return text
+
+    # ---- evidence ----
+
+    def _header(self, stage: Stage) -> dict[str, Any]:
+        return {
+            "profile": self.profile.profile_id,
+            "profile_version": self.profile.version,
+            "stage": stage.value,
+        }
+
+    def _entry(self, stage: Stage, rule: Rule, found: Sequence[tuple[str, Finding]]) -> dict[str, Any]:
+        return {
+            **self._header(stage),
+            "rule": rule.name,
+            "detector": rule.detector_name,
+            "action": rule.action.value,
+            "count": len(found),
+            "positions": [
+                {"field": field, "start": s.start, "end": s.end, "kind": s.kind}
+                for field, s in found[:MAX_POSITIONS]
+            ],
+        }
+
+
+def replace_spans(text: str, spans: Sequence[Finding], replacements: Sequence[str]) -> str:
+    """``text`` with each span (sorted, not overlapping) replaced by its replacement (also
+    what ``signalbox admin governance test`` shows)."""
+    parts: list[str] = []
+    at = 0
+    for s, replacement in zip(spans, replacements, strict=True):
+        parts.append(text[at : s.start])
+        parts.append(replacement)
+        at = s.end
+    parts.append(text[at:])
+    return "".join(parts)
+
+
+def _texts(body: ChatRequest | EmbedRequest) -> list[tuple[str, str]]:
+    """(field, text) of every text ``body`` carries, in order."""
+    if isinstance(body, EmbedRequest):
+        return [(f"inputs[{i}]", text) for i, text in enumerate(body.inputs)]
+    out: list[tuple[str, str]] = []
+    for i, m in enumerate(body.messages):
+        for j, part in enumerate(m.content):
+            if isinstance(part, TextPart):
+                out.append((f"messages[{i}].content[{j}]", part.text))
+        for k, call in enumerate(m.tool_calls):
+            out.append((f"messages[{i}].tool_calls[{k}].arguments", call.arguments))
+    return out
+
+
+def _rebuild(body: ChatRequest | EmbedRequest, texts: list[tuple[str, str]]) -> ChatRequest | EmbedRequest:
+    """``body`` with its texts replaced by ``texts`` (as ``_texts`` listed them); messages
+    whose texts are unchanged are kept as they are."""
+    if isinstance(body, EmbedRequest):
+        return replace(body, inputs=tuple(text for _, text in texts))
+    at = 0
+    messages: list[Message] = []
+    for m in body.messages:
+        count = sum(isinstance(p, TextPart) for p in m.content) + len(m.tool_calls)
+        mine = texts[at : at + count]
+        at += count
+        it = iter(mine)
+        content = tuple(TextPart(next(it)[1]) if isinstance(p, TextPart) else p for p in m.content)
+        if content == m.content and all(t == c.arguments for (_, t), c in zip(it, m.tool_calls, strict=True)):
+            messages.append(m)
+            continue
+        it = iter(mine[len(mine) - len(m.tool_calls) :])
+        calls = tuple(
+            c if t == c.arguments else replace(c, arguments=t)
+            for (_, t), c in zip(it, m.tool_calls, strict=True)
+        )
+        messages.append(Message(m.role, content, calls, m.tool_call_id, m.name))
+    return replace(body, messages=tuple(messages))
