@@ -44,6 +44,12 @@ PER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 MAX_EXEMPLAR_CHARS = 100
 """OpenMetrics allows 128 characters of exemplar labels; a longer correlation id is left out."""
 
+GOVERNANCE_REFUSALS = frozenset(
+    {"Blocked", "BlockedInvalid", "NotCertified", "OverLimit", "AnswerBreaksContract"}
+)
+"""Outcome kinds of a governance refusal (``dataplane.governance.errors``)."""
+REFUSING_ACTIONS = frozenset({"block", "error", "classify"})
+
 GEN_AI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "tenant")
 
 
@@ -177,9 +183,8 @@ class RequestMetrics:
                 self._child(self._fallbacks, tenant, model).inc()
         if trace.limit:
             self._child(self._limits, tenant, limit_label(trace.limit)).inc()
-        for action in trace.governance:
-            if action.get("action") == "block" and isinstance(rule := action.get("rule"), str):
-                self._child(self._governance, tenant, rule).inc()
+        if outcome.kind in GOVERNANCE_REFUSALS:
+            self._child(self._governance, tenant, refusing_rule(trace.governance)).inc()
 
 
 def limit_label(limit: str) -> str:
@@ -190,3 +195,13 @@ def limit_label(limit: str) -> str:
         if limit.endswith(kind):
             return f"{scope} {kind}"
     return f"{scope} other"
+
+
+def refusing_rule(actions: list[dict[str, object]]) -> str:
+    """The rule a governance refusal names: the last that blocked, failed a contract or
+    classified the request (profile rule names, ``limits.<name>``, ``contract``)."""
+    for action in reversed(actions):
+        rule = action.get("rule")
+        if action.get("action") in REFUSING_ACTIONS and isinstance(rule, str):
+            return rule
+    return "other"

@@ -155,3 +155,28 @@ def test_a_limit_label_never_holds_the_key_id() -> None:
     assert limit_label("api key k-123 of tenant acme requests per minute") == "key requests per minute"
     assert limit_label("tenant acme budget per day") == "tenant budget per day"
     assert limit_label("tenant acme something new") == "tenant other"
+
+
+async def test_governance_refusals_are_counted_by_the_rule_that_refused(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
+) -> None:
+    from tests.dataplane.governance.test_node_governance import governed, rule
+
+    profile = {
+        "limits": {"max_messages": 2},
+        "input": {"rules": [rule("no-codename", "terms", "block", options={"terms": ["falcon"]})]},
+    }
+    node = await start_node(metrics_listen="127.0.0.1:0")
+    assert (await node.store.apply(envelope(governed(simulator.base_url, profile), signing_key))).accepted
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        three = chat("one")
+        for text in ("two", "three"):
+            three.messages.add(role=infer_pb2.ROLE_USER).content.add(text=text)
+        for request in (chat("about Falcon"), chat("falcon again"), three):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Infer(request, metadata=AUTH)
+        await stub.Infer(chat("fine"), metadata=AUTH)
+    _, text = await _scrape(node)
+    counted = {s.labels["rule"]: s.value for s in _samples(text, "signalbox_governance_refusals_total")}
+    assert counted == {"no-codename": 2, "limits.max_messages": 1}
