@@ -36,6 +36,10 @@ def up_command(data_dir: Path, *extra: str) -> list[str]:
         "127.0.0.1:0",
         "--simulator-listen",
         "127.0.0.1:0",
+        "--dataplane-metrics-listen",
+        "127.0.0.1:0",
+        "--controlplane-metrics-listen",
+        "127.0.0.1:0",
         *extra,
     ]
 
