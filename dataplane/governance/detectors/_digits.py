@@ -15,9 +15,11 @@ finding of those detectors holds a digit and reaches at most ``MARGIN`` characte
 digits, so a window holds it whole, and a pattern's lookbehind still sees the text before
 a window (``Pattern.finditer(text, pos, endpos)``).
 
-The clusters of the last text asked about are kept (one entry, the text itself as the key by
-identity): the detectors of one profile look at the same text one after another. That is
-an optimisation only: the answer is the same function of the text.
+The clusters of the last few texts asked about are kept (``MEMO`` entries, the text itself as
+the key by identity): the detectors of one profile look at the same texts one after another,
+and a request holds several texts (system prompt, user messages, tool results), which a rule
+visits in turn before the next rule does. That is an optimisation only: the answer is the
+same function of the text.
 """
 
 from __future__ import annotations
@@ -30,17 +32,19 @@ MARGIN: Final = 24
 _CLUSTER: Final = re.compile(r"[0-9][0-9 \u00a0.,:/()+\-]*+")
 _PUNCTUATION: Final = str.maketrans("", "", " \u00a0.,:/()+-")
 
-_last: tuple[str, list[tuple[int, int]]] = ("", [])
+MEMO: Final = 8
+_memo: list[tuple[str, list[tuple[int, int]]]] = []
 
 
 def clusters(text: str) -> list[tuple[int, int]]:
     """``(start, end)`` of every cluster of digits in ``text``."""
-    global _last
-    last = _last
-    if last[0] is text:
-        return last[1]
+    for known, found in _memo:
+        if known is text:
+            return found
     found = [m.span() for m in _CLUSTER.finditer(text)]
-    _last = (text, found)
+    if len(_memo) >= MEMO:
+        del _memo[0]
+    _memo.append((text, found))
     return found
 
 
