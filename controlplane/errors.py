@@ -14,8 +14,10 @@
     │                                                      active key, a key already revoked)
     ├── BatchAborted                  ABORTED             (a change batched after a refused one: nothing of
     │                                                      it was written; retry)
-    └── StoredSnapshotInvalid         FAILED_PRECONDITION (the newest stored snapshot no longer compiles
-                                                           with this build's data-plane code; names the path)
+    ├── StoredSnapshotInvalid         FAILED_PRECONDITION (the newest stored snapshot no longer compiles
+    │                                                      with this build's data-plane code; names the path)
+    └── ResourceExhausted             RESOURCE_EXHAUSTED  (a query over more than it may read in its time:
+                                                           says how to narrow it)
 
 The one place that turns these into gRPC statuses is ``controlplane.api.status``.
 Messages never contain secrets: errors are built from names and ids only.
@@ -148,3 +150,10 @@ class StoredSnapshotInvalid(ControlPlaneError):
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
+
+
+class ResourceExhausted(ControlPlaneError):
+    """A request would take more of the database than one call may (a usage report over too
+    much evidence); the message says how to narrow it."""
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED

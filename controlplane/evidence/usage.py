@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.errors import InvalidArgument
+from controlplane.errors import InvalidArgument, ResourceExhausted
 
 DIMENSIONS = {
     "day": "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
@@ -105,9 +105,16 @@ _MEASURES = f"""
 """
 
 
+DEFAULT_TIMEOUT_S = 60.0
+
+
 class UsageReports:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        """``timeout``: seconds one report may run in the database."""
         self._sessions = sessions
+        self.timeout = timeout
 
     async def report(self, f: UsageFilter) -> UsageReport:
         by = list(dict.fromkeys(f.by))
@@ -143,8 +150,18 @@ class UsageReports:
             ORDER BY is_total DESC, {", ".join(str(i + 1) for i in range(len(by))) or "1"}
             LIMIT {MAX_GROUPS + 2}
         """
-        async with self._sessions() as session:
-            result = (await session.execute(sa.text(sql), params)).mappings().all()
+        async with self._sessions() as session, session.begin():
+            # A report over years of evidence must not hold the database: bounded, and refused
+            # with a message that says how to narrow it.
+            await session.execute(sa.text(f"SET LOCAL statement_timeout = {int(self.timeout * 1000)}"))
+            try:
+                result = (await session.execute(sa.text(sql), params)).mappings().all()
+            except sa.exc.OperationalError as exc:
+                if "statement timeout" not in str(exc.orig):
+                    raise
+                raise ResourceExhausted(
+                    f"the report took longer than {self.timeout:g}s: narrow --since/--until or the filters"
+                ) from None
         report = UsageReport()
         for row in result:
             usage = UsageRow(

@@ -288,3 +288,29 @@ async def test_top_shows_rates_latency_and_cost_by_tenant_and_model_and_the_flee
     assert code == 0, err
     assert beta not in out
     assert "nodes: not shown to this identity" in out
+
+
+async def test_a_report_that_runs_too_long_is_refused_saying_how_to_narrow_it(
+    evidence_plane: RunningControlPlane,
+) -> None:
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from controlplane.db.session import create_engine
+    from controlplane.errors import ResourceExhausted
+    from controlplane.evidence.usage import UsageFilter, UsageReports
+
+    engine = create_engine(evidence_plane.database_url)
+    holder = sa.create_engine(evidence_plane.database_url, poolclass=sa.NullPool)
+    try:
+        with holder.connect() as conn, conn.begin():
+            # Another transaction holds the table: the report waits, and its time runs out.
+            conn.execute(sa.text("LOCK TABLE evidence_records IN ACCESS EXCLUSIVE MODE"))
+            reports = UsageReports(async_sessionmaker(engine), timeout=0.3)
+            with pytest.raises(ResourceExhausted, match="took longer than 0.3s: narrow --since/--until"):
+                await reports.report(UsageFilter(by=["day"]))
+        # And once the table is free, the same report runs.
+        assert (await reports.report(UsageFilter(by=["day"]))).total.requests == 0
+    finally:
+        holder.dispose()
+        await engine.dispose()
