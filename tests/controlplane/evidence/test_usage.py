@@ -307,7 +307,7 @@ async def test_a_report_that_runs_too_long_is_refused_saying_how_to_narrow_it(
             # Another transaction holds the table: the report waits, and its time runs out.
             conn.execute(sa.text("LOCK TABLE evidence_records IN ACCESS EXCLUSIVE MODE"))
             reports = UsageReports(async_sessionmaker(engine), timeout=0.3)
-            with pytest.raises(ResourceExhausted, match="took longer than 0.3s: narrow --since/--until"):
+            with pytest.raises(ResourceExhausted, match=r"took longer than 0\.3s: narrow --since/--until"):
                 await reports.report(UsageFilter(by=["day"]))
         # And once the table is free, the same report runs.
         assert (await reports.report(UsageFilter(by=["day"]))).total.requests == 0
