@@ -78,7 +78,7 @@ from signalbox.shell.admin_cli.commands.tenants import (
     tenant_list,
     tenant_update,
 )
-from signalbox.shell.admin_cli.commands.usage import USAGE_DIMENSIONS, top, usage_report
+from signalbox.shell.admin_cli.commands.usage import add_usage_commands
 from signalbox.shell.admin_cli.output import EVIDENCE_CONTENT_FLAG, SPOOL_FULL_FLAG
 from signalbox.shell.admin_cli.run import admin_command
 
@@ -102,16 +102,6 @@ def _utc_time(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an ISO 8601 time, got {text[:40]!r}") from None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _dimensions(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in USAGE_DIMENSIONS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown dimension {unknown[0][:40]!r}; one of {', '.join(USAGE_DIMENSIONS)}"
-        )
-    return names
 
 
 def _version(text: str) -> int:
@@ -523,44 +513,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="prune months that end by this time (ISO 8601; UTC when no zone)",
     )
 
-    p = sub.add_parser(
-        "usage",
-        help="requests, errors, tokens, cost and latency from shipped evidence, grouped (--by) and totalled",
-    )
-    p.set_defaults(admin_action=usage_report)
-    p.add_argument("--tenant", help="tenant id (a tenant admin's own by default)")
-    p.add_argument("--key", "--api-key", dest="api_key", help="API key id")
-    p.add_argument("--model", help="the model that served")
-    p.add_argument(
-        "--since", type=_utc_time, help="records at or after this time (ISO 8601; UTC when no zone)"
-    )
-    p.add_argument("--until", type=_utc_time, help="records before this time (ISO 8601; UTC when no zone)")
-    p.add_argument(
-        "--by",
-        type=_dimensions,
-        default=[],
-        help="group by any of day, tenant, key, model, comma-separated (default: the total only)",
-    )
-    p.add_argument("--csv", action="store_true", help="CSV (a header line, the groups, then the total)")
-
-    p = sub.add_parser(
-        "top",
-        help="live view: requests/s, errors, p50/p99 and cost per minute by tenant and model, and the "
-        "nodes' convergence (from shipped evidence; Ctrl-C to stop)",
-    )
-    p.set_defaults(admin_action=top, watch=True)
-    p.add_argument("--tenant", help="one tenant's (a tenant admin's own by default)")
-    p.add_argument(
-        "--window",
-        type=_positive_seconds,
-        default=60.0,
-        help="seconds of evidence each frame covers (default 60)",
-    )
-    p.add_argument(
-        "--interval", type=_positive_seconds, default=2.0, help="seconds between redraws (default 2)"
-    )
-    p.add_argument("--once", dest="watch", action="store_false", help="print one frame and exit")
-    p.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
+    add_usage_commands(sub, utc_time=_utc_time, positive_seconds=_positive_seconds)
 
     _admin_security(sub)
 

@@ -6,7 +6,9 @@ import argparse
 import csv
 import io
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 
@@ -132,3 +134,63 @@ async def top(stub: Stub, ns: argparse.Namespace) -> Output:
 
 def _share(part: int, whole: int) -> str:
     return f"{part / whole * 100:.1f}%" if whole else "-"
+
+
+# ---- the commands' arguments ----
+
+ArgType = Callable[[str], Any]
+
+
+def add_usage_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], *, utc_time: ArgType, positive_seconds: ArgType
+) -> None:
+    """``usage`` and ``top`` under ``signalbox admin`` (``utc_time`` and ``positive_seconds``:
+    the parser's argument types for times and durations)."""
+    p = sub.add_parser(
+        "usage",
+        help="requests, errors, tokens, cost and latency from shipped evidence, grouped (--by) and totalled",
+    )
+    p.set_defaults(admin_action=usage_report)
+    p.add_argument("--tenant", help="tenant id (a tenant admin's own by default)")
+    p.add_argument("--key", "--api-key", dest="api_key", help="API key id")
+    p.add_argument("--model", help="the model that served")
+    p.add_argument(
+        "--since", type=utc_time, help="records at or after this time (ISO 8601; UTC when no zone)"
+    )
+    p.add_argument("--until", type=utc_time, help="records before this time (ISO 8601; UTC when no zone)")
+    p.add_argument(
+        "--by",
+        type=_dimensions,
+        default=[],
+        help="group by any of day, tenant, key, model, comma-separated (default: the total only)",
+    )
+    p.add_argument("--csv", action="store_true", help="CSV (a header line, the groups, then the total)")
+
+    p = sub.add_parser(
+        "top",
+        help="live view: requests/s, errors, p50/p99 and cost per minute by tenant and model, and the "
+        "nodes' convergence (from shipped evidence; Ctrl-C to stop)",
+    )
+    p.set_defaults(admin_action=top, watch=True)
+    p.add_argument("--tenant", help="one tenant's (a tenant admin's own by default)")
+    p.add_argument(
+        "--window",
+        type=positive_seconds,
+        default=60.0,
+        help="seconds of evidence each frame covers (default 60)",
+    )
+    p.add_argument(
+        "--interval", type=positive_seconds, default=2.0, help="seconds between redraws (default 2)"
+    )
+    p.add_argument("--once", dest="watch", action="store_false", help="print one frame and exit")
+    p.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def _dimensions(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in USAGE_DIMENSIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown dimension {unknown[0][:40]!r}; one of {', '.join(USAGE_DIMENSIONS)}"
+        )
+    return names
