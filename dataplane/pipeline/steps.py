@@ -7,11 +7,9 @@ once, whatever happens: served, refused at any step, failed, or cancelled.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import time
-from array import array
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, NoReturn, TypeVar
@@ -25,11 +23,7 @@ from dataplane.chat import (
     ChatResponse,
     EmbedRequest,
     EmbedResponse,
-    FinishReason,
-    Message,
-    Role,
     StreamChunk,
-    TextPart,
     Usage,
 )
 from dataplane.config.model import DEFAULT_OUTPUT_TOKENS, Capability
@@ -59,6 +53,7 @@ from dataplane.pipeline.call import (
     Served,
     StreamEvent,
 )
+from dataplane.pipeline.digests import Assembler, answer_digest, embedding_digest
 from dataplane.pipeline.metrics import RequestMetrics
 from dataplane.pipeline.trace import (
     Trace,
@@ -215,7 +210,7 @@ class Pipeline:
         """
         trace = self._begin(call)
         upstream: AsyncIterator[StreamChunk] | None = None
-        assembled = _Assembler()
+        assembled = Assembler()
         try:
             state, caller = self._admit(trace, call)
             trace.mark("admit")
@@ -568,63 +563,3 @@ def _within_scope(plan: RoutePlan, scope: KeyScope) -> tuple[RoutePlan, Permissi
     if drops or shadow is not plan.shadow:
         plan = replace(plan, ordered=kept, dropped=plan.dropped + drops, shadow=shadow)
     return plan, nothing_in_scope(scope, drops) if drops and not kept else None
-
-
-# ---- digests of answers, the same whichever front door served them ----
-
-
-def answer_digest(response: ChatResponse) -> str:
-    """SHA-256 of an answer's canonical form (text, tool calls, finish reason): a streamed
-    answer digests the same as the same answer served whole."""
-    message = response.message
-    calls = [[c.id, c.name, c.arguments] for c in message.tool_calls]
-    return _canonical_digest(message.text, calls, response.finish_reason)
-
-
-def embedding_digest(response: EmbedResponse) -> str:
-    digest = hashlib.sha256()
-    for vector in response.vectors:
-        digest.update(len(vector).to_bytes(4, "big"))
-        digest.update(array("d", vector).tobytes())
-    return digest.hexdigest()
-
-
-def _canonical_digest(text: str, calls: list[list[str]], finish: object) -> str:
-    # Length-prefixed fields: unambiguous, and cheaper than a canonical JSON encoding.
-    digest = hashlib.sha256()
-    for field in (text, str(finish or ""), *(part for call in calls for part in call)):
-        data = field.encode()
-        digest.update(len(data).to_bytes(8, "big"))
-        digest.update(data)
-    return digest.hexdigest()
-
-
-class _Assembler:
-    """Puts a streamed answer back together, for its digest."""
-
-    __slots__ = ("calls", "finish", "text")
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.calls: dict[int, list[str]] = {}
-        self.finish: Any = None
-
-    def add(self, chunk: StreamChunk) -> None:
-        if chunk.text:
-            self.text.append(chunk.text)
-        for delta in chunk.tool_calls:
-            call = self.calls.setdefault(delta.index, ["", "", ""])
-            call[0] = call[0] or delta.id
-            call[1] = call[1] or delta.name
-            call[2] += delta.arguments_fragment
-        if chunk.finish_reason is not None:
-            self.finish = chunk.finish_reason
-
-    def digest(self) -> str:
-        calls = [[c[0], c[1], c[2] or "{}"] for _, c in sorted(self.calls.items())]
-        return _canonical_digest("".join(self.text), calls, self.finish)
-
-    def response(self) -> ChatResponse:
-        """The answer's text as one response, for the checks of a whole answer."""
-        message = Message(Role.ASSISTANT, (TextPart("".join(self.text)),))
-        return ChatResponse(message, self.finish or FinishReason.STOP)
