@@ -13,15 +13,12 @@ from pathlib import Path
 
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotFileInvalid
-from dataplane.evidence.log import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS
-from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
-from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
-from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.http.server import Limits as HttpLimits
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.providers.sealing import SealingError, load_private_key
 from dataplane.quota import DEFAULT_LEASE_INTERVAL
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
+from dataplane.serve_flags import add_door_and_evidence_flags
 from dataplane.snapshot.background import ESCALATE_AFTER_S
 from dataplane.snapshot.hash_key import decode_hash_key_file
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
@@ -57,60 +54,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
         command=SERVE,
     )
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
-    add(
-        serve,
-        "--http-listen",
-        env="SIGNALBOX_HTTP_LISTEN",
-        default=None,
-        help="HOST:PORT of the OpenAI-compatible HTTP front door (/v1/chat/completions, /v1/embeddings, "
-        "/v1/models; TLS as the Infer API's); off when not given",
-        command=SERVE,
-    )
-    add(
-        serve,
-        "--metrics-listen",
-        env="SIGNALBOX_METRICS_LISTEN",
-        default=None,
-        help="HOST:PORT of the Prometheus endpoint (GET /metrics; worker 0 answers for every worker); "
-        "off when not given",
-        command=SERVE,
-    )
-    add(
-        serve,
-        "--http-max-body-bytes",
-        env="SIGNALBOX_HTTP_MAX_BODY_BYTES",
-        default=HttpLimits().max_body_bytes,
-        type=int,
-        help="largest HTTP request body accepted (413 beyond)",
-        command=SERVE,
-    )
-    add(
-        serve,
-        "--http-header-timeout",
-        env="SIGNALBOX_HTTP_HEADER_TIMEOUT",
-        default=HttpLimits().header_timeout,
-        type=float,
-        help="seconds an HTTP request's headers may take to arrive (408 beyond)",
-        command=SERVE,
-    )
-    add(
-        serve,
-        "--http-body-timeout",
-        env="SIGNALBOX_HTTP_BODY_TIMEOUT",
-        default=HttpLimits().body_timeout,
-        type=float,
-        help="seconds an HTTP request's body may take to arrive after its headers (408 beyond)",
-        command=SERVE,
-    )
-    add(
-        serve,
-        "--http-keepalive",
-        env="SIGNALBOX_HTTP_KEEPALIVE",
-        default=HttpLimits().keepalive_timeout,
-        type=float,
-        help="seconds an idle HTTP keep-alive connection stays open",
-        command=SERVE,
-    )
     add(
         serve,
         "--control-plane",
@@ -340,53 +283,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
     )
     add(
         serve,
-        "--evidence-checkpoint-records",
-        env="SIGNALBOX_EVIDENCE_CHECKPOINT_RECORDS",
-        default=DEFAULT_CHECKPOINT_RECORDS,
-        type=int,
-        help="sign a checkpoint of the evidence chain at least every this many records",
-        command=SERVE,
-    )
-    add(
-        serve,
-        "--evidence-checkpoint-ms",
-        env="SIGNALBOX_EVIDENCE_CHECKPOINT_MS",
-        default=int(DEFAULT_CHECKPOINT_INTERVAL * 1000),
-        type=int,
-        help="and every this many milliseconds while there are new records",
-        command=SERVE,
-    )
-    add(
-        serve,
-        "--evidence-segment-bytes",
-        env="SIGNALBOX_EVIDENCE_SEGMENT_BYTES",
-        default=DEFAULT_SEGMENT_BYTES,
-        type=int,
-        help="start a new evidence segment file beyond this many bytes (whole acknowledged segments are pruned)",
-        command=SERVE,
-    )
-    add(
-        serve,
-        "--evidence-spool-max-bytes",
-        env="SIGNALBOX_EVIDENCE_SPOOL_MAX_BYTES",
-        default=DEFAULT_SPOOL_MAX_BYTES,
-        type=int,
-        help="evidence not yet acknowledged by the control plane beyond which each tenant's "
-        "spool_full policy applies (serve_and_alarm or refuse)",
-        command=SERVE,
-    )
-    add(
-        serve,
-        "--evidence-ship-ms",
-        env="SIGNALBOX_EVIDENCE_SHIP_MS",
-        default=int(DEFAULT_SHIP_INTERVAL * 1000),
-        type=int,
-        help="milliseconds between evidence batches to the control plane while they are not full "
-        "(a full batch is followed by the next at once)",
-        command=SERVE,
-    )
-    add(
-        serve,
         "--quota-lease-ms",
         env="SIGNALBOX_QUOTA_LEASE_MS",
         default=int(DEFAULT_LEASE_INTERVAL * 1000),
@@ -396,6 +292,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
         "and an exhausted budget stops every node",
         command=SERVE,
     )
+    add_door_and_evidence_flags(serve, command=SERVE)
     settings.add_log_level(serve, command=SERVE)
     serve.set_defaults(handler=serve_command)
 

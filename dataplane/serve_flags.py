@@ -1,0 +1,120 @@
+"""The flags of ``signalbox dataplane serve`` for its HTTP front door, its metrics endpoint
+and its evidence log (each with a ``SIGNALBOX_*`` environment variable, declared through
+``signalbox.settings`` so the README lists them all); ``serve_cli`` checks their values."""
+
+from __future__ import annotations
+
+import argparse
+
+from dataplane.evidence.log import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS
+from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
+from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
+from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
+from dataplane.http.server import Limits as HttpLimits
+from signalbox import settings
+
+
+def add_door_and_evidence_flags(serve: argparse.ArgumentParser, *, command: str) -> None:
+    """``--http-*``, ``--metrics-listen`` and ``--evidence-*``."""
+    add = settings.add
+    add(
+        serve,
+        "--http-listen",
+        env="SIGNALBOX_HTTP_LISTEN",
+        default=None,
+        help="HOST:PORT of the OpenAI-compatible HTTP front door (/v1/chat/completions, /v1/embeddings, "
+        "/v1/models; TLS as the Infer API's); off when not given",
+        command=command,
+    )
+    add(
+        serve,
+        "--metrics-listen",
+        env="SIGNALBOX_METRICS_LISTEN",
+        default=None,
+        help="HOST:PORT of the Prometheus endpoint (GET /metrics; worker 0 answers for every worker); "
+        "off when not given",
+        command=command,
+    )
+    add(
+        serve,
+        "--http-max-body-bytes",
+        env="SIGNALBOX_HTTP_MAX_BODY_BYTES",
+        default=HttpLimits().max_body_bytes,
+        type=int,
+        help="largest HTTP request body accepted (413 beyond)",
+        command=command,
+    )
+    add(
+        serve,
+        "--http-header-timeout",
+        env="SIGNALBOX_HTTP_HEADER_TIMEOUT",
+        default=HttpLimits().header_timeout,
+        type=float,
+        help="seconds an HTTP request's headers may take to arrive (408 beyond)",
+        command=command,
+    )
+    add(
+        serve,
+        "--http-body-timeout",
+        env="SIGNALBOX_HTTP_BODY_TIMEOUT",
+        default=HttpLimits().body_timeout,
+        type=float,
+        help="seconds an HTTP request's body may take to arrive after its headers (408 beyond)",
+        command=command,
+    )
+    add(
+        serve,
+        "--http-keepalive",
+        env="SIGNALBOX_HTTP_KEEPALIVE",
+        default=HttpLimits().keepalive_timeout,
+        type=float,
+        help="seconds an idle HTTP keep-alive connection stays open",
+        command=command,
+    )
+    add(
+        serve,
+        "--evidence-checkpoint-records",
+        env="SIGNALBOX_EVIDENCE_CHECKPOINT_RECORDS",
+        default=DEFAULT_CHECKPOINT_RECORDS,
+        type=int,
+        help="sign a checkpoint of the evidence chain at least every this many records",
+        command=command,
+    )
+    add(
+        serve,
+        "--evidence-checkpoint-ms",
+        env="SIGNALBOX_EVIDENCE_CHECKPOINT_MS",
+        default=int(DEFAULT_CHECKPOINT_INTERVAL * 1000),
+        type=int,
+        help="and every this many milliseconds while there are new records",
+        command=command,
+    )
+    add(
+        serve,
+        "--evidence-segment-bytes",
+        env="SIGNALBOX_EVIDENCE_SEGMENT_BYTES",
+        default=DEFAULT_SEGMENT_BYTES,
+        type=int,
+        help="start a new evidence segment file beyond this many bytes (whole acknowledged segments are pruned)",
+        command=command,
+    )
+    add(
+        serve,
+        "--evidence-spool-max-bytes",
+        env="SIGNALBOX_EVIDENCE_SPOOL_MAX_BYTES",
+        default=DEFAULT_SPOOL_MAX_BYTES,
+        type=int,
+        help="evidence not yet acknowledged by the control plane beyond which each tenant's "
+        "spool_full policy applies (serve_and_alarm or refuse)",
+        command=command,
+    )
+    add(
+        serve,
+        "--evidence-ship-ms",
+        env="SIGNALBOX_EVIDENCE_SHIP_MS",
+        default=int(DEFAULT_SHIP_INTERVAL * 1000),
+        type=int,
+        help="milliseconds between evidence batches to the control plane while they are not full "
+        "(a full batch is followed by the next at once)",
+        command=command,
+    )
