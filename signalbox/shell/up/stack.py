@@ -87,21 +87,25 @@ class StackConfig:
         return cls(data_dir=data_dir, **{**ports, **options}).with_concrete_ports()
 
     def with_concrete_ports(self) -> StackConfig:
-        """The same config with every port 0 replaced by a port that is free now."""
+        """The same config with every port 0 replaced by a port that is free now. Not the
+        metrics ports: nothing here connects to them, so a 0 stays for the process to bind
+        (a port picked here and bound later can be taken in between)."""
         return replace(
             self,
             controlplane_listen=_concrete(self.controlplane_listen),
             controlplane_node_listen=_concrete(self.controlplane_node_listen),
             dataplane_listen=_concrete(self.dataplane_listen),
             dataplane_http_listen=_concrete(self.dataplane_http_listen),
-            dataplane_metrics_listen=None
-            if self.dataplane_metrics_listen is None
-            else _concrete(self.dataplane_metrics_listen),
-            controlplane_metrics_listen=_concrete(self.controlplane_metrics_listen),
             simulator_listen=self.simulator_listen
             if self.simulator_in_process
             else _concrete(self.simulator_listen),
         )
+
+
+def _metrics_url(listen: str) -> str:
+    if listen.endswith(":0"):
+        return f"a port the kernel picked on {listen.rpartition(':')[0]} (/metrics)"
+    return f"http://{listen}/metrics"
 
 
 @dataclass(slots=True)
@@ -181,7 +185,7 @@ class LocalStack:
         await self._wait_healthy(cp, cfg.controlplane_listen)
         self._progress(
             f"control plane on {cfg.controlplane_listen} (data in {self.controlplane_dir}), "
-            f"metrics at http://{cfg.controlplane_metrics_listen}/metrics"
+            f"metrics at {_metrics_url(cfg.controlplane_metrics_listen)}"
         )
 
         await self._seed()
@@ -225,7 +229,7 @@ class LocalStack:
             f"node {NODE_ID} on {cfg.dataplane_listen} (gRPC) and http://{cfg.dataplane_http_listen}/v1 "
             f"(OpenAI-compatible HTTP) serving snapshot v{self.snapshot_version}"
             + (
-                f", metrics at http://{cfg.dataplane_metrics_listen}/metrics"
+                f", metrics at {_metrics_url(cfg.dataplane_metrics_listen)}"
                 if cfg.dataplane_metrics_listen
                 else ""
             )
