@@ -21,12 +21,12 @@ from typing import Any
 import yaml
 
 from controlplane.db.models import GovernanceProfile
-from controlplane.errors import InvalidArgument, NotFound, StoredSnapshotInvalid, clip, shown
+from controlplane.errors import InvalidArgument, NotFound, StoredSnapshotInvalid, shown
 from controlplane.limits import GOVERNANCE_DOCUMENT_BYTES
 from controlplane.repositories import config as config_repo
 from controlplane.repositories import governance as repo
 from controlplane.services.base import Caller, UnitOfWork
-from controlplane.services.policies import canonical_json, document_field
+from controlplane.services.policies import checked_document
 from dataplane.chat import ChatRequest, ChatResponse, FinishReason, Message, Role, TextPart
 from dataplane.config.model import Action, CompiledProfile, DataClass, Rule, Stage
 from dataplane.errors import ProfileError
@@ -43,24 +43,13 @@ def parse_document(text: str) -> str:
     """YAML or JSON text -> canonical JSON of a document that compiles (schema, detectors and
     their options, actions per stage); ``InvalidArgument`` naming the path inside
     ``document`` otherwise. CPU work on hostile text: call it off the event loop."""
-    if not text.strip():
-        raise InvalidArgument("document", "must not be empty")
     if len(text) > GOVERNANCE_DOCUMENT_BYTES or len(text.encode("utf-8", "surrogatepass")) > (
         GOVERNANCE_DOCUMENT_BYTES
     ):
         raise InvalidArgument("document", f"at most {GOVERNANCE_DOCUMENT_BYTES} bytes")
-    try:
-        document = compiler.parse_document(text)
-        if not isinstance(document, dict):
-            raise ProfileError("$", "a governance profile must be an object")
-        compiler.compile_profile(document)
-    except ProfileError as exc:
-        raise InvalidArgument(document_field(exc.path), exc.problem) from exc
-    try:
-        return canonical_json(document)
-    except (TypeError, ValueError) as exc:
-        # YAML can express values JSON cannot (dates, sets, NaN).
-        raise InvalidArgument("document", clip(f"not representable as JSON: {exc}", 300)) from exc
+    return checked_document(
+        text, compiler.parse_document, compiler.compile_profile, ProfileError, "governance profile"
+    )
 
 
 def pretty(document_json: str, fmt: str) -> str:

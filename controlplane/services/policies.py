@@ -6,15 +6,15 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from controlplane.db.models import Policy
 from controlplane.errors import ConfigRejected, InvalidArgument, NotFound, clip, shown
 from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, UnitOfWork
-from dataplane.errors import PolicyError
+from dataplane.errors import PolicyError, ProfileError
 from dataplane.policy import language
 
 _DOCUMENT_PATH = re.compile(r"^\$\.policies\[\d+\]\.document")
@@ -29,14 +29,31 @@ def parse_document(text: str) -> str:
     """YAML or JSON text (JSON is YAML) -> canonical JSON of a document valid under the
     published schema. Whether its models exist and its weights make sense is checked
     by compiling the snapshot that would carry it (``UnitOfWork.change``)."""
+    return checked_document(
+        text, language.parse_document, language.validate_document, PolicyError, "policy document"
+    )
+
+
+DocumentError = TypeVar("DocumentError", PolicyError, ProfileError)
+
+
+def checked_document(
+    text: str,
+    parse: Callable[[str], Any],
+    check: Callable[[dict[str, Any]], object],
+    error: type[DocumentError],
+    what: str,
+) -> str:
+    """``text`` parsed and checked (``error`` names the path of a problem) -> canonical JSON;
+    the one way admins' documents (policies, governance profiles) become stored text."""
     if not text.strip():
         raise InvalidArgument("document", "must not be empty")
     try:
-        document = language.parse_document(text)
+        document = parse(text)
         if not isinstance(document, dict):
-            raise PolicyError("$", "a policy document must be an object")
-        language.validate_document(document)
-    except PolicyError as exc:
+            raise error("$", f"a {what} must be an object")
+        check(document)
+    except error as exc:
         raise InvalidArgument(document_field(exc.path), exc.problem) from exc
     try:
         return canonical_json(document)
