@@ -335,7 +335,11 @@ class ControlPlane:
         partitions = Partitions(sessions)
         self.retention = EvidenceRetention(sessions, self.keyring, partitions)
         self.evidence = EvidenceIngest(
-            sessions, self._verify_checkpoint_signature, workers=s.evidence_workers, partitions=partitions
+            sessions,
+            self._verify_checkpoint_signature,
+            workers=s.evidence_workers,
+            partitions=partitions,
+            keyring=self.keyring,
         )
         admin_servicer = AdminServicer(
             tenants=TenantService(uow),

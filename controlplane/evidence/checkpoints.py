@@ -2,9 +2,13 @@
 the stored records'.
 
 A note is a C2SP tlog-checkpoint: origin ``signalbox.evidence/<chain id>``, size, base64
-root, a blank line, signature lines. Its signature is checked by the node's certified key
-(``verify_node_checkpoint``) before anything of the batch is stored; its root once records
-1..size are stored (``store_checkpoint``): a mismatch is a tamper alarm naming it.
+root, a blank line, signature lines (none by a control-plane key name: a node cannot bring a
+cosignature of its own making). Its signature is
+checked by the node's certified key (``verify_node_checkpoint``) before anything of the
+batch is stored; its root once records 1..size are stored (``store_checkpoint``): a mismatch
+is a tamper alarm naming it. A new checkpoint whose root matches is stored with the control
+plane's witness cosignature added (``dataplane.evidence.cosignature``): the time the control
+plane saw it, which an auditor trusts where the node's own ``time`` line is only its claim.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from controlplane.errors import shown
 from controlplane.evidence.errors import EvidenceRefused, Tampered
 from controlplane.limits import INT64_MAX
 from dataplane.evidence import checkpoint as node_checkpoint
+from dataplane.evidence import cosignature
 from dataplane.evidence.merkle import root as merkle_root
 
 MAX_NOTE_BYTES = 8 * 1024
@@ -78,6 +83,11 @@ def parse_checkpoint(chain_id: str, index: int, note: str) -> Checkpoint:
     lines = body.split("\n")
     if len(lines) < 3:
         raise EvidenceRefused(f"{where}: the body needs origin, size and root lines")
+    if f"{cosignature.SIGNATURE_PREFIX}{cosignature.KEY_NAME_PREFIX}" in signatures:
+        raise EvidenceRefused(
+            f"{where}: carries a signature line by {cosignature.KEY_NAME_PREFIX}…: only the control "
+            "plane adds its cosignature, when it stores the checkpoint"
+        )
     if lines[0] != CHECKPOINT_ORIGIN + chain_id:
         raise EvidenceRefused(
             f"{where}: origin must be {CHECKPOINT_ORIGIN + chain_id!r}, not {shown(lines[0])}"
@@ -93,12 +103,22 @@ def parse_checkpoint(chain_id: str, index: int, note: str) -> Checkpoint:
     return Checkpoint(index, int(lines[1]), root_hash, note)
 
 
+Witness = Callable[[str], str]
+"""A note -> the same note with the control plane's cosignature line added."""
+
+
 async def store_checkpoint(
-    session: AsyncSession, chain_id: str, head_seq: int, roots: Mapping[int, bytes], checkpoint: Checkpoint
+    session: AsyncSession,
+    chain_id: str,
+    head_seq: int,
+    roots: Mapping[int, bytes],
+    checkpoint: Checkpoint,
+    witness: Witness | None = None,
 ) -> int | EvidenceRefused:
     """Store ``checkpoint`` once its records are stored (``head_seq``: the chain's head in this
-    transaction; ``roots``: tree roots of sizes this batch passed): 1 if new, 0 if already
-    held; the refusal when it cannot be checked yet or its root is not the records'."""
+    transaction; ``roots``: tree roots of sizes this batch passed), cosigned by ``witness``
+    when its root matches: 1 if new, 0 if already held; the refusal when it cannot be
+    checked yet or its root is not the records'."""
     if checkpoint.size > head_seq or checkpoint.size == 0:
         return EvidenceRefused(
             f"chain {shown(chain_id)}: {checkpoint.name}: only records 1..{head_seq} are stored; "
@@ -129,7 +149,7 @@ async def store_checkpoint(
                 chain_id=chain_id,
                 tree_size=checkpoint.size,
                 root_hash=checkpoint.root,
-                note=checkpoint.note,
+                note=witness(checkpoint.note) if matches and witness is not None else checkpoint.note,
                 root_matches=matches,
             )
         )

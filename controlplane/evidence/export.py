@@ -28,7 +28,10 @@ The certificates section states when each revoked node certificate was revoked (
 so the verifier can tell a checkpoint signed before a revocation from one signed after it.
 
 The seal is signed by the control plane's active snapshot signing key only (one signature,
-so a verifier holding that key checks every byte of the seal).
+so a verifier holding that key checks every byte of the seal). For the same reason a
+checkpoint witnessed by a key rotated out since carries, in the pack, the active key's
+cosignature too, with the original witness time (``witnessed_by_active``): the control
+plane vouches for what its older key saw, as it does for pruned-range statements.
 """
 
 from __future__ import annotations
@@ -40,14 +43,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controlplane.db.models import SigningKey
 from controlplane.errors import InvalidArgument, shown
 from controlplane.evidence.errors import ExportImpossible, ExportTooLarge
 from controlplane.evidence.queries import EvidenceFilter
 from controlplane.evidence.retention import countersigned
-from controlplane.keys import Keyring
-from dataplane.evidence import merkle
+from controlplane.keys import Keyring, Signer
+from dataplane.evidence import cosignature, merkle
 from dataplane.evidence.pack import (
     KIND_CONTROL_PLANE,
     ChainSection,
@@ -239,7 +244,8 @@ class EvidenceExporter:
         for chain in plan.chains:
             s = chain.searched
             proof = await _proof(session, plan.query, s, chain.pruned)
-            writer.chain(ChainSection(s, chain.note, [h.hex() for h in proof]))
+            note = await witnessed_by_active(session, chain.note, active)
+            writer.chain(ChainSection(s, note, [h.hex() for h in proof]))
             rows = await session.stream(
                 sa.text(
                     f"SELECT body FROM evidence_records WHERE {where} AND chain_id = :chain "
@@ -267,6 +273,28 @@ class EvidenceExporter:
         }
         writer.seal(manifest, lambda m: [sign_ed25519(active.private_key, m)])
         yield out.take()
+
+
+async def witnessed_by_active(session: AsyncSession, note: str, active: Signer) -> str:
+    """``note`` with a cosignature by ``active`` at the time of its earliest cosignature by a
+    key of this control plane (each verified with the key's stored public half); the note
+    unchanged when ``active`` cosigned it already or nothing of ours did."""
+    data = note.encode()
+    by = cosignature.cosigned_by(data)
+    if not by or active.key_id in by:
+        return note
+    rows = await session.execute(
+        sa.select(SigningKey.key_id, SigningKey.public_key).where(SigningKey.key_id.in_(sorted(by)))
+    )
+    keys = {key_id: Ed25519PublicKey.from_public_bytes(bytes(raw)) for key_id, raw in rows}
+    try:
+        seen = cosignature.witnesses(data, keys)
+    except cosignature.CosignatureInvalid:
+        seen = []  # not vouched for: the verifier judges the line as it stands
+    if not seen:
+        return note
+    when = min(w.time for w in seen)
+    return cosignature.cosign(data, active.key_id, active.private_key, when).decode()
 
 
 async def _checkpoint_for(session: AsyncSession, chain_id: str, newest: int) -> tuple[str, int]:

@@ -19,7 +19,9 @@ replicas, and (chain, seq) stays unique although the primary key must also hold 
   after the commit;
 - each checkpoint note (``controlplane.evidence.checkpoints``) must be signed by the node
   (``verify_checkpoint_signature``, given by the application, never defaulted) and, once records 1..size are stored, its root must be
-  the Merkle root of their hashes; a mismatch is a tamper alarm naming the checkpoint.
+  the Merkle root of their hashes; a mismatch is a tamper alarm naming the checkpoint. A
+  new one that matches is stored with the control plane's witness cosignature (its active
+  signing key, the time of its own clock: ``dataplane.evidence.cosignature``).
 
 Records before a refused one are stored and acknowledged: they verified on their own.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import re
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -39,13 +42,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import CHAIN_ID_CHARS, EvidenceAlarm, EvidenceChain
 from controlplane.errors import PermissionDenied, shown
-from controlplane.evidence.checkpoints import CheckpointVerifier, parse_checkpoint, store_checkpoint
+from controlplane.evidence.checkpoints import CheckpointVerifier, Witness, parse_checkpoint, store_checkpoint
 from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, Tampered
 from controlplane.evidence.partitions import Partitions
 from controlplane.evidence.records import COLUMNS, COPY_HEADER, COPY_TRAILER, Parsed, parse_lines, where
 from controlplane.evidence.spend import add_spend
 from controlplane.evidence.tree import StoredTree
+from controlplane.keys import Keyring
 from controlplane.limits import NODE_ID_CHARS
+from dataplane.evidence import cosignature
 from dataplane.evidence.records import GENESIS_HASH
 
 MAX_BATCH_RECORDS = 10_000
@@ -107,9 +112,13 @@ class EvidenceIngest:
         *,
         workers: int = 0,
         partitions: Partitions | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         """``workers``: processes that parse and hash large batches (0: on the event loop);
-        ``partitions``: shared with retention, which drops them (one of its own by default)."""
+        ``partitions``: shared with retention, which drops them (one of its own by default);
+        ``keyring``: whose active key cosigns the checkpoints stored (None: stored as the
+        node signed them, as a control plane before witnessing did)."""
+        self._keyring = keyring
         self._sessions = sessions
         self._verify_signature = verify_checkpoint_signature
         self._workers = workers
@@ -160,8 +169,11 @@ class EvidenceIngest:
                 state = OK  # the node resent what was missing
             taken = 0
             if refused is None:
+                witness = await self._witness(session) if checkpoints else None
                 for checkpoint in checkpoints:
-                    outcome = await store_checkpoint(session, chain_id, walk.head_seq, walk.roots, checkpoint)
+                    outcome = await store_checkpoint(
+                        session, chain_id, walk.head_seq, walk.roots, checkpoint, witness
+                    )
                     if isinstance(outcome, EvidenceRefused):
                         refused = outcome
                         if isinstance(outcome, Tampered):
@@ -183,6 +195,16 @@ class EvidenceIngest:
                 )
             )
         return Ack(chain_id, walk.head_seq, len(walk.new), walk.duplicates, taken, refused)
+
+    async def _witness(self, session: AsyncSession) -> Witness | None:
+        """The cosigner of this transaction's checkpoints: the active key, dated now."""
+        if self._keyring is None:
+            return None
+        signers = await self._keyring.signers(session)
+        if not signers:
+            return None
+        active, now = signers[0], int(time.time())
+        return lambda note: cosignature.cosign(note.encode(), active.key_id, active.private_key, now).decode()
 
     async def _parse(self, chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
         """Parsing and hashing is most of ingest's CPU: a

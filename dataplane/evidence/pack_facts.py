@@ -8,10 +8,13 @@
   seq 1); the chain's searched range must then start one after the last pruned seq, and a
   chain without a statement must be searched from seq 1: no record is left out unsaid.
 - **revoked certificates** (``revoked`` in the certificates section): certificate SHA-256 ->
-  when it was revoked. A checkpoint that verifies only with certificates revoked before the
-  checkpoint's own time (the ``time`` line the node signed) fails; one whose certificate was
-  revoked after it verifies, with a note saying so. The checkpoint's time is the node's own
-  claim: a stolen key can sign any time, which is why revocation is dated, not absolute.
+  when it was revoked. A checkpoint is judged at the time a trusted control-plane key
+  witnessed it (its cosignature, ``dataplane.evidence.cosignature``): it existed by then,
+  whatever the node claims. Without a witness (stored before the control plane cosigned,
+  or cosigned by a key not trusted here) it is judged at its own ``time`` line, the node's
+  claim (a stolen key can sign any time), and the report says so. A checkpoint that
+  verifies only with certificates revoked before that time fails; one whose certificate
+  was revoked after it verifies, with a note saying so.
 """
 
 from __future__ import annotations
@@ -116,26 +119,32 @@ def revocation_note(
     revoked: Mapping[str, datetime],
     chain_id: str,
     where: str,
+    witnessed: int | None = None,
 ) -> str | None:
     """Whether a checkpoint that verified with the certificates ``verified`` (their number in
     the section, the certificate) stands: None when one of them is not revoked, a note when
-    one was revoked only after the checkpoint's time; ``PackInvalid`` when all were revoked
-    before it."""
+    one was revoked only after the checkpoint's time (``witnessed``, else its own);
+    ``PackInvalid`` when all were revoked before it."""
     dated = [(n, fingerprint(cert)) for n, cert in verified]
     if any(sha256 not in revoked for _, sha256 in dated):
         return None
-    signed = datetime.fromtimestamp(cp.time, UTC)
+    if witnessed is not None:
+        signed = datetime.fromtimestamp(witnessed, UTC)
+        when = f"witnessed by the control plane at {rfc3339(signed)}"
+    else:
+        signed = datetime.fromtimestamp(cp.time, UTC)
+        when = f"signed at {rfc3339(signed)} (the node's claim)"
     later = [(n, sha256) for n, sha256 in dated if revoked[sha256] >= signed]
     if not later:
         n, sha256 = max(dated, key=lambda d: revoked[d[1]])
         raise PackInvalid(
-            f"{where}: the checkpoint of size {cp.size}, signed at {rfc3339(signed)}, verifies only with "
+            f"{where}: the checkpoint of size {cp.size}, {when}, verifies only with "
             f"certificate {n} of node {cp.node_id!r} ({sha256[:16]}…), revoked at "
             f"{rfc3339(revoked[sha256])}, before it"
         )
     n, sha256 = later[0]
     return (
-        f"chain {chain_id}: its checkpoint of size {cp.size} (signed at {rfc3339(signed)}) verifies "
+        f"chain {chain_id}: its checkpoint of size {cp.size} ({when}) verifies "
         f"with certificate {n} of node {cp.node_id!r} ({sha256[:16]}…), revoked later, at "
         f"{rfc3339(revoked[sha256])}"
     )

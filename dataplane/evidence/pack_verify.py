@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from dataplane.evidence import checkpoint, merkle, pack_facts
+from dataplane.evidence import checkpoint, cosignature, merkle, pack_facts
 from dataplane.evidence.fields import read_fields
 from dataplane.evidence.pack import (
     KIND_NODE,
@@ -67,6 +67,9 @@ class Report:
     """Per chain, the signed statements of the records retention pruned, oldest first."""
     revoked: list[tuple[str, str, str]] = field(default_factory=list)
     """``(node_id, certificate SHA-256, RFC 3339 time)`` of each revoked certificate."""
+    witnessed: dict[str, int] = field(default_factory=dict)
+    """Per chain, when a trusted control-plane key saw its checkpoint (Unix seconds; the
+    earliest cosignature, ``dataplane.evidence.cosignature``): its records existed by then."""
 
 
 @dataclass
@@ -82,6 +85,10 @@ class _ChainCheck:
     revoked: Mapping[str, datetime] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     """Where a note on a certificate revoked after the checkpoint goes."""
+    trusted: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
+    """The control plane's keys, whose cosignatures date the checkpoint."""
+    witnessed: dict[str, int] = field(default_factory=dict)
+    """Where the checkpoint's witness time goes (``Report.witnessed``)."""
     leaves: list[tuple[int, bytes]] = field(default_factory=list)
     seq: int = 0
     hash: str = ""
@@ -175,8 +182,20 @@ class _ChainCheck:
             raise PackInvalid(
                 f"{where}: the checkpoint does not verify with a certificate of its node ({why})"
             )
+        witnessed = None
         if verified:
-            note_text = pack_facts.revocation_note(cp, verified, self.revoked, s.chain_id, where)
+            try:
+                seen = cosignature.witnesses(note, self.trusted)
+            except cosignature.CosignatureInvalid as exc:
+                raise PackInvalid(f"{where}: the checkpoint's {exc}") from exc
+            if seen:
+                witnessed = self.witnessed[s.chain_id] = min(w.time for w in seen)
+            else:
+                self.notes.append(
+                    f"chain {s.chain_id}: its checkpoint of size {cp.size} carries no cosignature by a "
+                    "trusted control-plane key: its time is the node's own claim"
+                )
+            note_text = pack_facts.revocation_note(cp, verified, self.revoked, s.chain_id, where, witnessed)
             if note_text is not None:
                 self.notes.append(note_text)
         if cp.chain_id != s.chain_id:
@@ -346,6 +365,7 @@ def verify(
     revoked: dict[str, datetime] = {}
     pruned: dict[str, list[PrunedStatement]] = {}
     notes: list[str] = []
+    witnessed: dict[str, int] = {}
     current: _ChainCheck | None = None
     done = 0
     with open(path, "rb") as f:
@@ -389,7 +409,14 @@ def verify(
                         s, pruned.get(s.chain_id, []), f"line {line_no}: chain {s.chain_id}"
                     )
                     current = _ChainCheck(
-                        value, line_no, certs.get(s.node_id, []), ca, revoked=revoked, notes=notes
+                        value,
+                        line_no,
+                        certs.get(s.node_id, []),
+                        ca,
+                        revoked=revoked,
+                        notes=notes,
+                        trusted=trusted,
+                        witnessed=witnessed,
                     )
                     current.continue_from(pruned.get(s.chain_id, []))
             elif section == "seal":
@@ -404,6 +431,7 @@ def verify(
                 )
                 if node is not None:
                     return dataclasses.replace(report, notes=node.notes)
+                report = dataclasses.replace(report, witnessed=witnessed)
                 return _control_plane_facts(report, line_no, pruned, revoked, certs, notes)
     raise PackInvalid("the pack ends without a seal")  # read_sections raises first
 

@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ def verify_command(ns: argparse.Namespace) -> int:
         report.alarms,
         report.pruned,
         report.revoked,
+        report.witnessed,
     ):
         print(line)
     return 0
@@ -103,10 +105,12 @@ def statement(
     alarms: list[dict[str, Any]],
     pruned: Mapping[str, Sequence[PrunedStatement]] | None = None,
     revoked: Sequence[tuple[str, str, str]] = (),
+    witnessed: Mapping[str, int] | None = None,
 ) -> Iterator[str]:
     """The pack's statement, line by line: what was asked, which ranges were searched, what
-    retention pruned before them (``pruned``) and which node certificates were revoked
-    (``(node_id, certificate SHA-256, time)``)."""
+    retention pruned before them (``pruned``), which node certificates were revoked
+    (``(node_id, certificate SHA-256, time)``) and when the control plane witnessed each
+    chain's checkpoint (``witnessed``: verified cosignatures only)."""
     asked = ", ".join(f"{k}={v}" for k, v in sorted(query.items())) or "everything"
     yield f"pack {pack_id} ({kind}), created {created}"
     yield f"query: {asked}"
@@ -122,6 +126,9 @@ def statement(
             line += f"every stored record with seq {s.from_seq}..{s.to_seq} searched, {found}"
         else:
             line += "nothing searched (no signed checkpoint yet)"
+        if s.chain_id in (witnessed or {}):
+            at = pack_facts.rfc3339(datetime.fromtimestamp((witnessed or {})[s.chain_id], UTC))
+            line += f"; its checkpoint witnessed by the control plane at {at}"
         if s.head_seq > s.to_seq:
             line += f"; {s.to_seq + 1}..{s.head_seq} stored but not searched (no checkpoint covers them yet)"
         if s.state != "ok":

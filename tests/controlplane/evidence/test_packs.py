@@ -172,10 +172,13 @@ async def test_export_by_tenant_verifies_offline_and_states_every_searched_chain
     assert code == 0, stdout + err
     assert stdout.startswith(f"OK {out}: 15 records in 1 chains, signed by {plane.key_id}")
     assert "query: tenant_id=acme" in stdout
-    assert (
-        "chain node-a/0: every stored record with seq 1..30 searched, 15 matched; "
-        "31..35 stored but not searched (no checkpoint covers them yet)"
-    ) in stdout
+    assert re.search(
+        r"chain node-a/0: every stored record with seq 1\.\.30 searched, 15 matched; its checkpoint "
+        r"witnessed by the control plane at 20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ; "
+        r"31\.\.35 stored but not searched \(no checkpoint covers them yet\)\n",
+        stdout,
+    ), stdout
+    assert "note:" not in stdout  # every checkpoint witnessed, no certificate revoked
     assert "chain node-b/0: every stored record with seq 1..12 searched, no match" in stdout
     audited = sql_rows(
         plane.database_url, "SELECT method, result FROM audit_log WHERE method = 'ExportEvidence'"

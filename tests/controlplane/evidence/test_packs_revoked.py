@@ -1,20 +1,27 @@
 """Revoked node certificates in Evidence Packs: the pack states when each was revoked (covered
-by the seal), and ``evidence verify`` fails a checkpoint signed after its only certificate
-was revoked and notes one revoked after the checkpoint it verifies. Real nodes enrolled and
-revoked over the Admin API, real checkpoints signed with the certified node keys."""
+by the seal), and ``evidence verify`` judges each checkpoint at the time the control plane
+witnessed it (its cosignature), or, without one, at the node's own claim: one from before
+the revocation is noted next to OK, one from after it fails. Real nodes enrolled and revoked
+over the Admin API, real checkpoints signed with the certified node keys."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from controlplane.db.session import create_engine, session_factory
+from controlplane.evidence.checkpoints import verify_node_checkpoint
+from controlplane.evidence.ingest import Batch, EvidenceIngest
 from dataplane.evidence import checkpoint, merkle
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.pack import PackInvalid, canonical
+from dataplane.evidence.pack_facts import rfc3339
 from dataplane.evidence.pack_verify import verify
 from dataplane.identity import IdentityFiles
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -28,9 +35,12 @@ LATER = 86_400
 """How far ahead of now node-late signs its checkpoint's time."""
 
 
-async def _ship(plane: RunningControlPlane, private_tmp: Path, node: str, *, ahead: int) -> None:
+async def _ship(
+    plane: RunningControlPlane, private_tmp: Path, node: str, *, ahead: int, witnessed: bool = True
+) -> None:
     """Enroll ``node`` and ship 4 records of tenant ``node`` with a checkpoint of all 4
-    signed by the node key, its time ``ahead`` seconds from now."""
+    signed by the node key, its time ``ahead`` seconds from now. ``witnessed=False``: stored
+    by an ingest without a keyring, as a control plane before witnessing stored it."""
     directory = new_dir(private_tmp, f"{node}-")
     tls = await plane.enroll(node, directory)
     path = log_path(directory, node)
@@ -43,6 +53,21 @@ async def _ship(plane: RunningControlPlane, private_tmp: Path, node: str, *, ahe
         tree.append(bytes.fromhex(json.loads(line)["hash"]))
     key = IdentityFiles(directory).private_key()
     note = checkpoint.sign(key, f"{node}/0", 4, tree.root(), int(time.time()) + ahead)
+    if not witnessed:
+        engine = create_engine(plane.database_url)
+        try:
+            spki = (
+                IdentityFiles(directory)
+                .private_key()
+                .public_key()
+                .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+            )
+            ingest = EvidenceIngest(session_factory(engine), verify_node_checkpoint)
+            stored = await ingest.ingest(node, Batch(f"{node}/0", lines, [note.decode()]), spki)
+        finally:
+            await engine.dispose()
+        assert (stored.head_seq, stored.checkpoints, stored.refused) == (4, 1, None), stored
+        return
     async with aio_channel(plane.node_address, tls) as channel:
         stream = Stream(channel)
         ack = await stream.ship(f"{node}/0", lines, [note.decode()])
@@ -53,13 +78,16 @@ async def _ship(plane: RunningControlPlane, private_tmp: Path, node: str, *, ahe
 @pytest.fixture
 async def plane(database_url: str, private_tmp: Path) -> AsyncIterator[RunningControlPlane]:
     """node-early signed its checkpoint before it was revoked, node-late (its key in the
-    wrong hands, say) signed one dated after; both nodes are then revoked."""
+    wrong hands, say) signed one dated after; both were witnessed when shipped, before the
+    revocation. node-old's was also dated after, but stored unwitnessed (before the control
+    plane cosigned): only its own claim dates it. All three nodes are then revoked."""
     async with running_control_plane(cp_settings(database_url, private_tmp)) as running:
         await _ship(running, private_tmp, "node-early", ahead=0)
         await _ship(running, private_tmp, "node-late", ahead=LATER)
+        await _ship(running, private_tmp, "node-old", ahead=LATER, witnessed=False)
         async with aio_channel(running.address, ClientTls()) as channel:
             admin = admin_pb2_grpc.AdminServiceStub(channel)
-            for node in ("node-early", "node-late"):
+            for node in ("node-early", "node-late", "node-old"):
                 revoked = await admin.RevokeNode(
                     admin_pb2.RevokeNodeRequest(node_id=node), metadata=running.metadata, timeout=TIMEOUT
                 )
@@ -81,7 +109,9 @@ async def test_a_certificate_revoked_after_the_checkpoint_is_noted_next_to_ok(
     assert code == 0, stdout + err
     lines = stdout.splitlines()
     assert lines[0].startswith(f"OK {out}: 4 records in 1 chains")
-    assert lines[1].startswith("note: chain node-early/0: its checkpoint of size 4 (signed at 20"), stdout
+    assert lines[1].startswith(
+        "note: chain node-early/0: its checkpoint of size 4 (witnessed by the control plane at 20"
+    ), stdout
     assert lines[1].endswith(
         f") verifies with certificate 1 of node 'node-early' ({sha256[:16]}…), revoked later, at "
         f"{certificates['revoked'][sha256]}"
@@ -103,22 +133,39 @@ async def test_a_certificate_revoked_after_the_checkpoint_is_noted_next_to_ok(
     ]
 
 
-async def test_a_checkpoint_signed_after_its_only_certificate_was_revoked_fails(
+async def test_a_checkpoint_witnessed_before_the_revocation_stands_whatever_time_the_node_claims(
     plane: RunningControlPlane, private_tmp: Path
 ) -> None:
     out = private_tmp / "late.pack"
     assert await _export(plane, out, tenant_id="node-late") == 4
+    report = verify(out, _trusted(plane))
+    certificates = json.loads(out.read_bytes().splitlines()[1])
+    ((sha256, revoked_at),) = certificates["revoked"].items()
+    (witnessed,) = report.witnessed.values()
+    assert witnessed <= datetime.fromisoformat(revoked_at).timestamp()
+    assert report.notes == [
+        f"chain node-late/0: its checkpoint of size 4 (witnessed by the control plane at "
+        f"{rfc3339(datetime.fromtimestamp(witnessed, UTC))}) verifies with certificate 1 of node "
+        f"'node-late' ({sha256[:16]}…), revoked later, at {revoked_at}"
+    ]
+
+
+async def test_an_unwitnessed_checkpoint_dated_after_its_only_certificate_was_revoked_fails(
+    plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    out = private_tmp / "old.pack"
+    assert await _export(plane, out, tenant_id="node-old") == 4
     with pytest.raises(
         PackInvalid,
-        match=r"line 3: chain node-late/0: the checkpoint of size 4, signed at .*Z, verifies only with "
-        r"certificate 1 of node 'node-late' \([0-9a-f]{16}…\), revoked at .*Z, before it",
+        match=r"line 3: chain node-old/0: the checkpoint of size 4, signed at .*Z \(the node's claim\), "
+        r"verifies only with certificate 1 of node 'node-old' \([0-9a-f]{16}…\), revoked at .*Z, before it",
     ):
         verify(out, _trusted(plane))
     code, stdout, _ = await _signalbox(
         "evidence", "verify", str(out), "--trust-key", str(plane.trust_key_path)
     )
     assert code == 1
-    assert stdout.startswith(f"INVALID {out}: line 3: chain node-late/0: the checkpoint of size 4")
+    assert stdout.startswith(f"INVALID {out}: line 3: chain node-old/0: the checkpoint of size 4")
 
 
 async def test_tampering_with_the_revoked_map_breaks_the_seal(

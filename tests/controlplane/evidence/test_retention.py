@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from controlplane.evidence.retention import PRUNED_PAYLOAD_TYPE, verify_statement
+from dataplane.evidence import cosignature
 from dataplane.evidence.log import EvidenceLog, log_path
 from signalbox.tls import aio_channel
 from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir
@@ -88,7 +89,9 @@ async def test_pruning_leaves_signed_statements_and_the_rest_still_verifies(
     statement = verify_statement(bytes(envelope), public_keys(evidence_plane))
     assert json.loads(bytes(envelope))["payloadType"] == PRUNED_PAYLOAD_TYPE
     assert (statement.first_seq, statement.last_seq, statement.last_hash.hex()) == (1, 6, hashes[5])
-    assert statement.checkpoint == at_8
+    # The covering checkpoint as stored: the node's note with the control plane's witness line.
+    assert statement.checkpoint.startswith(at_8)
+    assert cosignature.witnesses(statement.checkpoint.encode(), public_keys(evidence_plane))
     assert statement.pruned_before == datetime(2025, 3, 1, tzinfo=UTC)
     with pytest.raises(ValueError, match="no signature by a trusted key"):
         verify_statement(
