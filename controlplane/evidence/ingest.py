@@ -57,6 +57,15 @@ MAX_BATCH_RECORDS = 10_000
 POOL_MIN_LINES = 256
 """Smaller batches are parsed on the event loop: a round trip to a worker costs more."""
 MAX_CHECKPOINTS = 16
+_CHAIN_COLUMNS = (
+    EvidenceChain.chain_id,
+    EvidenceChain.head_seq,
+    EvidenceChain.head_hash,
+    EvidenceChain.tree,
+    EvidenceChain.state,
+    EvidenceChain.alarm,
+)
+_ChainRow = sa.Row[str, int, bytes, bytes, str, str]
 
 CHAIN_ID_RE = re.compile(
     r"(?P<node>[^\x00-\x1f\x7f]{1,NODE})/(?P<worker>[0-9]{1,9})".replace("NODE", str(NODE_ID_CHARS))
@@ -211,11 +220,25 @@ class EvidenceIngest:
         large batch goes to a worker process, so batches of several chains verify at once."""
         if self._workers <= 0 or len(lines) < POOL_MIN_LINES:
             return parse_lines(chain_id, node_id, lines)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._started_pool(), parse_lines, chain_id, node_id, list(lines)
+        )
+
+    def _started_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # spawn: forking a process that runs gRPC's threads is not safe.
             self._pool = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, parse_lines, chain_id, node_id, list(lines)
+        return self._pool
+
+    async def warm(self) -> None:
+        """Start the parsing processes now and have each import what parsing needs, rather
+        than on the first large batch (a spawn costs a second or two of CPU): what a
+        long-running control plane's pool already is, e.g. before a benchmark's clock starts."""
+        if self._workers <= 0:
+            return
+        loop, pool = asyncio.get_running_loop(), self._started_pool()
+        await asyncio.gather(
+            *(loop.run_in_executor(pool, parse_lines, "warm/0", "warm", []) for _ in range(self._workers))
         )
 
     def close(self) -> None:
@@ -271,21 +294,27 @@ class EvidenceIngest:
         walk.head_seq, walk.head_hash = head_seq, head_hash
         return refused
 
-    async def _lock_chain(self, session: AsyncSession, chain_id: str, node_id: str) -> EvidenceChain:
-        await session.execute(
-            pg_insert(EvidenceChain)
-            .values(
-                chain_id=chain_id, node_id=node_id, head_seq=0, head_hash=b"", tree=b"", state=OK, alarm=""
-            )
-            .on_conflict_do_nothing(index_elements=["chain_id"])
-        )
-        chain = (
+    async def _lock_chain(self, session: AsyncSession, chain_id: str, node_id: str) -> _ChainRow:
+        """The chain's row, locked for this transaction; made first for a new chain. One
+        round trip for a known chain (every batch but a chain's first)."""
+        locked = sa.select(*_CHAIN_COLUMNS).where(EvidenceChain.chain_id == chain_id).with_for_update()
+        row = (await session.execute(locked)).first()
+        if row is None:
             await session.execute(
-                sa.select(EvidenceChain).where(EvidenceChain.chain_id == chain_id).with_for_update()
+                pg_insert(EvidenceChain)
+                .values(
+                    chain_id=chain_id,
+                    node_id=node_id,
+                    head_seq=0,
+                    head_hash=b"",
+                    tree=b"",
+                    state=OK,
+                    alarm="",
+                )
+                .on_conflict_do_nothing(index_elements=["chain_id"])
             )
-        ).scalar_one()
-        await session.refresh(chain)
-        return chain
+            row = (await session.execute(locked)).one()
+        return row
 
     @staticmethod
     async def _stored_hashes(session: AsyncSession, chain_id: str, seqs: list[int]) -> dict[int, bytes]:
@@ -311,7 +340,7 @@ class EvidenceIngest:
     @staticmethod
     async def _alarm(
         session: AsyncSession,
-        chain: EvidenceChain,
+        chain: _ChainRow,
         refused: EvidenceRefused,
         parsed: Parsed,
         walk: _Walk,
