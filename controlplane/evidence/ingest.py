@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -42,9 +43,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import CHAIN_ID_CHARS, EvidenceAlarm, EvidenceChain
 from controlplane.errors import PermissionDenied, shown
-from controlplane.evidence.checkpoints import CheckpointVerifier, Witness, parse_checkpoint, store_checkpoint
+from controlplane.evidence.checkpoints import (
+    Checkpoint,
+    CheckpointVerifier,
+    Witness,
+    parse_checkpoint,
+    store_checkpoint,
+)
 from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, Tampered
-from controlplane.evidence.partitions import Partitions
+from controlplane.evidence.partitions import PartitionGone, Partitions
 from controlplane.evidence.records import COLUMNS, COPY_HEADER, COPY_TRAILER, Parsed, parse_lines, where
 from controlplane.evidence.spend import add_spend
 from controlplane.evidence.tree import StoredTree
@@ -57,6 +64,8 @@ MAX_BATCH_RECORDS = 10_000
 POOL_MIN_LINES = 256
 """Smaller batches are parsed on the event loop: a round trip to a worker costs more."""
 MAX_CHECKPOINTS = 16
+PARTITION_ATTEMPTS = 3
+"""Transactions a batch may take when retention keeps dropping a past month it needs."""
 _CHAIN_COLUMNS = (
     EvidenceChain.chain_id,
     EvidenceChain.head_seq,
@@ -158,16 +167,34 @@ class EvidenceIngest:
                 ) from exc
 
         parsed = await self._parse(chain_id, node_id, batch.lines)
-        await self.partitions.ensure(parsed.times())
+        times = parsed.times()
+        for _ in range(PARTITION_ATTEMPTS - 1):
+            await self.partitions.ensure(times)
+            try:
+                return await self._commit(node_id, chain_id, parsed, checkpoints, times)
+            except PartitionGone:
+                continue  # retention dropped a past month's partition meanwhile: make it again
+        # Never refused for it: at worst a record of a month retention keeps dropping lands in
+        # the DEFAULT partition (kept, queried, exported like any other).
+        await self.partitions.ensure(times)
+        return await self._commit(node_id, chain_id, parsed, checkpoints, set())
 
+    async def _commit(
+        self, node_id: str, chain_id: str, parsed: Parsed, checkpoints: list[Checkpoint], times: set[datetime]
+    ) -> Ack:
+        """The batch's one transaction: the chain walked, records copied, checkpoints stored
+        (``times``: the records' months whose partitions must be held, ``Partitions.hold``)."""
         async with self._sessions() as session, session.begin():
+            await self.partitions.hold(session, times)
             chain = await self._lock_chain(session, chain_id, node_id)
             walk = _Walk(chain.head_seq, chain.head_hash, StoredTree.from_bytes(chain.tree, chain.head_seq))
             wanted = {c.size for c in checkpoints}
-            stored = await self._stored_hashes(
-                session, chain_id, [seq for seq in parsed.seqs if seq <= chain.head_seq]
-            )
-            refused = self._walk(chain_id, parsed, stored, walk, wanted) or parsed.refused
+            resent = [seq for seq in parsed.seqs if seq <= chain.head_seq]
+            stored = await self._stored_hashes(session, chain_id, resent)
+            pruned_upto = 0
+            if len(stored) < len(resent):  # some may have been pruned by retention
+                pruned_upto = await self._pruned(session, chain_id, stored)
+            refused = self._walk(chain_id, parsed, stored, walk, wanted, pruned_upto) or parsed.refused
             if walk.new:
                 await self._copy(session, parsed.rows_of(walk.new))
                 await add_spend(session, parsed.spends, walk.new)
@@ -254,7 +281,10 @@ class EvidenceIngest:
         stored: dict[int, bytes],
         walk: _Walk,
         wanted: set[int],
+        pruned_upto: int = 0,
     ) -> EvidenceRefused | None:
+        """``pruned_upto``: the chain's records up to this seq were pruned by retention (the
+        last one's hash is in ``stored``): one resent is a duplicate, not a tamper alarm."""
         stored_head = walk.head_seq
         hashes, prevs = parsed.hashes, parsed.prev_hashes
         genesis = bytes.fromhex(GENESIS_HASH)
@@ -265,7 +295,7 @@ class EvidenceIngest:
             digest = hashes[i]
             if seq <= stored_head:
                 known = stored.get(seq)
-                if known == digest:
+                if known == digest or (known is None and seq < pruned_upto):
                     walk.duplicates += 1
                     continue
                 refused = Tampered(
@@ -315,6 +345,23 @@ class EvidenceIngest:
             )
             row = (await session.execute(locked)).one()
         return row
+
+    @staticmethod
+    async def _pruned(session: AsyncSession, chain_id: str, stored: dict[int, bytes]) -> int:
+        """The last seq retention pruned of the chain (0: none), its hash added to ``stored``."""
+        row = (
+            await session.execute(
+                sa.text(
+                    "SELECT last_seq, last_hash FROM evidence_pruned_ranges WHERE chain_id = :c "
+                    "ORDER BY last_seq DESC LIMIT 1"
+                ),
+                {"c": chain_id},
+            )
+        ).first()
+        if row is None:
+            return 0
+        stored.setdefault(int(row[0]), bytes(row[1]))
+        return int(row[0])
 
     @staticmethod
     async def _stored_hashes(session: AsyncSession, chain_id: str, seqs: list[int]) -> dict[int, bytes]:

@@ -17,6 +17,14 @@ from controlplane.db.models import EVIDENCE_PARTITION_PREFIX
 
 LOCK = "SELECT pg_advisory_xact_lock(hashtext('evidence_partitions'))"
 """Taken by whoever creates or drops partitions, for the rest of its transaction."""
+SHARED_LOCK = "SELECT pg_advisory_xact_lock_shared(hashtext('evidence_partitions'))"
+"""Taken by an ingest transaction storing records of a past month: retention cannot drop a
+partition between the check that it exists and the COPY into it."""
+
+
+class PartitionGone(Exception):
+    """A past month's partition an ingest transaction needs was dropped (by retention) after
+    ``ensure``: roll back, make it again and retry, so the records never land in DEFAULT."""
 
 
 def month_bounds(year: int, month: int) -> tuple[datetime, datetime]:
@@ -35,17 +43,46 @@ class Partitions:
         self._sessions = sessions
         self._known: set[str] = set()
         """Monthly partitions known to exist (or whose month the DEFAULT partition keeps)."""
+        self._in_default: set[str] = set()
+        """Months whose records the DEFAULT partition keeps (no partition can be made)."""
 
     def forget(self, name: str) -> None:
         """``name`` was dropped: a late record of its month makes it again."""
         self._known.discard(name)
 
+    async def hold(self, session: AsyncSession, times: Iterable[datetime]) -> None:
+        """In the ingest transaction ``session``: when ``times`` include a past month, take the
+        shared lock and check that its partition is there (``PartitionGone`` otherwise). This
+        month and later ones retention never drops: nothing to do for them."""
+        now = datetime.now(UTC)
+        past = sorted(
+            {partition_name(t.year, t.month) for t in times if (t.year, t.month) < (now.year, now.month)}
+        )
+        past = [name for name in past if name not in self._in_default]
+        if not past:
+            return
+        await session.execute(sa.text(SHARED_LOCK))
+        missing = (
+            await session.execute(
+                sa.text("SELECT n FROM unnest(CAST(:names AS text[])) AS n WHERE to_regclass(n) IS NULL"),
+                {"names": past},
+            )
+        ).all()
+        if missing:
+            for (name,) in missing:
+                self.forget(name)
+            raise PartitionGone(", ".join(name for (name,) in missing))
+
     async def ensure(self, times: Iterable[datetime]) -> None:
-        """Monthly partitions for ``times``: once per month per process."""
+        """Monthly partitions for ``times``: once per month per process for this month and
+        later ones; a past month's is looked up each time. Retention (of any replica) drops
+        only months that have ended: a past month's partition known here may be gone, and a
+        late record of it would then land in DEFAULT, which retention cannot prune."""
         months = {(t.year, t.month) for t in times}
+        now = datetime.now(UTC)
         for year, month in sorted(months):
             name = partition_name(year, month)
-            if name in self._known:
+            if name in self._known and (year, month) >= (now.year, now.month):
                 continue
             start, end = month_bounds(year, month)
             async with self._sessions() as session, session.begin():
@@ -62,7 +99,10 @@ class Partitions:
                             {"a": start, "b": end},
                         )
                     ).scalar()
-                    if not in_default:
+                    if in_default:
+                        self._in_default.add(name)
+                    else:
+                        self._in_default.discard(name)
                         await session.execute(
                             sa.text(
                                 f"CREATE TABLE {name} PARTITION OF evidence_records "

@@ -13,11 +13,14 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from controlplane.db.session import create_engine, session_factory
+from controlplane.evidence.partitions import PartitionGone
 from controlplane.evidence.retention import PRUNED_PAYLOAD_TYPE, verify_statement
 from dataplane.evidence import cosignature
 from dataplane.evidence.log import EvidenceLog, log_path
+from dataplane.evidence.records import seal
 from signalbox.tls import aio_channel
-from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir
+from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, rehash
 from tests.controlplane.test_cli import _signalbox
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
 from tests.helpers import eventually
@@ -198,3 +201,49 @@ async def test_the_retention_timer_prunes_what_is_older_than_the_setting(
         assert [int(seq) for (seq,) in sql_rows(plane.database_url, "SELECT seq FROM evidence_records")] == [
             3
         ]
+
+
+async def test_a_late_record_of_a_month_another_replica_pruned_gets_its_partition_back(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], node_keys: NodeKeys
+) -> None:
+    """This replica knows January's partition (it made it); another replica on the same
+    database prunes January; a late January record then arrives here. It must land in a new
+    January partition (which a later prune can drop), not in DEFAULT (which none can)."""
+    stream, directory = node
+    now = datetime.now(UTC).timestamp()
+    lines = await write_at(directory, [JAN, JAN, now])
+    assert (await stream.ship("node-a/0", lines)).head_seq == 3
+    assert "evidence_records_y2025m01" in partitions(evidence_plane)
+
+    replica = cp_settings(
+        evidence_plane.database_url, evidence_plane.data_dir.parent, data_dir=evidence_plane.data_dir
+    )
+    async with running_control_plane(replica, verify_checkpoint_signature=node_keys.verify) as other:
+        code, _, err = await admin_cli(other, "evidence", "prune", "--before", "2025-02-01")
+        assert code == 0, err
+    assert "evidence_records_y2025m01" not in partitions(evidence_plane)
+    # What an ingest transaction checks under the shared lock, had the drop come after its
+    # ensure: the partition is gone, so it rolls back and makes it again (``PartitionGone``).
+    assert evidence_plane.cp.evidence is not None
+    held = evidence_plane.cp.evidence.partitions
+    engine = create_engine(evidence_plane.database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            with pytest.raises(PartitionGone, match="evidence_records_y2025m01"):
+                await held.hold(session, {datetime.fromtimestamp(JAN, UTC)})
+            await held.hold(session, {datetime.now(UTC)})  # this month: nothing to hold
+    finally:
+        await engine.dispose()
+
+    lines = await write_at(directory, [JAN])
+    # Resent with what was pruned (a node restored from a backup, say): seqs 1 and 2 are
+    # gone from the store, and are duplicates, not a tamper alarm; 3 is stored, 4 is new.
+    ack = await stream.ship("node-a/0", lines)
+    assert (ack.head_seq, ack.stored, ack.duplicates, ack.HasField("error")) == (4, 1, 3, False), ack
+    # The last pruned record's hash is kept (in the signed statement): another seq 2 is refused.
+    forged = seal(rehash({**json.loads(lines[1]), "correlation_id": "forged"}))
+    ack = await stream.ship("node-a/0", [forged])
+    assert (ack.error.code, ack.error.seq) == ("DATA_LOSS", 2), ack
+    assert "evidence_records_y2025m01" in partitions(evidence_plane)
+    assert sql_rows(evidence_plane.database_url, "SELECT count(*) FROM evidence_records_default") == [(0,)]
+    assert sql_rows(evidence_plane.database_url, "SELECT seq FROM evidence_records_y2025m01") == [(4,)]
