@@ -88,34 +88,80 @@ class Partitions:
             async with self._sessions() as session, session.begin():
                 await session.execute(sa.text(LOCK))
                 exists = (await session.execute(sa.text("SELECT to_regclass(:n)"), {"n": name})).scalar()
-                if exists is None:
+                if exists is not None:
+                    self._in_default.discard(name)
+                elif await _in_default(session, start, end):
                     # Records of that month already in DEFAULT would make the new partition's
-                    # constraint fail: they stay where they are, and so does the month.
-                    in_default = (
-                        await session.execute(
-                            sa.text(
-                                "SELECT EXISTS (SELECT 1 FROM evidence_records_default WHERE ts >= :a AND ts < :b)"
-                            ),
-                            {"a": start, "b": end},
-                        )
-                    ).scalar()
-                    if in_default:
-                        self._in_default.add(name)
-                    else:
-                        self._in_default.discard(name)
-                        await session.execute(
-                            sa.text(
-                                f"CREATE TABLE {name} PARTITION OF evidence_records "
-                                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-                            )
-                        )
-                        await session.execute(
-                            sa.text(f"REVOKE UPDATE, DELETE, TRUNCATE ON {name} FROM PUBLIC, CURRENT_USER")
-                        )
-                        await session.execute(
-                            sa.text(
-                                f"CREATE TRIGGER {name}_no_truncate BEFORE TRUNCATE ON {name} "
-                                "FOR EACH STATEMENT EXECUTE FUNCTION evidence_append_only()"
-                            )
-                        )
+                    # constraint fail: they stay there until retention rehomes them.
+                    self._in_default.add(name)
+                else:
+                    self._in_default.discard(name)
+                    await _create(session, name, start, end)
             self._known.add(name)
+
+    async def rehome_default(self, session: AsyncSession, before: datetime) -> list[str]:
+        """In retention's transaction (``LOCK`` held): move the DEFAULT partition's records of
+        every month that ends at or before ``before`` into monthly partitions of their own,
+        so retention can drop them like any other month. Without UPDATE or DELETE: DEFAULT is
+        detached and renamed, a new empty DEFAULT attached, the months' partitions made, the
+        records inserted again through the parent (each lands in its month's partition, or
+        in the new DEFAULT), and the old one dropped. Returns the partitions made."""
+        rows = await session.execute(
+            sa.text(
+                "SELECT DISTINCT EXTRACT(YEAR FROM ts AT TIME ZONE 'UTC')::int, "
+                "EXTRACT(MONTH FROM ts AT TIME ZONE 'UTC')::int FROM evidence_records_default WHERE ts < :b"
+            ),
+            {"b": before},
+        )
+        months = sorted((int(y), int(m)) for y, m in rows if month_bounds(int(y), int(m))[1] <= before)
+        if not months:
+            return []
+        await session.execute(sa.text(f"ALTER TABLE evidence_records DETACH PARTITION {DEFAULT}"))
+        await session.execute(sa.text(f"ALTER TABLE {DEFAULT} RENAME TO {REHOMED}"))
+        await session.execute(sa.text(f"CREATE TABLE {DEFAULT} PARTITION OF evidence_records DEFAULT"))
+        await _protect(session, DEFAULT)
+        made = []
+        for year, month in months:
+            name = partition_name(year, month)
+            await _create(session, name, *month_bounds(year, month))
+            self._in_default.discard(name)
+            self._known.add(name)
+            made.append(name)
+        await session.execute(sa.text(f"INSERT INTO evidence_records SELECT * FROM {REHOMED}"))
+        await session.execute(sa.text(f"DROP TABLE {REHOMED}"))
+        return made
+
+
+DEFAULT = "evidence_records_default"
+REHOMED = "evidence_records_default_rehomed"
+
+
+async def _in_default(session: AsyncSession, start: datetime, end: datetime) -> bool:
+    found = await session.execute(
+        sa.text(f"SELECT EXISTS (SELECT 1 FROM {DEFAULT} WHERE ts >= :a AND ts < :b)"), {"a": start, "b": end}
+    )
+    return bool(found.scalar())
+
+
+async def _create(session: AsyncSession, name: str, start: datetime, end: datetime) -> None:
+    """The monthly partition ``name`` for ``[start, end)``, append-only like its parent."""
+    await session.execute(
+        sa.text(
+            f"CREATE TABLE {name} PARTITION OF evidence_records "
+            f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+        )
+    )
+    await _protect(session, name)
+
+
+async def _protect(session: AsyncSession, name: str) -> None:
+    """What migration 0012 does to every evidence table: no UPDATE, DELETE or TRUNCATE for
+    anyone (the row triggers are the parent's, cloned onto each partition), and a TRUNCATE
+    trigger, since statement triggers are not cloned."""
+    await session.execute(sa.text(f"REVOKE UPDATE, DELETE, TRUNCATE ON {name} FROM PUBLIC, CURRENT_USER"))
+    await session.execute(
+        sa.text(
+            f"CREATE TRIGGER {name}_no_truncate BEFORE TRUNCATE ON {name} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION evidence_append_only()"
+        )
+    )

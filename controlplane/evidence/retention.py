@@ -3,6 +3,10 @@
 ``EvidenceRetention.prune(before)`` takes every monthly partition of ``evidence_records``
 that ends at or before ``before`` and, in one transaction (so nothing is half done):
 
+0. moves records of such months out of the DEFAULT partition into monthly partitions of
+   their own (``Partitions.rehome_default``: a late record could land there before ingest
+   checked past months' partitions under a lock), so no month is ever beyond retention;
+
 1. locks them (ingest waits) and, per chain with records in them, checks that those records
    are the chain's next prefix: seqs ``first..last`` with ``first`` one after the previous
    statement's ``last`` (1 for the first) and none missing; otherwise nothing is pruned;
@@ -123,6 +127,7 @@ class EvidenceRetention:
             raise ValueError("before must carry a time zone")
         async with self._sessions() as session, session.begin():
             await session.execute(sa.text(LOCK))
+            await self._partitions.rehome_default(session, before)
             names = await _partitions_before(session, before)
             if not names:
                 return PruneResult([], [])

@@ -247,3 +247,69 @@ async def test_a_late_record_of_a_month_another_replica_pruned_gets_its_partitio
     assert "evidence_records_y2025m01" in partitions(evidence_plane)
     assert sql_rows(evidence_plane.database_url, "SELECT count(*) FROM evidence_records_default") == [(0,)]
     assert sql_rows(evidence_plane.database_url, "SELECT seq FROM evidence_records_y2025m01") == [(4,)]
+
+
+async def test_records_left_in_the_default_partition_are_rehomed_and_pruned(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    """January's records sit in DEFAULT (where a control plane before the partition fix could
+    leave a late month's records): prune moves them into a January partition of their own,
+    states and drops it like any month, and the new DEFAULT is append-only like the old."""
+    stream, directory = node
+    now = datetime.now(UTC).timestamp()
+    lines = await write_at(directory, [JAN, JAN, now])
+    assert (await stream.ship("node-a/0", lines)).head_seq == 3
+    engine = sa.create_engine(evidence_plane.database_url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:  # the state such a control plane left behind
+            conn.exec_driver_sql("ALTER TABLE evidence_records DETACH PARTITION evidence_records_y2025m01")
+            conn.exec_driver_sql(
+                "INSERT INTO evidence_records_default SELECT * FROM evidence_records_y2025m01"
+            )
+            conn.exec_driver_sql("DROP TABLE evidence_records_y2025m01")
+        assert sql_rows(
+            evidence_plane.database_url, "SELECT seq FROM evidence_records_default ORDER BY 1"
+        ) == [
+            (1,),
+            (2,),
+        ]
+
+        code, out, err = await admin_cli(
+            evidence_plane, "--json", "evidence", "prune", "--before", "2025-02-01"
+        )
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["partitions"] == ["evidence_records_y2025m01"]
+        (pruned,) = result["ranges"]
+        assert (pruned["first_seq"], pruned["last_seq"]) == ("1", "2")
+        assert sql_rows(evidence_plane.database_url, "SELECT count(*) FROM evidence_records_default") == [
+            (0,)
+        ]
+        assert "evidence_records_default_rehomed" not in partitions(evidence_plane)
+        assert [r[0] for r in sql_rows(evidence_plane.database_url, "SELECT seq FROM evidence_records")] == [
+            3
+        ]
+
+        # The new DEFAULT refuses changes as the old one did (row trigger, TRUNCATE trigger):
+        # a row of a month without a partition lands in it.
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO evidence_records (chain_id, seq, ts, record_id, hash, prev_hash, node_id, "
+                "correlation_id, tenant_id, api_key_id, model, outcome, body) VALUES ('n9/0', 1, "
+                "'2001-01-01T00:00:00Z', 'r1', '\\x01', '\\x00', 'n9', 'c1', 't1', 'k1', 'small', 'OK', '\\x7b7d')"
+            )
+        assert sql_rows(evidence_plane.database_url, "SELECT count(*) FROM evidence_records_default") == [
+            (1,)
+        ]
+        for sql in (
+            "DELETE FROM evidence_records_default",
+            "UPDATE evidence_records_default SET outcome = 'X'",
+            "TRUNCATE evidence_records_default",
+        ):
+            with pytest.raises(sa.exc.ProgrammingError, match="append-only"), engine.begin() as conn:
+                conn.exec_driver_sql(sql)
+    finally:
+        engine.dispose()
+    # The chain goes on, and its rest still verifies against the statement.
+    lines = await write_at(directory, [now])
+    assert (await stream.ship("node-a/0", lines[-1:])).head_seq == 4
