@@ -7,7 +7,9 @@ PEM) and the snapshot: the gRPC front door and an HTTP one call it alike.
 - A bearer token shaped like a JWT (three base64url segments) is checked against the
   issuer its ``iss`` names: the ``kid`` must be one of that issuer's keys, the ``alg`` one it
   allows and of that key's family; then PyJWT verifies the signature and ``exp``, ``nbf``,
-  ``iss``, ``aud`` (with the issuer's leeway), and ``iat`` must not lie in the future.
+  ``iss``, ``aud`` (with the issuer's leeway), and ``iat`` must not lie in the future. A
+  token whose signature verified is remembered (``_JWT_CACHE``) for as long as the snapshot
+  holds the same issuer entry and key; its times are checked on every call.
 - Any other bearer token is an API key: ``sbx_<key id>_<secret>``, stored as the HMAC-SHA256
   of the whole key under the control plane's hash key (``controlplane.api_key_hash``; the
   node has the key from its sync stream), or, for keys of the earlier format, its SHA-256.
@@ -153,7 +155,25 @@ def _segment(text: str) -> dict[str, Any]:
     return value
 
 
+_JWT_CACHE: OrderedDict[bytes, tuple[JwtIssuerEntry, str, object, dict[str, Any]]] = OrderedDict()
+_JWT_CACHE_SIZE: Final = 4096
+"""Tokens whose signature verified, by SHA-256 of the token (the token itself is not kept):
+a client sends the same token for many requests until it expires, and verifying it again
+(ES256: ~150 us here) is the whole cost of a JWT call. An entry holds the issuer entry and
+key it verified with, and counts only while the snapshot holds those very objects (a new
+snapshot compiles new ones, so a changed issuer, key set or audience re-verifies). The
+times (``exp``, ``nbf``, ``iat``) and the tenant are checked on every call, hit or not."""
+
+
 def _jwt_caller(config: RuntimeConfig, token: str, now: float) -> Caller:
+    digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+    hit = _JWT_CACHE.get(digest)
+    if hit is not None:
+        known, known_kid, known_key, known_claims = hit
+        if config.identities.issuers.get(known.issuer) is known and known.keys.get(known_kid) is known_key:
+            _JWT_CACHE.move_to_end(digest)
+            return _timely_caller(config, known, known_claims, now)
+        del _JWT_CACHE[digest]
     head, body, _ = token.split(".")
     try:
         header, claims = _segment(head), _segment(body)
@@ -184,6 +204,16 @@ def _jwt_caller(config: RuntimeConfig, token: str, now: float) -> Caller:
         )
     except jwt.PyJWTError:
         raise Unauthenticated(INVALID) from None
+    _JWT_CACHE[digest] = (issuer, kid, key, verified)
+    if len(_JWT_CACHE) > _JWT_CACHE_SIZE:
+        _JWT_CACHE.popitem(last=False)
+    return _timely_caller(config, issuer, verified, now)
+
+
+def _timely_caller(
+    config: RuntimeConfig, issuer: JwtIssuerEntry, verified: Mapping[str, Any], now: float
+) -> Caller:
+    """The caller of a token whose signature verified, once its times hold at ``now``."""
     leeway = issuer.leeway_s
     exp, nbf, iat = verified["exp"], verified.get("nbf", 0), verified.get("iat", 0)
     if not all(_is_number(v) for v in (exp, nbf, iat)) or iat > now + leeway:

@@ -146,3 +146,39 @@ def test_token_times_are_judged_by_the_callers_clock_with_the_issuers_leeway() -
     for bad in (idp.token(iat=1_600, nbf=1_000, exp=2_000), idp.token(exp="soon")):
         with pytest.raises(Unauthenticated, match=r"^authorization: invalid credentials$"):
             authenticate(config, bad, 1_500.0)
+
+
+def test_a_verified_token_is_judged_again_against_each_new_snapshot() -> None:
+    """Verified tokens are remembered (a client sends one token many times), but only for the
+    issuer entry and key they verified with: a snapshot whose issuer dropped that key, changed
+    its audience or whose tenant is inactive refuses the same token at once."""
+    idp = TestIdp()
+    tenants = {"t": TenantConfig("t", "t")}
+
+    def config(issuer: snapshot_pb2.JwtIssuer, tenant: TenantConfig | None = None) -> RuntimeConfig:
+        tenants = {"t": tenant or TenantConfig("t", "t")}
+        index = compile_identities([snapshot_pb2.TenantIdentity(id="j", tenant_id="t", jwt=issuer)], tenants)
+        base = RuntimeConfig(1, b"", 0.0, None, Scope(), tenants, {}, {}, {}, {})
+        return replace(base, identities=index)
+
+    first = config(_issuer(jwks_json=idp.jwks(), issuer=idp.issuer))
+    token = idp.token(iat=1_000, nbf=1_000, exp=2_000)
+    for _ in range(3):
+        assert authenticate(first, token, 1_500.0).subject == "alice@example.test"
+    # The same issuer compiled again (a new snapshot, same keys): still admitted.
+    assert (
+        authenticate(config(_issuer(jwks_json=idp.jwks(), issuer=idp.issuer)), token, 1_500.0).method == "jwt"
+    )
+
+    rotated = TestIdp(idp.issuer)  # the IdP rotated its keys: kid ec-1 is another key now
+    other_audience = _issuer(jwks_json=idp.jwks(), issuer=idp.issuer, audiences=["someone-else"])
+    for changed in (config(_issuer(jwks_json=rotated.jwks(), issuer=idp.issuer)), config(other_audience)):
+        with pytest.raises(Unauthenticated, match=r"^authorization: invalid credentials$"):
+            authenticate(changed, token, 1_500.0)
+    inactive = config(_issuer(jwks_json=idp.jwks(), issuer=idp.issuer), replace(tenants["t"], active=False))
+    with pytest.raises(Unauthenticated, match="tenant is not active"):
+        authenticate(inactive, token, 1_500.0)
+    # And back on the first snapshot, the times are still checked on every call.
+    with pytest.raises(Unauthenticated, match="token expired or not yet valid"):
+        authenticate(first, token, 2_500.0)
+    assert authenticate(first, token, 1_600.0).subject == "alice@example.test"

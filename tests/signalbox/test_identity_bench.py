@@ -25,6 +25,7 @@ def test_identity_bench_prints_every_method() -> None:
         r"^2000 API keys \(\+1000 of the earlier format\), 101 mTLS mappings, 1 JWT issuer", out, re.M
     ), out
     methods = ("api key", r"api key \(sha256\)", "api key unknown id", "api key wrong secret", "jwt ES256")
-    for method in (*methods, "jwt RS256", "mtls", r"mtls \(first sight\)"):
+    first_sight = (r"jwt ES256 \(first sight\)", r"jwt RS256 \(first sight\)", r"mtls \(first sight\)")
+    for method in (*methods, "jwt RS256", "mtls", *first_sight):
         assert re.search(rf"^{method} +[\d.]+ +[\d.]+", out, re.M), f"{method}\n{out}"
     assert "target < 20 us: PASS" in out
