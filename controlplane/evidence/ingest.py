@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.db.models import CHAIN_ID_CHARS, EvidenceAlarm, EvidenceChain
+from controlplane.db.models import CHAIN_ID_CHARS, EvidenceAlarm, EvidenceChain, NodeCertificate
 from controlplane.errors import PermissionDenied, shown
 from controlplane.evidence.checkpoints import (
     Checkpoint,
@@ -74,7 +74,7 @@ _CHAIN_COLUMNS = (
     EvidenceChain.state,
     EvidenceChain.alarm,
 )
-_ChainRow = sa.Row[str, int, bytes, bytes, str, str]
+_ChainRow = sa.Row[str, int, bytes, bytes, str, str, bool | None]
 
 CHAIN_ID_RE = re.compile(
     r"(?P<node>[^\x00-\x1f\x7f]{1,NODE})/(?P<worker>[0-9]{1,9})".replace("NODE", str(NODE_ID_CHARS))
@@ -143,8 +143,10 @@ class EvidenceIngest:
         self._pool: ProcessPoolExecutor | None = None
         self.partitions = partitions if partitions is not None else Partitions(sessions)
 
-    async def ingest(self, node_id: str, batch: Batch, public_key: bytes = b"") -> Ack:
-        """Take ``batch`` from the authenticated node ``node_id``; the ACK after commit."""
+    async def ingest(self, node_id: str, batch: Batch, public_key: bytes = b"", serial: str = "") -> Ack:
+        """Take ``batch`` from the authenticated node ``node_id``; the ACK after commit.
+        ``serial``: the certificate the node connected with, which must still be unrevoked
+        when the batch commits (checked in its transaction: ``PermissionDenied`` otherwise)."""
         chain_id = batch.chain_id
         match = CHAIN_ID_RE.fullmatch(chain_id) if len(chain_id) <= CHAIN_ID_CHARS else None
         if match is None:
@@ -171,22 +173,30 @@ class EvidenceIngest:
         for _ in range(PARTITION_ATTEMPTS - 1):
             await self.partitions.ensure(times)
             try:
-                return await self._commit(node_id, chain_id, parsed, checkpoints, times)
+                return await self._commit(node_id, chain_id, parsed, checkpoints, times, serial)
             except PartitionGone:
                 continue  # retention dropped a past month's partition meanwhile: make it again
         # Never refused for it: at worst a record of a month retention keeps dropping lands in
         # the DEFAULT partition (kept, queried, exported like any other).
         await self.partitions.ensure(times)
-        return await self._commit(node_id, chain_id, parsed, checkpoints, set())
+        return await self._commit(node_id, chain_id, parsed, checkpoints, set(), serial)
 
     async def _commit(
-        self, node_id: str, chain_id: str, parsed: Parsed, checkpoints: list[Checkpoint], times: set[datetime]
+        self,
+        node_id: str,
+        chain_id: str,
+        parsed: Parsed,
+        checkpoints: list[Checkpoint],
+        times: set[datetime],
+        serial: str,
     ) -> Ack:
         """The batch's one transaction: the chain walked, records copied, checkpoints stored
         (``times``: the records' months whose partitions must be held, ``Partitions.hold``)."""
         async with self._sessions() as session, session.begin():
             await self.partitions.hold(session, times)
-            chain = await self._lock_chain(session, chain_id, node_id)
+            chain = await self._lock_chain(session, chain_id, node_id, serial)
+            if serial and not chain.certified:
+                raise PermissionDenied(f"node {node_id}: certificate revoked")  # as the stream says it
             walk = _Walk(chain.head_seq, chain.head_hash, StoredTree.from_bytes(chain.tree, chain.head_seq))
             wanted = {c.size for c in checkpoints}
             resent = [seq for seq in parsed.seqs if seq <= chain.head_seq]
@@ -324,10 +334,20 @@ class EvidenceIngest:
         walk.head_seq, walk.head_hash = head_seq, head_hash
         return refused
 
-    async def _lock_chain(self, session: AsyncSession, chain_id: str, node_id: str) -> _ChainRow:
-        """The chain's row, locked for this transaction; made first for a new chain. One
-        round trip for a known chain (every batch but a chain's first)."""
-        locked = sa.select(*_CHAIN_COLUMNS).where(EvidenceChain.chain_id == chain_id).with_for_update()
+    async def _lock_chain(self, session: AsyncSession, chain_id: str, node_id: str, serial: str) -> _ChainRow:
+        """The chain's row, locked for this transaction (made first for a new chain), and
+        whether certificate ``serial`` is issued and unrevoked (``certified``). One round trip
+        for a known chain (every batch but a chain's first)."""
+        certified = (
+            sa.select(NodeCertificate.revoked_at.is_(None))
+            .where(NodeCertificate.serial == serial)
+            .scalar_subquery()
+        )
+        locked = (
+            sa.select(*_CHAIN_COLUMNS, certified.label("certified"))
+            .where(EvidenceChain.chain_id == chain_id)
+            .with_for_update(of=EvidenceChain)
+        )
         row = (await session.execute(locked)).first()
         if row is None:
             await session.execute(

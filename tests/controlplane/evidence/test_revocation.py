@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.controlplane.evidence.conftest import TIMEOUT, Stream, write_records
@@ -45,6 +46,28 @@ async def test_the_next_batch_after_revocation_is_refused_and_not_stored(
     assert stored(evidence_plane) == [1, 2, 3]
     chain = sql_rows(evidence_plane.database_url, "SELECT head_seq FROM evidence_chains")
     assert [tuple(r) for r in chain] == [(3,)]
+
+
+async def test_a_revocation_this_replica_did_not_hear_of_stops_the_next_batch_in_its_transaction(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    """Revoked through another replica whose notice this one missed (written to the database
+    as that replica's RevokeNode would): the batch's own transaction reads the certificate and
+    refuses it; nothing of it is stored."""
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 6)
+    assert (await stream.ship("node-a/0", lines[:3])).head_seq == 3
+    engine = sa.create_engine(evidence_plane.database_url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE node_certificates SET revoked_at = now() WHERE node_id = 'node-a'")
+    finally:
+        engine.dispose()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stream.ship("node-a/0", lines[3:])
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.value.details() == "node node-a: certificate revoked"
+    assert stored(evidence_plane) == [1, 2, 3]
 
 
 async def test_an_idle_stream_of_a_revoked_node_is_ended_at_once(
