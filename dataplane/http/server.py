@@ -154,6 +154,8 @@ class _Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._served = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._on_deadline: Callable[[], None] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
         self._closed = False
@@ -176,6 +178,9 @@ class _Connection(asyncio.Protocol):
         self._closed = True
         self._server.connections.discard(self)
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._writable.set()
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -380,14 +385,32 @@ class _Connection(asyncio.Protocol):
         if self._task is None and not self._in_message:
             self._close()
 
+    # One deadline per connection, moved by every request (headers, body, keep-alive), but
+    # a timer only when the deadline comes before the one pending: the pending timer, when
+    # it fires early, re-arms for the deadline then current. Three timers made and cancelled
+    # per request cost more than the rest of the connection's bookkeeping.
+
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._disarm()
-        self._timer = self._loop.call_later(seconds, callback)
+        deadline = self._loop.time() + seconds
+        self._deadline, self._on_deadline = deadline, callback
+        if self._timer is None or self._timer.when() > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._deadline_reached)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._on_deadline = None
+
+    def _deadline_reached(self) -> None:
+        self._timer = None
+        callback = self._on_deadline
+        if callback is None or self._closed:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._deadline_reached)
+            return
+        self._on_deadline = None
+        callback()
 
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
