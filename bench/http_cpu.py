@@ -39,9 +39,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def loadavg() -> str:
@@ -184,9 +189,11 @@ def main() -> int:
                            str(int(args.seconds) - 2), "-r", "200", "-f", "raw", "-o", str(args.profile),
                            "--nonblocking"]  # fmt: skip
                     profiler = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                before = cpu_seconds(node.pid)
+                before = cpu_times(node.pid)
                 result = wrk(harness, url, args.connections, args.seconds, headers, "gpt-4o-mini")
-                used = cpu_seconds(node.pid) - before
+                after = cpu_times(node.pid)
+                user, system = after[0] - before[0], after[1] - before[1]
+                used = user + system
                 if profiler is not None:
                     profiler.wait()
                 errors = sum(v for k, v in result.items() if k.startswith("err_"))
@@ -194,7 +201,9 @@ def main() -> int:
                 print(
                     f"c={args.connections} round {n + 1}: {rate:8.0f} req/s  p50 {result['p50_us'] / 1000:.3f} ms"
                     f"  p99 {result['p99_us'] / 1000:.3f} ms  errors {errors}"
-                    f"  node CPU {used / result['requests'] * 1e6:.0f} us/req  load average {loadavg()}",
+                    f"  node CPU {used / result['requests'] * 1e6:.0f} us/req"
+                    f" (user {user / result['requests'] * 1e6:.0f}, system {system / result['requests'] * 1e6:.0f})"
+                    f"  load average {loadavg()}",
                     flush=True,
                 )
             if args.serial:
