@@ -234,11 +234,21 @@ class _Connection(asyncio.Protocol):
         if self._refused:
             return
         self._headers_done = True
-        names = {name for name, _ in self._headers}
-        if b"content-length" in names and b"transfer-encoding" in names:
+        # One pass for the three headers the server itself reads (the first of each counts).
+        length: bytes | None = None
+        chunked = False
+        expect = b""
+        for name, value in self._headers:
+            if name == b"content-length":
+                if length is None:
+                    length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"expect" and not expect:
+                expect = value
+        if length is not None and chunked:
             self._refuse(400, "a request may not carry both content-length and transfer-encoding")
             return
-        length = next((value for name, value in self._headers if name == b"content-length"), None)
         if length is not None:
             try:
                 declared = int(length)
@@ -253,8 +263,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._task is None:
             self._arm(self._limits.body_timeout, self._slow_body)
-        expect = next((value for name, value in self._headers if name == b"expect"), b"")
-        if expect.lower() == b"100-continue" and self._transport is not None:
+        if expect and expect.lower() == b"100-continue" and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -272,10 +281,13 @@ class _Connection(asyncio.Protocol):
         self._in_message = False
         self._disarm()
         url = httptools.parse_url(self._url)
-        headers: dict[str, str] = {}
-        for name, value in self._headers:
-            key, text = name.decode("latin-1"), value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        raw = self._headers
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+        if len(headers) != len(raw):  # a repeated header: its values joined, in order
+            headers = {}
+            for name, value in raw:
+                key, text = name.decode("latin-1"), value.decode("latin-1")
+                headers[key] = f"{headers[key]}, {text}" if key in headers else text
         method = self._parser.get_method().decode("latin-1")
         request = Request(
             method,
@@ -325,7 +337,8 @@ class _Connection(asyncio.Protocol):
                         await response.send(500, _JSON, self._server.error_body(500, "internal error"))
                 finally:
                     self._server.in_flight -= 1
-                    self._server.idle.set()
+                    if not self._server.in_flight:
+                        self._server.idle.set()  # what a drain waits for
                 if not response.keep_alive:
                     self._close()
                     return
