@@ -175,6 +175,7 @@ class EvidenceLog:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.spool = spool if spool is not None else Spool()
         self._head = ChainHead(0, GENESIS_HASH)
         self._durable_seq = 0
@@ -209,6 +210,7 @@ class EvidenceLog:
         # Evidence names tenants, models and callers: 0600 in a 0700 directory.
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.parent.chmod(0o700)
+        self._loop = asyncio.get_running_loop()
         self._writer_lock.acquire()  # ChainBusy when another process writes this chain
         try:
             state = await asyncio.to_thread(_recover, self.path, self.checkpoints_path, self.chain_id)
@@ -262,7 +264,10 @@ class EvidenceLog:
         self._tree.append(hashed.digest())
         if not self._unsynced:
             self._unsynced = True
-            self._wake.set()
+            # Once the request's step is over (its answer written), not now: a thread woken
+            # here takes the GIL in the middle of the request and delays its answer.
+            if self._loop is not None:
+                self._loop.call_soon(self._wake.set)
         if self._tree.size - self._signed_size >= self._checkpoint_records:
             self._checkpoint_due.set()
         return record_id
