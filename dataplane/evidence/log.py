@@ -38,10 +38,11 @@ writes and flushes each record to the operating system in one ``write()`` before
 returns, so the record survives the *process* crashing (SIGKILL, OOM, a bug). ``fsync``
 runs in one long-lived thread at most every ``fsync_interval`` seconds (default 50 ms),
 so a *machine* crash (power loss, kernel panic) can lose at most that window; ``aclose``
-syncs what is left. The thread is woken once per round by the first record after it slept
-(a flag check per record, an ``Event.set`` per round) and tells the log what it synced by
-itself: no executor hand-off, future or loop wake-up per round (they cost the event loop
-a few % of its time under load, most of it waiting for the GIL in ``submit``). Callers see it in the trailing metadata of every
+syncs what is left. The first record after the thread slept wakes it once the request's
+step is over (a flag check per record, a ``call_soon`` and an ``Event.set`` per round), and
+the thread tells the log what it synced by itself: no executor hand-off, future or loop
+wake-up per round (they cost the event loop a few % of its time under load, most of it
+waiting for the GIL in ``submit``). Callers see it in the trailing metadata of every
 answer (``dataplane.api.status``): ``signalbox-evidence-id: <record_id>`` and
 ``signalbox-evidence: written`` (written to the OS; fsynced within the window).
 
@@ -226,6 +227,7 @@ class EvidenceLog:
         self._new_entries = True
         await self._fsync()
         self._stop.clear()
+        self._unsynced = False
         self._sync_thread = threading.Thread(
             target=self._sync_loop, name=f"evidence-fsync {self.chain_id}", daemon=True
         )
@@ -273,7 +275,7 @@ class EvidenceLog:
         return record_id
 
     def _roll(self, seq: int) -> None:
-        """Start the segment of ``seq``; the full one is fsynced and closed by the sync task."""
+        """Start the segment of ``seq``; the full one is fsynced and closed by the next sync round."""
         assert self._file is not None
         path = segments.segment_path(self.path, seq)
         # One open() on the request's path, once per segment_bytes: the new file must exist
@@ -371,7 +373,7 @@ class EvidenceLog:
             return True
 
     async def aclose(self) -> None:
-        """Stop the background tasks, sign a last checkpoint, sync and close the file."""
+        """Stop the sync thread and the checkpoint task, sign a last checkpoint, sync and close the file."""
         await self._stop_sync_thread()
         if self._checkpointer is not None:
             self._checkpointer.cancel()
