@@ -58,7 +58,10 @@ class Message:
     @property
     def text(self) -> str:
         """All text parts joined, images skipped."""
-        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+        content = self.content
+        if len(content) == 1 and type(content[0]) is TextPart:
+            return content[0].text  # nearly every message: read several times per request
+        return "".join(p.text for p in content if isinstance(p, TextPart))
 
 
 @dataclass(frozen=True, slots=True)

@@ -248,13 +248,13 @@ def validate_chat(request: ChatRequest, *, require_messages: bool = True, schema
     if require_messages and not request.messages:
         raise InvalidRequest("messages", "must not be empty")
     for i, message in enumerate(request.messages):
-        where = f"messages[{i}]"
+        # The field's name is only made for an error: this runs for every message of every request.
         if message.role is Role.TOOL and not message.tool_call_id:
-            raise InvalidRequest(f"{where}.tool_call_id", "required for a tool message")
+            raise InvalidRequest(f"messages[{i}].tool_call_id", "required for a tool message")
         if message.tool_calls and message.role is not Role.ASSISTANT:
-            raise InvalidRequest(f"{where}.tool_calls", "only assistant messages carry tool calls")
+            raise InvalidRequest(f"messages[{i}].tool_calls", "only assistant messages carry tool calls")
         if not message.content and not message.tool_calls:
-            raise InvalidRequest(f"{where}.content", "must not be empty")
+            raise InvalidRequest(f"messages[{i}].content", "must not be empty")
     p = request.params
     if p.max_output_tokens is not None and p.max_output_tokens < 1:
         raise InvalidRequest("params.max_output_tokens", "must be at least 1")

@@ -36,9 +36,13 @@ tree of that many records; a torn last checkpoint is cut off).
 **Durability: the answer carries "written", not "synced" (option b).** ``append``
 writes and flushes each record to the operating system in one ``write()`` before it
 returns, so the record survives the *process* crashing (SIGKILL, OOM, a bug). ``fsync``
-runs in a background task at most every ``fsync_interval`` seconds (default 50 ms) off
-the event loop, so a *machine* crash (power loss, kernel panic) can lose at most that
-window; ``aclose`` syncs what is left. Callers see it in the trailing metadata of every
+runs in one long-lived thread at most every ``fsync_interval`` seconds (default 50 ms),
+so a *machine* crash (power loss, kernel panic) can lose at most that window; ``aclose``
+syncs what is left. The first record after the thread slept wakes it once the request's
+step is over (a flag check per record, a ``call_soon`` and an ``Event.set`` per round), and
+the thread tells the log what it synced by itself: no executor hand-off, future or loop
+wake-up per round (they cost the event loop a few % of its time under load, most of it
+waiting for the GIL in ``submit``). Callers see it in the trailing metadata of every
 answer (``dataplane.api.status``): ``signalbox-evidence-id: <record_id>`` and
 ``signalbox-evidence: written`` (written to the OS; fsynced within the window).
 
@@ -163,15 +167,22 @@ class EvidenceLog:
         """A segment file was created since the directory was last fsynced."""
         self._writer_lock = WriterLock(path)
         self._sync_lock = threading.Lock()
-        """Held by the thread syncing: rounds (the sync task's, a checkpoint's) never overlap."""
+        """Held by the thread syncing: rounds (the sync thread's, a checkpoint's) never overlap."""
+        self._files_lock = threading.Lock()
+        """Guards ``_file``, ``_sealed`` and ``_new_entries`` between the event loop (a segment
+        rolling over) and a sync round taking them; never held across I/O."""
+        self._unsynced = False
+        """A record was written since the sync thread last took the head (event loop sets it)."""
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._sync_thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.spool = spool if spool is not None else Spool()
         self._head = ChainHead(0, GENESIS_HASH)
         self._durable_seq = 0
         self._tree = merkle.Tree()
         self._signed_size = 0
-        self._dirty = asyncio.Event()
         self._checkpoint_due = asyncio.Event()
-        self._syncer: asyncio.Task[None] | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._checkpoint_lock = asyncio.Lock()
         self.checkpoints_signed = 0
@@ -200,6 +211,7 @@ class EvidenceLog:
         # Evidence names tenants, models and callers: 0600 in a 0700 directory.
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.parent.chmod(0o700)
+        self._loop = asyncio.get_running_loop()
         self._writer_lock.acquire()  # ChainBusy when another process writes this chain
         try:
             state = await asyncio.to_thread(_recover, self.path, self.checkpoints_path, self.chain_id)
@@ -214,8 +226,13 @@ class EvidenceLog:
         # What a crashed process left may be in the page cache only: on disk before it ships.
         self._new_entries = True
         await self._fsync()
+        self._stop.clear()
+        self._unsynced = False
+        self._sync_thread = threading.Thread(
+            target=self._sync_loop, name=f"evidence-fsync {self.chain_id}", daemon=True
+        )
+        self._sync_thread.start()
         loop = asyncio.get_running_loop()
-        self._syncer = loop.create_task(self._sync_loop())
         if self._signer is not None:
             self._checkpointer = loop.create_task(self._checkpoint_loop())
 
@@ -247,56 +264,80 @@ class EvidenceLog:
         self.spool.written += len(line)
         self._head = ChainHead(seq, digest)
         self._tree.append(hashed.digest())
-        self._dirty.set()
+        if not self._unsynced:
+            self._unsynced = True
+            # Once the request's step is over (its answer written), not now: a thread woken
+            # here takes the GIL in the middle of the request and delays its answer.
+            if self._loop is not None:
+                self._loop.call_soon(self._wake.set)
         if self._tree.size - self._signed_size >= self._checkpoint_records:
             self._checkpoint_due.set()
         return record_id
 
     def _roll(self, seq: int) -> None:
-        """Start the segment of ``seq``; the full one is fsynced and closed by the sync task."""
+        """Start the segment of ``seq``; the full one is fsynced and closed by the next sync round."""
         assert self._file is not None
         path = segments.segment_path(self.path, seq)
         # One open() on the request's path, once per segment_bytes: the new file must exist
         # before this record is written to it.
         new = _open_private_append(path)
-        self._sealed.append(self._file)
-        self._file, self._segment_start, self._segment_size = new, seq, 0
-        self._new_entries = True
+        with self._files_lock:
+            self._sealed.append(self._file)
+            self._file = new
+            self._new_entries = True
+        self._segment_start, self._segment_size = seq, 0
         log.info("evidence log %s: segment %s started at seq %d", self.chain_id, path.name, seq)
 
-    async def _sync_loop(self) -> None:
+    def _sync_loop(self) -> None:
+        """The sync thread: wait for a record, sync, sleep ``fsync_interval``; until ``_stop``."""
         while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            await self._fsync()
-            await asyncio.sleep(self._fsync_interval)
+            self._wake.wait()
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            self._unsynced = False  # before the round: a record written during it wakes the next
+            self._sync_round()
+            if self._stop.wait(self._fsync_interval):
+                return
 
     async def _fsync(self) -> bool:
+        """One sync round now, in a worker thread (start, checkpoints, close)."""
+        return await asyncio.to_thread(self._sync_round)
+
+    def _sync_round(self) -> bool:
         """Sync the segments rolled over from (then close them), new directory entries and the
-        newest segment; False when any of it failed (retried on the next round)."""
-        if self._file is None:
+        newest segment; False when any of it failed (retried on the next round). Runs in a
+        thread; rounds never overlap."""
+        with self._sync_lock:
+            with self._files_lock:
+                current = self._file
+                if current is None:
+                    return True
+                # The sealed files stay listed until closed: aclose closes whatever is left.
+                sealed = list(self._sealed)
+                new_entries, self._new_entries = self._new_entries, False
+                # Every record up to this seq is with the OS already: on disk after the sync.
+                seq = self._head.seq
+            try:
+                _sync_files(sealed, self.path.parent if new_entries else None, current)
+            except OSError as exc:
+                # Records are already with the OS; keep syncing and say so.
+                with self._files_lock:
+                    self._new_entries = self._new_entries or new_entries
+                log.error("evidence log %s: fsync failed: %s", self.path, exc)
+                return False
+            finally:
+                with self._files_lock:
+                    self._sealed = [f for f in self._sealed if not f.closed]
+            self._durable_seq = max(self._durable_seq, seq)
             return True
-        # The sealed files stay listed until closed: a cancelled call may never run its
-        # thread, and aclose closes whatever is left.
-        new_entries, self._new_entries = self._new_entries, False
-        seq = self._head.seq
-        try:
-            await asyncio.to_thread(
-                _sync_files,
-                self._sync_lock,
-                list(self._sealed),
-                self.path.parent if new_entries else None,
-                self._file,
-            )
-        except OSError as exc:
-            # Records are already with the OS; keep the loop alive and say so.
-            self._new_entries = self._new_entries or new_entries
-            log.error("evidence log %s: fsync failed: %s", self.path, exc)
-            return False
-        finally:
-            self._sealed = [f for f in self._sealed if not f.closed]
-        self._durable_seq = max(self._durable_seq, seq)
-        return True
+
+    async def _stop_sync_thread(self) -> None:
+        thread, self._sync_thread = self._sync_thread, None
+        if thread is not None:
+            self._stop.set()
+            self._wake.set()
+            await asyncio.to_thread(thread.join)
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -332,24 +373,25 @@ class EvidenceLog:
             return True
 
     async def aclose(self) -> None:
-        """Stop the background tasks, sign a last checkpoint, sync and close the file."""
-        for task in (self._syncer, self._checkpointer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._syncer = self._checkpointer = None
+        """Stop the sync thread and the checkpoint task, sign a last checkpoint, sync and close the file."""
+        await self._stop_sync_thread()
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+        self._checkpointer = None
         if self._file is not None:
             try:
                 await self.checkpoint()
             except OSError as exc:
                 log.error("evidence log %s: last checkpoint not written: %s", self.path, exc)
             await self._fsync()
-            for f in self._sealed:
-                f.close()
-            self._sealed = []
-            self._file.close()
-            self._file = None
+            with self._files_lock:
+                for f in self._sealed:
+                    f.close()
+                self._sealed = []
+                self._file.close()
+                self._file = None
         self._writer_lock.release()
 
     async def __aenter__(self) -> EvidenceLog:
@@ -371,17 +413,14 @@ def _sign_and_store(key: ec.EllipticCurvePrivateKey, path: Path, chain: str, siz
         os.close(fd)
 
 
-def _sync_files(
-    lock: threading.Lock, sealed: list[BinaryIO], directory: Path | None, current: BinaryIO
-) -> None:
-    with lock:
-        for f in sealed:
-            if not f.closed:  # else a round before this one synced and closed it
-                os.fsync(f.fileno())
-                f.close()
-        if directory is not None:
-            segments.fsync_dir(directory)
-        os.fsync(current.fileno())
+def _sync_files(sealed: list[BinaryIO], directory: Path | None, current: BinaryIO) -> None:
+    for f in sealed:
+        if not f.closed:  # else a round before this one synced and closed it
+            os.fsync(f.fileno())
+            f.close()
+    if directory is not None:
+        segments.fsync_dir(directory)
+    os.fsync(current.fileno())
 
 
 def _open_private_append(path: Path) -> BinaryIO:

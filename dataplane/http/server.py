@@ -154,6 +154,8 @@ class _Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._served = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._on_deadline: Callable[[], None] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
         self._closed = False
@@ -176,6 +178,9 @@ class _Connection(asyncio.Protocol):
         self._closed = True
         self._server.connections.discard(self)
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._writable.set()
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -229,11 +234,21 @@ class _Connection(asyncio.Protocol):
         if self._refused:
             return
         self._headers_done = True
-        names = {name for name, _ in self._headers}
-        if b"content-length" in names and b"transfer-encoding" in names:
+        # One pass for the three headers the server itself reads (the first of each counts).
+        length: bytes | None = None
+        chunked = False
+        expect = b""
+        for name, value in self._headers:
+            if name == b"content-length":
+                if length is None:
+                    length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"expect" and not expect:
+                expect = value
+        if length is not None and chunked:
             self._refuse(400, "a request may not carry both content-length and transfer-encoding")
             return
-        length = next((value for name, value in self._headers if name == b"content-length"), None)
         if length is not None:
             try:
                 declared = int(length)
@@ -248,8 +263,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._task is None:
             self._arm(self._limits.body_timeout, self._slow_body)
-        expect = next((value for name, value in self._headers if name == b"expect"), b"")
-        if expect.lower() == b"100-continue" and self._transport is not None:
+        if expect and expect.lower() == b"100-continue" and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -267,10 +281,13 @@ class _Connection(asyncio.Protocol):
         self._in_message = False
         self._disarm()
         url = httptools.parse_url(self._url)
-        headers: dict[str, str] = {}
-        for name, value in self._headers:
-            key, text = name.decode("latin-1"), value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        raw = self._headers
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+        if len(headers) != len(raw):  # a repeated header: its values joined, in order
+            headers = {}
+            for name, value in raw:
+                key, text = name.decode("latin-1"), value.decode("latin-1")
+                headers[key] = f"{headers[key]}, {text}" if key in headers else text
         method = self._parser.get_method().decode("latin-1")
         request = Request(
             method,
@@ -320,7 +337,8 @@ class _Connection(asyncio.Protocol):
                         await response.send(500, _JSON, self._server.error_body(500, "internal error"))
                 finally:
                     self._server.in_flight -= 1
-                    self._server.idle.set()
+                    if not self._server.in_flight:
+                        self._server.idle.set()  # what a drain waits for
                 if not response.keep_alive:
                     self._close()
                     return
@@ -380,14 +398,32 @@ class _Connection(asyncio.Protocol):
         if self._task is None and not self._in_message:
             self._close()
 
+    # One deadline per connection, moved by every request (headers, body, keep-alive), but
+    # a timer only when the deadline comes before the one pending: the pending timer, when
+    # it fires early, re-arms for the deadline then current. Three timers made and cancelled
+    # per request cost more than the rest of the connection's bookkeeping.
+
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._disarm()
-        self._timer = self._loop.call_later(seconds, callback)
+        deadline = self._loop.time() + seconds
+        self._deadline, self._on_deadline = deadline, callback
+        if self._timer is None or self._timer.when() > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._deadline_reached)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._on_deadline = None
+
+    def _deadline_reached(self) -> None:
+        self._timer = None
+        callback = self._on_deadline
+        if callback is None or self._closed:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._deadline_reached)
+            return
+        self._on_deadline = None
+        callback()
 
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():

@@ -19,7 +19,8 @@ label), provider names and deployment keys come from the snapshot, ``status`` is
 limit or governance rule. API keys and correlation ids are never labels; the correlation id
 rides on exemplars of the request-duration histogram (OpenMetrics).
 
-Label children are cached per label tuple: ``labels()`` costs more than the increment itself.
+Label children are cached per label tuple: ``labels()`` costs more than the increment itself;
+those every request of one kind uses are found together by one lookup (``_Children``).
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class RequestMetrics:
             registry=registry,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._bundles: dict[tuple[Any, ...], _Children] = {}
 
     def _child(self, metric: Counter | Histogram, *values: str) -> Any:
         key = (id(metric), *values)
@@ -150,24 +152,39 @@ class RequestMetrics:
         model = candidate.model.alias if candidate is not None else ""
         provider = candidate.provider.type if candidate is not None else ""
         operation = GEN_AI_OPERATION.get(trace.kind, trace.kind)
-        ok = outcome.code is grpc.StatusCode.OK
-        error = "" if ok else (outcome.kind or outcome.code.name.lower())
-        self._child(self._requests, tenant, model, error or "ok", outcome.code.name).inc()
-        duration = self._child(self._duration, operation, provider, model, tenant, error)
+        code = outcome.code
+        key = (operation, provider, model, tenant, outcome.kind, code)
+        children = self._bundles.get(key)
+        if children is None:
+            error = "" if code is grpc.StatusCode.OK else (outcome.kind or code.name.lower())
+            children = self._bundles[key] = _Children(
+                self._child(self._requests, tenant, model, error or "ok", code.name),
+                self._child(self._duration, operation, provider, model, tenant, error),
+                self._child(self._added, operation),
+            )
+        children.requests.inc()
         cid = trace.correlation_id
         if len(cid) <= MAX_EXEMPLAR_CHARS:
-            duration.observe(total, {"correlation_id": cid})
+            children.duration.observe(total, {"correlation_id": cid})
         else:
-            duration.observe(total)
-        upstream = sum(a.duration_ms for a in trace.attempts) / 1000.0
-        self._child(self._added, operation).observe(max(total - upstream, 0.0))
+            children.duration.observe(total)
+        attempts = trace.attempts
+        if len(attempts) == 1:
+            upstream = attempts[0].duration_ms / 1000.0
+        else:
+            upstream = sum(a.duration_ms for a in attempts) / 1000.0
+        children.added.observe(max(total - upstream, 0.0))
         usage = trace.usage
         if usage is not None:
-            self._child(self._tokens, operation, provider, model, tenant, "input").observe(usage.input_tokens)
+            if children.input_tokens is None:
+                children.input_tokens = self._child(self._tokens, operation, provider, model, tenant, "input")
+            children.input_tokens.observe(usage.input_tokens)
             if operation == "chat":
-                self._child(self._tokens, operation, provider, model, tenant, "output").observe(
-                    usage.output_tokens
-                )
+                if children.output_tokens is None:
+                    children.output_tokens = self._child(
+                        self._tokens, operation, provider, model, tenant, "output"
+                    )
+                children.output_tokens.observe(usage.output_tokens)
         if trace.first_chunk_ms is not None:
             first = trace.first_chunk_ms / 1000.0
             self._child(self._first_token, operation, provider, model, tenant).observe(first)
@@ -176,7 +193,6 @@ class RequestMetrics:
                 self._child(self._per_token, operation, provider, model, tenant).observe(per_token)
         if trace.cost.total_nanos:
             self._child(self._cost, tenant, model).inc(trace.cost.total_nanos / 1e9)
-        attempts = trace.attempts
         if len(attempts) > 1:
             self._child(self._retries, tenant, model).inc(len(attempts) - 1)
             if attempts[-1].candidate.key != attempts[0].candidate.key:
@@ -185,6 +201,21 @@ class RequestMetrics:
             self._child(self._limits, tenant, limit_label(trace.limit)).inc()
         if outcome.kind in GOVERNANCE_REFUSALS:
             self._child(self._governance, tenant, refusing_rule(trace.governance)).inc()
+
+
+class _Children:
+    """The label children every request of one (operation, provider, model, tenant, outcome)
+    observes, found by one lookup; the token histograms' made on first use (a series appears
+    only once something was observed in it)."""
+
+    __slots__ = ("added", "duration", "input_tokens", "output_tokens", "requests")
+
+    def __init__(self, requests: Any, duration: Any, added: Any) -> None:
+        self.requests = requests
+        self.duration = duration
+        self.added = added
+        self.input_tokens: Any = None
+        self.output_tokens: Any = None
 
 
 def limit_label(limit: str) -> str:

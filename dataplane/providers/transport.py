@@ -39,6 +39,8 @@ MAX_EVENT_BYTES = 1024 * 1024
 """Largest stream line, SSE event or NDJSON line; a larger one is an ``UpstreamProtocolError``."""
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
+_SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+"""What parsers indexing into upstream JSON raise on a shape they did not expect."""
 
 
 class BodyTooLarge(Exception):
@@ -186,8 +188,11 @@ class HttpAdapter:
     ) -> T:
         """``post_json``, then ``parse`` the answer; a surprising shape is a protocol error."""
         payload = await self.post_json(url, body, timeout=timeout, params=params)
-        with self.decoding():
+        # ``decoding``'s translation, without a generator context manager on every request.
+        try:
             return parse(payload)
+        except _SHAPE_ERRORS as exc:
+            raise self.malformed(f"unexpected JSON shape ({type(exc).__name__})") from exc
 
     def vectors(self, rows: Iterable[Iterable[Any]], expected: int) -> tuple[tuple[float, ...], ...]:
         """Embedding rows as float tuples; one per input, or the answer is malformed."""
@@ -206,7 +211,7 @@ class HttpAdapter:
         """
         try:
             yield
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        except _SHAPE_ERRORS as exc:
             raise self.malformed(f"unexpected JSON shape ({type(exc).__name__})") from exc
 
     async def stream_chunks(

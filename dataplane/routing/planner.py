@@ -126,7 +126,8 @@ def usable_plan(plan: RoutePlan, query: RouteQuery, unusable: Mapping[str, str] 
                 "params.max_output_tokens",
                 f"{max_output_tokens} is above the maximum of model {model.alias!r} ({model.max_output_tokens})",
             )
-        ordered = fits
+        if len(fits) != len(ordered):  # else the plan stands as it is: no copy per request
+            ordered = fits
     if ordered is not plan.ordered:
         plan = replace(plan, ordered=ordered)
     return plan

@@ -105,19 +105,20 @@ class Exchange:
     async def _wait(self, timeout: float) -> None:
         if self._error is not None:
             raise self._error
-        loop = asyncio.get_running_loop()
+        connection = self._connection
+        loop = connection.loop
         waiter = self._waiter = loop.create_future()
         when = loop.time() + timeout
         if self.deadline is not None and self.deadline < when:
             when = self.deadline
-        timer = loop.call_at(when, self._time_out, waiter)
+        connection.watch(self, waiter, when)
         try:
             await waiter
         finally:
-            timer.cancel()
+            connection.watching = None
             self._waiter = None
 
-    def _time_out(self, waiter: asyncio.Future[None]) -> None:
+    def time_out(self, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
             self.fail(httpx.ReadTimeout("upstream sent nothing within the timeout"))
             self._connection.abort()
@@ -170,6 +171,11 @@ class Connection(asyncio.Protocol):
         """Requests sent on this connection; more than one means it came from the pool."""
         self.idle_since = 0.0
         """Loop time it went back to the pool."""
+        self.loop = asyncio.get_running_loop()
+        self.watching: tuple[Exchange, asyncio.Future[None]] | None = None
+        """The reader waiting for bytes, and its waiter, until ``_watch_until``."""
+        self._watch_until = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- used by the pool and the client ------------------------------------------------------
 
@@ -183,6 +189,30 @@ class Connection(asyncio.Protocol):
         if body:
             self._transport.write(body)
         return exchange
+
+    def watch(self, exchange: Exchange, waiter: asyncio.Future[None], until: float) -> None:
+        """Time ``exchange``'s wait out at ``until`` (loop time). One timer per connection,
+        not one per wait: it is made only when ``until`` comes before the pending one, which,
+        firing early, re-arms for the wait then current (each wait of a request on a pooled
+        connection ends later than the last one's, so nearly none are made)."""
+        self.watching = (exchange, waiter)
+        self._watch_until = until
+        timer = self._timer
+        if timer is None or timer.when() > until:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(until, self._watch_due)
+
+    def _watch_due(self) -> None:
+        self._timer = None
+        watching = self.watching
+        if watching is None:
+            return
+        if self.loop.time() < self._watch_until:
+            self._timer = self.loop.call_at(self._watch_until, self._watch_due)
+            return
+        exchange, waiter = watching
+        exchange.time_out(waiter)
 
     def usable(self) -> bool:
         return not self.closed and self._transport is not None and not self._transport.is_closing()
@@ -306,6 +336,9 @@ class Connection(asyncio.Protocol):
     def _closed_now(self) -> None:
         if not self.closed:
             self.closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             exchange, self._exchange = self._exchange, None
             if exchange is not None:
                 # Closed under a waiting reader (the client shutting down): it learns now, not at

@@ -102,6 +102,15 @@ async def test_request_metrics_count_exactly_what_the_evidence_records_say(meter
         "input": sum(r["usage"]["input_tokens"] for r in smart),
         "output": sum(r["usage"]["output_tokens"] for r in smart),
     }
+    # Embeddings have no output tokens: that series never appears, even at zero.
+    assert not [
+        s
+        for s in _samples(text, "gen_ai_client_token_usage_count")
+        if s.labels["gen_ai_operation_name"] == "embeddings" and s.labels["gen_ai_token_type"] == "output"
+    ]
+    # Three chats of one kind (tenant, model, outcome) counted by one set of children.
+    fast = [s.value for s in _samples(text, "signalbox_requests_total") if s.labels["model"] == "sim-fast"]
+    assert sum(fast) >= 3
     durations = _samples(text, "gen_ai_server_request_duration_seconds_count")
     assert {s.labels["gen_ai_operation_name"] for s in durations} == {"chat", "embeddings"}
     assert {s.labels["gen_ai_provider_name"] for s in durations if s.labels["gen_ai_request_model"]} == {

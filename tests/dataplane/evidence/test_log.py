@@ -3,7 +3,9 @@ tampering detected; no secrets or content."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from dataplane.evidence.log import EvidenceChainBroken, EvidenceLog, log_path
 from dataplane.evidence.records import read_records, verify_chain
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
-from tests.helpers import eventually
+from tests.helpers import eventually, wait_until
 
 SECRET_PROMPT = "the launch code is swordfish-7781"
 
@@ -173,6 +175,24 @@ async def test_durable_seq_is_the_last_fsynced_record(tmp_path: Path) -> None:
     finally:
         await log.aclose()
     assert log.durable_seq == 5  # closing syncs the rest
+
+
+async def test_records_become_durable_without_the_event_loop(tmp_path: Path) -> None:
+    # The sync thread takes the head, syncs and says so by itself: durable_seq advances while
+    # the event loop is busy (blocked in wait_until here); the loop only wakes the thread.
+    def sync_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "evidence-fsync by-thread/0"]
+
+    async with EvidenceLog(tmp_path / "n.jsonl", "by-thread") as log:
+        for i in range(3):
+            log.append({"x": i})
+        await asyncio.sleep(0)  # one turn of the loop: the thread is woken after the appending step
+        wait_until(lambda: log.durable_seq == 3, message="the sync thread synced records 1-3")
+        log.append({"x": 3})
+        await asyncio.sleep(0)
+        wait_until(lambda: log.durable_seq == 4, message="the next round synced record 4")
+        assert len(sync_threads()) == 1
+    assert not sync_threads()  # closing the log ends its thread
 
 
 @pytest.mark.parametrize("tamper", ["edit", "delete", "reorder"])

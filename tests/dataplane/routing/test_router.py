@@ -16,10 +16,16 @@ from dataplane.config.model import (
     RuntimeConfig,
     TenantConfig,
 )
-from dataplane.errors import CapabilityUnavailable, NoEligibleCandidate, NotFound, PermissionDenied
+from dataplane.errors import (
+    CapabilityUnavailable,
+    InvalidRequest,
+    NoEligibleCandidate,
+    NotFound,
+    PermissionDenied,
+)
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import BreakerSettings
-from dataplane.routing.planner import plan_route
+from dataplane.routing.planner import plan_route, usable_plan
 from dataplane.routing.query import NodeContext, RouteQuery
 from dataplane.routing.table import build_route_table
 
@@ -514,3 +520,13 @@ def test_explain_is_plain_data_with_the_whole_decision() -> None:
     assert {"candidate": "sim-fast@us", "why": "region 'us-east-1' not allowed"} in explained["dropped"]
     assert explained["considered"] == ["sim-smart", "small", "sim-fast"]
     assert explained["retry"]["max_attempts"] == 3
+
+
+def test_a_plan_whose_candidates_all_fit_the_max_output_tokens_is_kept_as_it_is() -> None:
+    cfg = config({"default_model": "sim-fast"})
+    planned = plan(cfg, max_output_tokens=100)
+    # Every candidate takes 100 output tokens: the same plan, not a copy made per request.
+    assert usable_plan(planned, RouteQuery(tenant=GOLD, max_output_tokens=100)) is planned
+    # One that none can take is refused, naming the field.
+    with pytest.raises(InvalidRequest, match="above the maximum"):
+        usable_plan(planned, RouteQuery(tenant=GOLD, max_output_tokens=10**9))
