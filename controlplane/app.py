@@ -44,7 +44,7 @@ from controlplane.api.interceptor import AdminInterceptor
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.quota import QuotaServicer
 from controlplane.api.sync import ConfigSyncServicer
-from controlplane.api_key_hash import ApiKeyHasher, ensure_api_key_hasher
+from controlplane.api_key_hash import ApiKeyHasher, HashKeyRing, LiveHashKeys
 from controlplane.db.embedded import EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
@@ -65,6 +65,7 @@ from controlplane.services.base import UnitOfWork
 from controlplane.services.callers import CallerIdentityService
 from controlplane.services.governance import GovernanceService
 from controlplane.services.groups import NodeGroupService
+from controlplane.services.hash_keys import HashKeyService
 from controlplane.services.identity import IdentityService
 from controlplane.services.imports import ImportService
 from controlplane.services.keys import ApiKeyService
@@ -205,6 +206,8 @@ class ControlPlane:
         """The active signing key at start (rotation changes the keyring's keys, not this)."""
         self.keyring: Keyring | None = None
         self.api_key_hasher: ApiKeyHasher | None = None
+        """The active API-key hash key version at start (a rotation does not change this)."""
+        self.hash_keys: HashKeyRing | None = None
         self._embedded: EmbeddedPostgres | None = None
         self._engine: AsyncEngine | None = None
         self._server: grpc.aio.Server | None = None
@@ -278,8 +281,10 @@ class ControlPlane:
             self.signer = await ensure_signing_key(session, kek)
         async with sessions() as session, session.begin():
             self.node_ca = await ensure_node_ca(session, kek)
+        self.hash_keys = hash_keys = HashKeyRing(kek)
         async with sessions() as session, session.begin():
-            self.api_key_hasher = hasher = await ensure_api_key_hasher(session, kek)
+            # The active version at start (tests hash with it); services ask the ring each time.
+            self.api_key_hasher = await hash_keys.ensure(session)
         self._write_public(self.trust_key_path, self.signer.public_pem())
         self._trust_key_id = self.signer.key_id
         self._write_public(self.node_ca_path, self.node_ca.pem)
@@ -331,7 +336,9 @@ class ControlPlane:
             admit_refusal=self._enroll_refusals.admit,
         )
         node_auth = NodeAuthenticator(self.identities, require_certificate=not s.tls.insecure)
-        self.sync = ConfigSyncServicer(self.broker, nodes, node_auth, api_key_hash_key=hasher.key)
+        self.sync = ConfigSyncServicer(
+            self.broker, nodes, node_auth, api_key_hash_keys=LiveHashKeys(hash_keys, sessions)
+        )
         partitions = Partitions(sessions)
         self.retention = EvidenceRetention(sessions, self.keyring, partitions)
         self.evidence = EvidenceIngest(
@@ -343,7 +350,8 @@ class ControlPlane:
         )
         admin_servicer = AdminServicer(
             tenants=TenantService(uow),
-            keys=ApiKeyService(uow, hasher),
+            keys=ApiKeyService(uow, hash_keys),
+            hash_keys=HashKeyService(uow, hash_keys),
             providers=ProviderService(uow),
             models=ModelService(uow),
             policies=PolicyService(uow),
@@ -353,7 +361,7 @@ class ControlPlane:
             signing_keys=SigningKeyService(uow),
             identities=self.identities,
             groups=groups,
-            imports=ImportService(uow, hasher),
+            imports=ImportService(uow, hash_keys),
             evidence=EvidenceQueries(sessions, stale_after=s.evidence_stale_after),
             exporter=EvidenceExporter(
                 sessions, self.keyring, self.node_ca.pem.decode(), max_records=s.max_export_records

@@ -20,7 +20,7 @@ from dataplane.quota import DEFAULT_LEASE_INTERVAL
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.serve_flags import add_door_and_evidence_flags
 from dataplane.snapshot.background import ESCALATE_AFTER_S
-from dataplane.snapshot.hash_key import decode_hash_key_file
+from dataplane.snapshot.hash_key import decode_hash_keys
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
 from dataplane.trust_cli import add_trust_key, trust_key_paths
 from dataplane.workers import resolve as resolve_workers
@@ -398,10 +398,10 @@ def serve_command(ns: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"--enroll-token-file: cannot read {ns.enroll_token_file}: {exc.strerror}", file=sys.stderr)
             return 2
-    hash_key = None
+    hash_keys = None
     if ns.api_key_hash_key_file:
         try:
-            hash_key = decode_hash_key_file(
+            hash_keys = decode_hash_keys(
                 Path(ns.api_key_hash_key_file).read_bytes(), "--api-key-hash-key-file"
             )
         except OSError as exc:
@@ -434,7 +434,7 @@ def serve_command(ns: argparse.Namespace) -> int:
             keepalive_timeout=ns.http_keepalive,
         ),
         sealing_key=sealing_key,
-        api_key_hash_key=hash_key,
+        api_key_hash_keys=hash_keys,
         control_plane=ns.control_plane or None,
         enroll_token=token,
         enroll_address=ns.enroll_address or None,

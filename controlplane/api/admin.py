@@ -22,6 +22,7 @@ import grpc
 from controlplane.api import convert
 from controlplane.api.admin_evidence import EvidenceAdmin
 from controlplane.api.admin_governance import GovernanceAdmin
+from controlplane.api.admin_hash_keys import HashKeyAdmin
 from controlplane.api.admin_identity import CallerIdentityAdmin
 from controlplane.api.admin_limits import LimitsAdmin
 from controlplane.api.admin_routing import RoutingAdmin
@@ -38,6 +39,7 @@ from controlplane.services.admin import AdminService
 from controlplane.services.callers import CallerIdentityService
 from controlplane.services.governance import GovernanceService
 from controlplane.services.groups import NodeGroupService
+from controlplane.services.hash_keys import HashKeyService
 from controlplane.services.identity import MAX_CERT_TTL, MAX_TOKEN_TTL, IdentityService, check_node_id
 from controlplane.services.imports import ImportService
 from controlplane.services.keys import ApiKeyService
@@ -63,6 +65,7 @@ class AdminServicer(
     LimitsAdmin,
     AdminSecurityAdmin,
     GovernanceAdmin,
+    HashKeyAdmin,
     admin_pb2_grpc.AdminServiceServicer,
 ):
     """Implements every RPC of ``signalbox.api.admin.v1.AdminService``."""
@@ -90,6 +93,7 @@ class AdminServicer(
         limits: LimitsService,
         admin: AdminService,
         governance: GovernanceService,
+        hash_keys: HashKeyService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -111,6 +115,7 @@ class AdminServicer(
         self._limits = limits
         self._admin = admin
         self._governance = governance
+        self._hash_keys = hash_keys
 
     # ---- tenants ----
 

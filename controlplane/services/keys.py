@@ -2,8 +2,8 @@
 
 The key id is the row's UUID (32 hex digits), visible in listings, logs and evidence; the
 secret is 256 random bits (``secrets.token_urlsafe(32)``). The database keeps the HMAC-SHA256
-of the whole key under the sealed hash key (``controlplane.api_key_hash``, which also says how
-nodes verify).
+of the whole key under the active version of the sealed hash key, and that version
+(``controlplane.api_key_hash``, which also says how nodes verify and how versions retire).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from controlplane.api_key_hash import ApiKeyHasher
+from controlplane.api_key_hash import HashKeyRing
 from controlplane.db.models import ApiKey
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.repositories import config as repo
@@ -42,7 +42,7 @@ def secret_digest(secret: str) -> bytes:
 @dataclass(slots=True)
 class ApiKeyService:
     uow: UnitOfWork
-    hasher: ApiKeyHasher
+    hash_keys: HashKeyRing
 
     async def create(
         self,
@@ -70,12 +70,14 @@ class ApiKeyService:
             row = await repo.get_tenant(change.session, tenant)
             if row is None:
                 raise NotFound("tenant", tenant)
+            hasher = await self.hash_keys.active(change.session)
             key = ApiKey(
                 id=key_id,
                 tenant_id=row.id,
                 name=name,
                 prefix=secret[:VISIBLE_PREFIX_CHARS],
-                secret_hmac=self.hasher.digest(secret),
+                secret_hmac=hasher.digest(secret),
+                hash_key_version=hasher.version,
                 scopes=list(scopes),
                 expires_at=expires_at,
             )
@@ -98,4 +100,9 @@ class ApiKeyService:
             if key is None:
                 raise NotFound("api key", key_id)
             await change.session.delete(key)
+            await change.session.flush()
+            # Its version's last usable key gone: the version retires, and the snapshot this
+            # change publishes goes out without it (nodes forget it).
+            if retired := await self.hash_keys.sweep(change.session):
+                change.reason += f"; API-key hash key version {', '.join(map(str, retired))} retired"
         return change.version

@@ -21,7 +21,7 @@ from controlplane.db.session import create_engine
 from controlplane.errors import SigningKeyUnavailable
 from controlplane.keys import generate_kek_file, load_kek
 from dataplane.snapshot.envelope import verify
-from dataplane.snapshot.hash_key import decode_hash_key_file
+from dataplane.snapshot.hash_key import HashKeys, decode_hash_keys
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.shell.cli import main
 from tests.e2e.test_config_push import _admin
@@ -142,7 +142,7 @@ async def test_export_api_key_hash_key_writes_the_key_for_an_air_gapped_node(
     ]
     assert await asyncio.to_thread(main, [*argv, "--out", str(out)]) == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    assert decode_hash_key_file(out.read_bytes(), "out") == hasher.key
+    assert decode_hash_keys(out.read_bytes(), "out") == HashKeys({1: hasher.key})
     # Never over an existing file; the wrong KEK opens nothing.
     assert await asyncio.to_thread(main, [*argv, "--out", str(out)]) == 1
     assert "exists; not overwritten" in capsys.readouterr().err

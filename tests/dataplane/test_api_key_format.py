@@ -31,7 +31,9 @@ def _config(n: int, hash_key: bytes = HASH_KEY) -> tuple[RuntimeConfig, list[tup
     keys = {hmac.digest(hash_key, k.encode(), "sha256"): ApiKeyEntry(i, "t") for i, k in issued}
     keys[hashlib.sha256(b"sbx_legacy-format-key").digest()] = ApiKeyEntry("legacy", "t")
     tenants = {"t": TenantConfig("t", "t")}
-    config = RuntimeConfig(1, b"", 0.0, None, Scope(), tenants, keys, {}, {}, {}, api_key_hash_key=hash_key)
+    config = RuntimeConfig(
+        1, b"", 0.0, None, Scope(), tenants, keys, {}, {}, {}, api_key_hash_keys=(hash_key,)
+    )
     return config, issued
 
 
