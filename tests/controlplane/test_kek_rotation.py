@@ -17,9 +17,10 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import text
 
-from controlplane.db.session import create_engine
+from controlplane.api_key_hash import ApiKeyHasher, HashKeyRing
+from controlplane.db.session import create_engine, session_factory
 from controlplane.errors import SigningKeyUnavailable
-from controlplane.keys import generate_kek_file, load_kek
+from controlplane.keys import Kek, generate_kek_file, load_kek
 from dataplane.snapshot.envelope import verify
 from dataplane.snapshot.hash_key import HashKeys, decode_hash_keys
 from signalbox.api.admin.v1 import admin_pb2
@@ -47,6 +48,16 @@ async def _sealed(database_url: str) -> list[tuple[str, bytes]]:
         await engine.dispose()
 
 
+async def _live_hash_keys(database_url: str, kek: Kek) -> list[ApiKeyHasher]:
+    """The live API-key hash key versions, unsealed with ``kek``."""
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine)() as session:
+            return await HashKeyRing(kek).live(session)
+    finally:
+        await engine.dispose()
+
+
 async def _publish_and_check(running: RunningControlPlane, tenant: str) -> None:
     """A change publishes a snapshot that verifies under every key the control plane signs with."""
     async with _admin(running) as admin:
@@ -63,6 +74,12 @@ async def test_rotate_kek_reseals_every_key_without_downtime(database_url: str, 
     async with running_control_plane(settings) as first:
         async with _admin(first) as admin:
             await admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest())  # two keys to re-seal
+            # And two API-key hash key versions (a key keeps version 1 live).
+            await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="keyed"))
+            await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant="keyed"))
+            await admin.RotateApiKeyHashKey(admin_pb2.RotateApiKeyHashKeyRequest())
+        live_before = await _live_hash_keys(database_url, old)
+        assert [h.version for h in live_before] == [1, 2]
         assert await _kek_ids(database_url) == {old.id}
         argv = [
             "controlplane", "rotate-kek", "--database-url", database_url,
@@ -85,8 +102,10 @@ async def test_rotate_kek_reseals_every_key_without_downtime(database_url: str, 
         hash_key = first.cp.api_key_hasher
 
     async with running_control_plane(replace(settings, kek_file=new_file)) as second:
-        # The API-key hash key too: every stored key digest still matches.
-        assert second.cp.api_key_hasher == hash_key
+        # The API-key hash key too, every version of it: every stored key digest still matches.
+        assert second.cp.api_key_hasher == live_before[-1]
+        assert await _live_hash_keys(database_url, new) == live_before
+        assert hash_key == live_before[0]  # the one at the first start
         await _publish_and_check(second, "after")
         # The node CA key was re-sealed in the same transaction: the same CA keeps issuing.
         assert second.cp.node_ca_path.read_bytes() == node_ca
