@@ -208,6 +208,14 @@ class HashKeyRing:
         with it: the previous one when no usable key uses it. Refused when
         ``MAX_LIVE_VERSIONS`` would be exceeded."""
         rows = await self._rows(session, lock=True)
+        stale = sorted({row.kek_id for row in rows if row.retired_at is None} - {self._kek.id})
+        if stale:
+            # rotate-kek re-sealed the versions: one sealed with this process's KEK would not
+            # open after the restart that KEK rotation requires.
+            raise SigningKeyUnavailable(
+                f"API-key hash key versions are sealed with KEK {', '.join(stale)}, this control plane "
+                f"runs with KEK {self._kek.id}: restart it with the new KEK before rotating"
+            )
         usable = await _usable_keys(session)
         states = _states(rows, usable)
         live = [row.id for row in rows if states[row.id] != RETIRED]

@@ -65,7 +65,6 @@ from controlplane.services.base import UnitOfWork
 from controlplane.services.callers import CallerIdentityService
 from controlplane.services.governance import GovernanceService
 from controlplane.services.groups import NodeGroupService
-from controlplane.services.hash_keys import HashKeyService
 from controlplane.services.identity import IdentityService
 from controlplane.services.imports import ImportService
 from controlplane.services.keys import ApiKeyService
@@ -205,9 +204,7 @@ class ControlPlane:
         self.signer: Signer | None = None
         """The active signing key at start (rotation changes the keyring's keys, not this)."""
         self.keyring: Keyring | None = None
-        self.api_key_hasher: ApiKeyHasher | None = None
-        """The active API-key hash key version at start (a rotation does not change this)."""
-        self.hash_keys: HashKeyRing | None = None
+        self.api_key_hasher: ApiKeyHasher | None = None  # the active version at start
         self._embedded: EmbeddedPostgres | None = None
         self._engine: AsyncEngine | None = None
         self._server: grpc.aio.Server | None = None
@@ -281,9 +278,8 @@ class ControlPlane:
             self.signer = await ensure_signing_key(session, kek)
         async with sessions() as session, session.begin():
             self.node_ca = await ensure_node_ca(session, kek)
-        self.hash_keys = hash_keys = HashKeyRing(kek)
+        hash_keys = HashKeyRing(kek)  # services ask it for the active version each time
         async with sessions() as session, session.begin():
-            # The active version at start (tests hash with it); services ask the ring each time.
             self.api_key_hasher = await hash_keys.ensure(session)
         self._write_public(self.trust_key_path, self.signer.public_pem())
         self._trust_key_id = self.signer.key_id
@@ -336,9 +332,8 @@ class ControlPlane:
             admit_refusal=self._enroll_refusals.admit,
         )
         node_auth = NodeAuthenticator(self.identities, require_certificate=not s.tls.insecure)
-        self.sync = ConfigSyncServicer(
-            self.broker, nodes, node_auth, api_key_hash_keys=LiveHashKeys(hash_keys, sessions)
-        )
+        live_keys = LiveHashKeys(hash_keys, sessions)
+        self.sync = ConfigSyncServicer(self.broker, nodes, node_auth, api_key_hash_keys=live_keys)
         partitions = Partitions(sessions)
         self.retention = EvidenceRetention(sessions, self.keyring, partitions)
         self.evidence = EvidenceIngest(
@@ -351,7 +346,6 @@ class ControlPlane:
         admin_servicer = AdminServicer(
             tenants=TenantService(uow),
             keys=ApiKeyService(uow, hash_keys),
-            hash_keys=HashKeyService(uow, hash_keys),
             providers=ProviderService(uow),
             models=ModelService(uow),
             policies=PolicyService(uow),

@@ -130,8 +130,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
         "--api-key-hash-key-file",
         env="SIGNALBOX_API_KEY_HASH_KEY_FILE",
         default=None,
-        help="file with the control plane's API-key hash key (base64; from `signalbox controlplane "
-        "export-api-key-hash-key`), for a node without a control plane; unset: the key the control plane sends",
+        help="file with the live versions of the control plane's API-key hash key (from `signalbox controlplane "
+        "export-api-key-hash-key`; a one-key base64 file of earlier versions is version 1), for a node without "
+        "a control plane; export it again after a rotation; unset: the versions the control plane sends",
         command=SERVE,
     )
     tls.add_server_flags(serve, env_prefix="SIGNALBOX_DATAPLANE", command=SERVE)

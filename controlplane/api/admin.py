@@ -39,7 +39,6 @@ from controlplane.services.admin import AdminService
 from controlplane.services.callers import CallerIdentityService
 from controlplane.services.governance import GovernanceService
 from controlplane.services.groups import NodeGroupService
-from controlplane.services.hash_keys import HashKeyService
 from controlplane.services.identity import MAX_CERT_TTL, MAX_TOKEN_TTL, IdentityService, check_node_id
 from controlplane.services.imports import ImportService
 from controlplane.services.keys import ApiKeyService
@@ -93,7 +92,6 @@ class AdminServicer(
         limits: LimitsService,
         admin: AdminService,
         governance: GovernanceService,
-        hash_keys: HashKeyService,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -115,7 +113,6 @@ class AdminServicer(
         self._limits = limits
         self._admin = admin
         self._governance = governance
-        self._hash_keys = hash_keys
 
     # ---- tenants ----
 

@@ -10,7 +10,7 @@ import grpc
 from controlplane.api.convert import ts
 from controlplane.api.interceptor import current_caller
 from controlplane.api_key_hash import HashKeyVersion
-from controlplane.services.hash_keys import HashKeyService
+from controlplane.services.keys import ApiKeyService
 from signalbox.api.admin.v1 import admin_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -27,21 +27,21 @@ def _info(v: HashKeyVersion) -> admin_pb2.ApiKeyHashKeyInfo:
 
 
 class HashKeyAdmin:
-    """The hash key RPCs; the servicer's ``__init__`` sets ``_hash_keys``."""
+    """The hash key RPCs; the servicer's ``__init__`` sets ``_keys``."""
 
-    _hash_keys: HashKeyService
+    _keys: ApiKeyService
 
     async def ListApiKeyHashKeys(
         self, request: admin_pb2.ListApiKeyHashKeysRequest, context: Context
     ) -> admin_pb2.ListApiKeyHashKeysResponse:
         return admin_pb2.ListApiKeyHashKeysResponse(
-            versions=[_info(v) for v in await self._hash_keys.versions()]
+            versions=[_info(v) for v in await self._keys.hash_key_versions()]
         )
 
     async def RotateApiKeyHashKey(
         self, request: admin_pb2.RotateApiKeyHashKeyRequest, context: Context
     ) -> admin_pb2.RotateApiKeyHashKeyResponse:
-        version, retired, snapshot = await self._hash_keys.rotate(current_caller())
+        version, retired, snapshot = await self._keys.rotate_hash_key(current_caller())
         return admin_pb2.RotateApiKeyHashKeyResponse(
             version=_info(version), retired=retired, snapshot_version=snapshot
         )
@@ -49,5 +49,5 @@ class HashKeyAdmin:
     async def RetireApiKeyHashKey(
         self, request: admin_pb2.RetireApiKeyHashKeyRequest, context: Context
     ) -> admin_pb2.RetireApiKeyHashKeyResponse:
-        version, snapshot = await self._hash_keys.retire(current_caller(), request.version)
+        version, snapshot = await self._keys.retire_hash_key(current_caller(), request.version)
         return admin_pb2.RetireApiKeyHashKeyResponse(version=_info(version), snapshot_version=snapshot)

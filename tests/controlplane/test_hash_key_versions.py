@@ -29,7 +29,12 @@ def test_a_database_of_before_0022_keeps_its_key_as_version_1(empty_database_url
                 sa.text("INSERT INTO api_key_hash_key (id, sealed_key, kek_id) VALUES (1, :blob, 'kek-1')"),
                 {"blob": b"sealed"},
             )
-            conn.execute(sa.text("INSERT INTO tenants (id, name, tier, active, labels) VALUES (:id, 'acme', '', true, '{}')"), {"id": tenant})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO tenants (id, name, tier, active, labels) VALUES (:id, 'acme', '', true, '{}')"
+                ),
+                {"id": tenant},
+            )
             insert = sa.text(
                 "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_hmac, secret_sha256, scopes) "
                 "VALUES (:id, :tenant, '', 'sbx_', :hmac, :sha, '[]')"

@@ -97,6 +97,12 @@ async def test_rotate_kek_reseals_every_key_without_downtime(database_url: str, 
                 await admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest())
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "restart it with the new KEK" in str(info.value.details())
+        # Nor a hash key version (its start would fail on it).
+        async with _admin(first) as admin:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await admin.RotateApiKeyHashKey(admin_pb2.RotateApiKeyHashKeyRequest())
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "restart it with the new KEK before rotating" in str(info.value.details())
 
         node_ca = first.cp.node_ca_path.read_bytes()
         hash_key = first.cp.api_key_hasher
