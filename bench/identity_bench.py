@@ -2,9 +2,12 @@
 
     .venv/bin/python bench/identity_bench.py                  # 50,000 keys, 20,000 calls each
     .venv/bin/python bench/identity_bench.py --keys 1000 --calls 500   # smoke run
+    .venv/bin/python bench/identity_bench.py --hash-key-versions 2    # during a hash key rotation
 
 A snapshot payload with ``--keys`` API keys (``sbx_<id>_<secret>``, looked up by their
-HMAC-SHA256 under the hash key, as the control plane issues them) plus 1,000 keys of the
+HMAC-SHA256 under the hash key, as the control plane issues them; with
+``--hash-key-versions N`` the node holds N live versions and the keys are spread over them,
+as after rotations: every check then computes N HMACs) plus 1,000 keys of the
 earlier format (SHA-256), one tenant JWT issuer (an ES256 and an RS256
 key) and mTLS mappings (exact and prefix) is compiled by the node's own compiler
 (``compile_payload``: the JWKS is parsed there, once), then ``dataplane.auth.authenticate``
@@ -100,12 +103,14 @@ def _certificate(uri: str) -> bytes:
 LEGACY_KEYS = 1000
 
 
-def build(keys: int, idp: Idp, hash_key: bytes) -> tuple[bytes, list[str], list[str]]:
-    """The payload, the new-format keys and the earlier-format keys."""
+def build(keys: int, idp: Idp, hash_keys: list[bytes]) -> tuple[bytes, list[str], list[str]]:
+    """The payload, the new-format keys (key ``i`` hashed under version ``i % N``) and the
+    earlier-format keys."""
     snap = snapshot_pb2.Snapshot(version=1)
     snap.tenants.add(id="t", name="t", active=True)
     secrets_list = []
-    for _ in range(keys):
+    for i in range(keys):
+        hash_key = hash_keys[i % len(hash_keys)]
         key_id = uuid.uuid4()
         secret = f"sbx_{key_id.hex}_{secrets.token_urlsafe(32)}"
         secrets_list.append(secret)
@@ -156,16 +161,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=50_000, help="API keys in the snapshot")
     parser.add_argument("--calls", type=int, default=20_000, help="timed calls per method")
+    parser.add_argument(
+        "--hash-key-versions", type=int, default=1, choices=range(1, 9), metavar="N",
+        help="live API-key hash key versions the node holds (1..8)",
+    )  # fmt: skip
     ns = parser.parse_args(argv)
     idp = Idp()
-    hash_key = secrets.token_bytes(32)
-    payload, keys, legacy = build(ns.keys, idp, hash_key)
+    hash_keys = [secrets.token_bytes(32) for _ in range(ns.hash_key_versions)]
+    payload, keys, legacy = build(ns.keys, idp, hash_keys)
     started = time.perf_counter()
-    # As the node's store does: the hash key it holds joins the compiled snapshot.
-    config = replace(compile_payload(payload), api_key_hash_key=hash_key)
+    # As the node's store does: the hash key versions it holds join the compiled snapshot.
+    config = replace(compile_payload(payload), api_key_hash_keys=tuple(hash_keys))
     compile_ms = (time.perf_counter() - started) * 1000
     now = time.time()
-    api_key = keys[len(keys) // 2]
+    # Under the oldest version (the first HMAC matches; the others are computed all the same).
+    api_key = keys[(len(keys) // 2) // len(hash_keys) * len(hash_keys)]
+    newest = keys[len(hash_keys) - 1]
     known_id = api_key.split("_", 2)[1]
     unknown_id = f"sbx_{uuid.uuid4().hex}_{secrets.token_urlsafe(32)}"
     wrong_secret = f"sbx_{known_id}_{secrets.token_urlsafe(32)}"
@@ -199,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [
         ("api key", lambda: auth.authenticate(config, api_key, now)),
+        *(
+            [("api key (newest version)", lambda: auth.authenticate(config, newest, now))]
+            if len(hash_keys) > 1
+            else []
+        ),
         ("api key (sha256)", lambda: auth.authenticate(config, legacy[LEGACY_KEYS // 2], now)),
         ("api key unknown id", refused(unknown_id)),
         ("api key wrong secret", refused(wrong_secret)),
@@ -209,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         ("mtls", lambda: auth.authenticate(config, None, now, known_cert)),
         ("mtls (first sight)", first_sight),
     ]
-    print(f"{ns.keys} API keys (+{LEGACY_KEYS} of the earlier format), {len(config.identities.exact) + len(config.identities.prefixes)} mTLS mappings,"
+    print(f"{ns.keys} API keys (+{LEGACY_KEYS} of the earlier format) under {len(hash_keys)} hash key version(s), {len(config.identities.exact) + len(config.identities.prefixes)} mTLS mappings,"
           f" 1 JWT issuer; snapshot compiled in {compile_ms:.0f} ms; {ns.calls} calls per method")  # fmt: skip
     print(f"{'method':<24} {'median us':>10} {'p99 us':>10}")
     verdict = 0

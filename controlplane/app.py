@@ -44,7 +44,7 @@ from controlplane.api.interceptor import AdminInterceptor
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.quota import QuotaServicer
 from controlplane.api.sync import ConfigSyncServicer
-from controlplane.api_key_hash import ApiKeyHasher, ensure_api_key_hasher
+from controlplane.api_key_hash import ApiKeyHasher, HashKeyRing, LiveHashKeys
 from controlplane.db.embedded import EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
@@ -204,7 +204,7 @@ class ControlPlane:
         self.signer: Signer | None = None
         """The active signing key at start (rotation changes the keyring's keys, not this)."""
         self.keyring: Keyring | None = None
-        self.api_key_hasher: ApiKeyHasher | None = None
+        self.api_key_hasher: ApiKeyHasher | None = None  # the active version at start
         self._embedded: EmbeddedPostgres | None = None
         self._engine: AsyncEngine | None = None
         self._server: grpc.aio.Server | None = None
@@ -278,8 +278,9 @@ class ControlPlane:
             self.signer = await ensure_signing_key(session, kek)
         async with sessions() as session, session.begin():
             self.node_ca = await ensure_node_ca(session, kek)
+        hash_keys = HashKeyRing(kek)  # services ask it for the active version each time
         async with sessions() as session, session.begin():
-            self.api_key_hasher = hasher = await ensure_api_key_hasher(session, kek)
+            self.api_key_hasher = await hash_keys.ensure(session)
         self._write_public(self.trust_key_path, self.signer.public_pem())
         self._trust_key_id = self.signer.key_id
         self._write_public(self.node_ca_path, self.node_ca.pem)
@@ -331,7 +332,8 @@ class ControlPlane:
             admit_refusal=self._enroll_refusals.admit,
         )
         node_auth = NodeAuthenticator(self.identities, require_certificate=not s.tls.insecure)
-        self.sync = ConfigSyncServicer(self.broker, nodes, node_auth, api_key_hash_key=hasher.key)
+        live_keys = LiveHashKeys(hash_keys, sessions)
+        self.sync = ConfigSyncServicer(self.broker, nodes, node_auth, api_key_hash_keys=live_keys)
         partitions = Partitions(sessions)
         self.retention = EvidenceRetention(sessions, self.keyring, partitions)
         self.evidence = EvidenceIngest(
@@ -343,7 +345,7 @@ class ControlPlane:
         )
         admin_servicer = AdminServicer(
             tenants=TenantService(uow),
-            keys=ApiKeyService(uow, hasher),
+            keys=ApiKeyService(uow, hash_keys),
             providers=ProviderService(uow),
             models=ModelService(uow),
             policies=PolicyService(uow),
@@ -353,7 +355,7 @@ class ControlPlane:
             signing_keys=SigningKeyService(uow),
             identities=self.identities,
             groups=groups,
-            imports=ImportService(uow, hasher),
+            imports=ImportService(uow, hash_keys),
             evidence=EvidenceQueries(sessions, stale_after=s.evidence_stale_after),
             exporter=EvidenceExporter(
                 sessions, self.keyring, self.node_ca.pem.decode(), max_records=s.max_export_records

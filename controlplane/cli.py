@@ -304,7 +304,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     hash_key = sub.add_parser(
         "export-api-key-hash-key",
-        help="write the API-key hash key (unsealed with the KEK) for an air-gapped node's --api-key-hash-key-file",
+        help="write every live version of the API-key hash key (unsealed with the KEK) for an air-gapped node's "
+        "--api-key-hash-key-file",
     )
     _database_settings(hash_key, EXPORT_HASH_KEY)
     _kek_settings(hash_key, EXPORT_HASH_KEY, "the KEK")

@@ -12,6 +12,8 @@
     ├── SigningKeyUnavailable         FAILED_PRECONDITION (signing key cannot be unsealed: wrong KEK)
     ├── SigningKeyState               FAILED_PRECONDITION (a key's state forbids the change: revoking the
     │                                                      active key, a key already revoked)
+    ├── HashKeyState                  FAILED_PRECONDITION (an API-key hash key version's state forbids the
+    │                                                      change: retiring one keys still use, the active one)
     ├── BatchAborted                  ABORTED             (a change batched after a refused one: nothing of
     │                                                      it was written; retry)
     ├── StoredSnapshotInvalid         FAILED_PRECONDITION (the newest stored snapshot no longer compiles
@@ -128,6 +130,12 @@ class SigningKeyUnavailable(ControlPlaneError):
 
 class SigningKeyState(ControlPlaneError):
     """A signing key's state forbids the change (names the key id and the state)."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class HashKeyState(ControlPlaneError):
+    """An API-key hash key version's state forbids the change (names the version and why)."""
 
     status = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -36,19 +36,20 @@ async def database(ns: argparse.Namespace) -> AsyncIterator[str]:
 
 
 def export_hash_key_command(ns: argparse.Namespace) -> int:
-    """Write the API-key hash key for an air-gapped node: it verifies new-format keys with it."""
-    from controlplane.api_key_hash import ensure_api_key_hasher
+    """Write every live version of the API-key hash key for an air-gapped node: it verifies
+    new-format keys with them."""
+    from controlplane.api_key_hash import HashKeyRing
     from controlplane.db.session import create_engine, session_factory
     from controlplane.errors import ControlPlaneError
     from controlplane.keys import load_kek
-    from dataplane.snapshot.hash_key import write_hash_key_file
+    from dataplane.snapshot.hash_key import HashKeys, write_hash_key_file
 
     if not ns.out:
         print(f"signalbox {EXPORT_HASH_KEY}: --out: required", file=sys.stderr)
         return 2
     out = Path(ns.out)
 
-    async def run() -> None:
+    async def run() -> HashKeys:
         kek = load_kek(
             kek_b64=ns.kek or None,
             kek_file=Path(ns.kek_file) if ns.kek_file else None,
@@ -58,20 +59,28 @@ def export_hash_key_command(ns: argparse.Namespace) -> int:
             engine = create_engine(url)
             try:
                 async with session_factory(engine)() as session, session.begin():
-                    hasher = await ensure_api_key_hasher(session, kek)
+                    ring = HashKeyRing(kek)
+                    await ring.ensure(session)
+                    live = await ring.live(session)
             finally:
                 await engine.dispose()
-        write_hash_key_file(out, hasher.key)
+        keys = HashKeys({h.version: h.key for h in live})
+        write_hash_key_file(out, keys)
+        return keys
 
     try:
-        asyncio.run(run())
+        keys = asyncio.run(run())
     except FileExistsError:
         print(f"signalbox {EXPORT_HASH_KEY}: --out: {out} exists; not overwritten", file=sys.stderr)
         return 1
     except (ControlPlaneError, OSError, ValueError) as exc:
         print(f"signalbox {EXPORT_HASH_KEY}: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote the API-key hash key to {out} (0600): keep it as private as the KEK", file=sys.stderr)
+    print(
+        f"wrote the API-key hash key (versions {', '.join(map(str, keys.versions))}) to {out} (0600): "
+        "keep it as private as the KEK; export again after a rotation",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -115,8 +124,9 @@ def rotate_kek_command(ns: argparse.Namespace) -> int:
                     # The node CA key is sealed with the same KEK: re-sealed in the same transaction.
                     if await reseal_node_ca(session, old, new):
                         resealed.append("node-ca")
-                    if await reseal_api_key_hash_key(session, old, new):
-                        resealed.append("api-key-hash-key")
+                    resealed.extend(
+                        f"api-key-hash-key-v{v}" for v in await reseal_api_key_hash_key(session, old, new)
+                    )
                     return resealed, new.id
             finally:
                 await engine.dispose()
@@ -127,7 +137,7 @@ def rotate_kek_command(ns: argparse.Namespace) -> int:
         print(f"signalbox {ROTATE_KEK}: {exc}", file=sys.stderr)
         return 1
     print(
-        f"re-sealed {len(resealed)} keys (signing keys and the node CA) under KEK {new_id}; restart the control plane "
+        f"re-sealed {len(resealed)} keys (signing keys, the node CA, API-key hash key versions) under KEK {new_id}; restart the control plane "
         f"with --kek-file {new_path} (the old KEK no longer opens them)",
         file=sys.stderr,
     )

@@ -60,7 +60,7 @@ from dataplane.quota.local import serve as serve_ledger
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.query import NodeContext
 from dataplane.snapshot.checks import load_trust_keys
-from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_FILE
+from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_FILE, decode_hash_keys
 from dataplane.snapshot.lkg import LKG_FILE, SNAPSHOT_DIR
 from dataplane.snapshot.pin_watch import PinWatcher, warn_if_expired
 from dataplane.snapshot.serving import ServingState
@@ -183,16 +183,19 @@ class DataPlaneNode:
         return self._store
 
     async def _follow_hash_key(self) -> None:
-        """A worker other than 0: the API-key hash key worker 0 got on its sync stream (and
-        keeps beside its snapshot), taken as soon as it is there or changes."""
+        """A worker other than 0: the API-key hash key versions worker 0 got on its sync stream
+        (and keeps beside its snapshot), taken as soon as they are there or change."""
         path = self.settings.data_dir / SNAPSHOT_DIR / API_KEY_HASH_KEY_FILE
         while True:
             try:
-                key = await asyncio.to_thread(path.read_bytes)
+                keys = decode_hash_keys(await asyncio.to_thread(path.read_bytes), str(path))
             except FileNotFoundError:
-                key = b""
-            if key and self._store is not None:
-                await self._store.set_api_key_hash_key(key)
+                keys = None
+            except ValueError as exc:
+                log.error("API-key hash key versions not taken: %s", exc)
+                keys = None
+            if keys is not None and self._store is not None:
+                await self._store.set_api_key_hash_keys(keys)
             await asyncio.sleep(WORKER_FOLLOW_INTERVAL_S)
 
     def _durable_evidence_seq(self) -> int:
@@ -302,7 +305,7 @@ class DataPlaneNode:
             # Routes are prepared for where this node really runs, as the pipeline plans them.
             node=self._node_context,
             idle_wait=s.snapshot_idle_wait,
-            api_key_hash_key=s.api_key_hash_key,
+            api_key_hash_keys=s.api_key_hash_keys,
         )
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._health.set(INFER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -390,7 +393,7 @@ class DataPlaneNode:
         self._lease_task = asyncio.get_running_loop().create_task(self._leaser.run())
         if self._pin_watch is not None:
             self._pin_task = asyncio.get_running_loop().create_task(self._pin_watch.run())
-        if s.worker > 0 and s.control_plane and s.snapshot_file is None and s.api_key_hash_key is None:
+        if s.worker > 0 and s.control_plane and s.snapshot_file is None and s.api_key_hash_keys is None:
             self._key_task = asyncio.get_running_loop().create_task(self._follow_hash_key())
         if self._store.current is not None:
             await self._set_serving(True)

@@ -115,16 +115,22 @@ def authenticate(
     raise Unauthenticated(MISSING)
 
 
-_NO_HASH_KEY: Final = bytes(32)
-"""Stands in for a missing hash key, so a node without one still takes the same path."""
+_NO_HASH_KEYS: Final = (bytes(32),)
+"""Stands in for missing hash keys, so a node without one still takes the same path."""
 
 
 def _key_caller(config: RuntimeConfig, token: str, now: float) -> Caller:
     raw = token.encode("utf-8", "surrogatepass")
     keys = config.api_keys
-    keyed = keys.get(hmac.digest(config.api_key_hash_key or _NO_HASH_KEY, raw, "sha256"))
+    # One digest and one lookup per live hash key version, then the earlier format's: every
+    # token takes this same path whatever it is (no early exit on a match), so the time
+    # says nothing about whether a key id exists or under which version.
+    entry = None
+    for hash_key in config.api_key_hash_keys or _NO_HASH_KEYS:
+        found = keys.get(hmac.digest(hash_key, raw, "sha256"))
+        entry = found if found is not None else entry
     legacy = keys.get(hashlib.sha256(raw).digest())
-    entry = keyed if keyed is not None else legacy
+    entry = entry if entry is not None else legacy
     if entry is None:
         raise Unauthenticated(INVALID)
     if entry.expires_at is not None and entry.expires_at <= now:

@@ -22,6 +22,7 @@ from dataplane.providers.credentials import DEFAULT_ENV_PREFIX
 from dataplane.quota import DEFAULT_LEASE_INTERVAL
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.snapshot.background import ESCALATE_AFTER_S
+from dataplane.snapshot.hash_key import HashKeys
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
 from dataplane.snapshot.sync_client import DEFAULT_MAX_MESSAGE_BYTES
 from signalbox.tls import ClientTls, ServerTls
@@ -78,9 +79,9 @@ class NodeSettings:
     """Provider credential files may be read only inside this directory; None: ``<data_dir>/credentials``."""
     sealing_key: X25519PrivateKey | None = field(default=None, repr=False)
     """This node group's key for sealed provider credentials (``--sealing-key``); None: none."""
-    api_key_hash_key: bytes | None = field(default=None, repr=False)
-    """The API-key hash key from the operator (an air-gapped node); None: the one the control
-    plane sends on the sync stream (``controlplane.api_key_hash``)."""
+    api_key_hash_keys: HashKeys | None = field(default=None, repr=False)
+    """The API-key hash key versions from the operator (an air-gapped node); None: those the
+    control plane sends on the sync stream (``controlplane.api_key_hash``)."""
     drain_seconds: float = 10.0
     """How long a stop waits for in-flight calls and streams."""
     worker: int = 0

@@ -20,7 +20,7 @@ from dataplane.quota import DEFAULT_LEASE_INTERVAL
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.serve_flags import add_door_and_evidence_flags
 from dataplane.snapshot.background import ESCALATE_AFTER_S
-from dataplane.snapshot.hash_key import decode_hash_key_file
+from dataplane.snapshot.hash_key import decode_hash_keys
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
 from dataplane.trust_cli import add_trust_key, trust_key_paths
 from dataplane.workers import resolve as resolve_workers
@@ -130,8 +130,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
         "--api-key-hash-key-file",
         env="SIGNALBOX_API_KEY_HASH_KEY_FILE",
         default=None,
-        help="file with the control plane's API-key hash key (base64; from `signalbox controlplane "
-        "export-api-key-hash-key`), for a node without a control plane; unset: the key the control plane sends",
+        help="file with the live versions of the control plane's API-key hash key (from `signalbox controlplane "
+        "export-api-key-hash-key`; a one-key base64 file of earlier versions is version 1), for a node without "
+        "a control plane; export it again after a rotation; unset: the versions the control plane sends",
         command=SERVE,
     )
     tls.add_server_flags(serve, env_prefix="SIGNALBOX_DATAPLANE", command=SERVE)
@@ -398,10 +399,10 @@ def serve_command(ns: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"--enroll-token-file: cannot read {ns.enroll_token_file}: {exc.strerror}", file=sys.stderr)
             return 2
-    hash_key = None
+    hash_keys = None
     if ns.api_key_hash_key_file:
         try:
-            hash_key = decode_hash_key_file(
+            hash_keys = decode_hash_keys(
                 Path(ns.api_key_hash_key_file).read_bytes(), "--api-key-hash-key-file"
             )
         except OSError as exc:
@@ -434,7 +435,7 @@ def serve_command(ns: argparse.Namespace) -> int:
             keepalive_timeout=ns.http_keepalive,
         ),
         sealing_key=sealing_key,
-        api_key_hash_key=hash_key,
+        api_key_hash_keys=hash_keys,
         control_plane=ns.control_plane or None,
         enroll_token=token,
         enroll_address=ns.enroll_address or None,

@@ -22,6 +22,7 @@ import grpc
 from controlplane.api import convert
 from controlplane.api.admin_evidence import EvidenceAdmin
 from controlplane.api.admin_governance import GovernanceAdmin
+from controlplane.api.admin_hash_keys import HashKeyAdmin
 from controlplane.api.admin_identity import CallerIdentityAdmin
 from controlplane.api.admin_limits import LimitsAdmin
 from controlplane.api.admin_routing import RoutingAdmin
@@ -63,6 +64,7 @@ class AdminServicer(
     LimitsAdmin,
     AdminSecurityAdmin,
     GovernanceAdmin,
+    HashKeyAdmin,
     admin_pb2_grpc.AdminServiceServicer,
 ):
     """Implements every RPC of ``signalbox.api.admin.v1.AdminService``."""

@@ -207,6 +207,11 @@ RULES: dict[str, Rule] = {
     "DiffGovernanceProfile": Rule(P.TENANT_READ, T("tenant", PLATFORM)),
     "TestGovernanceProfile": Rule(P.TENANT_READ, T("tenant", PLATFORM)),
     "DeleteGovernanceProfile": Rule(P.TENANT_WRITE, T("tenant", PLATFORM), _GOVERNANCE),
+    # ---- API-key hash key versions (key-rotation branch): changes by platform admins only;
+    # the listing (no key material) also to platform-wide auditors, as signing keys ----
+    "ListApiKeyHashKeys": Rule(P.PLATFORM_READ, Platform()),
+    "RotateApiKeyHashKey": Rule(P.PLATFORM_WRITE, Platform()),
+    "RetireApiKeyHashKey": Rule(P.PLATFORM_WRITE, Platform()),
 }
 
 

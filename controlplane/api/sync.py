@@ -26,6 +26,7 @@ from google.protobuf.json_format import MessageToDict
 
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import status_for
+from controlplane.api_key_hash import ApiKeyHasher, LiveHashKeys
 from controlplane.errors import ControlPlaneError
 from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS
 from controlplane.services.groups import GROUP_NAME_RE
@@ -79,10 +80,10 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         auth: NodeAuthenticator,
         *,
         hello_timeout: float = 10.0,
-        api_key_hash_key: bytes = b"",
+        api_key_hash_keys: LiveHashKeys | None = None,
     ) -> None:
         self._broker = broker
-        self._api_key_hash_key = api_key_hash_key
+        self._hash_keys = api_key_hash_keys
         self._nodes = nodes
         self._auth = auth
         self._hello_timeout = hello_timeout
@@ -92,10 +93,23 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         self.metrics: ControlPlaneMetrics | None = None
         """Counts NACKs when the control plane serves metrics."""
 
-    def _message(self, message: sync_pb2.ServerMessage) -> sync_pb2.ServerMessage:
-        # Every snapshot travels with the API-key hash key: the node needs it to check the
-        # snapshot's keys, and it is never part of a snapshot (controlplane.api_key_hash).
-        message.api_key_hash_key = self._api_key_hash_key
+    async def _live_keys(self, group: str) -> tuple[ApiKeyHasher, ...]:
+        """The hash key versions to send with ``group``'s newest snapshot."""
+        if self._hash_keys is None:
+            return ()
+        latest = self._broker.latest_for(group)
+        return await self._hash_keys.for_snapshot(group, latest.version if latest is not None else 0)
+
+    @staticmethod
+    def _message(message: sync_pb2.ServerMessage, keys: tuple[ApiKeyHasher, ...]) -> sync_pb2.ServerMessage:
+        # Every snapshot travels with the live versions of the API-key hash key: the node
+        # needs them to check the snapshot's keys, and they are never part of a snapshot
+        # (controlplane.api_key_hash). The single field keeps nodes of earlier versions working.
+        if keys:
+            message.api_key_hash_key = keys[-1].key
+            message.api_key_hash_keys.extend(
+                sync_pb2.ApiKeyHashKeyVersion(version=k.version, key=k.key) for k in keys
+            )
         return message
 
     async def heartbeat(self, interval: float) -> None:
@@ -213,13 +227,17 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                         grpc.StatusCode.PERMISSION_DENIED, f"node {node_id}: certificate revoked"
                     )
                 if isinstance(item, snapshot_pb2.SignedEnvelope):
-                    yield self._message(sync_pb2.ServerMessage(envelope=item))
+                    keys = await self._live_keys(group)
+                    yield self._message(sync_pb2.ServerMessage(envelope=item), keys)
                     continue
                 if isinstance(item, sync_pb2.SnapshotDelta):
-                    yield self._message(sync_pb2.ServerMessage(delta=item))
+                    keys = await self._live_keys(group)
+                    yield self._message(sync_pb2.ServerMessage(delta=item), keys)
                     continue
-                for outgoing in self._due(state):
-                    yield self._message(outgoing)
+                due = self._due(state)
+                keys = await self._live_keys(group) if due else ()
+                for outgoing in due:
+                    yield self._message(outgoing, keys)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -287,8 +305,9 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         if latest is None or latest.version <= state.applied:
             log.warning("node %s could not take a sync message: %s", printable(state.node_id), reason)
             return
-        # The size of the message as sent: with the API-key hash key.
-        size = len(self._message(sync_pb2.ServerMessage(envelope=latest.envelope)).SerializeToString())
+        # The size of the message as sent: with the API-key hash keys.
+        keys = self._hash_keys.cached(state.group) if self._hash_keys is not None else ()
+        size = len(self._message(sync_pb2.ServerMessage(envelope=latest.envelope), keys).SerializeToString())
         if failure.message_bytes and failure.message_bytes != size:
             # An older version failed; the newest goes out now and the node tells about it.
             log.warning("node %s could not take an older snapshot: %s", printable(state.node_id), reason)

@@ -90,6 +90,8 @@ class ApiKey(TimestampMixin, Base):
     __table_args__ = (
         Index("ix_api_keys_created_at_id", "created_at", "id"),
         CheckConstraint("(secret_sha256 IS NULL) <> (secret_hmac IS NULL)", name="one_digest"),
+        # ---- hash key versions (key-rotation branch; migration 0022) ----
+        CheckConstraint("(secret_hmac IS NULL) = (hash_key_version IS NULL)", name="hmac_has_version"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -103,6 +105,11 @@ class ApiKey(TimestampMixin, Base):
     # ---- limits (limits branch; migration 0018) ----
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     """Rate limits and budgets of this key (``controlplane.services.limits``); None: none."""
+    # ---- hash key versions (key-rotation branch; migration 0022) ----
+    hash_key_version: Mapped[int | None] = mapped_column(
+        ForeignKey("api_key_hash_key.id", ondelete="RESTRICT"), index=True, nullable=True
+    )
+    """The version of the hash key ``secret_hmac`` is under; None for keys of the earlier format."""
 
 
 class Provider(TimestampMixin, Base):
@@ -421,16 +428,22 @@ class NodeCa(Base):
 
 
 class ApiKeyHashKey(Base):
-    """The key API keys are hashed with (HMAC-SHA256); one row, sealed with the KEK
-    (``controlplane.api_key_hash``)."""
+    """A version of the key API keys are hashed with (HMAC-SHA256), sealed with the KEK
+    (``controlplane.api_key_hash``). ``id`` is the version; the newest one not retired is
+    active. A retired version's key is destroyed (``sealed_key`` NULL)."""
 
     __tablename__ = "api_key_hash_key"
-    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+    __table_args__ = (
+        CheckConstraint("id >= 1", name="version_positive"),
+        CheckConstraint("(sealed_key IS NULL) = (retired_at IS NOT NULL)", name="retired_forgotten"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    sealed_key: Mapped[bytes] = mapped_column(LargeBinary)
+    sealed_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     kek_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
+    # ---- hash key versions (key-rotation branch; migration 0022) ----
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class EnrollToken(Base):

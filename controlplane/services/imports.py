@@ -22,7 +22,7 @@ import psycopg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.api_key_hash import ApiKeyHasher
+from controlplane.api_key_hash import ApiKeyHasher, HashKeyRing
 from controlplane.db.models import ApiKey, Tenant
 from controlplane.errors import InvalidArgument, clip, shown
 from controlplane.limits import NAME_CHARS, TIER_CHARS
@@ -121,7 +121,7 @@ def _expiry(check: _Check, line: int, obj: dict[str, Any], now: datetime) -> dat
 @dataclass(slots=True)
 class ImportService:
     uow: UnitOfWork
-    hasher: ApiKeyHasher
+    hash_keys: HashKeyRing
 
     async def run(self, caller: Caller, data: bytes) -> tuple[int, list[ImportedKey], int]:
         """Import ``data``; returns (tenants created, keys with their secrets, snapshot version)."""
@@ -160,7 +160,8 @@ class ImportService:
             if tenants:
                 data = await asyncio.to_thread(_tenant_copy, tenants, ids, now)
                 await _copy(session, "tenants", _TENANT_COLUMNS, data)
-            data, imported = await asyncio.to_thread(_key_rows, keys, ids, now, self.hasher)
+            hasher = await self.hash_keys.active(session)
+            data, imported = await asyncio.to_thread(_key_rows, keys, ids, now, hasher)
             if imported:
                 await _copy(session, "api_keys", _KEY_COLUMNS, data)
         return len(tenants), imported, change.version
@@ -229,7 +230,17 @@ def _parse(data: bytes, now: datetime) -> tuple[dict[str, tuple[int, dict[str, A
 
 
 _TENANT_COLUMNS = ("id", "name", "tier", "labels", "active", "created_at")
-_KEY_COLUMNS = ("id", "tenant_id", "name", "prefix", "secret_hmac", "scopes", "expires_at", "created_at")
+_KEY_COLUMNS = (
+    "id",
+    "tenant_id",
+    "name",
+    "prefix",
+    "secret_hmac",
+    "hash_key_version",
+    "scopes",
+    "expires_at",
+    "created_at",
+)
 
 
 async def _copy(session: AsyncSession, table: str, columns: Sequence[str], data: bytes) -> None:
@@ -290,6 +301,7 @@ def _key_rows(
             "name": key.name,
             "prefix": secret[:VISIBLE_PREFIX_CHARS],
             "secret_hmac": hasher.digest(secret),
+            "hash_key_version": hasher.version,
             "scopes": key.scopes,
             "expires_at": key.expires_at,
             "created_at": now,

@@ -472,7 +472,7 @@ class RuntimeConfig:
     scope: Scope
     tenants: Mapping[str, TenantConfig]
     api_keys: Mapping[bytes, ApiKeyEntry]
-    """Keyed by the key's digest: HMAC-SHA256 under ``api_key_hash_key`` (keys
+    """Keyed by the key's digest: HMAC-SHA256 under one of ``api_key_hash_keys`` (keys
     ``sbx_<id>_<secret>``) or SHA-256 (keys of the earlier format)."""
     providers: Mapping[str, ProviderConfig]
     """Keyed by provider id."""
@@ -485,10 +485,11 @@ class RuntimeConfig:
     governance: Mapping[str, CompiledProfile] = field(default_factory=dict)
     """Governance profiles keyed by tenant id; ``""`` is the platform default, which governs
     every tenant without one of its own. Empty: no governance at all."""
-    api_key_hash_key: bytes = field(default=b"", repr=False, compare=False)
-    """The key of API keys' HMAC digests (``ApiKey.secret_hmac``): not part of the snapshot,
-    sent by the control plane on the sync stream; empty without one. Not compared: two configs
-    compiled from one snapshot are equal whichever key the node holds."""
+    api_key_hash_keys: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
+    """The live versions of the key of API keys' HMAC digests (``ApiKey.secret_hmac``), oldest
+    first: not part of the snapshot, sent by the control plane on the sync stream; empty
+    without one. Not compared: two configs compiled from one snapshot are equal whichever keys
+    the node holds."""
 
     @property
     def hash_hex(self) -> str:

@@ -47,7 +47,7 @@ from dataplane.snapshot.checks import Delta, check_snapshot, peek, whole_envelop
 from dataplane.snapshot.compiled import Compiled
 from dataplane.snapshot.delta import DeltaMismatch, rebuild
 from dataplane.snapshot.files import atomic_write, read_envelope_file
-from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_BYTES, API_KEY_HASH_KEY_FILE
+from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_FILE, NO_HASH_KEYS, HashKeys, decode_hash_keys
 from dataplane.snapshot.layout import TRUSTED_KEYS
 from dataplane.snapshot.lkg import (
     HWM_FILE,
@@ -104,7 +104,7 @@ class SnapshotStore:
         on_change: Callable[[ServingState], Awaitable[None]] | None = None,
         node: NodeContext | None = None,
         idle_wait: float | None = None,
-        api_key_hash_key: bytes | None = None,
+        api_key_hash_keys: HashKeys | None = None,
     ) -> None:
         self._scope = scope
         # What routes are prepared for; it must equal the pipeline's NodeContext for the
@@ -132,10 +132,10 @@ class SnapshotStore:
         self._compiled: Compiled | None = None
         """The served snapshot as a layout and its compiled form: the base of the next delta."""
         self._hwm = read_hwm(self._dir)
-        # The key API keys' HMAC digests are computed with (controlplane.api_key_hash): the
-        # operator's (an air-gapped node), else the one the control plane sent last.
-        self._hash_key_pinned = api_key_hash_key is not None
-        self._hash_key = api_key_hash_key if api_key_hash_key is not None else self._read_hash_key()
+        # The key versions API keys' HMAC digests are computed with (controlplane.api_key_hash):
+        # the operator's (an air-gapped node), else those the control plane sent last.
+        self._hash_key_pinned = api_key_hash_keys is not None
+        self._hash_keys = api_key_hash_keys if api_key_hash_keys is not None else self._read_hash_keys()
         # The operator's keys plus those learned from verified statements (see trust.py).
         self.trust = TrustSet(trusted, self._dir)
         if self._hwm is None and (self._dir / LKG_FILE).exists():
@@ -151,28 +151,37 @@ class SnapshotStore:
                 self._dir / HWM_FILE,
             )
 
-    def _read_hash_key(self) -> bytes:
+    def _read_hash_keys(self) -> HashKeys:
+        path = self._dir / API_KEY_HASH_KEY_FILE
         try:
-            return (self._dir / API_KEY_HASH_KEY_FILE).read_bytes()
+            return decode_hash_keys(path.read_bytes(), str(path))
         except FileNotFoundError:
-            return b""
+            return NO_HASH_KEYS
+        except ValueError as exc:
+            # The control plane sends them again on the next sync stream.
+            log.error("API-key hash key versions not loaded: %s", exc)
+            return NO_HASH_KEYS
 
-    async def set_api_key_hash_key(self, key: bytes) -> None:
-        """Take the API-key hash key the control plane sent: kept in the data dir (0600) for
+    @property
+    def api_key_hash_key_versions(self) -> tuple[int, ...]:
+        """The versions of the API-key hash key this node verifies keys under."""
+        return self._hash_keys.versions
+
+    async def set_api_key_hash_keys(self, keys: HashKeys) -> None:
+        """Take the live API-key hash key versions the control plane sent (a version not among
+        them is retired: forgotten here): kept in the data dir (0600, written atomically) for
         restarts, and used by the served snapshot from now on."""
-        if key == self._hash_key or self._hash_key_pinned:
-            return
-        if len(key) != API_KEY_HASH_KEY_BYTES:
-            log.error("API-key hash key ignored: %d bytes, expected %d", len(key), API_KEY_HASH_KEY_BYTES)
+        if keys == self._hash_keys or self._hash_key_pinned:
             return
         async with self._lock:
             self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            await self._worker.run(atomic_write, self._dir / API_KEY_HASH_KEY_FILE, key)
-            self._hash_key = key
+            await self._worker.run(atomic_write, self._dir / API_KEY_HASH_KEY_FILE, keys.encode())
+            forgotten = sorted(set(self._hash_keys.versions) - set(keys.versions))
+            self._hash_keys = keys
             current = self.current
             if current is not None:
-                # Keys of the new format verify from the next request on, not the next snapshot.
-                config = replace(current.config, api_key_hash_key=key)
+                # Keys of a new version verify from the next request on, not the next snapshot.
+                config = replace(current.config, api_key_hash_keys=keys.keys)
                 state = build_state(
                     config,
                     replace(current.routes, config=config),
@@ -182,7 +191,11 @@ class SnapshotStore:
                     clock=self._clock,
                 )
                 await self._publish(state)
-        log.info("API-key hash key received from the control plane")
+        log.info(
+            "API-key hash key versions %s received from the control plane%s",
+            ", ".join(map(str, keys.versions)),
+            f" (retired, forgotten: {', '.join(map(str, forgotten))})" if forgotten else "",
+        )
 
     def _serving(self) -> bool:
         """Whether requests are in flight on the served snapshot (snapshot work then yields)."""
@@ -359,7 +372,7 @@ class SnapshotStore:
             log.warning("snapshot %s rejected: %s", version or "?", exc.reason)
             return ApplyResult(False, version, digest, exc.reason)
 
-        config = replace(config, api_key_hash_key=self._hash_key)
+        config = replace(config, api_key_hash_keys=self._hash_keys.keys)
         version, digest = config.version, config.payload_sha256
         hwm = self._hwm
         group = config.scope.node_group

@@ -36,6 +36,7 @@ import grpc
 import signalbox
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.snapshot.compile import MODE_TO_PROTO
+from dataplane.snapshot.hash_key import HashKeys
 from dataplane.snapshot.store import ApplyResult, SnapshotStore
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.tls import ClientTls
@@ -211,8 +212,8 @@ class SyncClient:
                     self._failure = None  # told in this stream's Hello
                     self._connected = True
                     self._failures = 0
-                    if message.api_key_hash_key:
-                        await self._store.set_api_key_hash_key(message.api_key_hash_key)
+                    if keys := _hash_keys(message):
+                        await self._store.set_api_key_hash_keys(keys)
                     kind = message.WhichOneof("message")
                     if kind == "envelope":
                         result = await self._store.apply(message.envelope)
@@ -267,3 +268,16 @@ class SyncClient:
                 version=result.version, payload_sha256=result.payload_sha256, reason=result.reason
             )
         )
+
+
+def _hash_keys(message: sync_pb2.ServerMessage) -> HashKeys | None:
+    """The API-key hash key versions a message carries: every live one, or (a control plane of
+    an earlier version) its one key, version 1; None when it carries none or bad ones."""
+    try:
+        if message.api_key_hash_keys:
+            return HashKeys.of((k.version, k.key) for k in message.api_key_hash_keys)
+        if message.api_key_hash_key:
+            return HashKeys({1: message.api_key_hash_key})
+    except ValueError as exc:
+        log.error("API-key hash key versions ignored: %s", exc)
+    return None

@@ -17,11 +17,12 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import text
 
-from controlplane.db.session import create_engine
+from controlplane.api_key_hash import ApiKeyHasher, HashKeyRing
+from controlplane.db.session import create_engine, session_factory
 from controlplane.errors import SigningKeyUnavailable
-from controlplane.keys import generate_kek_file, load_kek
+from controlplane.keys import Kek, generate_kek_file, load_kek
 from dataplane.snapshot.envelope import verify
-from dataplane.snapshot.hash_key import decode_hash_key_file
+from dataplane.snapshot.hash_key import HashKeys, decode_hash_keys
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.shell.cli import main
 from tests.e2e.test_config_push import _admin
@@ -47,6 +48,16 @@ async def _sealed(database_url: str) -> list[tuple[str, bytes]]:
         await engine.dispose()
 
 
+async def _live_hash_keys(database_url: str, kek: Kek) -> list[ApiKeyHasher]:
+    """The live API-key hash key versions, unsealed with ``kek``."""
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine)() as session:
+            return await HashKeyRing(kek).live(session)
+    finally:
+        await engine.dispose()
+
+
 async def _publish_and_check(running: RunningControlPlane, tenant: str) -> None:
     """A change publishes a snapshot that verifies under every key the control plane signs with."""
     async with _admin(running) as admin:
@@ -63,6 +74,12 @@ async def test_rotate_kek_reseals_every_key_without_downtime(database_url: str, 
     async with running_control_plane(settings) as first:
         async with _admin(first) as admin:
             await admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest())  # two keys to re-seal
+            # And two API-key hash key versions (a key keeps version 1 live).
+            await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="keyed"))
+            await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant="keyed"))
+            await admin.RotateApiKeyHashKey(admin_pb2.RotateApiKeyHashKeyRequest())
+        live_before = await _live_hash_keys(database_url, old)
+        assert [h.version for h in live_before] == [1, 2]
         assert await _kek_ids(database_url) == {old.id}
         argv = [
             "controlplane", "rotate-kek", "--database-url", database_url,
@@ -80,13 +97,21 @@ async def test_rotate_kek_reseals_every_key_without_downtime(database_url: str, 
                 await admin.RotateSigningKey(admin_pb2.RotateSigningKeyRequest())
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "restart it with the new KEK" in str(info.value.details())
+        # Nor a hash key version (its start would fail on it).
+        async with _admin(first) as admin:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await admin.RotateApiKeyHashKey(admin_pb2.RotateApiKeyHashKeyRequest())
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "restart it with the new KEK before rotating" in str(info.value.details())
 
         node_ca = first.cp.node_ca_path.read_bytes()
         hash_key = first.cp.api_key_hasher
 
     async with running_control_plane(replace(settings, kek_file=new_file)) as second:
-        # The API-key hash key too: every stored key digest still matches.
-        assert second.cp.api_key_hasher == hash_key
+        # The API-key hash key too, every version of it: every stored key digest still matches.
+        assert second.cp.api_key_hasher == live_before[-1]
+        assert await _live_hash_keys(database_url, new) == live_before
+        assert hash_key == live_before[0]  # the one at the first start
         await _publish_and_check(second, "after")
         # The node CA key was re-sealed in the same transaction: the same CA keeps issuing.
         assert second.cp.node_ca_path.read_bytes() == node_ca
@@ -142,7 +167,7 @@ async def test_export_api_key_hash_key_writes_the_key_for_an_air_gapped_node(
     ]
     assert await asyncio.to_thread(main, [*argv, "--out", str(out)]) == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    assert decode_hash_key_file(out.read_bytes(), "out") == hasher.key
+    assert decode_hash_keys(out.read_bytes(), "out") == HashKeys({1: hasher.key})
     # Never over an existing file; the wrong KEK opens nothing.
     assert await asyncio.to_thread(main, [*argv, "--out", str(out)]) == 1
     assert "exists; not overwritten" in capsys.readouterr().err

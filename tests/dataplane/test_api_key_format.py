@@ -10,6 +10,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -19,19 +20,27 @@ from dataplane.errors import Unauthenticated
 
 KEYS = 50_000
 HASH_KEY = secrets.token_bytes(32)
+TWO_VERSIONS = (HASH_KEY, secrets.token_bytes(32))
+"""A node during a hash key rotation: key ``i`` is hashed under version ``i % 2``."""
 
 
 def _key(key_id: uuid.UUID) -> str:
     return f"sbx_{key_id.hex}_{secrets.token_urlsafe(32)}"
 
 
-def _config(n: int, hash_key: bytes = HASH_KEY) -> tuple[RuntimeConfig, list[tuple[str, str]]]:
-    """``n`` keys of the new format and one of the earlier format (``legacy``)."""
+def _config(
+    n: int, hash_keys: tuple[bytes, ...] = (HASH_KEY,)
+) -> tuple[RuntimeConfig, list[tuple[str, str]]]:
+    """``n`` keys of the new format (key ``i`` under version ``i % len(hash_keys)``) and one
+    of the earlier format (``legacy``)."""
     issued = [(str(i), _key(i)) for i in (uuid.uuid4() for _ in range(n))]
-    keys = {hmac.digest(hash_key, k.encode(), "sha256"): ApiKeyEntry(i, "t") for i, k in issued}
+    keys = {
+        hmac.digest(hash_keys[n % len(hash_keys)], k.encode(), "sha256"): ApiKeyEntry(i, "t")
+        for n, (i, k) in enumerate(issued)
+    }
     keys[hashlib.sha256(b"sbx_legacy-format-key").digest()] = ApiKeyEntry("legacy", "t")
     tenants = {"t": TenantConfig("t", "t")}
-    config = RuntimeConfig(1, b"", 0.0, None, Scope(), tenants, keys, {}, {}, {}, api_key_hash_key=hash_key)
+    config = RuntimeConfig(1, b"", 0.0, None, Scope(), tenants, keys, {}, {}, {}, api_key_hash_keys=hash_keys)
     return config, issued
 
 
@@ -40,6 +49,16 @@ def test_a_key_of_either_format_is_admitted_by_its_id() -> None:
     key_id, key = issued[42]
     assert authenticate(config, key, 0.0).key_id == key_id
     assert authenticate(config, "sbx_legacy-format-key", 0.0).key_id == "legacy"
+
+
+def test_keys_of_every_live_version_are_admitted_and_those_of_a_forgotten_one_refused() -> None:
+    config, issued = _config(100, TWO_VERSIONS)
+    for key_id, key in issued[:2]:  # version 1, version 2
+        assert authenticate(config, key, 0.0).key_id == key_id
+    forgot = replace(config, api_key_hash_keys=TWO_VERSIONS[1:])  # version 1 retired
+    assert authenticate(forgot, issued[1][1], 0.0).key_id == issued[1][0]
+    with pytest.raises(Unauthenticated, match=f"^{INVALID}$"):
+        authenticate(forgot, issued[0][1], 0.0)
 
 
 def test_a_node_without_the_hash_key_refuses_new_keys_like_unknown_ones() -> None:
@@ -60,6 +79,8 @@ def _wrong_keys(issued: list[tuple[str, str]]) -> dict[str, str]:
         "malformed": "sbx-" + secrets.token_hex(16) + "." + secret,
         "truncated": key[:-1],
         "wrong prefix": "xyz_" + key[4:],
+        # The next key: under the other version when there are two.
+        "other version": f"sbx_{uuid.UUID(issued[len(issued) // 2 + 1][0]).hex}_{secrets.token_urlsafe(32)}",
     }
     return wrong
 
@@ -79,14 +100,16 @@ def _per_call_ns(call: Callable[[], object], calls: int = 100) -> float:
     return (time.perf_counter_ns() - started) / calls
 
 
-def test_unknown_id_and_known_id_with_a_wrong_secret_take_the_same_time() -> None:
+@pytest.mark.parametrize("hash_keys", [(HASH_KEY,), TWO_VERSIONS], ids=["one version", "two versions"])
+def test_unknown_id_and_known_id_with_a_wrong_secret_take_the_same_time(hash_keys: tuple[bytes, ...]) -> None:
     """Medians of many interleaved batches with 50,000 keys loaded. The noise is measured:
     two samples of the *same* case (unknown id) differ by some amount; the unknown id and the
     wrong secret (and a malformed key) must differ by no more than that, with a floor of 5%
     of the median so a lucky quiet noise sample does not fail the test. A control path that
     does one extra HMAC, as a lookup-by-id-then-compare design that skipped the HMAC for
-    unknown ids would, must stand out: the test can tell such a difference."""
-    config, issued = _config(KEYS)
+    unknown ids would, must stand out: the test can tell such a difference. With two hash key
+    versions (a rotation), a known id of either version is no different."""
+    config, issued = _config(KEYS, hash_keys)
     wrong = _wrong_keys(issued)
     same_length = {k: v for k, v in wrong.items() if len(v) == len(wrong["unknown id"])}
     assert {"known id, wrong secret", "unknown id", "malformed"} <= same_length.keys()
@@ -107,6 +130,7 @@ def test_unknown_id_and_known_id_with_a_wrong_secret_take_the_same_time() -> Non
         "unknown id (again)": lambda: refuse(wrong["unknown id"]),
         "known id, wrong secret": lambda: refuse(wrong["known id, wrong secret"]),
         "malformed": lambda: refuse(wrong["malformed"]),
+        "known id of the other version, wrong secret": lambda: refuse(wrong["other version"]),
         "control": lambda: refuse_with_extra_hmac(wrong["unknown id"]),
     }
     samples: dict[str, list[float]] = {name: [] for name in cases}
@@ -120,4 +144,5 @@ def test_unknown_id_and_known_id_with_a_wrong_secret_take_the_same_time() -> Non
     print("median ns per refusal:", report)
     assert abs(median["known id, wrong secret"] - median["unknown id"]) <= bound, report
     assert abs(median["malformed"] - median["unknown id"]) <= bound, report
+    assert abs(median["known id of the other version, wrong secret"] - median["unknown id"]) <= bound, report
     assert median["control"] - median["unknown id"] > bound, ("the control must stand out", report)

@@ -29,6 +29,7 @@ from google.protobuf import text_format
 
 from dataplane.evidence.log import log_path
 from dataplane.providers.sealing import aad, key_id, public_bytes, seal
+from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_FILE, decode_hash_keys
 from dataplane.snapshot.lkg import SNAPSHOT_DIR
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
@@ -225,6 +226,14 @@ async def test_no_secret_anywhere_after_a_full_scenario(
             await admin.AddJwtIssuer(admin_pb2.AddJwtIssuerRequest(tenant=TENANT, issuer=issuer))
             key = await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant=TENANT, name="scan"))
             revoked = await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant=TENANT, name="gone"))
+            # A hash key rotation: the new version's key is as secret as the first one's.
+            rotation = await admin.RotateApiKeyHashKey(admin_pb2.RotateApiKeyHashKeyRequest())
+            found.add("admin RotateApiKeyHashKey", text_format.MessageToString(rotation))
+            rotated = await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant=TENANT, name="rotated"))
+            with pytest.raises(grpc.aio.AioRpcError) as in_use:
+                await admin.RetireApiKeyHashKey(admin_pb2.RetireApiKeyHashKeyRequest(version=1))
+            assert in_use.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            found.add("admin RetireApiKeyHashKey error", str(in_use.value.details()))
             assert control_plane.cp.admin is not None
             _, second_token = await control_plane.cp.admin.create_token("second-admin")
             await node.store.wait_for_version(await admin.latest_version(), timeout=15)
@@ -232,10 +241,10 @@ async def test_no_secret_anywhere_after_a_full_scenario(
             jwt_token = idp.token()
             rsa_token = idp.token(kid="rsa-1", alg="RS256")
             served = 0
-            for token in (key.secret, jwt_token, rsa_token):
+            for token in (key.secret, rotated.secret, jwt_token, rsa_token):
                 for model in MODELS:
                     served += await _infer(node.address, token, model, found)
-            assert served == 9, "the ok models serve every caller; the echoing ones fail"
+            assert served == 12, "the ok models serve every caller; the echoing ones fail"
             await admin.DeleteApiKey(admin_pb2.DeleteApiKeyRequest(id=revoked.key.id))
             await node.store.wait_for_version(await admin.latest_version(), timeout=15)
             # Credentials where they do not belong: refused, and not echoed.
@@ -252,7 +261,7 @@ async def test_no_secret_anywhere_after_a_full_scenario(
                 rows = await asyncio.to_thread(
                     sql_rows, control_plane.database_url, "SELECT count(*) FROM evidence_records"
                 )
-                return int(rows[0][0]) >= 3 * len(MODELS) + 4  # type: ignore[call-overload]
+                return int(rows[0][0]) >= 4 * len(MODELS) + 4  # type: ignore[call-overload]
 
             await eventually(shipped, timeout=20, message="every request's evidence is in the store")
             listings = await _every_listing(admin, found)
@@ -261,8 +270,12 @@ async def test_no_secret_anywhere_after_a_full_scenario(
             evidence = log_path(data_dir, "scan-node")
             for path in evidence.parent.iterdir():
                 found.add(f"node evidence {path.name}", path.read_bytes())
+            # The one place the hash key versions belong: the node's own copy.
+            hash_key_file = data_dir / SNAPSHOT_DIR / API_KEY_HASH_KEY_FILE
+            hash_keys = decode_hash_keys(hash_key_file.read_bytes(), str(hash_key_file))
+            assert hash_keys.versions == (1, 2)
             for path in (data_dir / SNAPSHOT_DIR).iterdir():
-                if path.name != "api-key-hash-key":
+                if path.name != API_KEY_HASH_KEY_FILE:
                     found.add(f"node snapshot dir {path.name}", path.read_bytes())
         finally:
             await node.stop()
@@ -306,7 +319,10 @@ async def test_no_secret_anywhere_after_a_full_scenario(
         "IdP EC private value": idp.ec.private_numbers().private_value.to_bytes(32, "big"),
         "enrollment token": enroll_token.encode(),
         "API-key hash key": hasher.key,
+        "API key (hash key version 2)": rotated.secret.encode(),
+        **{f"API-key hash key version {v}": k for v, k in hash_keys.by_version.items()},
     }
+    assert named["API-key hash key version 1"] == hasher.key
     if kek_file.exists():
         named["KEK"] = base64.b64decode(kek_file.read_bytes().strip())
     # The scan finds what it looks for: a planted secret is reported.

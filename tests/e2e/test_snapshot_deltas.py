@@ -56,7 +56,7 @@ async def test_changes_reach_a_node_as_deltas_that_verify_as_whole_snapshots(
     config = node.store.require().config
     assert config == compile_payload(payload)
     # Keyed by the HMAC under the hash key the control plane sent on the stream.
-    entry = config.api_keys[hmac.digest(config.api_key_hash_key, second.secret.encode(), "sha256")]
+    entry = config.api_keys[hmac.digest(config.api_key_hash_keys[-1], second.secret.encode(), "sha256")]
     assert config.tenants[entry.tenant_id].labels == {"team": "blue"}
     # The last-known-good written from the rebuilt payload is the exact signed envelope.
     on_disk = snapshot_pb2.SignedEnvelope.FromString(

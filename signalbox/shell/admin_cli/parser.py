@@ -60,6 +60,7 @@ from signalbox.shell.admin_cli.commands.fleet import (
     snapshot_show,
 )
 from signalbox.shell.admin_cli.commands.governance import add_governance_commands
+from signalbox.shell.admin_cli.commands.hash_keys import add_hash_key_commands
 from signalbox.shell.admin_cli.commands.limits import add_limits_commands
 from signalbox.shell.admin_cli.commands.tenants import (
     identity_jwt_add,
@@ -474,6 +475,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     add_limits_commands(sub)
     add_governance_commands(sub)
+    add_hash_key_commands(sub)
 
     evidence = _resource(sub, "evidence", "shipped evidence records and their chains")
     p = _verb(evidence, "query", evidence_query, "stored records, newest first, by the filters given (AND)")

@@ -612,6 +612,7 @@ def test_every_admin_rpc_that_changes_something_needs_a_write_permission() -> No
                 "Rollback",
                 "Rotate",
                 "Revoke",
+                "Retire",
                 "Import",
                 "Add",
                 "Remove",

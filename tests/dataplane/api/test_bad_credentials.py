@@ -4,6 +4,7 @@ keeps serving. (Bad JWTs and client certificates: test_identities.py.)"""
 
 from __future__ import annotations
 
+import base64
 import hmac
 import secrets
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.auth import INVALID, MISSING
-from dataplane.snapshot.hash_key import write_hash_key_file
+from dataplane.snapshot.hash_key import HashKeys
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.cli import main
 from tests.dataplane.conftest import API_KEY, NodeFactory, chat, envelope, snapshot
@@ -26,7 +27,7 @@ KEY = f"sbx_{KEY_ID.hex}_{secrets.token_urlsafe(32)}"
 
 
 async def _node(start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey) -> str:
-    node = await start_node(api_key_hash_key=HASH_KEY)
+    node = await start_node(api_key_hash_keys=HashKeys({1: HASH_KEY}))
     snap = snapshot(1, simulator.base_url)
     snap.api_keys.add(
         id=str(KEY_ID), tenant_id="t-acme", secret_hmac=hmac.digest(HASH_KEY, KEY.encode(), "sha256")
@@ -92,7 +93,7 @@ def test_a_bad_hash_key_file_stops_the_node_before_it_starts(
     assert main([*args, "--api-key-hash-key-file", str(bad)]) == 2
     assert "--api-key-hash-key-file: must be base64 of 32 bytes" in capsys.readouterr().err
     short = tmp_path / "short"
-    write_hash_key_file(short, b"x" * 16)
+    short.write_bytes(base64.b64encode(b"x" * 16))  # a one-key file of the earlier format
     assert main([*args, "--api-key-hash-key-file", str(short)]) == 2
     assert "--api-key-hash-key-file: must be 32 bytes, got 16" in capsys.readouterr().err
     assert main([*args, "--api-key-hash-key-file", str(tmp_path / "missing")]) == 2

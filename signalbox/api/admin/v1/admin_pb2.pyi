@@ -4104,3 +4104,163 @@ class DeleteGovernanceProfileRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteGovernanceProfileRequest: _TypeAlias = DeleteGovernanceProfileRequest  # noqa: Y015
+
+@_typing.final
+class ApiKeyHashKeyInfo(_message.Message):
+    """---- API-key hash key versions (key-rotation branch) ----"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    RETIRED_AT_FIELD_NUMBER: _builtins.int
+    USABLE_KEYS_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    state: _builtins.str
+    """"active", "retiring" or "retired"."""
+    usable_keys: _builtins.int
+    """API keys hashed under it that are not revoked and not expired."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def retired_at(self) -> _timestamp_pb2.Timestamp:
+        """When its key was destroyed; absent while it exists."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        state: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        retired_at: _timestamp_pb2.Timestamp | None = ...,
+        usable_keys: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "retired_at", b"retired_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "retired_at", b"retired_at", "state", b"state", "usable_keys", b"usable_keys", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyHashKeyInfo: _TypeAlias = ApiKeyHashKeyInfo  # noqa: Y015
+
+@_typing.final
+class ListApiKeyHashKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApiKeyHashKeysRequest: _TypeAlias = ListApiKeyHashKeysRequest  # noqa: Y015
+
+@_typing.final
+class ListApiKeyHashKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKeyHashKeyInfo]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___ApiKeyHashKeyInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApiKeyHashKeysResponse: _TypeAlias = ListApiKeyHashKeysResponse  # noqa: Y015
+
+@_typing.final
+class RotateApiKeyHashKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateApiKeyHashKeyRequest: _TypeAlias = RotateApiKeyHashKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateApiKeyHashKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    RETIRED_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    snapshot_version: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___ApiKeyHashKeyInfo: ...
+    @_builtins.property
+    def retired(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Versions retired by this rotation (the previous active one when no usable key used it)."""
+
+    def __init__(
+        self,
+        *,
+        version: Global___ApiKeyHashKeyInfo | None = ...,
+        retired: _abc.Iterable[_builtins.int] | None = ...,
+        snapshot_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retired", b"retired", "snapshot_version", b"snapshot_version", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateApiKeyHashKeyResponse: _TypeAlias = RotateApiKeyHashKeyResponse  # noqa: Y015
+
+@_typing.final
+class RetireApiKeyHashKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireApiKeyHashKeyRequest: _TypeAlias = RetireApiKeyHashKeyRequest  # noqa: Y015
+
+@_typing.final
+class RetireApiKeyHashKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    snapshot_version: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___ApiKeyHashKeyInfo: ...
+    def __init__(
+        self,
+        *,
+        version: Global___ApiKeyHashKeyInfo | None = ...,
+        snapshot_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot_version", b"snapshot_version", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireApiKeyHashKeyResponse: _TypeAlias = RetireApiKeyHashKeyResponse  # noqa: Y015

@@ -376,6 +376,21 @@ class AdminServiceStub:
                 request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteGovernanceProfileRequest.SerializeToString,
                 response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.ListApiKeyHashKeys = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/ListApiKeyHashKeys',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListApiKeyHashKeysRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListApiKeyHashKeysResponse.FromString,
+                _registered_method=True)
+        self.RotateApiKeyHashKey = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/RotateApiKeyHashKey',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RotateApiKeyHashKeyRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RotateApiKeyHashKeyResponse.FromString,
+                _registered_method=True)
+        self.RetireApiKeyHashKey = channel.unary_unary(
+                '/signalbox.api.admin.v1.AdminService/RetireApiKeyHashKey',
+                request_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RetireApiKeyHashKeyRequest.SerializeToString,
+                response_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RetireApiKeyHashKeyResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -872,7 +887,33 @@ class AdminServiceServicer:
 
     def DeleteGovernanceProfile(self, request, context):
         """Records a deletion as a new version; the tenant falls back to the platform default.
-        ---- governance profiles (end) ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeyHashKeys(self, request, context):
+        """---- governance profiles (end) ----
+        ---- API-key hash key versions (key-rotation branch) ----
+        The versions of the key API keys are hashed with (platform admins only). Never the key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateApiKeyHashKey(self, request, context):
+        """A new active version: keys issued from now on are hashed under it; keys issued before
+        keep working under theirs. Published to every node group (nodes receive it on their sync
+        stream). FAILED_PRECONDITION when as many versions as allowed are live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireApiKeyHashKey(self, request, context):
+        """Retire a version for good (its key destroyed, nodes forget it). FAILED_PRECONDITION for
+        the active version and for one usable keys still use (naming how many).
+        ---- API-key hash key versions (end) ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1220,6 +1261,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteGovernanceProfile,
                     request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteGovernanceProfileRequest.FromString,
                     response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'ListApiKeyHashKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeyHashKeys,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListApiKeyHashKeysRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListApiKeyHashKeysResponse.SerializeToString,
+            ),
+            'RotateApiKeyHashKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKeyHashKey,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RotateApiKeyHashKeyRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RotateApiKeyHashKeyResponse.SerializeToString,
+            ),
+            'RetireApiKeyHashKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireApiKeyHashKey,
+                    request_deserializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RetireApiKeyHashKeyRequest.FromString,
+                    response_serializer=signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RetireApiKeyHashKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -3058,6 +3114,87 @@ class AdminService:
             '/signalbox.api.admin.v1.AdminService/DeleteGovernanceProfile',
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteGovernanceProfileRequest.SerializeToString,
             signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeyHashKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/ListApiKeyHashKeys',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListApiKeyHashKeysRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.ListApiKeyHashKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKeyHashKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/RotateApiKeyHashKey',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RotateApiKeyHashKeyRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RotateApiKeyHashKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireApiKeyHashKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalbox.api.admin.v1.AdminService/RetireApiKeyHashKey',
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RetireApiKeyHashKeyRequest.SerializeToString,
+            signalbox_dot_api_dot_admin_dot_v1_dot_admin__pb2.RetireApiKeyHashKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -210,8 +210,21 @@ class AdminServiceStub:
     values) and did, and the text as the model would receive it.
     """
     DeleteGovernanceProfile: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteGovernanceProfileRequest, _admin_pb2.DeleteResponse]
-    """Records a deletion as a new version; the tenant falls back to the platform default.
-    ---- governance profiles (end) ----
+    """Records a deletion as a new version; the tenant falls back to the platform default."""
+    ListApiKeyHashKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeyHashKeysRequest, _admin_pb2.ListApiKeyHashKeysResponse]
+    """---- governance profiles (end) ----
+    ---- API-key hash key versions (key-rotation branch) ----
+    The versions of the key API keys are hashed with (platform admins only). Never the key.
+    """
+    RotateApiKeyHashKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateApiKeyHashKeyRequest, _admin_pb2.RotateApiKeyHashKeyResponse]
+    """A new active version: keys issued from now on are hashed under it; keys issued before
+    keep working under theirs. Published to every node group (nodes receive it on their sync
+    stream). FAILED_PRECONDITION when as many versions as allowed are live.
+    """
+    RetireApiKeyHashKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RetireApiKeyHashKeyRequest, _admin_pb2.RetireApiKeyHashKeyResponse]
+    """Retire a version for good (its key destroyed, nodes forget it). FAILED_PRECONDITION for
+    the active version and for one usable keys still use (naming how many).
+    ---- API-key hash key versions (end) ----
     """
 
 @_typing.type_check_only
@@ -392,8 +405,21 @@ class AdminServiceAsyncStub(AdminServiceStub):
     values) and did, and the text as the model would receive it.
     """
     DeleteGovernanceProfile: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteGovernanceProfileRequest, _admin_pb2.DeleteResponse]  # type: ignore[assignment]
-    """Records a deletion as a new version; the tenant falls back to the platform default.
-    ---- governance profiles (end) ----
+    """Records a deletion as a new version; the tenant falls back to the platform default."""
+    ListApiKeyHashKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeyHashKeysRequest, _admin_pb2.ListApiKeyHashKeysResponse]  # type: ignore[assignment]
+    """---- governance profiles (end) ----
+    ---- API-key hash key versions (key-rotation branch) ----
+    The versions of the key API keys are hashed with (platform admins only). Never the key.
+    """
+    RotateApiKeyHashKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateApiKeyHashKeyRequest, _admin_pb2.RotateApiKeyHashKeyResponse]  # type: ignore[assignment]
+    """A new active version: keys issued from now on are hashed under it; keys issued before
+    keep working under theirs. Published to every node group (nodes receive it on their sync
+    stream). FAILED_PRECONDITION when as many versions as allowed are live.
+    """
+    RetireApiKeyHashKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RetireApiKeyHashKeyRequest, _admin_pb2.RetireApiKeyHashKeyResponse]  # type: ignore[assignment]
+    """Retire a version for good (its key destroyed, nodes forget it). FAILED_PRECONDITION for
+    the active version and for one usable keys still use (naming how many).
+    ---- API-key hash key versions (end) ----
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -979,8 +1005,39 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.DeleteGovernanceProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.DeleteResponse, _abc.Awaitable[_admin_pb2.DeleteResponse]]:
-        """Records a deletion as a new version; the tenant falls back to the platform default.
-        ---- governance profiles (end) ----
+        """Records a deletion as a new version; the tenant falls back to the platform default."""
+
+    @_abc_1.abstractmethod
+    def ListApiKeyHashKeys(
+        self,
+        request: _admin_pb2.ListApiKeyHashKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListApiKeyHashKeysResponse, _abc.Awaitable[_admin_pb2.ListApiKeyHashKeysResponse]]:
+        """---- governance profiles (end) ----
+        ---- API-key hash key versions (key-rotation branch) ----
+        The versions of the key API keys are hashed with (platform admins only). Never the key.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateApiKeyHashKey(
+        self,
+        request: _admin_pb2.RotateApiKeyHashKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RotateApiKeyHashKeyResponse, _abc.Awaitable[_admin_pb2.RotateApiKeyHashKeyResponse]]:
+        """A new active version: keys issued from now on are hashed under it; keys issued before
+        keep working under theirs. Published to every node group (nodes receive it on their sync
+        stream). FAILED_PRECONDITION when as many versions as allowed are live.
+        """
+
+    @_abc_1.abstractmethod
+    def RetireApiKeyHashKey(
+        self,
+        request: _admin_pb2.RetireApiKeyHashKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RetireApiKeyHashKeyResponse, _abc.Awaitable[_admin_pb2.RetireApiKeyHashKeyResponse]]:
+        """Retire a version for good (its key destroyed, nodes forget it). FAILED_PRECONDITION for
+        the active version and for one usable keys still use (naming how many).
+        ---- API-key hash key versions (end) ----
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

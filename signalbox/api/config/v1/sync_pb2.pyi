@@ -233,27 +233,38 @@ class ServerMessage(_message.Message):
     ENVELOPE_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     API_KEY_HASH_KEY_FIELD_NUMBER: _builtins.int
+    API_KEY_HASH_KEYS_FIELD_NUMBER: _builtins.int
     api_key_hash_key: _builtins.bytes
     """---- API-key hash key (keys branch) ----
     The key nodes compute API keys' HMAC-SHA256 digests with (ApiKey.secret_hmac). Sent with
     every envelope and delta and kept by the node in its data dir; never part of a snapshot,
     which the control plane stores.
-    ---- API-key hash key (end) ----
     """
     @_builtins.property
     def envelope(self) -> _snapshot_pb2.SignedEnvelope: ...
     @_builtins.property
     def delta(self) -> Global___SnapshotDelta: ...
+    @_builtins.property
+    def api_key_hash_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKeyHashKeyVersion]:
+        """---- API-key hash key (end) ----
+        ---- API-key hash key versions (key-rotation branch) ----
+        Every live version of the hash key (active and retiring, at most a few), oldest first.
+        When set, it replaces what the node held: a version missing from it is retired and the
+        node forgets it. `api_key_hash_key` above still carries the active one, for older nodes.
+        ---- API-key hash key versions (end) ----
+        """
+
     def __init__(
         self,
         *,
         envelope: _snapshot_pb2.SignedEnvelope | None = ...,
         delta: Global___SnapshotDelta | None = ...,
         api_key_hash_key: _builtins.bytes = ...,
+        api_key_hash_keys: _abc.Iterable[Global___ApiKeyHashKeyVersion] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "envelope", b"envelope", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_hash_key", b"api_key_hash_key", "delta", b"delta", "envelope", b"envelope", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_hash_key", b"api_key_hash_key", "api_key_hash_keys", b"api_key_hash_keys", "delta", b"delta", "envelope", b"envelope", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["envelope", "delta"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
@@ -340,3 +351,28 @@ class Splice(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Splice: _TypeAlias = Splice  # noqa: Y015
+
+@_typing.final
+class ApiKeyHashKeyVersion(_message.Message):
+    """---- API-key hash key versions (key-rotation branch) ----"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    key: _builtins.bytes
+    """32 bytes."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyHashKeyVersion: _TypeAlias = ApiKeyHashKeyVersion  # noqa: Y015
