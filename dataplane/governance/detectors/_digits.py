@@ -33,24 +33,44 @@ _CLUSTER: Final = re.compile(r"[0-9][0-9 \u00a0.,:/()+\-]*+")
 _PUNCTUATION: Final = str.maketrans("", "", " \u00a0.,:/()+-")
 
 MEMO: Final = 8
-_memo: list[tuple[str, list[tuple[int, int]]]] = []
+_memo: list[tuple[str, list[tuple[int, int, int]]]] = []
 
 
-def clusters(text: str) -> list[tuple[int, int]]:
-    """``(start, end)`` of every cluster of digits in ``text``."""
+def clusters(text: str) -> list[tuple[int, int, int]]:
+    """``(start, end, digits)`` of every cluster of digits in ``text``: where it is and how
+    many digits it holds."""
     for known, found in _memo:
         if known is text:
             return found
-    found = [m.span() for m in _CLUSTER.finditer(text)]
+    found = []
+    for match in _CLUSTER.finditer(text):
+        start, end = match.span()
+        # Most clusters in prose are one digit (a count, a list item): nothing to count.
+        found.append((start, end, 1 if end - start == 1 else len(text[start:end].translate(_PUNCTUATION))))
     if len(_memo) >= MEMO:
         del _memo[0]
     _memo.append((text, found))
     return found
 
 
-def digits(text: str, start: int, end: int) -> int:
-    """How many digits the cluster ``text[start:end]`` holds."""
-    return len(text[start:end].translate(_PUNCTUATION))
+def runs(text: str, min_digits: int, before: int = 0) -> list[tuple[int, int]]:
+    """``(start, end)`` of each cluster holding at least ``min_digits`` digits, with up to
+    ``before`` characters before it (a ``+`` or ``(`` that opens a number) that are not in
+    the cluster before it.
+
+    A candidate made only of cluster characters (and such an opening) lies within one of
+    these ranges, and since a character that is in no cluster separates two clusters, a
+    pattern matching only those characters finds in a range exactly what it would find
+    there scanning the whole text: a detector whose findings are such candidates needs no
+    more (a lookbehind still sees the text before the range).
+    """
+    out: list[tuple[int, int]] = []
+    previous = 0
+    for start, end, count in clusters(text):
+        if count >= min_digits:
+            out.append((max(start - before, previous), end))
+        previous = end
+    return out
 
 
 def windows(
@@ -60,13 +80,8 @@ def windows(
     (or for which ``also(text, start, end)`` holds)."""
     merged: list[tuple[int, int]] = []
     n = len(text)
-    for start, end in clusters(text):
-        # Most clusters in prose are short (a year, a count): no need to count their digits.
-        if (
-            min_digits > 1
-            and (end - start < min_digits or digits(text, start, end) < min_digits)
-            and not (also is not None and also(text, start, end))
-        ):
+    for start, end, count in clusters(text):
+        if count < min_digits and not (also is not None and also(text, start, end)):
             continue
         low, high = max(0, start - MARGIN), min(n, end + MARGIN)
         if merged and low <= merged[-1][1]:

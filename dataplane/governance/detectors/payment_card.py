@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from dataplane.governance.detect import Span
-from dataplane.governance.detectors._digits import windows
+from dataplane.governance.detectors._digits import runs
 from dataplane.governance.detectors._options import no_options
 
 _CANDIDATE: Final = re.compile(
@@ -89,7 +89,8 @@ class PaymentCardDetector:
 
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
-        for low, high in windows(text, 13):
+        # A candidate is digits, spaces and hyphens: it lies within one cluster.
+        for low, high in runs(text, 13):
             self._window(text, low, high, spans)
         return spans
 

@@ -43,7 +43,7 @@ from typing import Any, Final
 import phonenumbers
 
 from dataplane.governance.detect import Span
-from dataplane.governance.detectors._digits import windows
+from dataplane.governance.detectors._digits import runs
 from dataplane.governance.detectors._options import Options
 
 DEFAULT_REGIONS: Final = ["US", "DE", "FR", "GB"]
@@ -55,7 +55,8 @@ _RUN: Final = re.compile(
     r"(?:(?:[ \u00a0]?[/-][ \u00a0]?|[ \u00a0.])?(?:\(\d{1,5}\)[ \u00a0]?)?\d++)*+",
     re.ASCII,
 )
-_NOT_DIGITS: Final = re.compile(r"[^0-9]")
+_NOT_DIGITS: Final = str.maketrans("", "", "+()/-. \u00a0")
+"""What a run holds besides its digits."""
 MIN_DIGITS: Final = 7
 MAX_DIGITS: Final = 17
 """E.164's 15 digits plus an international ``00`` prefix."""
@@ -168,14 +169,16 @@ class PhoneDetector:
 
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
-        for low, high in windows(text, MIN_DIGITS):
+        # A run is digits and number punctuation, all cluster characters, opened by at most
+        # "(+": it lies within a cluster and the two characters before it.
+        for low, high in runs(text, MIN_DIGITS, 2):
             self._window(text, low, high, spans)
         return spans
 
     def _window(self, text: str, low: int, high: int, spans: list[Span]) -> None:
         for run in _RUN.finditer(text, low, high):
             raw = run.group()
-            digits = _NOT_DIGITS.sub("", raw)
+            digits = raw.translate(_NOT_DIGITS)
             if not MIN_DIGITS <= len(digits) <= MAX_DIGITS or _NOT_A_NUMBER.match(raw):
                 continue
             start, end = run.start(), run.start() + len(raw)
