@@ -151,13 +151,22 @@ def _region(code: str) -> _Region:
     return _Region(code)
 
 
+@functools.cache
+def _calling(code: str) -> tuple[_Region, ...] | None:
+    """The regions of country calling code ``code`` (digits), the main one first (GB before
+    GG, IM and JE); None for a code that is no country's."""
+    codes = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(code))
+    if not codes:
+        return None
+    return tuple(_region(c) for c in codes if c.isalpha())
+
+
 def _international(digits: str) -> str | None:
     """The region of ``digits`` (after ``+`` or ``00``) if they are a valid number, else None."""
     for n in (1, 2, 3):
-        codes = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(digits[:n]))
-        if codes:
-            # The country's main region is listed first (GB before GG, IM and JE).
-            return next((c for c in codes if c.isalpha() and _region(c).subscriber(digits[n:])), None)
+        regions = _calling(digits[:n])
+        if regions is not None:
+            return next((r.code for r in regions if r.subscriber(digits[n:])), None)
     return None
 
 
@@ -182,7 +191,7 @@ class PhoneDetector:
             if not MIN_DIGITS <= len(digits) <= MAX_DIGITS or _NOT_A_NUMBER.match(raw):
                 continue
             start, end = run.start(), run.start() + len(raw)
-            if _TIME_AFTER.match(text, end):
+            if text.startswith(":", end) and _TIME_AFTER.match(text, end):
                 continue
             if raw.lstrip("(").startswith("+") or digits.startswith("00"):
                 international = (
