@@ -30,7 +30,10 @@ from typing import Final
 
 MARGIN: Final = 24
 _CLUSTER: Final = re.compile(r"[0-9][0-9 \u00a0.,:/()+\-]*+")
-_PUNCTUATION: Final = str.maketrans("", "", " \u00a0.,:/()+-")
+PUNCTUATION: Final = " \u00a0.,:/()+-".encode()
+"""A cluster's characters besides its digits, UTF-8 encoded: ``bytes.translate`` deletes them
+faster than ``str.translate`` (a cluster holds no other non-ASCII character)."""
+_DIGITS: Final = "0123456789"
 
 MEMO: Final = 8
 _memo: list[tuple[str, list[tuple[int, int, int]]]] = []
@@ -43,10 +46,15 @@ def clusters(text: str) -> list[tuple[int, int, int]]:
         if known is text:
             return found
     found = []
-    for match in _CLUSTER.finditer(text):
-        start, end = match.span()
-        # Most clusters in prose are one digit (a count, a list item): nothing to count.
-        found.append((start, end, 1 if end - start == 1 else len(text[start:end].translate(_PUNCTUATION))))
+    # Looking for each digit (a C loop per digit) is ten times faster than the pattern's
+    # scan for its first character: most texts have no digit at all, or only late.
+    first = min((at for at in map(text.find, _DIGITS) if at >= 0), default=-1)
+    if first >= 0:
+        for match in _CLUSTER.finditer(text, first):
+            start, end = match.span()
+            # Most clusters in prose are one digit (a count, a list item): nothing to count.
+            count = 1 if end - start == 1 else len(text[start:end].encode().translate(None, PUNCTUATION))
+            found.append((start, end, count))
     if len(_memo) >= MEMO:
         del _memo[0]
     _memo.append((text, found))

@@ -65,7 +65,9 @@ def _valid(candidate: str) -> bool:
     costs a few microseconds a candidate, the library's own call ~15-50 (registry lookup
     and pattern building per call).
     """
-    compact = candidate.translate(_SPACES).upper()
+    compact = (
+        candidate.translate(_SPACES) if " " in candidate or "\u00a0" in candidate else candidate
+    ).upper()
     if len(compact) < MIN_LENGTH:
         return False
     country = compact[:2]

@@ -55,8 +55,8 @@ _RUN: Final = re.compile(
     r"(?:(?:[ \u00a0]?[/-][ \u00a0]?|[ \u00a0.])?(?:\(\d{1,5}\)[ \u00a0]?)?\d++)*+",
     re.ASCII,
 )
-_NOT_DIGITS: Final = str.maketrans("", "", "+()/-. \u00a0")
-"""What a run holds besides its digits."""
+_NOT_DIGITS: Final = "+()/-. \u00a0".encode()
+"""What a run holds besides its digits (UTF-8, for ``bytes.translate``)."""
 MIN_DIGITS: Final = 7
 MAX_DIGITS: Final = 17
 """E.164's 15 digits plus an international ``00`` prefix."""
@@ -117,7 +117,10 @@ class _Region:
         n = len(national)
         if n not in self.general_lengths or self.general.fullmatch(national) is None:
             return False
-        return any(n in lengths and pattern.fullmatch(national) for lengths, pattern in self.types)
+        for lengths, pattern in self.types:
+            if n in lengths and pattern.fullmatch(national) is not None:
+                return True
+        return False
 
     def national(self, digits: str) -> str | None:
         """The region of ``digits`` written as a national number here, or None.
@@ -166,7 +169,11 @@ def _international(digits: str) -> str | None:
     for n in (1, 2, 3):
         regions = _calling(digits[:n])
         if regions is not None:
-            return next((r.code for r in regions if r.subscriber(digits[n:])), None)
+            subscriber = digits[n:]
+            for region in regions:
+                if region.subscriber(subscriber):
+                    return region.code
+            return None
     return None
 
 
@@ -175,6 +182,12 @@ class PhoneDetector:
 
     def __init__(self, regions: list[str]) -> None:
         self._regions = [_region(code) for code in regions]
+        # A region whose trunk prefix is 0 reads only numbers written with it; the others
+        # read any (``_Region.national``): the regions worth asking, by "starts with 0".
+        self._national = (
+            [r for r in self._regions if r.trunk != "0"],
+            self._regions,
+        )
 
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
@@ -187,19 +200,18 @@ class PhoneDetector:
     def _window(self, text: str, low: int, high: int, spans: list[Span]) -> None:
         for run in _RUN.finditer(text, low, high):
             raw = run.group()
-            digits = raw.translate(_NOT_DIGITS)
+            digits = raw.encode().translate(None, _NOT_DIGITS).decode()
             if not MIN_DIGITS <= len(digits) <= MAX_DIGITS or _NOT_A_NUMBER.match(raw):
                 continue
             start, end = run.start(), run.start() + len(raw)
             if text.startswith(":", end) and _TIME_AFTER.match(text, end):
                 continue
-            if raw.lstrip("(").startswith("+") or digits.startswith("00"):
-                international = (
-                    digits[2:] if digits.startswith("00") and not raw.lstrip("(").startswith("+") else digits
-                )
-                kind = _international(international)
+            if raw.lstrip("(").startswith("+"):
+                kind = _international(digits)
+            elif digits.startswith("00"):
+                kind = _international(digits[2:])
             else:
-                kind = next((k for r in self._regions if (k := r.national(digits))), None)
+                kind = next((k for r in self._national[digits[0] == "0"] if (k := r.national(digits))), None)
             if kind:
                 spans.append(Span(start, end, kind))
 
