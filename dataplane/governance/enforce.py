@@ -384,21 +384,17 @@ def _rebuild(body: ChatRequest | EmbedRequest, texts: list[tuple[str, str]]) -> 
     messages: list[Message] = []
     for m in body.messages:
         count = sum(isinstance(p, TextPart) for p in m.content) + len(m.tool_calls)
-        mine = [t for _, t in texts[at : at + count]]
+        mine = texts[at : at + count]
         at += count
         it = iter(mine)
-        # An edited text is another string object; an untouched one is the caller's own.
-        content = tuple(
-            p if not isinstance(p, TextPart) or (t := next(it)) is p.text else TextPart(t) for p in m.content
-        )
-        calls = tuple(
-            c if t is c.arguments else replace(c, arguments=t)
-            for t, c in zip(mine[len(mine) - len(m.tool_calls) :], m.tool_calls, strict=True)
-        )
-        if all(a is b for a, b in zip(content, m.content, strict=True)) and all(
-            a is b for a, b in zip(calls, m.tool_calls, strict=True)
-        ):
+        content = tuple(TextPart(next(it)[1]) if isinstance(p, TextPart) else p for p in m.content)
+        if content == m.content and all(t == c.arguments for (_, t), c in zip(it, m.tool_calls, strict=True)):
             messages.append(m)
             continue
+        it = iter(mine[len(mine) - len(m.tool_calls) :])
+        calls = tuple(
+            c if t == c.arguments else replace(c, arguments=t)
+            for (_, t), c in zip(it, m.tool_calls, strict=True)
+        )
         messages.append(Message(m.role, content, calls, m.tool_call_id, m.name))
     return replace(body, messages=tuple(messages))

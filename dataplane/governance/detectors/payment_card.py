@@ -103,20 +103,19 @@ class PaymentCardDetector:
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
         # A candidate is digits, spaces and hyphens: it lies within one cluster.
+        search = _CANDIDATE.search  # a search per candidate costs less than a finditer per cluster
         for low, high in runs(text, 13):
-            self._window(text, low, high, spans)
-        return spans
-
-    @staticmethod
-    def _window(text: str, low: int, high: int, spans: list[Span]) -> None:
-        for match in _CANDIDATE.finditer(text, low, high):
-            kind = _kind(match.group())
-            if kind is not None:
-                spans.append(Span(match.start(), match.end(), kind))
-            elif match.group(1) is not None and match.end(1) < match.end():
-                kind = _kind(match.group(1))
+            match = search(text, low, high)
+            while match is not None:
+                kind = _kind(match.group())
                 if kind is not None:
-                    spans.append(Span(match.start(), match.end(1), kind))
+                    spans.append(Span(match.start(), match.end(), kind))
+                elif match.group(1) is not None and match.end(1) < match.end():
+                    kind = _kind(match.group(1))
+                    if kind is not None:
+                        spans.append(Span(match.start(), match.end(1), kind))
+                match = search(text, match.end(), high)
+        return spans
 
 
 def build(options: Mapping[str, Any]) -> PaymentCardDetector:

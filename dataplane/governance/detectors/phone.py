@@ -193,27 +193,31 @@ class PhoneDetector:
         spans: list[Span] = []
         # A run is digits and number punctuation, all cluster characters, opened by at most
         # "(+": it lies within a cluster and the two characters before it.
+        search = _RUN.search  # a search per run costs less than a finditer per cluster
         for low, high in runs(text, MIN_DIGITS, 2):
-            self._window(text, low, high, spans)
+            run = search(text, low, high)
+            while run is not None:
+                self._check(text, run, spans)
+                run = search(text, run.end(), high)
         return spans
 
-    def _window(self, text: str, low: int, high: int, spans: list[Span]) -> None:
-        for run in _RUN.finditer(text, low, high):
-            raw = run.group()
-            digits = raw.encode().translate(None, _NOT_DIGITS).decode()
-            if not MIN_DIGITS <= len(digits) <= MAX_DIGITS or _NOT_A_NUMBER.match(raw):
-                continue
-            start, end = run.start(), run.start() + len(raw)
-            if text.startswith(":", end) and _TIME_AFTER.match(text, end):
-                continue
-            if raw.lstrip("(").startswith("+"):
-                kind = _international(digits)
-            elif digits.startswith("00"):
-                kind = _international(digits[2:])
-            else:
-                kind = next((k for r in self._national[digits[0] == "0"] if (k := r.national(digits))), None)
-            if kind:
-                spans.append(Span(start, end, kind))
+    def _check(self, text: str, run: re.Match[str], spans: list[Span]) -> None:
+        """A finding if ``run`` is a valid number."""
+        raw = run.group()
+        digits = raw.encode().translate(None, _NOT_DIGITS).decode()
+        if not MIN_DIGITS <= len(digits) <= MAX_DIGITS or _NOT_A_NUMBER.match(raw):
+            return
+        start, end = run.start(), run.start() + len(raw)
+        if text.startswith(":", end) and _TIME_AFTER.match(text, end):
+            return
+        if raw.lstrip("(").startswith("+"):
+            kind = _international(digits)
+        elif digits.startswith("00"):
+            kind = _international(digits[2:])
+        else:
+            kind = next((k for r in self._national[digits[0] == "0"] if (k := r.national(digits))), None)
+        if kind:
+            spans.append(Span(start, end, kind))
 
 
 def build(options: Mapping[str, Any]) -> PhoneDetector:
