@@ -253,7 +253,7 @@ class Pipeline:
                     for later in governed[i + 1 :]:
                         tail = later.feed(tail)
                     assembled.add(tail)
-                    if tail.text:
+                    if tail.text or tail.tool_calls:
                         yield tail
                 if trace.governors and chat.response_format is not None:
                     whole = assembled.response()

@@ -4,9 +4,10 @@ read back from the node's log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -295,28 +296,46 @@ class Scripted:
                     "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
                 }
             )
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        for piece in self.pieces:
-            delta = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model}
-            delta["choices"] = [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
-            await response.write(f"data: {json.dumps(delta)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        return response
+        return await sse(request, model, [({"content": piece}, None) for piece in self.pieces])
+
+
+async def sse(
+    request: web.Request, model: str, deltas: list[tuple[dict[str, Any], str | None]]
+) -> web.StreamResponse:
+    """An OpenAI-style event stream: one chunk per (delta, finish_reason), then ``[DONE]``."""
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    for delta, finish_reason in deltas:
+        event = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model}
+        event["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+        await response.write(f"data: {json.dumps(event)}\n\n".encode())
+    await response.write(b"data: [DONE]\n\n")
+    return response
+
+
+@contextlib.asynccontextmanager
+async def upstream_at(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A local upstream answering ``/v1/chat/completions`` with ``handler``; yields its URL."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture
 async def scripted() -> AsyncIterator[Scripted]:
     upstream = Scripted()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", upstream.completions)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    upstream.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield upstream
-    await runner.cleanup()
+    async with upstream_at(upstream.completions) as base_url:
+        upstream.base_url = base_url
+        yield upstream
 
 
 def asks_for_age(correlation_id: str) -> infer_pb2.InferRequest:
