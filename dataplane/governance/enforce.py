@@ -248,7 +248,9 @@ class RequestGovernor:
         contract, ``response`` must meet it. ``flag`` records a failure; ``error`` and
         ``retry`` raise ``AnswerBreaksContract`` (the pipeline lets the dispatcher fall back
         on it for ``retry``). A ``streamed`` answer is checked once it has been sent whole:
-        nothing is left to retry, so ``retry`` ends the stream with the error as ``error``."""
+        nothing is left to retry, so ``retry`` ends the stream with the error as ``error``
+        (the pipeline holds a stream under ``retry`` back whole instead, ``held``, and checks
+        each candidate's answer as a unary one)."""
         on_failure = self.profile.contract
         rf = request.response_format
         if on_failure is None or rf is None or rf.type != "json_schema" or rf.schema is None:
