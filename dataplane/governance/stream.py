@@ -105,7 +105,9 @@ class StreamGovernor:
         calls = self._calls_released(chunk.tool_calls, final) if chunk.tool_calls or final else ()
         if released == chunk.text and _same(calls, chunk.tool_calls):
             return chunk
-        return replace(chunk, text=released, tool_calls=calls)
+        # Built directly: dataclasses.replace was a third of the governor's time per chunk
+        # (a test pins StreamChunk's fields to these four).
+        return StreamChunk(released, calls, chunk.finish_reason, chunk.usage)
 
     def finish(self) -> StreamChunk | None:
         """What is held once the upstream has ended (None when nothing is)."""

@@ -35,30 +35,43 @@ PUNCTUATION: Final = " \u00a0.,:/()+-".encode()
 faster than ``str.translate`` (a cluster holds no other non-ASCII character)."""
 _DIGITS: Final = "0123456789"
 
+FIND_FIRST: Final = 1024
+"""From this length on, the first digit is looked for with ``str.find`` (ten calls, ~2 us)
+before the pattern scans (~5 ns a character)."""
+
 MEMO: Final = 8
-_memo: list[tuple[str, list[tuple[int, int, int]]]] = []
+_memo: list[tuple[str, list[tuple[int, int]], list[int]]] = []
+"""(text, its clusters, their digit counts (-1: not counted yet)), newest last."""
 
 
-def clusters(text: str) -> list[tuple[int, int, int]]:
-    """``(start, end, digits)`` of every cluster of digits in ``text``: where it is and how
-    many digits it holds."""
-    for known, found in _memo:
+def _scan(text: str) -> tuple[list[tuple[int, int]], list[int]]:
+    for known, found, counts in _memo:
         if known is text:
-            return found
-    found = []
-    # Looking for each digit (a C loop per digit) is ten times faster than the pattern's
-    # scan for its first character: most texts have no digit at all, or only late.
-    first = min((at for at in map(text.find, _DIGITS) if at >= 0), default=-1)
-    if first >= 0:
-        for match in _CLUSTER.finditer(text, first):
-            start, end = match.span()
-            # Most clusters in prose are one digit (a count, a list item): nothing to count.
-            count = 1 if end - start == 1 else len(text[start:end].encode().translate(None, PUNCTUATION))
-            found.append((start, end, count))
+            return found, counts
+    first = 0
+    if len(text) > FIND_FIRST:
+        # Looking for each digit (a C loop per digit) is ten times faster than the pattern's
+        # scan for its first character: most long texts have no digit, or only late.
+        first = min((at for at in map(text.find, _DIGITS) if at >= 0), default=-1)
+    found = [match.span() for match in _CLUSTER.finditer(text, first)] if first >= 0 else []
+    counts = [-1] * len(found)
     if len(_memo) >= MEMO:
         del _memo[0]
-    _memo.append((text, found))
-    return found
+    _memo.append((text, found, counts))
+    return found, counts
+
+
+def clusters(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every cluster of digits in ``text``."""
+    return _scan(text)[0]
+
+
+def _count(text: str, counts: list[int], i: int, start: int, end: int) -> int:
+    """The digits of cluster ``i``: counted once per text, whichever detector asks first."""
+    count = counts[i]
+    if count < 0:
+        count = counts[i] = len(text[start:end].encode().translate(None, PUNCTUATION))
+    return count
 
 
 def runs(text: str, min_digits: int, before: int = 0) -> list[tuple[int, int]]:
@@ -74,8 +87,10 @@ def runs(text: str, min_digits: int, before: int = 0) -> list[tuple[int, int]]:
     """
     out: list[tuple[int, int]] = []
     previous = 0
-    for start, end, count in clusters(text):
-        if count >= min_digits:
+    found, counts = _scan(text)
+    for i, (start, end) in enumerate(found):
+        # Most clusters in prose are shorter than that (a year, a count): not counted.
+        if end - start >= min_digits and _count(text, counts, i, start, end) >= min_digits:
             out.append((max(start - before, previous), end))
         previous = end
     return out
@@ -88,8 +103,10 @@ def windows(
     (or for which ``also(text, start, end)`` holds)."""
     merged: list[tuple[int, int]] = []
     n = len(text)
-    for start, end, count in clusters(text):
-        if count < min_digits and not (also is not None and also(text, start, end)):
+    found, counts = _scan(text)
+    for i, (start, end) in enumerate(found):
+        enough = end - start >= min_digits and _count(text, counts, i, start, end) >= min_digits
+        if not enough and not (also is not None and also(text, start, end)):
             continue
         low, high = max(0, start - MARGIN), min(n, end + MARGIN)
         if merged and low <= merged[-1][1]:

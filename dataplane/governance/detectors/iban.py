@@ -100,7 +100,7 @@ class IbanDetector:
 
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
-        for start, _, _ in clusters(text):
+        for start, _ in clusters(text):
             # An IBAN's check digits are the first digits after its country code: only a
             # cluster right after two letters can start one.
             # (A cluster inside the IBAN just found is part of it.)

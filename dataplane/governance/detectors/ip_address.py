@@ -54,7 +54,7 @@ class IpAddressDetector:
         spans: list[Span] = []
         n = len(text)
         v6_windows: list[tuple[int, int]] = []
-        for start, end, _ in clusters(text):
+        for start, end in clusters(text):
             # A dotted quad lies within one cluster (the character after it decides whether
             # it ends there); an IPv6 address, at most 45 characters, holds a cluster with a
             # colon, so a window of that much around such a cluster holds it whole.

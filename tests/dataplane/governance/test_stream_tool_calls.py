@@ -5,6 +5,7 @@ restored like the answer's content."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -156,3 +157,9 @@ def test_a_stream_without_output_rules_or_masks_passes_tool_calls_untouched() ->
     assert error is None
     assert all(a is b for a, b in zip(out, chunks, strict=False))
     assert actions == []
+
+
+def test_stream_chunks_have_the_fields_the_governor_copies() -> None:
+    # StreamGovernor.feed builds a released chunk from these four: a new field must be
+    # copied there too.
+    assert [f.name for f in fields(StreamChunk)] == ["text", "tool_calls", "finish_reason", "usage"]
