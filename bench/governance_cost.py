@@ -9,8 +9,10 @@ IBAN redacted; credentials redacted; IP addresses flagged) governs one chat requ
 user message is a business-like text of the given size with a few findings of each kind per
 KB; what is timed is ``Governance.begin`` + ``govern_input`` (every input rule over every
 text, the rebuilt request, the evidence entries), as the pipeline calls them. p50 and p99 in
-microseconds over ``--requests`` runs after a warm-up. "none" is the same call on a
-snapshot with no profile at all: what a node without governance pays (one dict check).
+microseconds over ``--requests`` runs after a warm-up, and the p50 of the thread's CPU time.
+Each request carries a new copy of the prompt, as a real one does (what detectors keep per
+text object must not carry over). "none" is the same call on a snapshot with no profile at
+all: what a node without governance pays (one dict check).
 
 **Streaming.** An in-process node (gRPC door, the real OpenAI-compatible adapter) streams
 ``--chunks`` chunks of a few words each from a local SSE upstream, ``--streams`` times per
