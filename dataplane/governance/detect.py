@@ -29,17 +29,18 @@ pipeline does not change.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
+class Span(NamedTuple):
     """One finding: ``text[start:end]`` is of ``kind``.
 
     ``kind`` refines the detector's name without revealing the value, such as
     ``"visa"`` for a payment card or ``"DE"`` for an IBAN's country; it is
     safe to record.
+
+    A named tuple rather than a frozen dataclass: as immutable, and made in half the
+    time (a request's detectors make one per finding, dozens per KB of a dense prompt).
     """
 
     start: int

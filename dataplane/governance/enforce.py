@@ -62,6 +62,9 @@ PLACEHOLDER = re.compile(r"\[[A-Z0-9_]+_[0-9]+\]")
 """A mask placeholder as sent to the model."""
 
 Actions = list[dict[str, Any]]
+_STAGE: dict[Stage, str] = {stage: stage.value for stage in Stage}
+_ACTION: dict[Action, str] = {action: action.value for action in Action}
+"""An enum member's ``value`` is a property lookup: one per evidence entry adds up."""
 _RETRY_CONTRACT = frozenset({CONTRACT_KIND})
 
 
@@ -120,12 +123,14 @@ class RequestGovernor:
         and detectors of one profile share their work on one text); a finding overlapping one
         an earlier rule redacted or masked is the earlier rule's. Edits apply at the end, in
         tool call arguments as JSON string content."""
-        edits: list[list[tuple[Finding, str]]] = [[] for _ in texts]
-        # Per text, 1 where an edit is: an overlap test is then one C-level find.
+        # Per text, (start, end, replacement) of each edit, and 1 where one is (an overlap
+        # test is then one C-level find).
+        edits: list[list[tuple[int, int, str]] | None] = [None] * len(texts)
         claimed: list[bytearray | None] = [None] * len(texts)
         for rule in rules:
             found: list[tuple[str, Finding]] = []
-            edit = rule.action is Action.REDACT or rule.action is Action.MASK
+            action = rule.action
+            edit = action is Action.REDACT or action is Action.MASK
             for i, (field, text) in enumerate(texts):
                 spans = rule.detector.find(text)
                 if not spans:
@@ -135,26 +140,33 @@ class RequestGovernor:
                     spans = [s for s in spans if mask.find(1, s.start, s.end) < 0]
                     if not spans:
                         continue
-                found.extend((field, s) for s in spans)
-                if rule.action is Action.BLOCK:
+                found += [(field, s) for s in spans]
+                if action is Action.BLOCK:
                     break
                 if not edit:
                     continue
                 if mask is None:
                     mask = claimed[i] = bytearray(len(text))
+                taken = edits[i]
+                if taken is None:
+                    taken = edits[i] = []
                 for s in spans:
-                    mask[s.start : s.end] = b"\x01" * (s.end - s.start)
-                if rule.action is Action.REDACT:
-                    edits[i].extend((s, rule.placeholder) for s in spans)
-                else:
-                    edits[i].extend((s, self._mask(rule, text, s)) for s in spans)
+                    start, end = s.start, s.end
+                    mask[start:end] = b"\x01" * (end - start)
+                    taken.append(
+                        (
+                            start,
+                            end,
+                            rule.placeholder if action is Action.REDACT else self._mask(rule, text, s),
+                        )
+                    )
             if not found:
                 continue
             entry = self._entry(stage, rule, found)
             actions.append(entry)
-            if rule.action is Action.BLOCK:
+            if action is Action.BLOCK:
                 raise blocked(rule.name, stage.value, rule.status)
-            if rule.action is Action.CLASSIFY:
+            if action is Action.CLASSIFY:
                 entry["data_class"] = rule.data_class.name.lower()
                 if rule.data_class >= self.data_class:
                     self.data_class, self.classified_by = rule.data_class, rule.name
@@ -163,11 +175,17 @@ class RequestGovernor:
         out = list(texts)
         for i, taken in enumerate(edits):
             if taken:
-                taken.sort(key=lambda edit: edit[0].start)
+                # Edits never overlap (claimed): ordered by start alone.
+                taken.sort()
                 field, text = texts[i]
                 in_json = field.endswith(".arguments")
-                replacements = [json.dumps(r)[1:-1] if in_json else r for _, r in taken]
-                out[i] = (field, replace_spans(text, [s for s, _ in taken], replacements))
+                parts: list[str] = []
+                at = 0
+                for start, end, replacement in taken:
+                    parts += (text[at:start], json.dumps(replacement)[1:-1] if in_json else replacement)
+                    at = end
+                parts.append(text[at:])
+                out[i] = (field, "".join(parts))
         return out
 
     def _check_limits(self, body: ChatRequest | EmbedRequest, actions: Actions) -> None:
@@ -230,7 +248,9 @@ class RequestGovernor:
         contract, ``response`` must meet it. ``flag`` records a failure; ``error`` and
         ``retry`` raise ``AnswerBreaksContract`` (the pipeline lets the dispatcher fall back
         on it for ``retry``). A ``streamed`` answer is checked once it has been sent whole:
-        nothing is left to retry, so ``retry`` ends the stream with the error as ``error``."""
+        nothing is left to retry, so ``retry`` ends the stream with the error as ``error``
+        (the pipeline holds a stream under ``retry`` back whole instead, ``held``, and checks
+        each candidate's answer as a unary one)."""
         on_failure = self.profile.contract
         rf = request.response_format
         if on_failure is None or rf is None or rf.type != "json_schema" or rf.schema is None:
@@ -314,11 +334,14 @@ class RequestGovernor:
         }
 
     def _entry(self, stage: Stage, rule: Rule, found: Sequence[tuple[str, Finding]]) -> dict[str, Any]:
+        profile = self.profile
         return {
-            **self._header(stage),
+            "profile": profile.profile_id,
+            "profile_version": profile.version,
+            "stage": _STAGE[stage],
             "rule": rule.name,
             "detector": rule.detector_name,
-            "action": rule.action.value,
+            "action": _ACTION[rule.action],
             "count": len(found),
             "positions": [
                 {"field": field, "start": s.start, "end": s.end, "kind": s.kind}

@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -39,6 +40,7 @@ from dataplane.errors import (
 from dataplane.evidence.log import EvidenceLog
 from dataplane.evidence.spool import Spool
 from dataplane.governance.errors import NotCertified
+from dataplane.governance.held import held_whole, holds
 from dataplane.outcome import CANCELLED, OK, Outcome, to_status
 from dataplane.pipeline.call import (
     EVIDENCE_KIND,
@@ -142,12 +144,7 @@ class Pipeline:
                 response, candidate = await self._dispatch(trace, plan, traced, deadline)
                 trace.mark("govern output")
                 return response, candidate
-            fallback_on = frozenset().union(*(g.fallback_on for g in trace.governors))
-            if not fallback_on <= plan.retry.fallback_on:
-                plan = replace(
-                    plan, retry=replace(plan.retry, fallback_on=plan.retry.fallback_on | fallback_on)
-                )
-            response, candidate = await self._dispatch(trace, plan, governed, deadline)
+            response, candidate = await self._dispatch(trace, _governed_plan(plan, trace), governed, deadline)
             for governor in trace.governors:
                 response = governor.govern_output(response, trace.governance)
             trace.mark("govern output")
@@ -203,7 +200,8 @@ class Pipeline:
 
     async def stream(self, call: Call[ChatRequest]) -> AsyncGenerator[StreamEvent, None]:
         """One chat answer as it is generated: ``Opened``, then each upstream chunk as
-        it arrives (nothing is buffered), then ``Closed`` once the evidence is written.
+        it arrives (nothing is buffered, but what output rules hold back and an answer whose
+        contract may retry, ``governance.held``), then ``Closed`` once the evidence is written.
 
         A caller that goes away (the task cancelled, or this iterator closed early)
         is recorded as CANCELLED and the upstream stream is closed.
@@ -224,6 +222,10 @@ class Pipeline:
                 opener: Callable[[Candidate, float], AsyncIterator[StreamChunk]] = start
                 if self.tracer is not None:
                     opener = self.tracer.stream_attempt(trace, start)
+                held = holds(chat, frozenset().union(*(g.fallback_on for g in trace.governors)))
+                if held:  # read whole and checked before it goes out, so it can still fall back
+                    opener = held_whole(opener, partial(_check_answer, trace, chat))
+                    plan = _governed_plan(plan, trace)
                 dispatched = time.monotonic()
                 chunk, upstream, candidate, attempts = await self.dispatcher.open_stream(
                     plan, opener, deadline=self._deadline(trace, call), skipped=trace.skipped
@@ -253,9 +255,9 @@ class Pipeline:
                     for later in governed[i + 1 :]:
                         tail = later.feed(tail)
                     assembled.add(tail)
-                    if tail.text:
+                    if tail.text or tail.tool_calls:
                         yield tail
-                if trace.governors and chat.response_format is not None:
+                if trace.governors and chat.response_format is not None and not held:
                     whole = assembled.response()
                     for governor in trace.governors:
                         governor.check_answer(
@@ -563,3 +565,16 @@ def _within_scope(plan: RoutePlan, scope: KeyScope) -> tuple[RoutePlan, Permissi
     if drops or shadow is not plan.shadow:
         plan = replace(plan, ordered=kept, dropped=plan.dropped + drops, shadow=shadow)
     return plan, nothing_in_scope(scope, drops) if drops and not kept else None
+
+
+def _governed_plan(plan: RoutePlan, trace: Trace) -> RoutePlan:
+    """``plan`` also falling back on what the request's governors refuse (``fallback_on``)."""
+    fallback_on = frozenset().union(*(g.fallback_on for g in trace.governors))
+    if fallback_on <= plan.retry.fallback_on:
+        return plan
+    return replace(plan, retry=replace(plan.retry, fallback_on=plan.retry.fallback_on | fallback_on))
+
+
+def _check_answer(trace: Trace, chat: ChatRequest, candidate: Candidate, response: ChatResponse) -> None:
+    for governor in trace.governors:
+        governor.check_answer(chat, response, candidate.model.alias, trace.governance)

@@ -52,6 +52,11 @@ def _structure(country: str) -> re.Pattern[str] | None:
 
 
 @functools.cache
+def _country_digits(country: str) -> str:
+    return country.translate(_AS_DIGITS)
+
+
+@functools.cache
 def _has_national_check(country: str) -> bool:
     """Whether stdnum checks this country's BBAN further (Spain's, Belgium's check digits)."""
     return get_cc_module(country.lower(), "iban") is not None
@@ -65,14 +70,22 @@ def _valid(candidate: str) -> bool:
     costs a few microseconds a candidate, the library's own call ~15-50 (registry lookup
     and pattern building per call).
     """
-    compact = candidate.translate(_SPACES).upper()
+    compact = (
+        candidate.translate(_SPACES) if " " in candidate or "\u00a0" in candidate else candidate
+    ).upper()
     if len(compact) < MIN_LENGTH:
         return False
     country = compact[:2]
     structure = _structure(country)
     if structure is None or structure.fullmatch(compact) is None:
         return False
-    if int((compact[4:] + compact[:4]).translate(_AS_DIGITS)) % 97 != 1:
+    bban = compact[4:]
+    if bban.isdigit():
+        # Most countries' BBANs are digits only: only the country code needs translating.
+        rearranged = bban + _country_digits(country) + compact[2:4]
+    else:
+        rearranged = (bban + compact[:4]).translate(_AS_DIGITS)
+    if int(rearranged) % 97 != 1:
         return False
     if _has_national_check(country):
         try:

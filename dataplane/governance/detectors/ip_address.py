@@ -38,6 +38,12 @@ _IPV6: Final = re.compile(
 )
 
 
+def _valid_v4(quad: str) -> bool:
+    """What ``ipaddress.IPv4Address`` accepts of four dotted groups of 1-3 ASCII digits: each
+    at most 255, none with a leading zero (ambiguous octal). A tenth of the library's time."""
+    return all(int(octet) <= 255 and (octet[0] != "0" or len(octet) == 1) for octet in quad.split("."))
+
+
 class IpAddressDetector:
     name = "ip_address"
 
@@ -54,24 +60,26 @@ class IpAddressDetector:
             # colon, so a window of that much around such a cluster holds it whole.
             if text.count(".", start, end) >= 3:
                 self._v4(text, start, min(n, end + 1), spans)
-            if ":" in text[start:end]:
+            if text.find(":", start, end) >= 0:
                 low, high = max(0, start - MAX_V6), min(n, end + MAX_V6)
                 if v6_windows and low <= v6_windows[-1][1]:
                     v6_windows[-1] = (v6_windows[-1][0], high)
                 else:
                     v6_windows.append((low, high))
+        if not v6_windows:
+            return spans  # one cluster after another: sorted, and no two overlap
+        v4 = len(spans)
         for low, high in v6_windows:
             self._v6(text, low, high, spans)
         # An IPv6 address with an IPv4 tail (::ffff:192.0.2.1) holds an IPv4 finding too.
-        return leftmost_longest(spans) if len(spans) > 1 else spans
+        return leftmost_longest(spans) if v4 and len(spans) > v4 else spans
 
     def _v4(self, text: str, low: int, high: int, spans: list[Span]) -> None:
         for match in _IPV4.finditer(text, low, high):
-            try:
-                address = ipaddress.IPv4Address(match.group())
-            except ValueError:
+            quad = match.group()
+            if not _valid_v4(quad):
                 continue
-            if self._include_private or address.is_global:
+            if self._include_private or ipaddress.IPv4Address(quad).is_global:
                 spans.append(Span(match.start(), match.end(), "ipv4"))
 
     def _v6(self, text: str, low: int, high: int, spans: list[Span]) -> None:

@@ -43,7 +43,7 @@ from typing import Any, Final
 import phonenumbers
 
 from dataplane.governance.detect import Span
-from dataplane.governance.detectors._digits import windows
+from dataplane.governance.detectors._digits import runs
 from dataplane.governance.detectors._options import Options
 
 DEFAULT_REGIONS: Final = ["US", "DE", "FR", "GB"]
@@ -55,7 +55,8 @@ _RUN: Final = re.compile(
     r"(?:(?:[ \u00a0]?[/-][ \u00a0]?|[ \u00a0.])?(?:\(\d{1,5}\)[ \u00a0]?)?\d++)*+",
     re.ASCII,
 )
-_NOT_DIGITS: Final = re.compile(r"[^0-9]")
+_NOT_DIGITS: Final = "+()/-. \u00a0".encode()
+"""What a run holds besides its digits (UTF-8, for ``bytes.translate``)."""
 MIN_DIGITS: Final = 7
 MAX_DIGITS: Final = 17
 """E.164's 15 digits plus an international ``00`` prefix."""
@@ -116,7 +117,10 @@ class _Region:
         n = len(national)
         if n not in self.general_lengths or self.general.fullmatch(national) is None:
             return False
-        return any(n in lengths and pattern.fullmatch(national) for lengths, pattern in self.types)
+        for lengths, pattern in self.types:
+            if n in lengths and pattern.fullmatch(national) is not None:
+                return True
+        return False
 
     def national(self, digits: str) -> str | None:
         """The region of ``digits`` written as a national number here, or None.
@@ -150,13 +154,26 @@ def _region(code: str) -> _Region:
     return _Region(code)
 
 
+@functools.cache
+def _calling(code: str) -> tuple[_Region, ...] | None:
+    """The regions of country calling code ``code`` (digits), the main one first (GB before
+    GG, IM and JE); None for a code that is no country's."""
+    codes = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(code))
+    if not codes:
+        return None
+    return tuple(_region(c) for c in codes if c.isalpha())
+
+
 def _international(digits: str) -> str | None:
     """The region of ``digits`` (after ``+`` or ``00``) if they are a valid number, else None."""
     for n in (1, 2, 3):
-        codes = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(digits[:n]))
-        if codes:
-            # The country's main region is listed first (GB before GG, IM and JE).
-            return next((c for c in codes if c.isalpha() and _region(c).subscriber(digits[n:])), None)
+        regions = _calling(digits[:n])
+        if regions is not None:
+            subscriber = digits[n:]
+            for region in regions:
+                if region.subscriber(subscriber):
+                    return region.code
+            return None
     return None
 
 
@@ -165,31 +182,42 @@ class PhoneDetector:
 
     def __init__(self, regions: list[str]) -> None:
         self._regions = [_region(code) for code in regions]
+        # A region whose trunk prefix is 0 reads only numbers written with it; the others
+        # read any (``_Region.national``): the regions worth asking, by "starts with 0".
+        self._national = (
+            [r for r in self._regions if r.trunk != "0"],
+            self._regions,
+        )
 
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
-        for low, high in windows(text, MIN_DIGITS):
-            self._window(text, low, high, spans)
+        # A run is digits and number punctuation, all cluster characters, opened by at most
+        # "(+": it lies within a cluster and the two characters before it.
+        search = _RUN.search  # a search per run costs less than a finditer per cluster
+        for low, high in runs(text, MIN_DIGITS, 2):
+            run = search(text, low, high)
+            while run is not None:
+                self._check(text, run, spans)
+                run = search(text, run.end(), high)
         return spans
 
-    def _window(self, text: str, low: int, high: int, spans: list[Span]) -> None:
-        for run in _RUN.finditer(text, low, high):
-            raw = run.group()
-            digits = _NOT_DIGITS.sub("", raw)
-            if not MIN_DIGITS <= len(digits) <= MAX_DIGITS or _NOT_A_NUMBER.match(raw):
-                continue
-            start, end = run.start(), run.start() + len(raw)
-            if _TIME_AFTER.match(text, end):
-                continue
-            if raw.lstrip("(").startswith("+") or digits.startswith("00"):
-                international = (
-                    digits[2:] if digits.startswith("00") and not raw.lstrip("(").startswith("+") else digits
-                )
-                kind = _international(international)
-            else:
-                kind = next((k for r in self._regions if (k := r.national(digits))), None)
-            if kind:
-                spans.append(Span(start, end, kind))
+    def _check(self, text: str, run: re.Match[str], spans: list[Span]) -> None:
+        """A finding if ``run`` is a valid number."""
+        raw = run.group()
+        digits = raw.encode().translate(None, _NOT_DIGITS).decode()
+        if not MIN_DIGITS <= len(digits) <= MAX_DIGITS or _NOT_A_NUMBER.match(raw):
+            return
+        start, end = run.start(), run.start() + len(raw)
+        if text.startswith(":", end) and _TIME_AFTER.match(text, end):
+            return
+        if raw.lstrip("(").startswith("+"):
+            kind = _international(digits)
+        elif digits.startswith("00"):
+            kind = _international(digits[2:])
+        else:
+            kind = next((k for r in self._national[digits[0] == "0"] if (k := r.national(digits))), None)
+        if kind:
+            spans.append(Span(start, end, kind))
 
 
 def build(options: Mapping[str, Any]) -> PhoneDetector:
