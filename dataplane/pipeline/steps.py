@@ -454,8 +454,10 @@ class Pipeline:
         deadline: float,
     ) -> tuple[R, Candidate]:
         started = time.monotonic()
+        # Every attempt ends in a provider adapter's call, which keeps the deadline it is given
+        # (``ProviderAdapter``): no timer of the dispatcher's per attempt.
         result, candidate, attempts = await self.dispatcher.call(
-            plan, attempt, deadline=deadline, skipped=trace.skipped
+            plan, attempt, deadline=deadline, skipped=trace.skipped, keeps_deadline=True
         )
         trace.dispatch_ms = (time.monotonic() - started) * 1000
         trace.candidate, trace.attempts = candidate, attempts
