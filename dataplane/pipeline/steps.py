@@ -306,7 +306,9 @@ class Pipeline:
         now = time.monotonic()
         kind = EVIDENCE_KIND[call.operation]
         if not call.correlation_id:
-            trace = Trace(kind, secrets.token_hex(16), now, time.time(), call.request_sha256)
+            # Both ids from one draw of 32 random bytes: one getrandom() call, not two.
+            ids = secrets.token_hex(32)
+            trace = Trace(kind, ids[:32], now, time.time(), call.request_sha256, record_id=ids[32:])
             bind_request(trace.correlation_id)
             return trace
         try:

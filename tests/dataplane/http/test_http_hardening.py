@@ -307,3 +307,26 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout() 
         assert server.in_flight == 0
     finally:
         await server.close(1)
+
+
+async def test_generated_request_and_evidence_ids_are_distinct_random_hex(
+    http: aiohttp.ClientSession, node: DataPlaneNode
+) -> None:
+    # Without an x-request-id both ids are generated (from one random draw): each 128 bits of
+    # hex, none repeated across requests, and each names its own record.
+    ids: list[tuple[str, str]] = []
+    for _ in range(5):
+        async with http.post("/v1/chat/completions", json=HELLO, headers=HEADERS) as response:
+            assert response.status == 200
+            ids.append((response.headers["x-request-id"], response.headers["x-evidence-id"]))
+    every = [i for pair in ids for i in pair]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in every), every
+    assert len(set(every)) == len(every)
+    path = log_path(node.settings.data_dir, node.settings.node_id)
+    expected = {evidence: request for request, evidence in ids}
+
+    def recorded() -> bool:
+        found = {r["record_id"]: r["correlation_id"] for r in read_records(path)}
+        return all(found.get(evidence) == request for evidence, request in expected.items())
+
+    await eventually(recorded)
