@@ -330,3 +330,29 @@ async def test_generated_request_and_evidence_ids_are_distinct_random_hex(
         return all(found.get(evidence) == request for evidence, request in expected.items())
 
     await eventually(recorded)
+
+
+async def test_a_body_that_says_stream_false_is_answered_whole_and_a_bad_one_after_auth(
+    http: aiohttp.ClientSession,
+) -> None:
+    # The door parses a body that names "stream" to see whether it streams, and decodes that
+    # same parse: the answer is as for any body, and a broken one is still refused only after
+    # the caller is authenticated.
+    async with http.post(
+        "/v1/chat/completions", json={**HELLO, "stream": False}, headers=HEADERS
+    ) as response:
+        assert response.status == 200
+        assert response.headers["content-type"] == "application/json"
+        body = await response.json()
+        assert body["object"] == "chat.completion"
+        assert body["choices"][0]["message"]["content"]
+    async with http.post(
+        "/v1/chat/completions", json={**HELLO, "stream": False, "n": 3}, headers=HEADERS
+    ) as response:
+        assert response.status == 400
+    broken = b'{"stream": true, "model": '
+    async with http.post("/v1/chat/completions", data=broken) as response:
+        assert response.status == 401
+    async with http.post("/v1/chat/completions", data=broken, headers=HEADERS) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["param"] == "body"
