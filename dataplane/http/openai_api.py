@@ -139,13 +139,14 @@ class OpenAIFrontDoor:
 
     async def _chat(self, request: Request, response: Response) -> None:
         parsed: list[Any] = []
+        stream, early = _wants_stream(request.body)
 
         def decode() -> Any:
-            body = edge.loads(request.body)
+            # A body parsed already to see whether it streams is not parsed again.
+            body = edge.loads(request.body) if early is _UNPARSED else early
             parsed.append(body)
             return edge.decode_chat(body, request.headers)
 
-        stream = _wants_stream(request.body)
         call = self._call(Operation.STREAM if stream else Operation.CHAT, request, decode)
         if stream:
             await self._stream(call, response, parsed)
@@ -231,16 +232,21 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def _wants_stream(body: bytes) -> bool:
-    """Whether the body asks to stream, read cheaply before the pipeline decodes it (a body
-    that does not parse is refused by the pipeline's decode, after authentication)."""
+_UNPARSED = object()
+"""What ``_wants_stream`` returns for a body it did not parse."""
+
+
+def _wants_stream(body: bytes) -> tuple[bool, Any]:
+    """Whether the body asks to stream, read cheaply before the pipeline decodes it, and the
+    body parsed if that took parsing it (else ``_UNPARSED``): a body that does not parse is
+    refused by the pipeline's decode, after authentication."""
     if b'"stream"' not in body:
-        return False
+        return False, _UNPARSED
     try:
         parsed = edge.loads(body)
     except InvalidRequest:
-        return False
-    return isinstance(parsed, dict) and parsed.get("stream") is True
+        return False, _UNPARSED
+    return isinstance(parsed, dict) and parsed.get("stream") is True, parsed
 
 
 def _response_id(evidence_id: str) -> str:

@@ -3,6 +3,10 @@
 Plain values only: a front door converts its wire format to a ``Call`` at its
 edge, and converts a ``Served`` (or the stream's ``Opened`` / chunks / ``Closed``)
 or a ``Refused`` back to its own format.
+
+Per-request values are slotted dataclasses but not frozen: a frozen one sets each field
+through ``object.__setattr__`` (several times the cost of a plain assignment, on every
+request); they are still never changed once made (``dataclasses.replace`` makes a new one).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ EVIDENCE_KIND = {Operation.CHAT: "infer", Operation.STREAM: "stream", Operation.
 """The ``kind`` an operation's evidence records carry."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call(Generic[Body]):
     """One request as a front door hands it over."""
 
@@ -74,7 +78,7 @@ class Call(Generic[Body]):
     request is traced (the caller's ``traceparent`` and ``tracestate``)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Served(Generic[Result]):
     """A served request, with what every front door reports besides the answer."""
 
@@ -88,7 +92,7 @@ class Served(Generic[Result]):
     evidence_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Opened:
     """A stream's first event: the answer is coming from ``candidate``."""
 
@@ -98,7 +102,7 @@ class Opened:
     """The id the stream's evidence record will have (written when it ends)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Closed:
     """A stream's last event, sent after its evidence is written."""
 

@@ -19,17 +19,28 @@ label), provider names and deployment keys come from the snapshot, ``status`` is
 limit or governance rule. API keys and correlation ids are never labels; the correlation id
 rides on exemplars of the request-duration histogram (OpenMetrics).
 
-Label children are cached per label tuple: ``labels()`` costs more than the increment itself;
-those every request of one kind uses are found together by one lookup (``_Children``).
+The metrics every request adds to (requests, duration, added time, tokens, cost) are plain
+per-worker numbers (``_Sum``, ``_Buckets``) that ``_Collector`` turns into Prometheus families
+at scrape time: a request adds to them with no lock, no label lookup and no exemplar check
+(prometheus_client's ``observe`` took a lock per bucket and sum). Those every request of one
+kind uses are found together by one lookup (``_Children``). The rarer ones (streams' token
+timings, retries, fallbacks, refusals) stay prometheus_client metrics, their label children
+cached per label tuple.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
 
 from dataplane.outcome import Outcome
 from dataplane.pipeline.trace import Trace
@@ -61,33 +72,8 @@ class RequestMetrics:
         self.registry = registry
         self.worker = str(worker)
         w = ("worker",)
-        self._requests = Counter(
-            "signalbox_requests",
-            "Requests the node finished, by tenant, model, outcome (ok or the error kind) and gRPC status.",
-            ["tenant", "model", "outcome", "status", *w],
-            registry=registry,
-        )
-        self._duration = Histogram(
-            "gen_ai_server_request_duration_seconds",
-            "Time from the request's arrival to its answer or refusal (GenAI semantic conventions).",
-            [*GEN_AI, "error_type", *w],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self._added = Histogram(
-            "signalbox_node_added_seconds",
-            "Time the node itself added to a request: its total time less the time spent in upstream calls.",
-            ["gen_ai_operation_name", *w],
-            buckets=ADDED_BUCKETS,
-            registry=registry,
-        )
-        self._tokens = Histogram(
-            "gen_ai_client_token_usage",
-            "Tokens per request by type, input or output (GenAI semantic conventions).",
-            [*GEN_AI, "gen_ai_token_type", *w],
-            buckets=TOKEN_BUCKETS,
-            registry=registry,
-        )
+        self._plain = _Collector(self.worker)
+        registry.register(self._plain)
         self._first_token = Histogram(
             "gen_ai_server_time_to_first_token_seconds",
             "Time from a streamed request's arrival to its first chunk (GenAI semantic conventions).",
@@ -100,12 +86,6 @@ class RequestMetrics:
             "Time per output token after the first, streamed requests (GenAI semantic conventions).",
             [*GEN_AI, *w],
             buckets=PER_TOKEN_BUCKETS,
-            registry=registry,
-        )
-        self._cost = Counter(
-            "signalbox_cost_usd",
-            "What requests cost, in USD, as their evidence records say.",
-            ["tenant", "model", *w],
             registry=registry,
         )
         self._retries = Counter(
@@ -157,34 +137,31 @@ class RequestMetrics:
         children = self._bundles.get(key)
         if children is None:
             error = "" if code is grpc.StatusCode.OK else (outcome.kind or code.name.lower())
+            plain = self._plain
             children = self._bundles[key] = _Children(
-                self._child(self._requests, tenant, model, error or "ok", code.name),
-                self._child(self._duration, operation, provider, model, tenant, error),
-                self._child(self._added, operation),
+                plain.series(REQUESTS, (tenant, model, error or "ok", code.name)),
+                plain.series(DURATION, (operation, provider, model, tenant, error)),
+                plain.series(ADDED, (operation,)),
+                (operation, provider, model, tenant),
             )
-        children.requests.inc()
+        children.requests.value += 1
         cid = trace.correlation_id
-        if len(cid) <= MAX_EXEMPLAR_CHARS:
-            children.duration.observe(total, {"correlation_id": cid})
-        else:
-            children.duration.observe(total)
+        children.duration.observe(total, cid if len(cid) <= MAX_EXEMPLAR_CHARS else None)
         attempts = trace.attempts
         if len(attempts) == 1:
             upstream = attempts[0].duration_ms / 1000.0
         else:
             upstream = sum(a.duration_ms for a in attempts) / 1000.0
-        children.added.observe(max(total - upstream, 0.0))
+        children.added.observe(max(total - upstream, 0.0), None)
         usage = trace.usage
         if usage is not None:
             if children.input_tokens is None:
-                children.input_tokens = self._child(self._tokens, operation, provider, model, tenant, "input")
-            children.input_tokens.observe(usage.input_tokens)
+                children.input_tokens = self._plain.series(TOKENS, (*children.gen_ai, "input"))
+            children.input_tokens.observe(usage.input_tokens, None)
             if operation == "chat":
                 if children.output_tokens is None:
-                    children.output_tokens = self._child(
-                        self._tokens, operation, provider, model, tenant, "output"
-                    )
-                children.output_tokens.observe(usage.output_tokens)
+                    children.output_tokens = self._plain.series(TOKENS, (*children.gen_ai, "output"))
+                children.output_tokens.observe(usage.output_tokens, None)
         if trace.first_chunk_ms is not None:
             first = trace.first_chunk_ms / 1000.0
             self._child(self._first_token, operation, provider, model, tenant).observe(first)
@@ -192,7 +169,9 @@ class RequestMetrics:
                 per_token = max(total - first, 0.0) / (usage.output_tokens - 1)
                 self._child(self._per_token, operation, provider, model, tenant).observe(per_token)
         if trace.cost.total_nanos:
-            self._child(self._cost, tenant, model).inc(trace.cost.total_nanos / 1e9)
+            if children.cost is None:
+                children.cost = self._plain.series(COST, (tenant, model))
+            children.cost.value += trace.cost.total_nanos / 1e9
         if len(attempts) > 1:
             self._child(self._retries, tenant, model).inc(len(attempts) - 1)
             if attempts[-1].candidate.key != attempts[0].candidate.key:
@@ -204,18 +183,141 @@ class RequestMetrics:
 
 
 class _Children:
-    """The label children every request of one (operation, provider, model, tenant, outcome)
-    observes, found by one lookup; the token histograms' made on first use (a series appears
-    only once something was observed in it)."""
+    """The series every request of one (operation, provider, model, tenant, outcome) adds
+    to, found by one lookup; the token histograms' made on first use (a series appears only
+    once something was observed in it), the cost's on the first request that cost something."""
 
-    __slots__ = ("added", "duration", "input_tokens", "output_tokens", "requests")
+    __slots__ = ("added", "cost", "duration", "gen_ai", "input_tokens", "output_tokens", "requests")
 
-    def __init__(self, requests: Any, duration: Any, added: Any) -> None:
+    def __init__(self, requests: _Sum, duration: _Buckets, added: _Buckets, gen_ai: tuple[str, ...]) -> None:
         self.requests = requests
         self.duration = duration
         self.added = added
-        self.input_tokens: Any = None
-        self.output_tokens: Any = None
+        self.cost: _Sum | None = None
+        self.gen_ai = gen_ai
+        """Its (operation, provider, model, tenant) labels, for the token series."""
+        self.input_tokens: _Buckets | None = None
+        self.output_tokens: _Buckets | None = None
+
+
+class _Sum:
+    """A counter's value: only the event loop adds to it; a scrape reads it."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+
+class _Buckets:
+    """A histogram's bucket counts (not cumulative; the last is +Inf), its sum and each
+    bucket's last exemplar (correlation id, value, wall time)."""
+
+    __slots__ = ("bounds", "counts", "created", "exemplars", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.exemplars: list[tuple[str, float, float] | None] = [None] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, value: float, exemplar: str | None) -> None:
+        # The first bucket whose upper bound is >= value (Prometheus buckets are "le").
+        i = bisect_left(self.bounds, value)
+        self.counts[i] += 1
+        self.sum += value
+        if exemplar is not None:
+            self.exemplars[i] = (exemplar, value, time.time())
+
+
+class _Family:
+    """One metric of ``_Collector``: its name, help, labels and buckets (None: a counter)."""
+
+    __slots__ = ("buckets", "documentation", "labels", "name")
+
+    def __init__(
+        self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...] | None = None
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = (*labels, "worker")
+        self.buckets = buckets
+
+
+REQUESTS = _Family(
+    "signalbox_requests",
+    "Requests the node finished, by tenant, model, outcome (ok or the error kind) and gRPC status.",
+    ("tenant", "model", "outcome", "status"),
+)
+DURATION = _Family(
+    "gen_ai_server_request_duration_seconds",
+    "Time from the request's arrival to its answer or refusal (GenAI semantic conventions).",
+    (*GEN_AI, "error_type"),
+    DURATION_BUCKETS,
+)
+ADDED = _Family(
+    "signalbox_node_added_seconds",
+    "Time the node itself added to a request: its total time less the time spent in upstream calls.",
+    ("gen_ai_operation_name",),
+    ADDED_BUCKETS,
+)
+TOKENS = _Family(
+    "gen_ai_client_token_usage",
+    "Tokens per request by type, input or output (GenAI semantic conventions).",
+    (*GEN_AI, "gen_ai_token_type"),
+    TOKEN_BUCKETS,
+)
+COST = _Family(
+    "signalbox_cost_usd", "What requests cost, in USD, as their evidence records say.", ("tenant", "model")
+)
+PLAIN_FAMILIES = (REQUESTS, DURATION, ADDED, TOKENS, COST)
+"""The metrics every request adds to, kept by ``_Collector`` (their definitions; each
+worker's series are its own)."""
+
+
+class _Collector(Collector):
+    """The per-request metrics of one worker as plain numbers, made Prometheus families
+    only when scraped."""
+
+    def __init__(self, worker: str) -> None:
+        self._worker = worker
+        self._series: dict[str, dict[tuple[str, ...], Any]] = {f.name: {} for f in PLAIN_FAMILIES}
+
+    def series(self, family: _Family, values: tuple[str, ...]) -> Any:
+        """The series of ``family`` with these label values (made on first use)."""
+        series = self._series[family.name]
+        found = series.get(values)
+        if found is None:
+            found = series[values] = _Sum() if family.buckets is None else _Buckets(family.buckets)
+        return found
+
+    def collect(self) -> Iterable[Metric]:
+        for family in PLAIN_FAMILIES:
+            # A copy: the event loop may add a series while a scrape (another thread) reads.
+            series = list(self._series[family.name].items())
+            if family.buckets is None:
+                counter = CounterMetricFamily(family.name, family.documentation, labels=family.labels)
+                for values, total in series:
+                    counter.add_metric([*values, self._worker], total.value, created=total.created)
+                yield counter
+                continue
+            histogram = HistogramMetricFamily(family.name, family.documentation, labels=family.labels)
+            bounds = [*map(floatToGoString, family.buckets), "+Inf"]
+            for values, observed in series:
+                counts, exemplars = list(observed.counts), list(observed.exemplars)
+                buckets: list[Any] = []
+                cumulative = 0
+                for bound, count, exemplar in zip(bounds, counts, exemplars, strict=True):
+                    cumulative += count
+                    if exemplar is None:
+                        buckets.append((bound, cumulative))
+                    else:
+                        cid, value, at = exemplar
+                        buckets.append((bound, cumulative, Exemplar({"correlation_id": cid}, value, at)))
+                histogram.add_metric([*values, self._worker], buckets, observed.sum)
+            yield histogram
 
 
 def limit_label(limit: str) -> str:

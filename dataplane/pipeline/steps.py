@@ -308,7 +308,9 @@ class Pipeline:
         now = time.monotonic()
         kind = EVIDENCE_KIND[call.operation]
         if not call.correlation_id:
-            trace = Trace(kind, secrets.token_hex(16), now, time.time(), call.request_sha256)
+            # Both ids from one draw of 32 random bytes: one getrandom() call, not two.
+            ids = secrets.token_hex(32)
+            trace = Trace(kind, ids[:32], now, time.time(), call.request_sha256, record_id=ids[32:])
             bind_request(trace.correlation_id)
             return trace
         try:
@@ -456,8 +458,10 @@ class Pipeline:
         deadline: float,
     ) -> tuple[R, Candidate]:
         started = time.monotonic()
+        # Every attempt ends in a provider adapter's call, which keeps the deadline it is given
+        # (``ProviderAdapter``): no timer of the dispatcher's per attempt.
         result, candidate, attempts = await self.dispatcher.call(
-            plan, attempt, deadline=deadline, skipped=trace.skipped
+            plan, attempt, deadline=deadline, skipped=trace.skipped, keeps_deadline=True
         )
         trace.dispatch_ms = (time.monotonic() - started) * 1000
         trace.candidate, trace.attempts = candidate, attempts

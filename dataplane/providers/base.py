@@ -20,7 +20,9 @@ class ProviderAdapter(Protocol):
     """Speaks one provider's wire format, both ways, and classifies its errors.
 
     Every method raises only ``dataplane.errors.ProviderError`` subclasses.
-    ``timeout`` is the seconds left for this attempt.
+    ``timeout`` is the seconds left for this attempt: ``complete`` and ``embed`` end by then
+    (``UpstreamTimeout``) whatever the upstream does, as the upstream client bounds every
+    wait by the call's deadline; the pipeline's dispatch relies on it and sets no timer.
     """
 
     type_name: ClassVar[str]

@@ -20,7 +20,7 @@ HEDGED = "hedged"
 """Outcome of an attempt cancelled because another attempt of the same request answered first."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per attempt (see dataplane.pipeline.call)
 class AttemptRecord:
     candidate: Candidate
     outcome: str

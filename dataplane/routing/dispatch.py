@@ -127,6 +127,7 @@ class Dispatcher:
         deadline: float,
         skipped: list[tuple[str, str]] | None = None,
         hedge: bool = True,
+        keeps_deadline: bool = False,
     ) -> tuple[T, Candidate, list[AttemptRecord]]:
         """Try candidates in order; ``deadline`` is in the dispatcher's clock (``time.monotonic()``).
 
@@ -136,7 +137,9 @@ class Dispatcher:
         the deadline, window too small) are appended to ``skipped`` when given,
         as (``alias@provider``, why), whether the call succeeds or not.
         With ``hedge`` (the default) the plan's ``retry.hedge`` applies; its timer
-        runs on the event loop's clock.
+        runs on the event loop's clock. ``keeps_deadline``: ``attempt`` itself ends by
+        ``remaining_s`` (a provider adapter: its upstream client bounds every wait by the
+        attempt's deadline), so the dispatcher adds no timer of its own to each attempt.
         """
         if skipped is None:
             skipped = []
@@ -150,7 +153,10 @@ class Dispatcher:
         while (launch := await self._next(cur, retry, len(attempts), deadline, skipped)) is not None:
             started = clock()
             try:
-                result = await bounded(attempt, launch)
+                if keeps_deadline:
+                    result = await attempt(launch.candidate, launch.remaining)
+                else:
+                    result = await bounded(attempt, launch)
             except TimeoutError as exc:
                 error = timed_out(launch, exc)
             except ProviderError as exc:

@@ -38,7 +38,7 @@ class Hints:
     """Capabilities the caller requires beyond what the content implies."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (see dataplane.pipeline.call)
 class RouteQuery:
     """What routing needs to know about a request."""
 
@@ -62,7 +62,7 @@ class RouteQuery:
     shadow shares when the sticky key is absent from the request."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (see dataplane.pipeline.call)
 class RoutePlan:
     policy_id: str
     policy_version: int

@@ -307,3 +307,52 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout() 
         assert server.in_flight == 0
     finally:
         await server.close(1)
+
+
+async def test_generated_request_and_evidence_ids_are_distinct_random_hex(
+    http: aiohttp.ClientSession, node: DataPlaneNode
+) -> None:
+    # Without an x-request-id both ids are generated (from one random draw): each 128 bits of
+    # hex, none repeated across requests, and each names its own record.
+    ids: list[tuple[str, str]] = []
+    for _ in range(5):
+        async with http.post("/v1/chat/completions", json=HELLO, headers=HEADERS) as response:
+            assert response.status == 200
+            ids.append((response.headers["x-request-id"], response.headers["x-evidence-id"]))
+    every = [i for pair in ids for i in pair]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in every), every
+    assert len(set(every)) == len(every)
+    path = log_path(node.settings.data_dir, node.settings.node_id)
+    expected = {evidence: request for request, evidence in ids}
+
+    def recorded() -> bool:
+        found = {r["record_id"]: r["correlation_id"] for r in read_records(path)}
+        return all(found.get(evidence) == request for evidence, request in expected.items())
+
+    await eventually(recorded)
+
+
+async def test_a_body_that_says_stream_false_is_answered_whole_and_a_bad_one_after_auth(
+    http: aiohttp.ClientSession,
+) -> None:
+    # The door parses a body that names "stream" to see whether it streams, and decodes that
+    # same parse: the answer is as for any body, and a broken one is still refused only after
+    # the caller is authenticated.
+    async with http.post(
+        "/v1/chat/completions", json={**HELLO, "stream": False}, headers=HEADERS
+    ) as response:
+        assert response.status == 200
+        assert response.headers["content-type"] == "application/json"
+        body = await response.json()
+        assert body["object"] == "chat.completion"
+        assert body["choices"][0]["message"]["content"]
+    async with http.post(
+        "/v1/chat/completions", json={**HELLO, "stream": False, "n": 3}, headers=HEADERS
+    ) as response:
+        assert response.status == 400
+    broken = b'{"stream": true, "model": '
+    async with http.post("/v1/chat/completions", data=broken) as response:
+        assert response.status == 401
+    async with http.post("/v1/chat/completions", data=broken, headers=HEADERS) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["param"] == "body"

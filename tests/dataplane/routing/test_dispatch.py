@@ -674,3 +674,21 @@ def _candidate() -> Candidate:
 
     m = make_model("x", ("x-1", "px"))
     return Candidate(m, m.deployments[0], make_provider("px"))
+
+
+@pytest.mark.parametrize("keeps_deadline", [True, False])
+async def test_the_callers_deadline_holds_with_or_without_the_dispatchers_timer(
+    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, keeps_deadline: bool
+) -> None:
+    # keeps_deadline: the pipeline's attempts end in a provider adapter, whose upstream client
+    # bounds every wait by the attempt's deadline, so the dispatcher sets no timer of its own.
+    stack = Stack(sim_a, sim_b, http, rules("solo", retry={"attempts_per_deployment": 1}), Dispatcher())
+    sim_a.set_behaviour("solo", Behaviour(latency_ms=3_000))
+    started = time.monotonic()
+    with pytest.raises(DispatchFailed) as failed:
+        await stack.dispatcher.call(
+            stack.plan(), stack.attempt, deadline=started + 0.3, keeps_deadline=keeps_deadline
+        )
+    assert time.monotonic() - started < 2.5  # ended by the deadline, not by the upstream's answer
+    assert outcomes(failed.value.attempts) == [("solo-a", "timeout")]
+    assert isinstance(failed.value.error, DeadlineExceeded)
