@@ -17,7 +17,7 @@ from signalbox.shell.admin_cli.commands.admins import (
     admin_token_revoke,
     audit_list,
 )
-from signalbox.shell.admin_cli.commands.base import Action
+from signalbox.shell.admin_cli.commands.base import Action, bounded_int
 from signalbox.shell.admin_cli.commands.config import (
     model_create,
     model_delete,
@@ -105,15 +105,8 @@ def _utc_time(text: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _version(text: str) -> int:
-    """A snapshot version or count on the command line: a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+_version = bounded_int("a positive integer", 1)
+"""A snapshot version or count on the command line."""
 
 
 def _duration(raw: str) -> float:

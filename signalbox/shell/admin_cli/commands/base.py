@@ -32,3 +32,20 @@ def enum_value(enum: Any, prefix: str, name: str, flag: str) -> Any:  # the enum
         names: list[str] = list(enum.keys())
         known = ", ".join(n.removeprefix(prefix).lower() for n in names if not n.endswith("UNSPECIFIED"))
         raise SystemExit(f"{flag}: unknown value {name!r} (known: {known})") from None
+
+
+def bounded_int(what: str, low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (no upper bound: None);
+    the error says which ``what`` was expected and the range."""
+    span = f"{low} or more" if high is None else f"{low}..{high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not {what}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"got {value}, expected {span} ({what})")
+        return value
+
+    return parse

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from signalbox.api.admin.v1 import admin_pb2
-from signalbox.shell.admin_cli.commands.base import Stub
+from signalbox.shell.admin_cli.commands.base import Stub, bounded_int
 from signalbox.shell.admin_cli.output import Output, _time
 
 HASH_KEY_COLUMNS = ("version", "state", "created", "retired", "usable keys")
@@ -17,14 +17,7 @@ def _row(v: admin_pb2.ApiKeyHashKeyInfo) -> tuple[object, ...]:
     return (v.version, v.state, _time(v.created_at), _time(v.retired_at), v.usable_keys)
 
 
-def version_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a version number") from None
-    if not 1 <= value <= MAX_VERSION:
-        raise argparse.ArgumentTypeError(f"{value}: expected 1..{MAX_VERSION}")
-    return value
+version_number = bounded_int("a version number", 1, MAX_VERSION)
 
 
 async def hash_key_list(stub: Stub, ns: argparse.Namespace) -> Output:

@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
-from signalbox.shell.admin_cli.commands.base import Stub
+from signalbox.shell.admin_cli.commands.base import Stub, bounded_int
 from signalbox.shell.admin_cli.output import Output
 
 NANOS_PER_USD = 1_000_000_000
@@ -47,14 +47,8 @@ def usd_nanos(text: str) -> int:
     return int(nanos)
 
 
-def count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value <= MAX_NANOS:
-        raise argparse.ArgumentTypeError(f"{value}: expected 0 (no limit) up to {MAX_NANOS}")
-    return value
+count = bounded_int("a whole number", 0, MAX_NANOS)
+"""A limit: 0 (no limit) up to ``MAX_NANOS``."""
 
 
 def _usd(nanos: int) -> str:
