@@ -72,7 +72,8 @@ def packaging_dir() -> Iterator[Path]:
 def wheel(packaging_dir: Path) -> Path:
     """The wheel, built from a copy of the tree so the build leaves nothing in the checkout."""
     source = packaging_dir / "source"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    # Not the checkout's own compiled extensions (make native): the wheel compiles its own.
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "*.so", "build")
     for name in SOURCES:
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, source / name, ignore=ignore)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import compiled
 from tests.packaging.conftest import CONTROLPLANE_EXTRA, ROOT
 
 pytestmark = pytest.mark.timeout(600)
@@ -51,6 +52,19 @@ def test_the_wheel_holds_every_module_and_the_migrations(wheel: Path) -> None:
         "dataplane/policy/policy.schema.json",
     } <= names
     assert not any(n.startswith(("tests/", "migrations/", "bench/")) for n in names)
+
+
+def test_the_wheel_carries_the_compiled_modules_beside_their_sources(wheel: Path) -> None:
+    """Built with mypyc (setup.py): a platform wheel with an extension per listed module."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+
+    assert re.search(r"-cp311-cp311-linux_[a-z0-9_]+\.whl$", wheel.name), wheel.name
+    assert any(re.fullmatch(rf"dataplane/{compiled.SHARED}\.[\w.-]+\.so", n) for n in names)
+    for path in compiled.listed():
+        stem = path.removesuffix(".py")
+        assert path in names
+        assert any(re.fullmatch(rf"{re.escape(stem)}\.[\w.-]+\.so", n) for n in names), path
 
 
 def test_the_control_plane_dependencies_are_only_in_its_extra(wheel: Path) -> None:
