@@ -29,23 +29,39 @@ pipeline does not change.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, Protocol
 
 
-class Span(NamedTuple):
+class Span:
     """One finding: ``text[start:end]`` is of ``kind``.
 
     ``kind`` refines the detector's name without revealing the value, such as
     ``"visa"`` for a payment card or ``"DE"`` for an IBAN's country; it is
     safe to record.
 
-    A named tuple rather than a frozen dataclass: as immutable, and made in half the
-    time (a request's detectors make one per finding, dozens per KB of a dense prompt).
+    A plain class with final attributes rather than a named tuple or a frozen dataclass:
+    compiled (mypyc), making one is a C call of a few tens of nanoseconds where a named
+    tuple's ``__new__`` is a Python function (~250 ns), and a request's detectors make one
+    per finding, dozens per KB of a dense prompt. Immutable by its types (``Final``).
     """
 
-    start: int
-    end: int
-    kind: str = ""
+    __slots__ = ("end", "kind", "start")
+
+    def __init__(self, start: int, end: int, kind: str = "") -> None:
+        self.start: Final = start
+        self.end: Final = end
+        self.kind: Final = kind
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Span):
+            return NotImplemented
+        return self.start == other.start and self.end == other.end and self.kind == other.kind
+
+    def __hash__(self) -> int:
+        return hash((self.start, self.end, self.kind))
+
+    def __repr__(self) -> str:
+        return f"Span({self.start}, {self.end}, {self.kind!r})"
 
 
 class Detector(Protocol):

@@ -38,10 +38,12 @@ from typing import Any
 from dataplane.chat import (
     ChatRequest,
     ChatResponse,
+    ContentPart,
     EmbedRequest,
     ImagePart,
     Message,
     TextPart,
+    ToolCall,
 )
 from dataplane.config.model import (
     Action,
@@ -124,15 +126,23 @@ class RequestGovernor:
         an earlier rule redacted or masked is the earlier rule's. Edits apply at the end, in
         tool call arguments as JSON string content."""
         # Per text, (start, end, replacement) of each edit, and 1 where one is (an overlap
-        # test is then one C-level find).
-        edits: list[list[tuple[int, int, str]] | None] = [None] * len(texts)
-        claimed: list[bytearray | None] = [None] * len(texts)
+        # test is then one C-level find). Per finding, only what the evidence and the edit
+        # need is made: a position while there is room for one, an edit for redact and mask.
+        n = len(texts)
+        edits: list[list[tuple[int, int, str]] | None] = [None] * n
+        claimed: list[bytearray | None] = [None] * n
         for rule in rules:
-            found: list[tuple[str, Finding]] = []
             action = rule.action
-            edit = action is Action.REDACT or action is Action.MASK
-            for i, (field, text) in enumerate(texts):
-                spans = rule.detector.find(text)
+            block = action is Action.BLOCK
+            redact = action is Action.REDACT
+            edit = redact or action is Action.MASK
+            placeholder = rule.placeholder
+            find = rule.detector.find
+            count = 0
+            positions: list[dict[str, Any]] = []
+            for i in range(n):
+                field, text = texts[i]
+                spans = find(text)
                 if not spans:
                     continue
                 mask = claimed[i]
@@ -140,8 +150,13 @@ class RequestGovernor:
                     spans = [s for s in spans if mask.find(1, s.start, s.end) < 0]
                     if not spans:
                         continue
-                found += [(field, s) for s in spans]
-                if action is Action.BLOCK:
+                count += len(spans)
+                room = MAX_POSITIONS - len(positions)
+                if room > 0:
+                    positions += [
+                        {"field": field, "start": s.start, "end": s.end, "kind": s.kind} for s in spans[:room]
+                    ]
+                if block:
                     break
                 if not edit:
                     continue
@@ -153,18 +168,12 @@ class RequestGovernor:
                 for s in spans:
                     start, end = s.start, s.end
                     mask[start:end] = b"\x01" * (end - start)
-                    taken.append(
-                        (
-                            start,
-                            end,
-                            rule.placeholder if action is Action.REDACT else self._mask(rule, text, s),
-                        )
-                    )
-            if not found:
+                    taken.append((start, end, placeholder if redact else self._mask(rule, text, s)))
+            if not count:
                 continue
-            entry = self._entry(stage, rule, found)
+            entry = self._entry(stage, rule, count, positions)
             actions.append(entry)
-            if action is Action.BLOCK:
+            if block:
                 raise blocked(rule.name, stage.value, rule.status)
             if action is Action.CLASSIFY:
                 entry["data_class"] = rule.data_class.name.lower()
@@ -333,7 +342,9 @@ class RequestGovernor:
             "stage": stage.value,
         }
 
-    def _entry(self, stage: Stage, rule: Rule, found: Sequence[tuple[str, Finding]]) -> dict[str, Any]:
+    def _entry(self, stage: Stage, rule: Rule, count: int, positions: list[dict[str, Any]]) -> dict[str, Any]:
+        """The evidence of one rule: ``count`` findings, the first ``MAX_POSITIONS`` of them
+        at ``positions`` (field, start, end, kind)."""
         profile = self.profile
         return {
             "profile": profile.profile_id,
@@ -342,11 +353,8 @@ class RequestGovernor:
             "rule": rule.name,
             "detector": rule.detector_name,
             "action": _ACTION[rule.action],
-            "count": len(found),
-            "positions": [
-                {"field": field, "start": s.start, "end": s.end, "kind": s.kind}
-                for field, s in found[:MAX_POSITIONS]
-            ],
+            "count": count,
+            "positions": positions,
         }
 
 
@@ -378,25 +386,32 @@ def _texts(body: ChatRequest | EmbedRequest) -> list[tuple[str, str]]:
 
 
 def _rebuild(body: ChatRequest | EmbedRequest, texts: list[tuple[str, str]]) -> ChatRequest | EmbedRequest:
-    """``body`` with its texts replaced by ``texts`` (as ``_texts`` listed them); messages
-    whose texts are unchanged are kept as they are."""
+    """``body`` with its texts replaced by ``texts`` (as ``_texts`` listed them); parts,
+    calls and messages whose texts are unchanged are kept as they are."""
     if isinstance(body, EmbedRequest):
         return replace(body, inputs=tuple(text for _, text in texts))
     at = 0
     messages: list[Message] = []
     for m in body.messages:
-        count = sum(isinstance(p, TextPart) for p in m.content) + len(m.tool_calls)
-        mine = texts[at : at + count]
-        at += count
-        it = iter(mine)
-        content = tuple(TextPart(next(it)[1]) if isinstance(p, TextPart) else p for p in m.content)
-        if content == m.content and all(t == c.arguments for (_, t), c in zip(it, m.tool_calls, strict=True)):
-            messages.append(m)
-            continue
-        it = iter(mine[len(mine) - len(m.tool_calls) :])
-        calls = tuple(
-            c if t == c.arguments else replace(c, arguments=t)
-            for (_, t), c in zip(it, m.tool_calls, strict=True)
+        changed = False
+        content: list[ContentPart] = []
+        for part in m.content:
+            if isinstance(part, TextPart):
+                text = texts[at][1]
+                at += 1
+                if text is not part.text and text != part.text:
+                    part = TextPart(text)
+                    changed = True
+            content.append(part)
+        calls: list[ToolCall] = []
+        for call in m.tool_calls:
+            text = texts[at][1]
+            at += 1
+            if text is not call.arguments and text != call.arguments:
+                call = replace(call, arguments=text)
+                changed = True
+            calls.append(call)
+        messages.append(
+            Message(m.role, tuple(content), tuple(calls), m.tool_call_id, m.name) if changed else m
         )
-        messages.append(Message(m.role, content, calls, m.tool_call_id, m.name))
     return replace(body, messages=tuple(messages))
