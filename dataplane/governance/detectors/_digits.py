@@ -30,7 +30,8 @@ from typing import Final
 
 MARGIN: Final = 24
 _CLUSTER: Final = re.compile(r"[0-9][0-9 \u00a0.,:/()+\-]*+")
-PUNCTUATION: Final = " \u00a0.,:/()+-".encode()
+_PUNCTUATION: Final = " \u00a0.,:/()+-"
+PUNCTUATION: Final = _PUNCTUATION.encode()
 """A cluster's characters besides its digits, UTF-8 encoded: ``bytes.translate`` deletes them
 faster than ``str.translate`` (a cluster holds no other non-ASCII character)."""
 _DIGITS: Final = "0123456789"
@@ -39,26 +40,48 @@ FIND_FIRST: Final = 1024
 """From this length on, the first digit is looked for with ``str.find`` (ten calls, ~2 us)
 before the pattern scans (~5 ns a character)."""
 
+_CLASSES: Final = bytes(
+    0x30 if chr(b) in _DIGITS else 0x2E if chr(b) in _PUNCTUATION else 0x20 for b in range(256)
+)
+"""A Latin-1 character's class: ``0`` a digit, ``.`` number punctuation, a space anything else."""
+_CLUSTER_CLASSES: Final = re.compile(rb"0[0.]*+")
+"""``_CLUSTER`` over the classes: a pattern starting with a literal, which the engine finds
+with a plain byte loop instead of testing a character set at every position."""
+
 MEMO: Final = 8
-_memo: list[tuple[str, list[tuple[int, int]], list[int]]] = []
-"""(text, its clusters, their digit counts (-1: not counted yet)), newest last."""
+_memo: list[tuple[str, list[tuple[int, int]], list[int], bytes | None]] = []
+"""(text, its clusters, their digit counts (-1: not counted yet), the text's character
+classes if it is Latin-1), newest last."""
 
 
-def _scan(text: str) -> tuple[list[tuple[int, int]], list[int]]:
-    for known, found, counts in _memo:
-        if known is text:
-            return found, counts
-    first = 0
-    if len(text) > FIND_FIRST:
-        # Looking for each digit (a C loop per digit) is ten times faster than the pattern's
-        # scan for its first character: most long texts have no digit, or only late.
-        first = min((at for at in map(text.find, _DIGITS) if at >= 0), default=-1)
-    found = [match.span() for match in _CLUSTER.finditer(text, first)] if first >= 0 else []
+def _scan(text: str) -> tuple[list[tuple[int, int]], list[int], bytes | None]:
+    for entry in _memo:
+        if entry[0] is text:
+            return entry[1], entry[2], entry[3]
+    # A text of Latin-1 characters (most prompts) is stored one byte a character, so
+    # encoding it is a copy and its offsets are the text's: classify every character with
+    # one table lookup (bytes.translate) and find the clusters in that.
+    latin: bytes | None
+    try:
+        latin = text.encode("latin-1")
+    except UnicodeEncodeError:
+        latin = None
+    classes = latin.translate(_CLASSES) if latin is not None else None
+    if classes is not None:
+        found = [match.span() for match in _CLUSTER_CLASSES.finditer(classes)]
+    else:
+        first = 0
+        if len(text) > FIND_FIRST:
+            # Looking for each digit (a C loop per digit) is ten times faster than the
+            # pattern's scan for its first character: most long texts have no digit, or
+            # only late.
+            first = min((at for at in map(text.find, _DIGITS) if at >= 0), default=-1)
+        found = [match.span() for match in _CLUSTER.finditer(text, first)] if first >= 0 else []
     counts = [-1] * len(found)
     if len(_memo) >= MEMO:
         del _memo[0]
-    _memo.append((text, found, counts))
-    return found, counts
+    _memo.append((text, found, counts, classes))
+    return found, counts, classes
 
 
 def clusters(text: str) -> list[tuple[int, int]]:
@@ -66,11 +89,15 @@ def clusters(text: str) -> list[tuple[int, int]]:
     return _scan(text)[0]
 
 
-def _count(text: str, counts: list[int], i: int, start: int, end: int) -> int:
+def _count(text: str, counts: list[int], classes: bytes | None, i: int, start: int, end: int) -> int:
     """The digits of cluster ``i``: counted once per text, whichever detector asks first."""
     count = counts[i]
     if count < 0:
-        count = counts[i] = len(text[start:end].encode().translate(None, PUNCTUATION))
+        if classes is not None:
+            count = classes.count(b"0", start, end)
+        else:
+            count = len(text[start:end].encode().translate(None, PUNCTUATION))
+        counts[i] = count
     return count
 
 
@@ -87,10 +114,10 @@ def runs(text: str, min_digits: int, before: int = 0) -> list[tuple[int, int]]:
     """
     out: list[tuple[int, int]] = []
     previous = 0
-    found, counts = _scan(text)
+    found, counts, classes = _scan(text)
     for i, (start, end) in enumerate(found):
         # Most clusters in prose are shorter than that (a year, a count): not counted.
-        if end - start >= min_digits and _count(text, counts, i, start, end) >= min_digits:
+        if end - start >= min_digits and _count(text, counts, classes, i, start, end) >= min_digits:
             out.append((max(start - before, previous), end))
         previous = end
     return out
@@ -103,9 +130,9 @@ def windows(
     (or for which ``also(text, start, end)`` holds)."""
     merged: list[tuple[int, int]] = []
     n = len(text)
-    found, counts = _scan(text)
+    found, counts, classes = _scan(text)
     for i, (start, end) in enumerate(found):
-        enough = end - start >= min_digits and _count(text, counts, i, start, end) >= min_digits
+        enough = end - start >= min_digits and _count(text, counts, classes, i, start, end) >= min_digits
         if not enough and not (also is not None and also(text, start, end)):
             continue
         low, high = max(0, start - MARGIN), min(n, end + MARGIN)
