@@ -21,6 +21,8 @@ from dataplane.governance.detect import Span
 from dataplane.governance.detectors._digits import runs
 from dataplane.governance.detectors._options import no_options
 
+MIN_DIGITS: Final = 13
+"""The fewest digits of a candidate (``_CANDIDATE``)."""
 _CANDIDATE: Final = re.compile(
     r"(?<![\d])(?<!\d[.,-])"
     r"(?:(\d{4}([ -])\d{4}\2\d{4}\2\d{4})(?:\2\d{1,3})?"
@@ -104,7 +106,7 @@ class PaymentCardDetector:
         spans: list[Span] = []
         # A candidate is digits, spaces and hyphens: it lies within one cluster.
         search = _CANDIDATE.search  # a search per candidate costs less than a finditer per cluster
-        for low, high in runs(text, 13):
+        for low, high in runs(text, MIN_DIGITS):
             match = search(text, low, high)
             while match is not None:
                 kind = _kind(match.group())
@@ -114,7 +116,9 @@ class PaymentCardDetector:
                     kind = _kind(match.group(1))
                     if kind is not None:
                         spans.append(Span(match.start(), match.end(1), kind))
-                match = search(text, match.end(), high)
+                # A candidate has at least MIN_DIGITS digits: a shorter rest holds none.
+                at = match.end()
+                match = search(text, at, high) if high - at >= MIN_DIGITS else None
         return spans
 
 

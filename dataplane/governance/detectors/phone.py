@@ -198,7 +198,10 @@ class PhoneDetector:
             run = search(text, low, high)
             while run is not None:
                 self._check(text, run, spans)
-                run = search(text, run.end(), high)
+                # What is left of the range after a run is usually a space or a full stop:
+                # too short to hold a number, not worth a search.
+                at = run.end()
+                run = search(text, at, high) if high - at >= MIN_DIGITS else None
         return spans
 
     def _check(self, text: str, run: re.Match[str], spans: list[Span]) -> None:
