@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dataplane.app import DataPlaneNode
 from dataplane.chat import ChatRequest, Message, Role, TextPart
 from dataplane.config.model import RuntimeConfig, Scope, TenantConfig
-from dataplane.governance import detect
+from dataplane.governance import detect, enforce
 from dataplane.governance.enforce import Governance
 from dataplane.node_settings import NodeSettings
 from dataplane.snapshot.compile import compile_payload
@@ -101,6 +101,9 @@ def config(profile: dict[str, Any] | None) -> RuntimeConfig:
 def per_request(requests: int) -> None:
     governance = Governance()
     tenant = TenantConfig("t-acme", "acme")
+    # The step is compiled with mypyc in a built checkout (README.md, "Compiled modules").
+    origin = enforce.__spec__.origin if enforce.__spec__ is not None else None
+    print("governance modules:", "compiled (mypyc)" if origin and origin.endswith(".so") else "pure Python")
     print(f"{'prompt':>8}  {'findings':>8}  {'p50 us':>8}  {'p99 us':>8}  {'cpu p50 us':>10}")
     for label, cfg, size in (
         ("none", config(None), 4096),
