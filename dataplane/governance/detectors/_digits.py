@@ -89,6 +89,13 @@ def clusters(text: str) -> list[tuple[int, int]]:
     return _scan(text)[0]
 
 
+def clusters_and_classes(text: str) -> tuple[list[tuple[int, int]], bytes | None]:
+    """``clusters(text)``, and the class of each of its characters if it is Latin-1: ``0``
+    a digit, ``.`` number punctuation, a space anything else (a letter among them)."""
+    found, _, classes = _scan(text)
+    return found, classes
+
+
 def _count(text: str, counts: list[int], classes: bytes | None, i: int, start: int, end: int) -> int:
     """The digits of cluster ``i``: counted once per text, whichever detector asks first."""
     count = counts[i]

@@ -23,13 +23,15 @@ from stdnum.exceptions import ValidationError
 from stdnum.util import get_cc_module
 
 from dataplane.governance.detect import Span
-from dataplane.governance.detectors._digits import clusters
+from dataplane.governance.detectors._digits import clusters_and_classes
 from dataplane.governance.detectors._options import no_options
 
 _CANDIDATE: Final = re.compile(
     r"\b[A-Za-z]{2}\d{2}(?:[ \u00a0]?[A-Za-z0-9]{4}){2,7}(?:[ \u00a0]?[A-Za-z0-9]{1,3})?\b",
     re.ASCII,
 )
+_OTHER: Final = 0x20
+"""The class of a character that is neither a digit nor number punctuation (``_digits``)."""
 _SPACES: Final = str.maketrans("", "", " \u00a0")
 MIN_LENGTH: Final = 15
 """Norway's, the shortest IBAN."""
@@ -100,11 +102,18 @@ class IbanDetector:
 
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
-        for start, _ in clusters(text):
+        found, classes = clusters_and_classes(text)
+        for start, _ in found:
             # An IBAN's check digits are the first digits after its country code: only a
-            # cluster right after two letters can start one.
-            # (A cluster inside the IBAN just found is part of it.)
-            if start >= 2 and text[start - 2 : start].isalpha() and (not spans or start - 2 >= spans[-1].end):
+            # cluster right after two letters can start one (most follow a space, which the
+            # classes tell without slicing the text). A cluster inside the IBAN just found
+            # is part of it.
+            if (
+                start >= 2
+                and (classes is None or (classes[start - 1] == _OTHER and classes[start - 2] == _OTHER))
+                and text[start - 2 : start].isalpha()
+                and (not spans or start - 2 >= spans[-1].end)
+            ):
                 self._at(text, start - 2, spans)
         return spans
 

@@ -54,13 +54,14 @@ class IpAddressDetector:
         spans: list[Span] = []
         n = len(text)
         v6_windows: list[tuple[int, int]] = []
+        colons = ":" in text  # most texts have none: no IPv6 look per cluster
         for start, end in clusters(text):
             # A dotted quad lies within one cluster (the character after it decides whether
             # it ends there); an IPv6 address, at most 45 characters, holds a cluster with a
             # colon, so a window of that much around such a cluster holds it whole.
             if end - start >= 7 and text.count(".", start, end) >= 3:  # "1.2.3.4" at least
                 self._v4(text, start, min(n, end + 1), spans)
-            if text.find(":", start, end) >= 0:
+            if colons and text.find(":", start, end) >= 0:
                 low, high = max(0, start - MAX_V6), min(n, end + MAX_V6)
                 if v6_windows and low <= v6_windows[-1][1]:
                     v6_windows[-1] = (v6_windows[-1][0], high)
