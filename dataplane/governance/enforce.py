@@ -125,12 +125,11 @@ class RequestGovernor:
         and detectors of one profile share their work on one text); a finding overlapping one
         an earlier rule redacted or masked is the earlier rule's. Edits apply at the end, in
         tool call arguments as JSON string content."""
-        # Per text, (start, end, replacement) of each edit, and 1 where one is (an overlap
-        # test is then one C-level find). Per finding, only what the evidence and the edit
-        # need is made: a position while there is room for one, an edit for redact and mask.
+        # Per text, (start, end, replacement) of each edit so far, sorted by start (edits
+        # never overlap). Per finding, only what the evidence and the edit need is made: a
+        # position while there is room for one, an edit for redact and mask.
         n = len(texts)
         edits: list[list[tuple[int, int, str]] | None] = [None] * n
-        claimed: list[bytearray | None] = [None] * n
         for rule in rules:
             action = rule.action
             block = action is Action.BLOCK
@@ -145,9 +144,9 @@ class RequestGovernor:
                 spans = find(text)
                 if not spans:
                     continue
-                mask = claimed[i]
-                if mask is not None:
-                    spans = [s for s in spans if mask.find(1, s.start, s.end) < 0]
+                taken = edits[i]
+                if taken is not None:
+                    spans = _unclaimed(spans, taken)
                     if not spans:
                         continue
                 count += len(spans)
@@ -160,15 +159,11 @@ class RequestGovernor:
                     break
                 if not edit:
                     continue
-                if mask is None:
-                    mask = claimed[i] = bytearray(len(text))
-                taken = edits[i]
                 if taken is None:
                     taken = edits[i] = []
                 for s in spans:
-                    start, end = s.start, s.end
-                    mask[start:end] = b"\x01" * (end - start)
-                    taken.append((start, end, placeholder if redact else self._mask(rule, text, s)))
+                    taken.append((s.start, s.end, placeholder if redact else self._mask(rule, text, s)))
+                taken.sort()
             if not count:
                 continue
             entry = self._entry(stage, rule, count, positions)
@@ -184,8 +179,6 @@ class RequestGovernor:
         out = list(texts)
         for i, taken in enumerate(edits):
             if taken:
-                # Edits never overlap (claimed): ordered by start alone.
-                taken.sort()
                 field, text = texts[i]
                 in_json = field.endswith(".arguments")
                 parts: list[str] = []
@@ -356,6 +349,27 @@ class RequestGovernor:
             "count": count,
             "positions": positions,
         }
+
+
+def _unclaimed(spans: Sequence[Finding], claimed: list[tuple[int, int, str]]) -> list[Finding]:
+    """The ``spans`` (sorted by start) that overlap none of the ``claimed`` edits (sorted,
+    disjoint): one walk over both, as an overlap test per span against a bitmap of the
+    text would find (an empty span or edit overlaps nothing)."""
+    kept: list[Finding] = []
+    j = 0
+    m = len(claimed)
+    previous = -1
+    for s in spans:
+        start, end = s.start, s.end
+        if start < previous:
+            j = 0  # not sorted after all: walk again from the first edit
+        previous = start
+        while j < m and (claimed[j][1] <= start or claimed[j][0] == claimed[j][1]):
+            j += 1
+        if start < end and j < m and claimed[j][0] < end:
+            continue
+        kept.append(s)
+    return kept
 
 
 def replace_spans(text: str, spans: Sequence[Finding], replacements: Sequence[str]) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dataplane.chat import (
     ChatRequest,
@@ -26,7 +28,8 @@ from dataplane.chat import (
 from dataplane.config.model import DataClass
 from dataplane.errors import SignalboxError
 from dataplane.governance.contract import Contracts
-from dataplane.governance.enforce import RequestGovernor
+from dataplane.governance.detect import Span
+from dataplane.governance.enforce import RequestGovernor, _unclaimed
 from dataplane.governance.errors import AnswerBreaksContract, Blocked, BlockedInvalid, OverLimit
 from dataplane.governance.profile import compile_profile
 from dataplane.outcome import to_status
@@ -322,3 +325,29 @@ def test_output_rules_cover_tool_call_arguments_and_keep_them_json() -> None:
     blocker = governor({"output": {"rules": [rule("pii", "email", "block")]}})
     with pytest.raises(Blocked):
         blocker.govern_output(answer("done", ToolCall("c1", "send", json.dumps({"to": EMAIL}))), [])
+
+
+def _disjoint(points: list[int], empty: list[bool]) -> list[tuple[int, int]]:
+    """Sorted, disjoint ranges from sorted distinct points, some made empty."""
+    ranges = []
+    for k in range(0, len(points) - 1, 2):
+        start, end = points[k], points[k + 1]
+        ranges.append((start, start if empty[k // 2 % len(empty)] else end))
+    return ranges
+
+
+_POINTS = st.lists(st.integers(0, 80), max_size=14, unique=True).map(sorted)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_POINTS, _POINTS, st.lists(st.booleans(), min_size=1, max_size=7))
+def test_a_finding_is_dropped_exactly_when_it_overlaps_an_earlier_edit(
+    claimed_points: list[int], span_points: list[int], empty: list[bool]
+) -> None:
+    """The walk over sorted edits decides as a per-character bitmap of the claimed text would."""
+    claimed = [(start, end, "[X]") for start, end in _disjoint(claimed_points, empty)]
+    spans = [Span(start, end, "k") for start, end in _disjoint(span_points, empty[::-1])]
+    bitmap = bytearray(81)
+    for start, end, _ in claimed:
+        bitmap[start:end] = b"\x01" * (end - start)
+    assert _unclaimed(spans, claimed) == [s for s in spans if bitmap.find(1, s.start, s.end) < 0]
