@@ -40,10 +40,15 @@ FIND_FIRST: Final = 1024
 """From this length on, the first digit is looked for with ``str.find`` (ten calls, ~2 us)
 before the pattern scans (~5 ns a character)."""
 
+DIGIT: Final = 0x30
+NUMBER_PUNCTUATION: Final = 0x2E
+OTHER: Final = 0x20
 _CLASSES: Final = bytes(
-    0x30 if chr(b) in _DIGITS else 0x2E if chr(b) in _PUNCTUATION else 0x20 for b in range(256)
+    DIGIT if chr(b) in _DIGITS else NUMBER_PUNCTUATION if chr(b) in _PUNCTUATION else OTHER
+    for b in range(256)
 )
-"""A Latin-1 character's class: ``0`` a digit, ``.`` number punctuation, a space anything else."""
+"""A Latin-1 character's class: ``DIGIT`` (``0``), ``NUMBER_PUNCTUATION`` (``.``) or ``OTHER``
+(a space: letters among them)."""
 _CLUSTER_CLASSES: Final = re.compile(rb"0[0.]*+")
 """``_CLUSTER`` over the classes: a pattern starting with a literal, which the engine finds
 with a plain byte loop instead of testing a character set at every position."""

@@ -23,15 +23,13 @@ from stdnum.exceptions import ValidationError
 from stdnum.util import get_cc_module
 
 from dataplane.governance.detect import Span
-from dataplane.governance.detectors._digits import clusters_and_classes
+from dataplane.governance.detectors._digits import OTHER, clusters_and_classes
 from dataplane.governance.detectors._options import no_options
 
 _CANDIDATE: Final = re.compile(
     r"\b[A-Za-z]{2}\d{2}(?:[ \u00a0]?[A-Za-z0-9]{4}){2,7}(?:[ \u00a0]?[A-Za-z0-9]{1,3})?\b",
     re.ASCII,
 )
-_OTHER: Final = 0x20
-"""The class of a character that is neither a digit nor number punctuation (``_digits``)."""
 _SPACES: Final = str.maketrans("", "", " \u00a0")
 MIN_LENGTH: Final = 15
 """Norway's, the shortest IBAN."""
@@ -110,7 +108,7 @@ class IbanDetector:
             # is part of it.
             if (
                 start >= 2
-                and (classes is None or (classes[start - 1] == _OTHER and classes[start - 2] == _OTHER))
+                and (classes is None or (classes[start - 1] == OTHER and classes[start - 2] == OTHER))
                 and text[start - 2 : start].isalpha()
                 and (not spans or start - 2 >= spans[-1].end)
             ):
