@@ -7,6 +7,10 @@ every position); finding the clusters of digits once (one simple pattern whose f
 character is a digit, which the engine skips to quickly) and running each detector's pattern
 only in a window around them costs a fraction of that.
 
+For a Latin-1 text (most prompts) the scan runs over the text's character classes instead
+(``_CLASSES``: one ``bytes.translate``), where a cluster starts with a literal byte the
+engine skips to; other texts use ``_CLUSTER`` itself.
+
 A cluster is an ASCII digit followed by digits and number punctuation (the checksums and
 libraries behind these detectors read ASCII digits; their patterns are compiled ASCII-only). A window is a cluster with
 ``MARGIN`` characters on both sides (the letters of an IBAN's country code, a codice
