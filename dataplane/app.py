@@ -32,11 +32,10 @@ from collections.abc import Sequence
 from typing import Any, Self
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
-from dataplane.api.service import InferService, add_to_server
+from dataplane.doors import INFER_SERVICE, Doors
 from dataplane.errors import SnapshotFileInvalid
 from dataplane.evidence.log import (
     EvidenceLog,
@@ -46,8 +45,6 @@ from dataplane.evidence.shipper import EvidenceShipper
 from dataplane.evidence.spend import spent_since
 from dataplane.evidence.spool import Spool
 from dataplane.governance.enforce import Governance
-from dataplane.http.openai_api import OpenAIFrontDoor, server_error_body
-from dataplane.http.server import HttpServer
 from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
 from dataplane.metrics_server import NodeMetrics, NodeState
 from dataplane.node_settings import WORKER_FOLLOW_INTERVAL_S, WORKERS_DIR, NodeSettings
@@ -67,13 +64,10 @@ from dataplane.snapshot.serving import ServingState
 from dataplane.snapshot.store import SnapshotStore
 from dataplane.snapshot.sync_client import SyncClient, full_jitter
 from dataplane.upstream import UpstreamClient
-from signalbox.api.infer.v1 import infer_pb2
-from signalbox.tls import ClientTls, add_port, ssl_server_context
+from signalbox.tls import ClientTls
 
 log = logging.getLogger("signalbox.dataplane")
 
-INFER_SERVICE = infer_pb2.DESCRIPTOR.services_by_name["InferService"].full_name
-HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 TASK_STOP_SECONDS = 10.0
 """How long stop waits for a cancelled background task before it goes on without it."""
 
@@ -110,8 +104,7 @@ class DataPlaneNode:
             deployment=settings.scope.deployment,
             node_group=settings.scope.node_group,
         )
-        self._server: grpc.aio.Server | None = None
-        self._http_door: HttpServer | None = None
+        self._doors: Doors | None = None
         self._key_task: asyncio.Task[None] | None = None
         self._health = HealthServicer()
         self._http: UpstreamClient | None = None
@@ -131,7 +124,6 @@ class DataPlaneNode:
         self._lease_task: asyncio.Task[None] | None = None
         self._ledger: LocalLedger | None = None
         self._ledger_server: grpc.aio.Server | None = None
-        self._port: int | None = None
         self._dispatcher: Dispatcher | None = None
         self._metrics: NodeMetrics | None = None
         self._tracer: RequestTracer | None = None
@@ -143,23 +135,21 @@ class DataPlaneNode:
     @property
     def address(self) -> str:
         """``host:port`` the Infer API listens on (the real port when 0 was asked)."""
-        if self._port is None:
-            raise RuntimeError("node is not started")
         host = self.settings.listen.rsplit(":", 1)[0]
-        return f"{host}:{self._port}"
+        return f"{host}:{self.port}"
 
     @property
     def http_address(self) -> str:
         """``host:port`` of the HTTP front door (the real port when 0 was asked)."""
-        if self._http_door is None or self.settings.http_listen is None:
+        if self._doors is None or not self._doors.http_port or self.settings.http_listen is None:
             raise RuntimeError("the HTTP front door is not running")
         host = self.settings.http_listen.rsplit(":", 1)[0]
-        return f"{host}:{self._http_door.port}"
+        return f"{host}:{self._doors.http_port}"
 
     @property
     def http_accepting(self) -> bool:
         """The HTTP front door takes new connections (False once a stop began)."""
-        return self._http_door is not None and self._http_door.accepting
+        return self._doors is not None and self._doors.http_accepting
 
     @property
     def metrics_address(self) -> str:
@@ -171,9 +161,9 @@ class DataPlaneNode:
 
     @property
     def port(self) -> int:
-        if self._port is None:
+        if self._doors is None or not self._doors.port:
             raise RuntimeError("node is not started")
-        return self._port
+        return self._doors.port
 
     @property
     def store(self) -> SnapshotStore:
@@ -482,33 +472,8 @@ class DataPlaneNode:
             metrics=self._metrics.requests if self._metrics is not None else None,
             tracer=self._tracer,
         )
-        server = grpc.aio.server(
-            options=[
-                # Two nodes must never silently share a port; a node's own workers do.
-                ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
-                ("grpc.max_receive_message_length", 32 * 1024 * 1024),
-                ("grpc.max_send_message_length", 32 * 1024 * 1024),
-            ]
-        )
-        add_to_server(InferService(pipeline), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        # The Infer API's schema is public: anyone who may call it may list it.
-        reflection.enable_server_reflection((INFER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
-        port = add_port(server, s.listen, s.tls)
-        if port == 0:
-            raise OSError(f"cannot listen on {s.listen}")
-        await server.start()
-        self._server = server
-        self._port = port
-        if s.http_listen is not None:
-            host, _, http_port = s.http_listen.rpartition(":")
-            door = OpenAIFrontDoor(pipeline)
-            self._http_door = HttpServer(
-                door.handle, server_error_body, s.http_limits, ssl_server_context(s.http_listen, s.tls)
-            )
-            await self._http_door.start(
-                host.strip("[]") or "0.0.0.0", int(http_port), reuse_port=s.workers > 1
-            )
+        self._doors = Doors(s, pipeline, self._health)
+        await self._doors.start()
 
     async def _on_snapshot(self, state: ServingState) -> None:
         if not self._stopping:
@@ -544,11 +509,8 @@ class DataPlaneNode:
                 self._pin_watch.close()
             if self._pin_task is not None:
                 await self._pin_task
-            # Both doors stop accepting at once; running calls and streams get ``grace`` seconds.
-            await asyncio.gather(
-                *(() if self._server is None else (self._server.stop(grace),)),
-                *(() if self._http_door is None else (self._http_door.close(grace),)),
-            )
+            if self._doors is not None:
+                await self._doors.stop(grace)
             if self._ledger_server is not None:
                 # Last: the other workers lease from it while they drain.
                 await self._ledger_server.stop(grace)

@@ -100,10 +100,18 @@ class Caller:
 
 
 def authenticate(
-    config: RuntimeConfig, token: str | None, now: float, peer_certificate: bytes | None = None
+    config: RuntimeConfig,
+    token: str | None,
+    now: float,
+    peer_certificate: bytes | None = None,
+    peer_refusal: str | None = None,
 ) -> Caller:
     """The caller under ``config`` for a bearer ``token`` or, without one, the TLS peer's
-    certificate (PEM); ``Unauthenticated`` otherwise."""
+    certificate (PEM); ``Unauthenticated`` otherwise. ``peer_refusal`` says why the TLS
+    connection itself is not trusted (no client certificate, or one the client CA did not
+    sign, where the node requires one): the call is refused with it whatever it carries."""
+    if peer_refusal is not None:
+        raise Unauthenticated(peer_refusal)
     if token is not None:
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated(INVALID)

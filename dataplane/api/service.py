@@ -26,6 +26,7 @@ from dataplane.api.status import abort, evidence_trailers
 from dataplane.edge import infer as edge
 from dataplane.errors import InvalidRequest, clipped, shown
 from dataplane.pipeline import Call, Closed, Operation, Pipeline, Refused
+from dataplane.tls_front import NOT_THROUGH_FRONT, Peer, PeerLookup
 from signalbox.api.infer.v1 import infer_pb2
 
 log = logging.getLogger("signalbox.dataplane.api")
@@ -42,12 +43,15 @@ class InferService:
     """Serves ``signalbox.api.infer.v1.InferService`` over a node's pipeline; each handler
     takes the request's serialized bytes (see ``add_to_server``)."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, peers: PeerLookup | None = None) -> None:
         self._p = pipeline
+        self._peers = peers
+        """Where the node requires client certificates: what its TLS front established for
+        each connection (``dataplane.tls_front``); None: gRPC's own TLS, if any."""
 
     async def Infer(self, request: bytes, context: Context) -> infer_pb2.InferResponse:
         message, decode = _parse(infer_pb2.InferRequest, request, context, edge.decode_chat)
-        call = _call(Operation.CHAT, message, request, context, decode)
+        call = _call(Operation.CHAT, message, request, context, decode, self._peers)
         try:
             served = await self._p.answer(call)
         except Refused as refused:
@@ -57,7 +61,7 @@ class InferService:
 
     async def Embed(self, request: bytes, context: Context) -> infer_pb2.EmbedResponse:
         message, decode = _parse(infer_pb2.EmbedRequest, request, context, edge.decode_embed)
-        call = _call(Operation.EMBED, message, request, context, decode)
+        call = _call(Operation.EMBED, message, request, context, decode, self._peers)
         try:
             served = await self._p.embed(call)
         except Refused as refused:
@@ -69,7 +73,7 @@ class InferService:
         self, request: bytes, context: Context
     ) -> AsyncIterator[infer_pb2.InferStreamEvent]:
         message, decode = _parse(infer_pb2.InferRequest, request, context, edge.decode_chat)
-        call = _call(Operation.STREAM, message, request, context, decode)
+        call = _call(Operation.STREAM, message, request, context, decode, self._peers)
         events = self._p.stream(call)
         try:
             async for event in events:
@@ -140,9 +144,15 @@ def _call(
     data: bytes,
     context: Context,
     decode: Callable[[], Any],
+    peers: PeerLookup | None,
 ) -> Call[Any]:
     """The pipeline's view of a gRPC request: credential, correlation id, digest, deadline."""
     metadata = context.invocation_metadata()
+    if peers is None:
+        certificate, refusal = peer_certificate(context), None
+    else:
+        peer = front_peer(context, peers)
+        certificate, refusal = peer.certificate, peer.refusal
     supplied = getattr(request, "correlation_id", "") if request is not None else ""
     where = "correlation_id"
     if not supplied:
@@ -155,7 +165,8 @@ def _call(
         correlation_field=where,
         request_sha256=hashlib.sha256(data).hexdigest(),
         timeout=context.time_remaining(),
-        peer_certificate=peer_certificate(context),
+        peer_certificate=certificate,
+        peer_refusal=refusal,
         header=lambda name: _metadata_value(metadata, name),
     )
 
@@ -172,6 +183,16 @@ def peer_certificate(context: Context) -> bytes | None:
     for cert in context.auth_context().get("x509_pem_cert", ()):
         return bytes(cert)
     return None
+
+
+def front_peer(context: Context, peers: PeerLookup) -> Peer:
+    """What the TLS front established for this call's connection: gRPC's peer is the
+    front's loopback connection, ``ipv4:127.0.0.1:<port>``."""
+    _, _, address = str(context.peer()).partition(":")
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return NOT_THROUGH_FRONT
+    return peers(host, int(port))
 
 
 def bearer_token(metadata: Metadata | None) -> str | None:

@@ -134,6 +134,7 @@ class OpenAIFrontDoor:
             request_sha256=hashlib.sha256(request.body).hexdigest(),
             timeout=timeout if timeout is not None and timeout > 0 else None,
             peer_certificate=request.peer_certificate,
+            peer_refusal=request.peer_refusal,
             header=request.header,
         )
 
@@ -212,7 +213,11 @@ class OpenAIFrontDoor:
         try:
             state = self._p.store.require()
             caller = authenticate(
-                state.config, bearer_token(request.headers), time.time(), request.peer_certificate
+                state.config,
+                bearer_token(request.headers),
+                time.time(),
+                request.peer_certificate,
+                request.peer_refusal,
             )
         except SignalboxError as exc:
             outcome = to_status(exc)

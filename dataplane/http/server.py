@@ -43,6 +43,8 @@ from http import HTTPStatus
 
 import httptools
 
+from dataplane.tls_front import NOT_THROUGH_FRONT, PeerLookup
+
 log = logging.getLogger("signalbox.dataplane.http")
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -71,6 +73,8 @@ class Request:
     body: bytes
     peer_certificate: bytes | None = None
     """The TLS client certificate (PEM) when the connection presented a verified one."""
+    peer_refusal: str | None = None
+    """Why the connection is not trusted where the node requires client certificates."""
 
     def header(self, name: str) -> str:
         return self.headers.get(name, "")
@@ -130,6 +134,8 @@ class Response:
 
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_UNSEEN = "authorization: the connection's TLS verdict was not looked up"
+"""A connection behind the TLS front before its first request (never reaches a Request)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -140,6 +146,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._peer_certificate: bytes | None = None
+        self._peer_refusal: str | None = None
         # The request being parsed.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -168,7 +175,11 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
         self._server.connections.add(self)
         ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
+        if self._server.peers is not None:
+            # Behind the TLS front: looked up with the first request (the front files its
+            # verdict once connected, which may be after this runs).
+            self._peer_refusal = _UNSEEN
+        elif ssl_object is not None:
             der = ssl_object.getpeercert(binary_form=True)
             if der:
                 self._peer_certificate = ssl.DER_cert_to_PEM_cert(der).encode()
@@ -184,6 +195,14 @@ class _Connection(asyncio.Protocol):
         self._writable.set()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+
+    def _front_peer(self) -> None:
+        """What the TLS front established, filed under this connection's port."""
+        assert self._server.peers is not None
+        assert self._transport is not None
+        peername = self._transport.get_extra_info("peername")
+        peer = self._server.peers(peername[0], peername[1]) if peername else NOT_THROUGH_FRONT
+        self._peer_certificate, self._peer_refusal = peer.certificate, peer.refusal
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -289,6 +308,8 @@ class _Connection(asyncio.Protocol):
                 key, text = name.decode("latin-1"), value.decode("latin-1")
                 headers[key] = f"{headers[key]}, {text}" if key in headers else text
         method = self._parser.get_method().decode("latin-1")
+        if self._peer_refusal is _UNSEEN:
+            self._front_peer()
         request = Request(
             method,
             (url.path or b"/").decode("latin-1"),
@@ -296,6 +317,7 @@ class _Connection(asyncio.Protocol):
             headers,
             b"".join(self._body),
             self._peer_certificate,
+            self._peer_refusal,
         )
         self._served += 1
         keep_alive = (
@@ -459,8 +481,11 @@ class HttpServer:
         error_body: ErrorBody,
         limits: Limits = Limits(),
         ssl_context: ssl.SSLContext | None = None,
+        peers: PeerLookup | None = None,
     ) -> None:
         self.handler = handler
+        self.peers = peers
+        """Behind a TLS front (``dataplane.tls_front``): what it established per connection."""
         self.error_body = error_body
         self.limits = limits
         self._ssl = ssl_context

@@ -73,6 +73,9 @@ class Call(Generic[Body]):
     peer_certificate: bytes | None = None
     """The TLS client certificate (PEM) the transport verified, None without one: the
     caller's identity when it sends no bearer token."""
+    peer_refusal: str | None = None
+    """Why the connection is not trusted, where the node requires a client certificate
+    (none, or one its client CA did not sign): the call is refused with this message."""
     header: Callable[[str], str] | None = None
     """A request header (gRPC metadata) by lower-case name, "" when absent: read only when the
     request is traced (the caller's ``traceparent`` and ``tracestate``)."""

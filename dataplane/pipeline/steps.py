@@ -327,7 +327,9 @@ class Pipeline:
         """The snapshot this request runs on, then the caller."""
         state = self.store.require()
         trace.state = state
-        caller = authenticate(state.config, call.api_key, trace.started_wall, call.peer_certificate)
+        caller = authenticate(
+            state.config, call.api_key, trace.started_wall, call.peer_certificate, call.peer_refusal
+        )
         trace.caller = caller
         bind_request(trace.correlation_id, caller.tenant.id)
         if trace.invalid_correlation_id is not None:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from dataplane.app import DataPlaneNode
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
+from dataplane.tls_front import CERTIFICATE_REQUIRED
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.tls import ClientTls, ServerTls, aio_channel
@@ -218,10 +219,63 @@ async def test_unmapped_self_signed_and_missing_client_certificates_are_refused(
     sibling = site.ca.issue("sibling", server=False, uris=("spiffe://example.test/opsx/deploy",))
     assert (await site.refused(cert=sibling)).code() == grpc.StatusCode.UNAUTHENTICATED
 
-    # Not chained to the client CA, or no certificate at all: TLS refuses the connection.
-    self_signed = TestCA(tmp_path / "self", name="billing").issue("self", server=False, uris=(BILLING,))
-    assert (await site.refused(cert=self_signed)).code() == grpc.StatusCode.UNAVAILABLE
-    with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+
+async def test_a_certificate_the_client_ca_did_not_sign_is_refused_per_call_with_evidence(
+    site: Site, tmp_path: Path
+) -> None:
+    """The TLS handshake finishes whatever the client's certificate; the call is then refused
+    UNAUTHENTICATED (not a failed handshake, which callers see as UNAVAILABLE) and recorded.
+    A valid bearer token does not rescue a connection with an untrusted certificate."""
+    stranger = TestCA(tmp_path / "stranger", name="billing")
+    untrusted = {
+        "cid-other-ca": stranger.issue("other-ca", server=False, uris=(BILLING,)),
+        "cid-self-signed": stranger.pem,  # a self-signed certificate, key and all
+        "cid-expired": site.ca.issue("expired", server=False, uris=(BILLING,), expired=True),
+        "cid-server-only": site.ca.issue("server-only", server=True),  # not for client auth
+    }
+    for correlation_id, cert in untrusted.items():
+        for token in (None, site.idp.token()):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await site.infer(token, cert=cert, correlation_id=correlation_id)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, correlation_id
+            assert refused.value.details().startswith("authorization: invalid credentials"), correlation_id
+
+    # No certificate at all: refused alike, naming what is missing, even with a valid token.
+    for token in (None, site.idp.token()):
+        metadata = (("authorization", token),) if token else ()
         async with aio_channel(site.node.address, ClientTls(ca=site.ca.ca_file)) as channel:
-            await infer_pb2_grpc.InferServiceStub(channel).Infer(chat("hi"), timeout=10)
-    assert anonymous.value.code() == grpc.StatusCode.UNAVAILABLE
+            stub = infer_pb2_grpc.InferServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+                await stub.Infer(chat("hi", correlation_id="cid-anonymous"), metadata=metadata, timeout=10)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert anonymous.value.details().startswith(CERTIFICATE_REQUIRED)
+
+    def recorded() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in site.records():
+            if record["correlation_id"] in (*untrusted, "cid-anonymous"):
+                assert record["outcome"]["code"] == "UNAUTHENTICATED", record
+                counts[record["correlation_id"]] = counts.get(record["correlation_id"], 0) + 1
+        assert counts == {cid: 2 for cid in (*untrusted, "cid-anonymous")}
+        return counts
+
+    await eventually(recorded, message="one evidence record per refused call")
+    # The node goes on serving trusted callers.
+    assert (
+        await site.infer(cert=site.ca.issue("billing", server=False, uris=(BILLING,)))
+    ).model == "sim-fast"
+
+
+async def test_a_connection_that_bypasses_the_tls_front_is_refused(site: Site) -> None:
+    """The doors behind the front listen on loopback; a local process dialling one directly
+    brings no TLS verdict and is refused, whatever credential it sends."""
+    fronts = site.node._doors.fronts if site.node._doors is not None else []
+    assert fronts, "a node with a client CA listens through a TLS front"
+    address = f"127.0.0.1:{fronts[0].backend_port}"
+    async with aio_channel(address, ClientTls(insecure=True)) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await infer_pb2_grpc.InferServiceStub(channel).Infer(
+                chat("hi"), metadata=(("authorization", site.idp.token()),), timeout=10
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.details().startswith("authorization: invalid credentials")

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
+from dataplane.tls_front import CERTIFICATE_REQUIRED
 from signalbox.tls import ServerTls
 from tests.dataplane.api.test_identities import BILLING, RULES, identities
 from tests.dataplane.conftest import NodeFactory, envelope, snapshot
@@ -89,8 +90,18 @@ async def test_a_jwt_caller_is_served_and_routed_by_its_claims(
     assert body["error"]["type"] == "authentication_error"
 
 
-async def test_without_a_client_certificate_the_tls_handshake_is_refused(
-    node: DataPlaneNode, ca: TestCA
+async def test_without_a_trusted_client_certificate_the_call_is_refused_with_401(
+    node: DataPlaneNode, ca: TestCA, idp: TestIdp, tmp_path: Path
 ) -> None:
-    with pytest.raises(aiohttp.ClientError):
-        await post(node, context(ca, None), "sbx_anything")
+    """As on gRPC: the handshake finishes, the request gets OpenAI's 401 error object, and a
+    valid token does not rescue an untrusted connection."""
+    stranger = TestCA(tmp_path / "stranger", name="billing")
+    for cert in (None, stranger.issue("other", server=False, uris=(BILLING,)), stranger.pem):
+        for token in (None, idp.token()):
+            status, body = await post(node, context(ca, cert), token)
+            assert status == 401, body
+            assert body["error"]["type"] == "authentication_error"
+            expected = CERTIFICATE_REQUIRED if cert is None else "authorization: invalid credentials"
+            assert body["error"]["message"].startswith(expected), body
+    status, body = await post(node, context(ca, ca.issue("billing", server=False, uris=(BILLING,))))
+    assert status == 200, body
