@@ -29,7 +29,8 @@ from signalbox.api.config.v1 import snapshot_pb2
 CAPABILITIES = (common_pb2.CAPABILITY_CHAT, common_pb2.CAPABILITY_STREAMING, common_pb2.CAPABILITY_TOOLS)
 
 
-def build(directory: Path, fast_url: str, slow_url: str) -> None:
+def build(directory: Path, fast_url: str, slow_url: str, mtls_uris: tuple[str, ...] = ()) -> None:
+    """``mtls_uris``: client certificate URI SANs mapped to the tenant (bench/mtls_cost.py)."""
     directory.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     api_key = "sbx_bench_" + secrets.token_urlsafe(32)
@@ -60,6 +61,8 @@ def build(directory: Path, fast_url: str, slow_url: str) -> None:
         model.deployments.add(id=f"d-{alias}", provider_id=provider, upstream_model="gpt-4o-mini")
     document = {"default_model": "gpt-4o-mini", "allowed_models": ["gpt-4o-mini", "gpt-4o-mini-slow"]}
     snap.policies.add(id="pol-bench", tenant_id="t-bench", version=1, document_json=json.dumps(document))
+    for n, uri in enumerate(mtls_uris):
+        snap.identities.add(id=f"id-mtls-{n}", tenant_id="t-bench", mtls=snapshot_pb2.MtlsMapping(uri=uri))
     payload = snap.SerializeToString()
     envelope = snapshot_pb2.SignedEnvelope(payload_type=SNAPSHOT_PAYLOAD_TYPE, payload=payload)
     envelope.signatures.add(
