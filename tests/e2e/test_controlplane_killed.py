@@ -56,7 +56,12 @@ async def _control_plane_process(
     try:
 
         async def healthy() -> bool:
-            assert process.returncode is None, f"control plane exited: see {log}"
+            if process.returncode is not None:
+                # At once (not retried), with the log tail: its temporary directory goes.
+                tail = await asyncio.to_thread(log.read_text, errors="replace")
+                raise AssertionError(
+                    f"control plane exited ({process.returncode}); its log ends:\n{tail[-4000:]}"
+                )
             async with grpc.aio.insecure_channel(listen) as channel:
                 try:
                     response = await health_pb2_grpc.HealthStub(channel).Check(
