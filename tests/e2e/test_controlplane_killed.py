@@ -59,7 +59,7 @@ async def _control_plane_process(
             if process.returncode is not None:
                 # At once (not retried), with the log tail: its temporary directory goes.
                 tail = await asyncio.to_thread(log.read_text, errors="replace")
-                raise AssertionError(
+                raise RuntimeError(
                     f"control plane exited ({process.returncode}); its log ends:\n{tail[-4000:]}"
                 )
             async with grpc.aio.insecure_channel(listen) as channel:
