@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from signalbox.shell.simulator import Simulator
 from tests.dataplane.conftest import API_KEY, pinned_serve_args
 from tests.dataplane.test_pin_watch_process import site_pin
 from tests.e2e.test_config_push import TENANT, _admin, _converged, _seed
+from tests.fixtures.certs import Pem, TestCA
 from tests.fixtures.postgres import RunningControlPlane, sql_rows
 from tests.helpers import eventually
 
@@ -137,6 +139,59 @@ async def test_two_workers_share_the_ports_keep_a_chain_each_and_drain_on_sigter
         assert await asyncio.wait_for(process.wait(), 60) == 0
         for worker in workers:
             assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+
+
+async def test_two_workers_behind_tls_fronts_share_the_port_and_refuse_untrusted_certificates(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    """With a client CA each worker has its own TLS front on the shared port: both serve a
+    trusted client, and each refuses a certificate its CA did not sign with a 401."""
+    pin = tmp_path / "site.snapshot"
+    pin.write_bytes(site_pin(signing_key, 3, simulator.base_url))
+    ca = TestCA(tmp_path / "ca")
+    server, caller = ca.issue("node", server=True), ca.issue("caller", server=False)
+    stranger = TestCA(tmp_path / "stranger").issue("caller", server=False)
+    data_dir = tmp_path / "node"
+    http_port = free_port()
+    args = pinned_serve_args(pin, trust_key, data_dir, "--node-id", NODE, "--workers", "2")
+    args += ["--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{http_port}"]
+    args += ["--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-client-ca", str(ca.ca_file)]
+
+    def context(cert: Pem) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(ca.ca_file))
+        ctx.load_cert_chain(cert.cert, cert.key)
+        return ctx
+
+    async def post(session: aiohttp.ClientSession, cert: Pem, i: int) -> aiohttp.ClientResponse:
+        async with session.post(
+            f"https://localhost:{http_port}/v1/chat/completions",
+            json={"model": "sim-fast", "messages": [{"role": "user", "content": f"hi {i}"}]},
+            headers={"authorization": f"Bearer {API_KEY}"},
+            ssl=context(cert),
+        ) as response:
+            await response.read()
+            return response
+
+    async with workers_up(args, 2) as process:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            trusted = [await post(session, caller, i) for i in range(60)]
+            refused = [await post(session, stranger, i) for i in range(20)]
+        assert {r.status for r in trusted} == {200}
+        assert {r.status for r in refused} == {401}
+        answered = {r.headers["x-evidence-id"] for r in trusted}
+        chains = {w: log_path(data_dir, NODE, w) for w in ("0", "1")}
+
+        def recorded() -> dict[str, list[dict[str, Any]]]:
+            records = {w: list(read_records(path)) for w, path in chains.items()}
+            assert answered <= {r["record_id"] for rs in records.values() for r in rs}
+            return records
+
+        records = await eventually(recorded, message="every answer's record in a chain")
+        assert all(records.values()), "both workers served through their fronts"
+        codes = [r["outcome"]["code"] for rs in records.values() for r in rs]
+        assert codes.count("UNAUTHENTICATED") == 20
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
 
 
 @pytest.mark.parametrize(
