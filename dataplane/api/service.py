@@ -149,7 +149,8 @@ def _call(
     """The pipeline's view of a gRPC request: credential, correlation id, digest, deadline."""
     metadata = context.invocation_metadata()
     if peers is None:
-        certificate, refusal = peer_certificate(context), None
+        # No client CA: gRPC asks for no client certificate, so there is none to read.
+        certificate, refusal = None, None
     else:
         peer = front_peer(context, peers)
         certificate, refusal = peer.certificate, peer.refusal
@@ -176,13 +177,6 @@ def _metadata_value(metadata: Metadata | None, name: str) -> str:
         if key == name:
             return value.decode("latin-1") if isinstance(value, bytes) else value
     return ""
-
-
-def peer_certificate(context: Context) -> bytes | None:
-    """The client certificate (PEM) TLS verified against the node's client CA, if any."""
-    for cert in context.auth_context().get("x509_pem_cert", ()):
-        return bytes(cert)
-    return None
 
 
 def front_peer(context: Context, peers: PeerLookup) -> Peer:
