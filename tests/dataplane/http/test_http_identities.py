@@ -105,3 +105,22 @@ async def test_without_a_trusted_client_certificate_the_call_is_refused_with_401
             assert body["error"]["message"].startswith(expected), body
     status, body = await post(node, context(ca, ca.issue("billing", server=False, uris=(BILLING,))))
     assert status == 200, body
+
+
+async def test_a_connection_that_bypasses_the_tls_front_is_refused(node: DataPlaneNode, idp: TestIdp) -> None:
+    """The HTTP door behind the front listens in plaintext on loopback: a local process that
+    dials it directly brings no TLS verdict and gets a 401, whatever its token."""
+    assert node._doors is not None
+    http_front = node._doors.fronts[-1]  # the gRPC door's front first, then the HTTP door's
+    assert http_front.port == int(node.http_address.rsplit(":", 1)[1])
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{http_front.backend_port}/v1/chat/completions",
+            json=HELLO,
+            headers={"authorization": f"Bearer {idp.token()}"},
+        ) as response,
+    ):
+        body = await response.json()
+    assert response.status == 401, body
+    assert body["error"]["message"].startswith("authorization: invalid credentials")
