@@ -54,12 +54,12 @@ class Doors:
     def http_accepting(self) -> bool:
         return self._http is not None and self._http.accepting
 
-    def _front(self, listen: str, alpn: tuple[bytes, ...]) -> TlsFront | None:
+    def _front(self, listen: str, alpn: tuple[bytes, ...], door: str) -> TlsFront | None:
         s = self._s
         s.tls.credentials(listen)  # the flags' checks, whichever way the door listens
         if s.tls.client_ca is None:
             return None
-        front = TlsFront(s.tls, listen, alpn=alpn)
+        front = TlsFront(s.tls, listen, alpn=alpn, door=door)
         self.fronts.append(front)
         return front
 
@@ -74,7 +74,7 @@ class Doors:
                 ("grpc.max_send_message_length", 32 * 1024 * 1024),
             ]
         )
-        front = self._front(s.listen, (b"h2",))
+        front = self._front(s.listen, (b"h2",), "grpc")
         add_to_server(InferService(self._pipeline, None if front is None else front.peer), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         # The Infer API's schema is public: anyone who may call it may list it.
@@ -92,7 +92,7 @@ class Doors:
             return
         host, http_port = _host(s.http_listen)
         door = OpenAIFrontDoor(self._pipeline)
-        front = self._front(s.http_listen, (b"http/1.1",))
+        front = self._front(s.http_listen, (b"http/1.1",), "http")
         if front is None:
             self._http = HttpServer(
                 door.handle, server_error_body, s.http_limits, ssl_server_context(s.http_listen, s.tls)

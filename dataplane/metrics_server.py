@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
@@ -40,6 +40,7 @@ from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import BreakerState
 from dataplane.snapshot.store import SnapshotStore
 from dataplane.snapshot.sync_client import SyncClient
+from dataplane.tls_front import TlsFront
 from signalbox.metrics_http import OPENMETRICS, MetricsEndpoint
 
 log = logging.getLogger("signalbox.dataplane.metrics")
@@ -65,6 +66,8 @@ class NodeState:
     spool: Spool
     shipper: Callable[[], EvidenceShipper | None]
     sync: Callable[[], SyncClient | None]
+    fronts: Callable[[], Sequence[TlsFront]] = tuple
+    """The TLS fronts of a node that requires client certificates (none otherwise)."""
 
 
 class _StateCollector(Collector):
@@ -125,6 +128,19 @@ class _StateCollector(Collector):
             for key, health in sorted(dispatcher.health.all().items()):
                 family.add_metric([key, self._worker], BREAKER_VALUE.get(health.state, 0))
             yield family
+        fronts = s.fronts()
+        if fronts:
+            connections = CounterMetricFamily(
+                "signalbox_tls_front_connections",
+                "Client connections to a door's TLS front (nodes with --tls-client-ca), by how "
+                "the handshake ended: trusted, untrusted or no_certificate (its calls refused), "
+                "handshake_failed, handshake_timeout.",
+                labels=["door", "result", "worker"],
+            )
+            for front in fronts:
+                for result, count in front.results.items():
+                    connections.add_metric([front.door, result, self._worker], count)
+            yield connections
 
 
 class _Peers(Collector):

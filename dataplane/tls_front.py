@@ -66,6 +66,14 @@ class Peer:
 NOT_THROUGH_FRONT: Final = Peer(None, INVALID)
 """A connection to a door's loopback port that the front did not open."""
 
+TRUSTED: Final = "trusted"
+UNTRUSTED: Final = "untrusted"
+NO_CERTIFICATE: Final = "no_certificate"
+HANDSHAKE_FAILED: Final = "handshake_failed"
+HANDSHAKE_TIMEOUT: Final = "handshake_timeout"
+RESULTS: Final = (TRUSTED, UNTRUSTED, NO_CERTIFICATE, HANDSHAKE_FAILED, HANDSHAKE_TIMEOUT)
+"""How a client connection to a front ended its handshake (``TlsFront.results``)."""
+
 
 def server_context(tls: ServerTls, listen: str, alpn: tuple[bytes, ...]) -> SSL.Context:
     """OpenSSL's server context for ``tls``: TLS 1.2+, a client certificate asked for and
@@ -124,6 +132,9 @@ def _verdict(conn: SSL.Connection) -> Peer:
     return Peer(crypto.dump_certificate(crypto.FILETYPE_PEM, certificate), None)
 
 
+_RESULT_OF: Final = {None: TRUSTED, INVALID: UNTRUSTED, CERTIFICATE_REQUIRED: NO_CERTIFICATE}
+
+
 class TlsFront:
     """Listens with TLS on a public address and forwards each connection to a door on
     ``BACKEND_HOST:backend_port``, filing what TLS established under the forwarding
@@ -136,7 +147,12 @@ class TlsFront:
         *,
         alpn: tuple[bytes, ...],
         handshake_timeout: float = 10.0,
+        door: str = "",
     ) -> None:
+        self.door = door
+        """Which door this front is for (``grpc``, ``http``): a metrics label."""
+        self.results = dict.fromkeys(RESULTS, 0)
+        """Client connections by how their handshake ended (``RESULTS``), since start."""
         self.context = server_context(tls, listen, alpn)
         self.handshake_timeout = handshake_timeout
         self.peers: dict[int, Peer] = {}
@@ -221,7 +237,11 @@ class _Client(asyncio.Protocol):
         self._transport = transport
         self._front.clients.add(self)
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._front.handshake_timeout, self.abort)
+        self._timer = loop.call_later(self._front.handshake_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._front.results[HANDSHAKE_TIMEOUT] += 1
+        self.abort()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -232,6 +252,8 @@ class _Client(asyncio.Protocol):
                 self._decrypt()
         except SSL.Error as exc:
             log.debug("TLS connection refused: %s", type(exc).__name__)
+            if self._state is _State.HANDSHAKE:
+                self._front.results[HANDSHAKE_FAILED] += 1
             self._flush()  # the alert, when there is one
             self._close()
 
@@ -268,7 +290,9 @@ class _Client(asyncio.Protocol):
         self._backend = backend
         # Filed before the door gets a byte from this client.
         self._port = backend.get_extra_info("sockname")[1]
-        self._front.peers[self._port] = _verdict(self._conn)
+        verdict = _verdict(self._conn)
+        self._front.peers[self._port] = verdict
+        self._front.results[_RESULT_OF[verdict.refusal]] += 1
         self._state = _State.RELAY
         try:
             self._decrypt()

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client.parser import text_string_to_metric_families
 
 from dataplane.auth import INVALID
 from dataplane.tls_front import BACKEND_HOST, CERTIFICATE_REQUIRED, NOT_THROUGH_FRONT, Peer, TlsFront
@@ -156,6 +158,8 @@ async def test_hostile_clients_are_dropped_and_the_front_goes_on(rig: Rig) -> No
     writer.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
     writer.close()
     assert not rig.echo.verdicts  # none of them reached the door
+    assert rig.front.results["handshake_failed"] == 1
+    assert rig.front.results["handshake_timeout"] == 1
     reader, writer = await rig.connect(rig.client)
     assert await _round_trip(reader, writer, b"still serving") == b"still serving"
     writer.close()
@@ -197,3 +201,53 @@ async def test_a_node_behind_the_front_drains_an_open_stream_on_stop(
             rest.append(event)
         assert rest[-1].HasField("end")
         await asyncio.wait_for(stopping, 10)
+
+
+async def test_the_front_counts_its_connections_by_how_their_handshake_ended(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    ca = TestCA(tmp_path / "ca")
+    server = ca.issue("node", server=True)
+    node = await start_node(
+        metrics_listen="127.0.0.1:0", tls=ServerTls(cert=server.cert, key=server.key, client_ca=ca.ca_file)
+    )
+    assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
+    caller = ca.issue("caller", server=False)
+    stranger = TestCA(tmp_path / "stranger").issue("caller", server=False)
+    for tls in (
+        ClientTls(ca=ca.ca_file, cert=caller.cert, key=caller.key),
+        ClientTls(ca=ca.ca_file, cert=stranger.cert, key=stranger.key),
+        ClientTls(ca=ca.ca_file),
+    ):
+        async with aio_channel(node.address, tls) as channel:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await infer_pb2_grpc.InferServiceStub(channel).Infer(chat(), metadata=AUTH, timeout=10)
+    host, port = node.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET / HTTP/1.1\r\n\r\n")  # not TLS
+    with contextlib.suppress(ConnectionError):
+        await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+
+    async def counted() -> dict[str, float]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{node.metrics_address}/metrics") as response,
+        ):
+            text = await response.text()
+        counts = {
+            s.labels["result"]: s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "signalbox_tls_front_connections_total" and s.labels["door"] == "grpc"
+        }
+        assert counts == {
+            "trusted": 1,
+            "untrusted": 1,
+            "no_certificate": 1,
+            "handshake_failed": 1,
+            "handshake_timeout": 0,
+        }
+        return counts
+
+    await eventually(counted, message="the front's connections counted")
