@@ -26,7 +26,8 @@ from tests.dataplane.conftest import AUTH, chat, envelope, pinned_serve_args, sn
 from tests.helpers import eventually
 from tests.packaging.conftest import CONTROLPLANE_EXTRA, Venv, clean_env, run
 
-pytestmark = pytest.mark.timeout(600)
+# One worker builds the session's wheel once (make test runs with --dist loadgroup).
+pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("packaging")]
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import pytest
 from tests import compiled
 from tests.packaging.conftest import CONTROLPLANE_EXTRA, ROOT
 
-pytestmark = pytest.mark.timeout(600)
+# One worker builds the session's wheel once (make test runs with --dist loadgroup).
+pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("packaging")]
 
 
 def _source_files() -> set[str]:
