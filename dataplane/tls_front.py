@@ -84,6 +84,12 @@ def server_context(tls: ServerTls, listen: str, alpn: tuple[bytes, ...]) -> SSL.
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    # No session is ever resumed: a resumption skips verification, so the verify callback
+    # would not run and a resumed session of an untrusted certificate would pass as trusted.
+    # No tickets (TLS 1.2; in 1.3 they become stateful, looked up in the cache) and no cache:
+    # a client that offers a session gets a full handshake.
+    context.set_options(SSL.OP_NO_TICKET)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     try:
         context.use_certificate_chain_file(str(tls.cert))
         context.use_privatekey_file(str(tls.key))
@@ -342,6 +348,8 @@ class _Client(asyncio.Protocol):
             self._front.peers.pop(self._port, None)
         if self._backend is not None:
             self._backend.close()
+        elif self._connecting is not None:
+            self._connecting.cancel()  # still dialling the door
         front = self._front
         front.clients.discard(self)
         if not front.clients:

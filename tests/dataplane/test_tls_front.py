@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -251,3 +252,33 @@ async def test_the_front_counts_its_connections_by_how_their_handshake_ended(
         return counts
 
     await eventually(counted, message="the front's connections counted")
+
+
+def _exchange(
+    port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None
+) -> tuple[bool, ssl.SSLSession | None]:
+    """One blocking TLS connection that offers ``session``: (was it resumed, its session)."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+    ):
+        tls.sendall(b"ping")
+        assert tls.recv(4) == b"ping"  # TLS 1.3 tickets arrive with the first answer
+        return tls.session_reused, tls.session
+
+
+async def test_a_resumed_session_cannot_carry_an_untrusted_certificate_past_the_check(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """OpenSSL runs no verification when a session is resumed: were resumption allowed, a
+    client could resume the session of an untrusted certificate and pass as trusted (the
+    verify callback never runs). The front resumes no session, in TLS 1.2 or 1.3."""
+    stranger = TestCA(tmp_path / "stranger").issue("caller", server=False)
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = rig.context(stranger)
+        ctx.minimum_version = ctx.maximum_version = version
+        reused, session = await asyncio.to_thread(_exchange, rig.front.port, ctx, None)
+        assert not reused
+        reused, _ = await asyncio.to_thread(_exchange, rig.front.port, ctx, session)
+        assert not reused, f"{version.name}: a session was resumed"
+    assert [v.refusal for v in rig.echo.verdicts] == [INVALID] * 4
