@@ -113,19 +113,25 @@ def server_context(tls: ServerTls, listen: str, alpn: tuple[bytes, ...]) -> SSL.
 
 
 class _Checked:
-    """A connection's app data: whether OpenSSL's check of the client's chain failed anywhere."""
+    """A connection's app data: what OpenSSL's check of the client's chain said."""
 
-    __slots__ = ("failed",)
+    __slots__ = ("failed", "leaf_verified")
 
     def __init__(self) -> None:
         self.failed = False
+        """A certificate of the chain failed a check."""
+        self.leaf_verified = False
+        """The check reached the client's own certificate (depth 0) and passed it."""
 
 
-def _let_through(conn: SSL.Connection, _cert: crypto.X509, _errno: int, _depth: int, ok: int) -> bool:
+def _let_through(conn: SSL.Connection, _cert: crypto.X509, _errno: int, depth: int, ok: int) -> bool:
     """OpenSSL's verify callback, called per certificate of the chain with its check's
-    result (``ok``): a failure is noted, and the handshake goes on."""
+    result (``ok``), the client's own last: a failure is noted, and the handshake goes on."""
+    checked = conn.get_app_data()
     if not ok:
-        conn.get_app_data().failed = True
+        checked.failed = True
+    elif depth == 0:
+        checked.leaf_verified = True
     return True
 
 
@@ -133,7 +139,9 @@ def _verdict(conn: SSL.Connection) -> Peer:
     certificate = conn.get_peer_certificate()
     if certificate is None:
         return Peer(None, CERTIFICATE_REQUIRED)
-    if conn.get_app_data().failed:
+    checked = conn.get_app_data()
+    # Trusted only on a positive verdict from this handshake's own check.
+    if checked.failed or not checked.leaf_verified:
         return Peer(None, INVALID)
     return Peer(crypto.dump_certificate(crypto.FILETYPE_PEM, certificate), None)
 
