@@ -39,7 +39,7 @@ typecheck: $(STAMP)
 test: $(NATIVE) lint typecheck
 	$(BIN)/python -m signalbox.codegen --check
 	tests/setup/prometheus.sh
-	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --durations=15
 
 proto: $(STAMP)
 	$(BIN)/python -m signalbox.codegen

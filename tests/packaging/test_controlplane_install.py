@@ -18,8 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.helpers import eventually
 from tests.packaging.conftest import ROOT, Venv, clean_env, run
 
-# One worker builds the session's wheel once (make test runs with --dist loadgroup).
-pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("packaging")]
+pytestmark = pytest.mark.timeout(600)
 
 
 def test_migrations_come_from_the_installed_package(controlplane_venv: Venv, tmp_path: Path) -> None:

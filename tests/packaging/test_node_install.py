@@ -26,8 +26,7 @@ from tests.dataplane.conftest import AUTH, chat, envelope, pinned_serve_args, sn
 from tests.helpers import eventually
 from tests.packaging.conftest import CONTROLPLANE_EXTRA, Venv, clean_env, run
 
-# One worker builds the session's wheel once (make test runs with --dist loadgroup).
-pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("packaging")]
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import pytest
 from tests import compiled
 from tests.packaging.conftest import CONTROLPLANE_EXTRA, ROOT
 
-# One worker builds the session's wheel once (make test runs with --dist loadgroup).
-pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("packaging")]
+pytestmark = pytest.mark.timeout(600)
 
 
 def _source_files() -> set[str]:
