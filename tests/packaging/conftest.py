@@ -7,6 +7,7 @@ warm run costs seconds per virtualenv.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -69,9 +70,30 @@ def packaging_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def wheel(packaging_dir: Path) -> Path:
-    """The wheel, built from a copy of the tree so the build leaves nothing in the checkout."""
-    source = packaging_dir / "source"
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built once per test run from a copy of the tree (so the build leaves
+    nothing in the checkout). Under xdist every worker has its own session: the first to
+    get here builds, under a lock in the run's shared temporary directory, and the others
+    take its wheel, since a build compiles the governance modules with mypyc (~100 s of
+    CPU)."""
+    base = tmp_path_factory.getbasetemp()
+    # This run's directory: a worker's base is inside it, a run without xdist's base is it.
+    run_dir = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    shared = run_dir / "signalbox-wheel"
+    shared.mkdir(exist_ok=True)
+    with (shared / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        dist = shared / "dist"
+        built = sorted(dist.glob("signalbox-*.whl"))
+        if not built:
+            _build(shared / "source", dist)
+            built = sorted(dist.glob("signalbox-*.whl"))
+    (one,) = built
+    return one
+
+
+def _build(source: Path, dist: Path) -> None:
+    shutil.rmtree(source, ignore_errors=True)  # what a failed build in another worker left
     # Not the checkout's own compiled extensions (make native): the wheel compiles its own.
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "*.so", "build")
     for name in SOURCES:
@@ -80,7 +102,6 @@ def wheel(packaging_dir: Path) -> Path:
         else:
             source.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, source / name)
-    dist = packaging_dir / "dist"
     _checked(
         run(
             sys.executable,
@@ -92,12 +113,10 @@ def wheel(packaging_dir: Path) -> Path:
             "--wheel-dir",
             dist,
             source,
-            cwd=packaging_dir,
+            cwd=source.parent,
             timeout=INSTALL_TIMEOUT,
         )
     )
-    (built,) = dist.glob("signalbox-*.whl")
-    return built
 
 
 def make_venv(packaging_dir: Path, name: str, requirement: str) -> Venv:
