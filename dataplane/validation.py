@@ -28,15 +28,16 @@ from dataplane.errors import CheckUnavailable, InvalidRequest, clipped, shown
 
 log = logging.getLogger("signalbox.dataplane.validation")
 
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_CORRELATION_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+# Matched whole (``fullmatch``): "$" would also match before a trailing newline.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CORRELATION_ID = re.compile(r"[\x21-\x7e]{1,128}")
 _MAX_STOP = 16
 _MAX_EMBED_INPUTS = 2048
 
 
 def correlation_id(value: str, field: str = "correlation_id") -> str:
     """Accept a caller-supplied id only if it is safe to echo in metadata and logs."""
-    if not _CORRELATION_ID.match(value):
+    if not _CORRELATION_ID.fullmatch(value):
         raise InvalidRequest(field, "must be 1-128 printable ASCII characters without spaces")
     return value
 
@@ -268,7 +269,7 @@ def validate_chat(request: ChatRequest, *, require_messages: bool = True, schema
         raise InvalidRequest("params.stop", "stop sequences must not be empty")
     names: set[str] = set()
     for i, tool in enumerate(request.tools):
-        if not _TOOL_NAME.match(tool.name):
+        if not _TOOL_NAME.fullmatch(tool.name):
             raise InvalidRequest(f"tools[{i}].name", "must be 1-64 letters, digits, '_' or '-'")
         if tool.name in names:
             raise InvalidRequest(f"tools[{i}].name", f"duplicate tool {shown(tool.name)}")

@@ -455,7 +455,8 @@ def _weights(
 
 def _sticky(key: Any, path: str) -> None:
     if not isinstance(key, str) or not (
-        key in STICKY_KEYS or any(key.startswith(p) and len(key) > len(p) for p in STICKY_PREFIXES)
+        key in STICKY_KEYS
+        or (key.isprintable() and any(key.startswith(p) and len(key) > len(p) for p in STICKY_PREFIXES))
     ):
         raise PolicyError(path, "must be tenant.id, request_id, metadata.<key> or tenant.labels.<key>")
 

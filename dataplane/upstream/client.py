@@ -26,7 +26,8 @@ TRACE_HEADERS: ContextVar[bytes] = ContextVar("signalbox_upstream_trace_headers"
 """Encoded headers (``traceparent``, ``tracestate``) the current upstream attempt sends: set by
 ``pipeline.tracing`` around a traced attempt; empty (and free) when tracing is off."""
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""An HTTP token (RFC 9110), matched whole: "$" would also match before a trailing newline."""
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
@@ -57,7 +58,7 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
     """
     lines = []
     for name, value in headers.items():
-        if not _TOKEN.match(name):
+        if not _TOKEN.fullmatch(name):
             raise httpx.LocalProtocolError(f"header name {name!r} is not a valid HTTP token")
         if _BAD_VALUE.search(value):
             raise httpx.LocalProtocolError(f"header {name!r} has a value with a line break or NUL")

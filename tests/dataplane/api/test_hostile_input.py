@@ -237,6 +237,18 @@ HOSTILE = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "correlation_id: must be 1-128 printable ASCII characters",
     ),
+    # Found by the fuzz suite: "$" also matched before a trailing newline, so the id was
+    # accepted and echoed in the trailers, which gRPC refused (INTERNAL "Invalid metadata").
+    "correlation id with a trailing newline": (
+        lambda: chat(correlation_id="0\n"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "correlation_id: must be 1-128 printable ASCII characters",
+    ),
+    "tool name with a trailing newline": (
+        lambda: _named_tool("lookup\n"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "tools[0].name: must be 1-64 letters",
+    ),
 }
 
 

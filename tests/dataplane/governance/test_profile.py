@@ -28,6 +28,8 @@ def problem(document: Any) -> tuple[str, str]:
         ({"input": {"rules": [{"name": "r", "action": "flag"}]}}, "$.input.rules[0].detector", "required"),
         ({"input": {"rules": [rule(action="shout")]}}, "$.input.rules[0].action", "shout"),
         ({"input": {"rules": [rule(name="Bad Name")]}}, "$.input.rules[0].name", "does not match"),
+        ({"input": {"rules": [rule(name="name\n")]}}, "$.input.rules[0].name", "does not match"),
+        ({"input": {"rules": [rule(detector="phone\n")]}}, "$.input.rules[0].detector", "does not match"),
         ({"limits": {"max_messages": 0}}, "$.limits.max_messages", "minimum"),
         ({"output": {"window": 8}}, "$.output.window", "minimum"),
         ({"output": {"contract": {"on_failure": "ignore"}}}, "$.output.contract.on_failure", "ignore"),

@@ -275,6 +275,13 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "$.rules[0].sticky_key",
         "",
     ),
+    (
+        # "$" in a pattern also matches before a trailing newline; the schema's anchor does not.
+        "sticky key with a trailing newline",
+        {"rules": [{"strategy": "weighted", "weights": {"sim-fast": 1}, "sticky_key": "metadata.user\n"}]},
+        "$.rules[0].sticky_key",
+        "",
+    ),
     ("rules not a list", {"rules": {"models": ["sim-fast"]}}, "$.rules", ""),
     (
         "shadow without a model",

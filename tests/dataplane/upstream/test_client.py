@@ -244,6 +244,9 @@ async def test_bad_urls_and_header_values_are_refused_without_echoing_them(clien
         encode_headers({"x-api-key": "sk-secret\r\nX-Injected: 1"})
     assert "sk-secret" not in str(caught.value)
     assert "x-api-key" in str(caught.value)
+    # "$" would match before a trailing newline: the name is matched whole.
+    with pytest.raises(httpx.LocalProtocolError, match="not a valid HTTP token"):
+        encode_headers({"x-api-key\n": "k"})
 
 
 # -- the pool -------------------------------------------------------------------------------
