@@ -56,7 +56,7 @@ from dataplane.quota.local import QUOTA_DIR, LocalLedger, socket_path
 from dataplane.quota.local import serve as serve_ledger
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.query import NodeContext
-from dataplane.snapshot.checks import load_trust_keys
+from dataplane.snapshot.envelope import load_trust_keys
 from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_FILE, decode_hash_keys
 from dataplane.snapshot.lkg import LKG_FILE, SNAPSHOT_DIR
 from dataplane.snapshot.pin_watch import PinWatcher, warn_if_expired

@@ -19,7 +19,8 @@ from dataplane import evidence_cli, identity_cli, sealing_cli, serve_cli
 from dataplane.config.model import Scope
 from dataplane.errors import SnapshotCheckFailed, SnapshotFileInvalid
 from dataplane.evidence_cli import ProgressBar
-from dataplane.snapshot.checks import check_envelope, load_trust_keys
+from dataplane.snapshot.checks import check_envelope
+from dataplane.snapshot.envelope import load_trust_keys
 from dataplane.snapshot.lkg import SNAPSHOT_DIR
 from dataplane.snapshot.trust import TrustSet, TrustState, walk_chain
 from dataplane.trust_cli import add_trust_key, trust_key_paths

@@ -348,7 +348,7 @@ def verify(
     node_ca: x509.Certificate | None = None,
 ) -> Report:
     """Check the pack at ``path`` completely (see the module docstring) with the control
-    plane's public keys ``trusted`` (by key id, as ``store.load_trust_keys`` reads them);
+    plane's public keys ``trusted`` (by key id, as ``envelope.load_trust_keys`` reads them);
     ``PackInvalid`` names the first problem. ``progress`` gets the records checked since its
     last call.
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
-from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from google.protobuf.message import DecodeError
 
 from dataplane.config.model import DEFAULT_NODE_GROUP, RuntimeConfig, Scope
@@ -21,27 +19,13 @@ from dataplane.errors import EnvelopeError, SnapshotCheckFailed, SnapshotInvalid
 from dataplane.snapshot.compile import compile_payload
 from dataplane.snapshot.compiled import Compiled
 from dataplane.snapshot.delta import Rebuilt
-from dataplane.snapshot.envelope import key_id_for, verify
+from dataplane.snapshot.envelope import verify
 from dataplane.snapshot.layout import LayoutError, scan
 from dataplane.snapshot.trust import TrustState
 from signalbox.api.config.v1 import snapshot_pb2
 
 Delta = tuple[Compiled, Rebuilt]
 """A delta rebuilt on its base (the served snapshot compiled)."""
-
-
-def load_trust_keys(paths: list[Path] | tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
-    """Read Ed25519 public keys (PEM) and index them by key id."""
-    keys: dict[str, Ed25519PublicKey] = {}
-    for path in paths:
-        try:
-            key = load_pem_public_key(Path(path).read_bytes())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"trust key {path}: cannot be read as a PEM public key: {exc}") from exc
-        if not isinstance(key, Ed25519PublicKey):
-            raise ValueError(f"trust key {path}: not an Ed25519 public key")
-        keys[key_id_for(key)] = key
-    return keys
 
 
 def scope_matches(node: Scope, snapshot: Scope) -> bool:

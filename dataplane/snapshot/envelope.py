@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from dataplane.errors import EnvelopeError
 from signalbox.api.config.v1 import snapshot_pb2
@@ -92,3 +94,17 @@ def verify(
         ids = ", ".join(signers) or "none"
         raise EnvelopeError(f"no signature by a trusted key (signed by: {ids})"[:MAX_IDS_CHARS])
     raise EnvelopeError("signature verification failed")
+
+
+def load_trust_keys(paths: list[Path] | tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
+    """Read Ed25519 public keys (PEM) and index them by key id."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for path in paths:
+        try:
+            key = load_pem_public_key(Path(path).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"trust key {path}: cannot be read as a PEM public key: {exc}") from exc
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError(f"trust key {path}: not an Ed25519 public key")
+        keys[key_id_for(key)] = key
+    return keys

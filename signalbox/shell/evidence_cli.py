@@ -16,7 +16,7 @@ from cryptography import x509
 
 from dataplane.evidence import pack, pack_facts, pack_verify
 from dataplane.evidence.pruned import PrunedStatement, decode_statement
-from dataplane.snapshot.checks import load_trust_keys
+from dataplane.snapshot.envelope import load_trust_keys
 from dataplane.trust_cli import add_trust_key, trust_key_paths
 from signalbox.shell.progress import records_bar
 

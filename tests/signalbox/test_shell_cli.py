@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from types import ModuleType
 
 import pytest
@@ -76,3 +78,41 @@ def test_any_other_import_error_propagates(monkeypatch: pytest.MonkeyPatch, erro
     with pytest.raises(ImportError) as raised:
         cli.build_parser()
     assert raised.value is error
+
+
+def test_a_named_command_loads_only_its_own_module() -> None:
+    # A fresh interpreter: this one has every plane imported already.
+    probe = (
+        "import sys; from signalbox.shell import cli; "
+        "parser = cli.build_parser(['admin', 'tenants', 'list']); "
+        "print(sorted(parser._subparsers._group_actions[0].choices)); "
+        "print(sorted({m.partition('.')[0] for m in sys.modules} & {'controlplane', 'aiohttp', 'sqlalchemy'})); "
+        "print('dataplane.serve_cli' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.splitlines() == ["['admin']", "[]", "False"], result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["--help"], ["-h", "admin"], ["bogus"], ["--bogus"]],
+    ids=["none", "help", "help-first", "unknown", "flag"],
+)
+def test_help_no_command_or_an_unknown_one_lists_every_command(argv: list[str]) -> None:
+    assert {"dataplane", "controlplane", "admin", "infer", "evidence", "up", "simulator"} == commands(
+        cli.build_parser(argv)
+    )
+
+
+def test_a_named_but_uninstalled_controlplane_lists_the_rest_with_the_hint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _import_fails_with(monkeypatch, ModuleNotFoundError("No module named 'pgserver'", name="pgserver"))
+
+    parser = cli.build_parser(["controlplane", "serve"])
+
+    assert "controlplane" not in commands(parser)
+    assert "admin" in commands(parser)
+    assert parser.epilog is not None and "signalbox[controlplane]" in parser.epilog
