@@ -115,4 +115,5 @@ def test_a_named_but_uninstalled_controlplane_lists_the_rest_with_the_hint(
 
     assert "controlplane" not in commands(parser)
     assert "admin" in commands(parser)
-    assert parser.epilog is not None and "signalbox[controlplane]" in parser.epilog
+    assert parser.epilog is not None
+    assert "signalbox[controlplane]" in parser.epilog
