@@ -162,10 +162,18 @@ class LocalStack:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.chmod(0o700)
 
-        await self._start_simulator()
-        self._progress(f"simulator on {self.simulator_url}")
-
-        self.admin_token = await self._bootstrap_admin()
+        # The simulator and the admin token (which initializes and migrates the database)
+        # do not depend on each other: started together, ~2 s sooner to the first answer.
+        simulator = asyncio.create_task(self._start_simulator())
+        try:
+            self.admin_token = await self._bootstrap_admin()
+        except BaseException:
+            simulator.cancel()
+            await asyncio.wait([simulator])  # its child, if spawned, is stopped by stop()
+            if not simulator.cancelled():
+                simulator.exception()  # retrieved: the bootstrap's error is the one reported
+            raise
+        await simulator
         cp = await self._spawn(
             "controlplane",
             [
@@ -268,6 +276,10 @@ class LocalStack:
     # ---- steps ----
 
     async def _start_simulator(self) -> None:
+        await self._simulator_up()
+        self._progress(f"simulator on {self.simulator_url}")
+
+    async def _simulator_up(self) -> None:
         host, port = parse_listen(self.config.simulator_listen)
         if self.config.simulator_in_process:
             self._simulator = Simulator(host, port)
