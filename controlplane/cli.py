@@ -376,7 +376,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         return 2
     if ns.metrics_listen is not None:
         host, sep, port = ns.metrics_listen.rpartition(":")
-        if not (sep and host and port.isdigit() and int(port) < 65536):
+        if not (sep and host and port.isascii() and port.isdecimal() and int(port) < 65536):
             print(f"--metrics-listen: {ns.metrics_listen!r} is not HOST:PORT", file=sys.stderr)
             return 2
     if ns.insecure:

@@ -501,4 +501,4 @@ def serve_command(ns: argparse.Namespace) -> int:
 
 def _host_port(text: str) -> bool:
     host, sep, port = text.rpartition(":")
-    return bool(sep and host and port.isdigit() and int(port) < 65536)
+    return bool(sep and host and port.isascii() and port.isdecimal() and int(port) < 65536)

@@ -49,17 +49,30 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT`` → (host, port)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdecimal()):
         raise ValueError(f"{value!r}: expected HOST:PORT")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _serve_command(ns: argparse.Namespace) -> int:
-    host, port = parse_listen(ns.listen)
+    try:
+        host, port = parse_listen(ns.listen)
+    except ValueError as exc:
+        print(f"--listen: {exc}", file=sys.stderr)
+        return 2
     behaviours: dict[str, Behaviour] = {}
     if ns.behaviour:
-        for model, spec in json.loads(ns.behaviour).items():
-            behaviours[model] = Behaviour.from_json(spec)
+        try:
+            given = json.loads(ns.behaviour)
+            if not isinstance(given, dict):
+                raise ValueError("expected a JSON object of model: behaviour")
+            for model, spec in given.items():
+                if not isinstance(spec, dict):
+                    raise ValueError(f"{model}: expected a JSON object")
+                behaviours[model] = Behaviour.from_json(spec)
+        except (ValueError, TypeError) as exc:  # TypeError: a field of the wrong type
+            print(f"--behaviour: {str(exc)[:200]}", file=sys.stderr)
+            return 2
     simulator = Simulator(host, port, behaviours=behaviours, api_key=ns.api_key)
 
     async def serve() -> None:
