@@ -19,9 +19,7 @@ TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$((n + 1)))
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip 'setuptools>=77'
-	# --no-compile: no bytecode for all ~200 dependencies up front (25 s of a 67 s install);
-	# Python compiles each module the first time it is imported, and keeps it.
-	SIGNALBOX_COMPILE=0 $(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
+	SIGNALBOX_COMPILE=0 $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # build_ext relinks only what changed in the generated C; a source touched but unchanged
