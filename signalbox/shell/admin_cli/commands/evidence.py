@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC
 from pathlib import Path
 
-from dataplane.evidence import pack
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.shell.admin_cli.commands.base import Stub
 from signalbox.shell.admin_cli.output import (
@@ -23,7 +22,6 @@ from signalbox.shell.admin_cli.output import (
     evidence_pruned_row,
     evidence_row,
 )
-from signalbox.shell.progress import records_bar
 from signalbox.text import printable
 
 # ---- evidence store ----
@@ -87,6 +85,8 @@ async def evidence_export(stub: Stub, ns: argparse.Namespace) -> Output:
         request.since.FromDatetime(ns.since)
     if ns.until is not None:
         request.until.FromDatetime(ns.until)
+    from signalbox.shell.progress import records_bar  # tqdm: only the commands that show progress load it
+
     out = Path(ns.out)
     temporary = out.with_name(f".{out.name}.{os.getpid()}.part")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -117,6 +117,9 @@ IMPORTED_COLUMNS = ("chain", "stored", "duplicates", "head", "checkpoints", "err
 
 async def evidence_import(stub: Stub, ns: argparse.Namespace) -> Output:
     """Stream the pack in pieces; one row per chain: what was stored, already held, the head."""
+    from dataplane.evidence import pack
+    from signalbox.shell.progress import records_bar
+
     path = Path(ns.pack)
     f = await asyncio.to_thread(open, path, "rb")
     with f, records_bar(pack.record_count_hint(path), "import") as bar:

@@ -13,8 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.shell.admin_cli.commands.base import Action, Stub
 from signalbox.shell.admin_cli.output import Output, deleted, table
@@ -68,6 +66,8 @@ def _row(p: admin_pb2.GovernanceProfile) -> tuple[object, ...]:
 def _document(document_json: str, fmt: str) -> str:
     document = json.loads(document_json)
     if fmt == "yaml":
+        import yaml  # only this output format needs it
+
         return str(yaml.safe_dump(document, sort_keys=True, allow_unicode=True, default_flow_style=False))
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
