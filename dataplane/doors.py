@@ -22,7 +22,7 @@ from dataplane.http.openai_api import OpenAIFrontDoor, server_error_body
 from dataplane.http.server import HttpServer
 from dataplane.node_settings import NodeSettings
 from dataplane.pipeline import Pipeline
-from dataplane.tls_front import BACKEND_HOST, TlsFront
+from dataplane.tls_front import BACKEND_HOST, MAX_CLIENTS, TlsFront
 from signalbox.api.infer.v1 import infer_pb2
 from signalbox.tls import add_port, ssl_server_context
 
@@ -51,15 +51,20 @@ class Doors:
         self.http_port = 0
 
     @property
+    def http(self) -> HttpServer | None:
+        """The HTTP door's server, once started (``--http-listen``)."""
+        return self._http
+
+    @property
     def http_accepting(self) -> bool:
         return self._http is not None and self._http.accepting
 
-    def _front(self, listen: str, alpn: tuple[bytes, ...], door: str) -> TlsFront | None:
+    def _front(self, listen: str, alpn: tuple[bytes, ...], door: str, max_clients: int) -> TlsFront | None:
         s = self._s
         s.tls.credentials(listen)  # the flags' checks, whichever way the door listens
         if s.tls.client_ca is None:
             return None
-        front = TlsFront(s.tls, listen, alpn=alpn, door=door)
+        front = TlsFront(s.tls, listen, alpn=alpn, door=door, max_clients=max_clients)
         self.fronts.append(front)
         return front
 
@@ -74,7 +79,7 @@ class Doors:
                 ("grpc.max_send_message_length", 32 * 1024 * 1024),
             ]
         )
-        front = self._front(s.listen, (b"h2",), "grpc")
+        front = self._front(s.listen, (b"h2",), "grpc", MAX_CLIENTS)
         add_to_server(InferService(self._pipeline, None if front is None else front.peer), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         # The Infer API's schema is public: anyone who may call it may list it.
@@ -92,7 +97,7 @@ class Doors:
             return
         host, http_port = _host(s.http_listen)
         door = OpenAIFrontDoor(self._pipeline)
-        front = self._front(s.http_listen, (b"http/1.1",), "http")
+        front = self._front(s.http_listen, (b"http/1.1",), "http", s.http_limits.max_connections)
         if front is None:
             self._http = HttpServer(
                 door.handle, server_error_body, s.http_limits, ssl_server_context(s.http_listen, s.tls)

@@ -35,6 +35,7 @@ from dataplane.evidence.log import EvidenceLog
 from dataplane.evidence.shipper import EvidenceShipper
 from dataplane.evidence.spool import Spool
 from dataplane.files import private_dir
+from dataplane.http.server import HttpServer
 from dataplane.pipeline.metrics import RequestMetrics
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import BreakerState
@@ -68,6 +69,8 @@ class NodeState:
     sync: Callable[[], SyncClient | None]
     fronts: Callable[[], Sequence[TlsFront]] = tuple
     """The TLS fronts of a node that requires client certificates (none otherwise)."""
+    http: Callable[[], HttpServer | None] = lambda: None
+    """The HTTP door's server (``--http-listen``)."""
 
 
 class _StateCollector(Collector):
@@ -128,13 +131,28 @@ class _StateCollector(Collector):
             for key, health in sorted(dispatcher.health.all().items()):
                 family.add_metric([key, self._worker], BREAKER_VALUE.get(health.state, 0))
             yield family
+        http = s.http()
+        if http is not None:
+            yield self._gauge(
+                "signalbox_http_connections",
+                "HTTP connections open to the worker's door (behind a TLS front: the front's to it).",
+                len(http.connections),
+            )
+            refused = CounterMetricFamily(
+                "signalbox_http_connections_refused",
+                "HTTP connections answered 503 and closed for being over --http-max-connections.",
+                labels=["worker"],
+            )
+            refused.add_metric([self._worker], http.refused_connections)
+            yield refused
         fronts = s.fronts()
         if fronts:
             connections = CounterMetricFamily(
                 "signalbox_tls_front_connections",
                 "Client connections to a door's TLS front (nodes with --tls-client-ca), by how "
                 "the handshake ended: trusted, untrusted or no_certificate (its calls refused), "
-                "handshake_failed, handshake_timeout.",
+                "handshake_failed, handshake_timeout, over_limit (cut before the handshake: the "
+                "front held as many as it may).",
                 labels=["door", "result", "worker"],
             )
             for front in fronts:

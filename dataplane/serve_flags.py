@@ -73,6 +73,15 @@ def add_door_and_evidence_flags(serve: argparse.ArgumentParser, *, command: str)
     )
     add(
         serve,
+        "--http-max-connections",
+        env="SIGNALBOX_HTTP_MAX_CONNECTIONS",
+        default=HttpLimits().max_connections,
+        type=int,
+        help="HTTP connections open at once per worker (one more is answered 503 and closed)",
+        command=command,
+    )
+    add(
+        serve,
         "--evidence-checkpoint-records",
         env="SIGNALBOX_EVIDENCE_CHECKPOINT_RECORDS",
         default=DEFAULT_CHECKPOINT_RECORDS,

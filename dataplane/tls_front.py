@@ -51,6 +51,9 @@ CERTIFICATE_REQUIRED: Final = "authorization: this node requires a client certif
 BACKEND_HOST: Final = "127.0.0.1"
 """Where the doors behind a front listen."""
 _READ: Final = 64 * 1024
+MAX_CLIENTS: Final = 10_000
+"""Client connections a front holds at once (each with an OpenSSL object and, once through
+the handshake, a connection to its door); one more is cut before any TLS is spoken."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,8 @@ UNTRUSTED: Final = "untrusted"
 NO_CERTIFICATE: Final = "no_certificate"
 HANDSHAKE_FAILED: Final = "handshake_failed"
 HANDSHAKE_TIMEOUT: Final = "handshake_timeout"
-RESULTS: Final = (TRUSTED, UNTRUSTED, NO_CERTIFICATE, HANDSHAKE_FAILED, HANDSHAKE_TIMEOUT)
+OVER_LIMIT: Final = "over_limit"
+RESULTS: Final = (TRUSTED, UNTRUSTED, NO_CERTIFICATE, HANDSHAKE_FAILED, HANDSHAKE_TIMEOUT, OVER_LIMIT)
 """How a client connection to a front ended its handshake (``TlsFront.results``)."""
 
 
@@ -161,9 +165,11 @@ class TlsFront:
         *,
         alpn: tuple[bytes, ...],
         handshake_timeout: float = 10.0,
+        max_clients: int = MAX_CLIENTS,
         door: str = "",
     ) -> None:
         self.door = door
+        self.max_clients = max_clients
         """Which door this front is for (``grpc``, ``http``): a metrics label."""
         self.results = dict.fromkeys(RESULTS, 0)
         """Client connections by how their handshake ended (``RESULTS``), since start."""
@@ -250,6 +256,11 @@ class _Client(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._front.clients.add(self)
+        if len(self._front.clients) > self._front.max_clients:
+            self._front.results[OVER_LIMIT] += 1
+            self._state = _State.CLOSED
+            self.abort()
+            return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._front.handshake_timeout, self._timed_out)
 

@@ -60,6 +60,9 @@ class Limits:
     keepalive_timeout: float = 15.0
     write_timeout: float = 30.0
     max_requests_per_connection: int = 10_000
+    max_connections: int = 10_000
+    """Open connections beyond this are answered 503 and closed at once: a flood of idle
+    connections cannot take the node's file descriptors from the callers it serves."""
 
 
 @dataclass(slots=True)
@@ -174,6 +177,15 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._server.connections.add(self)
+        if len(self._server.connections) > self._limits.max_connections:
+            self._server.refused_connections += 1
+            self._refuse(
+                503,
+                f"the node has {self._limits.max_connections} HTTP connections open, its limit "
+                "(--http-max-connections); retry shortly",
+                retry_after=1,
+            )
+            return
         ssl_object = transport.get_extra_info("ssl_object")
         if self._server.peers is not None:
             # Behind the TLS front: looked up with the first request (the front files its
@@ -395,7 +407,7 @@ class _Connection(asyncio.Protocol):
 
     # ---- limits and timers ----
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         """Answer an error the server finds itself and close the connection."""
         if self._refused:
             return
@@ -406,8 +418,9 @@ class _Connection(asyncio.Protocol):
             self._abort()
             return
         body = self._server.error_body(status, message)
-        head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-        self._transport.write(head % (status, _REASONS.get(status, b"Error"), len(body)) + body)
+        head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%bconnection: close\r\n\r\n"
+        extra = b"" if retry_after is None else b"retry-after: %d\r\n" % retry_after
+        self._transport.write(head % (status, _REASONS.get(status, b"Error"), len(body), extra) + body)
         self._close()
 
     def _slow_headers(self) -> None:
@@ -491,6 +504,8 @@ class HttpServer:
         self._ssl = ssl_context
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
+        self.refused_connections = 0
+        """Connections answered 503 for being over ``limits.max_connections``, since start."""
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.port = 0

@@ -153,6 +153,8 @@ def test_serve_refuses_an_idle_wait_that_is_not_a_number_of_seconds(
 @pytest.mark.parametrize(
     ("flag", "value", "rule"),
     [
+        ("--http-max-connections", "0", "is not a positive count"),
+        ("--http-max-connections", "-3", "is not a positive count"),
         ("--evidence-checkpoint-records", "0", "is not a positive count"),
         ("--evidence-checkpoint-ms", "0", "is not a positive number of milliseconds"),
         ("--evidence-ship-ms", "0", "is not a positive number of milliseconds"),
@@ -161,7 +163,7 @@ def test_serve_refuses_an_idle_wait_that_is_not_a_number_of_seconds(
         ("--evidence-spool-max-bytes", "-1", "is not a positive number of bytes"),
     ],
 )
-def test_serve_refuses_evidence_settings_that_make_no_sense(
+def test_serve_refuses_counts_and_sizes_that_make_no_sense(
     flag: str, value: str, rule: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["dataplane", "serve", flag, value]) == 2

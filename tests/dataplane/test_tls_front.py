@@ -248,6 +248,7 @@ async def test_the_front_counts_its_connections_by_how_their_handshake_ended(
             "no_certificate": 1,
             "handshake_failed": 1,
             "handshake_timeout": 0,
+            "over_limit": 0,
         }
         return counts
 
