@@ -22,7 +22,7 @@ from dataplane.http.openai_api import OpenAIFrontDoor, server_error_body
 from dataplane.http.server import HttpServer
 from dataplane.node_settings import NodeSettings
 from dataplane.pipeline import Pipeline
-from dataplane.tls_front import BACKEND_HOST, MAX_CLIENTS, TlsFront
+from dataplane.tls_front import BACKEND_HOST, TlsFront
 from signalbox.api.infer.v1 import infer_pb2
 from signalbox.tls import add_port, ssl_server_context
 
@@ -77,9 +77,11 @@ class Doors:
                 ("grpc.so_reuseport", 1 if reuse else 0),
                 ("grpc.max_receive_message_length", 32 * 1024 * 1024),
                 ("grpc.max_send_message_length", 32 * 1024 * 1024),
+                # One connection over the cap is closed at once (the caller sees UNAVAILABLE).
+                ("grpc.max_allowed_incoming_connections", s.grpc_max_connections),
             ]
         )
-        front = self._front(s.listen, (b"h2",), "grpc", MAX_CLIENTS)
+        front = self._front(s.listen, (b"h2",), "grpc", s.grpc_max_connections)
         add_to_server(InferService(self._pipeline, None if front is None else front.peer), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         # The Infer API's schema is public: anyone who may call it may list it.

@@ -18,6 +18,7 @@ from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
 from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.http.server import Limits as HttpLimits
+from dataplane.open_files import DEFAULT_MAX_CONNECTIONS
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX
 from dataplane.quota import DEFAULT_LEASE_INTERVAL
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
@@ -93,6 +94,8 @@ class NodeSettings:
     """host:port of the OpenAI-compatible HTTP front door (TLS as ``tls``); None: off."""
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     """Sizes and timeouts of the HTTP front door."""
+    grpc_max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Connections the gRPC door (or its TLS front) holds at once; one more is closed."""
     metrics_listen: str | None = None
     """host:port of the Prometheus endpoint (``/metrics``, worker 0); None: metrics off."""
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S

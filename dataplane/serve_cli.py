@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import math
-import resource
 import sys
 from pathlib import Path
 
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.errors import EvidenceChainBroken, SnapshotFileInvalid
 from dataplane.http.server import Limits as HttpLimits
+from dataplane.open_files import connection_caps, raise_open_files
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.providers.sealing import SealingError, load_private_key
 from dataplane.quota import DEFAULT_LEASE_INTERVAL
@@ -369,7 +368,6 @@ def serve_command(ns: argparse.Namespace) -> int:
             return 2
     for flag, value, what in (
         ("--http-max-body-bytes", ns.http_max_body_bytes, "number of bytes"),
-        ("--http-max-connections", ns.http_max_connections, "count"),
         ("--evidence-checkpoint-records", ns.evidence_checkpoint_records, "count"),
         ("--evidence-checkpoint-ms", ns.evidence_checkpoint_ms, "number of milliseconds"),
         ("--evidence-ship-ms", ns.evidence_ship_ms, "number of milliseconds"),
@@ -379,6 +377,13 @@ def serve_command(ns: argparse.Namespace) -> int:
     ):
         if value < 1:
             print(f"{flag}: {value} is not a positive {what}", file=sys.stderr)
+            return 2
+    for flag, cap in (
+        ("--http-max-connections", ns.http_max_connections),
+        ("--grpc-max-connections", ns.grpc_max_connections),
+    ):
+        if cap is not None and cap < 1:
+            print(f"{flag}: {cap} is not a positive count", file=sys.stderr)
             return 2
     if ns.sync_max_message_bytes < 1:
         print(
@@ -427,6 +432,15 @@ def serve_command(ns: argparse.Namespace) -> int:
         except SealingError as exc:
             print(exc, file=sys.stderr)
             return 2
+    caps = connection_caps(
+        raise_open_files(),
+        http=ns.http_max_connections,
+        grpc=ns.grpc_max_connections,
+        http_door=ns.http_listen is not None,
+        fronted=bool(ns.tls_client_ca),
+    )
+    if caps.warning:
+        logging.getLogger("signalbox.dataplane").warning("%s", caps.warning)
     node_settings = NodeSettings(
         listen=ns.listen,
         http_listen=ns.http_listen,
@@ -436,8 +450,9 @@ def serve_command(ns: argparse.Namespace) -> int:
             header_timeout=ns.http_header_timeout,
             body_timeout=ns.http_body_timeout,
             keepalive_timeout=ns.http_keepalive,
-            max_connections=ns.http_max_connections,
+            max_connections=caps.http,
         ),
+        grpc_max_connections=caps.grpc,
         sealing_key=sealing_key,
         api_key_hash_keys=hash_keys,
         control_plane=ns.control_plane or None,
@@ -491,7 +506,6 @@ def serve_command(ns: argparse.Namespace) -> int:
         async with node:
             await node.serve()
 
-    raise_open_files(ns.http_max_connections)
     try:
         # The default event loop, not uvloop: grpc.aio polls on its own thread and
         # measured no faster under uvloop here, and only the default loop is what
@@ -504,33 +518,6 @@ def serve_command(ns: argparse.Namespace) -> int:
         print(f"signalbox dataplane serve: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def raise_open_files(connections: int) -> None:
-    """Let the node hold as many sockets as the system allows it: the soft limit on open
-    files raised to the hard one (as Go's runtime does for its servers; many systems start
-    processes at a soft 1,024), with a warning when even that is short of what
-    ``--http-max-connections`` allows (a connection can hold two descriptors: the
-    caller's, and the TLS front's to its door or an upstream's)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):  # an unlimited hard limit the kernel caps
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    needed = 2 * connections + OTHER_FILES
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        logging.getLogger("signalbox.dataplane").warning(
-            "open files limited to %d, fewer than the %d that --http-max-connections %d may need: "
-            "raise the limit (ulimit -n, LimitNOFILE=) or lower the flag",
-            soft,
-            needed,
-            connections,
-        )
-
-
-OTHER_FILES = 256
-"""Descriptors a node holds besides its callers' connections: evidence segments, the
-gRPC door's, the control plane's stream, upstream pools."""
 
 
 def _host_port(text: str) -> bool:

@@ -75,9 +75,20 @@ def add_door_and_evidence_flags(serve: argparse.ArgumentParser, *, command: str)
         serve,
         "--http-max-connections",
         env="SIGNALBOX_HTTP_MAX_CONNECTIONS",
-        default=HttpLimits().max_connections,
+        default=None,
         type=int,
-        help="HTTP connections open at once per worker (one more is answered 503 and closed)",
+        help="HTTP connections open at once per worker (one more is answered 503 and closed); "
+        "default: a share of the open-files limit, at most 10000",
+        command=command,
+    )
+    add(
+        serve,
+        "--grpc-max-connections",
+        env="SIGNALBOX_GRPC_MAX_CONNECTIONS",
+        default=None,
+        type=int,
+        help="gRPC connections open at once per worker (one more is closed, the caller sees UNAVAILABLE); "
+        "default: a share of the open-files limit, at most 10000",
         command=command,
     )
     add(

@@ -43,6 +43,7 @@ from typing import Final
 from OpenSSL import SSL, crypto
 
 from dataplane.auth import INVALID
+from dataplane.open_files import DEFAULT_MAX_CONNECTIONS
 from signalbox.tls import ServerTls, TlsConfigError
 
 log = logging.getLogger("signalbox.dataplane.tls")
@@ -51,9 +52,6 @@ CERTIFICATE_REQUIRED: Final = "authorization: this node requires a client certif
 BACKEND_HOST: Final = "127.0.0.1"
 """Where the doors behind a front listen."""
 _READ: Final = 64 * 1024
-MAX_CLIENTS: Final = 10_000
-"""Client connections a front holds at once (each with an OpenSSL object and, once through
-the handshake, a connection to its door); one more is cut before any TLS is spoken."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,11 +163,13 @@ class TlsFront:
         *,
         alpn: tuple[bytes, ...],
         handshake_timeout: float = 10.0,
-        max_clients: int = MAX_CLIENTS,
+        max_clients: int = DEFAULT_MAX_CONNECTIONS,
         door: str = "",
     ) -> None:
         self.door = door
         self.max_clients = max_clients
+        """Client connections held at once (each with an OpenSSL object and, once through
+        the handshake, a connection to the door); one more is cut before any TLS."""
         """Which door this front is for (``grpc``, ``http``): a metrics label."""
         self.results = dict.fromkeys(RESULTS, 0)
         """Client connections by how their handshake ended (``RESULTS``), since start."""

@@ -43,6 +43,7 @@ from http import HTTPStatus
 
 import httptools
 
+from dataplane.open_files import DEFAULT_MAX_CONNECTIONS
 from dataplane.tls_front import NOT_THROUGH_FRONT, PeerLookup
 
 log = logging.getLogger("signalbox.dataplane.http")
@@ -60,7 +61,7 @@ class Limits:
     keepalive_timeout: float = 15.0
     write_timeout: float = 30.0
     max_requests_per_connection: int = 10_000
-    max_connections: int = 10_000
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     """Open connections beyond this are answered 503 and closed at once: a flood of idle
     connections cannot take the node's file descriptors from the callers it serves."""
 

@@ -1,7 +1,8 @@
-"""A cap on open connections (``--http-max-connections``), at the HTTP door and at the TLS
-front: a flood of idle connections is answered (503, or cut before TLS) instead of taking
-the node's file descriptors, the node keeps serving, and the metrics count what was refused.
-And the node raises its own soft limit on open files to the hard one."""
+"""Caps on open connections (``--http-max-connections``, ``--grpc-max-connections``), at
+each door and at the TLS front: a flood of idle connections is answered (503, closed, or cut
+before TLS) instead of taking the node's file descriptors, the node keeps serving, and the
+metrics count what was refused. The caps' defaults follow the open-files limit, which the
+node raises to its hard limit (``dataplane.open_files``)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from dataplane.app import DataPlaneNode
 from dataplane.http.server import Limits
+from dataplane.open_files import connection_caps
 from dataplane.tls_front import BACKEND_HOST, OVER_LIMIT, TRUSTED, TlsFront
+from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.tls import ServerTls
-from tests.dataplane.conftest import API_KEY, NodeFactory, envelope, snapshot
+from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
 from tests.fixtures.certs import TestCA
 from tests.helpers import eventually
 
@@ -168,30 +173,21 @@ async def test_the_tls_front_cuts_a_client_over_its_cap_before_any_tls(
 
 
 RAISE = """
-import logging, resource, sys
-logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(message)s")
-from dataplane.serve_cli import raise_open_files
-raise_open_files(int(sys.argv[1]))
-print("soft", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+import resource, sys
+from dataplane.open_files import raise_open_files
+print("returned", raise_open_files(), "soft", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 """
 
 
-@pytest.mark.parametrize(
-    ("hard", "connections", "warned"),
-    [(4096, 100, False), (1024, 1000, True)],
-    ids=["room-for-the-cap", "hard-limit-short-of-the-cap"],
-)
-def test_the_node_raises_its_soft_open_files_limit_to_the_hard_one(
-    hard: int, connections: int, warned: bool
-) -> None:
+def test_the_node_raises_its_soft_open_files_limit_to_the_hard_one() -> None:
     _, ceiling = resource.getrlimit(resource.RLIMIT_NOFILE)
-    hard = min(hard, ceiling)
+    hard = min(4096, ceiling)
 
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
 
     out = subprocess.run(
-        [sys.executable, "-c", RAISE, str(connections)],
+        [sys.executable, "-c", RAISE],
         preexec_fn=limited,
         capture_output=True,
         text=True,
@@ -199,5 +195,89 @@ def test_the_node_raises_its_soft_open_files_limit_to_the_hard_one(
         env=dict(os.environ),
         timeout=60,
     ).stdout
-    assert f"soft {hard}" in out
-    assert ("--http-max-connections" in out) is warned, out
+    assert out.split() == ["returned", str(hard), "soft", str(hard)]
+
+
+@pytest.mark.parametrize(
+    ("limit", "given", "http_door", "fronted", "caps"),
+    [
+        (None, (None, None), True, False, (10_000, 10_000)),
+        (1_048_576, (None, None), True, True, (10_000, 10_000)),
+        (20_000, (None, None), True, False, (9_872, 9_872)),  # (20,000 - 256) / 2 doors
+        (20_000, (None, None), False, False, (10_000, 10_000)),  # the gRPC door alone: at most 10,000
+        (1_024, (None, None), True, True, (128, 128)),  # (1,024 - 256) / 2 doors / 3 per fronted connection
+        (1_024, (None, None), False, False, (768, 768)),
+        (20_000, (500, None), True, False, (500, 9_872)),
+        (200, (None, None), True, True, (1, 1)),  # never 0
+    ],
+)
+def test_a_doors_cap_is_a_share_of_the_open_files_limit_unless_given(
+    limit: int | None,
+    given: tuple[int | None, int | None],
+    http_door: bool,
+    fronted: bool,
+    caps: tuple[int, int],
+) -> None:
+    got = connection_caps(limit, http=given[0], grpc=given[1], http_door=http_door, fronted=fronted)
+    assert (got.http, got.grpc) == caps
+    assert got.warning is None
+
+
+def test_caps_given_beyond_the_limit_are_kept_with_a_warning_naming_them() -> None:
+    got = connection_caps(1_024, http=1_000, grpc=None, http_door=True, fronted=False)
+    assert (got.http, got.grpc) == (1_000, 384)
+    assert got.warning is not None
+    assert "limited to 1024" in got.warning
+    assert "--http-max-connections 1000" in got.warning
+    assert "--grpc-max-connections" not in got.warning  # not given by hand
+    both = connection_caps(1_024, http=600, grpc=600, http_door=True, fronted=False)
+    assert both.warning is not None
+    assert "--http-max-connections 600 and --grpc-max-connections 600" in both.warning
+    # An HTTP cap given to a node without an HTTP door needs nothing.
+    assert connection_caps(1_024, http=5_000, grpc=None, http_door=False, fronted=False).warning is None
+
+
+async def test_a_grpc_connection_over_the_cap_is_closed_and_the_node_keeps_serving(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
+) -> None:
+    node = await start_node(grpc_max_connections=2)
+    assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
+    # Each channel its own connection (channels to one target share them by default).
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0)]
+
+    async def check(channel: grpc.aio.Channel) -> grpc.StatusCode:
+        try:
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    async with AsyncExitStack() as stack:
+        channels = []
+        for _ in range(3):
+            channel = grpc.aio.insecure_channel(node.address, options=options)
+            await stack.enter_async_context(channel)
+            channels.append(channel)
+        assert [await check(c) for c in channels] == [
+            grpc.StatusCode.OK,
+            grpc.StatusCode.OK,
+            grpc.StatusCode.UNAVAILABLE,
+        ]
+        # The refused channel would take a freed place when it next tries again: closed first.
+        await channels[2].close()
+        await channels[0].close()
+
+        async def served() -> bool:
+            async with grpc.aio.insecure_channel(node.address, options=options) as channel:
+                try:
+                    reply = await infer_pb2_grpc.InferServiceStub(channel).Infer(
+                        chat(), metadata=AUTH, timeout=10
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    # Until the node has seen the closed connection go, the place is taken.
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    return False
+                return bool(reply.evidence_id)
+
+        await eventually(served, message="a connection freed is a connection served")
