@@ -172,7 +172,12 @@ async def test_prometheus_scrapes_node_and_control_plane_and_agrees_with_the_evi
                 )
             )
             node = await loopback_node(
-                cp, "metered-1", private_tmp, metrics_listen="127.0.0.1:0", evidence_ship_interval=0.05
+                cp,
+                "metered-1",
+                private_tmp,
+                metrics_listen="127.0.0.1:0",
+                http_listen="127.0.0.1:0",  # its connection series too
+                evidence_ship_interval=0.05,
             )
             await node.start()
             stack.push_async_callback(node.stop)
@@ -307,7 +312,7 @@ async def _check_rules_and_dashboard(base: str) -> None:
     async def evaluated() -> bool:
         groups = (await _get(base, "/api/v1/rules"))["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
-        return len(rules) == 11 and all(r["health"] == "ok" for r in rules)
+        return len(rules) == ALERTS.read_text().count("- alert: ") and all(r["health"] == "ok" for r in rules)
 
     await eventually(evaluated, timeout=30, message="every alert rule evaluated")
     dashboard = json.loads(DASHBOARD.read_text())
