@@ -134,21 +134,35 @@ def test_unknown_id_and_known_id_with_a_wrong_secret_take_the_same_time(hash_key
         "known id of the other version, wrong secret": lambda: refuse(wrong["other version"]),
         "control": lambda: refuse_with_extra_hmac(wrong["unknown id"]),
     }
-    samples: dict[str, list[float]] = {name: [] for name in cases}
     # A new order every round: a case that always ran right after another one (caches warm
     # or cold, the machine's frequency) once came out 6 % faster than its twin than noise
     # between two identical cases measured side by side ever showed.
     order, shuffle = list(cases), random.Random(20261130).shuffle
-    for _ in range(300):
-        shuffle(order)
-        for name in order:
-            samples[name].append(_per_call_ns(cases[name]))
-    median = {name: statistics.median(values) for name, values in samples.items()}
-    noise = abs(median["unknown id"] - median["unknown id (again)"])
-    bound = max(3 * noise, 0.05 * median["unknown id"])
-    report = {name: round(value) for name, value in median.items()} | {"noise": round(noise)}
-    print("median ns per refusal:", report)
-    assert abs(median["known id, wrong secret"] - median["unknown id"]) <= bound, report
-    assert abs(median["malformed"] - median["unknown id"]) <= bound, report
-    assert abs(median["known id of the other version, wrong secret"] - median["unknown id"]) <= bound, report
-    assert median["control"] - median["unknown id"] > bound, ("the control must stand out", report)
+
+    def measure() -> tuple[bool, dict[str, int]]:
+        samples: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(300):
+            shuffle(order)
+            for name in order:
+                samples[name].append(_per_call_ns(cases[name]))
+        median = {name: statistics.median(values) for name, values in samples.items()}
+        noise = abs(median["unknown id"] - median["unknown id (again)"])
+        bound = max(3 * noise, 0.05 * median["unknown id"])
+        report = {name: round(value) for name, value in median.items()} | {"noise": round(noise)}
+        print("median ns per refusal:", report)
+        same = all(
+            abs(median[name] - median["unknown id"]) <= bound
+            for name in ("known id, wrong secret", "malformed", "known id of the other version, wrong secret")
+        )
+        return same and median["control"] - median["unknown id"] > bound, report
+
+    # A difference the code makes shows in every measurement; one that a busy machine made
+    # (another test suite's burst on this core) does not show three times running. The
+    # control's extra HMAC must stand out in the measurement that passes.
+    reports = []
+    for _ in range(3):
+        held, report = measure()
+        if held:
+            return
+        reports.append(report)
+    raise AssertionError(f"three measurements in a row, none of them equal with the control apart: {reports}")
