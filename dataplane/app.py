@@ -474,8 +474,16 @@ class DataPlaneNode:
             metrics=self._metrics.requests if self._metrics is not None else None,
             tracer=self._tracer,
         )
-        self._doors = Doors(s, pipeline, self._health)
+        self._doors = Doors(s, pipeline, self._health, self._not_ready)
         await self._doors.start()
+
+    def _not_ready(self) -> str | None:
+        """Why the node does not serve now (gRPC health NOT_SERVING), None when it does."""
+        if self._stopping:
+            return "stopping"
+        if self.store.current is None:
+            return "no valid snapshot yet"
+        return None
 
     async def _on_snapshot(self, state: ServingState) -> None:
         if not self._stopping:

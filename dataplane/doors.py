@@ -11,6 +11,7 @@ Infer calls require the trusted certificate.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -39,10 +40,18 @@ def _host(listen: str) -> tuple[str, int]:
 class Doors:
     """Starts and drains the node's doors; ``port`` and ``http_port`` are the bound ones."""
 
-    def __init__(self, settings: NodeSettings, pipeline: Pipeline, health: HealthServicer) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        pipeline: Pipeline,
+        health: HealthServicer,
+        ready: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self._s = settings
         self._pipeline = pipeline
         self._health = health
+        self._ready = ready
+        """None when the node serves; else why not (the HTTP door's ``/readyz``)."""
         self._server: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self.fronts: list[TlsFront] = []
@@ -98,7 +107,7 @@ class Doors:
         if s.http_listen is None:
             return
         host, http_port = _host(s.http_listen)
-        door = OpenAIFrontDoor(self._pipeline)
+        door = OpenAIFrontDoor(self._pipeline, self._ready)
         front = self._front(s.http_listen, (b"http/1.1",), "http", s.http_limits.max_connections)
         if front is None:
             self._http = HttpServer(

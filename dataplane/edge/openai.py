@@ -545,13 +545,17 @@ def embeddings(model: str, result: EmbedResponse, encoding: str) -> bytes:
     )
 
 
+def _model_object(alias: str, owner: str) -> dict[str, Any]:
+    return {"id": alias, "object": "model", "created": 0, "owned_by": owner}
+
+
 def models(aliases: list[str], owner: str = "signalbox") -> bytes:
-    return orjson.dumps(
-        {
-            "object": "list",
-            "data": [{"id": alias, "object": "model", "created": 0, "owned_by": owner} for alias in aliases],
-        }
-    )
+    return orjson.dumps({"object": "list", "data": [_model_object(alias, owner) for alias in aliases]})
+
+
+def model(alias: str, owner: str = "signalbox") -> bytes:
+    """One model object, as ``GET /v1/models/{model}`` answers."""
+    return orjson.dumps(_model_object(alias, owner))
 
 
 ERROR_TYPES = {

@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP front door: ``/v1/chat/completions``, ``/v1/embeddings``,
-``/v1/models`` over the node's one pipeline.
+``/v1/models`` (and ``/v1/models/{model}``) over the node's one pipeline; ``/healthz`` and
+``/readyz`` for load balancers and probes.
 
 An application moves behind Signalbox by changing its SDK's ``base_url`` and ``api_key``:
 the request runs the same steps as on gRPC (identity, policy, routing, dispatch,
@@ -19,10 +20,12 @@ import hashlib
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
+import orjson
 
 from dataplane.auth import authenticate
 from dataplane.edge import openai as edge
@@ -94,12 +97,15 @@ def _param(outcome: Outcome, error: BaseException | None) -> str | None:
 class OpenAIFrontDoor:
     """Routes HTTP requests to the pipeline; ``handle`` is the server's handler."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, ready: Callable[[], str | None] = lambda: None) -> None:
         self._p = pipeline
+        self._ready = ready
         self._routes: dict[tuple[str, str], Callable[[Request, Response], Any]] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/embeddings"): self._embed,
             ("GET", "/v1/models"): self._models,
+            ("GET", "/healthz"): self._live,
+            ("GET", "/readyz"): self._readiness,
         }
         self._paths = {path for _, path in self._routes}
 
@@ -107,8 +113,14 @@ class OpenAIFrontDoor:
         route = self._routes.get((request.method, request.path.rstrip("/") or "/"))
         if route is None:
             path = request.path.rstrip("/")
-            if path in self._paths:
-                allowed = ", ".join(m for m, p in self._routes if p == path)
+            if path.startswith(_MODEL_PREFIX) and request.method == "GET":
+                await self._model(request, response, path[len(_MODEL_PREFIX) :])
+                return
+            if path in self._paths or path.startswith(_MODEL_PREFIX):
+                if path in self._paths:
+                    allowed = ", ".join(m for m, p in self._routes if p == path)
+                else:
+                    path, allowed = f"{_MODEL_PREFIX}{{model}}", "GET"
                 await _error(response, 405, f"{request.method} is not allowed on {path[:100]}; use {allowed}",
                              extra=((b"allow", allowed.encode()),))  # fmt: skip
             else:
@@ -210,6 +222,30 @@ class OpenAIFrontDoor:
     async def _models(self, request: Request, response: Response) -> None:
         """The models the caller may name: its tenant's policy's allowed models (what an explicit
         ``model`` may be), within its key's ``model:`` scopes."""
+        aliases = await self._allowed(request, response)
+        if aliases is not None:
+            await response.send(200, (_JSON,), edge.models(aliases))
+
+    async def _model(self, request: Request, response: Response, quoted: str) -> None:
+        """One of them (``client.models.retrieve``); 404 ``model_not_found`` for any other,
+        as OpenAI answers for a model that does not exist or that the caller may not use."""
+        model = _unquoted(quoted)
+        aliases = await self._allowed(request, response)
+        if aliases is None:
+            return
+        if model in aliases:
+            await response.send(200, (_JSON,), edge.model(model))
+            return
+        shown = model[:100].encode("unicode_escape").decode("ascii")
+        await _error(
+            response,
+            404,
+            f"the model '{shown}' does not exist or this API key may not use it",
+            code="model_not_found",
+        )
+
+    async def _allowed(self, request: Request, response: Response) -> list[str] | None:
+        """The aliases the caller may name, sorted; None once refused (answered already)."""
         try:
             state = self._p.store.require()
             caller = authenticate(
@@ -222,12 +258,24 @@ class OpenAIFrontDoor:
         except SignalboxError as exc:
             outcome = to_status(exc)
             await _error(response, http_status(outcome), outcome.message, code=_CODES.get(outcome.kind))
-            return
+            return None
         policies = state.config.policies
         policy = policies.get(caller.tenant.id) or policies.get("")
         allowed = policy.allowed_models if policy is not None and policy.allowed_models is not None else ()
-        aliases = sorted(a for a in allowed if a in state.config.models and caller.scope.allows_model(a))
-        await response.send(200, (_JSON,), edge.models(aliases))
+        return sorted(a for a in allowed if a in state.config.models and caller.scope.allows_model(a))
+
+    async def _live(self, request: Request, response: Response) -> None:
+        """Liveness, for a load balancer or an HTTP probe: the process answers."""
+        await response.send(200, (_JSON,), b'{"status":"ok"}')
+
+    async def _readiness(self, request: Request, response: Response) -> None:
+        """Readiness: a valid snapshot is served and no stop has begun (gRPC health's SERVING);
+        503 with the reason otherwise, so a load balancer sends callers elsewhere."""
+        reason = self._ready()
+        if reason is None:
+            await response.send(200, (_JSON,), b'{"status":"ready"}')
+        else:
+            await response.send(503, (_JSON,), orjson.dumps({"status": "not ready", "reason": reason}))
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -235,6 +283,17 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     if value[:7].lower() == "bearer ":
         return value[7:].strip() or None
     return None
+
+
+_MODEL_PREFIX = "/v1/models/"
+
+
+def _unquoted(quoted: str) -> str:
+    """A percent-encoded model name (``a%2Fb``); one that does not decode names no model."""
+    try:
+        return urllib.parse.unquote(quoted, errors="strict")
+    except UnicodeDecodeError:
+        return ""
 
 
 _UNPARSED = object()
