@@ -51,6 +51,7 @@ from dataplane.snapshot.envelope import verify
 from dataplane.snapshot.layout import TRUSTED_KEYS, Layout, make_layout, record, scan
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
+from signalbox.api.infer.v1 import infer_pb2
 
 PROVIDERS = 10
 
@@ -405,6 +406,24 @@ async def measure_first_change(cp: ControlPlane, token: str) -> None:
     row("first admin change of the process (cold caches)", ms(time.perf_counter() - started))
 
 
+async def measure_explain(cp: ControlPlane, token: str, count: int) -> None:
+    """``ExplainRoute`` (``signalbox admin route explain``) at fleet size, one call after
+    another once the snapshot is compiled: what an admin waits for per question."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    ask = infer_pb2.InferRequest()
+    ask.messages.add(role=infer_pb2.ROLE_USER).content.add(text="hello")
+    request = admin_pb2.ExplainRouteRequest(tenant="bench-t000001", request=ask)
+    async with grpc.aio.insecure_channel(cp.address) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        await admin.ExplainRoute(request, metadata=metadata, timeout=120)  # compiles the snapshot
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            await admin.ExplainRoute(request, metadata=metadata, timeout=120)
+            times.append(time.perf_counter() - started)
+    row(f"route explain, {count} calls", f"p50 {ms(pct(times, 0.5))}  p99 {ms(pct(times, 0.99))}")
+
+
 async def measure_key_creation(cp: ControlPlane, token: str, count: int, label: str) -> None:
     """Keys created one by one (each its own change and snapshot): the cost per key."""
     metadata = (("authorization", f"Bearer {token}"),)
@@ -487,6 +506,8 @@ async def main(args: argparse.Namespace) -> None:
                 pipeline = await measure_pipeline(cp)
                 measure_apply(cp, pipeline)
                 await measure_first_change(cp, token)
+                if args.explains:
+                    await measure_explain(cp, token, args.explains)
                 if args.key_creations:
                     await measure_key_creation(cp, token, args.key_creations, f"at {size.keys} keys")
                 await measure_changes(cp, token, args.changes, args.clients)
@@ -509,6 +530,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--key-creations", type=int, default=10, help="keys created one by one, before and after seeding"
     )
+    parser.add_argument("--explains", type=int, default=50, help="route explain calls, one after another")
     parser.add_argument("--import-tenants", type=int, default=10_000, help="tenants imported at the end")
     parser.add_argument("--import-keys", type=int, default=50_000, help="API keys imported at the end")
     parser.add_argument("--profile", default=None, help="write a py-spy flame graph (SVG) of this run")

@@ -25,7 +25,7 @@ from controlplane.api.admin_governance import GovernanceAdmin
 from controlplane.api.admin_hash_keys import HashKeyAdmin
 from controlplane.api.admin_identity import CallerIdentityAdmin
 from controlplane.api.admin_limits import LimitsAdmin
-from controlplane.api.admin_routing import RoutingAdmin
+from controlplane.api.admin_routing import RouteTables, RoutingAdmin
 from controlplane.api.admin_security import AdminSecurityAdmin
 from controlplane.api.identity import certificate_response
 from controlplane.api.interceptor import current_caller
@@ -99,6 +99,7 @@ class AdminServicer(
         self._models = models
         self._policies = policies
         self._groups = groups
+        self._route_tables = RouteTables()
         self._nodes = nodes
         self._snapshots = snapshots
         self._rollback = rollback

@@ -3,6 +3,7 @@ group would make it; mixed into ``controlplane.api.admin.AdminServicer``."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import grpc
@@ -14,16 +15,42 @@ from controlplane.limits import DEFAULT_GROUP
 from controlplane.services.groups import NodeGroupService
 from controlplane.services.nodes import NodeService
 from controlplane.services.snapshots import SnapshotService
-from dataplane.config.model import DeploymentMode
+from dataplane.config.model import DeploymentMode, RuntimeConfig
 from dataplane.edge import infer as edge
 from dataplane.routing.planner import plan_request
 from dataplane.routing.query import NodeContext, query_for
-from dataplane.routing.table import build_route_table
+from dataplane.routing.table import RouteTable, build_route_table
 from dataplane.snapshot.compile import MODE_FROM_PROTO
 from dataplane.validation import check_schemas, validate_chat
 from signalbox.api.admin.v1 import admin_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class RouteTables:
+    """The route tables ExplainRoute built, for the snapshot each group's nodes serve now:
+    a table is built once per node context and tenant (~35 ms for one tenant at 1,000
+    models), not once per question. Planning reads a table and never changes it."""
+
+    MAX_PER_GROUP = 256
+
+    def __init__(self) -> None:
+        self._by_group: dict[str, tuple[RuntimeConfig, OrderedDict[tuple[NodeContext, str], RouteTable]]] = {}
+
+    def get(self, group: str, config: RuntimeConfig, node: NodeContext, tenant_id: str) -> RouteTable:
+        held = self._by_group.get(group)
+        if held is None or held[0] is not config:  # a new snapshot version: start again
+            held = self._by_group[group] = (config, OrderedDict())
+        tables = held[1]
+        key = (node, tenant_id)
+        table = tables.get(key)
+        if table is None:
+            table = tables[key] = build_route_table(config, node, tenants=(tenant_id,))
+            if len(tables) > self.MAX_PER_GROUP:
+                tables.popitem(last=False)
+        else:
+            tables.move_to_end(key)
+        return table
 
 
 class RoutingAdmin:
@@ -32,6 +59,7 @@ class RoutingAdmin:
     _groups: NodeGroupService
     _nodes: NodeService
     _snapshots: SnapshotService
+    _route_tables: RouteTables
 
     async def ExplainRoute(
         self, request: admin_pb2.ExplainRouteRequest, context: Context
@@ -39,7 +67,7 @@ class RoutingAdmin:
         convert.require("tenant", request.tenant)
         group_name = request.node_group or DEFAULT_GROUP
         try:
-            group = (await self._groups.get(group_name)).row
+            group = await self._groups.row(group_name)
         except NotFound:
             raise NotFound("node group", group_name, field="node_group") from None
         # Decided as a node of that group would: on the group's snapshot, in its site.
@@ -53,7 +81,7 @@ class RoutingAdmin:
         # Schemas are checked as on a node: off this loop, verdicts cached by digest.
         await check_schemas(chat)
         query = query_for(tenant, chat, hints, request_id=req.correlation_id)
-        plan = plan_request(build_route_table(config, node, tenants=(tenant.id,)), query)
+        plan = plan_request(self._route_tables.get(group.name, config, node, tenant.id), query)
         return admin_pb2.ExplainRouteResponse(
             decision=edge.routing_to_proto(plan, plan.chosen, []),
             plan=[c.label for c in plan.ordered],

@@ -35,6 +35,19 @@ class Head(NamedTuple):
         return self.version, self.sha256
 
 
+async def head(session: AsyncSession, group: str) -> Head | None:
+    """``group``'s newest snapshot, its envelope not loaded; None if it has none."""
+    row = (
+        await session.execute(
+            select(Snapshot.version, Snapshot.sha256, Snapshot.created_at)
+            .where(Snapshot.node_group == group)
+            .order_by(Snapshot.version.desc())
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else Head(int(row[0]), bytes(row[1]), row[2])
+
+
 async def heads(session: AsyncSession) -> dict[str, Head]:
     """Every group's newest snapshot (groups without one are absent), envelopes not loaded."""
     newest = (

@@ -221,6 +221,15 @@ class NodeGroupService:
                 raise NotFound("node group", name, field="name")
             return (await self._infos(session, [row]))[0]
 
+    async def row(self, name: str) -> NodeGroup:
+        """The group itself, without what ``get`` adds for display (every tenant's, provider's
+        and model's name, the fleet's node counts): one query, whatever the fleet's size."""
+        async with self.uow.read() as session:
+            row = await repo.get(session, name)
+        if row is None:
+            raise NotFound("node group", name, field="name")
+        return row
+
     async def list(self) -> Sequence[GroupInfo]:
         async with self.uow.read() as session:
             return await self._infos(session, await repo.list_all(session))

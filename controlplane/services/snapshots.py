@@ -122,11 +122,22 @@ class SnapshotService:
     async def runtime_for(
         self, tenant: str, group: str = DEFAULT_GROUP
     ) -> tuple[RuntimeConfig, TenantConfig]:
-        """``group``'s newest snapshot compiled as its nodes would, and the tenant in it."""
-        row = await self.get(0, group)
-        config = await self._compiled(group).get(row.version, bytes(row.sha256), bytes(row.payload))
+        """``group``'s newest snapshot compiled as its nodes would, and the tenant in it.
+
+        The envelope (megabytes at fleet size) is read only when its version is not the one
+        compiled already: ExplainRoute calls this per request."""
         async with self.uow.read() as session:
+            head = await repo.head(session, group)
+            if head is None:
+                await _known(session, group)
             tenant_row = await config_repo.get_tenant(session, tenant)
+        if head is None:
+            raise NotFound("snapshot", _label(group, 0))
+        compiled = self._compiled(group)
+        config = compiled.held(*head.key)
+        if config is None:
+            row = await self.get(head.version, group)
+            config = await compiled.get(row.version, bytes(row.sha256), bytes(row.payload))
         found = config.tenants.get(str(tenant_row.id)) if tenant_row is not None else None
         if found is None:
             raise NotFound("tenant", tenant)

@@ -68,6 +68,10 @@ class LatestCompiled:
         if self._entry is None or version >= self._entry.version:
             self._entry = _Entry(version, bytes(sha256), config)
 
+    def held(self, version: int, sha256: bytes) -> RuntimeConfig | None:
+        """The compiled config of that stored version if it is the one held, else None."""
+        return self._held(version, bytes(sha256))
+
     def _held(self, version: int, sha256: bytes) -> RuntimeConfig | None:
         entry = self._entry
         if entry is not None and entry.version == version and entry.sha256 == sha256:

@@ -38,7 +38,7 @@ def test_propagation_bench_enrolls_its_nodes_and_prints_percentiles() -> None:
 def test_snapshot_scale_bench_prints_every_step() -> None:
     out = _run(
         "snapshot_scale.py", *TINY, "--changes", "2", "--clients", "2",
-        "--key-creations", "2", "--import-tenants", "5", "--import-keys", "10",
+        "--key-creations", "2", "--import-tenants", "5", "--import-keys", "10", "--explains", "3",
     )  # fmt: skip
     for step in (
         r"rows read, warm \(after a one-tenant change\)\s+[\d.]+ ms",
@@ -48,6 +48,7 @@ def test_snapshot_scale_bench_prints_every_step() -> None:
         r"node, delta: rebuild / verify / compile\s+[\d.]+ ms",
         r"admin change, one at a time \(n=2\)\s+p50 [\d.]+ ms\s+p99 [\d.]+ ms",
         r"admin changes, 2 clients x 2\s+[\d.]+ changes/s",
+        r"route explain, 3 calls\s+p50\s+[\d.]+ ms\s+p99\s+[\d.]+ ms",
         r"import 5 tenants \+ 10 keys .* 10 secrets",
     ):
         assert re.search(step, out), f"{step}\n{out}"
