@@ -524,6 +524,13 @@ class DataPlaneNode:
             if self._ledger_server is not None:
                 # Last: the other workers lease from it while they drain.
                 await self._ledger_server.stop(grace)
+            if self._ledger is not None:
+                # What was granted and not yet on disk (a Lease call given up before its
+                # answer) counts as spent on the next start: the safe side.
+                try:
+                    await self._ledger.persist()
+                except OSError as exc:
+                    log.error("quota budgets: not written at stop: %s", exc)
             if self._store is not None:
                 await self._store.aclose()
             if self._http is not None:

@@ -30,6 +30,7 @@ more than was spent. On a node's first start there is no evidence and nothing wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -253,8 +254,19 @@ class LocalLedger:
             self._dirty = False
             current = set(windows(self._clock()).values())
             self._budgets = {k: row for k, row in self._budgets.items() if k[3] in current}
+            # A caller cancelled mid-write (its Lease call given up, the node stopping) does
+            # not stop the thread: the lock is held until the write is done, or a second
+            # write of the same file would race it (both use one temporary name).
+            write = asyncio.ensure_future(asyncio.to_thread(atomic_write, self.path, self._body()))
             try:
-                await asyncio.to_thread(atomic_write, self.path, self._body())
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                self._dirty = True  # until the write is known to be done
+                with contextlib.suppress(Exception):
+                    await write
+                if write.done() and write.exception() is None:
+                    self._dirty = False
+                raise
             except BaseException:
                 self._dirty = True
                 raise

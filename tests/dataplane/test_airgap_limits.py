@@ -23,7 +23,7 @@ from dataplane.evidence.log import chain_files, log_path
 from dataplane.evidence.records import read_records
 from dataplane.quota import Kind
 from dataplane.quota.local import BUDGETS_FILE, QUOTA_DIR
-from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.config.v1 import quota_pb2, snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, pinned_serve_args, snapshot
 from tests.dataplane.test_workers import NODE, free_port, workers_up
@@ -244,3 +244,48 @@ async def test_workers_of_an_air_gapped_node_hold_the_limit_for_the_node_as_a_wh
         print(f"served {served} of {len(statuses)} in {elapsed:.1f} s; records per worker {counts}")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 60) == 0
+
+
+async def test_a_grant_whose_write_was_given_up_is_on_disk_once_the_node_stops(
+    start_node: NodeFactory, tmp_path: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    """A Lease call given up (its deadline, the node stopping) cancels the ledger's write of
+    what it granted. The write finishes before the cancellation does, so no second write of
+    the file races it; and one cancelled before it began is made when the node stops."""
+    pin = _pin(
+        tmp_path / "site.snapshot",
+        signing_key,
+        simulator.base_url,
+        snapshot_pb2.Limits(budget_day_nanos=10**9),
+    )
+    data_dir = tmp_path / "node"
+    node = await _pinned(start_node, pin, data_dir)
+    ledger = node.ledger
+    assert ledger is not None
+    path = data_dir / QUOTA_DIR / BUDGETS_FILE
+    ask = quota_pb2.QuotaAsk(
+        scope=quota_pb2.QuotaScope(tenant_id="t-acme", kind=quota_pb2.QUOTA_KIND_BUDGET_DAY), want=1_000
+    )
+
+    def on_disk() -> int:
+        stored = json.loads(path.read_text())["budgets"]
+        return sum(b["used"] for b in stored if b["tenant_id"] == "t-acme" and b["kind"] == Kind.BUDGET_DAY)
+
+    before = on_disk()
+    # Cancelled once its write is under way: it ends only when the file is written.
+    (granted,) = ledger.lease([ask], f"{NODE}/0")
+    writing = asyncio.create_task(ledger.persist())
+    await asyncio.sleep(0)  # into the write
+    writing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    assert on_disk() == before + granted.granted
+    # Cancelled before it began: nothing written, and the stop writes it.
+    (again,) = ledger.lease([ask], f"{NODE}/0")
+    never = asyncio.create_task(ledger.persist())
+    never.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await never
+    assert on_disk() == before + granted.granted
+    await node.stop(0)
+    assert on_disk() == before + granted.granted + again.granted
