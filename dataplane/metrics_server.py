@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -226,6 +225,8 @@ class NodeMetrics:
         self._peers.families = families
 
     async def _peer(self, worker: int) -> str | None:
+        from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector
+
         path = socket_path(self._data_dir, worker)
         try:
             async with (
