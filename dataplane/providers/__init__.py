@@ -20,7 +20,7 @@ Each module's docstring lists its ``settings`` keys and translation policies.
 
 Shared pieces, each written once:
 
-- ``transport``: HTTP requests and streams over the node's ``httpx.AsyncClient``,
+- ``transport``: HTTP requests and streams over the node's ``UpstreamClient``,
   deadlines, and the ``SSEStreamDecoder`` base.
 - ``classify``: every failure (HTTP status, provider error body, in-stream error
   event, transport exception) to one ``dataplane.errors.ProviderError`` class.

@@ -17,7 +17,7 @@ is happens in this module, once, for every provider:
    ``UpstreamUnavailable``: the provider failed after accepting the request,
    which retry logic treats like a 503.
 
-Transport failures (``httpx`` exceptions) go through ``_TRANSPORT_TABLE``.
+Transport failures (``dataplane.upstream.errors``) go through ``_TRANSPORT_TABLE``.
 
 Provider responses are untrusted input. The message a caller (and the
 evidence record) sees is always one of OUR fixed sentences per failure kind,
@@ -44,8 +44,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpx
-
 from dataplane.errors import (
     ContentFiltered,
     ContextTooLong,
@@ -59,6 +57,14 @@ from dataplane.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
+)
+from dataplane.upstream.errors import (
+    ConnectError,
+    DecodingError,
+    HTTPError,
+    NetworkError,
+    RemoteProtocolError,
+    TimeoutException,
 )
 
 _log = logging.getLogger(__name__)
@@ -154,14 +160,14 @@ _SUMMARY: Mapping[type[ProviderError], str] = {
 }
 """The only words a caller sees for an upstream error, with the provider type and HTTP status."""
 
-# Most specific first: every httpx timeout is a TransportError too.
+# Most specific first: every timeout is a TransportError too.
 _TRANSPORT_TABLE: tuple[tuple[type[Exception], type[ProviderError], str], ...] = (
-    (httpx.TimeoutException, UpstreamTimeout, "timed out"),
-    (httpx.ConnectError, UpstreamUnavailable, "could not be reached"),
-    (httpx.RemoteProtocolError, UpstreamProtocolError, "closed the connection mid-response"),
-    (httpx.DecodingError, UpstreamProtocolError, "sent an undecodable body"),
-    (httpx.NetworkError, UpstreamUnavailable, "connection failed"),
-    (httpx.HTTPError, UpstreamUnavailable, "transport failed"),
+    (TimeoutException, UpstreamTimeout, "timed out"),
+    (ConnectError, UpstreamUnavailable, "could not be reached"),
+    (RemoteProtocolError, UpstreamProtocolError, "closed the connection mid-response"),
+    (DecodingError, UpstreamProtocolError, "sent an undecodable body"),
+    (NetworkError, UpstreamUnavailable, "connection failed"),
+    (HTTPError, UpstreamUnavailable, "transport failed"),
     (TimeoutError, UpstreamTimeout, "timed out"),
 )
 
@@ -202,7 +208,7 @@ def classify_error(
 
 
 def classify_transport(provider: str, exc: Exception) -> ProviderError:
-    """Turn an ``httpx`` (or deadline) exception into a ``ProviderError``; the caller chains it."""
+    """Turn an upstream transport (or deadline) exception into a ``ProviderError``; the caller chains it."""
     for exc_type, cls, what in _TRANSPORT_TABLE:
         if isinstance(exc, exc_type):
             # The exception's own text may carry the URL; only its class name is shown.

@@ -4,7 +4,7 @@ Follows the WHATWG event-stream rules adapters depend on: ``data:`` lines of
 one event are joined with ``\\n``, a blank line dispatches, lines starting
 with ``:`` are comments (keep-alives), one optional space after the colon is
 dropped, and unknown fields are ignored. Line endings are already split off
-by ``httpx.Response.aiter_lines``.
+by ``transport.bounded_lines``.
 """
 
 from __future__ import annotations

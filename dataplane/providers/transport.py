@@ -18,12 +18,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, I
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import Any, ClassVar, Protocol, TypeVar
 
-import httpx
-
 from dataplane.chat import EmbedRequest, EmbedResponse, StreamChunk
 from dataplane.config.model import ProviderConfig
 from dataplane.errors import ProviderError, UpstreamBadRequest
 from dataplane.upstream import UpstreamClient, UpstreamResponse, encode_headers, text_encoding
+from dataplane.upstream.errors import HTTPError
 
 from .classify import ErrorFacts, classify_error, classify_transport, protocol_error
 from .sse import EventTooLarge, SSEDecoder
@@ -126,7 +125,7 @@ class HttpAdapter:
                 data = await self._read_bytes(response, MAX_BODY_BYTES)
             finally:
                 response.close()
-        except (httpx.HTTPError, TimeoutError) as exc:
+        except (HTTPError, TimeoutError) as exc:
             raise classify_transport(self.type_name, exc) from exc
         encoding = text_encoding(response.headers)
         # UTF-8 (nearly every answer) is parsed as bytes, without a decoded copy.
@@ -252,7 +251,7 @@ class HttpAdapter:
                     return
                 except BodyTooLarge:
                     raise self.malformed(f"a stream line exceeds the {MAX_EVENT_BYTES}-byte limit") from None
-                except httpx.HTTPError as exc:
+                except HTTPError as exc:
                     raise classify_transport(self.type_name, exc) from exc
                 with self.decoding():
                     chunks = list(decoder.feed(line))
@@ -303,7 +302,7 @@ class HttpAdapter:
     ) -> AsyncIterator[UpstreamResponse]:
         try:
             response = await self._send(url, body, timeout=timeout, params=params)
-        except httpx.HTTPError as exc:
+        except HTTPError as exc:
             raise classify_transport(self.type_name, exc) from exc
         try:
             if response.status >= 400:
@@ -317,7 +316,7 @@ class HttpAdapter:
         """At most ``limit`` bytes of an error body (the rest is not read)."""
         try:
             return await self._read_text(response, limit, truncate=True)
-        except httpx.HTTPError as exc:
+        except HTTPError as exc:
             raise classify_transport(self.type_name, exc) from exc
 
 

@@ -16,11 +16,10 @@ what that call needs:
   adapter); the one retry of a request whose pooled connection was found
   closed before any byte of the answer.
 
-Failures are raised as the ``httpx`` exception classes (``ConnectError``,
-``ConnectTimeout``, ``ReadTimeout``, ``PoolTimeout``, ``ReadError``,
+Failures are raised as the classes of ``errors`` (httpx's names and hierarchy:
+``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``PoolTimeout``, ``ReadError``,
 ``RemoteProtocolError``, ``DecodingError``, ``LocalProtocolError``,
-``UnsupportedProtocol``), so ``dataplane.providers.classify`` maps them as it
-always has. Their messages name the host and port at most: never a path,
+``UnsupportedProtocol``), which ``dataplane.providers.classify`` maps. Their messages name the host and port at most: never a path,
 query, header or body, so no credential can ride along.
 """
 

@@ -15,9 +15,17 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import certifi
-import httpx
 
 from .connection import Connection, Exchange, StaleConnection
+from .errors import (
+    ConnectError,
+    ConnectTimeout,
+    DecodingError,
+    LocalProtocolError,
+    PoolTimeout,
+    TransportError,
+    UnsupportedProtocol,
+)
 
 Origin = tuple[str, str, int]
 """(scheme, host, port): connections are pooled per origin."""
@@ -59,9 +67,9 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
     lines = []
     for name, value in headers.items():
         if not _TOKEN.fullmatch(name):
-            raise httpx.LocalProtocolError(f"header name {name!r} is not a valid HTTP token")
+            raise LocalProtocolError(f"header name {name!r} is not a valid HTTP token")
         if _BAD_VALUE.search(value):
-            raise httpx.LocalProtocolError(f"header {name!r} has a value with a line break or NUL")
+            raise LocalProtocolError(f"header {name!r} has a value with a line break or NUL")
         lines.append(f"{name}: {value}\r\n".encode())
     return b"".join(lines)
 
@@ -150,7 +158,7 @@ class UpstreamClient:
 
     Create it inside the event loop. ``max_connections`` bounds open
     connections over all origins (a request beyond waits, up to its timeout,
-    then fails with ``httpx.PoolTimeout``); ``max_idle`` bounds the idle ones
+    then fails with ``PoolTimeout``); ``max_idle`` bounds the idle ones
     kept, each closed after ``idle_timeout`` seconds unused.
     """
 
@@ -204,7 +212,7 @@ class UpstreamClient:
         sent once more on a new connection; nothing else is retried here.
         """
         if self._closed:
-            raise httpx.TransportError("the upstream client is closed")
+            raise TransportError("the upstream client is closed")
         target = self._target(method, url, params)
         if target.basic_auth:
             headers = _without_authorization(headers) + target.basic_auth
@@ -233,9 +241,7 @@ class UpstreamClient:
         coding = exchange.headers.get("content-encoding")
         if coding is not None and coding.strip().lower() != "identity":
             exchange.close()
-            raise httpx.DecodingError(
-                "upstream sent a content-coded body although only identity was accepted"
-            )
+            raise DecodingError("upstream sent a content-coded body although only identity was accepted")
         return UpstreamResponse(exchange, timeout)
 
     async def __aenter__(self) -> UpstreamClient:
@@ -332,7 +338,7 @@ class UpstreamClient:
                 async with asyncio.timeout(timeout):
                     await waiter
             except TimeoutError:
-                raise httpx.PoolTimeout("no upstream connection came free within the timeout") from None
+                raise PoolTimeout("no upstream connection came free within the timeout") from None
             finally:
                 if not waiter.done():
                     waiter.cancel()
@@ -351,15 +357,15 @@ class UpstreamClient:
                     server_hostname=host if tls else None,
                 )
         except TimeoutError:
-            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+            raise ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:
             # The reason's class only: no URL path or query, nothing the request carried.
-            raise httpx.ConnectError(f"could not connect to {host}:{port} ({type(exc).__name__})") from exc
+            raise ConnectError(f"could not connect to {host}:{port} ({type(exc).__name__})") from exc
         finally:
             self._connecting -= 1
         if self._closed:
             connection.abort()
-            raise httpx.TransportError("the upstream client is closed")
+            raise TransportError("the upstream client is closed")
         self._open.add(connection)
         return connection
 
@@ -382,18 +388,18 @@ def _parse_target(method: str, url: str, params: Mapping[str, str] | None) -> _T
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise httpx.UnsupportedProtocol("the upstream URL is malformed") from None
+        raise UnsupportedProtocol("the upstream URL is malformed") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise httpx.UnsupportedProtocol(f"the upstream URL's scheme must be http or https, not {scheme!r}")
+        raise UnsupportedProtocol(f"the upstream URL's scheme must be http or https, not {scheme!r}")
     host = parts.hostname or ""
     if not host:
-        raise httpx.UnsupportedProtocol("the upstream URL has no host")
+        raise UnsupportedProtocol("the upstream URL has no host")
     if not host.isascii():
         try:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
-            raise httpx.UnsupportedProtocol("the upstream URL's host is not a valid domain name") from None
+            raise UnsupportedProtocol("the upstream URL's host is not a valid domain name") from None
     default_port = 443 if scheme == "https" else 80
     port = port or default_port
     host_header = f"[{host}]" if ":" in host else host
@@ -405,7 +411,7 @@ def _parse_target(method: str, url: str, params: Mapping[str, str] | None) -> _T
         query = f"{query}&{urlencode(params)}" if query else urlencode(params)
     target = f"{path}?{query}" if query else path
     if _BAD_VALUE.search(target) or " " in target:
-        raise httpx.UnsupportedProtocol("the upstream URL cannot be sent")
+        raise UnsupportedProtocol("the upstream URL cannot be sent")
     head = f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n".encode("ascii") + _COMMON_HEADERS
     basic_auth = b""
     if parts.username is not None or parts.password is not None:

@@ -17,7 +17,8 @@ from collections import deque
 from collections.abc import Callable
 
 import httptools
-import httpx
+
+from .errors import ReadError, ReadTimeout, RemoteProtocolError
 
 HIGH_WATER = 256 * 1024
 """Body bytes buffered for a reader before the socket is paused."""
@@ -120,7 +121,7 @@ class Exchange:
 
     def time_out(self, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
-            self.fail(httpx.ReadTimeout("upstream sent nothing within the timeout"))
+            self.fail(ReadTimeout("upstream sent nothing within the timeout"))
             self._connection.abort()
 
     # -- the connection's side ---------------------------------------------------------------
@@ -249,10 +250,10 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(httpx.RemoteProtocolError("upstream switched protocols"))
+            self._fail(RemoteProtocolError("upstream switched protocols"))
         except httptools.HttpParserError:
             problem = self._problem or "upstream sent a malformed HTTP response"
-            self._fail(httpx.RemoteProtocolError(problem))
+            self._fail(RemoteProtocolError(problem))
 
     def connection_lost(self, exc: Exception | None) -> None:
         exchange = self._exchange
@@ -263,13 +264,11 @@ class Connection(asyncio.Protocol):
                 exchange.complete = True
                 exchange.wake()
             elif exc is not None:
-                exchange.fail(httpx.ReadError(f"connection to the upstream failed ({type(exc).__name__})"))
+                exchange.fail(ReadError(f"connection to the upstream failed ({type(exc).__name__})"))
             elif not exchange.headers_done:
-                exchange.fail(httpx.RemoteProtocolError("upstream closed the connection without an answer"))
+                exchange.fail(RemoteProtocolError("upstream closed the connection without an answer"))
             else:
-                exchange.fail(
-                    httpx.RemoteProtocolError("upstream closed the connection before the body ended")
-                )
+                exchange.fail(RemoteProtocolError("upstream closed the connection before the body ended"))
         self._closed_now()
 
     def eof_received(self) -> bool | None:
@@ -343,5 +342,5 @@ class Connection(asyncio.Protocol):
             if exchange is not None:
                 # Closed under a waiting reader (the client shutting down): it learns now, not at
                 # its timeout. A reader already failed or done keeps what it had.
-                exchange.fail(httpx.ReadError("the connection to the upstream was closed"))
+                exchange.fail(ReadError("the connection to the upstream was closed"))
             self._on_closed(self)

@@ -6,12 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-import httpx
-
 from dataplane.chat import FinishReason, StreamChunk, Usage
 from dataplane.config.model import ProviderConfig
 from dataplane.providers.base import ProviderAdapter
 from dataplane.providers.registry import build_adapter
+from dataplane.upstream import UpstreamClient
 
 CREDENTIAL = "sk-test-SECRET-0123456789"
 
@@ -19,7 +18,7 @@ CREDENTIAL = "sk-test-SECRET-0123456789"
 def make_adapter(
     type_name: str,
     base_url: str,
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     *,
     settings: Mapping[str, str] | None = None,
     credential: str | None = CREDENTIAL,

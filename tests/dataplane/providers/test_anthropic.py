@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from dataplane.chat import (
@@ -30,6 +29,7 @@ from dataplane.errors import (
     UpstreamUnavailable,
 )
 from dataplane.providers.base import ProviderAdapter
+from dataplane.upstream import UpstreamClient
 
 from .canned import anthropic_error, anthropic_event, anthropic_message, anthropic_stream
 from .fakes import FakeUpstream, json_reply, sse_event, sse_reply
@@ -37,12 +37,12 @@ from .samples import ASK_WEATHER, HELLO, PARIS_ARGS, TOOL_ROUND_TRIP, WITH_IMAGE
 from .streams import CREDENTIAL, assemble, drain, make_adapter
 
 
-def anthropic(upstream: FakeUpstream, client: httpx.AsyncClient, **settings: str) -> ProviderAdapter:
+def anthropic(upstream: FakeUpstream, client: UpstreamClient, **settings: str) -> ProviderAdapter:
     return make_adapter("anthropic", upstream.base_url, client, settings=settings)
 
 
 async def test_plain_answer_headers_and_default_max_tokens(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(json_reply(anthropic_message("Hello!")))
     response = await anthropic(upstream, client).complete("claude-x", HELLO, timeout=5)
@@ -63,7 +63,7 @@ async def test_plain_answer_headers_and_default_max_tokens(
 
 
 async def test_settings_override_version_and_default_max_tokens(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(json_reply(anthropic_message()))
     adapter = anthropic(upstream, client, anthropic_version="2025-01-01", default_max_tokens="1000")
@@ -73,14 +73,12 @@ async def test_settings_override_version_and_default_max_tokens(
 
 
 @pytest.mark.parametrize("value", ["0", "lots", "-5"])
-def test_bad_default_max_tokens_fails_when_the_adapter_is_built(
-    client: httpx.AsyncClient, value: str
-) -> None:
+def test_bad_default_max_tokens_fails_when_the_adapter_is_built(client: UpstreamClient, value: str) -> None:
     with pytest.raises(ValueError, match="default_max_tokens"):
         make_adapter("anthropic", "http://127.0.0.1:1", client, settings={"default_max_tokens": value})
 
 
-async def test_tool_round_trip_translation(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_tool_round_trip_translation(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(anthropic_message("Both sunny.")))
     await anthropic(upstream, client).complete("claude-x", TOOL_ROUND_TRIP, timeout=5)
     body = upstream.last.json
@@ -124,7 +122,7 @@ async def test_tool_round_trip_translation(upstream: FakeUpstream, client: httpx
 
 
 async def test_user_text_after_tool_results_joins_the_turn_after_them(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(json_reply(anthropic_message()))
     request = ChatRequest(
@@ -153,7 +151,7 @@ async def test_user_text_after_tool_results_joins_the_turn_after_them(
 )
 async def test_tool_choice_mapping(
     upstream: FakeUpstream,
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     choice: ToolChoice | None,
     parallel: bool | None,
     expected: dict[str, object] | None,
@@ -170,7 +168,7 @@ async def test_tool_choice_mapping(
     assert upstream.last.json["temperature"] == 1.0  # Anthropic's range is 0-1
 
 
-async def test_images_url_and_base64(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_images_url_and_base64(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(anthropic_message("A cat.")))
     await anthropic(upstream, client).complete("claude-x", WITH_IMAGES, timeout=5)
     assert upstream.last.json["messages"][0]["content"] == [
@@ -181,7 +179,7 @@ async def test_images_url_and_base64(upstream: FakeUpstream, client: httpx.Async
 
 
 async def test_invalid_tool_arguments_are_a_bad_request(
-    client: httpx.AsyncClient, upstream: FakeUpstream
+    client: UpstreamClient, upstream: FakeUpstream
 ) -> None:
     request = ChatRequest(
         messages=(
@@ -198,7 +196,7 @@ async def test_invalid_tool_arguments_are_a_bad_request(
     assert upstream.requests == []
 
 
-async def test_tool_use_answer_and_cache_usage(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_tool_use_answer_and_cache_usage(upstream: FakeUpstream, client: UpstreamClient) -> None:
     usage = {
         "input_tokens": 10,
         "cache_read_input_tokens": 100,
@@ -238,7 +236,7 @@ async def test_tool_use_answer_and_cache_usage(upstream: FakeUpstream, client: h
     ],
 )
 async def test_stop_reasons(
-    upstream: FakeUpstream, client: httpx.AsyncClient, stop_reason: str, expected: FinishReason
+    upstream: FakeUpstream, client: UpstreamClient, stop_reason: str, expected: FinishReason
 ) -> None:
     upstream.enqueue(json_reply(anthropic_message("x", stop_reason=stop_reason)))
     response = await anthropic(upstream, client).complete("claude-x", HELLO, timeout=5)
@@ -246,7 +244,7 @@ async def test_stop_reasons(
 
 
 async def test_streamed_text_with_ping_and_cumulative_usage(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     frames = anthropic_stream(
         "Hel",
@@ -264,7 +262,7 @@ async def test_streamed_text_with_ping_and_cumulative_usage(
 
 
 async def test_streamed_tool_calls_after_text_use_tool_indexes(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     # The text block is Anthropic index 0, so the tool blocks are 1 and 2; ours must be 0 and 1.
     frames = anthropic_stream(
@@ -286,7 +284,7 @@ async def test_streamed_tool_calls_after_text_use_tool_indexes(
 
 
 async def test_streamed_tool_without_arguments_assembles_to_empty_object(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(sse_reply(*anthropic_stream(tool_uses=[("toolu_a", "now", [])], stop_reason="tool_use")))
     folded = assemble(await drain(anthropic(upstream, client).stream("claude-x", ASK_WEATHER, timeout=5)))
@@ -294,7 +292,7 @@ async def test_streamed_tool_without_arguments_assembles_to_empty_object(
 
 
 async def test_unknown_events_and_thinking_blocks_are_ignored(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     frames = anthropic_stream("ok")
     extra = [
@@ -313,7 +311,7 @@ async def test_unknown_events_and_thinking_blocks_are_ignored(
 
 
 async def test_message_delta_without_usage_keeps_start_usage(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     frames = anthropic_stream("ok")
     delta = anthropic_event(
@@ -324,7 +322,7 @@ async def test_message_delta_without_usage_keeps_start_usage(
     assert folded.usage == Usage(input_tokens=12, output_tokens=1)
 
 
-async def test_overloaded_error_event_mid_stream(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_overloaded_error_event_mid_stream(upstream: FakeUpstream, client: UpstreamClient) -> None:
     frames = anthropic_stream("partial answer")
     upstream.enqueue(
         sse_reply(*frames[:4], sse_event(anthropic_error("overloaded_error", "Overloaded"), event="error"))
@@ -337,15 +335,13 @@ async def test_overloaded_error_event_mid_stream(upstream: FakeUpstream, client:
     assert assemble(received).text == "partial answer"
 
 
-async def test_stream_without_message_stop(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_stream_without_message_stop(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(sse_reply(*anthropic_stream("cut")[:-1]))
     with pytest.raises(UpstreamProtocolError, match="message_stop"):
         await drain(anthropic(upstream, client).stream("claude-x", HELLO, timeout=5))
 
 
-async def test_streamed_tool_input_that_is_not_json(
-    upstream: FakeUpstream, client: httpx.AsyncClient
-) -> None:
+async def test_streamed_tool_input_that_is_not_json(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         sse_reply(*anthropic_stream(tool_uses=[("toolu_a", "f", ['{"a": '])], stop_reason="tool_use"))
     )
@@ -373,7 +369,7 @@ async def test_streamed_tool_input_that_is_not_json(
 )
 async def test_error_classification(
     upstream: FakeUpstream,
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     status: int,
     type_: str,
     message: str,
@@ -388,6 +384,6 @@ async def test_error_classification(
     assert message in (caught.value.body or "")
 
 
-async def test_no_embeddings(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_no_embeddings(upstream: FakeUpstream, client: UpstreamClient) -> None:
     with pytest.raises(UpstreamBadRequest, match="embeddings"):
         await anthropic(upstream, client).embed("claude-x", EmbedRequest(inputs=("x",)), timeout=5)

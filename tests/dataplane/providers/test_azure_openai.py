@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from dataplane.chat import EmbedRequest, FinishReason
 from dataplane.errors import ContentFiltered, ProviderError, RateLimited, UpstreamAuthFailed
 from dataplane.providers.base import ProviderAdapter
+from dataplane.upstream import UpstreamClient
 
 from .canned import openai_completion, openai_text_stream
 from .fakes import FakeUpstream, json_reply, sse_reply
@@ -15,13 +15,13 @@ from .samples import HELLO
 from .streams import CREDENTIAL, assemble, drain, make_adapter
 
 
-def azure(upstream: FakeUpstream, client: httpx.AsyncClient, **settings: str) -> ProviderAdapter:
+def azure(upstream: FakeUpstream, client: UpstreamClient, **settings: str) -> ProviderAdapter:
     return make_adapter(
         "azure_openai", upstream.base_url, client, settings={"api_version": "2024-10-21", **settings}
     )
 
 
-async def test_deployment_url_and_headers(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_deployment_url_and_headers(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(openai_completion("Hi")))
     response = await azure(upstream, client).complete("gpt4o-prod", HELLO, timeout=5)
     assert response.message.text == "Hi"
@@ -33,7 +33,7 @@ async def test_deployment_url_and_headers(upstream: FakeUpstream, client: httpx.
     assert "model" not in sent.json
 
 
-async def test_pinned_deployment_and_stream(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_pinned_deployment_and_stream(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(sse_reply(*openai_text_stream("Hi", " there")))
     adapter = azure(upstream, client, deployment="pinned", api_version="2025-01-01-preview")
     folded = assemble(await drain(adapter.stream("ignored", HELLO, timeout=5)))
@@ -44,7 +44,7 @@ async def test_pinned_deployment_and_stream(upstream: FakeUpstream, client: http
     assert upstream.last.json["stream_options"] == {"include_usage": True}
 
 
-async def test_embeddings(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_embeddings(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply({"data": [{"index": 0, "embedding": [0.25]}], "usage": {"prompt_tokens": 1}}))
     result = await azure(upstream, client).embed("embed-deploy", EmbedRequest(inputs=("a",)), timeout=5)
     assert result.vectors == ((0.25,),)
@@ -91,7 +91,7 @@ async def test_embeddings(upstream: FakeUpstream, client: httpx.AsyncClient) -> 
 )
 async def test_error_classification(
     upstream: FakeUpstream,
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     status: int,
     body: dict[str, object],
     headers: dict[str, str],

@@ -10,7 +10,6 @@ import time
 from importlib import resources
 
 import grpc
-import httpx
 import pytest
 
 from dataplane.config.model import DEFAULT_FALLBACK_ON
@@ -38,6 +37,7 @@ from dataplane.providers.classify import (
     protocol_error,
     redact_credential,
 )
+from dataplane.upstream import errors as upstream_errors
 
 
 def test_retry_after_forms() -> None:
@@ -103,12 +103,12 @@ def test_retry_delay_in_the_body_is_used_when_no_header() -> None:
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
-        (httpx.ConnectTimeout("t"), UpstreamTimeout),
-        (httpx.ReadTimeout("t"), UpstreamTimeout),
-        (httpx.ConnectError("c"), UpstreamUnavailable),
-        (httpx.RemoteProtocolError("r"), UpstreamProtocolError),
-        (httpx.ReadError("r"), UpstreamUnavailable),
-        (httpx.DecodingError("d"), UpstreamProtocolError),
+        (upstream_errors.ConnectTimeout("t"), UpstreamTimeout),
+        (upstream_errors.ReadTimeout("t"), UpstreamTimeout),
+        (upstream_errors.ConnectError("c"), UpstreamUnavailable),
+        (upstream_errors.RemoteProtocolError("r"), UpstreamProtocolError),
+        (upstream_errors.ReadError("r"), UpstreamUnavailable),
+        (upstream_errors.DecodingError("d"), UpstreamProtocolError),
         (TimeoutError(), UpstreamTimeout),
     ],
 )

@@ -15,7 +15,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import httpx
 import pytest
 
 from dataplane.chat import ChatResponse, FinishReason, Role, StreamChunk
@@ -27,6 +26,7 @@ from dataplane.errors import (
 )
 from dataplane.providers.base import ProviderAdapter
 from dataplane.providers.registry import adapter_types
+from dataplane.upstream import UpstreamClient
 from tests.helpers import eventually
 
 from . import canned
@@ -67,7 +67,7 @@ class Wire:
     """This provider's error body for an internal failure."""
     settings: dict[str, str] = field(default_factory=dict)
 
-    def adapter(self, base_url: str, client: httpx.AsyncClient) -> ProviderAdapter:
+    def adapter(self, base_url: str, client: UpstreamClient) -> ProviderAdapter:
         return make_adapter(self.type_name, base_url + self.path, client, settings=self.settings)
 
 
@@ -163,12 +163,12 @@ def test_every_registered_type_is_covered() -> None:
 
 
 @pytest.mark.parametrize("type_name", ["azure_openai", "openai_compatible", "simulated"])
-def test_types_without_a_default_url_need_one(client: httpx.AsyncClient, type_name: str) -> None:
+def test_types_without_a_default_url_need_one(client: UpstreamClient, type_name: str) -> None:
     with pytest.raises(ValueError, match="base_url"):
         make_adapter(type_name, "", client)
 
 
-def test_types_with_a_default_url_use_it(client: httpx.AsyncClient) -> None:
+def test_types_with_a_default_url_use_it(client: UpstreamClient) -> None:
     adapter = make_adapter("anthropic", "", client)
     assert adapter.base_url == "https://api.anthropic.com"  # type: ignore[attr-defined]
 
@@ -186,7 +186,7 @@ def _shape(response: ChatResponse) -> tuple[object, ...]:
 
 @by_type
 async def test_same_request_same_normalized_response(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(wire.text(), wire.tool())
     adapter = wire.adapter(upstream.base_url, client)
@@ -205,7 +205,7 @@ async def test_same_request_same_normalized_response(
 
 @by_type
 async def test_same_request_same_normalized_stream(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(
         wire.stream_reply(*wire.text_stream(["Hel", "lo!"])), wire.stream_reply(*wire.tool_stream())
@@ -227,9 +227,7 @@ async def test_same_request_same_normalized_stream(
 
 
 @by_type
-async def test_unknown_events_are_ignored(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
-) -> None:
+async def test_unknown_events_are_ignored(wire: Wire, upstream: FakeUpstream, client: UpstreamClient) -> None:
     frames = wire.text_stream(["Hel", "lo!"])
     upstream.enqueue(wire.stream_reply(frames[0], wire.unknown_event, *frames[1:]))
     folded = assemble(await drain(wire.adapter(upstream.base_url, client).stream("m", HELLO, timeout=5)))
@@ -253,7 +251,7 @@ async def _first_text(stream: object) -> StreamChunk:
 
 @by_type
 async def test_first_chunk_arrives_before_the_upstream_finishes(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     release = asyncio.Event()
     head, tail = _through_first_piece(wire.text_stream(["first", "second"]), "first")
@@ -266,7 +264,7 @@ async def test_first_chunk_arrives_before_the_upstream_finishes(
 
 @by_type
 async def test_closing_the_stream_closes_the_upstream(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     head, _ = _through_first_piece(wire.text_stream(["first", "second"]), "first")
     upstream.enqueue(wire.stream_reply(*head, HANG))
@@ -278,7 +276,7 @@ async def test_closing_the_stream_closes_the_upstream(
 
 @by_type
 async def test_cancelling_the_consumer_closes_the_upstream(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     head, _ = _through_first_piece(wire.text_stream(["first", "second"]), "first")
     upstream.enqueue(wire.stream_reply(*head, HANG))
@@ -299,7 +297,7 @@ async def test_cancelling_the_consumer_closes_the_upstream(
 
 
 @by_type
-async def test_truncated_json_body(wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_truncated_json_body(wire: Wire, upstream: FakeUpstream, client: UpstreamClient) -> None:
     body = bytes(wire.text().body[0])  # type: ignore[arg-type]
     upstream.enqueue(
         raw_reply(body[: len(body) // 2].decode()), raw_reply("<html>oops</html>", 200, "text/html")
@@ -313,7 +311,7 @@ async def test_truncated_json_body(wire: Wire, upstream: FakeUpstream, client: h
 
 @by_type
 async def test_stream_ending_before_its_terminator(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     head, _ = _through_first_piece(wire.text_stream(["first", "second"]), "first")
     upstream.enqueue(wire.stream_reply(*head))
@@ -324,7 +322,7 @@ async def test_stream_ending_before_its_terminator(
 
 
 @by_type
-async def test_stream_broken_mid_event(wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_stream_broken_mid_event(wire: Wire, upstream: FakeUpstream, client: UpstreamClient) -> None:
     head, tail = _through_first_piece(wire.text_stream(["first", "second"]), "first")
     half = bytes(tail[0])  # type: ignore[arg-type]
     upstream.enqueue(wire.stream_reply(*head, half[: len(half) // 2], ABORT))
@@ -333,7 +331,7 @@ async def test_stream_broken_mid_event(wire: Wire, upstream: FakeUpstream, clien
 
 
 @by_type
-async def test_truncated_json_event(wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_truncated_json_event(wire: Wire, upstream: FakeUpstream, client: UpstreamClient) -> None:
     frames = wire.text_stream(["first", "second"])
     broken = frames[0][: len(frames[0]) // 2].rstrip(b"\n") + b"\n\n"
     upstream.enqueue(wire.stream_reply(broken, *frames[1:]))
@@ -343,7 +341,7 @@ async def test_truncated_json_event(wire: Wire, upstream: FakeUpstream, client: 
 
 @by_type
 async def test_unreachable_and_silent_upstreams(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     refused = wire.adapter(closed_port_url(), client)
     with pytest.raises(UpstreamUnavailable):
@@ -360,7 +358,7 @@ async def test_unreachable_and_silent_upstreams(
 
 @by_type
 async def test_errors_never_carry_the_credential(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     from .streams import CREDENTIAL
 
@@ -374,7 +372,7 @@ async def test_errors_never_carry_the_credential(
 
 @by_type
 async def test_ok_status_with_an_error_body(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(json_reply(wire.server_error), json_reply(wire.server_error))
     adapter = wire.adapter(upstream.base_url, client)
@@ -389,7 +387,7 @@ async def test_ok_status_with_an_error_body(
 
 @by_type
 async def test_ok_status_with_an_html_page(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(raw_reply("<html><body>Gateway says hi</body></html>\n", 200, "text/html"))
     with pytest.raises(UpstreamProtocolError):
@@ -411,7 +409,7 @@ WRONG_SHAPE = {
 
 @by_type
 async def test_wrong_shapes_are_protocol_errors(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     stream_line = b"data: " + json.dumps(WRONG_SHAPE).encode() + b"\n\n"
     if wire.stream_reply is ndjson_reply:
@@ -426,7 +424,7 @@ async def test_wrong_shapes_are_protocol_errors(
 
 @by_type
 async def test_configured_timeout_caps_the_callers(
-    wire: Wire, upstream: FakeUpstream, client: httpx.AsyncClient
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(Reply(body=(HANG,)))
     adapter = make_adapter(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from dataplane.chat import (
@@ -29,6 +28,7 @@ from dataplane.errors import (
     UpstreamUnavailable,
 )
 from dataplane.providers.base import ProviderAdapter
+from dataplane.upstream import UpstreamClient
 
 from .canned import gemini_error, gemini_response, gemini_stream
 from .fakes import FakeUpstream, json_reply, sse_event, sse_reply
@@ -38,11 +38,11 @@ from .streams import CREDENTIAL, assemble, drain, make_adapter
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
-def gemini(upstream: FakeUpstream, client: httpx.AsyncClient) -> ProviderAdapter:
+def gemini(upstream: FakeUpstream, client: UpstreamClient) -> ProviderAdapter:
     return make_adapter("gemini", upstream.base_url + "/v1beta", client)
 
 
-async def test_plain_answer_and_request_shape(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_plain_answer_and_request_shape(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply(
             gemini_response(
@@ -85,7 +85,7 @@ async def test_plain_answer_and_request_shape(upstream: FakeUpstream, client: ht
     }
 
 
-async def test_tool_round_trip_translation(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_tool_round_trip_translation(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(gemini_response("Both sunny.")))
     await gemini(upstream, client).complete("gemini-x", TOOL_ROUND_TRIP, timeout=5)
     body = upstream.last.json
@@ -139,7 +139,7 @@ async def test_tool_round_trip_translation(upstream: FakeUpstream, client: httpx
     ],
 )
 async def test_tool_config_modes(
-    upstream: FakeUpstream, client: httpx.AsyncClient, choice: ToolChoice, expected: dict[str, object]
+    upstream: FakeUpstream, client: UpstreamClient, choice: ToolChoice, expected: dict[str, object]
 ) -> None:
     upstream.enqueue(json_reply(gemini_response()))
     request = ChatRequest(messages=ASK_WEATHER.messages, tools=ASK_WEATHER.tools, tool_choice=choice)
@@ -147,9 +147,7 @@ async def test_tool_config_modes(
     assert upstream.last.json["toolConfig"] == {"functionCallingConfig": expected}
 
 
-async def test_json_tool_result_is_sent_as_an_object(
-    upstream: FakeUpstream, client: httpx.AsyncClient
-) -> None:
+async def test_json_tool_result_is_sent_as_an_object(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(gemini_response()))
     messages = (
         *TOOL_ROUND_TRIP.messages[:4],
@@ -161,7 +159,7 @@ async def test_json_tool_result_is_sent_as_an_object(
 
 
 async def test_tool_result_for_an_unknown_call_is_a_bad_request(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     request = ChatRequest(
         messages=(user("hi"), Message(role=Role.TOOL, tool_call_id="nope", content=(TextPart("x"),)))
@@ -170,7 +168,7 @@ async def test_tool_result_for_an_unknown_call_is_a_bad_request(
         await gemini(upstream, client).complete("gemini-x", request, timeout=5)
 
 
-async def test_images(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_images(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(gemini_response("A cat.")))
     await gemini(upstream, client).complete("gemini-x", WITH_IMAGES, timeout=5)
     assert upstream.last.json["contents"][0]["parts"] == [
@@ -180,9 +178,7 @@ async def test_images(upstream: FakeUpstream, client: httpx.AsyncClient) -> None
     ]
 
 
-async def test_function_call_with_stop_is_tool_calls(
-    upstream: FakeUpstream, client: httpx.AsyncClient
-) -> None:
+async def test_function_call_with_stop_is_tool_calls(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply(gemini_response(None, calls=[("get_weather", {"city": "Paris"})], finish_reason="STOP"))
     )
@@ -205,7 +201,7 @@ async def test_function_call_with_stop_is_tool_calls(
     ],
 )
 async def test_finish_reasons(
-    upstream: FakeUpstream, client: httpx.AsyncClient, reason: str, expected: FinishReason
+    upstream: FakeUpstream, client: UpstreamClient, reason: str, expected: FinishReason
 ) -> None:
     upstream.enqueue(json_reply(gemini_response("x", finish_reason=reason)))
     response = await gemini(upstream, client).complete("gemini-x", HELLO, timeout=5)
@@ -213,14 +209,14 @@ async def test_finish_reasons(
 
 
 async def test_malformed_function_call_is_a_protocol_error(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(json_reply(gemini_response(None, finish_reason="MALFORMED_FUNCTION_CALL")))
     with pytest.raises(UpstreamProtocolError, match="MALFORMED_FUNCTION_CALL"):
         await gemini(upstream, client).complete("gemini-x", ASK_WEATHER, timeout=5)
 
 
-async def test_blocked_prompt_is_content_filtered(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_blocked_prompt_is_content_filtered(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 5}})
     )
@@ -228,9 +224,7 @@ async def test_blocked_prompt_is_content_filtered(upstream: FakeUpstream, client
         await gemini(upstream, client).complete("gemini-x", HELLO, timeout=5)
 
 
-async def test_streamed_text_uses_last_usage_snapshot(
-    upstream: FakeUpstream, client: httpx.AsyncClient
-) -> None:
+async def test_streamed_text_uses_last_usage_snapshot(upstream: FakeUpstream, client: UpstreamClient) -> None:
     frames = gemini_stream("Hel", "lo!", final_usage={"promptTokenCount": 12, "candidatesTokenCount": 4})
     upstream.enqueue(sse_reply(*frames))
     folded = assemble(await drain(gemini(upstream, client).stream("gemini-x", HELLO, timeout=5)))
@@ -241,9 +235,7 @@ async def test_streamed_text_uses_last_usage_snapshot(
     assert upstream.last.query == {"alt": "sse"}
 
 
-async def test_streamed_function_calls_arrive_whole(
-    upstream: FakeUpstream, client: httpx.AsyncClient
-) -> None:
+async def test_streamed_function_calls_arrive_whole(upstream: FakeUpstream, client: UpstreamClient) -> None:
     frames = gemini_stream(calls=[("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})])
     upstream.enqueue(sse_reply(*frames))
     folded = assemble(await drain(gemini(upstream, client).stream("gemini-x", ASK_WEATHER, timeout=5)))
@@ -254,13 +246,13 @@ async def test_streamed_function_calls_arrive_whole(
     assert folded.finish_reason is FinishReason.TOOL_CALLS
 
 
-async def test_stream_ending_before_finish_reason(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_stream_ending_before_finish_reason(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(sse_reply(*gemini_stream("cut", "off")[:-1]))
     with pytest.raises(UpstreamProtocolError, match="finishReason"):
         await drain(gemini(upstream, client).stream("gemini-x", HELLO, timeout=5))
 
 
-async def test_error_event_in_stream(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_error_event_in_stream(upstream: FakeUpstream, client: UpstreamClient) -> None:
     frames = gemini_stream("partial")
     upstream.enqueue(
         sse_reply(frames[0], sse_event(gemini_error(503, "UNAVAILABLE", "The model is overloaded.")))
@@ -312,7 +304,7 @@ async def test_error_event_in_stream(upstream: FakeUpstream, client: httpx.Async
 )
 async def test_error_classification(
     upstream: FakeUpstream,
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     status: int,
     body: dict[str, object],
     expected: type[ProviderError],
@@ -325,7 +317,7 @@ async def test_error_classification(
     assert caught.value.retry_after == retry_after
 
 
-async def test_embed_one_and_batch(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_embed_one_and_batch(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply({"embedding": {"values": [0.1, 0.2]}}),
         json_reply({"embeddings": [{"values": [1.0]}, {"values": [2.0]}]}),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 
 from dataplane.errors import RateLimited
 from dataplane.providers.registry import BUILTIN_ADAPTERS
+from dataplane.upstream import UpstreamClient
 
 from .hostile import HostileUpstream
 from .samples import HELLO
@@ -19,7 +19,7 @@ PATHS = {w.type_name: (w.path, w.settings) for w in WIRES}
 
 
 @pytest.mark.parametrize("type_name", sorted(BUILTIN_ADAPTERS))
-async def test_retry_after_and_slow_behaviours(type_name: str, client: httpx.AsyncClient) -> None:
+async def test_retry_after_and_slow_behaviours(type_name: str, client: UpstreamClient) -> None:
     async with HostileUpstream(type_name) as upstream:
         path, settings = PATHS[type_name]
         adapter = make_adapter(type_name, upstream.base_url + path, client, settings=settings)

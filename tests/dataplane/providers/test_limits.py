@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from dataplane.errors import UpstreamModelNotFound, UpstreamProtocolError
@@ -13,6 +12,7 @@ from dataplane.providers.transport import (
     BodyTooLarge,
     bounded_lines,
 )
+from dataplane.upstream import UpstreamClient
 
 from .canned import openai_chunk, openai_completion
 from .fakes import HANG, FakeUpstream, Reply, json_reply, ndjson_reply, sse_event, sse_reply
@@ -22,12 +22,12 @@ from .streams import drain, make_adapter
 MIB = 1024 * 1024
 
 
-def openai(upstream: FakeUpstream, client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
+def openai(upstream: FakeUpstream, client: UpstreamClient):  # type: ignore[no-untyped-def]
     return make_adapter("openai", upstream.base_url + "/v1", client)
 
 
 async def test_an_answer_declared_larger_than_the_limit_is_refused(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(Reply(body=(b" " * (MAX_BODY_BYTES + 1),)))  # sent with its Content-Length
     with pytest.raises(UpstreamProtocolError) as caught:
@@ -39,7 +39,7 @@ async def test_an_answer_declared_larger_than_the_limit_is_refused(
 
 
 async def test_an_undeclared_answer_is_cut_off_at_the_limit(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     # Chunked, no Content-Length: 1 MiB pieces until past the limit, then the upstream would hang.
     piece = b" " * MIB
@@ -48,7 +48,7 @@ async def test_an_undeclared_answer_is_cut_off_at_the_limit(
         await openai(upstream, client).complete("gpt-x", HELLO, timeout=10)
 
 
-async def test_an_answer_at_the_limit_is_read(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_an_answer_at_the_limit_is_read(upstream: FakeUpstream, client: UpstreamClient) -> None:
     body = json_reply(openai_completion("Hello!")).body[0]
     upstream.enqueue(Reply(body=(body + b" " * (MAX_BODY_BYTES - len(body)),)))
     response = await openai(upstream, client).complete("gpt-x", HELLO, timeout=10)
@@ -56,7 +56,7 @@ async def test_an_answer_at_the_limit_is_read(upstream: FakeUpstream, client: ht
 
 
 async def test_a_huge_error_answer_is_still_classified_from_its_status(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(Reply(status=404, body=(b"x" * MIB,) * 8 + (HANG,)))
     with pytest.raises(UpstreamModelNotFound) as caught:
@@ -65,9 +65,7 @@ async def test_a_huge_error_answer_is_still_classified_from_its_status(
     assert len(caught.value.body) < 600
 
 
-async def test_a_stream_line_without_end_is_refused(
-    upstream: FakeUpstream, client: httpx.AsyncClient
-) -> None:
+async def test_a_stream_line_without_end_is_refused(upstream: FakeUpstream, client: UpstreamClient) -> None:
     piece = b"x" * (256 * 1024)
     upstream.enqueue(sse_reply(b"data: ", *(piece,) * (MAX_EVENT_BYTES // len(piece) + 1), HANG))
     with pytest.raises(
@@ -76,9 +74,7 @@ async def test_a_stream_line_without_end_is_refused(
         await drain(openai(upstream, client).stream("gpt-x", HELLO, timeout=10))
 
 
-async def test_an_sse_event_of_many_lines_is_refused(
-    upstream: FakeUpstream, client: httpx.AsyncClient
-) -> None:
+async def test_an_sse_event_of_many_lines_is_refused(upstream: FakeUpstream, client: UpstreamClient) -> None:
     line = b"data: " + b"x" * 1024 + b"\n"  # never a blank line: one event that keeps growing
     upstream.enqueue(sse_reply(*(line * 64,) * (MAX_EVENT_BYTES // (64 * 1024) + 1), HANG))
     with pytest.raises(
@@ -87,9 +83,7 @@ async def test_an_sse_event_of_many_lines_is_refused(
         await drain(openai(upstream, client).stream("gpt-x", HELLO, timeout=10))
 
 
-async def test_an_ndjson_line_without_end_is_refused(
-    upstream: FakeUpstream, client: httpx.AsyncClient
-) -> None:
+async def test_an_ndjson_line_without_end_is_refused(upstream: FakeUpstream, client: UpstreamClient) -> None:
     adapter = make_adapter("ollama", upstream.base_url, client)
     piece = b"x" * (256 * 1024)
     upstream.enqueue(ndjson_reply(b'{"message": "', *(piece,) * (MAX_EVENT_BYTES // len(piece) + 1), HANG))
@@ -97,7 +91,7 @@ async def test_an_ndjson_line_without_end_is_refused(
         await drain(adapter.stream("llama", HELLO, timeout=10))
 
 
-async def test_events_below_the_limit_pass(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_events_below_the_limit_pass(upstream: FakeUpstream, client: UpstreamClient) -> None:
     big = "y" * (MAX_EVENT_BYTES - 4096)
     frames = [
         sse_event(openai_chunk({"content": big})),

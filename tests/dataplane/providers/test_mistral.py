@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import httpx
 import pytest
 
 from dataplane.chat import EmbedRequest, FinishReason, Usage
@@ -18,6 +17,7 @@ from dataplane.errors import (
 )
 from dataplane.providers.base import ProviderAdapter
 from dataplane.providers.mistral import mistral_tool_id
+from dataplane.upstream import UpstreamClient
 
 from .canned import openai_chunk, openai_completion
 from .fakes import FakeUpstream, json_reply, sse_event, sse_reply
@@ -25,7 +25,7 @@ from .samples import ASK_WEATHER, HELLO, PARIS_ARGS, TOOL_ROUND_TRIP
 from .streams import CREDENTIAL, assemble, drain, make_adapter
 
 
-def mistral(upstream: FakeUpstream, client: httpx.AsyncClient) -> ProviderAdapter:
+def mistral(upstream: FakeUpstream, client: UpstreamClient) -> ProviderAdapter:
     return make_adapter("mistral", upstream.base_url + "/v1", client)
 
 
@@ -38,7 +38,7 @@ def test_tool_ids_are_rewritten_stably_to_nine_alphanumerics() -> None:
     assert mistral_tool_id("D681PevKs") == "D681PevKs"
 
 
-async def test_request_fields_and_id_rewriting(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_request_fields_and_id_rewriting(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(openai_completion("ok")))
     await mistral(upstream, client).complete("mistral-large", TOOL_ROUND_TRIP, timeout=5)
     sent = upstream.last
@@ -58,7 +58,7 @@ async def test_request_fields_and_id_rewriting(upstream: FakeUpstream, client: h
     assert body["messages"][5]["tool_call_id"] == rome["id"]
 
 
-async def test_echoed_rewritten_ids_map_back(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_echoed_rewritten_ids_map_back(upstream: FakeUpstream, client: UpstreamClient) -> None:
     adapter = mistral(upstream, client)
     echoed = mistral_tool_id("call_abc123")
     upstream.enqueue(
@@ -74,7 +74,7 @@ async def test_echoed_rewritten_ids_map_back(upstream: FakeUpstream, client: htt
     assert response.message.tool_calls[0].id == "call_abc123"
 
 
-async def test_object_arguments_are_serialized(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_object_arguments_are_serialized(upstream: FakeUpstream, client: UpstreamClient) -> None:
     body = openai_completion(
         None, tool_calls=[("D681PevKs", "get_weather", PARIS_ARGS)], finish_reason="tool_calls"
     )
@@ -85,7 +85,7 @@ async def test_object_arguments_are_serialized(upstream: FakeUpstream, client: h
 
 
 async def test_stream_has_no_stream_options_and_usage_in_last_chunk(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     # Mistral: role null on later chunks, usage on the finishing chunk, whole tool calls.
     last = openai_chunk({"content": ""}, "tool_calls")
@@ -111,9 +111,7 @@ async def test_stream_has_no_stream_options_and_usage_in_last_chunk(
     assert "stream_options" not in upstream.last.json
 
 
-async def test_model_length_and_error_finish_reasons(
-    upstream: FakeUpstream, client: httpx.AsyncClient
-) -> None:
+async def test_model_length_and_error_finish_reasons(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply(openai_completion("cut", finish_reason="model_length")),
         json_reply(openai_completion("", finish_reason="error")),
@@ -178,7 +176,7 @@ async def test_model_length_and_error_finish_reasons(
 )
 async def test_error_classification(
     upstream: FakeUpstream,
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     status: int,
     body: dict[str, object],
     expected: type[ProviderError],
@@ -189,7 +187,7 @@ async def test_error_classification(
     assert type(caught.value) is expected
 
 
-async def test_flat_error_body_with_ok_status(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_flat_error_body_with_ok_status(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply({"object": "error", "message": "boom", "type": "internal_server_error", "code": "3000"})
     )
@@ -197,7 +195,7 @@ async def test_flat_error_body_with_ok_status(upstream: FakeUpstream, client: ht
         await mistral(upstream, client).complete("m", HELLO, timeout=5)
 
 
-async def test_embeddings_use_output_dimension(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_embeddings_use_output_dimension(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply(
             {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from dataplane.chat import (
@@ -24,6 +23,7 @@ from dataplane.errors import (
     UpstreamUnavailable,
 )
 from dataplane.providers.base import ProviderAdapter
+from dataplane.upstream import UpstreamClient
 
 from .canned import ollama_response, ollama_stream
 from .fakes import FakeUpstream, json_reply, ndjson_line, ndjson_reply
@@ -31,12 +31,12 @@ from .samples import ASK_WEATHER, HELLO, PARIS_ARGS, TOOL_ROUND_TRIP, WITH_IMAGE
 from .streams import assemble, drain, make_adapter
 
 
-def ollama(upstream: FakeUpstream, client: httpx.AsyncClient) -> ProviderAdapter:
+def ollama(upstream: FakeUpstream, client: UpstreamClient) -> ProviderAdapter:
     return make_adapter("ollama", upstream.base_url, client, credential=None)
 
 
 async def test_plain_answer_sends_stream_false_and_options(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(json_reply(ollama_response("Hello!", prompt_eval_count=20, eval_count=4)))
     request = ChatRequest(
@@ -59,7 +59,7 @@ async def test_plain_answer_sends_stream_false_and_options(
     }
 
 
-async def test_tool_round_trip_translation(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_tool_round_trip_translation(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(ollama_response("Both sunny.")))
     await ollama(upstream, client).complete("llama3.2", TOOL_ROUND_TRIP, timeout=5)
     messages = upstream.last.json["messages"]
@@ -73,7 +73,7 @@ async def test_tool_round_trip_translation(upstream: FakeUpstream, client: httpx
     assert upstream.last.json["tools"][0]["function"]["name"] == "get_weather"
 
 
-async def test_images_must_be_inline(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_images_must_be_inline(upstream: FakeUpstream, client: UpstreamClient) -> None:
     with pytest.raises(UpstreamBadRequest, match="inline"):
         await ollama(upstream, client).complete("llava", WITH_IMAGES, timeout=5)
     upstream.enqueue(json_reply(ollama_response("A cat.")))
@@ -85,7 +85,7 @@ async def test_images_must_be_inline(upstream: FakeUpstream, client: httpx.Async
 
 
 async def test_stream_reports_untranslatable_requests_when_iterated(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     stream = ollama(upstream, client).stream("llava", WITH_IMAGES, timeout=5)  # building it never raises
     with pytest.raises(UpstreamBadRequest):
@@ -93,7 +93,7 @@ async def test_stream_reports_untranslatable_requests_when_iterated(
     assert upstream.requests == []
 
 
-async def test_tool_calls_with_stop_and_no_ids(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_tool_calls_with_stop_and_no_ids(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(ollama_response("", calls=[("get_weather", {"city": "Paris"})])))
     response = await ollama(upstream, client).complete("llama3.2", ASK_WEATHER, timeout=5)
     assert response.finish_reason is FinishReason.TOOL_CALLS
@@ -102,14 +102,14 @@ async def test_tool_calls_with_stop_and_no_ids(upstream: FakeUpstream, client: h
     assert (call.name, call.arguments) == ("get_weather", PARIS_ARGS)
 
 
-async def test_length_done_reason(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_length_done_reason(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(ollama_response("cut", done_reason="length")))
     assert (
         await ollama(upstream, client).complete("m", HELLO, timeout=5)
     ).finish_reason is FinishReason.LENGTH
 
 
-async def test_streamed_answer(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_streamed_answer(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(ndjson_reply(*ollama_stream("Hel", "lo!", eval_count=2)))
     folded = assemble(await drain(ollama(upstream, client).stream("llama3.2", HELLO, timeout=5)))
     assert folded.text == "Hello!"
@@ -118,7 +118,7 @@ async def test_streamed_answer(upstream: FakeUpstream, client: httpx.AsyncClient
     assert upstream.last.json["stream"] is True
 
 
-async def test_streamed_tool_calls(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_streamed_tool_calls(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         ndjson_reply(
             *ollama_stream(calls=[("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})])
@@ -132,7 +132,7 @@ async def test_streamed_tool_calls(upstream: FakeUpstream, client: httpx.AsyncCl
     assert folded.finish_reason is FinishReason.TOOL_CALLS
 
 
-async def test_error_line_mid_stream(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_error_line_mid_stream(upstream: FakeUpstream, client: UpstreamClient) -> None:
     lines = ollama_stream("partial")
     upstream.enqueue(ndjson_reply(lines[0], ndjson_line({"error": "an unexpected error occurred"})))
     received: list[StreamChunk] = []
@@ -141,13 +141,13 @@ async def test_error_line_mid_stream(upstream: FakeUpstream, client: httpx.Async
     assert assemble(received).text == "partial"
 
 
-async def test_stream_without_done_line(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_stream_without_done_line(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(ndjson_reply(*ollama_stream("cut")[:-1]))
     with pytest.raises(UpstreamProtocolError, match="done"):
         await drain(ollama(upstream, client).stream("llama3.2", HELLO, timeout=5))
 
 
-async def test_model_not_found(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_model_not_found(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply({"error": "model 'nope' not found"}, 404))
     # The deployment's model is missing upstream: its failure (another deployment may serve), not the caller's.
     with pytest.raises(UpstreamModelNotFound) as caught:
@@ -156,7 +156,7 @@ async def test_model_not_found(upstream: FakeUpstream, client: httpx.AsyncClient
     assert "nope" not in str(caught.value)
 
 
-async def test_embeddings(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_embeddings(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply({"model": "all-minilm", "embeddings": [[0.1, 0.2], [0.3, 0.4]], "prompt_eval_count": 6})
     )

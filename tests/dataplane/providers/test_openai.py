@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from dataplane.chat import (
@@ -28,6 +27,7 @@ from dataplane.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
+from dataplane.upstream import UpstreamClient
 
 from .canned import openai_chunk, openai_completion, openai_text_stream
 from .fakes import (
@@ -41,11 +41,11 @@ from .samples import ASK_WEATHER, HELLO, PARIS_ARGS, TOOL_ROUND_TRIP, WITH_IMAGE
 from .streams import CREDENTIAL, assemble, drain, make_adapter
 
 
-def openai(upstream: FakeUpstream, client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
+def openai(upstream: FakeUpstream, client: UpstreamClient):  # type: ignore[no-untyped-def]
     return make_adapter("openai", upstream.base_url + "/v1", client)
 
 
-async def test_plain_answer_and_request_shape(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_plain_answer_and_request_shape(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply(
             openai_completion(
@@ -84,7 +84,7 @@ async def test_plain_answer_and_request_shape(upstream: FakeUpstream, client: ht
     }
 
 
-async def test_tool_round_trip_request(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_tool_round_trip_request(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(openai_completion("Done.")))
     await openai(upstream, client).complete("gpt-4o", TOOL_ROUND_TRIP, timeout=5)
     body = upstream.last.json
@@ -114,7 +114,7 @@ async def test_tool_round_trip_request(upstream: FakeUpstream, client: httpx.Asy
     assert "max_tokens" not in body
 
 
-async def test_named_tool_choice_and_json_schema(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_named_tool_choice_and_json_schema(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(openai_completion("{}")))
     request = ChatRequest(
         messages=HELLO.messages,
@@ -133,7 +133,7 @@ async def test_named_tool_choice_and_json_schema(upstream: FakeUpstream, client:
     }
 
 
-async def test_images_become_image_url_parts(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_images_become_image_url_parts(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(openai_completion("A cat.")))
     await openai(upstream, client).complete("gpt-4o", WITH_IMAGES, timeout=5)
     content = upstream.last.json["messages"][0]["content"]
@@ -144,7 +144,7 @@ async def test_images_become_image_url_parts(upstream: FakeUpstream, client: htt
     ]
 
 
-async def test_tool_call_answer(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_tool_call_answer(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply(
             openai_completion(
@@ -159,7 +159,7 @@ async def test_tool_call_answer(upstream: FakeUpstream, client: httpx.AsyncClien
     assert (call.id, call.name, call.arguments) == ("call_1", "get_weather", PARIS_ARGS)
 
 
-async def test_streamed_answer_with_usage_chunk(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_streamed_answer_with_usage_chunk(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         sse_reply(*openai_text_stream("Hel", "lo!", usage={"prompt_tokens": 9, "completion_tokens": 2}))
     )
@@ -174,7 +174,7 @@ async def test_streamed_answer_with_usage_chunk(upstream: FakeUpstream, client: 
     assert body["stream_options"] == {"include_usage": True}
 
 
-async def test_streamed_parallel_tool_calls(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_streamed_parallel_tool_calls(upstream: FakeUpstream, client: UpstreamClient) -> None:
     def call_start(index: int, call_id: str) -> dict[str, object]:
         return {
             "index": index,
@@ -209,7 +209,7 @@ async def test_streamed_parallel_tool_calls(upstream: FakeUpstream, client: http
     assert folded.usage == Usage(input_tokens=30, output_tokens=20)
 
 
-async def test_unknown_chunk_fields_are_tolerated(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_unknown_chunk_fields_are_tolerated(upstream: FakeUpstream, client: UpstreamClient) -> None:
     chunk = openai_chunk({"content": "ok", "obfuscation": "xyz"})
     chunk["system_fingerprint"] = "fp"
     upstream.enqueue(
@@ -221,7 +221,7 @@ async def test_unknown_chunk_fields_are_tolerated(upstream: FakeUpstream, client
     assert folded.text == "ok"
 
 
-async def test_embeddings(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_embeddings(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply(
             {
@@ -320,7 +320,7 @@ def openai_error(message: str, type_: str, code: str | None) -> dict[str, object
 )
 async def test_error_classification(
     upstream: FakeUpstream,
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     status: int,
     body: dict[str, object] | None,
     headers: dict[str, str],
@@ -347,7 +347,7 @@ async def test_error_classification(
         assert str(body["error"]["message"]) not in str(error)  # type: ignore[index]
 
 
-async def test_retry_after_http_date(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_retry_after_http_date(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply(
             openai_error("slow down", "requests", "rate_limit_exceeded"),
@@ -366,19 +366,19 @@ async def test_quota_is_not_retryable_but_rate_limit_is() -> None:
     assert RateLimited.retryable
 
 
-async def test_ok_status_with_error_body(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_ok_status_with_error_body(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply(openai_error("upstream worker died", "server_error", None)))
     with pytest.raises(UpstreamUnavailable):
         await openai(upstream, client).complete("gpt-4o", HELLO, timeout=5)
 
 
-async def test_body_without_choices(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_body_without_choices(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply({"id": "x", "object": "chat.completion"}))
     with pytest.raises(UpstreamProtocolError):
         await openai(upstream, client).complete("gpt-4o", HELLO, timeout=5)
 
 
-async def test_stream_error_event_mid_stream(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_stream_error_event_mid_stream(upstream: FakeUpstream, client: UpstreamClient) -> None:
     frames = openai_text_stream("partial")
     upstream.enqueue(
         sse_reply(
@@ -391,14 +391,14 @@ async def test_stream_error_event_mid_stream(upstream: FakeUpstream, client: htt
     assert assemble(received).text == "partial"
 
 
-async def test_stream_ending_without_done(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_stream_ending_without_done(upstream: FakeUpstream, client: UpstreamClient) -> None:
     frames = openai_text_stream("partial")
     upstream.enqueue(sse_reply(frames[0], frames[1]))
     with pytest.raises(UpstreamProtocolError, match=r"\[DONE\]"):
         await drain(openai(upstream, client).stream("gpt-4o", HELLO, timeout=5))
 
 
-async def test_stream_http_error_status(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_stream_http_error_status(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(
         json_reply(openai_error("Rate limit", "requests", "rate_limit_exceeded"), 429, {"retry-after": "3"})
     )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from dataplane.chat import ChatRequest, EmbedRequest, FinishReason, ToolChoice, Usage
 from dataplane.errors import UpstreamBadRequest, UpstreamProtocolError, UpstreamUnavailable
 from dataplane.providers.registry import adapter_types
+from dataplane.upstream import UpstreamClient
 
 from .canned import openai_chunk, openai_completion, openai_text_stream
 from .fakes import (
@@ -22,7 +22,7 @@ from .streams import assemble, drain, make_adapter
 
 @pytest.mark.parametrize("type_name", ["openai_compatible", "simulated"])
 async def test_plain_answer_uses_max_tokens_and_system_role(
-    upstream: FakeUpstream, client: httpx.AsyncClient, type_name: str
+    upstream: FakeUpstream, client: UpstreamClient, type_name: str
 ) -> None:
     upstream.enqueue(json_reply(openai_completion("Hi")))
     adapter = make_adapter(type_name, upstream.base_url + "/v1", client, credential=None)
@@ -41,7 +41,7 @@ def test_simulated_is_registered() -> None:
     assert {"openai", "openai_compatible", "simulated"} <= adapter_types()
 
 
-async def test_stream_usage_can_be_turned_off(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_stream_usage_can_be_turned_off(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(sse_reply(*openai_text_stream("ok")))
     adapter = make_adapter(
         "openai_compatible", upstream.base_url + "/v1", client, settings={"stream_usage": "false"}
@@ -51,7 +51,7 @@ async def test_stream_usage_can_be_turned_off(upstream: FakeUpstream, client: ht
 
 
 async def test_whole_tool_calls_all_at_index_zero_and_stop_reason(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     # Some servers send each complete call in one chunk, all with index 0, then say "stop".
     def whole(call_id: str, city: str) -> dict[str, object]:
@@ -81,7 +81,7 @@ async def test_whole_tool_calls_all_at_index_zero_and_stop_reason(
 
 
 async def test_tool_calls_with_stop_reason_and_missing_ids(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     body = openai_completion(None, tool_calls=[("", "get_weather", PARIS_ARGS)], finish_reason="stop")
     upstream.enqueue(json_reply(body))
@@ -112,7 +112,7 @@ async def test_tool_calls_with_stop_reason_and_missing_ids(
 )
 async def test_error_shapes(
     upstream: FakeUpstream,
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     status: int,
     body: dict[str, object],
     expected: type[Exception],
@@ -123,7 +123,7 @@ async def test_error_shapes(
         await adapter.complete("m", HELLO, timeout=5)
 
 
-async def test_embeddings(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_embeddings(upstream: FakeUpstream, client: UpstreamClient) -> None:
     upstream.enqueue(json_reply({"data": [{"index": 0, "embedding": [1.0, 2.0]}], "model": "bge"}))
     adapter = make_adapter("openai_compatible", upstream.base_url + "/v1", client)
     result = await adapter.embed("bge", EmbedRequest(inputs=("x",)), timeout=5)
@@ -133,7 +133,7 @@ async def test_embeddings(upstream: FakeUpstream, client: httpx.AsyncClient) -> 
 
 
 async def test_embeddings_count_mismatch_is_a_protocol_error(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(json_reply({"data": [], "usage": {"prompt_tokens": 1}}))
     adapter = make_adapter("openai_compatible", upstream.base_url + "/v1", client)
@@ -142,7 +142,7 @@ async def test_embeddings_count_mismatch_is_a_protocol_error(
 
 
 async def test_auto_tool_choice_is_left_to_the_server_default(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(json_reply(openai_completion("ok")), json_reply(openai_completion("ok")))
     adapter = make_adapter("openai_compatible", upstream.base_url + "/v1", client)
@@ -159,7 +159,7 @@ async def test_auto_tool_choice_is_left_to_the_server_default(
 
 
 async def test_continuous_usage_on_every_chunk_is_not_summed(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     # vLLM's continuous_usage_stats puts a running total on every chunk.
     def with_usage(chunk: dict[str, object], completion: int) -> bytes:

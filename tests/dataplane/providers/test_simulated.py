@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from dataplane.chat import ChatRequest, EmbedRequest, FinishReason, ToolChoice
 from dataplane.errors import RateLimited
 from dataplane.providers.base import ProviderAdapter
+from dataplane.upstream import UpstreamClient
 from signalbox.shell.simulator import Behaviour, Simulator
 
 from .samples import ASK_WEATHER, HELLO, user
@@ -22,11 +22,11 @@ async def simulator() -> AsyncIterator[Simulator]:
         yield sim
 
 
-def simulated(sim: Simulator, client: httpx.AsyncClient) -> ProviderAdapter:
+def simulated(sim: Simulator, client: UpstreamClient) -> ProviderAdapter:
     return make_adapter("simulated", sim.base_url + "/v1", client)
 
 
-async def test_plain_and_streamed_answers_agree(simulator: Simulator, client: httpx.AsyncClient) -> None:
+async def test_plain_and_streamed_answers_agree(simulator: Simulator, client: UpstreamClient) -> None:
     adapter = simulated(simulator, client)
     plain = await adapter.complete("sim-fast", HELLO, timeout=5)
     streamed = assemble(await drain(adapter.stream("sim-fast", HELLO, timeout=5)))
@@ -37,7 +37,7 @@ async def test_plain_and_streamed_answers_agree(simulator: Simulator, client: ht
     assert streamed.usage == plain.usage  # we ask for include_usage, so the usage chunk comes
 
 
-async def test_tool_call_plain_and_streamed(simulator: Simulator, client: httpx.AsyncClient) -> None:
+async def test_tool_call_plain_and_streamed(simulator: Simulator, client: UpstreamClient) -> None:
     adapter = simulated(simulator, client)
     request = ChatRequest(
         messages=(user("Weather in Paris?"),),
@@ -52,13 +52,13 @@ async def test_tool_call_plain_and_streamed(simulator: Simulator, client: httpx.
     assert streamed.finish_reason is FinishReason.TOOL_CALLS
 
 
-async def test_embeddings(simulator: Simulator, client: httpx.AsyncClient) -> None:
+async def test_embeddings(simulator: Simulator, client: UpstreamClient) -> None:
     result = await simulated(simulator, client).embed("sim-embed", EmbedRequest(inputs=("a", "b")), timeout=5)
     assert len(result.vectors) == 2
     assert len(result.vectors[0]) > 0
 
 
-async def test_simulated_rate_limit(simulator: Simulator, client: httpx.AsyncClient) -> None:
+async def test_simulated_rate_limit(simulator: Simulator, client: UpstreamClient) -> None:
     simulator.set_behaviour("sim-fast", Behaviour(fail_status=429, retry_after=2))
     with pytest.raises(RateLimited) as caught:
         await simulated(simulator, client).complete("sim-fast", HELLO, timeout=5)

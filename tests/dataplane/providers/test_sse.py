@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
-
 from dataplane.chat import FinishReason
 from dataplane.providers.sse import SSEDecoder, SSEEvent
+from dataplane.upstream import UpstreamClient
 
 from .canned import gemini_stream
 from .fakes import FakeUpstream, sse_reply
@@ -41,7 +40,7 @@ def test_blank_lines_alone_dispatch_nothing() -> None:
     assert decode("", "", ": comment", "") == []
 
 
-async def test_crlf_framed_stream(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_crlf_framed_stream(upstream: FakeUpstream, client: UpstreamClient) -> None:
     # Gemini frames its SSE with \r\n.
     frames = [f.replace(b"\n", b"\r\n") for f in gemini_stream("Hel", "lo!")]
     upstream.enqueue(sse_reply(*frames))

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
 
 from dataplane.chat import ChatRequest, FinishReason, ResponseFormat, ToolDefinition
 from dataplane.errors import UpstreamBadRequest, UpstreamProtocolError
 from dataplane.providers.gemini_schema import gemini_schema
+from dataplane.upstream import UpstreamClient
 
 from .canned import (
     anthropic_message,
@@ -31,7 +31,7 @@ REFUSAL = "I can't help with that."
 
 
 async def test_a_refusal_is_the_text_with_finish_content_filter(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     body = openai_completion(None)
     body["choices"][0]["message"]["refusal"] = REFUSAL
@@ -42,7 +42,7 @@ async def test_a_refusal_is_the_text_with_finish_content_filter(
 
 
 async def test_a_streamed_refusal_is_the_text_with_finish_content_filter(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     frames = [
         sse_event(openai_chunk({"role": "assistant", "content": None, "refusal": ""})),
@@ -59,7 +59,7 @@ async def test_a_streamed_refusal_is_the_text_with_finish_content_filter(
     assert folded.finish_reason is FinishReason.CONTENT_FILTER
 
 
-async def test_a_null_refusal_changes_nothing(upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_a_null_refusal_changes_nothing(upstream: FakeUpstream, client: UpstreamClient) -> None:
     body = openai_completion("Hello!")
     body["choices"][0]["message"]["refusal"] = None
     upstream.enqueue(json_reply(body))
@@ -74,7 +74,7 @@ BAD_ARGUMENTS = ['{"city": "Par', "[1, 2]", "42", '"Paris"']
 
 @pytest.mark.parametrize("arguments", BAD_ARGUMENTS)
 async def test_openai_tool_arguments_must_be_a_json_object(
-    upstream: FakeUpstream, client: httpx.AsyncClient, arguments: str
+    upstream: FakeUpstream, client: UpstreamClient, arguments: str
 ) -> None:
     upstream.enqueue(
         json_reply(
@@ -89,7 +89,7 @@ async def test_openai_tool_arguments_must_be_a_json_object(
 
 @pytest.mark.parametrize("arguments", BAD_ARGUMENTS)
 async def test_streamed_openai_tool_arguments_are_checked_whole_before_the_finish(
-    upstream: FakeUpstream, client: httpx.AsyncClient, arguments: str
+    upstream: FakeUpstream, client: UpstreamClient, arguments: str
 ) -> None:
     call = {
         "index": 0,
@@ -116,7 +116,7 @@ async def test_streamed_openai_tool_arguments_are_checked_whole_before_the_finis
 
 
 async def test_empty_openai_tool_arguments_mean_an_empty_object(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.enqueue(
         json_reply(openai_completion(None, tool_calls=[("call_1", "now", "")], finish_reason="tool_calls"))
@@ -126,7 +126,7 @@ async def test_empty_openai_tool_arguments_mean_an_empty_object(
 
 
 async def test_gemini_args_that_are_not_an_object_are_malformed(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     body = gemini_response(None, calls=[("get_weather", {})])
     body["candidates"][0]["content"]["parts"][0]["functionCall"]["args"] = ["Paris"]
@@ -136,7 +136,7 @@ async def test_gemini_args_that_are_not_an_object_are_malformed(
 
 
 async def test_ollama_arguments_of_invalid_json_text_are_malformed(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     body = ollama_response("", calls=[("get_weather", {})])
     body["message"]["tool_calls"][0]["function"]["arguments"] = '{"city": '
@@ -146,7 +146,7 @@ async def test_ollama_arguments_of_invalid_json_text_are_malformed(
 
 
 async def test_anthropic_tool_input_that_is_not_an_object_is_malformed(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     body = anthropic_message(None, tool_uses=[("toolu_1", "get_weather", {})], stop_reason="tool_use")
     body["content"][0]["input"] = "Paris"
@@ -159,7 +159,7 @@ async def test_anthropic_tool_input_that_is_not_an_object_is_malformed(
 
 
 async def test_a_paused_anthropic_turn_finishes_as_length_plainly_and_streamed(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     adapter = make_adapter("anthropic", upstream.base_url, client)
     upstream.enqueue(
@@ -239,7 +239,7 @@ def test_json_schema_becomes_geminis_subset() -> None:
 
 
 async def test_gemini_tool_parameters_and_response_schema_are_translated_on_the_wire(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     request = ChatRequest(
         messages=(system("Be brief."), user("Book Paris")),
@@ -280,7 +280,7 @@ async def test_gemini_tool_parameters_and_response_schema_are_translated_on_the_
     ],
 )
 async def test_what_gemini_cannot_express_is_refused_naming_the_tool_and_path(
-    upstream: FakeUpstream, client: httpx.AsyncClient, schema: dict[str, Any], problem: str
+    upstream: FakeUpstream, client: UpstreamClient, schema: dict[str, Any], problem: str
 ) -> None:
     request = ChatRequest(messages=(user("hi"),), tools=(ToolDefinition(name="t", parameters=schema),))
     with pytest.raises(UpstreamBadRequest) as caught:

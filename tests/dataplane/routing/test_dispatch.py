@@ -29,6 +29,7 @@ from dataplane.routing.health import BreakerSettings, BreakerState
 from dataplane.routing.planner import plan_route
 from dataplane.routing.query import RoutePlan, RouteQuery
 from dataplane.routing.table import build_route_table
+from dataplane.upstream import UpstreamClient
 from signalbox.shell.simulator import Behaviour, Simulator
 from tests.helpers import eventually
 
@@ -54,7 +55,7 @@ class Stack:
         self,
         sim_a: Simulator,
         sim_b: Simulator,
-        http: httpx.AsyncClient,
+        http: UpstreamClient,
         policy: dict[str, Any],
         dispatcher: Dispatcher,
     ) -> None:
@@ -104,7 +105,7 @@ def rules(*models: str, **rule: Any) -> dict[str, Any]:
 
 
 async def test_server_errors_fail_over_before_any_retry(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     policy = rules("sim-fast", "sim-smart", retry={"max_attempts": 5, "backoff_base_ms": 100})
     stack = Stack(
@@ -126,7 +127,7 @@ async def test_server_errors_fail_over_before_any_retry(
 
 
 async def test_when_every_candidate_failed_they_are_retried_with_backoff(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     policy = rules("sim-fast", retry={"max_attempts": 5, "backoff_base_ms": 100})
     stack = Stack(
@@ -158,7 +159,7 @@ async def test_when_every_candidate_failed_they_are_retried_with_backoff(
 async def test_retryable_statuses_fall_back(
     sim_a: Simulator,
     sim_b: Simulator,
-    http: httpx.AsyncClient,
+    http: UpstreamClient,
     clock: FakeClock,
     status: int,
     body: dict[str, Any] | None,
@@ -177,7 +178,7 @@ async def test_retryable_statuses_fall_back(
     assert candidate.model.alias == "sim-smart"
 
 
-async def test_a_timeout_falls_back(sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient) -> None:
+async def test_a_timeout_falls_back(sim_a: Simulator, sim_b: Simulator, http: UpstreamClient) -> None:
     stack = Stack(
         sim_a, sim_b, http, rules("solo", "sim-smart", retry={"attempts_per_deployment": 1}), Dispatcher()
     )
@@ -189,7 +190,7 @@ async def test_a_timeout_falls_back(sim_a: Simulator, sim_b: Simulator, http: ht
 
 
 async def test_context_too_long_moves_to_a_larger_window_only(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     stack = Stack(
         sim_a, sim_b, http, rules("small", "mid", "large"), Dispatcher(clock=clock, sleep=clock.sleep)
@@ -203,7 +204,7 @@ async def test_context_too_long_moves_to_a_larger_window_only(
 
 
 async def test_content_filter_falls_back_only_when_the_policy_opts_in(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     sim_a.set_behaviour("solo", Behaviour(fail_status=400, error_body=FILTER_ERROR))
     strict = Stack(sim_a, sim_b, http, rules("solo", "sim-smart"), Dispatcher(clock=clock, sleep=clock.sleep))
@@ -227,7 +228,7 @@ QUOTA_ERROR = {"error": {"message": "quota", "type": "insufficient_quota", "code
 
 
 async def test_quota_exhaustion_falls_back_only_when_the_policy_says_so(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     sim_a.set_behaviour("solo", Behaviour(fail_status=429, error_body=QUOTA_ERROR))
     default = Stack(
@@ -245,7 +246,7 @@ async def test_quota_exhaustion_falls_back_only_when_the_policy_says_so(
 
 
 async def test_a_request_error_is_not_retried_anywhere(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     stack = Stack(sim_a, sim_b, http, rules("solo", "sim-smart"), Dispatcher(clock=clock, sleep=clock.sleep))
     sim_a.set_behaviour("solo", Behaviour(fail_status=400))
@@ -257,7 +258,7 @@ async def test_a_request_error_is_not_retried_anywhere(
 
 
 async def test_every_candidate_failing_reports_all_attempts(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     stack = Stack(sim_a, sim_b, http, rules("solo", "sim-smart"), Dispatcher(clock=clock, sleep=clock.sleep))
     sim_a.set_behaviour("solo", Behaviour(fail_status=500))
@@ -279,7 +280,7 @@ async def test_every_candidate_failing_reports_all_attempts(
 
 
 async def test_retry_after_moves_on_and_keeps_the_deployment_out_until_it_passes(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     stack = Stack(sim_a, sim_b, http, rules("sim-fast"), Dispatcher(clock=clock, sleep=clock.sleep))
     sim_a.set_behaviour("sim-fast", Behaviour(fail_status=429, retry_after=5))
@@ -309,7 +310,7 @@ async def test_retry_after_moves_on_and_keeps_the_deployment_out_until_it_passes
 
 
 async def test_retry_after_is_waited_out_when_there_is_no_other_candidate(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     stack = Stack(sim_a, sim_b, http, rules("solo"), Dispatcher(clock=clock, sleep=clock.sleep))
     sim_a.set_behaviour("solo", Behaviour(fail_status=429, retry_after=2, fail_times=1))
@@ -319,7 +320,7 @@ async def test_retry_after_is_waited_out_when_there_is_no_other_candidate(
 
 
 async def test_retry_after_beyond_the_deadline_is_not_waited_for(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     stack = Stack(sim_a, sim_b, http, rules("solo"), Dispatcher(clock=clock, sleep=clock.sleep))
     sim_a.set_behaviour("solo", Behaviour(fail_status=429, retry_after=60))
@@ -334,7 +335,7 @@ async def test_retry_after_beyond_the_deadline_is_not_waited_for(
 
 
 async def test_breaker_closed_open_half_open_closed(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     breaker = BreakerSettings(failure_threshold=3, cooldown_s=30)
     stack = Stack(
@@ -383,7 +384,7 @@ async def test_breaker_closed_open_half_open_closed(
 
 
 async def test_one_of_two_deployments_failing_every_call(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     """1,000 requests all succeed; once the breaker is open the failing deployment sees only probes."""
     breaker = BreakerSettings(failure_threshold=5, cooldown_s=30)
@@ -465,7 +466,7 @@ def test_rate_limits_and_request_errors_do_not_open_the_breaker(clock: FakeClock
 def always_failing(
     sim_a: Simulator,
     sim_b: Simulator,
-    http: httpx.AsyncClient,
+    http: UpstreamClient,
     *,
     backoff_ms: tuple[int, int],
     dispatcher: Callable[[BreakerSettings], Dispatcher],
@@ -485,7 +486,7 @@ def always_failing(
 
 
 async def test_retries_never_outlive_the_deadline(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient
 ) -> None:
     # Real clock and sleeps; seeded jitter, so ten tries always need more than the deadline.
     stack = always_failing(
@@ -519,7 +520,7 @@ async def test_retries_never_outlive_the_deadline(
 
 
 async def test_a_slow_upstream_is_cut_at_the_deadline(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient
 ) -> None:
     dispatcher = Dispatcher(breaker=BreakerSettings(failure_threshold=1))
     stack = Stack(sim_a, sim_b, http, rules("solo", "sim-smart"), dispatcher)
@@ -543,7 +544,7 @@ async def test_a_slow_upstream_is_cut_at_the_deadline(
 
 @pytest.mark.parametrize("seed", range(8))
 async def test_backoff_never_sleeps_past_the_deadline(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock, seed: int
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock, seed: int
 ) -> None:
     stack = always_failing(
         sim_a,
@@ -564,7 +565,7 @@ async def test_backoff_never_sleeps_past_the_deadline(
 
 
 async def test_a_stream_falls_back_before_its_first_chunk(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     stack = Stack(sim_a, sim_b, http, rules("solo", "sim-smart"), Dispatcher(clock=clock, sleep=clock.sleep))
     sim_a.set_behaviour("solo", Behaviour(fail_status=503))
@@ -585,7 +586,7 @@ async def test_a_stream_falls_back_before_its_first_chunk(
 
 
 async def test_a_stream_never_falls_back_after_its_first_chunk(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     stack = Stack(sim_a, sim_b, http, rules("solo", "sim-smart"), Dispatcher(clock=clock, sleep=clock.sleep))
     started: list[str] = []
@@ -611,7 +612,7 @@ async def test_a_stream_never_falls_back_after_its_first_chunk(
 
 
 async def test_shadow_traffic_is_mirrored_and_its_outcome_reported(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     policy = rules("solo", shadow={"model": "sim-smart", "share": 1.0})
     stack = Stack(sim_a, sim_b, http, policy, Dispatcher(clock=clock, sleep=clock.sleep))
@@ -630,7 +631,7 @@ async def test_shadow_traffic_is_mirrored_and_its_outcome_reported(
 
 
 async def test_a_failing_shadow_never_touches_the_response(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     policy = rules("solo", shadow={"model": "sim-smart", "share": 1.0})
     stack = Stack(
@@ -655,7 +656,7 @@ async def test_a_failing_shadow_never_touches_the_response(
 
 
 async def test_no_shadow_in_the_plan_means_no_call(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, clock: FakeClock
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, clock: FakeClock
 ) -> None:
     stack = Stack(sim_a, sim_b, http, rules("solo"), Dispatcher(clock=clock, sleep=clock.sleep))
     seen: list[object] = []
@@ -678,7 +679,7 @@ def _candidate() -> Candidate:
 
 @pytest.mark.parametrize("keeps_deadline", [True, False])
 async def test_the_callers_deadline_holds_with_or_without_the_dispatchers_timer(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, keeps_deadline: bool
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, keeps_deadline: bool
 ) -> None:
     # keeps_deadline: the pipeline's attempts end in a provider adapter, whose upstream client
     # bounds every wait by the attempt's deadline, so the dispatcher sets no timer of its own.

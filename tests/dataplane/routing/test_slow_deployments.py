@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-import httpx
 import pytest
 
 from dataplane.chat import ChatResponse, StreamChunk
@@ -26,6 +25,7 @@ from dataplane.routing.health import BreakerState
 from dataplane.routing.planner import plan_route
 from dataplane.routing.query import RoutePlan, RouteQuery
 from dataplane.routing.table import build_route_table
+from dataplane.upstream import UpstreamClient
 from signalbox.shell.simulator import Behaviour, Simulator
 from tests.dataplane.providers import canned
 from tests.dataplane.providers.fakes import HANG, FakeUpstream, Reply, json_reply
@@ -52,7 +52,7 @@ class Pair:
         self,
         first_url: str,
         second: Simulator,
-        http: httpx.AsyncClient,
+        http: UpstreamClient,
         policy: dict[str, Any],
         dispatcher: Dispatcher,
         first_type: str = "openai_compatible",
@@ -75,7 +75,7 @@ class Pair:
 
 
 async def test_a_deployment_slower_than_the_deadline_is_routed_around(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient
 ) -> None:
     """Half the requests used to go to the slow deployment and time out, forever; now the
     cut attempts count, its breaker opens after a short warm-up and the rest succeed."""
@@ -108,7 +108,7 @@ async def test_a_deployment_slower_than_the_deadline_is_routed_around(
 
 
 async def test_a_cut_timeout_feeds_the_latency_constraint(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient
 ) -> None:
     stack = Stack(
         sim_a, sim_b, http, rules("solo", "sim-smart", constraints={"max_latency_ms": 150}), Dispatcher()
@@ -144,7 +144,7 @@ def test_a_censored_latency_only_raises_the_average(clock: FakeClock) -> None:
 
 
 async def test_a_retry_after_of_a_year_defers_the_deployment_for_at_most_the_cap(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient
 ) -> None:
     stack = Stack(sim_a, sim_b, http, rules("sim-fast"), Dispatcher(max_retry_after_s=2.0))
     sim_a.set_behaviour("sim-fast", Behaviour(fail_status=429, retry_after=A_YEAR))
@@ -173,7 +173,7 @@ async def test_a_retry_after_of_a_year_defers_the_deployment_for_at_most_the_cap
 
 
 async def test_a_gemini_retry_delay_of_a_year_is_capped_too(
-    fake: FakeUpstream, sim_b: Simulator, http: httpx.AsyncClient
+    fake: FakeUpstream, sim_b: Simulator, http: UpstreamClient
 ) -> None:
     pair = Pair(
         fake.base_url,
@@ -237,7 +237,7 @@ def _hanging() -> Reply:
 
 
 async def test_a_hedge_answers_from_the_second_candidate_and_cancels_the_first(
-    fake: FakeUpstream, sim_b: Simulator, http: httpx.AsyncClient
+    fake: FakeUpstream, sim_b: Simulator, http: UpstreamClient
 ) -> None:
     pair = Pair(fake.base_url, sim_b, http, rules("first", "second", retry=HEDGE), Dispatcher())
     fake.enqueue(_hanging())
@@ -262,7 +262,7 @@ async def test_a_hedge_answers_from_the_second_candidate_and_cancels_the_first(
 
 
 async def test_the_first_attempt_can_still_win_the_race(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient, fake: FakeUpstream
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, fake: FakeUpstream
 ) -> None:
     pair = Pair(sim_a.base_url + "/v1", sim_b, http, rules("first", "second", retry=HEDGE), Dispatcher())
     # Served from a simulator, slower than the hedge delay; the hedge goes to a silent upstream.
@@ -279,7 +279,7 @@ async def test_the_first_attempt_can_still_win_the_race(
 
 
 async def test_no_hedge_when_the_first_answers_in_time(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient
 ) -> None:
     pair = Pair(sim_a.base_url + "/v1", sim_b, http, rules("first", "second", retry=HEDGE), Dispatcher())
     for i in range(5):
@@ -291,7 +291,7 @@ async def test_no_hedge_when_the_first_answers_in_time(
 
 
 async def test_a_failure_while_hedging_falls_over_as_usual(
-    sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient
 ) -> None:
     """The first fails fast: no hedge timer involved, the second is a plain fallback."""
     pair = Pair(sim_a.base_url + "/v1", sim_b, http, rules("first", "second", retry=HEDGE), Dispatcher())
@@ -302,7 +302,7 @@ async def test_a_failure_while_hedging_falls_over_as_usual(
 
 
 async def test_when_every_hedged_attempt_is_silent_the_deadline_ends_them_all(
-    fake: FakeUpstream, sim_b: Simulator, http: httpx.AsyncClient
+    fake: FakeUpstream, sim_b: Simulator, http: UpstreamClient
 ) -> None:
     policy = rules("first", "second", retry={"hedge": {"after_ms": 50, "max_extra": 3}})
     pair = Pair(fake.base_url, sim_b, http, policy, Dispatcher())
@@ -321,7 +321,7 @@ async def test_when_every_hedged_attempt_is_silent_the_deadline_ends_them_all(
     assert len(fake.requests) == 1
 
 
-async def test_streams_are_never_hedged(sim_a: Simulator, sim_b: Simulator, http: httpx.AsyncClient) -> None:
+async def test_streams_are_never_hedged(sim_a: Simulator, sim_b: Simulator, http: UpstreamClient) -> None:
     pair = Pair(sim_a.base_url + "/v1", sim_b, http, rules("first", "second", retry=HEDGE), Dispatcher())
     sim_a.set_behaviour("first", Behaviour(latency_ms=300))
 

@@ -10,10 +10,10 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from dataplane.upstream import UpstreamClient, encode_headers
+from dataplane.upstream import errors as upstream_errors
 from tests.fixtures.certs import TestCA
 from tests.helpers import eventually
 
@@ -155,21 +155,25 @@ def replies(data: bytes) -> Handler:
     [
         pytest.param(
             b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc",
-            httpx.DecodingError,
+            upstream_errors.DecodingError,
             "content-coded",
             id="content-coded-although-identity-was-asked",
         ),
         pytest.param(
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part",
-            httpx.RemoteProtocolError,
+            upstream_errors.RemoteProtocolError,
             "before the body ended",
             id="closed-mid-body",
         ),
-        pytest.param(b"", httpx.RemoteProtocolError, "without an answer", id="closed-without-an-answer"),
-        pytest.param(b"SSH-2.0-OpenSSH\r\n\r\n", httpx.RemoteProtocolError, "malformed", id="not-http"),
+        pytest.param(
+            b"", upstream_errors.RemoteProtocolError, "without an answer", id="closed-without-an-answer"
+        ),
+        pytest.param(
+            b"SSH-2.0-OpenSSH\r\n\r\n", upstream_errors.RemoteProtocolError, "malformed", id="not-http"
+        ),
         pytest.param(
             b"HTTP/1.1 200 OK\r\n" + (b"X-Filler: " + b"f" * 100 + b"\r\n") * 1000,
-            httpx.RemoteProtocolError,
+            upstream_errors.RemoteProtocolError,
             "bytes of headers",
             id="headers-past-the-bound",
         ),
@@ -200,7 +204,7 @@ async def test_a_stalled_answer_times_out_and_the_connection_is_dropped(
         await peer.wait_closed_by_client()
 
     async with RawServer(stall) as server:
-        with pytest.raises(httpx.ReadTimeout):
+        with pytest.raises(upstream_errors.ReadTimeout):
             await post(client, server.url, timeout=0.2)
         await eventually(lambda: server.closed_by_client == 1, message="the upstream saw the client leave")
         assert client.open_connections == 0
@@ -219,7 +223,7 @@ async def test_a_deadline_bounds_the_whole_answer_however_it_trickles(client: Up
         loop = asyncio.get_running_loop()
         started = loop.time()
         response = await client.request("POST", server.url, body=b"x", timeout=5, deadline=started + 0.3)
-        with pytest.raises(httpx.ReadTimeout):
+        with pytest.raises(upstream_errors.ReadTimeout):
             await response.read(10_000)
         assert loop.time() - started < 1.5
         await eventually(lambda: server.closed_by_client == 1, message="the upstream saw the client leave")
@@ -229,23 +233,23 @@ async def test_connection_refused(client: UpstreamClient) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(httpx.ConnectError) as caught:
+    with pytest.raises(upstream_errors.ConnectError) as caught:
         await post(client, f"http://127.0.0.1:{port}/v1/chat?key=sk-secret-in-query")
     assert "sk-secret" not in str(caught.value)
     assert client.open_connections == 0
 
 
 async def test_bad_urls_and_header_values_are_refused_without_echoing_them(client: UpstreamClient) -> None:
-    with pytest.raises(httpx.UnsupportedProtocol):
+    with pytest.raises(upstream_errors.UnsupportedProtocol):
         await post(client, "ftp://127.0.0.1/x")
-    with pytest.raises(httpx.UnsupportedProtocol):
+    with pytest.raises(upstream_errors.UnsupportedProtocol):
         await post(client, "http:///no-host")
-    with pytest.raises(httpx.LocalProtocolError) as caught:
+    with pytest.raises(upstream_errors.LocalProtocolError) as caught:
         encode_headers({"x-api-key": "sk-secret\r\nX-Injected: 1"})
     assert "sk-secret" not in str(caught.value)
     assert "x-api-key" in str(caught.value)
     # "$" would match before a trailing newline: the name is matched whole.
-    with pytest.raises(httpx.LocalProtocolError, match="not a valid HTTP token"):
+    with pytest.raises(upstream_errors.LocalProtocolError, match="not a valid HTTP token"):
         encode_headers({"x-api-key\n": "k"})
 
 
@@ -288,7 +292,7 @@ async def test_only_one_retry_and_only_for_a_pooled_connection(client: UpstreamC
 
     async with RawServer(answer_once_per_connection_then_hang_up) as server:
         await post(client, server.url)
-        with pytest.raises(httpx.RemoteProtocolError):
+        with pytest.raises(upstream_errors.RemoteProtocolError):
             await post(client, server.url)
         assert server.accepted == 2
         assert len(server.requests) == 3
@@ -349,7 +353,7 @@ async def test_past_max_connections_a_request_waits_then_times_out() -> None:
     async with RawServer(hold) as server, UpstreamClient(max_connections=1) as client:
         first = asyncio.create_task(post(client, server.url))
         await eventually(lambda: server.accepted == 1, message="the first request is in")
-        with pytest.raises(httpx.PoolTimeout):
+        with pytest.raises(upstream_errors.PoolTimeout):
             await post(client, server.url, timeout=0.2)
         # A waiting request gets the connection as soon as it is free.
         second = asyncio.create_task(post(client, server.url))
@@ -468,10 +472,10 @@ async def test_closing_the_client_wakes_a_waiting_request_at_once() -> None:
         call = asyncio.create_task(post(client, server.url, timeout=30))
         await eventually(lambda: len(server.requests) == 1, message="the request arrived")
         await client.aclose()
-        with pytest.raises(httpx.ReadError):
+        with pytest.raises(upstream_errors.ReadError):
             await asyncio.wait_for(call, 5)  # not the 30 s timeout
         await eventually(lambda: server.closed_by_client == 1, message="the upstream saw the disconnect")
-        with pytest.raises(httpx.TransportError, match="closed"):
+        with pytest.raises(upstream_errors.TransportError, match="closed"):
             await post(client, server.url)
 
 
@@ -520,6 +524,6 @@ async def test_tls_to_an_untrusted_certificate_is_refused(client: UpstreamClient
     # The default trust (certifi's bundle) does not include a CA made in this test.
     seen: list[str | None] = []
     async with RawServer(tls=_server_tls(TestCA(tmp_path / "ca"), seen)) as server:
-        with pytest.raises(httpx.ConnectError):
+        with pytest.raises(upstream_errors.ConnectError):
             await post(client, f"https://localhost:{server.port}/v1")
         assert server.requests == []

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 import pytest
 
 from dataplane.upstream import UpstreamClient
+from dataplane.upstream import errors as upstream_errors
 from dataplane.upstream.connection import Connection, Exchange
 
 from .rawserver import Peer, RawServer, answer
@@ -65,7 +65,7 @@ async def test_a_short_timeout_after_longer_ones_still_fires_at_its_own_time() -
         for _ in range(10):
             await call(client, server.url, 30)  # the pending timer is ~30 s away
         started = asyncio.get_running_loop().time()
-        with pytest.raises(httpx.ReadTimeout):
+        with pytest.raises(upstream_errors.ReadTimeout):
             await call(client, server.url, 0.2)
         assert asyncio.get_running_loop().time() - started < 10  # its 0.2 s, not the 30 s pending
 
@@ -74,6 +74,6 @@ async def test_a_long_timeout_after_a_short_one_waits_its_whole_time() -> None:
     async with RawServer(answering_then_stalling(1)) as server, UpstreamClient() as client:
         await call(client, server.url, 0.2)  # the pending timer fires at +0.2 s: early for the next
         started = asyncio.get_running_loop().time()
-        with pytest.raises(httpx.ReadTimeout):
+        with pytest.raises(upstream_errors.ReadTimeout):
             await call(client, server.url, 0.6)
         assert asyncio.get_running_loop().time() - started >= 0.6
