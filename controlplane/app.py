@@ -45,7 +45,7 @@ from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.quota import QuotaServicer
 from controlplane.api.sync import ConfigSyncServicer
 from controlplane.api_key_hash import ApiKeyHasher, HashKeyRing, LiveHashKeys
-from controlplane.db.embedded import EmbeddedPostgres, start_embedded
+from controlplane.db.embedded import EMBEDDED_DIR, EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, normalize_url, session_factory
 from controlplane.evidence.checkpoints import CheckpointVerifier, verify_node_checkpoint
@@ -96,7 +96,6 @@ log = logging.getLogger(__name__)
 
 TRUST_KEY_FILE = "trust-key.pub"
 NODE_CA_FILE = "node-ca.pem"
-EMBEDDED_DIR = "postgres"
 ADMIN_LISTENER_SERVICES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     identity_pb2.DESCRIPTOR.services_by_name["NodeEnrollmentService"].full_name,

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from controlplane.db.embedded import data_dir_mode
 from controlplane.db.models import SigningKey
 from controlplane.errors import InvalidArgument, NotFound, SigningKeyState, SigningKeyUnavailable
 from controlplane.repositories import signing_keys as repo
@@ -78,9 +79,10 @@ def load_kek(*, kek_b64: str | None, kek_file: Path | None, data_dir: Path) -> K
         except OSError as exc:
             raise InvalidArgument("SIGNALBOX_KEK_FILE", f"cannot read {kek_file}: {exc.strerror}") from exc
     path = data_dir / KEK_FILE_NAME
-    # The KEK unseals the signing key: its directory is private too.
+    # The KEK unseals the signing key: its directory is private too (no one else may list
+    # it; embedded PostgreSQL's own user may pass through it to its PGDATA).
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data_dir.chmod(0o700)
+    data_dir.chmod(data_dir_mode(data_dir))
     try:
         return generate_kek_file(path)
     except FileExistsError:

@@ -45,6 +45,23 @@ def _private_runtime_dir() -> None:
     os.environ["XDG_RUNTIME_DIR"] = str(path)
 
 
+EMBEDDED_DIR = "postgres"
+"""Embedded PostgreSQL's PGDATA, under the control plane's data dir."""
+
+
+def data_dir_mode(data_dir: Path) -> int:
+    """The mode the control plane's data dir may have: 0700, or 0711 when embedded
+    PostgreSQL runs as another user (pgserver's own, when started by root). That user must
+    pass through the data dir to reach PGDATA, or ``pg_ctl stop`` fails and the server is
+    killed instead of shut down; it may still never list or read the directory (the KEK is
+    there). pgserver itself opens every parent of PGDATA to 0755 when it starts it."""
+    try:
+        owner = (data_dir / EMBEDDED_DIR).stat().st_uid
+    except OSError:
+        return 0o700
+    return 0o711 if owner != os.geteuid() else 0o700
+
+
 def to_sqlalchemy_url(uri: str, database: str | None = None) -> str:
     """Turn a libpq URI into a ``postgresql+psycopg://`` URL, keeping the socket ``host`` query."""
     parts = urlsplit(uri)

@@ -1,6 +1,7 @@
 """A control plane killed with SIGKILL leaves its embedded PostgreSQL behind; the next
 one on the same data dir reclaims it (and stops it when it stops); a start right after
-a database crash serves, and a start that fails at first is retried instead of exiting."""
+a database crash serves, and a start that fails at first is retried instead of exiting. A
+stop shuts the database down with ``pg_ctl``, also where it runs as another user."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -129,6 +131,32 @@ def test_a_restarted_control_plane_reclaims_the_orphaned_database_and_stops_it(c
         second.close()
     # The orphan was owned by the restarted control plane and stopped with it.
     wait_until(lambda: not _running(orphan), timeout=30, message="orphaned PostgreSQL stopped")
+
+
+def test_a_stop_shuts_the_database_down_and_the_data_dir_stays_unlistable(cp_dir: Path) -> None:
+    """Run as root (as here, and in many containers), pgserver runs PostgreSQL as its own
+    user, which must pass through the data dir to stop it; the KEK's directory went 0700
+    after the start, so every stop failed with "Permission denied" and killed the server."""
+    pgdata = cp_dir / "postgres"
+    listen = f"127.0.0.1:{_free_port()}"
+    for start in ("first", "second"):  # the second start finds the mode the first one left
+        process = _ControlPlaneProcess(cp_dir, listen, cp_dir / f"{start}.log")
+        try:
+            wait_until(process.serving, timeout=90, message=f"{start} control plane serving")
+            other_user = pgdata.stat().st_uid != os.geteuid()
+            assert stat.S_IMODE(cp_dir.stat().st_mode) == (0o711 if other_user else 0o700)
+            postmaster = _postmaster_pid(pgdata)
+            assert process.terminate() == 0
+        finally:
+            process.close()
+        assert not _running(postmaster), "the control plane's stop stops its database"
+        log = process.log.read_text()
+        assert "Failed to stop server" not in log, log[-3000:]
+        assert "Permission denied" not in log, log[-3000:]
+        # pg_ctl stop's fast shutdown, not the SIGTERM/SIGKILL of the fallback.
+        assert (pgdata / "log").read_text().count("received fast shutdown request") == (
+            1 if start == "first" else 2
+        )
 
 
 def test_a_start_right_after_a_database_crash_serves(cp_dir: Path) -> None:
