@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -25,13 +24,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.db.embedded import EmbeddedPostgres, start_embedded
+from signalbox.ports import free_port as _free_port
 from tests.helpers import wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _postmaster_pid(pgdata: Path) -> int:

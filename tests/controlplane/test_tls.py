@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from dataplane.app import DataPlaneNode
 from dataplane.identity import IdentityFiles, enroll
 from dataplane.node_settings import NodeSettings
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.ports import free_port as _free_port
 from signalbox.tls import ClientTls, InsecureListen, ServerTls, TlsConfigError, aio_channel
 from tests.fixtures.certs import TestCA
 from tests.fixtures.postgres import cp_settings, running_control_plane
@@ -185,9 +185,3 @@ async def _admin_cli(address: str, token: str, *tls: str) -> subprocess.Complete
     return await asyncio.to_thread(
         subprocess.run, [*args, "node", "list"], capture_output=True, text=True, timeout=60
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records, verify_chain
 from signalbox.api.admin.v1 import admin_pb2
+from signalbox.ports import free_port
 from signalbox.shell.cli import main
 from signalbox.shell.simulator import Simulator
 from tests.dataplane.conftest import API_KEY, pinned_serve_args
@@ -72,12 +72,6 @@ async def workers_up(
 
 def _samples(text: str, name: str) -> list[Any]:
     return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_two_workers_share_the_ports_keep_a_chain_each_and_drain_on_sigterm(

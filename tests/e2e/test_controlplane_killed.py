@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from dataplane.app import DataPlaneNode
 from dataplane.node_settings import NodeSettings
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from signalbox.ports import free_port as _free_port
 from signalbox.shell.simulator import Simulator
 from tests.e2e.test_config_push import TENANT, _admin, _converged, _seed
 from tests.fixtures.postgres import cp_settings, running_control_plane
@@ -32,12 +32,6 @@ NODES = ("kill-1", "kill-2", "kill-3")
 # own bound (60 s to start, 15 s to converge), and on a loaded CI run their sum can pass the
 # suite's default 120 s without anything being stuck.
 pytestmark = pytest.mark.timeout(300)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager

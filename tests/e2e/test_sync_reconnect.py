@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from dataplane.node_settings import NodeSettings
 from dataplane.snapshot.sync_client import SyncClient, full_jitter
+from signalbox.ports import free_port as _free_port
 from tests.fixtures.postgres import cp_settings, running_control_plane
 from tests.helpers import eventually
 
@@ -45,12 +45,6 @@ def test_reconnect_times_of_a_fleet_spread_over_the_whole_window() -> None:
 
 def test_the_sync_client_defaults_to_the_short_cap() -> None:
     assert inspect.signature(SyncClient).parameters["backoff_cap"].default == NodeSettings().sync_backoff_cap
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_a_node_process_reconnects_within_5s_of_the_control_plane_returning(

@@ -16,6 +16,7 @@ The package::
     cli.py    the ``signalbox up`` command (it also registers ``signalbox simulator``)
 """
 
+from signalbox.ports import free_port
 from signalbox.shell.up.cli import COMMAND, register, run
 from signalbox.shell.up.demo import (
     DEMO_MODELS,
@@ -26,7 +27,7 @@ from signalbox.shell.up.demo import (
     TENANT,
     DemoModel,
 )
-from signalbox.shell.up.stack import NODE_ID, LocalStack, StackConfig, StackError, free_port
+from signalbox.shell.up.stack import NODE_ID, LocalStack, StackConfig, StackError
 
 __all__ = [
     "COMMAND",

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dataplane.identity import IdentityFiles
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from signalbox.ports import free_port
 from signalbox.shell.client_cli import build_request
 from signalbox.shell.simulator import Simulator, parse_listen
 from signalbox.shell.up.demo import (
@@ -499,13 +499,6 @@ def _tail(log: Path, lines: int = 30) -> str:
     except OSError:
         return ""
     return "\n".join(f"  | {line}" for line in text)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (children need a concrete port on their command line)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _concrete(listen: str) -> str:
