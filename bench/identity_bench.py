@@ -173,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     # As the node's store does: the hash key versions it holds join the compiled snapshot.
     config = replace(compile_payload(payload), api_key_hash_keys=tuple(hash_keys))
     compile_ms = (time.perf_counter() - started) * 1000
-    now = time.time()
     # Under the oldest version (the first HMAC matches; the others are computed all the same).
     api_key = keys[(len(keys) // 2) // len(hash_keys) * len(hash_keys)]
     newest = keys[len(hash_keys) - 1]
@@ -192,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
     es256 = idp.token(plan="gold", grp="search")
     rs256 = idp.token(kid="rsa-1", alg="RS256")
+    # Read after the tokens are minted: their ``iat`` (whole seconds of a later clock) would
+    # be in the future of an earlier reading whenever a second boundary fell in between.
+    now = time.time()
     known_cert = _certificate("spiffe://bench.test/svc/42")
     fresh = [_certificate("spiffe://bench.test/ops/deploy") for _ in range(min(ns.calls, 2000))]
     fresh_iter = iter(fresh * (ns.calls // len(fresh) + 2))
