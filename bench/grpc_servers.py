@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,14 +36,10 @@ from typing import Any
 import psutil
 from google.protobuf.wrappers_pb2 import BytesValue
 
+from signalbox.ports import free_port
+
 METHOD = "/bench.Echo/Echo"
 SERVERS = ("aio", "threaded", "threaded-loop", "grpclib")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _echo(request: BytesValue, context: Any = None) -> BytesValue:
@@ -162,7 +157,7 @@ async def load(port: int, seconds: float, concurrency: int) -> tuple[int, list[f
 
 def measure(kind: str, seconds: float, concurrency: int, cpus: list[int]) -> dict[str, float]:
     """``kind`` served on ``cpus[0]``, loaded from the others (from the same one if alone)."""
-    port = _free_port()
+    port = free_port()
     child = subprocess.Popen(
         [sys.executable, __file__, "--serve", kind, "--port", str(port), "--cpu", str(cpus[0])],
         stdout=subprocess.PIPE,

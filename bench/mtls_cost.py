@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 from signalbox_pin import build
 
 from signalbox.api.infer.v1 import infer_pb2_grpc
+from signalbox.ports import free_port
 from signalbox.shell.client_cli import build_request
 from signalbox.shell.simulator.app import Simulator
 from signalbox.tls import ClientTls, aio_channel
@@ -55,9 +55,7 @@ async def run_mode(
     """(requests/s, p50 ms, p99 ms, node CPU us per request) for one mode."""
     server = ca.issue("node", server=True)
     caller = ca.issue("caller", server=False, uris=(CALLER,))
-    with socket.socket() as probe:  # a free port for this run
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # for this run's node
     flags = ["--listen", f"127.0.0.1:{port}"]
     client = ClientTls()
     metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {(work / 'api-key').read_text()}"),)
