@@ -19,8 +19,9 @@ what that call needs:
 Failures are raised as the classes of ``errors`` (httpx's names and hierarchy:
 ``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``PoolTimeout``, ``ReadError``,
 ``RemoteProtocolError``, ``DecodingError``, ``LocalProtocolError``,
-``UnsupportedProtocol``), which ``dataplane.providers.classify`` maps. Their messages name the host and port at most: never a path,
-query, header or body, so no credential can ride along.
+``UnsupportedProtocol``), which ``dataplane.providers.classify`` maps. Their
+messages name the host and port at most: never a path, query, header or body, so
+no credential can ride along.
 """
 
 from .client import (
