@@ -205,6 +205,10 @@ class EvidenceIngest:
             if len(stored) < len(resent):  # some may have been pruned by retention
                 pruned_upto = await self._pruned(session, chain_id, stored)
             refused = self._walk(chain_id, parsed, stored, walk, wanted, pruned_upto) or parsed.refused
+            if walk.head_seq and walk.head_seq in wanted and walk.head_seq not in walk.roots:
+                # A checkpoint of records held before this batch (one that was signed after
+                # they were sent): the chain's tree has its root, no need to read them back.
+                walk.roots[walk.head_seq] = walk.tree.root()
             if walk.new:
                 await self._copy(session, parsed.rows_of(walk.new))
                 await add_spend(session, parsed.spends, walk.new)

@@ -24,6 +24,14 @@ a crash is resent as it is now, and tampering keeps being refused and alarmed on
 control plane. The connection is retried with the backoff the node gives (config sync's
 full jitter).
 
+**Checkpoints.** Each batch carries the newest signed checkpoint of the log
+(``dataplane.evidence.checkpoint``) that its records complete. The log signs on its own clock,
+so its last checkpoint is often signed after the records it covers were sent: when there is
+nothing to read, such a checkpoint goes alone in a batch with no records, as soon as the
+control plane holds everything it covers. A checkpoint is kept until the control plane takes
+it (an ACK without an error): a refused or interrupted send is retried, so the newest records
+of an idle chain are always proven in the end, not only once more traffic comes.
+
 **Pruning.** After each acknowledgement the shipper deletes the segments
 (``dataplane.evidence.segments``) whose every record is acknowledged (the cursor is at or
 past their last seq), never the newest one (the log writes there). First it persists the
@@ -229,6 +237,9 @@ class ShipperStatus:
     """Highest seq the control plane acknowledged (and the cursor holds)."""
     failures: int
     last_error: str
+    proven_seq: int = 0
+    """Size of the newest signed checkpoint the control plane took from this shipper (0
+    until one is taken since it started)."""
 
 
 class EvidenceShipper:
@@ -278,7 +289,7 @@ class EvidenceShipper:
 
     @property
     def status(self) -> ShipperStatus:
-        return ShipperStatus(self._connected, self._cursor.seq, self._failures, self._last_error)
+        return ShipperStatus(self._connected, self._cursor.seq, self._failures, self._last_error, self._noted)
 
     async def run(self) -> None:
         """Ship until cancelled; never raises for control-plane trouble."""
@@ -334,19 +345,20 @@ class EvidenceShipper:
                         else Read(self._cursor, [], False)
                     )
                     at, lines = read.at, read.lines
-                    if not lines:
+                    notes = await asyncio.to_thread(self._checkpoints_upto, self._cursor.seq + len(lines))
+                    if not lines and not notes:
                         await asyncio.sleep(self._interval)
                         continue
-                    notes = await asyncio.to_thread(self._checkpoints_upto, self._cursor.seq + len(lines))
                     outbox.put_nowait(
                         evidence_pb2.ShipBatch(
                             chain_id=self.chain_id, records=lines, checkpoints=[n.decode() for n in notes]
                         )
                     )
                     refused = await self._answer(call, lines, at)
-                    await self._prune()
+                    if lines:
+                        await self._prune()
                     if not refused and notes:
-                        self._noted = max(self._noted, checkpoint.parse(notes[-1]).size)
+                        self._taken(checkpoint.parse(notes[-1]).size)
                     if refused:
                         self._failures += 1
                         await asyncio.sleep(self._backoff(self._failures))
@@ -360,9 +372,9 @@ class EvidenceShipper:
                 call.cancel()
 
     def _checkpoints_upto(self, size: int) -> list[bytes]:
-        """The newest signed checkpoint of at most ``size`` records not shipped yet (it covers
-        every record before it: one per batch is enough), reading only what was appended to
-        the checkpoints file since the last call."""
+        """The newest signed checkpoint of at most ``size`` records the control plane has not
+        taken yet (it covers every record before it: one per batch is enough), reading only
+        what was appended to the checkpoints file since the last call."""
         try:
             with open(self._notes_file, "rb") as f:
                 f.seek(self._notes_offset)
@@ -376,9 +388,13 @@ class EvidenceShipper:
                 self._notes.append((checkpoint.parse(note).size, note))
             except checkpoint.CheckpointInvalid as exc:
                 log.error("evidence checkpoint not shipped, it does not parse: %s", exc)
-        ready = [(n, note) for n, note in self._notes if self._noted < n <= size]
-        self._notes = [(n, note) for n, note in self._notes if n > size]
-        return [ready[-1][1]] if ready else []
+        ready = [note for n, note in self._notes if self._noted < n <= size]
+        return ready[-1:]
+
+    def _taken(self, size: int) -> None:
+        """The control plane took the checkpoint of ``size`` records: it and older ones are done."""
+        self._noted = max(self._noted, size)
+        self._notes = [(n, note) for n, note in self._notes if n > self._noted]
 
     async def _answer(self, call: Any, lines: list[bytes], at: Cursor) -> bool:
         """Read the ACK of ``lines`` (read from ``at``) and move the cursor to it; True when

@@ -122,6 +122,12 @@ async def test_pruning_leaves_signed_statements_and_the_rest_still_verifies(
     root = sql_rows(evidence_plane.database_url, "SELECT root_hash FROM evidence_checkpoints")[0][0]
     assert tree.root() == bytes(root)
 
+    # A checkpoint offered again on its own, as a restarted node's shipper does, checks
+    # against the chain's stored tree: the records left after pruning would not make its root.
+    ack = await stream.ship("node-a/0", [], [at_8])
+    assert (ack.head_seq, ack.checkpoints, ack.HasField("error")) == (8, 0, False)
+    assert sql_rows(evidence_plane.database_url, "SELECT count(*) FROM evidence_alarms") == [(0,)]
+
     # Ingest continues the chain; a later checkpoint checks against the stored tree.
     lines = await write_at(directory, [now] * 2)
     hashes = [json.loads(line)["hash"] for line in lines]

@@ -1,32 +1,56 @@
 """The node's shipper against a real control plane: it resumes from its persisted cursor,
-and without one it resends everything, which the store takes as duplicates."""
+and without one it resends everything, which the store takes as duplicates; a checkpoint
+signed after its records were sent still reaches the control plane."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dataplane.evidence import segments
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.shipper import Cursor, EvidenceShipper, cursor_path, read_cursor
+from dataplane.identity import IdentityFiles
+from signalbox.tls import ClientTls
 from tests.controlplane.evidence.conftest import new_dir
 from tests.controlplane.evidence.test_ship import write_records
-from tests.fixtures.postgres import RunningControlPlane, sql_rows
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
 from tests.helpers import eventually
 
 
-async def _ship_all(shipper: EvidenceShipper, head: int) -> None:
+@contextlib.asynccontextmanager
+async def _running(shipper: EvidenceShipper) -> AsyncIterator[EvidenceShipper]:
     task = asyncio.create_task(shipper.run())
     try:
-        await eventually(lambda: shipper.status.shipped_seq == head, message=f"seq {head} acknowledged")
+        yield shipper
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _ship_all(shipper: EvidenceShipper, head: int) -> None:
+    async with _running(shipper):
+        await eventually(lambda: shipper.status.shipped_seq == head, message=f"seq {head} acknowledged")
+
+
+def _shippers(
+    plane: RunningControlPlane, log_file: Path, node: str, tls: ClientTls, **options: Any
+) -> Callable[[], EvidenceShipper]:
+    """Makes fresh shippers of ``node``'s log to ``plane`` (each starts from the cursor file)."""
+    return lambda: EvidenceShipper(
+        plane.node_address, log_file, node_id=node, tls=tls, backoff=lambda n: 0.05, **options
+    )
+
+
+def _stored(plane: RunningControlPlane) -> int:
+    return int(sql_rows(plane.database_url, "SELECT count(*) FROM evidence_records")[0][0])
 
 
 async def test_the_shipper_resumes_from_its_cursor(
@@ -36,18 +60,7 @@ async def test_the_shipper_resumes_from_its_cursor(
     tls = await evidence_plane.enroll("node-s", directory)
     log_file = log_path(directory, "node-s")
 
-    def shipper() -> EvidenceShipper:
-        return EvidenceShipper(
-            evidence_plane.node_address,
-            log_file,
-            node_id="node-s",
-            tls=tls,
-            backoff=lambda n: 0.05,
-            batch_records=7,
-        )
-
-    def count() -> int:
-        return int(sql_rows(evidence_plane.database_url, "SELECT count(*) FROM evidence_records")[0][0])
+    shipper = _shippers(evidence_plane, log_file, "node-s", tls, batch_records=7)
 
     await write_records(directory, "node-s", 30)
     await _ship_all(shipper(), 30)
@@ -59,11 +72,11 @@ async def test_the_shipper_resumes_from_its_cursor(
     again = shipper()
     assert again.status.shipped_seq == 30  # read back from the cursor file
     await _ship_all(again, 50)
-    assert count() == 50
+    assert _stored(evidence_plane) == 50
 
     cursor_file.unlink()  # lost: everything is resent, nothing is stored twice
     await _ship_all(shipper(), 50)
-    assert count() == 50
+    assert _stored(evidence_plane) == 50
     assert read_cursor(cursor_file).seq == 50
 
 
@@ -79,10 +92,7 @@ async def test_a_cursor_lost_after_pruning_resumes_from_what_remains(
                 {"ts": time.time(), "correlation_id": f"corr-{i}", "tenant_id": "acme", "pad": "x" * 100}
             )
 
-    def shipper() -> EvidenceShipper:
-        return EvidenceShipper(
-            evidence_plane.node_address, log_file, node_id="node-p", tls=tls, backoff=lambda n: 0.05
-        )
+    shipper = _shippers(evidence_plane, log_file, "node-p", tls)
 
     await _ship_all(shipper(), 40)
     base = segments.read_base(log_file)
@@ -166,10 +176,7 @@ async def test_an_unreadable_cursor_resends_everything_as_duplicates(
     log_file = log_path(directory, node)
     await write_records(directory, node, 12)
 
-    def shipper() -> EvidenceShipper:
-        return EvidenceShipper(
-            evidence_plane.node_address, log_file, node_id=node, tls=tls, backoff=lambda n: 0.05
-        )
+    shipper = _shippers(evidence_plane, log_file, node, tls)
 
     await _ship_all(shipper(), 12)
     cursor_file = cursor_path(log_file, f"{node}/0")
@@ -181,3 +188,61 @@ async def test_an_unreadable_cursor_resends_everything_as_duplicates(
     )
     assert stored[0][0] == 12
     assert read_cursor(cursor_file).seq == 12
+
+
+async def test_a_checkpoint_signed_after_its_records_were_shipped_is_shipped_alone(
+    database_url: str, private_tmp: Path
+) -> None:
+    """The log signs on its own clock, so its last checkpoint often comes after the shipper
+    sent every record it covers; with no more traffic it must still go, or the newest
+    records of a quiet node are never proven (an export leaves them out). Signed by the
+    node's certified key and checked as in production."""
+    async with running_control_plane(cp_settings(database_url, private_tmp)) as plane:
+        await _late_checkpoints(plane, private_tmp)
+
+
+async def _late_checkpoints(evidence_plane: RunningControlPlane, private_tmp: Path) -> None:
+    directory = new_dir(private_tmp, "shipper-late-")
+    tls = await evidence_plane.enroll("node-l", directory)
+    log_file = log_path(directory, "node-l")
+
+    def held() -> list[tuple[object, ...]]:
+        return [
+            tuple(row)
+            for row in sql_rows(
+                evidence_plane.database_url,
+                "SELECT tree_size, root_matches FROM evidence_checkpoints WHERE chain_id = 'node-l/0' "
+                "ORDER BY tree_size",
+            )
+        ]
+
+    shipper = _shippers(evidence_plane, log_file, "node-l", tls, interval=0.05)
+
+    await write_records(directory, "node-l", 12)  # unsigned: no checkpoint yet
+    async with _running(shipper()) as running:
+        await eventually(lambda: running.status.shipped_seq == 12, message="seq 12 acknowledged")
+        assert held() == []
+        async with EvidenceLog(
+            log_file,
+            "node-l",
+            signer=IdentityFiles(directory).private_key(),
+            checkpoint_records=10**9,
+            checkpoint_interval=3600,
+        ) as log:
+            assert await log.checkpoint()  # of the 12 the control plane already holds
+            await eventually(lambda: held() == [(12, True)], message="the late checkpoint stored")
+            for i in range(5):
+                log.append({"ts": time.time(), "correlation_id": f"late-{i}", "tenant_id": "acme"})
+        # Closing signed one of 17; it goes with or after those records, whichever comes last.
+        await eventually(lambda: held() == [(12, True), (17, True)], message="the closing checkpoint stored")
+        await eventually(lambda: running.status.proven_seq == 17, message="the shipper to see it taken")
+        assert running.status.shipped_seq == 17
+    assert _stored(evidence_plane) == 17
+
+    # A restarted shipper knows nothing of what was taken: it offers the newest again, which
+    # the control plane holds already; nothing is stored twice and nothing is refused.
+    async with _running(shipper()) as again:
+        await eventually(lambda: again.status.proven_seq == 17, message="the newest checkpoint offered again")
+        assert again.status.failures == 0
+    assert held() == [(12, True), (17, True)]
+    assert _stored(evidence_plane) == 17
