@@ -27,10 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.db.models import EvidenceAlarm, EvidenceCheckpoint
 from controlplane.errors import shown
 from controlplane.evidence.errors import EvidenceRefused, Tampered
+from controlplane.evidence.retention import newest_statement
 from controlplane.limits import INT64_MAX
 from dataplane.evidence import checkpoint as node_checkpoint
-from dataplane.evidence import cosignature
-from dataplane.evidence.merkle import root as merkle_root
+from dataplane.evidence import cosignature, merkle
 
 MAX_NOTE_BYTES = 8 * 1024
 CHECKPOINT_ORIGIN = "signalbox.evidence/"
@@ -124,26 +124,27 @@ async def store_checkpoint(
             f"chain {shown(chain_id)}: {checkpoint.name}: only records 1..{head_seq} are stored; "
             "ship a checkpoint after the records it covers"
         )
-    root = roots.get(checkpoint.size)
-    if root is None:
-        rows = await session.execute(
-            sa.text("SELECT hash FROM evidence_records WHERE chain_id = :c AND seq <= :n ORDER BY seq"),
-            {"c": chain_id, "n": checkpoint.size},
-        )
-        root = merkle_root([bytes(h) for (h,) in rows])
-    matches = root == checkpoint.root
     held = (
         await session.execute(
-            sa.select(sa.func.count())
-            .select_from(EvidenceCheckpoint)
-            .where(
+            sa.select(EvidenceCheckpoint.root_matches).where(
                 EvidenceCheckpoint.chain_id == chain_id,
                 EvidenceCheckpoint.tree_size == checkpoint.size,
                 EvidenceCheckpoint.root_hash == checkpoint.root,
             )
         )
-    ).scalar_one()
-    if not held:
+    ).scalar()
+    if held:
+        return 0  # taken and checked before (a restarted shipper offers its newest again)
+    root = roots.get(checkpoint.size)
+    if root is None:
+        root = await _root_of(session, chain_id, checkpoint.size)
+        if root is None:
+            # Those records were pruned by retention, and with them the roots inside the
+            # pruned prefix: there is nothing left for such a checkpoint to prove. Not stored,
+            # not refused (the node would offer it again forever).
+            return 0
+    matches = root == checkpoint.root
+    if held is None:
         session.add(
             EvidenceCheckpoint(
                 chain_id=chain_id,
@@ -154,13 +155,13 @@ async def store_checkpoint(
             )
         )
     if matches:
-        return 0 if held else 1
+        return 1
     refused = Tampered(
         f"chain {shown(chain_id)}: {checkpoint.name}: the stored records 1..{checkpoint.size} make root "
         f"{root.hex()}, not {checkpoint.root.hex()}",
         seq=checkpoint.size,
     )
-    if not held:
+    if held is None:
         session.add(
             EvidenceAlarm(
                 chain_id=chain_id,
@@ -172,3 +173,22 @@ async def store_checkpoint(
             )
         )
     return refused
+
+
+async def _root_of(session: AsyncSession, chain_id: str, size: int) -> bytes | None:
+    """The root of the chain's records 1..``size`` as the control plane holds them: the
+    compact range of its pruned prefix (if retention pruned one) extended by the stored
+    records after it. None when ``size`` ends inside the pruned prefix (those roots are gone)."""
+    pruned = await newest_statement(session, chain_id)
+    tree = merkle.Tree() if pruned is None else pruned.tree()
+    if size < tree.size:
+        return None
+    rows = await session.execute(
+        sa.text(
+            "SELECT hash FROM evidence_records WHERE chain_id = :c AND seq > :s AND seq <= :n ORDER BY seq"
+        ),
+        {"c": chain_id, "s": tree.size, "n": size},
+    )
+    for (digest,) in rows:
+        tree.append(bytes(digest))
+    return tree.root()

@@ -99,7 +99,7 @@ class EvidenceRetention:
     async def pruned_statement(self, chain_id: str) -> PrunedStatement | None:
         """The newest pruned-range statement of ``chain_id`` (None: nothing of it pruned)."""
         async with self._sessions() as session:
-            return await _newest(session, chain_id)
+            return await newest_statement(session, chain_id)
 
     async def pruned(self) -> dict[str, PrunedStatement]:
         """The newest statement of every chain that has one."""
@@ -140,7 +140,7 @@ class EvidenceRetention:
             statements = []
             signers = await self._keyring.signers(session)
             for chain_id, first, last, count in sorted(ranges.all()):
-                previous = await _newest(session, chain_id)
+                previous = await newest_statement(session, chain_id)
                 expected = previous.last_seq + 1 if previous is not None else 1
                 if first != expected or count != last - first + 1:
                     raise PruneRefused(
@@ -206,7 +206,7 @@ class EvidenceRetention:
         return PruneResult(names, statements)
 
 
-async def _newest(session: AsyncSession, chain_id: str) -> PrunedStatement | None:
+async def newest_statement(session: AsyncSession, chain_id: str) -> PrunedStatement | None:
     row = (
         await session.execute(
             sa.select(EvidencePrunedRange.statement)

@@ -126,7 +126,16 @@ async def test_pruning_leaves_signed_statements_and_the_rest_still_verifies(
     # against the chain's stored tree: the records left after pruning would not make its root.
     ack = await stream.ship("node-a/0", [], [at_8])
     assert (ack.head_seq, ack.checkpoints, ack.HasField("error")) == (8, 0, False)
+    # One that ends after the pruned prefix checks against its compact range and the records
+    # after it; one that ends inside it has nothing left to prove: not stored, not refused.
+    ack = await stream.ship("node-a/0", [], [node_keys.checkpoint("node-a", "node-a/0", hashes[:7])])
+    assert (ack.head_seq, ack.checkpoints, ack.HasField("error")) == (8, 1, False)
+    ack = await stream.ship("node-a/0", [], [node_keys.checkpoint("node-a", "node-a/0", hashes[:5])])
+    assert (ack.head_seq, ack.checkpoints, ack.HasField("error")) == (8, 0, False)
     assert sql_rows(evidence_plane.database_url, "SELECT count(*) FROM evidence_alarms") == [(0,)]
+    assert sql_rows(
+        evidence_plane.database_url, "SELECT tree_size, root_matches FROM evidence_checkpoints ORDER BY 1"
+    ) == [(7, True), (8, True)]
 
     # Ingest continues the chain; a later checkpoint checks against the stored tree.
     lines = await write_at(directory, [now] * 2)
