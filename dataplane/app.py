@@ -18,7 +18,9 @@ air-gapped node from worker 0's own ledger, ``dataplane.quota.local``) and the
 certificate renewer.
 Stop order (also on SIGTERM through ``serve``): health NOT_SERVING, stop syncing or
 watching, stop accepting, drain in-flight calls and streams for up to ``drain_seconds``,
-close adapters and the HTTP client, flush and sync the evidence log.
+close adapters and the HTTP client, flush and sync the evidence log and sign its last
+checkpoint, then give the shipper up to ``evidence_drain`` seconds to send the control plane
+what it lacks of them (while it is connected; the rest ships at the next start).
 """
 
 from __future__ import annotations
@@ -505,13 +507,8 @@ class DataPlaneNode:
         try:
             grace = self.settings.drain_seconds if grace is None else grace
             await self._set_serving(False)
-            for task in (
-                self._renew_task,
-                self._sync_task,
-                self._ship_task,
-                self._key_task,
-                self._lease_task,
-            ):
+            # Not the shipper: it sends the evidence of the drained requests too (below).
+            for task in (self._renew_task, self._sync_task, self._key_task, self._lease_task):
                 if task is not None:
                     await _cancel(task)
             if self._pin_watch is not None:
@@ -536,7 +533,8 @@ class DataPlaneNode:
             if self._http is not None:
                 await self._http.aclose()
             if self._evidence is not None:
-                await self._evidence.aclose()
+                await self._evidence.aclose()  # signs the last checkpoint
+                await self._drain_evidence(self._evidence, self.settings.evidence_drain if grace > 0 else 0)
             if self._tracer is not None:
                 # The spans of the drained requests leave before the process does.
                 await asyncio.to_thread(self._tracer.shutdown)
@@ -545,6 +543,26 @@ class DataPlaneNode:
                 await self._metrics.stop()
         finally:
             self._stopped.set()
+
+    async def _drain_evidence(self, evidence: EvidenceLog, seconds: float) -> None:
+        """Give the shipper ``seconds`` to send what the control plane lacks, then stop it:
+        a node scaled away with its disk must not take unshipped evidence with it."""
+        shipper, task = self._shipper, self._ship_task
+        if shipper is None or task is None:
+            return
+        head, signed = evidence.head.seq, evidence.signed_size
+        if seconds > 0 and not await shipper.drain(head, signed, seconds):
+            log.warning(
+                "stopping: evidence %s not all acknowledged (records up to seq %d of %d, checkpoint "
+                "of %d of %d); the rest stays in %s and ships when the node starts again",
+                shipper.chain_id,
+                shipper.status.shipped_seq,
+                head,
+                shipper.status.proven_seq,
+                signed,
+                self.settings.data_dir,
+            )
+        await _cancel(task)
 
     async def __aenter__(self) -> Self:
         try:

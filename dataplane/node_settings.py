@@ -15,6 +15,7 @@ from dataplane.evidence.log import (
     DEFAULT_CHECKPOINT_RECORDS,
 )
 from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
+from dataplane.evidence.shipper import DEFAULT_DRAIN as DEFAULT_EVIDENCE_DRAIN
 from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.http.server import Limits as HttpLimits
@@ -113,6 +114,9 @@ class NodeSettings:
     """Unacknowledged evidence beyond which each tenant's ``spool_full`` policy applies."""
     evidence_ship_interval: float = DEFAULT_SHIP_INTERVAL
     """Seconds between evidence batches to the control plane while they are not full."""
+    evidence_drain: float = DEFAULT_EVIDENCE_DRAIN
+    """On stop, after the last request: seconds the shipper may take to send the rest of the
+    evidence and the last checkpoint (0: leave them on disk for the next start)."""
     sync_backoff_base: float = 0.5
     sync_heartbeat_interval: float = 15.0
     """Seconds between heartbeats on the sync stream (the control plane's last_seen)."""

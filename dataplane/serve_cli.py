@@ -378,6 +378,12 @@ def serve_command(ns: argparse.Namespace) -> int:
         if value < 1:
             print(f"{flag}: {value} is not a positive {what}", file=sys.stderr)
             return 2
+    if ns.evidence_drain_ms < 0:
+        print(
+            f"--evidence-drain-ms: {ns.evidence_drain_ms} is not 0 or a positive number of milliseconds",
+            file=sys.stderr,
+        )
+        return 2
     for flag, cap in (
         ("--http-max-connections", ns.http_max_connections),
         ("--grpc-max-connections", ns.grpc_max_connections),
@@ -486,6 +492,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         evidence_segment_bytes=ns.evidence_segment_bytes,
         evidence_spool_max_bytes=ns.evidence_spool_max_bytes,
         evidence_ship_interval=ns.evidence_ship_ms / 1000,
+        evidence_drain=ns.evidence_drain_ms / 1000,
         worker=ns.worker_index or 0,
         workers=workers,
         quota_lease_interval=ns.quota_lease_ms / 1000,

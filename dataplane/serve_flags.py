@@ -8,6 +8,7 @@ import argparse
 
 from dataplane.evidence.log import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS
 from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
+from dataplane.evidence.shipper import DEFAULT_DRAIN as DEFAULT_EVIDENCE_DRAIN
 from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.http.server import Limits as HttpLimits
@@ -126,6 +127,16 @@ def add_door_and_evidence_flags(serve: argparse.ArgumentParser, *, command: str)
         type=int,
         help="evidence not yet acknowledged by the control plane beyond which each tenant's "
         "spool_full policy applies (serve_and_alarm or refuse)",
+        command=command,
+    )
+    add(
+        serve,
+        "--evidence-drain-ms",
+        env="SIGNALBOX_EVIDENCE_DRAIN_MS",
+        default=int(DEFAULT_EVIDENCE_DRAIN * 1000),
+        type=int,
+        help="on SIGTERM, after the drain: milliseconds to send the control plane the evidence "
+        "and the last checkpoint it lacks (0: they stay on disk and ship at the next start)",
         command=command,
     )
     add(

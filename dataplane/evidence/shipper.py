@@ -32,6 +32,11 @@ control plane holds everything it covers. A checkpoint is kept until the control
 it (an ACK without an error): a refused or interrupted send is retried, so the newest records
 of an idle chain are always proven in the end, not only once more traffic comes.
 
+**Stopping.** A node that stops (``drain``) has the rest sent at once, without the wait
+between batches, until the control plane holds every record and the last checkpoint, the
+stream goes down, or a time limit passes: a node scaled away together with its disk would
+otherwise take up to ``interval`` of evidence and its last checkpoint with it.
+
 **Pruning.** After each acknowledgement the shipper deletes the segments
 (``dataplane.evidence.segments``) whose every record is acknowledged (the cursor is at or
 past their last seq), never the newest one (the log writes there). First it persists the
@@ -45,6 +50,7 @@ was acknowledged and what was pruned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -68,6 +74,8 @@ BATCH_RECORDS = 2000
 BATCH_BYTES = 4 * 1024 * 1024
 ACK_TIMEOUT = 60.0
 DEFAULT_INTERVAL = 1.0
+DEFAULT_DRAIN = 5.0
+"""Seconds a stopping node gives its shipper to send the rest (``EvidenceShipper.drain``)."""
 """Seconds between batches while they are not full."""
 
 
@@ -286,6 +294,11 @@ class EvidenceShipper:
         """Signed checkpoints read but not shipped yet: (tree size, note)."""
         self._noted = 0
         """The largest checkpoint size the control plane has taken from this process."""
+        self._progress = asyncio.Event()
+        """Set whenever an ACK arrives or the stream goes down (what ``drain`` waits on)."""
+        self._wake = asyncio.Event()
+        """Cuts the wait between batches short (``drain``)."""
+        self._draining = False
 
     @property
     def status(self) -> ShipperStatus:
@@ -307,6 +320,7 @@ class EvidenceShipper:
                 log.exception("evidence shipping to %s failed", self._target)
             finally:
                 self._connected = False
+                self._progress.set()
             self._failures += 1
             delay = self._backoff(self._failures)
             log.info(
@@ -347,7 +361,7 @@ class EvidenceShipper:
                     at, lines = read.at, read.lines
                     notes = await asyncio.to_thread(self._checkpoints_upto, self._cursor.seq + len(lines))
                     if not lines and not notes:
-                        await asyncio.sleep(self._interval)
+                        await self._pause()
                         continue
                     outbox.put_nowait(
                         evidence_pb2.ShipBatch(
@@ -364,12 +378,37 @@ class EvidenceShipper:
                         await asyncio.sleep(self._backoff(self._failures))
                     else:
                         self._failures = 0
-                        if not read.more:
+                        if not read.more and not self._draining:
                             # The log had no more to send: let the next batch fill up.
-                            await asyncio.sleep(self._interval)
+                            await self._pause()
             finally:
                 outbox.put_nowait(None)
                 call.cancel()
+
+    async def _pause(self) -> None:
+        """Wait ``interval`` between batches, or less when ``drain`` asks for the rest."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._interval):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def drain(self, head: int, signed: int, timeout: float) -> bool:
+        """Ship the rest at once: True when the control plane holds records 1..``head`` and
+        took the checkpoint of ``signed`` records (0: none to wait for), False when the stream
+        is down or ``timeout`` seconds pass first (the rest stays on disk and ships when the
+        node starts again). For a node that stops: its log is closed, so ``head`` is final."""
+        self._draining = True
+        self._wake.set()
+
+        def drained() -> bool:
+            return self._cursor.seq >= head and self._noted >= signed
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not drained() and self._connected:
+                    self._progress.clear()
+                    await self._progress.wait()
+        return drained()
 
     def _checkpoints_upto(self, size: int) -> list[bytes]:
         """The newest signed checkpoint of at most ``size`` records the control plane has not
@@ -395,6 +434,7 @@ class EvidenceShipper:
         """The control plane took the checkpoint of ``size`` records: it and older ones are done."""
         self._noted = max(self._noted, size)
         self._notes = [(n, note) for n, note in self._notes if n > self._noted]
+        self._progress.set()
 
     async def _answer(self, call: Any, lines: list[bytes], at: Cursor) -> bool:
         """Read the ACK of ``lines`` (read from ``at``) and move the cursor to it; True when
@@ -435,6 +475,7 @@ class EvidenceShipper:
                 await self._save(Cursor(base.seq, 0, 0))
             self._spool.acked = await asyncio.to_thread(acknowledged_bytes, self._log_file, self._cursor)
         self._spool.check()
+        self._progress.set()
         if ack.HasField("error"):
             self._last_error = f"{ack.error.code}: {ack.error.message}"
             log.error("evidence batch refused by the control plane: %s", self._last_error)

@@ -160,6 +160,7 @@ def test_serve_refuses_an_idle_wait_that_is_not_a_number_of_seconds(
         ("--evidence-checkpoint-ms", "0", "is not a positive number of milliseconds"),
         ("--evidence-ship-ms", "0", "is not a positive number of milliseconds"),
         ("--evidence-ship-ms", "-20", "is not a positive number of milliseconds"),
+        ("--evidence-drain-ms", "-1", "is not 0 or a positive number of milliseconds"),
         ("--evidence-segment-bytes", "0", "is not a positive number of bytes"),
         ("--evidence-spool-max-bytes", "-1", "is not a positive number of bytes"),
     ],
