@@ -20,7 +20,10 @@ Retry-After). Throughout:
 - a Retry-After is honoured for at most the node's ``max_retry_after_s``;
 - a timeout counts against the deployment (breaker, error rate, and its elapsed
   time as a lower bound on its latency) even when the caller's deadline cut it:
-  a deployment slower than its callers' deadlines is routed around.
+  a deployment slower than its callers' deadlines is routed around. That holds
+  when the cut comes as a cancellation from outside (gRPC cancels the handler of a
+  call whose deadline passed, which can come before the attempt's own timer); a
+  caller that goes away before its deadline says nothing about the deployment.
 
 Hedging (a policy's ``retry.hedge``, unary calls only): when an attempt has not
 answered ``after_ms`` after it started, the next candidate of the first pass
@@ -70,6 +73,9 @@ from dataplane.routing.shadow import ShadowOutcome, mirror
 __all__ = ["AttemptRecord", "DispatchFailed", "Dispatcher", "HealthBoard", "ShadowOutcome"]
 
 T = TypeVar("T")
+
+DEADLINE_RACE_S = 0.01
+"""A cancellation this close to the caller's deadline is the deadline's (``Dispatcher._cut``)."""
 
 
 class Dispatcher:
@@ -161,6 +167,9 @@ class Dispatcher:
                 error = timed_out(launch, exc)
             except ProviderError as exc:
                 error = exc
+            except asyncio.CancelledError:
+                self._cut(launch.state, started, deadline)
+                raise
             except BaseException:
                 launch.state.release_probe()
                 raise
@@ -373,11 +382,20 @@ class Dispatcher:
             if flights:
                 await asyncio.gather(*flights, return_exceptions=True)
                 for flight in flights.values():
-                    flight.launch.state.release_probe()
+                    self._cut(flight.launch.state, flight.started, deadline)
         made = attempts()
         raise DispatchFailed(
             self._final_error(made, skipped, last, cur.out_of_time, deadline), made, skipped
         ) from last
+
+    def _cut(self, state: DeploymentState, started: float, deadline: float) -> None:
+        """An attempt cancelled from outside: at the caller's deadline, the timeout it is
+        (whoever noticed the deadline first); before it, no verdict on the deployment."""
+        now = self._clock()
+        if now >= deadline - DEADLINE_RACE_S:
+            state.record_failure((now - started) * 1000)
+        else:
+            state.release_probe()
 
     async def _cancel(
         self,

@@ -5,6 +5,7 @@ candidate beside a silent one and closes the loser's upstream call."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from dataplane.providers.classify import parse_duration, parse_retry_after
 from dataplane.providers.registry import build_adapter
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import Dispatcher, DispatchFailed
-from dataplane.routing.health import BreakerState
+from dataplane.routing.health import BreakerState, DeploymentHealth
 from dataplane.routing.planner import plan_route
 from dataplane.routing.query import RoutePlan, RouteQuery
 from dataplane.routing.table import build_route_table
@@ -127,6 +128,47 @@ async def test_a_cut_timeout_feeds_the_latency_constraint(
     (dropped,) = [why for label, why in plan.dropped if label == "solo@pa"]
     assert dropped.startswith("latency ")
     assert dropped.endswith("> max 150 ms")
+
+
+@pytest.mark.parametrize("hedged", [False, True])
+async def test_a_cancellation_at_the_callers_deadline_counts_as_the_timeout_it_is(
+    sim_a: Simulator, sim_b: Simulator, http: UpstreamClient, hedged: bool
+) -> None:
+    """gRPC cancels the handler of a call whose deadline passed, and that can come before the
+    attempt's own timer: the deployment was still that slow (breaker, latency). A caller
+    that goes away well before its deadline says nothing about the deployment. Here the
+    cancellation comes 2 ms before the deadline, so it always beats the attempt's timer."""
+    retry: dict[str, Any] = {"attempts_per_deployment": 1}
+    if hedged:
+        retry["hedge"] = {"after_ms": 5_000, "max_extra": 1}
+    stack = Stack(sim_a, sim_b, http, rules("solo", retry=retry), Dispatcher())
+    sim_a.set_behaviour("solo", Behaviour(latency_ms=3000))
+    loop = asyncio.get_running_loop()
+
+    async def cancelled_at(before_deadline: float) -> None:
+        deadline = time.monotonic() + 0.3
+        call = loop.create_task(
+            stack.dispatcher.call(stack.plan(), stack.attempt, deadline=deadline, keeps_deadline=True)
+        )
+        loop.call_at(loop.time() + 0.3 - before_deadline, call.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    def health() -> DeploymentHealth:
+        state = stack.dispatcher.health.get("solo-a")
+        assert state is not None
+        return state
+
+    await cancelled_at(0.2)  # the caller went away
+    assert health() == DeploymentHealth()
+    for n in range(1, 6):
+        await cancelled_at(0.002)  # the deadline's cancellation, ahead of the attempt's timer
+        assert health().error_rate > 0
+        latency = health().latency_ms
+        assert latency is not None
+        assert latency >= 250
+        # The breaker opens at the 5th, as for timeouts the node noticed itself.
+        assert health().state is (BreakerState.OPEN if n == 5 else BreakerState.CLOSED)
 
 
 def test_a_censored_latency_only_raises_the_average(clock: FakeClock) -> None:
