@@ -88,6 +88,7 @@ class EvidenceAdmin:
             status = convert.evidence_chain(c.chain, c.alarms, c.stale)
             statement = pruned.get(c.chain.chain_id)
             status.pruned_through_seq = statement.last_seq if statement is not None else 0
+            status.proven_through_seq = c.proven
             chains.append(status)
         return admin_pb2.ListEvidenceChainsResponse(chains=chains)
 

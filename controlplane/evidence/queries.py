@@ -8,7 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.db.models import EvidenceAlarm, EvidenceChain, EvidenceRecord
+from controlplane.db.models import EvidenceAlarm, EvidenceChain, EvidenceCheckpoint, EvidenceRecord
 from controlplane.errors import InvalidArgument
 from controlplane.evidence.usage import UsageReports
 
@@ -39,6 +39,8 @@ class ChainStatus:
     alarms: int
     stale: bool = False
     """No batch for longer than ``stale_after``: the node stopped shipping this chain."""
+    proven: int = 0
+    """Size of the largest checkpoint stored with a matching root (0: none)."""
 
 
 class EvidenceQueries:
@@ -86,11 +88,18 @@ class EvidenceQueries:
         stale = sa.func.coalesce(EvidenceChain.last_received_at, EvidenceChain.created_at) < (
             sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, self._stale_after)
         )
+        # Per chain, a backward scan of its (chain_id, tree_size) index: a chain signs a
+        # checkpoint a second, far too many to group them all.
+        proven = (
+            sa.select(sa.func.max(EvidenceCheckpoint.tree_size))
+            .where(EvidenceCheckpoint.chain_id == EvidenceChain.chain_id, EvidenceCheckpoint.root_matches)
+            .scalar_subquery()
+        )
         query = (
-            sa.select(EvidenceChain, sa.func.coalesce(alarms.c.n, 0), stale)
+            sa.select(EvidenceChain, sa.func.coalesce(alarms.c.n, 0), stale, sa.func.coalesce(proven, 0))
             .outerjoin(alarms, alarms.c.chain_id == EvidenceChain.chain_id)
             .order_by(EvidenceChain.chain_id)
         )
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
-        return [ChainStatus(chain, int(n), bool(old)) for chain, n, old in rows]
+        return [ChainStatus(chain, int(n), bool(old), int(size)) for chain, n, old, size in rows]

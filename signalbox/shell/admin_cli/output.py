@@ -72,7 +72,8 @@ EVIDENCE_COLUMNS = (
     "time", "chain", "seq", "correlation_id", "tenant", "api_key", "model", "outcome", "record_id", "hash",
 )  # fmt: skip
 EVIDENCE_CHAIN_COLUMNS = (
-    "chain", "node", "shipped_seq", "pruned_through", "last_received", "state", "alarms", "alarm",
+    "chain", "node", "shipped_seq", "proven_through", "pruned_through", "last_received", "state", "alarms",
+    "alarm",
 )  # fmt: skip
 EVIDENCE_PRUNED_COLUMNS = ("chain", "first_seq", "last_seq", "last_hash", "pruned_before")
 
@@ -374,6 +375,7 @@ def evidence_chain_row(c: admin_pb2.EvidenceChainStatus) -> tuple[object, ...]:
         printable(c.chain_id, 100),
         printable(c.node_id, 100),
         c.head_seq,
+        c.proven_through_seq or "-",
         c.pruned_through_seq or "-",
         _time(c.last_received_at),
         f"{c.state}, stale" if c.stale else c.state,

@@ -67,28 +67,36 @@ async def test_query_filters_and_prints_json_or_a_table(shipped: RunningControlP
     assert ("QueryEvidence", "INVALID_ARGUMENT") in {tuple(r) for r in audited}
 
 
-async def test_chains_shows_head_state_and_alarms(
-    shipped: RunningControlPlane, node: tuple[Stream, Path]
+async def test_chains_shows_head_state_alarms_and_how_far_checkpoints_prove(
+    shipped: RunningControlPlane, node: tuple[Stream, Path], node_keys: NodeKeys
 ) -> None:
     stream, directory = node
-    lines = (await write_records(directory, "node-a", 3))[12:]
-    ack = await stream.ship("node-a/0", lines[1:])  # seq 13 missing: a gap
+    lines = await write_records(directory, "node-a", 3)
+    hashes = [json.loads(line)["hash"] for line in lines]
+    # Proven through 8 (the newest matching checkpoint), not 12 (the head), nor 5 (older).
+    for size in (5, 8):
+        ack = await stream.ship("node-a/0", [], [node_keys.checkpoint("node-a", "node-a/0", hashes[:size])])
+        assert (ack.checkpoints, ack.HasField("error")) == (1, False)
+    ack = await stream.ship("node-a/0", lines[13:])  # seq 13 missing: a gap
     assert ack.error.code == "FAILED_PRECONDITION"
     code, out, err = await _signalbox(
         "admin", "--target", shipped.address, "--token", shipped.token, "--json", "evidence", "chains"
     )
     assert code == 0, err
     (chain,) = json.loads(out)["chains"]
-    assert (chain["chain_id"], chain["node_id"], chain["head_seq"], chain["state"], chain["alarms"]) == (
-        "node-a/0", "node-a", "12", "gap", "1",
-    )  # fmt: skip
+    assert (
+        chain["chain_id"], chain["node_id"], chain["head_seq"], chain["proven_through_seq"], chain["state"],
+        chain["alarms"],
+    ) == ("node-a/0", "node-a", "12", "8", "gap", "1")  # fmt: skip
     assert "record seq 14 (line 1 of the batch): gap, expected seq 13" in chain["alarm"]
 
     code, out, err = await _signalbox(
         "admin", "--target", shipped.address, "--token", shipped.token, "evidence", "chains"
     )
     assert code == 0, err
-    assert "node-a/0" in out
+    header, row = out.splitlines()[:2]
+    assert header.split()[:5] == ["CHAIN", "NODE", "SHIPPED_SEQ", "PROVEN_THROUGH", "PRUNED_THROUGH"]
+    assert row.split()[:5] == ["node-a/0", "node-a", "12", "8", "-"]
     assert "gap" in out
 
 

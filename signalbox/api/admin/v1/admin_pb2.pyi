@@ -2524,6 +2524,7 @@ class EvidenceChainStatus(_message.Message):
     ALARMS_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
     PRUNED_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
+    PROVEN_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
     chain_id: _builtins.str
     node_id: _builtins.str
     head_seq: _builtins.int
@@ -2543,6 +2544,12 @@ class EvidenceChainStatus(_message.Message):
     """--- evidence retention ---
     Records 1..pruned_through_seq of the chain were pruned (0: none), behind a signed statement.
     """
+    proven_through_seq: _builtins.int
+    """--- evidence checkpoints ---
+    Records 1..proven_through_seq are covered by the newest signed checkpoint of the node
+    that the store holds with a matching root (0: none yet). Records after it are stored
+    but not yet proven: an export leaves them out until the node's next checkpoint arrives.
+    """
     @_builtins.property
     def last_received_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -2557,10 +2564,11 @@ class EvidenceChainStatus(_message.Message):
         alarms: _builtins.int = ...,
         stale: _builtins.bool = ...,
         pruned_through_seq: _builtins.int = ...,
+        proven_through_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_received_at", b"last_received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm", "alarms", b"alarms", "chain_id", b"chain_id", "head_seq", b"head_seq", "last_received_at", b"last_received_at", "node_id", b"node_id", "pruned_through_seq", b"pruned_through_seq", "stale", b"stale", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm", "alarms", b"alarms", "chain_id", b"chain_id", "head_seq", b"head_seq", "last_received_at", b"last_received_at", "node_id", b"node_id", "proven_through_seq", b"proven_through_seq", "pruned_through_seq", b"pruned_through_seq", "stale", b"stale", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
