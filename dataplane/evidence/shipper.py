@@ -28,9 +28,10 @@ full jitter).
 (``dataplane.evidence.checkpoint``) that its records complete. The log signs on its own clock,
 so its last checkpoint is often signed after the records it covers were sent: when there is
 nothing to read, such a checkpoint goes alone in a batch with no records, as soon as the
-control plane holds everything it covers. A checkpoint is kept until the control plane takes
-it (an ACK without an error): a refused or interrupted send is retried, so the newest records
-of an idle chain are always proven in the end, not only once more traffic comes.
+control plane holds everything it covers. A checkpoint is kept until the control plane
+answers: an interrupted send is retried, so the newest records of an idle chain are proven
+in the end, not only once more traffic comes; a refused one is dropped (a checkpoint the
+control plane will never take must not hold back the records after it).
 
 **Stopping.** A node that stops (``drain``) has the rest sent at once, without the wait
 between batches, until the control plane holds every record and the last checkpoint, the
@@ -371,8 +372,8 @@ class EvidenceShipper:
                     refused = await self._answer(call, lines, at)
                     if lines:
                         await self._prune()
-                    if not refused and notes:
-                        self._taken(checkpoint.parse(notes[-1]).size)
+                    if notes:
+                        self._offered(notes[-1], refused)
                     if refused:
                         self._failures += 1
                         await asyncio.sleep(self._backoff(self._failures))
@@ -430,9 +431,15 @@ class EvidenceShipper:
         ready = [note for n, note in self._notes if self._noted < n <= size]
         return ready[-1:]
 
-    def _taken(self, size: int) -> None:
-        """The control plane took the checkpoint of ``size`` records: it and older ones are done."""
-        self._noted = max(self._noted, size)
+    def _offered(self, offered: bytes, refused: bool) -> None:
+        """The control plane answered a batch carrying checkpoint ``offered``. Taken: it and
+        older ones are done. Refused (the ACK says why; the control plane
+        alarms): it is not offered again, or a checkpoint it will never take would hold back
+        every batch after it; the next one the log signs covers the same records."""
+        if refused:
+            self._notes = [(n, note) for n, note in self._notes if note != offered]
+            return
+        self._noted = max(self._noted, checkpoint.parse(offered).size)
         self._notes = [(n, note) for n, note in self._notes if n > self._noted]
         self._progress.set()
 

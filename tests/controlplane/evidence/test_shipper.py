@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from dataplane.evidence import segments
+from dataplane.evidence import checkpoint, segments
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.shipper import Cursor, EvidenceShipper, cursor_path, read_cursor
 from dataplane.identity import IdentityFiles
@@ -246,3 +247,40 @@ async def _late_checkpoints(evidence_plane: RunningControlPlane, private_tmp: Pa
         assert again.status.failures == 0
     assert held() == [(12, True), (17, True)]
     assert _stored(evidence_plane) == 17
+
+
+async def test_a_checkpoint_the_control_plane_refuses_does_not_hold_back_the_records(
+    database_url: str, private_tmp: Path
+) -> None:
+    """A checkpoint the control plane will never take (here signed by a key that is not the
+    node's) is refused with its batch; offered again it would hold back those records
+    forever. Dropped, the records go with the node's genuine checkpoint of them."""
+    async with running_control_plane(cp_settings(database_url, private_tmp)) as plane:
+        directory = new_dir(private_tmp, "shipper-refused-")
+        tls = await plane.enroll("node-r", directory)
+        log_file = log_path(directory, "node-r")
+        async with EvidenceLog(
+            log_file, "node-r", signer=IdentityFiles(directory).private_key(), checkpoint_interval=3600
+        ) as log:
+            for i in range(5):
+                log.append({"ts": time.time(), "correlation_id": f"refused-{i}", "tenant_id": "acme"})
+        notes = checkpoint.checkpoints_path(log_file)
+        (genuine,) = checkpoint.read_notes(notes)
+        root = checkpoint.parse(genuine).root
+        forged = checkpoint.sign(
+            ec.generate_private_key(ec.SECP256R1()), "node-r/0", 5, root, int(time.time())
+        )
+        with notes.open("ab") as f:
+            f.write(forged + b"\n")  # the newest: offered first
+
+        async with _running(_shippers(plane, log_file, "node-r", tls, interval=0.05)()) as shipper:
+            await eventually(
+                lambda: (shipper.status.shipped_seq, shipper.status.proven_seq) == (5, 5),
+                message="the records and the genuine checkpoint taken",
+            )
+        assert "signature" in shipper.status.last_error
+        assert sql_rows(
+            plane.database_url,
+            "SELECT tree_size, root_matches FROM evidence_checkpoints WHERE chain_id = 'node-r/0'",
+        ) == [(5, True)]
+        assert _stored(plane) == 5
