@@ -8,7 +8,7 @@ A control plane runs in this process on embedded PostgreSQL (a fresh data dir). 
 enrolled for real (token, key, CSR, certificate) and ships over its own mutual-TLS stream on
 the node port, exactly as ``dataplane.evidence.shipper`` does: one batch in flight per chain,
 the next sent when the previous one is acknowledged (after its commit). The records are
-real: written beforehand by the node's ``EvidenceLog`` with request-like fields (~700 bytes
+real: written beforehand by the node's ``EvidenceLog`` with request-like fields (~1,160 bytes
 each), so the control plane parses each line, recomputes its hash, links it and COPYs it.
 The node side runs in a child process (``--ship-only``), so this process's CPU is the
 control plane's. Printed: records/s over the whole run (first batch sent to last ACK), and
