@@ -1,4 +1,5 @@
-"""deploy/ only names settings that exist: a renamed flag must not leave a dead env var behind."""
+"""deploy/ only names settings that exist (a renamed flag must not leave a dead env var behind),
+and its stop timeouts leave a node time to drain."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dataplane.node_settings import NodeSettings
 from signalbox import settings
 from signalbox.shell.cli import build_parser
 from tests.packaging.conftest import SOURCES
@@ -99,3 +101,20 @@ def test_deployed_nodes_verify_the_control_plane_certificate() -> None:
     assert "SIGNALBOX_CONTROL_PLANE_CERT" not in node
     image = _settings((DEPLOY / "Containerfile").read_text())
     assert image["SIGNALBOX_CONTROL_PLANE_CA"].startswith("/etc/signalbox/tls/")
+
+
+def test_stop_timeouts_leave_a_node_its_drain_and_its_evidence_drain() -> None:
+    """Killed earlier, a stopping node leaves the evidence of its last requests on a disk
+    that may go with it (a container removed, a pod rescheduled)."""
+    defaults = NodeSettings()
+    needed = defaults.drain_seconds + defaults.evidence_drain
+    unit = (DEPLOY / "systemd" / "signalbox-dataplane.service").read_text()
+    (stop,) = re.findall(r"^TimeoutStopSec=(\d+)$", unit, re.MULTILINE)
+    assert int(stop) > needed
+    readme = (DEPLOY / "README.md").read_text()
+    runs = re.findall(r"^podman run [^\n]*", readme, re.MULTILINE)
+    assert runs
+    for run in runs:
+        timeout = re.search(r"--stop-timeout (\d+)", run)
+        assert timeout is not None, run
+        assert int(timeout.group(1)) > needed, run
