@@ -542,6 +542,8 @@ class DataPlaneNode:
                 # Last: a scrape during the drain still sees the node.
                 await self._metrics.stop()
         finally:
+            if self._ship_task is not None and not self._ship_task.done():
+                await _cancel(self._ship_task)  # a stop cut short above leaves nothing running
             self._stopped.set()
 
     async def _drain_evidence(self, evidence: EvidenceLog, seconds: float) -> None:
