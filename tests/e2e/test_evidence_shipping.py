@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from dataplane.app import DataPlaneNode
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import verify_chain
 from dataplane.evidence.shipper import cursor_path, read_cursor
 from signalbox.shell.simulator import Simulator
+from tests.controlplane.conftest import Admin
 from tests.e2e.conftest import loopback_node
 from tests.e2e.test_config_push import _admin, _converged, _infer, _seed
 from tests.e2e.test_controlplane_killed import _counted_loop, _free_port
-from tests.fixtures.postgres import cp_settings, running_control_plane, sql_rows
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
 from tests.helpers import eventually
 
 
@@ -85,35 +87,51 @@ async def test_records_made_while_the_control_plane_is_down_all_ship_once_on_rec
     assert read_cursor(cursor_path(log_path(node.settings.data_dir, "ship-1"), "ship-1/0")).seq == head.seq
 
 
+async def _node_that_served(
+    plane: RunningControlPlane,
+    admin: Admin,
+    simulator: Simulator,
+    private_tmp: Path,
+    node_id: str,
+    requests: int,
+    **overrides: object,
+) -> DataPlaneNode:
+    """A started node, converged, that answered ``requests`` calls; its evidence batches an
+    hour apart (only the first read, or the stop's drain, sends any)."""
+    api_key = await _seed(admin, simulator)
+    node = await loopback_node(plane, node_id, private_tmp, evidence_ship_interval=3600, **overrides)
+    await node.start()
+    try:
+        await _converged(admin, node_id)
+        for _ in range(requests):
+            await _infer(node, api_key)
+    except BaseException:
+        await node.stop()
+        raise
+    return node
+
+
 async def test_a_stopping_node_ships_the_rest_and_its_last_checkpoint_before_it_exits(
     database_url: str, private_tmp: Path, simulator: Simulator
 ) -> None:
     """Batches and checkpoints an hour apart: the checkpoint the log signs as it closes, and
     whatever the one batch sent before did not hold, reach the control plane only through
     the stop's drain. A node scaled away with its disk would otherwise take them along."""
-    async with running_control_plane(cp_settings(database_url, private_tmp)) as plane:
-        async with _admin(plane) as admin:
-            api_key = await _seed(admin, simulator)
-            node = await loopback_node(
-                plane, "drain-1", private_tmp, evidence_ship_interval=3600, evidence_checkpoint_interval=3600
-            )
-            await node.start()
-            try:
-                await _converged(admin, "drain-1")
-                for _ in range(6):
-                    await _infer(node, api_key)
-            finally:
-                await node.stop()
-        head = node.evidence.head.seq
-        assert head >= 6
-        assert node.evidence.signed_size == head
-        assert sql_rows(
-            plane.database_url, "SELECT count(*), max(seq) FROM evidence_records WHERE node_id = 'drain-1'"
-        ) == [(head, head)]
-        assert sql_rows(
-            plane.database_url,
-            "SELECT max(tree_size), bool_and(root_matches) FROM evidence_checkpoints WHERE chain_id = 'drain-1/0'",
-        ) == [(head, True)]
+    async with running_control_plane(cp_settings(database_url, private_tmp)) as plane, _admin(plane) as admin:
+        node = await _node_that_served(
+            plane, admin, simulator, private_tmp, "drain-1", 6, evidence_checkpoint_interval=3600
+        )
+        await node.stop()
+    head = node.evidence.head.seq
+    assert head >= 6
+    assert node.evidence.signed_size == head
+    assert sql_rows(
+        database_url, "SELECT count(*), max(seq) FROM evidence_records WHERE node_id = 'drain-1'"
+    ) == [(head, head)]
+    assert sql_rows(
+        database_url,
+        "SELECT max(tree_size), bool_and(root_matches) FROM evidence_checkpoints WHERE chain_id = 'drain-1/0'",
+    ) == [(head, True)]
 
 
 async def test_a_node_stopping_without_its_control_plane_leaves_the_rest_for_its_next_start(
@@ -122,24 +140,17 @@ async def test_a_node_stopping_without_its_control_plane_leaves_the_rest_for_its
     """The drain waits only while the stream is up: with an hour allowed and the control plane
     gone, the stop still ends (a hang here is the test's timeout) and says what is left."""
     async with running_control_plane(cp_settings(database_url, private_tmp)) as plane, _admin(plane) as admin:
-        api_key = await _seed(admin, simulator)
-        node = await loopback_node(
-            plane, "drain-2", private_tmp, evidence_ship_interval=3600, evidence_drain=3600
+        node = await _node_that_served(
+            plane, admin, simulator, private_tmp, "drain-2", 1, evidence_drain=3600
         )
-        await node.start()
+        assert node.shipper is not None
+        shipper = node.shipper
+        # Idle between batches, the shipper learns the stream is gone when the drain sends on it.
         try:
-            await _converged(admin, "drain-2")
-            await _infer(node, api_key)
-            assert node.shipper is not None
-            shipper = node.shipper
-            # Idle between batches, the shipper learns the stream is gone when the drain
-            # sends on it.
             await plane.cp.stop()
-        except BaseException:
-            await node.stop()
-            raise
-        with caplog.at_level(logging.WARNING, logger="signalbox.dataplane"):
-            await node.stop()
+        finally:
+            with caplog.at_level(logging.WARNING, logger="signalbox.dataplane"):
+                await node.stop()
     head, signed = node.evidence.head.seq, node.evidence.signed_size
     assert signed == head
     assert shipper.status.proven_seq < signed  # the closing checkpoint never left
