@@ -365,11 +365,23 @@ class EvidenceLog:
             size, root = self._tree.size, self._tree.root()
             if not await self._fsync():
                 return False
-            await asyncio.to_thread(
-                _sign_and_store, self._signer, self.checkpoints_path, self.chain_id, size, root
+            stored = asyncio.ensure_future(
+                asyncio.to_thread(
+                    _sign_and_store, self._signer, self.checkpoints_path, self.chain_id, size, root
+                )
             )
-            self._signed_size = size
-            self.checkpoints_signed += 1
+            try:
+                await asyncio.shield(stored)
+            finally:
+                # Cancelled (aclose stops the checkpoint task): the thread writes on regardless.
+                # The lock is held until it has, so no later, larger checkpoint lands in the
+                # file before this one (a verifier refuses sizes that shrink).
+                while not stored.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait((stored,))
+                if not stored.cancelled() and stored.exception() is None:
+                    self._signed_size = size
+                    self.checkpoints_signed += 1
             return True
 
     async def aclose(self) -> None:

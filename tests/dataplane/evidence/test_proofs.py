@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -15,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from controlplane.identity.ca import NodeCertificateSpec, new_ca
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import checkpoint, merkle
+from dataplane.evidence import log as log_module
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.proofs import Subtrees, consistency, inclusion, verify_chain_files
 from dataplane.evidence.records import read_records, record_hash, seal
@@ -104,6 +107,41 @@ async def test_restart_rebuilds_the_tree_and_continues_the_checkpoints(
         log.append({"x": 6})
     report = verify_chain_files(path, key.public_key())
     assert (report.records, report.checkpoints, report.signed_size) == (7, 3, 7)
+
+
+async def test_a_close_during_a_checkpoint_write_keeps_the_checkpoints_in_order(
+    tmp_path: Path, key: ec.EllipticCurvePrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aclose cancels the checkpoint task while its thread is writing a checkpoint (held here
+    # at a gate). The thread writes on regardless; the closing checkpoint, of more records,
+    # must not reach the file before it: the file would then shrink, and the chain fail
+    # verification (seen once in CI: "checkpoint 4 (size 2240): smaller than checkpoint 3").
+    real = log_module._sign_and_store
+    entered, gate = threading.Event(), threading.Event()
+
+    def gated(*args: Any) -> None:
+        if not entered.is_set():
+            entered.set()
+            gate.wait(2)  # the fixed code waits here until this times out
+        else:
+            real(*args)
+            gate.set()  # the code before the fix got here first: release the older write after
+            return
+        real(*args)
+
+    monkeypatch.setattr(log_module, "_sign_and_store", gated)
+    path = tmp_path / "n@0.jsonl"
+    log = EvidenceLog(path, "n", signer=key, checkpoint_records=4, checkpoint_interval=60)
+    await log.start()
+    for i in range(4):
+        log.append({"x": i})
+    await eventually(entered.is_set, message="the checkpoint task writing")
+    log.append({"x": 4})
+    await log.aclose()
+
+    notes = checkpoint.read_notes(checkpoint.checkpoints_path(path))
+    assert [checkpoint.verify(n, key.public_key()).size for n in notes] == [4, 5]
+    assert verify_chain_files(path, key.public_key()).signed_size == 5
 
 
 async def test_a_checkpoint_past_the_end_of_the_log_refuses_to_start(
