@@ -47,7 +47,7 @@ from controlplane.api.sync import ConfigSyncServicer
 from controlplane.api_key_hash import ApiKeyHasher, HashKeyRing, LiveHashKeys
 from controlplane.db.embedded import EMBEDDED_DIR, EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
-from controlplane.db.session import create_engine, normalize_url, session_factory
+from controlplane.db.session import create_engine, dispose, normalize_url, session_factory
 from controlplane.evidence.checkpoints import CheckpointVerifier, verify_node_checkpoint
 from controlplane.evidence.export import EvidenceExporter
 from controlplane.evidence.imports import EvidenceImporter
@@ -587,7 +587,7 @@ class ControlPlane:
             await self.metrics.endpoint.stop()
             self.metrics = None
         if self._engine is not None:
-            await self._engine.dispose()
+            await dispose(self._engine, max(grace, 1.0))
             self._engine = None
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)

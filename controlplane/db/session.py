@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import QueuePool
+
+log = logging.getLogger("signalbox.controlplane.db")
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
@@ -23,3 +31,38 @@ def create_engine(url: str) -> AsyncEngine:
 def session_factory(engine: AsyncEngine) -> SessionFactory:
     # expire_on_commit=False: services return ORM rows after their transaction ends.
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def dispose(engine: AsyncEngine, within: float) -> None:
+    """Close ``engine``'s connections once those still in use are back, waiting up to ``within``
+    seconds for them.
+
+    A session whose task was cancelled (a call cut off by the server's stop) closes in a
+    shielded task of its own, so its connection can come back after everything else has
+    stopped. A connection returned after the dispose goes back to the pool the dispose
+    replaced, where nothing ever closes it."""
+    pool = engine.pool
+    if not isinstance(pool, QueuePool) or not pool.checkedout():
+        await engine.dispose()
+        return
+    log.info("stopping: waiting up to %.1f s for %d database connection(s) in use", within, pool.checkedout())
+    returned = asyncio.Event()
+
+    def checkin(*_: object) -> None:
+        returned.set()
+
+    event.listen(pool, "checkin", checkin)
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while pool.checkedout():
+                    returned.clear()
+                    await returned.wait()
+    finally:
+        event.remove(pool, "checkin", checkin)
+    if pool.checkedout():
+        log.warning(
+            "stopping with %d database connection(s) still in use; they close when the process ends",
+            pool.checkedout(),
+        )
+    await engine.dispose()
