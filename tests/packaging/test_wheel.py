@@ -65,6 +65,10 @@ def test_the_wheel_carries_the_compiled_modules_beside_their_sources(wheel: Path
         stem = path.removesuffix(".py")
         assert path in names
         assert any(re.fullmatch(rf"{re.escape(stem)}\.[\w.-]+\.so", n) for n in names), path
+    # Nothing compiled that is not listed: a stale extension would shadow its source.
+    stems = {p.removesuffix(".py") for p in compiled.listed()} | {f"dataplane/{compiled.SHARED}"}
+    extra = sorted(n for n in names if n.endswith(".so") and n.split(".", 1)[0] not in stems)
+    assert not extra, extra
 
 
 def test_the_control_plane_dependencies_are_only_in_its_extra(wheel: Path) -> None:
