@@ -219,7 +219,8 @@ class TlsFront:
         if self.clients:
             self.idle.clear()
             try:
-                await asyncio.wait_for(self.idle.wait(), grace)
+                async with asyncio.timeout(grace):  # not wait_for: it can lose a cancel on 3.11
+                    await self.idle.wait()
             except TimeoutError:
                 for client in list(self.clients):
                     client.abort()

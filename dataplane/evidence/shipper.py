@@ -446,7 +446,10 @@ class EvidenceShipper:
     async def _answer(self, call: Any, lines: list[bytes], at: Cursor) -> bool:
         """Read the ACK of ``lines`` (read from ``at``) and move the cursor to it; True when
         it was refused."""
-        ack = await asyncio.wait_for(call.read(), ACK_TIMEOUT)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that lands as the
+        # ACK arrives, and a stopping node would then wait for this task forever.
+        async with asyncio.timeout(ACK_TIMEOUT):
+            ack = await call.read()
         if ack is grpc.aio.EOF:  # type: ignore[attr-defined]
             raise ConnectionError("the control plane ended the evidence stream")
         head = int(ack.head_seq)

@@ -124,7 +124,8 @@ class PinWatcher:
         """Poll until ``close()``; a poll that fails unexpectedly is logged and the next one runs."""
         while not self._closed.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), self._interval)
+                async with asyncio.timeout(self._interval):  # not wait_for: it can lose a cancel on 3.11
+                    await self._closed.wait()
             if self._closed.is_set():
                 break
             try:

@@ -232,7 +232,8 @@ class SnapshotStore:
                 assert self.current is not None
                 return self.current
 
-        return await asyncio.wait_for(wait(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancel on 3.11
+            return await wait()
 
     # ---- applying ----
 

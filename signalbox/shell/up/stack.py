@@ -337,7 +337,8 @@ class LocalStack:
 
     async def _bootstrap_token(self, process: asyncio.subprocess.Process, log: Path, read_end: int) -> str:
         try:
-            code = await asyncio.wait_for(process.wait(), self.config.startup_timeout)
+            async with asyncio.timeout(self.config.startup_timeout):
+                code = await process.wait()
         except TimeoutError:
             await _terminate(process, sig=signal.SIGINT)
             raise StackError(
@@ -462,7 +463,8 @@ async def _terminate(
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(sig)
     try:
-        await asyncio.wait_for(process.wait(), grace)
+        async with asyncio.timeout(grace):
+            await process.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
