@@ -18,6 +18,7 @@ from dataplane.evidence import checkpoint, segments
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.shipper import Cursor, EvidenceShipper, cursor_path, read_cursor
 from dataplane.identity import IdentityFiles
+from signalbox.api.evidence.v1 import evidence_pb2
 from signalbox.tls import ClientTls
 from tests.controlplane.evidence.conftest import new_dir
 from tests.controlplane.evidence.test_ship import write_records
@@ -284,3 +285,36 @@ async def test_a_checkpoint_the_control_plane_refuses_does_not_hold_back_the_rec
             "SELECT tree_size, root_matches FROM evidence_checkpoints WHERE chain_id = 'node-r/0'",
         ) == [(5, True)]
         assert _stored(plane) == 5
+
+
+async def test_a_stop_that_lands_as_an_ack_arrives_still_stops_the_shipper(private_tmp: Path) -> None:
+    """The cancel and the ACK in one loop turn: on Python 3.11 ``asyncio.wait_for`` returned
+    the ACK and dropped the cancel, so a stopping node's shipper ran on and the stop waited
+    for it forever. The stream is a stand-in here: only a callback inside the loop can put
+    the two in one turn."""
+    directory = new_dir(private_tmp, "shipper-race-")
+    shipper = EvidenceShipper(
+        "127.0.0.1:9",
+        log_path(directory, "node-r"),
+        node_id="node-r",
+        tls=ClientTls(),
+        backoff=lambda n: 0.05,
+    )
+    loop = asyncio.get_running_loop()
+    ack: asyncio.Future[evidence_pb2.ShipAck] = loop.create_future()
+
+    class Stream:
+        def read(self) -> asyncio.Future[evidence_pb2.ShipAck]:
+            return ack
+
+    answering = asyncio.create_task(shipper._answer(Stream(), [], Cursor()))
+    coro: Any = answering.get_coro()
+    await eventually(lambda: coro.cr_await is not None, message="the shipper waiting for the ACK")
+
+    def both() -> None:
+        ack.set_result(evidence_pb2.ShipAck(chain_id="node-r/0", head_seq=0))
+        answering.cancel()
+
+    loop.call_soon(both)
+    with pytest.raises(asyncio.CancelledError):
+        await answering
