@@ -54,28 +54,9 @@ class EvidenceQueries:
 
     async def records(self, f: EvidenceFilter) -> tuple[list[EvidenceRecord], bool]:
         """The newest matching records (at most the limit) and whether more matched."""
-        limit = f.limit or DEFAULT_LIMIT
-        if limit > MAX_LIMIT:
-            raise InvalidArgument("limit", f"at most {MAX_LIMIT}")
-        if f.since is not None and f.until is not None and f.since >= f.until:
-            raise InvalidArgument("until", "must be after since")
-        query = sa.select(EvidenceRecord)
-        for column, value in (
-            (EvidenceRecord.correlation_id, f.correlation_id),
-            (EvidenceRecord.tenant_id, f.tenant_id),
-            (EvidenceRecord.api_key_id, f.api_key_id),
-            (EvidenceRecord.model, f.model),
-            (EvidenceRecord.outcome, f.outcome),
-        ):
-            if value:
-                query = query.where(column == value)
-        if f.since is not None:
-            query = query.where(EvidenceRecord.ts >= f.since)
-        if f.until is not None:
-            query = query.where(EvidenceRecord.ts < f.until)
-        query = query.order_by(EvidenceRecord.ts.desc(), EvidenceRecord.chain_id, EvidenceRecord.seq.desc())
+        query, limit = records_query(f)
         async with self._sessions() as session:
-            rows = list((await session.execute(query.limit(limit + 1))).scalars())
+            rows = list((await session.execute(query)).scalars())
         return rows[:limit], len(rows) > limit
 
     async def chains(self) -> list[ChainStatus]:
@@ -103,3 +84,30 @@ class EvidenceQueries:
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
         return [ChainStatus(chain, int(n), bool(old), int(size)) for chain, n, old, size in rows]
+
+
+def records_query(f: EvidenceFilter) -> tuple[sa.Select[EvidenceRecord], int]:
+    """The query of ``EvidenceQueries.records`` (one row more than the limit, to tell whether
+    more matched) and the limit. Each filter has its index (tests/controlplane/evidence/
+    test_query_plans.py reads the plans)."""
+    limit = f.limit or DEFAULT_LIMIT
+    if limit > MAX_LIMIT:
+        raise InvalidArgument("limit", f"at most {MAX_LIMIT}")
+    if f.since is not None and f.until is not None and f.since >= f.until:
+        raise InvalidArgument("until", "must be after since")
+    query = sa.select(EvidenceRecord)
+    for column, value in (
+        (EvidenceRecord.correlation_id, f.correlation_id),
+        (EvidenceRecord.tenant_id, f.tenant_id),
+        (EvidenceRecord.api_key_id, f.api_key_id),
+        (EvidenceRecord.model, f.model),
+        (EvidenceRecord.outcome, f.outcome),
+    ):
+        if value:
+            query = query.where(column == value)
+    if f.since is not None:
+        query = query.where(EvidenceRecord.ts >= f.since)
+    if f.until is not None:
+        query = query.where(EvidenceRecord.ts < f.until)
+    query = query.order_by(EvidenceRecord.ts.desc(), EvidenceRecord.chain_id, EvidenceRecord.seq.desc())
+    return query.limit(limit + 1), limit
