@@ -4,6 +4,7 @@ evidence store; mixed into ``controlplane.api.admin.AdminServicer``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -135,7 +136,11 @@ class EvidenceAdmin:
                     await asyncio.to_thread(f.write, chunk.data)
             result = await self._importer.import_pack(path)
         finally:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
+            # Here, not in a worker thread: a second cancel (the server stopping) would cancel
+            # an unlink still queued for one and leave the partial pack on disk. One unlink of
+            # a local temporary file does not hold the loop up.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         return admin_pb2.ImportEvidenceResponse(
             pack_id=result.pack_id,
             node_id=result.node_id,

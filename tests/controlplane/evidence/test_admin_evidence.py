@@ -3,14 +3,20 @@ holding shipped records: filters, JSON and table output, a viewer may read, call
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Awaitable
+import os
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 
+from controlplane.api.admin_evidence import EvidenceAdmin
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.tls import aio_channel
 from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, write_records
@@ -144,3 +150,39 @@ async def test_a_chain_that_stopped_shipping_is_shown_stale(
 
 async def _stale(status: Awaitable[admin_pb2.EvidenceChainStatus]) -> bool:
     return (await status).stale
+
+
+def test_an_import_cancelled_twice_leaves_no_partial_pack_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that goes away mid-upload cancels the handler; a server stopping then cancels
+    it again. The partial pack (evidence records) must not stay in the temporary directory,
+    even while every worker thread is busy. (A loop of its own: the test takes its executor.)"""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    executor = ThreadPoolExecutor(1)
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_default_executor(executor)
+        receiving = asyncio.Event()
+
+        async def chunks() -> AsyncIterator[admin_pb2.EvidencePackChunk]:
+            yield admin_pb2.EvidencePackChunk(data=b"{}\n" * 10)
+            receiving.set()
+            await asyncio.Event().wait()  # the client says nothing more
+
+        task = asyncio.create_task(EvidenceAdmin().ImportEvidence(chunks(), context=None))  # type: ignore[arg-type]
+        await receiving.wait()
+        assert [name.startswith("signalbox-import-") for name in os.listdir(tmp_path)] == [True]
+        busy = threading.Event()
+        executor.submit(busy.wait)  # the only worker thread is taken
+        try:
+            task.cancel()
+            await asyncio.sleep(0)  # the handler runs its cleanup
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            busy.set()
+
+    asyncio.run(scenario())
+    assert os.listdir(tmp_path) == []
