@@ -15,8 +15,8 @@ no index 7.0 us a row; ``(outcome, ts)`` +3.7 us, the dearest of all; a btree on
   btree over random strings.
 
 Building them takes a lock on every monthly partition that pauses ingest until the upgrade
-commits (5 s per million stored records here, 1.1 KB each): nodes keep their records spooled meanwhile and
-ship them after, as when the control plane is down.
+commits (5 s per million stored records here, 1.1 KB each): nodes keep their records
+spooled meanwhile and ship them after, as when the control plane is down.
 
 Revision ID: 0023
 Revises: 0022
