@@ -5,13 +5,16 @@ PostgreSQL, one node, the simulated upstream as a child), pins the node to CPU 0
 and everything else (this load generator, the simulator, the control plane) to
 CPU 1, then for each concurrency level sends the same chat request
 
-- straight to the simulator over HTTP (``direct``), and
-- through the node's Infer gRPC API (``signalbox``),
+- straight to the simulator over HTTP (``direct``),
+- through the node's Infer gRPC API (``signalbox``), and
+- with ``--http``, through the same node's OpenAI-compatible HTTP door (``http``),
 
-and prints p50/p99 latency, requests/s, the p50 the node adds, and the node's
-peak RSS (sampled with psutil). See bench/README.md.
+and prints p50/p99 latency, requests/s, the p50 the node adds, the node's CPU per
+request and its peak RSS (sampled with psutil). ``--grpc-floor`` starts the node with its
+Infer method answering at once (``bench/grpc_floor``): what the gRPC door costs before any
+of the pipeline. See bench/README.md.
 
-    .venv/bin/python bench/infer_load.py [--requests 2000] [--concurrency 1,8,64]
+    .venv/bin/python bench/infer_load.py [--requests 2000] [--concurrency 1,8,64] [--http]
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ from signalbox.shell.up import LocalStack, StackConfig
 PROMPT = "Summarize the benefits of a control plane / data plane split in one sentence."
 MODEL = "sim-fast"
 MIB = 1024 * 1024
+GRPC_FLOOR_ENV = {
+    "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parent / "grpc_floor"), os.environ.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep),
+    "SIGNALBOX_BENCH_GRPC_FLOOR": "1",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +154,9 @@ async def run_level(
     sampler: RssSampler,
     concurrency: int,
     args: argparse.Namespace,
-) -> tuple[Result, Result]:
+) -> tuple[Result, ...]:
+    """``direct`` and the node's gRPC path (``signalbox``, or ``grpc-floor``), then ``http``
+    with ``--http``; each after its warm-up, one after the other."""
     metadata = (("authorization", f"Bearer {stack.api_key}"),)
     request = build_request(PROMPT, model=MODEL)
     url = f"{stack.simulator_url}/v1/chat/completions"
@@ -160,9 +171,23 @@ async def run_level(
     async def through_node() -> None:
         await stub.Infer(request, metadata=metadata, timeout=30)
 
+    door = f"http://{stack.config.dataplane_http_listen}/v1/chat/completions"
+    headers = {"authorization": f"Bearer {stack.api_key}"}
+
+    async def through_http_door() -> None:
+        async with session.post(door, json=body, headers=headers) as response:
+            response.raise_for_status()
+            await response.read()
+
     node, client = psutil.Process(stack.pid_of("dataplane")), psutil.Process()
     results = []
-    for path, call in (("direct", direct), ("signalbox", through_node)):
+    paths: list[tuple[str, Call]] = [
+        ("direct", direct),
+        ("grpc-floor" if getattr(args, "grpc_floor", False) else "signalbox", through_node),
+    ]
+    if getattr(args, "http", False):
+        paths.append(("http", through_http_door))
+    for path, call in paths:
         await drive(call, concurrency, args.warmup, None)
         sampler.peak = 0
         node_before, client_before = cpu_seconds(node), cpu_seconds(client)
@@ -172,12 +197,12 @@ async def run_level(
             replace(
                 result,
                 path=path,
-                peak_rss_mib=sampler.peak / MIB if path == "signalbox" else None,
+                peak_rss_mib=sampler.peak / MIB if path != "direct" else None,
                 node_cpu_percent=100 * (cpu_seconds(node) - node_before) / result.seconds,
                 client_cpu_percent=100 * (cpu_seconds(client) - client_before) / result.seconds,
             )
         )
-    return results[0], results[1]
+    return tuple(results)
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -185,36 +210,40 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def print_table(rows: Sequence[tuple[Result, Result]]) -> None:
+def print_table(rows: Sequence[Sequence[Result]]) -> None:
+    """One row per path and level (``direct`` first in each level); "added" is against it."""
     header = (
-        f"{'concurrency':>11}  {'path':<9}  {'requests':>8}  {'errors':>6}  {'req/s':>8}  "
+        f"{'concurrency':>11}  {'path':<10}  {'requests':>8}  {'errors':>6}  {'req/s':>8}  "
         f"{'p50 ms':>7}  {'p99 ms':>7}  {'added p50 ms':>12}  {'node peak RSS MiB':>17}  "
         f"{'node CPU %':>10}  {'client CPU %':>12}"
     )
     print(header)
     print("-" * len(header))
-    for direct, node in rows:
-        for r in (direct, node):
-            added = f"{node.percentile(50) - direct.percentile(50):12.3f}" if r is node else " " * 12
+    for level in rows:
+        direct = level[0]
+        for r in level:
+            added = f"{r.percentile(50) - direct.percentile(50):12.3f}" if r is not direct else " " * 12
             rss = f"{r.peak_rss_mib:17.1f}" if r.peak_rss_mib is not None else " " * 17
             print(
-                f"{r.concurrency:>11}  {r.path:<9}  {r.requests:>8}  {r.errors:>6}  {r.rate:8.0f}  "
+                f"{r.concurrency:>11}  {r.path:<10}  {r.requests:>8}  {r.errors:>6}  {r.rate:8.0f}  "
                 f"{r.percentile(50):7.3f}  {r.percentile(99):7.3f}  {added}  {rss}  "
                 f"{r.node_cpu_percent:10.0f}  {r.client_cpu_percent:12.0f}"
             )
     print()
     # CPU time per request is the node's own cost even when other work shares its core, and
     # its inverse is the rate one core could sustain if the node had that core to itself.
-    for _, node in rows:
-        if node.requests:
-            per_request = node.node_cpu_percent / 100 * node.seconds / node.requests * 1000
-            ceiling = 1000 / per_request if per_request else float("inf")
-            print(
-                f"node CPU per request at concurrency {node.concurrency}: {per_request:.3f} ms "
-                f"(one core sustains at most {ceiling:.0f} req/s)"
-            )
-    for direct, node in rows:
-        for r in (direct, node):
+    for level in rows:
+        for node in level[1:]:
+            if node.requests:
+                per_request = node.node_cpu_percent / 100 * node.seconds / node.requests * 1000
+                ceiling = 1000 / per_request if per_request else float("inf")
+                through = "" if node.path == "signalbox" else f" ({node.path})"
+                print(
+                    f"node CPU per request at concurrency {node.concurrency}{through}: {per_request:.3f} ms "
+                    f"(one core sustains at most {ceiling:.0f} req/s)"
+                )
+    for level in rows:
+        for r in level:
             if r.errors:
                 print(f"errors at concurrency {r.concurrency} ({r.path}): {r.errors}, first: {r.first_error}")
 
@@ -289,10 +318,10 @@ async def bench(args: argparse.Namespace) -> int:
             for concurrency in args.concurrency:
                 rows.append(await run_level(stack, stub, session, sampler, concurrency, args))
         print_table(rows)
-        peak = max((node.peak_rss_mib or 0.0) for _, node in rows)
+        peak = max((node.peak_rss_mib or 0.0) for level in rows for node in level[1:])
         print()
         print(f"data plane peak RSS over the whole run: {peak:.1f} MiB")
-        return 0 if all(node.requests > 0 for _, node in rows) else 1
+        return 0 if all(node.requests > 0 for level in rows for node in level[1:]) else 1
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -316,7 +345,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--data-dir", default=None, help="keep the stack's files here (default: a temp dir)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--http", action="store_true", help="also through the node's OpenAI-compatible HTTP door"
+    )
+    parser.add_argument(
+        "--grpc-floor",
+        action="store_true",
+        help="the node's Infer answers at once, no pipeline (bench/grpc_floor): the gRPC door's own cost",
+    )
     args = parser.parse_args(argv)
+    if args.grpc_floor:
+        args.dataplane_env = GRPC_FLOOR_ENV
     if args.requests < 1 or any(c < 1 for c in args.concurrency):
         parser.error("--requests and --concurrency must be positive")
     return args

@@ -28,6 +28,7 @@ def test_bench_prints_latency_rate_and_rss(stack_dir: Path) -> None:
             "1,2",
             "--data-dir",
             str(stack_dir),
+            "--http",
         ],
         capture_output=True,
         text=True,
@@ -39,16 +40,48 @@ def test_bench_prints_latency_rate_and_rss(stack_dir: Path) -> None:
     assert re.search(r"req/s\s+p50 ms\s+p99 ms\s+added p50 ms\s+node peak RSS MiB\s+node CPU %", out), out
     for concurrency in (1, 2):
         assert re.search(rf"^\s+{concurrency}\s+direct\s+20\s+0\s+\d+", out, re.M), out
-        node = re.search(
-            rf"^\s+{concurrency}\s+signalbox\s+20\s+0\s+\d+\s+[\d.]+\s+[\d.]+\s+-?[\d.]+\s+([\d.]+)\s+\d+\s+\d+$",
-            out,
-            re.M,
-        )
-        assert node is not None, out
-        assert float(node.group(1)) > 0  # the node's RSS was sampled
-        assert re.search(
-            rf"^node CPU per request at concurrency {concurrency}: [\d.]+ ms \(one core sustains at most \d+ req/s\)$",
-            out,
-            re.M,
-        ), out
+        for path, through in (("signalbox", ""), ("http", " \\(http\\)")):
+            node = re.search(
+                rf"^\s+{concurrency}\s+{path}\s+20\s+0\s+\d+\s+[\d.]+\s+[\d.]+\s+-?[\d.]+\s+([\d.]+)\s+\d+\s+\d+$",
+                out,
+                re.M,
+            )
+            assert node is not None, out
+            assert float(node.group(1)) > 0  # the node's RSS was sampled
+            assert re.search(
+                rf"^node CPU per request at concurrency {concurrency}{through}: [\d.]+ ms "
+                r"\(one core sustains at most \d+ req/s\)$",
+                out,
+                re.M,
+            ), out
     assert "data plane peak RSS over the whole run:" in out
+
+
+def test_the_grpc_floor_answers_without_the_pipeline(stack_dir: Path) -> None:
+    """``--grpc-floor``: the node's Infer answers at once, so its requests leave no evidence
+    (the real path writes one record each: the other test's run)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--requests",
+            "10",
+            "--warmup",
+            "2",
+            "--concurrency",
+            "1",
+            "--data-dir",
+            str(stack_dir),
+            "--grpc-floor",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = result.stdout
+    assert re.search(r"^\s+1\s+grpc-floor\s+10\s+0\s+\d+", out, re.M), out
+    assert re.search(r"^node CPU per request at concurrency 1 \(grpc-floor\): [\d.]+ ms", out, re.M), out
+    records = [p for p in (stack_dir / "node" / "evidence").glob("*.jsonl") if p.read_bytes().strip()]
+    assert records == [], "the floor's requests went through the pipeline"
