@@ -4,6 +4,7 @@
     .venv/bin/python bench/http_cpu.py --serial                 # and Δp50 at one connection
     .venv/bin/python bench/http_cpu.py --checkout ../base       # another checkout's node (its .venv)
     .venv/bin/python bench/http_cpu.py --profile /tmp/p.raw     # py-spy on the node during round 1
+    .venv/bin/python bench/http_cpu.py --lean                   # bench/lean_door.py in the node's place
 
 An nginx mock upstream answering at once (the harness's ``mock/response.json``), pinned to
 CPU 1 with wrk (1 thread, the harness's ``load/post.lua``); one node worker pinned to CPU 0,
@@ -120,6 +121,11 @@ def main() -> int:
     parser.add_argument("--serial", action="store_true", help="also Δp50 at one connection vs direct")
     parser.add_argument("--profile", type=Path, help="py-spy raw profile of the node during round 1")
     parser.add_argument("--cprofile", type=Path, help="run the node under cProfile, its stats written here")
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="run bench/lean_door.py (the mandatory work alone) instead of the node",
+    )
     args = parser.parse_args()
     checkout = args.checkout.resolve()
     python = checkout / ".venv" / "bin" / "python"
@@ -151,6 +157,10 @@ def main() -> int:
             "--data-dir", str(work / "sb" / "node"), "--node-id", "bench-node", "--mode", "on-prem",
             "--workers", "1",
         ]  # fmt: skip
+        if args.lean:
+            node_args = ["taskset", "-c", "0", str(python), str(checkout / "bench" / "lean_door.py"),
+                         "--port", str(http_port), "--upstream", mock, "--key", key,
+                         "--data-dir", str(work / "lean")]  # fmt: skip
         env = {**os.environ, "SIGNALBOX_LOG_LEVEL": "WARNING"}
         nginx = [
             "taskset",
@@ -175,7 +185,8 @@ def main() -> int:
             wait_ready(url, auth, request, time.monotonic() + 60)
             wait_ready(f"{mock}/chat/completions", {}, request, time.monotonic() + 10)
             headers = [f"Authorization: Bearer {key}"]
-            print(f"checkout {checkout}  node pid {node.pid}  load average {loadavg()}", flush=True)
+            what = "lean door" if args.lean else "node"
+            print(f"checkout {checkout}  {what} pid {node.pid}  load average {loadavg()}", flush=True)
             wrk(harness, url, args.connections, 3, headers, "gpt-4o-mini")  # warm-up
             for n in range(args.rounds):
                 profiler = None
