@@ -15,28 +15,20 @@ pytestmark = pytest.mark.timeout(600)
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "infer_load.py"
 
 
-def test_bench_prints_latency_rate_and_rss(stack_dir: Path) -> None:
+def _bench(stack_dir: Path, *args: str) -> str:
+    """A tiny run of the bench with its stack in ``stack_dir``; what it printed."""
     result = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            "--requests",
-            "20",
-            "--warmup",
-            "2",
-            "--concurrency",
-            "1,2",
-            "--data-dir",
-            str(stack_dir),
-            "--http",
-        ],
+        [sys.executable, str(BENCH), "--warmup", "2", "--data-dir", str(stack_dir), *args],
         capture_output=True,
         text=True,
         timeout=540,
     )
-
     assert result.returncode == 0, result.stderr + result.stdout
-    out = result.stdout
+    return result.stdout
+
+
+def test_bench_prints_latency_rate_and_rss(stack_dir: Path) -> None:
+    out = _bench(stack_dir, "--requests", "20", "--concurrency", "1,2", "--http")
     assert re.search(r"req/s\s+p50 ms\s+p99 ms\s+added p50 ms\s+node peak RSS MiB\s+node CPU %", out), out
     for concurrency in (1, 2):
         assert re.search(rf"^\s+{concurrency}\s+direct\s+20\s+0\s+\d+", out, re.M), out
@@ -60,27 +52,7 @@ def test_bench_prints_latency_rate_and_rss(stack_dir: Path) -> None:
 def test_the_grpc_floor_answers_without_the_pipeline(stack_dir: Path) -> None:
     """``--grpc-floor``: the node's Infer answers at once, so its requests leave no evidence
     (the real path writes one record each: the other test's run)."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            "--requests",
-            "10",
-            "--warmup",
-            "2",
-            "--concurrency",
-            "1",
-            "--data-dir",
-            str(stack_dir),
-            "--grpc-floor",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-
-    assert result.returncode == 0, result.stderr + result.stdout
-    out = result.stdout
+    out = _bench(stack_dir, "--requests", "10", "--concurrency", "1", "--grpc-floor")
     assert re.search(r"^\s+1\s+grpc-floor\s+10\s+0\s+\d+", out, re.M), out
     assert re.search(r"^node CPU per request at concurrency 1 \(grpc-floor\): [\d.]+ ms", out, re.M), out
     records = [p for p in (stack_dir / "node" / "evidence").glob("*.jsonl") if p.read_bytes().strip()]
