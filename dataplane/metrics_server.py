@@ -12,19 +12,24 @@ as the quota ledger's), and worker 0 adds what they answer to its own scrape. A 
 does not answer within ``PEER_TIMEOUT_S`` is left out of that scrape and counted in
 ``signalbox_metrics_peer_failures_total``: a slow worker never stalls the node's scrape.
 
-The endpoint (``signalbox.metrics_http``) serves the Prometheus text format and OpenMetrics,
-which carries the exemplars (the correlation id of a request in each latency bucket).
+The endpoint serves the Prometheus text format and OpenMetrics, which carries the exemplars
+(the correlation id of a request in each latency bucket), as ``signalbox.metrics_http``
+renders them, on the node's own HTTP server (``dataplane.http.server``, with its limits and
+timeouts) and, between workers, plain HTTP/1.1 over the unix socket read with httptools:
+aiohttp, the control plane's endpoint, would add ~10 MiB to every worker's memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httptools
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -34,14 +39,14 @@ from dataplane.evidence.log import EvidenceLog
 from dataplane.evidence.shipper import EvidenceShipper
 from dataplane.evidence.spool import Spool
 from dataplane.files import private_dir
-from dataplane.http.server import HttpServer
+from dataplane.http.server import HttpServer, Limits, Request, Response
 from dataplane.pipeline.metrics import RequestMetrics
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import BreakerState
 from dataplane.snapshot.store import SnapshotStore
 from dataplane.snapshot.sync_client import SyncClient
 from dataplane.tls_front import TlsFront
-from signalbox.metrics_http import OPENMETRICS, MetricsEndpoint
+from signalbox.metrics_http import OPENMETRICS, exposition
 
 log = logging.getLogger("signalbox.dataplane.metrics")
 
@@ -193,7 +198,7 @@ class NodeMetrics:
             combined.register(_Own(self.registry))
             self._peers = _Peers()
             combined.register(self._peers)
-        self._endpoint = MetricsEndpoint(combined, self._gather if gathers else None)
+        self._endpoint = _Endpoint(combined, self._gather if gathers else None)
 
     @property
     def port(self) -> int:
@@ -225,24 +230,101 @@ class NodeMetrics:
         self._peers.families = families
 
     async def _peer(self, worker: int) -> str | None:
-        from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector
-
         path = socket_path(self._data_dir, worker)
         try:
-            async with (
-                ClientSession(
-                    connector=UnixConnector(path=str(path)), timeout=ClientTimeout(total=PEER_TIMEOUT_S)
-                ) as session,
-                session.get("http://worker/metrics", headers={"Accept": OPENMETRICS}) as answer,
-            ):
-                body = await answer.content.read(MAX_PEER_BYTES + 1)
-                if answer.status != 200 or len(body) > MAX_PEER_BYTES:
-                    raise ValueError(f"answered {answer.status} with {len(body)} bytes")
-                return body.decode()
-        except (TimeoutError, OSError, ValueError, ClientError) as exc:
+            async with asyncio.timeout(PEER_TIMEOUT_S):
+                status, body = await _get_unix(path, "/metrics", OPENMETRICS, MAX_PEER_BYTES)
+            if status != 200:
+                raise ValueError(f"answered {status}")
+            return body.decode()
+        except (TimeoutError, OSError, ValueError, httptools.HttpParserError) as exc:
             self._peer_failures.labels(str(worker), "0").inc()
             log.warning("metrics of worker %d left out of this scrape: %s", worker, exc)
             return None
+
+
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+_LIMITS = Limits(max_body_bytes=1024, header_timeout=10.0, body_timeout=10.0, keepalive_timeout=60.0)
+"""A scrape is a bodiless GET; Prometheus keeps its connection between scrapes."""
+
+
+class _Endpoint:
+    """``GET /metrics`` of ``registry`` on a TCP address or a unix socket. ``before`` runs
+    on the event loop ahead of each scrape (worker 0 gathering the other workers'), one
+    scrape at a time, so its results belong to the scrape that asked for them."""
+
+    def __init__(
+        self, registry: CollectorRegistry, before: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self.registry = registry
+        self._before = before
+        self._lock = asyncio.Lock()
+        self._server = HttpServer(self._scrape, lambda status, message: message.encode() + b"\n", _LIMITS)
+        self.port = 0
+
+    async def start(self, *, listen: str | None = None, unix: Path | None = None) -> None:
+        """``listen``: HOST:PORT (port 0 picks one: ``port``); else ``unix``: a socket path."""
+        if listen is not None:
+            host, _, port = listen.rpartition(":")
+            await self._server.start(host.strip("[]") or "127.0.0.1", int(port))
+            self.port = self._server.port
+        elif unix is not None:
+            await self._server.start_unix(unix)
+        else:
+            raise ValueError("a metrics endpoint needs an address or a socket")
+
+    async def stop(self) -> None:
+        await self._server.close(1.0)
+
+    async def _scrape(self, request: Request, response: Response) -> None:
+        if request.path != "/metrics":
+            await response.send(404, (_TEXT,), b"not found: metrics are at /metrics\n")
+            return
+        if request.method != "GET":
+            await response.send(405, (_TEXT, (b"allow", b"GET")), b"only GET /metrics\n")
+            return
+        async with self._lock:
+            if self._before is not None:
+                await self._before()
+            body, content_type = exposition(self.registry, request.header("accept"))
+        await response.send(200, ((b"content-type", content_type.encode()),), body)
+
+
+class _Answer:
+    """httptools' callbacks for one HTTP/1.1 answer."""
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self.complete = False
+
+    def on_body(self, data: bytes) -> None:
+        self.body += data
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+async def _get_unix(path: Path, target: str, accept: str, limit: int) -> tuple[int, bytes]:
+    """GET ``target`` from the HTTP server on unix socket ``path``: (status, body). An answer
+    over ``limit`` bytes, or one cut short, is a ``ValueError``."""
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: worker\r\nAccept: {accept}\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = _Answer()
+        parser = httptools.HttpResponseParser(answer)
+        while not answer.complete and (data := await reader.read(64 * 1024)):
+            parser.feed_data(data)
+            if len(answer.body) > limit:
+                raise ValueError(f"answered more than {limit} bytes")
+        if not answer.complete:
+            raise ValueError("the answer was cut short")
+        return parser.get_status_code(), bytes(answer.body)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 class _Own(Collector):

@@ -1,4 +1,6 @@
-"""The ``/metrics`` endpoint both planes serve (``--metrics-listen``), on aiohttp.
+"""The ``/metrics`` exposition both planes serve (``--metrics-listen``), and the control
+plane's endpoint, on aiohttp (a node serves it on its own HTTP server:
+``dataplane.metrics_server``).
 
 Prometheus text or OpenMetrics (with exemplars), negotiated by the scraper's ``Accept`` as
 Prometheus itself asks. Families of one name from several collectors (a node's workers) are
@@ -74,16 +76,18 @@ class MetricsEndpoint:
             return render(self.registry, request.headers.get("Accept", ""))
 
 
+def exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+    """The scrape's body and content type, in the format the ``Accept`` header asks for."""
+    merged = _Merged(registry)
+    if "application/openmetrics-text" in accept:
+        return openmetrics.generate_latest(merged), OPENMETRICS  # type: ignore[no-untyped-call]
+    return prometheus_text.generate_latest(merged), prometheus_text.CONTENT_TYPE_LATEST
+
+
 def render(registry: CollectorRegistry, accept: str) -> web.Response:
     from aiohttp import web
 
-    merged = _Merged(registry)
-    if "application/openmetrics-text" in accept:
-        body = openmetrics.generate_latest(merged)  # type: ignore[no-untyped-call]
-        content_type = OPENMETRICS
-    else:
-        body = prometheus_text.generate_latest(merged)
-        content_type = prometheus_text.CONTENT_TYPE_LATEST
+    body, content_type = exposition(registry, accept)
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response

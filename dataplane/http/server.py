@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 
 import httptools
 
@@ -522,6 +523,12 @@ class HttpServer:
             backlog=1024,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+
+    async def start_unix(self, path: Path) -> None:
+        """Serve on the unix socket ``path`` instead (a node's workers among themselves)."""
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            lambda: _Connection(self), str(path), backlog=64
+        )
 
     @property
     def accepting(self) -> bool:

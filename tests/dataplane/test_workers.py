@@ -128,6 +128,11 @@ async def test_two_workers_share_the_ports_keep_a_chain_each_and_drain_on_sigter
         assert {s.labels["worker"] for s in _samples(text, "signalbox_snapshot_version")} == {"0", "1"}
         workers = psutil.Process(process.pid).children()
         assert len(workers) == 2
+        # Served on the node's own HTTP server and read between the workers with httptools:
+        # none of the node's processes loads aiohttp (~10 MiB each).
+        for each in (psutil.Process(process.pid), *workers):
+            mapped = [m.path for m in each.memory_maps() if "/aiohttp/" in m.path]
+            assert mapped == [], f"process {each.pid} loaded aiohttp"
 
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 60) == 0
