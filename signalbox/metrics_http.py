@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -32,7 +31,7 @@ OPENMETRICS = openmetrics.CONTENT_TYPE_LATEST
 
 
 class MetricsEndpoint:
-    """Serves ``registry`` at ``GET /metrics`` on a TCP address or a unix socket."""
+    """Serves ``registry`` at ``GET /metrics`` on a TCP address (the control plane's)."""
 
     def __init__(
         self, registry: CollectorRegistry, before: Callable[[], Awaitable[None]] | None = None
@@ -43,25 +42,17 @@ class MetricsEndpoint:
         self._lock = asyncio.Lock()
         self.port = 0
 
-    async def start(self, *, listen: str | None = None, unix: Path | None = None) -> None:
-        """``listen``: HOST:PORT (port 0 picks one: ``port``); else ``unix``: a socket path."""
+    async def start(self, *, listen: str) -> None:
+        """``listen``: HOST:PORT (port 0 picks one: ``port``)."""
         from aiohttp import web
 
         app = web.Application(client_max_size=1024)
         app.router.add_get("/metrics", self._scrape)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site: web.BaseSite
-        if listen is not None:
-            host, _, port = listen.rpartition(":")
-            site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port))
-        elif unix is not None:
-            site = web.UnixSite(self._runner, str(unix))
-        else:
-            raise ValueError("a metrics endpoint needs an address or a socket")
-        await site.start()
-        if listen is not None:
-            self.port = int(self._runner.addresses[0][1])
+        host, _, port = listen.rpartition(":")
+        await web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port)).start()
+        self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         if self._runner is not None:
