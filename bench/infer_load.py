@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -191,8 +192,13 @@ async def run_level(
         await drive(call, concurrency, args.warmup, None)
         sampler.peak = 0
         node_before, client_before = cpu_seconds(node), cpu_seconds(client)
+        spy = profiler(node.pid, args, path, concurrency)
         with sampler:
             result = await drive(call, concurrency, args.requests, args.duration)
+        if spy is not None:
+            _, errors = await asyncio.to_thread(spy.communicate, timeout=30)
+            if spy.returncode != 0:
+                print(f"bench: py-spy failed ({spy.returncode}): {errors.decode()[-500:]}", flush=True)
         results.append(
             replace(
                 result,
@@ -203,6 +209,21 @@ async def run_level(
             )
         )
     return tuple(results)
+
+
+def profiler(
+    pid: int, args: argparse.Namespace, path: str, concurrency: int
+) -> subprocess.Popen[bytes] | None:
+    """With ``--profile``: py-spy (raw, 200 Hz, not pausing the node) on the node while it
+    serves ``path``, written next to ``--profile`` as ``<name>.<path>.c<concurrency>.raw``."""
+    if getattr(args, "profile", None) is None or path == "direct":
+        return None
+    out = args.profile.with_name(f"{args.profile.stem}.{path}.c{concurrency}.raw")
+    seconds = max(1, int(args.duration) - 1)
+    spy = [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid), "-d", str(seconds),
+           "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"]  # fmt: skip
+    print(f"bench: py-spy on the node ({path}, concurrency {concurrency}) -> {out}", flush=True)
+    return subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -353,7 +374,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="the node's Infer answers at once, no pipeline (bench/grpc_floor): the gRPC door's own cost",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy raw profile of the node on each of its paths and levels (needs --duration)",
+    )
     args = parser.parse_args(argv)
+    if args.profile is not None and not args.duration:
+        parser.error("--profile needs --duration (the profile spans the timed run)")
     if args.grpc_floor:
         args.dataplane_env = GRPC_FLOOR_ENV
     if args.requests < 1 or any(c < 1 for c in args.concurrency):

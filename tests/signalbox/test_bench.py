@@ -57,3 +57,29 @@ def test_the_grpc_floor_answers_without_the_pipeline(stack_dir: Path) -> None:
     assert re.search(r"^node CPU per request at concurrency 1 \(grpc-floor\): [\d.]+ ms", out, re.M), out
     records = [p for p in (stack_dir / "node" / "evidence").glob("*.jsonl") if p.read_bytes().strip()]
     assert records == [], "the floor's requests went through the pipeline"
+
+
+def test_profile_samples_the_node_on_each_of_its_paths(stack_dir: Path, tmp_path: Path) -> None:
+    """``--profile``: py-spy's raw stacks of the node while it serves each path, each file
+    holding that door's own frames (the one in the node, not the load generator's)."""
+    profile = tmp_path / "node.raw"
+    out = _bench(stack_dir, "--duration", "3", "--concurrency", "1", "--http", "--profile", str(profile))
+    doors = {"signalbox": "InferService.Infer (dataplane/api/service.py", "http": "OpenAIFrontDoor."}
+    for path, frame in doors.items():
+        written = tmp_path / f"node.{path}.c1.raw"
+        assert f"py-spy on the node ({path}, concurrency 1) -> {written}" in out, out
+        stacks = written.read_text()
+        assert frame in stacks, stacks[:2000]
+        assert "infer_load.py" not in stacks  # the node's stacks, not the bench's
+    assert not (tmp_path / "node.direct.c1.raw").exists()
+
+
+def test_profile_needs_a_duration(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--profile", str(tmp_path / "p.raw")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--profile needs --duration" in result.stderr
