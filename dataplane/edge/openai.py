@@ -80,7 +80,9 @@ def loads(body: bytes, what: str = "request body") -> Any:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest("body", f"{what} is not valid JSON ({shown(str(exc), 100)})") from exc
-    if _depth_exceeds(value, MAX_JSON_DEPTH):
+    # Each level of nesting opens with a bracket: a body with no more of them than the limit
+    # (any ordinary request) cannot exceed it, and counting bytes costs a seventh of the walk.
+    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and _depth_exceeds(value, MAX_JSON_DEPTH):
         raise InvalidRequest("body", f"{what} is nested deeper than the limit of {MAX_JSON_DEPTH} levels")
     return value
 

@@ -14,6 +14,7 @@ import pytest
 
 from dataplane import validation
 from dataplane.chat import ChatRequest, Message, ResponseFormat, Role, TextPart, ToolChoice, ToolDefinition
+from dataplane.edge import openai
 from dataplane.edge.infer import MAX_JSON_BYTES, MAX_JSON_DEPTH, parse_json
 from dataplane.errors import MAX_MESSAGE_CHARS, CheckUnavailable, InvalidRequest, NotFound, clipped, shown
 from dataplane.outcome import to_status
@@ -42,6 +43,20 @@ def test_json_at_the_depth_limit_parses_and_one_more_level_is_refused() -> None:
     ):
         parse_json(_nested(MAX_JSON_DEPTH + 1), "f", "JSON schema")
     assert parse_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, "f", "x")
+
+
+def test_a_body_at_the_depth_limit_parses_and_one_more_level_is_refused() -> None:
+    """The HTTP door's body: exactly as many brackets as levels, at and over the limit, and
+    many brackets (in strings, and side by side) over a shallow body."""
+    assert openai.loads(_nested(MAX_JSON_DEPTH).encode())
+    assert openai.loads(("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH).encode())
+    for deep in (_nested(MAX_JSON_DEPTH + 1), "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)):
+        with pytest.raises(
+            InvalidRequest, match=r"^body: request body is nested deeper than the limit of 64 levels$"
+        ):
+            openai.loads(deep.encode())
+    wide = {"messages": [{"content": "{[" * 500} for _ in range(100)], "n": [[1], [2], {"a": []}]}
+    assert openai.loads(json.dumps(wide).encode()) == wide
 
 
 @pytest.mark.parametrize("depth", [1_000, 30_000])
