@@ -38,8 +38,10 @@ MAX_EVENT_BYTES = 1024 * 1024
 """Largest stream line, SSE event or NDJSON line; a larger one is an ``UpstreamProtocolError``."""
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
-_SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
-"""What parsers indexing into upstream JSON raise on a shape they did not expect."""
+_SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError)
+"""What parsers indexing into upstream JSON raise on a shape they did not expect. RecursionError:
+re-parsing or re-encoding a nested value the upstream sent (tool-call arguments, a payload kept
+for operators) past the interpreter's recursion limit."""
 
 
 class BodyTooLarge(Exception):
@@ -262,7 +264,7 @@ class HttpAdapter:
         """Classify a non-2xx answer from its status, headers and (maybe non-JSON) body."""
         try:
             payload = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past the recursion limit
             payload = None
         facts = self.error_facts(payload) or ErrorFacts()
         return classify_error(
@@ -278,11 +280,17 @@ class HttpAdapter:
         """Raise the classified error if ``payload`` (a body or stream event) is an error."""
         facts = self.error_facts(payload)
         if facts is not None:
+            try:
+                said: str | None = json.dumps(payload)
+            except RecursionError:
+                # orjson parsed it (up to 1024 levels), but ``json`` cannot re-encode that deep:
+                # the facts read from it are what operators get instead.
+                said = None
             raise classify_error(
                 self.type_name,
                 status=None if status is None or status < 400 else status,
                 facts=facts,
-                body=json.dumps(payload),
+                body=said,
                 credential=self._credential,
             )
 

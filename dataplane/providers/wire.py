@@ -150,6 +150,11 @@ def loads(provider: str, text: str | bytes, *, credential: str | None) -> Any:
     lone surrogate escape, invalid UTF-8 bytes read as replacement characters)
     is parsed as it always was. (orjson reads an integer beyond 64 bits as a
     float: no field a provider sends is one.)
+
+    A document nested deeper than the standard library's recursion limit (orjson
+    stops at 1024 levels, then ``json`` raises ``RecursionError``, not a decode
+    error) is a protocol error too: a few kilobytes of ``[`` must not escape as an
+    internal error that no breaker counts and no fallback follows.
     """
     try:
         return orjson.loads(text)
@@ -161,6 +166,8 @@ def loads(provider: str, text: str | bytes, *, credential: str | None) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         raise protocol_error(provider, "invalid JSON", text, credential=credential) from None
+    except RecursionError:
+        raise protocol_error(provider, "JSON nested too deeply", text, credential=credential) from None
 
 
 def dumps(body: Any) -> bytes:

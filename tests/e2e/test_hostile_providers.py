@@ -72,6 +72,7 @@ EXPECTED: Mapping[str, tuple[grpc.StatusCode, str]] = {
     "not-found": (grpc.StatusCode.UNAVAILABLE, "upstream does not serve the deployment's model (HTTP 404)"),
     "in-band": (grpc.StatusCode.UNAVAILABLE, "upstream failed (in-band error)"),
     "garbage": (grpc.StatusCode.UNAVAILABLE, "upstream sent malformed output (invalid JSON)"),
+    "deep-json": (grpc.StatusCode.UNAVAILABLE, "upstream sent malformed output (JSON nested too deeply)"),
     "mid-stream": (grpc.StatusCode.UNAVAILABLE, "upstream failed (in-band error)"),
     "huge-event": (grpc.StatusCode.UNAVAILABLE, "upstream sent malformed output (a stream line exceeds"),
 }

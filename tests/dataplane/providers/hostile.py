@@ -20,6 +20,8 @@ Behaviours (``BEHAVIOURS`` lists the ones every adapter is driven through):
 - ``in-band``: HTTP 200 whose body (or whose stream's first event) is an error, echoing;
 - ``mid-stream``: a stream that sends one text delta, then an in-band error, echoing;
 - ``garbage``: HTTP 200 with a body that is not the provider's format, echoing;
+- ``deep-json``: HTTP 200 whose body (or whose stream's first event) is JSON nested 20 000
+  levels deep around the echo, 40 kB: past the interpreter's recursion limit;
 - ``huge-event``: a stream whose first event is a 2 MiB line that never ends;
 - ``ok``: the provider's normal "Hello!" answer (plain or streamed);
 - ``retry-after-<seconds>``: HTTP 429 with that ``Retry-After`` (e.g. a year);
@@ -52,6 +54,7 @@ BEHAVIOURS = (
     "not-found",
     "in-band",
     "garbage",
+    "deep-json",
 )
 STREAM_ONLY_BEHAVIOURS = ("mid-stream", "huge-event")
 
@@ -151,6 +154,9 @@ class HostileUpstream(FakeUpstream):
             return self.stream(*frames[:cut], self.in_band_event(self.error_body(None, text, code)))
         if behaviour == "garbage":
             return Reply(body=(f"<html>{text}</html>".encode(),), content_type="application/json")
+        if behaviour == "deep-json":
+            deep = "[" * 20_000 + json.dumps(text) + "]" * 20_000
+            return self.stream(self.in_band_event(deep)) if streaming else Reply(body=(deep.encode(),))
         if kind == "retry" and behaviour.startswith("retry-after-"):
             seconds = behaviour.removeprefix("retry-after-")
             body = self.error_body(429, text, code)
@@ -160,9 +166,10 @@ class HostileUpstream(FakeUpstream):
     def stream(self, *steps: Any) -> Reply:
         return self.wire.stream_reply(*steps)
 
-    def in_band_event(self, payload: Mapping[str, Any]) -> bytes:
+    def in_band_event(self, payload: Mapping[str, Any] | str) -> bytes:
+        """One stream event carrying ``payload`` (a ``str`` is sent as the JSON text it is)."""
         if self.type_name == "ollama":
-            return ndjson_line(payload)
+            return payload.encode() + b"\n" if isinstance(payload, str) else ndjson_line(payload)
         if self.type_name == "anthropic":
             return sse_event(payload, event="error")
         return sse_event(payload)

@@ -309,6 +309,26 @@ async def test_truncated_json_body(wire: Wire, upstream: FakeUpstream, client: U
         await adapter.complete("m", HELLO, timeout=5)
 
 
+DEEP = "[" * 20_000 + "]" * 20_000
+"""JSON nested past the interpreter's recursion limit, in 40 kB: far inside every size bound."""
+
+
+@by_type
+async def test_json_nested_too_deeply_is_malformed_output_not_an_internal_error(
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    event = DEEP.encode() + b"\n" if wire.stream_reply is ndjson_reply else sse_event(DEEP)
+    upstream.enqueue(raw_reply(DEEP), wire.stream_reply(event), raw_reply(DEEP, status=500))
+    adapter = wire.adapter(upstream.base_url, client)
+    with pytest.raises(UpstreamProtocolError, match=r"malformed output \(JSON nested too deeply\)"):
+        await adapter.complete("m", HELLO, timeout=5)
+    with pytest.raises(UpstreamProtocolError, match=r"malformed output \(JSON nested too deeply\)"):
+        await drain(adapter.stream("m", HELLO, timeout=5))
+    # An error answer that is not readable JSON is still classified from its status.
+    with pytest.raises(UpstreamUnavailable, match=r"upstream failed \(HTTP 500\)"):
+        await adapter.complete("m", HELLO, timeout=5)
+
+
 @by_type
 async def test_stream_ending_before_its_terminator(
     wire: Wire, upstream: FakeUpstream, client: UpstreamClient
