@@ -38,10 +38,11 @@ MAX_EVENT_BYTES = 1024 * 1024
 """Largest stream line, SSE event or NDJSON line; a larger one is an ``UpstreamProtocolError``."""
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
-_SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError)
+_SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError, ArithmeticError)
 """What parsers indexing into upstream JSON raise on a shape they did not expect. RecursionError:
 re-parsing or re-encoding a nested value the upstream sent (tool-call arguments, a payload kept
-for operators) past the interpreter's recursion limit."""
+for operators) past the interpreter's recursion limit. ArithmeticError: ``int()`` of a number
+JSON allows and Python cannot hold (``1e999`` parses as infinity; ``OverflowError``)."""
 
 
 class BodyTooLarge(Exception):

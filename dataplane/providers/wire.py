@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import secrets
 from collections.abc import Iterable
 from typing import Any
@@ -107,6 +108,34 @@ def check_arguments(provider: str, text: str) -> None:
     """Raise the protocol error of ``arguments_text`` when a streamed call's assembled arguments
     are not a JSON object."""
     arguments_text(provider, text)
+
+
+MAX_TOKEN_COUNT = 1_000_000_000
+"""The largest token count a usage field may hold: a hundred times the largest context window
+of any model, far below what would overflow a cost or a budget (``accounting``, ``quota``)."""
+
+
+def token_count(value: object) -> int:
+    """A usage field a provider sent, as a token count; missing or null means 0.
+
+    Usage is what the node bills and budgets by, and a provider's answer is
+    untrusted: a negative count would credit a tenant's budget, an enormous one
+    would exhaust it (or overflow the caller's unsigned usage fields), and
+    ``1e999`` would raise ``OverflowError`` from ``int``. Anything but a whole
+    number from 0 to ``MAX_TOKEN_COUNT`` raises ``ValueError``, which the
+    adapters' parsing reports as malformed output (``HttpAdapter.decoding``):
+    the answer cannot be accounted for, so it is not served as if it could.
+    """
+    if not value:
+        return 0
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("a token count is not a finite number")
+    if not isinstance(value, int | float | str):
+        raise TypeError("a token count is not a number")
+    count = int(value)  # a float is cut to its whole part, a string of digits read, as before
+    if not 0 <= count <= MAX_TOKEN_COUNT:
+        raise ValueError("a token count is out of range")
+    return count
 
 
 def synthesize_call_id() -> str:

@@ -23,6 +23,7 @@ Behaviours (``BEHAVIOURS`` lists the ones every adapter is driven through):
 - ``deep-json``: HTTP 200 whose body (or whose stream's first event) is JSON nested 20 000
   levels deep around the echo, 40 kB: past the interpreter's recursion limit;
 - ``huge-event``: a stream whose first event is a 2 MiB line that never ends;
+- ``negative-usage``: the ``ok`` answer, but claiming -1000000 input tokens;
 - ``ok``: the provider's normal "Hello!" answer (plain or streamed);
 - ``retry-after-<seconds>``: HTTP 429 with that ``Retry-After`` (e.g. a year);
 - ``slow-<ms>``: wait that long, then answer ``ok``.
@@ -55,10 +56,17 @@ BEHAVIOURS = (
     "in-band",
     "garbage",
     "deep-json",
+    "negative-usage",
 )
 STREAM_ONLY_BEHAVIOURS = ("mid-stream", "huge-event")
 
 _WIRES: Mapping[str, Wire] = {w.type_name: w for w in WIRES}
+_INPUT_TOKENS = {
+    "anthropic": b'"input_tokens": 12',
+    "gemini": b'"promptTokenCount": 12',
+    "ollama": b'"prompt_eval_count": 12',
+}
+"""How each type's canned answers say their 12 input tokens (the OpenAI family: ``prompt_tokens``)."""
 _OPENAI_FAMILY = frozenset({"openai", "openai_compatible", "simulated", "azure_openai"})
 
 
@@ -154,6 +162,13 @@ class HostileUpstream(FakeUpstream):
             return self.stream(*frames[:cut], self.in_band_event(self.error_body(None, text, code)))
         if behaviour == "garbage":
             return Reply(body=(f"<html>{text}</html>".encode(),), content_type="application/json")
+        if behaviour == "negative-usage":
+            field = _INPUT_TOKENS.get(self.type_name, b'"prompt_tokens": 12')
+            negative = field.replace(b"12", b"-1000000")
+            if streaming:
+                frames = self.wire.text_stream(["Hello!"])
+                return self.stream(*(frame.replace(field, negative) for frame in frames))
+            return Reply(body=(bytes(self.wire.text().body[0]).replace(field, negative),))  # type: ignore[arg-type]
         if behaviour == "deep-json":
             deep = "[" * 20_000 + json.dumps(text) + "]" * 20_000
             return self.stream(self.in_band_event(deep)) if streaming else Reply(body=(deep.encode(),))

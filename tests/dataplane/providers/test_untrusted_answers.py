@@ -191,6 +191,14 @@ async def test_an_error_body_nested_too_deeply_to_re_encode_is_still_the_error_i
         await drain(adapter.stream("g", HELLO, timeout=5))
 
 
+async def test_a_block_index_of_infinity_is_malformed(upstream: FakeUpstream, client: UpstreamClient) -> None:
+    """``1e999`` is valid JSON, read as infinity; ``int()`` of it raises OverflowError."""
+    frames = [frame.replace(b'"index": 0', b'"index": 1e999') for frame in anthropic_stream("Hi")]
+    upstream.enqueue(sse_reply(*frames))
+    with pytest.raises(UpstreamProtocolError, match="malformed output"):
+        await drain(make_adapter("anthropic", upstream.base_url, client).stream("c", HELLO, timeout=5))
+
+
 # -- Anthropic pause_turn: an incomplete answer ----------------------------------------------
 
 
