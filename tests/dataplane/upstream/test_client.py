@@ -188,6 +188,49 @@ async def test_a_broken_answer_raises_the_class_classify_maps(
         assert server.accepted == 1  # a new connection's failure is never retried
 
 
+def floods(opening: bytes, filler: bytes) -> Handler:
+    """A handler that answers ``opening``, then ``filler`` over and over until the client leaves."""
+
+    async def handler(server: RawServer, peer: Peer) -> None:
+        await peer.request()
+        try:
+            await peer.send(opening)
+            while True:
+                await peer.send(filler)
+        except ConnectionError:
+            server.closed_by_client += 1
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("opening", "filler"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-Filler: ", b"f" * 65536, id="a-header-value-without-end"),
+        pytest.param(
+            b"", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 100, id="interim-answers-without-end"
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Trailer: ",
+            b"t" * 65536,
+            id="a-trailer-value-without-end",
+        ),
+    ],
+)
+async def test_a_head_that_never_ends_is_refused_as_it_arrives_not_at_the_timeout(
+    client: UpstreamClient, opening: bytes, filler: bytes
+) -> None:
+    """httptools buffers a header value until it ends, so the bound on whole headers never fired:
+    the node held (and re-copied) all an upstream sent until the timeout."""
+    async with RawServer(floods(opening, filler)) as server:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(upstream_errors.RemoteProtocolError, match="bytes of headers"):
+            await post(client, server.url, timeout=3)
+        assert asyncio.get_running_loop().time() - started < 2
+        await eventually(lambda: server.closed_by_client == 1, message="the upstream saw the client leave")
+        assert client.open_connections == 0
+
+
 @pytest.mark.parametrize(
     "before_stalling",
     [
