@@ -231,11 +231,21 @@ class HttpAdapter:
         around it), so the caller's ``aclose`` or cancellation reaches the HTTP
         response directly. ``make_body`` runs on first iteration: a request the
         provider cannot express fails there, like every other stream error.
-        ``timeout`` bounds connecting and each wait for bytes; the whole
-        attempt's deadline belongs to the caller, which can close us any time.
+        ``timeout``, the seconds left for the attempt, is also the whole stream's
+        deadline (``UpstreamTimeout`` then); the provider's configured timeout
+        bounds connecting and each wait for bytes. Once its first chunk is out,
+        nothing above this bounds a stream (the dispatcher's deadline covers only
+        the wait for that chunk), so an upstream that keeps each wait short (a
+        byte, a comment, a keep-alive at a time) would otherwise hold the request,
+        its connection and its budget reservation past the caller's deadline, or
+        forever when the caller set none. The client keeps it with the
+        connection's one timer: no timer per chunk.
         """
+        deadline = asyncio.get_running_loop().time() + timeout
         async with (
-            self._open(url, make_body(), timeout=self.attempt_timeout(timeout), params=params) as response,
+            self._open(
+                url, make_body(), timeout=self.attempt_timeout(timeout), params=params, deadline=deadline
+            ) as response,
             aclosing(bounded_lines(_text(response), MAX_EVENT_BYTES)) as lines,
         ):
             if decoder.event_stream and _is_json(response):
@@ -307,10 +317,16 @@ class HttpAdapter:
 
     @asynccontextmanager
     async def _open(
-        self, url: str, body: Mapping[str, Any], *, timeout: float, params: Mapping[str, str] | None
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float,
+        params: Mapping[str, str] | None,
+        deadline: float,
     ) -> AsyncIterator[UpstreamResponse]:
         try:
-            response = await self._send(url, body, timeout=timeout, params=params)
+            response = await self._send(url, body, timeout=timeout, params=params, deadline=deadline)
         except HTTPError as exc:
             raise classify_transport(self.type_name, exc) from exc
         try:
