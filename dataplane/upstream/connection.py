@@ -179,6 +179,8 @@ class Connection(asyncio.Protocol):
         self._idle_bytes = 0
         """Bytes received in a row without the parser handing anything on (``_progress``)."""
         self._progress = False
+        self._reusable = True
+        """False once the answer announced a body HTTP forbids it (see ``on_headers_complete``)."""
         self._problem = ""
         self.closed = False
         self.used = 0
@@ -198,6 +200,7 @@ class Connection(asyncio.Protocol):
         assert self._exchange is None
         self.used += 1
         self._head_bytes = self._idle_bytes = 0
+        self._reusable = True
         self._exchange = exchange = Exchange(self)
         exchange.deadline = deadline
         self._transport.write(head)
@@ -324,6 +327,13 @@ class Connection(asyncio.Protocol):
             return
         exchange.status = status
         exchange.headers_done = True
+        if status in (204, 304) and (
+            exchange.headers.get("content-length", "0").strip() != "0"
+            or "transfer-encoding" in exchange.headers
+        ):
+            # The answer ends at its head (RFC 9112 6.3), but the upstream announced a body: if it
+            # sends one, those bytes would arrive as the next request's answer on this socket.
+            self._reusable = False
         exchange.until_close = (
             "content-length" not in exchange.headers
             and "transfer-encoding" not in exchange.headers
@@ -350,7 +360,7 @@ class Connection(asyncio.Protocol):
         exchange.complete = True
         exchange.wake()
         self._exchange = None
-        if not self._parser.should_keep_alive():
+        if not self._reusable or not self._parser.should_keep_alive():
             self.abort()
             return
         if self._paused:  # the reader still has the buffer; the socket is free for the next request

@@ -125,6 +125,39 @@ async def test_interim_1xx_answers_are_skipped(client: UpstreamClient) -> None:
         assert await response.read(100) == (b"final", False)
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"HTTP/1.1 204 No Content\r\nContent-Length: 64\r\n\r\n", id="204-with-a-length"),
+        pytest.param(b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", id="304-chunked"),
+    ],
+)
+async def test_a_bodiless_answer_that_announces_a_body_does_not_reuse_its_connection(
+    client: UpstreamClient, head: bytes
+) -> None:
+    """A 204 or 304 ends at its head whatever it says; the body it announced, sent once the next
+    request is in, must not become that request's answer."""
+    forged = answer(b'{"forged":true}')
+
+    async def announces_a_body(server: RawServer, peer: Peer) -> None:
+        if peer.number > 1:
+            await keep_answering(server, peer)
+            return
+        await peer.request()
+        await peer.send(head)
+        if await peer.request() is not None:  # the next request came on this connection
+            await peer.send(forged)
+            await peer.wait_closed_by_client()
+
+    async with RawServer(announces_a_body) as server:
+        response = await client.request("POST", server.url, body=b"x", timeout=5)
+        assert response.status == int(head[9:12])
+        assert await response.read(100) == (b"", False)
+        response.close()
+        assert await post(client, server.url) == b'{"ok":true}'
+        assert server.accepted == 2
+
+
 async def test_redirects_are_answers_not_followed(client: UpstreamClient) -> None:
     async def moved(server: RawServer, peer: Peer) -> None:
         await peer.request()
