@@ -177,8 +177,12 @@ def loads(provider: str, text: str | bytes, *, credential: str | None) -> Any:
 
     orjson parses; what it refuses and the standard library accepts (``NaN``, a
     lone surrogate escape, invalid UTF-8 bytes read as replacement characters)
-    is parsed as it always was. (orjson reads an integer beyond 64 bits as a
-    float: no field a provider sends is one.)
+    is parsed as it always was, except that a lone surrogate (``"\\ud800"``, valid
+    JSON but no Unicode character) is read as U+FFFD like invalid UTF-8 bytes:
+    kept, it reached the caller's answer, which no UTF-8 encoder (protobuf, the
+    HTTP door's JSON) can write, and the request ended INTERNAL after the
+    provider had answered. (orjson reads an integer beyond 64 bits as a float: no
+    field a provider sends is one.)
 
     A document nested deeper than the standard library's recursion limit (orjson
     stops at 1024 levels, then ``json`` raises ``RecursionError``, not a decode
@@ -192,11 +196,51 @@ def loads(provider: str, text: str | bytes, *, credential: str | None) -> Any:
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError:
         raise protocol_error(provider, "invalid JSON", text, credential=credential) from None
     except RecursionError:
         raise protocol_error(provider, "JSON nested too deeply", text, credential=credential) from None
+    return _without_lone_surrogates(value) if "\\u" in text else value
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` with every string's lone surrogates replaced by U+FFFD, lists and objects
+    rewritten in place (iteratively: the document may be nested up to the recursion limit)."""
+    if isinstance(value, str):
+        return _valid_text(value)
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                if isinstance(item, str):
+                    node[i] = _valid_text(item)
+                elif isinstance(item, list | dict):
+                    pending.append(item)
+        elif isinstance(node, dict):
+            for key, item in list(node.items()):
+                if isinstance(item, str):
+                    item = _valid_text(item)
+                elif isinstance(item, list | dict):
+                    pending.append(item)
+                valid = _valid_text(key)
+                if valid != key:
+                    del node[key]
+                node[valid] = item
+    return value
+
+
+def _valid_text(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Through UTF-16, where a surrogate pair json.loads left split is joined and a lone one
+        # becomes one U+FFFD.
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
 
 
 def dumps(body: Any) -> bytes:

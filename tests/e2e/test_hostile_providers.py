@@ -47,6 +47,7 @@ from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.providers.hostile import (
     BEHAVIOURS,
     MARKER,
+    SERVED_BEHAVIOURS,
     STREAM_ONLY_BEHAVIOURS,
     HostileUpstream,
     echo_forms,
@@ -172,6 +173,13 @@ def build_snapshot(
             id=f"d-{name}", provider_id=f"hostile-{type_name}", upstream_model=behaviour
         )
     for type_name in TYPES:
+        for behaviour in SERVED_BEHAVIOURS:
+            for rpc in RPCS:
+                name = alias(type_name, behaviour, rpc)
+                _model(snap, name).deployments.add(
+                    id=f"d-{name}", provider_id=f"hostile-{type_name}", upstream_model=behaviour
+                )
+    for type_name in TYPES:
         for rpc in RPCS:
             model = _model(snap, alias(type_name, "pair", rpc))
             # The 404 deployment carries nearly all the weight: it is tried first (the
@@ -280,6 +288,7 @@ async def evidence_of(site: Site, correlation_id: str) -> dict[str, Any]:
 def test_every_type_and_behaviour_has_a_case() -> None:
     assert {t for t, _, _ in CASES} == set(TYPES) == set(_WIRE_PATH)
     assert set(EXPECTED) == {*BEHAVIOURS, *STREAM_ONLY_BEHAVIOURS}
+    assert not set(SERVED_BEHAVIOURS) & set(EXPECTED)
 
 
 @pytest.mark.parametrize(("type_name", "behaviour", "rpc"), CASES, ids=["-".join(c) for c in CASES])
@@ -322,6 +331,25 @@ async def test_nothing_a_hostile_provider_says_reaches_the_caller_or_the_evidenc
     assert CREDENTIAL[8:-4].lower() not in logged.lower()
     assert "\r" not in logged
     assert "\x1b" not in logged
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+@pytest.mark.parametrize("type_name", TYPES)
+async def test_text_no_utf8_encoder_can_write_is_served_with_a_replacement_character(
+    site: Site, type_name: str, rpc: str
+) -> None:
+    """A lone surrogate escape is valid JSON but no character: kept, neither protobuf nor
+    the HTTP door's JSON can write the answer (the caller got INTERNAL, or UNKNOWN mid-stream)."""
+    correlation_id = f"cid-{alias(type_name, 'lone-surrogate', rpc)}"
+    answer = await call(site, rpc, alias(type_name, "lone-surrogate", rpc), correlation_id)
+    if rpc == "Infer":
+        text = "".join(p.text for p in answer.message.content)
+    else:
+        text = "".join(e.delta.text for e in answer if e.HasField("delta"))
+        assert answer[-1].HasField("end")
+    assert text == "Hel\ufffdlo!"
+    record = await evidence_of(site, correlation_id)
+    assert record["outcome"]["code"] == "OK"
 
 
 @pytest.mark.parametrize("rpc", RPCS)

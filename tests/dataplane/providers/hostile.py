@@ -24,6 +24,8 @@ Behaviours (``BEHAVIOURS`` lists the ones every adapter is driven through):
   levels deep around the echo, 40 kB: past the interpreter's recursion limit;
 - ``huge-event``: a stream whose first event is a 2 MiB line that never ends;
 - ``negative-usage``: the ``ok`` answer, but claiming -1000000 input tokens;
+- ``lone-surrogate``: the ``ok`` answer, with ``"Hel\\ud800lo!"`` (valid JSON, not Unicode) for
+  its text;
 - ``ok``: the provider's normal "Hello!" answer (plain or streamed);
 - ``retry-after-<seconds>``: HTTP 429 with that ``Retry-After`` (e.g. a year);
 - ``slow-<ms>``: wait that long, then answer ``ok``.
@@ -59,6 +61,8 @@ BEHAVIOURS = (
     "negative-usage",
 )
 STREAM_ONLY_BEHAVIOURS = ("mid-stream", "huge-event")
+SERVED_BEHAVIOURS = ("lone-surrogate",)
+"""Odd answers that are still answers: served, not refused."""
 
 _WIRES: Mapping[str, Wire] = {w.type_name: w for w in WIRES}
 _INPUT_TOKENS = {
@@ -169,6 +173,11 @@ class HostileUpstream(FakeUpstream):
                 frames = self.wire.text_stream(["Hello!"])
                 return self.stream(*(frame.replace(field, negative) for frame in frames))
             return Reply(body=(bytes(self.wire.text().body[0]).replace(field, negative),))  # type: ignore[arg-type]
+        if behaviour == "lone-surrogate":
+            if streaming:
+                frames = self.wire.text_stream(["Hello!"])
+                return self.stream(*(frame.replace(b"Hello!", b"Hel\\ud800lo!") for frame in frames))
+            return Reply(body=(bytes(self.wire.text().body[0]).replace(b"Hello!", b"Hel\\ud800lo!"),))  # type: ignore[arg-type]
         if behaviour == "deep-json":
             deep = "[" * 20_000 + json.dumps(text) + "]" * 20_000
             return self.stream(self.in_band_event(deep)) if streaming else Reply(body=(deep.encode(),))
