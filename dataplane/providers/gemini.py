@@ -308,7 +308,7 @@ class GeminiAdapter(HttpAdapter):
 def _response_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past the recursion limit
         value = None
     return value if isinstance(value, dict) else {"result": text}
 
