@@ -60,6 +60,7 @@ from .wire import (
     image_base64,
     settle_finish,
     system_prompt,
+    token_count,
 )
 
 STOP_REASONS: Mapping[str, FinishReason] = {
@@ -244,11 +245,11 @@ class AnthropicAdapter(HttpAdapter):
 
 def anthropic_usage(usage: Mapping[str, Any]) -> Usage:
     """Anthropic counts cache reads and writes apart from ``input_tokens``; ours includes them."""
-    cache_read = int(usage.get("cache_read_input_tokens") or 0)
-    cache_write = int(usage.get("cache_creation_input_tokens") or 0)
+    cache_read = token_count(usage.get("cache_read_input_tokens"))
+    cache_write = token_count(usage.get("cache_creation_input_tokens"))
     return Usage(
-        input_tokens=int(usage.get("input_tokens") or 0) + cache_read + cache_write,
-        output_tokens=int(usage.get("output_tokens") or 0),
+        input_tokens=token_count(usage.get("input_tokens")) + cache_read + cache_write,
+        output_tokens=token_count(usage.get("output_tokens")),
         cached_input_tokens=cache_read,
         cache_write_input_tokens=cache_write,
     )

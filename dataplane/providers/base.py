@@ -23,6 +23,8 @@ class ProviderAdapter(Protocol):
     ``timeout`` is the seconds left for this attempt: ``complete`` and ``embed`` end by then
     (``UpstreamTimeout``) whatever the upstream does, as the upstream client bounds every
     wait by the call's deadline; the pipeline's dispatch relies on it and sets no timer.
+    So does a ``stream``, however its upstream paces the bytes: the pipeline reads a stream
+    past its first chunk with no timer of its own.
     """
 
     type_name: ClassVar[str]

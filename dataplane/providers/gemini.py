@@ -63,6 +63,7 @@ from .wire import (
     settle_finish,
     synthesize_call_id,
     system_prompt,
+    token_count,
     tool_names_by_id,
 )
 
@@ -307,7 +308,7 @@ class GeminiAdapter(HttpAdapter):
 def _response_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past the recursion limit
         value = None
     return value if isinstance(value, dict) else {"result": text}
 
@@ -324,11 +325,11 @@ def gemini_usage(metadata: object) -> Usage | None:
     if not isinstance(metadata, dict):
         return None
     return Usage(
-        input_tokens=int(metadata.get("promptTokenCount") or 0)
-        + int(metadata.get("toolUsePromptTokenCount") or 0),
-        output_tokens=int(metadata.get("candidatesTokenCount") or 0)
-        + int(metadata.get("thoughtsTokenCount") or 0),
-        cached_input_tokens=int(metadata.get("cachedContentTokenCount") or 0),
+        input_tokens=token_count(metadata.get("promptTokenCount"))
+        + token_count(metadata.get("toolUsePromptTokenCount")),
+        output_tokens=token_count(metadata.get("candidatesTokenCount"))
+        + token_count(metadata.get("thoughtsTokenCount")),
+        cached_input_tokens=token_count(metadata.get("cachedContentTokenCount")),
     )
 
 

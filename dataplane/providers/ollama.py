@@ -46,6 +46,7 @@ from .wire import (
     image_base64,
     settle_finish,
     synthesize_call_id,
+    token_count,
     tool_names_by_id,
 )
 
@@ -189,8 +190,8 @@ def ollama_usage(payload: Mapping[str, Any]) -> Usage | None:
     if "prompt_eval_count" not in payload and "eval_count" not in payload:
         return None
     return Usage(
-        input_tokens=int(payload.get("prompt_eval_count") or 0),
-        output_tokens=int(payload.get("eval_count") or 0),
+        input_tokens=token_count(payload.get("prompt_eval_count")),
+        output_tokens=token_count(payload.get("eval_count")),
     )
 
 

@@ -49,6 +49,7 @@ from .wire import (
     image_url,
     settle_finish,
     synthesize_call_id,
+    token_count,
 )
 
 FINISH_REASONS: Mapping[str, FinishReason] = {
@@ -145,7 +146,7 @@ class OpenAIFamilyAdapter(HttpAdapter):
             usage = payload.get("usage") or {}
             return EmbedResponse(
                 vectors=self.vectors((row["embedding"] for row in rows), len(request.inputs)),
-                usage=Usage(input_tokens=int(usage.get("prompt_tokens") or 0)) if usage else None,
+                usage=Usage(input_tokens=token_count(usage.get("prompt_tokens"))) if usage else None,
                 upstream_model=str(payload.get("model") or ""),
             )
 
@@ -327,9 +328,9 @@ def openai_usage(usage: object) -> Usage | None:
         return None
     details = usage.get("prompt_tokens_details") or {}
     return Usage(
-        input_tokens=int(usage.get("prompt_tokens") or 0),
-        output_tokens=int(usage.get("completion_tokens") or 0),
-        cached_input_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+        input_tokens=token_count(usage.get("prompt_tokens")),
+        output_tokens=token_count(usage.get("completion_tokens")),
+        cached_input_tokens=token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
     )
 
 

@@ -38,8 +38,11 @@ MAX_EVENT_BYTES = 1024 * 1024
 """Largest stream line, SSE event or NDJSON line; a larger one is an ``UpstreamProtocolError``."""
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
-_SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
-"""What parsers indexing into upstream JSON raise on a shape they did not expect."""
+_SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError, ArithmeticError)
+"""What parsers indexing into upstream JSON raise on a shape they did not expect. RecursionError:
+re-parsing or re-encoding a nested value the upstream sent (tool-call arguments, a payload kept
+for operators) past the interpreter's recursion limit. ArithmeticError: ``int()`` of a number
+JSON allows and Python cannot hold (``1e999`` parses as infinity; ``OverflowError``)."""
 
 
 class BodyTooLarge(Exception):
@@ -228,11 +231,21 @@ class HttpAdapter:
         around it), so the caller's ``aclose`` or cancellation reaches the HTTP
         response directly. ``make_body`` runs on first iteration: a request the
         provider cannot express fails there, like every other stream error.
-        ``timeout`` bounds connecting and each wait for bytes; the whole
-        attempt's deadline belongs to the caller, which can close us any time.
+        ``timeout``, the seconds left for the attempt, is also the whole stream's
+        deadline (``UpstreamTimeout`` then); the provider's configured timeout
+        bounds connecting and each wait for bytes. Once its first chunk is out,
+        nothing above this bounds a stream (the dispatcher's deadline covers only
+        the wait for that chunk), so an upstream that keeps each wait short (a
+        byte, a comment, a keep-alive at a time) would otherwise hold the request,
+        its connection and its budget reservation past the caller's deadline, or
+        forever when the caller set none. The client keeps it with the
+        connection's one timer: no timer per chunk.
         """
+        deadline = asyncio.get_running_loop().time() + timeout
         async with (
-            self._open(url, make_body(), timeout=self.attempt_timeout(timeout), params=params) as response,
+            self._open(
+                url, make_body(), timeout=self.attempt_timeout(timeout), params=params, deadline=deadline
+            ) as response,
             aclosing(bounded_lines(_text(response), MAX_EVENT_BYTES)) as lines,
         ):
             if decoder.event_stream and _is_json(response):
@@ -262,7 +275,7 @@ class HttpAdapter:
         """Classify a non-2xx answer from its status, headers and (maybe non-JSON) body."""
         try:
             payload = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past the recursion limit
             payload = None
         facts = self.error_facts(payload) or ErrorFacts()
         return classify_error(
@@ -278,11 +291,17 @@ class HttpAdapter:
         """Raise the classified error if ``payload`` (a body or stream event) is an error."""
         facts = self.error_facts(payload)
         if facts is not None:
+            try:
+                said: str | None = json.dumps(payload)
+            except RecursionError:
+                # orjson parsed it (up to 1024 levels), but ``json`` cannot re-encode that deep:
+                # the facts read from it are what operators get instead.
+                said = None
             raise classify_error(
                 self.type_name,
                 status=None if status is None or status < 400 else status,
                 facts=facts,
-                body=json.dumps(payload),
+                body=said,
                 credential=self._credential,
             )
 
@@ -298,10 +317,16 @@ class HttpAdapter:
 
     @asynccontextmanager
     async def _open(
-        self, url: str, body: Mapping[str, Any], *, timeout: float, params: Mapping[str, str] | None
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float,
+        params: Mapping[str, str] | None,
+        deadline: float,
     ) -> AsyncIterator[UpstreamResponse]:
         try:
-            response = await self._send(url, body, timeout=timeout, params=params)
+            response = await self._send(url, body, timeout=timeout, params=params, deadline=deadline)
         except HTTPError as exc:
             raise classify_transport(self.type_name, exc) from exc
         try:

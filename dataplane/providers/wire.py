@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import secrets
 from collections.abc import Iterable
 from typing import Any
@@ -109,6 +110,34 @@ def check_arguments(provider: str, text: str) -> None:
     arguments_text(provider, text)
 
 
+MAX_TOKEN_COUNT = 1_000_000_000
+"""The largest token count a usage field may hold: a hundred times the largest context window
+of any model, far below what would overflow a cost or a budget (``accounting``, ``quota``)."""
+
+
+def token_count(value: object) -> int:
+    """A usage field a provider sent, as a token count; missing or null means 0.
+
+    Usage is what the node bills and budgets by, and a provider's answer is
+    untrusted: a negative count would credit a tenant's budget, an enormous one
+    would exhaust it (or overflow the caller's unsigned usage fields), and
+    ``1e999`` would raise ``OverflowError`` from ``int``. Anything but a whole
+    number from 0 to ``MAX_TOKEN_COUNT`` raises ``ValueError``, which the
+    adapters' parsing reports as malformed output (``HttpAdapter.decoding``):
+    the answer cannot be accounted for, so it is not served as if it could.
+    """
+    if not value:
+        return 0
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("a token count is not a finite number")
+    if not isinstance(value, int | float | str):
+        raise TypeError("a token count is not a number")
+    count = int(value)  # a float is cut to its whole part, a string of digits read, as before
+    if not 0 <= count <= MAX_TOKEN_COUNT:
+        raise ValueError("a token count is out of range")
+    return count
+
+
 def synthesize_call_id() -> str:
     """An id for a tool call whose provider gave none (Gemini, Ollama)."""
     return "call_" + secrets.token_hex(12)
@@ -148,8 +177,17 @@ def loads(provider: str, text: str | bytes, *, credential: str | None) -> Any:
 
     orjson parses; what it refuses and the standard library accepts (``NaN``, a
     lone surrogate escape, invalid UTF-8 bytes read as replacement characters)
-    is parsed as it always was. (orjson reads an integer beyond 64 bits as a
-    float: no field a provider sends is one.)
+    is parsed as it always was, except that a lone surrogate (``"\\ud800"``, valid
+    JSON but no Unicode character) is read as U+FFFD like invalid UTF-8 bytes:
+    kept, it reached the caller's answer, which no UTF-8 encoder (protobuf, the
+    HTTP door's JSON) can write, and the request ended INTERNAL after the
+    provider had answered. (orjson reads an integer beyond 64 bits as a float: no
+    field a provider sends is one.)
+
+    A document nested deeper than the standard library's recursion limit (orjson
+    stops at 1024 levels, then ``json`` raises ``RecursionError``, not a decode
+    error) is a protocol error too: a few kilobytes of ``[`` must not escape as an
+    internal error that no breaker counts and no fallback follows.
     """
     try:
         return orjson.loads(text)
@@ -158,9 +196,51 @@ def loads(provider: str, text: str | bytes, *, credential: str | None) -> Any:
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError:
         raise protocol_error(provider, "invalid JSON", text, credential=credential) from None
+    except RecursionError:
+        raise protocol_error(provider, "JSON nested too deeply", text, credential=credential) from None
+    return _without_lone_surrogates(value) if "\\u" in text else value
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` with every string's lone surrogates replaced by U+FFFD, lists and objects
+    rewritten in place (iteratively: the document may be nested up to the recursion limit)."""
+    if isinstance(value, str):
+        return _valid_text(value)
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                if isinstance(item, str):
+                    node[i] = _valid_text(item)
+                elif isinstance(item, list | dict):
+                    pending.append(item)
+        elif isinstance(node, dict):
+            for key, item in list(node.items()):
+                if isinstance(item, str):
+                    item = _valid_text(item)
+                elif isinstance(item, list | dict):
+                    pending.append(item)
+                valid = _valid_text(key)
+                if valid != key:
+                    del node[key]
+                node[valid] = item
+    return value
+
+
+def _valid_text(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Through UTF-16, where a surrogate pair json.loads left split is joined and a lone one
+        # becomes one U+FFFD.
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
 
 
 def dumps(body: Any) -> bytes:

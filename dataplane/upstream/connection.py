@@ -27,6 +27,15 @@ MAX_PENDING_CHUNKS = 1024
 upstream sending one-byte chunks must not cost the node dozens of bytes of bookkeeping per byte."""
 MAX_HEADER_BYTES = 64 * 1024
 """Header names and values of one answer; more is a protocol error, not memory spent."""
+MAX_HEAD_BYTES = 2 * MAX_HEADER_BYTES
+"""Bytes received before the final answer's head has ended, interim (1xx) answers included; and
+bytes received in a row from which the parser made nothing (no header, body piece or chunk).
+
+``httptools`` hands a header (or trailer) to ``on_header`` only once it is whole, buffering its
+value by repeated concatenation until then, so ``MAX_HEADER_BYTES`` alone never stops a value
+that does not end: memory, and quadratic copying, until the timeout. Nor does it stop an endless
+series of interim answers, whose count starts again with each. Both bounds are checked on the
+bytes as they arrive."""
 
 
 class _OutOfTurn(Exception):
@@ -166,6 +175,12 @@ class Connection(asyncio.Protocol):
         self._exchange: Exchange | None = None
         self._paused = False
         self._header_bytes = 0
+        self._head_bytes = 0
+        self._idle_bytes = 0
+        """Bytes received in a row without the parser handing anything on (``_progress``)."""
+        self._progress = False
+        self._reusable = True
+        """False once the answer announced a body HTTP forbids it (see ``on_headers_complete``)."""
         self._problem = ""
         self.closed = False
         self.used = 0
@@ -184,6 +199,8 @@ class Connection(asyncio.Protocol):
         assert self._transport is not None
         assert self._exchange is None
         self.used += 1
+        self._head_bytes = self._idle_bytes = 0
+        self._reusable = True
         self._exchange = exchange = Exchange(self)
         exchange.deadline = deadline
         self._transport.write(head)
@@ -247,6 +264,9 @@ class Connection(asyncio.Protocol):
             self.abort()
             return
         exchange.received = True
+        if not exchange.headers_done:
+            self._head_bytes += len(data)
+        self._progress = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -254,6 +274,14 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError:
             problem = self._problem or "upstream sent a malformed HTTP response"
             self._fail(RemoteProtocolError(problem))
+        else:
+            # Checked after feeding: the same bytes may end the head and begin the body.
+            self._idle_bytes = 0 if self._progress else self._idle_bytes + len(data)
+            if exchange is self._exchange and (
+                (not exchange.headers_done and self._head_bytes > MAX_HEAD_BYTES)
+                or self._idle_bytes > MAX_HEAD_BYTES
+            ):
+                self._fail(RemoteProtocolError(f"upstream sent more than {MAX_HEAD_BYTES} bytes of headers"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         exchange = self._exchange
@@ -280,6 +308,7 @@ class Connection(asyncio.Protocol):
         exchange = self._exchange
         if exchange is None:
             raise _OutOfTurn  # a second answer to one request
+        self._progress = True
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
             self._problem = f"upstream sent more than {MAX_HEADER_BYTES} bytes of headers"
@@ -292,11 +321,19 @@ class Connection(asyncio.Protocol):
             raise _OutOfTurn
         status = self._parser.get_status_code()
         self._header_bytes = 0
+        self._progress = True
         if 100 <= status < 200:
             exchange.headers.clear()  # an interim answer (100 Continue, 103): the real one follows
             return
         exchange.status = status
         exchange.headers_done = True
+        if status in (204, 304) and (
+            exchange.headers.get("content-length", "0").strip() != "0"
+            or "transfer-encoding" in exchange.headers
+        ):
+            # The answer ends at its head (RFC 9112 6.3), but the upstream announced a body: if it
+            # sends one, those bytes would arrive as the next request's answer on this socket.
+            self._reusable = False
         exchange.until_close = (
             "content-length" not in exchange.headers
             and "transfer-encoding" not in exchange.headers
@@ -307,7 +344,14 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self._exchange is None:
             raise _OutOfTurn
+        self._progress = True
         self._exchange.add_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._progress = True
+
+    def on_chunk_complete(self) -> None:
+        self._progress = True
 
     def on_message_complete(self) -> None:
         exchange = self._exchange
@@ -316,7 +360,7 @@ class Connection(asyncio.Protocol):
         exchange.complete = True
         exchange.wake()
         self._exchange = None
-        if not self._parser.should_keep_alive():
+        if not self._reusable or not self._parser.should_keep_alive():
             self.abort()
             return
         if self._paused:  # the reader still has the buffer; the socket is free for the next request

@@ -47,6 +47,7 @@ from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.providers.hostile import (
     BEHAVIOURS,
     MARKER,
+    SERVED_BEHAVIOURS,
     STREAM_ONLY_BEHAVIOURS,
     HostileUpstream,
     echo_forms,
@@ -72,6 +73,8 @@ EXPECTED: Mapping[str, tuple[grpc.StatusCode, str]] = {
     "not-found": (grpc.StatusCode.UNAVAILABLE, "upstream does not serve the deployment's model (HTTP 404)"),
     "in-band": (grpc.StatusCode.UNAVAILABLE, "upstream failed (in-band error)"),
     "garbage": (grpc.StatusCode.UNAVAILABLE, "upstream sent malformed output (invalid JSON)"),
+    "negative-usage": (grpc.StatusCode.UNAVAILABLE, "upstream sent malformed output (unexpected JSON shape"),
+    "deep-json": (grpc.StatusCode.UNAVAILABLE, "upstream sent malformed output (JSON nested too deeply)"),
     "mid-stream": (grpc.StatusCode.UNAVAILABLE, "upstream failed (in-band error)"),
     "huge-event": (grpc.StatusCode.UNAVAILABLE, "upstream sent malformed output (a stream line exceeds"),
 }
@@ -169,6 +172,13 @@ def build_snapshot(
         _model(snap, name).deployments.add(
             id=f"d-{name}", provider_id=f"hostile-{type_name}", upstream_model=behaviour
         )
+    for type_name in TYPES:
+        for behaviour in SERVED_BEHAVIOURS:
+            for rpc in RPCS:
+                name = alias(type_name, behaviour, rpc)
+                _model(snap, name).deployments.add(
+                    id=f"d-{name}", provider_id=f"hostile-{type_name}", upstream_model=behaviour
+                )
     for type_name in TYPES:
         for rpc in RPCS:
             model = _model(snap, alias(type_name, "pair", rpc))
@@ -278,6 +288,7 @@ async def evidence_of(site: Site, correlation_id: str) -> dict[str, Any]:
 def test_every_type_and_behaviour_has_a_case() -> None:
     assert {t for t, _, _ in CASES} == set(TYPES) == set(_WIRE_PATH)
     assert set(EXPECTED) == {*BEHAVIOURS, *STREAM_ONLY_BEHAVIOURS}
+    assert not set(SERVED_BEHAVIOURS) & set(EXPECTED)
 
 
 @pytest.mark.parametrize(("type_name", "behaviour", "rpc"), CASES, ids=["-".join(c) for c in CASES])
@@ -305,7 +316,12 @@ async def test_nothing_a_hostile_provider_says_reaches_the_caller_or_the_evidenc
     attempts = record["routing"]["attempts"]
     assert attempts, "the failed attempt is in the evidence"
     assert f"{type_name}: {words}" in record["outcome"]["message"]
-    if behaviour != "mid-stream":  # a stream that failed after its first chunk had an "ok" attempt
+    # A stream that failed after its first chunk had an "ok" attempt: "mid-stream", and usage read
+    # after the text (all but Gemini, whose first event carries a usage snapshot).
+    late = behaviour == "mid-stream" or (
+        behaviour == "negative-usage" and rpc == "InferStream" and type_name != "gemini"
+    )
+    if not late:
         assert attempts[0]["error"].startswith(f"{type_name}: {words}")
 
     # Operators keep the detail, redacted; no log line carries the credential or a forged line.
@@ -315,6 +331,25 @@ async def test_nothing_a_hostile_provider_says_reaches_the_caller_or_the_evidenc
     assert CREDENTIAL[8:-4].lower() not in logged.lower()
     assert "\r" not in logged
     assert "\x1b" not in logged
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+@pytest.mark.parametrize("type_name", TYPES)
+async def test_text_no_utf8_encoder_can_write_is_served_with_a_replacement_character(
+    site: Site, type_name: str, rpc: str
+) -> None:
+    """A lone surrogate escape is valid JSON but no character: kept, neither protobuf nor
+    the HTTP door's JSON can write the answer (the caller got INTERNAL, or UNKNOWN mid-stream)."""
+    correlation_id = f"cid-{alias(type_name, 'lone-surrogate', rpc)}"
+    answer = await call(site, rpc, alias(type_name, "lone-surrogate", rpc), correlation_id)
+    if rpc == "Infer":
+        text = "".join(p.text for p in answer.message.content)
+    else:
+        text = "".join(e.delta.text for e in answer if e.HasField("delta"))
+        assert answer[-1].HasField("end")
+    assert text == "Hel\ufffdlo!"
+    record = await evidence_of(site, correlation_id)
+    assert record["outcome"]["code"] == "OK"
 
 
 @pytest.mark.parametrize("rpc", RPCS)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.simulator import Behaviour
-from tests.dataplane.conftest import AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
+from tests.dataplane.conftest import AUTH, GatedUpstream, NodeFactory, _sse_chunk, chat, envelope, snapshot
 from tests.helpers import eventually
 
 
@@ -125,3 +128,55 @@ async def test_upstream_dropping_mid_stream_ends_the_call_with_unavailable(
         gated_upstream.cut = False
         again = infer_pb2_grpc.InferServiceStub(channel).InferStream(chat(), metadata=AUTH, timeout=10)
         assert (await _events(again))[-1].HasField("end")
+
+
+@pytest.fixture
+async def dripping_upstream() -> AsyncIterator[GatedUpstream]:
+    """An OpenAI-compatible upstream that sends one chunk, then an SSE comment every 50 ms for
+    as long as the caller stays: each wait for bytes is short, the stream never ends."""
+    drip = GatedUpstream()
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        model = (await request.json())["model"]
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            await response.write(_sse_chunk(model, {"role": "assistant", "content": "first "}))
+            drip.first_sent.set()
+            while True:
+                await asyncio.sleep(0.05)  # the upstream's pace, not a test waiting for a condition
+                await response.write(b": still here\n\n")
+        except (asyncio.CancelledError, ConnectionResetError):
+            drip.disconnected.set()
+            raise
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    drip.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield drip
+    await runner.cleanup()
+
+
+async def test_a_stream_that_drips_forever_ends_at_the_nodes_deadline(
+    start_node: NodeFactory, dripping_upstream: GatedUpstream, signing_key: Ed25519PrivateKey
+) -> None:
+    """After the first chunk, every wait for bytes is short but the stream never ends: the node
+    must end it at the request's deadline itself (DEADLINE_EXCEEDED with the correlation id,
+    before the caller gives up on its own) and hang up on the upstream."""
+    node = await start_node()
+    snap = snapshot(1, dripping_upstream.base_url, provider_type="openai_compatible")
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        call = infer_pb2_grpc.InferServiceStub(channel).InferStream(
+            chat(correlation_id="cid-drip"), metadata=AUTH, timeout=2
+        )
+        assert (await call.read()).HasField("start")
+        assert (await call.read()).delta.text == "first "
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _events(call)
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "cid-drip" in (info.value.details() or ""), "the node's own answer, not the caller's timer"
+    await eventually(dripping_upstream.disconnected.is_set, message="the upstream saw the hang-up")

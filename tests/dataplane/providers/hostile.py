@@ -20,7 +20,12 @@ Behaviours (``BEHAVIOURS`` lists the ones every adapter is driven through):
 - ``in-band``: HTTP 200 whose body (or whose stream's first event) is an error, echoing;
 - ``mid-stream``: a stream that sends one text delta, then an in-band error, echoing;
 - ``garbage``: HTTP 200 with a body that is not the provider's format, echoing;
+- ``deep-json``: HTTP 200 whose body (or whose stream's first event) is JSON nested 20 000
+  levels deep around the echo, 40 kB: past the interpreter's recursion limit;
 - ``huge-event``: a stream whose first event is a 2 MiB line that never ends;
+- ``negative-usage``: the ``ok`` answer, but claiming -1000000 input tokens;
+- ``lone-surrogate``: the ``ok`` answer, with ``"Hel\\ud800lo!"`` (valid JSON, not Unicode) for
+  its text;
 - ``ok``: the provider's normal "Hello!" answer (plain or streamed);
 - ``retry-after-<seconds>``: HTTP 429 with that ``Retry-After`` (e.g. a year);
 - ``slow-<ms>``: wait that long, then answer ``ok``.
@@ -52,10 +57,20 @@ BEHAVIOURS = (
     "not-found",
     "in-band",
     "garbage",
+    "deep-json",
+    "negative-usage",
 )
 STREAM_ONLY_BEHAVIOURS = ("mid-stream", "huge-event")
+SERVED_BEHAVIOURS = ("lone-surrogate",)
+"""Odd answers that are still answers: served, not refused."""
 
 _WIRES: Mapping[str, Wire] = {w.type_name: w for w in WIRES}
+_INPUT_TOKENS = {
+    "anthropic": b'"input_tokens": 12',
+    "gemini": b'"promptTokenCount": 12',
+    "ollama": b'"prompt_eval_count": 12',
+}
+"""How each type's canned answers say their 12 input tokens (the OpenAI family: ``prompt_tokens``)."""
 _OPENAI_FAMILY = frozenset({"openai", "openai_compatible", "simulated", "azure_openai"})
 
 
@@ -151,6 +166,21 @@ class HostileUpstream(FakeUpstream):
             return self.stream(*frames[:cut], self.in_band_event(self.error_body(None, text, code)))
         if behaviour == "garbage":
             return Reply(body=(f"<html>{text}</html>".encode(),), content_type="application/json")
+        if behaviour == "negative-usage":
+            field = _INPUT_TOKENS.get(self.type_name, b'"prompt_tokens": 12')
+            negative = field.replace(b"12", b"-1000000")
+            if streaming:
+                frames = self.wire.text_stream(["Hello!"])
+                return self.stream(*(frame.replace(field, negative) for frame in frames))
+            return Reply(body=(bytes(self.wire.text().body[0]).replace(field, negative),))  # type: ignore[arg-type]
+        if behaviour == "lone-surrogate":
+            if streaming:
+                frames = self.wire.text_stream(["Hello!"])
+                return self.stream(*(frame.replace(b"Hello!", b"Hel\\ud800lo!") for frame in frames))
+            return Reply(body=(bytes(self.wire.text().body[0]).replace(b"Hello!", b"Hel\\ud800lo!"),))  # type: ignore[arg-type]
+        if behaviour == "deep-json":
+            deep = "[" * 20_000 + json.dumps(text) + "]" * 20_000
+            return self.stream(self.in_band_event(deep)) if streaming else Reply(body=(deep.encode(),))
         if kind == "retry" and behaviour.startswith("retry-after-"):
             seconds = behaviour.removeprefix("retry-after-")
             body = self.error_body(429, text, code)
@@ -160,9 +190,10 @@ class HostileUpstream(FakeUpstream):
     def stream(self, *steps: Any) -> Reply:
         return self.wire.stream_reply(*steps)
 
-    def in_band_event(self, payload: Mapping[str, Any]) -> bytes:
+    def in_band_event(self, payload: Mapping[str, Any] | str) -> bytes:
+        """One stream event carrying ``payload`` (a ``str`` is sent as the JSON text it is)."""
         if self.type_name == "ollama":
-            return ndjson_line(payload)
+            return payload.encode() + b"\n" if isinstance(payload, str) else ndjson_line(payload)
         if self.type_name == "anthropic":
             return sse_event(payload, event="error")
         return sse_event(payload)

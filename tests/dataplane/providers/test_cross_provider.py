@@ -309,6 +309,55 @@ async def test_truncated_json_body(wire: Wire, upstream: FakeUpstream, client: U
         await adapter.complete("m", HELLO, timeout=5)
 
 
+_INPUT_TOKENS = {
+    "anthropic": b'"input_tokens": 12',
+    "gemini": b'"promptTokenCount": 12',
+    "ollama": b'"prompt_eval_count": 12',
+}
+"""How each canned answer says its 12 input tokens (the OpenAI family: ``"prompt_tokens": 12``)."""
+
+
+@by_type
+@pytest.mark.parametrize("count", ["-1", "1e999", "1e300", "1000000001"])
+async def test_a_token_count_no_bill_could_hold_is_malformed_output(
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient, count: str
+) -> None:
+    """Usage is what the node bills and budgets by: a negative count would credit a tenant's
+    budget, a vast one exhaust it, and ``1e999`` (infinity) used to escape as OverflowError."""
+    field = _INPUT_TOKENS.get(wire.type_name, b'"prompt_tokens": 12')
+    hostile = field.replace(b"12", count.encode())
+    body = bytes(wire.text().body[0])  # type: ignore[arg-type]
+    frames = [frame.replace(field, hostile) for frame in wire.text_stream(["Hello!"])]
+    assert field in body
+    assert any(hostile in frame for frame in frames)
+    upstream.enqueue(raw_reply(body.replace(field, hostile).decode()), wire.stream_reply(*frames))
+    adapter = wire.adapter(upstream.base_url, client)
+    with pytest.raises(UpstreamProtocolError, match="malformed output"):
+        await adapter.complete("m", HELLO, timeout=5)
+    with pytest.raises(UpstreamProtocolError, match="malformed output"):
+        await drain(adapter.stream("m", HELLO, timeout=5))
+
+
+DEEP = "[" * 20_000 + "]" * 20_000
+"""JSON nested past the interpreter's recursion limit, in 40 kB: far inside every size bound."""
+
+
+@by_type
+async def test_json_nested_too_deeply_is_malformed_output_not_an_internal_error(
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    event = DEEP.encode() + b"\n" if wire.stream_reply is ndjson_reply else sse_event(DEEP)
+    upstream.enqueue(raw_reply(DEEP), wire.stream_reply(event), raw_reply(DEEP, status=500))
+    adapter = wire.adapter(upstream.base_url, client)
+    with pytest.raises(UpstreamProtocolError, match=r"malformed output \(JSON nested too deeply\)"):
+        await adapter.complete("m", HELLO, timeout=5)
+    with pytest.raises(UpstreamProtocolError, match=r"malformed output \(JSON nested too deeply\)"):
+        await drain(adapter.stream("m", HELLO, timeout=5))
+    # An error answer that is not readable JSON is still classified from its status.
+    with pytest.raises(UpstreamUnavailable, match=r"upstream failed \(HTTP 500\)"):
+        await adapter.complete("m", HELLO, timeout=5)
+
+
 @by_type
 async def test_stream_ending_before_its_terminator(
     wire: Wire, upstream: FakeUpstream, client: UpstreamClient

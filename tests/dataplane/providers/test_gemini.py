@@ -158,6 +158,21 @@ async def test_json_tool_result_is_sent_as_an_object(upstream: FakeUpstream, cli
     assert part == {"functionResponse": {"name": "get_weather", "response": {"temp": 18}}}
 
 
+async def test_a_tool_result_nested_past_the_recursion_limit_is_sent_as_text(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    """The caller's text, not JSON this node can parse: sent as text (it was an INTERNAL error)."""
+    upstream.enqueue(json_reply(gemini_response()))
+    deep = "[" * 20_000 + "]" * 20_000
+    messages = (
+        *TOOL_ROUND_TRIP.messages[:4],
+        Message(role=Role.TOOL, tool_call_id="call_abc123", content=(TextPart(deep),)),
+    )
+    await gemini(upstream, client).complete("gemini-x", ChatRequest(messages=messages), timeout=5)
+    part = upstream.last.json["contents"][-1]["parts"][0]
+    assert part == {"functionResponse": {"name": "get_weather", "response": {"result": deep}}}
+
+
 async def test_tool_result_for_an_unknown_call_is_a_bad_request(
     upstream: FakeUpstream, client: UpstreamClient
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dataplane.chat import ChatRequest, FinishReason, ResponseFormat, ToolDefinition
-from dataplane.errors import UpstreamBadRequest, UpstreamProtocolError
+from dataplane.errors import UpstreamBadRequest, UpstreamProtocolError, UpstreamUnavailable
 from dataplane.providers.gemini_schema import gemini_schema
 from dataplane.upstream import UpstreamClient
 
@@ -21,7 +21,7 @@ from .canned import (
     openai_chunk,
     openai_completion,
 )
-from .fakes import FakeUpstream, json_reply, sse_event, sse_reply
+from .fakes import FakeUpstream, json_reply, raw_reply, sse_event, sse_reply
 from .samples import ASK_WEATHER, HELLO, system, user
 from .streams import assemble, drain, make_adapter
 
@@ -153,6 +153,50 @@ async def test_anthropic_tool_input_that_is_not_an_object_is_malformed(
     upstream.enqueue(json_reply(body))
     with pytest.raises(UpstreamProtocolError, match="tool call arguments are not"):
         await make_adapter("anthropic", upstream.base_url, client).complete("c", ASK_WEATHER, timeout=5)
+
+
+# -- JSON nested past the recursion limit inside an answer --------------------------------
+
+NESTED_1010 = "[" * 1010 + "]" * 1010
+"""Deeper than ``json`` (re)parses or encodes under the default recursion limit, within orjson's 1024."""
+
+
+async def test_tool_arguments_nested_too_deeply_are_malformed(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    plain = openai_completion(
+        None, tool_calls=[("call_1", "get_weather", '{"a": ' + "[" * 20_000)], finish_reason="tool_calls"
+    )
+    anthropic = anthropic_message(None, tool_uses=[("toolu_1", "get_weather", {})], stop_reason="tool_use")
+    anthropic["content"][0]["input"] = {"a": json.loads("[" * 900 + "]" * 900)}
+    upstream.enqueue(json_reply(plain))
+    with pytest.raises(UpstreamProtocolError, match="malformed output"):
+        await make_adapter("openai", upstream.base_url, client).complete("g", ASK_WEATHER, timeout=5)
+    upstream.enqueue(
+        raw_reply(json.dumps(anthropic).replace("[" * 900, "[" * 1010).replace("]" * 900, "]" * 1010))
+    )
+    with pytest.raises(UpstreamProtocolError, match="malformed output"):
+        await make_adapter("anthropic", upstream.base_url, client).complete("c", ASK_WEATHER, timeout=5)
+
+
+async def test_an_error_body_nested_too_deeply_to_re_encode_is_still_the_error_it_names(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    body = '{"error": {"message": "boom", "type": "server_error", "detail": ' + NESTED_1010 + "}}"
+    upstream.enqueue(raw_reply(body), sse_reply(f"data: {body}\n\n".encode()))
+    adapter = make_adapter("openai", upstream.base_url, client)
+    with pytest.raises(UpstreamUnavailable, match=r"upstream failed \(in-band error\)"):
+        await adapter.complete("g", HELLO, timeout=5)
+    with pytest.raises(UpstreamUnavailable, match=r"upstream failed \(in-band error\)"):
+        await drain(adapter.stream("g", HELLO, timeout=5))
+
+
+async def test_a_block_index_of_infinity_is_malformed(upstream: FakeUpstream, client: UpstreamClient) -> None:
+    """``1e999`` is valid JSON, read as infinity; ``int()`` of it raises OverflowError."""
+    frames = [frame.replace(b'"index": 0', b'"index": 1e999') for frame in anthropic_stream("Hi")]
+    upstream.enqueue(sse_reply(*frames))
+    with pytest.raises(UpstreamProtocolError, match="malformed output"):
+        await drain(make_adapter("anthropic", upstream.base_url, client).stream("c", HELLO, timeout=5))
 
 
 # -- Anthropic pause_turn: an incomplete answer ----------------------------------------------

@@ -125,6 +125,39 @@ async def test_interim_1xx_answers_are_skipped(client: UpstreamClient) -> None:
         assert await response.read(100) == (b"final", False)
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"HTTP/1.1 204 No Content\r\nContent-Length: 64\r\n\r\n", id="204-with-a-length"),
+        pytest.param(b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", id="304-chunked"),
+    ],
+)
+async def test_a_bodiless_answer_that_announces_a_body_does_not_reuse_its_connection(
+    client: UpstreamClient, head: bytes
+) -> None:
+    """A 204 or 304 ends at its head whatever it says; the body it announced, sent once the next
+    request is in, must not become that request's answer."""
+    forged = answer(b'{"forged":true}')
+
+    async def announces_a_body(server: RawServer, peer: Peer) -> None:
+        if peer.number > 1:
+            await keep_answering(server, peer)
+            return
+        await peer.request()
+        await peer.send(head)
+        if await peer.request() is not None:  # the next request came on this connection
+            await peer.send(forged)
+            await peer.wait_closed_by_client()
+
+    async with RawServer(announces_a_body) as server:
+        response = await client.request("POST", server.url, body=b"x", timeout=5)
+        assert response.status == int(head[9:12])
+        assert await response.read(100) == (b"", False)
+        response.close()
+        assert await post(client, server.url) == b'{"ok":true}'
+        assert server.accepted == 2
+
+
 async def test_redirects_are_answers_not_followed(client: UpstreamClient) -> None:
     async def moved(server: RawServer, peer: Peer) -> None:
         await peer.request()
@@ -186,6 +219,49 @@ async def test_a_broken_answer_raises_the_class_classify_maps(
         with pytest.raises(error, match=match):
             await post(client, server.url)
         assert server.accepted == 1  # a new connection's failure is never retried
+
+
+def floods(opening: bytes, filler: bytes) -> Handler:
+    """A handler that answers ``opening``, then ``filler`` over and over until the client leaves."""
+
+    async def handler(server: RawServer, peer: Peer) -> None:
+        await peer.request()
+        try:
+            await peer.send(opening)
+            while True:
+                await peer.send(filler)
+        except ConnectionError:
+            server.closed_by_client += 1
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("opening", "filler"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-Filler: ", b"f" * 65536, id="a-header-value-without-end"),
+        pytest.param(
+            b"", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 100, id="interim-answers-without-end"
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Trailer: ",
+            b"t" * 65536,
+            id="a-trailer-value-without-end",
+        ),
+    ],
+)
+async def test_a_head_that_never_ends_is_refused_as_it_arrives_not_at_the_timeout(
+    client: UpstreamClient, opening: bytes, filler: bytes
+) -> None:
+    """httptools buffers a header value until it ends, so the bound on whole headers never fired:
+    the node held (and re-copied) all an upstream sent until the timeout."""
+    async with RawServer(floods(opening, filler)) as server:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(upstream_errors.RemoteProtocolError, match="bytes of headers"):
+            await post(client, server.url, timeout=3)
+        assert asyncio.get_running_loop().time() - started < 2
+        await eventually(lambda: server.closed_by_client == 1, message="the upstream saw the client leave")
+        assert client.open_connections == 0
 
 
 @pytest.mark.parametrize(
