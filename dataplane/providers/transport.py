@@ -125,6 +125,7 @@ class HttpAdapter:
                 if response.status >= 400:
                     text = await self._read_text(response, MAX_ERROR_BODY_BYTES, truncate=True)
                     raise self.http_error(response.status, text, response.headers)
+                self._check_final(response.status)
                 data = await self._read_bytes(response, MAX_BODY_BYTES)
             finally:
                 response.close()
@@ -287,6 +288,15 @@ class HttpAdapter:
             credential=self._credential,
         )
 
+    def _check_final(self, status: int) -> None:
+        """Only a 2xx is an answer: a redirect (which the node never follows: the provider's
+        URL is the operator's, not the upstream's to change) or a status no final answer
+        has is malformed output, whatever its body says."""
+        if 300 <= status < 400:
+            raise self.malformed(f"a redirect (HTTP {status}), which the node does not follow")
+        if not 200 <= status < 300:
+            raise self.malformed(f"HTTP {status} is not a final answer")
+
     def raise_in_band(self, payload: Any, *, status: int | None = None) -> None:
         """Raise the classified error if ``payload`` (a body or stream event) is an error."""
         facts = self.error_facts(payload)
@@ -333,6 +343,7 @@ class HttpAdapter:
             if response.status >= 400:
                 text = await self._read_body(response, MAX_ERROR_BODY_BYTES)
                 raise self.http_error(response.status, text, response.headers)
+            self._check_final(response.status)
             yield response
         finally:
             response.close()

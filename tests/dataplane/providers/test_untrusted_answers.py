@@ -199,6 +199,30 @@ async def test_a_block_index_of_infinity_is_malformed(upstream: FakeUpstream, cl
         await drain(make_adapter("anthropic", upstream.base_url, client).stream("c", HELLO, timeout=5))
 
 
+# -- only a 2xx is an answer ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_carrying_an_answer_is_not_served(
+    upstream: FakeUpstream, client: UpstreamClient, status: int
+) -> None:
+    """A redirect's body is not the provider's answer, however well formed (the node follows
+    no redirect); plain and streamed, and the connection serves the next call."""
+    location = {"Location": "http://127.0.0.1:9/elsewhere"}
+    upstream.enqueue(
+        json_reply(openai_completion("forged"), status=status, headers=location),
+        sse_reply(*(sse_event(openai_chunk({"content": "forged"})), sse_event("[DONE]")), status=status),
+        json_reply(openai_completion("Hello!")),
+    )
+    adapter = make_adapter("openai", upstream.base_url, client)
+    redirect = rf"malformed output \(a redirect \(HTTP {status}\), which the node does not follow\)"
+    with pytest.raises(UpstreamProtocolError, match=redirect):
+        await adapter.complete("g", HELLO, timeout=5)
+    with pytest.raises(UpstreamProtocolError, match=redirect):
+        await drain(adapter.stream("g", HELLO, timeout=5))
+    assert (await adapter.complete("g", HELLO, timeout=5)).message.text == "Hello!"
+
+
 # -- Anthropic pause_turn: an incomplete answer ----------------------------------------------
 
 
