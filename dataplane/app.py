@@ -475,6 +475,8 @@ class DataPlaneNode:
             quotas=self._quotas,
             metrics=self._metrics.requests if self._metrics is not None else None,
             tracer=self._tracer,
+            default_deadline=s.default_timeout,
+            stream_deadline=s.stream_timeout,
         )
         self._doors = Doors(s, pipeline, self._health, self._not_ready)
         await self._doors.start()

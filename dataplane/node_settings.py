@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from dataplane.config.model import DeploymentMode, Scope
+from dataplane.deadlines import DEFAULT_DEADLINE_S, DEFAULT_STREAM_DEADLINE_S
 from dataplane.evidence.log import (
     DEFAULT_CHECKPOINT_INTERVAL,
     DEFAULT_CHECKPOINT_RECORDS,
@@ -86,6 +87,10 @@ class NodeSettings:
     control plane sends on the sync stream (``controlplane.api_key_hash``)."""
     drain_seconds: float = 10.0
     """How long a stop waits for in-flight calls and streams."""
+    default_timeout: float = DEFAULT_DEADLINE_S
+    """Seconds a unary request whose caller set no deadline may take (``--default-timeout``)."""
+    stream_timeout: float = DEFAULT_STREAM_DEADLINE_S
+    """Seconds a stream whose caller set no deadline may take (``--stream-timeout``)."""
     worker: int = 0
     """This process's index among the node's workers (``--workers``): its evidence chain is
     ``<node id>/<worker>``; worker 0 also renews the node certificate."""

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from dataplane.config.model import DeploymentMode, Scope
+from dataplane.deadlines import DEFAULT_DEADLINE_S, DEFAULT_STREAM_DEADLINE_S
 from dataplane.errors import EvidenceChainBroken, SnapshotFileInvalid
 from dataplane.http.server import Limits as HttpLimits
 from dataplane.open_files import connection_caps, raise_open_files
@@ -276,6 +277,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
     )
     add(
         serve,
+        "--default-timeout",
+        env="SIGNALBOX_DEFAULT_TIMEOUT",
+        default=DEFAULT_DEADLINE_S,
+        type=float,
+        help="seconds a call (one answer, embeddings) may take when its caller sets no deadline",
+        command=SERVE,
+    )
+    add(
+        serve,
+        "--stream-timeout",
+        env="SIGNALBOX_STREAM_TIMEOUT",
+        default=DEFAULT_STREAM_DEADLINE_S,
+        type=float,
+        help="seconds a streamed answer may take when its caller sets no deadline",
+        command=SERVE,
+    )
+    add(
+        serve,
         "--max-retry-after",
         env="SIGNALBOX_MAX_RETRY_AFTER",
         default=DEFAULT_MAX_RETRY_AFTER_S,
@@ -321,6 +340,10 @@ def serve_command(ns: argparse.Namespace) -> int:
     except ValueError:
         print(f"--mode: {ns.mode!r} is not one of cloud, on-prem, air-gapped", file=sys.stderr)
         return 2
+    for flag, seconds in (("--default-timeout", ns.default_timeout), ("--stream-timeout", ns.stream_timeout)):
+        if not (seconds > 0 and math.isfinite(seconds)):
+            print(f"{flag}: {seconds:g} is not a positive number of seconds", file=sys.stderr)
+            return 2
     if not (ns.max_retry_after > 0 and math.isfinite(ns.max_retry_after)):
         print(f"--max-retry-after: {ns.max_retry_after} is not a positive number of seconds", file=sys.stderr)
         return 2
@@ -360,7 +383,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         ("--http-keepalive", ns.http_keepalive),
     ):
         if not (seconds > 0 and math.isfinite(seconds)):
-            print(f"{flag}: {seconds} is not a positive number of seconds", file=sys.stderr)
+            print(f"{flag}: {seconds:g} is not a positive number of seconds", file=sys.stderr)
             return 2
     for flag, address in (("--http-listen", ns.http_listen), ("--metrics-listen", ns.metrics_listen)):
         if address is not None and not _host_port(address):
@@ -479,6 +502,8 @@ def serve_command(ns: argparse.Namespace) -> int:
         credential_dir=Path(ns.credential_dir) if ns.credential_dir else None,
         drain_seconds=ns.drain_seconds,
         max_retry_after=ns.max_retry_after,
+        default_timeout=ns.default_timeout,
+        stream_timeout=ns.stream_timeout,
         tls=tls.server_tls(ns),
         control_plane_tls=tls.ClientTls(
             ca=Path(ns.control_plane_ca) if ns.control_plane_ca else None,

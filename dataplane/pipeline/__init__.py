@@ -28,6 +28,7 @@ It returns a ``Served`` (or, streaming, ``Opened``, chunks, ``Closed``) or raise
 ``Refused`` with the outcome (``outcome.to_status``) and the evidence id.
 """
 
+from dataplane.deadlines import DEFAULT_DEADLINE_S, DEFAULT_STREAM_DEADLINE_S
 from dataplane.pipeline.call import (
     Call,
     Closed,
@@ -38,10 +39,11 @@ from dataplane.pipeline.call import (
     Served,
     StreamEvent,
 )
-from dataplane.pipeline.steps import DEFAULT_DEADLINE_S, Pipeline
+from dataplane.pipeline.steps import Pipeline
 
 __all__ = [
     "DEFAULT_DEADLINE_S",
+    "DEFAULT_STREAM_DEADLINE_S",
     "Call",
     "Closed",
     "GovernanceStep",

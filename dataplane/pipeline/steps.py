@@ -28,6 +28,7 @@ from dataplane.chat import (
     Usage,
 )
 from dataplane.config.model import DEFAULT_OUTPUT_TOKENS, Capability
+from dataplane.deadlines import DEFAULT_DEADLINE_S, DEFAULT_STREAM_DEADLINE_S
 from dataplane.errors import (
     EvidenceSpoolFull,
     EvidenceUnavailable,
@@ -79,8 +80,6 @@ from signalbox.logs import bind_request
 
 log = logging.getLogger("signalbox.dataplane.pipeline")
 
-DEFAULT_DEADLINE_S = 60.0
-"""Budget for a request whose caller set no deadline."""
 
 R = TypeVar("R")
 
@@ -96,6 +95,7 @@ class Pipeline:
         *,
         governance: Sequence[GovernanceStep] = (),
         default_deadline: float = DEFAULT_DEADLINE_S,
+        stream_deadline: float = DEFAULT_STREAM_DEADLINE_S,
         spool: Spool | None = None,
         quotas: Quotas | None = None,
         metrics: RequestMetrics | None = None,
@@ -111,6 +111,7 @@ class Pipeline:
         self.evidence = evidence
         self.governance = tuple(governance)
         self.default_deadline = default_deadline
+        self.stream_deadline = stream_deadline
         self.metrics = metrics
         """The node's request metrics (None: metrics are off, and cost nothing)."""
         self.tracer = tracer
@@ -228,7 +229,10 @@ class Pipeline:
                     plan = _governed_plan(plan, trace)
                 dispatched = time.monotonic()
                 chunk, upstream, candidate, attempts = await self.dispatcher.open_stream(
-                    plan, opener, deadline=self._deadline(trace, call), skipped=trace.skipped
+                    plan,
+                    opener,
+                    deadline=self._deadline(trace, call, self.stream_deadline),
+                    skipped=trace.skipped,
                 )
                 trace.first_chunk_ms = (time.monotonic() - dispatched) * 1000
                 trace.candidate, trace.attempts = candidate, attempts
@@ -414,8 +418,9 @@ class Pipeline:
             trace.limit = exc.limit
             raise
 
-    def _deadline(self, trace: Trace, call: Call[Any]) -> float:
-        """Absolute ``time.monotonic()`` deadline for dispatch.
+    def _deadline(self, trace: Trace, call: Call[Any], default: float | None = None) -> float:
+        """Absolute ``time.monotonic()`` deadline for dispatch; without the caller's,
+        ``default`` seconds (the unary budget when None) from the request's start.
 
         A little is kept back from the caller's own deadline (a tenth of it, at most
         200 ms) so the node's DEADLINE_EXCEEDED (with the correlation id) reaches the
@@ -424,7 +429,7 @@ class Pipeline:
         """
         remaining = call.timeout
         if remaining is None:
-            return trace.started + self.default_deadline
+            return trace.started + (self.default_deadline if default is None else default)
         return trace.started + remaining - min(0.2, remaining * 0.1)
 
     def _shadow(

@@ -163,6 +163,10 @@ def test_serve_refuses_an_idle_wait_that_is_not_a_number_of_seconds(
         ("--evidence-drain-ms", "-1", "is not 0 or a positive number of milliseconds"),
         ("--evidence-segment-bytes", "0", "is not a positive number of bytes"),
         ("--evidence-spool-max-bytes", "-1", "is not a positive number of bytes"),
+        ("--default-timeout", "0", "is not a positive number of seconds"),
+        ("--default-timeout", "nan", "is not a positive number of seconds"),
+        ("--stream-timeout", "-5", "is not a positive number of seconds"),
+        ("--stream-timeout", "inf", "is not a positive number of seconds"),
     ],
 )
 def test_serve_refuses_counts_and_sizes_that_make_no_sense(

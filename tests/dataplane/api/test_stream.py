@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -130,11 +132,18 @@ async def test_upstream_dropping_mid_stream_ends_the_call_with_unavailable(
         assert (await _events(again))[-1].HasField("end")
 
 
+@dataclass
+class DripUpstream(GatedUpstream):
+    finish_after: float | None = None
+    """Seconds of dripping after which the stream ends properly (None: it never does)."""
+
+
 @pytest.fixture
-async def dripping_upstream() -> AsyncIterator[GatedUpstream]:
+async def dripping_upstream() -> AsyncIterator[DripUpstream]:
     """An OpenAI-compatible upstream that sends one chunk, then an SSE comment every 50 ms for
-    as long as the caller stays: each wait for bytes is short, the stream never ends."""
-    drip = GatedUpstream()
+    as long as the caller stays (or for ``finish_after`` seconds, then the rest of a proper
+    stream): each wait for bytes is short, the stream as long as it likes."""
+    drip = DripUpstream()
 
     async def completions(request: web.Request) -> web.StreamResponse:
         model = (await request.json())["model"]
@@ -143,12 +152,17 @@ async def dripping_upstream() -> AsyncIterator[GatedUpstream]:
         try:
             await response.write(_sse_chunk(model, {"role": "assistant", "content": "first "}))
             drip.first_sent.set()
-            while True:
+            started = time.monotonic()
+            while drip.finish_after is None or time.monotonic() - started < drip.finish_after:
                 await asyncio.sleep(0.05)  # the upstream's pace, not a test waiting for a condition
                 await response.write(b": still here\n\n")
+            await response.write(_sse_chunk(model, {"content": "last"}, "stop"))
+            await response.write(b"data: [DONE]\n\n")
+            drip.finished.set()
         except (asyncio.CancelledError, ConnectionResetError):
             drip.disconnected.set()
             raise
+        return response
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
@@ -161,7 +175,7 @@ async def dripping_upstream() -> AsyncIterator[GatedUpstream]:
 
 
 async def test_a_stream_that_drips_forever_ends_at_the_nodes_deadline(
-    start_node: NodeFactory, dripping_upstream: GatedUpstream, signing_key: Ed25519PrivateKey
+    start_node: NodeFactory, dripping_upstream: DripUpstream, signing_key: Ed25519PrivateKey
 ) -> None:
     """After the first chunk, every wait for bytes is short but the stream never ends: the node
     must end it at the request's deadline itself (DEADLINE_EXCEEDED with the correlation id,
@@ -179,4 +193,41 @@ async def test_a_stream_that_drips_forever_ends_at_the_nodes_deadline(
             await _events(call)
     assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert "cid-drip" in (info.value.details() or ""), "the node's own answer, not the caller's timer"
+    await eventually(dripping_upstream.disconnected.is_set, message="the upstream saw the hang-up")
+
+
+async def test_a_stream_without_a_deadline_may_outlast_a_calls_budget(
+    start_node: NodeFactory, dripping_upstream: DripUpstream, signing_key: Ed25519PrivateKey
+) -> None:
+    """Without the caller's deadline a stream has ``--stream-timeout``, not the unary
+    ``--default-timeout``: a long answer is what streams are for."""
+    node = await start_node(default_timeout=0.3, stream_timeout=30.0)
+    snap = snapshot(1, dripping_upstream.base_url, provider_type="openai_compatible")
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    dripping_upstream.finish_after = 1.0
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        events = await _events(infer_pb2_grpc.InferServiceStub(channel).InferStream(chat(), metadata=AUTH))
+    assert "".join(e.delta.text for e in events if e.HasField("delta")) == "first last"
+    assert events[-1].end.finish_reason == infer_pb2.FINISH_REASON_STOP
+    assert dripping_upstream.finished.is_set()
+
+
+async def test_a_stream_without_a_deadline_ends_at_the_stream_timeout(
+    start_node: NodeFactory, dripping_upstream: DripUpstream, signing_key: Ed25519PrivateKey
+) -> None:
+    """An upstream that drips forever to a caller that set no deadline: the node ends the
+    stream at ``--stream-timeout`` (DEADLINE_EXCEEDED with the correlation id) and hangs up."""
+    node = await start_node(default_timeout=60.0, stream_timeout=1.0)
+    snap = snapshot(1, dripping_upstream.base_url, provider_type="openai_compatible")
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        call = infer_pb2_grpc.InferServiceStub(channel).InferStream(
+            chat(correlation_id="cid-drip-default"), metadata=AUTH
+        )
+        # Far longer than the 1 s it should take, far shorter than the unary 60 s.
+        async with asyncio.timeout(20):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _events(call)
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "cid-drip-default" in (info.value.details() or "")
     await eventually(dripping_upstream.disconnected.is_set, message="the upstream saw the hang-up")
