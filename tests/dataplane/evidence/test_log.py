@@ -245,3 +245,35 @@ async def test_a_tampered_tail_refuses_to_extend_the_chain(tmp_path: Path) -> No
     path.write_text(json.dumps(record) + "\n")
     with pytest.raises(EvidenceChainBroken, match="last record"):
         await EvidenceLog(path, "n").start()
+
+
+def _damage_middle(lines: list[bytes], damage: str) -> None:
+    if damage == "garbage":
+        lines[2] = b"\x00\x00 not a record\n"
+    elif damage == "no-hash":
+        lines[2] = b'{"x":2}\n'
+    elif damage == "edited":
+        lines[2] = lines[2].replace(b'"x":2', b'"x":9')
+    elif damage == "reordered":
+        lines[2], lines[3] = lines[3], lines[2]
+    else:
+        del lines[2]
+        lines.insert(3, lines[2])  # one dropped, a later one doubled: the count still fits
+
+
+@pytest.mark.parametrize("damage", ["garbage", "no-hash", "edited", "reordered", "dropped-and-doubled"])
+async def test_a_record_damaged_in_the_middle_refuses_the_start_naming_its_line(
+    damage: str, tmp_path: Path
+) -> None:
+    # No signer: no checkpoint covers these records (as after a crash, before the next
+    # checkpoint), so only the records themselves can tell the chain is broken.
+    path = tmp_path / "n.jsonl"
+    async with EvidenceLog(path, "n") as log:
+        for i in range(6):
+            log.append({"x": i})
+    lines = path.read_bytes().splitlines(keepends=True)
+    _damage_middle(lines, damage)
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(EvidenceChainBroken, match=rf"{path}: line 3: "):
+        await EvidenceLog(path, "n").start()
+    assert path.read_bytes() == b"".join(lines)  # nothing appended to the broken chain
