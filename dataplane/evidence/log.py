@@ -637,4 +637,9 @@ def _recover_tail(path: Path, chain: str, *, cut: bool = True) -> ChainHead:
                 f"{path}: last record is of chain {last.get('chain_id')!r}, not {chain!r} "
                 "(a log from before records carried chain_id, or another chain's file): move it away"
             )
-        return ChainHead(int(last["seq"]), str(last["hash"]))
+        seq = last.get("seq")
+        # Checked, not int()-ed: a missing seq was a KeyError the node's start does not catch
+        # (a traceback, not a refusal), and "6" or 6.0 are not what the log writes.
+        if type(seq) is not int or seq < 1:
+            raise EvidenceChainBroken(f"{path}: last record's seq {repr(seq)[:40]} is not a positive integer")
+        return ChainHead(seq, str(last["hash"]))

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.evidence.log import EvidenceChainBroken, EvidenceLog, log_path
-from dataplane.evidence.records import read_records, verify_chain
+from dataplane.evidence.records import read_records, seal, verify_chain
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
 from tests.helpers import eventually, wait_until
@@ -277,3 +277,22 @@ async def test_a_record_damaged_in_the_middle_refuses_the_start_naming_its_line(
     with pytest.raises(EvidenceChainBroken, match=rf"{path}: line 3: "):
         await EvidenceLog(path, "n").start()
     assert path.read_bytes() == b"".join(lines)  # nothing appended to the broken chain
+
+
+@pytest.mark.parametrize("seq", [None, "2", 2.0, True, 0])
+async def test_a_last_record_without_an_integer_seq_refuses_the_start(seq: Any, tmp_path: Path) -> None:
+    # Sealed again, so its own hash verifies: only its seq is wrong.
+    path = tmp_path / "n.jsonl"
+    async with EvidenceLog(path, "n") as log:
+        log.append({"x": 1})
+        log.append({"x": 2})
+    lines = path.read_bytes().splitlines(keepends=True)
+    record = json.loads(lines[-1])
+    if seq is None:
+        del record["seq"]
+    else:
+        record["seq"] = seq
+    lines[-1] = seal(record)
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(EvidenceChainBroken, match=r"last record's seq .* is not a positive integer"):
+        await EvidenceLog(path, "n").start()
