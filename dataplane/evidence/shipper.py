@@ -183,6 +183,32 @@ def read_next(log_file: Path, cursor: Cursor, *, records: int, limit: int) -> Re
     return Read(at, lines, full or (bool(lines) and segment is not live[-1]))
 
 
+def locate(log_file: Path, cursor: Cursor) -> Cursor:
+    """``cursor`` as read from its file, checked against the log: its offset must be the end
+    of record ``cursor.seq`` in segment ``cursor.segment``. A cursor file is not fsynced and
+    is as open to editing as any file on disk; a position off that (beyond the segment's
+    end, inside a line, after another record) had the shipper read nothing, half a line the
+    control plane refuses, or the wrong records, at every round for good. Such a cursor
+    keeps its seq (the control plane's ACK of the first batch corrects that) and has its
+    offset found by counting lines, as after pruning (segment 0)."""
+    if cursor.segment == 0:
+        return cursor
+    lines = cursor.seq - cursor.segment + 1
+    try:
+        if lines >= 0 and _offset_of(segments.segment_path(log_file, cursor.segment), lines) == cursor.offset:
+            return cursor
+    except FileNotFoundError:
+        return cursor  # pruned since: read_next finds the record after it by counting anyway
+    log.warning(
+        "evidence cursor of %s: offset %d is not the end of seq %d in segment %d; finding it by counting",
+        log_file.name,
+        cursor.offset,
+        cursor.seq,
+        cursor.segment,
+    )
+    return Cursor(cursor.seq, 0, 0)
+
+
 def _offset_of(path: Path, lines: int) -> int:
     """The byte offset after the first ``lines`` lines of ``path``."""
     offset = 0
@@ -308,6 +334,7 @@ class EvidenceShipper:
     async def run(self) -> None:
         """Ship until cancelled; never raises for control-plane trouble."""
         if not self._spool_counted:
+            self._cursor = await asyncio.to_thread(locate, self._log_file, self._cursor)
             self._spool.acked = await asyncio.to_thread(acknowledged_bytes, self._log_file, self._cursor)
             self._spool_counted = True
         while True:
