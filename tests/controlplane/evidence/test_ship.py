@@ -4,6 +4,7 @@ checkpoints."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 
 from controlplane.evidence.ingest import POOL_MIN_LINES
 from dataplane.evidence.log import log_path
-from dataplane.evidence.records import seal
+from dataplane.evidence.records import HASH_MEMBER_START, seal, stored_line
 from signalbox.tls import aio_channel
 from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, rehash, write_records
 from tests.fixtures.postgres import RunningControlPlane, sql_rows
@@ -170,6 +171,24 @@ async def test_hostile_batches_get_precise_bounded_errors(
     assert sql_rows(evidence_plane.database_url, "SELECT 1 FROM evidence_records") == []
     # The stream (and the control plane) keep serving.
     assert (await stream.ship("node-a/0", [])).head_seq == 0
+
+
+async def test_a_record_nested_deeper_than_the_parsers_go_is_refused_by_name(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    # Valid JSON, 10 KB, its hash over its own bytes: a member nested 5000 deep. A parser
+    # without a depth limit of its own runs out of stack on it.
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 2)
+    prefix = lines[1][: lines[1].rindex(HASH_MEMBER_START)]
+    body = prefix + b',"x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    deep = stored_line(body, hashlib.sha256(body).hexdigest())
+    ack = await stream.ship("node-a/0", [lines[0], deep])
+    assert (ack.head_seq, ack.error.code, ack.error.seq) == (1, "INVALID_ARGUMENT", 0)
+    assert ack.error.message == "chain 'node-a/0': line 2 of the batch: not a JSON record"
+    assert [r[0] for r in stored(evidence_plane)] == [1]
+    # Refused, not "could not be stored now; resend": the stream goes on, the real record is taken.
+    assert (await stream.ship("node-a/0", lines[1:])).head_seq == 2
 
 
 async def test_checkpoints_are_checked_against_the_stored_records(
