@@ -545,7 +545,8 @@ def _walk_segment(path: Path, before: ChainHead, chain: str, tree: merkle.Tree) 
                 # every record of every remaining segment at each start.
                 link = _read_link(line)
                 now, prev, claimed, of_chain = link.seq, link.prev_hash, link.hash, link.chain_id
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                # (RecursionError: msgspec has no depth limit of its own.)
                 record = segments.json_object(line, f"{path}: line {n}")  # names what is not JSON
                 now, prev, claimed, of_chain = (
                     record.get(k) for k in ("seq", "prev_hash", "hash", "chain_id")
@@ -628,6 +629,8 @@ def _recover_tail(path: Path, chain: str, *, cut: bool = True) -> ChainHead:
             return ChainHead(0, GENESIS_HASH)
         try:
             last = json.loads(complete[-1])
+        except RecursionError as exc:  # no depth limit but the stack's: not a ValueError
+            raise EvidenceChainBroken(f"{path}: last record is not JSON: nested too deep") from exc
         except ValueError as exc:
             raise EvidenceChainBroken(f"{path}: last record is not JSON: {exc}") from exc
         if not isinstance(last, dict) or hash_of_line(complete[-1] + b"\n") != last.get("hash"):

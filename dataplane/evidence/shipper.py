@@ -107,7 +107,7 @@ def read_cursor(path: Path) -> Cursor:
         cursor = Cursor(int(data["seq"]), int(data["offset"]), int(data.get("segment", 1)))
     except FileNotFoundError:
         return Cursor()
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nested too deep
         log.warning("evidence cursor %s unreadable (%s): shipping resends from the start", path, exc)
         return Cursor()
     if min(cursor.seq, cursor.offset, cursor.segment) < 0:

@@ -167,6 +167,7 @@ async def test_only_fsynced_records_ship_and_full_batches_do_not_wait(
         ("nooffset", b'{"seq": 3}'),
         ("nan", b'{"seq": "x", "offset": 0}'),
         ("negative", b'{"seq": -1, "offset": 0}'),
+        ("deep", b"[" * 3000 + b"]" * 3000),
     ],
 )
 async def test_an_unreadable_cursor_resends_everything_as_duplicates(

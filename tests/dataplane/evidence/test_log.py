@@ -13,6 +13,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataplane.evidence import segments
 from dataplane.evidence.log import EvidenceChainBroken, EvidenceLog, log_path
 from dataplane.evidence.records import read_records, seal, verify_chain
 from signalbox.api.infer.v1 import infer_pb2_grpc
@@ -295,4 +296,31 @@ async def test_a_last_record_without_an_integer_seq_refuses_the_start(seq: Any, 
     lines[-1] = seal(record)
     path.write_bytes(b"".join(lines))
     with pytest.raises(EvidenceChainBroken, match=r"last record's seq .* is not a positive integer"):
+        await EvidenceLog(path, "n").start()
+
+
+DEEP = b'{"x":' + b"[" * 3000 + b"]" * 3000 + b"}"
+"""Valid JSON, 6 KB, nested deeper than json.loads (or msgspec) can go on the stack."""
+
+
+@pytest.mark.parametrize("where", ["base", "middle", "last"])
+async def test_json_nested_too_deep_on_disk_refuses_the_start_naming_the_file(
+    where: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "n.jsonl"
+    async with EvidenceLog(path, "n") as log:
+        for i in range(3):
+            log.append({"x": i})
+    lines = path.read_bytes().splitlines(keepends=True)
+    if where == "base":
+        segments.base_path(path).write_bytes(DEEP)
+        named = f"{segments.base_path(path)}: not JSON \\(nested too deep\\)"
+    elif where == "middle":
+        lines[1] = DEEP + b"\n"
+        named = f"{path}: line 2: not JSON \\(nested too deep\\)"
+    else:
+        lines[-1] = DEEP + b"\n"
+        named = f"{path}: last record is not JSON: nested too deep"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(EvidenceChainBroken, match=named):
         await EvidenceLog(path, "n").start()
