@@ -80,11 +80,6 @@ DEFAULT_DRAIN = 5.0
 """Seconds between batches while they are not full."""
 
 
-def chain_of(record: dict[str, Any], node_id: str) -> str:
-    """The chain a record belongs to: its ``chain_id``, else its node's single chain."""
-    return str(record.get("chain_id") or f"{node_id}/0")
-
-
 @dataclass(frozen=True, slots=True)
 class Cursor:
     """How far the control plane acknowledged: the last seq, and the byte offset after it in
