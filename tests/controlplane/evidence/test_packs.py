@@ -5,6 +5,7 @@ verified offline with nothing but the control plane's public key."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import hashlib
@@ -25,7 +26,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataplane.evidence import checkpoint, merkle
+from dataplane.evidence import checkpoint, merkle, pack
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.pack import (
     KIND_CONTROL_PLANE,
@@ -42,6 +43,7 @@ from dataplane.evidence.records import seal
 from dataplane.identity import IdentityFiles
 from dataplane.snapshot.envelope import key_id_for
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.shell.evidence_cli import show_command
 from signalbox.tls import ClientTls, aio_channel
 from tests.controlplane.evidence.conftest import Stream, new_dir
 from tests.controlplane.test_cli import _signalbox
@@ -579,3 +581,35 @@ async def test_a_node_shipping_records_without_chain_id_cannot_spoil_other_nodes
     await _export(plane, out, tenant_id="globex")
     report = verify(out, _trusted(plane))
     assert {s.chain_id for s in report.chains} == {"node-a/0", "node-b/0"}
+
+
+def test_show_prints_a_hostile_pack_as_bounded_escaped_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `show` reads a pack nobody verified yet: its record and statement strings are anyone's.
+    record = {
+        "chain_id": "n/0",
+        "seq": 1,
+        "ts": 1e300,  # beyond any datetime
+        "correlation_id": "\x1b]0;owned\x07\x1b[2J",  # terminal title and clear-screen
+        "tenant_id": "a\nforged line",
+        "cost": {"currency": "USD", "total_nanos": 10**400},  # beyond a float
+    }
+    section = pack.ChainSection(pack.Searched("n/0", "n", 1, 1, 1, 1, "tampered", "\x1b[31malarm"), "", [])
+    path = tmp_path / "hostile.pack"
+    path.write_bytes(
+        header_line(pack.KIND_NODE)
+        + canonical({"section": "certificates", "node_ca": "", "nodes": {}})
+        + b"\n"
+        + section.line()
+        + seal(record)
+        + seal_line({"records": 1}, [])
+    )
+    assert show_command(argparse.Namespace(pack=str(path), json=False)) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "\x07" not in out
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in out
+    assert "tenant a\\nforged line" in out
+    assert "state tampered: \\x1b[31malarm" in out
+    assert "?  n/0 #1" in out  # the time it cannot be
