@@ -274,6 +274,38 @@ async def test_ingest_makes_the_months_partition_and_it_is_append_only_too(
         engine.dispose()
 
 
+async def test_records_dated_far_ahead_land_in_default_without_a_partition_per_month(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    # ts is the node's word: a partition per month it names up to the year 9998 would let one
+    # node bloat the catalog every query on the records plans over.
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 4)
+    records, prev = [], "0" * 64
+    for record, year in zip((json.loads(line) for line in lines), (3000, 4000, 5000, None), strict=True):
+        ts = datetime(year, 1, 2, tzinfo=UTC).timestamp() if year else record["ts"]
+        records.append(rehash({**record, "ts": ts, "prev_hash": prev}))
+        prev = records[-1]["hash"]
+    ack = await stream.ship("node-a/0", [seal(r) for r in records])
+    assert (ack.head_seq, ack.HasField("error")) == (4, False)
+    rows = sql_rows(
+        evidence_plane.database_url,
+        "SELECT seq, tableoid::regclass::text FROM evidence_records WHERE chain_id = 'node-a/0' ORDER BY seq",
+    )
+    now = datetime.fromtimestamp(records[3]["ts"], UTC)
+    assert [tuple(r) for r in rows] == [
+        (1, "evidence_records_default"),
+        (2, "evidence_records_default"),
+        (3, "evidence_records_default"),
+        (4, f"evidence_records_y{now.year:04d}m{now.month:02d}"),
+    ]
+    made = sql_rows(
+        evidence_plane.database_url,
+        "SELECT relname FROM pg_class WHERE relname ~ '^evidence_records_y[3-5]000' ORDER BY 1",
+    )
+    assert made == []
+
+
 async def test_a_record_of_a_month_already_in_the_default_partition_stays_there(
     evidence_plane: RunningControlPlane, node: tuple[Stream, Path], private_tmp: Path
 ) -> None:
