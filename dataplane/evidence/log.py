@@ -633,7 +633,9 @@ def _recover_tail(path: Path, chain: str, *, cut: bool = True) -> ChainHead:
             raise EvidenceChainBroken(f"{path}: last record is not JSON: nested too deep") from exc
         except ValueError as exc:
             raise EvidenceChainBroken(f"{path}: last record is not JSON: {exc}") from exc
-        if not isinstance(last, dict) or hash_of_line(complete[-1] + b"\n") != last.get("hash"):
+        digest = hash_of_line(complete[-1] + b"\n")
+        # None on both sides (a line without its hash member) is no match: KeyError below, else.
+        if digest is None or not isinstance(last, dict) or digest != last.get("hash"):
             raise EvidenceChainBroken(f"{path}: last record's hash does not match its content")
         if last.get("chain_id") != chain:
             raise EvidenceChainBroken(
@@ -645,4 +647,4 @@ def _recover_tail(path: Path, chain: str, *, cut: bool = True) -> ChainHead:
         # (a traceback, not a refusal), and "6" or 6.0 are not what the log writes.
         if type(seq) is not int or seq < 1:
             raise EvidenceChainBroken(f"{path}: last record's seq {repr(seq)[:40]} is not a positive integer")
-        return ChainHead(seq, str(last["hash"]))
+        return ChainHead(seq, digest)

@@ -237,6 +237,20 @@ async def test_a_request_whose_record_cannot_be_written_is_not_answered(
         assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_a_last_record_without_its_hash_member_refuses_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "n.jsonl"
+    async with EvidenceLog(path, "n") as log:
+        log.append({"x": 1})
+        log.append({"x": 2})
+    lines = path.read_bytes().splitlines(keepends=True)
+    record = json.loads(lines[-1])
+    del record["hash"]  # still a record of this chain, with an integer seq
+    lines[-1] = json.dumps(record).encode() + b"\n"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(EvidenceChainBroken, match="last record's hash does not match its content"):
+        await EvidenceLog(path, "n").start()
+
+
 async def test_a_tampered_tail_refuses_to_extend_the_chain(tmp_path: Path) -> None:
     path = tmp_path / "n.jsonl"
     async with EvidenceLog(path, "n") as log:
