@@ -22,6 +22,14 @@ SHARED_LOCK = "SELECT pg_advisory_xact_lock_shared(hashtext('evidence_partitions
 partition between the check that it exists and the COPY into it."""
 
 
+MONTHS_AHEAD = 1
+"""Partitions are made for months up to this many after the current one (a node's clock a
+little ahead, a record written at the turn of a month). A record dated later lands in the
+DEFAULT partition: ``ts`` is the node's word, and a partition per distinct month up to the
+year 9998 is what a single batch of 10,000 records could otherwise make (a CREATE TABLE
+each, under the partitions' lock, and a catalog every query on the records plans over)."""
+
+
 class PartitionGone(Exception):
     """A past month's partition an ingest transaction needs was dropped (by retention) after
     ``ensure``: roll back, make it again and retry, so the records never land in DEFAULT."""
@@ -80,7 +88,11 @@ class Partitions:
         late record of it would then land in DEFAULT, which retention cannot prune."""
         months = {(t.year, t.month) for t in times}
         now = datetime.now(UTC)
+        ahead = now.month - 1 + MONTHS_AHEAD
+        horizon = (now.year + ahead // 12, ahead % 12 + 1)
         for year, month in sorted(months):
+            if (year, month) > horizon:
+                continue  # DEFAULT keeps it (see MONTHS_AHEAD)
             name = partition_name(year, month)
             if name in self._known and (year, month) >= (now.year, now.month):
                 continue

@@ -22,7 +22,6 @@ from controlplane.evidence.errors import ChainBroken, EvidenceRefused
 from controlplane.limits import INT64_MAX, KEY_ID_CHARS, NAME_CHARS, RESULT_CHARS
 from dataplane.evidence.fields import read_fields
 from dataplane.evidence.records import HASH_MEMBER_BYTES, HASH_MEMBER_START, hash_of_line
-from dataplane.evidence.shipper import chain_of
 
 MAX_RECORD_BYTES = 64 * 1024
 TS_MIN = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
@@ -150,7 +149,6 @@ class _Batch:
         self.node_id = node_id
         self.head = struct.pack("!h", 13) + _LEN(len(chain_bytes)) + chain_bytes
         self.node_field = _LEN(len(node_bytes)) + node_bytes
-        self.default_chain = f"{node_id}/0"
 
     def fast(self, body: bytes) -> _Row | None:
         """The row of a well-formed line, with only the members read that are stored
@@ -173,7 +171,7 @@ class _Batch:
             and 0 < len(record_id) <= KEY_ID_CHARS
             and "\x00" not in record_id
             and fields.node_id == self.node_id
-            and (fields.chain_id or self.default_chain) == self.chain_id
+            and fields.chain_id == self.chain_id
             and _HEX64_STR(prev)
             # The computed hash is lowercase hex: equal to it, ``hash`` is well-formed too.
             and fields.hash == computed
@@ -236,7 +234,7 @@ class _Batch:
             and 0 < len(record_id) <= KEY_ID_CHARS
             and "\x00" not in record_id
             and get("node_id") == self.node_id
-            and (get("chain_id") or self.default_chain) == chain_id
+            and get("chain_id") == chain_id
         ):
             return _refusal(chain_id, self.node_id, line_no, record)
         if hash_of_line(body) != digest:
@@ -350,8 +348,15 @@ def _refusal(chain_id: str, node_id: str, line_no: int, record: dict[str, Any]) 
         return EvidenceRefused(f"{at}: prev_hash must be 64 lowercase hex digits", seq=seq)
     if record.get("node_id") != node_id:
         return EvidenceRefused(f"{at}: node_id is not {shown(node_id)}", seq=seq)
-    if chain_of(record, node_id) != chain_id:
-        return EvidenceRefused(f"{at}: belongs to chain {shown(chain_of(record, node_id))}", seq=seq)
+    # Every record names its chain (docs/evidence-format.md), and the pack verifier refuses
+    # one that does not: stored, it would make every pack holding it fail to verify.
+    of_chain = record.get("chain_id")
+    if of_chain is None or of_chain == "":
+        return EvidenceRefused(f"{at}: chain_id is missing (every record names its chain)", seq=seq)
+    if not isinstance(of_chain, str):
+        return EvidenceRefused(f"{at}: chain_id must be a string", seq=seq)
+    if of_chain != chain_id:
+        return EvidenceRefused(f"{at}: belongs to chain {shown(of_chain)}", seq=seq)
     ts = record.get("ts")
     if not isinstance(ts, int | float) or isinstance(ts, bool) or not TS_MIN <= ts < TS_MAX:
         return EvidenceRefused(f"{at}: ts must be seconds since the epoch (years 2000..9998)", seq=seq)

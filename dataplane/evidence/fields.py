@@ -57,7 +57,10 @@ def read_fields(line: bytes) -> RecordFields | None:
     """The members of record ``line`` (without its newline), or None (see the module)."""
     try:
         fields = _decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        # RecursionError: msgspec has no depth limit of its own, so a member nested a few
+        # thousand deep (valid JSON, well under the size bounds) exhausts the interpreter's
+        # stack; the full read then refuses it by name (orjson's depth limit is 1024).
         return None
     if not line.isascii():
         # msgspec checks the strings it decodes, not the ones it skips.

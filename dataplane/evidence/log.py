@@ -66,7 +66,10 @@ On start the tail is read back: the sequence and chain continue from the last
 complete record of the newest segment, and a torn last line (a crash in the middle of a
 write) is cut off. The tree is rebuilt from the base (the compact range of what was
 pruned, if anything was) and every remaining segment, each of which must start where the
-one before ended.
+one before ended. Every remaining record is checked as the verifier checks it (seq, the link
+to the record before, its own hash, its chain): a record edited, replaced, dropped or moved
+in the middle refuses the start, naming the file and line, rather than have the node append
+to, and sign checkpoints over, a chain that no longer verifies.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from dataplane.errors import EvidenceChainBroken
@@ -455,8 +459,9 @@ class _Recovered:
 
 def _recover(path: Path, checkpoints: Path, chain: str) -> _Recovered:
     """The chain head (a torn final line of the newest segment cut away), the Merkle tree
-    continued from the base over every remaining segment, and the size of the last complete
-    checkpoint (a torn last one cut away), which must match the tree."""
+    continued from the base over every remaining segment (each record checked to continue
+    the chain: ``_walk_segment``), and the size of the last complete checkpoint (a torn last
+    one cut away), which must match the tree."""
     base = segments.read_base(path)
     if base is not None and base.chain_id != chain:
         raise EvidenceChainBroken(f"{segments.base_path(path)}: of chain {base.chain_id!r}, not {chain!r}")
@@ -479,6 +484,11 @@ def _recover(path: Path, checkpoints: Path, chain: str) -> _Recovered:
             head = tail
             break
     tree = base.tree() if base else merkle.Tree()
+    # Every remaining record is checked as the verifier checks it (seq, link, own hash, chain)
+    # before the log extends the chain: only the last record and the last checkpoint say
+    # nothing of a record in the middle edited, replaced or moved after the last checkpoint,
+    # and a node that appended and signed over such a chain would fork it under its key.
+    walked = ChainHead(base.seq, base.hash) if base else ChainHead(0, GENESIS_HASH)
     live_bytes = 0
     for segment in live:
         if tree.size != segment.start - 1:
@@ -491,13 +501,7 @@ def _recover(path: Path, checkpoints: Path, chain: str) -> _Recovered:
             continue  # the newest segment of a new chain, or one whose creation was lost
         if not size:
             continue  # (not read: a device such as /dev/full reads forever)
-        with open(segment.path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    raise EvidenceChainBroken(
-                        f"{segment.path}: ends in a torn record but is not the newest segment"
-                    )
-                tree.append(segments.line_hash(line))
+        walked = _walk_segment(segment.path, walked, chain, tree)
         live_bytes += size
     if tree.size != head.seq:
         raise EvidenceChainBroken(f"{path}: {tree.size} records but the last one has seq {head.seq}")
@@ -508,6 +512,59 @@ def _recover(path: Path, checkpoints: Path, chain: str) -> _Recovered:
         newest_size = 0
     signed = _recover_checkpoints(checkpoints, path, tree)
     return _Recovered(head, tree, signed, newest, newest_size, live_bytes)
+
+
+class _Link(msgspec.Struct, gc=False):
+    """The members of a record line that place it in the chain (the others are skipped)."""
+
+    seq: int
+    prev_hash: str
+    hash: str
+    chain_id: str | None = None
+
+
+_read_link = msgspec.json.Decoder(_Link).decode
+
+
+def _walk_segment(path: Path, before: ChainHead, chain: str, tree: merkle.Tree) -> ChainHead:
+    """Check every record line of segment ``path`` to follow the one before it (``before``:
+    the head the segments before it end at), add each to ``tree``; the head after the last.
+    ``EvidenceChainBroken`` naming the file, the line and the rule otherwise."""
+    seq, digest = before.seq, before.hash
+    append, leaf = tree.append, bytes.fromhex
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                raise EvidenceChainBroken(f"{path}: ends in a torn record but is not the newest segment")
+            now: object
+            prev: object
+            claimed: object
+            of_chain: object
+            try:
+                # msgspec reads the four members without building the rest: this runs for
+                # every record of every remaining segment at each start.
+                link = _read_link(line)
+                now, prev, claimed, of_chain = link.seq, link.prev_hash, link.hash, link.chain_id
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                # (RecursionError: msgspec has no depth limit of its own.)
+                record = segments.json_object(line, f"{path}: line {n}")  # names what is not JSON
+                now, prev, claimed, of_chain = (
+                    record.get(k) for k in ("seq", "prev_hash", "hash", "chain_id")
+                )
+            if type(now) is not int or now != seq + 1:
+                raise EvidenceChainBroken(
+                    f"{path}: line {n}: seq {repr(now)[:40]} follows seq {seq} (a record missing, inserted or moved)"
+                )
+            if prev != digest:
+                raise EvidenceChainBroken(f"{path}: line {n}: prev_hash does not match the hash of seq {seq}")
+            computed = hash_of_line(line)
+            if computed is None or computed != claimed:
+                raise EvidenceChainBroken(f"{path}: line {n}: hash does not match the record's content")
+            if of_chain != chain:
+                raise EvidenceChainBroken(f"{path}: line {n}: of chain {repr(of_chain)[:200]}, not {chain!r}")
+            seq, digest = now, computed
+            append(leaf(computed))
+    return ChainHead(seq, digest)
 
 
 def _recover_checkpoints(path: Path, log_file: Path, tree: merkle.Tree) -> int:
@@ -572,13 +629,22 @@ def _recover_tail(path: Path, chain: str, *, cut: bool = True) -> ChainHead:
             return ChainHead(0, GENESIS_HASH)
         try:
             last = json.loads(complete[-1])
+        except RecursionError as exc:  # no depth limit but the stack's: not a ValueError
+            raise EvidenceChainBroken(f"{path}: last record is not JSON: nested too deep") from exc
         except ValueError as exc:
             raise EvidenceChainBroken(f"{path}: last record is not JSON: {exc}") from exc
-        if not isinstance(last, dict) or hash_of_line(complete[-1] + b"\n") != last.get("hash"):
+        digest = hash_of_line(complete[-1] + b"\n")
+        # None on both sides (a line without its hash member) is no match: KeyError below, else.
+        if digest is None or not isinstance(last, dict) or digest != last.get("hash"):
             raise EvidenceChainBroken(f"{path}: last record's hash does not match its content")
         if last.get("chain_id") != chain:
             raise EvidenceChainBroken(
                 f"{path}: last record is of chain {last.get('chain_id')!r}, not {chain!r} "
                 "(a log from before records carried chain_id, or another chain's file): move it away"
             )
-        return ChainHead(int(last["seq"]), str(last["hash"]))
+        seq = last.get("seq")
+        # Checked, not int()-ed: a missing seq was a KeyError the node's start does not catch
+        # (a traceback, not a refusal), and "6" or 6.0 are not what the log writes.
+        if type(seq) is not int or seq < 1:
+            raise EvidenceChainBroken(f"{path}: last record's seq {repr(seq)[:40]} is not a positive integer")
+        return ChainHead(seq, digest)

@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import checkpoint, log, merkle, pack, proofs, segments
 from dataplane.evidence.writer_lock import ChainBusy, WriterLock
 
@@ -134,6 +135,15 @@ def export(
         chains = [(f, _read_chain(f)) for f in log.chain_files(Path(data_dir))]
         if not chains:
             raise ExportRefused(f"no evidence chains in {Path(data_dir) / 'evidence'}")
+        for log_file, _ in chains:
+            # Before anything is signed: the fresh checkpoint below is taken over the records'
+            # claimed hashes, so over a chain edited, reordered or cut in the middle it would be
+            # the node's signature on a tree that is not its chain (kept in its checkpoints file
+            # for good), and the pack would not verify anyway.
+            try:
+                proofs.verify_chain_files(log_file, key.public_key())
+            except EvidenceChainBroken as exc:
+                raise ExportRefused(f"{log_file.name} does not verify: {exc}") from exc
         node_id = checkpoint.node_of(str(chains[0][1].records[0].get("chain_id", "")))
         cert = certificate
         if cert is not None:

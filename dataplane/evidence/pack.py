@@ -318,7 +318,7 @@ class Record:
     def fields(self) -> dict[str, Any]:
         try:
             value = json.loads(self.line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep (see ``_json``)
             return {}
         return value if isinstance(value, dict) else {}
 
@@ -355,6 +355,10 @@ def _read_line(f: BinaryIO, limit: int, line_no: int, what: str) -> bytes:
 def _json(line: bytes, line_no: int, what: str) -> dict[str, Any]:
     try:
         value = json.loads(line)
+    except RecursionError as exc:
+        # json.loads has no depth limit but the interpreter's stack: 4 KB of "[" is enough
+        # (a header line). Not a ValueError, so the commands and import did not catch it.
+        raise PackInvalid(f"line {line_no}: {what} is JSON nested too deep") from exc
     except ValueError as exc:
         raise PackInvalid(f"line {line_no}: {what} is not JSON") from exc
     if not isinstance(value, dict):
@@ -497,6 +501,6 @@ def record_count_hint(path: Path) -> int | None:
     last = tail.rstrip(b"\n").rpartition(b"\n")[2]
     try:
         count = json.loads(last)["manifest"]["records"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
     return count if type(count) is int and count >= 0 else None

@@ -69,6 +69,9 @@ def _object(data: bytes | str, what: str) -> dict[str, Any]:
         raise ValueError(f"{what} is longer than {MAX_STATEMENT_BYTES} bytes")
     try:
         value = json.loads(data)
+    except RecursionError as exc:
+        # json.loads has no depth limit but the interpreter's stack; callers catch ValueError.
+        raise ValueError(f"{what} is JSON nested too deep") from exc
     except ValueError as exc:
         raise ValueError(f"{what} is not JSON") from exc
     if not isinstance(value, dict):

@@ -112,8 +112,10 @@ def hash_of_line(line: bytes) -> str | None:
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
     """Every complete record of the chain whose first segment is ``path`` (what remains
     after pruning), in order."""
-    for _, _, line in _lines(path):
-        yield json.loads(line)
+    for segment, n, line in _lines(path):
+        # A JSON object or EvidenceChainBroken naming the line: callers (the data dir's
+        # verifier) read a record's members, and a file on disk can hold anything.
+        yield segments.json_object(line, where(segment, n))
 
 
 def _lines(path: Path) -> Iterator[tuple[segments.Segment, int, bytes]]:

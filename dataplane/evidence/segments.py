@@ -159,6 +159,9 @@ def json_object(data: bytes, where: str) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         try:
             obj = json.loads(data)
+        except RecursionError as exc:
+            # json.loads has no depth limit but the interpreter's stack (orjson stops at 1024).
+            raise EvidenceChainBroken(f"{where}: not JSON (nested too deep)") from exc
         except ValueError as exc:
             raise EvidenceChainBroken(f"{where}: not JSON ({exc})") from exc
     if not isinstance(obj, dict):

@@ -80,11 +80,6 @@ DEFAULT_DRAIN = 5.0
 """Seconds between batches while they are not full."""
 
 
-def chain_of(record: dict[str, Any], node_id: str) -> str:
-    """The chain a record belongs to: its ``chain_id``, else its node's single chain."""
-    return str(record.get("chain_id") or f"{node_id}/0")
-
-
 @dataclass(frozen=True, slots=True)
 class Cursor:
     """How far the control plane acknowledged: the last seq, and the byte offset after it in
@@ -107,7 +102,7 @@ def read_cursor(path: Path) -> Cursor:
         cursor = Cursor(int(data["seq"]), int(data["offset"]), int(data.get("segment", 1)))
     except FileNotFoundError:
         return Cursor()
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nested too deep
         log.warning("evidence cursor %s unreadable (%s): shipping resends from the start", path, exc)
         return Cursor()
     if min(cursor.seq, cursor.offset, cursor.segment) < 0:
@@ -181,6 +176,32 @@ def read_next(log_file: Path, cursor: Cursor, *, records: int, limit: int) -> Re
     lines = read_batch(segment.path, offset, records=records, limit=limit)
     full = len(lines) >= records or sum(map(len, lines)) > limit // 2
     return Read(at, lines, full or (bool(lines) and segment is not live[-1]))
+
+
+def locate(log_file: Path, cursor: Cursor) -> Cursor:
+    """``cursor`` as read from its file, checked against the log: its offset must be the end
+    of record ``cursor.seq`` in segment ``cursor.segment``. A cursor file is not fsynced and
+    is as open to editing as any file on disk; a position off that (beyond the segment's
+    end, inside a line, after another record) had the shipper read nothing, half a line the
+    control plane refuses, or the wrong records, at every round for good. Such a cursor
+    keeps its seq (the control plane's ACK of the first batch corrects that) and has its
+    offset found by counting lines, as after pruning (segment 0)."""
+    if cursor.segment == 0:
+        return cursor
+    lines = cursor.seq - cursor.segment + 1
+    try:
+        if lines >= 0 and _offset_of(segments.segment_path(log_file, cursor.segment), lines) == cursor.offset:
+            return cursor
+    except FileNotFoundError:
+        return cursor  # pruned since: read_next finds the record after it by counting anyway
+    log.warning(
+        "evidence cursor of %s: offset %d is not the end of seq %d in segment %d; finding it by counting",
+        log_file.name,
+        cursor.offset,
+        cursor.seq,
+        cursor.segment,
+    )
+    return Cursor(cursor.seq, 0, 0)
 
 
 def _offset_of(path: Path, lines: int) -> int:
@@ -308,6 +329,7 @@ class EvidenceShipper:
     async def run(self) -> None:
         """Ship until cancelled; never raises for control-plane trouble."""
         if not self._spool_counted:
+            self._cursor = await asyncio.to_thread(locate, self._log_file, self._cursor)
             self._spool.acked = await asyncio.to_thread(acknowledged_bytes, self._log_file, self._cursor)
             self._spool_counted = True
         while True:

@@ -19,6 +19,10 @@ from dataplane.evidence.pruned import PrunedStatement, decode_statement
 from dataplane.snapshot.envelope import load_trust_keys
 from dataplane.trust_cli import add_trust_key, trust_key_paths
 from signalbox.shell.progress import records_bar
+from signalbox.text import printable
+
+SHOWN_LINE_CHARS = 2000
+"""The longest line ``show`` prints of a pack's statement or a record (longer ones are clipped)."""
 
 COMMAND = "evidence"
 VERIFY = "evidence verify"
@@ -181,7 +185,21 @@ def _time(ts: Any) -> str:
 
     if not isinstance(ts, int | float):
         return "?"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        when = dt.datetime.fromtimestamp(ts, dt.UTC)
+    except (OverflowError, ValueError, OSError):  # NaN, infinite or beyond any datetime
+        return "?"
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _money(cost: Mapping[str, Any]) -> str:
+    nanos = cost.get("total_nanos")
+    if not isinstance(nanos, int):
+        return "-"
+    try:
+        return f"{nanos / 1e9:.9f} {cost.get('currency', '')}".strip()
+    except OverflowError:  # an integer beyond a float
+        return "?"
 
 
 def _render(s: dict[str, Any]) -> list[str]:
@@ -193,8 +211,7 @@ def _render(s: dict[str, Any]) -> list[str]:
         s["tokens"] or {},
         s["cost"] or {},
     )
-    nanos = cost.get("total_nanos")
-    money = f"{nanos / 1e9:.9f} {cost.get('currency', '')}".strip() if isinstance(nanos, int) else "-"
+    money = _money(cost)
     return [
         f"{_time(s['ts'])}  {s['chain_id']} #{s['seq']}  correlation {s['correlation_id'] or '-'}",
         f"    tenant {s['tenant_id'] or '-'}  caller {s['caller'] or '-'}",
@@ -242,6 +259,9 @@ def show_command(ns: argparse.Namespace) -> int:
             print()
             return 0
         print(f"Evidence pack {path} (not verified here: run `signalbox evidence verify`)")
+        # Everything below is the pack's word, unverified: each line is printed with control
+        # characters escaped and bounded, so a string in it cannot forge lines or drive the
+        # terminal (ESC sequences), whoever wrote the pack.
         for line in statement(
             kind,
             str(m.get("pack_id")),
@@ -253,10 +273,10 @@ def show_command(ns: argparse.Namespace) -> int:
             pruned,
             revoked,
         ):
-            print(line)
+            print(printable(line, SHOWN_LINE_CHARS))
         print()
         for record in _records(path):
-            print("\n".join(_render(_summary(record.fields()))))
+            print("\n".join(printable(line, SHOWN_LINE_CHARS) for line in _render(_summary(record.fields()))))
     except (pack.PackInvalid, OSError, ValueError) as exc:
         print(f"evidence show: {path}: {exc}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from dataplane.evidence import pack, pack_verify
+from dataplane.evidence import checkpoint, pack, pack_verify
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.writer_lock import ChainBusy, WriterLock
 from dataplane.identity import IdentityFiles, install_bundle
@@ -160,6 +160,28 @@ async def test_an_unprovisioned_node_exports_with_its_bare_key_which_a_trust_key
     assert "no node key in" in nothing.stderr
     assert "nothing was written" in nothing.stderr
     assert not (private_tmp / "ag-empty.pack").exists()
+
+
+async def test_export_refuses_a_chain_broken_in_the_middle_and_signs_nothing(private_tmp: Path) -> None:
+    data_dir = private_tmp / "ag-broken"
+    await _write(data_dir, 3)  # signed at close: checkpoint of 3
+    path = log_path(data_dir, NODE)
+    async with EvidenceLog(path, NODE) as unsigned:  # 4..6: no checkpoint covers them yet
+        for i in range(3, 6):
+            unsigned.append({"ts": time.time(), "correlation_id": f"ag-{i}"})
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[3], lines[4] = lines[4], lines[3]
+    path.write_bytes(b"".join(lines))
+    notes = checkpoint.checkpoints_path(path).read_bytes()
+    out = private_tmp / "ag-broken.pack"
+    refused = await export(data_dir, out)
+    assert refused.returncode == 1, refused.stdout
+    assert f"{path.name} does not verify: record seq 5 (line 4): expected seq 4" in refused.stderr
+    assert "nothing was written" in refused.stderr
+    assert not out.exists()
+    assert not out.with_name(out.name + ".tmp").exists()
+    # No fresh checkpoint over the broken tree: the node's signature is not on it.
+    assert checkpoint.checkpoints_path(path).read_bytes() == notes
 
 
 # ---- import ----

@@ -5,6 +5,7 @@ verified offline with nothing but the control plane's public key."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import hashlib
@@ -25,7 +26,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataplane.evidence import checkpoint
+from dataplane.evidence import checkpoint, merkle, pack
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.pack import (
     KIND_CONTROL_PLANE,
@@ -42,6 +43,7 @@ from dataplane.evidence.records import seal
 from dataplane.identity import IdentityFiles
 from dataplane.snapshot.envelope import key_id_for
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.shell.evidence_cli import show_command
 from signalbox.tls import ClientTls, aio_channel
 from tests.controlplane.evidence.conftest import Stream, new_dir
 from tests.controlplane.test_cli import _signalbox
@@ -542,3 +544,72 @@ async def test_a_version_1_pack_still_verifies_and_other_versions_are_refused(
         globex.write([header_line(KIND_CONTROL_PLANE, 3), *globex.lines[1:]], "v3.pack"),
         r"line 1: version 3 \(this reader knows 1, 2\)",
     )
+
+
+async def test_a_node_shipping_records_without_chain_id_cannot_spoil_other_nodes_packs(
+    plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    # node-c's records link, hash and are covered by its own signed checkpoint, but name no
+    # chain_id (every record does: the format, the node's and the pack's verifiers say so).
+    directory = new_dir(private_tmp, "node-c-")
+    tls = await plane.enroll("node-c", directory)
+    key = IdentityFiles(directory).private_key()
+    lines, prev, tree = [], "0" * 64, merkle.Tree()
+    for i in range(1, 4):
+        line = seal(
+            {
+                "record_id": f"{i:032x}",
+                "node_id": "node-c",
+                "seq": i,
+                "prev_hash": prev,
+                **_fields("node-c", i),
+            }
+        )
+        prev = json.loads(line)["hash"]
+        tree.append(bytes.fromhex(prev))
+        lines.append(line)
+    note = checkpoint.sign(key, "node-c/0", tree.size, tree.root(), int(datetime.now(UTC).timestamp()))
+    async with aio_channel(plane.node_address, tls) as channel:
+        stream = Stream(channel)
+        ack = await stream.ship("node-c/0", lines, [note.decode()])
+        stream.close()
+    assert (ack.head_seq, ack.error.code, ack.error.seq) == (0, "INVALID_ARGUMENT", 1)
+    assert "record seq 1 (line 1 of the batch): chain_id is missing" in ack.error.message
+    assert sql_rows(plane.database_url, "SELECT 1 FROM evidence_records WHERE node_id = 'node-c'") == []
+    # node-c's records claim tenant globex: an export of globex still verifies.
+    out = private_tmp / "globex.pack"
+    await _export(plane, out, tenant_id="globex")
+    report = verify(out, _trusted(plane))
+    assert {s.chain_id for s in report.chains} == {"node-a/0", "node-b/0"}
+
+
+def test_show_prints_a_hostile_pack_as_bounded_escaped_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `show` reads a pack nobody verified yet: its record and statement strings are anyone's.
+    record = {
+        "chain_id": "n/0",
+        "seq": 1,
+        "ts": 1e300,  # beyond any datetime
+        "correlation_id": "\x1b]0;owned\x07\x1b[2J",  # terminal title and clear-screen
+        "tenant_id": "a\nforged line",
+        "cost": {"currency": "USD", "total_nanos": 10**400},  # beyond a float
+    }
+    section = pack.ChainSection(pack.Searched("n/0", "n", 1, 1, 1, 1, "tampered", "\x1b[31malarm"), "", [])
+    path = tmp_path / "hostile.pack"
+    path.write_bytes(
+        header_line(pack.KIND_NODE)
+        + canonical({"section": "certificates", "node_ca": "", "nodes": {}})
+        + b"\n"
+        + section.line()
+        + seal(record)
+        + seal_line({"records": 1}, [])
+    )
+    assert show_command(argparse.Namespace(pack=str(path), json=False)) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "\x07" not in out
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in out
+    assert "tenant a\\nforged line" in out
+    assert "state tampered: \\x1b[31malarm" in out
+    assert "?  n/0 #1" in out  # the time it cannot be

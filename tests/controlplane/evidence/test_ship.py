@@ -4,6 +4,7 @@ checkpoints."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 
 from controlplane.evidence.ingest import POOL_MIN_LINES
 from dataplane.evidence.log import log_path
-from dataplane.evidence.records import seal
+from dataplane.evidence.records import HASH_MEMBER_START, seal, stored_line
 from signalbox.tls import aio_channel
 from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, rehash, write_records
 from tests.fixtures.postgres import RunningControlPlane, sql_rows
@@ -172,6 +173,24 @@ async def test_hostile_batches_get_precise_bounded_errors(
     assert (await stream.ship("node-a/0", [])).head_seq == 0
 
 
+async def test_a_record_nested_deeper_than_the_parsers_go_is_refused_by_name(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    # Valid JSON, 10 KB, its hash over its own bytes: a member nested 5000 deep. A parser
+    # without a depth limit of its own runs out of stack on it.
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 2)
+    prefix = lines[1][: lines[1].rindex(HASH_MEMBER_START)]
+    body = prefix + b',"x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    deep = stored_line(body, hashlib.sha256(body).hexdigest())
+    ack = await stream.ship("node-a/0", [lines[0], deep])
+    assert (ack.head_seq, ack.error.code, ack.error.seq) == (1, "INVALID_ARGUMENT", 0)
+    assert ack.error.message == "chain 'node-a/0': line 2 of the batch: not a JSON record"
+    assert [r[0] for r in stored(evidence_plane)] == [1]
+    # Refused, not "could not be stored now; resend": the stream goes on, the real record is taken.
+    assert (await stream.ship("node-a/0", lines[1:])).head_seq == 2
+
+
 async def test_checkpoints_are_checked_against_the_stored_records(
     evidence_plane: RunningControlPlane, node: tuple[Stream, Path], node_keys: NodeKeys
 ) -> None:
@@ -253,6 +272,38 @@ async def test_ingest_makes_the_months_partition_and_it_is_append_only_too(
             assert f"evidence is append-only: {sql.split()[0]} on {partition}" in str(refused.value)
     finally:
         engine.dispose()
+
+
+async def test_records_dated_far_ahead_land_in_default_without_a_partition_per_month(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    # ts is the node's word: a partition per month it names up to the year 9998 would let one
+    # node bloat the catalog every query on the records plans over.
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 4)
+    records, prev = [], "0" * 64
+    for record, year in zip((json.loads(line) for line in lines), (3000, 4000, 5000, None), strict=True):
+        ts = datetime(year, 1, 2, tzinfo=UTC).timestamp() if year else record["ts"]
+        records.append(rehash({**record, "ts": ts, "prev_hash": prev}))
+        prev = records[-1]["hash"]
+    ack = await stream.ship("node-a/0", [seal(r) for r in records])
+    assert (ack.head_seq, ack.HasField("error")) == (4, False)
+    rows = sql_rows(
+        evidence_plane.database_url,
+        "SELECT seq, tableoid::regclass::text FROM evidence_records WHERE chain_id = 'node-a/0' ORDER BY seq",
+    )
+    now = datetime.fromtimestamp(records[3]["ts"], UTC)
+    assert [tuple(r) for r in rows] == [
+        (1, "evidence_records_default"),
+        (2, "evidence_records_default"),
+        (3, "evidence_records_default"),
+        (4, f"evidence_records_y{now.year:04d}m{now.month:02d}"),
+    ]
+    made = sql_rows(
+        evidence_plane.database_url,
+        "SELECT relname FROM pg_class WHERE relname ~ '^evidence_records_y[3-5]000' ORDER BY 1",
+    )
+    assert made == []
 
 
 async def test_a_record_of_a_month_already_in_the_default_partition_stays_there(

@@ -167,6 +167,7 @@ async def test_only_fsynced_records_ship_and_full_batches_do_not_wait(
         ("nooffset", b'{"seq": 3}'),
         ("nan", b'{"seq": "x", "offset": 0}'),
         ("negative", b'{"seq": -1, "offset": 0}'),
+        ("deep", b"[" * 3000 + b"]" * 3000),
     ],
 )
 async def test_an_unreadable_cursor_resends_everything_as_duplicates(
@@ -190,6 +191,40 @@ async def test_an_unreadable_cursor_resends_everything_as_duplicates(
     )
     assert stored[0][0] == 12
     assert read_cursor(cursor_file).seq == 12
+
+
+@pytest.mark.parametrize("name", ["beyond-the-end", "inside-a-line", "after-another-record", "end-as-seq-0"])
+async def test_a_cursor_whose_offset_is_not_after_its_seq_is_found_again(
+    evidence_plane: RunningControlPlane, private_tmp: Path, name: str
+) -> None:
+    # The cursor reads (seq, offset, segment are numbers) but its offset is not the end of its
+    # seq: edited, or a mix of two cursors. Shipping must still take every record, once.
+    directory = new_dir(private_tmp, "shipper-offset-")
+    node = f"node-offset-{name}"
+    tls = await evidence_plane.enroll(node, directory)
+    log_file = log_path(directory, node)
+    await write_records(directory, node, 12)
+    shipper = _shippers(evidence_plane, log_file, node, tls)
+    if name == "after-another-record":
+        await _ship_all(shipper(), 12)
+        await write_records(directory, node, 3)
+    seq, offset = {
+        "beyond-the-end": (0, 10**9),
+        "inside-a-line": (0, 7),
+        "after-another-record": (12, 0),
+        "end-as-seq-0": (0, log_file.stat().st_size),
+    }[name]
+    cursor_file = cursor_path(log_file, f"{node}/0")
+    cursor_file.write_bytes(b'{"seq": %d, "offset": %d, "segment": 1}' % (seq, offset))
+    head = 15 if name == "after-another-record" else 12
+    await _ship_all(shipper(), head)
+    stored = sql_rows(
+        evidence_plane.database_url,
+        f"SELECT count(*), count(DISTINCT seq) FROM evidence_records WHERE node_id = '{node}'",
+    )
+    assert tuple(stored[0]) == (head, head)
+    # Back where it belongs: the next round reads from the end, not the same records again.
+    assert read_cursor(cursor_file) == Cursor(head, log_file.stat().st_size, 1)
 
 
 async def test_a_checkpoint_signed_after_its_records_were_shipped_is_shipped_alone(

@@ -13,8 +13,9 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataplane.evidence import segments
 from dataplane.evidence.log import EvidenceChainBroken, EvidenceLog, log_path
-from dataplane.evidence.records import read_records, verify_chain
+from dataplane.evidence.records import read_records, seal, verify_chain
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
 from tests.helpers import eventually, wait_until
@@ -236,6 +237,20 @@ async def test_a_request_whose_record_cannot_be_written_is_not_answered(
         assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_a_last_record_without_its_hash_member_refuses_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "n.jsonl"
+    async with EvidenceLog(path, "n") as log:
+        log.append({"x": 1})
+        log.append({"x": 2})
+    lines = path.read_bytes().splitlines(keepends=True)
+    record = json.loads(lines[-1])
+    del record["hash"]  # still a record of this chain, with an integer seq
+    lines[-1] = json.dumps(record).encode() + b"\n"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(EvidenceChainBroken, match="last record's hash does not match its content"):
+        await EvidenceLog(path, "n").start()
+
+
 async def test_a_tampered_tail_refuses_to_extend_the_chain(tmp_path: Path) -> None:
     path = tmp_path / "n.jsonl"
     async with EvidenceLog(path, "n") as log:
@@ -244,4 +259,82 @@ async def test_a_tampered_tail_refuses_to_extend_the_chain(tmp_path: Path) -> No
     record["x"] = 2
     path.write_text(json.dumps(record) + "\n")
     with pytest.raises(EvidenceChainBroken, match="last record"):
+        await EvidenceLog(path, "n").start()
+
+
+def _damage_middle(lines: list[bytes], damage: str) -> None:
+    if damage == "garbage":
+        lines[2] = b"\x00\x00 not a record\n"
+    elif damage == "no-hash":
+        lines[2] = b'{"x":2}\n'
+    elif damage == "edited":
+        lines[2] = lines[2].replace(b'"x":2', b'"x":9')
+    elif damage == "reordered":
+        lines[2], lines[3] = lines[3], lines[2]
+    else:
+        del lines[2]
+        lines.insert(3, lines[2])  # one dropped, a later one doubled: the count still fits
+
+
+@pytest.mark.parametrize("damage", ["garbage", "no-hash", "edited", "reordered", "dropped-and-doubled"])
+async def test_a_record_damaged_in_the_middle_refuses_the_start_naming_its_line(
+    damage: str, tmp_path: Path
+) -> None:
+    # No signer: no checkpoint covers these records (as after a crash, before the next
+    # checkpoint), so only the records themselves can tell the chain is broken.
+    path = tmp_path / "n.jsonl"
+    async with EvidenceLog(path, "n") as log:
+        for i in range(6):
+            log.append({"x": i})
+    lines = path.read_bytes().splitlines(keepends=True)
+    _damage_middle(lines, damage)
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(EvidenceChainBroken, match=rf"{path}: line 3: "):
+        await EvidenceLog(path, "n").start()
+    assert path.read_bytes() == b"".join(lines)  # nothing appended to the broken chain
+
+
+@pytest.mark.parametrize("seq", [None, "2", 2.0, True, 0])
+async def test_a_last_record_without_an_integer_seq_refuses_the_start(seq: Any, tmp_path: Path) -> None:
+    # Sealed again, so its own hash verifies: only its seq is wrong.
+    path = tmp_path / "n.jsonl"
+    async with EvidenceLog(path, "n") as log:
+        log.append({"x": 1})
+        log.append({"x": 2})
+    lines = path.read_bytes().splitlines(keepends=True)
+    record = json.loads(lines[-1])
+    if seq is None:
+        del record["seq"]
+    else:
+        record["seq"] = seq
+    lines[-1] = seal(record)
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(EvidenceChainBroken, match=r"last record's seq .* is not a positive integer"):
+        await EvidenceLog(path, "n").start()
+
+
+DEEP = b'{"x":' + b"[" * 3000 + b"]" * 3000 + b"}"
+"""Valid JSON, 6 KB, nested deeper than json.loads (or msgspec) can go on the stack."""
+
+
+@pytest.mark.parametrize("where", ["base", "middle", "last"])
+async def test_json_nested_too_deep_on_disk_refuses_the_start_naming_the_file(
+    where: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "n.jsonl"
+    async with EvidenceLog(path, "n") as log:
+        for i in range(3):
+            log.append({"x": i})
+    lines = path.read_bytes().splitlines(keepends=True)
+    if where == "base":
+        segments.base_path(path).write_bytes(DEEP)
+        named = f"{segments.base_path(path)}: not JSON \\(nested too deep\\)"
+    elif where == "middle":
+        lines[1] = DEEP + b"\n"
+        named = f"{path}: line 2: not JSON \\(nested too deep\\)"
+    else:
+        lines[-1] = DEEP + b"\n"
+        named = f"{path}: last record is not JSON: nested too deep"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(EvidenceChainBroken, match=named):
         await EvidenceLog(path, "n").start()

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.evidence import pack, pack_verify
+from dataplane.evidence.pruned import verify_statement
 from dataplane.snapshot import envelope
 
 
@@ -54,3 +56,30 @@ def test_the_writer_states_revocations_exactly_in_a_version_2_control_plane_pack
     assert out.getvalue() == b'{"format":"signalbox-evidence-pack","version":1,"kind":"node"}\n'
     with pytest.raises(ValueError, match="any other pack none"):
         node.certificates("", {}, revoked={})
+
+
+DEEP = b"[" * 2000 + b"]" * 2000
+"""Valid JSON of 4000 bytes (under the header's bound) nested deeper than json.loads can go."""
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (DEEP + b"\n", "line 1: the header is JSON nested too deep"),
+        (pack.header_line() + DEEP + b"\n", "line 2: a section is JSON nested too deep"),
+    ],
+)
+def test_a_pack_nested_too_deep_is_invalid_naming_its_line(
+    content: bytes, problem: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "deep.pack"
+    path.write_bytes(content)
+    with pytest.raises(pack.PackInvalid, match=problem):
+        pack_verify.verify(path, {})
+    assert pack.record_count_hint(path) is None
+
+
+def test_a_pruned_statement_nested_too_deep_does_not_verify() -> None:
+    # What pack_facts catches (ValueError) to name the statement in the pack.
+    with pytest.raises(ValueError, match="the statement is JSON nested too deep"):
+        verify_statement(DEEP, {})

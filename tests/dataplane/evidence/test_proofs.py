@@ -302,6 +302,16 @@ async def test_cli_verifies_a_node_data_dir_and_names_the_first_bad_record(tmp_p
     assert wrong_ca.returncode == 1
     assert "not issued by the given node CA" in wrong_ca.stdout
 
+    # A first record that is no JSON object, in a certified node's data dir (where the chain's
+    # node is read from it to check the certificate): named, not a traceback.
+    files.ca.write_bytes(ca.pem)
+    original = path.read_bytes()
+    path.write_bytes(b"[1]\n" + original.split(b"\n", 1)[1])
+    broken = _cli("--data-dir", str(data_dir))
+    assert (broken.returncode, broken.stderr) == (1, "")
+    assert broken.stdout == f"BAD {path}: line 1: not a JSON object\n"
+    path.write_bytes(original)
+
     empty = _cli("--data-dir", str(tmp_path / "nothing"))
     assert (empty.returncode, empty.stdout) == (1, "")
     assert "no evidence chains" in empty.stderr
