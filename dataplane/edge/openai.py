@@ -206,7 +206,10 @@ def _tool_calls(value: Any, field: str) -> tuple[ToolCall, ...]:
 
 def _message(value: Any, field: str) -> Message:
     message = _object(value, field)
-    role = _ROLES.get(message.get("role"))  # type: ignore[arg-type]
+    # Only a string is looked up: an object or array is unhashable, and a lookup of one
+    # raised TypeError, which the caller saw as a 500 for a bad body.
+    raw_role = message.get("role")
+    role = _ROLES.get(raw_role) if type(raw_role) is str else None
     if role is None:
         raise InvalidRequest(f"{field}.role", "must be one of system, developer, user, assistant, tool")
     name = message.get("name")

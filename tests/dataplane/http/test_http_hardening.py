@@ -360,3 +360,25 @@ async def test_a_body_that_says_stream_false_is_answered_whole_and_a_bad_one_aft
     async with http.post("/v1/chat/completions", data=broken, headers=HEADERS) as response:
         assert response.status == 400
         assert (await response.json())["error"]["param"] == "body"
+
+
+@pytest.mark.parametrize("role", [{"name": "user"}, ["user"]], ids=["object", "array"])
+async def test_a_role_that_is_not_a_string_is_a_400_naming_the_field(
+    http: aiohttp.ClientSession, node: DataPlaneNode, role: Any
+) -> None:
+    # An object or array role once reached a dict lookup (unhashable): a 500 "internal
+    # error" for a caller's bad body.
+    body = {"model": "sim-fast", "messages": [{"role": role, "content": "hi"}]}
+    async with http.post("/v1/chat/completions", json=body, headers=HEADERS) as response:
+        assert response.status == 400, await response.text()
+        error = (await response.json())["error"]
+        assert error["param"] == "messages[0].role"
+        assert "must be one of system" in error["message"]
+        evidence_id = response.headers["x-evidence-id"]
+    path = log_path(node.settings.data_dir, node.settings.node_id)
+    await eventually(
+        lambda: any(
+            r["record_id"] == evidence_id and r["outcome"]["code"] == "INVALID_ARGUMENT"
+            for r in read_records(path)
+        )
+    )
