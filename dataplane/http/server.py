@@ -97,12 +97,15 @@ ErrorBody = Callable[[int, str], bytes]
 class Response:
     """How a handler answers; exactly one of ``send`` or ``start``...``end``."""
 
-    def __init__(self, connection: _Connection, keep_alive: bool) -> None:
+    def __init__(self, connection: _Connection, keep_alive: bool, head: bool = False) -> None:
         self._c = connection
         self.keep_alive = keep_alive
         self.started = False
         self.finished = False
         self._chunked = False
+        self._head_only = head
+        """Answering a HEAD: the status and headers only. A body after them would be read by
+        the client as the start of its next answer on the connection (RFC 9112 6.3)."""
 
     def _head(self, status: int, headers: Headers, extra: bytes) -> bytes:
         reason = _REASONS.get(status, b"Unknown")
@@ -118,7 +121,8 @@ class Response:
             raise RuntimeError("response already started")
         self.started = self.finished = True
         self.keep_alive = self.keep_alive and not self._c.draining
-        await self._c.write(self._head(status, headers, b"content-length: %d\r\n" % len(body)) + body)
+        head = self._head(status, headers, b"content-length: %d\r\n" % len(body))
+        await self._c.write(head if self._head_only else head + body)
 
     async def start(self, status: int, headers: Headers) -> None:
         """The status and headers of a chunked answer; ``write`` the chunks, then ``end``."""
@@ -129,13 +133,14 @@ class Response:
         await self._c.write(self._head(status, headers, b"transfer-encoding: chunked\r\n"))
 
     async def write(self, data: bytes) -> None:
-        if data:
+        if data and not self._head_only:
             await self._c.write(b"%x\r\n%b\r\n" % (len(data), data))
 
     async def end(self) -> None:
         if not self.finished:
             self.finished = True
-            await self._c.write(b"0\r\n\r\n")
+            if not self._head_only:
+                await self._c.write(b"0\r\n\r\n")
 
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -352,7 +357,7 @@ class _Connection(asyncio.Protocol):
         try:
             while self._queue and not self._closed:
                 request, keep_alive = self._queue.popleft()
-                response = Response(self, keep_alive)
+                response = Response(self, keep_alive, head=request.method == "HEAD")
                 self._server.in_flight += 1
                 try:
                     await self._server.handler(request, response)

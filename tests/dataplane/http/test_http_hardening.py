@@ -382,3 +382,39 @@ async def test_a_role_that_is_not_a_string_is_a_400_naming_the_field(
             for r in read_records(path)
         )
     )
+
+
+async def test_an_answer_to_head_has_no_body_so_the_next_answer_is_not_garbled(node: DataPlaneNode) -> None:
+    # A HEAD answered with a body: a keep-alive client reads the headers only (RFC 9112
+    # 6.3), and the body's bytes are then taken for the start of the next answer.
+    answer = await raw(
+        node,
+        b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 ")
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), rest
+    assert rest.endswith(b'{"status":"ok"}')
+
+
+async def test_a_chunked_answer_to_head_writes_its_head_only() -> None:
+    async def events(request: Request, response: Response) -> None:
+        await response.start(200, ((b"content-type", b"text/event-stream"),))
+        await response.write(b"data: one\n\n")
+        await response.end()
+
+    server = HttpServer(events, server_error_body, LIMITS)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"HEAD /e HTTP/1.1\r\nHost: x\r\n\r\nGET /e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        await server.close(1)
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), rest
+    assert rest.endswith(b"\r\n\r\nb\r\ndata: one\n\n\r\n0\r\n\r\n")
