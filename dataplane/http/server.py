@@ -166,6 +166,9 @@ class _Connection(asyncio.Protocol):
         self._in_message = False
         self._headers_done = False
         self._refused = False
+        self._continue_owed = False
+        """The request being parsed asked for ``100 Continue`` while an earlier one was being
+        answered: owed once that answer is done."""
         # Requests parsed and waiting (pipelining), and the one being handled.
         self._queue: deque[tuple[Request, bool]] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -251,7 +254,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url, self._headers, self._header_bytes = b"", [], 0
         self._body, self._body_size, self._headers_done = [], 0, False
-        self._in_message = True
+        self._in_message, self._continue_owed = True, False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -302,7 +305,12 @@ class _Connection(asyncio.Protocol):
         if self._task is None:
             self._arm(self._limits.body_timeout, self._slow_body)
         if expect and expect.lower() == b"100-continue" and self._transport is not None:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if self._task is None:
+                self._transport.write(_CONTINUE)
+            else:
+                # An earlier request's answer is being written (pipelining): an interim
+                # answer now would land inside it and garble it. Sent when it is done.
+                self._continue_owed = True
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
@@ -316,7 +324,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._refused:
             return
-        self._in_message = False
+        self._in_message = self._continue_owed = False  # the body came without waiting
         self._disarm()
         url = httptools.parse_url(self._url)
         raw = self._headers
@@ -390,6 +398,9 @@ class _Connection(asyncio.Protocol):
                 self._close()
                 return
             if self._in_message:  # the start of a pipelined request is here already
+                if self._continue_owed:
+                    self._continue_owed = False
+                    self._transport.write(_CONTINUE)
                 self._arm(self._limits.header_timeout, self._slow_headers)
             else:
                 self._arm(self._limits.keepalive_timeout, self._idle_timeout)
@@ -483,6 +494,7 @@ class _Connection(asyncio.Protocol):
 
 
 _JSON = ((b"content-type", b"application/json"),)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _MAX_PIPELINED = 4
 """Requests parsed ahead of their answers before reading pauses."""
 

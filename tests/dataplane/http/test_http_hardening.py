@@ -418,3 +418,44 @@ async def test_a_chunked_answer_to_head_writes_its_head_only() -> None:
     assert b"transfer-encoding: chunked" in head
     assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), rest
     assert rest.endswith(b"\r\n\r\nb\r\ndata: one\n\n\r\n0\r\n\r\n")
+
+
+async def test_100_continue_for_a_pipelined_request_waits_for_the_answer_before_it() -> None:
+    release = asyncio.Event()
+
+    async def handler(request: Request, response: Response) -> None:
+        if request.path == "/slow":
+            await response.start(200, ((b"content-type", b"text/event-stream"),))
+            await response.write(b"data: one\n\n")
+            await release.wait()
+            await response.write(b"data: two\n\n")
+            await response.end()
+        else:
+            await response.send(200, (), b"got %d bytes" % len(request.body))
+
+    server = HttpServer(handler, server_error_body, LIMITS)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"data: one\n\n\r\n")  # its answer is being written
+        writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        await writer.drain()
+        # One answer on another connection: by then the server has read the Expect above
+        # (it was in the socket before this request, and one read of the loop sees both).
+        ping_reader, ping_writer = await asyncio.open_connection("127.0.0.1", server.port)
+        ping_writer.write(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(ping_reader.read(), 10)).startswith(b"HTTP/1.1 200 ")
+        ping_writer.close()
+        release.set()
+        # The stream ends whole, with no interim answer inside it; then the 100 Continue.
+        rest_of_stream = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 10)
+        assert rest_of_stream == b"b\r\ndata: two\n\n\r\n0\r\n\r\n"
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert await reader.readexactly(len(b"got 5 bytes")) == b"got 5 bytes"
+        writer.close()
+    finally:
+        await server.close(1)
