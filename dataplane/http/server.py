@@ -166,6 +166,9 @@ class _Connection(asyncio.Protocol):
         self._in_message = False
         self._headers_done = False
         self._refused = False
+        self._refusal_owed: tuple[int, str, int | None] | None = None
+        """A pipelined request refused while an earlier one was being answered: written once
+        the answers before it are."""
         self._continue_owed = False
         """The request being parsed asked for ``100 Continue`` while an earlier one was being
         answered: owed once that answer is done."""
@@ -394,6 +397,10 @@ class _Connection(asyncio.Protocol):
         finally:
             self._task = None
         if not self._closed and self._transport is not None:
+            if self._refusal_owed is not None:
+                if not self._transport.is_closing():  # else an answer closed it (an error)
+                    self._write_refusal(*self._refusal_owed)
+                return
             if self.draining:
                 self._close()
                 return
@@ -431,10 +438,20 @@ class _Connection(asyncio.Protocol):
             return
         self._refused = True
         self._disarm()
-        if self._task is not None or self._transport is None:
-            # A request is being answered: an answer now would interleave with it.
-            self._abort()
+        if self._transport is None:
             return
+        if self._task is not None:
+            # A request is being answered: an answer now would interleave with it. The
+            # requests parsed before this one are valid and are answered first, then this
+            # refusal, rather than dropping the connection with no answer to any of them.
+            # What the client sends meanwhile is dropped unparsed (data_received), but still
+            # read, so a client that leaves is still seen at once.
+            self._refusal_owed = (status, message, retry_after)
+            return
+        self._write_refusal(status, message, retry_after)
+
+    def _write_refusal(self, status: int, message: str, retry_after: int | None) -> None:
+        assert self._transport is not None
         body = self._server.error_body(status, message)
         head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%bconnection: close\r\n\r\n"
         extra = b"" if retry_after is None else b"retry-after: %d\r\n" % retry_after

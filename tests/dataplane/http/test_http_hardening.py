@@ -459,3 +459,35 @@ async def test_100_continue_for_a_pipelined_request_waits_for_the_answer_before_
         writer.close()
     finally:
         await server.close(1)
+
+
+@pytest.mark.parametrize(
+    ("bad", "status", "says"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",
+            413,
+            "exceeds",
+        ),
+    ],
+    ids=["malformed", "too-large"],
+)
+async def test_a_bad_pipelined_request_is_refused_after_the_good_ones_before_it_are_answered(
+    node: DataPlaneNode, bad: bytes, status: int, says: str
+) -> None:
+    # The bad request arrives while the good one is being answered: the connection was
+    # dropped at once, with no answer to either (and the good one's record CANCELLED).
+    body = json.dumps(HELLO).encode()
+    good = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (API_KEY.encode(), len(body), body)
+    )
+    answer = await raw(node, good + bad)
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:300]
+    length = int(re.search(rb"content-length: (\d+)", first).group(1))  # type: ignore[union-attr]
+    assert json.loads(rest[:length])["object"] == "chat.completion"
+    got, error = status_and_body(rest[length:])
+    assert got == status
+    assert says in error["error"]["message"]
