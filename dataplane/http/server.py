@@ -408,7 +408,12 @@ class _Connection(asyncio.Protocol):
                 if self._continue_owed:
                     self._continue_owed = False
                     self._transport.write(_CONTINUE)
-                self._arm(self._limits.header_timeout, self._slow_headers)
+                if self._headers_done:
+                    # Its headers came while the answer before it was written (no timer
+                    # then): what it still owes is its body, within the body's limit.
+                    self._arm(self._limits.body_timeout, self._slow_body)
+                else:
+                    self._arm(self._limits.header_timeout, self._slow_headers)
             else:
                 self._arm(self._limits.keepalive_timeout, self._idle_timeout)
             self._transport.resume_reading()
