@@ -29,7 +29,7 @@ import orjson
 
 from dataplane.auth import authenticate
 from dataplane.edge import openai as edge
-from dataplane.errors import InvalidRequest, SignalboxError
+from dataplane.errors import InvalidRequest, SignalboxError, shown
 from dataplane.http.server import Request, Response
 from dataplane.outcome import Outcome, caller_error, to_status
 from dataplane.pipeline import Call, Closed, Opened, Operation, Pipeline, Refused
@@ -131,12 +131,20 @@ class OpenAIFrontDoor:
     # ---- routes ----
 
     def _call(self, operation: Operation, request: Request, decode: Callable[[], Any]) -> Call[Any]:
-        timeout = None
+        timeout: float | None = None
         if supplied := request.header("x-signalbox-timeout-ms"):
-            try:
-                timeout = int(supplied) / 1000
-            except ValueError:
-                timeout = None
+            timeout = _timeout_seconds(supplied)
+            if timeout is None:
+                # Refused like any bad header: in decode, so after authentication and with
+                # the request's ids and evidence record. A value ignored instead would run
+                # the request on the node's default deadline, not the one the caller meant.
+                decode = _refusing(
+                    InvalidRequest(
+                        "x-signalbox-timeout-ms",
+                        f"must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS},"
+                        f" not {shown(supplied, 32)}",
+                    )
+                )
         return Call(
             operation,
             decode,
@@ -144,7 +152,7 @@ class OpenAIFrontDoor:
             correlation_id=request.header("x-request-id"),
             correlation_field="header x-request-id",
             request_sha256=hashlib.sha256(request.body).hexdigest(),
-            timeout=timeout if timeout is not None and timeout > 0 else None,
+            timeout=timeout,
             peer_certificate=request.peer_certificate,
             peer_refusal=request.peer_refusal,
             header=request.header,
@@ -294,6 +302,27 @@ def _unquoted(quoted: str) -> str:
         return urllib.parse.unquote(quoted, errors="strict")
     except UnicodeDecodeError:
         return ""
+
+
+MAX_TIMEOUT_MS = 2**31 - 1
+"""The longest ``x-signalbox-timeout-ms`` (24.8 days): beyond any real deadline, and far
+below what a float holds (a header of 400 digits overflowed the division to seconds: a 500)."""
+
+
+def _timeout_seconds(value: str) -> float | None:
+    """``x-signalbox-timeout-ms`` as seconds; None when it is not 1..MAX_TIMEOUT_MS in ASCII
+    digits (``int`` alone also takes ``+5``, ``1_000`` and surrounding spaces)."""
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(MAX_TIMEOUT_MS)):
+        return None
+    milliseconds = int(value)
+    return milliseconds / 1000 if 1 <= milliseconds <= MAX_TIMEOUT_MS else None
+
+
+def _refusing(error: InvalidRequest) -> Callable[[], Any]:
+    def decode() -> Any:
+        raise error
+
+    return decode
 
 
 _UNPARSED = object()

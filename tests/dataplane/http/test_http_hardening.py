@@ -491,3 +491,24 @@ async def test_a_bad_pipelined_request_is_refused_after_the_good_ones_before_it_
     got, error = status_and_body(rest[length:])
     assert got == status
     assert says in error["error"]["message"]
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "abc", "5s", "0", "-5", "+5", "1_000", "2147483648"], ids=repr)
+async def test_a_bad_timeout_header_is_a_400_naming_it_not_a_500_or_ignored(
+    http: aiohttp.ClientSession, value: str
+) -> None:
+    # 400 digits overflowed the division to seconds (a 500 without ids or record); the
+    # rest were ignored, running the request on the node's default deadline instead.
+    headers = {**HEADERS, "x-signalbox-timeout-ms": value}
+    async with http.post("/v1/chat/completions", json=HELLO, headers=headers) as response:
+        assert response.status == 400, await response.text()
+        error = (await response.json())["error"]
+        assert error["param"] == "x-signalbox-timeout-ms"
+        assert "whole number of milliseconds" in error["message"]
+        assert len(error["message"]) < 300
+        assert response.headers["x-request-id"]
+        assert response.headers["x-evidence-id"]
+    async with http.post(
+        "/v1/chat/completions", json=HELLO, headers={**HEADERS, "x-signalbox-timeout-ms": "30000"}
+    ) as response:
+        assert response.status == 200
