@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 import struct
 import time
 from collections.abc import Mapping
@@ -428,6 +429,43 @@ def decode_embed(body: Any, headers: Mapping[str, str]) -> tuple[EmbedRequest, H
         _str(body["user"], "user")
     request = EmbedRequest(inputs, None if dimensions is None else _int(dimensions, "dimensions"))
     return request, _hints(model, headers, _metadata(body))
+
+
+# ---- the shared validation's field names, as this door's callers name them ----
+
+_WIRE_NAMES = {
+    "params.temperature": "temperature",
+    "params.top_p": "top_p",
+    "params.presence_penalty": "presence_penalty",
+    "params.frequency_penalty": "frequency_penalty",
+    "params.stop": "stop",
+    "tool_choice.tool_name": "tool_choice.function.name",
+    "tool_choice.mode": "tool_choice",
+    "inputs": "input",
+}
+_WIRE_PATTERNS = (
+    (re.compile(r"tools\[(\d+)\]\.name"), r"tools[\1].function.name"),
+    (re.compile(r"tools\[(\d+)\]\.parameters_json_schema"), r"tools[\1].function.parameters"),
+    (re.compile(r"inputs\[(\d+)\]"), r"input[\1]"),
+)
+
+
+def wire_field(field: str, body: Any) -> str:
+    """The field ``dataplane.validation`` refused (it names the pipeline's request, as gRPC
+    spells it: ``params.max_output_tokens``, ``tools[0].name``, ``inputs``), as the
+    OpenAI body it came from names it, so ``param`` points at what the caller sent. Names
+    this module gives its own errors are returned as they are; none of them is a key here."""
+    if field == "params.max_output_tokens":
+        newer = isinstance(body, dict) and body.get("max_completion_tokens") is not None
+        return "max_completion_tokens" if newer else "max_tokens"
+    if field in _WIRE_NAMES:
+        return _WIRE_NAMES[field]
+    if field == "inputs[0]" and isinstance(body, dict) and type(body.get("input")) is str:
+        return "input"
+    for pattern, replacement in _WIRE_PATTERNS:
+        if match := pattern.fullmatch(field):
+            return match.expand(replacement)
+    return field
 
 
 # ---- outbound ----

@@ -175,7 +175,7 @@ class OpenAIFrontDoor:
         try:
             served = await self._p.answer(call)
         except Refused as refused:
-            await _refusal(response, refused)
+            await _refusal(response, refused, parsed[0] if parsed else None)
             return
         body = edge.completion(_response_id(served.evidence_id), served.candidate.model.alias, served.result)
         await response.send(200, (_JSON, *_ids(served.correlation_id, served.evidence_id)), body)
@@ -200,7 +200,7 @@ class OpenAIFrontDoor:
                     await response.write(writer.chunk(event))
         except Refused as refused:
             if not response.started:
-                await _refusal(response, refused)
+                await _refusal(response, refused, parsed[0] if parsed else None)
                 return
             status = http_status(refused.outcome)
             error = edge.error(status, _message(refused), code=_CODES.get(refused.outcome.kind))
@@ -211,9 +211,11 @@ class OpenAIFrontDoor:
 
     async def _embed(self, request: Request, response: Response) -> None:
         encoding: list[str] = ["float"]
+        parsed: list[Any] = []
 
         def decode() -> Any:
             body = edge.loads(request.body)
+            parsed.append(body)
             if isinstance(body, dict) and body.get("encoding_format") == "base64":
                 encoding[0] = "base64"
             return edge.decode_embed(body, request.headers)
@@ -222,7 +224,7 @@ class OpenAIFrontDoor:
         try:
             served = await self._p.embed(call)
         except Refused as refused:
-            await _refusal(response, refused)
+            await _refusal(response, refused, parsed[0] if parsed else None)
             return
         body = edge.embeddings(served.candidate.model.alias, served.result, encoding[0])
         await response.send(200, (_JSON, *_ids(served.correlation_id, served.evidence_id)), body)
@@ -364,18 +366,27 @@ def _message(refused: Refused) -> str:
     return f"{refused.outcome.message} (request id {refused.correlation_id})"
 
 
-async def _refusal(response: Response, refused: Refused) -> None:
+async def _refusal(response: Response, refused: Refused, body: Any = None) -> None:
+    """``body``: the request's parsed JSON, when it parsed (names a refused field as sent)."""
     outcome = refused.outcome
     status = http_status(outcome)
     cause = caller_error(refused.__cause__) if refused.__cause__ is not None else None
     extra = _ids(refused.correlation_id, refused.evidence_id)
     if status == 429:
         extra += ((b"retry-after", str(retry_after(refused)).encode()),)
+    param = _param(outcome, cause)
+    message = _message(refused)
+    if param is not None and (wire := edge.wire_field(param, body)) != param:
+        # The shared validation names the pipeline's fields (params.max_output_tokens); an
+        # OpenAI caller is told the one it sent (max_tokens), in param and in the message.
+        if message.startswith(f"{param}: "):
+            message = wire + message[len(param) :]
+        param = wire
     await _error(
         response,
         status,
-        _message(refused),
-        param=_param(outcome, cause),
+        message,
+        param=param,
         code=_CODES.get(outcome.kind),
         extra=extra,
     )

@@ -512,3 +512,45 @@ async def test_a_bad_timeout_header_is_a_400_naming_it_not_a_500_or_ignored(
         "/v1/chat/completions", json=HELLO, headers={**HEADERS, "x-signalbox-timeout-ms": "30000"}
     ) as response:
         assert response.status == 200
+
+
+def _tool(name: str, parameters: Any = None) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name}
+    if parameters is not None:
+        function["parameters"] = parameters
+    return {"type": "function", "function": function}
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "param"),
+    [
+        ("/v1/chat/completions", {"max_tokens": 0}, "max_tokens"),
+        ("/v1/chat/completions", {"max_completion_tokens": 0}, "max_completion_tokens"),
+        ("/v1/chat/completions", {"temperature": 5}, "temperature"),
+        ("/v1/chat/completions", {"top_p": 0}, "top_p"),
+        ("/v1/chat/completions", {"stop": [""]}, "stop"),
+        ("/v1/chat/completions", {"tools": [_tool("no spaces")]}, "tools[0].function.name"),
+        ("/v1/chat/completions", {"tools": [_tool("f", {"type": 5})]}, "tools[0].function.parameters"),
+        (
+            "/v1/chat/completions",
+            {"tools": [_tool("f")], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+            "tool_choice.function.name",
+        ),
+        ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
+        ("/v1/embeddings", {"model": "sim-embed", "input": []}, "input"),
+        ("/v1/embeddings", {"model": "sim-embed", "input": ""}, "input"),
+        ("/v1/embeddings", {"model": "sim-embed", "input": ["a", ""]}, "input[1]"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and not v.startswith("/") else None,
+)
+async def test_a_refused_field_is_named_as_the_caller_sent_it(
+    http: aiohttp.ClientSession, path: str, fields: dict[str, Any], param: str
+) -> None:
+    # The shared validation names the pipeline's request (params.max_output_tokens,
+    # tools[0].name, inputs): an OpenAI caller was pointed at fields it never sent.
+    body = {**HELLO, **fields} if path == "/v1/chat/completions" else fields
+    async with http.post(path, json=body, headers=HEADERS) as response:
+        assert response.status == 400, await response.text()
+        error = (await response.json())["error"]
+    assert error["param"] == param
+    assert error["message"].startswith(f"{param}: "), error["message"]
