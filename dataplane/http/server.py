@@ -21,8 +21,8 @@ and leaves every limit in our hands:
   cancels its handler at once, even while nothing is being written: the cancellation
   reaches the upstream call and the request's evidence records it.
 - **Drain.** ``close(grace)`` stops accepting, closes idle connections, lets requests in
-  flight finish (their answers say ``Connection: close``) for up to ``grace`` seconds,
-  then cancels what is left.
+  flight and those still arriving finish (their answers say ``Connection: close``) for up
+  to ``grace`` seconds, then cancels what is left.
 
 A handler gets a ``Request`` and answers through its ``Response``: ``send`` for a whole
 answer, or ``start`` / ``write`` / ``end`` for a chunked one (server-sent events). Errors
@@ -213,6 +213,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._server.connections.discard(self)
+        self._server.idle.set()  # a drain waiting on this connection's request looks again
         self._disarm()
         if self._timer is not None:
             self._timer.cancel()
@@ -514,6 +515,15 @@ class _Connection(asyncio.Protocol):
         if self._task is None and not self._in_message:
             self._close()
 
+    @property
+    def busy(self) -> bool:
+        """A request is being answered or waits to be, or has begun arriving and is not
+        refused: a drain lets it arrive (its header and body timeouts still bound that)
+        and be answered."""
+        if self._closed:
+            return False
+        return self._task is not None or (self._in_message and not self._refused)
+
 
 _JSON = ((b"content-type", b"application/json"),)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -582,7 +592,9 @@ class HttpServer:
             connection.drain()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                while self.in_flight:
+                # Requests being answered, and requests still arriving: a request whose
+                # body was on its way when the drain began was dropped without an answer.
+                while self.in_flight or any(c.busy for c in self.connections):
                     self.idle.clear()
                     await self.idle.wait()
         for connection in list(self.connections):

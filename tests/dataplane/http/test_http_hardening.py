@@ -554,3 +554,32 @@ async def test_a_refused_field_is_named_as_the_caller_sent_it(
         error = (await response.json())["error"]
     assert error["param"] == param
     assert error["message"].startswith(f"{param}: "), error["message"]
+
+
+async def test_a_stop_lets_a_request_whose_body_is_arriving_finish(node: DataPlaneNode) -> None:
+    # The drain waited only for requests being answered: one whose body was still on its
+    # way was dropped with the connection (no answer), though the grace had seconds left.
+    body = json.dumps(HELLO).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (API_KEY.encode(), len(body), body)
+    )
+    host, port = node.http_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request[:-5])
+        await writer.drain()
+        # One answer on another connection: by then the node has read the bytes above.
+        assert (await raw(node, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).startswith(
+            b"HTTP/1.1 200 "
+        )
+        stopping = asyncio.ensure_future(node.stop(5))
+        await eventually(lambda: not node.http_accepting, message="the door stops accepting")
+        writer.write(request[-5:])
+        answer = await asyncio.wait_for(reader.read(), 10)
+        await stopping
+    finally:
+        writer.close()
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:300]
+    assert b"connection: close" in head
