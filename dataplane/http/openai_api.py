@@ -110,10 +110,13 @@ class OpenAIFrontDoor:
         self._paths = {path for _, path in self._routes}
 
     async def handle(self, request: Request, response: Response) -> None:
-        route = self._routes.get((request.method, request.path.rstrip("/") or "/"))
+        # HEAD is GET without the body (RFC 9110 9.3.2; every server must take both): load
+        # balancers probe /healthz with it. The server leaves the body out of the answer.
+        method = "GET" if request.method == "HEAD" else request.method
+        route = self._routes.get((method, request.path.rstrip("/") or "/"))
         if route is None:
             path = request.path.rstrip("/")
-            if path.startswith(_MODEL_PREFIX) and request.method == "GET":
+            if path.startswith(_MODEL_PREFIX) and method == "GET":
                 await self._model(request, response, path[len(_MODEL_PREFIX) :])
                 return
             if path in self._paths or path.startswith(_MODEL_PREFIX):
@@ -121,6 +124,7 @@ class OpenAIFrontDoor:
                     allowed = ", ".join(m for m, p in self._routes if p == path)
                 else:
                     path, allowed = f"{_MODEL_PREFIX}{{model}}", "GET"
+                allowed = allowed.replace("GET", "GET, HEAD")
                 await _error(response, 405, f"{request.method} is not allowed on {path[:100]}; use {allowed}",
                              extra=((b"allow", allowed.encode()),))  # fmt: skip
             else:

@@ -583,3 +583,19 @@ async def test_a_stop_lets_a_request_whose_body_is_arriving_finish(node: DataPla
     head, _, _ = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:300]
     assert b"connection: close" in head
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v1/models", "/v1/models/sim-fast"])
+async def test_head_is_answered_as_get_without_the_body(http: aiohttp.ClientSession, path: str) -> None:
+    # Every server must take HEAD where it takes GET (RFC 9110 9.1): a load balancer's
+    # HEAD /healthz got 405, and the node was taken out of service.
+    async with http.get(path, headers=HEADERS) as got:
+        assert got.status == 200
+        length = got.headers["content-length"]
+    async with http.head(path, headers=HEADERS) as response:
+        assert response.status == 200
+        assert response.headers["content-length"] == length
+        assert await response.read() == b""
+    async with http.delete(path, headers=HEADERS) as response:
+        assert response.status == 405
+        assert response.headers["allow"] == "GET, HEAD"
