@@ -338,8 +338,11 @@ _UNPARSED = object()
 def _wants_stream(body: bytes) -> tuple[bool, Any]:
     """Whether the body asks to stream, read cheaply before the pipeline decodes it, and the
     body parsed if that took parsing it (else ``_UNPARSED``): a body that does not parse is
-    refused by the pipeline's decode, after authentication."""
-    if b'"stream"' not in body:
+    refused by the pipeline's decode, after authentication. A key may also spell "stream"
+    with escapes (``"\\u0073tream"``): such a body asked to stream was answered whole, its
+    ``stream_options`` accepted and its record an ``infer``; a body with any ``\\u`` is parsed
+    here too (the parse is the decode's, not a second one)."""
+    if b'"stream"' not in body and b"\\u" not in body:
         return False, _UNPARSED
     try:
         parsed = edge.loads(body)

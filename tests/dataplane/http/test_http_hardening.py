@@ -599,3 +599,15 @@ async def test_head_is_answered_as_get_without_the_body(http: aiohttp.ClientSess
     async with http.delete(path, headers=HEADERS) as response:
         assert response.status == 405
         assert response.headers["allow"] == "GET, HEAD"
+
+
+async def test_a_body_that_asks_to_stream_with_an_escaped_key_is_streamed(
+    http: aiohttp.ClientSession,
+) -> None:
+    # The door looked for the bytes "stream" to decide: a key spelled with a JSON escape
+    # asked to stream (with stream_options) and got a whole answer.
+    body = b'{"model":"sim-fast","messages":[{"role":"user","content":"hi"}],"\\u0073tream":true}'
+    async with http.post("/v1/chat/completions", data=body, headers=HEADERS) as response:
+        assert response.status == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        assert (await response.read()).endswith(b"data: [DONE]\n\n")
