@@ -161,6 +161,10 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        self._head_received = 0
+        """Bytes of the request's head received so far, whole lines or not (``_header_bytes``
+        counts lines the parser has finished, which an unterminated line never is)."""
+        self._head_began_here = False
         self._body: list[bytes] = []
         self._body_size = 0
         self._in_message = False
@@ -237,6 +241,7 @@ class _Connection(asyncio.Protocol):
             self._in_message = True
             if self._task is None:  # else armed when the answer in progress is done
                 self._arm(self._limits.header_timeout, self._slow_headers)
+        self._head_began_here = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -244,8 +249,16 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self._refused:
                 self._refuse(400, f"malformed HTTP request ({_parser_problem(exc)})")
-        if not self._headers_done and self._in_message and self._header_bytes > self._limits.max_header_bytes:
-            self._refuse(431, f"request line and headers exceed {self._limits.max_header_bytes} bytes")
+        if not self._headers_done and self._in_message:
+            # All of ``data`` is the head still being received, unless the request began
+            # in it (then part may be the one before's): not counted, so a head is never
+            # over-counted, and at most one read beyond the limit is buffered. httptools
+            # holds a header line until it ends; without this, one that never ends grew
+            # by whatever arrived until the header timeout (tens of MB a second).
+            if not self._head_began_here:
+                self._head_received += len(data)
+            if max(self._header_bytes, self._head_received) > self._limits.max_header_bytes:
+                self._refuse(431, f"request line and headers exceed {self._limits.max_header_bytes} bytes")
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -257,6 +270,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._header_bytes = b"", [], 0
+        self._head_received, self._head_began_here = 0, True
         self._body, self._body_size, self._headers_done = [], 0, False
         self._in_message, self._continue_owed = True, False
 

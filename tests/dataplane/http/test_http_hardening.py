@@ -611,3 +611,33 @@ async def test_a_body_that_asks_to_stream_with_an_escaped_key_is_streamed(
         assert response.status == 200
         assert response.headers["content-type"] == "text/event-stream"
         assert (await response.read()).endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_header_line_that_never_ends_is_refused_at_the_limit_not_buffered() -> None:
+    # httptools holds a header line until its CRLF: the limit was checked on whole lines
+    # only, so a line that never ended was buffered, tens of MB a second, until the
+    # header timeout.
+    async def hello(request: Request, response: Response) -> None:
+        await response.send(200, (), b"hi")
+
+    limits = Limits(max_header_bytes=32 * 1024, header_timeout=3)
+    server = HttpServer(hello, server_error_body, limits)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 1000)
+        await writer.drain()
+        # One answer on another connection: by then the server has read the bytes above,
+        # so what follows comes in reads of its own.
+        ping_reader, ping_writer = await asyncio.open_connection("127.0.0.1", server.port)
+        ping_writer.write(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(ping_reader.read(), 10)).startswith(b"HTTP/1.1 200 ")
+        ping_writer.close()
+        writer.write(b"a" * 40_000)  # still no CRLF
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        await server.close(1)
+    got, body = status_and_body(answer)
+    assert got == 431, answer[:200]
+    assert "exceed 32768 bytes" in body["error"]["message"]
