@@ -165,6 +165,9 @@ class _Connection(asyncio.Protocol):
         """Bytes of the request's head received so far, whole lines or not (``_header_bytes``
         counts lines the parser has finished, which an unterminated line never is)."""
         self._head_began_here = False
+        self._in_chunk_head = False
+        """A chunk's size line was parsed and no byte of its data yet: for the last chunk,
+        the trailer section (header lines, buffered by httptools as the head's are)."""
         self._body: list[bytes] = []
         self._body_size = 0
         self._in_message = False
@@ -249,12 +252,13 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self._refused:
                 self._refuse(400, f"malformed HTTP request ({_parser_problem(exc)})")
-        if not self._headers_done and self._in_message:
-            # All of ``data`` is the head still being received, unless the request began
-            # in it (then part may be the one before's): not counted, so a head is never
-            # over-counted, and at most one read beyond the limit is buffered. httptools
-            # holds a header line until it ends; without this, one that never ends grew
-            # by whatever arrived until the header timeout (tens of MB a second).
+        if self._in_message and (not self._headers_done or self._in_chunk_head):
+            # All of ``data`` is the head (or the trailers) still being received, unless
+            # that began in it (then part may be what came before): not counted, so a head
+            # is never over-counted, and at most one read beyond the limit is buffered.
+            # httptools holds a header line until it ends; without this, one that never
+            # ends grew by whatever arrived until the header or body timeout (tens of MB
+            # a second).
             if not self._head_began_here:
                 self._head_received += len(data)
             if max(self._header_bytes, self._head_received) > self._limits.max_header_bytes:
@@ -270,7 +274,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._header_bytes = b"", [], 0
-        self._head_received, self._head_began_here = 0, True
+        self._head_received, self._head_began_here, self._in_chunk_head = 0, True, False
         self._body, self._body_size, self._headers_done = [], 0, False
         self._in_message, self._continue_owed = True, False
 
@@ -330,7 +334,15 @@ class _Connection(asyncio.Protocol):
                 # answer now would land inside it and garble it. Sent when it is done.
                 self._continue_owed = True
 
+    def on_chunk_header(self) -> None:
+        self._in_chunk_head = self._head_began_here = True
+        self._head_received = 0
+
+    def on_chunk_complete(self) -> None:
+        self._in_chunk_head = False
+
     def on_body(self, body: bytes) -> None:
+        self._in_chunk_head = False
         if self._refused:
             return
         self._body_size += len(body)

@@ -613,19 +613,27 @@ async def test_a_body_that_asks_to_stream_with_an_escaped_key_is_streamed(
         assert (await response.read()).endswith(b"data: [DONE]\n\n")
 
 
-async def test_a_header_line_that_never_ends_is_refused_at_the_limit_not_buffered() -> None:
-    # httptools holds a header line until its CRLF: the limit was checked on whole lines
-    # only, so a line that never ended was buffered, tens of MB a second, until the
-    # header timeout.
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Trailer: ",
+    ],
+    ids=["header", "trailer"],
+)
+async def test_a_header_line_that_never_ends_is_refused_at_the_limit_not_buffered(start: bytes) -> None:
+    # httptools holds a header line (or a trailer's) until its CRLF: the limit was checked
+    # on whole lines only, so a line that never ended was buffered, tens of MB a second,
+    # until the header (or body) timeout.
     async def hello(request: Request, response: Response) -> None:
         await response.send(200, (), b"hi")
 
-    limits = Limits(max_header_bytes=32 * 1024, header_timeout=3)
+    limits = Limits(max_header_bytes=32 * 1024, header_timeout=3, body_timeout=3)
     server = HttpServer(hello, server_error_body, limits)
     await server.start("127.0.0.1", 0)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 1000)
+        writer.write(start + b"a" * 1000)
         await writer.drain()
         # One answer on another connection: by then the server has read the bytes above,
         # so what follows comes in reads of its own.
