@@ -97,12 +97,18 @@ ErrorBody = Callable[[int, str], bytes]
 class Response:
     """How a handler answers; exactly one of ``send`` or ``start``...``end``."""
 
-    def __init__(self, connection: _Connection, keep_alive: bool, head: bool = False) -> None:
+    def __init__(
+        self, connection: _Connection, keep_alive: bool, head: bool = False, chunkable: bool = True
+    ) -> None:
         self._c = connection
         self.keep_alive = keep_alive
         self.started = False
         self.finished = False
         self._chunked = False
+        self._chunkable = chunkable
+        """False for an HTTP/1.0 request: its client does not know chunked framing (RFC 9112
+        7: a server must not send it one), so a streamed answer is its bytes as they are,
+        ended by closing the connection."""
         self._head_only = head
         """Answering a HEAD: the status and headers only. A body after them would be read by
         the client as the start of its next answer on the connection (RFC 9112 6.3)."""
@@ -128,18 +134,20 @@ class Response:
         """The status and headers of a chunked answer; ``write`` the chunks, then ``end``."""
         if self.started:
             raise RuntimeError("response already started")
-        self.started, self._chunked = True, True
-        self.keep_alive = self.keep_alive and not self._c.draining
-        await self._c.write(self._head(status, headers, b"transfer-encoding: chunked\r\n"))
+        self.started, self._chunked = True, self._chunkable
+        self.keep_alive = self.keep_alive and not self._c.draining and self._chunked
+        await self._c.write(
+            self._head(status, headers, b"transfer-encoding: chunked\r\n" if self._chunked else b"")
+        )
 
     async def write(self, data: bytes) -> None:
         if data and not self._head_only:
-            await self._c.write(b"%x\r\n%b\r\n" % (len(data), data))
+            await self._c.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
 
     async def end(self) -> None:
         if not self.finished:
             self.finished = True
-            if not self._head_only:
+            if self._chunked and not self._head_only:
                 await self._c.write(b"0\r\n\r\n")
 
 
@@ -180,7 +188,8 @@ class _Connection(asyncio.Protocol):
         """The request being parsed asked for ``100 Continue`` while an earlier one was being
         answered: owed once that answer is done."""
         # Requests parsed and waiting (pipelining), and the one being handled.
-        self._queue: deque[tuple[Request, bool]] = deque()
+        self._queue: deque[tuple[Request, bool, bool]] = deque()
+        """(request, keep-alive, HTTP/1.1 or later)"""
         self._task: asyncio.Task[None] | None = None
         self._served = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -380,7 +389,7 @@ class _Connection(asyncio.Protocol):
         keep_alive = (
             self._parser.should_keep_alive() and self._served < self._limits.max_requests_per_connection
         )
-        self._queue.append((request, keep_alive))
+        self._queue.append((request, keep_alive, self._parser.get_http_version() not in ("1.0", "0.9")))
         assert self._transport is not None
         if len(self._queue) >= _MAX_PIPELINED:
             # Reading goes on while a request is answered (a client that leaves must be
@@ -394,8 +403,8 @@ class _Connection(asyncio.Protocol):
     async def _run(self) -> None:
         try:
             while self._queue and not self._closed:
-                request, keep_alive = self._queue.popleft()
-                response = Response(self, keep_alive, head=request.method == "HEAD")
+                request, keep_alive, http11 = self._queue.popleft()
+                response = Response(self, keep_alive, head=request.method == "HEAD", chunkable=http11)
                 self._server.in_flight += 1
                 try:
                     await self._server.handler(request, response)

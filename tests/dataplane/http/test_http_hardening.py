@@ -649,3 +649,27 @@ async def test_a_header_line_that_never_ends_is_refused_at_the_limit_not_buffere
     got, body = status_and_body(answer)
     assert got == 431, answer[:200]
     assert "exceed 32768 bytes" in body["error"]["message"]
+
+
+async def test_a_streamed_answer_to_http_1_0_is_not_chunked() -> None:
+    # An HTTP/1.0 client does not know chunked framing (RFC 9112 7): it got the chunk sizes
+    # as part of the body. Its stream is the bytes as they are, ended by the close.
+    async def events(request: Request, response: Response) -> None:
+        await response.start(200, ((b"content-type", b"text/event-stream"),))
+        await response.write(b"data: one\n\n")
+        await response.write(b"data: two\n\n")
+        await response.end()
+
+    server = HttpServer(events, server_error_body, LIMITS)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /e HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)  # ends: the server closes
+        writer.close()
+    finally:
+        await server.close(1)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head
+    assert b"connection: close" in head
+    assert body == b"data: one\n\ndata: two\n\n"
