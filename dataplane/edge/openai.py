@@ -612,6 +612,7 @@ ERROR_TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
     431: "invalid_request_error",
+    501: "invalid_request_error",  # something the request asks for is not implemented
 }
 
 

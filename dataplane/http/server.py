@@ -308,18 +308,25 @@ class _Connection(asyncio.Protocol):
         self._headers_done = True
         # One pass for the three headers the server itself reads (the first of each counts).
         length: bytes | None = None
-        chunked = False
+        codings: list[bytes] = []
         expect = b""
         for name, value in self._headers:
             if name == b"content-length":
                 if length is None:
                     length = value
             elif name == b"transfer-encoding":
-                chunked = True
+                codings.extend(c.strip().lower() for c in value.split(b","))
             elif name == b"expect" and not expect:
                 expect = value
-        if length is not None and chunked:
+        if length is not None and codings:
             self._refuse(400, "a request may not carry both content-length and transfer-encoding")
+            return
+        if codings and codings != [b"chunked"]:
+            # httptools frames a body whose last coding is chunked and leaves the others
+            # (gzip, deflate, ...) to us: unrefused, the still-coded bytes reached the
+            # handler as the body. None is implemented (RFC 9112 6.1: 501).
+            shown = b", ".join(codings)[:64].decode("latin-1")
+            self._refuse(501, f"transfer-encoding {shown!r} is not supported; only chunked")
             return
         if length is not None:
             try:

@@ -5,6 +5,7 @@ drain, and hostile bodies and headers (hypothesis) -- each a 4xx with a message,
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import socket
@@ -673,3 +674,24 @@ async def test_a_streamed_answer_to_http_1_0_is_not_chunked() -> None:
     assert b"transfer-encoding" not in head
     assert b"connection: close" in head
     assert body == b"data: one\n\ndata: two\n\n"
+
+
+@pytest.mark.parametrize(
+    "codings", [b"gzip, chunked", b"deflate\r\nTransfer-Encoding: chunked"], ids=["list", "two"]
+)
+async def test_a_transfer_coding_other_than_chunked_is_refused_not_ignored(
+    node: DataPlaneNode, http: aiohttp.ClientSession, codings: bytes
+) -> None:
+    # httptools frames a body whose last coding is chunked and leaves the rest to us: the
+    # body reached the door still gzip-coded, refused as "not valid JSON" at best.
+    body = gzip.compress(json.dumps(HELLO).encode())
+    answer = await raw(
+        node,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
+        b"Transfer-Encoding: %b\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (API_KEY.encode(), codings, len(body), body),
+    )
+    got, error = status_and_body(answer)
+    assert got == 501
+    assert "only chunked" in error["error"]["message"]
+    assert error["error"]["type"] == "invalid_request_error"
+    await still_serving(http)
