@@ -342,7 +342,14 @@ class _Connection(asyncio.Protocol):
             return
         if self._task is None:
             self._arm(self._limits.body_timeout, self._slow_body)
-        if expect and expect.lower() == b"100-continue" and self._transport is not None:
+        if (
+            expect
+            and expect.lower() == b"100-continue"
+            and self._transport is not None
+            # An HTTP/1.0 client knows no interim answers: it would take this one for its
+            # answer. RFC 9110 10.1.1: the expectation in an HTTP/1.0 request is ignored.
+            and self._parser.get_http_version() not in ("1.0", "0.9")
+        ):
             if self._task is None:
                 self._transport.write(_CONTINUE)
             else:

@@ -695,3 +695,22 @@ async def test_a_transfer_coding_other_than_chunked_is_refused_not_ignored(
     assert "only chunked" in error["error"]["message"]
     assert error["error"]["type"] == "invalid_request_error"
     await still_serving(http)
+
+
+async def test_an_http_1_0_request_gets_no_100_continue() -> None:
+    # RFC 9110 10.1.1: an HTTP/1.0 client knows no interim answers; it took "100 Continue"
+    # for its answer.
+    async def echo(request: Request, response: Response) -> None:
+        await response.send(200, (), request.body)
+
+    server = HttpServer(echo, server_error_body, LIMITS)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /e HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        await server.close(1)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert answer.endswith(b"\r\n\r\nhello")
