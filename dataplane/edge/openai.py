@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 import struct
 import time
 from collections.abc import Mapping
@@ -208,7 +209,10 @@ def _tool_calls(value: Any, field: str) -> tuple[ToolCall, ...]:
 
 def _message(value: Any, field: str) -> Message:
     message = _object(value, field)
-    role = _ROLES.get(message.get("role"))  # type: ignore[arg-type]
+    # Only a string is looked up: an object or array is unhashable, and a lookup of one
+    # raised TypeError, which the caller saw as a 500 for a bad body.
+    raw_role = message.get("role")
+    role = _ROLES.get(raw_role) if type(raw_role) is str else None
     if role is None:
         raise InvalidRequest(f"{field}.role", "must be one of system, developer, user, assistant, tool")
     name = message.get("name")
@@ -429,6 +433,43 @@ def decode_embed(body: Any, headers: Mapping[str, str]) -> tuple[EmbedRequest, H
     return request, _hints(model, headers, _metadata(body))
 
 
+# ---- the shared validation's field names, as this door's callers name them ----
+
+_WIRE_NAMES = {
+    "params.temperature": "temperature",
+    "params.top_p": "top_p",
+    "params.presence_penalty": "presence_penalty",
+    "params.frequency_penalty": "frequency_penalty",
+    "params.stop": "stop",
+    "tool_choice.tool_name": "tool_choice.function.name",
+    "tool_choice.mode": "tool_choice",
+    "inputs": "input",
+}
+_WIRE_PATTERNS = (
+    (re.compile(r"tools\[(\d+)\]\.name"), r"tools[\1].function.name"),
+    (re.compile(r"tools\[(\d+)\]\.parameters_json_schema"), r"tools[\1].function.parameters"),
+    (re.compile(r"inputs\[(\d+)\]"), r"input[\1]"),
+)
+
+
+def wire_field(field: str, body: Any) -> str:
+    """The field ``dataplane.validation`` refused (it names the pipeline's request, as gRPC
+    spells it: ``params.max_output_tokens``, ``tools[0].name``, ``inputs``), as the
+    OpenAI body it came from names it, so ``param`` points at what the caller sent. Names
+    this module gives its own errors are returned as they are; none of them is a key here."""
+    if field == "params.max_output_tokens":
+        newer = isinstance(body, dict) and body.get("max_completion_tokens") is not None
+        return "max_completion_tokens" if newer else "max_tokens"
+    if field in _WIRE_NAMES:
+        return _WIRE_NAMES[field]
+    if field == "inputs[0]" and isinstance(body, dict) and type(body.get("input")) is str:
+        return "input"
+    for pattern, replacement in _WIRE_PATTERNS:
+        if match := pattern.fullmatch(field):
+            return match.expand(replacement)
+    return field
+
+
 # ---- outbound ----
 
 
@@ -573,6 +614,7 @@ ERROR_TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
     431: "invalid_request_error",
+    501: "invalid_request_error",  # something the request asks for is not implemented
 }
 
 

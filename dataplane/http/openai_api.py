@@ -29,7 +29,7 @@ import orjson
 
 from dataplane.auth import authenticate
 from dataplane.edge import openai as edge
-from dataplane.errors import InvalidRequest, SignalboxError
+from dataplane.errors import InvalidRequest, SignalboxError, shown
 from dataplane.http.server import Request, Response
 from dataplane.outcome import Outcome, caller_error, to_status
 from dataplane.pipeline import Call, Closed, Opened, Operation, Pipeline, Refused
@@ -110,10 +110,13 @@ class OpenAIFrontDoor:
         self._paths = {path for _, path in self._routes}
 
     async def handle(self, request: Request, response: Response) -> None:
-        route = self._routes.get((request.method, request.path.rstrip("/") or "/"))
+        # HEAD is GET without the body (RFC 9110 9.3.2; every server must take both): load
+        # balancers probe /healthz with it. The server leaves the body out of the answer.
+        method = "GET" if request.method == "HEAD" else request.method
+        route = self._routes.get((method, request.path.rstrip("/") or "/"))
         if route is None:
             path = request.path.rstrip("/")
-            if path.startswith(_MODEL_PREFIX) and request.method == "GET":
+            if path.startswith(_MODEL_PREFIX) and method == "GET":
                 await self._model(request, response, path[len(_MODEL_PREFIX) :])
                 return
             if path in self._paths or path.startswith(_MODEL_PREFIX):
@@ -121,6 +124,7 @@ class OpenAIFrontDoor:
                     allowed = ", ".join(m for m, p in self._routes if p == path)
                 else:
                     path, allowed = f"{_MODEL_PREFIX}{{model}}", "GET"
+                allowed = allowed.replace("GET", "GET, HEAD")
                 await _error(response, 405, f"{request.method} is not allowed on {path[:100]}; use {allowed}",
                              extra=((b"allow", allowed.encode()),))  # fmt: skip
             else:
@@ -131,12 +135,20 @@ class OpenAIFrontDoor:
     # ---- routes ----
 
     def _call(self, operation: Operation, request: Request, decode: Callable[[], Any]) -> Call[Any]:
-        timeout = None
+        timeout: float | None = None
         if supplied := request.header("x-signalbox-timeout-ms"):
-            try:
-                timeout = int(supplied) / 1000
-            except ValueError:
-                timeout = None
+            timeout = _timeout_seconds(supplied)
+            if timeout is None:
+                # Refused like any bad header: in decode, so after authentication and with
+                # the request's ids and evidence record. A value ignored instead would run
+                # the request on the node's default deadline, not the one the caller meant.
+                decode = _refusing(
+                    InvalidRequest(
+                        "x-signalbox-timeout-ms",
+                        f"must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS},"
+                        f" not {shown(supplied, 32)}",
+                    )
+                )
         return Call(
             operation,
             decode,
@@ -144,7 +156,7 @@ class OpenAIFrontDoor:
             correlation_id=request.header("x-request-id"),
             correlation_field="header x-request-id",
             request_sha256=hashlib.sha256(request.body).hexdigest(),
-            timeout=timeout if timeout is not None and timeout > 0 else None,
+            timeout=timeout,
             peer_certificate=request.peer_certificate,
             peer_refusal=request.peer_refusal,
             header=request.header,
@@ -167,7 +179,7 @@ class OpenAIFrontDoor:
         try:
             served = await self._p.answer(call)
         except Refused as refused:
-            await _refusal(response, refused)
+            await _refusal(response, refused, parsed[0] if parsed else None)
             return
         body = edge.completion(_response_id(served.evidence_id), served.candidate.model.alias, served.result)
         await response.send(200, (_JSON, *_ids(served.correlation_id, served.evidence_id)), body)
@@ -192,7 +204,7 @@ class OpenAIFrontDoor:
                     await response.write(writer.chunk(event))
         except Refused as refused:
             if not response.started:
-                await _refusal(response, refused)
+                await _refusal(response, refused, parsed[0] if parsed else None)
                 return
             status = http_status(refused.outcome)
             error = edge.error(status, _message(refused), code=_CODES.get(refused.outcome.kind))
@@ -203,9 +215,11 @@ class OpenAIFrontDoor:
 
     async def _embed(self, request: Request, response: Response) -> None:
         encoding: list[str] = ["float"]
+        parsed: list[Any] = []
 
         def decode() -> Any:
             body = edge.loads(request.body)
+            parsed.append(body)
             if isinstance(body, dict) and body.get("encoding_format") == "base64":
                 encoding[0] = "base64"
             return edge.decode_embed(body, request.headers)
@@ -214,7 +228,7 @@ class OpenAIFrontDoor:
         try:
             served = await self._p.embed(call)
         except Refused as refused:
-            await _refusal(response, refused)
+            await _refusal(response, refused, parsed[0] if parsed else None)
             return
         body = edge.embeddings(served.candidate.model.alias, served.result, encoding[0])
         await response.send(200, (_JSON, *_ids(served.correlation_id, served.evidence_id)), body)
@@ -296,6 +310,27 @@ def _unquoted(quoted: str) -> str:
         return ""
 
 
+MAX_TIMEOUT_MS = 2**31 - 1
+"""The longest ``x-signalbox-timeout-ms`` (24.8 days): beyond any real deadline, and far
+below what a float holds (a header of 400 digits overflowed the division to seconds: a 500)."""
+
+
+def _timeout_seconds(value: str) -> float | None:
+    """``x-signalbox-timeout-ms`` as seconds; None when it is not 1..MAX_TIMEOUT_MS in ASCII
+    digits (``int`` alone also takes ``+5``, ``1_000`` and surrounding spaces)."""
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(MAX_TIMEOUT_MS)):
+        return None
+    milliseconds = int(value)
+    return milliseconds / 1000 if 1 <= milliseconds <= MAX_TIMEOUT_MS else None
+
+
+def _refusing(error: InvalidRequest) -> Callable[[], Any]:
+    def decode() -> Any:
+        raise error
+
+    return decode
+
+
 _UNPARSED = object()
 """What ``_wants_stream`` returns for a body it did not parse."""
 
@@ -303,8 +338,11 @@ _UNPARSED = object()
 def _wants_stream(body: bytes) -> tuple[bool, Any]:
     """Whether the body asks to stream, read cheaply before the pipeline decodes it, and the
     body parsed if that took parsing it (else ``_UNPARSED``): a body that does not parse is
-    refused by the pipeline's decode, after authentication."""
-    if b'"stream"' not in body:
+    refused by the pipeline's decode, after authentication. A key may also spell "stream"
+    with escapes (``"\\u0073tream"``): such a body asked to stream was answered whole, its
+    ``stream_options`` accepted and its record an ``infer``; a body with any ``\\u`` is parsed
+    here too (the parse is the decode's, not a second one)."""
+    if b'"stream"' not in body and b"\\u" not in body:
         return False, _UNPARSED
     try:
         parsed = edge.loads(body)
@@ -335,18 +373,27 @@ def _message(refused: Refused) -> str:
     return f"{refused.outcome.message} (request id {refused.correlation_id})"
 
 
-async def _refusal(response: Response, refused: Refused) -> None:
+async def _refusal(response: Response, refused: Refused, body: Any = None) -> None:
+    """``body``: the request's parsed JSON, when it parsed (names a refused field as sent)."""
     outcome = refused.outcome
     status = http_status(outcome)
     cause = caller_error(refused.__cause__) if refused.__cause__ is not None else None
     extra = _ids(refused.correlation_id, refused.evidence_id)
     if status == 429:
         extra += ((b"retry-after", str(retry_after(refused)).encode()),)
+    param = _param(outcome, cause)
+    message = _message(refused)
+    if param is not None and (wire := edge.wire_field(param, body)) != param:
+        # The shared validation names the pipeline's fields (params.max_output_tokens); an
+        # OpenAI caller is told the one it sent (max_tokens), in param and in the message.
+        if message.startswith(f"{param}: "):
+            message = wire + message[len(param) :]
+        param = wire
     await _error(
         response,
         status,
-        _message(refused),
-        param=_param(outcome, cause),
+        message,
+        param=param,
         code=_CODES.get(outcome.kind),
         extra=extra,
     )

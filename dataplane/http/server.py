@@ -21,8 +21,8 @@ and leaves every limit in our hands:
   cancels its handler at once, even while nothing is being written: the cancellation
   reaches the upstream call and the request's evidence records it.
 - **Drain.** ``close(grace)`` stops accepting, closes idle connections, lets requests in
-  flight finish (their answers say ``Connection: close``) for up to ``grace`` seconds,
-  then cancels what is left.
+  flight and those still arriving finish (their answers say ``Connection: close``) for up
+  to ``grace`` seconds, then cancels what is left.
 
 A handler gets a ``Request`` and answers through its ``Response``: ``send`` for a whole
 answer, or ``start`` / ``write`` / ``end`` for a chunked one (server-sent events). Errors
@@ -97,12 +97,21 @@ ErrorBody = Callable[[int, str], bytes]
 class Response:
     """How a handler answers; exactly one of ``send`` or ``start``...``end``."""
 
-    def __init__(self, connection: _Connection, keep_alive: bool) -> None:
+    def __init__(
+        self, connection: _Connection, keep_alive: bool, head: bool = False, chunkable: bool = True
+    ) -> None:
         self._c = connection
         self.keep_alive = keep_alive
         self.started = False
         self.finished = False
         self._chunked = False
+        self._chunkable = chunkable
+        """False for an HTTP/1.0 request: its client does not know chunked framing (RFC 9112
+        7: a server must not send it one), so a streamed answer is its bytes as they are,
+        ended by closing the connection."""
+        self._head_only = head
+        """Answering a HEAD: the status and headers only. A body after them would be read by
+        the client as the start of its next answer on the connection (RFC 9112 6.3)."""
 
     def _head(self, status: int, headers: Headers, extra: bytes) -> bytes:
         reason = _REASONS.get(status, b"Unknown")
@@ -118,24 +127,28 @@ class Response:
             raise RuntimeError("response already started")
         self.started = self.finished = True
         self.keep_alive = self.keep_alive and not self._c.draining
-        await self._c.write(self._head(status, headers, b"content-length: %d\r\n" % len(body)) + body)
+        head = self._head(status, headers, b"content-length: %d\r\n" % len(body))
+        await self._c.write(head if self._head_only else head + body)
 
     async def start(self, status: int, headers: Headers) -> None:
         """The status and headers of a chunked answer; ``write`` the chunks, then ``end``."""
         if self.started:
             raise RuntimeError("response already started")
-        self.started, self._chunked = True, True
-        self.keep_alive = self.keep_alive and not self._c.draining
-        await self._c.write(self._head(status, headers, b"transfer-encoding: chunked\r\n"))
+        self.started, self._chunked = True, self._chunkable
+        self.keep_alive = self.keep_alive and not self._c.draining and self._chunked
+        await self._c.write(
+            self._head(status, headers, b"transfer-encoding: chunked\r\n" if self._chunked else b"")
+        )
 
     async def write(self, data: bytes) -> None:
-        if data:
-            await self._c.write(b"%x\r\n%b\r\n" % (len(data), data))
+        if data and not self._head_only:
+            await self._c.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
 
     async def end(self) -> None:
         if not self.finished:
             self.finished = True
-            await self._c.write(b"0\r\n\r\n")
+            if self._chunked and not self._head_only:
+                await self._c.write(b"0\r\n\r\n")
 
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -156,13 +169,27 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        self._head_received = 0
+        """Bytes of the request's head received so far, whole lines or not (``_header_bytes``
+        counts lines the parser has finished, which an unterminated line never is)."""
+        self._head_began_here = False
+        self._in_chunk_head = False
+        """A chunk's size line was parsed and no byte of its data yet: for the last chunk,
+        the trailer section (header lines, buffered by httptools as the head's are)."""
         self._body: list[bytes] = []
         self._body_size = 0
         self._in_message = False
         self._headers_done = False
         self._refused = False
+        self._refusal_owed: tuple[int, str, int | None] | None = None
+        """A pipelined request refused while an earlier one was being answered: written once
+        the answers before it are."""
+        self._continue_owed = False
+        """The request being parsed asked for ``100 Continue`` while an earlier one was being
+        answered: owed once that answer is done."""
         # Requests parsed and waiting (pipelining), and the one being handled.
-        self._queue: deque[tuple[Request, bool]] = deque()
+        self._queue: deque[tuple[Request, bool, bool]] = deque()
+        """(request, keep-alive, HTTP/1.1 or later)"""
         self._task: asyncio.Task[None] | None = None
         self._served = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -202,6 +229,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._server.connections.discard(self)
+        self._server.idle.set()  # a drain waiting on this connection's request looks again
         self._disarm()
         if self._timer is not None:
             self._timer.cancel()
@@ -225,6 +253,7 @@ class _Connection(asyncio.Protocol):
             self._in_message = True
             if self._task is None:  # else armed when the answer in progress is done
                 self._arm(self._limits.header_timeout, self._slow_headers)
+        self._head_began_here = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -232,8 +261,17 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self._refused:
                 self._refuse(400, f"malformed HTTP request ({_parser_problem(exc)})")
-        if not self._headers_done and self._in_message and self._header_bytes > self._limits.max_header_bytes:
-            self._refuse(431, f"request line and headers exceed {self._limits.max_header_bytes} bytes")
+        if self._in_message and (not self._headers_done or self._in_chunk_head):
+            # All of ``data`` is the head (or the trailers) still being received, unless
+            # that began in it (then part may be what came before): not counted, so a head
+            # is never over-counted, and at most one read beyond the limit is buffered.
+            # httptools holds a header line until it ends; without this, one that never
+            # ends grew by whatever arrived until the header or body timeout (tens of MB
+            # a second).
+            if not self._head_began_here:
+                self._head_received += len(data)
+            if max(self._header_bytes, self._head_received) > self._limits.max_header_bytes:
+                self._refuse(431, f"request line and headers exceed {self._limits.max_header_bytes} bytes")
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -245,8 +283,9 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._header_bytes = b"", [], 0
+        self._head_received, self._head_began_here, self._in_chunk_head = 0, True, False
         self._body, self._body_size, self._headers_done = [], 0, False
-        self._in_message = True
+        self._in_message, self._continue_owed = True, False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -269,18 +308,25 @@ class _Connection(asyncio.Protocol):
         self._headers_done = True
         # One pass for the three headers the server itself reads (the first of each counts).
         length: bytes | None = None
-        chunked = False
+        codings: list[bytes] = []
         expect = b""
         for name, value in self._headers:
             if name == b"content-length":
                 if length is None:
                     length = value
             elif name == b"transfer-encoding":
-                chunked = True
+                codings.extend(c.strip().lower() for c in value.split(b","))
             elif name == b"expect" and not expect:
                 expect = value
-        if length is not None and chunked:
+        if length is not None and codings:
             self._refuse(400, "a request may not carry both content-length and transfer-encoding")
+            return
+        if codings and codings != [b"chunked"]:
+            # httptools frames a body whose last coding is chunked and leaves the others
+            # (gzip, deflate, ...) to us: unrefused, the still-coded bytes reached the
+            # handler as the body. None is implemented (RFC 9112 6.1: 501).
+            shown = b", ".join(codings)[:64].decode("latin-1")
+            self._refuse(501, f"transfer-encoding {shown!r} is not supported; only chunked")
             return
         if length is not None:
             try:
@@ -296,10 +342,30 @@ class _Connection(asyncio.Protocol):
             return
         if self._task is None:
             self._arm(self._limits.body_timeout, self._slow_body)
-        if expect and expect.lower() == b"100-continue" and self._transport is not None:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if (
+            expect
+            and expect.lower() == b"100-continue"
+            and self._transport is not None
+            # An HTTP/1.0 client knows no interim answers: it would take this one for its
+            # answer. RFC 9110 10.1.1: the expectation in an HTTP/1.0 request is ignored.
+            and self._parser.get_http_version() not in ("1.0", "0.9")
+        ):
+            if self._task is None:
+                self._transport.write(_CONTINUE)
+            else:
+                # An earlier request's answer is being written (pipelining): an interim
+                # answer now would land inside it and garble it. Sent when it is done.
+                self._continue_owed = True
+
+    def on_chunk_header(self) -> None:
+        self._in_chunk_head = self._head_began_here = True
+        self._head_received = 0
+
+    def on_chunk_complete(self) -> None:
+        self._in_chunk_head = False
 
     def on_body(self, body: bytes) -> None:
+        self._in_chunk_head = False
         if self._refused:
             return
         self._body_size += len(body)
@@ -311,7 +377,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._refused:
             return
-        self._in_message = False
+        self._in_message = self._continue_owed = False  # the body came without waiting
         self._disarm()
         url = httptools.parse_url(self._url)
         raw = self._headers
@@ -337,7 +403,7 @@ class _Connection(asyncio.Protocol):
         keep_alive = (
             self._parser.should_keep_alive() and self._served < self._limits.max_requests_per_connection
         )
-        self._queue.append((request, keep_alive))
+        self._queue.append((request, keep_alive, self._parser.get_http_version() not in ("1.0", "0.9")))
         assert self._transport is not None
         if len(self._queue) >= _MAX_PIPELINED:
             # Reading goes on while a request is answered (a client that leaves must be
@@ -351,8 +417,8 @@ class _Connection(asyncio.Protocol):
     async def _run(self) -> None:
         try:
             while self._queue and not self._closed:
-                request, keep_alive = self._queue.popleft()
-                response = Response(self, keep_alive)
+                request, keep_alive, http11 = self._queue.popleft()
+                response = Response(self, keep_alive, head=request.method == "HEAD", chunkable=http11)
                 self._server.in_flight += 1
                 try:
                     await self._server.handler(request, response)
@@ -381,11 +447,23 @@ class _Connection(asyncio.Protocol):
         finally:
             self._task = None
         if not self._closed and self._transport is not None:
+            if self._refusal_owed is not None:
+                if not self._transport.is_closing():  # else an answer closed it (an error)
+                    self._write_refusal(*self._refusal_owed)
+                return
             if self.draining:
                 self._close()
                 return
             if self._in_message:  # the start of a pipelined request is here already
-                self._arm(self._limits.header_timeout, self._slow_headers)
+                if self._continue_owed:
+                    self._continue_owed = False
+                    self._transport.write(_CONTINUE)
+                if self._headers_done:
+                    # Its headers came while the answer before it was written (no timer
+                    # then): what it still owes is its body, within the body's limit.
+                    self._arm(self._limits.body_timeout, self._slow_body)
+                else:
+                    self._arm(self._limits.header_timeout, self._slow_headers)
             else:
                 self._arm(self._limits.keepalive_timeout, self._idle_timeout)
             self._transport.resume_reading()
@@ -415,10 +493,20 @@ class _Connection(asyncio.Protocol):
             return
         self._refused = True
         self._disarm()
-        if self._task is not None or self._transport is None:
-            # A request is being answered: an answer now would interleave with it.
-            self._abort()
+        if self._transport is None:
             return
+        if self._task is not None:
+            # A request is being answered: an answer now would interleave with it. The
+            # requests parsed before this one are valid and are answered first, then this
+            # refusal, rather than dropping the connection with no answer to any of them.
+            # What the client sends meanwhile is dropped unparsed (data_received), but still
+            # read, so a client that leaves is still seen at once.
+            self._refusal_owed = (status, message, retry_after)
+            return
+        self._write_refusal(status, message, retry_after)
+
+    def _write_refusal(self, status: int, message: str, retry_after: int | None) -> None:
+        assert self._transport is not None
         body = self._server.error_body(status, message)
         head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%bconnection: close\r\n\r\n"
         extra = b"" if retry_after is None else b"retry-after: %d\r\n" % retry_after
@@ -476,8 +564,18 @@ class _Connection(asyncio.Protocol):
         if self._task is None and not self._in_message:
             self._close()
 
+    @property
+    def busy(self) -> bool:
+        """A request is being answered or waits to be, or has begun arriving and is not
+        refused: a drain lets it arrive (its header and body timeouts still bound that)
+        and be answered."""
+        if self._closed:
+            return False
+        return self._task is not None or (self._in_message and not self._refused)
+
 
 _JSON = ((b"content-type", b"application/json"),)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _MAX_PIPELINED = 4
 """Requests parsed ahead of their answers before reading pauses."""
 
@@ -543,7 +641,9 @@ class HttpServer:
             connection.drain()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                while self.in_flight:
+                # Requests being answered, and requests still arriving: a request whose
+                # body was on its way when the drain began was dropped without an answer.
+                while self.in_flight or any(c.busy for c in self.connections):
                     self.idle.clear()
                     await self.idle.wait()
         for connection in list(self.connections):

@@ -5,6 +5,7 @@ drain, and hostile bodies and headers (hypothesis) -- each a 4xx with a message,
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import socket
@@ -360,3 +361,356 @@ async def test_a_body_that_says_stream_false_is_answered_whole_and_a_bad_one_aft
     async with http.post("/v1/chat/completions", data=broken, headers=HEADERS) as response:
         assert response.status == 400
         assert (await response.json())["error"]["param"] == "body"
+
+
+@pytest.mark.parametrize("role", [{"name": "user"}, ["user"]], ids=["object", "array"])
+async def test_a_role_that_is_not_a_string_is_a_400_naming_the_field(
+    http: aiohttp.ClientSession, node: DataPlaneNode, role: Any
+) -> None:
+    # An object or array role once reached a dict lookup (unhashable): a 500 "internal
+    # error" for a caller's bad body.
+    body = {"model": "sim-fast", "messages": [{"role": role, "content": "hi"}]}
+    async with http.post("/v1/chat/completions", json=body, headers=HEADERS) as response:
+        assert response.status == 400, await response.text()
+        error = (await response.json())["error"]
+        assert error["param"] == "messages[0].role"
+        assert "must be one of system" in error["message"]
+        evidence_id = response.headers["x-evidence-id"]
+    path = log_path(node.settings.data_dir, node.settings.node_id)
+    await eventually(
+        lambda: any(
+            r["record_id"] == evidence_id and r["outcome"]["code"] == "INVALID_ARGUMENT"
+            for r in read_records(path)
+        )
+    )
+
+
+async def test_an_answer_to_head_has_no_body_so_the_next_answer_is_not_garbled(node: DataPlaneNode) -> None:
+    # A HEAD answered with a body: a keep-alive client reads the headers only (RFC 9112
+    # 6.3), and the body's bytes are then taken for the start of the next answer.
+    answer = await raw(
+        node,
+        b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 ")
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), rest
+    assert rest.endswith(b'{"status":"ok"}')
+
+
+async def test_a_chunked_answer_to_head_writes_its_head_only() -> None:
+    async def events(request: Request, response: Response) -> None:
+        await response.start(200, ((b"content-type", b"text/event-stream"),))
+        await response.write(b"data: one\n\n")
+        await response.end()
+
+    server = HttpServer(events, server_error_body, LIMITS)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"HEAD /e HTTP/1.1\r\nHost: x\r\n\r\nGET /e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        await server.close(1)
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), rest
+    assert rest.endswith(b"\r\n\r\nb\r\ndata: one\n\n\r\n0\r\n\r\n")
+
+
+async def test_100_continue_for_a_pipelined_request_waits_for_the_answer_before_it() -> None:
+    release = asyncio.Event()
+
+    async def handler(request: Request, response: Response) -> None:
+        if request.path == "/slow":
+            await response.start(200, ((b"content-type", b"text/event-stream"),))
+            await response.write(b"data: one\n\n")
+            await release.wait()
+            await response.write(b"data: two\n\n")
+            await response.end()
+        else:
+            await response.send(200, (), b"got %d bytes" % len(request.body))
+
+    server = HttpServer(handler, server_error_body, LIMITS)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"data: one\n\n\r\n")  # its answer is being written
+        writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        await writer.drain()
+        # One answer on another connection: by then the server has read the Expect above
+        # (it was in the socket before this request, and one read of the loop sees both).
+        ping_reader, ping_writer = await asyncio.open_connection("127.0.0.1", server.port)
+        ping_writer.write(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(ping_reader.read(), 10)).startswith(b"HTTP/1.1 200 ")
+        ping_writer.close()
+        release.set()
+        # The stream ends whole, with no interim answer inside it; then the 100 Continue.
+        rest_of_stream = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 10)
+        assert rest_of_stream == b"b\r\ndata: two\n\n\r\n0\r\n\r\n"
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert await reader.readexactly(len(b"got 5 bytes")) == b"got 5 bytes"
+        writer.close()
+    finally:
+        await server.close(1)
+
+
+@pytest.mark.parametrize(
+    ("bad", "status", "says"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",
+            413,
+            "exceeds",
+        ),
+    ],
+    ids=["malformed", "too-large"],
+)
+async def test_a_bad_pipelined_request_is_refused_after_the_good_ones_before_it_are_answered(
+    node: DataPlaneNode, bad: bytes, status: int, says: str
+) -> None:
+    # The bad request arrives while the good one is being answered: the connection was
+    # dropped at once, with no answer to either (and the good one's record CANCELLED).
+    body = json.dumps(HELLO).encode()
+    good = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (API_KEY.encode(), len(body), body)
+    )
+    answer = await raw(node, good + bad)
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:300]
+    length = int(re.search(rb"content-length: (\d+)", first).group(1))  # type: ignore[union-attr]
+    assert json.loads(rest[:length])["object"] == "chat.completion"
+    got, error = status_and_body(rest[length:])
+    assert got == status
+    assert says in error["error"]["message"]
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "abc", "5s", "0", "-5", "+5", "1_000", "2147483648"], ids=repr)
+async def test_a_bad_timeout_header_is_a_400_naming_it_not_a_500_or_ignored(
+    http: aiohttp.ClientSession, value: str
+) -> None:
+    # 400 digits overflowed the division to seconds (a 500 without ids or record); the
+    # rest were ignored, running the request on the node's default deadline instead.
+    headers = {**HEADERS, "x-signalbox-timeout-ms": value}
+    async with http.post("/v1/chat/completions", json=HELLO, headers=headers) as response:
+        assert response.status == 400, await response.text()
+        error = (await response.json())["error"]
+        assert error["param"] == "x-signalbox-timeout-ms"
+        assert "whole number of milliseconds" in error["message"]
+        assert len(error["message"]) < 300
+        assert response.headers["x-request-id"]
+        assert response.headers["x-evidence-id"]
+    async with http.post(
+        "/v1/chat/completions", json=HELLO, headers={**HEADERS, "x-signalbox-timeout-ms": "30000"}
+    ) as response:
+        assert response.status == 200
+
+
+def _tool(name: str, parameters: Any = None) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name}
+    if parameters is not None:
+        function["parameters"] = parameters
+    return {"type": "function", "function": function}
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "param"),
+    [
+        ("/v1/chat/completions", {"max_tokens": 0}, "max_tokens"),
+        ("/v1/chat/completions", {"max_completion_tokens": 0}, "max_completion_tokens"),
+        ("/v1/chat/completions", {"temperature": 5}, "temperature"),
+        ("/v1/chat/completions", {"top_p": 0}, "top_p"),
+        ("/v1/chat/completions", {"stop": [""]}, "stop"),
+        ("/v1/chat/completions", {"tools": [_tool("no spaces")]}, "tools[0].function.name"),
+        ("/v1/chat/completions", {"tools": [_tool("f", {"type": 5})]}, "tools[0].function.parameters"),
+        (
+            "/v1/chat/completions",
+            {"tools": [_tool("f")], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+            "tool_choice.function.name",
+        ),
+        ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
+        ("/v1/embeddings", {"model": "sim-embed", "input": []}, "input"),
+        ("/v1/embeddings", {"model": "sim-embed", "input": ""}, "input"),
+        ("/v1/embeddings", {"model": "sim-embed", "input": ["a", ""]}, "input[1]"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and not v.startswith("/") else None,
+)
+async def test_a_refused_field_is_named_as_the_caller_sent_it(
+    http: aiohttp.ClientSession, path: str, fields: dict[str, Any], param: str
+) -> None:
+    # The shared validation names the pipeline's request (params.max_output_tokens,
+    # tools[0].name, inputs): an OpenAI caller was pointed at fields it never sent.
+    body = {**HELLO, **fields} if path == "/v1/chat/completions" else fields
+    async with http.post(path, json=body, headers=HEADERS) as response:
+        assert response.status == 400, await response.text()
+        error = (await response.json())["error"]
+    assert error["param"] == param
+    assert error["message"].startswith(f"{param}: "), error["message"]
+
+
+async def test_a_stop_lets_a_request_whose_body_is_arriving_finish(node: DataPlaneNode) -> None:
+    # The drain waited only for requests being answered: one whose body was still on its
+    # way was dropped with the connection (no answer), though the grace had seconds left.
+    body = json.dumps(HELLO).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (API_KEY.encode(), len(body), body)
+    )
+    host, port = node.http_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request[:-5])
+        await writer.drain()
+        # One answer on another connection: by then the node has read the bytes above.
+        assert (await raw(node, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).startswith(
+            b"HTTP/1.1 200 "
+        )
+        stopping = asyncio.ensure_future(node.stop(5))
+        await eventually(lambda: not node.http_accepting, message="the door stops accepting")
+        writer.write(request[-5:])
+        answer = await asyncio.wait_for(reader.read(), 10)
+        await stopping
+    finally:
+        writer.close()
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:300]
+    assert b"connection: close" in head
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v1/models", "/v1/models/sim-fast"])
+async def test_head_is_answered_as_get_without_the_body(http: aiohttp.ClientSession, path: str) -> None:
+    # Every server must take HEAD where it takes GET (RFC 9110 9.1): a load balancer's
+    # HEAD /healthz got 405, and the node was taken out of service.
+    async with http.get(path, headers=HEADERS) as got:
+        assert got.status == 200
+        length = got.headers["content-length"]
+    async with http.head(path, headers=HEADERS) as response:
+        assert response.status == 200
+        assert response.headers["content-length"] == length
+        assert await response.read() == b""
+    async with http.delete(path, headers=HEADERS) as response:
+        assert response.status == 405
+        assert response.headers["allow"] == "GET, HEAD"
+
+
+async def test_a_body_that_asks_to_stream_with_an_escaped_key_is_streamed(
+    http: aiohttp.ClientSession,
+) -> None:
+    # The door looked for the bytes "stream" to decide: a key spelled with a JSON escape
+    # asked to stream (with stream_options) and got a whole answer.
+    body = b'{"model":"sim-fast","messages":[{"role":"user","content":"hi"}],"\\u0073tream":true}'
+    async with http.post("/v1/chat/completions", data=body, headers=HEADERS) as response:
+        assert response.status == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        assert (await response.read()).endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Trailer: ",
+    ],
+    ids=["header", "trailer"],
+)
+async def test_a_header_line_that_never_ends_is_refused_at_the_limit_not_buffered(start: bytes) -> None:
+    # httptools holds a header line (or a trailer's) until its CRLF: the limit was checked
+    # on whole lines only, so a line that never ended was buffered, tens of MB a second,
+    # until the header (or body) timeout.
+    async def hello(request: Request, response: Response) -> None:
+        await response.send(200, (), b"hi")
+
+    limits = Limits(max_header_bytes=32 * 1024, header_timeout=3, body_timeout=3)
+    server = HttpServer(hello, server_error_body, limits)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(start + b"a" * 1000)
+        await writer.drain()
+        # One answer on another connection: by then the server has read the bytes above,
+        # so what follows comes in reads of its own.
+        ping_reader, ping_writer = await asyncio.open_connection("127.0.0.1", server.port)
+        ping_writer.write(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(ping_reader.read(), 10)).startswith(b"HTTP/1.1 200 ")
+        ping_writer.close()
+        writer.write(b"a" * 40_000)  # still no CRLF
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        await server.close(1)
+    got, body = status_and_body(answer)
+    assert got == 431, answer[:200]
+    assert "exceed 32768 bytes" in body["error"]["message"]
+
+
+async def test_a_streamed_answer_to_http_1_0_is_not_chunked() -> None:
+    # An HTTP/1.0 client does not know chunked framing (RFC 9112 7): it got the chunk sizes
+    # as part of the body. Its stream is the bytes as they are, ended by the close.
+    async def events(request: Request, response: Response) -> None:
+        await response.start(200, ((b"content-type", b"text/event-stream"),))
+        await response.write(b"data: one\n\n")
+        await response.write(b"data: two\n\n")
+        await response.end()
+
+    server = HttpServer(events, server_error_body, LIMITS)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /e HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)  # ends: the server closes
+        writer.close()
+    finally:
+        await server.close(1)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head
+    assert b"connection: close" in head
+    assert body == b"data: one\n\ndata: two\n\n"
+
+
+@pytest.mark.parametrize(
+    "codings", [b"gzip, chunked", b"deflate\r\nTransfer-Encoding: chunked"], ids=["list", "two"]
+)
+async def test_a_transfer_coding_other_than_chunked_is_refused_not_ignored(
+    node: DataPlaneNode, http: aiohttp.ClientSession, codings: bytes
+) -> None:
+    # httptools frames a body whose last coding is chunked and leaves the rest to us: the
+    # body reached the door still gzip-coded, refused as "not valid JSON" at best.
+    body = gzip.compress(json.dumps(HELLO).encode())
+    answer = await raw(
+        node,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
+        b"Transfer-Encoding: %b\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (API_KEY.encode(), codings, len(body), body),
+    )
+    got, error = status_and_body(answer)
+    assert got == 501
+    assert "only chunked" in error["error"]["message"]
+    assert error["error"]["type"] == "invalid_request_error"
+    await still_serving(http)
+
+
+async def test_an_http_1_0_request_gets_no_100_continue() -> None:
+    # RFC 9110 10.1.1: an HTTP/1.0 client knows no interim answers; it took "100 Continue"
+    # for its answer.
+    async def echo(request: Request, response: Response) -> None:
+        await response.send(200, (), request.body)
+
+    server = HttpServer(echo, server_error_body, LIMITS)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /e HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        await server.close(1)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert answer.endswith(b"\r\n\r\nhello")

@@ -97,3 +97,40 @@ async def test_an_idle_connection_closes_after_the_keepalive_timeout_not_an_earl
     finally:
         writer.close()
     assert idle >= LIMITS.keepalive_timeout
+
+
+async def test_a_pipelined_request_whose_body_is_slow_gets_the_body_timeout() -> None:
+    # Its headers arrive while the answer before it is written; once that is done, it is
+    # its body that is late: the body's limit and a 408 saying so, not the headers'.
+    release = asyncio.Event()
+
+    async def handler(request: Request, response: Response) -> None:
+        if request.path == "/slow":
+            await release.wait()
+        await response.send(200, (), b"ok")
+
+    limits = Limits(header_timeout=0.2, body_timeout=0.4, keepalive_timeout=5)
+    server = HttpServer(handler, server_error_body, limits)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nPOST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{"
+        )
+        await writer.drain()
+        # One answer on another connection: by then the server has read the bytes above.
+        ping_reader, ping_writer = await asyncio.open_connection("127.0.0.1", server.port)
+        ping_writer.write(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(ping_reader.read(), 10)).startswith(b"HTTP/1.1 200 ")
+        ping_writer.close()
+        release.set()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        await server.close(1)
+    first, _, rest = answer.partition(b"\r\n\r\nok")
+    assert first.startswith(b"HTTP/1.1 200 "), answer
+    assert rest.startswith(b"HTTP/1.1 408 "), answer
+    assert rest.endswith(
+        b'"request body not received within 0.4 s","type":"timeout_error","param":null,"code":null}}'
+    )

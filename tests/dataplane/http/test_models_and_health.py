@@ -89,7 +89,11 @@ async def test_readiness_follows_the_snapshot_and_liveness_is_always_up(
 
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
-    [("POST", "/readyz", "GET"), ("DELETE", "/v1/models/sim-fast", "GET"), ("PUT", "/healthz", "GET")],
+    [
+        ("POST", "/readyz", "GET, HEAD"),
+        ("DELETE", "/v1/models/sim-fast", "GET, HEAD"),
+        ("PUT", "/healthz", "GET, HEAD"),
+    ],
 )
 async def test_other_methods_are_405_naming_the_allowed_one(
     served: DataPlaneNode, method: str, path: str, allow: str
