@@ -4,9 +4,11 @@
 
 An application moves behind Signalbox by changing its SDK's ``base_url`` and ``api_key``:
 the request runs the same steps as on gRPC (identity, policy, routing, dispatch,
-governance, accounting, exactly one evidence record). Every answer carries
-``x-request-id`` (the correlation id: the caller's own when it sent a valid one) and
-``x-evidence-id`` (the record's id, known before a stream starts).
+governance, accounting, exactly one evidence record). Every answer of those requests,
+served or refused, carries ``x-request-id`` (the correlation id: the caller's own when it
+sent a valid one) and ``x-evidence-id`` (the record's id, known before a stream starts);
+what is answered before the pipeline (the server's refusals, unknown paths and methods),
+the model list and the probes run no model and write no record.
 
 Errors use OpenAI's error object with the HTTP status its SDKs map to their exception
 types (``STATUS_OF``); the message is the pipeline's, which never carries a provider's raw
