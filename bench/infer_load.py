@@ -257,12 +257,17 @@ def print_table(rows: Sequence[Sequence[Result]]) -> None:
         for node in level[1:]:
             if node.requests:
                 per_request = node.node_cpu_percent / 100 * node.seconds / node.requests * 1000
-                ceiling = 1000 / per_request if per_request else float("inf")
                 through = "" if node.path == "signalbox" else f" ({node.path})"
-                print(
-                    f"node CPU per request at concurrency {node.concurrency}{through}: {per_request:.3f} ms "
-                    f"(one core sustains at most {ceiling:.0f} req/s)"
-                )
+                what = f"node CPU per request at concurrency {node.concurrency}{through}"
+                if per_request:
+                    print(
+                        f"{what}: {per_request:.3f} ms (one core sustains at most {1000 / per_request:.0f} req/s)"
+                    )
+                else:
+                    # The kernel counts CPU time in clock ticks: a run too short to use one has no figure.
+                    bound = 1000 / os.sysconf("SC_CLK_TCK") / node.requests
+                    print(f"{what}: under {bound:.3f} ms (less than one clock tick over {node.requests} "
+                          "requests: measure more of them)")  # fmt: skip
     for level in rows:
         for r in level:
             if r.errors:
