@@ -36,6 +36,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -241,7 +242,13 @@ def _timely_caller(
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # Finite only: NaN compares false with every time (an exp of NaN would never expire, an
+    # nbf of NaN never lie ahead) and an exp of Infinity never expires; JSON parsing lets both
+    # through (``NaN``, ``Infinity``, ``1e999``).
+    # (An int is finite however large: math.isfinite would overflow converting it.)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _claim(claims: Mapping[str, Any], name: str) -> str | None:

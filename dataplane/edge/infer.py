@@ -252,12 +252,24 @@ def embed_request_from_proto(request: infer_pb2.EmbedRequest) -> EmbedRequest:
 def hints_from_proto(request: infer_pb2.InferRequest | infer_pb2.EmbedRequest) -> Hints:
     """What the request says to routing besides its content."""
     required = getattr(request, "required_capabilities", ())
+    capabilities = set()
+    for i, value in enumerate(required):
+        capability = CAPABILITY_FROM_PROTO.get(value)
+        if capability is None:
+            # Dropping it would route to a model that may lack what the caller requires.
+            raise InvalidRequest(f"required_capabilities[{i}]", f"unknown capability {value}")
+        capabilities.add(capability)
+    classification = request.data_classification
+    if classification not in DataClass._value2member_map_:
+        # Reading it as UNSPECIFIED would route data the caller classified (as something this
+        # node does not know, e.g. a class added to the API later) as if unclassified.
+        raise InvalidRequest("data_classification", f"unknown data classification {classification}")
     return Hints(
         model=request.model,
         task=request.task,
-        data_classification=data_class(request.data_classification),
+        data_classification=DataClass(classification),
         metadata=request.metadata,
-        capabilities=frozenset(CAPABILITY_FROM_PROTO[c] for c in required if c in CAPABILITY_FROM_PROTO),
+        capabilities=frozenset(capabilities),
     )
 
 
@@ -267,10 +279,6 @@ def decode_chat(request: infer_pb2.InferRequest) -> tuple[ChatRequest, Hints]:
 
 def decode_embed(request: infer_pb2.EmbedRequest) -> tuple[EmbedRequest, Hints]:
     return embed_request_from_proto(request), hints_from_proto(request)
-
-
-def data_class(value: int) -> DataClass:
-    return DataClass(value) if value in DataClass._value2member_map_ else DataClass.UNSPECIFIED
 
 
 # ---- outbound ----

@@ -9,9 +9,10 @@ A ``RequestGovernor`` runs, in the pipeline's order:
 
 - **limits** (messages, characters, tools, images): ``OverLimit`` naming the limit, before
   anything else and so before any provider is called;
-- **input rules**, in the profile's order, over every text the request carries (message text
-  parts, among them the system prompt and tool results; tool call arguments; embedding
-  inputs): ``block`` refuses naming the rule (never the finding), ``redact`` replaces each
+- **input rules**, in the profile's order, over every text the request carries to the
+  provider (message text parts, among them the system prompt and tool results; tool call
+  arguments; message names; tool descriptions; tool and response JSON schemas, as their JSON
+  text; stop sequences; embedding inputs): ``block`` refuses naming the rule (never the finding), ``redact`` replaces each
   finding with the rule's placeholder, ``mask`` with a numbered placeholder (``[EMAIL_1]``;
   one number per distinct value) whose value it keeps in this object only, ``classify``
   raises the request's data class (``data_class``, which the pipeline hands routing), and
@@ -23,7 +24,7 @@ A ``RequestGovernor`` runs, in the pipeline's order:
 Everything done is appended to the request's ``actions`` (its evidence): the profile and
 version, stage, rule, detector, action, count and positions (field and offsets), never a
 value. Input rules all see the request as the caller sent it, so offsets are code points of
-the caller's text; where a finding overlaps one an earlier rule redacted or masked, the
+the caller's text (of a schema: of its JSON text as ``_schema_text`` writes it); where a finding overlaps one an earlier rule redacted or masked, the
 earlier rule's action stands and the later rule does not count it.
 """
 
@@ -56,6 +57,7 @@ from dataplane.config.model import (
     Stage,
     TenantConfig,
 )
+from dataplane.errors import InvalidRequest
 from dataplane.governance.contract import Contracts
 from dataplane.governance.errors import CONTRACT_KIND, AnswerBreaksContract, OverLimit, blocked
 from dataplane.governance.stream import MAX_POSITIONS, StreamGovernor
@@ -68,6 +70,8 @@ _STAGE: dict[Stage, str] = {stage: stage.value for stage in Stage}
 _ACTION: dict[Action, str] = {action: action.value for action in Action}
 """An enum member's ``value`` is a property lookup: one per evidence entry adds up."""
 _RETRY_CONTRACT = frozenset({CONTRACT_KIND})
+_JSON_FIELDS = (".arguments", "json_schema")
+"""Fields whose text is JSON: an edit goes in as JSON string content."""
 
 
 class Governance:
@@ -111,7 +115,7 @@ class RequestGovernor:
         rules = self.profile.input_rules
         if not rules:
             return body
-        texts = _texts(body)
+        texts = _governed_texts(body)
         edited = self._apply(Stage.INPUT, rules, texts, actions)
         return _rebuild(body, edited) if edited is not None else body
 
@@ -180,7 +184,7 @@ class RequestGovernor:
         for i, taken in enumerate(edits):
             if taken:
                 field, text = texts[i]
-                in_json = field.endswith(".arguments")
+                in_json = field.endswith(_JSON_FIELDS)
                 parts: list[str] = []
                 at = 0
                 for start, end, replacement in taken:
@@ -399,9 +403,50 @@ def _texts(body: ChatRequest | EmbedRequest) -> list[tuple[str, str]]:
     return out
 
 
+def _schema_text(schema: dict[str, Any]) -> str:
+    """A tool's or the response's JSON schema as the text input rules read (non-ASCII as
+    itself, so a detector sees the characters the provider will)."""
+    return json.dumps(schema, ensure_ascii=False)
+
+
+def _governed_texts(body: ChatRequest | EmbedRequest) -> list[tuple[str, str]]:
+    """(field, text) of every text ``body`` carries to the provider: ``_texts``, then message
+    names, tool descriptions, tool schemas, the response schema and stop sequences. Each of
+    them reaches the model as much as a message does, so a rule that skipped them could be
+    bypassed by moving the value into one."""
+    out = _texts(body)
+    if isinstance(body, EmbedRequest):
+        return out
+    out += [(f"messages[{i}].name", m.name) for i, m in enumerate(body.messages) if m.name]
+    out += [(f"tools[{i}].description", t.description) for i, t in enumerate(body.tools) if t.description]
+    out += [
+        (f"tools[{i}].parameters_json_schema", _schema_text(t.parameters)) for i, t in enumerate(body.tools)
+    ]
+    rf = body.response_format
+    if rf is not None and rf.schema is not None:
+        out.append(("response_format.json_schema", _schema_text(rf.schema)))
+    out += [(f"params.stop[{k}]", stop) for k, stop in enumerate(body.params.stop)]
+    return out
+
+
+def _edited_schema(field: str, text: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema from its edited JSON text (``schema`` itself when unedited)."""
+    if text == _schema_text(schema):
+        return schema
+    try:
+        edited = json.loads(text)
+    except ValueError:
+        edited = None
+    if not isinstance(edited, dict):
+        # A redacted or masked span took JSON structure with it: refuse rather than send the
+        # value on or a schema the caller did not write.
+        raise InvalidRequest(field, "an input rule's edit left the JSON schema unreadable")
+    return edited
+
+
 def _rebuild(body: ChatRequest | EmbedRequest, texts: list[tuple[str, str]]) -> ChatRequest | EmbedRequest:
-    """``body`` with its texts replaced by ``texts`` (as ``_texts`` listed them); parts,
-    calls and messages whose texts are unchanged are kept as they are."""
+    """``body`` with its texts replaced by ``texts`` (as ``_governed_texts`` listed them);
+    parts, calls and messages whose texts are unchanged are kept as they are."""
     if isinstance(body, EmbedRequest):
         return replace(body, inputs=tuple(text for _, text in texts))
     at = 0
@@ -428,4 +473,30 @@ def _rebuild(body: ChatRequest | EmbedRequest, texts: list[tuple[str, str]]) -> 
         messages.append(
             Message(m.role, tuple(content), tuple(calls), m.tool_call_id, m.name) if changed else m
         )
-    return replace(body, messages=tuple(messages))
+    for i, m in enumerate(messages):
+        if m.name:
+            if texts[at][1] != m.name:
+                messages[i] = replace(m, name=texts[at][1])
+            at += 1
+    tools = list(body.tools)
+    for i, t in enumerate(tools):
+        if t.description:
+            if texts[at][1] != t.description:
+                tools[i] = t = replace(t, description=texts[at][1])
+            at += 1
+    for i, t in enumerate(tools):
+        field, text = texts[at]
+        at += 1
+        parameters = _edited_schema(field, text, t.parameters)
+        if parameters is not t.parameters:
+            tools[i] = replace(t, parameters=parameters)
+    rf = body.response_format
+    if rf is not None and rf.schema is not None:
+        field, text = texts[at]
+        at += 1
+        schema = _edited_schema(field, text, rf.schema)
+        if schema is not rf.schema:
+            rf = replace(rf, schema=schema)
+    stop = tuple(text for _, text in texts[at:])
+    params = body.params if stop == body.params.stop else replace(body.params, stop=stop)
+    return replace(body, messages=tuple(messages), tools=tuple(tools), response_format=rf, params=params)

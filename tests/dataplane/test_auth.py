@@ -182,3 +182,28 @@ def test_a_verified_token_is_judged_again_against_each_new_snapshot() -> None:
     with pytest.raises(Unauthenticated, match="token expired or not yet valid"):
         authenticate(first, token, 2_500.0)
     assert authenticate(first, token, 1_600.0).subject == "alice@example.test"
+
+
+def test_a_token_whose_time_claims_are_not_finite_is_refused() -> None:
+    # NaN compares false with every time, so an exp of NaN never expired (nor an nbf of NaN
+    # ever lay in the future); an exp of Infinity never expires either.
+    idp = TestIdp()
+    issuer = _issuer(jwks_json=idp.jwks(), issuer=idp.issuer)
+    index = compile_identities(
+        [snapshot_pb2.TenantIdentity(id="j", tenant_id="t", jwt=issuer)], {"t": TenantConfig("t", "t")}
+    )
+    config = RuntimeConfig(1, b"", 0.0, None, Scope(), {"t": TenantConfig("t", "t")}, {}, {}, {}, {})
+    config = replace(config, identities=index)
+    for claims in (
+        {"exp": float("nan")},
+        {"exp": float("inf")},
+        {"exp": 2_000, "nbf": float("nan")},
+        {"exp": 2_000, "iat": float("nan")},
+    ):
+        token = idp.token(**{"iat": 1_000, "nbf": 1_000, **claims})
+        with pytest.raises(Unauthenticated, match=r"^authorization: invalid credentials$"):
+            authenticate(config, token, 1_500.0)
+    # An integer is finite however large: judged as a time, not overflowing a float.
+    with pytest.raises(Unauthenticated, match=r"^authorization: token expired or not yet valid$"):
+        authenticate(config, idp.token(iat=1_000, exp=2_000, nbf=10**400), 1_500.0)
+    assert authenticate(config, idp.token(iat=1_000, nbf=1_000, exp=10**400), 1_500.0).method == "jwt"

@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
+from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.simulator import Behaviour
 from tests.dataplane.conftest import (
@@ -191,6 +192,20 @@ BAD_INPUT: dict[
         grpc.StatusCode.INVALID_ARGUMENT,
         "correlation_id",
     ),
+    # Unknown enum values were read as UNSPECIFIED and dropped: a class the node does not know
+    # routed as unclassified, a capability it does not know as not required (fail open).
+    "unknown data classification": (
+        lambda: chat(data_classification=99),
+        AUTH,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "data_classification: unknown data classification 99",
+    ),
+    "unknown required capability": (
+        lambda: chat(required_capabilities=[common_pb2.CAPABILITY_CHAT, 99]),
+        AUTH,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "required_capabilities[1]: unknown capability 99",
+    ),
 }
 
 
@@ -310,6 +325,14 @@ async def test_embed_without_inputs_names_the_field(infer_stub: Stub) -> None:
         await infer_stub.Embed(infer_pb2.EmbedRequest(model="sim-embed"), metadata=AUTH, timeout=10)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "inputs: must not be empty" in (info.value.details() or "")
+
+
+async def test_embed_with_an_unknown_data_classification_names_the_field(infer_stub: Stub) -> None:
+    request = infer_pb2.EmbedRequest(model="sim-embed", inputs=["x"], data_classification=99)  # type: ignore[arg-type]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await infer_stub.Embed(request, metadata=AUTH, timeout=10)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "data_classification: unknown data classification 99" in (info.value.details() or "")
 
 
 async def test_a_request_runs_on_the_snapshot_it_started_with(

@@ -556,3 +556,89 @@ async def test_a_blocked_term_mid_stream_ends_it_within_the_window_on_both_doors
         assert entry["positions"][0]["chunk"] == k
         assert entry["positions"][0]["start"] == len(before)
         assert k <= entry["ended_at_chunk"] <= k + WINDOW
+
+
+# ---- every text the provider receives is governed, not only message content ----
+
+
+def _in_tool_description(request: infer_pb2.InferRequest, text: str) -> None:
+    request.tools.add(
+        name="lookup", description=f"Look up {text}", parameters_json_schema='{"type": "object"}'
+    )
+
+
+def _in_tool_schema(request: infer_pb2.InferRequest, text: str) -> None:
+    schema = {"type": "object", "properties": {"q": {"type": "string", "description": f"about {text}"}}}
+    request.tools.add(name="search", parameters_json_schema=json.dumps(schema))
+
+
+def _in_response_schema(request: infer_pb2.InferRequest, text: str) -> None:
+    request.response_format.type = infer_pb2.ResponseFormat.TYPE_JSON_SCHEMA
+    request.response_format.json_schema = json.dumps(
+        {"type": "object", "properties": {"a": {"type": "string", "enum": [text]}}}
+    )
+
+
+def _in_message_name(request: infer_pb2.InferRequest, text: str) -> None:
+    request.messages[0].name = text
+
+
+def _in_stop_sequence(request: infer_pb2.InferRequest, text: str) -> None:
+    request.params.stop.append(text)
+
+
+HIDDEN_IN = {
+    "tools[0].description": _in_tool_description,
+    "tools[0].parameters_json_schema": _in_tool_schema,
+    "response_format.json_schema": _in_response_schema,
+    "messages[0].name": _in_message_name,
+    "params.stop[0]": _in_stop_sequence,
+}
+
+
+async def test_a_blocked_term_outside_the_message_content_is_refused_before_any_upstream_call(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path, stub_for: Any
+) -> None:
+    # Tool definitions, schemas, message names and stop sequences all go to the provider: a
+    # rule that read message content only was bypassed by moving the term into one of them.
+    profile = {
+        "input": {
+            "rules": [
+                rule(
+                    "no-codename", "terms", "block", status="invalid_argument", options={"terms": ["falcon"]}
+                )
+            ]
+        }
+    }
+    node = await serving(start_node, governed(simulator.base_url, profile), signing_key, tmp_path)
+    stub = stub_for(node)
+    for field, hide in HIDDEN_IN.items():
+        request = chat("hello", correlation_id=f"hidden-{field}".replace("[", "-").replace("]", ""))
+        hide(request, "Falcon")
+        refused = await refusal(stub, request)
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, refused.details())
+        assert "no-codename" in (refused.details() or ""), field
+        (action,) = one_record(node, request.correlation_id)["governance"]
+        assert action["rule"] == "no-codename"
+        assert [p["field"] for p in action["positions"]] == [field]
+    assert simulator.stats("sim-fast").total == 0
+
+
+async def test_a_masked_value_in_a_tool_definition_never_reaches_the_upstream(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path, stub_for: Any
+) -> None:
+    profile = {"input": {"rules": [rule("mask-email", "email", "mask")]}}
+    node = await serving(start_node, governed(simulator.base_url, profile), signing_key, tmp_path)
+    stub = stub_for(node)
+    request = chat(f"Write to {EMAIL}", correlation_id="mask-tool")
+    _in_tool_description(request, EMAIL)
+    _in_tool_schema(request, EMAIL)
+    request.messages[0].name = EMAIL
+    response = await stub.Infer(request, metadata=AUTH, timeout=10)
+    assert EMAIL in "".join(p.text for p in response.message.content)
+    sent = json.dumps(simulator.stats("sim-fast").last_request)
+    assert "[EMAIL_1]" in sent
+    assert EMAIL not in sent
+    (action,) = one_record(node, "mask-tool")["governance"]
+    assert action["count"] == 4
+    assert EMAIL.encode() not in evidence_bytes(node)
