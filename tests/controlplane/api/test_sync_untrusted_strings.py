@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from signalbox.api.admin.v1 import admin_pb2
-from signalbox.api.config.v1 import sync_pb2, sync_pb2_grpc
+from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.shell.admin_cli.output import NODE_COLUMNS, node_row
 from signalbox.text import printable
 from signalbox.tls import aio_channel
@@ -120,6 +120,19 @@ async def test_an_applied_version_past_int64_is_refused_with_the_field_named(
     code, details = await _hello_only(control_plane, tls, hello)
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
     assert details == f"hello.applied_version: at most {2**63 - 1} (got {2**64 - 1})"
+
+
+async def test_a_hello_scope_with_nul_and_huge_strings_is_stored_escaped_and_bounded(
+    admin: Admin, control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    tls = await control_plane.enroll("node-scope", private_tmp / "node-scope")
+    scope = snapshot_pb2.Scope(site="rack\x00\u202e1", deployment="d" * 10_000)
+    hello = sync_pb2.Hello(node_id="node-scope", software_version="1", scope=scope)
+    assert await _hello_only(control_plane, tls, hello) == (grpc.StatusCode.OK, "envelope")
+    stored = await _node(admin, "node-scope")
+    assert stored.site == "rack\\x00\\u202e1"
+    assert stored.deployment.startswith("d" * 100)
+    assert len(stored.deployment) < 130
 
 
 @pytest.mark.parametrize(
