@@ -343,3 +343,15 @@ async def test_a_node_id_past_64_utf8_bytes_enrolls_with_the_common_name_clipped
     assert isinstance(common_name, str)
     assert node_id.startswith(common_name)
     assert 60 < len(common_name.encode()) <= 64
+
+
+async def test_a_node_with_a_long_non_ascii_id_enrolls_itself(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    node_id = "節点-" + "é" * 40
+    cert = await _enroll_as(control_plane, private_tmp / "n", await control_plane.enroll_token(), node_id)
+    uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier
+    )
+    assert uris[0] == urn("node", node_id)
+    assert IdentityFiles(private_tmp / "n").problem(node_id) == ""
