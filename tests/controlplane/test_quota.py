@@ -165,3 +165,21 @@ async def test_a_budget_counts_what_shipped_evidence_says_was_spent(
     assert (second.granted, second.exhausted) == (400, True)
     info = await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="acme"))
     assert info.spent_day_nanos == 1000
+
+
+async def test_a_node_leases_no_key_quota_of_a_tenant_its_group_does_not_see(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    tenant_id = await _tenant(admin)
+    key = (await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant="acme", name="ci"))).key
+    await admin.SetLimits(admin_pb2.SetLimitsRequest(tenant="acme", key_id=key.id, requests_per_minute=600))
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="other"))
+    assert control_plane.cp.groups is not None
+    await control_plane.cp.groups.create(Caller("", "tests"), GroupSpec("others", tenants=("other",)))
+    ledger = control_plane.cp.quota
+    assert ledger is not None
+    # A node of "others" names acme's key: it must drain nothing the nodes serving acme rely on.
+    hidden = (await ledger.lease([_ask(tenant_id, RPM, 600, key=key.id)], "n1", "others"))[0]
+    assert (hidden.granted, hidden.limit) == (0, 0)
+    seen = (await ledger.lease([_ask(tenant_id, RPM, 600, key=key.id)], "n2", "default"))[0]
+    assert (seen.granted, seen.limit) == (600, 600)
