@@ -124,7 +124,11 @@ class NodeService:
             node.last_nack_reason = reason
             node.last_nack_at = now
             node.last_seen_at = now
-            session.add(NodeNack(node_id=node_id, version=version, sha256=sha256, reason=reason))
+            # One row per refused (version, hash) is all ``refused`` needs; a node repeating
+            # a NACK (or flooding them) must not grow the table it loads on every reconnect.
+            # The node row is locked above, so two streams of one node cannot both insert.
+            if not await repo.has_nack(session, node_id, version, sha256):
+                session.add(NodeNack(node_id=node_id, version=version, sha256=sha256, reason=reason))
 
     async def group_exists(self, name: str) -> bool:
         async with self.sessions() as session:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
@@ -159,3 +160,27 @@ async def test_an_ack_or_nack_the_database_cannot_hold_ends_the_stream_naming_th
     stored = await _node(admin, "node-answers")
     assert (stored.applied_version, stored.last_nack_version, stored.last_nack_reason) == (0, 0, "")
     assert (await node.call.details()).startswith(f"{field}: at most ")
+
+
+async def test_a_node_repeating_one_nack_adds_one_refusal_row(
+    admin: Admin, control_plane: RunningControlPlane, sync_nodes: object
+) -> None:
+    node: SyncNode = await sync_nodes("node-repeats")  # type: ignore[operator]
+    envelope = await node.next_envelope()
+    version = node.verified(envelope).version
+    for i in range(50):
+        node.nack(envelope, version, f"no {i}")
+    node.ack(envelope, version)  # the stream reads in order: once this is recorded, so are they
+
+    async def acked() -> bool:
+        return (await _node(admin, "node-repeats")).last_ack_version == version
+
+    await eventually(acked, message="the ACK after the NACKs recorded")
+    assert (await _node(admin, "node-repeats")).last_nack_reason == "no 49"
+    engine = sa.create_engine(control_plane.database_url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT count(*) FROM node_nacks WHERE node_id = 'node-repeats'"))
+            assert rows.scalar() == 1
+    finally:
+        engine.dispose()
