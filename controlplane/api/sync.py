@@ -191,6 +191,13 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"hello.applied_version: at most {INT64_MAX} (got {hello.applied_version})",
             )
+        if len(hello.applied_hash) > SHA256_BYTES:
+            # Stored in the node's row and, when it disagrees with ours, logged in hex: a
+            # megabyte "hash" would be a megabyte row and a two-megabyte log line.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"hello.applied_hash: at most {SHA256_BYTES} bytes (got {len(hello.applied_hash)})",
+            )
         identity = await self._check_claims(context, hello, certified)
         group = _group_of(identity)
         if not GROUP_NAME_RE.fullmatch(group):

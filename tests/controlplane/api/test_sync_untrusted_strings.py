@@ -123,6 +123,23 @@ async def test_an_applied_version_past_int64_is_refused_with_the_field_named(
     assert details == f"hello.applied_version: at most {2**63 - 1} (got {2**64 - 1})"
 
 
+async def test_a_hello_with_an_oversized_applied_hash_is_refused_with_the_field_named(
+    admin: Admin, control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    await admin.seed()
+    version = await admin.latest_version()
+    tls = await control_plane.enroll("node-hash", private_tmp / "node-hash")
+    # A version we signed with a different "hash": the claim check would log it in hex.
+    hello = sync_pb2.Hello(
+        node_id="node-hash", software_version="1", applied_version=version, applied_hash=b"h" * 1_000_000
+    )
+    code, details = await _hello_only(control_plane, tls, hello)
+    assert (code, details) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "hello.applied_hash: at most 32 bytes (got 1000000)",
+    )
+
+
 async def test_a_hello_scope_with_nul_and_huge_strings_is_stored_escaped_and_bounded(
     admin: Admin, control_plane: RunningControlPlane, private_tmp: Path
 ) -> None:
