@@ -221,7 +221,10 @@ class QuotaLedger:
                 stored = tenant_limits.get(a.tenant_id)
             else:
                 owner, stored = key_limits.get(a.api_key_id, (None, None))
-                if owner != a.tenant_id:
+                # A key's limits are its tenant's to lease: only for a tenant the node's group
+                # sees (``tenant_limits`` holds just those). Without this, a node of another
+                # group could name the key and drain the bucket the key's own nodes lease from.
+                if owner != a.tenant_id or a.tenant_id not in tenant_limits:
                     stored = None
             a.limit = int((stored or {}).get(LIMIT_FIELD[a.kind], 0))
             a.scope = f"{scope_key(str(a.tenant_id), str(a.api_key_id or ''))}/{KIND_SUFFIX[a.kind]}"

@@ -47,6 +47,11 @@ def urn(kind: str, value: str) -> str:
     return f"{URN_PREFIX}{kind}:{quote(value, safe='')}"
 
 
+def _clip_utf8(value: str, limit: int) -> str:
+    """``value`` cut to at most ``limit`` UTF-8 bytes on a character boundary."""
+    return value.encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
+
+
 class NodeIdentityError(ValueError):
     """The node has no usable identity and cannot get one; the message says what to do."""
 
@@ -115,7 +120,9 @@ class IdentityFiles:
         key = self.private_key()
         csr = (
             x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, node_id[:64])]))
+            # X.509 caps a common name at 64 UTF-8 bytes, not characters: a non-ASCII id
+            # clipped by characters made this raise. The CA ignores the CSR's subject anyway.
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, _clip_utf8(node_id, 64))]))
             .sign(key, hashes.SHA256())
         )
         return csr.public_bytes(serialization.Encoding.PEM).decode()

@@ -28,7 +28,7 @@ from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import status_for
 from controlplane.api_key_hash import ApiKeyHasher, LiveHashKeys
 from controlplane.errors import ControlPlaneError
-from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS
+from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS, INT64_MAX
 from controlplane.services.groups import GROUP_NAME_RE
 from controlplane.services.identity import NodeIdentity
 from controlplane.services.nodes import NodeHello, NodeService
@@ -39,6 +39,27 @@ from signalbox.text import printable
 MAX_NODE_ID_CHARS = 256
 EXPIRED = object()
 MAX_REASON_LOG_CHARS = 500
+SHA256_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class _Invalid:
+    """What the reader puts in the inbox when a node's message is malformed: the stream ends
+    with INVALID_ARGUMENT and this message (the reader cannot end the call itself)."""
+
+    message: str
+
+
+def _check_answer(kind: str, version: int, sha256: bytes) -> str | None:
+    """Why an ACK or NACK cannot be recorded, or None. The wire's uint64 goes to a bigint
+    column and the hash is stored as given: past int64 the write fails (the stream ended with
+    a traceback), and an unbounded hash on every NACK row lets a node fill the database."""
+    if version > INT64_MAX:
+        return f"{kind}.version: at most {INT64_MAX} (got {version})"
+    if len(sha256) > SHA256_BYTES:
+        return f"{kind}.payload_sha256: at most {SHA256_BYTES} bytes (got {len(sha256)})"
+    return None
+
 
 if TYPE_CHECKING:
     from controlplane.metrics import ControlPlaneMetrics
@@ -163,6 +184,20 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 f"hello.node_id: must be 1..{MAX_NODE_ID_CHARS} characters without control characters "
                 f'(got "{printable(node_id, 80)}")',
             )
+        if hello.applied_version > INT64_MAX:
+            # The wire says uint64, the database column is a bigint: refused here, the field
+            # named, rather than an UNKNOWN carrying the driver's error from the write below.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"hello.applied_version: at most {INT64_MAX} (got {hello.applied_version})",
+            )
+        if len(hello.applied_hash) > SHA256_BYTES:
+            # Stored in the node's row and, when it disagrees with ours, logged in hex: a
+            # megabyte "hash" would be a megabyte row and a two-megabyte log line.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"hello.applied_hash: at most {SHA256_BYTES} bytes (got {len(hello.applied_hash)})",
+            )
         identity = await self._check_claims(context, hello, certified)
         group = _group_of(identity)
         if not GROUP_NAME_RE.fullmatch(group):
@@ -217,6 +252,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 item = await self._next(sub, identity)
                 if item is CLOSED:
                     break
+                if isinstance(item, _Invalid):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.message)
                 if item is EXPIRED:
                     await context.abort(
                         grpc.StatusCode.UNAUTHENTICATED,
@@ -360,6 +397,14 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                     state.last_sent = 0
                     state.applied = min(state.applied, message.resync.version)
                     sub.queue.put_nowait(None)
+                elif kind in ("ack", "nack") and (
+                    invalid := _check_answer(
+                        kind, getattr(message, kind).version, getattr(message, kind).payload_sha256
+                    )
+                ):
+                    log.warning("node %s: %s", printable(state.node_id), invalid)
+                    sub.queue.put_nowait(_Invalid(invalid))
+                    return
                 elif kind == "ack":
                     state.applied = max(state.applied, message.ack.version)
                     state.runs = (message.ack.version, bytes(message.ack.payload_sha256))

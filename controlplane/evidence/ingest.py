@@ -53,7 +53,7 @@ from controlplane.evidence.checkpoints import (
 from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, Tampered
 from controlplane.evidence.partitions import PartitionGone, Partitions
 from controlplane.evidence.records import COLUMNS, COPY_HEADER, COPY_TRAILER, Parsed, parse_lines, where
-from controlplane.evidence.spend import add_spend
+from controlplane.evidence.spend import add_spend, tenants_seen
 from controlplane.evidence.tree import StoredTree
 from controlplane.keys import Keyring
 from controlplane.limits import NODE_ID_CHARS
@@ -211,7 +211,8 @@ class EvidenceIngest:
                 walk.roots[walk.head_seq] = walk.tree.root()
             if walk.new:
                 await self._copy(session, parsed.rows_of(walk.new))
-                await add_spend(session, parsed.spends, walk.new)
+                seen = await tenants_seen(session, serial) if parsed.spends else None
+                await add_spend(session, parsed.spends, walk.new, seen)
             state = chain.state
             if refused is not None:
                 state = await self._alarm(session, chain, refused, parsed, walk)

@@ -35,16 +35,53 @@ def windows_of(us: int) -> tuple[str, str]:
     return when.strftime("%Y-%m-%d"), when.strftime("%Y-%m")
 
 
+async def tenants_seen(session: AsyncSession, serial: str) -> frozenset[str] | None:
+    """The ids of the tenants the node group of certificate ``serial`` serves (None: every
+    tenant; no certificate, as on an insecure node port, or a group that sees all)."""
+    if not serial:
+        return None
+    row = (
+        await session.execute(
+            text(
+                "SELECT g.tenants FROM node_certificates c JOIN node_groups g ON g.name = c.node_group"
+                " WHERE c.serial = :serial"
+            ),
+            {"serial": serial},
+        )
+    ).first()
+    if row is None:
+        return frozenset()  # the group is gone: it serves nobody
+    if row[0] is None:
+        return None
+    named = [str(t) for t in row[0]]
+    ids = await session.execute(
+        text("SELECT CAST(id AS text) FROM tenants WHERE CAST(id AS text) = ANY(:v) OR name = ANY(:v)"),
+        {"v": named},
+    )
+    return frozenset(ids.scalars())
+
+
 async def add_spend(
-    session: AsyncSession, spends: Mapping[int, tuple[str, str, int, int]], stored: Sequence[int]
+    session: AsyncSession,
+    spends: Mapping[int, tuple[str, str, int, int]],
+    stored: Sequence[int],
+    tenants: frozenset[str] | None = None,
 ) -> None:
-    """Add the costs of the stored records ``stored`` (indexes into ``spends``)."""
+    """Add the costs of the stored records ``stored`` (indexes into ``spends``), counting only
+    those of ``tenants`` (None: every tenant).
+
+    What is counted here is a floor under every node's budget lease for that tenant, so a
+    node's records may only raise it for tenants its group serves: otherwise a node of any
+    group could ship records naming another group's tenant and exhaust its budget. Such
+    records are still stored (the chain is the node's own), they just spend nothing."""
     totals: dict[tuple[str, str], int] = defaultdict(int)
     for i in stored:
         found = spends.get(i)
         if found is None:
             continue
         tenant_id, api_key_id, nanos, us = found
+        if tenants is not None and tenant_id not in tenants:
+            continue
         day, month = windows_of(us)
         for key in ("", api_key_id) if api_key_id else ("",):
             totals[(scope_of(tenant_id, key, "day"), day)] += nanos

@@ -50,7 +50,12 @@ NodePublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn[:CN_CHARS])])
+    # X.509 caps a common name at 64 UTF-8 bytes (cryptography refuses more), not 64
+    # characters: a node id of 33 non-ASCII characters failed issue with a ValueError, so
+    # Enroll and CertifyNode answered INTERNAL. The id a certificate binds is its SAN URN;
+    # the common name is a label, clipped here on a character boundary.
+    clipped = cn.encode("utf-8", "surrogatepass")[:CN_CHARS].decode("utf-8", "ignore")
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, clipped)])
 
 
 def fingerprint(certificate: x509.Certificate) -> bytes:

@@ -28,6 +28,15 @@ async def nacked(session: AsyncSession, node_id: str) -> set[tuple[int, bytes]]:
     return {(version, bytes(digest)) for version, digest in rows}
 
 
+async def has_nack(session: AsyncSession, node_id: str, version: int, sha256: bytes) -> bool:
+    found = await session.execute(
+        select(NodeNack.id)
+        .where(NodeNack.node_id == node_id, NodeNack.version == version, NodeNack.sha256 == sha256)
+        .limit(1)
+    )
+    return found.first() is not None
+
+
 async def mark_seen(session: AsyncSession, node_ids: Sequence[str], now: datetime) -> None:
     """Mark the nodes seen at ``now`` and connected, in one statement."""
     await session.execute(

@@ -37,6 +37,16 @@ class NodeHello:
     node_group: str = DEFAULT_GROUP
 
 
+def _stored_scope(scope: dict[str, Any]) -> dict[str, Any]:
+    """The Hello's scope as stored: its strings escaped and bounded like the other node-said
+    values. Raw, a NUL in ``site`` is a write PostgreSQL's jsonb refuses (the Hello ended in
+    UNKNOWN with the driver's error) and a megabyte ``deployment`` lands in the node's row."""
+    return {
+        key: printable(value, MAX_VERSION_CHARS) if isinstance(value, str) else value
+        for key, value in scope.items()
+    }
+
+
 @dataclass(slots=True)
 class NodeService:
     sessions: async_sessionmaker[AsyncSession]
@@ -53,7 +63,7 @@ class NodeService:
                 session.add(node)
             node.software_version = printable(hello.software_version, MAX_VERSION_CHARS)
             node.mode = hello.mode
-            node.scope = hello.scope
+            node.scope = _stored_scope(hello.scope)
             node.node_group = hello.node_group
             node.applied_version = hello.applied_version
             node.applied_hash = hello.applied_hash
@@ -114,7 +124,11 @@ class NodeService:
             node.last_nack_reason = reason
             node.last_nack_at = now
             node.last_seen_at = now
-            session.add(NodeNack(node_id=node_id, version=version, sha256=sha256, reason=reason))
+            # One row per refused (version, hash) is all ``refused`` needs; a node repeating
+            # a NACK (or flooding them) must not grow the table it loads on every reconnect.
+            # The node row is locked above, so two streams of one node cannot both insert.
+            if not await repo.has_nack(session, node_id, version, sha256):
+                session.add(NodeNack(node_id=node_id, version=version, sha256=sha256, reason=reason))
 
     async def group_exists(self, name: str) -> bool:
         async with self.sessions() as session:

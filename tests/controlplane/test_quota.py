@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from controlplane.errors import InvalidArgument
 from controlplane.evidence.ingest import Batch
+from controlplane.identity.ca import serial_hex
 from controlplane.quota import QuotaLedger
 from controlplane.services.base import Caller
 from controlplane.services.groups import GroupSpec
 from dataplane.evidence.records import GENESIS_HASH, seal
+from dataplane.identity import IdentityFiles
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import quota_pb2
 from tests.controlplane.conftest import Admin
@@ -165,3 +168,59 @@ async def test_a_budget_counts_what_shipped_evidence_says_was_spent(
     assert (second.granted, second.exhausted) == (400, True)
     info = await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="acme"))
     assert info.spent_day_nanos == 1000
+
+
+async def test_a_node_leases_no_key_quota_of_a_tenant_its_group_does_not_see(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    tenant_id = await _tenant(admin)
+    key = (await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant="acme", name="ci"))).key
+    await admin.SetLimits(admin_pb2.SetLimitsRequest(tenant="acme", key_id=key.id, requests_per_minute=600))
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="other"))
+    assert control_plane.cp.groups is not None
+    await control_plane.cp.groups.create(Caller("", "tests"), GroupSpec("others", tenants=("other",)))
+    ledger = control_plane.cp.quota
+    assert ledger is not None
+    # A node of "others" names acme's key: it must drain nothing the nodes serving acme rely on.
+    hidden = (await ledger.lease([_ask(tenant_id, RPM, 600, key=key.id)], "n1", "others"))[0]
+    assert (hidden.granted, hidden.limit) == (0, 0)
+    seen = (await ledger.lease([_ask(tenant_id, RPM, 600, key=key.id)], "n2", "default"))[0]
+    assert (seen.granted, seen.limit) == (600, 600)
+
+
+async def test_evidence_from_a_node_of_another_group_spends_none_of_a_tenants_budget(
+    admin: Admin, control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    """Spend counted from evidence is a floor under every node's budget lease: a node may only
+    raise it for tenants its group serves, or one node of any group could exhaust any budget."""
+    tenant_id = await _tenant(admin, budget_day_nanos=1000)
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="other"))
+    assert control_plane.cp.groups is not None
+    await control_plane.cp.groups.create(Caller("", "tests"), GroupSpec("others", tenants=("other",)))
+    await control_plane.enroll("outsider", private_tmp / "outsider", group="others")
+    certificate = IdentityFiles(private_tmp / "outsider").certificate()
+    assert certificate is not None
+    serial = serial_hex(certificate)
+    ingest = control_plane.cp.evidence
+    assert ingest is not None
+    line = seal(
+        {
+            "seq": 1,
+            "prev_hash": GENESIS_HASH,
+            "ts": time.time(),
+            "record_id": f"{1:032x}",
+            "node_id": "outsider",
+            "chain_id": "outsider/0",
+            "tenant_id": tenant_id,
+            "api_key_id": "",
+            "cost": {"currency": "USD", "total_nanos": 1000},
+        }
+    )
+    ack = await ingest.ingest("outsider", Batch("outsider/0", [line]), serial=serial)
+    assert (ack.refused, ack.stored) == (None, 1)
+    info = await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="acme"))
+    assert info.spent_day_nanos == 0
+    ledger = control_plane.cp.quota
+    assert ledger is not None
+    grant = (await ledger.lease([_ask(tenant_id, DAY, 1000)], "n1", "default"))[0]
+    assert (grant.granted, grant.exhausted) == (1000, True)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from signalbox.api.admin.v1 import admin_pb2
-from signalbox.api.config.v1 import sync_pb2, sync_pb2_grpc
+from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.shell.admin_cli.output import NODE_COLUMNS, node_row
 from signalbox.text import printable
 from signalbox.tls import aio_channel
@@ -91,3 +93,111 @@ async def test_a_node_id_with_control_characters_is_refused_with_the_field_named
     assert details.startswith("hello.node_id: must be 1..256 characters without control characters")
     assert "\n" not in details
     assert details.endswith('(got "node-x\\nERROR forged")')
+
+
+async def _hello_only(
+    control_plane: RunningControlPlane, tls: object, hello: sync_pb2.Hello
+) -> tuple[grpc.StatusCode, str]:
+    """Say ``hello`` and nothing more: how the stream ends (OK once an envelope came)."""
+
+    async def requests() -> object:
+        yield sync_pb2.NodeMessage(hello=hello)
+
+    async with aio_channel(control_plane.node_address, tls) as channel:  # type: ignore[arg-type]
+        call = sync_pb2_grpc.ConfigSyncServiceStub(channel).Sync(requests(), timeout=TIMEOUT)
+        try:
+            async for message in call:
+                return grpc.StatusCode.OK, message.WhichOneof("message") or ""
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+async def test_an_applied_version_past_int64_is_refused_with_the_field_named(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    tls = await control_plane.enroll("node-huge", private_tmp / "node-huge")
+    hello = sync_pb2.Hello(node_id="node-huge", software_version="1", applied_version=2**64 - 1)
+    code, details = await _hello_only(control_plane, tls, hello)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert details == f"hello.applied_version: at most {2**63 - 1} (got {2**64 - 1})"
+
+
+async def test_a_hello_with_an_oversized_applied_hash_is_refused_with_the_field_named(
+    admin: Admin, control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    await admin.seed()
+    version = await admin.latest_version()
+    tls = await control_plane.enroll("node-hash", private_tmp / "node-hash")
+    # A version we signed with a different "hash": the claim check would log it in hex.
+    hello = sync_pb2.Hello(
+        node_id="node-hash", software_version="1", applied_version=version, applied_hash=b"h" * 1_000_000
+    )
+    code, details = await _hello_only(control_plane, tls, hello)
+    assert (code, details) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "hello.applied_hash: at most 32 bytes (got 1000000)",
+    )
+
+
+async def test_a_hello_scope_with_nul_and_huge_strings_is_stored_escaped_and_bounded(
+    admin: Admin, control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    tls = await control_plane.enroll("node-scope", private_tmp / "node-scope")
+    scope = snapshot_pb2.Scope(site="rack\x00\u202e1", deployment="d" * 10_000)
+    hello = sync_pb2.Hello(node_id="node-scope", software_version="1", scope=scope)
+    assert await _hello_only(control_plane, tls, hello) == (grpc.StatusCode.OK, "envelope")
+    stored = await _node(admin, "node-scope")
+    assert stored.site == "rack\\x00\\u202e1"
+    assert stored.deployment.startswith("d" * 100)
+    assert len(stored.deployment) < 130
+
+
+@pytest.mark.parametrize(
+    ("answer", "field"),
+    [
+        (sync_pb2.NodeMessage(ack=sync_pb2.Ack(version=2**64 - 1)), "ack.version"),
+        (sync_pb2.NodeMessage(nack=sync_pb2.Nack(version=2**63, reason="x")), "nack.version"),
+        (
+            sync_pb2.NodeMessage(nack=sync_pb2.Nack(version=1, payload_sha256=b"h" * 1_000_000)),
+            "nack.payload_sha256",
+        ),
+        (sync_pb2.NodeMessage(ack=sync_pb2.Ack(version=1, payload_sha256=b"h" * 33)), "ack.payload_sha256"),
+    ],
+    ids=["ack-version", "nack-version", "nack-hash", "ack-hash"],
+)
+async def test_an_ack_or_nack_the_database_cannot_hold_ends_the_stream_naming_the_field(
+    admin: Admin, sync_nodes: object, answer: sync_pb2.NodeMessage, field: str
+) -> None:
+    node: SyncNode = await sync_nodes("node-answers")  # type: ignore[operator]
+    await node.next_envelope()
+    node.outbox.put_nowait(answer)
+    await asyncio.wait_for(node.ended.wait(), TIMEOUT)
+    assert node.end_code == grpc.StatusCode.INVALID_ARGUMENT
+    stored = await _node(admin, "node-answers")
+    assert (stored.applied_version, stored.last_nack_version, stored.last_nack_reason) == (0, 0, "")
+    assert (await node.call.details()).startswith(f"{field}: at most ")
+
+
+async def test_a_node_repeating_one_nack_adds_one_refusal_row(
+    admin: Admin, control_plane: RunningControlPlane, sync_nodes: object
+) -> None:
+    node: SyncNode = await sync_nodes("node-repeats")  # type: ignore[operator]
+    envelope = await node.next_envelope()
+    version = node.verified(envelope).version
+    for i in range(50):
+        node.nack(envelope, version, f"no {i}")
+    node.ack(envelope, version)  # the stream reads in order: once this is recorded, so are they
+
+    async def acked() -> bool:
+        return (await _node(admin, "node-repeats")).last_ack_version == version
+
+    await eventually(acked, message="the ACK after the NACKs recorded")
+    assert (await _node(admin, "node-repeats")).last_nack_reason == "no 49"
+    engine = sa.create_engine(control_plane.database_url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT count(*) FROM node_nacks WHERE node_id = 'node-repeats'"))
+            assert rows.scalar() == 1
+    finally:
+        engine.dispose()

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from dataplane.identity import IdentityFiles, NodeIdentityError, enroll, urn
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -314,3 +314,44 @@ async def test_two_nodes_racing_with_one_token_get_one_certificate(
     assert len(issued) == 1
     assert len(refused) == 7
     assert {r.code() for r in refused} == {grpc.StatusCode.UNAUTHENTICATED}
+
+
+@pytest.mark.parametrize(
+    "node_id",
+    ["édge-" + "é" * 40, "節点" * 30, "😀" * 17, "a" * 63 + "é"],
+    ids=["latin-80-bytes", "cjk-180-bytes", "emoji-68-bytes", "split-at-64"],
+)
+async def test_a_node_id_past_64_utf8_bytes_enrolls_with_the_common_name_clipped(
+    control_plane: RunningControlPlane, node_id: str
+) -> None:
+    # The id is up to 256 characters; X.509 caps the common name at 64 UTF-8 bytes. The id the
+    # certificate binds is its SAN URN; the common name is a label, clipped on a character.
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "node")]))
+        .sign(key, hashes.SHA256())
+    )
+    csr_pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    issued = await _enroll_rpc(control_plane, await control_plane.enroll_token(), csr_pem, node_id)
+    cert = x509.load_pem_x509_certificate(issued.certificate_pem.encode())
+    uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier
+    )
+    assert uris[0] == urn("node", node_id)
+    common_name = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    assert isinstance(common_name, str)
+    assert node_id.startswith(common_name)
+    assert 60 < len(common_name.encode()) <= 64
+
+
+async def test_a_node_with_a_long_non_ascii_id_enrolls_itself(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    node_id = "節点-" + "é" * 40
+    cert = await _enroll_as(control_plane, private_tmp / "n", await control_plane.enroll_token(), node_id)
+    uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier
+    )
+    assert uris[0] == urn("node", node_id)
+    assert IdentityFiles(private_tmp / "n").problem(node_id) == ""
