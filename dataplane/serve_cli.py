@@ -22,7 +22,7 @@ from dataplane.quota import DEFAULT_LEASE_INTERVAL
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.serve_flags import add_door_and_evidence_flags
 from dataplane.snapshot.background import ESCALATE_AFTER_S
-from dataplane.snapshot.hash_key import decode_hash_keys
+from dataplane.snapshot.hash_key import decode_hash_keys, read_hash_key_file
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
 from dataplane.trust_cli import add_trust_key, trust_key_paths
 from dataplane.workers import resolve as resolve_workers
@@ -440,7 +440,7 @@ def serve_command(ns: argparse.Namespace) -> int:
     if ns.api_key_hash_key_file:
         try:
             hash_keys = decode_hash_keys(
-                Path(ns.api_key_hash_key_file).read_bytes(), "--api-key-hash-key-file"
+                read_hash_key_file(Path(ns.api_key_hash_key_file)), "--api-key-hash-key-file"
             )
         except OSError as exc:
             print(
