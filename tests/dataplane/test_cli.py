@@ -93,6 +93,20 @@ def test_trust_keys_come_from_the_environment_when_no_flag_is_given(
     assert "version: 3" in capsys.readouterr().out
 
 
+def test_verify_refuses_a_trust_file_nested_past_the_parsers_depth(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # json raises RecursionError, no ValueError, for deep nesting: it was a traceback.
+    pin = _pin(tmp_path, signing_key, "http://127.0.0.1:1")
+    snap_dir = tmp_path / "node" / "snapshot"
+    snap_dir.mkdir(parents=True, mode=0o700)
+    (snap_dir / "trust.json").write_bytes(b'{"statements":' * 100_000)
+    args = ["dataplane", "verify", "--snapshot", str(pin), "--trust-key", str(trust_key)]
+    assert main([*args, "--data-dir", str(tmp_path / "node")]) == 1
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"INVALID {pin}: {snap_dir / 'trust.json'}: not JSON")
+
+
 @pytest.mark.parametrize("flag", ["--credential-env-prefix", "--credential-dir"])
 async def test_serve_reads_credentials_only_where_the_operator_flags_say(
     tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, flag: str
