@@ -107,6 +107,29 @@ def test_verify_refuses_a_trust_file_nested_past_the_parsers_depth(
     assert line.startswith(f"INVALID {pin}: {snap_dir / 'trust.json'}: not JSON")
 
 
+async def test_serve_refuses_a_pin_that_is_a_fifo_instead_of_waiting_for_a_writer(
+    tmp_path: Path, trust_key: Path
+) -> None:
+    pin = tmp_path / "site.snapshot"
+    os.mkfifo(pin)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "signalbox",
+        *pinned_serve_args(pin, trust_key, tmp_path / "node"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 1, err.decode()
+    assert f"signalbox dataplane serve: {pin}: cannot be read: not a regular file" in err.decode()
+
+
 @pytest.mark.parametrize("flag", ["--credential-env-prefix", "--credential-dir"])
 async def test_serve_reads_credentials_only_where_the_operator_flags_say(
     tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, flag: str
