@@ -365,6 +365,11 @@ def serve_command(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if not math.isfinite(ns.drain_seconds) or ns.drain_seconds < 0:
+        # NaN or a negative grace is no drain at all, infinity one no SIGTERM ever ends (the
+        # supervisor waits drain + margin for its workers): bad usage, not a setting.
+        print(f"--drain-seconds: {ns.drain_seconds:g} is not a number of seconds >= 0", file=sys.stderr)
+        return 2
     if ns.workers < 0:
         print(f"--workers: {ns.workers} is not a number of processes (0: one per core)", file=sys.stderr)
         return 2

@@ -204,6 +204,9 @@ def test_serve_refuses_an_idle_wait_that_is_not_a_number_of_seconds(
         ("--default-timeout", "nan", "is not a positive number of seconds"),
         ("--stream-timeout", "-5", "is not a positive number of seconds"),
         ("--stream-timeout", "inf", "is not a positive number of seconds"),
+        ("--drain-seconds", "nan", "is not a number of seconds >= 0"),
+        ("--drain-seconds", "-1", "is not a number of seconds >= 0"),
+        ("--drain-seconds", "inf", "is not a number of seconds >= 0"),
     ],
 )
 def test_serve_refuses_counts_and_sizes_that_make_no_sense(
