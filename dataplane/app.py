@@ -59,7 +59,7 @@ from dataplane.quota.local import serve as serve_ledger
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.query import NodeContext
 from dataplane.snapshot.envelope import load_trust_keys
-from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_FILE, decode_hash_keys
+from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_FILE, decode_hash_keys, read_hash_key_file
 from dataplane.snapshot.lkg import LKG_FILE, SNAPSHOT_DIR
 from dataplane.snapshot.pin_watch import PinWatcher, warn_if_expired
 from dataplane.snapshot.serving import ServingState
@@ -180,7 +180,7 @@ class DataPlaneNode:
         path = self.settings.data_dir / SNAPSHOT_DIR / API_KEY_HASH_KEY_FILE
         while True:
             try:
-                keys = decode_hash_keys(await asyncio.to_thread(path.read_bytes), str(path))
+                keys = decode_hash_keys(await asyncio.to_thread(read_hash_key_file, path), str(path))
             except FileNotFoundError:
                 keys = None
             except ValueError as exc:

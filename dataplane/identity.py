@@ -14,8 +14,10 @@ The token is a credential: it is never logged, never put in an error message.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +26,7 @@ from urllib.parse import quote, unquote
 
 import grpc
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -50,6 +52,10 @@ def urn(kind: str, value: str) -> str:
 def _clip_utf8(value: str, limit: int) -> str:
     """``value`` cut to at most ``limit`` UTF-8 bytes on a character boundary."""
     return value.encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
+
+
+MAX_KEY_BYTES = 64 * 1024
+"""A node key file larger than this is refused unread (its PEM is a few hundred bytes)."""
 
 
 class NodeIdentityError(ValueError):
@@ -105,10 +111,35 @@ class IdentityFiles:
         return key
 
     def _load_key(self) -> ec.EllipticCurvePrivateKey:
-        self.key.chmod(0o600)
+        # Opened once, not followed if a symlink and without blocking (a FIFO): the mode is
+        # fixed on what was opened (fchmod), so no file outside this directory is changed,
+        # and only a bounded regular file is read.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            loaded = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
-        except ValueError as exc:
+            fd = os.open(self.key, flags)
+        except OSError as exc:
+            problem = "a symbolic link" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror})"
+            raise NodeIdentityError(f"{self.key}: {problem}; move it away to generate a new one") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise NodeIdentityError(f"{self.key}: not a regular file; move it away to generate a new one")
+            if info.st_size > MAX_KEY_BYTES:
+                raise NodeIdentityError(
+                    f"{self.key}: larger than {MAX_KEY_BYTES} bytes; move it away to generate a new one"
+                )
+            os.fchmod(fd, 0o600)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read(MAX_KEY_BYTES + 1)
+        finally:
+            os.close(fd)
+        try:
+            loaded = serialization.load_pem_private_key(data, password=None)
+        except TypeError:  # what cryptography raises for an encrypted key without a password
+            raise NodeIdentityError(
+                f"{self.key}: an encrypted private key; the node needs it unencrypted (0600)"
+            ) from None
+        except (ValueError, UnsupportedAlgorithm) as exc:
             raise NodeIdentityError(
                 f"{self.key}: not a PEM private key; move it away to generate a new one"
             ) from exc

@@ -22,7 +22,7 @@ from dataplane.quota import DEFAULT_LEASE_INTERVAL
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
 from dataplane.serve_flags import add_door_and_evidence_flags
 from dataplane.snapshot.background import ESCALATE_AFTER_S
-from dataplane.snapshot.hash_key import decode_hash_keys
+from dataplane.snapshot.hash_key import decode_hash_keys, read_hash_key_file
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
 from dataplane.trust_cli import add_trust_key, trust_key_paths
 from dataplane.workers import resolve as resolve_workers
@@ -365,6 +365,11 @@ def serve_command(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if not math.isfinite(ns.drain_seconds) or ns.drain_seconds < 0:
+        # NaN or a negative grace is no drain at all, infinity one no SIGTERM ever ends (the
+        # supervisor waits drain + margin for its workers): bad usage, not a setting.
+        print(f"--drain-seconds: {ns.drain_seconds:g} is not a number of seconds >= 0", file=sys.stderr)
+        return 2
     if ns.workers < 0:
         print(f"--workers: {ns.workers} is not a number of processes (0: one per core)", file=sys.stderr)
         return 2
@@ -440,7 +445,7 @@ def serve_command(ns: argparse.Namespace) -> int:
     if ns.api_key_hash_key_file:
         try:
             hash_keys = decode_hash_keys(
-                Path(ns.api_key_hash_key_file).read_bytes(), "--api-key-hash-key-file"
+                read_hash_key_file(Path(ns.api_key_hash_key_file)), "--api-key-hash-key-file"
             )
         except OSError as exc:
             print(

@@ -4,6 +4,9 @@ are ``dataplane.files``, re-exported here for the snapshot modules)."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import stat
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
@@ -12,21 +15,40 @@ from dataplane.errors import SnapshotFileInvalid
 from dataplane.files import atomic_write, private_dir
 from signalbox.api.config.v1 import snapshot_pb2
 
-__all__ = ["atomic_write", "envelope_parts", "private_dir", "read_envelope_file"]
+__all__ = ["MAX_ENVELOPE_FILE_BYTES", "atomic_write", "envelope_parts", "private_dir", "read_envelope_file"]
+
+MAX_ENVELOPE_FILE_BYTES = 256 * 1024 * 1024
+"""A larger snapshot file is not read (a snapshot of 10,000 tenants is a few MiB)."""
 
 
 async def read_envelope_file(path: Path) -> tuple[bytes, snapshot_pb2.SignedEnvelope]:
     """The raw bytes and parsed envelope of a snapshot file; ``SnapshotFileInvalid`` if unreadable."""
     try:
-        raw = await asyncio.to_thread(path.read_bytes)
+        raw = await asyncio.to_thread(_read_bounded, path)
     except OSError as exc:
-        raise SnapshotFileInvalid(f"{path}: cannot be read: {exc}") from exc
+        raise SnapshotFileInvalid(f"{path}: cannot be read: {exc.strerror or exc}") from exc
     envelope = snapshot_pb2.SignedEnvelope()
     try:
         envelope.ParseFromString(raw)
     except DecodeError as exc:
         raise SnapshotFileInvalid(f"{path}: not a signed envelope: {exc}") from exc
     return raw, envelope
+
+
+def _read_bounded(path: Path) -> bytes:
+    """A regular file of at most ``MAX_ENVELOPE_FILE_BYTES``; ``OSError`` otherwise. Opened
+    non-blocking and checked before reading: a pin (or last-known-good) replaced by a FIFO
+    would make start wait for a writer forever, and one of gigabytes fill the memory, where
+    the node must refuse to start instead (as the pin watcher refuses both while running)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        raw = f.read(MAX_ENVELOPE_FILE_BYTES + 1)
+    if len(raw) > MAX_ENVELOPE_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"more than the {MAX_ENVELOPE_FILE_BYTES} bytes a snapshot file may have")
+    return raw
 
 
 def envelope_parts(

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import json
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +92,8 @@ def decode_hash_keys(raw: bytes, source: str) -> HashKeys:
         return HashKeys({1: decode_base64_key(raw, source, f"{API_KEY_HASH_KEY_BYTES} bytes")})
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        # RecursionError: 4096 bytes nest past the parser's depth limit, which is no ValueError.
         raise ValueError(f"{source}: not JSON (expected {{{_FIELD!r}: [...]}})") from None
     entries = document.get(_FIELD) if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
@@ -114,6 +117,26 @@ def decode_hash_keys(raw: bytes, source: str) -> HashKeys:
         return HashKeys.of(pairs)
     except ValueError as exc:
         raise ValueError(f"{source}: {_FIELD}: {exc}") from None
+
+
+def read_hash_key_file(path: Path) -> bytes:
+    """The bytes of a hash key file (``OSError`` if unreadable), at most ``MAX_FILE_BYTES + 1``
+    of them: enough for ``decode_hash_keys`` to refuse a larger file, while a path such as
+    ``/dev/zero`` or a FIFO cannot make the node read without end (non-blocking open: a FIFO
+    with no writer reads as empty instead of hanging start)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = b""
+        while len(data) <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        os.close(fd)
 
 
 def write_hash_key_file(path: Path, keys: HashKeys) -> None:

@@ -71,11 +71,27 @@ def read_hwm(directory: Path) -> HighWaterMark | None:
     path = directory / HWM_FILE
     try:
         data = json.loads(path.read_bytes())
-        return HighWaterMark(
-            int(data["version"]), bytes.fromhex(data["sha256"]), str(data.get("node_group", ""))
-        )
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        # Without a trustworthy mark, rollback protection is gone: refuse to start.
-        raise SnapshotFileInvalid(f"{path}: unreadable high-water mark: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: nested past json's depth limit, which is no ValueError.
+        raise SnapshotFileInvalid(f"{path}: unreadable high-water mark: not JSON") from exc
+    # Checked exactly as write_hwm writes it: int() would take 2.7 or true as a version and
+    # raise OverflowError (no ValueError: a traceback at start) for Infinity or 1e400.
+    version = data.get("version") if isinstance(data, dict) else None
+    sha256 = data.get("sha256") if isinstance(data, dict) else None
+    group = data.get("node_group", "") if isinstance(data, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version < 2**64:
+        problem = "version: must be a whole number 0..2^64-1"
+    elif not isinstance(sha256, str) or len(sha256) != 64 or not _is_hex(sha256):
+        problem = "sha256: must be 64 hex digits"
+    elif not isinstance(group, str):
+        problem = "node_group: must be a string"
+    else:
+        return HighWaterMark(version, bytes.fromhex(sha256), group)
+    # Without a trustworthy mark, rollback protection is gone: refuse to start.
+    raise SnapshotFileInvalid(f"{path}: unreadable high-water mark: {problem}")
+
+
+def _is_hex(text: str) -> bool:
+    return text.isascii() and all(c in "0123456789abcdefABCDEF" for c in text)

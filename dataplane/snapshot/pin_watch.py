@@ -33,6 +33,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
+from dataplane.snapshot.files import MAX_ENVELOPE_FILE_BYTES
 from dataplane.snapshot.serving import ServingState
 from dataplane.snapshot.store import ApplyResult, SnapshotStore
 from signalbox.api.config.v1 import snapshot_pb2
@@ -40,7 +41,7 @@ from signalbox.api.config.v1 import snapshot_pb2
 log = logging.getLogger("signalbox.dataplane.config")
 
 DEFAULT_POLL_INTERVAL_S = 2.0
-MAX_PIN_BYTES = 256 * 1024 * 1024
+MAX_PIN_BYTES = MAX_ENVELOPE_FILE_BYTES
 """A larger file is not read (a snapshot of 10,000 tenants is a few MiB): one warning, kept serving."""
 
 Fingerprint = tuple[int, int, int]

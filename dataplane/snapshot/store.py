@@ -47,7 +47,13 @@ from dataplane.snapshot.checks import Delta, check_snapshot, peek, whole_envelop
 from dataplane.snapshot.compiled import Compiled
 from dataplane.snapshot.delta import DeltaMismatch, rebuild
 from dataplane.snapshot.files import atomic_write, read_envelope_file
-from dataplane.snapshot.hash_key import API_KEY_HASH_KEY_FILE, NO_HASH_KEYS, HashKeys, decode_hash_keys
+from dataplane.snapshot.hash_key import (
+    API_KEY_HASH_KEY_FILE,
+    NO_HASH_KEYS,
+    HashKeys,
+    decode_hash_keys,
+    read_hash_key_file,
+)
 from dataplane.snapshot.layout import TRUSTED_KEYS
 from dataplane.snapshot.lkg import (
     HWM_FILE,
@@ -154,7 +160,7 @@ class SnapshotStore:
     def _read_hash_keys(self) -> HashKeys:
         path = self._dir / API_KEY_HASH_KEY_FILE
         try:
-            return decode_hash_keys(path.read_bytes(), str(path))
+            return decode_hash_keys(read_hash_key_file(path), str(path))
         except FileNotFoundError:
             return NO_HASH_KEYS
         except ValueError as exc:

@@ -134,7 +134,8 @@ class TrustSet:
             data = json.loads(self._path.read_bytes())
         except FileNotFoundError:
             return
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: nested past json's depth limit, which is no ValueError.
             raise SnapshotFileInvalid(f"{self._path}: not JSON: {exc}") from exc
         try:
             statements = data["statements"]

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 
 from signalbox import settings, tls
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from signalbox.text import printable
 
 COMMAND = "infer"
 
@@ -236,7 +237,9 @@ def _report(exc: grpc.RpcError, target: str, err: TextIO) -> int:
     call: grpc.Call = exc  # type: ignore[assignment]
     status = call.code()
     entry = EXIT_CODES.get(status, ExitCode(1, ""))
-    details = (call.details() or "").replace("\n", " ")
+    # The node's text: escaped (signalbox.text), so neither a newline nor an ESC sequence from
+    # a hostile or broken server reaches the terminal, and one bounded line.
+    details = printable(call.details() or "")
     hint = f" ({entry.hint})" if entry.hint else ""
     print(f"signalbox infer: {status.name} from {target}: {details}{hint}", file=err)
     return entry.code

@@ -93,6 +93,43 @@ def test_trust_keys_come_from_the_environment_when_no_flag_is_given(
     assert "version: 3" in capsys.readouterr().out
 
 
+def test_verify_refuses_a_trust_file_nested_past_the_parsers_depth(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # json raises RecursionError, no ValueError, for deep nesting: it was a traceback.
+    pin = _pin(tmp_path, signing_key, "http://127.0.0.1:1")
+    snap_dir = tmp_path / "node" / "snapshot"
+    snap_dir.mkdir(parents=True, mode=0o700)
+    (snap_dir / "trust.json").write_bytes(b'{"statements":' * 100_000)
+    args = ["dataplane", "verify", "--snapshot", str(pin), "--trust-key", str(trust_key)]
+    assert main([*args, "--data-dir", str(tmp_path / "node")]) == 1
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"INVALID {pin}: {snap_dir / 'trust.json'}: not JSON")
+
+
+async def test_serve_refuses_a_pin_that_is_a_fifo_instead_of_waiting_for_a_writer(
+    tmp_path: Path, trust_key: Path
+) -> None:
+    pin = tmp_path / "site.snapshot"
+    os.mkfifo(pin)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "signalbox",
+        *pinned_serve_args(pin, trust_key, tmp_path / "node"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 1, err.decode()
+    assert f"signalbox dataplane serve: {pin}: cannot be read: not a regular file" in err.decode()
+
+
 @pytest.mark.parametrize("flag", ["--credential-env-prefix", "--credential-dir"])
 async def test_serve_reads_credentials_only_where_the_operator_flags_say(
     tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, flag: str
@@ -167,6 +204,9 @@ def test_serve_refuses_an_idle_wait_that_is_not_a_number_of_seconds(
         ("--default-timeout", "nan", "is not a positive number of seconds"),
         ("--stream-timeout", "-5", "is not a positive number of seconds"),
         ("--stream-timeout", "inf", "is not a positive number of seconds"),
+        ("--drain-seconds", "nan", "is not a number of seconds >= 0"),
+        ("--drain-seconds", "-1", "is not a number of seconds >= 0"),
+        ("--drain-seconds", "inf", "is not a number of seconds >= 0"),
     ],
 )
 def test_serve_refuses_counts_and_sizes_that_make_no_sense(

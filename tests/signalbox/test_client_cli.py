@@ -6,8 +6,10 @@ import asyncio
 import json
 import sys
 
+import grpc
 import pytest
 
+from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.up import LocalStack
 
 pytestmark = pytest.mark.timeout(600)
@@ -123,6 +125,29 @@ async def test_unreachable_node_is_unavailable() -> None:
 
     assert code == 6
     assert err.startswith("signalbox infer: UNAVAILABLE from 127.0.0.1:1")
+
+
+class _Hostile(infer_pb2_grpc.InferServiceServicer):
+    async def Infer(
+        self, request: infer_pb2.InferRequest, context: grpc.aio.ServicerContext
+    ) -> infer_pb2.InferResponse:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad \x1b]0;pwned\x07\x1b[2Jrequest")
+
+
+async def test_error_details_from_a_hostile_node_are_escaped() -> None:
+    # Only newlines were replaced: an ESC sequence in the details reached the terminal.
+    server = grpc.aio.server()
+    infer_pb2_grpc.add_InferServiceServicer_to_server(_Hostile(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        code, _, err = await infer(None, "--target", f"127.0.0.1:{port}", "hello", api_key="k")
+    finally:
+        await server.stop(None)
+    assert code != 0
+    assert "\x1b" not in err
+    assert "\x07" not in err
+    assert "bad \\x1b]0;pwned\\x07\\x1b[2Jrequest" in err
 
 
 async def test_missing_api_key_fails_before_calling(local_stack: LocalStack) -> None:

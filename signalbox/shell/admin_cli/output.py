@@ -35,8 +35,15 @@ def enum_name(enum: Any, prefix: str, value: int) -> str:
     return str(enum.Name(value)).removeprefix(prefix).lower()
 
 
+CELL_LIMIT = 100_000
+"""Clips only what no terminal shows anyway: a table cell is not shortened otherwise."""
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h).upper() for h in headers], *[[str(c) for c in row] for row in rows]]
+    # Every cell escaped, not only the fields known to come from nodes: a name, URL or reason
+    # is whatever the control plane (or a server posing as one) sent, and an ESC in it would
+    # rewrite the operator's terminal. Escaping is idempotent: fields escaped before are kept.
+    cells = [[str(h).upper() for h in headers], *[[printable(c, CELL_LIMIT) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells

@@ -18,6 +18,7 @@ from signalbox.api.admin.v1 import admin_pb2_grpc
 from signalbox.errors import Error
 from signalbox.shell.admin_cli.commands.base import Action, Stub
 from signalbox.shell.admin_cli.output import Output, table
+from signalbox.text import printable
 
 EXIT_CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 2,
@@ -83,7 +84,8 @@ def admin_command(ns: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     except grpc.aio.AioRpcError as exc:
-        print(f"signalbox admin: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        # The details are the server's text: escaped, one bounded line (signalbox.text).
+        print(f"signalbox admin: {exc.code().name}: {printable(exc.details())}", file=sys.stderr)
         return EXIT_CODES.get(exc.code(), 1)
     except (OSError, tls.TlsConfigError) as exc:
         print(f"signalbox admin: {exc}", file=sys.stderr)

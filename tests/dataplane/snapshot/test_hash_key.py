@@ -4,8 +4,11 @@ message carries."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,44 @@ def test_serve_refuses_a_bad_file_before_it_starts(
     assert "--api-key-hash-key-file: api_key_hash_keys: version 1: given twice" in err
     assert _b64(ONE) not in err
     assert _b64(TWO) not in err
+
+
+def test_a_file_nested_past_the_parsers_depth_is_refused_as_not_json() -> None:
+    # 4,096 bytes are enough to nest past json's recursion limit: RecursionError, no ValueError.
+    nested = b'{"":' * 1024
+    with pytest.raises(ValueError, match=r"^f: not JSON"):
+        decode_hash_keys(nested, "f")
+
+
+async def test_serve_refuses_a_fifo_or_a_deeply_nested_file_with_one_line(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    nested = tmp_path / "nested"
+    nested.write_bytes(b'{"":' * 1024)
+    for path, rule in ((fifo, "not a regular file"), (nested, "not JSON")):
+        # A process of its own: a node that read a FIFO would wait for a writer forever.
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "signalbox",
+            "dataplane",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path / "node"),
+            "--api-key-hash-key-file",
+            str(path),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(process.communicate(), 60)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 2, err.decode()
+        [line] = err.decode().splitlines()
+        assert line.startswith("--api-key-hash-key-file: ")
+        assert rule in line

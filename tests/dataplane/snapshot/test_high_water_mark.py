@@ -150,3 +150,30 @@ async def test_versions_count_per_group_a_moved_node_starts_on_its_new_groups_ch
     replay = await moved.store.apply(envelope(_in_group(6, simulator.base_url, "old"), signing_key))
     assert not replay.accepted
     assert replay.reason.startswith("scope:")
+
+
+@pytest.mark.parametrize(
+    ("body", "rule"),
+    [
+        (b'{"version": Infinity, "sha256": "' + b"0" * 64 + b'"}', "version: must be a whole number"),
+        (b'{"version": 1e400, "sha256": "' + b"0" * 64 + b'"}', "version: must be a whole number"),
+        (b'{"version": 2.7, "sha256": "' + b"0" * 64 + b'"}', "version: must be a whole number"),
+        (b'{"version": true, "sha256": "' + b"0" * 64 + b'"}', "version: must be a whole number"),
+        (b'{"version": -5, "sha256": "' + b"0" * 64 + b'"}', "version: must be a whole number"),
+        (b'{"version": 5, "sha256": ""}', "sha256: must be 64 hex digits"),
+        (b'{"version": 5, "sha256": "' + b"0" * 64 + b'", "node_group": 7}', "node_group: must be a string"),
+        (b"[" * 100_000, "not JSON"),
+    ],
+    ids=["infinity", "1e400", "fraction", "true", "negative", "no-hash", "group", "nested"],
+)
+async def test_an_edited_mark_refuses_start_naming_the_rule(
+    trust_key: Path, tmp_path: Path, body: bytes, rule: str
+) -> None:
+    # Int() took 2.7 and true as versions, and Infinity or deep nesting raised OverflowError
+    # or RecursionError (a traceback at start, not the refusal serve reports in one line).
+    snap_dir = tmp_path / "node" / "snapshot"
+    snap_dir.mkdir(parents=True, mode=0o700)
+    (snap_dir / HWM_FILE).write_bytes(body)
+    with pytest.raises(SnapshotFileInvalid, match=r"unreadable high-water mark") as err:
+        await _refused(trust_key, tmp_path)
+    assert rule in str(err.value)

@@ -1,0 +1,98 @@
+"""``signalbox dataplane identity request`` against a node key file someone else put there:
+a precise one-line refusal, nothing outside the identity directory touched, never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+
+def _encrypted(path: Path, victim: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+
+
+def _directory(path: Path, victim: Path) -> None:
+    path.mkdir(mode=0o755)
+
+
+def _symlink(path: Path, victim: Path) -> None:
+    path.symlink_to(victim)
+
+
+def _dangling(path: Path, victim: Path) -> None:
+    path.symlink_to(victim.with_name("missing"))
+
+
+def _fifo(path: Path, victim: Path) -> None:
+    os.mkfifo(path)
+
+
+@pytest.mark.parametrize(
+    ("plant", "rule"),
+    [
+        (_encrypted, "an encrypted private key"),
+        (_directory, "not a regular file"),
+        (_symlink, "a symbolic link"),
+        (_dangling, "a symbolic link"),
+        (_fifo, "not a regular file"),
+    ],
+    ids=["encrypted", "directory", "symlink", "dangling-symlink", "fifo"],
+)
+async def test_a_planted_key_file_is_refused_in_one_line_and_nothing_else_changes(
+    tmp_path: Path, plant: Callable[[Path, Path], None], rule: str
+) -> None:
+    # Each was a traceback (TypeError, IsADirectoryError, FileExistsError), a hang (FIFO), or
+    # a chmod through the symlink of a file outside the node's directory.
+    identity = tmp_path / "node" / "identity"
+    identity.mkdir(parents=True, mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("not the node's\n")
+    victim.chmod(0o644)
+    key = identity / "node.key"
+    plant(key, victim)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "signalbox",
+        "dataplane",
+        "identity",
+        "request",
+        "--data-dir",
+        str(tmp_path / "node"),
+        "--node-id",
+        "n1",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 1, err.decode()
+    [line] = err.decode().splitlines()
+    assert line == f"identity request: {key}: {rule}" + (
+        "; the node needs it unencrypted (0600)"
+        if rule.startswith("an encrypted")
+        else "; move it away to generate a new one"
+    )
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert victim.read_text() == "not the node's\n"
+    if key.is_dir():
+        assert stat.S_IMODE(key.stat().st_mode) == 0o755
