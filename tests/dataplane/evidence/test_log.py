@@ -13,8 +13,9 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import segments
-from dataplane.evidence.log import EvidenceChainBroken, EvidenceLog, log_path
+from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.records import read_records, seal, verify_chain
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot

@@ -1,0 +1,236 @@
+"""Reading a chain back at start (``EvidenceLog.start``): its head, its Merkle tree and its
+last checkpoint, every remaining record checked on the way.
+
+The sequence and chain continue from the last complete record of the newest segment, and a
+torn last line (a crash in the middle of a write) is cut off. The tree is rebuilt from the
+base (the compact range of what was pruned, if anything was) and every remaining segment,
+each of which must start where the one before ended. Every remaining record is checked as the
+verifier checks it (seq, the link to the record before, its own hash, its chain): a record
+edited, replaced, dropped or moved in the middle refuses the start, naming the file and line,
+rather than have the node append to, and sign checkpoints over, a chain that no longer
+verifies. The last complete checkpoint must match the tree of that many records (a torn one
+is cut off).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from dataplane.errors import EvidenceChainBroken
+from dataplane.evidence import checkpoint, merkle, segments
+from dataplane.evidence.records import GENESIS_HASH, ChainHead, hash_of_line
+
+log = logging.getLogger("signalbox.dataplane.evidence")
+
+_TAIL_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    head: ChainHead
+    tree: merkle.Tree
+    signed_size: int
+    segment: segments.Segment
+    """The newest segment, where writing continues."""
+    segment_size: int
+    live_bytes: int
+    """Bytes of every remaining segment."""
+
+
+def recover(path: Path, checkpoints: Path, chain: str) -> Recovered:
+    """The chain head (a torn final line of the newest segment cut away), the Merkle tree
+    continued from the base over every remaining segment (each record checked to continue
+    the chain: ``_walk_segment``), and the size of the last complete checkpoint (a torn last
+    one cut away), which must match the tree."""
+    base = segments.read_base(path)
+    if base is not None and base.chain_id != chain:
+        raise EvidenceChainBroken(f"{segments.base_path(path)}: of chain {base.chain_id!r}, not {chain!r}")
+    base_seq = base.seq if base else 0
+    live = segments.live_segments(path, base_seq)
+    for leftover in segments.all_segments(path):
+        if leftover not in live:
+            # Pruned by the base already; the deletion was interrupted.
+            log.warning(
+                "evidence log %s: deleting %s, pruned before the last stop", chain, leftover.path.name
+            )
+            leftover.path.unlink()
+    if not live:
+        live = [segments.Segment(base_seq + 1, segments.segment_path(path, base_seq + 1))]
+    head = ChainHead(base.seq, base.hash) if base else ChainHead(0, GENESIS_HASH)
+    # Writes only ever go to the newest segment: only it can end in a torn line.
+    for segment in reversed(live):
+        tail = _recover_tail(segment.path, chain, cut=segment is live[-1])
+        if tail.seq:
+            head = tail
+            break
+    tree = base.tree() if base else merkle.Tree()
+    # Every remaining record is checked as the verifier checks it (seq, link, own hash, chain)
+    # before the log extends the chain: only the last record and the last checkpoint say
+    # nothing of a record in the middle edited, replaced or moved after the last checkpoint,
+    # and a node that appended and signed over such a chain would fork it under its key.
+    walked = ChainHead(base.seq, base.hash) if base else ChainHead(0, GENESIS_HASH)
+    live_bytes = 0
+    for segment in live:
+        if tree.size != segment.start - 1:
+            raise EvidenceChainBroken(
+                f"{segment.path}: starts at seq {segment.start} but the records before end at seq {tree.size}"
+            )
+        try:
+            size = segment.path.stat().st_size
+        except FileNotFoundError:
+            continue  # the newest segment of a new chain, or one whose creation was lost
+        if not size:
+            continue  # (not read: a device such as /dev/full reads forever)
+        walked = _walk_segment(segment.path, walked, chain, tree)
+        live_bytes += size
+    if tree.size != head.seq:
+        raise EvidenceChainBroken(f"{path}: {tree.size} records but the last one has seq {head.seq}")
+    newest = live[-1]
+    try:
+        newest_size = newest.path.stat().st_size
+    except FileNotFoundError:
+        newest_size = 0
+    signed = _recover_checkpoints(checkpoints, path, tree)
+    return Recovered(head, tree, signed, newest, newest_size, live_bytes)
+
+
+class _Link(msgspec.Struct, gc=False):
+    """The members of a record line that place it in the chain (the others are skipped)."""
+
+    seq: int
+    prev_hash: str
+    hash: str
+    chain_id: str | None = None
+
+
+_read_link = msgspec.json.Decoder(_Link).decode
+
+
+def _walk_segment(path: Path, before: ChainHead, chain: str, tree: merkle.Tree) -> ChainHead:
+    """Check every record line of segment ``path`` to follow the one before it (``before``:
+    the head the segments before it end at), add each to ``tree``; the head after the last.
+    ``EvidenceChainBroken`` naming the file, the line and the rule otherwise."""
+    seq, digest = before.seq, before.hash
+    append, leaf = tree.append, bytes.fromhex
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                raise EvidenceChainBroken(f"{path}: ends in a torn record but is not the newest segment")
+            now: object
+            prev: object
+            claimed: object
+            of_chain: object
+            try:
+                # msgspec reads the four members without building the rest: this runs for
+                # every record of every remaining segment at each start.
+                link = _read_link(line)
+                now, prev, claimed, of_chain = link.seq, link.prev_hash, link.hash, link.chain_id
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                # (RecursionError: msgspec has no depth limit of its own.)
+                record = segments.json_object(line, f"{path}: line {n}")  # names what is not JSON
+                now, prev, claimed, of_chain = (
+                    record.get(k) for k in ("seq", "prev_hash", "hash", "chain_id")
+                )
+            if type(now) is not int or now != seq + 1:
+                raise EvidenceChainBroken(
+                    f"{path}: line {n}: seq {repr(now)[:40]} follows seq {seq} (a record missing, inserted or moved)"
+                )
+            if prev != digest:
+                raise EvidenceChainBroken(f"{path}: line {n}: prev_hash does not match the hash of seq {seq}")
+            computed = hash_of_line(line)
+            if computed is None or computed != claimed:
+                raise EvidenceChainBroken(f"{path}: line {n}: hash does not match the record's content")
+            if of_chain != chain:
+                raise EvidenceChainBroken(f"{path}: line {n}: of chain {repr(of_chain)[:200]}, not {chain!r}")
+            seq, digest = now, computed
+            append(leaf(computed))
+    return ChainHead(seq, digest)
+
+
+def _recover_checkpoints(path: Path, log_file: Path, tree: merkle.Tree) -> int:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    notes, complete = checkpoint.split(data)
+    if complete < len(data):
+        log.warning(
+            "evidence checkpoints %s: cutting a torn last checkpoint (%d bytes)", path, len(data) - complete
+        )
+        with open(path, "r+b") as f:
+            f.truncate(complete)
+            os.fsync(f.fileno())
+    if not notes:
+        return 0
+    try:
+        last = checkpoint.parse(notes[-1])
+    except checkpoint.CheckpointInvalid as exc:
+        raise EvidenceChainBroken(f"{path}: checkpoint {len(notes)}: {exc}") from exc
+    if last.size > tree.size:
+        raise EvidenceChainBroken(
+            f"{path}: checkpoint {len(notes)} covers {last.size} records but {log_file} has {tree.size}"
+        )
+    if last.size == tree.size and last.root != tree.root():
+        raise EvidenceChainBroken(f"{path}: checkpoint {len(notes)}: root does not match the log's records")
+    return last.size
+
+
+def _recover_tail(path: Path, chain: str, *, cut: bool = True) -> ChainHead:
+    """The last complete record's head; a torn final line is truncated away (with ``cut``;
+    without, it is an error)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return ChainHead(0, GENESIS_HASH)
+    if size == 0:
+        return ChainHead(0, GENESIS_HASH)
+    with open(path, "r+b") as f:
+        start = max(0, size - _TAIL_CHUNK)
+        while True:
+            f.seek(start)
+            data = f.read(size - start)
+            lines = data.split(b"\n")
+            # Complete lines are the ones followed by "\n"; the last element is the remainder.
+            torn = lines[-1]
+            complete = [line for line in lines[:-1] if line]
+            if start > 0 and len(complete) <= 1:
+                # The chunk may begin mid-line: read further back for a whole record.
+                start = max(0, start - _TAIL_CHUNK)
+                continue
+            break
+        if torn and not cut:
+            raise EvidenceChainBroken(f"{path}: ends in a torn record but is not the newest segment")
+        if torn:
+            log.warning("evidence log %s: cutting a torn last record (%d bytes)", path, len(torn))
+            f.truncate(size - len(torn))
+            f.flush()
+            os.fsync(f.fileno())
+        if not complete:
+            return ChainHead(0, GENESIS_HASH)
+        try:
+            last = json.loads(complete[-1])
+        except RecursionError as exc:  # no depth limit but the stack's: not a ValueError
+            raise EvidenceChainBroken(f"{path}: last record is not JSON: nested too deep") from exc
+        except ValueError as exc:
+            raise EvidenceChainBroken(f"{path}: last record is not JSON: {exc}") from exc
+        digest = hash_of_line(complete[-1] + b"\n")
+        # None on both sides (a line without its hash member) is no match: KeyError below, else.
+        if digest is None or not isinstance(last, dict) or digest != last.get("hash"):
+            raise EvidenceChainBroken(f"{path}: last record's hash does not match its content")
+        if last.get("chain_id") != chain:
+            raise EvidenceChainBroken(
+                f"{path}: last record is of chain {last.get('chain_id')!r}, not {chain!r} "
+                "(a log from before records carried chain_id, or another chain's file): move it away"
+            )
+        seq = last.get("seq")
+        # Checked, not int()-ed: a missing seq was a KeyError the node's start does not catch
+        # (a traceback, not a refusal), and "6" or 6.0 are not what the log writes.
+        if type(seq) is not int or seq < 1:
+            raise EvidenceChainBroken(f"{path}: last record's seq {repr(seq)[:40]} is not a positive integer")
+        return ChainHead(seq, digest)
