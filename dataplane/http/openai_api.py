@@ -31,8 +31,9 @@ import orjson
 
 from dataplane.auth import authenticate
 from dataplane.edge import openai as edge
+from dataplane.edge import openai_answers as answers
 from dataplane.errors import InvalidRequest, SignalboxError, shown
-from dataplane.http.server import Request, Response
+from dataplane.http.messages import Request, Response
 from dataplane.outcome import Outcome, caller_error, to_status
 from dataplane.pipeline import Call, Closed, Opened, Operation, Pipeline, Refused
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
@@ -183,17 +184,19 @@ class OpenAIFrontDoor:
         except Refused as refused:
             await _refusal(response, refused, parsed[0] if parsed else None)
             return
-        body = edge.completion(_response_id(served.evidence_id), served.candidate.model.alias, served.result)
+        body = answers.completion(
+            _response_id(served.evidence_id), served.candidate.model.alias, served.result
+        )
         await response.send(200, (_JSON, *_ids(served.correlation_id, served.evidence_id)), body)
 
     async def _stream(self, call: Call[Any], response: Response, parsed: list[Any]) -> None:
         events = self._p.stream(call)
-        writer: edge.ChunkWriter | None = None
+        writer: answers.ChunkWriter | None = None
         try:
             async for event in events:
                 if isinstance(event, Opened):
                     usage = edge.include_usage(parsed[0]) if parsed else False
-                    writer = edge.ChunkWriter(
+                    writer = answers.ChunkWriter(
                         _response_id(event.evidence_id), event.candidate.model.alias, usage
                     )
                     await response.start(200, (*_SSE, *_ids(event.correlation_id, event.evidence_id)))
@@ -209,7 +212,7 @@ class OpenAIFrontDoor:
                 await _refusal(response, refused, parsed[0] if parsed else None)
                 return
             status = http_status(refused.outcome)
-            error = edge.error(status, _message(refused), code=_CODES.get(refused.outcome.kind))
+            error = answers.error(status, _message(refused), code=_CODES.get(refused.outcome.kind))
             await response.write(b"event: error\ndata: " + error + b"\n\n")
         finally:
             await events.aclose()
@@ -232,7 +235,7 @@ class OpenAIFrontDoor:
         except Refused as refused:
             await _refusal(response, refused, parsed[0] if parsed else None)
             return
-        body = edge.embeddings(served.candidate.model.alias, served.result, encoding[0])
+        body = answers.embeddings(served.candidate.model.alias, served.result, encoding[0])
         await response.send(200, (_JSON, *_ids(served.correlation_id, served.evidence_id)), body)
 
     async def _models(self, request: Request, response: Response) -> None:
@@ -240,7 +243,7 @@ class OpenAIFrontDoor:
         ``model`` may be), within its key's ``model:`` scopes."""
         aliases = await self._allowed(request, response)
         if aliases is not None:
-            await response.send(200, (_JSON,), edge.models(aliases))
+            await response.send(200, (_JSON,), answers.models(aliases))
 
     async def _model(self, request: Request, response: Response, quoted: str) -> None:
         """One of them (``client.models.retrieve``); 404 ``model_not_found`` for any other,
@@ -250,7 +253,7 @@ class OpenAIFrontDoor:
         if aliases is None:
             return
         if model in aliases:
-            await response.send(200, (_JSON,), edge.model(model))
+            await response.send(200, (_JSON,), answers.model(model))
             return
         shown = model[:100].encode("unicode_escape").decode("ascii")
         await _error(
@@ -410,9 +413,9 @@ async def _error(
     code: str | None = None,
     extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> None:
-    await response.send(status, (_JSON, *extra), edge.error(status, message, param=param, code=code))
+    await response.send(status, (_JSON, *extra), answers.error(status, message, param=param, code=code))
 
 
 def server_error_body(status: int, message: str) -> bytes:
     """The body of the errors the HTTP server answers itself (limits, timeouts, bad HTTP)."""
-    return edge.error(status, message)
+    return answers.error(status, message)
