@@ -37,7 +37,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataplane.evidence.log import EvidenceLog, log_path
-from dataplane.http.server import HttpServer, Request, Response
+from dataplane.http.messages import Request, Response
+from dataplane.http.server import HttpServer
 from dataplane.upstream.client import UpstreamClient
 
 _JSON = (b"content-type", b"application/json")

@@ -39,7 +39,8 @@ from dataplane.evidence.log import EvidenceLog
 from dataplane.evidence.shipper import EvidenceShipper
 from dataplane.evidence.spool import Spool
 from dataplane.files import private_dir
-from dataplane.http.server import HttpServer, Limits, Request, Response
+from dataplane.http.messages import Limits, Request, Response
+from dataplane.http.server import HttpServer
 from dataplane.pipeline.metrics import RequestMetrics
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.health import BreakerState

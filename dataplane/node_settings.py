@@ -19,7 +19,7 @@ from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
 from dataplane.evidence.shipper import DEFAULT_DRAIN as DEFAULT_EVIDENCE_DRAIN
 from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
-from dataplane.http.server import Limits as HttpLimits
+from dataplane.http.messages import Limits as HttpLimits
 from dataplane.open_files import DEFAULT_MAX_CONNECTIONS
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX
 from dataplane.quota import DEFAULT_LEASE_INTERVAL

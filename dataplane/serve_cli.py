@@ -14,7 +14,7 @@ from pathlib import Path
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.deadlines import DEFAULT_DEADLINE_S, DEFAULT_STREAM_DEADLINE_S
 from dataplane.errors import EvidenceChainBroken, SnapshotFileInvalid
-from dataplane.http.server import Limits as HttpLimits
+from dataplane.http.messages import Limits as HttpLimits
 from dataplane.open_files import connection_caps, raise_open_files
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.providers.sealing import SealingError, load_private_key

@@ -11,7 +11,7 @@ from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES
 from dataplane.evidence.shipper import DEFAULT_DRAIN as DEFAULT_EVIDENCE_DRAIN
 from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
-from dataplane.http.server import Limits as HttpLimits
+from dataplane.http.messages import Limits as HttpLimits
 from signalbox import settings
 
 

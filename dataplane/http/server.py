@@ -37,121 +37,24 @@ import contextlib
 import logging
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from http import HTTPStatus
+from collections.abc import Callable
 from pathlib import Path
 
 import httptools
 
-from dataplane.open_files import DEFAULT_MAX_CONNECTIONS
+from dataplane.http.messages import (
+    REASONS,
+    ClientGone,
+    ErrorBody,
+    Handler,
+    Limits,
+    Request,
+    Response,
+)
 from dataplane.tls_front import NOT_THROUGH_FRONT, PeerLookup
 
 log = logging.getLogger("signalbox.dataplane.http")
 
-Headers = Sequence[tuple[bytes, bytes]]
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_header_bytes: int = 32 * 1024
-    max_headers: int = 100
-    max_body_bytes: int = 16 * 1024 * 1024
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    keepalive_timeout: float = 15.0
-    write_timeout: float = 30.0
-    max_requests_per_connection: int = 10_000
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    """Open connections beyond this are answered 503 and closed at once: a flood of idle
-    connections cannot take the node's file descriptors from the callers it serves."""
-
-
-@dataclass(slots=True)
-class Request:
-    method: str
-    path: str
-    """The path without the query string."""
-    query: str
-    headers: dict[str, str]
-    """Lower-case names; a repeated header's values joined with ``, ``."""
-    body: bytes
-    peer_certificate: bytes | None = None
-    """The TLS client certificate (PEM) when the connection presented a verified one."""
-    peer_refusal: str | None = None
-    """Why the connection is not trusted where the node requires client certificates."""
-
-    def header(self, name: str) -> str:
-        return self.headers.get(name, "")
-
-
-class ClientGone(Exception):
-    """The client closed the connection (or stopped reading) before the answer was written."""
-
-
-Handler = Callable[[Request, "Response"], Awaitable[None]]
-ErrorBody = Callable[[int, str], bytes]
-"""(HTTP status, message) -> the JSON body of an error the server answers itself."""
-
-
-class Response:
-    """How a handler answers; exactly one of ``send`` or ``start``...``end``."""
-
-    def __init__(
-        self, connection: _Connection, keep_alive: bool, head: bool = False, chunkable: bool = True
-    ) -> None:
-        self._c = connection
-        self.keep_alive = keep_alive
-        self.started = False
-        self.finished = False
-        self._chunked = False
-        self._chunkable = chunkable
-        """False for an HTTP/1.0 request: its client does not know chunked framing (RFC 9112
-        7: a server must not send it one), so a streamed answer is its bytes as they are,
-        ended by closing the connection."""
-        self._head_only = head
-        """Answering a HEAD: the status and headers only. A body after them would be read by
-        the client as the start of its next answer on the connection (RFC 9112 6.3)."""
-
-    def _head(self, status: int, headers: Headers, extra: bytes) -> bytes:
-        reason = _REASONS.get(status, b"Unknown")
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
-        lines.append(extra)
-        lines.append(b"connection: keep-alive\r\n\r\n" if self.keep_alive else b"connection: close\r\n\r\n")
-        return b"".join(lines)
-
-    async def send(self, status: int, headers: Headers, body: bytes) -> None:
-        """The whole answer at once."""
-        if self.started:
-            raise RuntimeError("response already started")
-        self.started = self.finished = True
-        self.keep_alive = self.keep_alive and not self._c.draining
-        head = self._head(status, headers, b"content-length: %d\r\n" % len(body))
-        await self._c.write(head if self._head_only else head + body)
-
-    async def start(self, status: int, headers: Headers) -> None:
-        """The status and headers of a chunked answer; ``write`` the chunks, then ``end``."""
-        if self.started:
-            raise RuntimeError("response already started")
-        self.started, self._chunked = True, self._chunkable
-        self.keep_alive = self.keep_alive and not self._c.draining and self._chunked
-        await self._c.write(
-            self._head(status, headers, b"transfer-encoding: chunked\r\n" if self._chunked else b"")
-        )
-
-    async def write(self, data: bytes) -> None:
-        if data and not self._head_only:
-            await self._c.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
-
-    async def end(self) -> None:
-        if not self.finished:
-            self.finished = True
-            if self._chunked and not self._head_only:
-                await self._c.write(b"0\r\n\r\n")
-
-
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _UNSEEN = "authorization: the connection's TLS verdict was not looked up"
 """A connection behind the TLS front before its first request (never reaches a Request)."""
 
@@ -510,7 +413,7 @@ class _Connection(asyncio.Protocol):
         body = self._server.error_body(status, message)
         head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%bconnection: close\r\n\r\n"
         extra = b"" if retry_after is None else b"retry-after: %d\r\n" % retry_after
-        self._transport.write(head % (status, _REASONS.get(status, b"Error"), len(body), extra) + body)
+        self._transport.write(head % (status, REASONS.get(status, b"Error"), len(body), extra) + body)
         self._close()
 
     def _slow_headers(self) -> None:

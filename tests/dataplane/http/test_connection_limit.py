@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from dataplane.app import DataPlaneNode
-from dataplane.http.server import Limits
+from dataplane.http.messages import Limits
 from dataplane.open_files import connection_caps
 from dataplane.tls_front import BACKEND_HOST, OVER_LIMIT, TRUSTED, TlsFront
 from signalbox.api.infer.v1 import infer_pb2_grpc

@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from dataplane.app import DataPlaneNode
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
+from dataplane.http.messages import ClientGone, Limits, Request, Response
 from dataplane.http.openai_api import server_error_body
-from dataplane.http.server import ClientGone, HttpServer, Limits, Request, Response
+from dataplane.http.server import HttpServer
 from tests.dataplane.conftest import API_KEY, GatedUpstream, NodeFactory, envelope, snapshot
 from tests.helpers import eventually
 

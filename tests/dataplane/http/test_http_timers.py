@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from dataplane.http.messages import Limits, Request, Response
 from dataplane.http.openai_api import server_error_body
-from dataplane.http.server import HttpServer, Limits, Request, Response
+from dataplane.http.server import HttpServer
 
 LIMITS = Limits(header_timeout=0.3, body_timeout=0.3, keepalive_timeout=0.6)
 REQUEST = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
