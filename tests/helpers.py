@@ -1,8 +1,9 @@
-"""Shared test helpers: polling instead of sleeping."""
+"""Shared test helpers: polling instead of sleeping, and the CLI as a process of its own."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -55,3 +56,25 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"{message} did not hold within {timeout}s") from last
         time.sleep(interval)
+
+
+async def signalbox_exit(*args: str, timeout: float = 60.0) -> tuple[int, str]:
+    """``signalbox *args`` in a process of its own (a command that wrongly waits, say on a
+    FIFO, is killed after ``timeout`` seconds instead of hanging the test): its exit status
+    and what it wrote to stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "signalbox",
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), timeout)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, err.decode()

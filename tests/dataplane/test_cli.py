@@ -19,6 +19,7 @@ from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.cli import main
 from signalbox.shell.simulator import Simulator
 from tests.dataplane.conftest import AUTH, chat, envelope, pinned_serve_args, snapshot, write_public_key
+from tests.helpers import signalbox_exit
 
 
 def _pin(tmp_path: Path, key: Ed25519PrivateKey, base_url: str, version: int = 3, **credential: str) -> Path:
@@ -112,22 +113,9 @@ async def test_serve_refuses_a_pin_that_is_a_fifo_instead_of_waiting_for_a_write
 ) -> None:
     pin = tmp_path / "site.snapshot"
     os.mkfifo(pin)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "signalbox",
-        *pinned_serve_args(pin, trust_key, tmp_path / "node"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        _, err = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 1, err.decode()
-    assert f"signalbox dataplane serve: {pin}: cannot be read: not a regular file" in err.decode()
+    code, err = await signalbox_exit(*pinned_serve_args(pin, trust_key, tmp_path / "node"))
+    assert code == 1, err
+    assert f"signalbox dataplane serve: {pin}: cannot be read: not a regular file" in err
 
 
 @pytest.mark.parametrize("flag", ["--credential-env-prefix", "--credential-dir"])

@@ -3,16 +3,16 @@ a precise one-line refusal, nothing outside the identity directory touched, neve
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.helpers import signalbox_exit
 
 
 def _encrypted(path: Path, victim: Path) -> None:
@@ -65,28 +65,11 @@ async def test_a_planted_key_file_is_refused_in_one_line_and_nothing_else_change
     victim.chmod(0o644)
     key = identity / "node.key"
     plant(key, victim)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "signalbox",
-        "dataplane",
-        "identity",
-        "request",
-        "--data-dir",
-        str(tmp_path / "node"),
-        "--node-id",
-        "n1",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    code, err = await signalbox_exit(
+        "dataplane", "identity", "request", "--data-dir", str(tmp_path / "node"), "--node-id", "n1"
     )
-    try:
-        _, err = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 1, err.decode()
-    [line] = err.decode().splitlines()
+    assert code == 1, err
+    [line] = err.splitlines()
     assert line == f"identity request: {key}: {rule}" + (
         "; the node needs it unencrypted (0600)"
         if rule.startswith("an encrypted")

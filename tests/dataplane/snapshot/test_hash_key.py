@@ -4,11 +4,9 @@ message carries."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from dataplane.snapshot.hash_key import MAX_HASH_KEY_VERSIONS, HashKeys, decode_
 from dataplane.snapshot.sync_client import _hash_keys
 from signalbox.api.config.v1 import sync_pb2
 from signalbox.shell.cli import main
+from tests.helpers import signalbox_exit
 
 # Fixed, not random: they appear in the parametrized test ids, which xdist workers must agree on.
 ONE = bytes(range(32))
@@ -121,28 +120,11 @@ async def test_serve_refuses_a_fifo_or_a_deeply_nested_file_with_one_line(tmp_pa
     nested.write_bytes(b'{"":' * 1024)
     for path, rule in ((fifo, "not a regular file"), (nested, "not JSON")):
         # A process of its own: a node that read a FIFO would wait for a writer forever.
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "signalbox",
-            "dataplane",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(tmp_path / "node"),
-            "--api-key-hash-key-file",
-            str(path),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            _, err = await asyncio.wait_for(process.communicate(), 60)
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-        assert process.returncode == 2, err.decode()
-        [line] = err.decode().splitlines()
+        code, err = await signalbox_exit(
+            "dataplane", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "node"),
+            "--api-key-hash-key-file", str(path),
+        )  # fmt: skip
+        assert code == 2, err
+        [line] = err.splitlines()
         assert line.startswith("--api-key-hash-key-file: ")
         assert rule in line
