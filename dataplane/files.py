@@ -1,10 +1,13 @@
-"""Files a node writes: private directories and atomic, durable replacement of a file.
+"""Files a node writes and reads: private directories, atomic and durable replacement of a
+file, and bounded reads of a file someone else may have planted.
 
 Below every other data-plane module (snapshots, quota budgets, keys use them)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from contextlib import suppress
 from pathlib import Path
 
@@ -35,3 +38,35 @@ def atomic_write(path: Path, *parts: bytes | memoryview) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_regular(path: Path, limit: int, *, nofollow: bool = False, mode: int | None = None) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``limit`` of them; ``OSError``
+    otherwise: ``EINVAL`` "not a regular file", ``EFBIG`` "larger than ``limit`` bytes", or
+    what opening or reading raised (``ELOOP`` for a final symlink when ``nofollow``).
+
+    Opened once and without blocking, then checked on what was opened: a FIFO planted where
+    a file should be cannot make the reader wait for a writer, a device such as /dev/zero
+    cannot make it read without end, and ``mode`` (when given) is fixed on that file, never
+    on the target of a link swapped in meanwhile."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        if mode is not None:
+            os.fchmod(fd, mode)
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # it grew after the check
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+    return data

@@ -17,7 +17,6 @@ import asyncio
 import errno
 import logging
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import signalbox
+from dataplane.files import read_regular
 from dataplane.snapshot.files import atomic_write, private_dir
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc
 from signalbox.tls import ClientTls, aio_channel
@@ -111,28 +111,20 @@ class IdentityFiles:
         return key
 
     def _load_key(self) -> ec.EllipticCurvePrivateKey:
-        # Opened once, not followed if a symlink and without blocking (a FIFO): the mode is
-        # fixed on what was opened (fchmod), so no file outside this directory is changed,
-        # and only a bounded regular file is read.
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        # Not followed if a symlink and without blocking (a FIFO): the mode is fixed on what
+        # was opened, so no file outside this directory is changed, and only a bounded
+        # regular file is read.
+        move = "move it away to generate a new one"
         try:
-            fd = os.open(self.key, flags)
+            data = read_regular(self.key, MAX_KEY_BYTES, nofollow=True, mode=0o600)
         except OSError as exc:
-            problem = "a symbolic link" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror})"
-            raise NodeIdentityError(f"{self.key}: {problem}; move it away to generate a new one") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise NodeIdentityError(f"{self.key}: not a regular file; move it away to generate a new one")
-            if info.st_size > MAX_KEY_BYTES:
-                raise NodeIdentityError(
-                    f"{self.key}: larger than {MAX_KEY_BYTES} bytes; move it away to generate a new one"
-                )
-            os.fchmod(fd, 0o600)
-            with os.fdopen(os.dup(fd), "rb") as f:
-                data = f.read(MAX_KEY_BYTES + 1)
-        finally:
-            os.close(fd)
+            if exc.errno in (errno.EINVAL, errno.EFBIG):
+                problem = exc.strerror
+            elif exc.errno == errno.ELOOP:
+                problem = "a symbolic link"
+            else:
+                problem = f"unreadable ({exc.strerror})"
+            raise NodeIdentityError(f"{self.key}: {problem}; {move}") from None
         try:
             loaded = serialization.load_pem_private_key(data, password=None)
         except TypeError:  # what cryptography raises for an encrypted key without a password

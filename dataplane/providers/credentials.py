@@ -28,9 +28,9 @@ generic "provider credentials unavailable".
 
 from __future__ import annotations
 
+import errno
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from dataplane.config.model import SealedRef, SecretRef
 from dataplane.errors import CredentialUnavailable
+from dataplane.files import read_regular
 from dataplane.providers.sealing import SealingError, aad, open_sealed, public_bytes
 from dataplane.providers.sealing import key_id as sealing_key_id
 
@@ -205,34 +206,12 @@ class CredentialScope:
 
 def _read_bounded(path: Path, where: str) -> str:
     """Read a regular file of at most ``MAX_CREDENTIAL_BYTES``, never following a final symlink."""
-    flags = (
-        os.O_RDONLY
-        | getattr(os, "O_NOFOLLOW", 0)
-        | getattr(os, "O_NONBLOCK", 0)
-        | getattr(os, "O_CLOEXEC", 0)
-    )
     try:
-        fd = os.open(path, flags)
+        data = read_regular(path, MAX_CREDENTIAL_BYTES, nofollow=True)
     except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EFBIG):  # not a regular file, or too large
+            raise CredentialUnavailable(f"credential {where}: {exc.strerror}") from exc
         raise CredentialUnavailable(f"credential {where}: cannot be opened ({type(exc).__name__})") from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise CredentialUnavailable(f"credential {where}: not a regular file")
-        if info.st_size > MAX_CREDENTIAL_BYTES:
-            raise CredentialUnavailable(f"credential {where}: larger than {MAX_CREDENTIAL_BYTES} bytes")
-        data = b""
-        while len(data) <= MAX_CREDENTIAL_BYTES:
-            chunk = os.read(fd, MAX_CREDENTIAL_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError as exc:
-        raise CredentialUnavailable(f"credential {where}: cannot be read ({type(exc).__name__})") from exc
-    finally:
-        os.close(fd)
-    if len(data) > MAX_CREDENTIAL_BYTES:
-        raise CredentialUnavailable(f"credential {where}: larger than {MAX_CREDENTIAL_BYTES} bytes")
     try:
         value = data.decode("utf-8").strip()
     except UnicodeDecodeError as exc:

@@ -4,15 +4,12 @@ are ``dataplane.files``, re-exported here for the snapshot modules)."""
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
-import stat
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
 from dataplane.errors import SnapshotFileInvalid
-from dataplane.files import atomic_write, private_dir
+from dataplane.files import atomic_write, private_dir, read_regular
 from signalbox.api.config.v1 import snapshot_pb2
 
 __all__ = ["MAX_ENVELOPE_FILE_BYTES", "atomic_write", "envelope_parts", "private_dir", "read_envelope_file"]
@@ -36,19 +33,11 @@ async def read_envelope_file(path: Path) -> tuple[bytes, snapshot_pb2.SignedEnve
 
 
 def _read_bounded(path: Path) -> bytes:
-    """A regular file of at most ``MAX_ENVELOPE_FILE_BYTES``; ``OSError`` otherwise. Opened
-    non-blocking and checked before reading: a pin (or last-known-good) replaced by a FIFO
-    would make start wait for a writer forever, and one of gigabytes fill the memory, where
-    the node must refuse to start instead (as the pin watcher refuses both while running)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        raw = f.read(MAX_ENVELOPE_FILE_BYTES + 1)
-    if len(raw) > MAX_ENVELOPE_FILE_BYTES:
-        raise OSError(errno.EFBIG, f"more than the {MAX_ENVELOPE_FILE_BYTES} bytes a snapshot file may have")
-    return raw
+    """A regular file of at most ``MAX_ENVELOPE_FILE_BYTES``; ``OSError`` otherwise: a pin (or
+    last-known-good) replaced by a FIFO would make start wait for a writer forever, and one
+    of gigabytes fill the memory, where the node must refuse to start instead (as the pin
+    watcher refuses both while running)."""
+    return read_regular(path, MAX_ENVELOPE_FILE_BYTES)
 
 
 def envelope_parts(

@@ -18,12 +18,12 @@ import binascii
 import errno
 import json
 import os
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from dataplane.files import read_regular
 from dataplane.keyfile import decode_base64_key
 
 API_KEY_HASH_KEY_FILE: Final = "api-key-hash-key"
@@ -120,23 +120,15 @@ def decode_hash_keys(raw: bytes, source: str) -> HashKeys:
 
 
 def read_hash_key_file(path: Path) -> bytes:
-    """The bytes of a hash key file (``OSError`` if unreadable), at most ``MAX_FILE_BYTES + 1``
-    of them: enough for ``decode_hash_keys`` to refuse a larger file, while a path such as
-    ``/dev/zero`` or a FIFO cannot make the node read without end (non-blocking open: a FIFO
-    with no writer reads as empty instead of hanging start)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    """The bytes of a hash key file: ``OSError`` if it cannot be read or is not a regular
+    file (a FIFO cannot hang start), ``ValueError`` if larger than ``MAX_FILE_BYTES`` (as
+    ``decode_hash_keys`` refuses a larger text)."""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        data = b""
-        while len(data) <= MAX_FILE_BYTES:
-            chunk = os.read(fd, MAX_FILE_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
-    finally:
-        os.close(fd)
+        return read_regular(path, MAX_FILE_BYTES)
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise ValueError(f"{path}: more than {MAX_FILE_BYTES} bytes") from None
+        raise
 
 
 def write_hash_key_file(path: Path, keys: HashKeys) -> None:
