@@ -55,7 +55,8 @@ def _clip_utf8(value: str, limit: int) -> str:
 
 
 MAX_KEY_BYTES = 64 * 1024
-"""A node key file larger than this is refused unread (its PEM is a few hundred bytes)."""
+"""A node key, certificate or CA file larger than this is refused unread (each PEM is a
+few hundred bytes to a few KB)."""
 
 
 class NodeIdentityError(ValueError):
@@ -152,7 +153,7 @@ class IdentityFiles:
 
     def certificate(self) -> x509.Certificate | None:
         try:
-            return x509.load_pem_x509_certificate(self.cert.read_bytes())
+            return x509.load_pem_x509_certificate(read_regular(self.cert, MAX_KEY_BYTES))
         except (OSError, ValueError):
             return None
 
@@ -162,7 +163,7 @@ class IdentityFiles:
         if cert is None:
             return f"no node certificate in {self.directory}"
         try:
-            ca = x509.load_pem_x509_certificate(self.ca.read_bytes())
+            ca = x509.load_pem_x509_certificate(read_regular(self.ca, MAX_KEY_BYTES))
             cert.verify_directly_issued_by(ca)
         except (OSError, ValueError, TypeError, InvalidSignature):
             return f"{self.cert} was not issued by the CA in {self.ca}"

@@ -14,6 +14,7 @@ from pathlib import Path
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.deadlines import DEFAULT_DEADLINE_S, DEFAULT_STREAM_DEADLINE_S
 from dataplane.errors import EvidenceChainBroken, SnapshotFileInvalid
+from dataplane.files import read_regular
 from dataplane.http.messages import Limits as HttpLimits
 from dataplane.open_files import connection_caps, raise_open_files
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
@@ -28,6 +29,11 @@ from dataplane.trust_cli import add_trust_key, trust_key_paths
 from dataplane.workers import resolve as resolve_workers
 from dataplane.workers import supervise
 from signalbox import settings, tls
+
+FLAG_FILE_BYTES = 64 * 1024
+"""The most read of a small file a flag names (the enrollment token, the sealing key): opened
+without blocking and refused when not a regular file (``read_regular``), so a FIFO or a
+device given by mistake fails the start at once instead of hanging it."""
 
 SERVE = "dataplane serve"
 
@@ -437,7 +443,10 @@ def serve_command(ns: argparse.Namespace) -> int:
     token = ns.enroll_token or None
     if ns.enroll_token_file and not token:
         try:
-            token = Path(ns.enroll_token_file).read_text().strip() or None
+            token = read_regular(Path(ns.enroll_token_file), FLAG_FILE_BYTES).decode().strip() or None
+        except UnicodeDecodeError:
+            print(f"--enroll-token-file: {ns.enroll_token_file} is not UTF-8 text", file=sys.stderr)
+            return 2
         except OSError as exc:
             print(f"--enroll-token-file: cannot read {ns.enroll_token_file}: {exc.strerror}", file=sys.stderr)
             return 2
@@ -459,7 +468,9 @@ def serve_command(ns: argparse.Namespace) -> int:
     sealing_key = None
     if ns.sealing_key:
         try:
-            sealing_key = load_private_key(Path(ns.sealing_key).read_bytes(), "--sealing-key")
+            sealing_key = load_private_key(
+                read_regular(Path(ns.sealing_key), FLAG_FILE_BYTES), "--sealing-key"
+            )
         except OSError as exc:
             print(f"--sealing-key: cannot read {ns.sealing_key}: {exc.strerror}", file=sys.stderr)
             return 2

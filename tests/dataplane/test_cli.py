@@ -202,3 +202,16 @@ def test_serve_refuses_counts_and_sizes_that_make_no_sense(
 ) -> None:
     assert main(["dataplane", "serve", flag, value]) == 2
     assert f"{flag}: {value} {rule}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--sealing-key", "--enroll-token-file"])
+async def test_serve_refuses_a_flag_file_that_is_a_fifo_instead_of_waiting_for_a_writer(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, flag: str
+) -> None:
+    # Both were read whole with a blocking open: a FIFO named by mistake hung the start.
+    pin = _pin(tmp_path, signing_key, "http://127.0.0.1:1")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code, err = await signalbox_exit(*pinned_serve_args(pin, trust_key, tmp_path / "node", flag, str(fifo)))
+    assert code == 2, err
+    assert f"{flag}: cannot read {fifo}: not a regular file" in err

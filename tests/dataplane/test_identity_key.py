@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from dataplane.identity import IdentityFiles
 from tests.helpers import signalbox_exit
 
 
@@ -79,3 +82,37 @@ async def test_a_planted_key_file_is_refused_in_one_line_and_nothing_else_change
     assert victim.read_text() == "not the node's\n"
     if key.is_dir():
         assert stat.S_IMODE(key.stat().st_mode) == 0o755
+
+
+def _self_signed_pem() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "n1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("cert", "no node certificate in {dir}"), ("ca", "{cert} was not issued by the CA in {ca}")],
+)
+def test_a_fifo_planted_as_the_certificate_or_ca_is_refused_without_waiting(
+    tmp_path: Path, name: str, problem: str
+) -> None:
+    # Both were read with a blocking open: a FIFO there made the node wait for a writer.
+    files = IdentityFiles(tmp_path / "identity")
+    files.directory.mkdir(mode=0o700)
+    if name == "ca":
+        files.cert.write_bytes(_self_signed_pem())  # the CA is read once the certificate is
+    os.mkfifo(getattr(files, name))
+    assert files.problem("n1") == problem.format(dir=files.directory, cert=files.cert, ca=files.ca)
