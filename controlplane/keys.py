@@ -29,10 +29,15 @@ from controlplane.db.embedded import data_dir_mode
 from controlplane.db.models import SigningKey
 from controlplane.errors import InvalidArgument, NotFound, SigningKeyState, SigningKeyUnavailable
 from controlplane.repositories import signing_keys as repo
+from dataplane.files import read_regular
 from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, STATEMENT_PAYLOAD_TYPE, key_id_for, pae
 from signalbox.api.config.v1 import snapshot_pb2
 
 KEK_FILE_NAME = "kek"
+KEK_FILE_BYTES = 4096
+"""The most read of a KEK file (44 characters of base64, or 32 raw bytes): opened without
+blocking and refused when not a regular file, so a FIFO or device named by
+``SIGNALBOX_KEK_FILE`` fails the start at once instead of hanging it."""
 _NONCE_BYTES = 12
 
 
@@ -75,7 +80,7 @@ def load_kek(*, kek_b64: str | None, kek_file: Path | None, data_dir: Path) -> K
         return decode_kek(kek_b64.encode(), "SIGNALBOX_KEK")
     if kek_file is not None:
         try:
-            return decode_kek(kek_file.read_bytes(), "SIGNALBOX_KEK_FILE")
+            return decode_kek(read_regular(kek_file, KEK_FILE_BYTES), "SIGNALBOX_KEK_FILE")
         except OSError as exc:
             raise InvalidArgument("SIGNALBOX_KEK_FILE", f"cannot read {kek_file}: {exc.strerror}") from exc
     path = data_dir / KEK_FILE_NAME
@@ -86,8 +91,13 @@ def load_kek(*, kek_b64: str | None, kek_file: Path | None, data_dir: Path) -> K
     try:
         return generate_kek_file(path)
     except FileExistsError:
-        path.chmod(0o600)  # one generated before files were kept private
-        return decode_kek(path.read_bytes(), str(path))
+        try:
+            # Narrowed to 0600 (one generated before files were kept private) on the file
+            # opened, never through a symlink planted in its place.
+            data = read_regular(path, KEK_FILE_BYTES, nofollow=True, mode=0o600)
+        except OSError as exc:
+            raise InvalidArgument(str(path), f"cannot read it: {exc.strerror}") from exc
+        return decode_kek(data, str(path))
 
 
 def generate_kek_file(path: Path) -> Kek:
@@ -95,8 +105,8 @@ def generate_kek_file(path: Path) -> Kek:
     # O_EXCL + mode: the file is never readable by others, not even briefly.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(base64.b64encode(secrets.token_bytes(32)) + b"\n")
-    return decode_kek(path.read_bytes(), str(path))
+        f.write(base64.b64encode(key := secrets.token_bytes(32)) + b"\n")
+    return Kek(key)
 
 
 @dataclass(frozen=True, slots=True)

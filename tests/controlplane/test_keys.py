@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import stat
 from pathlib import Path
 
@@ -71,3 +72,28 @@ async def test_signing_key_is_generated_once_and_needs_the_same_kek(database_url
     assert await _signer(database_url, kek) == key_id
     with pytest.raises(SigningKeyUnavailable):
         await _signer(database_url, Kek(b"b" * 32))
+
+
+def test_a_kek_file_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    # It was opened blocking: the control plane waited forever for a writer.
+    fifo = tmp_path / "kek.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidArgument) as info:
+        load_kek(kek_b64=None, kek_file=fifo, data_dir=tmp_path / "cp")
+    assert info.value.field == "SIGNALBOX_KEK_FILE"
+    assert "not a regular file" in str(info.value)
+
+
+def test_a_symlink_planted_as_the_generated_kek_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    # The generated file's mode was narrowed with a chmod that followed a link, to a file
+    # anywhere, and that file's bytes then became the KEK.
+    data_dir = tmp_path / "cp"
+    data_dir.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text(base64.b64encode(b"v" * 32).decode())
+    victim.chmod(0o644)
+    (data_dir / KEK_FILE_NAME).symlink_to(victim)
+    with pytest.raises(InvalidArgument) as info:
+        load_kek(kek_b64=None, kek_file=None, data_dir=data_dir)
+    assert info.value.field == str(data_dir / KEK_FILE_NAME)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
