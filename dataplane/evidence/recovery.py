@@ -10,6 +10,11 @@ edited, replaced, dropped or moved in the middle refuses the start, naming the f
 rather than have the node append to, and sign checkpoints over, a chain that no longer
 verifies. The last complete checkpoint must match the tree of that many records (a torn one
 is cut off).
+
+A power cut right after a roll-over can leave the full segment short of its last records
+while the new one exists: the chain then continues from the full one's last whole record and
+the later segments are set aside in ``lost/`` (``_cut_after_power_loss``), unless a signed
+checkpoint covers what is missing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +35,8 @@ from dataplane.evidence.records import GENESIS_HASH, ChainHead, hash_of_line
 log = logging.getLogger("signalbox.dataplane.evidence")
 
 _TAIL_CHUNK = 64 * 1024
+LOST_DIR = "lost"
+"""Under the evidence directory: segments set aside after a power cut (``_cut_after_power_loss``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,7 @@ def recover(path: Path, checkpoints: Path, chain: str) -> Recovered:
             leftover.path.unlink()
     if not live:
         live = [segments.Segment(base_seq + 1, segments.segment_path(path, base_seq + 1))]
+    live = _cut_after_power_loss(path, live, checkpoints, chain)
     head = ChainHead(base.seq, base.hash) if base else ChainHead(0, GENESIS_HASH)
     # Writes only ever go to the newest segment: only it can end in a torn line.
     for segment in reversed(live):
@@ -98,6 +107,73 @@ def recover(path: Path, checkpoints: Path, chain: str) -> Recovered:
         newest_size = 0
     signed = _recover_checkpoints(checkpoints, path, tree)
     return Recovered(head, tree, signed, newest, newest_size, live_bytes)
+
+
+def _cut_after_power_loss(
+    path: Path, live: list[segments.Segment], checkpoints: Path, chain: str
+) -> list[segments.Segment]:
+    """``live`` without the segments after an older one that ends short: the state a power
+    cut leaves when it comes after a roll-over and before the next sync round. The full
+    segment's last records were with the OS but not on disk yet, while the new segment (its
+    name, maybe some of its records) was; what it holds follows records that are gone and
+    can never be part of the chain. Nothing of it was shipped or signed for (both wait for
+    the fsync): the chain continues from the last whole record, the torn line after it is
+    cut, and the later segments are moved to ``lost/`` (never deleted: they are evidence of
+    what was answered in the unsynced window). A signed checkpoint covering records past that
+    point says they were on disk once: removed since, not lost, so the start is refused and
+    nothing is moved."""
+    for i, segment in enumerate(live[:-1]):
+        following = live[i + 1]
+        head, torn = _read_tail(segment.path, chain)
+        last = head.seq or segment.start - 1
+        if last + 1 >= following.start:
+            continue  # whole (a torn line after it, or overlap, is refused by the walk)
+        signed = _signed_size(checkpoints)
+        if signed > last:
+            raise EvidenceChainBroken(
+                f"{segment.path}: ends at seq {last} but the next segment starts at seq {following.start}, "
+                f"and {checkpoints.name} signs {signed} records: records were removed after they were "
+                "on disk, not lost to a power cut"
+            )
+        lost = path.parent / LOST_DIR
+        lost.mkdir(mode=0o700, exist_ok=True)
+        moved = []
+        for later in live[i + 1 :]:
+            if later.path.exists():
+                target = lost / f"{later.path.name}.{time.time_ns()}"
+                os.rename(later.path, target)
+                moved.append(target.name)
+        segments.fsync_dir(path.parent)
+        segments.fsync_dir(lost)
+        if torn:
+            _truncate(segment.path, torn)
+        log.error(
+            "evidence log %s: %s ends at seq %d but the next segment starts at seq %d: a power cut "
+            "after a roll-over lost records %d..%d (answered, never synced, shipped or signed); "
+            "the chain continues from seq %d, and the later segments are kept in %s: %s",
+            chain,
+            segment.path.name,
+            last,
+            following.start,
+            last + 1,
+            following.start - 1,
+            last,
+            lost,
+            ", ".join(moved) or "none had reached the disk",
+        )
+        return live[: i + 1]
+    return live
+
+
+def _signed_size(checkpoints: Path) -> int:
+    """Records the last complete checkpoint in ``checkpoints`` covers (0: none readable)."""
+    try:
+        notes, _ = checkpoint.split(checkpoints.read_bytes())
+        return checkpoint.parse(notes[-1]).size if notes else 0
+    except FileNotFoundError:
+        return 0
+    except checkpoint.CheckpointInvalid as exc:
+        raise EvidenceChainBroken(f"{checkpoints}: checkpoint {len(notes)}: {exc}") from exc
 
 
 class _Link(msgspec.Struct, gc=False):
@@ -184,13 +260,33 @@ def _recover_checkpoints(path: Path, log_file: Path, tree: merkle.Tree) -> int:
 def _recover_tail(path: Path, chain: str, *, cut: bool = True) -> ChainHead:
     """The last complete record's head; a torn final line is truncated away (with ``cut``;
     without, it is an error)."""
+    head, torn = _read_tail(path, chain)
+    if torn and not cut:
+        raise EvidenceChainBroken(f"{path}: ends in a torn record but is not the newest segment")
+    if torn:
+        log.warning("evidence log %s: cutting a torn last record (%d bytes)", path, torn)
+        _truncate(path, torn)
+    return head
+
+
+def _truncate(path: Path, torn: int) -> None:
+    """Cut the last ``torn`` bytes of ``path`` away, durably."""
+    with open(path, "r+b") as f:
+        f.truncate(os.fstat(f.fileno()).st_size - torn)
+        os.fsync(f.fileno())
+
+
+def _read_tail(path: Path, chain: str) -> tuple[ChainHead, int]:
+    """The head of the last complete record of ``path`` (seq 0 when none) and the length of
+    the torn line after it (0 when the file ends with a whole line); the last record checked
+    to be whole and of ``chain``."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        return ChainHead(0, GENESIS_HASH)
+        return ChainHead(0, GENESIS_HASH), 0
     if size == 0:
-        return ChainHead(0, GENESIS_HASH)
-    with open(path, "r+b") as f:
+        return ChainHead(0, GENESIS_HASH), 0
+    with open(path, "rb") as f:
         start = max(0, size - _TAIL_CHUNK)
         while True:
             f.seek(start)
@@ -204,33 +300,26 @@ def _recover_tail(path: Path, chain: str, *, cut: bool = True) -> ChainHead:
                 start = max(0, start - _TAIL_CHUNK)
                 continue
             break
-        if torn and not cut:
-            raise EvidenceChainBroken(f"{path}: ends in a torn record but is not the newest segment")
-        if torn:
-            log.warning("evidence log %s: cutting a torn last record (%d bytes)", path, len(torn))
-            f.truncate(size - len(torn))
-            f.flush()
-            os.fsync(f.fileno())
-        if not complete:
-            return ChainHead(0, GENESIS_HASH)
-        try:
-            last = json.loads(complete[-1])
-        except RecursionError as exc:  # no depth limit but the stack's: not a ValueError
-            raise EvidenceChainBroken(f"{path}: last record is not JSON: nested too deep") from exc
-        except ValueError as exc:
-            raise EvidenceChainBroken(f"{path}: last record is not JSON: {exc}") from exc
-        digest = hash_of_line(complete[-1] + b"\n")
-        # None on both sides (a line without its hash member) is no match: KeyError below, else.
-        if digest is None or not isinstance(last, dict) or digest != last.get("hash"):
-            raise EvidenceChainBroken(f"{path}: last record's hash does not match its content")
-        if last.get("chain_id") != chain:
-            raise EvidenceChainBroken(
-                f"{path}: last record is of chain {last.get('chain_id')!r}, not {chain!r} "
-                "(a log from before records carried chain_id, or another chain's file): move it away"
-            )
-        seq = last.get("seq")
-        # Checked, not int()-ed: a missing seq was a KeyError the node's start does not catch
-        # (a traceback, not a refusal), and "6" or 6.0 are not what the log writes.
-        if type(seq) is not int or seq < 1:
-            raise EvidenceChainBroken(f"{path}: last record's seq {repr(seq)[:40]} is not a positive integer")
-        return ChainHead(seq, digest)
+    if not complete:
+        return ChainHead(0, GENESIS_HASH), len(torn)
+    try:
+        last = json.loads(complete[-1])
+    except RecursionError as exc:  # no depth limit but the stack's: not a ValueError
+        raise EvidenceChainBroken(f"{path}: last record is not JSON: nested too deep") from exc
+    except ValueError as exc:
+        raise EvidenceChainBroken(f"{path}: last record is not JSON: {exc}") from exc
+    digest = hash_of_line(complete[-1] + b"\n")
+    # None on both sides (a line without its hash member) is no match: KeyError below, else.
+    if digest is None or not isinstance(last, dict) or digest != last.get("hash"):
+        raise EvidenceChainBroken(f"{path}: last record's hash does not match its content")
+    if last.get("chain_id") != chain:
+        raise EvidenceChainBroken(
+            f"{path}: last record is of chain {last.get('chain_id')!r}, not {chain!r} "
+            "(a log from before records carried chain_id, or another chain's file): move it away"
+        )
+    seq = last.get("seq")
+    # Checked, not int()-ed: a missing seq was a KeyError the node's start does not catch
+    # (a traceback, not a refusal), and "6" or 6.0 are not what the log writes.
+    if type(seq) is not int or seq < 1:
+        raise EvidenceChainBroken(f"{path}: last record's seq {repr(seq)[:40]} is not a positive integer")
+    return ChainHead(seq, digest), len(torn)
