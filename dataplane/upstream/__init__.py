@@ -13,8 +13,9 @@ what that call needs:
   port) with a bound on open and on idle connections and an idle timeout; TLS
   with certifi's CA bundle and SNI; request heads built from parts encoded
   once (the URL's request line per target, an adapter's fixed headers per
-  adapter); the one retry of a request whose pooled connection was found
-  closed before any byte of the answer.
+  adapter). A request is sent once: a pooled connection that closes before
+  answering fails the call (a closed idle one is never handed out), and
+  another attempt is the dispatch policy's.
 
 Failures are raised as the classes of ``errors`` (httpx's names and hierarchy:
 ``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``PoolTimeout``, ``ReadError``,

@@ -1,4 +1,4 @@
-"""The pooled client: origins, connection pools, request heads, TLS, the one stale-connection retry."""
+"""The pooled client: origins, connection pools, request heads, TLS."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import certifi
 
-from .connection import Connection, Exchange, StaleConnection
+from .connection import Connection, Exchange
 from .errors import (
     ConnectError,
     ConnectTimeout,
@@ -207,9 +207,11 @@ class UpstreamClient:
         ``headers`` are ``encode_headers`` bytes; ``timeout`` bounds the wait
         for a connection, connecting, and each wait for bytes; ``deadline``
         (loop time), if given, bounds them all together, reading the body
-        included: the caller needs no timer of its own. A request whose
-        pooled connection turns out closed before any byte of the answer is
-        sent once more on a new connection; nothing else is retried here.
+        included: the caller needs no timer of its own. Nothing is retried
+        here, not even a request whose pooled connection closed before any
+        byte of the answer: it was written, so the upstream may have run it,
+        and a second send is the dispatch policy's to decide (an attempt of
+        its own in the evidence), never a silent one.
         """
         if self._closed:
             raise TransportError("the upstream client is closed")
@@ -220,24 +222,15 @@ class UpstreamClient:
         joined = len(body) < _LARGE_BODY
         data = head + body if joined else head
         connection = self._take_idle(target.origin)
-        while True:
-            if connection is None:
-                left = (
-                    timeout
-                    if deadline is None
-                    else min(timeout, deadline - asyncio.get_running_loop().time())
-                )
-                connection = await self._connect(target.origin, max(left, 0.0))
-            exchange = connection.send(data, None if joined else body, deadline)
-            try:
-                await exchange.wait_headers(timeout)
-            except StaleConnection:
-                connection = None  # the pooled one was closed under us: once more on a new one
-                continue
-            except BaseException:
-                exchange.close()
-                raise
-            break
+        if connection is None:
+            left = timeout if deadline is None else min(timeout, deadline - asyncio.get_running_loop().time())
+            connection = await self._connect(target.origin, max(left, 0.0))
+        exchange = connection.send(data, None if joined else body, deadline)
+        try:
+            await exchange.wait_headers(timeout)
+        except BaseException:
+            exchange.close()
+            raise
         coding = exchange.headers.get("content-encoding")
         if coding is not None and coding.strip().lower() != "identity":
             exchange.close()

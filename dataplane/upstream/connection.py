@@ -42,10 +42,6 @@ class _OutOfTurn(Exception):
     """Raised inside a parser callback to stop parsing (``httptools`` reports it as a parser error)."""
 
 
-class StaleConnection(Exception):
-    """A pooled connection closed before any byte of the answer: the request may be resent."""
-
-
 class Exchange:
     """The response in progress on a connection: status, headers, then body chunks."""
 
@@ -286,9 +282,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         exchange = self._exchange
         if exchange is not None and not exchange.complete:
-            if not exchange.received and self.used > 1:
-                exchange.fail(StaleConnection())
-            elif exchange.until_close and exc is None:
+            if exchange.until_close and exc is None:
                 exchange.complete = True
                 exchange.wake()
             elif exc is not None:
