@@ -4,9 +4,11 @@ streaming and shadow traffic."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -31,6 +33,8 @@ from dataplane.routing.query import RoutePlan, RouteQuery
 from dataplane.routing.table import build_route_table
 from dataplane.upstream import UpstreamClient
 from signalbox.shell.simulator import Behaviour, Simulator
+from tests.dataplane.upstream.rawserver import Peer, RawServer
+from tests.dataplane.upstream.rawserver import answer as raw_answer
 from tests.helpers import eventually
 
 from .support import HELLO, FakeClock, completer, model, provider, runtime
@@ -693,3 +697,40 @@ async def test_the_callers_deadline_holds_with_or_without_the_dispatchers_timer(
     assert time.monotonic() - started < 2.5  # ended by the deadline, not by the upstream's answer
     assert outcomes(failed.value.attempts) == [("solo-a", "timeout")]
     assert isinstance(failed.value.error, DeadlineExceeded)
+
+
+async def test_an_upstream_that_hangs_up_unanswered_is_retried_by_the_policy_as_an_attempt(
+    sim_b: Simulator, http: UpstreamClient, clock: FakeClock
+) -> None:
+    # The upstream client never resends a written request on its own (it may have run
+    # upstream): the dispatch policy does, and each send is an attempt the evidence shows.
+    completion = json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "solo-a",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    ).encode()
+
+    async def hang_up_on_the_second(server: RawServer, peer: Peer) -> None:
+        while (request := await peer.request()) is not None:
+            server.requests.append(request)
+            if len(server.requests) == 2:
+                return  # read, then closed without an answer (a keep-alive race, a crash)
+            await peer.send(raw_answer(completion))
+
+    async with RawServer(hang_up_on_the_second) as upstream:
+        sim_a = SimpleNamespace(base_url=upstream.url)
+        stack = Stack(sim_a, sim_b, http, rules("solo"), Dispatcher(clock=clock, sleep=clock.sleep))  # type: ignore[arg-type]
+        await stack.dispatcher.call(stack.plan("r1"), stack.attempt, deadline=clock() + 30)
+        result, _, attempts = await stack.dispatcher.call(
+            stack.plan("r2"), stack.attempt, deadline=clock() + 30
+        )
+        assert result.upstream_id == "chatcmpl-1"
+        assert outcomes(attempts) == [("solo-a", "protocol_error"), ("solo-a", "ok")]
+        assert len(upstream.requests) == 3  # the second call was sent twice, both attempts
