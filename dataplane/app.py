@@ -588,7 +588,11 @@ class DataPlaneNode:
         try:
             await requested.wait()
             log.info("stopping: draining for up to %.1fs", self.settings.drain_seconds)
+            # Handled until stopped: it often comes twice (systemd and a terminal signal every
+            # process, the supervisor passes it on), and by default the second ends the drain.
+            for sig in signals:
+                loop.add_signal_handler(sig, log.info, "stopping: already draining (%s)", sig.name)
+            await self.stop()
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
-        await self.stop()

@@ -547,7 +547,9 @@ def serve_command(ns: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        return supervise(ns.argv, workers, ns.listen, ns.drain_seconds)
+        return supervise(
+            ns.argv, workers, ns.listen, ns.drain_seconds, shared=[ns.http_listen] if ns.http_listen else []
+        )
 
     async def run() -> None:
         node = DataPlaneNode(node_settings)

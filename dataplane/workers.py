@@ -13,14 +13,25 @@ others read the pin, or follow what worker 0 persisted, checking every signature
 own high-water mark). SIGTERM or SIGINT to the supervisor is passed to every worker, each
 drains as a single node does; the supervisor exits when all have, non-zero if any failed.
 A worker that dies on its own stops the others: the service manager restarts the node whole.
+
+The kernel lets any process of the same user join a SO_REUSEPORT group, so a second node
+started on the same ports (another data dir, perhaps another snapshot) would silently take
+a share of this node's callers. The supervisor therefore claims each shared port number for
+its lifetime (``claim_port``: an abstract unix socket named after it, released by the kernel
+however the supervisor ends) and refuses to start when another supervisor holds it. A node
+of one worker needs no claim: it binds without SO_REUSEPORT, which the kernel refuses to
+share either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -47,6 +58,55 @@ def _die_with_parent() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
+class PortClaimed(OSError):
+    """Another supervisor's workers share that port; the message names it (and the holder)."""
+
+
+def claim_port(port: int) -> socket.socket:
+    """Claim ``port`` for this supervisor's workers until the returned socket is closed;
+    ``PortClaimed`` when another supervisor holds it. The claim is by port number, whatever
+    the address: a wildcard and a specific address of one port share a SO_REUSEPORT group."""
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        claim.bind(_claim_name(port))
+        claim.listen(1)  # only so a refused supervisor can ask who holds it (SO_PEERCRED)
+    except OSError as exc:
+        claim.close()
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        holder = _claim_holder(port)
+        raise PortClaimed(
+            errno.EADDRINUSE,
+            f"port {port} is already shared by the workers of another node"
+            + (f" (supervisor pid {holder})" if holder else "")
+            + "; stop that node or give this one other ports",
+        ) from None
+    return claim
+
+
+def _claim_name(port: int) -> bytes:
+    # Abstract namespace (leading NUL): no file to leave behind, per network namespace as
+    # the port itself is, and released when the holder exits, even by SIGKILL.
+    return b"\0signalbox/dataplane/tcp/%d" % port
+
+
+def _claim_holder(port: int) -> int | None:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(_claim_name(port))
+        pid, _uid, _gid = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return pid or None
+
+
+def _port_of(listen: str) -> int:
+    return int(listen.rpartition(":")[2])
+
+
 def _listening(listen: str) -> bool:
     host, _, port = listen.rpartition(":")
     try:
@@ -56,10 +116,26 @@ def _listening(listen: str) -> bool:
         return False
 
 
-def supervise(argv: Sequence[str], workers: int, listen: str, drain_seconds: float) -> int:
+def supervise(
+    argv: Sequence[str], workers: int, listen: str, drain_seconds: float, shared: Sequence[str] = ()
+) -> int:
     """Run ``workers`` copies of ``signalbox <argv> --worker-index i`` until a signal or a
     worker's exit; the exit code. A worker still running ``drain_seconds`` plus
-    ``STOP_MARGIN_S`` after it was told to stop is killed."""
+    ``STOP_MARGIN_S`` after it was told to stop is killed. ``shared``: the other addresses
+    the workers share besides ``listen`` (the HTTP door's)."""
+    # Claimed before worker 0 starts, held until the last worker is gone.
+    ports = sorted({_port_of(address) for address in (listen, *shared)}) if sys.platform == "linux" else []
+    with contextlib.ExitStack() as held:
+        try:
+            for port in ports:
+                held.enter_context(claim_port(port))
+        except PortClaimed as exc:
+            print(f"signalbox dataplane serve: {exc.strerror}", file=sys.stderr)
+            return 1
+        return _supervise(argv, workers, listen, drain_seconds)
+
+
+def _supervise(argv: Sequence[str], workers: int, listen: str, drain_seconds: float) -> int:
     command = [sys.executable, "-m", "signalbox", *argv]
     children: list[subprocess.Popen[bytes]] = []
     stopping = False

@@ -113,9 +113,17 @@ def compile_snapshot(snapshot: snapshot_pb2.Snapshot, payload_sha256: bytes) -> 
     )
 
 
+MAX_VERSION = 2**63 - 1
+"""The highest version a snapshot may carry: the control plane keeps versions (and what each
+node runs) in bigint columns. A node that took a higher one would refuse every later snapshot
+as a rollback, and the control plane every Hello naming it: a node lost for good."""
+
+
 def check_header(snapshot: snapshot_pb2.Snapshot) -> None:
     if snapshot.version <= 0:
         raise SnapshotInvalid("$.version", "must be positive")
+    if snapshot.version > MAX_VERSION:
+        raise SnapshotInvalid("$.version", f"at most {MAX_VERSION} (got {snapshot.version})")
 
 
 def runtime_config(

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
+from dataplane.files import read_regular
 from dataplane.snapshot.files import MAX_ENVELOPE_FILE_BYTES
 from dataplane.snapshot.serving import ServingState
 from dataplane.snapshot.store import ApplyResult, SnapshotStore
@@ -170,7 +171,9 @@ class PinWatcher:
             )
             return None
         try:
-            raw = await asyncio.to_thread(self._path.read_bytes)
+            # Checked again on what is opened: the path may have been swapped since the stat
+            # (a FIFO would hold this watcher, and the node's stop, waiting for a writer).
+            raw = await asyncio.to_thread(read_regular, self._path, MAX_PIN_BYTES)
         except OSError as exc:
             # Not remembered as seen: read again at the next poll.
             self._report(

@@ -7,6 +7,7 @@ story against a real ``signalbox dataplane serve`` process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
+from dataplane.snapshot import pin_watch
 from dataplane.snapshot.pin_watch import MAX_PIN_BYTES
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.cli import main
@@ -308,3 +310,43 @@ def test_serve_refuses_a_poll_interval_that_is_not_positive(
 ) -> None:
     assert main(["dataplane", "serve", "--snapshot-poll-interval", value]) == 2
     assert "--snapshot-poll-interval" in capsys.readouterr().err
+
+
+async def test_a_pin_swapped_for_a_fifo_between_its_check_and_its_read_neither_blocks_nor_is_read(
+    tmp_path: Path,
+    start_node: NodeFactory,
+    simulator: Any,
+    signing_key: Ed25519PrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The watcher checks the path is a regular file, then reads it: a FIFO renamed in between
+    (the race an attacker with the pin's directory wins) must be refused on what was opened,
+    not waited on for a writer (the watcher stuck, the node's stop waiting for it forever)."""
+    pin = tmp_path / "site.snapshot"
+    pin.write_bytes(pin_bytes(signing_key, 3, simulator.base_url))
+    node = await pinned_node(start_node, pin)
+    checked = pin_watch.fingerprint
+    swap = [True]
+
+    def fingerprint_then_swap(path: Path) -> pin_watch.Fingerprint:
+        seen = checked(path)
+        if swap and seen[1] != len(pin_bytes(signing_key, 3, simulator.base_url)):
+            swap.clear()
+            fifo = path.with_name("planted.fifo")
+            os.mkfifo(fifo)
+            os.replace(fifo, path)  # after the check, before the read
+        return seen
+
+    monkeypatch.setattr(pin_watch, "fingerprint", fingerprint_then_swap)
+    write_atomically(pin, pin_bytes(signing_key, 4, simulator.base_url, default_model="sim-smart"))
+    try:
+        await eventually(lambda: not swap, message="the pin swapped after its check")
+        await more_polls(node, 3)
+        assert await infer(node) == (3, "sim-fast")
+    finally:
+        with contextlib.suppress(OSError):
+            # A reader stuck opening the FIFO is let go (EOF), so the test can end.
+            os.close(os.open(pin, os.O_WRONLY | os.O_NONBLOCK))
+    pin.unlink()
+    write_atomically(pin, pin_bytes(signing_key, 4, simulator.base_url, default_model="sim-smart"))
+    await eventually(lambda: node.store.version == 4, message="v4 applied after the FIFO")

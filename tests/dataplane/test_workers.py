@@ -31,7 +31,7 @@ from tests.dataplane.test_pin_watch_process import site_pin
 from tests.e2e.test_config_push import TENANT, _admin, _converged, _seed
 from tests.fixtures.certs import Pem, TestCA
 from tests.fixtures.postgres import RunningControlPlane, sql_rows
-from tests.helpers import eventually
+from tests.helpers import eventually, signalbox_exit
 
 NODE = "node-w"
 
@@ -348,3 +348,28 @@ async def test_by_default_a_node_runs_one_worker_per_core_and_one_on_a_port_the_
         finally:
             process.terminate()
             await process.wait()
+
+
+async def test_a_second_node_with_workers_cannot_join_the_ports_another_node_shares(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    """Workers share their ports with SO_REUSEPORT, which the kernel grants any process of the
+    same user that asks: a second node started by mistake on the same ports (its own data dir,
+    perhaps its own snapshot) would silently take a share of the first one's callers. Only the
+    workers of one supervisor may share; another supervisor is refused and says why."""
+    pin = tmp_path / "site.snapshot"
+    pin.write_bytes(site_pin(signing_key, 3, simulator.base_url))
+    grpc_port, http_port = free_port(), free_port()
+    ports = ["--listen", f"127.0.0.1:{grpc_port}", "--http-listen", f"127.0.0.1:{http_port}"]
+    first = pinned_serve_args(pin, trust_key, tmp_path / "a", "--node-id", "node-a", "--workers", "2")
+    second = pinned_serve_args(pin, trust_key, tmp_path / "b", "--node-id", "node-b", "--workers", "2")
+    async with workers_up([*first, *ports], 2) as process:
+        code, err = await signalbox_exit(*second, *ports, timeout=30)
+        assert code == 1, err
+        assert re.search(
+            rf"port ({grpc_port}|{http_port}) is already shared by the workers of another node", err
+        )
+        assert f"supervisor pid {process.pid}" in err
+        assert not (tmp_path / "b" / "evidence").exists()  # not one worker of it started
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0

@@ -46,6 +46,11 @@ def _tampered(env: snapshot_pb2.SignedEnvelope) -> snapshot_pb2.SignedEnvelope:
     return env
 
 
+def _versioned(snap: snapshot_pb2.Snapshot, version: int) -> snapshot_pb2.Snapshot:
+    snap.version = version
+    return snap
+
+
 BadEnvelope = Callable[[str, Ed25519PrivateKey], snapshot_pb2.SignedEnvelope]
 
 BAD: dict[str, tuple[BadEnvelope, str]] = {
@@ -60,6 +65,12 @@ BAD: dict[str, tuple[BadEnvelope, str]] = {
     ),
     "wrong scope": (lambda url, key: envelope(snapshot(2, url, deployment="other"), key), "scope:"),
     "version zero": (lambda url, key: envelope(snapshot(0, url), key), "$.version: must be positive"),
+    # Taken, it would raise the mark past any version the control plane can publish (a
+    # bigint): every later snapshot a "rollback", and every Hello of this node refused.
+    "version past int64": (
+        lambda url, key: envelope(_versioned(snapshot(2, url), 2**63), key),
+        f"$.version: at most {2**63 - 1} (got {2**63})",
+    ),
     "same version, other hash": (
         lambda url, key: envelope(snapshot(1, url, default_model="sim-smart"), key),
         "conflict: version 1 was already applied",
