@@ -238,6 +238,10 @@ def compile_registry(
     for i, p in enumerate(snapshot.providers):
         if not p.id:
             raise SnapshotInvalid(f"$.providers[{i}].id", "must not be empty")
+        if p.id in providers:
+            # Else the last one would silently win, and models would call a provider the
+            # snapshot's reader cannot tell from its twin.
+            raise SnapshotInvalid(f"$.providers[{i}].id", f"duplicate provider {p.id!r}")
         if p.type not in known_types:
             raise SnapshotInvalid(
                 f"$.providers[{i}].type",
@@ -311,6 +315,8 @@ def compile_registry(
             document = json.loads(pol.document_json)
         except ValueError as exc:
             raise SnapshotInvalid(f"$.policies[{i}].document_json", f"not JSON: {exc}") from exc
+        except RecursionError as exc:  # json's only depth limit is the stack's: not a ValueError
+            raise SnapshotInvalid(f"$.policies[{i}].document_json", "not JSON: nested too deep") from exc
         try:
             policies[pol.tenant_id] = compile_policy(
                 document,

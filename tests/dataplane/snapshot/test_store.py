@@ -46,6 +46,18 @@ def _tampered(env: snapshot_pb2.SignedEnvelope) -> snapshot_pb2.SignedEnvelope:
     return env
 
 
+def _twin_provider(snap: snapshot_pb2.Snapshot) -> snapshot_pb2.Snapshot:
+    twin = snap.providers.add()
+    twin.CopyFrom(snap.providers[0])
+    twin.base_url = "http://127.0.0.1:1/v1"  # the last one silently won: models called it
+    return snap
+
+
+def _deep_policy(snap: snapshot_pb2.Snapshot) -> snapshot_pb2.Snapshot:
+    snap.policies[0].document_json = '{"rules":' * 100_000
+    return snap
+
+
 def _versioned(snap: snapshot_pb2.Snapshot, version: int) -> snapshot_pb2.Snapshot:
     snap.version = version
     return snap
@@ -78,6 +90,15 @@ BAD: dict[str, tuple[BadEnvelope, str]] = {
     "uncompilable": (
         lambda url, key: envelope(snapshot(2, url, provider_type="no-such-adapter"), key),
         "providers[0].type",
+    ),
+    "duplicate provider": (
+        lambda url, key: envelope(_twin_provider(snapshot(2, url)), key),
+        "$.providers[1].id: duplicate provider",
+    ),
+    # Was "internal error while applying: RecursionError".
+    "policy nested too deep": (
+        lambda url, key: envelope(_deep_policy(snapshot(2, url)), key),
+        "$.policies[0].document_json: not JSON: nested too deep",
     ),
     "expired": (lambda url, key: envelope(snapshot(2, url, expires_at=time.time() - 60), key), "expired"),
     "not a snapshot": (lambda url, key: sign_payload(b"\xff\xff\xff", key), "payload is not a Snapshot"),
