@@ -374,6 +374,10 @@ class ControlPlane:
         self._server = grpc.aio.server(
             interceptors=[self._interceptor],
             options=[
+                # gRPC binds with SO_REUSEPORT unless told not to: a second control plane
+                # started on these ports (another database, another signing key) would
+                # silently take a share of the admins' and nodes' connections.
+                ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
             ],
@@ -387,13 +391,14 @@ class ControlPlane:
         reflection.enable_server_reflection(ADMIN_LISTENER_SERVICES, self._server)
         port = add_port(self._server, s.listen, s.tls)
         if port == 0:
-            raise OSError(f"cannot listen on {s.listen}")
+            raise OSError(f"cannot listen on {s.listen} (--listen): in use, or not an address of this host")
         host = s.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{port}"
 
         # grpc cannot make client certificates optional on one port: nodes get their own.
         self._node_server = grpc.aio.server(
             options=[
+                ("grpc.so_reuseport", 0),  # as the admin port's
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
             ],
@@ -469,16 +474,24 @@ class ControlPlane:
                 "read every snapshot and claim any node id. For local development only.",
                 s.node_listen,
             )
-            port = server.add_insecure_port(s.node_listen)
+            credentials = None
         else:
             hosts = [host_of(s.node_listen), "localhost", "127.0.0.1", "::1", *s.node_advertise_names]
             cert_pem, key_pem = self.node_ca.issue_server(hosts)
             credentials = grpc.ssl_server_credentials(
                 [(key_pem, cert_pem)], root_certificates=self.node_ca.pem, require_client_auth=True
             )
-            port = server.add_secure_port(s.node_listen, credentials)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(s.node_listen)
+            else:
+                port = server.add_secure_port(s.node_listen, credentials)
+        except RuntimeError:  # grpcio raises rather than return 0 (signalbox.tls.add_port)
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {s.node_listen} (--node-listen)")
+            raise OSError(
+                f"cannot listen on {s.node_listen} (--node-listen): in use, or not an address of this host"
+            )
         return port
 
     async def _enroll_refusals_suppressed(self, peer: str, count: int) -> None:

@@ -122,9 +122,14 @@ def ssl_server_context(listen: str, tls: ServerTls) -> ssl.SSLContext | None:
 def add_port(server: grpc.aio.Server, listen: str, tls: ServerTls) -> int:
     """Bind ``server`` to ``listen`` with or without TLS per ``tls``; return the port (0: failed)."""
     creds = tls.credentials(listen)
-    if creds is None:
-        return server.add_insecure_port(listen)
-    return server.add_secure_port(listen, creds)
+    try:
+        if creds is None:
+            return server.add_insecure_port(listen)
+        return server.add_secure_port(listen, creds)
+    except RuntimeError:
+        # grpcio raises, rather than return 0, when the address cannot be bound (in use,
+        # not local): the callers say which flag's address it is.
+        return 0
 
 
 @dataclass(frozen=True, slots=True)

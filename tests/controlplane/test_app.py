@@ -177,3 +177,20 @@ async def test_the_trust_key_file_follows_the_active_key_on_every_replica(
             return keys == {bytes(rotated.key.ed25519_public_key)}
 
         await eventually(both_follow, message="both trust-key.pub files to hold the new key")
+
+
+@pytest.mark.parametrize("port", ["listen", "node_listen"])
+async def test_a_second_control_plane_cannot_share_a_running_ones_port(
+    control_plane: RunningControlPlane, private_tmp: Path, port: str
+) -> None:
+    # gRPC binds with SO_REUSEPORT by default: the second one started, and the kernel then
+    # spread the admins' (or the nodes') connections over two control planes.
+    taken = control_plane.address if port == "listen" else control_plane.cp.node_address
+    settings = cp_settings(
+        control_plane.database_url, private_tmp, kek_file=control_plane.data_dir / "kek", **{port: taken}
+    )
+    with pytest.raises(OSError, match=f"cannot listen on {taken}"):
+        async with running_control_plane(settings):
+            pass
+    async with _admin(control_plane) as admin:  # the first one still serves
+        await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="still-served"))
