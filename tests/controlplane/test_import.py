@@ -82,6 +82,29 @@ async def test_import_is_one_snapshot_and_the_secrets_work(
             "line 1: expires_at: must be in the future",
         ),
         ([{"kind": "tenant", "name": "existing"}], "line 1: name: tenant 'existing' already exists"),
+        # Values the database cannot hold, and sizes CreateTenant refuses: each was an
+        # INTERNAL from the driver (or went in unbounded) before import checked them.
+        ([{"kind": "tenant", "name": "t", "tier": "go\x00ld"}], "line 1: tier: must not contain NUL"),
+        ([{"kind": "tenant", "name": "t", "tier": "\ud800"}], "line 1: tier: must be valid Unicode"),
+        (
+            [{"kind": "tenant", "name": "t", "labels": {"a": "\x00"}}],
+            "line 1: labels.a: must not contain NUL",
+        ),
+        ([{"kind": "tenant", "name": "t", "labels": {"\udfff": "x"}}], "line 1: labels key: must be valid"),
+        (
+            [{"kind": "tenant", "name": "t", "labels": {f"k{i}": "v" for i in range(65)}}],
+            "line 1: labels: at most 64 entries",
+        ),
+        (
+            [{"kind": "tenant", "name": "t", "labels": {"k": "v" * 2049}}],
+            "line 1: labels.k: at most 2048 characters",
+        ),
+        ([{"kind": "api_key", "tenant": "x", "name": "ci\x00"}], "line 1: name: must not contain NUL"),
+        ([{"kind": "api_key", "tenant": "x", "name": "\udfff"}], "line 1: name: must be valid Unicode"),
+        (
+            [{"kind": "api_key", "tenant": "x", "expires_at": "9999-12-31T23:00:00-05:00"}],
+            "line 1: expires_at: must be between 0001-01-01 and 9999-12-31 (UTC)",
+        ),
     ],
 )
 async def test_a_bad_line_refuses_the_whole_file_naming_line_and_field(
