@@ -162,6 +162,14 @@ BILLION_LAUGHS = "\n".join(
         ("allowed_models: " + "9" * 5000, None),
         ("x" * (1024 * 1024 + 1), "document: at most 1048576 bytes"),
         ("\x08", None),
+        (
+            '{"default_model": "small", "description": "\\ud800"}',
+            "document.description: lone surrogate \\ud800 is not valid Unicode",
+        ),
+        (
+            'default_model: small\ndescription: "\\udc00"\n',
+            "document.description: lone surrogate \\udc00 is not valid Unicode",
+        ),
     ],
     ids=[
         "json-lists",
@@ -173,6 +181,8 @@ BILLION_LAUGHS = "\n".join(
         "huge-int",
         "huge",
         "control-char",
+        "json-surrogate",
+        "yaml-surrogate",
     ],
 )
 async def test_policy_documents_built_to_exhaust_the_parser_are_refused_cheaply(
