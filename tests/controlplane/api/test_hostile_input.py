@@ -163,6 +163,10 @@ BILLION_LAUGHS = "\n".join(
         ("x" * (1024 * 1024 + 1), "document: at most 1048576 bytes"),
         ("\x08", None),
         (
+            '{"default_model": "small", "constraints": {"max_cost_usd": 1e308}}',
+            "document.constraints.max_cost_usd: must be a number from 0 to 9223372036",
+        ),
+        (
             '{"default_model": "small", "description": "\\ud800"}',
             "document.description: lone surrogate \\ud800 is not valid Unicode",
         ),
@@ -181,6 +185,7 @@ BILLION_LAUGHS = "\n".join(
         "huge-int",
         "huge",
         "control-char",
+        "huge-cost",
         "json-surrogate",
         "yaml-surrogate",
     ],
