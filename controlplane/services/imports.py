@@ -255,7 +255,7 @@ def _parse(data: bytes, now: datetime) -> tuple[dict[str, tuple[int, dict[str, A
                 validate_scopes(scopes)
             except ScopeSyntaxError as exc:
                 check.add(number, f"scopes[{exc.index}]", exc.problem)
-            tenant = _str(check, number, obj, "tenant", 64)
+            tenant = _str(check, number, obj, "tenant", NAME_CHARS)  # a name or an id
             if not tenant:
                 check.add(number, "tenant", "must not be empty")
             name = _str(check, number, obj, "name", NAME_CHARS)

@@ -225,3 +225,19 @@ async def test_imported_values_arrive_byte_for_byte_whatever_their_characters(
     assert key.name == "k-odd"
     assert key.secret_hmac == _digest(control_plane, reply.keys[0].secret)
     assert key.expires_at.ToSeconds() == 4070908800
+
+
+async def test_keys_may_name_a_tenant_by_any_name_a_tenant_may_have(admin: Admin) -> None:
+    """Tenant names are up to 200 characters; a key line naming one was refused past 64."""
+    name = "t" * 200
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name=name))
+    reply = await admin.ImportConfig(
+        admin_pb2.ImportConfigRequest(
+            jsonl=_jsonl(
+                {"kind": "tenant", "name": "u" * 200}, *({"kind": "api_key", "tenant": t * 200} for t in "tu")
+            )
+        )
+    )
+    assert len(reply.keys) == 2
+    tenants = {t.id: t.name for t in (await admin.ListTenants(admin_pb2.ListTenantsRequest())).tenants}
+    assert sorted(tenants[k.key.tenant_id] for k in reply.keys) == [name, "u" * 200]
