@@ -9,13 +9,15 @@ import hmac
 import json
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import LargeBinary
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import AdminMtlsIdentity, AdminToken, AuditEntry, Policy, TenantIdentity
@@ -146,7 +148,7 @@ class AdminService:
         role = check_role(role)
         _check_grant(creator, role, tenant)
         token = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
-        async with self.sessions() as session, session.begin():
+        async with self._write(tenant=tenant) as session:
             tenant_id = await _tenant_for_role(session, role, tenant)
             row = AdminToken(
                 name=name,
@@ -160,6 +162,23 @@ class AdminService:
             await session.flush()
             await session.refresh(row)
         return row, token
+
+    @asynccontextmanager
+    async def _write(self, *, tenant: str, uri: str = "") -> AsyncIterator[AsyncSession]:
+        """A transaction that adds an admin identity. Its checks (the tenant exists, the URI
+        is not mapped yet) run before its insert, outside the config lock: a concurrent call
+        can delete the tenant or map the URI in between, and the database's constraint
+        decides. That loser gets the status its check would have given it, not INTERNAL."""
+        try:
+            async with self.sessions() as session, session.begin():
+                yield session
+        except IntegrityError as exc:
+            constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None) or ""
+            if constraint.endswith("_tenant_id_tenants"):
+                raise NotFound("tenant", tenant, field="tenant") from None
+            if constraint == "uq_admin_mtls_identities_uri":
+                raise AlreadyExists("admin mtls identity", uri) from None
+            raise
 
     async def list_tokens(self, tenant: str = "") -> Sequence[AdminToken]:
         async with self.sessions() as session:
@@ -197,7 +216,7 @@ class AdminService:
         _check_uri(uri)
         _check_identity_name(name)
         role = check_role(role)
-        async with self.sessions() as session, session.begin():
+        async with self._write(tenant=tenant, uri=uri) as session:
             if await repo.mtls_identity_by_uri(session, uri) is not None:
                 raise AlreadyExists("admin mtls identity", uri)
             row = AdminMtlsIdentity(

@@ -25,7 +25,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.api_key_hash import ApiKeyHasher, HashKeyRing
 from controlplane.db.models import ApiKey, Tenant
 from controlplane.errors import InvalidArgument, clip, shown
-from controlplane.limits import NAME_CHARS, TIER_CHARS
+from controlplane.limits import (
+    MAP_ENTRIES,
+    MAP_KEY_CHARS,
+    MAP_VALUE_CHARS,
+    NAME_CHARS,
+    TIER_CHARS,
+    TIMESTAMP_MAX_SECONDS,
+    TIMESTAMP_MIN_SECONDS,
+)
 from controlplane.services.base import Caller, UnitOfWork, check_name
 from controlplane.services.keys import VISIBLE_PREFIX_CHARS, new_api_key
 from dataplane.scopes import ScopeSyntaxError, validate_scopes
@@ -80,13 +88,29 @@ class _Check:
             self.problems.append((line, name, problem))
 
 
+def _text_problem(value: str, limit: int) -> str:
+    """What keeps ``value`` out of a text column ("" when nothing): the limits CreateTenant and
+    CreateApiKey hold their fields to (``controlplane.limits``). JSON can also spell what a
+    protobuf string cannot carry: ``\\u0000`` (no text column holds NUL) and lone surrogates
+    (not encodable as UTF-8); rows go in by COPY, where either was an INTERNAL from the driver."""
+    if "\x00" in value:
+        return "must not contain NUL"
+    if len(value) > limit:
+        return f"at most {limit} characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (no lone surrogates)"
+    return ""
+
+
 def _str(check: _Check, line: int, obj: dict[str, Any], name: str, limit: int) -> str:
     value = obj.get(name, "")
     if not isinstance(value, str):
         check.add(line, name, "must be a string")
         return ""
-    if len(value) > limit:
-        check.add(line, name, f"at most {limit} characters")
+    if problem := _text_problem(value, limit):
+        check.add(line, name, problem)
     return value
 
 
@@ -99,6 +123,14 @@ def _labels(check: _Check, line: int, obj: dict[str, Any]) -> dict[str, str]:
         return {}
     if any(not k for k in value):
         check.add(line, "labels", "keys must not be empty")
+    if len(value) > MAP_ENTRIES:
+        check.add(line, "labels", f"at most {MAP_ENTRIES} entries")
+        return {}
+    for key, item in value.items():
+        if problem := _text_problem(key, MAP_KEY_CHARS):
+            check.add(line, "labels key", problem)
+        elif problem := _text_problem(item, MAP_VALUE_CHARS):
+            check.add(line, f"labels.{clip(key)}", problem)
     return dict(value)
 
 
@@ -112,6 +144,10 @@ def _expiry(check: _Check, line: int, obj: dict[str, Any], now: datetime) -> dat
         when = None
     if when is None or when.tzinfo is None:
         check.add(line, "expires_at", "must be an RFC 3339 time with an offset, e.g. 2027-01-01T00:00:00Z")
+        return None
+    if not TIMESTAMP_MIN_SECONDS <= when.timestamp() <= TIMESTAMP_MAX_SECONDS:
+        # A local time near year 9999 whose UTC is past it: no Timestamp can carry it.
+        check.add(line, "expires_at", "must be between 0001-01-01 and 9999-12-31 (UTC)")
         return None
     if when <= now:
         check.add(line, "expires_at", "must be in the future")
@@ -219,7 +255,7 @@ def _parse(data: bytes, now: datetime) -> tuple[dict[str, tuple[int, dict[str, A
                 validate_scopes(scopes)
             except ScopeSyntaxError as exc:
                 check.add(number, f"scopes[{exc.index}]", exc.problem)
-            tenant = _str(check, number, obj, "tenant", 64)
+            tenant = _str(check, number, obj, "tenant", NAME_CHARS)  # a name or an id
             if not tenant:
                 check.add(number, "tenant", "must not be empty")
             name = _str(check, number, obj, "name", NAME_CHARS)

@@ -52,6 +52,7 @@ def checked_document(
         document = parse(text)
         if not isinstance(document, dict):
             raise error("$", f"a {what} must be an object")
+        _check_unicode(document, error)
         check(document)
     except error as exc:
         raise InvalidArgument(document_field(exc.path), exc.problem) from exc
@@ -60,6 +61,36 @@ def checked_document(
     except (TypeError, ValueError) as exc:
         # YAML can express values JSON cannot (dates, sets, NaN).
         raise InvalidArgument("document", clip(f"not representable as JSON: {exc}", 300)) from exc
+
+
+def _check_unicode(document: dict[str, Any], error: type[DocumentError]) -> None:
+    """JSON (``\\ud800``) and YAML (``"\\ud800"``) can escape a lone surrogate, which is no
+    Unicode text: no UTF-8 column, snapshot or node can hold it. Refused at its path (a
+    key's, at the object holding it), before the schema echoes it. Without recursion: the
+    parser bounds the depth, not Python's stack."""
+    stack: list[tuple[Any, str]] = [(document, "$")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            items: list[tuple[Any, str]] = []
+            for key, child in value.items():
+                _check_text(key, path, error)
+                items.append((child, f"{path}.{clip(str(key))}"))
+            stack.extend(reversed(items))
+        elif isinstance(value, list):
+            stack.extend(reversed([(child, f"{path}[{i}]") for i, child in enumerate(value)]))
+        else:
+            _check_text(value, path, error)
+
+
+def _check_text(value: Any, path: str, error: type[DocumentError]) -> None:
+    if not isinstance(value, str):
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        raise error(path, f"lone surrogate \\u{code:04x} is not valid Unicode") from None
 
 
 def document_field(path: str) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from controlplane.db.models import Tenant
 from controlplane.errors import AlreadyExists, InvalidArgument, NotFound
+from controlplane.limits import MAP_ENTRIES
 from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, UnitOfWork, check_name, check_str_map
 from signalbox.api.config.v1 import snapshot_pb2
@@ -114,7 +115,15 @@ class TenantService:
                 tenant.evidence_spool_full = spool_full
             if labels or replace_labels:
                 new = check_str_map("labels", labels or {})
-                tenant.labels = new if replace_labels else {**tenant.labels, **new}
+                merged = new if replace_labels else {**tenant.labels, **new}
+                if len(merged) > MAP_ENTRIES:
+                    # One request is held to MAP_ENTRIES; merges must not add up past it.
+                    raise InvalidArgument(
+                        "labels",
+                        f"at most {MAP_ENTRIES} entries (merged with the tenant's {len(tenant.labels)}, "
+                        f"{len(merged)})",
+                    )
+                tenant.labels = merged
         return tenant, change.version
 
     async def delete(self, caller: Caller, ref: str) -> int:

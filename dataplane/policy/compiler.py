@@ -50,6 +50,10 @@ from dataplane.policy.language import (
 
 _V = TypeVar("_V")
 
+INT64_MAX = 2**63 - 1
+MAX_COST_USD = INT64_MAX // 1_000_000_000
+"""The largest ``max_cost_usd``: its nanos fit an int64 (about 9.2 billion USD per request)."""
+
 
 class ModelIndex:
     """Models of one registry, indexed for ``select`` and with prices precomputed.
@@ -339,9 +343,11 @@ def _constraints(raw: Any, path: str, base: Constraints) -> Constraints:
     max_cost = base.max_cost_nanos
     if "max_cost_usd" in doc:
         usd = doc["max_cost_usd"]
-        if not _is_number(usd) or usd < 0:
-            raise PolicyError(f"{path}.max_cost_usd", "must be a number >= 0")
-        max_cost = round(usd * 1_000_000_000)
+        # Bounded so the nanos fit an int64: 1e308 USD once became inf nanos, and round()
+        # raised OverflowError instead of a PolicyError (INTERNAL on the control plane).
+        if not _is_number(usd) or not 0 <= usd <= MAX_COST_USD:
+            raise PolicyError(f"{path}.max_cost_usd", f"must be a number from 0 to {MAX_COST_USD}")
+        max_cost = min(round(usd * 1_000_000_000), INT64_MAX)
     max_latency = base.max_latency_ms
     if "max_latency_ms" in doc:
         max_latency = _int(doc["max_latency_ms"], f"{path}.max_latency_ms", minimum=1)

@@ -82,6 +82,29 @@ async def test_import_is_one_snapshot_and_the_secrets_work(
             "line 1: expires_at: must be in the future",
         ),
         ([{"kind": "tenant", "name": "existing"}], "line 1: name: tenant 'existing' already exists"),
+        # Values the database cannot hold, and sizes CreateTenant refuses: each was an
+        # INTERNAL from the driver (or went in unbounded) before import checked them.
+        ([{"kind": "tenant", "name": "t", "tier": "go\x00ld"}], "line 1: tier: must not contain NUL"),
+        ([{"kind": "tenant", "name": "t", "tier": "\ud800"}], "line 1: tier: must be valid Unicode"),
+        (
+            [{"kind": "tenant", "name": "t", "labels": {"a": "\x00"}}],
+            "line 1: labels.a: must not contain NUL",
+        ),
+        ([{"kind": "tenant", "name": "t", "labels": {"\udfff": "x"}}], "line 1: labels key: must be valid"),
+        (
+            [{"kind": "tenant", "name": "t", "labels": {f"k{i}": "v" for i in range(65)}}],
+            "line 1: labels: at most 64 entries",
+        ),
+        (
+            [{"kind": "tenant", "name": "t", "labels": {"k": "v" * 2049}}],
+            "line 1: labels.k: at most 2048 characters",
+        ),
+        ([{"kind": "api_key", "tenant": "x", "name": "ci\x00"}], "line 1: name: must not contain NUL"),
+        ([{"kind": "api_key", "tenant": "x", "name": "\udfff"}], "line 1: name: must be valid Unicode"),
+        (
+            [{"kind": "api_key", "tenant": "x", "expires_at": "9999-12-31T23:00:00-05:00"}],
+            "line 1: expires_at: must be between 0001-01-01 and 9999-12-31 (UTC)",
+        ),
     ],
 )
 async def test_a_bad_line_refuses_the_whole_file_naming_line_and_field(
@@ -202,3 +225,19 @@ async def test_imported_values_arrive_byte_for_byte_whatever_their_characters(
     assert key.name == "k-odd"
     assert key.secret_hmac == _digest(control_plane, reply.keys[0].secret)
     assert key.expires_at.ToSeconds() == 4070908800
+
+
+async def test_keys_may_name_a_tenant_by_any_name_a_tenant_may_have(admin: Admin) -> None:
+    """Tenant names are up to 200 characters; a key line naming one was refused past 64."""
+    name = "t" * 200
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name=name))
+    reply = await admin.ImportConfig(
+        admin_pb2.ImportConfigRequest(
+            jsonl=_jsonl(
+                {"kind": "tenant", "name": "u" * 200}, *({"kind": "api_key", "tenant": t * 200} for t in "tu")
+            )
+        )
+    )
+    assert len(reply.keys) == 2
+    tenants = {t.id: t.name for t in (await admin.ListTenants(admin_pb2.ListTenantsRequest())).tenants}
+    assert sorted(tenants[k.key.tenant_id] for k in reply.keys) == [name, "u" * 200]

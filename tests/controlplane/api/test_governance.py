@@ -216,6 +216,15 @@ async def test_test_reports_rules_positions_and_the_resulting_text(admin: Admin)
             "input action only",
         ),
         ("- just\n- a list\n", "document", "must be an object"),
+        # JSON and YAML can escape a lone surrogate, which no UTF-8 column can hold: an
+        # INTERNAL from the driver before it was refused here.
+        (
+            '{"input": {"rules": [{"name": "a", "detector": "terms", "options": {"terms": ["\\ud800"]}, '
+            '"action": "flag"}]}}',
+            "document.input.rules[0].options.terms[0]:",
+            "lone surrogate",
+        ),
+        ('description: "\\udfff"\n', "document.description:", "lone surrogate"),
         ("a: &x 1\nb: *x\n", "document", "alias"),
         ("", "document", "must not be empty"),
     ],

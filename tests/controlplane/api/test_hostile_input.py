@@ -162,6 +162,18 @@ BILLION_LAUGHS = "\n".join(
         ("allowed_models: " + "9" * 5000, None),
         ("x" * (1024 * 1024 + 1), "document: at most 1048576 bytes"),
         ("\x08", None),
+        (
+            '{"default_model": "small", "constraints": {"max_cost_usd": 1e308}}',
+            "document.constraints.max_cost_usd: must be a number from 0 to 9223372036",
+        ),
+        (
+            '{"default_model": "small", "description": "\\ud800"}',
+            "document.description: lone surrogate \\ud800 is not valid Unicode",
+        ),
+        (
+            'default_model: small\ndescription: "\\udc00"\n',
+            "document.description: lone surrogate \\udc00 is not valid Unicode",
+        ),
     ],
     ids=[
         "json-lists",
@@ -173,6 +185,9 @@ BILLION_LAUGHS = "\n".join(
         "huge-int",
         "huge",
         "control-char",
+        "huge-cost",
+        "json-surrogate",
+        "yaml-surrogate",
     ],
 )
 async def test_policy_documents_built_to_exhaust_the_parser_are_refused_cheaply(
@@ -292,3 +307,27 @@ async def test_a_window_of_suppressed_calls_ends_in_one_summary_row(
         details = await eventually(lambda: len(summary()) == 4 and summary(), message="summary row")
         assert details[-1] == "7 more unauthenticated calls from ipv4:127.0.0.1 suppressed"
         assert all(d.startswith("missing admin token") for d in details[:3])
+
+
+async def test_merged_labels_are_held_to_the_limit_of_one_request(
+    admin: Admin, control_plane: RunningControlPlane
+) -> None:
+    """Each UpdateTenant may send 64 labels; merged into the stored ones they once grew
+    without bound (192 after three calls), and every label travels to every node."""
+    await admin.seed()
+    full = {f"k{i}": "v" for i in range(64)}
+    await admin.UpdateTenant(admin_pb2.UpdateTenantRequest(tenant="acme", labels=full))
+    before = _counts(control_plane.database_url)
+    code, details = await _refused(
+        admin.UpdateTenant(admin_pb2.UpdateTenantRequest(tenant="acme", labels={"one-more": "v"}))
+    )
+    assert (code, details) == (INVALID, "labels: at most 64 entries (merged with the tenant's 64, 65)")
+    assert _counts(control_plane.database_url) == before
+    tenant = await admin.GetTenant(admin_pb2.GetTenantRequest(tenant="acme"))
+    assert dict(tenant.labels) == full
+    # Changing existing labels, or replacing them all, is still fine.
+    await admin.UpdateTenant(admin_pb2.UpdateTenantRequest(tenant="acme", labels={"k0": "w"}))
+    replaced = await admin.UpdateTenant(
+        admin_pb2.UpdateTenantRequest(tenant="acme", labels={"one-more": "v"}, replace_labels=True)
+    )
+    assert dict(replaced.labels) == {"one-more": "v"}
