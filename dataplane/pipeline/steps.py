@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from dataplane.accounting import Cost, cost_of
+from dataplane.accounting import Cost, cost_of, estimated_usage, reserved_input_tokens
 from dataplane.auth import Caller, authenticate
 from dataplane.chat import (
     ChatRequest,
@@ -205,11 +205,13 @@ class Pipeline:
         contract may retry, ``governance.held``), then ``Closed`` once the evidence is written.
 
         A caller that goes away (the task cancelled, or this iterator closed early)
-        is recorded as CANCELLED and the upstream stream is closed.
+        is recorded as CANCELLED and the upstream stream is closed. Once the upstream has
+        started answering, the request is charged whatever ends it (``_account_stream``).
         """
         trace = self._begin(call)
         upstream: AsyncIterator[StreamChunk] | None = None
         assembled = Assembler()
+        usage: Usage | None = None
         try:
             state, caller = self._admit(trace, call)
             trace.mark("admit")
@@ -237,7 +239,6 @@ class Pipeline:
                 trace.first_chunk_ms = (time.monotonic() - dispatched) * 1000
                 trace.candidate, trace.attempts = candidate, attempts
                 yield Opened(trace.correlation_id, candidate, trace.record_id)
-                usage: Usage | None = None
                 governed = [g.stream(trace.governance) for g in trace.governors]
                 while True:
                     for stream_governor in governed:
@@ -268,14 +269,16 @@ class Pipeline:
                             chat, whole, candidate.model.alias, trace.governance, streamed=True
                         )
                 trace.dispatch_ms = (time.monotonic() - dispatched) * 1000
-                cost = self._account(trace, candidate, usage)
+                cost = self._account_stream(trace, usage, assembled)
                 trace.response_sha256 = assembled.digest()
                 if trace.content is not None:
                     add_response_content(trace.content, _concealed(trace, "".join(assembled.text)))
         except (asyncio.CancelledError, GeneratorExit):
+            self._account_stream(trace, usage, assembled)
             self._record_refusal(trace, CANCELLED)
             raise
         except Exception as exc:
+            self._account_stream(trace, usage, assembled)
             self._refuse(trace, exc)
         finally:
             # Closing the iterator closes the upstream HTTP stream (also on cancel).
@@ -383,6 +386,7 @@ class Pipeline:
             streaming=call.operation is Operation.STREAM,
             request_id=trace.correlation_id,
         )
+        trace.input_tokens = reserved_input_tokens(query.estimated_input_tokens)
         if query.model:
             scope.check_model(query.model)
         try:
@@ -481,6 +485,19 @@ class Pipeline:
         trace.mark("account")
         return trace.cost
 
+    def _account_stream(self, trace: Trace, usage: Usage | None, assembled: Assembler) -> Cost:
+        """A stream's cost however it ended, once an upstream answered. Without the provider's
+        usage (the stream cut before its usage chunk, or an upstream that sends none) the
+        provider was still paid: the node's estimate, never nothing (a caller hanging up just
+        before the end would otherwise stream past every budget and tokens-per-minute limit)."""
+        candidate = trace.candidate
+        if candidate is None or trace.usage is not None:
+            return trace.cost
+        if usage is None:
+            usage = estimated_usage(trace.input_tokens, assembled.chars())
+            trace.usage_estimated = True
+        return self._account(trace, candidate, usage)
+
     # ---- record: exactly one evidence record per request ----
 
     def _refuse(self, trace: Trace, exc: Exception) -> NoReturn:
@@ -548,9 +565,7 @@ def worst_case(query: RouteQuery, plan: RoutePlan) -> tuple[int, int]:
     candidates: the output is the request's max tokens, else the model's maximum, else
     ``DEFAULT_OUTPUT_TOKENS``; embeddings have none."""
     tokens = cost = 0
-    # The input is estimated (about four characters a token), never counted: an eighth and
-    # a few tokens more, so a request's real usage stays within what it reserved.
-    inputs = query.estimated_input_tokens + query.estimated_input_tokens // 8 + 16
+    inputs = reserved_input_tokens(query.estimated_input_tokens)
     for candidate in plan.ordered:
         model = candidate.model
         out = 0

@@ -36,6 +36,10 @@ class Trace:
     candidate: Candidate | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
     usage: Usage | None = None
+    usage_estimated: bool = False
+    """``usage`` is the node's estimate: the provider never reported it (``estimated_usage``)."""
+    input_tokens: int = 0
+    """The request's input tokens as the node estimates them (``reserved_input_tokens``)."""
     cost: Cost = NO_COST
     response_sha256: str = ""
     first_chunk_ms: float | None = None
@@ -124,7 +128,7 @@ def record_fields(trace: Trace, outcome: Outcome) -> dict[str, Any]:
             "dispatch_ms": round(trace.dispatch_ms, 3) if trace.dispatch_ms is not None else None,
             "first_chunk_ms": round(trace.first_chunk_ms, 3) if trace.first_chunk_ms is not None else None,
         },
-        "usage": _usage_fields(trace.usage),
+        "usage": _usage_fields(trace.usage, trace.usage_estimated),
         "cost": _cost_fields(trace.cost),
         "outcome": {"code": outcome.code.name, "message": outcome.message, "error": outcome.kind},
         "request_sha256": trace.request_sha256,
@@ -159,15 +163,18 @@ def shadow_fields(trace: Trace, outcome: ShadowOutcome[Any]) -> dict[str, Any]:
     }
 
 
-def _usage_fields(usage: Usage | None) -> dict[str, int] | None:
+def _usage_fields(usage: Usage | None, estimated: bool = False) -> dict[str, int | bool] | None:
     if usage is None:
         return None
-    return {
+    fields: dict[str, int | bool] = {
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
         "cached_input_tokens": usage.cached_input_tokens,
         "cache_write_input_tokens": usage.cache_write_input_tokens,
     }
+    if estimated:
+        fields["estimated"] = True
+    return fields
 
 
 def _cost_fields(cost: Cost) -> dict[str, Any]:
