@@ -27,7 +27,6 @@ from dataplane.chat import (
     StreamChunk,
     Usage,
 )
-from dataplane.config.model import DEFAULT_OUTPUT_TOKENS, Capability
 from dataplane.deadlines import DEFAULT_DEADLINE_S, DEFAULT_STREAM_DEADLINE_S
 from dataplane.errors import (
     EvidenceSpoolFull,
@@ -35,7 +34,6 @@ from dataplane.errors import (
     InvalidRequest,
     LimitExceeded,
     NoEligibleCandidate,
-    PermissionDenied,
     QuotaUnavailable,
 )
 from dataplane.evidence.log import EvidenceLog
@@ -58,6 +56,7 @@ from dataplane.pipeline.call import (
 )
 from dataplane.pipeline.digests import Assembler, answer_digest, embedding_digest
 from dataplane.pipeline.metrics import RequestMetrics
+from dataplane.pipeline.plans import governed_plan, within_scope_of, worst_case
 from dataplane.pipeline.trace import (
     Trace,
     add_response_content,
@@ -71,7 +70,6 @@ from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import Dispatcher, ShadowOutcome
 from dataplane.routing.planner import plan_route, usable_plan
 from dataplane.routing.query import RoutePlan, RouteQuery, query_for
-from dataplane.scopes import KeyScope, nothing_in_scope, within_scope
 from dataplane.snapshot.serving import ServingState
 from dataplane.snapshot.store import SnapshotStore
 from dataplane.validation import check_schemas, validate
@@ -145,7 +143,7 @@ class Pipeline:
                 response, candidate = await self._dispatch(trace, plan, traced, deadline)
                 trace.mark("govern output")
                 return response, candidate
-            response, candidate = await self._dispatch(trace, _governed_plan(plan, trace), governed, deadline)
+            response, candidate = await self._dispatch(trace, governed_plan(plan, trace), governed, deadline)
             for governor in trace.governors:
                 response = governor.govern_output(response, trace.governance)
             trace.mark("govern output")
@@ -228,7 +226,7 @@ class Pipeline:
                 held = holds(chat, frozenset().union(*(g.fallback_on for g in trace.governors)))
                 if held:  # read whole and checked before it goes out, so it can still fall back
                     opener = held_whole(opener, partial(_check_answer, trace, chat))
-                    plan = _governed_plan(plan, trace)
+                    plan = governed_plan(plan, trace)
                 dispatched = time.monotonic()
                 chunk, upstream, candidate, attempts = await self.dispatcher.open_stream(
                     plan,
@@ -396,7 +394,7 @@ class Pipeline:
                 raise NotCertified(classified_by, query.data_classification.name.lower()) from exc
             raise
         if not scope.unrestricted:
-            trace.plan, refused = _within_scope(trace.plan, scope)
+            trace.plan, refused = within_scope_of(trace.plan, scope)
             if refused is not None:
                 raise refused
         trace.plan = plan = usable_plan(trace.plan, query, state.unusable)
@@ -558,47 +556,6 @@ def _concealed(trace: Trace, text: str) -> str:
     for governor in trace.governors:
         text = governor.conceal(text)
     return text
-
-
-def worst_case(query: RouteQuery, plan: RoutePlan) -> tuple[int, int]:
-    """Tokens (input + max output) and nano-USD a request may use at most, over the plan's
-    candidates: the output is the request's max tokens, else the model's maximum, else
-    ``DEFAULT_OUTPUT_TOKENS``; embeddings have none."""
-    tokens = cost = 0
-    inputs = reserved_input_tokens(query.estimated_input_tokens)
-    for candidate in plan.ordered:
-        model = candidate.model
-        out = 0
-        if query.max_output_tokens is not None:
-            out = query.max_output_tokens
-        elif Capability.EMBEDDINGS not in query.capabilities:
-            out = model.max_output_tokens or DEFAULT_OUTPUT_TOKENS
-        tokens = max(tokens, inputs + out)
-        priced = (
-            inputs * model.input_price_nanos_per_mtok + out * model.output_price_nanos_per_mtok + 999_999
-        ) // 1_000_000
-        cost = max(cost, priced)
-    return tokens, cost
-
-
-def _within_scope(plan: RoutePlan, scope: KeyScope) -> tuple[RoutePlan, PermissionDenied | None]:
-    """``plan`` without the candidates (and shadow) outside the key's ``model:`` scopes, with
-    the reasons among its drops; and the refusal naming the scopes when none is left."""
-    kept, drops = within_scope(scope, plan.ordered)
-    shadow = plan.shadow
-    if shadow is not None and not scope.allows_model(shadow.model.alias):
-        shadow = None
-    if drops or shadow is not plan.shadow:
-        plan = replace(plan, ordered=kept, dropped=plan.dropped + drops, shadow=shadow)
-    return plan, nothing_in_scope(scope, drops) if drops and not kept else None
-
-
-def _governed_plan(plan: RoutePlan, trace: Trace) -> RoutePlan:
-    """``plan`` also falling back on what the request's governors refuse (``fallback_on``)."""
-    fallback_on = frozenset().union(*(g.fallback_on for g in trace.governors))
-    if fallback_on <= plan.retry.fallback_on:
-        return plan
-    return replace(plan, retry=replace(plan.retry, fallback_on=plan.retry.fallback_on | fallback_on))
 
 
 def _check_answer(trace: Trace, chat: ChatRequest, candidate: Candidate, response: ChatResponse) -> None:
