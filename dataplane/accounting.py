@@ -23,6 +23,9 @@ class Cost:
     def total_nanos(self) -> int:
         return self.input_nanos + self.output_nanos
 
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.input_nanos + other.input_nanos, self.output_nanos + other.output_nanos)
+
 
 NO_COST = Cost(0, 0)
 
@@ -54,3 +57,15 @@ def estimated_usage(input_tokens: int, output_chars: int) -> Usage:
     input and what it generated, so that is counted, never nothing. ``input_tokens``: as
     ``reserved_input_tokens``; the output from the characters received, rounded up."""
     return Usage(input_tokens=input_tokens, output_tokens=-(-output_chars // CHARS_PER_TOKEN))
+
+
+def added(usage: Usage | None, other: Usage) -> Usage:
+    """Two answers' usage together (``usage`` None: ``other``)."""
+    if usage is None:
+        return other
+    return Usage(
+        usage.input_tokens + other.input_tokens,
+        usage.output_tokens + other.output_tokens,
+        usage.cached_input_tokens + other.cached_input_tokens,
+        usage.cache_write_input_tokens + other.cache_write_input_tokens,
+    )

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from dataplane.accounting import Cost, cost_of, estimated_usage, reserved_input_tokens
+from dataplane.accounting import Cost, added, cost_of, estimated_usage, reserved_input_tokens
 from dataplane.auth import Caller, authenticate
 from dataplane.chat import (
     ChatRequest,
@@ -133,8 +133,7 @@ class Pipeline:
 
             async def governed(candidate: Candidate, remaining: float) -> ChatResponse:
                 response = await traced(candidate, remaining)
-                for governor in trace.governors:
-                    governor.check_answer(chat, response, candidate.model.alias, trace.governance)
+                _check_answer(trace, chat, candidate, response)
                 return response
 
             deadline = self._deadline(trace, call)
@@ -144,8 +143,13 @@ class Pipeline:
                 trace.mark("govern output")
                 return response, candidate
             response, candidate = await self._dispatch(trace, governed_plan(plan, trace), governed, deadline)
-            for governor in trace.governors:
-                response = governor.govern_output(response, trace.governance)
+            answered = response
+            try:
+                for governor in trace.governors:
+                    response = governor.govern_output(response, trace.governance)
+            except Exception:
+                trace.discard(candidate, answered)
+                raise
             trace.mark("govern output")
             return response, candidate
 
@@ -478,8 +482,9 @@ class Pipeline:
         return result, candidate
 
     def _account(self, trace: Trace, candidate: Candidate, usage: Usage | None) -> Cost:
-        trace.usage = usage
-        trace.cost = cost_of(candidate.model, usage)
+        """The served answer's usage and cost, and those of the answers discarded before it."""
+        trace.cost = cost_of(candidate.model, usage) + trace.discarded_cost
+        trace.usage = usage if trace.discarded is None else added(trace.discarded, usage or Usage())
         trace.mark("account")
         return trace.cost
 
@@ -530,6 +535,9 @@ class Pipeline:
         if trace.recorded is not None:
             return trace.recorded
         trace.recorded = ""
+        if trace.usage is None and trace.discarded is not None:
+            # Refused, yet upstreams answered (governance refused what they said): paid for.
+            trace.usage, trace.cost = trace.discarded, trace.discarded_cost
         if trace.reservation is not None and self.quotas is not None:
             usage = trace.usage
             used = usage.input_tokens + usage.output_tokens if usage is not None else 0
@@ -559,5 +567,9 @@ def _concealed(trace: Trace, text: str) -> str:
 
 
 def _check_answer(trace: Trace, chat: ChatRequest, candidate: Candidate, response: ChatResponse) -> None:
-    for governor in trace.governors:
-        governor.check_answer(chat, response, candidate.model.alias, trace.governance)
+    try:
+        for governor in trace.governors:
+            governor.check_answer(chat, response, candidate.model.alias, trace.governance)
+    except Exception:
+        trace.discard(candidate, response)
+        raise

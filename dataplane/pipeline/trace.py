@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dataplane.accounting import NO_COST, Cost, cost_of
+from dataplane.accounting import NO_COST, Cost, added, cost_of, estimated_usage
 from dataplane.auth import Caller
-from dataplane.chat import ChatRequest, EmbedRequest, Usage
+from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, Usage
 from dataplane.errors import InvalidRequest
 from dataplane.outcome import Outcome
 from dataplane.pipeline.call import RequestGovernance
@@ -41,6 +41,10 @@ class Trace:
     input_tokens: int = 0
     """The request's input tokens as the node estimates them (``reserved_input_tokens``)."""
     cost: Cost = NO_COST
+    discarded: Usage | None = None
+    """Usage of the answers upstreams gave that were not served (governance refused them):
+    paid for all the same, so in ``usage`` and ``cost`` too (``discard``)."""
+    discarded_cost: Cost = NO_COST
     response_sha256: str = ""
     first_chunk_ms: float | None = None
     dispatch_ms: float | None = None
@@ -66,6 +70,16 @@ class Trace:
     """The request's OpenTelemetry span, when tracing is on (``pipeline.tracing``)."""
     marks: list[tuple[str, int]] | None = None
     """When tracing is on: each step's name and ``monotonic_ns`` as it ended (None: off)."""
+
+    def discard(self, candidate: Candidate, response: ChatResponse) -> None:
+        """``candidate``'s answer ``response`` is not served (governance refused it, and the
+        request falls back or is refused): it still counts (estimated when it says nothing)."""
+        usage = response.usage
+        if usage is None:
+            usage = estimated_usage(self.input_tokens, len(response.message.text))
+            self.usage_estimated = True
+        self.discarded = added(self.discarded, usage)
+        self.discarded_cost += cost_of(candidate.model, usage)
 
     def mark(self, step: str) -> None:
         """``step`` ended now (recorded only when the request is traced)."""
