@@ -8,6 +8,8 @@ from dataplane.chat import Usage
 from dataplane.config.model import ModelConfig
 
 _MTOK = 1_000_000
+CHARS_PER_TOKEN = 4
+"""The node's rough measure of text it has not had counted (a provider's count is exact)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +22,9 @@ class Cost:
     @property
     def total_nanos(self) -> int:
         return self.input_nanos + self.output_nanos
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.input_nanos + other.input_nanos, self.output_nanos + other.output_nanos)
 
 
 NO_COST = Cost(0, 0)
@@ -37,3 +42,30 @@ def cost_of(model: ModelConfig, usage: Usage | None) -> Cost:
     ) // _MTOK
     output_nanos = (usage.output_tokens * model.output_price_nanos_per_mtok + _MTOK // 2) // _MTOK
     return Cost(input_nanos, output_nanos)
+
+
+def reserved_input_tokens(estimated: int) -> int:
+    """A request's input tokens as the node counts them before (or without) its provider's
+    count: ``estimated`` (about ``CHARS_PER_TOKEN`` characters a token, never counted) and an
+    eighth and a few tokens more, so the real count stays within it."""
+    return estimated + estimated // 8 + 16
+
+
+def estimated_usage(input_tokens: int, output_chars: int) -> Usage:
+    """Usage of an answer whose provider never reported it (a stream the caller or the
+    upstream cut short, or one without a usage chunk): the provider was still paid for the
+    input and what it generated, so that is counted, never nothing. ``input_tokens``: as
+    ``reserved_input_tokens``; the output from the characters received, rounded up."""
+    return Usage(input_tokens=input_tokens, output_tokens=-(-output_chars // CHARS_PER_TOKEN))
+
+
+def added(usage: Usage | None, other: Usage) -> Usage:
+    """Two answers' usage together (``usage`` None: ``other``)."""
+    if usage is None:
+        return other
+    return Usage(
+        usage.input_tokens + other.input_tokens,
+        usage.output_tokens + other.output_tokens,
+        usage.cached_input_tokens + other.cached_input_tokens,
+        usage.cache_write_input_tokens + other.cache_write_input_tokens,
+    )

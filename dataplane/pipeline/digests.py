@@ -62,6 +62,10 @@ class Assembler:
         calls = [[c[0], c[1], c[2] or "{}"] for _, c in sorted(self.calls.items())]
         return _canonical_digest("".join(self.text), calls, self.finish)
 
+    def chars(self) -> int:
+        """Characters of the answer so far (text, tool call names and arguments)."""
+        return sum(map(len, self.text)) + sum(len(c[1]) + len(c[2]) for c in self.calls.values())
+
     def response(self) -> ChatResponse:
         """The answer's text as one response, for the checks of a whole answer."""
         message = Message(Role.ASSISTANT, (TextPart("".join(self.text)),))

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from dataplane.accounting import Cost, cost_of
+from dataplane.accounting import Cost, added, cost_of, estimated_usage, reserved_input_tokens
 from dataplane.auth import Caller, authenticate
 from dataplane.chat import (
     ChatRequest,
@@ -27,7 +27,6 @@ from dataplane.chat import (
     StreamChunk,
     Usage,
 )
-from dataplane.config.model import DEFAULT_OUTPUT_TOKENS, Capability
 from dataplane.deadlines import DEFAULT_DEADLINE_S, DEFAULT_STREAM_DEADLINE_S
 from dataplane.errors import (
     EvidenceSpoolFull,
@@ -35,7 +34,6 @@ from dataplane.errors import (
     InvalidRequest,
     LimitExceeded,
     NoEligibleCandidate,
-    PermissionDenied,
     QuotaUnavailable,
 )
 from dataplane.evidence.log import EvidenceLog
@@ -58,6 +56,7 @@ from dataplane.pipeline.call import (
 )
 from dataplane.pipeline.digests import Assembler, answer_digest, embedding_digest
 from dataplane.pipeline.metrics import RequestMetrics
+from dataplane.pipeline.plans import governed_plan, within_scope_of, worst_case
 from dataplane.pipeline.trace import (
     Trace,
     add_response_content,
@@ -71,7 +70,6 @@ from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import Dispatcher, ShadowOutcome
 from dataplane.routing.planner import plan_route, usable_plan
 from dataplane.routing.query import RoutePlan, RouteQuery, query_for
-from dataplane.scopes import KeyScope, nothing_in_scope, within_scope
 from dataplane.snapshot.serving import ServingState
 from dataplane.snapshot.store import SnapshotStore
 from dataplane.validation import check_schemas, validate
@@ -135,8 +133,7 @@ class Pipeline:
 
             async def governed(candidate: Candidate, remaining: float) -> ChatResponse:
                 response = await traced(candidate, remaining)
-                for governor in trace.governors:
-                    governor.check_answer(chat, response, candidate.model.alias, trace.governance)
+                _check_answer(trace, chat, candidate, response)
                 return response
 
             deadline = self._deadline(trace, call)
@@ -145,9 +142,14 @@ class Pipeline:
                 response, candidate = await self._dispatch(trace, plan, traced, deadline)
                 trace.mark("govern output")
                 return response, candidate
-            response, candidate = await self._dispatch(trace, _governed_plan(plan, trace), governed, deadline)
-            for governor in trace.governors:
-                response = governor.govern_output(response, trace.governance)
+            response, candidate = await self._dispatch(trace, governed_plan(plan, trace), governed, deadline)
+            answered = response
+            try:
+                for governor in trace.governors:
+                    response = governor.govern_output(response, trace.governance)
+            except Exception:
+                trace.discard(candidate, answered)
+                raise
             trace.mark("govern output")
             return response, candidate
 
@@ -205,11 +207,13 @@ class Pipeline:
         contract may retry, ``governance.held``), then ``Closed`` once the evidence is written.
 
         A caller that goes away (the task cancelled, or this iterator closed early)
-        is recorded as CANCELLED and the upstream stream is closed.
+        is recorded as CANCELLED and the upstream stream is closed. Once the upstream has
+        started answering, the request is charged whatever ends it (``_account_stream``).
         """
         trace = self._begin(call)
         upstream: AsyncIterator[StreamChunk] | None = None
         assembled = Assembler()
+        usage: Usage | None = None
         try:
             state, caller = self._admit(trace, call)
             trace.mark("admit")
@@ -226,7 +230,7 @@ class Pipeline:
                 held = holds(chat, frozenset().union(*(g.fallback_on for g in trace.governors)))
                 if held:  # read whole and checked before it goes out, so it can still fall back
                     opener = held_whole(opener, partial(_check_answer, trace, chat))
-                    plan = _governed_plan(plan, trace)
+                    plan = governed_plan(plan, trace)
                 dispatched = time.monotonic()
                 chunk, upstream, candidate, attempts = await self.dispatcher.open_stream(
                     plan,
@@ -237,7 +241,6 @@ class Pipeline:
                 trace.first_chunk_ms = (time.monotonic() - dispatched) * 1000
                 trace.candidate, trace.attempts = candidate, attempts
                 yield Opened(trace.correlation_id, candidate, trace.record_id)
-                usage: Usage | None = None
                 governed = [g.stream(trace.governance) for g in trace.governors]
                 while True:
                     for stream_governor in governed:
@@ -268,14 +271,16 @@ class Pipeline:
                             chat, whole, candidate.model.alias, trace.governance, streamed=True
                         )
                 trace.dispatch_ms = (time.monotonic() - dispatched) * 1000
-                cost = self._account(trace, candidate, usage)
+                cost = self._account_stream(trace, usage, assembled)
                 trace.response_sha256 = assembled.digest()
                 if trace.content is not None:
                     add_response_content(trace.content, _concealed(trace, "".join(assembled.text)))
         except (asyncio.CancelledError, GeneratorExit):
+            self._account_stream(trace, usage, assembled)
             self._record_refusal(trace, CANCELLED)
             raise
         except Exception as exc:
+            self._account_stream(trace, usage, assembled)
             self._refuse(trace, exc)
         finally:
             # Closing the iterator closes the upstream HTTP stream (also on cancel).
@@ -383,6 +388,7 @@ class Pipeline:
             streaming=call.operation is Operation.STREAM,
             request_id=trace.correlation_id,
         )
+        trace.input_tokens = reserved_input_tokens(query.estimated_input_tokens)
         if query.model:
             scope.check_model(query.model)
         try:
@@ -392,7 +398,7 @@ class Pipeline:
                 raise NotCertified(classified_by, query.data_classification.name.lower()) from exc
             raise
         if not scope.unrestricted:
-            trace.plan, refused = _within_scope(trace.plan, scope)
+            trace.plan, refused = within_scope_of(trace.plan, scope)
             if refused is not None:
                 raise refused
         trace.plan = plan = usable_plan(trace.plan, query, state.unusable)
@@ -476,10 +482,24 @@ class Pipeline:
         return result, candidate
 
     def _account(self, trace: Trace, candidate: Candidate, usage: Usage | None) -> Cost:
-        trace.usage = usage
-        trace.cost = cost_of(candidate.model, usage)
+        """The served answer's usage and cost, and those of the answers discarded before it."""
+        trace.cost = cost_of(candidate.model, usage) + trace.discarded_cost
+        trace.usage = usage if trace.discarded is None else added(trace.discarded, usage or Usage())
         trace.mark("account")
         return trace.cost
+
+    def _account_stream(self, trace: Trace, usage: Usage | None, assembled: Assembler) -> Cost:
+        """A stream's cost however it ended, once an upstream answered. Without the provider's
+        usage (the stream cut before its usage chunk, or an upstream that sends none) the
+        provider was still paid: the node's estimate, never nothing (a caller hanging up just
+        before the end would otherwise stream past every budget and tokens-per-minute limit)."""
+        candidate = trace.candidate
+        if candidate is None or trace.usage is not None:
+            return trace.cost
+        if usage is None:
+            usage = estimated_usage(trace.input_tokens, assembled.chars())
+            trace.usage_estimated = True
+        return self._account(trace, candidate, usage)
 
     # ---- record: exactly one evidence record per request ----
 
@@ -515,6 +535,9 @@ class Pipeline:
         if trace.recorded is not None:
             return trace.recorded
         trace.recorded = ""
+        if trace.usage is None and trace.discarded is not None:
+            # Refused, yet upstreams answered (governance refused what they said): paid for.
+            trace.usage, trace.cost = trace.discarded, trace.discarded_cost
         if trace.reservation is not None and self.quotas is not None:
             usage = trace.usage
             used = usage.input_tokens + usage.output_tokens if usage is not None else 0
@@ -543,49 +566,10 @@ def _concealed(trace: Trace, text: str) -> str:
     return text
 
 
-def worst_case(query: RouteQuery, plan: RoutePlan) -> tuple[int, int]:
-    """Tokens (input + max output) and nano-USD a request may use at most, over the plan's
-    candidates: the output is the request's max tokens, else the model's maximum, else
-    ``DEFAULT_OUTPUT_TOKENS``; embeddings have none."""
-    tokens = cost = 0
-    # The input is estimated (about four characters a token), never counted: an eighth and
-    # a few tokens more, so a request's real usage stays within what it reserved.
-    inputs = query.estimated_input_tokens + query.estimated_input_tokens // 8 + 16
-    for candidate in plan.ordered:
-        model = candidate.model
-        out = 0
-        if query.max_output_tokens is not None:
-            out = query.max_output_tokens
-        elif Capability.EMBEDDINGS not in query.capabilities:
-            out = model.max_output_tokens or DEFAULT_OUTPUT_TOKENS
-        tokens = max(tokens, inputs + out)
-        priced = (
-            inputs * model.input_price_nanos_per_mtok + out * model.output_price_nanos_per_mtok + 999_999
-        ) // 1_000_000
-        cost = max(cost, priced)
-    return tokens, cost
-
-
-def _within_scope(plan: RoutePlan, scope: KeyScope) -> tuple[RoutePlan, PermissionDenied | None]:
-    """``plan`` without the candidates (and shadow) outside the key's ``model:`` scopes, with
-    the reasons among its drops; and the refusal naming the scopes when none is left."""
-    kept, drops = within_scope(scope, plan.ordered)
-    shadow = plan.shadow
-    if shadow is not None and not scope.allows_model(shadow.model.alias):
-        shadow = None
-    if drops or shadow is not plan.shadow:
-        plan = replace(plan, ordered=kept, dropped=plan.dropped + drops, shadow=shadow)
-    return plan, nothing_in_scope(scope, drops) if drops and not kept else None
-
-
-def _governed_plan(plan: RoutePlan, trace: Trace) -> RoutePlan:
-    """``plan`` also falling back on what the request's governors refuse (``fallback_on``)."""
-    fallback_on = frozenset().union(*(g.fallback_on for g in trace.governors))
-    if fallback_on <= plan.retry.fallback_on:
-        return plan
-    return replace(plan, retry=replace(plan.retry, fallback_on=plan.retry.fallback_on | fallback_on))
-
-
 def _check_answer(trace: Trace, chat: ChatRequest, candidate: Candidate, response: ChatResponse) -> None:
-    for governor in trace.governors:
-        governor.check_answer(chat, response, candidate.model.alias, trace.governance)
+    try:
+        for governor in trace.governors:
+            governor.check_answer(chat, response, candidate.model.alias, trace.governance)
+    except Exception:
+        trace.discard(candidate, response)
+        raise

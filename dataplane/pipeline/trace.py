@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dataplane.accounting import NO_COST, Cost, cost_of
+from dataplane.accounting import NO_COST, Cost, added, cost_of, estimated_usage
 from dataplane.auth import Caller
-from dataplane.chat import ChatRequest, EmbedRequest, Usage
+from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, Usage
 from dataplane.errors import InvalidRequest
 from dataplane.outcome import Outcome
 from dataplane.pipeline.call import RequestGovernance
@@ -36,7 +36,15 @@ class Trace:
     candidate: Candidate | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
     usage: Usage | None = None
+    usage_estimated: bool = False
+    """``usage`` is the node's estimate: the provider never reported it (``estimated_usage``)."""
+    input_tokens: int = 0
+    """The request's input tokens as the node estimates them (``reserved_input_tokens``)."""
     cost: Cost = NO_COST
+    discarded: Usage | None = None
+    """Usage of the answers upstreams gave that were not served (governance refused them):
+    paid for all the same, so in ``usage`` and ``cost`` too (``discard``)."""
+    discarded_cost: Cost = NO_COST
     response_sha256: str = ""
     first_chunk_ms: float | None = None
     dispatch_ms: float | None = None
@@ -62,6 +70,16 @@ class Trace:
     """The request's OpenTelemetry span, when tracing is on (``pipeline.tracing``)."""
     marks: list[tuple[str, int]] | None = None
     """When tracing is on: each step's name and ``monotonic_ns`` as it ended (None: off)."""
+
+    def discard(self, candidate: Candidate, response: ChatResponse) -> None:
+        """``candidate``'s answer ``response`` is not served (governance refused it, and the
+        request falls back or is refused): it still counts (estimated when it says nothing)."""
+        usage = response.usage
+        if usage is None:
+            usage = estimated_usage(self.input_tokens, len(response.message.text))
+            self.usage_estimated = True
+        self.discarded = added(self.discarded, usage)
+        self.discarded_cost += cost_of(candidate.model, usage)
 
     def mark(self, step: str) -> None:
         """``step`` ended now (recorded only when the request is traced)."""
@@ -124,7 +142,7 @@ def record_fields(trace: Trace, outcome: Outcome) -> dict[str, Any]:
             "dispatch_ms": round(trace.dispatch_ms, 3) if trace.dispatch_ms is not None else None,
             "first_chunk_ms": round(trace.first_chunk_ms, 3) if trace.first_chunk_ms is not None else None,
         },
-        "usage": _usage_fields(trace.usage),
+        "usage": _usage_fields(trace.usage, trace.usage_estimated),
         "cost": _cost_fields(trace.cost),
         "outcome": {"code": outcome.code.name, "message": outcome.message, "error": outcome.kind},
         "request_sha256": trace.request_sha256,
@@ -159,15 +177,18 @@ def shadow_fields(trace: Trace, outcome: ShadowOutcome[Any]) -> dict[str, Any]:
     }
 
 
-def _usage_fields(usage: Usage | None) -> dict[str, int] | None:
+def _usage_fields(usage: Usage | None, estimated: bool = False) -> dict[str, int | bool] | None:
     if usage is None:
         return None
-    return {
+    fields: dict[str, int | bool] = {
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
         "cached_input_tokens": usage.cached_input_tokens,
         "cache_write_input_tokens": usage.cache_write_input_tokens,
     }
+    if estimated:
+        fields["estimated"] = True
+    return fields
 
 
 def _cost_fields(cost: Cost) -> dict[str, Any]:

@@ -1,0 +1,134 @@
+"""What a streamed answer costs when its provider never says: a caller that hangs up, an
+upstream that drops, a stream without a usage chunk. The provider was paid for what it
+generated, so the node counts it (estimated) against the tenant's budget and in evidence,
+never nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataplane.app import DataPlaneNode
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
+from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from tests.dataplane.conftest import AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
+from tests.helpers import eventually
+
+PROMPT = "x" * 400
+"""About 100 input tokens as the node estimates them (sim-fast: 100 nano-USD a token)."""
+BUDGET = 100_000
+"""Nano-USD a day: a handful of such requests, each reserving about 16,000 before dispatch."""
+
+
+def _records(node: DataPlaneNode) -> list[dict[str, Any]]:
+    return list(read_records(log_path(node.settings.data_dir, node.settings.node_id)))
+
+
+async def _limited_node(
+    start_node: NodeFactory, upstream_url: str, key: Ed25519PrivateKey, tmp_path: Path, **settings: str
+) -> DataPlaneNode:
+    node = await start_node(data_dir=tmp_path / "node", quota_lease_interval=0.1)
+    snap = snapshot(1, upstream_url, provider_type="openai_compatible", allowed=("sim-fast",))
+    next(t for t in snap.tenants if t.id == "t-acme").limits.CopyFrom(
+        snapshot_pb2.Limits(budget_day_nanos=BUDGET)
+    )
+    for name, value in settings.items():
+        snap.providers[0].settings[name] = value
+    assert (await node.store.apply(envelope(snap, key))).accepted
+    return node
+
+
+async def test_a_caller_cannot_stream_past_its_budget_by_hanging_up_mid_answer(
+    start_node: NodeFactory, gated_upstream: GatedUpstream, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """The gated upstream sends its first chunk, then holds the stream (its usage would come
+    last); the caller reads that chunk and cancels. Each such stream cost the tenant the
+    input and what was generated: the budget runs out, it does not last for ever."""
+    node = await _limited_node(start_node, gated_upstream.base_url, signing_key, tmp_path)
+    params = infer_pb2.GenerationParams(max_output_tokens=8)
+    refusals: list[str] = []
+    served = 0
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        for i in range(25):
+            call = stub.InferStream(chat(PROMPT, params=params, correlation_id=f"hangup-{i}"), metadata=AUTH)
+            try:
+                assert (await call.read()).WhichOneof("event") == "start"
+            except grpc.aio.AioRpcError as exc:
+                refusals.append(f"{exc.code().name} {exc.details()}")
+                # Leases come and go (a node hands back what an exhausted budget left it):
+                # a refusal is final only if it still holds a few lease periods later.
+                assert node.leaser is not None
+                rounds = node.leaser.rounds
+                await eventually(lambda r=rounds: node.leaser and node.leaser.rounds > r + 2)  # type: ignore[misc]
+                continue
+            assert (await call.read()).delta.text == "first "
+            call.cancel()
+            served += 1
+            await eventually(
+                lambda i=i: any(r["correlation_id"] == f"hangup-{i}" for r in _records(node)),  # type: ignore[misc]
+                message="the hung-up stream's record",
+            )
+    # Each hung-up stream cost at least its 100 input tokens (10,000 nano-USD).
+    assert served <= BUDGET // 10_000, (served, refusals)
+    assert refusals, served
+    assert all(r.startswith("RESOURCE_EXHAUSTED tenant acme budget per day exceeded") for r in refusals), (
+        refusals
+    )
+    cancelled = [r for r in _records(node) if r["outcome"]["code"] == "CANCELLED"]
+    assert len(cancelled) == served
+    for record in cancelled:
+        # The input the node reserved for and the output relayed: counted, and said to be an
+        # estimate (the provider never sent its count).
+        assert record["usage"]["estimated"] is True, record["usage"]
+        assert record["usage"]["input_tokens"] >= 100
+        assert record["usage"]["output_tokens"] == 2  # "first ": six characters
+        assert record["cost"]["total_nanos"] >= 100 * 100, record["cost"]
+    assert sum(r["cost"]["total_nanos"] for r in cancelled) <= BUDGET
+
+
+async def test_an_upstream_cut_mid_stream_is_charged_for_what_it_sent(
+    start_node: NodeFactory, gated_upstream: GatedUpstream, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    gated_upstream.cut = True
+    node = await _limited_node(start_node, gated_upstream.base_url, signing_key, tmp_path)
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        call = infer_pb2_grpc.InferServiceStub(channel).InferStream(
+            chat(PROMPT, correlation_id="cut"), metadata=AUTH, timeout=10
+        )
+        assert (await call.read()).WhichOneof("event") == "start"
+        assert (await call.read()).delta.text == "first "
+        gated_upstream.release.set()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    (record,) = [r for r in _records(node) if r["correlation_id"] == "cut"]
+    assert record["outcome"]["code"] == "UNAVAILABLE"
+    assert record["usage"]["estimated"] is True
+    assert record["cost"]["total_nanos"] >= 100 * 100
+
+
+async def test_a_stream_without_a_usage_chunk_is_charged_an_estimate(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """An OpenAI-compatible upstream told not to send ``stream_options`` sends no usage."""
+    node = await _limited_node(start_node, simulator.base_url, signing_key, tmp_path, stream_usage="false")
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        call = infer_pb2_grpc.InferServiceStub(channel).InferStream(
+            chat(PROMPT, correlation_id="no-usage"), metadata=AUTH, timeout=10
+        )
+        events = [e async for e in call]
+    end = events[-1].end
+    text = "".join(e.delta.text for e in events if e.HasField("delta"))
+    (record,) = [r for r in _records(node) if r["correlation_id"] == "no-usage"]
+    assert record["outcome"]["code"] == "OK"
+    assert record["usage"]["estimated"] is True
+    assert record["usage"]["output_tokens"] == -(-len(text) // 4)
+    assert record["cost"]["total_nanos"] > 0
+    assert end.cost.total_nanos == record["cost"]["total_nanos"]
