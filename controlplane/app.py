@@ -45,6 +45,7 @@ from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.quota import QuotaServicer
 from controlplane.api.sync import ConfigSyncServicer
 from controlplane.api_key_hash import ApiKeyHasher, HashKeyRing, LiveHashKeys
+from controlplane.connections import connection_caps, open_files_limit, server_options
 from controlplane.db.embedded import EMBEDDED_DIR, EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, dispose, normalize_url, session_factory
@@ -174,6 +175,11 @@ class ControlPlaneSettings:
     limit_burst_seconds: float = DEFAULT_BURST_SECONDS
     """A rate limit's bucket holds this many seconds of the limit (a full minute by default):
     the most a tenant or key can use in one burst after being idle."""
+    max_connections: int | None = None
+    """Connections the admin port holds at once (None: a share of the open-files limit,
+    ``controlplane.connections``)."""
+    node_max_connections: int | None = None
+    """Connections the node port holds at once (None: as ``max_connections``)."""
 
 
 def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
@@ -371,16 +377,9 @@ class ControlPlane:
             unauthenticated_rows=s.unauthenticated_audit_rows,
             unauthenticated_window=s.unauthenticated_audit_window,
         )
+        caps = connection_caps(open_files_limit(), admin=s.max_connections, node=s.node_max_connections)
         self._server = grpc.aio.server(
-            interceptors=[self._interceptor],
-            options=[
-                # gRPC binds with SO_REUSEPORT unless told not to: a second control plane
-                # started on these ports (another database, another signing key) would
-                # silently take a share of the admins' and nodes' connections.
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", s.max_message_bytes),
-                ("grpc.max_send_message_length", s.max_message_bytes),
-            ],
+            interceptors=[self._interceptor], options=server_options(s.max_message_bytes, caps.admin)
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, self._server)
         identity_pb2_grpc.add_NodeEnrollmentServiceServicer_to_server(
@@ -396,13 +395,7 @@ class ControlPlane:
         self.address = f"{host}:{port}"
 
         # grpc cannot make client certificates optional on one port: nodes get their own.
-        self._node_server = grpc.aio.server(
-            options=[
-                ("grpc.so_reuseport", 0),  # as the admin port's
-                ("grpc.max_receive_message_length", s.max_message_bytes),
-                ("grpc.max_send_message_length", s.max_message_bytes),
-            ],
-        )
+        self._node_server = grpc.aio.server(options=server_options(s.max_message_bytes, caps.node))
         sync_pb2_grpc.add_ConfigSyncServiceServicer_to_server(self.sync, self._node_server)
         identity_pb2_grpc.add_NodeIdentityServiceServicer_to_server(
             NodeIdentityServicer(self.identities, node_auth), self._node_server

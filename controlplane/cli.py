@@ -27,6 +27,7 @@ from controlplane.key_cli import (
     export_hash_key_command,
     rotate_kek_command,
 )
+from dataplane.open_files import raise_open_files
 from signalbox import settings, tls
 
 SERVE = "controlplane serve"
@@ -202,6 +203,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "can use at once after being idle (60: a full minute)",
         command=SERVE,
     )
+    for flag, env, port in (
+        ("--max-connections", "SIGNALBOX_CONTROLPLANE_MAX_CONNECTIONS", "--listen"),
+        ("--node-max-connections", "SIGNALBOX_CONTROLPLANE_NODE_MAX_CONNECTIONS", "--node-listen"),
+    ):
+        add(
+            serve,
+            flag,
+            env=env,
+            default=None,
+            type=int,
+            help=f"connections {port} holds at once (one more is closed at once); unset: a share of "
+            "the open-files limit, at most 10000",
+            command=SERVE,
+        )
     for flag, env, what in (
         ("--scope-deployment", "SIGNALBOX_SCOPE_DEPLOYMENT", "deployment"),
         ("--scope-site", "SIGNALBOX_SCOPE_SITE", "site"),
@@ -379,6 +394,16 @@ def serve_command(ns: argparse.Namespace) -> int:
         if not (sep and host and port.isascii() and port.isdecimal() and int(port) < 65536):
             print(f"--metrics-listen: {ns.metrics_listen!r} is not HOST:PORT", file=sys.stderr)
             return 2
+    for flag, cap in (
+        ("--max-connections", ns.max_connections),
+        ("--node-max-connections", ns.node_max_connections),
+    ):
+        if cap is not None and cap < 1:
+            print(f"{flag}: {cap} is not a positive count", file=sys.stderr)
+            return 2
+    # Many systems start a process at a soft limit of 1,024 open files: the caps are shares
+    # of the hard one (as the node does, dataplane.open_files).
+    raise_open_files()
     if ns.insecure:
         logging.getLogger(__name__).warning(
             "--insecure: the node port is PLAINTEXT and node identities are not checked (development only)"
@@ -405,6 +430,8 @@ def serve_command(ns: argparse.Namespace) -> int:
         evidence_stale_after=ns.evidence_stale_after,
         evidence_retention_days=ns.evidence_retention_days,
         limit_burst_seconds=ns.limit_burst_seconds,
+        max_connections=ns.max_connections,
+        node_max_connections=ns.node_max_connections,
     )
     if ns.evidence_workers < 0:
         print("--evidence-workers: must be 0 or more", file=sys.stderr)

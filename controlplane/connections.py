@@ -1,0 +1,64 @@
+"""How many connections each of the control plane's ports holds at once, and the options
+its two gRPC servers share.
+
+Every connection is a file descriptor, and the two ports are open to whoever reaches them
+(the node port before any certificate is checked). Without a cap, a client that opens
+connections and says nothing took every descriptor the process may have: the admin port
+stopped answering, and so did the database pool. Each port now has its own cap
+(``--max-connections``, ``--node-max-connections``): one connection over it is closed at
+once, so a flood of one port leaves the other, and the database, their descriptors. A
+connection that has not finished its TLS and HTTP/2 handshake within
+``HANDSHAKE_TIMEOUT_MS`` is closed (gRPC's default waits two minutes).
+
+Unset, a cap follows the open-files limit as the node's doors do (``dataplane.open_files``):
+the CLI raises the soft limit to the hard one, ``OTHER_FILES`` stay for the process and the
+rest is shared between the ports, at most ``DEFAULT_MAX_CONNECTIONS`` each.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+from typing import Final
+
+OTHER_FILES: Final = 256
+"""Descriptors the control plane holds besides its ports' connections: the database pool,
+the evidence workers' pipes, the metrics endpoint, files."""
+DEFAULT_MAX_CONNECTIONS: Final = 10_000
+HANDSHAKE_TIMEOUT_MS: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    admin: int
+    node: int
+
+
+def open_files_limit() -> int | None:
+    """The soft limit on open files now (None: none)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_caps(limit: int | None, *, admin: int | None, node: int | None) -> Caps:
+    """Each port's cap: ``admin``/``node`` as given, or a share of ``limit``."""
+    share = (
+        DEFAULT_MAX_CONNECTIONS
+        if limit is None
+        else max(min((limit - OTHER_FILES) // 2, DEFAULT_MAX_CONNECTIONS), 1)
+    )
+    return Caps(admin if admin is not None else share, node if node is not None else share)
+
+
+def server_options(max_message_bytes: int, max_connections: int) -> list[tuple[str, int]]:
+    """Options of both gRPC servers."""
+    return [
+        # gRPC binds with SO_REUSEPORT unless told not to: a second control plane started
+        # on these ports (another database, another signing key) would silently take a
+        # share of the admins' and nodes' connections.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_allowed_incoming_connections", max_connections),
+        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+    ]

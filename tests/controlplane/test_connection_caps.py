@@ -1,0 +1,77 @@
+"""Each port of the control plane holds a bounded number of connections: a flood of idle
+ones on the node port (open to anyone, before any certificate is checked) leaves the admin
+port, and real nodes once the flood ends, served."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from controlplane.connections import HANDSHAKE_TIMEOUT_MS, OTHER_FILES, connection_caps
+from tests.controlplane.conftest import TIMEOUT, enrolled_sync_node
+from tests.fixtures.postgres import cp_settings, running_control_plane
+from tests.helpers import eventually
+
+CAP = 8
+
+
+def _held(port: int) -> int:
+    """Connections this process (the control plane runs in it) accepted on ``port``."""
+    return sum(
+        1
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    )
+
+
+async def test_a_flood_of_idle_connections_on_the_node_port_is_capped(
+    database_url: str, private_tmp: Path
+) -> None:
+    # There was no cap: ~1,000 idle connections (no TLS, not a byte sent) took every
+    # descriptor of a control plane at the usual soft limit, and its admin port stopped
+    # answering (measured: a health check past its deadline).
+    settings = cp_settings(database_url, private_tmp, node_max_connections=CAP)
+    async with running_control_plane(settings) as running:
+        host, _, port = running.cp.node_address.rpartition(":")
+        flood = [await asyncio.open_connection(host, int(port)) for _ in range(5 * CAP)]
+        try:
+            # Well within HANDSHAKE_TIMEOUT_MS, which closes idle connections too (later).
+            await eventually(
+                lambda: _held(int(port)) <= CAP,
+                timeout=HANDSHAKE_TIMEOUT_MS / 2000,
+                message=f"at most {CAP} held",
+            )
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                answer = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=TIMEOUT
+                )
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            for _, writer in flood:
+                writer.close()
+        await eventually(lambda: _held(int(port)) == 0, message="the flood's connections gone")
+        node = await enrolled_sync_node(running, "after-the-flood", private_tmp / "after-the-flood")
+        try:
+            assert node.verified(await node.next_envelope()).version >= 1
+        finally:
+            await node.close()
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [
+        (None, (10_000, 10_000)),
+        (1024, ((1024 - OTHER_FILES) // 2,) * 2),
+        (100, (1, 1)),
+        (1_000_000, (10_000, 10_000)),
+    ],
+)
+def test_unset_caps_share_the_open_files_limit(limit: int | None, expected: tuple[int, int]) -> None:
+    caps = connection_caps(limit, admin=None, node=None)
+    assert (caps.admin, caps.node) == expected
+    assert connection_caps(limit, admin=3, node=5) == type(caps)(3, 5)
