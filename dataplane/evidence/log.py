@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -154,6 +155,8 @@ class EvidenceLog:
         self._segment_bytes = segment_bytes
         self._segment_start = 1
         self._segment_size = 0
+        self._torn = False
+        """A record was written in part and not cut back yet: the next append cuts it first."""
         self._sealed: list[BinaryIO] = []
         """Segments rolled over from whose fsync (and close) is still due."""
         self._new_entries = False
@@ -250,9 +253,13 @@ class EvidenceLog:
         digest = hashed.hexdigest()
         # The stored line is the hashed body with "hash" appended last (``hash_of_line``).
         line = stored_line(body, digest)
+        if self._torn:
+            self._cut_back(refuse=False)
         if self._segment_size and self._segment_size + len(line) > self._segment_bytes:
             self._roll(seq)
-        self._file.write(line)
+        if self._file.write(line) != len(line):
+            self._torn = True
+            self._cut_back(refuse=True)
         self._segment_size += len(line)
         self.spool.written += len(line)
         self._head = ChainHead(seq, digest)
@@ -266,6 +273,22 @@ class EvidenceLog:
         if self._tree.size - self._signed_size >= self._checkpoint_records:
             self._checkpoint_due.set()
         return record_id
+
+    def _cut_back(self, *, refuse: bool) -> None:
+        """A record the OS took only in part (the disk or the file size limit filled up
+        mid-record): cut the segment back to its last whole record, and refuse that record.
+        A torn line left there would sit mid-chain once the next record is written after it,
+        so until the cut succeeds no record is written (``_torn``)."""
+        assert self._file is not None
+        try:
+            self._file.truncate(self._segment_size)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"a record written in part could not be cut back: {exc.strerror}"
+            ) from exc
+        self._torn = False
+        if refuse:
+            raise OSError(errno.ENOSPC, "the record was written only in part (disk full?); cut back")
 
     def _roll(self, seq: int) -> None:
         """Start the segment of ``seq``; the full one is fsynced and closed by the next sync round."""
