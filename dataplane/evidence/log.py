@@ -78,7 +78,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -157,6 +157,13 @@ class EvidenceLog:
         self._segment_size = 0
         self._torn = False
         """A record was written in part and not cut back yet: the next append cuts it first."""
+        self.failing = ""
+        """Why the last record could not be written ("" once a record is written again)."""
+        self.failed_at = 0.0
+        """When (``time.monotonic``) a record last could not be written."""
+        self.on_failing: Callable[[], None] | None = None
+        """Called (on the event loop) when a record could not be written, and when one is
+        written again after that: the node's readiness follows (``dataplane.readiness``)."""
         self._sealed: list[BinaryIO] = []
         """Segments rolled over from whose fsync (and close) is still due."""
         self._new_entries = False
@@ -253,13 +260,23 @@ class EvidenceLog:
         digest = hashed.hexdigest()
         # The stored line is the hashed body with "hash" appended last (``hash_of_line``).
         line = stored_line(body, digest)
-        if self._torn:
-            self._cut_back(refuse=False)
-        if self._segment_size and self._segment_size + len(line) > self._segment_bytes:
-            self._roll(seq)
-        if self._file.write(line) != len(line):
-            self._torn = True
-            self._cut_back(refuse=True)
+        try:
+            if self._torn:
+                self._cut_back(refuse=False)
+            if self._segment_size and self._segment_size + len(line) > self._segment_bytes:
+                self._roll(seq)
+            if self._file.write(line) != len(line):
+                self._torn = True
+                self._cut_back(refuse=True)
+        except OSError as exc:
+            self.failing, self.failed_at = exc.strerror or str(exc), time.monotonic()
+            if self.on_failing is not None:
+                self.on_failing()
+            raise
+        if self.failing:
+            self.failing = ""
+            if self.on_failing is not None:
+                self.on_failing()
         self._segment_size += len(line)
         self.spool.written += len(line)
         self._head = ChainHead(seq, digest)
