@@ -56,6 +56,7 @@ from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, CredentialScop
 from dataplane.quota import QuotaLeaser, Quotas
 from dataplane.quota.local import QUOTA_DIR, LocalLedger, socket_path
 from dataplane.quota.local import serve as serve_ledger
+from dataplane.readiness import Readiness
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.query import NodeContext
 from dataplane.snapshot.envelope import load_trust_keys
@@ -109,6 +110,13 @@ class DataPlaneNode:
         self._doors: Doors | None = None
         self._key_task: asyncio.Task[None] | None = None
         self._health = HealthServicer()
+        self._readiness = Readiness(
+            self._health,
+            ("", INFER_SERVICE),
+            stopping=lambda: self._stopping,
+            store=lambda: self._store,
+            evidence=lambda: self._evidence,
+        )
         self._http: UpstreamClient | None = None
         self._evidence: EvidenceLog | None = None
         self._spool = Spool(settings.evidence_spool_max_bytes)
@@ -277,6 +285,7 @@ class DataPlaneNode:
             segment_bytes=s.evidence_segment_bytes,
             spool=self._spool,
         )
+        self._evidence.on_failing = self._readiness.evidence_changed
         await self._evidence.start()
         self._http = UpstreamClient(max_connections=s.http_max_connections, max_idle=s.http_max_keepalive)
         self._store = SnapshotStore(
@@ -388,7 +397,7 @@ class DataPlaneNode:
         if s.worker > 0 and s.control_plane and s.snapshot_file is None and s.api_key_hash_keys is None:
             self._key_task = asyncio.get_running_loop().create_task(self._follow_hash_key())
         if self._store.current is not None:
-            await self._set_serving(True)
+            await self._readiness.push()
         log.info(
             "node %s (%s) listening on %s, snapshot %s",
             s.node_id,
@@ -478,27 +487,12 @@ class DataPlaneNode:
             default_deadline=s.default_timeout,
             stream_deadline=s.stream_timeout,
         )
-        self._doors = Doors(s, pipeline, self._health, self._not_ready)
+        self._doors = Doors(s, pipeline, self._health, self._readiness.reason)
         await self._doors.start()
-
-    def _not_ready(self) -> str | None:
-        """Why the node does not serve now (gRPC health NOT_SERVING), None when it does."""
-        if self._stopping:
-            return "stopping"
-        if self.store.current is None:
-            return "no valid snapshot yet"
-        return None
 
     async def _on_snapshot(self, state: ServingState) -> None:
         if not self._stopping:
-            await self._set_serving(True)
-
-    async def _set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        await self._health.set("", status)
-        await self._health.set(INFER_SERVICE, status)
+            await self._readiness.push()
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop; safe to call more than once."""
@@ -508,7 +502,8 @@ class DataPlaneNode:
         self._stopping = True
         try:
             grace = self.settings.drain_seconds if grace is None else grace
-            await self._set_serving(False)
+            self._readiness.close()
+            await self._readiness.push()  # NOT_SERVING: stopping
             # Not the shipper: it sends the evidence of the drained requests too (below).
             for task in (self._renew_task, self._sync_task, self._key_task, self._lease_task):
                 if task is not None:

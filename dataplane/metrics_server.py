@@ -223,25 +223,23 @@ class NodeMetrics:
             socket_path(self._data_dir, self.worker).unlink(missing_ok=True)
 
     async def _gather(self) -> None:
-        texts = await asyncio.gather(*(self._peer(i) for i in range(1, self.workers)))
-        families: list[Metric] = []
-        for text in texts:
-            if text is not None:
-                families.extend(text_string_to_metric_families(text))  # type: ignore[no-untyped-call]
-        self._peers.families = families
+        answers = await asyncio.gather(*(self._peer(i) for i in range(1, self.workers)))
+        self._peers.families = [family for families in answers for family in families]
 
-    async def _peer(self, worker: int) -> str | None:
+    async def _peer(self, worker: int) -> list[Metric]:
+        """What ``worker`` answered, parsed; nothing (and a failure counted) when it did not
+        answer in time or its answer cannot be read: one worker never fails the scrape."""
         path = socket_path(self._data_dir, worker)
         try:
             async with asyncio.timeout(PEER_TIMEOUT_S):
                 status, body = await _get_unix(path, "/metrics", OPENMETRICS, MAX_PEER_BYTES)
             if status != 200:
                 raise ValueError(f"answered {status}")
-            return body.decode()
+            return list(text_string_to_metric_families(body.decode()))  # type: ignore[no-untyped-call]
         except (TimeoutError, OSError, ValueError, httptools.HttpParserError) as exc:
             self._peer_failures.labels(str(worker), "0").inc()
-            log.warning("metrics of worker %d left out of this scrape: %s", worker, exc)
-            return None
+            log.warning("metrics of worker %d left out of this scrape: %s", worker, str(exc)[:200])
+            return []
 
 
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")

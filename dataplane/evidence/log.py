@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -77,7 +78,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -154,6 +155,15 @@ class EvidenceLog:
         self._segment_bytes = segment_bytes
         self._segment_start = 1
         self._segment_size = 0
+        self._torn = False
+        """A record was written in part and not cut back yet: the next append cuts it first."""
+        self.failing = ""
+        """Why the last record could not be written ("" once a record is written again)."""
+        self.failed_at = 0.0
+        """When (``time.monotonic``) a record last could not be written."""
+        self.on_failing: Callable[[], None] | None = None
+        """Called (on the event loop) when a record could not be written, and when one is
+        written again after that: the node's readiness follows (``dataplane.readiness``)."""
         self._sealed: list[BinaryIO] = []
         """Segments rolled over from whose fsync (and close) is still due."""
         self._new_entries = False
@@ -250,9 +260,23 @@ class EvidenceLog:
         digest = hashed.hexdigest()
         # The stored line is the hashed body with "hash" appended last (``hash_of_line``).
         line = stored_line(body, digest)
-        if self._segment_size and self._segment_size + len(line) > self._segment_bytes:
-            self._roll(seq)
-        self._file.write(line)
+        try:
+            if self._torn:
+                self._cut_back(refuse=False)
+            if self._segment_size and self._segment_size + len(line) > self._segment_bytes:
+                self._roll(seq)
+            if self._file.write(line) != len(line):
+                self._torn = True
+                self._cut_back(refuse=True)
+        except OSError as exc:
+            self.failing, self.failed_at = exc.strerror or str(exc), time.monotonic()
+            if self.on_failing is not None:
+                self.on_failing()
+            raise
+        if self.failing:
+            self.failing = ""
+            if self.on_failing is not None:
+                self.on_failing()
         self._segment_size += len(line)
         self.spool.written += len(line)
         self._head = ChainHead(seq, digest)
@@ -266,6 +290,22 @@ class EvidenceLog:
         if self._tree.size - self._signed_size >= self._checkpoint_records:
             self._checkpoint_due.set()
         return record_id
+
+    def _cut_back(self, *, refuse: bool) -> None:
+        """A record the OS took only in part (the disk or the file size limit filled up
+        mid-record): cut the segment back to its last whole record, and refuse that record.
+        A torn line left there would sit mid-chain once the next record is written after it,
+        so until the cut succeeds no record is written (``_torn``)."""
+        assert self._file is not None
+        try:
+            self._file.truncate(self._segment_size)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"a record written in part could not be cut back: {exc.strerror}"
+            ) from exc
+        self._torn = False
+        if refuse:
+            raise OSError(errno.ENOSPC, "the record was written only in part (disk full?); cut back")
 
     def _roll(self, seq: int) -> None:
         """Start the segment of ``seq``; the full one is fsynced and closed by the next sync round."""

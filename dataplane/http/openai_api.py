@@ -288,8 +288,9 @@ class OpenAIFrontDoor:
         await response.send(200, (_JSON,), b'{"status":"ok"}')
 
     async def _readiness(self, request: Request, response: Response) -> None:
-        """Readiness: a valid snapshot is served and no stop has begun (gRPC health's SERVING);
-        503 with the reason otherwise, so a load balancer sends callers elsewhere."""
+        """Readiness (``dataplane.readiness``, as gRPC health's SERVING): a valid snapshot is
+        served, evidence can be written, no stop has begun; 503 with the reason otherwise, so
+        a load balancer sends callers elsewhere."""
         reason = self._ready()
         if reason is None:
             await response.send(200, (_JSON,), b'{"status":"ready"}')

@@ -56,6 +56,15 @@ PER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 MAX_EXEMPLAR_CHARS = 100
 """OpenMetrics allows 128 characters of exemplar labels; a longer correlation id is left out."""
 
+
+def exemplar_id(cid: str) -> str | None:
+    """The correlation id as an exemplar, or None to leave it out: too long, or holding a
+    double quote, which prometheus_client's OpenMetrics parser (worker 0 reading the other
+    workers' scrapes) cannot read back even escaped, so one caller's request id would fail
+    the node's whole scrape."""
+    return cid if len(cid) <= MAX_EXEMPLAR_CHARS and '"' not in cid else None
+
+
 GOVERNANCE_REFUSALS = frozenset(
     {"Blocked", "BlockedInvalid", "NotCertified", "OverLimit", "AnswerBreaksContract"}
 )
@@ -146,7 +155,7 @@ class RequestMetrics:
             )
         children.requests.value += 1
         cid = trace.correlation_id
-        children.duration.observe(total, cid if len(cid) <= MAX_EXEMPLAR_CHARS else None)
+        children.duration.observe(total, exemplar_id(cid))
         attempts = trace.attempts
         if len(attempts) == 1:
             upstream = attempts[0].duration_ms / 1000.0
