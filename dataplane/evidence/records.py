@@ -139,7 +139,7 @@ def verify_chain(path: Path) -> ChainHead:
     base = segments.read_base(path)
     head = ChainHead(base.seq, base.hash) if base else ChainHead(0, GENESIS_HASH)
     for segment, n, line in _lines(path):
-        record = json.loads(line)
+        record = segments.json_object(line, where(segment, n))  # not JSON: named, not a JSONDecodeError
         if record.get("seq") != head.seq + 1:
             raise EvidenceChainBroken(f"{where(segment, n)}: seq {record.get('seq')} follows {head.seq}")
         if record.get("prev_hash") != head.hash:

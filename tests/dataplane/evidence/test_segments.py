@@ -269,3 +269,15 @@ def test_a_line_reads_as_json_loads_reads_it_even_where_orjson_refuses() -> None
     for bad, why in ((b'{"x":', "line 3: not JSON"), (b"[1]", "line 3: not a JSON object")):
         with pytest.raises(EvidenceChainBroken, match=why):
             json_object(bad, "line 3")
+
+
+async def test_verify_chain_names_a_line_that_is_not_json_instead_of_raising_a_decode_error(
+    tmp_path: Path, key: ec.EllipticCurvePrivateKey
+) -> None:
+    path = tmp_path / "evidence" / "n@0.jsonl"
+    async with _log(path, key) as log:
+        await _append(log, 3)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + b'{"seq": 2, torn\n' + lines[2])
+    with pytest.raises(EvidenceChainBroken, match="line 2"):
+        verify_chain(path)
