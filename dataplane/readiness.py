@@ -57,6 +57,8 @@ class Readiness:
         if store is None or store.current is None:
             return "no valid snapshot yet"
         evidence = self._evidence()
+        if evidence is not None and evidence.broken:
+            return f"cannot write evidence ({evidence.broken})"  # until a restart: no retry
         failing = evidence.failing if evidence is not None else ""
         if failing and evidence is not None and time.monotonic() - evidence.failed_at < EVIDENCE_RETRY_S:
             return f"cannot write evidence ({failing})"

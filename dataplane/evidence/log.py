@@ -161,6 +161,9 @@ class EvidenceLog:
         """Why the last record could not be written ("" once a record is written again)."""
         self.failed_at = 0.0
         """When (``time.monotonic``) a record last could not be written."""
+        self.broken = ""
+        """Why the log takes no more records until the node restarts ("" while it does): an
+        fsync failed (``_sync_round``)."""
         self.on_failing: Callable[[], None] | None = None
         """Called (on the event loop) when a record could not be written, and when one is
         written again after that: the node's readiness follows (``dataplane.readiness``)."""
@@ -261,6 +264,8 @@ class EvidenceLog:
         # The stored line is the hashed body with "hash" appended last (``hash_of_line``).
         line = stored_line(body, digest)
         try:
+            if self.broken:
+                raise OSError(errno.EIO, self.broken)
             if self._torn:
                 self._cut_back(refuse=False)
             if self._segment_size and self._segment_size + len(line) > self._segment_bytes:
@@ -339,9 +344,17 @@ class EvidenceLog:
 
     def _sync_round(self) -> bool:
         """Sync the segments rolled over from (then close them), new directory entries and the
-        newest segment; False when any of it failed (retried on the next round). Runs in a
-        thread; rounds never overlap."""
+        newest segment; False when any of it failed. Runs in a thread; rounds never overlap.
+
+        A failed fsync breaks the log for good (``broken``), as PostgreSQL panics on one: the
+        kernel may have dropped the pages it could not write and reports the error once, so a
+        later fsync that succeeds proves nothing about them. Syncing on would move the durable
+        seq (the shipper sends up to it) and sign checkpoints over records that may never reach
+        the disk. Broken, the log writes, ships and signs nothing more; the node refuses every
+        request and says it is not ready, and its restart checks every record on disk."""
         with self._sync_lock:
+            if self.broken:
+                return False
             with self._files_lock:
                 current = self._file
                 if current is None:
@@ -354,10 +367,26 @@ class EvidenceLog:
             try:
                 _sync_files(sealed, self.path.parent if new_entries else None, current)
             except OSError as exc:
-                # Records are already with the OS; keep syncing and say so.
-                with self._files_lock:
-                    self._new_entries = self._new_entries or new_entries
-                log.error("evidence log %s: fsync failed: %s", self.path, exc)
+                if exc.errno == errno.EINVAL:
+                    # A file that cannot be synced at all (a device, say): nothing was dropped,
+                    # and its writes fail on their own if they fail.
+                    with self._files_lock:
+                        self._new_entries = self._new_entries or new_entries
+                    log.error("evidence log %s: cannot be fsynced: %s", self.path, exc)
+                    return False
+                self.broken = f"fsync failed ({exc.strerror or exc}): restart the node"
+                self.failing, self.failed_at = self.broken, time.monotonic()
+                log.error(
+                    "evidence log %s: fsync failed (%s): records after seq %d may not be on disk; "
+                    "the log takes, ships and signs no more records and the node serves no "
+                    "request until it is restarted (its start checks every record on disk)",
+                    self.path,
+                    exc,
+                    self._durable_seq,
+                )
+                if self._loop is not None and self.on_failing is not None:
+                    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                        self._loop.call_soon_threadsafe(self.on_failing)
                 return False
             finally:
                 with self._files_lock:
