@@ -38,6 +38,13 @@ from signalbox.text import printable
 
 MAX_NODE_ID_CHARS = 256
 EXPIRED = object()
+SUPERSEDED = object()
+MAX_STREAMS_PER_NODE = 4
+"""Sync streams one node id may hold open on a replica. A node needs one; a reconnect may
+overlap the stream it replaces until the replica sees that one die. A newer stream beyond
+this ends the oldest (ABORTED): a node's streams cannot pile up (each holds a subscription,
+and its Hello wrote the node's row), and a node reconnecting is never refused because of
+streams of its own that are dead already."""
 MAX_REASON_LOG_CHARS = 500
 SHA256_BYTES = 32
 
@@ -110,6 +117,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         self._hello_timeout = hello_timeout
         self.streams: dict[str, int] = {}
         """Open streams per node id on this replica."""
+        self._inboxes: dict[str, list[Subscription]] = {}
+        """Each node's open streams' inboxes on this replica, oldest first."""
         self._bookkeeping: set[asyncio.Task[None]] = set()
         self.metrics: ControlPlaneMetrics | None = None
         """Counts NACKs when the control plane serves metrics."""
@@ -244,6 +253,10 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             # Revoked between the check above and the subscription: its NOTIFY found no stream.
             sub.queue.put_nowait(REVOKED)
         self.streams[node_id] = self.streams.get(node_id, 0) + 1
+        inboxes = self._inboxes.setdefault(node_id, [])
+        inboxes.append(sub)
+        if len(inboxes) > MAX_STREAMS_PER_NODE:
+            inboxes.pop(0).queue.put_nowait(SUPERSEDED)
         reader = asyncio.create_task(self._read(request_iterator, state, sub), name=f"sync-read-{node_id}")
         log.info("node %s of group %s connected (applied v%d)", printable(node_id), group, state.applied)
         try:
@@ -252,6 +265,12 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 item = await self._next(sub, identity)
                 if item is CLOSED:
                     break
+                if item is SUPERSEDED:
+                    await context.abort(
+                        grpc.StatusCode.ABORTED,
+                        f"node {node_id}: superseded by a newer sync stream "
+                        f"(at most {MAX_STREAMS_PER_NODE} per node)",
+                    )
                 if isinstance(item, _Invalid):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.message)
                 if item is EXPIRED:
@@ -281,6 +300,11 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             self._broker.unsubscribe(sub)
+            inboxes = self._inboxes.get(node_id, [])
+            if sub in inboxes:
+                inboxes.remove(sub)
+            if not inboxes:
+                self._inboxes.pop(node_id, None)
             self.streams[node_id] -= 1
             if not self.streams[node_id]:
                 del self.streams[node_id]

@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from controlplane.api.sync import MAX_STREAMS_PER_NODE
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import sync_pb2, sync_pb2_grpc
 from signalbox.tls import aio_channel
@@ -166,3 +167,24 @@ async def test_a_node_claiming_a_foreign_hash_raises_an_alarm(
     await eventually(lambda: _node(admin, "node-g"), message="node registered")
     assert any("ALARM" in r.getMessage() and "node-g" in r.getMessage() for r in caplog.records)
     assert node.received.empty()
+
+
+async def test_a_nodes_streams_cannot_pile_up_a_newer_one_ends_the_oldest(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    # Each stream a node opened stayed open (a subscription, its Hello a row write): one
+    # certified node could open them without end on one connection.
+    tls = await control_plane.enroll("piling", private_tmp / "piling")
+    streams = [SyncNode(control_plane, "piling", tls) for _ in range(MAX_STREAMS_PER_NODE + 1)]
+    try:
+        for i, node in enumerate(streams):
+            await node.connect()
+            await node.next_envelope()  # this stream is subscribed
+            assert control_plane.cp.sync.streams["piling"] == min(i + 1, MAX_STREAMS_PER_NODE)
+        await asyncio.wait_for(streams[0].ended.wait(), TIMEOUT)
+        assert streams[0].end_code is grpc.StatusCode.ABORTED
+        assert "superseded by a newer sync stream" in await streams[0].call.details()
+        assert not any(node.ended.is_set() for node in streams[1:])
+    finally:
+        for node in streams:
+            await node.close()
