@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from dataplane.errors import EnvelopeError
+from dataplane.files import read_regular
 from signalbox.api.config.v1 import snapshot_pb2
 
 SNAPSHOT_PAYLOAD_TYPE = "application/vnd.signalbox.snapshot.v1+protobuf"
@@ -96,12 +97,17 @@ def verify(
     raise EnvelopeError("signature verification failed")
 
 
+MAX_TRUST_KEY_BYTES = 64 * 1024
+"""A trust key file larger than this is refused unread (an Ed25519 PEM is 113 bytes)."""
+
+
 def load_trust_keys(paths: list[Path] | tuple[Path, ...]) -> dict[str, Ed25519PublicKey]:
     """Read Ed25519 public keys (PEM) and index them by key id."""
     keys: dict[str, Ed25519PublicKey] = {}
     for path in paths:
         try:
-            key = load_pem_public_key(Path(path).read_bytes())
+            # Opened without blocking: a FIFO given as --trust-key hung the start.
+            key = load_pem_public_key(read_regular(Path(path), MAX_TRUST_KEY_BYTES))
         except (OSError, ValueError) as exc:
             raise ValueError(f"trust key {path}: cannot be read as a PEM public key: {exc}") from exc
         if not isinstance(key, Ed25519PublicKey):

@@ -215,3 +215,15 @@ async def test_serve_refuses_a_flag_file_that_is_a_fifo_instead_of_waiting_for_a
     code, err = await signalbox_exit(*pinned_serve_args(pin, trust_key, tmp_path / "node", flag, str(fifo)))
     assert code == 2, err
     assert f"{flag}: cannot read {fifo}: not a regular file" in err
+
+
+async def test_serve_refuses_a_trust_key_that_is_a_fifo_instead_of_waiting_for_a_writer(
+    tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    pin = _pin(tmp_path, signing_key, "http://127.0.0.1:1")
+    fifo = tmp_path / "trust.fifo"
+    os.mkfifo(fifo)
+    code, err = await signalbox_exit(*pinned_serve_args(pin, fifo, tmp_path / "node"))
+    assert code != 0, err
+    assert f"trust key {fifo}: cannot be read as a PEM public key" in err
+    assert "not a regular file" in err
