@@ -19,8 +19,10 @@ from dataplane import evidence_cli, identity_cli, sealing_cli, serve_cli
 from dataplane.config.model import Scope
 from dataplane.errors import SnapshotCheckFailed, SnapshotFileInvalid
 from dataplane.evidence_cli import ProgressBar
+from dataplane.files import read_regular
 from dataplane.snapshot.checks import check_envelope
 from dataplane.snapshot.envelope import load_trust_keys
+from dataplane.snapshot.files import MAX_ENVELOPE_FILE_BYTES
 from dataplane.snapshot.lkg import SNAPSHOT_DIR
 from dataplane.snapshot.trust import TrustSet, TrustState, walk_chain
 from dataplane.trust_cli import add_trust_key, trust_key_paths
@@ -101,7 +103,8 @@ def verify_command(ns: argparse.Namespace) -> int:
         else:
             trust = TrustState(operator, frozenset())
         envelope = snapshot_pb2.SignedEnvelope()
-        envelope.ParseFromString(Path(ns.snapshot).read_bytes())
+        # Bounded and without blocking, as the node reads a pin (a FIFO hung the command).
+        envelope.ParseFromString(read_regular(Path(ns.snapshot), MAX_ENVELOPE_FILE_BYTES))
         # As a node would: statements in the pin's trust chain that verify are believed.
         trust = walk_chain(trust, envelope)
         config, key_id = check_envelope(

@@ -227,3 +227,14 @@ async def test_serve_refuses_a_trust_key_that_is_a_fifo_instead_of_waiting_for_a
     assert code != 0, err
     assert f"trust key {fifo}: cannot be read as a PEM public key" in err
     assert "not a regular file" in err
+
+
+async def test_verify_refuses_a_snapshot_that_is_a_fifo_instead_of_waiting_for_a_writer(
+    tmp_path: Path, trust_key: Path
+) -> None:
+    fifo = tmp_path / "site.snapshot"
+    os.mkfifo(fifo)
+    code, err = await signalbox_exit(
+        "dataplane", "verify", "--snapshot", str(fifo), "--trust-key", str(trust_key)
+    )
+    assert code == 1, err
