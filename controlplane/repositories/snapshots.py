@@ -85,6 +85,16 @@ async def get(session: AsyncSession, version: int, group: str = DEFAULT_GROUP) -
     return await session.get(Snapshot, (group, version))
 
 
+async def published(session: AsyncSession, group: str, version: int, sha256: bytes) -> bool:
+    """Whether ``group``'s snapshot ``version`` is stored with payload hash ``sha256``."""
+    found = await session.execute(
+        select(Snapshot.version)
+        .where(Snapshot.node_group == group, Snapshot.version == version, Snapshot.sha256 == sha256)
+        .limit(1)
+    )
+    return found.first() is not None
+
+
 async def page(
     session: AsyncSession, *, limit: int, before: int = 0, group: str = DEFAULT_GROUP
 ) -> Sequence[Snapshot]:

@@ -127,7 +127,12 @@ class NodeService:
             # One row per refused (version, hash) is all ``refused`` needs; a node repeating
             # a NACK (or flooding them) must not grow the table it loads on every reconnect.
             # The node row is locked above, so two streams of one node cannot both insert.
-            if not await repo.has_nack(session, node_id, version, sha256):
+            # Only a snapshot of the node's group this control plane published can be one it
+            # must not send again: a NACK of any other (version, hash), a node's invention,
+            # is shown as the node's last NACK but adds no row (distinct ones were a row each).
+            if await snapshot_repo.published(
+                session, node.node_group, version, sha256
+            ) and not await repo.has_nack(session, node_id, version, sha256):
                 session.add(NodeNack(node_id=node_id, version=version, sha256=sha256, reason=reason))
 
     async def group_exists(self, name: str) -> bool:

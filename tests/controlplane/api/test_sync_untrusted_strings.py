@@ -201,3 +201,34 @@ async def test_a_node_repeating_one_nack_adds_one_refusal_row(
             assert rows.scalar() == 1
     finally:
         engine.dispose()
+
+
+async def test_nacks_of_snapshots_never_published_add_no_refusal_rows(
+    admin: Admin, control_plane: RunningControlPlane, sync_nodes: object
+) -> None:
+    # Each distinct (version, hash) a node made up was a row, loaded on its every reconnect.
+    node: SyncNode = await sync_nodes("node-invents")  # type: ignore[operator]
+    envelope = await node.next_envelope()
+    version = node.verified(envelope).version
+    for i in range(50):
+        node.outbox.put_nowait(
+            sync_pb2.NodeMessage(
+                nack=sync_pb2.Nack(
+                    version=version + 1 + i, payload_sha256=bytes([i]) * 32, reason=f"made up {i}"
+                )
+            )
+        )
+    node.nack(envelope, version, "a real one")
+    node.ack(envelope, version)  # read in order: once this is recorded, so are the NACKs
+
+    async def acked() -> bool:
+        return (await _node(admin, "node-invents")).last_ack_version == version
+
+    await eventually(acked, message="the ACK after the NACKs recorded")
+    engine = sa.create_engine(control_plane.database_url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT version FROM node_nacks WHERE node_id = 'node-invents'"))
+            assert [row[0] for row in rows] == [version]
+    finally:
+        engine.dispose()
