@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
 from dataplane.config.model import LimitsConfig, TenantConfig
-from dataplane.errors import LimitExceeded, QuotaUnavailable
+from dataplane.errors import LimitExceeded, OverBudget, QuotaUnavailable
 
 
 class Kind(IntEnum):
@@ -209,16 +209,20 @@ class Quotas:
                     bucket = self.bucket(tenant, key, limits, kind)
                     if bucket is None:
                         continue
+                    if units > bucket.limit and kind in BUDGETS:
+                        # Never admissible, whatever is held or leased: not a wait.
+                        raise OverBudget(bucket.label, cost_nanos, bucket.limit)
                     self._draw(bucket, units, now)
                     taken.append((bucket, units))
                     if kind is Kind.TOKENS_PER_MINUTE:
                         token_buckets.append(bucket)
                     elif kind in BUDGETS:
                         budget_buckets.append(bucket)
-        except (LimitExceeded, QuotaUnavailable):
+        except (LimitExceeded, QuotaUnavailable) as exc:
             for bucket, units in taken:
                 bucket.holding += units
-            self.short()
+            if not isinstance(exc, OverBudget):  # no lease can help that one
+                self.short()
             raise
         return Reservation(float(tokens), float(cost_nanos), tuple(token_buckets), tuple(budget_buckets))
 

@@ -103,8 +103,9 @@ async def test_an_air_gapped_budget_survives_a_restart_and_a_lost_file_is_recoun
     simulator: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # A request reserves its worst case (100 max output tokens at sim-fast's $0.40 per
-    # million: 40,000 nano-USD and its input) before dispatch: a budget of a few requests.
+    # A request reserves its worst case (10 max output tokens and its input at the dearest
+    # candidate's prices: about 114,000 nano-USD) before dispatch: a budget of a few requests
+    # as they settle. (One dearer than the whole budget is refused outright: OverBudget.)
     budget = 200_000
     pin = _pin(
         tmp_path / "site.snapshot",
@@ -113,7 +114,7 @@ async def test_an_air_gapped_budget_survives_a_restart_and_a_lost_file_is_recoun
         snapshot_pb2.Limits(budget_day_nanos=budget),
     )
     data_dir = tmp_path / "node"
-    params = infer_pb2.GenerationParams(max_output_tokens=100)
+    params = infer_pb2.GenerationParams(max_output_tokens=10)
     node = await _pinned(start_node, pin, data_dir)
     assert node.ledger is not None
     async with grpc.aio.insecure_channel(node.address) as channel:
@@ -306,7 +307,7 @@ async def test_an_exhausted_budget_stays_exhausted_through_idle_rounds_and_hand_
         simulator.base_url,
         snapshot_pb2.Limits(budget_day_nanos=budget),
     )
-    params = infer_pb2.GenerationParams(max_output_tokens=100)
+    params = infer_pb2.GenerationParams(max_output_tokens=10)
     node = await start_node(
         snapshot_file=pin, data_dir=tmp_path / "node", http_listen="127.0.0.1:0", quota_lease_interval=0.02
     )
@@ -341,3 +342,41 @@ async def test_an_exhausted_budget_stays_exhausted_through_idle_rounds_and_hand_
     # Nothing granted past the budget, and nothing handed back reopened it.
     assert ledger.spent("t-acme", "", Kind.BUDGET_DAY) >= spent
     assert ledger.spent("t-acme", "", Kind.BUDGET_DAY) <= budget
+
+
+async def test_a_request_dearer_than_the_whole_budget_is_refused_as_such_without_retry_after(
+    start_node: NodeFactory, tmp_path: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    """Retrying can never help a request whose worst case is more than the whole budget: it is
+    refused as not transient, saying so, with no retry-after (it was "budget per day exceeded"
+    with retry-after 1, forever)."""
+    pin = _pin(
+        tmp_path / "site.snapshot",
+        signing_key,
+        simulator.base_url,
+        snapshot_pb2.Limits(budget_day_nanos=150_000),
+    )
+    node = await _pinned(start_node, pin, tmp_path / "node")
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        for _ in range(3):  # before and after the first lease alike
+            refused = await _infer(stub, params=infer_pb2.GenerationParams(max_output_tokens=2000))
+            assert refused is not None
+            assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.details()
+            details = refused.details() or ""
+            assert details.startswith("tenant acme budget per day: the request's worst case"), details
+            assert "is more than the whole budget (150000 nano-USD); lower its max tokens" in details
+            assert "retry-after" not in dict(refused.trailing_metadata() or ())
+        small = await _infer(stub, params=infer_pb2.GenerationParams(max_output_tokens=10))
+        assert small is None, small.details()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://{node.http_address}/v1/chat/completions",
+            json={"model": "sim-fast", "max_tokens": 2000, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {API_KEY}"},
+        ) as response,
+    ):
+        assert response.status == 422, await response.text()
+        assert "retry-after" not in response.headers
+        assert "is more than the whole budget" in await response.text()
