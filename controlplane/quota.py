@@ -26,7 +26,9 @@ replicas sharing the database agree and never hand out the same quota twice:
   while it held quota). A node reserves a request's worst case from its holding
   before dispatch and settles to the real cost after, so ``used`` is what was spent plus
   what nodes hold; nothing is granted past the budget, and a grant says ``exhausted`` once
-  the window is used up, so every node stops within one lease period.
+  the window is used up, so every node stops within one lease period. A used-up window stays
+  so until it ends or its limit is raised: what nodes hand back after that counts as spent
+  (``signalbox.quota_grants.grant_budget``), and nodes keep refusing until the window ends.
 
 A lease call is one transaction for all of a node's scopes; its cost is per node per lease
 period, never per request.

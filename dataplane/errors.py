@@ -13,6 +13,8 @@
     │                                                  tenant's policy is refuse)
     ├── CheckUnavailable          UNAVAILABLE         (the node's schema checker failed; retry)
     ├── LimitExceeded             RESOURCE_EXHAUSTED  (names the rate limit or budget; retry_after)
+    │   └── OverBudget            FAILED_PRECONDITION (the request's worst case is more than the
+    │                                                  whole budget: no retry can help)
     ├── QuotaUnavailable          UNAVAILABLE         (no quota can be leased and the tenant
     │                                                  fails closed; retry_after)
     ├── EvidenceChainBroken       DATA_LOSS           (the log does not verify; names the first bad line)
@@ -138,12 +140,28 @@ class LimitExceeded(SignalboxError):
 
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
     limit: str = ""
-    retry_after: float = 1.0
+    retry_after: float | None = 1.0
 
     def __init__(self, limit: str, retry_after: float, detail: str = "") -> None:
         super().__init__(f"{limit} exceeded" + (f" ({detail})" if detail else ""))
         self.limit = limit
         self.retry_after = retry_after
+
+
+class OverBudget(LimitExceeded):
+    """A request's worst-case cost is more than the whole budget ``limit`` names: it can never
+    be admitted, so it is not transient (no ``retry_after``); a smaller max tokens can be."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, limit: str, worst_case: int, budget: int) -> None:
+        SignalboxError.__init__(
+            self,
+            f"{limit}: the request's worst case ({worst_case} nano-USD) is more than the whole budget"
+            f" ({budget} nano-USD); lower its max tokens",
+        )
+        self.limit = limit
+        self.retry_after = None
 
 
 class QuotaUnavailable(SignalboxError):

@@ -49,10 +49,16 @@ def capacity(limit: int, burst_seconds: float) -> float:
 
 
 def grant_budget(row: Row, *, limit: int, want: int, returned: int, overspent: int, int_max: int) -> Grant:
-    """Take back ``returned``, count ``overspent``, then grant up to ``want`` within ``limit``
-    (``returned`` and ``overspent`` only when they are of the row's window: the caller checks)."""
+    """Take back ``returned`` (not once the window is used up), count ``overspent``, then grant
+    up to ``want`` within ``limit`` (``returned`` and ``overspent`` only when they are of the
+    row's window: the caller checks)."""
     used = row.used
-    used -= min(returned, used)
+    if used < limit:
+        # Once a window is used up it stays so until it ends (or the limit is raised): what a
+        # holder hands back after that is counted as spent, never granted again. Otherwise
+        # the leftover of each exhausted holder reopened the window for a moment, and every
+        # holder read "not exhausted" and started over (the budget leaked a request a cycle).
+        used -= min(returned, used)
     used = min(used + overspent, int_max)
     granted = max(0, min(want, limit - used))
     row.used = used + granted

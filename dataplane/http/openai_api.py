@@ -385,7 +385,9 @@ async def _refusal(response: Response, refused: Refused, body: Any = None) -> No
     status = http_status(outcome)
     cause = caller_error(refused.__cause__) if refused.__cause__ is not None else None
     extra = _ids(refused.correlation_id, refused.evidence_id)
-    if status == 429:
+    if status == 429 or outcome.retry_after is not None:
+        # 429s, and our own refusals that advise a wait: the 503 of a tenant failing closed
+        # while no quota can be leased (its gRPC trailer says the same).
         extra += ((b"retry-after", str(retry_after(refused)).encode()),)
     param = _param(outcome, cause)
     message = _message(refused)

@@ -12,7 +12,8 @@ and then refuses until refilled). Nothing here does I/O: dict lookups and arithm
 While the control plane is unreachable the tenant's ``on_unreachable`` applies: fail closed
 refuses its limited requests (``QuotaUnavailable``); fail open keeps enforcing, refilling each
 bucket locally at the rate of the last leases it got. A bucket never leased admits on credit
-(one request) until its first lease (``dataplane.quota.leaser``).
+(one request) until its first lease (``dataplane.quota.leaser``). A budget the ledger reported
+used up refuses until its window ends, whatever it holds (``Quotas.exhaust``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
 from dataplane.config.model import LimitsConfig, TenantConfig
-from dataplane.errors import LimitExceeded, QuotaUnavailable
+from dataplane.errors import LimitExceeded, OverBudget, QuotaUnavailable
 
 
 class Kind(IntEnum):
@@ -58,12 +59,29 @@ def limit_of(limits: LimitsConfig, kind: Kind) -> int:
     return limits.budget_month_nanos
 
 
+def window_end(kind: Kind, window: str, now: float) -> float:
+    """Unix seconds at which a budget's UTC ``window`` ("2026-11-30", "2026-11") ends; the
+    current day's or month's end when ``window`` does not parse."""
+    try:
+        start = datetime.strptime(window, "%Y-%m-%d" if kind is Kind.BUDGET_DAY else "%Y-%m").replace(
+            tzinfo=UTC
+        )
+    except ValueError:
+        start = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        if kind is not Kind.BUDGET_DAY:
+            start = start.replace(day=1)
+    if kind is Kind.BUDGET_DAY:
+        return (start + timedelta(days=1)).timestamp()
+    return (start + timedelta(days=32)).replace(day=1).timestamp()
+
+
 class Bucket:
     """Quota of one limit held by this node."""
 
     __slots__ = (
         "asked",
         "exhausted",
+        "exhausted_until",
         "fail_closed",
         "granted_rate",
         "holding",
@@ -90,18 +108,21 @@ class Bucket:
         """The largest single ask since the last lease: a lease is never smaller."""
         self.leased = False
         self.exhausted = False
-        """The control plane has nothing left for this limit (until its refill or next window)."""
+        """The ledger's last word: nothing is left for this limit (until its refill or next window)."""
+        self.exhausted_until = 0.0
+        """Budgets: the end of the window the ledger reported exhausted (``Quotas`` clock);
+        until then the bucket admits nothing, whatever it holds (``Quotas.exhaust``)."""
         self.refill_seconds = 0.0
         self.window = ""
         self.granted_rate = 0.0
         """Units per second the last leases granted: the local refill rate when failing open."""
         self.refilled_at = 0.0
 
-    def take(self, units: float) -> bool:
+    def take(self, units: float, now: float) -> bool:
         self.asked += units
         if units > self.largest:
             self.largest = units
-        if self.holding >= units and not (self.exhausted and self.scope[2] in BUDGETS):
+        if self.holding >= units and now >= self.exhausted_until:
             self.holding -= units
             return True
         return False
@@ -137,6 +158,10 @@ class Quotas:
         self.short: Callable[[], None] = lambda: None
         """Called when a bucket runs short: the leaser renews at once."""
         self._clock = clock
+
+    def now(self) -> float:
+        """This node's clock for buckets (monotonic seconds)."""
+        return self._clock()
 
     def bucket(self, tenant: TenantConfig, key_id: str, limits: LimitsConfig, kind: Kind) -> Bucket | None:
         limit = limit_of(limits, kind)
@@ -184,16 +209,20 @@ class Quotas:
                     bucket = self.bucket(tenant, key, limits, kind)
                     if bucket is None:
                         continue
+                    if units > bucket.limit and kind in BUDGETS:
+                        # Never admissible, whatever is held or leased: not a wait.
+                        raise OverBudget(bucket.label, cost_nanos, bucket.limit)
                     self._draw(bucket, units, now)
                     taken.append((bucket, units))
                     if kind is Kind.TOKENS_PER_MINUTE:
                         token_buckets.append(bucket)
                     elif kind in BUDGETS:
                         budget_buckets.append(bucket)
-        except (LimitExceeded, QuotaUnavailable):
+        except (LimitExceeded, QuotaUnavailable) as exc:
             for bucket, units in taken:
                 bucket.holding += units
-            self.short()
+            if not isinstance(exc, OverBudget):  # no lease can help that one
+                self.short()
             raise
         return Reservation(float(tokens), float(cost_nanos), tuple(token_buckets), tuple(budget_buckets))
 
@@ -217,23 +246,22 @@ class Quotas:
                 raise LimitExceeded(bucket.label, self.lease_interval, "quota lease pending")
             bucket.holding -= units
             return
-        if bucket.take(units):
+        if bucket.take(units, now):
             if bucket.holding < bucket.largest:
                 self.short()
             return
-        raise LimitExceeded(bucket.label, self._retry_after(bucket, units))
+        raise LimitExceeded(bucket.label, self._retry_after(bucket, units, now))
 
-    def _retry_after(self, bucket: Bucket, units: float) -> float:
+    def exhaust(self, bucket: Bucket, window: str) -> None:
+        """The ledger reported ``bucket``'s budget ``window`` used up: refuse until it ends
+        (``window_end``), whatever the bucket holds or is handed back meanwhile."""
+        end = window_end(bucket.scope[2], window, time.time())
+        bucket.exhausted_until = self._clock() + max(0.0, end - time.time())
+
+    def _retry_after(self, bucket: Bucket, units: float, now: float) -> float:
         kind = bucket.scope[2]
-        if kind in BUDGETS and bucket.exhausted:
-            now = datetime.now(UTC)
-            if kind is Kind.BUDGET_DAY:
-                end = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-            else:
-                end = (now.replace(day=1) + timedelta(days=32)).replace(
-                    day=1, hour=0, minute=0, second=0, microsecond=0
-                )
-            return (end - now).total_seconds()
+        if now < bucket.exhausted_until:
+            return bucket.exhausted_until - now
         if bucket.refill_seconds > 0:
             return max(self.lease_interval, bucket.refill_seconds)
         if kind in BUDGETS or kind is Kind.REQUESTS_PER_MINUTE:

@@ -6,11 +6,15 @@ wants (its observed demand for two lease periods, at least its largest request, 
 it holds: so a busy node asks for more and a quiet one for little) and what it hands back
 (what it holds beyond twice that). Budgets are asked every round while held or used, so a
 window the control plane reports exhausted stops every node within one period. A bucket
-unused for ``IDLE_ROUNDS`` periods hands back what it holds and is forgotten.
+unused for ``IDLE_ROUNDS`` periods hands back what it holds and is forgotten, except a budget
+reported exhausted: it is kept, refusing, until its window ends (``Quotas.exhaust``), and the
+ledgers never reopen a used-up window for what is handed back (``signalbox.quota_grants``).
 
 A bucket never leased admits one request on credit (its holding goes below zero) and kicks a
 round; the first lease then takes the debt from the control plane: a node's first request is
-not refused for want of a lease, and it is still counted. When a call fails the buckets
+not refused for want of a lease, and it is still counted. As exhausted budgets are never
+forgotten within their window, their credit cannot outlive the ledger's word: a budget goes
+past its limit by at most one worst-case request per worker per window (and per start). When a call fails the buckets
 keep what they hold and ``Quotas.reachable`` turns False: each tenant's ``on_unreachable``
 applies until a call succeeds again.
 """
@@ -118,7 +122,7 @@ class QuotaLeaser:
         spacing = max(now - self._last, self.interval / 4)
         asks: list[tuple[Bucket, quota_pb2.QuotaAsk]] = []
         for bucket in list(self.quotas.buckets.values()):
-            ask = self._ask(bucket, elapsed)
+            ask = self._ask(bucket, elapsed, self.quotas.now())
             if ask is not None:
                 asks.append((bucket, ask))
         try:
@@ -156,7 +160,7 @@ class QuotaLeaser:
             self.quotas.reachable = True
             self.rounds += 1
 
-    def _ask(self, bucket: Bucket, elapsed: float) -> quota_pb2.QuotaAsk | None:
+    def _ask(self, bucket: Bucket, elapsed: float, now: float) -> quota_pb2.QuotaAsk | None:
         state = self._states.get(bucket)
         if state is None:
             state = self._states[bucket] = _State()
@@ -176,7 +180,9 @@ class QuotaLeaser:
             overspent = math.ceil(-bucket.holding)
             bucket.holding += overspent
         returned = 0
-        if state.idle >= IDLE_ROUNDS:
+        # A budget exhausted for its window is kept however idle it is: a new bucket would
+        # know nothing of it, and would admit on credit.
+        if state.idle >= IDLE_ROUNDS and not (budget and bucket.exhausted_until > now):
             returned = max(0, math.floor(bucket.holding))
             del self.quotas.buckets[bucket.scope]
             del self._states[bucket]
@@ -211,6 +217,11 @@ class QuotaLeaser:
         bucket.granted_rate = rate if not bucket.leased else 0.5 * bucket.granted_rate + 0.5 * rate
         bucket.leased = True
         bucket.exhausted = grant.exhausted
+        if bucket.scope[2] in BUDGETS:
+            if grant.exhausted:
+                self.quotas.exhaust(bucket, grant.window)
+            else:
+                bucket.exhausted_until = 0.0  # a raised limit, or a new window
         bucket.refill_seconds = grant.refill_seconds
         bucket.window = grant.window
         bucket.refilled_at = 0.0

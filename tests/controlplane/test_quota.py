@@ -59,7 +59,7 @@ async def test_concurrent_leases_never_hand_out_more_than_the_bucket(
     assert grants[-1][0].limit == 600
 
 
-async def test_a_budget_is_leased_up_to_its_limit_and_returns_come_back(
+async def test_a_budget_is_leased_up_to_its_limit_and_stays_exhausted_for_its_window(
     admin: Admin, control_plane: RunningControlPlane
 ) -> None:
     tenant_id = await _tenant(admin, budget_day_nanos=1000)
@@ -67,12 +67,23 @@ async def test_a_budget_is_leased_up_to_its_limit_and_returns_come_back(
     assert ledger is not None
     first = (await ledger.lease([_ask(tenant_id, DAY, 700)]))[0]
     assert (first.granted, first.exhausted) == (700, False)
-    second = (await ledger.lease([_ask(tenant_id, DAY, 700)]))[0]
-    assert (second.granted, second.exhausted) == (300, True)
-    back = (await ledger.lease([_ask(tenant_id, DAY, 0, returned=200, window=first.window)]))[0]
+    # Handed back before the window is used up: it comes back.
+    back = (await ledger.lease([_ask(tenant_id, DAY, 0, returned=100, window=first.window)]))[0]
     assert (back.granted, back.exhausted) == (0, False)
+    second = (await ledger.lease([_ask(tenant_id, DAY, 700)]))[0]
+    assert (second.granted, second.exhausted) == (400, True)
+    # Handed back once it is used up: counted as spent, the window stays exhausted (a hand-back
+    # that reopened it made every holder start over, and a budget leak a request a cycle).
+    back = (await ledger.lease([_ask(tenant_id, DAY, 0, returned=200, window=first.window)]))[0]
+    assert (back.granted, back.exhausted) == (0, True)
+    again = (await ledger.lease([_ask(tenant_id, DAY, 100)]))[0]
+    assert (again.granted, again.exhausted) == (0, True)
     info = await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="acme"))
-    assert info.spent_day_nanos == 800
+    assert info.spent_day_nanos == 1000
+    # A raised limit reopens it.
+    await admin.SetLimits(admin_pb2.SetLimitsRequest(tenant="acme", budget_day_nanos=1500))
+    raised = (await ledger.lease([_ask(tenant_id, DAY, 100)]))[0]
+    assert (raised.granted, raised.exhausted) == (100, False)
 
 
 async def test_scopes_without_a_limit_get_nothing_and_bad_asks_name_the_field(

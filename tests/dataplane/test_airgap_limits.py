@@ -22,6 +22,7 @@ from dataplane.app import DataPlaneNode
 from dataplane.evidence.log import chain_files, log_path
 from dataplane.evidence.records import read_records
 from dataplane.quota import Kind
+from dataplane.quota.leaser import IDLE_ROUNDS
 from dataplane.quota.local import BUDGETS_FILE, QUOTA_DIR
 from signalbox.api.config.v1 import quota_pb2, snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
@@ -102,8 +103,9 @@ async def test_an_air_gapped_budget_survives_a_restart_and_a_lost_file_is_recoun
     simulator: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # A request reserves its worst case (100 max output tokens at sim-fast's $0.40 per
-    # million: 40,000 nano-USD and its input) before dispatch: a budget of a few requests.
+    # A request reserves its worst case (10 max output tokens and its input at the dearest
+    # candidate's prices: about 114,000 nano-USD) before dispatch: a budget of a few requests
+    # as they settle. (One dearer than the whole budget is refused outright: OverBudget.)
     budget = 200_000
     pin = _pin(
         tmp_path / "site.snapshot",
@@ -112,7 +114,7 @@ async def test_an_air_gapped_budget_survives_a_restart_and_a_lost_file_is_recoun
         snapshot_pb2.Limits(budget_day_nanos=budget),
     )
     data_dir = tmp_path / "node"
-    params = infer_pb2.GenerationParams(max_output_tokens=100)
+    params = infer_pb2.GenerationParams(max_output_tokens=10)
     node = await _pinned(start_node, pin, data_dir)
     assert node.ledger is not None
     async with grpc.aio.insecure_channel(node.address) as channel:
@@ -289,3 +291,92 @@ async def test_a_grant_whose_write_was_given_up_is_on_disk_once_the_node_stops(
     assert on_disk() == before + granted.granted
     await node.stop(0)
     assert on_disk() == before + granted.granted + again.granted
+
+
+async def test_an_exhausted_budget_stays_exhausted_through_idle_rounds_and_hand_backs(
+    start_node: NodeFactory, tmp_path: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    """Spent out, then idle for more than ``IDLE_ROUNDS`` lease periods: the next request is
+    still refused, and nothing past the budget was ever granted. (It used to be served on
+    credit each idle cycle: the bucket handed its leftover back, the ledger then reported room
+    again, the idle bucket was forgotten and rebuilt as a new one, which admits on credit.)"""
+    budget = 200_000
+    pin = _pin(
+        tmp_path / "site.snapshot",
+        signing_key,
+        simulator.base_url,
+        snapshot_pb2.Limits(budget_day_nanos=budget),
+    )
+    params = infer_pb2.GenerationParams(max_output_tokens=10)
+    node = await start_node(
+        snapshot_file=pin, data_dir=tmp_path / "node", http_listen="127.0.0.1:0", quota_lease_interval=0.02
+    )
+    ledger, leaser, quotas = node.ledger, node.leaser, node.quotas
+    assert ledger is not None
+    assert leaser is not None
+    assert quotas is not None
+    scope = ("t-acme", "", Kind.BUDGET_DAY)
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        for _ in range(100):
+            refused = await _infer(stub, params=params)
+            if refused is not None and ledger.spent("t-acme", "", Kind.BUDGET_DAY) > budget - 50_000:
+                break
+        else:
+            pytest.fail("the budget never ran out")
+        spent = ledger.spent("t-acme", "", Kind.BUDGET_DAY)
+        bucket = quotas.buckets[scope]
+        for cycle in range(2):
+
+            def idle(bucket: Any = bucket) -> bool:
+                state = leaser._states.get(bucket)
+                # None: the bucket was dropped as idle (a new one would be built).
+                return state is None or state.idle > IDLE_ROUNDS
+
+            await eventually(idle, timeout=30, message=f"idle cycle {cycle}")
+            again = await _infer(stub, params=params)
+            assert again is not None, f"served on credit after idle cycle {cycle}"
+            assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (again.details() or "").startswith("tenant acme budget per day exceeded"), again.details()
+            bucket = quotas.buckets[scope]
+    # Nothing granted past the budget, and nothing handed back reopened it.
+    assert ledger.spent("t-acme", "", Kind.BUDGET_DAY) >= spent
+    assert ledger.spent("t-acme", "", Kind.BUDGET_DAY) <= budget
+
+
+async def test_a_request_dearer_than_the_whole_budget_is_refused_as_such_without_retry_after(
+    start_node: NodeFactory, tmp_path: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    """Retrying can never help a request whose worst case is more than the whole budget: it is
+    refused as not transient, saying so, with no retry-after (it was "budget per day exceeded"
+    with retry-after 1, forever)."""
+    pin = _pin(
+        tmp_path / "site.snapshot",
+        signing_key,
+        simulator.base_url,
+        snapshot_pb2.Limits(budget_day_nanos=150_000),
+    )
+    node = await _pinned(start_node, pin, tmp_path / "node")
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        for _ in range(3):  # before and after the first lease alike
+            refused = await _infer(stub, params=infer_pb2.GenerationParams(max_output_tokens=2000))
+            assert refused is not None
+            assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.details()
+            details = refused.details() or ""
+            assert details.startswith("tenant acme budget per day: the request's worst case"), details
+            assert "is more than the whole budget (150000 nano-USD); lower its max tokens" in details
+            assert "retry-after" not in dict(refused.trailing_metadata() or ())
+        small = await _infer(stub, params=infer_pb2.GenerationParams(max_output_tokens=10))
+        assert small is None, small.details()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://{node.http_address}/v1/chat/completions",
+            json={"model": "sim-fast", "max_tokens": 2000, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {API_KEY}"},
+        ) as response,
+    ):
+        assert response.status == 422, await response.text()
+        assert "retry-after" not in response.headers
+        assert "is more than the whole budget" in await response.text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,24 @@ def test_the_first_request_of_a_limit_is_on_credit_the_next_wait_for_the_lease()
     with pytest.raises(LimitExceeded, match="quota lease pending"):
         quotas.admit(tenant, "", None, 1, 0)
     assert kicked
+
+
+def test_a_budget_reported_exhausted_refuses_whatever_it_holds_until_its_window_ends() -> None:
+    clock = Clock()
+    quotas = Quotas(clock=clock)
+    tenant = TenantConfig("t", "acme", limits=LimitsConfig(budget_day_nanos=10**9))
+    bucket = quotas.bucket(tenant, "", LimitsConfig(budget_day_nanos=10**9), Kind.BUDGET_DAY)
+    assert bucket is not None
+    _leased(quotas, holding=10**6)
+    # The ledger reported today's window used up.
+    end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    quotas.exhaust(bucket, (end - timedelta(days=1)).strftime("%Y-%m-%d"))
+    left = (end - datetime.now(UTC)).total_seconds()
+    with pytest.raises(LimitExceeded) as refused:
+        quotas.admit(tenant, "", None, 1, 1000)
+    assert left - 5 <= refused.value.retry_after <= left + 5
+    clock.now += left + 1  # the window is over: what the bucket holds is the new window's
+    assert quotas.admit(tenant, "", None, 1, 1000) is not None
 
 
 def test_unreachable_fail_closed_refuses_fail_open_refills_at_the_last_lease_rate() -> None:

@@ -24,6 +24,8 @@ PROMPT = "x" * 400
 """About 100 input tokens as the node estimates them (sim-fast: 100 nano-USD a token)."""
 BUDGET = 100_000
 """Nano-USD a day: a handful of such requests, each reserving about 16,000 before dispatch."""
+SMALL = infer_pb2.GenerationParams(max_output_tokens=8)
+"""A request's worst case within the budget (the model's maximum output is far beyond it)."""
 
 
 def _records(node: DataPlaneNode) -> list[dict[str, Any]]:
@@ -100,7 +102,7 @@ async def test_an_upstream_cut_mid_stream_is_charged_for_what_it_sent(
     node = await _limited_node(start_node, gated_upstream.base_url, signing_key, tmp_path)
     async with grpc.aio.insecure_channel(node.address) as channel:
         call = infer_pb2_grpc.InferServiceStub(channel).InferStream(
-            chat(PROMPT, correlation_id="cut"), metadata=AUTH, timeout=10
+            chat(PROMPT, params=SMALL, correlation_id="cut"), metadata=AUTH, timeout=10
         )
         assert (await call.read()).WhichOneof("event") == "start"
         assert (await call.read()).delta.text == "first "
@@ -121,7 +123,7 @@ async def test_a_stream_without_a_usage_chunk_is_charged_an_estimate(
     node = await _limited_node(start_node, simulator.base_url, signing_key, tmp_path, stream_usage="false")
     async with grpc.aio.insecure_channel(node.address) as channel:
         call = infer_pb2_grpc.InferServiceStub(channel).InferStream(
-            chat(PROMPT, correlation_id="no-usage"), metadata=AUTH, timeout=10
+            chat(PROMPT, params=SMALL, correlation_id="no-usage"), metadata=AUTH, timeout=10
         )
         events = [e async for e in call]
     end = events[-1].end

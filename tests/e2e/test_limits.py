@@ -66,7 +66,9 @@ async def fleet(database_url: str, private_tmp: Path, simulator: Simulator) -> A
         await _seed(admin, simulator)
         nodes = []
         for i in range(3):
-            node = await loopback_node(running, f"limits-{i + 1}", private_tmp, quota_lease_interval=LEASE)
+            node = await loopback_node(
+                running, f"limits-{i + 1}", private_tmp, quota_lease_interval=LEASE, http_listen="127.0.0.1:0"
+            )
             await node.start()
             stack.push_async_callback(node.stop)
             nodes.append(node)
@@ -358,6 +360,18 @@ async def test_control_plane_unreachable_fail_open_serves_at_the_last_lease_fail
         assert closed.code == grpc.StatusCode.UNAVAILABLE
         assert closed.details.startswith("tenant strict requests per minute: no quota can be leased"), closed
         assert closed.retry_after is not None
+        # The HTTP door says the same, retry-after included (it once had none on a 503).
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://{node.http_address}/v1/chat/completions",
+                json={"model": "small", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {closed_secret}"},
+            ) as response,
+        ):
+            assert response.status == 503, await response.text()
+            assert "tenant strict requests per minute: no quota can be leased" in await response.text()
+            assert int(response.headers["retry-after"]) >= 1
 
         # Fail open: still served at about the rate of the last leases (4/s here)...
         for _ in range(6):
