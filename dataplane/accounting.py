@@ -51,6 +51,16 @@ def reserved_input_tokens(estimated: int) -> int:
     return estimated + estimated // 8 + 16
 
 
+def output_cap(max_output_tokens: int | None, model: ModelConfig, embeds: bool, default: int) -> int:
+    """The most output tokens a request may get from ``model``: its max tokens, else the
+    model's maximum, else ``default``; an embedding has none."""
+    if max_output_tokens is not None:
+        return max_output_tokens
+    if embeds:
+        return 0
+    return model.max_output_tokens or default
+
+
 def estimated_usage(input_tokens: int, output_chars: int) -> Usage:
     """Usage of an answer whose provider never reported it (a stream the caller or the
     upstream cut short, or one without a usage chunk): the provider was still paid for the

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dataplane.accounting import reserved_input_tokens
+from dataplane.accounting import output_cap, reserved_input_tokens
 from dataplane.config.model import DEFAULT_OUTPUT_TOKENS, Capability
 from dataplane.errors import PermissionDenied
 from dataplane.pipeline.trace import Trace
@@ -20,13 +20,10 @@ def worst_case(query: RouteQuery, plan: RoutePlan) -> tuple[int, int]:
     ``DEFAULT_OUTPUT_TOKENS``; embeddings have none."""
     tokens = cost = 0
     inputs = reserved_input_tokens(query.estimated_input_tokens)
+    embeds = Capability.EMBEDDINGS in query.capabilities
     for candidate in plan.ordered:
         model = candidate.model
-        out = 0
-        if query.max_output_tokens is not None:
-            out = query.max_output_tokens
-        elif Capability.EMBEDDINGS not in query.capabilities:
-            out = model.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        out = output_cap(query.max_output_tokens, model, embeds, DEFAULT_OUTPUT_TOKENS)
         tokens = max(tokens, inputs + out)
         priced = (
             inputs * model.input_price_nanos_per_mtok + out * model.output_price_nanos_per_mtok + 999_999

@@ -27,6 +27,7 @@ from dataplane.chat import (
     StreamChunk,
     Usage,
 )
+from dataplane.config.model import Capability
 from dataplane.deadlines import DEFAULT_DEADLINE_S, DEFAULT_STREAM_DEADLINE_S
 from dataplane.errors import (
     EvidenceSpoolFull,
@@ -389,6 +390,8 @@ class Pipeline:
             request_id=trace.correlation_id,
         )
         trace.input_tokens = reserved_input_tokens(query.estimated_input_tokens)
+        trace.max_output_tokens = query.max_output_tokens
+        trace.embeds = Capability.EMBEDDINGS in query.capabilities
         if query.model:
             scope.check_model(query.model)
         try:
@@ -478,6 +481,7 @@ class Pipeline:
         )
         trace.dispatch_ms = (time.monotonic() - started) * 1000
         trace.candidate, trace.attempts = candidate, attempts
+        trace.charge_timeouts()
         trace.mark("dispatch")
         return result, candidate
 
@@ -508,6 +512,7 @@ class Pipeline:
         attempts = getattr(exc, "attempts", None)
         if attempts is not None:
             trace.attempts, trace.skipped = attempts, getattr(exc, "skipped", [])
+            trace.charge_timeouts()
         outcome = to_status(exc)
         if outcome.code is grpc.StatusCode.INTERNAL:
             log.error("request %s failed unexpectedly", trace.correlation_id, exc_info=exc)

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dataplane.accounting import NO_COST, Cost, added, cost_of, estimated_usage
+from dataplane.accounting import NO_COST, Cost, added, cost_of, estimated_usage, output_cap
 from dataplane.auth import Caller
 from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, Usage
+from dataplane.config.model import DEFAULT_OUTPUT_TOKENS
 from dataplane.errors import InvalidRequest
 from dataplane.outcome import Outcome
 from dataplane.pipeline.call import RequestGovernance
@@ -40,6 +41,9 @@ class Trace:
     """``usage`` is the node's estimate: the provider never reported it (``estimated_usage``)."""
     input_tokens: int = 0
     """The request's input tokens as the node estimates them (``reserved_input_tokens``)."""
+    max_output_tokens: int | None = None
+    """The request's max tokens (None: not given)."""
+    embeds: bool = False
     cost: Cost = NO_COST
     discarded: Usage | None = None
     """Usage of the answers upstreams gave that were not served (governance refused them):
@@ -80,6 +84,22 @@ class Trace:
             self.usage_estimated = True
         self.discarded = added(self.discarded, usage)
         self.discarded_cost += cost_of(candidate.model, usage)
+
+    def charge_timeouts(self) -> None:
+        """Count each attempt cut by a timeout (``attempts``) as if it generated its whole
+        answer: the upstream had the request and may bill it in full (a provider usually
+        finishes a generation its caller stopped waiting for). Without it a caller setting a
+        short deadline had every request cost nothing against its budget, whatever the
+        provider billed. Estimated: the input as reserved, the output at the request's cap."""
+        for attempt in self.attempts:
+            if attempt.outcome != "timeout":
+                continue
+            model = attempt.candidate.model
+            out = output_cap(self.max_output_tokens, model, self.embeds, DEFAULT_OUTPUT_TOKENS)
+            usage = Usage(input_tokens=self.input_tokens, output_tokens=out)
+            self.discarded = added(self.discarded, usage)
+            self.discarded_cost += cost_of(model, usage)
+            self.usage_estimated = True
 
     def mark(self, step: str) -> None:
         """``step`` ended now (recorded only when the request is traced)."""

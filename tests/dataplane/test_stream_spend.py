@@ -17,6 +17,7 @@ from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from signalbox.shell.simulator.behaviour import Behaviour
 from tests.dataplane.conftest import AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
 from tests.helpers import eventually
 
@@ -134,3 +135,29 @@ async def test_a_stream_without_a_usage_chunk_is_charged_an_estimate(
     assert record["usage"]["output_tokens"] == -(-len(text) // 4)
     assert record["cost"]["total_nanos"] > 0
     assert end.cost.total_nanos == record["cost"]["total_nanos"]
+
+
+async def test_a_request_cut_by_its_deadline_counts_as_generated_in_full(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """The upstream had the request and may bill all of it (providers finish a generation
+    whose caller stopped waiting). It cost nothing: a caller setting a short deadline had
+    every request free against its budget, whatever the provider billed."""
+    simulator.set_behaviour("sim-fast", Behaviour(latency_ms=5_000))
+    node = await _limited_node(start_node, simulator.base_url, signing_key, tmp_path)
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Infer(
+                chat(PROMPT, params=SMALL, correlation_id="cut-short"),
+                metadata=AUTH,
+                timeout=1.0,
+            )
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    [record] = [r for r in _records(node) if r["correlation_id"] == "cut-short"]
+    assert record["outcome"]["code"] == "DEADLINE_EXCEEDED"
+    assert [a["outcome"] for a in record["routing"]["attempts"]] == ["timeout"]
+    usage = record["usage"]
+    assert (usage["output_tokens"], usage["estimated"]) == (SMALL.max_output_tokens, True)
+    assert usage["input_tokens"] >= len(PROMPT) // 4
+    assert record["cost"]["total_nanos"] > 0
