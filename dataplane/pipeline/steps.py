@@ -193,6 +193,7 @@ class Pipeline:
                 if trace.content is not None and isinstance(result, ChatResponse):
                     add_response_content(trace.content, _concealed(trace, result.message.text))
         except asyncio.CancelledError:
+            trace.charge_timeouts()  # what the upstream had when the caller went away
             self._record_refusal(trace, CANCELLED)
             raise
         except Exception as exc:
@@ -476,8 +477,16 @@ class Pipeline:
         started = time.monotonic()
         # Every attempt ends in a provider adapter's call, which keeps the deadline it is given
         # (``ProviderAdapter``): no timer of the dispatcher's per attempt.
+        # Appended to as attempts end: a request cancelled meanwhile still knows them (and
+        # the one in flight), to record and count (``_unary``).
+        trace.attempts = []
         result, candidate, attempts = await self.dispatcher.call(
-            plan, attempt, deadline=deadline, skipped=trace.skipped, keeps_deadline=True
+            plan,
+            attempt,
+            deadline=deadline,
+            skipped=trace.skipped,
+            keeps_deadline=True,
+            attempts=trace.attempts,
         )
         trace.dispatch_ms = (time.monotonic() - started) * 1000
         trace.candidate, trace.attempts = candidate, attempts

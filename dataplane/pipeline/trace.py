@@ -16,10 +16,14 @@ from dataplane.errors import InvalidRequest
 from dataplane.outcome import Outcome
 from dataplane.pipeline.call import RequestGovernance
 from dataplane.quota import Reservation
+from dataplane.routing.attempts import CANCELLED
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import AttemptRecord, ShadowOutcome
 from dataplane.routing.query import RoutePlan
 from dataplane.snapshot.serving import ServingState
+
+CUT_SHORT = frozenset({"timeout", CANCELLED})
+"""Outcomes of attempts the upstream had and did not answer (``Trace.charge_timeouts``)."""
 
 
 @dataclass(slots=True)
@@ -41,6 +45,8 @@ class Trace:
     """``usage`` is the node's estimate: the provider never reported it (``estimated_usage``)."""
     input_tokens: int = 0
     """The request's input tokens as the node estimates them (``reserved_input_tokens``)."""
+    charged: int = 0
+    """How many of ``attempts`` ``charge_timeouts`` has looked at."""
     max_output_tokens: int | None = None
     """The request's max tokens (None: not given)."""
     embeds: bool = False
@@ -86,13 +92,14 @@ class Trace:
         self.discarded_cost += cost_of(candidate.model, usage)
 
     def charge_timeouts(self) -> None:
-        """Count each attempt cut by a timeout (``attempts``) as if it generated its whole
-        answer: the upstream had the request and may bill it in full (a provider usually
+        """Count each attempt cut by a timeout, or in flight when the request was cancelled
+        (``attempts``), as if it generated its whole answer: the upstream had the request and may bill it in full (a provider usually
         finishes a generation its caller stopped waiting for). Without it a caller setting a
         short deadline had every request cost nothing against its budget, whatever the
         provider billed. Estimated: the input as reserved, the output at the request's cap."""
-        for attempt in self.attempts:
-            if attempt.outcome != "timeout":
+        attempts, self.charged = self.attempts[self.charged :], len(self.attempts)
+        for attempt in attempts:  # each counted once, however often this is called
+            if attempt.outcome not in CUT_SHORT:
                 continue
             model = attempt.candidate.model
             out = output_cap(self.max_output_tokens, model, self.embeds, DEFAULT_OUTPUT_TOKENS)

@@ -18,13 +18,16 @@ T = TypeVar("T")
 
 HEDGED = "hedged"
 """Outcome of an attempt cancelled because another attempt of the same request answered first."""
+CANCELLED = "cancelled"
+"""Outcome of an attempt in flight when its request was cancelled (the caller went away)."""
 
 
 @dataclass(slots=True)  # not frozen: made per attempt (see dataplane.pipeline.call)
 class AttemptRecord:
     candidate: Candidate
     outcome: str
-    """"ok", the error's kind, or "hedged" (cancelled: another attempt answered first)."""
+    """"ok", the error's kind, "hedged" (cancelled: another attempt answered first) or
+    "cancelled" (in flight when the request was cancelled)."""
     error: str
     duration_ms: int
     http_status: int | None = None

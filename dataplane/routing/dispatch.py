@@ -57,7 +57,16 @@ from dataplane.errors import (
     DispatchFailed,
     ProviderError,
 )
-from dataplane.routing.attempts import HEDGED, AttemptRecord, Cursor, Flight, Launch, bounded, timed_out
+from dataplane.routing.attempts import (
+    CANCELLED,
+    HEDGED,
+    AttemptRecord,
+    Cursor,
+    Flight,
+    Launch,
+    bounded,
+    timed_out,
+)
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.health import (
     DEFAULT_BREAKER,
@@ -134,6 +143,7 @@ class Dispatcher:
         skipped: list[tuple[str, str]] | None = None,
         hedge: bool = True,
         keeps_deadline: bool = False,
+        attempts: list[AttemptRecord] | None = None,
     ) -> tuple[T, Candidate, list[AttemptRecord]]:
         """Try candidates in order; ``deadline`` is in the dispatcher's clock (``time.monotonic()``).
 
@@ -146,6 +156,9 @@ class Dispatcher:
         runs on the event loop's clock. ``keeps_deadline``: ``attempt`` itself ends by
         ``remaining_s`` (a provider adapter: its upstream client bounds every wait by the
         attempt's deadline), so the dispatcher adds no timer of its own to each attempt.
+        ``attempts``: the list the attempts are appended to as they end (a new one when not
+        given), so a caller cancelled meanwhile still knows them: an attempt in flight when
+        the call is cancelled is appended as ``cancelled`` (without hedging).
         """
         if skipped is None:
             skipped = []
@@ -153,7 +166,8 @@ class Dispatcher:
             return await self._call_hedged(plan, attempt, deadline, skipped)
         retry = plan.retry
         clock = self._clock
-        attempts: list[AttemptRecord] = []
+        if attempts is None:
+            attempts = []
         last: ProviderError | None = None
         cur = Cursor(plan.ordered)
         while (launch := await self._next(cur, retry, len(attempts), deadline, skipped)) is not None:
@@ -169,6 +183,15 @@ class Dispatcher:
                 error = exc
             except asyncio.CancelledError:
                 self._cut(launch.state, started, deadline)
+                attempts.append(
+                    AttemptRecord(
+                        launch.candidate,
+                        CANCELLED,
+                        "the request was cancelled while the upstream had it",
+                        int((clock() - started) * 1000),
+                        backoff_ms=int(launch.wait * 1000),
+                    )
+                )
                 raise
             except BaseException:
                 launch.state.release_probe()

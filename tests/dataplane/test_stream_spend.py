@@ -161,3 +161,28 @@ async def test_a_request_cut_by_its_deadline_counts_as_generated_in_full(
     assert (usage["output_tokens"], usage["estimated"]) == (SMALL.max_output_tokens, True)
     assert usage["input_tokens"] >= len(PROMPT) // 4
     assert record["cost"]["total_nanos"] > 0
+
+
+async def test_a_request_cancelled_while_the_upstream_has_it_counts_as_generated_in_full(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """As a deadline: the caller hanging up does not stop the provider billing. The record
+    also names the attempt that was in flight, which it did not before."""
+    simulator.set_behaviour("sim-fast", Behaviour(latency_ms=5_000))
+    node = await _limited_node(start_node, simulator.base_url, signing_key, tmp_path)
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        call = infer_pb2_grpc.InferServiceStub(channel).Infer(
+            chat(PROMPT, params=SMALL, correlation_id="hung-up"), metadata=AUTH, timeout=30
+        )
+        await eventually(
+            lambda: simulator.stats("sim-fast").chat == 1, message="the upstream has the request"
+        )
+        call.cancel()
+        await eventually(
+            lambda: any(r["correlation_id"] == "hung-up" for r in _records(node)), message="the record"
+        )
+    [record] = [r for r in _records(node) if r["correlation_id"] == "hung-up"]
+    assert record["outcome"]["code"] == "CANCELLED"
+    assert [(a["model"], a["outcome"]) for a in record["routing"]["attempts"]] == [("sim-fast", "cancelled")]
+    assert (record["usage"]["output_tokens"], record["usage"]["estimated"]) == (SMALL.max_output_tokens, True)
+    assert record["cost"]["total_nanos"] > 0
