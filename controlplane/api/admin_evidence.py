@@ -22,6 +22,7 @@ from controlplane.evidence.imports import MAX_IMPORT_BYTES, EvidenceImporter
 from controlplane.evidence.queries import EvidenceFilter, EvidenceQueries
 from controlplane.evidence.retention import EvidenceRetention
 from controlplane.evidence.usage import UsageFilter, UsageRow
+from controlplane.services.admin import AdminService
 from signalbox.api.admin.v1 import admin_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -34,13 +35,24 @@ class EvidenceAdmin:
     _exporter: EvidenceExporter
     _retention: EvidenceRetention
     _importer: EvidenceImporter
+    _admin: AdminService
+
+    async def _tenant_id(self, ref: str) -> str:
+        """The id of the tenant ``ref`` names by id or name: records carry their tenant's id,
+        so ``--tenant acme`` must not be a filter nothing matches (a query, a report or a
+        signed pack answering "none" for a tenant that has records). A ``ref`` naming no
+        tenant is kept as it is: a deleted tenant's records keep its id."""
+        return (await self._admin.tenant_id(ref) or ref) if ref else ""
 
     # ---- evidence store ----
 
     async def QueryEvidence(
         self, request: admin_pb2.QueryEvidenceRequest, context: Context
     ) -> admin_pb2.QueryEvidenceResponse:
-        rows, truncated = await self._evidence.records(_evidence_filter(request, limit=request.limit))
+        tenant_id = await self._tenant_id(request.tenant_id)
+        rows, truncated = await self._evidence.records(
+            _evidence_filter(request, tenant_id, limit=request.limit)
+        )
         # Pruned records are all older than their statement's pruned_before.
         since = request.since.ToDatetime(UTC) if request.HasField("since") else None
         pruned = [
@@ -58,7 +70,7 @@ class EvidenceAdmin:
         since = request.since.ToDatetime(UTC) if request.HasField("since") else None
         report = await self._evidence.usage.report(
             UsageFilter(
-                tenant_id=request.tenant_id,
+                tenant_id=await self._tenant_id(request.tenant_id),
                 api_key_id=request.api_key_id,
                 model=request.model,
                 since=since,
@@ -113,7 +125,8 @@ class EvidenceAdmin:
     async def ExportEvidence(
         self, request: admin_pb2.ExportEvidenceRequest, context: Context
     ) -> AsyncIterator[admin_pb2.EvidencePackChunk]:
-        async for plan, data in self._exporter.export(_evidence_filter(request)):
+        query = _evidence_filter(request, await self._tenant_id(request.tenant_id))
+        async for plan, data in self._exporter.export(query):
             if plan is not None:
                 yield admin_pb2.EvidencePackChunk(records=plan.records, pack_id=plan.pack_id)
             else:
@@ -160,11 +173,14 @@ class EvidenceAdmin:
 
 
 def _evidence_filter(
-    request: admin_pb2.QueryEvidenceRequest | admin_pb2.ExportEvidenceRequest, *, limit: int = 0
+    request: admin_pb2.QueryEvidenceRequest | admin_pb2.ExportEvidenceRequest,
+    tenant_id: str,
+    *,
+    limit: int = 0,
 ) -> EvidenceFilter:
     return EvidenceFilter(
         correlation_id=request.correlation_id,
-        tenant_id=request.tenant_id,
+        tenant_id=tenant_id,
         api_key_id=request.api_key_id,
         model=request.model,
         outcome=request.outcome,

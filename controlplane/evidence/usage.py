@@ -12,7 +12,11 @@ defensively: a count that is not a plain non-negative integer of at most 18 digi
 0, a latency that is not a number is left out, and a report never fails on a record. A body
 holding ``\\u0000`` (valid JSON, say a NUL in a FULL-content tenant's prompt, but refused by
 ``jsonb``) is read with that escape replaced by ``\\u2400`` (the same length, and valid JSON
-wherever the original escape was).
+wherever the original escape was). A number ``numeric`` cannot hold (``1e999999``, or 20,000
+digits after the point: valid JSON, which ingest takes in a member it does not read, and which
+would fail the whole report) can only be in a body ``_SUSPECT`` matches; such a body is read as
+``json`` (text, no conversion), the members a report reads picked out of it (``_SAFE``), each
+read as it would be from ``jsonb``.
 """
 
 from __future__ import annotations
@@ -84,12 +88,39 @@ def _signed(path: str) -> str:
 
 
 # A number as JSON writes one, with a bounded exponent (float8 cannot hold 1e400).
+_LATENCY_NUMBER = "^-?[0-9]{1,18}(\\.[0-9]{1,18})?([eE][-+]?[0-9]{1,2})?$"
 _LATENCY = (
     "CASE WHEN jsonb_typeof(j #> '{timings,total_ms}') = 'number' "
-    "AND (j #>> '{timings,total_ms}') ~ '^-?[0-9]{1,18}(\\.[0-9]{1,18})?([eE][-+]?[0-9]{1,2})?$' "
+    f"AND (j #>> '{{timings,total_ms}}') ~ '{_LATENCY_NUMBER}' "
     "THEN (j #>> '{timings,total_ms}')::float8 END"
 )
 _REQUEST = "coalesce(j ->> 'kind', '') <> 'shadow'"
+
+# A JSON number with an exponent of 4 digits or more (PostgreSQL before 15 refuses one above
+# 1000), or 255 digits in a row (numeric keeps at most 16,383 after the point). Hex digests
+# are not numbers: a number follows ':', ',' or '['. Matching more (text in a string) is
+# harmless: ``_SAFE`` reads such a body as ``jsonb`` would.
+_SUSPECT = (
+    "t ~ '[:,[]\\s*-?[0-9]+(\\.[0-9]+)?[eE][-+]?0*[1-9][0-9]{3}' OR t ~ '[0-9]{255}'"  # faster than '|'
+)
+
+
+def _text(path: str) -> str:
+    return f"to_jsonb(t::json #>> '{{{path}}}')"
+
+
+# The members ``_MEASURES`` reads, from the body as ``json``: a count as its text (its test is
+# on the text), the latency as the same ``jsonb`` number when it is one ``_LATENCY`` takes.
+_MS = "t::json #> '{timings,total_ms}'"
+_SAFE = f"""jsonb_build_object(
+    'kind', to_jsonb(t::json ->> 'kind'),
+    'usage', jsonb_build_object(
+        'input_tokens', {_text("usage,input_tokens")},
+        'output_tokens', {_text("usage,output_tokens")},
+        'cached_input_tokens', {_text("usage,cached_input_tokens")}),
+    'cost', jsonb_build_object('total_nanos', {_text("cost,total_nanos")}),
+    'timings', jsonb_build_object('total_ms', CASE WHEN json_typeof({_MS}) = 'number'
+        AND ({_MS} #>> '{{}}') ~ '{_LATENCY_NUMBER}' THEN ({_MS} #>> '{{}}')::jsonb END))"""
 
 _MEASURES = f"""
     count(*) FILTER (WHERE {_REQUEST}) AS requests,
@@ -143,8 +174,16 @@ class UsageReports:
             SELECT {selected + "," if selected else ""} {is_total} AS is_total, {_MEASURES}
             FROM (
                 SELECT ts, tenant_id, api_key_id, model, outcome,
-                       replace(convert_from(body, 'UTF8'), '\\u0000', '\\u2400')::jsonb AS j
-                FROM evidence_records WHERE {" AND ".join(clauses)}
+                       CASE WHEN {_SUSPECT} THEN {_SAFE} ELSE t::jsonb END AS j
+                FROM (
+                    SELECT ts, tenant_id, api_key_id, model, outcome,
+                           replace(convert_from(body, 'UTF8'), '\\u0000', '\\u2400') AS t
+                    FROM evidence_records WHERE {" AND ".join(clauses)}
+                    OFFSET 0
+                ) s
+                -- Each OFFSET 0 keeps its subquery whole: t and j are made once per record, not
+                -- once per use (a report reads j a dozen times; without it, 4 times slower).
+                OFFSET 0
             ) r
             GROUP BY {sets}
             ORDER BY is_total DESC, {", ".join(str(i + 1) for i in range(len(by))) or "1"}

@@ -24,11 +24,14 @@ class Output:
         headers: Sequence[str] = (),
         rows: Sequence[Sequence[object]] = (),
         text: str | None = None,
+        exit_code: int = 0,
     ):
         self.message = message
         self.headers = headers
         self.rows = rows
         self.text = text
+        self.exit_code = exit_code
+        """Not 0: the call succeeded but did not do all that was asked (printed all the same)."""
 
 
 def enum_name(enum: Any, prefix: str, value: int) -> str:

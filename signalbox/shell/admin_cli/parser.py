@@ -165,7 +165,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _evidence_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--correlation-id", help="the request's correlation id")
-    p.add_argument("--tenant", help="tenant id")
+    p.add_argument("--tenant", help="tenant id or name")
     p.add_argument("--api-key", help="API key id")
     p.add_argument("--model", help="the model that served it")
     p.add_argument("--outcome", help="outcome code, e.g. OK or PERMISSION_DENIED")

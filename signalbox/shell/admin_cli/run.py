@@ -94,7 +94,7 @@ def admin_command(ns: argparse.Namespace) -> int:
         print(f"signalbox admin: {exc.status.name}: {exc.message}", file=sys.stderr)
         return EXIT_CODES.get(exc.status, 1)
     _print(out, ns)
-    return 0
+    return out.exit_code
 
 
 def _credentials(ns: argparse.Namespace) -> tuple[tuple[str, str], ...]:

@@ -328,3 +328,31 @@ async def test_a_killed_writer_leaves_no_stale_lock(private_tmp: Path) -> None:
     await child.wait()
     with WriterLock(log_path(data_dir, NODE)):
         pass
+
+
+async def test_an_import_a_chain_of_which_is_refused_exits_non_zero_naming_it(
+    control_plane: RunningControlPlane, admin: Admin, private_tmp: Path
+) -> None:
+    """A pack that verifies can still be refused by the store, chain by chain (here: it
+    starts at seq 4 and the store holds nothing of the chain). The admin's script must not
+    take that for an import and delete the pack."""
+    data_dir = private_tmp / "ag-import-gap"
+    await provision(admin, control_plane, data_dir)
+    await _write(data_dir, 7, checkpoint_records=3)
+    tail = private_tmp / "ag-import-gap-tail.pack"
+    assert (await export(data_dir, tail, "--since-seq", "4")).returncode == 0
+    target = ("admin", "--target", control_plane.address, "--token", control_plane.token)
+
+    refused = await _signalbox(*target, "evidence", "import", str(tail))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"chain '{NODE}/0' not imported from seq 4: " in refused.stderr
+    assert "gap, expected seq 1 next" in refused.stderr
+    assert _stored(control_plane.database_url) == (0, 0)
+
+    whole = private_tmp / "ag-import-gap-whole.pack"
+    assert (await export(data_dir, whole)).returncode == 0
+    for pack_file in (whole, tail):  # all of it, then the tail again: held already
+        imported = await _signalbox(*target, "evidence", "import", str(pack_file))
+        assert imported.returncode == 0, imported.stderr
+        assert imported.stderr == ""
+    assert _stored(control_plane.database_url) == (7, 7)

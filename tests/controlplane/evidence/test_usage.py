@@ -5,6 +5,7 @@ break a report; a tenant admin sees its own tenant only."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import statistics
@@ -17,6 +18,7 @@ import grpc
 import pytest
 
 from dataplane.evidence.log import EvidenceLog, log_path
+from dataplane.evidence.records import GENESIS_HASH, encode_record, stored_line
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.controlplane.evidence.conftest import Stream
 from tests.controlplane.test_cli import _signalbox
@@ -314,3 +316,69 @@ async def test_a_report_that_runs_too_long_is_refused_saying_how_to_narrow_it(
     finally:
         holder.dispose()
         await engine.dispose()
+
+
+def _raw_lines(tenant: str, members: list[dict[str, str]]) -> list[bytes]:
+    """node-a's chain as a hostile node writes it: record ``i`` with the JSON text of each
+    entry of ``members[i]`` spliced in at its member path (``a.b``), each line hashed and
+    linked as ingest checks."""
+    lines, prev = [], GENESIS_HASH
+    for seq, spliced in enumerate(members, start=1):
+        record: dict[str, Any] = {
+            "chain_id": "node-a/0",
+            "node_id": "node-a",
+            "seq": seq,
+            "prev_hash": prev,
+            "record_id": f"{seq:032x}",
+            "ts": time.time(),
+            "kind": "chat",
+            "tenant_id": tenant,
+            "usage": {"input_tokens": 10, "output_tokens": 1},
+            "timings": {"total_ms": 2.0},
+            "outcome": {"code": "OK"},
+        }
+        for i, path in enumerate(spliced):
+            *parents, last = path.split(".")
+            member = record
+            for name in parents:
+                member = member.setdefault(name, {})
+            member[last] = f"SPLICED-{i}"
+        body = encode_record(record)
+        for i, text in enumerate(spliced.values()):
+            body = body.replace(f'"SPLICED-{i}"'.encode(), text.encode())
+        prev = hashlib.sha256(body).hexdigest()
+        lines.append(stored_line(body, prev))
+    return lines
+
+
+async def test_a_number_postgresql_cannot_hold_in_a_record_never_fails_a_report(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], tenants: tuple[str, str]
+) -> None:
+    acme, _ = tenants
+    stream, _ = node
+    huge_fraction = "0." + "0" * 20_000 + "1"
+    # Numbers JSON allows, beyond what PostgreSQL's numeric holds, where ingest does not look.
+    lines = _raw_lines(
+        acme,
+        [
+            {},  # an ordinary record
+            {"extra": "1e999999"},  # a member no report reads
+            {"usage.input_tokens": "1e-999999"},
+            {"usage.output_tokens": "-12e131072"},
+            {"timings.total_ms": huge_fraction},
+            {"timings.total_ms": "1E+0000000000000000000016384"},
+            {"cost.x": "1." + "0" * 7000 + "1e-9999"},
+            # An honest record whose text looks like such numbers is read all the same.
+            {"content.response": '"ratio:1e12345, [' + "7" * 300 + '"', "timings.total_ms": "6.0"},
+        ],
+    )
+    assert (await stream.ship("node-a/0", lines)).head_seq == len(lines)
+    async with grpc.aio.insecure_channel(evidence_plane.address) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        for by in ([], ["day", "tenant"]):
+            report = await admin.GetUsage(admin_pb2.GetUsageRequest(by=by), metadata=evidence_plane.metadata)
+            # Every record counts as a request; a number out of range reads as nothing.
+            assert (report.total.requests, report.total.errors) == (8, 0)
+            assert (report.total.input_tokens, report.total.output_tokens) == (70, 7)
+            assert report.total.latency_p50_ms == 2.0
+            assert report.total.latency_p99_ms == pytest.approx(2 + 0.95 * 4)

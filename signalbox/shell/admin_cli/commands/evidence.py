@@ -116,7 +116,8 @@ IMPORTED_COLUMNS = ("chain", "stored", "duplicates", "head", "checkpoints", "err
 
 
 async def evidence_import(stub: Stub, ns: argparse.Namespace) -> Output:
-    """Stream the pack in pieces; one row per chain: what was stored, already held, the head."""
+    """Stream the pack in pieces; one row per chain: what was stored, already held, the head.
+    Exit 1 when the store refused any chain from some record on (named on stderr)."""
     from dataplane.evidence import pack
     from signalbox.shell.progress import records_bar
 
@@ -141,4 +142,13 @@ async def evidence_import(stub: Stub, ns: argparse.Namespace) -> Output:
         )
         for c in r.chains
     ]
-    return Output(r, IMPORTED_COLUMNS, rows)
+    # A pack that verified can still be refused by the store from some record on (a gap,
+    # a record stored with another hash): exit 1, so a script does not take it for imported.
+    refused = [c for c in r.chains if c.error]
+    for c in refused:
+        print(
+            f"signalbox admin: chain {printable(repr(c.chain_id), 100)} not imported from seq "
+            f"{c.error_seq}: {printable(c.error)}",
+            file=sys.stderr,
+        )
+    return Output(r, IMPORTED_COLUMNS, rows, exit_code=1 if refused else 0)

@@ -151,7 +151,7 @@ def add_usage_commands(
         help="requests, errors, tokens, cost and latency from shipped evidence, grouped (--by) and totalled",
     )
     p.set_defaults(admin_action=usage_report)
-    p.add_argument("--tenant", help="tenant id (a tenant admin's own by default)")
+    p.add_argument("--tenant", help="tenant id or name (a tenant admin's own by default)")
     p.add_argument("--key", "--api-key", dest="api_key", help="API key id")
     p.add_argument("--model", help="the model that served")
     p.add_argument(
