@@ -242,6 +242,7 @@ class Pipeline:
                 )
                 trace.first_chunk_ms = (time.monotonic() - dispatched) * 1000
                 trace.candidate, trace.attempts = candidate, attempts
+                trace.charge_timeouts()
                 yield Opened(trace.correlation_id, candidate, trace.record_id)
                 governed = [g.stream(trace.governance) for g in trace.governors]
                 while True:

@@ -5,6 +5,7 @@ never nothing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.simulator.behaviour import Behaviour
 from tests.dataplane.conftest import AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
+from tests.dataplane.upstream.rawserver import Peer, RawServer
+from tests.dataplane.upstream.rawserver import answer as raw_answer
 from tests.helpers import eventually
 
 PROMPT = "x" * 400
@@ -186,3 +189,75 @@ async def test_a_request_cancelled_while_the_upstream_has_it_counts_as_generated
     assert [(a["model"], a["outcome"]) for a in record["routing"]["attempts"]] == [("sim-fast", "cancelled")]
     assert (record["usage"]["output_tokens"], record["usage"]["estimated"]) == (SMALL.max_output_tokens, True)
     assert record["cost"]["total_nanos"] > 0
+
+
+def _sse(*events: dict[str, Any]) -> bytes:
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    return raw_answer(body, headers="Content-Type: text/event-stream\r\n").replace(
+        b"Content-Type: application/json\r\n", b"", 1
+    )
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
+async def test_an_answer_served_after_a_timed_out_attempt_also_counts_that_attempt(
+    start_node: NodeFactory, signing_key: Ed25519PrivateKey, tmp_path: Path, streamed: bool
+) -> None:
+    """The first attempt has the request and stalls past the deployment's timeout; the retry
+    answers. Both were sent: the served answer's usage and the timed-out attempt's estimate."""
+    answer = json.dumps(
+        {
+            "id": "chatcmpl-2",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "sim-fast",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 2, "total_tokens": 102},
+        }
+    ).encode()
+
+    async def stall_the_first(server: RawServer, peer: Peer) -> None:
+        while (request := await peer.request()) is not None:
+            server.requests.append(request)
+            if len(server.requests) == 1:
+                await peer.wait_closed_by_client()  # never answers: the node's timeout ends it
+                return
+            if not streamed:
+                await peer.send(raw_answer(answer))
+                continue
+            chunk = {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1, "model": "sim-fast"}
+            await peer.send(
+                _sse(
+                    {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}}]},
+                    {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                    {**chunk, "choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 2}},
+                )
+            )
+
+    async with RawServer(stall_the_first) as upstream:
+        node = await start_node(data_dir=tmp_path / "node", quota_lease_interval=0.1)
+        snap = snapshot(
+            1, upstream.url, provider_type="openai_compatible", allowed=("sim-fast",), timeout_ms=300
+        )
+        next(t for t in snap.tenants if t.id == "t-acme").limits.CopyFrom(
+            snapshot_pb2.Limits(budget_day_nanos=BUDGET)
+        )
+        policy = json.loads(snap.policies[0].document_json)
+        policy["retry"] = {"max_attempts": 2, "attempts_per_deployment": 2, "backoff_base_ms": 1}
+        snap.policies[0].document_json = json.dumps(policy)
+        assert (await node.store.apply(envelope(snap, signing_key))).accepted
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            stub = infer_pb2_grpc.InferServiceStub(channel)
+            request = chat(PROMPT, params=SMALL, correlation_id="second-try")
+            if streamed:
+                async for _ in stub.InferStream(request, metadata=AUTH, timeout=30):
+                    pass
+            else:
+                await stub.Infer(request, metadata=AUTH, timeout=30)
+    [record] = [r for r in _records(node) if r["correlation_id"] == "second-try"]
+    assert [a["outcome"] for a in record["routing"]["attempts"]] == ["timeout", "ok"]
+    usage = record["usage"]
+    assert usage["estimated"] is True
+    assert usage["output_tokens"] == 2 + SMALL.max_output_tokens
+    assert usage["input_tokens"] > 100 + len(PROMPT) // 4
