@@ -16,14 +16,15 @@ from dataplane.errors import InvalidRequest
 from dataplane.outcome import Outcome
 from dataplane.pipeline.call import RequestGovernance
 from dataplane.quota import Reservation
-from dataplane.routing.attempts import CANCELLED
+from dataplane.routing.attempts import CANCELLED, HEDGED
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import AttemptRecord, ShadowOutcome
 from dataplane.routing.query import RoutePlan
 from dataplane.snapshot.serving import ServingState
 
-CUT_SHORT = frozenset({"timeout", CANCELLED})
-"""Outcomes of attempts the upstream had and did not answer (``Trace.charge_timeouts``)."""
+CUT_SHORT = frozenset({"timeout", CANCELLED, HEDGED})
+"""Outcomes of attempts the upstream had and did not answer, or whose answer lost a hedge
+(``Trace.charge_timeouts``)."""
 
 
 @dataclass(slots=True)
@@ -92,8 +93,9 @@ class Trace:
         self.discarded_cost += cost_of(candidate.model, usage)
 
     def charge_timeouts(self) -> None:
-        """Count each attempt cut by a timeout, or in flight when the request was cancelled
-        (``attempts``), as if it generated its whole answer: the upstream had the request and may bill it in full (a provider usually
+        """Count each attempt cut by a timeout, in flight when the request was cancelled, or
+        cancelled because a hedge answered first (``attempts``), as if it generated its whole
+        answer: the upstream had the request and may bill it in full (a provider usually
         finishes a generation its caller stopped waiting for). Without it a caller setting a
         short deadline had every request cost nothing against its budget, whatever the
         provider billed. Estimated: the input as reserved, the output at the request's cap."""

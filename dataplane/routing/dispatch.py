@@ -163,7 +163,7 @@ class Dispatcher:
         if skipped is None:
             skipped = []
         if hedge and plan.retry.hedge_max_extra > 0:
-            return await self._call_hedged(plan, attempt, deadline, skipped)
+            return await self._call_hedged(plan, attempt, deadline, skipped, attempts)
         retry = plan.retry
         clock = self._clock
         if attempts is None:
@@ -312,8 +312,11 @@ class Dispatcher:
         attempt: Callable[[Candidate, float], Awaitable[T]],
         deadline: float,
         skipped: list[tuple[str, str]],
+        cancelled_into: list[AttemptRecord] | None = None,
     ) -> tuple[T, Candidate, list[AttemptRecord]]:
-        """``call`` with the plan's hedge: attempts run as tasks, more than one at a time."""
+        """``call`` with the plan's hedge: attempts run as tasks, more than one at a time.
+        ``cancelled_into``: when the call itself is cancelled, its attempts go there, those in
+        flight as ``cancelled`` (as ``call``'s ``attempts``)."""
         retry = plan.retry
         clock = self._clock
         loop = asyncio.get_running_loop()
@@ -406,6 +409,11 @@ class Dispatcher:
                 await asyncio.gather(*flights, return_exceptions=True)
                 for flight in flights.values():
                     self._cut(flight.launch.state, flight.started, deadline)
+                    ms = int((clock() - flight.started) * 1000)
+                    why = "the request was cancelled while the upstream had it"
+                    records.append((flight.seq, AttemptRecord(flight.launch.candidate, CANCELLED, why, ms)))
+                if cancelled_into is not None:
+                    cancelled_into[:] = attempts()
         made = attempts()
         raise DispatchFailed(
             self._final_error(made, skipped, last, cur.out_of_time, deadline), made, skipped

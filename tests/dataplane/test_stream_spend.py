@@ -261,3 +261,45 @@ async def test_an_answer_served_after_a_timed_out_attempt_also_counts_that_attem
     assert usage["estimated"] is True
     assert usage["output_tokens"] == 2 + SMALL.max_output_tokens
     assert usage["input_tokens"] > 100 + len(PROMPT) // 4
+
+
+async def test_a_hedge_that_lost_counts_and_a_cancelled_hedged_request_records_its_flights(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """A hedge's losing attempt was sent and cancelled once the other answered: the upstream
+    had it, and may bill it. A hedged request whose caller went away recorded no attempts at
+    all (its flights were cancelled as a group) and cost nothing."""
+    simulator.set_behaviour("sim-fast", Behaviour(latency_ms=2_000))
+    node = await start_node(data_dir=tmp_path / "node", quota_lease_interval=0.1)
+    snap = snapshot(1, simulator.base_url, allowed=("sim-fast", "sim-smart"))
+    policy = json.loads(snap.policies[0].document_json)
+    policy["rules"] = [{"models": ["sim-fast", "sim-smart"], "strategy": "priority"}]
+    policy["retry"] = {"max_attempts": 2, "hedge": {"after_ms": 50, "max_extra": 1}}
+    snap.policies[0].document_json = json.dumps(policy)
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        await stub.Infer(chat(PROMPT, params=SMALL, correlation_id="hedged"), metadata=AUTH, timeout=30)
+        simulator.set_behaviour("sim-smart", Behaviour(latency_ms=2_000))
+        call = stub.Infer(chat(PROMPT, params=SMALL, correlation_id="hedged-gone"), metadata=AUTH, timeout=30)
+        await eventually(lambda: simulator.stats("sim-smart").chat == 2, message="both flights upstream")
+        call.cancel()
+        await eventually(
+            lambda: any(r["correlation_id"] == "hedged-gone" for r in _records(node)), message="the record"
+        )
+    records = {r["correlation_id"]: r for r in _records(node)}
+    served = records["hedged"]
+    assert [(a["model"], a["outcome"]) for a in served["routing"]["attempts"]] == [
+        ("sim-fast", "hedged"),
+        ("sim-smart", "ok"),
+    ]
+    assert served["usage"]["estimated"] is True
+    assert served["usage"]["output_tokens"] > SMALL.max_output_tokens  # the loser's cap, and the answer
+    gone = records["hedged-gone"]
+    assert gone["outcome"]["code"] == "CANCELLED"
+    assert [(a["model"], a["outcome"]) for a in gone["routing"]["attempts"]] == [
+        ("sim-fast", "cancelled"),
+        ("sim-smart", "cancelled"),
+    ]
+    assert gone["usage"]["output_tokens"] == 2 * SMALL.max_output_tokens
+    assert gone["cost"]["total_nanos"] > 0
