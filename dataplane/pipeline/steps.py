@@ -234,11 +234,13 @@ class Pipeline:
                     opener = held_whole(opener, partial(_check_answer, trace, chat))
                     plan = governed_plan(plan, trace)
                 dispatched = time.monotonic()
+                trace.attempts = []  # as ``_dispatch``: known (and counted) if the caller goes away
                 chunk, upstream, candidate, attempts = await self.dispatcher.open_stream(
                     plan,
                     opener,
                     deadline=self._deadline(trace, call, self.stream_deadline),
                     skipped=trace.skipped,
+                    attempts=trace.attempts,
                 )
                 trace.first_chunk_ms = (time.monotonic() - dispatched) * 1000
                 trace.candidate, trace.attempts = candidate, attempts
@@ -279,6 +281,7 @@ class Pipeline:
                 if trace.content is not None:
                     add_response_content(trace.content, _concealed(trace, "".join(assembled.text)))
         except (asyncio.CancelledError, GeneratorExit):
+            trace.charge_timeouts()  # an attempt the upstream had before any chunk came
             self._account_stream(trace, usage, assembled)
             self._record_refusal(trace, CANCELLED)
             raise

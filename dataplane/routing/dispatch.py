@@ -489,11 +489,13 @@ class Dispatcher:
         *,
         deadline: float,
         skipped: list[tuple[str, str]] | None = None,
+        attempts: list[AttemptRecord] | None = None,
     ) -> tuple[StreamChunk, AsyncIterator[StreamChunk], Candidate, list[AttemptRecord]]:
         """Open a stream, falling back only until the first chunk has arrived.
 
         Once a chunk is out, a failure belongs to the caller: the rest of the
-        stream comes from the candidate that produced the first chunk.
+        stream comes from the candidate that produced the first chunk. ``attempts``: as
+        ``call``'s.
         """
 
         async def first(
@@ -512,10 +514,10 @@ class Dispatcher:
             return chunk, stream
 
         # Never hedged (see the module's docstring).
-        (chunk, stream), candidate, attempts = await self.call(
-            plan, first, deadline=deadline, skipped=skipped, hedge=False
+        (chunk, stream), candidate, made = await self.call(
+            plan, first, deadline=deadline, skipped=skipped, hedge=False, attempts=attempts
         )
-        return chunk, stream, candidate, attempts
+        return chunk, stream, candidate, made
 
     def shadow(
         self,

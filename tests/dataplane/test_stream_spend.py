@@ -303,3 +303,28 @@ async def test_a_hedge_that_lost_counts_and_a_cancelled_hedged_request_records_i
     ]
     assert gone["usage"]["output_tokens"] == 2 * SMALL.max_output_tokens
     assert gone["cost"]["total_nanos"] > 0
+
+
+async def test_a_stream_cancelled_before_its_first_chunk_records_and_counts_the_attempt(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """The upstream has the request and has not answered yet when the caller goes away: as
+    a unary request, not free, and the record names the attempt."""
+    simulator.set_behaviour("sim-fast", Behaviour(latency_ms=5_000))
+    node = await _limited_node(start_node, simulator.base_url, signing_key, tmp_path)
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        call = infer_pb2_grpc.InferServiceStub(channel).InferStream(
+            chat(PROMPT, params=SMALL, correlation_id="gone-early"), metadata=AUTH, timeout=30
+        )
+        # Counted as chat until its latency has passed (the simulator learns it streams after).
+        await eventually(lambda: simulator.stats("sim-fast").total == 1, message="the upstream has it")
+        call.cancel()
+        await eventually(
+            lambda: any(r["correlation_id"] == "gone-early" for r in _records(node)), message="the record"
+        )
+    [record] = [r for r in _records(node) if r["correlation_id"] == "gone-early"]
+    assert record["outcome"]["code"] == "CANCELLED"
+    assert record["timings"]["total_ms"] < 4_000  # the caller's hang-up ended it, not the upstream
+    assert [(a["model"], a["outcome"]) for a in record["routing"]["attempts"]] == [("sim-fast", "cancelled")]
+    assert (record["usage"]["output_tokens"], record["usage"]["estimated"]) == (SMALL.max_output_tokens, True)
+    assert record["cost"]["total_nanos"] > 0
