@@ -20,7 +20,7 @@ from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.simulator.behaviour import Behaviour
 from tests.dataplane.conftest import AUTH, GatedUpstream, NodeFactory, chat, envelope, snapshot
-from tests.dataplane.upstream.rawserver import Peer, RawServer
+from tests.dataplane.upstream.rawserver import Peer, RawServer, openai_completion
 from tests.dataplane.upstream.rawserver import answer as raw_answer
 from tests.helpers import eventually
 
@@ -204,18 +204,7 @@ async def test_an_answer_served_after_a_timed_out_attempt_also_counts_that_attem
 ) -> None:
     """The first attempt has the request and stalls past the deployment's timeout; the retry
     answers. Both were sent: the served answer's usage and the timed-out attempt's estimate."""
-    answer = json.dumps(
-        {
-            "id": "chatcmpl-2",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "sim-fast",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
-            ],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 2, "total_tokens": 102},
-        }
-    ).encode()
+    answer = openai_completion("sim-fast", prompt_tokens=100, completion_tokens=2)
 
     async def stall_the_first(server: RawServer, peer: Peer) -> None:
         while (request := await peer.request()) is not None:

@@ -187,20 +187,9 @@ async def test_a_node_repeating_one_nack_adds_one_refusal_row(
     version = node.verified(envelope).version
     for i in range(50):
         node.nack(envelope, version, f"no {i}")
-    node.ack(envelope, version)  # the stream reads in order: once this is recorded, so are they
-
-    async def acked() -> bool:
-        return (await _node(admin, "node-repeats")).last_ack_version == version
-
-    await eventually(acked, message="the ACK after the NACKs recorded")
+    rows = await _refusal_rows_after_ack(admin, control_plane, node, envelope, version)
     assert (await _node(admin, "node-repeats")).last_nack_reason == "no 49"
-    engine = sa.create_engine(control_plane.database_url, poolclass=sa.NullPool)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT count(*) FROM node_nacks WHERE node_id = 'node-repeats'"))
-            assert rows.scalar() == 1
-    finally:
-        engine.dispose()
+    assert len(rows) == 1
 
 
 async def test_nacks_of_snapshots_never_published_add_no_refusal_rows(
@@ -219,16 +208,30 @@ async def test_nacks_of_snapshots_never_published_add_no_refusal_rows(
             )
         )
     node.nack(envelope, version, "a real one")
-    node.ack(envelope, version)  # read in order: once this is recorded, so are the NACKs
+    assert await _refusal_rows_after_ack(admin, control_plane, node, envelope, version) == [version]
+
+
+async def _refusal_rows_after_ack(
+    admin: Admin,
+    control_plane: RunningControlPlane,
+    node: SyncNode,
+    envelope: snapshot_pb2.SignedEnvelope,
+    version: int,
+) -> list[int]:
+    """ACK ``version`` after what the test queued (the stream reads in order: once the ACK is
+    recorded, so is everything before it), then the versions of the node's refusal rows."""
+    node.ack(envelope, version)
 
     async def acked() -> bool:
-        return (await _node(admin, "node-invents")).last_ack_version == version
+        return (await _node(admin, node.node_id)).last_ack_version == version
 
     await eventually(acked, message="the ACK after the NACKs recorded")
     engine = sa.create_engine(control_plane.database_url, poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT version FROM node_nacks WHERE node_id = 'node-invents'"))
-            assert [row[0] for row in rows] == [version]
+            rows = conn.execute(
+                sa.text("SELECT version FROM node_nacks WHERE node_id = :n"), {"n": node.node_id}
+            )
+            return [row[0] for row in rows]
     finally:
         engine.dispose()

@@ -4,7 +4,6 @@ streaming and shadow traffic."""
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +32,7 @@ from dataplane.routing.query import RoutePlan, RouteQuery
 from dataplane.routing.table import build_route_table
 from dataplane.upstream import UpstreamClient
 from signalbox.shell.simulator import Behaviour, Simulator
-from tests.dataplane.upstream.rawserver import Peer, RawServer
+from tests.dataplane.upstream.rawserver import Peer, RawServer, openai_completion
 from tests.dataplane.upstream.rawserver import answer as raw_answer
 from tests.helpers import eventually
 
@@ -704,18 +703,7 @@ async def test_an_upstream_that_hangs_up_unanswered_is_retried_by_the_policy_as_
 ) -> None:
     # The upstream client never resends a written request on its own (it may have run
     # upstream): the dispatch policy does, and each send is an attempt the evidence shows.
-    completion = json.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "solo-a",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
-            ],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }
-    ).encode()
+    completion = openai_completion("solo-a", completion_id="chatcmpl-1")
 
     async def hang_up_on_the_second(server: RawServer, peer: Peer) -> None:
         while (request := await peer.request()) is not None:

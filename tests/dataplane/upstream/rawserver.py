@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -66,6 +67,33 @@ def answer(body: bytes = b'{"ok":true}', *, status: str = "200 OK", headers: str
     return (
         f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
     ).encode() + body
+
+
+def openai_completion(
+    model: str,
+    *,
+    completion_id: str = "chatcmpl-raw",
+    text: str = "hi",
+    prompt_tokens: int = 1,
+    completion_tokens: int = 1,
+) -> bytes:
+    """An OpenAI chat completion's JSON body, for a handler that plays a provider."""
+    return json.dumps(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": 1,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+    ).encode()
 
 
 async def keep_answering(server: RawServer, peer: Peer) -> None:
