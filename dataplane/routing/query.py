@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from dataplane.chat import ChatRequest, EmbedRequest, ImagePart
 from dataplane.config.model import (
     DEFAULT_RETRY,
@@ -147,9 +149,37 @@ CLOUD_NODE = NodeContext()
 """A cloud node outside any site: the default context."""
 
 
+IMAGE_TOKENS = 1_600
+"""What one image may cost as input: the most the common providers count for one (Anthropic's
+~1,600 for a full-size image; OpenAI's high detail ~1,100 at 2048 px)."""
+
+
 def estimate_tokens(chat: ChatRequest) -> int:
-    """A rough input size for routing only (about four characters per token); never billed."""
-    return sum(len(m.text) for m in chat.messages) // 4
+    """A rough input size (about four characters per token, ``IMAGE_TOKENS`` per image):
+    what routing checks against context windows and what the limit step reserves before the
+    provider's count is known (``pipeline.plans.worst_case``). Everything the provider counts
+    as input is in it: message text, tool calls and their arguments, images, the tools'
+    definitions and the response schema; text alone let a request with large tool schemas or
+    many images reserve a fraction of what it then cost, so concurrent ones passed a budget."""
+    chars = images = 0
+    for message in chat.messages:
+        chars += len(message.text)
+        for call in message.tool_calls:
+            chars += len(call.name) + len(call.arguments)
+        images += sum(1 for part in message.content if type(part) is ImagePart)
+    if chat.tools:
+        for tool in chat.tools:
+            chars += len(tool.name) + len(tool.description) + _json_chars(tool.parameters)
+    if chat.response_format is not None and chat.response_format.schema is not None:
+        chars += _json_chars(chat.response_format.schema)
+    return chars // 4 + images * IMAGE_TOKENS
+
+
+def _json_chars(value: object) -> int:
+    try:
+        return len(orjson.dumps(value))
+    except (TypeError, orjson.JSONEncodeError):  # not JSON the provider would get either
+        return 0
 
 
 def capabilities_needed(

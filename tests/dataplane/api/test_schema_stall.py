@@ -6,14 +6,32 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
-from tests.dataplane.conftest import AUTH, chat
+from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
 
 Stub = infer_pb2_grpc.InferServiceStub
+
+
+@pytest.fixture
+async def infer_stub(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
+) -> AsyncIterator[Stub]:
+    """As the shared fixture, with models whose context window holds the worst-case request:
+    its tool definitions are input too (about 255,000 tokens), which routing counts."""
+    node = await start_node()
+    snap = snapshot(1, simulator.base_url)
+    for model in snap.models:
+        model.context_window = 1_000_000
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        yield Stub(channel)
 
 
 def _huge_schema(properties: int, salt: str) -> str:
