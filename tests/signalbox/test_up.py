@@ -30,6 +30,10 @@ def up_command(data_dir: Path, *extra: str) -> list[str]:
         str(data_dir),
         "--controlplane-listen",
         "127.0.0.1:0",
+        # Not the default 7703: the tests of `up` run side by side, and a second control plane
+        # on a port is refused (it once shared it silently, SO_REUSEPORT).
+        "--controlplane-node-listen",
+        "127.0.0.1:0",
         "--dataplane-listen",
         "127.0.0.1:0",
         "--dataplane-http-listen",

@@ -90,15 +90,16 @@ class StackConfig:
         """The same config with every port 0 replaced by a port that is free now. Not the
         metrics ports: nothing here connects to them, so a 0 stays for the process to bind
         (a port picked here and bound later can be taken in between)."""
+        taken: set[str] = set()  # free_port may name one port twice: each is checked, then let go
         return replace(
             self,
-            controlplane_listen=_concrete(self.controlplane_listen),
-            controlplane_node_listen=_concrete(self.controlplane_node_listen),
-            dataplane_listen=_concrete(self.dataplane_listen),
-            dataplane_http_listen=_concrete(self.dataplane_http_listen),
+            controlplane_listen=_concrete(self.controlplane_listen, taken),
+            controlplane_node_listen=_concrete(self.controlplane_node_listen, taken),
+            dataplane_listen=_concrete(self.dataplane_listen, taken),
+            dataplane_http_listen=_concrete(self.dataplane_http_listen, taken),
             simulator_listen=self.simulator_listen
             if self.simulator_in_process
-            else _concrete(self.simulator_listen),
+            else _concrete(self.simulator_listen, taken),
         )
 
 
@@ -503,6 +504,14 @@ def _tail(log: Path, lines: int = 30) -> str:
     return "\n".join(f"  | {line}" for line in text)
 
 
-def _concrete(listen: str) -> str:
+def _concrete(listen: str, taken: set[str] | None = None) -> str:
+    """``listen`` with port 0 replaced by a free port, one not in ``taken`` (added to it)."""
     host, port = parse_listen(listen)
-    return f"{host}:{port or free_port(host)}"
+    if port:
+        return f"{host}:{port}"  # given: kept as it is, even if given twice (refused at bind)
+    concrete = f"{host}:{free_port(host)}"
+    while concrete in (taken or ()):
+        concrete = f"{host}:{free_port(host)}"
+    if taken is not None:
+        taken.add(concrete)
+    return concrete
