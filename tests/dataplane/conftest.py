@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from aiohttp import web
@@ -113,6 +114,15 @@ def envelope(snap: snapshot_pb2.Snapshot, *keys: Ed25519PrivateKey) -> snapshot_
 def write_public_key(path: Path, key: Ed25519PrivateKey) -> Path:
     path.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     return path
+
+
+async def readyz(node: DataPlaneNode) -> tuple[int, dict[str, Any]]:
+    """The node's HTTP readiness probe, as a load balancer reads it: status and JSON body."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://{node.http_address}/readyz") as response,
+    ):
+        return response.status, await response.json()
 
 
 def chat(text: str = "hello", **fields: Any) -> infer_pb2.InferRequest:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -16,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import dataplane.readiness
 from dataplane.evidence.log import log_path
 from signalbox.api.infer.v1 import infer_pb2_grpc
-from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
+from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, readyz, snapshot
 from tests.helpers import eventually
 
 
@@ -35,13 +34,6 @@ async def test_a_node_whose_evidence_cannot_be_written_is_not_ready_until_it_may
     node = await start_node(http_listen="127.0.0.1:0")
     assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
 
-    async def ready() -> tuple[int, dict[str, Any]]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://{node.http_address}/readyz") as response,
-        ):
-            return response.status, await response.json()
-
     async with grpc.aio.insecure_channel(node.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
 
@@ -49,20 +41,20 @@ async def test_a_node_whose_evidence_cannot_be_written_is_not_ready_until_it_may
             reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
             return int(reply.status)
 
-        assert await ready() == (200, {"status": "ready"})
+        assert await readyz(node) == (200, {"status": "ready"})
         assert await grpc_health() == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await infer_pb2_grpc.InferServiceStub(channel).Infer(chat(), metadata=AUTH, timeout=10)
         assert info.value.code() is grpc.StatusCode.UNAVAILABLE
 
-        status, body = await ready()
+        status, body = await readyz(node)
         assert status == 503
         assert body["reason"].startswith("cannot write evidence")
         assert await grpc_health() == health_pb2.HealthCheckResponse.NOT_SERVING
 
         # No request since: the node offers itself again, to learn whether the disk is back.
         async def ready_again() -> bool:
-            return await ready() == (200, {"status": "ready"}) and (
+            return await readyz(node) == (200, {"status": "ready"}) and (
                 await grpc_health() == health_pb2.HealthCheckResponse.SERVING
             )
 

@@ -9,14 +9,13 @@ import errno
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import dataplane.evidence.log as evidence_log
 from dataplane.evidence.log import EvidenceLog
-from tests.dataplane.conftest import NodeFactory, envelope, snapshot
+from tests.dataplane.conftest import NodeFactory, envelope, readyz, snapshot
 from tests.helpers import eventually
 
 
@@ -64,20 +63,13 @@ async def test_a_node_whose_evidence_fsync_failed_is_not_ready_and_stays_so(
     node = await start_node(http_listen="127.0.0.1:0")
     assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
 
-    async def ready() -> tuple[int, dict[str, Any]]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://{node.http_address}/readyz") as response,
-        ):
-            return response.status, await response.json()
-
-    assert await ready() == (200, {"status": "ready"})
+    assert await readyz(node) == (200, {"status": "ready"})
     monkeypatch.setattr(evidence_log, "_sync_files", _failing_fsync)
     assert node.evidence is not None
     node.evidence.append({"n": 1})  # any record wakes the sync thread
 
     async def not_ready() -> bool:
-        status, body = await ready()
+        status, body = await readyz(node)
         return status == 503 and body["reason"].startswith("cannot write evidence (fsync failed")
 
     await eventually(not_ready, message="not ready once the fsync failed")
