@@ -18,6 +18,7 @@ from controlplane.evidence.partitions import PartitionGone
 from controlplane.evidence.retention import PRUNED_PAYLOAD_TYPE, verify_statement
 from dataplane.evidence import cosignature
 from dataplane.evidence.log import EvidenceLog, log_path
+from dataplane.evidence.merkle import Tree
 from dataplane.evidence.records import seal
 from signalbox.tls import aio_channel
 from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, rehash
@@ -168,20 +169,65 @@ async def test_pruning_leaves_signed_statements_and_the_rest_still_verifies(
         engine.dispose()
 
 
-async def test_a_range_that_is_not_the_chains_next_prefix_is_not_pruned(
-    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+async def test_a_node_whose_clock_jumped_does_not_block_retention(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], private_tmp: Path
 ) -> None:
+    """Record times are the node's word. node-a's clock was far ahead (seqs 1-2 dated 2099,
+    kept in DEFAULT) and then stepped back to January. Its January records (seqs 3-4) were
+    not its next prefix, so every prune was refused: no partition of any node or tenant was
+    ever dropped again. A record is no older than the records after it in its chain, so the
+    chain's statement covers its prefix up to its newest pruned seq, 1-4 (the compact range
+    takes seqs 1-2's hashes from where they are stored), and the month is dropped."""
     stream, directory = node
-    # Seq 2 is older than seq 1 (a clock stepped back): January holds seq 2 only.
-    lines = await write_at(directory, [FEB, JAN, datetime.now(UTC).timestamp()])
-    assert (await stream.ship("node-a/0", lines)).head_seq == 3
-    code, _, err = await admin_cli(evidence_plane, "evidence", "prune", "--before", "2025-02-01")
-    assert code != 0
-    assert "chain 'node-a/0'" in err
-    assert "seqs 2..2 (1 of them), not the chain's next prefix from seq 1: nothing was pruned" in err
-    assert "evidence_records_y2025m01" in partitions(evidence_plane)
-    assert sql_rows(evidence_plane.database_url, "SELECT 1 FROM evidence_pruned_ranges") == []
-    assert len(sql_rows(evidence_plane.database_url, "SELECT 1 FROM evidence_records")) == 3
+    now = datetime.now(UTC).timestamp()
+    future = datetime(2099, 6, 1, tzinfo=UTC).timestamp()
+    lines = await write_at(directory, [future, future, JAN, JAN, now])
+    assert (await stream.ship("node-a/0", lines)).head_seq == 5
+    other_dir = new_dir(private_tmp, "evidence-node-b-")
+    async with aio_channel(
+        evidence_plane.node_address, await evidence_plane.enroll("node-b", other_dir)
+    ) as ch:
+        other = Stream(ch)
+        async with EvidenceLog(log_path(other_dir, "node-b"), "node-b") as log:
+            for ts in (JAN, FEB, now):
+                log.append({"ts": ts, "correlation_id": f"b-{ts}", "tenant_id": "globex"})
+        assert (
+            await other.ship("node-b/0", log_path(other_dir, "node-b").read_bytes().splitlines(True))
+        ).head_seq == 3
+        other.close()
+
+    code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-03-01")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["partitions"] == ["evidence_records_y2025m01", "evidence_records_y2025m02"]
+    assert sorted((r["chain_id"], r["first_seq"], r["last_seq"]) for r in result["ranges"]) == [
+        ("node-a/0", "1", "4"),
+        ("node-b/0", "1", "2"),
+    ]
+    statement = verify_statement(
+        bytes(
+            sql_rows(
+                evidence_plane.database_url,
+                "SELECT statement FROM evidence_pruned_ranges WHERE chain_id = 'node-a/0'",
+            )[0][0]
+        ),
+        public_keys(evidence_plane),
+    )
+    hashes = [bytes.fromhex(json.loads(line)["hash"]) for line in lines]
+    assert statement.last_hash == hashes[3]
+    tree = statement.tree()
+    tree.append(hashes[4])
+    reference = Tree()
+    for digest in hashes:
+        reference.append(digest)
+    assert tree.root() == reference.root()
+    # The 2099 records stay (covered by the statement) until their month is dropped; a later
+    # prune leaves them out of its ranges rather than refusing.
+    assert sql_rows(
+        evidence_plane.database_url, "SELECT chain_id, seq FROM evidence_records ORDER BY 1, 2"
+    ) == [("node-a/0", 1), ("node-a/0", 2), ("node-a/0", 5), ("node-b/0", 3)]
+    code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-05-01")
+    assert code == 0, err
 
 
 async def test_the_retention_timer_prunes_what_is_older_than_the_setting(
