@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.db.session import create_engine, session_factory
 from controlplane.evidence.partitions import PartitionGone
@@ -20,7 +21,9 @@ from dataplane.evidence import cosignature
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.merkle import Tree
 from dataplane.evidence.records import seal
-from signalbox.tls import aio_channel
+from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.tls import ClientTls, aio_channel
+from tests.controlplane.conftest import Admin
 from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, rehash
 from tests.controlplane.test_cli import _signalbox
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
@@ -29,12 +32,26 @@ from tests.helpers import eventually
 JAN, FEB = datetime(2025, 1, 15, tzinfo=UTC).timestamp(), datetime(2025, 2, 15, tzinfo=UTC).timestamp()
 
 
-async def write_at(directory: Path, times: list[float]) -> list[bytes]:
-    """Real node records of node-a at the given times; every line of its log so far."""
-    async with EvidenceLog(log_path(directory, "node-a"), "node-a") as log:
+async def write_at(
+    directory: Path, times: list[float], *, node_id: str = "node-a", tenant_id: str = "acme"
+) -> list[bytes]:
+    """Real node records of ``node_id`` at the given times; every line of its log so far."""
+    async with EvidenceLog(log_path(directory, node_id), node_id) as log:
         for i, ts in enumerate(times):
-            log.append({"ts": ts, "correlation_id": f"corr-{ts}-{i}", "tenant_id": "acme"})
-    return log_path(directory, "node-a").read_bytes().splitlines(keepends=True)
+            log.append({"ts": ts, "correlation_id": f"corr-{ts}-{i}", "tenant_id": tenant_id})
+    return log_path(directory, node_id).read_bytes().splitlines(keepends=True)
+
+
+async def ship_as(
+    plane: RunningControlPlane, private_tmp: Path, node_id: str, times: list[float], *, tenant_id: str
+) -> None:
+    """Another node, enrolled: its records at ``times``, of ``tenant_id``, shipped."""
+    directory = new_dir(private_tmp, f"evidence-{node_id}-")
+    async with aio_channel(plane.node_address, await plane.enroll(node_id, directory)) as channel:
+        stream = Stream(channel)
+        lines = await write_at(directory, times, node_id=node_id, tenant_id=tenant_id)
+        assert (await stream.ship(f"{node_id}/0", lines)).head_seq == len(times)
+        stream.close()
 
 
 def public_keys(plane: RunningControlPlane) -> dict[str, Ed25519PublicKey]:
@@ -183,18 +200,7 @@ async def test_a_node_whose_clock_jumped_does_not_block_retention(
     future = datetime(2099, 6, 1, tzinfo=UTC).timestamp()
     lines = await write_at(directory, [future, future, JAN, JAN, now])
     assert (await stream.ship("node-a/0", lines)).head_seq == 5
-    other_dir = new_dir(private_tmp, "evidence-node-b-")
-    async with aio_channel(
-        evidence_plane.node_address, await evidence_plane.enroll("node-b", other_dir)
-    ) as ch:
-        other = Stream(ch)
-        async with EvidenceLog(log_path(other_dir, "node-b"), "node-b") as log:
-            for ts in (JAN, FEB, now):
-                log.append({"ts": ts, "correlation_id": f"b-{ts}", "tenant_id": "globex"})
-        assert (
-            await other.ship("node-b/0", log_path(other_dir, "node-b").read_bytes().splitlines(True))
-        ).head_seq == 3
-        other.close()
+    await ship_as(evidence_plane, private_tmp, "node-b", [JAN, FEB, now], tenant_id="globex")
 
     code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-03-01")
     assert code == 0, err
@@ -374,3 +380,42 @@ async def test_records_left_in_the_default_partition_are_rehomed_and_pruned(
     # The chain goes on, and its rest still verifies against the statement.
     lines = await write_at(directory, [now])
     assert (await stream.ship("node-a/0", lines[-1:])).head_seq == 4
+
+
+async def test_a_tenant_sees_pruned_ranges_of_its_own_records_chains_only(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], private_tmp: Path
+) -> None:
+    """A tenant admin's QueryEvidence listed the pruned range of every chain of the fleet:
+    other tenants' nodes' chain ids and last seqs (how many requests they served). It lists
+    those of the chains its answer's records are on."""
+    stream, directory = node
+    async with aio_channel(evidence_plane.address, ClientTls()) as channel:
+        admin = Admin(admin_pb2_grpc.AdminServiceStub(channel), evidence_plane.metadata)
+        acme, globex = [
+            (await admin.CreateTenant(admin_pb2.CreateTenantRequest(name=name))).id
+            for name in ("acme", "globex")
+        ]
+        now = datetime.now(UTC).timestamp()
+        lines = await write_at(directory, [JAN, now], tenant_id=acme)
+        assert (await stream.ship("node-a/0", lines)).head_seq == 2
+        await ship_as(evidence_plane, private_tmp, "node-b", [JAN, JAN, now], tenant_id=globex)
+        await admin.PruneEvidence(admin_pb2.PruneEvidenceRequest(before=_timestamp(FEB)))
+        everything = await admin.QueryEvidence(admin_pb2.QueryEvidenceRequest())
+        assert sorted((p.chain_id, p.last_seq) for p in everything.pruned) == [
+            ("node-a/0", 1),
+            ("node-b/0", 2),
+        ]
+        token = (
+            await admin.CreateAdminToken(
+                admin_pb2.CreateAdminTokenRequest(name="acme-ops", role="tenant_admin", tenant="acme")
+            )
+        ).token
+        found = await admin.with_token(token).QueryEvidence(admin_pb2.QueryEvidenceRequest())
+        assert [(r.chain_id, r.seq) for r in found.records] == [("node-a/0", 2)]
+        assert [(p.chain_id, p.last_seq) for p in found.pruned] == [("node-a/0", 1)]
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromSeconds(int(seconds))
+    return stamp
