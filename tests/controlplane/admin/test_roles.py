@@ -213,5 +213,11 @@ async def test_a_deactivated_tenants_admin_identities_are_refused_until_it_is_re
         "acme-ops",
         "acme-aud",
     }
+    # The audit trail names who was refused.
+    refused = await admin.ListAdminAudit(admin_pb2.ListAdminAuditRequest(actor="admin:acme-ops"))
+    assert {(e.action, e.result) for e in refused.entries} >= {
+        ("ListApiKeys", "PERMISSION_DENIED"),
+        ("CreateApiKey", "PERMISSION_DENIED"),
+    }
     await admin.UpdateTenant(admin_pb2.UpdateTenantRequest(tenant="acme", active=True))
     assert (await ops.ListApiKeys(admin_pb2.ListApiKeysRequest())).keys == []
