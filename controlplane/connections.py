@@ -1,5 +1,5 @@
-"""How many connections each of the control plane's ports holds at once, and the options
-its two gRPC servers share.
+"""How many connections each of the control plane's ports holds at once (and how many calls
+each connection holds: ``MAX_CONCURRENT_STREAMS``), and the options its two gRPC servers share.
 
 Every connection is a file descriptor, and the two ports are open to whoever reaches them
 (the node port before any certificate is checked). Without a cap, a client that opens
@@ -26,6 +26,10 @@ OTHER_FILES: Final = 256
 the evidence workers' pipes, the metrics endpoint, files."""
 DEFAULT_MAX_CONNECTIONS: Final = 10_000
 HANDSHAKE_TIMEOUT_MS: Final = 10_000
+MAX_CONCURRENT_STREAMS: Final = 100
+"""Calls one connection holds at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; gRPC's default
+is unbounded): a node holds a few (config sync, evidence, quota), an admin client one at a
+time; past it a call waits at its client for one of the connection's calls to end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,4 +65,5 @@ def server_options(max_message_bytes: int, max_connections: int) -> list[tuple[s
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_allowed_incoming_connections", max_connections),
         ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+        ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
     ]

@@ -26,6 +26,18 @@ from contextvars import ContextVar
 from typing import Any
 
 MAX_MESSAGE_CHARS = 8192
+# What ends a line for some reader of a log: ``str.splitlines`` splits on all of these, and
+# JSON leaves the last three unescaped. A caller's string (a request id, a model or key name,
+# a provider's error text) carrying one would otherwise start a forged line.
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_JSON_ESCAPES = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x7f\x85\u2028\u2029"})
+_TEXT_ESCAPES = str.maketrans(
+    {
+        c: f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+        for c in [*map(chr, range(0x20)), "\x7f", *_LINE_BREAKS]
+    }
+    | {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+)
 _request: ContextVar[tuple[str, str]] = ContextVar("signalbox_log_request", default=("", ""))
 
 
@@ -60,7 +72,41 @@ class JsonFormatter(logging.Formatter):
             event["tenant"] = tenant
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)[-MAX_MESSAGE_CHARS:]
-        return json.dumps(event, ensure_ascii=False, default=str)
+        return json.dumps(event, ensure_ascii=False, default=str).translate(_JSON_ESCAPES)
+
+
+class TextFormatter(logging.Formatter):
+    """The human format, one line per record: control characters and line breaks in the
+    message are escaped (``\\n``, ``\\u2028``); a traceback's lines follow, each indented
+    with ``  | `` so that none can pass for a record of its own."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS] + "... (cut)"
+        record.message = message.translate(_TEXT_ESCAPES)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(stack_info)
+
+
+def _indented(text: str) -> str:
+    lines = text.splitlines()
+    return "\n".join("  | " + line.translate(_TEXT_ESCAPES) for line in lines)
+
+
+def formatter(log_format: str, **process: Any) -> logging.Formatter:
+    """The formatter of ``log_format`` (``json`` or ``text``); ``process``: as ``configure``'s."""
+    if log_format == "json":
+        return JsonFormatter({k: v for k, v in process.items() if v not in (None, "")})
+    return TextFormatter()
 
 
 def configure(level: int, log_format: str, **process: Any) -> None:
@@ -69,10 +115,7 @@ def configure(level: int, log_format: str, **process: Any) -> None:
     carries (service, node, worker)."""
     fmt = ("text" if sys.stderr.isatty() else "json") if log_format == "auto" else log_format
     handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter({k: v for k, v in process.items() if v not in (None, "")}))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter(fmt, **process))
     # As basicConfig: a process whose logging is set up already (a test runner, an embedding
     # application) keeps its handlers.
     logging.basicConfig(level=level, handlers=[handler])

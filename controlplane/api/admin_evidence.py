@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from controlplane.api import convert
+from controlplane.api.interceptor import current_caller
 from controlplane.api.status import bounded
 from controlplane.errors import InvalidArgument
 from controlplane.evidence.export import EvidenceExporter
@@ -126,7 +127,8 @@ class EvidenceAdmin:
         self, request: admin_pb2.ExportEvidenceRequest, context: Context
     ) -> AsyncIterator[admin_pb2.EvidencePackChunk]:
         query = _evidence_filter(request, await self._tenant_id(request.tenant_id))
-        async for plan, data in self._exporter.export(query):
+        bound = bool(current_caller().tenant_id)
+        async for plan, data in self._exporter.export(query, tenant_bound=bound):
             if plan is not None:
                 yield admin_pb2.EvidencePackChunk(records=plan.records, pack_id=plan.pack_id)
             else:

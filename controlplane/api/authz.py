@@ -25,6 +25,10 @@ Targets, for a caller bound to tenant T:
   its tenant's policy may use (as a node decides: no tenant learns another's model names)
   and the providers serving them, without credential references.
 - ``Tenants``: the tenant listing, cut down to T.
+
+A ``TenantField`` answer holding evidence records keeps only the pruned ranges of the chains
+those records are on (``_own_chains_only``): the fleet's chains, nodes and seqs are the
+platform's (``ListEvidenceChains`` is a platform read).
 """
 
 from __future__ import annotations
@@ -269,7 +273,8 @@ class Authorizer:
             # rather than let through unchecked.
             raise PermissionDenied(f"{method} takes a stream: only platform identities may call it")
         if isinstance(target, TenantField) and request is not None:
-            return Admission(await self._tenant_field(caller, target, request))
+            tenant = await self._tenant_field(caller, target, request)
+            return Admission(tenant, _own_chains_only if bound else None)
         if isinstance(target, Owned) and request is not None:
             ref = field_value(request, target.field)
             owner = await self._admin.owner(target.kind, ref) if ref else None
@@ -329,6 +334,18 @@ def _visible_only(response: Any, visible: VisibleCatalog) -> None:
         response.providers.extend(kept)
         for provider in response.providers:
             provider.ClearField("credential")
+
+
+def _own_chains_only(response: Any) -> None:
+    """An evidence answer's pruned ranges of the chains its records are on: another chain's
+    would tell a tenant-bound caller of nodes it does not use and, by their seqs, how many
+    requests they served."""
+    if not hasattr(response, "pruned") or not hasattr(response, "records"):
+        return
+    chains = {r.chain_id for r in response.records}
+    keep = [p for p in response.pruned if p.chain_id in chains]
+    del response.pruned[:]
+    response.pruned.extend(keep)
 
 
 def _only_tenant(response: Any, tenant_id: str) -> None:

@@ -24,7 +24,7 @@ from controlplane.api.status import bounded, status_for
 from controlplane.errors import Unauthenticated, clip
 from controlplane.limits import NAME_CHARS, check_request
 from controlplane.repositories.admin import AuditRow
-from controlplane.services.admin import AdminService
+from controlplane.services.admin import AdminService, check_active
 from controlplane.services.base import Caller
 
 if TYPE_CHECKING:
@@ -218,30 +218,32 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             call = _Call("")
             try:
-                caller = await self._authenticate(context)
+                await self._authenticate(context, call)
             except Exception as exc:
                 await self._refuse(exc, method, context, call)
-            call.actor, call.actor_role, call.actor_tenant = caller.actor, caller.role, caller.tenant_id
             await self._audit(call.row(method, "OK", ""))
             async for response in behavior(requests, context):
                 yield response
 
         return handle
 
-    async def _authenticate(self, context: Context) -> Caller:
+    async def _authenticate(self, context: Context, call: _Call) -> Caller:
+        """The caller, named in ``call`` (its audit row) before an inactive tenant's is refused."""
         token = bearer_token(context.invocation_metadata())
         uris = certificate_uris(context) if token is None else None
         if token is None and uris is None:
             raise Unauthenticated("missing admin token: send 'authorization: Bearer <token>'")
-        return (
+        caller = (
             await self._admin.authenticate(token)
             if token is not None
             else await self._admin.authenticate_certificate(uris or [])
         )
+        call.actor, call.actor_role, call.actor_tenant = caller.actor, caller.role, caller.tenant_id
+        check_active(caller)
+        return caller
 
     async def _admit(self, method: str, request: Any, context: Context, call: _Call) -> Admission:
-        caller = await self._authenticate(context)
-        call.actor, call.actor_role, call.actor_tenant = caller.actor, caller.role, caller.tenant_id
+        caller = await self._authenticate(context, call)
         if request is not None:
             # Nothing the database cannot hold gets past here (controlplane.limits).
             check_request(request)

@@ -10,8 +10,8 @@
     ├── PermissionDenied         PERMISSION_DENIED    (a chain of another node)
     ├── ExportTooLarge           RESOURCE_EXHAUSTED   (a pack query matching more than the limit)
     ├── ExportImpossible         FAILED_PRECONDITION  (a chain whose records cannot be proven now)
-    └── PruneRefused             FAILED_PRECONDITION  (retention: the records of the partitions to drop
-                                                       are not a chain's next prefix; nothing pruned)
+    └── PruneRefused             FAILED_PRECONDITION  (retention: a chain's prefix up to its newest seq in
+                                                       the partitions to drop has a gap; nothing pruned)
 
 Every message names the chain and the record (seq, line in the batch) or the checkpoint, and
 carries digests and ids only, never record content.

@@ -24,6 +24,10 @@ Per chain the store holds, the pack states which range was searched:
 - a chain with no match in its range (or no checkpoint yet, N = 0) is listed in the
   manifest's ``searched_without_match``.
 
+A pack asked for by a tenant-bound identity (its query's tenant forced to its own) lists only
+the chains holding records of that tenant: no other chain can hold a match, and the rest of
+the fleet (other tenants' nodes, their head seqs, states and alarms) is not the tenant's to see.
+
 The certificates section states when each revoked node certificate was revoked (``revoked``),
 so the verifier can tell a checkpoint signed before a revocation from one signed after it.
 
@@ -153,20 +157,24 @@ class EvidenceExporter:
         self._node_ca_pem = node_ca_pem
         self._max_records = max_records
 
-    async def export(self, query: EvidenceFilter) -> AsyncIterator[tuple[ExportPlan | None, bytes]]:
+    async def export(
+        self, query: EvidenceFilter, *, tenant_bound: bool = False
+    ) -> AsyncIterator[tuple[ExportPlan | None, bytes]]:
         """The pack for ``query``: first ``(plan, b"")`` once its size is known (refused
-        with ``ExportTooLarge`` before anything when too large), then ``(None, piece)``."""
+        with ``ExportTooLarge`` before anything when too large), then ``(None, piece)``.
+        ``tenant_bound``: asked by an identity of ``query.tenant_id``, whose pack lists only
+        the chains holding records of that tenant (module docstring)."""
         if query.since is not None and query.until is not None and query.since >= query.until:
             raise InvalidArgument("until", "must be after since")
         async with self._sessions() as session, session.begin():
             # One view of the store for the counts, the statement and the records.
             await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            plan = await self._plan(session, query)
+            plan = await self._plan(session, query, tenant_bound)
             yield plan, b""
             async for piece in self._stream(plan):
                 yield None, piece
 
-    async def _plan(self, session: AsyncSession, query: EvidenceFilter) -> ExportPlan:
+    async def _plan(self, session: AsyncSession, query: EvidenceFilter, tenant_bound: bool) -> ExportPlan:
         plan = ExportPlan(query, session)
         where, params = _where(query)
         matched = {
@@ -185,6 +193,15 @@ class EvidenceExporter:
                 )
             )
         ).all()
+        if tenant_bound:
+            held = {
+                chain_id
+                for (chain_id,) in await session.execute(
+                    sa.text("SELECT DISTINCT chain_id FROM evidence_records WHERE tenant_id = :t"),
+                    {"t": query.tenant_id},
+                )
+            }
+            chains = [c for c in chains if c[0] in held]
         statements: dict[str, list[str]] = {}
         for chain_id, envelope in await session.execute(
             sa.text("SELECT chain_id, statement FROM evidence_pruned_ranges ORDER BY chain_id, last_seq")

@@ -7,9 +7,15 @@ that ends at or before ``before`` and, in one transaction (so nothing is half do
    their own (``Partitions.rehome_default``: a late record could land there before ingest
    checked past months' partitions under a lock), so no month is ever beyond retention;
 
-1. locks them (ingest waits) and, per chain with records in them, checks that those records
-   are the chain's next prefix: seqs ``first..last`` with ``first`` one after the previous
-   statement's ``last`` (1 for the first) and none missing; otherwise nothing is pruned;
+1. locks them (ingest waits) and, per chain with records in them, takes its next prefix:
+   seqs ``first..last``, ``first`` one after the previous statement's ``last`` (1 for the
+   first) and ``last`` the chain's newest seq in those partitions. Record times are the
+   node's word: a node whose clock was ahead and then stepped back dates a record earlier
+   than the ones before it, which then sit in a later partition (or DEFAULT). A record is no
+   older than the records after it, so the prefix is stated whole, its hashes read wherever
+   they are stored; those outside the dropped partitions stay until their own month is
+   dropped (a later prune passes over seqs a statement covers). Were a chain's prefix not
+   all stored (a gap), nothing is pruned;
 2. writes a *pruned-range statement* per chain into ``evidence_pruned_ranges``: a DSSE
    envelope signed by the control plane's snapshot signing keys (the format is
    ``dataplane.evidence.pruned``'s) stating seqs ``first..last`` dropped, the hash of the
@@ -132,26 +138,34 @@ class EvidenceRetention:
             if not names:
                 return PruneResult([], [])
             await session.execute(sa.text(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE"))
-            union = " UNION ALL ".join(f"SELECT chain_id, seq, hash FROM {n}" for n in names)
-            ranges = await session.execute(
-                sa.text(f"SELECT chain_id, min(seq), max(seq), count(*) FROM ({union}) r GROUP BY chain_id")
+            union = " UNION ALL ".join(f"SELECT chain_id, seq FROM {n}" for n in names)
+            newest = await session.execute(
+                sa.text(f"SELECT chain_id, max(seq) FROM ({union}) r GROUP BY chain_id")
             )
             now = datetime.now(UTC)
             statements = []
             signers = await self._keyring.signers(session)
-            for chain_id, first, last, count in sorted(ranges.all()):
+            for chain_id, last in sorted(newest.all()):
                 previous = await newest_statement(session, chain_id)
-                expected = previous.last_seq + 1 if previous is not None else 1
-                if first != expected or count != last - first + 1:
-                    raise PruneRefused(
-                        f"chain {shown(chain_id)}: the records in the partitions before "
-                        f"{before.isoformat()} are seqs {first}..{last} ({count} of them), not the "
-                        f"chain's next prefix from seq {expected}: nothing was pruned"
-                    )
+                first = previous.last_seq + 1 if previous is not None else 1
+                if last < first:
+                    continue  # records an earlier statement covers already (module docstring)
                 tree: Tree = previous.tree() if previous is not None else StoredTree()
-                hashes = await session.execute(
-                    sa.text(f"SELECT hash FROM ({union}) r WHERE chain_id = :c ORDER BY seq"), {"c": chain_id}
-                )
+                hashes = (
+                    await session.execute(
+                        sa.text(
+                            "SELECT hash FROM evidence_records WHERE chain_id = :c "
+                            "AND seq >= :a AND seq <= :b ORDER BY seq"
+                        ),
+                        {"c": chain_id, "a": first, "b": last},
+                    )
+                ).all()
+                if len(hashes) != last - first + 1:
+                    raise PruneRefused(
+                        f"chain {shown(chain_id)}: the partitions before {before.isoformat()} hold "
+                        f"its seq {last}, but only {len(hashes)} of its seqs {first}..{last} are "
+                        "stored (a gap): nothing was pruned"
+                    )
                 last_hash = b""
                 for (digest,) in hashes:
                     last_hash = bytes(digest)

@@ -52,10 +52,12 @@ async def mtls_identities(session: AsyncSession) -> Sequence[AdminMtlsIdentity]:
     return (await session.scalars(query)).all()
 
 
-async def tenant_name(session: AsyncSession, tenant_id: uuid.UUID | None) -> str:
+async def tenant_state(session: AsyncSession, tenant_id: uuid.UUID | None) -> tuple[str, bool]:
+    """The tenant's name and whether it is active; ("", True) for no tenant."""
     if tenant_id is None:
-        return ""
-    return await session.scalar(select(Tenant.name).where(Tenant.id == tenant_id)) or ""
+        return "", True
+    row = (await session.execute(select(Tenant.name, Tenant.active).where(Tenant.id == tenant_id))).first()
+    return (row.name, bool(row.active)) if row is not None else ("", True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -351,10 +351,24 @@ async def _tenant_for_role(session: AsyncSession, role: str, tenant: str) -> uui
 async def _caller(
     session: AsyncSession, ident: str, name: str, role: str, tenant_id: uuid.UUID | None
 ) -> Caller:
+    """The identity as a caller, with whether its tenant is active (``check_active``)."""
+    tenant_name, active = await repo.tenant_state(session, tenant_id)
     return Caller(
         ident,
         name,
         role,
         tenant_id=str(tenant_id) if tenant_id is not None else "",
-        tenant_name=await repo.tenant_name(session, tenant_id),
+        tenant_name=tenant_name,
+        tenant_active=active,
     )
+
+
+def check_active(caller: Caller) -> None:
+    """A deactivated tenant's identities are refused (as its callers are on the nodes): only a
+    platform identity manages, and reactivates, it. After authentication, so that the audit
+    row of the refused call names the identity."""
+    if not caller.tenant_active:
+        raise PermissionDenied(
+            f"tenant {caller.tenant_name!r} is not active: its admin identities are refused until a"
+            " platform admin reactivates it"
+        )

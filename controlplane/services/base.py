@@ -99,6 +99,9 @@ class Caller:
     tenant_id: str = ""
     """The tenant a tenant-scoped identity is bound to; "" for platform-wide ones."""
     tenant_name: str = ""
+    tenant_active: bool = True
+    """False: the identity's tenant is deactivated, and the identity refused
+    (``controlplane.services.admin.check_active``)."""
 
     @property
     def actor(self) -> str:

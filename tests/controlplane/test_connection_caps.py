@@ -12,9 +12,14 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane.connections import HANDSHAKE_TIMEOUT_MS, OTHER_FILES, connection_caps
+from controlplane.connections import (
+    HANDSHAKE_TIMEOUT_MS,
+    MAX_CONCURRENT_STREAMS,
+    OTHER_FILES,
+    connection_caps,
+)
 from tests.controlplane.conftest import TIMEOUT, enrolled_sync_node
-from tests.fixtures.postgres import cp_settings, running_control_plane
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
 
 CAP = 8
@@ -75,3 +80,35 @@ def test_unset_caps_share_the_open_files_limit(limit: int | None, expected: tupl
     caps = connection_caps(limit, admin=None, node=None)
     assert (caps.admin, caps.node) == expected
     assert connection_caps(limit, admin=3, node=5) == type(caps)(3, 5)
+
+
+async def test_one_connection_holds_a_bounded_number_of_streams(control_plane: RunningControlPlane) -> None:
+    # There was no cap: one connection held as many concurrent calls as it opened (each a
+    # task and buffers on the control plane; measured: 5,000 health watches on one channel,
+    # all served). Past the cap a call waits for a stream of its connection to end; other
+    # connections are served meanwhile.
+    async with grpc.aio.insecure_channel(control_plane.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(MAX_CONCURRENT_STREAMS)]
+        try:
+            for watch in watches:
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            one_more = health.Watch(health_pb2.HealthCheckRequest(), timeout=1.0)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await one_more.read()
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # Its own connection (channels to one target share one unless told not to).
+            local = [("grpc.use_local_subchannel_pool", 1)]
+            async with grpc.aio.insecure_channel(control_plane.address, options=local) as other:
+                answer = await health_pb2_grpc.HealthStub(other).Check(
+                    health_pb2.HealthCheckRequest(), timeout=TIMEOUT
+                )
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            # A stream that ends frees its place for the next call.
+            watches.pop().cancel()
+            again = health.Watch(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+            assert (await again.read()).status == health_pb2.HealthCheckResponse.SERVING
+            again.cancel()
+        finally:
+            for watch in watches:
+                watch.cancel()

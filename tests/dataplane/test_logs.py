@@ -3,6 +3,7 @@ node and worker, a request's lines with its correlation id and tenant, and no se
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -95,3 +96,45 @@ def test_an_unknown_log_format_is_refused(
 
     assert main(["dataplane", "serve", "--log-format", fmt, "--data-dir", str(tmp_path)]) == 2
     assert f"--log-format: {fmt!r} is not one of auto, json, text" in capsys.readouterr().err
+
+
+# Every character some log reader takes for the end of a line (str.splitlines splits on all).
+_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_FORGED = "1999-01-01 00:00:00,000 ERROR signalbox.auth: admin root logged in"
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_no_caller_or_provider_string_can_start_a_log_line_of_its_own(fmt: str) -> None:
+    from dataplane.providers.classify import protocol_error
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.formatter(fmt, service="dataplane", node="edge\u20281"))
+    logger = logging.getLogger("dataplane.providers.classify")
+    logger.addHandler(handler)
+    try:
+        logs.bind_request("cid\u2028" + _FORGED, "t-acme\x85" + _FORGED)
+        hostile = [c + _FORGED for c in _BREAKS]
+        for text in hostile:
+            logger.warning("model %s refused", text)
+            protocol_error("openai", "no choices", body="oops" + text, credential=None)
+            try:
+                raise ValueError(text)
+            except ValueError:
+                logger.exception("caller's %s failed", text)
+    finally:
+        logger.removeHandler(handler)
+        logs.bind_request("")
+    lines = stream.getvalue().splitlines()
+    if fmt == "json":
+        events = [json.loads(line) for line in lines]
+        assert len(events) == 3 * len(hostile)
+        assert {e["correlation_id"] for e in events} == {"cid\u2028" + _FORGED}
+        assert {e["tenant"] for e in events} == {"t-acme\x85" + _FORGED}
+        assert {e["node"] for e in events} == {"edge\u20281"}
+        assert [e["msg"] for e in events[::3]] == [f"model {text} refused" for text in hostile]
+    else:
+        # Each record is one line starting with its time; its traceback's lines are indented.
+        records = [line for line in lines if not line.startswith("  | ")]
+        assert len(records) == 3 * len(hostile), records
+        assert not [line for line in records if line.startswith(_FORGED[:10])], records

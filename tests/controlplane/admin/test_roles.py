@@ -174,3 +174,50 @@ async def test_admin_tokens_through_the_cli(admin: Admin, control_plane: Running
     code, out, err = await cli(ops, "admins", "token", "revoke", str(uuid.uuid4()))
     assert code != 0
     assert "NOT_FOUND" in err
+
+
+async def test_a_deactivated_tenants_admin_identities_are_refused_until_it_is_reactivated(
+    admin: Admin,
+) -> None:
+    """An inactive tenant's callers are refused on the node; its admin identities (tenant
+    admins and its auditors, by token) are refused on the admin API with one precise message,
+    while platform admins still manage it, and reactivate it."""
+    await admin.seed("acme")
+    ops = admin.with_token(
+        (
+            await admin.CreateAdminToken(
+                admin_pb2.CreateAdminTokenRequest(name="acme-ops", role="tenant_admin", tenant="acme")
+            )
+        ).token
+    )
+    reader = admin.with_token(
+        (await ops.CreateAdminToken(admin_pb2.CreateAdminTokenRequest(name="acme-aud", role="auditor"))).token
+    )
+    await admin.UpdateTenant(admin_pb2.UpdateTenantRequest(tenant="acme", active=False))
+    for call in (
+        ops.ListApiKeys(admin_pb2.ListApiKeysRequest()),
+        ops.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="svc")),
+        ops.CreateAdminToken(admin_pb2.CreateAdminTokenRequest(name="again", role="tenant_admin")),
+        reader.QueryEvidence(admin_pb2.QueryEvidenceRequest()),
+        reader.GetTenant(admin_pb2.GetTenantRequest(tenant="acme")),
+    ):
+        assert await _code(call) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "tenant 'acme' is not active: its admin identities are refused until a platform admin"
+            " reactivates it",
+        )
+    # The platform admin still manages the tenant: nothing was created by the refused calls.
+    assert (await admin.ListApiKeys(admin_pb2.ListApiKeysRequest(tenant="acme"))).keys == []
+    assert {t.name for t in (await admin.ListAdminTokens(admin_pb2.ListAdminTokensRequest())).tokens} == {
+        "tests",
+        "acme-ops",
+        "acme-aud",
+    }
+    # The audit trail names who was refused.
+    refused = await admin.ListAdminAudit(admin_pb2.ListAdminAuditRequest(actor="admin:acme-ops"))
+    assert {(e.action, e.result) for e in refused.entries} >= {
+        ("ListApiKeys", "PERMISSION_DENIED"),
+        ("CreateApiKey", "PERMISSION_DENIED"),
+    }
+    await admin.UpdateTenant(admin_pb2.UpdateTenantRequest(tenant="acme", active=True))
+    assert (await ops.ListApiKeys(admin_pb2.ListApiKeysRequest())).keys == []

@@ -12,14 +12,18 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.db.session import create_engine, session_factory
 from controlplane.evidence.partitions import PartitionGone
 from controlplane.evidence.retention import PRUNED_PAYLOAD_TYPE, verify_statement
 from dataplane.evidence import cosignature
 from dataplane.evidence.log import EvidenceLog, log_path
+from dataplane.evidence.merkle import Tree
 from dataplane.evidence.records import seal
-from signalbox.tls import aio_channel
+from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.tls import ClientTls, aio_channel
+from tests.controlplane.conftest import Admin
 from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, rehash
 from tests.controlplane.test_cli import _signalbox
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
@@ -28,12 +32,26 @@ from tests.helpers import eventually
 JAN, FEB = datetime(2025, 1, 15, tzinfo=UTC).timestamp(), datetime(2025, 2, 15, tzinfo=UTC).timestamp()
 
 
-async def write_at(directory: Path, times: list[float]) -> list[bytes]:
-    """Real node records of node-a at the given times; every line of its log so far."""
-    async with EvidenceLog(log_path(directory, "node-a"), "node-a") as log:
+async def write_at(
+    directory: Path, times: list[float], *, node_id: str = "node-a", tenant_id: str = "acme"
+) -> list[bytes]:
+    """Real node records of ``node_id`` at the given times; every line of its log so far."""
+    async with EvidenceLog(log_path(directory, node_id), node_id) as log:
         for i, ts in enumerate(times):
-            log.append({"ts": ts, "correlation_id": f"corr-{ts}-{i}", "tenant_id": "acme"})
-    return log_path(directory, "node-a").read_bytes().splitlines(keepends=True)
+            log.append({"ts": ts, "correlation_id": f"corr-{ts}-{i}", "tenant_id": tenant_id})
+    return log_path(directory, node_id).read_bytes().splitlines(keepends=True)
+
+
+async def ship_as(
+    plane: RunningControlPlane, private_tmp: Path, node_id: str, times: list[float], *, tenant_id: str
+) -> None:
+    """Another node, enrolled: its records at ``times``, of ``tenant_id``, shipped."""
+    directory = new_dir(private_tmp, f"evidence-{node_id}-")
+    async with aio_channel(plane.node_address, await plane.enroll(node_id, directory)) as channel:
+        stream = Stream(channel)
+        lines = await write_at(directory, times, node_id=node_id, tenant_id=tenant_id)
+        assert (await stream.ship(f"{node_id}/0", lines)).head_seq == len(times)
+        stream.close()
 
 
 def public_keys(plane: RunningControlPlane) -> dict[str, Ed25519PublicKey]:
@@ -168,20 +186,54 @@ async def test_pruning_leaves_signed_statements_and_the_rest_still_verifies(
         engine.dispose()
 
 
-async def test_a_range_that_is_not_the_chains_next_prefix_is_not_pruned(
-    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+async def test_a_node_whose_clock_jumped_does_not_block_retention(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], private_tmp: Path
 ) -> None:
+    """Record times are the node's word. node-a's clock was far ahead (seqs 1-2 dated 2099,
+    kept in DEFAULT) and then stepped back to January. Its January records (seqs 3-4) were
+    not its next prefix, so every prune was refused: no partition of any node or tenant was
+    ever dropped again. A record is no older than the records after it in its chain, so the
+    chain's statement covers its prefix up to its newest pruned seq, 1-4 (the compact range
+    takes seqs 1-2's hashes from where they are stored), and the month is dropped."""
     stream, directory = node
-    # Seq 2 is older than seq 1 (a clock stepped back): January holds seq 2 only.
-    lines = await write_at(directory, [FEB, JAN, datetime.now(UTC).timestamp()])
-    assert (await stream.ship("node-a/0", lines)).head_seq == 3
-    code, _, err = await admin_cli(evidence_plane, "evidence", "prune", "--before", "2025-02-01")
-    assert code != 0
-    assert "chain 'node-a/0'" in err
-    assert "seqs 2..2 (1 of them), not the chain's next prefix from seq 1: nothing was pruned" in err
-    assert "evidence_records_y2025m01" in partitions(evidence_plane)
-    assert sql_rows(evidence_plane.database_url, "SELECT 1 FROM evidence_pruned_ranges") == []
-    assert len(sql_rows(evidence_plane.database_url, "SELECT 1 FROM evidence_records")) == 3
+    now = datetime.now(UTC).timestamp()
+    future = datetime(2099, 6, 1, tzinfo=UTC).timestamp()
+    lines = await write_at(directory, [future, future, JAN, JAN, now])
+    assert (await stream.ship("node-a/0", lines)).head_seq == 5
+    await ship_as(evidence_plane, private_tmp, "node-b", [JAN, FEB, now], tenant_id="globex")
+
+    code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-03-01")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["partitions"] == ["evidence_records_y2025m01", "evidence_records_y2025m02"]
+    assert sorted((r["chain_id"], r["first_seq"], r["last_seq"]) for r in result["ranges"]) == [
+        ("node-a/0", "1", "4"),
+        ("node-b/0", "1", "2"),
+    ]
+    statement = verify_statement(
+        bytes(
+            sql_rows(
+                evidence_plane.database_url,
+                "SELECT statement FROM evidence_pruned_ranges WHERE chain_id = 'node-a/0'",
+            )[0][0]
+        ),
+        public_keys(evidence_plane),
+    )
+    hashes = [bytes.fromhex(json.loads(line)["hash"]) for line in lines]
+    assert statement.last_hash == hashes[3]
+    tree = statement.tree()
+    tree.append(hashes[4])
+    reference = Tree()
+    for digest in hashes:
+        reference.append(digest)
+    assert tree.root() == reference.root()
+    # The 2099 records stay (covered by the statement) until their month is dropped; a later
+    # prune leaves them out of its ranges rather than refusing.
+    assert sql_rows(
+        evidence_plane.database_url, "SELECT chain_id, seq FROM evidence_records ORDER BY 1, 2"
+    ) == [("node-a/0", 1), ("node-a/0", 2), ("node-a/0", 5), ("node-b/0", 3)]
+    code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-05-01")
+    assert code == 0, err
 
 
 async def test_the_retention_timer_prunes_what_is_older_than_the_setting(
@@ -328,3 +380,42 @@ async def test_records_left_in_the_default_partition_are_rehomed_and_pruned(
     # The chain goes on, and its rest still verifies against the statement.
     lines = await write_at(directory, [now])
     assert (await stream.ship("node-a/0", lines[-1:])).head_seq == 4
+
+
+async def test_a_tenant_sees_pruned_ranges_of_its_own_records_chains_only(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], private_tmp: Path
+) -> None:
+    """A tenant admin's QueryEvidence listed the pruned range of every chain of the fleet:
+    other tenants' nodes' chain ids and last seqs (how many requests they served). It lists
+    those of the chains its answer's records are on."""
+    stream, directory = node
+    async with aio_channel(evidence_plane.address, ClientTls()) as channel:
+        admin = Admin(admin_pb2_grpc.AdminServiceStub(channel), evidence_plane.metadata)
+        acme, globex = [
+            (await admin.CreateTenant(admin_pb2.CreateTenantRequest(name=name))).id
+            for name in ("acme", "globex")
+        ]
+        now = datetime.now(UTC).timestamp()
+        lines = await write_at(directory, [JAN, now], tenant_id=acme)
+        assert (await stream.ship("node-a/0", lines)).head_seq == 2
+        await ship_as(evidence_plane, private_tmp, "node-b", [JAN, JAN, now], tenant_id=globex)
+        await admin.PruneEvidence(admin_pb2.PruneEvidenceRequest(before=_timestamp(FEB)))
+        everything = await admin.QueryEvidence(admin_pb2.QueryEvidenceRequest())
+        assert sorted((p.chain_id, p.last_seq) for p in everything.pruned) == [
+            ("node-a/0", 1),
+            ("node-b/0", 2),
+        ]
+        token = (
+            await admin.CreateAdminToken(
+                admin_pb2.CreateAdminTokenRequest(name="acme-ops", role="tenant_admin", tenant="acme")
+            )
+        ).token
+        found = await admin.with_token(token).QueryEvidence(admin_pb2.QueryEvidenceRequest())
+        assert [(r.chain_id, r.seq) for r in found.records] == [("node-a/0", 2)]
+        assert [(p.chain_id, p.last_seq) for p in found.pruned] == [("node-a/0", 1)]
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromSeconds(int(seconds))
+    return stamp

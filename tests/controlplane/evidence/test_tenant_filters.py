@@ -5,6 +5,7 @@ never answers "nothing" for a tenant that has records because it was named, not 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -23,13 +24,15 @@ from tests.controlplane.test_cli import _signalbox
 from tests.fixtures.postgres import RunningControlPlane
 
 
-async def _ship(plane: RunningControlPlane, private_tmp: Path, tenants: list[str]) -> None:
-    """node-a: one record per entry of ``tenants`` (its tenant id), all under a checkpoint."""
-    directory = new_dir(private_tmp, "node-a-")
-    tls = await plane.enroll("node-a", directory)
-    path = log_path(directory, "node-a")
+async def _ship(
+    plane: RunningControlPlane, private_tmp: Path, tenants: list[str], node_id: str = "node-a"
+) -> None:
+    """``node_id``: one record per entry of ``tenants`` (its tenant id), all under a checkpoint."""
+    directory = new_dir(private_tmp, f"{node_id}-")
+    tls = await plane.enroll(node_id, directory)
+    path = log_path(directory, node_id)
     signer = IdentityFiles(directory).private_key()
-    async with EvidenceLog(path, "node-a", signer=signer, checkpoint_records=10**9) as log:
+    async with EvidenceLog(path, node_id, signer=signer, checkpoint_records=10**9) as log:
         for i, tenant_id in enumerate(tenants):
             log.append(
                 {
@@ -46,7 +49,7 @@ async def _ship(plane: RunningControlPlane, private_tmp: Path, tenants: list[str
     notes = [n.decode() for n in checkpoint.read_notes(checkpoint.checkpoints_path(path))]
     async with aio_channel(plane.node_address, tls) as channel:
         stream = Stream(channel)
-        ack = await stream.ship("node-a/0", path.read_bytes().splitlines(keepends=True), notes)
+        ack = await stream.ship(f"{node_id}/0", path.read_bytes().splitlines(keepends=True), notes)
         stream.close()
     assert (ack.head_seq, ack.error.code) == (len(tenants), ""), ack
 
@@ -112,3 +115,42 @@ async def test_a_tenant_named_by_name_selects_its_records_in_queries_usage_and_p
     )  # fmt: skip
     assert code == 0, err
     assert json.loads(stdout)["total"]["requests"] == "3"
+
+
+async def test_a_tenants_pack_lists_only_the_chains_holding_its_records(
+    control_plane: RunningControlPlane, initech: str, private_tmp: Path
+) -> None:
+    """A pack's manifest lists every chain searched, with its node, head seq, state and
+    alarm. A tenant admin's pack listed every chain of the fleet: node-b, which never served
+    initech, and how many records it holds. It lists the chains holding initech's records:
+    no other can hold a match."""
+    async with aio_channel(control_plane.address, ClientTls()) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        hooli = (
+            await admin.GetTenant(admin_pb2.GetTenantRequest(tenant="hooli"), metadata=control_plane.metadata)
+        ).id
+        token = (
+            await admin.CreateAdminToken(
+                admin_pb2.CreateAdminTokenRequest(name="initech-ops", role="tenant_admin", tenant="initech"),
+                metadata=control_plane.metadata,
+            )
+        ).token
+    await _ship(control_plane, private_tmp, [hooli, hooli], node_id="node-b")
+
+    async def listed(token: str, out: Path) -> list[tuple[str, int]]:
+        code, _, err = await _signalbox(
+            "admin", "--target", control_plane.address, "--token", token,
+            "evidence", "export", "--tenant", "initech", "--out", str(out),
+        )  # fmt: skip
+        assert code == 0, err
+        assert verify(out, {control_plane.key_id: control_plane.public_key}).records == 3
+        manifest = json.loads((await asyncio.to_thread(out.read_bytes)).splitlines()[-1])["manifest"]
+        return sorted(
+            (c["chain_id"], c["records"]) for c in manifest["chains"] + manifest["searched_without_match"]
+        )
+
+    assert await listed(control_plane.token, private_tmp / "platform.pack") == [
+        ("node-a/0", 3),
+        ("node-b/0", 0),
+    ]
+    assert await listed(token, private_tmp / "tenant.pack") == [("node-a/0", 3)]
