@@ -267,3 +267,19 @@ async def test_the_same_request_routes_and_records_alike_over_http_and_grpc(
     ):
         assert a[field] == b[field], field
     assert a["response_sha256"] == b["response_sha256"]
+
+
+async def test_a_chat_is_not_routed_to_an_embeddings_model(
+    client: openai.AsyncOpenAI, http_node: DataPlaneNode, simulator: Any
+) -> None:
+    # sim-embed declares embeddings only. A chat named it and was sent to it: a real
+    # provider refuses that ("not a chat model", a 404), which the deployment's circuit
+    # breaker counts, so one caller's chats could open the breaker its embeddings share.
+    hi = [{"role": "user", "content": "hi"}]
+    for stream in (False, True):
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            await client.chat.completions.create(model="sim-embed", messages=hi, stream=stream)  # type: ignore[call-overload]
+        assert "lacks capability 'chat'" in refused.value.message
+    assert simulator.stats("sim-embed").total == 0
+    embedded = await client.embeddings.create(model="sim-embed", input="still served")
+    assert len(embedded.data) == 1
