@@ -453,9 +453,19 @@ def wire_field(field: str, body: Any) -> str:
         return "max_completion_tokens" if newer else "max_tokens"
     if field in _WIRE_NAMES:
         return _WIRE_NAMES[field]
+    if field == "response_format.json_schema" and type(_json_schema(body)) is dict:
+        # The validation's name for the schema; this module's own, for a json_schema that
+        # is not an object, is the same text and stays as it is.
+        return "response_format.json_schema.schema"
     if field == "inputs[0]" and isinstance(body, dict) and type(body.get("input")) is str:
         return "input"
     for pattern, replacement in _WIRE_PATTERNS:
         if match := pattern.fullmatch(field):
             return match.expand(replacement)
     return field
+
+
+def _json_schema(body: Any) -> Any:
+    """The body's ``response_format.json_schema``, whatever it is (None when absent)."""
+    response_format = body.get("response_format") if type(body) is dict else None
+    return response_format.get("json_schema") if type(response_format) is dict else None

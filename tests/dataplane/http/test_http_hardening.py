@@ -546,6 +546,16 @@ def _tool(name: str, parameters: Any = None) -> dict[str, Any]:
             "tool_choice.function.name",
         ),
         ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
+        (
+            "/v1/chat/completions",
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": 5}}}},
+            "response_format.json_schema.schema",
+        ),
+        (
+            "/v1/chat/completions",
+            {"response_format": {"type": "json_schema", "json_schema": "r"}},
+            "response_format.json_schema",
+        ),
         ("/v1/embeddings", {"model": "sim-embed", "input": []}, "input"),
         ("/v1/embeddings", {"model": "sim-embed", "input": ""}, "input"),
         ("/v1/embeddings", {"model": "sim-embed", "input": ["a", ""]}, "input[1]"),
