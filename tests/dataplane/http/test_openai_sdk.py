@@ -19,6 +19,8 @@ from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.simulator import Behaviour
 from tests.dataplane.conftest import API_KEY, AUTH, EXPIRED_KEY, NodeFactory, envelope, snapshot
+from tests.dataplane.upstream.rawserver import Peer, RawServer
+from tests.dataplane.upstream.rawserver import answer as raw_answer
 from tests.helpers import eventually
 
 
@@ -283,3 +285,32 @@ async def test_a_chat_is_not_routed_to_an_embeddings_model(
     assert simulator.stats("sim-embed").total == 0
     embedded = await client.embeddings.create(model="sim-embed", input="still served")
     assert len(embedded.data) == 1
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39, "nan", "inf"], ids=["huge", "-huge", "nan", "inf"])
+async def test_an_embedding_no_float32_holds_is_a_bad_upstream_answer_not_a_500(
+    start_node: NodeFactory, signing_key: Ed25519PrivateKey, value: Any
+) -> None:
+    # The SDK asks for base64 (little-endian float32) by default: a value beyond float32's
+    # range from the upstream made packing it raise, a 500 "internal error" for an answer
+    # the evidence recorded as served; NaN and infinity reached the caller as values.
+    async def embeds(server: RawServer, peer: Peer) -> None:
+        while (request := await peer.request()) is not None:
+            server.requests.append(request)
+            body = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5, value]}],
+                    "model": "sim-embed", "usage": {"prompt_tokens": 1, "total_tokens": 1}}  # fmt: skip
+            await peer.send(raw_answer(json.dumps(body).encode()))
+
+    async with RawServer(embeds) as upstream:
+        node = await start_node(http_listen="127.0.0.1:0")
+        snap = snapshot(1, upstream.url, provider_type="openai_compatible")
+        assert (await node.store.apply(envelope(snap, signing_key))).accepted
+        async with openai.AsyncOpenAI(
+            base_url=f"http://{node.http_address}/v1", api_key=API_KEY, max_retries=0
+        ) as sdk:
+            with pytest.raises(openai.InternalServerError) as bad:
+                await sdk.embeddings.create(model="sim-embed", input="x")
+            assert bad.value.status_code == 502
+            assert "not a finite float32" in bad.value.message
+            assert upstream.requests
+            assert [m.id async for m in sdk.models.list()]  # the node keeps serving
