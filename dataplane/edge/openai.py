@@ -48,12 +48,17 @@ _CHAT_FIELDS = frozenset(
         "model", "messages", "tools", "tool_choice", "response_format", "temperature", "top_p",
         "max_tokens", "max_completion_tokens", "stop", "seed", "n", "stream", "stream_options",
         "presence_penalty", "frequency_penalty", "parallel_tool_calls", "metadata", "user", "store",
+        "safety_identifier", "prompt_cache_key",
     }
 )  # fmt: skip
+_CALLER_IDS = ("user", "safety_identifier", "prompt_cache_key")
+"""Strings that identify the caller's end user to OpenAI (the last two replace ``user``):
+checked, not sent on, as no provider here takes them as OpenAI does."""
 _UNSUPPORTED = frozenset(
     {
         "logprobs", "top_logprobs", "logit_bias", "audio", "modalities", "prediction",
         "web_search_options", "functions", "function_call", "reasoning_effort", "service_tier",
+        "verbosity", "prompt_cache_retention", "prompt_cache_options", "moderation",
     }
 )  # fmt: skip
 """OpenAI fields this door does not implement: refused by name rather than ignored."""
@@ -361,8 +366,9 @@ def decode_chat(body: Any, headers: Mapping[str, str]) -> tuple[ChatRequest, Hin
         raise InvalidRequest("n", "only 1 choice per request is supported")
     if body.get("store") not in (None, False):
         raise InvalidRequest("store", "Signalbox does not store completions with the provider")
-    if body.get("user") is not None:
-        _str(body["user"], "user")
+    for field in _CALLER_IDS:
+        if body.get(field) is not None:
+            _str(body[field], field)
     stream = is_stream(body)
     if body.get("stream_options") is not None and not stream:
         raise InvalidRequest("stream_options", "only allowed when stream is true")

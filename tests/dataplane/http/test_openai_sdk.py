@@ -314,3 +314,29 @@ async def test_an_embedding_no_float32_holds_is_a_bad_upstream_answer_not_a_500(
             assert "not a finite float32" in bad.value.message
             assert upstream.requests
             assert [m.id async for m in sdk.models.list()]  # the node keeps serving
+
+
+async def test_the_sdks_current_request_fields_are_taken_or_refused_by_name(
+    client: openai.AsyncOpenAI, simulator: Any
+) -> None:
+    # safety_identifier and prompt_cache_key replace user in OpenAI's API: user was taken,
+    # they were refused as "unrecognized request argument"; other current fields were
+    # refused as unrecognized rather than as not supported.
+    hi: Any = [{"role": "user", "content": "hi"}]
+    served = await client.chat.completions.create(
+        model="sim-fast", messages=hi, safety_identifier="hashed-user-1", prompt_cache_key="conversation-1"
+    )
+    assert served.choices[0].message.content
+    sent = simulator.stats("sim-fast").last_request
+    assert "safety_identifier" not in sent
+    assert "prompt_cache_key" not in sent
+    with pytest.raises(openai.BadRequestError) as typed:
+        await client.chat.completions.create(
+            model="sim-fast", messages=hi, extra_body={"safety_identifier": 5}
+        )
+    assert typed.value.body["param"] == "safety_identifier"  # type: ignore[index]
+    assert "must be a string" in typed.value.message
+    with pytest.raises(openai.BadRequestError) as unsupported:
+        await client.chat.completions.create(model="sim-fast", messages=hi, verbosity="low")
+    assert unsupported.value.body["param"] == "verbosity"  # type: ignore[index]
+    assert "not supported by Signalbox" in unsupported.value.message
