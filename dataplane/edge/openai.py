@@ -390,6 +390,10 @@ def decode_chat(body: Any, headers: Mapping[str, str]) -> tuple[ChatRequest, Hin
     max_field = "max_completion_tokens"
     if max_tokens is None:
         max_tokens, max_field = body.get("max_tokens"), "max_tokens"
+    elif body.get("max_tokens") is not None:
+        # As OpenAI refuses it: one was silently dropped, so a caller setting max_tokens 10
+        # beside max_completion_tokens 4000 got (and paid for) up to 4000.
+        raise InvalidRequest("max_tokens", "cannot be set with max_completion_tokens; set one of them")
     parallel = body.get("parallel_tool_calls")
     params = GenerationParams(
         max_output_tokens=None if max_tokens is None else _int(max_tokens, max_field),

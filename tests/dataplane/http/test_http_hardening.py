@@ -535,6 +535,7 @@ def _tool(name: str, parameters: Any = None) -> dict[str, Any]:
     [
         ("/v1/chat/completions", {"max_tokens": 0}, "max_tokens"),
         ("/v1/chat/completions", {"max_completion_tokens": 0}, "max_completion_tokens"),
+        ("/v1/chat/completions", {"max_tokens": 10, "max_completion_tokens": 4000}, "max_tokens"),
         ("/v1/chat/completions", {"temperature": 5}, "temperature"),
         ("/v1/chat/completions", {"top_p": 0}, "top_p"),
         ("/v1/chat/completions", {"stop": [""]}, "stop"),
