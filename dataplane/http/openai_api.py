@@ -83,6 +83,9 @@ _CODES = {
 }
 
 DEFAULT_RETRY_AFTER_S = 1
+_WAIT_STATUSES = frozenset({429, 503})
+"""Statuses whose answers say when to retry (``retry-after``)."""
+_RETRY_LATER = ((b"retry-after", str(DEFAULT_RETRY_AFTER_S).encode()),)
 
 
 def http_status(outcome: Outcome) -> int:
@@ -276,7 +279,9 @@ class OpenAIFrontDoor:
             )
         except SignalboxError as exc:
             outcome = to_status(exc)
-            await _error(response, http_status(outcome), outcome.message, code=_CODES.get(outcome.kind))
+            status = http_status(outcome)
+            wait = _RETRY_LATER if status in _WAIT_STATUSES else ()
+            await _error(response, status, outcome.message, code=_CODES.get(outcome.kind), extra=wait)
             return None
         policies = state.config.policies
         policy = policies.get(caller.tenant.id) or policies.get("")
@@ -385,9 +390,10 @@ async def _refusal(response: Response, refused: Refused, body: Any = None) -> No
     status = http_status(outcome)
     cause = caller_error(refused.__cause__) if refused.__cause__ is not None else None
     extra = _ids(refused.correlation_id, refused.evidence_id)
-    if status == 429 or outcome.retry_after is not None:
-        # 429s, and our own refusals that advise a wait: the 503 of a tenant failing closed
-        # while no quota can be leased (its gRPC trailer says the same).
+    if status in _WAIT_STATUSES or outcome.retry_after is not None:
+        # 429s and 503s (a node with no snapshot yet, a tenant failing closed while no quota
+        # can be leased, ...): when to try again, as OpenAI's SDKs read it. A 503 without
+        # one left a caller's own retry loop to guess.
         extra += ((b"retry-after", str(retry_after(refused)).encode()),)
     param = _param(outcome, cause)
     message = _message(refused)
