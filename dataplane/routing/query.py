@@ -225,10 +225,15 @@ def query_for(
             embeddings=True,
             request_id=request_id,
         )
+    needed = capabilities_needed(body, hints.capabilities)
+    if streaming:
+        # A model the registry says cannot stream is not sent a stream: its provider
+        # refuses one, or answers it whole where a stream of events was expected.
+        needed |= _STREAMING
     return RouteQuery(
         tenant=tenant,
         model=hints.model,
-        capabilities=capabilities_needed(body, hints.capabilities),
+        capabilities=needed,
         task=hints.task,
         data_classification=hints.data_classification,
         metadata=hints.metadata,
@@ -240,6 +245,7 @@ def query_for(
 
 
 _EMBEDDINGS = frozenset({Capability.EMBEDDINGS})
+_STREAMING = frozenset({Capability.STREAMING})
 
 
 def sticky_value(key: str, query: RouteQuery) -> str:

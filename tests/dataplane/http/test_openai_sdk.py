@@ -340,3 +340,25 @@ async def test_the_sdks_current_request_fields_are_taken_or_refused_by_name(
         await client.chat.completions.create(model="sim-fast", messages=hi, verbosity="low")
     assert unsupported.value.body["param"] == "verbosity"  # type: ignore[index]
     assert "not supported by Signalbox" in unsupported.value.message
+
+
+async def test_a_stream_is_not_routed_to_a_model_that_cannot_stream(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
+) -> None:
+    # The registry's streaming capability was never asked for: a stream went to a model
+    # declared unable to stream, whose provider then refuses it or answers it whole.
+    node = await start_node(http_listen="127.0.0.1:0")
+    snap = snapshot(1, simulator.base_url)
+    (smart,) = [m for m in snap.models if m.alias == "sim-smart"]
+    smart.capabilities.remove(common_pb2.CAPABILITY_STREAMING)
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    hi: Any = [{"role": "user", "content": "hi"}]
+    async with openai.AsyncOpenAI(
+        base_url=f"http://{node.http_address}/v1", api_key=API_KEY, max_retries=0
+    ) as sdk:
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            await sdk.chat.completions.create(model="sim-smart", messages=hi, stream=True)
+        assert "lacks capability 'streaming'" in refused.value.message
+        assert simulator.stats("sim-smart").total == 0
+        whole = await sdk.chat.completions.create(model="sim-smart", messages=hi)
+        assert whole.choices[0].message.content
