@@ -380,6 +380,10 @@ def retry_after(refused: Refused) -> int:
     return max(1, math.ceil(min(seconds, DEFAULT_MAX_RETRY_AFTER_S)))
 
 
+def _upstream_said_wait(refused: Refused) -> bool:
+    return any(a.retry_after_s for a in getattr(refused.__cause__, "attempts", ()))
+
+
 def _message(refused: Refused) -> str:
     return f"{refused.outcome.message} (request id {refused.correlation_id})"
 
@@ -390,10 +394,11 @@ async def _refusal(response: Response, refused: Refused, body: Any = None) -> No
     status = http_status(outcome)
     cause = caller_error(refused.__cause__) if refused.__cause__ is not None else None
     extra = _ids(refused.correlation_id, refused.evidence_id)
-    if status in _WAIT_STATUSES or outcome.retry_after is not None:
+    if status in _WAIT_STATUSES or outcome.retry_after is not None or _upstream_said_wait(refused):
         # 429s and 503s (a node with no snapshot yet, a tenant failing closed while no quota
         # can be leased, ...): when to try again, as OpenAI's SDKs read it. A 503 without
-        # one left a caller's own retry loop to guess.
+        # one left a caller's own retry loop to guess. So does a 502 whose upstreams said
+        # when they free up (503 with Retry-After): dropped, the SDK retried at once.
         extra += ((b"retry-after", str(retry_after(refused)).encode()),)
     param = _param(outcome, cause)
     message = _message(refused)

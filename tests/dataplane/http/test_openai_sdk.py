@@ -230,6 +230,14 @@ async def test_each_error_class_raises_the_sdks_own_exception(
     with pytest.raises(openai.InternalServerError) as upstream:
         await client.chat.completions.create(model="sim-fast", messages=hi)  # type: ignore[arg-type]
     assert upstream.value.status_code == 502
+    assert "retry-after" not in upstream.value.response.headers
+    # An upstream that says when it frees up: the caller is told too (it was dropped, and
+    # the SDK retried the 502 at once).
+    simulator.set_behaviour("sim-fast", Behaviour(fail_status=503, retry_after=4))
+    with pytest.raises(openai.InternalServerError) as busy:
+        await client.chat.completions.create(model="sim-fast", messages=hi)  # type: ignore[arg-type]
+    assert busy.value.status_code == 502
+    assert busy.value.response.headers["retry-after"] == "4"
     simulator.set_behaviour("sim-fast", Behaviour(latency_ms=5000))
     async with openai.AsyncOpenAI(
         base_url=f"http://{http_node.http_address}/v1", api_key=API_KEY, max_retries=0, timeout=0.5
