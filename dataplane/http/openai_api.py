@@ -82,6 +82,14 @@ _CODES = {
     "Unauthenticated": "invalid_api_key",
 }
 
+_ATTEMPT_CODES = {
+    "rate_limited": "rate_limit_exceeded",
+    "quota_exhausted": "insufficient_quota",
+    "context_too_long": "context_length_exceeded",
+    "content_filtered": "content_filter",
+}
+"""An upstream failure's kind (``AttemptRecord.outcome``) as OpenAI's error code."""
+
 DEFAULT_RETRY_AFTER_S = 1
 _WAIT_STATUSES = frozenset({429, 503})
 """Statuses whose answers say when to retry (``retry-after``)."""
@@ -215,7 +223,7 @@ class OpenAIFrontDoor:
                 await _refusal(response, refused, parsed[0] if parsed else None)
                 return
             status = http_status(refused.outcome)
-            error = answers.error(status, _message(refused), code=_CODES.get(refused.outcome.kind))
+            error = answers.error(status, _message(refused), code=_code(refused))
             await response.write(b"event: error\ndata: " + error + b"\n\n")
         finally:
             await events.aclose()
@@ -380,6 +388,17 @@ def retry_after(refused: Refused) -> int:
     return max(1, math.ceil(min(seconds, DEFAULT_MAX_RETRY_AFTER_S)))
 
 
+def _code(refused: Refused) -> str | None:
+    """OpenAI's error code for a refusal: its own kind's, or, when every upstream attempt
+    failed the same way, that failure's (the refusal is then ``AllCandidatesFailed``, whose
+    status is already that failure's): a context overflow on the only candidate came back
+    without context_length_exceeded, the code clients check before trimming a conversation."""
+    if (code := _CODES.get(refused.outcome.kind)) is not None:
+        return code
+    kinds = {a.outcome for a in getattr(refused.__cause__, "attempts", ())}
+    return _ATTEMPT_CODES.get(kinds.pop()) if len(kinds) == 1 else None
+
+
 def _upstream_said_wait(refused: Refused) -> bool:
     return any(a.retry_after_s for a in getattr(refused.__cause__, "attempts", ()))
 
@@ -413,7 +432,7 @@ async def _refusal(response: Response, refused: Refused, body: Any = None) -> No
         status,
         message,
         param=param,
-        code=_CODES.get(outcome.kind),
+        code=_code(refused),
         extra=extra,
     )
 

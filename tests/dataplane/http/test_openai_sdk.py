@@ -226,6 +226,18 @@ async def test_each_error_class_raises_the_sdks_own_exception(
     with pytest.raises(openai.RateLimitError) as limited:
         await client.chat.completions.create(model="sim-fast", messages=hi)  # type: ignore[arg-type]
     assert limited.value.response.headers["retry-after"] == "7"
+    assert limited.value.code == "rate_limit_exceeded"
+    # Every attempt failing one way (here the only one) is refused with OpenAI's code for
+    # it: clients trim a conversation on context_length_exceeded. It came back null.
+    overflow = {"message": "maximum context length exceeded", "type": "invalid_request_error"}
+    simulator.set_behaviour(
+        "sim-fast",
+        Behaviour(fail_status=400, error_body={"error": {**overflow, "code": "context_length_exceeded"}}),
+    )
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as too_long:
+            await client.chat.completions.create(model="sim-fast", messages=hi, stream=stream)  # type: ignore[call-overload]
+        assert too_long.value.code == "context_length_exceeded"
     simulator.set_behaviour("sim-fast", Behaviour(fail_status=500))
     with pytest.raises(openai.InternalServerError) as upstream:
         await client.chat.completions.create(model="sim-fast", messages=hi)  # type: ignore[arg-type]
