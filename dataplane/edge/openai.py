@@ -159,6 +159,9 @@ def _image(part: dict[str, Any], field: str) -> ImagePart:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidRequest(f"{field}.image_url.url", "the data URL is not valid base64") from exc
+        if not raw:
+            # Sent on, an empty image came back as the provider's refusal, naming no field.
+            raise InvalidRequest(f"{field}.image_url.url", "the data URL holds no image data")
         return ImagePart(data=raw, media_type=media_type, detail=detail)
     if not url.startswith(("https://", "http://")):
         raise InvalidRequest(f"{field}.image_url.url", "must be an http(s) URL or a base64 data URL")

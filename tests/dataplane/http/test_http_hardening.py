@@ -549,6 +549,18 @@ def _tool(name: str, parameters: Any = None) -> dict[str, Any]:
         ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
         (
             "/v1/chat/completions",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}],
+                    }
+                ]
+            },
+            "messages[0].content[0].image_url.url",
+        ),
+        (
+            "/v1/chat/completions",
             {"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": 5}}}},
             "response_format.json_schema.schema",
         ),
