@@ -15,8 +15,8 @@ and leaves every limit in our hands:
 - **Connections.** At most ``max_requests_per_connection`` requests on one connection;
   requests are answered in order (pipelining), one at a time; reading pauses when a few are
   waiting, so a client cannot queue unbounded work.
-- **Smuggling.** A request with both ``Content-Length`` and ``Transfer-Encoding``, or an
-  upgrade, is refused (400) and the connection closed.
+- **Smuggling.** A request with both ``Content-Length`` and ``Transfer-Encoding``, with more
+  than one ``Host``, or an upgrade, is refused (400) and the connection closed.
 - **Codings.** A transfer coding other than chunked is refused (501), a content coding
   (``Content-Encoding: gzip``) too (415): no handler decodes one, and none is inflated here.
 - **Disconnects.** A client that goes away (or half-closes: HTTP/1.1 clients do not)
@@ -216,6 +216,7 @@ class _Connection(asyncio.Protocol):
         codings: list[bytes] = []
         content_codings: list[bytes] = []
         expect = b""
+        hosts = 0
         for name, value in self._headers:
             if name == b"content-length":
                 if length is None:
@@ -226,6 +227,13 @@ class _Connection(asyncio.Protocol):
                 content_codings.extend(c.strip().lower() for c in value.split(b","))
             elif name == b"expect" and not expect:
                 expect = value
+            elif name == b"host":
+                hosts += 1
+        if hosts > 1:
+            # RFC 9112 3.2: a server MUST answer 400. A proxy in front that checks or routes
+            # by one of them while another hop reads the other is the classic confusion.
+            self._refuse(400, "a request may carry one host header, not several")
+            return
         if length is not None and codings:
             self._refuse(400, "a request may not carry both content-length and transfer-encoding")
             return

@@ -107,8 +107,9 @@ async def still_serving(http: aiohttp.ClientSession) -> None:
             "",
         ),
         (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400, "upgrade"),
+        (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "one host header"),
     ],
-    ids=["garbage", "huge-header", "too-many-headers", "huge-body", "cl-and-te", "upgrade"],
+    ids=["garbage", "huge-header", "too-many-headers", "huge-body", "cl-and-te", "upgrade", "two-hosts"],
 )
 async def test_bad_http_gets_a_precise_4xx_and_the_connection_closes(
     node: DataPlaneNode, http: aiohttp.ClientSession, request_bytes: bytes, status: int, says: str
