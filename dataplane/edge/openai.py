@@ -168,7 +168,9 @@ def _image(part: dict[str, Any], field: str) -> ImagePart:
     return ImagePart(url=url, detail=detail)
 
 
-def _content(value: Any, field: str, *, images: bool) -> tuple[ContentPart, ...]:
+def _content(value: Any, field: str, *, images: bool, refusals: bool = False) -> tuple[ContentPart, ...]:
+    """``refusals``: an assistant's content, whose parts may also be OpenAI's ``refusal``
+    parts (what it said when it declined): kept as its text."""
     if value is None:
         return ()
     if type(value) is str:
@@ -180,12 +182,15 @@ def _content(value: Any, field: str, *, images: bool) -> tuple[ContentPart, ...]
         kind = part.get("type")
         if kind == "text":
             parts.append(TextPart(_str(part.get("text"), f"{where}.text")))
+        elif kind == "refusal" and refusals:
+            parts.append(TextPart(_str(part.get("refusal"), f"{where}.refusal")))
         elif kind == "image_url" and images:
             parts.append(_image(part, where))
         elif kind == "image_url":
             raise InvalidRequest(f"{where}.type", "images are allowed in user messages only")
         else:
-            raise InvalidRequest(f"{where}.type", f"must be text{' or image_url' if images else ''}")
+            others = " or image_url" if images else " or refusal" if refusals else ""
+            raise InvalidRequest(f"{where}.type", f"must be text{others}")
     return tuple(parts)
 
 
@@ -216,10 +221,19 @@ def _message(value: Any, field: str) -> Message:
         raise InvalidRequest(f"{field}.role", "must be one of system, developer, user, assistant, tool")
     name = message.get("name")
     name = "" if name is None else _str(name, f"{field}.name")
-    content = _content(message.get("content"), f"{field}.content", images=role is Role.USER)
+    assistant = role is Role.ASSISTANT
+    content = _content(
+        message.get("content"), f"{field}.content", images=role is Role.USER, refusals=assistant
+    )
+    refusal = message.get("refusal") if assistant else None
+    if refusal is not None and not content:
+        # OpenAI's answer when the model declines: content null, the words in refusal. A
+        # conversation that carries it on (the SDK's message, appended as it is) was
+        # refused as "content must not be empty".
+        content = (TextPart(_str(refusal, f"{field}.refusal")),)
     calls: tuple[ToolCall, ...] = ()
     tool_call_id = ""
-    if role is Role.ASSISTANT and message.get("tool_calls") is not None:
+    if assistant and message.get("tool_calls") is not None:
         calls = _tool_calls(message["tool_calls"], f"{field}.tool_calls")
     elif message.get("tool_calls") is not None:
         raise InvalidRequest(f"{field}.tool_calls", "only assistant messages carry tool calls")

@@ -382,3 +382,35 @@ async def test_a_stream_is_not_routed_to_a_model_that_cannot_stream(
         assert simulator.stats("sim-smart").total == 0
         whole = await sdk.chat.completions.create(model="sim-smart", messages=hi)
         assert whole.choices[0].message.content
+
+
+async def test_an_assistant_refusal_carried_in_the_conversation_is_sent_as_what_it_said(
+    client: openai.AsyncOpenAI, simulator: Any
+) -> None:
+    # OpenAI answers a declined request with content null and the words in refusal (or a
+    # refusal part): a conversation that carried such a message on was refused with
+    # "content must not be empty" / "must be text".
+    declined = "I can't help with that."
+    for said in (
+        {"role": "assistant", "content": None, "refusal": declined},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": declined}]},
+    ):
+        messages: Any = [
+            {"role": "user", "content": "do a bad thing"},
+            said,
+            {"role": "user", "content": "hi then"},
+        ]
+        answer = await client.chat.completions.create(model="sim-fast", messages=messages)
+        assert answer.choices[0].message.content
+        sent = simulator.stats("sim-fast").last_request["messages"]
+        assert sent[1] == {"role": "assistant", "content": declined}
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.chat.completions.create(
+            model="sim-fast",
+            messages=[
+                {"role": "assistant", "content": [{"type": "audio"}]},
+                {"role": "user", "content": "x"},
+            ],  # type: ignore[list-item]
+        )
+    assert bad.value.body["param"] == "messages[0].content[0].type"  # type: ignore[index]
+    assert "must be text or refusal" in bad.value.message
