@@ -48,12 +48,17 @@ _CHAT_FIELDS = frozenset(
         "model", "messages", "tools", "tool_choice", "response_format", "temperature", "top_p",
         "max_tokens", "max_completion_tokens", "stop", "seed", "n", "stream", "stream_options",
         "presence_penalty", "frequency_penalty", "parallel_tool_calls", "metadata", "user", "store",
+        "safety_identifier", "prompt_cache_key",
     }
 )  # fmt: skip
+_CALLER_IDS = ("user", "safety_identifier", "prompt_cache_key")
+"""Strings that identify the caller's end user to OpenAI (the last two replace ``user``):
+checked, not sent on, as no provider here takes them as OpenAI does."""
 _UNSUPPORTED = frozenset(
     {
         "logprobs", "top_logprobs", "logit_bias", "audio", "modalities", "prediction",
         "web_search_options", "functions", "function_call", "reasoning_effort", "service_tier",
+        "verbosity", "prompt_cache_retention", "prompt_cache_options", "moderation",
     }
 )  # fmt: skip
 """OpenAI fields this door does not implement: refused by name rather than ignored."""
@@ -154,13 +159,18 @@ def _image(part: dict[str, Any], field: str) -> ImagePart:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidRequest(f"{field}.image_url.url", "the data URL is not valid base64") from exc
+        if not raw:
+            # Sent on, an empty image came back as the provider's refusal, naming no field.
+            raise InvalidRequest(f"{field}.image_url.url", "the data URL holds no image data")
         return ImagePart(data=raw, media_type=media_type, detail=detail)
     if not url.startswith(("https://", "http://")):
         raise InvalidRequest(f"{field}.image_url.url", "must be an http(s) URL or a base64 data URL")
     return ImagePart(url=url, detail=detail)
 
 
-def _content(value: Any, field: str, *, images: bool) -> tuple[ContentPart, ...]:
+def _content(value: Any, field: str, *, images: bool, refusals: bool = False) -> tuple[ContentPart, ...]:
+    """``refusals``: an assistant's content, whose parts may also be OpenAI's ``refusal``
+    parts (what it said when it declined): kept as its text."""
     if value is None:
         return ()
     if type(value) is str:
@@ -172,12 +182,15 @@ def _content(value: Any, field: str, *, images: bool) -> tuple[ContentPart, ...]
         kind = part.get("type")
         if kind == "text":
             parts.append(TextPart(_str(part.get("text"), f"{where}.text")))
+        elif kind == "refusal" and refusals:
+            parts.append(TextPart(_str(part.get("refusal"), f"{where}.refusal")))
         elif kind == "image_url" and images:
             parts.append(_image(part, where))
         elif kind == "image_url":
             raise InvalidRequest(f"{where}.type", "images are allowed in user messages only")
         else:
-            raise InvalidRequest(f"{where}.type", f"must be text{' or image_url' if images else ''}")
+            others = " or image_url" if images else " or refusal" if refusals else ""
+            raise InvalidRequest(f"{where}.type", f"must be text{others}")
     return tuple(parts)
 
 
@@ -208,10 +221,19 @@ def _message(value: Any, field: str) -> Message:
         raise InvalidRequest(f"{field}.role", "must be one of system, developer, user, assistant, tool")
     name = message.get("name")
     name = "" if name is None else _str(name, f"{field}.name")
-    content = _content(message.get("content"), f"{field}.content", images=role is Role.USER)
+    assistant = role is Role.ASSISTANT
+    content = _content(
+        message.get("content"), f"{field}.content", images=role is Role.USER, refusals=assistant
+    )
+    refusal = message.get("refusal") if assistant else None
+    if refusal is not None and not content:
+        # OpenAI's answer when the model declines: content null, the words in refusal. A
+        # conversation that carries it on (the SDK's message, appended as it is) was
+        # refused as "content must not be empty".
+        content = (TextPart(_str(refusal, f"{field}.refusal")),)
     calls: tuple[ToolCall, ...] = ()
     tool_call_id = ""
-    if role is Role.ASSISTANT and message.get("tool_calls") is not None:
+    if assistant and message.get("tool_calls") is not None:
         calls = _tool_calls(message["tool_calls"], f"{field}.tool_calls")
     elif message.get("tool_calls") is not None:
         raise InvalidRequest(f"{field}.tool_calls", "only assistant messages carry tool calls")
@@ -361,8 +383,9 @@ def decode_chat(body: Any, headers: Mapping[str, str]) -> tuple[ChatRequest, Hin
         raise InvalidRequest("n", "only 1 choice per request is supported")
     if body.get("store") not in (None, False):
         raise InvalidRequest("store", "Signalbox does not store completions with the provider")
-    if body.get("user") is not None:
-        _str(body["user"], "user")
+    for field in _CALLER_IDS:
+        if body.get(field) is not None:
+            _str(body[field], field)
     stream = is_stream(body)
     if body.get("stream_options") is not None and not stream:
         raise InvalidRequest("stream_options", "only allowed when stream is true")
@@ -384,6 +407,10 @@ def decode_chat(body: Any, headers: Mapping[str, str]) -> tuple[ChatRequest, Hin
     max_field = "max_completion_tokens"
     if max_tokens is None:
         max_tokens, max_field = body.get("max_tokens"), "max_tokens"
+    elif body.get("max_tokens") is not None:
+        # As OpenAI refuses it: one was silently dropped, so a caller setting max_tokens 10
+        # beside max_completion_tokens 4000 got (and paid for) up to 4000.
+        raise InvalidRequest("max_tokens", "cannot be set with max_completion_tokens; set one of them")
     parallel = body.get("parallel_tool_calls")
     params = GenerationParams(
         max_output_tokens=None if max_tokens is None else _int(max_tokens, max_field),
@@ -453,9 +480,19 @@ def wire_field(field: str, body: Any) -> str:
         return "max_completion_tokens" if newer else "max_tokens"
     if field in _WIRE_NAMES:
         return _WIRE_NAMES[field]
+    if field == "response_format.json_schema" and type(_json_schema(body)) is dict:
+        # The validation's name for the schema; this module's own, for a json_schema that
+        # is not an object, is the same text and stays as it is.
+        return "response_format.json_schema.schema"
     if field == "inputs[0]" and isinstance(body, dict) and type(body.get("input")) is str:
         return "input"
     for pattern, replacement in _WIRE_PATTERNS:
         if match := pattern.fullmatch(field):
             return match.expand(replacement)
     return field
+
+
+def _json_schema(body: Any) -> Any:
+    """The body's ``response_format.json_schema``, whatever it is (None when absent)."""
+    response_format = body.get("response_format") if type(body) is dict else None
+    return response_format.get("json_schema") if type(response_format) is dict else None

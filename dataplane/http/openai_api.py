@@ -82,7 +82,18 @@ _CODES = {
     "Unauthenticated": "invalid_api_key",
 }
 
+_ATTEMPT_CODES = {
+    "rate_limited": "rate_limit_exceeded",
+    "quota_exhausted": "insufficient_quota",
+    "context_too_long": "context_length_exceeded",
+    "content_filtered": "content_filter",
+}
+"""An upstream failure's kind (``AttemptRecord.outcome``) as OpenAI's error code."""
+
 DEFAULT_RETRY_AFTER_S = 1
+_WAIT_STATUSES = frozenset({429, 503})
+"""Statuses whose answers say when to retry (``retry-after``)."""
+_RETRY_LATER = ((b"retry-after", str(DEFAULT_RETRY_AFTER_S).encode()),)
 
 
 def http_status(outcome: Outcome) -> int:
@@ -212,7 +223,7 @@ class OpenAIFrontDoor:
                 await _refusal(response, refused, parsed[0] if parsed else None)
                 return
             status = http_status(refused.outcome)
-            error = answers.error(status, _message(refused), code=_CODES.get(refused.outcome.kind))
+            error = answers.error(status, _message(refused), code=_code(refused))
             await response.write(b"event: error\ndata: " + error + b"\n\n")
         finally:
             await events.aclose()
@@ -276,7 +287,9 @@ class OpenAIFrontDoor:
             )
         except SignalboxError as exc:
             outcome = to_status(exc)
-            await _error(response, http_status(outcome), outcome.message, code=_CODES.get(outcome.kind))
+            status = http_status(outcome)
+            wait = _RETRY_LATER if status in _WAIT_STATUSES else ()
+            await _error(response, status, outcome.message, code=_CODES.get(outcome.kind), extra=wait)
             return None
         policies = state.config.policies
         policy = policies.get(caller.tenant.id) or policies.get("")
@@ -375,6 +388,21 @@ def retry_after(refused: Refused) -> int:
     return max(1, math.ceil(min(seconds, DEFAULT_MAX_RETRY_AFTER_S)))
 
 
+def _code(refused: Refused) -> str | None:
+    """OpenAI's error code for a refusal: its own kind's, or, when every upstream attempt
+    failed the same way, that failure's (the refusal is then ``AllCandidatesFailed``, whose
+    status is already that failure's): a context overflow on the only candidate came back
+    without context_length_exceeded, the code clients check before trimming a conversation."""
+    if (code := _CODES.get(refused.outcome.kind)) is not None:
+        return code
+    kinds = {a.outcome for a in getattr(refused.__cause__, "attempts", ())}
+    return _ATTEMPT_CODES.get(kinds.pop()) if len(kinds) == 1 else None
+
+
+def _upstream_said_wait(refused: Refused) -> bool:
+    return any(a.retry_after_s for a in getattr(refused.__cause__, "attempts", ()))
+
+
 def _message(refused: Refused) -> str:
     return f"{refused.outcome.message} (request id {refused.correlation_id})"
 
@@ -385,9 +413,11 @@ async def _refusal(response: Response, refused: Refused, body: Any = None) -> No
     status = http_status(outcome)
     cause = caller_error(refused.__cause__) if refused.__cause__ is not None else None
     extra = _ids(refused.correlation_id, refused.evidence_id)
-    if status == 429 or outcome.retry_after is not None:
-        # 429s, and our own refusals that advise a wait: the 503 of a tenant failing closed
-        # while no quota can be leased (its gRPC trailer says the same).
+    if status in _WAIT_STATUSES or outcome.retry_after is not None or _upstream_said_wait(refused):
+        # 429s and 503s (a node with no snapshot yet, a tenant failing closed while no quota
+        # can be leased, ...): when to try again, as OpenAI's SDKs read it. A 503 without
+        # one left a caller's own retry loop to guess. So does a 502 whose upstreams said
+        # when they free up (503 with Retry-After): dropped, the SDK retried at once.
         extra += ((b"retry-after", str(retry_after(refused)).encode()),)
     param = _param(outcome, cause)
     message = _message(refused)
@@ -402,7 +432,7 @@ async def _refusal(response: Response, refused: Refused, body: Any = None) -> No
         status,
         message,
         param=param,
-        code=_CODES.get(outcome.kind),
+        code=_code(refused),
         extra=extra,
     )
 

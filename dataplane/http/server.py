@@ -15,8 +15,10 @@ and leaves every limit in our hands:
 - **Connections.** At most ``max_requests_per_connection`` requests on one connection;
   requests are answered in order (pipelining), one at a time; reading pauses when a few are
   waiting, so a client cannot queue unbounded work.
-- **Smuggling.** A request with both ``Content-Length`` and ``Transfer-Encoding``, or an
-  upgrade, is refused (400) and the connection closed.
+- **Smuggling.** A request with both ``Content-Length`` and ``Transfer-Encoding``, with more
+  than one ``Host``, or an upgrade, is refused (400) and the connection closed.
+- **Codings.** A transfer coding other than chunked is refused (501), a content coding
+  (``Content-Encoding: gzip``) too (415): no handler decodes one, and none is inflated here.
 - **Disconnects.** A client that goes away (or half-closes: HTTP/1.1 clients do not)
   cancels its handler at once, even while nothing is being written: the cancellation
   reaches the upstream call and the request's evidence records it.
@@ -84,7 +86,7 @@ class _Connection(asyncio.Protocol):
         self._in_message = False
         self._headers_done = False
         self._refused = False
-        self._refusal_owed: tuple[int, str, int | None] | None = None
+        self._refusal_owed: tuple[int, str, int | None, bytes] | None = None
         """A pipelined request refused while an earlier one was being answered: written once
         the answers before it are."""
         self._continue_owed = False
@@ -212,15 +214,26 @@ class _Connection(asyncio.Protocol):
         # One pass for the three headers the server itself reads (the first of each counts).
         length: bytes | None = None
         codings: list[bytes] = []
+        content_codings: list[bytes] = []
         expect = b""
+        hosts = 0
         for name, value in self._headers:
             if name == b"content-length":
                 if length is None:
                     length = value
             elif name == b"transfer-encoding":
                 codings.extend(c.strip().lower() for c in value.split(b","))
+            elif name == b"content-encoding":
+                content_codings.extend(c.strip().lower() for c in value.split(b","))
             elif name == b"expect" and not expect:
                 expect = value
+            elif name == b"host":
+                hosts += 1
+        if hosts > 1:
+            # RFC 9112 3.2: a server MUST answer 400. A proxy in front that checks or routes
+            # by one of them while another hop reads the other is the classic confusion.
+            self._refuse(400, "a request may carry one host header, not several")
+            return
         if length is not None and codings:
             self._refuse(400, "a request may not carry both content-length and transfer-encoding")
             return
@@ -230,6 +243,18 @@ class _Connection(asyncio.Protocol):
             # handler as the body. None is implemented (RFC 9112 6.1: 501).
             shown = b", ".join(codings)[:64].decode("latin-1")
             self._refuse(501, f"transfer-encoding {shown!r} is not supported; only chunked")
+            return
+        if any(c not in (b"", b"identity") for c in content_codings):
+            # No handler decodes a content coding: a gzip body reached the door as it came
+            # and was refused as "not valid JSON (not valid UTF-8)", naming neither the
+            # header nor the remedy. Refused before a byte of the body is read (RFC 9110
+            # 15.5.16: 415, with Accept-Encoding saying what is taken).
+            shown = b", ".join(content_codings)[:64].decode("latin-1")
+            self._refuse(
+                415,
+                f"content-encoding {shown!r} is not supported; send the request body uncompressed",
+                extra=b"accept-encoding: identity\r\n",
+            )
             return
         if length is not None:
             try:
@@ -390,7 +415,9 @@ class _Connection(asyncio.Protocol):
 
     # ---- limits and timers ----
 
-    def _refuse(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+    def _refuse(
+        self, status: int, message: str, *, retry_after: int | None = None, extra: bytes = b""
+    ) -> None:
         """Answer an error the server finds itself and close the connection."""
         if self._refused:
             return
@@ -404,15 +431,17 @@ class _Connection(asyncio.Protocol):
             # refusal, rather than dropping the connection with no answer to any of them.
             # What the client sends meanwhile is dropped unparsed (data_received), but still
             # read, so a client that leaves is still seen at once.
-            self._refusal_owed = (status, message, retry_after)
+            self._refusal_owed = (status, message, retry_after, extra)
             return
-        self._write_refusal(status, message, retry_after)
+        self._write_refusal(status, message, retry_after, extra)
 
-    def _write_refusal(self, status: int, message: str, retry_after: int | None) -> None:
+    def _write_refusal(self, status: int, message: str, retry_after: int | None, extra: bytes = b"") -> None:
+        """``extra``: header lines of the answer, each ending in CRLF."""
         assert self._transport is not None
         body = self._server.error_body(status, message)
         head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%bconnection: close\r\n\r\n"
-        extra = b"" if retry_after is None else b"retry-after: %d\r\n" % retry_after
+        if retry_after is not None:
+            extra += b"retry-after: %d\r\n" % retry_after
         self._transport.write(head % (status, REASONS.get(status, b"Error"), len(body), extra) + body)
         self._close()
 

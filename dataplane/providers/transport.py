@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -27,6 +28,9 @@ from dataplane.upstream.errors import HTTPError
 from .classify import ErrorFacts, classify_error, classify_transport, protocol_error
 from .sse import EventTooLarge, SSEDecoder
 from .wire import dumps, loads
+
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest finite float32: an embedding value beyond it is no embedding."""
 
 T = TypeVar("T")
 
@@ -198,10 +202,22 @@ class HttpAdapter:
             raise self.malformed(f"unexpected JSON shape ({type(exc).__name__})") from exc
 
     def vectors(self, rows: Iterable[Iterable[Any]], expected: int) -> tuple[tuple[float, ...], ...]:
-        """Embedding rows as float tuples; one per input, or the answer is malformed."""
+        """Embedding rows as float tuples; one per input, each value a finite number that a
+        float32 holds (what OpenAI's base64 answer and gRPC's ``repeated float`` carry), or
+        the answer is malformed. A value beyond that range made the OpenAI door's base64
+        packing raise (a 500 for an answer recorded as served); NaN and infinity (``float``
+        takes the strings "nan" and "inf") reached callers as values."""
         vectors = tuple(tuple(float(x) for x in row) for row in rows)
         if len(vectors) != expected:
             raise self.malformed(f"{len(vectors)} embeddings for {expected} inputs")
+        for i, vector in enumerate(vectors):
+            # fsum is not finite for a NaN or an infinity; no sum of float32 values overflows it.
+            if vector and (
+                not math.isfinite(math.fsum(vector))
+                or max(vector) > FLOAT32_MAX
+                or min(vector) < -FLOAT32_MAX
+            ):
+                raise self.malformed(f"embedding {i} holds a value that is not a finite float32")
         return vectors
 
     @contextmanager

@@ -185,8 +185,13 @@ def _json_chars(value: object) -> int:
 def capabilities_needed(
     chat: ChatRequest, required: frozenset[Capability] = frozenset()
 ) -> frozenset[Capability]:
-    """What a chat request needs from a model: the caller's list plus what its content implies."""
+    """What a chat request needs from a model: chat itself, the caller's list, and what its
+    content implies. Without ``CHAT`` a chat was routed to an embeddings-only model (one the
+    caller named, or a rule listed): its provider refuses it (OpenAI: 404, "not a chat
+    model"), which the deployment's circuit breaker counts, so one tenant's chats could
+    open the breaker its embeddings callers share."""
     needed = set(required)
+    needed.add(Capability.CHAT)
     if chat.tools:
         needed.add(Capability.TOOLS)
     if chat.response_format is not None:
@@ -220,10 +225,15 @@ def query_for(
             embeddings=True,
             request_id=request_id,
         )
+    needed = capabilities_needed(body, hints.capabilities)
+    if streaming:
+        # A model the registry says cannot stream is not sent a stream: its provider
+        # refuses one, or answers it whole where a stream of events was expected.
+        needed |= _STREAMING
     return RouteQuery(
         tenant=tenant,
         model=hints.model,
-        capabilities=capabilities_needed(body, hints.capabilities),
+        capabilities=needed,
         task=hints.task,
         data_classification=hints.data_classification,
         metadata=hints.metadata,
@@ -235,6 +245,7 @@ def query_for(
 
 
 _EMBEDDINGS = frozenset({Capability.EMBEDDINGS})
+_STREAMING = frozenset({Capability.STREAMING})
 
 
 def sticky_value(key: str, query: RouteQuery) -> str:

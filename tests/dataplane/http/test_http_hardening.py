@@ -62,6 +62,13 @@ async def raw(node: DataPlaneNode, data: bytes, *, then_wait: bool = True) -> by
         writer.close()
 
 
+async def post_raw(node: DataPlaneNode, headers: bytes, body: bytes) -> bytes:
+    """A chat request with the caller's key, ``headers`` (CRLF-ended lines) and ``body`` as
+    they are; everything the server answers until it closes."""
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n" % API_KEY.encode()
+    return await raw(node, head + headers + b"\r\n" + body)
+
+
 def status_and_body(answer: bytes) -> tuple[int, dict[str, Any]]:
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), json.loads(body) if body else {}
@@ -100,8 +107,9 @@ async def still_serving(http: aiohttp.ClientSession) -> None:
             "",
         ),
         (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400, "upgrade"),
+        (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "one host header"),
     ],
-    ids=["garbage", "huge-header", "too-many-headers", "huge-body", "cl-and-te", "upgrade"],
+    ids=["garbage", "huge-header", "too-many-headers", "huge-body", "cl-and-te", "upgrade", "two-hosts"],
 )
 async def test_bad_http_gets_a_precise_4xx_and_the_connection_closes(
     node: DataPlaneNode, http: aiohttp.ClientSession, request_bytes: bytes, status: int, says: str
@@ -528,6 +536,7 @@ def _tool(name: str, parameters: Any = None) -> dict[str, Any]:
     [
         ("/v1/chat/completions", {"max_tokens": 0}, "max_tokens"),
         ("/v1/chat/completions", {"max_completion_tokens": 0}, "max_completion_tokens"),
+        ("/v1/chat/completions", {"max_tokens": 10, "max_completion_tokens": 4000}, "max_tokens"),
         ("/v1/chat/completions", {"temperature": 5}, "temperature"),
         ("/v1/chat/completions", {"top_p": 0}, "top_p"),
         ("/v1/chat/completions", {"stop": [""]}, "stop"),
@@ -539,6 +548,28 @@ def _tool(name: str, parameters: Any = None) -> dict[str, Any]:
             "tool_choice.function.name",
         ),
         ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}],
+                    }
+                ]
+            },
+            "messages[0].content[0].image_url.url",
+        ),
+        (
+            "/v1/chat/completions",
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": 5}}}},
+            "response_format.json_schema.schema",
+        ),
+        (
+            "/v1/chat/completions",
+            {"response_format": {"type": "json_schema", "json_schema": "r"}},
+            "response_format.json_schema",
+        ),
         ("/v1/embeddings", {"model": "sim-embed", "input": []}, "input"),
         ("/v1/embeddings", {"model": "sim-embed", "input": ""}, "input"),
         ("/v1/embeddings", {"model": "sim-embed", "input": ["a", ""]}, "input[1]"),
@@ -686,12 +717,11 @@ async def test_a_transfer_coding_other_than_chunked_is_refused_not_ignored(
     # httptools frames a body whose last coding is chunked and leaves the rest to us: the
     # body reached the door still gzip-coded, refused as "not valid JSON" at best.
     body = gzip.compress(json.dumps(HELLO).encode())
-    answer = await raw(
-        node,
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
-        b"Transfer-Encoding: %b\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (API_KEY.encode(), codings, len(body), body),
+    got, error = status_and_body(
+        await post_raw(
+            node, b"Transfer-Encoding: %b\r\n" % codings, b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+        )
     )
-    got, error = status_and_body(answer)
     assert got == 501
     assert "only chunked" in error["error"]["message"]
     assert error["error"]["type"] == "invalid_request_error"
@@ -715,3 +745,40 @@ async def test_an_http_1_0_request_gets_no_100_continue() -> None:
         await server.close(1)
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
     assert answer.endswith(b"\r\n\r\nhello")
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"deflate", b"identity, gzip"])
+async def test_a_compressed_request_body_is_refused_as_such_not_as_bad_json(
+    node: DataPlaneNode, http: aiohttp.ClientSession, coding: bytes
+) -> None:
+    # The door decodes no content coding: a gzip body reached the JSON parser as it came and
+    # was refused as "not valid JSON ('str is not valid UTF-8 ...')", naming neither the
+    # header nor the remedy.
+    body = gzip.compress(json.dumps(HELLO).encode())
+    answer = await post_raw(
+        node, b"Content-Encoding: %b\r\nContent-Length: %d\r\n" % (coding, len(body)), body
+    )
+    got, error = status_and_body(answer)
+    assert got == 415, answer[:300]
+    assert "content-encoding" in error["error"]["message"]
+    assert "uncompressed" in error["error"]["message"]
+    assert error["error"]["type"] == "invalid_request_error"
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert b"accept-encoding: identity" in head
+    assert b"connection: close" in head
+    await still_serving(http)
+
+
+async def test_an_identity_content_coding_is_a_plain_body(
+    node: DataPlaneNode, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(
+        "/v1/chat/completions",
+        data=json.dumps(HELLO).encode(),
+        headers={
+            "authorization": f"Bearer {API_KEY}",
+            "content-type": "application/json",
+            "content-encoding": "identity",
+        },
+    ) as response:
+        assert response.status == 200, await response.text()

@@ -102,3 +102,24 @@ async def test_other_methods_are_405_naming_the_allowed_one(
     assert status == 405
     assert allowed == allow
     assert f"{method} is not allowed" in body["error"]["message"]
+
+
+async def test_every_503_says_when_to_retry(node: DataPlaneNode) -> None:
+    # A node with no snapshot yet answers 503: only a tenant failing closed for want of
+    # quota said when to retry; these left the caller's retry loop to guess.
+    hi: Any = [{"role": "user", "content": "hi"}]
+    async with openai.AsyncOpenAI(
+        base_url=f"http://{node.http_address}/v1", api_key=API_KEY, max_retries=0
+    ) as sdk:
+        for call in (
+            lambda: sdk.chat.completions.create(model="sim-fast", messages=hi),
+            lambda: sdk.chat.completions.create(model="sim-fast", messages=hi, stream=True),
+            lambda: sdk.embeddings.create(model="sim-embed", input="x"),
+            lambda: sdk.models.list(),
+            lambda: sdk.models.retrieve("sim-fast"),
+        ):
+            with pytest.raises(openai.InternalServerError) as refused:
+                await call()
+            assert refused.value.status_code == 503
+            assert refused.value.response.headers["retry-after"] == "1"
+            assert "no valid configuration snapshot" in refused.value.message

@@ -19,6 +19,8 @@ from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.simulator import Behaviour
 from tests.dataplane.conftest import API_KEY, AUTH, EXPIRED_KEY, NodeFactory, envelope, snapshot
+from tests.dataplane.upstream.rawserver import Peer, RawServer
+from tests.dataplane.upstream.rawserver import answer as raw_answer
 from tests.helpers import eventually
 
 
@@ -224,10 +226,30 @@ async def test_each_error_class_raises_the_sdks_own_exception(
     with pytest.raises(openai.RateLimitError) as limited:
         await client.chat.completions.create(model="sim-fast", messages=hi)  # type: ignore[arg-type]
     assert limited.value.response.headers["retry-after"] == "7"
+    assert limited.value.code == "rate_limit_exceeded"
+    # Every attempt failing one way (here the only one) is refused with OpenAI's code for
+    # it: clients trim a conversation on context_length_exceeded. It came back null.
+    overflow = {"message": "maximum context length exceeded", "type": "invalid_request_error"}
+    simulator.set_behaviour(
+        "sim-fast",
+        Behaviour(fail_status=400, error_body={"error": {**overflow, "code": "context_length_exceeded"}}),
+    )
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as too_long:
+            await client.chat.completions.create(model="sim-fast", messages=hi, stream=stream)  # type: ignore[call-overload]
+        assert too_long.value.code == "context_length_exceeded"
     simulator.set_behaviour("sim-fast", Behaviour(fail_status=500))
     with pytest.raises(openai.InternalServerError) as upstream:
         await client.chat.completions.create(model="sim-fast", messages=hi)  # type: ignore[arg-type]
     assert upstream.value.status_code == 502
+    assert "retry-after" not in upstream.value.response.headers
+    # An upstream that says when it frees up: the caller is told too (it was dropped, and
+    # the SDK retried the 502 at once).
+    simulator.set_behaviour("sim-fast", Behaviour(fail_status=503, retry_after=4))
+    with pytest.raises(openai.InternalServerError) as busy:
+        await client.chat.completions.create(model="sim-fast", messages=hi)  # type: ignore[arg-type]
+    assert busy.value.status_code == 502
+    assert busy.value.response.headers["retry-after"] == "4"
     simulator.set_behaviour("sim-fast", Behaviour(latency_ms=5000))
     async with openai.AsyncOpenAI(
         base_url=f"http://{http_node.http_address}/v1", api_key=API_KEY, max_retries=0, timeout=0.5
@@ -267,3 +289,128 @@ async def test_the_same_request_routes_and_records_alike_over_http_and_grpc(
     ):
         assert a[field] == b[field], field
     assert a["response_sha256"] == b["response_sha256"]
+
+
+async def test_a_chat_is_not_routed_to_an_embeddings_model(
+    client: openai.AsyncOpenAI, http_node: DataPlaneNode, simulator: Any
+) -> None:
+    # sim-embed declares embeddings only. A chat named it and was sent to it: a real
+    # provider refuses that ("not a chat model", a 404), which the deployment's circuit
+    # breaker counts, so one caller's chats could open the breaker its embeddings share.
+    hi = [{"role": "user", "content": "hi"}]
+    for stream in (False, True):
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            await client.chat.completions.create(model="sim-embed", messages=hi, stream=stream)  # type: ignore[call-overload]
+        assert "lacks capability 'chat'" in refused.value.message
+    assert simulator.stats("sim-embed").total == 0
+    embedded = await client.embeddings.create(model="sim-embed", input="still served")
+    assert len(embedded.data) == 1
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39, "nan", "inf"], ids=["huge", "-huge", "nan", "inf"])
+async def test_an_embedding_no_float32_holds_is_a_bad_upstream_answer_not_a_500(
+    start_node: NodeFactory, signing_key: Ed25519PrivateKey, value: Any
+) -> None:
+    # The SDK asks for base64 (little-endian float32) by default: a value beyond float32's
+    # range from the upstream made packing it raise, a 500 "internal error" for an answer
+    # the evidence recorded as served; NaN and infinity reached the caller as values.
+    async def embeds(server: RawServer, peer: Peer) -> None:
+        while (request := await peer.request()) is not None:
+            server.requests.append(request)
+            body = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5, value]}],
+                    "model": "sim-embed", "usage": {"prompt_tokens": 1, "total_tokens": 1}}  # fmt: skip
+            await peer.send(raw_answer(json.dumps(body).encode()))
+
+    async with RawServer(embeds) as upstream:
+        node = await start_node(http_listen="127.0.0.1:0")
+        snap = snapshot(1, upstream.url, provider_type="openai_compatible")
+        assert (await node.store.apply(envelope(snap, signing_key))).accepted
+        async with openai.AsyncOpenAI(
+            base_url=f"http://{node.http_address}/v1", api_key=API_KEY, max_retries=0
+        ) as sdk:
+            with pytest.raises(openai.InternalServerError) as bad:
+                await sdk.embeddings.create(model="sim-embed", input="x")
+            assert bad.value.status_code == 502
+            assert "not a finite float32" in bad.value.message
+            assert upstream.requests
+            assert [m.id async for m in sdk.models.list()]  # the node keeps serving
+
+
+async def test_the_sdks_current_request_fields_are_taken_or_refused_by_name(
+    client: openai.AsyncOpenAI, simulator: Any
+) -> None:
+    # safety_identifier and prompt_cache_key replace user in OpenAI's API: user was taken,
+    # they were refused as "unrecognized request argument"; other current fields were
+    # refused as unrecognized rather than as not supported.
+    hi: Any = [{"role": "user", "content": "hi"}]
+    served = await client.chat.completions.create(
+        model="sim-fast", messages=hi, safety_identifier="hashed-user-1", prompt_cache_key="conversation-1"
+    )
+    assert served.choices[0].message.content
+    sent = simulator.stats("sim-fast").last_request
+    assert "safety_identifier" not in sent
+    assert "prompt_cache_key" not in sent
+    with pytest.raises(openai.BadRequestError) as typed:
+        await client.chat.completions.create(
+            model="sim-fast", messages=hi, extra_body={"safety_identifier": 5}
+        )
+    assert typed.value.body["param"] == "safety_identifier"  # type: ignore[index]
+    assert "must be a string" in typed.value.message
+    with pytest.raises(openai.BadRequestError) as unsupported:
+        await client.chat.completions.create(model="sim-fast", messages=hi, verbosity="low")
+    assert unsupported.value.body["param"] == "verbosity"  # type: ignore[index]
+    assert "not supported by Signalbox" in unsupported.value.message
+
+
+async def test_a_stream_is_not_routed_to_a_model_that_cannot_stream(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
+) -> None:
+    # The registry's streaming capability was never asked for: a stream went to a model
+    # declared unable to stream, whose provider then refuses it or answers it whole.
+    node = await start_node(http_listen="127.0.0.1:0")
+    snap = snapshot(1, simulator.base_url)
+    (smart,) = [m for m in snap.models if m.alias == "sim-smart"]
+    smart.capabilities.remove(common_pb2.CAPABILITY_STREAMING)
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    hi: Any = [{"role": "user", "content": "hi"}]
+    async with openai.AsyncOpenAI(
+        base_url=f"http://{node.http_address}/v1", api_key=API_KEY, max_retries=0
+    ) as sdk:
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            await sdk.chat.completions.create(model="sim-smart", messages=hi, stream=True)
+        assert "lacks capability 'streaming'" in refused.value.message
+        assert simulator.stats("sim-smart").total == 0
+        whole = await sdk.chat.completions.create(model="sim-smart", messages=hi)
+        assert whole.choices[0].message.content
+
+
+async def test_an_assistant_refusal_carried_in_the_conversation_is_sent_as_what_it_said(
+    client: openai.AsyncOpenAI, simulator: Any
+) -> None:
+    # OpenAI answers a declined request with content null and the words in refusal (or a
+    # refusal part): a conversation that carried such a message on was refused with
+    # "content must not be empty" / "must be text".
+    declined = "I can't help with that."
+    for said in (
+        {"role": "assistant", "content": None, "refusal": declined},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": declined}]},
+    ):
+        messages: Any = [
+            {"role": "user", "content": "do a bad thing"},
+            said,
+            {"role": "user", "content": "hi then"},
+        ]
+        answer = await client.chat.completions.create(model="sim-fast", messages=messages)
+        assert answer.choices[0].message.content
+        sent = simulator.stats("sim-fast").last_request["messages"]
+        assert sent[1] == {"role": "assistant", "content": declined}
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.chat.completions.create(
+            model="sim-fast",
+            messages=[
+                {"role": "assistant", "content": [{"type": "audio"}]},
+                {"role": "user", "content": "x"},
+            ],  # type: ignore[list-item]
+        )
+    assert bad.value.body["param"] == "messages[0].content[0].type"  # type: ignore[index]
+    assert "must be text or refusal" in bad.value.message
