@@ -288,19 +288,28 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
         elif kind == "message_delta":
             self._usage.update(payload.get("usage") or {})
             stop_reason = (payload.get("delta") or {}).get("stop_reason")
-            reason = None
+            reason, closed = None, []
             if stop_reason is not None:
+                closed = self._close_open_blocks()  # checked before the finish goes out
                 reason = settle_finish(STOP_REASONS.get(str(stop_reason)), self._tools.count > 0)
-            return [StreamChunk(finish_reason=reason, usage=anthropic_usage(self._usage))]
+            return [*closed, StreamChunk(finish_reason=reason, usage=anthropic_usage(self._usage))]
         elif kind == "message_stop":
             self.done = True
+            return self._close_open_blocks()
         return []
+
+    def _close_open_blocks(self) -> list[StreamChunk]:
+        """Every tool block the upstream never stopped, stopped (its arguments checked) now: a
+        stream that ends without ``content_block_stop`` must not hand the caller unchecked ones."""
+        return [chunk for index in list(self._arguments) for chunk in self._block_stop(index)]
 
     def _block_start(self, index: int, block: dict[str, Any]) -> list[StreamChunk]:
         if block.get("type") == "tool_use":
+            # A block restarted at an index still open ends the one there first, checked.
+            closed = self._block_stop(index)
             self._arguments[index] = ""
             delta = self._tools.start(index, str(block.get("id") or ""), str(block.get("name") or ""))
-            return [StreamChunk(tool_calls=(delta,))]
+            return [*closed, StreamChunk(tool_calls=(delta,))]
         if block.get("type") == "text" and block.get("text"):
             return [StreamChunk(text=str(block["text"]))]
         return []

@@ -14,6 +14,7 @@ from dataplane.providers.gemini_schema import gemini_schema
 from dataplane.upstream import UpstreamClient
 
 from .canned import (
+    anthropic_event,
     anthropic_message,
     anthropic_stream,
     gemini_response,
@@ -105,11 +106,18 @@ async def test_streamed_openai_tool_arguments_are_checked_whole_before_the_finis
         sse_event(openai_chunk({}, "tool_calls")),
         sse_event("[DONE]"),
     ]
+    await refused_before_the_finish("openai", frames, upstream, client)
+
+
+async def refused_before_the_finish(
+    type_name: str, frames: list[bytes], upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    """The stream of ``frames`` ends with the invalid-arguments error, and no finish went out first."""
     upstream.enqueue(sse_reply(*frames))
     received: list[Any] = []
     with pytest.raises(UpstreamProtocolError, match="tool call arguments are not"):
         await drain(
-            make_adapter("openai", upstream.base_url, client).stream("g", ASK_WEATHER, timeout=5),
+            make_adapter(type_name, upstream.base_url, client).stream("m", ASK_WEATHER, timeout=5),
             into=received,
         )
     assert all(chunk.finish_reason is None for chunk in received), "no finish goes out before the check"
@@ -153,6 +161,26 @@ async def test_anthropic_tool_input_that_is_not_an_object_is_malformed(
     upstream.enqueue(json_reply(body))
     with pytest.raises(UpstreamProtocolError, match="tool call arguments are not"):
         await make_adapter("anthropic", upstream.base_url, client).complete("c", ASK_WEATHER, timeout=5)
+
+
+@pytest.mark.parametrize("shape", ["never-stopped", "restarted-at-its-index"])
+async def test_streamed_anthropic_tool_input_is_checked_even_if_its_block_never_stops(
+    upstream: FakeUpstream, client: UpstreamClient, shape: str
+) -> None:
+    """Arguments were checked only at ``content_block_stop``: a stream that went on to its
+    finish and ``message_stop`` without one (or started another tool block at the same index)
+    handed the caller ``{"city": `` as a tool call's arguments."""
+    frames = anthropic_stream(tool_uses=[("toolu_1", "get_weather", ['{"city": '])], stop_reason="tool_use")
+    stop = anthropic_event({"type": "content_block_stop", "index": 0})
+    at = frames.index(stop)
+    if shape == "never-stopped":
+        del frames[at]
+    else:
+        block = {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {}}
+        frames.insert(
+            at, anthropic_event({"type": "content_block_start", "index": 0, "content_block": block})
+        )
+    await refused_before_the_finish("anthropic", frames, upstream, client)
 
 
 # -- JSON nested past the recursion limit inside an answer --------------------------------
