@@ -135,6 +135,30 @@ async def test_a_bodiless_answer_that_announces_a_body_does_not_reuse_its_connec
         assert server.accepted == 2
 
 
+async def test_bytes_after_an_answer_in_the_same_read_do_not_reuse_its_connection(
+    client: UpstreamClient,
+) -> None:
+    """Bytes after a whole answer, arriving in the same read as its end, were parsed as the start
+    of another answer and the connection went back to the pool: the next request on it (another
+    caller's) was answered with what the upstream had sent before that request was written."""
+    forged_head = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n"
+
+    async def answers_twice(server: RawServer, peer: Peer) -> None:
+        if peer.number > 1:
+            await keep_answering(server, peer)
+            return
+        await peer.request()
+        await peer.send(answer(b'{"first":true}') + forged_head)
+        if await peer.request() is not None:  # the next request came on this connection
+            await peer.send(b'\r\n{"forged":true}')
+            await peer.wait_closed_by_client()
+
+    async with RawServer(answers_twice) as server:
+        assert await post(client, server.url) == b'{"first":true}'
+        assert await post(client, server.url) == b'{"ok":true}'
+        assert server.accepted == 2
+
+
 async def test_redirects_are_answers_not_followed(client: UpstreamClient) -> None:
     async def moved(server: RawServer, peer: Peer) -> None:
         await peer.request()
