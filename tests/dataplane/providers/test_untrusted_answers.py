@@ -22,7 +22,7 @@ from .canned import (
     openai_chunk,
     openai_completion,
 )
-from .fakes import FakeUpstream, json_reply, raw_reply, sse_event, sse_reply
+from .fakes import FakeUpstream, Reply, json_reply, raw_reply, sse_event, sse_reply
 from .samples import ASK_WEATHER, HELLO, system, user
 from .streams import assemble, drain, make_adapter
 
@@ -181,6 +181,45 @@ async def test_streamed_anthropic_tool_input_is_checked_even_if_its_block_never_
             at, anthropic_event({"type": "content_block_start", "index": 0, "content_block": block})
         )
     await refused_before_the_finish("anthropic", frames, upstream, client)
+
+
+# -- what an answer's Content-Type charset names ------------------------------------------------
+
+PLUS_TEXT = "Hel+2AA-lo"
+"""Plain text in UTF-8; in UTF-7 a lone surrogate, which no UTF-8 encoder can write."""
+
+
+@pytest.mark.parametrize("charset", ["base64", "rot13", "zlib", "idna", "utf-7", "utf-16"])
+async def test_a_charset_that_cannot_decode_any_bytes_safely_is_read_as_utf_8(
+    upstream: FakeUpstream, client: UpstreamClient, charset: str
+) -> None:
+    """A charset Python knows was used whatever it was: codecs that are not text encodings
+    (LookupError), refuse errors="replace" (UnicodeError), cannot start a stream without a BOM,
+    or make lone surrogates (``utf-7``) ended the request with an error no breaker counts and no
+    fallback follows (INTERNAL at the node), or an answer no encoder could write."""
+    adapter = make_adapter("openai", upstream.base_url, client)
+    upstream.enqueue(
+        raw_reply(
+            json.dumps(openai_completion(PLUS_TEXT)), content_type=f"application/json; charset={charset}"
+        )
+    )
+    assert (await adapter.complete("g", HELLO, timeout=5)).message.text == PLUS_TEXT
+    frames = [
+        sse_event(openai_chunk({"content": PLUS_TEXT})),
+        sse_event(openai_chunk({}, "stop")),
+        sse_event("[DONE]"),
+    ]
+    upstream.enqueue(Reply(body=frames, content_type=f"text/event-stream; charset={charset}"))
+    assert assemble(await drain(adapter.stream("g", HELLO, timeout=5))).text == PLUS_TEXT
+
+
+async def test_a_charset_that_decodes_safely_is_still_honoured(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    adapter = make_adapter("openai", upstream.base_url, client)
+    body = json.dumps(openai_completion("café"), ensure_ascii=False).encode("latin-1")
+    upstream.enqueue(Reply(body=(body,), content_type="application/json; charset=ISO-8859-1"))
+    assert (await adapter.complete("g", HELLO, timeout=5)).message.text == "café"
 
 
 # -- JSON nested past the recursion limit inside an answer --------------------------------
