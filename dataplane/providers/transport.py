@@ -31,7 +31,8 @@ from .wire import dumps, loads
 T = TypeVar("T")
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
-"""Largest unary answer read from an upstream; a larger one is an ``UpstreamProtocolError``."""
+"""Largest unary answer read from an upstream, and most characters of answer a stream may carry
+(``answer_chars``); more is an ``UpstreamProtocolError``."""
 MAX_ERROR_BODY_BYTES = 64 * 1024
 """Of an error answer only this much is read: enough for any provider's error object."""
 MAX_EVENT_BYTES = 1024 * 1024
@@ -254,22 +255,28 @@ class HttpAdapter:
                 text = await self._read_body(response, MAX_ERROR_BODY_BYTES)
                 self.raise_in_band(loads(self.type_name, text, credential=self._credential))
                 raise self.malformed("expected an event stream, got a JSON body", text)
-            while not decoder.done:
+            answered = 0  # characters of answer so far: bounded as a unary answer's bytes are
+            ended = False
+            while not (ended or decoder.done):
                 try:
                     line = await anext(lines)
                 except StopAsyncIteration:
                     with self.decoding():
-                        last = list(decoder.finish())
-                    for chunk in last:
-                        yield chunk
-                    return
+                        chunks = list(decoder.finish())
+                    ended = True
                 except BodyTooLarge:
                     raise self.malformed(f"a stream line exceeds the {MAX_EVENT_BYTES}-byte limit") from None
                 except HTTPError as exc:
                     raise classify_transport(self.type_name, exc) from exc
-                with self.decoding():
-                    chunks = list(decoder.feed(line))
+                else:
+                    with self.decoding():
+                        chunks = list(decoder.feed(line))
                 for chunk in chunks:
+                    answered += answer_chars(chunk)
+                    if answered > MAX_BODY_BYTES:
+                        raise self.malformed(
+                            f"a streamed answer exceeds the {MAX_BODY_BYTES}-character limit"
+                        )
                     yield chunk
 
     def http_error(self, status: int, text: str, headers: Mapping[str, str]) -> ProviderError:
@@ -400,6 +407,19 @@ async def _text(response: UpstreamResponse) -> AsyncGenerator[str, None]:
     tail = decoder.decode(b"", final=True)
     if tail:
         yield tail
+
+
+def answer_chars(chunk: StreamChunk) -> int:
+    """Characters of answer ``chunk`` adds: its text, tool-call names and argument fragments.
+
+    What the node holds of a stream (the answer assembled for its digest and checks, the
+    arguments a decoder checks whole) grows with these; an upstream streaming without end
+    would otherwise grow it for as long as the deadline lets it.
+    """
+    size = len(chunk.text)
+    for call in chunk.tool_calls:
+        size += len(call.name) + len(call.arguments_fragment)
+    return size
 
 
 def _is_json(response: UpstreamResponse) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from dataplane.chat import StreamChunk
 from dataplane.errors import UpstreamModelNotFound, UpstreamProtocolError
 from dataplane.providers.transport import (
     MAX_BODY_BYTES,
@@ -101,6 +102,22 @@ async def test_events_below_the_limit_pass(upstream: FakeUpstream, client: Upstr
     upstream.enqueue(sse_reply(*frames))
     chunks = await drain(openai(upstream, client).stream("gpt-x", HELLO, timeout=10))
     assert "".join(c.text for c in chunks) == big
+
+
+async def test_a_streamed_answer_is_cut_off_at_the_limit(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    """Each event within its bound, the answer without one: an upstream streaming text without
+    end grew what the node holds of the answer (assembled for its digest and checks) until the
+    stream's deadline, where a unary answer stops at ``MAX_BODY_BYTES``."""
+    big = sse_event(openai_chunk({"content": "z" * (MAX_EVENT_BYTES - 4096)}))
+    upstream.enqueue(sse_reply(*(big,) * (MAX_BODY_BYTES // (MAX_EVENT_BYTES - 4096) + 1), HANG))
+    received: list[StreamChunk] = []
+    with pytest.raises(
+        UpstreamProtocolError, match=f"a streamed answer exceeds the {MAX_BODY_BYTES}-character limit"
+    ):
+        await drain(openai(upstream, client).stream("gpt-x", HELLO, timeout=10), into=received)
+    assert 0 < sum(len(c.text) for c in received) <= MAX_BODY_BYTES
 
 
 async def _lines(*pieces: str, limit: int = 100) -> list[str]:
