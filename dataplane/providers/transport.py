@@ -35,6 +35,8 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 (``answer_chars``); more is an ``UpstreamProtocolError``."""
 MAX_ERROR_BODY_BYTES = 64 * 1024
 """Of an error answer only this much is read: enough for any provider's error object."""
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest finite 32-bit float: an embedding value's bound."""
 MAX_EVENT_BYTES = 1024 * 1024
 """Largest stream line, SSE event or NDJSON line; a larger one is an ``UpstreamProtocolError``."""
 
@@ -199,10 +201,20 @@ class HttpAdapter:
             raise self.malformed(f"unexpected JSON shape ({type(exc).__name__})") from exc
 
     def vectors(self, rows: Iterable[Iterable[Any]], expected: int) -> tuple[tuple[float, ...], ...]:
-        """Embedding rows as float tuples; one per input, or the answer is malformed."""
+        """Embedding rows as float tuples; one per input, each value a finite number a 32-bit
+        float holds, or the answer is malformed.
+
+        Both doors send 32-bit floats (the gRPC ``repeated float``, the HTTP door's base64). A
+        value past their range (``1e300``) became infinity on gRPC and made the HTTP door's
+        base64 packing raise after the request was recorded as served; ``NaN`` and infinities
+        (which JSON parsers here accept) went out as ``null`` or as themselves.
+        """
         vectors = tuple(tuple(float(x) for x in row) for row in rows)
         if len(vectors) != expected:
             raise self.malformed(f"{len(vectors)} embeddings for {expected} inputs")
+        for row in vectors:
+            if not all(-FLOAT32_MAX <= x <= FLOAT32_MAX for x in row):  # False for NaN too
+                raise self.malformed("an embedding value is not a finite 32-bit float")
         return vectors
 
     @contextmanager

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dataplane.chat import ChatRequest, FinishReason, ResponseFormat, ToolDefinition
+from dataplane.chat import ChatRequest, EmbedRequest, FinishReason, ResponseFormat, ToolDefinition
 from dataplane.errors import UpstreamBadRequest, UpstreamProtocolError, UpstreamUnavailable
 from dataplane.providers.gemini_schema import gemini_schema
 from dataplane.upstream import UpstreamClient
@@ -181,6 +181,30 @@ async def test_streamed_anthropic_tool_input_is_checked_even_if_its_block_never_
             at, anthropic_event({"type": "content_block_start", "index": 0, "content_block": block})
         )
     await refused_before_the_finish("anthropic", frames, upstream, client)
+
+
+# -- embedding values ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e300", "-3.5e38"])
+async def test_an_embedding_value_no_32_bit_float_holds_is_malformed(
+    upstream: FakeUpstream, client: UpstreamClient, value: str
+) -> None:
+    """Served as it came, 1e300 made the HTTP door's base64 packing raise after the request was
+    recorded as served, and became infinity over gRPC; NaN went out as null or NaN."""
+    upstream.enqueue(raw_reply('{"data": [{"index": 0, "embedding": [0.5, ' + value + "]}]}"))
+    adapter = make_adapter("openai_compatible", upstream.base_url + "/v1", client)
+    with pytest.raises(UpstreamProtocolError, match="an embedding value is not a finite 32-bit float"):
+        await adapter.embed("bge", EmbedRequest(inputs=("x",)), timeout=5)
+
+
+async def test_embedding_values_within_32_bit_range_are_served(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    upstream.enqueue(raw_reply('{"data": [{"index": 0, "embedding": [-3.4e38, 0, 3.4e38, 1e-50]}]}'))
+    adapter = make_adapter("openai_compatible", upstream.base_url + "/v1", client)
+    result = await adapter.embed("bge", EmbedRequest(inputs=("x",)), timeout=5)
+    assert result.vectors == ((-3.4e38, 0.0, 3.4e38, 1e-50),)
 
 
 # -- what an answer's Content-Type charset names ------------------------------------------------
