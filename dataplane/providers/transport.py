@@ -422,15 +422,16 @@ async def _text(response: UpstreamResponse) -> AsyncGenerator[str, None]:
 
 
 def answer_chars(chunk: StreamChunk) -> int:
-    """Characters of answer ``chunk`` adds: its text, tool-call names and argument fragments.
+    """Characters of answer ``chunk`` adds: its text, tool-call ids, names and argument fragments.
 
     What the node holds of a stream (the answer assembled for its digest and checks, the
     arguments a decoder checks whole) grows with these; an upstream streaming without end
-    would otherwise grow it for as long as the deadline lets it.
+    would otherwise grow it for as long as the deadline lets it. Ids count: calls without a
+    name or arguments (an id, the node's own when the upstream sent none) still take room.
     """
     size = len(chunk.text)
     for call in chunk.tool_calls:
-        size += len(call.name) + len(call.arguments_fragment)
+        size += len(call.id) + len(call.name) + len(call.arguments_fragment)
     return size
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from dataplane.chat import StreamChunk
+from dataplane.chat import StreamChunk, ToolCallDelta
 from dataplane.errors import UpstreamModelNotFound, UpstreamProtocolError
 from dataplane.providers.transport import (
     MAX_BODY_BYTES,
     MAX_EVENT_BYTES,
     BodyTooLarge,
+    answer_chars,
     bounded_lines,
 )
 from dataplane.upstream import UpstreamClient
@@ -118,6 +119,13 @@ async def test_a_streamed_answer_is_cut_off_at_the_limit(
     ):
         await drain(openai(upstream, client).stream("gpt-x", HELLO, timeout=10), into=received)
     assert 0 < sum(len(c.text) for c in received) <= MAX_BODY_BYTES
+
+
+def test_a_streamed_answer_counts_its_tool_calls_whole() -> None:
+    """Calls with no name or arguments counted nothing, so an upstream could stream an endless
+    number of them (each held by the node) past the bound."""
+    call = ToolCallDelta(index=0, id="call_1", name="get_weather", arguments_fragment='{"city"')
+    assert answer_chars(StreamChunk(text="Hi", tool_calls=(call, ToolCallDelta(index=1, id="c2")))) == 28
 
 
 async def _lines(*pieces: str, limit: int = 100) -> list[str]:
