@@ -410,8 +410,13 @@ async def bounded_lines(chunks: AsyncIterator[str], limit: int) -> AsyncGenerato
 
 
 async def _text(response: UpstreamResponse) -> AsyncGenerator[str, None]:
-    """The body as text, piece by piece (a character split between pieces is kept whole)."""
-    decoder = codecs.getincrementaldecoder(text_encoding(response.headers))(errors="replace")
+    """The body as text, piece by piece (a character split between pieces is kept whole).
+
+    UTF-8 with a leading byte order mark dropped, as an event stream is decoded (WHATWG):
+    kept, it would open the first line, whose field (``\ufeffdata``) no decoder knows.
+    """
+    encoding = text_encoding(response.headers)
+    decoder = codecs.getincrementaldecoder("utf-8-sig" if encoding == "utf-8" else encoding)(errors="replace")
     async for chunk in response:
         text = decoder.decode(chunk)
         if text:
