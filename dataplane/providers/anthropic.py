@@ -61,6 +61,7 @@ from .wire import (
     settle_finish,
     system_prompt,
     token_count,
+    tool_name,
 )
 
 STOP_REASONS: Mapping[str, FinishReason] = {
@@ -113,7 +114,7 @@ class AnthropicAdapter(HttpAdapter):
                 calls.append(
                     ToolCall(
                         id=str(block.get("id") or ""),
-                        name=str(block.get("name") or ""),
+                        name=tool_name(self.type_name, block.get("name")),
                         arguments=arguments_text(self.type_name, block.get("input")),
                     )
                 )
@@ -308,7 +309,8 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
             # A block restarted at an index still open ends the one there first, checked.
             closed = self._block_stop(index)
             self._arguments[index] = ""
-            delta = self._tools.start(index, str(block.get("id") or ""), str(block.get("name") or ""))
+            name = tool_name(self.adapter.type_name, block.get("name"))
+            delta = self._tools.start(index, str(block.get("id") or ""), name)
             return [*closed, StreamChunk(tool_calls=(delta,))]
         if block.get("type") == "text" and block.get("text"):
             return [StreamChunk(text=str(block["text"]))]

@@ -50,6 +50,7 @@ from .wire import (
     settle_finish,
     synthesize_call_id,
     token_count,
+    tool_name,
 )
 
 FINISH_REASONS: Mapping[str, FinishReason] = {
@@ -257,7 +258,7 @@ class OpenAIFamilyAdapter(HttpAdapter):
         calls = [
             ToolCall(
                 id=self.id_from_upstream(str(c.get("id") or "")) or synthesize_call_id(),
-                name=str((c.get("function") or {}).get("name") or ""),
+                name=tool_name(self.type_name, (c.get("function") or {}).get("name")),
                 arguments=arguments_text(self.type_name, (c.get("function") or {}).get("arguments")),
             )
             for c in message.get("tool_calls") or ()
@@ -380,7 +381,8 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
             function = call.get("function") or {}
             fragment = fragment_text(function.get("arguments"))
             if self._tools.is_new(key, call_id):
-                deltas.append(self._tools.start(key, call_id, str(function.get("name") or ""), fragment))
+                name = tool_name(self._family.type_name, function.get("name"))
+                deltas.append(self._tools.start(key, call_id, name, fragment))
             elif (more := self._tools.fragment(key, fragment)) is not None:
                 deltas.append(more)
         for d in deltas:
