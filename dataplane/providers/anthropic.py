@@ -59,6 +59,7 @@ from .wire import (
     conversation,
     image_base64,
     settle_finish,
+    synthesize_call_id,
     system_prompt,
     token_count,
     tool_name,
@@ -113,7 +114,7 @@ class AnthropicAdapter(HttpAdapter):
             elif block["type"] == "tool_use":
                 calls.append(
                     ToolCall(
-                        id=str(block.get("id") or ""),
+                        id=str(block.get("id") or "") or synthesize_call_id(),
                         name=tool_name(self.type_name, block.get("name")),
                         arguments=arguments_text(self.type_name, block.get("input")),
                     )
