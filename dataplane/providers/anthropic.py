@@ -271,8 +271,9 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
     def __init__(self, adapter: AnthropicAdapter) -> None:
         super().__init__(adapter)
         self._tools = ToolCallIndexer()
-        self._arguments: dict[int, str] = {}
-        """Accumulated ``partial_json`` per tool block, keyed by Anthropic block index."""
+        self._arguments: dict[int, list[str]] = {}
+        """The ``partial_json`` fragments of each open tool block, keyed by Anthropic block
+        index (kept apart and joined once: adding each to a string copied all before it)."""
         self._usage: dict[str, Any] = {}
 
     def on_event(self, payload: dict[str, Any] | None) -> list[StreamChunk]:
@@ -309,7 +310,7 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
         if block.get("type") == "tool_use":
             # A block restarted at an index still open ends the one there first, checked.
             closed = self._block_stop(index)
-            self._arguments[index] = ""
+            self._arguments[index] = []
             name = tool_name(self.adapter.type_name, block.get("name"))
             delta = self._tools.start(index, str(block.get("id") or ""), name)
             return [*closed, StreamChunk(tool_calls=(delta,))]
@@ -323,15 +324,16 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
             return [StreamChunk(text=str(delta["text"]))]
         if kind == "input_json_delta" and index in self._arguments:
             fragment = str(delta.get("partial_json") or "")
-            self._arguments[index] += fragment
+            self._arguments[index].append(fragment)
             more = self._tools.fragment(index, fragment)
             return [StreamChunk(tool_calls=(more,))] if more is not None else []
         return []
 
     def _block_stop(self, index: int) -> list[StreamChunk]:
-        arguments = self._arguments.pop(index, None)
-        if arguments is None:
+        fragments = self._arguments.pop(index, None)
+        if fragments is None:
             return []
+        arguments = "".join(fragments)
         if not arguments.strip():
             # A tool without parameters streams no JSON at all; "{}" keeps the
             # assembled arguments valid and equal to the non-streamed answer.

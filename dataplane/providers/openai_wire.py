@@ -349,8 +349,9 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
         super().__init__(adapter)
         self._family = adapter
         self._tools = ToolCallIndexer()
-        self._arguments: dict[int, str] = {}
-        """Each call's arguments so far, by our tool-call index: checked whole at the finish."""
+        self._arguments: dict[int, list[str]] = {}
+        """Each call's argument fragments so far, by our tool-call index: checked whole at the
+        finish (kept apart and joined once: adding each to a string copied all before it)."""
         self._refused = False
 
     def on_event(self, payload: dict[str, Any] | None) -> list[StreamChunk]:
@@ -386,7 +387,7 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
             elif (more := self._tools.fragment(key, fragment)) is not None:
                 deltas.append(more)
         for d in deltas:
-            self._arguments[d.index] = self._arguments.get(d.index, "") + d.arguments_fragment
+            self._arguments.setdefault(d.index, []).append(d.arguments_fragment)
         raw_reason = choice.get("finish_reason")
         reason = self._family.finish_reason(raw_reason) if raw_reason else None
         if reason is not None:
@@ -399,6 +400,6 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
 
     def _check_arguments(self) -> None:
         """Each call's assembled arguments must be a JSON object (see ``wire.arguments_text``)."""
-        for arguments in self._arguments.values():
-            check_arguments(self._family.type_name, arguments)
+        for fragments in self._arguments.values():
+            check_arguments(self._family.type_name, "".join(fragments))
         self._arguments.clear()
