@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from dataplane.chat import EmbedRequest, EmbedResponse, StreamChunk
 from dataplane.config.model import ProviderConfig
 from dataplane.errors import ProviderError, UpstreamBadRequest
-from dataplane.upstream import UpstreamClient, UpstreamResponse, encode_headers, text_encoding
+from dataplane.upstream import UpstreamClient, UpstreamResponse, content_coded, encode_headers, text_encoding
 from dataplane.upstream.errors import HTTPError
 
 from .classify import ErrorFacts, classify_error, classify_transport, protocol_error
@@ -176,7 +176,10 @@ class HttpAdapter:
         return data
 
     async def _read_text(self, response: UpstreamResponse, limit: int, *, truncate: bool = False) -> str:
-        """The body as text, read up to ``limit`` bytes; beyond it: cut (``truncate``) or refused."""
+        """The body as text, read up to ``limit`` bytes; beyond it: cut (``truncate``) or refused.
+        A content-coded (error) body is not read: "", its status and headers say what they say."""
+        if content_coded(response.headers):
+            return ""
         if not truncate:
             data = await self._read_bytes(response, limit)
         else:

@@ -74,6 +74,12 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
     return b"".join(lines)
 
 
+def content_coded(headers: Mapping[str, str]) -> bool:
+    """Whether the body is content-coded (gzip, br, ...): bytes this client does not decode."""
+    coding = headers.get("content-encoding")
+    return coding is not None and coding.strip().lower() != "identity"
+
+
 def text_encoding(headers: Mapping[str, str]) -> str:
     """The body's text encoding: the ``charset`` of its Content-Type when Python knows it as one
     that decodes any bytes safely (``_decodes_safely``), else UTF-8."""
@@ -254,8 +260,9 @@ class UpstreamClient:
         except BaseException:
             exchange.close()
             raise
-        coding = exchange.headers.get("content-encoding")
-        if coding is not None and coding.strip().lower() != "identity":
+        if exchange.status < 400 and content_coded(exchange.headers):
+            # An error answer is returned all the same: its status and headers (Retry-After)
+            # say what went wrong, whatever its body; ``content_coded`` tells its reader.
             exchange.close()
             raise DecodingError("upstream sent a content-coded body although only identity was accepted")
         return UpstreamResponse(exchange, timeout)
