@@ -275,12 +275,15 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
         """The ``partial_json`` fragments of each open tool block, keyed by Anthropic block
         index (kept apart and joined once: adding each to a string copied all before it)."""
         self._usage: dict[str, Any] = {}
+        self._started = False
+        """Whether ``message_start`` came: ``message_stop`` before it is no answer."""
 
     def on_event(self, payload: dict[str, Any] | None) -> list[StreamChunk]:
         if payload is None:
             raise self.adapter.malformed("unexpected [DONE] in an Anthropic stream")
         kind = payload.get("type")
         if kind == "message_start":
+            self._started = True
             self._usage.update((payload.get("message") or {}).get("usage") or {})
         elif kind == "content_block_start":
             return self._block_start(int(payload.get("index", 0)), payload.get("content_block") or {})
@@ -297,6 +300,8 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
                 reason = settle_finish(STOP_REASONS.get(str(stop_reason)), self._tools.count > 0)
             return [*closed, StreamChunk(finish_reason=reason, usage=anthropic_usage(self._usage))]
         elif kind == "message_stop":
+            if not self._started:
+                raise self.adapter.malformed("stream ended without message_start")
             self.done = True
             return self._close_open_blocks()
         return []

@@ -353,15 +353,21 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
         """Each call's argument fragments so far, by our tool-call index: checked whole at the
         finish (kept apart and joined once: adding each to a string copied all before it)."""
         self._refused = False
+        self._answered = False
+        """Whether any event carried the answer's choice: ``[DONE]`` before one is no answer."""
 
     def on_event(self, payload: dict[str, Any] | None) -> list[StreamChunk]:
         if payload is None:  # data: [DONE]
+            if not self._answered:
+                # As a completion with no choices is: not an empty answer, no answer at all.
+                raise self._family.malformed("stream ended without a choice")
             self._check_arguments()
             self.done = True
             return []
         chunks: list[StreamChunk] = []
         for choice in payload.get("choices") or ():
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                self._answered = True
                 chunks.extend(self._on_choice(choice))
         usage = openai_usage(payload.get("usage"))
         if usage is not None:

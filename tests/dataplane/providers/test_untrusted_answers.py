@@ -183,6 +183,40 @@ async def test_streamed_anthropic_tool_input_is_checked_even_if_its_block_never_
     await refused_before_the_finish("anthropic", frames, upstream, client)
 
 
+# -- streams that end at their terminator without an answer ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("type_name", "frames", "problem"),
+    [
+        pytest.param("openai", [sse_event("[DONE]")], "stream ended without a choice", id="openai-done"),
+        pytest.param(
+            "openai",
+            [
+                sse_event(openai_chunk(usage={"prompt_tokens": 3, "completion_tokens": 0})),
+                sse_event("[DONE]"),
+            ],
+            "stream ended without a choice",
+            id="openai-usage-then-done",
+        ),
+        pytest.param(
+            "anthropic",
+            [anthropic_event({"type": "ping"}), anthropic_event({"type": "message_stop"})],
+            "stream ended without message_start",
+            id="anthropic-stop",
+        ),
+    ],
+)
+async def test_a_stream_that_ends_before_any_answer_is_malformed(
+    upstream: FakeUpstream, client: UpstreamClient, type_name: str, frames: list[bytes], problem: str
+) -> None:
+    """A bare terminator was served as an empty answer (OK, nothing to fall back from), where
+    a unary answer with no choices is malformed output."""
+    upstream.enqueue(sse_reply(*frames))
+    with pytest.raises(UpstreamProtocolError, match=problem):
+        await drain(make_adapter(type_name, upstream.base_url, client).stream("m", HELLO, timeout=5))
+
+
 # -- embedding values ----------------------------------------------------------------------------
 
 
