@@ -35,6 +35,9 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 (``answer_chars``); more is an ``UpstreamProtocolError``."""
 MAX_ERROR_BODY_BYTES = 64 * 1024
 """Of an error answer only this much is read: enough for any provider's error object."""
+ERROR_BODY_WAIT = 2.0
+"""Seconds an error answer's body is waited for once its head is in (it is a few hundred
+bytes sent with the head); past them the answer is classified from its status and headers."""
 FLOAT32_MAX = 3.4028234663852886e38
 """The largest finite 32-bit float: an embedding value's bound."""
 MAX_EVENT_BYTES = 1024 * 1024
@@ -126,8 +129,7 @@ class HttpAdapter:
             response = await self._send(url, body, timeout=timeout, params=params, deadline=deadline)
             try:
                 if response.status >= 400:
-                    text = await self._read_text(response, MAX_ERROR_BODY_BYTES, truncate=True)
-                    raise self.http_error(response.status, text, response.headers)
+                    raise self.http_error(response.status, await self._error_text(response), response.headers)
                 self._check_final(response.status)
                 data = await self._read_bytes(response, MAX_BODY_BYTES)
             finally:
@@ -363,12 +365,22 @@ class HttpAdapter:
             raise classify_transport(self.type_name, exc) from exc
         try:
             if response.status >= 400:
-                text = await self._read_body(response, MAX_ERROR_BODY_BYTES)
-                raise self.http_error(response.status, text, response.headers)
+                raise self.http_error(response.status, await self._error_text(response), response.headers)
             self._check_final(response.status)
             yield response
         finally:
             response.close()
+
+    async def _error_text(self, response: UpstreamResponse) -> str:
+        """Up to ``MAX_ERROR_BODY_BYTES`` of an error answer's body, as text; "" when it does
+        not come within ``ERROR_BODY_WAIT`` seconds or breaks off. The status and headers
+        (Retry-After) classify the answer without it: a 429 whose body stalled was held for
+        the provider's whole timeout, then reported (and counted by the breaker) as a timeout."""
+        try:
+            async with asyncio.timeout(ERROR_BODY_WAIT):
+                return await self._read_text(response, MAX_ERROR_BODY_BYTES, truncate=True)
+        except (HTTPError, TimeoutError):
+            return ""
 
     async def _read_body(self, response: UpstreamResponse, limit: int) -> str:
         """At most ``limit`` bytes of an error body (the rest is not read)."""

@@ -11,7 +11,7 @@ from dataplane.errors import Overloaded, RateLimited, UpstreamProtocolError
 from dataplane.providers.registry import BUILTIN_ADAPTERS
 from dataplane.upstream import UpstreamClient
 
-from .fakes import FakeUpstream, Reply
+from .fakes import ABORT, HANG, FakeUpstream, Reply
 from .hostile import HostileUpstream
 from .samples import HELLO
 from .streams import assemble, drain, make_adapter
@@ -57,3 +57,22 @@ async def test_an_error_answer_with_a_content_coded_body_is_still_classified_by_
     # An answer (2xx) that is content-coded cannot be read: still malformed output.
     with pytest.raises(UpstreamProtocolError, match="undecodable body"):
         await adapter.complete("g", HELLO, timeout=5)
+
+
+@pytest.mark.parametrize("end", [HANG, ABORT], ids=["stalls", "breaks-off"])
+async def test_an_error_answer_whose_body_stalls_or_breaks_is_classified_by_its_status(
+    upstream: FakeUpstream, client: UpstreamClient, end: object
+) -> None:
+    """A 429 whose body stalled after its head held the request for the provider's whole
+    timeout and was then a timeout (one the breaker counts), its Retry-After lost; one whose
+    connection broke mid-body was a transport failure."""
+    for _ in range(2):
+        upstream.enqueue(Reply(status=429, body=(b'{"error": {"mess', end), headers={"Retry-After": "3"}))
+    adapter = make_adapter("openai", upstream.base_url, client)
+    started = time.monotonic()
+    with pytest.raises(RateLimited) as caught:
+        await adapter.complete("g", HELLO, timeout=8)
+    assert caught.value.retry_after == 3
+    with pytest.raises(RateLimited):
+        await drain(adapter.stream("g", HELLO, timeout=8), timeout=10)
+    assert time.monotonic() - started < 7
