@@ -79,3 +79,18 @@ def added(usage: Usage | None, other: Usage) -> Usage:
         usage.cached_input_tokens + other.cached_input_tokens,
         usage.cache_write_input_tokens + other.cache_write_input_tokens,
     )
+
+
+def most(usage: Usage | None, other: Usage) -> Usage:
+    """The larger of two reports of one answer's usage, field by field (``usage`` None:
+    ``other``). Every provider's stream reports usage cumulatively (a running snapshot, or one
+    count at the end), so of an honest stream's reports the last is the largest; a later report
+    lower than an earlier one contradicts it, and the budget keeps the higher count."""
+    if usage is None:
+        return other
+    return Usage(
+        max(usage.input_tokens, other.input_tokens),
+        max(usage.output_tokens, other.output_tokens),
+        max(usage.cached_input_tokens, other.cached_input_tokens),
+        max(usage.cache_write_input_tokens, other.cache_write_input_tokens),
+    )

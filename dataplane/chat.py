@@ -155,7 +155,8 @@ class ToolCallDelta:
 class StreamChunk:
     """One normalized streaming event. Any field may be empty.
 
-    ``usage`` is cumulative: the last one seen is the total.
+    ``usage`` is cumulative: the last one seen is the total (the node counts the highest of
+    each field seen, should a later report contradict an earlier one).
     ``finish_reason`` is set once, when the provider says why it stopped.
     """
 

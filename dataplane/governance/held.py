@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
+from dataplane.accounting import most
 from dataplane.chat import ChatRequest, ChatResponse, FinishReason, Message, Role, StreamChunk, TextPart
 from dataplane.governance.errors import CONTRACT_KIND
 
@@ -60,6 +61,11 @@ async def _whole(
     text = "".join(c.text for c in chunks)
     finish = next((c.finish_reason for c in reversed(chunks) if c.finish_reason is not None), None)
     message = Message(Role.ASSISTANT, (TextPart(text),) if text else ())
-    check(candidate, ChatResponse(message, finish or FinishReason.STOP))
+    usage = None
+    for chunk in chunks:
+        if chunk.usage is not None:
+            usage = most(usage, chunk.usage)
+    # With the usage its provider sent: an answer refused is counted by it, not an estimate.
+    check(candidate, ChatResponse(message, finish or FinishReason.STOP, usage))
     for chunk in chunks:
         yield chunk

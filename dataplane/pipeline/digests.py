@@ -38,33 +38,42 @@ def _canonical_digest(text: str, calls: list[list[str]], finish: object) -> str:
 
 
 class Assembler:
-    """Puts a streamed answer back together, for its digest."""
+    """Puts a streamed answer back together, for its digest.
+
+    Pieces are kept in lists and joined once: a tool call's arguments stream in thousands of
+    fragments (a token or so each), and adding each to a string copied all before it.
+    """
 
     __slots__ = ("calls", "finish", "text")
 
     def __init__(self) -> None:
         self.text: list[str] = []
-        self.calls: dict[int, list[str]] = {}
+        self.calls: dict[int, tuple[list[str], list[str]]] = {}
+        """By tool-call index: [id, name], and the argument fragments."""
         self.finish: Any = None
 
     def add(self, chunk: StreamChunk) -> None:
         if chunk.text:
             self.text.append(chunk.text)
         for delta in chunk.tool_calls:
-            call = self.calls.setdefault(delta.index, ["", "", ""])
-            call[0] = call[0] or delta.id
-            call[1] = call[1] or delta.name
-            call[2] += delta.arguments_fragment
+            found = self.calls.get(delta.index)
+            if found is None:
+                found = self.calls[delta.index] = (["", ""], [])
+            head, fragments = found
+            head[0] = head[0] or delta.id
+            head[1] = head[1] or delta.name
+            if delta.arguments_fragment:
+                fragments.append(delta.arguments_fragment)
         if chunk.finish_reason is not None:
             self.finish = chunk.finish_reason
 
     def digest(self) -> str:
-        calls = [[c[0], c[1], c[2] or "{}"] for _, c in sorted(self.calls.items())]
+        calls = [[h[0], h[1], "".join(f) or "{}"] for _, (h, f) in sorted(self.calls.items())]
         return _canonical_digest("".join(self.text), calls, self.finish)
 
     def chars(self) -> int:
         """Characters of the answer so far (text, tool call names and arguments)."""
-        return sum(map(len, self.text)) + sum(len(c[1]) + len(c[2]) for c in self.calls.values())
+        return sum(map(len, self.text)) + sum(len(h[1]) + sum(map(len, f)) for h, f in self.calls.values())
 
     def response(self) -> ChatResponse:
         """The answer's text as one response, for the checks of a whole answer."""

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from dataplane.accounting import Cost, added, cost_of, estimated_usage, reserved_input_tokens
+from dataplane.accounting import Cost, added, cost_of, estimated_usage, most, reserved_input_tokens
 from dataplane.auth import Caller, authenticate
 from dataplane.chat import (
     ChatRequest,
@@ -254,7 +254,7 @@ class Pipeline:
                     if chunk.text or chunk.tool_calls:
                         yield chunk
                     if chunk.usage is not None:
-                        usage = chunk.usage
+                        usage = most(usage, chunk.usage)
                     try:
                         chunk = await anext(upstream)
                     except StopAsyncIteration:

@@ -59,8 +59,10 @@ from .wire import (
     conversation,
     image_base64,
     settle_finish,
+    synthesize_call_id,
     system_prompt,
     token_count,
+    tool_name,
 )
 
 STOP_REASONS: Mapping[str, FinishReason] = {
@@ -112,8 +114,8 @@ class AnthropicAdapter(HttpAdapter):
             elif block["type"] == "tool_use":
                 calls.append(
                     ToolCall(
-                        id=str(block.get("id") or ""),
-                        name=str(block.get("name") or ""),
+                        id=str(block.get("id") or "") or synthesize_call_id(),
+                        name=tool_name(self.type_name, block.get("name")),
                         arguments=arguments_text(self.type_name, block.get("input")),
                     )
                 )
@@ -269,15 +271,19 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
     def __init__(self, adapter: AnthropicAdapter) -> None:
         super().__init__(adapter)
         self._tools = ToolCallIndexer()
-        self._arguments: dict[int, str] = {}
-        """Accumulated ``partial_json`` per tool block, keyed by Anthropic block index."""
+        self._arguments: dict[int, list[str]] = {}
+        """The ``partial_json`` fragments of each open tool block, keyed by Anthropic block
+        index (kept apart and joined once: adding each to a string copied all before it)."""
         self._usage: dict[str, Any] = {}
+        self._started = False
+        """Whether ``message_start`` came: ``message_stop`` before it is no answer."""
 
     def on_event(self, payload: dict[str, Any] | None) -> list[StreamChunk]:
         if payload is None:
             raise self.adapter.malformed("unexpected [DONE] in an Anthropic stream")
         kind = payload.get("type")
         if kind == "message_start":
+            self._started = True
             self._usage.update((payload.get("message") or {}).get("usage") or {})
         elif kind == "content_block_start":
             return self._block_start(int(payload.get("index", 0)), payload.get("content_block") or {})
@@ -288,19 +294,31 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
         elif kind == "message_delta":
             self._usage.update(payload.get("usage") or {})
             stop_reason = (payload.get("delta") or {}).get("stop_reason")
-            reason = None
+            reason, closed = None, []
             if stop_reason is not None:
+                closed = self._close_open_blocks()  # checked before the finish goes out
                 reason = settle_finish(STOP_REASONS.get(str(stop_reason)), self._tools.count > 0)
-            return [StreamChunk(finish_reason=reason, usage=anthropic_usage(self._usage))]
+            return [*closed, StreamChunk(finish_reason=reason, usage=anthropic_usage(self._usage))]
         elif kind == "message_stop":
+            if not self._started:
+                raise self.adapter.malformed("stream ended without message_start")
             self.done = True
+            return self._close_open_blocks()
         return []
+
+    def _close_open_blocks(self) -> list[StreamChunk]:
+        """Every tool block the upstream never stopped, stopped (its arguments checked) now: a
+        stream that ends without ``content_block_stop`` must not hand the caller unchecked ones."""
+        return [chunk for index in list(self._arguments) for chunk in self._block_stop(index)]
 
     def _block_start(self, index: int, block: dict[str, Any]) -> list[StreamChunk]:
         if block.get("type") == "tool_use":
-            self._arguments[index] = ""
-            delta = self._tools.start(index, str(block.get("id") or ""), str(block.get("name") or ""))
-            return [StreamChunk(tool_calls=(delta,))]
+            # A block restarted at an index still open ends the one there first, checked.
+            closed = self._block_stop(index)
+            self._arguments[index] = []
+            name = tool_name(self.adapter.type_name, block.get("name"))
+            delta = self._tools.start(index, str(block.get("id") or ""), name)
+            return [*closed, StreamChunk(tool_calls=(delta,))]
         if block.get("type") == "text" and block.get("text"):
             return [StreamChunk(text=str(block["text"]))]
         return []
@@ -311,15 +329,16 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
             return [StreamChunk(text=str(delta["text"]))]
         if kind == "input_json_delta" and index in self._arguments:
             fragment = str(delta.get("partial_json") or "")
-            self._arguments[index] += fragment
+            self._arguments[index].append(fragment)
             more = self._tools.fragment(index, fragment)
             return [StreamChunk(tool_calls=(more,))] if more is not None else []
         return []
 
     def _block_stop(self, index: int) -> list[StreamChunk]:
-        arguments = self._arguments.pop(index, None)
-        if arguments is None:
+        fragments = self._arguments.pop(index, None)
+        if fragments is None:
             return []
+        arguments = "".join(fragments)
         if not arguments.strip():
             # A tool without parameters streams no JSON at all; "{}" keeps the
             # assembled arguments valid and equal to the non-streamed answer.

@@ -136,6 +136,9 @@ _MODEL_PATTERN = re.compile(
 
 _STATUS_TABLE: Mapping[int, type[ProviderError]] = {
     401: UpstreamAuthFailed,
+    # Payment Required: the node's account with the provider is out of credit (DeepSeek's
+    # "Insufficient Balance", OpenRouter's "insufficient credits"), never the caller's request.
+    402: QuotaExhausted,
     403: UpstreamAuthFailed,
     404: UpstreamModelNotFound,
     408: UpstreamTimeout,

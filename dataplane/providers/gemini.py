@@ -64,6 +64,7 @@ from .wire import (
     synthesize_call_id,
     system_prompt,
     token_count,
+    tool_name,
     tool_names_by_id,
 )
 
@@ -296,7 +297,7 @@ class GeminiAdapter(HttpAdapter):
                 calls.append(
                     ToolCall(
                         id=str(call.get("id") or "") or synthesize_call_id(),
-                        name=str(call.get("name") or ""),
+                        name=tool_name("gemini", call.get("name")),
                         arguments=arguments_text("gemini", call.get("args")),
                     )
                 )

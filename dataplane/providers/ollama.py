@@ -47,6 +47,7 @@ from .wire import (
     settle_finish,
     synthesize_call_id,
     token_count,
+    tool_name,
     tool_names_by_id,
 )
 
@@ -117,7 +118,7 @@ class OllamaAdapter(HttpAdapter):
             function = call.get("function") or {}
             yield ToolCall(
                 id=str(call.get("id") or "") or synthesize_call_id(),
-                name=str(function.get("name") or ""),
+                name=tool_name(self.type_name, function.get("name")),
                 arguments=arguments_text(self.type_name, function.get("arguments")),
             )
 

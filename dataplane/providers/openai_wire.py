@@ -50,6 +50,7 @@ from .wire import (
     settle_finish,
     synthesize_call_id,
     token_count,
+    tool_name,
 )
 
 FINISH_REASONS: Mapping[str, FinishReason] = {
@@ -257,7 +258,7 @@ class OpenAIFamilyAdapter(HttpAdapter):
         calls = [
             ToolCall(
                 id=self.id_from_upstream(str(c.get("id") or "")) or synthesize_call_id(),
-                name=str((c.get("function") or {}).get("name") or ""),
+                name=tool_name(self.type_name, (c.get("function") or {}).get("name")),
                 arguments=arguments_text(self.type_name, (c.get("function") or {}).get("arguments")),
             )
             for c in message.get("tool_calls") or ()
@@ -348,18 +349,25 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
         super().__init__(adapter)
         self._family = adapter
         self._tools = ToolCallIndexer()
-        self._arguments: dict[int, str] = {}
-        """Each call's arguments so far, by our tool-call index: checked whole at the finish."""
+        self._arguments: dict[int, list[str]] = {}
+        """Each call's argument fragments so far, by our tool-call index: checked whole at the
+        finish (kept apart and joined once: adding each to a string copied all before it)."""
         self._refused = False
+        self._answered = False
+        """Whether any event carried the answer's choice: ``[DONE]`` before one is no answer."""
 
     def on_event(self, payload: dict[str, Any] | None) -> list[StreamChunk]:
         if payload is None:  # data: [DONE]
+            if not self._answered:
+                # As a completion with no choices is: not an empty answer, no answer at all.
+                raise self._family.malformed("stream ended without a choice")
             self._check_arguments()
             self.done = True
             return []
         chunks: list[StreamChunk] = []
         for choice in payload.get("choices") or ():
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                self._answered = True
                 chunks.extend(self._on_choice(choice))
         usage = openai_usage(payload.get("usage"))
         if usage is not None:
@@ -380,11 +388,12 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
             function = call.get("function") or {}
             fragment = fragment_text(function.get("arguments"))
             if self._tools.is_new(key, call_id):
-                deltas.append(self._tools.start(key, call_id, str(function.get("name") or ""), fragment))
+                name = tool_name(self._family.type_name, function.get("name"))
+                deltas.append(self._tools.start(key, call_id, name, fragment))
             elif (more := self._tools.fragment(key, fragment)) is not None:
                 deltas.append(more)
         for d in deltas:
-            self._arguments[d.index] = self._arguments.get(d.index, "") + d.arguments_fragment
+            self._arguments.setdefault(d.index, []).append(d.arguments_fragment)
         raw_reason = choice.get("finish_reason")
         reason = self._family.finish_reason(raw_reason) if raw_reason else None
         if reason is not None:
@@ -397,6 +406,6 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
 
     def _check_arguments(self) -> None:
         """Each call's assembled arguments must be a JSON object (see ``wire.arguments_text``)."""
-        for arguments in self._arguments.values():
-            check_arguments(self._family.type_name, arguments)
+        for fragments in self._arguments.values():
+            check_arguments(self._family.type_name, "".join(fragments))
         self._arguments.clear()

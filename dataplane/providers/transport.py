@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from dataplane.chat import EmbedRequest, EmbedResponse, StreamChunk
 from dataplane.config.model import ProviderConfig
 from dataplane.errors import ProviderError, UpstreamBadRequest
-from dataplane.upstream import UpstreamClient, UpstreamResponse, encode_headers, text_encoding
+from dataplane.upstream import UpstreamClient, UpstreamResponse, content_coded, encode_headers, text_encoding
 from dataplane.upstream.errors import HTTPError
 
 from .classify import ErrorFacts, classify_error, classify_transport, protocol_error
@@ -35,9 +35,13 @@ FLOAT32_MAX = 3.4028234663852886e38
 T = TypeVar("T")
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
-"""Largest unary answer read from an upstream; a larger one is an ``UpstreamProtocolError``."""
+"""Largest unary answer read from an upstream, and most characters of answer a stream may carry
+(``answer_chars``); more is an ``UpstreamProtocolError``."""
 MAX_ERROR_BODY_BYTES = 64 * 1024
 """Of an error answer only this much is read: enough for any provider's error object."""
+ERROR_BODY_WAIT = 2.0
+"""Seconds an error answer's body is waited for once its head is in (it is a few hundred
+bytes sent with the head); past them the answer is classified from its status and headers."""
 MAX_EVENT_BYTES = 1024 * 1024
 """Largest stream line, SSE event or NDJSON line; a larger one is an ``UpstreamProtocolError``."""
 
@@ -127,8 +131,7 @@ class HttpAdapter:
             response = await self._send(url, body, timeout=timeout, params=params, deadline=deadline)
             try:
                 if response.status >= 400:
-                    text = await self._read_text(response, MAX_ERROR_BODY_BYTES, truncate=True)
-                    raise self.http_error(response.status, text, response.headers)
+                    raise self.http_error(response.status, await self._error_text(response), response.headers)
                 self._check_final(response.status)
                 data = await self._read_bytes(response, MAX_BODY_BYTES)
             finally:
@@ -177,7 +180,10 @@ class HttpAdapter:
         return data
 
     async def _read_text(self, response: UpstreamResponse, limit: int, *, truncate: bool = False) -> str:
-        """The body as text, read up to ``limit`` bytes; beyond it: cut (``truncate``) or refused."""
+        """The body as text, read up to ``limit`` bytes; beyond it: cut (``truncate``) or refused.
+        A content-coded (error) body is not read: "", its status and headers say what they say."""
+        if content_coded(response.headers):
+            return ""
         if not truncate:
             data = await self._read_bytes(response, limit)
         else:
@@ -270,22 +276,28 @@ class HttpAdapter:
                 text = await self._read_body(response, MAX_ERROR_BODY_BYTES)
                 self.raise_in_band(loads(self.type_name, text, credential=self._credential))
                 raise self.malformed("expected an event stream, got a JSON body", text)
-            while not decoder.done:
+            answered = 0  # characters of answer so far: bounded as a unary answer's bytes are
+            ended = False
+            while not (ended or decoder.done):
                 try:
                     line = await anext(lines)
                 except StopAsyncIteration:
                     with self.decoding():
-                        last = list(decoder.finish())
-                    for chunk in last:
-                        yield chunk
-                    return
+                        chunks = list(decoder.finish())
+                    ended = True
                 except BodyTooLarge:
                     raise self.malformed(f"a stream line exceeds the {MAX_EVENT_BYTES}-byte limit") from None
                 except HTTPError as exc:
                     raise classify_transport(self.type_name, exc) from exc
-                with self.decoding():
-                    chunks = list(decoder.feed(line))
+                else:
+                    with self.decoding():
+                        chunks = list(decoder.feed(line))
                 for chunk in chunks:
+                    answered += answer_chars(chunk)
+                    if answered > MAX_BODY_BYTES:
+                        raise self.malformed(
+                            f"a streamed answer exceeds the {MAX_BODY_BYTES}-character limit"
+                        )
                     yield chunk
 
     def http_error(self, status: int, text: str, headers: Mapping[str, str]) -> ProviderError:
@@ -357,12 +369,22 @@ class HttpAdapter:
             raise classify_transport(self.type_name, exc) from exc
         try:
             if response.status >= 400:
-                text = await self._read_body(response, MAX_ERROR_BODY_BYTES)
-                raise self.http_error(response.status, text, response.headers)
+                raise self.http_error(response.status, await self._error_text(response), response.headers)
             self._check_final(response.status)
             yield response
         finally:
             response.close()
+
+    async def _error_text(self, response: UpstreamResponse) -> str:
+        """Up to ``MAX_ERROR_BODY_BYTES`` of an error answer's body, as text; "" when it does
+        not come within ``ERROR_BODY_WAIT`` seconds or breaks off. The status and headers
+        (Retry-After) classify the answer without it: a 429 whose body stalled was held for
+        the provider's whole timeout, then reported (and counted by the breaker) as a timeout."""
+        try:
+            async with asyncio.timeout(ERROR_BODY_WAIT):
+                return await self._read_text(response, MAX_ERROR_BODY_BYTES, truncate=True)
+        except (HTTPError, TimeoutError):
+            return ""
 
     async def _read_body(self, response: UpstreamResponse, limit: int) -> str:
         """At most ``limit`` bytes of an error body (the rest is not read)."""
@@ -407,8 +429,13 @@ async def bounded_lines(chunks: AsyncIterator[str], limit: int) -> AsyncGenerato
 
 
 async def _text(response: UpstreamResponse) -> AsyncGenerator[str, None]:
-    """The body as text, piece by piece (a character split between pieces is kept whole)."""
-    decoder = codecs.getincrementaldecoder(text_encoding(response.headers))(errors="replace")
+    """The body as text, piece by piece (a character split between pieces is kept whole).
+
+    UTF-8 with a leading byte order mark dropped, as an event stream is decoded (WHATWG):
+    kept, it would open the first line, whose field (``\ufeffdata``) no decoder knows.
+    """
+    encoding = text_encoding(response.headers)
+    decoder = codecs.getincrementaldecoder("utf-8-sig" if encoding == "utf-8" else encoding)(errors="replace")
     async for chunk in response:
         text = decoder.decode(chunk)
         if text:
@@ -416,6 +443,20 @@ async def _text(response: UpstreamResponse) -> AsyncGenerator[str, None]:
     tail = decoder.decode(b"", final=True)
     if tail:
         yield tail
+
+
+def answer_chars(chunk: StreamChunk) -> int:
+    """Characters of answer ``chunk`` adds: its text, tool-call ids, names and argument fragments.
+
+    What the node holds of a stream (the answer assembled for its digest and checks, the
+    arguments a decoder checks whole) grows with these; an upstream streaming without end
+    would otherwise grow it for as long as the deadline lets it. Ids count: calls without a
+    name or arguments (an id, the node's own when the upstream sent none) still take room.
+    """
+    size = len(chunk.text)
+    for call in chunk.tool_calls:
+        size += len(call.id) + len(call.name) + len(call.arguments_fragment)
+    return size
 
 
 def _is_json(response: UpstreamResponse) -> bool:

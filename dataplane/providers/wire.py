@@ -97,6 +97,14 @@ def arguments_text(provider: str, value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def tool_name(provider: str, value: object) -> str:
+    """A tool call's name as the provider sent it. A call without one (missing, empty, not a
+    string) is malformed output, like arguments that are not an object: no caller can run it."""
+    if not isinstance(value, str) or not value:
+        raise protocol_error(provider, "a tool call has no name", credential=None)
+    return value
+
+
 def fragment_text(value: object) -> str:
     """A streamed piece of tool-call arguments as text (checked whole at the call's end)."""
     if isinstance(value, str):

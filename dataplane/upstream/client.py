@@ -74,8 +74,15 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
     return b"".join(lines)
 
 
+def content_coded(headers: Mapping[str, str]) -> bool:
+    """Whether the body is content-coded (gzip, br, ...): bytes this client does not decode."""
+    coding = headers.get("content-encoding")
+    return coding is not None and coding.strip().lower() != "identity"
+
+
 def text_encoding(headers: Mapping[str, str]) -> str:
-    """The body's text encoding: the ``charset`` of its Content-Type when Python knows it, else UTF-8."""
+    """The body's text encoding: the ``charset`` of its Content-Type when Python knows it as one
+    that decodes any bytes safely (``_decodes_safely``), else UTF-8."""
     content_type = headers.get("content-type", "")
     if "charset" not in content_type.lower():
         return "utf-8"
@@ -86,13 +93,35 @@ def text_encoding(headers: Mapping[str, str]) -> str:
             key, _, value = param.partition("=")
             if key.strip().lower() == "charset":
                 with contextlib.suppress(LookupError):
-                    found = codecs.lookup(value.strip().strip("\"'")).name
+                    name = codecs.lookup(value.strip().strip("\"'")).name
+                    if _decodes_safely(name):
+                        found = name
         if len(_ENCODINGS) < 64:
             _ENCODINGS[content_type] = found
     return found
 
 
 _ENCODINGS: dict[str, str] = {}
+
+_PROBE = b"+2AA-\\ud800" + bytes(range(256))
+"""Bytes no text encoding an answer may name turns into an exception or into a lone surrogate."""
+
+
+def _decodes_safely(name: str) -> bool:
+    """Whether the codec ``name`` decodes any bytes, piece by piece, to text every encoder takes.
+
+    Python knows codecs that are not text encodings (``base64``, ``zlib``, ``rot13``: decoding
+    raises), that refuse ``errors="replace"`` (``idna``), that cannot start without a BOM piece
+    by piece (``utf-16``), or that make lone surrogates (``utf-7``, ``unicode_escape``), which no
+    UTF-8 encoder (protobuf, the HTTP door's JSON) can write. Named by an upstream, each ended
+    its request INTERNAL instead of as the upstream's failure. Any exception is a "no": codecs
+    raise what they like.
+    """
+    try:
+        codecs.getincrementaldecoder(name)(errors="replace").decode(_PROBE, final=True).encode("utf-8")
+    except Exception:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,8 +260,9 @@ class UpstreamClient:
         except BaseException:
             exchange.close()
             raise
-        coding = exchange.headers.get("content-encoding")
-        if coding is not None and coding.strip().lower() != "identity":
+        if exchange.status < 400 and content_coded(exchange.headers):
+            # An error answer is returned all the same: its status and headers (Retry-After)
+            # say what went wrong, whatever its body; ``content_coded`` tells its reader.
             exchange.close()
             raise DecodingError("upstream sent a content-coded body although only identity was accepted")
         return UpstreamResponse(exchange, timeout)

@@ -298,6 +298,12 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._exchange is None:
+            # Bytes after the answer, in the read that ended it: a second answer to one request,
+            # which must not become the next request's (``data_received`` catches later reads).
+            raise _OutOfTurn
+
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self._exchange
         if exchange is None:

@@ -317,3 +317,34 @@ async def test_a_stream_cancelled_before_its_first_chunk_records_and_counts_the_
     assert [(a["model"], a["outcome"]) for a in record["routing"]["attempts"]] == [("sim-fast", "cancelled")]
     assert (record["usage"]["output_tokens"], record["usage"]["estimated"]) == (SMALL.max_output_tokens, True)
     assert record["cost"]["total_nanos"] > 0
+
+
+async def test_a_stream_whose_usage_reports_contradict_counts_the_highest(
+    start_node: NodeFactory, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """Usage in a stream is cumulative; the node counted only the last report, so an upstream
+    that reported 100 + 50 tokens and then 1 + 1 had the tenant charged for two tokens."""
+    chunk = {"id": "chatcmpl-u", "object": "chat.completion.chunk", "created": 1, "model": "sim-fast"}
+
+    async def contradicts_itself(server: RawServer, peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(
+                _sse(
+                    {**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}}]},
+                    {**chunk, "choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 50}},
+                    {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                    {**chunk, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}},
+                )
+            )
+
+    async with RawServer(contradicts_itself) as upstream:
+        node = await _limited_node(start_node, upstream.url, signing_key, tmp_path)
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            request = chat(PROMPT, params=SMALL, correlation_id="contradicts")
+            events = [
+                e async for e in infer_pb2_grpc.InferServiceStub(channel).InferStream(request, metadata=AUTH)
+            ]
+    assert events[-1].end.usage.output_tokens == 50
+    [record] = [r for r in _records(node) if r["correlation_id"] == "contradicts"]
+    assert (record["usage"]["input_tokens"], record["usage"]["output_tokens"]) == (100, 50)
+    assert "estimated" not in record["usage"]

@@ -5,10 +5,12 @@ another candidate or refused; otherwise every refused answer would be spent off 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import grpc
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.accounting import cost_of
@@ -27,6 +29,7 @@ from tests.dataplane.governance.test_node_governance import (
     scripted,  # noqa: F401  (a fixture)
     serving,
     stub_for,  # noqa: F401  (a fixture)
+    upstream_at,
 )
 from tests.helpers import eventually
 
@@ -116,3 +119,50 @@ async def test_answers_a_retry_contract_discarded_are_counted_when_none_is_serve
     assert scripted.calls == {"sim-fast": 1, "sim-smart": 1}
     record = one_record(node, "never-met")
     assert record["cost"]["total_nanos"] == _nanos(node, "sim-fast") + _nanos(node, "sim-smart")
+
+
+async def test_a_streamed_answer_a_retry_contract_discarded_counts_the_usage_its_provider_sent(
+    start_node: NodeFactory,
+    signing_key: Ed25519PrivateKey,
+    tmp_path: Path,
+    stub_for: Any,  # noqa: F811
+) -> None:
+    """A held stream (``governance.held``) that broke the contract was counted as an estimate
+    (the node's guess of the input, the output from its text), as if its provider had said
+    nothing, though its usage chunk said 5 and 5."""
+    answers = {"sim-fast": '{"age": "forty-two"}', "sim-smart": '{"age": 42}'}
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        model = (await request.json())["model"]
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model}
+        for event in (
+            {
+                **chunk,
+                "choices": [{"index": 0, "delta": {"content": answers[model]}, "finish_reason": "stop"}],
+            },
+            {**chunk, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 5}},
+        ):
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    profile = {"output": {"contract": {"on_failure": "retry"}}}
+    async with upstream_at(completions) as base_url:
+        snap = _budgeted(governed(base_url, profile, policy=RETRY_TWICE))
+        node = await serving(start_node, snap, signing_key, tmp_path)
+        events = stub_for(node).InferStream(asks_for_age("held-usage"), metadata=AUTH, timeout=10)
+        received = [event async for event in events]
+    both = _nanos(node, "sim-fast") + _nanos(node, "sim-smart")
+    assert received[-1].end.cost.total_nanos == both
+    record = one_record(node, "held-usage")
+    assert [a["outcome"] for a in record["routing"]["attempts"]] == ["output_contract", "ok"]
+    assert record["usage"] == {
+        "input_tokens": 10,
+        "output_tokens": 10,
+        "cached_input_tokens": 0,
+        "cache_write_input_tokens": 0,
+    }
+    assert record["cost"]["total_nanos"] == both
+    await _settled(node, both)

@@ -387,3 +387,17 @@ async def test_error_classification(
 async def test_no_embeddings(upstream: FakeUpstream, client: UpstreamClient) -> None:
     with pytest.raises(UpstreamBadRequest, match="embeddings"):
         await anthropic(upstream, client).embed("claude-x", EmbedRequest(inputs=("x",)), timeout=5)
+
+
+async def test_a_tool_use_block_without_an_id_gets_one(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    """The other adapters, and Anthropic's own streams, make up an id a call lacks; a plain answer
+    served the call with id "", which no tool result can answer (Anthropic itself refuses a
+    ``tool_result`` whose ``tool_use_id`` matches no ``tool_use``)."""
+    body = anthropic_message(None, tool_uses=[("", "get_weather", {"city": "Paris"})], stop_reason="tool_use")
+    upstream.enqueue(json_reply(body))
+    response = await make_adapter("anthropic", upstream.base_url, client).complete(
+        "c", ASK_WEATHER, timeout=5
+    )
+    assert response.message.tool_calls[0].id.startswith("call_")

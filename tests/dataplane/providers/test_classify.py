@@ -64,6 +64,8 @@ def test_retry_after_forms() -> None:
         (529, (), "", Overloaded),
         (408, (), "", UpstreamTimeout),
         (418, (), "", UpstreamBadRequest),
+        # Payment Required (DeepSeek, OpenRouter): the node's account, not the caller's request.
+        (402, ("invalid_request_error",), "Insufficient Balance", QuotaExhausted),
         # No status: an in-band (mid-stream) error, retried like a 503.
         (None, (), "something broke", UpstreamUnavailable),
         (None, ("overloaded_error",), "", Overloaded),

@@ -471,6 +471,25 @@ async def test_wrong_shapes_are_protocol_errors(
         await drain(adapter.stream("m", HELLO, timeout=5))
 
 
+def _nameless(reply: Reply) -> Reply:
+    """``reply`` with its tool call's name, wherever it stands, made empty."""
+    body = [s.replace(b'"get_weather"', b'""') if isinstance(s, bytes) else s for s in reply.body]
+    return Reply(reply.status, body, reply.content_type, reply.headers)
+
+
+@by_type
+async def test_a_tool_call_without_a_name_is_malformed_output(
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    """A call named "" was served as a call (finish ``tool_calls``) that no caller can run."""
+    upstream.enqueue(_nameless(wire.tool()), _nameless(wire.stream_reply(*wire.tool_stream())))
+    adapter = wire.adapter(upstream.base_url, client)
+    with pytest.raises(UpstreamProtocolError, match="a tool call has no name"):
+        await adapter.complete("m", ASK_WEATHER, timeout=5)
+    with pytest.raises(UpstreamProtocolError, match="a tool call has no name"):
+        await drain(adapter.stream("m", ASK_WEATHER, timeout=5))
+
+
 @by_type
 async def test_configured_timeout_caps_the_callers(
     wire: Wire, upstream: FakeUpstream, client: UpstreamClient

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import pytest
 
+from dataplane.chat import StreamChunk, ToolCallDelta
 from dataplane.errors import UpstreamModelNotFound, UpstreamProtocolError
 from dataplane.providers.transport import (
     MAX_BODY_BYTES,
     MAX_EVENT_BYTES,
     BodyTooLarge,
+    answer_chars,
     bounded_lines,
 )
 from dataplane.upstream import UpstreamClient
 
-from .canned import openai_chunk, openai_completion
+from .canned import anthropic_stream, openai_chunk, openai_completion
 from .fakes import HANG, FakeUpstream, Reply, json_reply, ndjson_reply, sse_event, sse_reply
-from .samples import HELLO
+from .samples import ASK_WEATHER, HELLO
 from .streams import drain, make_adapter
 
 MIB = 1024 * 1024
@@ -101,6 +103,61 @@ async def test_events_below_the_limit_pass(upstream: FakeUpstream, client: Upstr
     upstream.enqueue(sse_reply(*frames))
     chunks = await drain(openai(upstream, client).stream("gpt-x", HELLO, timeout=10))
     assert "".join(c.text for c in chunks) == big
+
+
+async def test_a_streamed_answer_is_cut_off_at_the_limit(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    """Each event within its bound, the answer without one: an upstream streaming text without
+    end grew what the node holds of the answer (assembled for its digest and checks) until the
+    stream's deadline, where a unary answer stops at ``MAX_BODY_BYTES``."""
+    big = sse_event(openai_chunk({"content": "z" * (MAX_EVENT_BYTES - 4096)}))
+    upstream.enqueue(sse_reply(*(big,) * (MAX_BODY_BYTES // (MAX_EVENT_BYTES - 4096) + 1), HANG))
+    received: list[StreamChunk] = []
+    with pytest.raises(
+        UpstreamProtocolError, match=f"a streamed answer exceeds the {MAX_BODY_BYTES}-character limit"
+    ):
+        await drain(openai(upstream, client).stream("gpt-x", HELLO, timeout=10), into=received)
+    assert 0 < sum(len(c.text) for c in received) <= MAX_BODY_BYTES
+
+
+FRAGMENTS = 60_000
+PIECE = "0123456789abcdef" * 24
+
+
+@pytest.mark.parametrize("type_name", ["openai", "anthropic"])
+async def test_tool_call_arguments_in_many_fragments_are_decoded_in_linear_time(
+    upstream: FakeUpstream, client: UpstreamClient, type_name: str
+) -> None:
+    """The decoders added each fragment to a string holding all before it, copying it whole
+    each time: 23 MB of arguments (within the answer's bound) in 60,000 fragments copied
+    hundreds of gigabytes, minutes of the node's one event loop for one stream."""
+    fragments = ['{"text": "', *(PIECE,) * FRAGMENTS, '"}']
+    if type_name == "openai":
+        call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
+        frames = [
+            sse_event(openai_chunk({"tool_calls": [call]})),
+            *(
+                sse_event(openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": f}}]}))
+                for f in fragments
+            ),
+            sse_event(openai_chunk({}, "tool_calls")),
+            sse_event("[DONE]"),
+        ]
+    else:
+        frames = anthropic_stream(tool_uses=[("toolu_1", "f", fragments)], stop_reason="tool_use")
+    upstream.enqueue(sse_reply(b"".join(frames)))
+    adapter = make_adapter(type_name, upstream.base_url, client)
+    chunks = await drain(adapter.stream("m", ASK_WEATHER, timeout=60), timeout=20)
+    arguments = "".join(d.arguments_fragment for c in chunks for d in c.tool_calls)
+    assert arguments == '{"text": "' + PIECE * FRAGMENTS + '"}'
+
+
+def test_a_streamed_answer_counts_its_tool_calls_whole() -> None:
+    """Calls with no name or arguments counted nothing, so an upstream could stream an endless
+    number of them (each held by the node) past the bound."""
+    call = ToolCallDelta(index=0, id="call_1", name="get_weather", arguments_fragment='{"city"')
+    assert answer_chars(StreamChunk(text="Hi", tool_calls=(call, ToolCallDelta(index=1, id="c2")))) == 28
 
 
 async def _lines(*pieces: str, limit: int = 100) -> list[str]:

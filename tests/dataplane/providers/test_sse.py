@@ -48,3 +48,19 @@ async def test_crlf_framed_stream(upstream: FakeUpstream, client: UpstreamClient
     folded = assemble(await drain(adapter.stream("g", HELLO, timeout=5)))
     assert folded.text == "Hello!"
     assert folded.finish_reason is FinishReason.STOP
+
+
+async def test_a_byte_order_mark_opening_the_stream_is_not_part_of_its_first_line(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    """An event stream is decoded as UTF-8 with a leading BOM dropped (WHATWG). Kept, it made the
+    first line's field name "\ufeffdata", an unknown field, so the first event was dropped in
+    silence: Gemini's answer lost its first piece of text ("lo!" served for "Hello!"), an OpenAI
+    tool call its name and id."""
+    frames = gemini_stream("Hel", "lo!")
+    upstream.enqueue(sse_reply(b"\xef\xbb", b"\xbf" + frames[0], *frames[1:]))  # split between reads
+    adapter = make_adapter("gemini", upstream.base_url + "/v1beta", client)
+    folded = assemble(await drain(adapter.stream("g", HELLO, timeout=5)))
+    assert folded.text == "Hello!"
+    upstream.enqueue(sse_reply(b"\xef\xbb\xbf", *gemini_stream("Hel", "lo!")))
+    assert assemble(await drain(adapter.stream("g", HELLO, timeout=5))).text == "Hello!"

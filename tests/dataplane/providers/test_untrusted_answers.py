@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from dataplane.chat import ChatRequest, FinishReason, ResponseFormat, ToolDefinition
+from dataplane.chat import ChatRequest, EmbedRequest, FinishReason, ResponseFormat, ToolDefinition
 from dataplane.errors import UpstreamBadRequest, UpstreamProtocolError, UpstreamUnavailable
 from dataplane.providers.gemini_schema import gemini_schema
 from dataplane.upstream import UpstreamClient
 
 from .canned import (
+    anthropic_event,
     anthropic_message,
     anthropic_stream,
     gemini_response,
@@ -21,7 +22,7 @@ from .canned import (
     openai_chunk,
     openai_completion,
 )
-from .fakes import FakeUpstream, json_reply, raw_reply, sse_event, sse_reply
+from .fakes import FakeUpstream, Reply, json_reply, raw_reply, sse_event, sse_reply
 from .samples import ASK_WEATHER, HELLO, system, user
 from .streams import assemble, drain, make_adapter
 
@@ -105,11 +106,18 @@ async def test_streamed_openai_tool_arguments_are_checked_whole_before_the_finis
         sse_event(openai_chunk({}, "tool_calls")),
         sse_event("[DONE]"),
     ]
+    await refused_before_the_finish("openai", frames, upstream, client)
+
+
+async def refused_before_the_finish(
+    type_name: str, frames: list[bytes], upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    """The stream of ``frames`` ends with the invalid-arguments error, and no finish went out first."""
     upstream.enqueue(sse_reply(*frames))
     received: list[Any] = []
     with pytest.raises(UpstreamProtocolError, match="tool call arguments are not"):
         await drain(
-            make_adapter("openai", upstream.base_url, client).stream("g", ASK_WEATHER, timeout=5),
+            make_adapter(type_name, upstream.base_url, client).stream("m", ASK_WEATHER, timeout=5),
             into=received,
         )
     assert all(chunk.finish_reason is None for chunk in received), "no finish goes out before the check"
@@ -153,6 +161,123 @@ async def test_anthropic_tool_input_that_is_not_an_object_is_malformed(
     upstream.enqueue(json_reply(body))
     with pytest.raises(UpstreamProtocolError, match="tool call arguments are not"):
         await make_adapter("anthropic", upstream.base_url, client).complete("c", ASK_WEATHER, timeout=5)
+
+
+@pytest.mark.parametrize("shape", ["never-stopped", "restarted-at-its-index"])
+async def test_streamed_anthropic_tool_input_is_checked_even_if_its_block_never_stops(
+    upstream: FakeUpstream, client: UpstreamClient, shape: str
+) -> None:
+    """Arguments were checked only at ``content_block_stop``: a stream that went on to its
+    finish and ``message_stop`` without one (or started another tool block at the same index)
+    handed the caller ``{"city": `` as a tool call's arguments."""
+    frames = anthropic_stream(tool_uses=[("toolu_1", "get_weather", ['{"city": '])], stop_reason="tool_use")
+    stop = anthropic_event({"type": "content_block_stop", "index": 0})
+    at = frames.index(stop)
+    if shape == "never-stopped":
+        del frames[at]
+    else:
+        block = {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {}}
+        frames.insert(
+            at, anthropic_event({"type": "content_block_start", "index": 0, "content_block": block})
+        )
+    await refused_before_the_finish("anthropic", frames, upstream, client)
+
+
+# -- streams that end at their terminator without an answer ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("type_name", "frames", "problem"),
+    [
+        pytest.param("openai", [sse_event("[DONE]")], "stream ended without a choice", id="openai-done"),
+        pytest.param(
+            "openai",
+            [
+                sse_event(openai_chunk(usage={"prompt_tokens": 3, "completion_tokens": 0})),
+                sse_event("[DONE]"),
+            ],
+            "stream ended without a choice",
+            id="openai-usage-then-done",
+        ),
+        pytest.param(
+            "anthropic",
+            [anthropic_event({"type": "ping"}), anthropic_event({"type": "message_stop"})],
+            "stream ended without message_start",
+            id="anthropic-stop",
+        ),
+    ],
+)
+async def test_a_stream_that_ends_before_any_answer_is_malformed(
+    upstream: FakeUpstream, client: UpstreamClient, type_name: str, frames: list[bytes], problem: str
+) -> None:
+    """A bare terminator was served as an empty answer (OK, nothing to fall back from), where
+    a unary answer with no choices is malformed output."""
+    upstream.enqueue(sse_reply(*frames))
+    with pytest.raises(UpstreamProtocolError, match=problem):
+        await drain(make_adapter(type_name, upstream.base_url, client).stream("m", HELLO, timeout=5))
+
+
+# -- embedding values ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e300", "-3.5e38"])
+async def test_an_embedding_value_no_32_bit_float_holds_is_malformed(
+    upstream: FakeUpstream, client: UpstreamClient, value: str
+) -> None:
+    """Served as it came, 1e300 made the HTTP door's base64 packing raise after the request was
+    recorded as served, and became infinity over gRPC; NaN went out as null or NaN."""
+    upstream.enqueue(raw_reply('{"data": [{"index": 0, "embedding": [0.5, ' + value + "]}]}"))
+    adapter = make_adapter("openai_compatible", upstream.base_url + "/v1", client)
+    with pytest.raises(UpstreamProtocolError, match="holds a value that is not a finite float32"):
+        await adapter.embed("bge", EmbedRequest(inputs=("x",)), timeout=5)
+
+
+async def test_embedding_values_within_32_bit_range_are_served(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    upstream.enqueue(raw_reply('{"data": [{"index": 0, "embedding": [-3.4e38, 0, 3.4e38, 1e-50]}]}'))
+    adapter = make_adapter("openai_compatible", upstream.base_url + "/v1", client)
+    result = await adapter.embed("bge", EmbedRequest(inputs=("x",)), timeout=5)
+    assert result.vectors == ((-3.4e38, 0.0, 3.4e38, 1e-50),)
+
+
+# -- what an answer's Content-Type charset names ------------------------------------------------
+
+PLUS_TEXT = "Hel+2AA-lo"
+"""Plain text in UTF-8; in UTF-7 a lone surrogate, which no UTF-8 encoder can write."""
+
+
+@pytest.mark.parametrize("charset", ["base64", "rot13", "zlib", "idna", "utf-7", "utf-16"])
+async def test_a_charset_that_cannot_decode_any_bytes_safely_is_read_as_utf_8(
+    upstream: FakeUpstream, client: UpstreamClient, charset: str
+) -> None:
+    """A charset Python knows was used whatever it was: codecs that are not text encodings
+    (LookupError), refuse errors="replace" (UnicodeError), cannot start a stream without a BOM,
+    or make lone surrogates (``utf-7``) ended the request with an error no breaker counts and no
+    fallback follows (INTERNAL at the node), or an answer no encoder could write."""
+    adapter = make_adapter("openai", upstream.base_url, client)
+    upstream.enqueue(
+        raw_reply(
+            json.dumps(openai_completion(PLUS_TEXT)), content_type=f"application/json; charset={charset}"
+        )
+    )
+    assert (await adapter.complete("g", HELLO, timeout=5)).message.text == PLUS_TEXT
+    frames = [
+        sse_event(openai_chunk({"content": PLUS_TEXT})),
+        sse_event(openai_chunk({}, "stop")),
+        sse_event("[DONE]"),
+    ]
+    upstream.enqueue(Reply(body=frames, content_type=f"text/event-stream; charset={charset}"))
+    assert assemble(await drain(adapter.stream("g", HELLO, timeout=5))).text == PLUS_TEXT
+
+
+async def test_a_charset_that_decodes_safely_is_still_honoured(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    adapter = make_adapter("openai", upstream.base_url, client)
+    body = json.dumps(openai_completion("café"), ensure_ascii=False).encode("latin-1")
+    upstream.enqueue(Reply(body=(body,), content_type="application/json; charset=ISO-8859-1"))
+    assert (await adapter.complete("g", HELLO, timeout=5)).message.text == "café"
 
 
 # -- JSON nested past the recursion limit inside an answer --------------------------------

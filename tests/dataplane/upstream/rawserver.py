@@ -8,6 +8,10 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from dataplane.upstream import UpstreamClient, encode_headers
+
+JSON = encode_headers({"Content-Type": "application/json"})
+
 
 @dataclass
 class Request:
@@ -61,6 +65,17 @@ class Peer:
 
 
 Handler = Callable[["RawServer", Peer], Awaitable[None]]
+
+
+async def post(client: UpstreamClient, url: str, *, timeout: float = 5.0, limit: int = 1 << 20) -> bytes:
+    """POST a small JSON body through ``client`` and read the whole answer (at most ``limit`` bytes)."""
+    response = await client.request("POST", url, headers=JSON, body=b'{"q":1}', timeout=timeout)
+    try:
+        data, more = await response.read(limit)
+        assert not more
+        return data
+    finally:
+        response.close()
 
 
 def answer(body: bytes = b'{"ok":true}', *, status: str = "200 OK", headers: str = "") -> bytes:

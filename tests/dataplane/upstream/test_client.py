@@ -1,42 +1,19 @@
 """The node's upstream client against real loopback servers that answer byte by byte, misbehaving
-where a test needs it: pooling, framing, bounds, timeouts, TLS, cancellation, errors."""
+where a test needs it: pooling, framing, bounds, timeouts, cancellation, errors (TLS: ``test_tls``)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 import threading
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from dataplane.upstream import UpstreamClient, encode_headers
 from dataplane.upstream import errors as upstream_errors
-from tests.fixtures.certs import TestCA
 from tests.helpers import eventually
 
-from .rawserver import Handler, Peer, RawServer, Request, answer, keep_answering
-
-JSON = encode_headers({"Content-Type": "application/json"})
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[UpstreamClient]:
-    async with UpstreamClient() as c:
-        yield c
-
-
-async def post(client: UpstreamClient, url: str, *, timeout: float = 5.0, limit: int = 1 << 20) -> bytes:
-    response = await client.request("POST", url, headers=JSON, body=b'{"q":1}', timeout=timeout)
-    try:
-        data, more = await response.read(limit)
-        assert not more
-        return data
-    finally:
-        response.close()
-
+from .rawserver import Handler, Peer, RawServer, Request, answer, keep_answering, post
 
 # -- requests and framing ---------------------------------------------------------------------
 
@@ -154,6 +131,30 @@ async def test_a_bodiless_answer_that_announces_a_body_does_not_reuse_its_connec
         assert response.status == int(head[9:12])
         assert await response.read(100) == (b"", False)
         response.close()
+        assert await post(client, server.url) == b'{"ok":true}'
+        assert server.accepted == 2
+
+
+async def test_bytes_after_an_answer_in_the_same_read_do_not_reuse_its_connection(
+    client: UpstreamClient,
+) -> None:
+    """Bytes after a whole answer, arriving in the same read as its end, were parsed as the start
+    of another answer and the connection went back to the pool: the next request on it (another
+    caller's) was answered with what the upstream had sent before that request was written."""
+    forged_head = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n"
+
+    async def answers_twice(server: RawServer, peer: Peer) -> None:
+        if peer.number > 1:
+            await keep_answering(server, peer)
+            return
+        await peer.request()
+        await peer.send(answer(b'{"first":true}') + forged_head)
+        if await peer.request() is not None:  # the next request came on this connection
+            await peer.send(b'\r\n{"forged":true}')
+            await peer.wait_closed_by_client()
+
+    async with RawServer(answers_twice) as server:
+        assert await post(client, server.url) == b'{"first":true}'
         assert await post(client, server.url) == b'{"ok":true}'
         assert server.accepted == 2
 
@@ -555,39 +556,3 @@ async def test_closing_a_stream_early_closes_its_socket(client: UpstreamClient) 
         response.close()
         await eventually(lambda: server.closed_by_client == 1, message="the upstream saw the disconnect")
         assert client.open_connections == 0
-
-
-# -- TLS --------------------------------------------------------------------------------------
-
-
-def _server_tls(ca: TestCA, seen: list[str | None]) -> ssl.SSLContext:
-    pem = ca.issue("upstream", server=True)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(pem.cert, pem.key)
-
-    def sni(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
-        seen.append(name)
-
-    context.sni_callback = sni  # type: ignore[assignment]
-    return context
-
-
-async def test_tls_to_a_trusted_upstream_with_sni(tmp_path: Path) -> None:
-    ca = TestCA(tmp_path / "ca")
-    seen: list[str | None] = []
-    trust = ssl.create_default_context(cafile=str(ca.ca_file))
-    async with RawServer(tls=_server_tls(ca, seen)) as server, UpstreamClient(ssl_context=trust) as client:
-        url = f"https://localhost:{server.port}/v1"
-        assert await post(client, url) == b'{"ok":true}'
-        assert await post(client, url) == b'{"ok":true}'
-        assert server.accepted == 1
-        assert seen == ["localhost"]
-
-
-async def test_tls_to_an_untrusted_certificate_is_refused(client: UpstreamClient, tmp_path: Path) -> None:
-    # The default trust (certifi's bundle) does not include a CA made in this test.
-    seen: list[str | None] = []
-    async with RawServer(tls=_server_tls(TestCA(tmp_path / "ca"), seen)) as server:
-        with pytest.raises(upstream_errors.ConnectError):
-            await post(client, f"https://localhost:{server.port}/v1")
-        assert server.requests == []
