@@ -101,8 +101,9 @@ class NotFound(ControlPlaneError):
 class AlreadyExists(ControlPlaneError):
     status = grpc.StatusCode.ALREADY_EXISTS
 
-    def __init__(self, kind: str, key: str) -> None:
-        super().__init__(f"{kind} {shown(key)} already exists")
+    def __init__(self, kind: str, key: str, *, field: str = "", why: str = "") -> None:
+        message = f"{kind} {shown(key)} already exists" + (f": {why}" if why else "")
+        super().__init__(f"{field}: {message}" if field else message)
         self.kind = kind
         self.key = key
 

@@ -51,6 +51,19 @@ async def consume(session: AsyncSession, token_id: str, digest: bytes, node_id: 
     )
 
 
+async def in_force(session: AsyncSession, node_id: str) -> Sequence[NodeCertificate]:
+    """The certificates of ``node_id`` that are neither revoked nor expired."""
+    return (
+        await session.scalars(
+            select(NodeCertificate).where(
+                NodeCertificate.node_id == node_id,
+                NodeCertificate.revoked_at.is_(None),
+                NodeCertificate.not_after > func.now(),
+            )
+        )
+    ).all()
+
+
 async def certificate(session: AsyncSession, serial: str) -> NodeCertificate | None:
     return await session.get(NodeCertificate, serial)
 

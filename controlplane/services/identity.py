@@ -18,11 +18,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import EnrollToken, NodeCertificate
-from controlplane.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from controlplane.identity.ca import Issued, NodeCaKey, NodeCertificateSpec, parse_csr
+from controlplane.errors import (
+    AlreadyExists,
+    ControlPlaneError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from controlplane.identity.ca import Issued, NodeCaKey, NodeCertificateSpec, NodePublicKey, parse_csr
 from controlplane.limits import NODE_ID_CHARS
 from controlplane.repositories import groups as group_repo
 from controlplane.repositories import identity as repo
@@ -96,11 +105,12 @@ class IdentityService:
     """Whether a refused enrollment from this peer gets its own audit row (the app passes
     ``UnauthenticatedAuditLimit.admit``: a token scanner cannot fill the audit table)."""
 
-    async def _refused(self, peer: str, actor: str, target: str, detail: str) -> None:
+    async def _refused(
+        self, peer: str, actor: str, target: str, detail: str, exc: ControlPlaneError | None = None
+    ) -> None:
         if self.admit_refusal(peer):
-            await self.audit(
-                actor=actor, method="Enroll", target=target, result="UNAUTHENTICATED", detail=detail
-            )
+            result = exc.status.name if exc is not None else "UNAUTHENTICATED"
+            await self.audit(actor=actor, method="Enroll", target=target, result=result, detail=detail)
 
     async def create_token(
         self, caller: Caller, *, group: str, ttl: timedelta, mode: str = "", site: str = ""
@@ -157,13 +167,18 @@ class IdentityService:
             await self._refused(peer, actor, target, f"malformed enrollment token from {peer}")
             raise Unauthenticated(TOKEN_REJECTED)
         digest = token_digest(token)
-        async with self.sessions() as session, session.begin():
-            await repo.lock_node(session, node_id)
-            row = await repo.consume(session, token_id, digest, node_id)
-            if row is not None:
-                spec = NodeCertificateSpec(node_id, row.node_group, row.mode, row.site)
-                issued = self.ca.issue_node(spec, public_key, self.cert_ttl)
-                session.add(_record(issued, spec, token_id=token_id))
+        try:
+            async with self.sessions() as session, session.begin():
+                await repo.lock_node(session, node_id)
+                row = await repo.consume(session, token_id, digest, node_id)
+                if row is not None:
+                    await _check_unclaimed(session, node_id, public_key)  # rolls the use back
+                    spec = NodeCertificateSpec(node_id, row.node_group, row.mode, row.site)
+                    issued = self.ca.issue_node(spec, public_key, self.cert_ttl)
+                    session.add(_record(issued, spec, token_id=token_id))
+        except AlreadyExists as exc:
+            await self._refused(peer, actor, target, f"token {token_id}: {exc.message} (from {peer})", exc)
+            raise
         if row is None:
             why = await self._why_refused(token_id, digest)
             await self._refused(peer, actor, target, f"enrollment token {token_id}: {why} (from {peer})")
@@ -266,6 +281,31 @@ class IdentityService:
     async def certificates_by_node(self) -> dict[str, repo.CertificateSummary]:
         async with self.sessions() as session:
             return await repo.newest_certificates(session)
+
+
+async def _check_unclaimed(session: AsyncSession, node_id: str, public_key: NodePublicKey) -> None:
+    """``AlreadyExists`` if a certificate of ``node_id`` in force (not revoked, not expired)
+    is for another key than ``public_key``. A token is for a group, not for a node id: without
+    this, any token (a stolen one, one for a group of kiosks) bought a second certificate for a
+    running node, with which its holder could ship evidence into that node's chains and take
+    over its row in node status. A node re-enrolling with its own key (moved to another group)
+    proves it is that node; a lost key takes a revocation first, as a compromised one does."""
+    key = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    for held in await repo.in_force(session, node_id):
+        if not held.certificate_pem or _key_of(held.certificate_pem) != key:
+            raise AlreadyExists(
+                "enrolled node",
+                node_id,
+                field="node_id",
+                why=f"it holds a certificate in force for another key (serial {held.serial}, until "
+                f"{held.not_after.isoformat()}); revoke it first (signalbox admin node revoke) or "
+                "enroll under another node id",
+            )
+
+
+def _key_of(certificate_pem: str) -> bytes:
+    certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+    return certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 def _record(issued: Issued, spec: NodeCertificateSpec, *, token_id: str = "") -> NodeCertificate:

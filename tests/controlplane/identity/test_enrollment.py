@@ -22,7 +22,7 @@ from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc
 from signalbox.tls import ClientTls
 from tests.controlplane.conftest import Admin
-from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
 from tests.helpers import eventually
 
 REJECTED = "enrollment token rejected"
@@ -355,3 +355,40 @@ async def test_a_node_with_a_long_non_ascii_id_enrolls_itself(
     )
     assert uris[0] == urn("node", node_id)
     assert IdentityFiles(private_tmp / "n").problem(node_id) == ""
+
+
+async def test_a_token_cannot_claim_the_id_of_a_node_whose_certificate_is_in_force(
+    control_plane: RunningControlPlane, admin: Admin, private_tmp: Path
+) -> None:
+    # "victim" is enrolled in group "core"; someone holding a token for another group (a
+    # stolen or a low-trust one) asks for a certificate as "victim" with a key of their own.
+    await _enroll_as(
+        control_plane, private_tmp / "victim", await control_plane.enroll_token("core"), "victim"
+    )
+    stolen = await control_plane.enroll_token("kiosk")
+    thief_csr = IdentityFiles(private_tmp / "thief").csr_pem("victim")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _enroll_rpc(control_plane, stolen, thief_csr, "victim")
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert (info.value.details() or "").startswith(
+        "node_id: enrolled node 'victim' already exists: it holds a certificate in force for another key"
+    )
+    assert "signalbox admin node revoke" in (info.value.details() or "")
+    assert stolen not in (info.value.details() or "")
+    issued = "SELECT node_group FROM node_certificates WHERE node_id = 'victim'"
+    assert [row[0] for row in sql_rows(control_plane.database_url, issued)] == ["core"]
+    # The refusal did not burn the token, and is in the audit trail.
+    await _enroll_rpc(control_plane, stolen, thief_csr, "thief-1")
+    assert "ALREADY_EXISTS" in _audit_text(control_plane.database_url)
+
+    # The node itself (its own key) re-enrolls with a token for another group, as a node
+    # moved to another group does.
+    moved = await _enroll_as(
+        control_plane, private_tmp / "victim", await control_plane.enroll_token("edge"), "victim"
+    )
+    assert urn("group", "edge") in moved.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.UniformResourceIdentifier)
+    # Once revoked, the id is free again: coming back takes a new token (and may be a new key).
+    await admin.RevokeNode(admin_pb2.RevokeNodeRequest(node_id="victim"))
+    await _enroll_rpc(control_plane, await control_plane.enroll_token("core"), thief_csr, "victim")
