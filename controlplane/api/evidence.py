@@ -8,7 +8,8 @@ Revocation ends shipping as it ends config sync: the broker's revocation notice 
 replica LISTENs for it) ends this node's streams here at once, even idle ones; and before
 each batch the certificate is looked up again, so a batch that arrives after ``RevokeNode``
 committed is refused (PERMISSION_DENIED) with nothing of it stored, whether or not the
-notice has arrived yet.
+notice has arrived yet. A batch after the stream's certificate expired is refused
+(UNAUTHENTICATED) with nothing of it stored: TLS checked it only at the handshake.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import bounded, status_for
-from controlplane.errors import ControlPlaneError, PermissionDenied
+from controlplane.errors import ControlPlaneError, PermissionDenied, Unauthenticated
 from controlplane.evidence.errors import EvidenceRefused
 from controlplane.evidence.ingest import CHAIN_ID_RE, Batch, EvidenceIngest
+from controlplane.services.identity import NodeIdentity
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.text import printable
 
@@ -33,6 +36,10 @@ if TYPE_CHECKING:
     from controlplane.metrics import ControlPlaneMetrics
 
 log = logging.getLogger(__name__)
+
+
+def _expired(identity: NodeIdentity) -> bool:
+    return identity.not_after is not None and identity.not_after <= datetime.now(UTC)
 
 
 class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
@@ -91,6 +98,11 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
                     if batch is None:  # revoked through this control plane: at once
                         log.warning("node %s revoked: ending its evidence stream", printable(node_id))
                         raise PermissionDenied(f"node {node_id}: certificate revoked")
+                    if identity is not None and _expired(identity):
+                        # TLS checked the certificate at the handshake only (as config sync).
+                        raise Unauthenticated(
+                            f"node {node_id}: certificate expired; reconnect with a renewed one"
+                        )
                     if not node_id:  # insecure node port: development only
                         match = CHAIN_ID_RE.fullmatch(batch.chain_id)
                         node_id = match.group("node") if match else ""
