@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import (
@@ -45,6 +45,7 @@ CA_LIFETIME = timedelta(days=3650)
 SERVER_CERT_LIFETIME = timedelta(days=365)
 MAX_CSR_BYTES = 16 * 1024
 CN_CHARS = 64
+KEY_TYPES = "key must be ECDSA P-256 or Ed25519"
 
 NodePublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
@@ -91,8 +92,11 @@ def parse_csr(pem: str) -> NodePublicKey:
     except (ValueError, UnicodeEncodeError) as exc:
         raise InvalidArgument("csr_pem", "not a PEM certificate signing request") from exc
     try:
-        valid = csr.is_signature_valid
         key = csr.public_key()
+        valid = csr.is_signature_valid
+    except UnsupportedAlgorithm as exc:
+        # A key on a curve the library does not know (SM2, ...): not a crash (INTERNAL).
+        raise InvalidArgument("csr_pem", KEY_TYPES) from exc
     except (ValueError, x509.UnsupportedGeneralNameType, TypeError) as exc:
         raise InvalidArgument("csr_pem", "the request cannot be read") from exc
     if not valid:
@@ -101,7 +105,7 @@ def parse_csr(pem: str) -> NodePublicKey:
         return key
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return key
-    raise InvalidArgument("csr_pem", "key must be ECDSA P-256 or Ed25519")
+    raise InvalidArgument("csr_pem", KEY_TYPES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,6 +139,10 @@ async def test_bad_requests_are_refused_precisely_and_do_not_burn_the_token(
     forged = bytearray(x509.load_pem_x509_csr(good_csr.encode()).public_bytes(serialization.Encoding.DER))
     forged[-8] ^= 0x01
     forged_pem = x509.load_der_x509_csr(bytes(forged)).public_bytes(serialization.Encoding.PEM).decode()
+    # A request whose key is on a curve the library cannot load (SM2's OID where P-256's is).
+    der = x509.load_pem_x509_csr(good_csr.encode()).public_bytes(serialization.Encoding.DER)
+    p256, sm2 = bytes.fromhex("06082a8648ce3d030107"), bytes.fromhex("06082a811ccf5501822d")
+    sm2_pem = x509.load_der_x509_csr(der.replace(p256, sm2)).public_bytes(serialization.Encoding.PEM).decode()
     cases = [
         (good_csr, "h\n1", "node_id: must be 1..256 characters without control characters"),
         (good_csr, "", "node_id: must be 1..256"),
@@ -148,6 +152,7 @@ async def test_bad_requests_are_refused_precisely_and_do_not_burn_the_token(
         ("x" * 20_000, "h-1", "csr_pem: at most"),
         (rsa_csr, "h-1", "csr_pem: key must be ECDSA P-256 or Ed25519"),
         (forged_pem, "h-1", "csr_pem: signature does not verify"),
+        (sm2_pem, "h-1", "csr_pem: key must be ECDSA P-256 or Ed25519"),
     ]
     for csr, node_id, expected in cases:
         with pytest.raises(grpc.aio.AioRpcError) as info:
