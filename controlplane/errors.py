@@ -149,6 +149,12 @@ class BatchAborted(ControlPlaneError):
     status = grpc.StatusCode.ABORTED
 
 
+class StreamSuperseded(ControlPlaneError):
+    """A node opened more streams of one kind than a replica holds for it: the oldest ends."""
+
+    status = grpc.StatusCode.ABORTED
+
+
 class StoredSnapshotInvalid(ControlPlaneError):
     """The newest stored snapshot does not compile with this build's data-plane code
     (e.g. after an upgrade), so it cannot be dry-run; ``field`` is the snapshot path."""
