@@ -64,6 +64,15 @@ async def in_force(session: AsyncSession, node_id: str) -> Sequence[NodeCertific
     ).all()
 
 
+async def last_renewal(session: AsyncSession, node_id: str) -> datetime | None:
+    """When ``node_id`` was last issued a certificate without a token (renewed or provisioned)."""
+    return await session.scalar(
+        select(func.max(NodeCertificate.created_at)).where(
+            NodeCertificate.node_id == node_id, NodeCertificate.token_id == ""
+        )
+    )
+
+
 async def certificate(session: AsyncSession, serial: str) -> NodeCertificate | None:
     return await session.get(NodeCertificate, serial)
 

@@ -29,6 +29,7 @@ from controlplane.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
 )
 from controlplane.identity.ca import Issued, NodeCaKey, NodeCertificateSpec, NodePublicKey, parse_csr
@@ -47,6 +48,8 @@ MAX_TOKEN_TTL = timedelta(days=7)
 MIN_CERT_TTL = timedelta(seconds=2)
 """Short enough for tests of renewal; nothing real runs with it."""
 MAX_CERT_TTL = timedelta(days=365)
+RENEWALS_PER_LIFETIME = 10
+"""A node is renewed at most once per this fraction of a certificate's lifetime."""
 MODES = ("cloud", "on-prem", "air-gapped")
 TOKEN_REJECTED = "enrollment token rejected"
 """The one message for every token problem, so Enroll is no oracle for which tokens exist."""
@@ -258,6 +261,7 @@ class IdentityService:
             # handshake must win, and one running now waits for this certificate.
             if current is None or current.revoked_at is not None:
                 raise PermissionDenied(f"certificate {identity.serial} is revoked")
+            await self._check_renewal_due(session, identity.node_id)
             issued = self.ca.issue_node(spec, public_key, self.cert_ttl)
             session.add(_record(issued, spec))
         await self.audit(
@@ -266,6 +270,22 @@ class IdentityService:
             detail=f"certificate {identity.serial} renewed as {issued.serial} until {issued.not_after.isoformat()}",
         )  # fmt: skip
         return issued
+
+    async def _check_renewal_due(self, session: AsyncSession, node_id: str) -> None:
+        """``ResourceExhausted`` while ``node_id``'s last renewal is younger than a tenth of a
+        certificate's lifetime. A node renews at two thirds of it (a retry after a renewal it
+        lost still comes well before its certificate runs out); without a bound, one certified
+        node could call Renew in a loop, each call a certificate row, a certificate in force
+        and a row in the append-only audit trail."""
+        last = await repo.last_renewal(session, node_id)
+        if last is None:
+            return
+        due = last + self.cert_ttl / RENEWALS_PER_LIFETIME
+        if datetime.now(UTC) < due:
+            raise ResourceExhausted(
+                f"node {printable(node_id, 150)}: renewed at {last.isoformat()}; the next renewal is "
+                f"possible from {due.isoformat()} (nodes renew at two thirds of a certificate's lifetime)"
+            )
 
     async def revoke(self, node_id: str) -> int:
         """Revoke every certificate of ``node_id`` and tell every replica to close its streams."""
