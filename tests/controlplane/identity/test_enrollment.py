@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from dataplane.identity import IdentityFiles, NodeIdentityError, enroll, urn
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -135,6 +135,15 @@ async def test_bad_requests_are_refused_precisely_and_do_not_burn_the_token(
         .public_bytes(serialization.Encoding.PEM)
         .decode()
     )
+    # An Ed25519 key: a certificate for it could never certify the node's evidence, whose
+    # checkpoints are ECDSA P-256 signatures.
+    ed25519_csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "h-1")]))
+        .sign(ed25519.Ed25519PrivateKey.generate(), None)
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
     # A request whose signature no longer matches what it says (one bit of the signature flipped).
     forged = bytearray(x509.load_pem_x509_csr(good_csr.encode()).public_bytes(serialization.Encoding.DER))
     forged[-8] ^= 0x01
@@ -150,9 +159,10 @@ async def test_bad_requests_are_refused_precisely_and_do_not_burn_the_token(
         ("", "h-1", "csr_pem: must not be empty"),
         ("garbage", "h-1", "csr_pem: not a PEM certificate signing request"),
         ("x" * 20_000, "h-1", "csr_pem: at most"),
-        (rsa_csr, "h-1", "csr_pem: key must be ECDSA P-256 or Ed25519"),
+        (rsa_csr, "h-1", "csr_pem: key must be ECDSA P-256"),
+        (ed25519_csr, "h-1", "csr_pem: key must be ECDSA P-256 (node evidence is signed with it)"),
         (forged_pem, "h-1", "csr_pem: signature does not verify"),
-        (sm2_pem, "h-1", "csr_pem: key must be ECDSA P-256 or Ed25519"),
+        (sm2_pem, "h-1", "csr_pem: key must be ECDSA P-256"),
     ]
     for csr, node_id, expected in cases:
         with pytest.raises(grpc.aio.AioRpcError) as info:
