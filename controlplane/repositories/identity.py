@@ -162,3 +162,12 @@ async def announce_revocation(session: AsyncSession, node_id: str) -> None:
 
 async def listen(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(f"LISTEN {REVOKE_CHANNEL}")
+
+
+async def revoked_since(conn: psycopg.AsyncConnection[Any], since: datetime) -> list[str]:
+    """The node ids with a certificate revoked at ``since`` or later (on the listening
+    connection: what a replica missed while it was not listening)."""
+    cursor = await conn.execute(
+        "SELECT DISTINCT node_id FROM node_certificates WHERE revoked_at >= %s", (since,)
+    )
+    return [str(row[0]) for row in await cursor.fetchall()]
