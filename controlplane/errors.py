@@ -101,8 +101,9 @@ class NotFound(ControlPlaneError):
 class AlreadyExists(ControlPlaneError):
     status = grpc.StatusCode.ALREADY_EXISTS
 
-    def __init__(self, kind: str, key: str) -> None:
-        super().__init__(f"{kind} {shown(key)} already exists")
+    def __init__(self, kind: str, key: str, *, field: str = "", why: str = "") -> None:
+        message = f"{kind} {shown(key)} already exists" + (f": {why}" if why else "")
+        super().__init__(f"{field}: {message}" if field else message)
         self.kind = kind
         self.key = key
 
@@ -144,6 +145,12 @@ class BatchAborted(ControlPlaneError):
     """A change ran in one batch after a change that was then refused (see
     ``controlplane.services.base``): it ran on top of the refused one, so it is rolled back
     with it and nothing of it was written. Retrying it is safe."""
+
+    status = grpc.StatusCode.ABORTED
+
+
+class StreamSuperseded(ControlPlaneError):
+    """A node opened more streams of one kind than a replica holds for it: the oldest ends."""
 
     status = grpc.StatusCode.ABORTED
 

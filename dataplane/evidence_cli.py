@@ -111,7 +111,7 @@ def evidence_export_command(ns: argparse.Namespace) -> int:
             raise NodeIdentityError(f"no node key in {identity.directory}: nothing here can seal a pack")
         key = identity.private_key()
         cert = identity.certificate()
-        ca_pem = identity.ca.read_text() if cert is not None else ""
+        ca_pem = identity.ca_pem().decode() if cert is not None else ""
         with bar:
             result = node_pack.export(
                 Path(ns.data_dir),
@@ -142,7 +142,7 @@ def _checkpoint_key(identity: IdentityFiles, path: Path) -> tuple[NodeKey, str]:
     node's own public key (a node not certified yet: an air-gapped node before provisioning)."""
     cert = identity.certificate()
     if cert is not None:
-        ca = x509.load_pem_x509_certificate(identity.ca.read_bytes())
+        ca = x509.load_pem_x509_certificate(identity.ca_pem())
         base = segments.read_base(path)
         first = base.chain_id if base else next((r.get("chain_id", "") for r in read_records(path)), "")
         node_id = checkpoint.node_of(str(first)) if first else ""

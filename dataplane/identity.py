@@ -151,6 +151,13 @@ class IdentityFiles:
         )
         return csr.public_bytes(serialization.Encoding.PEM).decode()
 
+    def ca_pem(self) -> bytes:
+        """The node CA as stored (bounded, a regular file: never a wait on a FIFO)."""
+        try:
+            return read_regular(self.ca, MAX_KEY_BYTES)
+        except OSError as exc:
+            raise NodeIdentityError(f"{self.ca}: cannot be read: {exc.strerror or exc}") from None
+
     def certificate(self) -> x509.Certificate | None:
         try:
             return x509.load_pem_x509_certificate(read_regular(self.cert, MAX_KEY_BYTES))

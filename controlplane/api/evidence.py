@@ -8,7 +8,9 @@ Revocation ends shipping as it ends config sync: the broker's revocation notice 
 replica LISTENs for it) ends this node's streams here at once, even idle ones; and before
 each batch the certificate is looked up again, so a batch that arrives after ``RevokeNode``
 committed is refused (PERMISSION_DENIED) with nothing of it stored, whether or not the
-notice has arrived yet.
+notice has arrived yet. A batch after the stream's certificate expired is refused
+(UNAUTHENTICATED) with nothing of it stored: TLS checked it only at the handshake. A node
+holds at most ``MAX_STREAMS_PER_NODE`` streams here; a newer one ends the oldest (ABORTED).
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import bounded, status_for
-from controlplane.errors import ControlPlaneError, PermissionDenied
+from controlplane.errors import ControlPlaneError, PermissionDenied, StreamSuperseded, Unauthenticated
 from controlplane.evidence.errors import EvidenceRefused
 from controlplane.evidence.ingest import CHAIN_ID_RE, Batch, EvidenceIngest
+from controlplane.services.identity import NodeIdentity
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.text import printable
 
@@ -35,26 +40,51 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _expired(identity: NodeIdentity) -> bool:
+    return identity.not_after is not None and identity.not_after <= datetime.now(UTC)
+
+
+MAX_STREAMS_PER_NODE = 128
+"""Ship streams one node id may hold open on a replica: one per chain (worker process) it
+ships, and a reconnect may overlap the stream it replaces. A newer stream beyond this ends
+the oldest (ABORTED), as config sync does: each idle stream holds memory here, and a node
+could otherwise open them without end; a node reconnecting is never refused because of
+streams of its own that are dead already."""
+
+
+@dataclass(eq=False, slots=True)
+class _Open:
+    """A Ship stream open here; ``end`` makes it stop reading and fail with ``why``."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    why: ControlPlaneError | None = None
+
+    def end(self, why: ControlPlaneError) -> None:
+        if self.why is None:
+            self.why = why
+        self.stop.set()
+
+
 class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
     def __init__(self, ingest: EvidenceIngest, auth: NodeAuthenticator) -> None:
         self._ingest = ingest
         self._auth = auth
-        self._streams: dict[str, set[asyncio.Event]] = {}
+        self._streams: dict[str, list[_Open]] = {}
+        """Per node id: its Ship streams open here, oldest first."""
         self.metrics: ControlPlaneMetrics | None = None
         """Counts stored, duplicate and refused evidence when the control plane serves metrics."""
-        """Per node id: an event per Ship stream open here, set when the node is revoked."""
 
     def revoked(self, node_id: str) -> None:
         """``node_id``'s certificates were revoked: end its streams on this replica."""
-        for event in self._streams.get(node_id, ()):
-            event.set()
+        for stream in self._streams.get(node_id, ()):
+            stream.end(PermissionDenied(f"node {node_id}: certificate revoked"))
 
     async def _batches(
-        self, request_iterator: AsyncIterator[evidence_pb2.ShipBatch], revoked: asyncio.Event
+        self, request_iterator: AsyncIterator[evidence_pb2.ShipBatch], ended: asyncio.Event
     ) -> AsyncGenerator[evidence_pb2.ShipBatch | None]:
-        """The stream's batches; None once ``revoked`` is set (then no more are read)."""
+        """The stream's batches; None once ``ended`` is set (then no more are read)."""
         requests = aiter(request_iterator)
-        stop = asyncio.ensure_future(revoked.wait())
+        stop = asyncio.ensure_future(ended.wait())
         batch: asyncio.Future[evidence_pb2.ShipBatch | None] | None = None
         try:
             while True:
@@ -79,18 +109,32 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
     ) -> AsyncIterator[evidence_pb2.ShipAck]:
         node_id = ""
         public_key = b""
-        revoked = asyncio.Event()
+        this = _Open()
         try:
             identity = await self._auth.authenticate(context)
             if identity is not None:
                 node_id, public_key = identity.node_id, identity.public_key
-                self._streams.setdefault(node_id, set()).add(revoked)
-            batches = contextlib.aclosing(self._batches(request_iterator, revoked))
+                streams = self._streams.setdefault(node_id, [])
+                streams.append(this)
+                if len(streams) > MAX_STREAMS_PER_NODE:
+                    streams[0].end(
+                        StreamSuperseded(
+                            f"node {node_id}: superseded by a newer evidence stream "
+                            f"(at most {MAX_STREAMS_PER_NODE} per node)"
+                        )
+                    )
+            batches = contextlib.aclosing(self._batches(request_iterator, this.stop))
             async with batches as stream:
                 async for batch in stream:
-                    if batch is None:  # revoked through this control plane: at once
-                        log.warning("node %s revoked: ending its evidence stream", printable(node_id))
-                        raise PermissionDenied(f"node {node_id}: certificate revoked")
+                    if batch is None:  # revoked through this control plane, or superseded: at once
+                        assert this.why is not None
+                        log.warning("ending the evidence stream of node %s: %s", printable(node_id), this.why)
+                        raise this.why
+                    if identity is not None and _expired(identity):
+                        # TLS checked the certificate at the handshake only (as config sync).
+                        raise Unauthenticated(
+                            f"node {node_id}: certificate expired; reconnect with a renewed one"
+                        )
                     if not node_id:  # insecure node port: development only
                         match = CHAIN_ID_RE.fullmatch(batch.chain_id)
                         node_id = match.group("node") if match else ""
@@ -154,8 +198,9 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
             log.exception("evidence from %s could not be stored", node_id or context.peer())
             await context.abort(grpc.StatusCode.UNAVAILABLE, "evidence could not be stored now; resend")
         finally:
-            streams = self._streams.get(node_id)
-            if streams is not None:
-                streams.discard(revoked)
-                if not streams:
+            open_here = self._streams.get(node_id)
+            if open_here is not None:
+                if this in open_here:
+                    open_here.remove(this)
+                if not open_here:
                     del self._streams[node_id]

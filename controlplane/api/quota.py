@@ -35,7 +35,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
                 grants = await self._ledger.lease(request.asks, _holder(request.holder, node))
             else:
                 holder = _holder(request.holder, identity.node_id)
-                if holder != identity.node_id and not holder.startswith(f"{identity.node_id}/"):
+                if holder != identity.node_id and not _is_worker_of(holder, identity.node_id):
                     raise PermissionDenied(
                         f"holder: a node leases for its own workers only ('{identity.node_id}/<worker>')"
                     )
@@ -47,6 +47,13 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
 MAX_WORKER_CHARS = 16
 """Past the node id and its slash: a worker index is a few digits."""
+
+
+def _is_worker_of(holder: str, node_id: str) -> bool:
+    """``holder`` is ``<node_id>/<worker number>``. A prefix check took "a/x/0", the worker
+    of node "a/x" (a node id may hold a slash), as a worker of node "a"."""
+    worker = holder.removeprefix(f"{node_id}/")
+    return worker != holder and 0 < len(worker) <= MAX_WORKER_CHARS and worker.isascii() and worker.isdigit()
 
 
 def _holder(claimed: str, node: str) -> str:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -45,8 +45,13 @@ CA_LIFETIME = timedelta(days=3650)
 SERVER_CERT_LIFETIME = timedelta(days=365)
 MAX_CSR_BYTES = 16 * 1024
 CN_CHARS = 64
+KEY_TYPES = "key must be ECDSA P-256 (node evidence is signed with it)"
 
-NodePublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+NodePublicKey = ec.EllipticCurvePublicKey
+"""A node's key is ECDSA P-256: it signs the node's evidence checkpoints, which the control
+plane and ``evidence verify`` check as ECDSA P-256 signatures with the certificate's key.
+An Ed25519 certificate (accepted once) authenticated the node but could never certify a
+checkpoint: every one it shipped was refused."""
 
 
 def _name(cn: str) -> x509.Name:
@@ -81,7 +86,7 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
 
 
 def parse_csr(pem: str) -> NodePublicKey:
-    """The public key of a PKCS#10 request whose signature verifies; P-256 or Ed25519 only."""
+    """The public key of a PKCS#10 request whose signature verifies; ECDSA P-256 only."""
     if not pem:
         raise InvalidArgument("csr_pem", "must not be empty")
     if len(pem) > MAX_CSR_BYTES:
@@ -91,17 +96,18 @@ def parse_csr(pem: str) -> NodePublicKey:
     except (ValueError, UnicodeEncodeError) as exc:
         raise InvalidArgument("csr_pem", "not a PEM certificate signing request") from exc
     try:
-        valid = csr.is_signature_valid
         key = csr.public_key()
+        valid = csr.is_signature_valid
+    except UnsupportedAlgorithm as exc:
+        # A key on a curve the library does not know (SM2, ...): not a crash (INTERNAL).
+        raise InvalidArgument("csr_pem", KEY_TYPES) from exc
     except (ValueError, x509.UnsupportedGeneralNameType, TypeError) as exc:
         raise InvalidArgument("csr_pem", "the request cannot be read") from exc
     if not valid:
         raise InvalidArgument("csr_pem", "signature does not verify with the request's key")
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return key
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return key
-    raise InvalidArgument("csr_pem", "key must be ECDSA P-256 or Ed25519")
+    raise InvalidArgument("csr_pem", KEY_TYPES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,28 @@ async def consume(session: AsyncSession, token_id: str, digest: bytes, node_id: 
     )
 
 
+async def in_force(session: AsyncSession, node_id: str) -> Sequence[NodeCertificate]:
+    """The certificates of ``node_id`` that are neither revoked nor expired."""
+    return (
+        await session.scalars(
+            select(NodeCertificate).where(
+                NodeCertificate.node_id == node_id,
+                NodeCertificate.revoked_at.is_(None),
+                NodeCertificate.not_after > func.now(),
+            )
+        )
+    ).all()
+
+
+async def last_renewal(session: AsyncSession, node_id: str) -> datetime | None:
+    """When ``node_id`` was last issued a certificate without a token (renewed or provisioned)."""
+    return await session.scalar(
+        select(func.max(NodeCertificate.created_at)).where(
+            NodeCertificate.node_id == node_id, NodeCertificate.token_id == ""
+        )
+    )
+
+
 async def certificate(session: AsyncSession, serial: str) -> NodeCertificate | None:
     return await session.get(NodeCertificate, serial)
 
@@ -140,3 +162,12 @@ async def announce_revocation(session: AsyncSession, node_id: str) -> None:
 
 async def listen(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(f"LISTEN {REVOKE_CHANNEL}")
+
+
+async def revoked_since(conn: psycopg.AsyncConnection[Any], since: datetime) -> list[str]:
+    """The node ids with a certificate revoked at ``since`` or later (on the listening
+    connection: what a replica missed while it was not listening)."""
+    cursor = await conn.execute(
+        "SELECT DISTINCT node_id FROM node_certificates WHERE revoked_at >= %s", (since,)
+    )
+    return [str(row[0]) for row in await cursor.fetchall()]

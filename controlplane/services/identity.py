@@ -18,11 +18,21 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import EnrollToken, NodeCertificate
-from controlplane.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from controlplane.identity.ca import Issued, NodeCaKey, NodeCertificateSpec, parse_csr
+from controlplane.errors import (
+    AlreadyExists,
+    ControlPlaneError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from controlplane.identity.ca import Issued, NodeCaKey, NodeCertificateSpec, NodePublicKey, parse_csr
 from controlplane.limits import NODE_ID_CHARS
 from controlplane.repositories import groups as group_repo
 from controlplane.repositories import identity as repo
@@ -38,6 +48,8 @@ MAX_TOKEN_TTL = timedelta(days=7)
 MIN_CERT_TTL = timedelta(seconds=2)
 """Short enough for tests of renewal; nothing real runs with it."""
 MAX_CERT_TTL = timedelta(days=365)
+RENEWALS_PER_LIFETIME = 10
+"""A node is renewed at most once per this fraction of a certificate's lifetime."""
 MODES = ("cloud", "on-prem", "air-gapped")
 TOKEN_REJECTED = "enrollment token rejected"
 """The one message for every token problem, so Enroll is no oracle for which tokens exist."""
@@ -96,11 +108,12 @@ class IdentityService:
     """Whether a refused enrollment from this peer gets its own audit row (the app passes
     ``UnauthenticatedAuditLimit.admit``: a token scanner cannot fill the audit table)."""
 
-    async def _refused(self, peer: str, actor: str, target: str, detail: str) -> None:
+    async def _refused(
+        self, peer: str, actor: str, target: str, detail: str, exc: ControlPlaneError | None = None
+    ) -> None:
         if self.admit_refusal(peer):
-            await self.audit(
-                actor=actor, method="Enroll", target=target, result="UNAUTHENTICATED", detail=detail
-            )
+            result = exc.status.name if exc is not None else "UNAUTHENTICATED"
+            await self.audit(actor=actor, method="Enroll", target=target, result=result, detail=detail)
 
     async def create_token(
         self, caller: Caller, *, group: str, ttl: timedelta, mode: str = "", site: str = ""
@@ -157,13 +170,18 @@ class IdentityService:
             await self._refused(peer, actor, target, f"malformed enrollment token from {peer}")
             raise Unauthenticated(TOKEN_REJECTED)
         digest = token_digest(token)
-        async with self.sessions() as session, session.begin():
-            await repo.lock_node(session, node_id)
-            row = await repo.consume(session, token_id, digest, node_id)
-            if row is not None:
-                spec = NodeCertificateSpec(node_id, row.node_group, row.mode, row.site)
-                issued = self.ca.issue_node(spec, public_key, self.cert_ttl)
-                session.add(_record(issued, spec, token_id=token_id))
+        try:
+            async with self.sessions() as session, session.begin():
+                await repo.lock_node(session, node_id)
+                row = await repo.consume(session, token_id, digest, node_id)
+                if row is not None:
+                    await _check_unclaimed(session, node_id, public_key)  # rolls the use back
+                    spec = NodeCertificateSpec(node_id, row.node_group, row.mode, row.site)
+                    issued = self.ca.issue_node(spec, public_key, self.cert_ttl)
+                    session.add(_record(issued, spec, token_id=token_id))
+        except AlreadyExists as exc:
+            await self._refused(peer, actor, target, f"token {token_id}: {exc.message} (from {peer})", exc)
+            raise
         if row is None:
             why = await self._why_refused(token_id, digest)
             await self._refused(peer, actor, target, f"enrollment token {token_id}: {why} (from {peer})")
@@ -243,6 +261,7 @@ class IdentityService:
             # handshake must win, and one running now waits for this certificate.
             if current is None or current.revoked_at is not None:
                 raise PermissionDenied(f"certificate {identity.serial} is revoked")
+            await self._check_renewal_due(session, identity.node_id)
             issued = self.ca.issue_node(spec, public_key, self.cert_ttl)
             session.add(_record(issued, spec))
         await self.audit(
@@ -251,6 +270,22 @@ class IdentityService:
             detail=f"certificate {identity.serial} renewed as {issued.serial} until {issued.not_after.isoformat()}",
         )  # fmt: skip
         return issued
+
+    async def _check_renewal_due(self, session: AsyncSession, node_id: str) -> None:
+        """``ResourceExhausted`` while ``node_id``'s last renewal is younger than a tenth of a
+        certificate's lifetime. A node renews at two thirds of it (a retry after a renewal it
+        lost still comes well before its certificate runs out); without a bound, one certified
+        node could call Renew in a loop, each call a certificate row, a certificate in force
+        and a row in the append-only audit trail."""
+        last = await repo.last_renewal(session, node_id)
+        if last is None:
+            return
+        due = last + self.cert_ttl / RENEWALS_PER_LIFETIME
+        if datetime.now(UTC) < due:
+            raise ResourceExhausted(
+                f"node {printable(node_id, 150)}: renewed at {last.isoformat()}; the next renewal is "
+                f"possible from {due.isoformat()} (nodes renew at two thirds of a certificate's lifetime)"
+            )
 
     async def revoke(self, node_id: str) -> int:
         """Revoke every certificate of ``node_id`` and tell every replica to close its streams."""
@@ -266,6 +301,31 @@ class IdentityService:
     async def certificates_by_node(self) -> dict[str, repo.CertificateSummary]:
         async with self.sessions() as session:
             return await repo.newest_certificates(session)
+
+
+async def _check_unclaimed(session: AsyncSession, node_id: str, public_key: NodePublicKey) -> None:
+    """``AlreadyExists`` if a certificate of ``node_id`` in force (not revoked, not expired)
+    is for another key than ``public_key``. A token is for a group, not for a node id: without
+    this, any token (a stolen one, one for a group of kiosks) bought a second certificate for a
+    running node, with which its holder could ship evidence into that node's chains and take
+    over its row in node status. A node re-enrolling with its own key (moved to another group)
+    proves it is that node; a lost key takes a revocation first, as a compromised one does."""
+    key = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    for held in await repo.in_force(session, node_id):
+        if not held.certificate_pem or _key_of(held.certificate_pem) != key:
+            raise AlreadyExists(
+                "enrolled node",
+                node_id,
+                field="node_id",
+                why=f"it holds a certificate in force for another key (serial {held.serial}, until "
+                f"{held.not_after.isoformat()}); revoke it first (signalbox admin node revoke) or "
+                "enroll under another node id",
+            )
+
+
+def _key_of(certificate_pem: str) -> bytes:
+    certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+    return certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 def _record(issued: Issued, spec: NodeCertificateSpec, *, token_id: str = "") -> NodeCertificate:

@@ -4,7 +4,9 @@ Replicas never talk to each other: each one LISTENs on a Postgres channel, and
 on a notification (debounced, so a burst of changes becomes one push) reloads
 every group's newest envelope from the database and wakes the streams of the groups
 whose newest version moved, and only those. A second channel announces revoked nodes:
-their streams on this replica end at once (``REVOKED``).
+their streams on this replica end at once (``REVOKED``). A notice sent while the listening
+connection was down never arrives: on reconnecting, the nodes revoked meanwhile are looked
+up and ended just the same.
 
 Push-side coalescing and deltas. A stream sends only the newest version when it is woken
 (``ConfigSyncServicer._due``), and gRPC flow control holds a stream's next write until the
@@ -32,6 +34,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from google.protobuf.message import DecodeError
@@ -76,6 +79,10 @@ class Subscription:
 
 CLOSED = object()
 REVOKED = object()
+LOST_NOTICE_MARGIN = timedelta(minutes=10)
+"""How long before its listening connection was seen lost a replica looks back for
+revocations it may have missed: the connection may have died unnoticed a while before, and
+``revoked_at`` is the revoking replica's clock."""
 
 
 class SnapshotBroker:
@@ -280,6 +287,8 @@ class SnapshotBroker:
             await self._hold_delta(group, version, raw, envelope_size)
 
     async def _listen(self) -> None:
+        lost_at: datetime | None = None
+        """When the listening connection was lost (None: it was not, or the loss is caught up)."""
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self._listen_url, autocommit=True) as conn:
@@ -288,6 +297,14 @@ class SnapshotBroker:
                     if self._listening.is_set():
                         # Reconnected: notifications may have been missed meanwhile.
                         self.kick()
+                    if lost_at is not None:
+                        # A revocation notified meanwhile never arrives: its node's streams
+                        # here would stay open (and be sent every new snapshot). Whoever was
+                        # revoked since shortly before the loss is ended now (their reconnects
+                        # are refused; a node enrolled again since just reconnects).
+                        for node_id in await identity_repo.revoked_since(conn, lost_at - LOST_NOTICE_MARGIN):
+                            self.revoked(node_id)
+                        lost_at = None
                     self._listening.set()
                     async for notify in conn.notifies():
                         if notify.channel == identity_repo.REVOKE_CHANNEL:
@@ -295,6 +312,8 @@ class SnapshotBroker:
                         else:
                             self.kick()
             except psycopg.OperationalError as exc:
+                if lost_at is None:
+                    lost_at = datetime.now(UTC)
                 self._listening.set()
                 log.warning("snapshot listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(self._reconnect_backoff)

@@ -12,7 +12,14 @@ from dataplane.errors import SnapshotFileInvalid
 from dataplane.files import atomic_write, private_dir, read_regular
 from signalbox.api.config.v1 import snapshot_pb2
 
-__all__ = ["MAX_ENVELOPE_FILE_BYTES", "atomic_write", "envelope_parts", "private_dir", "read_envelope_file"]
+__all__ = [
+    "MAX_ENVELOPE_FILE_BYTES",
+    "atomic_write",
+    "envelope_parts",
+    "private_dir",
+    "read_envelope_file",
+    "read_regular",
+]
 
 MAX_ENVELOPE_FILE_BYTES = 256 * 1024 * 1024
 """A larger snapshot file is not read (a snapshot of 10,000 tenants is a few MiB)."""

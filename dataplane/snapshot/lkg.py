@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataplane.errors import SnapshotFileInvalid
-from dataplane.snapshot.files import atomic_write, envelope_parts, private_dir
+from dataplane.snapshot.files import atomic_write, envelope_parts, private_dir, read_regular
 from signalbox.api.config.v1 import snapshot_pb2
 
 SNAPSHOT_DIR = "snapshot"
 """Under a node's data dir: last-known-good, high-water mark and the learned trust set."""
 LKG_FILE = "lkg.envelope"
 HWM_FILE = "hwm.json"
+MAX_HWM_FILE_BYTES = 1024 * 1024
+"""What write_hwm writes is about 150 bytes; a larger file is refused unread."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +72,12 @@ def write_hwm(directory: Path, hwm: HighWaterMark) -> None:
 def read_hwm(directory: Path) -> HighWaterMark | None:
     path = directory / HWM_FILE
     try:
-        data = json.loads(path.read_bytes())
+        # Bounded and without blocking: a FIFO planted here hung the start.
+        data = json.loads(read_regular(path, MAX_HWM_FILE_BYTES))
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise SnapshotFileInvalid(f"{path}: unreadable high-water mark: {exc.strerror or exc}") from exc
     except (ValueError, RecursionError) as exc:
         # RecursionError: nested past json's depth limit, which is no ValueError.
         raise SnapshotFileInvalid(f"{path}: unreadable high-water mark: not JSON") from exc

@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from dataplane.errors import EnvelopeError, SnapshotFileInvalid
 from dataplane.snapshot.envelope import SNAPSHOT_PAYLOAD_TYPE, STATEMENT_PAYLOAD_TYPE, key_id_for, verify
-from dataplane.snapshot.files import atomic_write, private_dir
+from dataplane.snapshot.files import MAX_ENVELOPE_FILE_BYTES, atomic_write, private_dir, read_regular
 from signalbox.api.config.v1 import snapshot_pb2
 
 log = logging.getLogger("signalbox.dataplane.config")
@@ -37,6 +37,8 @@ TRUST_FILE = "trust.json"
 MAX_STATEMENTS = 64
 """A trust file with more statements than this is refused (compaction keeps it far below)."""
 MAX_CHAIN = 32
+MAX_TRUST_FILE_BYTES = 2 * MAX_ENVELOPE_FILE_BYTES
+"""Statements are envelopes in base64; compaction keeps the file to one or a few of them."""
 """Statements looked at in one envelope's trust chain; the rest are ignored."""
 
 
@@ -131,9 +133,12 @@ class TrustSet:
 
     def _load(self) -> None:
         try:
-            data = json.loads(self._path.read_bytes())
+            # Bounded and without blocking: a FIFO planted here hung the start.
+            data = json.loads(read_regular(self._path, MAX_TRUST_FILE_BYTES))
         except FileNotFoundError:
             return
+        except OSError as exc:
+            raise SnapshotFileInvalid(f"{self._path}: cannot be read: {exc.strerror or exc}") from exc
         except (ValueError, RecursionError) as exc:
             # RecursionError: nested past json's depth limit, which is no ValueError.
             raise SnapshotFileInvalid(f"{self._path}: not JSON: {exc}") from exc

@@ -238,3 +238,19 @@ async def test_verify_refuses_a_snapshot_that_is_a_fifo_instead_of_waiting_for_a
         "dataplane", "verify", "--snapshot", str(fifo), "--trust-key", str(trust_key)
     )
     assert code == 1, err
+
+
+@pytest.mark.parametrize("name", ["trust.json", "hwm.json"])
+async def test_serve_refuses_a_snapshot_state_file_that_is_a_fifo_instead_of_waiting_for_a_writer(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, name: str
+) -> None:
+    # The learned trust set and the high-water mark were read whole with a blocking open: a
+    # FIFO planted in the node's snapshot directory hung the start.
+    pin = _pin(tmp_path, signing_key, "http://127.0.0.1:1")
+    snap_dir = tmp_path / "node" / "snapshot"
+    snap_dir.mkdir(parents=True, mode=0o700)
+    os.mkfifo(snap_dir / name)
+    code, err = await signalbox_exit(*pinned_serve_args(pin, trust_key, tmp_path / "node"), timeout=30)
+    assert code == 1, err
+    assert f"{snap_dir / name}: " in err
+    assert "not a regular file" in err

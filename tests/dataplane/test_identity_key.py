@@ -116,3 +116,18 @@ def test_a_fifo_planted_as_the_certificate_or_ca_is_refused_without_waiting(
         files.cert.write_bytes(_self_signed_pem())  # the CA is read once the certificate is
     os.mkfifo(getattr(files, name))
     assert files.problem("n1") == problem.format(dir=files.directory, cert=files.cert, ca=files.ca)
+
+
+async def test_evidence_export_refuses_a_fifo_planted_as_the_ca_without_waiting(tmp_path: Path) -> None:
+    # The export read the node CA with a blocking open: a FIFO there hung the command.
+    files = IdentityFiles.under(tmp_path / "node")
+    files.private_key()
+    files.cert.write_bytes(_self_signed_pem())
+    os.mkfifo(files.ca)
+    code, err = await signalbox_exit(
+        "dataplane", "evidence", "export", "--data-dir", str(tmp_path / "node"), "--out", str(tmp_path / "p"),
+        timeout=30,
+    )  # fmt: skip
+    assert code == 1, err
+    assert f"evidence export: {files.ca}: cannot be read: not a regular file; nothing was written" in err
+    assert not (tmp_path / "p").exists()

@@ -389,8 +389,10 @@ async def test_a_node_leases_for_its_own_workers_only(fleet: Fleet) -> None:
         # Its own workers, or itself: granted (nothing asked, nothing granted).
         for holder in ("limits-1/0", "limits-1/7", "limits-1", ""):
             assert list((await stub.Lease(quota_pb2.LeaseRequest(holder=holder), timeout=10)).grants) == []
-        # Another node's worker, another node, a name that only starts like its own.
-        for holder in ("limits-2/0", "limits-2", "limits-1x/0", "/limits-1/0"):
+        # Another node's worker, another node, a name that only starts like its own; the
+        # worker of a node whose id starts with its own and a slash ("limits-1/x" is a node
+        # id as good as any); a worker that is no worker number.
+        for holder in ("limits-2/0", "limits-2", "limits-1x/0", "/limits-1/0", "limits-1/x/0", "limits-1/x"):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Lease(quota_pb2.LeaseRequest(holder=holder), timeout=10)
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, holder

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 import sqlalchemy as sa
 
+from dataplane.identity import IdentityFiles
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
-from tests.controlplane.evidence.conftest import TIMEOUT, Stream, write_records
-from tests.fixtures.postgres import RunningControlPlane, sql_rows
+from signalbox.tls import aio_channel
+from tests.controlplane.evidence.conftest import TIMEOUT, NodeKeys, Stream, new_dir, write_records
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -106,3 +110,31 @@ async def test_a_new_stream_of_a_revoked_node_is_refused(
     assert "revoked" in (await again.call.details() or "")
     again.close()
     assert stored(evidence_plane) == []
+
+
+async def test_a_batch_after_the_streams_certificate_expired_is_refused_and_not_stored(
+    database_url: str, private_tmp: Path, node_keys: NodeKeys
+) -> None:
+    """TLS checks a certificate only at the handshake: a stream opened while it was valid
+    takes no batch once it has expired (a renewing node reconnects with its new one)."""
+    settings = cp_settings(database_url, private_tmp, node_cert_ttl=timedelta(seconds=2))
+    async with running_control_plane(settings, verify_checkpoint_signature=node_keys.verify) as plane:
+        directory = new_dir(private_tmp, "lapsing-")
+        tls = await plane.enroll("node-a", directory)
+        lines = await write_records(directory, "node-a", 4)
+        async with aio_channel(plane.node_address, tls) as channel:
+            stream = Stream(channel)
+            assert (await stream.ship("node-a/0", lines[:2])).head_seq == 2
+            cert = IdentityFiles(directory).certificate()
+            assert cert is not None
+            await eventually(
+                lambda: datetime.now(UTC) > cert.not_valid_after_utc + timedelta(seconds=0.2),
+                timeout=5,
+                message="certificate expired",
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stream.ship("node-a/0", lines[2:])
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert refused.value.details() == "node node-a: certificate expired; reconnect with a renewed one"
+            stream.close()
+        assert stored(plane) == [1, 2]

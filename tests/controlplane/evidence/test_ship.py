@@ -4,6 +4,7 @@ checkpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -14,11 +15,12 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
+from controlplane.api.evidence import MAX_STREAMS_PER_NODE
 from controlplane.evidence.ingest import POOL_MIN_LINES
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import HASH_MEMBER_START, seal, stored_line
 from signalbox.tls import aio_channel
-from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, rehash, write_records
+from tests.controlplane.evidence.conftest import TIMEOUT, NodeKeys, Stream, new_dir, rehash, write_records
 from tests.fixtures.postgres import RunningControlPlane, sql_rows
 
 
@@ -389,3 +391,24 @@ async def test_a_certificate_issued_before_its_pem_was_kept_gets_it_from_its_nod
         stream.close()
     assert (ack.head_seq, ack.HasField("error")) == (2, False)
     assert sql_rows(evidence_plane.database_url, select)[0][0] == issued
+
+
+async def test_a_nodes_streams_cannot_pile_up_a_newer_one_ends_the_oldest(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    # Each Ship stream a node opened stayed open, idle, holding memory here: one certified
+    # node could open them without end.
+    first, directory = node
+    lines = await write_records(directory, "node-a", 2)
+    assert (await first.ship("node-a/0", [])).head_seq == 0  # this stream is open here
+    streams = [first]
+    for _ in range(MAX_STREAMS_PER_NODE):
+        streams.append(Stream(first.channel))
+        assert (await streams[-1].ship("node-a/0", [])).head_seq == 0
+    assert await asyncio.wait_for(first.call.code(), TIMEOUT) == grpc.StatusCode.ABORTED
+    assert "superseded by a newer evidence stream" in (await first.call.details() or "")
+    # The others, the newest among them, still take batches.
+    assert (await streams[1].ship("node-a/0", lines[:1])).head_seq == 1
+    assert (await streams[-1].ship("node-a/0", lines[1:])).head_seq == 2
+    for stream in streams[1:]:
+        stream.close()

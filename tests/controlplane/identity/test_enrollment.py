@@ -15,14 +15,14 @@ import pytest
 import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from dataplane.identity import IdentityFiles, NodeIdentityError, enroll, urn
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc
 from signalbox.tls import ClientTls
 from tests.controlplane.conftest import Admin
-from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
 from tests.helpers import eventually
 
 REJECTED = "enrollment token rejected"
@@ -135,10 +135,23 @@ async def test_bad_requests_are_refused_precisely_and_do_not_burn_the_token(
         .public_bytes(serialization.Encoding.PEM)
         .decode()
     )
+    # An Ed25519 key: a certificate for it could never certify the node's evidence, whose
+    # checkpoints are ECDSA P-256 signatures.
+    ed25519_csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "h-1")]))
+        .sign(ed25519.Ed25519PrivateKey.generate(), None)
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
     # A request whose signature no longer matches what it says (one bit of the signature flipped).
     forged = bytearray(x509.load_pem_x509_csr(good_csr.encode()).public_bytes(serialization.Encoding.DER))
     forged[-8] ^= 0x01
     forged_pem = x509.load_der_x509_csr(bytes(forged)).public_bytes(serialization.Encoding.PEM).decode()
+    # A request whose key is on a curve the library cannot load (SM2's OID where P-256's is).
+    der = x509.load_pem_x509_csr(good_csr.encode()).public_bytes(serialization.Encoding.DER)
+    p256, sm2 = bytes.fromhex("06082a8648ce3d030107"), bytes.fromhex("06082a811ccf5501822d")
+    sm2_pem = x509.load_der_x509_csr(der.replace(p256, sm2)).public_bytes(serialization.Encoding.PEM).decode()
     cases = [
         (good_csr, "h\n1", "node_id: must be 1..256 characters without control characters"),
         (good_csr, "", "node_id: must be 1..256"),
@@ -146,8 +159,10 @@ async def test_bad_requests_are_refused_precisely_and_do_not_burn_the_token(
         ("", "h-1", "csr_pem: must not be empty"),
         ("garbage", "h-1", "csr_pem: not a PEM certificate signing request"),
         ("x" * 20_000, "h-1", "csr_pem: at most"),
-        (rsa_csr, "h-1", "csr_pem: key must be ECDSA P-256 or Ed25519"),
+        (rsa_csr, "h-1", "csr_pem: key must be ECDSA P-256"),
+        (ed25519_csr, "h-1", "csr_pem: key must be ECDSA P-256 (node evidence is signed with it)"),
         (forged_pem, "h-1", "csr_pem: signature does not verify"),
+        (sm2_pem, "h-1", "csr_pem: key must be ECDSA P-256"),
     ]
     for csr, node_id, expected in cases:
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -355,3 +370,40 @@ async def test_a_node_with_a_long_non_ascii_id_enrolls_itself(
     )
     assert uris[0] == urn("node", node_id)
     assert IdentityFiles(private_tmp / "n").problem(node_id) == ""
+
+
+async def test_a_token_cannot_claim_the_id_of_a_node_whose_certificate_is_in_force(
+    control_plane: RunningControlPlane, admin: Admin, private_tmp: Path
+) -> None:
+    # "victim" is enrolled in group "core"; someone holding a token for another group (a
+    # stolen or a low-trust one) asks for a certificate as "victim" with a key of their own.
+    await _enroll_as(
+        control_plane, private_tmp / "victim", await control_plane.enroll_token("core"), "victim"
+    )
+    stolen = await control_plane.enroll_token("kiosk")
+    thief_csr = IdentityFiles(private_tmp / "thief").csr_pem("victim")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _enroll_rpc(control_plane, stolen, thief_csr, "victim")
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert (info.value.details() or "").startswith(
+        "node_id: enrolled node 'victim' already exists: it holds a certificate in force for another key"
+    )
+    assert "signalbox admin node revoke" in (info.value.details() or "")
+    assert stolen not in (info.value.details() or "")
+    issued = "SELECT node_group FROM node_certificates WHERE node_id = 'victim'"
+    assert [row[0] for row in sql_rows(control_plane.database_url, issued)] == ["core"]
+    # The refusal did not burn the token, and is in the audit trail.
+    await _enroll_rpc(control_plane, stolen, thief_csr, "thief-1")
+    assert "ALREADY_EXISTS" in _audit_text(control_plane.database_url)
+
+    # The node itself (its own key) re-enrolls with a token for another group, as a node
+    # moved to another group does.
+    moved = await _enroll_as(
+        control_plane, private_tmp / "victim", await control_plane.enroll_token("edge"), "victim"
+    )
+    assert urn("group", "edge") in moved.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.UniformResourceIdentifier)
+    # Once revoked, the id is free again: coming back takes a new token (and may be a new key).
+    await admin.RevokeNode(admin_pb2.RevokeNodeRequest(node_id="victim"))
+    await _enroll_rpc(control_plane, await control_plane.enroll_token("core"), thief_csr, "victim")

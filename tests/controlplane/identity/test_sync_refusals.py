@@ -21,7 +21,13 @@ from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc, snapshot_pb
 from signalbox.tls import ClientTls, ServerTls, aio_channel
 from tests.controlplane.conftest import Admin, SyncNode
 from tests.fixtures.certs import TestCA
-from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
+from tests.fixtures.postgres import (
+    RunningControlPlane,
+    cp_settings,
+    running_control_plane,
+    sql_execute,
+    sql_rows,
+)
 from tests.helpers import eventually
 
 TIMEOUT = 10.0
@@ -219,3 +225,47 @@ async def test_renewal_needs_a_valid_request_and_the_node_port(
                 identity_pb2.RenewRequest(csr_pem="x"), timeout=TIMEOUT
             )
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_a_node_cannot_renew_in_a_loop(control_plane: RunningControlPlane, private_tmp: Path) -> None:
+    # Each Renew was a new certificate in force, a certificate row and an audit row: one
+    # certified node could call it without end. A node renews at two thirds of a lifetime.
+    tls = await control_plane.enroll("looper-1", private_tmp / "looper-1")
+    csr = IdentityFiles(private_tmp / "looper-1").csr_pem("looper-1")
+    async with aio_channel(control_plane.node_address, tls) as channel:
+        stub = identity_pb2_grpc.NodeIdentityServiceStub(channel)
+        await stub.Renew(identity_pb2.RenewRequest(csr_pem=csr), timeout=TIMEOUT)
+        for _ in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Renew(identity_pb2.RenewRequest(csr_pem=csr), timeout=TIMEOUT)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "looper-1: renewed at " in (info.value.details() or "")
+            assert "the next renewal is possible from" in (info.value.details() or "")
+    issued = "SELECT count(*) FROM node_certificates WHERE node_id = 'looper-1'"
+    assert sql_rows(control_plane.database_url, issued)[0][0] == 2  # enrolled, renewed once
+    audited = "SELECT count(*) FROM audit_log WHERE method = 'Renew'"
+    assert sql_rows(control_plane.database_url, audited)[0][0] == 1
+
+
+async def test_a_revocation_whose_notice_was_lost_ends_the_stream_once_the_listener_is_back(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    """A replica learns of revocations by LISTEN; a notice sent while its listening connection
+    was gone (a database restart, a failover) never arrives. Once it listens again, the
+    streams of nodes revoked meanwhile end, as they would have at the notice."""
+    tls = await control_plane.enroll("away-1", private_tmp / "away-1")
+    node = await SyncNode(control_plane, "away-1", tls).connect()
+    try:
+        await node.next_envelope()
+        # The listener's connection goes away, and the node is revoked meanwhile (as RevokeNode
+        # writes it; its notice is the one that got lost).
+        sql_execute(
+            control_plane.database_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()",
+            "UPDATE node_certificates SET revoked_at = now() WHERE node_id = 'away-1'",
+        )
+        await asyncio.wait_for(node.ended.wait(), 10)
+        assert node.end_code == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await node.close()
