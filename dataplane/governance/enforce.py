@@ -24,16 +24,20 @@ A ``RequestGovernor`` runs, in the pipeline's order:
 Everything done is appended to the request's ``actions`` (its evidence): the profile and
 version, stage, rule, detector, action, count and positions (field and offsets), never a
 value. Input rules all see the request as the caller sent it, so offsets are code points of
-the caller's text (of a schema: of its JSON text as ``_schema_text`` writes it); where a finding overlaps one an earlier rule redacted or masked, the
-earlier rule's action stands and the later rule does not count it.
+the caller's text (of a schema: of its JSON text as ``_schema_text`` writes it). Where a
+finding overlaps one an earlier rule redacted or masked, the earlier rule's action stands and
+a later ``block``, ``classify`` or ``flag`` rule does not count it; a later ``redact`` or
+``mask`` rule's finding that reaches beyond the earlier edits (an address around a redacted
+term) is counted and its edit covers them all, so that no part of it reaches the model.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from dataplane.chat import (
@@ -127,7 +131,8 @@ class RequestGovernor:
 
         Every rule sees the texts as they came (so offsets are the caller's or the model's,
         and detectors of one profile share their work on one text); a finding overlapping one
-        an earlier rule redacted or masked is the earlier rule's. Edits apply at the end, in
+        an earlier rule redacted or masked is the earlier rule's, unless the later rule edits
+        too and the finding reaches beyond them (``_merged``). Edits apply at the end, in
         tool call arguments as JSON string content."""
         # Per text, (start, end, replacement) of each edit so far, sorted by start (edits
         # never overlap). Per finding, only what the evidence and the edit need is made: a
@@ -150,7 +155,7 @@ class RequestGovernor:
                     continue
                 taken = edits[i]
                 if taken is not None:
-                    spans = _unclaimed(spans, taken)
+                    spans = _unclaimed(spans, taken, whole=edit)
                     if not spans:
                         continue
                 count += len(spans)
@@ -164,10 +169,12 @@ class RequestGovernor:
                 if not edit:
                     continue
                 if taken is None:
-                    taken = edits[i] = []
-                for s in spans:
-                    taken.append((s.start, s.end, placeholder if redact else self._mask(rule, text, s)))
-                taken.sort()
+                    edits[i] = [
+                        (s.start, s.end, placeholder if redact else self._mask(rule, text, s.start, s.end))
+                        for s in spans
+                    ]
+                else:
+                    edits[i] = _merged(taken, spans, partial(self._edit, rule, text))
             if not count:
                 continue
             entry = self._entry(stage, rule, count, positions)
@@ -224,8 +231,12 @@ class RequestGovernor:
                 )
                 raise OverLimit(name, allowed, found)
 
-    def _mask(self, rule: Rule, text: str, span: Finding) -> str:
-        value = text[span.start : span.end]
+    def _edit(self, rule: Rule, text: str, start: int, end: int) -> str:
+        """What replaces ``text[start:end]`` under an editing rule."""
+        return rule.placeholder if rule.action is Action.REDACT else self._mask(rule, text, start, end)
+
+    def _mask(self, rule: Rule, text: str, start: int, end: int) -> str:
+        value = text[start:end]
         key = (rule.label, value)
         placeholder = self._numbers.get(key)
         if placeholder is None:
@@ -355,10 +366,13 @@ class RequestGovernor:
         }
 
 
-def _unclaimed(spans: Sequence[Finding], claimed: list[tuple[int, int, str]]) -> list[Finding]:
+def _unclaimed(
+    spans: Sequence[Finding], claimed: list[tuple[int, int, str]], *, whole: bool = False
+) -> list[Finding]:
     """The ``spans`` (sorted by start) that overlap none of the ``claimed`` edits (sorted,
     disjoint): one walk over both, as an overlap test per span against a bitmap of the
-    text would find (an empty span or edit overlaps nothing)."""
+    text would find (an empty span or edit overlaps nothing). ``whole``: the spans that no
+    one edit holds whole instead (what a later editing rule counts and edits, ``_merged``)."""
     kept: list[Finding] = []
     j = 0
     m = len(claimed)
@@ -368,12 +382,45 @@ def _unclaimed(spans: Sequence[Finding], claimed: list[tuple[int, int, str]]) ->
         if start < previous:
             j = 0  # not sorted after all: walk again from the first edit
         previous = start
-        while j < m and (claimed[j][1] <= start or claimed[j][0] == claimed[j][1]):
-            j += 1
-        if start < end and j < m and claimed[j][0] < end:
-            continue
+        if whole:
+            # The only edit that may hold the span is the first one ending at or after its end.
+            while j < m and claimed[j][1] < end:
+                j += 1
+            if start < end and j < m and claimed[j][0] <= start:
+                continue
+        else:
+            while j < m and (claimed[j][1] <= start or claimed[j][0] == claimed[j][1]):
+                j += 1
+            if start < end and j < m and claimed[j][0] < end:
+                continue
         kept.append(s)
     return kept
+
+
+def _merged(
+    claimed: list[tuple[int, int, str]], spans: Sequence[Finding], replacement: Callable[[int, int], str]
+) -> list[tuple[int, int, str]]:
+    """The ``claimed`` edits (sorted, disjoint) with an edit per span (sorted, disjoint) added;
+    a span overlapping edits replaces them with one edit over the union, ``replacement(start,
+    end)`` (else the part of the finding outside the earlier edits would reach the model, as
+    ``jane@`` and ``.example`` around a redacted ``acme``). One walk over both."""
+    out: list[tuple[int, int, str]] = []
+    j = 0
+    m = len(claimed)
+    for s in sorted(spans, key=lambda s: s.start):
+        low, high = s.start, s.end
+        while j < m and claimed[j][1] <= low:
+            out.append(claimed[j])
+            j += 1
+        if out and out[-1][1] > low:
+            # The span overlaps the union made for the span before it.
+            low, high = min(low, out[-1][0]), max(high, out.pop()[1])
+        while j < m and claimed[j][0] < high:
+            low, high = min(low, claimed[j][0]), max(high, claimed[j][1])
+            j += 1
+        out.append((low, high, replacement(low, high)))
+    out += claimed[j:]
+    return out
 
 
 def replace_spans(text: str, spans: Sequence[Finding], replacements: Sequence[str]) -> str:
