@@ -11,7 +11,7 @@ A ``RequestGovernor`` runs, in the pipeline's order:
   anything else and so before any provider is called;
 - **input rules**, in the profile's order, over every text the request carries to the
   provider (message text parts, among them the system prompt and tool results; tool call
-  arguments; message names; tool descriptions; tool and response JSON schemas, as their JSON
+  arguments, with the JSON escapes they do not need decoded (``json_view``); message names; tool descriptions; tool and response JSON schemas, as their JSON
   text; stop sequences; embedding inputs): ``block`` refuses naming the rule (never the finding), ``redact`` replaces each
   finding with the rule's placeholder, ``mask`` with a numbered placeholder (``[EMAIL_1]``;
   one number per distinct value) whose value it keeps in this object only, ``classify``
@@ -308,7 +308,9 @@ class RequestGovernor:
         calls = message.tool_calls
         if self.profile.output_rules:
             texts = [("message.text", text)]
-            texts += [(f"message.tool_calls[{k}].arguments", c.arguments) for k, c in enumerate(calls)]
+            texts += [
+                (f"message.tool_calls[{k}].arguments", json_view(c.arguments)) for k, c in enumerate(calls)
+            ]
             edited = self._apply(Stage.OUTPUT, self.profile.output_rules, texts, actions)
             if edited is not None:
                 text = edited[0][1]
@@ -446,8 +448,37 @@ def _texts(body: ChatRequest | EmbedRequest) -> list[tuple[str, str]]:
             if isinstance(part, TextPart):
                 out.append((f"messages[{i}].content[{j}]", part.text))
         for k, call in enumerate(m.tool_calls):
-            out.append((f"messages[{i}].tool_calls[{k}].arguments", call.arguments))
+            out.append((f"messages[{i}].tool_calls[{k}].arguments", json_view(call.arguments)))
     return out
+
+
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.DOTALL)
+"""A JSON string escape; a pair of backslashes is one escape, so ``\\\\u0040`` is not ``@``."""
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    escape = match.group(1)
+    if escape == "/":
+        return "/"
+    if len(escape) == 5:
+        c = chr(int(escape[1:], 16))
+        if c >= " " and c not in '"\\' and not 0xD800 <= ord(c) <= 0xDFFF:
+            return c
+    return match.group(0)
+
+
+def json_view(text: str) -> str:
+    """Tool call arguments (JSON text) as detectors read them: the same JSON with every escape
+    it does not need decoded (``\\u0040`` is ``@``, ``\\/`` is ``/``), so that a value
+    written with escapes, which the model reads decoded, is found; ``text`` itself when it
+    has none or is not JSON (then it is not decoded either)."""
+    if "\\" not in text:
+        return text
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    return _ESCAPE.sub(_unescaped, text)
 
 
 def _schema_text(schema: dict[str, Any]) -> str:

@@ -401,3 +401,34 @@ def test_merged_edits_cover_every_earlier_edit_and_every_later_finding(
         assert replacement == "[X]" if (start, end, "[X]") in claimed else replacement == f"[{start}:{end}]"
         result[start:end] = b"\x01" * (end - start)
     assert result == covered
+
+
+def test_values_written_with_json_escapes_in_tool_call_arguments_are_found() -> None:
+    # The model reads {"to": "ada.lovelace\u0040example.org"} decoded: an escape hides nothing.
+    escaped = json.dumps({"to": EMAIL, "card": "4111 1111 1111 1111"}).replace("@", "\\u0040")
+    escaped = escaped.replace("4111", "\\u0034111").replace(".org", "\\u002eorg")
+    assert json.loads(escaped)["to"] == EMAIL
+    call = ToolCall("c1", "send", escaped)
+    body = ChatRequest(
+        messages=(Message(Role.USER, (TextPart("hi"),)), Message(Role.ASSISTANT, tool_calls=(call,)))
+    )
+    with pytest.raises(Blocked):
+        governor({"input": {"rules": [rule("pii", "email", "block")]}}).govern_input(body, [])
+    actions: list[dict[str, Any]] = []
+    redactor = governor(
+        {"input": {"rules": [rule("pii", "email", "redact"), rule("c", "payment_card", "redact")]}}
+    )
+    out = redactor.govern_input(body, actions)
+    assert isinstance(out, ChatRequest)
+    assert json.loads(out.messages[1].tool_calls[0].arguments) == {"to": "[REDACTED]", "card": "[REDACTED]"}
+    assert [a["count"] for a in actions] == [1, 1]
+    # An escaped backslash is no escape: "\\u0040" is a backslash and "u0040", as written.
+    literal = json.dumps({"note": "jane.doe\\u0040corp.example"})
+    body = ChatRequest(messages=(Message(Role.ASSISTANT, tool_calls=(ToolCall("c1", "f", literal),)),))
+    assert governor({"input": {"rules": [rule("pii", "email", "block")]}}).govern_input(body, []) is body
+    # Answers alike.
+    output = governor(
+        {"output": {"rules": [rule("pii", "email", "redact"), rule("c", "payment_card", "redact")]}}
+    )
+    answered = output.govern_output(answer("done", ToolCall("c2", "send", escaped)), [])
+    assert json.loads(answered.message.tool_calls[0].arguments) == {"to": "[REDACTED]", "card": "[REDACTED]"}
