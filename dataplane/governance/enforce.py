@@ -64,6 +64,8 @@ from dataplane.config.model import (
 from dataplane.errors import InvalidRequest
 from dataplane.governance.contract import Contracts
 from dataplane.governance.errors import CONTRACT_KIND, AnswerBreaksContract, OverLimit, blocked
+from dataplane.governance.readable import find as find_in
+from dataplane.governance.readable import readable
 from dataplane.governance.stream import MAX_POSITIONS, StreamGovernor
 
 PLACEHOLDER = re.compile(r"\[[A-Z0-9_]+_[0-9]+\]")
@@ -139,6 +141,7 @@ class RequestGovernor:
         # position while there is room for one, an edit for redact and mask.
         n = len(texts)
         edits: list[list[tuple[int, int, str]] | None] = [None] * n
+        views = [readable(text) for _, text in texts]
         for rule in rules:
             action = rule.action
             block = action is Action.BLOCK
@@ -150,7 +153,7 @@ class RequestGovernor:
             positions: list[dict[str, Any]] = []
             for i in range(n):
                 field, text = texts[i]
-                spans = find(text)
+                spans = find_in(find, views[i])
                 if not spans:
                     continue
                 taken = edits[i]

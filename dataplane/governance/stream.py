@@ -42,6 +42,8 @@ from typing import Any
 from dataplane.chat import StreamChunk, ToolCallDelta
 from dataplane.config.model import Action, CompiledProfile, Finding, Rule, Stage
 from dataplane.governance.errors import blocked
+from dataplane.governance.readable import find as find_in
+from dataplane.governance.readable import readable
 
 MAX_POSITIONS = 32
 """Positions one evidence entry lists; the count is always exact."""
@@ -189,9 +191,10 @@ class StreamGovernor:
         whole yet when that went out): it is acted on all the same, a block ending the stream
         and a redaction replacing what is still held of it, rather than passing unseen."""
         text = channel.text
+        view = readable(text)
         found: list[tuple[Rule, list[Finding]]] = []
         for rule in self._rules:
-            spans = [s for s in rule.detector.find(text) if s.end > held_at]
+            spans = [s for s in find_in(rule.detector.find, view) if s.end > held_at]
             if not spans:
                 continue
             if rule.action is Action.BLOCK:
