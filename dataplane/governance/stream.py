@@ -11,7 +11,7 @@ finding of up to ``window // 2`` characters is always seen whole before any of i
 A longer one (up to ``window``) may begin in text already sent, and is acted on all the
 same once seen: a block ends the stream, a redaction replaces the rest of it. One sent up
 to the end of the text seen so far (a PEM private key, longer than any window) is followed:
-the look-behind keeps it from its start (up to ``MAX_FOLLOWED`` characters), so each later
+the look-behind keeps it from its start (up to ``FOLLOWED_WINDOWS`` windows), so each later
 scan sees it and redacts what follows until it ends; it is recorded once.
 
 - ``block``: the stream ends with the refusal (the pipeline turns it into the stream's error
@@ -50,9 +50,12 @@ MAX_POSITIONS = 32
 MAX_PLACEHOLDER_CHARS = 72
 """The longest mask placeholder: a 64-character stem, ``_``, a number and the brackets."""
 CONTENT = "message.text"
-MAX_FOLLOWED = 32_768
-"""The longest finding a stream's look-behind follows past the window (``_Channel.followed``):
-a PEM private key (the credential detector reads one up to 16 KiB) is redacted whole."""
+FOLLOWED_WINDOWS = 64
+"""The longest finding a stream's look-behind follows past the window (``_Channel.followed``),
+in windows: a PEM private key (the credential detector reads one up to 16 KiB) is redacted
+whole under the default window. Each scan then reads up to that much again, every half
+window, so the bound is in windows: a finding that never ends (a model writing a key body
+forever) costs at most ~128 times the scans of plain text while it is followed."""
 
 Restore = Callable[..., str]
 """Puts a request's masked values back into a text (``RequestGovernor.restore``)."""
@@ -217,7 +220,7 @@ class StreamGovernor:
                 placeholder = json.dumps(rule.placeholder)[1:-1] if channel.in_json else rule.placeholder
                 channel.redactions.extend((max(s.start, held_at), s.end, placeholder) for s in sent)
             last = sent[-1]
-            if pushed and last.end == cut and cut - last.start <= MAX_FOLLOWED:
+            if pushed and last.end == cut and cut - last.start <= FOLLOWED_WINDOWS * self._window:
                 channel.followed[rule.name] = base + last.start
             if followed.get(rule.name) == base + sent[0].start:
                 sent = sent[1:]  # recorded already, when its beginning was sent

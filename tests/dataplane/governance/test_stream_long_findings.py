@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+from typing import Any
 
 import pytest
 
@@ -86,3 +87,19 @@ def test_overlapping_streamed_redactions_leave_no_part_of_either_in_the_clear() 
     assert "omega" not in sent
     assert "12345" not in sent
     assert sent.startswith("see [REDACTED] now")
+
+
+def test_a_finding_that_never_ends_is_followed_a_bounded_length() -> None:
+    # A model writing a private key's body forever: followed at most 64 windows, then the
+    # look-behind is trimmed again, so each scan's work stays bounded.
+    window = 16
+    g = governor({"output": {"window": window, "rules": [rule("cred", "credential", "redact")]}})
+    actions: list[dict[str, Any]] = []
+    s = g.stream(actions)
+    s.feed(StreamChunk(text="-----BEGIN PRIVATE KEY-----\n"))
+    longest = 0
+    for _ in range(3000):
+        s.feed(StreamChunk(text="QUJDREVGR0g="))
+        longest = max(longest, len(s._content.text))  # type: ignore[attr-defined]
+    assert 64 * window <= longest <= 64 * window + 3 * window
+    assert [a["count"] for a in actions] == [1]
