@@ -5,7 +5,8 @@ A caller (or a model asked to) can write a card number, an IBAN or a key so that
 pattern over its characters matches while every reader still sees the value:
 
 - invisible format characters between its characters (zero-width space and joiners, word
-  joiner, soft hyphen, bidirectional marks, byte order mark): removed;
+  joiner, soft hyphen, bidirectional marks, byte order mark), and combining marks on a digit
+  (``4`` with an acute accent or a keycap is still a ``4`` to a reader): removed;
 - fullwidth forms (U+FF01 to U+FF5E: digits, letters, ``@``, ``.``) and the digits of other
   scripts (Arabic-Indic, Devanagari, ...): read as their ASCII characters;
 - unusual spaces and dashes (no-break, thin, ideographic; hyphen, non-breaking hyphen, en
@@ -27,7 +28,11 @@ from typing import Final
 from dataplane.config.model import Finding
 from dataplane.governance.detect import Span
 
-_INVISIBLE: Final = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]+")
+_INVISIBLE: Final = re.compile(
+    "[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]+"
+    "|(?<=[0-9])[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff"
+    "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+"
+)
 _SPACES: Final = (
     "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
 )

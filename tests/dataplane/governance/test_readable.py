@@ -28,6 +28,8 @@ EVASIONS = [
     ("payment_card", _fullwidth("4111 1111 1111 1111")),
     ("payment_card", "\u0664\u0661\u0661\u0661" + "\u0661" * 12),  # Arabic-Indic digits
     ("payment_card", "4111" + SHY + "1111" + WJ + "1111" + ZWJ + "1111"),
+    ("payment_card", "\u0301".join("4111111111111111")),  # combining acute
+    ("payment_card", "4\u20e3111 1111 1\u0332111 1111"),  # keycap, combining low line
     ("iban", "DE89" + ZWSP + "3704" + ZWSP + "0044 0532 0130 00"),
     ("email", "ada" + ZWJ + ".lovelace@exam" + ZWSP + "ple.org"),
     ("email", _fullwidth("ada.lovelace@example.org")),
