@@ -65,7 +65,7 @@ from dataplane.errors import InvalidRequest
 from dataplane.governance.contract import Contracts
 from dataplane.governance.errors import CONTRACT_KIND, AnswerBreaksContract, OverLimit, blocked
 from dataplane.governance.readable import find as find_in
-from dataplane.governance.readable import readable
+from dataplane.governance.readable import readable, unescaped
 from dataplane.governance.stream import MAX_POSITIONS, StreamGovernor
 
 PLACEHOLDER = re.compile(r"\[[A-Z0-9_]+_[0-9]+\]")
@@ -455,21 +455,6 @@ def _texts(body: ChatRequest | EmbedRequest) -> list[tuple[str, str]]:
     return out
 
 
-_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.DOTALL)
-"""A JSON string escape; a pair of backslashes is one escape, so ``\\\\u0040`` is not ``@``."""
-
-
-def _unescaped(match: re.Match[str]) -> str:
-    escape = match.group(1)
-    if escape == "/":
-        return "/"
-    if len(escape) == 5:
-        c = chr(int(escape[1:], 16))
-        if c >= " " and c not in '"\\' and not 0xD800 <= ord(c) <= 0xDFFF:
-            return c
-    return match.group(0)
-
-
 def json_view(text: str) -> str:
     """Tool call arguments (JSON text) as detectors read them: the same JSON with every escape
     it does not need decoded (``\\u0040`` is ``@``, ``\\/`` is ``/``), so that a value
@@ -481,7 +466,7 @@ def json_view(text: str) -> str:
         json.loads(text)
     except (ValueError, RecursionError):
         return text
-    return _ESCAPE.sub(_unescaped, text)
+    return unescaped(text).text
 
 
 def _schema_text(schema: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Final
 
@@ -66,8 +66,8 @@ class View:
 
     def spans(self, spans: Sequence[Finding]) -> list[Finding]:
         """``spans`` of the view (sorted, not overlapping) as spans of the text: each covers
-        its first to its last character there (what was removed inside it with it). One walk
-        over both."""
+        its first character there to the next one's (what was removed inside it or right
+        after it with it: a JSON escape whole). One walk over both."""
         at = self._at
         if not at:
             return list(spans)
@@ -76,16 +76,36 @@ class View:
         k = -1  # the last removal at or before the offset looked at
         out: list[Finding] = []
         for s in spans:
-            first, last = s.start, s.end - 1
+            first, after = s.start, s.end
             if k >= 0 and at[k] > first:
                 k = -1  # not sorted after all: walk again from the first removal
             while k + 1 < m and at[k + 1] <= first:
                 k += 1
             start = first + (removed[k] if k >= 0 else 0)
-            while k + 1 < m and at[k + 1] <= last:
+            while k + 1 < m and at[k + 1] <= after:
                 k += 1
-            out.append(Span(start, last + 1 + (removed[k] if k >= 0 else 0), s.kind))
+            out.append(Span(start, after + (removed[k] if k >= 0 else 0), s.kind))
         return out
+
+
+def _view(text: str, edits: Iterable[tuple[int, int, str]]) -> View:
+    """``text`` with each ``(start, end, reading)`` (sorted, disjoint; a reading of at most
+    one character) read as its reading: what is left out is removed after the reading."""
+    at: list[int] = []
+    removed: list[int] = []
+    parts: list[str] = []
+    previous = 0
+    total = 0
+    for start, end, reading in edits:
+        parts += (text[previous:start], reading)
+        at.append(start + len(reading) - total)
+        total += end - start - len(reading)
+        removed.append(total)
+        previous = end
+    if not at:
+        return View(text, [], [])
+    parts.append(text[previous:])
+    return View("".join(parts), at, removed)
 
 
 def readable(text: str) -> View:
@@ -93,24 +113,43 @@ def readable(text: str) -> View:
     if text.isascii():
         return View(text, [], [])
     folded = text.translate(_table())
-    at: list[int] = []
-    removed: list[int] = []
-    parts: list[str] = []
-    previous = 0
-    total = 0
-    for match in _INVISIBLE.finditer(folded):
-        start, end = match.span()
-        parts.append(folded[previous:start])
-        total += end - start
-        at.append(start - (total - (end - start)))
-        removed.append(total)
-        previous = end
-    if not at:
-        return View(folded, [], [])
-    parts.append(folded[previous:])
-    return View("".join(parts), at, removed)
+    return _view(folded, ((match.start(), match.end(), "") for match in _INVISIBLE.finditer(folded)))
 
 
-def find(detect: Callable[[str], Sequence[Finding]], view: View) -> list[Finding]:
-    """What ``detect`` (a detector's ``find``) finds in the view, as spans of the text."""
-    return view.spans(detect(view.text))
+_ESCAPE: Final = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.DOTALL)
+"""A JSON string escape; a pair of backslashes is one escape, so ``\\\\u0040`` is not ``@``."""
+
+
+def decoded(escape: re.Match[str]) -> str | None:
+    """What a JSON escape stands for when JSON does not need it (None: it does)."""
+    what = escape.group(1)
+    if what == "/":
+        return "/"
+    if len(what) == 5:
+        c = chr(int(what[1:], 16))
+        if c >= " " and c not in '"\\' and not 0xD800 <= ord(c) <= 0xDFFF:
+            return c
+    return None
+
+
+def unescaped(text: str) -> View:
+    """JSON text (streamed tool call arguments: possibly a part of it) with every escape it
+    does not need decoded, as a model reads it: each such escape read as its character."""
+    if "\\" not in text:
+        return View(text, [], [])
+    return _view(
+        text,
+        (
+            (match.start(), match.end(), c)
+            for match in _ESCAPE.finditer(text)
+            if (c := decoded(match)) is not None
+        ),
+    )
+
+
+def find(detect: Callable[[str], Sequence[Finding]], view: View, inner: View | None = None) -> list[Finding]:
+    """What ``detect`` (a detector's ``find``) finds in the view, as spans of the text
+    (``inner``: a view of ``view``'s text, as ``readable(unescaped(text).text)``)."""
+    if inner is None:
+        return view.spans(detect(view.text))
+    return view.spans(inner.spans(detect(inner.text)))

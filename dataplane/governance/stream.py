@@ -43,7 +43,7 @@ from dataplane.chat import StreamChunk, ToolCallDelta
 from dataplane.config.model import Action, CompiledProfile, Finding, Rule, Stage
 from dataplane.governance.errors import blocked
 from dataplane.governance.readable import find as find_in
-from dataplane.governance.readable import readable
+from dataplane.governance.readable import readable, unescaped
 
 MAX_POSITIONS = 32
 """Positions one evidence entry lists; the count is always exact."""
@@ -167,6 +167,8 @@ class StreamGovernor:
             if not final and held < window:
                 return ""
             cut = len(text) if final else len(text) - window // 2
+            if channel.in_json and not final:
+                cut = _before_escape(text, cut)
             cut = self._scan(channel, held_at, cut)
         else:
             cut = len(text)
@@ -194,10 +196,20 @@ class StreamGovernor:
         whole yet when that went out): it is acted on all the same, a block ending the stream
         and a redaction replacing what is still held of it, rather than passing unseen."""
         text = channel.text
-        view = readable(text)
+        # Arguments are JSON: read with their needless escapes decoded, as a model reads them.
+        outer = unescaped(text) if channel.in_json else None
+        view = readable(outer.text if outer is not None else text)
         found: list[tuple[Rule, list[Finding]]] = []
         for rule in self._rules:
-            spans = [s for s in find_in(rule.detector.find, view) if s.end > held_at]
+            spans = [
+                s
+                for s in (
+                    find_in(rule.detector.find, view)
+                    if outer is None
+                    else find_in(rule.detector.find, outer, view)
+                )
+                if s.end > held_at
+            ]
             if not spans:
                 continue
             if rule.action is Action.BLOCK:
@@ -293,6 +305,20 @@ def _redacted(channel: _Channel, held_at: int, cut: int) -> str:
 
 def _same(a: tuple[ToolCallDelta, ...], b: tuple[ToolCallDelta, ...]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _before_escape(text: str, cut: int) -> int:
+    """``cut``, moved back before a JSON escape it would split (``\\u00`` sent, ``40`` not): the
+    arguments are read with their escapes decoded, so an edit must not start inside one."""
+    at = text.rfind("\\", max(0, cut - 5), cut)
+    if at < 0:
+        return cut
+    first = at
+    while first > 0 and text[first - 1] == "\\":
+        first -= 1
+    if (at - first) % 2 == 1:
+        return cut  # the second of an escaped backslash: the pair ends before the cut
+    return at if at + (6 if text[at + 1 : at + 2] == "u" else 2) > cut else cut
 
 
 def _before_partial_placeholder(text: str, held_at: int, cut: int) -> int:

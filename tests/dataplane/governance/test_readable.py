@@ -11,10 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dataplane.chat import StreamChunk, ToolCallDelta
 from dataplane.governance.detect import build
 from dataplane.governance.errors import Blocked
 from dataplane.governance.readable import find, readable
 from tests.dataplane.governance.test_enforce import ask, governor, rule, stream
+from tests.dataplane.governance.test_stream_tool_calls import fed
 
 ZWSP, ZWJ, SHY, WJ, NNBSP = "\u200b", "\u200d", "\u00ad", "\u2060", "\u202f"
 
@@ -65,7 +67,26 @@ def test_a_streamed_value_hidden_from_patterns_is_redacted(detector: str, value:
 @given(st.lists(st.sampled_from(["", ZWSP, ZWJ + SHY, "\ufeff"]), min_size=21, max_size=21))
 def test_offsets_map_back_to_the_value_as_written(hidden: list[str]) -> None:
     card = "4111 1111 1111 1111"
-    value = "".join(c + h for c, h in zip(card, hidden, strict=False)).rstrip(ZWSP + ZWJ + SHY + "\ufeff")
+    # What was left out right after its last character goes with it (as a JSON escape must).
+    value = "".join(c + h for c, h in zip(card, hidden, strict=False))
     text = hidden[19] + "pay " + hidden[20] + value + " now"
     (span,) = find(build("payment_card").find, readable(text))
     assert text[span.start : span.end] == value
+
+
+@pytest.mark.parametrize("size", [1, 4, 9, 500])
+def test_streamed_tool_call_arguments_written_with_json_escapes_are_redacted(size: int) -> None:
+    card = "\\u0034111 1111 1111 111\\u0031"
+    arguments = (
+        '{"to": "ada.lovelace\\u0040example\\u002eorg", "card": "' + card + '", "n": "' + "x" * 300 + '"}'
+    )
+    assert json.loads(arguments)["to"] == "ada.lovelace@example.org"
+    pieces = [arguments[i : i + size] for i in range(0, len(arguments), size)]
+    chunks = [StreamChunk(tool_calls=(ToolCallDelta(0, "c1", "send", pieces[0]),))]
+    chunks += [StreamChunk(tool_calls=(ToolCallDelta(0, arguments_fragment=p),)) for p in pieces[1:]]
+    rules = [rule("pii", "email", "redact"), rule("card", "payment_card", "redact")]
+    out, error, actions = fed({"output": {"window": 128, "rules": rules}}, chunks)
+    assert error is None
+    sent = json.loads("".join(d.arguments_fragment for c in out for d in c.tool_calls))
+    assert (sent["to"], sent["card"], sent["n"]) == ("[REDACTED]", "[REDACTED]", "x" * 300)
+    assert [a["count"] for a in actions] == [1, 1]
