@@ -11,7 +11,7 @@ A ``RequestGovernor`` runs, in the pipeline's order:
   anything else and so before any provider is called;
 - **input rules**, in the profile's order, over every text the request carries to the
   provider (message text parts, among them the system prompt and tool results; tool call
-  arguments; message names; tool descriptions; tool and response JSON schemas, as their JSON
+  arguments, with the JSON escapes they do not need decoded (``json_view``); message names; tool descriptions; tool and response JSON schemas, as their JSON
   text; stop sequences; embedding inputs): ``block`` refuses naming the rule (never the finding), ``redact`` replaces each
   finding with the rule's placeholder, ``mask`` with a numbered placeholder (``[EMAIL_1]``;
   one number per distinct value) whose value it keeps in this object only, ``classify``
@@ -24,16 +24,20 @@ A ``RequestGovernor`` runs, in the pipeline's order:
 Everything done is appended to the request's ``actions`` (its evidence): the profile and
 version, stage, rule, detector, action, count and positions (field and offsets), never a
 value. Input rules all see the request as the caller sent it, so offsets are code points of
-the caller's text (of a schema: of its JSON text as ``_schema_text`` writes it); where a finding overlaps one an earlier rule redacted or masked, the
-earlier rule's action stands and the later rule does not count it.
+the caller's text (of a schema: of its JSON text as ``_schema_text`` writes it). Where a
+finding overlaps one an earlier rule redacted or masked, the earlier rule's action stands and
+a later ``block``, ``classify`` or ``flag`` rule does not count it; a later ``redact`` or
+``mask`` rule's finding that reaches beyond the earlier edits (an address around a redacted
+term) is counted and its edit covers them all, so that no part of it reaches the model.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from dataplane.chat import (
@@ -60,6 +64,8 @@ from dataplane.config.model import (
 from dataplane.errors import InvalidRequest
 from dataplane.governance.contract import Contracts
 from dataplane.governance.errors import CONTRACT_KIND, AnswerBreaksContract, OverLimit, blocked
+from dataplane.governance.readable import find as find_in
+from dataplane.governance.readable import readable, unescaped
 from dataplane.governance.stream import MAX_POSITIONS, StreamGovernor
 
 PLACEHOLDER = re.compile(r"\[[A-Z0-9_]+_[0-9]+\]")
@@ -127,13 +133,15 @@ class RequestGovernor:
 
         Every rule sees the texts as they came (so offsets are the caller's or the model's,
         and detectors of one profile share their work on one text); a finding overlapping one
-        an earlier rule redacted or masked is the earlier rule's. Edits apply at the end, in
+        an earlier rule redacted or masked is the earlier rule's, unless the later rule edits
+        too and the finding reaches beyond them (``_merged``). Edits apply at the end, in
         tool call arguments as JSON string content."""
         # Per text, (start, end, replacement) of each edit so far, sorted by start (edits
         # never overlap). Per finding, only what the evidence and the edit need is made: a
         # position while there is room for one, an edit for redact and mask.
         n = len(texts)
         edits: list[list[tuple[int, int, str]] | None] = [None] * n
+        views = [readable(text) for _, text in texts]
         for rule in rules:
             action = rule.action
             block = action is Action.BLOCK
@@ -145,12 +153,12 @@ class RequestGovernor:
             positions: list[dict[str, Any]] = []
             for i in range(n):
                 field, text = texts[i]
-                spans = find(text)
+                spans = find_in(find, views[i])
                 if not spans:
                     continue
                 taken = edits[i]
                 if taken is not None:
-                    spans = _unclaimed(spans, taken)
+                    spans = _unclaimed(spans, taken, whole=edit)
                     if not spans:
                         continue
                 count += len(spans)
@@ -164,10 +172,12 @@ class RequestGovernor:
                 if not edit:
                     continue
                 if taken is None:
-                    taken = edits[i] = []
-                for s in spans:
-                    taken.append((s.start, s.end, placeholder if redact else self._mask(rule, text, s)))
-                taken.sort()
+                    edits[i] = [
+                        (s.start, s.end, placeholder if redact else self._mask(rule, text, s.start, s.end))
+                        for s in spans
+                    ]
+                else:
+                    edits[i] = _merged(taken, spans, partial(self._edit, rule, text))
             if not count:
                 continue
             entry = self._entry(stage, rule, count, positions)
@@ -224,8 +234,12 @@ class RequestGovernor:
                 )
                 raise OverLimit(name, allowed, found)
 
-    def _mask(self, rule: Rule, text: str, span: Finding) -> str:
-        value = text[span.start : span.end]
+    def _edit(self, rule: Rule, text: str, start: int, end: int) -> str:
+        """What replaces ``text[start:end]`` under an editing rule."""
+        return rule.placeholder if rule.action is Action.REDACT else self._mask(rule, text, start, end)
+
+    def _mask(self, rule: Rule, text: str, start: int, end: int) -> str:
+        value = text[start:end]
         key = (rule.label, value)
         placeholder = self._numbers.get(key)
         if placeholder is None:
@@ -297,7 +311,9 @@ class RequestGovernor:
         calls = message.tool_calls
         if self.profile.output_rules:
             texts = [("message.text", text)]
-            texts += [(f"message.tool_calls[{k}].arguments", c.arguments) for k, c in enumerate(calls)]
+            texts += [
+                (f"message.tool_calls[{k}].arguments", json_view(c.arguments)) for k, c in enumerate(calls)
+            ]
             edited = self._apply(Stage.OUTPUT, self.profile.output_rules, texts, actions)
             if edited is not None:
                 text = edited[0][1]
@@ -355,10 +371,13 @@ class RequestGovernor:
         }
 
 
-def _unclaimed(spans: Sequence[Finding], claimed: list[tuple[int, int, str]]) -> list[Finding]:
+def _unclaimed(
+    spans: Sequence[Finding], claimed: list[tuple[int, int, str]], *, whole: bool = False
+) -> list[Finding]:
     """The ``spans`` (sorted by start) that overlap none of the ``claimed`` edits (sorted,
     disjoint): one walk over both, as an overlap test per span against a bitmap of the
-    text would find (an empty span or edit overlaps nothing)."""
+    text would find (an empty span or edit overlaps nothing). ``whole``: the spans that no
+    one edit holds whole instead (what a later editing rule counts and edits, ``_merged``)."""
     kept: list[Finding] = []
     j = 0
     m = len(claimed)
@@ -368,12 +387,45 @@ def _unclaimed(spans: Sequence[Finding], claimed: list[tuple[int, int, str]]) ->
         if start < previous:
             j = 0  # not sorted after all: walk again from the first edit
         previous = start
-        while j < m and (claimed[j][1] <= start or claimed[j][0] == claimed[j][1]):
-            j += 1
-        if start < end and j < m and claimed[j][0] < end:
-            continue
+        if whole:
+            # The only edit that may hold the span is the first one ending at or after its end.
+            while j < m and claimed[j][1] < end:
+                j += 1
+            if start < end and j < m and claimed[j][0] <= start:
+                continue
+        else:
+            while j < m and (claimed[j][1] <= start or claimed[j][0] == claimed[j][1]):
+                j += 1
+            if start < end and j < m and claimed[j][0] < end:
+                continue
         kept.append(s)
     return kept
+
+
+def _merged(
+    claimed: list[tuple[int, int, str]], spans: Sequence[Finding], replacement: Callable[[int, int], str]
+) -> list[tuple[int, int, str]]:
+    """The ``claimed`` edits (sorted, disjoint) with an edit per span (sorted, disjoint) added;
+    a span overlapping edits replaces them with one edit over the union, ``replacement(start,
+    end)`` (else the part of the finding outside the earlier edits would reach the model, as
+    ``jane@`` and ``.example`` around a redacted ``acme``). One walk over both."""
+    out: list[tuple[int, int, str]] = []
+    j = 0
+    m = len(claimed)
+    for s in sorted(spans, key=lambda s: s.start):
+        low, high = s.start, s.end
+        while j < m and claimed[j][1] <= low:
+            out.append(claimed[j])
+            j += 1
+        if out and out[-1][1] > low:
+            # The span overlaps the union made for the span before it.
+            low, high = min(low, out[-1][0]), max(high, out.pop()[1])
+        while j < m and claimed[j][0] < high:
+            low, high = min(low, claimed[j][0]), max(high, claimed[j][1])
+            j += 1
+        out.append((low, high, replacement(low, high)))
+    out += claimed[j:]
+    return out
 
 
 def replace_spans(text: str, spans: Sequence[Finding], replacements: Sequence[str]) -> str:
@@ -399,8 +451,22 @@ def _texts(body: ChatRequest | EmbedRequest) -> list[tuple[str, str]]:
             if isinstance(part, TextPart):
                 out.append((f"messages[{i}].content[{j}]", part.text))
         for k, call in enumerate(m.tool_calls):
-            out.append((f"messages[{i}].tool_calls[{k}].arguments", call.arguments))
+            out.append((f"messages[{i}].tool_calls[{k}].arguments", json_view(call.arguments)))
     return out
+
+
+def json_view(text: str) -> str:
+    """Tool call arguments (JSON text) as detectors read them: the same JSON with every escape
+    it does not need decoded (``\\u0040`` is ``@``, ``\\/`` is ``/``), so that a value
+    written with escapes, which the model reads decoded, is found; ``text`` itself when it
+    has none or is not JSON (then it is not decoded either)."""
+    if "\\" not in text:
+        return text
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    return unescaped(text).text
 
 
 def _schema_text(schema: dict[str, Any]) -> str:

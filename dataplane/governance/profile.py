@@ -16,7 +16,10 @@ The compiler checks what the schema cannot:
 - actions fit their stage: ``mask`` and ``classify`` are input actions only (an answer
   has nothing to restore into, and routing is decided already); ``classify`` needs
   ``data_class`` and only it may carry one; ``status`` goes with ``block`` only and
-  ``placeholder`` with ``redact`` only.
+  ``placeholder`` with ``redact`` only;
+- an output rule's terms are at most ``output.window`` characters long: a stream's scans
+  see a finding whole only up to about that length (``dataplane.governance.stream``), so a
+  longer term would block or redact unary answers and pass unseen in every streamed one.
 
 Detectors are built here, once per profile and snapshot, never per request.
 """
@@ -113,6 +116,9 @@ def compile_profile(document: Any, *, version: int = 0, profile_id: str = "") ->
     for stage, rules in sections:
         for i, raw in enumerate(rules):
             _check(f"$.{stage.value}.rules[{i}]", stage, raw, names)
+    window: int = document.get("output", {}).get("window", DEFAULT_WINDOW)
+    for i, raw in enumerate(document.get("output", {}).get("rules", ())):
+        _check_streamable(f"$.output.rules[{i}]", raw, window)
     stages = {
         stage: tuple(_rule(f"$.{stage.value}.rules[{i}]", stage, raw) for i, raw in enumerate(rules))
         for stage, rules in sections
@@ -131,7 +137,7 @@ def compile_profile(document: Any, *, version: int = 0, profile_id: str = "") ->
         ),
         input_rules=stages[Stage.INPUT],
         output_rules=stages[Stage.OUTPUT],
-        window=output.get("window", DEFAULT_WINDOW),
+        window=window,
         contract=OnFailure(contract.get("on_failure", OnFailure.ERROR)) if contract is not None else None,
     )
 
@@ -153,6 +159,18 @@ def _check(path: str, stage: Stage, raw: Mapping[str, Any], names: dict[str, str
     ):
         if field in raw and action is not owner:
             raise ProfileError(f"{path}.{field}", f"only with action {owner.value}")
+
+
+def _check_streamable(path: str, raw: Mapping[str, Any], window: int) -> None:
+    options = raw.get("options")
+    terms = options.get("terms") if raw["detector"] == "terms" and isinstance(options, Mapping) else None
+    for k, term in enumerate(terms if isinstance(terms, list) else ()):
+        if isinstance(term, str) and len(term) > window:
+            raise ProfileError(
+                f"{path}.options.terms[{k}]",
+                f"longer than output.window ({window} characters): a streamed answer could not be "
+                "checked for it",
+            )
 
 
 def _rule(path: str, stage: Stage, raw: Mapping[str, Any]) -> Rule:

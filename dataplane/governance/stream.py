@@ -8,6 +8,11 @@ held text and up to ``window`` characters of it already sent (the look-behind, s
 across a chunk boundary is seen whole), then sends all but the newest ``window // 2``
 characters. So every character is scanned about four times whatever the chunk sizes, and a
 finding of up to ``window // 2`` characters is always seen whole before any of it is sent.
+A longer one (up to ``window``) may begin in text already sent, and is acted on all the
+same once seen: a block ends the stream, a redaction replaces the rest of it. One sent up
+to the end of the text seen so far (a PEM private key, longer than any window) is followed:
+the look-behind keeps it from its start (up to ``FOLLOWED_WINDOWS`` windows), so each later
+scan sees it and redacts what follows until it ends; it is recorded once.
 
 - ``block``: the stream ends with the refusal (the pipeline turns it into the stream's error
   event) as soon as a scan finds it, which is at the latest when ``window // 2`` more
@@ -37,12 +42,20 @@ from typing import Any
 from dataplane.chat import StreamChunk, ToolCallDelta
 from dataplane.config.model import Action, CompiledProfile, Finding, Rule, Stage
 from dataplane.governance.errors import blocked
+from dataplane.governance.readable import find as find_in
+from dataplane.governance.readable import readable, unescaped
 
 MAX_POSITIONS = 32
 """Positions one evidence entry lists; the count is always exact."""
 MAX_PLACEHOLDER_CHARS = 72
 """The longest mask placeholder: a 64-character stem, ``_``, a number and the brackets."""
 CONTENT = "message.text"
+FOLLOWED_WINDOWS = 64
+"""The longest finding a stream's look-behind follows past the window (``_Channel.followed``),
+in windows: a PEM private key (the credential detector reads one up to 16 KiB) is redacted
+whole under the default window. Each scan then reads up to that much again, every half
+window, so the bound is in windows: a finding that never ends (a model writing a key body
+forever) costs at most ~128 times the scans of plain text while it is followed."""
 
 Restore = Callable[..., str]
 """Puts a request's masked values back into a text (``RequestGovernor.restore``)."""
@@ -51,7 +64,7 @@ Restore = Callable[..., str]
 class _Channel:
     """One governed text of the answer: its content, or one tool call's arguments."""
 
-    __slots__ = ("base", "chunk_starts", "field", "in_json", "redactions", "sent", "text")
+    __slots__ = ("base", "chunk_starts", "field", "followed", "in_json", "redactions", "sent", "text")
 
     def __init__(self, field: str, in_json: bool) -> None:
         self.field = field
@@ -67,6 +80,10 @@ class _Channel:
         """Offset in the field where each chunk carrying some of it began."""
         self.redactions: list[tuple[int, int, str]] = []
         """(start, end, placeholder) in ``text`` of what the current release redacts."""
+        self.followed: dict[str, int] = {}
+        """Rule -> offset in the field of a finding the last release sent up to the end of the
+        text it had (it may go on, as a PEM key's body): the look-behind keeps it from its
+        start, so that the next scan sees it whole and acts on what follows; recorded once."""
 
     def add(self, piece: str) -> None:
         self.chunk_starts.append(self.base + len(self.text))
@@ -150,6 +167,8 @@ class StreamGovernor:
             if not final and held < window:
                 return ""
             cut = len(text) if final else len(text) - window // 2
+            if channel.in_json and not final:
+                cut = _before_escape(text, cut)
             cut = self._scan(channel, held_at, cut)
         else:
             cut = len(text)
@@ -160,6 +179,8 @@ class StreamGovernor:
         out = _redacted(channel, held_at, cut)
         channel.sent = channel.base + cut
         keep = max(0, cut - window) if self._rules else cut
+        if channel.followed:
+            keep = min(keep, min(channel.followed.values()) - channel.base)
         if keep:
             channel.text = text[keep:]
             channel.base += keep
@@ -168,12 +189,27 @@ class StreamGovernor:
         return self._restore(out, in_json=True) if channel.in_json else self._restore(out)
 
     def _scan(self, channel: _Channel, held_at: int, cut: int) -> int:
-        """Run the rules over the channel's text; record what starts in the held part and is
-        sent now; raise for a block rule; return the cut moved so that it splits no finding."""
+        """Run the rules over the channel's text; record what reaches into the held part and
+        is sent now; raise for a block rule; return the cut moved so that it splits no finding.
+
+        A finding longer than ``window // 2`` may have begun in text already sent (it was not
+        whole yet when that went out): it is acted on all the same, a block ending the stream
+        and a redaction replacing what is still held of it, rather than passing unseen."""
         text = channel.text
-        window = self._window
+        # Arguments are JSON: read with their needless escapes decoded, as a model reads them.
+        outer = unescaped(text) if channel.in_json else None
+        view = readable(outer.text if outer is not None else text)
+        found: list[tuple[Rule, list[Finding]]] = []
         for rule in self._rules:
-            spans = [s for s in rule.detector.find(text) if s.start >= held_at]
+            spans = [
+                s
+                for s in (
+                    find_in(rule.detector.find, view)
+                    if outer is None
+                    else find_in(rule.detector.find, outer, view)
+                )
+                if s.end > held_at
+            ]
             if not spans:
                 continue
             if rule.action is Action.BLOCK:
@@ -181,16 +217,27 @@ class StreamGovernor:
                 # Where the stream ended: at or before chunk k + window for a finding in chunk k.
                 self._entries[rule.name]["ended_at_chunk"] = len(channel.chunk_starts) - 1
                 raise blocked(rule.name, Stage.OUTPUT.value, rule.status)
-            for s in spans:
-                if s.start < cut < s.end:
-                    # Keep a finding whole: held back, unless that would hold more than the window.
-                    cut = s.start if len(text) - s.start <= window else s.end
-            sent = [s for s in spans if s.start < cut]
+            found.append((rule, spans))
+        cut, pushed = _uncut(found, held_at, cut, len(text), self._window)
+        followed = channel.followed
+        channel.followed = {}
+        base = channel.base
+        for rule, spans in found:
+            sent = [s for s in spans if s.end <= cut]  # none splits the cut
+            if not sent:
+                if followed.get(rule.name) == base + spans[0].start:
+                    channel.followed[rule.name] = base + spans[0].start  # not sent on yet
+                continue
+            if rule.action is Action.REDACT:
+                placeholder = json.dumps(rule.placeholder)[1:-1] if channel.in_json else rule.placeholder
+                channel.redactions.extend((max(s.start, held_at), s.end, placeholder) for s in sent)
+            last = sent[-1]
+            if pushed and last.end == cut and cut - last.start <= FOLLOWED_WINDOWS * self._window:
+                channel.followed[rule.name] = base + last.start
+            if followed.get(rule.name) == base + sent[0].start:
+                sent = sent[1:]  # recorded already, when its beginning was sent
             if sent:
                 self._record(rule, sent, channel)
-                if rule.action is Action.REDACT:
-                    placeholder = json.dumps(rule.placeholder)[1:-1] if channel.in_json else rule.placeholder
-                    channel.redactions.extend((s.start, s.end, placeholder) for s in sent)
         return cut
 
     def _record(self, rule: Rule, spans: list[Finding], channel: _Channel) -> None:
@@ -218,9 +265,27 @@ class StreamGovernor:
             )
 
 
+def _uncut(
+    found: list[tuple[Rule, list[Finding]]], held_at: int, cut: int, length: int, window: int
+) -> tuple[int, bool]:
+    """``cut`` moved so that it splits no finding (of the held text): back to the start of
+    the overlapping findings it splits, unless that would hold back more than ``window``,
+    else past their end (then True: they may go on past the text seen so far)."""
+    low = high = held_at
+    for start, end in sorted((max(s.start, held_at), s.end) for _, spans in found for s in spans):
+        if start >= high:
+            if low < cut < high or start >= cut:
+                break
+            low = start
+        high = max(high, end)
+    if low < cut < high:
+        return (low, False) if length - low <= window else (high, True)
+    return cut, False
+
+
 def _redacted(channel: _Channel, held_at: int, cut: int) -> str:
-    """The channel's ``text[held_at:cut]`` with the findings of redact rules replaced (the
-    first rule's placeholder where two overlap)."""
+    """The channel's ``text[held_at:cut]`` with the findings of redact rules replaced
+    (overlapping ones by one placeholder, the earliest's, over them all)."""
     text = channel.text
     redactions = channel.redactions
     if not redactions:
@@ -228,7 +293,9 @@ def _redacted(channel: _Channel, held_at: int, cut: int) -> str:
     parts: list[str] = []
     at = held_at
     for start, end, placeholder in sorted(redactions, key=lambda r: r[0]):
-        if start >= at and end <= cut:
+        if start < at:
+            at = max(at, min(end, cut))  # overlaps the one before: covered by its placeholder
+        elif end <= cut:
             parts += (text[at:start], placeholder)
             at = end
     parts.append(text[at:cut])
@@ -238,6 +305,20 @@ def _redacted(channel: _Channel, held_at: int, cut: int) -> str:
 
 def _same(a: tuple[ToolCallDelta, ...], b: tuple[ToolCallDelta, ...]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _before_escape(text: str, cut: int) -> int:
+    """``cut``, moved back before a JSON escape it would split (``\\u00`` sent, ``40`` not): the
+    arguments are read with their escapes decoded, so an edit must not start inside one."""
+    at = text.rfind("\\", max(0, cut - 5), cut)
+    if at < 0:
+        return cut
+    first = at
+    while first > 0 and text[first - 1] == "\\":
+        first -= 1
+    if (at - first) % 2 == 1:
+        return cut  # the second of an escaped backslash: the pair ends before the cut
+    return at if at + (6 if text[at + 1 : at + 2] == "u" else 2) > cut else cut
 
 
 def _before_partial_placeholder(text: str, held_at: int, cut: int) -> int:

@@ -6,7 +6,11 @@ linear in the text and refuses the constructs that would need backtracking
 (backreferences, lookaround), so such a pattern is refused when the profile is applied, not
 discovered under load. Each pattern is compiled alone first (so an error names its index),
 then all are joined into one alternation scanned once per text. A pattern that matches the
-empty string (``a*``) is refused: it would match between every two characters.
+empty string (``a*``) is refused: it would match between every two characters. One that
+matches it only somewhere (``\\b``, ``x*\\b``: at a word boundary, not in an empty text)
+cannot be told apart when applied, so an empty match is never a finding: a block rule
+would otherwise refuse every text with a word in it, and a redact rule insert its
+placeholder at every word boundary.
 
 Options:
 
@@ -61,7 +65,11 @@ class RegexDetector:
 
     def find(self, text: str) -> list[Span]:
         kind = self._kind
-        return [Span(m.start(), m.end(), kind) for m in self._regex.finditer(text)]
+        return [
+            Span(start, end, kind)
+            for m in self._regex.finditer(text)
+            if (start := m.start()) < (end := m.end())
+        ]
 
 
 def build(options: Mapping[str, Any]) -> RegexDetector:

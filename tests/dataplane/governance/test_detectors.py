@@ -139,6 +139,17 @@ def test_regex_options_and_empty_matches() -> None:
     assert _found("regex", "see prj-0042 and PRJ-1234", options) == [("prj-0042", "ref"), ("PRJ-1234", "ref")]
 
 
+@pytest.mark.parametrize("pattern", [r"\b", r"x*\b", r"(?:secret)?\b"])
+def test_a_regex_matching_the_empty_string_somewhere_finds_only_its_nonempty_matches(pattern: str) -> None:
+    # Not refused at apply (it does not match an empty text), but an empty match at each word
+    # boundary is no finding: it would block every text with a word, redact between words.
+    detector = detect.build("regex", {"patterns": [pattern]})
+    text = "hello world, a secret"
+    spans = detector.find(text)
+    assert all(s.start < s.end for s in spans)
+    assert [text[s.start : s.end] for s in spans] == (["secret"] if "secret" in pattern else [])
+
+
 def test_phone_numbers_in_every_default_region_and_international() -> None:
     text = "Tel +49 30 12345678, (415) 555-2671; 01 42 68 53 00, UK 020 7946 0958, 0049 89 12345678."
     assert _found("phone", text) == [

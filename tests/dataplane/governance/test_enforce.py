@@ -29,7 +29,7 @@ from dataplane.config.model import DataClass
 from dataplane.errors import SignalboxError
 from dataplane.governance.contract import Contracts
 from dataplane.governance.detect import Span
-from dataplane.governance.enforce import RequestGovernor, _unclaimed
+from dataplane.governance.enforce import RequestGovernor, _merged, _unclaimed
 from dataplane.governance.errors import AnswerBreaksContract, Blocked, BlockedInvalid, OverLimit
 from dataplane.governance.profile import compile_profile
 from dataplane.outcome import to_status
@@ -351,3 +351,84 @@ def test_a_finding_is_dropped_exactly_when_it_overlaps_an_earlier_edit(
     for start, end, _ in claimed:
         bitmap[start:end] = b"\x01" * (end - start)
     assert _unclaimed(spans, claimed) == [s for s in spans if bitmap.find(1, s.start, s.end) < 0]
+
+
+def test_a_later_redaction_reaching_beyond_an_earlier_one_covers_both() -> None:
+    # A term redacted first must not leave the address around it half sent: the email rule
+    # redacts the whole address, unary and masked alike.
+    rules = [rule("co", "terms", "redact", options={"terms": ["acme"]}), rule("pii", "email", "redact")]
+    g = governor({"input": {"rules": rules}})
+    actions: list[dict[str, Any]] = []
+    text = "write to jane.doe@acme.example or acme today"
+    body = g.govern_input(ask(text), actions)
+    assert isinstance(body, ChatRequest)
+    assert body.messages[0].text == "write to [REDACTED] or [REDACTED] today"
+    assert [(a["rule"], a["count"]) for a in actions] == [("co", 2), ("pii", 1)]
+    masker = governor({"input": {"rules": [rules[0], rule("pii", "email", "mask")]}})
+    body = masker.govern_input(ask(text), [])
+    assert isinstance(body, ChatRequest)
+    assert body.messages[0].text == "write to [EMAIL_1] or [REDACTED] today"
+    assert masker.restore(body.messages[0].text) == "write to jane.doe@acme.example or [REDACTED] today"
+    # A finding an earlier edit holds whole stays the earlier rule's.
+    inner = governor({"input": {"rules": [rule("pii", "email", "redact"), rules[0]]}})
+    actions = []
+    body = inner.govern_input(ask(text), actions)
+    assert isinstance(body, ChatRequest)
+    assert body.messages[0].text == "write to [REDACTED] or [REDACTED] today"
+    assert [(a["rule"], a["count"]) for a in actions] == [("pii", 1), ("co", 1)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(_POINTS, _POINTS, st.lists(st.booleans(), min_size=1, max_size=7))
+def test_merged_edits_cover_every_earlier_edit_and_every_later_finding(
+    claimed_points: list[int], span_points: list[int], empty: list[bool]
+) -> None:
+    claimed = [(start, end, "[X]") for start, end in _disjoint(claimed_points, empty) if start < end]
+    spans = [Span(start, end, "k") for start, end in _disjoint(span_points, [False])]
+    kept = _unclaimed(spans, claimed, whole=True)
+    assert kept == [s for s in spans if not any(a <= s.start and s.end <= b for a, b, _ in claimed)]
+    merged = _merged(claimed, kept, lambda start, end: f"[{start}:{end}]")
+    covered = bytearray(81)
+    for start, end, _ in claimed:
+        covered[start:end] = b"\x01" * (end - start)
+    for s in kept:
+        covered[s.start : s.end] = b"\x01" * (s.end - s.start)
+    result = bytearray(81)
+    for k, (start, end, replacement) in enumerate(merged):
+        assert start < end
+        assert k == 0 or merged[k - 1][1] <= start  # sorted, disjoint
+        assert covered.find(0, start, end) < 0  # nothing edited that no rule found
+        assert replacement == "[X]" if (start, end, "[X]") in claimed else replacement == f"[{start}:{end}]"
+        result[start:end] = b"\x01" * (end - start)
+    assert result == covered
+
+
+def test_values_written_with_json_escapes_in_tool_call_arguments_are_found() -> None:
+    # The model reads {"to": "ada.lovelace\u0040example.org"} decoded: an escape hides nothing.
+    escaped = json.dumps({"to": EMAIL, "card": "4111 1111 1111 1111"}).replace("@", "\\u0040")
+    escaped = escaped.replace("4111", "\\u0034111").replace(".org", "\\u002eorg")
+    assert json.loads(escaped)["to"] == EMAIL
+    call = ToolCall("c1", "send", escaped)
+    body = ChatRequest(
+        messages=(Message(Role.USER, (TextPart("hi"),)), Message(Role.ASSISTANT, tool_calls=(call,)))
+    )
+    with pytest.raises(Blocked):
+        governor({"input": {"rules": [rule("pii", "email", "block")]}}).govern_input(body, [])
+    actions: list[dict[str, Any]] = []
+    redactor = governor(
+        {"input": {"rules": [rule("pii", "email", "redact"), rule("c", "payment_card", "redact")]}}
+    )
+    out = redactor.govern_input(body, actions)
+    assert isinstance(out, ChatRequest)
+    assert json.loads(out.messages[1].tool_calls[0].arguments) == {"to": "[REDACTED]", "card": "[REDACTED]"}
+    assert [a["count"] for a in actions] == [1, 1]
+    # An escaped backslash is no escape: "\\u0040" is a backslash and "u0040", as written.
+    literal = json.dumps({"note": "jane.doe\\u0040corp.example"})
+    body = ChatRequest(messages=(Message(Role.ASSISTANT, tool_calls=(ToolCall("c1", "f", literal),)),))
+    assert governor({"input": {"rules": [rule("pii", "email", "block")]}}).govern_input(body, []) is body
+    # Answers alike.
+    output = governor(
+        {"output": {"rules": [rule("pii", "email", "redact"), rule("c", "payment_card", "redact")]}}
+    )
+    answered = output.govern_output(answer("done", ToolCall("c2", "send", escaped)), [])
+    assert json.loads(answered.message.tool_calls[0].arguments) == {"to": "[REDACTED]", "card": "[REDACTED]"}

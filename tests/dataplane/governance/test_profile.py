@@ -67,6 +67,27 @@ def test_the_schema_names_the_path(document: Any, path: str, words: str) -> None
             "redact",
         ),
         (
+            {
+                "output": {
+                    "window": 16,
+                    "rules": [rule(detector="terms", action="block", options={"terms": ["ok", "x" * 17]})],
+                }
+            },
+            "$.output.rules[0].options.terms[1]",
+            "longer than output.window (16 characters)",
+        ),
+        (
+            {
+                "input": {"rules": [rule(name="i", detector="terms", options={"terms": ["y" * 200]})]},
+                "output": {
+                    "window": 128,
+                    "rules": [rule(detector="terms", action="redact", options={"terms": ["y" * 200]})],
+                },
+            },
+            "$.output.rules[0].options.terms[0]",
+            "longer than output.window (128 characters)",
+        ),
+        (
             {"input": {"rules": [rule(detector="no-such-detector")]}},
             "$.input.rules[0].detector",
             "unknown detector 'no-such-detector'",
