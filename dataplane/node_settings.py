@@ -135,6 +135,9 @@ class NodeSettings:
     """Start although the high-water mark is missing next to a last-known-good (logged loudly)."""
     http_max_connections: int = 512
     """Open upstream connections over all providers (``dataplane.upstream``)."""
+    http_max_per_origin: int = 256
+    """Open upstream connections to any one origin (scheme, host, port): a provider that takes
+    connections and never answers holds at most these, not the ones every other provider needs."""
     http_max_keepalive: int = 128
     """Idle upstream connections kept for reuse; each is closed after 30 s unused."""
     quota_lease_interval: float = DEFAULT_LEASE_INTERVAL
