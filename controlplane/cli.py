@@ -217,6 +217,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "the open-files limit, at most 10000",
             command=SERVE,
         )
+    settings.add(
+        serve,
+        "--connection-idle-timeout",
+        env="SIGNALBOX_CONTROLPLANE_CONNECTION_IDLE_TIMEOUT",
+        default=300.0,  # controlplane.connections.DEFAULT_IDLE_TIMEOUT_S
+        type=float,
+        help="seconds a connection to either port stays open with no call in flight (a node's "
+        "streams are calls in flight)",
+        command=SERVE,
+    )
     for flag, env, what in (
         ("--scope-deployment", "SIGNALBOX_SCOPE_DEPLOYMENT", "deployment"),
         ("--scope-site", "SIGNALBOX_SCOPE_SITE", "site"),
@@ -353,6 +363,12 @@ def serve_command(ns: argparse.Namespace) -> int:
             f"--node-stale-after: {ns.node_stale_after} is not a positive number of seconds", file=sys.stderr
         )
         return 2
+    if not (ns.connection_idle_timeout > 0 and math.isfinite(ns.connection_idle_timeout)):
+        print(
+            f"--connection-idle-timeout: {ns.connection_idle_timeout} is not a positive number of seconds",
+            file=sys.stderr,
+        )
+        return 2
     if not (ns.limit_burst_seconds > 0 and math.isfinite(ns.limit_burst_seconds)):
         print(
             f"--limit-burst-seconds: {ns.limit_burst_seconds} is not a positive number of seconds",
@@ -432,6 +448,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         limit_burst_seconds=ns.limit_burst_seconds,
         max_connections=ns.max_connections,
         node_max_connections=ns.node_max_connections,
+        connection_idle_timeout=ns.connection_idle_timeout,
     )
     if ns.evidence_workers < 0:
         print("--evidence-workers: must be 0 or more", file=sys.stderr)

@@ -8,7 +8,12 @@ stopped answering, and so did the database pool. Each port now has its own cap
 (``--max-connections``, ``--node-max-connections``): one connection over it is closed at
 once, so a flood of one port leaves the other, and the database, their descriptors. A
 connection that has not finished its TLS and HTTP/2 handshake within
-``HANDSHAKE_TIMEOUT_MS`` is closed (gRPC's default waits two minutes).
+``HANDSHAKE_TIMEOUT_MS`` is closed (gRPC's default waits two minutes), and one that has
+finished it is closed once it has had no call in flight for ``--connection-idle-timeout``
+(``DEFAULT_IDLE_TIMEOUT_S``; gRPC's default never): clients that connected and then said
+nothing no longer hold a port's slots for good. A call in flight is not idleness: a node's
+config and evidence streams stay open; a client whose idle connection was closed opens a new
+one for its next call (gRPC does, unasked).
 
 Unset, a cap follows the open-files limit as the node's doors do (``dataplane.open_files``):
 the CLI raises the soft limit to the hard one, ``OTHER_FILES`` stay for the process and the
@@ -26,6 +31,7 @@ OTHER_FILES: Final = 256
 the evidence workers' pipes, the metrics endpoint, files."""
 DEFAULT_MAX_CONNECTIONS: Final = 10_000
 HANDSHAKE_TIMEOUT_MS: Final = 10_000
+DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
 MAX_CONCURRENT_STREAMS: Final = 100
 """Calls one connection holds at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; gRPC's default
 is unbounded): a node holds a few (config sync, evidence, quota), an admin client one at a
@@ -54,8 +60,10 @@ def connection_caps(limit: int | None, *, admin: int | None, node: int | None) -
     return Caps(admin if admin is not None else share, node if node is not None else share)
 
 
-def server_options(max_message_bytes: int, max_connections: int) -> list[tuple[str, int]]:
-    """Options of both gRPC servers."""
+def server_options(
+    max_message_bytes: int, max_connections: int, idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S
+) -> list[tuple[str, int]]:
+    """Options of both gRPC servers (``idle_timeout`` in seconds)."""
     return [
         # gRPC binds with SO_REUSEPORT unless told not to: a second control plane started
         # on these ports (another database, another signing key) would silently take a
@@ -66,4 +74,5 @@ def server_options(max_message_bytes: int, max_connections: int) -> list[tuple[s
         ("grpc.max_allowed_incoming_connections", max_connections),
         ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
         ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+        ("grpc.max_connection_idle_ms", max(1, round(idle_timeout * 1000))),
     ]
