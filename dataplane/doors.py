@@ -22,6 +22,7 @@ from dataplane.api.service import InferService, add_to_server
 from dataplane.http.openai_api import OpenAIFrontDoor, server_error_body
 from dataplane.http.server import HttpServer
 from dataplane.node_settings import NodeSettings
+from dataplane.open_files import GRPC_HANDSHAKE_TIMEOUT_MS
 from dataplane.pipeline import Pipeline
 from dataplane.tls_front import BACKEND_HOST, TlsFront
 from signalbox.api.infer.v1 import infer_pb2
@@ -88,6 +89,12 @@ class Doors:
                 ("grpc.max_send_message_length", 32 * 1024 * 1024),
                 # One connection over the cap is closed at once (the caller sees UNAVAILABLE).
                 ("grpc.max_allowed_incoming_connections", s.grpc_max_connections),
+                # Neither a connection that never finishes its handshake, nor one that has
+                # and then sends nothing, holds a place under that cap for good ...
+                ("grpc.server_handshake_timeout_ms", GRPC_HANDSHAKE_TIMEOUT_MS),
+                ("grpc.max_connection_idle_ms", max(1, round(s.grpc_idle_timeout * 1000))),
+                # ... and one connection holds a bounded number of calls.
+                ("grpc.max_concurrent_streams", s.grpc_max_streams),
             ]
         )
         front = self._front(s.listen, (b"h2",), "grpc", s.grpc_max_connections)

@@ -421,6 +421,7 @@ def serve_command(ns: argparse.Namespace) -> int:
     for flag, cap in (
         ("--http-max-connections", ns.http_max_connections),
         ("--grpc-max-connections", ns.grpc_max_connections),
+        ("--grpc-max-streams", ns.grpc_max_streams),
     ):
         if cap is not None and cap < 1:
             print(f"{flag}: {cap} is not a positive count", file=sys.stderr)
@@ -498,6 +499,7 @@ def serve_command(ns: argparse.Namespace) -> int:
             max_connections=caps.http,
         ),
         grpc_max_connections=caps.grpc,
+        grpc_max_streams=ns.grpc_max_streams,
         sealing_key=sealing_key,
         api_key_hash_keys=hash_keys,
         control_plane=ns.control_plane or None,
