@@ -305,7 +305,12 @@ class ControlPlane:
         caps = connection_caps(open_files_limit(), admin=s.max_connections, node=s.node_max_connections)
         self._server = grpc.aio.server(
             interceptors=[self._interceptor],
-            options=server_options(s.max_message_bytes, caps.admin, s.connection_idle_timeout),
+            options=server_options(
+                s.max_message_bytes,
+                caps.admin,
+                s.connection_idle_timeout,
+                (s.connection_max_age, s.connection_age_grace),
+            ),
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, self._server)
         identity_pb2_grpc.add_NodeEnrollmentServiceServicer_to_server(

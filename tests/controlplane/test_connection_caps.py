@@ -174,3 +174,26 @@ async def test_a_node_stream_outlives_the_idle_timeout(database_url: str, privat
             assert node.verified(await node.next_envelope()).version == node.verified(first).version + 1
         finally:
             await node.close()
+
+
+async def test_calls_held_open_cannot_hold_the_admin_port(database_url: str, private_tmp: Path) -> None:
+    # A call in flight is not idleness, and needs no credentials on the admin port: CAP clients
+    # each holding a health Watch held every slot for good. A connection now ends at its age
+    # (its calls given the grace to end), and the port answers again.
+    settings = cp_settings(
+        database_url, private_tmp, max_connections=CAP, connection_max_age=1.0, connection_age_grace=0.5
+    )
+    async with running_control_plane(settings) as running:
+        local = [("grpc.use_local_subchannel_pool", 1)]
+        holders = [grpc.aio.insecure_channel(running.address, options=local) for _ in range(CAP)]
+        try:
+            watches = [health_pb2_grpc.HealthStub(h).Watch(health_pb2.HealthCheckRequest()) for h in holders]
+            for watch in watches:
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            for watch in watches:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await asyncio.wait_for(watch.read(), TIMEOUT)
+            await eventually(lambda: _admin_port_answers(running.address), message="the admin port answers")
+        finally:
+            for holder in holders:
+                await holder.close()
