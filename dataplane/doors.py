@@ -32,6 +32,10 @@ INFER_SERVICE = infer_pb2.DESCRIPTOR.services_by_name["InferService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
 def _host(listen: str) -> tuple[str, int]:
     """``host:port`` -> (host without brackets, port)."""
     host, _, port = listen.rpartition(":")
@@ -92,7 +96,9 @@ class Doors:
                 # Neither a connection that never finishes its handshake, nor one that has
                 # and then sends nothing, holds a place under that cap for good ...
                 ("grpc.server_handshake_timeout_ms", GRPC_HANDSHAKE_TIMEOUT_MS),
-                ("grpc.max_connection_idle_ms", max(1, round(s.grpc_idle_timeout * 1000))),
+                ("grpc.max_connection_idle_ms", _ms(s.grpc_idle_timeout)),
+                ("grpc.max_connection_age_ms", _ms(s.grpc_max_age)),
+                ("grpc.max_connection_age_grace_ms", _ms(s.grpc_age_grace)),
                 # ... and one connection holds a bounded number of calls.
                 ("grpc.max_concurrent_streams", s.grpc_max_streams),
             ]

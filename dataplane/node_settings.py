@@ -22,8 +22,10 @@ from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.http.messages import Limits as HttpLimits
 from dataplane.open_files import (
     DEFAULT_GRPC_IDLE_TIMEOUT_S,
+    DEFAULT_GRPC_MAX_AGE_S,
     DEFAULT_GRPC_MAX_STREAMS,
     DEFAULT_MAX_CONNECTIONS,
+    GRPC_AGE_GRACE_S,
 )
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX
 from dataplane.quota import DEFAULT_LEASE_INTERVAL
@@ -112,6 +114,11 @@ class NodeSettings:
     grpc_idle_timeout: float = DEFAULT_GRPC_IDLE_TIMEOUT_S
     """Seconds a gRPC connection stays open with no call in flight (its client reconnects for
     its next call): idle connections cannot hold the door's connection cap for good."""
+    grpc_max_age: float = DEFAULT_GRPC_MAX_AGE_S
+    """Seconds after which a gRPC connection is closed, its calls given ``grpc_age_grace`` more
+    to end: a call needs no API key to be in flight (a health ``Watch``), so calls held open
+    cannot hold the connection cap for good either."""
+    grpc_age_grace: float = GRPC_AGE_GRACE_S
     metrics_listen: str | None = None
     """host:port of the Prometheus endpoint (``/metrics``, worker 0); None: metrics off."""
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S

@@ -329,3 +329,27 @@ async def test_one_grpc_connection_holds_a_bounded_number_of_calls(start_node: N
         finally:
             for watch in watches:
                 watch.cancel()
+
+
+async def test_grpc_calls_held_open_cannot_hold_the_cap(start_node: NodeFactory) -> None:
+    # A call needs no API key to be in flight (a health Watch), and a call in flight is not
+    # idleness: clients each holding one held every place under the cap for good. A connection
+    # now ends at its age, its calls given the grace to end.
+    node = await start_node(grpc_max_connections=2, grpc_max_age=1.0, grpc_age_grace=0.5)
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    async with AsyncExitStack() as stack:
+        watches = []
+        for _ in range(2):
+            channel = grpc.aio.insecure_channel(node.address, options=options)
+            await stack.enter_async_context(channel)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            await watch.read()
+            watches.append(watch)
+        for watch in watches:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await asyncio.wait_for(watch.read(), 10)
+
+        async def served() -> bool:
+            return await _checked(node.address) == grpc.StatusCode.OK
+
+        await eventually(served, message="aged connections closed, a new one served")
