@@ -304,7 +304,13 @@ class ControlPlane:
         )
         caps = connection_caps(open_files_limit(), admin=s.max_connections, node=s.node_max_connections)
         self._server = grpc.aio.server(
-            interceptors=[self._interceptor], options=server_options(s.max_message_bytes, caps.admin)
+            interceptors=[self._interceptor],
+            options=server_options(
+                s.max_message_bytes,
+                caps.admin,
+                s.connection_idle_timeout,
+                (s.connection_max_age, s.connection_age_grace),
+            ),
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, self._server)
         identity_pb2_grpc.add_NodeEnrollmentServiceServicer_to_server(
@@ -320,7 +326,9 @@ class ControlPlane:
         self.address = f"{host}:{port}"
 
         # grpc cannot make client certificates optional on one port: nodes get their own.
-        self._node_server = grpc.aio.server(options=server_options(s.max_message_bytes, caps.node))
+        self._node_server = grpc.aio.server(
+            options=server_options(s.max_message_bytes, caps.node, s.connection_idle_timeout)
+        )
         sync_pb2_grpc.add_ConfigSyncServiceServicer_to_server(self.sync, self._node_server)
         identity_pb2_grpc.add_NodeIdentityServiceServicer_to_server(
             NodeIdentityServicer(self.identities, node_auth), self._node_server

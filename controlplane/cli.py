@@ -217,6 +217,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "the open-files limit, at most 10000",
             command=SERVE,
         )
+    # Defaults: controlplane.connections' DEFAULT_IDLE_TIMEOUT_S and DEFAULT_MAX_AGE_S.
+    for flag, env, default, text in (
+        (
+            "--connection-idle-timeout",
+            "SIGNALBOX_CONTROLPLANE_CONNECTION_IDLE_TIMEOUT",
+            300.0,
+            "seconds a connection to either port stays open with no call in flight (a node's "
+            "streams are calls in flight)",
+        ),
+        (
+            "--connection-max-age",
+            "SIGNALBOX_CONTROLPLANE_CONNECTION_MAX_AGE",
+            1800.0,
+            "seconds after which a connection to --listen is closed, its calls given 600 s more "
+            "to end (clients reconnect for their next call)",
+        ),
+    ):
+        add(serve, flag, env=env, default=default, type=float, help=text, command=SERVE)
     for flag, env, what in (
         ("--scope-deployment", "SIGNALBOX_SCOPE_DEPLOYMENT", "deployment"),
         ("--scope-site", "SIGNALBOX_SCOPE_SITE", "site"),
@@ -353,6 +371,13 @@ def serve_command(ns: argparse.Namespace) -> int:
             f"--node-stale-after: {ns.node_stale_after} is not a positive number of seconds", file=sys.stderr
         )
         return 2
+    for flag, seconds in (
+        ("--connection-idle-timeout", ns.connection_idle_timeout),
+        ("--connection-max-age", ns.connection_max_age),
+    ):
+        if not (seconds > 0 and math.isfinite(seconds)):
+            print(f"{flag}: {seconds} is not a positive number of seconds", file=sys.stderr)
+            return 2
     if not (ns.limit_burst_seconds > 0 and math.isfinite(ns.limit_burst_seconds)):
         print(
             f"--limit-burst-seconds: {ns.limit_burst_seconds} is not a positive number of seconds",
@@ -432,6 +457,8 @@ def serve_command(ns: argparse.Namespace) -> int:
         limit_burst_seconds=ns.limit_burst_seconds,
         max_connections=ns.max_connections,
         node_max_connections=ns.node_max_connections,
+        connection_idle_timeout=ns.connection_idle_timeout,
+        connection_max_age=ns.connection_max_age,
     )
     if ns.evidence_workers < 0:
         print("--evidence-workers: must be 0 or more", file=sys.stderr)

@@ -8,7 +8,15 @@ stopped answering, and so did the database pool. Each port now has its own cap
 (``--max-connections``, ``--node-max-connections``): one connection over it is closed at
 once, so a flood of one port leaves the other, and the database, their descriptors. A
 connection that has not finished its TLS and HTTP/2 handshake within
-``HANDSHAKE_TIMEOUT_MS`` is closed (gRPC's default waits two minutes).
+``HANDSHAKE_TIMEOUT_MS`` is closed (gRPC's default waits two minutes), and one that has
+finished it is closed once it has had no call in flight for ``--connection-idle-timeout``
+(``DEFAULT_IDLE_TIMEOUT_S``; gRPC's default never): clients that connected and then said
+nothing no longer hold a port's slots for good. A call in flight is not idleness: a node's
+config and evidence streams stay open; a client whose idle connection was closed opens a new
+one for its next call (gRPC does, unasked). A call in flight needs no credentials on the admin
+port (a health ``Watch``, or any call whose request never comes): there a connection is also
+closed ``--connection-max-age`` after it opened, its calls given ``AGE_GRACE_S`` to end (the
+node port's connections carry the nodes' long streams, and need a client certificate).
 
 Unset, a cap follows the open-files limit as the node's doors do (``dataplane.open_files``):
 the CLI raises the soft limit to the hard one, ``OTHER_FILES`` stay for the process and the
@@ -26,6 +34,10 @@ OTHER_FILES: Final = 256
 the evidence workers' pipes, the metrics endpoint, files."""
 DEFAULT_MAX_CONNECTIONS: Final = 10_000
 HANDSHAKE_TIMEOUT_MS: Final = 10_000
+DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
+DEFAULT_MAX_AGE_S: Final = 1800.0
+AGE_GRACE_S: Final = 600.0
+"""How long an aged connection's calls (an evidence export, say) may still run."""
 MAX_CONCURRENT_STREAMS: Final = 100
 """Calls one connection holds at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; gRPC's default
 is unbounded): a node holds a few (config sync, evidence, quota), an admin client one at a
@@ -54,9 +66,23 @@ def connection_caps(limit: int | None, *, admin: int | None, node: int | None) -
     return Caps(admin if admin is not None else share, node if node is not None else share)
 
 
-def server_options(max_message_bytes: int, max_connections: int) -> list[tuple[str, int]]:
-    """Options of both gRPC servers."""
+def server_options(
+    max_message_bytes: int,
+    max_connections: int,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+    max_age: tuple[float, float] | None = None,
+) -> list[tuple[str, int]]:
+    """Options of both gRPC servers: ``idle_timeout`` and ``max_age`` (age, grace) in seconds."""
+    aged = (
+        []
+        if max_age is None
+        else [
+            ("grpc.max_connection_age_ms", _ms(max_age[0])),
+            ("grpc.max_connection_age_grace_ms", _ms(max_age[1])),
+        ]
+    )
     return [
+        *aged,
         # gRPC binds with SO_REUSEPORT unless told not to: a second control plane started
         # on these ports (another database, another signing key) would silently take a
         # share of the admins' and nodes' connections.
@@ -66,4 +92,9 @@ def server_options(max_message_bytes: int, max_connections: int) -> list[tuple[s
         ("grpc.max_allowed_incoming_connections", max_connections),
         ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
         ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+        ("grpc.max_connection_idle_ms", _ms(idle_timeout)),
     ]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

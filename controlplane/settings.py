@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from controlplane.connections import AGE_GRACE_S, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_AGE_S
 from controlplane.evidence.queries import DEFAULT_STALE_AFTER
 from controlplane.quota import DEFAULT_BURST_SECONDS
 from signalbox.api.config.v1 import snapshot_pb2
@@ -86,3 +87,9 @@ class ControlPlaneSettings:
     ``controlplane.connections``)."""
     node_max_connections: int | None = None
     """Connections the node port holds at once (None: as ``max_connections``)."""
+    connection_idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S
+    """Seconds a connection to either port stays open with no call in flight."""
+    connection_max_age: float = DEFAULT_MAX_AGE_S
+    """Seconds after which a connection to the admin port is closed (its calls given
+    ``connection_age_grace`` more to end; clients reconnect for their next call)."""
+    connection_age_grace: float = AGE_GRACE_S

@@ -287,7 +287,11 @@ class DataPlaneNode:
         )
         self._evidence.on_failing = self._readiness.evidence_changed
         await self._evidence.start()
-        self._http = UpstreamClient(max_connections=s.http_max_connections, max_idle=s.http_max_keepalive)
+        self._http = UpstreamClient(
+            max_connections=s.http_max_connections,
+            max_per_origin=s.http_max_per_origin,
+            max_idle=s.http_max_keepalive,
+        )
         self._store = SnapshotStore(
             trusted=trusted,
             scope=s.scope,

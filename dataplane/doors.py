@@ -22,6 +22,7 @@ from dataplane.api.service import InferService, add_to_server
 from dataplane.http.openai_api import OpenAIFrontDoor, server_error_body
 from dataplane.http.server import HttpServer
 from dataplane.node_settings import NodeSettings
+from dataplane.open_files import GRPC_HANDSHAKE_TIMEOUT_MS
 from dataplane.pipeline import Pipeline
 from dataplane.tls_front import BACKEND_HOST, TlsFront
 from signalbox.api.infer.v1 import infer_pb2
@@ -29,6 +30,10 @@ from signalbox.tls import add_port, ssl_server_context
 
 INFER_SERVICE = infer_pb2.DESCRIPTOR.services_by_name["InferService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _host(listen: str) -> tuple[str, int]:
@@ -88,6 +93,14 @@ class Doors:
                 ("grpc.max_send_message_length", 32 * 1024 * 1024),
                 # One connection over the cap is closed at once (the caller sees UNAVAILABLE).
                 ("grpc.max_allowed_incoming_connections", s.grpc_max_connections),
+                # Neither a connection that never finishes its handshake, nor one that has
+                # and then sends nothing, holds a place under that cap for good ...
+                ("grpc.server_handshake_timeout_ms", GRPC_HANDSHAKE_TIMEOUT_MS),
+                ("grpc.max_connection_idle_ms", _ms(s.grpc_idle_timeout)),
+                ("grpc.max_connection_age_ms", _ms(s.grpc_max_age)),
+                ("grpc.max_connection_age_grace_ms", _ms(s.grpc_age_grace)),
+                # ... and one connection holds a bounded number of calls.
+                ("grpc.max_concurrent_streams", s.grpc_max_streams),
             ]
         )
         front = self._front(s.listen, (b"h2",), "grpc", s.grpc_max_connections)

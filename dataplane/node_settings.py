@@ -20,7 +20,13 @@ from dataplane.evidence.shipper import DEFAULT_DRAIN as DEFAULT_EVIDENCE_DRAIN
 from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.http.messages import Limits as HttpLimits
-from dataplane.open_files import DEFAULT_MAX_CONNECTIONS
+from dataplane.open_files import (
+    DEFAULT_GRPC_IDLE_TIMEOUT_S,
+    DEFAULT_GRPC_MAX_AGE_S,
+    DEFAULT_GRPC_MAX_STREAMS,
+    DEFAULT_MAX_CONNECTIONS,
+    GRPC_AGE_GRACE_S,
+)
 from dataplane.providers.credentials import DEFAULT_ENV_PREFIX
 from dataplane.quota import DEFAULT_LEASE_INTERVAL
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
@@ -102,6 +108,17 @@ class NodeSettings:
     """Sizes and timeouts of the HTTP front door."""
     grpc_max_connections: int = DEFAULT_MAX_CONNECTIONS
     """Connections the gRPC door (or its TLS front) holds at once; one more is closed."""
+    grpc_max_streams: int = DEFAULT_GRPC_MAX_STREAMS
+    """Calls one gRPC connection holds at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): past
+    it a client's next call waits at the client for one of its calls to end."""
+    grpc_idle_timeout: float = DEFAULT_GRPC_IDLE_TIMEOUT_S
+    """Seconds a gRPC connection stays open with no call in flight (its client reconnects for
+    its next call): idle connections cannot hold the door's connection cap for good."""
+    grpc_max_age: float = DEFAULT_GRPC_MAX_AGE_S
+    """Seconds after which a gRPC connection is closed, its calls given ``grpc_age_grace`` more
+    to end: a call needs no API key to be in flight (a health ``Watch``), so calls held open
+    cannot hold the connection cap for good either."""
+    grpc_age_grace: float = GRPC_AGE_GRACE_S
     metrics_listen: str | None = None
     """host:port of the Prometheus endpoint (``/metrics``, worker 0); None: metrics off."""
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S
@@ -135,6 +152,9 @@ class NodeSettings:
     """Start although the high-water mark is missing next to a last-known-good (logged loudly)."""
     http_max_connections: int = 512
     """Open upstream connections over all providers (``dataplane.upstream``)."""
+    http_max_per_origin: int = 256
+    """Open upstream connections to any one origin (scheme, host, port): a provider that takes
+    connections and never answers holds at most these, not the ones every other provider needs."""
     http_max_keepalive: int = 128
     """Idle upstream connections kept for reuse; each is closed after 30 s unused."""
     quota_lease_interval: float = DEFAULT_LEASE_INTERVAL

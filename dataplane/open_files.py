@@ -25,6 +25,17 @@ OTHER_FILES: Final = 256
 locks, the control plane's stream, upstream pools, the metrics endpoint."""
 DEFAULT_MAX_CONNECTIONS: Final = 10_000
 """A door's cap when the open-files limit allows more (or has none)."""
+DEFAULT_GRPC_MAX_STREAMS: Final = 1_000
+"""Calls one gRPC connection holds at once: generous, as a service multiplexes its calls over
+one channel, yet bounded (gRPC's default is not): past it a client waits, the node is not
+flooded through one connection."""
+DEFAULT_GRPC_IDLE_TIMEOUT_S: Final = 300.0
+DEFAULT_GRPC_MAX_AGE_S: Final = 1800.0
+GRPC_AGE_GRACE_S: Final = 600.0
+"""How long an aged gRPC connection's calls may still run (a stream's default budget)."""
+GRPC_HANDSHAKE_TIMEOUT_MS: Final = 10_000
+"""A gRPC connection that has not finished its TLS and HTTP/2 handshake in this long is closed
+(gRPC's default waits two minutes)."""
 FRONTED_FILES: Final = 3
 """Descriptors per caller's connection behind a TLS front; 1 otherwise."""
 

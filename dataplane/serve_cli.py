@@ -392,6 +392,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         ("--http-header-timeout", ns.http_header_timeout),
         ("--http-body-timeout", ns.http_body_timeout),
         ("--http-keepalive", ns.http_keepalive),
+        ("--grpc-max-age", ns.grpc_max_age),
     ):
         if not (seconds > 0 and math.isfinite(seconds)):
             print(f"{flag}: {seconds:g} is not a positive number of seconds", file=sys.stderr)
@@ -421,6 +422,7 @@ def serve_command(ns: argparse.Namespace) -> int:
     for flag, cap in (
         ("--http-max-connections", ns.http_max_connections),
         ("--grpc-max-connections", ns.grpc_max_connections),
+        ("--grpc-max-streams", ns.grpc_max_streams),
     ):
         if cap is not None and cap < 1:
             print(f"{flag}: {cap} is not a positive count", file=sys.stderr)
@@ -498,6 +500,8 @@ def serve_command(ns: argparse.Namespace) -> int:
             max_connections=caps.http,
         ),
         grpc_max_connections=caps.grpc,
+        grpc_max_streams=ns.grpc_max_streams,
+        grpc_max_age=ns.grpc_max_age,
         sealing_key=sealing_key,
         api_key_hash_keys=hash_keys,
         control_plane=ns.control_plane or None,

@@ -12,6 +12,7 @@ from dataplane.evidence.shipper import DEFAULT_DRAIN as DEFAULT_EVIDENCE_DRAIN
 from dataplane.evidence.shipper import DEFAULT_INTERVAL as DEFAULT_SHIP_INTERVAL
 from dataplane.evidence.spool import DEFAULT_SPOOL_MAX_BYTES
 from dataplane.http.messages import Limits as HttpLimits
+from dataplane.open_files import DEFAULT_GRPC_MAX_AGE_S, DEFAULT_GRPC_MAX_STREAMS
 from signalbox import settings
 
 
@@ -90,6 +91,26 @@ def add_door_and_evidence_flags(serve: argparse.ArgumentParser, *, command: str)
         type=int,
         help="gRPC connections open at once per worker (one more is closed, the caller sees UNAVAILABLE); "
         "default: a share of the open-files limit, at most 10000",
+        command=command,
+    )
+    add(
+        serve,
+        "--grpc-max-streams",
+        env="SIGNALBOX_GRPC_MAX_STREAMS",
+        default=DEFAULT_GRPC_MAX_STREAMS,
+        type=int,
+        help="gRPC calls one connection holds at once (past it the client's next call waits for one "
+        "of its calls to end)",
+        command=command,
+    )
+    add(
+        serve,
+        "--grpc-max-age",
+        env="SIGNALBOX_GRPC_MAX_AGE",
+        default=DEFAULT_GRPC_MAX_AGE_S,
+        type=float,
+        help="seconds after which a gRPC connection is closed, its calls given 600 s more to end "
+        "(clients reconnect for their next call)",
         command=command,
     )
     add(

@@ -15,16 +15,15 @@ from __future__ import annotations
 import hashlib
 import re
 import string
+from collections.abc import Mapping
 from typing import ClassVar
 
-from dataplane.config.model import ProviderConfig
-from dataplane.upstream import UpstreamClient
+from dataplane.chat import ChatRequest
 
 from .openai_wire import OpenAIDialect, OpenAIFamilyAdapter
 
 _MISTRAL_ID = re.compile(r"[a-zA-Z0-9]{9}")
 _ALPHABET = string.ascii_letters + string.digits
-_REMEMBERED_IDS = 4096
 
 
 def mistral_tool_id(call_id: str) -> str:
@@ -57,18 +56,13 @@ class MistralAdapter(OpenAIFamilyAdapter):
         dimensions_field="output_dimension",
     )
 
-    def __init__(self, config: ProviderConfig, client: UpstreamClient, credential: str | None) -> None:
-        super().__init__(config, client, credential)
-        # Rewritten id → original, so ids Mistral echoes back read as the caller's own.
-        self._original_ids: dict[str, str] = {}
-
     def id_to_upstream(self, call_id: str) -> str:
-        rewritten = mistral_tool_id(call_id)
-        if rewritten != call_id:
-            if len(self._original_ids) >= _REMEMBERED_IDS:
-                self._original_ids.pop(next(iter(self._original_ids)))
-            self._original_ids[rewritten] = call_id
-        return rewritten
+        return mistral_tool_id(call_id)
 
-    def id_from_upstream(self, call_id: str) -> str:
-        return self._original_ids.get(call_id, call_id)
+    def ids_from_upstream(self, request: ChatRequest) -> Mapping[str, str]:
+        ids: dict[str, str] = {}
+        for message in request.messages:
+            for call_id in (message.tool_call_id, *(call.id for call in message.tool_calls)):
+                if call_id and (rewritten := mistral_tool_id(call_id)) != call_id:
+                    ids[rewritten] = call_id
+        return ids

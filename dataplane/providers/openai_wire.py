@@ -64,6 +64,12 @@ FINISH_REASONS: Mapping[str, FinishReason] = {
     "content_filter": FinishReason.CONTENT_FILTER,
 }
 
+_NO_IDS: Mapping[str, str] = {}
+
+
+def _original_id(ids: Mapping[str, str], call_id: str) -> str:
+    return ids.get(call_id, call_id)
+
 
 @dataclass(frozen=True, slots=True)
 class OpenAIDialect:
@@ -108,9 +114,11 @@ class OpenAIFamilyAdapter(HttpAdapter):
         """Rewrite a tool-call id on the way out (Mistral accepts only its own id shape)."""
         return call_id
 
-    def id_from_upstream(self, call_id: str) -> str:
-        """Undo ``id_to_upstream`` for ids coming back."""
-        return call_id
+    def ids_from_upstream(self, request: ChatRequest) -> Mapping[str, str]:
+        """Undo ``id_to_upstream`` for ids coming back: rewritten id → the caller's own, for the
+        ids of this request only. Never shared between requests: an id another caller sent is
+        not this caller's to see, whatever an upstream echoes."""
+        return _NO_IDS
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._credential}"} if self._credential else {}
@@ -120,8 +128,13 @@ class OpenAIFamilyAdapter(HttpAdapter):
     async def complete(self, model: str, request: ChatRequest, *, timeout: float) -> ChatResponse:
         """One non-streamed chat completion."""
         body = self.chat_body(model, request, stream=False)
+        ids = self.ids_from_upstream(request)
         return await self.post_parsed(
-            self.chat_url(model), body, self.parse_completion, timeout=timeout, params=self.query()
+            self.chat_url(model),
+            body,
+            lambda payload: self.parse_completion(payload, ids),
+            timeout=timeout,
+            params=self.query(),
         )
 
     def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:
@@ -129,7 +142,7 @@ class OpenAIFamilyAdapter(HttpAdapter):
         return self.stream_chunks(
             self.chat_url(model),
             lambda: self.chat_body(model, request, stream=True),
-            OpenAIStreamDecoder(self),
+            OpenAIStreamDecoder(self, self.ids_from_upstream(request)),
             timeout=timeout,
             params=self.query(),
         )
@@ -251,13 +264,13 @@ class OpenAIFamilyAdapter(HttpAdapter):
 
     # -- response ------------------------------------------------------------------------------
 
-    def parse_completion(self, payload: Any) -> ChatResponse:
-        """A ``chat.completion`` object as a normalized response."""
+    def parse_completion(self, payload: Any, ids: Mapping[str, str] = _NO_IDS) -> ChatResponse:
+        """A ``chat.completion`` object as a normalized response; ``ids`` from ``ids_from_upstream``."""
         choice = payload["choices"][0]
         message = choice["message"]
         calls = [
             ToolCall(
-                id=self.id_from_upstream(str(c.get("id") or "")) or synthesize_call_id(),
+                id=_original_id(ids, str(c.get("id") or "")) or synthesize_call_id(),
                 name=tool_name(self.type_name, (c.get("function") or {}).get("name")),
                 arguments=arguments_text(self.type_name, (c.get("function") or {}).get("arguments")),
             )
@@ -345,9 +358,10 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
 
     missing_terminator: ClassVar[str] = "data: [DONE]"
 
-    def __init__(self, adapter: OpenAIFamilyAdapter) -> None:
+    def __init__(self, adapter: OpenAIFamilyAdapter, ids: Mapping[str, str] = _NO_IDS) -> None:
         super().__init__(adapter)
         self._family = adapter
+        self._ids = ids
         self._tools = ToolCallIndexer()
         self._arguments: dict[int, list[str]] = {}
         """Each call's argument fragments so far, by our tool-call index: checked whole at the
@@ -384,7 +398,7 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
         deltas = []
         for call in delta.get("tool_calls") or ():
             key = call.get("index", 0)
-            call_id = self._family.id_from_upstream(str(call.get("id") or ""))
+            call_id = _original_id(self._ids, str(call.get("id") or ""))
             function = call.get("function") or {}
             fragment = fragment_text(function.get("arguments"))
             if self._tools.is_new(key, call_id):

@@ -186,28 +186,36 @@ class UpstreamClient:
     """Keep-alive HTTP/1.1 connections to every upstream origin, shared by all adapters of a node.
 
     Create it inside the event loop. ``max_connections`` bounds open
-    connections over all origins (a request beyond waits, up to its timeout,
-    then fails with ``PoolTimeout``); ``max_idle`` bounds the idle ones
-    kept, each closed after ``idle_timeout`` seconds unused.
+    connections over all origins, ``max_per_origin`` (by default half of
+    that) those to any one origin (a request beyond either waits, up to its timeout, then fails with
+    ``PoolTimeout``): an upstream that takes connections and never answers
+    holds at most its own share, never the slots every other upstream needs.
+    ``max_idle`` bounds the idle ones kept, each closed after
+    ``idle_timeout`` seconds unused.
     """
 
     def __init__(
         self,
         *,
         max_connections: int = 512,
+        max_per_origin: int | None = None,
         max_idle: int = 128,
         idle_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._ssl = ssl_context if ssl_context is not None else default_ssl_context()
         self._max_connections = max_connections
+        self._max_per_origin = max(1, max_connections // 2) if max_per_origin is None else max_per_origin
+        self._by_origin: dict[Origin, int] = {}
+        """Connections open or being opened, per origin."""
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
         self._idle: dict[Origin, deque[Connection]] = {}
         self._idle_count = 0
         self._open: set[Connection] = set()
         self._connecting = 0
-        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._slot_waiters: dict[Origin, deque[asyncio.Future[None]]] = {}
+        """Requests waiting for a connection, per origin, first come first served."""
         self._sweep: asyncio.TimerHandle | None = None
         self._targets: dict[tuple[str, str, object], _Target] = {}
         self._closed = False
@@ -310,7 +318,7 @@ class UpstreamClient:
         if self._sweep is None:
             # One timer for every idle connection, not one per connection per request.
             self._sweep = loop.call_later(self._idle_timeout, self._close_expired)
-        self._wake_one()
+        self._wake(connection.origin)
 
     def _close_expired(self) -> None:
         """Close the connections idle for ``idle_timeout``; come back when the next one will be."""
@@ -327,23 +335,49 @@ class UpstreamClient:
             self._sweep = loop.call_at(oldest + self._idle_timeout, self._close_expired)
 
     def _closed_connection(self, connection: Connection) -> None:
-        self._open.discard(connection)
+        if connection in self._open:
+            self._open.discard(connection)
+            self._release(connection.origin)
         if connection.idle:
             connection.idle = False
             self._idle_count -= 1
             idle = self._idle.get(connection.origin)
             if idle is not None:
                 idle.remove(connection)
-        self._wake_one()
+        self._wake(connection.origin)
 
-    def _wake_one(self) -> None:
-        while self._slot_waiters:
-            waiter = self._slot_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+    def _release(self, origin: Origin) -> None:
+        left = self._by_origin[origin] - 1
+        if left:
+            self._by_origin[origin] = left
+        else:
+            del self._by_origin[origin]
+
+    def _origin_full(self, origin: Origin) -> bool:
+        return self._by_origin.get(origin, 0) >= self._max_per_origin
+
+    def _wake(self, origin: Origin) -> None:
+        """A connection to ``origin`` came free (idle or closed): wake one request that can use
+        it, one for the same origin first, else one whose origin is under its own cap."""
+        if self._wake_first(origin):
+            return
+        for other in list(self._slot_waiters):
+            if other != origin and not self._origin_full(other) and self._wake_first(other):
                 return
 
-    def _evict_idle(self) -> bool:
+    def _wake_first(self, origin: Origin) -> bool:
+        waiters = self._slot_waiters.get(origin)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return True
+        self._slot_waiters.pop(origin, None)
+        return False
+
+    def _evict_idle(self, origin: Origin) -> bool:
+        if self._origin_full(origin):
+            return False  # its own idle ones were taken first: only one of its busy ones frees a slot
         for idle in self._idle.values():
             if idle:
                 idle[0].abort()  # the oldest
@@ -352,11 +386,12 @@ class UpstreamClient:
 
     async def _connect(self, origin: Origin, timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
-        while len(self._open) + self._connecting >= self._max_connections:
-            if self._evict_idle():
+        while self._origin_full(origin) or len(self._open) + self._connecting >= self._max_connections:
+            if self._evict_idle(origin):
                 continue
             waiter = loop.create_future()
-            self._slot_waiters.append(waiter)
+            waiters = self._slot_waiters.setdefault(origin, deque())
+            waiters.append(waiter)
             try:
                 async with asyncio.timeout(timeout):
                     await waiter
@@ -365,11 +400,15 @@ class UpstreamClient:
             finally:
                 if not waiter.done():
                     waiter.cancel()
+                    with contextlib.suppress(ValueError):
+                        waiters.remove(waiter)  # or a stalled origin's waiters pile up
             if (found := self._take_idle(origin)) is not None:
                 return found
         scheme, host, port = origin
         tls = scheme == "https"
         self._connecting += 1
+        self._by_origin[origin] = self._by_origin.get(origin, 0) + 1
+        opened = False
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(
@@ -384,9 +423,14 @@ class UpstreamClient:
         except OSError as exc:
             # The reason's class only: no URL path or query, nothing the request carried.
             raise ConnectError(f"could not connect to {host}:{port} ({type(exc).__name__})") from exc
+        else:
+            opened = not self._closed
         finally:
             self._connecting -= 1
-        if self._closed:
+            if not opened:
+                self._release(origin)
+                self._wake(origin)
+        if not opened:
             connection.abort()
             raise TransportError("the upstream client is closed")
         self._open.add(connection)

@@ -18,7 +18,9 @@ from controlplane.connections import (
     OTHER_FILES,
     connection_caps,
 )
-from tests.controlplane.conftest import TIMEOUT, enrolled_sync_node
+from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.tls import aio_channel
+from tests.controlplane.conftest import TIMEOUT, Admin, enrolled_sync_node
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
 from tests.helpers import eventually
 
@@ -112,3 +114,86 @@ async def test_one_connection_holds_a_bounded_number_of_streams(control_plane: R
         finally:
             for watch in watches:
                 watch.cancel()
+
+
+async def _admin_port_answers(address: str) -> bool:
+    """A health check on a connection of its own answers (False: refused, or no answer in time)."""
+    local = [("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(address, options=local) as channel:
+        try:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=0.5
+            )
+        except grpc.aio.AioRpcError:
+            return False
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_idle_connections_cannot_hold_the_admin_port(database_url: str, private_tmp: Path) -> None:
+    # A connection that had finished its handshake was never closed: CAP unauthenticated clients
+    # that connected and then said nothing held every slot of the admin port, for good, and
+    # admins were locked out. Now a connection with no call in flight is closed when idle.
+    settings = cp_settings(database_url, private_tmp, max_connections=CAP, connection_idle_timeout=1.0)
+    async with running_control_plane(settings) as running:
+        local = [("grpc.use_local_subchannel_pool", 1)]
+        holders = [grpc.aio.insecure_channel(running.address, options=local) for _ in range(CAP)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(h.channel_ready() for h in holders)), TIMEOUT)
+            port = running.address.rpartition(":")[2]
+            assert _held(int(port)) == CAP
+            await eventually(lambda: _held(int(port)) == 0, message="the idle connections closed")
+            assert await _admin_port_answers(running.address)
+        finally:
+            for holder in holders:
+                await holder.close()
+
+
+async def test_a_node_stream_outlives_the_idle_timeout(database_url: str, private_tmp: Path) -> None:
+    # A call in flight is not idleness: a node's config stream stays open past the idle timeout.
+    settings = cp_settings(database_url, private_tmp, connection_idle_timeout=0.5)
+    async with running_control_plane(settings) as running:
+        node = await enrolled_sync_node(running, "long-lived", private_tmp / "long-lived")
+        try:
+            first = await node.next_envelope()
+            node.ack(first, node.verified(first).version)
+            port = running.cp.node_address.rpartition(":")[2]
+            local = [("grpc.use_local_subchannel_pool", 1)]
+            idle = aio_channel(running.cp.node_address, node.tls, local)
+            try:
+                await asyncio.wait_for(idle.channel_ready(), TIMEOUT)
+                assert _held(int(port)) == 2
+                # An idle connection on the same port is closed (so the timer ran) ...
+                await eventually(lambda: _held(int(port)) == 1, message="the idle connection closed")
+            finally:
+                await idle.close()
+            # ... while the node's stream is still open and served.
+            assert not node.ended.is_set()
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                admin = Admin(admin_pb2_grpc.AdminServiceStub(channel), running.metadata)
+                await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="after-idle"))
+            assert node.verified(await node.next_envelope()).version == node.verified(first).version + 1
+        finally:
+            await node.close()
+
+
+async def test_calls_held_open_cannot_hold_the_admin_port(database_url: str, private_tmp: Path) -> None:
+    # A call in flight is not idleness, and needs no credentials on the admin port: CAP clients
+    # each holding a health Watch held every slot for good. A connection now ends at its age
+    # (its calls given the grace to end), and the port answers again.
+    settings = cp_settings(
+        database_url, private_tmp, max_connections=CAP, connection_max_age=1.0, connection_age_grace=0.5
+    )
+    async with running_control_plane(settings) as running:
+        local = [("grpc.use_local_subchannel_pool", 1)]
+        holders = [grpc.aio.insecure_channel(running.address, options=local) for _ in range(CAP)]
+        try:
+            watches = [health_pb2_grpc.HealthStub(h).Watch(health_pb2.HealthCheckRequest()) for h in holders]
+            for watch in watches:
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            for watch in watches:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await asyncio.wait_for(watch.read(), TIMEOUT)
+            await eventually(lambda: _admin_port_answers(running.address), message="the admin port answers")
+        finally:
+            for holder in holders:
+                await holder.close()

@@ -281,3 +281,75 @@ async def test_a_grpc_connection_over_the_cap_is_closed_and_the_node_keeps_servi
                 return bool(reply.evidence_id)
 
         await eventually(served, message="a connection freed is a connection served")
+
+
+async def _checked(address: str) -> grpc.StatusCode:
+    """A health check on a gRPC connection of its own."""
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        try:
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def test_idle_grpc_connections_cannot_hold_the_cap(start_node: NodeFactory) -> None:
+    # A gRPC connection that had finished its handshake was never closed: as many clients as
+    # --grpc-max-connections that connected and then sent nothing held the door for good.
+    node = await start_node(grpc_max_connections=2, grpc_idle_timeout=0.5)
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    async with AsyncExitStack() as stack:
+        for _ in range(2):
+            channel = grpc.aio.insecure_channel(node.address, options=options)
+            await stack.enter_async_context(channel)
+            await asyncio.wait_for(channel.channel_ready(), 10)
+
+        async def served() -> bool:
+            return await _checked(node.address) == grpc.StatusCode.OK
+
+        await eventually(served, message="idle connections closed, a new one served")
+
+
+async def test_one_grpc_connection_holds_a_bounded_number_of_calls(start_node: NodeFactory) -> None:
+    # grpc.max_concurrent_streams was unset: one connection held as many calls as it opened.
+    node = await start_node(grpc_max_streams=4)
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(4)]
+        try:
+            for watch in watches:
+                await watch.read()
+            one_more = health.Watch(health_pb2.HealthCheckRequest(), timeout=1.0)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await one_more.read()
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # Other connections are served meanwhile.
+            assert await _checked(node.address) == grpc.StatusCode.OK
+        finally:
+            for watch in watches:
+                watch.cancel()
+
+
+async def test_grpc_calls_held_open_cannot_hold_the_cap(start_node: NodeFactory) -> None:
+    # A call needs no API key to be in flight (a health Watch), and a call in flight is not
+    # idleness: clients each holding one held every place under the cap for good. A connection
+    # now ends at its age, its calls given the grace to end.
+    node = await start_node(grpc_max_connections=2, grpc_max_age=1.0, grpc_age_grace=0.5)
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    async with AsyncExitStack() as stack:
+        watches = []
+        for _ in range(2):
+            channel = grpc.aio.insecure_channel(node.address, options=options)
+            await stack.enter_async_context(channel)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            await watch.read()
+            watches.append(watch)
+        for watch in watches:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await asyncio.wait_for(watch.read(), 10)
+
+        async def served() -> bool:
+            return await _checked(node.address) == grpc.StatusCode.OK
+
+        await eventually(served, message="aged connections closed, a new one served")

@@ -74,6 +74,33 @@ async def test_echoed_rewritten_ids_map_back(upstream: FakeUpstream, client: Ups
     assert response.message.tool_calls[0].id == "call_abc123"
 
 
+async def test_an_id_another_request_sent_is_not_mapped_back(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    # One adapter serves every tenant: a hostile endpoint echoing, in B's answer, the rewritten
+    # id of a call A sent must not show B A's original id.
+    adapter = mistral(upstream, client)
+    echoed = mistral_tool_id("call_abc123")
+    call = {"id": echoed, "function": {"name": "get_weather", "arguments": PARIS_ARGS}, "index": 0}
+    upstream.enqueue(
+        json_reply(openai_completion("ok")),
+        json_reply(
+            openai_completion(
+                None, tool_calls=[(echoed, "get_weather", PARIS_ARGS)], finish_reason="tool_calls"
+            )
+        ),
+        sse_reply(
+            sse_event(openai_chunk({"role": "assistant", "tool_calls": [call]}, "tool_calls")),
+            sse_event("[DONE]"),
+        ),
+    )
+    await adapter.complete("mistral-large", TOOL_ROUND_TRIP, timeout=5)  # tenant A
+    response = await adapter.complete("mistral-large", ASK_WEATHER, timeout=5)  # tenant B
+    assert response.message.tool_calls[0].id == echoed
+    folded = assemble(await drain(adapter.stream("mistral-large", ASK_WEATHER, timeout=5)))
+    assert folded.tool_calls[0]["id"] == echoed
+
+
 async def test_object_arguments_are_serialized(upstream: FakeUpstream, client: UpstreamClient) -> None:
     body = openai_completion(
         None, tool_calls=[("D681PevKs", "get_weather", PARIS_ARGS)], finish_reason="tool_calls"

@@ -428,6 +428,33 @@ async def test_past_max_connections_a_request_waits_then_times_out() -> None:
         assert server.accepted == 1
 
 
+async def test_an_upstream_that_hangs_cannot_take_the_connections_of_the_others() -> None:
+    release = asyncio.Event()
+
+    async def hang(server: RawServer, peer: Peer) -> None:
+        await peer.request()
+        await release.wait()
+
+    async with (
+        RawServer(hang) as hanging,
+        RawServer() as healthy,
+        UpstreamClient(max_connections=4) as client,
+    ):
+        stuck = [asyncio.create_task(post(client, hanging.url, timeout=30)) for _ in range(2)]
+        await eventually(lambda: hanging.accepted == 2, message="the hanging upstream holds two")
+        # Its own share is spent: one more request to it waits, then times out ...
+        with pytest.raises(upstream_errors.PoolTimeout):
+            await post(client, hanging.url, timeout=0.2)
+        assert hanging.accepted == 2
+        # ... while the healthy upstream gets connections of its own, concurrently too.
+        bodies = await asyncio.gather(*(post(client, healthy.url, timeout=1) for _ in range(2)))
+        assert bodies == [b'{"ok":true}'] * 2
+        release.set()
+        for task in stuck:
+            with pytest.raises(upstream_errors.TransportError):
+                await task
+
+
 # -- bounds, flow control, cancellation ----------------------------------------------------------
 
 
