@@ -28,7 +28,10 @@ log = logging.getLogger("signalbox.dataplane.validation")
 # Matched whole (``fullmatch``): "$" would also match before a trailing newline.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CORRELATION_ID = re.compile(r"[\x21-\x7e]{1,128}")
-_MAX_STOP = 16
+MAX_STOP = 4
+"""Stop sequences per request: OpenAI's limit (Gemini takes 5). More were sent on and came
+back as the provider's 400, which names no field, or were served by one provider and refused
+by the next one of the same route."""
 _MAX_EMBED_INPUTS = 2048
 
 
@@ -266,8 +269,10 @@ def validate_chat(request: ChatRequest, *, require_messages: bool = True, schema
     _check_range(p.top_p, "params.top_p", 0.0, 1.0, low_open=True)
     _check_range(p.presence_penalty, "params.presence_penalty", -2.0, 2.0)
     _check_range(p.frequency_penalty, "params.frequency_penalty", -2.0, 2.0)
-    if len(p.stop) > _MAX_STOP:
-        raise InvalidRequest("params.stop", f"at most {_MAX_STOP} stop sequences")
+    if len(p.stop) > MAX_STOP:
+        raise InvalidRequest(
+            "params.stop", f"{len(p.stop)} stop sequences, more than the limit of {MAX_STOP}"
+        )
     if any(not s for s in p.stop):
         raise InvalidRequest("params.stop", "stop sequences must not be empty")
     names: set[str] = set()

@@ -39,6 +39,7 @@ from dataplane.config.model import Capability, DataClass
 from dataplane.edge.infer import MAX_JSON_DEPTH, MAX_SCHEMA_CHARS, MAX_TOOLS, _depth_exceeds
 from dataplane.errors import InvalidRequest, shown
 from dataplane.routing.query import Hints
+from dataplane.validation import MAX_STOP
 
 AUTO_MODEL = "auto"
 """``model: "auto"`` (or empty): the tenant's policy chooses."""
@@ -307,7 +308,11 @@ def _stop(value: Any) -> tuple[str, ...]:
         return ()
     if type(value) is str:
         return (value,)
-    return tuple(_str(s, f"stop[{i}]") for i, s in enumerate(_list(value, "stop")))
+    stops = _list(value, "stop")
+    if len(stops) > MAX_STOP:
+        # Before each is read: a body of a million stop sequences is refused, not converted.
+        raise InvalidRequest("stop", f"{len(stops)} stop sequences, more than the limit of {MAX_STOP}")
+    return tuple(_str(s, f"stop[{i}]") for i, s in enumerate(stops))
 
 
 def _metadata(body: Mapping[str, Any]) -> dict[str, str]:
