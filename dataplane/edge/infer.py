@@ -42,6 +42,7 @@ from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import AttemptRecord
 from dataplane.routing.query import Hints, RoutePlan
 from dataplane.snapshot.compile import CAPABILITY_FROM_PROTO
+from dataplane.validation import MAX_EMBED_INPUTS, MAX_MESSAGES, check_counts, check_stop_count
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2
 
@@ -190,9 +191,13 @@ def message_from_proto(message: infer_pb2.Message, field: str) -> Message:
 
 def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
     """Convert (and parse the JSON inside) an ``InferRequest``."""
-    messages = tuple(message_from_proto(m, f"messages[{i}]") for i, m in enumerate(request.messages))
+    # Counts first, before a message is converted (each is Python work on the event loop).
+    count = len(request.messages)
+    check_counts(count, ((len(m.content), len(m.tool_calls)) for m in request.messages[:MAX_MESSAGES]))
     if len(request.tools) > MAX_TOOLS:
         raise InvalidRequest("tools", f"{len(request.tools)} tools, more than the limit of {MAX_TOOLS}")
+    check_stop_count(len(request.params.stop), "params.stop")
+    messages = tuple(message_from_proto(m, f"messages[{i}]") for i, m in enumerate(request.messages))
     schema_bytes = len(request.response_format.json_schema) + sum(
         len(t.parameters_json_schema) for t in request.tools
     )
@@ -246,6 +251,8 @@ def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
 
 
 def embed_request_from_proto(request: infer_pb2.EmbedRequest) -> EmbedRequest:
+    if len(request.inputs) > MAX_EMBED_INPUTS:
+        raise InvalidRequest("inputs", f"at most {MAX_EMBED_INPUTS} inputs per request")
     return EmbedRequest(tuple(request.inputs), request.dimensions if request.HasField("dimensions") else None)
 
 

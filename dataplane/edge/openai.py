@@ -16,7 +16,7 @@ import base64
 import binascii
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -39,7 +39,7 @@ from dataplane.config.model import Capability, DataClass
 from dataplane.edge.infer import MAX_JSON_DEPTH, MAX_SCHEMA_CHARS, MAX_TOOLS, _depth_exceeds
 from dataplane.errors import InvalidRequest, shown
 from dataplane.routing.query import Hints
-from dataplane.validation import MAX_STOP
+from dataplane.validation import MAX_EMBED_INPUTS, MAX_MESSAGES, check_counts, check_stop_count
 
 AUTO_MODEL = "auto"
 """``model: "auto"`` (or empty): the tenant's policy chooses."""
@@ -72,17 +72,52 @@ MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 
 
-def loads(body: bytes, what: str = "request body") -> Any:
-    """The JSON of a body; ``InvalidRequest`` naming the body when it is not JSON."""
+def loads(body: bytes, what: str = "request body", bounds: Callable[[Any], None] | None = None) -> Any:
+    """The JSON of a body; ``InvalidRequest`` naming the body when it is not JSON, or what
+    ``bounds`` (``chat_counts``, ``embed_counts``) refuses, before the body is walked."""
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest("body", f"{what} is not valid JSON ({shown(str(exc), 100)})") from exc
+    if bounds is not None:
+        bounds(value)
     # Each level of nesting opens with a bracket: a body with no more of them than the limit
     # (any ordinary request) cannot exceed it, and counting bytes costs a seventh of the walk.
     if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and _depth_exceeds(value, MAX_JSON_DEPTH):
         raise InvalidRequest("body", f"{what} is nested deeper than the limit of {MAX_JSON_DEPTH} levels")
     return value
+
+
+def chat_counts(body: Any) -> None:
+    """A chat body's counts within their limits (``loads``' bounds): messages, their content
+    parts and tool calls, tools and stop sequences, read from the parsed JSON before it is
+    walked or a message is converted. A value of the wrong type is left to the decode."""
+    if type(body) is not dict:
+        return
+    messages = body.get("messages")
+    if type(messages) is list:
+        check_counts(len(messages), map(_sizes, messages[:MAX_MESSAGES]))
+    tools = body.get("tools")
+    if type(tools) is list and len(tools) > MAX_TOOLS:
+        raise InvalidRequest("tools", f"{len(tools)} tools, more than the limit of {MAX_TOOLS}")
+    stop = body.get("stop")
+    if type(stop) is list:
+        check_stop_count(len(stop), "stop")
+
+
+def _sizes(message: Any) -> tuple[int, int]:
+    """(content parts, tool calls) of a message as sent."""
+    if type(message) is not dict:
+        return 0, 0
+    content, calls = message.get("content"), message.get("tool_calls")
+    return len(content) if type(content) is list else 0, len(calls) if type(calls) is list else 0
+
+
+def embed_counts(body: Any) -> None:
+    """An embeddings body's inputs within their limit (``loads``' bounds)."""
+    inputs = body.get("input") if type(body) is dict else None
+    if type(inputs) is list and len(inputs) > MAX_EMBED_INPUTS:
+        raise InvalidRequest("input", f"at most {MAX_EMBED_INPUTS} inputs per request")
 
 
 # ---- small typed readers: each names the field it refuses ----
@@ -309,9 +344,8 @@ def _stop(value: Any) -> tuple[str, ...]:
     if type(value) is str:
         return (value,)
     stops = _list(value, "stop")
-    if len(stops) > MAX_STOP:
-        # Before each is read: a body of a million stop sequences is refused, not converted.
-        raise InvalidRequest("stop", f"{len(stops)} stop sequences, more than the limit of {MAX_STOP}")
+    # Before each is read: a body of a million stop sequences is refused, not converted.
+    check_stop_count(len(stops), "stop")
     return tuple(_str(s, f"stop[{i}]") for i, s in enumerate(stops))
 
 

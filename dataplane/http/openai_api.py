@@ -182,7 +182,7 @@ class OpenAIFrontDoor:
 
         def decode() -> Any:
             # A body parsed already to see whether it streams is not parsed again.
-            body = edge.loads(request.body) if early is _UNPARSED else early
+            body = edge.loads(request.body, bounds=edge.chat_counts) if early is _UNPARSED else early
             parsed.append(body)
             return edge.decode_chat(body, request.headers)
 
@@ -234,7 +234,7 @@ class OpenAIFrontDoor:
         parsed: list[Any] = []
 
         def decode() -> Any:
-            body = edge.loads(request.body)
+            body = edge.loads(request.body, bounds=edge.embed_counts)
             parsed.append(body)
             if isinstance(body, dict) and body.get("encoding_format") == "base64":
                 encoding[0] = "base64"
@@ -364,7 +364,7 @@ def _wants_stream(body: bytes) -> tuple[bool, Any]:
     if b'"stream"' not in body and b"\\u" not in body:
         return False, _UNPARSED
     try:
-        parsed = edge.loads(body)
+        parsed = edge.loads(body, bounds=edge.chat_counts)
     except InvalidRequest:
         return False, _UNPARSED
     return isinstance(parsed, dict) and parsed.get("stream") is True, parsed

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
-from signalbox.api.infer.v1 import infer_pb2_grpc
+from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
 
 HEADERS = {"authorization": f"Bearer {API_KEY}"}
@@ -76,3 +76,94 @@ async def test_more_stop_sequences_than_openai_takes_are_refused_by_name_on_both
     request = chat()
     request.params.stop.extend(f"s{i}" for i in range(MAX_STOP))
     assert (await stub.Infer(request, metadata=AUTH, timeout=10)).message.content[0].text
+
+
+MAX_MESSAGES, MAX_PARTS, MAX_CALLS = 2048, 8192, 8192
+
+
+def _conversation(messages: int, parts: int = 1, calls: int = 0) -> list[dict[str, Any]]:
+    """``messages`` messages (user, assistant, ...), each of ``parts`` text parts; each
+    assistant message also with ``calls`` tool calls."""
+    out: list[dict[str, Any]] = []
+    while len(out) < messages - 1:
+        out.append({"role": "user", "content": [{"type": "text", "text": "u"}] * parts})
+        assistant: dict[str, Any] = {"role": "assistant", "content": [{"type": "text", "text": "a"}] * parts}
+        if calls:
+            assistant["tool_calls"] = [
+                {"id": f"c{j}", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                for j in range(calls)
+            ]
+        out.append(assistant)
+    out.append({"role": "user", "content": [{"type": "text", "text": "u"}] * parts})
+    return out[-messages:] if len(out) > messages else out
+
+
+def _grpc_conversation(messages: int, parts: int = 1, calls: int = 0) -> infer_pb2.InferRequest:
+    request = infer_pb2.InferRequest(model="sim-fast")
+    for message in _conversation(messages, parts, calls):
+        role = infer_pb2.ROLE_USER if message["role"] == "user" else infer_pb2.ROLE_ASSISTANT
+        out = request.messages.add(role=role)
+        for part in message["content"]:
+            out.content.add(text=part["text"])
+        for call in message.get("tool_calls", ()):
+            out.tool_calls.add(id=call["id"], name="f", arguments_json="{}")
+    return request
+
+
+async def test_a_flood_of_messages_parts_or_tool_calls_is_refused_by_name_on_both_doors(
+    http: aiohttp.ClientSession, stub: infer_pb2_grpc.InferServiceStub
+) -> None:
+    # 540,000 one-word messages (16 MB) were parsed, converted, validated and estimated on
+    # the event loop: about 10 s in which the worker answered no one else.
+    flood = {"model": "sim-fast", "messages": [{"role": "user", "content": "hi"}] * 540_000}
+    status, answer = await _post(http, flood)
+    assert status == 400, answer
+    assert answer["error"]["param"] == "messages"
+    assert f"540000 messages, more than the limit of {MAX_MESSAGES}" in answer["error"]["message"]
+    cases = [
+        (_conversation(MAX_MESSAGES + 1), "messages"),
+        (_conversation(3, parts=MAX_PARTS // 2), "messages[2].content"),
+        (_conversation(5, calls=MAX_CALLS // 2 + 1), "messages[3].tool_calls"),
+    ]
+    for messages, field in cases:
+        status, answer = await _post(http, {"model": "sim-fast", "messages": messages})
+        assert status == 400, (field, answer)
+        assert answer["error"]["param"] == field
+        assert "more than the limit of" in answer["error"]["message"]
+    grpc_cases = [
+        (_grpc_conversation(1), "messages"),
+        (_grpc_conversation(3, parts=MAX_PARTS // 2), "messages[2].content"),
+        (_grpc_conversation(5, calls=MAX_CALLS // 2 + 1), "messages[3].tool_calls"),
+    ]
+    for _ in range(540_000 - 1):
+        grpc_cases[0][0].messages.add(role=infer_pb2.ROLE_USER).content.add(text="hi")
+    for request, field in grpc_cases:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Infer(request, metadata=AUTH, timeout=30)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert (info.value.details() or "").startswith(f"{field}: "), info.value.details()
+
+
+async def test_a_request_at_every_count_limit_is_served_on_both_doors(
+    http: aiohttp.ClientSession, stub: infer_pb2_grpc.InferServiceStub
+) -> None:
+    # Every message at its limit: 2,048 messages, 8,192 content parts and tool calls.
+    per_message = MAX_PARTS // MAX_MESSAGES
+    calls = MAX_CALLS // (MAX_MESSAGES // 2)
+    messages = _conversation(MAX_MESSAGES, parts=per_message, calls=calls)
+    assert len(messages) == MAX_MESSAGES
+    assert sum(len(m.get("tool_calls", ())) for m in messages) == MAX_CALLS
+    status, answer = await _post(
+        http,
+        {"model": "sim-fast", "messages": messages, "stop": ["a", "b", "c", "d"],
+         "tools": [_tool(f"t{i}") for i in range(128)]},
+    )  # fmt: skip
+    assert status == 200, answer
+    request = _grpc_conversation(MAX_MESSAGES, parts=per_message, calls=calls)
+    for i in range(128):
+        request.tools.add(name=f"t{i}", parameters_json_schema='{"type": "object"}')
+    assert (await stub.Infer(request, metadata=AUTH, timeout=30)).message.content[0].text
+
+
+def _tool(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
