@@ -146,6 +146,25 @@ class OpenAIFrontDoor:
             return
         await route(request, response)
 
+    def may_send_body(self, request: Request) -> bool:
+        """The HTTP server's screen (``Screen``) of a request waiting for ``100 Continue``:
+        False when its credentials are refused as they stand (or no snapshot is served), so
+        it is answered (401, with its ids and evidence record) without its body being read."""
+        if request.path.rstrip("/") not in _PIPELINE_PATHS:
+            return True
+        try:
+            state = self._p.store.require()
+            authenticate(
+                state.config,
+                bearer_token(request.headers),
+                time.time(),
+                request.peer_certificate,
+                request.peer_refusal,
+            )
+        except SignalboxError:
+            return False
+        return True
+
     # ---- routes ----
 
     def _call(self, operation: Operation, request: Request, decode: Callable[[], Any]) -> Call[Any]:
@@ -319,6 +338,8 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 
 
 _MODEL_PREFIX = "/v1/models/"
+_PIPELINE_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings"})
+"""What runs the pipeline, which authenticates the caller before it reads the body."""
 
 
 def _unquoted(quoted: str) -> str:

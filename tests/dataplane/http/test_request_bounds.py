@@ -3,7 +3,11 @@ by name before the request is converted, and a request at every limit is served.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -167,3 +171,47 @@ async def test_a_request_at_every_count_limit_is_served_on_both_doors(
 
 def _tool(name: str) -> dict[str, Any]:
     return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+
+@contextlib.asynccontextmanager
+async def _expecting(
+    node: DataPlaneNode, key: bytes | None, length: int
+) -> AsyncIterator[tuple[bytes, asyncio.StreamReader]]:
+    """Headers of a chat request waiting for ``100 Continue`` (a body of ``length`` bytes);
+    the head of the node's first answer, and the reader to read on."""
+    host, port = node.http_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        auth = b"Authorization: Bearer %b\r\n" % key if key is not None else b""
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%bContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (auth, length)
+        )
+        await writer.drain()
+        yield await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10), reader
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("key", [b"sk-test-wrong-0123456789", None], ids=["bad key", "no key"])
+async def test_a_request_waiting_for_100_continue_with_refused_credentials_gets_its_401_at_once(
+    node: DataPlaneNode, key: bytes | None
+) -> None:
+    # The node answered 100 Continue to anyone, then read up to 16 MB before the 401.
+    async with _expecting(node, key, 15 * 1024 * 1024) as (head, reader):
+        assert head.startswith(b"HTTP/1.1 401 "), head
+        assert b"connection: close" in head.lower()
+        assert b"x-evidence-id: " in head  # answered by the pipeline: with its ids and record
+        length = int(re.search(rb"content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        error = json.loads(await reader.readexactly(length))["error"]
+        assert error["code"] == "invalid_api_key"
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed: the body is never read
+
+
+async def test_a_request_waiting_for_100_continue_with_good_credentials_gets_it(
+    node: DataPlaneNode,
+) -> None:
+    async with _expecting(node, API_KEY.encode(), 100) as (head, _):
+        assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
+    async with _expecting(node, API_KEY.encode(), 17 * 1024 * 1024) as (head, _):
+        assert head.startswith(b"HTTP/1.1 413 "), head
