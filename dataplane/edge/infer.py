@@ -10,6 +10,8 @@ when it is malformed; range and consistency checks live in ``validation``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from typing import Any
@@ -156,6 +158,33 @@ def _json_object(text: str, field: str, what: str) -> dict[str, Any]:
     return value
 
 
+_DETAILS = ("", "auto", "low", "high")
+
+
+def image_from_url(url: str, detail: Any, field: str) -> ImagePart:
+    """An image given by ``url`` (http(s), or a base64 ``data:image/...`` URL, decoded) at
+    ``detail``; ``InvalidRequest`` naming ``field``'s ``url`` or ``detail`` otherwise. Both
+    doors read an image URL with this, so neither sends on what a provider refuses unnamed."""
+    if detail not in _DETAILS:
+        raise InvalidRequest(f"{field}.detail", "must be auto, low or high")
+    if url.startswith("data:"):
+        header, sep, data = url.partition(",")
+        media_type = header[5:].partition(";")[0]
+        if not sep or not header.endswith(";base64") or not media_type.startswith("image/"):
+            raise InvalidRequest(f"{field}.url", "a data URL must be data:image/<type>;base64,<data>")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(f"{field}.url", "the data URL is not valid base64") from exc
+        if not raw:
+            # Sent on, an empty image came back as the provider's refusal, naming no field.
+            raise InvalidRequest(f"{field}.url", "the data URL holds no image data")
+        return ImagePart(data=raw, media_type=media_type, detail=detail)
+    if not url.startswith(("https://", "http://")):
+        raise InvalidRequest(f"{field}.url", "must be an http(s) URL or a base64 data URL")
+    return ImagePart(url=url, detail=detail)
+
+
 def _content(part: infer_pb2.ContentPart, field: str) -> ContentPart:
     kind = part.WhichOneof("part")
     if kind == "text":
@@ -164,10 +193,14 @@ def _content(part: infer_pb2.ContentPart, field: str) -> ContentPart:
         image = part.image
         source = image.WhichOneof("source")
         if source == "url" and image.url:
-            return ImagePart(url=image.url, detail=image.detail)
+            return image_from_url(image.url, image.detail, f"{field}.image")
         if source == "data" and image.data:
-            if not image.media_type:
-                raise InvalidRequest(f"{field}.image.media_type", "required when the image is given as data")
+            if not image.media_type.startswith("image/"):
+                raise InvalidRequest(
+                    f"{field}.image.media_type", "must be an image type (image/...) when the image is data"
+                )
+            if image.detail not in _DETAILS:
+                raise InvalidRequest(f"{field}.image.detail", "must be auto, low or high")
             return ImagePart(data=image.data, media_type=image.media_type, detail=image.detail)
         raise InvalidRequest(f"{field}.image", "needs a url or data")
     raise InvalidRequest(field, "empty content part: set text or image")

@@ -12,8 +12,6 @@ Outbound (answers in OpenAI's exact shapes) is ``dataplane.edge.openai_answers``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -36,7 +34,7 @@ from dataplane.chat import (
     ToolDefinition,
 )
 from dataplane.config.model import Capability, DataClass
-from dataplane.edge.infer import MAX_JSON_DEPTH, MAX_SCHEMA_CHARS, MAX_TOOLS, _depth_exceeds
+from dataplane.edge.infer import MAX_JSON_DEPTH, MAX_SCHEMA_CHARS, MAX_TOOLS, _depth_exceeds, image_from_url
 from dataplane.errors import InvalidRequest, shown
 from dataplane.routing.query import Hints
 from dataplane.validation import MAX_EMBED_INPUTS, MAX_MESSAGES, check_counts, check_stop_count
@@ -181,27 +179,7 @@ def _known_fields(
 def _image(part: dict[str, Any], field: str) -> ImagePart:
     image = _object(part.get("image_url"), f"{field}.image_url")
     url = _str(image.get("url"), f"{field}.image_url.url")
-    detail = image.get("detail") or ""
-    if detail not in ("", "auto", "low", "high"):
-        raise InvalidRequest(f"{field}.image_url.detail", "must be auto, low or high")
-    if url.startswith("data:"):
-        header, sep, data = url.partition(",")
-        media_type = header[5:].partition(";")[0]
-        if not sep or not header.endswith(";base64") or not media_type.startswith("image/"):
-            raise InvalidRequest(
-                f"{field}.image_url.url", "a data URL must be data:image/<type>;base64,<data>"
-            )
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidRequest(f"{field}.image_url.url", "the data URL is not valid base64") from exc
-        if not raw:
-            # Sent on, an empty image came back as the provider's refusal, naming no field.
-            raise InvalidRequest(f"{field}.image_url.url", "the data URL holds no image data")
-        return ImagePart(data=raw, media_type=media_type, detail=detail)
-    if not url.startswith(("https://", "http://")):
-        raise InvalidRequest(f"{field}.image_url.url", "must be an http(s) URL or a base64 data URL")
-    return ImagePart(url=url, detail=detail)
+    return image_from_url(url, image.get("detail") or "", f"{field}.image_url")
 
 
 def _content(value: Any, field: str, *, images: bool, refusals: bool = False) -> tuple[ContentPart, ...]:

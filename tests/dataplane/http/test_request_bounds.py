@@ -215,3 +215,43 @@ async def test_a_request_waiting_for_100_continue_with_good_credentials_gets_it(
         assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
     async with _expecting(node, API_KEY.encode(), 17 * 1024 * 1024) as (head, _):
         assert head.startswith(b"HTTP/1.1 413 "), head
+
+
+def _image(**fields: Any) -> infer_pb2.InferRequest:
+    request = chat("what is this?")
+    request.messages[0].content.add(image=infer_pb2.ImagePart(**fields))
+    return request
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "says"),
+    [
+        ({"url": "data:image/png;base64,"}, "url", "holds no image data"),
+        ({"url": "data:image/png;base64,@@@"}, "url", "not valid base64"),
+        ({"url": "data:text/plain;base64,aGk="}, "url", "data:image/<type>;base64,<data>"),
+        ({"url": "file:///etc/passwd"}, "url", "http(s) URL"),
+        ({"url": "https://example.com/a.png", "detail": "ultra"}, "detail", "auto, low or high"),
+        ({"data": b"\x89PNG", "media_type": "text/html"}, "media_type", "image type"),
+        ({"data": b"\x89PNG", "media_type": "image/png", "detail": "x"}, "detail", "auto, low or high"),
+    ],
+    ids=[
+        "empty data URL",
+        "bad base64",
+        "not an image",
+        "file URL",
+        "url detail",
+        "media type",
+        "data detail",
+    ],
+)
+async def test_grpc_refuses_the_images_the_http_door_refuses_naming_the_field(
+    stub: infer_pb2_grpc.InferServiceStub, fields: dict[str, Any], field: str, says: str
+) -> None:
+    # Taken and sent on, each came back as the provider's 400, which names no field (the
+    # HTTP door refused them by name).
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Infer(_image(**fields), metadata=AUTH, timeout=10)
+    details = info.value.details() or ""
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, details
+    assert details.startswith(f"messages[0].content[1].image.{field}: "), details
+    assert says in details
