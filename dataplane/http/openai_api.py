@@ -150,8 +150,10 @@ class OpenAIFrontDoor:
         """The HTTP server's screen (``Screen``) of a request waiting for ``100 Continue``:
         False when its credentials are refused as they stand (or no snapshot is served), so
         it is answered (401, with its ids and evidence record) without its body being read."""
-        if request.path.rstrip("/") not in _PIPELINE_PATHS:
-            return True
+        return request.path.rstrip("/") not in _PIPELINE_PATHS or self._admitted(request)
+
+    def _admitted(self, request: Request) -> bool:
+        """Whether the request's credentials pass, as the pipeline will first check them."""
         try:
             state = self._p.store.require()
             authenticate(
@@ -197,7 +199,10 @@ class OpenAIFrontDoor:
 
     async def _chat(self, request: Request, response: Response) -> None:
         parsed: list[Any] = []
-        stream, early = _wants_stream(request.body)
+        # Only a caller whose credentials pass has its body parsed before the pipeline: an
+        # anonymous 16 MB body that named "stream" was parsed (seconds of the event loop for
+        # one of tiny arrays) before its 401. Refused, it is recorded as a whole answer.
+        stream, early = _wants_stream(request.body) if self._admitted(request) else (False, _UNPARSED)
 
         def decode() -> Any:
             # A body parsed already to see whether it streams is not parsed again.

@@ -18,8 +18,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
+from tests.helpers import eventually
 
 HEADERS = {"authorization": f"Bearer {API_KEY}"}
 MAX_STOP = 4
@@ -255,3 +258,27 @@ async def test_grpc_refuses_the_images_the_http_door_refuses_naming_the_field(
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, details
     assert details.startswith(f"messages[0].content[1].image.{field}: "), details
     assert says in details
+
+
+async def test_an_anonymous_callers_body_is_not_parsed_before_its_401(
+    http: aiohttp.ClientSession, node: DataPlaneNode
+) -> None:
+    # A body naming "stream" was parsed before the pipeline, to see whether it streams,
+    # whoever sent it: 16 MB of tiny arrays cost an anonymous caller seconds of the node's
+    # event loop for each 401. Unparsed, the refusal is recorded as a whole answer's.
+    body = b'{"model": "sim-fast", "stream": true, "messages": [], "x": [' + b"[]," * 100_000 + b"[]]}"
+    wrong = {"authorization": "Bearer sk-test-wrong-0123456789"}
+    async with http.post("/v1/chat/completions", data=io.BytesIO(body), headers=wrong) as response:
+        assert response.status == 401
+        evidence_id = response.headers["x-evidence-id"]
+    path = log_path(node.settings.data_dir, node.settings.node_id)
+
+    def kind() -> str:
+        return next((r["kind"] for r in read_records(path) if r["record_id"] == evidence_id), "")
+
+    assert await eventually(kind) == "infer"
+    # A caller whose key passes still has its body read to see that it streams.
+    streamed = _chat_body(stream=True)
+    async with http.post("/v1/chat/completions", json=streamed, headers=HEADERS) as response:
+        assert response.status == 200
+        assert response.headers["content-type"] == "text/event-stream"
