@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from dataplane.accounting import Cost
@@ -289,6 +290,25 @@ def embed_request_from_proto(request: infer_pb2.EmbedRequest) -> EmbedRequest:
     return EmbedRequest(tuple(request.inputs), request.dimensions if request.HasField("dimensions") else None)
 
 
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+
+
+def check_metadata(metadata: Mapping[str, Any]) -> None:
+    """A request's routing ``metadata`` within its limits, every value a string; both doors'."""
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise InvalidRequest("metadata", f"at most {MAX_METADATA_PAIRS} pairs")
+    for key, item in metadata.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise InvalidRequest("metadata", f"keys are at most {MAX_METADATA_KEY} characters")
+        field = f"metadata.{shown(key, 64)}"
+        if type(item) is not str:
+            raise InvalidRequest(field, "must be a string")
+        if len(item) > MAX_METADATA_VALUE:
+            raise InvalidRequest(field, f"at most {MAX_METADATA_VALUE} characters")
+
+
 def hints_from_proto(request: infer_pb2.InferRequest | infer_pb2.EmbedRequest) -> Hints:
     """What the request says to routing besides its content."""
     required = getattr(request, "required_capabilities", ())
@@ -299,6 +319,9 @@ def hints_from_proto(request: infer_pb2.InferRequest | infer_pb2.EmbedRequest) -
             # Dropping it would route to a model that may lack what the caller requires.
             raise InvalidRequest(f"required_capabilities[{i}]", f"unknown capability {value}")
         capabilities.add(capability)
+    # Limited as the HTTP door limits it: unlimited, a gRPC caller's hundreds of thousands
+    # of pairs were carried through routing, which the HTTP door refuses past 16.
+    check_metadata(request.metadata)
     classification = request.data_classification
     if classification not in DataClass._value2member_map_:
         # Reading it as UNSPECIFIED would route data the caller classified (as something this

@@ -34,7 +34,14 @@ from dataplane.chat import (
     ToolDefinition,
 )
 from dataplane.config.model import Capability, DataClass
-from dataplane.edge.infer import MAX_JSON_DEPTH, MAX_SCHEMA_CHARS, MAX_TOOLS, _depth_exceeds, image_from_url
+from dataplane.edge.infer import (
+    MAX_JSON_DEPTH,
+    MAX_SCHEMA_CHARS,
+    MAX_TOOLS,
+    _depth_exceeds,
+    check_metadata,
+    image_from_url,
+)
 from dataplane.errors import InvalidRequest, shown
 from dataplane.routing.query import Hints
 from dataplane.validation import MAX_EMBED_INPUTS, MAX_MESSAGES, check_counts, check_stop_count
@@ -65,9 +72,6 @@ _EMBED_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "u
 _ROLES = {r.value: r for r in Role}
 _DATA_CLASSES = {c.name.lower(): c for c in DataClass if c is not DataClass.UNSPECIFIED}
 _CAPABILITIES = {c.value: c for c in Capability}
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 
 
 def loads(body: bytes, what: str = "request body", bounds: Callable[[Any], None] | None = None) -> Any:
@@ -332,13 +336,7 @@ def _metadata(body: Mapping[str, Any]) -> dict[str, str]:
     if value is None:
         return {}
     metadata = _object(value, "metadata")
-    if len(metadata) > MAX_METADATA_PAIRS:
-        raise InvalidRequest("metadata", f"at most {MAX_METADATA_PAIRS} pairs")
-    for key, item in metadata.items():
-        if len(key) > MAX_METADATA_KEY:
-            raise InvalidRequest("metadata", f"keys are at most {MAX_METADATA_KEY} characters")
-        if len(_str(item, f"metadata.{shown(key, 64)}")) > MAX_METADATA_VALUE:
-            raise InvalidRequest(f"metadata.{shown(key, 64)}", f"at most {MAX_METADATA_VALUE} characters")
+    check_metadata(metadata)
     return metadata
 
 

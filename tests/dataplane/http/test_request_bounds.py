@@ -282,3 +282,31 @@ async def test_an_anonymous_callers_body_is_not_parsed_before_its_401(
     async with http.post("/v1/chat/completions", json=streamed, headers=HEADERS) as response:
         assert response.status == 200
         assert response.headers["content-type"] == "text/event-stream"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "says"),
+    [
+        ({f"k{i}": "v" for i in range(100_000)}, "metadata: at most 16 pairs"),
+        ({"k" * 65: "v"}, "metadata: keys are at most 64 characters"),
+        ({"k": "v" * 513}, "metadata.'k': at most 512 characters"),
+    ],
+    ids=["pairs", "key", "value"],
+)
+async def test_grpc_limits_metadata_as_the_http_door_does(
+    stub: infer_pb2_grpc.InferServiceStub, http: aiohttp.ClientSession, metadata: dict[str, str], says: str
+) -> None:
+    # gRPC took any number of pairs of any size (the HTTP door refuses past 16).
+    for call, request in (
+        (stub.Infer, chat(metadata=metadata)),
+        (stub.Embed, infer_pb2.EmbedRequest(model="sim-embed", inputs=["x"], metadata=metadata)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(request, metadata=AUTH, timeout=10)  # type: ignore[operator]
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert (info.value.details() or "").startswith(says), info.value.details()
+    status, answer = await _post(http, _chat_body(metadata=metadata))
+    assert status == 400
+    assert answer["error"]["message"].startswith(says)
+    most = {f"k{i}": "v" * 512 for i in range(16)}
+    assert (await stub.Infer(chat(metadata=most), metadata=AUTH, timeout=10)).message.content[0].text
