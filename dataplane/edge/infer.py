@@ -152,7 +152,7 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def _json_object(text: str, field: str, what: str) -> dict[str, Any]:
+def json_object(text: str, field: str, what: str) -> dict[str, Any]:
     value = parse_json(text, field, what)
     if not isinstance(value, dict):
         raise InvalidRequest(field, f"{what} must be a JSON object")
@@ -218,7 +218,7 @@ def message_from_proto(message: infer_pb2.Message, field: str) -> Message:
         if not call.name:
             raise InvalidRequest(f"{where}.name", "must not be empty")
         if call.arguments_json:
-            _json_object(call.arguments_json, f"{where}.arguments_json", "arguments")
+            json_object(call.arguments_json, f"{where}.arguments_json", "arguments")
         calls.append(ToolCall(call.id, call.name, call.arguments_json or "{}"))
     return Message(role, content, tuple(calls), message.tool_call_id, message.name)
 
@@ -247,7 +247,7 @@ def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
         if not tool.name:
             raise InvalidRequest(f"{where}.name", "must not be empty")
         parameters = (
-            _json_object(tool.parameters_json_schema, f"{where}.parameters_json_schema", "JSON schema")
+            json_object(tool.parameters_json_schema, f"{where}.parameters_json_schema", "JSON schema")
             if tool.parameters_json_schema
             else {"type": "object", "properties": {}}
         )
@@ -268,7 +268,7 @@ def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
         if kind == "json_schema":
             if not rf.json_schema:
                 raise InvalidRequest("response_format.json_schema", "required when type is JSON_SCHEMA")
-            schema = _json_object(rf.json_schema, "response_format.json_schema", "JSON schema")
+            schema = json_object(rf.json_schema, "response_format.json_schema", "JSON schema")
         response_format = ResponseFormat(kind, rf.schema_name, schema, rf.strict)  # type: ignore[arg-type]
     p = request.params
     params = GenerationParams(

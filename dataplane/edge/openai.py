@@ -41,6 +41,7 @@ from dataplane.edge.infer import (
     _depth_exceeds,
     check_metadata,
     image_from_url,
+    json_object,
 )
 from dataplane.errors import InvalidRequest, shown
 from dataplane.routing.query import Hints
@@ -225,6 +226,11 @@ def _tool_calls(value: Any, field: str) -> tuple[ToolCall, ...]:
             raise InvalidRequest(f"{where}.function.name", "must not be empty")
         arguments = function.get("arguments")
         arguments = "{}" if arguments is None else _str(arguments, f"{where}.function.arguments")
+        if arguments:
+            # As gRPC reads arguments_json: within the size and depth bounds, an object. Unread,
+            # 30,000 levels sent to a provider that takes them as an object (Anthropic) was a
+            # RecursionError there: a 500 for the caller's mistake.
+            json_object(arguments, f"{where}.function.arguments", "arguments")
         calls.append(ToolCall(_str(call.get("id", ""), f"{where}.id"), name, arguments or "{}"))
     return tuple(calls)
 

@@ -310,3 +310,33 @@ async def test_grpc_limits_metadata_as_the_http_door_does(
     assert answer["error"]["message"].startswith(says)
     most = {f"k{i}": "v" * 512 for i in range(16)}
     assert (await stub.Infer(chat(metadata=most), metadata=AUTH, timeout=10)).message.content[0].text
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        ('{"a": ' * 30_000 + "1" + "}" * 30_000, "nested deeper than the limit of 64 levels"),
+        ('"just text"', "must be a JSON object"),
+        ('{"a": NaN}', "non-finite number"),
+        ('{"a": "' + "x" * 300_000 + '"}', "more than the limit of"),
+    ],
+    ids=["deep", "not an object", "NaN", "huge"],
+)
+async def test_the_http_door_reads_tool_call_arguments_as_grpc_does(
+    http: aiohttp.ClientSession, arguments: str, says: str
+) -> None:
+    # Unread, they were sent on: an adapter that takes them as an object (Anthropic) hit a
+    # RecursionError on the deep ones, a 500 for the caller's mistake.
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"},
+    ]
+    status, answer = await _post(http, {"model": "sim-fast", "messages": messages})
+    assert status == 400, answer
+    assert answer["error"]["param"] == "messages[1].tool_calls[0].function.arguments"
+    assert says in answer["error"]["message"]
+    call["function"]["arguments"] = '{"city": "Paris"}'  # type: ignore[index]
+    status, answer = await _post(http, {"model": "sim-fast", "messages": messages})
+    assert status == 200, answer
