@@ -124,12 +124,18 @@ class Doors:
         front = self._front(s.http_listen, (b"http/1.1",), "http", s.http_limits.max_connections)
         if front is None:
             self._http = HttpServer(
-                door.handle, server_error_body, s.http_limits, ssl_server_context(s.http_listen, s.tls)
+                door.handle,
+                server_error_body,
+                s.http_limits,
+                ssl_server_context(s.http_listen, s.tls),
+                screen=door.may_send_body,
             )
             await self._http.start(host or "0.0.0.0", http_port, reuse_port=reuse)
             self.http_port = self._http.port
         else:
-            self._http = HttpServer(door.handle, server_error_body, s.http_limits, peers=front.peer)
+            self._http = HttpServer(
+                door.handle, server_error_body, s.http_limits, peers=front.peer, screen=door.may_send_body
+            )
             await self._http.start(BACKEND_HOST, 0)
             self.http_port = await front.start(host, http_port, self._http.port, reuse_port=reuse)
 

@@ -16,6 +16,7 @@ import multiprocessing
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -28,8 +29,47 @@ log = logging.getLogger("signalbox.dataplane.validation")
 # Matched whole (``fullmatch``): "$" would also match before a trailing newline.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CORRELATION_ID = re.compile(r"[\x21-\x7e]{1,128}")
-_MAX_STOP = 16
-_MAX_EMBED_INPUTS = 2048
+MAX_STOP = 4
+"""Stop sequences per request: OpenAI's limit (Gemini takes 5). More were sent on and came
+back as the provider's 400, which names no field, or were served by one provider and refused
+by the next one of the same route."""
+MAX_EMBED_INPUTS = 2048
+MAX_MESSAGES = 2048
+"""Messages per request: OpenAI's limit."""
+MAX_CONTENT_PARTS = 8192
+"""Content parts of all of a request's messages together (OpenAI takes 500 images a request)."""
+MAX_TOOL_CALLS = 8192
+"""Tool calls of all of a request's assistant messages together."""
+# Each message, part and call is converted, validated, governed and estimated in Python on
+# the event loop: a 16 MB body of 540,000 one-word messages stalled every other request of
+# its worker for seconds. These counts have no use at that size; they are checked by the
+# doors before a message is converted, and with each message's counts only.
+
+
+def check_stop_count(count: int, field: str) -> None:
+    if count > MAX_STOP:
+        raise InvalidRequest(field, f"{count} stop sequences, more than the limit of {MAX_STOP}")
+
+
+def check_counts(messages: int, sizes: Iterable[tuple[int, int]]) -> None:
+    """``InvalidRequest`` naming the first count over its limit: ``messages`` messages whose
+    (content parts, tool calls) are ``sizes``, in order (read only up to ``MAX_MESSAGES``)."""
+    if messages > MAX_MESSAGES:
+        raise InvalidRequest("messages", f"{messages} messages, more than the limit of {MAX_MESSAGES}")
+    parts = calls = 0
+    for i, (content, tool_calls) in enumerate(sizes):
+        parts += content
+        calls += tool_calls
+        if parts > MAX_CONTENT_PARTS:
+            raise InvalidRequest(
+                f"messages[{i}].content",
+                f"the messages hold more than the limit of {MAX_CONTENT_PARTS} content parts in all",
+            )
+        if calls > MAX_TOOL_CALLS:
+            raise InvalidRequest(
+                f"messages[{i}].tool_calls",
+                f"the messages hold more than the limit of {MAX_TOOL_CALLS} tool calls in all",
+            )
 
 
 def correlation_id(value: str, field: str = "correlation_id") -> str:
@@ -251,6 +291,7 @@ def validate_chat(request: ChatRequest, *, require_messages: bool = True, schema
     """
     if require_messages and not request.messages:
         raise InvalidRequest("messages", "must not be empty")
+    check_counts(len(request.messages), ((len(m.content), len(m.tool_calls)) for m in request.messages))
     for i, message in enumerate(request.messages):
         # The field's name is only made for an error: this runs for every message of every request.
         if message.role is Role.TOOL and not message.tool_call_id:
@@ -266,8 +307,7 @@ def validate_chat(request: ChatRequest, *, require_messages: bool = True, schema
     _check_range(p.top_p, "params.top_p", 0.0, 1.0, low_open=True)
     _check_range(p.presence_penalty, "params.presence_penalty", -2.0, 2.0)
     _check_range(p.frequency_penalty, "params.frequency_penalty", -2.0, 2.0)
-    if len(p.stop) > _MAX_STOP:
-        raise InvalidRequest("params.stop", f"at most {_MAX_STOP} stop sequences")
+    check_stop_count(len(p.stop), "params.stop")
     if any(not s for s in p.stop):
         raise InvalidRequest("params.stop", "stop sequences must not be empty")
     names: set[str] = set()
@@ -301,8 +341,8 @@ def validate(request: ChatRequest | EmbedRequest) -> None:
 def validate_embed(request: EmbedRequest) -> None:
     if not request.inputs:
         raise InvalidRequest("inputs", "must not be empty")
-    if len(request.inputs) > _MAX_EMBED_INPUTS:
-        raise InvalidRequest("inputs", f"at most {_MAX_EMBED_INPUTS} inputs per request")
+    if len(request.inputs) > MAX_EMBED_INPUTS:
+        raise InvalidRequest("inputs", f"at most {MAX_EMBED_INPUTS} inputs per request")
     for i, text in enumerate(request.inputs):
         if not text:
             raise InvalidRequest(f"inputs[{i}]", "must not be empty")

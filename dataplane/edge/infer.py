@@ -10,8 +10,11 @@ when it is malformed; range and consistency checks live in ``validation``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from dataplane.accounting import Cost
@@ -42,6 +45,7 @@ from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import AttemptRecord
 from dataplane.routing.query import Hints, RoutePlan
 from dataplane.snapshot.compile import CAPABILITY_FROM_PROTO
+from dataplane.validation import MAX_EMBED_INPUTS, MAX_MESSAGES, check_counts, check_stop_count
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2
 
@@ -148,11 +152,38 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def _json_object(text: str, field: str, what: str) -> dict[str, Any]:
+def json_object(text: str, field: str, what: str) -> dict[str, Any]:
     value = parse_json(text, field, what)
     if not isinstance(value, dict):
         raise InvalidRequest(field, f"{what} must be a JSON object")
     return value
+
+
+_DETAILS = ("", "auto", "low", "high")
+
+
+def image_from_url(url: str, detail: Any, field: str) -> ImagePart:
+    """An image given by ``url`` (http(s), or a base64 ``data:image/...`` URL, decoded) at
+    ``detail``; ``InvalidRequest`` naming ``field``'s ``url`` or ``detail`` otherwise. Both
+    doors read an image URL with this, so neither sends on what a provider refuses unnamed."""
+    if detail not in _DETAILS:
+        raise InvalidRequest(f"{field}.detail", "must be auto, low or high")
+    if url.startswith("data:"):
+        header, sep, data = url.partition(",")
+        media_type = header[5:].partition(";")[0]
+        if not sep or not header.endswith(";base64") or not media_type.startswith("image/"):
+            raise InvalidRequest(f"{field}.url", "a data URL must be data:image/<type>;base64,<data>")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(f"{field}.url", "the data URL is not valid base64") from exc
+        if not raw:
+            # Sent on, an empty image came back as the provider's refusal, naming no field.
+            raise InvalidRequest(f"{field}.url", "the data URL holds no image data")
+        return ImagePart(data=raw, media_type=media_type, detail=detail)
+    if not url.startswith(("https://", "http://")):
+        raise InvalidRequest(f"{field}.url", "must be an http(s) URL or a base64 data URL")
+    return ImagePart(url=url, detail=detail)
 
 
 def _content(part: infer_pb2.ContentPart, field: str) -> ContentPart:
@@ -163,10 +194,14 @@ def _content(part: infer_pb2.ContentPart, field: str) -> ContentPart:
         image = part.image
         source = image.WhichOneof("source")
         if source == "url" and image.url:
-            return ImagePart(url=image.url, detail=image.detail)
+            return image_from_url(image.url, image.detail, f"{field}.image")
         if source == "data" and image.data:
-            if not image.media_type:
-                raise InvalidRequest(f"{field}.image.media_type", "required when the image is given as data")
+            if not image.media_type.startswith("image/"):
+                raise InvalidRequest(
+                    f"{field}.image.media_type", "must be an image type (image/...) when the image is data"
+                )
+            if image.detail not in _DETAILS:
+                raise InvalidRequest(f"{field}.image.detail", "must be auto, low or high")
             return ImagePart(data=image.data, media_type=image.media_type, detail=image.detail)
         raise InvalidRequest(f"{field}.image", "needs a url or data")
     raise InvalidRequest(field, "empty content part: set text or image")
@@ -183,16 +218,20 @@ def message_from_proto(message: infer_pb2.Message, field: str) -> Message:
         if not call.name:
             raise InvalidRequest(f"{where}.name", "must not be empty")
         if call.arguments_json:
-            _json_object(call.arguments_json, f"{where}.arguments_json", "arguments")
+            json_object(call.arguments_json, f"{where}.arguments_json", "arguments")
         calls.append(ToolCall(call.id, call.name, call.arguments_json or "{}"))
     return Message(role, content, tuple(calls), message.tool_call_id, message.name)
 
 
 def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
     """Convert (and parse the JSON inside) an ``InferRequest``."""
-    messages = tuple(message_from_proto(m, f"messages[{i}]") for i, m in enumerate(request.messages))
+    # Counts first, before a message is converted (each is Python work on the event loop).
+    count = len(request.messages)
+    check_counts(count, ((len(m.content), len(m.tool_calls)) for m in request.messages[:MAX_MESSAGES]))
     if len(request.tools) > MAX_TOOLS:
         raise InvalidRequest("tools", f"{len(request.tools)} tools, more than the limit of {MAX_TOOLS}")
+    check_stop_count(len(request.params.stop), "params.stop")
+    messages = tuple(message_from_proto(m, f"messages[{i}]") for i, m in enumerate(request.messages))
     schema_bytes = len(request.response_format.json_schema) + sum(
         len(t.parameters_json_schema) for t in request.tools
     )
@@ -208,7 +247,7 @@ def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
         if not tool.name:
             raise InvalidRequest(f"{where}.name", "must not be empty")
         parameters = (
-            _json_object(tool.parameters_json_schema, f"{where}.parameters_json_schema", "JSON schema")
+            json_object(tool.parameters_json_schema, f"{where}.parameters_json_schema", "JSON schema")
             if tool.parameters_json_schema
             else {"type": "object", "properties": {}}
         )
@@ -229,7 +268,7 @@ def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
         if kind == "json_schema":
             if not rf.json_schema:
                 raise InvalidRequest("response_format.json_schema", "required when type is JSON_SCHEMA")
-            schema = _json_object(rf.json_schema, "response_format.json_schema", "JSON schema")
+            schema = json_object(rf.json_schema, "response_format.json_schema", "JSON schema")
         response_format = ResponseFormat(kind, rf.schema_name, schema, rf.strict)  # type: ignore[arg-type]
     p = request.params
     params = GenerationParams(
@@ -246,7 +285,28 @@ def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
 
 
 def embed_request_from_proto(request: infer_pb2.EmbedRequest) -> EmbedRequest:
+    if len(request.inputs) > MAX_EMBED_INPUTS:
+        raise InvalidRequest("inputs", f"at most {MAX_EMBED_INPUTS} inputs per request")
     return EmbedRequest(tuple(request.inputs), request.dimensions if request.HasField("dimensions") else None)
+
+
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+
+
+def check_metadata(metadata: Mapping[str, Any]) -> None:
+    """A request's routing ``metadata`` within its limits, every value a string; both doors'."""
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise InvalidRequest("metadata", f"at most {MAX_METADATA_PAIRS} pairs")
+    for key, item in metadata.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise InvalidRequest("metadata", f"keys are at most {MAX_METADATA_KEY} characters")
+        field = f"metadata.{shown(key, 64)}"
+        if type(item) is not str:
+            raise InvalidRequest(field, "must be a string")
+        if len(item) > MAX_METADATA_VALUE:
+            raise InvalidRequest(field, f"at most {MAX_METADATA_VALUE} characters")
 
 
 def hints_from_proto(request: infer_pb2.InferRequest | infer_pb2.EmbedRequest) -> Hints:
@@ -259,6 +319,9 @@ def hints_from_proto(request: infer_pb2.InferRequest | infer_pb2.EmbedRequest) -
             # Dropping it would route to a model that may lack what the caller requires.
             raise InvalidRequest(f"required_capabilities[{i}]", f"unknown capability {value}")
         capabilities.add(capability)
+    # Limited as the HTTP door limits it: unlimited, a gRPC caller's hundreds of thousands
+    # of pairs were carried through routing, which the HTTP door refuses past 16.
+    check_metadata(request.metadata)
     classification = request.data_classification
     if classification not in DataClass._value2member_map_:
         # Reading it as UNSPECIFIED would route data the caller classified (as something this

@@ -12,11 +12,9 @@ Outbound (answers in OpenAI's exact shapes) is ``dataplane.edge.openai_answers``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -36,9 +34,18 @@ from dataplane.chat import (
     ToolDefinition,
 )
 from dataplane.config.model import Capability, DataClass
-from dataplane.edge.infer import MAX_JSON_DEPTH, MAX_SCHEMA_CHARS, MAX_TOOLS, _depth_exceeds
+from dataplane.edge.infer import (
+    MAX_JSON_DEPTH,
+    MAX_SCHEMA_CHARS,
+    MAX_TOOLS,
+    _depth_exceeds,
+    check_metadata,
+    image_from_url,
+    json_object,
+)
 from dataplane.errors import InvalidRequest, shown
 from dataplane.routing.query import Hints
+from dataplane.validation import MAX_EMBED_INPUTS, MAX_MESSAGES, check_counts, check_stop_count
 
 AUTO_MODEL = "auto"
 """``model: "auto"`` (or empty): the tenant's policy chooses."""
@@ -66,22 +73,54 @@ _EMBED_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "u
 _ROLES = {r.value: r for r in Role}
 _DATA_CLASSES = {c.name.lower(): c for c in DataClass if c is not DataClass.UNSPECIFIED}
 _CAPABILITIES = {c.value: c for c in Capability}
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 
 
-def loads(body: bytes, what: str = "request body") -> Any:
-    """The JSON of a body; ``InvalidRequest`` naming the body when it is not JSON."""
+def loads(body: bytes, what: str = "request body", bounds: Callable[[Any], None] | None = None) -> Any:
+    """The JSON of a body; ``InvalidRequest`` naming the body when it is not JSON, or what
+    ``bounds`` (``chat_counts``, ``embed_counts``) refuses, before the body is walked."""
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest("body", f"{what} is not valid JSON ({shown(str(exc), 100)})") from exc
+    if bounds is not None:
+        bounds(value)
     # Each level of nesting opens with a bracket: a body with no more of them than the limit
     # (any ordinary request) cannot exceed it, and counting bytes costs a seventh of the walk.
     if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and _depth_exceeds(value, MAX_JSON_DEPTH):
         raise InvalidRequest("body", f"{what} is nested deeper than the limit of {MAX_JSON_DEPTH} levels")
     return value
+
+
+def chat_counts(body: Any) -> None:
+    """A chat body's counts within their limits (``loads``' bounds): messages, their content
+    parts and tool calls, tools and stop sequences, read from the parsed JSON before it is
+    walked or a message is converted. A value of the wrong type is left to the decode."""
+    if type(body) is not dict:
+        return
+    messages = body.get("messages")
+    if type(messages) is list:
+        check_counts(len(messages), map(_sizes, messages[:MAX_MESSAGES]))
+    tools = body.get("tools")
+    if type(tools) is list and len(tools) > MAX_TOOLS:
+        raise InvalidRequest("tools", f"{len(tools)} tools, more than the limit of {MAX_TOOLS}")
+    stop = body.get("stop")
+    if type(stop) is list:
+        check_stop_count(len(stop), "stop")
+
+
+def _sizes(message: Any) -> tuple[int, int]:
+    """(content parts, tool calls) of a message as sent."""
+    if type(message) is not dict:
+        return 0, 0
+    content, calls = message.get("content"), message.get("tool_calls")
+    return len(content) if type(content) is list else 0, len(calls) if type(calls) is list else 0
+
+
+def embed_counts(body: Any) -> None:
+    """An embeddings body's inputs within their limit (``loads``' bounds)."""
+    inputs = body.get("input") if type(body) is dict else None
+    if type(inputs) is list and len(inputs) > MAX_EMBED_INPUTS:
+        raise InvalidRequest("input", f"at most {MAX_EMBED_INPUTS} inputs per request")
 
 
 # ---- small typed readers: each names the field it refuses ----
@@ -145,27 +184,7 @@ def _known_fields(
 def _image(part: dict[str, Any], field: str) -> ImagePart:
     image = _object(part.get("image_url"), f"{field}.image_url")
     url = _str(image.get("url"), f"{field}.image_url.url")
-    detail = image.get("detail") or ""
-    if detail not in ("", "auto", "low", "high"):
-        raise InvalidRequest(f"{field}.image_url.detail", "must be auto, low or high")
-    if url.startswith("data:"):
-        header, sep, data = url.partition(",")
-        media_type = header[5:].partition(";")[0]
-        if not sep or not header.endswith(";base64") or not media_type.startswith("image/"):
-            raise InvalidRequest(
-                f"{field}.image_url.url", "a data URL must be data:image/<type>;base64,<data>"
-            )
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidRequest(f"{field}.image_url.url", "the data URL is not valid base64") from exc
-        if not raw:
-            # Sent on, an empty image came back as the provider's refusal, naming no field.
-            raise InvalidRequest(f"{field}.image_url.url", "the data URL holds no image data")
-        return ImagePart(data=raw, media_type=media_type, detail=detail)
-    if not url.startswith(("https://", "http://")):
-        raise InvalidRequest(f"{field}.image_url.url", "must be an http(s) URL or a base64 data URL")
-    return ImagePart(url=url, detail=detail)
+    return image_from_url(url, image.get("detail") or "", f"{field}.image_url")
 
 
 def _content(value: Any, field: str, *, images: bool, refusals: bool = False) -> tuple[ContentPart, ...]:
@@ -207,6 +226,11 @@ def _tool_calls(value: Any, field: str) -> tuple[ToolCall, ...]:
             raise InvalidRequest(f"{where}.function.name", "must not be empty")
         arguments = function.get("arguments")
         arguments = "{}" if arguments is None else _str(arguments, f"{where}.function.arguments")
+        if arguments:
+            # As gRPC reads arguments_json: within the size and depth bounds, an object. Unread,
+            # 30,000 levels sent to a provider that takes them as an object (Anthropic) was a
+            # RecursionError there: a 500 for the caller's mistake.
+            json_object(arguments, f"{where}.function.arguments", "arguments")
         calls.append(ToolCall(_str(call.get("id", ""), f"{where}.id"), name, arguments or "{}"))
     return tuple(calls)
 
@@ -307,7 +331,10 @@ def _stop(value: Any) -> tuple[str, ...]:
         return ()
     if type(value) is str:
         return (value,)
-    return tuple(_str(s, f"stop[{i}]") for i, s in enumerate(_list(value, "stop")))
+    stops = _list(value, "stop")
+    # Before each is read: a body of a million stop sequences is refused, not converted.
+    check_stop_count(len(stops), "stop")
+    return tuple(_str(s, f"stop[{i}]") for i, s in enumerate(stops))
 
 
 def _metadata(body: Mapping[str, Any]) -> dict[str, str]:
@@ -315,13 +342,7 @@ def _metadata(body: Mapping[str, Any]) -> dict[str, str]:
     if value is None:
         return {}
     metadata = _object(value, "metadata")
-    if len(metadata) > MAX_METADATA_PAIRS:
-        raise InvalidRequest("metadata", f"at most {MAX_METADATA_PAIRS} pairs")
-    for key, item in metadata.items():
-        if len(key) > MAX_METADATA_KEY:
-            raise InvalidRequest("metadata", f"keys are at most {MAX_METADATA_KEY} characters")
-        if len(_str(item, f"metadata.{shown(key, 64)}")) > MAX_METADATA_VALUE:
-            raise InvalidRequest(f"metadata.{shown(key, 64)}", f"at most {MAX_METADATA_VALUE} characters")
+    check_metadata(metadata)
     return metadata
 
 

@@ -61,11 +61,25 @@ class Request:
         return self.headers.get(name, "")
 
 
+def header_fields(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """(lower-case name, value) pairs by name; a repeated header's values joined, in order."""
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+    if len(headers) != len(raw):
+        headers = {}
+        for name, value in raw:
+            key, text = name.decode("latin-1"), value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
 class ClientGone(Exception):
     """The client closed the connection (or stopped reading) before the answer was written."""
 
 
 Handler = Callable[[Request, "Response"], Awaitable[None]]
+Screen = Callable[[Request], bool]
+"""Whether a request waiting for ``100 Continue`` may send its body (given its headers, the
+body empty): False when they already decide its answer (credentials refused)."""
 ErrorBody = Callable[[int, str], bytes]
 """(HTTP status, message) -> the JSON body of an error the server answers itself."""
 

@@ -146,6 +146,27 @@ class OpenAIFrontDoor:
             return
         await route(request, response)
 
+    def may_send_body(self, request: Request) -> bool:
+        """The HTTP server's screen (``Screen``) of a request waiting for ``100 Continue``:
+        False when its credentials are refused as they stand (or no snapshot is served), so
+        it is answered (401, with its ids and evidence record) without its body being read."""
+        return request.path.rstrip("/") not in _PIPELINE_PATHS or self._admitted(request)
+
+    def _admitted(self, request: Request) -> bool:
+        """Whether the request's credentials pass, as the pipeline will first check them."""
+        try:
+            state = self._p.store.require()
+            authenticate(
+                state.config,
+                bearer_token(request.headers),
+                time.time(),
+                request.peer_certificate,
+                request.peer_refusal,
+            )
+        except SignalboxError:
+            return False
+        return True
+
     # ---- routes ----
 
     def _call(self, operation: Operation, request: Request, decode: Callable[[], Any]) -> Call[Any]:
@@ -178,11 +199,14 @@ class OpenAIFrontDoor:
 
     async def _chat(self, request: Request, response: Response) -> None:
         parsed: list[Any] = []
-        stream, early = _wants_stream(request.body)
+        # Only a caller whose credentials pass has its body parsed before the pipeline: an
+        # anonymous 16 MB body that named "stream" was parsed (seconds of the event loop for
+        # one of tiny arrays) before its 401. Refused, it is recorded as a whole answer.
+        stream, early = _wants_stream(request.body) if self._admitted(request) else (False, _UNPARSED)
 
         def decode() -> Any:
             # A body parsed already to see whether it streams is not parsed again.
-            body = edge.loads(request.body) if early is _UNPARSED else early
+            body = edge.loads(request.body, bounds=edge.chat_counts) if early is _UNPARSED else early
             parsed.append(body)
             return edge.decode_chat(body, request.headers)
 
@@ -234,7 +258,7 @@ class OpenAIFrontDoor:
         parsed: list[Any] = []
 
         def decode() -> Any:
-            body = edge.loads(request.body)
+            body = edge.loads(request.body, bounds=edge.embed_counts)
             parsed.append(body)
             if isinstance(body, dict) and body.get("encoding_format") == "base64":
                 encoding[0] = "base64"
@@ -319,6 +343,8 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 
 
 _MODEL_PREFIX = "/v1/models/"
+_PIPELINE_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings"})
+"""What runs the pipeline, which authenticates the caller before it reads the body."""
 
 
 def _unquoted(quoted: str) -> str:
@@ -364,7 +390,7 @@ def _wants_stream(body: bytes) -> tuple[bool, Any]:
     if b'"stream"' not in body and b"\\u" not in body:
         return False, _UNPARSED
     try:
-        parsed = edge.loads(body)
+        parsed = edge.loads(body, bounds=edge.chat_counts)
     except InvalidRequest:
         return False, _UNPARSED
     return isinstance(parsed, dict) and parsed.get("stream") is True, parsed

@@ -6,7 +6,8 @@ and leaves every limit in our hands:
 
 - **Sizes.** The request line and headers together at most ``max_header_bytes`` and
   ``max_headers`` fields (431 beyond), the body at most ``max_body_bytes`` (413; a
-  ``Content-Length`` beyond it is refused before a byte of the body is read).
+  ``Content-Length`` beyond it is refused before a byte of the body is read, as is a
+  request waiting for ``100 Continue`` whose credentials the ``screen`` refuses).
 - **Time.** The headers must arrive within ``header_timeout`` of the request's first byte
   (408), the body within ``body_timeout`` of the headers (408); an idle keep-alive
   connection is closed after ``keepalive_timeout``; a client that stops reading its answer
@@ -52,6 +53,8 @@ from dataplane.http.messages import (
     Limits,
     Request,
     Response,
+    Screen,
+    header_fields,
 )
 from dataplane.tls_front import NOT_THROUGH_FRONT, PeerLookup
 
@@ -268,16 +271,17 @@ class _Connection(asyncio.Protocol):
         if self._parser.should_upgrade():
             self._refuse(400, "protocol upgrades are not supported")
             return
+        # An HTTP/1.0 client knows no interim answers: it would take this one for its answer.
+        # RFC 9110 10.1.1: the expectation in an HTTP/1.0 request is ignored.
+        http10 = self._parser.get_http_version() in ("1.0", "0.9")
+        continues = expect.lower() == b"100-continue" and self._transport is not None and not http10
+        if continues and self._server.screen and not self._server.screen(request := self._request(b"")):
+            self._withhold(request)
+            return
         if self._task is None:
             self._arm(self._limits.body_timeout, self._slow_body)
-        if (
-            expect
-            and expect.lower() == b"100-continue"
-            and self._transport is not None
-            # An HTTP/1.0 client knows no interim answers: it would take this one for its
-            # answer. RFC 9110 10.1.1: the expectation in an HTTP/1.0 request is ignored.
-            and self._parser.get_http_version() not in ("1.0", "0.9")
-        ):
+        if continues:
+            assert self._transport is not None
             if self._task is None:
                 self._transport.write(_CONTINUE)
             else:
@@ -307,26 +311,7 @@ class _Connection(asyncio.Protocol):
             return
         self._in_message = self._continue_owed = False  # the body came without waiting
         self._disarm()
-        url = httptools.parse_url(self._url)
-        raw = self._headers
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
-        if len(headers) != len(raw):  # a repeated header: its values joined, in order
-            headers = {}
-            for name, value in raw:
-                key, text = name.decode("latin-1"), value.decode("latin-1")
-                headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        method = self._parser.get_method().decode("latin-1")
-        if self._peer_refusal is _UNSEEN:
-            self._front_peer()
-        request = Request(
-            method,
-            (url.path or b"/").decode("latin-1"),
-            (url.query or b"").decode("latin-1"),
-            headers,
-            b"".join(self._body),
-            self._peer_certificate,
-            self._peer_refusal,
-        )
+        request = self._request(b"".join(self._body))
         self._served += 1
         keep_alive = (
             self._parser.should_keep_alive() and self._served < self._limits.max_requests_per_connection
@@ -337,6 +322,33 @@ class _Connection(asyncio.Protocol):
             # Reading goes on while a request is answered (a client that leaves must be
             # seen at once: its handler is cancelled), but not without bound.
             self._transport.pause_reading()
+        if self._task is None:
+            self._task = self._loop.create_task(self._run())
+
+    def _request(self, body: bytes) -> Request:
+        """The request being parsed, with ``body``."""
+        url = httptools.parse_url(self._url)
+        if self._peer_refusal is _UNSEEN:
+            self._front_peer()
+        return Request(
+            self._parser.get_method().decode("latin-1"),
+            (url.path or b"/").decode("latin-1"),
+            (url.query or b"").decode("latin-1"),
+            header_fields(self._headers),
+            body,
+            self._peer_certificate,
+            self._peer_refusal,
+        )
+
+    def _withhold(self, request: Request) -> None:
+        """Answer a request waiting for ``100 Continue`` that the screen refused without its
+        body, then close: the body is never read (an unauthenticated client made the node
+        read up to the body limit before its 401)."""
+        self._refused = True
+        self._disarm()
+        self._in_message = False
+        self._served += 1
+        self._queue.append((request, False, True))
         if self._task is None:
             self._task = self._loop.create_task(self._run())
 
@@ -527,8 +539,10 @@ class HttpServer:
         limits: Limits = Limits(),
         ssl_context: ssl.SSLContext | None = None,
         peers: PeerLookup | None = None,
+        screen: Screen | None = None,
     ) -> None:
         self.handler = handler
+        self.screen = screen
         self.peers = peers
         """Behind a TLS front (``dataplane.tls_front``): what it established per connection."""
         self.error_body = error_body

@@ -1,0 +1,342 @@
+"""Bounded work per request, on both doors: counts that have no use at their size are refused
+by name before the request is converted, and a request at every limit is served."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import grpc
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataplane.app import DataPlaneNode
+from dataplane.evidence.log import log_path
+from dataplane.evidence.records import read_records
+from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
+from tests.helpers import eventually
+
+HEADERS = {"authorization": f"Bearer {API_KEY}"}
+MAX_STOP = 4
+"""OpenAI's documented limit of stop sequences."""
+
+
+@pytest.fixture
+async def node(start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey) -> DataPlaneNode:
+    node = await start_node(http_listen="127.0.0.1:0")
+    assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
+    return node
+
+
+@pytest.fixture
+async def http(node: DataPlaneNode) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(f"http://{node.http_address}") as session:
+        yield session
+
+
+@pytest.fixture
+async def stub(node: DataPlaneNode) -> AsyncIterator[infer_pb2_grpc.InferServiceStub]:
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        yield infer_pb2_grpc.InferServiceStub(channel)
+
+
+async def _post(http: aiohttp.ClientSession, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    # As a stream: aiohttp warns (an error here) about a megabyte body given as bytes.
+    data = io.BytesIO(orjson.dumps(body))
+    async with http.post("/v1/chat/completions", data=data, headers=HEADERS) as response:
+        return response.status, await response.json()
+
+
+def _chat_body(**fields: Any) -> dict[str, Any]:
+    return {"model": "sim-fast", "messages": [{"role": "user", "content": "hello"}], **fields}
+
+
+async def test_more_stop_sequences_than_openai_takes_are_refused_by_name_on_both_doors(
+    http: aiohttp.ClientSession, stub: infer_pb2_grpc.InferServiceStub
+) -> None:
+    # 16 were taken and sent on: OpenAI (4) and Gemini (5) answered 400 naming no field.
+    status, answer = await _post(http, _chat_body(stop=[f"s{i}" for i in range(MAX_STOP + 1)]))
+    assert status == 400, answer
+    assert answer["error"]["param"] == "stop"
+    assert f"more than the limit of {MAX_STOP}" in answer["error"]["message"]
+    status, answer = await _post(http, _chat_body(stop=["x"] * 1_000_000))
+    assert status == 400, answer
+    assert answer["error"]["param"] == "stop"
+
+    request = chat()
+    request.params.stop.extend(f"s{i}" for i in range(MAX_STOP + 1))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Infer(request, metadata=AUTH, timeout=10)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.details() or "").startswith("params.stop: ")
+
+    status, answer = await _post(http, _chat_body(stop=[f"s{i}" for i in range(MAX_STOP)]))
+    assert status == 200, answer
+    request = chat()
+    request.params.stop.extend(f"s{i}" for i in range(MAX_STOP))
+    assert (await stub.Infer(request, metadata=AUTH, timeout=10)).message.content[0].text
+
+
+MAX_MESSAGES, MAX_PARTS, MAX_CALLS = 2048, 8192, 8192
+
+
+def _conversation(messages: int, parts: int = 1, calls: int = 0) -> list[dict[str, Any]]:
+    """``messages`` messages (user, assistant, ...), each of ``parts`` text parts; each
+    assistant message also with ``calls`` tool calls."""
+    out: list[dict[str, Any]] = []
+    while len(out) < messages - 1:
+        out.append({"role": "user", "content": [{"type": "text", "text": "u"}] * parts})
+        assistant: dict[str, Any] = {"role": "assistant", "content": [{"type": "text", "text": "a"}] * parts}
+        if calls:
+            assistant["tool_calls"] = [
+                {"id": f"c{j}", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                for j in range(calls)
+            ]
+        out.append(assistant)
+    out.append({"role": "user", "content": [{"type": "text", "text": "u"}] * parts})
+    return out[-messages:] if len(out) > messages else out
+
+
+def _grpc_conversation(messages: int, parts: int = 1, calls: int = 0) -> infer_pb2.InferRequest:
+    request = infer_pb2.InferRequest(model="sim-fast")
+    for message in _conversation(messages, parts, calls):
+        role = infer_pb2.ROLE_USER if message["role"] == "user" else infer_pb2.ROLE_ASSISTANT
+        out = request.messages.add(role=role)
+        for part in message["content"]:
+            out.content.add(text=part["text"])
+        for call in message.get("tool_calls", ()):
+            out.tool_calls.add(id=call["id"], name="f", arguments_json="{}")
+    return request
+
+
+async def test_a_flood_of_messages_parts_or_tool_calls_is_refused_by_name_on_both_doors(
+    http: aiohttp.ClientSession, stub: infer_pb2_grpc.InferServiceStub
+) -> None:
+    # 540,000 one-word messages (16 MB) were parsed, converted, validated and estimated on
+    # the event loop: about 10 s in which the worker answered no one else.
+    flood = {"model": "sim-fast", "messages": [{"role": "user", "content": "hi"}] * 540_000}
+    status, answer = await _post(http, flood)
+    assert status == 400, answer
+    assert answer["error"]["param"] == "messages"
+    assert f"540000 messages, more than the limit of {MAX_MESSAGES}" in answer["error"]["message"]
+    cases = [
+        (_conversation(MAX_MESSAGES + 1), "messages"),
+        (_conversation(3, parts=MAX_PARTS // 2), "messages[2].content"),
+        (_conversation(5, calls=MAX_CALLS // 2 + 1), "messages[3].tool_calls"),
+    ]
+    for messages, field in cases:
+        status, answer = await _post(http, {"model": "sim-fast", "messages": messages})
+        assert status == 400, (field, answer)
+        assert answer["error"]["param"] == field
+        assert "more than the limit of" in answer["error"]["message"]
+    grpc_cases = [
+        (_grpc_conversation(1), "messages"),
+        (_grpc_conversation(3, parts=MAX_PARTS // 2), "messages[2].content"),
+        (_grpc_conversation(5, calls=MAX_CALLS // 2 + 1), "messages[3].tool_calls"),
+    ]
+    for _ in range(540_000 - 1):
+        grpc_cases[0][0].messages.add(role=infer_pb2.ROLE_USER).content.add(text="hi")
+    for request, field in grpc_cases:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Infer(request, metadata=AUTH, timeout=30)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert (info.value.details() or "").startswith(f"{field}: "), info.value.details()
+
+
+async def test_a_request_at_every_count_limit_is_served_on_both_doors(
+    http: aiohttp.ClientSession, stub: infer_pb2_grpc.InferServiceStub
+) -> None:
+    # Every message at its limit: 2,048 messages, 8,192 content parts and tool calls.
+    per_message = MAX_PARTS // MAX_MESSAGES
+    calls = MAX_CALLS // (MAX_MESSAGES // 2)
+    messages = _conversation(MAX_MESSAGES, parts=per_message, calls=calls)
+    assert len(messages) == MAX_MESSAGES
+    assert sum(len(m.get("tool_calls", ())) for m in messages) == MAX_CALLS
+    status, answer = await _post(
+        http,
+        {"model": "sim-fast", "messages": messages, "stop": ["a", "b", "c", "d"],
+         "tools": [_tool(f"t{i}") for i in range(128)]},
+    )  # fmt: skip
+    assert status == 200, answer
+    request = _grpc_conversation(MAX_MESSAGES, parts=per_message, calls=calls)
+    for i in range(128):
+        request.tools.add(name=f"t{i}", parameters_json_schema='{"type": "object"}')
+    assert (await stub.Infer(request, metadata=AUTH, timeout=30)).message.content[0].text
+
+
+def _tool(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+
+@contextlib.asynccontextmanager
+async def _expecting(
+    node: DataPlaneNode, key: bytes | None, length: int
+) -> AsyncIterator[tuple[bytes, asyncio.StreamReader]]:
+    """Headers of a chat request waiting for ``100 Continue`` (a body of ``length`` bytes);
+    the head of the node's first answer, and the reader to read on."""
+    host, port = node.http_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        auth = b"Authorization: Bearer %b\r\n" % key if key is not None else b""
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%bContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (auth, length)
+        )
+        await writer.drain()
+        yield await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10), reader
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("key", [b"sk-test-wrong-0123456789", None], ids=["bad key", "no key"])
+async def test_a_request_waiting_for_100_continue_with_refused_credentials_gets_its_401_at_once(
+    node: DataPlaneNode, key: bytes | None
+) -> None:
+    # The node answered 100 Continue to anyone, then read up to 16 MB before the 401.
+    async with _expecting(node, key, 15 * 1024 * 1024) as (head, reader):
+        assert head.startswith(b"HTTP/1.1 401 "), head
+        assert b"connection: close" in head.lower()
+        assert b"x-evidence-id: " in head  # answered by the pipeline: with its ids and record
+        length = int(re.search(rb"content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        error = json.loads(await reader.readexactly(length))["error"]
+        assert error["code"] == "invalid_api_key"
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed: the body is never read
+
+
+async def test_a_request_waiting_for_100_continue_with_good_credentials_gets_it(
+    node: DataPlaneNode,
+) -> None:
+    async with _expecting(node, API_KEY.encode(), 100) as (head, _):
+        assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
+    async with _expecting(node, API_KEY.encode(), 17 * 1024 * 1024) as (head, _):
+        assert head.startswith(b"HTTP/1.1 413 "), head
+
+
+def _image(**fields: Any) -> infer_pb2.InferRequest:
+    request = chat("what is this?")
+    request.messages[0].content.add(image=infer_pb2.ImagePart(**fields))
+    return request
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "says"),
+    [
+        ({"url": "data:image/png;base64,"}, "url", "holds no image data"),
+        ({"url": "data:image/png;base64,@@@"}, "url", "not valid base64"),
+        ({"url": "data:text/plain;base64,aGk="}, "url", "data:image/<type>;base64,<data>"),
+        ({"url": "file:///etc/passwd"}, "url", "http(s) URL"),
+        ({"url": "https://example.com/a.png", "detail": "ultra"}, "detail", "auto, low or high"),
+        ({"data": b"\x89PNG", "media_type": "text/html"}, "media_type", "image type"),
+        ({"data": b"\x89PNG", "media_type": "image/png", "detail": "x"}, "detail", "auto, low or high"),
+    ],
+    ids=[
+        "empty data URL",
+        "bad base64",
+        "not an image",
+        "file URL",
+        "url detail",
+        "media type",
+        "data detail",
+    ],
+)
+async def test_grpc_refuses_the_images_the_http_door_refuses_naming_the_field(
+    stub: infer_pb2_grpc.InferServiceStub, fields: dict[str, Any], field: str, says: str
+) -> None:
+    # Taken and sent on, each came back as the provider's 400, which names no field (the
+    # HTTP door refused them by name).
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Infer(_image(**fields), metadata=AUTH, timeout=10)
+    details = info.value.details() or ""
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, details
+    assert details.startswith(f"messages[0].content[1].image.{field}: "), details
+    assert says in details
+
+
+async def test_an_anonymous_callers_body_is_not_parsed_before_its_401(
+    http: aiohttp.ClientSession, node: DataPlaneNode
+) -> None:
+    # A body naming "stream" was parsed before the pipeline, to see whether it streams,
+    # whoever sent it: 16 MB of tiny arrays cost an anonymous caller seconds of the node's
+    # event loop for each 401. Unparsed, the refusal is recorded as a whole answer's.
+    body = b'{"model": "sim-fast", "stream": true, "messages": [], "x": [' + b"[]," * 100_000 + b"[]]}"
+    wrong = {"authorization": "Bearer sk-test-wrong-0123456789"}
+    async with http.post("/v1/chat/completions", data=io.BytesIO(body), headers=wrong) as response:
+        assert response.status == 401
+        evidence_id = response.headers["x-evidence-id"]
+    path = log_path(node.settings.data_dir, node.settings.node_id)
+
+    def kind() -> str:
+        return next((r["kind"] for r in read_records(path) if r["record_id"] == evidence_id), "")
+
+    assert await eventually(kind) == "infer"
+    # A caller whose key passes still has its body read to see that it streams.
+    streamed = _chat_body(stream=True)
+    async with http.post("/v1/chat/completions", json=streamed, headers=HEADERS) as response:
+        assert response.status == 200
+        assert response.headers["content-type"] == "text/event-stream"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "says"),
+    [
+        ({f"k{i}": "v" for i in range(100_000)}, "metadata: at most 16 pairs"),
+        ({"k" * 65: "v"}, "metadata: keys are at most 64 characters"),
+        ({"k": "v" * 513}, "metadata.'k': at most 512 characters"),
+    ],
+    ids=["pairs", "key", "value"],
+)
+async def test_grpc_limits_metadata_as_the_http_door_does(
+    stub: infer_pb2_grpc.InferServiceStub, http: aiohttp.ClientSession, metadata: dict[str, str], says: str
+) -> None:
+    # gRPC took any number of pairs of any size (the HTTP door refuses past 16).
+    for call, request in (
+        (stub.Infer, chat(metadata=metadata)),
+        (stub.Embed, infer_pb2.EmbedRequest(model="sim-embed", inputs=["x"], metadata=metadata)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(request, metadata=AUTH, timeout=10)  # type: ignore[operator]
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert (info.value.details() or "").startswith(says), info.value.details()
+    status, answer = await _post(http, _chat_body(metadata=metadata))
+    assert status == 400
+    assert answer["error"]["message"].startswith(says)
+    most = {f"k{i}": "v" * 512 for i in range(16)}
+    assert (await stub.Infer(chat(metadata=most), metadata=AUTH, timeout=10)).message.content[0].text
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        ('{"a": ' * 30_000 + "1" + "}" * 30_000, "nested deeper than the limit of 64 levels"),
+        ('"just text"', "must be a JSON object"),
+        ('{"a": NaN}', "non-finite number"),
+        ('{"a": "' + "x" * 300_000 + '"}', "more than the limit of"),
+    ],
+    ids=["deep", "not an object", "NaN", "huge"],
+)
+async def test_the_http_door_reads_tool_call_arguments_as_grpc_does(
+    http: aiohttp.ClientSession, arguments: str, says: str
+) -> None:
+    # Unread, they were sent on: an adapter that takes them as an object (Anthropic) hit a
+    # RecursionError on the deep ones, a 500 for the caller's mistake.
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"},
+    ]
+    status, answer = await _post(http, {"model": "sim-fast", "messages": messages})
+    assert status == 400, answer
+    assert answer["error"]["param"] == "messages[1].tool_calls[0].function.arguments"
+    assert says in answer["error"]["message"]
+    call["function"]["arguments"] = '{"city": "Paris"}'  # type: ignore[index]
+    status, answer = await _post(http, {"model": "sim-fast", "messages": messages})
+    assert status == 200, answer
