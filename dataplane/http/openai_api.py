@@ -202,7 +202,9 @@ class OpenAIFrontDoor:
         # Only a caller whose credentials pass has its body parsed before the pipeline: an
         # anonymous 16 MB body that named "stream" was parsed (seconds of the event loop for
         # one of tiny arrays) before its 401. Refused, it is recorded as a whole answer.
-        stream, early = _wants_stream(request.body) if self._admitted(request) else (False, _UNPARSED)
+        # Checked only for a body that needs the early parse: every other request would pay
+        # for its credentials twice (the pipeline authenticates it anyway).
+        stream, early = _wants_stream(request.body, lambda: self._admitted(request))
 
         def decode() -> Any:
             # A body parsed already to see whether it streams is not parsed again.
@@ -380,14 +382,15 @@ _UNPARSED = object()
 """What ``_wants_stream`` returns for a body it did not parse."""
 
 
-def _wants_stream(body: bytes) -> tuple[bool, Any]:
+def _wants_stream(body: bytes, admitted: Callable[[], bool]) -> tuple[bool, Any]:
     """Whether the body asks to stream, read cheaply before the pipeline decodes it, and the
     body parsed if that took parsing it (else ``_UNPARSED``): a body that does not parse is
     refused by the pipeline's decode, after authentication. A key may also spell "stream"
     with escapes (``"\\u0073tream"``): such a body asked to stream was answered whole, its
     ``stream_options`` accepted and its record an ``infer``; a body with any ``\\u`` is parsed
-    here too (the parse is the decode's, not a second one)."""
-    if b'"stream"' not in body and b"\\u" not in body:
+    here too (the parse is the decode's, not a second one). Only a body whose caller is
+    ``admitted`` is parsed here: an anonymous one is left to the pipeline's 401."""
+    if (b'"stream"' not in body and b"\\u" not in body) or not admitted():
         return False, _UNPARSED
     try:
         parsed = edge.loads(body, bounds=edge.chat_counts)
