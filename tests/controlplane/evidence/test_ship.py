@@ -5,6 +5,7 @@ checkpoints."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -16,9 +17,11 @@ import pytest
 import sqlalchemy as sa
 
 from controlplane.api.evidence import MAX_STREAMS_PER_NODE
+from controlplane.connections import MAX_CONCURRENT_STREAMS
 from controlplane.evidence.ingest import POOL_MIN_LINES
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import HASH_MEMBER_START, seal, stored_line
+from dataplane.identity import IdentityFiles
 from signalbox.tls import aio_channel
 from tests.controlplane.evidence.conftest import TIMEOUT, NodeKeys, Stream, new_dir, rehash, write_records
 from tests.fixtures.postgres import RunningControlPlane, sql_rows
@@ -402,13 +405,22 @@ async def test_a_nodes_streams_cannot_pile_up_a_newer_one_ends_the_oldest(
     lines = await write_records(directory, "node-a", 2)
     assert (await first.ship("node-a/0", [])).head_seq == 0  # this stream is open here
     streams = [first]
-    for _ in range(MAX_STREAMS_PER_NODE):
-        streams.append(Stream(first.channel))
-        assert (await streams[-1].ship("node-a/0", [])).head_seq == 0
-    assert await asyncio.wait_for(first.call.code(), TIMEOUT) == grpc.StatusCode.ABORTED
-    assert "superseded by a newer evidence stream" in (await first.call.details() or "")
-    # The others, the newest among them, still take batches.
-    assert (await streams[1].ship("node-a/0", lines[:1])).head_seq == 1
-    assert (await streams[-1].ship("node-a/0", lines[1:])).head_seq == 2
-    for stream in streams[1:]:
-        stream.close()
+    # One connection holds at most MAX_CONCURRENT_STREAMS calls (past it a call waits at
+    # the client), so the node's streams are spread over connections of its own.
+    tls = IdentityFiles(directory).client_tls()
+    per_connection = MAX_CONCURRENT_STREAMS // 2
+    async with contextlib.AsyncExitStack() as channels:
+        for i in range(MAX_STREAMS_PER_NODE):
+            if i % per_connection == 0:
+                channel = await channels.enter_async_context(
+                    aio_channel(evidence_plane.node_address, tls, [("grpc.use_local_subchannel_pool", 1)])
+                )
+            streams.append(Stream(channel))
+            assert (await streams[-1].ship("node-a/0", [])).head_seq == 0
+        assert await asyncio.wait_for(first.call.code(), TIMEOUT) == grpc.StatusCode.ABORTED
+        assert "superseded by a newer evidence stream" in (await first.call.details() or "")
+        # The others, the newest among them, still take batches.
+        assert (await streams[1].ship("node-a/0", lines[:1])).head_seq == 1
+        assert (await streams[-1].ship("node-a/0", lines[1:])).head_seq == 2
+        for stream in streams[1:]:
+            stream.close()
