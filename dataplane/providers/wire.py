@@ -12,7 +12,7 @@ import json
 import math
 import secrets
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -177,6 +177,20 @@ def image_url(part: ImagePart) -> str:
     inline = image_base64(part)
     assert inline is not None  # an ImagePart has a url or data
     return f"data:{inline[0]};base64,{inline[1]}"
+
+
+AnyStr = TypeVar("AnyStr", str, bytes)
+_BOM = "\ufeff"
+_BOM_BYTES = _BOM.encode()
+
+
+def without_bom(document: AnyStr) -> AnyStr:
+    """A JSON document without one leading byte order mark, which RFC 8259 (8.1) lets a reader
+    ignore and some servers write (an event stream's is dropped as it is decoded, ``_text``);
+    a second one is not ignored: that document is no JSON."""
+    if isinstance(document, bytes):
+        return document[3:] if document.startswith(_BOM_BYTES) else document
+    return document[1:] if document.startswith(_BOM) else document
 
 
 def loads(provider: str, text: str | bytes, *, credential: str | None) -> Any:
