@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import httptools
 
+from .codings import TransferDecoder, transfer_decoder
 from .errors import ReadError, ReadTimeout, RemoteProtocolError
 
 HIGH_WATER = 256 * 1024
@@ -53,6 +54,7 @@ class Exchange:
         "_waiter",
         "complete",
         "deadline",
+        "decoder",
         "headers",
         "headers_done",
         "received",
@@ -76,6 +78,8 @@ class Exchange:
         """The body has neither a length nor chunks: it ends when the upstream closes."""
         self.deadline: float | None = None
         """Loop time by which the whole answer must be in (no wait lasts past it), if any."""
+        self.decoder: TransferDecoder | None = None
+        """The body's transfer coding other than chunked (gzip, deflate), if any: undone here."""
 
     # -- the reader's side ------------------------------------------------------------------
 
@@ -85,8 +89,12 @@ class Exchange:
 
     async def next_chunk(self, timeout: float) -> bytes | None:
         """All of the body that has arrived and not been taken yet (waiting until some has), or
-        None at its end. Pieces that arrived together are handed on as one."""
+        None at its end. Pieces that arrived together are handed on as one (decoded: at most
+        ``codings.MAX_PIECE`` bytes at a time)."""
+        decoder = self.decoder
         while True:
+            if decoder is not None and decoder.pending and (out := decoder.decode(b"")):
+                return out
             chunks = self._chunks
             if chunks:
                 if len(chunks) == 1:
@@ -96,10 +104,16 @@ class Exchange:
                     chunks.clear()
                 self._buffered = 0
                 self._connection.resume(self)
-                return data
+                if decoder is None:
+                    return data
+                if out := decoder.decode(data):
+                    return out
+                continue
             if self._error is not None:
                 raise self._error
             if self.complete:
+                if decoder is not None:
+                    decoder.finish()
                 return None
             await self._wait(timeout)
 
@@ -325,6 +339,13 @@ class Connection(asyncio.Protocol):
         if 100 <= status < 200:
             exchange.headers.clear()  # an interim answer (100 Continue, 103): the real one follows
             return
+        coding = exchange.headers.get("transfer-encoding")
+        if coding is not None and status not in (204, 304):
+            try:
+                exchange.decoder = transfer_decoder(coding)
+            except RemoteProtocolError as exc:
+                self._problem = str(exc)
+                raise _OutOfTurn from None
         exchange.status = status
         exchange.headers_done = True
         if status in (204, 304) and (
@@ -336,7 +357,7 @@ class Connection(asyncio.Protocol):
             self._reusable = False
         exchange.until_close = (
             "content-length" not in exchange.headers
-            and "transfer-encoding" not in exchange.headers
+            and (coding is None or not coding.rstrip(" \t,").lower().endswith("chunked"))
             and status not in (204, 304)
         )
         exchange.wake()
