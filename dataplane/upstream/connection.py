@@ -190,7 +190,8 @@ class Connection(asyncio.Protocol):
         """Bytes received in a row without the parser handing anything on (``_progress``)."""
         self._progress = False
         self._reusable = True
-        """False once the answer announced a body HTTP forbids it (see ``on_headers_complete``)."""
+        """False once the answer announced a body HTTP forbids it (see ``on_headers_complete``),
+        or began before the request was all sent (``data_received``)."""
         self._problem = ""
         self.closed = False
         self.used = 0
@@ -273,7 +274,13 @@ class Connection(asyncio.Protocol):
             # Bytes nobody asked for (a server talking out of turn): this connection is not reusable.
             self.abort()
             return
-        exchange.received = True
+        if not exchange.received:
+            exchange.received = True
+            assert self._transport is not None
+            if self._transport.get_write_buffer_size():
+                # Answered before the request was all sent: what the upstream makes of the rest
+                # (read as a next request?) is unknown, so no other request follows on this socket.
+                self._reusable = False
         if not exchange.headers_done:
             self._head_bytes += len(data)
         self._progress = False
