@@ -334,6 +334,8 @@ class Connection(asyncio.Protocol):
         if self._header_bytes > MAX_HEADER_BYTES:
             self._problem = f"upstream sent more than {MAX_HEADER_BYTES} bytes of headers"
             raise _OutOfTurn
+        if exchange.headers_done:
+            return  # a trailer field: not merged into the head the reader has (RFC 9110 6.5.1)
         exchange.add_header(name.decode("latin-1").lower(), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
