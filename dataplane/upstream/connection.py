@@ -288,9 +288,12 @@ class Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(RemoteProtocolError("upstream switched protocols"))
-        except httptools.HttpParserError:
-            problem = self._problem or "upstream sent a malformed HTTP response"
-            self._fail(RemoteProtocolError(problem))
+        except httptools.HttpParserCallbackError:
+            self._fail(RemoteProtocolError(self._problem or "upstream sent a malformed HTTP response"))
+        except httptools.HttpParserError as exc:
+            # The parser's reason is one of its own fixed phrases ("Duplicate Content-Length",
+            # "Transfer-Encoding can't be present with Content-Length"), never the upstream's bytes.
+            self._fail(RemoteProtocolError(f"upstream sent a malformed HTTP response ({exc})"))
         else:
             # Checked after feeding: the same bytes may end the head and begin the body.
             self._idle_bytes = 0 if self._progress else self._idle_bytes + len(data)
