@@ -137,7 +137,7 @@ class HttpAdapter:
             finally:
                 response.close()
         except (HTTPError, TimeoutError) as exc:
-            raise classify_transport(self.type_name, exc) from exc
+            raise classify_transport(self.type_name, exc, credential=self._credential) from exc
         encoding = text_encoding(response.headers)
         # UTF-8 (nearly every answer) is parsed as bytes, without a decoded copy.
         document = (
@@ -290,7 +290,7 @@ class HttpAdapter:
                 except BodyTooLarge:
                     raise self.malformed(f"a stream line exceeds the {MAX_EVENT_BYTES}-byte limit") from None
                 except HTTPError as exc:
-                    raise classify_transport(self.type_name, exc) from exc
+                    raise classify_transport(self.type_name, exc, credential=self._credential) from exc
                 else:
                     with self.decoding():
                         chunks = list(decoder.feed(line))
@@ -368,7 +368,7 @@ class HttpAdapter:
         try:
             response = await self._send(url, body, timeout=timeout, params=params, deadline=deadline)
         except HTTPError as exc:
-            raise classify_transport(self.type_name, exc) from exc
+            raise classify_transport(self.type_name, exc, credential=self._credential) from exc
         try:
             if response.status >= 400:
                 raise self.http_error(response.status, await self._error_text(response), response.headers)
@@ -393,7 +393,7 @@ class HttpAdapter:
         try:
             return await self._read_text(response, limit, truncate=True)
         except HTTPError as exc:
-            raise classify_transport(self.type_name, exc) from exc
+            raise classify_transport(self.type_name, exc, credential=self._credential) from exc
 
 
 async def bounded_lines(chunks: AsyncIterator[str], limit: int) -> AsyncGenerator[str, None]:
