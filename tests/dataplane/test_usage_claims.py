@@ -28,9 +28,10 @@ from dataplane.config.model import Capability, DeploymentConfig, ModelConfig, Pr
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
 from dataplane.outcome import OK
-from dataplane.pipeline.trace import Trace, record_fields
+from dataplane.pipeline.trace import Trace, record_fields, shadow_fields
 from dataplane.quota.buckets import Kind
 from dataplane.routing.candidate import Candidate
+from dataplane.routing.shadow import ShadowOutcome
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
@@ -281,6 +282,15 @@ def test_an_answer_governance_refused_counts_at_its_caps_too() -> None:
     (capped,) = record_fields(trace, OK)["usage"]["capped"]
     assert capped["reported"]["output_tokens"] == ABSURD
     assert (capped["max_input_tokens"], capped["max_output_tokens"]) == (1000, 10)
+
+
+def test_a_shadow_calls_claim_is_recorded_at_its_caps_too() -> None:
+    trace = Trace("infer", "cid-shadow", 0.0, 0.0, "", max_output_tokens=10)
+    said = ChatResponse(Message(Role.ASSISTANT, (TextPart("hi"),)), FinishReason.STOP, Usage(3, ABSURD))
+    fields = shadow_fields(trace, ShadowOutcome(CANDIDATE, "ok", "", 5, said))
+    assert (fields["usage"]["input_tokens"], fields["usage"]["output_tokens"]) == (3, 10)
+    assert fields["usage"]["capped"][0]["reported"]["output_tokens"] == ABSURD
+    assert fields["cost"]["total_nanos"] == cost_of(MODEL, Usage(3, 10)).total_nanos
 
 
 @pytest.mark.parametrize(
