@@ -191,7 +191,7 @@ class Connection(asyncio.Protocol):
         self._progress = False
         self._reusable = True
         """False once the answer announced a body HTTP forbids it (see ``on_headers_complete``),
-        or began before the request was all sent (``data_received``)."""
+        or came before the request was all sent."""
         self._problem = ""
         self.closed = False
         self.used = 0
@@ -274,13 +274,7 @@ class Connection(asyncio.Protocol):
             # Bytes nobody asked for (a server talking out of turn): this connection is not reusable.
             self.abort()
             return
-        if not exchange.received:
-            exchange.received = True
-            assert self._transport is not None
-            if self._transport.get_write_buffer_size():
-                # Answered before the request was all sent: what the upstream makes of the rest
-                # (read as a next request?) is unknown, so no other request follows on this socket.
-                self._reusable = False
+        exchange.received = True
         if not exchange.headers_done:
             self._head_bytes += len(data)
         self._progress = False
@@ -360,6 +354,10 @@ class Connection(asyncio.Protocol):
                 raise _OutOfTurn from None
         exchange.status = status
         exchange.headers_done = True
+        if self._transport is not None and self._transport.get_write_buffer_size():
+            # Answered before the request was all sent (an interim 100 aside): what the upstream
+            # makes of the rest (a next request?) is unknown, so none follows on this socket.
+            self._reusable = False
         if status in (204, 304) and (
             exchange.headers.get("content-length", "0").strip() != "0"
             or "transfer-encoding" in exchange.headers

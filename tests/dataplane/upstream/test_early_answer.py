@@ -39,3 +39,26 @@ async def test_a_connection_answered_before_its_request_was_sent_whole_is_not_re
         assert client.idle_connections == 0
         assert await post(client, server.url, timeout=2) == b'{"ok":true}'
     assert server.accepted == 2
+
+
+async def test_an_interim_answer_before_the_body_is_sent_leaves_the_connection_reusable(
+    client: UpstreamClient,
+) -> None:
+    """A ``100 Continue`` unasked, while the body is on its way: the final answer comes after the
+    whole body was read, so the connection is as good as any."""
+
+    async def continues(server: RawServer, peer: Peer) -> None:
+        while (head := await peer.reader.readuntil(b"\r\n\r\n")) is not None:
+            await peer.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            length = int(
+                next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:]
+            )
+            await peer.reader.readexactly(length)
+            await peer.send(answer())
+
+    async with RawServer(continues) as server:
+        response = await client.request("POST", server.url, headers=JSON, body=BIG, timeout=5)
+        assert await response.read(100) == (b'{"ok":true}', False)
+        response.close()
+        assert await post(client, server.url, timeout=2) == b'{"ok":true}'
+    assert server.accepted == 1
