@@ -61,6 +61,58 @@ def output_cap(max_output_tokens: int | None, model: ModelConfig, embeds: bool, 
     return model.max_output_tokens or default
 
 
+@dataclass(frozen=True, slots=True)
+class Capped:
+    """A provider's usage claim for one answer beyond what its request made possible, and
+    what was counted instead (``capped_usage``)."""
+
+    reported: Usage
+    """What the provider claimed, verbatim."""
+    counted: Usage
+    """What is billed, budgeted and recorded: each field at most its cap."""
+    max_input_tokens: int | None
+    """The model's declared context window (None: undeclared, input not capped)."""
+    max_output_tokens: int | None
+    """The request's max tokens, else the model's declared maximum output (0 for an embedding;
+    None: neither, output not capped)."""
+
+
+def capped_usage(
+    usage: Usage, model: ModelConfig, max_output_tokens: int | None, embeds: bool
+) -> Capped | None:
+    """``usage`` as a provider claimed it for an answer of ``model`` to a request with max tokens
+    ``max_output_tokens``, capped at what that request made possible; None when within it.
+
+    A provider's usage is untrusted input the node bills by: a claim of 999,999,999 output
+    tokens for a short answer would drain a tenant's budget. Output tokens (reasoning included:
+    ``max_tokens`` / ``max_completion_tokens`` bound both) are capped at the request's max
+    tokens, else the model's declared maximum output, else not at all; an embedding generates
+    none. Input tokens (and their cached and cache-write parts) are capped at the model's
+    declared context window, when it declares one.
+    """
+    max_input = model.context_window or None
+    max_output = (
+        0
+        if embeds
+        else max_output_tokens
+        if max_output_tokens is not None
+        else model.max_output_tokens or None
+    )
+    counted = Usage(
+        _at_most(usage.input_tokens, max_input),
+        _at_most(usage.output_tokens, max_output),
+        _at_most(usage.cached_input_tokens, max_input),
+        _at_most(usage.cache_write_input_tokens, max_input),
+    )
+    if counted == usage:
+        return None
+    return Capped(usage, counted, max_input, max_output)
+
+
+def _at_most(count: int, cap: int | None) -> int:
+    return count if cap is None or count <= cap else cap
+
+
 def estimated_usage(input_tokens: int, output_chars: int) -> Usage:
     """Usage of an answer whose provider never reported it (a stream the caller or the
     upstream cut short, or one without a usage chunk): the provider was still paid for the

@@ -121,6 +121,12 @@ class RequestMetrics:
             ["tenant", "rule", *w],
             registry=registry,
         )
+        self._capped = Counter(
+            "signalbox_usage_capped",
+            "Answers whose provider claimed more usage than the request made possible (counted at the caps).",
+            ["tenant", "model", *w],
+            registry=registry,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
         self._bundles: dict[tuple[Any, ...], _Children] = {}
 
@@ -187,6 +193,8 @@ class RequestMetrics:
                 self._child(self._fallbacks, tenant, model).inc()
         if trace.limit:
             self._child(self._limits, tenant, limit_label(trace.limit)).inc()
+        for capped, _ in trace.capped:
+            self._child(self._capped, tenant, capped.model.alias).inc()
         if outcome.kind in GOVERNANCE_REFUSALS:
             self._child(self._governance, tenant, refusing_rule(trace.governance)).inc()
 

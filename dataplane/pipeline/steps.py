@@ -188,7 +188,9 @@ class Pipeline:
             with state.use():
                 body, plan = await self._prepare(trace, state, caller, call)
                 result, candidate = await respond(trace, state, body, plan)
-                cost = self._account(trace, candidate, result.usage)
+                if (usage := trace.count(candidate, result.usage)) is not result.usage:
+                    result = replace(result, usage=usage)  # served as billed: capped (``Trace.count``)
+                cost = self._account(trace, candidate, usage)
                 trace.response_sha256 = digest(result)
                 if trace.content is not None and isinstance(result, ChatResponse):
                     add_response_content(trace.content, _concealed(trace, result.message.text))
@@ -276,6 +278,7 @@ class Pipeline:
                             chat, whole, candidate.model.alias, trace.governance, streamed=True
                         )
                 trace.dispatch_ms = (time.monotonic() - dispatched) * 1000
+                usage = trace.count(candidate, usage)  # as billed: ``Closed`` says it
                 cost = self._account_stream(trace, usage, assembled)
                 trace.response_sha256 = assembled.digest()
                 if trace.content is not None:
@@ -516,6 +519,8 @@ class Pipeline:
         if usage is None:
             usage = estimated_usage(trace.input_tokens, assembled.chars())
             trace.usage_estimated = True
+        else:  # the provider's claim, capped (counted once: a counted one is within its caps)
+            usage = trace.count(candidate, usage)
         return self._account(trace, candidate, usage)
 
     # ---- record: exactly one evidence record per request ----

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dataplane.accounting import NO_COST, Cost, added, cost_of, estimated_usage, output_cap
+from dataplane.accounting import (
+    NO_COST,
+    Capped,
+    Cost,
+    added,
+    capped_usage,
+    cost_of,
+    estimated_usage,
+    output_cap,
+)
 from dataplane.auth import Caller
 from dataplane.chat import ChatRequest, ChatResponse, EmbedRequest, Usage
 from dataplane.config.model import DEFAULT_OUTPUT_TOKENS
@@ -21,6 +31,8 @@ from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import AttemptRecord, ShadowOutcome
 from dataplane.routing.query import RoutePlan
 from dataplane.snapshot.serving import ServingState
+
+log = logging.getLogger("signalbox.dataplane.pipeline")
 
 CUT_SHORT = frozenset({"timeout", CANCELLED, HEDGED})
 """Outcomes of attempts the upstream had and did not answer, or whose answer lost a hedge
@@ -44,6 +56,8 @@ class Trace:
     usage: Usage | None = None
     usage_estimated: bool = False
     """``usage`` is the node's estimate: the provider never reported it (``estimated_usage``)."""
+    capped: list[tuple[Candidate, Capped]] = field(default_factory=list)
+    """Answers whose provider claimed more usage than the request made possible (``count``)."""
     input_tokens: int = 0
     """The request's input tokens as the node estimates them (``reserved_input_tokens``)."""
     charged: int = 0
@@ -82,10 +96,23 @@ class Trace:
     marks: list[tuple[str, int]] | None = None
     """When tracing is on: each step's name and ``monotonic_ns`` as it ended (None: off)."""
 
+    def count(self, candidate: Candidate, usage: Usage | None) -> Usage | None:
+        """The usage ``candidate``'s provider claimed for its answer, as the node counts it:
+        capped at what the request made possible (``capped_usage``). A claim beyond it is kept
+        verbatim in ``capped`` (the record's ``usage.capped``), logged and counted in metrics."""
+        if usage is None:
+            return None
+        capped = capped_usage(usage, candidate.model, self.max_output_tokens, self.embeds)
+        if capped is None:
+            return usage
+        self.capped.append((candidate, capped))
+        claimed_too_much(self.correlation_id, candidate, capped)
+        return capped.counted
+
     def discard(self, candidate: Candidate, response: ChatResponse) -> None:
         """``candidate``'s answer ``response`` is not served (governance refused it, and the
         request falls back or is refused): it still counts (estimated when it says nothing)."""
-        usage = response.usage
+        usage = self.count(candidate, response.usage)
         if usage is None:
             usage = estimated_usage(self.input_tokens, len(response.message.text))
             self.usage_estimated = True
@@ -171,7 +198,7 @@ def record_fields(trace: Trace, outcome: Outcome) -> dict[str, Any]:
             "dispatch_ms": round(trace.dispatch_ms, 3) if trace.dispatch_ms is not None else None,
             "first_chunk_ms": round(trace.first_chunk_ms, 3) if trace.first_chunk_ms is not None else None,
         },
-        "usage": _usage_fields(trace.usage, trace.usage_estimated),
+        "usage": _usage_fields(trace.usage, trace.usage_estimated, trace.capped),
         "cost": _cost_fields(trace.cost),
         "outcome": {"code": outcome.code.name, "message": outcome.message, "error": outcome.kind},
         "request_sha256": trace.request_sha256,
@@ -185,6 +212,12 @@ def shadow_fields(trace: Trace, outcome: ShadowOutcome[Any]) -> dict[str, Any]:
     """The evidence of a mirrored call: the request's data went to another deployment too."""
     c = outcome.candidate
     usage = getattr(outcome.result, "usage", None)
+    capped = (
+        capped_usage(usage, c.model, trace.max_output_tokens, trace.embeds) if usage is not None else None
+    )
+    if capped is not None:
+        claimed_too_much(trace.correlation_id, c, capped)
+        usage = capped.counted
     cost = cost_of(c.model, usage)
     return {
         "ts": time.time(),
@@ -199,25 +232,62 @@ def shadow_fields(trace: Trace, outcome: ShadowOutcome[Any]) -> dict[str, Any]:
         "policy": {"id": trace.plan.policy_id, "version": trace.plan.policy_version} if trace.plan else None,
         "routing": {"served_by": {"model": c.model.alias, "provider": c.provider.id, "deployment": c.key}},
         "timings": {"total_ms": outcome.duration_ms},
-        "usage": _usage_fields(usage),
+        "usage": _usage_fields(usage, capped=[(c, capped)] if capped is not None else ()),
         "cost": _cost_fields(cost),
         "outcome": {"code": "OK" if outcome.outcome == "ok" else outcome.outcome, "message": outcome.error},
         "request_sha256": trace.request_sha256,
     }
 
 
-def _usage_fields(usage: Usage | None, estimated: bool = False) -> dict[str, int | bool] | None:
+def claimed_too_much(correlation_id: str, candidate: Candidate, capped: Capped) -> None:
+    """The WARNING of a usage claim beyond what its request made possible: ids and counts only."""
+    reported, counted = capped.reported, capped.counted
+    log.warning(
+        "request %s: deployment %s claimed usage beyond what the request made possible "
+        "(input %d, output %d tokens); counted input %d, output %d (caps: input %s, output %s)",
+        correlation_id,
+        candidate.key,
+        reported.input_tokens,
+        reported.output_tokens,
+        counted.input_tokens,
+        counted.output_tokens,
+        capped.max_input_tokens,
+        capped.max_output_tokens,
+    )
+
+
+def _usage_fields(
+    usage: Usage | None, estimated: bool = False, capped: Sequence[tuple[Candidate, Capped]] = ()
+) -> dict[str, Any] | None:
     if usage is None:
         return None
-    fields: dict[str, int | bool] = {
+    fields: dict[str, Any] = _token_fields(usage)
+    if estimated:
+        fields["estimated"] = True
+    if capped:
+        # Each answer whose claim was capped: the claim verbatim, what was counted of it
+        # (min(reported, cap), field by field) and the caps, so a reader can check the sum.
+        fields["capped"] = [
+            {
+                "model": candidate.model.alias,
+                "deployment": candidate.key,
+                "reported": _token_fields(c.reported),
+                "counted": _token_fields(c.counted),
+                "max_input_tokens": c.max_input_tokens,
+                "max_output_tokens": c.max_output_tokens,
+            }
+            for candidate, c in capped
+        ]
+    return fields
+
+
+def _token_fields(usage: Usage) -> dict[str, Any]:
+    return {
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
         "cached_input_tokens": usage.cached_input_tokens,
         "cache_write_input_tokens": usage.cache_write_input_tokens,
     }
-    if estimated:
-        fields["estimated"] = True
-    return fields
 
 
 def _cost_fields(cost: Cost) -> dict[str, Any]:

@@ -167,7 +167,7 @@ _SUMMARY: Mapping[type[ProviderError], str] = {
 _TRANSPORT_TABLE: tuple[tuple[type[Exception], type[ProviderError], str], ...] = (
     (TimeoutException, UpstreamTimeout, "timed out"),
     (ConnectError, UpstreamUnavailable, "could not be reached"),
-    (RemoteProtocolError, UpstreamProtocolError, "closed the connection mid-response"),
+    (RemoteProtocolError, UpstreamProtocolError, "sent a malformed or incomplete HTTP answer"),
     (DecodingError, UpstreamProtocolError, "sent an undecodable body"),
     (NetworkError, UpstreamUnavailable, "connection failed"),
     (HTTPError, UpstreamUnavailable, "transport failed"),
@@ -210,10 +210,17 @@ def classify_error(
     )
 
 
-def classify_transport(provider: str, exc: Exception) -> ProviderError:
-    """Turn an upstream transport (or deadline) exception into a ``ProviderError``; the caller chains it."""
+def classify_transport(provider: str, exc: Exception, *, credential: str | None) -> ProviderError:
+    """Turn an upstream transport (or deadline) exception into a ``ProviderError``; the caller chains it.
+
+    How the answer broke HTTP or its coding (which rule, which coding) goes to the operator's
+    log, sanitized as every upstream's words are (a coding's name is the upstream's text):
+    the caller's message names only the class."""
     for exc_type, cls, what in _TRANSPORT_TABLE:
         if isinstance(exc, exc_type):
+            if isinstance(exc, RemoteProtocolError | DecodingError):
+                detail = operator_detail(str(exc), credential)
+                _log.warning("%s: upstream %s: %s", provider, what, detail)
             # The exception's own text may carry the URL; only its class name is shown.
             return cls(f"{provider}: upstream {what} ({type(exc).__name__})", provider=provider)
     return UpstreamUnavailable(f"{provider}: upstream call failed ({type(exc).__name__})", provider=provider)

@@ -27,7 +27,7 @@ from dataplane.upstream.errors import HTTPError
 
 from .classify import ErrorFacts, classify_error, classify_transport, protocol_error
 from .sse import EventTooLarge, SSEDecoder
-from .wire import dumps, loads
+from .wire import dumps, loads, without_bom
 
 FLOAT32_MAX = 3.4028234663852886e38
 """The largest finite float32: an embedding value beyond it is no embedding."""
@@ -137,10 +137,12 @@ class HttpAdapter:
             finally:
                 response.close()
         except (HTTPError, TimeoutError) as exc:
-            raise classify_transport(self.type_name, exc) from exc
+            raise classify_transport(self.type_name, exc, credential=self._credential) from exc
         encoding = text_encoding(response.headers)
         # UTF-8 (nearly every answer) is parsed as bytes, without a decoded copy.
-        document = data if encoding == "utf-8" else data.decode(encoding, errors="replace")
+        document = (
+            without_bom(data) if encoding == "utf-8" else without_bom(data.decode(encoding, errors="replace"))
+        )
         payload = loads(self.type_name, document, credential=self._credential)
         # Some providers answer 200 with an error body (OpenAI-compatible servers, Mistral).
         self.raise_in_band(payload, status=response.status)
@@ -273,7 +275,7 @@ class HttpAdapter:
         ):
             if decoder.event_stream and _is_json(response):
                 # Some servers answer a streaming request with a plain JSON error and 200.
-                text = await self._read_body(response, MAX_ERROR_BODY_BYTES)
+                text = without_bom(await self._read_body(response, MAX_ERROR_BODY_BYTES))
                 self.raise_in_band(loads(self.type_name, text, credential=self._credential))
                 raise self.malformed("expected an event stream, got a JSON body", text)
             answered = 0  # characters of answer so far: bounded as a unary answer's bytes are
@@ -288,7 +290,7 @@ class HttpAdapter:
                 except BodyTooLarge:
                     raise self.malformed(f"a stream line exceeds the {MAX_EVENT_BYTES}-byte limit") from None
                 except HTTPError as exc:
-                    raise classify_transport(self.type_name, exc) from exc
+                    raise classify_transport(self.type_name, exc, credential=self._credential) from exc
                 else:
                     with self.decoding():
                         chunks = list(decoder.feed(line))
@@ -303,7 +305,7 @@ class HttpAdapter:
     def http_error(self, status: int, text: str, headers: Mapping[str, str]) -> ProviderError:
         """Classify a non-2xx answer from its status, headers and (maybe non-JSON) body."""
         try:
-            payload = json.loads(text)
+            payload = json.loads(without_bom(text))
         except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past the recursion limit
             payload = None
         facts = self.error_facts(payload) or ErrorFacts()
@@ -366,7 +368,7 @@ class HttpAdapter:
         try:
             response = await self._send(url, body, timeout=timeout, params=params, deadline=deadline)
         except HTTPError as exc:
-            raise classify_transport(self.type_name, exc) from exc
+            raise classify_transport(self.type_name, exc, credential=self._credential) from exc
         try:
             if response.status >= 400:
                 raise self.http_error(response.status, await self._error_text(response), response.headers)
@@ -391,7 +393,7 @@ class HttpAdapter:
         try:
             return await self._read_text(response, limit, truncate=True)
         except HTTPError as exc:
-            raise classify_transport(self.type_name, exc) from exc
+            raise classify_transport(self.type_name, exc, credential=self._credential) from exc
 
 
 async def bounded_lines(chunks: AsyncIterator[str], limit: int) -> AsyncGenerator[str, None]:

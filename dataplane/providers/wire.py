@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import secrets
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -179,76 +180,95 @@ def image_url(part: ImagePart) -> str:
     return f"data:{inline[0]};base64,{inline[1]}"
 
 
+AnyStr = TypeVar("AnyStr", str, bytes)
+_BOM = "\ufeff"
+_BOM_BYTES = _BOM.encode()
+
+
+def without_bom(document: AnyStr) -> AnyStr:
+    """A JSON document without one leading byte order mark, which RFC 8259 (8.1) lets a reader
+    ignore and some servers write (an event stream's is dropped as it is decoded, ``_text``);
+    a second one is not ignored: that document is no JSON."""
+    if isinstance(document, bytes):
+        return document[3:] if document.startswith(_BOM_BYTES) else document
+    return document[1:] if document.startswith(_BOM) else document
+
+
 def loads(provider: str, text: str | bytes, *, credential: str | None) -> Any:
     """Parse a JSON document the upstream sent (text, or UTF-8 bytes); malformed JSON is a
     protocol error (``text`` kept for operators with ``credential`` redacted).
 
-    orjson parses; what it refuses and the standard library accepts (``NaN``, a
-    lone surrogate escape, invalid UTF-8 bytes read as replacement characters)
-    is parsed as it always was, except that a lone surrogate (``"\\ud800"``, valid
-    JSON but no Unicode character) is read as U+FFFD like invalid UTF-8 bytes:
-    kept, it reached the caller's answer, which no UTF-8 encoder (protobuf, the
-    HTTP door's JSON) can write, and the request ended INTERNAL after the
-    provider had answered. (orjson reads an integer beyond 64 bits as a float: no
-    field a provider sends is one.)
+    orjson parses, and nothing else: a document of up to ``MAX_BODY_BYTES`` costs at most
+    three of its passes and two linear repairs, never the standard library's parser (several
+    times slower on a 32 MB answer, and its results walked again in Python). Of what orjson
+    refuses, two things a provider can send within its documented format are repaired:
 
-    A document nested deeper than the standard library's recursion limit (orjson
-    stops at 1024 levels, then ``json`` raises ``RecursionError``, not a decode
-    error) is a protocol error too: a few kilobytes of ``[`` must not escape as an
-    internal error that no breaker counts and no fallback follows.
+    - invalid UTF-8 bytes (a server cutting a character between tokens) are read as U+FFFD;
+    - a lone surrogate escape (``"\\ud800"``, valid JSON but no Unicode character) is read
+      as U+FFFD too: kept, it reached the caller's answer, which no UTF-8 encoder (protobuf,
+      the HTTP door's JSON) can write, and the request ended INTERNAL after the provider had
+      answered.
+
+    What is not JSON at all is refused like any other malformed answer, whatever a lenient
+    parser would make of it: ``NaN``, ``Infinity`` and ``-Infinity`` (Python's ``json.dumps``
+    writes them; RFC 8259 has no such values and no provider documents them), a number
+    beyond a double (``1e999``, which no field of an answer can use), and a document nested
+    deeper than 1024 levels. (orjson reads an integer beyond 64 bits as a float: no field a
+    provider sends is one.)
     """
     try:
         return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        pass
-    if isinstance(text, bytes):
+    except orjson.JSONDecodeError as exc:
+        error = exc
+    if isinstance(text, bytes) and "UTF-8" in error.msg:
         text = text.decode("utf-8", errors="replace")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise protocol_error(provider, "invalid JSON", text, credential=credential) from None
-    except RecursionError:
-        raise protocol_error(provider, "JSON nested too deeply", text, credential=credential) from None
-    return _without_lone_surrogates(value) if "\\u" in text else value
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            error = exc
+    if "surrogate" in error.msg:
+        if isinstance(text, bytes):
+            text = _LONE_SURROGATE_BYTES.sub(_replace_lone_bytes, text)
+        else:
+            text = _LONE_SURROGATE.sub(_replace_lone, text)
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            error = exc
+    body = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+    raise protocol_error(provider, _json_problem(error, body), body, credential=credential) from None
 
 
-def _without_lone_surrogates(value: Any) -> Any:
-    """``value`` with every string's lone surrogates replaced by U+FFFD, lists and objects
-    rewritten in place (iteratively: the document may be nested up to the recursion limit)."""
-    if isinstance(value, str):
-        return _valid_text(value)
-    pending = [value]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, list):
-            for i, item in enumerate(node):
-                if isinstance(item, str):
-                    node[i] = _valid_text(item)
-                elif isinstance(item, list | dict):
-                    pending.append(item)
-        elif isinstance(node, dict):
-            for key, item in list(node.items()):
-                if isinstance(item, str):
-                    item = _valid_text(item)
-                elif isinstance(item, list | dict):
-                    pending.append(item)
-                valid = _valid_text(key)
-                if valid != key:
-                    del node[key]
-                node[valid] = item
-    return value
+_SURROGATES = (
+    r"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)
+"""An escaped backslash (consumed whole, so the ``u`` after it starts no escape), a surrogate
+pair, or a lone surrogate escape: matched left to right, only the last is replaced."""
+_LONE_SURROGATE = re.compile(_SURROGATES)
+_LONE_SURROGATE_BYTES = re.compile(_SURROGATES.encode())
+_NOT_JSON = ("NaN", "Infinity", "-Infinity")
 
 
-def _valid_text(text: str) -> str:
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        # Through UTF-16, where a surrogate pair json.loads left split is joined and a lone one
-        # becomes one U+FFFD.
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    return text
+def _replace_lone(match: re.Match[str]) -> str:
+    found = match.group()
+    return found if len(found) != 6 else "\\ufffd"
+
+
+def _replace_lone_bytes(match: re.Match[bytes]) -> bytes:
+    found = match.group()
+    return found if len(found) != 6 else b"\\ufffd"
+
+
+def _json_problem(error: orjson.JSONDecodeError, text: str) -> str:
+    """What is wrong with a document orjson refused, in our words."""
+    if "depth" in error.msg or "recursion" in error.msg:
+        return "JSON nested too deeply"
+    if "infinity" in error.msg:
+        return "invalid JSON (a number beyond a double's range)"
+    found = text[max(error.pos - 1, 0) : error.pos + 9]  # orjson's pos: characters of a str
+    if any(literal in found for literal in _NOT_JSON):
+        return "invalid JSON (NaN and Infinity are not JSON)"
+    return "invalid JSON"
 
 
 def dumps(body: Any) -> bytes:

@@ -9,6 +9,8 @@ what that call needs:
   ``httptools`` (the parser the node's HTTP door uses), handing body chunks to
   the reader with flow control, closing the socket at once when a reader
   leaves early (the upstream sees the disconnect).
+- ``codings``: the transfer codings an answer may carry before chunked (gzip, deflate),
+  decoded a bounded piece at a time; any other is a protocol error naming it.
 - ``client``: ``UpstreamClient``, keep-alive pools per origin (scheme, host,
   port) with a bound on open and on idle connections and an idle timeout; TLS
   with certifi's CA bundle and SNI; request heads built from parts encoded

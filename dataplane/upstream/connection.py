@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import httptools
 
+from .codings import TransferDecoder, transfer_decoder
 from .errors import ReadError, ReadTimeout, RemoteProtocolError
 
 HIGH_WATER = 256 * 1024
@@ -53,6 +54,7 @@ class Exchange:
         "_waiter",
         "complete",
         "deadline",
+        "decoder",
         "headers",
         "headers_done",
         "received",
@@ -76,6 +78,8 @@ class Exchange:
         """The body has neither a length nor chunks: it ends when the upstream closes."""
         self.deadline: float | None = None
         """Loop time by which the whole answer must be in (no wait lasts past it), if any."""
+        self.decoder: TransferDecoder | None = None
+        """The body's transfer coding other than chunked (gzip, deflate), if any: undone here."""
 
     # -- the reader's side ------------------------------------------------------------------
 
@@ -85,8 +89,12 @@ class Exchange:
 
     async def next_chunk(self, timeout: float) -> bytes | None:
         """All of the body that has arrived and not been taken yet (waiting until some has), or
-        None at its end. Pieces that arrived together are handed on as one."""
+        None at its end. Pieces that arrived together are handed on as one (decoded: at most
+        ``codings.MAX_PIECE`` bytes at a time)."""
+        decoder = self.decoder
         while True:
+            if decoder is not None and decoder.pending and (out := decoder.decode(b"")):
+                return out
             chunks = self._chunks
             if chunks:
                 if len(chunks) == 1:
@@ -96,10 +104,16 @@ class Exchange:
                     chunks.clear()
                 self._buffered = 0
                 self._connection.resume(self)
-                return data
+                if decoder is None:
+                    return data
+                if out := decoder.decode(data):
+                    return out
+                continue
             if self._error is not None:
                 raise self._error
             if self.complete:
+                if decoder is not None:
+                    decoder.finish()
                 return None
             await self._wait(timeout)
 
@@ -176,7 +190,8 @@ class Connection(asyncio.Protocol):
         """Bytes received in a row without the parser handing anything on (``_progress``)."""
         self._progress = False
         self._reusable = True
-        """False once the answer announced a body HTTP forbids it (see ``on_headers_complete``)."""
+        """False once the answer announced a body HTTP forbids it (see ``on_headers_complete``),
+        or came before the request was all sent."""
         self._problem = ""
         self.closed = False
         self.used = 0
@@ -267,9 +282,12 @@ class Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(RemoteProtocolError("upstream switched protocols"))
-        except httptools.HttpParserError:
-            problem = self._problem or "upstream sent a malformed HTTP response"
-            self._fail(RemoteProtocolError(problem))
+        except httptools.HttpParserCallbackError:
+            self._fail(RemoteProtocolError(self._problem or "upstream sent a malformed HTTP response"))
+        except httptools.HttpParserError as exc:
+            # The parser's reason is one of its own fixed phrases ("Duplicate Content-Length",
+            # "Transfer-Encoding can't be present with Content-Length"), never the upstream's bytes.
+            self._fail(RemoteProtocolError(f"upstream sent a malformed HTTP response ({exc})"))
         else:
             # Checked after feeding: the same bytes may end the head and begin the body.
             self._idle_bytes = 0 if self._progress else self._idle_bytes + len(data)
@@ -313,6 +331,8 @@ class Connection(asyncio.Protocol):
         if self._header_bytes > MAX_HEADER_BYTES:
             self._problem = f"upstream sent more than {MAX_HEADER_BYTES} bytes of headers"
             raise _OutOfTurn
+        if exchange.headers_done:
+            return  # a trailer field: not merged into the head the reader has (RFC 9110 6.5.1)
         exchange.add_header(name.decode("latin-1").lower(), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
@@ -325,8 +345,19 @@ class Connection(asyncio.Protocol):
         if 100 <= status < 200:
             exchange.headers.clear()  # an interim answer (100 Continue, 103): the real one follows
             return
+        coding = exchange.headers.get("transfer-encoding")
+        if coding is not None and status not in (204, 304):
+            try:
+                exchange.decoder = transfer_decoder(coding)
+            except RemoteProtocolError as exc:
+                self._problem = str(exc)
+                raise _OutOfTurn from None
         exchange.status = status
         exchange.headers_done = True
+        if self._transport is not None and self._transport.get_write_buffer_size():
+            # Answered before the request was all sent (an interim 100 aside): what the upstream
+            # makes of the rest (a next request?) is unknown, so none follows on this socket.
+            self._reusable = False
         if status in (204, 304) and (
             exchange.headers.get("content-length", "0").strip() != "0"
             or "transfer-encoding" in exchange.headers
@@ -336,7 +367,7 @@ class Connection(asyncio.Protocol):
             self._reusable = False
         exchange.until_close = (
             "content-length" not in exchange.headers
-            and "transfer-encoding" not in exchange.headers
+            and (coding is None or not coding.rstrip(" \t,").lower().endswith("chunked"))
             and status not in (204, 304)
         )
         exchange.wake()

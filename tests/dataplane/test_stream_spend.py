@@ -340,7 +340,9 @@ async def test_a_stream_whose_usage_reports_contradict_counts_the_highest(
     async with RawServer(contradicts_itself) as upstream:
         node = await _limited_node(start_node, upstream.url, signing_key, tmp_path)
         async with grpc.aio.insecure_channel(node.address) as channel:
-            request = chat(PROMPT, params=SMALL, correlation_id="contradicts")
+            # Max tokens above the 50 claimed: within what the request made possible.
+            params = infer_pb2.GenerationParams(max_output_tokens=64)
+            request = chat(PROMPT, params=params, correlation_id="contradicts")
             events = [
                 e async for e in infer_pb2_grpc.InferServiceStub(channel).InferStream(request, metadata=AUTH)
             ]

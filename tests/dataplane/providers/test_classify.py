@@ -115,7 +115,7 @@ def test_retry_delay_in_the_body_is_used_when_no_header() -> None:
     ],
 )
 def test_transport_table(exc: Exception, expected: type[ProviderError]) -> None:
-    error = classify_transport("p", exc)
+    error = classify_transport("p", exc, credential=None)
     assert type(error) is expected
     assert error.provider == "p"
 

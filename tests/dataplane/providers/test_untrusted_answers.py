@@ -220,15 +220,25 @@ async def test_a_stream_that_ends_before_any_answer_is_malformed(
 # -- embedding values ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e300", "-3.5e38"])
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("NaN", "NaN and Infinity are not JSON"),
+        ("Infinity", "NaN and Infinity are not JSON"),
+        ("-Infinity", "NaN and Infinity are not JSON"),
+        ("1e300", "holds a value that is not a finite float32"),
+        ("-3.5e38", "holds a value that is not a finite float32"),
+    ],
+)
 async def test_an_embedding_value_no_32_bit_float_holds_is_malformed(
-    upstream: FakeUpstream, client: UpstreamClient, value: str
+    upstream: FakeUpstream, client: UpstreamClient, value: str, problem: str
 ) -> None:
     """Served as it came, 1e300 made the HTTP door's base64 packing raise after the request was
-    recorded as served, and became infinity over gRPC; NaN went out as null or NaN."""
+    recorded as served, and became infinity over gRPC; NaN went out as null or NaN (NaN and
+    Infinity, which are no JSON, are now refused as the document is parsed)."""
     upstream.enqueue(raw_reply('{"data": [{"index": 0, "embedding": [0.5, ' + value + "]}]}"))
     adapter = make_adapter("openai_compatible", upstream.base_url + "/v1", client)
-    with pytest.raises(UpstreamProtocolError, match="holds a value that is not a finite float32"):
+    with pytest.raises(UpstreamProtocolError, match=problem):
         await adapter.embed("bge", EmbedRequest(inputs=("x",)), timeout=5)
 
 
