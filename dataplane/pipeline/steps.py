@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from dataplane.accounting import Cost, added, cost_of, estimated_usage, most, reserved_input_tokens
+from dataplane.accounting import Cost, added, cost_of, most, reserved_input_tokens
 from dataplane.auth import Caller, authenticate
 from dataplane.chat import (
     ChatRequest,
@@ -517,8 +517,7 @@ class Pipeline:
         if candidate is None or trace.usage is not None:
             return trace.cost
         if usage is None:
-            usage = estimated_usage(trace.input_tokens, assembled.chars())
-            trace.usage_estimated = True
+            usage = trace.estimate(candidate, assembled.chars())
         else:  # the provider's claim, capped (counted once: a counted one is within its caps)
             usage = trace.count(candidate, usage)
         return self._account(trace, candidate, usage)

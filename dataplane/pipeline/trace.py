@@ -109,13 +109,22 @@ class Trace:
         claimed_too_much(self.correlation_id, candidate, capped)
         return capped.counted
 
+    def estimate(self, candidate: Candidate, output_chars: int) -> Usage:
+        """The node's own count of an answer of ``output_chars`` characters whose provider never
+        reported its usage (``estimated_usage``), at the same caps as a claim (``count``): a
+        provider ignoring the request's max tokens must not be billed past it for saying
+        nothing, any more than for claiming it."""
+        self.usage_estimated = True
+        usage = estimated_usage(self.input_tokens, output_chars)
+        capped = capped_usage(usage, candidate.model, self.max_output_tokens, self.embeds)
+        return usage if capped is None else capped.counted
+
     def discard(self, candidate: Candidate, response: ChatResponse) -> None:
         """``candidate``'s answer ``response`` is not served (governance refused it, and the
         request falls back or is refused): it still counts (estimated when it says nothing)."""
         usage = self.count(candidate, response.usage)
         if usage is None:
-            usage = estimated_usage(self.input_tokens, len(response.message.text))
-            self.usage_estimated = True
+            usage = self.estimate(candidate, len(response.message.text))
         self.discarded = added(self.discarded, usage)
         self.discarded_cost += cost_of(candidate.model, usage)
 

@@ -216,6 +216,35 @@ async def test_an_absurd_output_claim_is_counted_at_the_requests_max_tokens(
     assert all(API_KEY not in w for w in warnings)
 
 
+async def _silent_flood(server: RawServer, peer: Peer) -> None:
+    """Streams 40,000 characters to every request, ignoring its max tokens, with no usage."""
+    while (request := await peer.request()) is not None:
+        server.requests.append(request)
+        text = {**CHUNK, "choices": [{"index": 0, "delta": {"content": "x" * 1000}}]}
+        await peer.send(
+            _sse(
+                {**CHUNK, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+                *[text] * 40,
+                {**CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            )
+        )
+
+
+@pytest.mark.parametrize("door", [_grpc, _http], ids=["grpc", "http"])
+async def test_a_stream_without_usage_is_estimated_at_most_at_the_requests_max_tokens(
+    start_node: NodeFactory, signing_key: Ed25519PrivateKey, tmp_path: Path, door: Any
+) -> None:
+    """The node's own estimate (4 characters a token) of a provider that ignored the request's
+    max tokens and reported nothing was billed uncapped: 10,000 tokens for a request of 8."""
+    async with RawServer(_silent_flood) as upstream:
+        node = await _node(start_node, upstream.url, signing_key, tmp_path)
+        await door(node, "silent", True, MAX_TOKENS)
+    usage = _record(node, "silent")["usage"]
+    assert usage["estimated"] is True
+    assert usage["output_tokens"] == MAX_TOKENS
+    assert "capped" not in usage  # an estimate is the node's own figure, not a claim
+
+
 @pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
 async def test_without_max_tokens_output_is_capped_at_the_models_maximum_and_input_at_its_window(
     start_node: NodeFactory, signing_key: Ed25519PrivateKey, tmp_path: Path, streamed: bool
