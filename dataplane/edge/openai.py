@@ -43,6 +43,7 @@ from dataplane.edge.infer import (
     image_from_url,
     json_object,
 )
+from dataplane.edge.json_bounds import MAX_JSON_CONTAINERS, containers_exceed
 from dataplane.errors import InvalidRequest, shown
 from dataplane.routing.query import Hints
 from dataplane.validation import MAX_EMBED_INPUTS, MAX_MESSAGES, check_counts, check_stop_count
@@ -76,8 +77,14 @@ _CAPABILITIES = {c.value: c for c in Capability}
 
 
 def loads(body: bytes, what: str = "request body", bounds: Callable[[Any], None] | None = None) -> Any:
-    """The JSON of a body; ``InvalidRequest`` naming the body when it is not JSON, or what
-    ``bounds`` (``chat_counts``, ``embed_counts``) refuses, before the body is walked."""
+    """The JSON of a body; ``InvalidRequest`` naming the body when it holds more objects and
+    arrays than ``MAX_JSON_CONTAINERS`` (before it is parsed: ``json_bounds``), when it is not
+    JSON, or what ``bounds`` (``chat_counts``, ``embed_counts``) refuses, before the body is
+    walked."""
+    if containers_exceed(body):
+        raise InvalidRequest(
+            "body", f"{what} holds more than the limit of {MAX_JSON_CONTAINERS} JSON objects and arrays"
+        )
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
