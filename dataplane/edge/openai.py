@@ -70,6 +70,16 @@ _UNSUPPORTED = frozenset(
     }
 )  # fmt: skip
 """OpenAI fields this door does not implement: refused by name rather than ignored."""
+_MESSAGE_FIELDS = frozenset(
+    {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "annotations"}
+)
+"""What a message may hold: what OpenAI's SDKs send in any role's message, and what its
+answers' messages hold (a conversation carries them on as they came: ``annotations`` are
+citations of the answer's text, which the text itself carries on, so they are ignored).
+A key OpenAI defines for only some roles is ignored in the others, as before."""
+_MESSAGE_UNSUPPORTED = frozenset({"audio", "function_call"})
+"""A message's fields that this door does not implement (the request's ``audio`` and
+``functions`` neither): null is taken, as an answer's message holds them."""
 _EMBED_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user", "metadata"})
 _ROLES = {r.value: r for r in Role}
 _DATA_CLASSES = {c.name.lower(): c for c in DataClass if c is not DataClass.UNSPECIFIED}
@@ -173,16 +183,20 @@ def _kind(value: Any) -> str:
 
 
 def _known_fields(
-    body: Mapping[str, Any], allowed: frozenset[str], unsupported: frozenset[str] = frozenset()
+    body: Mapping[str, Any],
+    allowed: frozenset[str],
+    unsupported: frozenset[str] = frozenset(),
+    where: str = "",
 ) -> None:
+    """``where``: the path of ``body`` in the request (``messages[2].``), before each key."""
     for key in body:
         if key in unsupported:
             if body[key] is None or body[key] is False:
                 continue
-            raise InvalidRequest(key, "is not supported by Signalbox")
+            raise InvalidRequest(where + key, "is not supported by Signalbox")
         if key not in allowed:
             name = key if len(key) <= 64 and key.isprintable() else shown(key, 64)
-            raise InvalidRequest(name, "unrecognized request argument")
+            raise InvalidRequest(where + name, "unrecognized request argument")
 
 
 # ---- chat ----
@@ -244,6 +258,12 @@ def _tool_calls(value: Any, field: str) -> tuple[ToolCall, ...]:
 
 def _message(value: Any, field: str) -> Message:
     message = _object(value, field)
+    # Refused as OpenAI refuses them: ignored, a client's misspelt key ("tool_call_ids")
+    # silently changed the conversation, and any amount of JSON rode along unread.
+    _known_fields(message, _MESSAGE_FIELDS, _MESSAGE_UNSUPPORTED, f"{field}.")
+    annotations = message.get("annotations")
+    if annotations is not None:
+        _list(annotations, f"{field}.annotations")
     # Only a string is looked up: an object or array is unhashable, and a lookup of one
     # raised TypeError, which the caller saw as a 500 for a bad body.
     raw_role = message.get("role")

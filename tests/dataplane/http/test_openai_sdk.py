@@ -414,3 +414,48 @@ async def test_an_assistant_refusal_carried_in_the_conversation_is_sent_as_what_
         )
     assert bad.value.body["param"] == "messages[0].content[0].type"  # type: ignore[index]
     assert "must be text or refusal" in bad.value.message
+
+
+async def test_a_message_key_openai_does_not_define_is_refused_by_name(
+    client: openai.AsyncOpenAI, simulator: Any
+) -> None:
+    # Unknown keys inside a message were ignored: a misspelt one silently changed the
+    # conversation (OpenAI answers 400), and any amount of JSON rode along unread.
+    first = await client.chat.completions.create(
+        model="sim-fast", messages=[{"role": "user", "content": "hi", "name": "ann"}]
+    )
+    # Every key the SDK's own answer message holds (null audio, function_call, annotations
+    # and tool_calls included), and an answer's annotations as OpenAI sends them, are taken.
+    carried = first.choices[0].message.model_dump()
+    assert {"annotations", "audio", "function_call", "refusal", "tool_calls"} <= carried.keys()
+    cited = {"role": "assistant", "content": "see", "refusal": None, "annotations": [
+        {"type": "url_citation", "url_citation": {"url": "https://example.com", "title": "t",
+                                                  "start_index": 0, "end_index": 3}}]}  # fmt: skip
+    messages: Any = [
+        {"role": "system", "content": "be brief", "name": "rules"},
+        {"role": "user", "content": "hi", "name": "ann"},
+        carried,
+        cited,
+        {"role": "user", "content": [{"type": "text", "text": "and?"}]},
+    ]
+    served = await client.chat.completions.create(model="sim-fast", messages=messages)
+    assert served.choices[0].message.content
+    sent = simulator.stats("sim-fast").last_request["messages"]
+    assert all("annotations" not in m for m in sent)
+    hi = {"role": "user", "content": "hi"}
+    cases = [
+        ({**hi, "tool_call_ids": "c1"}, "messages[0].tool_call_ids", "unrecognized request argument"),
+        ({**hi, "cache_control": {"type": "ephemeral"}}, "messages[0].cache_control", "unrecognized"),
+        ({**hi, "\x00" * 10_000: 1}, "messages[0]." + repr("\x00" * 64) + "...", "unrecognized"),
+        ({"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}},
+         "messages[0].function_call", "is not supported by Signalbox"),
+        ({"role": "assistant", "content": None, "audio": {"id": "audio_1"}},
+         "messages[0].audio", "is not supported by Signalbox"),
+        ({"role": "assistant", "content": "x", "annotations": "cited"}, "messages[0].annotations",
+         "must be an array"),
+    ]  # fmt: skip
+    for message, param, says in cases:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(model="sim-fast", messages=[message, hi])  # type: ignore[list-item]
+        assert refused.value.body["param"] == param, refused.value.body  # type: ignore[index]
+        assert says in refused.value.message
