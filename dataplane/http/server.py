@@ -16,6 +16,8 @@ and leaves every limit in our hands:
 - **Connections.** At most ``max_requests_per_connection`` requests on one connection;
   requests are answered in order (pipelining), one at a time; reading pauses when a few are
   waiting, so a client cannot queue unbounded work.
+- **Versions.** HTTP/1.1 and HTTP/1.0; any other version is answered 505 and the
+  connection closed.
 - **Smuggling.** A request with both ``Content-Length`` and ``Transfer-Encoding``, with more
   than one ``Host``, or an upgrade, is refused (400) and the connection closed.
 - **Codings.** A transfer coding other than chunked is refused (501), a content coding
@@ -45,6 +47,7 @@ from pathlib import Path
 
 import httptools
 
+from dataplane.http.framing import OTHER_VERSION, VERSIONS, check_head
 from dataplane.http.messages import (
     REASONS,
     ClientGone,
@@ -167,7 +170,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            if not self._refused:
+            if str(exc) == OTHER_VERSION:
+                self._refuse(505, VERSIONS)
+            elif not self._refused:
                 self._refuse(400, f"malformed HTTP request ({_parser_problem(exc)})")
         if self._in_message and (not self._headers_done or self._in_chunk_head):
             # All of ``data`` is the head (or the trailers) still being received, unless
@@ -214,66 +219,18 @@ class _Connection(asyncio.Protocol):
         if self._refused:
             return
         self._headers_done = True
-        # One pass for the three headers the server itself reads (the first of each counts).
-        length: bytes | None = None
-        codings: list[bytes] = []
-        content_codings: list[bytes] = []
-        expect = b""
-        hosts = 0
-        for name, value in self._headers:
-            if name == b"content-length":
-                if length is None:
-                    length = value
-            elif name == b"transfer-encoding":
-                codings.extend(c.strip().lower() for c in value.split(b","))
-            elif name == b"content-encoding":
-                content_codings.extend(c.strip().lower() for c in value.split(b","))
-            elif name == b"expect" and not expect:
-                expect = value
-            elif name == b"host":
-                hosts += 1
-        if hosts > 1:
-            # RFC 9112 3.2: a server MUST answer 400. A proxy in front that checks or routes
-            # by one of them while another hop reads the other is the classic confusion.
-            self._refuse(400, "a request may carry one host header, not several")
+        refusal, expect = check_head(
+            self._parser.get_http_version(), self._headers, self._limits.max_body_bytes
+        )
+        if refusal is not None:
+            self._refuse(refusal.status, refusal.message, extra=refusal.extra)
             return
-        if length is not None and codings:
-            self._refuse(400, "a request may not carry both content-length and transfer-encoding")
-            return
-        if codings and codings != [b"chunked"]:
-            # httptools frames a body whose last coding is chunked and leaves the others
-            # (gzip, deflate, ...) to us: unrefused, the still-coded bytes reached the
-            # handler as the body. None is implemented (RFC 9112 6.1: 501).
-            shown = b", ".join(codings)[:64].decode("latin-1")
-            self._refuse(501, f"transfer-encoding {shown!r} is not supported; only chunked")
-            return
-        if any(c not in (b"", b"identity") for c in content_codings):
-            # No handler decodes a content coding: a gzip body reached the door as it came
-            # and was refused as "not valid JSON (not valid UTF-8)", naming neither the
-            # header nor the remedy. Refused before a byte of the body is read (RFC 9110
-            # 15.5.16: 415, with Accept-Encoding saying what is taken).
-            shown = b", ".join(content_codings)[:64].decode("latin-1")
-            self._refuse(
-                415,
-                f"content-encoding {shown!r} is not supported; send the request body uncompressed",
-                extra=b"accept-encoding: identity\r\n",
-            )
-            return
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                self._refuse(400, "content-length is not a number")
-                return
-            if declared > self._limits.max_body_bytes:
-                self._refuse(413, f"request body of {declared} bytes exceeds {self._limits.max_body_bytes}")
-                return
         if self._parser.should_upgrade():
             self._refuse(400, "protocol upgrades are not supported")
             return
         # An HTTP/1.0 client knows no interim answers: it would take this one for its answer.
         # RFC 9110 10.1.1: the expectation in an HTTP/1.0 request is ignored.
-        http10 = self._parser.get_http_version() in ("1.0", "0.9")
+        http10 = self._parser.get_http_version() == "1.0"
         continues = expect.lower() == b"100-continue" and self._transport is not None and not http10
         if continues and self._server.screen and not self._server.screen(request := self._request(b"")):
             self._withhold(request)
@@ -316,7 +273,7 @@ class _Connection(asyncio.Protocol):
         keep_alive = (
             self._parser.should_keep_alive() and self._served < self._limits.max_requests_per_connection
         )
-        self._queue.append((request, keep_alive, self._parser.get_http_version() not in ("1.0", "0.9")))
+        self._queue.append((request, keep_alive, self._parser.get_http_version() == "1.1"))
         assert self._transport is not None
         if len(self._queue) >= _MAX_PIPELINED:
             # Reading goes on while a request is answered (a client that leaves must be

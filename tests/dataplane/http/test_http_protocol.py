@@ -1,0 +1,68 @@
+"""The HTTP server's protocol edges: which versions it speaks, and clients that half-close."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from dataplane.http.messages import Limits, Request, Response
+from dataplane.http.openai_api import server_error_body
+from dataplane.http.server import HttpServer
+
+LIMITS = Limits(header_timeout=5, body_timeout=5, keepalive_timeout=5)
+
+
+async def _echo(request: Request, response: Response) -> None:
+    await response.send(
+        200, ((b"content-type", b"text/plain"),), b"%s %s" % (request.method.encode(), request.body)
+    )
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[HttpServer]:
+    server = HttpServer(_echo, server_error_body, LIMITS)
+    await server.start("127.0.0.1", 0)
+    yield server
+    await server.close(1)
+
+
+async def _exchange(server: HttpServer, data: bytes, *, half_close: bool = False) -> bytes:
+    """Send ``data`` on a fresh connection (then shut the write side when ``half_close``);
+    everything the server answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(data)
+        if half_close:
+            writer.write_eof()
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9", b"HTTP/3.0", b"HTTP/1.2"])
+async def test_a_version_other_than_1_0_or_1_1_is_answered_505_and_closed(
+    server: HttpServer, version: bytes
+) -> None:
+    # HTTP/2.0 (which httptools parses) was answered as HTTP/1.1; HTTP/3.0 as malformed.
+    answer = await _exchange(
+        server, b"POST /x %b\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /x HTTP/1.1\r\n\r\n" % version
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), answer
+    assert b"connection: close" in head
+    error = json.loads(body)["error"]  # one answer: the pipelined request after it is not read
+    assert "HTTP version not supported" in error["message"]
+    assert error["type"] == "server_error"
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.0", b"HTTP/1.1"])
+async def test_http_1_0_and_1_1_are_served(server: HttpServer, version: bytes) -> None:
+    answer = await _exchange(
+        server, b"POST /x %b\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi" % version
+    )
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert answer.endswith(b"\r\n\r\nPOST hi")
