@@ -22,9 +22,10 @@ and leaves every limit in our hands:
   than one ``Host``, or an upgrade, is refused (400) and the connection closed.
 - **Codings.** A transfer coding other than chunked is refused (501), a content coding
   (``Content-Encoding: gzip``) too (415): no handler decodes one, and none is inflated here.
-- **Disconnects.** A client that goes away (or half-closes: HTTP/1.1 clients do not)
-  cancels its handler at once, even while nothing is being written: the cancellation
-  reaches the upstream call and the request's evidence records it.
+- **Disconnects.** A client that goes away cancels its handler at once, even while nothing
+  is being written: the cancellation reaches the upstream call and the request's evidence
+  records it. A client that half-closes after its requests (HTTP/1.1 allows it) gets its
+  answers (``eof_received`` says how the two are told apart).
 - **Drain.** ``close(grace)`` stops accepting, closes idle connections, lets requests in
   flight and those still arriving finish (their answers say ``Connection: close``) for up
   to ``grace`` seconds, then cancels what is left.
@@ -40,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -110,6 +112,12 @@ class _Connection(asyncio.Protocol):
         self._writable.set()
         self._closed = False
         self.draining = False
+        self._response: Response | None = None
+        """The answer being made, while a handler runs."""
+        self._answering_http11 = False
+        self._read_closed = False
+        """The client shut its side after whole requests (``eof_received``): they are
+        answered, then the connection closes."""
 
     # ---- asyncio.Protocol ----
 
@@ -185,6 +193,41 @@ class _Connection(asyncio.Protocol):
                 self._head_received += len(data)
             if max(self._header_bytes, self._head_received) > self._limits.max_header_bytes:
                 self._refuse(431, f"request line and headers exceed {self._limits.max_header_bytes} bytes")
+
+    def eof_received(self) -> bool | None:
+        """The client is gone, or half-closed after its requests (``SHUT_WR``, which HTTP/1.1
+        allows; such a client got no answer). Taken as gone unless whole requests are being
+        answered and the answer has not started: they are answered, then the connection
+        closes. An HTTP/1.1 client is then sent an interim ``103 Early Hints`` (which it must
+        read past, RFC 9110 15.2): a closed socket answers it with a reset, ``_peer_check``
+        sees it, and the handler of a client that left is still cancelled before its answer.
+        An answer under way (a stream) cannot carry one: an EOF then is a client gone."""
+        response = self._response
+        if self._in_message or self._task is None or self._transport is None:
+            return None
+        if response is not None and response.started:
+            return None
+        self._read_closed = True
+        self._disarm()
+        if response is not None:
+            response.keep_alive = response.keep_alive and bool(self._queue)  # the last one closes
+        if self._answering_http11 if response is not None else bool(self._queue and self._queue[0][2]):
+            self._transport.write(_EARLY_HINTS)
+            self._loop.call_later(_PEER_CHECK_FIRST, self._peer_check, _PEER_CHECK_FIRST)
+        return True
+
+    def _peer_check(self, delay: float) -> None:
+        """Abort the connection (cancelling its handler) once the client's socket answered the
+        interim answer with a reset; checked again later while the answer has not started."""
+        response = self._response
+        if self._closed or self._transport is None or self._task is None or (response and response.started):
+            return
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._abort()
+            return
+        delay = min(delay * 2, _PEER_CHECK_MAX)
+        self._loop.call_later(delay, self._peer_check, delay)
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -315,7 +358,9 @@ class _Connection(asyncio.Protocol):
         try:
             while self._queue and not self._closed:
                 request, keep_alive, http11 = self._queue.popleft()
+                keep_alive = keep_alive and not (self._read_closed and not self._queue)
                 response = Response(self, keep_alive, head=request.method == "HEAD", chunkable=http11)
+                self._response, self._answering_http11 = response, http11
                 self._server.in_flight += 1
                 try:
                     await self._server.handler(request, response)
@@ -335,6 +380,7 @@ class _Connection(asyncio.Protocol):
                         response.keep_alive = False
                         await response.send(500, _JSON, self._server.error_body(500, "internal error"))
                 finally:
+                    self._response = None
                     self._server.in_flight -= 1
                     if not self._server.in_flight:
                         self._server.idle.set()  # what a drain waits for
@@ -348,7 +394,7 @@ class _Connection(asyncio.Protocol):
                 if not self._transport.is_closing():  # else an answer closed it (an error)
                     self._write_refusal(*self._refusal_owed)
                 return
-            if self.draining:
+            if self.draining or self._read_closed:
                 self._close()
                 return
             if self._in_message:  # the start of a pipelined request is here already
@@ -477,6 +523,9 @@ class _Connection(asyncio.Protocol):
 
 _JSON = ((b"content-type", b"application/json"),)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\n\r\n"
+_PEER_CHECK_FIRST, _PEER_CHECK_MAX = 0.05, 1.0
+"""Seconds to a half-closed client's first check for a reset, and the most between checks."""
 _MAX_PIPELINED = 4
 """Requests parsed ahead of their answers before reading pauses."""
 

@@ -11,6 +11,7 @@ import pytest
 from dataplane.http.messages import Limits, Request, Response
 from dataplane.http.openai_api import server_error_body
 from dataplane.http.server import HttpServer
+from tests.helpers import eventually
 
 LIMITS = Limits(header_timeout=5, body_timeout=5, keepalive_timeout=5)
 
@@ -66,3 +67,69 @@ async def test_http_1_0_and_1_1_are_served(server: HttpServer, version: bytes) -
     )
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
     assert answer.endswith(b"\r\n\r\nPOST hi")
+
+
+class Gated:
+    """A handler that answers once ``release`` is set, and says whether it was cancelled."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def __call__(self, request: Request, response: Response) -> None:
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        await _echo(request, response)
+
+
+@pytest.fixture
+async def gated() -> AsyncIterator[tuple[HttpServer, Gated]]:
+    handler = Gated()
+    server = HttpServer(handler, server_error_body, LIMITS)
+    await server.start("127.0.0.1", 0)
+    yield server, handler
+    await server.close(1)
+
+
+REQUEST = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+
+
+async def test_a_client_that_half_closes_after_its_requests_gets_its_answers(
+    gated: tuple[HttpServer, Gated],
+) -> None:
+    # The end of the client's sending was taken for the client gone: its handler was
+    # cancelled and it got no answer (HTTP/1.1 lets a client shut its side and read on).
+    server, handler = gated
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(REQUEST + REQUEST.replace(b"hi", b"yo"))
+        writer.write_eof()
+        await writer.drain()
+        # Asked whether it is still there, as an HTTP/1.1 client must read past.
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim == b"HTTP/1.1 103 Early Hints\r\n\r\n"
+        handler.release.set()
+        answers = await asyncio.wait_for(reader.read(), 10)  # then the connection closes
+    finally:
+        writer.close()
+    first, second = answers.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert b"connection: keep-alive" in first
+    assert first.endswith(b"POST hi")
+    assert b"connection: close" in second
+    assert second.endswith(b"POST yo")
+    assert not handler.cancelled.is_set()
+
+
+async def test_a_client_that_closes_before_its_answer_still_cancels_its_handler(
+    gated: tuple[HttpServer, Gated],
+) -> None:
+    server, handler = gated
+    _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(REQUEST)
+    await writer.drain()
+    writer.close()  # the whole socket: the interim answer is met with a reset
+    await eventually(handler.cancelled.is_set, message="the handler was cancelled")
+    await eventually(lambda: not server.connections, message="the connection was closed")
