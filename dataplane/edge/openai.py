@@ -540,6 +540,26 @@ def wire_field(field: str, body: Any) -> str:
     return field
 
 
+_HTTP_WORDING = (
+    ("'Bearer <API key or JWT>' metadata", "'Bearer <API key or JWT>' header"),
+    ("REQUIRED needs at least one tool", '"required" needs at least one tool in tools'),
+    ("required when mode is TOOL", 'required when tool_choice is {"type": "function", ...}'),
+    ("does not allow task ", "does not allow x-signalbox-task "),
+    ("a request without a task ", "a request without an x-signalbox-task header "),
+)
+"""What the pipeline's messages say as gRPC says it (metadata, enum names, request fields),
+as this door's callers name it (headers, body fields and values)."""
+
+
+def http_wording(message: str) -> str:
+    """A pipeline message in this door's words (``_HTTP_WORDING``): an OpenAI caller was told
+    of "metadata" and of ``REQUIRED``, which it never sent."""
+    for grpc, http in _HTTP_WORDING:
+        if grpc in message:
+            message = message.replace(grpc, http)
+    return message
+
+
 def _json_schema(body: Any) -> Any:
     """The body's ``response_format.json_schema``, whatever it is (None when absent)."""
     response_format = body.get("response_format") if type(body) is dict else None
