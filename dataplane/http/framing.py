@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dataplane.http.messages import text
+
 OTHER_VERSION = "Invalid HTTP version"
 """What httptools says of a well-formed version it does not parse (HTTP/1.2, HTTP/3.0)."""
 VERSIONS = "HTTP version not supported; this server speaks HTTP/1.1 (and HTTP/1.0)"
@@ -56,14 +58,14 @@ def check_head(
         # httptools frames a body whose last coding is chunked and leaves the others
         # (gzip, deflate, ...) to us: unrefused, the still-coded bytes reached the
         # handler as the body. None is implemented (RFC 9112 6.1: 501).
-        shown = b", ".join(codings)[:64].decode("latin-1")
+        shown = text(b", ".join(codings))[:64]
         return Refusal(501, f"transfer-encoding {shown!r} is not supported; only chunked"), expect
     if any(c not in (b"", b"identity") for c in content_codings):
         # No handler decodes a content coding: a gzip body reached the door as it came
         # and was refused as "not valid JSON (not valid UTF-8)", naming neither the
         # header nor the remedy. Refused before a byte of the body is read (RFC 9110
         # 15.5.16: 415, with Accept-Encoding saying what is taken).
-        shown = b", ".join(content_codings)[:64].decode("latin-1")
+        shown = text(b", ".join(content_codings))[:64]
         return Refusal(
             415,
             f"content-encoding {shown!r} is not supported; send the request body uncompressed",

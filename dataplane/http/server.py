@@ -60,6 +60,7 @@ from dataplane.http.messages import (
     Response,
     Screen,
     header_fields,
+    text,
 )
 from dataplane.tls_front import NOT_THROUGH_FRONT, PeerLookup
 
@@ -332,8 +333,8 @@ class _Connection(asyncio.Protocol):
             self._front_peer()
         return Request(
             self._parser.get_method().decode("latin-1"),
-            (url.path or b"/").decode("latin-1"),
-            (url.query or b"").decode("latin-1"),
+            text(url.path or b"/"),
+            text(url.query or b""),
             header_fields(self._headers),
             body,
             self._peer_certificate,

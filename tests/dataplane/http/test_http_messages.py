@@ -3,6 +3,8 @@ gRPC's metadata and enum names), and header values as the caller sent them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,11 +25,14 @@ GRPC_WORDS = ("metadata", "REQUIRED", "TOOL", "INVALID_ARGUMENT", "UNAUTHENTICAT
 
 
 @pytest.fixture
-async def http(
-    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
-) -> AsyncIterator[aiohttp.ClientSession]:
-    node: DataPlaneNode = await start_node(http_listen="127.0.0.1:0")
+async def node(start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey) -> DataPlaneNode:
+    node = await start_node(http_listen="127.0.0.1:0")
     assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
+    return node
+
+
+@pytest.fixture
+async def http(node: DataPlaneNode) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(f"http://{node.http_address}") as session:
         yield session
 
@@ -76,3 +81,52 @@ def test_a_key_scopes_task_refusal_names_the_task_header() -> None:
         with pytest.raises(PermissionDenied) as refused:
             scope.check_task(task)
         assert http_wording(str(refused.value)) == says
+
+
+async def _raw_error(node: DataPlaneNode, head: bytes, body: bytes = b"") -> tuple[int, dict[str, Any]]:
+    """The status and error of a request sent as ``head`` (its first line and headers, CRLF-ended) and ``body``."""
+    host, port = node.http_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body))
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status, _, rest = answer.partition(b"\r\n\r\n")
+    return int(status.split(b" ", 2)[1]), json.loads(rest)["error"]
+
+
+@pytest.mark.parametrize(
+    ("header", "says"),
+    [
+        ("x-signalbox-capabilities: vision, résumé", "x-signalbox-capabilities: 'résumé' is not one of"),
+        ("x-signalbox-timeout-ms: 五秒", "not '五秒'"),
+        ("Content-Encoding: gzïp", "content-encoding 'gzïp' is not supported"),
+    ],
+    ids=["capabilities", "timeout", "content-encoding"],
+)
+async def test_a_utf_8_header_value_reads_as_sent_in_its_error(
+    node: DataPlaneNode, header: str, says: str
+) -> None:
+    # Header bytes were read as ISO-8859-1: 'résumé' came back as 'rÃ©sumÃ©'.
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n%b\r\n" % (
+        API_KEY.encode(),
+        header.encode(),
+    )
+    status, error = await _raw_error(node, head, json.dumps(HI).encode())
+    assert status in (400, 415), error
+    assert says in error["message"], error["message"]
+    assert "Ã" not in error["message"]
+
+
+async def test_a_header_value_that_is_not_utf_8_reads_byte_for_byte_escaped_and_bounded(
+    node: DataPlaneNode,
+) -> None:
+    value = b"\xe9\x85" * 1000  # not UTF-8: each byte one character (U+0085 a control, escaped)
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n" % API_KEY.encode()
+    status, error = await _raw_error(
+        node, head + b"x-signalbox-capabilities: %b\r\n" % value, json.dumps(HI).encode()
+    )
+    assert status == 400, error
+    assert "x-signalbox-capabilities: 'é\\x85é\\x85" in error["message"], error["message"]
+    assert len(error["message"]) < 300
