@@ -206,8 +206,8 @@ class _Connection(asyncio.Protocol):
         response = self._response
         if self._in_message or self._task is None or self._transport is None:
             return None
-        if response is not None and response.started:
-            return None
+        if (response is not None and response.started) or self._transport.get_extra_info("sslcontext"):
+            return None  # over TLS the peer's close_notify ends the session (asyncio closes it)
         self._read_closed = True
         self._disarm()
         if response is not None:

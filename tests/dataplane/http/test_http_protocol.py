@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from dataplane.http.messages import Limits, Request, Response
 from dataplane.http.openai_api import server_error_body
 from dataplane.http.server import HttpServer
+from tests.fixtures.certs import TestCA
 from tests.helpers import eventually
 
 LIMITS = Limits(header_timeout=5, body_timeout=5, keepalive_timeout=5)
@@ -133,3 +136,31 @@ async def test_a_client_that_closes_before_its_answer_still_cancels_its_handler(
     writer.close()  # the whole socket: the interim answer is met with a reset
     await eventually(handler.cancelled.is_set, message="the handler was cancelled")
     await eventually(lambda: not server.connections, message="the connection was closed")
+
+
+async def test_a_tls_client_that_closes_before_its_answer_cancels_its_handler_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Over TLS the client's close_notify ends the session whatever the server says: keeping
+    # the connection open for a half-closed client there only made asyncio log a warning
+    # for each client that left while waiting.
+    ca = TestCA(tmp_path / "ca")
+    pem = ca.issue("localhost", server=True)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(pem.cert, pem.key)
+    handler = Gated()
+    server = HttpServer(handler, server_error_body, LIMITS, server_tls)
+    await server.start("127.0.0.1", 0)
+    try:
+        client_tls = ssl.create_default_context(cafile=ca.ca_file)
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=client_tls, server_hostname="localhost"
+        )
+        writer.write(REQUEST)
+        await writer.drain()
+        await eventually(lambda: server.in_flight == 1, message="the request is being answered")
+        writer.close()
+        await eventually(handler.cancelled.is_set, message="the handler was cancelled")
+    finally:
+        await server.close(1)
+    assert not [r for r in caplog.records if "eof_received" in r.getMessage()]
