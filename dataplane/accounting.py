@@ -130,6 +130,7 @@ def added(usage: Usage | None, other: Usage) -> Usage:
         usage.output_tokens + other.output_tokens,
         usage.cached_input_tokens + other.cached_input_tokens,
         usage.cache_write_input_tokens + other.cache_write_input_tokens,
+        usage.reasoning_output_tokens + other.reasoning_output_tokens,
     )
 
 
@@ -145,4 +146,5 @@ def most(usage: Usage | None, other: Usage) -> Usage:
         max(usage.output_tokens, other.output_tokens),
         max(usage.cached_input_tokens, other.cached_input_tokens),
         max(usage.cache_write_input_tokens, other.cache_write_input_tokens),
+        max(usage.reasoning_output_tokens, other.reasoning_output_tokens),
     )

@@ -126,6 +126,10 @@ class Usage:
     output_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_input_tokens: int = 0
+    reasoning_output_tokens: int = 0
+    """The part of ``output_tokens`` the model spent reasoning, where its provider reports it
+    (OpenAI's ``reasoning_tokens``, Gemini's ``thoughtsTokenCount``); 0 where it reports none
+    (Anthropic counts thinking in its output tokens without saying how much)."""
 
     @property
     def total_tokens(self) -> int:

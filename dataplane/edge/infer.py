@@ -15,6 +15,7 @@ import binascii
 import json
 import math
 from collections.abc import Mapping
+from itertools import compress, repeat
 from typing import Any
 
 from dataplane.accounting import Cost
@@ -143,13 +144,17 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     while stack:
         item, depth = stack.pop()
         children = item.values() if isinstance(item, dict) else item
-        for child in children:
-            if isinstance(child, dict | list):
-                if depth + 1 > limit:
-                    return True
-                if child:
-                    stack.append((child, depth + 1))
+        # Only the objects and arrays among the children, picked out at C speed: one by one
+        # in Python, a body's list of four million strings cost a third of a second.
+        for child in compress(children, map(isinstance, children, repeat(_CONTAINERS))):
+            if depth + 1 > limit:
+                return True
+            if child:
+                stack.append((child, depth + 1))
     return False
+
+
+_CONTAINERS = (dict, list)
 
 
 def json_object(text: str, field: str, what: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ Outbound (answers in OpenAI's exact shapes) is ``dataplane.edge.openai_answers``
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -43,6 +44,7 @@ from dataplane.edge.infer import (
     image_from_url,
     json_object,
 )
+from dataplane.edge.json_bounds import MAX_JSON_CONTAINERS, json_shape
 from dataplane.errors import InvalidRequest, shown
 from dataplane.routing.query import Hints
 from dataplane.validation import MAX_EMBED_INPUTS, MAX_MESSAGES, check_counts, check_stop_count
@@ -69,6 +71,16 @@ _UNSUPPORTED = frozenset(
     }
 )  # fmt: skip
 """OpenAI fields this door does not implement: refused by name rather than ignored."""
+_MESSAGE_FIELDS = frozenset(
+    {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "annotations"}
+)
+"""What a message may hold: what OpenAI's SDKs send in any role's message, and what its
+answers' messages hold (a conversation carries them on as they came: ``annotations`` are
+citations of the answer's text, which the text itself carries on, so they are ignored).
+A key OpenAI defines for only some roles is ignored in the others, as before."""
+_MESSAGE_UNSUPPORTED = frozenset({"audio", "function_call"})
+"""A message's fields that this door does not implement (the request's ``audio`` and
+``functions`` neither): null is taken, as an answer's message holds them."""
 _EMBED_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user", "metadata"})
 _ROLES = {r.value: r for r in Role}
 _DATA_CLASSES = {c.name.lower(): c for c in DataClass if c is not DataClass.UNSPECIFIED}
@@ -76,19 +88,40 @@ _CAPABILITIES = {c.value: c for c in Capability}
 
 
 def loads(body: bytes, what: str = "request body", bounds: Callable[[Any], None] | None = None) -> Any:
-    """The JSON of a body; ``InvalidRequest`` naming the body when it is not JSON, or what
-    ``bounds`` (``chat_counts``, ``embed_counts``) refuses, before the body is walked."""
+    """The JSON of a body; ``InvalidRequest`` naming the body when it holds more objects and
+    arrays than ``MAX_JSON_CONTAINERS`` (before it is parsed: ``json_bounds``), when it is not
+    JSON, or what ``bounds`` (``chat_counts``, ``embed_counts``) refuses, before the body is
+    walked."""
+    too_many, too_deep = json_shape(body, MAX_JSON_CONTAINERS, MAX_JSON_DEPTH)
+    if too_many:
+        raise InvalidRequest(
+            "body", f"{what} holds more than the limit of {MAX_JSON_CONTAINERS} JSON objects and arrays"
+        )
+    if too_deep:
+        raise _too_deep_body(what)
+    # Without the cyclic collector meanwhile: it ran hundreds of times over the containers
+    # being built (0.12 s of the parse of 200,000 arrays), none of which can be garbage yet.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest("body", f"{what} is not valid JSON ({shown(str(exc), 100)})") from exc
+    finally:
+        if collecting:
+            gc.enable()
     if bounds is not None:
         bounds(value)
     # Each level of nesting opens with a bracket: a body with no more of them than the limit
     # (any ordinary request) cannot exceed it, and counting bytes costs a seventh of the walk.
-    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and _depth_exceeds(value, MAX_JSON_DEPTH):
-        raise InvalidRequest("body", f"{what} is nested deeper than the limit of {MAX_JSON_DEPTH} levels")
+    unknown = too_deep is None and body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH
+    if unknown and _depth_exceeds(value, MAX_JSON_DEPTH):
+        raise _too_deep_body(what)
     return value
+
+
+def _too_deep_body(what: str) -> InvalidRequest:
+    return InvalidRequest("body", f"{what} is nested deeper than the limit of {MAX_JSON_DEPTH} levels")
 
 
 def chat_counts(body: Any) -> None:
@@ -166,16 +199,20 @@ def _kind(value: Any) -> str:
 
 
 def _known_fields(
-    body: Mapping[str, Any], allowed: frozenset[str], unsupported: frozenset[str] = frozenset()
+    body: Mapping[str, Any],
+    allowed: frozenset[str],
+    unsupported: frozenset[str] = frozenset(),
+    where: str = "",
 ) -> None:
+    """``where``: the path of ``body`` in the request (``messages[2].``), before each key."""
     for key in body:
         if key in unsupported:
             if body[key] is None or body[key] is False:
                 continue
-            raise InvalidRequest(key, "is not supported by Signalbox")
+            raise InvalidRequest(where + key, "is not supported by Signalbox")
         if key not in allowed:
             name = key if len(key) <= 64 and key.isprintable() else shown(key, 64)
-            raise InvalidRequest(name, "unrecognized request argument")
+            raise InvalidRequest(where + name, "unrecognized request argument")
 
 
 # ---- chat ----
@@ -237,6 +274,12 @@ def _tool_calls(value: Any, field: str) -> tuple[ToolCall, ...]:
 
 def _message(value: Any, field: str) -> Message:
     message = _object(value, field)
+    # Refused as OpenAI refuses them: ignored, a client's misspelt key ("tool_call_ids")
+    # silently changed the conversation, and any amount of JSON rode along unread.
+    _known_fields(message, _MESSAGE_FIELDS, _MESSAGE_UNSUPPORTED, f"{field}.")
+    annotations = message.get("annotations")
+    if annotations is not None:
+        _list(annotations, f"{field}.annotations")
     # Only a string is looked up: an object or array is unhashable, and a lookup of one
     # raised TypeError, which the caller saw as a 500 for a bad body.
     raw_role = message.get("role")
@@ -511,6 +554,26 @@ def wire_field(field: str, body: Any) -> str:
         if match := pattern.fullmatch(field):
             return match.expand(replacement)
     return field
+
+
+_HTTP_WORDING = (
+    ("'Bearer <API key or JWT>' metadata", "'Bearer <API key or JWT>' header"),
+    ("REQUIRED needs at least one tool", '"required" needs at least one tool in tools'),
+    ("required when mode is TOOL", 'required when tool_choice is {"type": "function", ...}'),
+    ("does not allow task ", "does not allow x-signalbox-task "),
+    ("a request without a task ", "a request without an x-signalbox-task header "),
+)
+"""What the pipeline's messages say as gRPC says it (metadata, enum names, request fields),
+as this door's callers name it (headers, body fields and values)."""
+
+
+def http_wording(message: str) -> str:
+    """A pipeline message in this door's words (``_HTTP_WORDING``): an OpenAI caller was told
+    of "metadata" and of ``REQUIRED``, which it never sent."""
+    for grpc, http in _HTTP_WORDING:
+        if grpc in message:
+            message = message.replace(grpc, http)
+    return message
 
 
 def _json_schema(body: Any) -> Any:

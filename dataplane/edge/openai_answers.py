@@ -18,12 +18,21 @@ from dataplane.chat import ChatResponse, EmbedResponse, FinishReason, StreamChun
 
 
 def _usage(usage: Usage | None) -> dict[str, Any]:
+    """OpenAI's usage object, every detail it has: the cached and reasoning parts as the
+    provider reported them (0 where it reports none, as OpenAI answers for a model that does
+    not reason), audio and predicted-output tokens 0 (neither is implemented)."""
     usage = usage or Usage()
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": usage.reasoning_output_tokens,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
 
 

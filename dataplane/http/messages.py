@@ -61,14 +61,25 @@ class Request:
         return self.headers.get(name, "")
 
 
+def text(value: bytes) -> str:
+    """Bytes of a request's head as text: UTF-8 when they are (how clients send non-ASCII
+    today), else ISO-8859-1 (RFC 9110 5.5's obs-text), each byte one character. Read as
+    ISO-8859-1 always, UTF-8 came out garbled ("rÃ©sumÃ©") in the messages that echo it, and
+    in the values read (a task named in UTF-8 matched no policy's task)."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
 def header_fields(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     """(lower-case name, value) pairs by name; a repeated header's values joined, in order."""
-    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+    headers = {name.decode("latin-1"): text(value) for name, value in raw}
     if len(headers) != len(raw):
         headers = {}
         for name, value in raw:
-            key, text = name.decode("latin-1"), value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+            key, text_ = name.decode("latin-1"), text(value)
+            headers[key] = f"{headers[key]}, {text_}" if key in headers else text_
     return headers
 
 

@@ -315,7 +315,8 @@ class OpenAIFrontDoor:
             outcome = to_status(exc)
             status = http_status(outcome)
             wait = _RETRY_LATER if status in _WAIT_STATUSES else ()
-            await _error(response, status, outcome.message, code=_CODES.get(outcome.kind), extra=wait)
+            message = edge.http_wording(outcome.message)
+            await _error(response, status, message, code=_CODES.get(outcome.kind), extra=wait)
             return None
         policies = state.config.policies
         policy = policies.get(caller.tenant.id) or policies.get("")
@@ -433,7 +434,7 @@ def _upstream_said_wait(refused: Refused) -> bool:
 
 
 def _message(refused: Refused) -> str:
-    return f"{refused.outcome.message} (request id {refused.correlation_id})"
+    return f"{edge.http_wording(refused.outcome.message)} (request id {refused.correlation_id})"
 
 
 async def _refusal(response: Response, refused: Refused, body: Any = None) -> None:

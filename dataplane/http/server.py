@@ -16,13 +16,16 @@ and leaves every limit in our hands:
 - **Connections.** At most ``max_requests_per_connection`` requests on one connection;
   requests are answered in order (pipelining), one at a time; reading pauses when a few are
   waiting, so a client cannot queue unbounded work.
+- **Versions.** HTTP/1.1 and HTTP/1.0; any other version is answered 505 and the
+  connection closed.
 - **Smuggling.** A request with both ``Content-Length`` and ``Transfer-Encoding``, with more
   than one ``Host``, or an upgrade, is refused (400) and the connection closed.
 - **Codings.** A transfer coding other than chunked is refused (501), a content coding
   (``Content-Encoding: gzip``) too (415): no handler decodes one, and none is inflated here.
-- **Disconnects.** A client that goes away (or half-closes: HTTP/1.1 clients do not)
-  cancels its handler at once, even while nothing is being written: the cancellation
-  reaches the upstream call and the request's evidence records it.
+- **Disconnects.** A client that goes away cancels its handler at once, even while nothing
+  is being written: the cancellation reaches the upstream call and the request's evidence
+  records it. A client that half-closes after its requests (HTTP/1.1 allows it) gets its
+  answers (``eof_received`` says how the two are told apart).
 - **Drain.** ``close(grace)`` stops accepting, closes idle connections, lets requests in
   flight and those still arriving finish (their answers say ``Connection: close``) for up
   to ``grace`` seconds, then cancels what is left.
@@ -38,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -45,6 +49,7 @@ from pathlib import Path
 
 import httptools
 
+from dataplane.http.framing import OTHER_VERSION, VERSIONS, check_head
 from dataplane.http.messages import (
     REASONS,
     ClientGone,
@@ -55,6 +60,7 @@ from dataplane.http.messages import (
     Response,
     Screen,
     header_fields,
+    text,
 )
 from dataplane.tls_front import NOT_THROUGH_FRONT, PeerLookup
 
@@ -107,6 +113,12 @@ class _Connection(asyncio.Protocol):
         self._writable.set()
         self._closed = False
         self.draining = False
+        self._response: Response | None = None
+        """The answer being made, while a handler runs."""
+        self._answering_http11 = False
+        self._read_closed = False
+        """The client shut its side after whole requests (``eof_received``): they are
+        answered, then the connection closes."""
 
     # ---- asyncio.Protocol ----
 
@@ -167,7 +179,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            if not self._refused:
+            if str(exc) == OTHER_VERSION:
+                self._refuse(505, VERSIONS)
+            elif not self._refused:
                 self._refuse(400, f"malformed HTTP request ({_parser_problem(exc)})")
         if self._in_message and (not self._headers_done or self._in_chunk_head):
             # All of ``data`` is the head (or the trailers) still being received, unless
@@ -180,6 +194,41 @@ class _Connection(asyncio.Protocol):
                 self._head_received += len(data)
             if max(self._header_bytes, self._head_received) > self._limits.max_header_bytes:
                 self._refuse(431, f"request line and headers exceed {self._limits.max_header_bytes} bytes")
+
+    def eof_received(self) -> bool | None:
+        """The client is gone, or half-closed after its requests (``SHUT_WR``, which HTTP/1.1
+        allows; such a client got no answer). Taken as gone unless whole requests are being
+        answered and the answer has not started: they are answered, then the connection
+        closes. An HTTP/1.1 client is then sent an interim ``103 Early Hints`` (which it must
+        read past, RFC 9110 15.2): a closed socket answers it with a reset, ``_peer_check``
+        sees it, and the handler of a client that left is still cancelled before its answer.
+        An answer under way (a stream) cannot carry one: an EOF then is a client gone."""
+        response = self._response
+        if self._in_message or self._task is None or self._transport is None:
+            return None
+        if (response is not None and response.started) or self._transport.get_extra_info("sslcontext"):
+            return None  # over TLS the peer's close_notify ends the session (asyncio closes it)
+        self._read_closed = True
+        self._disarm()
+        if response is not None:
+            response.keep_alive = response.keep_alive and bool(self._queue)  # the last one closes
+        if self._answering_http11 if response is not None else bool(self._queue and self._queue[0][2]):
+            self._transport.write(_EARLY_HINTS)
+            self._loop.call_later(_PEER_CHECK_FIRST, self._peer_check, _PEER_CHECK_FIRST)
+        return True
+
+    def _peer_check(self, delay: float) -> None:
+        """Abort the connection (cancelling its handler) once the client's socket answered the
+        interim answer with a reset; checked again later while the answer has not started."""
+        response = self._response
+        if self._closed or self._transport is None or self._task is None or (response and response.started):
+            return
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._abort()
+            return
+        delay = min(delay * 2, _PEER_CHECK_MAX)
+        self._loop.call_later(delay, self._peer_check, delay)
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -214,66 +263,18 @@ class _Connection(asyncio.Protocol):
         if self._refused:
             return
         self._headers_done = True
-        # One pass for the three headers the server itself reads (the first of each counts).
-        length: bytes | None = None
-        codings: list[bytes] = []
-        content_codings: list[bytes] = []
-        expect = b""
-        hosts = 0
-        for name, value in self._headers:
-            if name == b"content-length":
-                if length is None:
-                    length = value
-            elif name == b"transfer-encoding":
-                codings.extend(c.strip().lower() for c in value.split(b","))
-            elif name == b"content-encoding":
-                content_codings.extend(c.strip().lower() for c in value.split(b","))
-            elif name == b"expect" and not expect:
-                expect = value
-            elif name == b"host":
-                hosts += 1
-        if hosts > 1:
-            # RFC 9112 3.2: a server MUST answer 400. A proxy in front that checks or routes
-            # by one of them while another hop reads the other is the classic confusion.
-            self._refuse(400, "a request may carry one host header, not several")
+        refusal, expect = check_head(
+            self._parser.get_http_version(), self._headers, self._limits.max_body_bytes
+        )
+        if refusal is not None:
+            self._refuse(refusal.status, refusal.message, extra=refusal.extra)
             return
-        if length is not None and codings:
-            self._refuse(400, "a request may not carry both content-length and transfer-encoding")
-            return
-        if codings and codings != [b"chunked"]:
-            # httptools frames a body whose last coding is chunked and leaves the others
-            # (gzip, deflate, ...) to us: unrefused, the still-coded bytes reached the
-            # handler as the body. None is implemented (RFC 9112 6.1: 501).
-            shown = b", ".join(codings)[:64].decode("latin-1")
-            self._refuse(501, f"transfer-encoding {shown!r} is not supported; only chunked")
-            return
-        if any(c not in (b"", b"identity") for c in content_codings):
-            # No handler decodes a content coding: a gzip body reached the door as it came
-            # and was refused as "not valid JSON (not valid UTF-8)", naming neither the
-            # header nor the remedy. Refused before a byte of the body is read (RFC 9110
-            # 15.5.16: 415, with Accept-Encoding saying what is taken).
-            shown = b", ".join(content_codings)[:64].decode("latin-1")
-            self._refuse(
-                415,
-                f"content-encoding {shown!r} is not supported; send the request body uncompressed",
-                extra=b"accept-encoding: identity\r\n",
-            )
-            return
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                self._refuse(400, "content-length is not a number")
-                return
-            if declared > self._limits.max_body_bytes:
-                self._refuse(413, f"request body of {declared} bytes exceeds {self._limits.max_body_bytes}")
-                return
         if self._parser.should_upgrade():
             self._refuse(400, "protocol upgrades are not supported")
             return
         # An HTTP/1.0 client knows no interim answers: it would take this one for its answer.
         # RFC 9110 10.1.1: the expectation in an HTTP/1.0 request is ignored.
-        http10 = self._parser.get_http_version() in ("1.0", "0.9")
+        http10 = self._parser.get_http_version() == "1.0"
         continues = expect.lower() == b"100-continue" and self._transport is not None and not http10
         if continues and self._server.screen and not self._server.screen(request := self._request(b"")):
             self._withhold(request)
@@ -316,7 +317,7 @@ class _Connection(asyncio.Protocol):
         keep_alive = (
             self._parser.should_keep_alive() and self._served < self._limits.max_requests_per_connection
         )
-        self._queue.append((request, keep_alive, self._parser.get_http_version() not in ("1.0", "0.9")))
+        self._queue.append((request, keep_alive, self._parser.get_http_version() == "1.1"))
         assert self._transport is not None
         if len(self._queue) >= _MAX_PIPELINED:
             # Reading goes on while a request is answered (a client that leaves must be
@@ -332,8 +333,8 @@ class _Connection(asyncio.Protocol):
             self._front_peer()
         return Request(
             self._parser.get_method().decode("latin-1"),
-            (url.path or b"/").decode("latin-1"),
-            (url.query or b"").decode("latin-1"),
+            text(url.path or b"/"),
+            text(url.query or b""),
             header_fields(self._headers),
             body,
             self._peer_certificate,
@@ -358,7 +359,9 @@ class _Connection(asyncio.Protocol):
         try:
             while self._queue and not self._closed:
                 request, keep_alive, http11 = self._queue.popleft()
+                keep_alive = keep_alive and not (self._read_closed and not self._queue)
                 response = Response(self, keep_alive, head=request.method == "HEAD", chunkable=http11)
+                self._response, self._answering_http11 = response, http11
                 self._server.in_flight += 1
                 try:
                     await self._server.handler(request, response)
@@ -378,6 +381,7 @@ class _Connection(asyncio.Protocol):
                         response.keep_alive = False
                         await response.send(500, _JSON, self._server.error_body(500, "internal error"))
                 finally:
+                    self._response = None
                     self._server.in_flight -= 1
                     if not self._server.in_flight:
                         self._server.idle.set()  # what a drain waits for
@@ -391,7 +395,7 @@ class _Connection(asyncio.Protocol):
                 if not self._transport.is_closing():  # else an answer closed it (an error)
                     self._write_refusal(*self._refusal_owed)
                 return
-            if self.draining:
+            if self.draining or self._read_closed:
                 self._close()
                 return
             if self._in_message:  # the start of a pipelined request is here already
@@ -520,6 +524,9 @@ class _Connection(asyncio.Protocol):
 
 _JSON = ((b"content-type", b"application/json"),)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\n\r\n"
+_PEER_CHECK_FIRST, _PEER_CHECK_MAX = 0.05, 1.0
+"""Seconds to a half-closed client's first check for a reset, and the most between checks."""
 _MAX_PIPELINED = 4
 """Requests parsed ahead of their answers before reading pauses."""
 

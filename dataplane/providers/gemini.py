@@ -331,6 +331,7 @@ def gemini_usage(metadata: object) -> Usage | None:
         output_tokens=token_count(metadata.get("candidatesTokenCount"))
         + token_count(metadata.get("thoughtsTokenCount")),
         cached_input_tokens=token_count(metadata.get("cachedContentTokenCount")),
+        reasoning_output_tokens=token_count(metadata.get("thoughtsTokenCount")),
     )
 
 

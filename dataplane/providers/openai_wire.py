@@ -341,10 +341,14 @@ def openai_usage(usage: object) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     details = usage.get("prompt_tokens_details") or {}
+    output_details = usage.get("completion_tokens_details") or {}
     return Usage(
         input_tokens=token_count(usage.get("prompt_tokens")),
         output_tokens=token_count(usage.get("completion_tokens")),
         cached_input_tokens=token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
+        reasoning_output_tokens=token_count(output_details.get("reasoning_tokens"))
+        if isinstance(output_details, dict)
+        else 0,
     )
 
 

@@ -16,6 +16,7 @@ from dataplane import validation
 from dataplane.chat import ChatRequest, Message, ResponseFormat, Role, TextPart, ToolChoice, ToolDefinition
 from dataplane.edge import openai
 from dataplane.edge.infer import MAX_JSON_BYTES, MAX_JSON_DEPTH, parse_json
+from dataplane.edge.json_bounds import MAX_JSON_CONTAINERS
 from dataplane.errors import MAX_MESSAGE_CHARS, CheckUnavailable, InvalidRequest, NotFound, clipped, shown
 from dataplane.outcome import to_status
 from dataplane.validation import UNKNOWN, SchemaVerdicts, check_schemas, check_schemas_now, validate_chat
@@ -57,6 +58,32 @@ def test_a_body_at_the_depth_limit_parses_and_one_more_level_is_refused() -> Non
             openai.loads(deep.encode())
     wide = {"messages": [{"content": "{[" * 500} for _ in range(100)], "n": [[1], [2], {"a": []}]}
     assert openai.loads(json.dumps(wide).encode()) == wide
+
+
+def test_a_body_whose_brackets_are_counted_is_not_walked_for_its_depth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past MAX_JSON_CONTAINERS brackets (here in a string: a body the count lets through),
+    the count measures the nesting too: the parsed value, whose walk visits every value (a
+    third of the cost of refusing four million strings), is not walked for it."""
+    walked: list[object] = []
+
+    def walk(value: object, limit: int) -> bool:
+        walked.append(value)
+        return False
+
+    monkeypatch.setattr(openai, "_depth_exceeds", walk)
+    brackets = "[" * (MAX_JSON_CONTAINERS + 1)
+    body = {"a": brackets, "b": json.loads(_nested(MAX_JSON_DEPTH - 1)), "c": ["x"] * 1000}
+    assert openai.loads(json.dumps(body).encode()) == body
+    deeper = {**body, "b": json.loads(_nested(MAX_JSON_DEPTH))}
+    with pytest.raises(
+        InvalidRequest, match=r"^body: request body is nested deeper than the limit of 64 levels$"
+    ):
+        openai.loads(json.dumps(deeper).encode())
+    assert walked == []
+    openai.loads(json.dumps({**body, "a": "["}).encode())  # a body the count does not measure
+    assert walked
 
 
 @pytest.mark.parametrize("depth", [1_000, 30_000])

@@ -3,6 +3,7 @@ node's HTTP front door (the simulator upstream speaks OpenAI's wire format)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -40,6 +41,20 @@ async def http_node(start_node: NodeFactory, simulator: Any, signing_key: Ed2551
 async def client(http_node: DataPlaneNode) -> AsyncIterator[openai.AsyncOpenAI]:
     sdk = openai.AsyncOpenAI(base_url=f"http://{http_node.http_address}/v1", api_key=API_KEY, max_retries=0)
     async with sdk:
+        yield sdk
+
+
+@contextlib.asynccontextmanager
+async def _sdk_over(
+    upstream: RawServer, start_node: NodeFactory, signing_key: Ed25519PrivateKey
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The SDK on a node whose one provider (OpenAI-compatible) is ``upstream``."""
+    node = await start_node(http_listen="127.0.0.1:0")
+    snap = snapshot(1, upstream.url, provider_type="openai_compatible")
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    async with openai.AsyncOpenAI(
+        base_url=f"http://{node.http_address}/v1", api_key=API_KEY, max_retries=0
+    ) as sdk:
         yield sdk
 
 
@@ -321,19 +336,13 @@ async def test_an_embedding_no_float32_holds_is_a_bad_upstream_answer_not_a_500(
                     "model": "sim-embed", "usage": {"prompt_tokens": 1, "total_tokens": 1}}  # fmt: skip
             await peer.send(raw_answer(json.dumps(body).encode()))
 
-    async with RawServer(embeds) as upstream:
-        node = await start_node(http_listen="127.0.0.1:0")
-        snap = snapshot(1, upstream.url, provider_type="openai_compatible")
-        assert (await node.store.apply(envelope(snap, signing_key))).accepted
-        async with openai.AsyncOpenAI(
-            base_url=f"http://{node.http_address}/v1", api_key=API_KEY, max_retries=0
-        ) as sdk:
-            with pytest.raises(openai.InternalServerError) as bad:
-                await sdk.embeddings.create(model="sim-embed", input="x")
-            assert bad.value.status_code == 502
-            assert "not a finite float32" in bad.value.message
-            assert upstream.requests
-            assert [m.id async for m in sdk.models.list()]  # the node keeps serving
+    async with RawServer(embeds) as upstream, _sdk_over(upstream, start_node, signing_key) as sdk:
+        with pytest.raises(openai.InternalServerError) as bad:
+            await sdk.embeddings.create(model="sim-embed", input="x")
+        assert bad.value.status_code == 502
+        assert "not a finite float32" in bad.value.message
+        assert upstream.requests
+        assert [m.id async for m in sdk.models.list()]  # the node keeps serving
 
 
 async def test_the_sdks_current_request_fields_are_taken_or_refused_by_name(
@@ -414,3 +423,89 @@ async def test_an_assistant_refusal_carried_in_the_conversation_is_sent_as_what_
         )
     assert bad.value.body["param"] == "messages[0].content[0].type"  # type: ignore[index]
     assert "must be text or refusal" in bad.value.message
+
+
+async def test_a_message_key_openai_does_not_define_is_refused_by_name(
+    client: openai.AsyncOpenAI, simulator: Any
+) -> None:
+    # Unknown keys inside a message were ignored: a misspelt one silently changed the
+    # conversation (OpenAI answers 400), and any amount of JSON rode along unread.
+    first = await client.chat.completions.create(
+        model="sim-fast", messages=[{"role": "user", "content": "hi", "name": "ann"}]
+    )
+    # Every key the SDK's own answer message holds (null audio, function_call, annotations
+    # and tool_calls included), and an answer's annotations as OpenAI sends them, are taken.
+    carried = first.choices[0].message.model_dump()
+    assert {"annotations", "audio", "function_call", "refusal", "tool_calls"} <= carried.keys()
+    cited = {"role": "assistant", "content": "see", "refusal": None, "annotations": [
+        {"type": "url_citation", "url_citation": {"url": "https://example.com", "title": "t",
+                                                  "start_index": 0, "end_index": 3}}]}  # fmt: skip
+    messages: Any = [
+        {"role": "system", "content": "be brief", "name": "rules"},
+        {"role": "user", "content": "hi", "name": "ann"},
+        carried,
+        cited,
+        {"role": "user", "content": [{"type": "text", "text": "and?"}]},
+    ]
+    served = await client.chat.completions.create(model="sim-fast", messages=messages)
+    assert served.choices[0].message.content
+    sent = simulator.stats("sim-fast").last_request["messages"]
+    assert all("annotations" not in m for m in sent)
+    hi = {"role": "user", "content": "hi"}
+    cases = [
+        ({**hi, "tool_call_ids": "c1"}, "messages[0].tool_call_ids", "unrecognized request argument"),
+        ({**hi, "cache_control": {"type": "ephemeral"}}, "messages[0].cache_control", "unrecognized"),
+        ({**hi, "\x00" * 10_000: 1}, "messages[0]." + repr("\x00" * 64) + "...", "unrecognized"),
+        ({"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}},
+         "messages[0].function_call", "is not supported by Signalbox"),
+        ({"role": "assistant", "content": None, "audio": {"id": "audio_1"}},
+         "messages[0].audio", "is not supported by Signalbox"),
+        ({"role": "assistant", "content": "x", "annotations": "cited"}, "messages[0].annotations",
+         "must be an array"),
+    ]  # fmt: skip
+    for message, param, says in cases:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(model="sim-fast", messages=[message, hi])  # type: ignore[list-item]
+        assert refused.value.body["param"] == param, refused.value.body  # type: ignore[index]
+        assert says in refused.value.message
+
+
+async def test_usage_details_are_answered_as_openai_answers_them(
+    start_node: NodeFactory, signing_key: Ed25519PrivateKey
+) -> None:
+    # Answers carried prompt_tokens_details.cached_tokens and nothing of
+    # completion_tokens_details: a reasoning model's reasoning tokens, which its provider
+    # reports and the caller pays for as output, were lost on the way.
+    async def reasons(server: RawServer, peer: Peer) -> None:
+        while (request := await peer.request()) is not None:
+            server.requests.append(request)
+            body = {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "sim-fast",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "42"},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 30, "total_tokens": 40,
+                              "prompt_tokens_details": {"cached_tokens": 4},
+                              "completion_tokens_details": {"reasoning_tokens": 28}}}  # fmt: skip
+            await peer.send(raw_answer(json.dumps(body).encode()))
+
+    hi: Any = [{"role": "user", "content": "hi"}]
+    async with RawServer(reasons) as upstream, _sdk_over(upstream, start_node, signing_key) as sdk:
+        usage = (await sdk.chat.completions.create(model="sim-fast", messages=hi)).usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (10, 30, 40)
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 4
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 28
+
+
+async def test_usage_details_are_0_where_the_provider_reports_none(client: openai.AsyncOpenAI) -> None:
+    # As OpenAI answers for a model that does not reason; in a stream's usage chunk too.
+    hi: Any = [{"role": "user", "content": "hi"}]
+    stream = await client.chat.completions.create(
+        model="sim-fast", messages=hi, stream=True, stream_options={"include_usage": True}
+    )
+    reports = [chunk.usage async for chunk in stream if chunk.usage is not None]
+    assert len(reports) == 1
+    details = reports[0].completion_tokens_details
+    assert details is not None
+    assert (details.reasoning_tokens, details.audio_tokens) == (0, 0)

@@ -4,10 +4,12 @@ by name before the request is converted, and a request at every limit is served.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dataplane.app import DataPlaneNode
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
+from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
 from tests.helpers import eventually
@@ -53,6 +56,15 @@ async def _post(http: aiohttp.ClientSession, body: dict[str, Any]) -> tuple[int,
     data = io.BytesIO(orjson.dumps(body))
     async with http.post("/v1/chat/completions", data=data, headers=HEADERS) as response:
         return response.status, await response.json()
+
+
+async def _post_bytes(http: aiohttp.ClientSession, body: bytes) -> tuple[int, dict[str, Any], float]:
+    """The answer to ``body``, and the CPU seconds of this process (node, simulator and
+    client) meanwhile."""
+    began = time.process_time()
+    async with http.post("/v1/chat/completions", data=io.BytesIO(body), headers=HEADERS) as response:
+        answer = await response.json()
+    return response.status, answer, time.process_time() - began
 
 
 def _chat_body(**fields: Any) -> dict[str, Any]:
@@ -122,11 +134,17 @@ async def test_a_flood_of_messages_parts_or_tool_calls_is_refused_by_name_on_bot
 ) -> None:
     # 540,000 one-word messages (16 MB) were parsed, converted, validated and estimated on
     # the event loop: about 10 s in which the worker answered no one else.
+    # Now refused before the parse: half a million messages are more objects than a body may
+    # hold (test_a_body_of_millions_of_tiny_json_containers_...); 100,000 are parsed and counted.
     flood = {"model": "sim-fast", "messages": [{"role": "user", "content": "hi"}] * 540_000}
     status, answer = await _post(http, flood)
     assert status == 400, answer
+    assert answer["error"]["param"] == "body"
+    flood["messages"] = flood["messages"][:100_000]
+    status, answer = await _post(http, flood)
+    assert status == 400, answer
     assert answer["error"]["param"] == "messages"
-    assert f"540000 messages, more than the limit of {MAX_MESSAGES}" in answer["error"]["message"]
+    assert f"100000 messages, more than the limit of {MAX_MESSAGES}" in answer["error"]["message"]
     cases = [
         (_conversation(MAX_MESSAGES + 1), "messages"),
         (_conversation(3, parts=MAX_PARTS // 2), "messages[2].content"),
@@ -340,3 +358,75 @@ async def test_the_http_door_reads_tool_call_arguments_as_grpc_does(
     call["function"]["arguments"] = '{"city": "Paris"}'  # type: ignore[index]
     status, answer = await _post(http, {"model": "sim-fast", "messages": messages})
     assert status == 200, answer
+
+
+MAX_CONTAINERS = 200_000
+BODY_LIMIT = 16 * 1024 * 1024
+
+
+def _filled(head: bytes, unit: bytes, tail: bytes) -> bytes:
+    """``head``, then ``unit`` comma-separated as often as fits a body of the node's limit,
+    then ``tail``."""
+    count = (BODY_LIMIT - len(head) - len(tail)) // (len(unit) + 1)
+    return head + b",".join([unit] * count) + tail
+
+
+@pytest.fixture
+async def roomy(node: DataPlaneNode, simulator: Any, signing_key: Ed25519PrivateKey) -> None:
+    """sim-fast sees images and has room for a large request (a context window of 10M)."""
+    roomy = snapshot(2, simulator.base_url)
+    model = next(m for m in roomy.models if m.alias == "sim-fast")
+    model.capabilities.append(common_pb2.CAPABILITY_VISION)
+    model.context_window = 10_000_000
+    assert (await node.store.apply(envelope(roomy, signing_key))).accepted
+
+
+@pytest.mark.usefixtures("roomy")
+async def test_a_body_of_millions_of_tiny_json_containers_is_refused_before_it_is_parsed(
+    http: aiohttp.ClientSession,
+) -> None:
+    # 16 MB of empty arrays, or of arrays nested 60 deep (legal), in a key the door ignored:
+    # parsed and walked, each cost the worker 2 to 5 s of CPU holding the GIL, then served.
+    head = b'{"model": "sim-fast", "messages": [{"role": "user", "content": "hi", "x": ['
+    image = base64.b64encode(bytes(BODY_LIMIT * 3 // 4 - 300)).decode()
+    legitimate = orjson.dumps(
+        {"model": "sim-fast", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}]}]}
+    )  # fmt: skip
+    assert BODY_LIMIT - 1000 < len(legitimate) <= BODY_LIMIT
+    status, answer, served_cpu = await _post_bytes(http, legitimate)
+    assert status == 200, answer
+    for unit in (b"[]", b"{}", b"[" * 60 + b"]" * 60):
+        hostile = _filled(head, unit, b"]}]}")
+        status, answer, cpu = await _post_bytes(http, hostile)
+        assert status == 400, answer
+        assert answer["error"]["param"] == "body"
+        says = f"holds more than the limit of {MAX_CONTAINERS} JSON objects and arrays"
+        assert says in answer["error"]["message"]
+        # Refused for less than the legitimate body of the same size costs to serve (with
+        # room for a busy machine's noise): the parse alone took seconds.
+        assert cpu < max(2 * served_cpu, 1.0), (unit[:4], cpu, served_cpu)
+
+
+@pytest.mark.usefixtures("roomy")
+async def test_a_body_at_the_container_limit_or_with_brackets_in_its_strings_is_served(
+    http: aiohttp.ClientSession,
+) -> None:
+    # The limit counts objects and arrays, not brackets: JSON or code sent as text (each
+    # bracket escaped or not, after escaped quotes and backslashes) is served.
+    text = '[{"\\' * 110_000  # as sent: [{\"\\
+    body = orjson.dumps({"model": "sim-fast", "messages": [{"role": "user", "content": text}]})
+    assert body.count(b"[") + body.count(b"{") > MAX_CONTAINERS
+    status, answer, _ = await _post_bytes(http, body)
+    assert status == 200, answer
+    # Exactly at the limit (in a tool's schema, which the door reads), and one past it.
+    schema = {"type": "object", "properties": {"p": {"type": "array", "items": {}}}}
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    plain = orjson.dumps(_chat_body(tools=[tool]))
+    have = plain.count(b"[") + plain.count(b"{") + 1  # and the enum's array
+    for extra, expected in ((0, 200), (1, 400)):
+        enum = b",".join([b"[]"] * (MAX_CONTAINERS - have + extra))
+        body = plain.replace(b'"items":{}', b'"items":{},"enum":[' + enum + b"]")
+        status, answer, _ = await _post_bytes(http, body)
+        assert status == expected, (extra, answer)
+    assert "JSON objects and arrays" in answer["error"]["message"]

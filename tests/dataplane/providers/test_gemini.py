@@ -65,8 +65,11 @@ async def test_plain_answer_and_request_shape(upstream: FakeUpstream, client: Up
     response = await gemini(upstream, client).complete("models/gemini-2.5-flash", request, timeout=5)
     assert response.message.text == "Hello!"
     assert response.finish_reason is FinishReason.STOP
-    # promptTokenCount already includes cached content; thoughts count as output.
-    assert response.usage == Usage(input_tokens=40, output_tokens=7, cached_input_tokens=30)
+    # promptTokenCount already includes cached content; thoughts count as output, and are
+    # the reasoning part of it.
+    assert response.usage == Usage(
+        input_tokens=40, output_tokens=7, cached_input_tokens=30, reasoning_output_tokens=2
+    )
     sent = upstream.last
     assert sent.path == "/v1beta/models/gemini-2.5-flash:generateContent"
     assert sent.headers["x-goog-api-key"] == CREDENTIAL
