@@ -103,6 +103,7 @@ def capped_usage(
         _at_most(usage.output_tokens, max_output),
         _at_most(usage.cached_input_tokens, max_input),
         _at_most(usage.cache_write_input_tokens, max_input),
+        _at_most(usage.reasoning_output_tokens, max_output),
     )
     if counted == usage:
         return None

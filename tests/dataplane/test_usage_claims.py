@@ -331,6 +331,8 @@ def test_a_shadow_calls_claim_is_recorded_at_its_caps_too() -> None:
         (Usage(5, 11), 10, False, Usage(5, 10)),
         (Usage(2000, 1, 1500, 1200), None, False, Usage(1000, 1, 1000, 1000)),  # cached parts too
         (Usage(5, 3), None, True, Usage(5, 0)),  # an embedding generates nothing
+        (Usage(5, 90, reasoning_output_tokens=80), None, False, None),  # reasoning is output
+        (Usage(5, 300, reasoning_output_tokens=250), None, False, Usage(5, 100, reasoning_output_tokens=100)),
     ],
 )
 def test_capped_usage(usage: Usage, max_tokens: int | None, embeds: bool, counted: Usage | None) -> None:
