@@ -141,7 +141,8 @@ NodeFactory = Callable[..., Awaitable[DataPlaneNode]]
 
 @pytest.fixture
 async def start_node(tmp_path: Path, trust_key: Path) -> AsyncIterator[NodeFactory]:
-    """Start nodes with test defaults (overridable); all are stopped at teardown."""
+    """Start nodes with test defaults (overridable; ``governance``: the node's governance
+    steps); all are stopped at teardown."""
     nodes: list[DataPlaneNode] = []
 
     async def start(**overrides: Any) -> DataPlaneNode:
@@ -156,11 +157,12 @@ async def start_node(tmp_path: Path, trust_key: Path) -> AsyncIterator[NodeFacto
             # Tests wait for shipped evidence: ship every 50 ms rather than every second.
             "evidence_ship_interval": 0.05,
         }
+        governance = overrides.pop("governance", None)
         defaults.update(overrides)
         settings = NodeSettings(**defaults)
         if "scope" not in overrides:
             settings = replace(settings, scope=replace(settings.scope, deployment="test"))
-        node = DataPlaneNode(settings)
+        node = DataPlaneNode(settings, governance=governance)
         await node.start()
         nodes.append(node)
         return node

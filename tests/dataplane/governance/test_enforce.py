@@ -27,7 +27,7 @@ from dataplane.chat import (
 )
 from dataplane.config.model import DataClass
 from dataplane.errors import SignalboxError
-from dataplane.governance.contract import Contracts
+from dataplane.governance.contract import MAX_SCHEMA_COST, REGEX_COST, Contracts
 from dataplane.governance.detect import Span
 from dataplane.governance.enforce import RequestGovernor, _merged, _unclaimed
 from dataplane.governance.errors import AnswerBreaksContract, Blocked, BlockedInvalid, OverLimit
@@ -218,6 +218,30 @@ def test_schemas_are_compiled_once_each() -> None:
     contracts.problem({"type": "string"}, "1")  # fell out (bounded at 2, least recently used)
     assert contracts.compiled == 4
     assert len(contracts) == 2
+
+
+def test_schemas_kept_compiled_are_bounded_by_their_cost_not_only_their_count() -> None:
+    # Callers choose the schemas: a short one with one pattern compiles to megabytes
+    # (``^(?=x)(\w{1,100}\s){1,400}$``, ~9 MiB), so 512 of them held gigabytes.
+    contracts = Contracts()
+    for i in range(64):
+        schema = {"type": "object", "properties": {f"p{i}": {"type": "string", "pattern": "^a+$"}}}
+        assert contracts.problem(schema, json.dumps({f"p{i}": "b"})) == (
+            f"$.p{i}",
+            "breaks schema keyword 'pattern'",
+        )
+    assert contracts.compiled == 64
+    assert len(contracts) <= MAX_SCHEMA_COST // REGEX_COST
+    assert 0 < contracts.cost <= MAX_SCHEMA_COST
+    # The newest is kept (least recently used first out) ...
+    contracts.problem({"type": "object", "properties": {"p63": {"type": "string", "pattern": "^a+$"}}}, "{}")
+    assert contracts.compiled == 64
+    # ... and one costing more than the whole budget is checked, and not kept.
+    many = {"type": "object", "properties": {f"q{i}": {"pattern": "^a$"} for i in range(8)}}
+    assert contracts.problem(many, '{"q7": "b"}') == ("$.q7", "breaks schema keyword 'pattern'")
+    assert contracts.problem(many, '{"q7": "a"}') is None
+    assert contracts.compiled == 66
+    assert contracts.cost <= MAX_SCHEMA_COST
 
 
 def stream(
