@@ -97,7 +97,7 @@ class Governance:
 class RequestGovernor:
     """One request under one profile; holds the request's masked values, in memory only."""
 
-    __slots__ = ("_numbers", "_values", "classified_by", "contracts", "data_class", "profile")
+    __slots__ = ("_counts", "_numbers", "_values", "classified_by", "contracts", "data_class", "profile")
 
     def __init__(self, profile: CompiledProfile, contracts: Contracts) -> None:
         self.profile = profile
@@ -110,6 +110,9 @@ class RequestGovernor:
         """placeholder -> original value (mask)."""
         self._numbers: dict[tuple[str, str], str] = {}
         """(label, value) -> placeholder: one number per distinct value."""
+        self._counts: dict[str, int] = {}
+        """label -> the values numbered under it so far (counting them per value would cost
+        the request time quadratic in its distinct findings)."""
 
     # ---- input ----
 
@@ -243,7 +246,7 @@ class RequestGovernor:
         key = (rule.label, value)
         placeholder = self._numbers.get(key)
         if placeholder is None:
-            number = sum(1 for label, _ in self._numbers if label == rule.label) + 1
+            number = self._counts[rule.label] = self._counts.get(rule.label, 0) + 1
             placeholder = self._numbers[key] = f"[{rule.label}_{number}]"
             self._values[placeholder] = value
         return placeholder

@@ -1,5 +1,5 @@
-"""Work linear in the text, whatever the text: the detectors and the term matcher on hostile
-input (one short unit repeated), which runs on the node's event loop.
+"""Work linear in the text, whatever the text: the detectors, the term matcher and masking on
+hostile input (one short unit repeated), which runs on the node's event loop.
 
 Linear is measured, not timed against a clock: each case costs the thread's CPU time (best of
 three, so a busy machine's waits and hiccups are left out) on ``n`` characters and on ``4 n``,
@@ -19,9 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dataplane.chat import ChatRequest, Message, Role, TextPart
 from dataplane.governance import detect
+from dataplane.governance.contract import Contracts
 from dataplane.governance.detect import Span
 from dataplane.governance.detectors._text import is_word_char, lower_in_place
+from dataplane.governance.enforce import RequestGovernor
+from dataplane.governance.profile import compile_profile
 
 RATIO = 8.0
 """The most 4 n characters may cost against n: linear is ~4, quadratic ~16."""
@@ -151,3 +155,27 @@ def test_terms_find_what_the_whole_word_rule_says_nested_or_not(
     # The same list made to nest deeper than the filter takes: found on marked text.
     deep = [*listed, "zz", "zzz", "zzzz", "zzzzz"]
     assert detect.build("terms", {**options, "terms": deep}).find(text) == expected
+
+
+def test_masking_many_distinct_values_costs_linear_time() -> None:
+    """Numbering a new masked value counted every value masked before it: quadratic."""
+
+    def mask(text: str) -> None:
+        g = RequestGovernor(
+            compile_profile(
+                {"input": {"rules": [{"name": "m", "detector": "email", "action": "mask"}]}},
+                version=1,
+                profile_id="gp",
+            ),
+            Contracts(),
+        )
+        body = g.govern_input(ChatRequest(messages=(Message(Role.USER, (TextPart(text),)),)), [])
+        assert isinstance(body, ChatRequest)
+        assert body.messages[0].text.endswith(f"[EMAIL_{text.count('@')}] ")
+
+    def emails(k: int) -> Callable[[], str]:
+        return lambda: "".join(f"u{i}@x.io " for i in range(k))
+
+    k = 2_000
+    small = cpu(mask, emails(k))
+    assert cpu(mask, emails(4 * k)) <= RATIO * small
