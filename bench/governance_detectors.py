@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataplane.governance import detect
 from dataplane.governance.detectors import BUILT_IN
+from dataplane.governance.detectors._digits import forget, share
 
 SENTENCES = [
     "The quarterly report shows that revenue grew faster than expected in the northern region.",
@@ -165,8 +166,12 @@ def main() -> None:
     default = [detectors[name] for name in DEFAULT_PROFILE]
 
     def run_default(text: str) -> None:
-        for d in default:
-            d.find(text)
+        share()  # as a governance step does: the detectors share their scan of the text
+        try:
+            for d in default:
+                d.find(text)
+        finally:
+            forget()
 
     runs: dict[str, Any] = {name: d.find for name, d in detectors.items()}
     runs["default"] = run_default

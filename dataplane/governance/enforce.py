@@ -63,6 +63,7 @@ from dataplane.config.model import (
 )
 from dataplane.errors import InvalidRequest
 from dataplane.governance.contract import Contracts
+from dataplane.governance.detectors._digits import forget, share
 from dataplane.governance.errors import CONTRACT_KIND, AnswerBreaksContract, OverLimit, blocked
 from dataplane.governance.readable import find as find_in
 from dataplane.governance.readable import readable, unescaped
@@ -139,6 +140,33 @@ class RequestGovernor:
         an earlier rule redacted or masked is the earlier rule's, unless the later rule edits
         too and the finding reaches beyond them (``_merged``). Edits apply at the end, in
         tool call arguments as JSON string content."""
+        # The detectors of the profile share their scan of each text (its digit clusters), in
+        # this thread and for this step only.
+        share()
+        try:
+            edits = self._edits(stage, rules, texts, actions)
+        finally:
+            forget()
+        if not any(edits):
+            return None
+        out = list(texts)
+        for i, taken in enumerate(edits):
+            if taken:
+                field, text = texts[i]
+                in_json = field.endswith(_JSON_FIELDS)
+                parts: list[str] = []
+                at = 0
+                for start, end, replacement in taken:
+                    parts += (text[at:start], json.dumps(replacement)[1:-1] if in_json else replacement)
+                    at = end
+                parts.append(text[at:])
+                out[i] = (field, "".join(parts))
+        return out
+
+    def _edits(
+        self, stage: Stage, rules: Sequence[Rule], texts: list[tuple[str, str]], actions: Actions
+    ) -> list[list[tuple[int, int, str]] | None]:
+        """``_apply``'s rules over its texts: per text, its edits (None: not edited)."""
         # Per text, (start, end, replacement) of each edit so far, sorted by start (edits
         # never overlap). Per finding, only what the evidence and the edit need is made: a
         # position while there is room for one, an edit for redact and mask.
@@ -191,21 +219,7 @@ class RequestGovernor:
                 entry["data_class"] = rule.data_class.name.lower()
                 if rule.data_class >= self.data_class:
                     self.data_class, self.classified_by = rule.data_class, rule.name
-        if not any(edits):
-            return None
-        out = list(texts)
-        for i, taken in enumerate(edits):
-            if taken:
-                field, text = texts[i]
-                in_json = field.endswith(_JSON_FIELDS)
-                parts: list[str] = []
-                at = 0
-                for start, end, replacement in taken:
-                    parts += (text[at:start], json.dumps(replacement)[1:-1] if in_json else replacement)
-                    at = end
-                parts.append(text[at:])
-                out[i] = (field, "".join(parts))
-        return out
+        return edits
 
     def _check_limits(self, body: ChatRequest | EmbedRequest, actions: Actions) -> None:
         limits = self.profile.limits

@@ -41,6 +41,7 @@ from typing import Any
 
 from dataplane.chat import StreamChunk, ToolCallDelta
 from dataplane.config.model import Action, CompiledProfile, Finding, Rule, Stage
+from dataplane.governance.detectors._digits import forget, share
 from dataplane.governance.errors import blocked
 from dataplane.governance.readable import find as find_in
 from dataplane.governance.readable import readable, unescaped
@@ -200,24 +201,28 @@ class StreamGovernor:
         outer = unescaped(text) if channel.in_json else None
         view = readable(outer.text if outer is not None else text)
         found: list[tuple[Rule, list[Finding]]] = []
-        for rule in self._rules:
-            spans = [
-                s
-                for s in (
-                    find_in(rule.detector.find, view)
-                    if outer is None
-                    else find_in(rule.detector.find, outer, view)
-                )
-                if s.end > held_at
-            ]
-            if not spans:
-                continue
-            if rule.action is Action.BLOCK:
-                self._record(rule, spans[:1], channel)
-                # Where the stream ended: at or before chunk k + window for a finding in chunk k.
-                self._entries[rule.name]["ended_at_chunk"] = len(channel.chunk_starts) - 1
-                raise blocked(rule.name, Stage.OUTPUT.value, rule.status)
-            found.append((rule, spans))
+        share()  # the rules' detectors share their scan of the text, for this scan only
+        try:
+            for rule in self._rules:
+                spans = [
+                    s
+                    for s in (
+                        find_in(rule.detector.find, view)
+                        if outer is None
+                        else find_in(rule.detector.find, outer, view)
+                    )
+                    if s.end > held_at
+                ]
+                if not spans:
+                    continue
+                if rule.action is Action.BLOCK:
+                    self._record(rule, spans[:1], channel)
+                    # Where the stream ended: at or before chunk k + window for a finding in chunk k.
+                    self._entries[rule.name]["ended_at_chunk"] = len(channel.chunk_starts) - 1
+                    raise blocked(rule.name, Stage.OUTPUT.value, rule.status)
+                found.append((rule, spans))
+        finally:
+            forget()
         cut, pushed = _uncut(found, held_at, cut, len(text), self._window)
         followed = channel.followed
         channel.followed = {}
