@@ -5,6 +5,9 @@ built-in detectors through the governor, unary and streamed, and edited as writt
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,3 +93,35 @@ def test_streamed_tool_call_arguments_written_with_json_escapes_are_redacted(siz
     sent = json.loads("".join(d.arguments_fragment for c in out for d in c.tool_calls))
     assert (sent["to"], sent["card"], sent["n"]) == ("[REDACTED]", "[REDACTED]", "x" * 300)
     assert [a["count"] for a in actions] == [1, 1]
+
+
+START_UP = """
+import sys
+import dataplane.app  # what a node imports when it starts
+from dataplane.governance import readable
+called = set()
+def watch(frame, event, arg):
+    if event == "call" and frame.f_code.co_filename == readable.__file__:
+        called.add(frame.f_code.co_name)
+sys.setprofile(watch)
+view = readable.readable("card \\uff14\\u0661\\u0661\\u0661 1111\\u200b1111 1111")
+sys.setprofile(None)
+assert view.text == "card 4111 11111111 1111", view.text
+print(" ".join(sorted(called)))
+"""
+
+
+def test_the_reading_table_is_built_when_the_node_starts_not_on_a_request() -> None:
+    """Built on the first non-ASCII text, the table cost that request ~20 ms in each worker."""
+    done = subprocess.run(
+        [sys.executable, "-c", START_UP],
+        cwd=Path(__file__).resolve().parents[3],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    called = done.stdout.split()
+    assert "readable" in called  # the hook saw the module's functions
+    assert not [name for name in called if "table" in name]  # the table was there already
