@@ -11,8 +11,10 @@ A ``RequestGovernor`` runs, in the pipeline's order:
   anything else and so before any provider is called;
 - **input rules**, in the profile's order, over every text the request carries to the
   provider (message text parts, among them the system prompt and tool results; tool call
-  arguments, with the JSON escapes they do not need decoded (``json_view``); message names; tool descriptions; tool and response JSON schemas, as their JSON
-  text; stop sequences; embedding inputs): ``block`` refuses naming the rule (never the finding), ``redact`` replaces each
+  arguments (``json_view``); message names; tool descriptions; tool and response JSON
+  schemas, as their JSON text; stop sequences; embedding inputs), each read with the JSON
+  escapes JSON does not need decoded (``readable.reading``: ``\\u0040`` in a tool result is
+  the ``@`` a model reads): ``block`` refuses naming the rule (never the finding), ``redact`` replaces each
   finding with the rule's placeholder, ``mask`` with a numbered placeholder (``[EMAIL_1]``;
   one number per distinct value) whose value it keeps in this object only, ``classify``
   raises the request's data class (``data_class``, which the pipeline hands routing), and
@@ -66,7 +68,7 @@ from dataplane.governance.contract import Contracts
 from dataplane.governance.detectors._digits import forget, share
 from dataplane.governance.errors import CONTRACT_KIND, AnswerBreaksContract, OverLimit, blocked
 from dataplane.governance.readable import find as find_in
-from dataplane.governance.readable import readable, unescaped
+from dataplane.governance.readable import reading, unescaped
 from dataplane.governance.stream import MAX_POSITIONS, StreamGovernor
 
 PLACEHOLDER = re.compile(r"\[[A-Z0-9_]+_[0-9]+\]")
@@ -172,7 +174,7 @@ class RequestGovernor:
         # position while there is room for one, an edit for redact and mask.
         n = len(texts)
         edits: list[list[tuple[int, int, str]] | None] = [None] * n
-        views = [readable(text) for _, text in texts]
+        views = [reading(text) for _, text in texts]
         for rule in rules:
             action = rule.action
             block = action is Action.BLOCK
@@ -184,7 +186,8 @@ class RequestGovernor:
             positions: list[dict[str, Any]] = []
             for i in range(n):
                 field, text = texts[i]
-                spans = find_in(find, views[i])
+                view, inner = views[i]
+                spans = find_in(find, view, inner)
                 if not spans:
                     continue
                 taken = edits[i]

@@ -151,6 +151,16 @@ def unescaped(text: str) -> View:
     )
 
 
+def reading(text: str) -> tuple[View, View | None]:
+    """``text`` as rules read it, for ``find``: its JSON escapes that JSON does not need decoded
+    (a model reads ``jane\\u0040example.com`` in a tool result, in a JSON document or not, as
+    the address), then ``readable``. A text without a backslash is only ``readable``."""
+    if "\\" not in text:
+        return readable(text), None
+    outer = unescaped(text)
+    return outer, readable(outer.text)
+
+
 def find(detect: Callable[[str], Sequence[Finding]], view: View, inner: View | None = None) -> list[Finding]:
     """What ``detect`` (a detector's ``find``) finds in the view, as spans of the text
     (``inner``: a view of ``view``'s text, as ``readable(unescaped(text).text)``)."""

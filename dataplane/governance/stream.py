@@ -168,7 +168,7 @@ class StreamGovernor:
             if not final and held < window:
                 return ""
             cut = len(text) if final else len(text) - window // 2
-            if channel.in_json and not final:
+            if not final:
                 cut = _before_escape(text, cut)
             cut = self._scan(channel, held_at, cut)
         else:
@@ -197,8 +197,9 @@ class StreamGovernor:
         whole yet when that went out): it is acted on all the same, a block ending the stream
         and a redaction replacing what is still held of it, rather than passing unseen."""
         text = channel.text
-        # Arguments are JSON: read with their needless escapes decoded, as a model reads them.
-        outer = unescaped(text) if channel.in_json else None
+        # Read with the JSON escapes JSON does not need decoded, as a model reads them: in
+        # arguments (JSON) and in content that holds a backslash (a JSON answer, an escape).
+        outer = unescaped(text) if channel.in_json or "\\" in text else None
         view = readable(outer.text if outer is not None else text)
         found: list[tuple[Rule, list[Finding]]] = []
         share()  # the rules' detectors share their scan of the text, for this scan only
@@ -313,8 +314,8 @@ def _same(a: tuple[ToolCallDelta, ...], b: tuple[ToolCallDelta, ...]) -> bool:
 
 
 def _before_escape(text: str, cut: int) -> int:
-    """``cut``, moved back before a JSON escape it would split (``\\u00`` sent, ``40`` not): the
-    arguments are read with their escapes decoded, so an edit must not start inside one."""
+    """``cut``, moved back before a JSON escape it would split (``\\u00`` sent, ``40`` not): a
+    channel is read with its escapes decoded, so an edit must not start inside one."""
     at = text.rfind("\\", max(0, cut - 5), cut)
     if at < 0:
         return cut

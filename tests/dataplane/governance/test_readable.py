@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataplane.chat import StreamChunk, ToolCallDelta
+from dataplane.chat import ChatRequest, Message, Role, StreamChunk, TextPart, ToolCall, ToolCallDelta
 from dataplane.governance.detect import build
 from dataplane.governance.errors import Blocked
 from dataplane.governance.readable import find, readable
@@ -93,6 +93,54 @@ def test_streamed_tool_call_arguments_written_with_json_escapes_are_redacted(siz
     sent = json.loads("".join(d.arguments_fragment for c in out for d in c.tool_calls))
     assert (sent["to"], sent["card"], sent["n"]) == ("[REDACTED]", "[REDACTED]", "x" * 300)
     assert [a["count"] for a in actions] == [1, 1]
+
+
+ESCAPED_EMAIL = "ada.lovelace\\u0040example\\u002eorg"
+ESCAPED_CARD = "\\u0034111 1111 1111 111\\u0031"
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        '{"customer": {"email": "' + ESCAPED_EMAIL + '", "card": "' + ESCAPED_CARD + '"}}',
+        "lookup done: email=" + ESCAPED_EMAIL + " card=" + ESCAPED_CARD + " (truncated",
+    ],
+    ids=["json", "not-json"],
+)
+def test_a_tool_result_with_json_escapes_is_read_decoded_and_edited_as_written(result: str) -> None:
+    """A tool result's text is plain text to the request, but a model reads ``\\u0040`` as the
+    ``@`` it stands for, in a JSON document or not: found, and redacted or masked whole."""
+    body = ChatRequest(
+        messages=(
+            Message(Role.ASSISTANT, tool_calls=(ToolCall("c1", "lookup", "{}"),)),
+            Message(Role.TOOL, (TextPart(result),), tool_call_id="c1"),
+        )
+    )
+    with pytest.raises(Blocked):
+        governor({"input": {"rules": [rule("r", "email", "block")]}}).govern_input(body, [])
+    actions: list[dict[str, Any]] = []
+    g = governor({"input": {"rules": [rule("e", "email", "mask"), rule("c", "payment_card", "redact")]}})
+    edited = g.govern_input(body, actions)
+    assert isinstance(edited, ChatRequest)
+    text = edited.messages[1].text
+    assert text == result.replace(ESCAPED_EMAIL, "[EMAIL_1]").replace(ESCAPED_CARD, "[REDACTED]")
+    start = result.index(ESCAPED_EMAIL)
+    position = actions[0]["positions"][0]
+    assert (position["field"], position["start"], position["end"]) == (
+        "messages[1].content[0]",
+        start,
+        start + len(ESCAPED_EMAIL),
+    )
+    assert g.restore("to [EMAIL_1]") == "to " + ESCAPED_EMAIL  # given back as it was written
+
+
+def test_a_streamed_answer_with_json_escapes_is_read_decoded() -> None:
+    text = '{"email": "' + ESCAPED_EMAIL + '", "note": "' + "x" * 200 + '"}'
+    g = governor({"output": {"window": 96, "rules": [rule("r", "email", "redact")]}})
+    out, error, actions = stream(g, [text[i : i + 5] for i in range(0, len(text), 5)])
+    assert error is None
+    assert json.loads("".join(out)) == {"email": "[REDACTED]", "note": "x" * 200}
+    assert actions[0]["count"] == 1
 
 
 START_UP = """
