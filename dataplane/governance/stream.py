@@ -170,11 +170,17 @@ class StreamGovernor:
             cut = len(text) if final else len(text) - window // 2
             if not final:
                 cut = _before_escape(text, cut)
+                if self._restore is not None:
+                    cut = _before_partial_placeholder(text, held_at, cut)
+            # The scan moves the cut only to the edge of a finding, and what it records and
+            # redacts is what goes out now: nothing may move the cut after it (moved back
+            # into a finding it had queued a redaction for, the part before the new cut went
+            # out as written, and the finding was recorded again at every release).
             cut = self._scan(channel, held_at, cut)
         else:
             cut = len(text)
-        if self._restore is not None and not final:
-            cut = _before_partial_placeholder(text, held_at, cut)
+            if self._restore is not None and not final:
+                cut = _before_partial_placeholder(text, held_at, cut)
         if cut <= held_at:
             return ""
         out = _redacted(channel, held_at, cut)
