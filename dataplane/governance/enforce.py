@@ -67,6 +67,7 @@ from dataplane.errors import InvalidRequest
 from dataplane.governance.contract import Contracts
 from dataplane.governance.detectors._digits import forget, share
 from dataplane.governance.errors import CONTRACT_KIND, AnswerBreaksContract, OverLimit, blocked
+from dataplane.governance.parts import Joined, apply_edits, units_of
 from dataplane.governance.readable import find as find_in
 from dataplane.governance.readable import reading, unescaped
 from dataplane.governance.stream import MAX_POSITIONS, StreamGovernor
@@ -142,33 +143,30 @@ class RequestGovernor:
         an earlier rule redacted or masked is the earlier rule's, unless the later rule edits
         too and the finding reaches beyond them (``_merged``). Edits apply at the end, in
         tool call arguments as JSON string content."""
+        # A message's text parts are read as one text (``parts.py``): a value split over
+        # two parts reaches the model whole.
+        units, joins, firsts = units_of(texts)
         # The detectors of the profile share their scan of each text (its digit clusters), in
         # this thread and for this step only.
         share()
         try:
-            edits = self._edits(stage, rules, texts, actions)
+            edits = self._edits(stage, rules, units, joins, actions)
         finally:
             forget()
         if not any(edits):
             return None
-        out = list(texts)
-        for i, taken in enumerate(edits):
-            if taken:
-                field, text = texts[i]
-                in_json = field.endswith(_JSON_FIELDS)
-                parts: list[str] = []
-                at = 0
-                for start, end, replacement in taken:
-                    parts += (text[at:start], json.dumps(replacement)[1:-1] if in_json else replacement)
-                    at = end
-                parts.append(text[at:])
-                out[i] = (field, "".join(parts))
-        return out
+        return apply_edits(texts, joins, firsts, edits, _JSON_FIELDS)
 
     def _edits(
-        self, stage: Stage, rules: Sequence[Rule], texts: list[tuple[str, str]], actions: Actions
+        self,
+        stage: Stage,
+        rules: Sequence[Rule],
+        texts: list[tuple[str, str]],
+        joins: list[Joined | None],
+        actions: Actions,
     ) -> list[list[tuple[int, int, str]] | None]:
-        """``_apply``'s rules over its texts: per text, its edits (None: not edited)."""
+        """``_apply``'s rules over its texts (``joins``: the parts each was joined from, None
+        for a text alone): per text, its edits (None: not edited)."""
         # Per text, (start, end, replacement) of each edit so far, sorted by start (edits
         # never overlap). Per finding, only what the evidence and the edit need is made: a
         # position while there is room for one, an edit for redact and mask.
@@ -198,9 +196,15 @@ class RequestGovernor:
                 count += len(spans)
                 room = MAX_POSITIONS - len(positions)
                 if room > 0:
-                    positions += [
-                        {"field": field, "start": s.start, "end": s.end, "kind": s.kind} for s in spans[:room]
-                    ]
+                    join = joins[i]
+                    positions += (
+                        [
+                            {"field": field, "start": s.start, "end": s.end, "kind": s.kind}
+                            for s in spans[:room]
+                        ]
+                        if join is None
+                        else [join.position(s) for s in spans[:room]]
+                    )
                 if block:
                     break
                 if not edit:
