@@ -67,7 +67,7 @@ from dataplane.errors import InvalidRequest
 from dataplane.governance.contract import Contracts
 from dataplane.governance.detectors._digits import forget, share
 from dataplane.governance.errors import CONTRACT_KIND, AnswerBreaksContract, OverLimit, blocked
-from dataplane.governance.parts import Joined, apply_edits, units_of
+from dataplane.governance.parts import URL, Joined, apply_edits, image_urls, units_of, with_image_urls
 from dataplane.governance.readable import find as find_in
 from dataplane.governance.readable import reading, unescaped
 from dataplane.governance.stream import MAX_POSITIONS, StreamGovernor
@@ -172,7 +172,7 @@ class RequestGovernor:
         # position while there is room for one, an edit for redact and mask.
         n = len(texts)
         edits: list[list[tuple[int, int, str]] | None] = [None] * n
-        views = [reading(text) for _, text in texts]
+        views = [reading(text, field.endswith(URL)) for field, text in texts]
         for rule in rules:
             action = rule.action
             block = action is Action.BLOCK
@@ -515,6 +515,7 @@ def _governed_texts(body: ChatRequest | EmbedRequest) -> list[tuple[str, str]]:
     rf = body.response_format
     if rf is not None and rf.schema is not None:
         out.append(("response_format.json_schema", _schema_text(rf.schema)))
+    out += image_urls(body.messages)
     out += [(f"params.stop[{k}]", stop) for k, stop in enumerate(body.params.stop)]
     return out
 
@@ -587,6 +588,9 @@ def _rebuild(body: ChatRequest | EmbedRequest, texts: list[tuple[str, str]]) -> 
         schema = _edited_schema(field, text, rf.schema)
         if schema is not rf.schema:
             rf = replace(rf, schema=schema)
+    urls = len(image_urls(body.messages))
+    with_image_urls(messages, texts[at : at + urls])
+    at += urls
     stop = tuple(text for _, text in texts[at:])
     params = body.params if stop == body.params.stop else replace(body.params, stop=stop)
     return replace(body, messages=tuple(messages), tools=tuple(tools), response_format=rf, params=params)

@@ -13,11 +13,47 @@ from __future__ import annotations
 
 import bisect
 import json
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Final
+from urllib.parse import quote
 
+from dataplane.chat import ImagePart, Message
 from dataplane.config.model import Finding
 
 Edit = tuple[int, int, str]
+URL: Final = ".url"
+"""The field of an image's URL ends so (``messages[i].content[j].url``)."""
+_WEB: Final = ("http://", "https://")
+
+
+def image_urls(messages: Sequence[Message]) -> list[tuple[str, str]]:
+    """(field, URL) of every image given by an http(s) URL: the provider fetches it, so what
+    its query string carries (an address, a token) leaves with the request. A ``data:`` URL
+    (or raw bytes) is the image itself, not text: its payload is not read."""
+    return [
+        (f"messages[{i}].content[{j}]{URL}", part.url)
+        for i, m in enumerate(messages)
+        for j, part in enumerate(m.content)
+        if isinstance(part, ImagePart) and part.url and part.url[:8].lower().startswith(_WEB)
+    ]
+
+
+def with_image_urls(messages: list[Message], urls: Sequence[tuple[str, str]]) -> None:
+    """``messages`` (in place) with the images ``image_urls`` listed given ``urls`` (the same
+    fields, in the same order, possibly edited)."""
+    at = 0
+    for i, m in enumerate(messages):
+        content = list(m.content)
+        changed = False
+        for j, part in enumerate(content):
+            if at < len(urls) and urls[at][0] == f"messages[{i}].content[{j}]{URL}":
+                if isinstance(part, ImagePart) and urls[at][1] != part.url:
+                    content[j] = replace(part, url=urls[at][1])
+                    changed = True
+                at += 1
+        if changed:
+            messages[i] = replace(m, content=tuple(content))
 
 
 class Joined:
@@ -80,8 +116,8 @@ class Joined:
 
 def _message(field: str) -> str | None:
     """``messages[i]`` for a message's text part ``messages[i].content[j]``, else None."""
-    if not field.startswith("messages["):
-        return None
+    if not field.startswith("messages[") or not field.endswith("]"):
+        return None  # not a part's text (an image's URL)
     at = field.find("].content[")
     return field[: at + 1] if at > 0 else None
 
@@ -121,7 +157,7 @@ def apply_edits(
 ) -> list[tuple[str, str]]:
     """``texts`` with the edits of each unit (``units_of``) applied: split back over a joined
     unit's parts; in a text whose field ends with one of ``json_fields`` (JSON text), each
-    replacement goes in as JSON string content."""
+    replacement goes in as JSON string content, in an image's URL percent-encoded."""
     out = list(texts)
     for k, taken in enumerate(edits):
         if not taken:
@@ -134,10 +170,15 @@ def apply_edits(
             continue
         field, text = texts[i]
         in_json = field.endswith(json_fields)
+        in_url = field.endswith(URL)
         pieces: list[str] = []
         at = 0
         for start, end, replacement in taken:
-            pieces += (text[at:start], json.dumps(replacement)[1:-1] if in_json else replacement)
+            if in_json:
+                replacement = json.dumps(replacement)[1:-1]
+            elif in_url:
+                replacement = quote(replacement, safe="")
+            pieces += (text[at:start], replacement)
             at = end
         pieces.append(text[at:])
         out[i] = (field, "".join(pieces))

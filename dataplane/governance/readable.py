@@ -136,25 +136,51 @@ def decoded(escape: re.Match[str]) -> str | None:
     return None
 
 
-def unescaped(text: str) -> View:
-    """JSON text (streamed tool call arguments: possibly a part of it) with every escape it
-    does not need decoded, as a model reads it: each such escape read as its character."""
-    if "\\" not in text:
+def _decoding(
+    text: str, marker: str, pattern: re.Pattern[str], decode: Callable[[re.Match[str]], str | None]
+) -> View:
+    """``text`` with each match of ``pattern`` (which starts with ``marker``) read as what
+    ``decode`` makes of it (None: as written)."""
+    if marker not in text:
         return View(text, [], [])
     return _view(
         text,
         (
             (match.start(), match.end(), c)
-            for match in _ESCAPE.finditer(text)
-            if (c := decoded(match)) is not None
+            for match in pattern.finditer(text)
+            if (c := decode(match)) is not None
         ),
     )
 
 
-def reading(text: str) -> tuple[View, View | None]:
+def unescaped(text: str) -> View:
+    """JSON text (streamed tool call arguments: possibly a part of it) with every escape it
+    does not need decoded, as a model reads it: each such escape read as its character."""
+    return _decoding(text, "\\", _ESCAPE, decoded)
+
+
+_PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _printable(escape: re.Match[str]) -> str | None:
+    c = chr(int(escape.group(1), 16))
+    return c if "!" <= c <= "~" else None
+
+
+def percent_decoded(url: str) -> View:
+    """A URL with each percent-encoded printable ASCII character (``%40``) read as itself, as
+    the server it names reads it."""
+    return _decoding(url, "%", _PERCENT, _printable)
+
+
+def reading(text: str, url: bool = False) -> tuple[View, View | None]:
     """``text`` as rules read it, for ``find``: its JSON escapes that JSON does not need decoded
     (a model reads ``jane\\u0040example.com`` in a tool result, in a JSON document or not, as
-    the address), then ``readable``. A text without a backslash is only ``readable``."""
+    the address), then ``readable``. A text without a backslash is only ``readable``. ``url``:
+    an image's URL, percent-encoding decoded instead."""
+    if url:
+        outer = percent_decoded(text)
+        return outer, readable(outer.text)
     if "\\" not in text:
         return readable(text), None
     outer = unescaped(text)
