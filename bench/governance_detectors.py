@@ -14,6 +14,12 @@ machine the other rounds measure the neighbours too). 50 different prompts per s
 cycled, so nothing is measured on one warm string.
 
 Target: the whole governance step under 200 us p50 at 4 KB, so "default" well under it.
+
+Then the hostile texts: for each detector, texts made of one short unit repeated (``"1:"``
+for ``phone``, ``"@a"`` for ``email``, PEM BEGIN lines for ``credential``, a run of ``a`` for a
+term list nesting 200 deep...), each timed once at ``--hostile-chars`` and at a quarter of
+that (best of 3, CPU time of the thread), given in ms per MiB of text: the work must grow with the text, not faster (the ratio
+column: ~4 is linear), whatever the text. ``--hostile-only`` skips the prompts.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataplane.governance import detect
 from dataplane.governance.detectors import BUILT_IN
+from dataplane.governance.detectors._digits import forget, share
 
 SENTENCES = [
     "The quarterly report shows that revenue grew faster than expected in the northern region.",
@@ -60,6 +67,24 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "terms": {"terms": [f"codename{i}" for i in range(1000)] + ["Project Falcon", "Bluebird"]},
 }
 SIZES = {"1 KB": 1024, "4 KB": 4096, "32 KB": 32768}
+NESTED = {"terms": ["a" * i for i in range(1, 201)]}
+NESTED_PHRASES = {"terms": [" ".join("a" * i) for i in range(1, 101)]}
+HOSTILE: list[tuple[str, dict[str, Any] | None, str]] = [
+    ("phone", None, "1:"),
+    ("phone", None, "+1 "),
+    ("email", None, "@a"),
+    ("email", None, "a.@"),
+    ("payment_card", None, "1234 "),
+    ("iban", None, "DE89 "),
+    ("national_id", None, "bsn 123456782 "),
+    ("ip_address", None, "a:1"),
+    ("ip_address", None, "1."),
+    ("credential", None, "sk-"),
+    ("credential", None, "-----BEGIN PRIVATE KEY-----."),
+    ("credential", None, "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n"),
+    ("terms", NESTED, "a"),
+    ("terms", NESTED_PHRASES, "a "),
+]
 
 
 def prompt(rng: random.Random, size: int) -> str:
@@ -96,6 +121,32 @@ def p(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if q < 100 else max(values)
 
 
+def hostile(chars: int) -> None:
+    """Each hostile text at ``chars`` and a quarter of it: ms per MiB, and the ratio."""
+    print(f"\n{'detector':<14}{'unit':<34}{'ms/MiB':>10}{'ms/MiB (1/4)':>14}{'ratio':>8}")
+    for name, options, unit in HOSTILE:
+        detector = detect.build(name, options)
+        seconds = []
+        for n in (chars // 4, chars):
+            best = float("inf")
+            gc.disable()
+            try:
+                for _ in range(3):
+                    text = unit * (n // len(unit))  # a new string: nothing cached for it
+                    start = time.thread_time()  # CPU time: a busy machine's waits left out
+                    detector.find(text)
+                    best = min(best, time.thread_time() - start)
+            finally:
+                gc.enable()
+            seconds.append(best)
+        per_mib = [s * 1e3 * (1 << 20) / n for s, n in zip(seconds, (chars // 4, chars), strict=True)]
+        label = f"{unit!r}" + (f" ({len(options['terms'])} nested)" if options else "")
+        print(
+            f"{name:<14}{label:<34}{per_mib[1]:>10.0f}{per_mib[0]:>14.0f}{seconds[1] / seconds[0]:>8.1f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,15 +154,24 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=10)
+    parser.add_argument("--hostile-chars", type=int, default=1 << 18)
+    parser.add_argument("--hostile-only", action="store_true")
     args = parser.parse_args()
+    if args.hostile_only:
+        hostile(args.hostile_chars)
+        return
     rng = random.Random(args.seed)
     texts = {label: [prompt(rng, size) for _ in range(50)] for label, size in SIZES.items()}
     detectors = {name: detect.build(name, OPTIONS.get(name)) for name in BUILT_IN}
     default = [detectors[name] for name in DEFAULT_PROFILE]
 
     def run_default(text: str) -> None:
-        for d in default:
-            d.find(text)
+        share()  # as a governance step does: the detectors share their scan of the text
+        try:
+            for d in default:
+                d.find(text)
+        finally:
+            forget()
 
     runs: dict[str, Any] = {name: d.find for name, d in detectors.items()}
     runs["default"] = run_default
@@ -127,6 +187,7 @@ def main() -> None:
             best = min((measure(run, texts[label], calls) for _ in range(args.rounds)), key=statistics.median)
             cells.append(f"{p(best, 50):>12.1f}{p(best, 99):>12.1f}")
         print(f"{name:<14}" + "".join(cells), flush=True)
+    hostile(args.hostile_chars)
 
 
 if __name__ == "__main__":

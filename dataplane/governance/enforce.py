@@ -11,8 +11,10 @@ A ``RequestGovernor`` runs, in the pipeline's order:
   anything else and so before any provider is called;
 - **input rules**, in the profile's order, over every text the request carries to the
   provider (message text parts, among them the system prompt and tool results; tool call
-  arguments, with the JSON escapes they do not need decoded (``json_view``); message names; tool descriptions; tool and response JSON schemas, as their JSON
-  text; stop sequences; embedding inputs): ``block`` refuses naming the rule (never the finding), ``redact`` replaces each
+  arguments (``json_view``); message names; tool descriptions; tool and response JSON
+  schemas, as their JSON text; stop sequences; embedding inputs), each read with the JSON
+  escapes JSON does not need decoded (``readable.reading``: ``\\u0040`` in a tool result is
+  the ``@`` a model reads): ``block`` refuses naming the rule (never the finding), ``redact`` replaces each
   finding with the rule's placeholder, ``mask`` with a numbered placeholder (``[EMAIL_1]``;
   one number per distinct value) whose value it keeps in this object only, ``classify``
   raises the request's data class (``data_class``, which the pipeline hands routing), and
@@ -63,9 +65,11 @@ from dataplane.config.model import (
 )
 from dataplane.errors import InvalidRequest
 from dataplane.governance.contract import Contracts
+from dataplane.governance.detectors._digits import forget, share
 from dataplane.governance.errors import CONTRACT_KIND, AnswerBreaksContract, OverLimit, blocked
+from dataplane.governance.parts import URL, Joined, apply_edits, image_urls, units_of, with_image_urls
 from dataplane.governance.readable import find as find_in
-from dataplane.governance.readable import readable, unescaped
+from dataplane.governance.readable import reading, unescaped
 from dataplane.governance.stream import MAX_POSITIONS, StreamGovernor
 
 PLACEHOLDER = re.compile(r"\[[A-Z0-9_]+_[0-9]+\]")
@@ -97,7 +101,7 @@ class Governance:
 class RequestGovernor:
     """One request under one profile; holds the request's masked values, in memory only."""
 
-    __slots__ = ("_numbers", "_values", "classified_by", "contracts", "data_class", "profile")
+    __slots__ = ("_counts", "_numbers", "_values", "classified_by", "contracts", "data_class", "profile")
 
     def __init__(self, profile: CompiledProfile, contracts: Contracts) -> None:
         self.profile = profile
@@ -110,6 +114,9 @@ class RequestGovernor:
         """placeholder -> original value (mask)."""
         self._numbers: dict[tuple[str, str], str] = {}
         """(label, value) -> placeholder: one number per distinct value."""
+        self._counts: dict[str, int] = {}
+        """label -> the values numbered under it so far (counting them per value would cost
+        the request time quadratic in its distinct findings)."""
 
     # ---- input ----
 
@@ -136,12 +143,36 @@ class RequestGovernor:
         an earlier rule redacted or masked is the earlier rule's, unless the later rule edits
         too and the finding reaches beyond them (``_merged``). Edits apply at the end, in
         tool call arguments as JSON string content."""
+        # A message's text parts are read as one text (``parts.py``): a value split over
+        # two parts reaches the model whole.
+        units, joins, firsts = units_of(texts)
+        # The detectors of the profile share their scan of each text (its digit clusters), in
+        # this thread and for this step only.
+        share()
+        try:
+            edits = self._edits(stage, rules, units, joins, actions)
+        finally:
+            forget()
+        if not any(edits):
+            return None
+        return apply_edits(texts, joins, firsts, edits, _JSON_FIELDS)
+
+    def _edits(
+        self,
+        stage: Stage,
+        rules: Sequence[Rule],
+        texts: list[tuple[str, str]],
+        joins: list[Joined | None],
+        actions: Actions,
+    ) -> list[list[tuple[int, int, str]] | None]:
+        """``_apply``'s rules over its texts (``joins``: the parts each was joined from, None
+        for a text alone): per text, its edits (None: not edited)."""
         # Per text, (start, end, replacement) of each edit so far, sorted by start (edits
         # never overlap). Per finding, only what the evidence and the edit need is made: a
         # position while there is room for one, an edit for redact and mask.
         n = len(texts)
         edits: list[list[tuple[int, int, str]] | None] = [None] * n
-        views = [readable(text) for _, text in texts]
+        views = [reading(text, field.endswith(URL)) for field, text in texts]
         for rule in rules:
             action = rule.action
             block = action is Action.BLOCK
@@ -153,7 +184,8 @@ class RequestGovernor:
             positions: list[dict[str, Any]] = []
             for i in range(n):
                 field, text = texts[i]
-                spans = find_in(find, views[i])
+                view, inner = views[i]
+                spans = find_in(find, view, inner)
                 if not spans:
                     continue
                 taken = edits[i]
@@ -164,9 +196,15 @@ class RequestGovernor:
                 count += len(spans)
                 room = MAX_POSITIONS - len(positions)
                 if room > 0:
-                    positions += [
-                        {"field": field, "start": s.start, "end": s.end, "kind": s.kind} for s in spans[:room]
-                    ]
+                    join = joins[i]
+                    positions += (
+                        [
+                            {"field": field, "start": s.start, "end": s.end, "kind": s.kind}
+                            for s in spans[:room]
+                        ]
+                        if join is None
+                        else [join.position(s) for s in spans[:room]]
+                    )
                 if block:
                     break
                 if not edit:
@@ -188,21 +226,7 @@ class RequestGovernor:
                 entry["data_class"] = rule.data_class.name.lower()
                 if rule.data_class >= self.data_class:
                     self.data_class, self.classified_by = rule.data_class, rule.name
-        if not any(edits):
-            return None
-        out = list(texts)
-        for i, taken in enumerate(edits):
-            if taken:
-                field, text = texts[i]
-                in_json = field.endswith(_JSON_FIELDS)
-                parts: list[str] = []
-                at = 0
-                for start, end, replacement in taken:
-                    parts += (text[at:start], json.dumps(replacement)[1:-1] if in_json else replacement)
-                    at = end
-                parts.append(text[at:])
-                out[i] = (field, "".join(parts))
-        return out
+        return edits
 
     def _check_limits(self, body: ChatRequest | EmbedRequest, actions: Actions) -> None:
         limits = self.profile.limits
@@ -243,7 +267,7 @@ class RequestGovernor:
         key = (rule.label, value)
         placeholder = self._numbers.get(key)
         if placeholder is None:
-            number = sum(1 for label, _ in self._numbers if label == rule.label) + 1
+            number = self._counts[rule.label] = self._counts.get(rule.label, 0) + 1
             placeholder = self._numbers[key] = f"[{rule.label}_{number}]"
             self._values[placeholder] = value
         return placeholder
@@ -491,6 +515,7 @@ def _governed_texts(body: ChatRequest | EmbedRequest) -> list[tuple[str, str]]:
     rf = body.response_format
     if rf is not None and rf.schema is not None:
         out.append(("response_format.json_schema", _schema_text(rf.schema)))
+    out += image_urls(body.messages)
     out += [(f"params.stop[{k}]", stop) for k, stop in enumerate(body.params.stop)]
     return out
 
@@ -563,6 +588,9 @@ def _rebuild(body: ChatRequest | EmbedRequest, texts: list[tuple[str, str]]) -> 
         schema = _edited_schema(field, text, rf.schema)
         if schema is not rf.schema:
             rf = replace(rf, schema=schema)
+    urls = len(image_urls(body.messages))
+    with_image_urls(messages, texts[at : at + urls])
+    at += urls
     stop = tuple(text for _, text in texts[at:])
     params = body.params if stop == body.params.stop else replace(body.params, stop=stop)
     return replace(body, messages=tuple(messages), tools=tuple(tools), response_format=rf, params=params)

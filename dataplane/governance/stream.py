@@ -41,6 +41,7 @@ from typing import Any
 
 from dataplane.chat import StreamChunk, ToolCallDelta
 from dataplane.config.model import Action, CompiledProfile, Finding, Rule, Stage
+from dataplane.governance.detectors._digits import forget, share
 from dataplane.governance.errors import blocked
 from dataplane.governance.readable import find as find_in
 from dataplane.governance.readable import readable, unescaped
@@ -167,13 +168,19 @@ class StreamGovernor:
             if not final and held < window:
                 return ""
             cut = len(text) if final else len(text) - window // 2
-            if channel.in_json and not final:
+            if not final:
                 cut = _before_escape(text, cut)
+                if self._restore is not None:
+                    cut = _before_partial_placeholder(text, held_at, cut)
+            # The scan moves the cut only to the edge of a finding, and what it records and
+            # redacts is what goes out now: nothing may move the cut after it (moved back
+            # into a finding it had queued a redaction for, the part before the new cut went
+            # out as written, and the finding was recorded again at every release).
             cut = self._scan(channel, held_at, cut)
         else:
             cut = len(text)
-        if self._restore is not None and not final:
-            cut = _before_partial_placeholder(text, held_at, cut)
+            if self._restore is not None and not final:
+                cut = _before_partial_placeholder(text, held_at, cut)
         if cut <= held_at:
             return ""
         out = _redacted(channel, held_at, cut)
@@ -196,28 +203,33 @@ class StreamGovernor:
         whole yet when that went out): it is acted on all the same, a block ending the stream
         and a redaction replacing what is still held of it, rather than passing unseen."""
         text = channel.text
-        # Arguments are JSON: read with their needless escapes decoded, as a model reads them.
-        outer = unescaped(text) if channel.in_json else None
+        # Read with the JSON escapes JSON does not need decoded, as a model reads them: in
+        # arguments (JSON) and in content that holds a backslash (a JSON answer, an escape).
+        outer = unescaped(text) if channel.in_json or "\\" in text else None
         view = readable(outer.text if outer is not None else text)
         found: list[tuple[Rule, list[Finding]]] = []
-        for rule in self._rules:
-            spans = [
-                s
-                for s in (
-                    find_in(rule.detector.find, view)
-                    if outer is None
-                    else find_in(rule.detector.find, outer, view)
-                )
-                if s.end > held_at
-            ]
-            if not spans:
-                continue
-            if rule.action is Action.BLOCK:
-                self._record(rule, spans[:1], channel)
-                # Where the stream ended: at or before chunk k + window for a finding in chunk k.
-                self._entries[rule.name]["ended_at_chunk"] = len(channel.chunk_starts) - 1
-                raise blocked(rule.name, Stage.OUTPUT.value, rule.status)
-            found.append((rule, spans))
+        share()  # the rules' detectors share their scan of the text, for this scan only
+        try:
+            for rule in self._rules:
+                spans = [
+                    s
+                    for s in (
+                        find_in(rule.detector.find, view)
+                        if outer is None
+                        else find_in(rule.detector.find, outer, view)
+                    )
+                    if s.end > held_at
+                ]
+                if not spans:
+                    continue
+                if rule.action is Action.BLOCK:
+                    self._record(rule, spans[:1], channel)
+                    # Where the stream ended: at or before chunk k + window for a finding in chunk k.
+                    self._entries[rule.name]["ended_at_chunk"] = len(channel.chunk_starts) - 1
+                    raise blocked(rule.name, Stage.OUTPUT.value, rule.status)
+                found.append((rule, spans))
+        finally:
+            forget()
         cut, pushed = _uncut(found, held_at, cut, len(text), self._window)
         followed = channel.followed
         channel.followed = {}
@@ -308,8 +320,8 @@ def _same(a: tuple[ToolCallDelta, ...], b: tuple[ToolCallDelta, ...]) -> bool:
 
 
 def _before_escape(text: str, cut: int) -> int:
-    """``cut``, moved back before a JSON escape it would split (``\\u00`` sent, ``40`` not): the
-    arguments are read with their escapes decoded, so an edit must not start inside one."""
+    """``cut``, moved back before a JSON escape it would split (``\\u00`` sent, ``40`` not): a
+    channel is read with its escapes decoded, so an edit must not start inside one."""
     at = text.rfind("\\", max(0, cut - 5), cut)
     if at < 0:
         return cut

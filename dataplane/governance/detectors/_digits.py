@@ -19,16 +19,21 @@ finding of those detectors holds a digit and reaches at most ``MARGIN`` characte
 digits, so a window holds it whole, and a pattern's lookbehind still sees the text before
 a window (``Pattern.finditer(text, pos, endpos)``).
 
-The clusters of the last few texts asked about are kept (``MEMO`` entries, the text itself as
-the key by identity): the detectors of one profile look at the same texts one after another,
-and a request holds several texts (system prompt, user messages, tool results), which a rule
-visits in turn before the next rule does. That is an optimisation only: the answer is the
-same function of the text.
+Within a governance step (``share`` ... ``forget``, which ``enforce`` and ``stream`` call
+around their rules) the clusters of the last few texts asked about are kept (``MEMO``
+entries, the text itself as the key by identity): the detectors of one profile look at the
+same texts one after another, and a request holds several texts (system prompt, user
+messages, tool results), which a rule visits in turn before the next rule does. That is an
+optimisation only: the answer is the same function of the text. The memo is the calling
+thread's own (``threading.local``: detectors may run in threads, and one thread's texts never
+evict or meet another's) and is dropped when the step ends, so no text outlives its request
+here; outside a step every call scans for itself.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from typing import Final
 
@@ -58,15 +63,30 @@ _CLUSTER_CLASSES: Final = re.compile(rb"0[0.]*+")
 with a plain byte loop instead of testing a character set at every position."""
 
 MEMO: Final = 8
-_memo: list[tuple[str, list[tuple[int, int]], list[int], bytes | None]] = []
+_Entry = tuple[str, list[tuple[int, int]], list[int], bytes | None]
 """(text, its clusters, their digit counts (-1: not counted yet), the text's character
-classes if it is Latin-1), newest last."""
+classes if it is Latin-1)."""
+_local: Final = threading.local()
+"""``entries``: this thread's memo (``list[_Entry]``, newest last) during a step, else None."""
+
+
+def share() -> None:
+    """Until ``forget``, this thread keeps the scans of the last ``MEMO`` texts for the
+    detectors that look at them next (a governance step's rules over its texts)."""
+    _local.entries = []
+
+
+def forget() -> None:
+    """Drop this thread's memo (and with it every reference to the step's texts)."""
+    _local.entries = None
 
 
 def _scan(text: str) -> tuple[list[tuple[int, int]], list[int], bytes | None]:
-    for entry in _memo:
-        if entry[0] is text:
-            return entry[1], entry[2], entry[3]
+    memo: list[_Entry] | None = getattr(_local, "entries", None)
+    if memo is not None:
+        for entry in memo:
+            if entry[0] is text:
+                return entry[1], entry[2], entry[3]
     # A text of Latin-1 characters (most prompts) is stored one byte a character, so
     # encoding it is a copy and its offsets are the text's: classify every character with
     # one table lookup (bytes.translate) and find the clusters in that.
@@ -87,9 +107,10 @@ def _scan(text: str) -> tuple[list[tuple[int, int]], list[int], bytes | None]:
             first = min((at for at in map(text.find, _DIGITS) if at >= 0), default=-1)
         found = [match.span() for match in _CLUSTER.finditer(text, first)] if first >= 0 else []
     counts = [-1] * len(found)
-    if len(_memo) >= MEMO:
-        del _memo[0]
-    _memo.append((text, found, counts, classes))
+    if memo is not None:
+        if len(memo) >= MEMO:
+            del memo[0]
+        memo.append((text, found, counts, classes))
     return found, counts, classes
 
 

@@ -78,6 +78,8 @@ _PEM_BODY: Final = re.compile(r"[A-Za-z0-9+/=\s\\:,-]*+")
 _PEM_END: Final = re.compile(r"-----END (?:[A-Z0-9]{1,16} ){0,3}PRIVATE KEY(?: BLOCK)?-----")
 MAX_PEM_CHARS: Final = 16_384
 """How far past a BEGIN line its END line is looked for (an RSA-8192 key is under 7 KB)."""
+MAX_PEM_END_CHARS: Final = len("-----END PRIVATE KEY BLOCK-----") + 3 * 17
+"""The longest END line ``_PEM_END`` matches."""
 
 
 def _has_letter_and_digit(value: str) -> bool:
@@ -99,6 +101,12 @@ class CredentialDetector:
     def find(self, text: str) -> list[Span]:
         spans: list[Span] = []
         position = 0
+        # The END line after each BEGIN line, looked for once per stretch of text: BEGIN lines
+        # come in order, so a closing found (or a stretch found to hold none) answers for every
+        # BEGIN line before it, and no character is searched twice for one (a text of BEGIN
+        # lines without END lines would otherwise cost MAX_PEM_CHARS per line).
+        closing: re.Match[str] | None = None
+        searched = 0  # _PEM_END has been looked for in text[:searched]
         for _, at, _ in _PREFIXES.find_matches_as_indexes(text):
             if at < position:
                 continue  # inside the previous finding (a JWT's second part starts "eyJ" too)
@@ -115,9 +123,21 @@ class CredentialDetector:
                 if not _jwt_header(match.group()):
                     continue
             elif kind == "private_key":
-                closing = _PEM_END.search(text, end, min(len(text), end + MAX_PEM_CHARS))
-                body = _PEM_BODY.match(text, end)
-                end = closing.end() if closing else body.end() if body else end
+                limit = min(len(text), end + MAX_PEM_CHARS)
+                if closing is None or closing.start() < end:
+                    if closing is not None or searched <= end:
+                        closing = _PEM_END.search(text, end, limit)
+                    else:
+                        # None in text[:searched]: one may still end past it (a match is at
+                        # most MAX_PEM_END_CHARS long).
+                        closing = _PEM_END.search(text, max(end, searched - MAX_PEM_END_CHARS), limit)
+                    searched = limit
+                if closing is not None:
+                    end = closing.end()
+                else:
+                    # A body read to the end of its characters: the next BEGIN line is past it.
+                    body = _PEM_BODY.match(text, end)
+                    end = body.end() if body else end
                 # A body read to the end of the text stops before trailing whitespace.
                 while end > start and text[end - 1].isspace():
                     end -= 1

@@ -52,6 +52,13 @@ def _structure(country: str) -> re.Pattern[str] | None:
 
 
 @functools.cache
+def _length(country: str) -> int:
+    """The length of the country's IBANs (0: no IBAN structure is known for it)."""
+    bban = numdb.get("iban").info(country)[0][1].get("bban")
+    return 4 + sum(int(count) for count, _ in _FIELD.findall(bban)) if bban else 0
+
+
+@functools.cache
 def _country_digits(country: str) -> str:
     return country.translate(_AS_DIGITS)
 
@@ -119,8 +126,15 @@ class IbanDetector:
     def _at(text: str, at: int, spans: list[Span]) -> None:
         if (match := _CANDIDATE.match(text, at)) is not None:
             candidate = match.group()
+            # Only a candidate of the country's length can be valid (``_valid`` checks it
+            # too): the others are not checked, so a run of look-alike groups costs a length
+            # each, not a check each.
+            length = _length(candidate[:2].upper())
+            if not length:
+                return
             while True:
-                if _valid(candidate):
+                spaces = candidate.count(" ") + candidate.count("\u00a0")
+                if len(candidate) - spaces == length and _valid(candidate):
                     spans.append(Span(match.start(), match.start() + len(candidate), candidate[:2].upper()))
                     break
                 cut = max(candidate.rfind(" "), candidate.rfind("\u00a0"))
