@@ -37,7 +37,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -75,6 +75,19 @@ def windows(now: float) -> dict[int, str]:
     """The UTC day and month windows of ``now`` (unix seconds), by budget kind."""
     moment = datetime.fromtimestamp(now, UTC)
     return {Kind.BUDGET_DAY: moment.strftime("%Y-%m-%d"), Kind.BUDGET_MONTH: moment.strftime("%Y-%m")}
+
+
+def oldest_kept(now: float) -> dict[int, str]:
+    """By budget kind, the oldest window whose count is kept at ``now``: the one before the
+    current (windows sort as their strings do). A clock stepped back across midnight or a
+    month's end (an NTP step, a VM restored) finds the count of the window it re-enters, and
+    that of the later one when it catches up, instead of a fresh budget each time."""
+    moment = datetime.fromtimestamp(now, UTC)
+    first = moment.replace(day=1)
+    return {
+        Kind.BUDGET_DAY: (moment - timedelta(days=1)).strftime("%Y-%m-%d"),
+        Kind.BUDGET_MONTH: (first - timedelta(days=1)).strftime("%Y-%m"),
+    }
 
 
 class _Limits:
@@ -247,14 +260,15 @@ class LocalLedger:
         return _encode(self._budgets)
 
     async def persist(self) -> None:
-        """Write the budgets of the current windows when they changed (older windows are
-        dropped: they can no longer be granted from)."""
+        """Write the budgets when they changed. Windows older than the one before the
+        current are dropped (``oldest_kept``); the previous window and any later one (the clock
+        stepped back) are kept, so a clock that steps back and forth never reopens either."""
         async with self._writing:
             if not self._dirty:
                 return
             self._dirty = False
-            current = set(windows(self._clock()).values())
-            self._budgets = {k: row for k, row in self._budgets.items() if k[3] in current}
+            oldest = oldest_kept(self._clock())
+            self._budgets = {k: row for k, row in self._budgets.items() if k[3] >= oldest[k[2]]}
             # A caller cancelled mid-write (its Lease call given up, the node stopping) does
             # not stop the thread: the lock is held until the write is done, or a second
             # write of the same file would race it (both use one temporary name).

@@ -1,0 +1,90 @@
+"""An air-gapped node's own quota ledger (``dataplane.quota.local``) under a wall clock that
+steps: an NTP correction or a restored VM must neither reopen a spent budget window nor
+hand out a later window's budget twice."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dataplane.config.model import RuntimeConfig
+from dataplane.quota import Kind
+from dataplane.quota.local import LocalLedger
+from dataplane.snapshot.compile import compile_snapshot
+from signalbox.api.config.v1 import quota_pb2, snapshot_pb2
+from tests.dataplane.conftest import snapshot
+
+DAY_BUDGET = 1_000
+MONTH_BUDGET = 5_000
+
+
+def _config() -> RuntimeConfig:
+    snap = snapshot(1, "http://127.0.0.1:9")
+    tenant = next(t for t in snap.tenants if t.id == "t-acme")
+    tenant.limits.CopyFrom(snapshot_pb2.Limits(budget_day_nanos=DAY_BUDGET, budget_month_nanos=MONTH_BUDGET))
+    payload = snap.SerializeToString()
+    return compile_snapshot(snap, hashlib.sha256(payload).digest())
+
+
+def _at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+async def _lease(ledger: LocalLedger, kind: Kind, want: int) -> quota_pb2.QuotaGrant:
+    ask = quota_pb2.QuotaAsk(
+        scope=quota_pb2.QuotaScope(tenant_id="t-acme", kind=int(kind)),  # type: ignore[arg-type]
+        want=want,
+    )
+    (grant,) = ledger.lease([ask], "node-1/0")
+    await ledger.persist()
+    return grant
+
+
+async def test_a_clock_stepping_back_across_midnight_reopens_no_budget_window(tmp_path: Path) -> None:
+    now = [_at("2026-11-30T23:59:00")]
+    config = _config()
+    ledger = LocalLedger(lambda: config, tmp_path / "quota", clock=lambda: now[0])
+    ledger.load()
+
+    # The last minute of November: the day is spent, and 4,000 of the month.
+    day = await _lease(ledger, Kind.BUDGET_DAY, DAY_BUDGET)
+    assert (day.granted, day.window, day.exhausted) == (DAY_BUDGET, "2026-11-30", True)
+    month = await _lease(ledger, Kind.BUDGET_MONTH, 4_000)
+    assert (month.granted, month.window) == (4_000, "2026-11")
+
+    # Midnight, a new day and month: 600 of the new day is spent.
+    now[0] = _at("2026-12-01T00:00:30")
+    day = await _lease(ledger, Kind.BUDGET_DAY, 600)
+    assert (day.granted, day.window) == (600, "2026-12-01")
+    month = await _lease(ledger, Kind.BUDGET_MONTH, 600)
+    assert (month.granted, month.window) == (600, "2026-12")
+
+    # NTP steps the clock back a minute, into November: its spent day and month stay spent.
+    now[0] = _at("2026-11-30T23:59:40")
+    day = await _lease(ledger, Kind.BUDGET_DAY, DAY_BUDGET)
+    assert (day.granted, day.window, day.exhausted) == (0, "2026-11-30", True)
+    month = await _lease(ledger, Kind.BUDGET_MONTH, MONTH_BUDGET)
+    assert (month.granted, month.window) == (1_000, "2026-11")  # what was left of it, no more
+
+    # The clock catches up: December's day still has the 600 counted, after a restart too.
+    now[0] = _at("2026-12-01T00:01:00")
+    restarted = LocalLedger(lambda: config, tmp_path / "quota", clock=lambda: now[0])
+    restarted.load()
+    assert restarted.spent("t-acme", "", Kind.BUDGET_DAY) == 600
+    day = await _lease(restarted, Kind.BUDGET_DAY, DAY_BUDGET)
+    assert (day.granted, day.window, day.exhausted) == (DAY_BUDGET - 600, "2026-12-01", True)
+    month = await _lease(restarted, Kind.BUDGET_MONTH, MONTH_BUDGET)
+    assert (month.granted, month.window) == (MONTH_BUDGET - 600, "2026-12")
+
+    # Windows older than the previous one are dropped: the file does not grow without end.
+    now[0] = _at("2027-01-15T12:00:00")
+    await _lease(restarted, Kind.BUDGET_DAY, 1)
+    await _lease(restarted, Kind.BUDGET_MONTH, 1)
+    kept = {(b["kind"], b["window"]) for b in json.loads(restarted.path.read_bytes())["budgets"]}
+    assert kept == {
+        (Kind.BUDGET_DAY, "2027-01-15"),
+        (Kind.BUDGET_MONTH, "2027-01"),
+        (Kind.BUDGET_MONTH, "2026-12"),
+    }
