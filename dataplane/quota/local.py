@@ -252,6 +252,7 @@ class LocalLedger:
                     limit=limit,
                     exhausted=grant.exhausted,
                     refill_seconds=grant.refill_seconds,
+                    window_seconds_left=grants.window_seconds_left(window, now) if window else 0.0,
                 )
             )
         return out

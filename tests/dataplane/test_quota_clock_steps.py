@@ -51,8 +51,9 @@ async def test_a_clock_stepping_back_across_midnight_reopens_no_budget_window(tm
     # The last minute of November: the day is spent, and 4,000 of the month.
     day = await _lease(ledger, Kind.BUDGET_DAY, DAY_BUDGET)
     assert (day.granted, day.window, day.exhausted) == (DAY_BUDGET, "2026-11-30", True)
+    assert day.window_seconds_left == 60  # by the ledger's clock: the workers count it down
     month = await _lease(ledger, Kind.BUDGET_MONTH, 4_000)
-    assert (month.granted, month.window) == (4_000, "2026-11")
+    assert (month.granted, month.window, month.window_seconds_left) == (4_000, "2026-11", 60)
 
     # Midnight, a new day and month: 600 of the new day is spent.
     now[0] = _at("2026-12-01T00:00:30")
