@@ -41,7 +41,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -126,6 +126,16 @@ class EvidenceRetention:
             )
             statements = [decode_statement(bytes(s)) for (s,) in rows]
         return {s.chain_id: s for s in statements}
+
+    async def prune_older_than(self, keep: timedelta, now: datetime) -> PruneResult:
+        """The retention timer's round: ``prune`` what is older than ``keep`` by the earlier of
+        ``now`` (this host's clock) and the database's. Dropped evidence cannot be brought back:
+        one clock stepped far ahead (a bad time source, a host that booted in 2099 before NTP
+        set it right) would otherwise drop every month at once; now it takes both to be wrong,
+        and a clock that is behind only delays retention."""
+        async with self._sessions() as session:
+            database: datetime = (await session.execute(sa.text("SELECT now()"))).scalar_one()
+        return await self.prune(min(now, database) - keep)
 
     async def prune(self, before: datetime) -> PruneResult:
         """Drop every monthly partition entirely before ``before``, each chain's range stated first."""

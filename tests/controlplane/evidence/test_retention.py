@@ -419,3 +419,26 @@ def _timestamp(seconds: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromSeconds(int(seconds))
     return stamp
+
+
+async def test_a_control_plane_clock_far_ahead_drops_no_recent_evidence(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    """The retention timer took its cut-off from the host's clock alone: a host whose clock
+    stepped years ahead (a bad time source, a battery-backed clock read before NTP) dropped
+    every month of evidence at once, for good. It now takes the earlier of the host's and the
+    database's clock: one clock gone wrong drops nothing that is not old by the other."""
+    stream, directory = node
+    recent = (datetime.now(UTC) - timedelta(days=1)).timestamp()
+    lines = await write_at(directory, [JAN, JAN, recent])
+    assert (await stream.ship("node-a/0", lines)).head_seq == 3
+    retention = evidence_plane.cp.retention
+    assert retention is not None
+    ahead = datetime.now(UTC) + timedelta(days=5 * 365)
+    result = await retention.prune_older_than(timedelta(days=400), ahead)
+    assert result.partitions == ["evidence_records_y2025m01"]
+    statement = await retention.pruned_statement("node-a/0")
+    assert statement is not None
+    assert (statement.first_seq, statement.last_seq) == (1, 2)
+    stored = sql_rows(evidence_plane.database_url, "SELECT seq FROM evidence_records ORDER BY seq")
+    assert [int(seq) for (seq,) in stored] == [3]
