@@ -32,9 +32,10 @@ class Row:
     used: int = 0
     """Budgets: units leased in the window and not handed back."""
     updated_at: float = 0.0
-    """Unix seconds of the last grant."""
+    """Seconds of the last grant, by the ledger's clock (unix seconds on the control plane, a
+    monotonic clock for an air-gapped node's in-memory rates)."""
     holders: dict[str, float] = field(default_factory=dict)
-    """Holder -> unix seconds of its last lease (rates' fair share)."""
+    """Holder -> seconds of its last lease, by the same clock (rates' fair share)."""
 
 
 @dataclass(frozen=True, slots=True)

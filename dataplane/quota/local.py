@@ -122,15 +122,20 @@ class LocalLedger:
         *,
         burst_seconds: float = DEFAULT_BURST_SECONDS,
         clock: Callable[[], float] = time.time,
+        rate_clock: Callable[[], float] = time.monotonic,
         spent: Callable[[float], Iterable[tuple[str, str, float, int]]] = lambda since: (),
     ) -> None:
-        """``spent(since)``: (tenant id, key id, time, nano-USD) of what the node's evidence
+        """``clock``: the wall clock, which names the budgets' UTC days and months;
+        ``rate_clock``: the monotonic clock the rates refill by (they live in memory only, and a
+        wall clock stepped an hour ahead would refill them a whole burst at once).
+        ``spent(since)``: (tenant id, key id, time, nano-USD) of what the node's evidence
         says was spent since a time: the recount when the budgets file is missing or bad."""
         self._spent = spent
         self._limits = _Limits(config)
         self._dir = state_dir
         self.burst_seconds = burst_seconds
         self._clock = clock
+        self._rate_clock = rate_clock
         self._rates: dict[tuple[str, str, int], grants.Row] = {}
         self._budgets: dict[BudgetKey, grants.Row] = {}
         self._dirty = False
@@ -203,7 +208,7 @@ class LocalLedger:
         """Grants in the order of ``asks``; ``ValueError`` names the first bad ask."""
         if len(asks) > MAX_ASKS:
             raise ValueError(f"asks: at most {MAX_ASKS} per call (got {len(asks)})")
-        now = self._clock()
+        now, elapsed = self._clock(), self._rate_clock()
         current = windows(now)
         out = []
         for i, ask in enumerate(asks):
@@ -233,7 +238,9 @@ class LocalLedger:
                 if rate is None:
                     # A new bucket starts full, as on the control plane.
                     level = grants.capacity(limit, self.burst_seconds)
-                    rate = self._rates[(tenant_id, key_id, kind)] = grants.Row(level=level, updated_at=now)
+                    rate = self._rates[(tenant_id, key_id, kind)] = grants.Row(
+                        level=level, updated_at=elapsed
+                    )
                 grant = grants.grant_rate(
                     rate,
                     limit=limit,
@@ -241,7 +248,7 @@ class LocalLedger:
                     want=ask.want,
                     returned=ask.returned,
                     overspent=ask.overspent,
-                    now=now,
+                    now=elapsed,
                     holder=holder,
                 )
             out.append(

@@ -20,10 +20,12 @@ DAY_BUDGET = 1_000
 MONTH_BUDGET = 5_000
 
 
-def _config() -> RuntimeConfig:
+def _config(limits: snapshot_pb2.Limits | None = None) -> RuntimeConfig:
     snap = snapshot(1, "http://127.0.0.1:9")
     tenant = next(t for t in snap.tenants if t.id == "t-acme")
-    tenant.limits.CopyFrom(snapshot_pb2.Limits(budget_day_nanos=DAY_BUDGET, budget_month_nanos=MONTH_BUDGET))
+    tenant.limits.CopyFrom(
+        limits or snapshot_pb2.Limits(budget_day_nanos=DAY_BUDGET, budget_month_nanos=MONTH_BUDGET)
+    )
     payload = snap.SerializeToString()
     return compile_snapshot(snap, hashlib.sha256(payload).digest())
 
@@ -32,12 +34,15 @@ def _at(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
-async def _lease(ledger: LocalLedger, kind: Kind, want: int) -> quota_pb2.QuotaGrant:
-    ask = quota_pb2.QuotaAsk(
+def _ask(kind: Kind, want: int) -> quota_pb2.QuotaAsk:
+    return quota_pb2.QuotaAsk(
         scope=quota_pb2.QuotaScope(tenant_id="t-acme", kind=int(kind)),  # type: ignore[arg-type]
         want=want,
     )
-    (grant,) = ledger.lease([ask], "node-1/0")
+
+
+async def _lease(ledger: LocalLedger, kind: Kind, want: int) -> quota_pb2.QuotaGrant:
+    (grant,) = ledger.lease([_ask(kind, want)], "node-1/0")
     await ledger.persist()
     return grant
 
@@ -89,3 +94,20 @@ async def test_a_clock_stepping_back_across_midnight_reopens_no_budget_window(tm
         (Kind.BUDGET_MONTH, "2027-01"),
         (Kind.BUDGET_MONTH, "2026-12"),
     }
+
+
+async def test_a_wall_clock_stepped_ahead_refills_no_rate(tmp_path: Path) -> None:
+    """Rates refill with the time that passed, and an air-gapped node's live in memory: they
+    go by the monotonic clock. By the wall clock, an NTP step an hour ahead refilled every
+    bucket a whole burst at once."""
+    now = [_at("2026-11-30T12:00:00")]
+    config = _config(snapshot_pb2.Limits(requests_per_minute=60))
+    ledger = LocalLedger(lambda: config, tmp_path / "quota", clock=lambda: now[0])
+    ledger.load()
+    ask = _ask(Kind.REQUESTS_PER_MINUTE, 60)
+    (first,) = ledger.lease([ask], "node-1/0")
+    assert first.granted == 60  # a full bucket: a minute of the limit
+    now[0] += 3600
+    (after,) = ledger.lease([ask], "node-1/0")
+    # What refilled while the test ran (one a second), not a burst.
+    assert after.granted <= 2, after.granted
