@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import QueuePool
 
@@ -66,3 +67,9 @@ async def dispose(engine: AsyncEngine, within: float) -> None:
             pool.checkedout(),
         )
     await engine.dispose()
+
+
+async def database_now(session: AsyncSession) -> datetime:
+    """The database's clock (its transaction's start): the one time every replica agrees on."""
+    now: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
+    return now
