@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -69,7 +70,21 @@ async def dispose(engine: AsyncEngine, within: float) -> None:
     await engine.dispose()
 
 
-async def database_now(session: AsyncSession) -> datetime:
-    """The database's clock (its transaction's start): the one time every replica agrees on."""
+MAX_CLOCK_GAP = timedelta(minutes=1)
+"""How far this host's clock may be off the database's before it is logged."""
+
+
+async def database_now(
+    session: AsyncSession, host_clock: Callable[[], datetime] | None = None, dated: str = ""
+) -> datetime:
+    """The database's clock (its transaction's start): the one time every replica agrees on.
+    With ``host_clock``, a host clock more than ``MAX_CLOCK_GAP`` off it is logged, naming
+    what is ``dated`` by the database's instead."""
     now: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
+    if host_clock is not None:
+        gap = (host_clock() - now).total_seconds()
+        if abs(gap) > MAX_CLOCK_GAP.total_seconds():
+            log.warning(
+                "this host's clock is %+.0f s off the database's; %s are dated by the database's", gap, dated
+            )
     return now

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -246,11 +245,6 @@ async def full_snapshot(
     )
 
 
-log = logging.getLogger(__name__)
-
-MAX_CLOCK_GAP = timedelta(minutes=1)
-"""How far this host's clock may be off the database's before publishing says so."""
-
 HELD_PER_GROUP = 3
 """Compiled snapshots kept per group (see ``SnapshotPublisher._compiled``)."""
 
@@ -306,16 +300,8 @@ class SnapshotPublisher:
         """The time snapshots are dated by: the database's, one clock for every replica. A
         replica's own clock that was behind by more than a snapshot's lifetime (a host booted
         at 1970) signed snapshots every node refused as expired; one far ahead, snapshots
-        dated in the future, re-issued by the other replicas at every check. A host clock off
-        by more than ``MAX_CLOCK_GAP`` is logged."""
-        now = await database_now(session)
-        gap = (self.host_clock() - now).total_seconds()
-        if abs(gap) > MAX_CLOCK_GAP.total_seconds():
-            log.warning(
-                "this host's clock is %+.0f s off the database's; snapshots are dated by the database's",
-                gap,
-            )
-        return now
+        dated in the future, re-issued by the other replicas at every check."""
+        return await database_now(session, self.host_clock, "snapshots")
 
     async def publish(
         self, session: AsyncSession, *, actor: str, reason: str, force: frozenset[str] | None = frozenset()
