@@ -270,13 +270,22 @@ class LocalLedger:
     async def persist(self) -> None:
         """Write the budgets when they changed. Windows older than the one before the
         current are dropped (``oldest_kept``); the previous window and any later one (the clock
-        stepped back) are kept, so a clock that steps back and forth never reopens either."""
+        stepped back) are kept, so a clock that steps back and forth never reopens either. So
+        are each budget's two newest windows whatever the clock says: a clock that jumped years
+        ahead (a node booted in 2099) and is then set right finds its day and month as spent
+        as they were."""
         async with self._writing:
             if not self._dirty:
                 return
             self._dirty = False
             oldest = oldest_kept(self._clock())
-            self._budgets = {k: row for k, row in self._budgets.items() if k[3] >= oldest[k[2]]}
+            newest: dict[tuple[str, str, int], list[str]] = {}
+            for tenant_id, key_id, kind, window in self._budgets:
+                newest.setdefault((tenant_id, key_id, kind), []).append(window)
+            latest = {scope: sorted(found)[-2:] for scope, found in newest.items()}
+            self._budgets = {
+                k: row for k, row in self._budgets.items() if k[3] >= oldest[k[2]] or k[3] in latest[k[:3]]
+            }
             # A caller cancelled mid-write (its Lease call given up, the node stopping) does
             # not stop the thread: the lock is held until the write is done, or a second
             # write of the same file would race it (both use one temporary name).

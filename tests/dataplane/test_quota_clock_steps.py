@@ -84,12 +84,15 @@ async def test_a_clock_stepping_back_across_midnight_reopens_no_budget_window(tm
     month = await _lease(restarted, Kind.BUDGET_MONTH, MONTH_BUDGET)
     assert (month.granted, month.window) == (MONTH_BUDGET - 600, "2026-12")
 
-    # Windows older than the previous one are dropped: the file does not grow without end.
-    now[0] = _at("2027-01-15T12:00:00")
-    await _lease(restarted, Kind.BUDGET_DAY, 1)
-    await _lease(restarted, Kind.BUDGET_MONTH, 1)
+    # Windows older than the previous one (and than a budget's two newest) are dropped: the
+    # file does not grow without end.
+    for moment in ("2027-01-15T12:00:00", "2027-01-20T12:00:00"):
+        now[0] = _at(moment)
+        await _lease(restarted, Kind.BUDGET_DAY, 1)
+        await _lease(restarted, Kind.BUDGET_MONTH, 1)
     kept = {(b["kind"], b["window"]) for b in json.loads(restarted.path.read_bytes())["budgets"]}
     assert kept == {
+        (Kind.BUDGET_DAY, "2027-01-20"),
         (Kind.BUDGET_DAY, "2027-01-15"),
         (Kind.BUDGET_MONTH, "2027-01"),
         (Kind.BUDGET_MONTH, "2026-12"),
@@ -111,3 +114,27 @@ async def test_a_wall_clock_stepped_ahead_refills_no_rate(tmp_path: Path) -> Non
     (after,) = ledger.lease([ask], "node-1/0")
     # What refilled while the test ran (one a second), not a burst.
     assert after.granted <= 2, after.granted
+
+
+async def test_a_clock_that_jumped_years_ahead_and_back_reopens_no_budget_window(tmp_path: Path) -> None:
+    """A node booted with its clock in 2099 leases in 2099's windows; every write then dropped
+    the real day's and month's counts as long past, and once NTP set the clock right the day
+    and month were granted from zero again."""
+    now = [_at("2026-12-01T10:00:00")]
+    config = _config()
+    ledger = LocalLedger(lambda: config, tmp_path / "quota", clock=lambda: now[0])
+    ledger.load()
+    assert (await _lease(ledger, Kind.BUDGET_DAY, 600)).granted == 600
+    assert (await _lease(ledger, Kind.BUDGET_MONTH, 600)).granted == 600
+
+    now[0] = _at("2099-06-01T10:00:00")  # the node restarts with its clock in 2099
+    restarted = LocalLedger(lambda: config, tmp_path / "quota", clock=lambda: now[0])
+    restarted.load()
+    assert (await _lease(restarted, Kind.BUDGET_DAY, 100)).window == "2099-06-01"
+    assert (await _lease(restarted, Kind.BUDGET_MONTH, 100)).window == "2099-06"
+
+    now[0] = _at("2026-12-01T10:05:00")  # NTP sets it right
+    day = await _lease(restarted, Kind.BUDGET_DAY, DAY_BUDGET)
+    assert (day.granted, day.window, day.exhausted) == (DAY_BUDGET - 600, "2026-12-01", True)
+    month = await _lease(restarted, Kind.BUDGET_MONTH, MONTH_BUDGET)
+    assert (month.granted, month.window) == (MONTH_BUDGET - 600, "2026-12")
