@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -72,6 +73,9 @@ async def dispose(engine: AsyncEngine, within: float) -> None:
 
 MAX_CLOCK_GAP = timedelta(minutes=1)
 """How far this host's clock may be off the database's before it is logged."""
+CLOCK_WARNING_EVERY = 600.0
+"""Seconds between two warnings of a host clock off the database's, per thing dated."""
+_clock_warned: dict[str, float] = {}
 
 
 async def database_now(
@@ -83,7 +87,11 @@ async def database_now(
     now: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
     if host_clock is not None:
         gap = (host_clock() - now).total_seconds()
-        if abs(gap) > MAX_CLOCK_GAP.total_seconds():
+        last = _clock_warned.get(dated)
+        if abs(gap) > MAX_CLOCK_GAP.total_seconds() and (
+            last is None or time.monotonic() - last >= CLOCK_WARNING_EVERY
+        ):
+            _clock_warned[dated] = time.monotonic()
             log.warning(
                 "this host's clock is %+.0f s off the database's; %s are dated by the database's", gap, dated
             )
