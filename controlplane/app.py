@@ -444,7 +444,7 @@ class ControlPlane:
     async def _retention_loop(retention: EvidenceRetention, keep: timedelta, interval: float) -> None:
         while True:
             try:
-                result = await retention.prune(datetime.now(UTC) - keep)
+                result = await retention.prune_older_than(keep, datetime.now(UTC))
                 if result.partitions:
                     log.info(
                         "evidence retention dropped %s (%d chains stated)",

@@ -14,8 +14,6 @@ labels (a fleet can be large: ``admin node list`` names them).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controlplane.services.nodes import NodeService
@@ -69,8 +67,7 @@ class ControlPlaneMetrics:
 
     async def refresh(self) -> None:
         """The fleet gauges, read now (before each scrape)."""
-        nodes, newest = await self._nodes.fleet()
-        now = datetime.now(UTC)
+        nodes, newest, now = await self._nodes.fleet()
         counts: dict[tuple[str, str], int] = {}
         lag: dict[str, int] = {group: 0 for group in newest}
         behind: dict[str, int] = {group: 0 for group in newest}

@@ -293,6 +293,7 @@ class QuotaLedger:
                 window=ask.window,
                 limit=ask.limit,
                 exhausted=grant.exhausted,
+                window_seconds_left=grants.window_seconds_left(ask.window, now.timestamp()),
             )
         grant = grants.grant_rate(
             row,

@@ -34,6 +34,7 @@ from dataplane.files import read_regular
 from dataplane.snapshot.files import atomic_write, private_dir
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc
 from signalbox.tls import ClientTls, aio_channel
+from signalbox.wallclock import RECHECK_SECONDS, seconds_until, sleep_until, utc_now
 
 log = logging.getLogger("signalbox.dataplane.identity")
 
@@ -305,12 +306,18 @@ class CertificateRenewer:
         node_id: str,
         on_renewed: Callable[[], None],
         retry_cap: float = 30.0,
+        clock: Callable[[], datetime] = utc_now,
+        recheck: float = RECHECK_SECONDS,
     ) -> None:
+        """``clock``: the wall clock certificates are valid by; the wait for the renewal time
+        reads it again every ``recheck`` seconds (``signalbox.wallclock``)."""
         self._files = files
         self._target = target
         self._node_id = node_id
         self._on_renewed = on_renewed
         self._retry_cap = retry_cap
+        self._clock = clock
+        self._recheck = recheck
         self.renewals = 0
         self.last_error = ""
 
@@ -319,9 +326,7 @@ class CertificateRenewer:
             cert = self._files.certificate()
             if cert is None:
                 return
-            wait = (renew_at(cert) - datetime.now(UTC)).total_seconds()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await sleep_until(renew_at(cert), now=self._clock, recheck=self._recheck)
             try:
                 await self.renew_once()
             except (grpc.aio.AioRpcError, NodeIdentityError) as exc:
@@ -330,7 +335,7 @@ class CertificateRenewer:
                     if isinstance(exc, grpc.aio.AioRpcError)
                     else str(exc)
                 )
-                left = (cert.not_valid_after_utc - datetime.now(UTC)).total_seconds()
+                left = seconds_until(cert.not_valid_after_utc, self._clock)
                 log.warning("could not renew the node certificate (%s); %.0fs left", self.last_error, left)
                 lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
                 await asyncio.sleep(max(0.2, min(self._retry_cap, lifetime / 20)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 HOLDER_TTL_S = 10.0
 """A holder that has not leased a limit for this long no longer counts in its fair share."""
@@ -31,9 +32,10 @@ class Row:
     used: int = 0
     """Budgets: units leased in the window and not handed back."""
     updated_at: float = 0.0
-    """Unix seconds of the last grant."""
+    """Seconds of the last grant, by the ledger's clock (unix seconds on the control plane, a
+    monotonic clock for an air-gapped node's in-memory rates)."""
     holders: dict[str, float] = field(default_factory=dict)
-    """Holder -> unix seconds of its last lease (rates' fair share)."""
+    """Holder -> seconds of its last lease, by the same clock (rates' fair share)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +110,24 @@ def fair_share(row: Row, now: float, holder: str, rate: float, cap: float) -> in
     if last is None or not holder:
         return 0
     return math.floor(min(cap, (now - last) * rate) / len(holders))
+
+
+def window_end(window: str) -> float | None:
+    """Unix seconds at which a budget's UTC window ends ("2026-11-30": a day, "2026-11": a
+    month); None when ``window`` is neither."""
+    for layout, daily in (("%Y-%m-%d", True), ("%Y-%m", False)):
+        try:
+            start = datetime.strptime(window, layout).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        end = start + timedelta(days=1) if daily else (start + timedelta(days=32)).replace(day=1)
+        return end.timestamp()
+    return None
+
+
+def window_seconds_left(window: str, now: float) -> float:
+    """What a grant says of its budget ``window`` at the ledger's ``now`` (unix seconds): the
+    seconds until it ends, which a node counts down on its own monotonic clock rather than
+    comparing the window with its wall clock (``dataplane.quota.buckets``)."""
+    end = window_end(window)
+    return 0.0 if end is None else max(end - now, 0.0)

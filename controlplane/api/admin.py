@@ -14,7 +14,7 @@ the authenticated caller in ``current_caller``.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 import grpc
@@ -278,9 +278,8 @@ class AdminServicer(
     async def ListNodes(
         self, request: admin_pb2.ListNodesRequest, context: Context
     ) -> admin_pb2.ListNodesResponse:
-        rows, newest = await self._nodes.fleet(request.group)
+        rows, newest, now = await self._nodes.fleet(request.group)
         certificates = await self._identities.certificates_by_node()
-        now = datetime.now(UTC)
         nodes = []
         for row in rows:
             node = convert.node(row)

@@ -111,11 +111,7 @@ class EvidenceAdmin:
     ) -> admin_pb2.PruneEvidenceResponse:
         if not request.HasField("before"):
             raise InvalidArgument("before", "is required")
-        before = request.before.ToDatetime(UTC)
-        if before > datetime.now(UTC):
-            # A month still being written would be dropped while nodes ship into it.
-            raise InvalidArgument("before", "must not be in the future")
-        result = await self._retention.prune(before)
+        result = await self._retention.prune_until(request.before.ToDatetime(UTC), datetime.now(UTC))
         return admin_pb2.PruneEvidenceResponse(
             partitions=result.partitions,
             ranges=[convert.evidence_pruned_range(s) for s in result.statements],

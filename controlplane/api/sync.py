@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -35,6 +35,7 @@ from controlplane.services.nodes import NodeHello, NodeService
 from controlplane.snapshots.broker import CLOSED, REVOKED, SnapshotBroker, Subscription
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.text import printable
+from signalbox.wallclock import RECHECK_SECONDS, seconds_until, utc_now
 
 MAX_NODE_ID_CHARS = 256
 EXPIRED = object()
@@ -122,6 +123,10 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         self._bookkeeping: set[asyncio.Task[None]] = set()
         self.metrics: ControlPlaneMetrics | None = None
         """Counts NACKs when the control plane serves metrics."""
+        self.clock: Callable[[], datetime] = utc_now
+        """The wall clock certificates expire by."""
+        self.recheck = RECHECK_SECONDS
+        """The longest wait before a stream reads ``clock`` again for its certificate's expiry."""
 
     async def _live_keys(self, group: str) -> tuple[ApiKeyHasher, ...]:
         """The hash key versions to send with ``group``'s newest snapshot."""
@@ -338,18 +343,21 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             )
         return certified
 
-    @staticmethod
-    async def _next(sub: Subscription, identity: NodeIdentity) -> object:
+    async def _next(self, sub: Subscription, identity: NodeIdentity) -> object:
         """The next inbox item; ``EXPIRED`` once the stream's certificate expires (TLS checked
-        it only at the handshake, and a renewed node reconnects with its new one)."""
+        it only at the handshake, and a renewed node reconnects with its new one). The expiry
+        is an instant of the wall clock: waited for in slices (``signalbox.wallclock``), as
+        asyncio's monotonic timeout would overrun it by any forward step or suspension."""
         if identity.not_after is None:
             return await sub.queue.get()
-        left = (identity.not_after - datetime.now(UTC)).total_seconds()
-        try:
-            async with asyncio.timeout(max(left, 0.0)):  # not wait_for: it can lose a cancel on 3.11
-                return await sub.queue.get()
-        except TimeoutError:
-            return EXPIRED
+        while True:
+            left = seconds_until(identity.not_after, self.clock)
+            if left <= 0:
+                return EXPIRED
+            # Not wait_for: it can lose a cancel on 3.11.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, self.recheck)):
+                    return await sub.queue.get()
 
     async def _delivery_failed(self, state: _StreamState, failure: sync_pb2.DeliveryFailure) -> None:
         """The node could not take a message of its last stream: record it as a NACK.

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import QueuePool
 
@@ -66,3 +69,30 @@ async def dispose(engine: AsyncEngine, within: float) -> None:
             pool.checkedout(),
         )
     await engine.dispose()
+
+
+MAX_CLOCK_GAP = timedelta(minutes=1)
+"""How far this host's clock may be off the database's before it is logged."""
+CLOCK_WARNING_EVERY = 600.0
+"""Seconds between two warnings of a host clock off the database's, per thing dated."""
+_clock_warned: dict[str, float] = {}
+
+
+async def database_now(
+    session: AsyncSession, host_clock: Callable[[], datetime] | None = None, dated: str = ""
+) -> datetime:
+    """The database's clock (its transaction's start): the one time every replica agrees on.
+    With ``host_clock``, a host clock more than ``MAX_CLOCK_GAP`` off it is logged, naming
+    what is ``dated`` by the database's instead."""
+    now: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
+    if host_clock is not None:
+        gap = (host_clock() - now).total_seconds()
+        last = _clock_warned.get(dated)
+        if abs(gap) > MAX_CLOCK_GAP.total_seconds() and (
+            last is None or time.monotonic() - last >= CLOCK_WARNING_EVERY
+        ):
+            _clock_warned[dated] = time.monotonic()
+            log.warning(
+                "this host's clock is %+.0f s off the database's; %s are dated by the database's", gap, dated
+            )
+    return now

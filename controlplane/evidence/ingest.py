@@ -31,8 +31,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import re
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +41,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import CHAIN_ID_CHARS, EvidenceAlarm, EvidenceChain, NodeCertificate
+from controlplane.db.session import database_now
 from controlplane.errors import PermissionDenied, shown
 from controlplane.evidence.checkpoints import (
     Checkpoint,
@@ -59,6 +59,7 @@ from controlplane.keys import Keyring
 from controlplane.limits import NODE_ID_CHARS
 from dataplane.evidence import cosignature
 from dataplane.evidence.records import GENESIS_HASH
+from signalbox.wallclock import utc_now
 
 MAX_BATCH_RECORDS = 10_000
 POOL_MIN_LINES = 256
@@ -131,12 +132,15 @@ class EvidenceIngest:
         workers: int = 0,
         partitions: Partitions | None = None,
         keyring: Keyring | None = None,
+        host_clock: Callable[[], datetime] = utc_now,
     ) -> None:
         """``workers``: processes that parse and hash large batches (0: on the event loop);
         ``partitions``: shared with retention, which drops them (one of its own by default);
         ``keyring``: whose active key cosigns the checkpoints stored (None: stored as the
-        node signed them, as a control plane before witnessing did)."""
+        node signed them, as a control plane before witnessing did); ``host_clock``: this
+        host's, only compared with the database's, which dates the cosignatures."""
         self._keyring = keyring
+        self._host_clock = host_clock
         self._sessions = sessions
         self._verify_signature = verify_checkpoint_signature
         self._workers = workers
@@ -248,13 +252,18 @@ class EvidenceIngest:
         return Ack(chain_id, walk.head_seq, len(walk.new), walk.duplicates, taken, refused)
 
     async def _witness(self, session: AsyncSession) -> Witness | None:
-        """The cosigner of this transaction's checkpoints: the active key, dated now."""
+        """The cosigner of this transaction's checkpoints: the active key, dated now by the
+        database's clock. That is the clock revocations are dated by (``revoked_at``), which
+        ``evidence verify`` compares the cosignature's time with: by a replica's own clock
+        ahead of it, a checkpoint witnessed before a revocation read as one seen after it,
+        and the pack failed to verify (behind it, the other way round)."""
         if self._keyring is None:
             return None
         signers = await self._keyring.signers(session)
         if not signers:
             return None
-        active, now = signers[0], int(time.time())
+        now = int((await database_now(session, self._host_clock, "witness cosignatures")).timestamp())
+        active = signers[0]
         return lambda note: cosignature.cosign(note.encode(), active.key_id, active.private_key, now).decode()
 
     async def _parse(self, chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:

@@ -41,13 +41,14 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import EVIDENCE_PARTITION_PREFIX, EvidencePrunedRange
-from controlplane.errors import shown
+from controlplane.db.session import database_now
+from controlplane.errors import InvalidArgument, shown
 from controlplane.evidence.errors import PruneRefused
 from controlplane.evidence.partitions import LOCK, Partitions, month_bounds
 from controlplane.evidence.tree import StoredTree
@@ -126,6 +127,27 @@ class EvidenceRetention:
             )
             statements = [decode_statement(bytes(s)) for (s,) in rows]
         return {s.chain_id: s for s in statements}
+
+    async def trusted_now(self, now: datetime) -> datetime:
+        """The earlier of ``now`` (this host's clock) and the database's: what pruning goes by.
+        Dropped evidence cannot be brought back: one clock stepped far ahead (a bad time source,
+        a host that booted in 2099 before NTP set it right) would otherwise let the timer drop
+        every month at once, or a manual prune the month nodes still ship into. It takes both
+        clocks to be wrong; a clock that is behind only delays retention."""
+        async with self._sessions() as session:
+            database = await database_now(session)
+        return min(now, database)
+
+    async def prune_older_than(self, keep: timedelta, now: datetime) -> PruneResult:
+        """The retention timer's round: ``prune`` what is older than ``keep`` (``trusted_now``)."""
+        return await self.prune(await self.trusted_now(now) - keep)
+
+    async def prune_until(self, before: datetime, now: datetime) -> PruneResult:
+        """An operator's prune: ``before`` may not be later than ``trusted_now``, or a month
+        still being written would be dropped while nodes ship into it."""
+        if before > await self.trusted_now(now):
+            raise InvalidArgument("before", "must not be in the future")
+        return await self.prune(before)
 
     async def prune(self, before: datetime) -> PruneResult:
         """Drop every monthly partition entirely before ``before``, each chain's range stated first."""

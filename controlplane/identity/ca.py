@@ -162,8 +162,10 @@ class NodeCaKey:
     def pem(self) -> bytes:
         return self.certificate.public_bytes(Encoding.PEM)
 
-    def _builder(self, subject: str, public_key: NodePublicKey, ttl: timedelta) -> x509.CertificateBuilder:
-        now = datetime.now(UTC)
+    def _builder(
+        self, subject: str, public_key: NodePublicKey, ttl: timedelta, now: datetime | None = None
+    ) -> x509.CertificateBuilder:
+        now = now or datetime.now(UTC)
         ski = x509.SubjectKeyIdentifier.from_public_key(self.private_key.public_key())
         return (
             x509.CertificateBuilder()
@@ -179,7 +181,15 @@ class NodeCaKey:
             )
         )
 
-    def issue_node(self, spec: NodeCertificateSpec, public_key: NodePublicKey, ttl: timedelta) -> Issued:
+    def issue_node(
+        self,
+        spec: NodeCertificateSpec,
+        public_key: NodePublicKey,
+        ttl: timedelta,
+        now: datetime | None = None,
+    ) -> Issued:
+        """A certificate valid from ``now`` for ``ttl``: the database's clock, which
+        ``IdentityService`` passes (this host's when not given)."""
         names: list[x509.GeneralName] = [
             x509.UniformResourceIdentifier(urn("node", spec.node_id)),
             x509.UniformResourceIdentifier(urn("group", spec.group)),
@@ -189,7 +199,7 @@ class NodeCaKey:
         if spec.site:
             names.append(x509.UniformResourceIdentifier(urn("site", spec.site)))
         cert = (
-            self._builder(spec.node_id, public_key, ttl)
+            self._builder(spec.node_id, public_key, ttl, now)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(self.private_key, hashes.SHA256())

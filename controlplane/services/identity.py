@@ -16,13 +16,14 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import EnrollToken, NodeCertificate
+from controlplane.db.session import database_now
 from controlplane.errors import (
     AlreadyExists,
     ControlPlaneError,
@@ -38,6 +39,7 @@ from controlplane.repositories import groups as group_repo
 from controlplane.repositories import identity as repo
 from controlplane.services.base import Caller, check_name
 from signalbox.text import printable
+from signalbox.wallclock import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,15 @@ class IdentityService:
     admit_refusal: Callable[[str], bool] = lambda peer: True
     """Whether a refused enrollment from this peer gets its own audit row (the app passes
     ``UnauthenticatedAuditLimit.admit``: a token scanner cannot fill the audit table)."""
+    host_clock: Callable[[], datetime] = utc_now
+    """This host's clock: only compared with the database's (``_now``)."""
+
+    async def _now(self, session: AsyncSession) -> datetime:
+        """The time certificates, tokens and revocations are dated by: the database's, which
+        every replica shares and which the checks in SQL (``repo``) read. A replica's own
+        clock behind by more than a certificate's lifetime (a host booted at 1970) issued
+        certificates expired on arrival, and tokens no enrollment could use."""
+        return await database_now(session, self.host_clock, "node certificates")
 
     async def _refused(
         self, peer: str, actor: str, target: str, detail: str, exc: ControlPlaneError | None = None
@@ -148,7 +159,7 @@ class IdentityService:
                 mode=defined.mode,
                 site=defined.site,
                 created_by=caller.actor,
-                expires_at=datetime.now(UTC) + ttl,
+                expires_at=await self._now(session) + ttl,
             )
             session.add(row)
         return row, token
@@ -177,7 +188,7 @@ class IdentityService:
                 if row is not None:
                     await _check_unclaimed(session, node_id, public_key)  # rolls the use back
                     spec = NodeCertificateSpec(node_id, row.node_group, row.mode, row.site)
-                    issued = self.ca.issue_node(spec, public_key, self.cert_ttl)
+                    issued = self.ca.issue_node(spec, public_key, self.cert_ttl, await self._now(session))
                     session.add(_record(issued, spec, token_id=token_id))
         except AlreadyExists as exc:
             await self._refused(peer, actor, target, f"token {token_id}: {exc.message} (from {peer})", exc)
@@ -219,7 +230,7 @@ class IdentityService:
                 raise NotFound("node group", group)
             await repo.lock_node(session, node_id)
             spec = NodeCertificateSpec(node_id, group, defined.mode, defined.site)
-            issued = self.ca.issue_node(spec, public_key, ttl)
+            issued = self.ca.issue_node(spec, public_key, ttl, await self._now(session))
             session.add(_record(issued, spec))
         log.info(
             "node %s provisioned in group %s by %s (certificate %s)",
@@ -261,8 +272,9 @@ class IdentityService:
             # handshake must win, and one running now waits for this certificate.
             if current is None or current.revoked_at is not None:
                 raise PermissionDenied(f"certificate {identity.serial} is revoked")
-            await self._check_renewal_due(session, identity.node_id)
-            issued = self.ca.issue_node(spec, public_key, self.cert_ttl)
+            now = await self._now(session)
+            await self._check_renewal_due(session, identity.node_id, now)
+            issued = self.ca.issue_node(spec, public_key, self.cert_ttl, now)
             session.add(_record(issued, spec))
         await self.audit(
             actor=f"node:{printable(identity.node_id, 150)}", method="Renew",
@@ -271,7 +283,7 @@ class IdentityService:
         )  # fmt: skip
         return issued
 
-    async def _check_renewal_due(self, session: AsyncSession, node_id: str) -> None:
+    async def _check_renewal_due(self, session: AsyncSession, node_id: str, now: datetime) -> None:
         """``ResourceExhausted`` while ``node_id``'s last renewal is younger than a tenth of a
         certificate's lifetime. A node renews at two thirds of it (a retry after a renewal it
         lost still comes well before its certificate runs out); without a bound, one certified
@@ -281,7 +293,7 @@ class IdentityService:
         if last is None:
             return
         due = last + self.cert_ttl / RENEWALS_PER_LIFETIME
-        if datetime.now(UTC) < due:
+        if now < due:
             raise ResourceExhausted(
                 f"node {printable(node_id, 150)}: renewed at {last.isoformat()}; the next renewal is "
                 f"possible from {due.isoformat()} (nodes renew at two thirds of a certificate's lifetime)"
@@ -293,7 +305,7 @@ class IdentityService:
             await repo.lock_node(session, node_id)
             if not await repo.has_certificates(session, node_id):
                 raise NotFound("enrolled node", node_id, field="node_id")
-            count = await repo.revoke(session, node_id, datetime.now(UTC))
+            count = await repo.revoke(session, node_id, await self._now(session))
             await repo.announce_revocation(session, node_id)
         log.warning("node %s revoked (%d certificates)", printable(node_id), count)
         return count

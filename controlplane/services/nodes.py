@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import Node, NodeNack
+from controlplane.db.session import database_now
 from controlplane.errors import NotFound
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import groups as group_repo
 from controlplane.repositories import nodes as repo
 from controlplane.repositories import snapshots as snapshot_repo
 from signalbox.text import printable
+from signalbox.wallclock import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +54,19 @@ class NodeService:
     sessions: async_sessionmaker[AsyncSession]
     stale_after: float = 60.0
     """Seconds without a word from a node after which ``node list`` calls it STALE."""
+    host_clock: Callable[[], datetime] = utc_now
+    """This host's clock: only compared with the database's (``_now``)."""
+
+    async def _now(self, session: AsyncSession) -> datetime:
+        """The time nodes are seen at and judged stale by: the database's. A node's stream is
+        on one replica and ``node list`` may run on another; by each replica's own clock, a
+        skew of more than ``stale_after`` between them showed every node STALE (or none)."""
+        return await database_now(session, self.host_clock, "node status times")
 
     async def hello(self, hello: NodeHello) -> Node:
         """Record a (re)connecting node; returns its row, including its last NACK."""
-        now = datetime.now(UTC)
         async with self.sessions() as session, session.begin():
+            now = await self._now(session)
             node = await repo.get(session, hello.node_id, for_update=True)
             if node is None:
                 node = Node(node_id=hello.node_id, first_seen_at=now)
@@ -99,8 +109,8 @@ class NodeService:
             )
 
     async def ack(self, node_id: str, version: int, sha256: bytes) -> None:
-        now = datetime.now(UTC)
         async with self.sessions() as session, session.begin():
+            now = await self._now(session)
             node = await repo.get(session, node_id, for_update=True)
             if node is None:
                 return
@@ -113,9 +123,9 @@ class NodeService:
             node.last_seen_at = now
 
     async def nack(self, node_id: str, version: int, sha256: bytes, reason: str) -> None:
-        now = datetime.now(UTC)
         reason = printable(reason, MAX_REASON_CHARS)
         async with self.sessions() as session, session.begin():
+            now = await self._now(session)
             node = await repo.get(session, node_id, for_update=True)
             if node is None:
                 return
@@ -149,14 +159,14 @@ class NodeService:
             node = await repo.get(session, node_id, for_update=True)
             if node is not None:
                 node.connected = False
-                node.last_seen_at = datetime.now(UTC)
+                node.last_seen_at = await self._now(session)
 
     async def touch(self, node_ids: Sequence[str]) -> None:
         """Mark nodes with an open stream here as seen now (and connected)."""
         if not node_ids:
             return
         async with self.sessions() as session, session.begin():
-            await repo.mark_seen(session, node_ids, datetime.now(UTC))
+            await repo.mark_seen(session, node_ids, await self._now(session))
 
     async def seen(self, node_id: str) -> None:
         """A heartbeat from the node itself: it is alive, not just its stream open."""
@@ -166,13 +176,14 @@ class NodeService:
         async with self.sessions() as session:
             return await repo.list_all(session)
 
-    async def fleet(self, group: str = "") -> tuple[Sequence[Node], dict[str, int]]:
-        """The nodes of ``group`` (every node when empty) and each group's newest stored
-        snapshot version, read together."""
+    async def fleet(self, group: str = "") -> tuple[Sequence[Node], dict[str, int], datetime]:
+        """The nodes of ``group`` (every node when empty), each group's newest stored snapshot
+        version, read together, and the time to judge them by (``is_stale``)."""
         async with self.sessions() as session:
             if group and await group_repo.get(session, group) is None:
                 raise NotFound("node group", group, field="group")
-            return await repo.list_all(session, group), await snapshot_repo.newest_versions(session)
+            nodes = await repo.list_all(session, group)
+            return nodes, await snapshot_repo.newest_versions(session), await self._now(session)
 
     def is_stale(self, node: Node, now: datetime) -> bool:
         """Not seen (Hello, ACK, NACK, heartbeat) for longer than ``stale_after`` seconds."""

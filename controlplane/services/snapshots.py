@@ -101,7 +101,7 @@ class SnapshotService:
             # runs every --reissue-check-interval on every replica.
             latest = await repo.heads(change.session)
             groups = [g.name for g in await group_repo.list_all(change.session)]
-            now = datetime.now(UTC)
+            now = await self.uow.publisher.now(change.session)
             missing = frozenset(g for g in groups if g not in latest)
             aging = frozenset(
                 g for g in groups if g in latest and now >= latest[g].created_at + self.uow.publisher.ttl / 2

@@ -82,7 +82,7 @@ REVOKED = object()
 LOST_NOTICE_MARGIN = timedelta(minutes=10)
 """How long before its listening connection was seen lost a replica looks back for
 revocations it may have missed: the connection may have died unnoticed a while before, and
-``revoked_at`` is the revoking replica's clock."""
+``revoked_at`` is the database's clock, the loss this replica's."""
 
 
 class SnapshotBroker:

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import NodeGroup, Snapshot
+from controlplane.db.session import database_now
 from controlplane.errors import ConfigRejected
 from controlplane.keys import MAX_TRUST_CHAIN, Keyring, Signer, sign_all, trusted_keys
 from controlplane.limits import DEFAULT_GROUP
@@ -52,6 +53,7 @@ from dataplane.snapshot.layout import (
     scan,
 )
 from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.wallclock import utc_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +272,9 @@ class SnapshotPublisher:
     """How many of each group's newest versions are kept; older ones go unless a node still
     runs them or they were exported as a pin. At least 1: the newest is never pruned."""
 
+    host_clock: Callable[[], datetime] = field(default=utc_now, repr=False, compare=False)
+    """This host's clock: only compared with the database's, which dates snapshots."""
+
     _rows: rows.RowCache = field(default_factory=rows.RowCache, repr=False, compare=False)
     """The config rows as encoded records, re-encoded only when a row changes (per replica)."""
     _compiled: dict[str, dict[tuple[int, bytes], Compiled]] = field(
@@ -291,6 +296,13 @@ class SnapshotPublisher:
         while len(held) > HELD_PER_GROUP:
             del held[next(iter(held))]
 
+    async def now(self, session: AsyncSession) -> datetime:
+        """The time snapshots are dated by: the database's, one clock for every replica. A
+        replica's own clock that was behind by more than a snapshot's lifetime (a host booted
+        at 1970) signed snapshots every node refused as expired; one far ahead, snapshots
+        dated in the future, re-issued by the other replicas at every check."""
+        return await database_now(session, self.host_clock, "snapshots")
+
     async def publish(
         self, session: AsyncSession, *, actor: str, reason: str, force: frozenset[str] | None = frozenset()
     ) -> Publication:
@@ -298,7 +310,7 @@ class SnapshotPublisher:
         ``force``; ``ALL_GROUPS``: every group); the caller holds the config lock and commits."""
         groups = [group_view(g) for g in await group_repo.list_all(session)]
         heads = await snapshot_repo.heads(session)
-        now = datetime.now(UTC)
+        now = await self.now(session)
         # Only rows new or changed since the last read are fetched and encoded; each
         # group's body is cut from these records, and the header is per group and version.
         full = await self._rows.read(session)

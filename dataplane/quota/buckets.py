@@ -158,6 +158,9 @@ class Quotas:
         self.short: Callable[[], None] = lambda: None
         """Called when a bucket runs short: the leaser renews at once."""
         self._clock = clock
+        self.wall: Callable[[], float] = time.time
+        """This node's wall clock (unix seconds): only for a ledger that does not say when an
+        exhausted budget's window ends (``exhaust``)."""
 
     def now(self) -> float:
         """This node's clock for buckets (monotonic seconds)."""
@@ -252,11 +255,17 @@ class Quotas:
             return
         raise LimitExceeded(bucket.label, self._retry_after(bucket, units, now))
 
-    def exhaust(self, bucket: Bucket, window: str) -> None:
-        """The ledger reported ``bucket``'s budget ``window`` used up: refuse until it ends
-        (``window_end``), whatever the bucket holds or is handed back meanwhile."""
-        end = window_end(bucket.scope[2], window, time.time())
-        bucket.exhausted_until = self._clock() + max(0.0, end - time.time())
+    def exhaust(self, bucket: Bucket, window: str, seconds_left: float = 0.0) -> None:
+        """The ledger reported ``bucket``'s budget ``window`` used up, ``seconds_left`` before
+        it ends by the ledger's clock: refuse until then, whatever the bucket holds or is handed
+        back meanwhile. Counted down on this node's monotonic clock: its wall clock may be hours
+        off the ledger's (the window would end at once, or in years). Only a ledger that does not
+        say (0: an earlier version) has the window's end taken from this node's wall clock."""
+        if seconds_left > 0:
+            bucket.exhausted_until = self._clock() + seconds_left
+            return
+        now = self.wall()
+        bucket.exhausted_until = self._clock() + max(0.0, window_end(bucket.scope[2], window, now) - now)
 
     def _retry_after(self, bucket: Bucket, units: float, now: float) -> float:
         kind = bucket.scope[2]

@@ -219,7 +219,7 @@ class QuotaLeaser:
         bucket.exhausted = grant.exhausted
         if bucket.scope[2] in BUDGETS:
             if grant.exhausted:
-                self.quotas.exhaust(bucket, grant.window)
+                self.quotas.exhaust(bucket, grant.window, grant.window_seconds_left)
             else:
                 bucket.exhausted_until = 0.0  # a raised limit, or a new window
         bucket.refill_seconds = grant.refill_seconds

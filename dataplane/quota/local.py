@@ -37,7 +37,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -77,6 +77,19 @@ def windows(now: float) -> dict[int, str]:
     return {Kind.BUDGET_DAY: moment.strftime("%Y-%m-%d"), Kind.BUDGET_MONTH: moment.strftime("%Y-%m")}
 
 
+def oldest_kept(now: float) -> dict[int, str]:
+    """By budget kind, the oldest window whose count is kept at ``now``: the one before the
+    current (windows sort as their strings do). A clock stepped back across midnight or a
+    month's end (an NTP step, a VM restored) finds the count of the window it re-enters, and
+    that of the later one when it catches up, instead of a fresh budget each time."""
+    moment = datetime.fromtimestamp(now, UTC)
+    first = moment.replace(day=1)
+    return {
+        Kind.BUDGET_DAY: (moment - timedelta(days=1)).strftime("%Y-%m-%d"),
+        Kind.BUDGET_MONTH: (first - timedelta(days=1)).strftime("%Y-%m"),
+    }
+
+
 class _Limits:
     """Limits by (tenant id, key id), indexed once per snapshot version."""
 
@@ -109,15 +122,20 @@ class LocalLedger:
         *,
         burst_seconds: float = DEFAULT_BURST_SECONDS,
         clock: Callable[[], float] = time.time,
+        rate_clock: Callable[[], float] = time.monotonic,
         spent: Callable[[float], Iterable[tuple[str, str, float, int]]] = lambda since: (),
     ) -> None:
-        """``spent(since)``: (tenant id, key id, time, nano-USD) of what the node's evidence
+        """``clock``: the wall clock, which names the budgets' UTC days and months;
+        ``rate_clock``: the monotonic clock the rates refill by (they live in memory only, and a
+        wall clock stepped an hour ahead would refill them a whole burst at once).
+        ``spent(since)``: (tenant id, key id, time, nano-USD) of what the node's evidence
         says was spent since a time: the recount when the budgets file is missing or bad."""
         self._spent = spent
         self._limits = _Limits(config)
         self._dir = state_dir
         self.burst_seconds = burst_seconds
         self._clock = clock
+        self._rate_clock = rate_clock
         self._rates: dict[tuple[str, str, int], grants.Row] = {}
         self._budgets: dict[BudgetKey, grants.Row] = {}
         self._dirty = False
@@ -190,7 +208,7 @@ class LocalLedger:
         """Grants in the order of ``asks``; ``ValueError`` names the first bad ask."""
         if len(asks) > MAX_ASKS:
             raise ValueError(f"asks: at most {MAX_ASKS} per call (got {len(asks)})")
-        now = self._clock()
+        now, elapsed = self._clock(), self._rate_clock()
         current = windows(now)
         out = []
         for i, ask in enumerate(asks):
@@ -220,7 +238,9 @@ class LocalLedger:
                 if rate is None:
                     # A new bucket starts full, as on the control plane.
                     level = grants.capacity(limit, self.burst_seconds)
-                    rate = self._rates[(tenant_id, key_id, kind)] = grants.Row(level=level, updated_at=now)
+                    rate = self._rates[(tenant_id, key_id, kind)] = grants.Row(
+                        level=level, updated_at=elapsed
+                    )
                 grant = grants.grant_rate(
                     rate,
                     limit=limit,
@@ -228,7 +248,7 @@ class LocalLedger:
                     want=ask.want,
                     returned=ask.returned,
                     overspent=ask.overspent,
-                    now=now,
+                    now=elapsed,
                     holder=holder,
                 )
             out.append(
@@ -239,6 +259,7 @@ class LocalLedger:
                     limit=limit,
                     exhausted=grant.exhausted,
                     refill_seconds=grant.refill_seconds,
+                    window_seconds_left=grants.window_seconds_left(window, now) if window else 0.0,
                 )
             )
         return out
@@ -247,14 +268,24 @@ class LocalLedger:
         return _encode(self._budgets)
 
     async def persist(self) -> None:
-        """Write the budgets of the current windows when they changed (older windows are
-        dropped: they can no longer be granted from)."""
+        """Write the budgets when they changed. Windows older than the one before the
+        current are dropped (``oldest_kept``); the previous window and any later one (the clock
+        stepped back) are kept, so a clock that steps back and forth never reopens either. So
+        are each budget's two newest windows whatever the clock says: a clock that jumped years
+        ahead (a node booted in 2099) and is then set right finds its day and month as spent
+        as they were."""
         async with self._writing:
             if not self._dirty:
                 return
             self._dirty = False
-            current = set(windows(self._clock()).values())
-            self._budgets = {k: row for k, row in self._budgets.items() if k[3] in current}
+            oldest = oldest_kept(self._clock())
+            newest: dict[tuple[str, str, int], list[str]] = {}
+            for tenant_id, key_id, kind, window in self._budgets:
+                newest.setdefault((tenant_id, key_id, kind), []).append(window)
+            latest = {scope: sorted(found)[-2:] for scope, found in newest.items()}
+            self._budgets = {
+                k: row for k, row in self._budgets.items() if k[3] >= oldest[k[2]] or k[3] in latest[k[:3]]
+            }
             # A caller cancelled mid-write (its Lease call given up, the node stopping) does
             # not stop the thread: the lock is held until the write is done, or a second
             # write of the same file would race it (both use one temporary name).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,14 @@ from controlplane.identity.ca import serial_hex
 from controlplane.quota import QuotaLedger
 from controlplane.services.base import Caller
 from controlplane.services.groups import GroupSpec
+from dataplane.config.model import LimitsConfig, TenantConfig
+from dataplane.errors import LimitExceeded
 from dataplane.evidence.records import GENESIS_HASH, seal
 from dataplane.identity import IdentityFiles
+from dataplane.quota import QuotaLeaser, Quotas
 from signalbox.api.admin.v1 import admin_pb2
-from signalbox.api.config.v1 import quota_pb2
+from signalbox.api.config.v1 import quota_pb2, quota_pb2_grpc
+from signalbox.tls import aio_channel
 from tests.controlplane.conftest import Admin
 from tests.fixtures.postgres import RunningControlPlane
 
@@ -235,3 +240,31 @@ async def test_evidence_from_a_node_of_another_group_spends_none_of_a_tenants_bu
     assert ledger is not None
     grant = (await ledger.lease([_ask(tenant_id, DAY, 1000)], "n1", "default"))[0]
     assert (grant.granted, grant.exhausted) == (1000, True)
+
+
+@pytest.mark.parametrize("skew_days", [-20_000, 2])
+async def test_an_exhausted_budget_refuses_until_its_window_ends_by_the_ledgers_clock(
+    admin: Admin, control_plane: RunningControlPlane, private_tmp: Path, skew_days: int
+) -> None:
+    """A node took the end of a window the ledger reported used up from its own wall clock.
+    One booted at 1970 (-20,000 days) refused for 55 years (and said so in ``retry-after``);
+    one two days ahead found the window already over and served from what it held. The grant
+    now says how long the window has left by the ledger's clock, counted down on the node's
+    monotonic clock."""
+    tenant_id = await _tenant(admin, budget_day_nanos=1000)
+    tenant = TenantConfig(tenant_id, "acme", limits=LimitsConfig(budget_day_nanos=1000))
+    tls = await control_plane.enroll("skewed-1", private_tmp / "skewed-1")
+    quotas = Quotas()
+    quotas.wall = lambda: time.time() + skew_days * 86_400
+    leaser = QuotaLeaser(quotas, control_plane.node_address, tls, holder="skewed-1/0")
+    assert quotas.admit(tenant, "", None, 0, 600) is not None  # on credit, before the first lease
+    async with aio_channel(control_plane.node_address, tls) as channel:
+        await leaser.round(quota_pb2_grpc.QuotaServiceStub(channel))
+    # Granted the whole budget (600 of it the credit): 400 held, and the window is used up.
+    (bucket,) = quotas.buckets.values()
+    assert (bucket.holding, bucket.exhausted) == (400, True)
+    with pytest.raises(LimitExceeded) as refused:
+        quotas.admit(tenant, "", None, 0, 300)
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    left = (midnight - datetime.now(UTC)).total_seconds()
+    assert left - 5 <= refused.value.retry_after <= left + 5, refused.value.retry_after

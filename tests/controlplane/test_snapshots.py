@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,11 +25,13 @@ from controlplane.snapshots import compiler
 from controlplane.snapshots.publish import Publication, SnapshotPublisher
 from dataplane.config.model import RuntimeConfig
 from dataplane.snapshot import compiled
+from dataplane.snapshot.compile import decode_snapshot
 from dataplane.snapshot.delta import Changes
 from dataplane.snapshot.layout import Layout
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
+from signalbox.wallclock import utc_now
 from tests.controlplane.conftest import TIMEOUT, Admin
 from tests.fixtures.postgres import RunningControlPlane
 
@@ -100,10 +102,12 @@ class Replica:
 
 
 @asynccontextmanager
-async def _replica(database_url: str, keyring: Keyring, ttl: timedelta) -> AsyncIterator[Replica]:
+async def _replica(
+    database_url: str, keyring: Keyring, ttl: timedelta, host_clock: Callable[[], datetime] = utc_now
+) -> AsyncIterator[Replica]:
     engine = create_engine(database_url)
     try:
-        publisher = SnapshotPublisher(keyring, ttl)
+        publisher = SnapshotPublisher(keyring, ttl, host_clock=host_clock)
         published: list[Publication] = []
         uow = UnitOfWork(session_factory(engine), publisher, after_commit=[published.append])
         yield Replica(SnapshotService(uow), published)
@@ -278,14 +282,20 @@ async def test_an_aging_snapshot_is_reissued_through_the_unit_of_work(
     assert await admin.latest_version() == version
 
 
-async def test_the_first_snapshot_is_issued_as_the_initial_one(database_url: str) -> None:
+async def _signing_key(database_url: str) -> Keyring:
+    """A signing key in an empty database, as a first control plane makes it."""
     engine = create_engine(database_url)
     try:
         async with session_factory(engine)() as session, session.begin():
             await ensure_signing_key(session, Kek(b"k" * 32))
     finally:
         await engine.dispose()
-    async with _replica(database_url, Keyring(Kek(b"k" * 32)), timedelta(days=1)) as first:
+    return Keyring(Kek(b"k" * 32))
+
+
+async def test_the_first_snapshot_is_issued_as_the_initial_one(database_url: str) -> None:
+    keyring = await _signing_key(database_url)
+    async with _replica(database_url, keyring, timedelta(days=1)) as first:
         assert await first.service.reissue_if_aging() == 1
         assert (await first.stored(1)).reason == "initial snapshot"
         assert await first.service.reissue_if_aging() is None
@@ -323,3 +333,25 @@ async def test_a_change_after_an_unreadable_stored_snapshot_still_publishes(
     newest = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())
     assert newest.version == version + 1
     assert (await replica.stored(version + 1)).previous_hash == hashlib.sha256(payload).digest()
+
+
+async def test_snapshots_are_dated_by_the_database_clock_not_a_replicas_own(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica dated snapshots by its host's clock: one booted at 1970 signed snapshots that
+    were expired on arrival (every node refused every change); one far ahead called every
+    group's newest aging and re-issued it at each check. The database's clock dates them."""
+    keyring = await _signing_key(database_url)
+    ttl = timedelta(days=30)
+    async with _replica(database_url, keyring, ttl, lambda: utc_now() - timedelta(days=20_000)) as behind:
+        assert await behind.service.reissue_if_aging() == 1
+        header = decode_snapshot(
+            snapshot_pb2.SignedEnvelope.FromString((await behind.stored(1)).envelope).payload
+        )
+    created = header.created_at.ToDatetime(UTC)
+    assert abs((created - datetime.now(UTC)).total_seconds()) < 60, created
+    assert header.expires_at.ToDatetime(UTC) - created == ttl
+    assert "this host's clock is -1728000" in caplog.text
+    async with _replica(database_url, keyring, ttl, lambda: utc_now() + ttl) as ahead:
+        assert await ahead.service.reissue_if_aging() is None  # fresh by the database's clock
+        assert ahead.published == []

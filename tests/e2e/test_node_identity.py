@@ -5,6 +5,7 @@ without an identity."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ import pytest
 from controlplane.services.identity import TOKEN_PREFIX
 from dataplane.app import DataPlaneNode
 from dataplane.config.model import Scope
-from dataplane.identity import NodeIdentityError
+from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError
 from dataplane.node_settings import NodeSettings
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.shell.admin_cli.output import node_row
@@ -227,3 +228,48 @@ async def test_a_node_moved_to_another_group_needs_a_token_for_it(
     async with DataPlaneNode(replace(moved, enroll_token=await control_plane.enroll_token("new"))) as node:
         await node.wait_for_version(1)
         assert node.identity.group() == "new"
+
+
+async def test_a_node_renews_on_time_when_its_wall_clock_jumps_ahead_while_it_waits(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    """asyncio sleeps on the monotonic clock, which a wall-clock step does not move and which
+    stands still while a VM is suspended. The renewer slept once, until two thirds of the
+    certificate's lifetime as the wall clock read when it started: after a step forward or a
+    long suspension it woke that much too late, past the expiry, and the node was cut off.
+    It reads the wall clock again while it waits."""
+    files = IdentityFiles(private_tmp / "jump-1")
+    await control_plane.enroll("jump-1", files.directory)
+    first = files.certificate()
+    assert first is not None
+    lifetime = first.not_valid_after_utc - first.not_valid_before_utc
+    ahead = [timedelta(0)]
+    reads = [0]
+
+    def clock() -> datetime:
+        reads[0] += 1
+        return datetime.now(UTC) + ahead[0]
+
+    renewer = CertificateRenewer(
+        files,
+        target=control_plane.node_address,
+        node_id="jump-1",
+        on_renewed=lambda: None,
+        clock=clock,
+        recheck=0.05,
+    )
+    task = asyncio.get_running_loop().create_task(renewer.run())
+    try:
+        await eventually(lambda: reads[0] >= 1, message="the renewer waits for its renewal time")
+        assert renewer.renewals == 0
+        # The clock steps past the renewal time (still before the expiry).
+        ahead[0] = lifetime * 0.8
+        await eventually(lambda: renewer.renewals >= 1, timeout=10, message="renewed after the clock step")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    renewed = files.certificate()
+    assert renewed is not None
+    assert renewed.serial_number != first.serial_number
+    assert renewed.not_valid_after_utc >= first.not_valid_after_utc

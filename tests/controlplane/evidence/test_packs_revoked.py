@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -201,3 +201,49 @@ async def test_tampering_with_the_revoked_map_breaks_the_seal(
         changed.write_bytes(b"".join([lines[0], section, *lines[2:]]))
         with pytest.raises(PackInvalid, match=rf"line 2: revoked '[0-9a-f]+': {problem}"):
             verify(changed, trusted)
+
+
+async def test_a_checkpoint_witnessed_by_a_replica_with_its_clock_ahead_still_stands_before_the_revocation(
+    database_url: str, private_tmp: Path
+) -> None:
+    """The cosignature was dated by the ingesting replica's clock, the revocation by the
+    database's: witnessed by a replica an hour ahead, a checkpoint stored before its node was
+    revoked read as seen after it, and the pack of that node's records failed to verify."""
+    async with running_control_plane(cp_settings(database_url, private_tmp)) as plane:
+        directory = new_dir(private_tmp, "node-fast-")
+        await plane.enroll("node-fast", directory)
+        path = log_path(directory, "node-fast")
+        async with EvidenceLog(path, "node-fast") as log:
+            for i in range(4):
+                log.append({"ts": time.time(), "correlation_id": f"corr-fast-{i}", "tenant_id": "node-fast"})
+        lines = path.read_bytes().splitlines(keepends=True)
+        tree = merkle.Tree()
+        for line in lines:
+            tree.append(bytes.fromhex(json.loads(line)["hash"]))
+        key = IdentityFiles(directory).private_key()
+        note = checkpoint.sign(key, "node-fast/0", 4, tree.root(), int(time.time()))
+        spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        engine = create_engine(plane.database_url)
+        try:
+            ingest = EvidenceIngest(
+                session_factory(engine),
+                verify_node_checkpoint,
+                keyring=plane.cp.keyring,
+                host_clock=lambda: datetime.now(UTC) + timedelta(hours=1),
+            )
+            stored = await ingest.ingest("node-fast", Batch("node-fast/0", lines, [note.decode()]), spki)
+        finally:
+            await engine.dispose()
+        assert (stored.head_seq, stored.checkpoints, stored.refused) == (4, 1, None), stored
+        async with aio_channel(plane.address, ClientTls()) as channel:
+            revoked = await admin_pb2_grpc.AdminServiceStub(channel).RevokeNode(
+                admin_pb2.RevokeNodeRequest(node_id="node-fast"), metadata=plane.metadata, timeout=TIMEOUT
+            )
+        assert revoked.revoked_certificates == 1
+        out = private_tmp / "fast.pack"
+        assert await _export(plane, out, tenant_id="node-fast") == 4
+        report = verify(out, _trusted(plane))
+    (witnessed,) = report.witnessed.values()
+    assert abs(witnessed - time.time()) < 60
+    assert len(report.notes) == 1
+    assert "revoked later" in report.notes[0]

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.db.session import create_engine, session_factory
+from controlplane.errors import InvalidArgument
 from controlplane.evidence.partitions import PartitionGone
 from controlplane.evidence.retention import PRUNED_PAYLOAD_TYPE, verify_statement
 from dataplane.evidence import cosignature
@@ -419,3 +420,44 @@ def _timestamp(seconds: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromSeconds(int(seconds))
     return stamp
+
+
+async def test_a_control_plane_clock_far_ahead_drops_no_recent_evidence(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    """The retention timer took its cut-off from the host's clock alone: a host whose clock
+    stepped years ahead (a bad time source, a battery-backed clock read before NTP) dropped
+    every month of evidence at once, for good. It now takes the earlier of the host's and the
+    database's clock: one clock gone wrong drops nothing that is not old by the other."""
+    stream, directory = node
+    recent = (datetime.now(UTC) - timedelta(days=1)).timestamp()
+    lines = await write_at(directory, [JAN, JAN, recent])
+    assert (await stream.ship("node-a/0", lines)).head_seq == 3
+    retention = evidence_plane.cp.retention
+    assert retention is not None
+    ahead = datetime.now(UTC) + timedelta(days=5 * 365)
+    result = await retention.prune_older_than(timedelta(days=400), ahead)
+    assert result.partitions == ["evidence_records_y2025m01"]
+    statement = await retention.pruned_statement("node-a/0")
+    assert statement is not None
+    assert (statement.first_seq, statement.last_seq) == (1, 2)
+    stored = sql_rows(evidence_plane.database_url, "SELECT seq FROM evidence_records ORDER BY seq")
+    assert [int(seq) for (seq,) in stored] == [3]
+
+
+async def test_a_prune_past_the_database_clock_is_refused_whatever_the_host_clock_says(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    """A manual prune may not name a date in the future, or the month nodes still ship into
+    is dropped; "future" was by the host's clock alone, which a clock stepped years ahead
+    let through."""
+    stream, directory = node
+    lines = await write_at(directory, [datetime.now(UTC).timestamp()])
+    assert (await stream.ship("node-a/0", lines)).head_seq == 1
+    retention = evidence_plane.cp.retention
+    assert retention is not None
+    ahead = datetime.now(UTC) + timedelta(days=5 * 365)
+    with pytest.raises(InvalidArgument, match="must not be in the future"):
+        await retention.prune_until(datetime.now(UTC) + timedelta(days=62), ahead)
+    stored = sql_rows(evidence_plane.database_url, "SELECT seq FROM evidence_records")
+    assert [int(seq) for (seq,) in stored] == [1]

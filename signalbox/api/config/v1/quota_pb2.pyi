@@ -125,6 +125,7 @@ class QuotaGrant(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     EXHAUSTED_FIELD_NUMBER: _builtins.int
     REFILL_SECONDS_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_LEFT_FIELD_NUMBER: _builtins.int
     granted: _builtins.int
     window: _builtins.str
     """The window the grant belongs to (budgets: "2026-11-30", "2026-11"; empty for rates)."""
@@ -134,6 +135,11 @@ class QuotaGrant(_message.Message):
     """Nothing is left to grant in this window (budgets) or bucket (rates) after this grant."""
     refill_seconds: _builtins.float
     """Rates: seconds until the bucket holds what was wanted, when the grant fell short."""
+    window_seconds_left: _builtins.float
+    """Budgets: seconds from this grant to the end of its window, by the ledger's clock (0:
+    unknown, a ledger of an earlier version). A node counts it down on its own monotonic
+    clock: its wall clock may disagree with the ledger's by hours (or years, booted at 1970).
+    """
     @_builtins.property
     def scope(self) -> Global___QuotaScope: ...
     def __init__(
@@ -145,10 +151,11 @@ class QuotaGrant(_message.Message):
         limit: _builtins.int = ...,
         exhausted: _builtins.bool = ...,
         refill_seconds: _builtins.float = ...,
+        window_seconds_left: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exhausted", b"exhausted", "granted", b"granted", "limit", b"limit", "refill_seconds", b"refill_seconds", "scope", b"scope", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exhausted", b"exhausted", "granted", b"granted", "limit", b"limit", "refill_seconds", b"refill_seconds", "scope", b"scope", "window", b"window", "window_seconds_left", b"window_seconds_left"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

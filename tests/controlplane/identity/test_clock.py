@@ -1,0 +1,53 @@
+"""Node certificates, enrollment tokens and revocations are dated by the database's clock,
+which every control-plane replica shares, not by a replica's own."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from dataplane.identity import CertificateRenewer, IdentityFiles
+from tests.controlplane.identity.test_sync_refusals import attempt_sync
+from tests.fixtures.postgres import cp_settings, running_control_plane, sql_rows
+from tests.helpers import eventually
+
+
+async def test_a_replica_whose_clock_is_decades_behind_issues_certificates_that_work(
+    database_url: str, private_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica's CA dated certificates by its host's clock, and enrollment tokens' expiry
+    too (checked in SQL by the database's): a host booted at 1970 issued tokens expired on
+    creation, and certificates expired on arrival; its renewals cut nodes off."""
+    ttl = timedelta(days=3)
+    async with running_control_plane(cp_settings(database_url, private_tmp, node_cert_ttl=ttl)) as running:
+        identities = running.cp.identities
+        assert identities is not None
+        identities.host_clock = lambda: datetime.now(UTC) - timedelta(days=20_000)
+        files = IdentityFiles(private_tmp / "dated-1")
+        tls = await running.enroll("dated-1", files.directory)
+        assert "this host's clock is -1728000" in caplog.text
+        enrolled = files.certificate()
+        assert enrolled is not None
+        assert enrolled.not_valid_after_utc > datetime.now(UTC) + ttl - timedelta(minutes=1)
+        received, code, _ = await attempt_sync(running.node_address, tls, "dated-1")
+        assert (code, len(received)) == (grpc.StatusCode.OK, 1)
+
+        renewed = await CertificateRenewer(
+            files, target=running.node_address, node_id="dated-1", on_renewed=lambda: None
+        ).renew_once()
+        assert renewed.not_valid_after_utc > datetime.now(UTC) + ttl - timedelta(minutes=1)
+
+        assert await identities.revoke("dated-1") == 2
+        (revoked_at,) = {
+            r for (r,) in sql_rows(running.database_url, "SELECT revoked_at FROM node_certificates")
+        }
+        assert abs((revoked_at - datetime.now(UTC)).total_seconds()) < 60, revoked_at
+
+        async def refused() -> bool:
+            received, code, _ = await attempt_sync(running.node_address, files.client_tls(), "dated-1")
+            return not received and code != grpc.StatusCode.OK
+
+        await eventually(refused, message="the revoked node refused")
