@@ -218,6 +218,9 @@ class IdentityService:
             if defined is None:
                 raise NotFound("node group", group)
             await repo.lock_node(session, node_id)
+            # As for Enroll: an admin typing the id of a running node (a typo, a copied
+            # command) must not mint a second identity for it with another key.
+            await _check_unclaimed(session, node_id, public_key)
             spec = NodeCertificateSpec(node_id, group, defined.mode, defined.site)
             issued = self.ca.issue_node(spec, public_key, ttl)
             session.add(_record(issued, spec))
@@ -319,7 +322,7 @@ async def _check_unclaimed(session: AsyncSession, node_id: str, public_key: Node
                 field="node_id",
                 why=f"it holds a certificate in force for another key (serial {held.serial}, until "
                 f"{held.not_after.isoformat()}); revoke it first (signalbox admin node revoke) or "
-                "enroll under another node id",
+                "use another node id",
             )
 
 
