@@ -2,8 +2,8 @@
 
 Per stream: the peer certificate is checked first (``controlplane.api.node_auth``:
 unknown or revoked -> refused before anything is read or sent); the node says Hello,
-which must name the certificate's node id (and, when it names a node group, the
-certificate's group). The certificate's group decides which group's snapshots the
+which must name the certificate's node id (and, when it names a node group, a mode or a
+site, the certificate's: what is recorded for the node is the certificate's). The certificate's group decides which group's snapshots the
 stream gets (an unknown group is refused before anything is recorded or sent); we
 record the node and send its group's newest envelope if it is newer than what the
 node serves; then we send each newer version of that group the broker announces. A
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from controlplane.api.convert import mode_proto
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import status_for
 from controlplane.api_key_hash import ApiKeyHasher, LiveHashKeys
@@ -33,6 +34,7 @@ from controlplane.services.groups import GROUP_NAME_RE
 from controlplane.services.identity import NodeIdentity
 from controlplane.services.nodes import NodeHello, NodeService
 from controlplane.snapshots.broker import CLOSED, REVOKED, SnapshotBroker, Subscription
+from dataplane.snapshot.compile import MODE_FROM_PROTO
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.text import printable
 
@@ -55,6 +57,17 @@ class _Invalid:
     with INVALID_ARGUMENT and this message (the reader cannot end the call itself)."""
 
     message: str
+
+
+def _recorded_scope(scope: snapshot_pb2.Scope, certified: NodeIdentity | None) -> dict[str, Any]:
+    """The scope recorded for the node: the Hello's, with the certificate's site (the Hello may
+    only repeat it or leave it out)."""
+    recorded = MessageToDict(scope, preserving_proto_field_name=True)
+    if certified is not None:
+        recorded.pop("site", None)
+        if certified.site:
+            recorded["site"] = certified.site
+    return recorded
 
 
 def _check_answer(kind: str, version: int, sha256: bytes) -> str | None:
@@ -227,8 +240,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 node_id=node_id,
                 node_group=group,
                 software_version=hello.software_version,
-                mode=int(hello.mode),
-                scope=MessageToDict(hello.scope, preserving_proto_field_name=True),
+                mode=int(hello.mode) if certified is None else int(mode_proto(identity.mode)),
+                scope=_recorded_scope(hello.scope, certified),
                 applied_version=hello.applied_version,
                 applied_hash=hello.applied_hash,
             )
@@ -324,18 +337,24 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         """The stream's identity: the certificate's, which the Hello may not contradict."""
         if certified is None:  # insecure node port (development): the Hello is all there is
             return NodeIdentity(hello.node_id, hello.scope.node_group, site=hello.scope.site)
-        if hello.node_id != certified.node_id:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f'hello.node_id: "{printable(hello.node_id, 80)}" is not the certificate\'s node id '
-                f'"{printable(certified.node_id, 80)}"',
-            )
-        if hello.scope.node_group and hello.scope.node_group != certified.group:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f'hello.scope.node_group: "{printable(hello.scope.node_group, 80)}" is not the certificate\'s '
-                f'group "{printable(certified.group, 80)}"',
-            )
+        known = MODE_FROM_PROTO.get(hello.mode)
+        mode = known.value if known is not None else (str(int(hello.mode)) if hello.mode else "")
+        # (field, what the Hello says, the certificate's, its name there). Empty group, mode,
+        # site: not said. The certificate binds the mode and site its group had at issue; a
+        # node configured otherwise would route (and be listed) as what it is not certified as.
+        claims = (
+            ("hello.node_id", hello.node_id, certified.node_id, "node id"),
+            ("hello.scope.node_group", hello.scope.node_group, certified.group, "group"),
+            ("hello.mode", mode if certified.mode else "", certified.mode, "mode"),
+            ("hello.scope.site", hello.scope.site, certified.site, "site"),
+        )
+        for name, claimed, bound, what in claims:
+            if (claimed or name == "hello.node_id") and claimed != bound:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f'{name}: "{printable(claimed, 80)}" is not the certificate\'s {what} '
+                    f'"{printable(bound, 80)}"',
+                )
         return certified
 
     @staticmethod

@@ -254,9 +254,10 @@ class IdentityService:
             return await repo.fill_certificate_pem(session, serial, pem)
 
     async def renew(self, identity: NodeIdentity, csr_pem: str) -> Issued:
-        """A new certificate with the same bindings for a node whose current one is valid."""
+        """A new certificate for a node whose current one is valid: the same node id and
+        group, with the mode and site the group has now (an operator who moved a group to
+        another site must not see its nodes renew as what they were)."""
         public_key = parse_csr(csr_pem)
-        spec = NodeCertificateSpec(identity.node_id, identity.group, identity.mode, identity.site)
         async with self.sessions() as session, session.begin():
             await repo.lock_node(session, identity.node_id)
             current = await repo.certificate(session, identity.serial)
@@ -265,6 +266,10 @@ class IdentityService:
             if current is None or current.revoked_at is not None:
                 raise PermissionDenied(f"certificate {identity.serial} is revoked")
             await self._check_renewal_due(session, identity.node_id)
+            group = await group_repo.get(session, identity.group)
+            if group is None:
+                raise NotFound("node group", identity.group)
+            spec = NodeCertificateSpec(identity.node_id, identity.group, group.mode, group.site)
             issued = self.ca.issue_node(spec, public_key, self.cert_ttl)
             session.add(_record(issued, spec))
         await self.audit(
