@@ -48,6 +48,10 @@ this ends the oldest (ABORTED): a node's streams cannot pile up (each holds a su
 and its Hello wrote the node's row), and a node reconnecting is never refused because of
 streams of its own that are dead already."""
 MAX_REASON_LOG_CHARS = 500
+MAX_REFUSED_PER_STREAM = 64
+"""Refused (version, hash) pairs a stream remembers, the newest versions kept. Only the
+newest snapshot (whole or as deltas to it) is ever sent, so an old refusal forgotten costs at
+most one more NACK; without a bound a node NACKing in a loop grew each stream's memory."""
 SHA256_BYTES = 32
 
 
@@ -94,6 +98,32 @@ def _group_of(identity: NodeIdentity) -> str:
     return identity.group or DEFAULT_GROUP
 
 
+class RefusedVersions:
+    """The (version, payload hash) pairs a node refused: at most ``MAX_REFUSED_PER_STREAM``,
+    the lowest version forgotten first."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: list[tuple[int, bytes]] | None = None) -> None:
+        self._pairs: set[tuple[int, bytes]] = set()
+        for pair in pairs or ():
+            self.add(pair)
+
+    def add(self, pair: tuple[int, bytes]) -> None:
+        self._pairs.add(pair)
+        if len(self._pairs) > MAX_REFUSED_PER_STREAM:
+            self._pairs.discard(min(self._pairs))
+
+    def discard(self, pair: tuple[int, bytes]) -> None:
+        self._pairs.discard(pair)
+
+    def __contains__(self, pair: object) -> bool:
+        return pair in self._pairs
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+
 @dataclass(slots=True)
 class _StreamState:
     node_id: str
@@ -101,7 +131,7 @@ class _StreamState:
     applied: int
     group: str = DEFAULT_GROUP
     last_sent: int = 0
-    refused: set[tuple[int, bytes]] = field(default_factory=set)
+    refused: RefusedVersions = field(default_factory=RefusedVersions)
     accepts_delta: bool = False
     base: tuple[int, bytes] = (0, b"")
     """What the node will run once it took everything sent: the base of the next delta."""
@@ -131,6 +161,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         self.streams: dict[str, int] = {}
         """Open streams per node id on this replica."""
         self._inboxes: dict[str, list[Subscription]] = {}
+        self._states: dict[Subscription, _StreamState] = {}
         """Each node's open streams' inboxes on this replica, oldest first."""
         self._bookkeeping: set[asyncio.Task[None]] = set()
         self.metrics: ControlPlaneMetrics | None = None
@@ -174,6 +205,12 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
     ) -> int:
         """Test-only: push ``envelope`` unchanged to ``node_id``'s streams (all when None)."""
         return self._broker.inject(envelope, node_id)
+
+    def refusals_held(self, node_id: str) -> list[int]:
+        """How many refused versions each open stream of ``node_id`` remembers."""
+        return [
+            len(self._states[sub].refused) for sub in self._inboxes.get(node_id, []) if sub in self._states
+        ]
 
     async def Sync(
         self,
@@ -251,7 +288,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             identity,
             applied=row.applied_version,
             group=group,
-            refused=await self._nodes.refused(node_id),
+            refused=RefusedVersions(await self._nodes.refused(node_id, MAX_REFUSED_PER_STREAM)),
             accepts_delta=hello.accepts_delta,
             base=(hello.applied_version, bytes(hello.applied_hash)),
             runs=(hello.applied_version, bytes(hello.applied_hash)),
@@ -266,6 +303,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             # Revoked between the check above and the subscription: its NOTIFY found no stream.
             sub.queue.put_nowait(REVOKED)
         self.streams[node_id] = self.streams.get(node_id, 0) + 1
+        self._states[sub] = state
         inboxes = self._inboxes.setdefault(node_id, [])
         inboxes.append(sub)
         if len(inboxes) > MAX_STREAMS_PER_NODE:
@@ -313,6 +351,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             self._broker.unsubscribe(sub)
+            self._states.pop(sub, None)
             inboxes = self._inboxes.get(node_id, [])
             if sub in inboxes:
                 inboxes.remove(sub)
@@ -454,7 +493,6 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                     await self._nodes.ack(state.node_id, message.ack.version, message.ack.payload_sha256)
                 elif kind == "nack":
                     nack = message.nack
-                    state.refused.add((nack.version, bytes(nack.payload_sha256)))
                     state.base = state.runs  # it still runs what it ran: the next delta starts there
                     log.warning(
                         "node %s refused v%d: %s",
@@ -462,7 +500,12 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                         nack.version,
                         printable(nack.reason, MAX_REASON_LOG_CHARS),
                     )
-                    await self._nodes.nack(state.node_id, nack.version, nack.payload_sha256, nack.reason)
+                    pair = (nack.version, bytes(nack.payload_sha256))
+                    state.refused.add(pair)  # at once: a push racing the write below skips it
+                    # Only a snapshot of its group that exists stays remembered: a node inventing
+                    # versions cannot push real refusals out.
+                    if not await self._nodes.nack(state.node_id, *pair, nack.reason):
+                        state.refused.discard(pair)
                     if self.metrics is not None:
                         self.metrics.nacks.inc()
                 elif kind == "heartbeat":
