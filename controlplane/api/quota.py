@@ -8,7 +8,8 @@ in ``controlplane.api.status``.
 
 The holder of a lease is one worker of the node (``LeaseRequest.holder``, its chain id
 ``<node id>/<i>``): the fair share counts each worker on its own. The node id in it must be
-the certificate's: a node leases for its own workers only (else PERMISSION_DENIED)."""
+the certificate's: a node leases for its own workers only, at most ``MAX_WORKERS`` of them
+(else PERMISSION_DENIED)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from controlplane.api.node_auth import Context, NodeAuthenticator
 from controlplane.errors import InvalidArgument, PermissionDenied
 from controlplane.limits import DEFAULT_GROUP, NODE_ID_CHARS
 from controlplane.quota import QuotaLedger
+from dataplane.workers import MAX_WORKERS
 from signalbox.api.config.v1 import quota_pb2, quota_pb2_grpc
 
 
@@ -35,10 +37,8 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
                 grants = await self._ledger.lease(request.asks, _holder(request.holder, node))
             else:
                 holder = _holder(request.holder, identity.node_id)
-                if holder != identity.node_id and not _is_worker_of(holder, identity.node_id):
-                    raise PermissionDenied(
-                        f"holder: a node leases for its own workers only ('{identity.node_id}/<worker>')"
-                    )
+                if holder != identity.node_id:
+                    _check_worker_of(holder, identity.node_id)
                 grants = await self._ledger.lease(request.asks, holder, identity.group or DEFAULT_GROUP)
         except Exception as exc:
             return await _abort(context, exc, "Lease")  # type: ignore[no-any-return]
@@ -49,11 +49,22 @@ MAX_WORKER_CHARS = 16
 """Past the node id and its slash: a worker index is a few digits."""
 
 
-def _is_worker_of(holder: str, node_id: str) -> bool:
-    """``holder`` is ``<node_id>/<worker number>``. A prefix check took "a/x/0", the worker
-    of node "a/x" (a node id may hold a slash), as a worker of node "a"."""
+def _check_worker_of(holder: str, node_id: str) -> None:
+    """``PermissionDenied`` unless ``holder`` is ``<node_id>/<worker number>``, the number
+    below ``MAX_WORKERS`` and written as the node writes it (no leading zeros). A prefix
+    check took "a/x/0", the worker of node "a/x" (a node id may hold a slash), as a worker
+    of node "a"; and each holder counts on its own in a tenant's fair share, so a node
+    naming workers without bound ("7", "07", "007", ...) shrank every other node's share."""
     worker = holder.removeprefix(f"{node_id}/")
-    return worker != holder and 0 < len(worker) <= MAX_WORKER_CHARS and worker.isascii() and worker.isdigit()
+    if worker == holder or not (
+        0 < len(worker) <= MAX_WORKER_CHARS and worker.isascii() and worker.isdigit()
+    ):
+        raise PermissionDenied(f"holder: a node leases for its own workers only ('{node_id}/<worker>')")
+    if str(int(worker)) != worker or int(worker) >= MAX_WORKERS:
+        raise PermissionDenied(
+            f"holder: worker {worker!r} is not one of the {MAX_WORKERS} a node may run "
+            f"('{node_id}/0' .. '{node_id}/{MAX_WORKERS - 1}', no leading zeros)"
+        )
 
 
 def _holder(claimed: str, node: str) -> str:
