@@ -14,6 +14,7 @@ The token is a credential: it is never logged, never put in an error message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import signalbox
 from dataplane.files import read_regular
-from dataplane.snapshot.files import atomic_write, private_dir
+from dataplane.snapshot.files import atomic_write
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc
 from signalbox.tls import ClientTls, aio_channel
 from signalbox.wallclock import RECHECK_SECONDS, seconds_until, sleep_until, utc_now
@@ -94,9 +95,40 @@ class IdentityFiles:
         """Mutual TLS to the node port: pin the node CA, present the node certificate."""
         return ClientTls(ca=self.ca, cert=self.cert, key=self.key)
 
+    def refuse_links(self) -> None:
+        """``NodeIdentityError`` when the identity directory, its certificate or its CA is a
+        symbolic link (the key is opened without following one): the node's identity lives in
+        a directory of its own, and the modes it fixes (0700, 0600) must never land on
+        whatever a link points at."""
+        for path in (self.directory, self.cert, self.ca):
+            if path.is_symlink():
+                raise NodeIdentityError(
+                    f"{path}: a symbolic link; the node keeps its identity in a directory of its own "
+                    f"(replace the link with the real {'directory' if path == self.directory else 'file'})"
+                )
+
+    def _private_directory(self) -> None:
+        """The identity directory, created if needed and made 0700 through a handle opened
+        without following a link (no link swapped in after the check gets the chmod)."""
+        self.refuse_links()
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            self.directory.mkdir(mode=0o700)
+        try:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            why = "a symbolic link" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc.strerror
+            raise NodeIdentityError(
+                f"{self.directory}: {why}; the node keeps its identity in a directory"
+            ) from None
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+
     def private_key(self) -> ec.EllipticCurvePrivateKey:
         """The node's key, generated (0600, never overwritten) on first use."""
-        private_dir(self.directory)
+        self._private_directory()
         try:
             fd = os.open(self.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -155,23 +187,25 @@ class IdentityFiles:
     def ca_pem(self) -> bytes:
         """The node CA as stored (bounded, a regular file: never a wait on a FIFO)."""
         try:
-            return read_regular(self.ca, MAX_KEY_BYTES)
+            return read_regular(self.ca, MAX_KEY_BYTES, nofollow=True)
         except OSError as exc:
             raise NodeIdentityError(f"{self.ca}: cannot be read: {exc.strerror or exc}") from None
 
     def certificate(self) -> x509.Certificate | None:
         try:
-            return x509.load_pem_x509_certificate(read_regular(self.cert, MAX_KEY_BYTES))
+            return x509.load_pem_x509_certificate(read_regular(self.cert, MAX_KEY_BYTES, nofollow=True))
         except (OSError, ValueError):
             return None
 
     def problem(self, node_id: str, now: datetime | None = None) -> str:
-        """Why the stored certificate cannot be used ("" when it can)."""
+        """Why the stored certificate cannot be used ("" when it can); ``NodeIdentityError``
+        when the identity is kept behind a symbolic link."""
+        self.refuse_links()
         cert = self.certificate()
         if cert is None:
             return f"no node certificate in {self.directory}"
         try:
-            ca = x509.load_pem_x509_certificate(read_regular(self.ca, MAX_KEY_BYTES))
+            ca = x509.load_pem_x509_certificate(read_regular(self.ca, MAX_KEY_BYTES, nofollow=True))
             cert.verify_directly_issued_by(ca)
         except (OSError, ValueError, TypeError, InvalidSignature):
             return f"{self.cert} was not issued by the CA in {self.ca}"
@@ -215,7 +249,7 @@ class IdentityFiles:
             raise NodeIdentityError("the control plane returned an unreadable certificate") from exc
         if cert.public_key() != self.private_key().public_key():
             raise NodeIdentityError("the control plane returned a certificate for another key")
-        private_dir(self.directory)
+        self._private_directory()
         atomic_write(self.ca, response.ca_pem.encode())
         atomic_write(self.cert, response.certificate_pem.encode())
         return cert

@@ -119,6 +119,9 @@ def show_command(ns: argparse.Namespace) -> int:
     print(f"certificate {cert.serial_number:x} until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     for uri in uris:
         print(f"  {uri}")
-    problem = files.problem(ns.node_id)
+    try:
+        problem = files.problem(ns.node_id)
+    except NodeIdentityError as exc:
+        problem = str(exc)
     print(f"usable as node {ns.node_id}: {'yes' if not problem else 'no: ' + problem}")
     return 0 if not problem else 1

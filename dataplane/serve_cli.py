@@ -26,8 +26,8 @@ from dataplane.snapshot.background import ESCALATE_AFTER_S
 from dataplane.snapshot.hash_key import decode_hash_keys, read_hash_key_file
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
 from dataplane.trust_cli import add_trust_key, trust_key_paths
+from dataplane.workers import MAX_WORKERS, supervise
 from dataplane.workers import resolve as resolve_workers
-from dataplane.workers import supervise
 from signalbox import settings, tls
 
 FLAG_FILE_BYTES = 64 * 1024
@@ -57,8 +57,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
         default=0,
         type=int,
         help="processes of this node sharing its ports (SO_REUSEPORT; the ports must be fixed), each "
-        "with its own evidence chain; 0: one per core this process may run on (one when --listen or "
-        "--http-listen has port 0, which workers cannot share)",
+        "with its own evidence chain; 0: one per core this process may run on, at most 64 (one when "
+        "--listen or --http-listen has port 0, which workers cannot share)",
         command=SERVE,
     )
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -378,6 +378,13 @@ def serve_command(ns: argparse.Namespace) -> int:
         return 2
     if ns.workers < 0:
         print(f"--workers: {ns.workers} is not a number of processes (0: one per core)", file=sys.stderr)
+        return 2
+    if ns.workers > MAX_WORKERS:
+        print(
+            f"--workers: {ns.workers} is more than the {MAX_WORKERS} workers a node may run "
+            "(the control plane leases quota to that many)",
+            file=sys.stderr,
+        )
         return 2
     ephemeral = any(
         address.rpartition(":")[2] == "0"

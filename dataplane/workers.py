@@ -37,14 +37,18 @@ import sys
 import time
 from collections.abc import Sequence
 
+MAX_WORKERS = 64
+"""Workers one node may run. The control plane leases quota to ``<node id>/0`` ..
+``<node id>/63`` only: each holder counts on its own in a tenant's fair share, so a node
+naming workers without bound would shrink every other node's share."""
 START_TIMEOUT_S = 120.0
 STOP_MARGIN_S = 30.0
 """Beyond its drain, what a worker gets to close its logs and connections."""
 
 
 def resolve(requested: int) -> int:
-    """``--workers``: 0 means one per core this process may run on."""
-    return requested if requested > 0 else max(1, len(os.sched_getaffinity(0)))
+    """``--workers``: 0 means one per core this process may run on (at most ``MAX_WORKERS``)."""
+    return requested if requested > 0 else max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
 
 
 def _die_with_parent() -> None:

@@ -2,8 +2,8 @@
 
 Per stream: the peer certificate is checked first (``controlplane.api.node_auth``:
 unknown or revoked -> refused before anything is read or sent); the node says Hello,
-which must name the certificate's node id (and, when it names a node group, the
-certificate's group). The certificate's group decides which group's snapshots the
+which must name the certificate's node id (and, when it names a node group, a mode or a
+site, the certificate's: what is recorded for the node is the certificate's). The certificate's group decides which group's snapshots the
 stream gets (an unknown group is refused before anything is recorded or sent); we
 record the node and send its group's newest envelope if it is newer than what the
 node serves; then we send each newer version of that group the broker announces. A
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from controlplane.api.convert import mode_proto
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import status_for
 from controlplane.api_key_hash import ApiKeyHasher, LiveHashKeys
@@ -33,6 +34,7 @@ from controlplane.services.groups import GROUP_NAME_RE
 from controlplane.services.identity import NodeIdentity
 from controlplane.services.nodes import NodeHello, NodeService
 from controlplane.snapshots.broker import CLOSED, REVOKED, SnapshotBroker, Subscription
+from dataplane.snapshot.compile import MODE_FROM_PROTO
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.text import printable
 from signalbox.wallclock import RECHECK_SECONDS, seconds_until, utc_now
@@ -47,6 +49,10 @@ this ends the oldest (ABORTED): a node's streams cannot pile up (each holds a su
 and its Hello wrote the node's row), and a node reconnecting is never refused because of
 streams of its own that are dead already."""
 MAX_REASON_LOG_CHARS = 500
+MAX_REFUSED_PER_STREAM = 64
+"""Refused (version, hash) pairs a stream remembers, the newest versions kept. Only the
+newest snapshot (whole or as deltas to it) is ever sent, so an old refusal forgotten costs at
+most one more NACK; without a bound a node NACKing in a loop grew each stream's memory."""
 SHA256_BYTES = 32
 
 
@@ -56,6 +62,17 @@ class _Invalid:
     with INVALID_ARGUMENT and this message (the reader cannot end the call itself)."""
 
     message: str
+
+
+def _recorded_scope(scope: snapshot_pb2.Scope, certified: NodeIdentity | None) -> dict[str, Any]:
+    """The scope recorded for the node: the Hello's, with the certificate's site (the Hello may
+    only repeat it or leave it out)."""
+    recorded = MessageToDict(scope, preserving_proto_field_name=True)
+    if certified is not None:
+        recorded.pop("site", None)
+        if certified.site:
+            recorded["site"] = certified.site
+    return recorded
 
 
 def _check_answer(kind: str, version: int, sha256: bytes) -> str | None:
@@ -82,6 +99,32 @@ def _group_of(identity: NodeIdentity) -> str:
     return identity.group or DEFAULT_GROUP
 
 
+class RefusedVersions:
+    """The (version, payload hash) pairs a node refused: at most ``MAX_REFUSED_PER_STREAM``,
+    the lowest version forgotten first."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: list[tuple[int, bytes]] | None = None) -> None:
+        self._pairs: set[tuple[int, bytes]] = set()
+        for pair in pairs or ():
+            self.add(pair)
+
+    def add(self, pair: tuple[int, bytes]) -> None:
+        self._pairs.add(pair)
+        if len(self._pairs) > MAX_REFUSED_PER_STREAM:
+            self._pairs.discard(min(self._pairs))
+
+    def discard(self, pair: tuple[int, bytes]) -> None:
+        self._pairs.discard(pair)
+
+    def __contains__(self, pair: object) -> bool:
+        return pair in self._pairs
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+
 @dataclass(slots=True)
 class _StreamState:
     node_id: str
@@ -89,7 +132,7 @@ class _StreamState:
     applied: int
     group: str = DEFAULT_GROUP
     last_sent: int = 0
-    refused: set[tuple[int, bytes]] = field(default_factory=set)
+    refused: RefusedVersions = field(default_factory=RefusedVersions)
     accepts_delta: bool = False
     base: tuple[int, bytes] = (0, b"")
     """What the node will run once it took everything sent: the base of the next delta."""
@@ -119,6 +162,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         self.streams: dict[str, int] = {}
         """Open streams per node id on this replica."""
         self._inboxes: dict[str, list[Subscription]] = {}
+        self._states: dict[Subscription, _StreamState] = {}
         """Each node's open streams' inboxes on this replica, oldest first."""
         self._bookkeeping: set[asyncio.Task[None]] = set()
         self.metrics: ControlPlaneMetrics | None = None
@@ -166,6 +210,12 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
     ) -> int:
         """Test-only: push ``envelope`` unchanged to ``node_id``'s streams (all when None)."""
         return self._broker.inject(envelope, node_id)
+
+    def refusals_held(self, node_id: str) -> list[int]:
+        """How many refused versions each open stream of ``node_id`` remembers."""
+        return [
+            len(self._states[sub].refused) for sub in self._inboxes.get(node_id, []) if sub in self._states
+        ]
 
     async def Sync(
         self,
@@ -232,8 +282,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 node_id=node_id,
                 node_group=group,
                 software_version=hello.software_version,
-                mode=int(hello.mode),
-                scope=MessageToDict(hello.scope, preserving_proto_field_name=True),
+                mode=int(hello.mode) if certified is None else int(mode_proto(identity.mode)),
+                scope=_recorded_scope(hello.scope, certified),
                 applied_version=hello.applied_version,
                 applied_hash=hello.applied_hash,
             )
@@ -243,7 +293,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             identity,
             applied=row.applied_version,
             group=group,
-            refused=await self._nodes.refused(node_id),
+            refused=RefusedVersions(await self._nodes.refused(node_id, MAX_REFUSED_PER_STREAM)),
             accepts_delta=hello.accepts_delta,
             base=(hello.applied_version, bytes(hello.applied_hash)),
             runs=(hello.applied_version, bytes(hello.applied_hash)),
@@ -258,6 +308,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             # Revoked between the check above and the subscription: its NOTIFY found no stream.
             sub.queue.put_nowait(REVOKED)
         self.streams[node_id] = self.streams.get(node_id, 0) + 1
+        self._states[sub] = state
         inboxes = self._inboxes.setdefault(node_id, [])
         inboxes.append(sub)
         if len(inboxes) > MAX_STREAMS_PER_NODE:
@@ -305,6 +356,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             self._broker.unsubscribe(sub)
+            self._states.pop(sub, None)
             inboxes = self._inboxes.get(node_id, [])
             if sub in inboxes:
                 inboxes.remove(sub)
@@ -329,18 +381,24 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         """The stream's identity: the certificate's, which the Hello may not contradict."""
         if certified is None:  # insecure node port (development): the Hello is all there is
             return NodeIdentity(hello.node_id, hello.scope.node_group, site=hello.scope.site)
-        if hello.node_id != certified.node_id:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f'hello.node_id: "{printable(hello.node_id, 80)}" is not the certificate\'s node id '
-                f'"{printable(certified.node_id, 80)}"',
-            )
-        if hello.scope.node_group and hello.scope.node_group != certified.group:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f'hello.scope.node_group: "{printable(hello.scope.node_group, 80)}" is not the certificate\'s '
-                f'group "{printable(certified.group, 80)}"',
-            )
+        known = MODE_FROM_PROTO.get(hello.mode)
+        mode = known.value if known is not None else (str(int(hello.mode)) if hello.mode else "")
+        # (field, what the Hello says, the certificate's, its name there). Empty group, mode,
+        # site: not said. The certificate binds the mode and site its group had at issue; a
+        # node configured otherwise would route (and be listed) as what it is not certified as.
+        claims = (
+            ("hello.node_id", hello.node_id, certified.node_id, "node id"),
+            ("hello.scope.node_group", hello.scope.node_group, certified.group, "group"),
+            ("hello.mode", mode if certified.mode else "", certified.mode, "mode"),
+            ("hello.scope.site", hello.scope.site, certified.site, "site"),
+        )
+        for name, claimed, bound, what in claims:
+            if (claimed or name == "hello.node_id") and claimed != bound:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f'{name}: "{printable(claimed, 80)}" is not the certificate\'s {what} '
+                    f'"{printable(bound, 80)}"',
+                )
         return certified
 
     async def _next(self, sub: Subscription, identity: NodeIdentity) -> object:
@@ -443,7 +501,6 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                     await self._nodes.ack(state.node_id, message.ack.version, message.ack.payload_sha256)
                 elif kind == "nack":
                     nack = message.nack
-                    state.refused.add((nack.version, bytes(nack.payload_sha256)))
                     state.base = state.runs  # it still runs what it ran: the next delta starts there
                     log.warning(
                         "node %s refused v%d: %s",
@@ -451,7 +508,12 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                         nack.version,
                         printable(nack.reason, MAX_REASON_LOG_CHARS),
                     )
-                    await self._nodes.nack(state.node_id, nack.version, nack.payload_sha256, nack.reason)
+                    pair = (nack.version, bytes(nack.payload_sha256))
+                    state.refused.add(pair)  # at once: a push racing the write below skips it
+                    # Only a snapshot of its group that exists stays remembered: a node inventing
+                    # versions cannot push real refusals out.
+                    if not await self._nodes.nack(state.node_id, *pair, nack.reason):
+                        state.refused.discard(pair)
                     if self.metrics is not None:
                         self.metrics.nacks.inc()
                 elif kind == "heartbeat":

@@ -60,7 +60,8 @@ class EvidenceRecord(Base):
     chain_id: Mapped[str] = mapped_column(String(CHAIN_ID_CHARS), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
-    """The record's own time (its ``ts``), the partition key."""
+    """The record's own time (its ``ts``), the partition key; its receipt instead when it is
+    dated more than a day after it (``controlplane.evidence.records.MAX_AHEAD_S``)."""
     record_id: Mapped[str] = mapped_column(String(KEY_ID_CHARS))
     hash: Mapped[bytes] = mapped_column(LargeBinary)
     prev_hash: Mapped[bytes] = mapped_column(LargeBinary)

@@ -24,8 +24,9 @@ partition between the check that it exists and the COPY into it."""
 
 MONTHS_AHEAD = 1
 """Partitions are made for months up to this many after the current one (a node's clock a
-little ahead, a record written at the turn of a month). A record dated later lands in the
-DEFAULT partition: ``ts`` is the node's word, and a partition per distinct month up to the
+little ahead, a record written at the turn of a month). A record dated more than a day
+after its receipt is stored at its receipt (``controlplane.evidence.records.MAX_AHEAD_S``);
+one that still falls later lands in the DEFAULT partition: a partition per distinct month up to the
 year 9998 is what a single batch of 10,000 records could otherwise make (a CREATE TABLE
 each, under the partitions' lock, and a catalog every query on the records plans over)."""
 

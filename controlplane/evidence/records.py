@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +25,11 @@ from dataplane.evidence.fields import read_fields
 from dataplane.evidence.records import HASH_MEMBER_BYTES, HASH_MEMBER_START, hash_of_line
 
 MAX_RECORD_BYTES = 64 * 1024
+MAX_AHEAD_S = 86_400.0
+"""A record dated more than this after the control plane received it is stored (partitioned,
+kept by retention, found by time) at its receipt instead; its own ``ts`` stays in its body
+as the node wrote it. A node clock far ahead put records in the DEFAULT partition, which
+retention never drops: kept forever. (A day: clocks a little ahead keep their times.)"""
 TS_MIN = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 TS_MAX = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
 
@@ -149,6 +155,8 @@ class _Batch:
         self.node_id = node_id
         self.head = struct.pack("!h", 13) + _LEN(len(chain_bytes)) + chain_bytes
         self.node_field = _LEN(len(node_bytes)) + node_bytes
+        self.received = time.time()
+        """When the batch arrived: the time a record dated too far after it is stored at."""
 
     def fast(self, body: bytes) -> _Row | None:
         """The row of a well-formed line, with only the members read that are stored
@@ -272,6 +280,8 @@ class _Batch:
         spend: Spend | None,
     ) -> _Row:
         """A record's binary COPY row (``COLUMNS``), its filter columns already encoded."""
+        if ts > self.received + MAX_AHEAD_S:
+            ts = self.received
         # As ``datetime.fromtimestamp`` rounds (the fraction alone, half to even).
         whole = int(ts)
         us = whole * 1_000_000 + round((ts - whole) * 1e6)

@@ -23,9 +23,15 @@ async def list_all(session: AsyncSession, group: str = "") -> Sequence[Node]:
     return (await session.scalars(query)).all()
 
 
-async def nacked(session: AsyncSession, node_id: str) -> set[tuple[int, bytes]]:
-    rows = await session.execute(select(NodeNack.version, NodeNack.sha256).where(NodeNack.node_id == node_id))
-    return {(version, bytes(digest)) for version, digest in rows}
+async def nacked(session: AsyncSession, node_id: str, limit: int) -> list[tuple[int, bytes]]:
+    """The node's ``limit`` highest NACKed (version, hash)."""
+    rows = await session.execute(
+        select(NodeNack.version, NodeNack.sha256)
+        .where(NodeNack.node_id == node_id)
+        .order_by(NodeNack.version.desc(), NodeNack.id.desc())
+        .limit(limit)
+    )
+    return [(version, bytes(digest)) for version, digest in rows]
 
 
 async def has_nack(session: AsyncSession, node_id: str, version: int, sha256: bytes) -> bool:

@@ -229,6 +229,9 @@ class IdentityService:
             if defined is None:
                 raise NotFound("node group", group)
             await repo.lock_node(session, node_id)
+            # As for Enroll: an admin typing the id of a running node (a typo, a copied
+            # command) must not mint a second identity for it with another key.
+            await _check_unclaimed(session, node_id, public_key)
             spec = NodeCertificateSpec(node_id, group, defined.mode, defined.site)
             issued = self.ca.issue_node(spec, public_key, ttl, await self._now(session))
             session.add(_record(issued, spec))
@@ -262,9 +265,10 @@ class IdentityService:
             return await repo.fill_certificate_pem(session, serial, pem)
 
     async def renew(self, identity: NodeIdentity, csr_pem: str) -> Issued:
-        """A new certificate with the same bindings for a node whose current one is valid."""
+        """A new certificate for a node whose current one is valid: the same node id and
+        group, with the mode and site the group has now (an operator who moved a group to
+        another site must not see its nodes renew as what they were)."""
         public_key = parse_csr(csr_pem)
-        spec = NodeCertificateSpec(identity.node_id, identity.group, identity.mode, identity.site)
         async with self.sessions() as session, session.begin():
             await repo.lock_node(session, identity.node_id)
             current = await repo.certificate(session, identity.serial)
@@ -274,6 +278,10 @@ class IdentityService:
                 raise PermissionDenied(f"certificate {identity.serial} is revoked")
             now = await self._now(session)
             await self._check_renewal_due(session, identity.node_id, now)
+            group = await group_repo.get(session, identity.group)
+            if group is None:
+                raise NotFound("node group", identity.group)
+            spec = NodeCertificateSpec(identity.node_id, identity.group, group.mode, group.site)
             issued = self.ca.issue_node(spec, public_key, self.cert_ttl, now)
             session.add(_record(issued, spec))
         await self.audit(
@@ -331,7 +339,7 @@ async def _check_unclaimed(session: AsyncSession, node_id: str, public_key: Node
                 field="node_id",
                 why=f"it holds a certificate in force for another key (serial {held.serial}, until "
                 f"{held.not_after.isoformat()}); revoke it first (signalbox admin node revoke) or "
-                "enroll under another node id",
+                "use another node id",
             )
 
 

@@ -122,13 +122,15 @@ class NodeService:
             node.last_ack_at = now
             node.last_seen_at = now
 
-    async def nack(self, node_id: str, version: int, sha256: bytes, reason: str) -> None:
+    async def nack(self, node_id: str, version: int, sha256: bytes, reason: str) -> bool:
+        """Record the node's refusal; whether it refused a snapshot its group was published
+        (the only kind worth remembering not to send again)."""
         reason = printable(reason, MAX_REASON_CHARS)
         async with self.sessions() as session, session.begin():
             now = await self._now(session)
             node = await repo.get(session, node_id, for_update=True)
             if node is None:
-                return
+                return False
             node.last_nack_version = version
             node.last_nack_hash = sha256
             node.last_nack_reason = reason
@@ -140,19 +142,22 @@ class NodeService:
             # Only a snapshot of the node's group this control plane published can be one it
             # must not send again: a NACK of any other (version, hash), a node's invention,
             # is shown as the node's last NACK but adds no row (distinct ones were a row each).
-            if await snapshot_repo.published(
-                session, node.node_group, version, sha256
-            ) and not await repo.has_nack(session, node_id, version, sha256):
+            if not await snapshot_repo.published(session, node.node_group, version, sha256):
+                return False
+            if not await repo.has_nack(session, node_id, version, sha256):
                 session.add(NodeNack(node_id=node_id, version=version, sha256=sha256, reason=reason))
+            return True
 
     async def group_exists(self, name: str) -> bool:
         async with self.sessions() as session:
             return await group_repo.get(session, name) is not None
 
-    async def refused(self, node_id: str) -> set[tuple[int, bytes]]:
-        """Every (version, payload hash) the node has NACKed: never send those again."""
+    async def refused(self, node_id: str, limit: int) -> list[tuple[int, bytes]]:
+        """The ``limit`` newest (version, payload hash) the node has NACKed: never send those
+        again (only the newest snapshot, or deltas to it, are ever sent: older refusals
+        matter less, and a stream holds a bounded number)."""
         async with self.sessions() as session:
-            return await repo.nacked(session, node_id)
+            return await repo.nacked(session, node_id, limit)
 
     async def disconnected(self, node_id: str) -> None:
         async with self.sessions() as session, session.begin():

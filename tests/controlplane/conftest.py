@@ -17,6 +17,7 @@ import pytest
 
 from dataplane.snapshot.envelope import verify
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.tls import ClientTls, aio_channel
 from tests.fixtures.postgres import RunningControlPlane
@@ -115,6 +116,8 @@ class SyncNode:
     applied_hash: bytes = b""
     scope: snapshot_pb2.Scope | None = None
     """What the Hello says the node's scope is (its node group: empty is ``default``)."""
+    mode: common_pb2.DeploymentMode.ValueType = common_pb2.DEPLOYMENT_MODE_CLOUD
+    """What the Hello says the node's mode is: its certificate's, or it is refused."""
     outbox: asyncio.Queue[sync_pb2.NodeMessage | None] = field(default_factory=asyncio.Queue)
     received: asyncio.Queue[snapshot_pb2.SignedEnvelope] = field(default_factory=asyncio.Queue)
     call: Any = None
@@ -128,7 +131,7 @@ class SyncNode:
             hello=sync_pb2.Hello(
                 node_id=self.node_id,
                 software_version="test-1",
-                mode=1,
+                mode=self.mode,
                 applied_version=self.applied_version,
                 applied_hash=self.applied_hash,
                 scope=self.scope,

@@ -9,8 +9,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
+import sqlalchemy as sa
 
+from controlplane.api.quota import MAX_LEASES_PER_NODE
 from controlplane.errors import InvalidArgument
 from controlplane.evidence.ingest import Batch
 from controlplane.identity.ca import serial_hex
@@ -27,6 +30,7 @@ from signalbox.api.config.v1 import quota_pb2, quota_pb2_grpc
 from signalbox.tls import aio_channel
 from tests.controlplane.conftest import Admin
 from tests.fixtures.postgres import RunningControlPlane
+from tests.helpers import eventually
 
 RPM = quota_pb2.QUOTA_KIND_REQUESTS_PER_MINUTE
 DAY = quota_pb2.QUOTA_KIND_BUDGET_DAY
@@ -142,6 +146,59 @@ async def test_each_worker_of_a_node_gets_its_own_fair_share(
     quiet = (await ledger.lease([_ask(tenant_id, RPM, 10**6)], "n/1"))[0]
     # Half (two holders) of 100/s over >= 0.5 s; keyed by node it would be ~100/s x 50 ms.
     assert quiet.granted >= 20, quiet.granted
+
+
+async def test_a_node_holds_a_bounded_number_of_leases_in_flight(
+    admin: Admin, control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    """Each Lease is a database transaction: one node opening connections of 100 calls each
+    held the replica's database pool, and every other node's leases waited with it."""
+    tenant_id = await _tenant(admin, requests_per_minute=600)
+    busy = await control_plane.enroll("busy", private_tmp / "busy")
+    calm = await control_plane.enroll("calm", private_tmp / "calm")
+    assert control_plane.cp.quota is not None
+    await control_plane.cp.quota.lease([_ask(tenant_id, RPM, 1)], "busy/0")  # its row exists
+    request = quota_pb2.LeaseRequest(holder="busy/0", asks=[_ask(tenant_id, RPM, 1)])
+    extra = 4
+    engine = sa.create_engine(control_plane.database_url, poolclass=sa.NullPool)
+    try:
+        async with (
+            aio_channel(control_plane.node_address, busy) as one,
+            aio_channel(control_plane.node_address, busy) as two,
+        ):
+            with engine.connect() as conn:
+                # Every lease of the tenant waits for this row lock: they stay in flight.
+                held = conn.begin()
+                conn.execute(sa.text("SELECT * FROM quota_state FOR UPDATE"))
+                calls = [
+                    asyncio.ensure_future(
+                        quota_pb2_grpc.QuotaServiceStub((one, two)[i % 2]).Lease(request, timeout=60)
+                    )
+                    for i in range(MAX_LEASES_PER_NODE + extra)
+                ]
+
+                def refused() -> list[BaseException]:
+                    return [c.exception() for c in calls if c.done() and c.exception() is not None]
+
+                await eventually(
+                    lambda: len(refused()) == extra, timeout=30, message="the calls past the cap"
+                )
+                for exc in refused():
+                    assert isinstance(exc, grpc.aio.AioRpcError)
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert exc.details() == f"node busy: at most {MAX_LEASES_PER_NODE} quota leases at once"
+                # Another node is not held back by this one's calls.
+                async with aio_channel(control_plane.node_address, calm) as channel:
+                    quiet = quota_pb2.LeaseRequest(holder="calm/0")
+                    await quota_pb2_grpc.QuotaServiceStub(channel).Lease(quiet, timeout=10)
+                held.rollback()
+            granted = await asyncio.gather(*calls, return_exceptions=True)
+            assert sum(isinstance(g, quota_pb2.LeaseResponse) for g in granted) == MAX_LEASES_PER_NODE
+    finally:
+        engine.dispose()
+    # Once they ended, the node leases again.
+    async with aio_channel(control_plane.node_address, busy) as channel:
+        await quota_pb2_grpc.QuotaServiceStub(channel).Lease(request, timeout=10)
 
 
 async def test_a_budget_counts_what_shipped_evidence_says_was_spent(

@@ -4,6 +4,7 @@ a precise one-line refusal, nothing outside the identity directory touched, neve
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from dataplane.identity import IdentityFiles
+from dataplane.identity import IdentityFiles, NodeIdentityError
 from tests.helpers import signalbox_exit
 
 
@@ -82,6 +83,45 @@ async def test_a_planted_key_file_is_refused_in_one_line_and_nothing_else_change
     assert victim.read_text() == "not the node's\n"
     if key.is_dir():
         assert stat.S_IMODE(key.stat().st_mode) == 0o755
+
+
+async def test_a_symlinked_identity_directory_is_refused_and_its_target_left_alone(tmp_path: Path) -> None:
+    # The directory was followed: the node's key was written into the link's target and the
+    # target chmodded 0700 (a shared directory of another program, say).
+    victim = tmp_path / "shared"
+    victim.mkdir(mode=0o755)
+    victim.chmod(0o755)
+    (tmp_path / "node").mkdir()
+    identity = tmp_path / "node" / "identity"
+    identity.symlink_to(victim)
+    code, err = await signalbox_exit(
+        "dataplane", "identity", "request", "--data-dir", str(tmp_path / "node"), "--node-id", "n1"
+    )
+    assert code == 1, err
+    assert err.splitlines() == [
+        f"identity request: {identity}: a symbolic link; the node keeps its identity in a directory "
+        "of its own (replace the link with the real directory)"
+    ]
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o755
+    assert list(victim.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["cert", "ca"])
+def test_a_symlinked_certificate_or_ca_is_refused_by_name(tmp_path: Path, name: str) -> None:
+    files = IdentityFiles(tmp_path / "identity")
+    files.private_key()
+    elsewhere = tmp_path / "elsewhere.pem"
+    elsewhere.write_bytes(_self_signed_pem())
+    elsewhere.chmod(0o644)
+    getattr(files, name).symlink_to(elsewhere)
+    expected = (
+        f"{getattr(files, name)}: a symbolic link; the node keeps its identity in a directory of its own"
+    )
+    with pytest.raises(NodeIdentityError, match=re.escape(expected)):
+        files.problem("n1")
+    with pytest.raises(NodeIdentityError, match=re.escape(expected)):
+        files.private_key()
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o644
 
 
 def _self_signed_pem() -> bytes:

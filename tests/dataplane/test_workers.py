@@ -202,6 +202,7 @@ async def test_two_workers_behind_tls_fronts_share_the_port_and_refuse_untrusted
             "need fixed port numbers",
         ),
         (["--workers", "-1"], "--workers: -1 is not a number of processes"),
+        (["--workers", "65"], "--workers: 65 is more than the 64 workers a node may run"),
         (["--workers", "2", "--worker-index", "2"], "--worker-index: 2 is not below --workers 2"),
     ],
 )

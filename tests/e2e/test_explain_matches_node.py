@@ -38,6 +38,7 @@ from tests.fixtures.postgres import RunningControlPlane
 
 REQUESTS_PER_MODE = 210
 TENANT = "acme"
+VAULT = "vault"
 C = common_pb2
 CLOUD, ON_PREM, SITE = (
     snapshot_pb2.PROVIDER_LOCATION_PUBLIC_CLOUD,
@@ -131,6 +132,30 @@ rules:
     constraints: {allow_egress: true}
 """
 
+VAULT_POLICY = """
+default_model: m-local
+allowed_models: [m-tools, m-local]
+constraints: {certification_required_from: confidential}
+rules:
+  - name: eu-only
+    match: {metadata: {region: eu}}
+    models: [m-tools, m-local]
+    constraints: {jurisdictions: [EU]}
+  - name: cheap
+    match: {tasks: [bulk]}
+    strategy: cheapest
+    models: [m-tools, m-local]
+    constraints: {max_cost_usd: 0.01}
+  - name: canary
+    match: {tasks: [chat]}
+    strategy: weighted
+    weights: {m-local: 70, m-tools: 30}
+    sticky_key: metadata.user
+  - name: with-tools
+    match: {capabilities: [tools]}
+    models: [m-tools, m-local]
+"""
+
 
 @dataclass(frozen=True)
 class NodeCase:
@@ -138,16 +163,24 @@ class NodeCase:
     mode: DeploymentMode
     proto_mode: int
     site: str
+    group: str
+    """The node group it is enrolled in: its certificate says the mode and site it runs as."""
+    tenant: str = TENANT
 
 
 NODES = [
-    NodeCase("cloud", DeploymentMode.CLOUD, C.DEPLOYMENT_MODE_CLOUD, ""),
-    NodeCase("on-prem", DeploymentMode.ON_PREM, C.DEPLOYMENT_MODE_ON_PREM, "dc-1"),
-    NodeCase("air-gapped", DeploymentMode.AIR_GAPPED, C.DEPLOYMENT_MODE_AIR_GAPPED, "site-a"),
+    NodeCase("cloud", DeploymentMode.CLOUD, C.DEPLOYMENT_MODE_CLOUD, "", "default"),
+    NodeCase("on-prem", DeploymentMode.ON_PREM, C.DEPLOYMENT_MODE_ON_PREM, "dc-1", "on-prem"),
+    # An air-gapped group sees only its site's providers, so its tenant's policy names only
+    # the models it can reach (a policy naming others would not compile for the group).
+    NodeCase(
+        "air-gapped", DeploymentMode.AIR_GAPPED, C.DEPLOYMENT_MODE_AIR_GAPPED, "site-a", "air-gapped", VAULT
+    ),
 ]
 
 
-async def _seed(admin: Admin, simulator: Simulator) -> str:
+async def _seed(admin: Admin, simulator: Simulator) -> dict[str, str]:
+    """The fleet's tenants, providers and models; an API key per tenant."""
     await admin.CreateTenant(admin_pb2.CreateTenantRequest(name=TENANT, tier="gold"))
     for name, location, site, region, jurisdiction in PROVIDERS:
         await admin.CreateProvider(
@@ -183,8 +216,10 @@ async def _seed(admin: Admin, simulator: Simulator) -> str:
             )
         )
     await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant=TENANT, document=POLICY))
+    await admin.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant=VAULT, document=VAULT_POLICY))
     key = await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant=TENANT, name="corpus"))
-    return str(key.secret)
+    vault_key = await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(tenant=VAULT, name="corpus"))
+    return {TENANT: str(key.secret), VAULT: str(vault_key.secret)}
 
 
 def generate(rng: random.Random, n: int, prefix: str) -> list[infer_pb2.InferRequest]:
@@ -230,20 +265,23 @@ def generate(rng: random.Random, n: int, prefix: str) -> list[infer_pb2.InferReq
 
 @pytest.fixture
 async def nodes(
-    control_plane: RunningControlPlane, private_tmp: Path
+    control_plane: RunningControlPlane, admin: Admin, private_tmp: Path
 ) -> AsyncIterator[dict[str, DataPlaneNode]]:
     started: dict[str, DataPlaneNode] = {}
     try:
         for case in NODES:
+            if case.tenant != TENANT:  # its group sees only it
+                await admin.CreateTenant(admin_pb2.CreateTenantRequest(name=case.tenant, tier="gold"))
+                await control_plane.ensure_group(case.group, case.mode.value, case.site, (case.tenant,))
             node = DataPlaneNode(
                 NodeSettings(
                     listen="127.0.0.1:0",
-                    **(await control_plane.node_link()),
+                    **(await control_plane.node_link(case.group, case.mode.value, case.site)),
                     trust_keys=(control_plane.trust_key_path,),
                     node_id=f"corpus-{case.name}",
                     data_dir=Path(tempfile.mkdtemp(prefix=f"corpus-{case.name}-", dir=private_tmp)),
                     mode=case.mode,
-                    scope=Scope(site=case.site),
+                    scope=Scope(site=case.site, node_group="" if case.group == "default" else case.group),
                     drain_seconds=2.0,
                     sync_backoff_base=0.05,
                     sync_backoff_cap=0.5,
@@ -288,7 +326,11 @@ async def _explain(
     try:
         explained = await admin.ExplainRoute(
             admin_pb2.ExplainRouteRequest(
-                tenant=TENANT, request=request, mode=case.proto_mode, site=case.site
+                tenant=case.tenant,
+                request=request,
+                mode=case.proto_mode,
+                site=case.site,
+                node_group=case.group,
             )
         )
     except grpc.aio.AioRpcError as exc:
@@ -299,15 +341,15 @@ async def _explain(
 async def test_explain_route_names_what_the_node_decided_in_every_mode(
     admin: Admin, simulator: Simulator, nodes: dict[str, DataPlaneNode]
 ) -> None:
-    api_key = await _seed(admin, simulator)
-    latest = await admin.latest_version()
-    for node in nodes.values():
-        await node.store.wait_for_version(latest, timeout=60)
+    api_keys = await _seed(admin, simulator)
+    for case in NODES:
+        latest = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group=case.group))
+        await nodes[case.name].store.wait_for_version(latest.version, timeout=60)
     rng = random.Random(20261129)
-    auth = (("authorization", f"Bearer {api_key}"),)
 
     for case in NODES:
         node = nodes[case.name]
+        auth = (("authorization", f"Bearer {api_keys[case.tenant]}"),)
         corpus = generate(rng, REQUESTS_PER_MODE, case.name)
         outcomes: dict[str, tuple[grpc.StatusCode, str]] = {}
         async with grpc.aio.insecure_channel(node.address) as channel:

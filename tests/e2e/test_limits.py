@@ -25,6 +25,7 @@ import pytest
 from dataplane.app import DataPlaneNode
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
+from dataplane.workers import MAX_WORKERS
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import quota_pb2, quota_pb2_grpc, snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
@@ -398,6 +399,19 @@ async def test_a_node_leases_for_its_own_workers_only(fleet: Fleet) -> None:
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, holder
             assert "a node leases for its own workers only ('limits-1/<worker>')" in (
                 refused.value.details() or ""
+            )
+        # At most MAX_WORKERS workers, each with one name: every holder counts on its own in a
+        # tenant's fair share, so a node naming more would shrink the other nodes' shares.
+        last = f"limits-1/{MAX_WORKERS - 1}"
+        assert list((await stub.Lease(quota_pb2.LeaseRequest(holder=last), timeout=10)).grants) == []
+        for holder in (f"limits-1/{MAX_WORKERS}", "limits-1/9999999999999999", "limits-1/07", "limits-1/00"):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Lease(quota_pb2.LeaseRequest(holder=holder), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, holder
+            worker = holder.removeprefix("limits-1/")
+            assert refused.value.details() == (
+                f"holder: worker '{worker}' is not one of the {MAX_WORKERS} a node may run "
+                f"('limits-1/0' .. 'limits-1/{MAX_WORKERS - 1}', no leading zeros)"
             )
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Lease(quota_pb2.LeaseRequest(holder="limits-1/" + "9" * 300), timeout=10)

@@ -17,7 +17,7 @@ import grpc
 import httpx
 
 from dataplane.app import DataPlaneNode
-from dataplane.config.model import DeploymentMode
+from dataplane.config.model import DeploymentMode, Scope
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
 from dataplane.node_settings import NodeSettings
@@ -171,18 +171,20 @@ async def test_an_on_prem_node_prepares_routes_for_its_own_mode_and_site(
     await _seed(admin, simulator)
     settings = NodeSettings(
         listen="127.0.0.1:0",
-        **(await control_plane.node_link()),
+        **(await control_plane.node_link("on-prem", "on-prem")),
         trust_keys=(control_plane.trust_key_path,),
         node_id="edge-on-prem",
         data_dir=Path(tempfile.mkdtemp(prefix="edge-on-prem-", dir=private_tmp)),
         mode=DeploymentMode.ON_PREM,
+        scope=Scope(node_group="on-prem"),
         drain_seconds=2.0,
     )
     async with DataPlaneNode(settings) as node:
-        await _converged(admin, node)
+        latest = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(group="on-prem"))
+        await node.store.wait_for_version(latest.version, timeout=15)
         state = node.store.require()
         tenant_id = next(t for t, p in state.config.policies.items() if p.rules)
         routes = state.routes.policies[tenant_id]
         assert [r.rule.name for r in routes.rules] == [r.name for r in routes.policy.rules]
         # Prepared for where the node runs, so the pipeline's plans use it.
-        assert state.routes.node == NodeContext(mode=DeploymentMode.ON_PREM, site="")
+        assert state.routes.node == NodeContext(mode=DeploymentMode.ON_PREM, site="", node_group="on-prem")

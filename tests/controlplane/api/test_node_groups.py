@@ -213,7 +213,11 @@ async def test_updates_and_deletes_that_cannot_be_are_refused(
     # A group its nodes still run cannot go; once they are gone it can.
     tls = await control_plane.enroll("vault-1", private_tmp / "vault-1", group="vault")
     node = SyncNode(
-        control_plane, "vault-1", tls, scope=snapshot_pb2.Scope(node_group="vault", site="site-a")
+        control_plane,
+        "vault-1",
+        tls,
+        scope=snapshot_pb2.Scope(node_group="vault", site="site-a"),
+        mode=AIR_GAPPED,
     )
     await node.connect()
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from controlplane.api.sync import MAX_STREAMS_PER_NODE
+from controlplane.api.sync import MAX_REFUSED_PER_STREAM, MAX_STREAMS_PER_NODE, RefusedVersions
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import sync_pb2, sync_pb2_grpc
 from signalbox.tls import aio_channel
@@ -98,6 +98,38 @@ async def test_a_nacked_version_is_never_resent_but_later_ones_are(
     later = node.verified(await again.next_envelope())
     assert later.version == refused + 1
     assert again.received.empty()
+
+
+async def test_a_node_nacking_many_versions_holds_a_bounded_set_on_its_stream(
+    admin: Admin, control_plane: RunningControlPlane, sync_nodes: object
+) -> None:
+    node: SyncNode = await sync_nodes("node-nacks")  # type: ignore[operator]
+    envelope = await node.next_envelope()
+    real = node.verified(envelope).version
+    # Versions no snapshot of its group has: shown as its last NACK, remembered nowhere.
+    for i in range(3 * MAX_REFUSED_PER_STREAM):
+        node.outbox.put_nowait(
+            sync_pb2.NodeMessage(nack=sync_pb2.Nack(version=1000 + i, payload_sha256=bytes(32), reason="no"))
+        )
+    node.nack(envelope, real, "refused for real")
+
+    async def last_nack() -> bool:
+        return (await _node(admin, "node-nacks")).last_nack_version == real
+
+    await eventually(last_nack, message="the last NACK recorded")
+    assert control_plane.cp.sync is not None
+    assert control_plane.cp.sync.refusals_held("node-nacks") == [1]
+    # The real refusal is kept: the next change is sent, the refused version is not.
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="later"))
+    assert node.verified(await node.next_envelope()).version == real + 1
+
+
+def test_a_streams_refusals_keep_the_newest_versions_up_to_the_bound() -> None:
+    refused = RefusedVersions([(v, b"h") for v in range(10 * MAX_REFUSED_PER_STREAM)])
+    assert len(refused) == MAX_REFUSED_PER_STREAM
+    newest = 10 * MAX_REFUSED_PER_STREAM - 1
+    assert (newest, b"h") in refused
+    assert (newest - MAX_REFUSED_PER_STREAM, b"h") not in refused
 
 
 async def test_a_burst_of_changes_is_pushed_as_the_newest_snapshot(

@@ -143,13 +143,21 @@ async def test_a_hello_with_an_oversized_applied_hash_is_refused_with_the_field_
 async def test_a_hello_scope_with_nul_and_huge_strings_is_stored_escaped_and_bounded(
     admin: Admin, control_plane: RunningControlPlane, private_tmp: Path
 ) -> None:
-    tls = await control_plane.enroll("node-scope", private_tmp / "node-scope")
-    scope = snapshot_pb2.Scope(site="rack\x00\u202e1", deployment="d" * 10_000)
+    await control_plane.ensure_group("racks", "on-prem", "rack-1")
+    tls = await control_plane.enroll("node-scope", private_tmp / "node-scope", group="racks")
+    # The site is the certificate's: a Hello naming another is refused, named escaped.
+    scope = snapshot_pb2.Scope(site="rack\x00\u202e1" + "r" * 10_000)
+    hello = sync_pb2.Hello(node_id="node-scope", software_version="1", scope=scope)
+    code, details = await _hello_only(control_plane, tls, hello)
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert details.startswith('hello.scope.site: "rack\\x00\\u202e1rrr')
+    assert len(details) < 200
+    scope = snapshot_pb2.Scope(deployment="d\x00\u202e" + "d" * 10_000)
     hello = sync_pb2.Hello(node_id="node-scope", software_version="1", scope=scope)
     assert await _hello_only(control_plane, tls, hello) == (grpc.StatusCode.OK, "envelope")
     stored = await _node(admin, "node-scope")
-    assert stored.site == "rack\\x00\\u202e1"
-    assert stored.deployment.startswith("d" * 100)
+    assert stored.site == "rack-1"
+    assert stored.deployment.startswith("d\\x00\\u202e" + "d" * 80)
     assert len(stored.deployment) < 130
 
 

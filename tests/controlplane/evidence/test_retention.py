@@ -191,7 +191,7 @@ async def test_a_node_whose_clock_jumped_does_not_block_retention(
     evidence_plane: RunningControlPlane, node: tuple[Stream, Path], private_tmp: Path
 ) -> None:
     """Record times are the node's word. node-a's clock was far ahead (seqs 1-2 dated 2099,
-    kept in DEFAULT) and then stepped back to January. Its January records (seqs 3-4) were
+    stored at their receipt, today) and then stepped back to January. Its January records (seqs 3-4) were
     not its next prefix, so every prune was refused: no partition of any node or tenant was
     ever dropped again. A record is no older than the records after it in its chain, so the
     chain's statement covers its prefix up to its newest pruned seq, 1-4 (the compact range
@@ -235,6 +235,32 @@ async def test_a_node_whose_clock_jumped_does_not_block_retention(
     ) == [("node-a/0", 1), ("node-a/0", 2), ("node-a/0", 5), ("node-b/0", 3)]
     code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-05-01")
     assert code == 0, err
+
+
+async def test_a_record_dated_far_ahead_is_stored_at_its_receipt_not_kept_forever(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    """Partitioned by the node's word, a record dated 2099 went to the DEFAULT partition,
+    which retention never drops: kept forever, whatever the retention setting. It is stored
+    (partitioned, retained, found by time) at its receipt; its body keeps the node's time."""
+    stream, directory = node
+    now = datetime.now(UTC)
+    future = datetime(2099, 6, 1, tzinfo=UTC).timestamp()
+    soon = (now + timedelta(hours=1)).timestamp()  # a clock a little ahead keeps its time
+    lines = await write_at(directory, [future, soon])
+    assert (await stream.ship("node-a/0", lines)).head_seq == 2
+    rows = sql_rows(
+        evidence_plane.database_url,
+        "SELECT seq, ts, tableoid::regclass::text, body FROM evidence_records ORDER BY seq",
+    )
+    month = f"evidence_records_y{now.year:04d}m{now.month:02d}"
+    (seq1, ts1, where1, body1), (seq2, ts2, where2, _) = rows
+    assert (seq1, where1) == (1, month)
+    assert abs((ts1 - now).total_seconds()) < 60
+    assert json.loads(bytes(body1))["ts"] == future  # the record itself is unchanged
+    assert seq2 == 2
+    assert ts2.timestamp() == pytest.approx(soon, abs=1e-3)
+    assert where2.startswith("evidence_records_y")
 
 
 async def test_the_retention_timer_prunes_what_is_older_than_the_setting(

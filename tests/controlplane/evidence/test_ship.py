@@ -279,11 +279,13 @@ async def test_ingest_makes_the_months_partition_and_it_is_append_only_too(
         engine.dispose()
 
 
-async def test_records_dated_far_ahead_land_in_default_without_a_partition_per_month(
+async def test_records_dated_far_ahead_are_stored_at_receipt_without_a_partition_per_month(
     evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
 ) -> None:
     # ts is the node's word: a partition per month it names up to the year 9998 would let one
-    # node bloat the catalog every query on the records plans over.
+    # node bloat the catalog every query on the records plans over; DEFAULT, where they went
+    # next, is never dropped by retention. Dated past a day after receipt, they are stored
+    # at their receipt.
     stream, directory = node
     lines = await write_records(directory, "node-a", 4)
     records, prev = [], "0" * 64
@@ -299,10 +301,7 @@ async def test_records_dated_far_ahead_land_in_default_without_a_partition_per_m
     )
     now = datetime.fromtimestamp(records[3]["ts"], UTC)
     assert [tuple(r) for r in rows] == [
-        (1, "evidence_records_default"),
-        (2, "evidence_records_default"),
-        (3, "evidence_records_default"),
-        (4, f"evidence_records_y{now.year:04d}m{now.month:02d}"),
+        (seq, f"evidence_records_y{now.year:04d}m{now.month:02d}") for seq in (1, 2, 3, 4)
     ]
     made = sql_rows(
         evidence_plane.database_url,
@@ -316,7 +315,7 @@ async def test_a_record_of_a_month_already_in_the_default_partition_stays_there(
 ) -> None:
     stream, directory = node
     lines = await write_records(directory, "node-a", 2)
-    # A record of 2031-05 that reached DEFAULT before any 2031-05 partition existed (e.g. the
+    # A record of 2024-05 that reached DEFAULT before any 2024-05 partition existed (e.g. the
     # partition could not be made): the month stays in DEFAULT, nothing is refused.
     engine = sa.create_engine(evidence_plane.database_url, poolclass=sa.NullPool)
     try:
@@ -324,12 +323,12 @@ async def test_a_record_of_a_month_already_in_the_default_partition_stays_there(
             conn.exec_driver_sql(
                 "INSERT INTO evidence_records_default (chain_id, seq, ts, record_id, hash, prev_hash, node_id, "
                 "correlation_id, tenant_id, api_key_id, model, outcome, body) VALUES ('other/0', 1, "
-                "'2031-05-02T00:00:00Z', 'r', '\\x00', '\\x00', 'other', '', '', '', '', '', '\\x00')"
+                "'2024-05-02T00:00:00Z', 'r', '\\x00', '\\x00', 'other', '', '', '', '', '', '\\x00')"
             )
     finally:
         engine.dispose()
     future = [json.loads(line) for line in lines]
-    future[0] = {**future[0], "ts": datetime(2031, 5, 3, tzinfo=UTC).timestamp()}
+    future[0] = {**future[0], "ts": datetime(2024, 5, 3, tzinfo=UTC).timestamp()}
     future[0] = rehash(future[0])
     future[1] = rehash({**future[1], "prev_hash": future[0]["hash"]})
     ack = await stream.ship("node-a/0", [seal(r) for r in future])

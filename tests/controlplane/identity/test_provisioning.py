@@ -17,7 +17,7 @@ from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.identity import IdentityFiles, urn
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.controlplane.conftest import Admin
-from tests.fixtures.postgres import RunningControlPlane
+from tests.fixtures.postgres import RunningControlPlane, sql_rows
 
 
 async def _signalbox(*args: str) -> subprocess.CompletedProcess[str]:
@@ -156,6 +156,40 @@ async def test_bad_requests_are_refused_precisely_and_only_admins_certify(
                 timeout=10,
             )
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_certify_cannot_issue_for_another_key_while_a_certificate_is_in_force(
+    control_plane: RunningControlPlane, admin: Admin, private_tmp: Path
+) -> None:
+    # "victim" enrolled online; an admin certifying its id for another key (a typo, a copied
+    # command, a stolen admin token) would mint a second identity that ships into its chains.
+    await control_plane.enroll("victim", private_tmp / "victim", group="core")
+    await control_plane.ensure_group("vault", "air-gapped", "site-a")
+    other = IdentityFiles(private_tmp / "other").csr_pem("victim")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await admin.CertifyNode(admin_pb2.CertifyNodeRequest(node_id="victim", csr_pem=other, group="vault"))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    details = info.value.details() or ""
+    assert details.startswith(
+        "node_id: enrolled node 'victim' already exists: it holds a certificate in force for another key"
+    )
+    assert "signalbox admin node revoke" in details
+    issued = "SELECT node_group FROM node_certificates WHERE node_id = 'victim'"
+    assert [row[0] for row in sql_rows(control_plane.database_url, issued)] == ["core"]
+    audited = "SELECT result FROM audit_log WHERE method = 'CertifyNode' ORDER BY id"
+    assert [row[0] for row in sql_rows(control_plane.database_url, audited)] == ["ALREADY_EXISTS"]
+
+    # The node's own key may be certified again (moved to the air-gapped group).
+    own = IdentityFiles(private_tmp / "victim").csr_pem("victim")
+    await admin.CertifyNode(admin_pb2.CertifyNodeRequest(node_id="victim", csr_pem=own, group="vault"))
+    # Once revoked, the id is free for another key.
+    await admin.RevokeNode(admin_pb2.RevokeNodeRequest(node_id="victim"))
+    await admin.CertifyNode(admin_pb2.CertifyNodeRequest(node_id="victim", csr_pem=other, group="vault"))
+    assert [row[0] for row in sql_rows(control_plane.database_url, audited)] == [
+        "ALREADY_EXISTS",
+        "OK",
+        "OK",
+    ]
 
 
 async def test_install_checks_the_bundle_and_writes_nothing_when_it_is_wrong(

@@ -15,8 +15,9 @@ import grpc
 import pytest
 from cryptography import x509
 
-from dataplane.identity import IdentityFiles
+from dataplane.identity import IdentityFiles, urn
 from signalbox.api.admin.v1 import admin_pb2
+from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc, snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.tls import ClientTls, ServerTls, aio_channel
 from tests.controlplane.conftest import Admin, SyncNode
@@ -31,10 +32,21 @@ from tests.fixtures.postgres import (
 from tests.helpers import eventually
 
 TIMEOUT = 10.0
+CLOUD, ON_PREM, AIR_GAPPED = (
+    common_pb2.DEPLOYMENT_MODE_CLOUD,
+    common_pb2.DEPLOYMENT_MODE_ON_PREM,
+    common_pb2.DEPLOYMENT_MODE_AIR_GAPPED,
+)
 
 
 async def attempt_sync(
-    target: str, tls: ClientTls, node_id: str, node_group: str = ""
+    target: str,
+    tls: ClientTls,
+    node_id: str,
+    node_group: str = "",
+    *,
+    mode: common_pb2.DeploymentMode.ValueType = common_pb2.DEPLOYMENT_MODE_UNSPECIFIED,
+    site: str = "",
 ) -> tuple[list[sync_pb2.ServerMessage], grpc.StatusCode, str]:
     """Open a sync stream, say Hello, and take at most one message: (messages, status, details)."""
     hold = asyncio.Event()
@@ -42,7 +54,10 @@ async def attempt_sync(
     async def requests() -> AsyncIterator[sync_pb2.NodeMessage]:
         yield sync_pb2.NodeMessage(
             hello=sync_pb2.Hello(
-                node_id=node_id, software_version="t", scope=snapshot_pb2.Scope(node_group=node_group)
+                node_id=node_id,
+                software_version="t",
+                mode=mode,
+                scope=snapshot_pb2.Scope(node_group=node_group, site=site),
             )
         )
         await hold.wait()
@@ -148,6 +163,54 @@ async def test_the_certificate_decides_the_node_id_not_the_hello(
     assert received == []
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert details.startswith("hello.node_id:")
+
+
+async def test_the_certificate_decides_the_mode_and_site_not_the_hello(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    await control_plane.ensure_group("vault", "air-gapped", "site-a")
+    tls = await control_plane.enroll("vault-1", private_tmp / "vault-1", group="vault")
+    for mode, site, expected in (
+        (CLOUD, "", 'hello.mode: "cloud" is not the certificate\'s mode "air-gapped"'),
+        (AIR_GAPPED, "site-b", 'hello.scope.site: "site-b" is not the certificate\'s site "site-a"'),
+    ):
+        received, code, details = await attempt_sync(
+            control_plane.node_address, tls, "vault-1", mode=mode, site=site
+        )
+        assert (received, code, details) == ([], grpc.StatusCode.PERMISSION_DENIED, expected)
+    # Nothing was recorded for the refused Hellos.
+    recorded = "SELECT mode, scope FROM nodes WHERE node_id = 'vault-1'"
+    assert sql_rows(control_plane.database_url, recorded) == []
+
+    # A Hello that repeats the certificate, or leaves mode and site out, is served; what is
+    # recorded (and listed) is the certificate's mode and site either way.
+    for mode, site in ((AIR_GAPPED, "site-a"), (common_pb2.DEPLOYMENT_MODE_UNSPECIFIED, "")):
+        received, code, _ = await attempt_sync(
+            control_plane.node_address, tls, "vault-1", mode=mode, site=site
+        )
+        assert (code, len(received)) == (grpc.StatusCode.OK, 1)
+        assert [tuple(row) for row in sql_rows(control_plane.database_url, recorded)] == [
+            (AIR_GAPPED, {"site": "site-a"})
+        ]
+
+
+async def test_renewal_issues_from_the_groups_current_mode_and_site(
+    control_plane: RunningControlPlane, admin: Admin, private_tmp: Path
+) -> None:
+    tls = await control_plane.enroll("mover-1", private_tmp / "mover-1", group="edge")
+    await admin.UpdateNodeGroup(admin_pb2.UpdateNodeGroupRequest(name="edge", mode=ON_PREM, site="dc-2"))
+    async with aio_channel(control_plane.node_address, tls) as channel:
+        renewed = await identity_pb2_grpc.NodeIdentityServiceStub(channel).Renew(
+            identity_pb2.RenewRequest(csr_pem=IdentityFiles(private_tmp / "mover-1").csr_pem("mover-1")),
+            timeout=TIMEOUT,
+        )
+    cert = x509.load_pem_x509_certificate(renewed.certificate_pem.encode())
+    uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier
+    )
+    assert uris == [urn("node", "mover-1"), urn("group", "edge"), urn("mode", "on-prem"), urn("site", "dc-2")]
+    recorded = f"SELECT mode, site FROM node_certificates WHERE serial = '{format(cert.serial_number, 'x')}'"
+    assert [tuple(row) for row in sql_rows(control_plane.database_url, recorded)] == [("on-prem", "dc-2")]
 
 
 async def test_the_node_port_serves_only_nodes_and_the_admin_port_no_sync(
