@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -115,6 +115,10 @@ class SnapshotBroker:
         self.on_revoked: list[Callable[[str], None]] = []
         """Called with a node id whose certificates were revoked (on every replica): other
         node-port streams of that node (evidence shipping) end too."""
+        self.on_database: list[Callable[[bool], Awaitable[None]]] = []
+        """Awaited with False when the listening connection is lost (the database is
+        unreachable: restarted, down, cut off) and with True each time LISTEN is active
+        again (and at the first start): the control plane's health follows it."""
 
     def latest_for(self, group: str) -> Latest | None:
         """``group``'s newest snapshot as last loaded (None: it has none)."""
@@ -306,6 +310,7 @@ class SnapshotBroker:
                             self.revoked(node_id)
                         lost_at = None
                     self._listening.set()
+                    await self._database_reachable(True)
                     async for notify in conn.notifies():
                         if notify.channel == identity_repo.REVOKE_CHANNEL:
                             self.revoked(notify.payload)
@@ -314,6 +319,15 @@ class SnapshotBroker:
             except psycopg.OperationalError as exc:
                 if lost_at is None:
                     lost_at = datetime.now(UTC)
+                    await self._database_reachable(False)
                 self._listening.set()
                 log.warning("snapshot listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(self._reconnect_backoff)
+
+    async def _database_reachable(self, reachable: bool) -> None:
+        for callback in self.on_database:
+            try:
+                await callback(reachable)
+            except Exception:
+                # Listening goes on (and keeps snapshots and revocations flowing) whatever it does.
+                log.exception("a callback on the database's reachability failed")
