@@ -79,6 +79,9 @@ class Subscription:
 
 CLOSED = object()
 REVOKED = object()
+RELOAD_RETRY_FIRST = 0.2
+RELOAD_RETRY_CAP = 5.0
+"""Seconds between attempts to reload a change the database did not let be read (doubling)."""
 LOST_NOTICE_MARGIN = timedelta(minutes=10)
 """How long before its listening connection was seen lost a replica looks back for
 revocations it may have missed: the connection may have died unnoticed a while before, and
@@ -239,10 +242,22 @@ class SnapshotBroker:
             self._pending = asyncio.create_task(self._debounced_refresh(), name="snapshot-refresh")
 
     async def _debounced_refresh(self) -> None:
+        delay = self.debounce
         while self._dirty:
             self._dirty = False
-            await asyncio.sleep(self.debounce)
-            await self.refresh()
+            await asyncio.sleep(delay)
+            try:
+                await self.refresh()
+            except Exception as exc:
+                # The database refused the reload (restarted, out of connections, a pooled
+                # connection gone) while the listening connection lives on: nothing would
+                # reload until the next change, and this replica's nodes would run the old
+                # config meanwhile. Try again, backing off, until it is read.
+                self._dirty = True
+                delay = min(max(delay * 2, RELOAD_RETRY_FIRST), RELOAD_RETRY_CAP)
+                log.warning("could not reload the newest snapshots (%s); retrying in %.1fs", exc, delay)
+            else:
+                delay = self.debounce
 
     async def refresh(self) -> None:
         """Reload every group's newest envelope; wake the subscribers of each group whose
