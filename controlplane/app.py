@@ -273,6 +273,7 @@ class ControlPlane:
             sessions,
             self._verify_checkpoint_signature,
             workers=s.evidence_workers,
+            lock_timeout=s.evidence_lock_timeout,
             partitions=partitions,
             keyring=self.keyring,
         )
