@@ -38,8 +38,10 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 from google.protobuf.message import DecodeError
+from psycopg.conninfo import make_conninfo
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controlplane.db.session import connect_options
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import identity as identity_repo
 from controlplane.repositories import snapshots as snapshot_repo
@@ -310,7 +312,8 @@ class SnapshotBroker:
         """When the listening connection was lost (None: it was not, or the loss is caught up)."""
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self._listen_url, autocommit=True) as conn:
+                conninfo = make_conninfo(self._listen_url, **connect_options(self._listen_url))
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await snapshot_repo.listen(conn)
                     await identity_repo.listen(conn)
                     if self._listening.is_set():
