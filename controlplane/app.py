@@ -159,6 +159,9 @@ class ControlPlane:
         self._key_file_tasks: set[asyncio.Task[None]] = set()
         self._interceptor: AdminInterceptor | None = None
         self._enroll_refusals: UnauthenticatedAuditLimit | None = None
+        self._served: list[str] = []
+        """The services grpc health reports on (all of them NOT_SERVING while the database
+        is unreachable)."""
 
     @property
     def data_dir(self) -> Path:
@@ -270,6 +273,7 @@ class ControlPlane:
             sessions,
             self._verify_checkpoint_signature,
             workers=s.evidence_workers,
+            lock_timeout=s.evidence_lock_timeout,
             partitions=partitions,
             keyring=self.keyring,
         )
@@ -368,7 +372,7 @@ class ControlPlane:
                     name="evidence-retention",
                 )
             )
-        for service in (
+        self._served = [
             "",
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
             sync_pb2.DESCRIPTOR.services_by_name["ConfigSyncService"].full_name,
@@ -380,8 +384,10 @@ class ControlPlane:
                 if self.evidence
                 else []
             ),
-        ):
+        ]
+        for service in self._served:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.broker.on_database.append(self._database_reachable)
         log.info(
             "control plane serving on %s (%s, signing key %s), nodes on %s (%s)",
             self.address,
@@ -390,6 +396,21 @@ class ControlPlane:
             self.node_address,
             "PLAINTEXT" if s.tls.insecure else "mutual TLS",
         )
+
+    async def _database_reachable(self, reachable: bool) -> None:
+        """Health follows the database: NOT_SERVING while it cannot be reached, so probes and
+        load balancers send admins and nodes to a replica that can serve them meanwhile."""
+        if reachable:
+            log.info("the database is reachable again: serving")
+        else:
+            log.warning("the database is unreachable: health says NOT_SERVING until it is back")
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if reachable
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in self._served:
+            await self._health.set(service, status)
 
     def _add_node_port(self, server: grpc.aio.Server) -> int:
         s = self.settings

@@ -14,10 +14,15 @@ labels (a fleet can be large: ``admin node list`` names them).
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from controlplane.db.failures import database_status
 from controlplane.services.nodes import NodeService
 from signalbox.metrics_http import MetricsEndpoint
+
+log = logging.getLogger(__name__)
 
 
 class ControlPlaneMetrics:
@@ -63,11 +68,30 @@ class ControlPlaneMetrics:
             ["group"],
             registry=r,
         )
+        self._database_up = Gauge(
+            "signalbox_database_up",
+            "1 when the fleet gauges were read from the database for this scrape; 0 when it "
+            "could not be reached (they are left out, the counters are served).",
+            registry=r,
+        )
         self.endpoint = MetricsEndpoint(r, self.refresh)
 
     async def refresh(self) -> None:
-        """The fleet gauges, read now (before each scrape)."""
-        nodes, newest, now = await self._nodes.fleet()
+        """The fleet gauges, read now (before each scrape). With the database unreachable the
+        scrape still answers: the counters are what an operator needs most then."""
+        try:
+            nodes, newest, now = await self._nodes.fleet()
+        except Exception as exc:
+            if database_status(exc) is None:
+                raise
+            log.warning("metrics: the fleet could not be read from the database (%s)", exc)
+            self._database_up.set(0)
+            # Unknown now: left out rather than shown with values that may be stale.
+            self._nodes_gauge.clear()
+            self._lag.clear()
+            self._behind.clear()
+            return
+        self._database_up.set(1)
         counts: dict[tuple[str, str], int] = {}
         lag: dict[str, int] = {group: 0 for group in newest}
         behind: dict[str, int] = {group: 0 for group in newest}

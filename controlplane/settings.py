@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from controlplane.connections import AGE_GRACE_S, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_AGE_S
+from controlplane.evidence.ingest import DEFAULT_LOCK_TIMEOUT
 from controlplane.evidence.queries import DEFAULT_STALE_AFTER
 from controlplane.quota import DEFAULT_BURST_SECONDS
 from signalbox.api.config.v1 import snapshot_pb2
@@ -70,6 +71,9 @@ class ControlPlaneSettings:
     """Seconds of that window."""
     evidence_workers: int = 1
     """Processes that parse and hash large shipped evidence batches (0: on the event loop)."""
+    evidence_lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    """Seconds a shipped batch waits for a lock (its chain's row, held by another session)
+    before it is refused UNAVAILABLE and resent by the node."""
     max_export_records: int = 1_000_000
     """The most records one Evidence Pack may hold; a larger export is refused (RESOURCE_EXHAUSTED)."""
     evidence_stale_after: float = DEFAULT_STALE_AFTER

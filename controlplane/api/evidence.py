@@ -27,6 +27,7 @@ import grpc
 
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import bounded, status_for
+from controlplane.db.failures import database_status
 from controlplane.errors import ControlPlaneError, PermissionDenied, StreamSuperseded, Unauthenticated
 from controlplane.evidence.errors import EvidenceRefused
 from controlplane.evidence.ingest import CHAIN_ID_RE, Batch, EvidenceIngest
@@ -192,11 +193,16 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
             await context.abort(code, message)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
-        except Exception:
+        except Exception as exc:
             # The database went away, or a bug: nothing of the batch was acknowledged, so the
             # node resends it. The cause is for operators, not for the node.
-            log.exception("evidence from %s could not be stored", node_id or context.peer())
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "evidence could not be stored now; resend")
+            mapped = database_status(exc)
+            if mapped is None:
+                log.exception("evidence from %s could not be stored", node_id or context.peer())
+                mapped = (grpc.StatusCode.UNAVAILABLE, "evidence could not be stored now; resend")
+            else:
+                log.warning("evidence from %s could not be stored: %s", node_id or context.peer(), exc)
+            await context.abort(*mapped)
         finally:
             open_here = self._streams.get(node_id)
             if open_here is not None:

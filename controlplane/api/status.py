@@ -3,6 +3,9 @@
 Every message leaves bounded: control characters escaped (a message is one line a
 terminal shows as it is) and at most ``MESSAGE_BYTES`` of UTF-8. Values a caller sent
 are clipped where a message quotes them (``controlplane.errors.shown``).
+
+The database failing under a call is UNAVAILABLE (or ABORTED), with a message of ours
+(``controlplane.db.failures``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import re
 
 import grpc
 
+from controlplane.db.failures import database_status
 from signalbox.errors import Error
 
 MESSAGE_BYTES = 1024
@@ -44,4 +48,4 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
             if code is None:
                 return exc.status, bounded(exc.message)  # type: ignore[attr-defined]
             return code, bounded(str(exc))
-    return None
+    return database_status(exc)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -28,7 +28,6 @@ from controlplane.api.convert import mode_proto
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import status_for
 from controlplane.api_key_hash import ApiKeyHasher, LiveHashKeys
-from controlplane.errors import ControlPlaneError
 from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS, INT64_MAX
 from controlplane.services.groups import GROUP_NAME_RE
 from controlplane.services.identity import NodeIdentity
@@ -90,6 +89,19 @@ if TYPE_CHECKING:
     from controlplane.metrics import ControlPlaneMetrics
 
 log = logging.getLogger(__name__)
+
+
+async def _refuse(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+    """End the stream with ``exc``'s status (``controlplane.api.status``): the database gone
+    is UNAVAILABLE, so the node reconnects with backoff; the driver's text stays in the log."""
+    mapped = status_for(exc)
+    if mapped is None:
+        log.error("config sync with %s failed", context.peer(), exc_info=exc)
+        mapped = (grpc.StatusCode.INTERNAL, "internal error")
+    else:
+        log.warning("sync refused to %s: %s", context.peer(), mapped[1])
+    await context.abort(*mapped)
+    raise AssertionError("abort raises")  # pragma: no cover
 
 
 def _group_of(identity: NodeIdentity) -> str:
@@ -224,10 +236,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
     ) -> AsyncIterator[sync_pb2.ServerMessage]:
         try:
             certified = await self._auth.authenticate(context)
-        except ControlPlaneError as exc:
-            code, message = status_for(exc) or (grpc.StatusCode.UNAUTHENTICATED, "node not authenticated")
-            log.warning("sync refused to %s: %s", context.peer(), message)
-            await context.abort(code, message)
+        except Exception as exc:
+            await _refuse(context, exc)
         try:
             async with asyncio.timeout(self._hello_timeout):  # not wait_for: it can lose a cancel on 3.11
                 first = await anext(aiter(request_iterator))
@@ -271,6 +281,61 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 f"hello.scope.node_group: must be 1..{GROUP_NAME_CHARS} characters of a-z, 0-9 and '-' "
                 f"(got {printable(group, 80)!r})",
             )
+        try:
+            state, sub = await self._open(context, hello, identity, group, certified)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await _refuse(context, exc)
+        self.streams[node_id] = self.streams.get(node_id, 0) + 1
+        self._states[sub] = state
+        inboxes = self._inboxes.setdefault(node_id, [])
+        inboxes.append(sub)
+        if len(inboxes) > MAX_STREAMS_PER_NODE:
+            inboxes.pop(0).queue.put_nowait(SUPERSEDED)
+        reader = asyncio.create_task(self._read(request_iterator, state, sub), name=f"sync-read-{node_id}")
+        log.info("node %s of group %s connected (applied v%d)", printable(node_id), group, state.applied)
+        try:
+            async with contextlib.aclosing(self._stream(context, state, sub, identity)) as messages:
+                async for message in messages:
+                    yield message
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            # E.g. the database went away while the hash keys were read: the node reconnects.
+            await _refuse(context, exc)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._broker.unsubscribe(sub)
+            self._states.pop(sub, None)
+            inboxes = self._inboxes.get(node_id, [])
+            if sub in inboxes:
+                inboxes.remove(sub)
+            if not inboxes:
+                self._inboxes.pop(node_id, None)
+            self.streams[node_id] -= 1
+            if not self.streams[node_id]:
+                del self.streams[node_id]
+                # A task, not an await: the stream may be ending because it was cancelled,
+                # and the node must still be marked disconnected. ``drain`` waits for it.
+                task = asyncio.create_task(self._nodes.disconnected(node_id))
+                self._bookkeeping.add(task)
+                task.add_done_callback(self._bookkeeping.discard)
+            log.info("node %s disconnected", printable(node_id))
+
+    async def _open(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        hello: sync_pb2.Hello,
+        identity: NodeIdentity,
+        group: str,
+        certified: NodeIdentity | None,
+    ) -> tuple[_StreamState, Subscription]:
+        """Record the node and subscribe its stream (the database's part of a stream's start);
+        ``certified``: the peer certificate's identity (None: an insecure node port)."""
+        node_id = hello.node_id
         if not await self._nodes.group_exists(group):
             # Before the node is recorded and before any snapshot byte is sent.
             await context.abort(
@@ -304,73 +369,57 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         if hello.HasField("delivery_failure") and hello.delivery_failure.reason:
             await self._delivery_failed(state, hello.delivery_failure)
         sub = self._broker.subscribe(node_id, group)
-        if await self._auth.revoked_since(identity):
-            # Revoked between the check above and the subscription: its NOTIFY found no stream.
-            sub.queue.put_nowait(REVOKED)
-        self.streams[node_id] = self.streams.get(node_id, 0) + 1
-        self._states[sub] = state
-        inboxes = self._inboxes.setdefault(node_id, [])
-        inboxes.append(sub)
-        if len(inboxes) > MAX_STREAMS_PER_NODE:
-            inboxes.pop(0).queue.put_nowait(SUPERSEDED)
-        reader = asyncio.create_task(self._read(request_iterator, state, sub), name=f"sync-read-{node_id}")
-        log.info("node %s of group %s connected (applied v%d)", printable(node_id), group, state.applied)
         try:
-            sub.queue.put_nowait(None)  # look at the newest snapshot right away
-            while True:
-                item = await self._next(sub, identity)
-                if item is CLOSED:
-                    break
-                if item is SUPERSEDED:
-                    await context.abort(
-                        grpc.StatusCode.ABORTED,
-                        f"node {node_id}: superseded by a newer sync stream "
-                        f"(at most {MAX_STREAMS_PER_NODE} per node)",
-                    )
-                if isinstance(item, _Invalid):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.message)
-                if item is EXPIRED:
-                    await context.abort(
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        f"node {node_id}: certificate expired; reconnect with a renewed one",
-                    )
-                if item is REVOKED:
-                    log.warning("node %s revoked: ending its stream", printable(node_id))
-                    await context.abort(
-                        grpc.StatusCode.PERMISSION_DENIED, f"node {node_id}: certificate revoked"
-                    )
-                if isinstance(item, snapshot_pb2.SignedEnvelope):
-                    keys = await self._live_keys(group)
-                    yield self._message(sync_pb2.ServerMessage(envelope=item), keys)
-                    continue
-                if isinstance(item, sync_pb2.SnapshotDelta):
-                    keys = await self._live_keys(group)
-                    yield self._message(sync_pb2.ServerMessage(delta=item), keys)
-                    continue
-                due = self._due(state)
-                keys = await self._live_keys(group) if due else ()
-                for outgoing in due:
-                    yield self._message(outgoing, keys)
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            if await self._auth.revoked_since(identity):
+                # Revoked between the check above and the subscription: its NOTIFY found no stream.
+                sub.queue.put_nowait(REVOKED)
+        except BaseException:
             self._broker.unsubscribe(sub)
-            self._states.pop(sub, None)
-            inboxes = self._inboxes.get(node_id, [])
-            if sub in inboxes:
-                inboxes.remove(sub)
-            if not inboxes:
-                self._inboxes.pop(node_id, None)
-            self.streams[node_id] -= 1
-            if not self.streams[node_id]:
-                del self.streams[node_id]
-                # A task, not an await: the stream may be ending because it was cancelled,
-                # and the node must still be marked disconnected. ``drain`` waits for it.
-                task = asyncio.create_task(self._nodes.disconnected(node_id))
-                self._bookkeeping.add(task)
-                task.add_done_callback(self._bookkeeping.discard)
-            log.info("node %s disconnected", printable(node_id))
+            raise
+        return state, sub
+
+    async def _stream(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        state: _StreamState,
+        sub: Subscription,
+        identity: NodeIdentity,
+    ) -> AsyncGenerator[sync_pb2.ServerMessage]:
+        """What the stream sends until it ends: each newer snapshot of its group."""
+        node_id, group = state.node_id, state.group
+        sub.queue.put_nowait(None)  # look at the newest snapshot right away
+        while True:
+            item = await self._next(sub, identity)
+            if item is CLOSED:
+                break
+            if item is SUPERSEDED:
+                await context.abort(
+                    grpc.StatusCode.ABORTED,
+                    f"node {node_id}: superseded by a newer sync stream "
+                    f"(at most {MAX_STREAMS_PER_NODE} per node)",
+                )
+            if isinstance(item, _Invalid):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.message)
+            if item is EXPIRED:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"node {node_id}: certificate expired; reconnect with a renewed one",
+                )
+            if item is REVOKED:
+                log.warning("node %s revoked: ending its stream", printable(node_id))
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"node {node_id}: certificate revoked")
+            if isinstance(item, snapshot_pb2.SignedEnvelope):
+                keys = await self._live_keys(group)
+                yield self._message(sync_pb2.ServerMessage(envelope=item), keys)
+                continue
+            if isinstance(item, sync_pb2.SnapshotDelta):
+                keys = await self._live_keys(group)
+                yield self._message(sync_pb2.ServerMessage(delta=item), keys)
+                continue
+            due = self._due(state)
+            keys = await self._live_keys(group) if due else ()
+            for outgoing in due:
+                yield self._message(outgoing, keys)
 
     async def _check_claims(
         self,

@@ -26,9 +26,27 @@ def normalize_url(url: str) -> str:
     raise ValueError("database URL: must be a postgresql:// URL")
 
 
+CONNECT_TIMEOUT = 10
+"""Seconds a new database connection may take to be made (libpq ``connect_timeout``) unless
+the URL names its own: without one, a database host that drops packets (cut off, failed
+over, a firewall) held every call that needed a new connection for as long as the
+operating system retries a TCP connect, minutes, instead of refusing it UNAVAILABLE."""
+
+
+def connect_options(url: str) -> dict[str, int]:
+    """Connection keywords for ``url``: ``CONNECT_TIMEOUT`` unless the URL sets one."""
+    query = url.partition("?")[2]
+    named = {part.partition("=")[0] for part in query.split("&") if part}
+    return {} if "connect_timeout" in named else {"connect_timeout": CONNECT_TIMEOUT}
+
+
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine; connections are checked before use so a restarted server is survived."""
-    return create_async_engine(normalize_url(url), pool_pre_ping=True, pool_size=10, max_overflow=10)
+    """An async engine; connections are checked before use so a restarted server is survived,
+    and a new one that cannot be made in ``CONNECT_TIMEOUT`` seconds fails rather than waits."""
+    url = normalize_url(url)
+    return create_async_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_options(url)
+    )
 
 
 def session_factory(engine: AsyncEngine) -> SessionFactory:

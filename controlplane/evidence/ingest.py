@@ -65,6 +65,11 @@ MAX_BATCH_RECORDS = 10_000
 POOL_MIN_LINES = 256
 """Smaller batches are parsed on the event loop: a round trip to a worker costs more."""
 MAX_CHECKPOINTS = 16
+DEFAULT_LOCK_TIMEOUT = 10.0
+"""Seconds a batch's transaction waits for a lock before it gives up (UNAVAILABLE, resent):
+a session that holds a chain's row (an operator's transaction left open, a stuck replica)
+would otherwise hold the batch, its stream and a pooled connection until the node's ACK
+timeout, each resend taking another connection, until the control plane has none left."""
 PARTITION_ATTEMPTS = 3
 """Transactions a batch may take when retention keeps dropping a past month it needs."""
 _CHAIN_COLUMNS = (
@@ -133,17 +138,20 @@ class EvidenceIngest:
         partitions: Partitions | None = None,
         keyring: Keyring | None = None,
         host_clock: Callable[[], datetime] = utc_now,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         """``workers``: processes that parse and hash large batches (0: on the event loop);
         ``partitions``: shared with retention, which drops them (one of its own by default);
         ``keyring``: whose active key cosigns the checkpoints stored (None: stored as the
         node signed them, as a control plane before witnessing did); ``host_clock``: this
-        host's, only compared with the database's, which dates the cosignatures."""
+        host's, only compared with the database's, which dates the cosignatures;
+        ``lock_timeout``: seconds a batch waits for its chain's row lock before it is refused."""
         self._keyring = keyring
         self._host_clock = host_clock
         self._sessions = sessions
         self._verify_signature = verify_checkpoint_signature
         self._workers = workers
+        self._lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
         self._pool: ProcessPoolExecutor | None = None
         self.partitions = partitions if partitions is not None else Partitions(sessions)
 
@@ -197,6 +205,9 @@ class EvidenceIngest:
         """The batch's one transaction: the chain walked, records copied, checkpoints stored
         (``times``: the records' months whose partitions must be held, ``Partitions.hold``)."""
         async with self._sessions() as session, session.begin():
+            await session.execute(
+                sa.text("SELECT set_config('lock_timeout', :t, true)"), {"t": self._lock_timeout}
+            )
             await self.partitions.hold(session, times)
             chain = await self._lock_chain(session, chain_id, node_id, serial)
             if serial and not chain.certified:

@@ -32,14 +32,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 from google.protobuf.message import DecodeError
+from psycopg.conninfo import make_conninfo
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controlplane.db.session import connect_options
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import identity as identity_repo
 from controlplane.repositories import snapshots as snapshot_repo
@@ -79,6 +81,9 @@ class Subscription:
 
 CLOSED = object()
 REVOKED = object()
+RELOAD_RETRY_FIRST = 0.2
+RELOAD_RETRY_CAP = 5.0
+"""Seconds between attempts to reload a change the database did not let be read (doubling)."""
 LOST_NOTICE_MARGIN = timedelta(minutes=10)
 """How long before its listening connection was seen lost a replica looks back for
 revocations it may have missed: the connection may have died unnoticed a while before, and
@@ -115,6 +120,10 @@ class SnapshotBroker:
         self.on_revoked: list[Callable[[str], None]] = []
         """Called with a node id whose certificates were revoked (on every replica): other
         node-port streams of that node (evidence shipping) end too."""
+        self.on_database: list[Callable[[bool], Awaitable[None]]] = []
+        """Awaited with False when the listening connection is lost (the database is
+        unreachable: restarted, down, cut off) and with True each time LISTEN is active
+        again (and at the first start): the control plane's health follows it."""
 
     def latest_for(self, group: str) -> Latest | None:
         """``group``'s newest snapshot as last loaded (None: it has none)."""
@@ -235,10 +244,22 @@ class SnapshotBroker:
             self._pending = asyncio.create_task(self._debounced_refresh(), name="snapshot-refresh")
 
     async def _debounced_refresh(self) -> None:
+        delay = self.debounce
         while self._dirty:
             self._dirty = False
-            await asyncio.sleep(self.debounce)
-            await self.refresh()
+            await asyncio.sleep(delay)
+            try:
+                await self.refresh()
+            except Exception as exc:
+                # The database refused the reload (restarted, out of connections, a pooled
+                # connection gone) while the listening connection lives on: nothing would
+                # reload until the next change, and this replica's nodes would run the old
+                # config meanwhile. Try again, backing off, until it is read.
+                self._dirty = True
+                delay = min(max(delay * 2, RELOAD_RETRY_FIRST), RELOAD_RETRY_CAP)
+                log.warning("could not reload the newest snapshots (%s); retrying in %.1fs", exc, delay)
+            else:
+                delay = self.debounce
 
     async def refresh(self) -> None:
         """Reload every group's newest envelope; wake the subscribers of each group whose
@@ -291,7 +312,8 @@ class SnapshotBroker:
         """When the listening connection was lost (None: it was not, or the loss is caught up)."""
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self._listen_url, autocommit=True) as conn:
+                conninfo = make_conninfo(self._listen_url, **connect_options(self._listen_url))
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await snapshot_repo.listen(conn)
                     await identity_repo.listen(conn)
                     if self._listening.is_set():
@@ -306,6 +328,7 @@ class SnapshotBroker:
                             self.revoked(node_id)
                         lost_at = None
                     self._listening.set()
+                    await self._database_reachable(True)
                     async for notify in conn.notifies():
                         if notify.channel == identity_repo.REVOKE_CHANNEL:
                             self.revoked(notify.payload)
@@ -314,6 +337,15 @@ class SnapshotBroker:
             except psycopg.OperationalError as exc:
                 if lost_at is None:
                     lost_at = datetime.now(UTC)
+                    await self._database_reachable(False)
                 self._listening.set()
                 log.warning("snapshot listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(self._reconnect_backoff)
+
+    async def _database_reachable(self, reachable: bool) -> None:
+        for callback in self.on_database:
+            try:
+                await callback(reachable)
+            except Exception:
+                # Listening goes on (and keeps snapshots and revocations flowing) whatever it does.
+                log.exception("a callback on the database's reachability failed")
