@@ -116,7 +116,8 @@ async def test_a_node_nacking_many_versions_holds_a_bounded_set_on_its_stream(
     async def last_nack() -> bool:
         return (await _node(admin, "node-nacks")).last_nack_version == real
 
-    await eventually(last_nack, message="the last NACK recorded")
+    # 193 NACKs, a transaction each, in order: under a loaded machine well past 10 s.
+    await eventually(last_nack, timeout=60, message="the last NACK recorded")
     assert control_plane.cp.sync is not None
     assert control_plane.cp.sync.refusals_held("node-nacks") == [1]
     # The real refusal is kept: the next change is sent, the refused version is not.
