@@ -81,6 +81,21 @@ A key OpenAI defines for only some roles is ignored in the others, as before."""
 _MESSAGE_UNSUPPORTED = frozenset({"audio", "function_call"})
 """A message's fields that this door does not implement (the request's ``audio`` and
 ``functions`` neither): null is taken, as an answer's message holds them."""
+_CACHE_BREAKPOINT = frozenset({"prompt_cache_breakpoint"})
+_PART_FIELDS = {
+    "text": (frozenset({"type", "text"}), _CACHE_BREAKPOINT),
+    "refusal": (frozenset({"type", "refusal"}), frozenset()),
+    "image_url": (frozenset({"type", "image_url"}), _CACHE_BREAKPOINT),
+}
+"""What a content part of each type may hold (OpenAI's ``ChatCompletionContentPart*``), and
+what of it this door does not implement, null taken: ``prompt_cache_breakpoint``, as the
+request's ``prompt_cache_options``."""
+_IMAGE_FIELDS = frozenset({"url", "detail"})
+_CALL_FIELDS = frozenset({"id", "type", "function"})
+_CALL_UNSUPPORTED = frozenset({"custom"})
+"""A tool call's fields this door does not implement: a custom tool's call (no tool here is
+one)."""
+_CALLED_FIELDS = frozenset({"name", "arguments"})
 _EMBED_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user", "metadata"})
 _ROLES = {r.value: r for r in Role}
 _DATA_CLASSES = {c.name.lower(): c for c in DataClass if c is not DataClass.UNSPECIFIED}
@@ -220,6 +235,7 @@ def _known_fields(
 
 def _image(part: dict[str, Any], field: str) -> ImagePart:
     image = _object(part.get("image_url"), f"{field}.image_url")
+    _known_fields(image, _IMAGE_FIELDS, where=f"{field}.image_url.")
     url = _str(image.get("url"), f"{field}.image_url.url")
     return image_from_url(url, image.get("detail") or "", f"{field}.image_url")
 
@@ -236,6 +252,9 @@ def _content(value: Any, field: str, *, images: bool, refusals: bool = False) ->
         where = f"{field}[{i}]"
         part = _object(part, where)
         kind = part.get("type")
+        if type(kind) is str and kind in _PART_FIELDS:
+            # Ignored, any key rode along unread (a provider's cache_control among them).
+            _known_fields(part, *_PART_FIELDS[kind], f"{where}.")
         if kind == "text":
             parts.append(TextPart(_str(part.get("text"), f"{where}.text")))
         elif kind == "refusal" and refusals:
@@ -255,9 +274,11 @@ def _tool_calls(value: Any, field: str) -> tuple[ToolCall, ...]:
     for i, call in enumerate(_list(value, field)):
         where = f"{field}[{i}]"
         call = _object(call, where)
+        _known_fields(call, _CALL_FIELDS, _CALL_UNSUPPORTED, f"{where}.")
         if call.get("type", "function") != "function":
             raise InvalidRequest(f"{where}.type", "must be function")
         function = _object(call.get("function"), f"{where}.function")
+        _known_fields(function, _CALLED_FIELDS, where=f"{where}.function.")
         name = _str(function.get("name"), f"{where}.function.name")
         if not name:
             raise InvalidRequest(f"{where}.function.name", "must not be empty")
