@@ -14,11 +14,15 @@ from openai.types.chat import (
     ChatCompletionAssistantMessageParam,
     ChatCompletionContentPartImageParam,
     ChatCompletionContentPartTextParam,
+    ChatCompletionFunctionToolParam,
     ChatCompletionMessageFunctionToolCallParam,
     ChatCompletionMessageParam,
+    ChatCompletionNamedToolChoiceParam,
+    ChatCompletionStreamOptionsParam,
     ChatCompletionToolMessageParam,
     ChatCompletionUserMessageParam,
 )
+from openai.types.shared_params import ResponseFormatJSONSchema
 
 from signalbox.api.common.v1 import common_pb2
 from tests.dataplane.conftest import API_KEY, NodeFactory, envelope, snapshot
@@ -108,3 +112,64 @@ async def test_keys_inside_a_messages_parts_and_tool_calls_are_taken_or_refused_
         model="sim-fast", messages=user({**text, "prompt_cache_breakpoint": None})
     )
     assert nulled.choices[0].message.content
+
+
+async def test_keys_inside_tools_tool_choice_response_format_and_stream_options_are_checked(
+    sdk: openai.AsyncOpenAI, simulator: Any
+) -> None:
+    # Unknown keys inside tools and their function, a tool_choice object, response_format
+    # and its json_schema, and stream_options were ignored: a misspelt "parameter" sent a
+    # tool with no parameters, a misspelt "schema_" no schema, and any JSON rode along.
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tool: ChatCompletionFunctionToolParam = {
+        "type": "function",
+        "function": {"name": "weather", "description": "today's", "parameters": schema, "strict": True},
+    }
+    bare: ChatCompletionFunctionToolParam = {"type": "function", "function": {"name": "bare"}}
+    choice: ChatCompletionNamedToolChoiceParam = {"type": "function", "function": {"name": "weather"}}
+    fmt: ResponseFormatJSONSchema = {
+        "type": "json_schema",
+        "json_schema": {"name": "city", "description": "a city", "schema": schema, "strict": True},
+    }
+    options: ChatCompletionStreamOptionsParam = {"include_usage": True, "include_obfuscation": False}
+    chunks = await sdk.chat.completions.create(
+        model="sim-fast", messages=[HI], tools=[tool, bare], tool_choice=choice, stream=True,
+        stream_options=options,
+    )  # fmt: skip
+    assert [c async for c in chunks][-1].usage is not None
+    sent = simulator.stats("sim-fast").last_request
+    assert sent["tools"][0]["function"]["parameters"] == schema
+    assert sent["tool_choice"] == choice
+    served = await sdk.chat.completions.create(model="sim-fast", messages=[HI], response_format=fmt)
+    assert served.choices[0].message.content
+    assert simulator.stats("sim-fast").last_request["response_format"]["json_schema"]["schema"] == schema
+
+    function = tool["function"]
+    spec = fmt["json_schema"]
+    cases = [
+        ({"tools": [bare, {**tool, "cache_control": {}}]}, "tools[1].cache_control", "unrecognized request argument"),
+        ({"tools": [{**tool, "function": {**function, "parameter": {}}}]}, "tools[0].function.parameter",
+         "unrecognized"),
+        ({"tools": [{**tool, "\x00" * 10_000: 1}]}, "tools[0]." + repr("\x00" * 64) + "...", "unrecognized"),
+        ({"tools": [{"type": "custom", "custom": {"name": "g"}}]}, "tools[0].custom", "is not supported by Signalbox"),
+        ({"tools": [tool], "tool_choice": {**choice, "name": "weather"}}, "tool_choice.name", "unrecognized"),
+        ({"tools": [tool], "tool_choice": {**choice, "function": {"name": "weather", "strict": True}}},
+         "tool_choice.function.strict", "unrecognized"),
+        ({"tools": [tool], "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}},
+         "tool_choice.allowed_tools", "is not supported by Signalbox"),
+        ({"tools": [tool], "tool_choice": {"type": "custom", "custom": {"name": "g"}}}, "tool_choice.custom",
+         "is not supported by Signalbox"),
+        ({"response_format": {**fmt, "strict": True}}, "response_format.strict", "unrecognized"),
+        ({"response_format": {**fmt, "json_schema": {**spec, "schema_": {}}}}, "response_format.json_schema.schema_",
+         "unrecognized"),
+        ({"response_format": {**fmt, "json_schema": {**spec, "description": 5}}},
+         "response_format.json_schema.description", "must be a string"),
+        ({"response_format": {"type": "json_object", "json_schema": spec}}, "response_format.json_schema",
+         "only allowed when type is json_schema"),
+        ({"stream": True, "stream_options": {"include_usage": True, "usage": True}}, "stream_options.usage",
+         "unrecognized"),
+        ({"stream": True, "stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation",
+         "is not supported by Signalbox"),
+    ]  # fmt: skip
+    for fields, param, says in cases:
+        await _refused(sdk, param, says, **fields)
