@@ -237,6 +237,8 @@ def _tool_calls(value: Any, field: str) -> tuple[ToolCall, ...]:
         where = f"{field}[{i}]"
         call = _object(call, where)
         known_fields(call, CALL_FIELDS, CUSTOM, f"{where}.")
+        if call.get("index") is not None:
+            _int(call["index"], f"{where}.index")
         if call.get("type", "function") != "function":
             raise InvalidRequest(f"{where}.type", "must be function")
         function = _object(call.get("function"), f"{where}.function")

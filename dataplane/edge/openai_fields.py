@@ -49,7 +49,9 @@ PART_FIELDS = {
 what of it this door does not implement, null taken: ``prompt_cache_breakpoint``, as the
 request's ``prompt_cache_options``."""
 IMAGE_FIELDS = frozenset({"url", "detail"})
-CALL_FIELDS = frozenset({"id", "type", "function"})
+CALL_FIELDS = frozenset({"id", "type", "function", "index"})
+"""A tool call's keys: ``index`` is its place in a streamed answer's deltas, which a client
+that joins them carries on (OpenAI takes it): an integer, ignored."""
 CALLED_FIELDS = frozenset({"name", "arguments"})
 TOOL_FIELDS = frozenset({"type", "function"})
 CUSTOM = frozenset({"custom"})

@@ -99,7 +99,8 @@ async def test_keys_inside_a_messages_parts_and_tool_calls_are_taken_or_refused_
          "messages[0].content[0].prompt_cache_breakpoint", "is not supported by Signalbox"),
         ([{"role": "assistant", "content": [{"type": "refusal", "refusal": "no", "text": "no"}]}],
          "messages[0].content[0].text", "unrecognized"),
-        (assistant({**call, "index": 0}), "messages[0].tool_calls[0].index", "unrecognized"),
+        (assistant({**call, "call_id": "c"}), "messages[0].tool_calls[0].call_id", "unrecognized"),
+        (assistant({**call, "index": "0"}), "messages[0].tool_calls[0].index", "must be an integer"),
         (assistant({**call, "function": {**function, "parameters": {}}}),
          "messages[0].tool_calls[0].function.parameters", "unrecognized"),
         (assistant({"id": "c", "type": "custom", "custom": {"name": "g", "input": "x"}}),
@@ -112,6 +113,43 @@ async def test_keys_inside_a_messages_parts_and_tool_calls_are_taken_or_refused_
         model="sim-fast", messages=user({**text, "prompt_cache_breakpoint": None})
     )
     assert nulled.choices[0].message.content
+
+
+async def test_tool_calls_joined_from_a_streamed_answer_are_carried_on_as_they_came(
+    sdk: openai.AsyncOpenAI, simulator: Any
+) -> None:
+    # A client joining a streamed answer's tool-call deltas (model_dump of the first, the
+    # arguments appended) carries each call's index on, as OpenAI takes it: it was refused
+    # as an unrecognized argument.
+    asked: list[ChatCompletionMessageParam] = [{"role": "user", "content": "use the look tool for it"}]
+    look: ChatCompletionFunctionToolParam = {
+        "type": "function",
+        "function": {
+            "name": "look",
+            "parameters": {"type": "object", "properties": {"at": {"type": "string"}}},
+        },
+    }
+    calls: dict[int, dict[str, Any]] = {}
+    async for chunk in await sdk.chat.completions.create(
+        model="sim-fast", messages=asked, tools=[look], stream=True
+    ):
+        for delta in chunk.choices[0].delta.tool_calls or () if chunk.choices else ():
+            if delta.index not in calls:
+                calls[delta.index] = delta.model_dump(exclude_none=True)
+            else:
+                calls[delta.index]["function"]["arguments"] += (
+                    delta.function and delta.function.arguments
+                ) or ""
+    (joined,) = calls.values()
+    assert joined["index"] == 0
+    answer: Any = {"role": "assistant", "content": None, "tool_calls": [joined]}
+    tool: ChatCompletionToolMessageParam = {"role": "tool", "tool_call_id": joined["id"], "content": "seen"}
+    served = await sdk.chat.completions.create(
+        model="sim-fast", messages=[*asked, answer, tool], tools=[look]
+    )
+    assert "seen" in (served.choices[0].message.content or "")
+    sent = simulator.stats("sim-fast").last_request["messages"][1]["tool_calls"]
+    assert sent == [{k: v for k, v in joined.items() if k != "index"}]
 
 
 async def test_keys_inside_tools_tool_choice_response_format_and_stream_options_are_checked(
