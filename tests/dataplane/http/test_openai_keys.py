@@ -4,26 +4,44 @@ not define is refused as "unrecognized request argument", named by its full path
 
 from __future__ import annotations
 
+import typing
 from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from openai.types import embedding_create_params as embed_param
 from openai.types.chat import (
+    ChatCompletionAllowedToolChoiceParam,
     ChatCompletionAssistantMessageParam,
     ChatCompletionContentPartImageParam,
+    ChatCompletionContentPartRefusalParam,
     ChatCompletionContentPartTextParam,
+    ChatCompletionCustomToolParam,
     ChatCompletionFunctionToolParam,
+    ChatCompletionMessageCustomToolCallParam,
     ChatCompletionMessageFunctionToolCallParam,
     ChatCompletionMessageParam,
+    ChatCompletionNamedToolChoiceCustomParam,
     ChatCompletionNamedToolChoiceParam,
     ChatCompletionStreamOptionsParam,
     ChatCompletionToolMessageParam,
     ChatCompletionUserMessageParam,
 )
-from openai.types.shared_params import ResponseFormatJSONSchema
+from openai.types.chat import chat_completion_content_part_image_param as image_param
+from openai.types.chat import chat_completion_message_function_tool_call_param as call_param
+from openai.types.chat import chat_completion_named_tool_choice_param as choice_param
+from openai.types.chat import completion_create_params as create_param
+from openai.types.shared_params import (
+    FunctionDefinition,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
+    ResponseFormatText,
+)
+from openai.types.shared_params import response_format_json_schema as schema_param
 
+from dataplane.edge import openai_fields as door
 from signalbox.api.common.v1 import common_pb2
 from tests.dataplane.conftest import API_KEY, NodeFactory, envelope, snapshot
 
@@ -211,3 +229,40 @@ async def test_keys_inside_tools_tool_choice_response_format_and_stream_options_
     ]  # fmt: skip
     for fields, param, says in cases:
         await _refused(sdk, param, says, **fields)
+
+
+def _keys(*types: Any) -> frozenset[str]:
+    return frozenset(key for kind in types for key in typing.get_type_hints(kind))
+
+
+def test_every_key_the_sdks_param_types_define_is_taken_or_refused_by_name() -> None:
+    # Each object's keys, as the installed SDK defines them, are exactly what this door
+    # takes or refuses as not supported: a key the SDK gains fails here, not for a caller
+    # as "unrecognized". Beyond the SDK: an answer's annotations, a streamed tool call's
+    # index, and the embeddings' metadata (routing hints).
+    def taken(allowed: frozenset[str], unsupported: frozenset[str] = frozenset()) -> frozenset[str]:
+        return allowed | unsupported
+
+    tables = [
+        (_keys(create_param.CompletionCreateParamsStreaming), taken(door.CHAT_FIELDS, door.UNSUPPORTED)),
+        (_keys(*typing.get_args(ChatCompletionMessageParam)) | {"annotations"},
+         taken(door.MESSAGE_FIELDS, door.MESSAGE_UNSUPPORTED)),
+        (_keys(ChatCompletionContentPartTextParam), taken(*door.PART_FIELDS["text"])),
+        (_keys(ChatCompletionContentPartImageParam), taken(*door.PART_FIELDS["image_url"])),
+        (_keys(ChatCompletionContentPartRefusalParam), taken(*door.PART_FIELDS["refusal"])),
+        (_keys(image_param.ImageURL), door.IMAGE_FIELDS),
+        (_keys(ChatCompletionMessageFunctionToolCallParam, ChatCompletionMessageCustomToolCallParam) | {"index"},
+         taken(door.CALL_FIELDS, door.CUSTOM)),
+        (_keys(call_param.Function), door.CALLED_FIELDS),
+        (_keys(ChatCompletionFunctionToolParam, ChatCompletionCustomToolParam), taken(door.TOOL_FIELDS, door.CUSTOM)),
+        (_keys(FunctionDefinition), door.FUNCTION_FIELDS),
+        (_keys(ChatCompletionNamedToolChoiceParam, ChatCompletionNamedToolChoiceCustomParam,
+               ChatCompletionAllowedToolChoiceParam), taken(door.TOOL_FIELDS, door.CHOICE_UNSUPPORTED)),
+        (_keys(choice_param.Function), door.CHOSEN_FIELDS),
+        (_keys(ResponseFormatText, ResponseFormatJSONObject, ResponseFormatJSONSchema), door.FORMAT_FIELDS),
+        (_keys(schema_param.JSONSchema), door.SCHEMA_FIELDS),
+        (_keys(ChatCompletionStreamOptionsParam), taken(door.STREAM_OPTIONS, door.STREAM_UNSUPPORTED)),
+        (_keys(embed_param.EmbeddingCreateParams) | {"metadata"}, door.EMBED_FIELDS),
+    ]  # fmt: skip
+    for defined, known in tables:
+        assert defined == known, (sorted(defined - known), sorted(known - defined))
