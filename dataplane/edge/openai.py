@@ -45,6 +45,27 @@ from dataplane.edge.infer import (
     json_object,
 )
 from dataplane.edge.json_bounds import MAX_JSON_CONTAINERS, json_shape
+from dataplane.edge.openai_fields import (
+    CALL_FIELDS,
+    CALLED_FIELDS,
+    CHAT_FIELDS,
+    CHOICE_UNSUPPORTED,
+    CHOSEN_FIELDS,
+    CUSTOM,
+    EMBED_FIELDS,
+    FORMAT_FIELDS,
+    FUNCTION_FIELDS,
+    IMAGE_FIELDS,
+    MESSAGE_FIELDS,
+    MESSAGE_UNSUPPORTED,
+    PART_FIELDS,
+    SCHEMA_FIELDS,
+    STREAM_OPTIONS,
+    STREAM_UNSUPPORTED,
+    TOOL_FIELDS,
+    UNSUPPORTED,
+    known_fields,
+)
 from dataplane.errors import InvalidRequest, shown
 from dataplane.routing.query import Hints
 from dataplane.validation import MAX_EMBED_INPUTS, MAX_MESSAGES, check_counts, check_stop_count
@@ -52,36 +73,9 @@ from dataplane.validation import MAX_EMBED_INPUTS, MAX_MESSAGES, check_counts, c
 AUTO_MODEL = "auto"
 """``model: "auto"`` (or empty): the tenant's policy chooses."""
 
-_CHAT_FIELDS = frozenset(
-    {
-        "model", "messages", "tools", "tool_choice", "response_format", "temperature", "top_p",
-        "max_tokens", "max_completion_tokens", "stop", "seed", "n", "stream", "stream_options",
-        "presence_penalty", "frequency_penalty", "parallel_tool_calls", "metadata", "user", "store",
-        "safety_identifier", "prompt_cache_key",
-    }
-)  # fmt: skip
 _CALLER_IDS = ("user", "safety_identifier", "prompt_cache_key")
 """Strings that identify the caller's end user to OpenAI (the last two replace ``user``):
 checked, not sent on, as no provider here takes them as OpenAI does."""
-_UNSUPPORTED = frozenset(
-    {
-        "logprobs", "top_logprobs", "logit_bias", "audio", "modalities", "prediction",
-        "web_search_options", "functions", "function_call", "reasoning_effort", "service_tier",
-        "verbosity", "prompt_cache_retention", "prompt_cache_options", "moderation",
-    }
-)  # fmt: skip
-"""OpenAI fields this door does not implement: refused by name rather than ignored."""
-_MESSAGE_FIELDS = frozenset(
-    {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "annotations"}
-)
-"""What a message may hold: what OpenAI's SDKs send in any role's message, and what its
-answers' messages hold (a conversation carries them on as they came: ``annotations`` are
-citations of the answer's text, which the text itself carries on, so they are ignored).
-A key OpenAI defines for only some roles is ignored in the others, as before."""
-_MESSAGE_UNSUPPORTED = frozenset({"audio", "function_call"})
-"""A message's fields that this door does not implement (the request's ``audio`` and
-``functions`` neither): null is taken, as an answer's message holds them."""
-_EMBED_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user", "metadata"})
 _ROLES = {r.value: r for r in Role}
 _DATA_CLASSES = {c.name.lower(): c for c in DataClass if c is not DataClass.UNSPECIFIED}
 _CAPABILITIES = {c.value: c for c in Capability}
@@ -198,28 +192,12 @@ def _kind(value: Any) -> str:
     return "a number"
 
 
-def _known_fields(
-    body: Mapping[str, Any],
-    allowed: frozenset[str],
-    unsupported: frozenset[str] = frozenset(),
-    where: str = "",
-) -> None:
-    """``where``: the path of ``body`` in the request (``messages[2].``), before each key."""
-    for key in body:
-        if key in unsupported:
-            if body[key] is None or body[key] is False:
-                continue
-            raise InvalidRequest(where + key, "is not supported by Signalbox")
-        if key not in allowed:
-            name = key if len(key) <= 64 and key.isprintable() else shown(key, 64)
-            raise InvalidRequest(where + name, "unrecognized request argument")
-
-
 # ---- chat ----
 
 
 def _image(part: dict[str, Any], field: str) -> ImagePart:
     image = _object(part.get("image_url"), f"{field}.image_url")
+    known_fields(image, IMAGE_FIELDS, where=f"{field}.image_url.")
     url = _str(image.get("url"), f"{field}.image_url.url")
     return image_from_url(url, image.get("detail") or "", f"{field}.image_url")
 
@@ -236,6 +214,9 @@ def _content(value: Any, field: str, *, images: bool, refusals: bool = False) ->
         where = f"{field}[{i}]"
         part = _object(part, where)
         kind = part.get("type")
+        if type(kind) is str and kind in PART_FIELDS:
+            # Ignored, any key rode along unread (a provider's cache_control among them).
+            known_fields(part, *PART_FIELDS[kind], f"{where}.")
         if kind == "text":
             parts.append(TextPart(_str(part.get("text"), f"{where}.text")))
         elif kind == "refusal" and refusals:
@@ -255,9 +236,13 @@ def _tool_calls(value: Any, field: str) -> tuple[ToolCall, ...]:
     for i, call in enumerate(_list(value, field)):
         where = f"{field}[{i}]"
         call = _object(call, where)
+        known_fields(call, CALL_FIELDS, CUSTOM, f"{where}.")
+        if call.get("index") is not None:
+            _int(call["index"], f"{where}.index")
         if call.get("type", "function") != "function":
             raise InvalidRequest(f"{where}.type", "must be function")
         function = _object(call.get("function"), f"{where}.function")
+        known_fields(function, CALLED_FIELDS, where=f"{where}.function.")
         name = _str(function.get("name"), f"{where}.function.name")
         if not name:
             raise InvalidRequest(f"{where}.function.name", "must not be empty")
@@ -276,7 +261,7 @@ def _message(value: Any, field: str) -> Message:
     message = _object(value, field)
     # Refused as OpenAI refuses them: ignored, a client's misspelt key ("tool_call_ids")
     # silently changed the conversation, and any amount of JSON rode along unread.
-    _known_fields(message, _MESSAGE_FIELDS, _MESSAGE_UNSUPPORTED, f"{field}.")
+    known_fields(message, MESSAGE_FIELDS, MESSAGE_UNSUPPORTED, f"{field}.")
     annotations = message.get("annotations")
     if annotations is not None:
         _list(annotations, f"{field}.annotations")
@@ -317,9 +302,11 @@ def _tools(value: Any) -> tuple[ToolDefinition, ...]:
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
         tool = _object(tool, where)
+        known_fields(tool, TOOL_FIELDS, CUSTOM, f"{where}.")
         if tool.get("type") != "function":
             raise InvalidRequest(f"{where}.type", "must be function")
         function = _object(tool.get("function"), f"{where}.function")
+        known_fields(function, FUNCTION_FIELDS, where=f"{where}.function.")
         name = _str(function.get("name"), f"{where}.function.name")
         if not name:
             raise InvalidRequest(f"{where}.function.name", "must not be empty")
@@ -343,21 +330,32 @@ def _tool_choice(value: Any) -> ToolChoice:
     if value in ("auto", "none", "required"):
         return ToolChoice(value)
     if type(value) is dict:
+        known_fields(value, TOOL_FIELDS, CHOICE_UNSUPPORTED, "tool_choice.")
         if value.get("type") != "function":
             raise InvalidRequest("tool_choice.type", "must be function")
         function = _object(value.get("function"), "tool_choice.function")
+        known_fields(function, CHOSEN_FIELDS, where="tool_choice.function.")
         return ToolChoice("tool", _str(function.get("name"), "tool_choice.function.name"))
     raise InvalidRequest("tool_choice", 'must be "auto", "none", "required" or {"type": "function", ...}')
 
 
 def _response_format(value: Any) -> ResponseFormat:
     fmt = _object(value, "response_format")
+    known_fields(fmt, FORMAT_FIELDS, where="response_format.")
     kind = fmt.get("type")
     if kind in ("text", "json_object"):
+        if fmt.get("json_schema") is not None:
+            # Ignored, a schema the caller meant to be kept to was not (a type left as "text").
+            raise InvalidRequest("response_format.json_schema", "only allowed when type is json_schema")
         return ResponseFormat(kind)
     if kind != "json_schema":
         raise InvalidRequest("response_format.type", "must be text, json_object or json_schema")
     spec = _object(fmt.get("json_schema"), "response_format.json_schema")
+    known_fields(spec, SCHEMA_FIELDS, where="response_format.json_schema.")
+    description = spec.get("description")
+    if description is not None:
+        # Guidance for the model that no provider here is sent: checked, not sent on.
+        _str(description, "response_format.json_schema.description")
     name = _str(spec.get("name", ""), "response_format.json_schema.name")
     schema = _object(spec.get("schema"), "response_format.json_schema.schema")
     strict = spec.get("strict")
@@ -430,6 +428,7 @@ def include_usage(body: Mapping[str, Any]) -> bool:
     if options is None:
         return False
     options = _object(options, "stream_options")
+    known_fields(options, STREAM_OPTIONS, STREAM_UNSUPPORTED, "stream_options.")
     value = options.get("include_usage")
     return False if value is None else _bool(value, "stream_options.include_usage")
 
@@ -437,7 +436,7 @@ def include_usage(body: Mapping[str, Any]) -> bool:
 def decode_chat(body: Any, headers: Mapping[str, str]) -> tuple[ChatRequest, Hints]:
     """A ``/v1/chat/completions`` body as the pipeline's request and routing hints."""
     body = _object(body, "body")
-    _known_fields(body, _CHAT_FIELDS, _UNSUPPORTED)
+    known_fields(body, CHAT_FIELDS, UNSUPPORTED)
     model = _model(body)
     messages = tuple(
         _message(m, f"messages[{i}]") for i, m in enumerate(_list(body.get("messages"), "messages"))
@@ -498,7 +497,7 @@ def decode_chat(body: Any, headers: Mapping[str, str]) -> tuple[ChatRequest, Hin
 def decode_embed(body: Any, headers: Mapping[str, str]) -> tuple[EmbedRequest, Hints]:
     """A ``/v1/embeddings`` body as the pipeline's request and routing hints."""
     body = _object(body, "body")
-    _known_fields(body, _EMBED_FIELDS)
+    known_fields(body, EMBED_FIELDS)
     model = _model(body)
     value = body.get("input")
     if type(value) is str:
@@ -577,6 +576,9 @@ def http_wording(message: str) -> str:
 
 
 def _json_schema(body: Any) -> Any:
-    """The body's ``response_format.json_schema``, whatever it is (None when absent)."""
+    """The body's ``response_format.json_schema``, whatever it is (None when absent, or when
+    the format's type is not json_schema: this module refuses it there by its own name)."""
     response_format = body.get("response_format") if type(body) is dict else None
-    return response_format.get("json_schema") if type(response_format) is dict else None
+    if type(response_format) is not dict or response_format.get("type") != "json_schema":
+        return None
+    return response_format.get("json_schema")
