@@ -32,6 +32,7 @@ from dataplane.pipeline.trace import Trace, record_fields, shadow_fields
 from dataplane.quota.buckets import Kind
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.shadow import ShadowOutcome
+from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
@@ -57,19 +58,25 @@ def _sse(*events: dict[str, Any]) -> bytes:
     return raw_answer(body).replace(b"Content-Type: application/json", b"Content-Type: text/event-stream", 1)
 
 
-def _claiming(prompt_tokens: int, completion_tokens: int) -> Any:
-    """A handler answering every request "hi" with the given usage, plainly or streamed."""
+def _claiming(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int | None = None) -> Any:
+    """A handler answering every request "hi" with the given usage, plainly or streamed
+    (``reasoning_tokens``: the part of the completion tokens a reasoning model spent reasoning)."""
 
     async def handler(server: RawServer, peer: Peer) -> None:
         while (request := await peer.request()) is not None:
             server.requests.append(request)
             if not json.loads(request.body).get("stream"):
                 answer = openai_completion(
-                    "sim-fast", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+                    "sim-fast",
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    reasoning_tokens=reasoning_tokens,
                 )
                 await peer.send(raw_answer(answer))
                 continue
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+            usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+            if reasoning_tokens is not None:
+                usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
             await peer.send(
                 _sse(
                     {**CHUNK, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}}]},
@@ -108,14 +115,21 @@ def _record(node: DataPlaneNode, correlation_id: str) -> dict[str, Any]:
 
 async def _grpc(node: DataPlaneNode, cid: str, streamed: bool, max_tokens: int | None) -> int:
     """One request on the gRPC door; the output tokens its answer says."""
+    return int((await _grpc_usage(node, cid, streamed, max_tokens)).output_tokens)
+
+
+async def _grpc_usage(
+    node: DataPlaneNode, cid: str, streamed: bool, max_tokens: int | None
+) -> common_pb2.Usage:
+    """One request on the gRPC door; the usage its answer (or its stream's end) says."""
     params = infer_pb2.GenerationParams(max_output_tokens=max_tokens) if max_tokens else None
     request = chat("hello", correlation_id=cid, params=params)
     async with grpc.aio.insecure_channel(node.address) as channel:
         stub = infer_pb2_grpc.InferServiceStub(channel)
         if streamed:
             events = [e async for e in stub.InferStream(request, metadata=AUTH, timeout=30)]
-            return int(events[-1].end.usage.output_tokens)
-        return int((await stub.Infer(request, metadata=AUTH, timeout=30)).usage.output_tokens)
+            return events[-1].end.usage
+        return (await stub.Infer(request, metadata=AUTH, timeout=30)).usage
 
 
 async def _http(node: DataPlaneNode, cid: str, streamed: bool, max_tokens: int | None) -> int:
@@ -214,6 +228,24 @@ async def test_an_absurd_output_claim_is_counted_at_the_requests_max_tokens(
     assert "request absurd:" in warnings[-1]
     assert f"(input 5, output {ABSURD} tokens); counted input 5, output {MAX_TOKENS}" in warnings[-1]
     assert all(API_KEY not in w for w in warnings)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
+async def test_the_grpc_door_answers_the_reasoning_tokens_its_provider_reported(
+    start_node: NodeFactory, signing_key: Ed25519PrivateKey, tmp_path: Path, streamed: bool
+) -> None:
+    """A reasoning model's provider says how many of its completion tokens were reasoning
+    (billed as output); the HTTP door answered them, the gRPC door's Usage had no field for
+    them, so a gRPC caller reconciling its bill could not."""
+    async with RawServer(_claiming(5, 30, reasoning_tokens=28)) as upstream:
+        free = {"input_price_nanos_per_mtok": 0, "output_price_nanos_per_mtok": 0}  # two requests
+        node = await _node(start_node, upstream.url, signing_key, tmp_path, **free)
+        usage = await _grpc_usage(node, "reasons", streamed, None)
+        # At the caps too: reasoning is output, bounded by the request's max tokens.
+        capped = await _grpc_usage(node, "reasons-capped", streamed, MAX_TOKENS)
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (5, 30, 35)
+    assert usage.reasoning_output_tokens == 28
+    assert (capped.output_tokens, capped.reasoning_output_tokens) == (MAX_TOKENS, MAX_TOKENS)
 
 
 async def _silent_flood(server: RawServer, peer: Peer) -> None:
