@@ -187,7 +187,7 @@ async def test_an_absurd_output_claim_is_counted_at_the_requests_max_tokens(
     door: Any,
     streamed: bool,
 ) -> None:
-    async with RawServer(_claiming(5, ABSURD)) as upstream:
+    async with RawServer(_claiming(5, ABSURD, reasoning_tokens=ABSURD)) as upstream:
         node = await _node(start_node, upstream.url, signing_key, tmp_path)
         with caplog.at_level(logging.WARNING, logger="signalbox.dataplane.pipeline"):
             answered = await door(node, "absurd", streamed, MAX_TOKENS)
@@ -200,6 +200,7 @@ async def test_an_absurd_output_claim_is_counted_at_the_requests_max_tokens(
     assert record["outcome"]["code"] == "OK"
     usage = record["usage"]
     assert (usage["input_tokens"], usage["output_tokens"]) == (5, MAX_TOKENS)
+    assert usage["reasoning_output_tokens"] == MAX_TOKENS
     assert "estimated" not in usage
     assert usage["capped"] == [
         {
@@ -210,12 +211,14 @@ async def test_an_absurd_output_claim_is_counted_at_the_requests_max_tokens(
                 "output_tokens": ABSURD,
                 "cached_input_tokens": 0,
                 "cache_write_input_tokens": 0,
+                "reasoning_output_tokens": ABSURD,
             },
             "counted": {
                 "input_tokens": 5,
                 "output_tokens": MAX_TOKENS,
                 "cached_input_tokens": 0,
                 "cache_write_input_tokens": 0,
+                "reasoning_output_tokens": MAX_TOKENS,
             },
             "max_input_tokens": CONTEXT_WINDOW,
             "max_output_tokens": MAX_TOKENS,
@@ -246,6 +249,9 @@ async def test_the_grpc_door_answers_the_reasoning_tokens_its_provider_reported(
     assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (5, 30, 35)
     assert usage.reasoning_output_tokens == 28
     assert (capped.output_tokens, capped.reasoning_output_tokens) == (MAX_TOKENS, MAX_TOKENS)
+    # The evidence says it too: the record is what a bill is reconciled against.
+    assert _record(node, "reasons")["usage"]["reasoning_output_tokens"] == 28
+    assert _record(node, "reasons-capped")["usage"]["reasoning_output_tokens"] == MAX_TOKENS
 
 
 async def _silent_flood(server: RawServer, peer: Peer) -> None:
