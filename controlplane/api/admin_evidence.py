@@ -205,6 +205,7 @@ def _usage_row(r: UsageRow) -> admin_pb2.UsageRow:
         input_tokens=min(r.input_tokens, UINT64_MAX),
         output_tokens=min(r.output_tokens, UINT64_MAX),
         cached_input_tokens=min(r.cached_input_tokens, UINT64_MAX),
+        reasoning_output_tokens=min(r.reasoning_output_tokens, UINT64_MAX),
         cost_nanos=max(min(r.cost_nanos, INT64_MAX), -INT64_MAX),
         latency_p50_ms=r.latency_p50_ms,
         latency_p95_ms=r.latency_p95_ms,

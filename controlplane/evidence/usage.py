@@ -63,6 +63,7 @@ class UsageRow:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    reasoning_output_tokens: int = 0
     cost_nanos: int = 0
     latency_p50_ms: float = 0.0
     latency_p95_ms: float = 0.0
@@ -117,7 +118,8 @@ _SAFE = f"""jsonb_build_object(
     'usage', jsonb_build_object(
         'input_tokens', {_text("usage,input_tokens")},
         'output_tokens', {_text("usage,output_tokens")},
-        'cached_input_tokens', {_text("usage,cached_input_tokens")}),
+        'cached_input_tokens', {_text("usage,cached_input_tokens")},
+        'reasoning_output_tokens', {_text("usage,reasoning_output_tokens")}),
     'cost', jsonb_build_object('total_nanos', {_text("cost,total_nanos")}),
     'timings', jsonb_build_object('total_ms', CASE WHEN json_typeof({_MS}) = 'number'
         AND ({_MS} #>> '{{}}') ~ '{_LATENCY_NUMBER}' THEN ({_MS} #>> '{{}}')::jsonb END))"""
@@ -129,6 +131,7 @@ _MEASURES = f"""
     {_count("usage,input_tokens")} AS input_tokens,
     {_count("usage,output_tokens")} AS output_tokens,
     {_count("usage,cached_input_tokens")} AS cached_input_tokens,
+    {_count("usage,reasoning_output_tokens")} AS reasoning_output_tokens,
     {_signed("cost,total_nanos")} AS cost_nanos,
     percentile_cont(0.5) WITHIN GROUP (ORDER BY {_LATENCY}) FILTER (WHERE {_REQUEST}) AS p50,
     percentile_cont(0.95) WITHIN GROUP (ORDER BY {_LATENCY}) FILTER (WHERE {_REQUEST}) AS p95,
@@ -211,6 +214,7 @@ class UsageReports:
                 input_tokens=int(row["input_tokens"] or 0),
                 output_tokens=int(row["output_tokens"] or 0),
                 cached_input_tokens=int(row["cached_input_tokens"] or 0),
+                reasoning_output_tokens=int(row["reasoning_output_tokens"] or 0),
                 cost_nanos=int(row["cost_nanos"] or 0),
                 latency_p50_ms=float(row["p50"] or 0.0),
                 latency_p95_ms=float(row["p95"] or 0.0),

@@ -380,6 +380,7 @@ def usage_to_proto(usage: Usage | None) -> common_pb2.Usage:
         cached_input_tokens=usage.cached_input_tokens,
         cache_write_input_tokens=usage.cache_write_input_tokens,
         total_tokens=usage.total_tokens,
+        reasoning_output_tokens=usage.reasoning_output_tokens,
     )
 
 

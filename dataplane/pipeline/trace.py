@@ -291,11 +291,13 @@ def _usage_fields(
 
 
 def _token_fields(usage: Usage) -> dict[str, Any]:
+    # Every count always, 0 included: a record says "none reported", never nothing.
     return {
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
         "cached_input_tokens": usage.cached_input_tokens,
         "cache_write_input_tokens": usage.cache_write_input_tokens,
+        "reasoning_output_tokens": usage.reasoning_output_tokens,
     }
 
 

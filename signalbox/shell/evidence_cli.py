@@ -212,6 +212,9 @@ def _render(s: dict[str, Any]) -> list[str]:
         s["cost"] or {},
     )
     money = _money(cost)
+    reasoning = tokens.get("reasoning_output_tokens")
+    # Shown when a reasoning model spent some (records before it was recorded have none).
+    thought = f" (reasoning {reasoning})" if type(reasoning) is int and reasoning > 0 else ""
     return [
         f"{_time(s['ts'])}  {s['chain_id']} #{s['seq']}  correlation {s['correlation_id'] or '-'}",
         f"    tenant {s['tenant_id'] or '-'}  caller {s['caller'] or '-'}",
@@ -219,7 +222,7 @@ def _render(s: dict[str, Any]) -> list[str]:
         f"    policy {policy.get('id', '-')} v{policy.get('version', '-')}  "
         f"snapshot v{snapshot.get('version', '-')} {str(snapshot.get('sha256', '-'))[:16]}",
         f"    outcome {s['outcome'] or '-'}  tokens in {tokens.get('input_tokens', '-')} "
-        f"out {tokens.get('output_tokens', '-')}  cost {money}",
+        f"out {tokens.get('output_tokens', '-')}{thought}  cost {money}",
     ]
 
 

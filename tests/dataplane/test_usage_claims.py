@@ -32,6 +32,7 @@ from dataplane.pipeline.trace import Trace, record_fields, shadow_fields
 from dataplane.quota.buckets import Kind
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.shadow import ShadowOutcome
+from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
@@ -57,19 +58,25 @@ def _sse(*events: dict[str, Any]) -> bytes:
     return raw_answer(body).replace(b"Content-Type: application/json", b"Content-Type: text/event-stream", 1)
 
 
-def _claiming(prompt_tokens: int, completion_tokens: int) -> Any:
-    """A handler answering every request "hi" with the given usage, plainly or streamed."""
+def _claiming(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int | None = None) -> Any:
+    """A handler answering every request "hi" with the given usage, plainly or streamed
+    (``reasoning_tokens``: the part of the completion tokens a reasoning model spent reasoning)."""
 
     async def handler(server: RawServer, peer: Peer) -> None:
         while (request := await peer.request()) is not None:
             server.requests.append(request)
             if not json.loads(request.body).get("stream"):
                 answer = openai_completion(
-                    "sim-fast", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+                    "sim-fast",
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    reasoning_tokens=reasoning_tokens,
                 )
                 await peer.send(raw_answer(answer))
                 continue
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+            usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+            if reasoning_tokens is not None:
+                usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
             await peer.send(
                 _sse(
                     {**CHUNK, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}}]},
@@ -108,18 +115,30 @@ def _record(node: DataPlaneNode, correlation_id: str) -> dict[str, Any]:
 
 async def _grpc(node: DataPlaneNode, cid: str, streamed: bool, max_tokens: int | None) -> int:
     """One request on the gRPC door; the output tokens its answer says."""
+    return int((await _grpc_usage(node, cid, streamed, max_tokens)).output_tokens)
+
+
+async def _grpc_usage(
+    node: DataPlaneNode, cid: str, streamed: bool, max_tokens: int | None, model: str = ""
+) -> common_pb2.Usage:
+    """One request on the gRPC door; the usage its answer (or its stream's end) says."""
     params = infer_pb2.GenerationParams(max_output_tokens=max_tokens) if max_tokens else None
-    request = chat("hello", correlation_id=cid, params=params)
+    request = chat("hello", correlation_id=cid, params=params, model=model)
     async with grpc.aio.insecure_channel(node.address) as channel:
         stub = infer_pb2_grpc.InferServiceStub(channel)
         if streamed:
             events = [e async for e in stub.InferStream(request, metadata=AUTH, timeout=30)]
-            return int(events[-1].end.usage.output_tokens)
-        return int((await stub.Infer(request, metadata=AUTH, timeout=30)).usage.output_tokens)
+            return events[-1].end.usage
+        return (await stub.Infer(request, metadata=AUTH, timeout=30)).usage
 
 
 async def _http(node: DataPlaneNode, cid: str, streamed: bool, max_tokens: int | None) -> int:
     """One request on the OpenAI-compatible HTTP door; the completion tokens its answer says."""
+    return int((await _http_usage(node, cid, streamed, max_tokens))["completion_tokens"])
+
+
+async def _http_usage(node: DataPlaneNode, cid: str, streamed: bool, max_tokens: int | None) -> Any:
+    """One request on the OpenAI-compatible HTTP door; the usage its answer says."""
     body: dict[str, Any] = {"model": "sim-fast", "messages": [{"role": "user", "content": "hello"}]}
     if max_tokens:
         body["max_completion_tokens"] = max_tokens
@@ -134,9 +153,9 @@ async def _http(node: DataPlaneNode, cid: str, streamed: bool, max_tokens: int |
     ):
         assert response.status == 200, await response.text()
         if not streamed:
-            return int((await response.json())["usage"]["completion_tokens"])
+            return (await response.json())["usage"]
         lines = [line for line in (await response.text()).splitlines() if line.startswith("data: {")]
-        return int(json.loads(lines[-1][6:])["usage"]["completion_tokens"])
+        return json.loads(lines[-1][6:])["usage"]
 
 
 async def _spent(node: DataPlaneNode, nanos: int) -> None:
@@ -173,7 +192,7 @@ async def test_an_absurd_output_claim_is_counted_at_the_requests_max_tokens(
     door: Any,
     streamed: bool,
 ) -> None:
-    async with RawServer(_claiming(5, ABSURD)) as upstream:
+    async with RawServer(_claiming(5, ABSURD, reasoning_tokens=ABSURD)) as upstream:
         node = await _node(start_node, upstream.url, signing_key, tmp_path)
         with caplog.at_level(logging.WARNING, logger="signalbox.dataplane.pipeline"):
             answered = await door(node, "absurd", streamed, MAX_TOKENS)
@@ -186,6 +205,7 @@ async def test_an_absurd_output_claim_is_counted_at_the_requests_max_tokens(
     assert record["outcome"]["code"] == "OK"
     usage = record["usage"]
     assert (usage["input_tokens"], usage["output_tokens"]) == (5, MAX_TOKENS)
+    assert usage["reasoning_output_tokens"] == MAX_TOKENS
     assert "estimated" not in usage
     assert usage["capped"] == [
         {
@@ -196,12 +216,14 @@ async def test_an_absurd_output_claim_is_counted_at_the_requests_max_tokens(
                 "output_tokens": ABSURD,
                 "cached_input_tokens": 0,
                 "cache_write_input_tokens": 0,
+                "reasoning_output_tokens": ABSURD,
             },
             "counted": {
                 "input_tokens": 5,
                 "output_tokens": MAX_TOKENS,
                 "cached_input_tokens": 0,
                 "cache_write_input_tokens": 0,
+                "reasoning_output_tokens": MAX_TOKENS,
             },
             "max_input_tokens": CONTEXT_WINDOW,
             "max_output_tokens": MAX_TOKENS,
@@ -214,6 +236,84 @@ async def test_an_absurd_output_claim_is_counted_at_the_requests_max_tokens(
     assert "request absurd:" in warnings[-1]
     assert f"(input 5, output {ABSURD} tokens); counted input 5, output {MAX_TOKENS}" in warnings[-1]
     assert all(API_KEY not in w for w in warnings)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
+async def test_the_grpc_door_answers_the_reasoning_tokens_its_provider_reported(
+    start_node: NodeFactory, signing_key: Ed25519PrivateKey, tmp_path: Path, streamed: bool
+) -> None:
+    """A reasoning model's provider says how many of its completion tokens were reasoning
+    (billed as output); the HTTP door answered them, the gRPC door's Usage had no field for
+    them, so a gRPC caller reconciling its bill could not."""
+    async with RawServer(_claiming(5, 30, reasoning_tokens=28)) as upstream:
+        free = {"input_price_nanos_per_mtok": 0, "output_price_nanos_per_mtok": 0}  # two requests
+        node = await _node(start_node, upstream.url, signing_key, tmp_path, **free)
+        usage = await _grpc_usage(node, "reasons", streamed, None)
+        # At the caps too: reasoning is output, bounded by the request's max tokens.
+        capped = await _grpc_usage(node, "reasons-capped", streamed, MAX_TOKENS)
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (5, 30, 35)
+    assert usage.reasoning_output_tokens == 28
+    assert (capped.output_tokens, capped.reasoning_output_tokens) == (MAX_TOKENS, MAX_TOKENS)
+    # The evidence says it too: the record is what a bill is reconciled against.
+    assert _record(node, "reasons")["usage"]["reasoning_output_tokens"] == 28
+    assert _record(node, "reasons-capped")["usage"]["reasoning_output_tokens"] == MAX_TOKENS
+
+
+IDENTITY = ("correlation_id", "record_id", "seq", "hash", "prev_hash", "ts", "timings", "request_sha256")
+"""Members of a record that are of the request, not of what was decided and counted for it
+(``request_sha256`` is of the bytes as each door received them)."""
+
+
+def _decided(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without ``IDENTITY`` and its attempts' durations."""
+    decided = {k: v for k, v in record.items() if k not in IDENTITY}
+    attempts = [{k: v for k, v in a.items() if k != "duration_ms"} for a in decided["routing"]["attempts"]]
+    decided["routing"] = {**decided["routing"], "attempts": attempts}
+    return decided
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
+async def test_the_same_request_through_both_doors_is_answered_and_recorded_the_same(
+    start_node: NodeFactory, signing_key: Ed25519PrivateKey, tmp_path: Path, streamed: bool
+) -> None:
+    """One request to a reasoning model, on the gRPC door and on the HTTP door: the same
+    evidence (routing, usage, cost, outcome), and each door answers the usage its record
+    holds. The HTTP door answered the reasoning tokens while gRPC's Usage and the record
+    had no place for them, so a bill reconciled against the evidence did not add up."""
+    async with RawServer(_claiming(5, 30, reasoning_tokens=28)) as upstream:
+        node = await _node(start_node, upstream.url, signing_key, tmp_path)
+        via_grpc = await _grpc_usage(node, "via-grpc", streamed, 100, model="sim-fast")
+        await _leased(node)  # the first request went on credit, the second waits for a lease
+        via_http = await _http_usage(node, "via-http", streamed, 100)
+    grpc_record, http_record = _record(node, "via-grpc"), _record(node, "via-http")
+    assert _decided(grpc_record) == _decided(http_record)
+    recorded = grpc_record["usage"]
+    assert recorded == {
+        "input_tokens": 5,
+        "output_tokens": 30,
+        "cached_input_tokens": 0,
+        "cache_write_input_tokens": 0,
+        "reasoning_output_tokens": 28,
+    }
+    assert {name: getattr(via_grpc, name) for name in recorded} == recorded
+    assert {
+        "input_tokens": via_http["prompt_tokens"],
+        "output_tokens": via_http["completion_tokens"],
+        "cached_input_tokens": via_http["prompt_tokens_details"]["cached_tokens"],
+        "reasoning_output_tokens": via_http["completion_tokens_details"]["reasoning_tokens"],
+    } == {k: v for k, v in recorded.items() if k != "cache_write_input_tokens"}  # not in OpenAI's shape
+    assert grpc_record["cost"]["total_nanos"] == 5 * 100 + 30 * OUT_PRICE
+
+
+async def _leased(node: DataPlaneNode) -> None:
+    """The tenant's daily budget holds a lease with room for another request."""
+
+    def leased() -> bool:
+        assert node.quotas is not None
+        bucket = node.quotas.buckets[("t-acme", "", Kind.BUDGET_DAY)]
+        return bucket.leased and bucket.holding > 100 * OUT_PRICE + 1000
+
+    await eventually(leased, message="a budget lease")
 
 
 async def _silent_flood(server: RawServer, peer: Peer) -> None:

@@ -70,7 +70,7 @@ def _fields(node: str, i: int) -> dict[str, Any]:
             "reason": "lowest price among capable models",
             "served_by": {"model": "small", "provider": "sim", "deployment": "sim/small"},
         },
-        "usage": {"input_tokens": 10 + i, "output_tokens": 20 + i},
+        "usage": {"input_tokens": 10 + i, "output_tokens": 20 + i, "reasoning_output_tokens": i - 1},
         "cost": {"currency": "USD", "input_nanos": 100, "output_nanos": 200, "total_nanos": 300},
         "outcome": {"code": "OK" if i % 3 else "PERMISSION_DENIED", "message": "", "error": ""},
     }
@@ -452,7 +452,8 @@ async def test_show_renders_the_statement_and_each_record(
         "tenant globex  caller key-globex",
         "model small (sim), why: rule default, strategy cheapest, reason lowest price among capable models",
         "policy pol-globex v3  snapshot v7 abababababababab",
-        "outcome PERMISSION_DENIED  tokens in 13 out 23  cost 0.000000300 USD",
+        # The part of the output a reasoning model spent reasoning, which the bill counts.
+        "outcome PERMISSION_DENIED  tokens in 13 out 23 (reasoning 2)  cost 0.000000300 USD",
     ):
         assert expected in stdout, stdout
     code, stdout, err = await _signalbox("evidence", "show", str(out), "--json")

@@ -42,8 +42,14 @@ def _record(i: int, tenant: str) -> dict[str, Any]:
         "timings": {"total_ms": 1.5 + (i * 7) % 13},
         "outcome": {"code": "OK" if i % 4 else "UNAVAILABLE"},
     }
+    if i % 3 == 1:
+        # A reasoning model's; records of other models (and records written before the node
+        # recorded it) have no such member, read as 0.
+        record["usage"]["reasoning_output_tokens"] = 2 * i
     if i % 7 == 3:
         record["usage"]["input_tokens"] = "lots"
+    if i % 13 == 4:
+        record["usage"]["reasoning_output_tokens"] = -5
     if i % 9 == 4:
         record["timings"]["total_ms"] = "slow"
     if i % 10 == 6:
@@ -77,6 +83,7 @@ def _expected(bodies: list[dict[str, Any]]) -> dict[str, Any]:
         "input_tokens": sum(_count(b["usage"]["input_tokens"]) for b in bodies),
         "output_tokens": sum(_count(b["usage"]["output_tokens"]) for b in bodies),
         "cached_input_tokens": sum(_count(b["usage"]["cached_input_tokens"]) for b in bodies),
+        "reasoning_output_tokens": sum(_count(b["usage"].get("reasoning_output_tokens")) for b in bodies),
         "cost_nanos": sum(b["cost"]["total_nanos"] for b in bodies),
         "latency_p50_ms": _percentile(latencies, 0.5),
         "latency_p95_ms": _percentile(latencies, 0.95),
@@ -100,6 +107,7 @@ FIGURES = (
     "input_tokens",
     "output_tokens",
     "cached_input_tokens",
+    "reasoning_output_tokens",
     "cost_nanos",
     "latency_p50_ms",
     "latency_p95_ms",

@@ -163,6 +163,7 @@ async def test_a_streamed_answer_a_retry_contract_discarded_counts_the_usage_its
         "output_tokens": 10,
         "cached_input_tokens": 0,
         "cache_write_input_tokens": 0,
+        "reasoning_output_tokens": 0,
     }
     assert record["cost"]["total_nanos"] == both
     await _settled(node, both)

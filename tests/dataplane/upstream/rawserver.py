@@ -7,6 +7,7 @@ import json
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from dataplane.upstream import UpstreamClient, encode_headers
 
@@ -91,8 +92,17 @@ def openai_completion(
     text: str = "hi",
     prompt_tokens: int = 1,
     completion_tokens: int = 1,
+    reasoning_tokens: int | None = None,
 ) -> bytes:
-    """An OpenAI chat completion's JSON body, for a handler that plays a provider."""
+    """An OpenAI chat completion's JSON body, for a handler that plays a provider
+    (``reasoning_tokens``: its ``completion_tokens_details``, which a reasoning model reports)."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if reasoning_tokens is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
     return json.dumps(
         {
             "id": completion_id,
@@ -102,11 +112,7 @@ def openai_completion(
             "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": usage,
         }
     ).encode()
 

@@ -3125,6 +3125,7 @@ class UsageRow(_message.Message):
     LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
     LATENCY_P95_MS_FIELD_NUMBER: _builtins.int
     LATENCY_P99_MS_FIELD_NUMBER: _builtins.int
+    REASONING_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     day: _builtins.str
     """Set for the dimensions the report is grouped by."""
     tenant_id: _builtins.str
@@ -3144,6 +3145,10 @@ class UsageRow(_message.Message):
     """Of the requests' total time on the node (timings.total_ms); 0 without requests."""
     latency_p95_ms: _builtins.float
     latency_p99_ms: _builtins.float
+    reasoning_output_tokens: _builtins.int
+    """The part of output_tokens models spent reasoning, as their providers reported it (records
+    written before nodes recorded usage.reasoning_output_tokens count 0).
+    """
     def __init__(
         self,
         *,
@@ -3161,10 +3166,11 @@ class UsageRow(_message.Message):
         latency_p50_ms: _builtins.float = ...,
         latency_p95_ms: _builtins.float = ...,
         latency_p99_ms: _builtins.float = ...,
+        reasoning_output_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "cached_input_tokens", b"cached_input_tokens", "cost_nanos", b"cost_nanos", "day", b"day", "errors", b"errors", "input_tokens", b"input_tokens", "latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "model", b"model", "output_tokens", b"output_tokens", "requests", b"requests", "shadow_calls", b"shadow_calls", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "cached_input_tokens", b"cached_input_tokens", "cost_nanos", b"cost_nanos", "day", b"day", "errors", b"errors", "input_tokens", b"input_tokens", "latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "model", b"model", "output_tokens", b"output_tokens", "reasoning_output_tokens", b"reasoning_output_tokens", "requests", b"requests", "shadow_calls", b"shadow_calls", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$signalbox/api/common/v1/common.proto\x12\x17signalbox.api.common.v1\"\x89\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x04\x12\x15\n\routput_tokens\x18\x02 \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x03 \x01(\x04\x12 \n\x18\x63\x61\x63he_write_input_tokens\x18\x04 \x01(\x04\x12\x14\n\x0ctotal_tokens\x18\x05 \x01(\x04\"X\n\x04\x43ost\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x13\n\x0binput_nanos\x18\x02 \x01(\x03\x12\x14\n\x0coutput_nanos\x18\x03 \x01(\x03\x12\x13\n\x0btotal_nanos\x18\x04 \x01(\x03*\xd5\x01\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41PABILITY_CHAT\x10\x01\x12\x14\n\x10\x43\x41PABILITY_TOOLS\x10\x02\x12\x15\n\x11\x43\x41PABILITY_VISION\x10\x03\x12\x18\n\x14\x43\x41PABILITY_JSON_MODE\x10\x04\x12\x1a\n\x16\x43\x41PABILITY_JSON_SCHEMA\x10\x05\x12\x18\n\x14\x43\x41PABILITY_STREAMING\x10\x06\x12\x19\n\x15\x43\x41PABILITY_EMBEDDINGS\x10\x07*\xc5\x01\n\x12\x44\x61taClassification\x12#\n\x1f\x44\x41TA_CLASSIFICATION_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x41TA_CLASSIFICATION_PUBLIC\x10\x01\x12 \n\x1c\x44\x41TA_CLASSIFICATION_INTERNAL\x10\x02\x12$\n DATA_CLASSIFICATION_CONFIDENTIAL\x10\x03\x12\"\n\x1e\x44\x41TA_CLASSIFICATION_RESTRICTED\x10\x04*\x89\x01\n\x0e\x44\x65ploymentMode\x12\x1f\n\x1b\x44\x45PLOYMENT_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45PLOYMENT_MODE_CLOUD\x10\x01\x12\x1b\n\x17\x44\x45PLOYMENT_MODE_ON_PREM\x10\x02\x12\x1e\n\x1a\x44\x45PLOYMENT_MODE_AIR_GAPPED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$signalbox/api/common/v1/common.proto\x12\x17signalbox.api.common.v1\"\xaa\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x04\x12\x15\n\routput_tokens\x18\x02 \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x03 \x01(\x04\x12 \n\x18\x63\x61\x63he_write_input_tokens\x18\x04 \x01(\x04\x12\x14\n\x0ctotal_tokens\x18\x05 \x01(\x04\x12\x1f\n\x17reasoning_output_tokens\x18\x06 \x01(\x04\"X\n\x04\x43ost\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x13\n\x0binput_nanos\x18\x02 \x01(\x03\x12\x14\n\x0coutput_nanos\x18\x03 \x01(\x03\x12\x13\n\x0btotal_nanos\x18\x04 \x01(\x03*\xd5\x01\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41PABILITY_CHAT\x10\x01\x12\x14\n\x10\x43\x41PABILITY_TOOLS\x10\x02\x12\x15\n\x11\x43\x41PABILITY_VISION\x10\x03\x12\x18\n\x14\x43\x41PABILITY_JSON_MODE\x10\x04\x12\x1a\n\x16\x43\x41PABILITY_JSON_SCHEMA\x10\x05\x12\x18\n\x14\x43\x41PABILITY_STREAMING\x10\x06\x12\x19\n\x15\x43\x41PABILITY_EMBEDDINGS\x10\x07*\xc5\x01\n\x12\x44\x61taClassification\x12#\n\x1f\x44\x41TA_CLASSIFICATION_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x41TA_CLASSIFICATION_PUBLIC\x10\x01\x12 \n\x1c\x44\x41TA_CLASSIFICATION_INTERNAL\x10\x02\x12$\n DATA_CLASSIFICATION_CONFIDENTIAL\x10\x03\x12\"\n\x1e\x44\x41TA_CLASSIFICATION_RESTRICTED\x10\x04*\x89\x01\n\x0e\x44\x65ploymentMode\x12\x1f\n\x1b\x44\x45PLOYMENT_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45PLOYMENT_MODE_CLOUD\x10\x01\x12\x1b\n\x17\x44\x45PLOYMENT_MODE_ON_PREM\x10\x02\x12\x1e\n\x1a\x44\x45PLOYMENT_MODE_AIR_GAPPED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'signalbox.api.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAPABILITY']._serialized_start=296
-  _globals['_CAPABILITY']._serialized_end=509
-  _globals['_DATACLASSIFICATION']._serialized_start=512
-  _globals['_DATACLASSIFICATION']._serialized_end=709
-  _globals['_DEPLOYMENTMODE']._serialized_start=712
-  _globals['_DEPLOYMENTMODE']._serialized_end=849
+  _globals['_CAPABILITY']._serialized_start=329
+  _globals['_CAPABILITY']._serialized_end=542
+  _globals['_DATACLASSIFICATION']._serialized_start=545
+  _globals['_DATACLASSIFICATION']._serialized_end=742
+  _globals['_DEPLOYMENTMODE']._serialized_start=745
+  _globals['_DEPLOYMENTMODE']._serialized_end=882
   _globals['_USAGE']._serialized_start=66
-  _globals['_USAGE']._serialized_end=203
-  _globals['_COST']._serialized_start=205
-  _globals['_COST']._serialized_end=293
+  _globals['_USAGE']._serialized_end=236
+  _globals['_COST']._serialized_start=238
+  _globals['_COST']._serialized_end=326
 # @@protoc_insertion_point(module_scope)

@@ -100,6 +100,7 @@ class Usage(_message.Message):
     CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """Prompt tokens, including cached ones (OpenAI convention)."""
     output_tokens: _builtins.int
@@ -108,6 +109,11 @@ class Usage(_message.Message):
     cache_write_input_tokens: _builtins.int
     """Tokens written to the provider's prompt cache (Anthropic), part of input_tokens."""
     total_tokens: _builtins.int
+    reasoning_output_tokens: _builtins.int
+    """The part of output_tokens the model spent reasoning, as its provider reports it
+    (OpenAI's reasoning_tokens, Gemini's thoughtsTokenCount); 0 where it reports none
+    (Anthropic counts thinking in output_tokens without a split).
+    """
     def __init__(
         self,
         *,
@@ -116,10 +122,11 @@ class Usage(_message.Message):
         cached_input_tokens: _builtins.int = ...,
         cache_write_input_tokens: _builtins.int = ...,
         total_tokens: _builtins.int = ...,
+        reasoning_output_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_output_tokens", b"reasoning_output_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
