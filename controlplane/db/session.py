@@ -86,13 +86,19 @@ async def database_now(
     what is ``dated`` by the database's instead."""
     now: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
     if host_clock is not None:
-        gap = (host_clock() - now).total_seconds()
-        last = _clock_warned.get(dated)
-        if abs(gap) > MAX_CLOCK_GAP.total_seconds() and (
-            last is None or time.monotonic() - last >= CLOCK_WARNING_EVERY
-        ):
-            _clock_warned[dated] = time.monotonic()
-            log.warning(
-                "this host's clock is %+.0f s off the database's; %s are dated by the database's", gap, dated
-            )
+        compare_host_clock(now, host_clock, dated)
     return now
+
+
+def compare_host_clock(database: datetime, host_clock: Callable[[], datetime], dated: str) -> None:
+    """Log (at most every ``CLOCK_WARNING_EVERY`` per ``dated``) a host clock more than
+    ``MAX_CLOCK_GAP`` off the database's ``database`` now."""
+    gap = (host_clock() - database).total_seconds()
+    last = _clock_warned.get(dated)
+    if abs(gap) > MAX_CLOCK_GAP.total_seconds() and (
+        last is None or time.monotonic() - last >= CLOCK_WARNING_EVERY
+    ):
+        _clock_warned[dated] = time.monotonic()
+        log.warning(
+            "this host's clock is %+.0f s off the database's; %s are dated by the database's", gap, dated
+        )

@@ -32,18 +32,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
 from google.protobuf.message import DecodeError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controlplane.db.session import compare_host_clock
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import identity as identity_repo
 from controlplane.repositories import snapshots as snapshot_repo
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
+from signalbox.wallclock import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +85,14 @@ CLOSED = object()
 REVOKED = object()
 LOST_NOTICE_MARGIN = timedelta(minutes=10)
 """How long before its listening connection was seen lost a replica looks back for
-revocations it may have missed: the connection may have died unnoticed a while before, and
-``revoked_at`` is the database's clock, the loss this replica's."""
+revocations it may have missed: the connection may have died unnoticed a while before."""
+
+
+def _elapsed() -> float:
+    """Seconds on a clock no wall-clock step moves, that (on Linux) counts a suspension too:
+    how long the listening connection was down, whatever this host's wall clock reads."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
 class SnapshotBroker:
@@ -115,6 +125,8 @@ class SnapshotBroker:
         self.on_revoked: list[Callable[[str], None]] = []
         """Called with a node id whose certificates were revoked (on every replica): other
         node-port streams of that node (evidence shipping) end too."""
+        self.host_clock: Callable[[], datetime] = utc_now
+        """This host's wall clock: only compared with the database's, to log a gap."""
 
     def latest_for(self, group: str) -> Latest | None:
         """``group``'s newest snapshot as last loaded (None: it has none)."""
@@ -286,9 +298,23 @@ class SnapshotBroker:
         for version, raw in await snapshot_repo.deltas(session, group, since, newest):
             await self._hold_delta(group, version, raw, envelope_size)
 
+    async def _missed_since(self, conn: psycopg.AsyncConnection[Any], lost: float) -> datetime:
+        """Since when revocations may have been missed, by the database's clock (``revoked_at``
+        is dated by it): the outage, timed on ``_elapsed`` from ``lost`` (when it was noticed),
+        and the margin before it. A loss dated by this host's clock looked back from the wrong
+        instant: a replica 10 minutes ahead of the database looked for revocations after
+        they were made, found none, and kept a revoked node's streams open."""
+        cursor = await conn.execute("SELECT now()")
+        row = await cursor.fetchone()
+        assert row is not None
+        now: datetime = row[0]
+        compare_host_clock(now, self.host_clock, "revocations missed while not listening")
+        return now - timedelta(seconds=max(0.0, _elapsed() - lost)) - LOST_NOTICE_MARGIN
+
     async def _listen(self) -> None:
-        lost_at: datetime | None = None
-        """When the listening connection was lost (None: it was not, or the loss is caught up)."""
+        lost: float | None = None
+        """When the loss of the listening connection was noticed, on ``_elapsed`` (None: it
+        was not lost, or the loss is caught up)."""
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self._listen_url, autocommit=True) as conn:
@@ -297,14 +323,16 @@ class SnapshotBroker:
                     if self._listening.is_set():
                         # Reconnected: notifications may have been missed meanwhile.
                         self.kick()
-                    if lost_at is not None:
+                    if lost is not None:
                         # A revocation notified meanwhile never arrives: its node's streams
                         # here would stay open (and be sent every new snapshot). Whoever was
                         # revoked since shortly before the loss is ended now (their reconnects
                         # are refused; a node enrolled again since just reconnects).
-                        for node_id in await identity_repo.revoked_since(conn, lost_at - LOST_NOTICE_MARGIN):
+                        for node_id in await identity_repo.revoked_since(
+                            conn, await self._missed_since(conn, lost)
+                        ):
                             self.revoked(node_id)
-                        lost_at = None
+                        lost = None
                     self._listening.set()
                     async for notify in conn.notifies():
                         if notify.channel == identity_repo.REVOKE_CHANNEL:
@@ -312,8 +340,8 @@ class SnapshotBroker:
                         else:
                             self.kick()
             except psycopg.OperationalError as exc:
-                if lost_at is None:
-                    lost_at = datetime.now(UTC)
+                if lost is None:
+                    lost = _elapsed()
                 self._listening.set()
                 log.warning("snapshot listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(self._reconnect_backoff)
