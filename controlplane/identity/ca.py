@@ -44,6 +44,9 @@ from dataplane.identity import urn
 CA_KEY_AAD = b"signalbox-node-ca"
 CA_LIFETIME = timedelta(days=3650)
 SERVER_CERT_LIFETIME = timedelta(days=365)
+NODE_CLOCK_SKEW = timedelta(hours=1)
+"""How far behind the database's clock a node certificate is dated (a tenth of its lifetime
+at most): a replica or a node whose clock is that far behind still takes it as in force."""
 SERVER_CLOCK_SKEW = timedelta(days=1)
 """How far behind the database's clock the node port's server certificate and the node CA are
 dated (they live for years): a node whose clock is that far behind still completes the TLS
@@ -152,9 +155,9 @@ class Issued:
 
 
 def _backdate(ttl: timedelta) -> timedelta:
-    # Some slack for clocks a little behind ours, but never more than a tenth of the
-    # lifetime: renewal at two thirds must still come before the expiry.
-    return min(timedelta(minutes=1), ttl / 10)
+    # Slack for clocks behind the database's, but never more than a tenth of the lifetime:
+    # renewal at two thirds must still come well before the expiry.
+    return min(NODE_CLOCK_SKEW, ttl / 10)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from dataplane.identity import IdentityFiles
-from tests.fixtures.postgres import RunningControlPlane, sql_rows
+from dataplane.identity import CertificateRenewer, IdentityFiles
+from tests.fixtures.postgres import RunningControlPlane, sql_execute, sql_rows
 
 
 async def presented_server_certificate(
@@ -55,3 +55,43 @@ async def test_a_node_whose_clock_is_hours_behind_accepts_the_node_ports_certifi
             .build_server_verifier(x509.DNSName("localhost"))
         )
         verifier.verify(server, [])  # raises VerificationError when not in force then
+
+
+async def test_a_replica_whose_clock_is_half_an_hour_behind_accepts_a_fresh_node_certificate(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    """Node certificates are dated by the database's clock; a minute back, a replica (whose TLS
+    checks a node's certificate by its own clock) or a node installing its bundle, either a
+    minute behind the database, took a fresh certificate as not yet valid."""
+    files = IdentityFiles(private_tmp / "behind-2")
+    await control_plane.enroll("behind-2", files.directory)
+    await presented_server_certificate(control_plane, files)  # the node port takes it now
+    ((now,),) = sql_rows(control_plane.database_url, "SELECT now()")
+    node = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    verifier = PolicyBuilder().store(Store([ca])).time(now - timedelta(minutes=30)).build_client_verifier()
+    verifier.verify(node, [])
+
+
+async def test_node_status_shows_the_newest_issued_certificate_whatever_its_backdating(
+    control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    """The newest certificate was the one starting last; once certificates were dated an
+    hour back instead of a minute, one renewed after an upgrade started before the one
+    issued just before it, and node status showed the older certificate's expiry."""
+    files = IdentityFiles(private_tmp / "renewed-1")
+    await control_plane.enroll("renewed-1", files.directory)
+    # As issued five minutes before, dated a minute back (before the upgrade).
+    sql_execute(
+        control_plane.database_url,
+        "UPDATE node_certificates SET created_at = created_at - interval '5 minutes', "
+        "not_before = created_at - interval '6 minutes', not_after = not_after - interval '5 minutes' "
+        "WHERE node_id = 'renewed-1'",
+    )
+    renewed = await CertificateRenewer(
+        files, target=control_plane.node_address, node_id="renewed-1", on_renewed=lambda: None
+    ).renew_once()
+    identities = control_plane.cp.identities
+    assert identities is not None
+    summary = (await identities.certificates_by_node())["renewed-1"]
+    assert summary.not_after == renewed.not_valid_after_utc
