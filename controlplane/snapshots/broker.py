@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,7 +46,7 @@ from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import identity as identity_repo
 from controlplane.repositories import snapshots as snapshot_repo
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
-from signalbox.wallclock import utc_now
+from signalbox.wallclock import elapsed, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +85,6 @@ REVOKED = object()
 LOST_NOTICE_MARGIN = timedelta(minutes=10)
 """How long before its listening connection was seen lost a replica looks back for
 revocations it may have missed: the connection may have died unnoticed a while before."""
-
-
-def _elapsed() -> float:
-    """Seconds on a clock no wall-clock step moves, that (on Linux) counts a suspension too:
-    how long the listening connection was down, whatever this host's wall clock reads."""
-    boottime = getattr(time, "CLOCK_BOOTTIME", None)
-    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
 class SnapshotBroker:
@@ -300,7 +292,7 @@ class SnapshotBroker:
 
     async def _missed_since(self, conn: psycopg.AsyncConnection[Any], lost: float) -> datetime:
         """Since when revocations may have been missed, by the database's clock (``revoked_at``
-        is dated by it): the outage, timed on ``_elapsed`` from ``lost`` (when it was noticed),
+        is dated by it): the outage, timed on ``elapsed`` from ``lost`` (when it was noticed),
         and the margin before it. A loss dated by this host's clock looked back from the wrong
         instant: a replica 10 minutes ahead of the database looked for revocations after
         they were made, found none, and kept a revoked node's streams open."""
@@ -309,11 +301,11 @@ class SnapshotBroker:
         assert row is not None
         now: datetime = row[0]
         compare_host_clock(now, self.host_clock, "revocations missed while not listening")
-        return now - timedelta(seconds=max(0.0, _elapsed() - lost)) - LOST_NOTICE_MARGIN
+        return now - timedelta(seconds=max(0.0, elapsed() - lost)) - LOST_NOTICE_MARGIN
 
     async def _listen(self) -> None:
         lost: float | None = None
-        """When the loss of the listening connection was noticed, on ``_elapsed`` (None: it
+        """When the loss of the listening connection was noticed, on ``elapsed`` (None: it
         was not lost, or the loss is caught up)."""
         while True:
             try:
@@ -341,7 +333,7 @@ class SnapshotBroker:
                             self.kick()
             except psycopg.OperationalError as exc:
                 if lost is None:
-                    lost = _elapsed()
+                    lost = elapsed()
                 self._listening.set()
                 log.warning("snapshot listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(self._reconnect_backoff)
