@@ -47,7 +47,7 @@ from controlplane.api_key_hash import ApiKeyHasher, HashKeyRing, LiveHashKeys
 from controlplane.connections import connection_caps, open_files_limit, server_options
 from controlplane.db.embedded import EMBEDDED_DIR, EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
-from controlplane.db.session import create_engine, dispose, normalize_url, session_factory
+from controlplane.db.session import create_engine, database_now, dispose, normalize_url, session_factory
 from controlplane.evidence.checkpoints import CheckpointVerifier, verify_node_checkpoint
 from controlplane.evidence.export import EvidenceExporter
 from controlplane.evidence.imports import EvidenceImporter
@@ -93,6 +93,7 @@ from signalbox.api.config.v1 import (
 )
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.tls import add_port, host_of
+from signalbox.wallclock import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,8 @@ class ControlPlane:
         self.metrics_address = ""
         """host:port of the Prometheus endpoint, when metrics are on."""
         self.node_ca: NodeCaKey | None = None
+        self._started_at: datetime | None = None
+        """The database's clock at start: what the node port's certificate is dated by."""
         self.identities: IdentityService | None = None
         self.groups: NodeGroupService | None = None
         self._health = HealthServicer()
@@ -211,6 +214,8 @@ class ControlPlane:
             self.signer = await ensure_signing_key(session, kek)
         async with sessions() as session, session.begin():
             self.node_ca = await ensure_node_ca(session, kek)
+            # The node port's certificate is issued below, dated by the database's clock too.
+            self._started_at = await database_now(session, utc_now, "the node port's certificate")
         hash_keys = HashKeyRing(kek)  # services ask it for the active version each time
         async with sessions() as session, session.begin():
             self.api_key_hasher = await hash_keys.ensure(session)
@@ -424,7 +429,7 @@ class ControlPlane:
             credentials = None
         else:
             hosts = [host_of(s.node_listen), "localhost", "127.0.0.1", "::1", *s.node_advertise_names]
-            cert_pem, key_pem = self.node_ca.issue_server(hosts)
+            cert_pem, key_pem = self.node_ca.issue_server(hosts, self._started_at)
             credentials = grpc.ssl_server_credentials(
                 [(key_pem, cert_pem)], root_certificates=self.node_ca.pem, require_client_auth=True
             )

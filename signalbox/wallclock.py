@@ -12,6 +12,7 @@ within a slice, whatever the clock did meanwhile.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -21,6 +22,13 @@ RECHECK_SECONDS = 30.0
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def elapsed() -> float:
+    """Seconds on a clock no wall-clock step moves and that (on Linux) counts a suspension
+    too, unlike the monotonic clock: for how long something lasted, whatever the wall clock did."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
 def seconds_until(deadline: datetime, now: Callable[[], datetime] = utc_now) -> float:

@@ -41,7 +41,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import CHAIN_ID_CHARS, EvidenceAlarm, EvidenceChain, NodeCertificate
-from controlplane.db.session import database_now
+from controlplane.db.session import DatabaseClock, database_now
 from controlplane.errors import PermissionDenied, shown
 from controlplane.evidence.checkpoints import (
     Checkpoint,
@@ -144,10 +144,16 @@ class EvidenceIngest:
         ``partitions``: shared with retention, which drops them (one of its own by default);
         ``keyring``: whose active key cosigns the checkpoints stored (None: stored as the
         node signed them, as a control plane before witnessing did); ``host_clock``: this
-        host's, only compared with the database's, which dates the cosignatures;
-        ``lock_timeout``: seconds a batch waits for its chain's row lock before it is refused."""
+        host's, only compared with the database's, which dates the cosignatures and the
+        batches' receipt; ``lock_timeout``: seconds a batch waits for its chain's row lock
+        before it is refused."""
         self._keyring = keyring
         self._host_clock = host_clock
+        self._received_clock = DatabaseClock(sessions, host_clock, "evidence receipt times")
+        """When a batch arrived, by the database's clock: a record dated more than a day after
+        it is stored at it (``records.MAX_AHEAD_S``). By this host's clock, a replica days
+        behind stored every record at its own wrong date: partitioned, found by time and
+        dropped by retention days early (ahead, records dated far ahead kept their dates)."""
         self._sessions = sessions
         self._verify_signature = verify_checkpoint_signature
         self._workers = workers
@@ -180,7 +186,8 @@ class EvidenceIngest:
                     f"chain {shown(chain_id)}: {checkpoint.name}: signature: {exc}"
                 ) from exc
 
-        parsed = await self._parse(chain_id, node_id, batch.lines)
+        received = (await self._received_clock.now()).timestamp()
+        parsed = await self._parse(chain_id, node_id, batch.lines, received)
         times = parsed.times()
         for _ in range(PARTITION_ATTEMPTS - 1):
             await self.partitions.ensure(times)
@@ -277,13 +284,13 @@ class EvidenceIngest:
         active = signers[0]
         return lambda note: cosignature.cosign(note.encode(), active.key_id, active.private_key, now).decode()
 
-    async def _parse(self, chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
+    async def _parse(self, chain_id: str, node_id: str, lines: Sequence[bytes], received: float) -> Parsed:
         """Parsing and hashing is most of ingest's CPU: a
         large batch goes to a worker process, so batches of several chains verify at once."""
         if self._workers <= 0 or len(lines) < POOL_MIN_LINES:
-            return parse_lines(chain_id, node_id, lines)
+            return parse_lines(chain_id, node_id, lines, received)
         return await asyncio.get_running_loop().run_in_executor(
-            self._started_pool(), parse_lines, chain_id, node_id, list(lines)
+            self._started_pool(), parse_lines, chain_id, node_id, list(lines), received
         )
 
     def _started_pool(self) -> ProcessPoolExecutor:
@@ -300,7 +307,10 @@ class EvidenceIngest:
             return
         loop, pool = asyncio.get_running_loop(), self._started_pool()
         await asyncio.gather(
-            *(loop.run_in_executor(pool, parse_lines, "warm/0", "warm", []) for _ in range(self._workers))
+            *(
+                loop.run_in_executor(pool, parse_lines, "warm/0", "warm", [], 0.0)
+                for _ in range(self._workers)
+            )
         )
 
     def close(self) -> None:

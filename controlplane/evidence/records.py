@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -148,15 +147,16 @@ def _spend(tenant_id: object, api_key_id: object, cost: object) -> Spend | None:
 class _Batch:
     """The constant parts of a batch's rows, and the two ways a line becomes one."""
 
-    def __init__(self, chain_id: str, node_id: str) -> None:
+    def __init__(self, chain_id: str, node_id: str, received: float) -> None:
         chain_bytes = chain_id.encode()
         node_bytes = node_id.encode()
         self.chain_id = chain_id
         self.node_id = node_id
         self.head = struct.pack("!h", 13) + _LEN(len(chain_bytes)) + chain_bytes
         self.node_field = _LEN(len(node_bytes)) + node_bytes
-        self.received = time.time()
-        """When the batch arrived: the time a record dated too far after it is stored at."""
+        self.received = received
+        """When the batch arrived (seconds since 1970, by the database's clock): the time a
+        record dated too far after it is stored at."""
 
     def fast(self, body: bytes) -> _Row | None:
         """The row of a well-formed line, with only the members read that are stored
@@ -307,9 +307,11 @@ class _Batch:
         return seq, digest, prev, us, row, spend
 
 
-def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
+def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes], received: float) -> Parsed:
     """Every line checked on its own (bounded, JSON, its own hash, its chain and node) up to
-    the first one refused; the records before it and that refusal."""
+    the first one refused; the records before it and that refusal. ``received``: when the
+    batch arrived, by the database's clock (seconds since 1970): a record dated more than
+    ``MAX_AHEAD_S`` after it is stored at it."""
     seqs: list[int] = []
     hashes: list[bytes] = []
     prevs: list[bytes] = []
@@ -317,7 +319,7 @@ def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes]) -> Parsed:
     days: set[int] = set()
     rows: list[bytes] = []
     size = 0
-    batch = _Batch(chain_id, node_id)
+    batch = _Batch(chain_id, node_id, received)
     fast, general = batch.fast, batch.general
     refused: EvidenceRefused | None = None
     spends: dict[int, tuple[str, str, int, int]] = {}

@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import NodeCa
+from controlplane.db.session import database_now
 from controlplane.errors import InvalidArgument, SigningKeyUnavailable
 from controlplane.keys import Kek
 from dataplane.identity import urn
@@ -43,6 +44,14 @@ from dataplane.identity import urn
 CA_KEY_AAD = b"signalbox-node-ca"
 CA_LIFETIME = timedelta(days=3650)
 SERVER_CERT_LIFETIME = timedelta(days=365)
+NODE_CLOCK_SKEW = timedelta(hours=1)
+"""How far behind the database's clock a node certificate is dated (a tenth of its lifetime
+at most): a replica or a node whose clock is that far behind still takes it as in force."""
+SERVER_CLOCK_SKEW = timedelta(days=1)
+"""How far behind the database's clock the node port's server certificate and the node CA are
+dated (they live for years): a node whose clock is that far behind still completes the TLS
+handshake. Dated a minute back, a node one minute behind failed every handshake after a
+control-plane restart (a fresh server certificate) until its clock caught up."""
 MAX_CSR_BYTES = 16 * 1024
 CN_CHARS = 64
 KEY_TYPES = "key must be ECDSA P-256 (node evidence is signed with it)"
@@ -146,9 +155,9 @@ class Issued:
 
 
 def _backdate(ttl: timedelta) -> timedelta:
-    # Some slack for clocks a little behind ours, but never more than a tenth of the
-    # lifetime: renewal at two thirds must still come before the expiry.
-    return min(timedelta(minutes=1), ttl / 10)
+    # Slack for clocks behind the database's, but never more than a tenth of the lifetime:
+    # renewal at two thirds must still come well before the expiry.
+    return min(NODE_CLOCK_SKEW, ttl / 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +172,12 @@ class NodeCaKey:
         return self.certificate.public_bytes(Encoding.PEM)
 
     def _builder(
-        self, subject: str, public_key: NodePublicKey, ttl: timedelta, now: datetime | None = None
+        self,
+        subject: str,
+        public_key: NodePublicKey,
+        ttl: timedelta,
+        now: datetime | None = None,
+        backdate: timedelta | None = None,
     ) -> x509.CertificateBuilder:
         now = now or datetime.now(UTC)
         ski = x509.SubjectKeyIdentifier.from_public_key(self.private_key.public_key())
@@ -173,7 +187,7 @@ class NodeCaKey:
             .issuer_name(self.certificate.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _backdate(ttl))
+            .not_valid_before(now - (_backdate(ttl) if backdate is None else backdate))
             .not_valid_after(now + ttl)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
@@ -206,8 +220,10 @@ class NodeCaKey:
         )
         return Issued(cert)
 
-    def issue_server(self, hosts: Sequence[str]) -> tuple[bytes, bytes]:
-        """(certificate PEM, private key PEM) of a fresh server key for the node port."""
+    def issue_server(self, hosts: Sequence[str], now: datetime | None = None) -> tuple[bytes, bytes]:
+        """(certificate PEM, private key PEM) of a fresh server key for the node port, valid
+        from ``SERVER_CLOCK_SKEW`` before ``now`` (the database's clock; this host's when not
+        given)."""
         key = ec.generate_private_key(ec.SECP256R1())
         names: list[x509.GeneralName] = []
         for host in dict.fromkeys(h.strip() for h in hosts if h.strip()):
@@ -219,7 +235,13 @@ class NodeCaKey:
             if not address.is_unspecified:
                 names.append(x509.IPAddress(address))
         cert = (
-            self._builder("signalbox control plane (node port)", key.public_key(), SERVER_CERT_LIFETIME)
+            self._builder(
+                "signalbox control plane (node port)",
+                key.public_key(),
+                SERVER_CERT_LIFETIME,
+                now,
+                SERVER_CLOCK_SKEW,
+            )
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(self.private_key, hashes.SHA256())
@@ -228,9 +250,11 @@ class NodeCaKey:
         return cert.public_bytes(Encoding.PEM), key_pem
 
 
-def new_ca() -> NodeCaKey:
+def new_ca(now: datetime | None = None) -> NodeCaKey:
+    """A fresh node CA, valid from ``SERVER_CLOCK_SKEW`` before ``now`` (this host's clock
+    when not given): a node checks the CA's validity at every handshake too."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     name = _name("signalbox node CA")
     cert = (
         x509.CertificateBuilder()
@@ -238,7 +262,7 @@ def new_ca() -> NodeCaKey:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_before(now - SERVER_CLOCK_SKEW)
         .not_valid_after(now + CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(ca=True), critical=True)
@@ -269,8 +293,9 @@ def _unseal(row: NodeCa, kek: Kek) -> NodeCaKey:
 
 
 async def ensure_node_ca(session: AsyncSession, kek: Kek) -> NodeCaKey:
-    """The node CA, generated on first start; replicas starting at once agree on one."""
-    candidate = new_ca()
+    """The node CA, generated on first start (dated by the database's clock); replicas
+    starting at once agree on one."""
+    candidate = new_ca(await database_now(session))
     await session.execute(
         insert(NodeCa)
         .values(

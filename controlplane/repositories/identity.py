@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import EnrollToken, NodeCertificate
@@ -129,11 +130,9 @@ async def newest_certificates(session: AsyncSession) -> dict[str, CertificateSum
         )
     )
     revoked: dict[str, bool] = {node_id: bool(all_revoked) for node_id, all_revoked in grouped}
-    latest = (
-        select(NodeCertificate.node_id, func.max(NodeCertificate.not_before).label("not_before"))
-        .group_by(NodeCertificate.node_id)
-        .subquery()
-    )
+    # Newest by when it was issued (the database's clock), not by ``not_before``: how far a
+    # certificate is backdated changed (a minute, then up to an hour), so a certificate
+    # issued after an upgrade can start before one issued just before it.
     newest = await session.execute(
         select(
             NodeCertificate.node_id,
@@ -142,12 +141,13 @@ async def newest_certificates(session: AsyncSession) -> dict[str, CertificateSum
             NodeCertificate.mode,
             NodeCertificate.site,
         )
-        .join(
-            latest,
-            (NodeCertificate.node_id == latest.c.node_id)
-            & (NodeCertificate.not_before == latest.c.not_before),
+        .ext(distinct_on(NodeCertificate.node_id))
+        .order_by(
+            NodeCertificate.node_id,
+            NodeCertificate.created_at.desc(),
+            NodeCertificate.not_before.desc(),
+            NodeCertificate.not_after.desc(),
         )
-        .order_by(NodeCertificate.node_id, NodeCertificate.not_after)
     )
     return {
         node_id: CertificateSummary(not_after, bool(revoked.get(node_id)), group, mode, site)

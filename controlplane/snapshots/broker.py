@@ -34,18 +34,20 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
 from google.protobuf.message import DecodeError
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.db.session import connect_options
+from controlplane.db.session import compare_host_clock, connect_options
 from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import identity as identity_repo
 from controlplane.repositories import snapshots as snapshot_repo
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2
+from signalbox.wallclock import elapsed, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,7 @@ RELOAD_RETRY_CAP = 5.0
 """Seconds between attempts to reload a change the database did not let be read (doubling)."""
 LOST_NOTICE_MARGIN = timedelta(minutes=10)
 """How long before its listening connection was seen lost a replica looks back for
-revocations it may have missed: the connection may have died unnoticed a while before, and
-``revoked_at`` is the database's clock, the loss this replica's."""
+revocations it may have missed: the connection may have died unnoticed a while before."""
 
 
 class SnapshotBroker:
@@ -124,6 +125,8 @@ class SnapshotBroker:
         """Awaited with False when the listening connection is lost (the database is
         unreachable: restarted, down, cut off) and with True each time LISTEN is active
         again (and at the first start): the control plane's health follows it."""
+        self.host_clock: Callable[[], datetime] = utc_now
+        """This host's wall clock: only compared with the database's, to log a gap."""
 
     def latest_for(self, group: str) -> Latest | None:
         """``group``'s newest snapshot as last loaded (None: it has none)."""
@@ -307,9 +310,23 @@ class SnapshotBroker:
         for version, raw in await snapshot_repo.deltas(session, group, since, newest):
             await self._hold_delta(group, version, raw, envelope_size)
 
+    async def _missed_since(self, conn: psycopg.AsyncConnection[Any], lost: float) -> datetime:
+        """Since when revocations may have been missed, by the database's clock (``revoked_at``
+        is dated by it): the outage, timed on ``elapsed`` from ``lost`` (when it was noticed),
+        and the margin before it. A loss dated by this host's clock looked back from the wrong
+        instant: a replica 10 minutes ahead of the database looked for revocations after
+        they were made, found none, and kept a revoked node's streams open."""
+        cursor = await conn.execute("SELECT now()")
+        row = await cursor.fetchone()
+        assert row is not None
+        now: datetime = row[0]
+        compare_host_clock(now, self.host_clock, "revocations missed while not listening")
+        return now - timedelta(seconds=max(0.0, elapsed() - lost)) - LOST_NOTICE_MARGIN
+
     async def _listen(self) -> None:
-        lost_at: datetime | None = None
-        """When the listening connection was lost (None: it was not, or the loss is caught up)."""
+        lost: float | None = None
+        """When the loss of the listening connection was noticed, on ``elapsed`` (None: it
+        was not lost, or the loss is caught up)."""
         while True:
             try:
                 conninfo = make_conninfo(self._listen_url, **connect_options(self._listen_url))
@@ -319,14 +336,16 @@ class SnapshotBroker:
                     if self._listening.is_set():
                         # Reconnected: notifications may have been missed meanwhile.
                         self.kick()
-                    if lost_at is not None:
+                    if lost is not None:
                         # A revocation notified meanwhile never arrives: its node's streams
                         # here would stay open (and be sent every new snapshot). Whoever was
                         # revoked since shortly before the loss is ended now (their reconnects
                         # are refused; a node enrolled again since just reconnects).
-                        for node_id in await identity_repo.revoked_since(conn, lost_at - LOST_NOTICE_MARGIN):
+                        for node_id in await identity_repo.revoked_since(
+                            conn, await self._missed_since(conn, lost)
+                        ):
                             self.revoked(node_id)
-                        lost_at = None
+                        lost = None
                     self._listening.set()
                     await self._database_reachable(True)
                     async for notify in conn.notifies():
@@ -335,8 +354,8 @@ class SnapshotBroker:
                         else:
                             self.kick()
             except psycopg.OperationalError as exc:
-                if lost_at is None:
-                    lost_at = datetime.now(UTC)
+                if lost is None:
+                    lost = elapsed()
                     await self._database_reachable(False)
                 self._listening.set()
                 log.warning("snapshot listener lost its connection (%s); reconnecting", exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -46,7 +47,7 @@ def reseal(body: bytes) -> bytes:
 
 
 def agree(line: bytes) -> None:
-    batch = _Batch(CHAIN, NODE)
+    batch = _Batch(CHAIN, NODE, time.time())
     body = line[:-1] if line.endswith(b"\n") else line
     general = batch.general(body, 1)
     fast = batch.fast(body)
@@ -63,7 +64,7 @@ def agree(line: bytes) -> None:
 
 def test_fast_path_reads_a_normal_record_as_the_general_path_does() -> None:
     line = seal(record())
-    batch = _Batch(CHAIN, NODE)
+    batch = _Batch(CHAIN, NODE, time.time())
     fast = batch.fast(line[:-1])
     assert fast is not None  # the common case takes the fast path
     assert fast == batch.general(line[:-1], 1)
@@ -165,7 +166,7 @@ def test_a_batch_parses_in_order_up_to_the_first_refusal() -> None:
     prev = json.loads(first)["hash"]
     second = seal(record(seq=2, prev_hash=prev, tenant_id=5))  # general path: not a string
     third = seal(record(seq=3, node_id="someone-else"))
-    parsed = parse_lines(CHAIN, NODE, [first, second, third])
+    parsed = parse_lines(CHAIN, NODE, [first, second, third], time.time())
     assert parsed.seqs == [1, 2]
     assert parsed.refused is not None
     assert "seq 3 (line 3" in parsed.refused.message

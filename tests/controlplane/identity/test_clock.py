@@ -10,8 +10,14 @@ import grpc
 import pytest
 
 from dataplane.identity import CertificateRenewer, IdentityFiles
-from tests.controlplane.identity.test_sync_refusals import attempt_sync
-from tests.fixtures.postgres import cp_settings, running_control_plane, sql_rows
+from tests.controlplane.conftest import SyncNode
+from tests.controlplane.identity.test_sync_refusals import attempt_sync, revoke_while_not_listening
+from tests.fixtures.postgres import (
+    RunningControlPlane,
+    cp_settings,
+    running_control_plane,
+    sql_rows,
+)
 from tests.helpers import eventually
 
 
@@ -51,3 +57,24 @@ async def test_a_replica_whose_clock_is_decades_behind_issues_certificates_that_
             return not received and code != grpc.StatusCode.OK
 
         await eventually(refused, message="the revoked node refused")
+
+
+async def test_a_replica_ahead_of_the_database_still_ends_a_revoked_nodes_stream_after_listen_is_back(
+    control_plane: RunningControlPlane, private_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A revocation notified while a replica's listening connection was down is looked up
+    once it listens again, from shortly before the loss. The loss was dated by the replica's
+    own clock and compared with ``revoked_at``, the database's: a replica an hour ahead
+    looked for revocations made after (its) now, found none, and kept the revoked node's
+    stream open, sending it every new snapshot."""
+    broker = control_plane.cp.broker
+    assert broker is not None
+    broker.host_clock = lambda: datetime.now(UTC) + timedelta(hours=1)
+    tls = await control_plane.enroll("ahead-1", private_tmp / "ahead-1")
+    node = await SyncNode(control_plane, "ahead-1", tls).connect()
+    try:
+        await node.next_envelope()
+        await revoke_while_not_listening(control_plane, node)
+        assert "this host's clock is +3600 s off the database's; revocations missed" in caplog.text
+    finally:
+        await node.close()

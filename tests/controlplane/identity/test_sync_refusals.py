@@ -348,15 +348,19 @@ async def test_a_revocation_whose_notice_was_lost_ends_the_stream_once_the_liste
     node = await SyncNode(control_plane, "away-1", tls).connect()
     try:
         await node.next_envelope()
-        # The listener's connection goes away, and the node is revoked meanwhile (as RevokeNode
-        # writes it; its notice is the one that got lost).
-        sql_execute(
-            control_plane.database_url,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()",
-            "UPDATE node_certificates SET revoked_at = now() WHERE node_id = 'away-1'",
-        )
-        await asyncio.wait_for(node.ended.wait(), 10)
-        assert node.end_code == grpc.StatusCode.PERMISSION_DENIED
+        await revoke_while_not_listening(control_plane, node)
     finally:
         await node.close()
+
+
+async def revoke_while_not_listening(control_plane: RunningControlPlane, node: SyncNode) -> None:
+    """Cut the replica's listening connection and revoke ``node`` meanwhile (as RevokeNode
+    writes it; its notice is the one that gets lost); its stream is ended all the same."""
+    sql_execute(
+        control_plane.database_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()",
+        f"UPDATE node_certificates SET revoked_at = now() WHERE node_id = '{node.node_id}'",
+    )
+    await asyncio.wait_for(node.ended.wait(), 10)
+    assert node.end_code == grpc.StatusCode.PERMISSION_DENIED
