@@ -145,7 +145,8 @@ class _StateCollector(Collector):
             )
             refused = CounterMetricFamily(
                 "signalbox_http_connections_refused",
-                "HTTP connections answered 503 and closed for being over --http-max-connections.",
+                "HTTP connections answered 503 and closed for being over --http-max-connections "
+                "or --http-max-connections-per-peer.",
                 labels=["worker"],
             )
             refused.add_metric([self._worker], http.refused_connections)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Protocol
+from typing import Final, Protocol
 
 from dataplane.open_files import DEFAULT_MAX_CONNECTIONS
 
@@ -41,6 +41,30 @@ class Limits:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     """Open connections beyond this are answered 503 and closed at once: a flood of idle
     connections cannot take the node's file descriptors from the callers it serves."""
+    max_connections_per_peer: int | None = None
+    """Open connections from one client address beyond this are answered 503 and closed at
+    once, so one address cannot take every place under ``max_connections`` (None:
+    ``per_peer_cap``). Loopback addresses count like any other; unix-socket clients (a node's
+    own workers) have no address and are not counted."""
+
+    @property
+    def per_peer(self) -> int:
+        """The cap on one client address's open connections."""
+        if self.max_connections_per_peer is not None:
+            return self.max_connections_per_peer
+        return per_peer_cap(self.max_connections)
+
+
+MIN_PER_PEER: Final = 8
+"""The least a client address may hold by default, however small the door's cap."""
+PER_PEER_SHARE: Final = 8
+"""By default one client address may hold 1/8 of a door's cap."""
+
+
+def per_peer_cap(max_connections: int) -> int:
+    """One client address's default cap: 1/``PER_PEER_SHARE`` of ``max_connections``, at
+    least ``MIN_PER_PEER`` (never more than ``max_connections``)."""
+    return min(max(max_connections // PER_PEER_SHARE, MIN_PER_PEER), max_connections)
 
 
 @dataclass(slots=True)

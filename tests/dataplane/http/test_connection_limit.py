@@ -56,6 +56,17 @@ async def _open(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
     return await asyncio.open_connection(host, int(port))
 
 
+async def refused(reader: asyncio.StreamReader) -> str:
+    """The message of the 503 a connection is answered unasked before it is closed."""
+    answer = await asyncio.wait_for(reader.read(), 10)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 503 Service Unavailable"
+    assert "retry-after: 1" in lines
+    assert "connection: close" in lines
+    return str(json.loads(body)["error"]["message"])
+
+
 async def _metrics(node: DataPlaneNode) -> dict[str, float]:
     async with (
         aiohttp.ClientSession() as session,
@@ -85,15 +96,9 @@ async def test_a_connection_over_the_cap_gets_503_and_the_node_keeps_serving(nod
 
         reader, writer = await _open(node.http_address)
         stack.callback(writer.close)
-        answer = await asyncio.wait_for(reader.read(), 10)  # answered and closed unasked
-        head, _, body = answer.partition(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")
-        assert lines[0] == "HTTP/1.1 503 Service Unavailable"
-        assert "retry-after: 1" in lines
-        assert "connection: close" in lines
-        error = json.loads(body)["error"]
-        assert "--http-max-connections" in error["message"]
-        assert f"{CAP} HTTP connections" in error["message"]
+        message = await refused(reader)
+        assert "--http-max-connections" in message
+        assert f"{CAP} HTTP connections" in message
 
         # One idle caller leaves: the next one is served.
         idle[0].close()
