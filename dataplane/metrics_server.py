@@ -157,8 +157,8 @@ class _StateCollector(Collector):
                 "signalbox_tls_front_connections",
                 "Client connections to a door's TLS front (nodes with --tls-client-ca), by how "
                 "the handshake ended: trusted, untrusted or no_certificate (its calls refused), "
-                "handshake_failed, handshake_timeout, over_limit (cut before the handshake: the "
-                "front held as many as it may).",
+                "handshake_failed, handshake_timeout, over_limit and over_peer_limit (cut before "
+                "the handshake: the front, or the client's address, held as many as it may).",
                 labels=["door", "result", "worker"],
             )
             for front in fronts:

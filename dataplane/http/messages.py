@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Final, Protocol
+from typing import Protocol
 
-from dataplane.open_files import DEFAULT_MAX_CONNECTIONS
+from dataplane.open_files import DEFAULT_MAX_CONNECTIONS, per_peer_cap
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 """Each status's reason phrase, for the status line."""
@@ -53,18 +53,6 @@ class Limits:
         if self.max_connections_per_peer is not None:
             return self.max_connections_per_peer
         return per_peer_cap(self.max_connections)
-
-
-MIN_PER_PEER: Final = 8
-"""The least a client address may hold by default, however small the door's cap."""
-PER_PEER_SHARE: Final = 8
-"""By default one client address may hold 1/8 of a door's cap."""
-
-
-def per_peer_cap(max_connections: int) -> int:
-    """One client address's default cap: 1/``PER_PEER_SHARE`` of ``max_connections``, at
-    least ``MIN_PER_PEER`` (never more than ``max_connections``)."""
-    return min(max(max_connections // PER_PEER_SHARE, MIN_PER_PEER), max_connections)
 
 
 @dataclass(slots=True)

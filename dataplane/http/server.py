@@ -62,7 +62,7 @@ from dataplane.http.messages import (
     header_fields,
     text,
 )
-from dataplane.http.peers import PeerPlaces, over_peer_cap
+from dataplane.peer_places import PeerPlaces, over_peer_cap
 from dataplane.tls_front import NOT_THROUGH_FRONT, PeerLookup
 
 log = logging.getLogger("signalbox.dataplane.http")

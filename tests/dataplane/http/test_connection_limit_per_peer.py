@@ -5,7 +5,9 @@ address still connects and is served."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,9 +15,20 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
-from dataplane.http.messages import Limits, per_peer_cap
+from dataplane.http.messages import Limits
+from dataplane.open_files import per_peer_cap
+from dataplane.tls_front import OVER_LIMIT, OVER_PEER_LIMIT, TRUSTED, TlsFront
 from tests.dataplane.conftest import NodeFactory, envelope, snapshot
-from tests.dataplane.http.test_connection_limit import HEADERS, HELLO, _metrics, refused
+from tests.dataplane.http.test_connection_limit import (
+    HEADERS,
+    HELLO,
+    _metrics,
+    cut,
+    echoed,
+    refused,
+    tls_front,
+)
+from tests.fixtures.certs import TestCA
 from tests.helpers import eventually
 
 CAP = 16
@@ -85,6 +98,35 @@ async def test_one_address_over_its_share_gets_503_and_another_address_is_served
         # The first address closes one: its next connection is served.
         held[0].close()
         await eventually(lambda: _served(node.http_address, "127.0.0.1"), message="a place freed is served")
+
+
+@pytest.fixture
+async def front(tmp_path: Path) -> AsyncIterator[tuple[TlsFront, TestCA]]:
+    async with tls_front(tmp_path, max_clients=CAP, max_per_peer=2) as made:
+        yield made
+
+
+async def test_the_tls_front_cuts_one_address_over_its_share_while_another_is_served(
+    front: tuple[TlsFront, TestCA],
+) -> None:
+    # Behind the front every connection the door sees is the front's, from loopback: the
+    # door cannot tell callers apart, and one address held every place of the front.
+    made, ca = front
+    address = f"127.0.0.1:{made.port}"
+    async with AsyncExitStack() as stack:
+        for _ in range(2):  # connected, never a byte of TLS: each holds a place
+            _, writer = await _open(address)
+            stack.callback(writer.close)
+        await eventually(lambda: len(made.clients) == 2, message="the front holds both")
+
+        reader, writer = await _open(address)
+        stack.callback(writer.close)
+        assert await cut(reader)
+        assert made.results[OVER_PEER_LIMIT] == 1
+        assert made.results[OVER_LIMIT] == 0
+
+        assert await echoed(ca, made.port, OTHER)
+        assert made.results[TRUSTED] == 1
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""How many connections one client address holds at the HTTP door at once.
+"""How many connections one client address holds at a door of the node at once.
 
 The door's cap (``--http-max-connections``) bounds its connections, not who holds them: one
 address that opened that many (and said nothing, or reconnected in a loop) took every place,
@@ -11,7 +11,9 @@ Every address counts, loopback too (another process of the host is a client like
 a reverse proxy on loopback that carries many callers needs the flag raised). Behind the TLS
 front the door's connections are all the front's own, from loopback: the front counts its
 clients' addresses (``dataplane.tls_front``). A unix-socket client (a node's own workers) has
-no address and is not counted.
+no address and is not counted. The gRPC door's own listener is gRPC's, which counts only
+its connections (``--grpc-max-connections``); its TLS front, with a client CA, counts
+addresses at 1/8 of that cap (``per_peer_cap``).
 """
 
 from __future__ import annotations
