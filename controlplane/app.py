@@ -336,7 +336,12 @@ class ControlPlane:
 
         # grpc cannot make client certificates optional on one port: nodes get their own.
         self._node_server = grpc.aio.server(
-            options=server_options(s.max_message_bytes, caps.node, s.connection_idle_timeout)
+            options=server_options(
+                s.max_message_bytes,
+                caps.node,
+                s.connection_idle_timeout,
+                (s.node_connection_max_age, s.connection_age_grace),
+            )
         )
         sync_pb2_grpc.add_ConfigSyncServiceServicer_to_server(self.sync, self._node_server)
         identity_pb2_grpc.add_NodeIdentityServiceServicer_to_server(

@@ -217,7 +217,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "the open-files limit, at most 10000",
             command=SERVE,
         )
-    # Defaults: controlplane.connections' DEFAULT_IDLE_TIMEOUT_S and DEFAULT_MAX_AGE_S.
+    # Defaults: controlplane.connections' DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_AGE_S and
+    # DEFAULT_NODE_MAX_AGE_S.
     for flag, env, default, text in (
         (
             "--connection-idle-timeout",
@@ -232,6 +233,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             1800.0,
             "seconds after which a connection to --listen is closed, its calls given 600 s more "
             "to end (clients reconnect for their next call)",
+        ),
+        (
+            "--node-connection-max-age",
+            "SIGNALBOX_CONTROLPLANE_NODE_CONNECTION_MAX_AGE",
+            3600.0,
+            "seconds after which a connection to --node-listen is closed, its streams given 600 s "
+            "more to end (the node reconnects, presenting its certificate again, and re-syncs)",
         ),
     ):
         add(serve, flag, env=env, default=default, type=float, help=text, command=SERVE)
@@ -374,6 +382,7 @@ def serve_command(ns: argparse.Namespace) -> int:
     for flag, seconds in (
         ("--connection-idle-timeout", ns.connection_idle_timeout),
         ("--connection-max-age", ns.connection_max_age),
+        ("--node-connection-max-age", ns.node_connection_max_age),
     ):
         if not (seconds > 0 and math.isfinite(seconds)):
             print(f"{flag}: {seconds} is not a positive number of seconds", file=sys.stderr)
@@ -459,6 +468,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         node_max_connections=ns.node_max_connections,
         connection_idle_timeout=ns.connection_idle_timeout,
         connection_max_age=ns.connection_max_age,
+        node_connection_max_age=ns.node_connection_max_age,
     )
     if ns.evidence_workers < 0:
         print("--evidence-workers: must be 0 or more", file=sys.stderr)

@@ -15,8 +15,14 @@ nothing no longer hold a port's slots for good. A call in flight is not idleness
 config and evidence streams stay open; a client whose idle connection was closed opens a new
 one for its next call (gRPC does, unasked). A call in flight needs no credentials on the admin
 port (a health ``Watch``, or any call whose request never comes): there a connection is also
-closed ``--connection-max-age`` after it opened, its calls given ``AGE_GRACE_S`` to end (the
-node port's connections carry the nodes' long streams, and need a client certificate).
+closed ``--connection-max-age`` after it opened, its calls given ``AGE_GRACE_S`` to end.
+A node port connection, which carries a node's long config and evidence streams, was never
+closed at all: a node whose certificate was revoked, or whose CA was rotated out, kept the
+stream it opened before, and a node never came back through the handshake (nor to another
+replica). It now ends ``--node-connection-max-age`` (``DEFAULT_NODE_MAX_AGE_S``, generous:
+each end costs a node a reconnect and a re-sync) after it opened, with the same grace; the
+node's sync client and shipper reconnect (the shipper resends what was not acknowledged,
+which the store takes as duplicates).
 
 Unset, a cap follows the open-files limit as the node's doors do (``dataplane.open_files``):
 the CLI raises the soft limit to the hard one, ``OTHER_FILES`` stay for the process and the
@@ -36,6 +42,7 @@ DEFAULT_MAX_CONNECTIONS: Final = 10_000
 HANDSHAKE_TIMEOUT_MS: Final = 10_000
 DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
 DEFAULT_MAX_AGE_S: Final = 1800.0
+DEFAULT_NODE_MAX_AGE_S: Final = 3600.0
 AGE_GRACE_S: Final = 600.0
 """How long an aged connection's calls (an evidence export, say) may still run."""
 MAX_CONCURRENT_STREAMS: Final = 100

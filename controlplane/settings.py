@@ -6,7 +6,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from controlplane.connections import AGE_GRACE_S, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_AGE_S
+from controlplane.connections import (
+    AGE_GRACE_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_AGE_S,
+    DEFAULT_NODE_MAX_AGE_S,
+)
 from controlplane.evidence.ingest import DEFAULT_LOCK_TIMEOUT
 from controlplane.evidence.queries import DEFAULT_STALE_AFTER
 from controlplane.quota import DEFAULT_BURST_SECONDS
@@ -96,4 +101,7 @@ class ControlPlaneSettings:
     connection_max_age: float = DEFAULT_MAX_AGE_S
     """Seconds after which a connection to the admin port is closed (its calls given
     ``connection_age_grace`` more to end; clients reconnect for their next call)."""
+    node_connection_max_age: float = DEFAULT_NODE_MAX_AGE_S
+    """Seconds after which a connection to the node port is closed (its streams given
+    ``connection_age_grace`` more; the node reconnects and re-syncs)."""
     connection_age_grace: float = AGE_GRACE_S

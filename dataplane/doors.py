@@ -73,12 +73,16 @@ class Doors:
     def http_accepting(self) -> bool:
         return self._http is not None and self._http.accepting
 
-    def _front(self, listen: str, alpn: tuple[bytes, ...], door: str, max_clients: int) -> TlsFront | None:
+    def _front(
+        self, listen: str, alpn: tuple[bytes, ...], door: str, max_clients: int, max_per_peer: int | None
+    ) -> TlsFront | None:
         s = self._s
         s.tls.credentials(listen)  # the flags' checks, whichever way the door listens
         if s.tls.client_ca is None:
             return None
-        front = TlsFront(s.tls, listen, alpn=alpn, door=door, max_clients=max_clients)
+        front = TlsFront(
+            s.tls, listen, alpn=alpn, door=door, max_clients=max_clients, max_per_peer=max_per_peer
+        )
         self.fronts.append(front)
         return front
 
@@ -103,7 +107,7 @@ class Doors:
                 ("grpc.max_concurrent_streams", s.grpc_max_streams),
             ]
         )
-        front = self._front(s.listen, (b"h2",), "grpc", s.grpc_max_connections)
+        front = self._front(s.listen, (b"h2",), "grpc", s.grpc_max_connections, None)
         add_to_server(InferService(self._pipeline, None if front is None else front.peer), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         # The Infer API's schema is public: anyone who may call it may list it.
@@ -121,7 +125,9 @@ class Doors:
             return
         host, http_port = _host(s.http_listen)
         door = OpenAIFrontDoor(self._pipeline, self._ready)
-        front = self._front(s.http_listen, (b"http/1.1",), "http", s.http_limits.max_connections)
+        front = self._front(
+            s.http_listen, (b"http/1.1",), "http", s.http_limits.max_connections, s.http_limits.per_peer
+        )
         if front is None:
             self._http = HttpServer(
                 door.handle,

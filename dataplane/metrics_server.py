@@ -145,7 +145,8 @@ class _StateCollector(Collector):
             )
             refused = CounterMetricFamily(
                 "signalbox_http_connections_refused",
-                "HTTP connections answered 503 and closed for being over --http-max-connections.",
+                "HTTP connections answered 503 and closed for being over --http-max-connections "
+                "or --http-max-connections-per-peer.",
                 labels=["worker"],
             )
             refused.add_metric([self._worker], http.refused_connections)
@@ -156,8 +157,8 @@ class _StateCollector(Collector):
                 "signalbox_tls_front_connections",
                 "Client connections to a door's TLS front (nodes with --tls-client-ca), by how "
                 "the handshake ended: trusted, untrusted or no_certificate (its calls refused), "
-                "handshake_failed, handshake_timeout, over_limit (cut before the handshake: the "
-                "front held as many as it may).",
+                "handshake_failed, handshake_timeout, over_limit and over_peer_limit (cut before "
+                "the handshake: the front, or the client's address, held as many as it may).",
                 labels=["door", "result", "worker"],
             )
             for front in fronts:

@@ -38,6 +38,16 @@ GRPC_HANDSHAKE_TIMEOUT_MS: Final = 10_000
 (gRPC's default waits two minutes)."""
 FRONTED_FILES: Final = 3
 """Descriptors per caller's connection behind a TLS front; 1 otherwise."""
+MIN_PER_PEER: Final = 8
+"""The least a client address may hold by default, however small the door's cap."""
+PER_PEER_SHARE: Final = 8
+"""By default one client address may hold 1/8 of a door's cap."""
+
+
+def per_peer_cap(max_connections: int) -> int:
+    """One client address's default cap: 1/``PER_PEER_SHARE`` of ``max_connections``, at
+    least ``MIN_PER_PEER`` (never more than ``max_connections``)."""
+    return min(max(max_connections // PER_PEER_SHARE, MIN_PER_PEER), max_connections)
 
 
 def raise_open_files() -> int | None:

@@ -429,6 +429,7 @@ def serve_command(ns: argparse.Namespace) -> int:
     for flag, cap in (
         ("--http-max-connections", ns.http_max_connections),
         ("--grpc-max-connections", ns.grpc_max_connections),
+        ("--http-max-connections-per-peer", ns.http_max_connections_per_peer),
         ("--grpc-max-streams", ns.grpc_max_streams),
     ):
         if cap is not None and cap < 1:
@@ -505,6 +506,7 @@ def serve_command(ns: argparse.Namespace) -> int:
             body_timeout=ns.http_body_timeout,
             keepalive_timeout=ns.http_keepalive,
             max_connections=caps.http,
+            max_connections_per_peer=ns.http_max_connections_per_peer,
         ),
         grpc_max_connections=caps.grpc,
         grpc_max_streams=ns.grpc_max_streams,

@@ -85,6 +85,17 @@ def add_door_and_evidence_flags(serve: argparse.ArgumentParser, *, command: str)
     )
     add(
         serve,
+        "--http-max-connections-per-peer",
+        env="SIGNALBOX_HTTP_MAX_CONNECTIONS_PER_PEER",
+        default=None,
+        type=int,
+        help="HTTP connections one client address holds open at once per worker (one more is "
+        "answered 503 and closed; loopback counts too); default: 1/8 of --http-max-connections, "
+        "at least 8",
+        command=command,
+    )
+    add(
+        serve,
         "--grpc-max-connections",
         env="SIGNALBOX_GRPC_MAX_CONNECTIONS",
         default=None,

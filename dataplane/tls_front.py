@@ -43,7 +43,8 @@ from typing import Final
 from OpenSSL import SSL, crypto
 
 from dataplane.auth import INVALID
-from dataplane.open_files import DEFAULT_MAX_CONNECTIONS
+from dataplane.open_files import DEFAULT_MAX_CONNECTIONS, per_peer_cap
+from dataplane.peer_places import PeerPlaces
 from signalbox.tls import ServerTls, TlsConfigError
 
 log = logging.getLogger("signalbox.dataplane.tls")
@@ -73,7 +74,16 @@ NO_CERTIFICATE: Final = "no_certificate"
 HANDSHAKE_FAILED: Final = "handshake_failed"
 HANDSHAKE_TIMEOUT: Final = "handshake_timeout"
 OVER_LIMIT: Final = "over_limit"
-RESULTS: Final = (TRUSTED, UNTRUSTED, NO_CERTIFICATE, HANDSHAKE_FAILED, HANDSHAKE_TIMEOUT, OVER_LIMIT)
+OVER_PEER_LIMIT: Final = "over_peer_limit"
+RESULTS: Final = (
+    TRUSTED,
+    UNTRUSTED,
+    NO_CERTIFICATE,
+    HANDSHAKE_FAILED,
+    HANDSHAKE_TIMEOUT,
+    OVER_LIMIT,
+    OVER_PEER_LIMIT,
+)
 """How a client connection to a front ended its handshake (``TlsFront.results``)."""
 
 
@@ -164,12 +174,17 @@ class TlsFront:
         alpn: tuple[bytes, ...],
         handshake_timeout: float = 10.0,
         max_clients: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_peer: int | None = None,
         door: str = "",
     ) -> None:
         self.door = door
         self.max_clients = max_clients
         """Client connections held at once (each with an OpenSSL object and, once through
         the handshake, a connection to the door); one more is cut before any TLS."""
+        self.max_per_peer = per_peer_cap(max_clients) if max_per_peer is None else max_per_peer
+        """Client connections one address holds at once (the door behind sees only the
+        front's, from loopback, so the front counts); one more is cut before any TLS."""
+        self.peer_places = PeerPlaces()
         """Which door this front is for (``grpc``, ``http``): a metrics label."""
         self.results = dict.fromkeys(RESULTS, 0)
         """Client connections by how their handshake ended (``RESULTS``), since start."""
@@ -250,6 +265,7 @@ class _Client(asyncio.Protocol):
         self._port = 0
         self._timer: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._peer_host: str | None = None
 
     # ---- the client's side ----
 
@@ -259,6 +275,12 @@ class _Client(asyncio.Protocol):
         self._front.clients.add(self)
         if len(self._front.clients) > self._front.max_clients:
             self._front.results[OVER_LIMIT] += 1
+            self._state = _State.CLOSED
+            self.abort()
+            return
+        self._peer_host, within = self._front.peer_places.take(transport, self._front.max_per_peer)
+        if not within:
+            self._front.results[OVER_PEER_LIMIT] += 1
             self._state = _State.CLOSED
             self.abort()
             return
@@ -372,6 +394,9 @@ class _Client(asyncio.Protocol):
             self._connecting.cancel()  # still dialling the door
         front = self._front
         front.clients.discard(self)
+        if self._peer_host is not None:
+            front.peer_places.give(self._peer_host)
+            self._peer_host = None
         if not front.clients:
             front.idle.set()
 

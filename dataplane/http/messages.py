@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
 
-from dataplane.open_files import DEFAULT_MAX_CONNECTIONS
+from dataplane.open_files import DEFAULT_MAX_CONNECTIONS, per_peer_cap
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 """Each status's reason phrase, for the status line."""
@@ -41,6 +41,18 @@ class Limits:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     """Open connections beyond this are answered 503 and closed at once: a flood of idle
     connections cannot take the node's file descriptors from the callers it serves."""
+    max_connections_per_peer: int | None = None
+    """Open connections from one client address beyond this are answered 503 and closed at
+    once, so one address cannot take every place under ``max_connections`` (None:
+    ``per_peer_cap``). Loopback addresses count like any other; unix-socket clients (a node's
+    own workers) have no address and are not counted."""
+
+    @property
+    def per_peer(self) -> int:
+        """The cap on one client address's open connections."""
+        if self.max_connections_per_peer is not None:
+            return self.max_connections_per_peer
+        return per_peer_cap(self.max_connections)
 
 
 @dataclass(slots=True)

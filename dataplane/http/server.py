@@ -62,6 +62,7 @@ from dataplane.http.messages import (
     header_fields,
     text,
 )
+from dataplane.peer_places import PeerPlaces, over_peer_cap
 from dataplane.tls_front import NOT_THROUGH_FRONT, PeerLookup
 
 log = logging.getLogger("signalbox.dataplane.http")
@@ -78,6 +79,8 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._peer_certificate: bytes | None = None
+        self._peer_host: str | None = None
+        """The client address this connection counts against (``peer_places``)."""
         self._peer_refusal: str | None = None
         # The request being parsed.
         self._url = b""
@@ -135,6 +138,12 @@ class _Connection(asyncio.Protocol):
                 retry_after=1,
             )
             return
+        if self._server.peers is None:  # behind a TLS front, the front counts addresses
+            self._peer_host, within = self._server.peer_places.take(transport, self._limits.per_peer)
+            if not within:
+                self._server.refused_connections += 1
+                self._refuse(503, over_peer_cap(self._limits.per_peer), retry_after=1)
+                return
         ssl_object = transport.get_extra_info("ssl_object")
         if self._server.peers is not None:
             # Behind the TLS front: looked up with the first request (the front files its
@@ -149,6 +158,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._server.connections.discard(self)
+        if self._peer_host is not None:
+            self._server.peer_places.give(self._peer_host)
+            self._peer_host = None
         self._server.idle.set()  # a drain waiting on this connection's request looks again
         self._disarm()
         if self._timer is not None:
@@ -558,7 +570,9 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
         self.refused_connections = 0
-        """Connections answered 503 for being over ``limits.max_connections``, since start."""
+        """Connections answered 503 for being over ``limits.max_connections`` or
+        ``limits.per_peer``, since start."""
+        self.peer_places = PeerPlaces()
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.port = 0

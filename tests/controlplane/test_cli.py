@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from dataplane.snapshot.envelope import verify
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
@@ -533,3 +535,15 @@ async def test_serve_refuses_the_removed_scope_node_group_flag(tmp_path: Path) -
     )
     assert code == 2
     assert "--scope-node-group: removed; one control plane serves every node group" in err
+
+
+@pytest.mark.parametrize("flag", ["--connection-max-age", "--node-connection-max-age"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+async def test_serve_refuses_a_connection_age_that_is_not_a_positive_number(
+    tmp_path: Path, flag: str, value: str
+) -> None:
+    code, _, err = await _signalbox(
+        "controlplane", "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0", f"{flag}={value}"
+    )
+    assert code == 2
+    assert f"{flag}: {float(value)} is not a positive number of seconds" in err

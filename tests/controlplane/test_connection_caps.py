@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
 import grpc
 import psutil
 import pytest
@@ -19,6 +20,7 @@ from controlplane.connections import (
     connection_caps,
 )
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.metrics_http import IDLE_TIMEOUT_S, MAX_PER_PEER
 from signalbox.tls import aio_channel
 from tests.controlplane.conftest import TIMEOUT, Admin, enrolled_sync_node
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
@@ -197,3 +199,37 @@ async def test_calls_held_open_cannot_hold_the_admin_port(database_url: str, pri
         finally:
             for holder in holders:
                 await holder.close()
+
+
+async def _scraped(address: str, source: str) -> bool:
+    connector = aiohttp.TCPConnector(local_addr=(source, 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(f"http://{address}/metrics") as response,
+    ):
+        return response.status == 200 and "signalbox_" in await response.text()
+
+
+async def test_the_metrics_endpoint_holds_a_bounded_number_of_connections(
+    database_url: str, private_tmp: Path
+) -> None:
+    # aiohttp's defaults held any number of connections that never sent a byte, for an hour:
+    # a flood of them on --metrics-listen took the descriptors the ports and the database
+    # pool need (measured: 300 idle connections, all held). Now one address holds a few, all
+    # addresses a bounded number, and an idle one is closed.
+    settings = cp_settings(database_url, private_tmp, metrics_listen="127.0.0.1:0")
+    async with running_control_plane(settings) as running:
+        address = running.cp.metrics_address
+        port = int(address.rpartition(":")[2])
+        flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5 * MAX_PER_PEER)]
+        try:
+            await eventually(lambda: _held(port) == MAX_PER_PEER, message=f"{MAX_PER_PEER} held")
+            assert await _scraped(address, "127.0.0.2")  # another address is served
+            # The flood's connections that were let in are closed once idle.
+            await eventually(
+                lambda: _held(port) == 0, timeout=IDLE_TIMEOUT_S + 10, message="the idle ones closed"
+            )
+            assert await _scraped(address, "127.0.0.1")
+        finally:
+            for _, writer in flood:
+                writer.close()

@@ -181,6 +181,7 @@ def test_serve_refuses_an_idle_wait_that_is_not_a_number_of_seconds(
         ("--http-max-connections", "0", "is not a positive count"),
         ("--http-max-connections", "-3", "is not a positive count"),
         ("--grpc-max-connections", "0", "is not a positive count"),
+        ("--http-max-connections-per-peer", "0", "is not a positive count"),
         ("--evidence-checkpoint-records", "0", "is not a positive count"),
         ("--evidence-checkpoint-ms", "0", "is not a positive number of milliseconds"),
         ("--evidence-ship-ms", "0", "is not a positive number of milliseconds"),

@@ -249,6 +249,7 @@ async def test_the_front_counts_its_connections_by_how_their_handshake_ended(
             "handshake_failed": 1,
             "handshake_timeout": 0,
             "over_limit": 0,
+            "over_peer_limit": 0,
         }
         return counts
 

@@ -7,6 +7,7 @@ node raises to its hard limit (``dataplane.open_files``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -56,6 +57,17 @@ async def _open(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
     return await asyncio.open_connection(host, int(port))
 
 
+async def refused(reader: asyncio.StreamReader) -> str:
+    """The message of the 503 a connection is answered unasked before it is closed."""
+    answer = await asyncio.wait_for(reader.read(), 10)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 503 Service Unavailable"
+    assert "retry-after: 1" in lines
+    assert "connection: close" in lines
+    return str(json.loads(body)["error"]["message"])
+
+
 async def _metrics(node: DataPlaneNode) -> dict[str, float]:
     async with (
         aiohttp.ClientSession() as session,
@@ -85,15 +97,9 @@ async def test_a_connection_over_the_cap_gets_503_and_the_node_keeps_serving(nod
 
         reader, writer = await _open(node.http_address)
         stack.callback(writer.close)
-        answer = await asyncio.wait_for(reader.read(), 10)  # answered and closed unasked
-        head, _, body = answer.partition(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")
-        assert lines[0] == "HTTP/1.1 503 Service Unavailable"
-        assert "retry-after: 1" in lines
-        assert "connection: close" in lines
-        error = json.loads(body)["error"]
-        assert "--http-max-connections" in error["message"]
-        assert f"{CAP} HTTP connections" in error["message"]
+        message = await refused(reader)
+        assert "--http-max-connections" in message
+        assert f"{CAP} HTTP connections" in message
 
         # One idle caller leaves: the next one is served.
         idle[0].close()
@@ -111,8 +117,10 @@ async def test_a_connection_over_the_cap_gets_503_and_the_node_keeps_serving(nod
         assert counted["signalbox_http_connections_refused_total"] >= 1
 
 
-@pytest.fixture
-async def front(tmp_path: Path) -> AsyncIterator[tuple[TlsFront, TestCA]]:
+@contextlib.asynccontextmanager
+async def tls_front(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[TlsFront, TestCA]]:
+    """A TLS front (``options``: ``TlsFront``'s) before an echo server, and its CA."""
+
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):
             writer.write(data)
@@ -126,13 +134,44 @@ async def front(tmp_path: Path) -> AsyncIterator[tuple[TlsFront, TestCA]]:
         ServerTls(cert=server.cert, key=server.key, client_ca=ca.ca_file),
         "127.0.0.1:0",
         alpn=(b"http/1.1",),
-        max_clients=2,
+        **options,
     )
     await front.start("127.0.0.1", 0, backend.sockets[0].getsockname()[1])
-    yield front, ca
-    await front.close()
-    backend.close()
-    await backend.wait_closed()
+    try:
+        yield front, ca
+    finally:
+        await front.close()
+        backend.close()
+        await backend.wait_closed()
+
+
+async def cut(reader: asyncio.StreamReader) -> bool:
+    """The connection was closed (or reset) unasked, before a byte came."""
+    try:
+        return await asyncio.wait_for(reader.read(), 10) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def echoed(ca: TestCA, port: int, source: str = "127.0.0.1") -> bool:
+    """A caller with a certificate of ``ca`` connects from ``source`` and is echoed."""
+    caller = ca.issue("caller", server=False)
+    context = ssl.create_default_context(cafile=str(ca.ca_file))
+    context.load_cert_chain(caller.cert, caller.key)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="localhost", local_addr=(source, 0)
+    )
+    try:
+        writer.write(b"ping")
+        return await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def front(tmp_path: Path) -> AsyncIterator[tuple[TlsFront, TestCA]]:
+    async with tls_front(tmp_path, max_clients=2) as made:
+        yield made
 
 
 async def test_the_tls_front_cuts_a_client_over_its_cap_before_any_tls(
@@ -150,24 +189,12 @@ async def test_the_tls_front_cuts_a_client_over_its_cap_before_any_tls(
 
         reader, writer = await _open(address)
         stack.callback(writer.close)
-        try:
-            cut = await asyncio.wait_for(reader.read(), 10)
-        except ConnectionResetError:
-            cut = b""
-        assert cut == b""
+        assert await cut(reader)
         assert tls_front.results[OVER_LIMIT] == 1
 
         held[0].close()
         await eventually(lambda: len(tls_front.clients) == 1, message="the front let one go")
-        caller = ca.issue("caller", server=False)
-        context = ssl.create_default_context(cafile=str(ca.ca_file))
-        context.load_cert_chain(caller.cert, caller.key)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", tls_front.port, ssl=context, server_hostname="localhost"
-        )
-        stack.callback(writer.close)
-        writer.write(b"ping")
-        assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
+        assert await echoed(ca, tls_front.port)
         assert tls_front.results[TRUSTED] == 1
         assert tls_front.results[OVER_LIMIT] == 1
 
