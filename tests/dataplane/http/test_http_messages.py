@@ -5,36 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
 from dataplane.edge.openai import http_wording
 from dataplane.errors import PermissionDenied
 from dataplane.scopes import KeyScope
-from tests.dataplane.conftest import API_KEY, NodeFactory, envelope, snapshot
+from tests.dataplane.conftest import API_KEY
 
 HEADERS = {"authorization": f"Bearer {API_KEY}"}
 HI = {"model": "sim-fast", "messages": [{"role": "user", "content": "hi"}]}
 TOOL = {"type": "function", "function": {"name": "f"}}
 GRPC_WORDS = ("metadata", "REQUIRED", "TOOL", "INVALID_ARGUMENT", "UNAUTHENTICATED", "mode is")
-
-
-@pytest.fixture
-async def node(start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey) -> DataPlaneNode:
-    node = await start_node(http_listen="127.0.0.1:0")
-    assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
-    return node
-
-
-@pytest.fixture
-async def http(node: DataPlaneNode) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(f"http://{node.http_address}") as session:
-        yield session
 
 
 async def _error(

@@ -24,25 +24,12 @@ from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
-from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
+from tests.dataplane.conftest import API_KEY, AUTH, chat, envelope, snapshot
 from tests.helpers import eventually
 
 HEADERS = {"authorization": f"Bearer {API_KEY}"}
 MAX_STOP = 4
 """OpenAI's documented limit of stop sequences."""
-
-
-@pytest.fixture
-async def node(start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey) -> DataPlaneNode:
-    node = await start_node(http_listen="127.0.0.1:0")
-    assert (await node.store.apply(envelope(snapshot(1, simulator.base_url), signing_key))).accepted
-    return node
-
-
-@pytest.fixture
-async def http(node: DataPlaneNode) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(f"http://{node.http_address}") as session:
-        yield session
 
 
 @pytest.fixture
