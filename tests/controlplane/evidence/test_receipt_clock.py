@@ -37,6 +37,7 @@ async def test_records_keep_their_dates_whatever_the_ingesting_replicas_clock_re
     node_keys: NodeKeys,
     private_tmp: Path,
     caplog: pytest.LogCaptureFixture,
+    clock_warnings: None,
 ) -> None:
     """Received by a replica three days behind, a record dated now was "more than a day
     ahead" and stored three days back (partition, time filters): retention dropped it three

@@ -60,7 +60,10 @@ async def test_a_replica_whose_clock_is_decades_behind_issues_certificates_that_
 
 
 async def test_a_replica_ahead_of_the_database_still_ends_a_revoked_nodes_stream_after_listen_is_back(
-    control_plane: RunningControlPlane, private_tmp: Path, caplog: pytest.LogCaptureFixture
+    control_plane: RunningControlPlane,
+    private_tmp: Path,
+    caplog: pytest.LogCaptureFixture,
+    clock_warnings: None,
 ) -> None:
     """A revocation notified while a replica's listening connection was down is looked up
     once it listens again, from shortly before the loss. The loss was dated by the replica's
