@@ -354,9 +354,6 @@ def _response_format(value: Any) -> ResponseFormat:
     spec = _object(fmt.get("json_schema"), "response_format.json_schema")
     known_fields(spec, SCHEMA_FIELDS, where="response_format.json_schema.")
     description = spec.get("description")
-    if description is not None:
-        # Guidance for the model that no provider here is sent: checked, not sent on.
-        _str(description, "response_format.json_schema.description")
     name = _str(spec.get("name", ""), "response_format.json_schema.name")
     schema = _object(spec.get("schema"), "response_format.json_schema.schema")
     strict = spec.get("strict")
@@ -365,6 +362,7 @@ def _response_format(value: Any) -> ResponseFormat:
         name,
         schema,
         False if strict is None else _bool(strict, "response_format.json_schema.strict"),
+        "" if description is None else _str(description, "response_format.json_schema.description"),
     )
 
 
