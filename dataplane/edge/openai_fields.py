@@ -57,6 +57,10 @@ PART_FIELDS = {
 what of it this door does not implement, null taken: ``prompt_cache_breakpoint``, as the
 request's ``prompt_cache_options``."""
 IMAGE_FIELDS = frozenset({"url", "detail"})
+IMAGE_DETAILS = ("auto", "low", "high", "original")
+"""An image's ``detail`` as OpenAI defines it (``original``: not downscaled), for both doors;
+sent on as it is where the provider's wire format has it (the OpenAI-style ones), not sent
+where it has none (Anthropic, Gemini, Ollama: each reads the image at its own resolution)."""
 CALL_FIELDS = frozenset({"id", "type", "function", "index"})
 """A tool call's keys: ``index`` is its place in a streamed answer's deltas, which a client
 that joins them carries on (OpenAI takes it): an integer, ignored."""

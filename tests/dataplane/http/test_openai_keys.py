@@ -266,6 +266,31 @@ def test_every_key_the_sdks_param_types_define_is_taken_or_refused_by_name() -> 
         assert defined == known, (sorted(defined - known), sorted(known - defined))
 
 
+async def test_every_image_detail_the_sdk_defines_is_taken_and_sent_on(
+    sdk: openai.AsyncOpenAI, simulator: Any
+) -> None:
+    # "original" (OpenAI's detail for an image not downscaled) was refused as "must be auto,
+    # low or high"; the door's values are the SDK's, no more.
+    defined = typing.get_args(typing.get_type_hints(image_param.ImageURL)["detail"])
+    for detail in defined:
+        image: ChatCompletionContentPartImageParam = {
+            "type": "image_url",
+            "image_url": {"url": PNG, "detail": detail},
+        }
+        served = await sdk.chat.completions.create(
+            model="sim-fast", messages=[{"role": "user", "content": [image]}]
+        )
+        assert served.choices[0].message.content
+        sent = simulator.stats("sim-fast").last_request["messages"][0]["content"][0]
+        assert sent["image_url"]["detail"] == detail
+    wrong = {"type": "image_url", "image_url": {"url": PNG, "detail": "ultra"}}
+    await _refused(
+        sdk, "messages[0].content[0].image_url.detail", "must be auto, low, high or original",
+        messages=[{"role": "user", "content": [wrong]}],
+    )  # fmt: skip
+    assert set(defined) == set(door.IMAGE_DETAILS)
+
+
 def test_each_roles_message_keys_are_its_sdk_param_types() -> None:
     # One table for every role's message took any role's keys in each: a tool_call_id on a
     # user message, tool_calls on a system message, a name on a tool's were ignored. Each
