@@ -86,6 +86,9 @@ class ResponseFormat:
     name: str = ""
     schema: dict[str, Any] | None = None
     strict: bool = False
+    description: str = ""
+    """What the schema's answer is for, guidance for the model (OpenAI's
+    ``json_schema.description``): sent where the provider's wire format has a place for it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from dataplane.chat import (
     Usage,
 )
 from dataplane.config.model import DataClass
+from dataplane.edge.openai_fields import IMAGE_DETAILS
 from dataplane.errors import InvalidRequest, shown
 from dataplane.pipeline.call import Opened, Served, StreamEvent
 from dataplane.routing.candidate import Candidate
@@ -164,7 +165,8 @@ def json_object(text: str, field: str, what: str) -> dict[str, Any]:
     return value
 
 
-_DETAILS = ("", "auto", "low", "high")
+_DETAILS = ("", *IMAGE_DETAILS)
+_DETAILS_SAID = "must be " + ", ".join(IMAGE_DETAILS[:-1]) + " or " + IMAGE_DETAILS[-1]
 
 
 def image_from_url(url: str, detail: Any, field: str) -> ImagePart:
@@ -172,7 +174,7 @@ def image_from_url(url: str, detail: Any, field: str) -> ImagePart:
     ``detail``; ``InvalidRequest`` naming ``field``'s ``url`` or ``detail`` otherwise. Both
     doors read an image URL with this, so neither sends on what a provider refuses unnamed."""
     if detail not in _DETAILS:
-        raise InvalidRequest(f"{field}.detail", "must be auto, low or high")
+        raise InvalidRequest(f"{field}.detail", _DETAILS_SAID)
     if url.startswith("data:"):
         header, sep, data = url.partition(",")
         media_type = header[5:].partition(";")[0]
@@ -206,7 +208,7 @@ def _content(part: infer_pb2.ContentPart, field: str) -> ContentPart:
                     f"{field}.image.media_type", "must be an image type (image/...) when the image is data"
                 )
             if image.detail not in _DETAILS:
-                raise InvalidRequest(f"{field}.image.detail", "must be auto, low or high")
+                raise InvalidRequest(f"{field}.image.detail", _DETAILS_SAID)
             return ImagePart(data=image.data, media_type=image.media_type, detail=image.detail)
         raise InvalidRequest(f"{field}.image", "needs a url or data")
     raise InvalidRequest(field, "empty content part: set text or image")

@@ -57,13 +57,13 @@ from dataplane.edge.openai_fields import (
     FUNCTION_FIELDS,
     IMAGE_FIELDS,
     MESSAGE_FIELDS,
-    MESSAGE_UNSUPPORTED,
     PART_FIELDS,
     SCHEMA_FIELDS,
     STREAM_OPTIONS,
     STREAM_UNSUPPORTED,
     TOOL_FIELDS,
     UNSUPPORTED,
+    UNSUPPORTED_ROLES,
     known_fields,
 )
 from dataplane.errors import InvalidRequest, shown
@@ -259,25 +259,28 @@ def _tool_calls(value: Any, field: str) -> tuple[ToolCall, ...]:
 
 def _message(value: Any, field: str) -> Message:
     message = _object(value, field)
-    # Refused as OpenAI refuses them: ignored, a client's misspelt key ("tool_call_ids")
-    # silently changed the conversation, and any amount of JSON rode along unread.
-    known_fields(message, MESSAGE_FIELDS, MESSAGE_UNSUPPORTED, f"{field}.")
-    annotations = message.get("annotations")
-    if annotations is not None:
-        _list(annotations, f"{field}.annotations")
     # Only a string is looked up: an object or array is unhashable, and a lookup of one
     # raised TypeError, which the caller saw as a 500 for a bad body.
     raw_role = message.get("role")
     role = _ROLES.get(raw_role) if type(raw_role) is str else None
     if role is None:
+        if type(raw_role) is str and raw_role in UNSUPPORTED_ROLES:
+            raise InvalidRequest(f"{field}.role", f"{raw_role} is not supported by Signalbox")
         raise InvalidRequest(f"{field}.role", "must be one of system, developer, user, assistant, tool")
+    # Refused as OpenAI refuses them, each role's own keys only: ignored, a client's misspelt
+    # key ("tool_call_ids") or another role's silently changed the conversation, and any
+    # amount of JSON rode along unread.
+    known_fields(message, *MESSAGE_FIELDS[role.value], f"{field}.")
+    annotations = message.get("annotations")
+    if annotations is not None:
+        _list(annotations, f"{field}.annotations")
     name = message.get("name")
     name = "" if name is None else _str(name, f"{field}.name")
     assistant = role is Role.ASSISTANT
     content = _content(
         message.get("content"), f"{field}.content", images=role is Role.USER, refusals=assistant
     )
-    refusal = message.get("refusal") if assistant else None
+    refusal = message.get("refusal")
     if refusal is not None and not content:
         # OpenAI's answer when the model declines: content null, the words in refusal. A
         # conversation that carries it on (the SDK's message, appended as it is) was
@@ -285,10 +288,8 @@ def _message(value: Any, field: str) -> Message:
         content = (TextPart(_str(refusal, f"{field}.refusal")),)
     calls: tuple[ToolCall, ...] = ()
     tool_call_id = ""
-    if assistant and message.get("tool_calls") is not None:
+    if message.get("tool_calls") is not None:
         calls = _tool_calls(message["tool_calls"], f"{field}.tool_calls")
-    elif message.get("tool_calls") is not None:
-        raise InvalidRequest(f"{field}.tool_calls", "only assistant messages carry tool calls")
     if role is Role.TOOL:
         tool_call_id = _str(message.get("tool_call_id"), f"{field}.tool_call_id")
     return Message(role, content, calls, tool_call_id, name)
@@ -353,9 +354,6 @@ def _response_format(value: Any) -> ResponseFormat:
     spec = _object(fmt.get("json_schema"), "response_format.json_schema")
     known_fields(spec, SCHEMA_FIELDS, where="response_format.json_schema.")
     description = spec.get("description")
-    if description is not None:
-        # Guidance for the model that no provider here is sent: checked, not sent on.
-        _str(description, "response_format.json_schema.description")
     name = _str(spec.get("name", ""), "response_format.json_schema.name")
     schema = _object(spec.get("schema"), "response_format.json_schema.schema")
     strict = spec.get("strict")
@@ -364,6 +362,7 @@ def _response_format(value: Any) -> ResponseFormat:
         name,
         schema,
         False if strict is None else _bool(strict, "response_format.json_schema.strict"),
+        "" if description is None else _str(description, "response_format.json_schema.description"),
     )
 
 

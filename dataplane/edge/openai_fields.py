@@ -29,16 +29,24 @@ UNSUPPORTED = frozenset(
     }
 )  # fmt: skip
 """OpenAI fields this door does not implement: refused by name rather than ignored."""
-MESSAGE_FIELDS = frozenset(
-    {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "annotations"}
-)
-"""What a message may hold: what OpenAI's SDKs send in any role's message, and what its
-answers' messages hold (a conversation carries them on as they came: ``annotations`` are
-citations of the answer's text, which the text itself carries on, so they are ignored).
-A key OpenAI defines for only some roles is ignored in the others, as before."""
-MESSAGE_UNSUPPORTED = frozenset({"audio", "function_call"})
-"""A message's fields that this door does not implement (the request's ``audio`` and
-``functions`` neither): null is taken, as an answer's message holds them."""
+_SPOKEN = frozenset({"role", "content", "name"})
+MESSAGE_FIELDS = {
+    "system": (_SPOKEN, frozenset()),
+    "developer": (_SPOKEN, frozenset()),
+    "user": (_SPOKEN, frozenset()),
+    "assistant": (_SPOKEN | {"tool_calls", "refusal", "annotations"}, frozenset({"audio", "function_call"})),
+    "tool": (frozenset({"role", "content", "tool_call_id"}), frozenset()),
+}
+"""What a message of each role may hold (OpenAI's ``ChatCompletion<Role>MessageParam``), and
+what of it this door does not implement (the request's ``audio`` and ``functions``
+neither), null taken, as an answer's message holds them. A key of another role's message is
+refused as any unknown key: ignored, a ``tool_call_id`` on a user message or a ``name`` on a
+tool's said nothing to the provider while the caller thought it did. An assistant's
+``annotations`` are its answer's (a conversation carries them on as they came): citations of
+the answer's text, which the text itself carries on, so they are ignored."""
+UNSUPPORTED_ROLES = frozenset({"function"})
+"""OpenAI's deprecated ``function`` messages (answers to ``functions``, which this door
+does not implement either): refused by name."""
 CACHE_BREAKPOINT = frozenset({"prompt_cache_breakpoint"})
 PART_FIELDS = {
     "text": (frozenset({"type", "text"}), CACHE_BREAKPOINT),
@@ -49,6 +57,10 @@ PART_FIELDS = {
 what of it this door does not implement, null taken: ``prompt_cache_breakpoint``, as the
 request's ``prompt_cache_options``."""
 IMAGE_FIELDS = frozenset({"url", "detail"})
+IMAGE_DETAILS = ("auto", "low", "high", "original")
+"""An image's ``detail`` as OpenAI defines it (``original``: not downscaled), for both doors;
+sent on as it is where the provider's wire format has it (the OpenAI-style ones), not sent
+where it has none (Anthropic, Gemini, Ollama: each reads the image at its own resolution)."""
 CALL_FIELDS = frozenset({"id", "type", "function", "index"})
 """A tool call's keys: ``index`` is its place in a streamed answer's deltas, which a client
 that joins them carries on (OpenAI takes it): an integer, ignored."""

@@ -501,9 +501,9 @@ def _schema_text(schema: dict[str, Any]) -> str:
 
 def _governed_texts(body: ChatRequest | EmbedRequest) -> list[tuple[str, str]]:
     """(field, text) of every text ``body`` carries to the provider: ``_texts``, then message
-    names, tool descriptions, tool schemas, the response schema and stop sequences. Each of
-    them reaches the model as much as a message does, so a rule that skipped them could be
-    bypassed by moving the value into one."""
+    names, tool descriptions, tool schemas, the response schema and its description, image
+    URLs and stop sequences. Each of them reaches the model as much as a message does, so a
+    rule that skipped them could be bypassed by moving the value into one."""
     out = _texts(body)
     if isinstance(body, EmbedRequest):
         return out
@@ -515,6 +515,8 @@ def _governed_texts(body: ChatRequest | EmbedRequest) -> list[tuple[str, str]]:
     rf = body.response_format
     if rf is not None and rf.schema is not None:
         out.append(("response_format.json_schema", _schema_text(rf.schema)))
+    if rf is not None and rf.description:
+        out.append(("response_format.json_schema.description", rf.description))
     out += image_urls(body.messages)
     out += [(f"params.stop[{k}]", stop) for k, stop in enumerate(body.params.stop)]
     return out
@@ -588,6 +590,10 @@ def _rebuild(body: ChatRequest | EmbedRequest, texts: list[tuple[str, str]]) -> 
         schema = _edited_schema(field, text, rf.schema)
         if schema is not rf.schema:
             rf = replace(rf, schema=schema)
+    if rf is not None and rf.description:
+        if texts[at][1] != rf.description:
+            rf = replace(rf, description=texts[at][1])
+        at += 1
     urls = len(image_urls(body.messages))
     with_image_urls(messages, texts[at : at + urls])
     at += urls

@@ -190,24 +190,28 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """The client is gone, or half-closed after its requests (``SHUT_WR``, which HTTP/1.1
-        allows; such a client got no answer). Taken as gone unless whole requests are being
-        answered and the answer has not started: they are answered, then the connection
-        closes. An HTTP/1.1 client is then sent an interim ``103 Early Hints`` (which it must
-        read past, RFC 9110 15.2): a closed socket answers it with a reset, ``_peer_check``
-        sees it, and the handler of a client that left is still cancelled before its answer.
-        An answer under way (a stream) cannot carry one: an EOF then is a client gone."""
+        allows; such a client got no answer). Taken as gone unless whole HTTP/1.1 requests
+        are being answered and the answer has not started: they are answered, then the
+        connection closes. The client is first sent an interim ``103 Early Hints`` (which it
+        must read past, RFC 9110 15.2): a closed socket answers it with a reset,
+        ``_peer_check`` sees it, and the handler of a client that left is still cancelled
+        before its answer. An answer under way (a stream) cannot carry one, nor may an
+        HTTP/1.0 client be sent one (RFC 9110 15.2): an EOF then is a client gone. HTTP/1.0
+        has no half-close; kept open for one, a client that left was seen only when its
+        answer was written, its upstream call running (and paid for) until then."""
         response = self._response
         if self._in_message or self._task is None or self._transport is None:
             return None
         if (response is not None and response.started) or self._transport.get_extra_info("sslcontext"):
             return None  # over TLS the peer's close_notify ends the session (asyncio closes it)
+        if not (self._answering_http11 if response is not None else self._queue and self._queue[0][2]):
+            return None
         self._read_closed = True
         self._disarm()
         if response is not None:
             response.keep_alive = response.keep_alive and bool(self._queue)  # the last one closes
-        if self._answering_http11 if response is not None else bool(self._queue and self._queue[0][2]):
-            self._transport.write(_EARLY_HINTS)
-            self._loop.call_later(_PEER_CHECK_FIRST, self._peer_check, _PEER_CHECK_FIRST)
+        self._transport.write(_EARLY_HINTS)
+        self._loop.call_later(_PEER_CHECK_FIRST, self._peer_check, _PEER_CHECK_FIRST)
         return True
 
     def _peer_check(self, delay: float) -> None:

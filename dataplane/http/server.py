@@ -25,7 +25,8 @@ and leaves every limit in our hands:
 - **Disconnects.** A client that goes away cancels its handler at once, even while nothing
   is being written: the cancellation reaches the upstream call and the request's evidence
   records it. A client that half-closes after its requests (HTTP/1.1 allows it) gets its
-  answers (``eof_received`` says how the two are told apart).
+  answers (``eof_received`` says how the two are told apart); an HTTP/1.0 one, which
+  cannot be told apart, is taken as gone.
 - **Drain.** ``close(grace)`` stops accepting, closes idle connections, lets requests in
   flight and those still arriving finish (their answers say ``Connection: close``) for up
   to ``grace`` seconds, then cancels what is left.

@@ -9,7 +9,10 @@ Prometheus form (dots to underscores, the unit as a suffix): ``gen_ai_client_tok
 ``gen_ai_server_request_duration_seconds``, ``gen_ai_server_time_to_first_token_seconds``,
 ``gen_ai_server_time_per_output_token_seconds``, labelled ``gen_ai_operation_name``,
 ``gen_ai_provider_name`` and ``gen_ai_request_model``; the rest are Signalbox's own
-(``signalbox_*``).
+(``signalbox_*``). Reasoning tokens (``gen_ai.usage.reasoning.output_tokens`` on a span) are
+``signalbox_reasoning_output_tokens``, with the GenAI labels, not a ``gen_ai_token_type`` of
+``gen_ai_client_token_usage``: the conventions define only input and output there, and
+reasoning is part of the output, so a sum over the types would count it twice.
 
 Label cardinality is bounded by the snapshot, never by callers: ``tenant`` is a tenant id the
 snapshot holds (empty before authentication), ``model`` the alias of the model that served or
@@ -177,6 +180,10 @@ class RequestMetrics:
                 if children.output_tokens is None:
                     children.output_tokens = self._plain.series(TOKENS, (*children.gen_ai, "output"))
                 children.output_tokens.observe(usage.output_tokens, None)
+                if usage.reasoning_output_tokens:
+                    if children.reasoning_tokens is None:
+                        children.reasoning_tokens = self._plain.series(REASONING, children.gen_ai)
+                    children.reasoning_tokens.observe(usage.reasoning_output_tokens, None)
         if trace.first_chunk_ms is not None:
             first = trace.first_chunk_ms / 1000.0
             self._child(self._first_token, operation, provider, model, tenant).observe(first)
@@ -204,7 +211,16 @@ class _Children:
     to, found by one lookup; the token histograms' made on first use (a series appears only
     once something was observed in it), the cost's on the first request that cost something."""
 
-    __slots__ = ("added", "cost", "duration", "gen_ai", "input_tokens", "output_tokens", "requests")
+    __slots__ = (
+        "added",
+        "cost",
+        "duration",
+        "gen_ai",
+        "input_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "requests",
+    )
 
     def __init__(self, requests: _Sum, duration: _Buckets, added: _Buckets, gen_ai: tuple[str, ...]) -> None:
         self.requests = requests
@@ -215,6 +231,7 @@ class _Children:
         """Its (operation, provider, model, tenant) labels, for the token series."""
         self.input_tokens: _Buckets | None = None
         self.output_tokens: _Buckets | None = None
+        self.reasoning_tokens: _Buckets | None = None
 
 
 class _Sum:
@@ -286,10 +303,17 @@ TOKENS = _Family(
     (*GEN_AI, "gen_ai_token_type"),
     TOKEN_BUCKETS,
 )
+REASONING = _Family(
+    "signalbox_reasoning_output_tokens",
+    "Of a chat request's output tokens, those the model spent reasoning, where its provider reports"
+    " any (gen_ai.usage.reasoning.output_tokens; a part of gen_ai_client_token_usage's output).",
+    GEN_AI,
+    TOKEN_BUCKETS,
+)
 COST = _Family(
     "signalbox_cost_usd", "What requests cost, in USD, as their evidence records say.", ("tenant", "model")
 )
-PLAIN_FAMILIES = (REQUESTS, DURATION, ADDED, TOKENS, COST)
+PLAIN_FAMILIES = (REQUESTS, DURATION, ADDED, TOKENS, REASONING, COST)
 """The metrics every request adds to, kept by ``_Collector`` (their definitions; each
 worker's series are its own)."""
 

@@ -14,7 +14,8 @@ recorded), and a CLIENT span per upstream attempt, live, whose context goes to t
 its own ``traceparent`` header (``dataplane.upstream.TRACE_HEADERS``), so the provider's trace,
 if it keeps one, joins ours. Attributes: ``gen_ai.operation.name``, ``gen_ai.provider.name``,
 ``gen_ai.request.model``, ``gen_ai.response.model``, ``gen_ai.usage.input_tokens`` and
-``output_tokens``, ``signalbox.correlation_id``, ``signalbox.evidence_id``, the tenant id, the
+``output_tokens``, ``gen_ai.usage.reasoning.output_tokens`` (the part of the output the model
+spent reasoning, when its provider reports any), ``signalbox.correlation_id``, ``signalbox.evidence_id``, the tenant id, the
 outcome; never content, keys or credentials.
 """
 
@@ -139,6 +140,10 @@ class RequestTracer:
         if trace.usage is not None:
             attributes["gen_ai.usage.input_tokens"] = trace.usage.input_tokens
             attributes["gen_ai.usage.output_tokens"] = trace.usage.output_tokens
+            if trace.usage.reasoning_output_tokens:
+                # Part of output_tokens, as the conventions count it; absent where a provider
+                # reports none (0 there is "not reported", not "none spent").
+                attributes["gen_ai.usage.reasoning.output_tokens"] = trace.usage.reasoning_output_tokens
         span.set_attributes(attributes)
         if outcome.code.name != "OK":
             span.set_attribute("error.type", outcome.kind or outcome.code.name)

@@ -16,8 +16,9 @@ Translation policies (the API cannot express everything OpenAI's can):
 - Tool results become ``tool_result`` blocks in a user turn; consecutive
   results (and a user message right after them) share one turn, results first.
 - ``temperature`` above 1 is capped to 1 (Anthropic's range is 0-1).
-- ``seed``, penalties and ``response_format`` have no Anthropic equivalent and
-  are not sent; routing is where JSON-mode capability is checked.
+- ``seed``, penalties and ``response_format`` (its schema's ``description``
+  with it) have no Anthropic equivalent and are not sent; routing is where
+  JSON-mode capability is checked.
 - ``stop_reason`` ``pause_turn`` (a long server-tool turn paused by Anthropic)
   maps to ``length``: the answer is incomplete, like one cut by the token
   limit, and the caller continues it by sending it back as the assistant turn.

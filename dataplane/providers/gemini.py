@@ -23,6 +23,8 @@ Translation policies:
   translated to Gemini's OpenAPI subset by ``gemini_schema``: ``$schema``,
   ``additionalProperties`` and the like are dropped, local ``$ref``s inlined,
   what cannot be expressed refused naming the tool and path.
+- A ``json_schema`` response format's ``description`` has no place in Gemini's
+  ``generationConfig`` and is not sent (the schema is not rewritten to hold it).
 - Function-call ``args`` that are not a JSON object are malformed output
   (``UpstreamProtocolError``), never handed to the caller; see ``wire.tool_arguments``.
 """

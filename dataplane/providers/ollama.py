@@ -12,6 +12,8 @@ Translation policies:
 - Tool calls carry object arguments and often no id (one is synthesized);
   tool results are sent with ``tool_name``, looked up from the call they answer.
 - ``tool_choice`` has no Ollama equivalent and is not sent.
+- A ``json_schema`` response format is sent as ``format`` (the schema alone): its
+  name and ``description`` have no place there and are not sent.
 - ``done_reason: "stop"`` next to tool calls means ``tool_calls``.
 - Embeddings use ``/api/embed`` (one call for all inputs).
 """

@@ -209,6 +209,9 @@ class OpenAIFamilyAdapter(HttpAdapter):
                 body["response_format"] = {"type": "json_object"}
             else:
                 schema: dict[str, Any] = {"name": fmt.name or "response", "schema": fmt.schema or {}}
+                if fmt.description:
+                    # Checked and then dropped, the model never saw the caller's guidance.
+                    schema["description"] = fmt.description
                 if fmt.strict:
                     schema["strict"] = True
                 body["response_format"] = {"type": "json_schema", "json_schema": schema}

@@ -171,7 +171,7 @@ def estimate_tokens(chat: ChatRequest) -> int:
         for tool in chat.tools:
             chars += len(tool.name) + len(tool.description) + _json_chars(tool.parameters)
     if chat.response_format is not None and chat.response_format.schema is not None:
-        chars += _json_chars(chat.response_format.schema)
+        chars += _json_chars(chat.response_format.schema) + len(chat.response_format.description)
     return chars // 4 + images * IMAGE_TOKENS
 
 

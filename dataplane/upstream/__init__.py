@@ -8,7 +8,9 @@ what that call needs:
 - ``connection``: one ``asyncio.Protocol`` per socket, parsing answers with
   ``httptools`` (the parser the node's HTTP door uses), handing body chunks to
   the reader with flow control, closing the socket at once when a reader
-  leaves early (the upstream sees the disconnect).
+  leaves early (the upstream sees the disconnect). An answer of another HTTP
+  version than 1.x, or with a singleton field (``Content-Type``) twice, is a
+  protocol error, as are the ambiguous lengths the parser refuses.
 - ``codings``: the transfer codings an answer may carry before chunked (gzip, deflate),
   decoded a bounded piece at a time; any other is a protocol error naming it.
 - ``client``: ``UpstreamClient``, keep-alive pools per origin (scheme, host,

@@ -39,6 +39,14 @@ series of interim answers, whose count starts again with each. Both bounds are c
 bytes as they arrive."""
 
 
+SINGLETONS = frozenset({"content-type"})
+"""Fields defined to have one value (RFC 9110 5.5, 8.3), which a sender must not repeat (RFC
+9110 5.3): twice in an answer, it is malformed, and refused. Joined as a list, two media
+types read as one that is neither; taking the first or the last would be a guess of which
+one the upstream meant, of the kind by which an answer is read one way here and another by
+a proxy on the way. (``Content-Length`` twice the parser refuses itself.)"""
+
+
 class _OutOfTurn(Exception):
     """Raised inside a parser callback to stop parsing (``httptools`` reports it as a parser error)."""
 
@@ -333,11 +341,21 @@ class Connection(asyncio.Protocol):
             raise _OutOfTurn
         if exchange.headers_done:
             return  # a trailer field: not merged into the head the reader has (RFC 9110 6.5.1)
-        exchange.add_header(name.decode("latin-1").lower(), value.decode("latin-1"))
+        field = name.decode("latin-1").lower()
+        if field in SINGLETONS and field in exchange.headers:
+            self._problem = f"upstream sent a malformed HTTP response (more than one {field} field)"
+            raise _OutOfTurn
+        exchange.add_header(field, value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         exchange = self._exchange
         if exchange is None:
+            raise _OutOfTurn
+        version = self._parser.get_http_version()
+        if not version.startswith("1."):
+            # httptools reads any one-digit version; this connection speaks HTTP/1.1 (or an
+            # HTTP/1.0 server's answer), and an HTTP/2.0 status line on it is no answer to it.
+            self._problem = f"upstream sent a malformed HTTP response (HTTP/{version}, not HTTP/1.1)"
             raise _OutOfTurn
         status = self._parser.get_status_code()
         self._header_bytes = 0

@@ -47,7 +47,12 @@ class Upstream:
                 "choices": [
                     {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
                 ],
-                "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+                "usage": {
+                    "prompt_tokens": 7,
+                    "completion_tokens": 2,
+                    "total_tokens": 9,
+                    "completion_tokens_details": {"reasoning_tokens": 1},
+                },
             }
         )
 
@@ -154,6 +159,7 @@ async def test_a_request_with_one_fallback_is_one_span_tree_joined_to_the_caller
     assert attributes["gen_ai.provider.name"] == "simulated"
     assert attributes["gen_ai.usage.input_tokens"] == 7
     assert attributes["gen_ai.usage.output_tokens"] == 2
+    assert attributes["gen_ai.usage.reasoning.output_tokens"] == 1  # of the 2 (it was left out)
     assert attributes["signalbox.correlation_id"] == "traced-1"
     assert attributes["signalbox.evidence_id"] == answer.evidence_id
     assert attributes["signalbox.tenant_id"] == "t-acme"

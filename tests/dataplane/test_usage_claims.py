@@ -171,14 +171,14 @@ async def _spent(node: DataPlaneNode, nanos: int) -> None:
     await eventually(lambda: spent() == nanos, message=f"{nanos} nano-USD spent")
 
 
-async def _capped_metric(node: DataPlaneNode) -> float:
+async def _tenant_metric(node: DataPlaneNode, name: str = "signalbox_usage_capped_total") -> float:
     async with aiohttp.ClientSession() as session, session.get(f"http://{node.metrics_address}/metrics") as r:
         text = await r.text()
     return sum(
         s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
-        if s.name == "signalbox_usage_capped_total" and s.labels["tenant"] == "t-acme"
+        if s.name == name and s.labels["tenant"] == "t-acme"
     )
 
 
@@ -199,7 +199,7 @@ async def test_an_absurd_output_claim_is_counted_at_the_requests_max_tokens(
         # The tenant's budget counts the answer's 8 tokens, not 999,999,999 (400 USD, which
         # exhausted its 0.001 USD a day).
         await _spent(node, COST)
-        metric = await _capped_metric(node)
+        metric = await _tenant_metric(node)
     assert answered == MAX_TOKENS  # the caller is told what it is billed
     record = _record(node, "absurd")
     assert record["outcome"]["code"] == "OK"
@@ -257,6 +257,9 @@ async def test_the_grpc_door_answers_the_reasoning_tokens_its_provider_reported(
     # The evidence says it too: the record is what a bill is reconciled against.
     assert _record(node, "reasons")["usage"]["reasoning_output_tokens"] == 28
     assert _record(node, "reasons-capped")["usage"]["reasoning_output_tokens"] == MAX_TOKENS
+    # And the metrics, which had only input and output (gen_ai.usage.reasoning.output_tokens).
+    assert await _tenant_metric(node, "signalbox_reasoning_output_tokens_sum") == 28 + MAX_TOKENS
+    assert await _tenant_metric(node, "signalbox_reasoning_output_tokens_count") == 2
 
 
 IDENTITY = ("correlation_id", "record_id", "seq", "hash", "prev_hash", "ts", "timings", "request_sha256")

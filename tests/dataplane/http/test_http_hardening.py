@@ -223,6 +223,36 @@ async def test_a_client_leaving_mid_stream_closes_the_upstream_stream(
     await eventually(cancelled, message="the stream's record says CANCELLED")
 
 
+async def test_an_http_1_0_client_leaving_before_its_answer_closes_the_upstream_call(
+    gated: DataPlaneNode, gated_upstream: GatedUpstream
+) -> None:
+    # A client of HTTP/1.0 (no keep-alive) that left while its answer was awaited was seen
+    # only once the answer was written: the upstream call ran on, and was paid for, first.
+    host, port = gated.http_address.rsplit(":", 1)
+    body = json.dumps(HELLO).encode()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
+        b"Content-Type: application/json\r\nX-Request-Id: left-1-0\r\nContent-Length: %d\r\n\r\n"
+    )
+    sock = socket.create_connection((host, int(port)))
+    try:
+        sock.sendall(head % (API_KEY.encode(), len(body)) + body)
+        await eventually(gated_upstream.first_sent.is_set, message="the upstream call is under way")
+    finally:
+        sock.close()
+    await eventually(gated_upstream.disconnected.is_set, message="the upstream saw the hang-up")
+    assert not gated_upstream.finished.is_set()
+    path = log_path(gated.settings.data_dir, gated.settings.node_id)
+
+    def cancelled() -> bool:
+        return any(
+            r["correlation_id"] == "left-1-0" and r["outcome"]["code"] == "CANCELLED"
+            for r in read_records(path)
+        )
+
+    await eventually(cancelled, message="the request's record says CANCELLED")
+
+
 async def test_a_stop_lets_a_stream_in_flight_finish_and_takes_no_new_connection(
     gated: DataPlaneNode, gated_upstream: GatedUpstream
 ) -> None:

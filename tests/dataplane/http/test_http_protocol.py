@@ -1,4 +1,5 @@
-"""The HTTP server's protocol edges: which versions it speaks, and clients that half-close."""
+"""The HTTP server's protocol edges: which versions it speaks, and clients that half-close
+or leave."""
 
 from __future__ import annotations
 
@@ -136,6 +137,29 @@ async def test_a_client_that_closes_before_its_answer_still_cancels_its_handler(
     writer.close()  # the whole socket: the interim answer is met with a reset
     await eventually(handler.cancelled.is_set, message="the handler was cancelled")
     await eventually(lambda: not server.connections, message="the connection was closed")
+
+
+@pytest.mark.parametrize("half", [True, False], ids=["half-closed", "closed"])
+async def test_an_http_1_0_client_that_ends_its_side_before_its_answer_is_gone(
+    gated: tuple[HttpServer, Gated], half: bool
+) -> None:
+    # An HTTP/1.0 client may not be sent an interim answer (RFC 9110 15.2), so the server
+    # kept the connection open as for a half-closed client and never asked: one that left
+    # was seen only when its answer was written. HTTP/1.0 knows no half-close: gone.
+    server, handler = gated
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(REQUEST.replace(b"HTTP/1.1", b"HTTP/1.0"))
+    await writer.drain()
+    await eventually(lambda: server.in_flight == 1, message="the request is being answered")
+    if half:
+        writer.write_eof()
+    else:
+        writer.close()
+    await eventually(handler.cancelled.is_set, message="the handler was cancelled")
+    await eventually(lambda: not server.connections, message="the connection was closed")
+    if half:
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # no interim answer, no answer
+        writer.close()
 
 
 async def test_a_tls_client_that_closes_before_its_answer_cancels_its_handler_quietly(

@@ -245,8 +245,6 @@ def test_every_key_the_sdks_param_types_define_is_taken_or_refused_by_name() -> 
 
     tables = [
         (_keys(create_param.CompletionCreateParamsStreaming), taken(door.CHAT_FIELDS, door.UNSUPPORTED)),
-        (_keys(*typing.get_args(ChatCompletionMessageParam)) | {"annotations"},
-         taken(door.MESSAGE_FIELDS, door.MESSAGE_UNSUPPORTED)),
         (_keys(ChatCompletionContentPartTextParam), taken(*door.PART_FIELDS["text"])),
         (_keys(ChatCompletionContentPartImageParam), taken(*door.PART_FIELDS["image_url"])),
         (_keys(ChatCompletionContentPartRefusalParam), taken(*door.PART_FIELDS["refusal"])),
@@ -266,3 +264,78 @@ def test_every_key_the_sdks_param_types_define_is_taken_or_refused_by_name() -> 
     ]  # fmt: skip
     for defined, known in tables:
         assert defined == known, (sorted(defined - known), sorted(known - defined))
+
+
+async def test_every_image_detail_the_sdk_defines_is_taken_and_sent_on(
+    sdk: openai.AsyncOpenAI, simulator: Any
+) -> None:
+    # "original" (OpenAI's detail for an image not downscaled) was refused as "must be auto,
+    # low or high"; the door's values are the SDK's, no more.
+    defined = typing.get_args(typing.get_type_hints(image_param.ImageURL)["detail"])
+    for detail in defined:
+        image: ChatCompletionContentPartImageParam = {
+            "type": "image_url",
+            "image_url": {"url": PNG, "detail": detail},
+        }
+        served = await sdk.chat.completions.create(
+            model="sim-fast", messages=[{"role": "user", "content": [image]}]
+        )
+        assert served.choices[0].message.content
+        sent = simulator.stats("sim-fast").last_request["messages"][0]["content"][0]
+        assert sent["image_url"]["detail"] == detail
+    wrong = {"type": "image_url", "image_url": {"url": PNG, "detail": "ultra"}}
+    await _refused(
+        sdk, "messages[0].content[0].image_url.detail", "must be auto, low, high or original",
+        messages=[{"role": "user", "content": [wrong]}],
+    )  # fmt: skip
+    assert set(defined) == set(door.IMAGE_DETAILS)
+
+
+def test_each_roles_message_keys_are_its_sdk_param_types() -> None:
+    # One table for every role's message took any role's keys in each: a tool_call_id on a
+    # user message, tool_calls on a system message, a name on a tool's were ignored. Each
+    # role's keys are now its own SDK type's (an assistant's also its answer's annotations),
+    # and every role the SDK defines is taken or refused by name.
+    roles = {}
+    for kind in typing.get_args(ChatCompletionMessageParam):
+        (role,) = typing.get_args(typing.get_type_hints(kind)["role"])
+        roles[role] = _keys(kind) | ({"annotations"} if role == "assistant" else set())
+    assert set(roles) == set(door.MESSAGE_FIELDS) | door.UNSUPPORTED_ROLES
+    for role, (allowed, unsupported) in door.MESSAGE_FIELDS.items():
+        assert roles[role] == allowed | unsupported, role
+
+
+async def test_a_key_of_another_roles_message_is_refused_by_its_path(
+    sdk: openai.AsyncOpenAI, simulator: Any
+) -> None:
+    call: ChatCompletionMessageFunctionToolCallParam = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "look", "arguments": "{}"},
+    }
+    asked: ChatCompletionAssistantMessageParam = {
+        "role": "assistant", "content": None, "tool_calls": [call], "name": "helper", "refusal": None,
+        "audio": None, "function_call": None,
+    }  # fmt: skip
+    answered: ChatCompletionToolMessageParam = {"role": "tool", "tool_call_id": "call_1", "content": "seen"}
+    served = await sdk.chat.completions.create(
+        model="sim-fast",
+        messages=[{"role": "system", "content": "be brief", "name": "rules"}, HI, asked, answered],
+    )
+    assert served.choices[0].message.content
+    cases = [
+        ({**HI, "tool_call_id": "call_1"}, "tool_call_id", "unrecognized request argument"),
+        ({**HI, "tool_calls": [call]}, "tool_calls", "unrecognized request argument"),
+        ({**HI, "tool_calls": None}, "tool_calls", "unrecognized request argument"),
+        ({"role": "system", "content": "x", "tool_calls": [call]}, "tool_calls", "unrecognized"),
+        ({"role": "developer", "content": "x", "refusal": "no"}, "refusal", "unrecognized"),
+        ({**HI, "audio": {"id": "a"}}, "audio", "unrecognized"),
+        ({**HI, "annotations": []}, "annotations", "unrecognized"),
+        ({**answered, "name": "look"}, "name", "unrecognized"),
+        ({**answered, "refusal": None}, "refusal", "unrecognized"),
+        ({**asked, "tool_call_id": "call_1"}, "tool_call_id", "unrecognized"),
+        ({**asked, "audio": {"id": "a"}}, "audio", "is not supported by Signalbox"),
+        ({"role": "function", "name": "look", "content": "seen"}, "role", "function is not supported by Signalbox"),
+    ]  # fmt: skip
+    for message, key, says in cases:
+        await _refused(sdk, f"messages[1].{key}", says, messages=[HI, message])

@@ -238,9 +238,9 @@ def _image(**fields: Any) -> infer_pb2.InferRequest:
         ({"url": "data:image/png;base64,@@@"}, "url", "not valid base64"),
         ({"url": "data:text/plain;base64,aGk="}, "url", "data:image/<type>;base64,<data>"),
         ({"url": "file:///etc/passwd"}, "url", "http(s) URL"),
-        ({"url": "https://example.com/a.png", "detail": "ultra"}, "detail", "auto, low or high"),
+        ({"url": "https://example.com/a.png", "detail": "ultra"}, "detail", "low, high or original"),
         ({"data": b"\x89PNG", "media_type": "text/html"}, "media_type", "image type"),
-        ({"data": b"\x89PNG", "media_type": "image/png", "detail": "x"}, "detail", "auto, low or high"),
+        ({"data": b"\x89PNG", "media_type": "image/png", "detail": "x"}, "detail", "or original"),
     ],
     ids=[
         "empty data URL",

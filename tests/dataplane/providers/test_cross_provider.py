@@ -13,11 +13,21 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
-from dataplane.chat import ChatResponse, FinishReason, Role, StreamChunk
+from dataplane.chat import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    ImagePart,
+    Message,
+    ResponseFormat,
+    Role,
+    StreamChunk,
+    TextPart,
+)
 from dataplane.errors import (
     ProviderError,
     UpstreamProtocolError,
@@ -201,6 +211,48 @@ async def test_same_request_same_normalized_response(
         True,
     )
     assert tool.message.text == ""
+
+
+_OPENAI_STYLE = (
+    "openai", "openai_compatible", "simulated", "azure_openai", "mistral",
+)  # fmt: skip
+"""The types whose wire format has a place for a json_schema format's description (and an
+image's detail): OpenAI's."""
+
+
+@by_type
+async def test_a_schemas_description_is_sent_where_the_wire_format_has_a_place_for_it(
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    # Checked and dropped, the model never saw the caller's guidance for the answer. Where a
+    # wire format has no place for it, it is not sent at all (not smuggled into the schema).
+    upstream.enqueue(wire.text())
+    fmt = ResponseFormat("json_schema", "person", {"type": "object"}, True, "an anagram of Tlaloc")
+    await wire.adapter(upstream.base_url, client).complete(
+        "m", replace(HELLO, response_format=fmt), timeout=5
+    )
+    body = upstream.last.json
+    if wire.type_name in _OPENAI_STYLE:
+        assert body["response_format"]["json_schema"]["description"] == fmt.description
+    else:
+        assert "Tlaloc" not in json.dumps(body)
+
+
+@by_type
+async def test_an_images_original_detail_is_sent_where_the_wire_format_has_one(
+    wire: Wire, upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    # OpenAI's "original" (not downscaled) was refused by both doors as not auto, low or
+    # high. OpenAI-style wire formats carry it as it came; the others have no detail at all.
+    upstream.enqueue(wire.text())
+    image = ImagePart(data=b"\x89PNG", media_type="image/png", detail="original")
+    asked = Message(Role.USER, (TextPart("what is this?"), image))
+    await wire.adapter(upstream.base_url, client).complete("m", ChatRequest((asked,)), timeout=5)
+    body = json.dumps(upstream.last.json)
+    if wire.type_name in _OPENAI_STYLE:
+        assert upstream.last.json["messages"][0]["content"][1]["image_url"]["detail"] == "original"
+    else:
+        assert "original" not in body
 
 
 @by_type

@@ -104,3 +104,54 @@ async def test_the_operator_is_told_which_rule_the_answer_broke_and_the_caller_o
     messages = [r.getMessage() for r in caplog.records]
     assert any(logged in m for m in messages), messages
     assert not any(CREDENTIAL in m for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Type: text/html\r\n",
+            "more than one content-type field",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-type: application/json\r\n",
+            "more than one content-type field",
+        ),
+        (b"HTTP/2.0 200 OK\r\nContent-Type: application/json\r\n", "HTTP/2.0, not HTTP/1.1"),
+        (
+            b"HTTP/2.0 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\n",
+            "HTTP/2.0, not HTTP/1.1",
+        ),
+    ],
+    ids=["two-media-types", "same-type-twice", "http-2-status-line", "http-2-interim"],
+)
+async def test_a_repeated_singleton_field_or_another_http_version_is_a_protocol_error(
+    client: UpstreamClient, answer: bytes, reason: str
+) -> None:
+    # Two Content-Type fields were joined ("application/json, text/html"), a media type
+    # neither of them is; a status line of HTTP/2.0 on this HTTP/1.1 connection was read as
+    # an HTTP/1.1 answer. A singleton field must not be repeated (RFC 9110 5.3, 8.3): which
+    # one the upstream meant is not guessed.
+    async def handler(server: RawServer, peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(answer + b"Content-Length: 11\r\n\r\n" + OK)
+
+    async with RawServer(handler) as server:
+        with pytest.raises(upstream_errors.RemoteProtocolError) as info:
+            await post(client, server.url)
+    assert str(info.value) == f"upstream sent a malformed HTTP response ({reason})"
+
+
+async def test_a_repeated_list_field_is_still_joined(client: UpstreamClient) -> None:
+    async def handler(server: RawServer, peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nVary: a\r\nVary: b\r\n"
+                            b"Content-Length: 11\r\n\r\n" + OK)  # fmt: skip
+
+    async with RawServer(handler) as server:
+        response = await client.request("POST", server.url, body=b"{}", timeout=5)
+        try:
+            assert response.headers["vary"] == "a, b"
+            assert (await response.read(100))[0] == OK
+        finally:
+            response.close()
