@@ -1,7 +1,9 @@
 """Retention: old monthly partitions dropped, each chain's pruned range stated and signed.
 
 ``EvidenceRetention.prune(before)`` takes every monthly partition of ``evidence_records``
-that ends at or before ``before`` and, in one transaction (so nothing is half done):
+that ends at or before ``before`` and holds no record received at or after it (a record is
+kept at least until ``before`` passes its receipt: ``_received_since``) and, in one
+transaction (so nothing is half done):
 
 0. moves records of such months out of the DEFAULT partition into monthly partitions of
    their own (``Partitions.rehome_default``: a late record could land there before ingest
@@ -157,6 +159,8 @@ class EvidenceRetention:
             await session.execute(sa.text(LOCK))
             await self._partitions.rehome_default(session, before)
             names = await _partitions_before(session, before)
+            # Ingest into a past month waits for ``LOCK``: what was received is settled.
+            names = [name for name in names if not await _received_since(session, name, before)]
             if not names:
                 return PruneResult([], [])
             await session.execute(sa.text(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE"))
@@ -252,6 +256,18 @@ async def newest_statement(session: AsyncSession, chain_id: str) -> PrunedStatem
         )
     ).scalar()
     return decode_statement(bytes(row)) if row is not None else None
+
+
+async def _received_since(session: AsyncSession, name: str, before: datetime) -> bool:
+    """Whether partition ``name`` holds a record received at or after ``before``: it is kept
+    whole for now. A record's ``ts`` is the node's word: a node whose clock is behind (or one
+    that ships late) dates records weeks back, and partitioned by that date they were dropped
+    soon after receipt. Kept until everything in it was received before the cut-off, every
+    record is kept at least the retention period from its receipt (by the database's clock)."""
+    found = await session.execute(
+        sa.text(f"SELECT EXISTS (SELECT 1 FROM {name} WHERE received_at >= :b)"), {"b": before}
+    )
+    return bool(found.scalar())
 
 
 async def _partitions_before(session: AsyncSession, before: datetime) -> list[str]:

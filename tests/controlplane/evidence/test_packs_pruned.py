@@ -22,7 +22,7 @@ from dataplane.evidence.pack import PackInvalid, canonical, seal_line, sign_ed25
 from dataplane.evidence.pack_verify import verify
 from dataplane.identity import IdentityFiles
 from signalbox.tls import aio_channel
-from tests.controlplane.evidence.conftest import Stream, new_dir
+from tests.controlplane.evidence.conftest import Stream, new_dir, received_long_ago
 from tests.controlplane.evidence.test_packs import _export, _seqs, _trusted
 from tests.controlplane.test_cli import _signalbox
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
@@ -63,6 +63,7 @@ async def plane(database_url: str, private_tmp: Path) -> AsyncIterator[RunningCo
         await _ship(running, private_tmp, "node-a", [JAN] * 6 + [now] * 6, {6, 12})
         await _ship(running, private_tmp, "node-b", [JAN] * 3, {3})
         assert running.cp.retention is not None
+        received_long_ago(running.database_url)
         result = await running.cp.retention.prune(PRUNE_BEFORE)
         assert [(s.chain_id, s.first_seq, s.last_seq) for s in result.statements] == [
             ("node-a/0", 1, 6),

@@ -25,7 +25,7 @@ from dataplane.evidence.records import seal
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.tls import ClientTls, aio_channel
 from tests.controlplane.conftest import Admin
-from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, rehash
+from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, received_long_ago, rehash
 from tests.controlplane.test_cli import _signalbox
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
 from tests.helpers import eventually
@@ -84,6 +84,7 @@ async def test_pruning_leaves_signed_statements_and_the_rest_still_verifies(
     ack = await stream.ship("node-a/0", lines, [at_8])
     assert (ack.head_seq, ack.checkpoints, ack.HasField("error")) == (8, 1, False)
     assert "evidence_records_y2025m01" in partitions(evidence_plane)
+    received_long_ago(evidence_plane.database_url)
 
     # Only a platform admin prunes.
     assert evidence_plane.cp.admin is not None
@@ -202,6 +203,7 @@ async def test_a_node_whose_clock_jumped_does_not_block_retention(
     lines = await write_at(directory, [future, future, JAN, JAN, now])
     assert (await stream.ship("node-a/0", lines)).head_seq == 5
     await ship_as(evidence_plane, private_tmp, "node-b", [JAN, FEB, now], tenant_id="globex")
+    received_long_ago(evidence_plane.database_url)
 
     code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-03-01")
     assert code == 0, err
@@ -263,6 +265,38 @@ async def test_a_record_dated_far_ahead_is_stored_at_its_receipt_not_kept_foreve
     assert where2.startswith("evidence_records_y")
 
 
+async def test_records_dated_far_back_are_kept_the_retention_period_from_their_receipt(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], private_tmp: Path
+) -> None:
+    """A node whose clock is behind (or that ships late) dates its records months back: filed
+    in those months' partitions, they were dropped by the next retention round, moments after
+    they were received. A month is dropped only once every record in it was received before
+    the cut-off: each is kept the retention period from its receipt at the earliest."""
+    stream, directory = node
+    behind = (datetime.now(UTC) - timedelta(days=90)).timestamp()
+    lines = await write_at(directory, [JAN, behind, JAN])
+    assert (await stream.ship("node-a/0", lines)).head_seq == 3
+    await ship_as(evidence_plane, private_tmp, "node-b", [JAN], tenant_id="globex")
+    retention = evidence_plane.cp.retention
+    assert retention is not None
+    result = await retention.prune_older_than(timedelta(days=30), datetime.now(UTC))
+    assert (result.partitions, result.statements) == ([], [])
+    code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-03-01")
+    assert code == 0, err
+    assert json.loads(out).get("partitions", []) == []
+    stored = sql_rows(evidence_plane.database_url, "SELECT chain_id, seq FROM evidence_records ORDER BY 1, 2")
+    assert stored == [("node-a/0", 1), ("node-a/0", 2), ("node-a/0", 3), ("node-b/0", 1)]
+    assert await retention.pruned_statement("node-a/0") is None
+
+    # Once they were received longer ago than the retention period, they go as usual.
+    received_long_ago(evidence_plane.database_url)
+    result = await retention.prune_older_than(timedelta(days=30), datetime.now(UTC))
+    assert "evidence_records_y2025m01" in result.partitions
+    statement = await retention.pruned_statement("node-a/0")
+    assert statement is not None
+    assert (statement.first_seq, statement.last_seq) == (1, 3)
+
+
 async def test_the_retention_timer_prunes_what_is_older_than_the_setting(
     database_url: str, private_tmp: Path, node_keys: NodeKeys
 ) -> None:
@@ -281,6 +315,7 @@ async def test_the_retention_timer_prunes_what_is_older_than_the_setting(
                 await stream.ship("node-a/0", await write_at(directory, [old, old, recent]))
             ).head_seq == 3
             stream.close()
+    received_long_ago(database_url)
     # The same data dir (and so the same KEK): the database's signing key opens.
     settings = replace(first, evidence_retention_days=400.0, evidence_retention_interval=0.2)
     async with running_control_plane(settings, verify_checkpoint_signature=node_keys.verify) as plane:
@@ -308,6 +343,7 @@ async def test_a_late_record_of_a_month_another_replica_pruned_gets_its_partitio
     lines = await write_at(directory, [JAN, JAN, now])
     assert (await stream.ship("node-a/0", lines)).head_seq == 3
     assert "evidence_records_y2025m01" in partitions(evidence_plane)
+    received_long_ago(evidence_plane.database_url)
 
     replica = cp_settings(
         evidence_plane.database_url, evidence_plane.data_dir.parent, data_dir=evidence_plane.data_dir
@@ -361,6 +397,7 @@ async def test_records_left_in_the_default_partition_are_rehomed_and_pruned(
                 "INSERT INTO evidence_records_default SELECT * FROM evidence_records_y2025m01"
             )
             conn.exec_driver_sql("DROP TABLE evidence_records_y2025m01")
+        received_long_ago(evidence_plane.database_url)
         assert sql_rows(
             evidence_plane.database_url, "SELECT seq FROM evidence_records_default ORDER BY 1"
         ) == [
@@ -426,6 +463,7 @@ async def test_a_tenant_sees_pruned_ranges_of_its_own_records_chains_only(
         lines = await write_at(directory, [JAN, now], tenant_id=acme)
         assert (await stream.ship("node-a/0", lines)).head_seq == 2
         await ship_as(evidence_plane, private_tmp, "node-b", [JAN, JAN, now], tenant_id=globex)
+        received_long_ago(evidence_plane.database_url)
         await admin.PruneEvidence(admin_pb2.PruneEvidenceRequest(before=_timestamp(FEB)))
         everything = await admin.QueryEvidence(admin_pb2.QueryEvidenceRequest())
         assert sorted((p.chain_id, p.last_seq) for p in everything.pruned) == [
@@ -459,6 +497,7 @@ async def test_a_control_plane_clock_far_ahead_drops_no_recent_evidence(
     recent = (datetime.now(UTC) - timedelta(days=1)).timestamp()
     lines = await write_at(directory, [JAN, JAN, recent])
     assert (await stream.ship("node-a/0", lines)).head_seq == 3
+    received_long_ago(evidence_plane.database_url)
     retention = evidence_plane.cp.retention
     assert retention is not None
     ahead = datetime.now(UTC) + timedelta(days=5 * 365)
