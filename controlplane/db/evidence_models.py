@@ -126,6 +126,9 @@ class EvidenceCheckpoint(Base):
     note: Mapped[str] = mapped_column(Text)
     root_matches: Mapped[bool] = mapped_column(Boolean)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
+    frontier: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    """The compact range of records 1..tree_size (``controlplane.evidence.tree``) when the root
+    matched, from which an export proves later records (migration 0024); NULL before it."""
 
 
 class EvidencePrunedRange(Base):
