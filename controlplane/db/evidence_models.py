@@ -54,6 +54,8 @@ class EvidenceRecord(Base):
         # Refusals only: served records (almost all) are read by time (migration 0023).
         Index("ix_evidence_records_refused_ts", "outcome", "ts", postgresql_where=text("outcome <> 'OK'")),
         Index("ix_evidence_records_ts", "ts"),
+        # Retention asks whether a month holds recent receipts (migration 0025).
+        Index("ix_evidence_records_received_at", "received_at", postgresql_using="brin"),
         {"postgresql_partition_by": "RANGE (ts)"},
     )
 

@@ -325,10 +325,12 @@ async def _received_since(session: AsyncSession, name: str, before: datetime) ->
     that ships late) dates records weeks back, and partitioned by that date they were dropped
     soon after receipt. Kept until everything in it was received before the cut-off, every
     record is kept at least the retention period from its receipt (by the database's clock)."""
-    found = await session.execute(
-        sa.text(f"SELECT EXISTS (SELECT 1 FROM {name} WHERE received_at >= :b)"), {"b": before}
-    )
+    found = await session.execute(sa.text(RECEIVED_SINCE.format(name=name)), {"b": before})
     return bool(found.scalar())
+
+
+RECEIVED_SINCE = "SELECT EXISTS (SELECT 1 FROM {name} WHERE received_at >= :b)"
+"""Read by the BRIN index on ``received_at`` (migration 0025), not a scan of the month."""
 
 
 async def _partitions_before(session: AsyncSession, before: datetime) -> list[str]:
