@@ -57,10 +57,13 @@ SHA256_BYTES = 32
 
 @dataclass(frozen=True, slots=True)
 class _Invalid:
-    """What the reader puts in the inbox when a node's message is malformed: the stream ends
-    with INVALID_ARGUMENT and this message (the reader cannot end the call itself)."""
+    """What the reader puts in the inbox to end the stream with ``code`` and ``message`` (the
+    reader cannot end the call itself): a node's malformed message (INVALID_ARGUMENT), or the
+    database failing under what the node said (UNAVAILABLE: the node reconnects and says it
+    again; ended OK, it took the stream for closed as usual and its ACK was never recorded)."""
 
     message: str
+    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
 
 
 def _recorded_scope(scope: snapshot_pb2.Scope, certified: NodeIdentity | None) -> dict[str, Any]:
@@ -399,7 +402,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                     f"(at most {MAX_STREAMS_PER_NODE} per node)",
                 )
             if isinstance(item, _Invalid):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.message)
+                await context.abort(item.code, item.message)
             if item is EXPIRED:
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,
@@ -569,10 +572,17 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                     await self._nodes.seen(state.node_id)
         except grpc.aio.AioRpcError:
             pass  # the node went away; the stream ends below
-        except Exception:
-            # E.g. the database is unreachable: end this stream (the node reconnects with
-            # backoff) rather than let the error escape the stream's cleanup.
-            log.exception("config sync with node %s failed", state.node_id)
+        except Exception as exc:
+            # E.g. the database is unreachable: end this stream with its status (the node
+            # reconnects with backoff and says it again) rather than let the error escape the
+            # stream's cleanup, or end it OK as if the node had closed it.
+            mapped = status_for(exc)
+            if mapped is None:
+                log.exception("config sync with node %s failed", printable(state.node_id))
+                mapped = (grpc.StatusCode.INTERNAL, "internal error")
+            else:
+                log.warning("config sync with node %s failed: %s", printable(state.node_id), exc)
+            sub.queue.put_nowait(_Invalid(mapped[1], mapped[0]))
         finally:
             # The node closed its side (or went away): end our side too.
             sub.queue.put_nowait(CLOSED)

@@ -54,6 +54,8 @@ class EvidenceRecord(Base):
         # Refusals only: served records (almost all) are read by time (migration 0023).
         Index("ix_evidence_records_refused_ts", "outcome", "ts", postgresql_where=text("outcome <> 'OK'")),
         Index("ix_evidence_records_ts", "ts"),
+        # Retention asks whether a month holds recent receipts (migration 0025).
+        Index("ix_evidence_records_received_at", "received_at", postgresql_using="brin"),
         {"postgresql_partition_by": "RANGE (ts)"},
     )
 
@@ -126,6 +128,9 @@ class EvidenceCheckpoint(Base):
     note: Mapped[str] = mapped_column(Text)
     root_matches: Mapped[bool] = mapped_column(Boolean)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
+    frontier: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    """The compact range of records 1..tree_size (``controlplane.evidence.tree``) when the root
+    matched, from which an export proves later records (migration 0024); NULL before it."""
 
 
 class EvidencePrunedRange(Base):

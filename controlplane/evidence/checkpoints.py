@@ -28,6 +28,7 @@ from controlplane.db.models import EvidenceAlarm, EvidenceCheckpoint
 from controlplane.errors import shown
 from controlplane.evidence.errors import EvidenceRefused, Tampered
 from controlplane.evidence.retention import newest_statement
+from controlplane.evidence.tree import frontier as stored_frontier
 from controlplane.limits import INT64_MAX
 from dataplane.evidence import checkpoint as node_checkpoint
 from dataplane.evidence import cosignature, merkle
@@ -114,11 +115,13 @@ async def store_checkpoint(
     roots: Mapping[int, bytes],
     checkpoint: Checkpoint,
     witness: Witness | None = None,
+    frontiers: Mapping[int, bytes] | None = None,
 ) -> int | EvidenceRefused:
     """Store ``checkpoint`` once its records are stored (``head_seq``: the chain's head in this
-    transaction; ``roots``: tree roots of sizes this batch passed), cosigned by ``witness``
-    when its root matches: 1 if new, 0 if already held; the refusal when it cannot be
-    checked yet or its root is not the records'."""
+    transaction; ``roots``: tree roots of sizes this batch passed, ``frontiers`` their compact
+    ranges), cosigned by ``witness`` when its root matches, with the compact range of its
+    records (what exports prove later records from): 1 if new, 0 if already held; the
+    refusal when it cannot be checked yet or its root is not the records'."""
     if checkpoint.size > head_seq or checkpoint.size == 0:
         return EvidenceRefused(
             f"chain {shown(chain_id)}: {checkpoint.name}: only records 1..{head_seq} are stored; "
@@ -136,13 +139,15 @@ async def store_checkpoint(
     if held:
         return 0  # taken and checked before (a restarted shipper offers its newest again)
     root = roots.get(checkpoint.size)
+    frontier = (frontiers or {}).get(checkpoint.size)
     if root is None:
-        root = await _root_of(session, chain_id, checkpoint.size)
-        if root is None:
+        tree = await _tree_of(session, chain_id, checkpoint.size)
+        if tree is None:
             # Those records were pruned by retention, and with them the roots inside the
             # pruned prefix: there is nothing left for such a checkpoint to prove. Not stored,
             # not refused (the node would offer it again forever).
             return 0
+        root, frontier = tree.root(), stored_frontier(tree)
     matches = root == checkpoint.root
     if held is None:
         session.add(
@@ -152,6 +157,7 @@ async def store_checkpoint(
                 root_hash=checkpoint.root,
                 note=witness(checkpoint.note) if matches and witness is not None else checkpoint.note,
                 root_matches=matches,
+                frontier=frontier if matches else None,
             )
         )
     if matches:
@@ -175,8 +181,8 @@ async def store_checkpoint(
     return refused
 
 
-async def _root_of(session: AsyncSession, chain_id: str, size: int) -> bytes | None:
-    """The root of the chain's records 1..``size`` as the control plane holds them: the
+async def _tree_of(session: AsyncSession, chain_id: str, size: int) -> merkle.Tree | None:
+    """The tree of the chain's records 1..``size`` as the control plane holds them: the
     compact range of its pruned prefix (if retention pruned one) extended by the stored
     records after it. None when ``size`` ends inside the pruned prefix (those roots are gone)."""
     pruned = await newest_statement(session, chain_id)
@@ -191,4 +197,4 @@ async def _root_of(session: AsyncSession, chain_id: str, size: int) -> bytes | N
     )
     for (digest,) in rows:
         tree.append(bytes(digest))
-    return tree.root()
+    return tree

@@ -41,7 +41,7 @@ plane vouches for what its older key saw, as it does for pruned-range statements
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +55,7 @@ from controlplane.errors import InvalidArgument, shown
 from controlplane.evidence.errors import ExportImpossible, ExportTooLarge
 from controlplane.evidence.queries import EvidenceFilter
 from controlplane.evidence.retention import countersigned
+from controlplane.evidence.tree import compact_range
 from controlplane.keys import Keyring, Signer
 from dataplane.evidence import cosignature, merkle
 from dataplane.evidence.pack import (
@@ -381,16 +382,33 @@ async def _proof(
             {**params, **bounds},
         )
     ]
-    prefix = pruned.compact_range if pruned is not None else ()
+    prefix: Sequence[tuple[int, bytes]] = pruned.compact_range if pruned is not None else ()
+    first = s.from_seq
+    # The subtrees left of the first matching record are the compact range of the records
+    # before it: from the nearest checkpoint's (migration 0024), only the leaves after it are
+    # read, not every leaf of the chain from its start.
+    nearest = (
+        await session.execute(
+            sa.text(
+                "SELECT tree_size, frontier FROM evidence_checkpoints WHERE chain_id = :chain "
+                "AND root_matches AND frontier IS NOT NULL AND tree_size >= :first AND tree_size <= :f "
+                "ORDER BY tree_size DESC LIMIT 1"
+            ),
+            {"chain": s.chain_id, "first": s.from_seq, "f": selected[0] if selected else 0},
+        )
+    ).first()
+    if nearest is not None:
+        first = int(nearest[0]) + 1
+        prefix = compact_range(bytes(nearest[1]))
     builder = merkle.MultiproofBuilder(merkle.multiproof_ranges(selected, s.to_seq), prefix)
     rows = await session.stream(
         sa.text(
             "SELECT seq, hash FROM evidence_records WHERE chain_id = :chain AND seq >= :first "
             "AND seq <= :n ORDER BY seq"
         ),
-        bounds,
+        {**bounds, "first": first},
     )
-    expected = s.from_seq
+    expected = first
     async for batch in rows.partitions(FETCH_ROWS * 10):
         for seq, digest in batch:
             if seq != expected:

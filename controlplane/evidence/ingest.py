@@ -21,7 +21,8 @@ replicas, and (chain, seq) stays unique although the primary key must also hold 
   (``verify_checkpoint_signature``, given by the application, never defaulted) and, once records 1..size are stored, its root must be
   the Merkle root of their hashes; a mismatch is a tamper alarm naming the checkpoint. A
   new one that matches is stored with the control plane's witness cosignature (its active
-  signing key, the time of its own clock: ``dataplane.evidence.cosignature``).
+  signing key, the time of its own clock: ``dataplane.evidence.cosignature``) and the
+  compact range of records 1..size, which exports prove later records from.
 
 Records before a refused one are stored and acknowledged: they verified on their own.
 """
@@ -124,6 +125,8 @@ class _Walk:
     """Indexes of the parsed records that continue the chain."""
     duplicates: int = 0
     roots: dict[int, bytes] = field(default_factory=dict)
+    frontiers: dict[int, bytes] = field(default_factory=dict)
+    """The compact ranges (``StoredTree.to_bytes``) of the sizes in ``roots``."""
 
 
 class EvidenceIngest:
@@ -231,6 +234,7 @@ class EvidenceIngest:
                 # A checkpoint of records held before this batch (one that was signed after
                 # they were sent): the chain's tree has its root, no need to read them back.
                 walk.roots[walk.head_seq] = walk.tree.root()
+                walk.frontiers[walk.head_seq] = walk.tree.to_bytes()
             if walk.new:
                 await self._copy(session, parsed.rows_of(walk.new))
                 seen = await tenants_seen(session, serial) if parsed.spends else None
@@ -245,7 +249,7 @@ class EvidenceIngest:
                 witness = await self._witness(session) if checkpoints else None
                 for checkpoint in checkpoints:
                     outcome = await store_checkpoint(
-                        session, chain_id, walk.head_seq, walk.roots, checkpoint, witness
+                        session, chain_id, walk.head_seq, walk.roots, checkpoint, witness, walk.frontiers
                     )
                     if isinstance(outcome, EvidenceRefused):
                         refused = outcome
@@ -366,6 +370,7 @@ class EvidenceIngest:
             append(digest)
             if seq in wanted:
                 walk.roots[seq] = walk.tree.root()
+                walk.frontiers[seq] = walk.tree.to_bytes()
         walk.head_seq, walk.head_hash = head_seq, head_hash
         return refused
 

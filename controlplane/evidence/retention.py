@@ -1,7 +1,9 @@
 """Retention: old monthly partitions dropped, each chain's pruned range stated and signed.
 
 ``EvidenceRetention.prune(before)`` takes every monthly partition of ``evidence_records``
-that ends at or before ``before`` and, in one transaction (so nothing is half done):
+that ends at or before ``before`` and holds no record received at or after it (a record is
+kept at least until ``before`` passes its receipt: ``_received_since``) and, in one
+transaction (so nothing is half done):
 
 0. moves records of such months out of the DEFAULT partition into monthly partitions of
    their own (``Partitions.rehome_default``: a late record could land there before ingest
@@ -11,11 +13,11 @@ that ends at or before ``before`` and, in one transaction (so nothing is half do
    seqs ``first..last``, ``first`` one after the previous statement's ``last`` (1 for the
    first) and ``last`` the chain's newest seq in those partitions. Record times are the
    node's word: a node whose clock was ahead and then stepped back dates a record earlier
-   than the ones before it, which then sit in a later partition (or DEFAULT). A record is no
-   older than the records after it, so the prefix is stated whole, its hashes read wherever
-   they are stored; those outside the dropped partitions stay until their own month is
-   dropped (a later prune passes over seqs a statement covers). Were a chain's prefix not
-   all stored (a gap), nothing is pruned;
+   than the ones before it, which then sit in a later partition (or DEFAULT). Such a prefix
+   is not all in the partitions to drop: the partition holding the chain's newest seq is
+   kept back until the earlier records' month goes too (``_exact``), so a statement states
+   exactly the records dropped, never one still stored. Were a chain's prefix not all
+   stored anywhere (a gap), nothing is pruned;
 2. writes a *pruned-range statement* per chain into ``evidence_pruned_ranges``: a DSSE
    envelope signed by the control plane's snapshot signing keys (the format is
    ``dataplane.evidence.pruned``'s) stating seqs ``first..last`` dropped, the hash of the
@@ -157,21 +159,24 @@ class EvidenceRetention:
             await session.execute(sa.text(LOCK))
             await self._partitions.rehome_default(session, before)
             names = await _partitions_before(session, before)
+            # Ingest into a past month waits for ``LOCK``: what was received is settled.
+            names = [name for name in names if not await _received_since(session, name, before)]
             if not names:
                 return PruneResult([], [])
             await session.execute(sa.text(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE"))
-            union = " UNION ALL ".join(f"SELECT chain_id, seq FROM {n}" for n in names)
-            newest = await session.execute(
-                sa.text(f"SELECT chain_id, max(seq) FROM ({union}) r GROUP BY chain_id")
-            )
+            spans = await _spans(session, names, before)
+            names = _exact(names, spans)
+            if not names:
+                return PruneResult([], [])
             now = datetime.now(UTC)
             statements = []
             signers = await self._keyring.signers(session)
-            for chain_id, last in sorted(newest.all()):
+            for chain_id, (first, parts) in sorted(spans.items()):
+                newest = [m for p, (m, _) in parts.items() if p in names]
+                if not newest:
+                    continue  # none of its records beyond its pruned range are dropped now
+                last = max(newest)
                 previous = await newest_statement(session, chain_id)
-                first = previous.last_seq + 1 if previous is not None else 1
-                if last < first:
-                    continue  # records an earlier statement covers already (module docstring)
                 tree: Tree = previous.tree() if previous is not None else StoredTree()
                 hashes = (
                     await session.execute(
@@ -183,11 +188,7 @@ class EvidenceRetention:
                     )
                 ).all()
                 if len(hashes) != last - first + 1:
-                    raise PruneRefused(
-                        f"chain {shown(chain_id)}: the partitions before {before.isoformat()} hold "
-                        f"its seq {last}, but only {len(hashes)} of its seqs {first}..{last} are "
-                        "stored (a gap): nothing was pruned"
-                    )
+                    raise _gap(chain_id, before, first, last, len(hashes))
                 last_hash = b""
                 for (digest,) in hashes:
                     last_hash = bytes(digest)
@@ -252,6 +253,84 @@ async def newest_statement(session: AsyncSession, chain_id: str) -> PrunedStatem
         )
     ).scalar()
     return decode_statement(bytes(row)) if row is not None else None
+
+
+_Spans = dict[str, tuple[int, dict[str, tuple[int, int]]]]
+"""Per chain: the first seq after its pruned range and, per partition holding seqs from it
+on, the newest of them and how many."""
+
+
+async def _spans(session: AsyncSession, names: Sequence[str], before: datetime) -> _Spans:
+    """The ``_Spans`` of the chains with records in partitions ``names`` beyond their pruned
+    ranges. ``PruneRefused`` when a chain's seqs from its first to its newest there are not
+    all stored anywhere (a gap): nothing is pruned."""
+    union = " UNION ALL ".join(f"SELECT chain_id, seq, '{n}' AS p FROM {n}" for n in names)
+    rows = await session.execute(
+        sa.text(
+            f"SELECT r.chain_id, coalesce(d.last, 0) + 1, r.p, max(r.seq), count(*) FROM ({union}) r "
+            "LEFT JOIN (SELECT chain_id, max(last_seq) AS last FROM evidence_pruned_ranges "
+            "GROUP BY chain_id) d ON d.chain_id = r.chain_id WHERE r.seq > coalesce(d.last, 0) "
+            "GROUP BY r.chain_id, d.last, r.p"
+        )
+    )
+    spans: _Spans = {}
+    for chain_id, first, name, newest, count in rows:
+        spans.setdefault(chain_id, (int(first), {}))[1][name] = (int(newest), int(count))
+    for chain_id, (first, parts) in spans.items():
+        last = max(m for m, _ in parts.values())
+        if sum(c for _, c in parts.values()) == last - first + 1:
+            continue
+        stored = (
+            await session.execute(
+                sa.text(
+                    "SELECT count(*) FROM evidence_records WHERE chain_id = :c AND seq >= :a AND seq <= :b"
+                ),
+                {"c": chain_id, "a": first, "b": last},
+            )
+        ).scalar_one()
+        if stored != last - first + 1:
+            raise _gap(chain_id, before, first, last, stored)
+    return spans
+
+
+def _gap(chain_id: str, before: datetime, first: int, last: int, stored: int) -> PruneRefused:
+    return PruneRefused(
+        f"chain {shown(chain_id)}: the partitions before {before.isoformat()} hold its seq {last}, "
+        f"but only {stored} of its seqs {first}..{last} are stored (a gap): nothing was pruned"
+    )
+
+
+def _exact(names: Sequence[str], spans: _Spans) -> list[str]:
+    """The partitions of ``names`` to drop: each chain's records in them beyond its pruned
+    range are exactly its next seqs ``first..last``, which its statement then says were
+    dropped. Record times are the node's word: a node whose clock stepped back dates a record
+    earlier than the ones before it, which then sit in a later partition; the partition
+    holding its newest seq here is kept back (with it, every chain's records in it) until the
+    earlier ones' partitions go too. A statement never claims a record that is still stored."""
+    kept: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for first, parts in spans.values():
+            live = {p: v for p, v in parts.items() if p not in kept}
+            if live and sum(c for _, c in live.values()) != max(m for m, _ in live.values()) - first + 1:
+                kept.add(max(live, key=lambda p: live[p][0]))
+                changed = True
+    return [name for name in names if name not in kept]
+
+
+async def _received_since(session: AsyncSession, name: str, before: datetime) -> bool:
+    """Whether partition ``name`` holds a record received at or after ``before``: it is kept
+    whole for now. A record's ``ts`` is the node's word: a node whose clock is behind (or one
+    that ships late) dates records weeks back, and partitioned by that date they were dropped
+    soon after receipt. Kept until everything in it was received before the cut-off, every
+    record is kept at least the retention period from its receipt (by the database's clock)."""
+    found = await session.execute(sa.text(RECEIVED_SINCE.format(name=name)), {"b": before})
+    return bool(found.scalar())
+
+
+RECEIVED_SINCE = "SELECT EXISTS (SELECT 1 FROM {name} WHERE received_at >= :b)"
+"""Read by the BRIN index on ``received_at`` (migration 0025), not a scan of the month."""
 
 
 async def _partitions_before(session: AsyncSession, before: datetime) -> list[str]:

@@ -12,19 +12,29 @@ from dataplane.evidence.merkle import Tree
 _ENTRY = 33
 
 
+def frontier(tree: Tree) -> bytes:
+    """``tree``'s perfect subtrees (its compact range) as bytes: what ``compact_range`` reads."""
+    return b"".join(bytes([height]) + digest for height, digest in tree._stack)
+
+
+def compact_range(data: bytes) -> list[tuple[int, bytes]]:
+    """The ``(height, root)`` subtrees, tallest first, ``frontier`` wrote as ``data``."""
+    if len(data) % _ENTRY:
+        raise ValueError(f"a stored tree is a multiple of {_ENTRY} bytes, not {len(data)}")
+    return [(data[i], data[i + 1 : i + _ENTRY]) for i in range(0, len(data), _ENTRY)]
+
+
 class StoredTree(Tree):
     """``merkle.Tree`` that can be saved and restored."""
 
     def to_bytes(self) -> bytes:
-        return b"".join(bytes([height]) + digest for height, digest in self._stack)
+        return frontier(self)
 
     @classmethod
     def from_bytes(cls, data: bytes, size: int) -> StoredTree:
         """The tree of ``size`` leaves whose subtree roots ``to_bytes`` wrote as ``data``."""
         tree = cls()
-        if len(data) % _ENTRY:
-            raise ValueError(f"a stored tree is a multiple of {_ENTRY} bytes, not {len(data)}")
-        tree._stack = [(data[i], data[i + 1 : i + _ENTRY]) for i in range(0, len(data), _ENTRY)]
+        tree._stack = compact_range(data)
         if sum(1 << height for height, _ in tree._stack) != size:
             raise ValueError(f"the stored tree does not have {size} leaves")
         tree.size = size

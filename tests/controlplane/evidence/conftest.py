@@ -24,7 +24,7 @@ from dataplane.evidence.merkle import Tree
 from dataplane.evidence.records import record_hash
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.tls import ClientTls, aio_channel
-from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
+from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_execute
 
 TIMEOUT = 10.0
 
@@ -140,3 +140,18 @@ async def node(evidence_plane: RunningControlPlane, private_tmp: Path) -> AsyncI
         stream = Stream(channel)
         yield stream, directory
         stream.close()
+
+
+RECEIVED_LONG_AGO = "2000-01-01T00:00:00+00:00"
+
+
+def received_long_ago(database_url: str) -> None:
+    """Every evidence record stored so far dated received in 2000: what a wait of the retention
+    period after the receipt would do, which retention keeps records for at least. The tables
+    are append-only for every role; a superuser's session in replica mode fires no ordinary
+    trigger (the tests' database user is the embedded server's superuser)."""
+    sql_execute(
+        database_url,
+        "SET LOCAL session_replication_role = replica",
+        f"UPDATE evidence_records SET received_at = '{RECEIVED_LONG_AGO}'",
+    )

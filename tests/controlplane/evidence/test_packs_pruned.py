@@ -22,7 +22,7 @@ from dataplane.evidence.pack import PackInvalid, canonical, seal_line, sign_ed25
 from dataplane.evidence.pack_verify import verify
 from dataplane.identity import IdentityFiles
 from signalbox.tls import aio_channel
-from tests.controlplane.evidence.conftest import Stream, new_dir
+from tests.controlplane.evidence.conftest import Stream, new_dir, received_long_ago
 from tests.controlplane.evidence.test_packs import _export, _seqs, _trusted
 from tests.controlplane.test_cli import _signalbox
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane
@@ -63,6 +63,7 @@ async def plane(database_url: str, private_tmp: Path) -> AsyncIterator[RunningCo
         await _ship(running, private_tmp, "node-a", [JAN] * 6 + [now] * 6, {6, 12})
         await _ship(running, private_tmp, "node-b", [JAN] * 3, {3})
         assert running.cp.retention is not None
+        received_long_ago(running.database_url)
         result = await running.cp.retention.prune(PRUNE_BEFORE)
         assert [(s.chain_id, s.first_seq, s.last_seq) for s in result.statements] == [
             ("node-a/0", 1, 6),
@@ -162,6 +163,13 @@ async def acme(plane: RunningControlPlane, private_tmp: Path) -> Path:
     return path
 
 
+def _searched_from(lines: list[bytes], at: int, seq: int) -> list[bytes]:
+    """``lines`` with the chain section at ``at`` saying its searched range starts at ``seq``."""
+    chain = json.loads(lines[at])
+    chain["searched"]["from_seq"] = seq
+    return [*lines[:at], _json_line(chain), *lines[at + 1 :]]
+
+
 def _refused(plane: RunningControlPlane, lines: list[bytes], path: Path, pattern: str) -> None:
     path.write_bytes(b"".join(lines))
     with pytest.raises(PackInvalid, match=pattern):
@@ -211,11 +219,9 @@ async def test_a_statement_edited_removed_moved_or_not_matching_from_seq_is_name
     )
 
     # The chain's searched range shifted off the statement's end.
-    chain = json.loads(lines[chain_at])
-    chain["searched"]["from_seq"] = 8
     _refused(
         plane,
-        [*lines[:chain_at], _json_line(chain), *lines[chain_at + 1 :]],
+        _searched_from(lines, chain_at, 8),
         acme.with_name("shifted.pack"),
         rf"line {chain_at + 1}: chain node-a/0: the searched range 8..12 does not start one after the "
         r"pruned range 1..6 of its pruned-range statement",
@@ -244,3 +250,46 @@ async def test_a_statement_edited_removed_moved_or_not_matching_from_seq_is_name
         acme.with_name("unlisted.pack"),
         rf"line {len(lines)}: the manifest: a pruned-range statement of chain node-b/0, which it does not list",
     )
+
+
+async def test_a_chain_whose_clock_stepped_back_verifies_after_each_prune_and_a_gap_is_named(
+    database_url: str, private_tmp: Path
+) -> None:
+    """node-c's seqs 1-2 are dated February, 3-4 January (its clock stepped back), 5-6 now.
+    A January prune stated 1..4 dropped while 1-2 stayed in February, and the pack searched
+    the chain from 5: seq 1, acme's and stored, was left out of acme's pack although the
+    pack says nothing was. January now waits for February: each pack holds every stored
+    record of acme's, verifies, and a record taken out of it is still named."""
+    feb = datetime(2025, 2, 15, tzinfo=UTC).timestamp()
+    async with running_control_plane(cp_settings(database_url, private_tmp)) as plane:
+        now = datetime.now(UTC).timestamp()
+        await _ship(plane, private_tmp, "node-c", [feb, feb, JAN, JAN, now, now], {6})
+        received_long_ago(plane.database_url)
+        assert plane.cp.retention is not None
+        assert (await plane.cp.retention.prune(PRUNE_BEFORE)).partitions == []
+        out = private_tmp / "january.pack"
+        assert await _export(plane, out, tenant_id="acme") == 3
+        assert _seqs(out) == {"node-c/0": [1, 3, 5]}
+        assert verify(out, _trusted(plane)).pruned == {}
+
+        result = await plane.cp.retention.prune(datetime(2025, 3, 1, tzinfo=UTC))
+        assert result.partitions == ["evidence_records_y2025m01", "evidence_records_y2025m02"]
+        assert [(s.chain_id, s.first_seq, s.last_seq) for s in result.statements] == [("node-c/0", 1, 4)]
+        out = private_tmp / "february.pack"
+        assert await _export(plane, out, tenant_id="acme") == 1
+        report = verify(out, _trusted(plane))
+        assert [(c.chain_id, c.from_seq, c.to_seq, c.records) for c in report.chains] == [
+            ("node-c/0", 5, 6, 1)
+        ]
+        assert [(s.first_seq, s.last_seq) for s in report.pruned["node-c/0"]] == [(1, 4)]
+
+        # A gap between what was pruned and what was searched (seq 5 in neither) is named.
+        lines = _lines(out)
+        at = next(i for i, line in enumerate(lines) if b'"section":"chain"' in line)
+        _refused(
+            plane,
+            _searched_from(lines, at, 6),
+            out.with_name("gap.pack"),
+            rf"line {at + 1}: chain node-c/0: the searched range 6..6 does not start one after the "
+            r"pruned range 1..4 of its pruned-range statement",
+        )

@@ -18,7 +18,8 @@ from sqlalchemy.dialects import postgresql
 from controlplane.db.embedded import EmbeddedPostgres
 from controlplane.evidence.export import _where
 from controlplane.evidence.queries import EvidenceFilter, records_query
-from tests.fixtures.postgres import _fresh_database
+from controlplane.evidence.retention import RECEIVED_SINCE
+from tests.fixtures.postgres import _fresh_database, sql_rows
 
 RECORDS = 20_000
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -131,6 +132,21 @@ def test_an_exports_condition_reads_the_index_of_its_filter(
         dialect=postgresql.psycopg.dialect()  # type: ignore[attr-defined]
     )
     assert index in _indexes(store, str(sql), params)
+
+
+def test_retention_finds_a_months_recent_receipts_by_its_index(store: str) -> None:
+    """Each retention round asks every month past the cut-off whether it holds a record
+    received since; a scan of the month each time, without the index."""
+    partition = sql_rows(
+        store,
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'evidence_records'::regclass ORDER BY pg_relation_size(c.oid) DESC LIMIT 1",
+    )[0][0]
+    sql = sa.text(RECEIVED_SINCE.format(name=partition)).compile(
+        dialect=postgresql.psycopg.dialect()  # type: ignore[attr-defined]
+    )
+    params = {"b": datetime.now(UTC) + timedelta(days=1)}
+    assert "ix_evidence_records_received_at" in _indexes(store, str(sql), params)
 
 
 def test_the_served_records_are_not_in_the_refusals_index(store: str) -> None:

@@ -25,7 +25,7 @@ from dataplane.evidence.records import seal
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.tls import ClientTls, aio_channel
 from tests.controlplane.conftest import Admin
-from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, rehash
+from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, received_long_ago, rehash
 from tests.controlplane.test_cli import _signalbox
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
 from tests.helpers import eventually
@@ -84,6 +84,7 @@ async def test_pruning_leaves_signed_statements_and_the_rest_still_verifies(
     ack = await stream.ship("node-a/0", lines, [at_8])
     assert (ack.head_seq, ack.checkpoints, ack.HasField("error")) == (8, 1, False)
     assert "evidence_records_y2025m01" in partitions(evidence_plane)
+    received_long_ago(evidence_plane.database_url)
 
     # Only a platform admin prunes.
     assert evidence_plane.cp.admin is not None
@@ -187,21 +188,39 @@ async def test_pruning_leaves_signed_statements_and_the_rest_still_verifies(
         engine.dispose()
 
 
-async def test_a_node_whose_clock_jumped_does_not_block_retention(
+async def test_a_statement_never_claims_a_record_still_stored_when_a_clock_stepped_back(
     evidence_plane: RunningControlPlane, node: tuple[Stream, Path], private_tmp: Path
 ) -> None:
-    """Record times are the node's word. node-a's clock was far ahead (seqs 1-2 dated 2099,
-    stored at their receipt, today) and then stepped back to January. Its January records (seqs 3-4) were
-    not its next prefix, so every prune was refused: no partition of any node or tenant was
-    ever dropped again. A record is no older than the records after it in its chain, so the
-    chain's statement covers its prefix up to its newest pruned seq, 1-4 (the compact range
-    takes seqs 1-2's hashes from where they are stored), and the month is dropped."""
+    """Record times are the node's word. node-a's clock was ahead (seqs 1-2 dated February)
+    and then stepped back (seqs 3-4 dated January). Pruning January stated node-a's records
+    1-4 dropped, while 1-2 stayed stored in February: a pack searched the chain from 5 and
+    left them out although queries found them, and February's drop later removed them
+    unstated. January is now kept back until February goes too: each statement states
+    exactly the records dropped, and what remains still verifies against it."""
     stream, directory = node
     now = datetime.now(UTC).timestamp()
-    future = datetime(2099, 6, 1, tzinfo=UTC).timestamp()
-    lines = await write_at(directory, [future, future, JAN, JAN, now])
+    lines = await write_at(directory, [FEB, FEB, JAN, JAN, now])
     assert (await stream.ship("node-a/0", lines)).head_seq == 5
     await ship_as(evidence_plane, private_tmp, "node-b", [JAN, FEB, now], tenant_id="globex")
+    received_long_ago(evidence_plane.database_url)
+
+    def stored() -> list[tuple[str, int]]:
+        rows = sql_rows(
+            evidence_plane.database_url, "SELECT chain_id, seq FROM evidence_records ORDER BY 1, 2"
+        )
+        return [(str(chain_id), int(seq)) for chain_id, seq in rows]
+
+    def claimed() -> set[tuple[str, int]]:
+        rows = sql_rows(
+            evidence_plane.database_url, "SELECT chain_id, first_seq, last_seq FROM evidence_pruned_ranges"
+        )
+        return {(str(c), seq) for c, first, last in rows for seq in range(int(first), int(last) + 1)}
+
+    code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-02-01")
+    assert code == 0, err
+    assert json.loads(out).get("partitions", []) == []
+    assert not claimed() & set(stored())
+    assert len(stored()) == 8
 
     code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-03-01")
     assert code == 0, err
@@ -211,6 +230,8 @@ async def test_a_node_whose_clock_jumped_does_not_block_retention(
         ("node-a/0", "1", "4"),
         ("node-b/0", "1", "2"),
     ]
+    assert stored() == [("node-a/0", 5), ("node-b/0", 3)]
+    assert not claimed() & set(stored())
     statement = verify_statement(
         bytes(
             sql_rows(
@@ -228,13 +249,6 @@ async def test_a_node_whose_clock_jumped_does_not_block_retention(
     for digest in hashes:
         reference.append(digest)
     assert tree.root() == reference.root()
-    # The 2099 records stay (covered by the statement) until their month is dropped; a later
-    # prune leaves them out of its ranges rather than refusing.
-    assert sql_rows(
-        evidence_plane.database_url, "SELECT chain_id, seq FROM evidence_records ORDER BY 1, 2"
-    ) == [("node-a/0", 1), ("node-a/0", 2), ("node-a/0", 5), ("node-b/0", 3)]
-    code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-05-01")
-    assert code == 0, err
 
 
 async def test_a_record_dated_far_ahead_is_stored_at_its_receipt_not_kept_forever(
@@ -263,6 +277,38 @@ async def test_a_record_dated_far_ahead_is_stored_at_its_receipt_not_kept_foreve
     assert where2.startswith("evidence_records_y")
 
 
+async def test_records_dated_far_back_are_kept_the_retention_period_from_their_receipt(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], private_tmp: Path
+) -> None:
+    """A node whose clock is behind (or that ships late) dates its records months back: filed
+    in those months' partitions, they were dropped by the next retention round, moments after
+    they were received. A month is dropped only once every record in it was received before
+    the cut-off: each is kept the retention period from its receipt at the earliest."""
+    stream, directory = node
+    behind = (datetime.now(UTC) - timedelta(days=90)).timestamp()
+    lines = await write_at(directory, [JAN, behind, JAN])
+    assert (await stream.ship("node-a/0", lines)).head_seq == 3
+    await ship_as(evidence_plane, private_tmp, "node-b", [JAN], tenant_id="globex")
+    retention = evidence_plane.cp.retention
+    assert retention is not None
+    result = await retention.prune_older_than(timedelta(days=30), datetime.now(UTC))
+    assert (result.partitions, result.statements) == ([], [])
+    code, out, err = await admin_cli(evidence_plane, "--json", "evidence", "prune", "--before", "2025-03-01")
+    assert code == 0, err
+    assert json.loads(out).get("partitions", []) == []
+    stored = sql_rows(evidence_plane.database_url, "SELECT chain_id, seq FROM evidence_records ORDER BY 1, 2")
+    assert stored == [("node-a/0", 1), ("node-a/0", 2), ("node-a/0", 3), ("node-b/0", 1)]
+    assert await retention.pruned_statement("node-a/0") is None
+
+    # Once they were received longer ago than the retention period, they go as usual.
+    received_long_ago(evidence_plane.database_url)
+    result = await retention.prune_older_than(timedelta(days=30), datetime.now(UTC))
+    assert "evidence_records_y2025m01" in result.partitions
+    statement = await retention.pruned_statement("node-a/0")
+    assert statement is not None
+    assert (statement.first_seq, statement.last_seq) == (1, 3)
+
+
 async def test_the_retention_timer_prunes_what_is_older_than_the_setting(
     database_url: str, private_tmp: Path, node_keys: NodeKeys
 ) -> None:
@@ -281,6 +327,7 @@ async def test_the_retention_timer_prunes_what_is_older_than_the_setting(
                 await stream.ship("node-a/0", await write_at(directory, [old, old, recent]))
             ).head_seq == 3
             stream.close()
+    received_long_ago(database_url)
     # The same data dir (and so the same KEK): the database's signing key opens.
     settings = replace(first, evidence_retention_days=400.0, evidence_retention_interval=0.2)
     async with running_control_plane(settings, verify_checkpoint_signature=node_keys.verify) as plane:
@@ -308,6 +355,7 @@ async def test_a_late_record_of_a_month_another_replica_pruned_gets_its_partitio
     lines = await write_at(directory, [JAN, JAN, now])
     assert (await stream.ship("node-a/0", lines)).head_seq == 3
     assert "evidence_records_y2025m01" in partitions(evidence_plane)
+    received_long_ago(evidence_plane.database_url)
 
     replica = cp_settings(
         evidence_plane.database_url, evidence_plane.data_dir.parent, data_dir=evidence_plane.data_dir
@@ -361,6 +409,7 @@ async def test_records_left_in_the_default_partition_are_rehomed_and_pruned(
                 "INSERT INTO evidence_records_default SELECT * FROM evidence_records_y2025m01"
             )
             conn.exec_driver_sql("DROP TABLE evidence_records_y2025m01")
+        received_long_ago(evidence_plane.database_url)
         assert sql_rows(
             evidence_plane.database_url, "SELECT seq FROM evidence_records_default ORDER BY 1"
         ) == [
@@ -426,6 +475,7 @@ async def test_a_tenant_sees_pruned_ranges_of_its_own_records_chains_only(
         lines = await write_at(directory, [JAN, now], tenant_id=acme)
         assert (await stream.ship("node-a/0", lines)).head_seq == 2
         await ship_as(evidence_plane, private_tmp, "node-b", [JAN, JAN, now], tenant_id=globex)
+        received_long_ago(evidence_plane.database_url)
         await admin.PruneEvidence(admin_pb2.PruneEvidenceRequest(before=_timestamp(FEB)))
         everything = await admin.QueryEvidence(admin_pb2.QueryEvidenceRequest())
         assert sorted((p.chain_id, p.last_seq) for p in everything.pruned) == [
@@ -459,6 +509,7 @@ async def test_a_control_plane_clock_far_ahead_drops_no_recent_evidence(
     recent = (datetime.now(UTC) - timedelta(days=1)).timestamp()
     lines = await write_at(directory, [JAN, JAN, recent])
     assert (await stream.ship("node-a/0", lines)).head_seq == 3
+    received_long_ago(evidence_plane.database_url)
     retention = evidence_plane.cp.retention
     assert retention is not None
     ahead = datetime.now(UTC) + timedelta(days=5 * 365)
