@@ -25,9 +25,10 @@ scan sees it and redacts what follows until it ends; it is recorded once.
 - ``flag``: recorded with its offset.
 
 A tool call's id and name pass at once (a caller learns that a call started); only its
-arguments are held. With masked values (and no output rules) only a trailing partial
-placeholder is held back, so that ``[EMAIL_1]`` split over two chunks is restored whole, in
-the content and in the arguments. Findings are recorded with offsets in the model's text
+arguments are held. With masked values, the values are put back into what the rules release
+(as into a whole answer once the rules are done with it), and a partial placeholder at its end
+waits for the rest, so that ``[EMAIL_1]`` split over two chunks, or by a cut at a finding's
+edge, is restored whole, in the content and in the arguments. Findings are recorded with offsets in the model's text
 (code points), never with values.
 """
 
@@ -65,7 +66,17 @@ Restore = Callable[..., str]
 class _Channel:
     """One governed text of the answer: its content, or one tool call's arguments."""
 
-    __slots__ = ("base", "chunk_starts", "field", "followed", "in_json", "redactions", "sent", "text")
+    __slots__ = (
+        "base",
+        "chunk_starts",
+        "field",
+        "followed",
+        "in_json",
+        "redactions",
+        "sent",
+        "text",
+        "unrestored",
+    )
 
     def __init__(self, field: str, in_json: bool) -> None:
         self.field = field
@@ -85,6 +96,10 @@ class _Channel:
         """Rule -> offset in the field of a finding the last release sent up to the end of the
         text it had (it may go on, as a PEM key's body): the look-behind keeps it from its
         start, so that the next scan sees it whole and acts on what follows; recorded once."""
+        self.unrestored = ""
+        """The end of the text released so far that may be the beginning of a placeholder
+        (``[EMAIL`` of ``[EMAIL_1]``): held back from the caller until the rest is released,
+        since the values are put back into what the rules release, wherever they cut it."""
 
     def add(self, piece: str) -> None:
         self.chunk_starts.append(self.base + len(self.text))
@@ -167,11 +182,7 @@ class StreamGovernor:
         if self._rules:
             if not final and held < window:
                 return ""
-            cut = len(text) if final else len(text) - window // 2
-            if not final:
-                cut = _before_escape(text, cut)
-                if self._restore is not None:
-                    cut = _before_partial_placeholder(text, held_at, cut)
+            cut = len(text) if final else _before_escape(text, len(text) - window // 2)
             # The scan moves the cut only to the edge of a finding, and what it records and
             # redacts is what goes out now: nothing may move the cut after it (moved back
             # into a finding it had queued a redaction for, the part before the new cut went
@@ -179,20 +190,25 @@ class StreamGovernor:
             cut = self._scan(channel, held_at, cut)
         else:
             cut = len(text)
-            if self._restore is not None and not final:
-                cut = _before_partial_placeholder(text, held_at, cut)
-        if cut <= held_at:
-            return ""
-        out = _redacted(channel, held_at, cut)
-        channel.sent = channel.base + cut
-        keep = max(0, cut - window) if self._rules else cut
-        if channel.followed:
-            keep = min(keep, min(channel.followed.values()) - channel.base)
-        if keep:
-            channel.text = text[keep:]
-            channel.base += keep
+        out = ""
+        if cut > held_at:
+            out = _redacted(channel, held_at, cut)
+            channel.sent = channel.base + cut
+            keep = max(0, cut - window) if self._rules else cut
+            if channel.followed:
+                keep = min(keep, min(channel.followed.values()) - channel.base)
+            if keep:
+                channel.text = text[keep:]
+                channel.base += keep
         if self._restore is None:
             return out
+        # The values go back into the text as released (redacted), as for a whole answer;
+        # a placeholder the cut splits (the rules may cut anywhere: at a finding's edge)
+        # waits for its end.
+        out = channel.unrestored + out
+        at = len(out) if final else _partial_placeholder_at(out)
+        channel.unrestored = out[at:]
+        out = out[:at]
         return self._restore(out, in_json=True) if channel.in_json else self._restore(out)
 
     def _scan(self, channel: _Channel, held_at: int, cut: int) -> int:
@@ -333,9 +349,10 @@ def _before_escape(text: str, cut: int) -> int:
     return at if at + (6 if text[at + 1 : at + 2] == "u" else 2) > cut else cut
 
 
-def _before_partial_placeholder(text: str, held_at: int, cut: int) -> int:
-    """``cut``, moved back before a placeholder it would split (``[EMAIL`` sent, ``_1]`` not)."""
-    at = text.rfind("[", max(held_at, cut - MAX_PLACEHOLDER_CHARS), cut)
-    if at >= 0 and "]" not in text[at:cut]:
+def _partial_placeholder_at(text: str) -> int:
+    """Where the placeholder ``text`` ends with the beginning of begins (``[EMAIL`` of
+    ``[EMAIL_1]``); ``len(text)`` when it ends with none."""
+    at = text.rfind("[", max(0, len(text) - MAX_PLACEHOLDER_CHARS))
+    if at >= 0 and "]" not in text[at:]:
         return at
-    return cut
+    return len(text)
