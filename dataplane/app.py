@@ -57,6 +57,7 @@ from dataplane.quota import QuotaLeaser, Quotas
 from dataplane.quota.local import QUOTA_DIR, LocalLedger, socket_path
 from dataplane.quota.local import serve as serve_ledger
 from dataplane.readiness import Readiness
+from dataplane.routing.candidate import deployment_key
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.query import NodeContext
 from dataplane.snapshot.envelope import load_trust_keys
@@ -495,6 +496,12 @@ class DataPlaneNode:
         await self._doors.start()
 
     async def _on_snapshot(self, state: ServingState) -> None:
+        # What the node learnt of deployments, models and tenants the snapshot removed goes.
+        models = state.config.models.values()
+        if self._dispatcher is not None:
+            self._dispatcher.retain({deployment_key(d) for m in models for d in m.deployments})
+        if self._metrics is not None:
+            self._metrics.requests.retain(state.config.tenants, {m.alias for m in models})
         if not self._stopping:
             await self._readiness.push()
 
