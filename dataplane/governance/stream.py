@@ -24,6 +24,10 @@ scan sees it and redacts what follows until it ends; it is recorded once.
   string content, as for a whole answer); a cut never splits one.
 - ``flag``: recorded with its offset.
 
+Where findings of several rules overlap, the earlier rule's action stands, as for a whole
+answer (``overlaps``): a later block or flag rule does not act on what an earlier redaction
+covers, and a later redaction reaching beyond it covers both with its own placeholder.
+
 A tool call's id and name pass at once (a caller learns that a call started); only its
 arguments are held. With masked values, the values are put back into what the rules release
 (as into a whole answer once the rules are done with it), and a partial placeholder at its end
@@ -44,6 +48,7 @@ from dataplane.chat import StreamChunk, ToolCallDelta
 from dataplane.config.model import Action, CompiledProfile, Finding, Rule, Stage
 from dataplane.governance.detectors._digits import forget, share
 from dataplane.governance.errors import blocked
+from dataplane.governance.overlaps import merged, unclaimed
 from dataplane.governance.readable import find as find_in
 from dataplane.governance.readable import readable, unescaped
 
@@ -224,18 +229,24 @@ class StreamGovernor:
         outer = unescaped(text) if channel.in_json or "\\" in text else None
         view = readable(outer.text if outer is not None else text)
         found: list[tuple[Rule, list[Finding]]] = []
+        # The redact rules' edits of the text so far, merged as for a whole answer: a later
+        # rule's finding that overlaps one is the earlier rule's (not counted, and a block or
+        # flag rule does not act on it) unless it edits too and reaches beyond it.
+        edits: list[tuple[int, int, str]] = []
         share()  # the rules' detectors share their scan of the text, for this scan only
         try:
             for rule in self._rules:
-                spans = [
-                    s
-                    for s in (
-                        find_in(rule.detector.find, view)
-                        if outer is None
-                        else find_in(rule.detector.find, outer, view)
-                    )
-                    if s.end > held_at
-                ]
+                every = (
+                    find_in(rule.detector.find, view)
+                    if outer is None
+                    else find_in(rule.detector.find, outer, view)
+                )
+                redact = rule.action is Action.REDACT
+                if edits and every:
+                    every = unclaimed(every, edits, whole=redact)
+                if redact and every:
+                    edits = merged(edits, every, _placeholder(rule, channel.in_json))
+                spans = [s for s in every if s.end > held_at]
                 if not spans:
                     continue
                 if rule.action is Action.BLOCK:
@@ -247,6 +258,9 @@ class StreamGovernor:
         finally:
             forget()
         cut, pushed = _uncut(found, held_at, cut, len(text), self._window)
+        channel.redactions += [
+            (max(start, held_at), end, p) for start, end, p in edits if held_at < end <= cut
+        ]
         followed = channel.followed
         channel.followed = {}
         base = channel.base
@@ -256,9 +270,6 @@ class StreamGovernor:
                 if followed.get(rule.name) == base + spans[0].start:
                     channel.followed[rule.name] = base + spans[0].start  # not sent on yet
                 continue
-            if rule.action is Action.REDACT:
-                placeholder = json.dumps(rule.placeholder)[1:-1] if channel.in_json else rule.placeholder
-                channel.redactions.extend((max(s.start, held_at), s.end, placeholder) for s in sent)
             last = sent[-1]
             if pushed and last.end == cut and cut - last.start <= FOLLOWED_WINDOWS * self._window:
                 channel.followed[rule.name] = base + last.start
@@ -291,6 +302,12 @@ class StreamGovernor:
             positions.append(
                 {"field": channel.field, "chunk": chunk, "start": start, "end": base + s.end, "kind": s.kind}
             )
+
+
+def _placeholder(rule: Rule, in_json: bool) -> Callable[[int, int], str]:
+    """What replaces a finding of ``rule`` (JSON-escaped in JSON text), for ``merged``."""
+    placeholder = json.dumps(rule.placeholder)[1:-1] if in_json else rule.placeholder
+    return lambda start, end: placeholder
 
 
 def _uncut(
