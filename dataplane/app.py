@@ -458,7 +458,9 @@ class DataPlaneNode:
         if self._dispatcher is not None:
             self._dispatcher.retain({deployment_key(d) for m in models for d in m.deployments})
         if self._metrics is not None:
-            self._metrics.requests.retain(state.config.tenants, {m.alias for m in models})
+            profiles = state.config.governance.values()
+            rules = {r.name for p in profiles for r in (*p.input_rules, *p.output_rules)}
+            self._metrics.requests.retain(state.config.tenants, {m.alias for m in models}, rules)
         if not self._stopping:
             await self._readiness.push()
 

@@ -70,6 +70,8 @@ GOVERNANCE_REFUSALS = frozenset(
 )
 """Outcome kinds of a governance refusal (``dataplane.governance.errors``)."""
 REFUSING_ACTIONS = frozenset({"block", "error", "classify"})
+OWN_RULES = frozenset({"contract", "other"})
+"""``refusing_rule``'s names that no profile gives (besides ``limits.<name>``)."""
 
 GEN_AI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "tenant")
 
@@ -137,11 +139,11 @@ class RequestMetrics:
             child = self._children[key] = metric.labels(*values, self.worker)
         return child
 
-    def retain(self, tenants: Collection[str], models: Collection[str]) -> None:
-        """Drop the series of a tenant or a model (alias) a new snapshot no longer has: its
-        labels came from an earlier snapshot, and each snapshot's would otherwise stay for
-        the node's life. A request still running on the old snapshot adds its series again
-        (until the next snapshot)."""
+    def retain(self, tenants: Collection[str], models: Collection[str], rules: Collection[str]) -> None:
+        """Drop the series of a tenant, a model (alias) or a governance rule a new snapshot
+        no longer has: its labels came from an earlier snapshot, and each snapshot's would
+        otherwise stay for the node's life. A request still running on the old snapshot adds
+        its series again (until the next snapshot)."""
         labelled = {
             id(m): (m, names)
             for m, names in (
@@ -156,7 +158,7 @@ class RequestMetrics:
         }
         for key in list(self._children):
             metric, names = labelled[key[0]]
-            if _stale(names, key[1:], tenants, models):
+            if _stale(names, key[1:], tenants, models, rules):
                 del self._children[key]
                 metric.remove(*key[1:], self.worker)
         bundle = ("", "", "model", "tenant")
@@ -375,14 +377,25 @@ class _Collector(Collector):
 
 
 def _stale(
-    names: Sequence[str], values: Sequence[str], tenants: Collection[str], models: Collection[str]
+    names: Sequence[str],
+    values: Sequence[str],
+    tenants: Collection[str],
+    models: Collection[str],
+    rules: Collection[str] = (),
 ) -> bool:
-    """Whether a series' labels name a tenant or a model outside ``tenants`` and ``models``
-    (an empty one names none)."""
+    """Whether a series' labels name a tenant, a model or a profile's rule outside
+    ``tenants``, ``models`` and ``rules`` (an empty one names none; ``limits.<name>``,
+    ``contract`` and ``other`` are the node's own)."""
     for name, value in zip(names, values, strict=False):
         if value and (
             (name == "tenant" and value not in tenants)
             or (name in ("model", "gen_ai_request_model") and value not in models)
+            or (
+                name == "rule"
+                and value not in rules
+                and value not in OWN_RULES
+                and not value.startswith("limits.")
+            )
         ):
             return True
     return False

@@ -5,9 +5,11 @@ served, and keeps what it learnt of those that remain."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grpc
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,12 +28,21 @@ VERSIONS = 6
 
 def rotated(version: int, base_url: str) -> snapshot_pb2.Snapshot:
     """The conftest snapshot with its sim-fast model renamed ``rot-<version>``, deployed as
-    ``d-rot-<version>``; sim-smart stays."""
+    ``d-rot-<version>``, and a governance profile blocking "falcon" by a rule named
+    ``block-<version>``; sim-smart and the profile's rule "always" stay."""
     alias = f"rot-{version}"
     snap = snapshot(version, base_url, allowed=(alias, "sim-smart"), default_model=alias)
     (model,) = [m for m in snap.models if m.alias == "sim-fast"]
     model.alias = alias
     model.deployments[0].id = f"d-{alias}"
+    rules = [
+        {"name": name, "detector": "terms", "action": "block", "options": {"terms": [term]}}
+        for name, term in ((f"block-{version}", "falcon"), ("always", "heron"))
+    ]
+    profile = {"input": {"rules": rules}}
+    snap.governance_profiles.add(
+        id="gp-acme", tenant_id="t-acme", version=version, document_json=json.dumps(profile)
+    )
     return snap
 
 
@@ -56,24 +67,31 @@ async def test_removed_deployments_and_models_leave_the_nodes_state_and_metrics(
             await stub.Infer(chat("hello", model=f"rot-{version}"), metadata=AUTH)
             async for _ in stub.InferStream(chat("stream me", model=f"rot-{version}"), metadata=AUTH):
                 pass
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Infer(chat("falcon", model=f"rot-{version}"), metadata=AUTH)
             if version == 1:
                 await stub.Infer(chat("smart", model="sim-smart"), metadata=AUTH)
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.Infer(chat("heron", model="sim-smart"), metadata=AUTH)
             _, text = await _scrape(node)
             # Only this version's deployment and the one that stayed.
             assert _labels(text, "signalbox_breaker_state", "deployment") == {
                 f"d-rot-{version}",
                 "d-sim-smart",
             }
-            for name, label in (
-                ("signalbox_requests_total", "model"),
-                ("gen_ai_server_request_duration_seconds_count", "gen_ai_request_model"),
-                ("gen_ai_client_token_usage_count", "gen_ai_request_model"),
-                ("gen_ai_server_time_to_first_token_seconds_count", "gen_ai_request_model"),
-                ("signalbox_cost_usd_total", "model"),
+            assert _labels(text, "signalbox_governance_refusals_total", "rule") == {
+                f"block-{version}",
+                "always",
+            }
+            # The refused request was never routed: its series name no model ("").
+            for name, label, models in (
+                ("signalbox_requests_total", "model", {"", "sim-smart"}),
+                ("gen_ai_server_request_duration_seconds_count", "gen_ai_request_model", {"", "sim-smart"}),
+                ("gen_ai_client_token_usage_count", "gen_ai_request_model", {"sim-smart"}),
+                ("gen_ai_server_time_to_first_token_seconds_count", "gen_ai_request_model", set()),
+                ("signalbox_cost_usd_total", "model", {"sim-smart"}),
             ):
-                assert _labels(text, name, label) == {f"rot-{version}", "sim-smart"} - (
-                    {"sim-smart"} if name == "gen_ai_server_time_to_first_token_seconds_count" else set()
-                ), name
+                assert _labels(text, name, label) == {f"rot-{version}", *models}, name
     # What the node learnt of the model that stayed is kept: its one request still counts.
     smart = [
         s.value
