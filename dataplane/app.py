@@ -37,6 +37,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
+from dataplane.control_plane_tls import control_plane_tls
 from dataplane.doors import INFER_SERVICE, Doors
 from dataplane.errors import SnapshotFileInvalid
 from dataplane.evidence.log import (
@@ -47,7 +48,7 @@ from dataplane.evidence.shipper import EvidenceShipper
 from dataplane.evidence.spend import spent_since
 from dataplane.evidence.spool import Spool
 from dataplane.governance.enforce import Governance
-from dataplane.identity import CertificateRenewer, IdentityFiles, NodeIdentityError, enroll
+from dataplane.identity import CertificateRenewer, IdentityFiles
 from dataplane.metrics_server import NodeMetrics, NodeState
 from dataplane.node_settings import WORKER_FOLLOW_INTERVAL_S, WORKERS_DIR, NodeSettings
 from dataplane.pipeline import GovernanceStep, Pipeline
@@ -57,6 +58,7 @@ from dataplane.quota import QuotaLeaser, Quotas
 from dataplane.quota.local import QUOTA_DIR, LocalLedger, socket_path
 from dataplane.quota.local import serve as serve_ledger
 from dataplane.readiness import Readiness
+from dataplane.routing.candidate import deployment_key
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.query import NodeContext
 from dataplane.snapshot.envelope import load_trust_keys
@@ -267,7 +269,7 @@ class DataPlaneNode:
         s.tls.credentials(s.listen)
         sync_tls = None
         if s.control_plane and s.snapshot_file is None:
-            sync_tls = await self._sync_tls()
+            sync_tls = await control_plane_tls(s, self.identity)
         trusted = load_trust_keys(s.trust_keys)
         if not trusted:
             log.warning("no trust key configured: this node will refuse every snapshot")
@@ -415,50 +417,6 @@ class DataPlaneNode:
         """Quota leased from the node's own ledger (``dataplane.quota.local``): no control plane."""
         return self.settings.snapshot_file is not None or not self.settings.control_plane
 
-    async def _sync_tls(self) -> ClientTls:
-        """How to reach the node port: the enrolled identity (enrolling first when needed),
-        an explicit client certificate, or plaintext with ``insecure``; else refuse to start."""
-        s = self.settings
-        assert s.control_plane is not None
-        given = s.control_plane_tls
-        files = self.identity
-        if given.cert is not None:
-            override = (
-                given if given.ca is not None else ClientTls(ca=files.ca, cert=given.cert, key=given.key)
-            )
-            override.credentials(s.control_plane)  # unreadable files: refuse now
-            return override
-        problem = self._identity_problem(files)
-        if problem and s.enroll_token:
-            if not s.enroll_address:
-                raise NodeIdentityError(
-                    "--enroll-address: required with --enroll-token (the control plane's --listen)"
-                )
-            given.credentials(s.enroll_address)
-            log.info("%s: enrolling at %s", problem, s.enroll_address)
-            await enroll(files, address=s.enroll_address, tls=given, token=s.enroll_token, node_id=s.node_id)
-            problem = self._identity_problem(files)
-        if not problem:
-            return files.client_tls()
-        if given.insecure:
-            log.warning(
-                "%s: syncing in PLAINTEXT with --insecure (the control plane must run with --insecure)",
-                problem,
-            )
-            return ClientTls(insecure=True)
-        raise NodeIdentityError(
-            f"{problem}: give --enroll-token (env SIGNALBOX_ENROLL_TOKEN) from `signalbox admin node "
-            "enroll-token`, with --enroll-address, to enroll this node"
-        )
-
-    def _identity_problem(self, files: IdentityFiles) -> str:
-        s = self.settings
-        problem = files.problem(s.node_id)
-        if not problem and s.scope.node_group and files.group() != s.scope.node_group:
-            # The control plane would refuse every Hello: say so now, not in a reconnect loop.
-            problem = f"the node certificate is for group {files.group()!r}, not --node-group {s.scope.node_group!r}"
-        return problem
-
     async def _start_server(self) -> None:
         assert self._store is not None
         assert self._evidence is not None
@@ -495,6 +453,14 @@ class DataPlaneNode:
         await self._doors.start()
 
     async def _on_snapshot(self, state: ServingState) -> None:
+        # What the node learnt of deployments, models and tenants the snapshot removed goes.
+        models = state.config.models.values()
+        if self._dispatcher is not None:
+            self._dispatcher.retain({deployment_key(d) for m in models for d in m.deployments})
+        if self._metrics is not None:
+            profiles = state.config.governance.values()
+            rules = {r.name for p in profiles for r in (*p.input_rules, *p.output_rules)}
+            self._metrics.requests.retain(state.config.tenants, {m.alias for m in models}, rules)
         if not self._stopping:
             await self._readiness.push()
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -67,6 +67,7 @@ from dataplane.errors import InvalidRequest
 from dataplane.governance.contract import Contracts
 from dataplane.governance.detectors._digits import forget, share
 from dataplane.governance.errors import CONTRACT_KIND, AnswerBreaksContract, OverLimit, blocked
+from dataplane.governance.overlaps import merged, unclaimed
 from dataplane.governance.parts import URL, Joined, apply_edits, image_urls, units_of, with_image_urls
 from dataplane.governance.readable import find as find_in
 from dataplane.governance.readable import reading, unescaped
@@ -141,7 +142,7 @@ class RequestGovernor:
         Every rule sees the texts as they came (so offsets are the caller's or the model's,
         and detectors of one profile share their work on one text); a finding overlapping one
         an earlier rule redacted or masked is the earlier rule's, unless the later rule edits
-        too and the finding reaches beyond them (``_merged``). Edits apply at the end, in
+        too and the finding reaches beyond them (``overlaps.merged``). Edits apply at the end, in
         tool call arguments as JSON string content."""
         # A message's text parts are read as one text (``parts.py``): a value split over
         # two parts reaches the model whole.
@@ -190,7 +191,7 @@ class RequestGovernor:
                     continue
                 taken = edits[i]
                 if taken is not None:
-                    spans = _unclaimed(spans, taken, whole=edit)
+                    spans = unclaimed(spans, taken, whole=edit)
                     if not spans:
                         continue
                 count += len(spans)
@@ -215,7 +216,7 @@ class RequestGovernor:
                         for s in spans
                     ]
                 else:
-                    edits[i] = _merged(taken, spans, partial(self._edit, rule, text))
+                    edits[i] = merged(taken, spans, partial(self._edit, rule, text))
             if not count:
                 continue
             entry = self._entry(stage, rule, count, positions)
@@ -393,63 +394,6 @@ class RequestGovernor:
             "count": count,
             "positions": positions,
         }
-
-
-def _unclaimed(
-    spans: Sequence[Finding], claimed: list[tuple[int, int, str]], *, whole: bool = False
-) -> list[Finding]:
-    """The ``spans`` (sorted by start) that overlap none of the ``claimed`` edits (sorted,
-    disjoint): one walk over both, as an overlap test per span against a bitmap of the
-    text would find (an empty span or edit overlaps nothing). ``whole``: the spans that no
-    one edit holds whole instead (what a later editing rule counts and edits, ``_merged``)."""
-    kept: list[Finding] = []
-    j = 0
-    m = len(claimed)
-    previous = -1
-    for s in spans:
-        start, end = s.start, s.end
-        if start < previous:
-            j = 0  # not sorted after all: walk again from the first edit
-        previous = start
-        if whole:
-            # The only edit that may hold the span is the first one ending at or after its end.
-            while j < m and claimed[j][1] < end:
-                j += 1
-            if start < end and j < m and claimed[j][0] <= start:
-                continue
-        else:
-            while j < m and (claimed[j][1] <= start or claimed[j][0] == claimed[j][1]):
-                j += 1
-            if start < end and j < m and claimed[j][0] < end:
-                continue
-        kept.append(s)
-    return kept
-
-
-def _merged(
-    claimed: list[tuple[int, int, str]], spans: Sequence[Finding], replacement: Callable[[int, int], str]
-) -> list[tuple[int, int, str]]:
-    """The ``claimed`` edits (sorted, disjoint) with an edit per span (sorted, disjoint) added;
-    a span overlapping edits replaces them with one edit over the union, ``replacement(start,
-    end)`` (else the part of the finding outside the earlier edits would reach the model, as
-    ``jane@`` and ``.example`` around a redacted ``acme``). One walk over both."""
-    out: list[tuple[int, int, str]] = []
-    j = 0
-    m = len(claimed)
-    for s in sorted(spans, key=lambda s: s.start):
-        low, high = s.start, s.end
-        while j < m and claimed[j][1] <= low:
-            out.append(claimed[j])
-            j += 1
-        if out and out[-1][1] > low:
-            # The span overlaps the union made for the span before it.
-            low, high = min(low, out[-1][0]), max(high, out.pop()[1])
-        while j < m and claimed[j][0] < high:
-            low, high = min(low, claimed[j][0]), max(high, claimed[j][1])
-            j += 1
-        out.append((low, high, replacement(low, high)))
-    out += claimed[j:]
-    return out
 
 
 def replace_spans(text: str, spans: Sequence[Finding], replacements: Sequence[str]) -> str:

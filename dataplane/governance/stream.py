@@ -24,10 +24,15 @@ scan sees it and redacts what follows until it ends; it is recorded once.
   string content, as for a whole answer); a cut never splits one.
 - ``flag``: recorded with its offset.
 
+Where findings of several rules overlap, the earlier rule's action stands, as for a whole
+answer (``overlaps``): a later block or flag rule does not act on what an earlier redaction
+covers, and a later redaction reaching beyond it covers both with its own placeholder.
+
 A tool call's id and name pass at once (a caller learns that a call started); only its
-arguments are held. With masked values (and no output rules) only a trailing partial
-placeholder is held back, so that ``[EMAIL_1]`` split over two chunks is restored whole, in
-the content and in the arguments. Findings are recorded with offsets in the model's text
+arguments are held. With masked values, the values are put back into what the rules release
+(as into a whole answer once the rules are done with it), and a partial placeholder at its end
+waits for the rest, so that ``[EMAIL_1]`` split over two chunks, or by a cut at a finding's
+edge, is restored whole, in the content and in the arguments. Findings are recorded with offsets in the model's text
 (code points), never with values.
 """
 
@@ -43,6 +48,7 @@ from dataplane.chat import StreamChunk, ToolCallDelta
 from dataplane.config.model import Action, CompiledProfile, Finding, Rule, Stage
 from dataplane.governance.detectors._digits import forget, share
 from dataplane.governance.errors import blocked
+from dataplane.governance.overlaps import merged, unclaimed
 from dataplane.governance.readable import find as find_in
 from dataplane.governance.readable import readable, unescaped
 
@@ -65,7 +71,17 @@ Restore = Callable[..., str]
 class _Channel:
     """One governed text of the answer: its content, or one tool call's arguments."""
 
-    __slots__ = ("base", "chunk_starts", "field", "followed", "in_json", "redactions", "sent", "text")
+    __slots__ = (
+        "base",
+        "chunk_starts",
+        "field",
+        "followed",
+        "in_json",
+        "redactions",
+        "sent",
+        "text",
+        "unrestored",
+    )
 
     def __init__(self, field: str, in_json: bool) -> None:
         self.field = field
@@ -85,6 +101,10 @@ class _Channel:
         """Rule -> offset in the field of a finding the last release sent up to the end of the
         text it had (it may go on, as a PEM key's body): the look-behind keeps it from its
         start, so that the next scan sees it whole and acts on what follows; recorded once."""
+        self.unrestored = ""
+        """The end of the text released so far that may be the beginning of a placeholder
+        (``[EMAIL`` of ``[EMAIL_1]``): held back from the caller until the rest is released,
+        since the values are put back into what the rules release, wherever they cut it."""
 
     def add(self, piece: str) -> None:
         self.chunk_starts.append(self.base + len(self.text))
@@ -167,11 +187,7 @@ class StreamGovernor:
         if self._rules:
             if not final and held < window:
                 return ""
-            cut = len(text) if final else len(text) - window // 2
-            if not final:
-                cut = _before_escape(text, cut)
-                if self._restore is not None:
-                    cut = _before_partial_placeholder(text, held_at, cut)
+            cut = len(text) if final else _before_escape(text, len(text) - window // 2)
             # The scan moves the cut only to the edge of a finding, and what it records and
             # redacts is what goes out now: nothing may move the cut after it (moved back
             # into a finding it had queued a redaction for, the part before the new cut went
@@ -179,20 +195,25 @@ class StreamGovernor:
             cut = self._scan(channel, held_at, cut)
         else:
             cut = len(text)
-            if self._restore is not None and not final:
-                cut = _before_partial_placeholder(text, held_at, cut)
-        if cut <= held_at:
-            return ""
-        out = _redacted(channel, held_at, cut)
-        channel.sent = channel.base + cut
-        keep = max(0, cut - window) if self._rules else cut
-        if channel.followed:
-            keep = min(keep, min(channel.followed.values()) - channel.base)
-        if keep:
-            channel.text = text[keep:]
-            channel.base += keep
+        out = ""
+        if cut > held_at:
+            out = _redacted(channel, held_at, cut)
+            channel.sent = channel.base + cut
+            keep = max(0, cut - window) if self._rules else cut
+            if channel.followed:
+                keep = min(keep, min(channel.followed.values()) - channel.base)
+            if keep:
+                channel.text = text[keep:]
+                channel.base += keep
         if self._restore is None:
             return out
+        # The values go back into the text as released (redacted), as for a whole answer;
+        # a placeholder the cut splits (the rules may cut anywhere: at a finding's edge)
+        # waits for its end.
+        out = channel.unrestored + out
+        at = len(out) if final else _partial_placeholder_at(out)
+        channel.unrestored = out[at:]
+        out = out[:at]
         return self._restore(out, in_json=True) if channel.in_json else self._restore(out)
 
     def _scan(self, channel: _Channel, held_at: int, cut: int) -> int:
@@ -208,18 +229,24 @@ class StreamGovernor:
         outer = unescaped(text) if channel.in_json or "\\" in text else None
         view = readable(outer.text if outer is not None else text)
         found: list[tuple[Rule, list[Finding]]] = []
+        # The redact rules' edits of the text so far, merged as for a whole answer: a later
+        # rule's finding that overlaps one is the earlier rule's (not counted, and a block or
+        # flag rule does not act on it) unless it edits too and reaches beyond it.
+        edits: list[tuple[int, int, str]] = []
         share()  # the rules' detectors share their scan of the text, for this scan only
         try:
             for rule in self._rules:
-                spans = [
-                    s
-                    for s in (
-                        find_in(rule.detector.find, view)
-                        if outer is None
-                        else find_in(rule.detector.find, outer, view)
-                    )
-                    if s.end > held_at
-                ]
+                every = (
+                    find_in(rule.detector.find, view)
+                    if outer is None
+                    else find_in(rule.detector.find, outer, view)
+                )
+                redact = rule.action is Action.REDACT
+                if edits and every:
+                    every = unclaimed(every, edits, whole=redact)
+                if redact and every:
+                    edits = merged(edits, every, _placeholder(rule, channel.in_json))
+                spans = [s for s in every if s.end > held_at]
                 if not spans:
                     continue
                 if rule.action is Action.BLOCK:
@@ -231,6 +258,9 @@ class StreamGovernor:
         finally:
             forget()
         cut, pushed = _uncut(found, held_at, cut, len(text), self._window)
+        channel.redactions += [
+            (max(start, held_at), end, p) for start, end, p in edits if held_at < end <= cut
+        ]
         followed = channel.followed
         channel.followed = {}
         base = channel.base
@@ -240,9 +270,6 @@ class StreamGovernor:
                 if followed.get(rule.name) == base + spans[0].start:
                     channel.followed[rule.name] = base + spans[0].start  # not sent on yet
                 continue
-            if rule.action is Action.REDACT:
-                placeholder = json.dumps(rule.placeholder)[1:-1] if channel.in_json else rule.placeholder
-                channel.redactions.extend((max(s.start, held_at), s.end, placeholder) for s in sent)
             last = sent[-1]
             if pushed and last.end == cut and cut - last.start <= FOLLOWED_WINDOWS * self._window:
                 channel.followed[rule.name] = base + last.start
@@ -275,6 +302,12 @@ class StreamGovernor:
             positions.append(
                 {"field": channel.field, "chunk": chunk, "start": start, "end": base + s.end, "kind": s.kind}
             )
+
+
+def _placeholder(rule: Rule, in_json: bool) -> Callable[[int, int], str]:
+    """What replaces a finding of ``rule`` (JSON-escaped in JSON text), for ``merged``."""
+    placeholder = json.dumps(rule.placeholder)[1:-1] if in_json else rule.placeholder
+    return lambda start, end: placeholder
 
 
 def _uncut(
@@ -333,9 +366,10 @@ def _before_escape(text: str, cut: int) -> int:
     return at if at + (6 if text[at + 1 : at + 2] == "u" else 2) > cut else cut
 
 
-def _before_partial_placeholder(text: str, held_at: int, cut: int) -> int:
-    """``cut``, moved back before a placeholder it would split (``[EMAIL`` sent, ``_1]`` not)."""
-    at = text.rfind("[", max(held_at, cut - MAX_PLACEHOLDER_CHARS), cut)
-    if at >= 0 and "]" not in text[at:cut]:
+def _partial_placeholder_at(text: str) -> int:
+    """Where the placeholder ``text`` ends with the beginning of begins (``[EMAIL`` of
+    ``[EMAIL_1]``); ``len(text)`` when it ends with none."""
+    at = text.rfind("[", max(0, len(text) - MAX_PLACEHOLDER_CHARS))
+    if at >= 0 and "]" not in text[at:]:
         return at
-    return cut
+    return len(text)

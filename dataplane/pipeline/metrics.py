@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -73,6 +73,8 @@ GOVERNANCE_REFUSALS = frozenset(
 )
 """Outcome kinds of a governance refusal (``dataplane.governance.errors``)."""
 REFUSING_ACTIONS = frozenset({"block", "error", "classify"})
+OWN_RULES = frozenset({"contract", "other"})
+"""``refusing_rule``'s names that no profile gives (besides ``limits.<name>``)."""
 
 GEN_AI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "tenant")
 
@@ -139,6 +141,32 @@ class RequestMetrics:
         if child is None:
             child = self._children[key] = metric.labels(*values, self.worker)
         return child
+
+    def retain(self, tenants: Collection[str], models: Collection[str], rules: Collection[str]) -> None:
+        """Drop the series of a tenant, a model (alias) or a governance rule a new snapshot
+        no longer has: its labels came from an earlier snapshot, and each snapshot's would
+        otherwise stay for the node's life. A request still running on the old snapshot adds
+        its series again (until the next snapshot)."""
+        labelled = {
+            id(m): (m, names)
+            for m, names in (
+                (self._first_token, GEN_AI),
+                (self._per_token, GEN_AI),
+                (self._retries, ("tenant", "model")),
+                (self._fallbacks, ("tenant", "model")),
+                (self._limits, ("tenant", "limit")),
+                (self._governance, ("tenant", "rule")),
+                (self._capped, ("tenant", "model")),
+            )
+        }
+        for key in list(self._children):
+            metric, names = labelled[key[0]]
+            if _stale(names, key[1:], tenants, models, rules):
+                del self._children[key]
+                metric.remove(*key[1:], self.worker)
+        bundle = ("", "", "model", "tenant")
+        self._bundles = {k: v for k, v in self._bundles.items() if not _stale(bundle, k, tenants, models)}
+        self._plain.retain(tenants, models)
 
     def observe(self, trace: Trace, outcome: Outcome, now: Callable[[], float]) -> None:
         """Add one finished request; ``now`` is the monotonic clock its timers use."""
@@ -334,6 +362,17 @@ class _Collector(Collector):
             found = series[values] = _Sum() if family.buckets is None else _Buckets(family.buckets)
         return found
 
+    def retain(self, tenants: Collection[str], models: Collection[str]) -> None:
+        """Drop the series naming a tenant or a model not in these (``RequestMetrics.retain``)."""
+        for family in PLAIN_FAMILIES:
+            names = family.labels
+            # Replaced, not edited: a scrape (another thread) may be copying the old one.
+            self._series[family.name] = {
+                values: found
+                for values, found in self._series[family.name].items()
+                if not _stale(names, values, tenants, models)
+            }
+
     def collect(self) -> Iterable[Metric]:
         for family in PLAIN_FAMILIES:
             # A copy: the event loop may add a series while a scrape (another thread) reads.
@@ -359,6 +398,31 @@ class _Collector(Collector):
                         buckets.append((bound, cumulative, Exemplar({"correlation_id": cid}, value, at)))
                 histogram.add_metric([*values, self._worker], buckets, observed.sum)
             yield histogram
+
+
+def _stale(
+    names: Sequence[str],
+    values: Sequence[str],
+    tenants: Collection[str],
+    models: Collection[str],
+    rules: Collection[str] = (),
+) -> bool:
+    """Whether a series' labels name a tenant, a model or a profile's rule outside
+    ``tenants``, ``models`` and ``rules`` (an empty one names none; ``limits.<name>``,
+    ``contract`` and ``other`` are the node's own)."""
+    for name, value in zip(names, values, strict=False):
+        if value and (
+            (name == "tenant" and value not in tenants)
+            or (name in ("model", "gen_ai_request_model") and value not in models)
+            or (
+                name == "rule"
+                and value not in rules
+                and value not in OWN_RULES
+                and not value.startswith("limits.")
+            )
+        ):
+            return True
+    return False
 
 
 def limit_label(limit: str) -> str:

@@ -45,7 +45,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import replace
 from typing import TypeVar
 
@@ -133,6 +133,15 @@ class Dispatcher:
                 self._settings, self._clock, key, self._troubled, self._max_retry_after_s
             )
         return found
+
+    def retain(self, keys: Collection[str]) -> None:
+        """Forget every deployment whose key is not in ``keys`` (a new snapshot's): what was
+        learnt of a deployment the snapshot removed would otherwise stay for the node's life,
+        one breaker (and breaker series) per deployment ever configured. A request still
+        running on the old snapshot that calls it again starts it afresh."""
+        for key in [key for key in self._states if key not in keys]:
+            self._states.pop(key).detach()
+            self._troubled.discard(key)
 
     async def call(
         self,

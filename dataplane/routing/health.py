@@ -134,6 +134,10 @@ class DeploymentState:
         self.probes_in_flight = 0
         self.blocked_until = 0.0
 
+    def detach(self) -> None:
+        """Its owner forgot it (``Dispatcher.retain``): it no longer reports to the owner."""
+        self._troubled = None
+
     def current(self) -> BreakerState:
         """The state now: an open breaker whose cool-down elapsed reads as half-open."""
         if self.state is BreakerState.OPEN and self._clock() - self.opened_at >= self._settings.cooldown_s:

@@ -124,23 +124,35 @@ class IbanDetector:
 
     @staticmethod
     def _at(text: str, at: int, spans: list[Span]) -> None:
-        if (match := _CANDIDATE.match(text, at)) is not None:
-            candidate = match.group()
-            # Only a candidate of the country's length can be valid (``_valid`` checks it
-            # too): the others are not checked, so a run of look-alike groups costs a length
-            # each, not a check each.
-            length = _length(candidate[:2].upper())
-            if not length:
+        if (match := _CANDIDATE.match(text, at)) is None:
+            return
+        candidate = match.group()
+        # Only a candidate of the country's length can be valid (``_valid`` checks it too):
+        # the candidate itself, or else its prefix ending before a space that holds that
+        # many letters and digits (an IBAN followed by a number). That one is found with one
+        # match rather than by trying each shorter prefix in turn: a run of look-alike
+        # groups cost up to eight tries at every one of its clusters.
+        country = candidate[:2].upper()
+        length = _length(country)
+        if not length:
+            return
+        letters = len(candidate) - candidate.count(" ") - candidate.count("\u00a0")
+        if letters != length:
+            # A prefix ending before a space holds the header and whole groups of four.
+            if letters < length or length % 4 or (prefix := _prefix(length).match(candidate)) is None:
                 return
-            while True:
-                spaces = candidate.count(" ") + candidate.count("\u00a0")
-                if len(candidate) - spaces == length and _valid(candidate):
-                    spans.append(Span(match.start(), match.start() + len(candidate), candidate[:2].upper()))
-                    break
-                cut = max(candidate.rfind(" "), candidate.rfind("\u00a0"))
-                if cut < 0:
-                    break
-                candidate = candidate[:cut]
+            candidate = prefix.group()
+        if _valid(candidate):
+            spans.append(Span(at, at + len(candidate), country))
+
+
+@functools.cache
+def _prefix(length: int) -> re.Pattern[str]:
+    """The spaced prefix of a candidate holding ``length`` letters and digits (the country
+    code, the check digits and whole groups of four), followed by a space."""
+    return re.compile(
+        rf"[A-Za-z]{{2}}\d{{2}}(?:[ \u00a0]?[A-Za-z0-9]{{4}}){{{(length - 4) // 4}}}(?=[ \u00a0])", re.ASCII
+    )
 
 
 def build(options: Mapping[str, Any]) -> IbanDetector:

@@ -78,6 +78,25 @@ def _id(kind: str, validate: Callable[[str], object], words: tuple[str, ...] = (
     return _Id(kind, validate, context)
 
 
+def _bsn(value: str) -> str:
+    """``stdnum.nl.bsn.validate`` for what the detector hands it (ASCII digits, in the written
+    form with dots): the 11-test on the number padded to nine digits. The library's call
+    first normalises the text character by character (~20 us; a text of BSNs is one at every
+    dozen characters); anything else goes to it."""
+    number = value.replace(".", "")
+    if not (number.isascii() and number.isdigit()):
+        return bsn.validate(value)
+    number = number.zfill(9)
+    if len(number) != 9 or int(number) == 0:
+        raise ValidationError()
+    total = -(ord(number[8]) - 48)
+    for i in range(8):
+        total += (9 - i) * (ord(number[i]) - 48)
+    if total % 11:
+        raise ValidationError()
+    return number
+
+
 _IDS: Final = {
     "US": [_id("US.ssn", ssn.validate, ("ssn", "social security", "soc. sec", "soc sec"))],
     "GB": [_id("GB.nino", _nino)],
@@ -92,7 +111,7 @@ _IDS: Final = {
     "NL": [
         _id(
             "NL.bsn",
-            bsn.validate,
+            _bsn,
             ("bsn", "burgerservicenummer", "sofinummer", "sofi-nummer", "citizen service"),
         )
     ],

@@ -29,8 +29,10 @@ from dataplane.config.model import DataClass
 from dataplane.errors import SignalboxError
 from dataplane.governance.contract import MAX_SCHEMA_COST, REGEX_COST, Contracts
 from dataplane.governance.detect import Span
-from dataplane.governance.enforce import RequestGovernor, _merged, _unclaimed
+from dataplane.governance.enforce import RequestGovernor
 from dataplane.governance.errors import AnswerBreaksContract, Blocked, BlockedInvalid, OverLimit
+from dataplane.governance.overlaps import merged as _merged
+from dataplane.governance.overlaps import unclaimed as _unclaimed
 from dataplane.governance.profile import compile_profile
 from dataplane.outcome import to_status
 
