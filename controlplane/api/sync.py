@@ -28,6 +28,7 @@ from controlplane.api.convert import mode_proto
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import status_for
 from controlplane.api_key_hash import ApiKeyHasher, LiveHashKeys
+from controlplane.db.session import DatabaseClock
 from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS, INT64_MAX
 from controlplane.services.groups import GROUP_NAME_RE
 from controlplane.services.identity import NodeIdentity
@@ -36,7 +37,7 @@ from controlplane.snapshots.broker import CLOSED, REVOKED, SnapshotBroker, Subsc
 from dataplane.snapshot.compile import MODE_FROM_PROTO
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.text import printable
-from signalbox.wallclock import RECHECK_SECONDS, seconds_until, utc_now
+from signalbox.wallclock import RECHECK_SECONDS, utc_now
 
 MAX_NODE_ID_CHARS = 256
 EXPIRED = object()
@@ -180,9 +181,12 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         self.metrics: ControlPlaneMetrics | None = None
         """Counts NACKs when the control plane serves metrics."""
         self.clock: Callable[[], datetime] = utc_now
-        """The wall clock certificates expire by."""
+        """This host's wall clock: only compared with the database's (``_expiry_clock``)."""
+        self._expiry_clock = DatabaseClock(nodes.sessions, lambda: self.clock(), "node certificate expiries")
+        """The clock a stream's certificate expires by: the database's, which dated its
+        ``not_after`` (``IdentityService``) and which every replica shares."""
         self.recheck = RECHECK_SECONDS
-        """The longest wait before a stream reads ``clock`` again for its certificate's expiry."""
+        """The longest wait before a stream reads the clock again for its certificate's expiry."""
 
     async def _live_keys(self, group: str) -> tuple[ApiKeyHasher, ...]:
         """The hash key versions to send with ``group``'s newest snapshot."""
@@ -453,12 +457,15 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
     async def _next(self, sub: Subscription, identity: NodeIdentity) -> object:
         """The next inbox item; ``EXPIRED`` once the stream's certificate expires (TLS checked
         it only at the handshake, and a renewed node reconnects with its new one). The expiry
-        is an instant of the wall clock: waited for in slices (``signalbox.wallclock``), as
-        asyncio's monotonic timeout would overrun it by any forward step or suspension."""
+        is an instant of the database's clock, which dated it: by this replica's own, a
+        replica behind kept a lapsed certificate's stream open (and sent it every snapshot)
+        and one ahead ended valid ones. Waited for in slices (``signalbox.wallclock``), as
+        asyncio's monotonic timeout would overrun it by any suspension."""
         if identity.not_after is None:
             return await sub.queue.get()
         while True:
-            left = seconds_until(identity.not_after, self.clock)
+            # stale_ok: a database down meanwhile does not end a stream that needs none.
+            left = (identity.not_after - await self._expiry_clock.now(stale_ok=True)).total_seconds()
             if left <= 0:
                 return EXPIRED
             # Not wait_for: it can lose a cancel on 3.11.

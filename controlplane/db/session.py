@@ -155,10 +155,18 @@ class DatabaseClock:
         self._refresh = refresh
         self._anchor: tuple[datetime, float] | None = None
 
-    async def now(self) -> datetime:
+    async def now(self, *, stale_ok: bool = False) -> datetime:
+        """The database's clock now. ``stale_ok``: when anchoring again fails (the database is
+        down) and an anchor is held, go on from that one rather than raise: the time elapsed
+        since is still measured, only a step of the database's own clock is missed."""
         if self._anchor is None or elapsed() - self._anchor[1] >= self._refresh:
-            async with self._sessions() as session:
-                at = elapsed()
-                self._anchor = (await database_now(session, self._host_clock, self._dated), at)
+            try:
+                async with self._sessions() as session:
+                    at = elapsed()
+                    self._anchor = (await database_now(session, self._host_clock, self._dated), at)
+            except Exception as exc:
+                if not stale_ok or self._anchor is None:
+                    raise
+                log.debug("the database's clock for %s not read again (%s)", self._dated, exc)
         database, at = self._anchor
         return database + timedelta(seconds=elapsed() - at)
