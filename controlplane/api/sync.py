@@ -33,6 +33,7 @@ from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS, INT64_MAX
 from controlplane.services.groups import GROUP_NAME_RE
 from controlplane.services.identity import NodeIdentity
 from controlplane.services.nodes import NodeHello, NodeService
+from controlplane.services.presence import Disconnects
 from controlplane.snapshots.broker import CLOSED, REVOKED, SnapshotBroker, Subscription
 from dataplane.snapshot.compile import MODE_FROM_PROTO
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
@@ -185,6 +186,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         self._expiry_clock = DatabaseClock(nodes.sessions, lambda: self.clock(), "node certificate expiries")
         """The clock a stream's certificate expires by: the database's, which dated its
         ``not_after`` (``IdentityService``) and which every replica shares."""
+        self.disconnects = Disconnects(nodes, self._expiry_clock, lambda node_id: node_id in self.streams)
         self.recheck = RECHECK_SECONDS
         """The longest wait before a stream reads the clock again for its certificate's expiry."""
 
@@ -213,6 +215,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             await asyncio.sleep(interval)
             try:
                 await self._nodes.touch(sorted(self.streams))
+                await self.disconnects.retry()
             except Exception:
                 log.exception("could not record node heartbeats")
 
@@ -324,7 +327,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 del self.streams[node_id]
                 # A task, not an await: the stream may be ending because it was cancelled,
                 # and the node must still be marked disconnected. ``drain`` waits for it.
-                task = asyncio.create_task(self._nodes.disconnected(node_id))
+                task = asyncio.create_task(self.disconnects.record(node_id))
                 self._bookkeeping.add(task)
                 task.add_done_callback(self._bookkeeping.discard)
             log.info("node %s disconnected", printable(node_id))

@@ -159,12 +159,15 @@ class NodeService:
         async with self.sessions() as session:
             return await repo.nacked(session, node_id, limit)
 
-    async def disconnected(self, node_id: str) -> None:
+    async def disconnected(self, node_id: str, ended_before: datetime | None = None) -> None:
+        """Mark the node disconnected; with ``ended_before`` (a retried write: when its stream
+        ended), only when nothing marked it seen after that (it reconnected elsewhere)."""
         async with self.sessions() as session, session.begin():
             node = await repo.get(session, node_id, for_update=True)
-            if node is not None:
-                node.connected = False
-                node.last_seen_at = await self._now(session)
+            if node is None or (ended_before is not None and node.last_seen_at > ended_before):
+                return
+            node.connected = False
+            node.last_seen_at = await self._now(session)
 
     async def touch(self, node_ids: Sequence[str]) -> None:
         """Mark nodes with an open stream here as seen now (and connected)."""
