@@ -555,9 +555,17 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                     sub.queue.put_nowait(_Invalid(invalid))
                     return
                 elif kind == "ack":
-                    state.applied = max(state.applied, message.ack.version)
-                    state.runs = (message.ack.version, bytes(message.ack.payload_sha256))
-                    await self._nodes.ack(state.node_id, message.ack.version, message.ack.payload_sha256)
+                    ack = message.ack
+                    if not await self._nodes.ack(state.node_id, ack.version, ack.payload_sha256):
+                        invalid = (
+                            f"ack: v{ack.version} with that payload_sha256 was never published "
+                            f"for node group {state.group!r}"
+                        )
+                        log.warning("node %s: %s", printable(state.node_id), invalid)
+                        sub.queue.put_nowait(_Invalid(invalid))
+                        return
+                    state.applied = max(state.applied, ack.version)
+                    state.runs = (ack.version, bytes(ack.payload_sha256))
                 elif kind == "nack":
                     nack = message.nack
                     state.base = state.runs  # it still runs what it ran: the next delta starts there

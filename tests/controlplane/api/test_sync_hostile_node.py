@@ -1,0 +1,59 @@
+"""A node's sync stream is not taken at its word: what it ACKs is recorded only when this
+control plane published it for the node's group."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+
+from signalbox.api.admin.v1 import admin_pb2
+from signalbox.api.config.v1 import sync_pb2
+from tests.controlplane.conftest import Admin, SyncNode
+from tests.helpers import eventually
+
+
+async def _listed(admin: Admin, node_id: str) -> admin_pb2.Node:
+    (node,) = [n for n in (await admin.ListNodes(admin_pb2.ListNodesRequest())).nodes if n.node_id == node_id]
+    return node
+
+
+async def test_an_ack_of_a_version_never_published_is_refused_and_not_recorded(
+    admin: Admin, sync_nodes: object
+) -> None:
+    """An ACK of any (version, hash) was recorded as what the node runs: a node ACKing a
+    version far ahead was listed current (lag 0) while it ran nothing this control plane
+    signed, and its own stream stopped sending it snapshots."""
+    node: SyncNode = await sync_nodes("liar-1")  # type: ignore[operator]
+    envelope = await node.next_envelope()
+    version = node.verified(envelope).version
+    made_up = sync_pb2.Ack(version=version + 1000, payload_sha256=hashlib.sha256(b"made up").digest())
+    node.outbox.put_nowait(sync_pb2.NodeMessage(ack=made_up))
+    await eventually(node.ended.is_set, message="the stream ended")
+    assert node.end_code == grpc.StatusCode.INVALID_ARGUMENT
+    assert await node.call.details() == (
+        f"ack: v{version + 1000} with that payload_sha256 was never published for node group 'default'"
+    )
+    listed = await _listed(admin, "liar-1")
+    assert (listed.applied_version, listed.last_ack_version, listed.lag) == (0, 0, version)
+
+    # The real version, with another payload's hash: refused as well.
+    again: SyncNode = await sync_nodes("liar-1")  # type: ignore[operator]
+    envelope = await again.next_envelope()
+    again.outbox.put_nowait(
+        sync_pb2.NodeMessage(ack=sync_pb2.Ack(version=version, payload_sha256=made_up.payload_sha256))
+    )
+    await eventually(again.ended.is_set, message="the second stream ended")
+    assert again.end_code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await _listed(admin, "liar-1")).applied_version == 0
+
+    # What it was sent is recorded.
+    honest: SyncNode = await sync_nodes("liar-1")  # type: ignore[operator]
+    envelope = await honest.next_envelope()
+    honest.ack(envelope, version)
+
+    async def recorded() -> bool:
+        return (await _listed(admin, "liar-1")).applied_version == version
+
+    await eventually(recorded, message="the real ACK recorded")
+    assert not honest.ended.is_set()
