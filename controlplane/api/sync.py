@@ -17,16 +17,23 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
 from controlplane.api.convert import mode_proto
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import status_for
+from controlplane.api.sync_state import (
+    MAX_REFUSED_PER_STREAM,
+    SHA256_BYTES,
+    Invalid,
+    RefusedVersions,
+    StreamState,
+    check_answer,
+    recorded_scope,
+)
 from controlplane.api_key_hash import ApiKeyHasher, LiveHashKeys
 from controlplane.db.session import DatabaseClock
 from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS, INT64_MAX
@@ -50,42 +57,6 @@ this ends the oldest (ABORTED): a node's streams cannot pile up (each holds a su
 and its Hello wrote the node's row), and a node reconnecting is never refused because of
 streams of its own that are dead already."""
 MAX_REASON_LOG_CHARS = 500
-MAX_REFUSED_PER_STREAM = 64
-"""Refused (version, hash) pairs a stream remembers, the newest versions kept. Only the
-newest snapshot (whole or as deltas to it) is ever sent, so an old refusal forgotten costs at
-most one more NACK; without a bound a node NACKing in a loop grew each stream's memory."""
-SHA256_BYTES = 32
-
-
-@dataclass(frozen=True, slots=True)
-class _Invalid:
-    """What the reader puts in the inbox when a node's message is malformed: the stream ends
-    with INVALID_ARGUMENT and this message (the reader cannot end the call itself)."""
-
-    message: str
-
-
-def _recorded_scope(scope: snapshot_pb2.Scope, certified: NodeIdentity | None) -> dict[str, Any]:
-    """The scope recorded for the node: the Hello's, with the certificate's site (the Hello may
-    only repeat it or leave it out)."""
-    recorded = MessageToDict(scope, preserving_proto_field_name=True)
-    if certified is not None:
-        recorded.pop("site", None)
-        if certified.site:
-            recorded["site"] = certified.site
-    return recorded
-
-
-def _check_answer(kind: str, version: int, sha256: bytes) -> str | None:
-    """Why an ACK or NACK cannot be recorded, or None. The wire's uint64 goes to a bigint
-    column and the hash is stored as given: past int64 the write fails (the stream ended with
-    a traceback), and an unbounded hash on every NACK row lets a node fill the database."""
-    if version > INT64_MAX:
-        return f"{kind}.version: at most {INT64_MAX} (got {version})"
-    if len(sha256) > SHA256_BYTES:
-        return f"{kind}.payload_sha256: at most {SHA256_BYTES} bytes (got {len(sha256)})"
-    return None
-
 
 if TYPE_CHECKING:
     from controlplane.metrics import ControlPlaneMetrics
@@ -113,49 +84,6 @@ def _group_of(identity: NodeIdentity) -> str:
     return identity.group or DEFAULT_GROUP
 
 
-class RefusedVersions:
-    """The (version, payload hash) pairs a node refused: at most ``MAX_REFUSED_PER_STREAM``,
-    the lowest version forgotten first."""
-
-    __slots__ = ("_pairs",)
-
-    def __init__(self, pairs: list[tuple[int, bytes]] | None = None) -> None:
-        self._pairs: set[tuple[int, bytes]] = set()
-        for pair in pairs or ():
-            self.add(pair)
-
-    def add(self, pair: tuple[int, bytes]) -> None:
-        self._pairs.add(pair)
-        if len(self._pairs) > MAX_REFUSED_PER_STREAM:
-            self._pairs.discard(min(self._pairs))
-
-    def discard(self, pair: tuple[int, bytes]) -> None:
-        self._pairs.discard(pair)
-
-    def __contains__(self, pair: object) -> bool:
-        return pair in self._pairs
-
-    def __len__(self) -> int:
-        return len(self._pairs)
-
-
-@dataclass(slots=True)
-class _StreamState:
-    node_id: str
-    identity: NodeIdentity
-    applied: int
-    group: str = DEFAULT_GROUP
-    last_sent: int = 0
-    refused: RefusedVersions = field(default_factory=RefusedVersions)
-    accepts_delta: bool = False
-    base: tuple[int, bytes] = (0, b"")
-    """What the node will run once it took everything sent: the base of the next delta."""
-    runs: tuple[int, bytes] = (0, b"")
-    """What the node last said it runs (Hello, ACK)."""
-    whole_next: bool = False
-    """The node asked for the newest snapshot whole (it could not rebuild a delta)."""
-
-
 class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
     """One long-lived bidi stream per node."""
 
@@ -176,7 +104,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         self.streams: dict[str, int] = {}
         """Open streams per node id on this replica."""
         self._inboxes: dict[str, list[Subscription]] = {}
-        self._states: dict[Subscription, _StreamState] = {}
+        self._states: dict[Subscription, StreamState] = {}
         """Each node's open streams' inboxes on this replica, oldest first."""
         self._bookkeeping: set[asyncio.Task[None]] = set()
         self.metrics: ControlPlaneMetrics | None = None
@@ -339,7 +267,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         identity: NodeIdentity,
         group: str,
         certified: NodeIdentity | None,
-    ) -> tuple[_StreamState, Subscription]:
+    ) -> tuple[StreamState, Subscription]:
         """Record the node and subscribe its stream (the database's part of a stream's start);
         ``certified``: the peer certificate's identity (None: an insecure node port)."""
         node_id = hello.node_id
@@ -355,12 +283,12 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 node_group=group,
                 software_version=hello.software_version,
                 mode=int(hello.mode) if certified is None else int(mode_proto(identity.mode)),
-                scope=_recorded_scope(hello.scope, certified),
+                scope=recorded_scope(hello.scope, certified),
                 applied_version=hello.applied_version,
                 applied_hash=hello.applied_hash,
             )
         )
-        state = _StreamState(
+        state = StreamState(
             node_id,
             identity,
             applied=row.applied_version,
@@ -388,7 +316,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
     async def _stream(
         self,
         context: grpc.aio.ServicerContext[Any, Any],
-        state: _StreamState,
+        state: StreamState,
         sub: Subscription,
         identity: NodeIdentity,
     ) -> AsyncGenerator[sync_pb2.ServerMessage]:
@@ -405,7 +333,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                     f"node {node_id}: superseded by a newer sync stream "
                     f"(at most {MAX_STREAMS_PER_NODE} per node)",
                 )
-            if isinstance(item, _Invalid):
+            if isinstance(item, Invalid):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.message)
             if item is EXPIRED:
                 await context.abort(
@@ -476,7 +404,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 async with asyncio.timeout(min(left, self.recheck)):
                     return await sub.queue.get()
 
-    async def _delivery_failed(self, state: _StreamState, failure: sync_pb2.DeliveryFailure) -> None:
+    async def _delivery_failed(self, state: StreamState, failure: sync_pb2.DeliveryFailure) -> None:
         """The node could not take a message of its last stream: record it as a NACK.
 
         A whole message is only ever the newest snapshot, so that is what the node refused
@@ -507,7 +435,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         if self.metrics is not None:
             self.metrics.nacks.inc()
 
-    def _due(self, state: _StreamState) -> list[sync_pb2.ServerMessage]:
+    def _due(self, state: StreamState) -> list[sync_pb2.ServerMessage]:
         """What to send now: nothing, the deltas from what the node runs (or was just sent)
         to the newest, or the newest whole."""
         latest = self._broker.latest_for(state.group)
@@ -530,7 +458,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         return [sync_pb2.ServerMessage(delta=delta) for delta in chain]
 
     async def _read(
-        self, request_iterator: AsyncIterator[sync_pb2.NodeMessage], state: _StreamState, sub: Subscription
+        self, request_iterator: AsyncIterator[sync_pb2.NodeMessage], state: StreamState, sub: Subscription
     ) -> None:
         try:
             async for message in request_iterator:
@@ -547,12 +475,12 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                     state.applied = min(state.applied, message.resync.version)
                     sub.queue.put_nowait(None)
                 elif kind in ("ack", "nack") and (
-                    invalid := _check_answer(
+                    invalid := check_answer(
                         kind, getattr(message, kind).version, getattr(message, kind).payload_sha256
                     )
                 ):
                     log.warning("node %s: %s", printable(state.node_id), invalid)
-                    sub.queue.put_nowait(_Invalid(invalid))
+                    sub.queue.put_nowait(Invalid(invalid))
                     return
                 elif kind == "ack":
                     ack = message.ack
@@ -562,7 +490,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                             f"for node group {state.group!r}"
                         )
                         log.warning("node %s: %s", printable(state.node_id), invalid)
-                        sub.queue.put_nowait(_Invalid(invalid))
+                        sub.queue.put_nowait(Invalid(invalid))
                         return
                     state.applied = max(state.applied, ack.version)
                     state.runs = (ack.version, bytes(ack.payload_sha256))
