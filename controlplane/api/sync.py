@@ -27,6 +27,7 @@ from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import status_for
 from controlplane.api.sync_state import (
     MAX_REFUSED_PER_STREAM,
+    SEEN_WRITE_INTERVAL,
     SHA256_BYTES,
     Invalid,
     RefusedVersions,
@@ -45,7 +46,7 @@ from controlplane.snapshots.broker import CLOSED, REVOKED, SnapshotBroker, Subsc
 from dataplane.snapshot.compile import MODE_FROM_PROTO
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.text import printable
-from signalbox.wallclock import RECHECK_SECONDS, utc_now
+from signalbox.wallclock import RECHECK_SECONDS, elapsed, utc_now
 
 MAX_NODE_ID_CHARS = 256
 EXPIRED = object()
@@ -511,7 +512,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                         state.refused.discard(pair)
                     if self.metrics is not None:
                         self.metrics.nacks.inc()
-                elif kind == "heartbeat":
+                elif kind == "heartbeat" and elapsed() >= state.seen_due:
+                    state.seen_due = elapsed() + min(SEEN_WRITE_INTERVAL, self._nodes.stale_after / 4)
                     await self._nodes.seen(state.node_id)
         except grpc.aio.AioRpcError:
             pass  # the node went away; the stream ends below

@@ -17,6 +17,10 @@ MAX_REFUSED_PER_STREAM = 64
 newest snapshot (whole or as deltas to it) is ever sent, so an old refusal forgotten costs at
 most one more NACK; without a bound a node NACKing in a loop grew each stream's memory."""
 SHA256_BYTES = 32
+SEEN_WRITE_INTERVAL = 5.0
+"""Seconds between two writes of a node's heartbeats per stream at most (a quarter of
+``--node-stale-after`` when that is shorter): a node sends one every 15 s; one sending them
+in a loop made a database write each."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +94,5 @@ class StreamState:
     """What the node last said it runs (Hello, ACK)."""
     whole_next: bool = False
     """The node asked for the newest snapshot whole (it could not rebuild a delta)."""
+    seen_due: float = 0.0
+    """When (``signalbox.wallclock.elapsed``) the node's next heartbeat is written."""

@@ -1,15 +1,18 @@
 """A node's sync stream is not taken at its word: what it ACKs is recorded only when this
-control plane published it for the node's group."""
+control plane published it for the node's group, and what it sends in a loop costs no
+database write (or memory) each."""
 
 from __future__ import annotations
 
 import hashlib
 
 import grpc
+from sqlalchemy import event
 
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import sync_pb2
 from tests.controlplane.conftest import Admin, SyncNode
+from tests.fixtures.postgres import RunningControlPlane
 from tests.helpers import eventually
 
 
@@ -57,3 +60,33 @@ async def test_an_ack_of_a_version_never_published_is_refused_and_not_recorded(
 
     await eventually(recorded, message="the real ACK recorded")
     assert not honest.ended.is_set()
+
+
+async def test_heartbeats_in_a_loop_are_not_a_database_write_each(
+    admin: Admin, control_plane: RunningControlPlane, sync_nodes: object
+) -> None:
+    engine = control_plane.cp._engine
+    assert engine is not None
+    writes: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith("UPDATE nodes SET") and "nodes.node_id IN" in statement:
+            writes.append(statement)
+
+    node: SyncNode = await sync_nodes("chatty-1")  # type: ignore[operator]
+    envelope = await node.next_envelope()
+    version = node.verified(envelope).version
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        for _ in range(300):
+            node.outbox.put_nowait(sync_pb2.NodeMessage(heartbeat=sync_pb2.Heartbeat()))
+        node.ack(envelope, version)  # read after every heartbeat: once recorded, they were all read
+
+        async def acked() -> bool:
+            return (await _listed(admin, "chatty-1")).applied_version == version
+
+        await eventually(acked, message="the ACK after the heartbeats recorded")
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert 1 <= len(writes) <= 2, f"{len(writes)} writes for 300 heartbeats"
+    assert not node.ended.is_set()
