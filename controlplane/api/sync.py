@@ -323,7 +323,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
     ) -> AsyncGenerator[sync_pb2.ServerMessage]:
         """What the stream sends until it ends: each newer snapshot of its group."""
         node_id, group = state.node_id, state.group
-        sub.queue.put_nowait(None)  # look at the newest snapshot right away
+        sub.wake()  # look at the newest snapshot right away
         while True:
             item = await self._next(sub, identity)
             if item is CLOSED:
@@ -394,7 +394,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         and one ahead ended valid ones. Waited for in slices (``signalbox.wallclock``), as
         asyncio's monotonic timeout would overrun it by any suspension."""
         if identity.not_after is None:
-            return await sub.queue.get()
+            return sub.taken(await sub.queue.get())
         while True:
             # stale_ok: a database down meanwhile does not end a stream that needs none.
             left = (identity.not_after - await self._expiry_clock.now(stale_ok=True)).total_seconds()
@@ -403,7 +403,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             # Not wait_for: it can lose a cancel on 3.11.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(left, self.recheck)):
-                    return await sub.queue.get()
+                    return sub.taken(await sub.queue.get())
 
     async def _delivery_failed(self, state: StreamState, failure: sync_pb2.DeliveryFailure) -> None:
         """The node could not take a message of its last stream: record it as a NACK.
@@ -465,16 +465,18 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             async for message in request_iterator:
                 kind = message.WhichOneof("message")
                 if kind == "resync":
-                    # The node could not rebuild a delta: the newest goes out whole.
-                    log.info(
-                        "node %s asks for the newest snapshot whole: %s",
-                        printable(state.node_id),
-                        printable(message.resync.reason, MAX_REASON_LOG_CHARS),
-                    )
+                    # The node could not rebuild a delta: the newest goes out whole. Logged
+                    # once per wake taken, as the sends are: not a line per message of a loop.
+                    if not sub.woken:
+                        log.info(
+                            "node %s asks for the newest snapshot whole: %s",
+                            printable(state.node_id),
+                            printable(message.resync.reason, MAX_REASON_LOG_CHARS),
+                        )
                     state.whole_next = True
                     state.last_sent = 0
                     state.applied = min(state.applied, message.resync.version)
-                    sub.queue.put_nowait(None)
+                    sub.wake()
                 elif kind in ("ack", "nack") and (
                     invalid := check_answer(
                         kind, getattr(message, kind).version, getattr(message, kind).payload_sha256

@@ -82,6 +82,22 @@ class Subscription:
     )
     node_id: str = ""
     group: str = DEFAULT_GROUP
+    woken: bool = False
+    """A wake (``None``) is in the inbox and not taken yet: another would add nothing."""
+
+    def wake(self) -> None:
+        """Have the stream look at its group's newest snapshot. At most one wake waits in the
+        inbox: a stream held by a node that does not read (flow control) while its group
+        changes or it asks Resync in a loop gathered one item per change or message."""
+        if not self.woken:
+            self.woken = True
+            self.queue.put_nowait(None)
+
+    def taken(self, item: object) -> object:
+        """``item`` as taken from the inbox (a wake taken lets the next one in)."""
+        if item is None:
+            self.woken = False
+        return item
 
 
 CLOSED = object()
@@ -316,7 +332,7 @@ class SnapshotBroker:
                     callback(latest)
         for sub in self._subscribers:
             if sub.group in moved:
-                sub.queue.put_nowait(None)
+                sub.wake()
 
     async def _load_deltas(
         self, session: AsyncSession, group: str, held: Latest | None, newest: int, envelope_size: int

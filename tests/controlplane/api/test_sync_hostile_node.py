@@ -4,16 +4,23 @@ database write (or memory) each."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 from sqlalchemy import event
 
 from signalbox.api.admin.v1 import admin_pb2
-from signalbox.api.config.v1 import sync_pb2
+from signalbox.api.common.v1 import common_pb2
+from signalbox.api.config.v1 import sync_pb2, sync_pb2_grpc
+from signalbox.tls import aio_channel
 from tests.controlplane.conftest import Admin, SyncNode
 from tests.fixtures.postgres import RunningControlPlane
 from tests.helpers import eventually
+
+CLOUD = common_pb2.DEPLOYMENT_MODE_CLOUD
 
 
 async def _listed(admin: Admin, node_id: str) -> admin_pb2.Node:
@@ -90,3 +97,37 @@ async def test_heartbeats_in_a_loop_are_not_a_database_write_each(
         event.remove(engine.sync_engine, "before_cursor_execute", count)
     assert 1 <= len(writes) <= 2, f"{len(writes)} writes for 300 heartbeats"
     assert not node.ended.is_set()
+
+
+async def test_resync_in_a_loop_from_a_node_that_does_not_read_holds_no_growing_inbox(
+    admin: Admin, control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    """Each Resync put a wake in the stream's inbox; a node that asks in a loop and never
+    reads (its stream held by flow control) grew that inbox by one item per message."""
+    sync = control_plane.cp.sync
+    assert sync is not None
+    tls = await control_plane.enroll("flood-1", private_tmp / "flood-1")
+    sentinel = sync_pb2.Nack(version=4242, payload_sha256=bytes(32), reason="sentinel")
+
+    async def requests() -> AsyncIterator[sync_pb2.NodeMessage]:
+        yield sync_pb2.NodeMessage(
+            hello=sync_pb2.Hello(node_id="flood-1", software_version="test-1", mode=CLOUD)
+        )
+        for _ in range(20_000):
+            yield sync_pb2.NodeMessage(resync=sync_pb2.Resync(version=0, reason="again"))
+        yield sync_pb2.NodeMessage(nack=sentinel)  # recorded once everything before it was read
+        await asyncio.Event().wait()
+
+    async with aio_channel(control_plane.node_address, tls) as channel:
+        call = sync_pb2_grpc.ConfigSyncServiceStub(channel).Sync(requests())  # never read
+        try:
+
+            async def all_read() -> bool:
+                return (await _listed(admin, "flood-1")).last_nack_version == sentinel.version
+
+            await eventually(all_read, timeout=60, message="every Resync read")
+            inboxes = sync._inboxes["flood-1"]
+            assert len(inboxes) == 1
+            assert inboxes[0].queue.qsize() <= 1, f"{inboxes[0].queue.qsize()} items in the inbox"
+        finally:
+            call.cancel()
