@@ -33,6 +33,7 @@ from controlplane.api.sync_state import (
     RefusedVersions,
     StreamState,
     check_answer,
+    paced,
     recorded_scope,
 )
 from controlplane.api_key_hash import ApiKeyHasher, LiveHashKeys
@@ -487,6 +488,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                     return
                 elif kind == "ack":
                     ack = message.ack
+                    await paced(state)
                     if not await self._nodes.ack(state.node_id, ack.version, ack.payload_sha256):
                         invalid = (
                             f"ack: v{ack.version} with that payload_sha256 was never published "
@@ -499,6 +501,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                     state.runs = (ack.version, bytes(ack.payload_sha256))
                 elif kind == "nack":
                     nack = message.nack
+                    await paced(state)
                     state.base = state.runs  # it still runs what it ran: the next delta starts there
                     log.warning(
                         "node %s refused v%d: %s",

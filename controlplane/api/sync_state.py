@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,12 +12,18 @@ from google.protobuf.json_format import MessageToDict
 from controlplane.limits import DEFAULT_GROUP, INT64_MAX
 from controlplane.services.identity import NodeIdentity
 from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.wallclock import elapsed
 
 MAX_REFUSED_PER_STREAM = 64
 """Refused (version, hash) pairs a stream remembers, the newest versions kept. Only the
 newest snapshot (whole or as deltas to it) is ever sent, so an old refusal forgotten costs at
 most one more NACK; without a bound a node NACKing in a loop grew each stream's memory."""
 SHA256_BYTES = 32
+ANSWERS_PER_SECOND = 20
+"""ACKs and NACKs a stream writes per second at most: a node sends one per snapshot it is
+sent; one sending them in a loop drove a database transaction (and a log line) each, as fast
+as it could send. Beyond the rate its stream is read no faster (gRPC flow control holds the
+node's sends)."""
 SEEN_WRITE_INTERVAL = 5.0
 """Seconds between two writes of a node's heartbeats per stream at most (a quarter of
 ``--node-stale-after`` when that is shorter): a node sends one every 15 s; one sending them
@@ -96,3 +103,13 @@ class StreamState:
     """The node asked for the newest snapshot whole (it could not rebuild a delta)."""
     seen_due: float = 0.0
     """When (``signalbox.wallclock.elapsed``) the node's next heartbeat is written."""
+    next_write: float = 0.0
+    """When (``elapsed``) the next ACK or NACK may be written (``paced``)."""
+
+
+async def paced(state: StreamState) -> None:
+    """Wait until the stream may write its next ACK or NACK (``ANSWERS_PER_SECOND``)."""
+    wait = state.next_write - elapsed()
+    if wait > 0:
+        await asyncio.sleep(wait)
+    state.next_write = max(elapsed(), state.next_write) + 1 / ANSWERS_PER_SECOND

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 from sqlalchemy import event
 
+from controlplane.api.sync_state import ANSWERS_PER_SECOND
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import sync_pb2, sync_pb2_grpc
@@ -131,3 +133,23 @@ async def test_resync_in_a_loop_from_a_node_that_does_not_read_holds_no_growing_
             assert inboxes[0].queue.qsize() <= 1, f"{inboxes[0].queue.qsize()} items in the inbox"
         finally:
             call.cancel()
+
+
+async def test_nacks_in_a_loop_are_written_at_a_bounded_rate(admin: Admin, sync_nodes: object) -> None:
+    """Each NACK was a database transaction and a log line, as fast as a node could send them."""
+    node: SyncNode = await sync_nodes("nacker-1")  # type: ignore[operator]
+    await node.next_envelope()
+    count = 121
+    started = time.monotonic()
+    for version in range(1_000, 1_000 + count):
+        node.outbox.put_nowait(
+            sync_pb2.NodeMessage(nack=sync_pb2.Nack(version=version, payload_sha256=bytes(32), reason="no"))
+        )
+
+    async def all_written() -> bool:
+        return (await _listed(admin, "nacker-1")).last_nack_version == 1_000 + count - 1
+
+    await eventually(all_written, timeout=30, message="every NACK written")
+    took = time.monotonic() - started
+    assert took >= (count - 1) / ANSWERS_PER_SECOND, f"{count} NACKs written in {took:.2f} s"
+    assert not node.ended.is_set()
