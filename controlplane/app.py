@@ -227,7 +227,7 @@ class ControlPlane:
         publisher = SnapshotPublisher(self.keyring, s.snapshot_ttl, s.snapshot_retention)
         uow = UnitOfWork(sessions, publisher)
         snapshots = SnapshotService(uow)
-        self.groups = groups = NodeGroupService(uow)
+        self.groups = groups = NodeGroupService(uow, stale_after=s.node_stale_after)
         # Dry runs reuse what the publisher compiled for each version it committed.
         uow.after_commit.append(snapshots.remember)
         if s.scope.deployment or s.scope.site:
