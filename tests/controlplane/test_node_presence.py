@@ -43,12 +43,13 @@ async def test_a_node_gone_while_the_database_was_down_is_recorded_disconnected_
         # Well within --node-stale-after (60 s): the row itself, not the lease, says so.
         await eventually(
             lambda: (
-                sql_rows(database_url, "SELECT connected FROM nodes WHERE node_id = 'gone-1'") == [(False,)]
+                sync.disconnects.unrecorded == {}
+                and sql_rows(database_url, "SELECT connected FROM nodes WHERE node_id = 'gone-1'")
+                == [(False,)]
             ),
             timeout=15,
             message="gone-1 recorded disconnected",
         )
-        assert sync.disconnects.unrecorded == {}
         async with grpc.aio.insecure_channel(running.address) as channel:
             admin = Admin(admin_pb2_grpc.AdminServiceStub(channel), running.metadata)
             (listed,) = [n for n in (await admin.ListNodes(admin_pb2.ListNodesRequest())).nodes]
