@@ -412,17 +412,21 @@ class SnapshotBroker:
     async def _answers(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         """Whether ``conn`` answers ``SELECT 1`` within ``probe_timeout``; closed when not."""
         probe = asyncio.create_task(conn.execute("SELECT 1"), name="snapshot-listener-probe")
-        await asyncio.wait({probe}, timeout=self._probe_timeout)
-        if probe.done():
+        answered = False
+        try:
+            done, _ = await asyncio.wait({probe}, timeout=self._probe_timeout)
+            answered = bool(done)
+        finally:
+            if not answered:  # no answer in time, or the listener is being stopped
+                # Closed before the probe is cancelled: cancelling a query in flight first
+                # asks the server to cancel it and waits seconds for one that does not answer.
+                await conn.close()
+                probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                    await probe
+        if answered:
             probe.result()  # a connection that failed outright raises OperationalError here
-            return True
-        # Closed before the probe is cancelled: cancelling a query in flight first asks the
-        # server to cancel it and waits seconds for one that does not answer.
-        await conn.close()
-        probe.cancel()
-        with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
-            await probe
-        return False
+        return answered
 
     async def _database_reachable(self, reachable: bool) -> None:
         for callback in self.on_database:
