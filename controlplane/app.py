@@ -227,7 +227,7 @@ class ControlPlane:
         publisher = SnapshotPublisher(self.keyring, s.snapshot_ttl, s.snapshot_retention)
         uow = UnitOfWork(sessions, publisher)
         snapshots = SnapshotService(uow)
-        self.groups = groups = NodeGroupService(uow)
+        self.groups = groups = NodeGroupService(uow, stale_after=s.node_stale_after)
         # Dry runs reuse what the publisher compiled for each version it committed.
         uow.after_commit.append(snapshots.remember)
         if s.scope.deployment or s.scope.site:
@@ -398,6 +398,7 @@ class ControlPlane:
         for service in self._served:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.broker.on_database.append(self._database_reachable)
+        self.broker.on_database.append(self._record_disconnects)
         log.info(
             "control plane serving on %s (%s, signing key %s), nodes on %s (%s)",
             self.address,
@@ -421,6 +422,11 @@ class ControlPlane:
         )
         for service in self._served:
             await self._health.set(service, status)
+
+    async def _record_disconnects(self, reachable: bool) -> None:
+        """The database answers again: record the nodes whose streams ended meanwhile."""
+        if reachable and self.sync is not None:
+            await self.sync.disconnects.retry()
 
     def _add_node_port(self, server: grpc.aio.Server) -> int:
         s = self.settings

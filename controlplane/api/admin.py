@@ -291,6 +291,10 @@ class AdminServicer(
             node.last_ack_version = row.last_ack_version
             node.lag = max(0, newest.get(row.node_group, 0) - row.applied_version)
             node.stale = self._nodes.is_stale(row, now)
+            # A lease: the replica holding a node's stream marks it seen every heartbeat round.
+            # Not seen for the stale interval, nobody vouches for ``connected`` (its replica
+            # died, or the stream ended while the database was down and it is not recorded yet).
+            node.connected = row.connected and not node.stale
             certificate = certificates.pop(row.node_id, None)
             if certificate is not None:
                 node.cert_not_after.FromDatetime(certificate.not_after)

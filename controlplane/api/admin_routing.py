@@ -30,26 +30,38 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class RouteTables:
     """The route tables ExplainRoute built, for the snapshot each group's nodes serve now:
     a table is built once per node context and tenant (~35 ms for one tenant at 1,000
-    models), not once per question. Planning reads a table and never changes it."""
+    models), not once per question. Planning reads a table and never changes it.
 
-    MAX_PER_GROUP = 256
+    At most ``MAX_TABLES`` are held across every group, the least recently asked dropped
+    first: a caller's sites and deployments (strings of the request) and the number of groups
+    cannot grow it (each group had 256 of its own, and a deleted group's stayed). A group's
+    tables go when it has a new snapshot, and the config they were built on with them."""
+
+    MAX_TABLES = 256
 
     def __init__(self) -> None:
-        self._by_group: dict[str, tuple[RuntimeConfig, OrderedDict[tuple[NodeContext, str], RouteTable]]] = {}
+        self._configs: dict[str, RuntimeConfig] = {}
+        """Each group's config its held tables were built on (only groups holding some)."""
+        self._tables: OrderedDict[tuple[str, NodeContext, str], RouteTable] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tables)
 
     def get(self, group: str, config: RuntimeConfig, node: NodeContext, tenant_id: str) -> RouteTable:
-        held = self._by_group.get(group)
-        if held is None or held[0] is not config:  # a new snapshot version: start again
-            held = self._by_group[group] = (config, OrderedDict())
-        tables = held[1]
-        key = (node, tenant_id)
-        table = tables.get(key)
-        if table is None:
-            table = tables[key] = build_route_table(config, node, tenants=(tenant_id,))
-            if len(tables) > self.MAX_PER_GROUP:
-                tables.popitem(last=False)
-        else:
-            tables.move_to_end(key)
+        if self._configs.get(group) is not config:  # a new snapshot version: start again
+            for stale in [key for key in self._tables if key[0] == group]:
+                del self._tables[stale]
+            self._configs[group] = config
+        key = (group, node, tenant_id)
+        table = self._tables.get(key)
+        if table is not None:
+            self._tables.move_to_end(key)
+            return table
+        table = self._tables[key] = build_route_table(config, node, tenants=(tenant_id,))
+        while len(self._tables) > self.MAX_TABLES:
+            evicted = self._tables.popitem(last=False)[0][0]
+            if all(key[0] != evicted for key in self._tables):
+                del self._configs[evicted]  # its last table: the config goes too
         return table
 
 

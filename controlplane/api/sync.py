@@ -17,26 +17,37 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
 from controlplane.api.convert import mode_proto
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import status_for
+from controlplane.api.sync_state import (
+    MAX_REFUSED_PER_STREAM,
+    SEEN_WRITE_INTERVAL,
+    SHA256_BYTES,
+    Invalid,
+    RefusedVersions,
+    StreamState,
+    check_answer,
+    paced,
+    recorded_scope,
+)
 from controlplane.api_key_hash import ApiKeyHasher, LiveHashKeys
+from controlplane.db.session import DatabaseClock
 from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS, INT64_MAX
 from controlplane.services.groups import GROUP_NAME_RE
 from controlplane.services.identity import NodeIdentity
 from controlplane.services.nodes import NodeHello, NodeService
+from controlplane.services.presence import Disconnects
 from controlplane.snapshots.broker import CLOSED, REVOKED, SnapshotBroker, Subscription
 from dataplane.snapshot.compile import MODE_FROM_PROTO
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.text import printable
-from signalbox.wallclock import RECHECK_SECONDS, seconds_until, utc_now
+from signalbox.wallclock import RECHECK_SECONDS, elapsed, utc_now
 
 MAX_NODE_ID_CHARS = 256
 EXPIRED = object()
@@ -48,45 +59,6 @@ this ends the oldest (ABORTED): a node's streams cannot pile up (each holds a su
 and its Hello wrote the node's row), and a node reconnecting is never refused because of
 streams of its own that are dead already."""
 MAX_REASON_LOG_CHARS = 500
-MAX_REFUSED_PER_STREAM = 64
-"""Refused (version, hash) pairs a stream remembers, the newest versions kept. Only the
-newest snapshot (whole or as deltas to it) is ever sent, so an old refusal forgotten costs at
-most one more NACK; without a bound a node NACKing in a loop grew each stream's memory."""
-SHA256_BYTES = 32
-
-
-@dataclass(frozen=True, slots=True)
-class _Invalid:
-    """What the reader puts in the inbox to end the stream with ``code`` and ``message`` (the
-    reader cannot end the call itself): a node's malformed message (INVALID_ARGUMENT), or the
-    database failing under what the node said (UNAVAILABLE: the node reconnects and says it
-    again; ended OK, it took the stream for closed as usual and its ACK was never recorded)."""
-
-    message: str
-    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
-
-
-def _recorded_scope(scope: snapshot_pb2.Scope, certified: NodeIdentity | None) -> dict[str, Any]:
-    """The scope recorded for the node: the Hello's, with the certificate's site (the Hello may
-    only repeat it or leave it out)."""
-    recorded = MessageToDict(scope, preserving_proto_field_name=True)
-    if certified is not None:
-        recorded.pop("site", None)
-        if certified.site:
-            recorded["site"] = certified.site
-    return recorded
-
-
-def _check_answer(kind: str, version: int, sha256: bytes) -> str | None:
-    """Why an ACK or NACK cannot be recorded, or None. The wire's uint64 goes to a bigint
-    column and the hash is stored as given: past int64 the write fails (the stream ended with
-    a traceback), and an unbounded hash on every NACK row lets a node fill the database."""
-    if version > INT64_MAX:
-        return f"{kind}.version: at most {INT64_MAX} (got {version})"
-    if len(sha256) > SHA256_BYTES:
-        return f"{kind}.payload_sha256: at most {SHA256_BYTES} bytes (got {len(sha256)})"
-    return None
-
 
 if TYPE_CHECKING:
     from controlplane.metrics import ControlPlaneMetrics
@@ -114,49 +86,6 @@ def _group_of(identity: NodeIdentity) -> str:
     return identity.group or DEFAULT_GROUP
 
 
-class RefusedVersions:
-    """The (version, payload hash) pairs a node refused: at most ``MAX_REFUSED_PER_STREAM``,
-    the lowest version forgotten first."""
-
-    __slots__ = ("_pairs",)
-
-    def __init__(self, pairs: list[tuple[int, bytes]] | None = None) -> None:
-        self._pairs: set[tuple[int, bytes]] = set()
-        for pair in pairs or ():
-            self.add(pair)
-
-    def add(self, pair: tuple[int, bytes]) -> None:
-        self._pairs.add(pair)
-        if len(self._pairs) > MAX_REFUSED_PER_STREAM:
-            self._pairs.discard(min(self._pairs))
-
-    def discard(self, pair: tuple[int, bytes]) -> None:
-        self._pairs.discard(pair)
-
-    def __contains__(self, pair: object) -> bool:
-        return pair in self._pairs
-
-    def __len__(self) -> int:
-        return len(self._pairs)
-
-
-@dataclass(slots=True)
-class _StreamState:
-    node_id: str
-    identity: NodeIdentity
-    applied: int
-    group: str = DEFAULT_GROUP
-    last_sent: int = 0
-    refused: RefusedVersions = field(default_factory=RefusedVersions)
-    accepts_delta: bool = False
-    base: tuple[int, bytes] = (0, b"")
-    """What the node will run once it took everything sent: the base of the next delta."""
-    runs: tuple[int, bytes] = (0, b"")
-    """What the node last said it runs (Hello, ACK)."""
-    whole_next: bool = False
-    """The node asked for the newest snapshot whole (it could not rebuild a delta)."""
-
-
 class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
     """One long-lived bidi stream per node."""
 
@@ -177,15 +106,19 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         self.streams: dict[str, int] = {}
         """Open streams per node id on this replica."""
         self._inboxes: dict[str, list[Subscription]] = {}
-        self._states: dict[Subscription, _StreamState] = {}
+        self._states: dict[Subscription, StreamState] = {}
         """Each node's open streams' inboxes on this replica, oldest first."""
         self._bookkeeping: set[asyncio.Task[None]] = set()
         self.metrics: ControlPlaneMetrics | None = None
         """Counts NACKs when the control plane serves metrics."""
         self.clock: Callable[[], datetime] = utc_now
-        """The wall clock certificates expire by."""
+        """This host's wall clock: only compared with the database's (``_expiry_clock``)."""
+        self._expiry_clock = DatabaseClock(nodes.sessions, lambda: self.clock(), "node certificate expiries")
+        """The clock a stream's certificate expires by: the database's, which dated its
+        ``not_after`` (``IdentityService``) and which every replica shares."""
+        self.disconnects = Disconnects(nodes, self._expiry_clock, lambda node_id: node_id in self.streams)
         self.recheck = RECHECK_SECONDS
-        """The longest wait before a stream reads ``clock`` again for its certificate's expiry."""
+        """The longest wait before a stream reads the clock again for its certificate's expiry."""
 
     async def _live_keys(self, group: str) -> tuple[ApiKeyHasher, ...]:
         """The hash key versions to send with ``group``'s newest snapshot."""
@@ -212,6 +145,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
             await asyncio.sleep(interval)
             try:
                 await self._nodes.touch(sorted(self.streams))
+                await self.disconnects.retry()
             except Exception:
                 log.exception("could not record node heartbeats")
 
@@ -323,7 +257,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 del self.streams[node_id]
                 # A task, not an await: the stream may be ending because it was cancelled,
                 # and the node must still be marked disconnected. ``drain`` waits for it.
-                task = asyncio.create_task(self._nodes.disconnected(node_id))
+                task = asyncio.create_task(self.disconnects.record(node_id))
                 self._bookkeeping.add(task)
                 task.add_done_callback(self._bookkeeping.discard)
             log.info("node %s disconnected", printable(node_id))
@@ -335,7 +269,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         identity: NodeIdentity,
         group: str,
         certified: NodeIdentity | None,
-    ) -> tuple[_StreamState, Subscription]:
+    ) -> tuple[StreamState, Subscription]:
         """Record the node and subscribe its stream (the database's part of a stream's start);
         ``certified``: the peer certificate's identity (None: an insecure node port)."""
         node_id = hello.node_id
@@ -351,12 +285,12 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 node_group=group,
                 software_version=hello.software_version,
                 mode=int(hello.mode) if certified is None else int(mode_proto(identity.mode)),
-                scope=_recorded_scope(hello.scope, certified),
+                scope=recorded_scope(hello.scope, certified),
                 applied_version=hello.applied_version,
                 applied_hash=hello.applied_hash,
             )
         )
-        state = _StreamState(
+        state = StreamState(
             node_id,
             identity,
             applied=row.applied_version,
@@ -384,13 +318,13 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
     async def _stream(
         self,
         context: grpc.aio.ServicerContext[Any, Any],
-        state: _StreamState,
+        state: StreamState,
         sub: Subscription,
         identity: NodeIdentity,
     ) -> AsyncGenerator[sync_pb2.ServerMessage]:
         """What the stream sends until it ends: each newer snapshot of its group."""
         node_id, group = state.node_id, state.group
-        sub.queue.put_nowait(None)  # look at the newest snapshot right away
+        sub.wake()  # look at the newest snapshot right away
         while True:
             item = await self._next(sub, identity)
             if item is CLOSED:
@@ -401,7 +335,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                     f"node {node_id}: superseded by a newer sync stream "
                     f"(at most {MAX_STREAMS_PER_NODE} per node)",
                 )
-            if isinstance(item, _Invalid):
+            if isinstance(item, Invalid):
                 await context.abort(item.code, item.message)
             if item is EXPIRED:
                 await context.abort(
@@ -456,20 +390,23 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
     async def _next(self, sub: Subscription, identity: NodeIdentity) -> object:
         """The next inbox item; ``EXPIRED`` once the stream's certificate expires (TLS checked
         it only at the handshake, and a renewed node reconnects with its new one). The expiry
-        is an instant of the wall clock: waited for in slices (``signalbox.wallclock``), as
-        asyncio's monotonic timeout would overrun it by any forward step or suspension."""
+        is an instant of the database's clock, which dated it: by this replica's own, a
+        replica behind kept a lapsed certificate's stream open (and sent it every snapshot)
+        and one ahead ended valid ones. Waited for in slices (``signalbox.wallclock``), as
+        asyncio's monotonic timeout would overrun it by any suspension."""
         if identity.not_after is None:
-            return await sub.queue.get()
+            return sub.taken(await sub.queue.get())
         while True:
-            left = seconds_until(identity.not_after, self.clock)
+            # stale_ok: a database down meanwhile does not end a stream that needs none.
+            left = (identity.not_after - await self._expiry_clock.now(stale_ok=True)).total_seconds()
             if left <= 0:
                 return EXPIRED
             # Not wait_for: it can lose a cancel on 3.11.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(left, self.recheck)):
-                    return await sub.queue.get()
+                    return sub.taken(await sub.queue.get())
 
-    async def _delivery_failed(self, state: _StreamState, failure: sync_pb2.DeliveryFailure) -> None:
+    async def _delivery_failed(self, state: StreamState, failure: sync_pb2.DeliveryFailure) -> None:
         """The node could not take a message of its last stream: record it as a NACK.
 
         A whole message is only ever the newest snapshot, so that is what the node refused
@@ -500,7 +437,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         if self.metrics is not None:
             self.metrics.nacks.inc()
 
-    def _due(self, state: _StreamState) -> list[sync_pb2.ServerMessage]:
+    def _due(self, state: StreamState) -> list[sync_pb2.ServerMessage]:
         """What to send now: nothing, the deltas from what the node runs (or was just sent)
         to the newest, or the newest whole."""
         latest = self._broker.latest_for(state.group)
@@ -523,36 +460,48 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
         return [sync_pb2.ServerMessage(delta=delta) for delta in chain]
 
     async def _read(
-        self, request_iterator: AsyncIterator[sync_pb2.NodeMessage], state: _StreamState, sub: Subscription
+        self, request_iterator: AsyncIterator[sync_pb2.NodeMessage], state: StreamState, sub: Subscription
     ) -> None:
         try:
             async for message in request_iterator:
                 kind = message.WhichOneof("message")
                 if kind == "resync":
-                    # The node could not rebuild a delta: the newest goes out whole.
-                    log.info(
-                        "node %s asks for the newest snapshot whole: %s",
-                        printable(state.node_id),
-                        printable(message.resync.reason, MAX_REASON_LOG_CHARS),
-                    )
+                    # The node could not rebuild a delta: the newest goes out whole. Logged
+                    # once per wake taken, as the sends are: not a line per message of a loop.
+                    if not sub.woken:
+                        log.info(
+                            "node %s asks for the newest snapshot whole: %s",
+                            printable(state.node_id),
+                            printable(message.resync.reason, MAX_REASON_LOG_CHARS),
+                        )
                     state.whole_next = True
                     state.last_sent = 0
                     state.applied = min(state.applied, message.resync.version)
-                    sub.queue.put_nowait(None)
+                    sub.wake()
                 elif kind in ("ack", "nack") and (
-                    invalid := _check_answer(
+                    invalid := check_answer(
                         kind, getattr(message, kind).version, getattr(message, kind).payload_sha256
                     )
                 ):
                     log.warning("node %s: %s", printable(state.node_id), invalid)
-                    sub.queue.put_nowait(_Invalid(invalid))
+                    sub.queue.put_nowait(Invalid(invalid))
                     return
                 elif kind == "ack":
-                    state.applied = max(state.applied, message.ack.version)
-                    state.runs = (message.ack.version, bytes(message.ack.payload_sha256))
-                    await self._nodes.ack(state.node_id, message.ack.version, message.ack.payload_sha256)
+                    ack = message.ack
+                    await paced(state)
+                    if not await self._nodes.ack(state.node_id, ack.version, ack.payload_sha256):
+                        invalid = (
+                            f"ack: v{ack.version} with that payload_sha256 was never published "
+                            f"for node group {state.group!r}"
+                        )
+                        log.warning("node %s: %s", printable(state.node_id), invalid)
+                        sub.queue.put_nowait(Invalid(invalid))
+                        return
+                    state.applied = max(state.applied, ack.version)
+                    state.runs = (ack.version, bytes(ack.payload_sha256))
                 elif kind == "nack":
                     nack = message.nack
+                    await paced(state)
                     state.base = state.runs  # it still runs what it ran: the next delta starts there
                     log.warning(
                         "node %s refused v%d: %s",
@@ -568,7 +517,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                         state.refused.discard(pair)
                     if self.metrics is not None:
                         self.metrics.nacks.inc()
-                elif kind == "heartbeat":
+                elif kind == "heartbeat" and elapsed() >= state.seen_due:
+                    state.seen_due = elapsed() + min(SEEN_WRITE_INTERVAL, self._nodes.stale_after / 4)
                     await self._nodes.seen(state.node_id)
         except grpc.aio.AioRpcError:
             pass  # the node went away; the stream ends below
@@ -582,7 +532,7 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 mapped = (grpc.StatusCode.INTERNAL, "internal error")
             else:
                 log.warning("config sync with node %s failed: %s", printable(state.node_id), exc)
-            sub.queue.put_nowait(_Invalid(mapped[1], mapped[0]))
+            sub.queue.put_nowait(Invalid(mapped[1], mapped[0]))
         finally:
             # The node closed its side (or went away): end our side too.
             sub.queue.put_nowait(CLOSED)

@@ -35,11 +35,21 @@ over, a firewall) held every call that needed a new connection for as long as th
 operating system retries a TCP connect, minutes, instead of refusing it UNAVAILABLE."""
 
 
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+"""TCP keepalives on every database connection (libpq's; ignored over a Unix socket): after
+30 s without a byte, a probe every 10 s, and the connection is dropped after 3 unanswered,
+about a minute after its peer vanished. Without them a connection whose peer vanished
+without a reset (a partition, a dead database host) stays open for as long as nothing is
+sent on it: the snapshot listener, which only waits, waited forever and missed every change."""
+
+
 def connect_options(url: str) -> dict[str, int]:
-    """Connection keywords for ``url``: ``CONNECT_TIMEOUT`` unless the URL sets one."""
+    """Connection keywords for ``url``: ``CONNECT_TIMEOUT`` and ``KEEPALIVES``, each unless
+    the URL sets it."""
     query = url.partition("?")[2]
     named = {part.partition("=")[0] for part in query.split("&") if part}
-    return {} if "connect_timeout" in named else {"connect_timeout": CONNECT_TIMEOUT}
+    options = {"connect_timeout": CONNECT_TIMEOUT, **KEEPALIVES}
+    return {key: value for key, value in options.items() if key not in named}
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -145,10 +155,18 @@ class DatabaseClock:
         self._refresh = refresh
         self._anchor: tuple[datetime, float] | None = None
 
-    async def now(self) -> datetime:
+    async def now(self, *, stale_ok: bool = False) -> datetime:
+        """The database's clock now. ``stale_ok``: when anchoring again fails (the database is
+        down) and an anchor is held, go on from that one rather than raise: the time elapsed
+        since is still measured, only a step of the database's own clock is missed."""
         if self._anchor is None or elapsed() - self._anchor[1] >= self._refresh:
-            async with self._sessions() as session:
-                at = elapsed()
-                self._anchor = (await database_now(session, self._host_clock, self._dated), at)
+            try:
+                async with self._sessions() as session:
+                    at = elapsed()
+                    self._anchor = (await database_now(session, self._host_clock, self._dated), at)
+            except Exception as exc:
+                if not stale_ok or self._anchor is None:
+                    raise
+                log.debug("the database's clock for %s not read again (%s)", self._dated, exc)
         database, at = self._anchor
         return database + timedelta(seconds=elapsed() - at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,9 +22,16 @@ async def list_all(session: AsyncSession) -> Sequence[NodeGroup]:
     return (await session.scalars(query)).all()
 
 
-async def connected_nodes(session: AsyncSession, name: str) -> list[str]:
-    """Ids of the nodes of ``name`` with an open sync stream, by id."""
-    query = select(Node.node_id).where(Node.node_group == name, Node.connected).order_by(Node.node_id)
+async def connected_nodes(session: AsyncSession, name: str, stale_after: float) -> list[str]:
+    """Ids of the nodes of ``name`` with an open sync stream, by id: marked connected and
+    seen within ``stale_after`` seconds (by the database's clock), as the fleet status
+    lists them (a replica that died left its nodes marked connected)."""
+    seen_since = func.now() - timedelta(seconds=stale_after)
+    query = (
+        select(Node.node_id)
+        .where(Node.node_group == name, Node.connected, Node.last_seen_at > seen_since)
+        .order_by(Node.node_id)
+    )
     return list((await session.scalars(query)).all())
 
 

@@ -122,6 +122,8 @@ def _check_sealing_key(field_name: str, key: bytes | None) -> None:
 @dataclass(slots=True)
 class NodeGroupService:
     uow: UnitOfWork
+    stale_after: float = 60.0
+    """``--node-stale-after``: a node not seen for longer is not connected (``delete``)."""
 
     async def create(self, caller: Caller, spec: GroupSpec) -> tuple[GroupInfo, int]:
         """Create a group and publish its first snapshot; returns it and that version."""
@@ -190,7 +192,7 @@ class NodeGroupService:
             row = await repo.get(change.session, name, for_update=True)
             if row is None:
                 raise NotFound("node group", name, field="name")
-            running = await repo.connected_nodes(change.session, name)
+            running = await repo.connected_nodes(change.session, name, self.stale_after)
             if running:
                 listed = ", ".join(running[:SHOWN_NODES]) + (", ..." if len(running) > SHOWN_NODES else "")
                 raise GroupInUse(

@@ -108,12 +108,17 @@ class NodeService:
                 bytes(stored.sha256).hex(),
             )
 
-    async def ack(self, node_id: str, version: int, sha256: bytes) -> None:
+    async def ack(self, node_id: str, version: int, sha256: bytes) -> bool:
+        """Record that the node runs ``version``; False (nothing recorded) when its group has
+        no such snapshot with that payload hash: the fleet status shows what a node runs of
+        what this control plane signed, never a version a node made up (listed as current)."""
         async with self.sessions() as session, session.begin():
             now = await self._now(session)
             node = await repo.get(session, node_id, for_update=True)
             if node is None:
-                return
+                return True
+            if not await snapshot_repo.published(session, node.node_group, version, sha256):
+                return False
             # An old ACK arriving late must not move the applied version backwards.
             if version >= node.applied_version:
                 node.applied_version = version
@@ -121,6 +126,7 @@ class NodeService:
             node.last_ack_version = version
             node.last_ack_at = now
             node.last_seen_at = now
+            return True
 
     async def nack(self, node_id: str, version: int, sha256: bytes, reason: str) -> bool:
         """Record the node's refusal; whether it refused a snapshot its group was published
@@ -159,12 +165,15 @@ class NodeService:
         async with self.sessions() as session:
             return await repo.nacked(session, node_id, limit)
 
-    async def disconnected(self, node_id: str) -> None:
+    async def disconnected(self, node_id: str, ended_before: datetime | None = None) -> None:
+        """Mark the node disconnected; with ``ended_before`` (a retried write: when its stream
+        ended), only when nothing marked it seen after that (it reconnected elsewhere)."""
         async with self.sessions() as session, session.begin():
             node = await repo.get(session, node_id, for_update=True)
-            if node is not None:
-                node.connected = False
-                node.last_seen_at = await self._now(session)
+            if node is None or (ended_before is not None and node.last_seen_at > ended_before):
+                return
+            node.connected = False
+            node.last_seen_at = await self._now(session)
 
     async def touch(self, node_ids: Sequence[str]) -> None:
         """Mark nodes with an open stream here as seen now (and connected)."""

@@ -6,7 +6,10 @@ every group's newest envelope from the database and wakes the streams of the gro
 whose newest version moved, and only those. A second channel announces revoked nodes:
 their streams on this replica end at once (``REVOKED``). A notice sent while the listening
 connection was down never arrives: on reconnecting, the nodes revoked meanwhile are looked
-up and ended just the same.
+up and ended just the same. A listening connection only waits, so one whose peer vanished
+without a reset (a partition, a dead database host) would wait forever: it has TCP
+keepalives, and after ``PROBE_INTERVAL`` of silence it is asked ``SELECT 1``; one that does
+not answer within ``PROBE_TIMEOUT`` is replaced like a lost one.
 
 Push-side coalescing and deltas. A stream sends only the newest version when it is woken
 (``ConfigSyncServicer._due``), and gRPC flow control holds a stream's next write until the
@@ -79,6 +82,22 @@ class Subscription:
     )
     node_id: str = ""
     group: str = DEFAULT_GROUP
+    woken: bool = False
+    """A wake (``None``) is in the inbox and not taken yet: another would add nothing."""
+
+    def wake(self) -> None:
+        """Have the stream look at its group's newest snapshot. At most one wake waits in the
+        inbox: a stream held by a node that does not read (flow control) while its group
+        changes or it asks Resync in a loop gathered one item per change or message."""
+        if not self.woken:
+            self.woken = True
+            self.queue.put_nowait(None)
+
+    def taken(self, item: object) -> object:
+        """``item`` as taken from the inbox (a wake taken lets the next one in)."""
+        if item is None:
+            self.woken = False
+        return item
 
 
 CLOSED = object()
@@ -86,9 +105,19 @@ REVOKED = object()
 RELOAD_RETRY_FIRST = 0.2
 RELOAD_RETRY_CAP = 5.0
 """Seconds between attempts to reload a change the database did not let be read (doubling)."""
+PROBE_INTERVAL = 30.0
+"""Seconds the listening connection may stay silent before it is asked ``SELECT 1``."""
+PROBE_TIMEOUT = 10.0
+"""Seconds that probe may take before the connection is taken for dead and replaced."""
 LOST_NOTICE_MARGIN = timedelta(minutes=10)
 """How long before its listening connection was seen lost a replica looks back for
 revocations it may have missed: the connection may have died unnoticed a while before."""
+
+
+def listen_conninfo(url: str) -> str:
+    """What the listening connection to ``url`` (libpq form) is made with: the connect timeout
+    and TCP keepalives of every database connection (``controlplane.db.session``)."""
+    return make_conninfo(url, **connect_options(url))
 
 
 class SnapshotBroker:
@@ -101,12 +130,16 @@ class SnapshotBroker:
         *,
         debounce: float = 0.05,
         reconnect_backoff: float = 1.0,
+        probe_interval: float = PROBE_INTERVAL,
+        probe_timeout: float = PROBE_TIMEOUT,
     ) -> None:
         self._sessions = sessions
         self._listen_url = listen_url
         self.debounce = debounce
         """Seconds a burst of notifications is gathered before one reload and push."""
         self._reconnect_backoff = reconnect_backoff
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
         self._subscribers: set[Subscription] = set()
         self._latest: dict[str, Latest] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -299,7 +332,7 @@ class SnapshotBroker:
                     callback(latest)
         for sub in self._subscribers:
             if sub.group in moved:
-                sub.queue.put_nowait(None)
+                sub.wake()
 
     async def _load_deltas(
         self, session: AsyncSession, group: str, held: Latest | None, newest: int, envelope_size: int
@@ -329,7 +362,7 @@ class SnapshotBroker:
         was not lost, or the loss is caught up)."""
         while True:
             try:
-                conninfo = make_conninfo(self._listen_url, **connect_options(self._listen_url))
+                conninfo = listen_conninfo(self._listen_url)
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await snapshot_repo.listen(conn)
                     await identity_repo.listen(conn)
@@ -348,11 +381,7 @@ class SnapshotBroker:
                         lost = None
                     self._listening.set()
                     await self._database_reachable(True)
-                    async for notify in conn.notifies():
-                        if notify.channel == identity_repo.REVOKE_CHANNEL:
-                            self.revoked(notify.payload)
-                        else:
-                            self.kick()
+                    await self._receive(conn)
             except psycopg.OperationalError as exc:
                 if lost is None:
                     lost = elapsed()
@@ -360,6 +389,44 @@ class SnapshotBroker:
                 self._listening.set()
                 log.warning("snapshot listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(self._reconnect_backoff)
+
+    async def _receive(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Act on the notifications ``conn`` receives until it is found dead (raises
+        ``OperationalError``). A connection whose peer vanished without a reset (a partition,
+        a dead database host) is never closed by waiting on it: it is asked ``SELECT 1``
+        after each ``probe_interval`` of silence, and one that does not answer within
+        ``probe_timeout`` is replaced (and what was notified meanwhile reloaded, ``_listen``)."""
+        while True:
+            heard = False
+            async for notify in conn.notifies(timeout=self._probe_interval):
+                heard = True
+                if notify.channel == identity_repo.REVOKE_CHANNEL:
+                    self.revoked(notify.payload)
+                else:
+                    self.kick()
+            if not heard and not await self._answers(conn):
+                raise psycopg.OperationalError(
+                    f"the listening connection did not answer a probe within {self._probe_timeout:g} s"
+                )
+
+    async def _answers(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """Whether ``conn`` answers ``SELECT 1`` within ``probe_timeout``; closed when not."""
+        probe = asyncio.create_task(conn.execute("SELECT 1"), name="snapshot-listener-probe")
+        answered = False
+        try:
+            done, _ = await asyncio.wait({probe}, timeout=self._probe_timeout)
+            answered = bool(done)
+        finally:
+            if not answered:  # no answer in time, or the listener is being stopped
+                # Closed before the probe is cancelled: cancelling a query in flight first
+                # asks the server to cancel it and waits seconds for one that does not answer.
+                await conn.close()
+                probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                    await probe
+        if answered:
+            probe.result()  # a connection that failed outright raises OperationalError here
+        return answered
 
     async def _database_reachable(self, reachable: bool) -> None:
         for callback in self.on_database:

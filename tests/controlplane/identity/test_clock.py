@@ -3,6 +3,7 @@ which every control-plane replica shares, not by a replica's own."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import grpc
 import pytest
 
 from dataplane.identity import CertificateRenewer, IdentityFiles
-from tests.controlplane.conftest import SyncNode
+from signalbox.api.admin.v1 import admin_pb2
+from tests.controlplane.conftest import Admin, SyncNode
 from tests.controlplane.identity.test_sync_refusals import attempt_sync, revoke_while_not_listening
 from tests.fixtures.postgres import (
     RunningControlPlane,
@@ -57,6 +59,52 @@ async def test_a_replica_whose_clock_is_decades_behind_issues_certificates_that_
             return not received and code != grpc.StatusCode.OK
 
         await eventually(refused, message="the revoked node refused")
+
+
+async def test_a_replica_ahead_of_the_database_keeps_a_valid_certificates_stream_open(
+    admin: Admin, control_plane: RunningControlPlane, private_tmp: Path
+) -> None:
+    """A stream ends when its certificate expires; the expiry is dated by the database's clock
+    and was compared with the replica's own: a replica whose clock ran past a certificate's
+    expiry ended its node's stream at once, and every reconnect after it."""
+    sync = control_plane.cp.sync
+    assert sync is not None
+    tls = await control_plane.enroll("valid-1", private_tmp / "valid-1")
+    cert = IdentityFiles(private_tmp / "valid-1").certificate()
+    assert cert is not None
+    ahead = cert.not_valid_after_utc - datetime.now(UTC) + timedelta(days=1)
+    sync.clock = lambda: datetime.now(UTC) + ahead
+    sync.recheck = 0.05
+    node = await SyncNode(control_plane, "valid-1", tls).connect()
+    try:
+        first = node.verified(await node.next_envelope())
+        await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="later"))
+        assert node.verified(await node.next_envelope()).version == first.version + 1
+        assert not node.ended.is_set()
+    finally:
+        await node.close()
+    assert node.end_code == grpc.StatusCode.OK
+
+
+async def test_a_replica_behind_the_database_ends_the_stream_of_a_lapsed_certificate(
+    database_url: str, private_tmp: Path, caplog: pytest.LogCaptureFixture, clock_warnings: None
+) -> None:
+    """By its own clock a replica a day behind kept a lapsed certificate's stream open for a
+    day more, sending it every new snapshot."""
+    settings = cp_settings(database_url, private_tmp, node_cert_ttl=timedelta(seconds=2))
+    async with running_control_plane(settings) as running:
+        sync = running.cp.sync
+        assert sync is not None
+        sync.clock = lambda: datetime.now(UTC) - timedelta(days=1)
+        sync.recheck = 0.05
+        tls = await running.enroll("lapsed-1", private_tmp / "lapsed-1")
+        node = await SyncNode(running, "lapsed-1", tls).connect()
+        try:
+            await asyncio.wait_for(node.ended.wait(), 10)
+            assert node.end_code == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await node.close()
+    assert "this host's clock is -86400 s off the database's; node certificate expiries" in caplog.text
 
 
 async def test_a_replica_ahead_of_the_database_still_ends_a_revoked_nodes_stream_after_listen_is_back(

@@ -254,34 +254,6 @@ async def test_an_open_stream_ends_when_its_certificate_expires(database_url: st
             await node.close()
 
 
-async def test_an_open_stream_ends_at_its_certificate_expiry_when_the_clock_jumps_ahead(
-    database_url: str, private_tmp: Path
-) -> None:
-    """The expiry is an instant of the wall clock; the stream waited for it with one asyncio
-    timeout, on the monotonic clock, which a wall-clock step does not move and which stands
-    still while the host is suspended: the stream outlived its certificate by the step or the
-    suspension. It reads the wall clock again while it waits."""
-    async with running_control_plane(cp_settings(database_url, private_tmp)) as running:
-        sync = running.cp.sync
-        assert sync is not None
-        ahead = [timedelta(0)]
-        sync.clock = lambda: datetime.now(UTC) + ahead[0]
-        sync.recheck = 0.05
-        tls = await running.enroll("jumping-1", private_tmp / "jumping-1")
-        cert = IdentityFiles(private_tmp / "jumping-1").certificate()
-        assert cert is not None
-        node = await SyncNode(running, "jumping-1", tls).connect()
-        try:
-            await node.next_envelope()
-            assert not node.ended.is_set()
-            # The clock steps past the certificate's expiry (days away by the real clock).
-            ahead[0] = cert.not_valid_after_utc - datetime.now(UTC) + timedelta(seconds=1)
-            await asyncio.wait_for(node.ended.wait(), 5)
-            assert node.end_code == grpc.StatusCode.UNAUTHENTICATED
-        finally:
-            await node.close()
-
-
 async def test_with_insecure_the_node_port_is_plaintext_and_the_hello_names_the_node(
     database_url: str, private_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
