@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from signalbox.text import printable
+
 
 @dataclass(frozen=True, slots=True)
 class Setting:
@@ -45,8 +47,30 @@ def add(
         value = default if raw is None else raw.strip().lower() in {"1", "true", "yes", "on"}
         parser.add_argument(flag, action="store_true", default=value, help=full_help)
         return
-    value = default if raw is None else type(raw)
-    parser.add_argument(flag, default=value, type=type, help=full_help)
+    parser.add_argument(
+        flag, default=default if raw is None else raw, type=_from_env(type, env, raw), help=full_help
+    )
+
+
+def _from_env(convert: Any, env: str, raw: str | None) -> Any:
+    """``convert`` for a flag whose default may be ``env``'s raw text: argparse converts a
+    string default only when the command that has the flag runs and the flag is not given, so
+    a bad value of one command's variable neither breaks every other command (a traceback
+    while the parsers were built) nor goes unnamed: the error names the variable."""
+    if raw is None or convert is str:
+        return convert
+
+    def checked(text: str) -> Any:
+        try:
+            return convert(text)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+            if text is not raw:
+                raise
+            detail = f": {exc}" if isinstance(exc, argparse.ArgumentTypeError) else ""
+            raise argparse.ArgumentTypeError(f"{env}={printable(raw)} is not valid{detail}") from None
+
+    checked.__name__ = getattr(convert, "__name__", "value")
+    return checked
 
 
 def add_log_level(parser: argparse.ArgumentParser, *, command: str) -> None:
