@@ -79,6 +79,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         serve,
         "--listen",
         env="SIGNALBOX_CONTROLPLANE_LISTEN",
+        type=settings.address,
         default="127.0.0.1:7700",
         help="HOST:PORT for the Admin API, node enrollment and grpc health (port 0 picks a free one)",
         command=SERVE,
@@ -87,6 +88,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         serve,
         "--node-listen",
         env="SIGNALBOX_CONTROLPLANE_NODE_LISTEN",
+        type=settings.address,
         default="127.0.0.1:7703",
         help="HOST:PORT for config sync and certificate renewal: mutual TLS with node certificates "
         "issued by the node CA (plaintext only with --insecure)",
@@ -96,6 +98,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         serve,
         "--metrics-listen",
         env="SIGNALBOX_CONTROLPLANE_METRICS_LISTEN",
+        type=settings.address,
         default=None,
         help="HOST:PORT of the Prometheus endpoint (GET /metrics: admin calls, NACKs, evidence "
         "ingest, nodes per group and their convergence lag); off when not given",

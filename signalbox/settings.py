@@ -129,3 +129,18 @@ def parse_duration(raw: str) -> float:
     if not (math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"{raw!r} is not a positive duration such as 30d, 12h, 15m, 90s or 90")
     return seconds
+
+
+MAX_PORT = 65535
+
+
+def address(text: str) -> str:
+    """A ``HOST:PORT`` flag's value, refused when its port is a number no TCP port has: gRPC
+    takes such a port modulo 65536, so ``--listen 127.0.0.1:99999`` listened on, and
+    ``--target 127.0.0.1:99999`` called, port 34463."""
+    port = text.rpartition(":")[2]
+    if port.isascii() and port.isdecimal() and (len(port) > 5 or int(port) > MAX_PORT):
+        raise argparse.ArgumentTypeError(
+            f"{printable(text, 80)}: port {printable(port, 20)} is not 0-{MAX_PORT}"
+        )
+    return text

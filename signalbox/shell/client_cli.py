@@ -52,6 +52,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         parser,
         "--target",
         env="SIGNALBOX_INFER_TARGET",
+        type=settings.address,
         default="127.0.0.1:7701",
         help="HOST:PORT of a data-plane node",
         command=COMMAND,

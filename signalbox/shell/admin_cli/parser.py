@@ -182,6 +182,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         parser,
         "--target",
         env="SIGNALBOX_ADMIN_TARGET",
+        type=settings.address,
         default="127.0.0.1:7700",
         help="HOST:PORT of the control plane",
         command=COMMAND,
