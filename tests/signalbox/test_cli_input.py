@@ -62,3 +62,32 @@ async def test_a_port_past_65535_is_refused_not_taken_modulo_65536(tmp_path: Pat
     )
     assert code == 2, err
     assert "SIGNALBOX_INFER_TARGET=127.0.0.1:99999 is not valid: 127.0.0.1:99999: port 99999" in err
+
+
+JWT_REST = ("--algorithm", "RS256", "--jwks", "/dev/zero")
+
+
+async def test_an_admin_document_is_read_bounded_and_as_utf8_text(tmp_path: Path) -> None:
+    # policy apply read the whole file as the locale's text: /dev/zero filled memory until a
+    # MemoryError, bytes not UTF-8 were a traceback; JWKS and import files were unbounded too.
+    # Nothing is sent: no control plane listens on the target.
+    admin = ("admin", "--target", "127.0.0.1:1", "--token", "t")
+    not_utf8 = tmp_path / "policy.json"
+    not_utf8.write_bytes(b'{"default_model": "\xff"}')
+    for args, line in (
+        (("policy", "apply", "-f", "/dev/zero"), "--file: /dev/zero: more than 1048576 bytes"),
+        (("policy", "apply", "-f", str(not_utf8)), f"--file: {not_utf8}: not UTF-8 text (byte 19)"),
+        (("policy", "apply", "-f", str(tmp_path)), f"--file: cannot read {tmp_path}: Is a directory"),
+        (
+            ("identity", "jwt", "add", "--tenant", "t", "--issuer", "i", "--audience", "a", *JWT_REST),
+            "--jwks: /dev/zero: more than 65536 bytes",
+        ),
+        (
+            ("import", "/dev/zero", "--secrets-out", str(tmp_path / "secrets.jsonl")),
+            "FILE: /dev/zero: more than 50331648 bytes",
+        ),
+    ):
+        code, err = await signalbox_exit(*admin, *args)
+        assert code == 1, (args, err)
+        assert _one_line(err) == line
+    assert not (tmp_path / "secrets.jsonl").exists()

@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 from signalbox.api.admin.v1 import admin_pb2
-from signalbox.shell.admin_cli.commands.base import Action, Stub
+from signalbox.shell.admin_cli.commands.base import Action, Stub, read_text_input
 from signalbox.shell.admin_cli.output import Output, deleted, table
 
 PROFILE_COLUMNS = ("tenant", "version", "created_by", "created_at", "snapshot", "document")
@@ -32,20 +30,7 @@ def _tenant(ns: argparse.Namespace) -> str:
 
 def _read_bounded(source: str) -> str:
     """A file's text, or stdin's for ``-``, at most ``MAX_INPUT_BYTES``."""
-    try:
-        if source == "-":
-            raw = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
-        else:
-            with Path(source).open("rb") as f:
-                raw = f.read(MAX_INPUT_BYTES + 1)
-    except OSError as exc:
-        raise SystemExit(f"governance: cannot read {source}: {exc.strerror}") from None
-    if len(raw) > MAX_INPUT_BYTES:
-        raise SystemExit(f"governance: {source}: more than {MAX_INPUT_BYTES} bytes")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SystemExit(f"governance: {source}: not UTF-8 text") from None
+    return read_text_input(source, "governance", MAX_INPUT_BYTES)
 
 
 def _row(p: admin_pb2.GovernanceProfile) -> tuple[object, ...]:
