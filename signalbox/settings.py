@@ -66,8 +66,11 @@ def _from_env(convert: Any, env: str, raw: str | None) -> Any:
         except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
             if text is not raw:
                 raise
-            detail = f": {exc}" if isinstance(exc, argparse.ArgumentTypeError) else ""
-            raise argparse.ArgumentTypeError(f"{env}={printable(raw)} is not valid{detail}") from None
+            if isinstance(exc, argparse.ArgumentTypeError):
+                # The type's own words, which never echo a secret (a token's type says what
+                # is wrong with it, not what it is).
+                raise argparse.ArgumentTypeError(f"{env}: {exc}") from None
+            raise argparse.ArgumentTypeError(f"{env}={printable(raw, 40)} is not valid") from None
 
     checked.__name__ = getattr(convert, "__name__", "value")
     return checked
@@ -144,3 +147,49 @@ def address(text: str) -> str:
             f"{printable(text, 80)}: port {printable(port, 20)} is not 0-{MAX_PORT}"
         )
     return text
+
+
+def seconds(text: str) -> float:
+    """A client's deadline in seconds: a finite number above zero. gRPC took a negative or
+    NaN timeout as one already past (DEADLINE_EXCEEDED before anything was sent) and an
+    infinite one likewise, so a typo looked like a slow server."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 10**9):
+        raise argparse.ArgumentTypeError(
+            f"{printable(text, 40)} is not a number of seconds above 0 and up to 10**9"
+        )
+    return value
+
+
+def credential(text: str) -> str:
+    """A token or API key sent as a gRPC header: printable ASCII. Anything else was gRPC's
+    "Invalid metadata" (INTERNAL) or a traceback. The error never shows the value."""
+    if not (text.isascii() and text.isprintable()):
+        raise argparse.ArgumentTypeError(
+            "must be printable ASCII (accents, lookalike letters and control characters are not)"
+        )
+    return text
+
+
+def not_utf8(ns: argparse.Namespace) -> str | None:
+    """The name of the first flag or argument of ``ns`` whose text is not UTF-8 (``--max-tokens``
+    is ``max-tokens``): Python keeps such bytes of the command line as lone surrogates, which
+    no protobuf string can hold."""
+    for dest, value in vars(ns).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and _has_surrogate(v) for v in values):
+            return dest.rstrip("_").replace("_", "-")
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

@@ -22,7 +22,7 @@ async def test_a_bad_setting_in_the_environment_names_the_variable_and_breaks_no
     env = {"SIGNALBOX_WORKERS": "four", "SIGNALBOX_INFER_TIMEOUT": "soon"}
     code, err = await signalbox_exit("infer", "--api-key", "k", "hello", env=env)
     assert code == 2, err
-    assert "--timeout: SIGNALBOX_INFER_TIMEOUT=soon is not valid" in _one_line(err)
+    assert "--timeout: SIGNALBOX_INFER_TIMEOUT: soon is not a number of seconds" in _one_line(err)
 
     code, err = await signalbox_exit("dataplane", "serve", "--data-dir", str(tmp_path), env=env)
     assert code == 2, err
@@ -36,7 +36,7 @@ async def test_a_bad_setting_in_the_environment_names_the_variable_and_breaks_no
         "infer", "--timeout", "x", "--api-key", "k", "hello", env={"SIGNALBOX_INFER_TIMEOUT": "5"}
     )
     assert code == 2, err
-    assert "argument --timeout: invalid float value: 'x'" in _one_line(err)
+    assert "argument --timeout: x is not a number of seconds" in _one_line(err)
 
 
 async def test_a_port_past_65535_is_refused_not_taken_modulo_65536(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ async def test_a_port_past_65535_is_refused_not_taken_modulo_65536(tmp_path: Pat
         "infer", "--api-key", "k", "hello", env={"SIGNALBOX_INFER_TARGET": "127.0.0.1:99999"}
     )
     assert code == 2, err
-    assert "SIGNALBOX_INFER_TARGET=127.0.0.1:99999 is not valid: 127.0.0.1:99999: port 99999" in err
+    assert "--target: SIGNALBOX_INFER_TARGET: 127.0.0.1:99999: port 99999 is not 0-65535" in err
 
 
 JWT_REST = ("--algorithm", "RS256", "--jwks", "/dev/zero")
@@ -91,3 +91,71 @@ async def test_an_admin_document_is_read_bounded_and_as_utf8_text(tmp_path: Path
         assert code == 1, (args, err)
         assert _one_line(err) == line
     assert not (tmp_path / "secrets.jsonl").exists()
+
+
+INFER = ("infer", "--target", "127.0.0.1:1", "--api-key", "sbx_k")
+ADMIN = ("admin", "--target", "127.0.0.1:1", "--token", "sbxadm_t")
+
+
+async def test_numbers_no_call_could_carry_are_usage_errors_naming_the_flag() -> None:
+    # A timeout of -1, NaN or inf was a DEADLINE_EXCEEDED before anything was sent (as if the
+    # server were slow); a count past what the request's field holds was a ValueError
+    # traceback while the request was built. No server listens on the target: nothing is sent.
+    for args, flag in (
+        ((*INFER, "--timeout", "-1", "hi"), "--timeout"),
+        ((*INFER, "--timeout", "nan", "hi"), "--timeout"),
+        ((*INFER, "--timeout", "inf", "hi"), "--timeout"),
+        ((*INFER, "--max-tokens", "-5", "hi"), "--max-tokens"),
+        ((*INFER, "--max-tokens", str(2**32), "hi"), "--max-tokens"),
+        (("admin", "--timeout", "0", "--token", "t", "tenant", "list"), "--timeout"),
+        ((*ADMIN, "policy", "get", "--version", "-1"), "--version"),
+        ((*ADMIN, "governance", "diff", "--from", "-1"), "--from"),
+        (
+            (*ADMIN, "provider", "create", "p", "--type", "openai", "--timeout-ms", "99999999999"),
+            "--timeout-ms",
+        ),
+        (
+            (*ADMIN, "model", "create", "m", "--deployment", "p:x", "--context-window", "-1"),
+            "--context-window",
+        ),
+        ((*ADMIN, "route", "explain", "--tenant", "t", "--max-output-tokens", "-1"), "--max-output-tokens"),
+    ):
+        code, err = await signalbox_exit(*args)
+        assert code == 2, (args, err)
+        assert f"argument {flag}: " in _one_line(err), (args, err)
+    code, err = await signalbox_exit(*ADMIN, "model", "create", "m", "--deployment", "p:x:-1")
+    assert code == 1, err
+    assert (
+        _one_line(err) == "--deployment: weight of 'p:x:-1': got -1, expected 0..4294967295 (a whole number)"
+    )
+
+
+async def test_text_that_is_not_utf8_or_a_credential_that_is_not_ascii_is_named_never_shown() -> None:
+    # Bytes of the command line that are not UTF-8 were a UnicodeEncodeError traceback when
+    # the request was built; a non-ASCII key or token was gRPC's "Invalid metadata" (INTERNAL)
+    # or a traceback.
+    cases: tuple[tuple[tuple[str | bytes, ...], str], ...] = (
+        ((*INFER, b"caf\xe9"), "signalbox infer: prompt: not UTF-8 text"),
+        ((*INFER, "--model", b"\xff", "hi"), "signalbox infer: model: not UTF-8 text"),
+        ((*ADMIN, "tenant", "get", b"\xff"), "signalbox admin: name: not UTF-8 text"),
+        ((*ADMIN, "tenant", "create", "t", "--label", b"k=\xff"), "signalbox admin: label: not UTF-8 text"),
+    )
+    for args, line in cases:
+        code, err = await signalbox_exit(*args)
+        assert code == 2, (args, err)
+        assert _one_line(err) == line
+    secret = "sbx_sécret-value"
+    for credential_args in (
+        ("infer", "--target", "127.0.0.1:1", "--api-key", secret, "hi"),
+        ("admin", "--target", "127.0.0.1:1", "--token", secret, "tenant", "list"),
+    ):
+        code, err = await signalbox_exit(*credential_args)
+        assert code == 2, (credential_args, err)
+        assert "must be printable ASCII" in _one_line(err)
+        assert "sécret" not in err
+    code, err = await signalbox_exit(
+        "infer", "--target", "127.0.0.1:1", "hi", env={"SIGNALBOX_API_KEY": secret}
+    )
+    assert code == 2, err
+    assert "SIGNALBOX_API_KEY: must be printable ASCII" in _one_line(err)
+    assert "sécret" not in err

@@ -77,3 +77,15 @@ def read_text_input(source: str, flag: str, limit: int) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SystemExit(f"{flag}: {source}: not UTF-8 text (byte {exc.start})") from None
+
+
+UINT32_MAX = 2**32 - 1
+INT64_MAX = 2**63 - 1
+# What the request's protobuf field holds: a value past it was a ValueError traceback while
+# the request was built. Narrower database ranges are controlplane.limits' to name.
+count = bounded_int("a whole number", 0, UINT32_MAX)
+"""A uint32 setting (timeouts, token counts, weights; 0: unset) on the command line."""
+stored_version = bounded_int("a stored version", 1, INT64_MAX)
+"""A policy's or governance profile's version on the command line."""
+nanos = bounded_int("a price in nano-USD", 0, INT64_MAX)
+"""A price on the command line."""

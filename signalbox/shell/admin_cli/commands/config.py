@@ -14,7 +14,7 @@ from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
-from signalbox.shell.admin_cli.commands.base import Stub, enum_value, pairs, read_text_input
+from signalbox.shell.admin_cli.commands.base import Stub, count, enum_value, pairs, read_text_input
 from signalbox.shell.admin_cli.output import (
     MODEL_COLUMNS,
     POLICY_COLUMNS,
@@ -130,7 +130,10 @@ def _deployment(text: str) -> admin_pb2.Deployment:
     parts = text.split(":")
     if len(parts) not in (2, 3) or not all(parts[:2]):
         raise SystemExit(f"--deployment: expected PROVIDER:UPSTREAM_MODEL[:WEIGHT], got {text!r}")
-    weight = int(parts[2]) if len(parts) == 3 else 1
+    try:
+        weight = count(parts[2]) if len(parts) == 3 else 1
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"--deployment: weight of {text!r}: {exc}") from None
     return admin_pb2.Deployment(provider=parts[0], upstream_model=parts[1], weight=weight)
 
 

@@ -12,7 +12,7 @@ import asyncio
 import json
 
 from signalbox.api.admin.v1 import admin_pb2
-from signalbox.shell.admin_cli.commands.base import Action, Stub, read_text_input
+from signalbox.shell.admin_cli.commands.base import Action, Stub, read_text_input, stored_version
 from signalbox.shell.admin_cli.output import Output, deleted, table
 
 PROFILE_COLUMNS = ("tenant", "version", "created_by", "created_at", "snapshot", "document")
@@ -160,14 +160,14 @@ def add_governance_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     p = verb("apply", governance_apply, "store a new profile version (YAML or JSON); publishes a snapshot")
     p.add_argument("file", metavar="FILE", help="profile file, or - for stdin")
     p = verb("get", governance_get, "show the current (or a given) version")
-    p.add_argument("--version", type=int, help="a stored version (default: the current)")
+    p.add_argument("--version", type=stored_version, help="a stored version (default: the current)")
     p.add_argument("--format", choices=("yaml", "json"), default="json")
     verb("history", governance_history, "every version, oldest first")
     p = verb("diff", governance_diff, "unified diff of two stored versions (default: previous vs current)")
     p.add_argument(
-        "--from", dest="from_", type=int, metavar="V", help="older version (default: the previous)"
+        "--from", dest="from_", type=stored_version, metavar="V", help="older version (default: the previous)"
     )
-    p.add_argument("--to", type=int, metavar="V", help="newer version (default: the current)")
+    p.add_argument("--to", type=stored_version, metavar="V", help="newer version (default: the current)")
     p.add_argument("--format", choices=("yaml", "json"), default="json")
     p = verb("test", governance_test, "run the tenant's profile over a text, no model called")
     p.add_argument("--text", help="the text to test")
