@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import logging
 import math
-import os
 import signal
 import sys
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ from controlplane.key_cli import (
     export_hash_key_command,
     rotate_kek_command,
 )
+from dataplane.files import atomic_write
 from dataplane.open_files import raise_open_files
 from signalbox import settings, tls
 
@@ -562,12 +562,11 @@ def export_command(ns: argparse.Namespace) -> int:
         return 1
     version, envelope = found
     out = Path(ns.out)
-    tmp = out.with_name(out.name + ".tmp")
-    # 0600 like every snapshot file: it names tenants, providers and identity hashes.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(envelope)
-    tmp.replace(out)
+    try:
+        # 0600 like every snapshot file: it names tenants, providers and identity hashes.
+        atomic_write(out, envelope)
+    except OSError as exc:
+        print(f"signalbox controlplane export-snapshot: --out {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(f"wrote snapshot {ns.group} v{version} ({len(envelope)} bytes) to {out}", file=sys.stderr)
     return 0

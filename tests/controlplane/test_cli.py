@@ -176,6 +176,26 @@ async def test_export_snapshot_writes_the_newest_signed_envelope(
     assert (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(version=exported))).HasField("exported_at")
 
 
+async def test_export_snapshot_to_a_path_it_cannot_write_is_one_line_and_leaves_nothing(
+    control_plane: RunningControlPlane, admin: Admin, tmp_path: Path
+) -> None:
+    # --out naming a directory, or a file in a missing one, was a traceback; the directory
+    # case also left the whole snapshot in <dir>.tmp beside it.
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+    common = ("controlplane", "export-snapshot", "--database-url", control_plane.database_url)
+    taken = tmp_path / "pins"
+    taken.mkdir()
+    for out, reason in (
+        (taken, "Is a directory"),
+        (tmp_path / "missing" / "pin.bin", "No such file or directory"),
+    ):
+        code, _, err = await _signalbox(*common, "--data-dir", str(tmp_path), "--out", str(out))
+        assert code == 1, err
+        assert err.strip() == f"signalbox controlplane export-snapshot: --out {out}: {reason}"
+    assert await asyncio.to_thread(os.listdir, tmp_path) == ["pins"]
+    assert await asyncio.to_thread(os.listdir, taken) == []
+
+
 async def test_serve_on_embedded_postgres_then_sigterm_stops_cleanly(private_tmp: Path) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="serve-", dir=private_tmp))
     process = await asyncio.create_subprocess_exec(
