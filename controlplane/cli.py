@@ -24,6 +24,7 @@ from controlplane.key_cli import (
     ROTATE_KEK,
     database,
     export_hash_key_command,
+    failure,
     rotate_kek_command,
 )
 from dataplane.files import atomic_write
@@ -365,6 +366,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def serve_command(ns: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from controlplane.app import ControlPlane, ControlPlaneSettings
     from controlplane.errors import ControlPlaneError
     from controlplane.services.identity import MAX_CERT_TTL, MIN_CERT_TTL
@@ -496,13 +499,15 @@ def serve_command(ns: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
-    except (ControlPlaneError, OSError, ValueError) as exc:
-        print(f"signalbox controlplane serve: {exc}", file=sys.stderr)
+    except (ControlPlaneError, OSError, ValueError, SQLAlchemyError) as exc:
+        print(f"signalbox controlplane serve: {failure(exc)}", file=sys.stderr)
         return 1
     return 0
 
 
 def bootstrap_command(ns: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from controlplane.db.session import create_engine, session_factory
     from controlplane.errors import ControlPlaneError
     from controlplane.services.admin import AdminService
@@ -518,8 +523,8 @@ def bootstrap_command(ns: argparse.Namespace) -> int:
 
     try:
         token = asyncio.run(run())
-    except (ControlPlaneError, OSError, ValueError) as exc:
-        print(f"signalbox controlplane bootstrap-admin: {exc}", file=sys.stderr)
+    except (ControlPlaneError, OSError, ValueError, SQLAlchemyError) as exc:
+        print(f"signalbox controlplane bootstrap-admin: {failure(exc)}", file=sys.stderr)
         return 1
     print(f"admin token for {ns.name!r} (shown once; store it now):", file=sys.stderr)
     print(token, flush=True)
@@ -527,6 +532,8 @@ def bootstrap_command(ns: argparse.Namespace) -> int:
 
 
 def export_command(ns: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from controlplane.db.session import create_engine, session_factory
     from controlplane.repositories import snapshots as snapshot_repo
 
@@ -550,8 +557,8 @@ def export_command(ns: argparse.Namespace) -> int:
 
     try:
         found = asyncio.run(run())
-    except (OSError, ValueError) as exc:
-        print(f"signalbox controlplane export-snapshot: {exc}", file=sys.stderr)
+    except (OSError, ValueError, SQLAlchemyError) as exc:
+        print(f"signalbox controlplane export-snapshot: {failure(exc)}", file=sys.stderr)
         return 1
     if found is None:
         print(

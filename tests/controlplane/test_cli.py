@@ -567,3 +567,28 @@ async def test_serve_refuses_a_connection_age_that_is_not_a_positive_number(
     )
     assert code == 2
     assert f"{flag}: {float(value)} is not a positive number of seconds" in err
+
+
+async def test_an_unreachable_database_is_one_line_without_the_password(tmp_path: Path) -> None:
+    # SQLAlchemy's OperationalError was not among the errors the commands reported: each
+    # was a traceback of some 140 lines.
+    url = "postgresql+psycopg://signalbox:hunter2-pw@127.0.0.1:1/signalbox"
+    for command, extra in (
+        ("serve", ("--listen", "127.0.0.1:0", "--node-listen", "127.0.0.1:0")),
+        ("bootstrap-admin", ()),
+        ("export-snapshot", ("--out", str(tmp_path / "pin.bin"))),
+        ("export-api-key-hash-key", ("--out", str(tmp_path / "hash-key"))),
+    ):
+        code, _, err = await _signalbox(
+            "controlplane", command, "--database-url", url, "--data-dir", str(tmp_path / "cp"), *extra
+        )
+        assert code == 1, (command, err)
+        assert "Traceback" not in err, (command, err)
+        assert "hunter2-pw" not in err
+        assert (
+            err.strip()
+            .splitlines()[-1]
+            .startswith(f"signalbox controlplane {command}: database: connection failed: ")
+        ), (command, err)
+    assert not (tmp_path / "pin.bin").exists()
+    assert not (tmp_path / "hash-key").exists()
