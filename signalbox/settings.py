@@ -150,9 +150,10 @@ def address(text: str) -> str:
 
 
 def seconds(text: str) -> float:
-    """A client's deadline in seconds: a finite number above zero. gRPC took a negative or
-    NaN timeout as one already past (DEADLINE_EXCEEDED before anything was sent) and an
-    infinite one likewise, so a typo looked like a slow server."""
+    """A deadline in seconds: a finite number above zero. A negative, NaN or infinite one is
+    already past: gRPC failed such a call with DEADLINE_EXCEEDED before anything was sent (a
+    typo looked like a slow server), and ``up`` started its processes only to stop them at
+    once."""
     import math
 
     try:

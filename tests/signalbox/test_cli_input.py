@@ -159,3 +159,15 @@ async def test_text_that_is_not_utf8_or_a_credential_that_is_not_ascii_is_named_
     assert code == 2, err
     assert "SIGNALBOX_API_KEY: must be printable ASCII" in _one_line(err)
     assert "sécret" not in err
+
+
+async def test_up_refuses_a_startup_timeout_that_is_already_past(tmp_path: Path) -> None:
+    # -1 or nan started the simulator and then failed every process at once ("did not
+    # finish in -1.0s"), with a child's KeyboardInterrupt traceback in the output.
+    for value in ("-1", "nan", "0"):
+        code, err = await signalbox_exit(
+            "up", "--once", "--data-dir", str(tmp_path / "up"), "--startup-timeout", value
+        )
+        assert code == 2, err
+        assert f"argument --startup-timeout: {value} is not a number of seconds above 0" in _one_line(err)
+    assert not (tmp_path / "up").exists()

@@ -107,7 +107,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--startup-timeout",
         env="SIGNALBOX_UP_STARTUP_TIMEOUT",
         default=120.0,
-        type=float,
+        type=settings.seconds,
         help="seconds each process gets to become healthy",
         command=COMMAND,
     )
