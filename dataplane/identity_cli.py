@@ -63,6 +63,7 @@ def _common(parser: argparse.ArgumentParser, command: str, default_node_id: str)
         parser,
         "--node-id",
         env="SIGNALBOX_NODE_ID",
+        type=settings.node_id,
         default=default_node_id,
         help="this node's id (default node-<hostname>)",
         command=command,

@@ -178,6 +178,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
         serve,
         "--node-id",
         env="SIGNALBOX_NODE_ID",
+        type=settings.node_id,
         default=default_node_id,
         help="this node's id (default node-<hostname>)",
         command=SERVE,

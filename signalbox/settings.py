@@ -194,3 +194,17 @@ def _has_surrogate(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+MAX_NODE_ID_CHARS = 256
+
+
+def node_id(text: str) -> str:
+    """A node's id: 1..256 characters, none a control character, as the control plane takes
+    it (enrollment, sync, evidence import). An empty one (``--node-id "$UNSET"``) or one
+    with a newline ran, and signed evidence under an id no control plane would import."""
+    if not text or len(text) > MAX_NODE_ID_CHARS or printable(text, MAX_NODE_ID_CHARS) != text:
+        raise argparse.ArgumentTypeError(
+            f"'{printable(text, 80)}' is not 1..{MAX_NODE_ID_CHARS} characters without control characters"
+        )
+    return text

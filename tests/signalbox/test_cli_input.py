@@ -171,3 +171,19 @@ async def test_up_refuses_a_startup_timeout_that_is_already_past(tmp_path: Path)
         assert code == 2, err
         assert f"argument --startup-timeout: {value} is not a number of seconds above 0" in _one_line(err)
     assert not (tmp_path / "up").exists()
+
+
+async def test_a_node_id_the_control_plane_would_refuse_is_a_usage_error(tmp_path: Path) -> None:
+    # An empty id (--node-id "$UNSET") or one with a control character ran, and signed
+    # evidence under an id that enrollment, sync and evidence import all refuse.
+    node = str(tmp_path / "node")
+    for value in ("", "vault\n1", "x" * 257):
+        for args in (
+            ("dataplane", "serve", "--data-dir", node, "--node-id", value),
+            ("dataplane", "identity", "request", "--data-dir", node, "--node-id", value),
+        ):
+            code, err = await signalbox_exit(*args)
+            assert code == 2, (args, err)
+            assert "argument --node-id: " in _one_line(err)
+            assert "is not 1..256 characters without control characters" in _one_line(err)
+    assert not (tmp_path / "node").exists()
