@@ -365,6 +365,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     hash_key.set_defaults(handler=export_hash_key_command)
 
 
+MAX_SNAPSHOT_TTL_DAYS = 36_500
+"""A century: an expiry any timestamp holds."""
+
+
 def serve_command(ns: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -413,6 +417,15 @@ def serve_command(ns: argparse.Namespace) -> int:
         return 2
     if ns.max_message_bytes < 1:
         print(f"--max-message-bytes: {ns.max_message_bytes} is not a positive size", file=sys.stderr)
+        return 2
+    if not (math.isfinite(ns.snapshot_ttl_days) and 0 < ns.snapshot_ttl_days <= MAX_SNAPSHOT_TTL_DAYS):
+        # Zero or less signed every snapshot already expired, which every node not started
+        # with --allow-expired refuses; a huge one overflowed the expiry's timestamp.
+        print(
+            f"--snapshot-ttl-days: {ns.snapshot_ttl_days:g} is not a number of days above 0 and up to "
+            f"{MAX_SNAPSHOT_TTL_DAYS}",
+            file=sys.stderr,
+        )
         return 2
     if ns.scope_node_group:
         print(

@@ -20,6 +20,7 @@ from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.shell.simulator import Simulator
 from tests.controlplane.conftest import Admin
 from tests.fixtures.postgres import RunningControlPlane
+from tests.helpers import signalbox_exit
 
 TIMEOUT = 60.0
 CHAT, TOOLS = common_pb2.CAPABILITY_CHAT, common_pb2.CAPABILITY_TOOLS
@@ -592,3 +593,20 @@ async def test_an_unreachable_database_is_one_line_without_the_password(tmp_path
         ), (command, err)
     assert not (tmp_path / "pin.bin").exists()
     assert not (tmp_path / "hash-key").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "1e9"])
+async def test_serve_refuses_a_snapshot_ttl_no_node_could_use(tmp_path: Path, value: str) -> None:
+    # 0 or less was taken: every snapshot was signed already expired, which every node not
+    # started with --allow-expired refuses; 1e9 days overflowed the expiry's timestamp.
+    code, err = await signalbox_exit(
+        *("controlplane", "serve", "--data-dir", str(tmp_path / "cp"), "--listen", "127.0.0.1:0"),
+        *("--node-listen", "127.0.0.1:0", "--snapshot-ttl-days", value),
+        timeout=30,
+    )
+    assert code == 2, err
+    assert (
+        err.strip()
+        == f"--snapshot-ttl-days: {float(value):g} is not a number of days above 0 and up to 36500"
+    )
+    assert not (tmp_path / "cp").exists()
