@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import logging
 import math
-import os
 import signal
 import sys
 from datetime import UTC, datetime, timedelta
@@ -25,8 +24,10 @@ from controlplane.key_cli import (
     ROTATE_KEK,
     database,
     export_hash_key_command,
+    failure,
     rotate_kek_command,
 )
+from dataplane.files import atomic_write
 from dataplane.open_files import raise_open_files
 from signalbox import settings, tls
 
@@ -79,6 +80,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         serve,
         "--listen",
         env="SIGNALBOX_CONTROLPLANE_LISTEN",
+        type=settings.address,
         default="127.0.0.1:7700",
         help="HOST:PORT for the Admin API, node enrollment and grpc health (port 0 picks a free one)",
         command=SERVE,
@@ -87,6 +89,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         serve,
         "--node-listen",
         env="SIGNALBOX_CONTROLPLANE_NODE_LISTEN",
+        type=settings.address,
         default="127.0.0.1:7703",
         help="HOST:PORT for config sync and certificate renewal: mutual TLS with node certificates "
         "issued by the node CA (plaintext only with --insecure)",
@@ -96,6 +99,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         serve,
         "--metrics-listen",
         env="SIGNALBOX_CONTROLPLANE_METRICS_LISTEN",
+        type=settings.address,
         default=None,
         help="HOST:PORT of the Prometheus endpoint (GET /metrics: admin calls, NACKs, evidence "
         "ingest, nodes per group and their convergence lag); off when not given",
@@ -361,7 +365,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     hash_key.set_defaults(handler=export_hash_key_command)
 
 
+MAX_SNAPSHOT_TTL_DAYS = 36_500
+"""A century: an expiry any timestamp holds."""
+
+
 def serve_command(ns: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from controlplane.app import ControlPlane, ControlPlaneSettings
     from controlplane.errors import ControlPlaneError
     from controlplane.services.identity import MAX_CERT_TTL, MIN_CERT_TTL
@@ -407,6 +417,15 @@ def serve_command(ns: argparse.Namespace) -> int:
         return 2
     if ns.max_message_bytes < 1:
         print(f"--max-message-bytes: {ns.max_message_bytes} is not a positive size", file=sys.stderr)
+        return 2
+    if not (math.isfinite(ns.snapshot_ttl_days) and 0 < ns.snapshot_ttl_days <= MAX_SNAPSHOT_TTL_DAYS):
+        # Zero or less signed every snapshot already expired, which every node not started
+        # with --allow-expired refuses; a huge one overflowed the expiry's timestamp.
+        print(
+            f"--snapshot-ttl-days: {ns.snapshot_ttl_days:g} is not a number of days above 0 and up to "
+            f"{MAX_SNAPSHOT_TTL_DAYS}",
+            file=sys.stderr,
+        )
         return 2
     if ns.scope_node_group:
         print(
@@ -493,13 +512,15 @@ def serve_command(ns: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
-    except (ControlPlaneError, OSError, ValueError) as exc:
-        print(f"signalbox controlplane serve: {exc}", file=sys.stderr)
+    except (ControlPlaneError, OSError, ValueError, SQLAlchemyError) as exc:
+        print(f"signalbox controlplane serve: {failure(exc)}", file=sys.stderr)
         return 1
     return 0
 
 
 def bootstrap_command(ns: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from controlplane.db.session import create_engine, session_factory
     from controlplane.errors import ControlPlaneError
     from controlplane.services.admin import AdminService
@@ -515,8 +536,8 @@ def bootstrap_command(ns: argparse.Namespace) -> int:
 
     try:
         token = asyncio.run(run())
-    except (ControlPlaneError, OSError, ValueError) as exc:
-        print(f"signalbox controlplane bootstrap-admin: {exc}", file=sys.stderr)
+    except (ControlPlaneError, OSError, ValueError, SQLAlchemyError) as exc:
+        print(f"signalbox controlplane bootstrap-admin: {failure(exc)}", file=sys.stderr)
         return 1
     print(f"admin token for {ns.name!r} (shown once; store it now):", file=sys.stderr)
     print(token, flush=True)
@@ -524,6 +545,8 @@ def bootstrap_command(ns: argparse.Namespace) -> int:
 
 
 def export_command(ns: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from controlplane.db.session import create_engine, session_factory
     from controlplane.repositories import snapshots as snapshot_repo
 
@@ -547,8 +570,8 @@ def export_command(ns: argparse.Namespace) -> int:
 
     try:
         found = asyncio.run(run())
-    except (OSError, ValueError) as exc:
-        print(f"signalbox controlplane export-snapshot: {exc}", file=sys.stderr)
+    except (OSError, ValueError, SQLAlchemyError) as exc:
+        print(f"signalbox controlplane export-snapshot: {failure(exc)}", file=sys.stderr)
         return 1
     if found is None:
         print(
@@ -559,12 +582,11 @@ def export_command(ns: argparse.Namespace) -> int:
         return 1
     version, envelope = found
     out = Path(ns.out)
-    tmp = out.with_name(out.name + ".tmp")
-    # 0600 like every snapshot file: it names tenants, providers and identity hashes.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(envelope)
-    tmp.replace(out)
+    try:
+        # 0600 like every snapshot file: it names tenants, providers and identity hashes.
+        atomic_write(out, envelope)
+    except OSError as exc:
+        print(f"signalbox controlplane export-snapshot: --out {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(f"wrote snapshot {ns.group} v{version} ({len(envelope)} bytes) to {out}", file=sys.stderr)
     return 0

@@ -12,6 +12,22 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 ROTATE_KEK = "controlplane rotate-kek"
+
+
+def failure(exc: BaseException) -> str:
+    """One line for why a command failed: a database error as its driver's first line
+    (SQLAlchemy's own text adds the SQL, its parameters and a web link over several lines;
+    the driver never echoes the URL's password), anything else as it is."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from signalbox.text import printable
+
+    if isinstance(exc, SQLAlchemyError):
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return "database: " + printable(lines[0] if lines else type(exc).__name__)
+    return str(exc)
+
+
 EXPORT_HASH_KEY = "controlplane export-api-key-hash-key"
 
 
@@ -38,6 +54,8 @@ async def database(ns: argparse.Namespace) -> AsyncIterator[str]:
 def export_hash_key_command(ns: argparse.Namespace) -> int:
     """Write every live version of the API-key hash key for an air-gapped node: it verifies
     new-format keys with them."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from controlplane.api_key_hash import HashKeyRing
     from controlplane.db.session import create_engine, session_factory
     from controlplane.errors import ControlPlaneError
@@ -73,8 +91,8 @@ def export_hash_key_command(ns: argparse.Namespace) -> int:
     except FileExistsError:
         print(f"signalbox {EXPORT_HASH_KEY}: --out: {out} exists; not overwritten", file=sys.stderr)
         return 1
-    except (ControlPlaneError, OSError, ValueError) as exc:
-        print(f"signalbox {EXPORT_HASH_KEY}: {exc}", file=sys.stderr)
+    except (ControlPlaneError, OSError, ValueError, SQLAlchemyError) as exc:
+        print(f"signalbox {EXPORT_HASH_KEY}: {failure(exc)}", file=sys.stderr)
         return 1
     print(
         f"wrote the API-key hash key (versions {', '.join(map(str, keys.versions))}) to {out} (0600): "
@@ -89,6 +107,8 @@ def rotate_kek_command(ns: argparse.Namespace) -> int:
 
     A running control plane keeps signing (its keys are unsealed in memory); restart
     each replica with the new KEK. The old KEK no longer opens any key afterwards."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from controlplane.api_key_hash import reseal_api_key_hash_key
     from controlplane.db.session import create_engine, session_factory
     from controlplane.errors import ControlPlaneError
@@ -133,8 +153,8 @@ def rotate_kek_command(ns: argparse.Namespace) -> int:
 
     try:
         resealed, new_id = asyncio.run(run())
-    except (ControlPlaneError, OSError, ValueError) as exc:
-        print(f"signalbox {ROTATE_KEK}: {exc}", file=sys.stderr)
+    except (ControlPlaneError, OSError, ValueError, SQLAlchemyError) as exc:
+        print(f"signalbox {ROTATE_KEK}: {failure(exc)}", file=sys.stderr)
         return 1
     print(
         f"re-sealed {len(resealed)} keys (signing keys, the node CA, API-key hash key versions) under KEK {new_id}; restart the control plane "

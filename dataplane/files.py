@@ -26,12 +26,19 @@ def atomic_write(path: Path, *parts: bytes | memoryview) -> None:
         tmp.unlink()  # a leftover of a crash may have other modes; O_EXCL below needs it gone
     # 0600 from the first byte: never readable by others, not even briefly.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        for data in parts:
-            f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for data in parts:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk, or a directory where the file should go: the old file stays, and no
+        # half-written copy beside it.
+        with suppress(OSError):
+            tmp.unlink()
+        raise
     # The rename itself is durable only once the directory entry is.
     fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -63,6 +63,7 @@ def _common(parser: argparse.ArgumentParser, command: str, default_node_id: str)
         parser,
         "--node-id",
         env="SIGNALBOX_NODE_ID",
+        type=settings.node_id,
         default=default_node_id,
         help="this node's id (default node-<hostname>)",
         command=command,
@@ -79,7 +80,14 @@ def request_command(ns: argparse.Namespace) -> int:
     if ns.out is None:
         sys.stdout.write(csr)
     else:
-        atomic_write(ns.out, csr.encode())
+        try:
+            atomic_write(ns.out, csr.encode())
+        except OSError as exc:
+            print(
+                f"identity request: --out {ns.out}: {exc.strerror or exc}; nothing was written",
+                file=sys.stderr,
+            )
+            return 1
         print(f"CSR of node {ns.node_id}'s key written to {ns.out}", file=sys.stderr)
     return 0
 

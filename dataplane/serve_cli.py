@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
         serve,
         "--listen",
         env="SIGNALBOX_DATAPLANE_LISTEN",
+        type=settings.address,
         default="127.0.0.1:7701",
         help="HOST:PORT of the Infer API and grpc health (port 0 picks a free one)",
         command=SERVE,
@@ -66,6 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
         serve,
         "--control-plane",
         env="SIGNALBOX_CONTROL_PLANE",
+        type=settings.address,
         default=None,
         help="HOST:PORT of the control plane's node port (its --node-listen: config sync over mutual "
         "TLS with this node's certificate from <data-dir>/identity); unset: none",
@@ -75,6 +77,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
         serve,
         "--enroll-address",
         env="SIGNALBOX_ENROLL_ADDRESS",
+        type=settings.address,
         default=None,
         help="HOST:PORT of the control plane's admin port (its --listen), where --enroll-token is "
         "exchanged for a certificate (TLS per --control-plane-ca; plaintext to loopback)",
@@ -175,6 +178,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
         serve,
         "--node-id",
         env="SIGNALBOX_NODE_ID",
+        type=settings.node_id,
         default=default_node_id,
         help="this node's id (default node-<hostname>)",
         command=SERVE,

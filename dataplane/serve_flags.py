@@ -23,6 +23,7 @@ def add_door_and_evidence_flags(serve: argparse.ArgumentParser, *, command: str)
         serve,
         "--http-listen",
         env="SIGNALBOX_HTTP_LISTEN",
+        type=settings.address,
         default=None,
         help="HOST:PORT of the OpenAI-compatible HTTP front door (/v1/chat/completions, /v1/embeddings, "
         "/v1/models; TLS as the Infer API's); off when not given",
@@ -32,6 +33,7 @@ def add_door_and_evidence_flags(serve: argparse.ArgumentParser, *, command: str)
         serve,
         "--metrics-listen",
         env="SIGNALBOX_METRICS_LISTEN",
+        type=settings.address,
         default=None,
         help="HOST:PORT of the Prometheus endpoint (GET /metrics; worker 0 answers for every worker); "
         "off when not given",

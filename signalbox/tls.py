@@ -63,6 +63,19 @@ def _read(path: Path, flag: str) -> bytes:
     return data
 
 
+def _check_pair(cert: Path, key: Path) -> None:
+    """Refuse a certificate chain and key that are not one pair: gRPC only fails to bind the
+    port then, so the node said "cannot listen on 127.0.0.1:7701" for a wrong file."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise TlsConfigError(
+            f"--tls-cert {cert} and --tls-key {key}: not a PEM certificate chain and its private key ({reason})"
+        ) from exc
+
+
 @dataclass(frozen=True, slots=True)
 class ServerTls:
     """How a server listens: certificate and key, optional client CA, or explicit plaintext."""
@@ -92,6 +105,7 @@ class ServerTls:
                 )
             return None
         pair = (_read(self.key, "--tls-key"), _read(self.cert, "--tls-cert"))
+        _check_pair(self.cert, self.key)
         if self.client_ca is None:
             return grpc.ssl_server_credentials([pair])
         return grpc.ssl_server_credentials(

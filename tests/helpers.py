@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -58,10 +59,12 @@ def wait_until(
         time.sleep(interval)
 
 
-async def signalbox_exit(*args: str, timeout: float = 60.0) -> tuple[int, str]:
+async def signalbox_exit(
+    *args: str | bytes, timeout: float = 60.0, env: Mapping[str, str] | None = None
+) -> tuple[int, str]:
     """``signalbox *args`` in a process of its own (a command that wrongly waits, say on a
     FIFO, is killed after ``timeout`` seconds instead of hanging the test): its exit status
-    and what it wrote to stderr."""
+    and what it wrote to stderr. ``env``: variables set on top of this process's."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -69,6 +72,7 @@ async def signalbox_exit(*args: str, timeout: float = 60.0) -> tuple[int, str]:
         *args,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        env=None if env is None else {**os.environ, **env},
     )
     try:
         _, err = await asyncio.wait_for(process.communicate(), timeout)

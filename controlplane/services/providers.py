@@ -222,8 +222,13 @@ def check_base_url(url: str) -> None:
     try:
         parts = urlsplit(url)
         netloc_ok = bool(parts.netloc) and parts.hostname is not None
+        # Raises for a port that is not a number up to 65535: stored, the node's HTTP client
+        # refused it on every request (UnsupportedProtocol), as the deployment's failure.
+        port = parts.port
     except ValueError:
         raise InvalidArgument("provider.base_url", "must be an http:// or https:// URL") from None
+    if port == 0:
+        raise InvalidArgument("provider.base_url", "port must be 1-65535")
     if parts.scheme not in ("http", "https") or not netloc_ok:
         raise InvalidArgument("provider.base_url", "must be an http:// or https:// URL")
     if parts.username or parts.password or "@" in parts.netloc:

@@ -52,12 +52,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         parser,
         "--target",
         env="SIGNALBOX_INFER_TARGET",
+        type=settings.address,
         default="127.0.0.1:7701",
         help="HOST:PORT of a data-plane node",
         command=COMMAND,
     )
     tls.add_client_flags(parser, env_prefix="SIGNALBOX_INFER", command=COMMAND)
-    settings.add(parser, "--api-key", env="SIGNALBOX_API_KEY", help="the caller's API key", command=COMMAND)
+    settings.add(
+        parser,
+        "--api-key",
+        env="SIGNALBOX_API_KEY",
+        type=settings.credential,
+        help="the caller's API key",
+        command=COMMAND,
+    )
     settings.add(
         parser,
         "--model",
@@ -89,7 +97,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--timeout",
         env="SIGNALBOX_INFER_TIMEOUT",
         default=60.0,
-        type=float,
+        type=settings.seconds,
         help="deadline of the call in seconds",
         command=COMMAND,
     )
@@ -105,7 +113,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         parser,
         "--max-tokens",
         env="SIGNALBOX_INFER_MAX_TOKENS",
-        type=int,
+        type=_max_tokens,
         help="upper bound on output tokens (unset: the model's default)",
         command=COMMAND,
     )
@@ -127,6 +135,22 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     parser.add_argument("prompt", help='the user message ("-" reads it from stdin)')
     parser.set_defaults(handler=run)
+
+
+def _max_tokens(text: str) -> int:
+    """``--max-tokens``: what the request's uint32 holds (more was a ValueError traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= MAX_TOKENS:
+        raise argparse.ArgumentTypeError(
+            f"{printable(text, 40)} is not a whole number from 1 to {MAX_TOKENS}"
+        )
+    return value
+
+
+MAX_TOKENS = 2**32 - 1
 
 
 def build_request(
@@ -164,7 +188,15 @@ def run(ns: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None
     if not ns.api_key:
         print("signalbox infer: no API key: pass --api-key or set SIGNALBOX_API_KEY", file=err)
         return EXIT_CODES[grpc.StatusCode.UNAUTHENTICATED].code
-    prompt = sys.stdin.read() if ns.prompt == "-" else ns.prompt
+    undecodable = settings.not_utf8(ns)
+    if undecodable is not None:
+        print(f"signalbox infer: {undecodable}: not UTF-8 text", file=err)
+        return 2
+    try:
+        prompt = sys.stdin.buffer.read().decode("utf-8") if ns.prompt == "-" else ns.prompt
+    except UnicodeDecodeError as exc:
+        print(f"signalbox infer: the prompt on stdin is not UTF-8 text (byte {exc.start})", file=err)
+        return 2
     request = build_request(
         prompt,
         model=ns.model,

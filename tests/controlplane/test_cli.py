@@ -20,6 +20,7 @@ from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.shell.simulator import Simulator
 from tests.controlplane.conftest import Admin
 from tests.fixtures.postgres import RunningControlPlane
+from tests.helpers import signalbox_exit
 
 TIMEOUT = 60.0
 CHAT, TOOLS = common_pb2.CAPABILITY_CHAT, common_pb2.CAPABILITY_TOOLS
@@ -174,6 +175,26 @@ async def test_export_snapshot_writes_the_newest_signed_envelope(
     assert stat.S_IMODE(out.stat().st_mode) == 0o600  # a snapshot file is private
     # The pin is recorded, so retention keeps that version.
     assert (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest(version=exported))).HasField("exported_at")
+
+
+async def test_export_snapshot_to_a_path_it_cannot_write_is_one_line_and_leaves_nothing(
+    control_plane: RunningControlPlane, admin: Admin, tmp_path: Path
+) -> None:
+    # --out naming a directory, or a file in a missing one, was a traceback; the directory
+    # case also left the whole snapshot in <dir>.tmp beside it.
+    await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+    common = ("controlplane", "export-snapshot", "--database-url", control_plane.database_url)
+    taken = tmp_path / "pins"
+    taken.mkdir()
+    for out, reason in (
+        (taken, "Is a directory"),
+        (tmp_path / "missing" / "pin.bin", "No such file or directory"),
+    ):
+        code, _, err = await _signalbox(*common, "--data-dir", str(tmp_path), "--out", str(out))
+        assert code == 1, err
+        assert err.strip() == f"signalbox controlplane export-snapshot: --out {out}: {reason}"
+    assert await asyncio.to_thread(os.listdir, tmp_path) == ["pins"]
+    assert await asyncio.to_thread(os.listdir, taken) == []
 
 
 async def test_serve_on_embedded_postgres_then_sigterm_stops_cleanly(private_tmp: Path) -> None:
@@ -547,3 +568,45 @@ async def test_serve_refuses_a_connection_age_that_is_not_a_positive_number(
     )
     assert code == 2
     assert f"{flag}: {float(value)} is not a positive number of seconds" in err
+
+
+async def test_an_unreachable_database_is_one_line_without_the_password(tmp_path: Path) -> None:
+    # SQLAlchemy's OperationalError was not among the errors the commands reported: each
+    # was a traceback of some 140 lines.
+    url = "postgresql+psycopg://signalbox:hunter2-pw@127.0.0.1:1/signalbox"
+    for command, extra in (
+        ("serve", ("--listen", "127.0.0.1:0", "--node-listen", "127.0.0.1:0")),
+        ("bootstrap-admin", ()),
+        ("export-snapshot", ("--out", str(tmp_path / "pin.bin"))),
+        ("export-api-key-hash-key", ("--out", str(tmp_path / "hash-key"))),
+    ):
+        code, _, err = await _signalbox(
+            "controlplane", command, "--database-url", url, "--data-dir", str(tmp_path / "cp"), *extra
+        )
+        assert code == 1, (command, err)
+        assert "Traceback" not in err, (command, err)
+        assert "hunter2-pw" not in err
+        assert (
+            err.strip()
+            .splitlines()[-1]
+            .startswith(f"signalbox controlplane {command}: database: connection failed: ")
+        ), (command, err)
+    assert not (tmp_path / "pin.bin").exists()
+    assert not (tmp_path / "hash-key").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "1e9"])
+async def test_serve_refuses_a_snapshot_ttl_no_node_could_use(tmp_path: Path, value: str) -> None:
+    # 0 or less was taken: every snapshot was signed already expired, which every node not
+    # started with --allow-expired refuses; 1e9 days overflowed the expiry's timestamp.
+    code, err = await signalbox_exit(
+        *("controlplane", "serve", "--data-dir", str(tmp_path / "cp"), "--listen", "127.0.0.1:0"),
+        *("--node-listen", "127.0.0.1:0", "--snapshot-ttl-days", value),
+        timeout=30,
+    )
+    assert code == 2, err
+    assert (
+        err.strip()
+        == f"--snapshot-ttl-days: {float(value):g} is not a number of days above 0 and up to 36500"
+    )
+    assert not (tmp_path / "cp").exists()

@@ -3,6 +3,7 @@ a precise one-line refusal, nothing outside the identity directory touched, neve
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import stat
@@ -104,6 +105,23 @@ async def test_a_symlinked_identity_directory_is_refused_and_its_target_left_alo
     ]
     assert stat.S_IMODE(victim.stat().st_mode) == 0o755
     assert list(victim.iterdir()) == []
+
+
+async def test_a_csr_out_path_it_cannot_write_is_one_line_and_leaves_no_copy(tmp_path: Path) -> None:
+    # --out naming a directory, or a file in a missing one, was a traceback; the directory
+    # case also left the CSR in <dir>.tmp beside it.
+    taken = tmp_path / "csrs"
+    taken.mkdir()
+    node = ("dataplane", "identity", "request", "--data-dir", str(tmp_path / "node"), "--node-id", "n1")
+    for out, reason in (
+        (taken, "Is a directory"),
+        (tmp_path / "missing" / "n1.csr", "No such file or directory"),
+    ):
+        code, err = await signalbox_exit(*node, "--out", str(out))
+        assert code == 1, err
+        assert err.splitlines() == [f"identity request: --out {out}: {reason}; nothing was written"]
+    assert sorted(await asyncio.to_thread(os.listdir, tmp_path)) == ["csrs", "node"]
+    assert await asyncio.to_thread(os.listdir, taken) == []
 
 
 @pytest.mark.parametrize("name", ["cert", "ca"])

@@ -16,9 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dataplane.app import DataPlaneNode
 from dataplane.node_settings import NodeSettings
 from signalbox.api.infer.v1 import infer_pb2_grpc
-from signalbox.tls import ClientTls, InsecureListen, ServerTls, aio_channel
+from signalbox.tls import ClientTls, InsecureListen, ServerTls, TlsConfigError, aio_channel
 from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
 from tests.fixtures.certs import TestCA
+from tests.helpers import signalbox_exit
 
 
 async def _infer(address: str, tls: ClientTls) -> str:
@@ -104,6 +105,32 @@ async def test_dataplane_serve_refuses_a_public_plaintext_listen(tmp_path: Path,
     assert process.returncode == 1
     assert "refusing to serve plaintext on a non-loopback address" in err.decode()
     assert "--insecure" in err.decode()
+
+
+async def test_a_certificate_and_a_key_that_are_no_pair_are_named_not_a_busy_port(
+    tmp_path: Path, trust_key: Path
+) -> None:
+    # gRPC only fails to bind with such files: the node said "cannot listen on 127.0.0.1:0",
+    # sending the operator after a port conflict (and the control plane "in use, or not an
+    # address of this host").
+    ca = TestCA(tmp_path / "ca")
+    one, other = ca.issue("one", server=True), ca.issue("other", server=True)
+    for cert, key in ((one.cert, other.key), (trust_key, one.key)):
+        code, err = await signalbox_exit(
+            *("dataplane", "serve", "--listen", "127.0.0.1:0", "--trust-key", str(trust_key)),
+            *("--data-dir", str(tmp_path / "node"), "--tls-cert", str(cert), "--tls-key", str(key)),
+        )
+        assert code == 1, err
+        assert (
+            err.strip()
+            .splitlines()[-1]
+            .startswith(
+                f"signalbox dataplane serve: --tls-cert {cert} and --tls-key {key}: not a PEM certificate "
+                "chain and its private key ("
+            )
+        ), err
+    with pytest.raises(TlsConfigError, match="not a PEM certificate chain and its private key"):
+        ServerTls(cert=one.cert, key=other.key).credentials("127.0.0.1:0")
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:

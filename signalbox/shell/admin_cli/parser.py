@@ -17,7 +17,7 @@ from signalbox.shell.admin_cli.commands.admins import (
     admin_token_revoke,
     audit_list,
 )
-from signalbox.shell.admin_cli.commands.base import Action, bounded_int
+from signalbox.shell.admin_cli.commands.base import Action, bounded_int, count, nanos, stored_version
 from signalbox.shell.admin_cli.commands.config import (
     model_create,
     model_delete,
@@ -145,7 +145,7 @@ def _provider_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--sealed-for-group", metavar="GROUP", help="the node group whose nodes may open it")
     p.add_argument("--setting", action="append", metavar="KEY=VALUE")
-    p.add_argument("--timeout-ms", type=int)
+    p.add_argument("--timeout-ms", type=count)
     p.add_argument("--location", default="public_cloud", help="public_cloud, on_prem or site")
     p.add_argument("--site")
     p.add_argument("--region")
@@ -156,10 +156,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("alias")
     p.add_argument("--deployment", action="append", required=True, metavar="PROVIDER:UPSTREAM[:WEIGHT]")
     p.add_argument("--capability", action="append", help="chat, tools, vision, json_mode, streaming, ...")
-    p.add_argument("--context-window", type=int)
-    p.add_argument("--max-output-tokens", type=int)
-    p.add_argument("--input-price", type=int, help="nano-USD per million input tokens")
-    p.add_argument("--output-price", type=int, help="nano-USD per million output tokens")
+    p.add_argument("--context-window", type=count)
+    p.add_argument("--max-output-tokens", type=count)
+    p.add_argument("--input-price", type=nanos, help="nano-USD per million input tokens")
+    p.add_argument("--output-price", type=nanos, help="nano-USD per million output tokens")
     p.add_argument("--attribute", action="append", metavar="KEY=VALUE")
 
 
@@ -182,6 +182,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         parser,
         "--target",
         env="SIGNALBOX_ADMIN_TARGET",
+        type=settings.address,
         default="127.0.0.1:7700",
         help="HOST:PORT of the control plane",
         command=COMMAND,
@@ -191,6 +192,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         parser,
         "--token",
         env="SIGNALBOX_ADMIN_TOKEN",
+        type=settings.credential,
         default=None,
         help="admin token (from `signalbox controlplane bootstrap-admin`)",
         command=COMMAND,
@@ -209,7 +211,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--timeout",
         env="SIGNALBOX_ADMIN_TIMEOUT",
         default=30.0,
-        type=float,
+        type=settings.seconds,
         help="seconds to wait for the control plane",
         command=COMMAND,
     )
@@ -282,7 +284,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--tenant", help="tenant id or name; omit for the platform default")
     p = _verb(policy, "get", policy_get, "show the current (or a given) version")
     p.add_argument("--tenant")
-    p.add_argument("--version", type=int)
+    p.add_argument("--version", type=stored_version)
     _verb(policy, "history", policy_history, "every version").add_argument("--tenant")
     _verb(policy, "delete", policy_delete, "delete the current policy").add_argument("--tenant")
     p = _verb(
@@ -290,9 +292,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--tenant")
     p.add_argument(
-        "--from", dest="from_", type=int, metavar="V", help="older version (default: the previous)"
+        "--from", dest="from_", type=stored_version, metavar="V", help="older version (default: the previous)"
     )
-    p.add_argument("--to", type=int, metavar="V", help="newer version (default: the current)")
+    p.add_argument("--to", type=stored_version, metavar="V", help="newer version (default: the current)")
 
     node = _resource(sub, "node", "data-plane nodes")
     p = _verb(
@@ -358,7 +360,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--message", action="append", help="user message text (repeatable): sizes the request")
     p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="request metadata (repeatable)")
     p.add_argument("--data-classification", help="public, internal, confidential or restricted")
-    p.add_argument("--max-output-tokens", type=int)
+    p.add_argument("--max-output-tokens", type=count)
     p.add_argument("--correlation-id", help="request id: draws the split arm when the sticky key is absent")
     snapshot = _resource(sub, "snapshot", "snapshots")
     p = _verb(snapshot, "list", snapshot_list, "stored versions, newest first, who published each and why")
@@ -440,7 +442,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="allowed alg (repeatable): RS256, ES256, EdDSA, ...",
     )
     p.add_argument("--jwks", required=True, metavar="FILE", help="the issuer's JWKS document (public keys)")
-    p.add_argument("--leeway", type=int, default=0, help="clock skew tolerated, seconds (at most 300)")
+    p.add_argument("--leeway", type=count, default=0, help="clock skew tolerated, seconds (at most 300)")
     p.add_argument("--subject-claim", default="sub", help="claim naming the caller (default: sub)")
     p.add_argument("--tier-claim", help="claim whose value is the caller's tier for routing")
     p.add_argument(

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from signalbox import tls
+from signalbox import settings, tls
 from signalbox.api.admin.v1 import admin_pb2_grpc
 from signalbox.errors import Error
 from signalbox.shell.admin_cli.commands.base import Action, Stub
@@ -44,6 +44,10 @@ def admin_command(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 3
+    undecodable = settings.not_utf8(ns)
+    if undecodable is not None:
+        print(f"signalbox admin: {undecodable}: not UTF-8 text", file=sys.stderr)
+        return 2
     action: Action = ns.admin_action
 
     async def run() -> Output:

@@ -25,6 +25,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         serve,
         "--listen",
         env="SIGNALBOX_SIMULATOR_LISTEN",
+        type=settings.address,
         default="127.0.0.1:7702",
         help="HOST:PORT to listen on (port 0 picks a free one)",
         command=command,

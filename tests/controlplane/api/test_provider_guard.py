@@ -101,6 +101,18 @@ async def test_an_update_is_held_to_the_same_guard(admin: Admin) -> None:
     assert [p.base_url for p in listed.providers] == ["https://llm.example/v1"]
 
 
+async def test_a_base_url_the_node_cannot_call_is_refused(admin: Admin) -> None:
+    # A port past 65535 or not a number was stored and signed; the node's HTTP client then
+    # refused the URL on every request (UnsupportedProtocol), counted against the deployment.
+    for url in ("http://127.0.0.1:99999/v1", "https://llm.example:0/v1", "https://llm.example:http/v1"):
+        provider = admin_pb2.Provider(name="p", type="openai_compatible", base_url=url)
+        code, message = await _refusal(admin, provider)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, url
+        assert message.startswith("provider.base_url: "), (url, message)
+    listed = await admin.ListProviders(admin_pb2.ListProvidersRequest())
+    assert [p.name for p in listed.providers] == []
+
+
 async def test_ordinary_providers_still_pass(admin: Admin) -> None:
     providers = [
         admin_pb2.Provider(

@@ -4,7 +4,9 @@ parsing of KEY=VALUE pairs and enum names from the command line."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from signalbox.shell.admin_cli.output import Output
@@ -49,3 +51,41 @@ def bounded_int(what: str, low: int, high: int | None = None) -> Callable[[str],
         return value
 
     return parse
+
+
+def read_input(source: str, flag: str, limit: int) -> bytes:
+    """A file's bytes, or stdin's for ``-``, at most ``limit`` of them: read in one bounded
+    read, so ``/dev/zero`` or a wrong multi-gigabyte file is one line naming the flag rather
+    than a MemoryError after every byte was read. Blocking: call it in a thread."""
+    try:
+        if source == "-":
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            with Path(source).open("rb") as f:
+                raw = f.read(limit + 1)
+    except OSError as exc:
+        raise SystemExit(f"{flag}: cannot read {source}: {exc.strerror or exc}") from None
+    if len(raw) > limit:
+        raise SystemExit(f"{flag}: {source}: more than {limit} bytes")
+    return raw
+
+
+def read_text_input(source: str, flag: str, limit: int) -> str:
+    """``read_input`` as UTF-8 text; other bytes are one line naming the flag."""
+    raw = read_input(source, flag, limit)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"{flag}: {source}: not UTF-8 text (byte {exc.start})") from None
+
+
+UINT32_MAX = 2**32 - 1
+INT64_MAX = 2**63 - 1
+# What the request's protobuf field holds: a value past it was a ValueError traceback while
+# the request was built. Narrower database ranges are controlplane.limits' to name.
+count = bounded_int("a whole number", 0, UINT32_MAX)
+"""A uint32 setting (timeouts, token counts, weights; 0: unset) on the command line."""
+stored_version = bounded_int("a stored version", 1, INT64_MAX)
+"""A policy's or governance profile's version on the command line."""
+nanos = bounded_int("a price in nano-USD", 0, INT64_MAX)
+"""A price on the command line."""

@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import difflib
 import json
-import sys
 from pathlib import Path
 
 from dataplane.providers.sealing import MAX_SEALED_BYTES, MIN_SEALED_BYTES, aad, key_id, seal
@@ -15,7 +14,7 @@ from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
-from signalbox.shell.admin_cli.commands.base import Stub, enum_value, pairs
+from signalbox.shell.admin_cli.commands.base import Stub, count, enum_value, pairs, read_text_input
 from signalbox.shell.admin_cli.output import (
     MODEL_COLUMNS,
     POLICY_COLUMNS,
@@ -27,6 +26,10 @@ from signalbox.shell.admin_cli.output import (
     policy_row,
     provider_row,
 )
+
+MAX_POLICY_BYTES = 1024 * 1024
+"""Largest policy document read (the control plane refuses a larger one)."""
+
 
 # ---- providers ----
 
@@ -127,7 +130,10 @@ def _deployment(text: str) -> admin_pb2.Deployment:
     parts = text.split(":")
     if len(parts) not in (2, 3) or not all(parts[:2]):
         raise SystemExit(f"--deployment: expected PROVIDER:UPSTREAM_MODEL[:WEIGHT], got {text!r}")
-    weight = int(parts[2]) if len(parts) == 3 else 1
+    try:
+        weight = count(parts[2]) if len(parts) == 3 else 1
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"--deployment: weight of {text!r}: {exc}") from None
     return admin_pb2.Deployment(provider=parts[0], upstream_model=parts[1], weight=weight)
 
 
@@ -169,7 +175,7 @@ async def model_delete(stub: Stub, ns: argparse.Namespace) -> Output:
 
 
 async def policy_apply(stub: Stub, ns: argparse.Namespace) -> Output:
-    document = sys.stdin.read() if ns.file == "-" else await asyncio.to_thread(Path(ns.file).read_text)
+    document = await asyncio.to_thread(read_text_input, ns.file, "--file", MAX_POLICY_BYTES)
     p = await stub.ApplyPolicy(admin_pb2.ApplyPolicyRequest(tenant=ns.tenant or "", document=document))
     return Output(p, POLICY_COLUMNS, [policy_row(p)])
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 from signalbox.api.admin.v1 import admin_pb2
-from signalbox.shell.admin_cli.commands.base import Action, Stub
+from signalbox.shell.admin_cli.commands.base import Action, Stub, read_text_input, stored_version
 from signalbox.shell.admin_cli.output import Output, deleted, table
 
 PROFILE_COLUMNS = ("tenant", "version", "created_by", "created_at", "snapshot", "document")
@@ -32,20 +30,7 @@ def _tenant(ns: argparse.Namespace) -> str:
 
 def _read_bounded(source: str) -> str:
     """A file's text, or stdin's for ``-``, at most ``MAX_INPUT_BYTES``."""
-    try:
-        if source == "-":
-            raw = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
-        else:
-            with Path(source).open("rb") as f:
-                raw = f.read(MAX_INPUT_BYTES + 1)
-    except OSError as exc:
-        raise SystemExit(f"governance: cannot read {source}: {exc.strerror}") from None
-    if len(raw) > MAX_INPUT_BYTES:
-        raise SystemExit(f"governance: {source}: more than {MAX_INPUT_BYTES} bytes")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SystemExit(f"governance: {source}: not UTF-8 text") from None
+    return read_text_input(source, "governance", MAX_INPUT_BYTES)
 
 
 def _row(p: admin_pb2.GovernanceProfile) -> tuple[object, ...]:
@@ -175,14 +160,14 @@ def add_governance_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     p = verb("apply", governance_apply, "store a new profile version (YAML or JSON); publishes a snapshot")
     p.add_argument("file", metavar="FILE", help="profile file, or - for stdin")
     p = verb("get", governance_get, "show the current (or a given) version")
-    p.add_argument("--version", type=int, help="a stored version (default: the current)")
+    p.add_argument("--version", type=stored_version, help="a stored version (default: the current)")
     p.add_argument("--format", choices=("yaml", "json"), default="json")
     verb("history", governance_history, "every version, oldest first")
     p = verb("diff", governance_diff, "unified diff of two stored versions (default: previous vs current)")
     p.add_argument(
-        "--from", dest="from_", type=int, metavar="V", help="older version (default: the previous)"
+        "--from", dest="from_", type=stored_version, metavar="V", help="older version (default: the previous)"
     )
-    p.add_argument("--to", type=int, metavar="V", help="newer version (default: the current)")
+    p.add_argument("--to", type=stored_version, metavar="V", help="newer version (default: the current)")
     p.add_argument("--format", choices=("yaml", "json"), default="json")
     p = verb("test", governance_test, "run the tenant's profile over a text, no model called")
     p.add_argument("--text", help="the text to test")

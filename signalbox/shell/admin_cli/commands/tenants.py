@@ -14,7 +14,7 @@ from typing import Any
 from dataplane.scopes import ScopeSyntaxError, validate_scopes
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
-from signalbox.shell.admin_cli.commands.base import Stub, pairs
+from signalbox.shell.admin_cli.commands.base import Stub, pairs, read_input, read_text_input
 from signalbox.shell.admin_cli.output import (
     EVIDENCE_CONTENT_FLAG,
     KEY_COLUMNS,
@@ -28,6 +28,11 @@ from signalbox.shell.admin_cli.output import (
 )
 
 # ---- tenants ----
+
+MAX_IMPORT_BYTES = 48 * 1024 * 1024
+"""Largest import file read (the control plane refuses a larger one)."""
+MAX_JWKS_BYTES = 64 * 1024
+"""Largest JWKS document read (nodes refuse a larger one)."""
 
 
 async def tenant_create(stub: Stub, ns: argparse.Namespace) -> Output:
@@ -107,10 +112,7 @@ async def import_config(stub: Stub, ns: argparse.Namespace) -> Output:
     """
     if not ns.secrets_out:
         raise SystemExit("--secrets-out FILE is required: the new keys' secrets are written there, once")
-    try:
-        data = await asyncio.to_thread(Path(ns.file).read_bytes)
-    except OSError as exc:
-        raise SystemExit(f"{ns.file}: cannot read: {exc.strerror}") from None
+    data = await asyncio.to_thread(read_input, ns.file, "FILE", MAX_IMPORT_BYTES)
     out = Path(ns.secrets_out)
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -177,10 +179,7 @@ def _mtls_row(m: admin_pb2.MtlsMappingInfo) -> tuple[str, ...]:
 
 
 async def identity_jwt_add(stub: Stub, ns: argparse.Namespace) -> Output:
-    try:
-        jwks = await asyncio.to_thread(Path(ns.jwks).read_text, encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SystemExit(f"--jwks {ns.jwks}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    jwks = await asyncio.to_thread(read_text_input, ns.jwks, "--jwks", MAX_JWKS_BYTES)
     issuer = snapshot_pb2.JwtIssuer(
         issuer=ns.issuer,
         audiences=ns.audience or [],
