@@ -76,10 +76,21 @@ class ModelSpec:
 
 async def _apply(change: Change, spec: ModelSpec, row: Model) -> None:
     deployments = []
+    first: dict[tuple[str, str], int] = {}
     for i, d in enumerate(spec.deployments):
         provider = await repo.get_provider(change.session, d.provider)
         if provider is None:
             raise NotFound("provider", d.provider, field=f"model.deployments[{i}].provider")
+        # Resolved first, so a provider named once by id and once by name is one provider.
+        # Twice stored, one deployment got twice its weight, a fallback retrying what had
+        # just failed, and a circuit breaker split in two.
+        earlier = first.setdefault((provider.id, d.upstream_model), i)
+        if earlier != i:
+            raise InvalidArgument(
+                f"model.deployments[{i}]",
+                f"the same provider and upstream model as model.deployments[{earlier}]; "
+                "give that one more weight instead",
+            )
         deployments.append(
             Deployment(
                 provider_id=provider.id, upstream_model=d.upstream_model, weight=d.weight or 1, position=i

@@ -265,6 +265,32 @@ async def test_provider_and_model_bad_input(admin: Admin) -> None:
     assert "model.deployments[0].provider" in message
 
 
+async def test_a_model_naming_one_deployment_twice_is_refused(admin: Admin) -> None:
+    # Stored twice, the same provider and upstream model became two deployments: twice the
+    # weight, a fallback that retries what just failed, and a breaker split in two.
+    await admin.CreateProvider(
+        admin_pb2.CreateProviderRequest(provider=admin_pb2.Provider(name="p", type="simulated"))
+    )
+    (provider,) = [
+        p for p in (await admin.ListProviders(admin_pb2.ListProvidersRequest())).providers if p.name == "p"
+    ]
+    twice = admin_pb2.Model(
+        alias="m",
+        deployments=[
+            admin_pb2.Deployment(provider="p", upstream_model="x"),
+            admin_pb2.Deployment(provider="p", upstream_model="y"),
+            admin_pb2.Deployment(provider=provider.id, upstream_model="x"),  # by id: the same one
+        ],
+    )
+    code, message = await _code(admin.CreateModel(admin_pb2.CreateModelRequest(model=twice)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("model.deployments[2]:"), message
+    assert "deployments[0]" in message
+    assert not [m for m in (await admin.ListModels(admin_pb2.ListModelsRequest())).models if m.alias == "m"]
+    twice.deployments.pop()
+    await admin.CreateModel(admin_pb2.CreateModelRequest(model=twice))
+
+
 async def test_deleting_what_is_still_referenced_names_the_referrer(admin: Admin) -> None:
     await admin.seed()
     code, message = await _code(admin.DeleteProvider(admin_pb2.DeleteProviderRequest(provider="sim")))
