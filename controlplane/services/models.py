@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -76,7 +77,7 @@ class ModelSpec:
 
 async def _apply(change: Change, spec: ModelSpec, row: Model) -> None:
     deployments = []
-    first: dict[tuple[str, str], int] = {}
+    first: dict[tuple[uuid.UUID, str], int] = {}
     for i, d in enumerate(spec.deployments):
         provider = await repo.get_provider(change.session, d.provider)
         if provider is None:
