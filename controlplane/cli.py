@@ -48,6 +48,7 @@ def _database_settings(parser: argparse.ArgumentParser, command: str) -> None:
     settings.add(
         parser,
         "--data-dir",
+        type=settings.directory,
         env="SIGNALBOX_CONTROLPLANE_DATA_DIR",
         default="./var/controlplane",
         help="trust key, generated KEK and embedded PostgreSQL live here",

@@ -75,6 +75,7 @@ def register(
     add(
         verify,
         "--data-dir",
+        type=settings.directory,
         env="SIGNALBOX_VERIFY_DATA_DIR",
         default=None,
         help="a node's data dir: also trust the signing keys that node learned from signed "

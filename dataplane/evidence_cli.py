@@ -66,6 +66,7 @@ def _add_data_dir(parser: argparse.ArgumentParser, command: str) -> None:
     settings.add(
         parser,
         "--data-dir",
+        type=settings.directory,
         env="SIGNALBOX_NODE_DATA_DIR",
         default="./var/node",
         help="the node's data dir (evidence/ and identity/)",

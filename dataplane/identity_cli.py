@@ -54,6 +54,7 @@ def _common(parser: argparse.ArgumentParser, command: str, default_node_id: str)
     settings.add(
         parser,
         "--data-dir",
+        type=settings.directory,
         env="SIGNALBOX_NODE_DATA_DIR",
         default="./var/node",
         help="the node's data dir (the identity is kept in its identity/)",

@@ -186,6 +186,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
     add(
         serve,
         "--data-dir",
+        type=settings.directory,
         env="SIGNALBOX_NODE_DATA_DIR",
         default="./var/node",
         help="where the last-known-good snapshot and evidence are kept",

@@ -208,3 +208,14 @@ def node_id(text: str) -> str:
             f"'{printable(text, 80)}' is not 1..{MAX_NODE_ID_CHARS} characters without control characters"
         )
     return text
+
+
+def directory(text: str) -> str:
+    """A directory a command keeps its files in: created when missing, so only a path that
+    is already something else (a file, a device) is refused here, by name, instead of the
+    ``[Errno 17] File exists`` that creating under it would print without naming the flag."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{printable(text, 200)} exists and is not a directory")
+    return text

@@ -187,3 +187,21 @@ async def test_a_node_id_the_control_plane_would_refuse_is_a_usage_error(tmp_pat
             assert "argument --node-id: " in _one_line(err)
             assert "is not 1..256 characters without control characters" in _one_line(err)
     assert not (tmp_path / "node").exists()
+
+
+async def test_a_data_dir_that_is_a_file_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    # It was "[Errno 17] File exists: '...'", naming neither the flag nor what was wrong.
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    for args in (
+        ("dataplane", "serve"),
+        ("dataplane", "identity", "request"),
+        ("dataplane", "evidence", "export", "--out", str(tmp_path / "pack")),
+        ("dataplane", "verify", "--snapshot", str(taken), "--trust-key", str(taken)),
+        ("controlplane", "serve"),
+        ("up", "--once"),
+    ):
+        code, err = await signalbox_exit(*args, "--data-dir", str(taken))
+        assert code == 2, (args, err)
+        assert f"argument --data-dir: {taken} exists and is not a directory" in _one_line(err), args
+    assert taken.read_text() == "not a directory"

@@ -34,6 +34,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     settings.add(
         parser,
         "--data-dir",
+        type=settings.directory,
         env="SIGNALBOX_UP_DATA_DIR",
         default="var/up",
         help="where the control plane (and its PostgreSQL), the node and the logs keep their files",
