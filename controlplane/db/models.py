@@ -39,6 +39,7 @@ from controlplane.db.evidence_models import EVIDENCE_PARTITION_PREFIX as EVIDENC
 from controlplane.db.evidence_models import EvidenceAlarm as EvidenceAlarm
 from controlplane.db.evidence_models import EvidenceChain as EvidenceChain
 from controlplane.db.evidence_models import EvidenceCheckpoint as EvidenceCheckpoint
+from controlplane.db.evidence_models import EvidenceFrontier as EvidenceFrontier
 from controlplane.db.evidence_models import EvidencePrunedRange as EvidencePrunedRange
 from controlplane.db.evidence_models import EvidenceRecord as EvidenceRecord
 from controlplane.db.evidence_models import EvidenceSpend as EvidenceSpend
