@@ -108,9 +108,10 @@ class RoutingAdmin:
         if mode is None and request.node_group:
             mode = DeploymentMode(group.mode)
         if mode is None:
-            declared = {MODE_FROM_PROTO.get(n.mode) for n in await self._nodes.list()}
-            only = declared.pop() if len(declared) == 1 else None
-            mode = only if only is not None else DeploymentMode.CLOUD
+            # The mode the whole fleet declares, without reading every node of it per call.
+            only = await self._nodes.only_mode()
+            declared = MODE_FROM_PROTO.get(only) if only is not None else None
+            mode = declared if declared is not None else DeploymentMode.CLOUD
         return NodeContext(
             mode=mode,
             site=request.site or group.site,

@@ -1,5 +1,5 @@
-"""The evidence store's models (migrations 0012, 0014, 0020, 0023): records, chains, alarms,
-checkpoints, pruned ranges and the spend budgets are tracked by. Append-only where the
+"""The evidence store's models (migrations 0012, 0014, 0020, 0023, 0027): records, chains,
+alarms, checkpoints, compact ranges, pruned ranges and the spend budgets are tracked by. Append-only where the
 migrations say so."""
 
 from __future__ import annotations
@@ -131,6 +131,19 @@ class EvidenceCheckpoint(Base):
     frontier: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     """The compact range of records 1..tree_size (``controlplane.evidence.tree``) when the root
     matched, from which an export proves later records (migration 0024); NULL before it."""
+
+
+class EvidenceFrontier(Base):
+    """The compact range of a chain's records 1..tree_size (``controlplane.evidence.tree``),
+    stored by ingest at every ``tree.FRONTIER_EVERY``-th record (migration 0027): a checkpoint
+    of a size that is not in its batch is checked from the nearest one before it, reading at
+    most that many leaf hashes, not every one from the chain's start. Append-only."""
+
+    __tablename__ = "evidence_frontiers"
+
+    chain_id: Mapped[str] = mapped_column(String(CHAIN_ID_CHARS), primary_key=True)
+    tree_size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    frontier: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class EvidencePrunedRange(Base):

@@ -39,6 +39,7 @@ from controlplane.db.evidence_models import EVIDENCE_PARTITION_PREFIX as EVIDENC
 from controlplane.db.evidence_models import EvidenceAlarm as EvidenceAlarm
 from controlplane.db.evidence_models import EvidenceChain as EvidenceChain
 from controlplane.db.evidence_models import EvidenceCheckpoint as EvidenceCheckpoint
+from controlplane.db.evidence_models import EvidenceFrontier as EvidenceFrontier
 from controlplane.db.evidence_models import EvidencePrunedRange as EvidencePrunedRange
 from controlplane.db.evidence_models import EvidenceRecord as EvidenceRecord
 from controlplane.db.evidence_models import EvidenceSpend as EvidenceSpend
@@ -359,7 +360,8 @@ class Node(Base):
     node_id: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
     node_group: Mapped[str] = mapped_column(String(GROUP_NAME_CHARS), server_default=DEFAULT_GROUP)
     software_version: Mapped[str] = mapped_column(String(100), default="")
-    mode: Mapped[int] = mapped_column(Integer, default=0)
+    mode: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    """Indexed (migration 0026): ExplainRoute asks for the mode the whole fleet declares."""
     scope: Mapped[dict[str, Any]] = mapped_column(default=dict)
     applied_version: Mapped[int] = mapped_column(BigInteger, default=0)
     applied_hash: Mapped[bytes] = mapped_column(LargeBinary, default=b"")

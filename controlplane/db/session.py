@@ -43,12 +43,21 @@ without a reset (a partition, a dead database host) stays open for as long as no
 sent on it: the snapshot listener, which only waits, waited forever and missed every change."""
 
 
+TCP_USER_TIMEOUT = 60_000
+"""Milliseconds data sent on a database connection may stay unacknowledged before the
+connection is dropped (libpq ``tcp_user_timeout``; ignored over a Unix socket). Keepalives
+only probe an idle connection: one with a query in flight on it whose peer vanished without
+a reset retransmits for as long as the operating system retries (``tcp_retries2``: about 15
+minutes), holding the call and its pooled connection. A server busy with a slow query still
+acknowledges what it was sent, so this bounds only a dead peer, never a long query."""
+
+
 def connect_options(url: str) -> dict[str, int]:
-    """Connection keywords for ``url``: ``CONNECT_TIMEOUT`` and ``KEEPALIVES``, each unless
-    the URL sets it."""
+    """Connection keywords for ``url``: ``CONNECT_TIMEOUT``, ``KEEPALIVES`` and
+    ``TCP_USER_TIMEOUT``, each unless the URL sets it."""
     query = url.partition("?")[2]
     named = {part.partition("=")[0] for part in query.split("&") if part}
-    options = {"connect_timeout": CONNECT_TIMEOUT, **KEEPALIVES}
+    options = {"connect_timeout": CONNECT_TIMEOUT, **KEEPALIVES, "tcp_user_timeout": TCP_USER_TIMEOUT}
     return {key: value for key, value in options.items() if key not in named}
 
 

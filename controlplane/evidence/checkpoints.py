@@ -28,6 +28,7 @@ from controlplane.db.models import EvidenceAlarm, EvidenceCheckpoint
 from controlplane.errors import shown
 from controlplane.evidence.errors import EvidenceRefused, Tampered
 from controlplane.evidence.retention import newest_statement
+from controlplane.evidence.tree import StoredTree
 from controlplane.evidence.tree import frontier as stored_frontier
 from controlplane.limits import INT64_MAX
 from dataplane.evidence import checkpoint as node_checkpoint
@@ -183,12 +184,29 @@ async def store_checkpoint(
 
 async def _tree_of(session: AsyncSession, chain_id: str, size: int) -> merkle.Tree | None:
     """The tree of the chain's records 1..``size`` as the control plane holds them: the
-    compact range of its pruned prefix (if retention pruned one) extended by the stored
-    records after it. None when ``size`` ends inside the pruned prefix (those roots are gone)."""
+    nearest compact range stored before it (ingest's every ``FRONTIER_EVERY`` records, a
+    checkpoint's, else its pruned prefix's if retention pruned one, else the empty tree)
+    extended by the stored records after it: fewer than ``FRONTIER_EVERY`` leaf hashes read,
+    not every one from the chain's start. None when ``size`` ends inside the pruned prefix
+    (those roots are gone)."""
     pruned = await newest_statement(session, chain_id)
     tree = merkle.Tree() if pruned is None else pruned.tree()
     if size < tree.size:
         return None
+    nearest = (
+        await session.execute(
+            sa.text(
+                "(SELECT tree_size, frontier FROM evidence_frontiers WHERE chain_id = :c "
+                "AND tree_size > :s AND tree_size <= :n ORDER BY tree_size DESC LIMIT 1) UNION ALL "
+                "(SELECT tree_size, frontier FROM evidence_checkpoints WHERE chain_id = :c AND root_matches "
+                "AND frontier IS NOT NULL AND tree_size > :s AND tree_size <= :n ORDER BY tree_size DESC LIMIT 1) "
+                "ORDER BY tree_size DESC LIMIT 1"
+            ),
+            {"c": chain_id, "s": tree.size, "n": size},
+        )
+    ).first()
+    if nearest is not None:
+        tree = StoredTree.from_bytes(bytes(nearest[1]), int(nearest[0]))
     rows = await session.execute(
         sa.text(
             "SELECT hash FROM evidence_records WHERE chain_id = :c AND seq > :s AND seq <= :n ORDER BY seq"

@@ -15,8 +15,10 @@ replicas, and (chain, seq) stays unique although the primary key must also hold 
   resends from the ACKed head);
 - the records that continue the chain are written with COPY, and their costs are added to
   the budgets' spend (``controlplane.evidence.spend``: each record counts once, as it is
-  stored once); the chain's head and Merkle tree move in the same transaction; the ACK (highest gap-free seq stored) is answered only
-  after the commit;
+  stored once); the chain's head and Merkle tree move in the same transaction, with its
+  compact range at every ``FRONTIER_EVERY``-th record (``evidence_frontiers``, what a later
+  checkpoint of an earlier size is checked from); the ACK (highest gap-free seq stored) is
+  answered only after the commit;
 - each checkpoint note (``controlplane.evidence.checkpoints``) must be signed by the node
   (``verify_checkpoint_signature``, given by the application, never defaulted) and, once records 1..size are stored, its root must be
   the Merkle root of their hashes; a mismatch is a tamper alarm naming the checkpoint. A
@@ -41,7 +43,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.db.models import CHAIN_ID_CHARS, EvidenceAlarm, EvidenceChain, NodeCertificate
+from controlplane.db.models import (
+    CHAIN_ID_CHARS,
+    EvidenceAlarm,
+    EvidenceChain,
+    EvidenceFrontier,
+    NodeCertificate,
+)
 from controlplane.db.session import DatabaseClock, database_now
 from controlplane.errors import PermissionDenied, shown
 from controlplane.evidence.checkpoints import (
@@ -55,7 +63,7 @@ from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, Tamp
 from controlplane.evidence.partitions import PartitionGone, Partitions
 from controlplane.evidence.records import COLUMNS, COPY_HEADER, COPY_TRAILER, Parsed, parse_lines, where
 from controlplane.evidence.spend import add_spend, tenants_seen
-from controlplane.evidence.tree import StoredTree
+from controlplane.evidence.tree import FRONTIER_EVERY, StoredTree
 from controlplane.keys import Keyring
 from controlplane.limits import NODE_ID_CHARS
 from dataplane.evidence import cosignature
@@ -127,6 +135,8 @@ class _Walk:
     roots: dict[int, bytes] = field(default_factory=dict)
     frontiers: dict[int, bytes] = field(default_factory=dict)
     """The compact ranges (``StoredTree.to_bytes``) of the sizes in ``roots``."""
+    marks: dict[int, bytes] = field(default_factory=dict)
+    """The compact ranges at the new seqs that are multiples of ``FRONTIER_EVERY``."""
 
 
 class EvidenceIngest:
@@ -237,6 +247,17 @@ class EvidenceIngest:
                 walk.frontiers[walk.head_seq] = walk.tree.to_bytes()
             if walk.new:
                 await self._copy(session, parsed.rows_of(walk.new))
+                if walk.marks:
+                    await session.execute(
+                        pg_insert(EvidenceFrontier)
+                        .values(
+                            [
+                                {"chain_id": chain_id, "tree_size": n, "frontier": f}
+                                for n, f in walk.marks.items()
+                            ]
+                        )
+                        .on_conflict_do_nothing()
+                    )
                 seen = await tenants_seen(session, serial) if parsed.spends else None
                 await add_spend(session, parsed.spends, walk.new, seen)
             state = chain.state
@@ -371,6 +392,8 @@ class EvidenceIngest:
             if seq in wanted:
                 walk.roots[seq] = walk.tree.root()
                 walk.frontiers[seq] = walk.tree.to_bytes()
+            if not seq % FRONTIER_EVERY:
+                walk.marks[seq] = walk.tree.to_bytes()
         walk.head_seq, walk.head_hash = head_seq, head_hash
         return refused
 

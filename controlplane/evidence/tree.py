@@ -11,6 +11,11 @@ from dataplane.evidence.merkle import Tree
 
 _ENTRY = 33
 
+FRONTIER_EVERY = 1024
+"""Ingest stores the chain's compact range at every record whose seq is a multiple of this
+(``evidence_frontiers``, about 1 KB per this many records): the tree of any size stored is
+that of the nearest one before it extended by fewer than this many leaf hashes."""
+
 
 def frontier(tree: Tree) -> bytes:
     """``tree``'s perfect subtrees (its compact range) as bytes: what ``compact_range`` reads."""

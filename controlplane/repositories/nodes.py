@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import Node, NodeNack
@@ -21,6 +21,13 @@ async def list_all(session: AsyncSession, group: str = "") -> Sequence[Node]:
     if group:
         query = query.where(Node.node_group == group)
     return (await session.scalars(query)).all()
+
+
+async def only_mode(session: AsyncSession) -> int | None:
+    """The mode every node declares, None when they differ or there is none. Two reads of
+    the ends of ``ix_nodes_mode`` (migration 0026), however many nodes there are."""
+    low, high = (await session.execute(select(func.min(Node.mode), func.max(Node.mode)))).one()
+    return low if low is not None and low == high else None
 
 
 async def nacked(session: AsyncSession, node_id: str, limit: int) -> list[tuple[int, bytes]]:

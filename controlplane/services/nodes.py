@@ -190,6 +190,12 @@ class NodeService:
         async with self.sessions() as session:
             return await repo.list_all(session)
 
+    async def only_mode(self) -> int | None:
+        """The mode (proto value) every registered node declares; None when they differ or
+        none is registered. Bounded work whatever the size of the fleet."""
+        async with self.sessions() as session:
+            return await repo.only_mode(session)
+
     async def fleet(self, group: str = "") -> tuple[Sequence[Node], dict[str, int], datetime]:
         """The nodes of ``group`` (every node when empty), each group's newest stored snapshot
         version, read together, and the time to judge them by (``is_stale``)."""

@@ -20,6 +20,7 @@ SEED = [
     "VALUES ('n1/0', 1, 'tamper', 'aa', 'bb', '')",
     "INSERT INTO evidence_checkpoints (chain_id, tree_size, root_hash, note, root_matches) "
     "VALUES ('n1/0', 1, '\\x01', 'note', true)",
+    "INSERT INTO evidence_frontiers (chain_id, tree_size, frontier) VALUES ('n1/0', 1, '\\x01')",
 ]
 
 REFUSED = [
@@ -35,6 +36,9 @@ REFUSED = [
     ("UPDATE evidence_checkpoints SET note = 'x'", "UPDATE on evidence_checkpoints"),
     ("DELETE FROM evidence_checkpoints", "DELETE on evidence_checkpoints"),
     ("TRUNCATE evidence_checkpoints", "TRUNCATE on evidence_checkpoints"),
+    ("UPDATE evidence_frontiers SET frontier = '\\x02'", "UPDATE on evidence_frontiers"),
+    ("DELETE FROM evidence_frontiers", "DELETE on evidence_frontiers"),
+    ("TRUNCATE evidence_frontiers", "TRUNCATE on evidence_frontiers"),
     ("DELETE FROM evidence_chains", "DELETE on evidence_chains"),
     ("TRUNCATE evidence_chains", "TRUNCATE on evidence_chains"),
     ("UPDATE evidence_chains SET head_seq = 0", "the head of n1/0 cannot move back from 1 to 0"),
@@ -62,9 +66,15 @@ def test_the_trigger_refuses_changes_even_to_a_superuser(database_url: str, sql:
         with engine.connect() as conn:
             counts = [
                 conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar()
-                for t in ("evidence_records", "evidence_chains", "evidence_alarms", "evidence_checkpoints")
+                for t in (
+                    "evidence_records",
+                    "evidence_chains",
+                    "evidence_alarms",
+                    "evidence_checkpoints",
+                    "evidence_frontiers",
+                )
             ]
-        assert counts == [1, 1, 1, 1]
+        assert counts == [1, 1, 1, 1, 1]
     finally:
         engine.dispose()
 
@@ -92,6 +102,7 @@ def test_an_owner_that_is_not_superuser_has_no_update_or_delete_grant(
                 "evidence_records_default",
                 "evidence_alarms",
                 "evidence_checkpoints",
+                "evidence_frontiers",
             ):
                 for sql in (
                     f"UPDATE {table} SET chain_id = chain_id",
