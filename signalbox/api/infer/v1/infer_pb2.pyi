@@ -80,7 +80,9 @@ class ImagePart(_message.Message):
     """Raw image bytes; media_type is then required."""
     media_type: _builtins.str
     detail: _builtins.str
-    """Optional fidelity hint: "low", "high" or "auto"."""
+    """Optional fidelity hint: "auto", "low", "high" or "original" (OpenAI's values; sent on
+    to OpenAI-style providers, not sent to those without one).
+    """
     def __init__(
         self,
         *,
