@@ -276,7 +276,12 @@ def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
             if not rf.json_schema:
                 raise InvalidRequest("response_format.json_schema", "required when type is JSON_SCHEMA")
             schema = json_object(rf.json_schema, "response_format.json_schema", "JSON schema")
-        response_format = ResponseFormat(kind, rf.schema_name, schema, rf.strict)  # type: ignore[arg-type]
+        elif rf.description:
+            # The HTTP door's description lives in its json_schema, refused with any other type.
+            raise InvalidRequest("response_format.description", "only allowed when type is JSON_SCHEMA")
+        # The description as the HTTP door carries it: sent where the wire has a place for it,
+        # read by input rules. Without this field, a gRPC caller's guidance could not be sent.
+        response_format = ResponseFormat(kind, rf.schema_name, schema, rf.strict, rf.description)  # type: ignore[arg-type]
     p = request.params
     params = GenerationParams(
         max_output_tokens=p.max_output_tokens if p.HasField("max_output_tokens") else None,

@@ -290,10 +290,17 @@ class ResponseFormat(_message.Message):
     SCHEMA_NAME_FIELD_NUMBER: _builtins.int
     JSON_SCHEMA_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
     type: Global___ResponseFormat.Type.ValueType
     schema_name: _builtins.str
     json_schema: _builtins.str
     strict: _builtins.bool
+    description: _builtins.str
+    """Optional guidance for the model on what the schema's answer is for (OpenAI's
+    json_schema.description); JSON_SCHEMA only. Sent on where the provider's wire format
+    has a place for it (OpenAI-style providers), not sent to those without one; input
+    rules read it as they read the schema.
+    """
     def __init__(
         self,
         *,
@@ -301,10 +308,11 @@ class ResponseFormat(_message.Message):
         schema_name: _builtins.str = ...,
         json_schema: _builtins.str = ...,
         strict: _builtins.bool = ...,
+        description: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["json_schema", b"json_schema", "schema_name", b"schema_name", "strict", b"strict", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "json_schema", b"json_schema", "schema_name", b"schema_name", "strict", b"strict", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
