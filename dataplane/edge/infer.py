@@ -230,6 +230,20 @@ def message_from_proto(message: infer_pb2.Message, field: str) -> Message:
     return Message(role, content, tuple(calls), message.tool_call_id, message.name)
 
 
+def _schema_fields_absent(rf: infer_pb2.ResponseFormat) -> None:
+    """``InvalidRequest`` naming the first of a non-JSON_SCHEMA format's schema fields that is
+    set. Ignored, a schema the caller meant the answer to keep to was not kept to (its type
+    left unspecified, read as TEXT), where the HTTP door refuses a json_schema of another type."""
+    for name, value in (
+        ("json_schema", rf.json_schema),
+        ("schema_name", rf.schema_name),
+        ("strict", rf.strict),
+        ("description", rf.description),
+    ):
+        if value:
+            raise InvalidRequest(f"response_format.{name}", "only allowed when type is JSON_SCHEMA")
+
+
 def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
     """Convert (and parse the JSON inside) an ``InferRequest``."""
     # Counts first, before a message is converted (each is Python work on the event loop).
@@ -276,9 +290,8 @@ def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
             if not rf.json_schema:
                 raise InvalidRequest("response_format.json_schema", "required when type is JSON_SCHEMA")
             schema = json_object(rf.json_schema, "response_format.json_schema", "JSON schema")
-        elif rf.description:
-            # The HTTP door's description lives in its json_schema, refused with any other type.
-            raise InvalidRequest("response_format.description", "only allowed when type is JSON_SCHEMA")
+        else:
+            _schema_fields_absent(rf)
         # The description as the HTTP door carries it: sent where the wire has a place for it,
         # read by input rules. Without this field, a gRPC caller's guidance could not be sent.
         response_format = ResponseFormat(kind, rf.schema_name, schema, rf.strict, rf.description)  # type: ignore[arg-type]

@@ -265,6 +265,11 @@ Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
 
 @_typing.final
 class ResponseFormat(_message.Message):
+    """The shape of the answer. schema_name, json_schema, strict and description belong to
+    TYPE_JSON_SCHEMA: with another type each is refused (INVALID_ARGUMENT naming it), as the
+    HTTP door refuses a json_schema of another type, rather than dropped unread.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     class _Type:
@@ -294,6 +299,7 @@ class ResponseFormat(_message.Message):
     type: Global___ResponseFormat.Type.ValueType
     schema_name: _builtins.str
     json_schema: _builtins.str
+    """JSON Schema of the answer, encoded as text (required with TYPE_JSON_SCHEMA)."""
     strict: _builtins.bool
     description: _builtins.str
     """Optional guidance for the model on what the schema's answer is for (OpenAI's

@@ -1,0 +1,93 @@
+"""What one door refuses by name, the other does not silently drop: a field a gRPC caller set
+that nothing sends on is refused naming it, as the HTTP door refuses its equivalent, before
+any upstream call. (What both doors send on alike: ``test_openai_sdk``'s
+``recorded_alike`` and ``test_schema_description``.)"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+
+from dataplane.app import DataPlaneNode
+from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from tests.dataplane.conftest import API_KEY, AUTH, chat
+
+RF = infer_pb2.ResponseFormat
+SCHEMA = '{"type": "object"}'
+
+
+@dataclass(frozen=True)
+class Case:
+    grpc: Callable[[infer_pb2.InferRequest], None]
+    """Sets the field on a plain gRPC request (one user message)."""
+    grpc_says: str
+    """The start of the gRPC refusal's details: the field, the rule."""
+    http: dict[str, Any] | None
+    """The HTTP body's fields asking the same, None where the HTTP door cannot say it."""
+    http_param: str = ""
+
+
+def _format(kind: RF.Type.ValueType, **fields: Any) -> Callable[[infer_pb2.InferRequest], None]:
+    def set_it(request: infer_pb2.InferRequest) -> None:
+        request.response_format.CopyFrom(RF(type=kind, **fields))
+
+    return set_it
+
+
+CASES = {
+    "a schema without its type": Case(
+        _format(RF.TYPE_UNSPECIFIED, json_schema=SCHEMA),
+        "response_format.json_schema: only allowed when type is JSON_SCHEMA",
+        {"response_format": {"type": "text", "json_schema": {"name": "p", "schema": {"type": "object"}}}},
+        "response_format.json_schema",
+    ),
+    "a schema name with JSON_OBJECT": Case(
+        _format(RF.TYPE_JSON_OBJECT, schema_name="p"),
+        "response_format.schema_name: only allowed when type is JSON_SCHEMA",
+        {"response_format": {"type": "json_object", "json_schema": {"name": "p"}}},
+        "response_format.json_schema",
+    ),
+    "strict with TEXT": Case(
+        _format(RF.TYPE_TEXT, strict=True),
+        "response_format.strict: only allowed when type is JSON_SCHEMA",
+        {"response_format": {"type": "text", "json_schema": {"strict": True}}},
+        "response_format.json_schema",
+    ),
+}
+
+
+@pytest.fixture
+async def stub(node: DataPlaneNode) -> AsyncIterator[infer_pb2_grpc.InferServiceStub]:
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        yield infer_pb2_grpc.InferServiceStub(channel)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_what_the_http_door_refuses_grpc_refuses_naming_the_field(
+    case: str,
+    stub: infer_pb2_grpc.InferServiceStub,
+    http: aiohttp.ClientSession,
+    simulator: Any,
+) -> None:
+    # Taken and dropped unread, each was served as if the caller had not asked for it.
+    it = CASES[case]
+    request = chat("hello", model="sim-fast")
+    it.grpc(request)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Infer(request, metadata=AUTH, timeout=10)
+    details = refused.value.details() or ""
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, details
+    assert details.startswith(it.grpc_says), details
+    if it.http is not None:
+        body = {"model": "sim-fast", "messages": [{"role": "user", "content": "hello"}], **it.http}
+        headers = {"authorization": f"Bearer {API_KEY}"}
+        async with http.post("/v1/chat/completions", json=body, headers=headers) as response:
+            answer = await response.json()
+        assert response.status == 400, answer
+        assert answer["error"]["param"] == it.http_param
+    assert simulator.stats("sim-fast").total == 0
