@@ -193,10 +193,15 @@ def image_from_url(url: str, detail: Any, field: str) -> ImagePart:
     return ImagePart(url=url, detail=detail)
 
 
-def _content(part: infer_pb2.ContentPart, field: str) -> ContentPart:
+def _content(part: infer_pb2.ContentPart, field: str, images: bool) -> ContentPart:
+    """``images``: a user message's part, which may be an image (as the HTTP door reads it: an
+    image elsewhere was dropped unsent by the OpenAI-style adapters, an assistant's or a
+    tool's content being sent as its text, or refused by the provider naming no field)."""
     kind = part.WhichOneof("part")
     if kind == "text":
         return TextPart(part.text)
+    if kind == "image" and not images:
+        raise InvalidRequest(f"{field}.image", "images are allowed in user messages only")
     if kind == "image":
         image = part.image
         source = image.WhichOneof("source")
@@ -218,7 +223,8 @@ def message_from_proto(message: infer_pb2.Message, field: str) -> Message:
     role = ROLE_FROM_PROTO.get(message.role)
     if role is None:
         raise InvalidRequest(f"{field}.role", f"unknown role {message.role}")
-    content = tuple(_content(p, f"{field}.content[{i}]") for i, p in enumerate(message.content))
+    images = role is Role.USER
+    content = tuple(_content(p, f"{field}.content[{i}]", images) for i, p in enumerate(message.content))
     calls = []
     for i, call in enumerate(message.tool_calls):
         where = f"{field}.tool_calls[{i}]"

@@ -12,13 +12,16 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
+from signalbox.api.common.v1 import common_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
-from tests.dataplane.conftest import API_KEY, AUTH, chat
+from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
 
 RF = infer_pb2.ResponseFormat
 SCHEMA = '{"type": "object"}'
+CAPABLE = (common_pb2.CAPABILITY_VISION, common_pb2.CAPABILITY_JSON_MODE, common_pb2.CAPABILITY_JSON_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,54 @@ CASES = {
         "response_format.json_schema",
     ),
 }
+
+
+IMAGE = [
+    {"type": "text", "text": "see"},
+    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+]
+
+
+def _image_in(role: str, **fields: str) -> Case:
+    """An image in a ``role`` message (with ``fields``) between two user messages."""
+
+    def set_it(request: infer_pb2.InferRequest) -> None:
+        message = request.messages.add(role=infer_pb2.Role.Value(f"ROLE_{role.upper()}"), **fields)
+        message.content.add(text="see")
+        message.content.add(image=infer_pb2.ImagePart(url="https://example.com/a.png"))
+        request.messages.add(role=infer_pb2.ROLE_USER).content.add(text="and?")
+
+    messages = [
+        {"role": "user", "content": "hello"},
+        {"role": role, "content": IMAGE, **fields},
+        {"role": "user", "content": "and?"},
+    ]
+    return Case(
+        set_it,
+        "messages[1].content[1].image: images are allowed in user messages only",
+        {"messages": messages},
+        "messages[1].content[1].type",
+    )
+
+
+CASES |= {
+    "an image in a system message": _image_in("system"),
+    "an image in an assistant message": _image_in("assistant"),
+    "an image in a tool message": _image_in("tool", tool_call_id="c1"),
+}
+
+
+@pytest.fixture
+async def node(start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey) -> DataPlaneNode:
+    """A node whose sim-fast can do all each case asks of it but for the field refused, so
+    that, taken, the request would be served."""
+    node = await start_node(http_listen="127.0.0.1:0")
+    snap = snapshot(1, simulator.base_url)
+    for model in snap.models:
+        if model.alias == "sim-fast":
+            model.capabilities.extend(CAPABLE)
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    return node
 
 
 @pytest.fixture

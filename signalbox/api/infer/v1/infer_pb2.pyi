@@ -167,7 +167,9 @@ class Message(_message.Message):
     name: _builtins.str
     """Optional participant name; for TOOL messages the tool's name."""
     @_builtins.property
-    def content(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]: ...
+    def content(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]:
+        """Text parts; images in USER messages only (refused elsewhere, as the HTTP door does)."""
+
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Calls the assistant made (role ASSISTANT only)."""
