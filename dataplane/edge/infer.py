@@ -233,6 +233,9 @@ def message_from_proto(message: infer_pb2.Message, field: str) -> Message:
         if call.arguments_json:
             json_object(call.arguments_json, f"{where}.arguments_json", "arguments")
         calls.append(ToolCall(call.id, call.name, call.arguments_json or "{}"))
+    if message.tool_call_id and role is not Role.TOOL:
+        # No provider is sent it elsewhere: dropped unread, where the HTTP door refuses it.
+        raise InvalidRequest(f"{field}.tool_call_id", "only tool messages answer a tool call")
     return Message(role, content, tuple(calls), message.tool_call_id, message.name)
 
 

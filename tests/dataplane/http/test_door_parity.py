@@ -99,6 +99,32 @@ CASES |= {
 }
 
 
+def _answering(role: str) -> Case:
+    """A ``role`` message that says which tool call it answers, as only a tool's does."""
+
+    def set_it(request: infer_pb2.InferRequest) -> None:
+        message = request.messages.add(role=infer_pb2.Role.Value(f"ROLE_{role.upper()}"), tool_call_id="c1")
+        message.content.add(text="said")
+
+    return Case(
+        set_it,
+        "messages[1].tool_call_id: only tool messages answer a tool call",
+        {
+            "messages": [
+                {"role": "user", "content": "hello"},
+                {"role": role, "content": "said", "tool_call_id": "c1"},
+            ]
+        },
+        "messages[1].tool_call_id",
+    )
+
+
+CASES |= {
+    "a tool call id on a user message": _answering("user"),
+    "a tool call id on an assistant message": _answering("assistant"),
+}
+
+
 @pytest.fixture
 async def node(start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey) -> DataPlaneNode:
     """A node whose sim-fast can do all each case asks of it but for the field refused, so

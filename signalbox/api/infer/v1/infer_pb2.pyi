@@ -163,7 +163,7 @@ class Message(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     tool_call_id: _builtins.str
-    """Which call this message answers (role TOOL only)."""
+    """Which call this message answers (role TOOL only: refused on another role)."""
     name: _builtins.str
     """Optional participant name; for TOOL messages the tool's name."""
     @_builtins.property
