@@ -287,6 +287,10 @@ def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
         mode = _TOOL_CHOICE.get(request.tool_choice.mode)
         if mode is None:
             raise InvalidRequest("tool_choice.mode", f"unknown mode {request.tool_choice.mode}")
+        if mode != "tool" and request.tool_choice.tool_name:
+            # Ignored, the tool the caller meant the model to call was left to its choice (the
+            # mode left unspecified, read as AUTO); the HTTP door names a tool only as a choice.
+            raise InvalidRequest("tool_choice.tool_name", "only allowed when mode is TOOL")
         tool_choice = ToolChoice(mode, request.tool_choice.tool_name)  # type: ignore[arg-type]
     response_format = None
     if request.HasField("response_format"):

@@ -125,6 +125,22 @@ CASES |= {
 }
 
 
+def _choosing(mode: infer_pb2.ToolChoice.Mode.ValueType) -> Case:
+    """A tool named in a tool choice of ``mode`` (the HTTP door names one only as a choice)."""
+
+    def set_it(request: infer_pb2.InferRequest) -> None:
+        request.tools.add(name="lookup", parameters_json_schema=SCHEMA)
+        request.tool_choice.CopyFrom(infer_pb2.ToolChoice(mode=mode, tool_name="lookup"))
+
+    return Case(set_it, "tool_choice.tool_name: only allowed when mode is TOOL", None)
+
+
+CASES |= {
+    "a tool name without its mode": _choosing(infer_pb2.ToolChoice.MODE_UNSPECIFIED),
+    "a tool name with NONE": _choosing(infer_pb2.ToolChoice.MODE_NONE),
+}
+
+
 @pytest.fixture
 async def node(start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey) -> DataPlaneNode:
     """A node whose sim-fast can do all each case asks of it but for the field refused, so

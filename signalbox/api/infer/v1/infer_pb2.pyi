@@ -251,6 +251,7 @@ class ToolChoice(_message.Message):
     TOOL_NAME_FIELD_NUMBER: _builtins.int
     mode: Global___ToolChoice.Mode.ValueType
     tool_name: _builtins.str
+    """The tool that must be called: MODE_TOOL only (refused with another mode)."""
     def __init__(
         self,
         *,
