@@ -193,10 +193,15 @@ def image_from_url(url: str, detail: Any, field: str) -> ImagePart:
     return ImagePart(url=url, detail=detail)
 
 
-def _content(part: infer_pb2.ContentPart, field: str) -> ContentPart:
+def _content(part: infer_pb2.ContentPart, field: str, images: bool) -> ContentPart:
+    """``images``: a user message's part, which may be an image (as the HTTP door reads it: an
+    image elsewhere was dropped unsent by the OpenAI-style adapters, an assistant's or a
+    tool's content being sent as its text, or refused by the provider naming no field)."""
     kind = part.WhichOneof("part")
     if kind == "text":
         return TextPart(part.text)
+    if kind == "image" and not images:
+        raise InvalidRequest(f"{field}.image", "images are allowed in user messages only")
     if kind == "image":
         image = part.image
         source = image.WhichOneof("source")
@@ -218,7 +223,8 @@ def message_from_proto(message: infer_pb2.Message, field: str) -> Message:
     role = ROLE_FROM_PROTO.get(message.role)
     if role is None:
         raise InvalidRequest(f"{field}.role", f"unknown role {message.role}")
-    content = tuple(_content(p, f"{field}.content[{i}]") for i, p in enumerate(message.content))
+    images = role is Role.USER
+    content = tuple(_content(p, f"{field}.content[{i}]", images) for i, p in enumerate(message.content))
     calls = []
     for i, call in enumerate(message.tool_calls):
         where = f"{field}.tool_calls[{i}]"
@@ -227,7 +233,24 @@ def message_from_proto(message: infer_pb2.Message, field: str) -> Message:
         if call.arguments_json:
             json_object(call.arguments_json, f"{where}.arguments_json", "arguments")
         calls.append(ToolCall(call.id, call.name, call.arguments_json or "{}"))
+    if message.tool_call_id and role is not Role.TOOL:
+        # No provider is sent it elsewhere: dropped unread, where the HTTP door refuses it.
+        raise InvalidRequest(f"{field}.tool_call_id", "only tool messages answer a tool call")
     return Message(role, content, tuple(calls), message.tool_call_id, message.name)
+
+
+def _schema_fields_absent(rf: infer_pb2.ResponseFormat) -> None:
+    """``InvalidRequest`` naming the first of a non-JSON_SCHEMA format's schema fields that is
+    set. Ignored, a schema the caller meant the answer to keep to was not kept to (its type
+    left unspecified, read as TEXT), where the HTTP door refuses a json_schema of another type."""
+    for name, value in (
+        ("json_schema", rf.json_schema),
+        ("schema_name", rf.schema_name),
+        ("strict", rf.strict),
+        ("description", rf.description),
+    ):
+        if value:
+            raise InvalidRequest(f"response_format.{name}", "only allowed when type is JSON_SCHEMA")
 
 
 def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
@@ -264,6 +287,10 @@ def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
         mode = _TOOL_CHOICE.get(request.tool_choice.mode)
         if mode is None:
             raise InvalidRequest("tool_choice.mode", f"unknown mode {request.tool_choice.mode}")
+        if mode != "tool" and request.tool_choice.tool_name:
+            # Ignored, the tool the caller meant the model to call was left to its choice (the
+            # mode left unspecified, read as AUTO); the HTTP door names a tool only as a choice.
+            raise InvalidRequest("tool_choice.tool_name", "only allowed when mode is TOOL")
         tool_choice = ToolChoice(mode, request.tool_choice.tool_name)  # type: ignore[arg-type]
     response_format = None
     if request.HasField("response_format"):
@@ -276,7 +303,11 @@ def chat_request_from_proto(request: infer_pb2.InferRequest) -> ChatRequest:
             if not rf.json_schema:
                 raise InvalidRequest("response_format.json_schema", "required when type is JSON_SCHEMA")
             schema = json_object(rf.json_schema, "response_format.json_schema", "JSON schema")
-        response_format = ResponseFormat(kind, rf.schema_name, schema, rf.strict)  # type: ignore[arg-type]
+        else:
+            _schema_fields_absent(rf)
+        # The description as the HTTP door carries it: sent where the wire has a place for it,
+        # read by input rules. Without this field, a gRPC caller's guidance could not be sent.
+        response_format = ResponseFormat(kind, rf.schema_name, schema, rf.strict, rf.description)  # type: ignore[arg-type]
     p = request.params
     params = GenerationParams(
         max_output_tokens=p.max_output_tokens if p.HasField("max_output_tokens") else None,

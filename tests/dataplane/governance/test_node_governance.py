@@ -579,6 +579,12 @@ def _in_response_schema(request: infer_pb2.InferRequest, text: str) -> None:
     )
 
 
+def _in_response_description(request: infer_pb2.InferRequest, text: str) -> None:
+    request.response_format.type = infer_pb2.ResponseFormat.TYPE_JSON_SCHEMA
+    request.response_format.json_schema = json.dumps(SCHEMA)
+    request.response_format.description = f"the age of {text}"
+
+
 def _in_message_name(request: infer_pb2.InferRequest, text: str) -> None:
     request.messages[0].name = text
 
@@ -591,6 +597,7 @@ HIDDEN_IN = {
     "tools[0].description": _in_tool_description,
     "tools[0].parameters_json_schema": _in_tool_schema,
     "response_format.json_schema": _in_response_schema,
+    "response_format.json_schema.description": _in_response_description,
     "messages[0].name": _in_message_name,
     "params.stop[0]": _in_stop_sequence,
 }

@@ -284,24 +284,33 @@ async def test_the_same_request_routes_and_records_alike_over_http_and_grpc(
     request.messages.add(role=infer_pb2.ROLE_USER).content.add(text="same request")
     async with grpc.aio.insecure_channel(http_node.address) as channel:
         over_grpc = await infer_pb2_grpc.InferServiceStub(channel).Infer(request, metadata=AUTH, timeout=10)
-    http_id = over_http.headers["x-evidence-id"]
-    await eventually(lambda: {http_id, over_grpc.evidence_id} <= {r["record_id"] for r in records(http_node)})
-    by_id = {r["record_id"]: r for r in records(http_node)}
-    a, b = by_id[http_id], by_id[over_grpc.evidence_id]
+    await recorded_alike(http_node, over_http.headers["x-evidence-id"], over_grpc.evidence_id)
+
+
+RECORDED_ALIKE = (
+    "kind",
+    "tenant_id",
+    "api_key_id",
+    "caller",
+    "snapshot",
+    "policy",
+    "routing",
+    "usage",
+    "cost",
+)
+"""What the evidence of one request says the same whichever door it came through."""
+
+
+async def recorded_alike(node: DataPlaneNode, http_id: str, grpc_id: str, *more: str) -> None:
+    """The records ``http_id`` and ``grpc_id`` of ``node`` say the same (``RECORDED_ALIKE``,
+    then ``more``, and the answer's digest), but for how long the upstream took."""
+    await eventually(lambda: {http_id, grpc_id} <= {r["record_id"] for r in records(node)})
+    by_id = {r["record_id"]: r for r in records(node)}
+    a, b = by_id[http_id], by_id[grpc_id]
     for record in (a, b):
         for attempt in record["routing"]["attempts"]:
             attempt.pop("duration_ms")  # the one thing that differs: how long the upstream took
-    for field in (
-        "kind",
-        "tenant_id",
-        "api_key_id",
-        "caller",
-        "snapshot",
-        "policy",
-        "routing",
-        "usage",
-        "cost",
-    ):
+    for field in (*RECORDED_ALIKE, *more):
         assert a[field] == b[field], field
     assert a["response_sha256"] == b["response_sha256"]
 

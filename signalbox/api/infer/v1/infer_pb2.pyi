@@ -163,11 +163,13 @@ class Message(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     tool_call_id: _builtins.str
-    """Which call this message answers (role TOOL only)."""
+    """Which call this message answers (role TOOL only: refused on another role)."""
     name: _builtins.str
     """Optional participant name; for TOOL messages the tool's name."""
     @_builtins.property
-    def content(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]: ...
+    def content(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]:
+        """Text parts; images in USER messages only (refused elsewhere, as the HTTP door does)."""
+
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Calls the assistant made (role ASSISTANT only)."""
@@ -249,6 +251,7 @@ class ToolChoice(_message.Message):
     TOOL_NAME_FIELD_NUMBER: _builtins.int
     mode: Global___ToolChoice.Mode.ValueType
     tool_name: _builtins.str
+    """The tool that must be called: MODE_TOOL only (refused with another mode)."""
     def __init__(
         self,
         *,
@@ -265,6 +268,11 @@ Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
 
 @_typing.final
 class ResponseFormat(_message.Message):
+    """The shape of the answer. schema_name, json_schema, strict and description belong to
+    TYPE_JSON_SCHEMA: with another type each is refused (INVALID_ARGUMENT naming it), as the
+    HTTP door refuses a json_schema of another type, rather than dropped unread.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     class _Type:
@@ -290,10 +298,18 @@ class ResponseFormat(_message.Message):
     SCHEMA_NAME_FIELD_NUMBER: _builtins.int
     JSON_SCHEMA_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
     type: Global___ResponseFormat.Type.ValueType
     schema_name: _builtins.str
     json_schema: _builtins.str
+    """JSON Schema of the answer, encoded as text (required with TYPE_JSON_SCHEMA)."""
     strict: _builtins.bool
+    description: _builtins.str
+    """Optional guidance for the model on what the schema's answer is for (OpenAI's
+    json_schema.description); JSON_SCHEMA only. Sent on where the provider's wire format
+    has a place for it (OpenAI-style providers), not sent to those without one; input
+    rules read it as they read the schema.
+    """
     def __init__(
         self,
         *,
@@ -301,10 +317,11 @@ class ResponseFormat(_message.Message):
         schema_name: _builtins.str = ...,
         json_schema: _builtins.str = ...,
         strict: _builtins.bool = ...,
+        description: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["json_schema", b"json_schema", "schema_name", b"schema_name", "strict", b"strict", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "json_schema", b"json_schema", "schema_name", b"schema_name", "strict", b"strict", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
