@@ -367,7 +367,10 @@ def hints_from_proto(request: infer_pb2.InferRequest | infer_pb2.EmbedRequest) -
         raise InvalidRequest("data_classification", f"unknown data classification {classification}")
     return Hints(
         model=request.model,
-        task=request.task,
+        # Compared without surrounding whitespace, as the HTTP door's x-signalbox-task (a
+        # header's value is trimmed): kept as sent, " summarize " matched a policy's task
+        # through one door and fell to the default route through the other.
+        task=request.task.strip(),
         data_classification=DataClass(classification),
         metadata=request.metadata,
         capabilities=frozenset(capabilities),

@@ -184,3 +184,29 @@ async def test_what_the_http_door_refuses_grpc_refuses_naming_the_field(
         assert response.status == 400, answer
         assert answer["error"]["param"] == it.http_param
     assert simulator.stats("sim-fast").total == 0
+
+
+async def test_a_task_with_surrounding_spaces_routes_alike_through_both_doors(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
+) -> None:
+    # HTTP trims a header's value (x-signalbox-task); gRPC took InferRequest.task as sent, so
+    # " summarize " matched a policy's `tasks: [summarize]` through one door and fell to the
+    # default route through the other.
+    node = await start_node(http_listen="127.0.0.1:0")
+    rule = {"name": "summaries", "match": {"tasks": ["summarize"]}, "models": ["sim-smart"]}
+    assert (
+        await node.store.apply(envelope(snapshot(1, simulator.base_url, rules=[rule]), signing_key))
+    ).accepted
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        answer = await infer_pb2_grpc.InferServiceStub(channel).Infer(
+            chat("hello", task=" summarize\t"), metadata=AUTH, timeout=10
+        )
+    assert answer.model == "sim-smart"
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
+    headers = {"authorization": f"Bearer {API_KEY}", "x-signalbox-task": "summarize"}
+    async with (
+        aiohttp.ClientSession(f"http://{node.http_address}") as http,
+        http.post("/v1/chat/completions", json=body, headers=headers) as response,
+    ):
+        assert response.status == 200, await response.text()
+        assert (await response.json())["model"] == "sim-smart"

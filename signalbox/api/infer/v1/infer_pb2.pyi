@@ -433,7 +433,9 @@ class InferRequest(_message.Message):
     model: _builtins.str
     """Optional model alias. Empty: the tenant's policy chooses."""
     task: _builtins.str
-    """Free-form task label that policies can match, e.g. "summarize"."""
+    """Free-form task label that policies can match, e.g. "summarize"; compared without
+    surrounding whitespace (as the HTTP door's trimmed x-signalbox-task header).
+    """
     data_classification: _common_pb2.DataClassification.ValueType
     correlation_id: _builtins.str
     """Caller-supplied correlation id; generated when empty."""
