@@ -262,6 +262,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_n
     add(
         serve,
         "--credential-dir",
+        type=settings.existing_directory,
         env="SIGNALBOX_CREDENTIAL_DIR",
         default=None,
         help="provider credential files may only be read inside this directory (default <data-dir>/credentials)",

@@ -219,3 +219,14 @@ def directory(text: str) -> str:
     if os.path.exists(text) and not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{printable(text, 200)} exists and is not a directory")
     return text
+
+
+def existing_directory(text: str) -> str:
+    """A directory that must be there already (one the command reads from, never creates):
+    a typo or a file given for it is refused by name at start, not found out later."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    if not os.path.isdir(text):
+        what = "is not a directory" if os.path.exists(text) else "does not exist"
+        raise argparse.ArgumentTypeError(f"{printable(text, 200)} {what}")
+    return text

@@ -205,3 +205,18 @@ async def test_a_data_dir_that_is_a_file_is_refused_naming_the_flag(tmp_path: Pa
         assert code == 2, (args, err)
         assert f"argument --data-dir: {taken} exists and is not a directory" in _one_line(err), args
     assert taken.read_text() == "not a directory"
+
+
+async def test_a_credential_dir_that_is_missing_or_a_file_is_refused_at_start(tmp_path: Path) -> None:
+    # Accepted at start, a typo in --credential-dir was found out only when a snapshot naming
+    # a credential file was refused, the node up and serving nothing.
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    node = tmp_path / "node"
+    for given, problem in ((tmp_path / "missing", "does not exist"), (taken, "is not a directory")):
+        code, err = await signalbox_exit(
+            "dataplane", "serve", "--data-dir", str(node), "--credential-dir", str(given)
+        )
+        assert code == 2, err
+        assert f"argument --credential-dir: {given} {problem}" in _one_line(err)
+    assert not node.exists()
