@@ -74,15 +74,21 @@ def decode_kek(raw: bytes, source: str) -> Kek:
     return Kek(key)
 
 
+KEK_SOURCE = "--kek (SIGNALBOX_KEK)"
+KEK_FILE_SOURCE = "--kek-file (SIGNALBOX_KEK_FILE)"
+
+
 def load_kek(*, kek_b64: str | None, kek_file: Path | None, data_dir: Path) -> Kek:
     """The KEK from the environment value, the given file, or a generated file under ``data_dir``."""
+    # Named as the flag and its variable: the value came from either (an operator who gave
+    # --kek-file was told about SIGNALBOX_KEK_FILE, which was never set).
     if kek_b64:
-        return decode_kek(kek_b64.encode(), "SIGNALBOX_KEK")
+        return decode_kek(kek_b64.encode(), KEK_SOURCE)
     if kek_file is not None:
         try:
-            return decode_kek(read_regular(kek_file, KEK_FILE_BYTES), "SIGNALBOX_KEK_FILE")
+            return decode_kek(read_regular(kek_file, KEK_FILE_BYTES), KEK_FILE_SOURCE)
         except OSError as exc:
-            raise InvalidArgument("SIGNALBOX_KEK_FILE", f"cannot read {kek_file}: {exc.strerror}") from exc
+            raise InvalidArgument(KEK_FILE_SOURCE, f"cannot read {kek_file}: {exc.strerror}") from exc
     path = data_dir / KEK_FILE_NAME
     # The KEK unseals the signing key: its directory is private too (no one else may list
     # it; embedded PostgreSQL's own user may pass through it to its PGDATA).

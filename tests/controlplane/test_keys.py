@@ -51,7 +51,7 @@ def test_the_kek_directory_is_private_and_an_older_kek_file_is_narrowed(tmp_path
 def test_bad_kek_is_invalid(tmp_path: Path, value: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         load_kek(kek_b64=value, kek_file=None, data_dir=tmp_path)
-    assert info.value.field == "SIGNALBOX_KEK"
+    assert info.value.field == "--kek (SIGNALBOX_KEK)"
     assert value not in str(info.value)
 
 
@@ -80,7 +80,7 @@ def test_a_kek_file_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(InvalidArgument) as info:
         load_kek(kek_b64=None, kek_file=fifo, data_dir=tmp_path / "cp")
-    assert info.value.field == "SIGNALBOX_KEK_FILE"
+    assert info.value.field == "--kek-file (SIGNALBOX_KEK_FILE)"
     assert "not a regular file" in str(info.value)
 
 
