@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dataplane.errors import SignalboxError
@@ -34,6 +34,9 @@ def _outcome(g: Any, text: str) -> tuple[str, bool, list[tuple[str, int]]]:
 
 
 @settings(max_examples=300, deadline=None)
+@example(  # a block finding at the end of the text seen, which the text to come redacts
+    "project project project project project project is on is on falcon was on ", [RULES[2], RULES[4]], 7
+)
 @given(
     st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=20).map("".join),
     st.lists(st.sampled_from(RULES), min_size=2, max_size=4, unique_by=lambda r: r["name"]),
@@ -45,7 +48,8 @@ def test_overlapping_findings_in_a_stream_are_read_as_in_the_whole_answer(
     """A later block or flag rule acted on what an earlier redaction covered (a stream was
     refused that the whole answer was not, and counted findings the evidence of the whole
     answer does not), and a later redaction reaching past an earlier one took the earlier
-    one's placeholder."""
+    one's placeholder. A block finding at the end of the text seen refused the stream before
+    the text that makes it an earlier redaction's came."""
     document = {"output": {"window": 64, "rules": rules}}
     unary, refused, counts = _outcome(governor(document), text)
     out, error, actions = stream(governor(document), [text[i : i + size] for i in range(0, len(text), size)])
