@@ -18,9 +18,12 @@ scan sees it and redacts what follows until it ends; it is recorded once.
   event) as soon as a scan finds it with ``window // 2`` characters after it (the text to
   come may make it an earlier redaction's, as in a whole answer) or the answer ends, which
   is at the latest when ``window`` more characters of that channel have arrived: at or
-  before chunk k + window for a finding beginning in chunk k. The evidence says where: the field (``message.text``, or
-  ``message.tool_calls[i].arguments``), the chunk of that field that carried the finding's
-  start (counting only the chunks that carried some of it) and its offset in the field.
+  before chunk k + window for a finding beginning in chunk k. The evidence says where: the
+  field (``message.text``, or ``message.tool_calls[i].arguments``), the chunk of that field
+  that carried the finding's start (counting only the chunks that carried some of it) and
+  its offset in the field. It says all that scan found, as a refused whole answer's does:
+  each finding of the block rule, and those of the rules before it (in the profile's
+  order) not recorded yet, though they were held back and never sent.
 - ``redact``: each finding is replaced before it is sent (in tool call arguments as JSON
   string content, as for a whole answer); a cut never splits one.
 - ``flag``: recorded with its offset.
@@ -242,9 +245,9 @@ class StreamGovernor:
         # rule's finding that overlaps one is the earlier rule's (not counted, and a block or
         # flag rule does not act on it) unless it edits too and reaches beyond it.
         edits: list[tuple[int, int, str]] = []
-        # The first block rule whose findings are not decided yet: the cut stays before them
-        # (``hold``).
-        waiting: tuple[Rule, list[Finding]] | None = None
+        # The first block rule whose findings are not decided yet, with how many rules before
+        # it found something: the cut stays before them (``hold``).
+        waiting: tuple[Rule, list[Finding], int] | None = None
         hold = length
         share()  # the rules' detectors share their scan of the text, for this scan only
         try:
@@ -264,9 +267,9 @@ class StreamGovernor:
                     continue
                 if rule.action is Action.BLOCK:
                     if final or not _undecided(spans, held_at, length, self._window):
-                        raise self._refusal(rule, spans, channel)
+                        raise self._refusal(rule, spans, found, channel)
                     if waiting is None:
-                        waiting = (rule, spans)
+                        waiting = (rule, spans, len(found))
                         hold = spans[0].start
                     continue
                 found.append((rule, spans))
@@ -275,8 +278,8 @@ class StreamGovernor:
         cut, pushed = _uncut(found, held_at, min(cut, hold), length, self._window)
         if waiting is not None and cut > hold:
             # The cut cannot stay before it (a finding around it is longer than the window).
-            rule, spans = waiting
-            raise self._refusal(rule, spans, channel)
+            rule, spans, before = waiting
+            raise self._refusal(rule, spans, found[:before], channel)
         channel.redactions += [
             (max(start, held_at), end, p) for start, end, p in edits if held_at < end <= cut
         ]
@@ -298,9 +301,18 @@ class StreamGovernor:
                 self._record(rule, sent, channel)
         return cut
 
-    def _refusal(self, rule: Rule, spans: list[Finding], channel: _Channel) -> SignalboxError:
-        """The refusal of block ``rule`` for ``spans``, recorded (its first finding)."""
-        self._record(rule, spans[:1], channel)
+    def _refusal(
+        self, rule: Rule, spans: list[Finding], found: list[tuple[Rule, list[Finding]]], channel: _Channel
+    ) -> SignalboxError:
+        """The refusal of block ``rule`` for ``spans``, recorded with what the rules before it
+        (``found``) found in the same scan: all of it, as for a refused whole answer, though
+        none of it was sent (a finding followed was recorded when its start was sent)."""
+        for earlier, finds in found:
+            if channel.followed.get(earlier.name) == channel.base + finds[0].start:
+                finds = finds[1:]
+            if finds:
+                self._record(earlier, finds, channel)
+        self._record(rule, spans, channel)
         # Where the stream ended: at or before chunk k + window for a finding in chunk k.
         self._entries[rule.name]["ended_at_chunk"] = len(channel.chunk_starts) - 1
         return blocked(rule.name, Stage.OUTPUT.value, rule.status)
