@@ -15,11 +15,15 @@ the look-behind keeps it from its start (up to ``FOLLOWED_WINDOWS`` windows), so
 scan sees it and redacts what follows until it ends; it is recorded once.
 
 - ``block``: the stream ends with the refusal (the pipeline turns it into the stream's error
-  event) as soon as a scan finds it, which is at the latest when ``window // 2`` more
-  characters of that channel have arrived: at or before chunk k + window for a finding in
-  chunk k. The evidence says where: the field (``message.text``, or
-  ``message.tool_calls[i].arguments``), the chunk of that field that carried the finding's
-  start (counting only the chunks that carried some of it) and its offset in the field.
+  event) as soon as a scan finds it with ``window // 2`` characters after it (the text to
+  come may make it an earlier redaction's, as in a whole answer) or the answer ends, which
+  is at the latest when ``window`` more characters of that channel have arrived: at or
+  before chunk k + window for a finding beginning in chunk k. The evidence says where: the
+  field (``message.text``, or ``message.tool_calls[i].arguments``), the chunk of that field
+  that carried the finding's start (counting only the chunks that carried some of it) and
+  its offset in the field. It says all that scan found, as a refused whole answer's does:
+  each finding of the block rule, and those of the rules before it (in the profile's
+  order) not recorded yet, though they were held back and never sent.
 - ``redact``: each finding is replaced before it is sent (in tool call arguments as JSON
   string content, as for a whole answer); a cut never splits one.
 - ``flag``: recorded with its offset.
@@ -46,6 +50,7 @@ from typing import Any
 
 from dataplane.chat import StreamChunk, ToolCallDelta
 from dataplane.config.model import Action, CompiledProfile, Finding, Rule, Stage
+from dataplane.errors import SignalboxError
 from dataplane.governance.detectors._digits import forget, share
 from dataplane.governance.errors import blocked
 from dataplane.governance.overlaps import merged, unclaimed
@@ -192,7 +197,7 @@ class StreamGovernor:
             # redacts is what goes out now: nothing may move the cut after it (moved back
             # into a finding it had queued a redaction for, the part before the new cut went
             # out as written, and the finding was recorded again at every release).
-            cut = self._scan(channel, held_at, cut)
+            cut = self._scan(channel, held_at, cut, final)
         else:
             cut = len(text)
         out = ""
@@ -216,14 +221,21 @@ class StreamGovernor:
         out = out[:at]
         return self._restore(out, in_json=True) if channel.in_json else self._restore(out)
 
-    def _scan(self, channel: _Channel, held_at: int, cut: int) -> int:
+    def _scan(self, channel: _Channel, held_at: int, cut: int, final: bool) -> int:
         """Run the rules over the channel's text; record what reaches into the held part and
         is sent now; raise for a block rule; return the cut moved so that it splits no finding.
 
         A finding longer than ``window // 2`` may have begun in text already sent (it was not
         whole yet when that went out): it is acted on all the same, a block ending the stream
-        and a redaction replacing what is still held of it, rather than passing unseen."""
+        and a redaction replacing what is still held of it, rather than passing unseen.
+
+        A block finding that ends less than ``window // 2`` before the end of the text seen
+        (and is held whole) may still be an earlier redaction's: the text to come can complete
+        one around it (``falcon was`` of a redacted ``falcon was on``). It is acted on at the
+        next scan, with that much more text, and nothing of it is sent before; the end of the
+        answer decides at once."""
         text = channel.text
+        length = len(text)
         # Read with the JSON escapes JSON does not need decoded, as a model reads them: in
         # arguments (JSON) and in content that holds a backslash (a JSON answer, an escape).
         outer = unescaped(text) if channel.in_json or "\\" in text else None
@@ -233,6 +245,10 @@ class StreamGovernor:
         # rule's finding that overlaps one is the earlier rule's (not counted, and a block or
         # flag rule does not act on it) unless it edits too and reaches beyond it.
         edits: list[tuple[int, int, str]] = []
+        # The first block rule whose findings are not decided yet, with how many rules before
+        # it found something: the cut stays before them (``hold``).
+        waiting: tuple[Rule, list[Finding], int] | None = None
+        hold = length
         share()  # the rules' detectors share their scan of the text, for this scan only
         try:
             for rule in self._rules:
@@ -250,14 +266,20 @@ class StreamGovernor:
                 if not spans:
                     continue
                 if rule.action is Action.BLOCK:
-                    self._record(rule, spans[:1], channel)
-                    # Where the stream ended: at or before chunk k + window for a finding in chunk k.
-                    self._entries[rule.name]["ended_at_chunk"] = len(channel.chunk_starts) - 1
-                    raise blocked(rule.name, Stage.OUTPUT.value, rule.status)
+                    if final or not _undecided(spans, held_at, length, self._window):
+                        raise self._refusal(rule, spans, found, channel)
+                    if waiting is None:
+                        waiting = (rule, spans, len(found))
+                        hold = spans[0].start
+                    continue
                 found.append((rule, spans))
         finally:
             forget()
-        cut, pushed = _uncut(found, held_at, cut, len(text), self._window)
+        cut, pushed = _uncut(found, held_at, min(cut, hold), length, self._window)
+        if waiting is not None and cut > hold:
+            # The cut cannot stay before it (a finding around it is longer than the window).
+            rule, spans, before = waiting
+            raise self._refusal(rule, spans, found[:before], channel)
         channel.redactions += [
             (max(start, held_at), end, p) for start, end, p in edits if held_at < end <= cut
         ]
@@ -278,6 +300,22 @@ class StreamGovernor:
             if sent:
                 self._record(rule, sent, channel)
         return cut
+
+    def _refusal(
+        self, rule: Rule, spans: list[Finding], found: list[tuple[Rule, list[Finding]]], channel: _Channel
+    ) -> SignalboxError:
+        """The refusal of block ``rule`` for ``spans``, recorded with what the rules before it
+        (``found``) found in the same scan: all of it, as for a refused whole answer, though
+        none of it was sent (a finding followed was recorded when its start was sent)."""
+        for earlier, finds in found:
+            if channel.followed.get(earlier.name) == channel.base + finds[0].start:
+                finds = finds[1:]
+            if finds:
+                self._record(earlier, finds, channel)
+        self._record(rule, spans, channel)
+        # Where the stream ended: at or before chunk k + window for a finding in chunk k.
+        self._entries[rule.name]["ended_at_chunk"] = len(channel.chunk_starts) - 1
+        return blocked(rule.name, Stage.OUTPUT.value, rule.status)
 
     def _record(self, rule: Rule, spans: list[Finding], channel: _Channel) -> None:
         entry = self._entries.get(rule.name)
@@ -308,6 +346,14 @@ def _placeholder(rule: Rule, in_json: bool) -> Callable[[int, int], str]:
     """What replaces a finding of ``rule`` (JSON-escaped in JSON text), for ``merged``."""
     placeholder = json.dumps(rule.placeholder)[1:-1] if in_json else rule.placeholder
     return lambda start, end: placeholder
+
+
+def _undecided(spans: list[Finding], held_at: int, length: int, window: int) -> bool:
+    """Whether every one of a block rule's findings (in the held text, whole) ends too near
+    the end of the text seen for a redaction around it to have been seen whole."""
+    return all(
+        held_at <= s.start and length - s.start <= window and s.end + window // 2 > length for s in spans
+    )
 
 
 def _uncut(

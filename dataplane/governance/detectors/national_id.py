@@ -1,4 +1,6 @@
-"""``national_id``: national identification numbers, checked by ``python-stdnum``.
+"""``national_id``: national identification numbers, checked by ``python-stdnum``'s rules
+(done in place for the written forms below, which the library would first normalise
+character by character; tests hold them to the library).
 
 =================  ==========================  ===========================================
 kind               written as                  check
@@ -34,6 +36,7 @@ Options:
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +55,7 @@ from dataplane.governance.detect import Span
 from dataplane.governance.detectors._digits import windows
 from dataplane.governance.detectors._options import Options
 from dataplane.governance.detectors._spans import leftmost_longest
+from dataplane.governance.detectors.payment_card import luhn_valid
 
 CONTEXT_CHARS: Final = 48
 
@@ -78,13 +82,20 @@ def _id(kind: str, validate: Callable[[str], object], words: tuple[str, ...] = (
     return _Id(kind, validate, context)
 
 
+# Each identifier's check done in place for the forms the detector hands it (ASCII digits,
+# and letters where the identifier has them, in its written forms without spaces), with the
+# library's rules: its call first normalises the text character by character (~20 us; a text
+# of identifiers is one at every dozen characters). Anything else goes to the library.
+
+
+def _digits(value: str) -> bool:
+    return value.isascii() and value.isdigit()
+
+
 def _bsn(value: str) -> str:
-    """``stdnum.nl.bsn.validate`` for what the detector hands it (ASCII digits, in the written
-    form with dots): the 11-test on the number padded to nine digits. The library's call
-    first normalises the text character by character (~20 us; a text of BSNs is one at every
-    dozen characters); anything else goes to it."""
+    """``stdnum.nl.bsn.validate``: the 11-test on the number padded to nine digits."""
     number = value.replace(".", "")
-    if not (number.isascii() and number.isdigit()):
+    if not _digits(number):
         return bsn.validate(value)
     number = number.zfill(9)
     if len(number) != 9 or int(number) == 0:
@@ -97,13 +108,163 @@ def _bsn(value: str) -> str:
     return number
 
 
+_SSN_REFUSED: Final = frozenset({"078051120", "457555462", "219099999"})
+"""Numbers advertised (on a wallet insert, in a leaflet...) that ``stdnum.us.ssn`` refuses."""
+
+
+def _ssn(value: str) -> str:
+    """``stdnum.us.ssn.validate`` for ``536904399`` and ``536-90-4399``: no area 000, 666 or
+    9xx, no group 00, no serial 0000, none of the advertised numbers."""
+    number = value[:3] + value[4:6] + value[7:] if len(value) == 11 and value[3] == value[6] == "-" else value
+    if len(number) != 9 or not _digits(number):
+        return ssn.validate(value)
+    area = number[:3]
+    if area in ("000", "666") or area[0] == "9" or number[3:5] == "00" or number[5:] == "0000":
+        raise ValidationError()
+    if number in _SSN_REFUSED:
+        raise ValidationError()
+    return number
+
+
+def _idnr(value: str) -> str:
+    """``stdnum.de.idnr.validate`` for ``36574261809``: no leading 0, one digit of the first
+    ten written two or three times and each other once, ISO 7064 mod 11,10."""
+    if len(value) != 11 or not _digits(value):
+        return idnr.validate(value)
+    if value[0] == "0":
+        raise ValidationError()
+    counts = [0] * 10
+    for c in value[:10]:
+        counts[ord(c) - 48] += 1
+    repeated = [n for n in counts if n > 1]
+    if len(repeated) != 1 or repeated[0] > 3:
+        raise ValidationError()
+    check = 5
+    for c in value:
+        check = (((check or 10) * 2) % 11 + ord(c) - 48) % 10
+    if check != 1:
+        raise ValidationError()
+    return value
+
+
+def _personnummer(value: str) -> str:
+    """``stdnum.se.personnummer.validate`` for ``811218-9876``, ``19811218-9876`` (``+`` for a
+    hundred or older) and the same without the sign: a date that exists (the century of a
+    two-digit year the latest not after this year, a ``+`` one earlier) and Luhn."""
+    n = len(value)
+    if n in (11, 13) and value[-5] in "-+":
+        digits, sign = value[:-5] + value[-4:], value[-5]
+    elif n in (10, 12):
+        digits, sign = value, "-"
+    else:
+        return personnummer.validate(value)
+    if not _digits(digits):
+        return personnummer.validate(value)
+    if len(digits) == 12:
+        year = int(digits[:4])
+        date = digits[4:8]
+    else:
+        this_year = datetime.date.today().year
+        century = this_year // 100
+        if int(digits[:2]) > this_year % 100:
+            century -= 1
+        if sign == "+":
+            century -= 1
+        year = century * 100 + int(digits[:2])
+        date = digits[2:6]
+    try:
+        datetime.date(year, int(date[:2]), int(date[2:]))
+    except ValueError:
+        raise ValidationError() from None
+    if not luhn_valid(digits[-10:]):
+        raise ValidationError()
+    return f"{digits[:-4]}{sign}{digits[-4:]}"
+
+
+_DNI_LETTERS: Final = "TRWAGMYFPDXBNJZSQVHLCKE"
+
+
+def _dni(value: str) -> str:
+    """``stdnum.es.dni.validate`` for ``12345678Z`` and ``12345678-Z``: the check letter."""
+    n = len(value)
+    if (n == 10 and value[8] == "-") or n == 9:
+        number, letter = value[:8], value[-1]
+    else:
+        return dni.validate(value)
+    if not (_digits(number) and letter.isascii() and letter.isalpha()):
+        return dni.validate(value)
+    letter = letter.upper()
+    if _DNI_LETTERS[int(number) % 23] != letter:
+        raise ValidationError()
+    return number + letter
+
+
+_CF_SHAPE: Final = re.compile(r"[A-Z]{6}[0-9]{2}[A-Z][0-9]{2}[A-Z][0-9]{3}[A-Z]")
+_CF_MONTHS: Final = "ABCDEHLMPRST"
+_CF_ODD: Final = [
+    1,
+    0,
+    5,
+    7,
+    9,
+    13,
+    15,
+    17,
+    19,
+    21,
+    2,
+    4,
+    18,
+    20,
+    11,
+    3,
+    6,
+    8,
+    12,
+    14,
+    16,
+    10,
+    22,
+    25,
+    24,
+    23,
+]
+"""What a character at an odd place (1st, 3rd...) adds to the check: of a digit by its
+value, of a letter by its place in the alphabet; at an even place, the value or place itself."""
+
+
+def _codicefiscale(value: str) -> str:
+    """``stdnum.it.codicefiscale.validate`` for ``RSSMRA85T10A562S`` (any case; its digits
+    written as digits): a month letter, the check letter and a birth date that exists (the
+    day plus 40 for a woman, the year between 1920 and 2019)."""
+    number = value.upper()
+    if len(number) != 16 or not number.isascii() or _CF_SHAPE.fullmatch(number) is None:
+        return codicefiscale.validate(value)
+    month = _CF_MONTHS.find(number[8])
+    if month < 0:
+        raise ValidationError()
+    total = 0
+    for i in range(15):
+        c = ord(number[i])
+        place = c - 48 if c < 65 else c - 65
+        total += place if i % 2 else _CF_ODD[place]
+    if chr(65 + total % 26) != number[15]:
+        raise ValidationError()
+    year = 1900 + int(number[6:8])
+    try:
+        datetime.date(year if year >= 1920 else year + 100, month + 1, int(number[9:11]) % 40)
+    except ValueError:
+        raise ValidationError() from None
+    return number
+
+
 _IDS: Final = {
-    "US": [_id("US.ssn", ssn.validate, ("ssn", "social security", "soc. sec", "soc sec"))],
+    "US": [_id("US.ssn", _ssn, ("ssn", "social security", "soc. sec", "soc sec"))],
     "GB": [_id("GB.nino", _nino)],
     "DE": [
         _id(
             "DE.idnr",
-            idnr.validate,
+            _idnr,
             ("steuer-id", "steuerid", "steuer id", "identifikationsnummer", "idnr", "tax id", "tin"),
         )
     ],
@@ -115,9 +276,9 @@ _IDS: Final = {
             ("bsn", "burgerservicenummer", "sofinummer", "sofi-nummer", "citizen service"),
         )
     ],
-    "ES": [_id("ES.dni", dni.validate), _id("ES.nie", nie.validate)],
-    "IT": [_id("IT.codicefiscale", codicefiscale.validate)],
-    "SE": [_id("SE.personnummer", personnummer.validate, ("personnummer", "personnr", "pnr", "person nr"))],
+    "ES": [_id("ES.dni", _dni), _id("ES.nie", nie.validate)],
+    "IT": [_id("IT.codicefiscale", _codicefiscale)],
+    "SE": [_id("SE.personnummer", _personnummer, ("personnummer", "personnr", "pnr", "person nr"))],
 }
 _BY_KIND: Final = {i.kind: i for ids in _IDS.values() for i in ids}
 _LAST_DIGIT: Final = re.compile(r".*[0-9]", re.DOTALL)

@@ -1,12 +1,12 @@
 """Findings of several output rules that overlap, in a stream: the earlier rule's action
 stands as for the whole answer, so a streamed answer is the unary one (its text, its evidence
-counts, and whether it is refused) however it is chunked."""
+counts and positions, and whether it is refused) however it is chunked."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dataplane.errors import SignalboxError
@@ -23,19 +23,56 @@ RULES = [
 ]
 FRAGMENTS = ["project ", "falcon ", "is on ", "was on ", "word ", "x" * 9, "\n"]
 
+Evidence = list[tuple[str, int, list[tuple[str, int, int, str]]]]
 
-def _outcome(g: Any, text: str) -> tuple[str, bool, list[tuple[str, int]]]:
+
+def evidence(actions: list[dict[str, Any]]) -> Evidence:
+    """Each entry's rule, count and positions (field, offsets, kind), in rule order."""
+    return sorted(
+        (a["rule"], a["count"], [(p["field"], p["start"], p["end"], p["kind"]) for p in a["positions"]])
+        for a in actions
+    )
+
+
+def _outcome(g: Any, text: str) -> tuple[str, bool, Evidence]:
     actions: list[dict[str, Any]] = []
     try:
         sent = g.govern_output(answer(text), actions).message.text
     except SignalboxError:
-        return "", True, [(a["rule"], a["count"]) for a in actions]
-    return sent, False, [(a["rule"], a["count"]) for a in actions]
+        return "", True, evidence(actions)
+    return sent, False, evidence(actions)
+
+
+def _as_the_whole_answer(text: str, rules: list[dict[str, Any]], size: int) -> None:
+    document = {"output": {"window": 64, "rules": rules}}
+    unary, refused, whole = _outcome(governor(document), text)
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
+    out, error, actions = stream(governor(document), pieces)
+    assert (error is not None) == refused
+    if refused:
+        # The stream ends at the chunk whose scan finds the block (len(out) chunks went
+        # before it): its evidence is that of the whole answer it had read, for the rules up
+        # to the block rule. A rule after it may have findings in text sent before the
+        # refusal (a whole answer is refused before that rule runs).
+        _, also_refused, read = _outcome(governor(document), "".join(pieces[: len(out) + 1]))
+        assert also_refused
+        names = [r["name"] for r in rules]
+        later = names[names.index("stop") + 1 :]
+        assert [e for e in evidence(actions) if e[0] not in later] == read
+        return
+    assert evidence(actions) == whole
+    assert "".join(out) == unary
+
+
+TEXTS = st.lists(st.sampled_from(FRAGMENTS), max_size=20).map("".join)
 
 
 @settings(max_examples=300, deadline=None)
+@example(  # a block finding at the end of the text seen, which the text to come redacts
+    "project project project project project project is on is on falcon was on ", [RULES[2], RULES[4]], 7
+)
 @given(
-    st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=20).map("".join),
+    TEXTS.filter(bool),
     st.lists(st.sampled_from(RULES), min_size=2, max_size=4, unique_by=lambda r: r["name"]),
     st.integers(min_value=1, max_value=11),
 )
@@ -44,15 +81,27 @@ def test_overlapping_findings_in_a_stream_are_read_as_in_the_whole_answer(
 ) -> None:
     """A later block or flag rule acted on what an earlier redaction covered (a stream was
     refused that the whole answer was not, and counted findings the evidence of the whole
-    answer does not), and a later redaction reaching past an earlier one took the earlier
-    one's placeholder."""
-    document = {"output": {"window": 64, "rules": rules}}
-    unary, refused, counts = _outcome(governor(document), text)
-    out, error, actions = stream(governor(document), [text[i : i + size] for i in range(0, len(text), size)])
-    assert (error is not None) == refused
-    if refused:
-        # The stream ends at the scan that finds it, before recording what else that scan found.
-        assert [(a["rule"], a["count"]) for a in actions if a["action"] == "block"] == [("stop", 1)]
-        return
-    assert sorted((a["rule"], a["count"]) for a in actions) == sorted(counts)
-    assert "".join(out) == unary
+    answer does not), and a later redaction reaching beyond an earlier one took the earlier
+    one's placeholder. A block finding at the end of the text seen refused the stream before
+    the text that makes it an earlier redaction's came."""
+    _as_the_whole_answer(text, rules, size)
+
+
+@settings(max_examples=300, deadline=None)
+@example("is on falcon ", "xxxxxxxxxfalcon was on \nis on word xxxxxxxxxfalcon was on ", [RULES[3]], 0, 3)
+@example("word falcon project xxxxxxxxx", "x" * 50, [RULES[0], RULES[3]], 2, 4)
+@given(
+    TEXTS,
+    TEXTS,
+    st.lists(st.sampled_from(RULES[:4]), min_size=1, max_size=3, unique_by=lambda r: r["name"]),
+    st.integers(min_value=0, max_value=3),
+    st.integers(min_value=1, max_value=11),
+)
+def test_a_refused_stream_records_what_the_refused_whole_answer_does(
+    before: str, after: str, others: list[dict[str, Any]], at: int, size: int
+) -> None:
+    """A refused stream recorded only the block rule's first finding and none of what the
+    rules before it found in the same scan (held back, never sent), where a refused whole
+    answer records them all: a regulated caller's evidence must say all the scan found."""
+    rules = [*others[:at], RULES[4], *others[at:]]
+    _as_the_whole_answer(f"{before}falcon was on {after}", rules, size)
