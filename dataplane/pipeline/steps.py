@@ -467,8 +467,16 @@ class Pipeline:
                 return await attempt(candidate, remaining)
 
         def recorded(outcome: ShadowOutcome[Any]) -> None:
+            fields = shadow_fields(trace, outcome)
+            caller = trace.caller
+            if self.quotas is not None and caller is not None:
+                # The shadow deployment bills the tenant too: its cost counts against the
+                # budgets (not reserved before: a mirror is never refused, it is charged).
+                self.quotas.charge(
+                    caller.tenant, caller.key_id, caller.key_limits, fields["cost"]["total_nanos"]
+                )
             try:
-                self.evidence.append(shadow_fields(trace, outcome))
+                self.evidence.append(fields)
             except (OSError, ValueError) as exc:
                 log.error("evidence of the shadow call of %s not written: %s", trace.correlation_id, exc)
 

@@ -278,6 +278,24 @@ class Quotas:
         # Tokens: how long the limit takes to refill what this request needs.
         return max(self.lease_interval, units * 60.0 / bucket.limit)
 
+    def charge(
+        self, tenant: TenantConfig, key_id: str, key_limits: LimitsConfig | None, cost_nanos: int
+    ) -> None:
+        """Count ``cost_nanos`` no request reserved (a mirrored shadow call's, known when it
+        ends) against the tenant's and the key's budgets: taken from what they hold, below zero
+        if need be; the leaser reports the debt to the ledger, and the budget refuses until it
+        is covered."""
+        if cost_nanos <= 0:
+            return
+        for key, limits in (("", tenant.limits), (key_id, key_limits if key_id else None)):
+            if limits is None:
+                continue
+            for kind in BUDGETS:
+                bucket = self.bucket(tenant, key, limits, kind)
+                if bucket is not None:
+                    bucket.holding -= cost_nanos
+                    self.short()
+
     def settle(self, reservation: Reservation | None, tokens: int, cost_nanos: int) -> None:
         """Give back what the request did not use of its estimate (or take the extra)."""
         if reservation is None or reservation.settled:
