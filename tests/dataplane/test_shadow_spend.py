@@ -18,6 +18,7 @@ from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
+from signalbox.shell.simulator.behaviour import Behaviour
 from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
 from tests.helpers import eventually
 
@@ -79,3 +80,31 @@ async def test_a_shadow_calls_cost_counts_against_the_budget(
     # Past the budget by at most the request admitted on credit and its shadow.
     worst = max(r["cost"]["total_nanos"] for r in shadows) + 20_000
     assert spent <= BUDGET + worst, (spent, served)
+
+
+async def test_a_shadow_call_cut_by_the_deadline_counts_as_generated_in_full(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """As an attempt cut by a timeout: the shadow deployment had the request and may bill all
+    of it. It cost nothing: a caller's short deadline made every mirror free."""
+    simulator.set_behaviour("sim-smart", Behaviour(latency_ms=5_000))
+    mirror = {"name": "mirror", "models": ["sim-fast"], "shadow": {"model": "sim-smart", "share": 1.0}}
+    node = await start_node()
+    assert (
+        await node.store.apply(envelope(snapshot(1, simulator.base_url, rules=[mirror]), signing_key))
+    ).accepted
+    path = log_path(tmp_path / "node", "node-test")
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        await stub.Infer(chat(PROMPT, params=SMALL, correlation_id="cut-mirror"), metadata=AUTH, timeout=1.0)
+    await eventually(
+        lambda: any(r["kind"] == "shadow" for r in read_records(path)), message="the shadow's record"
+    )
+    [record] = [r for r in read_records(path) if r["kind"] == "shadow"]
+    assert record["outcome"]["code"] == "timeout"
+    usage = record["usage"]
+    assert usage is not None, record
+    assert (usage["output_tokens"], usage["estimated"]) == (SMALL.max_output_tokens, True)
+    assert usage["input_tokens"] >= len(PROMPT) // 4
+    # sim-smart: 2,000 nano-USD an input token, 8,000 an output token.
+    assert record["cost"]["total_nanos"] == usage["input_tokens"] * 2_000 + SMALL.max_output_tokens * 8_000
