@@ -93,6 +93,7 @@ class Bucket:
         "refilled_at",
         "scope",
         "window",
+        "window_ends",
     )
 
     def __init__(self, scope: ScopeKey, label: str, limit: int, fail_closed: bool) -> None:
@@ -114,6 +115,9 @@ class Bucket:
         until then the bucket admits nothing, whatever it holds (``Quotas.exhaust``)."""
         self.refill_seconds = 0.0
         self.window = ""
+        self.window_ends = 0.0
+        """Budgets: when ``window`` ends (``Quotas`` clock; 0: not said). What the bucket holds
+        then was leased for that window: void in the next (``Quotas._draw``)."""
         self.granted_rate = 0.0
         """Units per second the last leases granted: the local refill rate when failing open."""
         self.refilled_at = 0.0
@@ -230,6 +234,15 @@ class Quotas:
         return Reservation(float(tokens), float(cost_nanos), tuple(token_buckets), tuple(budget_buckets))
 
     def _draw(self, bucket: Bucket, units: float, now: float) -> None:
+        if bucket.window_ends and now >= bucket.window_ends and self.reachable:
+            # The budget's window ended: what the bucket holds was leased for it, and spent in
+            # the next window no ledger would count it there (the ledger takes back only what
+            # is handed back in the window it was leased in). The new window starts as a
+            # bucket never leased (one request on credit, counted by its first lease); a debt
+            # is kept.
+            bucket.holding = min(bucket.holding, 0.0)
+            bucket.leased = bucket.exhausted = False
+            bucket.window_ends = 0.0
         if not self.reachable:
             if bucket.fail_closed:
                 bucket.asked += units

@@ -218,6 +218,8 @@ class QuotaLeaser:
         bucket.leased = True
         bucket.exhausted = grant.exhausted
         if bucket.scope[2] in BUDGETS:
+            if grant.window_seconds_left > 0:
+                bucket.window_ends = self.quotas.now() + grant.window_seconds_left
             if grant.exhausted:
                 self.quotas.exhaust(bucket, grant.window, grant.window_seconds_left)
             else:

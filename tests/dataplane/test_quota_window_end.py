@@ -1,0 +1,85 @@
+"""Budget quota a node holds when its window ends is that window's, not the next one's.
+
+A node leased nano-USD of today's budget; at midnight it still held some, and spent it in the
+new day, where no ledger had granted it: the new day's budget ran past its limit by what
+every worker held at midnight (and an air-gapped node's own ledger, the only count it has,
+never knew). The grant says how long its window has left; past that, what the bucket holds is
+void and the new window starts as a bucket never leased does (one request on credit, counted
+by its first lease)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dataplane.config.model import LimitsConfig, RuntimeConfig, TenantConfig
+from dataplane.errors import LimitExceeded
+from dataplane.quota import Kind, QuotaLeaser, Quotas
+from dataplane.quota.local import LocalLedger, serve, socket_path
+from dataplane.snapshot.compile import compile_snapshot
+from signalbox.api.config.v1 import quota_pb2_grpc, snapshot_pb2
+from signalbox.tls import ClientTls, aio_channel
+from tests.dataplane.conftest import snapshot
+from tests.dataplane.test_quota import Clock
+
+BUDGET = 100_000
+REQUEST = 10_000
+
+
+def _config() -> RuntimeConfig:
+    snap = snapshot(1, "http://127.0.0.1:9")
+    next(t for t in snap.tenants if t.id == "t-acme").limits.CopyFrom(
+        snapshot_pb2.Limits(budget_day_nanos=BUDGET)
+    )
+    return compile_snapshot(snap, hashlib.sha256(snap.SerializeToString()).digest())
+
+
+def _at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+async def test_quota_held_at_midnight_is_not_spent_in_the_new_day(tmp_path: Path) -> None:
+    wall = [_at("2026-11-30T23:59:30")]
+    config = _config()
+    ledger = LocalLedger(lambda: config, tmp_path / "quota", clock=lambda: wall[0])
+    ledger.load()
+    server = await serve(ledger, "node-1", tmp_path)
+    clock = Clock()
+    quotas = Quotas(clock=clock)
+    tenant = TenantConfig("t-acme", "acme", limits=LimitsConfig(budget_day_nanos=BUDGET))
+    leaser = QuotaLeaser(quotas, f"unix:{socket_path(tmp_path)}", ClientTls(insecure=True), holder="node-1/0")
+    try:
+        async with aio_channel(f"unix:{socket_path(tmp_path)}", ClientTls(insecure=True)) as channel:
+            stub = quota_pb2_grpc.QuotaServiceStub(channel)
+            assert quotas.admit(tenant, "", None, 0, REQUEST) is not None  # on credit
+            await leaser.round(stub)
+            (bucket,) = quotas.buckets.values()
+            assert bucket.holding >= 2 * REQUEST  # 30 seconds before midnight, quota in hand
+            assert bucket.window == "2026-11-30"
+
+            # Midnight passes (on both clocks): December 1st, nothing of it granted yet. The
+            # tenant sends a burst, then one request a round until the new day is used up.
+            wall[0] += 60
+            clock.now += 60
+            spent = 0
+            for i in range(100):
+                for _ in range(3 if i == 0 else 1):
+                    try:
+                        reservation = quotas.admit(tenant, "", None, 0, REQUEST)
+                    except LimitExceeded:
+                        continue
+                    quotas.settle(reservation, 0, REQUEST)
+                    spent += REQUEST
+                if bucket.exhausted_until > clock.now:
+                    break
+                await leaser.round(stub)
+                assert bucket.window == "2026-12-01"
+                # The new day's ledger counts all the node spent in it (and what it holds).
+                counted = ledger.spent("t-acme", "", Kind.BUDGET_DAY) - max(0.0, bucket.holding)
+                assert counted >= spent, (i, counted, spent)
+            else:
+                raise AssertionError("the new day's budget never ran out")
+            assert spent <= BUDGET, spent
+    finally:
+        await server.stop(None)
