@@ -7,7 +7,9 @@ request, its estimated tokens (input + max output), its worst-case cost. All or 
 when one bucket is short the others are given back and the request is refused with
 ``LimitExceeded`` naming the limit. ``Quotas.settle`` gives back the difference between the
 estimate and what the request really used (or takes the extra: a bucket may go below zero,
-and then refuses until refilled). Nothing here does I/O: dict lookups and arithmetic.
+and then refuses until refilled). Nothing here does I/O: dict lookups and arithmetic
+(``Quotas.reserve`` at most waits for the leaser's next round, for a budget short only of a
+lease).
 
 While the control plane is unreachable the tenant's ``on_unreachable`` applies: fail closed
 refuses its limited requests (``QuotaUnavailable``); fail open keeps enforcing, refilling each
@@ -18,6 +20,8 @@ used up refuses until its window ends, whatever it holds (``Quotas.exhaust``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -162,6 +166,7 @@ class Quotas:
         self.short: Callable[[], None] = lambda: None
         """Called when a bucket runs short: the leaser renews at once."""
         self._clock = clock
+        self._renewal: asyncio.Event | None = None
         self.wall: Callable[[], float] = time.time
         """This node's wall clock (unix seconds): only for a ledger that does not say when an
         exhausted budget's window ends (``exhaust``)."""
@@ -233,6 +238,27 @@ class Quotas:
             raise
         return Reservation(float(tokens), float(cost_nanos), tuple(token_buckets), tuple(budget_buckets))
 
+    async def reserve(
+        self,
+        tenant: TenantConfig,
+        key_id: str,
+        key_limits: LimitsConfig | None,
+        tokens: int,
+        cost_nanos: int,
+    ) -> Reservation | None:
+        """``admit``, except that a budget with room left by the ledger's word, short only of
+        a lease (a burst, the node's first requests, a new window), waits for that lease, at
+        most a lease period, rather than refuse the request."""
+        until = time.monotonic() + self.lease_interval
+        while True:
+            try:
+                return self.admit(tenant, key_id, key_limits, tokens, cost_nanos)
+            except LimitExceeded as exc:
+                left = until - time.monotonic()
+                if not (exc.pending and left > 0):
+                    raise
+            await self.renewal(left)
+
     def _draw(self, bucket: Bucket, units: float, now: float) -> None:
         if bucket.window_ends and now >= bucket.window_ends and self.reachable:
             # The budget's window ended: what the bucket holds was leased for it, and spent in
@@ -259,14 +285,38 @@ class Quotas:
             bucket.largest = max(bucket.largest, units)
             self.short()
             if bucket.holding < 0:
-                raise LimitExceeded(bucket.label, self.lease_interval, "quota lease pending")
+                pending = LimitExceeded(bucket.label, self.lease_interval, "quota lease pending")
+                pending.pending = bucket.scope[2] in BUDGETS
+                raise pending
             bucket.holding -= units
             return
         if bucket.take(units, now):
             if bucket.holding < bucket.largest:
                 self.short()
             return
-        raise LimitExceeded(bucket.label, self._retry_after(bucket, units, now))
+        refused = LimitExceeded(bucket.label, self._retry_after(bucket, units, now))
+        refused.pending = (
+            self.reachable
+            and bucket.scope[2] in BUDGETS
+            and not bucket.exhausted
+            and now >= bucket.exhausted_until
+        )
+        raise refused
+
+    async def renewal(self, timeout: float) -> None:
+        """Wait until the leaser's next round ends (``renewed``), at most ``timeout`` seconds."""
+        if self._renewal is None:
+            self._renewal = asyncio.Event()
+        event = self._renewal
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+
+    def renewed(self) -> None:
+        """A lease round ended (or failed): wake the requests waiting for it."""
+        event, self._renewal = self._renewal, None
+        if event is not None:
+            event.set()
 
     def exhaust(self, bucket: Bucket, window: str, seconds_left: float = 0.0) -> None:
         """The ledger reported ``bucket``'s budget ``window`` used up, ``seconds_left`` before

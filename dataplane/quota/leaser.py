@@ -106,6 +106,7 @@ class QuotaLeaser:
                     # A new channel next time: the node certificate may have been renewed.
                     await channel.close(None)
                     channel = None
+                self.quotas.renewed()
                 # Kicked rounds are spaced a quarter period apart at least.
                 await asyncio.sleep(self.interval / 4)
         finally:
