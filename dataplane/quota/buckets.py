@@ -273,9 +273,11 @@ class Quotas:
             if bucket.fail_closed:
                 bucket.asked += units
                 raise QuotaUnavailable(bucket.label, self.lease_interval)
-            if not bucket.leased:
+            if not bucket.leased and not bucket.granted_rate:
                 bucket.asked += units
                 return  # failing open with no lease to go by: not enforced
+            # (A budget whose window ended is not leased for the new one, yet its last leases'
+            # rate still holds: failing open, it is spent at that rate.)
             bucket.refill_locally(now)
         elif not bucket.leased:
             # One request on credit until the first lease, which takes the debt (``leaser``):

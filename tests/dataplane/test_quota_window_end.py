@@ -83,3 +83,37 @@ async def test_quota_held_at_midnight_is_not_spent_in_the_new_day(tmp_path: Path
             assert spent <= BUDGET, spent
     finally:
         await server.stop(None)
+
+
+async def test_a_new_window_without_a_reachable_ledger_still_spends_at_the_last_leases_rate(
+    tmp_path: Path,
+) -> None:
+    """Failing open, a budget is spent at the rate of its last leases: the window's end must
+    not turn that into no limit at all (a bucket never leased is not enforced)."""
+    wall = [_at("2026-11-30T23:59:30")]
+    config = _config()
+    ledger = LocalLedger(lambda: config, tmp_path / "quota", clock=lambda: wall[0])
+    ledger.load()
+    server = await serve(ledger, "node-1", tmp_path)
+    clock = Clock()
+    quotas = Quotas(clock=clock)
+    tenant = TenantConfig("t-acme", "acme", limits=LimitsConfig(budget_day_nanos=BUDGET))
+    leaser = QuotaLeaser(quotas, f"unix:{socket_path(tmp_path)}", ClientTls(insecure=True), holder="node-1/0")
+    try:
+        async with aio_channel(f"unix:{socket_path(tmp_path)}", ClientTls(insecure=True)) as channel:
+            stub = quota_pb2_grpc.QuotaServiceStub(channel)
+            assert quotas.admit(tenant, "", None, 0, REQUEST) is not None  # on credit
+            await leaser.round(stub)
+    finally:
+        await server.stop(None)
+    clock.now += 60  # midnight passes: a request of the new day, then the ledger is out of reach
+    assert quotas.admit(tenant, "", None, 0, REQUEST) is not None
+    quotas.reachable = False
+    served = 0
+    for _ in range(50):
+        try:
+            quotas.admit(tenant, "", None, 0, REQUEST)
+            served += 1
+        except LimitExceeded:
+            break
+    assert served * REQUEST < BUDGET, served
