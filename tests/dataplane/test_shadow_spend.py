@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataplane.app import DataPlaneNode
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
 from signalbox.api.config.v1 import snapshot_pb2
@@ -29,16 +30,27 @@ BUDGET = 1_000_000
 SMALL = infer_pb2.GenerationParams(max_output_tokens=8)
 
 
+MIRROR = {"name": "mirror", "models": ["sim-fast"], "shadow": {"model": "sim-smart", "share": 1.0}}
+"""Every request served by sim-fast, mirrored to sim-smart (20 times its price)."""
+
+
+async def _mirrored_node(
+    start_node: NodeFactory, base_url: str, key: Ed25519PrivateKey, budget: int = 0, **settings: Any
+) -> DataPlaneNode:
+    node = await start_node(**settings)
+    snap = snapshot(1, base_url, rules=[MIRROR])
+    if budget:
+        next(t for t in snap.tenants if t.id == "t-acme").limits.CopyFrom(
+            snapshot_pb2.Limits(budget_day_nanos=budget)
+        )
+    assert (await node.store.apply(envelope(snap, key))).accepted
+    return node
+
+
 async def test_a_shadow_calls_cost_counts_against_the_budget(
     start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
-    mirror = {"name": "mirror", "models": ["sim-fast"], "shadow": {"model": "sim-smart", "share": 1.0}}
-    node = await start_node(quota_lease_interval=0.1)
-    snap = snapshot(1, simulator.base_url, rules=[mirror])
-    next(t for t in snap.tenants if t.id == "t-acme").limits.CopyFrom(
-        snapshot_pb2.Limits(budget_day_nanos=BUDGET)
-    )
-    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    node = await _mirrored_node(start_node, simulator.base_url, signing_key, BUDGET, quota_lease_interval=0.1)
     path = log_path(tmp_path / "node", "node-test")
 
     def records() -> list[dict[str, Any]]:
@@ -88,11 +100,7 @@ async def test_a_shadow_call_cut_by_the_deadline_counts_as_generated_in_full(
     """As an attempt cut by a timeout: the shadow deployment had the request and may bill all
     of it. It cost nothing: a caller's short deadline made every mirror free."""
     simulator.set_behaviour("sim-smart", Behaviour(latency_ms=5_000))
-    mirror = {"name": "mirror", "models": ["sim-fast"], "shadow": {"model": "sim-smart", "share": 1.0}}
-    node = await start_node()
-    assert (
-        await node.store.apply(envelope(snapshot(1, simulator.base_url, rules=[mirror]), signing_key))
-    ).accepted
+    node = await _mirrored_node(start_node, simulator.base_url, signing_key)
     path = log_path(tmp_path / "node", "node-test")
     async with grpc.aio.insecure_channel(node.address) as channel:
         stub = infer_pb2_grpc.InferServiceStub(channel)
@@ -108,3 +116,21 @@ async def test_a_shadow_call_cut_by_the_deadline_counts_as_generated_in_full(
     assert usage["input_tokens"] >= len(PROMPT) // 4
     # sim-smart: 2,000 nano-USD an input token, 8,000 an output token.
     assert record["cost"]["total_nanos"] == usage["input_tokens"] * 2_000 + SMALL.max_output_tokens * 8_000
+
+
+async def test_a_node_stopping_records_the_shadow_calls_still_in_flight(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """A graceful stop drained the served requests but not their mirrors: a shadow call the
+    upstream had (and bills) went unrecorded and uncharged."""
+    simulator.set_behaviour("sim-smart", Behaviour(latency_ms=1_000))
+    node = await _mirrored_node(start_node, simulator.base_url, signing_key)
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        await stub.Infer(chat(PROMPT, params=SMALL, correlation_id="in-flight"), metadata=AUTH, timeout=10)
+    await eventually(lambda: simulator.stats("sim-smart").chat == 1, message="the upstream has the mirror")
+    await node.stop(5.0)
+    path = log_path(tmp_path / "node", "node-test")
+    shadows = [r for r in read_records(path) if r["kind"] == "shadow"]
+    assert [(r["correlation_id"], r["outcome"]["code"]) for r in shadows] == [("in-flight", "OK")]
+    assert shadows[0]["cost"]["total_nanos"] > 0
