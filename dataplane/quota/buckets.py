@@ -90,6 +90,7 @@ class Bucket:
         "granted_rate",
         "holding",
         "label",
+        "lapsed",
         "largest",
         "leased",
         "limit",
@@ -119,6 +120,8 @@ class Bucket:
         until then the bucket admits nothing, whatever it holds (``Quotas.exhaust``)."""
         self.refill_seconds = 0.0
         self.window = ""
+        self.lapsed = 0
+        """Budgets: how many windows have ended on this bucket (``Reservation.windows``)."""
         self.window_ends = 0.0
         """Budgets: when ``window`` ends (``Quotas`` clock; 0: not said). What the bucket holds
         then was leased for that window: void in the next (``Quotas._draw``)."""
@@ -152,6 +155,8 @@ class Reservation:
     cost_nanos: float
     token_buckets: tuple[Bucket, ...]
     budget_buckets: tuple[Bucket, ...]
+    windows: tuple[int, ...] = ()
+    """Each budget bucket's ``lapsed`` when the request was admitted."""
     settled: bool = False
 
 
@@ -236,7 +241,13 @@ class Quotas:
             if not isinstance(exc, OverBudget):  # no lease can help that one
                 self.short()
             raise
-        return Reservation(float(tokens), float(cost_nanos), tuple(token_buckets), tuple(budget_buckets))
+        return Reservation(
+            float(tokens),
+            float(cost_nanos),
+            tuple(token_buckets),
+            tuple(budget_buckets),
+            tuple(b.lapsed for b in budget_buckets),
+        )
 
     async def reserve(
         self,
@@ -269,6 +280,7 @@ class Quotas:
             bucket.holding = min(bucket.holding, 0.0)
             bucket.leased = bucket.exhausted = False
             bucket.window_ends = 0.0
+            bucket.lapsed += 1
         if not self.reachable:
             if bucket.fail_closed:
                 bucket.asked += units
@@ -368,5 +380,10 @@ class Quotas:
         reservation.settled = True
         for bucket in reservation.token_buckets:
             bucket.holding += reservation.tokens - tokens
-        for bucket in reservation.budget_buckets:
-            bucket.holding += reservation.cost_nanos - cost_nanos
+        for bucket, lapsed in zip(reservation.budget_buckets, reservation.windows, strict=True):
+            if bucket.lapsed == lapsed:
+                bucket.holding += reservation.cost_nanos - cost_nanos
+            else:
+                # Reserved in a window that has ended: what it did not use was that window's
+                # (the new one's ledger never granted it); what it used past it is a debt.
+                bucket.holding -= max(0.0, cost_nanos - reservation.cost_nanos)

@@ -129,3 +129,21 @@ async def test_a_new_window_without_a_reachable_ledger_still_spends_at_the_last_
         except LimitExceeded:
             break
     assert served * REQUEST < BUDGET, served
+
+
+async def test_a_request_reserved_before_midnight_gives_nothing_back_to_the_new_day(tmp_path: Path) -> None:
+    """A request reserves its worst case from today's quota and ends after midnight having
+    cost less: the rest was today's, handed back into the new day's bucket it was spent
+    there, where no ledger counted it."""
+    async with _node(tmp_path) as node:
+        quotas = node.quotas
+        (bucket,) = quotas.buckets.values()
+        before = quotas.admit(TENANT, "", None, 0, REQUEST)  # in flight at midnight
+        node.wall[0] += 60
+        node.clock.now += 60
+        after = quotas.admit(TENANT, "", None, 0, REQUEST)  # the new day's first: on credit
+        quotas.settle(before, 0, REQUEST // 5)
+        quotas.settle(after, 0, REQUEST)
+        await node.leaser.round(node.stub)
+        counted = node.ledger.spent("t-acme", "", Kind.BUDGET_DAY) - max(0.0, bucket.holding)
+        assert counted >= REQUEST, counted
