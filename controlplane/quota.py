@@ -168,10 +168,8 @@ class QuotaLedger:
             updates: list[dict[str, Any]] = []
             for ask in limited:
                 state = rows[(ask.scope, ask.window)]
-                if ask.kind in BUDGETS:
-                    # Never less used than shipped evidence says was spent.
-                    state["used"] = max(int(state["used"]), recorded.get((ask.scope, ask.window), 0))
-                grant = self._grant(ask, state, now, holder)
+                # Budgets: never less used than shipped evidence says was spent.
+                grant = self._grant(ask, state, now, holder, recorded.get((ask.scope, ask.window), 0))
                 grants[ask.index] = grant
                 updates.append({"scope": ask.scope, "window": ask.window, **state})
             if updates:
@@ -264,7 +262,9 @@ class QuotaLedger:
     def _capacity(self, ask: _Ask) -> float:
         return grants.capacity(ask.limit, self.burst_seconds) if ask.kind not in BUDGETS else 0.0
 
-    def _grant(self, ask: _Ask, state: dict[str, Any], now: datetime, holder: str) -> quota_pb2.QuotaGrant:
+    def _grant(
+        self, ask: _Ask, state: dict[str, Any], now: datetime, holder: str, spent: int
+    ) -> quota_pb2.QuotaGrant:
         scope = quota_pb2.QuotaScope(
             tenant_id=str(ask.tenant_id),
             api_key_id=str(ask.api_key_id or ""),
@@ -285,6 +285,7 @@ class QuotaLedger:
                 returned=ask.returned if same else 0,
                 overspent=ask.overspent if same else 0,
                 int_max=INT64_MAX,
+                spent=spent,
             )
             state.update(used=row.used, updated_at=now)
             return quota_pb2.QuotaGrant(

@@ -483,8 +483,18 @@ class DataPlaneNode:
                 self._pin_watch.close()
             if self._pin_task is not None:
                 await self._pin_task
+            drained_by = time.monotonic() + grace
             if self._doors is not None:
                 await self._doors.stop(grace)
+            if self._dispatcher is not None:
+                # The drained requests' mirrors finish too (each within its caller's deadline,
+                # all within the grace): their upstreams have them and bill them; closing the
+                # HTTP client under them recorded a server error that cost nothing.
+                try:
+                    async with asyncio.timeout(max(0.0, drained_by - time.monotonic())):
+                        await self._dispatcher.drain_shadows()
+                except TimeoutError:
+                    await self._dispatcher.aclose()
             if self._ledger_server is not None:
                 # Last: the other workers lease from it while they drain.
                 await self._ledger_server.stop(grace)

@@ -141,6 +141,9 @@ class LimitExceeded(SignalboxError):
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
     limit: str = ""
     retry_after: float | None = 1.0
+    pending: bool = False
+    """A budget the ledger has not reported used up, short only of a lease this node has not
+    had yet: worth waiting for the lease rather than refusing (``Quotas.renewal``)."""
 
     def __init__(self, limit: str, retry_after: float, detail: str = "") -> None:
         super().__init__(f"{limit} exceeded" + (f" ({detail})" if detail else ""))

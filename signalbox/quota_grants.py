@@ -50,17 +50,22 @@ def capacity(limit: int, burst_seconds: float) -> float:
     return limit * burst_seconds / 60.0
 
 
-def grant_budget(row: Row, *, limit: int, want: int, returned: int, overspent: int, int_max: int) -> Grant:
+def grant_budget(
+    row: Row, *, limit: int, want: int, returned: int, overspent: int, int_max: int, spent: int = 0
+) -> Grant:
     """Take back ``returned`` (not once the window is used up), count ``overspent``, then grant
     up to ``want`` within ``limit`` (``returned`` and ``overspent`` only when they are of the
-    row's window: the caller checks)."""
-    used = row.used
+    row's window: the caller checks). ``spent``: what is known to have been spent in the
+    window (shipped evidence): ``used`` never ends below it, whatever is handed back."""
+    used = max(row.used, spent)
     if used < limit:
         # Once a window is used up it stays so until it ends (or the limit is raised): what a
         # holder hands back after that is counted as spent, never granted again. Otherwise
         # the leftover of each exhausted holder reopened the window for a moment, and every
         # holder read "not exhausted" and started over (the budget leaked a request a cycle).
-        used -= min(returned, used)
+        # Never below what was spent: a hand-back is of what was leased, and evidence may
+        # already count more than the leases did (a node failing open through an outage).
+        used = max(used - min(returned, used), spent)
     used = min(used + overspent, int_max)
     granted = max(0, min(want, limit - used))
     row.used = used + granted

@@ -415,11 +415,11 @@ class Pipeline:
         trace.plan = plan = usable_plan(trace.plan, query, state.unusable)
         trace.mark("route")
         if self.quotas is not None:
-            self._limit(trace, caller, query, plan)
+            await self._limit(trace, caller, query, plan)
             trace.mark("limit")
         return body, plan
 
-    def _limit(self, trace: Trace, caller: Caller, query: RouteQuery, plan: RoutePlan) -> None:
+    async def _limit(self, trace: Trace, caller: Caller, query: RouteQuery, plan: RoutePlan) -> None:
         """Reserve one request, its estimated tokens (input + max output) and its worst-case
         cost (the dearest candidate of the plan) from the tenant's and the key's limits;
         settled to the real usage when the request is recorded (``_record``)."""
@@ -428,7 +428,7 @@ class Pipeline:
             return
         tokens, cost = worst_case(query, plan)
         try:
-            trace.reservation = self.quotas.admit(
+            trace.reservation = await self.quotas.reserve(
                 caller.tenant, caller.key_id, caller.key_limits, tokens, cost
             )
         except (LimitExceeded, QuotaUnavailable) as exc:
@@ -467,8 +467,16 @@ class Pipeline:
                 return await attempt(candidate, remaining)
 
         def recorded(outcome: ShadowOutcome[Any]) -> None:
+            fields = shadow_fields(trace, outcome)
+            caller = trace.caller
+            if self.quotas is not None and caller is not None:
+                # The shadow deployment bills the tenant too: its cost counts against the
+                # budgets (not reserved before: a mirror is never refused, it is charged).
+                self.quotas.charge(
+                    caller.tenant, caller.key_id, caller.key_limits, fields["cost"]["total_nanos"]
+                )
             try:
-                self.evidence.append(shadow_fields(trace, outcome))
+                self.evidence.append(fields)
             except (OSError, ValueError) as exc:
                 log.error("evidence of the shadow call of %s not written: %s", trace.correlation_id, exc)
 

@@ -221,6 +221,12 @@ def shadow_fields(trace: Trace, outcome: ShadowOutcome[Any]) -> dict[str, Any]:
     """The evidence of a mirrored call: the request's data went to another deployment too."""
     c = outcome.candidate
     usage = getattr(outcome.result, "usage", None)
+    estimated = usage is None and outcome.outcome == "timeout"
+    if estimated:
+        # The shadow deployment had the request and may bill it in full, as an attempt cut by
+        # a timeout (``Trace.charge_timeouts``): the input as reserved, the output at its cap.
+        out = output_cap(trace.max_output_tokens, c.model, trace.embeds, DEFAULT_OUTPUT_TOKENS)
+        usage = Usage(input_tokens=trace.input_tokens, output_tokens=out)
     capped = (
         capped_usage(usage, c.model, trace.max_output_tokens, trace.embeds) if usage is not None else None
     )
@@ -241,7 +247,7 @@ def shadow_fields(trace: Trace, outcome: ShadowOutcome[Any]) -> dict[str, Any]:
         "policy": {"id": trace.plan.policy_id, "version": trace.plan.policy_version} if trace.plan else None,
         "routing": {"served_by": {"model": c.model.alias, "provider": c.provider.id, "deployment": c.key}},
         "timings": {"total_ms": outcome.duration_ms},
-        "usage": _usage_fields(usage, capped=[(c, capped)] if capped is not None else ()),
+        "usage": _usage_fields(usage, estimated, [(c, capped)] if capped is not None else ()),
         "cost": _cost_fields(cost),
         "outcome": {"code": "OK" if outcome.outcome == "ok" else outcome.outcome, "message": outcome.error},
         "request_sha256": trace.request_sha256,

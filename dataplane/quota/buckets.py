@@ -7,7 +7,9 @@ request, its estimated tokens (input + max output), its worst-case cost. All or 
 when one bucket is short the others are given back and the request is refused with
 ``LimitExceeded`` naming the limit. ``Quotas.settle`` gives back the difference between the
 estimate and what the request really used (or takes the extra: a bucket may go below zero,
-and then refuses until refilled). Nothing here does I/O: dict lookups and arithmetic.
+and then refuses until refilled). Nothing here does I/O: dict lookups and arithmetic
+(``Quotas.reserve`` at most waits for the leaser's next round, for a budget short only of a
+lease).
 
 While the control plane is unreachable the tenant's ``on_unreachable`` applies: fail closed
 refuses its limited requests (``QuotaUnavailable``); fail open keeps enforcing, refilling each
@@ -18,6 +20,8 @@ used up refuses until its window ends, whatever it holds (``Quotas.exhaust``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +90,7 @@ class Bucket:
         "granted_rate",
         "holding",
         "label",
+        "lapsed",
         "largest",
         "leased",
         "limit",
@@ -93,6 +98,7 @@ class Bucket:
         "refilled_at",
         "scope",
         "window",
+        "window_ends",
     )
 
     def __init__(self, scope: ScopeKey, label: str, limit: int, fail_closed: bool) -> None:
@@ -114,6 +120,11 @@ class Bucket:
         until then the bucket admits nothing, whatever it holds (``Quotas.exhaust``)."""
         self.refill_seconds = 0.0
         self.window = ""
+        self.lapsed = 0
+        """Budgets: how many windows have ended on this bucket (``Reservation.windows``)."""
+        self.window_ends = 0.0
+        """Budgets: when ``window`` ends (``Quotas`` clock; 0: not said). What the bucket holds
+        then was leased for that window: void in the next (``Quotas._draw``)."""
         self.granted_rate = 0.0
         """Units per second the last leases granted: the local refill rate when failing open."""
         self.refilled_at = 0.0
@@ -144,6 +155,8 @@ class Reservation:
     cost_nanos: float
     token_buckets: tuple[Bucket, ...]
     budget_buckets: tuple[Bucket, ...]
+    windows: tuple[int, ...] = ()
+    """Each budget bucket's ``lapsed`` when the request was admitted."""
     settled: bool = False
 
 
@@ -158,6 +171,7 @@ class Quotas:
         self.short: Callable[[], None] = lambda: None
         """Called when a bucket runs short: the leaser renews at once."""
         self._clock = clock
+        self._renewal: asyncio.Event | None = None
         self.wall: Callable[[], float] = time.time
         """This node's wall clock (unix seconds): only for a ledger that does not say when an
         exhausted budget's window ends (``exhaust``)."""
@@ -227,16 +241,55 @@ class Quotas:
             if not isinstance(exc, OverBudget):  # no lease can help that one
                 self.short()
             raise
-        return Reservation(float(tokens), float(cost_nanos), tuple(token_buckets), tuple(budget_buckets))
+        return Reservation(
+            float(tokens),
+            float(cost_nanos),
+            tuple(token_buckets),
+            tuple(budget_buckets),
+            tuple(b.lapsed for b in budget_buckets),
+        )
+
+    async def reserve(
+        self,
+        tenant: TenantConfig,
+        key_id: str,
+        key_limits: LimitsConfig | None,
+        tokens: int,
+        cost_nanos: int,
+    ) -> Reservation | None:
+        """``admit``, except that a budget with room left by the ledger's word, short only of
+        a lease (a burst, the node's first requests, a new window), waits for that lease, at
+        most a lease period, rather than refuse the request."""
+        until = time.monotonic() + self.lease_interval
+        while True:
+            try:
+                return self.admit(tenant, key_id, key_limits, tokens, cost_nanos)
+            except LimitExceeded as exc:
+                left = until - time.monotonic()
+                if not (exc.pending and left > 0):
+                    raise
+            await self.renewal(left)
 
     def _draw(self, bucket: Bucket, units: float, now: float) -> None:
+        if bucket.window_ends and now >= bucket.window_ends and self.reachable:
+            # The budget's window ended: what the bucket holds was leased for it, and spent in
+            # the next window no ledger would count it there (the ledger takes back only what
+            # is handed back in the window it was leased in). The new window starts as a
+            # bucket never leased (one request on credit, counted by its first lease); a debt
+            # is kept.
+            bucket.holding = min(bucket.holding, 0.0)
+            bucket.leased = bucket.exhausted = False
+            bucket.window_ends = 0.0
+            bucket.lapsed += 1
         if not self.reachable:
             if bucket.fail_closed:
                 bucket.asked += units
                 raise QuotaUnavailable(bucket.label, self.lease_interval)
-            if not bucket.leased:
+            if not bucket.leased and not bucket.granted_rate:
                 bucket.asked += units
                 return  # failing open with no lease to go by: not enforced
+            # (A budget whose window ended is not leased for the new one, yet its last leases'
+            # rate still holds: failing open, it is spent at that rate.)
             bucket.refill_locally(now)
         elif not bucket.leased:
             # One request on credit until the first lease, which takes the debt (``leaser``):
@@ -246,14 +299,38 @@ class Quotas:
             bucket.largest = max(bucket.largest, units)
             self.short()
             if bucket.holding < 0:
-                raise LimitExceeded(bucket.label, self.lease_interval, "quota lease pending")
+                pending = LimitExceeded(bucket.label, self.lease_interval, "quota lease pending")
+                pending.pending = bucket.scope[2] in BUDGETS
+                raise pending
             bucket.holding -= units
             return
         if bucket.take(units, now):
             if bucket.holding < bucket.largest:
                 self.short()
             return
-        raise LimitExceeded(bucket.label, self._retry_after(bucket, units, now))
+        refused = LimitExceeded(bucket.label, self._retry_after(bucket, units, now))
+        refused.pending = (
+            self.reachable
+            and bucket.scope[2] in BUDGETS
+            and not bucket.exhausted
+            and now >= bucket.exhausted_until
+        )
+        raise refused
+
+    async def renewal(self, timeout: float) -> None:
+        """Wait until the leaser's next round ends (``renewed``), at most ``timeout`` seconds."""
+        if self._renewal is None:
+            self._renewal = asyncio.Event()
+        event = self._renewal
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+
+    def renewed(self) -> None:
+        """A lease round ended (or failed): wake the requests waiting for it."""
+        event, self._renewal = self._renewal, None
+        if event is not None:
+            event.set()
 
     def exhaust(self, bucket: Bucket, window: str, seconds_left: float = 0.0) -> None:
         """The ledger reported ``bucket``'s budget ``window`` used up, ``seconds_left`` before
@@ -278,6 +355,24 @@ class Quotas:
         # Tokens: how long the limit takes to refill what this request needs.
         return max(self.lease_interval, units * 60.0 / bucket.limit)
 
+    def charge(
+        self, tenant: TenantConfig, key_id: str, key_limits: LimitsConfig | None, cost_nanos: int
+    ) -> None:
+        """Count ``cost_nanos`` no request reserved (a mirrored shadow call's, known when it
+        ends) against the tenant's and the key's budgets: taken from what they hold, below zero
+        if need be; the leaser reports the debt to the ledger, and the budget refuses until it
+        is covered."""
+        if cost_nanos <= 0:
+            return
+        for key, limits in (("", tenant.limits), (key_id, key_limits if key_id else None)):
+            if limits is None:
+                continue
+            for kind in BUDGETS:
+                bucket = self.bucket(tenant, key, limits, kind)
+                if bucket is not None:
+                    bucket.holding -= cost_nanos
+                    self.short()
+
     def settle(self, reservation: Reservation | None, tokens: int, cost_nanos: int) -> None:
         """Give back what the request did not use of its estimate (or take the extra)."""
         if reservation is None or reservation.settled:
@@ -285,5 +380,10 @@ class Quotas:
         reservation.settled = True
         for bucket in reservation.token_buckets:
             bucket.holding += reservation.tokens - tokens
-        for bucket in reservation.budget_buckets:
-            bucket.holding += reservation.cost_nanos - cost_nanos
+        for bucket, lapsed in zip(reservation.budget_buckets, reservation.windows, strict=True):
+            if bucket.lapsed == lapsed:
+                bucket.holding += reservation.cost_nanos - cost_nanos
+            else:
+                # Reserved in a window that has ended: what it did not use was that window's
+                # (the new one's ledger never granted it); what it used past it is a debt.
+                bucket.holding -= max(0.0, cost_nanos - reservation.cost_nanos)

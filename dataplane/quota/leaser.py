@@ -106,6 +106,7 @@ class QuotaLeaser:
                     # A new channel next time: the node certificate may have been renewed.
                     await channel.close(None)
                     channel = None
+                self.quotas.renewed()
                 # Kicked rounds are spaced a quarter period apart at least.
                 await asyncio.sleep(self.interval / 4)
         finally:
@@ -218,6 +219,8 @@ class QuotaLeaser:
         bucket.leased = True
         bucket.exhausted = grant.exhausted
         if bucket.scope[2] in BUDGETS:
+            if grant.window_seconds_left > 0:
+                bucket.window_ends = self.quotas.now() + grant.window_seconds_left
             if grant.exhausted:
                 self.quotas.exhaust(bucket, grant.window, grant.window_seconds_left)
             else:
