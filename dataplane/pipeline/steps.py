@@ -57,18 +57,18 @@ from dataplane.pipeline.call import (
 )
 from dataplane.pipeline.digests import Assembler, answer_digest, embedding_digest
 from dataplane.pipeline.metrics import RequestMetrics
+from dataplane.pipeline.mirror import mirror
 from dataplane.pipeline.plans import governed_plan, within_scope_of, worst_case
 from dataplane.pipeline.trace import (
     Trace,
     add_response_content,
     record_fields,
     request_content,
-    shadow_fields,
 )
 from dataplane.pipeline.tracing import RequestTracer
 from dataplane.quota import Quotas
 from dataplane.routing.candidate import Candidate
-from dataplane.routing.dispatch import Dispatcher, ShadowOutcome
+from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.planner import plan_route, usable_plan
 from dataplane.routing.query import RoutePlan, RouteQuery, query_for
 from dataplane.snapshot.serving import ServingState
@@ -138,7 +138,7 @@ class Pipeline:
                 return response
 
             deadline = self._deadline(trace, call)
-            self._shadow(trace, state, plan, attempt, deadline)
+            mirror(self.dispatcher, self.quotas, self.evidence, trace, state, plan, attempt, deadline)
             if not trace.governors:
                 response, candidate = await self._dispatch(trace, plan, traced, deadline)
                 trace.mark("govern output")
@@ -448,39 +448,6 @@ class Pipeline:
         if remaining is None:
             return trace.started + (self.default_deadline if default is None else default)
         return trace.started + remaining - min(0.2, remaining * 0.1)
-
-    def _shadow(
-        self,
-        trace: Trace,
-        state: ServingState,
-        plan: RoutePlan,
-        attempt: Callable[[Candidate, float], Awaitable[Any]],
-        deadline: float,
-    ) -> None:
-        """Mirror the request when the plan says so; its outcome gets its own evidence record."""
-        if plan.shadow is None:
-            return
-
-        async def mirrored(candidate: Candidate, remaining: float) -> Any:
-            # Hold the snapshot's adapters for as long as the mirror runs.
-            with state.use():
-                return await attempt(candidate, remaining)
-
-        def recorded(outcome: ShadowOutcome[Any]) -> None:
-            fields = shadow_fields(trace, outcome)
-            caller = trace.caller
-            if self.quotas is not None and caller is not None:
-                # The shadow deployment bills the tenant too: its cost counts against the
-                # budgets (not reserved before: a mirror is never refused, it is charged).
-                self.quotas.charge(
-                    caller.tenant, caller.key_id, caller.key_limits, fields["cost"]["total_nanos"]
-                )
-            try:
-                self.evidence.append(fields)
-            except (OSError, ValueError) as exc:
-                log.error("evidence of the shadow call of %s not written: %s", trace.correlation_id, exc)
-
-        self.dispatcher.shadow(plan, mirrored, deadline=deadline, on_outcome=recorded)
 
     async def _dispatch(
         self,
