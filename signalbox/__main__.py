@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from signalbox.shell.cli import main
-
 if __name__ == "__main__":
+    try:
+        from signalbox.shell.cli import main
+    except KeyboardInterrupt:  # Ctrl-C while the CLI itself is imported: as in main()
+        sys.exit(130)
     sys.exit(main())

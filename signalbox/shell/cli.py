@@ -105,15 +105,24 @@ def _empty() -> tuple[argparse.ArgumentParser, Commands]:
     return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
 
+INTERRUPTED = 130
+"""The exit status of a command stopped by Ctrl-C before it had handlers of its own (128 + SIGINT)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    given = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(given)
-    ns = parser.parse_args(given)
-    # The command line as given: a command that runs copies of itself (dataplane serve
-    # --workers) repeats it exactly.
-    ns.argv = given
-    handler: Handler = ns.handler
-    return handler(ns)
+    try:
+        given = list(sys.argv[1:] if argv is None else argv)
+        parser = build_parser(given)
+        ns = parser.parse_args(given)
+        # The command line as given: a command that runs copies of itself (dataplane serve
+        # --workers) repeats it exactly.
+        ns.argv = given
+        handler: Handler = ns.handler
+        return handler(ns)
+    except KeyboardInterrupt:
+        # Ctrl-C while a command imports or starts, before it has signal handlers of its own
+        # (a node's first second): a stop the operator asked for, not a crash to print.
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ call made with a value other than the one given."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
 from pathlib import Path
 
 from tests.helpers import signalbox_exit
@@ -220,3 +223,27 @@ async def test_a_credential_dir_that_is_missing_or_a_file_is_refused_at_start(tm
         assert code == 2, err
         assert f"argument --credential-dir: {given} {problem}" in _one_line(err)
     assert not node.exists()
+
+
+async def test_ctrl_c_while_a_node_starts_is_a_quiet_stop_not_a_traceback(tmp_path: Path) -> None:
+    # An interrupt before the node had its own signal handlers (imports, the first second)
+    # ended in a KeyboardInterrupt traceback. Sent at several points of its start-up, the
+    # interrupt must stop it quietly whichever side of that moment it lands on (from 0.5 s:
+    # the interpreter's own start, before any code of ours runs, cannot be caught).
+    for n, delay in enumerate((0.5, 0.8, 1.1, 1.5, 2.0)):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "signalbox", "dataplane", "serve", "--data-dir", str(tmp_path / f"node{n}"),
+            "--listen", "127.0.0.1:0",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await asyncio.sleep(delay)  # not a wait for a condition: the point is to land anywhere
+        process.send_signal(signal.SIGINT)
+        try:
+            _, err = await asyncio.wait_for(process.communicate(), 60)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        text = err.decode()
+        assert "Traceback" not in text, (delay, text)
+        assert process.returncode in (0, 130), (delay, process.returncode, text)
