@@ -155,6 +155,7 @@ class ControlPlane:
         self.sync: ConfigSyncServicer | None = None
         self.admin: AdminService | None = None
         self.quota: QuotaLedger | None = None
+        self.limits: LimitsService | None = None
         self._background: list[asyncio.Task[None]] = []
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._trust_key_id = ""
@@ -282,6 +283,7 @@ class ControlPlane:
             partitions=partitions,
             keyring=self.keyring,
         )
+        self.limits = LimitsService(uow)
         admin_servicer = AdminServicer(
             tenants=TenantService(uow),
             keys=ApiKeyService(uow, hash_keys),
@@ -302,7 +304,7 @@ class ControlPlane:
             callers=CallerIdentityService(uow),
             retention=self.retention,
             importer=EvidenceImporter(sessions, self.evidence),
-            limits=LimitsService(uow),
+            limits=self.limits,
             admin=self.admin,
             governance=GovernanceService(uow),
         )

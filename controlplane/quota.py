@@ -79,9 +79,10 @@ def scope_key(tenant_id: str, api_key_id: str) -> str:
     return f"{tenant_id}/{api_key_id}"
 
 
-def budget_windows(now: datetime | None = None) -> tuple[str, str]:
-    """The current UTC day and month windows: ("2026-11-30", "2026-11")."""
-    now = now or datetime.now(UTC)
+def budget_windows(now: datetime) -> tuple[str, str]:
+    """The UTC day and month windows of ``now`` ("2026-11-30", "2026-11"): the database's
+    clock, which every replica and the ledger share, never a host's."""
+    now = now.astimezone(UTC)
     return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
 
 

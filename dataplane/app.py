@@ -494,6 +494,8 @@ class DataPlaneNode:
                     async with asyncio.timeout(max(0.0, drained_by - time.monotonic())):
                         await self._dispatcher.drain_shadows()
                 except TimeoutError:
+                    # Those still running are cancelled: each is recorded (``cancelled``, its
+                    # usage estimated as a cut attempt's) and charged before the log closes.
                     await self._dispatcher.aclose()
             if self._ledger_server is not None:
                 # Last: the other workers lease from it while they drain.

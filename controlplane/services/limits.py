@@ -8,12 +8,15 @@ the snapshot (``snapshots.build.limits_pb``) and enforced there with quota lease
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
 
 from controlplane.db.models import ApiKey, Tenant
+from controlplane.db.session import database_now
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.evidence.spend import spent as evidence_spent
 from controlplane.limits import INT64_MAX
@@ -22,6 +25,7 @@ from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, UnitOfWork
 from controlplane.snapshots.build import LIMIT_FIELDS, ON_UNREACHABLE, limits_pb
 from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.wallclock import utc_now
 
 ON_UNREACHABLE_NAME = {value: name for name, value in ON_UNREACHABLE.items()}
 
@@ -58,6 +62,8 @@ class LimitsView:
 @dataclass(slots=True)
 class LimitsService:
     uow: UnitOfWork
+    host_clock: Callable[[], datetime] = utc_now
+    """This host's clock: only compared with the database's, which dates the budget windows."""
 
     async def set(self, caller: Caller, tenant: str, key_id: str, change: LimitsChange) -> LimitsView:
         for name in LIMIT_FIELDS:
@@ -94,7 +100,10 @@ class LimitsService:
         async with self.uow.read() as session:
             trow, krow = await _target_rows(session, tenant, key_id)
             row: Tenant | ApiKey = krow if krow is not None else trow
-            day, month = budget_windows()
+            # The ledger's windows (``QuotaLedger.lease``): by the database's clock. By this
+            # host's, a replica whose clock was a day off showed another day's spend (0 after
+            # its midnight) while the nodes were refused on the ledger's.
+            day, month = budget_windows(await database_now(session, self.host_clock, "budget windows"))
             base = scope_key(str(trow.id), str(krow.id) if krow is not None else "")
             spent: dict[str, int] = dict(
                 (

@@ -221,10 +221,11 @@ def shadow_fields(trace: Trace, outcome: ShadowOutcome[Any]) -> dict[str, Any]:
     """The evidence of a mirrored call: the request's data went to another deployment too."""
     c = outcome.candidate
     usage = getattr(outcome.result, "usage", None)
-    estimated = usage is None and outcome.outcome == "timeout"
+    estimated = usage is None and outcome.outcome in CUT_SHORT
     if estimated:
         # The shadow deployment had the request and may bill it in full, as an attempt cut by
-        # a timeout (``Trace.charge_timeouts``): the input as reserved, the output at its cap.
+        # a timeout or cancelled (``Trace.charge_timeouts``): the input as reserved, the output
+        # at its cap.
         out = output_cap(trace.max_output_tokens, c.model, trace.embeds, DEFAULT_OUTPUT_TOKENS)
         usage = Usage(input_tokens=trace.input_tokens, output_tokens=out)
     capped = (

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from dataplane.errors import ProviderError
+from dataplane.routing.attempts import CANCELLED
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.health import FAILURE_KINDS, DeploymentState
 
@@ -27,7 +28,8 @@ class ShadowOutcome(Generic[T]):
 
     candidate: Candidate
     outcome: str
-    """"ok", an error kind, or "skipped" (breaker open, Retry-After, no time)."""
+    """"ok", an error kind, "skipped" (breaker open, Retry-After, no time) or "cancelled"
+    (in flight when the node stopped it: its drain ran out)."""
     error: str
     duration_ms: int
     result: T | None = None
@@ -41,7 +43,10 @@ async def mirror(
     on_outcome: Callable[[ShadowOutcome[T]], object],
     clock: Callable[[], float],
 ) -> None:
-    """One try, no fallback, within the caller's deadline; ``on_outcome`` hears how it went."""
+    """One try, no fallback, within the caller's deadline; ``on_outcome`` hears how it went,
+    also when the task is cancelled while the upstream has the request (the node's stop ran
+    out of drain time): that upstream may bill it, so it is reported before the cancellation
+    goes on."""
     remaining = deadline - clock()
     outcome: ShadowOutcome[T]
     if remaining <= 0:
@@ -69,6 +74,13 @@ async def mirror(
             if exc.retry_after:
                 state.block_for(exc.retry_after)
             outcome = ShadowOutcome(candidate, exc.kind, exc.message, int(elapsed_ms))
+        except asyncio.CancelledError:
+            # No verdict on the deployment: the node gave up on it, the deployment did not fail.
+            state.release_probe()
+            elapsed_ms = (clock() - started) * 1000
+            why = "the node stopped while the upstream had it"
+            _report(on_outcome, ShadowOutcome(candidate, CANCELLED, why, int(elapsed_ms)))
+            raise
         except BaseException:
             state.release_probe()
             raise
@@ -76,9 +88,13 @@ async def mirror(
             elapsed = clock() - started
             state.record_success(elapsed * 1000)
             outcome = ShadowOutcome(candidate, "ok", "", int(elapsed * 1000), result)
+    _report(on_outcome, outcome)
+
+
+def _report(on_outcome: Callable[[ShadowOutcome[T]], object], outcome: ShadowOutcome[T]) -> None:
     try:
         on_outcome(outcome)
     except Exception:
         # Nobody awaits this task: a failing recorder must not surface as an
         # unretrieved task exception, and must not touch the served request.
-        _log.exception("shadow outcome callback failed for %s", candidate.label)
+        _log.exception("shadow outcome callback failed for %s", outcome.candidate.label)

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dataplane.app import DataPlaneNode
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
+from dataplane.quota.buckets import Kind
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.simulator.behaviour import Behaviour
@@ -134,3 +135,29 @@ async def test_a_node_stopping_records_the_shadow_calls_still_in_flight(
     shadows = [r for r in read_records(path) if r["kind"] == "shadow"]
     assert [(r["correlation_id"], r["outcome"]["code"]) for r in shadows] == [("in-flight", "OK")]
     assert shadows[0]["cost"]["total_nanos"] > 0
+
+
+async def test_a_shadow_call_cancelled_when_the_drain_runs_out_is_recorded_and_charged(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """A mirror still running when the stop's drain ran out was cancelled without a record:
+    the upstream had the request (and may bill it), yet neither evidence nor budget knew."""
+    simulator.set_behaviour("sim-smart", Behaviour(latency_ms=5_000))
+    node = await _mirrored_node(start_node, simulator.base_url, signing_key, BUDGET)
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        await stub.Infer(chat(PROMPT, params=SMALL, correlation_id="drain-cut"), metadata=AUTH, timeout=60)
+    await eventually(lambda: simulator.stats("sim-smart").chat == 1, message="the upstream has the mirror")
+    assert node.quotas is not None
+    [day] = [b for (_, key, kind), b in node.quotas.buckets.items() if kind is Kind.BUDGET_DAY and not key]
+    before = day.holding
+    await node.stop(0.2)
+    path = log_path(tmp_path / "node", "node-test")
+    [record] = [r for r in read_records(path) if r["kind"] == "shadow"]
+    assert (record["correlation_id"], record["outcome"]["code"]) == ("drain-cut", "cancelled")
+    usage = record["usage"]
+    assert usage is not None, record
+    assert (usage["output_tokens"], usage["estimated"]) == (SMALL.max_output_tokens, True)
+    cost = record["cost"]["total_nanos"]
+    assert cost == usage["input_tokens"] * 2_000 + SMALL.max_output_tokens * 8_000
+    assert before - day.holding == cost

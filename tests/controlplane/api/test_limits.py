@@ -5,12 +5,13 @@ refused naming the field."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 
 from signalbox.api.admin.v1 import admin_pb2
-from signalbox.api.config.v1 import snapshot_pb2
+from signalbox.api.config.v1 import quota_pb2, snapshot_pb2
 from tests.controlplane.api.test_admin import _code
 from tests.controlplane.conftest import Admin
 from tests.controlplane.test_cli import _signalbox
@@ -136,3 +137,27 @@ async def test_admin_limits_commands(control_plane: RunningControlPlane, admin: 
     code, _, err = await _signalbox("admin", "limits", "clear", "--tenant", "acme", env=env)
     assert code == 0, err
     assert (await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="acme"))).limits == snapshot_pb2.Limits()
+
+
+async def test_spent_is_shown_for_the_ledgers_window_whatever_the_hosts_clock(
+    admin: Admin, control_plane: RunningControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`limits get` took the current day and month from the control-plane host's clock, the
+    ledger from the database's: a host a day ahead showed tomorrow's spend (nothing) while
+    the nodes were refused for today's."""
+    tenant = await admin.CreateTenant(admin_pb2.CreateTenantRequest(name="acme"))
+    await admin.SetLimits(
+        admin_pb2.SetLimitsRequest(tenant="acme", budget_day_nanos=1000, budget_month_nanos=5000)
+    )
+    ledger, limits = control_plane.cp.quota, control_plane.cp.limits
+    assert ledger is not None
+    assert limits is not None
+    asks = [
+        quota_pb2.QuotaAsk(scope=quota_pb2.QuotaScope(tenant_id=tenant.id, kind=kind), want=700)
+        for kind in (quota_pb2.QUOTA_KIND_BUDGET_DAY, quota_pb2.QUOTA_KIND_BUDGET_MONTH)
+    ]
+    assert [g.granted for g in await ledger.lease(asks)] == [700, 700]
+    limits.host_clock = lambda: datetime.now(UTC) + timedelta(days=1)
+    info = await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="acme"))
+    assert (info.spent_day_nanos, info.spent_month_nanos) == (700, 700)
+    assert "this host's clock is +86400 s off the database's; budget windows are dated" in caplog.text
