@@ -238,8 +238,9 @@ class StreamGovernor:
         (and is held whole) may still be an earlier redaction's: the text to come can complete
         one around it (``falcon was`` of a redacted ``falcon was on``). It is acted on at the
         next scan, with that much more text, and nothing of it is sent before; the end of the
-        answer decides at once. A later block rule's finding waits with it, unsent, though
-        certain: the whole answer is refused for the earlier rule if its finding stands."""
+        answer decides at once. A later block rule's finding waits with it, unsent (though
+        certain: the whole answer is refused for the earlier rule if its finding stands),
+        wherever it begins."""
         text = channel.text
         length = len(text)
         # Read with the JSON escapes JSON does not need decoded, as a model reads them: in
@@ -252,7 +253,7 @@ class StreamGovernor:
         # flag rule does not act on it) unless it edits too and reaches beyond it.
         edits: list[tuple[int, int, str]] = []
         # The first block rule whose findings are not decided yet, with how many rules before
-        # it found something: the cut stays before them (``hold``).
+        # it found something: the cut stays before them and the later block rules' (``hold``).
         waiting: tuple[Rule, list[Finding], int] | None = None
         hold = length
         share()  # the rules' detectors share their scan of the text, for this scan only
@@ -272,16 +273,14 @@ class StreamGovernor:
                 if not spans:
                     continue
                 if rule.action is Action.BLOCK:
-                    if final or not _undecided(spans, held_at, length, self._window):
-                        if waiting is None:
-                            raise self._refusal(rule, spans, found, channel)
-                        # An earlier block rule's finding waits: if it stands, the whole
-                        # answer is refused for that rule. This one waits with it, unsent.
-                        hold = min(hold, max(held_at, spans[0].start))
-                        continue
                     if waiting is None:
+                        if final or not _undecided(spans, held_at, length, self._window):
+                            raise self._refusal(rule, spans, found, channel)
                         waiting = (rule, spans, len(found))
-                        hold = spans[0].start
+                    # Waiting, or behind an earlier block rule's finding that waits (if it
+                    # stands, the whole answer is refused for that rule): none of it is sent,
+                    # though it may begin before the earlier one.
+                    hold = min(hold, max(held_at, spans[0].start))
                     continue
                 found.append((rule, spans))
         finally:

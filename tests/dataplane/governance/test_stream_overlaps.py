@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -115,3 +116,16 @@ def test_a_refused_stream_records_what_the_refused_whole_answer_does(
     answer records them all: a regulated caller's evidence must say all the scan found."""
     rules = [*others[:at], RULES[4], *others[at:]]
     _as_the_whole_answer(f"{before}falcon was on {after}", rules, size)
+
+
+@pytest.mark.parametrize("size", range(1, 12))
+def test_no_part_of_a_later_block_rules_finding_is_sent_while_an_earlier_one_waits(size: int) -> None:
+    """Two block findings waiting at the end of the text seen ("word" less than window // 2
+    before it, and after it "falcon was" of the earlier rule): the cut stayed before the
+    earlier rule's finding only, and went out inside the later rule's ("wor")."""
+    text = "x" * 30 + " word " + "x" * 14 + "falcon was on " + "x" * 27
+    document = {"output": {"window": 64, "rules": [RULES[4], RULES[5]]}}
+    out, error, _ = stream(governor(document), [text[i : i + size] for i in range(0, len(text), size)])
+    assert error is not None
+    assert error.rule == _outcome(governor(document), text)[1] == "stop"  # type: ignore[attr-defined]
+    assert set("".join(out)) <= {"x", " "}
