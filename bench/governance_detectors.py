@@ -83,6 +83,8 @@ HOSTILE: list[tuple[str, dict[str, Any] | None, str]] = [
     ("national_id", None, "personnummer 811218-9876 "),
     ("national_id", None, "12345678Z "),
     ("national_id", None, "ssn 536-90-4399 "),
+    ("national_id", None, "X1234567L "),
+    ("national_id", None, "1 84 12 76 451 089 46 "),
     ("ip_address", None, "a:1"),
     ("ip_address", None, "1."),
     ("credential", None, "sk-"),

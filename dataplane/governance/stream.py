@@ -23,7 +23,12 @@ scan sees it and redacts what follows until it ends; it is recorded once.
   that carried the finding's start (counting only the chunks that carried some of it) and
   its offset in the field. It says all that scan found, as a refused whole answer's does:
   each finding of the block rule, and those of the rules before it (in the profile's
-  order) not recorded yet, though they were held back and never sent.
+  order) not recorded yet, though they were held back and never sent. While an earlier
+  rule's block finding waits for the text to come, a later rule's waits with it (none of
+  either is sent), so that the refusal names the rule the whole answer's would: the earlier
+  one unless that text makes its finding an earlier redaction's; by chunk k + window for
+  the waiting finding's chunk k. (An earlier rule's block finding further on in the answer
+  is not waited for: the stream is refused for the rule the answer read so far is.)
 - ``redact``: each finding is replaced before it is sent (in tool call arguments as JSON
   string content, as for a whole answer); a cut never splits one.
 - ``flag``: recorded with its offset.
@@ -233,7 +238,9 @@ class StreamGovernor:
         (and is held whole) may still be an earlier redaction's: the text to come can complete
         one around it (``falcon was`` of a redacted ``falcon was on``). It is acted on at the
         next scan, with that much more text, and nothing of it is sent before; the end of the
-        answer decides at once."""
+        answer decides at once. A later block rule's finding waits with it, unsent (though
+        certain: the whole answer is refused for the earlier rule if its finding stands),
+        wherever it begins."""
         text = channel.text
         length = len(text)
         # Read with the JSON escapes JSON does not need decoded, as a model reads them: in
@@ -246,7 +253,7 @@ class StreamGovernor:
         # flag rule does not act on it) unless it edits too and reaches beyond it.
         edits: list[tuple[int, int, str]] = []
         # The first block rule whose findings are not decided yet, with how many rules before
-        # it found something: the cut stays before them (``hold``).
+        # it found something: the cut stays before them and the later block rules' (``hold``).
         waiting: tuple[Rule, list[Finding], int] | None = None
         hold = length
         share()  # the rules' detectors share their scan of the text, for this scan only
@@ -266,11 +273,14 @@ class StreamGovernor:
                 if not spans:
                     continue
                 if rule.action is Action.BLOCK:
-                    if final or not _undecided(spans, held_at, length, self._window):
-                        raise self._refusal(rule, spans, found, channel)
                     if waiting is None:
+                        if final or not _undecided(spans, held_at, length, self._window):
+                            raise self._refusal(rule, spans, found, channel)
                         waiting = (rule, spans, len(found))
-                        hold = spans[0].start
+                    # Waiting, or behind an earlier block rule's finding that waits (if it
+                    # stands, the whole answer is refused for that rule): none of it is sent,
+                    # though it may begin before the earlier one.
+                    hold = min(hold, max(held_at, spans[0].start))
                     continue
                 found.append((rule, spans))
         finally:

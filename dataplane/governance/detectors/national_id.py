@@ -199,6 +199,40 @@ def _dni(value: str) -> str:
     return number + letter
 
 
+def _nie(value: str) -> str:
+    """``stdnum.es.nie.validate`` for ``X1234567L`` (``X-1234567-L``, any case): the DNI's
+    check letter of the number with its X, Y or Z read as 0, 1 or 2."""
+    number = value.replace("-", "")
+    if len(number) != 9 or not (number.isascii() and number[-1].isalpha() and _digits(number[1:8])):
+        return nie.validate(value)
+    number = number.upper()
+    first = "XYZ".find(number[0])
+    if first < 0:
+        return nie.validate(value)
+    if _DNI_LETTERS[(first * 10_000_000 + int(number[1:8])) % 23] != number[8]:
+        raise ValidationError()
+    return number
+
+
+def _nir(value: str) -> str:
+    """``stdnum.fr.nir.validate`` for ``184127645108946`` (the detector drops the spaces;
+    Corsica's ``2A``/``2B`` in any case): the key, 97 less the first 13 digits modulo 97
+    (Corsica's department read as 19 and 18)."""
+    number = value.upper()
+    if len(value) != 15 or not (value.isascii() and _digits(number[:5]) and _digits(number[7:])):
+        return nir.validate(value)
+    department = number[5:7]
+    if department == "2A":
+        department = "19"
+    elif department == "2B":
+        department = "18"
+    elif not _digits(department):
+        return nir.validate(value)
+    if f"{97 - int(number[:5] + department + number[7:13]) % 97:02d}" != number[13:]:
+        raise ValidationError()
+    return number
+
+
 _CF_SHAPE: Final = re.compile(r"[A-Z]{6}[0-9]{2}[A-Z][0-9]{2}[A-Z][0-9]{3}[A-Z]")
 _CF_MONTHS: Final = "ABCDEHLMPRST"
 _CF_ODD: Final = [
@@ -268,7 +302,7 @@ _IDS: Final = {
             ("steuer-id", "steuerid", "steuer id", "identifikationsnummer", "idnr", "tax id", "tin"),
         )
     ],
-    "FR": [_id("FR.nir", nir.validate)],
+    "FR": [_id("FR.nir", _nir)],
     "NL": [
         _id(
             "NL.bsn",
@@ -276,7 +310,7 @@ _IDS: Final = {
             ("bsn", "burgerservicenummer", "sofinummer", "sofi-nummer", "citizen service"),
         )
     ],
-    "ES": [_id("ES.dni", _dni), _id("ES.nie", nie.validate)],
+    "ES": [_id("ES.dni", _dni), _id("ES.nie", _nie)],
     "IT": [_id("IT.codicefiscale", _codicefiscale)],
     "SE": [_id("SE.personnummer", _personnummer, ("personnummer", "personnr", "pnr", "person nr"))],
 }

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import grpc
 import openai
 import pytest
@@ -26,6 +25,7 @@ from signalbox.api.common.v1 import common_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
+from tests.dataplane.governance.node_streams import refused_stream, streamed_over_http
 
 EMAIL = "ada.lovelace@example.org"
 IBAN = "DE89370400440532013000"
@@ -516,34 +516,14 @@ async def test_a_blocked_term_mid_stream_ends_it_within_the_window_on_both_doors
     node = await serving(start_node, governed(scripted.base_url, profile), signing_key, tmp_path)
     before = "".join(scripted.pieces[:k])
 
-    received: list[str] = []
-
-    async def read() -> None:
-        events = stub_for(node).InferStream(
-            chat("go", correlation_id="stream-grpc"), metadata=AUTH, timeout=10
-        )
-        async for event in events:
-            if event.WhichOneof("event") == "delta":
-                received.append(event.delta.text)
-
-    with pytest.raises(grpc.aio.AioRpcError) as ended:
-        await read()
-    assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "no-codename" in (ended.value.details() or "")
-    sent = "".join(received)
+    ended, sent = await refused_stream(stub_for(node), "stream-grpc")
+    assert ended.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "no-codename" in (ended.details() or "")
     assert "falcon" not in sent
     assert before.startswith(sent)
     assert len(before) - len(sent) <= WINDOW  # held back at most the window
 
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"http://{node.http_address}/v1/chat/completions",
-            json={"model": "sim-fast", "stream": True, "messages": [{"role": "user", "content": "go"}]},
-            headers={"authorization": f"Bearer {API_KEY}", "x-request-id": "stream-http"},
-        ) as response,
-    ):
-        body = await response.text()
+    body = await streamed_over_http(node, "stream-http")
     assert "event: error" in body
     assert "no-codename" in body
     assert "falcon" not in body.replace("no-codename", "")

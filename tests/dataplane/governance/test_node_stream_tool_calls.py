@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import grpc
 import openai
 import pytest
@@ -17,6 +16,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat
+from tests.dataplane.governance.node_streams import streamed_over_http
 from tests.dataplane.governance.test_node_governance import (
     EMAIL,
     evidence_bytes,
@@ -73,19 +73,6 @@ async def grpc_arguments(stub: Any, correlation_id: str, received: list[str]) ->
         if event.WhichOneof("event") == "delta":
             assert not event.delta.text
             received += [d.arguments_fragment for d in event.delta.tool_calls]
-
-
-async def http_body(node: Any, correlation_id: str) -> str:
-    """The whole SSE body of a streamed request through the HTTP door."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"http://{node.http_address}/v1/chat/completions",
-            json={"model": "sim-fast", "stream": True, "messages": [{"role": "user", "content": "send it"}]},
-            headers={"authorization": f"Bearer {API_KEY}", "x-request-id": correlation_id},
-        ) as response,
-    ):
-        return await response.text()
 
 
 async def test_streamed_tool_call_arguments_are_redacted_on_both_doors(
@@ -165,7 +152,7 @@ async def test_a_blocked_term_in_streamed_tool_call_arguments_ends_the_stream_on
     assert before.startswith(sent)
     assert len(before) - len(sent) <= 32  # held back at most the window
 
-    body = await http_body(node, "tools-block-http")
+    body = await streamed_over_http(node, "tools-block-http", "send it")
     assert "event: error" in body
     assert "no-codename" in body
     assert "falcon" not in body.replace("no-codename", "")

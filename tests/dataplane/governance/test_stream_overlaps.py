@@ -1,11 +1,12 @@
 """Findings of several output rules that overlap, in a stream: the earlier rule's action
 stands as for the whole answer, so a streamed answer is the unary one (its text, its evidence
-counts and positions, and whether it is refused) however it is chunked."""
+counts and positions, whether it is refused and for which rule) however it is chunked."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ RULES = [
     rule("tail", "regex", "redact", placeholder="[TAIL]", options={"patterns": ["falcon (?:is|was) on"]}),
     rule("note", "regex", "flag", options={"patterns": ["project [a-z]+"]}),
     rule("stop", "regex", "block", options={"patterns": ["falcon was"]}),
+    rule("halt", "terms", "block", options={"terms": ["word"]}),
 ]
 FRAGMENTS = ["project ", "falcon ", "is on ", "was on ", "word ", "x" * 9, "\n"]
 
@@ -34,13 +36,14 @@ def evidence(actions: list[dict[str, Any]]) -> Evidence:
     )
 
 
-def _outcome(g: Any, text: str) -> tuple[str, bool, Evidence]:
+def _outcome(g: Any, text: str) -> tuple[str, str | None, Evidence]:
+    """What is sent, the block rule refusing it (None: not refused) and the evidence."""
     actions: list[dict[str, Any]] = []
     try:
         sent = g.govern_output(answer(text), actions).message.text
-    except SignalboxError:
-        return "", True, evidence(actions)
-    return sent, False, evidence(actions)
+    except SignalboxError as refusal:
+        return "", refusal.rule, evidence(actions)  # type: ignore[attr-defined]
+    return sent, None, evidence(actions)
 
 
 def _as_the_whole_answer(text: str, rules: list[dict[str, Any]], size: int) -> None:
@@ -48,16 +51,18 @@ def _as_the_whole_answer(text: str, rules: list[dict[str, Any]], size: int) -> N
     unary, refused, whole = _outcome(governor(document), text)
     pieces = [text[i : i + size] for i in range(0, len(text), size)]
     out, error, actions = stream(governor(document), pieces)
-    assert (error is not None) == refused
-    if refused:
+    assert (error is not None) == (refused is not None)
+    if error is not None:
         # The stream ends at the chunk whose scan finds the block (len(out) chunks went
-        # before it): its evidence is that of the whole answer it had read, for the rules up
-        # to the block rule. A rule after it may have findings in text sent before the
-        # refusal (a whole answer is refused before that rule runs).
-        _, also_refused, read = _outcome(governor(document), "".join(pieces[: len(out) + 1]))
-        assert also_refused
+        # before it), refused for the rule the whole answer it had read is (an earlier rule's
+        # block finding further on, in text not come yet, cannot name it): its evidence is
+        # that answer's, for the rules up to the block rule. A rule after it may have
+        # findings in text sent before the refusal (a whole answer is refused before that
+        # rule runs).
+        _, read_refused, read = _outcome(governor(document), "".join(pieces[: len(out) + 1]))
+        assert error.rule == read_refused  # type: ignore[attr-defined]
         names = [r["name"] for r in rules]
-        later = names[names.index("stop") + 1 :]
+        later = names[names.index(read_refused) + 1 :]
         assert [e for e in evidence(actions) if e[0] not in later] == read
         return
     assert evidence(actions) == whole
@@ -71,6 +76,9 @@ TEXTS = st.lists(st.sampled_from(FRAGMENTS), max_size=20).map("".join)
 @example(  # a block finding at the end of the text seen, which the text to come redacts
     "project project project project project project is on is on falcon was on ", [RULES[2], RULES[4]], 7
 )
+@example(  # the earlier block rule's finding waits at the end of the text seen, the later's is certain
+    "word " + "x" * 45 + "falcon was on " + "x" * 27, [RULES[4], RULES[5]], 11
+)
 @given(
     TEXTS.filter(bool),
     st.lists(st.sampled_from(RULES), min_size=2, max_size=4, unique_by=lambda r: r["name"]),
@@ -83,7 +91,10 @@ def test_overlapping_findings_in_a_stream_are_read_as_in_the_whole_answer(
     refused that the whole answer was not, and counted findings the evidence of the whole
     answer does not), and a later redaction reaching beyond an earlier one took the earlier
     one's placeholder. A block finding at the end of the text seen refused the stream before
-    the text that makes it an earlier redaction's came."""
+    the text that makes it an earlier redaction's came. With two block rules, a later rule's
+    finding certain while the earlier rule's waited at the end of the text seen refused the
+    stream naming the later rule, where the whole answer (also the part read) names the
+    earlier."""
     _as_the_whole_answer(text, rules, size)
 
 
@@ -105,3 +116,16 @@ def test_a_refused_stream_records_what_the_refused_whole_answer_does(
     answer records them all: a regulated caller's evidence must say all the scan found."""
     rules = [*others[:at], RULES[4], *others[at:]]
     _as_the_whole_answer(f"{before}falcon was on {after}", rules, size)
+
+
+@pytest.mark.parametrize("size", range(1, 12))
+def test_no_part_of_a_later_block_rules_finding_is_sent_while_an_earlier_one_waits(size: int) -> None:
+    """Two block findings waiting at the end of the text seen ("word" less than window // 2
+    before it, and after it "falcon was" of the earlier rule): the cut stayed before the
+    earlier rule's finding only, and went out inside the later rule's ("wor")."""
+    text = "x" * 30 + " word " + "x" * 14 + "falcon was on " + "x" * 27
+    document = {"output": {"window": 64, "rules": [RULES[4], RULES[5]]}}
+    out, error, _ = stream(governor(document), [text[i : i + size] for i in range(0, len(text), size)])
+    assert error is not None
+    assert error.rule == _outcome(governor(document), text)[1] == "stop"  # type: ignore[attr-defined]
+    assert set("".join(out)) <= {"x", " "}
