@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 NATIVE := $(VENV)/.native
 # The modules compiled with mypyc (pyproject.toml, [tool.signalbox] compiled).
 COMPILED := $(shell $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["signalbox"]["compiled"])')
+# The modules written in Cython (pyproject.toml, [tool.signalbox] cython).
+CYTHON := $(shell $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["signalbox"]["cython"])')
 
 # One test worker more than there are cores (at most 5): a third of a worker's time is
 # spent waiting for the processes it starts (PostgreSQL, nodes), and the spare worker
@@ -24,9 +26,9 @@ $(STAMP): pyproject.toml setup.py
 
 # build_ext relinks only what changed in the generated C; a source touched but unchanged
 # leaves the shared library older than it, so mark the library as checked against them.
-$(NATIVE): $(STAMP) $(COMPILED)
+$(NATIVE): $(STAMP) $(COMPILED) $(CYTHON)
 	$(BIN)/python setup.py --quiet build_ext --inplace
-	touch dataplane/_native__mypyc.*.so $(NATIVE)
+	touch dataplane/_native__mypyc.*.so $(patsubst %.pyx,%.*.so,$(CYTHON)) $(NATIVE)
 
 native: $(NATIVE)
 

@@ -8,11 +8,13 @@ well-formed, of this chain and node, and its hash recomputed over the line's byt
 from __future__ import annotations
 
 import hashlib
+import importlib
 import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any
 
 import orjson
@@ -22,6 +24,12 @@ from controlplane.evidence.errors import ChainBroken, EvidenceRefused
 from controlplane.limits import INT64_MAX, KEY_ID_CHARS, NAME_CHARS, RESULT_CHARS
 from dataplane.evidence.fields import read_fields
 from dataplane.evidence.records import HASH_MEMBER_BYTES, HASH_MEMBER_START, hash_of_line
+
+_rows: ModuleType | None
+try:
+    _rows = importlib.import_module("controlplane.evidence._rows")
+except ImportError:  # built without a C compiler (SIGNALBOX_COMPILE=0): the same, in Python
+    _rows = None
 
 MAX_RECORD_BYTES = 64 * 1024
 MAX_AHEAD_S = 86_400.0
@@ -124,6 +132,18 @@ _Row = tuple[int, bytes, bytes, int, bytes, Spend | None]
 """A line's seq, hash, prev_hash, time (us since 1970), COPY row and spend."""
 _ID_CHARS = 36
 """Tenant and key ids are UUIDs: a cost under another id is not a budget's."""
+_LIMITS = (
+    MAX_RECORD_BYTES,
+    KEY_ID_CHARS,
+    NAME_CHARS,
+    RESULT_CHARS,
+    TS_MIN,
+    TS_MAX,
+    MAX_AHEAD_S,
+    _PG_EPOCH_US,
+    _ID_CHARS,
+)
+"""What ``_rows.parse`` checks and builds rows with (its docstring names them)."""
 
 
 def _total_nanos(cost: object) -> object:
@@ -209,6 +229,15 @@ class _Batch:
             body,
             _spend(fields.tenant_id, fields.api_key_id, fields.cost.total_nanos if fields.cost else None),
         )
+
+    def slow(self, line: bytes, line_no: int) -> _Row | EvidenceRefused:
+        """A line the fast path did not take (``line`` as shipped, its newline included): its
+        row, or the refusal that names what is wrong with it."""
+        if len(line) > MAX_RECORD_BYTES:
+            return EvidenceRefused(
+                f"{where(self.chain_id, line_no)}: {len(line)} bytes, at most {MAX_RECORD_BYTES}"
+            )
+        return self.general(line[:-1] if line.endswith(b"\n") else line, line_no)
 
     def general(self, body: bytes, line_no: int) -> _Row | EvidenceRefused:
         """Any line: its row, or the refusal that names what is wrong with it."""
@@ -311,7 +340,26 @@ def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes], received: f
     """Every line checked on its own (bounded, JSON, its own hash, its chain and node) up to
     the first one refused; the records before it and that refusal. ``received``: when the
     batch arrived, by the database's clock (seconds since 1970): a record dated more than
-    ``MAX_AHEAD_S`` after it is stored at it."""
+    ``MAX_AHEAD_S`` after it is stored at it. Compiled (``_rows``) unless the package was
+    built without a C compiler; ``parse_lines_python`` is the same in Python."""
+    if _rows is None:
+        return parse_lines_python(chain_id, node_id, lines, received)
+    batch = _Batch(chain_id, node_id, received)
+    seqs, hashes, prevs, rows, ends, days, refused, spends = _rows.parse(
+        batch,
+        lines if type(lines) is list else list(lines),
+        read_fields,
+        hashlib.sha256,
+        batch.slow,
+        _str,
+        _LIMITS,
+    )
+    return Parsed(seqs, hashes, prevs, rows, ends, days, refused, spends)
+
+
+def parse_lines_python(chain_id: str, node_id: str, lines: Sequence[bytes], received: float) -> Parsed:
+    """``parse_lines`` in Python: what runs when ``_rows`` is not built, and what tests
+    compare it with."""
     seqs: list[int] = []
     hashes: list[bytes] = []
     prevs: list[bytes] = []
@@ -320,17 +368,13 @@ def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes], received: f
     rows: list[bytes] = []
     size = 0
     batch = _Batch(chain_id, node_id, received)
-    fast, general = batch.fast, batch.general
+    fast, slow = batch.fast, batch.slow
     refused: EvidenceRefused | None = None
     spends: dict[int, tuple[str, str, int, int]] = {}
     for line_no, line in enumerate(lines, start=1):
-        if len(line) > MAX_RECORD_BYTES:
-            refused = EvidenceRefused(
-                f"{where(chain_id, line_no)}: {len(line)} bytes, at most {MAX_RECORD_BYTES}"
-            )
-            break
-        body = line[:-1] if line.endswith(b"\n") else line
-        parsed = fast(body) or general(body, line_no)
+        parsed = (
+            fast(line[:-1] if line.endswith(b"\n") else line) if len(line) <= MAX_RECORD_BYTES else None
+        ) or slow(line, line_no)
         if isinstance(parsed, EvidenceRefused):
             refused = parsed
             break

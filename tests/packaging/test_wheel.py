@@ -55,7 +55,7 @@ def test_the_wheel_holds_every_module_and_the_migrations(wheel: Path) -> None:
 
 
 def test_the_wheel_carries_the_compiled_modules_beside_their_sources(wheel: Path) -> None:
-    """Built with mypyc (setup.py): a platform wheel with an extension per listed module."""
+    """Built with mypyc and Cython (setup.py): a platform wheel with an extension per listed module."""
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
 
@@ -65,8 +65,13 @@ def test_the_wheel_carries_the_compiled_modules_beside_their_sources(wheel: Path
         stem = path.removesuffix(".py")
         assert path in names
         assert any(re.fullmatch(rf"{re.escape(stem)}\.[\w.-]+\.so", n) for n in names), path
+    for path in compiled.cython_listed():  # no Python source: its twin is in another module
+        assert any(re.fullmatch(rf"{re.escape(path.removesuffix('.pyx'))}\.[\w.-]+\.so", n) for n in names), (
+            path
+        )
     # Nothing compiled that is not listed: a stale extension would shadow its source.
     stems = {p.removesuffix(".py") for p in compiled.listed()} | {f"dataplane/{compiled.SHARED}"}
+    stems |= {p.removesuffix(".pyx") for p in compiled.cython_listed()}
     extra = sorted(n for n in names if n.endswith(".so") and n.split(".", 1)[0] not in stems)
     assert not extra, extra
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.evidence import records
 from dataplane.chat import ChatRequest, Message, Role, TextPart, ToolCall
 from dataplane.config.model import TenantConfig
 from dataplane.governance import detect
@@ -136,6 +137,9 @@ def test_the_suite_runs_the_listed_modules_compiled() -> None:
         origin = importlib.import_module(compiled.module_name(path)).__spec__.origin
         assert origin is not None
         assert origin.endswith(".py" if pure else ".so"), (path, origin)
+    # A Cython module has no source Python can import: without its extension, its twin runs.
+    assert compiled.cython_listed() == ["controlplane/evidence/_rows.pyx"]
+    assert (records._rows is None) == pure
 
 
 def test_compiled_and_pure_python_give_the_same_answers() -> None:
@@ -210,3 +214,18 @@ def test_a_stale_or_stray_extension_is_named(
     for name in extensions:
         _touch(root / f"dataplane/{name}.cpython-311-x86_64-linux-gnu.so", now + 10)
     assert problem in compiled.stale(root)
+
+
+def test_a_cython_module_changed_after_it_was_compiled_is_named(tmp_path: Path) -> None:
+    root = _tree(tmp_path, ["dataplane/a.py"])
+    with (root / "pyproject.toml").open("a") as f:
+        f.write('cython = ["dataplane/c.pyx"]\n')
+    now = (root / "dataplane/a.py").stat().st_mtime
+    for name in ("_native__mypyc", "a"):
+        _touch(root / f"dataplane/{name}.cpython-311-x86_64-linux-gnu.so", now + 10)
+    _touch(root / "dataplane/c.pyx", now)
+    assert compiled.stale(root) == ["dataplane/c.pyx is listed but not compiled"]
+    _touch(root / "dataplane/c.cpython-311-x86_64-linux-gnu.so", now + 10)
+    assert compiled.stale(root) == []
+    _touch(root / "dataplane/c.pyx", now + 20)
+    assert compiled.stale(root) == ["dataplane/c.pyx changed after it was compiled"]

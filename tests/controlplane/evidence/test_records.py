@@ -11,8 +11,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from controlplane.evidence import records
 from controlplane.evidence.errors import EvidenceRefused
-from controlplane.evidence.records import _Batch, parse_lines
+from controlplane.evidence.records import Parsed, _Batch, parse_lines, parse_lines_python
 from dataplane.evidence.records import GENESIS_HASH, seal, stored_line
 
 NODE = "node-a"
@@ -46,7 +47,33 @@ def reseal(body: bytes) -> bytes:
     return stored_line(body, hashlib.sha256(body).hexdigest())
 
 
+def columns(parsed: Parsed) -> tuple[Any, ...]:
+    refused = parsed.refused
+    return (
+        parsed.seqs,
+        parsed.hashes,
+        parsed.prev_hashes,
+        parsed.rows,
+        parsed.ends,
+        parsed.days,
+        parsed.spends,
+        None if refused is None else (type(refused), refused.message, refused.seq),
+    )
+
+
+def same_parse(lines: list[bytes], received: float) -> Parsed:
+    """The compiled parser (``_rows``, which the suite runs: tests/signalbox/test_compiled.py)
+    gives exactly the Python one's columns, rows and refusal."""
+    assert records._rows is not None
+    compiled = parse_lines(CHAIN, NODE, lines, received)
+    assert columns(compiled) == columns(parse_lines_python(CHAIN, NODE, lines, received))
+    return compiled
+
+
 def agree(line: bytes) -> None:
+    for received in (time.time(), 1_796_000_000.25 - 86_400 * 2):  # the second: dated ahead
+        same_parse([line], received)
+        same_parse([line[:-1] if line.endswith(b"\n") else line + b"\n"], received)
     batch = _Batch(CHAIN, NODE, time.time())
     body = line[:-1] if line.endswith(b"\n") else line
     general = batch.general(body, 1)
@@ -171,3 +198,54 @@ def test_a_batch_parses_in_order_up_to_the_first_refusal() -> None:
     assert parsed.refused is not None
     assert "seq 3 (line 3" in parsed.refused.message
     assert parsed.days == {int(1_796_000_000.25) // 86_400}
+
+
+def test_the_compiled_parser_builds_the_rows_of_a_mixed_batch_as_python_does() -> None:
+    """Lines the fast path takes, lines only the general path takes (so the compiled loop
+    hands them back to Python), odd filter values, and the refusal that ends the batch."""
+    lines: list[bytes] = []
+    prev = GENESIS_HASH
+    oddities: list[dict[str, Any]] = [
+        {},
+        {"tenant_id": 5},  # general path: not a string
+        {"correlation_id": "x" * 300, "model": None},  # cut to its bound
+        {"correlation_id": "a\x00b", "api_key_id": None},  # NUL dropped
+        {"outcome": {"code": "\u00e9" * 70}},  # non-ASCII, over the outcome's bound
+        {"cost": {"total_nanos": 2**63}, "ts": 1_796_000_000},  # beyond int64: no spend; int ts
+        {"cost": {"total_nanos": 7}, "api_key_id": ""},  # the tenant's spend, no key
+        {"routing": {"served_by": {"model": "m\u00e9"}}, "ts": 1_796_000_000.0000005},
+        {"ts": 4_000_000_000.5},  # far ahead of receipt: stored at it
+    ]
+    for seq, change in enumerate(oddities, start=1):
+        line = seal(record(seq=seq, prev_hash=prev, **change))
+        lines.append(line if seq % 2 else line[:-1])
+        prev = json.loads(line)["hash"]
+    parsed = same_parse(lines, time.time())
+    assert parsed.seqs == list(range(1, len(oddities) + 1))
+    assert parsed.refused is None
+    assert parsed.spends[0][:3] == (TENANT, KEY, 920)
+    assert parsed.spends[6][:3] == (TENANT, "", 7)
+    assert 5 not in parsed.spends
+    big = seal(record(seq=len(oddities) + 1, prev_hash=prev, usage={"pad": "x" * records.MAX_RECORD_BYTES}))
+    refused = same_parse([*lines, big, lines[0]], time.time()).refused
+    assert refused is not None
+    assert "bytes, at most" in refused.message
+
+
+def test_the_compiled_parser_takes_a_normal_record_without_python() -> None:
+    """The fast path is the point of compiling: a well-formed line never reaches the general one."""
+    assert records._rows is not None
+    handed_back: list[int] = []
+
+    def slow(line: bytes, line_no: int) -> Any:
+        handed_back.append(line_no)
+        return batch.slow(line, line_no)
+
+    first = seal(record())
+    second = seal(record(seq=2, prev_hash=json.loads(first)["hash"], tenant_id=5))
+    batch = _Batch(CHAIN, NODE, time.time())
+    out = records._rows.parse(
+        batch, [first, second[:-1]], records.read_fields, hashlib.sha256, slow, records._str, records._LIMITS
+    )
+    assert out[0] == [1, 2]
+    assert handed_back == [2]
