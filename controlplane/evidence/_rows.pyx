@@ -360,3 +360,35 @@ cdef object fast_row(
     seq_out[0] = seq
     us_out[0] = us
     return spend
+
+
+def extend(list stack, list leaves, sha256):
+    """``merkle.Tree.append`` of each of ``leaves`` (record hashes) in order, onto ``stack``
+    (the tree's ``_stack``: (height, subtree root), tallest first), with RFC 9162's leaf and
+    node hashes; the count of leaves appended."""
+    cdef char leaf_buf[33]
+    cdef char node_buf[65]
+    cdef object leaf, digest, top, left
+    cdef Py_ssize_t height
+    leaf_buf[0] = 0
+    node_buf[0] = 1
+    for leaf in leaves:
+        if type(leaf) is not bytes or PyBytes_GET_SIZE(leaf) != 32:
+            raise ValueError("a leaf is a 32-byte record hash")
+        memcpy(leaf_buf + 1, PyBytes_AS_STRING(leaf), 32)
+        digest = sha256(PyBytes_FromStringAndSize(leaf_buf, 33)).digest()
+        height = 0
+        while stack:
+            top = stack[len(stack) - 1]
+            if <Py_ssize_t>top[0] != height:
+                break
+            left = top[1]
+            if type(left) is not bytes or PyBytes_GET_SIZE(left) != 32:
+                raise ValueError("a subtree root is 32 bytes")
+            stack.pop()
+            memcpy(node_buf + 1, PyBytes_AS_STRING(left), 32)
+            memcpy(node_buf + 33, PyBytes_AS_STRING(digest), 32)
+            digest = sha256(PyBytes_FromStringAndSize(node_buf, 65)).digest()
+            height += 1
+        stack.append((height, digest))
+    return len(leaves)

@@ -8,28 +8,21 @@ well-formed, of this chain and node, and its hash recomputed over the line's byt
 from __future__ import annotations
 
 import hashlib
-import importlib
 import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
 
 import orjson
 
 from controlplane.errors import shown
 from controlplane.evidence.errors import ChainBroken, EvidenceRefused
+from controlplane.evidence.native import rows as _rows
 from controlplane.limits import INT64_MAX, KEY_ID_CHARS, NAME_CHARS, RESULT_CHARS
 from dataplane.evidence.fields import read_fields
 from dataplane.evidence.records import HASH_MEMBER_BYTES, HASH_MEMBER_START, hash_of_line
-
-_rows: ModuleType | None
-try:
-    _rows = importlib.import_module("controlplane.evidence._rows")
-except ImportError:  # built without a C compiler (SIGNALBOX_COMPILE=0): the same, in Python
-    _rows = None
 
 MAX_RECORD_BYTES = 64 * 1024
 MAX_AHEAD_S = 86_400.0
@@ -82,14 +75,15 @@ class Parsed:
     """Record ``i``'s tenant id, key id, cost (nano-USD) and time (us since 1970) when it
     has a cost (``cost.total_nanos`` > 0, and ids): what budgets are tracked by."""
 
-    def rows_of(self, indexes: Sequence[int]) -> bytes:
-        """The rows of records ``indexes`` (ascending), joined; one slice when contiguous."""
+    def rows_of(self, indexes: Sequence[int]) -> bytes | memoryview:
+        """The rows of records ``indexes`` (ascending), joined; a view, not a copy, when
+        they are contiguous."""
         if not indexes:
             return b""
         first, last = indexes[0], indexes[-1]
         ends = self.ends
         if last - first + 1 == len(indexes):
-            return self.rows[ends[first - 1] if first else 0 : ends[last]]
+            return memoryview(self.rows)[ends[first - 1] if first else 0 : ends[last]]
         return b"".join(self.rows[ends[i - 1] if i else 0 : ends[i]] for i in indexes)
 
     def times(self) -> set[datetime]:

@@ -70,6 +70,11 @@ class Tree:
         """Add the leaf data ``leaf`` (a record hash) as leaf number ``size``."""
         self.append_hashed(leaf_hash(leaf))
 
+    def extend(self, leaves: Iterable[bytes]) -> None:
+        """``append`` each of ``leaves`` in order."""
+        for leaf in leaves:
+            self.append_hashed(leaf_hash(leaf))
+
     def append_hashed(self, digest: bytes) -> None:
         """Add a leaf already hashed (``leaf_hash``) as leaf number ``size``."""
         height = 0
