@@ -206,6 +206,10 @@ def _content(part: infer_pb2.ContentPart, field: str, images: bool) -> ContentPa
         image = part.image
         source = image.WhichOneof("source")
         if source == "url" and image.url:
+            if image.media_type:
+                # Dropped before: a provider reads a URL's type from what it fetches (and a
+                # data: URL states its own), so a type sent beside one was never used.
+                raise InvalidRequest(f"{field}.image.media_type", "only for an image sent as data")
             return image_from_url(image.url, image.detail, f"{field}.image")
         if source == "data" and image.data:
             if not image.media_type.startswith("image/"):

@@ -62,6 +62,14 @@ def _image_without_source() -> infer_pb2.InferRequest:
     return request
 
 
+def _url_image_with_media_type() -> infer_pb2.InferRequest:
+    request = chat()
+    request.messages[0].content.add(
+        image=infer_pb2.ImagePart(url="https://example.com/a.png", media_type="image/gif")
+    )
+    return request
+
+
 def _unknown_role() -> infer_pb2.InferRequest:
     request = infer_pb2.InferRequest()
     request.messages.add().content.add(text="who am I")
@@ -179,6 +187,13 @@ BAD_INPUT: dict[
         AUTH,
         grpc.StatusCode.INVALID_ARGUMENT,
         "messages[0].content[1].image",
+    ),
+    # It was dropped: the provider reads a URL's type from what it fetches, not from this.
+    "url image with a media type": (
+        _url_image_with_media_type,
+        AUTH,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "messages[0].content[1].image.media_type: only for an image sent as data",
     ),
     "json_schema without schema": (
         _json_schema_without_schema,

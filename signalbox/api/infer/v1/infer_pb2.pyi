@@ -79,6 +79,7 @@ class ImagePart(_message.Message):
     data: _builtins.bytes
     """Raw image bytes; media_type is then required."""
     media_type: _builtins.str
+    """The type of data (image/...); refused with a url, whose type is what the provider fetches."""
     detail: _builtins.str
     """Optional fidelity hint: "auto", "low", "high" or "original" (OpenAI's values; sent on
     to OpenAI-style providers, not sent to those without one).
