@@ -15,9 +15,11 @@ Rates live in memory: a restarted node starts with full buckets (one burst, as a
 control-plane bucket does). Budgets are counted per UTC day and month and persisted in
 ``<data dir>/quota/budgets.json`` (atomic replace, fsynced) *before* a grant is answered:
 what was granted is counted on disk before any worker can spend it. The count is what was
-granted less what was handed back (until the window is used up: then it stays so,
-``signalbox.quota_grants``), so quota a worker held when the node stopped counts as
-spent (never less than the real spend: the safe side).
+granted less what was handed back, plus what was overspent (until the window is used up:
+then it stays so, ``signalbox.quota_grants``). A graceful stop's last lease round reports the
+drain's overspend and hands back what each worker holds (``QuotaLeaser.close``): the count is
+then the real spend. Quota a worker held when the node was killed counts as spent (never less
+than the real spend: the safe side).
 
 A missing file, or one that cannot be read or parsed (torn by a failing disk, deleted or
 edited by hand: a crash cannot tear it, the replace is atomic), is recounted from the node's
