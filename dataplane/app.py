@@ -506,8 +506,18 @@ class DataPlaneNode:
                 self._leaser.close()
                 await asyncio.wait({self._lease_task}, timeout=TASK_STOP_SECONDS)
                 await _cancel(self._lease_task)
+            if self._ledger is not None and self._leaser is not None:
+                # The other workers lease from it while they drain, and then once more.
+                late = await self._ledger.last_leases(
+                    max(0.0, drained_by - time.monotonic()) + 2 * self._leaser.call_timeout
+                )
+                if late:
+                    log.warning(
+                        "quota budgets: no last lease from %s before the ledger stopped; what they "
+                        "held counts as spent, what they spent past it is in their evidence only",
+                        ", ".join(late),
+                    )
             if self._ledger_server is not None:
-                # Last: the other workers lease from it while they drain.
                 await self._ledger_server.stop(grace)
             if self._ledger is not None:
                 # What was granted and not yet on disk (a Lease call given up before its

@@ -8,6 +8,7 @@ whose budget is its own count, never noticed at all."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,35 @@ def _stored_day_spend(data_dir: Path) -> int:
     [(scope, used)] = [((b["tenant_id"], b["api_key_id"], b["kind"]), b["used"]) for b in stored["budgets"]]
     assert scope == ("t-acme", "", Kind.BUDGET_DAY)
     return int(used)
+
+
+async def test_an_air_gapped_nodes_ledger_waits_for_every_workers_last_lease(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """With ``--workers 2`` worker 0 holds the ledger: stopped idle, it stopped serving it at
+    once, and worker 1, still draining a request and its mirror, found no ledger for its last
+    lease: what its drain spent past what it held was lost from the budget again."""
+    simulator.set_behaviour("sim-fast", Behaviour(latency_ms=500))
+    simulator.set_behaviour("sim-smart", Behaviour(latency_ms=1_000))
+    data_dir = tmp_path / "node"
+    workers = [
+        await _mirrored_node(
+            start_node, simulator.base_url, signing_key, BUDGET, worker=i, workers=2, quota_lease_interval=0.1
+        )
+        for i in range(2)
+    ]
+    assert workers[0].ledger is not None
+    assert workers[1].ledger is None  # it leases from worker 0's
+    async with grpc.aio.insecure_channel(workers[1].address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        call = stub.Infer(chat(PROMPT, params=SMALL, correlation_id="worker-1"), metadata=AUTH, timeout=30)
+        await eventually(
+            lambda: simulator.stats("sim-fast").chat == 1, message="the upstream has the request"
+        )
+        # SIGTERM reaches every worker at once.
+        await asyncio.gather(*(worker.stop(10.0) for worker in workers))
+        assert (await call).correlation_id == "worker-1"
+    records = list(read_records(log_path(data_dir, "node-test", "1")))
+    assert sorted(r["kind"] for r in records) == ["infer", "shadow"]
+    assert not list(read_records(log_path(data_dir, "node-test", "0")))
+    assert _stored_day_spend(data_dir) == sum(r["cost"]["total_nanos"] for r in records)
