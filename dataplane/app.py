@@ -17,10 +17,12 @@ leaser (rate limits and budgets, ``dataplane.quota``: leased from the control pl
 air-gapped node from worker 0's own ledger, ``dataplane.quota.local``) and the
 certificate renewer.
 Stop order (also on SIGTERM through ``serve``): health NOT_SERVING, stop syncing or
-watching, stop accepting, drain in-flight calls and streams for up to ``drain_seconds``,
-close adapters and the HTTP client, flush and sync the evidence log and sign its last
-checkpoint, then give the shipper up to ``evidence_drain`` seconds to send the control plane
-what it lacks of them (while it is connected; the rest ships at the next start).
+watching, stop accepting, drain in-flight calls and streams for up to ``drain_seconds``
+(the quota leaser serving them), the leaser's last round (``QuotaLeaser.close``: the drain's
+spend to the ledger), close adapters and the HTTP client, flush and sync the evidence log
+and sign its last checkpoint, then give the shipper up to ``evidence_drain`` seconds to send
+the control plane what it lacks of them (while it is connected; the rest ships at the next
+start).
 """
 
 from __future__ import annotations
@@ -475,7 +477,8 @@ class DataPlaneNode:
             self._readiness.close()
             await self._readiness.push()  # NOT_SERVING: stopping
             # Not the shipper: it sends the evidence of the drained requests too (below).
-            for task in (self._renew_task, self._sync_task, self._key_task, self._lease_task):
+            # Not the leaser: the drained requests lease as any other (below).
+            for task in (self._renew_task, self._sync_task, self._key_task):
                 if task is not None:
                     await _cancel(task)
             if self._pin_watch is not None:
@@ -497,8 +500,24 @@ class DataPlaneNode:
                     # Those still running are cancelled: each is recorded (``cancelled``, its
                     # usage estimated as a cut attempt's) and charged before the log closes.
                     await self._dispatcher.aclose()
+            if self._leaser is not None and self._lease_task is not None:
+                # Drained and settled: the leaser's last round tells the ledger what the drain
+                # spent past what this worker held (a mirror's charge) and hands back the rest.
+                self._leaser.close()
+                await asyncio.wait({self._lease_task}, timeout=TASK_STOP_SECONDS)
+                await _cancel(self._lease_task)
+            if self._ledger is not None and self._leaser is not None:
+                # The other workers lease from it while they drain, and then once more.
+                late = await self._ledger.last_leases(
+                    max(0.0, drained_by - time.monotonic()) + 2 * self._leaser.call_timeout
+                )
+                if late:
+                    log.warning(
+                        "quota budgets: no last lease from %s before the ledger stopped; what they "
+                        "held counts as spent, what they spent past it is in their evidence only",
+                        ", ".join(late),
+                    )
             if self._ledger_server is not None:
-                # Last: the other workers lease from it while they drain.
                 await self._ledger_server.stop(grace)
             if self._ledger is not None:
                 # What was granted and not yet on disk (a Lease call given up before its

@@ -17,6 +17,10 @@ forgotten within their window, their credit cannot outlive the ledger's word: a 
 past its limit by at most one worst-case request per worker per window (and per start). When a call fails the buckets
 keep what they hold and ``Quotas.reachable`` turns False: each tenant's ``on_unreachable``
 applies until a call succeeds again.
+
+The node's stop lets the leaser serve its drain, then ``close`` ends it with a last round that
+reports every debt and hands back everything held: what the ledger counts of a stopped worker
+is what it spent.
 """
 
 from __future__ import annotations
@@ -77,9 +81,11 @@ class QuotaLeaser:
         self._last = time.monotonic()
         self.rounds = 0
         """Lease calls that succeeded."""
+        self._closing = False
         quotas.short = self._wake.set
 
     async def run(self) -> None:
+        """Lease until cancelled, or until ``close``: then the last round, and return."""
         channel: grpc.aio.Channel | None = None
         try:
             while True:
@@ -90,16 +96,23 @@ class QuotaLeaser:
                     async with asyncio.timeout(self.interval):
                         await self._wake.wait()
                 self._wake.clear()
+                last = self._closing
                 if channel is None:
                     channel = aio_channel(self._target, self._tls)
                 try:
-                    await self.round(quota_pb2_grpc.QuotaServiceStub(channel))
+                    await self.round(quota_pb2_grpc.QuotaServiceStub(channel), last=last)
                 except Exception as exc:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
                         raise  # a call cut short by the node's stop: not a failure to lease
                     if not isinstance(exc, grpc.aio.AioRpcError | OSError):
                         log.exception("quota lease failed unexpectedly")
+                    elif last:
+                        log.warning(
+                            "quota: the stop's last lease failed: %s; what this worker spent past "
+                            "what it held is in its evidence only",
+                            _reason(exc),
+                        )
                     elif self.quotas.reachable:
                         log.warning("quota lease failed: %s; tenants' on_unreachable applies", _reason(exc))
                     self.quotas.reachable = False
@@ -107,14 +120,34 @@ class QuotaLeaser:
                     await channel.close(None)
                     channel = None
                 self.quotas.renewed()
-                # Kicked rounds are spaced a quarter period apart at least.
-                await asyncio.sleep(self.interval / 4)
+                if last:
+                    return
+                if not self._closing:
+                    # Kicked rounds are spaced a quarter period apart at least.
+                    await asyncio.sleep(self.interval / 4)
         finally:
             if channel is not None:
                 await channel.close(None)
 
-    async def round(self, stub: quota_pb2_grpc.QuotaServiceAsyncStub) -> None:
-        """One lease call for every bucket that needs one (several calls past ``MAX_ASKS``)."""
+    @property
+    def call_timeout(self) -> float:
+        """Seconds a lease call may take."""
+        return max(2.0, 2 * self.interval)
+
+    def close(self) -> None:
+        """The node stops, its requests drained and settled: ``run`` ends after one last
+        round (the one under way, if any, first: a round cut short may have reached the
+        ledger, and what it handed back would be handed back twice). In it each bucket
+        reports its debt (what was spent past what it held: a mirror's charge, a request on
+        credit) and hands back what it holds, nothing wanted, so the ledger counts what was
+        spent, no more and no less. A last round that fails is logged: what was held then
+        counts as spent (the safe side), the debt in the evidence only."""
+        self._closing = True
+        self._wake.set()
+
+    async def round(self, stub: quota_pb2_grpc.QuotaServiceAsyncStub, *, last: bool = False) -> None:
+        """One lease call for every bucket that needs one (several calls past ``MAX_ASKS``);
+        ``last``: the stop's (``close``)."""
         now = time.monotonic()
         # Demand over a period at least: a kicked round right after another must not read one
         # request as a torrent (and lease the whole budget for it). Grants per second over the
@@ -123,15 +156,22 @@ class QuotaLeaser:
         spacing = max(now - self._last, self.interval / 4)
         asks: list[tuple[Bucket, quota_pb2.QuotaAsk]] = []
         for bucket in list(self.quotas.buckets.values()):
-            ask = self._ask(bucket, elapsed, self.quotas.now())
+            ask = self._last_ask(bucket) if last else self._ask(bucket, elapsed, self.quotas.now())
             if ask is not None:
                 asks.append((bucket, ask))
+        # The last round says so in a call even with nothing to ask, if ever this worker
+        # leased: an air-gapped node's ledger waits for it.
+        calls = len(asks) or (1 if last and self.rounds else 0)
         try:
-            for start in range(0, len(asks), MAX_ASKS):
+            for start in range(0, calls, MAX_ASKS):
                 chunk = asks[start : start + MAX_ASKS]
                 response = await stub.Lease(
-                    quota_pb2.LeaseRequest(asks=[a for _, a in chunk], holder=self.holder),
-                    timeout=max(2.0, 2 * self.interval),
+                    quota_pb2.LeaseRequest(
+                        asks=[a for _, a in chunk],
+                        holder=self.holder,
+                        last=last and start + MAX_ASKS >= calls,
+                    ),
+                    timeout=self.call_timeout,
                 )
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug(
@@ -202,15 +242,22 @@ class QuotaLeaser:
                 return None
         bucket.holding -= returned
         state.returned, state.overspent = returned, overspent
-        tenant_id, key_id, kind = bucket.scope
-        return quota_pb2.QuotaAsk(
-            scope=quota_pb2.QuotaScope(tenant_id=tenant_id, api_key_id=key_id, kind=int(kind)),  # type: ignore[arg-type]
-            want=want,
-            returned=returned,
-            returned_window=bucket.window if budget else "",
-            demand_per_second=state.demand,
-            overspent=overspent,
-        )
+        return _ask_of(bucket, want, returned, overspent, state.demand)
+
+    def _last_ask(self, bucket: Bucket) -> quota_pb2.QuotaAsk | None:
+        """The last round's ask (``close``): the debt as overspent (a bucket never leased:
+        asked for, as its first lease would), what is held handed back, nothing wanted."""
+        state = self._states.get(bucket)
+        if state is None:
+            state = self._states[bucket] = _State()
+        debt = math.ceil(-bucket.holding) if bucket.holding < 0 else 0
+        overspent = debt if bucket.leased else 0
+        returned = max(0, math.floor(bucket.holding))
+        if not (debt or returned):
+            return None
+        bucket.holding += overspent - returned
+        state.returned, state.overspent = returned, overspent
+        return _ask_of(bucket, 0 if bucket.leased else debt, returned, overspent, state.demand)
 
     def _granted(self, bucket: Bucket, grant: quota_pb2.QuotaGrant, spacing: float) -> None:
         bucket.holding += grant.granted
@@ -232,6 +279,18 @@ class QuotaLeaser:
             # The control plane has no such limit (any more): the next snapshot drops it too.
             del self.quotas.buckets[bucket.scope]
             self._states.pop(bucket, None)
+
+
+def _ask_of(bucket: Bucket, want: int, returned: int, overspent: int, demand: float) -> quota_pb2.QuotaAsk:
+    tenant_id, key_id, kind = bucket.scope
+    return quota_pb2.QuotaAsk(
+        scope=quota_pb2.QuotaScope(tenant_id=tenant_id, api_key_id=key_id, kind=int(kind)),  # type: ignore[arg-type]
+        want=want,
+        returned=returned,
+        returned_window=bucket.window if kind in BUDGETS else "",
+        demand_per_second=demand,
+        overspent=overspent,
+    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -15,8 +15,11 @@ Rates live in memory: a restarted node starts with full buckets (one burst, as a
 control-plane bucket does). Budgets are counted per UTC day and month and persisted in
 ``<data dir>/quota/budgets.json`` (atomic replace, fsynced) *before* a grant is answered:
 what was granted is counted on disk before any worker can spend it. The count is what was
-granted less what was handed back (until the window is used up: then it stays so,
-``signalbox.quota_grants``), so quota a worker held when the node stopped counts as
+granted less what was handed back, plus what was overspent (until the window is used up:
+then it stays so, ``signalbox.quota_grants``). A graceful stop's last lease round reports the
+drain's overspend and hands back what each worker holds (``QuotaLeaser.close``): the count is
+then the real spend (worker 0 serves the ledger until every worker that leased has made that
+last call, ``LocalLedger.last_leases``). Quota a worker held when the node was killed counts as
 spent (never less than the real spend: the safe side).
 
 A missing file, or one that cannot be read or parsed (torn by a failing disk, deleted or
@@ -140,6 +143,9 @@ class LocalLedger:
         self._budgets: dict[BudgetKey, grants.Row] = {}
         self._dirty = False
         self._writing = asyncio.Lock()
+        self._holders: dict[str, bool] = {}
+        """Holder -> whether it made its last call (``last_leases``)."""
+        self._leased = asyncio.Event()
 
     @property
     def path(self) -> Path:
@@ -204,8 +210,25 @@ class LocalLedger:
             len({(t, k) for t, k, _, _ in budgets}),
         )
 
-    def lease(self, asks: Sequence[quota_pb2.QuotaAsk], holder: str) -> list[quota_pb2.QuotaGrant]:
-        """Grants in the order of ``asks``; ``ValueError`` names the first bad ask."""
+    async def last_leases(self, timeout: float) -> list[str]:
+        """Wait until every holder that leased since the start has made its last call (its
+        worker stopping, ``QuotaLeaser.close``), at most ``timeout`` seconds; the holders that
+        have not. Worker 0 keeps serving the ledger until then: another worker's drain may
+        outlast its own, and that worker's last lease must find the ledger."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not all(self._holders.values()):
+                    self._leased.clear()
+                    await self._leased.wait()
+        return sorted(h for h, last in self._holders.items() if not last)
+
+    def lease(
+        self, asks: Sequence[quota_pb2.QuotaAsk], holder: str, *, last: bool = False
+    ) -> list[quota_pb2.QuotaGrant]:
+        """Grants in the order of ``asks``; ``ValueError`` names the first bad ask. ``last``:
+        the holder's last call (``last_leases``), even if it fails."""
+        self._holders[holder] = last
+        self._leased.set()
         if len(asks) > MAX_ASKS:
             raise ValueError(f"asks: at most {MAX_ASKS} per call (got {len(asks)})")
         now, elapsed = self._clock(), self._rate_clock()
@@ -361,7 +384,7 @@ class LocalQuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
                 grpc.StatusCode.PERMISSION_DENIED, f"holder: a worker of node {self._node_id} ('<node>/<i>')"
             )
         try:
-            granted = self._ledger.lease(request.asks, request.holder)
+            granted = self._ledger.lease(request.asks, request.holder, last=request.last)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self._ledger.persist()

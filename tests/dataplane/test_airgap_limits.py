@@ -23,7 +23,7 @@ from dataplane.evidence.log import chain_files, log_path
 from dataplane.evidence.records import read_records
 from dataplane.quota import Kind
 from dataplane.quota.leaser import IDLE_ROUNDS
-from dataplane.quota.local import BUDGETS_FILE, QUOTA_DIR
+from dataplane.quota.local import BUDGETS_FILE, QUOTA_DIR, LocalLedger
 from signalbox.api.config.v1 import quota_pb2, snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, pinned_serve_args, snapshot
@@ -380,3 +380,20 @@ async def test_a_request_dearer_than_the_whole_budget_is_refused_as_such_without
         assert response.status == 422, await response.text()
         assert "retry-after" not in response.headers
         assert "is more than the whole budget" in await response.text()
+
+
+async def test_the_ledger_waits_for_each_workers_last_lease_at_most_its_timeout(tmp_path: Path) -> None:
+    """Worker 0 stops serving the ledger once every worker that leased made its last call (a
+    worker that never leased is not waited for), or when the time runs out: then it names
+    the workers it did not hear from."""
+    ledger = LocalLedger(lambda: None, tmp_path)
+    ledger.lease([], "n/0")
+    ledger.lease([], "n/1")
+    ledger.lease([], "n/0", last=True)
+    assert await ledger.last_leases(0.05) == ["n/1"]
+    waiting = asyncio.get_running_loop().create_task(ledger.last_leases(30.0))
+    await asyncio.sleep(0)  # it waits
+    assert not waiting.done()
+    ledger.lease([], "n/1", last=True)
+    async with asyncio.timeout(5):
+        assert await waiting == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -130,13 +132,28 @@ def test_unreachable_fail_closed_refuses_fail_open_refills_at_the_last_lease_rat
     assert served == 10
 
 
+def _no_ledger(tmp_path: Path) -> tuple[str, ClientTls]:
+    return f"unix:{tmp_path / 'no.sock'}", ClientTls(insecure=True)
+
+
+@contextlib.asynccontextmanager
+async def _running(leaser: QuotaLeaser) -> AsyncIterator[tuple[QuotaLeaser, asyncio.Task[None]]]:
+    """``leaser`` running; cancelled at the end if it has not ended."""
+    task = asyncio.get_running_loop().create_task(leaser.run())
+    try:
+        yield leaser, task
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def test_a_leaser_woken_as_it_is_cancelled_stops(tmp_path: Path) -> None:
     """A node's stop cancels its leaser and waits for it: a wake-up (a request short of quota,
     frequent while a node drains) landing with the cancellation must not swallow it."""
     quotas = Quotas()
-    leaser = QuotaLeaser(quotas, f"unix:{tmp_path / 'no.sock'}", ClientTls(insecure=True), interval=30.0)
-    task = asyncio.get_running_loop().create_task(leaser.run())
-    try:
+    async with _running(QuotaLeaser(quotas, *_no_ledger(tmp_path), interval=30.0)) as (_, task):
         for _ in range(3):
             await asyncio.sleep(0)  # the leaser waits for a wake-up
         quotas.short()
@@ -145,8 +162,22 @@ async def test_a_leaser_woken_as_it_is_cancelled_stops(tmp_path: Path) -> None:
         with pytest.raises(asyncio.CancelledError):
             async with asyncio.timeout(5):
                 await task
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+
+
+async def test_a_leaser_closed_with_no_ledger_to_reach_logs_its_lost_last_round_and_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stop's last round (``close``) is bounded: a ledger out of reach costs the stop one
+    failed call, logged, and what the worker held stays with it (counted as spent)."""
+    quotas = Quotas()
+    tenant = TenantConfig("t", "acme", limits=LimitsConfig(budget_day_nanos=10**9))
+    quotas.bucket(tenant, "", LimitsConfig(budget_day_nanos=10**9), Kind.BUDGET_DAY)
+    _leased(quotas, holding=-500.0)  # a mirror's charge past what was held
+    async with _running(QuotaLeaser(quotas, *_no_ledger(tmp_path), interval=30.0)) as (leaser, task):
+        with caplog.at_level(logging.WARNING, logger="signalbox.dataplane.quota"):
+            leaser.close()
+            async with asyncio.timeout(10):
                 await task
+    assert any("the stop's last lease failed" in r.getMessage() for r in caplog.records)
+    [bucket] = quotas.buckets.values()
+    assert bucket.holding == -500.0  # the debt was not reported: still this worker's

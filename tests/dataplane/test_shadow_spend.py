@@ -8,6 +8,8 @@ whose budget is its own count, never noticed at all."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from dataplane.app import DataPlaneNode
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
 from dataplane.quota.buckets import Kind
+from dataplane.quota.local import BUDGETS_FILE, QUOTA_DIR
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.simulator.behaviour import Behaviour
@@ -148,16 +151,93 @@ async def test_a_shadow_call_cancelled_when_the_drain_runs_out_is_recorded_and_c
         stub = infer_pb2_grpc.InferServiceStub(channel)
         await stub.Infer(chat(PROMPT, params=SMALL, correlation_id="drain-cut"), metadata=AUTH, timeout=60)
     await eventually(lambda: simulator.stats("sim-smart").chat == 1, message="the upstream has the mirror")
-    assert node.quotas is not None
-    [day] = [b for (_, key, kind), b in node.quotas.buckets.items() if kind is Kind.BUDGET_DAY and not key]
-    before = day.holding
     await node.stop(0.2)
     path = log_path(tmp_path / "node", "node-test")
-    [record] = [r for r in read_records(path) if r["kind"] == "shadow"]
+    records = list(read_records(path))
+    [record] = [r for r in records if r["kind"] == "shadow"]
     assert (record["correlation_id"], record["outcome"]["code"]) == ("drain-cut", "cancelled")
     usage = record["usage"]
     assert usage is not None, record
     assert (usage["output_tokens"], usage["estimated"]) == (SMALL.max_output_tokens, True)
     cost = record["cost"]["total_nanos"]
     assert cost == usage["input_tokens"] * 2_000 + SMALL.max_output_tokens * 8_000
-    assert before - day.holding == cost
+    # Charged: the node's ledger counts it with the request's cost.
+    assert _stored_day_spend(tmp_path / "node") == sum(r["cost"]["total_nanos"] for r in records)
+
+
+async def test_an_air_gapped_nodes_ledger_counts_what_its_drain_spent(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """The stop cancelled the leaser before the drain: what the drained request and its mirror
+    spent past what the worker held (the mirror's charge, a debt) never reached the node's
+    ledger, while their records carry it; restarted, the node let the tenant spend it again.
+    Once drained, a last lease call reports the debt and hands back what is held unused: the
+    budget's count on disk is what the records say was spent."""
+    simulator.set_behaviour("sim-fast", Behaviour(latency_ms=500))
+    simulator.set_behaviour("sim-smart", Behaviour(latency_ms=1_000))
+    data_dir = tmp_path / "node"
+    node = await _mirrored_node(
+        start_node, simulator.base_url, signing_key, BUDGET, data_dir=data_dir, quota_lease_interval=0.1
+    )
+    assert node.ledger is not None  # no control plane: the node's own ledger
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        call = stub.Infer(chat(PROMPT, params=SMALL, correlation_id="drained"), metadata=AUTH, timeout=30)
+        await eventually(
+            lambda: simulator.stats("sim-fast").chat == 1, message="the upstream has the request"
+        )
+        await node.stop(10.0)
+        answer = await call
+    assert answer.correlation_id == "drained"
+    records = list(read_records(log_path(data_dir, "node-test")))
+    assert sorted((r["kind"], r["outcome"]["code"]) for r in records if r["correlation_id"] == "drained") == [
+        ("infer", "OK"),
+        ("shadow", "OK"),
+    ]
+    recorded = sum((r.get("cost") or {}).get("total_nanos", 0) for r in records)
+    assert recorded > 200_000  # the mirror's share (sim-smart) included
+
+    assert _stored_day_spend(data_dir) == recorded
+    restarted = await start_node(data_dir=data_dir)
+    assert restarted.ledger is not None
+    assert restarted.ledger.spent("t-acme", "", Kind.BUDGET_DAY) == recorded
+
+
+def _stored_day_spend(data_dir: Path) -> int:
+    """The tenant's day budget as the node's ledger persisted it (its only budget here)."""
+    stored = json.loads((data_dir / QUOTA_DIR / BUDGETS_FILE).read_text())
+    [(scope, used)] = [((b["tenant_id"], b["api_key_id"], b["kind"]), b["used"]) for b in stored["budgets"]]
+    assert scope == ("t-acme", "", Kind.BUDGET_DAY)
+    return int(used)
+
+
+async def test_an_air_gapped_nodes_ledger_waits_for_every_workers_last_lease(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """With ``--workers 2`` worker 0 holds the ledger: stopped idle, it stopped serving it at
+    once, and worker 1, still draining a request and its mirror, found no ledger for its last
+    lease: what its drain spent past what it held was lost from the budget again."""
+    simulator.set_behaviour("sim-fast", Behaviour(latency_ms=500))
+    simulator.set_behaviour("sim-smart", Behaviour(latency_ms=1_000))
+    data_dir = tmp_path / "node"
+    workers = [
+        await _mirrored_node(
+            start_node, simulator.base_url, signing_key, BUDGET, worker=i, workers=2, quota_lease_interval=0.1
+        )
+        for i in range(2)
+    ]
+    assert workers[0].ledger is not None
+    assert workers[1].ledger is None  # it leases from worker 0's
+    async with grpc.aio.insecure_channel(workers[1].address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        call = stub.Infer(chat(PROMPT, params=SMALL, correlation_id="worker-1"), metadata=AUTH, timeout=30)
+        await eventually(
+            lambda: simulator.stats("sim-fast").chat == 1, message="the upstream has the request"
+        )
+        # SIGTERM reaches every worker at once.
+        await asyncio.gather(*(worker.stop(10.0) for worker in workers))
+        assert (await call).correlation_id == "worker-1"
+    records = list(read_records(log_path(data_dir, "node-test", "1")))
+    assert sorted(r["kind"] for r in records) == ["infer", "shadow"]
+    assert not list(read_records(log_path(data_dir, "node-test", "0")))
+    assert _stored_day_spend(data_dir) == sum(r["cost"]["total_nanos"] for r in records)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#signalbox/api/config/v1/quota.proto\x12\x17signalbox.api.config.v1\"e\n\nQuotaScope\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".signalbox.api.config.v1.QuotaKind\"\xa5\x01\n\x08QuotaAsk\x12\x32\n\x05scope\x18\x01 \x01(\x0b\x32#.signalbox.api.config.v1.QuotaScope\x12\x0c\n\x04want\x18\x02 \x01(\x04\x12\x10\n\x08returned\x18\x03 \x01(\x04\x12\x17\n\x0freturned_window\x18\x04 \x01(\t\x12\x19\n\x11\x64\x65mand_per_second\x18\x05 \x01(\x01\x12\x11\n\toverspent\x18\x06 \x01(\x04\"\xb8\x01\n\nQuotaGrant\x12\x32\n\x05scope\x18\x01 \x01(\x0b\x32#.signalbox.api.config.v1.QuotaScope\x12\x0f\n\x07granted\x18\x02 \x01(\x04\x12\x0e\n\x06window\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x04\x12\x11\n\texhausted\x18\x05 \x01(\x08\x12\x16\n\x0erefill_seconds\x18\x06 \x01(\x01\x12\x1b\n\x13window_seconds_left\x18\x07 \x01(\x01\"O\n\x0cLeaseRequest\x12/\n\x04\x61sks\x18\x01 \x03(\x0b\x32!.signalbox.api.config.v1.QuotaAsk\x12\x0e\n\x06holder\x18\x02 \x01(\t\"D\n\rLeaseResponse\x12\x33\n\x06grants\x18\x01 \x03(\x0b\x32#.signalbox.api.config.v1.QuotaGrant*\xa5\x01\n\tQuotaKind\x12\x1a\n\x16QUOTA_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eQUOTA_KIND_REQUESTS_PER_MINUTE\x10\x01\x12 \n\x1cQUOTA_KIND_TOKENS_PER_MINUTE\x10\x02\x12\x19\n\x15QUOTA_KIND_BUDGET_DAY\x10\x03\x12\x1b\n\x17QUOTA_KIND_BUDGET_MONTH\x10\x04\x32\x66\n\x0cQuotaService\x12V\n\x05Lease\x12%.signalbox.api.config.v1.LeaseRequest\x1a&.signalbox.api.config.v1.LeaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#signalbox/api/config/v1/quota.proto\x12\x17signalbox.api.config.v1\"e\n\nQuotaScope\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".signalbox.api.config.v1.QuotaKind\"\xa5\x01\n\x08QuotaAsk\x12\x32\n\x05scope\x18\x01 \x01(\x0b\x32#.signalbox.api.config.v1.QuotaScope\x12\x0c\n\x04want\x18\x02 \x01(\x04\x12\x10\n\x08returned\x18\x03 \x01(\x04\x12\x17\n\x0freturned_window\x18\x04 \x01(\t\x12\x19\n\x11\x64\x65mand_per_second\x18\x05 \x01(\x01\x12\x11\n\toverspent\x18\x06 \x01(\x04\"\xb8\x01\n\nQuotaGrant\x12\x32\n\x05scope\x18\x01 \x01(\x0b\x32#.signalbox.api.config.v1.QuotaScope\x12\x0f\n\x07granted\x18\x02 \x01(\x04\x12\x0e\n\x06window\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x04\x12\x11\n\texhausted\x18\x05 \x01(\x08\x12\x16\n\x0erefill_seconds\x18\x06 \x01(\x01\x12\x1b\n\x13window_seconds_left\x18\x07 \x01(\x01\"]\n\x0cLeaseRequest\x12/\n\x04\x61sks\x18\x01 \x03(\x0b\x32!.signalbox.api.config.v1.QuotaAsk\x12\x0e\n\x06holder\x18\x02 \x01(\t\x12\x0c\n\x04last\x18\x03 \x01(\x08\"D\n\rLeaseResponse\x12\x33\n\x06grants\x18\x01 \x03(\x0b\x32#.signalbox.api.config.v1.QuotaGrant*\xa5\x01\n\tQuotaKind\x12\x1a\n\x16QUOTA_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eQUOTA_KIND_REQUESTS_PER_MINUTE\x10\x01\x12 \n\x1cQUOTA_KIND_TOKENS_PER_MINUTE\x10\x02\x12\x19\n\x15QUOTA_KIND_BUDGET_DAY\x10\x03\x12\x1b\n\x17QUOTA_KIND_BUDGET_MONTH\x10\x04\x32\x66\n\x0cQuotaService\x12V\n\x05Lease\x12%.signalbox.api.config.v1.LeaseRequest\x1a&.signalbox.api.config.v1.LeaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'signalbox.api.config.v1.quota_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUOTAKIND']._serialized_start=674
-  _globals['_QUOTAKIND']._serialized_end=839
+  _globals['_QUOTAKIND']._serialized_start=688
+  _globals['_QUOTAKIND']._serialized_end=853
   _globals['_QUOTASCOPE']._serialized_start=64
   _globals['_QUOTASCOPE']._serialized_end=165
   _globals['_QUOTAASK']._serialized_start=168
@@ -40,9 +40,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUOTAGRANT']._serialized_start=336
   _globals['_QUOTAGRANT']._serialized_end=520
   _globals['_LEASEREQUEST']._serialized_start=522
-  _globals['_LEASEREQUEST']._serialized_end=601
-  _globals['_LEASERESPONSE']._serialized_start=603
-  _globals['_LEASERESPONSE']._serialized_end=671
-  _globals['_QUOTASERVICE']._serialized_start=841
-  _globals['_QUOTASERVICE']._serialized_end=943
+  _globals['_LEASEREQUEST']._serialized_end=615
+  _globals['_LEASERESPONSE']._serialized_start=617
+  _globals['_LEASERESPONSE']._serialized_end=685
+  _globals['_QUOTASERVICE']._serialized_start=855
+  _globals['_QUOTASERVICE']._serialized_end=957
 # @@protoc_insertion_point(module_scope)

@@ -167,12 +167,18 @@ class LeaseRequest(_message.Message):
 
     ASKS_FIELD_NUMBER: _builtins.int
     HOLDER_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
     holder: _builtins.str
     """---- lease holders (limits9 branch) ----
     Who holds what is granted: one worker of the node, "<node id>/<worker index>" (its
     evidence chain id). Each holder counts on its own in the fair share. On the control
     plane it must start with the node id of the peer certificate (else PERMISSION_DENIED);
     empty: the node as a whole (nodes from before this field).
+    """
+    last: _builtins.bool
+    """The holder's last call: it stops, its requests drained and settled, and reports its debts
+    and hands back what it holds. An air-gapped node's ledger (worker 0) keeps serving until
+    every worker that leased from it has made its last call; the control plane ignores it.
     """
     @_builtins.property
     def asks(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaAsk]: ...
@@ -181,10 +187,11 @@ class LeaseRequest(_message.Message):
         *,
         asks: _abc.Iterable[Global___QuotaAsk] | None = ...,
         holder: _builtins.str = ...,
+        last: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asks", b"asks", "holder", b"holder"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asks", b"asks", "holder", b"holder", "last", b"last"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
