@@ -104,6 +104,7 @@ def cpu_times(root: Path) -> dict[str, float]:
 
     return {
         "control plane (process + workers)": total([me, *workers]),
+        "  of which its parsing processes": total(workers),
         "PostgreSQL (server + backends)": total(postgres),
     }
 
@@ -221,7 +222,7 @@ async def run(args: argparse.Namespace, root: Path) -> None:
         print("CPU per record (user+system), and what one core spent on it alone could take:")
         for name, us in per.items():
             print(f"  {name:<44}{us:7.1f} us   {1e6 / us if us else 0:>10,.0f} records/s per core")
-        ingest = sum(us for name, us in per.items() if not name.startswith("shipping"))
+        ingest = sum(us for name, us in per.items() if not name.startswith(("shipping", " ")))
         print(
             f"  {'control plane + PostgreSQL':<44}{ingest:7.1f} us   {1e6 / ingest:>10,.0f} records/s per core; "
             f"{os.cpu_count()} cores all on ingest: {os.cpu_count() * 1e6 / ingest:,.0f} records/s"
