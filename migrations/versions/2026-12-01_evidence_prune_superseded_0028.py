@@ -1,1 +1,0 @@
-/tmp/h-ckp/migrations/versions/2026-12-01_evidence_prune_superseded_0028.py
