@@ -1,4 +1,4 @@
-"""The evidence store's models (migrations 0012, 0014, 0020, 0023, 0027): records, chains,
+"""The evidence store's models (migrations 0012, 0014, 0020, 0023, 0027, 0028): records, chains,
 alarms, checkpoints, compact ranges, pruned ranges and the spend budgets are tracked by. Append-only where the
 migrations say so."""
 
@@ -28,7 +28,9 @@ from controlplane.limits import (
 
 # --- Evidence store (migration 0012) -------------------------------------------------------
 # Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE on records, alarms and
-# checkpoints (and DELETE, or a head that moves back, on chains); see the migration.
+# checkpoints (and DELETE, or a head that moves back, on chains); see the migration. The one
+# DELETE let through is retention's of checkpoints and compact ranges a pruned range
+# superseded (``evidence_prune_superseded``, migration 0028).
 
 CHAIN_ID_CHARS = NODE_ID_CHARS + 44
 """``<node_id>/<worker>``."""

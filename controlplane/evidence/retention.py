@@ -23,7 +23,16 @@ transaction (so nothing is half done):
    ``dataplane.evidence.pruned``'s) stating seqs ``first..last`` dropped, the hash of the
    last one and the compact range of records ``1..last``, with which and the remaining
    leaves the root of any later checkpoint is recomputed;
-3. drops the partitions (the owner path partitions are created by; the application still
+3. deletes each stated chain's checkpoints and compact ranges the statement superseded
+   (``evidence_prune_superseded``, migration 0028): those of sizes below the newest one at
+   or below ``last`` (a node signs a checkpoint about every second; without this they grew
+   forever). Nothing reads them once records ``1..last`` are gone: a later checkpoint is
+   checked, and an export proves the remaining records, from the statement's compact range;
+   the newest at or below ``last`` and every one above it stay, and so does a checkpoint
+   whose root did not match (an alarm's signed note). The function is the only DELETE the
+   evidence triggers let through (``PruneResult.superseded``: None where its owner has no
+   DELETE, a non-superuser owner's deployment: nothing deleted, README);
+4. drops the partitions (the owner path partitions are created by; the application still
    has no UPDATE or DELETE on any row).
 
 The chains' heads and stored trees are not touched: ingest continues every chain.
@@ -40,9 +49,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -69,6 +79,8 @@ __all__ = [
     "verify_statement",
 ]
 
+log = logging.getLogger(__name__)
+
 _MONTHLY = re.compile(re.escape(EVIDENCE_PARTITION_PREFIX) + r"y([0-9]{4})m([0-9]{2})")
 
 
@@ -77,6 +89,9 @@ class PruneResult:
     partitions: list[str]
     """The partitions dropped."""
     statements: list[PrunedStatement]
+    superseded: dict[str, tuple[int, int] | None] = field(default_factory=dict)
+    """Per stated chain: how many of its checkpoints and compact ranges were deleted (step 3);
+    None when ``evidence_prune_superseded``'s owner may not delete (nothing was)."""
 
 
 def _signature(signer: Signer, payload: bytes) -> dict[str, str]:
@@ -236,11 +251,27 @@ class EvidenceRetention:
                 )
                 statements.append(decode_statement(envelope))
             await session.flush()
+            superseded = {s.chain_id: await _prune_superseded(session, s.chain_id) for s in statements}
             for name in names:
                 await session.execute(sa.text(f"DROP TABLE {name}"))
         for name in names:
             self._partitions.forget(name)
-        return PruneResult(names, statements)
+        return PruneResult(names, statements, superseded)
+
+
+async def _prune_superseded(session: AsyncSession, chain_id: str) -> tuple[int, int] | None:
+    """Step 3 for ``chain_id``, its statement flushed: (checkpoints, compact ranges) deleted."""
+    row = (
+        await session.execute(sa.text("SELECT * FROM evidence_prune_superseded(:c)"), {"c": chain_id})
+    ).one()
+    if row[0] is None:
+        log.warning(
+            "evidence retention kept chain %s's superseded checkpoints: the owner of "
+            "evidence_prune_superseded has no DELETE on evidence_checkpoints and evidence_frontiers",
+            shown(chain_id),
+        )
+        return None
+    return int(row[0]), int(row[1])
 
 
 async def newest_statement(session: AsyncSession, chain_id: str) -> PrunedStatement | None:
