@@ -20,15 +20,17 @@ replicas sharing the database agree and never hand out the same quota twice:
   holds. Returned units go back in (never above the cap). Over any interval T the fleet
   admits at most the cap + limit*T/60, plus what nodes held at its start (a lease period
   of their demand).
-- A budget (nano-USD per UTC day or month) is ``used``: what was leased in that window
-  minus what nodes handed back, and never less than what shipped evidence says was spent
-  (``controlplane.evidence.spend``: catches what settlements missed, e.g. a node killed
-  while it held quota). A node reserves a request's worst case from its holding
-  before dispatch and settles to the real cost after, so ``used`` is what was spent plus
-  what nodes hold; nothing is granted past the budget, and a grant says ``exhausted`` once
-  the window is used up, so every node stops within one lease period. A used-up window stays
-  so until it ends or its limit is raised: what nodes hand back after that counts as spent
-  (``signalbox.quota_grants.grant_budget``), and nodes keep refusing until the window ends.
+- A budget (nano-USD per UTC day or month) is counted per holder (``holders``: holder ->
+  what it was leased in that window, less what it handed back, plus what it overspent, and
+  when it last leased; ``used`` their sum): each holder's count is the larger of that and what its shipped
+  evidence says it spent (``controlplane.evidence.spend.budget_used``: catches what
+  settlements missed, e.g. a node killed while it held quota, and counts a holder's
+  overspend once whether its record or its lease report arrives first). A node reserves a
+  request's worst case from its holding before dispatch and settles to the real cost after,
+  so the count is what was spent plus what nodes hold; nothing is granted past the budget,
+  and a grant says ``exhausted`` once the window is used up, so every node stops within one
+  lease period. A used-up window stays so until it ends or its limit is raised: what nodes
+  hand back after that counts as spent, and nodes keep refusing until the window ends.
 
 A lease call is one transaction for all of a node's scopes; its cost is per node per lease
 period, never per request.
@@ -48,13 +50,18 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.errors import InvalidArgument
-from controlplane.evidence.spend import spent
+from controlplane.evidence.spend import Spent, budget_used, lease_counts, spent
 from controlplane.limits import INT64_MAX
 from signalbox import quota_grants as grants
 from signalbox.api.config.v1 import quota_pb2
 
 MAX_ASKS = 4096
 """Asks in one lease call: a node with more scopes sends several calls."""
+
+IDLE_HOLDER_S = 3600.0
+"""A budget's holder that has not leased it for this long, and whose evidence covers its
+count, is dropped from the row (its evidence counts it the same): a window's row holds the
+holders that count, not every worker that ever leased in the month."""
 
 DEFAULT_BURST_SECONDS = 60.0
 """A rate's bucket holds this many seconds of its limit: a full minute by default."""
@@ -169,8 +176,8 @@ class QuotaLedger:
             updates: list[dict[str, Any]] = []
             for ask in limited:
                 state = rows[(ask.scope, ask.window)]
-                # Budgets: never less used than shipped evidence says was spent.
-                grant = self._grant(ask, state, now, holder, recorded.get((ask.scope, ask.window), 0))
+                # Budgets: each holder's spend counted once, by its leases or its evidence.
+                grant = self._grant(ask, state, now, holder, recorded.get((ask.scope, ask.window)))
                 grants[ask.index] = grant
                 updates.append({"scope": ask.scope, "window": ask.window, **state})
             if updates:
@@ -264,31 +271,26 @@ class QuotaLedger:
         return grants.capacity(ask.limit, self.burst_seconds) if ask.kind not in BUDGETS else 0.0
 
     def _grant(
-        self, ask: _Ask, state: dict[str, Any], now: datetime, holder: str, spent: int
+        self, ask: _Ask, state: dict[str, Any], now: datetime, holder: str, spent: Spent | None
     ) -> quota_pb2.QuotaGrant:
         scope = quota_pb2.QuotaScope(
             tenant_id=str(ask.tenant_id),
             api_key_id=str(ask.api_key_id or ""),
             kind=ask.kind,  # type: ignore[arg-type]
         )
-        row = grants.Row(
-            level=float(state["level"]),
-            used=int(state["used"]),
-            updated_at=state["updated_at"].timestamp(),
-            holders=state["holders"],
-        )
         if ask.kind in BUDGETS:
             same = ask.returned_window == ask.window
-            grant = grants.grant_budget(
-                row,
+            grant = _grant_budget(
+                state,
+                holder,
+                now.timestamp(),
                 limit=ask.limit,
                 want=ask.want,
                 returned=ask.returned if same else 0,
                 overspent=ask.overspent if same else 0,
-                int_max=INT64_MAX,
                 spent=spent,
             )
-            state.update(used=row.used, updated_at=now)
+            state["updated_at"] = now
             return quota_pb2.QuotaGrant(
                 scope=scope,
                 granted=grant.granted,
@@ -297,6 +299,11 @@ class QuotaLedger:
                 exhausted=grant.exhausted,
                 window_seconds_left=grants.window_seconds_left(ask.window, now.timestamp()),
             )
+        row = grants.Row(
+            level=float(state["level"]),
+            updated_at=state["updated_at"].timestamp(),
+            holders=state["holders"],
+        )
         grant = grants.grant_rate(
             row,
             limit=ask.limit,
@@ -315,3 +322,55 @@ class QuotaLedger:
             exhausted=grant.exhausted,
             refill_seconds=grant.refill_seconds,
         )
+
+
+def _grant_budget(
+    state: dict[str, Any],
+    holder: str,
+    now: float,
+    *,
+    limit: int,
+    want: int,
+    returned: int,
+    overspent: int,
+    spent: Spent | None,
+) -> grants.Grant:
+    """Take back ``returned`` (not once the window is used up), count ``overspent``, then grant
+    up to ``want`` within ``limit``, all in ``holder``'s own count (``state``: the locked row,
+    updated). ``spent``: the window's evidence.
+
+    ``overspent`` is spend the holder's evidence may count already: it goes into the holder's
+    count, which is compared with its evidence (``budget_used``), never added to it. Then the
+    count is raised to the evidence, so what is granted now comes on top of what the holder
+    spent, also what it spent without leases (failing open through an outage) and a hand-back
+    never takes it below that: every overspend of the holder's up to this lease is in this
+    lease (the node reports its whole debt), so the evidence ahead of its count is spend no
+    lease will report. A holder idle for ``IDLE_HOLDER_S`` whose evidence covers its count is
+    dropped (``now``: epoch seconds, the ledger's clock): it counts the same by its evidence,
+    and comes back as a holder never leased (its first request on credit, asked for)."""
+    spent = spent or Spent()
+    used = int(state["used"])
+    leased = lease_counts(state["holders"])
+    seen = {str(h): float(v[1]) if isinstance(v, list) else now for h, v in state["holders"].items()}
+    unattributed = max(0, used - sum(leased.values()))
+    own = leased.get(holder, 0)
+    if budget_used(used, leased, spent) < limit:
+        # Once a window is used up it stays so until it ends (or the limit is raised): what a
+        # holder hands back after that is counted as spent, never granted again. Otherwise
+        # the leftover of each exhausted holder reopened the window for a moment, and every
+        # holder read "not exhausted" and started over (the budget leaked a request a cycle).
+        own -= min(returned, own)
+    own = max(min(own + overspent, INT64_MAX), spent.chains.get(holder, 0))
+    leased[holder] = own
+    counted = budget_used(min(unattributed + sum(leased.values()), INT64_MAX), leased, spent)
+    granted = max(0, min(want, limit - counted))
+    leased[holder] = min(own + granted, INT64_MAX)
+    seen[holder] = now
+    kept = {
+        h: n
+        for h, n in leased.items()
+        if h == holder or n > spent.chains.get(h, 0) or now - seen[h] < IDLE_HOLDER_S
+    }
+    state["used"] = min(unattributed + sum(kept.values()), INT64_MAX)
+    state["holders"] = {h: [n, seen[h]] for h, n in kept.items()}
+    return grants.Grant(granted, budget_used(state["used"], kept, spent) >= limit)

@@ -10,7 +10,8 @@ where the state lives differs. Pure functions over one ledger row: no I/O.
   second up to ``burst_seconds`` of the limit; a lease takes what it holds, and each holder
   may also take its fair share of the refill since its last lease (``fair_share``).
 - A budget (nano-USD per UTC day or month) is ``used``: what was leased in the window minus
-  what holders handed back, plus what they overspent; nothing is granted past the limit.
+  what holders handed back, plus what they overspent; nothing is granted past the limit (the
+  control plane counts it per holder, against each one's evidence: ``controlplane.quota``).
 """
 
 from __future__ import annotations
@@ -50,22 +51,19 @@ def capacity(limit: int, burst_seconds: float) -> float:
     return limit * burst_seconds / 60.0
 
 
-def grant_budget(
-    row: Row, *, limit: int, want: int, returned: int, overspent: int, int_max: int, spent: int = 0
-) -> Grant:
+def grant_budget(row: Row, *, limit: int, want: int, returned: int, overspent: int, int_max: int) -> Grant:
     """Take back ``returned`` (not once the window is used up), count ``overspent``, then grant
     up to ``want`` within ``limit`` (``returned`` and ``overspent`` only when they are of the
-    row's window: the caller checks). ``spent``: what is known to have been spent in the
-    window (shipped evidence): ``used`` never ends below it, whatever is handed back."""
-    used = max(row.used, spent)
+    row's window: the caller checks). The air-gapped ledger's: the control plane also weighs
+    each holder's count against its shipped evidence (``controlplane.quota``), by the same rule
+    for hand-backs."""
+    used = row.used
     if used < limit:
         # Once a window is used up it stays so until it ends (or the limit is raised): what a
         # holder hands back after that is counted as spent, never granted again. Otherwise
         # the leftover of each exhausted holder reopened the window for a moment, and every
         # holder read "not exhausted" and started over (the budget leaked a request a cycle).
-        # Never below what was spent: a hand-back is of what was leased, and evidence may
-        # already count more than the leases did (a node failing open through an outage).
-        used = max(used - min(returned, used), spent)
+        used -= min(returned, used)
     used = min(used + overspent, int_max)
     granted = max(0, min(want, limit - used))
     row.used = used + granted

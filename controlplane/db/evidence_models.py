@@ -172,11 +172,14 @@ class EvidenceSpend(Base):
     shipped evidence records it (their ``cost.total_nanos``): ingest adds each stored
     record once, and the quota ledger never counts a budget as less used than this
     (migration 0020). No foreign key: a record names its tenant and key as the node saw
-    them, and a refused batch must never be a constraint error."""
+    them, and a refused batch must never be a constraint error. One row per evidence chain
+    (a node worker, the lease holder of the same name; migration 0029): empty, spend of no
+    known worker (rows from before)."""
 
     __tablename__ = "evidence_spend"
 
     scope: Mapped[str] = mapped_column(String(96), primary_key=True)
     window: Mapped[str] = mapped_column(String(16), primary_key=True)
+    chain_id: Mapped[str] = mapped_column(String(300), primary_key=True, server_default=text("''"))
     nanos: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())

@@ -541,7 +541,10 @@ class QuotaState(Base):
     used: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=server_now())
     holders: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
-    """Node id -> when it last leased this rate (epoch seconds): who shares its refill."""
+    """A rate: holder -> when it last leased it (epoch seconds): who shares its refill. A
+    budget: holder -> [its count in the window (granted less handed back, plus overspent),
+    when it last leased it], the counts summing to ``used`` (less, for a row from before migration 0029: the rest is no known
+    holder's), weighed against the holder's evidence (``controlplane.evidence.spend``)."""
 
 
 # ---- admin identities by mTLS (admin branch; migration 0017) ----

@@ -18,6 +18,7 @@ from sqlalchemy import text
 from controlplane.db.models import ApiKey, Tenant
 from controlplane.db.session import database_now
 from controlplane.errors import InvalidArgument, NotFound
+from controlplane.evidence.spend import budget_used
 from controlplane.evidence.spend import spent as evidence_spent
 from controlplane.limits import INT64_MAX
 from controlplane.quota import budget_windows, scope_key
@@ -105,18 +106,20 @@ class LimitsService:
             # its midnight) while the nodes were refused on the ledger's.
             day, month = budget_windows(await database_now(session, self.host_clock, "budget windows"))
             base = scope_key(str(trow.id), str(krow.id) if krow is not None else "")
-            spent: dict[str, int] = dict(
-                (
-                    await session.execute(
-                        text('SELECT "window", used FROM quota_state WHERE scope = ANY(:scopes)'),
-                        {"scopes": [f"{base}/day", f"{base}/month"]},
-                    )
-                ).all()
-            )
-            # Never less than what shipped evidence says was spent (as the ledger counts it).
-            recorded = await evidence_spent(session, [(f"{base}/day", day), (f"{base}/month", month)])
-        day_nanos = max(spent.get(day, 0), recorded.get((f"{base}/day", day), 0))
-        month_nanos = max(spent.get(month, 0), recorded.get((f"{base}/month", month), 0))
+            leased: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {
+                (scope, window): (used, holders or {})
+                for scope, window, used, holders in await session.execute(
+                    text(
+                        'SELECT scope, "window", used, holders FROM quota_state'
+                        ' WHERE (scope, "window") IN ((:day_scope, :day), (:month_scope, :month))'
+                    ),
+                    {"day_scope": f"{base}/day", "day": day, "month_scope": f"{base}/month", "month": month},
+                )
+            }
+            # Counted as the ledger counts it: per holder, its leases or its evidence.
+            keys = [(f"{base}/day", day), (f"{base}/month", month)]
+            recorded = await evidence_spent(session, keys)
+        day_nanos, month_nanos = (budget_used(*leased.get(k, (0, {})), recorded.get(k)) for k in keys)
         return LimitsView(trow, krow, build_limits(row.limits), day_nanos, month_nanos)
 
 

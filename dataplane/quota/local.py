@@ -20,7 +20,12 @@ then it stays so, ``signalbox.quota_grants``). A graceful stop's last lease roun
 drain's overspend and hands back what each worker holds (``QuotaLeaser.close``): the count is
 then the real spend (worker 0 serves the ledger until every worker that leased has made that
 last call, ``LocalLedger.last_leases``). Quota a worker held when the node was killed counts as
-spent (never less than the real spend: the safe side).
+spent (never less than the real spend: the safe side). What a worker spent past what it
+held (a mirror's cost, known when the mirror ends) reaches the file only with its next lease
+round, a quarter lease period later at least: at every start each budget of the current day
+and month is raised to what the node's evidence says was spent (``LocalLedger.load``), the
+larger of the two, so a node killed in that gap never restarts with the charge forgotten. A
+charge a lease round reported is in both counts: it counts once.
 
 A missing file, or one that cannot be read or parsed (torn by a failing disk, deleted or
 edited by hand: a crash cannot tear it, the replace is atomic), is recounted from the node's
@@ -158,8 +163,9 @@ class LocalLedger:
         return 0 if row is None else row.used
 
     def load(self) -> None:
-        """Read the budgets file; missing or unreadable, recount from the evidence (see the
-        module docstring)."""
+        """Read the budgets file, each budget of this day and month at least what the evidence
+        says was spent; missing or unreadable, recount from the evidence (see the module
+        docstring)."""
         private_dir(self._dir)
         try:
             raw = self.path.read_bytes()
@@ -173,6 +179,32 @@ class LocalLedger:
             self._budgets = _parse(raw)
         except ValueError as exc:
             self._corrupt(str(exc))
+            return
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Raise each budget of this day and month to what the evidence says was spent, where
+        it says more: a charge the ledger hears of only with a worker's next lease round (a
+        mirror's cost, a cost past what was reserved) is in the evidence first, and a node
+        killed in between lost it from the file. The larger of the two, as the control plane
+        counts (``controlplane.evidence.spend``): what a lease round reported is in both, so
+        it counts once; a crash never lowers a budget's spend."""
+        counted, _ = self._from_evidence()
+        raised = 0
+        for key, row in counted.items():
+            held = self._budgets.setdefault(key, grants.Row())
+            if row.used > held.used:
+                held.used = row.used
+                raised += 1
+        if raised:
+            atomic_write(self.path, self._body())
+            log.warning(
+                "quota budgets: the node's evidence says %d budgets spent more this period than %s "
+                "counts (a charge the node was stopped before reporting, e.g. killed); counted as "
+                "the evidence says",
+                raised,
+                self.path,
+            )
 
     def _corrupt(self, problem: str) -> None:
         aside = self.path.with_name(BUDGETS_FILE + ".corrupt")
@@ -185,6 +217,21 @@ class LocalLedger:
 
     def _recount(self, why: str) -> None:
         """This day's and month's spend per tenant and key, from the evidence."""
+        budgets, records = self._from_evidence()
+        self._budgets = budgets
+        # Written at once (load runs off the event loop): the recount is the file from now on.
+        atomic_write(self.path, self._body())
+        log.warning(
+            "quota budgets: %s; recounted this period's spend from the node's evidence: %d records, "
+            "%d budgets",
+            why,
+            records,
+            len({(t, k) for t, k, _, _ in budgets}),
+        )
+
+    def _from_evidence(self) -> tuple[dict[BudgetKey, grants.Row], int]:
+        """This day's and month's spend per tenant and key as the node's evidence says, and
+        how many records say so."""
         now = self._clock()
         current = windows(now)
         moment = datetime.fromtimestamp(now, UTC)
@@ -199,16 +246,7 @@ class LocalLedger:
                 for scope in ("", key_id) if key_id else ("",):
                     row = budgets.setdefault((tenant_id, scope, int(kind), current[kind]), grants.Row())
                     row.used = min(row.used + cost, INT64_MAX)
-        self._budgets = budgets
-        # Written at once (load runs off the event loop): the recount is the file from now on.
-        atomic_write(self.path, self._body())
-        log.warning(
-            "quota budgets: %s; recounted this period's spend from the node's evidence: %d records, "
-            "%d budgets",
-            why,
-            records,
-            len({(t, k) for t, k, _, _ in budgets}),
-        )
+        return budgets, records
 
     async def last_leases(self, timeout: float) -> list[str]:
         """Wait until every holder that leased since the start has made its last call (its

@@ -240,3 +240,29 @@ def test_0007_puts_existing_snapshots_and_nodes_in_the_default_group_and_back(
             assert conn.execute(sa.text("SELECT version, sha256 FROM snapshots")).one() == (3, b"h3")
     finally:
         engine.dispose()
+
+
+def test_0029_keeps_evidence_spend_as_no_workers_and_sums_the_chains_back(empty_database_url: str) -> None:
+    config = alembic_config(empty_database_url)
+    command.upgrade(config, "0028")
+    engine = sa.create_engine(empty_database_url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("INSERT INTO evidence_spend (scope, \"window\", nanos) VALUES ('t//day', 'd', 500)")
+            )
+        command.upgrade(config, "0029")
+        with engine.begin() as conn:
+            rows = conn.execute(sa.text('SELECT scope, "window", chain_id, nanos FROM evidence_spend'))
+            assert [tuple(r) for r in rows] == [("t//day", "d", "", 500)]
+            conn.execute(
+                sa.text(
+                    "INSERT INTO evidence_spend (scope, \"window\", chain_id, nanos) VALUES ('t//day', 'd', 'n/0', 300)"
+                )
+            )
+        command.downgrade(config, "0028")
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text('SELECT scope, "window", nanos FROM evidence_spend'))
+            assert [tuple(r) for r in rows] == [("t//day", "d", 800)]
+    finally:
+        engine.dispose()

@@ -211,7 +211,9 @@ async def test_a_budget_counts_what_shipped_evidence_says_was_spent(
     ledger, ingest = control_plane.cp.quota, control_plane.cp.evidence
     assert ledger is not None
     assert ingest is not None
-    first = (await ledger.lease([_ask(tenant_id, DAY, 100)]))[0]
+    # The leases are the spending worker's (``spender/0``, its evidence chain): a worker's
+    # count is the larger of its leases' and its evidence's; another worker's would add.
+    first = (await ledger.lease([_ask(tenant_id, DAY, 100)], "spender/0"))[0]
     assert (first.granted, first.exhausted) == (100, False)
 
     now, prev, lines = time.time(), GENESIS_HASH, []
@@ -237,7 +239,7 @@ async def test_a_budget_counts_what_shipped_evidence_says_was_spent(
     info = await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="acme"))
     assert info.spent_day_nanos == 600  # evidence (600) over the leases' count (100)
 
-    second = (await ledger.lease([_ask(tenant_id, DAY, 1000)]))[0]
+    second = (await ledger.lease([_ask(tenant_id, DAY, 1000)], "spender/0"))[0]
     assert (second.granted, second.exhausted) == (400, True)
     info = await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="acme"))
     assert info.spent_day_nanos == 1000
