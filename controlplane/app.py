@@ -48,7 +48,6 @@ from controlplane.connections import connection_caps, open_files_limit, server_o
 from controlplane.db.embedded import EMBEDDED_DIR, EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, database_now, dispose, normalize_url, session_factory
-from controlplane.evidence.attributed import AttributedIngest
 from controlplane.evidence.checkpoints import CheckpointVerifier, verify_node_checkpoint
 from controlplane.evidence.export import EvidenceExporter
 from controlplane.evidence.imports import EvidenceImporter
@@ -276,7 +275,7 @@ class ControlPlane:
         self.sync = ConfigSyncServicer(self.broker, nodes, node_auth, api_key_hash_keys=live_keys)
         partitions = Partitions(sessions)
         self.retention = EvidenceRetention(sessions, self.keyring, partitions)
-        self.evidence = AttributedIngest(
+        self.evidence = EvidenceIngest(
             sessions,
             self._verify_checkpoint_signature,
             workers=s.evidence_workers,

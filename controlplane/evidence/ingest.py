@@ -270,7 +270,7 @@ class EvidenceIngest:
                         .on_conflict_do_nothing()
                     )
                 seen = await tenants_seen(session, serial) if parsed.spends else None
-                await add_spend(session, parsed.spends, walk.new, seen)
+                await add_spend(session, parsed.spends, walk.new, seen, chain_id=chain_id)
             state = chain.state
             if refused is not None:
                 state = await self._alarm(session, chain, refused, parsed, walk)

@@ -24,9 +24,7 @@ deadlocks on one another.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,19 +33,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.limits import INT64_MAX
-
-_CHAIN: ContextVar[str] = ContextVar("signalbox_spend_chain", default="")
-
-
-@contextmanager
-def spending_chain(chain_id: str) -> Iterator[None]:
-    """The evidence chain whose batch is being ingested, for ``add_spend`` in this task (the
-    ingest passes ``add_spend`` no chain: ``controlplane.evidence.attributed``)."""
-    token = _CHAIN.set(chain_id)
-    try:
-        yield
-    finally:
-        _CHAIN.reset(token)
 
 
 @dataclass(slots=True)
@@ -123,10 +108,10 @@ async def add_spend(
     stored: Sequence[int],
     tenants: frozenset[str] | None = None,
     *,
-    chain_id: str | None = None,
+    chain_id: str,
 ) -> None:
     """Add the costs of the stored records ``stored`` (indexes into ``spends``) of evidence
-    chain ``chain_id`` (None: the one ``spending_chain`` names), counting only those of
+    chain ``chain_id`` (the node worker that spent them), counting only those of
     ``tenants`` (None: every tenant).
 
     What is counted here is a floor under every node's budget lease for that tenant, so a
@@ -147,7 +132,7 @@ async def add_spend(
             totals[(scope_of(tenant_id, key, "month"), month)] += nanos
     if not totals:
         return
-    chain = _CHAIN.get() if chain_id is None else chain_id
+    chain = chain_id
     await session.execute(
         text(
             'INSERT INTO evidence_spend (scope, "window", chain_id, nanos) VALUES (:scope, :window, :chain, :nanos)'
