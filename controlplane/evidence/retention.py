@@ -9,15 +9,16 @@ transaction (so nothing is half done):
    their own (``Partitions.rehome_default``: a late record could land there before ingest
    checked past months' partitions under a lock), so no month is ever beyond retention;
 
-1. locks them (ingest waits) and, per chain with records in them, takes its next prefix:
-   seqs ``first..last``, ``first`` one after the previous statement's ``last`` (1 for the
-   first) and ``last`` the chain's newest seq in those partitions. Record times are the
-   node's word: a node whose clock was ahead and then stepped back dates a record earlier
-   than the ones before it, which then sit in a later partition (or DEFAULT). Such a prefix
-   is not all in the partitions to drop: the partition holding the chain's newest seq is
-   kept back until the earlier records' month goes too (``_exact``), so a statement states
-   exactly the records dropped, never one still stored. Were a chain's prefix not all
-   stored anywhere (a gap), nothing is pruned;
+1. locks them against writes (``WRITE_LOCK``: ingest waits, reads do not; the privileges
+   it needs are ownership only, as for the DROP) and, per chain with records in them,
+   takes its next prefix: seqs ``first..last``, ``first`` one after the previous
+   statement's ``last`` (1 for the first) and ``last`` the chain's newest seq in those
+   partitions. Record times are the node's word: a node whose clock was ahead and then
+   stepped back dates a record earlier than the ones before it, which then sit in a later
+   partition (or DEFAULT). Such a prefix is not all in the partitions to drop: the
+   partition holding the chain's newest seq is kept back until the earlier records' month
+   goes too (``_exact``), so a statement states exactly the records dropped, never one
+   still stored. Were a chain's prefix not all stored anywhere (a gap), nothing is pruned;
 2. writes a *pruned-range statement* per chain into ``evidence_pruned_ranges``: a DSSE
    envelope signed by the control plane's snapshot signing keys (the format is
    ``dataplane.evidence.pruned``'s) stating seqs ``first..last`` dropped, the hash of the
@@ -178,7 +179,8 @@ class EvidenceRetention:
             names = [name for name in names if not await _received_since(session, name, before)]
             if not names:
                 return PruneResult([], [])
-            await session.execute(sa.text(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE"))
+            for name in names:
+                await session.execute(sa.text(WRITE_LOCK.format(name=name)))
             spans = await _spans(session, names, before)
             names = _exact(names, spans)
             if not names:
@@ -359,6 +361,20 @@ async def _received_since(session: AsyncSession, name: str, before: datetime) ->
     found = await session.execute(sa.text(RECEIVED_SINCE.format(name=name)), {"b": before})
     return bool(found.scalar())
 
+
+WRITE_LOCK = "ALTER TABLE {name} ENABLE TRIGGER evidence_records_append_only"
+"""Step 1's lock on partition ``name``: SHARE ROW EXCLUSIVE to the commit, which every
+write (ROW EXCLUSIVE: ingest's COPY) waits for and reads do not. Ingest takes the
+partitions' advisory lock (``Partitions.hold``) only for months past by its replica's
+clock, and not in its last attempt: a replica whose clock is behind, or a batch begun as
+the month ended, writes into a month retention drops without it. Without this lock its
+record, not yet committed as the spans are read, went with the DROP (which waits for the
+writer) unstated. ``LOCK TABLE`` in any mode that conflicts with writes needs UPDATE,
+DELETE or TRUNCATE on the table, which migration 0012 revoked from a non-superuser owner
+(append-only): granting them back would undo that. ``ALTER TABLE``, like step 4's
+``DROP TABLE``, needs ownership only; the trigger named is the append-only one every
+partition has (cloned from the parent's, migration 0012), enabled, so nothing changes but
+the lock (were it disabled, it is enabled again)."""
 
 RECEIVED_SINCE = "SELECT EXISTS (SELECT 1 FROM {name} WHERE received_at >= :b)"
 """Read by the BRIN index on ``received_at`` (migration 0025), not a scan of the month."""

@@ -1,0 +1,127 @@
+"""Retention where the control plane connects as a non-superuser owner of the tables (the
+deployment ``migrated_by_owner`` models: migration 0012 revoked UPDATE, DELETE and TRUNCATE
+from it): a real node ships to a real control plane, January is pruned behind its signed
+statement, ingest continues, and the owner still cannot change or lock out a stored record."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from controlplane.db.embedded import EmbeddedPostgres
+from signalbox.tls import aio_channel
+from tests.controlplane.evidence.conftest import Stream, new_dir, received_long_ago
+from tests.controlplane.evidence.test_append_only import assert_owner_refused
+from tests.controlplane.evidence.test_retention import JAN, partitions, write_at
+from tests.fixtures.postgres import (
+    cp_settings,
+    migrated_by_owner,
+    running_control_plane,
+    sql_rows,
+)
+from tests.helpers import eventually
+
+PRUNE_BEFORE = datetime(2025, 2, 1, tzinfo=UTC)
+JANUARY = "evidence_records_y2025m01"
+
+
+def superuser_url(postgres_server: EmbeddedPostgres, owner_url: str) -> str:
+    """The same database as the embedded server's superuser (an operator at psql)."""
+    return postgres_server.url(make_url(owner_url).database or "")
+
+
+async def test_a_non_superuser_owner_prunes_and_still_cannot_change_a_record(
+    postgres_server: EmbeddedPostgres, private_tmp: Path
+) -> None:
+    with migrated_by_owner(postgres_server, "retention_app") as url:
+        async with running_control_plane(cp_settings(url, private_tmp)) as plane:
+            assert plane.cp.retention is not None
+            directory = new_dir(private_tmp, "evidence-owner-")
+            now = datetime.now(UTC).timestamp()
+            async with aio_channel(plane.node_address, await plane.enroll("node-a", directory)) as channel:
+                stream = Stream(channel)
+                ack = await stream.ship("node-a/0", await write_at(directory, [JAN] * 3 + [now] * 2))
+                assert (ack.head_seq, ack.HasField("error")) == (5, False), ack
+                received_long_ago(superuser_url(postgres_server, url))
+
+                result = await plane.cp.retention.prune(PRUNE_BEFORE)
+                assert result.partitions == [JANUARY]
+                assert [(s.chain_id, s.first_seq, s.last_seq) for s in result.statements] == [
+                    ("node-a/0", 1, 3)
+                ]
+                assert JANUARY not in partitions(plane)
+                assert [
+                    int(s) for (s,) in sql_rows(url, "SELECT seq FROM evidence_records ORDER BY seq")
+                ] == [4, 5]
+
+                # Ingest continues the chain.
+                lines = await write_at(directory, [now] * 2)
+                ack = await stream.ship("node-a/0", lines[5:])
+                assert (ack.head_seq, ack.HasField("error")) == (7, False), ack
+                stream.close()
+        ((current,),) = sql_rows(url, "SELECT tableoid::regclass::text FROM evidence_records WHERE seq = 7")
+        engine = sa.create_engine(url, poolclass=sa.NullPool)
+        try:
+            assert_owner_refused(engine, ["evidence_records", str(current), "evidence_records_default"])
+        finally:
+            engine.dispose()
+
+
+WRITING = (
+    "INSERT INTO evidence_records (chain_id, seq, ts, record_id, hash, prev_hash, node_id, correlation_id, "
+    "tenant_id, api_key_id, model, outcome, body, received_at) VALUES ('node-a/0', 4, '2025-01-31T23:59:59Z', "
+    f"'r4', '\\x{'04' * 32}', '\\x{'03' * 32}', 'node-a', 'c4', 'acme', 'k1', 'small', 'OK', '\\x7b7d', '2000-01-01T00:00:00Z')"
+)
+"""A record of January on its way in without the partitions' advisory lock: a replica whose
+clock still says January, or ingest's last attempt (``Partitions.hold`` not taken)."""
+
+
+WAITING = (
+    "SELECT 1 FROM pg_locks WHERE NOT granted "
+    f"AND relation IN (to_regclass('{JANUARY}'), 'evidence_records'::regclass)"
+)
+
+
+async def test_a_record_being_written_into_a_month_is_stated_not_dropped_unstated(
+    postgres_server: EmbeddedPostgres, private_tmp: Path
+) -> None:
+    """Retention waits for a write into a partition it drops before reading what it states:
+    the record is in the statement. (Without a lock against writes, the spans were read
+    without it and the DROP, which waits for the writer, dropped it unstated.)"""
+    with migrated_by_owner(postgres_server, "retention_app") as url:
+        async with running_control_plane(cp_settings(url, private_tmp)) as plane:
+            retention = plane.cp.retention
+            assert retention is not None
+            directory = new_dir(private_tmp, "evidence-owner-")
+            async with aio_channel(plane.node_address, await plane.enroll("node-a", directory)) as channel:
+                stream = Stream(channel)
+                ack = await stream.ship("node-a/0", await write_at(directory, [JAN] * 3))
+                assert (ack.head_seq, ack.HasField("error")) == (3, False), ack
+                stream.close()
+            received_long_ago(superuser_url(postgres_server, url))
+
+            writer = sa.create_engine(url, poolclass=sa.NullPool)
+            try:
+                with writer.connect() as conn:
+                    conn.exec_driver_sql(WRITING)  # begun, not committed
+                    prune = asyncio.create_task(retention.prune(PRUNE_BEFORE))
+
+                    def waiting() -> bool:
+                        if prune.done():
+                            prune.result()  # its error, if any
+                            raise pytest.fail("retention did not wait for the writer")
+                        return bool(sql_rows(url, WAITING))
+
+                    await eventually(waiting, message="retention waits for the writer")
+                    conn.commit()
+                result = await asyncio.wait_for(prune, 30)
+            finally:
+                writer.dispose()
+            assert result.partitions == [JANUARY]
+            (statement,) = result.statements
+            assert (statement.first_seq, statement.last_seq, statement.last_hash) == (1, 4, b"\x04" * 32)
