@@ -52,17 +52,19 @@ import base64
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controlplane.db.failures import database_status
 from controlplane.db.models import EVIDENCE_PARTITION_PREFIX, EvidencePrunedRange
 from controlplane.db.session import database_now
-from controlplane.errors import InvalidArgument, shown
-from controlplane.evidence.errors import PruneRefused
+from controlplane.errors import InvalidArgument, clip, shown
+from controlplane.evidence.errors import PruneFailed, PruneRefused
 from controlplane.evidence.partitions import LOCK, Partitions, month_bounds
 from controlplane.evidence.tree import StoredTree
 from controlplane.keys import Keyring, Signer
@@ -168,9 +170,14 @@ class EvidenceRetention:
         return await self.prune(before)
 
     async def prune(self, before: datetime) -> PruneResult:
-        """Drop every monthly partition entirely before ``before``, each chain's range stated first."""
+        """Drop every monthly partition entirely before ``before``, each chain's range stated
+        first. ``PruneFailed`` names the step the database refused (nothing is pruned)."""
         if before.tzinfo is None:
             raise ValueError("before must carry a time zone")
+        with _step(f"prune the evidence partitions before {before.isoformat()}"):
+            return await self._prune(before)
+
+    async def _prune(self, before: datetime) -> PruneResult:
         async with self._sessions() as session, session.begin():
             await session.execute(sa.text(LOCK))
             await self._partitions.rehome_default(session, before)
@@ -180,7 +187,8 @@ class EvidenceRetention:
             if not names:
                 return PruneResult([], [])
             for name in names:
-                await session.execute(sa.text(WRITE_LOCK.format(name=name)))
+                with _step(f"lock partition {name} against writes"):
+                    await session.execute(sa.text(WRITE_LOCK.format(name=name)))
             spans = await _spans(session, names, before)
             names = _exact(names, spans)
             if not names:
@@ -255,10 +263,39 @@ class EvidenceRetention:
             await session.flush()
             superseded = {s.chain_id: await _prune_superseded(session, s.chain_id) for s in statements}
             for name in names:
-                await session.execute(sa.text(f"DROP TABLE {name}"))
+                with _step(f"drop partition {name}"):
+                    await session.execute(sa.text(f"DROP TABLE {name}"))
         for name in names:
             self._partitions.forget(name)
         return PruneResult(names, statements, superseded)
+
+
+REASON_CHARS = 300
+"""At most this much of the database's message is quoted (its primary message: names, no row
+values, which it keeps for its DETAIL)."""
+
+
+@contextmanager
+def _step(what: str) -> Iterator[None]:
+    """``PruneFailed`` naming ``what`` and the database's reason when it refuses the step; a
+    transient failure (``database_status``: the database down, a lock or statement timeout,
+    a deadlock) passes unchanged, the next round retries it."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if database_status(exc) is not None:
+            raise
+        orig = exc.orig
+        diag = getattr(orig, "diag", None)
+        reason = (getattr(diag, "message_primary", None) or type(orig).__name__).strip()
+        state = getattr(orig, "sqlstate", None) or "?"
+        message = f"evidence retention could not {what}: {clip(reason, REASON_CHARS)} (SQLSTATE {state})"
+        if state == "42501":  # insufficient_privilege, e.g. "must be owner of table ..."
+            message += (
+                "; the control plane's database role must own the evidence partitions it drops "
+                "(README, Evidence)"
+            )
+        raise PruneFailed(f"{message}; nothing was pruned") from exc
 
 
 async def _prune_superseded(session: AsyncSession, chain_id: str) -> tuple[int, int] | None:
@@ -358,7 +395,8 @@ async def _received_since(session: AsyncSession, name: str, before: datetime) ->
     that ships late) dates records weeks back, and partitioned by that date they were dropped
     soon after receipt. Kept until everything in it was received before the cut-off, every
     record is kept at least the retention period from its receipt (by the database's clock)."""
-    found = await session.execute(sa.text(RECEIVED_SINCE.format(name=name)), {"b": before})
+    with _step(f"read partition {name}"):
+        found = await session.execute(sa.text(RECEIVED_SINCE.format(name=name)), {"b": before})
     return bool(found.scalar())
 
 

@@ -1,11 +1,16 @@
 """Retention where the control plane connects as a non-superuser owner of the tables (the
 deployment ``migrated_by_owner`` models: migration 0012 revoked UPDATE, DELETE and TRUNCATE
 from it): a real node ships to a real control plane, January is pruned behind its signed
-statement, ingest continues, and the owner still cannot change or lock out a stored record."""
+statement, ingest continues, and the owner still cannot change or lock out a stored record.
+A retention that cannot run says which partition and which privilege, and the control plane
+keeps serving."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,11 +22,12 @@ from controlplane.db.embedded import EmbeddedPostgres
 from signalbox.tls import aio_channel
 from tests.controlplane.evidence.conftest import Stream, new_dir, received_long_ago
 from tests.controlplane.evidence.test_append_only import assert_owner_refused
-from tests.controlplane.evidence.test_retention import JAN, partitions, write_at
+from tests.controlplane.evidence.test_retention import JAN, admin_cli, partitions, ship_as, write_at
 from tests.fixtures.postgres import (
     cp_settings,
     migrated_by_owner,
     running_control_plane,
+    sql_execute,
     sql_rows,
 )
 from tests.helpers import eventually
@@ -97,12 +103,7 @@ async def test_a_record_being_written_into_a_month_is_stated_not_dropped_unstate
         async with running_control_plane(cp_settings(url, private_tmp)) as plane:
             retention = plane.cp.retention
             assert retention is not None
-            directory = new_dir(private_tmp, "evidence-owner-")
-            async with aio_channel(plane.node_address, await plane.enroll("node-a", directory)) as channel:
-                stream = Stream(channel)
-                ack = await stream.ship("node-a/0", await write_at(directory, [JAN] * 3))
-                assert (ack.head_seq, ack.HasField("error")) == (3, False), ack
-                stream.close()
+            await ship_as(plane, private_tmp, "node-a", [JAN] * 3, tenant_id="acme")
             received_long_ago(superuser_url(postgres_server, url))
 
             writer = sa.create_engine(url, poolclass=sa.NullPool)
@@ -125,3 +126,75 @@ async def test_a_record_being_written_into_a_month_is_stated_not_dropped_unstate
             assert result.partitions == [JANUARY]
             (statement,) = result.statements
             assert (statement.first_seq, statement.last_seq, statement.last_hash) == (1, 4, b"\x04" * 32)
+
+
+REFUSED = (
+    f"evidence retention could not lock partition {JANUARY} against writes: must be owner of table "
+    f"{JANUARY} (SQLSTATE 42501); the control plane's database role must own the evidence partitions"
+)
+
+
+async def test_a_retention_the_database_refuses_names_the_partition_and_the_privilege(
+    postgres_server: EmbeddedPostgres, private_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """January's partition owned by another role (made by a DBA, say): retention may not lock
+    or drop it. The operator's prune fails FAILED_PRECONDITION naming the partition and the
+    missing ownership, the timer logs the same as one line (no traceback), nothing is
+    pruned, and the control plane keeps taking evidence."""
+    other = f"retention_dba_{os.getpid()}"
+    try:
+        with migrated_by_owner(postgres_server, "retention_app") as url:
+            await _refused_retention(postgres_server, private_tmp, caplog, url, other)
+    finally:
+        sql_execute(postgres_server.url("postgres"), f"DROP ROLE IF EXISTS {other}")
+
+
+async def _refused_retention(
+    postgres_server: EmbeddedPostgres,
+    private_tmp: Path,
+    caplog: pytest.LogCaptureFixture,
+    url: str,
+    other: str,
+) -> None:
+    superuser = superuser_url(postgres_server, url)
+    first = cp_settings(url, private_tmp)
+    async with running_control_plane(first) as plane:
+        await ship_as(plane, private_tmp, "node-a", [JAN] * 3, tenant_id="acme")
+    sql_execute(
+        superuser,
+        f"CREATE ROLE {other} NOLOGIN",
+        f"ALTER TABLE {JANUARY} OWNER TO {other}",
+        f"GRANT SELECT, INSERT ON {JANUARY} TO {make_url(url).username}",
+    )
+    received_long_ago(superuser)
+
+    # The same data dir (and so the same KEK), with the timer.
+    timer = replace(first, evidence_retention_days=400.0, evidence_retention_interval=0.2)
+    with caplog.at_level(logging.ERROR, logger="controlplane.app"):
+        async with running_control_plane(timer) as plane:
+            code, _, err = await admin_cli(plane, "evidence", "prune", "--before", "2025-02-01")
+            assert code != 0
+            assert "FAILED_PRECONDITION" in err, err
+            assert REFUSED in err, err
+            assert err.rstrip().endswith("; nothing was pruned"), err
+
+            def logged() -> logging.LogRecord:
+                records = [r for r in caplog.records if "evidence retention" in r.getMessage()]
+                assert records
+                return records[0]
+
+            record = await eventually(logged, message="the timer logged its failure")
+            assert REFUSED in record.getMessage(), record
+            assert record.exc_info is None, record
+
+            # Still serving: another node's evidence is taken; January is intact.
+            await ship_as(plane, private_tmp, "node-b", [datetime.now(UTC).timestamp()], tenant_id="acme")
+            assert JANUARY in partitions(plane)
+    seqs = sql_rows(superuser, "SELECT chain_id, seq FROM evidence_records ORDER BY 1, 2")
+    assert [(c, int(s)) for c, s in seqs] == [
+        ("node-a/0", 1),
+        ("node-a/0", 2),
+        ("node-a/0", 3),
+        ("node-b/0", 1),
+    ]
+    assert sql_rows(superuser, "SELECT count(*) FROM evidence_pruned_ranges")[0][0] == 0
