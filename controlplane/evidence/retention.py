@@ -9,16 +9,17 @@ transaction (so nothing is half done):
    their own (``Partitions.rehome_default``: a late record could land there before ingest
    checked past months' partitions under a lock), so no month is ever beyond retention;
 
-1. locks them against writes (``WRITE_LOCK``: ingest waits, reads do not; the privileges
-   it needs are ownership only, as for the DROP) and, per chain with records in them,
-   takes its next prefix: seqs ``first..last``, ``first`` one after the previous
-   statement's ``last`` (1 for the first) and ``last`` the chain's newest seq in those
-   partitions. Record times are the node's word: a node whose clock was ahead and then
-   stepped back dates a record earlier than the ones before it, which then sit in a later
-   partition (or DEFAULT). Such a prefix is not all in the partitions to drop: the
-   partition holding the chain's newest seq is kept back until the earlier records' month
-   goes too (``_exact``), so a statement states exactly the records dropped, never one
-   still stored. Were a chain's prefix not all stored anywhere (a gap), nothing is pruned;
+1. locks them against writes before reading anything of them, their receipt times too
+   (``WRITE_LOCK``: ingest waits, reads do not; the privileges it needs are ownership only,
+   as for the DROP) and, per chain with records in them, takes its next prefix: seqs
+   ``first..last``, ``first`` one after the previous statement's ``last`` (1 for the first)
+   and ``last`` the chain's newest seq in those partitions. Record times are the node's
+   word: a node whose clock was ahead and then stepped back dates a record earlier than the
+   ones before it, which then sit in a later partition (or DEFAULT). Such a prefix is not
+   all in the partitions to drop: the partition holding the chain's newest seq is kept back
+   until the earlier records' month goes too (``_exact``), so a statement states exactly
+   the records dropped, never one still stored. Were a chain's prefix not all stored
+   anywhere (a gap), nothing is pruned;
 2. writes a *pruned-range statement* per chain into ``evidence_pruned_ranges``: a DSSE
    envelope signed by the control plane's snapshot signing keys (the format is
    ``dataplane.evidence.pruned``'s) stating seqs ``first..last`` dropped, the hash of the
@@ -182,13 +183,14 @@ class EvidenceRetention:
             await session.execute(sa.text(LOCK))
             await self._partitions.rehome_default(session, before)
             names = await _partitions_before(session, before)
-            # Ingest into a past month waits for ``LOCK``: what was received is settled.
-            names = [name for name in names if not await _received_since(session, name, before)]
-            if not names:
-                return PruneResult([], [])
+            # Locked before anything of them is read: a write still under way (see
+            # ``WRITE_LOCK``) is committed, so what was received is settled and is stated.
             for name in names:
                 with _step(f"lock partition {name} against writes"):
                     await session.execute(sa.text(WRITE_LOCK.format(name=name)))
+            names = [name for name in names if not await _received_since(session, name, before)]
+            if not names:
+                return PruneResult([], [])
             spans = await _spans(session, names, before)
             names = _exact(names, spans)
             if not names:

@@ -81,11 +81,11 @@ async def test_a_non_superuser_owner_prunes_and_still_cannot_change_a_record(
 WRITING = (
     "INSERT INTO evidence_records (chain_id, seq, ts, record_id, hash, prev_hash, node_id, correlation_id, "
     "tenant_id, api_key_id, model, outcome, body, received_at) VALUES ('node-a/0', 4, '2025-01-31T23:59:59Z', "
-    f"'r4', '\\x{'04' * 32}', '\\x{'03' * 32}', 'node-a', 'c4', 'acme', 'k1', 'small', 'OK', '\\x7b7d', '2000-01-01T00:00:00Z')"
+    "'r4', '\\x{h4}', '\\x{h3}', 'node-a', 'c4', 'acme', 'k1', 'small', 'OK', '\\x7b7d', {received_at})"
 )
 """A record of January on its way in without the partitions' advisory lock: a replica whose
 clock still says January, or ingest's last attempt (``Partitions.hold`` not taken)."""
-
+H4 = b"\x04" * 32
 
 WAITING = (
     "SELECT 1 FROM pg_locks WHERE NOT granted "
@@ -93,12 +93,15 @@ WAITING = (
 )
 
 
-async def test_a_record_being_written_into_a_month_is_stated_not_dropped_unstated(
-    postgres_server: EmbeddedPostgres, private_tmp: Path
+@pytest.mark.parametrize("received_at", ["'2000-01-01T00:00:00Z'", "now()"], ids=["long_ago", "now"])
+async def test_a_record_being_written_into_a_month_is_stated_or_kept_never_dropped_unstated(
+    postgres_server: EmbeddedPostgres, private_tmp: Path, received_at: str
 ) -> None:
-    """Retention waits for a write into a partition it drops before reading what it states:
-    the record is in the statement. (Without a lock against writes, the spans were read
-    without it and the DROP, which waits for the writer, dropped it unstated.)"""
+    """Retention waits for a write into a partition it would drop before reading anything of
+    it. Received long ago, the record is in the statement (without a lock against writes the
+    spans were read without it, and the DROP, which waits for the writer, dropped it
+    unstated). Received now, its month is kept: each record stays the retention period from
+    its receipt (with the lock taken only after that was checked, it went at once)."""
     with migrated_by_owner(postgres_server, "retention_app") as url:
         async with running_control_plane(cp_settings(url, private_tmp)) as plane:
             retention = plane.cp.retention
@@ -109,8 +112,8 @@ async def test_a_record_being_written_into_a_month_is_stated_not_dropped_unstate
             writer = sa.create_engine(url, poolclass=sa.NullPool)
             try:
                 with writer.connect() as conn:
-                    conn.exec_driver_sql(WRITING)  # begun, not committed
-                    prune = asyncio.create_task(retention.prune(PRUNE_BEFORE))
+                    conn.exec_driver_sql(WRITING.format(h4=H4.hex(), h3="03" * 32, received_at=received_at))
+                    prune = asyncio.create_task(retention.prune(PRUNE_BEFORE))  # the write not committed
 
                     def waiting() -> bool:
                         if prune.done():
@@ -123,9 +126,14 @@ async def test_a_record_being_written_into_a_month_is_stated_not_dropped_unstate
                 result = await asyncio.wait_for(prune, 30)
             finally:
                 writer.dispose()
-            assert result.partitions == [JANUARY]
-            (statement,) = result.statements
-            assert (statement.first_seq, statement.last_seq, statement.last_hash) == (1, 4, b"\x04" * 32)
+            if received_at == "now()":
+                assert (result.partitions, result.statements) == ([], [])
+                assert JANUARY in partitions(plane)
+                assert len(sql_rows(url, f"SELECT seq FROM {JANUARY}")) == 4
+            else:
+                assert result.partitions == [JANUARY]
+                (statement,) = result.statements
+                assert (statement.first_seq, statement.last_seq, statement.last_hash) == (1, 4, H4)
 
 
 REFUSED = (
