@@ -48,6 +48,7 @@ from controlplane.connections import connection_caps, open_files_limit, server_o
 from controlplane.db.embedded import EMBEDDED_DIR, EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, database_now, dispose, normalize_url, session_factory
+from controlplane.errors import ControlPlaneError
 from controlplane.evidence.checkpoints import CheckpointVerifier, verify_node_checkpoint
 from controlplane.evidence.export import EvidenceExporter
 from controlplane.evidence.imports import EvidenceImporter
@@ -490,9 +491,12 @@ class ControlPlane:
                         ", ".join(result.partitions),
                         len(result.statements),
                     )
+            except ControlPlaneError as exc:
+                # Keep serving and keep the records: the next round retries. A refusal (a
+                # chain whose old records are not its prefix) or a step the database refused
+                # (a partition the role does not own) needs an operator: the message says which.
+                log.error("evidence retention could not prune: %s", exc)
             except Exception:
-                # Keep serving and keep the records: the next round retries; a refusal
-                # (a chain whose old records are not its prefix) needs an operator.
                 log.exception("evidence retention could not prune")
             await asyncio.sleep(interval)
 

@@ -10,8 +10,12 @@
     ├── PermissionDenied         PERMISSION_DENIED    (a chain of another node)
     ├── ExportTooLarge           RESOURCE_EXHAUSTED   (a pack query matching more than the limit)
     ├── ExportImpossible         FAILED_PRECONDITION  (a chain whose records cannot be proven now)
-    └── PruneRefused             FAILED_PRECONDITION  (retention: a chain's prefix up to its newest seq in
-                                                       the partitions to drop has a gap; nothing pruned)
+    ├── PruneRefused             FAILED_PRECONDITION  (retention: a chain's prefix up to its newest seq in
+    │                                                  the partitions to drop has a gap; nothing pruned)
+    └── PruneFailed              FAILED_PRECONDITION  (retention: the database refused a step, e.g. a
+                                                       privilege or ownership the control plane's role
+                                                       lacks: names the step, the partition and the
+                                                       database's reason; nothing pruned)
 
 Every message names the chain and the record (seq, line in the batch) or the checkpoint, and
 carries digests and ids only, never record content.
@@ -78,4 +82,11 @@ class ExportImpossible(ControlPlaneError):
 
 
 class PruneRefused(ControlPlaneError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PruneFailed(ControlPlaneError):
+    """The database refused one of retention's steps (not a transient failure: those stay
+    UNAVAILABLE or ABORTED, ``controlplane.db.failures``); the transaction rolled back."""
+
     status = grpc.StatusCode.FAILED_PRECONDITION

@@ -9,15 +9,17 @@ transaction (so nothing is half done):
    their own (``Partitions.rehome_default``: a late record could land there before ingest
    checked past months' partitions under a lock), so no month is ever beyond retention;
 
-1. locks them (ingest waits) and, per chain with records in them, takes its next prefix:
-   seqs ``first..last``, ``first`` one after the previous statement's ``last`` (1 for the
-   first) and ``last`` the chain's newest seq in those partitions. Record times are the
-   node's word: a node whose clock was ahead and then stepped back dates a record earlier
-   than the ones before it, which then sit in a later partition (or DEFAULT). Such a prefix
-   is not all in the partitions to drop: the partition holding the chain's newest seq is
-   kept back until the earlier records' month goes too (``_exact``), so a statement states
-   exactly the records dropped, never one still stored. Were a chain's prefix not all
-   stored anywhere (a gap), nothing is pruned;
+1. locks them against writes before reading anything of them, their receipt times too
+   (``WRITE_LOCK``: ingest waits, reads do not; the privileges it needs are ownership only,
+   as for the DROP) and, per chain with records in them, takes its next prefix: seqs
+   ``first..last``, ``first`` one after the previous statement's ``last`` (1 for the first)
+   and ``last`` the chain's newest seq in those partitions. Record times are the node's
+   word: a node whose clock was ahead and then stepped back dates a record earlier than the
+   ones before it, which then sit in a later partition (or DEFAULT). Such a prefix is not
+   all in the partitions to drop: the partition holding the chain's newest seq is kept back
+   until the earlier records' month goes too (``_exact``), so a statement states exactly
+   the records dropped, never one still stored. Were a chain's prefix not all stored
+   anywhere (a gap), nothing is pruned;
 2. writes a *pruned-range statement* per chain into ``evidence_pruned_ranges``: a DSSE
    envelope signed by the control plane's snapshot signing keys (the format is
    ``dataplane.evidence.pruned``'s) stating seqs ``first..last`` dropped, the hash of the
@@ -51,17 +53,19 @@ import base64
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controlplane.db.failures import database_status
 from controlplane.db.models import EVIDENCE_PARTITION_PREFIX, EvidencePrunedRange
 from controlplane.db.session import database_now
-from controlplane.errors import InvalidArgument, shown
-from controlplane.evidence.errors import PruneRefused
+from controlplane.errors import InvalidArgument, clip, shown
+from controlplane.evidence.errors import PruneFailed, PruneRefused
 from controlplane.evidence.partitions import LOCK, Partitions, month_bounds
 from controlplane.evidence.tree import StoredTree
 from controlplane.keys import Keyring, Signer
@@ -167,18 +171,26 @@ class EvidenceRetention:
         return await self.prune(before)
 
     async def prune(self, before: datetime) -> PruneResult:
-        """Drop every monthly partition entirely before ``before``, each chain's range stated first."""
+        """Drop every monthly partition entirely before ``before``, each chain's range stated
+        first. ``PruneFailed`` names the step the database refused (nothing is pruned)."""
         if before.tzinfo is None:
             raise ValueError("before must carry a time zone")
+        with _step(f"prune the evidence partitions before {before.isoformat()}"):
+            return await self._prune(before)
+
+    async def _prune(self, before: datetime) -> PruneResult:
         async with self._sessions() as session, session.begin():
             await session.execute(sa.text(LOCK))
             await self._partitions.rehome_default(session, before)
             names = await _partitions_before(session, before)
-            # Ingest into a past month waits for ``LOCK``: what was received is settled.
+            # Locked before anything of them is read: a write still under way (see
+            # ``WRITE_LOCK``) is committed, so what was received is settled and is stated.
+            for name in names:
+                with _step(f"lock partition {name} against writes"):
+                    await session.execute(sa.text(WRITE_LOCK.format(name=name)))
             names = [name for name in names if not await _received_since(session, name, before)]
             if not names:
                 return PruneResult([], [])
-            await session.execute(sa.text(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE"))
             spans = await _spans(session, names, before)
             names = _exact(names, spans)
             if not names:
@@ -253,10 +265,39 @@ class EvidenceRetention:
             await session.flush()
             superseded = {s.chain_id: await _prune_superseded(session, s.chain_id) for s in statements}
             for name in names:
-                await session.execute(sa.text(f"DROP TABLE {name}"))
+                with _step(f"drop partition {name}"):
+                    await session.execute(sa.text(f"DROP TABLE {name}"))
         for name in names:
             self._partitions.forget(name)
         return PruneResult(names, statements, superseded)
+
+
+REASON_CHARS = 300
+"""At most this much of the database's message is quoted (its primary message: names, no row
+values, which it keeps for its DETAIL)."""
+
+
+@contextmanager
+def _step(what: str) -> Iterator[None]:
+    """``PruneFailed`` naming ``what`` and the database's reason when it refuses the step; a
+    transient failure (``database_status``: the database down, a lock or statement timeout,
+    a deadlock) passes unchanged, the next round retries it."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if database_status(exc) is not None:
+            raise
+        orig = exc.orig
+        diag = getattr(orig, "diag", None)
+        reason = (getattr(diag, "message_primary", None) or type(orig).__name__).strip()
+        state = getattr(orig, "sqlstate", None) or "?"
+        message = f"evidence retention could not {what}: {clip(reason, REASON_CHARS)} (SQLSTATE {state})"
+        if state == "42501":  # insufficient_privilege, e.g. "must be owner of table ..."
+            message += (
+                "; the control plane's database role must own the evidence partitions it drops "
+                "(README, Evidence)"
+            )
+        raise PruneFailed(f"{message}; nothing was pruned") from exc
 
 
 async def _prune_superseded(session: AsyncSession, chain_id: str) -> tuple[int, int] | None:
@@ -356,9 +397,24 @@ async def _received_since(session: AsyncSession, name: str, before: datetime) ->
     that ships late) dates records weeks back, and partitioned by that date they were dropped
     soon after receipt. Kept until everything in it was received before the cut-off, every
     record is kept at least the retention period from its receipt (by the database's clock)."""
-    found = await session.execute(sa.text(RECEIVED_SINCE.format(name=name)), {"b": before})
+    with _step(f"read partition {name}"):
+        found = await session.execute(sa.text(RECEIVED_SINCE.format(name=name)), {"b": before})
     return bool(found.scalar())
 
+
+WRITE_LOCK = "ALTER TABLE {name} ENABLE TRIGGER evidence_records_append_only"
+"""Step 1's lock on partition ``name``: SHARE ROW EXCLUSIVE to the commit, which every
+write (ROW EXCLUSIVE: ingest's COPY) waits for and reads do not. Ingest takes the
+partitions' advisory lock (``Partitions.hold``) only for months past by its replica's
+clock, and not in its last attempt: a replica whose clock is behind, or a batch begun as
+the month ended, writes into a month retention drops without it. Without this lock its
+record, not yet committed as the spans are read, went with the DROP (which waits for the
+writer) unstated. ``LOCK TABLE`` in any mode that conflicts with writes needs UPDATE,
+DELETE or TRUNCATE on the table, which migration 0012 revoked from a non-superuser owner
+(append-only): granting them back would undo that. ``ALTER TABLE``, like step 4's
+``DROP TABLE``, needs ownership only; the trigger named is the append-only one every
+partition has (cloned from the parent's, migration 0012), enabled, so nothing changes but
+the lock (were it disabled, it is enabled again)."""
 
 RECEIVED_SINCE = "SELECT EXISTS (SELECT 1 FROM {name} WHERE received_at >= :b)"
 """Read by the BRIN index on ``received_at`` (migration 0025), not a scan of the month."""

@@ -57,6 +57,22 @@ def _seed(url: str, seed: list[str] = SEED) -> sa.Engine:
     return engine
 
 
+def assert_owner_refused(engine: sa.Engine, tables: list[str]) -> None:
+    """``engine``'s role (a non-superuser owner) may not UPDATE, DELETE or TRUNCATE ``tables``,
+    nor lock them in a mode that needs those privileges (SHARE, the weakest that blocks
+    writes: retention locks by ``ALTER TABLE`` instead, which needs ownership only)."""
+    for table in tables:
+        for sql in (
+            f"UPDATE {table} SET chain_id = chain_id",
+            f"DELETE FROM {table}",
+            f"TRUNCATE {table}",
+            f"LOCK TABLE {table} IN SHARE MODE",
+        ):
+            with pytest.raises(sa.exc.ProgrammingError) as refused, engine.begin() as conn:
+                conn.exec_driver_sql(sql)
+            assert f"permission denied for table {table}" in str(refused.value), sql
+
+
 @pytest.mark.parametrize(("sql", "message"), REFUSED, ids=[r[0] for r in REFUSED])
 def test_the_trigger_refuses_changes_even_to_a_superuser(database_url: str, sql: str, message: str) -> None:
     engine = _seed(database_url)
@@ -100,21 +116,16 @@ def test_an_owner_that_is_not_superuser_has_no_update_or_delete_grant(
     with migrated_by_owner(postgres_server, "evidence_app") as url:
         engine = _seed(url)
         try:
-            for table in (
-                "evidence_records",
-                "evidence_records_default",
-                "evidence_alarms",
-                "evidence_checkpoints",
-                "evidence_frontiers",
-            ):
-                for sql in (
-                    f"UPDATE {table} SET chain_id = chain_id",
-                    f"DELETE FROM {table}",
-                    f"TRUNCATE {table}",
-                ):
-                    with pytest.raises(sa.exc.ProgrammingError) as refused, engine.begin() as conn:
-                        conn.exec_driver_sql(sql)
-                    assert f"permission denied for table {table}" in str(refused.value), sql
+            assert_owner_refused(
+                engine,
+                [
+                    "evidence_records",
+                    "evidence_records_default",
+                    "evidence_alarms",
+                    "evidence_checkpoints",
+                    "evidence_frontiers",
+                ],
+            )
             with pytest.raises(sa.exc.ProgrammingError) as refused, engine.begin() as conn:
                 conn.exec_driver_sql("DELETE FROM evidence_chains")
             assert "permission denied for table evidence_chains" in str(refused.value)
