@@ -66,4 +66,4 @@ bench: $(NATIVE)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build
-	find dataplane -name '*.so' -delete
+	find dataplane controlplane -name '*.so' -delete
