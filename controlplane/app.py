@@ -50,6 +50,7 @@ from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, database_now, dispose, normalize_url, session_factory
 from controlplane.errors import ControlPlaneError
 from controlplane.evidence.checkpoints import CheckpointVerifier, verify_node_checkpoint
+from controlplane.evidence.errors import PruneBusy
 from controlplane.evidence.export import EvidenceExporter
 from controlplane.evidence.imports import EvidenceImporter
 from controlplane.evidence.ingest import EvidenceIngest
@@ -275,7 +276,9 @@ class ControlPlane:
         live_keys = LiveHashKeys(hash_keys, sessions)
         self.sync = ConfigSyncServicer(self.broker, nodes, node_auth, api_key_hash_keys=live_keys)
         partitions = Partitions(sessions)
-        self.retention = EvidenceRetention(sessions, self.keyring, partitions)
+        self.retention = EvidenceRetention(
+            sessions, self.keyring, partitions, lock_timeout=s.evidence_retention_lock_timeout
+        )
         self.evidence = EvidenceIngest(
             sessions,
             self._verify_checkpoint_signature,
@@ -491,6 +494,9 @@ class ControlPlane:
                         ", ".join(result.partitions),
                         len(result.statements),
                     )
+            except PruneBusy as exc:
+                # A lock held past the lock timeout (a long export, say): the next round retries.
+                log.warning("evidence retention could not prune, retrying next round: %s", exc)
             except ControlPlaneError as exc:
                 # Keep serving and keep the records: the next round retries. A refusal (a
                 # chain whose old records are not its prefix) or a step the database refused

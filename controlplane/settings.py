@@ -14,6 +14,7 @@ from controlplane.connections import (
 )
 from controlplane.evidence.ingest import DEFAULT_LOCK_TIMEOUT
 from controlplane.evidence.queries import DEFAULT_STALE_AFTER
+from controlplane.evidence.retention import DEFAULT_LOCK_TIMEOUT as DEFAULT_RETENTION_LOCK_TIMEOUT
 from controlplane.quota import DEFAULT_BURST_SECONDS
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.tls import ServerTls
@@ -88,6 +89,10 @@ class ControlPlaneSettings:
     ``admin evidence prune`` still does it on demand)."""
     evidence_retention_interval: float = 3600.0
     """Seconds between two retention rounds (the first runs at start)."""
+    evidence_retention_lock_timeout: float = DEFAULT_RETENTION_LOCK_TIMEOUT
+    """Seconds a prune waits for any one lock (its DROP's on ``evidence_records``, held by a
+    long export or query) before it gives up, nothing pruned: ingest, queued behind the
+    prune's request, is held up at most this long (the timer retries next round)."""
     limit_burst_seconds: float = DEFAULT_BURST_SECONDS
     """A rate limit's bucket holds this many seconds of the limit (a full minute by default):
     the most a tenant or key can use in one burst after being idle."""

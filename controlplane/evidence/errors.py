@@ -13,9 +13,13 @@
     ├── PruneRefused             FAILED_PRECONDITION  (retention: a chain's prefix up to its newest seq in
     │                                                  the partitions to drop has a gap; nothing pruned)
     └── PruneFailed              FAILED_PRECONDITION  (retention: the database refused a step, e.g. a
-                                                       privilege or ownership the control plane's role
-                                                       lacks: names the step, the partition and the
-                                                       database's reason; nothing pruned)
+        │                                              privilege or ownership the control plane's role
+        │                                              lacks: names the step, the partition and the
+        │                                              database's reason; nothing pruned)
+        └── PruneBusy            UNAVAILABLE          (retention: a lock a step needs was not granted
+                                                       within its lock timeout, e.g. a long export
+                                                       reading evidence_records: names the step and
+                                                       the lock; nothing pruned, retry)
 
 Every message names the chain and the record (seq, line in the batch) or the checkpoint, and
 carries digests and ids only, never record content.
@@ -90,3 +94,12 @@ class PruneFailed(ControlPlaneError):
     UNAVAILABLE or ABORTED, ``controlplane.db.failures``); the transaction rolled back."""
 
     status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PruneBusy(PruneFailed):
+    """A lock one of retention's steps needs was held by another session for longer than
+    retention's lock timeout (a long export or query of ``evidence_records``, say): it gave
+    up rather than hold every writer queued behind its request; the transaction rolled back.
+    Transient, like the database's own lock timeout (``controlplane.db.failures``): retry."""
+
+    status = grpc.StatusCode.UNAVAILABLE

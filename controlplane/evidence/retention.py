@@ -3,7 +3,8 @@
 ``EvidenceRetention.prune(before)`` takes every monthly partition of ``evidence_records``
 that ends at or before ``before`` and holds no record received at or after it (a record is
 kept at least until ``before`` passes its receipt: ``_received_since``) and, in one
-transaction (so nothing is half done):
+transaction (so nothing is half done; every lock waited for at most ``DEFAULT_LOCK_TIMEOUT``,
+then ``PruneBusy``):
 
 0. moves records of such months out of the DEFAULT partition into monthly partitions of
    their own (``Partitions.rehome_default``: a late record could land there before ingest
@@ -50,6 +51,7 @@ plane's public keys. Reading and checking statements is ``dataplane.evidence.pru
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -65,7 +67,7 @@ from controlplane.db.failures import database_status
 from controlplane.db.models import EVIDENCE_PARTITION_PREFIX, EvidencePrunedRange
 from controlplane.db.session import database_now
 from controlplane.errors import InvalidArgument, clip, shown
-from controlplane.evidence.errors import PruneFailed, PruneRefused
+from controlplane.evidence.errors import PruneBusy, PruneFailed, PruneRefused
 from controlplane.evidence.partitions import LOCK, Partitions, month_bounds
 from controlplane.evidence.tree import StoredTree
 from controlplane.keys import Keyring, Signer
@@ -74,6 +76,7 @@ from dataplane.evidence.pruned import PRUNED_PAYLOAD_TYPE, PrunedStatement, deco
 from dataplane.snapshot.envelope import pae
 
 __all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
     "PRUNED_PAYLOAD_TYPE",
     "EvidenceRetention",
     "PruneResult",
@@ -84,6 +87,14 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_LOCK_TIMEOUT = 2.0
+"""Seconds a prune waits for any one lock before it gives up (``PruneBusy``, nothing pruned).
+Its ``DROP TABLE`` needs ACCESS EXCLUSIVE on ``evidence_records``: a long export or query
+holding it would otherwise keep the prune waiting, and every ingest transaction (ROW
+EXCLUSIVE, queued behind that request) with it, for as long as the reader runs. Well below
+ingest's own lock timeout (``controlplane.evidence.ingest.DEFAULT_LOCK_TIMEOUT``), so a
+batch caught behind a prune's wait is stored late, not refused."""
 
 _MONTHLY = re.compile(re.escape(EVIDENCE_PARTITION_PREFIX) + r"y([0-9]{4})m([0-9]{2})")
 
@@ -118,11 +129,18 @@ class EvidenceRetention:
     """Prunes old partitions behind signed statements; one per control plane."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], keyring: Keyring, partitions: Partitions
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        keyring: Keyring,
+        partitions: Partitions,
+        *,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
+        """``lock_timeout``: seconds a prune waits for any one lock (``DEFAULT_LOCK_TIMEOUT``)."""
         self._sessions = sessions
         self._keyring = keyring
         self._partitions = partitions
+        self._lock_timeout = lock_timeout
 
     async def pruned_statement(self, chain_id: str) -> PrunedStatement | None:
         """The newest pruned-range statement of ``chain_id`` (None: nothing of it pruned)."""
@@ -172,21 +190,37 @@ class EvidenceRetention:
 
     async def prune(self, before: datetime) -> PruneResult:
         """Drop every monthly partition entirely before ``before``, each chain's range stated
-        first. ``PruneFailed`` names the step the database refused (nothing is pruned)."""
+        first. ``PruneFailed`` names the step the database refused, ``PruneBusy`` the lock
+        not granted within the lock timeout (nothing is pruned)."""
         if before.tzinfo is None:
             raise ValueError("before must carry a time zone")
-        with _step(f"prune the evidence partitions before {before.isoformat()}"):
+        with self._step(f"prune the evidence partitions before {before.isoformat()}", "a lock it needs"):
             return await self._prune(before)
+
+    def _step(self, what: str, lock: str) -> contextlib.AbstractContextManager[None]:
+        return _step(what, lock, self._lock_timeout)
 
     async def _prune(self, before: datetime) -> PruneResult:
         async with self._sessions() as session, session.begin():
-            await session.execute(sa.text(LOCK))
-            await self._partitions.rehome_default(session, before)
+            # Every lock wait of the transaction bounded: see ``DEFAULT_LOCK_TIMEOUT``.
+            await session.execute(
+                sa.text("SELECT set_config('lock_timeout', :t, true)"),
+                {"t": f"{max(1, round(self._lock_timeout * 1000))}ms"},
+            )
+            with self._step("take the evidence partitions' lock", PARTITIONS_LOCK):
+                await session.execute(sa.text(LOCK))
+            with self._step(
+                "move the DEFAULT partition's records of past months into partitions of their own",
+                "its ACCESS EXCLUSIVE lock on evidence_records and evidence_records_default",
+            ):
+                await self._partitions.rehome_default(session, before)
             names = await _partitions_before(session, before)
             # Locked before anything of them is read: a write still under way (see
             # ``WRITE_LOCK``) is committed, so what was received is settled and is stated.
             for name in names:
-                with _step(f"lock partition {name} against writes"):
+                with self._step(
+                    f"lock partition {name} against writes", f"its SHARE ROW EXCLUSIVE lock on {name}"
+                ):
                     await session.execute(sa.text(WRITE_LOCK.format(name=name)))
             names = [name for name in names if not await _received_since(session, name, before)]
             if not names:
@@ -265,7 +299,9 @@ class EvidenceRetention:
             await session.flush()
             superseded = {s.chain_id: await _prune_superseded(session, s.chain_id) for s in statements}
             for name in names:
-                with _step(f"drop partition {name}"):
+                with self._step(
+                    f"drop partition {name}", f"its ACCESS EXCLUSIVE lock on evidence_records and {name}"
+                ):
                     await session.execute(sa.text(f"DROP TABLE {name}"))
         for name in names:
             self._partitions.forget(name)
@@ -277,20 +313,37 @@ REASON_CHARS = 300
 values, which it keeps for its DETAIL)."""
 
 
+PARTITIONS_LOCK = (
+    "the partitions' advisory lock (held by a replica making or dropping partitions, or by "
+    "ingest storing records of a past month)"
+)
+
+LOCK_NOT_AVAILABLE = "55P03"
+"""SQLSTATE of a lock not granted within ``lock_timeout``."""
+
+
 @contextmanager
-def _step(what: str) -> Iterator[None]:
-    """``PruneFailed`` naming ``what`` and the database's reason when it refuses the step; a
-    transient failure (``database_status``: the database down, a lock or statement timeout,
-    a deadlock) passes unchanged, the next round retries it."""
+def _step(what: str, lock: str = "", timeout: float = 0.0) -> Iterator[None]:
+    """``PruneFailed`` naming ``what`` and the database's reason when it refuses the step;
+    ``PruneBusy`` naming ``lock`` (what the step waited for) when it was not granted within
+    ``timeout`` (a step with no ``lock`` leaves that to the step around it). Any other
+    transient failure (``database_status``: the database down, a statement timeout, a
+    deadlock) passes unchanged; the next round retries it."""
     try:
         yield
     except sa.exc.DBAPIError as exc:
+        orig = exc.orig
+        state = getattr(orig, "sqlstate", None) or "?"
+        if state == LOCK_NOT_AVAILABLE and lock:
+            raise PruneBusy(
+                f"evidence retention could not {what}: {lock} was not granted within {timeout:g} s "
+                "(another session holds it, e.g. a long export or query of the evidence or a "
+                "transaction left open); nothing was pruned, retry later"
+            ) from exc
         if database_status(exc) is not None:
             raise
-        orig = exc.orig
         diag = getattr(orig, "diag", None)
         reason = (getattr(diag, "message_primary", None) or type(orig).__name__).strip()
-        state = getattr(orig, "sqlstate", None) or "?"
         message = f"evidence retention could not {what}: {clip(reason, REASON_CHARS)} (SQLSTATE {state})"
         if state == "42501":  # insufficient_privilege, e.g. "must be owner of table ..."
             message += (

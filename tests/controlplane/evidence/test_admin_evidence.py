@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,8 +21,13 @@ from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.tls import aio_channel
 from tests.controlplane.evidence.conftest import NodeKeys, Stream, new_dir, write_records
 from tests.controlplane.test_cli import _signalbox
-from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
-from tests.helpers import eventually
+from tests.fixtures.postgres import (
+    RunningControlPlane,
+    cp_settings,
+    running_control_plane,
+    sql_execute,
+    sql_rows,
+)
 
 
 @pytest.fixture
@@ -113,10 +118,30 @@ async def test_query_needs_a_token(shipped: RunningControlPlane) -> None:
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+STALE_AFTER = 600.0
+MARGIN = 60.0
+"""Seconds a loaded machine may take between moving a chain's last batch back and the call
+that reads it: far more than any pause, far less than ``STALE_AFTER``."""
+
+
+def last_batch_ago(database_url: str, chain_id: str, seconds: float) -> None:
+    """``chain_id``'s last batch received ``seconds`` ago, by the database's clock (which both
+    ingest and the stale check go by): what that long without a batch would do."""
+    sql_execute(
+        database_url,
+        f"UPDATE evidence_chains SET last_received_at = now() - make_interval(secs => {seconds}) "
+        f"WHERE chain_id = '{chain_id}'",
+    )
+
+
 async def test_a_chain_that_stopped_shipping_is_shown_stale(
     database_url: str, private_tmp: Path, node_keys: NodeKeys
 ) -> None:
-    settings = cp_settings(database_url, private_tmp, evidence_stale_after=1.0)
+    """Stale is the time since the chain's last batch against ``--evidence-stale-after``.
+    That time is set rather than waited for: a wait of a short threshold, with a batch's
+    freshness read against it, went stale early on a loaded machine (the batch and the read
+    more than the threshold apart)."""
+    settings = cp_settings(database_url, private_tmp, evidence_stale_after=STALE_AFTER)
     async with running_control_plane(settings, verify_checkpoint_signature=node_keys.verify) as plane:
         directory = new_dir(private_tmp, "evidence-stale-")
         tls = await plane.enroll("node-s", directory)
@@ -136,7 +161,10 @@ async def test_a_chain_that_stopped_shipping_is_shown_stale(
                 return status
 
             assert (await chain()).stale is False
-            await eventually(lambda: _stale(chain()), timeout=10, message="chain shown stale")
+            last_batch_ago(plane.database_url, "node-s/0", STALE_AFTER - MARGIN)
+            assert (await chain()).stale is False
+            last_batch_ago(plane.database_url, "node-s/0", STALE_AFTER + 1)
+            assert (await chain()).stale is True
             code, out, err = await _signalbox(
                 "admin", "--target", plane.address, "--token", plane.token, "evidence", "chains"
             )
@@ -146,10 +174,6 @@ async def test_a_chain_that_stopped_shipping_is_shown_stale(
             assert (await stream.ship("node-s/0", [])).head_seq == 2
             assert (await chain()).stale is False
             stream.close()
-
-
-async def _stale(status: Awaitable[admin_pb2.EvidenceChainStatus]) -> bool:
-    return (await status).stale
 
 
 def test_an_import_cancelled_twice_leaves_no_partial_pack_on_disk(
