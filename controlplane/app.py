@@ -275,7 +275,7 @@ class ControlPlane:
         node_auth = NodeAuthenticator(self.identities, require_certificate=not s.tls.insecure)
         live_keys = LiveHashKeys(hash_keys, sessions)
         self.sync = ConfigSyncServicer(self.broker, nodes, node_auth, api_key_hash_keys=live_keys)
-        partitions = Partitions(sessions)
+        partitions = Partitions(sessions, lock_timeout=s.evidence_lock_timeout)
         self.retention = EvidenceRetention(
             sessions, self.keyring, partitions, lock_timeout=s.evidence_retention_lock_timeout
         )

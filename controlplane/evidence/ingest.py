@@ -177,7 +177,9 @@ class EvidenceIngest:
         self._workers = workers
         self._lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
         self._pool: ProcessPoolExecutor | None = None
-        self.partitions = partitions if partitions is not None else Partitions(sessions)
+        self.partitions = (
+            partitions if partitions is not None else Partitions(sessions, lock_timeout=lock_timeout)
+        )
 
     async def ingest(self, node_id: str, batch: Batch, public_key: bytes = b"", serial: str = "") -> Ack:
         """Take ``batch`` from the authenticated node ``node_id``; the ACK after commit.

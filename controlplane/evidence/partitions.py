@@ -48,8 +48,15 @@ def partition_name(year: int, month: int) -> str:
 class Partitions:
     """Knows which monthly partitions exist; one per ingest."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, lock_timeout: float = 10.0) -> None:
+        """``lock_timeout``: seconds making a partition waits for a lock (``ensure``), as
+        long as an ingest transaction does for its own (the ``evidence_lock_timeout``
+        setting): making one locks ``evidence_records`` itself, which waits behind any open
+        reader of it (an export), and it holds the partitions' advisory lock meanwhile, which
+        every batch of a past month then waits for. Without a bound that stalled ingest for
+        as long as the reader ran; past it the batch is refused UNAVAILABLE and resent."""
         self._sessions = sessions
+        self._lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
         self._known: set[str] = set()
         """Monthly partitions known to exist (or whose month the DEFAULT partition keeps)."""
         self._in_default: set[str] = set()
@@ -99,6 +106,9 @@ class Partitions:
                 continue
             start, end = month_bounds(year, month)
             async with self._sessions() as session, session.begin():
+                await session.execute(
+                    sa.text("SELECT set_config('lock_timeout', :t, true)"), {"t": self._lock_timeout}
+                )
                 await session.execute(sa.text(LOCK))
                 exists = (await session.execute(sa.text("SELECT to_regclass(:n)"), {"n": name})).scalar()
                 if exists is not None:

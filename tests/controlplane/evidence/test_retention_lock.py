@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import pytest
 import sqlalchemy as sa
 
@@ -181,3 +182,46 @@ async def test_the_retention_timer_behind_a_long_reader_logs_one_line_and_prunes
                 assert JANUARY not in partitions(plane)
     finally:
         reader.close()
+
+
+MARCH = datetime(2025, 3, 15, tzinfo=UTC).timestamp()
+MARCH_PARTITION = "evidence_records_y2025m03"
+CREATE_WAITING = (
+    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'CREATE TABLE%'"
+)
+
+
+async def test_a_partition_made_behind_a_long_reader_is_given_up_and_the_batch_resent(
+    database_url: str, private_tmp: Path
+) -> None:
+    """The first record of a month without a partition makes it (``Partitions.ensure``), which
+    waits for a lock on ``evidence_records`` behind any open reader. Without a lock timeout it
+    waited as long as the reader ran, holding the partitions' advisory lock that every batch
+    of a past month then queued behind; now it gives up after ingest's lock timeout: the
+    stream ends UNAVAILABLE, nothing stored, and the node's resend is stored once the reader
+    is gone."""
+    lock_timeout = 1.0
+    settings = cp_settings(database_url, private_tmp, evidence_lock_timeout=lock_timeout)
+    async with running_control_plane(settings) as plane:
+        directory = new_dir(private_tmp, "evidence-node-")
+        tls = await plane.enroll("node-a", directory)
+        now = await write_at(directory, [datetime.now(UTC).timestamp()])
+        async with aio_channel(plane.node_address, tls) as channel:
+            ack = await Stream(channel).ship("node-a/0", now)  # the reader has a row to read
+            assert (ack.head_seq, ack.HasField("error")) == (1, False), ack
+        lines = await write_at(directory, [MARCH])
+        with long_reader(database_url):
+            async with aio_channel(plane.node_address, tls) as channel:
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await Stream(channel).ship("node-a/0", lines[1:])
+                took = loop.time() - started
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+            assert took < lock_timeout + 5.0
+            assert MARCH_PARTITION not in partitions(plane)
+            assert not sql_rows(database_url, CREATE_WAITING)  # gave up, not left waiting
+        async with aio_channel(plane.node_address, tls) as channel:
+            ack = await Stream(channel).ship("node-a/0", lines[1:])
+            assert (ack.head_seq, ack.stored, ack.HasField("error")) == (2, 1, False), ack
+        assert MARCH_PARTITION in partitions(plane)
