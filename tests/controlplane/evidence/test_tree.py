@@ -28,6 +28,10 @@ def test_extending_at_once_builds_the_tree_appending_does(size: int) -> None:
         assert extended.size == size
         assert extended.frontier() == one_by_one.frontier()
         assert extended.root() == one_by_one.root() == root(LEAVES[:size])
+        pure = Tree()  # the twin a build without the extension runs
+        pure.extend(LEAVES[:cut])
+        pure.extend(LEAVES[cut:size])
+        assert (pure.size, pure.frontier()) == (size, one_by_one.frontier())
         continued = StoredTree.from_bytes(extended.to_bytes(), size)
         continued.extend(LEAVES[size : size + 77])
         assert continued.root() == root(LEAVES[: size + 77])
