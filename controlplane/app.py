@@ -155,6 +155,7 @@ class ControlPlane:
         self._health = HealthServicer()
         self.broker: SnapshotBroker | None = None
         self.sync: ConfigSyncServicer | None = None
+        self.shipping: EvidenceServicer | None = None
         self.admin: AdminService | None = None
         self.quota: QuotaLedger | None = None
         self.limits: LimitsService | None = None
@@ -353,7 +354,7 @@ class ControlPlane:
         identity_pb2_grpc.add_NodeIdentityServiceServicer_to_server(
             NodeIdentityServicer(self.identities, node_auth), self._node_server
         )
-        shipping = EvidenceServicer(self.evidence, node_auth)
+        self.shipping = shipping = EvidenceServicer(self.evidence, node_auth, sessions)
         self.broker.on_revoked.append(shipping.revoked)
         evidence_pb2_grpc.add_EvidenceServiceServicer_to_server(shipping, self._node_server)
         self.quota = QuotaLedger(sessions, burst_seconds=s.limit_burst_seconds)

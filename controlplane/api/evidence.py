@@ -18,31 +18,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.status import bounded, status_for
 from controlplane.db.failures import database_status
+from controlplane.db.session import DatabaseClock
 from controlplane.errors import ControlPlaneError, PermissionDenied, StreamSuperseded, Unauthenticated
 from controlplane.evidence.errors import EvidenceRefused
 from controlplane.evidence.ingest import CHAIN_ID_RE, Batch, EvidenceIngest
 from controlplane.services.identity import NodeIdentity
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.text import printable
+from signalbox.wallclock import utc_now
 
 if TYPE_CHECKING:
     from controlplane.metrics import ControlPlaneMetrics
 
 log = logging.getLogger(__name__)
-
-
-def _expired(identity: NodeIdentity) -> bool:
-    return identity.not_after is not None and identity.not_after <= datetime.now(UTC)
 
 
 MAX_STREAMS_PER_NODE = 128
@@ -67,13 +66,27 @@ class _Open:
 
 
 class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
-    def __init__(self, ingest: EvidenceIngest, auth: NodeAuthenticator) -> None:
+    def __init__(
+        self, ingest: EvidenceIngest, auth: NodeAuthenticator, sessions: async_sessionmaker[AsyncSession]
+    ) -> None:
         self._ingest = ingest
         self._auth = auth
+        self.clock: Callable[[], datetime] = utc_now
+        """This host's wall clock: only compared with the database's (``_expiry_clock``)."""
+        self._expiry_clock = DatabaseClock(sessions, lambda: self.clock(), "node certificate expiries")
+        """The clock a stream's certificate expires by: the database's, which dated its
+        ``not_after`` and every replica shares (as config sync's streams do). By this host's,
+        a replica ahead refused a valid node's every batch, one behind took a lapsed one's."""
         self._streams: dict[str, list[_Open]] = {}
         """Per node id: its Ship streams open here, oldest first."""
         self.metrics: ControlPlaneMetrics | None = None
         """Counts stored, duplicate and refused evidence when the control plane serves metrics."""
+
+    async def _expired(self, identity: NodeIdentity) -> bool:
+        if identity.not_after is None:
+            return False
+        # A held anchor goes on through a database outage: that batch fails on its own.
+        return identity.not_after <= await self._expiry_clock.now(stale_ok=True)
 
     def revoked(self, node_id: str) -> None:
         """``node_id``'s certificates were revoked: end its streams on this replica."""
@@ -131,7 +144,7 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
                         assert this.why is not None
                         log.warning("ending the evidence stream of node %s: %s", printable(node_id), this.why)
                         raise this.why
-                    if identity is not None and _expired(identity):
+                    if identity is not None and await self._expired(identity):
                         # TLS checked the certificate at the handshake only (as config sync).
                         raise Unauthenticated(
                             f"node {node_id}: certificate expired; reconnect with a renewed one"
