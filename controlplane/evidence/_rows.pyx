@@ -16,12 +16,14 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromLongLong
 from cpython.unicode cimport PyUnicode_GET_LENGTH
 from libc.math cimport nearbyint
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
 
 cdef extern from "Python.h":
+    object PyMemoryView_FromMemory(char* mem, Py_ssize_t size, int flags)
+    int PyBUF_READ
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
     Py_ssize_t PyUnicode_FindChar(object unicode, Py_UCS4 ch, Py_ssize_t start, Py_ssize_t end, int direction) except -2
     bint PyUnicode_IS_ASCII(object o)
@@ -40,6 +42,9 @@ cdef struct Buf:
     char* data
     Py_ssize_t size
     Py_ssize_t cap
+    # False while ``data`` is the caller's (``parse_packed``'s ``out``); outgrown, the rows
+    # move to memory of its own.
+    bint owned
 
 
 cdef int grow(Buf* buf, Py_ssize_t more) except -1:
@@ -48,11 +53,17 @@ cdef int grow(Buf* buf, Py_ssize_t more) except -1:
     if buf.size + more <= buf.cap:
         return 0
     cap = max(buf.cap * 2, buf.size + more, 65536)
-    data = <char*>realloc(buf.data, cap)
+    if buf.owned:
+        data = <char*>realloc(buf.data, cap)
+    else:
+        data = <char*>malloc(cap)
+        if data != NULL and buf.size:
+            memcpy(data, buf.data, buf.size)
     if data == NULL:
         raise MemoryError()
     buf.data = data
     buf.cap = cap
+    buf.owned = True
     return 0
 
 
@@ -76,6 +87,21 @@ cdef inline void put_i64(Buf* buf, int64_t value):
 cdef inline void put(Buf* buf, const char* data, Py_ssize_t n):
     memcpy(buf.data + buf.size, data, n)
     buf.size += n
+
+
+cdef bint all_ascii(const char* p, Py_ssize_t n):
+    cdef Py_ssize_t i = 0
+    cdef uint64_t word
+    while i + 8 <= n:
+        memcpy(&word, p + i, 8)
+        if word & 0x8080808080808080ULL:
+            return False
+        i += 8
+    while i < n:
+        if <uint8_t>p[i] & 0x80:
+            return False
+        i += 1
+    return True
 
 
 cdef inline int unhex(int c):
@@ -139,6 +165,106 @@ def parse(
     """``records.parse_lines``' columns for ``lines``: (seqs, hashes, prev_hashes, rows, ends,
     days, refused, spends). ``limits``: (MAX_RECORD_BYTES, KEY_ID_CHARS, NAME_CHARS,
     RESULT_CHARS, TS_MIN, TS_MAX, MAX_AHEAD_S, PG_EPOCH_US, ID_CHARS)."""
+    cdef Buf buf
+    buf.data = NULL
+    buf.size = 0
+    buf.cap = 0
+    buf.owned = True
+    try:
+        out = _parse(batch, len(lines), lines, NULL, NULL, &buf, read_fields, sha256, slow, general_text, limits)
+        out[3] = PyBytes_FromStringAndSize(buf.data, buf.size) if buf.size else b""
+    finally:
+        if buf.owned:
+            free(buf.data)
+    return tuple(out)
+
+
+def packed_size(list lines):
+    """The bytes ``pack`` writes for ``lines``."""
+    cdef Py_ssize_t total = 8 * len(lines)
+    cdef object line
+    for line in lines:
+        total += len(line)
+    return total
+
+
+def pack(list lines, unsigned char[::1] out):
+    """``lines`` into ``out`` as ``parse_packed`` reads them: their ends (int64, this
+    machine's byte order, from the end of that table), then the lines one after the other;
+    the bytes written. ``out`` must hold ``packed_size(lines)``."""
+    cdef Py_ssize_t count = len(lines), at = 8 * count, n, i = 0
+    cdef object line
+    cdef const unsigned char[::1] view
+    if packed_size(lines) > out.shape[0]:
+        raise ValueError("out is smaller than packed_size(lines)")
+    for line in lines:
+        view = line
+        n = view.shape[0]
+        if n:
+            memcpy(&out[at], &view[0], n)
+        at += n
+        (<int64_t*>&out[8 * i])[0] = at - 8 * count
+        i += 1
+    return at
+
+
+def parse_packed(
+    batch,
+    const unsigned char[::1] data,
+    Py_ssize_t count,
+    unsigned char[::1] out,
+    read_fields,
+    sha256,
+    slow,
+    general_text,
+    tuple limits,
+):
+    """``parse`` of the ``count`` lines ``pack`` wrote to ``data``, each read where it lies;
+    the rows are written to ``out``. As ``parse``'s answer, but with the rows' length in
+    ``out`` instead of the rows, or the rows themselves (bytes) if they outgrew it."""
+    cdef Py_ssize_t table = 8 * count, i, last = 0, end
+    cdef const int64_t* ends
+    cdef Buf buf
+    if count < 0 or table > data.shape[0]:
+        raise ValueError("data holds fewer line ends than count")
+    ends = <const int64_t*>&data[0] if count else NULL
+    for i in range(count):  # written by ``pack`` in this process's parent; still, never read past
+        end = ends[i]
+        if end < last or end > data.shape[0] - table:
+            raise ValueError("data's line ends are out of order or past its end")
+        last = end
+    buf.data = <char*>&out[0] if out.shape[0] else NULL
+    buf.size = 0
+    buf.cap = out.shape[0]
+    buf.owned = False
+    try:
+        result = _parse(
+            batch, count, None, <const char*>&data[0] + table if count else NULL, ends, &buf,
+            read_fields, sha256, slow, general_text, limits,
+        )
+        result[3] = PyBytes_FromStringAndSize(buf.data, buf.size) if buf.owned else buf.size
+    finally:
+        if buf.owned:
+            free(buf.data)
+    return tuple(result)
+
+
+cdef list _parse(
+    batch,
+    Py_ssize_t count,
+    list lines,
+    const char* packed,
+    const int64_t* packed_ends,
+    Buf* buf,
+    read_fields,
+    sha256,
+    slow,
+    general_text,
+    tuple limits,
+):
+    """The loop of ``parse`` and ``parse_packed``: line ``i`` is ``lines[i]``, or (``lines``
+    None) ``packed[packed_ends[i - 1]:packed_ends[i]]``. Rows go to ``buf``; the answer's
+    rows are left for the caller to fill in."""
     cdef Py_ssize_t max_record = limits[0]
     cdef Py_ssize_t key_id_chars = limits[1]
     cdef Py_ssize_t name_chars = limits[2]
@@ -158,67 +284,77 @@ def parse(
     cdef set days = set()
     cdef dict spends = {}
     cdef object refused = None
-    cdef Buf buf
-    buf.data = NULL
-    buf.size = 0
-    buf.cap = 0
 
-    cdef Py_ssize_t line_no = 0, n, start
+    cdef Py_ssize_t line_no = 0, n, start, i
     cdef const char* p
     cdef int64_t seq = 0, us = 0
     cdef uint8_t prev_raw[32]
     cdef uint8_t digest_raw[32]
-    cdef object line, fields, parsed, digest, prev, row, spend
-    try:
-        for line in lines:
-            line_no += 1
+    cdef object line, fields, parsed, digest, prev, row, spend, fields_source
+    for i in range(count):
+        line_no += 1
+        if lines is not None:
+            line = lines[i]
             if type(line) is not bytes:
                 line = bytes(line)
             n = PyBytes_GET_SIZE(line)
             p = PyBytes_AS_STRING(line)
-            parsed = None
-            if n <= max_record:
-                if n and p[n - 1] == 10:
-                    n -= 1
-                start = n - HASH_MEMBER_BYTES
-                fields = None
-                if (
-                    start >= 1
-                    and memcmp(p + start, HASH_MEMBER_START, HASH_AT) == 0
-                    and p[n - 2] == 34 and p[n - 1] == 125
-                ):
-                    # With its newline, if any: JSON's trailing whitespace, read alike, and no copy.
-                    fields = read_fields(line)
-                if fields is not None:
-                    parsed = fast_row(
-                        &buf, fields, p, n, start, chain_id, node_id, received, head, node_field,
-                        sha256, general_text, key_id_chars, name_chars, result_chars, ts_min, ts_max,
-                        max_ahead, pg_epoch_us, id_chars, digest_raw, prev_raw, &seq, &us,
-                    )
-            if parsed is None:
-                parsed = slow(line, line_no)
-                if not isinstance(parsed, tuple):
-                    refused = parsed
-                    break
-                seq, digest, prev, us, row, spend = parsed
-                grow(&buf, PyBytes_GET_SIZE(row))
-                put(&buf, PyBytes_AS_STRING(row), PyBytes_GET_SIZE(row))
-                if spend is not None:
-                    spends[len(seqs)] = (*spend, us)
-                hashes.append(digest)
-                prevs.append(prev)
-            else:
-                hashes.append(PyBytes_FromStringAndSize(<char*>digest_raw, 32))
-                prevs.append(PyBytes_FromStringAndSize(<char*>prev_raw, 32))
-                if parsed is not True:
-                    spends[len(seqs)] = (*parsed, us)
-            seqs.append(PyLong_FromLongLong(seq))
-            ends.append(buf.size)
-            days.add(us // DAY_US if us >= 0 else -((-us + DAY_US - 1) // DAY_US))
-        rows = PyBytes_FromStringAndSize(buf.data, buf.size) if buf.size else b""
-    finally:
-        free(buf.data)
-    return seqs, hashes, prevs, rows, ends, days, refused, spends
+        else:
+            start = packed_ends[i - 1] if i else 0
+            n = packed_ends[i] - start
+            p = packed + start
+            line = None
+        parsed = None
+        if n <= max_record:
+            fields_source = line
+            if lines is None:
+                # Read where it lies: msgspec copies what it keeps, and the view dies here.
+                fields_source = PyMemoryView_FromMemory(<char*>p, n, PyBUF_READ)
+            if n and p[n - 1] == 10:
+                n -= 1
+            start = n - HASH_MEMBER_BYTES
+            fields = None
+            if (
+                start >= 1
+                and memcmp(p + start, HASH_MEMBER_START, HASH_AT) == 0
+                and p[n - 2] == 34 and p[n - 1] == 125
+            ):
+                # With its newline, if any: JSON's trailing whitespace, read alike, and no copy.
+                if lines is None:
+                    fields = read_fields(fields_source, all_ascii(p, n))
+                else:
+                    fields = read_fields(fields_source)
+            fields_source = None
+            if fields is not None:
+                parsed = fast_row(
+                    buf, fields, p, n, start, chain_id, node_id, received, head, node_field,
+                    sha256, general_text, key_id_chars, name_chars, result_chars, ts_min, ts_max,
+                    max_ahead, pg_epoch_us, id_chars, digest_raw, prev_raw, &seq, &us,
+                )
+        if parsed is None:
+            if line is None:
+                start = packed_ends[i - 1] if i else 0
+                line = PyBytes_FromStringAndSize(packed + start, packed_ends[i] - start)
+            parsed = slow(line, line_no)
+            if not isinstance(parsed, tuple):
+                refused = parsed
+                break
+            seq, digest, prev, us, row, spend = parsed
+            grow(buf, PyBytes_GET_SIZE(row))
+            put(buf, PyBytes_AS_STRING(row), PyBytes_GET_SIZE(row))
+            if spend is not None:
+                spends[len(seqs)] = (*spend, us)
+            hashes.append(digest)
+            prevs.append(prev)
+        else:
+            hashes.append(PyBytes_FromStringAndSize(<char*>digest_raw, 32))
+            prevs.append(PyBytes_FromStringAndSize(<char*>prev_raw, 32))
+            if parsed is not True:
+                spends[len(seqs)] = (*parsed, us)
+        seqs.append(PyLong_FromLongLong(seq))
+        ends.append(buf.size)
+        days.add(us // DAY_US if us >= 0 else -((-us + DAY_US - 1) // DAY_US))
+    return [seqs, hashes, prevs, None, ends, days, refused, spends]
 
 
 cdef object fast_row(

@@ -61,6 +61,7 @@ from controlplane.evidence.checkpoints import (
     store_checkpoint,
 )
 from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, Tampered
+from controlplane.evidence.handover import Handover
 from controlplane.evidence.partitions import PartitionGone, Partitions
 from controlplane.evidence.records import COLUMNS, COPY_HEADER, COPY_TRAILER, Parsed, parse_lines, where
 from controlplane.evidence.spend import add_spend, tenants_seen
@@ -177,6 +178,7 @@ class EvidenceIngest:
         self._workers = workers
         self._lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
         self._pool: ProcessPoolExecutor | None = None
+        self._handover = Handover(workers)
         self.partitions = (
             partitions if partitions is not None else Partitions(sessions, lock_timeout=lock_timeout)
         )
@@ -327,9 +329,7 @@ class EvidenceIngest:
         large batch goes to a worker process, so batches of several chains verify at once."""
         if self._workers <= 0 or len(lines) < POOL_MIN_LINES:
             return parse_lines(chain_id, node_id, lines, received)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._started_pool(), parse_lines, chain_id, node_id, list(lines), received
-        )
+        return await self._handover.parse(self._started_pool(), chain_id, node_id, lines, received)
 
     def _started_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -356,6 +356,7 @@ class EvidenceIngest:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._handover.close()
 
     @staticmethod
     def _walk(

@@ -351,6 +351,22 @@ def parse_lines(chain_id: str, node_id: str, lines: Sequence[bytes], received: f
     return Parsed(seqs, hashes, prevs, rows, ends, days, refused, spends)
 
 
+def parse_packed_lines(
+    chain_id: str, node_id: str, data: memoryview, count: int, out: memoryview, received: float
+) -> tuple[Parsed, int]:
+    """``parse_lines`` of the ``count`` lines ``_rows.pack`` wrote to ``data``, with the rows
+    written to ``out``: the columns (``rows`` empty) and the rows' length in ``out``, or the
+    columns with their rows and -1 when the rows outgrew ``out``. Needs ``_rows``."""
+    assert _rows is not None
+    batch = _Batch(chain_id, node_id, received)
+    seqs, hashes, prevs, rows, ends, days, refused, spends = _rows.parse_packed(
+        batch, data, count, out, read_fields, hashlib.sha256, batch.slow, _str, _LIMITS
+    )
+    if type(rows) is int:
+        return Parsed(seqs, hashes, prevs, b"", ends, days, refused, spends), rows
+    return Parsed(seqs, hashes, prevs, rows, ends, days, refused, spends), -1
+
+
 def parse_lines_python(chain_id: str, node_id: str, lines: Sequence[bytes], received: float) -> Parsed:
     """``parse_lines`` in Python: what runs when ``_rows`` is not built, and what tests
     compare it with."""

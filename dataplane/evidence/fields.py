@@ -53,8 +53,9 @@ class RecordFields(msgspec.Struct, gc=False):
 _decode = msgspec.json.Decoder(RecordFields).decode
 
 
-def read_fields(line: bytes) -> RecordFields | None:
-    """The members of record ``line`` (without its newline), or None (see the module)."""
+def read_fields(line: bytes | memoryview, ascii: bool | None = None) -> RecordFields | None:
+    """The members of record ``line`` (without its newline), or None (see the module).
+    ``ascii``: whether the caller knows ``line`` is all ASCII (None: found out here)."""
     try:
         fields = _decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
@@ -62,10 +63,12 @@ def read_fields(line: bytes) -> RecordFields | None:
         # thousand deep (valid JSON, well under the size bounds) exhausts the interpreter's
         # stack; the full read then refuses it by name (orjson's depth limit is 1024).
         return None
-    if not line.isascii():
+    if ascii is None:
+        ascii = bytes(line).isascii() if type(line) is memoryview else line.isascii()
+    if not ascii:
         # msgspec checks the strings it decodes, not the ones it skips.
         try:
-            line.decode()
+            str(line, "utf-8")
         except UnicodeDecodeError:
             return None
     return fields

@@ -3,6 +3,7 @@ stores) never takes a line the general path refuses, and gives the same row when
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from controlplane.evidence import records
 from controlplane.evidence.errors import EvidenceRefused
-from controlplane.evidence.records import Parsed, _Batch, parse_lines, parse_lines_python
+from controlplane.evidence.records import Parsed, _Batch, parse_lines, parse_lines_python, parse_packed_lines
 from dataplane.evidence.records import GENESIS_HASH, seal, stored_line
 
 NODE = "node-a"
@@ -61,12 +62,32 @@ def columns(parsed: Parsed) -> tuple[Any, ...]:
     )
 
 
+def packed_parse(lines: list[bytes], received: float, room: int) -> Parsed:
+    """``parse_packed_lines`` as the parsing process runs it (``handover``): the lines packed
+    into one buffer, the rows written to another of ``room`` bytes (read back from it)."""
+    assert records._rows is not None
+    data = bytearray(records._rows.packed_size(lines) + 3)  # a buffer larger than its lines
+    used = records._rows.pack(lines, memoryview(data))
+    out = bytearray(room)
+    parsed, size = parse_packed_lines(
+        CHAIN, NODE, memoryview(data)[:used], len(lines), memoryview(out), received
+    )
+    if size < 0:
+        return parsed  # the rows outgrew ``out``: they came back themselves
+    assert not parsed.rows
+    return dataclasses.replace(parsed, rows=bytes(out[:size]))
+
+
 def same_parse(lines: list[bytes], received: float) -> Parsed:
     """The compiled parser (``_rows``, which the suite runs: tests/signalbox/test_compiled.py)
-    gives exactly the Python one's columns, rows and refusal."""
+    gives exactly the Python one's columns, rows and refusal; so does it over packed lines,
+    with room for the rows, with none, and with room for some."""
     assert records._rows is not None
     compiled = parse_lines(CHAIN, NODE, lines, received)
-    assert columns(compiled) == columns(parse_lines_python(CHAIN, NODE, lines, received))
+    expected = columns(parse_lines_python(CHAIN, NODE, lines, received))
+    assert columns(compiled) == expected
+    for room in (len(compiled.rows) + 4096, 0, len(compiled.rows) // 2):
+        assert columns(packed_parse(lines, received, room)) == expected, room
     return compiled
 
 

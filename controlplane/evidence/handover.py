@@ -1,0 +1,156 @@
+"""A batch to a parsing process and its rows back through shared memory, not pipes.
+
+Through ``ProcessPoolExecutor``'s pipes, a batch of 2,000 lines (~1.5 MB) was pickled to
+the worker and its rows (~2.5 MB) pickled back: copied into and out of 64 KB pipe buffers
+with a context switch each time, into fresh allocations page-faulted in both processes.
+That was ~3 us a record of the control plane's ~12 (bench/README.md, ``evidence_ingest.py``).
+
+Here each task the pool runs has a slot: a shared-memory segment this process packs the
+lines into (``_rows.pack``, one copy) and the worker writes the rows into after them
+(``records.parse_packed_lines``), reading each line where it lies. Only the columns (seqs,
+hashes, ends...) travel by pickle; the rows are copied out once. There are as many slots
+as workers, so at most that many batches are in the pool at once (the others wait for a
+slot here rather than in the pool's queue), and a slot is reused only once its task is
+over, even when the batch's stream went away meanwhile. A segment grows to the largest
+batch it has carried, up to ``MAX_SEGMENT_BYTES``; a larger batch, or a host without
+shared memory, is pickled as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future
+from multiprocessing.shared_memory import SharedMemory
+
+from controlplane.evidence.native import rows as _rows
+from controlplane.evidence.records import Parsed, parse_lines, parse_packed_lines
+
+log = logging.getLogger(__name__)
+
+MAX_SEGMENT_BYTES = 64 << 20
+"""A batch whose lines and rows need more is pickled: a slot keeps its segment's size."""
+MIN_SEGMENT_BYTES = 4 << 20
+ROW_BYTES_OVER_LINE = 512
+"""What a line's COPY row needs beyond the line itself, at most in practice (its filter
+columns are copies of some of its members); a batch whose rows need more still parses,
+its rows coming back by pickle."""
+ATTACHED_PER_WORKER = 4
+"""Segments a worker keeps mapped (a slot's old segment, once grown, is let go of here)."""
+
+_attached: dict[str, SharedMemory] = {}
+"""The worker process's mappings, by segment name, oldest first."""
+
+
+def parse_in_segment(
+    name: str, count: int, used: int, chain_id: str, node_id: str, received: float
+) -> tuple[Parsed, int]:
+    """In the worker: ``parse_packed_lines`` of the ``count`` lines packed in the first
+    ``used`` bytes of segment ``name``, the rows written after them (at ``rows_at(used)``)."""
+    segment = _attached.get(name)
+    if segment is None:
+        while len(_attached) >= ATTACHED_PER_WORKER:
+            _detach(_attached.pop(next(iter(_attached))))
+        segment = _attached[name] = SharedMemory(name)
+    buffer = segment.buf
+    assert buffer is not None
+    with buffer[:used] as data, buffer[rows_at(used) :] as out:
+        return parse_packed_lines(chain_id, node_id, data, count, out, received)
+
+
+def _detach(segment: SharedMemory) -> None:
+    with contextlib.suppress(BufferError):  # a view of it is still alive: the collector unmaps it
+        segment.close()
+
+
+def rows_at(used: int) -> int:
+    """Where the rows start after ``used`` bytes of packed lines (8-byte aligned)."""
+    return (used + 7) & ~7
+
+
+@dataclasses.dataclass(slots=True)
+class _Slot:
+    segment: SharedMemory | None = None
+
+    def fit(self, size: int) -> SharedMemory:
+        """This slot's segment, replaced by a larger one if it is under ``size`` bytes."""
+        if self.segment is None or self.segment.size < size:
+            self.drop()
+            self.segment = SharedMemory(create=True, size=max(size + size // 4, MIN_SEGMENT_BYTES))
+        return self.segment
+
+    def drop(self) -> None:
+        segment, self.segment = self.segment, None
+        if segment is not None:
+            _detach(segment)
+            segment.unlink()
+
+
+class Handover:
+    """The slots of one pool's ``workers`` processes."""
+
+    def __init__(self, workers: int) -> None:
+        self._slots = [_Slot() for _ in range(workers)]
+        self._free: asyncio.Queue[_Slot] | None = None
+        self._working = _rows is not None
+        """False once shared memory failed on this host: batches are pickled from then on."""
+
+    async def parse(
+        self, pool: Executor, chain_id: str, node_id: str, lines: Sequence[bytes], received: float
+    ) -> Parsed:
+        """``parse_lines`` of ``lines`` in one of ``pool``'s processes."""
+        loop = asyncio.get_running_loop()
+        batch = lines if type(lines) is list else list(lines)
+        if not self._working or _rows is None:
+            return await loop.run_in_executor(pool, parse_lines, chain_id, node_id, batch, received)
+        used = _rows.packed_size(batch)
+        size = rows_at(used) + used + ROW_BYTES_OVER_LINE * len(batch)
+        if size > MAX_SEGMENT_BYTES:
+            return await loop.run_in_executor(pool, parse_lines, chain_id, node_id, batch, received)
+        if self._free is None:
+            self._free = asyncio.Queue()
+            for slot in self._slots:
+                self._free.put_nowait(slot)
+        slot = await self._free.get()
+        task: Future[tuple[Parsed, int]] | None = None
+        try:
+            try:
+                segment = slot.fit(size)
+            except OSError as exc:
+                self._working = False
+                log.warning(
+                    "evidence ingest: no shared memory for the parsing processes (%s); "
+                    "batches go to them by pipe from now on",
+                    exc,
+                )
+                return await loop.run_in_executor(pool, parse_lines, chain_id, node_id, batch, received)
+            buffer = segment.buf
+            assert buffer is not None
+            _rows.pack(batch, buffer)
+            task = pool.submit(parse_in_segment, segment.name, len(batch), used, chain_id, node_id, received)
+            parsed, rows = await asyncio.wrap_future(task)
+            if rows >= 0:
+                at = rows_at(used)
+                parsed = dataclasses.replace(parsed, rows=bytes(buffer[at : at + rows]))
+            return parsed
+        finally:
+            if task is None or task.done():
+                self._free.put_nowait(slot)
+            else:
+                # Cancelled while the worker still writes to the segment: the slot is free
+                # only once it is done.
+                task.add_done_callback(lambda _: self._release_soon(loop, slot))
+
+    def _release_soon(self, loop: asyncio.AbstractEventLoop, slot: _Slot) -> None:
+        free = self._free
+        assert free is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the control plane is stopping
+            loop.call_soon_threadsafe(free.put_nowait, slot)
+
+    def close(self) -> None:
+        """Remove the segments (after the pool is shut down)."""
+        for slot in self._slots:
+            slot.drop()
