@@ -17,6 +17,7 @@ from controlplane.errors import (
 )
 from controlplane.repositories import config as repo
 from controlplane.services.base import Caller, Change, UnitOfWork, check_name, check_str_map
+from dataplane.routing.query import AUTO_MODEL
 from signalbox.api.common.v1 import common_pb2
 
 CAPABILITIES = frozenset(v for v in common_pb2.Capability.values() if v)
@@ -50,6 +51,10 @@ class ModelSpec:
 
     def validate(self) -> None:
         check_name("model.alias", self.alias)
+        if self.alias == AUTO_MODEL:
+            raise InvalidArgument(
+                "model.alias", f'"{AUTO_MODEL}" is reserved: a request for it is the policy\'s choice'
+            )
         if not self.deployments:
             raise InvalidArgument("model.deployments", "a model needs at least one deployment")
         for i, d in enumerate(self.deployments):

@@ -45,7 +45,7 @@ from dataplane.errors import InvalidRequest, shown
 from dataplane.pipeline.call import Opened, Served, StreamEvent
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import AttemptRecord
-from dataplane.routing.query import Hints, RoutePlan
+from dataplane.routing.query import AUTO_MODEL, Hints, RoutePlan
 from dataplane.snapshot.compile import CAPABILITY_FROM_PROTO
 from dataplane.validation import MAX_EMBED_INPUTS, MAX_MESSAGES, check_counts, check_stop_count
 from signalbox.api.common.v1 import common_pb2
@@ -370,7 +370,9 @@ def hints_from_proto(request: infer_pb2.InferRequest | infer_pb2.EmbedRequest) -
         # node does not know, e.g. a class added to the API later) as if unclassified.
         raise InvalidRequest("data_classification", f"unknown data classification {classification}")
     return Hints(
-        model=request.model,
+        # "auto" is the policy's choice here too, as it is through the HTTP door (where it is
+        # how a caller says so): through gRPC it was looked up as an alias, and refused.
+        model="" if request.model == AUTO_MODEL else request.model,
         # Compared without surrounding whitespace, as the HTTP door's x-signalbox-task (a
         # header's value is trimmed): kept as sent, " summarize " matched a policy's task
         # through one door and fell to the default route through the other.

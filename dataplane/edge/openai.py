@@ -67,11 +67,8 @@ from dataplane.edge.openai_fields import (
     known_fields,
 )
 from dataplane.errors import InvalidRequest, shown
-from dataplane.routing.query import Hints
+from dataplane.routing.query import AUTO_MODEL, Hints
 from dataplane.validation import MAX_EMBED_INPUTS, MAX_MESSAGES, check_counts, check_stop_count
-
-AUTO_MODEL = "auto"
-"""``model: "auto"`` (or empty): the tenant's policy chooses."""
 
 _CALLER_IDS = ("user", "safety_identifier", "prompt_cache_key")
 """Strings that identify the caller's end user to OpenAI (the last two replace ``user``):

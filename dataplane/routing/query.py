@@ -25,6 +25,10 @@ from dataplane.config.model import (
 )
 from dataplane.routing.candidate import Candidate
 
+AUTO_MODEL = "auto"
+"""A request's model ``auto`` (or empty), through either door: the tenant's policy chooses.
+No model may have it as its alias (the control plane refuses it)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Hints:
@@ -32,7 +36,7 @@ class Hints:
     it is never sent to a model."""
 
     model: str = ""
-    """Explicit model alias, or empty to let the policy choose."""
+    """Explicit model alias, or empty to let the policy choose (``AUTO_MODEL`` is read as empty)."""
     task: str = ""
     data_classification: DataClass = DataClass.UNSPECIFIED
     metadata: Mapping[str, str] = field(default_factory=dict)

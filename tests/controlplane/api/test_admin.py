@@ -265,6 +265,32 @@ async def test_provider_and_model_bad_input(admin: Admin) -> None:
     assert "model.deployments[0].provider" in message
 
 
+async def test_no_model_may_be_called_auto_which_both_doors_read_as_the_policys_choice(admin: Admin) -> None:
+    await admin.CreateProvider(
+        admin_pb2.CreateProviderRequest(provider=admin_pb2.Provider(name="p", type="simulated"))
+    )
+    deployments = [admin_pb2.Deployment(provider="p", upstream_model="x")]
+    code, message = await _code(
+        admin.CreateModel(
+            admin_pb2.CreateModelRequest(model=admin_pb2.Model(alias="auto", deployments=deployments))
+        )
+    )
+    assert (code, message) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        'model.alias: "auto" is reserved: a request for it is the policy\'s choice',
+    )
+    model = await admin.CreateModel(
+        admin_pb2.CreateModelRequest(model=admin_pb2.Model(alias="m", deployments=deployments))
+    )
+    model.alias = "auto"
+    code, message = await _code(admin.UpdateModel(admin_pb2.UpdateModelRequest(model=model)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("model.alias:")
+    assert [
+        m.alias for m in (await admin.ListModels(admin_pb2.ListModelsRequest())).models if m.id == model.id
+    ] == ["m"]
+
+
 async def test_a_model_naming_one_deployment_twice_is_refused(admin: Admin) -> None:
     # Stored twice, the same provider and upstream model became two deployments: twice the
     # weight, a fallback that retries what just failed, and a breaker split in two.

@@ -432,7 +432,7 @@ class InferRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Optional model alias. Empty: the tenant's policy chooses."""
+    """Optional model alias. Empty or "auto" (no model may be called that): the tenant's policy chooses."""
     task: _builtins.str
     """Free-form task label that policies can match, e.g. "summarize"; compared without
     surrounding whitespace (as the HTTP door's trimmed x-signalbox-task header).
