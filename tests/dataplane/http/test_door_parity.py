@@ -186,53 +186,32 @@ async def test_what_the_http_door_refuses_grpc_refuses_naming_the_field(
     assert simulator.stats("sim-fast").total == 0
 
 
-async def test_a_task_with_surrounding_spaces_routes_alike_through_both_doors(
-    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
+@pytest.mark.parametrize(
+    ("task", "model"),
+    [
+        # HTTP trims a header's value (x-signalbox-task); gRPC took InferRequest.task as sent,
+        # so " summarize " matched a policy's `tasks: [summarize]` through one door and fell to
+        # the default route through the other.
+        (" summarize\t", ""),
+        # The HTTP door reads model "auto" as the policy's choice (how an OpenAI client says
+        # so); through gRPC it was looked up as a model alias and refused NOT_FOUND.
+        ("summarize", "auto"),
+    ],
+    ids=["task with spaces", "model auto"],
+)
+async def test_the_policy_routes_alike_through_both_doors(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, task: str, model: str
 ) -> None:
-    # HTTP trims a header's value (x-signalbox-task); gRPC took InferRequest.task as sent, so
-    # " summarize " matched a policy's `tasks: [summarize]` through one door and fell to the
-    # default route through the other.
     node = await start_node(http_listen="127.0.0.1:0")
     rule = {"name": "summaries", "match": {"tasks": ["summarize"]}, "models": ["sim-smart"]}
     assert (
         await node.store.apply(envelope(snapshot(1, simulator.base_url, rules=[rule]), signing_key))
     ).accepted
+    request = chat("hello", task=task)
+    request.model = model
     async with grpc.aio.insecure_channel(node.address) as channel:
-        answer = await infer_pb2_grpc.InferServiceStub(channel).Infer(
-            chat("hello", task=" summarize\t"), metadata=AUTH, timeout=10
-        )
-    assert answer.model == "sim-smart"
-    body = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
-    headers = {"authorization": f"Bearer {API_KEY}", "x-signalbox-task": "summarize"}
-    async with (
-        aiohttp.ClientSession(f"http://{node.http_address}") as http,
-        http.post("/v1/chat/completions", json=body, headers=headers) as response,
-    ):
-        assert response.status == 200, await response.text()
-        assert (await response.json())["model"] == "sim-smart"
-
-
-async def test_model_auto_is_the_policys_choice_through_both_doors(
-    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
-) -> None:
-    # The HTTP door reads model "auto" as the policy's choice (it is how an OpenAI client
-    # says so); through gRPC it was looked up as a model alias and refused NOT_FOUND.
-    node = await start_node(http_listen="127.0.0.1:0")
-    rule = {"name": "summaries", "match": {"tasks": ["summarize"]}, "models": ["sim-smart"]}
-    assert (
-        await node.store.apply(envelope(snapshot(1, simulator.base_url, rules=[rule]), signing_key))
-    ).accepted
-    request = chat("hello", task="summarize")
-    async with grpc.aio.insecure_channel(node.address) as channel:
-        stub = infer_pb2_grpc.InferServiceStub(channel)
-        by_policy = await stub.Infer(request, metadata=AUTH, timeout=10)
-        request.model = "auto"
-        auto = await stub.Infer(request, metadata=AUTH, timeout=10)
-    assert (
-        (auto.model, auto.routing.rule)
-        == (by_policy.model, by_policy.routing.rule)
-        == ("sim-smart", "summaries")
-    )
+        answer = await infer_pb2_grpc.InferServiceStub(channel).Infer(request, metadata=AUTH, timeout=10)
+    assert (answer.model, answer.routing.rule) == ("sim-smart", "summaries")
     body = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
     headers = {"authorization": f"Bearer {API_KEY}", "x-signalbox-task": "summarize"}
     async with (
