@@ -44,7 +44,7 @@ from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.quota import QuotaServicer
 from controlplane.api.sync import ConfigSyncServicer
 from controlplane.api_key_hash import ApiKeyHasher, HashKeyRing, LiveHashKeys
-from controlplane.connections import connection_caps, open_files_limit, server_options
+from controlplane.connections import connection_caps, open_files_limit, per_peer, server_options
 from controlplane.db.embedded import EMBEDDED_DIR, EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, database_now, dispose, normalize_url, session_factory
@@ -57,6 +57,7 @@ from controlplane.evidence.ingest import EvidenceIngest
 from controlplane.evidence.partitions import Partitions
 from controlplane.evidence.queries import EvidenceQueries
 from controlplane.evidence.retention import EvidenceRetention
+from controlplane.front import BACKEND_HOST, FDS_PER_CONNECTION, ConnectionFront
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.metrics import ControlPlaneMetrics
@@ -116,6 +117,10 @@ def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
     return server, server.url()
 
 
+BACKEND = f"{BACKEND_HOST}:0"
+"""Where a gRPC server behind a front listens: an ephemeral loopback port."""
+
+
 class ControlPlane:
     """A running control plane; use as ``async with``."""
 
@@ -167,6 +172,8 @@ class ControlPlane:
         self._interceptor: AdminInterceptor | None = None
         self._enroll_refusals: UnauthenticatedAuditLimit | None = None
         self._served: list[str] = []
+        self._fronts: list[ConnectionFront] = []
+        """Each port's, unless the port has none (``controlplane.front``)."""
         """The services grpc health reports on (all of them NOT_SERVING while the database
         is unreachable)."""
 
@@ -318,7 +325,15 @@ class ControlPlane:
             unauthenticated_rows=s.unauthenticated_audit_rows,
             unauthenticated_window=s.unauthenticated_audit_window,
         )
-        caps = connection_caps(open_files_limit(), admin=s.max_connections, node=s.node_max_connections)
+        fronted = s.max_connections_per_peer != 0 or s.node_max_connections_per_peer != 0
+        caps = connection_caps(
+            open_files_limit(),
+            admin=s.max_connections,
+            node=s.node_max_connections,
+            fds_per_connection=FDS_PER_CONNECTION if fronted else 1,
+        )
+        admin_front = self._front("admin", caps.admin, s.max_connections_per_peer)
+        node_front = self._front("node", caps.node, s.node_max_connections_per_peer)
         self._server = grpc.aio.server(
             interceptors=[self._interceptor],
             options=server_options(
@@ -335,11 +350,9 @@ class ControlPlane:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         # Listing the admin API needs an admin identity, as calling it does (api/interceptor.py).
         reflection.enable_server_reflection(ADMIN_LISTENER_SERVICES, self._server)
-        port = add_port(self._server, s.listen, s.tls)
+        port = add_port(self._server, s.listen, s.tls, bind=BACKEND if admin_front else None)
         if port == 0:
             raise OSError(f"cannot listen on {s.listen} (--listen): in use, or not an address of this host")
-        host = s.listen.rsplit(":", 1)[0]
-        self.address = f"{host}:{port}"
 
         # grpc cannot make client certificates optional on one port: nodes get their own.
         self._node_server = grpc.aio.server(
@@ -362,16 +375,20 @@ class ControlPlane:
             QuotaServicer(self.quota, node_auth), self._node_server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._node_server)
-        node_port = self._add_node_port(self._node_server)
-        self.node_address = f"{s.node_listen.rsplit(':', 1)[0]}:{node_port}"
+        node_port = self._add_node_port(self._node_server, bind=BACKEND if node_front else None)
         if s.metrics_listen is not None:
             self.metrics = ControlPlaneMetrics(nodes)
             self._interceptor.metrics = self.sync.metrics = shipping.metrics = self.metrics
+            refused = self.metrics.connections_refused
+            for front in self._fronts:
+                front.on_refused = lambda port, why: refused.labels(port, why).inc()
             await self.metrics.endpoint.start(listen=s.metrics_listen)
             host = s.metrics_listen.rsplit(":", 1)[0]
             self.metrics_address = f"{host}:{self.metrics.endpoint.port}"
         await self._server.start()
         await self._node_server.start()
+        self.address = await self._listen(admin_front, s.listen, port, "--listen")
+        self.node_address = await self._listen(node_front, s.node_listen, node_port, "--node-listen")
         self._background = [
             asyncio.create_task(
                 self._reissue_loop(snapshots, s.reissue_check_interval), name="snapshot-reissue"
@@ -435,7 +452,29 @@ class ControlPlane:
         if reachable and self.sync is not None:
             await self.sync.disconnects.retry()
 
-    def _add_node_port(self, server: grpc.aio.Server) -> int:
+    def _front(self, name: str, cap: int, setting: int | None) -> ConnectionFront | None:
+        """The front of port ``name`` (None: gRPC listens on it itself)."""
+        max_per_peer = per_peer(setting, cap)
+        if max_per_peer == 0:
+            return None
+        front = ConnectionFront(name, max_clients=cap, max_per_peer=max_per_peer)
+        self._fronts.append(front)
+        return front
+
+    async def _listen(self, front: ConnectionFront | None, listen: str, port: int, flag: str) -> str:
+        """The address a port serves on: its front's, started in front of the server's
+        loopback ``port``, or the server's own ``port``."""
+        host, _, wanted = listen.rpartition(":")
+        if front is not None:
+            try:
+                port = await front.start(host, int(wanted), port)
+            except (OSError, ValueError) as exc:
+                raise OSError(
+                    f"cannot listen on {listen} ({flag}): in use, or not an address of this host ({exc})"
+                ) from exc
+        return f"{host}:{port}"
+
+    def _add_node_port(self, server: grpc.aio.Server, bind: str | None = None) -> int:
         s = self.settings
         assert self.node_ca is not None
         if s.tls.insecure:
@@ -451,11 +490,12 @@ class ControlPlane:
             credentials = grpc.ssl_server_credentials(
                 [(key_pem, cert_pem)], root_certificates=self.node_ca.pem, require_client_auth=True
             )
+        address = s.node_listen if bind is None else bind
         try:
             if credentials is None:
-                port = server.add_insecure_port(s.node_listen)
+                port = server.add_insecure_port(address)
             else:
-                port = server.add_secure_port(s.node_listen, credentials)
+                port = server.add_secure_port(address, credentials)
         except RuntimeError:  # grpcio raises rather than return 0 (signalbox.tls.add_port)
             port = 0
         if port == 0:
@@ -558,8 +598,14 @@ class ControlPlane:
             await asyncio.gather(*self._key_file_tasks, return_exceptions=True)
         # Both ports drain at once: the grace is the whole stop's, not each port's.
         grace = self.settings.drain_grace if grace is None else grace
+        for front in self._fronts:
+            front.stop_accepting()
         await asyncio.gather(*(s.stop(grace) for s in (self._node_server, self._server) if s is not None))
         self._server = self._node_server = None
+        # The servers closed their connections, and so their clients': none is left but
+        # one still being opened.
+        await asyncio.gather(*(front.close() for front in self._fronts))
+        self._fronts = []
         if self.sync is not None:
             await self.sync.drain()
         if self.evidence is not None:

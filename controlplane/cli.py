@@ -208,18 +208,35 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "can use at once after being idle (60: a full minute)",
         command=SERVE,
     )
-    for flag, env, port in (
-        ("--max-connections", "SIGNALBOX_CONTROLPLANE_MAX_CONNECTIONS", "--listen"),
-        ("--node-max-connections", "SIGNALBOX_CONTROLPLANE_NODE_MAX_CONNECTIONS", "--node-listen"),
+    per_peer = (
+        "connections one client address holds at {port} at once (one more is closed at once); "
+        "unset: 1/8 of {cap}, at least 8; 0: not counted (gRPC listens on {port} itself)"
+    )
+    whole = (
+        "connections {port} holds at once (one more is closed at once); unset: a share of the "
+        "open-files limit, at most 10000"
+    )
+    for flag, env, text in (
+        ("--max-connections", "MAX_CONNECTIONS", whole.format(port="--listen")),
+        ("--node-max-connections", "NODE_MAX_CONNECTIONS", whole.format(port="--node-listen")),
+        (
+            "--max-connections-per-peer",
+            "MAX_CONNECTIONS_PER_PEER",
+            per_peer.format(port="--listen", cap="--max-connections"),
+        ),
+        (
+            "--node-max-connections-per-peer",
+            "NODE_MAX_CONNECTIONS_PER_PEER",
+            per_peer.format(port="--node-listen", cap="--node-max-connections"),
+        ),
     ):
         add(
             serve,
             flag,
-            env=env,
+            env=f"SIGNALBOX_CONTROLPLANE_{env}",
             default=None,
             type=int,
-            help=f"connections {port} holds at once (one more is closed at once); unset: a share of "
-            "the open-files limit, at most 10000",
+            help=text,
             command=SERVE,
         )
     # Defaults: controlplane.connections' DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_AGE_S and
@@ -448,12 +465,17 @@ def serve_command(ns: argparse.Namespace) -> int:
         if not (sep and host and port.isascii() and port.isdecimal() and int(port) < 65536):
             print(f"--metrics-listen: {ns.metrics_listen!r} is not HOST:PORT", file=sys.stderr)
             return 2
-    for flag, cap in (
-        ("--max-connections", ns.max_connections),
-        ("--node-max-connections", ns.node_max_connections),
+    for flag, cap, least in (
+        ("--max-connections", ns.max_connections, 1),
+        ("--node-max-connections", ns.node_max_connections, 1),
+        ("--max-connections-per-peer", ns.max_connections_per_peer, 0),
+        ("--node-max-connections-per-peer", ns.node_max_connections_per_peer, 0),
     ):
-        if cap is not None and cap < 1:
-            print(f"{flag}: {cap} is not a positive count", file=sys.stderr)
+        if cap is not None and cap < least:
+            print(
+                f"{flag}: {cap} is not {'a positive count' if least else 'a count (0 or more)'}",
+                file=sys.stderr,
+            )
             return 2
     # Many systems start a process at a soft limit of 1,024 open files: the caps are shares
     # of the hard one (as the node does, dataplane.open_files).
@@ -486,6 +508,8 @@ def serve_command(ns: argparse.Namespace) -> int:
         limit_burst_seconds=ns.limit_burst_seconds,
         max_connections=ns.max_connections,
         node_max_connections=ns.node_max_connections,
+        max_connections_per_peer=ns.max_connections_per_peer,
+        node_max_connections_per_peer=ns.node_max_connections_per_peer,
         connection_idle_timeout=ns.connection_idle_timeout,
         connection_max_age=ns.connection_max_age,
         node_connection_max_age=ns.node_connection_max_age,

@@ -35,6 +35,8 @@ import resource
 from dataclasses import dataclass
 from typing import Final
 
+from dataplane.open_files import per_peer_cap
+
 OTHER_FILES: Final = 256
 """Descriptors the control plane holds besides its ports' connections: the database pool,
 the evidence workers' pipes, the metrics endpoint, files."""
@@ -63,14 +65,24 @@ def open_files_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def connection_caps(limit: int | None, *, admin: int | None, node: int | None) -> Caps:
-    """Each port's cap: ``admin``/``node`` as given, or a share of ``limit``."""
+def connection_caps(
+    limit: int | None, *, admin: int | None, node: int | None, fds_per_connection: int = 1
+) -> Caps:
+    """Each port's cap: ``admin``/``node`` as given, or a share of ``limit`` for connections
+    of ``fds_per_connection`` descriptors each (three behind a front: ``controlplane.front``)."""
     share = (
         DEFAULT_MAX_CONNECTIONS
         if limit is None
-        else max(min((limit - OTHER_FILES) // 2, DEFAULT_MAX_CONNECTIONS), 1)
+        else max(min((limit - OTHER_FILES) // (2 * fds_per_connection), DEFAULT_MAX_CONNECTIONS), 1)
     )
     return Caps(admin if admin is not None else share, node if node is not None else share)
+
+
+def per_peer(setting: int | None, cap: int) -> int:
+    """One client address's cap at a port whose cap is ``cap``: ``setting`` as given (0: not
+    counted), else 1/``PER_PEER_SHARE`` of ``cap``, at least ``MIN_PER_PEER`` (as the node's
+    doors, ``dataplane.open_files.per_peer_cap``)."""
+    return per_peer_cap(cap) if setting is None else setting
 
 
 def server_options(

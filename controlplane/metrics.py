@@ -50,6 +50,14 @@ class ControlPlaneMetrics:
             ["code"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "signalbox_controlplane_connections_refused",
+            "Connections to a port (admin, node) closed at once, before any byte: over_limit "
+            "(the port held --max-connections) or over_peer_limit (the client's address held "
+            "--max-connections-per-peer).",
+            ["port", "reason"],
+            registry=r,
+        )
         self._nodes_gauge = Gauge(
             "signalbox_nodes",
             "Nodes known to the control plane by group and state (connected, disconnected, stale).",

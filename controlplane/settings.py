@@ -101,6 +101,12 @@ class ControlPlaneSettings:
     ``controlplane.connections``)."""
     node_max_connections: int | None = None
     """Connections the node port holds at once (None: as ``max_connections``)."""
+    max_connections_per_peer: int | None = None
+    """Connections one client address holds at the admin port at once (None: 1/8 of the
+    port's cap, at least 8; 0: not counted, and gRPC listens on the port itself:
+    ``controlplane.front``)."""
+    node_max_connections_per_peer: int | None = None
+    """The same at the node port."""
     connection_idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S
     """Seconds a connection to either port stays open with no call in flight."""
     connection_max_age: float = DEFAULT_MAX_AGE_S

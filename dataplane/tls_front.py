@@ -45,6 +45,7 @@ from OpenSSL import SSL, crypto
 from dataplane.auth import INVALID
 from dataplane.open_files import DEFAULT_MAX_CONNECTIONS, per_peer_cap
 from dataplane.peer_places import PeerPlaces
+from signalbox.relay import Backend, ClientSide, Listener
 from signalbox.tls import ServerTls, TlsConfigError
 
 log = logging.getLogger("signalbox.dataplane.tls")
@@ -161,7 +162,7 @@ def _verdict(conn: SSL.Connection) -> Peer:
 _RESULT_OF: Final = {None: TRUSTED, INVALID: UNTRUSTED, CERTIFICATE_REQUIRED: NO_CERTIFICATE}
 
 
-class TlsFront:
+class TlsFront(Listener):
     """Listens with TLS on a public address and forwards each connection to a door on
     ``BACKEND_HOST:backend_port``, filing what TLS established under the forwarding
     connection's local port."""
@@ -177,6 +178,7 @@ class TlsFront:
         max_per_peer: int | None = None,
         door: str = "",
     ) -> None:
+        super().__init__()
         self.door = door
         self.max_clients = max_clients
         """Client connections held at once (each with an OpenSSL object and, once through
@@ -192,11 +194,7 @@ class TlsFront:
         self.handshake_timeout = handshake_timeout
         self.peers: dict[int, Peer] = {}
         """Verdicts by the local port of the front's connection to the door."""
-        self.clients: set[_Client] = set()
-        self.idle = asyncio.Event()
-        self._server: asyncio.Server | None = None
         self._backend_port = 0
-        self.port = 0
 
     @property
     def backend_port(self) -> int:
@@ -213,35 +211,9 @@ class TlsFront:
         """Listen on ``host:port`` (every interface for "" or "::", as gRPC does); return the
         bound port."""
         self._backend_port = backend_port
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Client(self),
-            None if host in ("", "::") else host,
-            port,
-            reuse_port=reuse_port or None,
-            backlog=1024,
+        return await self.listen(
+            None if host in ("", "::") else host, port, lambda: _Client(self), reuse_port=reuse_port
         )
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self.port
-
-    def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    async def close(self, grace: float = 0.0) -> None:
-        """Stop accepting; connections still open after ``grace`` seconds are cut."""
-        self.stop_accepting()
-        if self.clients:
-            self.idle.clear()
-            try:
-                async with asyncio.timeout(grace):  # not wait_for: it can lose a cancel on 3.11
-                    await self.idle.wait()
-            except TimeoutError:
-                for client in list(self.clients):
-                    client.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
 
 
 class _State(Enum):
@@ -251,7 +223,7 @@ class _State(Enum):
     CLOSED = 4
 
 
-class _Client(asyncio.Protocol):
+class _Client(ClientSide):
     """A client's TLS connection: the handshake, then plaintext to and from the door."""
 
     def __init__(self, front: TlsFront) -> None:
@@ -324,7 +296,7 @@ class _Client(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         try:
             backend, _ = await loop.create_connection(
-                lambda: _Door(self), BACKEND_HOST, self._front.backend_port
+                lambda: Backend(self), BACKEND_HOST, self._front.backend_port
             )
         except OSError as exc:
             log.warning("TLS front: cannot reach the door on port %d: %s", self._front.backend_port, exc)
@@ -374,14 +346,6 @@ class _Client(asyncio.Protocol):
                 return
             self._transport.write(data)
 
-    def pause_writing(self) -> None:  # the client reads slower than the door answers
-        if self._backend is not None:
-            self._backend.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self._backend is not None:
-            self._backend.resume_reading()
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _State.CLOSED
         if self._timer is not None:
@@ -393,12 +357,10 @@ class _Client(asyncio.Protocol):
         elif self._connecting is not None:
             self._connecting.cancel()  # still dialling the door
         front = self._front
-        front.clients.discard(self)
         if self._peer_host is not None:
             front.peer_places.give(self._peer_host)
             self._peer_host = None
-        if not front.clients:
-            front.idle.set()
+        front.gone(self)
 
     def _close(self) -> None:
         if self._transport is not None:
@@ -410,7 +372,7 @@ class _Client(asyncio.Protocol):
 
     # ---- the door's side ----
 
-    def encrypt(self, data: bytes) -> None:
+    def from_backend(self, data: bytes) -> None:
         """The door's plaintext, to the client as TLS records."""
         if self._state is _State.CLOSED:
             return
@@ -421,7 +383,7 @@ class _Client(asyncio.Protocol):
             return
         self._flush()
 
-    def door_closed(self) -> None:
+    def backend_closed(self) -> None:
         """The door ended the connection: a close_notify to the client, then close."""
         if self._state is _State.CLOSED:
             return
@@ -430,7 +392,7 @@ class _Client(asyncio.Protocol):
         self._flush()
         self._close()
 
-    def door_paused(self, paused: bool) -> None:
+    def backend_paused(self, paused: bool) -> None:
         """The door reads slower than the client sends."""
         if self._transport is None or self._state is _State.CLOSED:
             return
@@ -438,28 +400,6 @@ class _Client(asyncio.Protocol):
             self._transport.pause_reading()
         else:
             self._transport.resume_reading()
-
-
-class _Door(asyncio.Protocol):
-    """The front's loopback connection to the door, for one client."""
-
-    def __init__(self, client: _Client) -> None:
-        self._client = client
-
-    def data_received(self, data: bytes) -> None:
-        self._client.encrypt(data)
-
-    def eof_received(self) -> bool:
-        return False  # close
-
-    def pause_writing(self) -> None:
-        self._client.door_paused(True)
-
-    def resume_writing(self) -> None:
-        self._client.door_paused(False)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._client.door_closed()
 
 
 PeerLookup = Callable[[str, int], Peer]

@@ -133,13 +133,16 @@ def ssl_server_context(listen: str, tls: ServerTls) -> ssl.SSLContext | None:
     return context
 
 
-def add_port(server: grpc.aio.Server, listen: str, tls: ServerTls) -> int:
-    """Bind ``server`` to ``listen`` with or without TLS per ``tls``; return the port (0: failed)."""
+def add_port(server: grpc.aio.Server, listen: str, tls: ServerTls, bind: str | None = None) -> int:
+    """Bind ``server`` to ``listen`` with or without TLS per ``tls``; return the port (0: failed).
+    ``bind``: the address to bind instead, with the TLS ``listen`` calls for (a loopback port
+    behind a front that listens on ``listen``)."""
     creds = tls.credentials(listen)
+    address = listen if bind is None else bind
     try:
         if creds is None:
-            return server.add_insecure_port(listen)
-        return server.add_secure_port(listen, creds)
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, creds)
     except RuntimeError:
         # grpcio raises, rather than return 0, when the address cannot be bound (in use,
         # not local): the callers say which flag's address it is.

@@ -33,6 +33,7 @@ from controlplane.db.session import DatabaseClock
 from controlplane.errors import ControlPlaneError, PermissionDenied, StreamSuperseded, Unauthenticated
 from controlplane.evidence.errors import EvidenceRefused
 from controlplane.evidence.ingest import CHAIN_ID_RE, Batch, EvidenceIngest
+from controlplane.front import peer_of
 from controlplane.services.identity import NodeIdentity
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.text import printable
@@ -202,7 +203,7 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
                     yield reply
         except ControlPlaneError as exc:
             code, message = status_for(exc) or (grpc.StatusCode.INTERNAL, "evidence stream failed")
-            log.warning("evidence stream of %s refused: %s", node_id or context.peer(), message)
+            log.warning("evidence stream of %s refused: %s", node_id or peer_of(context), message)
             await context.abort(code, message)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
@@ -211,10 +212,10 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
             # node resends it. The cause is for operators, not for the node.
             mapped = database_status(exc)
             if mapped is None:
-                log.exception("evidence from %s could not be stored", node_id or context.peer())
+                log.exception("evidence from %s could not be stored", node_id or peer_of(context))
                 mapped = (grpc.StatusCode.UNAVAILABLE, "evidence could not be stored now; resend")
             else:
-                log.warning("evidence from %s could not be stored: %s", node_id or context.peer(), exc)
+                log.warning("evidence from %s could not be stored: %s", node_id or peer_of(context), exc)
             await context.abort(*mapped)
         finally:
             open_here = self._streams.get(node_id)

@@ -11,6 +11,7 @@ import grpc
 from controlplane.api.node_auth import Context, NodeAuthenticator
 from controlplane.api.status import status_for
 from controlplane.errors import Unauthenticated
+from controlplane.front import peer_of
 from controlplane.identity.ca import Issued, NodeCaKey
 from controlplane.services.identity import IdentityService
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc
@@ -47,7 +48,7 @@ class NodeEnrollmentServicer(identity_pb2_grpc.NodeEnrollmentServiceServicer):
                 token=request.token,
                 csr_pem=request.csr_pem,
                 node_id=request.node_id,
-                peer=context.peer(),
+                peer=peer_of(context),
                 software_version=request.software_version,
             )
         except Exception as exc:

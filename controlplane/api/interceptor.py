@@ -22,6 +22,7 @@ from controlplane.api.audit_limit import UnauthenticatedAuditLimit
 from controlplane.api.authz import Admission, Authorizer
 from controlplane.api.status import bounded, status_for
 from controlplane.errors import Unauthenticated, clip
+from controlplane.front import peer_of
 from controlplane.limits import NAME_CHARS, check_request
 from controlplane.repositories.admin import AuditRow
 from controlplane.services.admin import AdminService, check_active
@@ -273,7 +274,7 @@ class AdminInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             code, message = grpc.StatusCode.INTERNAL, "internal error"
         else:
             code, message = mapped
-        if not isinstance(exc, Unauthenticated) or self.unauthenticated.admit(context.peer()):
+        if not isinstance(exc, Unauthenticated) or self.unauthenticated.admit(peer_of(context)):
             await self._audit(call.row(method, code.name, message))
         elif self.metrics is not None:
             # Its audit row is folded into a summary row; the call still counts.

@@ -22,6 +22,7 @@ from cryptography import x509
 from controlplane.api.identity import _abort
 from controlplane.api.node_auth import Context, NodeAuthenticator
 from controlplane.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from controlplane.front import peer_of
 from controlplane.limits import DEFAULT_GROUP, NODE_ID_CHARS
 from controlplane.quota import QuotaLedger
 from dataplane.identity import urn
@@ -60,7 +61,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             # Counted before anything reads the database (the certificate's lookup does): the
             # node the presented certificate names (TLS checked it is the node CA's), or on an
             # insecure port the peer address.
-            caller = _presented_node(context) or context.peer()[:NODE_ID_CHARS]
+            caller = _presented_node(context) or peer_of(context)[:NODE_ID_CHARS]
             calls = self._calls.setdefault(caller, _Calls())
             if calls.count >= MAX_LEASES_PER_NODE:
                 raise ResourceExhausted(
@@ -83,7 +84,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         if identity is None:
             # An insecure node port (development): no certificate, no group to hold to;
             # the peer address stands in for the node.
-            node = context.peer()[:NODE_ID_CHARS]
+            node = peer_of(context)[:NODE_ID_CHARS]
             return await self._ledger.lease(request.asks, _holder(request.holder, node))
         holder = _holder(request.holder, identity.node_id)
         if holder != identity.node_id:

@@ -38,6 +38,7 @@ from controlplane.api.sync_state import (
 )
 from controlplane.api_key_hash import ApiKeyHasher, LiveHashKeys
 from controlplane.db.session import DatabaseClock
+from controlplane.front import peer_of
 from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS, INT64_MAX
 from controlplane.services.groups import GROUP_NAME_RE
 from controlplane.services.identity import NodeIdentity
@@ -71,10 +72,10 @@ async def _refuse(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -
     is UNAVAILABLE, so the node reconnects with backoff; the driver's text stays in the log."""
     mapped = status_for(exc)
     if mapped is None:
-        log.error("config sync with %s failed", context.peer(), exc_info=exc)
+        log.error("config sync with %s failed", peer_of(context), exc_info=exc)
         mapped = (grpc.StatusCode.INTERNAL, "internal error")
     else:
-        log.warning("sync refused to %s: %s", context.peer(), mapped[1])
+        log.warning("sync refused to %s: %s", peer_of(context), mapped[1])
     await context.abort(*mapped)
     raise AssertionError("abort raises")  # pragma: no cover
 

@@ -570,6 +570,15 @@ async def test_serve_refuses_a_connection_age_that_is_not_a_positive_number(
     assert f"{flag}: {float(value)} is not a positive number of seconds" in err
 
 
+@pytest.mark.parametrize("flag", ["--max-connections-per-peer", "--node-max-connections-per-peer"])
+async def test_serve_refuses_a_negative_share_per_client_address(tmp_path: Path, flag: str) -> None:
+    code, _, err = await _signalbox(
+        "controlplane", "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0", f"{flag}=-1"
+    )
+    assert code == 2
+    assert f"{flag}: -1 is not a count (0 or more)" in err
+
+
 async def test_an_unreachable_database_is_one_line_without_the_password(tmp_path: Path) -> None:
     # SQLAlchemy's OperationalError was not among the errors the commands reported: each
     # was a traceback of some 140 lines.
