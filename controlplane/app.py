@@ -57,7 +57,6 @@ from controlplane.evidence.ingest import EvidenceIngest
 from controlplane.evidence.partitions import Partitions
 from controlplane.evidence.queries import EvidenceQueries
 from controlplane.evidence.retention import EvidenceRetention
-from controlplane.front import BACKEND_HOST, FDS_PER_CONNECTION, ConnectionFront
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.metrics import ControlPlaneMetrics
@@ -85,6 +84,7 @@ from controlplane.settings import (
 )
 from controlplane.snapshots.broker import Latest, SnapshotBroker
 from controlplane.snapshots.publish import Publication, SnapshotPublisher
+from dataplane.connection_front import BACKEND_HOST, FDS_PER_CONNECTION, ConnectionFront
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import (
     identity_pb2,
@@ -173,7 +173,7 @@ class ControlPlane:
         self._enroll_refusals: UnauthenticatedAuditLimit | None = None
         self._served: list[str] = []
         self._fronts: list[ConnectionFront] = []
-        """Each port's, unless the port has none (``controlplane.front``)."""
+        """Each port's, unless the port has none (``dataplane.connection_front``)."""
         """The services grpc health reports on (all of them NOT_SERVING while the database
         is unreachable)."""
 

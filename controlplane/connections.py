@@ -69,7 +69,7 @@ def connection_caps(
     limit: int | None, *, admin: int | None, node: int | None, fds_per_connection: int = 1
 ) -> Caps:
     """Each port's cap: ``admin``/``node`` as given, or a share of ``limit`` for connections
-    of ``fds_per_connection`` descriptors each (three behind a front: ``controlplane.front``)."""
+    of ``fds_per_connection`` descriptors each (three behind a front: ``dataplane.connection_front``)."""
     share = (
         DEFAULT_MAX_CONNECTIONS
         if limit is None

@@ -104,7 +104,7 @@ class ControlPlaneSettings:
     max_connections_per_peer: int | None = None
     """Connections one client address holds at the admin port at once (None: 1/8 of the
     port's cap, at least 8; 0: not counted, and gRPC listens on the port itself:
-    ``controlplane.front``)."""
+    ``dataplane.connection_front``)."""
     node_max_connections_per_peer: int | None = None
     """The same at the node port."""
     connection_idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S

@@ -436,6 +436,7 @@ class DataPlaneNode:
                 sync=lambda: self._sync,
                 fronts=lambda: self._doors.fronts if self._doors is not None else (),
                 http=lambda: self._doors.http if self._doors is not None else None,
+                counting=lambda: self._doors.counting if self._doors is not None else None,
             )
             self._metrics = NodeMetrics(state, worker=s.worker, workers=s.workers, data_dir=s.data_dir)
             await self._metrics.start(s.metrics_listen)

@@ -19,13 +19,15 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from dataplane.api.service import InferService, add_to_server
+from dataplane.connection_front import ConnectionFront
 from dataplane.http.openai_api import OpenAIFrontDoor, server_error_body
 from dataplane.http.server import HttpServer
 from dataplane.node_settings import NodeSettings
-from dataplane.open_files import GRPC_HANDSHAKE_TIMEOUT_MS
+from dataplane.open_files import GRPC_HANDSHAKE_TIMEOUT_MS, per_peer_cap
 from dataplane.pipeline import Pipeline
 from dataplane.tls_front import BACKEND_HOST, TlsFront
 from signalbox.api.infer.v1 import infer_pb2
+from signalbox.relay import Listener
 from signalbox.tls import add_port, ssl_server_context
 
 INFER_SERVICE = infer_pb2.DESCRIPTOR.services_by_name["InferService"].full_name
@@ -61,6 +63,8 @@ class Doors:
         self._http: HttpServer | None = None
         self.fronts: list[TlsFront] = []
         """The TLS fronts, where the node requires client certificates."""
+        self.counting: ConnectionFront | None = None
+        """The gRPC door's front that counts client addresses, where no TLS front does."""
         self.port = 0
         self.http_port = 0
 
@@ -107,20 +111,40 @@ class Doors:
                 ("grpc.max_concurrent_streams", s.grpc_max_streams),
             ]
         )
-        front = self._front(s.listen, (b"h2",), "grpc", s.grpc_max_connections, None)
+        per_peer = s.grpc_max_connections_per_peer
+        front = self._front(
+            s.listen,
+            (b"h2",),
+            "grpc",
+            s.grpc_max_connections,
+            None if per_peer is None else per_peer or s.grpc_max_connections,  # 0: not counted
+        )
+        counting = None
+        if front is None and per_peer != 0:
+            counting = ConnectionFront(
+                "grpc",
+                max_clients=s.grpc_max_connections,
+                max_per_peer=per_peer_cap(s.grpc_max_connections) if per_peer is None else per_peer,
+            )
+            self.counting = counting
         add_to_server(InferService(self._pipeline, None if front is None else front.peer), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         # The Infer API's schema is public: anyone who may call it may list it.
         reflection.enable_server_reflection((INFER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
-        if front is None:
-            port = add_port(server, s.listen, s.tls)
-        else:
+        if front is not None:
             port = server.add_insecure_port(f"{BACKEND_HOST}:0")
+        else:
+            port = add_port(server, s.listen, s.tls, bind=None if counting is None else f"{BACKEND_HOST}:0")
         if port == 0:
             raise OSError(f"cannot listen on {s.listen}")
         await server.start()
         self._server = server
-        self.port = port if front is None else await front.start(*_host(s.listen), port, reuse_port=reuse)
+        if front is not None:
+            self.port = await front.start(*_host(s.listen), port, reuse_port=reuse)
+        elif counting is not None:
+            self.port = await counting.start(*_host(s.listen), port, reuse_port=reuse)
+        else:
+            self.port = port
         if s.http_listen is None:
             return
         host, http_port = _host(s.http_listen)
@@ -147,11 +171,12 @@ class Doors:
 
     async def stop(self, grace: float) -> None:
         """Both doors stop accepting at once; running calls and streams get ``grace`` seconds."""
-        for front in self.fronts:
+        fronts: list[Listener] = [*self.fronts, *([] if self.counting is None else [self.counting])]
+        for front in fronts:
             front.stop_accepting()
         await asyncio.gather(
             *(() if self._server is None else (self._server.stop(grace),)),
             *(() if self._http is None else (self._http.close(grace),)),
         )
         # The doors closed their connections; the fronts cut what is left at once.
-        await asyncio.gather(*(front.close() for front in self.fronts))
+        await asyncio.gather(*(front.close() for front in fronts))

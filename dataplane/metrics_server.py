@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from dataplane.connection_front import ConnectionFront
 from dataplane.evidence.log import EvidenceLog
 from dataplane.evidence.shipper import EvidenceShipper
 from dataplane.evidence.spool import Spool
@@ -76,6 +77,8 @@ class NodeState:
     """The TLS fronts of a node that requires client certificates (none otherwise)."""
     http: Callable[[], HttpServer | None] = lambda: None
     """The HTTP door's server (``--http-listen``)."""
+    counting: Callable[[], ConnectionFront | None] = lambda: None
+    """The gRPC door's front counting client addresses (where no TLS front does)."""
 
 
 class _StateCollector(Collector):
@@ -151,6 +154,18 @@ class _StateCollector(Collector):
             )
             refused.add_metric([self._worker], http.refused_connections)
             yield refused
+        counting = s.counting()
+        if counting is not None:
+            refused_grpc = CounterMetricFamily(
+                "signalbox_grpc_connections_refused",
+                "gRPC connections closed at once, before any byte, for being over "
+                "--grpc-max-connections (over_limit) or --grpc-max-connections-per-peer "
+                "(over_peer_limit).",
+                labels=["reason", "worker"],
+            )
+            for reason, count in counting.refused.items():
+                refused_grpc.add_metric([reason, self._worker], count)
+            yield refused_grpc
         fronts = s.fronts()
         if fronts:
             connections = CounterMetricFamily(

@@ -108,6 +108,11 @@ class NodeSettings:
     """Sizes and timeouts of the HTTP front door."""
     grpc_max_connections: int = DEFAULT_MAX_CONNECTIONS
     """Connections the gRPC door (or its TLS front) holds at once; one more is closed."""
+    grpc_max_connections_per_peer: int | None = None
+    """Connections one client address holds at the gRPC door at once (None: 1/8 of
+    ``grpc_max_connections``, at least 8; 0: not counted, and gRPC listens on ``listen``
+    itself). Counted by the TLS front with a client CA, else by a counting front
+    (``dataplane.connection_front``)."""
     grpc_max_streams: int = DEFAULT_GRPC_MAX_STREAMS
     """Calls one gRPC connection holds at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): past
     it a client's next call waits at the client for one of its calls to end."""

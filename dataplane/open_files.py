@@ -69,17 +69,26 @@ class Caps:
 
 
 def connection_caps(
-    limit: int | None, *, http: int | None, grpc: int | None, http_door: bool, fronted: bool
+    limit: int | None,
+    *,
+    http: int | None,
+    grpc: int | None,
+    http_door: bool,
+    fronted: bool,
+    grpc_fronted: bool = False,
 ) -> Caps:
-    """Each door's cap: ``http``/``grpc`` as given, or shared out of ``limit``."""
-    per = FRONTED_FILES if fronted else 1
-    doors = 2 if http_door else 1
+    """Each door's cap: ``http``/``grpc`` as given, or shared out of ``limit``. ``fronted``:
+    both doors behind TLS fronts; ``grpc_fronted``: the gRPC door behind a counting front
+    (``dataplane.connection_front``), three descriptors a connection too."""
+    http_files = FRONTED_FILES if fronted else 1
+    grpc_files = FRONTED_FILES if fronted or grpc_fronted else 1
+    per = grpc_files + (http_files if http_door else 0)
     if limit is None:
         share = DEFAULT_MAX_CONNECTIONS
     else:
-        share = max(min((limit - OTHER_FILES) // (per * doors), DEFAULT_MAX_CONNECTIONS), 1)
+        share = max(min((limit - OTHER_FILES) // per, DEFAULT_MAX_CONNECTIONS), 1)
     caps = Caps(http if http is not None else share, grpc if grpc is not None else share, None)
-    needed = (caps.grpc + (caps.http if http_door else 0)) * per + OTHER_FILES
+    needed = caps.grpc * grpc_files + (caps.http * http_files if http_door else 0) + OTHER_FILES
     if limit is not None and needed > limit and (http is not None or grpc is not None):
         given = " and ".join(
             f"--{door}-max-connections {cap}"

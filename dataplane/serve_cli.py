@@ -441,6 +441,12 @@ def serve_command(ns: argparse.Namespace) -> int:
         if cap is not None and cap < 1:
             print(f"{flag}: {cap} is not a positive count", file=sys.stderr)
             return 2
+    if ns.grpc_max_connections_per_peer is not None and ns.grpc_max_connections_per_peer < 0:
+        print(
+            f"--grpc-max-connections-per-peer: {ns.grpc_max_connections_per_peer} is not a count (0 or more)",
+            file=sys.stderr,
+        )
+        return 2
     if ns.sync_max_message_bytes < 1:
         print(
             f"--sync-max-message-bytes: {ns.sync_max_message_bytes} is not a positive size", file=sys.stderr
@@ -499,6 +505,7 @@ def serve_command(ns: argparse.Namespace) -> int:
         grpc=ns.grpc_max_connections,
         http_door=ns.http_listen is not None,
         fronted=bool(ns.tls_client_ca),
+        grpc_fronted=ns.grpc_max_connections_per_peer != 0,
     )
     if caps.warning:
         logging.getLogger("signalbox.dataplane").warning("%s", caps.warning)
@@ -515,6 +522,7 @@ def serve_command(ns: argparse.Namespace) -> int:
             max_connections_per_peer=ns.http_max_connections_per_peer,
         ),
         grpc_max_connections=caps.grpc,
+        grpc_max_connections_per_peer=ns.grpc_max_connections_per_peer,
         grpc_max_streams=ns.grpc_max_streams,
         grpc_max_age=ns.grpc_max_age,
         sealing_key=sealing_key,

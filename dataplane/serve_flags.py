@@ -108,6 +108,17 @@ def add_door_and_evidence_flags(serve: argparse.ArgumentParser, *, command: str)
     )
     add(
         serve,
+        "--grpc-max-connections-per-peer",
+        env="SIGNALBOX_GRPC_MAX_CONNECTIONS_PER_PEER",
+        default=None,
+        type=int,
+        help="gRPC connections one client address holds open at once per worker (one more is closed, "
+        "the caller sees UNAVAILABLE; loopback counts too); default: 1/8 of --grpc-max-connections, "
+        "at least 8; 0: not counted (gRPC listens on --listen itself)",
+        command=command,
+    )
+    add(
+        serve,
         "--grpc-max-streams",
         env="SIGNALBOX_GRPC_MAX_STREAMS",
         default=DEFAULT_GRPC_MAX_STREAMS,

@@ -1,5 +1,5 @@
 """The loopback side of a front that relays a client's connection to a server behind it
-(the node's TLS front, ``dataplane.tls_front``; the control plane's, ``controlplane.front``)."""
+(the node's TLS front, ``dataplane.tls_front``; the counting one, ``dataplane.connection_front``)."""
 
 from __future__ import annotations
 

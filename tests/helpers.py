@@ -82,3 +82,20 @@ async def signalbox_exit(
             await process.wait()
     assert process.returncode is not None
     return process.returncode, err.decode()
+
+
+async def connect_from(source: str, address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to ``address`` (host:port) from the local address ``source`` (another
+    address of this host: all of 127/8 is loopback on Linux)."""
+    host, _, port = address.rpartition(":")
+    return await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """The other end closed the connection (EOF or a reset) within ``seconds``, sending nothing."""
+    try:
+        return await asyncio.wait_for(reader.read(1), seconds) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True

@@ -33,8 +33,8 @@ from controlplane.db.session import DatabaseClock
 from controlplane.errors import ControlPlaneError, PermissionDenied, StreamSuperseded, Unauthenticated
 from controlplane.evidence.errors import EvidenceRefused
 from controlplane.evidence.ingest import CHAIN_ID_RE, Batch, EvidenceIngest
-from controlplane.front import peer_of
 from controlplane.services.identity import NodeIdentity
+from dataplane.connection_front import peer_of
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.text import printable
 from signalbox.wallclock import utc_now

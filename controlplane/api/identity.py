@@ -11,9 +11,9 @@ import grpc
 from controlplane.api.node_auth import Context, NodeAuthenticator
 from controlplane.api.status import status_for
 from controlplane.errors import Unauthenticated
-from controlplane.front import peer_of
 from controlplane.identity.ca import Issued, NodeCaKey
 from controlplane.services.identity import IdentityService
+from dataplane.connection_front import peer_of
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from controlplane.api.audit_limit import UnauthenticatedAuditLimit
 from controlplane.api.authz import Admission, Authorizer
 from controlplane.api.status import bounded, status_for
 from controlplane.errors import Unauthenticated, clip
-from controlplane.front import peer_of
 from controlplane.limits import NAME_CHARS, check_request
 from controlplane.repositories.admin import AuditRow
 from controlplane.services.admin import AdminService, check_active
 from controlplane.services.base import Caller
+from dataplane.connection_front import peer_of
 
 if TYPE_CHECKING:
     from controlplane.metrics import ControlPlaneMetrics

@@ -22,9 +22,9 @@ from cryptography import x509
 from controlplane.api.identity import _abort
 from controlplane.api.node_auth import Context, NodeAuthenticator
 from controlplane.errors import InvalidArgument, PermissionDenied, ResourceExhausted
-from controlplane.front import peer_of
 from controlplane.limits import DEFAULT_GROUP, NODE_ID_CHARS
 from controlplane.quota import QuotaLedger
+from dataplane.connection_front import peer_of
 from dataplane.identity import urn
 from dataplane.workers import MAX_WORKERS
 from signalbox.api.config.v1 import quota_pb2, quota_pb2_grpc

@@ -38,13 +38,13 @@ from controlplane.api.sync_state import (
 )
 from controlplane.api_key_hash import ApiKeyHasher, LiveHashKeys
 from controlplane.db.session import DatabaseClock
-from controlplane.front import peer_of
 from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS, INT64_MAX
 from controlplane.services.groups import GROUP_NAME_RE
 from controlplane.services.identity import NodeIdentity
 from controlplane.services.nodes import NodeHello, NodeService
 from controlplane.services.presence import Disconnects
 from controlplane.snapshots.broker import CLOSED, REVOKED, SnapshotBroker, Subscription
+from dataplane.connection_front import peer_of
 from dataplane.snapshot.compile import MODE_FROM_PROTO
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.text import printable

@@ -23,6 +23,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from dataplane.api.status import abort, evidence_trailers
+from dataplane.connection_front import peer_of
 from dataplane.edge import infer as edge
 from dataplane.errors import InvalidRequest, clipped, shown
 from dataplane.pipeline import Call, Closed, Operation, Pipeline, Refused
@@ -126,7 +127,7 @@ def _parse(
         log.warning(
             "refusing an undecodable %s from %s (%d bytes): %s",
             name,
-            shown(str(context.peer()), 80),
+            shown(peer_of(context), 80),
             len(data),
             shown(problem, 120),
         )

@@ -1,10 +1,9 @@
 """One client address holds at most its share of each control plane port (the front before
-each gRPC server, ``controlplane.front``), and calls through the front are still told by
+each gRPC server, ``dataplane.connection_front``), and calls through the front are still told by
 the client's own address."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -19,24 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from signalbox.api.config.v1 import identity_pb2, identity_pb2_grpc
 from tests.controlplane.conftest import TIMEOUT, enrolled_sync_node
 from tests.fixtures.postgres import RunningControlPlane, cp_settings, running_control_plane, sql_rows
-from tests.helpers import eventually
+from tests.helpers import closed_within, connect_from, eventually
 
 ATTACKER = "127.0.0.2"
-"""Another address of this host (all of 127/8 is loopback on Linux)."""
 SHARE = 3
-
-
-async def _connect_from(source: str, address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, _, port = address.rpartition(":")
-    return await asyncio.open_connection(host, int(port), local_addr=(source, 0))
-
-
-async def _cut(reader: asyncio.StreamReader) -> bool:
-    """The connection was closed by the other end (EOF or a reset) before any byte."""
-    try:
-        return await asyncio.wait_for(reader.read(1), TIMEOUT) == b""
-    except ConnectionResetError:
-        return True
 
 
 async def _health(address: str) -> int:
@@ -66,9 +51,9 @@ async def test_one_address_holds_at_most_its_share_of_each_port_and_others_are_s
         held = []
         try:
             for address in (running.address, running.cp.node_address):
-                held += [await _connect_from(ATTACKER, address) for _ in range(SHARE)]
-                reader, writer = await _connect_from(ATTACKER, address)
-                assert await _cut(reader), address
+                held += [await connect_from(ATTACKER, address) for _ in range(SHARE)]
+                reader, writer = await connect_from(ATTACKER, address)
+                assert await closed_within(reader, TIMEOUT), address
                 writer.close()
             assert not any(reader.at_eof() for reader, _ in held)  # its share is kept
             # Another address is served on both ports meanwhile.
@@ -92,22 +77,13 @@ async def test_one_address_holds_at_most_its_share_of_each_port_and_others_are_s
 
         # Their places are given back: the address may connect again.
         async def reconnects() -> bool:
-            reader, writer = await _connect_from(ATTACKER, running.address)
+            reader, writer = await connect_from(ATTACKER, running.address)
             try:
-                return not await _at_eof_soon(reader)
+                return not await closed_within(reader, 0.2)
             finally:
                 writer.close()
 
         await eventually(reconnects, message="the address's places given back")
-
-
-async def _at_eof_soon(reader: asyncio.StreamReader) -> bool:
-    try:
-        return await asyncio.wait_for(reader.read(1), 0.2) == b""
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        return True
 
 
 def _csr() -> str:
@@ -151,9 +127,9 @@ async def test_with_no_share_set_the_port_is_grpcs_own(database_url: str, privat
     async with running_control_plane(settings) as running:
         assert running.cp._fronts == []
         assert await _health(running.address) == health_pb2.HealthCheckResponse.SERVING
-        held = [await _connect_from(ATTACKER, running.address) for _ in range(SHARE + 1)]
+        held = [await connect_from(ATTACKER, running.address) for _ in range(SHARE + 1)]
         try:
-            assert not await _at_eof_soon(held[-1][0])  # not counted
+            assert not await closed_within(held[-1][0], 0.2)  # not counted
         finally:
             for _, writer in held:
                 writer.close()

@@ -182,6 +182,7 @@ def test_serve_refuses_an_idle_wait_that_is_not_a_number_of_seconds(
         ("--http-max-connections", "-3", "is not a positive count"),
         ("--grpc-max-connections", "0", "is not a positive count"),
         ("--http-max-connections-per-peer", "0", "is not a positive count"),
+        ("--grpc-max-connections-per-peer", "-1", "is not a count (0 or more)"),
         ("--evidence-checkpoint-records", "0", "is not a positive count"),
         ("--evidence-checkpoint-ms", "0", "is not a positive number of milliseconds"),
         ("--evidence-ship-ms", "0", "is not a positive number of milliseconds"),

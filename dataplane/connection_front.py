@@ -1,28 +1,30 @@
-"""A listener in front of each of the control plane's gRPC ports that caps one client
-address's connections.
+"""A listener in front of a gRPC server that caps one client address's connections: the
+control plane's two ports (``controlplane.app``), and the node's gRPC door when it has no TLS
+front already counting them (``dataplane.doors``, no ``--tls-client-ca``).
 
-Each port caps its connections (``controlplane.connections``), but gRPC's server counts only
-their total and lets Python neither see nor refuse one: one address that opened the port's
-cap of connections (and said nothing, or reconnected in a loop) held every place until its
-handshake or idle timeout, and every node or admin elsewhere was refused meanwhile. The node
-port is open to anyone before any certificate is checked.
+A gRPC port caps its connections, but gRPC's server counts only their total and lets Python
+neither see nor refuse one: one address that opened the cap's connections (and said
+nothing, or reconnected in a loop) held every place until its handshake or idle timeout,
+and every node, admin or caller elsewhere was refused meanwhile. The control plane's node
+port is open to anyone before any certificate is checked; a node's gRPC door before any
+API key is.
 
 So the gRPC server listens on an ephemeral loopback port, and this front takes the public
 address: per accepted connection it counts the client's address (``PeerPlaces``, as the
-node's doors do), cuts one over ``max_per_peer`` (or over ``max_clients`` in all) at once,
-before any byte, and otherwise opens one loopback connection to the server and copies bytes
-both ways untouched (TLS, client certificates and all stay between the client and gRPC), in
-the transports' callbacks with back-pressure: a side whose peer's write buffer is full stops
-reading. The server's own limits still apply to what it sees (its idle timeout and maximum
-age close the loopback connection, and so the client's).
+node's HTTP door does), cuts one over ``max_per_peer`` (or over ``max_clients`` in all) at
+once, before any byte, and otherwise opens one loopback connection to the server and copies
+bytes both ways untouched (TLS, client certificates and all stay between the client and
+gRPC), in the transports' callbacks with back-pressure: a side whose peer's write buffer is
+full stops reading. The server's own limits still apply to what it sees (its idle timeout
+and maximum age close the loopback connection, and so the client's).
 
 gRPC then sees every client as ``127.0.0.1`` and the front's port: ``peer_of`` gives the
 client's own address back (for audit rows, per-address limits of refused calls, logs), from
 the loopback connection's local port, filed before its first byte.
 
 Costs: each byte is copied once more through Python (``bench/README.md`` measures it on
-evidence ingest), and a connection holds three descriptors instead of one
-(``FDS_PER_CONNECTION``).
+evidence ingest and on the Infer API), and a connection holds three descriptors instead of
+one (``FDS_PER_CONNECTION``).
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ def _grpc_peer(address: object) -> str | None:
 
 
 class ConnectionFront(Listener):
-    """Listens on a public address for one gRPC port (``name``, a metrics label and the
-    flag in log lines) and forwards each connection within its caps to the server on
+    """Listens on a public address for one gRPC port (``name``: admin, node, grpc; a metrics
+    label and log lines' name) and forwards each connection within its caps to the server on
     ``BACKEND_HOST:backend_port``."""
 
     def __init__(self, name: str, *, max_clients: int, max_per_peer: int) -> None:
@@ -88,13 +90,15 @@ class ConnectionFront(Listener):
         """Told each cut connection's port name and why (the metrics' counter)."""
         self.backend_port = 0
 
-    async def start(self, host: str, port: int, backend_port: int) -> int:
+    async def start(self, host: str, port: int, backend_port: int, *, reuse_port: bool = False) -> int:
         """Listen on ``host:port`` (every interface for "", "::" or "0.0.0.0", as gRPC does;
-        never with SO_REUSEPORT: a second control plane on the port fails to start); the
-        bound port."""
+        with SO_REUSEPORT only if ``reuse_port``: a node's workers share their port, and a
+        second control plane on its ports fails to start); the bound port."""
         self.backend_port = backend_port
         every = host in ("", "::", "[::]", "0.0.0.0")
-        return await self.listen(None if every else host.strip("[]"), port, lambda: _Client(self))
+        return await self.listen(
+            None if every else host.strip("[]"), port, lambda: _Client(self), reuse_port=reuse_port
+        )
 
 
 class _Client(ClientSide):
@@ -142,7 +146,7 @@ class _Client(ClientSide):
             )
         except OSError as exc:
             log.warning(
-                "control plane %s port: cannot reach its server on port %d: %s",
+                "%s port's front: cannot reach its server on port %d: %s",
                 self._front.name,
                 self._front.backend_port,
                 exc,
