@@ -246,4 +246,7 @@ async def test_ctrl_c_while_a_node_starts_is_a_quiet_stop_not_a_traceback(tmp_pa
                 await process.wait()
         text = err.decode()
         assert "Traceback" not in text, (delay, text)
-        assert process.returncode in (0, 130), (delay, process.returncode, text)
+        # -SIGINT: on a loaded machine the interrupt can still land before the interpreter
+        # has set up its own handler, and the default action ends the process as quietly (a
+        # shell shows 130 either way).
+        assert process.returncode in (0, 130, -signal.SIGINT), (delay, process.returncode, text)
