@@ -4,14 +4,18 @@ HTTP door; other addresses are served meanwhile."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataplane.open_files import connection_caps
 from signalbox.api.infer.v1 import infer_pb2_grpc
+from signalbox.tls import ServerTls
 from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
+from tests.fixtures.certs import TestCA
 from tests.helpers import closed_within, connect_from, eventually
 
 ATTACKER = "127.0.0.2"
@@ -74,3 +78,35 @@ async def test_with_no_share_the_grpc_door_is_grpcs_own(
     finally:
         for _, w in held:
             w.close()
+
+
+async def test_the_tls_front_holds_an_address_to_the_same_share(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    # With a client CA the TLS front counts addresses; it now takes the flag too (it used
+    # 1/8 of the door's cap whatever was asked).
+    ca = TestCA(tmp_path / "ca")
+    server = ca.issue("node", server=True)
+    node = await start_node(
+        grpc_max_connections_per_peer=SHARE,
+        tls=ServerTls(cert=server.cert, key=server.key, client_ca=ca.ca_file),
+    )
+    held = [await connect_from(ATTACKER, node.address) for _ in range(SHARE)]
+    try:
+        reader, writer = await connect_from(ATTACKER, node.address)
+        assert await closed_within(reader, 10)
+        writer.close()
+        assert not await closed_within(held[0][0], 0.1)
+    finally:
+        for _, w in held:
+            w.close()
+
+
+def test_a_counted_grpc_door_takes_three_descriptors_a_connection() -> None:
+    # The caller's socket and the front's to gRPC, and gRPC's end of it; the HTTP door's one.
+    caps = connection_caps(1_024, http=None, grpc=None, http_door=True, fronted=False, grpc_fronted=True)
+    assert (caps.http, caps.grpc) == ((1_024 - 256) // 4,) * 2
+    assert (
+        connection_caps(1_024, http=None, grpc=None, http_door=False, fronted=False, grpc_fronted=True).grpc
+        == 256
+    )
