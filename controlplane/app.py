@@ -457,7 +457,10 @@ class ControlPlane:
         max_per_peer = per_peer(setting, cap)
         if max_per_peer == 0:
             return None
-        front = ConnectionFront(name, max_clients=cap, max_per_peer=max_per_peer)
+        flag = "--max-connections" if name == "admin" else "--node-max-connections"
+        front = ConnectionFront(
+            name, max_clients=cap, max_per_peer=max_per_peer, flags=(flag, f"{flag}-per-peer")
+        )
         self._fronts.append(front)
         return front
 

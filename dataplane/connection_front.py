@@ -36,6 +36,7 @@ from typing import Final
 
 import grpc
 
+from dataplane.errors import shown
 from dataplane.peer_places import PeerPlaces
 from signalbox.relay import Backend, ClientSide, Listener
 
@@ -47,6 +48,9 @@ FDS_PER_CONNECTION: Final = 3
 front, and the loopback one at the gRPC server (both in this process)."""
 OVER_LIMIT: Final = "over_limit"
 OVER_PEER_LIMIT: Final = "over_peer_limit"
+WARN_EVERY_S: Final = 60.0
+"""A front logs its refusals at most once a minute (with how many since its last line): a
+flood must not flood the log too."""
 
 _peers: dict[int, str] = {}
 """Every front's clients by the local port of its loopback connection to the server, as
@@ -78,17 +82,50 @@ class ConnectionFront(Listener):
     label and log lines' name) and forwards each connection within its caps to the server on
     ``BACKEND_HOST:backend_port``."""
 
-    def __init__(self, name: str, *, max_clients: int, max_per_peer: int) -> None:
+    def __init__(
+        self, name: str, *, max_clients: int, max_per_peer: int, flags: tuple[str, str] = ("", "")
+    ) -> None:
+        """``flags``: the settings of ``max_clients`` and ``max_per_peer``, named in the log."""
         super().__init__()
         self.name = name
         self.max_clients = max_clients
         self.max_per_peer = max_per_peer
+        self.flags = flags
+        self._warned_at = -WARN_EVERY_S
+        self._unlogged = 0
         self.peer_places = PeerPlaces()
         self.refused = {OVER_LIMIT: 0, OVER_PEER_LIMIT: 0}
         """Connections cut at once, by why, since start."""
         self.on_refused: Callable[[str, str], None] | None = None
         """Told each cut connection's port name and why (the metrics' counter)."""
         self.backend_port = 0
+
+    def warn(self, why: str, host: str | None) -> None:
+        """Log a refusal: the first at once, then at most one line a ``WARN_EVERY_S``."""
+        now = asyncio.get_running_loop().time()
+        if now - self._warned_at < WARN_EVERY_S:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more refused since the last line)" if self._unlogged else ""
+        self._warned_at, self._unlogged = now, 0
+        if why == OVER_PEER_LIMIT:
+            log.warning(
+                "%s port: %s holds %d connections, its limit per client address (%s); its next ones "
+                "are closed. Behind NAT or a load balancer that hides client addresses, raise it%s",
+                self.name,
+                shown(host or "?", 64),
+                self.max_per_peer,
+                self.flags[1] or "per-address limit",
+                more,
+            )
+        else:
+            log.warning(
+                "%s port: %d connections open, its limit (%s); the next ones are closed%s",
+                self.name,
+                self.max_clients,
+                self.flags[0] or "connection limit",
+                more,
+            )
 
     async def start(self, host: str, port: int, backend_port: int, *, reuse_port: bool = False) -> int:
         """Listen on ``host:port`` (every interface for "", "::" or "0.0.0.0", as gRPC does;
@@ -135,6 +172,7 @@ class _Client(ClientSide):
         front.refused[why] += 1
         if front.on_refused is not None:
             front.on_refused(front.name, why)
+        front.warn(why, self._host)
         self._closed = True
         self.abort()
 

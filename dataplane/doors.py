@@ -125,6 +125,7 @@ class Doors:
                 "grpc",
                 max_clients=s.grpc_max_connections,
                 max_per_peer=per_peer_cap(s.grpc_max_connections) if per_peer is None else per_peer,
+                flags=("--grpc-max-connections", "--grpc-max-connections-per-peer"),
             )
             self.counting = counting
         add_to_server(InferService(self._pipeline, None if front is None else front.peer), server)
