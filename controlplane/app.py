@@ -44,7 +44,7 @@ from controlplane.api.node_auth import NodeAuthenticator
 from controlplane.api.quota import QuotaServicer
 from controlplane.api.sync import ConfigSyncServicer
 from controlplane.api_key_hash import ApiKeyHasher, HashKeyRing, LiveHashKeys
-from controlplane.connections import connection_caps, open_files_limit, per_peer, server_options
+from controlplane.connections import connection_caps, open_files_limit, server_options
 from controlplane.db.embedded import EMBEDDED_DIR, EmbeddedPostgres, start_embedded
 from controlplane.db.migrate import upgrade_head
 from controlplane.db.session import create_engine, database_now, dispose, normalize_url, session_factory
@@ -60,6 +60,7 @@ from controlplane.evidence.retention import EvidenceRetention
 from controlplane.identity.ca import NodeCaKey, ensure_node_ca
 from controlplane.keys import Keyring, Signer, ensure_signing_key, load_kek
 from controlplane.metrics import ControlPlaneMetrics
+from controlplane.ports import BACKEND, add_node_port, front_of, listen_on
 from controlplane.quota import QuotaLedger
 from controlplane.repositories import signing_keys as signing_key_repo
 from controlplane.services.admin import AdminService
@@ -84,7 +85,7 @@ from controlplane.settings import (
 )
 from controlplane.snapshots.broker import Latest, SnapshotBroker
 from controlplane.snapshots.publish import Publication, SnapshotPublisher
-from dataplane.connection_front import BACKEND_HOST, FDS_PER_CONNECTION, ConnectionFront
+from dataplane.connection_front import FDS_PER_CONNECTION, ConnectionFront
 from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.api.config.v1 import (
     identity_pb2,
@@ -95,7 +96,7 @@ from signalbox.api.config.v1 import (
     sync_pb2_grpc,
 )
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
-from signalbox.tls import add_port, host_of
+from signalbox.tls import add_port
 from signalbox.wallclock import utc_now
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,6 @@ def embedded_url(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
     """Start embedded PostgreSQL under ``data_dir`` and return it with its URL. Blocking."""
     server = start_embedded((data_dir / EMBEDDED_DIR).resolve())
     return server, server.url()
-
-
-BACKEND = f"{BACKEND_HOST}:0"
-"""Where a gRPC server behind a front listens: an ephemeral loopback port."""
 
 
 class ControlPlane:
@@ -332,8 +329,9 @@ class ControlPlane:
             node=s.node_max_connections,
             fds_per_connection=FDS_PER_CONNECTION if fronted else 1,
         )
-        admin_front = self._front("admin", caps.admin, s.max_connections_per_peer)
-        node_front = self._front("node", caps.node, s.node_max_connections_per_peer)
+        admin_front = front_of("admin", caps.admin, s.max_connections_per_peer)
+        node_front = front_of("node", caps.node, s.node_max_connections_per_peer)
+        self._fronts = [f for f in (admin_front, node_front) if f is not None]
         self._server = grpc.aio.server(
             interceptors=[self._interceptor],
             options=server_options(
@@ -375,7 +373,10 @@ class ControlPlane:
             QuotaServicer(self.quota, node_auth), self._node_server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._node_server)
-        node_port = self._add_node_port(self._node_server, bind=BACKEND if node_front else None)
+        assert self.node_ca is not None
+        node_port = add_node_port(
+            self._node_server, s, self.node_ca, self._started_at, bind=BACKEND if node_front else None
+        )
         if s.metrics_listen is not None:
             self.metrics = ControlPlaneMetrics(nodes)
             self._interceptor.metrics = self.sync.metrics = shipping.metrics = self.metrics
@@ -387,8 +388,8 @@ class ControlPlane:
             self.metrics_address = f"{host}:{self.metrics.endpoint.port}"
         await self._server.start()
         await self._node_server.start()
-        self.address = await self._listen(admin_front, s.listen, port, "--listen")
-        self.node_address = await self._listen(node_front, s.node_listen, node_port, "--node-listen")
+        self.address = await listen_on(admin_front, s.listen, port, "--listen")
+        self.node_address = await listen_on(node_front, s.node_listen, node_port, "--node-listen")
         self._background = [
             asyncio.create_task(
                 self._reissue_loop(snapshots, s.reissue_check_interval), name="snapshot-reissue"
@@ -451,61 +452,6 @@ class ControlPlane:
         """The database answers again: record the nodes whose streams ended meanwhile."""
         if reachable and self.sync is not None:
             await self.sync.disconnects.retry()
-
-    def _front(self, name: str, cap: int, setting: int | None) -> ConnectionFront | None:
-        """The front of port ``name`` (None: gRPC listens on it itself)."""
-        max_per_peer = per_peer(setting, cap)
-        if max_per_peer == 0:
-            return None
-        flag = "--max-connections" if name == "admin" else "--node-max-connections"
-        front = ConnectionFront(
-            name, max_clients=cap, max_per_peer=max_per_peer, flags=(flag, f"{flag}-per-peer")
-        )
-        self._fronts.append(front)
-        return front
-
-    async def _listen(self, front: ConnectionFront | None, listen: str, port: int, flag: str) -> str:
-        """The address a port serves on: its front's, started in front of the server's
-        loopback ``port``, or the server's own ``port``."""
-        host, _, wanted = listen.rpartition(":")
-        if front is not None:
-            try:
-                port = await front.start(host, int(wanted), port)
-            except (OSError, ValueError) as exc:
-                raise OSError(
-                    f"cannot listen on {listen} ({flag}): in use, or not an address of this host ({exc})"
-                ) from exc
-        return f"{host}:{port}"
-
-    def _add_node_port(self, server: grpc.aio.Server, bind: str | None = None) -> int:
-        s = self.settings
-        assert self.node_ca is not None
-        if s.tls.insecure:
-            log.warning(
-                "INSECURE: --insecure makes the node port %s plaintext: any process that reaches it can "
-                "read every snapshot and claim any node id. For local development only.",
-                s.node_listen,
-            )
-            credentials = None
-        else:
-            hosts = [host_of(s.node_listen), "localhost", "127.0.0.1", "::1", *s.node_advertise_names]
-            cert_pem, key_pem = self.node_ca.issue_server(hosts, self._started_at)
-            credentials = grpc.ssl_server_credentials(
-                [(key_pem, cert_pem)], root_certificates=self.node_ca.pem, require_client_auth=True
-            )
-        address = s.node_listen if bind is None else bind
-        try:
-            if credentials is None:
-                port = server.add_insecure_port(address)
-            else:
-                port = server.add_secure_port(address, credentials)
-        except RuntimeError:  # grpcio raises rather than return 0 (signalbox.tls.add_port)
-            port = 0
-        if port == 0:
-            raise OSError(
-                f"cannot listen on {s.node_listen} (--node-listen): in use, or not an address of this host"
-            )
-        return port
 
     async def _enroll_refusals_suppressed(self, peer: str, count: int) -> None:
         assert self.admin is not None

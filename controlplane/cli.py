@@ -19,6 +19,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from controlplane.connection_flags import add_connection_flags, connection_flags_problem
 from controlplane.key_cli import (
     EXPORT_HASH_KEY,
     ROTATE_KEK,
@@ -208,63 +209,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "can use at once after being idle (60: a full minute)",
         command=SERVE,
     )
-    per_peer = (
-        "connections one client address holds at {port} at once (one more is closed at once); "
-        "unset: 1/8 of {cap}, at least 8; 0: not counted (gRPC listens on {port} itself)"
-    )
-    whole = (
-        "connections {port} holds at once (one more is closed at once); unset: a share of the "
-        "open-files limit, at most 10000"
-    )
-    for flag, env, text in (
-        ("--max-connections", "MAX_CONNECTIONS", whole.format(port="--listen")),
-        ("--node-max-connections", "NODE_MAX_CONNECTIONS", whole.format(port="--node-listen")),
-        (
-            "--max-connections-per-peer",
-            "MAX_CONNECTIONS_PER_PEER",
-            per_peer.format(port="--listen", cap="--max-connections"),
-        ),
-        (
-            "--node-max-connections-per-peer",
-            "NODE_MAX_CONNECTIONS_PER_PEER",
-            per_peer.format(port="--node-listen", cap="--node-max-connections"),
-        ),
-    ):
-        add(
-            serve,
-            flag,
-            env=f"SIGNALBOX_CONTROLPLANE_{env}",
-            default=None,
-            type=int,
-            help=text,
-            command=SERVE,
-        )
-    # Defaults: controlplane.connections' DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_AGE_S and
-    # DEFAULT_NODE_MAX_AGE_S.
-    for flag, env, default, text in (
-        (
-            "--connection-idle-timeout",
-            "SIGNALBOX_CONTROLPLANE_CONNECTION_IDLE_TIMEOUT",
-            300.0,
-            "seconds a connection to either port stays open with no call in flight (a node's "
-            "streams are calls in flight)",
-        ),
-        (
-            "--connection-max-age",
-            "SIGNALBOX_CONTROLPLANE_CONNECTION_MAX_AGE",
-            1800.0,
-            "seconds after which a connection to --listen is closed, its calls given 600 s more "
-            "to end (clients reconnect for their next call)",
-        ),
-        (
-            "--node-connection-max-age",
-            "SIGNALBOX_CONTROLPLANE_NODE_CONNECTION_MAX_AGE",
-            3600.0,
-            "seconds after which a connection to --node-listen is closed, its streams given 600 s "
-            "more to end (the node reconnects, presenting its certificate again, and re-syncs)",
-        ),
-    ):
-        add(serve, flag, env=env, default=default, type=float, help=text, command=SERVE)
+    add_connection_flags(serve, SERVE)
     for flag, env, what in (
         ("--scope-deployment", "SIGNALBOX_SCOPE_DEPLOYMENT", "deployment"),
         ("--scope-site", "SIGNALBOX_SCOPE_SITE", "site"),
@@ -407,14 +352,10 @@ def serve_command(ns: argparse.Namespace) -> int:
             f"--node-stale-after: {ns.node_stale_after} is not a positive number of seconds", file=sys.stderr
         )
         return 2
-    for flag, seconds in (
-        ("--connection-idle-timeout", ns.connection_idle_timeout),
-        ("--connection-max-age", ns.connection_max_age),
-        ("--node-connection-max-age", ns.node_connection_max_age),
-    ):
-        if not (seconds > 0 and math.isfinite(seconds)):
-            print(f"{flag}: {seconds} is not a positive number of seconds", file=sys.stderr)
-            return 2
+    problem = connection_flags_problem(ns)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
     if not (ns.limit_burst_seconds > 0 and math.isfinite(ns.limit_burst_seconds)):
         print(
             f"--limit-burst-seconds: {ns.limit_burst_seconds} is not a positive number of seconds",
@@ -464,18 +405,6 @@ def serve_command(ns: argparse.Namespace) -> int:
         host, sep, port = ns.metrics_listen.rpartition(":")
         if not (sep and host and port.isascii() and port.isdecimal() and int(port) < 65536):
             print(f"--metrics-listen: {ns.metrics_listen!r} is not HOST:PORT", file=sys.stderr)
-            return 2
-    for flag, cap, least in (
-        ("--max-connections", ns.max_connections, 1),
-        ("--node-max-connections", ns.node_max_connections, 1),
-        ("--max-connections-per-peer", ns.max_connections_per_peer, 0),
-        ("--node-max-connections-per-peer", ns.node_max_connections_per_peer, 0),
-    ):
-        if cap is not None and cap < least:
-            print(
-                f"{flag}: {cap} is not {'a positive count' if least else 'a count (0 or more)'}",
-                file=sys.stderr,
-            )
             return 2
     # Many systems start a process at a soft limit of 1,024 open files: the caps are shares
     # of the hard one (as the node does, dataplane.open_files).

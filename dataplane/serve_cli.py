@@ -21,7 +21,7 @@ from dataplane.providers.credentials import DEFAULT_ENV_PREFIX, env_name_problem
 from dataplane.providers.sealing import SealingError, load_private_key
 from dataplane.quota import DEFAULT_LEASE_INTERVAL
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
-from dataplane.serve_flags import add_door_and_evidence_flags
+from dataplane.serve_flags import add_door_and_evidence_flags, connection_counts_problem
 from dataplane.snapshot.background import ESCALATE_AFTER_S
 from dataplane.snapshot.hash_key import decode_hash_keys, read_hash_key_file
 from dataplane.snapshot.pin_watch import DEFAULT_POLL_INTERVAL_S
@@ -432,20 +432,9 @@ def serve_command(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    for flag, cap in (
-        ("--http-max-connections", ns.http_max_connections),
-        ("--grpc-max-connections", ns.grpc_max_connections),
-        ("--http-max-connections-per-peer", ns.http_max_connections_per_peer),
-        ("--grpc-max-streams", ns.grpc_max_streams),
-    ):
-        if cap is not None and cap < 1:
-            print(f"{flag}: {cap} is not a positive count", file=sys.stderr)
-            return 2
-    if ns.grpc_max_connections_per_peer is not None and ns.grpc_max_connections_per_peer < 0:
-        print(
-            f"--grpc-max-connections-per-peer: {ns.grpc_max_connections_per_peer} is not a count (0 or more)",
-            file=sys.stderr,
-        )
+    problem = connection_counts_problem(ns)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 2
     if ns.sync_max_message_bytes < 1:
         print(

@@ -194,3 +194,16 @@ def add_door_and_evidence_flags(serve: argparse.ArgumentParser, *, command: str)
         "(a full batch is followed by the next at once)",
         command=command,
     )
+
+
+def connection_counts_problem(ns: argparse.Namespace) -> str | None:
+    """What is wrong with the doors' connection caps, naming the flag; None: nothing."""
+    return settings.count_problem(
+        (
+            ("--http-max-connections", ns.http_max_connections, 1),
+            ("--grpc-max-connections", ns.grpc_max_connections, 1),
+            ("--http-max-connections-per-peer", ns.http_max_connections_per_peer, 1),
+            ("--grpc-max-connections-per-peer", ns.grpc_max_connections_per_peer, 0),
+            ("--grpc-max-streams", ns.grpc_max_streams, 1),
+        )
+    )

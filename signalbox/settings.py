@@ -52,6 +52,15 @@ def add(
     )
 
 
+def count_problem(counts: tuple[tuple[str, int | None, int], ...]) -> str | None:
+    """The first of ``counts`` (flag, value or None when unset, least allowed: 1 or 0) under
+    its least, as its error message; None: all hold."""
+    for flag, count, least in counts:
+        if count is not None and count < least:
+            return f"{flag}: {count} is not {'a positive count' if least else 'a count (0 or more)'}"
+    return None
+
+
 def _from_env(convert: Any, env: str, raw: str | None) -> Any:
     """``convert`` for a flag whose default may be ``env``'s raw text: argparse converts a
     string default only when the command that has the flag runs and the flag is not given, so
