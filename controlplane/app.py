@@ -169,10 +169,10 @@ class ControlPlane:
         self._interceptor: AdminInterceptor | None = None
         self._enroll_refusals: UnauthenticatedAuditLimit | None = None
         self._served: list[str] = []
-        self._fronts: list[ConnectionFront] = []
-        """Each port's, unless the port has none (``dataplane.connection_front``)."""
         """The services grpc health reports on (all of them NOT_SERVING while the database
         is unreachable)."""
+        self._fronts: list[ConnectionFront] = []
+        """Each port's, unless the port has none (``dataplane.connection_front``)."""
 
     @property
     def data_dir(self) -> Path:
