@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.open_files import connection_caps
@@ -80,22 +81,23 @@ async def test_with_no_share_the_grpc_door_is_grpcs_own(
             w.close()
 
 
+@pytest.mark.parametrize(("share", "cut"), [(SHARE, True), (0, False)], ids=["share", "not counted"])
 async def test_the_tls_front_holds_an_address_to_the_same_share(
-    start_node: NodeFactory, tmp_path: Path
+    start_node: NodeFactory, tmp_path: Path, share: int, cut: bool
 ) -> None:
     # With a client CA the TLS front counts addresses; it now takes the flag too (it used
-    # 1/8 of the door's cap whatever was asked).
+    # 1/8 of the door's cap whatever was asked), 0 included (not counted).
     ca = TestCA(tmp_path / "ca")
     server = ca.issue("node", server=True)
     node = await start_node(
-        grpc_max_connections_per_peer=SHARE,
+        grpc_max_connections_per_peer=share,
         tls=ServerTls(cert=server.cert, key=server.key, client_ca=ca.ca_file),
     )
     held = [await connect_from(ATTACKER, node.address) for _ in range(SHARE)]
     try:
         reader, writer = await connect_from(ATTACKER, node.address)
-        assert await closed_within(reader, 10)
-        writer.close()
+        held.append((reader, writer))
+        assert await closed_within(reader, 10 if cut else 0.2) is cut
         assert not await closed_within(held[0][0], 0.1)
     finally:
         for _, w in held:
