@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from controlplane.app import ControlPlane, ControlPlaneSettings
 from controlplane.services.base import Caller
 from dataplane.evidence.log import EvidenceLog, log_path
+from dataplane.evidence.segments import DEFAULT_SEGMENT_BYTES, all_segments
 from dataplane.identity import IdentityFiles, enroll
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
 from signalbox.tls import ClientTls, aio_channel
@@ -45,8 +46,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def write_records(data_dir: Path, node_id: str, count: int) -> None:
-    async with EvidenceLog(log_path(data_dir, node_id), node_id) as log:
+async def write_records(data_dir: Path, node_id: str, count: int, segment_bytes: int) -> None:
+    async with EvidenceLog(log_path(data_dir, node_id), node_id, segment_bytes=segment_bytes) as log:
         for i in range(count):
             log.append(
                 {
@@ -111,7 +112,12 @@ def cpu_times(root: Path) -> dict[str, float]:
 
 async def ship(node_address: str, root: Path, node_id: str, batch: int) -> tuple[int, list[float]]:
     """Ship one node's log as the shipper does (one batch in flight); records and ACK latencies."""
-    lines = log_path(root / node_id, node_id).read_bytes().splitlines(keepends=True)
+    # Every segment, in order: a node's log rolls over at 64 MiB (~57,000 of these records).
+    lines = [
+        line
+        for segment in all_segments(log_path(root / node_id, node_id))
+        for line in segment.path.read_bytes().splitlines(keepends=True)
+    ]
     tls = IdentityFiles(root / node_id).client_tls()
     latencies: list[float] = []
     outbox: asyncio.Queue[evidence_pb2.ShipBatch | None] = asyncio.Queue()
@@ -191,7 +197,7 @@ async def run(args: argparse.Namespace, root: Path) -> None:
                 token=token,
                 node_id=node_id,
             )
-            await write_records(root / node_id, node_id, args.records)
+            await write_records(root / node_id, node_id, args.records, args.segment_bytes)
         print(f"{args.nodes} nodes x {args.records} records, batches of {args.batch}", flush=True)
         # A serving control plane's parsing processes are running already: start them before
         # the clock (their spawn and imports are a second or two of CPU, not ingest).
@@ -208,6 +214,8 @@ async def run(args: argparse.Namespace, root: Path) -> None:
             raise SystemExit("the shipping process failed")
         after = cpu_times(root)
         result = json.loads(out)
+        if result["records"] != args.nodes * args.records:
+            raise SystemExit(f"shipped {result['records']:,} records of {args.nodes * args.records:,}")
         lat = result["lat"]
         print(f"records/s verified, committed, acknowledged   {result['records'] / result['elapsed']:,.0f}")
         print(
@@ -237,6 +245,12 @@ if __name__ == "__main__":
     parser.add_argument("--records", type=int, default=50_000, help="records per node")
     parser.add_argument("--batch", type=int, default=2000, help="records per batch")
     parser.add_argument("--workers", type=int, default=1, help="the control plane's evidence_workers")
+    parser.add_argument(
+        "--segment-bytes",
+        type=int,
+        default=DEFAULT_SEGMENT_BYTES,
+        help="the nodes' log segment size (default the node's); each is shipped in order",
+    )
     parser.add_argument("--ship-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--node-address", help=argparse.SUPPRESS)
