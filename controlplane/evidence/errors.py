@@ -12,6 +12,8 @@
     ├── ExportImpossible         FAILED_PRECONDITION  (a chain whose records cannot be proven now)
     ├── PruneRefused             FAILED_PRECONDITION  (retention: a chain's prefix up to its newest seq in
     │                                                  the partitions to drop has a gap; nothing pruned)
+    ├── ParsingLost              UNAVAILABLE          (the process parsing a batch died, in a fresh pool
+    │                                                  too: resent later; the pool is started again)
     └── PruneFailed              FAILED_PRECONDITION  (retention: the database refused a step, e.g. a
         │                                              privilege or ownership the control plane's role
         │                                              lacks: names the step, the partition and the
@@ -83,6 +85,14 @@ class ExportImpossible(ControlPlaneError):
     """A chain the pack needs cannot be proven from the store (its early records are gone)."""
 
     status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ParsingLost(ControlPlaneError):
+    """The worker process parsing a batch died while it did, in two pools one after the
+    other: nothing of the batch was written. The node resends it; the next batches (of
+    any chain) go to a fresh pool."""
+
+    status = grpc.StatusCode.UNAVAILABLE
 
 
 class PruneRefused(ControlPlaneError):

@@ -32,10 +32,12 @@ Records before a refused one are stored and acknowledged: they verified on their
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
@@ -60,7 +62,7 @@ from controlplane.evidence.checkpoints import (
     parse_checkpoint,
     store_checkpoint,
 )
-from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, Tampered
+from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, ParsingLost, Tampered
 from controlplane.evidence.handover import Handover
 from controlplane.evidence.partitions import PartitionGone, Partitions
 from controlplane.evidence.records import COLUMNS, COPY_HEADER, COPY_TRAILER, Parsed, parse_lines, where
@@ -72,9 +74,14 @@ from dataplane.evidence import cosignature
 from dataplane.evidence.records import GENESIS_HASH
 from signalbox.wallclock import utc_now
 
+log = logging.getLogger(__name__)
+
 MAX_BATCH_RECORDS = 10_000
 POOL_MIN_LINES = 256
 """Smaller batches are parsed on the event loop: a round trip to a worker costs more."""
+PARSE_ATTEMPTS = 2
+"""Pools a batch is tried in when its parsing process dies: a fresh one after a death that
+was not the batch's doing; a batch that kills a second one too is refused (UNAVAILABLE)."""
 MAX_CHECKPOINTS = 16
 DEFAULT_LOCK_TIMEOUT = 10.0
 """Seconds a batch's transaction waits for a lock before it gives up (UNAVAILABLE, resent):
@@ -329,13 +336,41 @@ class EvidenceIngest:
         large batch goes to a worker process, so batches of several chains verify at once."""
         if self._workers <= 0 or len(lines) < POOL_MIN_LINES:
             return parse_lines(chain_id, node_id, lines, received)
-        return await self._handover.parse(self._started_pool(), chain_id, node_id, lines, received)
+        for attempt in range(1, PARSE_ATTEMPTS + 1):
+            pool = self._started_pool()
+            try:
+                return await self._handover.parse(pool, chain_id, node_id, lines, received)
+            except BrokenProcessPool:
+                # A parsing process died (the OOM killer, a signal, a crash): the pool takes
+                # no more work, so every large batch after it would fail until a restart.
+                self._replace(pool)
+                log.warning(
+                    "evidence ingest: a parsing process died with the batch of chain %s in the "
+                    "pool (attempt %d of %d); parsing processes started again",
+                    shown(chain_id),
+                    attempt,
+                    PARSE_ATTEMPTS,
+                )
+        # Twice on this batch: maybe the batch itself. Resent later, others meanwhile go on.
+        raise ParsingLost(
+            f"chain {shown(chain_id)}: the process parsing this batch died {PARSE_ATTEMPTS} times; resend it"
+        )
 
     def _started_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            # spawn: forking a process that runs gRPC's threads is not safe.
-            self._pool = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = self._new_pool()
         return self._pool
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn: forking a process that runs gRPC's threads is not safe.
+        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """Let go of ``broken``: the next batch starts new processes. The batches that were
+        in it at once all fail with it; only the first to get here replaces it."""
+        if self._pool is broken:
+            self._pool = None
+            broken.shutdown(wait=False, cancel_futures=True)
 
     async def warm(self) -> None:
         """Start the parsing processes now and have each import what parsing needs, rather
