@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
 from multiprocessing.shared_memory import SharedMemory
@@ -66,6 +68,22 @@ def _detach(segment: SharedMemory) -> None:
         segment.close()
 
 
+def _reserved(size: int) -> SharedMemory:
+    """A new segment of ``size`` bytes whose pages are allocated now. ``/dev/shm`` is a tmpfs,
+    which allocates a page when it is first written, and a page written past the tmpfs's
+    size (64 MiB in a container by default, PostgreSQL's own segments included) is SIGBUS:
+    this process or the worker killed while packing or parsing. Allocated here, a full
+    ``/dev/shm`` is ENOSPC instead, and the batch goes by pipe."""
+    segment = SharedMemory(create=True, size=size)
+    try:
+        os.posix_fallocate(segment._fd, 0, segment.size)  # type: ignore[attr-defined]  # its descriptor
+    except BaseException:
+        segment.close()
+        segment.unlink()
+        raise
+    return segment
+
+
 def rows_at(used: int) -> int:
     """Where the rows start after ``used`` bytes of packed lines (8-byte aligned)."""
     return (used + 7) & ~7
@@ -79,7 +97,7 @@ class _Slot:
         """This slot's segment, replaced by a larger one if it is under ``size`` bytes."""
         if self.segment is None or self.segment.size < size:
             self.drop()
-            self.segment = SharedMemory(create=True, size=max(size + size // 4, MIN_SEGMENT_BYTES))
+            self.segment = _reserved(max(size + size // 4, MIN_SEGMENT_BYTES))
         return self.segment
 
     def drop(self) -> None:
@@ -97,6 +115,8 @@ class Handover:
         self._free: asyncio.Queue[_Slot] | None = None
         self._working = _rows is not None
         """False once shared memory failed on this host: batches are pickled from then on."""
+        self._full = False
+        """The last segment wanted did not fit in ``/dev/shm``: its batch was pickled."""
 
     async def parse(
         self, pool: Executor, chain_id: str, node_id: str, lines: Sequence[bytes], received: float
@@ -120,13 +140,25 @@ class Handover:
             try:
                 segment = slot.fit(size)
             except OSError as exc:
-                self._working = False
-                log.warning(
-                    "evidence ingest: no shared memory for the parsing processes (%s); "
-                    "batches go to them by pipe from now on",
-                    exc,
-                )
+                if exc.errno in (errno.ENOSPC, errno.ENOMEM):
+                    if not self._full:  # once while it lasts, not once a batch
+                        self._full = True
+                        log.warning(
+                            "evidence ingest: shared memory is full (%s); batches go to the "
+                            "parsing processes by pipe until there is room again",
+                            exc,
+                        )
+                else:
+                    self._working = False
+                    log.warning(
+                        "evidence ingest: no shared memory for the parsing processes (%s); "
+                        "batches go to them by pipe from now on",
+                        exc,
+                    )
                 return await loop.run_in_executor(pool, parse_lines, chain_id, node_id, batch, received)
+            if self._full:
+                self._full = False
+                log.warning("evidence ingest: shared memory has room again; batches go through it")
             buffer = segment.buf
             assert buffer is not None
             _rows.pack(batch, buffer)

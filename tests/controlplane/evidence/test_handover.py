@@ -5,8 +5,12 @@ a batch too large for it, batches still parse (by pipe)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -88,7 +92,7 @@ async def test_without_shared_memory_batches_go_by_pipe(
     lines = await write_records(tmp_path, NODE, 300)
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise OSError(28, "No space left on device")
+        raise OSError(errno.ENOENT, "No such file or directory")  # a host without /dev/shm
 
     monkeypatch.setattr(handover, "SharedMemory", refuse)
     shared = Handover(1)
@@ -97,10 +101,90 @@ async def test_without_shared_memory_batches_go_by_pipe(
             got = await shared.parse(pool, CHAIN, NODE, lines, RECEIVED)
             assert columns(got) == columns(parse_lines(CHAIN, NODE, lines, RECEIVED))
     assert [r.getMessage() for r in caplog.records] == [
-        "evidence ingest: no shared memory for the parsing processes ([Errno 28] No space left on "
-        "device); batches go to them by pipe from now on"
+        "evidence ingest: no shared memory for the parsing processes ([Errno 2] No such file or "
+        "directory); batches go to them by pipe from now on"
     ]
     shared.close()
+
+
+async def test_while_shared_memory_is_full_batches_go_by_pipe_and_nothing_is_left_in_it(
+    tmp_path: Path,
+    pool: ProcessPoolExecutor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lines = await write_records(tmp_path, NODE, 300)
+    full = [True, True]  # /dev/shm has no room for the first two segments wanted, then has
+    allocate = os.posix_fallocate
+
+    def fallocate(fd: int, offset: int, size: int) -> None:
+        if full and full.pop():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        allocate(fd, offset, size)
+
+    monkeypatch.setattr(handover.os, "posix_fallocate", fallocate)
+    before = segments()
+    shared = Handover(1)
+    try:
+        with caplog.at_level(logging.WARNING, logger=handover.__name__):
+            for _ in range(2):
+                got = await shared.parse(pool, CHAIN, NODE, lines, RECEIVED)
+                assert columns(got) == columns(parse_lines(CHAIN, NODE, lines, RECEIVED))
+                assert segments() == before  # the segment that did not fit was removed
+            got = await shared.parse(pool, CHAIN, NODE, lines, RECEIVED)
+            assert columns(got) == columns(parse_lines(CHAIN, NODE, lines, RECEIVED))
+            assert len(segments() - before) == 1  # through shared memory again
+    finally:
+        shared.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "evidence ingest: shared memory is full ([Errno 28] No space left on device); batches go "
+        "to the parsing processes by pipe until there is room again",
+        "evidence ingest: shared memory has room again; batches go through it",
+    ]
+    assert segments() == before
+
+
+SMALL_SHM = """
+import asyncio, multiprocessing, sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from controlplane.evidence.handover import Handover
+from controlplane.evidence.records import parse_lines
+from tests.controlplane.evidence.conftest import write_records
+from tests.controlplane.evidence.test_records import columns
+
+async def main() -> None:
+    lines = await write_records(Path(sys.argv[1]), "node-a", 1000)
+    assert sum(map(len, lines)) > 256 << 10  # more than the tmpfs holds
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        shared = Handover(1)
+        try:
+            got = await shared.parse(pool, "node-a/0", "node-a", lines, 1_796_000_000.0)
+        finally:
+            shared.close()
+    assert columns(got) == columns(parse_lines("node-a/0", "node-a", lines, 1_796_000_000.0))
+    print("parsed", len(got.seqs))
+
+asyncio.run(main())
+"""
+
+
+def test_a_dev_shm_too_small_for_a_segment_is_no_crash(tmp_path: Path) -> None:
+    # A tmpfs of 256 KiB over /dev/shm in a mount namespace of its own, and a batch whose
+    # lines alone outgrow it: written into without its pages allocated first, the segment
+    # was SIGBUS in the middle of packing, and the process died.
+    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--mount", "--map-root-user"]
+    script = 'mount -t tmpfs -o size=256k tmpfs /dev/shm && exec "$0" -c "$1" "$2"'
+    result = subprocess.run(
+        [*unshare, "sh", "-c", script, sys.executable, SMALL_SHM, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout == "parsed 1000\n"
+    assert "shared memory is full" in result.stderr
 
 
 async def test_a_batch_too_large_for_a_segment_goes_by_pipe(
