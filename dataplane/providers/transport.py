@@ -239,7 +239,10 @@ class HttpAdapter:
         try:
             yield
         except _SHAPE_ERRORS as exc:
-            raise self.malformed(f"unexpected JSON shape ({type(exc).__name__})") from exc
+            raise self.shape_error(exc) from exc
+
+    def shape_error(self, exc: Exception) -> ProviderError:
+        return self.malformed(f"unexpected JSON shape ({type(exc).__name__})")
 
     async def stream_chunks(
         self,
@@ -271,7 +274,7 @@ class HttpAdapter:
             self._open(
                 url, make_body(), timeout=self.attempt_timeout(timeout), params=params, deadline=deadline
             ) as response,
-            aclosing(bounded_lines(_text(response), MAX_EVENT_BYTES)) as lines,
+            aclosing(bounded_lines(_text(response), MAX_EVENT_BYTES)) as pieces,
         ):
             if decoder.event_stream and _is_json(response):
                 # Some servers answer a streaming request with a plain JSON error and 200.
@@ -279,28 +282,34 @@ class HttpAdapter:
                 self.raise_in_band(loads(self.type_name, text, credential=self._credential))
                 raise self.malformed("expected an event stream, got a JSON body", text)
             answered = 0  # characters of answer so far: bounded as a unary answer's bytes are
-            ended = False
-            while not (ended or decoder.done):
+            ended = decoder.done
+            while not ended:
+                lines: list[str] | None
                 try:
-                    line = await anext(lines)
+                    lines = await anext(pieces)
                 except StopAsyncIteration:
-                    with self.decoding():
-                        chunks = list(decoder.finish())
-                    ended = True
+                    lines, ended = None, True
                 except BodyTooLarge:
                     raise self.malformed(f"a stream line exceeds the {MAX_EVENT_BYTES}-byte limit") from None
                 except HTTPError as exc:
                     raise classify_transport(self.type_name, exc, credential=self._credential) from exc
-                else:
-                    with self.decoding():
-                        chunks = list(decoder.feed(line))
-                for chunk in chunks:
-                    answered += answer_chars(chunk)
-                    if answered > MAX_BODY_BYTES:
-                        raise self.malformed(
-                            f"a streamed answer exceeds the {MAX_BODY_BYTES}-character limit"
-                        )
-                    yield chunk
+                # Line by line as before (a line's chunks leave before the next line is
+                # decoded), without a generator step or a context manager per line.
+                for line in lines if lines is not None else (None,):
+                    try:
+                        chunks = list(decoder.feed(line) if line is not None else decoder.finish())
+                    except _SHAPE_ERRORS as exc:
+                        raise self.shape_error(exc) from exc
+                    for chunk in chunks:
+                        answered += answer_chars(chunk)
+                        if answered > MAX_BODY_BYTES:
+                            raise self.malformed(
+                                f"a streamed answer exceeds the {MAX_BODY_BYTES}-character limit"
+                            )
+                        yield chunk
+                    if decoder.done:
+                        ended = True
+                        break
 
     def http_error(self, status: int, text: str, headers: Mapping[str, str]) -> ProviderError:
         """Classify a non-2xx answer from its status, headers and (maybe non-JSON) body."""
@@ -396,9 +405,11 @@ class HttpAdapter:
             raise classify_transport(self.type_name, exc, credential=self._credential) from exc
 
 
-async def bounded_lines(chunks: AsyncIterator[str], limit: int) -> AsyncGenerator[str, None]:
-    """Lines (without their CRLF, CR or LF endings) of a text stream; raises
-    ``BodyTooLarge`` when a line passes ``limit`` characters, before it is held whole.
+async def bounded_lines(chunks: AsyncIterator[str], limit: int) -> AsyncGenerator[list[str], None]:
+    """The lines (without their CRLF, CR or LF endings) of a text stream, as lists: the
+    lines each piece completes (one step of this generator per read, not per line);
+    raises ``BodyTooLarge`` when a line passes ``limit`` characters, before it is held
+    whole (after the lines before it).
 
     A line splitter without a bound buffers a line of any length; an upstream that
     never sends a newline would grow the node's memory without bound.
@@ -411,23 +422,30 @@ async def bounded_lines(chunks: AsyncIterator[str], limit: int) -> AsyncGenerato
             text = text[1:]
         skip_lf = False
         pos = 0
+        lines: list[str] = []
         while (match := _NEWLINE.search(text, pos)) is not None:
             pending.append(text[pos : match.start()])
             line = "".join(pending)
             if len(line) > limit:
+                if lines:
+                    yield lines
                 raise BodyTooLarge
-            yield line
+            lines.append(line)
             pending, size, pos = [], 0, match.end()
             skip_lf = match.group() == "\r" and pos == len(text)
         if pos < len(text):
             pending.append(text[pos:])
             size += len(text) - pos
             if size > limit:
+                if lines:
+                    yield lines
                 raise BodyTooLarge
+        if lines:
+            yield lines
     if pending:
         line = "".join(pending)
         if line:
-            yield line
+            yield [line]
 
 
 async def _text(response: UpstreamResponse) -> AsyncGenerator[str, None]:

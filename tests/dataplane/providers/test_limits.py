@@ -165,7 +165,7 @@ async def _lines(*pieces: str, limit: int = 100) -> list[str]:
         for piece in pieces:
             yield piece
 
-    return [line async for line in bounded_lines(source(), limit)]
+    return [line async for lines in bounded_lines(source(), limit) for line in lines]
 
 
 async def test_bounded_lines_split_on_every_line_ending_across_pieces() -> None:
@@ -181,3 +181,20 @@ async def test_bounded_lines_refuse_a_long_line_in_pieces_or_whole() -> None:
     with pytest.raises(BodyTooLarge):
         await _lines("x" * 101 + "\n", limit=100)
     assert await _lines("x" * 100 + "\n", limit=100) == ["x" * 100]
+
+
+async def test_bounded_lines_come_a_piece_at_a_time_and_those_before_a_long_one_first() -> None:
+    async def source():  # type: ignore[no-untyped-def]
+        yield "a\nb\nc"
+        yield "d\n\n"
+        yield "e\n" + "x" * 101 + "\nf\n"
+
+    got: list[list[str]] = []
+
+    async def read() -> None:
+        async for lines in bounded_lines(source(), 100):
+            got.append(lines)
+
+    with pytest.raises(BodyTooLarge):
+        await read()
+    assert got == [["a", "b"], ["cd", ""], ["e"]]
