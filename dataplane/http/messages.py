@@ -22,7 +22,7 @@ class Connection(Protocol):
         """The server is stopping: the answer closes the connection."""
         ...
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes, more: bool = False) -> None: ...
 
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -150,12 +150,16 @@ class Response:
         self.started, self._chunked = True, self._chunkable
         self.keep_alive = self.keep_alive and not self._c.draining and self._chunked
         await self._c.write(
-            self._head(status, headers, b"transfer-encoding: chunked\r\n" if self._chunked else b"")
+            self._head(status, headers, b"transfer-encoding: chunked\r\n" if self._chunked else b""),
+            more=True,
         )
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, now: bool = False) -> None:
+        """One chunk of the answer. Sent with what else the handler writes before the event
+        loop comes round (one ``send()`` for a burst of chunks); ``now``: at once, with
+        whatever is held before it (the first token, which the client is waiting for)."""
         if data and not self._head_only:
-            await self._c.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+            await self._c.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data, more=not now)
 
     async def end(self) -> None:
         if not self.finished:

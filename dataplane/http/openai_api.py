@@ -229,6 +229,7 @@ class OpenAIFrontDoor:
     async def _stream(self, call: Call[Any], response: Response, parsed: list[Any]) -> None:
         events = self._p.stream(call)
         writer: answers.ChunkWriter | None = None
+        first = True
         try:
             async for event in events:
                 if isinstance(event, Opened):
@@ -243,7 +244,10 @@ class OpenAIFrontDoor:
                     await response.write(writer.closed(event.finish_reason, event.usage))
                 else:
                     assert writer is not None
-                    await response.write(writer.chunk(event))
+                    # The first delta goes at once (with the head and role before it): the
+                    # time to first token; later ones leave with whatever else is ready.
+                    await response.write(writer.chunk(event), now=first)
+                    first = False
         except Refused as refused:
             if not response.started:
                 await _refusal(response, refused, parsed[0] if parsed else None)

@@ -95,6 +95,9 @@ class HttpConnection(asyncio.Protocol):
         self._on_deadline: Callable[[], None] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
+        self._corked: list[bytes] = []
+        """What ``write(..., more=True)`` holds until the loop's next turn."""
+        self._corked_bytes = 0
         self._closed = False
         self.draining = False
         self._response: Response | None = None
@@ -210,6 +213,7 @@ class HttpConnection(asyncio.Protocol):
         self._disarm()
         if response is not None:
             response.keep_alive = response.keep_alive and bool(self._queue)  # the last one closes
+        self._flush()
         self._transport.write(_EARLY_HINTS)
         self._loop.call_later(_PEER_CHECK_FIRST, self._peer_check, _PEER_CHECK_FIRST)
         return True
@@ -281,6 +285,7 @@ class HttpConnection(asyncio.Protocol):
         if continues:
             assert self._transport is not None
             if self._task is None:
+                self._flush()
                 self._transport.write(_CONTINUE)
             else:
                 # An earlier request's answer is being written (pipelining): an interim
@@ -398,6 +403,7 @@ class HttpConnection(asyncio.Protocol):
             if self._in_message:  # the start of a pipelined request is here already
                 if self._continue_owed:
                     self._continue_owed = False
+                    self._flush()
                     self._transport.write(_CONTINUE)
                 if self._headers_done:
                     # Its headers came while the answer before it was written (no timer
@@ -409,9 +415,24 @@ class HttpConnection(asyncio.Protocol):
                 self._arm(self._limits.keepalive_timeout, self._idle_timeout)
             self._transport.resume_reading()
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, more: bool = False) -> None:
+        """``more``: more of this answer follows at once (a stream's head and chunks). Held
+        until the event loop comes round (at most ``CORK_BYTES``), so what one upstream read
+        delivered goes out in one ``send()``, not one per chunk; each chunk is still its own
+        HTTP chunk and SSE event, sent no later than the loop's next turn."""
         if self._closed or self._transport is None or self._transport.is_closing():
             raise ClientGone()
+        if more and self._writable.is_set() and self._corked_bytes + len(data) < CORK_BYTES:
+            if not self._corked:
+                self._loop.call_soon(self._flush)
+            self._corked.append(data)
+            self._corked_bytes += len(data)
+            return
+        if self._corked:
+            self._corked.append(data)
+            data = b"".join(self._corked)
+            self._corked.clear()
+            self._corked_bytes = 0
         self._transport.write(data)
         if not self._writable.is_set():
             try:
@@ -455,6 +476,7 @@ class HttpConnection(asyncio.Protocol):
         head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%bconnection: close\r\n\r\n"
         if retry_after is not None:
             extra += b"retry-after: %d\r\n" % retry_after
+        self._flush()
         self._transport.write(head % (status, REASONS.get(status, b"Error"), len(body), extra) + body)
         self._close()
 
@@ -495,8 +517,18 @@ class HttpConnection(asyncio.Protocol):
         self._on_deadline = None
         callback()
 
+    def _flush(self) -> None:
+        """Send what ``write`` held (before any other write, and before closing)."""
+        if self._corked:
+            data = b"".join(self._corked)
+            self._corked.clear()
+            self._corked_bytes = 0
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(data)
+
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
+            self._flush()
             self._transport.close()
 
     def _abort(self) -> None:
@@ -520,6 +552,8 @@ class HttpConnection(asyncio.Protocol):
 
 
 _JSON = ((b"content-type", b"application/json"),)
+CORK_BYTES = 64 * 1024
+"""Held writes of a stream past this are sent at once (and wait for a client that reads)."""
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\n\r\n"
 _PEER_CHECK_FIRST, _PEER_CHECK_MAX = 0.05, 1.0
