@@ -46,6 +46,18 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ADMIN_EXAMPLES = 40 if settings.default.max_examples <= 600 else 2_000
 """Admin examples each cost a real database round trip: fewer per test than the node's."""
+LONG_PROFILE_TIMEOUT_S = 4 * 3600
+"""A test's time limit under a profile longer than ``ci``: the suite's 120 s (pyproject.toml)
+is ``ci``'s, and 20,000 examples of one test take ~15 minutes."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if settings.default.max_examples <= 600:
+        return
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.timeout(LONG_PROFILE_TIMEOUT_S))
 
 
 @dataclass
