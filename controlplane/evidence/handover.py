@@ -27,11 +27,14 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
 from multiprocessing.shared_memory import SharedMemory
+from typing import TypeVar
 
 from controlplane.evidence.native import rows as _rows
 from controlplane.evidence.records import Parsed, parse_lines, parse_packed_lines
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_SEGMENT_BYTES = 64 << 20
 """A batch whose lines and rows need more is pickled: a slot keeps its segment's size."""
@@ -66,6 +69,10 @@ def parse_in_segment(
 def _detach(segment: SharedMemory) -> None:
     with contextlib.suppress(BufferError):  # a view of it is still alive: the collector unmaps it
         segment.close()
+
+
+class ParseOverdue(Exception):
+    """The pool did not parse a batch within its deadline (seconds, the argument)."""
 
 
 def _reserved(size: int) -> SharedMemory:
@@ -119,17 +126,37 @@ class Handover:
         """The last segment wanted did not fit in ``/dev/shm``: its batch was pickled."""
 
     async def parse(
-        self, pool: Executor, chain_id: str, node_id: str, lines: Sequence[bytes], received: float
+        self,
+        pool: Executor,
+        chain_id: str,
+        node_id: str,
+        lines: Sequence[bytes],
+        received: float,
+        *,
+        deadline: float | None = None,
     ) -> Parsed:
-        """``parse_lines`` of ``lines`` in one of ``pool``'s processes."""
+        """``parse_lines`` of ``lines`` in one of ``pool``'s processes; ``ParseOverdue``
+        when the pool has not answered within ``deadline`` seconds of taking the batch (the
+        wait for a slot not counted): its process is stuck, and the caller's to stop."""
         loop = asyncio.get_running_loop()
         batch = lines if type(lines) is list else list(lines)
+
+        async def within(work: asyncio.Future[T]) -> T:
+            try:
+                async with asyncio.timeout(deadline):
+                    return await work
+            except TimeoutError:
+                raise ParseOverdue(deadline) from None
+
+        def by_pipe() -> asyncio.Future[Parsed]:
+            return loop.run_in_executor(pool, parse_lines, chain_id, node_id, batch, received)
+
         if not self._working or _rows is None:
-            return await loop.run_in_executor(pool, parse_lines, chain_id, node_id, batch, received)
+            return await within(by_pipe())
         used = _rows.packed_size(batch)
         size = rows_at(used) + used + ROW_BYTES_OVER_LINE * len(batch)
         if size > MAX_SEGMENT_BYTES:
-            return await loop.run_in_executor(pool, parse_lines, chain_id, node_id, batch, received)
+            return await within(by_pipe())
         if self._free is None:
             self._free = asyncio.Queue()
             for slot in self._slots:
@@ -155,7 +182,7 @@ class Handover:
                         "batches go to them by pipe from now on",
                         exc,
                     )
-                return await loop.run_in_executor(pool, parse_lines, chain_id, node_id, batch, received)
+                return await within(by_pipe())
             if self._full:
                 self._full = False
                 log.warning("evidence ingest: shared memory has room again; batches go through it")
@@ -163,7 +190,7 @@ class Handover:
             assert buffer is not None
             _rows.pack(batch, buffer)
             task = pool.submit(parse_in_segment, segment.name, len(batch), used, chain_id, node_id, received)
-            parsed, rows = await asyncio.wrap_future(task)
+            parsed, rows = await within(asyncio.wrap_future(task))
             if rows >= 0:
                 at = rows_at(used)
                 parsed = dataclasses.replace(parsed, rows=bytes(buffer[at : at + rows]))

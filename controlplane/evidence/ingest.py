@@ -32,6 +32,7 @@ Records before a refused one are stored and acknowledged: they verified on their
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import re
@@ -63,7 +64,7 @@ from controlplane.evidence.checkpoints import (
     store_checkpoint,
 )
 from controlplane.evidence.errors import ChainBroken, EvidenceRefused, Gap, ParsingLost, Tampered
-from controlplane.evidence.handover import Handover
+from controlplane.evidence.handover import Handover, ParseOverdue
 from controlplane.evidence.partitions import PartitionGone, Partitions
 from controlplane.evidence.records import COLUMNS, COPY_HEADER, COPY_TRAILER, Parsed, parse_lines, where
 from controlplane.evidence.spend import add_spend, tenants_seen
@@ -79,6 +80,9 @@ log = logging.getLogger(__name__)
 MAX_BATCH_RECORDS = 10_000
 POOL_MIN_LINES = 256
 """Smaller batches are parsed on the event loop: a round trip to a worker costs more."""
+PARSE_DEADLINE = 60.0
+"""Seconds a batch may take in a parsing process (a large one takes well under one): past
+it the process is taken for stuck and stopped, and the batch refused UNAVAILABLE."""
 PARSE_ATTEMPTS = 2
 """Pools a batch is tried in when its parsing process dies: a fresh one after a death that
 was not the batch's doing; a batch that kills a second one too is refused (UNAVAILABLE)."""
@@ -165,6 +169,7 @@ class EvidenceIngest:
         keyring: Keyring | None = None,
         host_clock: Callable[[], datetime] = utc_now,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        parse_deadline: float = PARSE_DEADLINE,
     ) -> None:
         """``workers``: processes that parse and hash large batches (0: on the event loop);
         ``partitions``: shared with retention, which drops them (one of its own by default);
@@ -172,7 +177,8 @@ class EvidenceIngest:
         node signed them, as a control plane before witnessing did); ``host_clock``: this
         host's, only compared with the database's, which dates the cosignatures and the
         batches' receipt; ``lock_timeout``: seconds a batch waits for its chain's row lock
-        before it is refused."""
+        before it is refused; ``parse_deadline``: seconds a batch may take in a parsing
+        process before that process is taken for stuck (``PARSE_DEADLINE``)."""
         self._keyring = keyring
         self._host_clock = host_clock
         self._received_clock = DatabaseClock(sessions, host_clock, "evidence receipt times")
@@ -183,6 +189,7 @@ class EvidenceIngest:
         self._sessions = sessions
         self._verify_signature = verify_checkpoint_signature
         self._workers = workers
+        self._parse_deadline = parse_deadline
         self._lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
         self._pool: ProcessPoolExecutor | None = None
         self._handover = Handover(workers)
@@ -339,7 +346,23 @@ class EvidenceIngest:
         for attempt in range(1, PARSE_ATTEMPTS + 1):
             pool = self._started_pool()
             try:
-                return await self._handover.parse(pool, chain_id, node_id, lines, received)
+                return await self._handover.parse(
+                    pool, chain_id, node_id, lines, received, deadline=self._parse_deadline
+                )
+            except ParseOverdue:
+                # Stuck, not dead (stopped, thrashing, or looping on this batch): every other
+                # batch would wait behind it for good. Its processes go, and so does the batch.
+                self._stop(pool)
+                log.warning(
+                    "evidence ingest: the batch of chain %s was not parsed within %g s; its "
+                    "parsing process was stopped and new ones started",
+                    shown(chain_id),
+                    self._parse_deadline,
+                )
+                raise ParsingLost(
+                    f"chain {shown(chain_id)}: this batch was not parsed within "
+                    f"{self._parse_deadline:g} s; resend it"
+                ) from None
             except BrokenProcessPool:
                 # A parsing process died (the OOM killer, a signal, a crash): the pool takes
                 # no more work, so every large batch after it would fail until a restart.
@@ -364,6 +387,14 @@ class EvidenceIngest:
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn: forking a process that runs gRPC's threads is not safe.
         return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def _stop(self, pool: ProcessPoolExecutor) -> None:
+        """Kill ``pool``'s processes (a stuck one does not end on request) and let go of it."""
+        processes: dict[int, multiprocessing.process.BaseProcess] = getattr(pool, "_processes", None) or {}
+        for process in list(processes.values()):
+            with contextlib.suppress(OSError):
+                process.kill()
+        self._replace(pool)
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         """Let go of ``broken``: the next batch starts new processes. The batches that were

@@ -117,3 +117,44 @@ async def test_a_batch_that_kills_a_fresh_pool_too_is_refused_unavailable_and_th
     assert len(made) == PARSE_ATTEMPTS + 1
     assert stored_seqs(evidence_plane) == list(range(1, BATCH + 1))
     assert alarms(evidence_plane) == []
+
+
+async def test_a_stuck_parsing_process_is_stopped_its_batch_refused_and_the_next_one_stored(
+    evidence_plane: RunningControlPlane,
+    node: tuple[Stream, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 2 * BATCH)
+    ack = await stream.ship("node-a/0", lines[:BATCH])
+    assert (ack.head_seq, ack.HasField("error")) == (BATCH, False)
+    ingest = ingest_of(evidence_plane)
+    pool = ingest._pool
+    assert pool is not None
+    workers = [process for process in pool._processes.values()]  # type: ignore[attr-defined]
+    for process in workers:
+        os.kill(process.pid, signal.SIGSTOP)  # stuck: alive, and never answering
+    monkeypatch.setattr(ingest, "_parse_deadline", 1.0)
+
+    with (
+        caplog.at_level(logging.WARNING, logger="controlplane.evidence.ingest"),
+        pytest.raises(grpc.aio.AioRpcError) as refused,
+    ):
+        await stream.ship("node-a/0", lines[BATCH:])
+
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert refused.value.details() == "chain 'node-a/0': this batch was not parsed within 1 s; resend it"
+    assert "the batch of chain 'node-a/0' was not parsed within 1 s" in caplog.text
+    for process in workers:  # stopped for good, not left behind
+        process.join(10)
+        assert process.exitcode == -signal.SIGKILL
+    assert stored_seqs(evidence_plane) == list(range(1, BATCH + 1))
+    resent = Stream(stream.channel)
+    try:
+        ack = await resent.ship("node-a/0", lines[BATCH:])
+    finally:
+        resent.close()
+    assert (ack.head_seq, ack.stored, ack.HasField("error")) == (2 * BATCH, BATCH, False)
+    assert ingest._pool is not None
+    assert ingest._pool is not pool
