@@ -48,7 +48,11 @@ class StreamRun:
     ttft_ms: tuple[float, ...]
     """Time from sending the request to the first text chunk, per stream, sorted."""
     chunks: int
-    """Text chunks received over all streams."""
+    """The upstream's text chunks whose text reached the client, over all streams (the words
+    of the text received: the simulator sends one word a chunk)."""
+    messages: int
+    """Messages (SSE events, gRPC ``StreamDelta``) with text received over all streams: the
+    gRPC door sends the chunks that are ready together as one (``dataplane.api.relay``)."""
     node_cpu_percent: float
     """CPU the node used during the run, in % of one core."""
     client_cpu_percent: float
@@ -57,6 +61,10 @@ class StreamRun:
     @property
     def chunk_rate(self) -> float:
         return self.chunks / self.run.seconds if self.run.seconds else 0.0
+
+    @property
+    def message_rate(self) -> float:
+        return self.messages / self.run.seconds if self.run.seconds else 0.0
 
     def ttft(self, p: int) -> float:
         return percentile(self.ttft_ms, p)
@@ -81,10 +89,16 @@ class Probe:
     def __init__(self) -> None:
         self.ttft_ms: list[float] = []
         self.chunks = 0
+        self.messages = 0
 
     def reset(self) -> None:
         self.ttft_ms.clear()
-        self.chunks = 0
+        self.chunks = self.messages = 0
+
+    def add(self, texts: list[str]) -> None:
+        """One stream's text, as the messages carrying it came."""
+        self.messages += len(texts)
+        self.chunks += len("".join(texts).split())
 
     def first(self, started: float) -> None:
         self.ttft_ms.append((time.perf_counter() - started) * 1000)
@@ -103,7 +117,7 @@ def sse_call(
 
     async def call() -> None:
         started = time.perf_counter()
-        chunks = 0
+        texts: list[str] = []
         async with session.post(url, json=body, headers=headers) as response:
             response.raise_for_status()
             async for raw in response.content:
@@ -112,11 +126,11 @@ def sse_call(
                     continue
                 # Parsed like any SSE client would: a chunk counts when it carries text.
                 choices = json.loads(line[6:])["choices"]
-                if choices and choices[0]["delta"].get("content"):
-                    if not chunks:
+                if choices and (text := choices[0]["delta"].get("content")):
+                    if not texts:
                         probe.first(started)
-                    chunks += 1
-        probe.chunks += chunks
+                    texts.append(text)
+        probe.add(texts)
 
     return call
 
@@ -127,13 +141,13 @@ def node_call(stub: infer_pb2_grpc.InferServiceAsyncStub, api_key: str, prompt: 
 
     async def call() -> None:
         started = time.perf_counter()
-        chunks = 0
+        texts: list[str] = []
         async for event in stub.InferStream(request, metadata=metadata, timeout=60):
             if event.HasField("delta") and event.delta.text:
-                if not chunks:
+                if not texts:
                     probe.first(started)
-                chunks += 1
-        probe.chunks += chunks
+                texts.append(event.delta.text)
+        probe.add(texts)
 
     return call
 
@@ -156,6 +170,7 @@ async def run_level(
                 run=result,
                 ttft_ms=tuple(sorted(probe.ttft_ms)),
                 chunks=probe.chunks,
+                messages=probe.messages,
                 node_cpu_percent=100 * (cpu_seconds(node) - node_before) / result.seconds,
                 client_cpu_percent=100 * (cpu_seconds(client) - client_before) / result.seconds,
             )
@@ -167,7 +182,7 @@ def print_table(paths: Sequence[str], levels: Sequence[tuple[int, list[StreamRun
     """One row per path and level; the first path is ``direct``, the others add to it."""
     header = (
         f"{'concurrency':>11}  {'path':<9}  {'streams':>7}  {'errors':>6}  {'p50 TTFT ms':>11}  "
-        f"{'p99 TTFT ms':>11}  {'added p50 ms':>12}  {'added p99 ms':>12}  {'chunks/s':>9}  "
+        f"{'p99 TTFT ms':>11}  {'added p50 ms':>12}  {'added p99 ms':>12}  {'chunks/s':>9}  {'messages/s':>10}  "
         f"{'node CPU %':>10}  {'client CPU %':>12}"
     )
     print(header)
@@ -182,7 +197,7 @@ def print_table(paths: Sequence[str], levels: Sequence[tuple[int, list[StreamRun
             )
             print(
                 f"{concurrency:>11}  {path:<9}  {r.run.requests:>7}  {r.run.errors:>6}  {r.ttft(50):11.3f}  "
-                f"{r.ttft(99):11.3f}  {added}  {r.chunk_rate:9.0f}  {r.node_cpu_percent:10.0f}  "
+                f"{r.ttft(99):11.3f}  {added}  {r.chunk_rate:9.0f}  {r.message_rate:10.0f}  {r.node_cpu_percent:10.0f}  "
                 f"{r.client_cpu_percent:12.0f}"
             )
     for concurrency, runs in levels:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from dataplane.api.relay import coalesced
 from dataplane.api.status import abort, evidence_trailers
 from dataplane.connection_front import peer_of
 from dataplane.edge import infer as edge
@@ -76,14 +77,20 @@ class InferService:
         message, decode = _parse(infer_pb2.InferRequest, request, context, edge.decode_chat)
         call = _call(Operation.STREAM, message, request, context, decode, self._peers)
         events = self._p.stream(call)
+        # Read ahead of the writes, the chunks that arrive meanwhile sent as one delta (relay).
+        relayed = coalesced(events)
         try:
-            async for event in events:
+            async for event in relayed:
+                if isinstance(event, list):
+                    yield edge.deltas_to_proto(event)
+                    continue
                 if isinstance(event, Closed):
                     context.set_trailing_metadata(evidence_trailers(event.correlation_id, event.evidence_id))
                 yield edge.stream_event_to_proto(event)
         except Refused as refused:
             await abort(context, refused.outcome, refused.correlation_id, refused.evidence_id)
         finally:
+            await relayed.aclose()
             await events.aclose()
 
 

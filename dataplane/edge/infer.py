@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from itertools import compress, repeat
 from typing import Any
 
@@ -529,6 +529,25 @@ def delta_to_proto(chunk: StreamChunk) -> infer_pb2.InferStreamEvent:
     delta = infer_pb2.StreamDelta(text=chunk.text)
     for call in chunk.tool_calls:
         delta.tool_calls.append(_tool_delta(call))
+    return infer_pb2.InferStreamEvent(delta=delta)
+
+
+def deltas_to_proto(chunks: Sequence[StreamChunk]) -> infer_pb2.InferStreamEvent:
+    """Consecutive chunks as one delta (``dataplane.api.relay``): their text joined, their
+    tool-call fragments in order, a fragment that continues the call before it (same index,
+    no id or name of its own) joined to it."""
+    if len(chunks) == 1:
+        return delta_to_proto(chunks[0])
+    delta = infer_pb2.StreamDelta(text="".join(chunk.text for chunk in chunks))
+    last: infer_pb2.ToolCallDelta | None = None
+    for chunk in chunks:
+        for call in chunk.tool_calls:
+            if last is not None and last.index == call.index and not call.id and not call.name:
+                last.arguments_fragment += call.arguments_fragment
+            else:
+                last = delta.tool_calls.add(
+                    index=call.index, id=call.id, name=call.name, arguments_fragment=call.arguments_fragment
+                )
     return infer_pb2.InferStreamEvent(delta=delta)
 
 

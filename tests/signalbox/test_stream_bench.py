@@ -41,15 +41,18 @@ def test_stream_bench_prints_ttft_and_chunk_rates(stack_dir: Path) -> None:
     out = result.stdout
     assert "8 text chunks per answer" in out, out
     assert re.search(
-        r"p50 TTFT ms\s+p99 TTFT ms\s+added p50 ms\s+added p99 ms\s+chunks/s\s+node CPU %\s+client CPU %", out
+        r"p50 TTFT ms\s+p99 TTFT ms\s+added p50 ms\s+added p99 ms\s+chunks/s\s+messages/s\s+node CPU %\s+client CPU %",
+        out,
     )
     for concurrency in (1, 2):
         direct = re.search(
-            rf"^\s+{concurrency}\s+direct\s+10\s+0\s+({NUMBER})\s+({NUMBER})\s+(\d+)\s+\d+\s+\d+$", out, re.M
+            rf"^\s+{concurrency}\s+direct\s+10\s+0\s+({NUMBER})\s+({NUMBER})\s+(\d+)\s+\d+\s+\d+\s+\d+$",
+            out,
+            re.M,
         )
         doors = [
             re.search(
-                rf"^\s+{concurrency}\s+{door}\s+10\s+0\s+({NUMBER})\s+({NUMBER})\s+{NUMBER}\s+{NUMBER}\s+(\d+)\s+\d+\s+\d+$",
+                rf"^\s+{concurrency}\s+{door}\s+10\s+0\s+({NUMBER})\s+({NUMBER})\s+{NUMBER}\s+{NUMBER}\s+(\d+)\s+\d+\s+\d+\s+\d+$",
                 out,
                 re.M,
             )

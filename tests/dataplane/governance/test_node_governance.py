@@ -4,6 +4,7 @@ read back from the node's log."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -303,12 +304,15 @@ class Scripted:
 
 
 async def sse(
-    request: web.Request, model: str, deltas: list[tuple[dict[str, Any], str | None]]
+    request: web.Request, model: str, deltas: list[tuple[dict[str, Any], str | None]], pace: float = 0.0
 ) -> web.StreamResponse:
-    """An OpenAI-style event stream: one chunk per (delta, finish_reason), then ``[DONE]``."""
+    """An OpenAI-style event stream: one chunk per (delta, finish_reason), then ``[DONE]``;
+    ``pace`` seconds between chunks (a model's pace: the node relays each as it comes)."""
     response = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await response.prepare(request)
-    for delta, finish_reason in deltas:
+    for n, (delta, finish_reason) in enumerate(deltas):
+        if pace and n:
+            await asyncio.sleep(pace)
         event = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model}
         event["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
         await response.write(f"data: {json.dumps(event)}\n\n".encode())
@@ -449,8 +453,9 @@ async def test_a_streamed_answer_under_a_retry_contract_is_held_until_one_meets_
     received = [event async for event in events]
     kinds = [e.WhichOneof("event") for e in received]
     assert (kinds[0], kinds[-1]) == ("start", "end")
-    # Only the second candidate's answer, its chunks as they came; nothing of the first.
-    assert [e.delta.text for e in received if e.WhichOneof("event") == "delta"] == ['{"age"', ": 42}"]
+    # Only the second candidate's answer, released once it met the contract; nothing of the
+    # first. (Held whole, its chunks are ready together: the gRPC door sends them as one delta.)
+    assert "".join(e.delta.text for e in received if e.WhichOneof("event") == "delta") == '{"age": 42}'
     assert received[0].start.model == "sim-smart"
     record = one_record(node, "held-retry")
     (entry,) = record["governance"]

@@ -40,6 +40,8 @@ class ToolCalling:
     def __init__(self) -> None:
         self.fragments: list[str] = []
         self.base_url = ""
+        self.pace = 0.0
+        """Seconds between chunks: paced, each window the rules release leaves on its own."""
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -55,7 +57,7 @@ class ToolCalling:
         deltas += [
             ({"tool_calls": [{"index": 0, "function": {"arguments": f}}]}, None) for f in self.fragments
         ]
-        return await sse(request, body["model"], [*deltas, ({}, "tool_calls")])
+        return await sse(request, body["model"], [*deltas, ({}, "tool_calls")], pace=self.pace)
 
 
 @pytest.fixture
@@ -84,6 +86,7 @@ async def test_streamed_tool_call_arguments_are_redacted_on_both_doors(
 ) -> None:
     arguments = json.dumps({"to": EMAIL, "subject": "the quarterly figures", "cc": EMAIL})
     tool_calling.fragments = [arguments[i : i + 3] for i in range(0, len(arguments), 3)]
+    tool_calling.pace = 0.005  # else the gRPC door may send what is released together as one delta
     profile = {"output": {"window": WINDOW, "rules": [rule("pii", "email", "redact")]}}
     node = await serving(start_node, governed(tool_calling.base_url, profile), signing_key, tmp_path)
     expected = {"to": "[REDACTED]", "subject": "the quarterly figures", "cc": "[REDACTED]"}
