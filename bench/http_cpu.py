@@ -191,9 +191,10 @@ def main() -> int:
             for n in range(args.rounds):
                 profiler = None
                 if args.profile is not None and n == 0:
+                    # Blocking (the node paused for each sample): --nonblocking samples are
+                    # biased toward the event loop's idle wait under load.
                     spy = [str(HERE.parent / ".venv" / "bin" / "py-spy"), "record", "-p", str(node.pid), "-d",
-                           str(int(args.seconds) - 2), "-r", "200", "-f", "raw", "-o", str(args.profile),
-                           "--nonblocking"]  # fmt: skip
+                           str(int(args.seconds) - 2), "-r", "200", "-f", "raw", "-o", str(args.profile)]  # fmt: skip
                     profiler = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 before = cpu_times(node.pid)
                 result = wrk(harness, url, args.connections, args.seconds, headers, "gpt-4o-mini")
