@@ -77,6 +77,8 @@ async def coalesced(
         else:
             ended.append(None)
         finally:
+            if not ended:  # cancelled: by the door leaving, or else (never left waiting)
+                ended.append(asyncio.CancelledError("the stream's reading was cancelled"))
             ready.set()
 
     reader = asyncio.create_task(read())

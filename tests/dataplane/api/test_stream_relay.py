@@ -220,6 +220,21 @@ async def test_the_door_cancelled_mid_write_stops_the_reading() -> None:
     await events.aclose()
 
 
+async def test_a_reading_cancelled_from_within_ends_the_door_instead_of_leaving_it_waiting() -> None:
+    async def cancelled() -> AsyncGenerator[Any, None]:
+        yield StreamChunk(text="first")
+        await asyncio.sleep(0)
+        raise asyncio.CancelledError
+
+    relayed = coalesced(cancelled())
+    try:
+        assert await _texts(relayed) == ["first"]
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(anext(relayed), 5)
+    finally:
+        await relayed.aclose()
+
+
 async def test_a_merged_delta_stays_within_its_size() -> None:
     piece = "y" * 6000
     produced = asyncio.Event()
