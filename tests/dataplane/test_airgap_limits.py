@@ -83,17 +83,21 @@ async def test_an_air_gapped_node_refuses_over_its_rate_on_both_doors_with_retry
     assert retry is not None
     assert int(str(retry)) >= 1
 
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"http://{node.http_address}/v1/chat/completions",
-            json={"model": "sim-fast", "messages": [{"role": "user", "content": "hi"}]},
-            headers={"authorization": f"Bearer {API_KEY}"},
-        ) as response,
-    ):
-        assert response.status == 429, await response.text()
-        assert int(response.headers["retry-after"]) >= 1
-        assert "tenant acme requests per minute exceeded" in await response.text()
+    # The HTTP door too. A slow machine may take past the next refill (10 s) to get here: the
+    # request that takes it is served, and the one after it is refused.
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.post(
+                f"http://{node.http_address}/v1/chat/completions",
+                json={"model": "sim-fast", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {API_KEY}"},
+            ) as response:
+                status, text, headers = response.status, await response.text(), response.headers
+            if status != 200:
+                break
+        assert status == 429, text
+        assert int(headers["retry-after"]) >= 1
+        assert "tenant acme requests per minute exceeded" in text
 
 
 async def test_an_air_gapped_budget_survives_a_restart_and_a_lost_file_is_recounted_from_evidence(
