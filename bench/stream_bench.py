@@ -83,6 +83,14 @@ def prompt_of(words: int) -> str:
     return " ".join(f"w{i}" for i in range(words))
 
 
+ANSWER_PREFIX = "Simulated answer to: "
+"""What the simulator puts before the prompt it answers."""
+
+
+class IncompleteAnswer(Exception):
+    """A stream ended without all of its answer's text: a relay that lost or reordered some."""
+
+
 class Probe:
     """Wraps one streaming call so that ``drive`` runs it; collects TTFT and chunk counts."""
 
@@ -95,10 +103,14 @@ class Probe:
         self.ttft_ms.clear()
         self.chunks = self.messages = 0
 
-    def add(self, texts: list[str]) -> None:
-        """One stream's text, as the messages carrying it came."""
+    def add(self, texts: list[str], prompt: str) -> None:
+        """One stream's text, as the messages carrying it came; an answer that is not the
+        simulator's whole answer to ``prompt`` is an error (``drive`` counts it), not chunks."""
+        text = "".join(texts)
+        if text != f"{ANSWER_PREFIX}{prompt}":
+            raise IncompleteAnswer(f"{len(text)} characters of text, not the whole answer")
         self.messages += len(texts)
-        self.chunks += len("".join(texts).split())
+        self.chunks += len(text.split())
 
     def first(self, started: float) -> None:
         self.ttft_ms.append((time.perf_counter() - started) * 1000)
@@ -130,7 +142,7 @@ def sse_call(
                     if not texts:
                         probe.first(started)
                     texts.append(text)
-        probe.add(texts)
+        probe.add(texts, prompt)
 
     return call
 
@@ -147,7 +159,7 @@ def node_call(stub: infer_pb2_grpc.InferServiceAsyncStub, api_key: str, prompt: 
                 if not texts:
                     probe.first(started)
                 texts.append(event.delta.text)
-        probe.add(texts)
+        probe.add(texts, prompt)
 
     return call
 
