@@ -150,14 +150,22 @@ def _explicit(
         )
     # The caller chose the model, not the constraints: residency, certification
     # and the node's mode still hold.
+    named = table.explicit(policy, model)
+    key = (query.capabilities, query.data_classification)
+    if health is None or not health.troubled():
+        found = named.plans.get(key)
+        if found is not None:
+            window, plan = found
+            if not window or query.estimated_input_tokens + (query.max_output_tokens or 0) <= window:
+                return plan  # type: ignore[no-any-return]
     planner = _Planner(table, query, health, policy.constraints)
-    survivors = planner.eligible(table.explicit(policy, model))
+    survivors = planner.eligible(named.rows)
     if not survivors:
         raise NoEligibleCandidate(
             f"model {model.alias!r} is not eligible: {planner.dropped[0][1]}", tuple(planner.dropped)
         )
     ordered = planner.spread(survivors)
-    return RoutePlan(
+    plan = RoutePlan(
         policy.policy_id,
         policy.version,
         "explicit",
@@ -169,6 +177,12 @@ def _explicit(
         retry=policy.retry,
         deferred=tuple(planner.deferred),
     )
+    if planner.fits_up_to is not None and not planner.deferred and planner.balance_draw < 0:
+        # Made of nothing but the request's needs (its size checked against one window, which
+        # is kept; no cost or latency ceiling, no breaker, no draw by request id): the next
+        # request with the same needs and a size within that window gets the same plan.
+        named.plans[key] = (planner.fits_up_to, plan)
+    return plan
 
 
 def _first_match(routes: PolicyRoutes, q: RouteQuery) -> RuleRoutes:
@@ -210,7 +224,7 @@ def _cost(survivor: Survivor) -> int:
 class _Planner:
     """One decision's working state: what survived and what was dropped, and why."""
 
-    __slots__ = ("balance_draw", "constraints", "deferred", "dropped", "health", "query")
+    __slots__ = ("balance_draw", "constraints", "deferred", "dropped", "fits_up_to", "health", "query")
 
     def __init__(
         self,
@@ -225,6 +239,10 @@ class _Planner:
         self.dropped: list[tuple[str, str]] = []
         self.deferred: list[tuple[str, str]] = []
         self.balance_draw = -1.0
+        self.fits_up_to: int | None = None
+        """Set by ``eligible`` when only the request's needs decided, not its size: the
+        smallest context window of the rows (0: none has one), which a request of the same
+        needs must fit for the same rows to survive."""
 
     def plan(self, policy: CompiledPolicy, prepared: RuleRoutes) -> RoutePlan:
         rule = prepared.rule
@@ -304,6 +322,7 @@ class _Planner:
         ):
             # The common case: only the request's needs and the static checks
             # drop rows, and both are precomputed; no row needs looking at.
+            self.fits_up_to = 0 if rowset.unlimited_window else rowset.smallest_window
             if rowset.drops:
                 self.dropped.extend(rowset.drops)
             if not costed:

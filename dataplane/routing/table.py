@@ -10,15 +10,17 @@ deployments dropped by them, with the reason. A decision then only does what
 depends on the request.
 
 The table is built from immutable inputs and never changes after it is built;
-the one exception is ``RowSet.narrow``'s cache of the rows that meet a given set
-of needs, a value-keyed cache of a pure function (bounded by the few distinct
-capability sets and data classes requests come with).
+the exceptions are caches of pure functions of it: ``RowSet.narrow``'s rows that meet
+a given set of needs (bounded by the few distinct capability sets and data classes
+requests come with), and ``RouteTable.explicit``'s row of each model a caller names
+under each policy, with the plans ``plan_route`` may reuse for it (``ExplicitRoutes``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from dataplane.config.model import (
     MATCH_ALL,
@@ -242,24 +244,52 @@ class RouteTable:
     """Every model's deployments as candidates, keyed by model alias."""
     priced: Mapping[str, PricedModel]
     """Every model of the registry, priced."""
+    named: dict[tuple[int, str], ExplicitRoutes] = field(default_factory=dict, compare=False, repr=False)
+    """``explicit``'s cache: (id of the policy, model alias) -> its routes."""
 
     def routes_for(self, tenant_id: str) -> PolicyRoutes | None:
         """The tenant's own policy, else the platform default; None if neither exists."""
         return self.policies.get(tenant_id) or self.policies.get("")
 
-    def explicit(self, policy: CompiledPolicy, model: ModelConfig) -> RowSet:
-        """The one-row set of a model a caller names, under the policy's constraints.
-
-        Built per request (explicit calls check one model's few deployments);
-        the candidates themselves come ready-made from the table.
-        """
-        return RowSet(
+    def explicit(self, policy: CompiledPolicy, model: ModelConfig) -> ExplicitRoutes:
+        """The routes of a model a caller names under ``policy``: its one-row set under the
+        policy's constraints, built on the first request that names it (the table holds
+        ``MAX_NAMED`` of them; past that, it starts afresh)."""
+        key = (id(policy), model.alias)
+        found = self.named.get(key)
+        if found is not None and found.policy is policy:
+            return found
+        rows = RowSet(
             (
                 static_row(
                     self.priced[model.alias], self.candidates[model.alias], policy.constraints, self.node
                 ),
             )
         )
+        found = ExplicitRoutes(policy, rows)
+        if len(self.named) >= MAX_NAMED:
+            self.named.clear()  # one step, safe beside a reader in another thread
+        self.named[key] = found
+        return found
+
+
+MAX_NAMED = 4096
+"""Explicit routes (policy, model) a table keeps ready; requests name few."""
+
+
+class ExplicitRoutes:
+    """A named model's row under one policy, and the plans made of it that depend on nothing
+    but the request's needs (``planner._explicit`` says when a plan may be reused)."""
+
+    __slots__ = ("plans", "policy", "rows")
+
+    def __init__(self, policy: CompiledPolicy, rows: RowSet) -> None:
+        self.policy = policy
+        """Held so the key's ``id`` cannot be taken by another policy while the entry lives."""
+        self.rows = rows
+        self.plans: dict[tuple[frozenset[Capability], DataClass], tuple[int, Any]] = {}
+        """(capabilities, data class) -> (the largest window the plan was checked to fit, 0
+        for none; the plan). Values are ``RoutePlan``s, which this module does not import."""
 
 
 def build_route_table(
