@@ -143,8 +143,13 @@ def _key_caller(config: RuntimeConfig, token: str, now: float) -> Caller:
         raise Unauthenticated(INVALID)
     if entry.expires_at is not None and entry.expires_at <= now:
         raise Unauthenticated("authorization: API key expired")
-    tenant = _active(config, entry.tenant_id)
-    return Caller(tenant, entry.scope, API_KEY, key_id=entry.id, key_limits=entry.limits)
+    caller: Caller | None = config.callers.get(entry.id)
+    if caller is None:  # once per key and config: the same entry and tenant give the same caller
+        tenant = _active(config, entry.tenant_id)
+        caller = config.callers[entry.id] = Caller(
+            tenant, entry.scope, API_KEY, key_id=entry.id, key_limits=entry.limits
+        )
+    return caller
 
 
 def _active(config: RuntimeConfig, tenant_id: str) -> TenantConfig:

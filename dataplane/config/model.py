@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -490,6 +490,10 @@ class RuntimeConfig:
     first: not part of the snapshot, sent by the control plane on the sync stream; empty
     without one. Not compared: two configs compiled from one snapshot are equal whichever keys
     the node holds."""
+    callers: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """API key id -> the ``auth.Caller`` it authenticates as, made on its first request (a
+    pure function of this config's key entry and tenant). Not an argument: a config made
+    from another (``dataclasses.replace``) starts with its own."""
 
     @property
     def hash_hex(self) -> str:

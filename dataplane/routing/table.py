@@ -244,8 +244,11 @@ class RouteTable:
     """Every model's deployments as candidates, keyed by model alias."""
     priced: Mapping[str, PricedModel]
     """Every model of the registry, priced."""
-    named: dict[tuple[int, str], ExplicitRoutes] = field(default_factory=dict, compare=False, repr=False)
-    """``explicit``'s cache: (id of the policy, model alias) -> its routes."""
+    named: dict[tuple[int, str], ExplicitRoutes] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+    """``explicit``'s cache: (id of the policy, model alias) -> its routes. Not an argument: a
+    table made from another (``dataclasses.replace``) starts with its own."""
 
     def routes_for(self, tenant_id: str) -> PolicyRoutes | None:
         """The tenant's own policy, else the platform default; None if neither exists."""
