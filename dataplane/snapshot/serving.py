@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from dataplane.config.model import RuntimeConfig, SecretRef
@@ -55,16 +54,19 @@ class ServingState:
     def version(self) -> int:
         return self.config.version
 
-    @contextmanager
-    def use(self) -> Iterator[ServingState]:
-        """Hold this state for one request, so its adapters outlive the request."""
+    def use(self) -> ServingState:
+        """Hold this state for one request (``with state.use():``), so its adapters outlive
+        the request. The state is its own context manager: no generator made per request."""
+        return self
+
+    def __enter__(self) -> ServingState:
         self._inflight += 1
-        try:
-            yield self
-        finally:
-            self._inflight -= 1
-            if self._retired and self._inflight == 0:
-                self._idle.set()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._inflight -= 1
+        if self._retired and self._inflight == 0:
+            self._idle.set()
 
     def _retire(self) -> None:
         self._retired = True
