@@ -179,7 +179,10 @@ class Dispatcher:
             attempts = []
         last: ProviderError | None = None
         cur = Cursor(plan.ordered)
-        while (launch := await self._next(cur, retry, len(attempts), deadline, skipped)) is not None:
+        launch = self._first(cur, retry, deadline)
+        if launch is None:
+            launch = await self._next(cur, retry, len(attempts), deadline, skipped)
+        while launch is not None:
             started = clock()
             try:
                 if keeps_deadline:
@@ -221,9 +224,25 @@ class Dispatcher:
             if deadline - clock() <= 0:
                 cur.out_of_time = True
                 break
+            launch = await self._next(cur, retry, len(attempts), deadline, skipped)
         raise DispatchFailed(
             self._final_error(attempts, skipped, last, cur.out_of_time, deadline), attempts, skipped
         ) from last
+
+    def _first(self, cur: Cursor, retry: RetrySettings, deadline: float) -> Launch | None:
+        """The plan's first candidate, cleared without ``_next``'s checks when none can
+        refuse it: no deployment of this dispatcher has an open (or half-open) breaker or a
+        Retry-After running (``_troubled`` is empty: each state reports itself there when it
+        opens or is blocked), so the first candidate is closed and unblocked, needs no probe
+        slot and no backoff (the usual request). None: ask ``_next``."""
+        if self._troubled or not cur.pending or retry.max_attempts < 1:
+            return None
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            return None
+        candidate = cur.pending[0]
+        cur.index = 1
+        return Launch(candidate, self.state(candidate), 0.0, remaining)
 
     async def _next(
         self,
