@@ -158,7 +158,7 @@ class ToolCallDelta:
     arguments_fragment: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per chunk (see dataplane.pipeline.call); never changed
 class StreamChunk:
     """One normalized streaming event. Any field may be empty.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per event, the streaming path's hottest loop; never changed
 class SSEEvent:
     """One dispatched event. ``event`` is ``""`` for data-only streams."""
 
