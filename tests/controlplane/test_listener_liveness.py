@@ -62,6 +62,9 @@ async def test_a_frozen_listening_connection_is_replaced_and_the_missed_snapshot
 
         await eventually(caught_up, message="the replica to load the version notified while frozen")
         assert proxy.accepted >= 2, "a new listening connection was made"
+        # The refresh wakes the streams of every moved group once it has loaded them all: it
+        # may still be loading another group's envelope when this one's is held.
+        await eventually(lambda: not sub.queue.empty(), message="the group's streams to be woken")
         assert sub.queue.get_nowait() is None, "the group's streams were woken"
 
 
