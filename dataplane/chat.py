@@ -2,7 +2,10 @@
 
 The Infer API converts to these types at its edge (``dataplane.edge.infer``);
 every provider adapter translates between these and its own wire format.
-All values are immutable.
+No value is changed once made (``dataclasses.replace`` makes a new one). Those made for every
+request (a message and its text, the request, the answer, its usage) and
+every chunk are not frozen, only slotted: a frozen dataclass sets each field through
+``object.__setattr__``, several times the cost of a plain assignment; none of them is hashed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ class Role(StrEnum):
     TOOL = "tool"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (module docstring)
 class TextPart:
     text: str
 
@@ -46,7 +49,7 @@ class ToolCall:
     """The arguments object as JSON text (OpenAI convention)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (module docstring)
 class Message:
     role: Role
     content: tuple[ContentPart, ...] = ()
@@ -91,7 +94,7 @@ class ResponseFormat:
     ``json_schema.description``): sent where the provider's wire format has a place for it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # frozen: the default ``ChatRequest.params`` is shared
 class GenerationParams:
     max_output_tokens: int | None = None
     temperature: float | None = None
@@ -103,7 +106,7 @@ class GenerationParams:
     parallel_tool_calls: bool | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (module docstring)
 class ChatRequest:
     """What an adapter sends, minus the model name (given per call)."""
 
@@ -121,7 +124,7 @@ class FinishReason(StrEnum):
     CONTENT_FILTER = "content_filter"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (module docstring)
 class Usage:
     """Token counts, OpenAI convention: cached and cache-write tokens are part of input."""
 
@@ -139,7 +142,7 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (module docstring)
 class ChatResponse:
     message: Message
     """The assistant's message: text parts and tool calls."""

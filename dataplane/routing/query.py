@@ -30,7 +30,7 @@ AUTO_MODEL = "auto"
 No model may have it as its alias (the control plane refuses it)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (see dataplane.pipeline.call)
 class Hints:
     """What a caller says about a request besides its content: it steers routing,
     it is never sent to a model."""
