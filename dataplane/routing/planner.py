@@ -157,7 +157,7 @@ def _explicit(
         if found is not None:
             window, plan = found
             if not window or query.estimated_input_tokens + (query.max_output_tokens or 0) <= window:
-                return plan  # type: ignore[no-any-return]
+                return plan
     planner = _Planner(table, query, health, policy.constraints)
     survivors = planner.eligible(named.rows)
     if not survivors:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from dataplane.config.model import (
     MATCH_ALL,
@@ -39,7 +38,7 @@ from dataplane.config.model import (
     Strategy,
 )
 from dataplane.routing.candidate import Candidate
-from dataplane.routing.query import CLOUD_NODE, NodeContext
+from dataplane.routing.query import CLOUD_NODE, NodeContext, RoutePlan
 
 Survivor = tuple[PricedModel, Sequence[Candidate], int, tuple[float, ...] | None]
 """A model that passed, its passing deployments, its estimated cost for the request
@@ -290,9 +289,9 @@ class ExplicitRoutes:
         self.policy = policy
         """Held so the key's ``id`` cannot be taken by another policy while the entry lives."""
         self.rows = rows
-        self.plans: dict[tuple[frozenset[Capability], DataClass], tuple[int, Any]] = {}
+        self.plans: dict[tuple[frozenset[Capability], DataClass], tuple[int, RoutePlan]] = {}
         """(capabilities, data class) -> (the largest window the plan was checked to fit, 0
-        for none; the plan). Values are ``RoutePlan``s, which this module does not import."""
+        for none; the plan)."""
 
 
 def build_route_table(
