@@ -153,6 +153,10 @@ class HttpConnection(asyncio.Protocol):
         self._writable.set()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        # The parser holds this connection's bound methods: a reference cycle, left for the
+        # cyclic collector, which a serving worker runs seldom (``dataplane.collector``). No
+        # byte is parsed after the connection is lost.
+        del self._parser
 
     def _front_peer(self) -> None:
         """What the TLS front established, filed under this connection's port."""

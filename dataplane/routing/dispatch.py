@@ -178,56 +178,67 @@ class Dispatcher:
         if attempts is None:
             attempts = []
         last: ProviderError | None = None
+        error: ProviderError | None = None
         cur = Cursor(plan.ordered)
         launch = self._first(cur, retry, deadline)
         if launch is None:
             launch = await self._next(cur, retry, len(attempts), deadline, skipped)
-        while launch is not None:
-            started = clock()
-            try:
-                if keeps_deadline:
-                    result = await attempt(launch.candidate, launch.remaining)
+        try:
+            while launch is not None:
+                started = clock()
+                try:
+                    if keeps_deadline:
+                        result = await attempt(launch.candidate, launch.remaining)
+                    else:
+                        result = await bounded(attempt, launch)
+                except TimeoutError as exc:
+                    error = timed_out(launch, exc)
+                except ProviderError as exc:
+                    error = exc
+                except asyncio.CancelledError:
+                    self._cut(launch.state, started, deadline)
+                    attempts.append(
+                        AttemptRecord(
+                            launch.candidate,
+                            CANCELLED,
+                            "the request was cancelled while the upstream had it",
+                            int((clock() - started) * 1000),
+                            backoff_ms=int(launch.wait * 1000),
+                        )
+                    )
+                    raise
+                except BaseException:
+                    launch.state.release_probe()
+                    raise
                 else:
-                    result = await bounded(attempt, launch)
-            except TimeoutError as exc:
-                error = timed_out(launch, exc)
-            except ProviderError as exc:
-                error = exc
-            except asyncio.CancelledError:
-                self._cut(launch.state, started, deadline)
-                attempts.append(
-                    AttemptRecord(
-                        launch.candidate,
-                        CANCELLED,
-                        "the request was cancelled while the upstream had it",
-                        int((clock() - started) * 1000),
-                        backoff_ms=int(launch.wait * 1000),
+                    elapsed = clock() - started
+                    launch.state.record_success(elapsed * 1000)
+                    attempts.append(
+                        AttemptRecord(
+                            launch.candidate,
+                            "ok",
+                            "",
+                            int(elapsed * 1000),
+                            backoff_ms=int(launch.wait * 1000),
+                        )
                     )
-                )
-                raise
-            except BaseException:
-                launch.state.release_probe()
-                raise
-            else:
-                elapsed = clock() - started
-                launch.state.record_success(elapsed * 1000)
-                attempts.append(
-                    AttemptRecord(
-                        launch.candidate, "ok", "", int(elapsed * 1000), backoff_ms=int(launch.wait * 1000)
-                    )
-                )
-                return result, launch.candidate, attempts
-            last = error
-            attempts.append(self._failed(cur, launch, error, started))
-            if error.kind not in retry.fallback_on:
-                raise DispatchFailed(error, attempts, skipped) from error
-            if deadline - clock() <= 0:
-                cur.out_of_time = True
-                break
-            launch = await self._next(cur, retry, len(attempts), deadline, skipped)
-        raise DispatchFailed(
-            self._final_error(attempts, skipped, last, cur.out_of_time, deadline), attempts, skipped
-        ) from last
+                    return result, launch.candidate, attempts
+                last = error
+                attempts.append(self._failed(cur, launch, error, started))
+                if error.kind not in retry.fallback_on:
+                    raise DispatchFailed(error, attempts, skipped) from error
+                if deadline - clock() <= 0:
+                    cur.out_of_time = True
+                    break
+                launch = await self._next(cur, retry, len(attempts), deadline, skipped)
+            raise DispatchFailed(
+                self._final_error(attempts, skipped, last, cur.out_of_time, deadline), attempts, skipped
+            ) from last
+        finally:
+            # A failed attempt's error was caught in this frame, so its traceback holds the
+            # frame, whose locals hold the error: a reference cycle that would keep the
+            # request's objects until the cyclic collector runs (seldom in a serving worker).
+            error = last = None
 
     def _first(self, cur: Cursor, retry: RetrySettings, deadline: float) -> Launch | None:
         """The plan's first candidate, cleared without ``_next``'s checks when none can

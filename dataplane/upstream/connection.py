@@ -13,6 +13,7 @@ disconnect, and a reader still waiting is woken with the reason.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import deque
 from collections.abc import Callable
 
@@ -118,7 +119,7 @@ class Exchange:
                     return out
                 continue
             if self._error is not None:
-                raise self._error
+                raise _again(self._error)
             if self.complete:
                 if decoder is not None:
                     decoder.finish()
@@ -132,7 +133,7 @@ class Exchange:
 
     async def _wait(self, timeout: float) -> None:
         if self._error is not None:
-            raise self._error
+            raise _again(self._error)
         connection = self._connection
         loop = connection.loop
         waiter = self._waiter = loop.create_future()
@@ -318,6 +319,10 @@ class Connection(asyncio.Protocol):
             else:
                 exchange.fail(RemoteProtocolError("upstream closed the connection before the body ended"))
         self._closed_now()
+        # The parser holds this connection's bound methods: a reference cycle, left for the
+        # cyclic collector, which a serving worker runs seldom (``dataplane.collector``). No
+        # byte is parsed after the connection is lost.
+        del self._parser
 
     def eof_received(self) -> bool | None:
         return False  # close our side too: a half-closed upstream sends no more
@@ -437,3 +442,11 @@ class Connection(asyncio.Protocol):
                 # its timeout. A reader already failed or done keeps what it had.
                 exchange.fail(ReadError("the connection to the upstream was closed"))
             self._on_closed(self)
+
+
+def _again(error: BaseException) -> BaseException:
+    """A copy of ``error`` to raise, without its traceback. ``error`` stays on its exchange for
+    every later read; raised itself, it would take a traceback through the reader's frames,
+    which hold the exchange: a reference cycle that keeps the answer's buffers and the
+    request's objects until the cyclic collector runs (seldom in a serving worker)."""
+    return copy.copy(error)
