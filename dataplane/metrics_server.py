@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -166,6 +167,7 @@ class _StateCollector(Collector):
             for reason, count in counting.refused.items():
                 refused_grpc.add_metric([reason, self._worker], count)
             yield refused_grpc
+        yield from self._collector()
         fronts = s.fronts()
         if fronts:
             connections = CounterMetricFamily(
@@ -180,6 +182,37 @@ class _StateCollector(Collector):
                 for result, count in front.results.items():
                     connections.add_metric([front.door, result, self._worker], count)
             yield connections
+
+    def _collector(self) -> Iterator[Metric]:
+        """The cyclic garbage collector's work and pace (``dataplane.collector``), by generation:
+        prometheus_client's ``python_gc_*`` families, with the worker label."""
+        labels = ["generation", "worker"]
+        collections = CounterMetricFamily(
+            "python_gc_collections",
+            "Collections of each generation by the cyclic garbage collector.",
+            labels=labels,
+        )
+        collected = CounterMetricFamily(
+            "python_gc_objects_collected", "Objects freed by the cyclic garbage collector.", labels=labels
+        )
+        uncollectable = CounterMetricFamily(
+            "python_gc_objects_uncollectable",
+            "Objects the cyclic garbage collector found but could not free.",
+            labels=labels,
+        )
+        threshold = GaugeMetricFamily(
+            "signalbox_gc_threshold",
+            "When the cyclic collector runs: for generation 0, container allocations net of frees; "
+            "for 1 and 2, collections of the generation below.",
+            labels=labels,
+        )
+        for generation, (stats, limit) in enumerate(zip(gc.get_stats(), gc.get_threshold(), strict=False)):
+            key = [str(generation), self._worker]
+            collections.add_metric(key, stats["collections"])
+            collected.add_metric(key, stats["collected"])
+            uncollectable.add_metric(key, stats["uncollectable"])
+            threshold.add_metric(key, limit)
+        yield from (collections, collected, uncollectable, threshold)
 
 
 class _Peers(Collector):

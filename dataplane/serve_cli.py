@@ -11,6 +11,7 @@ import math
 import sys
 from pathlib import Path
 
+from dataplane.collector import pace_for_serving
 from dataplane.config.model import DeploymentMode, Scope
 from dataplane.deadlines import DEFAULT_DEADLINE_S, DEFAULT_STREAM_DEADLINE_S
 from dataplane.errors import EvidenceChainBroken, SnapshotFileInvalid
@@ -566,6 +567,8 @@ def serve_command(ns: argparse.Namespace) -> int:
         return supervise(
             ns.argv, workers, ns.listen, ns.drain_seconds, shared=[ns.http_listen] if ns.http_listen else []
         )
+
+    pace_for_serving()
 
     async def run() -> None:
         node = DataPlaneNode(node_settings)

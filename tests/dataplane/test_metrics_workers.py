@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
+from dataplane.collector import YOUNG_THRESHOLD
 from dataplane.evidence.log import log_path
 from dataplane.evidence.records import read_records
 from dataplane.evidence.spool import Spool
@@ -130,3 +131,35 @@ async def test_a_worker_answering_unreadable_metrics_is_left_out_of_the_scrape_n
         await peer.wait_closed()
     assert 'signalbox_metrics_peer_failures_total{peer="1",worker="0"} 1.0' in text
     assert "signalbox_snapshot_version" in text
+
+
+async def test_every_worker_runs_the_garbage_collector_at_the_serving_pace_and_reports_it(
+    tmp_path: Path, trust_key: Path, signing_key: Ed25519PrivateKey, simulator: Any
+) -> None:
+    pin = tmp_path / "site.snapshot"
+    pin.write_bytes(site_pin(signing_key, 3, simulator.base_url))
+    metrics_port = free_port()
+    args = pinned_serve_args(pin, trust_key, tmp_path / "node", "--node-id", NODE, "--workers", "2")
+    args += ["--listen", f"127.0.0.1:{free_port()}", "--metrics-listen", f"127.0.0.1:{metrics_port}"]
+    async with workers_up(args, 2), aiohttp.ClientSession() as session:
+
+        async def scraped() -> dict[tuple[str, str, str], float]:
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                text = await response.text()
+                assert response.status == 200, text
+            samples = {
+                (s.name, s.labels["generation"], s.labels["worker"]): s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name.startswith(("python_gc_", "signalbox_gc_"))
+            }
+            assert {worker for _, _, worker in samples} == {"0", "1"}  # worker 1's, once it answers
+            return samples
+
+        samples = await eventually(scraped, timeout=30, message="both workers' collector metrics")
+    for worker in ("0", "1"):
+        assert samples[("signalbox_gc_threshold", "0", worker)] == YOUNG_THRESHOLD
+        for generation in ("0", "1", "2"):
+            assert samples[("python_gc_collections_total", generation, worker)] >= 0
+            assert ("python_gc_objects_collected_total", generation, worker) in samples
+            assert ("python_gc_objects_uncollectable_total", generation, worker) in samples
