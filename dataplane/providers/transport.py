@@ -126,7 +126,7 @@ class HttpAdapter:
         """
         timeout = self.attempt_timeout(timeout)
         # The whole call's deadline is the client's to keep: it bounds every wait by it.
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = self._client.clock() + timeout
         try:
             response = await self._send(url, body, timeout=timeout, params=params, deadline=deadline)
             try:
@@ -269,7 +269,7 @@ class HttpAdapter:
         forever when the caller set none. The client keeps it with the
         connection's one timer: no timer per chunk.
         """
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = self._client.clock() + timeout
         async with (
             self._open(
                 url, make_body(), timeout=self.attempt_timeout(timeout), params=params, deadline=deadline
