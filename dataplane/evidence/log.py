@@ -75,7 +75,6 @@ import hashlib
 import logging
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -94,6 +93,7 @@ from dataplane.evidence.records import (
 from dataplane.evidence.recovery import recover
 from dataplane.evidence.spool import Spool
 from dataplane.evidence.writer_lock import WriterLock
+from dataplane.random_ids import token_hex
 
 log = logging.getLogger("signalbox.dataplane.evidence")
 
@@ -249,7 +249,7 @@ class EvidenceLog:
             # ValueError, like a write to a closed file: callers handle both the same way.
             raise ValueError("evidence log is not open")
         seq = self._head.seq + 1
-        record_id = record_id or secrets.token_hex(16)
+        record_id = record_id or token_hex(16)
         record: dict[str, Any] = {
             "record_id": record_id,
             "chain_id": self.chain_id,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -67,6 +66,7 @@ from dataplane.pipeline.trace import (
 )
 from dataplane.pipeline.tracing import RequestTracer
 from dataplane.quota import Quotas
+from dataplane.random_ids import token_hex
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import Dispatcher
 from dataplane.routing.planner import plan_route, usable_plan
@@ -326,15 +326,15 @@ class Pipeline:
         now = time.monotonic()
         kind = EVIDENCE_KIND[call.operation]
         if not call.correlation_id:
-            # Both ids from one draw of 32 random bytes: one getrandom() call, not two.
-            ids = secrets.token_hex(32)
+            # Both ids from one draw of 32 random bytes.
+            ids = token_hex(32)
             trace = Trace(kind, ids[:32], now, time.time(), call.request_sha256, record_id=ids[32:])
             bind_request(trace.correlation_id)
             return trace
         try:
             supplied = checked_correlation_id(call.correlation_id, call.correlation_field)
         except InvalidRequest as exc:
-            trace = Trace(kind, secrets.token_hex(16), now, time.time(), call.request_sha256)
+            trace = Trace(kind, token_hex(16), now, time.time(), call.request_sha256)
             trace.invalid_correlation_id = exc
             bind_request(trace.correlation_id)
             return trace

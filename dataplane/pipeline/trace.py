@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from dataplane.errors import InvalidRequest
 from dataplane.outcome import Outcome
 from dataplane.pipeline.call import RequestGovernance
 from dataplane.quota import Reservation
+from dataplane.random_ids import token_hex
 from dataplane.routing.attempts import CANCELLED, HEDGED
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.dispatch import AttemptRecord, ShadowOutcome
@@ -82,7 +82,7 @@ class Trace:
     """What governs this request (empty: nothing, the usual case without profiles)."""
     recorded: str | None = None
     """The evidence record id once written ("" when it could not be): exactly one per request."""
-    record_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    record_id: str = field(default_factory=lambda: token_hex(16))
     """The id the record will have: a stream names it in its first event, before it is written."""
     content: dict[str, Any] | None = None
     """The request's and the answer's content, for a tenant whose evidence is FULL (None:

@@ -11,7 +11,6 @@ import base64
 import json
 import math
 import re
-import secrets
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -29,6 +28,7 @@ from dataplane.chat import (
     Usage,
 )
 from dataplane.errors import UpstreamBadRequest
+from dataplane.random_ids import token_hex
 
 from .classify import protocol_error
 
@@ -149,7 +149,7 @@ def token_count(value: object) -> int:
 
 def synthesize_call_id() -> str:
     """An id for a tool call whose provider gave none (Gemini, Ollama)."""
-    return "call_" + secrets.token_hex(12)
+    return "call_" + token_hex(12)
 
 
 def tool_names_by_id(messages: Iterable[Message]) -> dict[str, str]:
