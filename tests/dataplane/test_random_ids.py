@@ -46,7 +46,9 @@ def test_a_forked_child_does_not_hand_out_its_parents_next_ids() -> None:
         print(token_hex(16), os.read(read, 64).decode())
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
     parent, child = out.stdout.split()
     assert len(parent) == len(child) == 32
     assert parent != child
