@@ -87,7 +87,9 @@ async def coalesced(
             if not queue:
                 if ended:
                     if ended[0] is not None:
-                        raise ended[0]
+                        # Not kept in ``ended``, nor in a local: raised, its traceback holds this
+                        # frame, which would hold it back (a cycle keeping the request's objects).
+                        raise _taken(ended)
                     return
                 ready.clear()
                 await ready.wait()
@@ -122,3 +124,10 @@ async def coalesced(
 
 def _size(chunk: StreamChunk) -> int:
     return len(chunk.text) + sum(len(call.arguments_fragment) for call in chunk.tool_calls)
+
+
+def _taken(ended: list[BaseException | None]) -> BaseException:
+    """What ended the reading, taken out of ``ended``."""
+    error = ended.pop()
+    assert error is not None
+    return error

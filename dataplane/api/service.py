@@ -10,6 +10,14 @@ evidence is that of the bytes as received.
 Each handler converts at the edge (``dataplane.edge.infer``), runs one flow of
 the pipeline and converts the result back; a ``Refused`` request ends with its
 status, the correlation id in message and trailers, and its evidence id.
+
+A refusal ends with ``context.abort``, which raises an exception grpc.aio also keeps on the
+call's state, reachable from the handler's frame (its ``context``) that the exception's
+traceback holds: a reference cycle, freed only by the cyclic collector, which a serving
+worker runs seldom (``dataplane.collector``). So a handler lets go of the request (its bytes,
+message and pipeline call) before it aborts, and aborts outside its ``except`` block (the
+``Refused``, and through it the pipeline's frames, would be the abort's context): the cycle
+then holds grpc's own objects, not the request.
 """
 
 from __future__ import annotations
@@ -57,9 +65,16 @@ class InferService:
         try:
             served = await self._p.answer(call)
         except Refused as refused:
-            await abort(context, refused.outcome, refused.correlation_id, refused.evidence_id)
-        context.set_trailing_metadata(evidence_trailers(served.correlation_id, served.evidence_id))
-        return edge.answer_to_proto(served)
+            outcome, correlation_id, evidence_id = (
+                refused.outcome,
+                refused.correlation_id,
+                refused.evidence_id,
+            )
+        else:
+            context.set_trailing_metadata(evidence_trailers(served.correlation_id, served.evidence_id))
+            return edge.answer_to_proto(served)
+        del request, message, decode, call  # before the abort: module docstring
+        await abort(context, outcome, correlation_id, evidence_id)
 
     async def Embed(self, request: bytes, context: Context) -> infer_pb2.EmbedResponse:
         message, decode = _parse(infer_pb2.EmbedRequest, request, context, edge.decode_embed)
@@ -67,9 +82,16 @@ class InferService:
         try:
             served = await self._p.embed(call)
         except Refused as refused:
-            await abort(context, refused.outcome, refused.correlation_id, refused.evidence_id)
-        context.set_trailing_metadata(evidence_trailers(served.correlation_id, served.evidence_id))
-        return edge.embedding_to_proto(served)
+            outcome, correlation_id, evidence_id = (
+                refused.outcome,
+                refused.correlation_id,
+                refused.evidence_id,
+            )
+        else:
+            context.set_trailing_metadata(evidence_trailers(served.correlation_id, served.evidence_id))
+            return edge.embedding_to_proto(served)
+        del request, message, decode, call  # before the abort: module docstring
+        await abort(context, outcome, correlation_id, evidence_id)
 
     async def InferStream(
         self, request: bytes, context: Context
@@ -88,10 +110,18 @@ class InferService:
                     context.set_trailing_metadata(evidence_trailers(event.correlation_id, event.evidence_id))
                 yield edge.stream_event_to_proto(event)
         except Refused as refused:
-            await abort(context, refused.outcome, refused.correlation_id, refused.evidence_id)
+            outcome, correlation_id, evidence_id = (
+                refused.outcome,
+                refused.correlation_id,
+                refused.evidence_id,
+            )
+        else:
+            return
         finally:
             await relayed.aclose()
             await events.aclose()
+        del request, message, decode, call, events, relayed  # before the abort: module docstring
+        await abort(context, outcome, correlation_id, evidence_id)
 
 
 def add_to_server(servicer: InferService, server: grpc.aio.Server) -> None:

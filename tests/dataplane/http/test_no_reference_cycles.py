@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import types
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import orjson
 import pytest
 
 import dataplane
 from dataplane.app import DataPlaneNode
+from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.simulator.behaviour import Behaviour
-from tests.dataplane.conftest import API_KEY
+from tests.dataplane.conftest import API_KEY, AUTH, chat
 from tests.helpers import eventually
 
 ROUNDS = 20
@@ -33,34 +37,48 @@ CHAT = {"model": "sim-fast", "messages": [{"role": "user", "content": "hello the
 STREAM = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
 
 
-def _ours(obj: object) -> bool:
-    """An object of the node's code: an instance of its classes, or a coroutine, frame or
-    bound method of its functions."""
+def _ours(obj: object) -> str | None:
+    """What ``obj`` is, when it is the node's: an instance of its classes, or a coroutine,
+    frame or bound method of its functions (named with the function); else None."""
     if isinstance(obj, types.MethodType):
         return _ours(obj.__self__)
-    if isinstance(obj, types.CoroutineType | types.GeneratorType | types.AsyncGeneratorType):
-        code = getattr(obj, "cr_code", None) or getattr(obj, "gi_code", None) or getattr(obj, "ag_code", None)
-        return code is not None and code.co_filename.startswith(DATAPLANE)
-    if isinstance(obj, types.FrameType):
-        return obj.f_code.co_filename.startswith(DATAPLANE)
-    return type(obj).__module__.startswith("dataplane.")
+    code = None
+    if isinstance(obj, types.CoroutineType):
+        code = obj.cr_code
+    elif isinstance(obj, types.GeneratorType):
+        code = obj.gi_code
+    elif isinstance(obj, types.AsyncGeneratorType):
+        code = obj.ag_code
+    elif isinstance(obj, types.FrameType):
+        code = obj.f_code
+    if code is not None:
+        return f"{type(obj).__name__} {code.co_qualname}" if code.co_filename.startswith(DATAPLANE) else None
+    return type(obj).__qualname__ if type(obj).__module__.startswith("dataplane.") else None
+
+
+@dataclass
+class _Garbage:
+    ours: list[str] = field(default_factory=list)
+    """The node's objects that only the cyclic collector would have freed (``_ours``)."""
+    largest: int = 0
+    """Bytes of the largest object among all the garbage, the node's or not."""
 
 
 @contextmanager
-def _garbage_of_the_node() -> Iterator[list[str]]:
-    """Collector off inside; on the way out, the names of the node's objects that only the
-    cyclic collector would have freed."""
+def _garbage() -> Iterator[_Garbage]:
+    """Collector off inside; on the way out, what only the cyclic collector would have freed."""
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
-    found: list[str] = []
+    found = _Garbage()
     try:
         yield found
     finally:
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
             gc.collect()
-            found.extend(sorted({type(o).__qualname__ for o in gc.garbage if _ours(o)}))
+            found.ours = sorted({name for o in gc.garbage if (name := _ours(o)) is not None})
+            found.largest = max((sys.getsizeof(o) for o in gc.garbage), default=0)
         finally:
             gc.garbage.clear()
             gc.set_debug(0)
@@ -68,12 +86,24 @@ def _garbage_of_the_node() -> Iterator[list[str]]:
                 gc.enable()
 
 
-def _head(body: bytes, *, key: str = API_KEY, close: bool = False) -> bytes:
-    return (
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: node\r\n"
-        f"authorization: Bearer {key}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n" + ("connection: close\r\n" if close else "") + "\r\n"
-    ).encode() + body
+def _head(
+    body: bytes,
+    *,
+    key: str = API_KEY,
+    close: bool = False,
+    path: str = "/v1/chat/completions",
+    headers: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "host: node",
+        f"authorization: Bearer {key}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        *(["connection: close"] if close else []),
+        *(f"{name}: {value}" for name, value in headers),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 async def _answer(reader: asyncio.StreamReader) -> int:
@@ -104,11 +134,13 @@ class _Client:
             await writer.wait_closed()
 
 
-async def _served(node: DataPlaneNode, run: Callable[[], Awaitable[object]]) -> list[str]:
-    """Warm up once, then ``ROUNDS`` runs with the collector off; the node's garbage."""
+async def _served(
+    node: DataPlaneNode, run: Callable[[], Awaitable[object]], rounds: int = ROUNDS
+) -> _Garbage:
+    """Warm up once, then ``rounds`` runs with the collector off; what they left."""
     await run()
-    with _garbage_of_the_node() as found:
-        for _ in range(ROUNDS):
+    with _garbage() as found:
+        for _ in range(rounds):
             await run()
         # Handlers cancelled by a client that left finish on the loop, after the client.
         await eventually(lambda: not node._doors or not node._doors.http or not node._doors.http.connections)
@@ -134,27 +166,27 @@ async def test_requests_and_their_connections_leave_no_cycles(
     node: DataPlaneNode, body: bytes, key: str, expected: int
 ) -> None:
     client = _Client(node)
-    assert await _served(node, lambda: _status(client, body, expected, key=key)) == []
+    assert (await _served(node, lambda: _status(client, body, expected, key=key))).ours == []
 
 
 async def test_a_connection_the_node_closes_leaves_no_cycles(node: DataPlaneNode) -> None:
     client = _Client(node)
     body = orjson.dumps(CHAT)
-    assert await _served(node, lambda: _status(client, body, 200, close=True)) == []
+    assert (await _served(node, lambda: _status(client, body, 200, close=True))).ours == []
 
 
 async def test_an_upstream_failure_leaves_no_cycles(node: DataPlaneNode, simulator: Any) -> None:
     simulator.set_behaviour("sim-fast", Behaviour(fail_status=500))
     client = _Client(node)
     body = orjson.dumps(CHAT)
-    assert await _served(node, lambda: _status(client, body, 502)) == []
+    assert (await _served(node, lambda: _status(client, body, 502))).ours == []
 
 
 async def test_an_upstream_that_dies_mid_stream_leaves_no_cycles(node: DataPlaneNode, simulator: Any) -> None:
     simulator.set_behaviour("sim-fast", Behaviour(drop_after_chunks=2))
     client = _Client(node)
     body = orjson.dumps(STREAM)
-    assert await _served(node, lambda: _status(client, body, 200)) == []
+    assert (await _served(node, lambda: _status(client, body, 200))).ours == []
 
 
 async def test_a_client_that_leaves_mid_stream_leaves_no_cycles(node: DataPlaneNode, simulator: Any) -> None:
@@ -170,4 +202,87 @@ async def test_a_client_that_leaves_mid_stream_leaves_no_cycles(node: DataPlaneN
         writer.close()
         await writer.wait_closed()
 
-    assert await _served(node, leave) == []
+    assert (await _served(node, leave)).ours == []
+
+
+async def _get(client: _Client, path: str, expected: int) -> None:
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nhost: node\r\nauthorization: Bearer {API_KEY}\r\n\r\n".encode())
+        assert await _answer(reader) == expected
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_embeddings_and_the_models_list_leave_no_cycles(node: DataPlaneNode) -> None:
+    client = _Client(node)
+    body = orjson.dumps({"model": "sim-embed", "input": ["one", "two"]})
+
+    async def both() -> None:
+        assert await client.exchange(body, path="/v1/embeddings") == 200
+        await _get(client, "/v1/models", 200)
+
+    assert (await _served(node, both)).ours == []
+
+
+async def test_an_upstream_that_refuses_with_retry_after_leaves_no_cycles(
+    node: DataPlaneNode, simulator: Any
+) -> None:
+    simulator.set_behaviour("sim-fast", Behaviour(fail_status=429, retry_after=0.01))
+    client = _Client(node)
+    body = orjson.dumps(CHAT)
+    assert (await _served(node, lambda: _status(client, body, 429))).ours == []
+
+
+async def test_an_upstream_too_slow_for_the_deadline_leaves_no_cycles(
+    node: DataPlaneNode, simulator: Any
+) -> None:
+    simulator.set_behaviour("sim-fast", Behaviour(latency_ms=2_000))
+    client = _Client(node)
+    body = orjson.dumps(CHAT)
+    deadline = (("x-signalbox-timeout-ms", "50"),)
+    # Four timeouts: the fifth would open the deployment's breaker (a refusal tested above).
+    assert (await _served(node, lambda: _status(client, body, 504, headers=deadline), rounds=3)).ours == []
+
+
+async def _drained(events: AsyncIterator[object]) -> None:
+    async for _ in events:
+        pass
+
+
+async def test_the_grpc_door_leaves_no_cycles_and_its_refusals_leave_grpc_none_of_the_request(
+    node: DataPlaneNode,
+) -> None:
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+
+        async def served() -> None:
+            assert (await stub.Infer(chat(), metadata=AUTH, timeout=10)).message
+            async for _ in stub.InferStream(chat(), metadata=AUTH, timeout=10):
+                pass
+
+        assert (await _served(node, served)).ours == []
+
+        # grpc.aio keeps the exception of ``context.abort`` on the call's state, which the
+        # handler's frame in its traceback reaches: a cycle of grpc's making, with the
+        # handler's and ``abort``'s frames in it. The request (300 KB here) must not be.
+        prompt = "x" * 300_000
+        stranger = (("authorization", "Bearer sk-not-a-key-0000000000"),)
+
+        async def refused() -> None:
+            with pytest.raises(grpc.aio.AioRpcError) as unary:
+                await stub.Infer(chat(prompt), metadata=stranger, timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as streamed:
+                await _drained(stub.InferStream(chat(prompt), metadata=stranger, timeout=10))
+            for info in (unary, streamed):
+                assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+        garbage = await _served(node, refused)
+        assert set(garbage.ours) <= {
+            "Outcome",
+            "frame InferService.Infer",
+            "frame InferService.InferStream",
+            "frame abort",
+        }, garbage.ours
+        assert garbage.largest < 64 * 1024
