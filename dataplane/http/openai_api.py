@@ -178,11 +178,8 @@ class OpenAIFrontDoor:
                 # the request's ids and evidence record. A value ignored instead would run
                 # the request on the node's default deadline, not the one the caller meant.
                 decode = _refusing(
-                    InvalidRequest(
-                        "x-signalbox-timeout-ms",
-                        f"must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS},"
-                        f" not {shown(supplied, 32)}",
-                    )
+                    "x-signalbox-timeout-ms",
+                    f"must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS}, not {shown(supplied, 32)}",
                 )
         return Call(
             operation,
@@ -376,9 +373,11 @@ def _timeout_seconds(value: str) -> float | None:
     return milliseconds / 1000 if 1 <= milliseconds <= MAX_TIMEOUT_MS else None
 
 
-def _refusing(error: InvalidRequest) -> Callable[[], Any]:
+def _refusing(field: str, problem: str) -> Callable[[], Any]:
     def decode() -> Any:
-        raise error
+        # A new error, not one kept in this closure: raised, its traceback would hold this
+        # frame, which holds the closure's cell (a cycle keeping the request's objects).
+        raise InvalidRequest(field, problem)
 
     return decode
 

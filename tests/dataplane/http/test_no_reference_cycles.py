@@ -169,6 +169,13 @@ async def test_requests_and_their_connections_leave_no_cycles(
     assert (await _served(node, lambda: _status(client, body, expected, key=key))).ours == []
 
 
+async def test_a_refused_header_leaves_no_cycles(node: DataPlaneNode) -> None:
+    client = _Client(node)
+    body = orjson.dumps(CHAT)
+    bad = (("x-signalbox-timeout-ms", "soon"),)
+    assert (await _served(node, lambda: _status(client, body, 400, headers=bad))).ours == []
+
+
 async def test_a_connection_the_node_closes_leaves_no_cycles(node: DataPlaneNode) -> None:
     client = _Client(node)
     body = orjson.dumps(CHAT)
