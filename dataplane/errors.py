@@ -400,3 +400,20 @@ def clipped(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
         return message
     marker = " ... (message clipped)"
     return message[: max(0, limit - len(marker))] + marker
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def fresh(error: E) -> E:
+    """A copy of ``error`` to raise (its class, arguments and attributes; no traceback, cause
+    or context), where ``error`` itself is kept by something the raising frame reaches.
+
+    Raised itself, the kept error would take a traceback through that frame, whose locals
+    reach the error again: a reference cycle, which keeps the frames' objects (the request's)
+    until the cyclic collector runs, seldom in a serving worker (``dataplane.collector``).
+    ``copy.copy`` would call the class with its ``args``, which classes with their own
+    ``__init__`` (``InvalidRequest(field, problem)``) do not take."""
+    copy = type(error).__new__(type(error), *error.args)
+    copy.__dict__.update(error.__dict__)
+    return copy

@@ -35,6 +35,7 @@ from dataplane.errors import (
     LimitExceeded,
     NoEligibleCandidate,
     QuotaUnavailable,
+    fresh,
 )
 from dataplane.evidence.log import EvidenceLog
 from dataplane.evidence.spool import Spool
@@ -335,7 +336,8 @@ class Pipeline:
             supplied = checked_correlation_id(call.correlation_id, call.correlation_field)
         except InvalidRequest as exc:
             trace = Trace(kind, token_hex(16), now, time.time(), call.request_sha256)
-            trace.invalid_correlation_id = exc
+            # Kept without the traceback through this frame (which holds the trace: a cycle).
+            trace.invalid_correlation_id = exc.with_traceback(None)
             bind_request(trace.correlation_id)
             return trace
         bind_request(supplied)
@@ -352,7 +354,7 @@ class Pipeline:
         bind_request(trace.correlation_id, caller.tenant.id)
         if trace.invalid_correlation_id is not None:
             # Reported after authentication so an anonymous caller learns nothing else.
-            raise trace.invalid_correlation_id
+            raise fresh(trace.invalid_correlation_id)
         caller.scope.check_operation(call.operation.value)
         if self.spool is not None and self.spool.refuses(caller.tenant.spool_refuse):
             raise EvidenceSpoolFull()

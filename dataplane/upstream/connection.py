@@ -13,11 +13,12 @@ disconnect, and a reader still waiting is woken with the reason.
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections import deque
 from collections.abc import Callable
 
 import httptools
+
+from dataplane.errors import fresh
 
 from .codings import TransferDecoder, transfer_decoder
 from .errors import ReadError, ReadTimeout, RemoteProtocolError
@@ -119,7 +120,7 @@ class Exchange:
                     return out
                 continue
             if self._error is not None:
-                raise _again(self._error)
+                raise fresh(self._error)  # kept for every later read
             if self.complete:
                 if decoder is not None:
                     decoder.finish()
@@ -133,7 +134,7 @@ class Exchange:
 
     async def _wait(self, timeout: float) -> None:
         if self._error is not None:
-            raise _again(self._error)
+            raise fresh(self._error)  # kept for every later read
         connection = self._connection
         loop = connection.loop
         waiter = self._waiter = loop.create_future()
@@ -442,11 +443,3 @@ class Connection(asyncio.Protocol):
                 # its timeout. A reader already failed or done keeps what it had.
                 exchange.fail(ReadError("the connection to the upstream was closed"))
             self._on_closed(self)
-
-
-def _again(error: BaseException) -> BaseException:
-    """A copy of ``error`` to raise, without its traceback. ``error`` stays on its exchange for
-    every later read; raised itself, it would take a traceback through the reader's frames,
-    which hold the exchange: a reference cycle that keeps the answer's buffers and the
-    request's objects until the cyclic collector runs (seldom in a serving worker)."""
-    return copy.copy(error)

@@ -176,6 +176,13 @@ async def test_a_refused_header_leaves_no_cycles(node: DataPlaneNode) -> None:
     assert (await _served(node, lambda: _status(client, body, 400, headers=bad))).ours == []
 
 
+async def test_an_invalid_request_id_leaves_no_cycles(node: DataPlaneNode) -> None:
+    client = _Client(node)
+    body = orjson.dumps(CHAT)
+    bad = (("x-request-id", "x" * 300),)
+    assert (await _served(node, lambda: _status(client, body, 400, headers=bad))).ours == []
+
+
 async def test_a_connection_the_node_closes_leaves_no_cycles(node: DataPlaneNode) -> None:
     client = _Client(node)
     body = orjson.dumps(CHAT)
