@@ -167,7 +167,7 @@ class _StateCollector(Collector):
             for reason, count in counting.refused.items():
                 refused_grpc.add_metric([reason, self._worker], count)
             yield refused_grpc
-        yield from self._collector()
+        yield from self._garbage_collector()
         fronts = s.fronts()
         if fronts:
             connections = CounterMetricFamily(
@@ -183,7 +183,7 @@ class _StateCollector(Collector):
                     connections.add_metric([front.door, result, self._worker], count)
             yield connections
 
-    def _collector(self) -> Iterator[Metric]:
+    def _garbage_collector(self) -> Iterator[Metric]:
         """The cyclic garbage collector's work and pace (``dataplane.collector``), by generation:
         prometheus_client's ``python_gc_*`` families, with the worker label."""
         labels = ["generation", "worker"]
