@@ -23,12 +23,14 @@ from typing import Any
 import grpc
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import dataplane
 from dataplane.app import DataPlaneNode
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.simulator.behaviour import Behaviour
-from tests.dataplane.conftest import API_KEY, AUTH, chat
+from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat
+from tests.dataplane.governance.test_node_governance import governed, rule, serving
 from tests.helpers import eventually
 
 ROUNDS = 20
@@ -300,3 +302,36 @@ async def test_the_grpc_door_leaves_no_cycles_and_its_refusals_leave_grpc_none_o
             "frame abort",
         }, garbage.ours
         assert garbage.largest < 64 * 1024
+
+
+async def test_governance_masking_and_refusals_leave_no_cycles(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    # The simulator echoes the prompt, so a blocked term sent through the masked path comes
+    # back and the output rule refuses it; the input rule refuses what it names itself.
+    profile = {
+        "limits": {"max_messages": 4},
+        "input": {
+            "rules": [
+                rule("mask-email", "email", "mask"),
+                rule("no-x", "terms", "block", options={"terms": ["xylophone"]}),
+            ]
+        },
+        "output": {"rules": [rule("no-codename", "terms", "block", options={"terms": ["falcon"]})]},
+    }
+    node = await serving(start_node, governed(simulator.base_url, profile), signing_key, tmp_path)
+    client = _Client(node)
+
+    def asking(text: str) -> bytes:
+        return orjson.dumps({**CHAT, "messages": [{"role": "user", "content": text}]})
+
+    masked, blocked_in, blocked_out = asking("mail ada@example.org"), asking("a xylophone"), asking("falcon")
+    too_many = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": "hi"}] * 5})
+
+    async def governed_exchanges() -> None:
+        assert await client.exchange(masked) == 200
+        assert await client.exchange(blocked_in) == 403
+        assert await client.exchange(blocked_out) == 403
+        assert await client.exchange(too_many) == 400
+
+    assert (await _served(node, governed_exchanges)).ours == []
