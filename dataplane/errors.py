@@ -145,10 +145,11 @@ class LimitExceeded(SignalboxError):
     """A budget the ledger has not reported used up, short only of a lease this node has not
     had yet: worth waiting for the lease rather than refusing (``Quotas.renewal``)."""
 
-    def __init__(self, limit: str, retry_after: float, detail: str = "") -> None:
+    def __init__(self, limit: str, retry_after: float, detail: str = "", *, pending: bool = False) -> None:
         super().__init__(f"{limit} exceeded" + (f" ({detail})" if detail else ""))
         self.limit = limit
         self.retry_after = retry_after
+        self.pending = pending
 
 
 class OverBudget(LimitExceeded):

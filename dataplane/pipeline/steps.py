@@ -413,7 +413,10 @@ class Pipeline:
         if not scope.unrestricted:
             trace.plan, refused = within_scope_of(trace.plan, scope)
             if refused is not None:
-                raise refused
+                try:
+                    raise refused
+                finally:
+                    del refused  # its traceback holds this frame: not the other way round too
         trace.plan = plan = usable_plan(trace.plan, query, state.unusable)
         trace.mark("route")
         if self.quotas is not None:

@@ -299,23 +299,29 @@ class Quotas:
             bucket.largest = max(bucket.largest, units)
             self.short()
             if bucket.holding < 0:
-                pending = LimitExceeded(bucket.label, self.lease_interval, "quota lease pending")
-                pending.pending = bucket.scope[2] in BUDGETS
-                raise pending
+                # Raised as made, never held in a local: its traceback holds this frame.
+                raise LimitExceeded(
+                    bucket.label,
+                    self.lease_interval,
+                    "quota lease pending",
+                    pending=bucket.scope[2] in BUDGETS,
+                )
             bucket.holding -= units
             return
         if bucket.take(units, now):
             if bucket.holding < bucket.largest:
                 self.short()
             return
-        refused = LimitExceeded(bucket.label, self._retry_after(bucket, units, now))
-        refused.pending = (
-            self.reachable
-            and bucket.scope[2] in BUDGETS
-            and not bucket.exhausted
-            and now >= bucket.exhausted_until
+        raise LimitExceeded(
+            bucket.label,
+            self._retry_after(bucket, units, now),
+            pending=(
+                self.reachable
+                and bucket.scope[2] in BUDGETS
+                and not bucket.exhausted
+                and now >= bucket.exhausted_until
+            ),
         )
-        raise refused
 
     async def renewal(self, timeout: float) -> None:
         """Wait until the leaser's next round ends (``renewed``), at most ``timeout`` seconds."""

@@ -27,10 +27,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import dataplane
 from dataplane.app import DataPlaneNode
+from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.simulator.behaviour import Behaviour
-from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat
+from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
 from tests.dataplane.governance.test_node_governance import governed, rule, serving
+from tests.dataplane.test_airgap_limits import _pin as _limits_pin
+from tests.dataplane.test_airgap_limits import _pinned
 from tests.helpers import eventually
 
 ROUNDS = 20
@@ -335,3 +338,38 @@ async def test_governance_masking_and_refusals_leave_no_cycles(
         assert await client.exchange(too_many) == 400
 
     assert (await _served(node, governed_exchanges)).ours == []
+
+
+async def test_a_rate_limit_refusal_leaves_no_cycles(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    # An air-gapped node's own ledger: one request a minute, so every request after the
+    # first few (on credit, then the first lease) is refused with 429.
+    pin = _limits_pin(
+        tmp_path / "site.snapshot",
+        signing_key,
+        simulator.base_url,
+        snapshot_pb2.Limits(requests_per_minute=1),
+    )
+    node = await _pinned(start_node, pin, tmp_path / "node")
+    client = _Client(node)
+    body = orjson.dumps(CHAT)
+
+    async def refused_now() -> bool:
+        return await client.exchange(body) == 429
+
+    await eventually(refused_now, message="a 429")
+    assert (await _served(node, lambda: _status(client, body, 429))).ours == []
+
+
+async def test_a_key_scope_with_nothing_left_to_route_to_leaves_no_cycles(
+    start_node: NodeFactory, simulator: Any, signing_key: Ed25519PrivateKey
+) -> None:
+    # Scoped to a model the policy never routes to: nothing left in scope for "auto".
+    snap = snapshot(1, simulator.base_url)
+    snap.api_keys[0].scopes.append("model:sim-secret")
+    node = await start_node(http_listen="127.0.0.1:0")
+    assert (await node.store.apply(envelope(snap, signing_key))).accepted
+    client = _Client(node)
+    body = orjson.dumps({**CHAT, "model": "auto"})
+    assert (await _served(node, lambda: _status(client, body, 403))).ours == []
