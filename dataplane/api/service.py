@@ -65,16 +65,12 @@ class InferService:
         try:
             served = await self._p.answer(call)
         except Refused as refused:
-            outcome, correlation_id, evidence_id = (
-                refused.outcome,
-                refused.correlation_id,
-                refused.evidence_id,
-            )
+            ending = refused.outcome, refused.correlation_id, refused.evidence_id
         else:
             context.set_trailing_metadata(evidence_trailers(served.correlation_id, served.evidence_id))
             return edge.answer_to_proto(served)
         del request, message, decode, call  # before the abort: module docstring
-        await abort(context, outcome, correlation_id, evidence_id)
+        await abort(context, *ending)
 
     async def Embed(self, request: bytes, context: Context) -> infer_pb2.EmbedResponse:
         message, decode = _parse(infer_pb2.EmbedRequest, request, context, edge.decode_embed)
@@ -82,16 +78,12 @@ class InferService:
         try:
             served = await self._p.embed(call)
         except Refused as refused:
-            outcome, correlation_id, evidence_id = (
-                refused.outcome,
-                refused.correlation_id,
-                refused.evidence_id,
-            )
+            ending = refused.outcome, refused.correlation_id, refused.evidence_id
         else:
             context.set_trailing_metadata(evidence_trailers(served.correlation_id, served.evidence_id))
             return edge.embedding_to_proto(served)
         del request, message, decode, call  # before the abort: module docstring
-        await abort(context, outcome, correlation_id, evidence_id)
+        await abort(context, *ending)
 
     async def InferStream(
         self, request: bytes, context: Context
@@ -110,18 +102,14 @@ class InferService:
                     context.set_trailing_metadata(evidence_trailers(event.correlation_id, event.evidence_id))
                 yield edge.stream_event_to_proto(event)
         except Refused as refused:
-            outcome, correlation_id, evidence_id = (
-                refused.outcome,
-                refused.correlation_id,
-                refused.evidence_id,
-            )
+            ending = refused.outcome, refused.correlation_id, refused.evidence_id
         else:
             return
         finally:
             await relayed.aclose()
             await events.aclose()
         del request, message, decode, call, events, relayed  # before the abort: module docstring
-        await abort(context, outcome, correlation_id, evidence_id)
+        await abort(context, *ending)
 
 
 def add_to_server(servicer: InferService, server: grpc.aio.Server) -> None:
