@@ -11,12 +11,7 @@ client and the simulator (aiohttp) leave cycles of their own, which are not coun
 from __future__ import annotations
 
 import asyncio
-import gc
-import sys
-import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,70 +20,20 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import dataplane
 from dataplane.app import DataPlaneNode
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.shell.simulator.behaviour import Behaviour
 from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
+from tests.dataplane.cycles import Garbage, garbage
 from tests.dataplane.governance.test_node_governance import governed, rule, serving
 from tests.dataplane.test_airgap_limits import _pin as _limits_pin
 from tests.dataplane.test_airgap_limits import _pinned
 from tests.helpers import eventually
 
 ROUNDS = 20
-DATAPLANE = str(Path(dataplane.__file__).parent)
 CHAT = {"model": "sim-fast", "messages": [{"role": "user", "content": "hello there, how are you"}]}
 STREAM = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
-
-
-def _ours(obj: object) -> str | None:
-    """What ``obj`` is, when it is the node's: an instance of its classes, or a coroutine,
-    frame or bound method of its functions (named with the function); else None."""
-    if isinstance(obj, types.MethodType):
-        return _ours(obj.__self__)
-    code = None
-    if isinstance(obj, types.CoroutineType):
-        code = obj.cr_code
-    elif isinstance(obj, types.GeneratorType):
-        code = obj.gi_code
-    elif isinstance(obj, types.AsyncGeneratorType):
-        code = obj.ag_code
-    elif isinstance(obj, types.FrameType):
-        code = obj.f_code
-    if code is not None:
-        return f"{type(obj).__name__} {code.co_qualname}" if code.co_filename.startswith(DATAPLANE) else None
-    return type(obj).__qualname__ if type(obj).__module__.startswith("dataplane.") else None
-
-
-@dataclass
-class _Garbage:
-    ours: list[str] = field(default_factory=list)
-    """The node's objects that only the cyclic collector would have freed (``_ours``)."""
-    largest: int = 0
-    """Bytes of the largest object among all the garbage, the node's or not."""
-
-
-@contextmanager
-def _garbage() -> Iterator[_Garbage]:
-    """Collector off inside; on the way out, what only the cyclic collector would have freed."""
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    found = _Garbage()
-    try:
-        yield found
-    finally:
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            gc.collect()
-            found.ours = sorted({name for o in gc.garbage if (name := _ours(o)) is not None})
-            found.largest = max((sys.getsizeof(o) for o in gc.garbage), default=0)
-        finally:
-            gc.garbage.clear()
-            gc.set_debug(0)
-            if was_enabled:
-                gc.enable()
 
 
 def _head(
@@ -139,12 +84,10 @@ class _Client:
             await writer.wait_closed()
 
 
-async def _served(
-    node: DataPlaneNode, run: Callable[[], Awaitable[object]], rounds: int = ROUNDS
-) -> _Garbage:
+async def _served(node: DataPlaneNode, run: Callable[[], Awaitable[object]], rounds: int = ROUNDS) -> Garbage:
     """Warm up once, then ``rounds`` runs with the collector off; what they left."""
     await run()
-    with _garbage() as found:
+    with garbage() as found:
         for _ in range(rounds):
             await run()
         # Handlers cancelled by a client that left finish on the loop, after the client.
