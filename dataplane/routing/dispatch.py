@@ -418,7 +418,14 @@ class Dispatcher:
                         error = exc
                     else:
                         state.release_probe()
-                        raise exc
+                        # An attempt that broke its contract: a bug, passed on as it is. Its
+                        # traceback takes in this frame, whose locals reach it (``exc``, and its
+                        # task through ``task`` and ``done``): let go of them as it leaves, or the
+                        # request would wait for the cyclic collector (``dataplane.collector``).
+                        try:
+                            raise exc
+                        finally:
+                            del exc, task, done
                     last = error
                     records.append(
                         (flight.seq, self._failed(cur, flight.launch, error, flight.started, flight.hedge))
