@@ -3,6 +3,7 @@ headers that frame the body (``dataplane.http.server`` answers what this refuses
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,10 @@ from dataplane.http.messages import text
 OTHER_VERSION = "Invalid HTTP version"
 """What httptools says of a well-formed version it does not parse (HTTP/1.2, HTTP/3.0)."""
 VERSIONS = "HTTP version not supported; this server speaks HTTP/1.1 (and HTTP/1.0)"
+
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z:._~!$&'()*+,;=-]+\]|[0-9A-Za-z._~%!$&'()*+,;=-]*)(?::[0-9]*)?")
+"""RFC 9110 7.2's ``Host = uri-host [ ":" port ]`` (RFC 3986's IP-literal, IPv4address or
+reg-name; empty when the target has no authority)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,7 @@ def check_head(
     content_codings: list[bytes] = []
     expect = b""
     hosts = 0
+    host = b""
     for name, value in headers:
         if name == b"content-length":
             if length is None:
@@ -48,10 +54,16 @@ def check_head(
             expect = value
         elif name == b"host":
             hosts += 1
+            host = value
+    # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without a host header,
+    # with more than one, or with one whose value is not a host. A proxy in front that checks
+    # or routes by one of them while another hop reads the other is the classic confusion.
     if hosts > 1:
-        # RFC 9112 3.2: a server MUST answer 400. A proxy in front that checks or routes
-        # by one of them while another hop reads the other is the classic confusion.
         return Refusal(400, "a request may carry one host header, not several"), expect
+    if hosts == 0 and version == "1.1":
+        return Refusal(400, "an HTTP/1.1 request must carry a host header"), expect
+    if hosts and _HOST.fullmatch(host) is None:
+        return Refusal(400, "the host header is not a host name or address (with an optional port)"), expect
     if length is not None and codings:
         return Refusal(400, "a request may not carry both content-length and transfer-encoding"), expect
     if codings and codings != [b"chunked"]:

@@ -123,8 +123,26 @@ async def still_serving(http: aiohttp.ClientSession) -> None:
         ),
         (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400, "upgrade"),
         (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "one host header"),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400, "must carry a host header"),
+        (b"GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "not a host name or address"),
+        (b"GET /healthz HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, "not a host name or address"),
+        (b"GET /healthz HTTP/1.1\r\nHost: a:80x\r\n\r\n", 400, "not a host name or address"),
+        (b"GET /healthz HTTP/1.1\r\nHost: a@b\r\n\r\n", 400, "not a host name or address"),
     ],
-    ids=["garbage", "huge-header", "too-many-headers", "huge-body", "cl-and-te", "upgrade", "two-hosts"],
+    ids=[
+        "garbage",
+        "huge-header",
+        "too-many-headers",
+        "huge-body",
+        "cl-and-te",
+        "upgrade",
+        "two-hosts",
+        "no-host",
+        "host-with-space",
+        "host-with-path",
+        "host-with-bad-port",
+        "host-with-userinfo",
+    ],
 )
 async def test_bad_http_gets_a_precise_4xx_and_the_connection_closes(
     node: DataPlaneNode, http: aiohttp.ClientSession, request_bytes: bytes, status: int, says: str
@@ -134,6 +152,26 @@ async def test_bad_http_gets_a_precise_4xx_and_the_connection_closes(
     assert says in body["error"]["message"]
     assert body["error"]["type"] == "invalid_request_error"
     await still_serving(http)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /v1/models HTTP/1.1\r\nHost: node.example:8080\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: [::1]:9000\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: \r\n",  # a target without an authority (RFC 9112 3.2)
+        b"GET /v1/models HTTP/1.0\r\n",  # HTTP/1.0 has no host header to require
+    ],
+    ids=["name-and-port", "ipv4", "ipv6-literal", "empty", "http-1.0-without"],
+)
+async def test_the_hosts_a_client_may_send_are_served(node: DataPlaneNode, head: bytes) -> None:
+    answer = await raw(
+        node, head + b"Authorization: Bearer " + API_KEY.encode() + b"\r\nConnection: close\r\n\r\n"
+    )
+    got, body = status_and_body(answer)
+    assert got == 200, body
+    assert body["object"] == "list"
 
 
 async def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(node: DataPlaneNode) -> None:
