@@ -35,7 +35,9 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import re
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -83,6 +85,8 @@ POOL_MIN_LINES = 256
 PARSE_DEADLINE = 60.0
 """Seconds a batch may take in a parsing process (a large one takes well under one): past
 it the process is taken for stuck and stopped, and the batch refused UNAVAILABLE."""
+CLOSE_GRACE = 5.0
+"""Seconds a parsing process has to end its batch when ingest closes, before it is killed."""
 PARSE_ATTEMPTS = 2
 """Pools a batch is tried in when its parsing process dies: a fresh one after a death that
 was not the batch's doing; a batch that kills a second one too is refused (UNAVAILABLE)."""
@@ -417,11 +421,29 @@ class EvidenceIngest:
             )
         )
 
-    def close(self) -> None:
-        """Stop the worker processes (idempotent)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, grace: float = CLOSE_GRACE) -> None:
+        """Stop the worker processes (idempotent), each given ``grace`` seconds to end its
+        batch. One still running after that is killed: a stuck process (stopped, thrashing,
+        looping) never reads the pool's request to end, and waiting for it held the control
+        plane's whole stop for good. Blocks: run it off the event loop."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            processes: dict[int, multiprocessing.process.BaseProcess] = (
+                getattr(pool, "_processes", None) or {}
+            )
+            running = {process.sentinel: process for process in processes.values()}
+            pool.shutdown(wait=False, cancel_futures=True)
+            # Each process's sentinel becomes ready when it exits: waited on without reaping
+            # it, which the pool's own thread does (a join here would race that thread's).
+            ends = time.monotonic() + grace
+            while running and (left := ends - time.monotonic()) > 0:
+                for sentinel in multiprocessing.connection.wait(list(running), timeout=left):
+                    del running[cast(int, sentinel)]
+            for process in running.values():
+                log.warning("evidence ingest: a parsing process did not end within %g s; killed", grace)
+                with contextlib.suppress(OSError):
+                    process.kill()
+            pool.shutdown(wait=True)  # the pool's thread, once its processes are gone
         self._handover.close()
 
     @staticmethod

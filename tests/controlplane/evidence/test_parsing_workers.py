@@ -4,10 +4,13 @@ UNAVAILABLE, nothing of it written, while the next batches are stored as usual."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -160,3 +163,35 @@ async def test_a_stuck_parsing_process_is_stopped_its_batch_refused_and_the_next
     assert (ack.head_seq, ack.stored, ack.HasField("error")) == (2 * BATCH, BATCH, False)
     assert ingest._pool is not None
     assert ingest._pool is not pool
+
+
+async def test_closing_ingest_with_a_stuck_parsing_process_ends_within_its_grace(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    """A control plane stopping closes ingest: a parsing process that is alive but never
+    answers (stopped, thrashing, looping) used to hold that close, and so the whole stop
+    (the metrics endpoint, the database engine after it) for good."""
+    stream, directory = node
+    ack = await stream.ship("node-a/0", await write_records(directory, "node-a", BATCH))
+    assert (ack.head_seq, ack.HasField("error")) == (BATCH, False)
+    ingest = ingest_of(evidence_plane)
+    pool = ingest._pool
+    assert pool is not None
+    workers = list(pool._processes.values())  # type: ignore[attr-defined]
+    for process in workers:
+        os.kill(process.pid, signal.SIGSTOP)
+    closing = asyncio.ensure_future(asyncio.to_thread(ingest.close, 1.0))
+    try:
+        started = time.monotonic()
+        done, _ = await asyncio.wait([closing], timeout=20)
+        assert done, "close() still waits for the stuck process after 20 s"
+        assert time.monotonic() - started < 10
+        closing.result()
+    finally:
+        for process in workers:  # let a close that waits end, whatever the test found
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGCONT)
+        await closing
+    for process in workers:
+        await eventually(lambda p=process: p.exitcode == -signal.SIGKILL, timeout=10, message="killed")
+    assert ingest._pool is None
