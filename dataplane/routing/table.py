@@ -88,6 +88,27 @@ def deployment_drop(provider: ProviderConfig, constraints: Constraints, node: No
     return ""
 
 
+def unreachable(providers: Iterable[ProviderConfig], node: NodeContext) -> str:
+    """Why no deployment of a snapshot with ``providers`` could ever serve on ``node``
+    whatever the policy says; "" when some could. Only an air-gapped node's own site
+    decides that alone: a node started without ``--site`` (or with another group's)
+    refuses every request, and says so at each snapshot it applies rather than at each
+    request only."""
+    if node.mode is not _AIR_GAPPED:
+        return ""
+    providers = list(providers)
+    if not providers or any(p.location is _SITE and p.site == node.site for p in providers):
+        return ""
+    sites = sorted({p.site for p in providers if p.location is _SITE})
+    shown = ", ".join(repr(site) for site in sites[:5]) + (", ..." if len(sites) > 5 else "")
+    where = f"their sites: {shown}" if sites else "none is located in a site"
+    return (
+        f"this air-gapped node calls only providers located in its own site {node.site!r}, and none of "
+        f"the snapshot's {len(providers)} providers is ({where}): every request will be refused; "
+        "is the node's --site its node group's?"
+    )
+
+
 def static_row(
     priced: PricedModel, candidates: Sequence[Candidate], constraints: Constraints, node: NodeContext
 ) -> Row:

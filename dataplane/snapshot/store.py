@@ -41,7 +41,7 @@ from dataplane.config.model import RuntimeConfig, Scope
 from dataplane.errors import EnvelopeError, NoSnapshot, SnapshotCheckFailed, SnapshotFileInvalid
 from dataplane.providers.credentials import CREDENTIALS_DIR_NAME, CredentialScope
 from dataplane.routing.query import NodeContext
-from dataplane.routing.table import build_route_table
+from dataplane.routing.table import build_route_table, unreachable
 from dataplane.snapshot.background import BackgroundWorker
 from dataplane.snapshot.checks import Delta, check_snapshot, peek, whole_envelope
 from dataplane.snapshot.compiled import Compiled
@@ -464,6 +464,8 @@ class SnapshotStore:
         self._compiled = compiled
         await self._publish(state)
         log.info("serving snapshot %d (%s) signed by %s", version, digest.hex()[:12], key_id)
+        if why := unreachable(config.providers.values(), self._node):
+            log.warning("snapshot %d: %s", version, bounded(why, 1000))
         return ApplyResult(True, version, digest, changed=True)
 
     def _reject(self, version: int, digest: bytes, reason: str) -> ApplyResult:
