@@ -72,9 +72,14 @@ def check_counts(messages: int, sizes: Iterable[tuple[int, int]]) -> None:
             )
 
 
+def is_correlation_id(value: str) -> bool:
+    """Whether a caller-supplied id is safe to echo in metadata, headers and logs."""
+    return _CORRELATION_ID.fullmatch(value) is not None
+
+
 def correlation_id(value: str, field: str = "correlation_id") -> str:
     """Accept a caller-supplied id only if it is safe to echo in metadata and logs."""
-    if not _CORRELATION_ID.fullmatch(value):
+    if not is_correlation_id(value):
         raise InvalidRequest(field, "must be 1-128 printable ASCII characters without spaces")
     return value
 

@@ -9,6 +9,8 @@ from http import HTTPStatus
 from typing import Protocol
 
 from dataplane.open_files import DEFAULT_MAX_CONNECTIONS, per_peer_cap
+from dataplane.random_ids import token_hex
+from dataplane.validation import is_correlation_id
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 """Each status's reason phrase, for the status line."""
@@ -95,6 +97,12 @@ def header_fields(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
+def request_id(supplied: str) -> bytes:
+    """The ``x-request-id`` of an answer that no pipeline gave one: the caller's own when it
+    is one the pipeline would take (``dataplane.validation``), else a fresh one."""
+    return supplied.encode() if supplied and is_correlation_id(supplied) else token_hex(16).encode()
+
+
 class ClientGone(Exception):
     """The client closed the connection (or stopped reading) before the answer was written."""
 
@@ -125,11 +133,16 @@ class Response:
         self._head_only = head
         """Answering a HEAD: the status and headers only. A body after them would be read by
         the client as the start of its next answer on the connection (RFC 9112 6.3)."""
+        self.extra: Headers = ()
+        """Headers added to whatever the handler answers (the door's ``x-request-id`` on the
+        answers the pipeline does not make)."""
 
     def _head(self, status: int, headers: Headers, extra: bytes) -> bytes:
         reason = REASONS.get(status, b"Unknown")
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
+        if self.extra:
+            lines.extend(b"%s: %s\r\n" % (name, value) for name, value in self.extra)
         lines.append(extra)
         lines.append(b"connection: keep-alive\r\n\r\n" if self.keep_alive else b"connection: close\r\n\r\n")
         return b"".join(lines)

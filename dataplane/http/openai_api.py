@@ -4,11 +4,12 @@
 
 An application moves behind Signalbox by changing its SDK's ``base_url`` and ``api_key``:
 the request runs the same steps as on gRPC (identity, policy, routing, dispatch,
-governance, accounting, exactly one evidence record). Every answer of those requests,
-served or refused, carries ``x-request-id`` (the correlation id: the caller's own when it
-sent a valid one) and ``x-evidence-id`` (the record's id, known before a stream starts);
-what is answered before the pipeline (the server's refusals, unknown paths and methods),
-the model list and the probes run no model and write no record.
+governance, accounting, exactly one evidence record). Every answer carries
+``x-request-id`` (the correlation id: the caller's own when it sent a valid one, else a new
+one). Every answer of those requests, served or refused, also carries ``x-evidence-id`` (the
+record's id, known before a stream starts); what is answered before the pipeline (the
+server's refusals, unknown paths and methods), the model list and the probes run no model
+and write no record.
 
 Errors use OpenAI's error object with the HTTP status its SDKs map to their exception
 types (``STATUS_OF``); the message is the pipeline's, which never carries a provider's raw
@@ -33,7 +34,7 @@ from dataplane.auth import authenticate
 from dataplane.edge import openai as edge
 from dataplane.edge import openai_answers as answers
 from dataplane.errors import InvalidRequest, SignalboxError, shown
-from dataplane.http.messages import Request, Response
+from dataplane.http.messages import Request, Response, request_id
 from dataplane.outcome import Outcome, caller_error, to_status
 from dataplane.pipeline import Call, Closed, Opened, Operation, Pipeline, Refused
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
@@ -127,7 +128,11 @@ class OpenAIFrontDoor:
         # HEAD is GET without the body (RFC 9110 9.3.2; every server must take both): load
         # balancers probe /healthz with it. The server leaves the body out of the answer.
         method = "GET" if request.method == "HEAD" else request.method
-        route = self._routes.get((method, request.path.rstrip("/") or "/"))
+        key = (method, request.path.rstrip("/") or "/")
+        route = self._routes.get(key)
+        if route is None or key[1] not in _PIPELINE_PATHS:
+            # No pipeline runs, so none gives the answer its id: the caller's, or a new one.
+            response.extra = ((b"x-request-id", request_id(request.header("x-request-id"))),)
         if route is None:
             path = request.path.rstrip("/")
             if path.startswith(_MODEL_PREFIX) and method == "GET":

@@ -26,6 +26,7 @@ from dataplane.http.messages import (
     Response,
     Screen,
     header_fields,
+    request_id,
     text,
 )
 from dataplane.peer_places import PeerPlaces, over_peer_cap
@@ -372,6 +373,8 @@ class HttpConnection(asyncio.Protocol):
                 try:
                     await self._server.handler(request, response)
                     if not response.started:
+                        if not response.extra:
+                            response.extra = ((b"x-request-id", request_id(request.header("x-request-id"))),)
                         await response.send(500, (), self._server.error_body(500, "no answer"))
                     elif not response.finished:
                         await response.end()
@@ -385,6 +388,8 @@ class HttpConnection(asyncio.Protocol):
                         return
                     with contextlib.suppress(ClientGone):
                         response.keep_alive = False
+                        if not response.extra:  # the pipeline's ids went with what failed
+                            response.extra = ((b"x-request-id", request_id(request.header("x-request-id"))),)
                         await response.send(500, _JSON, self._server.error_body(500, "internal error"))
                 finally:
                     self._response = None
@@ -463,6 +468,7 @@ class HttpConnection(asyncio.Protocol):
         self._disarm()
         if self._transport is None:
             return
+        extra += b"x-request-id: %b\r\n" % self._request_id()
         if self._task is not None:
             # A request is being answered: an answer now would interleave with it. The
             # requests parsed before this one are valid and are answered first, then this
@@ -472,6 +478,12 @@ class HttpConnection(asyncio.Protocol):
             self._refusal_owed = (status, message, retry_after, extra)
             return
         self._write_refusal(status, message, retry_after, extra)
+
+    def _request_id(self) -> bytes:
+        """The ``x-request-id`` of a refusal: the caller's, when the request got as far as
+        sending a valid one (the first, as the pipeline takes it), else a new one."""
+        supplied = next((value for name, value in self._headers if name == b"x-request-id"), b"")
+        return request_id(text(supplied))
 
     def _write_refusal(self, status: int, message: str, retry_after: int | None, extra: bytes = b"") -> None:
         """``extra``: header lines of the answer, each ending in CRLF."""
