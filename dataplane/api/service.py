@@ -93,6 +93,7 @@ class InferService:
         events = self._p.stream(call)
         # Read ahead of the writes, the chunks that arrive meanwhile sent as one delta (relay).
         relayed = coalesced(events)
+        event: object = None
         try:
             async for event in relayed:
                 if isinstance(event, list):
@@ -108,7 +109,7 @@ class InferService:
         finally:
             await relayed.aclose()
             await events.aclose()
-        del request, message, decode, call, events, relayed  # before the abort: module docstring
+        del request, message, decode, call, events, relayed, event  # before the abort: module docstring
         await abort(context, *ending)
 
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.app import DataPlaneNode
 from signalbox.api.config.v1 import snapshot_pb2
-from signalbox.api.infer.v1 import infer_pb2_grpc
+from signalbox.api.infer.v1 import infer_pb2, infer_pb2_grpc
 from signalbox.shell.simulator.behaviour import Behaviour
 from tests.dataplane.conftest import API_KEY, AUTH, NodeFactory, chat, envelope, snapshot
 from tests.dataplane.cycles import Garbage, garbage
@@ -248,6 +248,54 @@ async def test_the_grpc_door_leaves_no_cycles_and_its_refusals_leave_grpc_none_o
             "frame abort",
         }, garbage.ours
         assert garbage.largest < 64 * 1024
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        pytest.param(Behaviour(chunk_delay_ms=20), id="the caller cancels mid-stream"),
+        pytest.param(Behaviour(drop_after_chunks=2), id="the upstream dies mid-stream"),
+        pytest.param(Behaviour(fail_status=500), id="the upstream answers 500"),
+    ],
+)
+async def test_the_grpc_doors_streams_and_failures_leave_no_cycles(
+    node: DataPlaneNode, simulator: Any, behaviour: Behaviour
+) -> None:
+    simulator.set_behaviour("sim-fast", behaviour)
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+
+        async def run() -> None:
+            call = stub.InferStream(chat(model="sim-fast"), metadata=AUTH, timeout=10)
+            failed: list[grpc.StatusCode] = []
+            try:
+                async for event in call:
+                    if behaviour.chunk_delay_ms and event.HasField("delta"):
+                        call.cancel()  # the caller leaves with the answer under way
+                        break
+            except grpc.aio.AioRpcError as exc:
+                failed.append(exc.code())
+            assert bool(failed) == (behaviour.chunk_delay_ms == 0), failed
+            if behaviour.fail_status:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.Infer(chat(model="sim-fast"), metadata=AUTH, timeout=10)
+
+        garbage = await _served(node, run, rounds=4)  # five failures would open the breaker
+        # grpc.aio's own cycle of an aborted call (the test above): its frames, none of the request.
+        allowed = {"Outcome", "frame InferService.Infer", "frame InferService.InferStream", "frame abort"}
+        assert set(garbage.ours) <= allowed, garbage.ours
+        assert garbage.largest < 64 * 1024
+
+
+async def test_grpc_embeddings_leave_no_cycles(node: DataPlaneNode) -> None:
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+        request = infer_pb2.EmbedRequest(model="sim-embed", inputs=["one", "two"])
+
+        async def run() -> None:
+            assert len((await stub.Embed(request, metadata=AUTH, timeout=10)).embeddings) == 2
+
+        assert (await _served(node, run)).ours == []
 
 
 async def test_governance_masking_and_refusals_leave_no_cycles(
