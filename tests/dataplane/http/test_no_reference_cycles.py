@@ -33,7 +33,8 @@ from tests.helpers import eventually
 
 ROUNDS = 20
 CHAT = {"model": "sim-fast", "messages": [{"role": "user", "content": "hello there, how are you"}]}
-STREAM = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+STREAM_FIELDS = {"stream": True, "stream_options": {"include_usage": True}}
+STREAM = {**CHAT, **STREAM_FIELDS}
 
 
 def _head(
@@ -321,14 +322,33 @@ async def test_governance_masking_and_refusals_leave_no_cycles(
 
     masked, blocked_in, blocked_out = asking("mail ada@example.org"), asking("a xylophone"), asking("falcon")
     too_many = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": "hi"}] * 5})
+    # Streamed: the output rule finds the term in the stream (an SSE error event, status 200).
+    streamed_masked = orjson.dumps({**orjson.loads(masked), **STREAM_FIELDS})
+    streamed_blocked = orjson.dumps({**orjson.loads(blocked_out), **STREAM_FIELDS})
 
     async def governed_exchanges() -> None:
         assert await client.exchange(masked) == 200
         assert await client.exchange(blocked_in) == 403
         assert await client.exchange(blocked_out) == 403
         assert await client.exchange(too_many) == 400
+        assert await client.exchange(streamed_masked) == 200
+        assert await client.exchange(streamed_blocked) == 200
 
     assert (await _served(node, governed_exchanges)).ours == []
+
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = infer_pb2_grpc.InferServiceStub(channel)
+
+        async def streamed_over_grpc() -> None:
+            await _drained(stub.InferStream(chat("mail ada@example.org"), metadata=AUTH, timeout=10))
+            with pytest.raises(grpc.aio.AioRpcError) as blocked:
+                await _drained(stub.InferStream(chat("falcon"), metadata=AUTH, timeout=10))
+            assert blocked.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+        garbage = await _served(node, streamed_over_grpc)
+        # grpc.aio's own cycle of an aborted call (above): its frames, none of the request.
+        assert set(garbage.ours) <= {"Outcome", "frame InferService.InferStream", "frame abort"}, garbage.ours
+        assert garbage.largest < 64 * 1024
 
 
 async def test_a_rate_limit_refusal_leaves_no_cycles(
