@@ -19,6 +19,7 @@ a request that the pipeline's code decides.
     .venv/bin/python bench/pipeline_hot.py                         # 7 rounds of 10,000 requests
     .venv/bin/python bench/pipeline_hot.py --requests 2000 --rounds 3
     .venv/bin/python bench/pipeline_hot.py --cprofile /tmp/hot.prof   # calls per request, by function
+    .venv/bin/python bench/pipeline_hot.py --gap-ms 5 --requests 500  # a CPU gone cold between requests
 
 Compare two checkouts by running each one's copy (or this file with ``PYTHONPATH`` at the
 other checkout), alternated: ``min`` is the figure to compare.
@@ -104,7 +105,7 @@ async def _answered(url: str, body: Any, *, timeout: float, params: Any = None) 
     return ANSWER
 
 
-async def measure(args: argparse.Namespace, work: Path) -> list[float]:
+async def measure(args: argparse.Namespace, work: Path) -> tuple[list[float], list[float]]:
     signalbox_pin.build(work / "pin", "http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1")
     trust = load_pem_public_key((work / "pin" / "trust-key.pem").read_bytes())
     assert isinstance(trust, Ed25519PublicKey)
@@ -127,23 +128,31 @@ async def measure(args: argparse.Namespace, work: Path) -> list[float]:
     async with EvidenceLog(log_path(work / "evidence", "hot"), "hot") as evidence:
         pipeline = Pipeline(store, Dispatcher(), evidence, metrics=RequestMetrics(CollectorRegistry()))
 
-        async def run(n: int) -> None:
+        gap = args.gap_ms / 1000
+
+        async def run(n: int, cpu: list[float] | None = None) -> None:
             for _ in range(n):
+                if gap:
+                    await asyncio.sleep(gap)  # the loop idles, as a node's does between sparse requests
+                started = time.thread_time()
                 served = await pipeline.answer(
                     Call(Operation.CHAT, decode, api_key=key, request_sha256=digest)
                 )
                 answers.completion(
                     f"chatcmpl-{served.evidence_id}", served.candidate.model.alias, served.result
                 )
+                if cpu is not None:
+                    cpu.append(time.thread_time() - started)
 
         await run(args.warmup)
         profiler = cProfile.Profile() if args.cprofile else None
         rounds = []
+        cpu: list[float] = []
         for _ in range(args.rounds):
             if profiler is not None:
                 profiler.enable()
             started = time.perf_counter()
-            await run(args.requests)
+            await run(args.requests, cpu)
             rounds.append((time.perf_counter() - started) / args.requests * 1e6)
             if profiler is not None:
                 profiler.disable()
@@ -154,7 +163,7 @@ async def measure(args: argparse.Namespace, work: Path) -> list[float]:
     expected = args.warmup + args.rounds * args.requests
     if written != expected:  # the figure is the cost of that work only if the work was done
         raise SystemExit(f"pipeline_hot: {written} evidence records for {expected} requests")
-    return rounds
+    return rounds, cpu
 
 
 def main() -> int:
@@ -165,13 +174,27 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2_000)
     parser.add_argument("--cprofile", type=Path, help="profile the rounds, stats written here")
+    parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="idle this long before each request (a node serving sparse requests); also prints "
+        "the thread's CPU per request",
+    )
     args = parser.parse_args()
-    if args.requests < 1 or args.rounds < 1 or args.warmup < 0:
-        parser.error("--requests and --rounds must be at least 1, --warmup at least 0")
+    if args.requests < 1 or args.rounds < 1 or args.warmup < 0 or not 0 <= args.gap_ms <= 10_000:
+        parser.error("--requests and --rounds must be at least 1, --warmup at least 0, --gap-ms 0 to 10000")
     with tempfile.TemporaryDirectory(prefix="pipeline-hot-") as tmp:
-        rounds = asyncio.run(measure(args, Path(tmp)))
-    print(f"pipeline us/request over {args.rounds} rounds of {args.requests}: ", end="")
-    print(f"min {min(rounds):.1f}  median {statistics.median(rounds):.1f}  max {max(rounds):.1f}")
+        rounds, cpu = asyncio.run(measure(args, Path(tmp)))
+    if not args.gap_ms:
+        print(f"pipeline us/request over {args.rounds} rounds of {args.requests}: ", end="")
+        print(f"min {min(rounds):.1f}  median {statistics.median(rounds):.1f}  max {max(rounds):.1f}")
+    else:  # the wall time is mostly the gaps: the CPU the requests took is the figure
+        cpu.sort()
+        print(
+            f"thread CPU us/request after {args.gap_ms:g} ms idle: "
+            f"median {cpu[len(cpu) // 2] * 1e6:.1f}  p90 {cpu[int(len(cpu) * 0.9)] * 1e6:.1f}"
+        )
     if args.cprofile:
         print(f"cProfile stats of the rounds: {args.cprofile} (inflated per call; compare calls, not time)")
     return 0

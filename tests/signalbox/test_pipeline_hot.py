@@ -26,6 +26,13 @@ def test_a_short_run_prints_the_pipelines_cpu_per_request() -> None:
     ), line
 
 
+def test_a_run_with_gaps_prints_the_cpu_each_request_took() -> None:
+    result = _run("--requests", "20", "--rounds", "1", "--warmup", "5", "--gap-ms", "2")
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"thread CPU us/request after 2 ms idle: median \d+\.\d  p90 \d+\.\d", line), line
+
+
 def test_the_profile_is_written_where_asked(tmp_path: Path) -> None:
     stats = tmp_path / "hot.prof"
     result = _run("--requests", "20", "--rounds", "1", "--warmup", "0", "--cprofile", str(stats))
@@ -37,3 +44,9 @@ def test_a_run_of_no_requests_is_refused() -> None:
     result = _run("--requests", "0")
     assert result.returncode == 2
     assert "--requests and --rounds must be at least 1" in result.stderr
+
+
+def test_a_negative_gap_is_refused() -> None:
+    result = _run("--gap-ms", "-1")
+    assert result.returncode == 2
+    assert "--gap-ms 0 to 10000" in result.stderr
