@@ -137,6 +137,12 @@ class Response:
         """Headers added to whatever the handler answers (the door's ``x-request-id`` on the
         answers the pipeline does not make)."""
 
+    def carry_request_id(self, supplied: str) -> None:
+        """Give the answer an ``x-request-id`` (``request_id``) unless it carries one through
+        ``extra`` already: for the answers no pipeline makes, which would have none."""
+        if not self.extra:
+            self.extra = ((b"x-request-id", request_id(supplied)),)
+
     def _head(self, status: int, headers: Headers, extra: bytes) -> bytes:
         reason = REASONS.get(status, b"Unknown")
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]

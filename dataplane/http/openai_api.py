@@ -34,7 +34,7 @@ from dataplane.auth import authenticate
 from dataplane.edge import openai as edge
 from dataplane.edge import openai_answers as answers
 from dataplane.errors import InvalidRequest, SignalboxError, shown
-from dataplane.http.messages import Request, Response, request_id
+from dataplane.http.messages import Request, Response
 from dataplane.outcome import Outcome, caller_error, to_status
 from dataplane.pipeline import Call, Closed, Opened, Operation, Pipeline, Refused
 from dataplane.routing.health import DEFAULT_MAX_RETRY_AFTER_S
@@ -132,7 +132,7 @@ class OpenAIFrontDoor:
         route = self._routes.get(key)
         if route is None or key[1] not in _PIPELINE_PATHS:
             # No pipeline runs, so none gives the answer its id: the caller's, or a new one.
-            response.extra = ((b"x-request-id", request_id(request.header("x-request-id"))),)
+            response.carry_request_id(request.header("x-request-id"))
         if route is None:
             path = request.path.rstrip("/")
             if path.startswith(_MODEL_PREFIX) and method == "GET":

@@ -373,8 +373,7 @@ class HttpConnection(asyncio.Protocol):
                 try:
                     await self._server.handler(request, response)
                     if not response.started:
-                        if not response.extra:
-                            response.extra = ((b"x-request-id", request_id(request.header("x-request-id"))),)
+                        response.carry_request_id(request.header("x-request-id"))
                         await response.send(500, (), self._server.error_body(500, "no answer"))
                     elif not response.finished:
                         await response.end()
@@ -388,8 +387,8 @@ class HttpConnection(asyncio.Protocol):
                         return
                     with contextlib.suppress(ClientGone):
                         response.keep_alive = False
-                        if not response.extra:  # the pipeline's ids went with what failed
-                            response.extra = ((b"x-request-id", request_id(request.header("x-request-id"))),)
+                        # The pipeline's ids, if any, went with what failed.
+                        response.carry_request_id(request.header("x-request-id"))
                         await response.send(500, _JSON, self._server.error_body(500, "internal error"))
                 finally:
                     self._response = None

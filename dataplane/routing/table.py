@@ -100,8 +100,8 @@ def unreachable(providers: Iterable[ProviderConfig], node: NodeContext) -> str:
     if not providers or any(p.location is _SITE and p.site == node.site for p in providers):
         return ""
     sites = sorted({p.site for p in providers if p.location is _SITE})
-    shown = ", ".join(repr(site) for site in sites[:5]) + (", ..." if len(sites) > 5 else "")
-    where = f"their sites: {shown}" if sites else "none is located in a site"
+    listed = ", ".join(repr(site) for site in sites[:5]) + (", ..." if len(sites) > 5 else "")
+    where = f"their sites: {listed}" if sites else "none is located in a site"
     return (
         f"this air-gapped node calls only providers located in its own site {node.site!r}, and none of "
         f"the snapshot's {len(providers)} providers is ({where}): every request will be refused; "
