@@ -1,8 +1,9 @@
 """Every answer of the HTTP door carries ``x-request-id``: the caller's own when it is one the
 pipeline would take, else a new one. The pipeline's answers (served or refused) carry the
-correlation id and ``x-evidence-id`` (``test_openai_sdk``, ``test_http_hardening``); these are the others: what the
-server refuses itself, unknown paths and methods, the model list, the probes, and a handler
-that fails. None of them writes an evidence record or carries ``x-evidence-id``."""
+correlation id and ``x-evidence-id`` (``test_openai_sdk``, ``test_http_hardening``); these
+are the others: what the server refuses itself, unknown paths and methods, the model list,
+the probes, and a handler that fails. None of them writes an evidence record or carries
+``x-evidence-id``."""
 
 from __future__ import annotations
 
