@@ -32,12 +32,8 @@ Records before a refused one are stored and acknowledged: they verified on their
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import multiprocessing
-import multiprocessing.connection
 import re
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -58,6 +54,7 @@ from controlplane.db.models import (
 )
 from controlplane.db.session import DatabaseClock, database_now
 from controlplane.errors import PermissionDenied, shown
+from controlplane.evidence import pools
 from controlplane.evidence.checkpoints import (
     Checkpoint,
     CheckpointVerifier,
@@ -389,15 +386,11 @@ class EvidenceIngest:
         return self._pool
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        # spawn: forking a process that runs gRPC's threads is not safe.
-        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+        return pools.new_pool(self._workers)
 
     def _stop(self, pool: ProcessPoolExecutor) -> None:
         """Kill ``pool``'s processes (a stuck one does not end on request) and let go of it."""
-        processes: dict[int, multiprocessing.process.BaseProcess] = getattr(pool, "_processes", None) or {}
-        for process in list(processes.values()):
-            with contextlib.suppress(OSError):
-                process.kill()
+        pools.kill(pool)
         self._replace(pool)
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
@@ -428,22 +421,7 @@ class EvidenceIngest:
         plane's whole stop for good. Blocks: run it off the event loop."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            processes: dict[int, multiprocessing.process.BaseProcess] = (
-                getattr(pool, "_processes", None) or {}
-            )
-            running = {process.sentinel: process for process in processes.values()}
-            pool.shutdown(wait=False, cancel_futures=True)
-            # Each process's sentinel becomes ready when it exits: waited on without reaping
-            # it, which the pool's own thread does (a join here would race that thread's).
-            ends = time.monotonic() + grace
-            while running and (left := ends - time.monotonic()) > 0:
-                for sentinel in multiprocessing.connection.wait(list(running), timeout=left):
-                    del running[cast(int, sentinel)]
-            for process in running.values():
-                log.warning("evidence ingest: a parsing process did not end within %g s; killed", grace)
-                with contextlib.suppress(OSError):
-                    process.kill()
-            pool.shutdown(wait=True)  # the pool's thread, once its processes are gone
+            pools.stop(pool, grace)
         self._handover.close()
 
     @staticmethod
