@@ -1,6 +1,7 @@
-"""What one request's dispatch keeps track of: its attempts, and where it is in its plan.
+"""What one request's dispatch keeps track of: its attempts, where it is in its plan, and
+the error it ends with when nothing served it (``final_error``).
 
-Shared by the sequential dispatcher (``dispatch.py``) and the hedged one (``hedge.py``).
+Shared by the dispatcher's sequential and hedged paths (``dispatch.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
-from dataplane.errors import ProviderError, UpstreamTimeout
+from dataplane.errors import AllCandidatesFailed, DeadlineExceeded, ProviderError, UpstreamTimeout
 from dataplane.routing.candidate import Candidate
 from dataplane.routing.health import DeploymentState
 
@@ -90,3 +91,25 @@ def timed_out(launch: Launch, exc: TimeoutError) -> ProviderError:
     )
     error.__cause__ = exc
     return error
+
+
+def final_error(
+    attempts: list[AttemptRecord],
+    skipped: list[tuple[str, str]],
+    last: ProviderError | None,
+    out_of_time: bool,
+    past_deadline: bool,
+) -> Exception:
+    """What a dispatch that served nothing ends with. ``out_of_time``: it stopped for want of
+    time; ``past_deadline``: the caller's deadline has passed now."""
+    made = "; ".join(f"{a.candidate.label}: {a.outcome}" for a in attempts) or "none"
+    if out_of_time or (attempts and past_deadline):
+        return DeadlineExceeded(f"deadline exceeded after {len(attempts)} attempt(s) [{made}]")
+    if last is not None and not last.retryable and all(a.outcome == last.kind for a in attempts):
+        # Every try said the same request-level thing (too long, filtered):
+        # that error is more useful to the caller than "all failed".
+        return last
+    if last is not None:
+        return AllCandidatesFailed(f"all {len(attempts)} attempt(s) failed [{made}]; last: {last.message}")
+    why = "; ".join(f"{label}: {reason}" for label, reason in skipped) or "the plan is empty"
+    return AllCandidatesFailed(f"no candidate could be tried ({why})")

@@ -52,8 +52,6 @@ from typing import TypeVar
 from dataplane.chat import StreamChunk
 from dataplane.config.model import RetrySettings
 from dataplane.errors import (
-    AllCandidatesFailed,
-    DeadlineExceeded,
     DispatchFailed,
     ProviderError,
 )
@@ -65,6 +63,7 @@ from dataplane.routing.attempts import (
     Flight,
     Launch,
     bounded,
+    final_error,
     timed_out,
 )
 from dataplane.routing.candidate import Candidate
@@ -232,7 +231,9 @@ class Dispatcher:
                     break
                 launch = await self._next(cur, retry, len(attempts), deadline, skipped)
             raise DispatchFailed(
-                self._final_error(attempts, skipped, last, cur.out_of_time, deadline), attempts, skipped
+                final_error(attempts, skipped, last, cur.out_of_time, self._clock() >= deadline),
+                attempts,
+                skipped,
             ) from last
         finally:
             # A failed attempt's error was caught in this frame, so its traceback holds the
@@ -462,7 +463,7 @@ class Dispatcher:
                     cancelled_into[:] = attempts()
         made = attempts()
         raise DispatchFailed(
-            self._final_error(made, skipped, last, cur.out_of_time, deadline), made, skipped
+            final_error(made, skipped, last, cur.out_of_time, self._clock() >= deadline), made, skipped
         ) from last
 
     def _cut(self, state: DeploymentState, started: float, deadline: float) -> None:
@@ -505,28 +506,6 @@ class Dispatcher:
                 )
             )
         flights.clear()
-
-    def _final_error(
-        self,
-        attempts: list[AttemptRecord],
-        skipped: list[tuple[str, str]],
-        last: ProviderError | None,
-        out_of_time: bool,
-        deadline: float,
-    ) -> Exception:
-        made = "; ".join(f"{a.candidate.label}: {a.outcome}" for a in attempts) or "none"
-        if out_of_time or (attempts and self._clock() >= deadline):
-            return DeadlineExceeded(f"deadline exceeded after {len(attempts)} attempt(s) [{made}]")
-        if last is not None and not last.retryable and all(a.outcome == last.kind for a in attempts):
-            # Every try said the same request-level thing (too long, filtered):
-            # that error is more useful to the caller than "all failed".
-            return last
-        if last is not None:
-            return AllCandidatesFailed(
-                f"all {len(attempts)} attempt(s) failed [{made}]; last: {last.message}"
-            )
-        why = "; ".join(f"{label}: {reason}" for label, reason in skipped) or "the plan is empty"
-        return AllCandidatesFailed(f"no candidate could be tried ({why})")
 
     async def open_stream(
         self,
