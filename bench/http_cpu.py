@@ -5,6 +5,13 @@
     .venv/bin/python bench/http_cpu.py --checkout ../base       # another checkout's node (its .venv)
     .venv/bin/python bench/http_cpu.py --profile /tmp/p.raw     # py-spy on the node during round 1
     .venv/bin/python bench/http_cpu.py --lean                   # bench/lean_door.py in the node's place
+    .venv/bin/python bench/http_cpu.py --bare                   # lean_door.py --bare: server and client alone
+    .venv/bin/python bench/http_cpu.py --floor VENV/bin/python  # the harness's floor/minproxy.py
+
+``--bare``, ``--lean``, the node: a ladder from the node's HTTP server and upstream client doing
+no work, to the work every request must have done, to the whole pipeline. ``--floor`` runs the
+harness's ``floor/minproxy.py`` (the least a Python proxy can do) with a Python that has
+``uvloop``, ``httptools`` and ``orjson`` (the harness installs one in ``.work/venv-limits``).
 
 An nginx mock upstream answering at once (the harness's ``mock/response.json``), pinned to
 CPU 1 with wrk (1 thread, the harness's ``load/post.lua``); one node worker pinned to CPU 0,
@@ -126,7 +133,17 @@ def main() -> int:
         action="store_true",
         help="run bench/lean_door.py (the mandatory work alone) instead of the node",
     )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="run bench/lean_door.py --bare (the HTTP server and upstream client, no work)",
+    )
+    parser.add_argument(
+        "--floor", type=Path, metavar="PYTHON", help="run the harness's floor/minproxy.py with this Python"
+    )
     args = parser.parse_args()
+    if sum((args.lean, args.bare, args.floor is not None)) > 1:
+        parser.error("--lean, --bare and --floor each run something else in the node's place: one at most")
     checkout = args.checkout.resolve()
     python = checkout / ".venv" / "bin" / "python"
     harness = args.harness.resolve()
@@ -157,10 +174,13 @@ def main() -> int:
             "--data-dir", str(work / "sb" / "node"), "--node-id", "bench-node", "--mode", "on-prem",
             "--workers", "1",
         ]  # fmt: skip
-        if args.lean:
+        if args.lean or args.bare:
             node_args = ["taskset", "-c", "0", str(python), str(checkout / "bench" / "lean_door.py"),
                          "--port", str(http_port), "--upstream", mock, "--key", key,
-                         "--data-dir", str(work / "lean")]  # fmt: skip
+                         "--data-dir", str(work / "lean"), *(["--bare"] if args.bare else [])]  # fmt: skip
+        if args.floor is not None:
+            node_args = ["taskset", "-c", "0", str(args.floor), str(harness / "floor" / "minproxy.py"),
+                         "--port", str(http_port), "--upstream", f"gpt-4o-mini={mock}"]  # fmt: skip
         env = {**os.environ, "SIGNALBOX_LOG_LEVEL": "WARNING"}
         nginx = [
             "taskset",
@@ -185,7 +205,9 @@ def main() -> int:
             wait_ready(url, auth, request, time.monotonic() + 60)
             wait_ready(f"{mock}/chat/completions", {}, request, time.monotonic() + 10)
             headers = [f"Authorization: Bearer {key}"]
-            what = "lean door" if args.lean else "node"
+            what = (
+                "lean door" if args.lean else "bare door" if args.bare else "floor" if args.floor else "node"
+            )
             print(f"checkout {checkout}  {what} pid {node.pid}  load average {loadavg()}", flush=True)
             wrk(harness, url, args.connections, 3, headers, "gpt-4o-mini")  # warm-up
             for n in range(args.rounds):

@@ -17,7 +17,14 @@ No policy, limits, governance, metrics, tracing, fallbacks or streaming. The gap
 and the node's door is what the pipeline's layers cost; the gap between this and
 floor-minproxy is what the work itself costs on this machine.
 
+``--bare`` does none of that work: each request's body goes to the upstream as it came and the
+upstream's answer back as it came, through the same HTTP server and upstream client. The gap
+between it and floor-minproxy is what those two components cost over the least a proxy can
+do; the gap between it and the lean door is what the mandatory work costs.
+
     python bench/lean_door.py --port P --upstream http://127.0.0.1:N/v1 --key KEY --data-dir D
+    python bench/lean_door.py ... --slow-upstream http://127.0.0.1:M/v1   # gpt-4o-mini-slow there
+    python bench/lean_door.py ... --bare
 """
 
 from __future__ import annotations
@@ -53,8 +60,20 @@ async def serve(args: argparse.Namespace) -> None:
     secret = secrets.token_bytes(32)
     keys = {hmac.digest(secret, args.key.encode(), "sha256"): ("tenant-bench", "key-bench")}
     routes = {("tenant-bench", "gpt-4o-mini"): ("mock", "gpt-4o-mini", f"{args.upstream}/chat/completions")}
+    if args.slow_upstream:  # as the peer benchmark's snapshot routes its delayed model
+        slow = f"{args.slow_upstream}/chat/completions"
+        routes[("tenant-bench", "gpt-4o-mini-slow")] = ("mock-slow", "gpt-4o-mini", slow)
+    bare_url = f"{args.upstream}/chat/completions"
     client = UpstreamClient()
     async with EvidenceLog(log_path(Path(args.data_dir), "lean"), "lean") as log:
+
+        async def relay(request: Request, response: Response) -> None:
+            answer = await client.request(
+                "POST", bare_url, headers=_UPSTREAM_HEADERS, body=request.body, timeout=30
+            )
+            data, _ = await answer.read(1 << 20)
+            answer.close()
+            await response.send(answer.status, (_JSON,), data)
 
         async def handle(request: Request, response: Response) -> None:
             started = time.perf_counter()
@@ -162,7 +181,7 @@ async def serve(args: argparse.Namespace) -> None:
             )
             await response.send(200, headers, out)
 
-        server = HttpServer(handle, _error)
+        server = HttpServer(relay if args.bare else handle, _error)
         await server.start("127.0.0.1", args.port)
         try:
             await asyncio.Event().wait()
@@ -179,6 +198,10 @@ def main() -> int:
     parser.add_argument("--upstream", required=True, help="the mock's base URL, .../v1")
     parser.add_argument("--key", required=True, help="the bearer key callers send")
     parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--slow-upstream", help="the delayed mock's base URL, for gpt-4o-mini-slow")
+    parser.add_argument(
+        "--bare", action="store_true", help="no work: relay each body and answer as they come (--upstream)"
+    )
     args = parser.parse_args()
     os.makedirs(args.data_dir, exist_ok=True)
     asyncio.run(serve(args))
