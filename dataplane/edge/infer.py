@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from itertools import compress, repeat
 from typing import Any
@@ -113,7 +114,10 @@ def _finite_float(literal: str) -> float:
 def parse_json(text: str, field: str, what: str) -> Any:
     """Parse caller-supplied JSON text within the size and depth bounds, finite numbers only;
     ``InvalidRequest`` naming ``field`` and the rule otherwise."""
-    size = len(text.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate in the text itself, not escaped
+        raise _lone_surrogate(field, what) from None
     if size > MAX_JSON_BYTES:
         raise InvalidRequest(field, f"{what} is {size} bytes, more than the limit of {MAX_JSON_BYTES}")
     try:
@@ -130,7 +134,31 @@ def parse_json(text: str, field: str, what: str) -> Any:
         raise InvalidRequest(field, f"{what} is not acceptable JSON ({shown(str(exc), 80)})") from exc
     if _depth_exceeds(value, MAX_JSON_DEPTH):
         raise _too_deep(field, what)
+    if _SURROGATE_ESCAPE.search(text) is not None and not _encodable(value):
+        raise _lone_surrogate(field, what)
     return value
+
+
+def _lone_surrogate(field: str, what: str) -> InvalidRequest:
+    return InvalidRequest(
+        field, f"{what} has half of a UTF-16 surrogate pair (a lone \\ud800-\\udfff); only whole characters"
+    )
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""An escape of a surrogate code unit: only text that has one can decode to a lone surrogate
+(a whole pair decodes to one character)."""
+
+
+def _encodable(value: Any) -> bool:
+    """Every string in ``value`` (keys too) encodes as UTF-8: no lone surrogate, which no
+    upstream's JSON encoder takes (the adapters that send arguments as an object raised on
+    them, a 500)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _too_deep(field: str, what: str) -> InvalidRequest:
