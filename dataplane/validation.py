@@ -8,6 +8,7 @@ in the pipeline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,10 +20,11 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from typing import Any
 
 from dataplane.chat import ChatRequest, EmbedRequest, Role
-from dataplane.errors import CheckUnavailable, InvalidRequest, clipped, shown
+from dataplane.errors import CheckUnavailable, DeadlineExceeded, InvalidRequest, clipped, shown
 
 log = logging.getLogger("signalbox.dataplane.validation")
 
@@ -248,35 +250,143 @@ def _raise_first(request: ChatRequest, verdicts: dict[str, str | None]) -> None:
             raise InvalidRequest(field, problem)
 
 
-async def check_schemas(request: ChatRequest, verdicts: SchemaVerdicts = SCHEMA_VERDICTS) -> None:
+MAX_SCHEMA_OBJECTS = 5_000
+"""JSON objects (subschemas) of one schema the node checks. The checker takes ~0.25 ms each (a
+5,000-object schema ~1.3 s): a schema of 150,000 empty ``anyOf`` branches fit the size limits
+and held the checker, and every caller with a new schema behind it, for 37 s. OpenAI's
+structured outputs take at most 5,000 object properties; Gemini's translation as many nodes."""
+MAX_PENDING_CHECKS = 16
+"""Checks of new schemas waiting or running in one node worker; past it, refused UNAVAILABLE
+(retry) rather than queued without bound."""
+MAX_PENDING_PER_TENANT = 2
+"""Of those, a tenant's: one tenant's new schemas cannot take the checker from the others."""
+
+
+class _Job:
+    """One check in the checker: the requests waiting for it (the same schemas, by digest,
+    share it) and the tenant that asked first."""
+
+    __slots__ = ("future", "pool", "tenant", "waiting")
+
+    def __init__(self, future: Future[list[str | None]], pool: Executor, tenant: str) -> None:
+        self.future = future
+        self.pool = pool
+        self.tenant = tenant
+        self.waiting = 0
+
+
+_jobs: dict[tuple[bytes, ...], _Job] = {}
+"""Checks not finished yet, by their schemas' digests (event loop only)."""
+
+
+def _too_many_objects(schema: object) -> bool:
+    """More than ``MAX_SCHEMA_OBJECTS`` JSON objects in ``schema`` (counted up to one past)."""
+    count, stack = 0, [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            count += 1
+            if count > MAX_SCHEMA_OBJECTS:
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+def _admit(unknown: _Unchecked, request: ChatRequest, tenant: str) -> None:
+    """Refuse a check the node will not queue: a schema too large to check, or a checker
+    already busy with too many, or with too many of this tenant's."""
+    schemas = dict(_schemas(request))
+    for field, _, _ in unknown:
+        if _too_many_objects(schemas[field]):
+            raise InvalidRequest(
+                field,
+                f"has more than {MAX_SCHEMA_OBJECTS} subschemas (JSON objects), more than the node checks",
+            )
+    if len(_jobs) >= MAX_PENDING_CHECKS:
+        raise CheckUnavailable(
+            f"the node's schema checker has {len(_jobs)} new schemas to check already; retry shortly"
+        )
+    if sum(1 for job in _jobs.values() if job.tenant == tenant) >= MAX_PENDING_PER_TENANT:
+        raise CheckUnavailable(
+            f"tenant {tenant} has {MAX_PENDING_PER_TENANT} new schemas being checked already; retry once they are"
+        )
+
+
+async def check_schemas(
+    request: ChatRequest,
+    verdicts: SchemaVerdicts = SCHEMA_VERDICTS,
+    *,
+    tenant: str = "",
+    timeout: float | None = None,
+) -> None:
     """``InvalidRequest`` naming the first tool or response schema that is not a valid JSON
     Schema. Known schemas are answered from ``verdicts``; the others are checked in the
-    checker process, so a request with huge new schemas stalls no other caller. The
-    verdicts are kept even when the caller has given up meanwhile."""
+    checker process, so a request with huge new schemas stalls no other caller.
+
+    Bounded (``_admit``): a schema of more than ``MAX_SCHEMA_OBJECTS`` subschemas is refused
+    unchecked, and so is a check past ``MAX_PENDING_CHECKS`` (or ``MAX_PENDING_PER_TENANT``
+    of ``tenant``'s) waiting already. Requests with the same new schemas wait for one check.
+    Waited for at most ``timeout`` seconds (the request's deadline: ``DeadlineExceeded``
+    naming the schema); a check no request waits for any more is dropped unless it has
+    started. The verdict of one that ran is kept, even when its callers have gone."""
     known, unknown = _known(request, verdicts)
     if unknown:
-        pool = _checker()
+        key = tuple(digest for _, digest, _ in unknown)
+        job = _jobs.get(key)
+        if job is None or job.future.cancelled():  # cancelled: no one waited, and it had not run
+            _admit(unknown, request, tenant)
+            job = _jobs[key] = _Job(*_submit(unknown, verdicts), tenant)
+            job.future.add_done_callback(partial(_forgotten, asyncio.get_running_loop(), key, job))
+        job.waiting += 1
         try:
-            job = pool.submit(_problems, [canonical for _, _, canonical in unknown])
-        except (BrokenProcessPool, OSError) as exc:
-            _discard_checker(pool)
-            raise CheckUnavailable("the node's schema checker stopped; retry the request") from exc
-
-        def keep(done: Future[list[str | None]]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                _store(unknown, done.result(), verdicts)
-
-        job.add_done_callback(keep)
-        try:
-            found = await asyncio.wrap_future(job)
+            async with asyncio.timeout(timeout):
+                found = await asyncio.shield(asyncio.wrap_future(job.future))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"{unknown[0][0]}: not checked as a JSON Schema within the request's deadline (the"
+                " node's schema checker was busy); retry, or send it with a longer deadline"
+            ) from None
         except Exception as exc:  # the checker failed, not the schema (a verdict is never an exception)
             if isinstance(exc, BrokenProcessPool):
-                _discard_checker(pool)
+                _discard_checker(job.pool)
             else:
                 log.error("schema check failed: %s", type(exc).__name__)
             raise CheckUnavailable("the node's schema checker stopped; retry the request") from exc
+        finally:
+            job.waiting -= 1
+            if not job.waiting and not job.future.done():
+                job.future.cancel()  # no one waits: dropped if it has not started
         known.update({field: problem for (field, _, _), problem in zip(unknown, found, strict=True)})
     _raise_first(request, known)
+
+
+def _submit(unknown: _Unchecked, verdicts: SchemaVerdicts) -> tuple[Future[list[str | None]], Executor]:
+    pool = _checker()
+    try:
+        job = pool.submit(_problems, [canonical for _, _, canonical in unknown])
+    except (BrokenProcessPool, OSError, RuntimeError) as exc:  # RuntimeError: shut down meanwhile
+        _discard_checker(pool)
+        raise CheckUnavailable("the node's schema checker stopped; retry the request") from exc
+
+    def keep(done: Future[list[str | None]]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            _store(unknown, done.result(), verdicts)
+
+    job.add_done_callback(keep)
+    return job, pool
+
+
+def _forgotten(loop: asyncio.AbstractEventLoop, key: tuple[bytes, ...], job: _Job, _: object) -> None:
+    """A check ended (the checker's thread): off the loop's list of pending ones."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: its list went with it
+        loop.call_soon_threadsafe(_forget, key, job)
+
+
+def _forget(key: tuple[bytes, ...], job: _Job) -> None:
+    if _jobs.get(key) is job:
+        del _jobs[key]
 
 
 def check_schemas_now(request: ChatRequest, verdicts: SchemaVerdicts = SCHEMA_VERDICTS) -> None:

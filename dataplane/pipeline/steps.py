@@ -371,7 +371,9 @@ class Pipeline:
             hints = replace(hints, metadata={**hints.metadata, **caller.metadata})
         validate(body)
         if isinstance(body, ChatRequest):
-            await check_schemas(body)
+            streams = call.operation is Operation.STREAM
+            deadline = self._deadline(trace, call, self.stream_deadline if streams else None)
+            await check_schemas(body, tenant=caller.tenant.id, timeout=deadline - time.monotonic())
         trace.mark("validate")
         scope = caller.scope
         scope.check_task(hints.task)

@@ -41,12 +41,14 @@ def _huge_schema(properties: int, salt: str) -> str:
 
 
 def worst_case_request() -> infer_pb2.InferRequest:
-    """The most schema-checking one request may ask for: four tools of 5,000 properties
-    each (20,000 in all, about 1 MiB, each schema under the 256 KiB limit), never seen."""
+    """The most schema-checking one request may ask for: four tools of 4,998 properties
+    each (each schema 5,000 JSON objects with its root and ``properties``, the most the node
+    checks: ``MAX_SCHEMA_OBJECTS``; about 1 MiB in all, each under the 256 KiB limit), never
+    seen."""
     request = chat("use the tools")
     salt = uuid.uuid4().hex[:6]
     for t in range(4):
-        request.tools.add(name=f"tool_{t}", parameters_json_schema=_huge_schema(5_000, f"{salt}{t}"))
+        request.tools.add(name=f"tool_{t}", parameters_json_schema=_huge_schema(4_998, f"{salt}{t}"))
     return request
 
 
