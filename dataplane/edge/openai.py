@@ -174,8 +174,16 @@ def _bool(value: Any, field: str) -> bool:
     return _typed(value, field, bool, "true or false")  # type: ignore[no-any-return]
 
 
-def _int(value: Any, field: str) -> int:
-    return _typed(value, field, int, "an integer")  # type: ignore[no-any-return]
+def _int(value: Any, field: str, low: int = -(2**63), high: int = 2**63 - 1) -> int:
+    """An integer in [low, high]: by default int64, the gRPC door's widest (the doors take the same)."""
+    number: int = _typed(value, field, int, "an integer")
+    if not low <= number <= high:
+        raise InvalidRequest(field, f"must be an integer in [{low}, {high}]")
+    return number
+
+
+_UINT32 = 2**32 - 1
+"""The gRPC door's ``max_output_tokens`` and ``dimensions`` are uint32."""
 
 
 def _number(value: Any, field: str) -> float:
@@ -483,7 +491,7 @@ def decode_chat(body: Any, headers: Mapping[str, str]) -> tuple[ChatRequest, Hin
         raise InvalidRequest("max_tokens", "cannot be set with max_completion_tokens; set one of them")
     parallel = body.get("parallel_tool_calls")
     params = GenerationParams(
-        max_output_tokens=None if max_tokens is None else _int(max_tokens, max_field),
+        max_output_tokens=None if max_tokens is None else _int(max_tokens, max_field, 0, _UINT32),
         temperature=None if body.get("temperature") is None else _number(body["temperature"], "temperature"),
         top_p=None if body.get("top_p") is None else _number(body["top_p"], "top_p"),
         stop=_stop(body.get("stop")),
@@ -517,7 +525,7 @@ def decode_embed(body: Any, headers: Mapping[str, str]) -> tuple[EmbedRequest, H
     dimensions = body.get("dimensions")
     if body.get("user") is not None:
         _str(body["user"], "user")
-    request = EmbedRequest(inputs, None if dimensions is None else _int(dimensions, "dimensions"))
+    request = EmbedRequest(inputs, None if dimensions is None else _int(dimensions, "dimensions", 0, _UINT32))
     return request, _hints(model, headers, _metadata(body))
 
 

@@ -417,3 +417,39 @@ async def test_a_body_at_the_container_limit_or_with_brackets_in_its_strings_is_
         status, answer, _ = await _post_bytes(http, body)
         assert status == expected, (extra, answer)
     assert "JSON objects and arrays" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "path", "bounds"),
+    [
+        ("max_tokens", 2**63, "/v1/chat/completions", "[0, 4294967295]"),
+        ("max_completion_tokens", 2**32, "/v1/chat/completions", "[0, 4294967295]"),
+        ("max_tokens", -1, "/v1/chat/completions", "[0, 4294967295]"),
+        ("seed", 2**63, "/v1/chat/completions", "[-9223372036854775808, 9223372036854775807]"),
+        ("seed", 2**64 - 1, "/v1/chat/completions", "[-9223372036854775808, 9223372036854775807]"),
+        ("dimensions", 2**32, "/v1/embeddings", "[0, 4294967295]"),
+    ],
+)
+async def test_integers_beyond_their_grpc_types_are_refused_by_name(
+    http: aiohttp.ClientSession, field: str, value: int, path: str, bounds: str
+) -> None:
+    # What the gRPC door's types cannot carry (uint32 max_output_tokens and dimensions, int64
+    # seed) the HTTP door refuses by name too: a huge max_tokens was refused for the context
+    # window (422, no field), a seed past int64 was sent on for the upstream to refuse, and a
+    # huge dimensions came back as the upstream's unnamed 400.
+    if path == "/v1/embeddings":
+        body: dict[str, Any] = {"model": "sim-embed", "input": "x", field: value}
+    else:
+        body = {"model": "sim-fast", "messages": [{"role": "user", "content": "hi"}], field: value}
+    async with http.post(path, data=orjson.dumps(body), headers=HEADERS) as response:
+        assert response.status == 400, await response.text()
+        error = (await response.json())["error"]
+    assert error["param"] == field
+    assert error["message"].startswith(f"{field}: must be an integer in {bounds} (request id ")
+
+
+async def test_integers_at_the_ends_of_their_grpc_types_are_taken(http: aiohttp.ClientSession) -> None:
+    for seed in (-(2**63), 2**63 - 1):
+        body = {"model": "sim-fast", "messages": [{"role": "user", "content": "hi"}], "seed": seed}
+        async with http.post("/v1/chat/completions", json=body, headers=HEADERS) as response:
+            assert response.status == 200, await response.text()
