@@ -8,7 +8,6 @@ in the pipeline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -266,13 +265,16 @@ class _Job:
     """One check in the checker: the requests waiting for it (the same schemas, by digest,
     share it) and the tenant that asked first."""
 
-    __slots__ = ("future", "pool", "tenant", "waiting")
+    __slots__ = ("future", "pool", "result", "tenant", "waiting")
 
     def __init__(self, future: Future[list[str | None]], pool: Executor, tenant: str) -> None:
         self.future = future
         self.pool = pool
         self.tenant = tenant
         self.waiting = 0
+        self.result = asyncio.wrap_future(future)
+        """What the waiters await (each shielded: one leaving cancels it for none). Cancelled
+        when the last one leaves, which cancels ``future`` too if it has not started."""
 
 
 _jobs: dict[tuple[bytes, ...], _Job] = {}
@@ -335,14 +337,14 @@ async def check_schemas(
     if unknown:
         key = tuple(digest for _, digest, _ in unknown)
         job = _jobs.get(key)
-        if job is None or job.future.cancelled():  # cancelled: no one waited, and it had not run
+        if job is None or job.result.cancelled():  # cancelled: its waiters have all gone
             _admit(unknown, request, tenant)
             job = _jobs[key] = _Job(*_submit(unknown, verdicts), tenant)
             job.future.add_done_callback(partial(_forgotten, asyncio.get_running_loop(), key, job))
         job.waiting += 1
         try:
             async with asyncio.timeout(timeout):
-                found = await asyncio.shield(asyncio.wrap_future(job.future))
+                found = await asyncio.shield(job.result)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"{unknown[0][0]}: not checked as a JSON Schema within the request's deadline (the"
@@ -356,8 +358,8 @@ async def check_schemas(
             raise CheckUnavailable("the node's schema checker stopped; retry the request") from exc
         finally:
             job.waiting -= 1
-            if not job.waiting and not job.future.done():
-                job.future.cancel()  # no one waits: dropped if it has not started
+            if not job.waiting and not job.result.done():
+                job.result.cancel()  # no one waits: dropped if it has not started
         known.update({field: problem for (field, _, _), problem in zip(unknown, found, strict=True)})
     _raise_first(request, known)
 
@@ -380,8 +382,10 @@ def _submit(unknown: _Unchecked, verdicts: SchemaVerdicts) -> tuple[Future[list[
 
 def _forgotten(loop: asyncio.AbstractEventLoop, key: tuple[bytes, ...], job: _Job, _: object) -> None:
     """A check ended (the checker's thread): off the loop's list of pending ones."""
-    with contextlib.suppress(RuntimeError):  # the loop is closed: its list went with it
+    try:
         loop.call_soon_threadsafe(_forget, key, job)
+    except RuntimeError:  # the loop is closed: nothing else touches the list any more
+        _forget(key, job)
 
 
 def _forget(key: tuple[bytes, ...], job: _Job) -> None:

@@ -9,6 +9,7 @@ waits for any more is dropped, and requests with the same new schemas share one 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -175,3 +176,23 @@ async def test_the_check_keeps_the_callers_deadline(http: aiohttp.ClientSession)
         assert response.status == 504, await response.text()
         error = (await response.json())["error"]
     assert "not checked as a JSON Schema within the request's deadline" in error["message"]
+
+
+def test_a_check_its_loop_left_behind_is_forgotten_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    # A node stopping (its event loop closed) while a check runs: the check ends later, in
+    # the checker's thread, with no loop to tell. It must still leave the list of pending
+    # checks (or it would count against the bounds of the next loop, a restarted node's),
+    # and quietly: no "exception calling callback" from a closed loop.
+    loop = asyncio.new_event_loop()
+    try:
+        waiting = loop.create_task(check_schemas(_request(_slow(2_000)), SchemaVerdicts(), tenant="gone"))
+        loop.run_until_complete(eventually(lambda: len(validation._jobs) == 1, message="the check pending"))
+        (job,) = validation._jobs.values()
+        loop.run_until_complete(eventually(job.future.running, message="the check handed to the checker"))
+        waiting.cancel()
+        loop.run_until_complete(asyncio.gather(waiting, return_exceptions=True))
+        assert len(validation._jobs) == 1  # running: it cannot be dropped
+    finally:
+        loop.close()
+    asyncio.run(eventually(lambda: not validation._jobs, timeout=30, message="the check forgotten"))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
