@@ -317,7 +317,7 @@ class HttpAdapter:
             payload = json.loads(without_bom(text))
         except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past the recursion limit
             payload = None
-        facts = self.error_facts(payload) or ErrorFacts()
+        facts = self.read_error(payload) or ErrorFacts()
         return classify_error(
             self.type_name,
             status=status,
@@ -338,7 +338,7 @@ class HttpAdapter:
 
     def raise_in_band(self, payload: Any, *, status: int | None = None) -> None:
         """Raise the classified error if ``payload`` (a body or stream event) is an error."""
-        facts = self.error_facts(payload)
+        facts = self.read_error(payload)
         if facts is not None:
             try:
                 said: str | None = json.dumps(payload)
@@ -353,6 +353,17 @@ class HttpAdapter:
                 body=said,
                 credential=self._credential,
             )
+
+    def read_error(self, payload: Any) -> ErrorFacts | None:
+        """``error_facts``, never raising: an error body (or event) of a shape its reader did not
+        expect is still an error, with no facts (its status, if any, decides). Error bodies are
+        read outside the nets of answer parsing (``decoding``, ``post_parsed``, the stream's), so
+        the reader's ``AttributeError`` on ``{"error": "x"}`` once escaped the adapter: the caller
+        got INTERNAL, no fallback was tried and no breaker counted the upstream's failure."""
+        try:
+            return self.error_facts(payload)
+        except _SHAPE_ERRORS:
+            return ErrorFacts()
 
     def parse_event(self, data: str) -> Any:
         """Parse one stream event's JSON, raising the provider's in-band error if it is one."""

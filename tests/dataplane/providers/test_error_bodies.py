@@ -1,0 +1,59 @@
+"""Error answers of shapes their provider's reader does not expect: whatever an upstream puts in
+an error body (or an in-band error event), and wherever it is read (a unary error status, a 2xx
+error body, a stream opened with an error status, a stream answered with a JSON body), the
+caller gets a ``ProviderError`` whose message is the node's own, never an unexpected exception
+(which the dispatcher re-raises: INTERNAL for the caller, no fallback, no breaker count)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dataplane.errors import Overloaded, ProviderError, UpstreamUnavailable
+from dataplane.upstream import UpstreamClient
+
+from .fakes import FakeUpstream, raw_reply
+from .samples import HELLO
+from .streams import drain, make_adapter
+
+MARKER = "UPSTREAM-WORDS"
+"""In every hostile body: must not reach the caller's message."""
+
+
+async def every_path(
+    type_name: str, body: str, upstream: FakeUpstream, client: UpstreamClient, *, status: int = 500
+) -> list[ProviderError]:
+    """The errors ``body`` makes when it is the answer to a unary call with ``status`` and with
+    200, and to a stream opened with ``status`` and with 200 (a JSON body, no event stream)."""
+    adapter = make_adapter(type_name, upstream.base_url, client)
+    upstream.enqueue(
+        raw_reply(body, status=status), raw_reply(body), raw_reply(body, status=status), raw_reply(body)
+    )
+    errors: list[ProviderError] = []
+    for _ in range(2):
+        with pytest.raises(ProviderError) as unary:
+            await adapter.complete("m", HELLO, timeout=5)
+        errors.append(unary.value)
+    for _ in range(2):
+        with pytest.raises(ProviderError) as streamed:
+            await drain(adapter.stream("m", HELLO, timeout=5))
+        errors.append(streamed.value)
+    for error in errors:
+        assert MARKER not in str(error)
+    return errors
+
+
+@pytest.mark.parametrize("error", [f'"{MARKER}"', "5", f'["{MARKER}"]', "true"])
+async def test_an_error_body_its_reader_cannot_read_is_still_an_error_wherever_it_is_read(
+    upstream: FakeUpstream, client: UpstreamClient, error: str
+) -> None:
+    """``{"type": "error", "error": "x"}``: Anthropic's reader called ``.get`` on the string, outside
+    every net of answer parsing: AttributeError out of the adapter. The status decides now."""
+    body = f'{{"type": "error", "error": {error}}}'
+    errors = await every_path("anthropic", body, upstream, client, status=529)
+    assert [type(e) for e in errors] == [Overloaded, UpstreamUnavailable, Overloaded, UpstreamUnavailable]
+    assert [str(e) for e in errors] == [
+        "anthropic: upstream is overloaded (HTTP 529)",
+        "anthropic: upstream failed (in-band error)",
+        "anthropic: upstream is overloaded (HTTP 529)",
+        "anthropic: upstream failed (in-band error)",
+    ]
