@@ -142,8 +142,15 @@ class AnthropicAdapter(HttpAdapter):
         """``{"type": "error", "error": {"type", "message"}}``, as a body or a stream event."""
         if not isinstance(payload, dict) or payload.get("type") != "error":
             return None
-        error = payload.get("error") or {}
-        return ErrorFacts(tokens=tokens_of(error.get("type")), message=str(error.get("message") or ""))
+        # Each value read only in the type it is documented in: ``str()`` of a message nested a
+        # thousand levels deep raised RecursionError, ``.get`` on an error that is text, AttributeError.
+        error = payload.get("error")
+        if not isinstance(error, dict):
+            return ErrorFacts()
+        message = error.get("message")
+        return ErrorFacts(
+            tokens=tokens_of(error.get("type")), message=message if isinstance(message, str) else ""
+        )
 
     @property
     def _url(self) -> str:

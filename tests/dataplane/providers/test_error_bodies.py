@@ -57,3 +57,31 @@ async def test_an_error_body_its_reader_cannot_read_is_still_an_error_wherever_i
         "anthropic: upstream is overloaded (HTTP 529)",
         "anthropic: upstream failed (in-band error)",
     ]
+
+
+DEEP = "[" * 1010 + f'"{MARKER}"' + "]" * 1010
+"""Within the 1024 levels orjson parses; ``str()`` of it passes the interpreter's recursion limit."""
+
+TOKEN_BESIDE_A_MESSAGE_OF_ANOTHER_TYPE = [
+    pytest.param(
+        "anthropic",
+        f'{{"type": "error", "error": {{"type": "overloaded_error", "message": {DEEP}}}}}',
+        id="anthropic-deep",
+    ),
+    pytest.param(
+        "anthropic",
+        '{"type": "error", "error": {"type": "overloaded_error", "message": {"a": 1}}}',
+        id="anthropic-object",
+    ),
+]
+
+
+@pytest.mark.parametrize(("type_name", "body"), TOKEN_BESIDE_A_MESSAGE_OF_ANOTHER_TYPE)
+async def test_an_error_message_that_is_not_text_is_ignored_and_the_error_type_still_decides(
+    upstream: FakeUpstream, client: UpstreamClient, type_name: str, body: str
+) -> None:
+    """A message is read only when it is a string: ``str()`` of one nested 1010 levels deep
+    raised RecursionError (and the whole error lost its type to the safety net)."""
+    errors = await every_path(type_name, body, upstream, client, status=529)
+    # In band, only the error's type says it is an overload (at 529, the status says so too).
+    assert [type(e) for e in errors] == [Overloaded] * 4
