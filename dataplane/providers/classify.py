@@ -336,6 +336,12 @@ def _seconds(text: str) -> float | None:
     return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
+def text_of(value: object) -> str:
+    """An error body's message, read only when it is the string it is documented to be: ``str()``
+    of anything else is a Python repr (of a list nested past the recursion limit, RecursionError)."""
+    return value if isinstance(value, str) else ""
+
+
 def tokens_of(*values: object) -> tuple[str, ...]:
     """The non-empty string forms of ``values``; ints (numeric codes) are kept as text."""
     return tuple(str(v) for v in values if isinstance(v, str | int) and not isinstance(v, bool) and v != "")

@@ -52,7 +52,7 @@ from dataplane.chat import (
 )
 from dataplane.errors import UpstreamBadRequest
 
-from .classify import ErrorFacts, classify_error, parse_duration, tokens_of
+from .classify import ErrorFacts, classify_error, parse_duration, text_of, tokens_of
 from .gemini_schema import gemini_schema
 from .transport import HttpAdapter, SSEStreamDecoder
 from .wire import (
@@ -165,7 +165,7 @@ class GeminiAdapter(HttpAdapter):
         return ErrorFacts(
             # ErrorInfo.reason first: a bad key is 400 INVALID_ARGUMENT with reason API_KEY_INVALID.
             tokens=tokens_of(*(d.get("reason") for d in details), error.get("status"), error.get("code")),
-            message=str(error.get("message") or ""),
+            message=text_of(error.get("message")),
             retry_after=retry,
         )
 

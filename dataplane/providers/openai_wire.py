@@ -38,7 +38,7 @@ from dataplane.chat import (
     Usage,
 )
 
-from .classify import ErrorFacts, classify_error, tokens_of
+from .classify import ErrorFacts, classify_error, text_of, tokens_of
 from .transport import HttpAdapter, SSEStreamDecoder
 from .wire import (
     ToolCallIndexer,
@@ -314,17 +314,22 @@ class OpenAIFamilyAdapter(HttpAdapter):
         if isinstance(error, dict):
             return ErrorFacts(
                 tokens=tokens_of(error.get("code"), error.get("type"), error.get("status")),
-                message=str(error.get("message") or ""),
+                message=text_of(error.get("message")),
             )
         if isinstance(error, str):
             return ErrorFacts(tokens=tokens_of(payload.get("error_type"), payload.get("type")), message=error)
         if payload.get("object") == "error":
             return ErrorFacts(
                 tokens=tokens_of(payload.get("code"), payload.get("type")),
-                message=str(payload.get("message") or ""),
+                message=text_of(payload.get("message")),
             )
-        if isinstance(payload.get("detail"), list | str):
-            return ErrorFacts(tokens=("validation_error",), message=str(payload["detail"]))
+        detail = payload.get("detail")
+        if isinstance(detail, str):
+            return ErrorFacts(tokens=("validation_error",), message=detail)
+        if isinstance(detail, list):
+            # FastAPI's validation errors: their ``msg`` texts, not a repr of the whole list.
+            said = (text_of(item.get("msg")) for item in detail if isinstance(item, dict))
+            return ErrorFacts(tokens=("validation_error",), message="; ".join(m for m in said if m))
         return None
 
 

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from dataplane.errors import Overloaded, ProviderError, UpstreamUnavailable
+from dataplane.errors import (
+    ContextTooLong,
+    Overloaded,
+    ProviderError,
+    UpstreamBadRequest,
+    UpstreamUnavailable,
+)
 from dataplane.upstream import UpstreamClient
 
 from .fakes import FakeUpstream, raw_reply
@@ -62,7 +68,7 @@ async def test_an_error_body_its_reader_cannot_read_is_still_an_error_wherever_i
 DEEP = "[" * 1010 + f'"{MARKER}"' + "]" * 1010
 """Within the 1024 levels orjson parses; ``str()`` of it passes the interpreter's recursion limit."""
 
-TOKEN_BESIDE_A_MESSAGE_OF_ANOTHER_TYPE = [
+OVERLOADED_BESIDE_A_MESSAGE_OF_ANOTHER_TYPE = [
     pytest.param(
         "anthropic",
         f'{{"type": "error", "error": {{"type": "overloaded_error", "message": {DEEP}}}}}',
@@ -73,10 +79,23 @@ TOKEN_BESIDE_A_MESSAGE_OF_ANOTHER_TYPE = [
         '{"type": "error", "error": {"type": "overloaded_error", "message": {"a": 1}}}',
         id="anthropic-object",
     ),
+    pytest.param(
+        "openai", f'{{"error": {{"type": "overloaded_error", "message": {DEEP}}}}}', id="openai-deep"
+    ),
+    pytest.param(
+        "mistral",
+        f'{{"object": "error", "code": "overloaded", "message": {DEEP}}}',
+        id="flat-object-error-deep",
+    ),
+    pytest.param(
+        "gemini",
+        f'{{"error": {{"code": 503, "status": "UNAVAILABLE", "message": {DEEP}}}}}',
+        id="gemini-deep",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("type_name", "body"), TOKEN_BESIDE_A_MESSAGE_OF_ANOTHER_TYPE)
+@pytest.mark.parametrize(("type_name", "body"), OVERLOADED_BESIDE_A_MESSAGE_OF_ANOTHER_TYPE)
 async def test_an_error_message_that_is_not_text_is_ignored_and_the_error_type_still_decides(
     upstream: FakeUpstream, client: UpstreamClient, type_name: str, body: str
 ) -> None:
@@ -85,3 +104,14 @@ async def test_an_error_message_that_is_not_text_is_ignored_and_the_error_type_s
     errors = await every_path(type_name, body, upstream, client, status=529)
     # In band, only the error's type says it is an overload (at 529, the status says so too).
     assert [type(e) for e in errors] == [Overloaded] * 4
+
+
+async def test_a_validation_error_list_is_read_for_its_messages_only(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    """FastAPI's ``{"detail": [...]}`` was read as ``str()`` of the whole list: RecursionError for
+    an item nested 1010 levels deep. Its items' ``msg`` texts are what is searched."""
+    body = f'{{"detail": [{{"loc": ["body"], "msg": "prompt is too long"}}, 5, {DEEP}]}}'
+    errors = await every_path("openai_compatible", body, upstream, client, status=422)
+    # Too deep for the parser of error statuses (the status decides); parsed in band.
+    assert [type(e) for e in errors] == [UpstreamBadRequest, ContextTooLong] * 2
