@@ -160,7 +160,10 @@ class GeminiAdapter(HttpAdapter):
         if not isinstance(payload, dict) or not isinstance(payload.get("error"), dict):
             return None
         error = payload["error"]
-        details = [d for d in error.get("details") or () if isinstance(d, dict)]
+        # A list of objects, or no details: iterating a number raised TypeError (a string of
+        # characters, none of them an object, gave nothing).
+        listed = error.get("details")
+        details = [d for d in listed if isinstance(d, dict)] if isinstance(listed, list) else []
         retry = next((parse_duration(d.get("retryDelay")) for d in details if "retryDelay" in d), None)
         return ErrorFacts(
             # ErrorInfo.reason first: a bad key is 400 INVALID_ARGUMENT with reason API_KEY_INVALID.

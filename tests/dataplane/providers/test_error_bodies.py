@@ -12,6 +12,7 @@ from dataplane.errors import (
     ContextTooLong,
     Overloaded,
     ProviderError,
+    RateLimited,
     UpstreamBadRequest,
     UpstreamUnavailable,
 )
@@ -115,3 +116,13 @@ async def test_a_validation_error_list_is_read_for_its_messages_only(
     errors = await every_path("openai_compatible", body, upstream, client, status=422)
     # Too deep for the parser of error statuses (the status decides); parsed in band.
     assert [type(e) for e in errors] == [UpstreamBadRequest, ContextTooLong] * 2
+
+
+@pytest.mark.parametrize("details", ["5", "true", '"RATE"', '{"reason": "x"}'])
+async def test_gemini_error_details_that_are_not_a_list_are_ignored(
+    upstream: FakeUpstream, client: UpstreamClient, details: str
+) -> None:
+    """Iterating ``"details": 5`` raised TypeError; the error's status still decides."""
+    body = f'{{"error": {{"code": 429, "status": "RESOURCE_EXHAUSTED", "details": {details}}}}}'
+    errors = await every_path("gemini", body, upstream, client, status=400)
+    assert [type(e) for e in errors] == [RateLimited] * 4
