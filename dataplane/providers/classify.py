@@ -315,9 +315,11 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
         return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(when.timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError, ArithmeticError):
+        # ArithmeticError: a year, second or UTC offset beyond a C integer ("Mon, 01 Jan
+        # 99999999999999999999 00:00:00 GMT") raises OverflowError; no date, no delay.
         return None
-    return max(when.timestamp() - time.time(), 0.0)
 
 
 def parse_duration(value: object) -> float | None:

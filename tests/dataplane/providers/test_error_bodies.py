@@ -16,11 +16,13 @@ from dataplane.errors import (
     UpstreamBadRequest,
     UpstreamUnavailable,
 )
+from dataplane.providers.registry import BUILTIN_ADAPTERS
 from dataplane.upstream import UpstreamClient
 
 from .fakes import FakeUpstream, raw_reply
 from .samples import HELLO
 from .streams import drain, make_adapter
+from .test_cross_provider import WIRES
 
 MARKER = "UPSTREAM-WORDS"
 """In every hostile body: must not reach the caller's message."""
@@ -126,3 +128,36 @@ async def test_gemini_error_details_that_are_not_a_list_are_ignored(
     body = f'{{"error": {{"code": 429, "status": "RESOURCE_EXHAUSTED", "details": {details}}}}}'
     errors = await every_path("gemini", body, upstream, client, status=400)
     assert [type(e) for e in errors] == [RateLimited] * 4
+
+
+WIRE_PATHS = {w.type_name: (w.path, w.settings) for w in WIRES}
+
+
+@pytest.mark.parametrize("type_name", sorted(BUILTIN_ADAPTERS))
+@pytest.mark.parametrize(
+    "retry_after",
+    [
+        "Mon, 01 Jan 99999999999999999999 00:00:00 GMT",
+        "1 Jan 10000000000 0:0:0 GMT",
+        "Mon, 01 Jan 2026 00:00:00 +99999999999999999999",
+        "Mon, 01 Jan 2026 00:00:99999999999 GMT",
+    ],
+    ids=["year", "short-year", "offset", "second"],
+)
+async def test_a_retry_after_date_beyond_what_a_date_holds_is_no_retry_after(
+    upstream: FakeUpstream, client: UpstreamClient, type_name: str, retry_after: str
+) -> None:
+    """Parsing the date raised OverflowError (only TypeError and ValueError were caught), out of
+    every adapter on a 429: the rate limit is still one, with no delay."""
+    path, settings = WIRE_PATHS[type_name]
+    adapter = make_adapter(type_name, upstream.base_url + path, client, settings=settings)
+    headers = {"Retry-After": retry_after}
+    upstream.enqueue(
+        raw_reply("{}", status=429, headers=headers), raw_reply("{}", status=429, headers=headers)
+    )
+    with pytest.raises(RateLimited) as unary:
+        await adapter.complete("m", HELLO, timeout=5)
+    with pytest.raises(RateLimited) as streamed:
+        await drain(adapter.stream("m", HELLO, timeout=5))
+    assert unary.value.retry_after is None
+    assert streamed.value.retry_after is None
