@@ -315,7 +315,9 @@ class HttpAdapter:
         """Classify a non-2xx answer from its status, headers and (maybe non-JSON) body."""
         try:
             payload = json.loads(without_bom(text))
-        except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past the recursion limit
+        except (ValueError, RecursionError):
+            # Not JSON (JSONDecodeError is a ValueError), an integer past Python's 4300-digit
+            # conversion limit (ValueError too), or nested past the recursion limit.
             payload = None
         facts = self.read_error(payload) or ErrorFacts()
         return classify_error(

@@ -161,3 +161,21 @@ async def test_a_retry_after_date_beyond_what_a_date_holds_is_no_retry_after(
         await drain(adapter.stream("m", HELLO, timeout=5))
     assert unary.value.retry_after is None
     assert streamed.value.retry_after is None
+
+
+@pytest.mark.parametrize("type_name", sorted(BUILTIN_ADAPTERS))
+@pytest.mark.parametrize(
+    "body", ["1" * 4301, '{"error": {"code": ' + "9" * 5000 + "}}"], ids=["digits", "long-integer"]
+)
+async def test_an_error_body_with_an_integer_too_long_to_read_is_classified_by_its_status(
+    upstream: FakeUpstream, client: UpstreamClient, type_name: str, body: str
+) -> None:
+    """``json.loads`` of an integer of more than 4300 digits raises ValueError (Python's limit on
+    converting text to int), not JSONDecodeError, which alone was caught."""
+    path, settings = WIRE_PATHS[type_name]
+    adapter = make_adapter(type_name, upstream.base_url + path, client, settings=settings)
+    upstream.enqueue(raw_reply(body, status=503), raw_reply(body, status=500))
+    with pytest.raises(Overloaded):
+        await adapter.complete("m", HELLO, timeout=5)
+    with pytest.raises(UpstreamUnavailable):
+        await drain(adapter.stream("m", HELLO, timeout=5))
