@@ -278,7 +278,7 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
 
     def __init__(self, adapter: AnthropicAdapter) -> None:
         super().__init__(adapter)
-        self._tools = ToolCallIndexer()
+        self._tools = ToolCallIndexer(adapter.type_name)
         self._arguments: dict[int, list[str]] = {}
         """The ``partial_json`` fragments of each open tool block, keyed by Anthropic block
         index (kept apart and joined once: adding each to a string copied all before it)."""

@@ -348,7 +348,7 @@ class GeminiStreamDecoder(SSEStreamDecoder):
     def __init__(self, adapter: GeminiAdapter) -> None:
         super().__init__(adapter)
         self._gemini = adapter
-        self._tools = ToolCallIndexer()
+        self._tools = ToolCallIndexer(adapter.type_name)
         self._finished = False
 
     @property

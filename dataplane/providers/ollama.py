@@ -205,7 +205,7 @@ class OllamaStreamDecoder:
 
     def __init__(self, adapter: OllamaAdapter) -> None:
         self._adapter = adapter
-        self._tools = ToolCallIndexer()
+        self._tools = ToolCallIndexer(adapter.type_name)
         self.done = False
 
     def feed(self, line: str) -> Iterable[StreamChunk]:

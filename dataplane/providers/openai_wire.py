@@ -44,6 +44,7 @@ from .wire import (
     ToolCallIndexer,
     arguments_text,
     assistant_response,
+    call_index,
     check_arguments,
     fragment_text,
     image_url,
@@ -374,7 +375,7 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
         super().__init__(adapter)
         self._family = adapter
         self._ids = ids
-        self._tools = ToolCallIndexer()
+        self._tools = ToolCallIndexer(adapter.type_name)
         self._arguments: dict[int, list[str]] = {}
         """Each call's argument fragments so far, by our tool-call index: checked whole at the
         finish (kept apart and joined once: adding each to a string copied all before it)."""
@@ -409,7 +410,7 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
             self._refused = True
         deltas = []
         for call in delta.get("tool_calls") or ():
-            key = call.get("index", 0)
+            key = call_index(self._family.type_name, call.get("index"))
             call_id = _original_id(self._ids, str(call.get("id") or ""))
             function = call.get("function") or {}
             fragment = fragment_text(function.get("arguments"))

@@ -106,6 +106,18 @@ def tool_name(provider: str, value: object) -> str:
     return value
 
 
+def call_index(provider: str, value: object) -> int:
+    """A streamed tool call's own index (OpenAI's ``index``; missing or null: 0), a whole number
+    below ``MAX_ANSWER_TOOL_CALLS``. Anything else is malformed output: used as it came, as a key
+    of the calls so far, a stream of events each with another megabyte-long string index held
+    every one of them, none counted as answer."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_ANSWER_TOOL_CALLS:
+        raise protocol_error(provider, "a tool call's index is not a whole number in range", credential=None)
+    return value
+
+
 def fragment_text(value: object) -> str:
     """A streamed piece of tool-call arguments as text (checked whole at the call's end)."""
     if isinstance(value, str):
@@ -308,18 +320,27 @@ def settle_finish(reason: FinishReason | None, saw_tool_calls: bool) -> FinishRe
     return reason or FinishReason.STOP
 
 
+MAX_ANSWER_TOOL_CALLS = 8192
+"""Most tool calls one streamed answer may start, and the bound of a provider's own call index
+(OpenAI's ``index``): as many as a request may carry back (``validation.MAX_TOOL_CALLS``). What
+a decoder holds per call (its key, id, argument fragments) is bounded by it, not only by the
+characters of answer the stream is allowed."""
+
+
 class ToolCallIndexer:
     """Gives each streamed tool call the next index 0, 1, ... and its first delta the id and name.
 
     ``key`` is whatever identifies a call in the provider's stream (OpenAI
     ``index``, an Anthropic block index, a running counter). A new ``id`` at
     an already-seen key starts a new call: some OpenAI-compatible servers send
-    every complete call with ``index`` 0.
+    every complete call with ``index`` 0. More than ``MAX_ANSWER_TOOL_CALLS``
+    calls are malformed output.
     """
 
-    __slots__ = ("_current", "count")
+    __slots__ = ("_current", "_provider", "count")
 
-    def __init__(self) -> None:
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
         self._current: dict[object, tuple[int, str]] = {}
         self.count = 0  # calls started so far, which is also the next index
 
@@ -330,6 +351,10 @@ class ToolCallIndexer:
 
     def start(self, key: object, call_id: str, name: str, fragment: str = "") -> ToolCallDelta:
         """Begin a new call at ``key``; ``call_id`` may be empty (then one is made up)."""
+        if self.count >= MAX_ANSWER_TOOL_CALLS:
+            raise protocol_error(
+                self._provider, f"more than {MAX_ANSWER_TOOL_CALLS} tool calls in one answer", credential=None
+            )
         call_id = call_id or synthesize_call_id()
         self._current[key] = (self.count, call_id)
         self.count += 1
