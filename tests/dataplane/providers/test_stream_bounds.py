@@ -4,16 +4,18 @@ as they came."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from dataplane.chat import StreamChunk
 from dataplane.errors import UpstreamProtocolError
 from dataplane.upstream import UpstreamClient
 
-from .canned import openai_chunk
+from .canned import anthropic_event, anthropic_stream, openai_chunk
 from .fakes import FakeUpstream, sse_event, sse_reply
-from .samples import ASK_WEATHER
-from .streams import drain, make_adapter
+from .samples import ASK_WEATHER, HELLO
+from .streams import assemble, drain, make_adapter
 
 CALL = {"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
 
@@ -62,3 +64,54 @@ async def test_a_stream_of_more_tool_calls_than_a_request_may_carry_back_is_malf
     with pytest.raises(UpstreamProtocolError, match=r"more than 8192 tool calls in one answer"):
         await drain(adapter.stream("g", ASK_WEATHER, timeout=10), into=received)
     assert len(received) == 8192, "every call up to the bound went out"
+
+
+def usage_delta(n: int, keys: int) -> bytes:
+    """A ``message_delta`` event (no finish yet) whose usage holds ``keys`` keys no other has."""
+    usage = {"output_tokens": n, **{f"k{n}_{i}": 1 for i in range(keys)}}
+    return anthropic_event({"type": "message_delta", "delta": {"stop_reason": None}, "usage": usage})
+
+
+async def test_anthropic_usage_events_are_read_for_their_counts_only(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    """Each ``message_delta`` usage object was merged whole into the usage kept so far: events
+    of tens of thousands of distinct keys each (240 MB sent) held 1.36 GB. What the decoder
+    holds at its peak is now one event's worth, not every event's."""
+    frames = anthropic_stream("Hi", final_usage={"output_tokens": 9})
+    events = [usage_delta(n, 50_000) for n in range(20)]  # 20 events of ~0.8 MB
+    upstream.enqueue(sse_reply(*frames[:-2], *events, *frames[-2:]))
+    adapter = make_adapter("anthropic", upstream.base_url, client)
+    tracemalloc.start()
+    try:
+        chunks = await drain(adapter.stream("c", HELLO, timeout=30), timeout=30)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    folded = assemble(chunks)
+    assert folded.usage is not None
+    assert (folded.usage.input_tokens, folded.usage.output_tokens) == (12, 9)
+    assert peak < 50_000_000, f"{peak / 1e6:.0f} MB held for 16 MB of usage events"
+
+
+@pytest.mark.parametrize(
+    ("usage", "where"),
+    [
+        ('"lots"', "start"),
+        ("[1]", "delta"),
+        ('{"input_tokens": -5}', "start"),
+        ('{"output_tokens": 1e300}', "delta"),
+    ],
+)
+async def test_an_anthropic_stream_usage_that_is_no_count_is_malformed(
+    upstream: FakeUpstream, client: UpstreamClient, usage: str, where: str
+) -> None:
+    """As a unary answer's usage: checked as each event comes, not only at the next ``message_delta``."""
+    frames = anthropic_stream("Hi", start_usage={"input_tokens": 1})
+    at, sent = (0, b'{"input_tokens": 1}') if where == "start" else (-2, b'{"output_tokens": 3}')
+    assert sent in frames[at]
+    frames[at] = frames[at].replace(sent, usage.encode())
+    upstream.enqueue(sse_reply(*frames))
+    adapter = make_adapter("anthropic", upstream.base_url, client)
+    with pytest.raises(UpstreamProtocolError, match="unexpected JSON shape"):
+        await drain(adapter.stream("c", HELLO, timeout=5))
