@@ -54,6 +54,8 @@ from .classify import ErrorFacts, tokens_of
 from .transport import HttpAdapter, SSEStreamDecoder
 from .wire import (
     ToolCallIndexer,
+    answer_label,
+    answer_text,
     arguments_object,
     arguments_text,
     assistant_response,
@@ -111,11 +113,11 @@ class AnthropicAdapter(HttpAdapter):
         calls: list[ToolCall] = []
         for block in payload["content"]:
             if block["type"] == "text":
-                texts.append(str(block.get("text") or ""))
+                texts.append(answer_text(block.get("text")))
             elif block["type"] == "tool_use":
                 calls.append(
                     ToolCall(
-                        id=str(block.get("id") or "") or synthesize_call_id(),
+                        id=answer_label(block.get("id")) or synthesize_call_id(),
                         name=tool_name(self.type_name, block.get("name")),
                         arguments=arguments_text(self.type_name, block.get("input")),
                     )
@@ -341,18 +343,18 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
             closed = self._block_stop(index)
             self._arguments[index] = []
             name = tool_name(self.adapter.type_name, block.get("name"))
-            delta = self._tools.start(index, str(block.get("id") or ""), name)
+            delta = self._tools.start(index, answer_label(block.get("id")), name)
             return [*closed, StreamChunk(tool_calls=(delta,))]
-        if block.get("type") == "text" and block.get("text"):
-            return [StreamChunk(text=str(block["text"]))]
+        if block.get("type") == "text" and (text := answer_text(block.get("text"))):
+            return [StreamChunk(text=text)]
         return []
 
     def _block_delta(self, index: int, delta: dict[str, Any]) -> list[StreamChunk]:
         kind = delta.get("type")
-        if kind == "text_delta" and delta.get("text"):
-            return [StreamChunk(text=str(delta["text"]))]
+        if kind == "text_delta" and (text := answer_text(delta.get("text"))):
+            return [StreamChunk(text=text)]
         if kind == "input_json_delta" and index in self._arguments:
-            fragment = str(delta.get("partial_json") or "")
+            fragment = answer_text(delta.get("partial_json"))
             self._arguments[index].append(fragment)
             more = self._tools.fragment(index, fragment)
             return [StreamChunk(tool_calls=(more,))] if more is not None else []

@@ -57,6 +57,8 @@ from .gemini_schema import gemini_schema
 from .transport import HttpAdapter, SSEStreamDecoder
 from .wire import (
     ToolCallIndexer,
+    answer_label,
+    answer_text,
     arguments_object,
     arguments_text,
     assistant_response,
@@ -301,13 +303,13 @@ class GeminiAdapter(HttpAdapter):
                 call = part["functionCall"] or {}
                 calls.append(
                     ToolCall(
-                        id=str(call.get("id") or "") or synthesize_call_id(),
+                        id=answer_label(call.get("id")) or synthesize_call_id(),
                         name=tool_name("gemini", call.get("name")),
                         arguments=arguments_text("gemini", call.get("args")),
                     )
                 )
             elif "text" in part and not part.get("thought"):
-                texts.append(str(part["text"]))
+                texts.append(answer_text(part["text"]))
         return texts, calls
 
 

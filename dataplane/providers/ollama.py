@@ -42,6 +42,8 @@ from .classify import ErrorFacts
 from .transport import HttpAdapter
 from .wire import (
     ToolCallIndexer,
+    answer_label,
+    answer_text,
     arguments_object,
     arguments_text,
     assistant_response,
@@ -78,7 +80,7 @@ class OllamaAdapter(HttpAdapter):
         """The final ``/api/chat`` object."""
         message = payload["message"]
         return assistant_response(
-            str(message.get("content") or ""),
+            answer_text(message.get("content")),
             self.tool_calls(message),
             DONE_REASONS.get(str(payload.get("done_reason"))),
             usage=ollama_usage(payload),
@@ -104,7 +106,7 @@ class OllamaAdapter(HttpAdapter):
             return EmbedResponse(
                 vectors=self.vectors(payload["embeddings"], len(request.inputs)),
                 usage=ollama_usage(payload),
-                upstream_model=str(payload.get("model") or ""),
+                upstream_model=answer_label(payload.get("model")),
             )
 
         return await self.post_parsed(f"{self.base_url}/api/embed", body, parse, timeout=timeout)
@@ -119,7 +121,7 @@ class OllamaAdapter(HttpAdapter):
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
             yield ToolCall(
-                id=str(call.get("id") or "") or synthesize_call_id(),
+                id=answer_label(call.get("id")) or synthesize_call_id(),
                 name=tool_name(self.type_name, function.get("name")),
                 arguments=arguments_text(self.type_name, function.get("arguments")),
             )
@@ -215,7 +217,7 @@ class OllamaStreamDecoder:
         if not isinstance(payload, dict):
             raise self._adapter.malformed("stream line is not an object", line)
         message = payload.get("message") or {}
-        text = str(message.get("content") or "")
+        text = answer_text(message.get("content"))
         deltas = tuple(
             self._tools.start(self._tools.count, c.id, c.name, c.arguments)
             for c in self._adapter.tool_calls(message)

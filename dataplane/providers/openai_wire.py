@@ -42,6 +42,8 @@ from .classify import ErrorFacts, classify_error, text_of, tokens_of
 from .transport import HttpAdapter, SSEStreamDecoder
 from .wire import (
     ToolCallIndexer,
+    answer_label,
+    answer_text,
     arguments_text,
     assistant_response,
     call_index,
@@ -162,7 +164,7 @@ class OpenAIFamilyAdapter(HttpAdapter):
             return EmbedResponse(
                 vectors=self.vectors((row["embedding"] for row in rows), len(request.inputs)),
                 usage=Usage(input_tokens=token_count(usage.get("prompt_tokens"))) if usage else None,
-                upstream_model=str(payload.get("model") or ""),
+                upstream_model=answer_label(payload.get("model")),
             )
 
         url = self.embeddings_url(model)
@@ -274,7 +276,7 @@ class OpenAIFamilyAdapter(HttpAdapter):
         message = choice["message"]
         calls = [
             ToolCall(
-                id=_original_id(ids, str(c.get("id") or "")) or synthesize_call_id(),
+                id=_original_id(ids, answer_label(c.get("id"))) or synthesize_call_id(),
                 name=tool_name(self.type_name, (c.get("function") or {}).get("name")),
                 arguments=arguments_text(self.type_name, (c.get("function") or {}).get("arguments")),
             )
@@ -335,14 +337,14 @@ class OpenAIFamilyAdapter(HttpAdapter):
 
 
 def content_text(content: object) -> str:
-    """Message content as text: a string, or (Mistral, some servers) a list of text chunks."""
-    if isinstance(content, str):
-        return content
+    """Message content as text: a string, or (Mistral, some servers) a list of text chunks;
+    none or null: "". Content or a chunk's text of another type is malformed output
+    (``wire.answer_text``)."""
     if isinstance(content, list):
-        return "".join(
-            str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
+        if not all(isinstance(p, dict) for p in content):
+            raise TypeError("a content part is not an object")
+        return "".join(answer_text(p.get("text")) for p in content if p.get("type") == "text")
+    return answer_text(content)
 
 
 def openai_usage(usage: object) -> Usage | None:
@@ -411,7 +413,7 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
         deltas = []
         for call in delta.get("tool_calls") or ():
             key = call_index(self._family.type_name, call.get("index"))
-            call_id = _original_id(self._ids, str(call.get("id") or ""))
+            call_id = _original_id(self._ids, answer_label(call.get("id")))
             function = call.get("function") or {}
             fragment = fragment_text(function.get("arguments"))
             if self._tools.is_new(key, call_id):

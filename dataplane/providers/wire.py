@@ -118,6 +118,32 @@ def call_index(provider: str, value: object) -> int:
     return value
 
 
+def answer_text(value: object) -> str:
+    """Text of the answer as an upstream sent it (message content, a text block or part, a
+    fragment of tool-call arguments); none or null: "". Anything else raises TypeError, which
+    the adapters' parsing reports as malformed output (``HttpAdapter.decoding``), as it does
+    for tool-call arguments that are no object: ``str()`` served ``{"text": "X"}`` to the
+    caller as the Python repr ``{'text': 'X'}``."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError("answer text is not a string")
+    return value
+
+
+def answer_label(value: object) -> str:
+    """An identifier an upstream sent (a response's or tool call's id, the model's name): a
+    string, or a whole number written in digits; none or null: "". Anything else raises
+    TypeError (malformed output, see ``answer_text``)."""
+    if value is None:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise TypeError("an identifier is not a string")
+    return value
+
+
 def fragment_text(value: object) -> str:
     """A streamed piece of tool-call arguments as text (checked whole at the call's end)."""
     if isinstance(value, str):
@@ -308,8 +334,8 @@ def assistant_response(
         message=Message(role=Role.ASSISTANT, content=(TextPart(text),) if text else (), tool_calls=calls),
         finish_reason=settle_finish(reason, bool(calls)),
         usage=usage,
-        upstream_model=str(upstream_model or ""),
-        upstream_id=str(upstream_id or ""),
+        upstream_model=answer_label(upstream_model),
+        upstream_id=answer_label(upstream_id),
     )
 
 
