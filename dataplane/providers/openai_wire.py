@@ -384,6 +384,8 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
         self._refused = False
         self._answered = False
         """Whether any event carried the answer's choice: ``[DONE]`` before one is no answer."""
+        self._finished = False
+        """Whether the choice's finish reason came: no more of the answer may follow it."""
 
     def on_event(self, payload: dict[str, Any] | None) -> list[StreamChunk]:
         if payload is None:  # data: [DONE]
@@ -421,12 +423,19 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
                 deltas.append(self._tools.start(key, call_id, name, fragment))
             elif (more := self._tools.fragment(key, fragment)) is not None:
                 deltas.append(more)
+        if self._finished:
+            # The answer ended at its finish (its arguments checked): only usage and [DONE] may
+            # follow. A tool call after finish "stop" reached the caller unchecked, finished STOP.
+            if text or deltas:
+                raise self._family.malformed("answer content after its finish reason")
+            return  # a finish repeated alone says nothing new
         for d in deltas:
             self._arguments.setdefault(d.index, []).append(d.arguments_fragment)
         raw_reason = choice.get("finish_reason")
         reason = self._family.finish_reason(raw_reason) if raw_reason else None
         if reason is not None:
             self._check_arguments()
+            self._finished = True
             reason = (
                 FinishReason.CONTENT_FILTER if self._refused else settle_finish(reason, self._tools.count > 0)
             )

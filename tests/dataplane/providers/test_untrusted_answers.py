@@ -217,6 +217,51 @@ async def test_a_stream_that_ends_before_any_answer_is_malformed(
         await drain(make_adapter(type_name, upstream.base_url, client).stream("m", HELLO, timeout=5))
 
 
+# -- nothing of the answer after its finish ----------------------------------------------------
+
+AFTER_FINISH = {
+    "tool-call": {
+        "tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "rm", "arguments": "{}"}}]
+    },
+    "text": {"content": " and more"},
+}
+
+
+@pytest.mark.parametrize("late", sorted(AFTER_FINISH))
+async def test_openai_stream_content_after_the_finish_is_malformed(
+    upstream: FakeUpstream, client: UpstreamClient, late: str
+) -> None:
+    """A tool call sent after finish "stop" reached the caller, unchecked, in an answer
+    finished STOP. After the finish only usage and [DONE] may come."""
+    frames = [
+        sse_event(openai_chunk({"content": "Hi"})),
+        sse_event(openai_chunk({}, "stop")),
+        sse_event(openai_chunk(AFTER_FINISH[late])),
+        sse_event("[DONE]"),
+    ]
+    upstream.enqueue(sse_reply(*frames))
+    with pytest.raises(UpstreamProtocolError, match=r"malformed output \(answer content after its finish"):
+        await drain(make_adapter("openai", upstream.base_url, client).stream("g", HELLO, timeout=5))
+
+
+async def test_openai_stream_usage_and_a_repeated_empty_finish_after_the_finish_are_accepted(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    frames = [
+        sse_event(openai_chunk({"content": "Hi"})),
+        sse_event(openai_chunk({}, "stop")),
+        sse_event(openai_chunk({}, "stop")),
+        sse_event(openai_chunk(usage={"prompt_tokens": 3, "completion_tokens": 1})),
+        sse_event("[DONE]"),
+    ]
+    upstream.enqueue(sse_reply(*frames))
+    chunks = await drain(make_adapter("openai", upstream.base_url, client).stream("g", HELLO, timeout=5))
+    folded = assemble(chunks)
+    assert (folded.text, folded.finish_reason, folded.finish_count) == ("Hi", FinishReason.STOP, 1)
+    assert folded.usage is not None
+    assert folded.usage.output_tokens == 1
+
+
 # -- embedding values ----------------------------------------------------------------------------
 
 
