@@ -50,7 +50,7 @@ from dataplane.chat import (
 from dataplane.config.model import ProviderConfig
 from dataplane.upstream import UpstreamClient
 
-from .classify import ErrorFacts, tokens_of
+from .classify import ErrorFacts, text_of, tokens_of
 from .transport import HttpAdapter, SSEStreamDecoder
 from .wire import (
     ToolCallIndexer,
@@ -149,10 +149,7 @@ class AnthropicAdapter(HttpAdapter):
         error = payload.get("error")
         if not isinstance(error, dict):
             return ErrorFacts()
-        message = error.get("message")
-        return ErrorFacts(
-            tokens=tokens_of(error.get("type")), message=message if isinstance(message, str) else ""
-        )
+        return ErrorFacts(tokens=tokens_of(error.get("type")), message=text_of(error.get("message")))
 
     @property
     def _url(self) -> str:
