@@ -314,10 +314,11 @@ class HttpAdapter:
     def http_error(self, status: int, text: str, headers: Mapping[str, str]) -> ProviderError:
         """Classify a non-2xx answer from its status, headers and (maybe non-JSON) body."""
         try:
-            payload = json.loads(without_bom(text))
-        except (ValueError, RecursionError):
-            # Not JSON (JSONDecodeError is a ValueError), an integer past Python's 4300-digit
-            # conversion limit (ValueError too), or nested past the recursion limit.
+            # The parser of answers, with its repairs and limits: an error body reads as the
+            # same document in band (``raise_in_band``) would, up to orjson's 1024 levels.
+            payload = loads(self.type_name, without_bom(text), credential=self._credential)
+        except ProviderError:
+            # Not JSON, or JSON no answer may be (``NaN``, ``1e999``, nested too deep).
             payload = None
         facts = self.read_error(payload) or ErrorFacts()
         return classify_error(

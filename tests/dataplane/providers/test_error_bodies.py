@@ -13,7 +13,6 @@ from dataplane.errors import (
     Overloaded,
     ProviderError,
     RateLimited,
-    UpstreamBadRequest,
     UpstreamUnavailable,
 )
 from dataplane.providers.registry import BUILTIN_ADAPTERS
@@ -116,8 +115,28 @@ async def test_a_validation_error_list_is_read_for_its_messages_only(
     an item nested 1010 levels deep. Its items' ``msg`` texts are what is searched."""
     body = f'{{"detail": [{{"loc": ["body"], "msg": "prompt is too long"}}, 5, {DEEP}]}}'
     errors = await every_path("openai_compatible", body, upstream, client, status=422)
-    # Too deep for the parser of error statuses (the status decides); parsed in band.
-    assert [type(e) for e in errors] == [UpstreamBadRequest, ContextTooLong] * 2
+    # Read alike with an error status and in band: one parser, one limit (orjson's 1024 levels).
+    # The error statuses' parser was the standard library's, whose recursion limit fell short.
+    assert [type(e) for e in errors] == [ContextTooLong] * 4
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A lone surrogate escape: read as U+FFFD, as in band, not dropped with the facts.
+        '{"error": {"message": "\\ud800 maximum context length", "code": "context_length_exceeded"}}',
+        # Nested within orjson's 1024 levels, past the standard library's recursion limit.
+        '{"error": {"code": "context_length_exceeded", "param": ' + "[" * 1000 + "]" * 1000 + "}}",
+    ],
+    ids=["lone-surrogate", "deep-param"],
+)
+async def test_an_error_status_body_is_read_as_the_same_document_in_band_would_be(
+    upstream: FakeUpstream, client: UpstreamClient, body: str
+) -> None:
+    """The facts of a 400's body decide its class (ContextTooLong, not the bare status's
+    UpstreamBadRequest) wherever the body arrives."""
+    errors = await every_path("openai", body, upstream, client, status=400)
+    assert [type(e) for e in errors] == [ContextTooLong] * 4
 
 
 @pytest.mark.parametrize("details", ["5", "true", '"RATE"', '{"reason": "x"}'])
