@@ -68,6 +68,10 @@ from .wire import (
     tool_name,
 )
 
+MAX_BLOCK_INDEX = 1 << 31
+"""Above any content block index an answer reaches (its blocks are bounded by its tokens); what a
+decoder holds per block is bounded by the tool calls an answer may start (``ToolCallIndexer``)."""
+
 STOP_REASONS: Mapping[str, FinishReason] = {
     "end_turn": FinishReason.STOP,
     "stop_sequence": FinishReason.STOP,
@@ -309,11 +313,11 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
             self._started = True
             self._usage.update(usage_counts((payload.get("message") or {}).get("usage")))
         elif kind == "content_block_start":
-            return self._block_start(int(payload.get("index", 0)), payload.get("content_block") or {})
+            return self._block_start(self._index(payload), payload.get("content_block") or {})
         elif kind == "content_block_delta":
-            return self._block_delta(int(payload.get("index", 0)), payload.get("delta") or {})
+            return self._block_delta(self._index(payload), payload.get("delta") or {})
         elif kind == "content_block_stop":
-            return self._block_stop(int(payload.get("index", 0)))
+            return self._block_stop(self._index(payload))
         elif kind == "message_delta":
             self._usage.update(usage_counts(payload.get("usage")))
             stop_reason = (payload.get("delta") or {}).get("stop_reason")
@@ -328,6 +332,17 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
             self.done = True
             return self._close_open_blocks()
         return []
+
+    def _index(self, payload: dict[str, Any]) -> int:
+        """A content block's ``index``: a whole number (missing or null: 0) below
+        ``MAX_BLOCK_INDEX``. ``int()`` took ``"3"``, ``2.9`` and ``true`` as indexes; Anthropic
+        sends integers, and anything else is malformed output, as OpenAI's tool-call index is."""
+        value = payload.get("index")
+        if value is None:
+            return 0
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_BLOCK_INDEX:
+            raise self.adapter.malformed("a content block's index is not a whole number in range")
+        return value
 
     def _close_open_blocks(self) -> list[StreamChunk]:
         """Every tool block the upstream never stopped, stopped (its arguments checked) now: a

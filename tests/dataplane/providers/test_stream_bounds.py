@@ -115,3 +115,40 @@ async def test_an_anthropic_stream_usage_that_is_no_count_is_malformed(
     adapter = make_adapter("anthropic", upstream.base_url, client)
     with pytest.raises(UpstreamProtocolError, match="unexpected JSON shape"):
         await drain(adapter.stream("c", HELLO, timeout=5))
+
+
+@pytest.mark.parametrize(
+    "index",
+    ['"1"', "1.9", "true", "-1", str(1 << 31), '"x"', "[1]"],
+    ids=["digit-text", "fraction", "true", "negative", "too-large", "text", "list"],
+)
+@pytest.mark.parametrize("event", ["content_block_start", "content_block_delta", "content_block_stop"])
+async def test_an_anthropic_block_index_that_is_not_a_whole_number_in_range_is_malformed(
+    upstream: FakeUpstream, client: UpstreamClient, index: str, event: str
+) -> None:
+    """``int()`` read ``"1"``, ``1.9`` and ``true`` as the block index 1: a tool block's
+    fragments went to whatever block the conversion landed on."""
+    frames = anthropic_stream(tool_uses=[("toolu_1", "get_weather", ['{"city": "Paris"}'])])
+    at = next(i for i, f in enumerate(frames) if f.startswith(f"event: {event}\n".encode()))
+    assert b'"index": 0' in frames[at]
+    frames[at] = frames[at].replace(b'"index": 0', b'"index": ' + index.encode())
+    upstream.enqueue(sse_reply(*frames))
+    adapter = make_adapter("anthropic", upstream.base_url, client)
+    with pytest.raises(UpstreamProtocolError, match=r"a content block's index is not a whole number"):
+        await drain(adapter.stream("c", ASK_WEATHER, timeout=5))
+
+
+async def test_an_anthropic_block_without_an_index_is_the_first(
+    upstream: FakeUpstream, client: UpstreamClient
+) -> None:
+    frames = [
+        f.replace(b', "index": 0', b"").replace(b'"index": 0, ', b"")
+        for f in anthropic_stream(tool_uses=[("toolu_1", "get_weather", ['{"city": "Paris"}'])])
+    ]
+    assert not any(b'"index"' in f for f in frames)
+    upstream.enqueue(sse_reply(*frames))
+    adapter = make_adapter("anthropic", upstream.base_url, client)
+    folded = assemble(await drain(adapter.stream("c", ASK_WEATHER, timeout=5)))
+    assert list(folded.tool_calls.values()) == [
+        {"id": "toolu_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+    ]
