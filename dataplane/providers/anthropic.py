@@ -133,6 +133,7 @@ class AnthropicAdapter(HttpAdapter):
             usage=anthropic_usage(payload.get("usage") or {}),
             upstream_model=payload.get("model"),
             upstream_id=payload.get("id"),
+            provider=self.type_name,
         )
 
     def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:

@@ -122,6 +122,7 @@ class GeminiAdapter(HttpAdapter):
             usage=gemini_usage(payload.get("usageMetadata")),
             upstream_model=payload.get("modelVersion"),
             upstream_id=payload.get("responseId"),
+            provider=self.type_name,
         )
 
     def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:

@@ -85,6 +85,7 @@ class OllamaAdapter(HttpAdapter):
             DONE_REASONS.get(str(payload.get("done_reason"))),
             usage=ollama_usage(payload),
             upstream_model=payload.get("model"),
+            provider=self.type_name,
         )
 
     def stream(self, model: str, request: ChatRequest, *, timeout: float) -> AsyncIterator[StreamChunk]:

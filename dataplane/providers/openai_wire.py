@@ -294,6 +294,7 @@ class OpenAIFamilyAdapter(HttpAdapter):
             usage=openai_usage(payload.get("usage")),
             upstream_model=payload.get("model"),
             upstream_id=payload.get("id"),
+            provider=self.type_name,
         )
 
     def finish_reason(self, value: object) -> FinishReason | None:

@@ -327,9 +327,16 @@ def assistant_response(
     usage: Usage | None,
     upstream_model: object = "",
     upstream_id: object = "",
+    provider: str,
 ) -> ChatResponse:
-    """The normalized answer: text (if any) and tool calls, with the finish reason settled."""
+    """The normalized answer: text (if any) and tool calls, with the finish reason settled. More
+    than ``MAX_ANSWER_TOOL_CALLS`` calls are malformed output, as in a stream: bounded only by
+    the body's 32 MiB, ~500,000 empty calls reached the caller and the evidence."""
     calls = tuple(calls)
+    if len(calls) > MAX_ANSWER_TOOL_CALLS:
+        raise protocol_error(
+            provider, f"more than {MAX_ANSWER_TOOL_CALLS} tool calls in one answer", credential=None
+        )
     return ChatResponse(
         message=Message(role=Role.ASSISTANT, content=(TextPart(text),) if text else (), tool_calls=calls),
         finish_reason=settle_finish(reason, bool(calls)),
@@ -347,7 +354,7 @@ def settle_finish(reason: FinishReason | None, saw_tool_calls: bool) -> FinishRe
 
 
 MAX_ANSWER_TOOL_CALLS = 8192
-"""Most tool calls one streamed answer may start, and the bound of a provider's own call index
+"""Most tool calls one answer (unary or streamed) may carry, and the bound of a provider's own call index
 (OpenAI's ``index``): as many as a request may carry back (``validation.MAX_TOOL_CALLS``). What
 a decoder holds per call (its key, id, argument fragments) is bounded by it, not only by the
 characters of answer the stream is allowed."""

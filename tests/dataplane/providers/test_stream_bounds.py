@@ -12,10 +12,12 @@ from dataplane.chat import StreamChunk
 from dataplane.errors import UpstreamProtocolError
 from dataplane.upstream import UpstreamClient
 
+from . import canned
 from .canned import anthropic_event, anthropic_stream, openai_chunk
-from .fakes import FakeUpstream, sse_event, sse_reply
+from .fakes import FakeUpstream, json_reply, sse_event, sse_reply
 from .samples import ASK_WEATHER, HELLO
 from .streams import assemble, drain, make_adapter
+from .test_cross_provider import WIRES, Wire
 
 CALL = {"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
 
@@ -152,3 +154,33 @@ async def test_an_anthropic_block_without_an_index_is_the_first(
     assert list(folded.tool_calls.values()) == [
         {"id": "toolu_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
     ]
+
+
+def unary_calls(family: str, n: int) -> dict[str, object]:
+    """A unary answer of ``n`` tool calls in ``family``'s wire format."""
+    if family == "anthropic":
+        return canned.anthropic_message(
+            None, tool_uses=[(f"t{i}", "f", {}) for i in range(n)], stop_reason="tool_use"
+        )
+    if family == "gemini":
+        return canned.gemini_response(None, calls=[("f", {})] * n)
+    if family == "ollama":
+        return canned.ollama_response("", calls=[("f", {})] * n)
+    return canned.openai_completion(
+        None, tool_calls=[(f"c{i}", "f", "{}") for i in range(n)], finish_reason="tool_calls"
+    )
+
+
+@pytest.mark.parametrize("wire", WIRES, ids=[w.type_name for w in WIRES])
+async def test_a_unary_answer_of_more_tool_calls_than_a_request_may_carry_back_is_malformed(
+    upstream: FakeUpstream, client: UpstreamClient, wire: Wire
+) -> None:
+    """A stream was refused past 8192 calls; a unary answer was bounded only by its 32 MiB body
+    (~500,000 empty calls, each made an object and passed on to the caller and the evidence)."""
+    family = wire.type_name if wire.type_name in ("anthropic", "gemini", "ollama") else "openai"
+    adapter = make_adapter(wire.type_name, upstream.base_url + wire.path, client, settings=wire.settings)
+    upstream.enqueue(json_reply(unary_calls(family, 8192)), json_reply(unary_calls(family, 8193)))
+    answer = await adapter.complete("m", ASK_WEATHER, timeout=10)
+    assert len(answer.message.tool_calls) == 8192
+    with pytest.raises(UpstreamProtocolError, match=r"more than 8192 tool calls in one answer"):
+        await adapter.complete("m", ASK_WEATHER, timeout=10)
