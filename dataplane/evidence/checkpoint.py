@@ -44,7 +44,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -192,8 +192,17 @@ def check_certificate(cert: x509.Certificate, ca: x509.Certificate, node_id: str
     """``CheckpointInvalid`` unless ``cert`` was issued by the node CA ``ca`` for ``node_id``."""
     try:
         cert.verify_directly_issued_by(ca)
+    except UnsupportedAlgorithm as exc:
+        # A key type or curve the library does not know (an OID an attacker wrote): no crash.
+        raise CheckpointInvalid(
+            "the node CA's key or the certificate's signature is of an unsupported kind"
+        ) from exc
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise CheckpointInvalid("the node certificate was not issued by the given node CA") from exc
+    try:
+        cert.public_key()  # read again by every check of what the certificate signs
+    except UnsupportedAlgorithm as exc:
+        raise CheckpointInvalid("the node certificate's key is of an unsupported kind") from exc
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = sans.get_values_for_type(x509.UniformResourceIdentifier)

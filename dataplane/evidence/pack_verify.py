@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -269,6 +269,8 @@ def _load_node_entry(
             public = serialization.load_pem_public_key(pem.encode())
         except ValueError as exc:
             raise PackInvalid(f"{where}: neither a PEM certificate nor a PEM public key") from exc
+        except UnsupportedAlgorithm as exc:
+            raise PackInvalid(f"{where}: the public key is not an ECDSA key") from exc
         if not isinstance(public, ec.EllipticCurvePublicKey):
             raise PackInvalid(f"{where}: the public key is not an ECDSA key")
         if certs.node_ca:
