@@ -36,7 +36,6 @@ entry is what follows the last ``\\n\\n``).
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 from dataclasses import dataclass
@@ -150,7 +149,7 @@ def parse(note: bytes) -> Checkpoint:
         raise CheckpointInvalid(f"size {size[:40]!r} is not a decimal number")
     try:
         root_hash = base64.b64decode(root, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or text that is not ASCII (a plain ValueError)
         raise CheckpointInvalid("root hash is not standard base64") from exc
     if len(root_hash) != 32 or base64.b64encode(root_hash).decode() != root:
         raise CheckpointInvalid("root hash is not the base64 of 32 bytes")
@@ -176,7 +175,7 @@ def verify(note: bytes, key: ec.EllipticCurvePublicKey | x509.Certificate) -> Ch
             continue  # C2SP: signatures by other keys are ignored
         try:
             raw = base64.b64decode(blob, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or text that is not ASCII
             raise CheckpointInvalid(f"signature of {name} is not standard base64") from exc
         if raw[:4] != wanted:
             continue

@@ -27,7 +27,6 @@ ignores signatures by keys it does not know.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import struct
 from collections.abc import Mapping
@@ -123,7 +122,7 @@ def witnesses(note: bytes, trusted: Mapping[str, Ed25519PublicKey]) -> list[Witn
             continue
         try:
             raw = base64.b64decode(blob, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or text that is not ASCII (a plain ValueError)
             raise CosignatureInvalid(f"the cosignature of {name[:120]} is not standard base64") from exc
         if len(raw) != _BLOB_BYTES or raw[:4] != key_hash(name, public):
             raise CosignatureInvalid(f"the cosignature of {name[:120]} is not one by that key")

@@ -65,6 +65,16 @@ def _flip(note: bytes, old: bytes, new: bytes) -> bytes:
         (lambda n: _flip(n, b"time ", b"tim "), "extension line"),
         (lambda n: n + b"x" * 5000, "more than"),
         (lambda n: _flip(n, b"\xe2\x80\x94 ", b"- "), "signature line"),
+        # Text that is not ASCII: base64 raised a plain ValueError, no CheckpointInvalid, which
+        # the pack verifier let out as a traceback.
+        (
+            lambda n: _flip(n, b"\n" + base64.b64encode(ROOT), "\né".encode()),
+            "root hash is not standard base64",
+        ),
+        (
+            lambda n: _flip(n, b"node/node-a ", "node/node-a é".encode()),
+            "signature of .* is not standard base64",
+        ),
     ],
 )
 def test_a_changed_note_is_refused_with_the_reason(tamper: object, message: str) -> None:

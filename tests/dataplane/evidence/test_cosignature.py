@@ -46,6 +46,7 @@ def test_lines_by_unknown_keys_are_ignored_and_bad_lines_by_trusted_ones_are_nam
     trusted = {"k1": CP_KEY.public_key()}
     for line, problem in (
         ("\u2014 signalbox-control-plane/k1 !!!\n", "is not standard base64"),
+        ("\u2014 signalbox-control-plane/k1 \u00e9\n", "is not standard base64"),  # not ASCII
         ("\u2014 signalbox-control-plane/k1 AAAA\n", "is not one by that key"),
         # A cosignature by another key under k1's name.
         (cosignature.cosign(NOTE, "k1", other, 5)[len(NOTE) :].decode(), "is not one by that key"),
