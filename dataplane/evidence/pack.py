@@ -481,8 +481,14 @@ def _seal(value: dict[str, Any], line: bytes, line_no: int) -> Seal:
     manifest, signatures = value.get("manifest"), value.get("signatures")
     if not isinstance(manifest, dict) or not isinstance(signatures, list):
         raise PackInvalid(f"line {line_no}: the seal needs a manifest and a list of signatures")
-    if not all(isinstance(s, dict) for s in signatures):
-        raise PackInvalid(f"line {line_no}: each seal signature is an object (keyid, sig)")
+    if not all(isinstance(s, dict) and set(s) == {"keyid", "sig"} for s in signatures) or not all(
+        isinstance(v, str) for s in signatures for v in s.values()
+    ):
+        # Exactly these: a member nothing checks would be bytes of the seal no signature covers.
+        raise PackInvalid(f"line {line_no}: each seal signature is an object of keyid and sig (text), only")
+    if len({s["keyid"] for s in signatures}) != len(signatures):
+        # One key counted twice would be reported as two signatures.
+        raise PackInvalid(f"line {line_no}: a key signs the seal more than once")
     if set(value) != {"section", "manifest", "signatures"} or seal_line(manifest, signatures) != line:
         # Canonical, so not one byte of the seal can change without its signature failing.
         raise PackInvalid(f"line {line_no}: the seal line is not in canonical form (edited?)")
