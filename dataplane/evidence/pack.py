@@ -211,10 +211,18 @@ class Searched:
         for k, v in strings.items():
             if not isinstance(v, str):
                 raise PackInvalid(f"{where}: {k} must be a string")
+            if k in ("chain_id", "node_id") and len(v) > MAX_ID_CHARS:
+                # Echoed in every message about the chain: bounded before anything names it.
+                raise PackInvalid(f"{where}: {k} is longer than {MAX_ID_CHARS} characters")
         for k, v in numbers.items():
             if type(v) is not int or v < 0:
                 raise PackInvalid(f"{where}: {k} must be an integer >= 0")
         return cls(**strings, **numbers)  # type: ignore[arg-type]
+
+
+MAX_ID_CHARS = 300
+"""A chain or node id's length at most: a node id is at most 256 characters (what enrollment,
+sync and import take), and a chain id adds ``/`` and its worker."""
 
 
 @dataclass(frozen=True, slots=True)

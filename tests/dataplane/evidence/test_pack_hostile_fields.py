@@ -55,3 +55,15 @@ def test_a_key_signing_the_seal_twice_is_refused() -> None:
     data = pack.header_line() + pack.seal_line({}, [signature, dict(signature)])
     with pytest.raises(PackInvalid, match=r"^line 2: a key signs the seal more than once$"):
         list(pack.read_sections(io.BytesIO(data)))
+
+
+@pytest.mark.parametrize("field", ["chain_id", "node_id"])
+async def test_a_chain_or_node_id_too_long_to_be_one_is_refused_in_a_bounded_message(
+    tmp_path: Path, field: str
+) -> None:
+    """Messages about a chain echoed its id whole: 5,000 characters of it."""
+    path = await exported(tmp_path, ec.generate_private_key(ec.SECP256R1()))
+    rewrite(path, "chain", lambda v: v.update({field: "x" * 5000}))
+    with pytest.raises(PackInvalid, match=rf"{field} is longer than 300 characters") as refused:
+        pack_verify.verify(path, {})
+    assert len(str(refused.value)) < 200
