@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -110,6 +110,9 @@ def load_trust_keys(paths: list[Path] | tuple[Path, ...]) -> dict[str, Ed25519Pu
             key = load_pem_public_key(read_regular(Path(path), MAX_TRUST_KEY_BYTES))
         except (OSError, ValueError) as exc:
             raise ValueError(f"trust key {path}: cannot be read as a PEM public key: {exc}") from exc
+        except UnsupportedAlgorithm:
+            # A key type or curve the library does not know: no ValueError, and no Ed25519 key.
+            raise ValueError(f"trust key {path}: not an Ed25519 public key") from None
         if not isinstance(key, Ed25519PublicKey):
             raise ValueError(f"trust key {path}: not an Ed25519 public key")
         keys[key_id_for(key)] = key
