@@ -70,6 +70,10 @@ def recover(path: Path, checkpoints: Path, chain: str) -> Recovered:
             leftover.path.unlink()
     if not live:
         live = [segments.Segment(base_seq + 1, segments.segment_path(path, base_seq + 1))]
+    for segment in live:
+        # A FIFO held the start: the log opens the newest segment to append, which waits for
+        # a reader; an older one was read, which waits for a writer.
+        segments.refuse_special(segment.path)
     live = _cut_after_power_loss(path, live, checkpoints, chain)
     head = ChainHead(base.seq, base.hash) if base else ChainHead(0, GENESIS_HASH)
     # Writes only ever go to the newest segment: only it can end in a torn line.
@@ -168,7 +172,8 @@ def _cut_after_power_loss(
 def _signed_size(checkpoints: Path) -> int:
     """Records the last complete checkpoint in ``checkpoints`` covers (0: none readable)."""
     try:
-        notes, _ = checkpoint.split(checkpoints.read_bytes())
+        with segments.open_regular(checkpoints) as f:
+            notes, _ = checkpoint.split(f.read())
         return checkpoint.parse(notes[-1]).size if notes else 0
     except FileNotFoundError:
         return 0
@@ -194,7 +199,7 @@ def _walk_segment(path: Path, before: ChainHead, chain: str, tree: merkle.Tree) 
     ``EvidenceChainBroken`` naming the file, the line and the rule otherwise."""
     seq, digest = before.seq, before.hash
     append, leaf = tree.append, bytes.fromhex
-    with open(path, "rb") as f:
+    with segments.open_regular(path) as f:
         for n, line in enumerate(f, start=1):
             if not line.endswith(b"\n"):
                 raise EvidenceChainBroken(f"{path}: ends in a torn record but is not the newest segment")
@@ -231,7 +236,8 @@ def _walk_segment(path: Path, before: ChainHead, chain: str, tree: merkle.Tree) 
 
 def _recover_checkpoints(path: Path, log_file: Path, tree: merkle.Tree) -> int:
     try:
-        data = path.read_bytes()
+        with segments.open_regular(path) as f:
+            data = f.read()
     except FileNotFoundError:
         return 0
     notes, complete = checkpoint.split(data)
@@ -286,7 +292,7 @@ def _read_tail(path: Path, chain: str) -> tuple[ChainHead, int]:
         return ChainHead(0, GENESIS_HASH), 0
     if size == 0:
         return ChainHead(0, GENESIS_HASH), 0
-    with open(path, "rb") as f:
+    with segments.open_regular(path) as f:
         start = max(0, size - _TAIL_CHUNK)
         while True:
             f.seek(start)

@@ -31,9 +31,10 @@ import glob
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -121,7 +122,7 @@ def read_base(chain_file: Path) -> Base | None:
     file and the field when it cannot be used."""
     path = base_path(chain_file)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read(MAX_BASE_BYTES + 1)
     except FileNotFoundError:
         return None
@@ -145,6 +146,33 @@ def read_base(chain_file: Path) -> Base | None:
     except merkle.ProofError as exc:
         raise EvidenceChainBroken(f"{path}: frontier: {exc}") from exc
     return base
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading once it is shown to be a regular file; ``EvidenceChainBroken``
+    naming it otherwise. Opened without blocking and checked on what was opened: a FIFO planted
+    in the evidence directory made the start wait for a writer forever, and a device such as
+    /dev/zero made it read without end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise EvidenceChainBroken(f"{path}: not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def refuse_special(path: Path) -> None:
+    """``EvidenceChainBroken`` when what ``path`` names is a FIFO, a socket or a directory (a
+    missing file is no refusal): a segment the log would open to append to. A device stays
+    allowed: writes to it fail, or succeed, on their own, and it is never read (size 0)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISDIR(mode):
+        raise EvidenceChainBroken(f"{path}: not a regular file")
 
 
 def json_object(data: bytes, where: str) -> dict[str, Any]:
