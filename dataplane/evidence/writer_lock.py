@@ -10,8 +10,10 @@ never leaves a stale lock. The file holds the holder's pid, for the refusal's me
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 MAX_PID_BYTES = 32
@@ -35,8 +37,12 @@ class WriterLock:
         """Take the lock or raise ``ChainBusy`` at once (never waits)."""
         if self._fd is not None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                # A FIFO or a device here failed the start with a bare "[Errno 22] Invalid
+                # argument" (from the truncate below), naming no file.
+                raise OSError(errno.EINVAL, "not a regular file", str(self.path))
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, MAX_PID_BYTES, 0).decode("ascii", "replace").strip()

@@ -13,6 +13,7 @@ import pytest
 from dataplane.errors import EvidenceChainBroken
 from dataplane.evidence import checkpoint, segments
 from dataplane.evidence.log import EvidenceLog
+from dataplane.evidence.writer_lock import lock_path
 from tests.fuzz.mutations import within
 
 
@@ -56,3 +57,19 @@ async def test_a_device_in_place_of_the_checkpoints_is_refused_instead_of_read_w
     checkpoint.checkpoints_path(path).symlink_to("/dev/zero")
     with pytest.raises(EvidenceChainBroken, match=r"\.checkpoints: not a regular file$"):
         await asyncio.to_thread(within, 10, lambda: _start(path), checkpoint.checkpoints_path(path))
+
+
+@pytest.mark.parametrize("plant", ["fifo", "device"])
+async def test_a_writer_lock_that_is_not_a_regular_file_is_refused_naming_it(
+    tmp_path: Path, plant: str
+) -> None:
+    # Its truncate failed with a bare "[Errno 22] Invalid argument": serve's one line named no file.
+    path = await _chain(tmp_path)
+    lock = lock_path(path)
+    lock.unlink()
+    if plant == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.symlink_to("/dev/zero")
+    with pytest.raises(OSError, match=re.escape(f"not a regular file: '{lock}'")):
+        await asyncio.to_thread(within, 10, lambda: _start(path), lock)
