@@ -379,7 +379,9 @@ def _encode(budgets: Mapping[BudgetKey, grants.Row]) -> bytes:
 def _parse(raw: bytes) -> dict[BudgetKey, grants.Row]:
     try:
         body = json.loads(raw)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError both
+    except (ValueError, RecursionError):
+        # JSONDecodeError and UnicodeDecodeError both; RecursionError: nested past json's
+        # depth limit, no ValueError, and it was a traceback at the node's start.
         raise ValueError("is not JSON") from None
     if (
         not isinstance(body, dict)
