@@ -51,7 +51,7 @@ from pathlib import Path
 import grpc
 
 from dataplane.config.model import LimitsConfig, RuntimeConfig
-from dataplane.files import atomic_write, private_dir
+from dataplane.files import atomic_write, private_dir, read_regular
 from dataplane.quota.buckets import Kind, limit_of
 from dataplane.quota.leaser import MAX_ASKS
 from signalbox import quota_grants as grants
@@ -62,6 +62,9 @@ log = logging.getLogger("signalbox.dataplane.quota")
 QUOTA_DIR = "quota"
 """Under the data dir: the budgets file and the ledger's socket."""
 BUDGETS_FILE = "budgets.json"
+MAX_BUDGETS_FILE_BYTES = 64 * 1024 * 1024
+"""A larger budgets file is not read (an entry is ~100 bytes; four per tenant and key), but
+set aside and recounted like an unreadable one."""
 SOCKET = "lease.sock"
 MAX_SOCKET_PATH = 107
 """A unix socket path's bound (``sun_path`` is 108 bytes with its NUL)."""
@@ -168,7 +171,9 @@ class LocalLedger:
         docstring)."""
         private_dir(self._dir)
         try:
-            raw = self.path.read_bytes()
+            # Bounded and without blocking: a FIFO planted here hung the start, and a device
+            # such as /dev/zero was read until memory ran out.
+            raw = read_regular(self.path, MAX_BUDGETS_FILE_BYTES)
         except FileNotFoundError:
             self._recount(f"no {self.path}")
             return

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from dataplane.quota.local import BUDGETS_FILE, LocalLedger
+from tests.fuzz.mutations import within
 
 
 def _load(directory: Path) -> LocalLedger:
@@ -31,4 +33,23 @@ async def test_a_budgets_file_nested_past_the_parsers_depth_is_set_aside_and_rec
         f"{path} is not JSON; the unreadable file is kept as" in r.getMessage() for r in caplog.records
     )
     assert (tmp_path / (BUDGETS_FILE + ".corrupt")).read_bytes() == b"[" * 100_000
+    assert path.read_bytes().startswith(b'{"format": 1')
+
+
+@pytest.mark.parametrize("plant", ["fifo", "device"])
+async def test_a_budgets_file_that_is_a_fifo_or_a_device_is_set_aside_and_recounted_at_once(
+    tmp_path: Path, plant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Read whole with a blocking open: a FIFO hung the start, /dev/zero filled the memory.
+    path = tmp_path / BUDGETS_FILE
+    if plant == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    with caplog.at_level(logging.ERROR, logger="signalbox.dataplane.quota"):
+        await asyncio.to_thread(within, 10, lambda: _load(tmp_path), path)
+    assert any(
+        f"{path} cannot be read: not a regular file; the unreadable file is kept as" in r.getMessage()
+        for r in caplog.records
+    )
     assert path.read_bytes().startswith(b'{"format": 1')
