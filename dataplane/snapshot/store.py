@@ -163,9 +163,11 @@ class SnapshotStore:
             return decode_hash_keys(read_hash_key_file(path), str(path))
         except FileNotFoundError:
             return NO_HASH_KEYS
-        except ValueError as exc:
-            # The control plane sends them again on the next sync stream.
-            log.error("API-key hash key versions not loaded: %s", exc)
+        except (ValueError, OSError) as exc:
+            # The control plane sends them again on the next sync stream. (OSError: a FIFO or a
+            # directory here refused the start with "[Errno 22] not a regular file", no file named.)
+            why = f"{path}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+            log.error("API-key hash key versions not loaded: %s", why)
             return NO_HASH_KEYS
 
     @property

@@ -6,13 +6,24 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
-from dataplane.snapshot.hash_key import MAX_HASH_KEY_VERSIONS, HashKeys, decode_hash_keys, write_hash_key_file
+from dataplane.config.model import Scope
+from dataplane.snapshot.hash_key import (
+    API_KEY_HASH_KEY_FILE,
+    MAX_HASH_KEY_VERSIONS,
+    HashKeys,
+    decode_hash_keys,
+    write_hash_key_file,
+)
+from dataplane.snapshot.lkg import SNAPSHOT_DIR
+from dataplane.snapshot.store import SnapshotStore
 from dataplane.snapshot.sync_client import _hash_keys
+from dataplane.upstream import UpstreamClient
 from signalbox.api.config.v1 import sync_pb2
 from signalbox.shell.cli import main
 from tests.helpers import signalbox_exit
@@ -128,3 +139,25 @@ async def test_serve_refuses_a_fifo_or_a_deeply_nested_file_with_one_line(tmp_pa
         [line] = err.splitlines()
         assert line.startswith("--api-key-hash-key-file: ")
         assert rule in line
+
+
+@pytest.mark.parametrize("plant", ["fifo", "directory"])
+async def test_a_stored_copy_that_is_not_a_regular_file_is_logged_by_name_and_not_used(
+    tmp_path: Path, plant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not a regular file, the node's copy of the versions refused the start with "[Errno 22]
+    # not a regular file", naming no file; any other unreadable copy is logged and the control
+    # plane's next sync sends the versions again.
+    stored = tmp_path / SNAPSHOT_DIR / API_KEY_HASH_KEY_FILE
+    stored.parent.mkdir(mode=0o700)
+    if plant == "fifo":
+        os.mkfifo(stored)
+    else:
+        stored.mkdir()
+    with caplog.at_level(logging.ERROR, logger="signalbox.dataplane.config"):
+        store = SnapshotStore(trusted={}, scope=Scope(), data_dir=tmp_path, client=UpstreamClient())
+    try:
+        assert store.api_key_hash_key_versions == ()
+        assert f"API-key hash key versions not loaded: {stored}: not a regular file" in caplog.text
+    finally:
+        await store.aclose()
