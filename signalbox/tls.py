@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 
+from dataplane.files import read_regular
 from signalbox import settings
 
 
@@ -53,9 +54,15 @@ def is_loopback(address: str) -> bool:
         return False  # a hostname, "", "0.0.0.0", "[::]": reachable from elsewhere
 
 
+MAX_PEM_BYTES = 1024 * 1024
+"""A larger certificate, key or CA file is refused unread (a long chain is a few tens of KB)."""
+
+
 def _read(path: Path, flag: str) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        # Bounded and without blocking: a FIFO named by a flag hung the start, and /dev/zero
+        # was read until memory ran out.
+        data = read_regular(Path(path), MAX_PEM_BYTES)
     except OSError as exc:
         raise TlsConfigError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from exc
     if b"-----BEGIN" not in data:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from signalbox.api.infer.v1 import infer_pb2_grpc
 from signalbox.tls import ClientTls, InsecureListen, ServerTls, TlsConfigError, aio_channel
 from tests.dataplane.conftest import AUTH, NodeFactory, chat, envelope, snapshot
 from tests.fixtures.certs import TestCA
+from tests.fuzz.mutations import within
 from tests.helpers import signalbox_exit
 
 
@@ -149,3 +151,25 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("flag", ["--tls-cert", "--tls-key", "--tls-client-ca"])
+@pytest.mark.parametrize("plant", ["fifo", "device"])
+async def test_a_tls_file_that_is_a_fifo_or_a_device_is_refused_by_flag_without_waiting(
+    tmp_path: Path, flag: str, plant: str
+) -> None:
+    # Read whole with a blocking open: a FIFO named by a flag hung the start, and /dev/zero was
+    # read until memory ran out.
+    ca = TestCA(tmp_path / "ca")
+    server = ca.issue("node", server=True)
+    files = {"--tls-cert": server.cert, "--tls-key": server.key, "--tls-client-ca": ca.ca_file}
+    files[flag].unlink()
+    if plant == "fifo":
+        os.mkfifo(files[flag])
+    else:
+        files[flag].symlink_to("/dev/zero")
+    tls = ServerTls(cert=files["--tls-cert"], key=files["--tls-key"], client_ca=files["--tls-client-ca"])
+    with pytest.raises(
+        TlsConfigError, match=re.escape(f"{flag}: cannot read {files[flag]}: not a regular file")
+    ):
+        await asyncio.to_thread(within, 10, lambda: tls.credentials("127.0.0.1:0"), files[flag])
