@@ -194,7 +194,9 @@ class IdentityFiles:
     def certificate(self) -> x509.Certificate | None:
         try:
             return x509.load_pem_x509_certificate(read_regular(self.cert, MAX_KEY_BYTES, nofollow=True))
-        except (OSError, ValueError):
+        except (OSError, ValueError, x509.InvalidVersion):
+            # InvalidVersion is no ValueError: a certificate whose version byte was damaged
+            # made the node's start (and `identity show`) a traceback.
             return None
 
     def problem(self, node_id: str, now: datetime | None = None) -> str:
@@ -207,7 +209,7 @@ class IdentityFiles:
         try:
             ca = x509.load_pem_x509_certificate(read_regular(self.ca, MAX_KEY_BYTES, nofollow=True))
             cert.verify_directly_issued_by(ca)
-        except (OSError, ValueError, TypeError, InvalidSignature):
+        except (OSError, ValueError, TypeError, InvalidSignature, x509.InvalidVersion):
             return f"{self.cert} was not issued by the CA in {self.ca}"
         now = now or datetime.now(UTC)
         if cert.not_valid_after_utc <= now:
@@ -245,7 +247,7 @@ class IdentityFiles:
         try:
             cert = x509.load_pem_x509_certificate(response.certificate_pem.encode())
             x509.load_pem_x509_certificate(response.ca_pem.encode())
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise NodeIdentityError("the control plane returned an unreadable certificate") from exc
         if cert.public_key() != self.private_key().public_key():
             raise NodeIdentityError("the control plane returned a certificate for another key")
@@ -266,7 +268,7 @@ def install_bundle(files: IdentityFiles, bundle: bytes, node_id: str) -> x509.Ce
         raise NodeIdentityError(f"the bundle is larger than {MAX_BUNDLE_BYTES} bytes")
     try:
         certs = x509.load_pem_x509_certificates(bundle)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise NodeIdentityError("the bundle is not PEM certificates") from None
     if len(certs) != 2:
         raise NodeIdentityError(

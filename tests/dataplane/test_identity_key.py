@@ -4,6 +4,7 @@ a precise one-line refusal, nothing outside the identity directory touched, neve
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import stat
@@ -189,3 +190,25 @@ async def test_evidence_export_refuses_a_fifo_planted_as_the_ca_without_waiting(
     assert code == 1, err
     assert f"evidence export: {files.ca}: cannot be read: not a regular file; nothing was written" in err
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("name", ["cert", "ca"])
+def test_a_certificate_or_ca_with_a_damaged_version_is_a_problem_not_a_traceback(
+    tmp_path: Path, name: str
+) -> None:
+    # cryptography raises InvalidVersion, which is no ValueError, for a certificate whose
+    # version is not one X.509 knows: the node's start ended in a traceback.
+    files = IdentityFiles(tmp_path / "identity")
+    files.private_key()
+    good = _self_signed_pem()
+    der = bytearray(x509.load_pem_x509_certificate(good).public_bytes(serialization.Encoding.DER))
+    at = der.index(bytes.fromhex("a003020102"))  # [0] EXPLICIT INTEGER 2 (v3)
+    der[at + 4] = 0x34
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(der)) + b"-----END CERTIFICATE-----\n"
+    files.cert.write_bytes(good if name == "ca" else pem)
+    files.ca.write_bytes(pem if name == "ca" else good)
+    problem = files.problem("n1")
+    assert problem in (
+        f"no node certificate in {files.directory}",
+        f"{files.cert} was not issued by the CA in {files.ca}",
+    )
