@@ -24,6 +24,12 @@ T = TypeVar("T")
 NIGHTLY = settings.default.max_examples > 600
 
 
+LOADING_LIMIT_S = 60.0
+"""How long ``within`` lets a loader run before calling it hung. A hang detector, not a timing
+check: a loader that waits on a FIFO never returns, and one that is merely slow (a CI machine
+running three test workers, PostgreSQL and nodes at once) must not fail."""
+
+
 def examples(ci: int) -> int:
     """Examples of one property: ``ci`` under the ``ci`` profile, 50 times more otherwise."""
     return ci if not NIGHTLY else ci * 50

@@ -27,11 +27,10 @@ from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.records import read_records, verify_chain
 from dataplane.evidence.shipper import prune
 from dataplane.evidence.writer_lock import lock_path
-from tests.fuzz.mutations import SPECIAL_KINDS, examples, hostile, plant, refusal_ok, within
+from tests.fuzz.mutations import LOADING_LIMIT_S, SPECIAL_KINDS, examples, hostile, plant, refusal_ok, within
 
 NODE = "n"
 CHAIN = "n/0"
-LOADING_LIMIT_S = 10.0
 
 
 @dataclass(frozen=True)

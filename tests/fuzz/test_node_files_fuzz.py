@@ -49,12 +49,11 @@ from signalbox.shell.cli import main
 from signalbox.tls import ServerTls, TlsConfigError
 from tests.dataplane.conftest import envelope, pinned_serve_args, snapshot, write_public_key
 from tests.fuzz.conftest import _LoopThread
-from tests.fuzz.mutations import SPECIAL_KINDS, examples, hostile, plant, refusal_ok, within
+from tests.fuzz.mutations import LOADING_LIMIT_S, SPECIAL_KINDS, examples, hostile, plant, refusal_ok, within
 from tests.helpers import signalbox_exit
 
 NODE = "n1"
 SCOPE = Scope(deployment="test")
-LOADING_LIMIT_S = 10.0
 
 
 def _pin(version: int, key: Ed25519PrivateKey, trusted: Ed25519PrivateKey | None = None) -> bytes:
