@@ -293,8 +293,9 @@ def _read_tail(path: Path, chain: str) -> tuple[ChainHead, int]:
     if size == 0:
         return ChainHead(0, GENESIS_HASH), 0
     with segments.open_regular(path) as f:
-        start = max(0, size - _TAIL_CHUNK)
+        reach = _TAIL_CHUNK
         while True:
+            start = max(0, size - reach)
             f.seek(start)
             data = f.read(size - start)
             lines = data.split(b"\n")
@@ -302,8 +303,10 @@ def _read_tail(path: Path, chain: str) -> tuple[ChainHead, int]:
             torn = lines[-1]
             complete = [line for line in lines[:-1] if line]
             if start > 0 and len(complete) <= 1:
-                # The chunk may begin mid-line: read further back for a whole record.
-                start = max(0, start - _TAIL_CHUNK)
+                # The chunk may begin mid-line: read further back for a whole record, twice as
+                # far each time. (A chunk further each time read the tail again and again: a
+                # 64 MB segment without a newline near its end took ~15 s to start from.)
+                reach *= 2
                 continue
             break
     if not complete:
