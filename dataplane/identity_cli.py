@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from dataplane.files import read_regular
 from dataplane.identity import MAX_BUNDLE_BYTES, IdentityFiles, NodeIdentityError, install_bundle
 from dataplane.snapshot.files import atomic_write
 from signalbox import settings
@@ -96,8 +97,8 @@ def request_command(ns: argparse.Namespace) -> int:
 def install_command(ns: argparse.Namespace) -> int:
     files = IdentityFiles.under(Path(ns.data_dir))
     try:
-        with open(ns.bundle, "rb") as f:
-            bundle = f.read(MAX_BUNDLE_BYTES + 1)
+        # Without blocking and bounded: a FIFO given as the bundle hung the command.
+        bundle = read_regular(Path(ns.bundle), MAX_BUNDLE_BYTES)
         cert = install_bundle(files, bundle, ns.node_id)
     except OSError as exc:
         print(f"identity install: cannot read {ns.bundle}: {exc.strerror}", file=sys.stderr)

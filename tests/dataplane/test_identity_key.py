@@ -212,3 +212,17 @@ def test_a_certificate_or_ca_with_a_damaged_version_is_a_problem_not_a_traceback
         f"no node certificate in {files.directory}",
         f"{files.cert} was not issued by the CA in {files.ca}",
     )
+
+
+async def test_identity_install_refuses_a_fifo_given_as_the_bundle_without_waiting(tmp_path: Path) -> None:
+    # The bundle was read with a blocking open: a FIFO named as BUNDLE hung the command.
+    bundle = tmp_path / "bundle.pem"
+    os.mkfifo(bundle)
+    data_dir = tmp_path / "node"
+    code, err = await signalbox_exit(
+        "dataplane", "identity", "install", str(bundle), "--data-dir", str(data_dir), "--node-id", "n1",
+        timeout=30,
+    )  # fmt: skip
+    assert code == 1, err
+    assert err.strip() == f"identity install: cannot read {bundle}: not a regular file"
+    assert not IdentityFiles.under(data_dir).cert.exists()
