@@ -123,9 +123,11 @@ def show_command(ns: argparse.Namespace) -> int:
             f"node key {files.key}: not certified (run `dataplane identity request`, then `admin node certify`)"
         )
         return 0
-    uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.UniformResourceIdentifier
-    )
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:  # not a node certificate: ``problem`` says so below
+        uris = []
     print(f"certificate {cert.serial_number:x} until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     for uri in uris:
         print(f"  {uri}")

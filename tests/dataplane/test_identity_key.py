@@ -226,3 +226,18 @@ async def test_identity_install_refuses_a_fifo_given_as_the_bundle_without_waiti
     assert code == 1, err
     assert err.strip() == f"identity install: cannot read {bundle}: not a regular file"
     assert not IdentityFiles.under(data_dir).cert.exists()
+
+
+async def test_identity_show_of_a_certificate_naming_no_one_says_why_it_is_not_usable(tmp_path: Path) -> None:
+    # A certificate without subject alternative names (not one `admin node certify` wrote) made
+    # `identity show` a traceback (ExtensionNotFound) before it said why it is not usable.
+    data_dir = tmp_path / "node"
+    files = IdentityFiles.under(data_dir)
+    files.private_key()
+    files.cert.write_bytes(_self_signed_pem())
+    files.ca.write_bytes(_self_signed_pem())
+    code, err = await signalbox_exit(
+        "dataplane", "identity", "show", "--data-dir", str(data_dir), "--node-id", "n1", timeout=30
+    )
+    assert code == 1, err
+    assert "Traceback" not in err
