@@ -20,7 +20,7 @@ import hashlib
 import os
 from typing import Final
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -108,6 +108,9 @@ def load_private_key(data: bytes, source: str) -> X25519PrivateKey:
         key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
         raise SealingError(f"{source}: not a PEM private key") from None
+    except UnsupportedAlgorithm:
+        # A key type or curve the library does not know (no ValueError): no X25519 key either.
+        raise SealingError(f"{source}: not an X25519 key") from None
     if not isinstance(key, X25519PrivateKey):
         raise SealingError(f"{source}: not an X25519 key")
     return key
