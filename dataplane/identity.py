@@ -209,7 +209,7 @@ class IdentityFiles:
         try:
             ca = x509.load_pem_x509_certificate(read_regular(self.ca, MAX_KEY_BYTES, nofollow=True))
             cert.verify_directly_issued_by(ca)
-        except (OSError, ValueError, TypeError, InvalidSignature, x509.InvalidVersion):
+        except (OSError, ValueError, TypeError, InvalidSignature, x509.InvalidVersion, UnsupportedAlgorithm):
             return f"{self.cert} was not issued by the CA in {self.ca}"
         now = now or datetime.now(UTC)
         if cert.not_valid_after_utc <= now:
@@ -223,7 +223,7 @@ class IdentityFiles:
             return f"the node certificate is for another node id (this node is {node_id!r})"
         if not self.key.exists():
             return f"the node key {self.key} is missing"
-        if cert.public_key() != self.private_key().public_key():
+        if _public_key(cert) != self.private_key().public_key():
             return f"the node certificate does not match {self.key}"
         return ""
 
@@ -249,7 +249,7 @@ class IdentityFiles:
             x509.load_pem_x509_certificate(response.ca_pem.encode())
         except (ValueError, x509.InvalidVersion) as exc:
             raise NodeIdentityError("the control plane returned an unreadable certificate") from exc
-        if cert.public_key() != self.private_key().public_key():
+        if _public_key(cert) != self.private_key().public_key():
             raise NodeIdentityError("the control plane returned a certificate for another key")
         self._private_directory()
         atomic_write(self.ca, response.ca_pem.encode())
@@ -258,6 +258,15 @@ class IdentityFiles:
 
 
 MAX_BUNDLE_BYTES = 64 * 1024
+
+
+def _public_key(cert: x509.Certificate) -> object:
+    """``cert``'s public key; None when it is of a type or on a curve the library does not know
+    (``UnsupportedAlgorithm``, no ValueError: a traceback where a key was compared)."""
+    try:
+        return cert.public_key()
+    except UnsupportedAlgorithm:
+        return None
 
 
 def install_bundle(files: IdentityFiles, bundle: bytes, node_id: str) -> x509.Certificate:
@@ -277,7 +286,7 @@ def install_bundle(files: IdentityFiles, bundle: bytes, node_id: str) -> x509.Ce
     cert, ca = certs
     try:
         cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         raise NodeIdentityError("the bundle's certificate was not issued by the bundle's node CA") from None
     now = datetime.now(UTC)
     if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
@@ -295,7 +304,7 @@ def install_bundle(files: IdentityFiles, bundle: bytes, node_id: str) -> x509.Ce
         raise NodeIdentityError(f"the certificate does not name node {node_id!r}")
     if not files.key.exists():
         raise NodeIdentityError(f"no node key in {files.directory}: run `dataplane identity request` first")
-    if cert.public_key() != files.private_key().public_key():
+    if _public_key(cert) != files.private_key().public_key():
         raise NodeIdentityError(f"the certificate is for another key than {files.key}")
     pem = serialization.Encoding.PEM
     files.store(
