@@ -101,7 +101,10 @@ def install_command(ns: argparse.Namespace) -> int:
         bundle = read_regular(Path(ns.bundle), MAX_BUNDLE_BYTES)
         cert = install_bundle(files, bundle, ns.node_id)
     except OSError as exc:
-        print(f"identity install: cannot read {ns.bundle}: {exc.strerror}", file=sys.stderr)
+        print(
+            f"identity install: cannot read {ns.bundle}: {exc.strerror}; nothing was installed",
+            file=sys.stderr,
+        )
         return 1
     except NodeIdentityError as exc:
         print(f"identity install: {exc}; nothing was installed", file=sys.stderr)

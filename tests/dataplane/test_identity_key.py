@@ -224,7 +224,7 @@ async def test_identity_install_refuses_a_fifo_given_as_the_bundle_without_waiti
         timeout=30,
     )  # fmt: skip
     assert code == 1, err
-    assert err.strip() == f"identity install: cannot read {bundle}: not a regular file"
+    assert err.strip() == f"identity install: cannot read {bundle}: not a regular file; nothing was installed"
     assert not IdentityFiles.under(data_dir).cert.exists()
 
 
