@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from controlplane.api.admin import AdminServicer
 from controlplane.api.audit_limit import UnauthenticatedAuditLimit
+from controlplane.api.decoding import ENROLLMENT_SERVICES, NODE_PORT_SERVICES, DecodingInterceptor
 from controlplane.api.evidence import EvidenceServicer
 from controlplane.api.identity import NodeEnrollmentServicer, NodeIdentityServicer
 from controlplane.api.interceptor import AdminInterceptor
@@ -333,7 +334,7 @@ class ControlPlane:
         node_front = front_of("node", caps.node, s.node_max_connections_per_peer)
         self._fronts = [f for f in (admin_front, node_front) if f is not None]
         self._server = grpc.aio.server(
-            interceptors=[self._interceptor],
+            interceptors=[DecodingInterceptor(ENROLLMENT_SERVICES), self._interceptor],
             options=server_options(
                 s.max_message_bytes,
                 caps.admin,
@@ -354,12 +355,13 @@ class ControlPlane:
 
         # grpc cannot make client certificates optional on one port: nodes get their own.
         self._node_server = grpc.aio.server(
+            interceptors=[DecodingInterceptor(NODE_PORT_SERVICES)],
             options=server_options(
                 s.max_message_bytes,
                 caps.node,
                 s.connection_idle_timeout,
                 (s.node_connection_max_age, s.connection_age_grace),
-            )
+            ),
         )
         sync_pb2_grpc.add_ConfigSyncServiceServicer_to_server(self.sync, self._node_server)
         identity_pb2_grpc.add_NodeIdentityServiceServicer_to_server(

@@ -38,6 +38,7 @@ from controlplane.api.sync_state import (
 )
 from controlplane.api_key_hash import ApiKeyHasher, LiveHashKeys
 from controlplane.db.session import DatabaseClock
+from controlplane.errors import ControlPlaneError
 from controlplane.limits import DEFAULT_GROUP, GROUP_NAME_CHARS, INT64_MAX
 from controlplane.services.groups import GROUP_NAME_RE
 from controlplane.services.identity import NodeIdentity
@@ -181,6 +182,8 @@ class ConfigSyncServicer(sync_pb2_grpc.ConfigSyncServiceServicer):
                 first = await anext(aiter(request_iterator))
         except (StopAsyncIteration, TimeoutError):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello: the first message must be a Hello")
+        except ControlPlaneError as exc:  # bytes that are no message (``controlplane.api.decoding``)
+            await _refuse(context, exc)
         if first.WhichOneof("message") != "hello" or not first.hello.node_id:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
