@@ -41,3 +41,13 @@ def printable(value: object, limit: int = DEFAULT_LIMIT) -> str:
         out.append(piece)
         size += len(piece)
     return "".join(out)
+
+
+def printable_within(value: object, limit: int) -> str:
+    """``printable`` held to ``limit`` characters in all, its clip note included: what fits a
+    column of that width (``printable`` clips to about ``limit`` and adds the note after)."""
+    text = printable(value, limit)
+    if len(text) <= limit:
+        return text
+    note = len(f"...[{len(str(value))} more chars]")  # the longest note a clip of it can add
+    return printable(value, max(0, limit - note))

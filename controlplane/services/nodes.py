@@ -17,7 +17,7 @@ from controlplane.limits import DEFAULT_GROUP
 from controlplane.repositories import groups as group_repo
 from controlplane.repositories import nodes as repo
 from controlplane.repositories import snapshots as snapshot_repo
-from signalbox.text import printable
+from signalbox.text import printable, printable_within
 from signalbox.wallclock import utc_now
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,9 @@ class NodeService:
             if node is None:
                 node = Node(node_id=hello.node_id, first_seen_at=now)
                 session.add(node)
-            node.software_version = printable(hello.software_version, MAX_VERSION_CHARS)
+            # The column's width: clipped with its note, a long version was a write the database
+            # refused (the Hello ended INTERNAL, and so did every reconnect of the node).
+            node.software_version = printable_within(hello.software_version, MAX_VERSION_CHARS)
             node.mode = hello.mode
             node.scope = _stored_scope(hello.scope)
             node.node_group = hello.node_group

@@ -10,10 +10,11 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
+from controlplane.services.nodes import MAX_VERSION_CHARS
 from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2, sync_pb2, sync_pb2_grpc
 from signalbox.shell.admin_cli.output import NODE_COLUMNS, node_row
-from signalbox.text import printable
+from signalbox.text import printable, printable_within
 from signalbox.tls import aio_channel
 from tests.controlplane.conftest import TIMEOUT, Admin, SyncNode
 from tests.fixtures.postgres import RunningControlPlane
@@ -159,6 +160,30 @@ async def test_a_hello_scope_with_nul_and_huge_strings_is_stored_escaped_and_bou
     assert stored.site == "rack-1"
     assert stored.deployment.startswith("d\\x00\\u202e" + "d" * 80)
     assert len(stored.deployment) < 130
+
+
+@pytest.mark.parametrize(
+    "version", ["é" * 201, "1.0-" + "x" * 5000, "\x1b" * 100], ids=["non-ascii", "long", "escapes"]
+)
+async def test_a_software_version_longer_than_its_column_is_stored_clipped_to_it(
+    admin: Admin, control_plane: RunningControlPlane, private_tmp: Path, version: str
+) -> None:
+    # Clipped to 100 characters and its note added after, it was 119: a write the column
+    # refused, so the Hello (and every reconnect of the node) ended INTERNAL.
+    tls = await control_plane.enroll("node-version", private_tmp / "node-version")
+    hello = sync_pb2.Hello(node_id="node-version", software_version=version)
+    assert await _hello_only(control_plane, tls, hello) == (grpc.StatusCode.OK, "envelope")
+    stored = (await _node(admin, "node-version")).software_version
+    assert len(stored) <= MAX_VERSION_CHARS
+    assert stored.startswith(printable(version)[:40])
+    assert stored.endswith(" more chars]")
+
+
+def test_printable_within_holds_the_note_inside_the_limit() -> None:
+    for text in ("x" * 101, "\n" * 60, "é" * 10_000, "x" * 100):
+        assert len(printable_within(text, 100)) <= 100
+    assert printable_within("x" * 100, 100) == "x" * 100
+    assert printable_within("short", 100) == "short"
 
 
 @pytest.mark.parametrize(
