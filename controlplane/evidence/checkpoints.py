@@ -38,6 +38,7 @@ MAX_NOTE_BYTES = 8 * 1024
 CHECKPOINT_ORIGIN = "signalbox.evidence/"
 
 _SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 CheckpointVerifier = Callable[[str, str, bytes], None]
 """``(note, node_id, public_key)``: returns when ``note`` carries a valid signature by
@@ -79,6 +80,11 @@ def parse_checkpoint(chain_id: str, index: int, note: str) -> Checkpoint:
     where = f"chain {shown(chain_id)}: checkpoint {index}"
     if len(note.encode()) > MAX_NOTE_BYTES:
         raise EvidenceRefused(f"{where}: more than {MAX_NOTE_BYTES} bytes")
+    if _CONTROL.search(note):
+        # Stored as text, which cannot hold NUL: a signed note with one in a line the node's
+        # signature does not cover (another key's signature line) failed its batch's write,
+        # UNAVAILABLE "resend", and the node resent it for ever.
+        raise EvidenceRefused(f"{where}: control characters other than newlines (a C2SP note has none)")
     body, blank, signatures = note.partition("\n\n")
     if not blank or not signatures.strip():
         raise EvidenceRefused(f"{where}: a note is a body, an empty line and signature lines")

@@ -1,0 +1,35 @@
+"""Batches refused before anything of them is read into the store: by name, with the chain's
+real head in the answer, and never as a failure the node would resend for ever."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.controlplane.evidence.conftest import NodeKeys, Stream, write_records
+from tests.fixtures.postgres import RunningControlPlane, sql_rows
+
+
+def _records(evidence_plane: RunningControlPlane) -> int:
+    return int(sql_rows(evidence_plane.database_url, "SELECT count(*) FROM evidence_records")[0][0])
+
+
+async def test_a_checkpoint_with_a_nul_in_another_keys_signature_line_is_refused_by_name(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], node_keys: NodeKeys
+) -> None:
+    # Signed by the node and verifying: signature lines by other keys are ignored (C2SP), and
+    # one of them held a NUL, which the checkpoint's text column cannot: the batch's write
+    # failed, UNAVAILABLE "evidence could not be stored now; resend", for ever.
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 3)
+    good = node_keys.checkpoint("node-a", "node-a/0", [json.loads(line)["hash"] for line in lines])
+    for extra in ("\u2014 other\x00key AAAA\n", "\u2014 other\x1b[2Jkey AAAA\n", "\u2014 other\rkey AAAA\n"):
+        ack = await stream.ship("node-a/0", lines, [good + extra])
+        assert (ack.error.code, ack.stored) == ("INVALID_ARGUMENT", 0)
+        assert ack.error.message == (
+            "chain 'node-a/0': checkpoint 1: control characters other than newlines (a C2SP note has none)"
+        )
+        assert _records(evidence_plane) == 0
+    # The stream goes on: the same batch with the note as the node wrote it is taken.
+    ack = await stream.ship("node-a/0", lines, [good])
+    assert (ack.head_seq, ack.stored, ack.checkpoints, ack.HasField("error")) == (3, 3, 1, False)
