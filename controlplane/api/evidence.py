@@ -33,6 +33,7 @@ from controlplane.db.session import DatabaseClock
 from controlplane.errors import ControlPlaneError, PermissionDenied, StreamSuperseded, Unauthenticated
 from controlplane.evidence.errors import EvidenceRefused
 from controlplane.evidence.ingest import CHAIN_ID_RE, Batch, EvidenceIngest
+from controlplane.evidence.queries import chain_head
 from controlplane.services.identity import NodeIdentity
 from dataplane.connection_front import peer_of
 from signalbox.api.evidence.v1 import evidence_pb2, evidence_pb2_grpc
@@ -72,6 +73,7 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
     ) -> None:
         self._ingest = ingest
         self._auth = auth
+        self._sessions = sessions
         self.clock: Callable[[], datetime] = utc_now
         """This host's wall clock: only compared with the database's (``_expiry_clock``)."""
         self._expiry_clock = DatabaseClock(sessions, lambda: self.clock(), "node certificate expiries")
@@ -170,8 +172,15 @@ class EvidenceServicer(evidence_pb2_grpc.EvidenceServiceServicer):
                     except EvidenceRefused as exc:
                         if self.metrics is not None:
                             self.metrics.evidence_refused.labels(exc.status.name).inc()
+                        # Refused before it was read into the store (too many records, a note
+                        # that does not parse or verify): the ACK still says how far the chain is
+                        # stored. Answered 0, it told the node's shipper the store had lost the
+                        # chain, and the shipper resent it from seq 1.
                         yield evidence_pb2.ShipAck(
                             chain_id=batch.chain_id,
+                            head_seq=await chain_head(self._sessions, batch.chain_id)
+                            if CHAIN_ID_RE.fullmatch(batch.chain_id)
+                            else 0,
                             error=evidence_pb2.BatchError(
                                 code=exc.status.name, message=bounded(exc.message), seq=exc.seq
                             ),

@@ -86,6 +86,15 @@ class EvidenceQueries:
         return [ChainStatus(chain, int(n), bool(old), int(size)) for chain, n, old, size in rows]
 
 
+async def chain_head(sessions: async_sessionmaker[AsyncSession], chain_id: str) -> int:
+    """The highest seq of ``chain_id`` stored with every seq before it (0: none)."""
+    async with sessions() as session:
+        head = await session.scalar(
+            sa.select(EvidenceChain.head_seq).where(EvidenceChain.chain_id == chain_id)
+        )
+    return int(head or 0)
+
+
 def records_query(f: EvidenceFilter) -> tuple[sa.Select[EvidenceRecord], int]:
     """The query of ``EvidenceQueries.records`` (one row more than the limit, to tell whether
     more matched) and the limit. Each filter has its index (tests/controlplane/evidence/

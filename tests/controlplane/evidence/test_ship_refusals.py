@@ -33,3 +33,27 @@ async def test_a_checkpoint_with_a_nul_in_another_keys_signature_line_is_refused
     # The stream goes on: the same batch with the note as the node wrote it is taken.
     ack = await stream.ship("node-a/0", lines, [good])
     assert (ack.head_seq, ack.stored, ack.checkpoints, ack.HasField("error")) == (3, 3, 1, False)
+
+
+async def test_a_batch_refused_before_it_is_read_still_answers_the_chains_head(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path], node_keys: NodeKeys
+) -> None:
+    # Answered head_seq 0, these told the node's shipper the store had lost the chain
+    # ("the store holds less than we were told before"), and it resent it from seq 1.
+    stream, directory = node
+    lines = await write_records(directory, "node-a", 5)
+    assert (await stream.ship("node-a/0", lines)).head_seq == 5
+    good = node_keys.checkpoint("node-a", "node-a/0", [json.loads(line)["hash"] for line in lines])
+    refused = {
+        "a note that does not parse": ([], ["not a note"]),
+        "a note that does not verify": ([], [good.replace(good.split("\n\n")[1], "\u2014 node-a AAAA\n")]),
+        "too many notes": ([], [good] * 17),
+        "too many records": ([b"{}"] * 10_001, []),
+    }
+    for why, (records, notes) in refused.items():
+        ack = await stream.ship("node-a/0", records, notes)
+        assert (ack.error.code, ack.head_seq, ack.stored) == ("INVALID_ARGUMENT", 5, 0), why
+    assert _records(evidence_plane) == 5
+    # A chain that has nothing stored yet: 0 is its head.
+    ack = await stream.ship("node-a/1", [], ["not a note"])
+    assert (ack.error.code, ack.head_seq) == ("INVALID_ARGUMENT", 0)
