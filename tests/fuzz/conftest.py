@@ -46,6 +46,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ADMIN_EXAMPLES = 40 if settings.default.max_examples <= 600 else 2_000
 """Admin examples each cost a real database round trip: fewer per test than the node's."""
+NODE_FACING_EXAMPLES = 25 if settings.default.max_examples <= 600 else 2_000
+"""Node-facing examples (tests/fuzz/test_node_facing_fuzz.py) each cost a few database round
+trips and a legitimate call after them: the fewest per test, to keep the module to a minute."""
 LONG_PROFILE_TIMEOUT_S = 4 * 3600
 """A test's time limit under a profile longer than ``ci``: the suite's 120 s (pyproject.toml)
 is ``ci``'s, and 20,000 examples of one test take ~15 minutes."""
