@@ -110,8 +110,11 @@ measurable share of a batch's Python time (py-spy)."""
 _ChainRow = sa.Row[str, int, bytes, bytes, str, str, bool | None]
 
 CHAIN_ID_RE = re.compile(
-    r"(?P<node>[^\x00-\x1f\x7f]{1,NODE})/(?P<worker>[0-9]{1,9})".replace("NODE", str(NODE_ID_CHARS))
+    r"(?P<node>[^\x00-\x1f\x7f]{1,NODE})/(?P<worker>[1-5]?[0-9]|6[0-3])".replace("NODE", str(NODE_ID_CHARS))
 )
+"""A chain id as a node writes it: its worker 0..63 (``dataplane.workers.MAX_WORKERS``), no
+leading zeros, as quota holders are. Any 1..9 digits let one certified node add chain rows
+without bound (an empty batch makes its chain's row)."""
 
 OK, GAP, BROKEN, TAMPERED = "ok", Gap.state, ChainBroken.state, Tampered.state
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from controlplane.evidence.ingest import CHAIN_ID_RE
+from dataplane.workers import MAX_WORKERS
 from tests.controlplane.evidence.conftest import NodeKeys, Stream, write_records
 from tests.fixtures.postgres import RunningControlPlane, sql_rows
 
@@ -57,3 +59,24 @@ async def test_a_batch_refused_before_it_is_read_still_answers_the_chains_head(
     # A chain that has nothing stored yet: 0 is its head.
     ack = await stream.ship("node-a/1", [], ["not a note"])
     assert (ack.error.code, ack.head_seq) == ("INVALID_ARGUMENT", 0)
+
+
+def test_a_chain_id_names_one_of_the_workers_a_node_may_run() -> None:
+    # Any 1..9 digits were taken as the worker: one certified node could add chain rows without
+    # bound, an empty batch each. A node writes its workers' numbers 0..63, no leading zeros.
+    taken = {
+        w for w in (*map(str, range(1000)), "00", "01", "007", "063") if CHAIN_ID_RE.fullmatch(f"node-a/{w}")
+    }
+    assert taken == {str(w) for w in range(MAX_WORKERS)}
+
+
+async def test_a_batch_for_a_worker_no_node_runs_is_refused_and_makes_no_chain(
+    evidence_plane: RunningControlPlane, node: tuple[Stream, Path]
+) -> None:
+    stream, _ = node
+    for worker in ("64", "999999999", "01"):
+        ack = await stream.ship(f"node-a/{worker}", [])
+        assert ack.error.code == "INVALID_ARGUMENT"
+        assert ack.error.message.startswith("chain_id: must be <node id>/<worker number>")
+    assert sql_rows(evidence_plane.database_url, "SELECT chain_id FROM evidence_chains") == []
+    assert (await stream.ship("node-a/63", [])).head_seq == 0
