@@ -230,7 +230,8 @@ def _parse(data: bytes, now: datetime) -> tuple[dict[str, tuple[int, dict[str, A
             check.add(number, "(line)", "must be a JSON object")
             continue
         kind = obj.get("kind")
-        if kind not in _FIELDS:
+        # Not looked up unless a string: a list or an object cannot be (TypeError).
+        if not isinstance(kind, str) or kind not in _FIELDS:
             check.add(number, "kind", f"must be one of {', '.join(sorted(_FIELDS))}, got {shown(str(kind))}")
             continue
         for unknown in sorted(set(obj) - _FIELDS[kind]):

@@ -74,6 +74,9 @@ async def test_import_is_one_snapshot_and_the_secrets_work(
             "line 2: name: tenant 't' already on line 1",
         ),
         ([{"kind": "widget"}], "line 1: kind: must be one of api_key, tenant"),
+        # A kind that is no string (and cannot be looked up in a set) was an INTERNAL.
+        ([{"kind": ["tenant"]}], "line 1: kind: must be one of api_key, tenant, got \"['tenant']\""),
+        ([{"kind": {"a": 1}}], "line 1: kind: must be one of api_key, tenant, got \"{'a': 1}\""),
         ([{"kind": "tenant", "name": "t", "colour": "red"}], "line 1: 'colour': unknown field for tenant"),
         ([{"kind": "api_key", "tenant": "ghost"}], "line 1: tenant: tenant 'ghost' not found"),
         ([{"kind": "api_key", "tenant": "x", "scopes": ["nope"]}], "line 1: scopes[0]:"),
