@@ -226,6 +226,9 @@ def _parse(data: bytes, now: datetime) -> tuple[dict[str, tuple[int, dict[str, A
         except ValueError as exc:
             check.add(number, "(line)", f"not JSON: {exc}")
             continue
+        except RecursionError:
+            check.add(number, "(line)", "not JSON: nested too deeply")
+            continue
         if not isinstance(obj, dict):
             check.add(number, "(line)", "must be a JSON object")
             continue

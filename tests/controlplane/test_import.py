@@ -68,6 +68,8 @@ async def test_import_is_one_snapshot_and_the_secrets_work(
     ("lines", "expected"),
     [
         ([{"kind": "tenant", "name": "ok"}, "not json"], "line 2: (line): not JSON"),
+        # Nested past the parser's recursion limit: a RecursionError, and an INTERNAL, before.
+        ([{"kind": "tenant", "name": "ok"}, "[" * 100_000], "line 2: (line): not JSON: nested too deeply"),
         ([{"kind": "tenant", "name": "bad name"}], "line 1: name: must start with a letter"),
         (
             [{"kind": "tenant", "name": "t"}, {"kind": "tenant", "name": "t"}],
