@@ -109,11 +109,13 @@ def parse_jwks(text: str, field: str = "jwks_json") -> dict[str, JwtKey]:
         # Here, not at the top: PyJWT costs ~0.08 s of CPU to import, and most snapshots
         # hold no JWT issuer.
         from jwt import PyJWK
-        from jwt.exceptions import PyJWKError
+        from jwt.exceptions import PyJWTError
 
         try:
             parsed = PyJWK(jwk)
-        except (PyJWKError, ValueError, TypeError, KeyError) as exc:
+        # PyJWTError: InvalidKeyError (no curve, an unknown one, a point of the wrong size, an
+        # "alg" of another key type) is not a PyJWKError, its sibling.
+        except (PyJWTError, ValueError, TypeError, KeyError) as exc:
             raise IdentityInvalid(where, f"is not a valid {kty} public key ({shown(str(exc), 80)})") from None
         family = _family(kty, jwk, parsed.key, where)
         keys[kid] = JwtKey(kid, family, parsed.key)

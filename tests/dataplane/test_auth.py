@@ -77,6 +77,27 @@ BAD_ISSUERS: dict[str, tuple[snapshot_pb2.JwtIssuer, str, str]] = {
         "jwks_json.keys[1].kid",
         "duplicate key id",
     ),
+    # Keys PyJWT refuses with InvalidKeyError, which is no PyJWKError: each escaped the check.
+    "OKP key without a curve": (
+        _issuer(algorithms=["EdDSA"], jwks_json=_jwks({"kty": "OKP", "x": "AA", "kid": "o"})),
+        "jwks_json.keys[0]",
+        "is not a valid OKP public key",
+    ),
+    "EC key on an unknown curve": (
+        _issuer(jwks_json=_jwks(_ec_jwk() | {"crv": "P-999", "kid": "e"})),
+        "jwks_json.keys[0]",
+        "is not a valid EC public key",
+    ),
+    "EC point of the wrong size": (
+        _issuer(jwks_json=_jwks(_ec_jwk() | {"x": "AA", "kid": "e"})),
+        "jwks_json.keys[0]",
+        "is not a valid EC public key",
+    ),
+    "RSA key naming an HMAC algorithm": (
+        _issuer(jwks_json=_jwks(json.loads(TestIdp().jwks())["keys"][1] | {"alg": "HS256"})),
+        "jwks_json.keys[0]",
+        "is not a valid RSA public key",
+    ),
     "alg none": (_issuer(algorithms=["ES256", "none"]), "algorithms[1]", "'none' is never allowed"),
     "HMAC": (_issuer(algorithms=["HS256"]), "algorithms[0]", "HMAC algorithms are not allowed"),
     "no algorithm": (_issuer(algorithms=[]), "algorithms", "at least one algorithm"),

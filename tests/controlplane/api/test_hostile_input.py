@@ -331,3 +331,37 @@ async def test_merged_labels_are_held_to_the_limit_of_one_request(
         admin_pb2.UpdateTenantRequest(tenant="acme", labels={"one-more": "v"}, replace_labels=True)
     )
     assert dict(replaced.labels) == {"one-more": "v"}
+
+
+# JWKS keys PyJWT refuses with InvalidKeyError (no PyJWKError): each came back INTERNAL.
+UNBUILDABLE_KEYS = [
+    ({"kty": "OKP", "x": "AA", "kid": "o"}, "EdDSA", "OKP"),
+    ({"kty": "EC", "crv": "P-999", "x": "AA", "y": "AA", "kid": "e"}, "ES256", "EC"),
+    ({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": "e"}, "ES256", "EC"),
+    ({"kty": "RSA", "n": "AQAB", "e": "AQAB", "alg": "HS256", "kid": "r"}, "RS256", "RSA"),
+]
+
+
+@pytest.mark.parametrize(
+    ("jwk", "alg", "kty"), UNBUILDABLE_KEYS, ids=[str(k) for k, _, _ in UNBUILDABLE_KEYS]
+)
+async def test_a_jwks_key_no_public_key_can_be_built_from_is_an_invalid_argument(
+    admin: Admin, control_plane: RunningControlPlane, jwk: dict[str, str], alg: str, kty: str
+) -> None:
+    await admin.seed()
+    before = _scalar(control_plane.database_url, "SELECT count(*) FROM tenant_identities")
+    issuer = snapshot_pb2.JwtIssuer(
+        issuer="https://idp.test",
+        audiences=["signalbox"],
+        algorithms=[alg],
+        jwks_json=json.dumps({"keys": [jwk]}),
+    )
+    code, details = await _refused(
+        admin.AddJwtIssuer(admin_pb2.AddJwtIssuerRequest(tenant="acme", issuer=issuer))
+    )
+    assert code == INVALID
+    assert details.startswith(f"issuer.jwks_json.keys[0]: is not a valid {kty} public key (")
+    assert len(details) < 200
+    assert _scalar(control_plane.database_url, "SELECT count(*) FROM tenant_identities") == before
+    # The server goes on serving, and a good issuer is taken.
+    assert (await admin.GetTenant(admin_pb2.GetTenantRequest(tenant="acme"))).name == "acme"
