@@ -213,12 +213,15 @@ def _parse(data: bytes, now: datetime) -> tuple[dict[str, tuple[int, dict[str, A
     tenants: dict[str, tuple[int, dict[str, Any]]] = {}
     keys: list[_KeyLine] = []
     try:
-        lines = data.decode("utf-8").splitlines()
+        # At "\n" only (a "\r" before it is dropped below): str.splitlines also breaks at
+        # U+2028, U+2029 and U+0085, which JSON carries unescaped inside strings.
+        lines = data.decode("utf-8").split("\n")
     except UnicodeDecodeError as exc:
         raise InvalidArgument("jsonl", f"not UTF-8 (byte {exc.start})") from None
     if len(lines) > MAX_LINES:
         raise InvalidArgument("jsonl", f"{len(lines)} lines, more than {MAX_LINES}")
-    for number, text in enumerate(lines, start=1):
+    for number, line in enumerate(lines, start=1):
+        text = line.removesuffix("\r")
         if not text.strip():
             continue
         try:

@@ -246,3 +246,20 @@ async def test_keys_may_name_a_tenant_by_any_name_a_tenant_may_have(admin: Admin
     assert len(reply.keys) == 2
     tenants = {t.id: t.name for t in (await admin.ListTenants(admin_pb2.ListTenantsRequest())).tenants}
     assert sorted(tenants[k.key.tenant_id] for k in reply.keys) == [name, "u" * 200]
+
+
+async def test_a_line_is_split_at_newlines_only_not_at_unicode_line_breaks(admin: Admin) -> None:
+    """JSON may carry U+2028, U+2029 and U+0085 unescaped inside a string (json.dumps does with
+    ensure_ascii=False). Splitting the file with str.splitlines cut such a line in two: a
+    valid file was refused ("not JSON") and later lines were numbered wrong."""
+    odd = "a\u2028b\u2029c\x85d"
+    lines = [
+        {"kind": "tenant", "name": "breaks", "labels": {"note": odd}},
+        {"kind": "api_key", "tenant": "breaks", "name": f"k{odd}"},
+    ]
+    data = "\r\n".join(json.dumps(o, ensure_ascii=False) for o in lines).encode()
+    reply = await admin.ImportConfig(admin_pb2.ImportConfigRequest(jsonl=data))
+    assert (reply.tenants, [k.line for k in reply.keys]) == (1, [2])
+    assert reply.keys[0].key.name == f"k{odd}"
+    tenant = await admin.GetTenant(admin_pb2.GetTenantRequest(tenant="breaks"))
+    assert dict(tenant.labels) == {"note": odd}
