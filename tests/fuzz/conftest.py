@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, settings
@@ -23,8 +24,11 @@ from hypothesis import HealthCheck, settings
 from dataplane.app import DataPlaneNode
 from dataplane.config.model import Scope
 from dataplane.node_settings import NodeSettings
+from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from signalbox.shell.simulator import Simulator
+from tests.controlplane.conftest import Admin
 from tests.dataplane.conftest import envelope, snapshot, write_public_key
+from tests.fixtures.postgres import RunningControlPlane
 
 T = TypeVar("T")
 
@@ -116,3 +120,18 @@ def fuzz_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzNode]:
         loop.run(node.stop(0))
         loop.run(simulator.stop())
         loop.close()
+
+
+@pytest.fixture
+async def seeded(control_plane: RunningControlPlane) -> AsyncIterator[Admin]:
+    """A control plane with tenant ``acme``, provider ``sim``, models ``small`` and ``large``,
+    and acme's policy: what the Admin API fuzz modules start from."""
+    async with grpc.aio.insecure_channel(control_plane.address) as channel:
+        admin = Admin(admin_pb2_grpc.AdminServiceStub(channel), control_plane.metadata)
+        await admin.seed()
+        await admin.ApplyPolicy(
+            admin_pb2.ApplyPolicyRequest(
+                tenant="acme", document='{"default_model": "small", "allowed_models": ["small", "large"]}'
+            )
+        )
+        yield admin

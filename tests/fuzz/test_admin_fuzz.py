@@ -10,20 +10,29 @@ as it was; an accepted one adds exactly its row), and the server still serves.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signalbox.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from signalbox.api.admin.v1 import admin_pb2
 from signalbox.api.config.v1 import snapshot_pb2
 from signalbox.api.infer.v1 import infer_pb2
 from tests.controlplane.conftest import Admin
-from tests.fixtures.postgres import RunningControlPlane
+from tests.fuzz.admin_harness import (
+    chars,
+    int64,
+    json_values,
+    names,
+    odd_text,
+    small_enum,
+    str_maps,
+    timestamps,
+    uint32,
+)
 from tests.fuzz.conftest import ADMIN_EXAMPLES
 
 DEFINED = {
@@ -36,38 +45,6 @@ MESSAGE_BYTES = 2048
 
 # ---- strategies ----
 
-_chars = st.characters(exclude_categories=("Cs",))  # surrogates cannot be sent as protobuf strings
-odd_text = st.one_of(
-    st.text(_chars, max_size=30),
-    st.sampled_from(
-        ["", "acme", "sim", "small", "a\x00b", "\x00", "é" * 201, "x" * 200, "x" * 201, "\u202e\x1b[2J"]
-    ),
-    st.builds(
-        lambda n, c: c * n,
-        st.sampled_from([63, 64, 65, 100, 101, 199, 200, 201, 256, 257, 5000]),
-        st.sampled_from("aé😀\x00 "),
-    ),
-    st.text(st.characters(min_codepoint=0, max_codepoint=0x1F), max_size=8),
-)
-names = st.one_of(st.from_regex(r"[a-z][a-z0-9._-]{0,20}", fullmatch=True), odd_text)
-uint32 = st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2**31 - 1, 2**31, 2**32 - 1]))
-uint64 = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**63 - 1, 2**63, 2**64 - 1]))
-int64 = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([-1, 0, 2**63 - 1, -(2**63)]))
-int32 = st.integers(-(2**31), 2**31 - 1)
-small_enum = st.one_of(st.integers(0, 6), int32)
-str_maps = st.one_of(
-    st.dictionaries(odd_text, odd_text, max_size=3),
-    st.builds(lambda n: {f"k{i}": "v" for i in range(n)}, st.sampled_from([64, 65, 200])),
-)
-timestamps = st.builds(
-    Timestamp,
-    seconds=st.one_of(
-        st.integers(-(2**63), 2**63 - 1),
-        st.sampled_from([253402300799, 253402300800, -62135596800, -62135596801, 4102444800]),
-    ),
-    nanos=st.one_of(st.integers(-(2**31), 2**31 - 1), st.integers(0, 999_999_999)),
-)
-
 
 def _nested(depth: int, kind: str) -> str:
     if kind == "json-list":
@@ -79,13 +56,6 @@ def _nested(depth: int, kind: str) -> str:
     return "- " * depth + "x"
 
 
-_json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(_chars, max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(_chars, max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 _policy_like = st.fixed_dictionaries(
     {},
     optional={
@@ -103,13 +73,13 @@ _policy_like = st.fixed_dictionaries(
             max_size=2,
         ),
         "retry": st.fixed_dictionaries({}, optional={"max_attempts": st.integers(-(2**65), 2**65)}),
-        "constraints": _json_values,
+        "constraints": json_values,
     },
 )
 documents = st.one_of(
     st.builds(json.dumps, _policy_like),
-    st.builds(json.dumps, _json_values),
-    st.text(_chars, max_size=200),
+    st.builds(json.dumps, json_values),
+    st.text(chars, max_size=200),
     st.builds(
         _nested, st.integers(1, 1500), st.sampled_from(["json-list", "json-object", "yaml-block", "yaml-seq"])
     ),
@@ -131,19 +101,6 @@ documents = st.one_of(
 )
 
 # ---- the harness ----
-
-
-@pytest.fixture
-async def seeded(control_plane: RunningControlPlane) -> AsyncIterator[Admin]:
-    async with grpc.aio.insecure_channel(control_plane.address) as channel:
-        admin = Admin(admin_pb2_grpc.AdminServiceStub(channel), control_plane.metadata)
-        await admin.seed()
-        await admin.ApplyPolicy(
-            admin_pb2.ApplyPolicyRequest(
-                tenant="acme", document='{"default_model": "small", "allowed_models": ["small", "large"]}'
-            )
-        )
-        yield admin
 
 
 async def _call(call: Awaitable[Any]) -> tuple[grpc.StatusCode, Any]:
