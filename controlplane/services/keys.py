@@ -23,7 +23,9 @@ from controlplane.services.base import Caller, UnitOfWork
 from dataplane.scopes import ScopeSyntaxError, validate_scopes
 
 API_KEY_PREFIX = "sbx_"
-MAX_HASH_KEY_VERSION = 2**32 - 1
+MAX_HASH_KEY_VERSION = 2**31 - 1
+"""A version is the ``api_key_hash_key`` row's id, an int32 column: the bound the admin request
+check holds every int32 field to already (2**32 - 1 here named a range no request reaches)."""
 SECRET_BYTES = 32
 """256 bits of secret per key."""
 # The start of the key id: enough to recognise the key in a list; none of the secret.
