@@ -13,14 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from controlplane.identity.ca import NodeCertificateSpec, new_ca
 from dataplane.identity import IdentityFiles, NodeIdentityError, install_bundle
-from tests.dataplane.evidence.test_pack_unsupported_keys import (
-    EC_PUBLIC_KEY,
-    P256,
-    UNKNOWN_CURVE,
-    UNKNOWN_KEY_TYPE,
-    pem_of,
-    resigned,
-)
+from tests.fixtures.unknown_keys import EC_PUBLIC_KEY, P256, UNKNOWN_CURVE, UNKNOWN_KEY_TYPE, pem_of, resigned
 
 NODE = "vault-1"
 
@@ -34,7 +27,9 @@ def bundle_parts(files: IdentityFiles, damaged: str) -> tuple[bytes, bytes]:
     )
     cert_pem, ca_pem = issued.pem.encode(), ca.pem
     if damaged == "cert":
-        cert_pem = pem_of(resigned(issued.certificate, ca, P256, UNKNOWN_CURVE), "CERTIFICATE").encode()
+        cert_pem = pem_of(
+            resigned(issued.certificate, ca.private_key, P256, UNKNOWN_CURVE), "CERTIFICATE"
+        ).encode()
     else:
         der = ca.certificate.public_bytes(serialization.Encoding.DER)
         ca_pem = pem_of(der.replace(EC_PUBLIC_KEY, UNKNOWN_KEY_TYPE), "CERTIFICATE").encode()

@@ -3,23 +3,13 @@ key, or refused by ``SealingError`` naming the file, which the node's start prin
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from dataplane.providers.sealing import SealingError, encode_private_key, load_private_key
-
-P256 = bytes.fromhex("06082a8648ce3d030107")
-UNKNOWN_CURVE = bytes.fromhex("06082a8648ce3d030163")  # 1.2.840.10045.3.1.99: no curve
-
-
-def pkcs8_pem(der: bytes) -> bytes:
-    text = base64.b64encode(der).decode()
-    body = "\n".join(text[i : i + 64] for i in range(0, len(text), 64))
-    return f"-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n".encode()
+from tests.fixtures.unknown_keys import P256, UNKNOWN_CURVE, pem_of
 
 
 def test_an_x25519_key_is_read() -> None:
@@ -42,4 +32,4 @@ def test_a_key_on_a_curve_the_library_does_not_know_is_refused_naming_the_file()
     )
     assert der.count(P256) == 1
     with pytest.raises(SealingError, match=r"^vault\.key: not an X25519 key$"):
-        load_private_key(pkcs8_pem(der.replace(P256, UNKNOWN_CURVE)), "vault.key")
+        load_private_key(pem_of(der.replace(P256, UNKNOWN_CURVE), "PRIVATE KEY").encode(), "vault.key")

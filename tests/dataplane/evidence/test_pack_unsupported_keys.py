@@ -7,30 +7,22 @@ Found by mutating node packs byte by byte: one mutation in ~800 landed on such a
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controlplane.identity.ca import NodeCaKey, NodeCertificateSpec, new_ca
 from dataplane.evidence import node_pack, pack_verify
 from dataplane.evidence.log import EvidenceLog, log_path
 from dataplane.evidence.pack import PackInvalid
+from tests.fixtures.unknown_keys import EC_PUBLIC_KEY, P256, UNKNOWN_CURVE, UNKNOWN_KEY_TYPE, pem_of, resigned
 
 NODE = "vault-1"
-P256 = bytes.fromhex("06082a8648ce3d030107")
-"""The DER of secp256r1's OID, in every P-256 public key."""
-UNKNOWN_CURVE = bytes.fromhex("06082a8648ce3d030163")
-"""1.2.840.10045.3.1.99: no curve."""
-EC_PUBLIC_KEY = bytes.fromhex("06072a8648ce3d0201")
-"""The DER of id-ecPublicKey's OID, the key type of every EC public key."""
-UNKNOWN_KEY_TYPE = bytes.fromhex("06072a8648ce3d0263")
 
 
 async def exported(tmp_path: Path, key: ec.EllipticCurvePrivateKey, ca: NodeCaKey | None = None) -> Path:
@@ -55,29 +47,6 @@ def replace_pem(path: Path, old: str, new: str) -> None:
     escaped_old, escaped_new = (json.dumps(p)[1:-1].encode() for p in (old, new))
     assert data.count(escaped_old) == 1
     path.write_bytes(data.replace(escaped_old, escaped_new))
-
-
-def pem_of(der: bytes, label: str) -> str:
-    text = base64.b64encode(der).decode()
-    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
-    return f"-----BEGIN {label}-----\n" + "\n".join(lines) + f"\n-----END {label}-----\n"
-
-
-def der_length(n: int) -> bytes:
-    return bytes([n]) if n < 0x80 else bytes([0x82, n >> 8, n & 0xFF])
-
-
-def resigned(cert: x509.Certificate, ca: NodeCaKey, old: bytes, new: bytes) -> bytes:
-    """``cert``'s DER with ``old`` changed to ``new`` in what it signs, signed again by ``ca``: a
-    certificate the pack's node CA really issued, for a key of a curve nobody knows."""
-    tbs = cert.tbs_certificate_bytes
-    assert tbs.count(old) == 1
-    tbs = tbs.replace(old, new)
-    signature = ca.private_key.sign(tbs, ec.ECDSA(hashes.SHA256()))
-    algorithm = bytes.fromhex("300a06082a8648ce3d040302")  # ecdsa-with-SHA256
-    bits = b"\x03" + der_length(len(signature) + 1) + b"\x00" + signature
-    body = tbs + algorithm + bits
-    return b"\x30" + der_length(len(body)) + body
 
 
 async def test_a_bare_node_key_on_an_unknown_curve_is_an_invalid_pack(tmp_path: Path) -> None:
@@ -113,7 +82,7 @@ async def test_a_node_certificate_for_a_key_on_an_unknown_curve_is_an_invalid_pa
     key = ec.generate_private_key(ec.SECP256R1())
     path = await exported(tmp_path, key, ca)
     issued = ca.issue_node(NodeCertificateSpec(NODE, "vault"), key.public_key(), timedelta(days=1))
-    forged = resigned(issued.certificate, ca, P256, UNKNOWN_CURVE)
+    forged = resigned(issued.certificate, ca.private_key, P256, UNKNOWN_CURVE)
     original = next(line for line in path.read_text().splitlines() if "BEGIN CERTIFICATE" in line)
     node_pem = json.loads(original)["nodes"][NODE][0]
     replace_pem(path, node_pem, pem_of(forged, "CERTIFICATE"))

@@ -4,7 +4,6 @@ as one line), whatever kind of key or curve the file holds."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataplane.snapshot.envelope import key_id_for, load_trust_keys
-
-P256 = bytes.fromhex("06082a8648ce3d030107")
-UNKNOWN_CURVE = bytes.fromhex("06082a8648ce3d030163")  # 1.2.840.10045.3.1.99: no curve
-
-
-def spki_pem(der: bytes) -> str:
-    text = base64.b64encode(der).decode()
-    body = "\n".join(text[i : i + 64] for i in range(0, len(text), 64))
-    return f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"
+from tests.fixtures.unknown_keys import P256, UNKNOWN_CURVE, pem_of
 
 
 def test_an_ed25519_key_is_read_by_its_key_id(tmp_path: Path) -> None:
@@ -49,6 +40,6 @@ def test_a_key_on_a_curve_the_library_does_not_know_is_refused_naming_the_file(t
     key = ec.generate_private_key(ec.SECP256R1()).public_key()
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     path = tmp_path / "unknown-curve.pub"
-    path.write_text(spki_pem(der.replace(P256, UNKNOWN_CURVE)))
+    path.write_text(pem_of(der.replace(P256, UNKNOWN_CURVE), "PUBLIC KEY"))
     with pytest.raises(ValueError, match=rf"^trust key {path}: not an Ed25519 public key$"):
         load_trust_keys([path])
